@@ -1,0 +1,87 @@
+"""Streaming compressors for the text formats; each finishes its frame without closing the sink.
+
+All of them compress in native code that releases the GIL, so compression overlaps with the
+thread that reads COPY output. zstd additionally runs in its own worker thread (``threads=1``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+import pyarrow as pa
+import zstandard
+
+
+class StreamWriter(Protocol):
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    extension: str  # appended to the format's extension: "zst" -> events.jsonl.zst
+    content_encoding: str | None  # HTTP Content-Encoding of the object, where one is registered
+    default_level: int | None
+
+    def open(self, sink: BinaryIO, level: int | None = None) -> _Compressing:
+        return _Compressing(self, sink, self.default_level if level is None else level)
+
+
+class _Unclosable(io.RawIOBase):
+    """Lets Arrow's stream close its end without closing ours."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return self._sink.write(data)
+
+    def close(self) -> None:
+        pass
+
+
+class _Compressing:
+    """Context manager: a writer that compresses into ``sink`` and ends the frame on exit."""
+
+    def __init__(self, codec: Codec, sink: BinaryIO, level: int | None) -> None:
+        self.codec, self.sink, self.level = codec, sink, level
+        self._writer = None
+
+    def __enter__(self) -> StreamWriter:
+        name = self.codec.name
+        if name == "zstd":
+            compressor = zstandard.ZstdCompressor(level=self.level, threads=1, write_checksum=True)
+            self._writer = compressor.stream_writer(self.sink, closefd=False, write_size=1 << 20)
+        elif name == "gzip":
+            self._writer = gzip.GzipFile(fileobj=self.sink, mode="wb", compresslevel=self.level, mtime=0)
+        elif name == "lz4":
+            self._writer = pa.CompressedOutputStream(pa.PythonFile(_Unclosable(self.sink), mode="w"), "lz4")
+        else:
+            self._writer = None
+            return self.sink
+        return self._writer
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._writer is not None and exc_type is None:
+            self._writer.close()  # writes the frame trailer (checksum) into the sink
+
+
+CODECS: dict[str, Codec] = {
+    "zstd": Codec("zstd", "zst", "zstd", 3),
+    "gzip": Codec("gzip", "gz", "gzip", 6),
+    "lz4": Codec("lz4", "lz4", None, None),
+    "none": Codec("none", "", None, None),
+}
+
+
+def get_codec(name: str) -> Codec:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown compression {name!r}; choose one of {sorted(CODECS)}") from None

@@ -1,0 +1,169 @@
+"""The tables to archive, declared in one YAML file and validated before anything runs.
+
+Connection settings never live here (they come from the environment through Dagster's
+``EnvVar``), so the file can be reviewed and committed like code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import string
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV_VAR = "ARCHIVE_PIPELINE_CONFIG"
+DEFAULT_CONFIG_PATH = "archive_tables.yaml"
+
+Format = Literal["jsonl", "csv", "parquet"]
+Compression = Literal["zstd", "gzip", "lz4", "none"]
+
+KEY_FIELDS = frozenset({"prefix", "schema", "table", "year", "month", "day", "date", "ext", "format"})
+DEFAULT_KEY_TEMPLATE = "{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}"
+MAX_IDENTIFIER_BYTES = 63
+
+
+class ConfigError(ValueError):
+    """The archive configuration is wrong; the message names the table and the setting."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableSpec(_Strict):
+    """One table to archive, one daily partition per day of ``day_column`` (UTC)."""
+
+    name: str = Field(description="schema-qualified table name, e.g. public.events")
+    day_column: str = Field(description="date/timestamp/timestamptz column that defines the day")
+    start_date: dt.date = Field(description="first day to archive")
+    format: Format = "jsonl"
+    compression: Compression = "zstd"
+    compression_level: int | None = Field(default=None, ge=-7, le=22)
+    chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
+    key_template: str = DEFAULT_KEY_TEMPLATE
+
+    @field_validator("name")
+    @classmethod
+    def _qualified(cls, value: str) -> str:
+        schema, _, table = value.partition(".")
+        if not schema or not table:
+            raise ValueError("must be schema-qualified as 'schema.table' (e.g. public.events)")
+        for part in (schema, table):
+            if len(part.encode()) > MAX_IDENTIFIER_BYTES:
+                raise ValueError(f"identifier {part!r} is longer than PostgreSQL's 63 bytes")
+        return value
+
+    @field_validator("key_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template: {exc}") from None
+        unknown = fields - KEY_FIELDS
+        if unknown:
+            raise ValueError(f"uses unknown field(s) {sorted(unknown)}; allowed: {sorted(KEY_FIELDS)}")
+        if not {"date"} <= fields and not {"year", "month", "day"} <= fields:
+            raise ValueError("must contain {date} (or {year}, {month} and {day}) so days do not overwrite each other")
+        return value
+
+    @model_validator(mode="after")
+    def _parquet_compression(self) -> TableSpec:
+        if self.format == "parquet" and self.compression == "lz4":
+            # Parquet's LZ4 codec has two incompatible flavours across readers; refuse the ambiguity.
+            raise ValueError("compression lz4 is not offered for parquet; use zstd, gzip or none")
+        return self
+
+    @property
+    def schema_name(self) -> str:
+        return self.name.partition(".")[0]
+
+    @property
+    def table_name(self) -> str:
+        return self.name.partition(".")[2]
+
+    @property
+    def asset_name(self) -> str:
+        """A Dagster-safe name: lower-case letters, digits and underscores."""
+        return re.sub(r"[^a-z0-9_]+", "_", self.table_name.lower()).strip("_") or "table"
+
+
+class RetrySettings(_Strict):
+    max_retries: int = Field(default=3, ge=0, le=20)
+    delay_seconds: float = Field(default=30, ge=0)
+    backoff: Literal["exponential", "linear"] = "exponential"
+
+
+class ScheduleSettings(_Strict):
+    hour: int = Field(default=1, ge=0, le=23, description="UTC hour at which the day that just ended is archived")
+    minute: int = Field(default=0, ge=0, le=59)
+
+
+class SensorSettings(_Strict):
+    interval_seconds: int = Field(default=300, ge=30)
+    lookback_days: int = Field(default=7, ge=1, le=366, description="how many recent days each tick inspects")
+    max_runs_per_tick: int = Field(default=50, ge=1)
+
+
+class ArchiveConfig(_Strict):
+    retry: RetrySettings = RetrySettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    sensor: SensorSettings = SensorSettings()
+    tables: list[TableSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ArchiveConfig:
+        seen: dict[tuple[str, str], str] = {}
+        for spec in self.tables:
+            key = (spec.schema_name, spec.asset_name)
+            if key in seen:
+                raise ValueError(f"tables {seen[key]!r} and {spec.name!r} map to the same asset name {spec.asset_name!r}")
+            seen[key] = spec.name
+        return self
+
+
+def _describe(error: ValidationError, raw: dict) -> str:
+    lines = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if len(loc) >= 2 and loc[0] == "tables" and isinstance(loc[1], int):
+            tables = raw.get("tables") or []
+            entry = tables[loc[1]] if loc[1] < len(tables) and isinstance(tables[loc[1]], dict) else {}
+            setting = ".".join(str(p) for p in loc[2:]) or "(entry)"
+            where = f"table {entry.get('name', f'#{loc[1] + 1}')!r}, setting {setting!r}"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: object, source: str = "<config>") -> ArchiveConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with a 'tables' list")
+    try:
+        return ArchiveConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid archive configuration in {source}:\n{_describe(exc, raw)}") from None
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
+    """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml)."""
+    file = Path(path) if path else config_path()
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    return parse_config(raw, str(file))

@@ -1,0 +1,217 @@
+"""Throwaway PostgreSQL cluster and S3 endpoint for the demo, the tests and the benchmarks.
+
+Both are real servers on 127.0.0.1, started as child processes and removed on exit, so that
+everything the project claims is exercised over the same wire protocols production uses.
+PostgreSQL refuses to run as root, so when we are root the cluster runs as the ``postgres`` user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    raise RuntimeError(f"PostgreSQL server binary {name!r} not found; install the postgresql package")
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+def _chown_for_server(path: Path) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class LocalPostgres:
+    """A running throwaway cluster; ``dsn`` connects as the superuser over TCP."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def connect(self, **kwargs) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # SIGQUIT is PostgreSQL's immediate shutdown: a throwaway cluster needs no checkpoint.
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres(settings: dict[str, str] | None = None) -> LocalPostgres:
+    """initdb a cluster in a temp dir and start it on a free port (fsync off: data is disposable)."""
+    root = Path(tempfile.mkdtemp(prefix="archive-pg-"))
+    root.chmod(0o755)
+    _chown_for_server(root)
+    data = root / "data"
+    subprocess.run(
+        _as_server_user([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+    )
+    port = free_port()
+    conf = {"listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": str(root),
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+            "max_connections": "50", "shared_buffers": "256MB", **(settings or {})}
+    args = [a for key, value in conf.items() for a in ("-c", f"{key}={value}")]
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    process = subprocess.Popen(_as_server_user([_pg_bin("postgres"), "-D", str(data), *args]),
+                               stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    server = LocalPostgres(port=port, root=root, process=process)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(server.dsn, connect_timeout=2).close()
+            return server
+        except psycopg.OperationalError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"PostgreSQL did not start; see {root / 'server.log'}") from None
+            time.sleep(0.1)
+
+
+@dataclass
+class LocalS3:
+    """moto's S3 server over HTTP on 127.0.0.1 (a separate process, like a real endpoint)."""
+
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_s3() -> LocalS3:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = LocalS3(port=port, process=process)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{server.endpoint_url}/moto-api/", timeout=2).close()
+            return server
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError("moto S3 server did not start") from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def local_stack() -> Iterator[tuple[LocalPostgres, LocalS3]]:
+    pg = start_postgres()
+    try:
+        s3 = start_s3()
+        try:
+            yield pg, s3
+        finally:
+            s3.stop()
+    finally:
+        pg.stop()
+
+
+SAMPLE_EVENTS_DDL = """
+CREATE TABLE IF NOT EXISTS public.events (
+    id          bigint      NOT NULL,
+    created_at  timestamptz NOT NULL,
+    user_id     integer     NOT NULL,
+    event_type  text        NOT NULL,
+    amount      numeric(12,2),
+    session_id  uuid,
+    is_mobile   boolean,
+    tags        text[],
+    payload     jsonb
+) PARTITION BY RANGE (created_at)
+"""
+
+# One generated row is about 210 bytes as CSV, like the benchmark table of the performance issue.
+SAMPLE_EVENTS_FILL = """
+INSERT INTO public.events
+SELECT g,
+       %(day)s::timestamptz + ((g * 86399::bigint) / %(rows)s) * interval '1 second',
+       (g * 7919) %% 100000,
+       (ARRAY['page_view','click','add_to_cart','purchase','signup'])[1 + g %% 5],
+       CASE WHEN g %% 10 = 0 THEN NULL ELSE ((g * 31) %% 100000) / 100.0 END,
+       md5(%(day)s || g::text)::uuid,
+       g %% 3 = 0,
+       ARRAY['campaign_' || (g %% 17), 'ab_' || (g %% 2)],
+       jsonb_build_object('path', '/products/' || (g %% 5000), 'referrer', 'https://example.com/r/' || (g %% 97),
+                          'ms', g %% 1000, 'note', CASE WHEN g %% 1000 = 0 THEN E'quote " back\\\\ nl\\n ü' END)
+FROM generate_series(1::bigint, %(rows)s) AS g
+"""
+
+
+def create_sample_events(conn: psycopg.Connection, days: list, rows_per_day: int) -> None:
+    """A declaratively partitioned ``public.events`` with one child partition per day, filled."""
+    conn.execute(SAMPLE_EVENTS_DDL)
+    for day in days:
+        child = f"events_{day:%Y%m%d}"
+        conn.execute(
+            psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS public.{} PARTITION OF public.events "
+                            "FOR VALUES FROM ({}) TO ({})").format(
+                psycopg.sql.Identifier(child),
+                psycopg.sql.Literal(f"{day:%Y-%m-%d} 00:00:00+00"),
+                psycopg.sql.Literal(f"{day.fromordinal(day.toordinal() + 1):%Y-%m-%d} 00:00:00+00"),
+            )
+        )
+        conn.execute(SAMPLE_EVENTS_FILL, {"day": f"{day:%Y-%m-%d}", "rows": rows_per_day})
+    conn.execute("ANALYZE public.events")
