@@ -102,12 +102,14 @@ class RetrySettings(_Strict):
 class ScheduleSettings(_Strict):
     hour: int = Field(default=1, ge=0, le=23, description="UTC hour at which the day that just ended is archived")
     minute: int = Field(default=0, ge=0, le=59)
+    running: bool = Field(default=False, description="start the schedule as soon as the daemon loads it")
 
 
 class SensorSettings(_Strict):
     interval_seconds: int = Field(default=300, ge=30)
     lookback_days: int = Field(default=7, ge=1, le=366, description="how many recent days each tick inspects")
     max_runs_per_tick: int = Field(default=50, ge=1)
+    running: bool = Field(default=False, description="start the sensor as soon as the daemon loads it")
 
 
 class ArchiveConfig(_Strict):

@@ -223,3 +223,16 @@ def prefetch(chunks: Iterator[Chunk], depth: int = 4) -> Iterator[Chunk]:
         thread.join()
     if failure:
         raise failure[0]
+
+
+def days_with_rows(conn: psycopg.Connection, table: SourceTable, days: list[dt.date]) -> list[dt.date]:
+    """Which of ``days`` have at least one row: one index probe (or pruned partition) per day."""
+    if not days:
+        return []
+    col = sql.Identifier(table.day_column.name)
+    bound = {"date": "{d}", "timestamp": "{d}::timestamp", "timestamptz": "({d}::timestamp AT TIME ZONE 'UTC')"}[
+        table.day_column.base_type]
+    query = sql.SQL("SELECT d FROM unnest(%s::date[]) AS d WHERE EXISTS "
+                    "(SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi}) ORDER BY d").format(
+        table=table.identifier, col=col, lo=sql.SQL(bound.format(d="d")), hi=sql.SQL(bound.format(d="(d + 1)")))
+    return [row[0] for row in conn.execute(query, (days,))]

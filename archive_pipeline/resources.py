@@ -1,0 +1,60 @@
+"""Dagster resources: the source database and the archive bucket, configured from the environment.
+
+Every endpoint and secret arrives through ``EnvVar`` (see definitions.py), so no DSN, password or
+key appears in the YAML file, the Dagster UI's run config, logs or metadata.
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+from dagster import ConfigurableResource, ResourceDependency
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from archive_pipeline.store import MiB, S3Store
+
+
+class PostgresResource(ConfigurableResource):
+    """Connections to the source database; timeouts bound every statement of an extraction."""
+
+    dsn: str = Field(description="libpq connection string or URI (from an environment variable)")
+    statement_timeout_ms: int = Field(default=0, ge=0, description="per statement; 0 = no limit. "
+                                      "One COPY is one statement, so this bounds a whole day's read")
+    lock_timeout_ms: int = Field(default=30_000, ge=0, description="how long to wait for a lock; 0 = forever")
+    idle_in_transaction_timeout_ms: int = Field(default=600_000, ge=0)
+    connect_timeout_s: int = Field(default=10, ge=1)
+    application_name: str = "archive_pipeline"
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
+                               application_name=self.application_name)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def session_settings(self) -> dict[str, str]:
+        return {
+            "statement_timeout": str(self.statement_timeout_ms),
+            "lock_timeout": str(self.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
+        }
+
+
+class ArchiveStoreResource(ConfigurableResource):
+    """The bucket and prefix archives are written to, through dagster-aws's S3 resource."""
+
+    s3: ResourceDependency[S3Resource]
+    bucket: str
+    prefix: str = ""
+    part_size_mb: int = Field(default=8, ge=5, le=5120, description="multipart part size; 10,000 parts at most")
+    max_concurrency: int = Field(default=4, ge=1, le=64, description="parts uploaded at once")
+    verify_etags: bool = Field(default=True, description="compare each part's ETag with its MD5 (turn off "
+                               "only for stores that encrypt with SSE-KMS or otherwise change ETags)")
+    temp_dir: str | None = Field(default=None, description="where temp files go; default: the system temp dir")
+
+    def store(self) -> S3Store:
+        return S3Store(self.s3.get_client(), self.bucket, prefix=self.prefix, part_size=self.part_size_mb * MiB,
+                       max_concurrency=self.max_concurrency, verify_etags=self.verify_etags)

@@ -1,0 +1,42 @@
+"""The daily schedule: shortly after midnight UTC, archive the day that just ended."""
+
+import datetime as dt
+
+from typing import TYPE_CHECKING
+
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from archive_pipeline.config import ScheduleSettings, TableSpec
+
+
+def previous_utc_day(moment: dt.datetime) -> dt.date:
+    return moment.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
+                         settings: ScheduleSettings) -> ScheduleDefinition:
+    @schedule(
+        name=f"{job.name}_daily",
+        cron_schedule=f"{settings.minute} {settings.hour} * * *",
+        execution_timezone="UTC",
+        job=job,
+        default_status=DefaultScheduleStatus.RUNNING if settings.running else DefaultScheduleStatus.STOPPED,
+        description=f"Archives yesterday's rows of {spec.name} at {settings.hour:02d}:{settings.minute:02d} UTC.",
+    )
+    def _daily(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        day = previous_utc_day(context.scheduled_execution_time)
+        if day < spec.start_date:
+            return SkipReason(f"{day} is before {spec.name}'s start_date {spec.start_date}")
+        return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat())
+
+    return _daily
