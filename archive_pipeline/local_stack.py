@@ -8,6 +8,7 @@ PostgreSQL refuses to run as root, so when we are root the cluster runs as the `
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import pwd
 import shutil
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 
 def free_port() -> int:
@@ -170,7 +172,7 @@ def local_stack() -> Iterator[tuple[LocalPostgres, LocalS3]]:
 
 
 SAMPLE_EVENTS_DDL = """
-CREATE TABLE IF NOT EXISTS public.events (
+CREATE TABLE IF NOT EXISTS {table} (
     id          bigint      NOT NULL,
     created_at  timestamptz NOT NULL,
     user_id     integer     NOT NULL,
@@ -185,7 +187,7 @@ CREATE TABLE IF NOT EXISTS public.events (
 
 # One generated row is about 210 bytes as CSV, like the benchmark table of the performance issue.
 SAMPLE_EVENTS_FILL = """
-INSERT INTO public.events
+INSERT INTO {table}
 SELECT g,
        %(day)s::timestamptz + ((g * 86399::bigint) / %(rows)s) * interval '1 second',
        (g * 7919) %% 100000,
@@ -200,18 +202,16 @@ FROM generate_series(1::bigint, %(rows)s) AS g
 """
 
 
-def create_sample_events(conn: psycopg.Connection, days: list, rows_per_day: int) -> None:
-    """A declaratively partitioned ``public.events`` with one child partition per day, filled."""
-    conn.execute(SAMPLE_EVENTS_DDL)
+def create_sample_events(conn: psycopg.Connection, days: list[dt.date], rows_per_day: int,
+                         schema: str = "public") -> None:
+    """A declaratively partitioned ``<schema>.events`` with one child partition per day, filled."""
+    table = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL(SAMPLE_EVENTS_DDL).format(table=table))
     for day in days:
-        child = f"events_{day:%Y%m%d}"
-        conn.execute(
-            psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS public.{} PARTITION OF public.events "
-                            "FOR VALUES FROM ({}) TO ({})").format(
-                psycopg.sql.Identifier(child),
-                psycopg.sql.Literal(f"{day:%Y-%m-%d} 00:00:00+00"),
-                psycopg.sql.Literal(f"{day.fromordinal(day.toordinal() + 1):%Y-%m-%d} 00:00:00+00"),
-            )
-        )
-        conn.execute(SAMPLE_EVENTS_FILL, {"day": f"{day:%Y-%m-%d}", "rows": rows_per_day})
-    conn.execute("ANALYZE public.events")
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {child} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})").format(
+            child=sql.Identifier(schema, f"events_{day:%Y%m%d}"), table=table,
+            lo=sql.Literal(dt.datetime.combine(day, dt.time(), dt.UTC)),
+            hi=sql.Literal(dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)),
+        ))
+        conn.execute(sql.SQL(SAMPLE_EVENTS_FILL).format(table=table), {"day": day.isoformat(), "rows": rows_per_day})
+    conn.execute(sql.SQL("ANALYZE {}").format(table))

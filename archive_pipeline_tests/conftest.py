@@ -1,0 +1,82 @@
+"""Fixtures: one real PostgreSQL cluster and one moto S3 server (over HTTP) per test session;
+each test gets its own schema and bucket so tests never see each other's data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.local_stack import LocalPostgres, LocalS3, start_postgres, start_s3
+from archive_pipeline.store import MIN_PART_SIZE, S3Store
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg() -> LocalPostgres:
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> LocalS3:
+    server = start_s3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def conn(pg: LocalPostgres) -> psycopg.Connection:
+    with pg.connect() as connection:
+        yield connection
+
+
+@pytest.fixture
+def schema(conn: psycopg.Connection) -> str:
+    """A fresh schema for the test's tables, dropped afterwards."""
+    name = f"t{os.getpid()}_{next(_counter)}"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def s3_client(s3: LocalS3):
+    return s3.client()
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    name = f"archive-{os.getpid()}-{next(_counter)}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def store(s3_client, bucket: str) -> S3Store:
+    return S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+
+
+@pytest.fixture
+def temp_dir(tmp_path):
+    path = tmp_path / "archive-tmp"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _s3_environment(monkeypatch):
+    # boto3 clients built by dagster-aws read credentials from the environment.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()

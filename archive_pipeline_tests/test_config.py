@@ -1,0 +1,71 @@
+"""Bad configuration fails at load with a message naming the table and the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archive_pipeline.config import DEFAULT_KEY_TEMPLATE, ConfigError, load_config, parse_config
+
+GOOD = {"name": "public.events", "day_column": "created_at", "start_date": "2024-01-01"}
+
+
+def parse_table(**overrides):
+    return parse_config({"tables": [{**GOOD, **overrides}]})
+
+
+def test_defaults():
+    spec = parse_table().tables[0]
+    assert (spec.format, spec.compression, spec.chunk_size, spec.key_template) == (
+        "jsonl", "zstd", 10_000, DEFAULT_KEY_TEMPLATE)
+    assert (spec.schema_name, spec.table_name, spec.asset_name) == ("public", "events", "events")
+
+
+@pytest.mark.parametrize(("overrides", "setting", "words"), [
+    ({"chunk_sise": 5}, "chunk_sise", "unknown setting"),
+    ({"chunk_size": 99}, "chunk_size", "greater than or equal to 100"),
+    ({"chunk_size": 1_000_001}, "chunk_size", "less than or equal to 1000000"),
+    ({"format": "xml"}, "format", "'jsonl', 'csv' or 'parquet'"),
+    ({"compression": "brotli"}, "compression", "'zstd', 'gzip', 'lz4' or 'none'"),
+    ({"key_template": "{prefix}/{tabel}/{date}.{ext}"}, "key_template", "unknown field(s) ['tabel']"),
+    ({"key_template": "{prefix}/{table}.{ext}"}, "key_template", "must contain {date}"),
+    ({"key_template": "{prefix/{date}"}, "key_template", "not a valid template"),
+    ({"start_date": "2024-13-01"}, "start_date", "valid date"),
+])
+def test_bad_setting_names_table_and_setting(overrides, setting, words):
+    with pytest.raises(ConfigError) as failure:
+        parse_table(**overrides)
+    message = str(failure.value)
+    assert f"table 'public.events', setting '{setting}'" in message
+    assert words in message
+
+
+def test_unqualified_name_and_missing_required():
+    with pytest.raises(ConfigError, match="must be schema-qualified"):
+        parse_table(name="events")
+    with pytest.raises(ConfigError, match=r"table 'public.events', setting 'day_column': Field required"):
+        parse_config({"tables": [{"name": "public.events", "start_date": "2024-01-01"}]})
+
+
+def test_two_tables_on_one_asset_name_are_rejected():
+    with pytest.raises(ConfigError, match="same asset name"):
+        parse_config({"tables": [GOOD, {**GOOD, "name": "public.Events"}]})
+
+
+def test_load_config_from_env(tmp_path, monkeypatch):
+    path = tmp_path / "tables.yaml"
+    path.write_text("tables:\n  - name: app.orders\n    day_column: placed_at\n    start_date: 2023-05-01\n")
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(path))
+    assert load_config().tables[0].name == "app.orders"
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config()
+    path.write_text("tables: [\n")
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(path))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config()
+
+
+def test_shipped_config_is_valid():
+    assert load_config(Path(__file__).resolve().parents[1] / "archive_tables.yaml").tables

@@ -1,0 +1,170 @@
+"""The code location through Dagster itself: materialize(), metadata, retries, schedule, sensor."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+)
+from psycopg import sql
+
+from archive_pipeline.config import ConfigError, parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.local_stack import create_sample_events
+from archive_pipeline.resources import PostgresResource
+from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.helpers import decompress, download, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def archive_env(monkeypatch, pg, s3, bucket):
+    """The environment a deployment provides: connection settings only, never in the YAML."""
+    monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn)
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("ARCHIVE_S3_PREFIX", "archive")
+    return bucket
+
+
+def events_config(schema: str, start: dt.date, **table) -> object:
+    return parse_config({"retry": {"max_retries": 2, "delay_seconds": 0},
+                         "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                     "start_date": start.isoformat(), **table}]})
+
+
+def job_name(schema: str) -> str:
+    return f"archive_{schema}_events"
+
+
+def test_materialize_partitions_records_metadata(conn, schema, archive_env, s3_client):
+    days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
+    create_sample_events(conn, days, rows_per_day=800, schema=schema)
+    defs = build_definitions(events_config(schema, days[0]))
+    with instance_for_test() as instance:
+        for day in days:
+            result = defs.resolve_job_def(job_name(schema)).execute_in_process(
+                partition_key=day.isoformat(), instance=instance)
+            assert result.success
+            [event] = result.get_asset_materialization_events()
+            meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            key = f"archive/{schema}.events/2024/03/{day.isoformat()}.jsonl.zst"
+            body = download(s3_client, archive_env, key)
+            assert meta["dagster/row_count"] == 800 == len(read_jsonl(decompress(body, "zstd")))
+            assert meta["dagster/uri"] == f"s3://{archive_env}/{key}"
+            assert meta["md5"] == hashlib.md5(body).hexdigest()
+            assert meta["compressed_bytes"] == len(body)
+            assert meta["uncompressed_bytes"] == len(decompress(body, "zstd"))
+            assert meta["format"] == "jsonl" and meta["compression"] == "zstd"
+            assert meta["rows_per_second"] > 0 and meta["duration_seconds"] > 0
+            columns = {c.name: c.type for c in meta["dagster/column_schema"].columns}
+            assert columns["created_at"] == "timestamp with time zone"
+            assert columns["amount"] == "numeric(12,2)"
+            assert event.partition == day.isoformat()
+        assert instance.get_materialized_partitions(event.asset_key) == {d.isoformat() for d in days}
+
+
+def _step_events(instance: DagsterInstance, run_id: str) -> list[DagsterEventType]:
+    return [e.dagster_event.event_type for e in instance.all_logs(run_id) if e.dagster_event]
+
+
+def test_missing_table_fails_without_retries(conn, schema, archive_env):
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+    conn.execute(sql.SQL("DROP TABLE {}.events").format(sql.Identifier(schema)))  # dropped after load
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(job_name(schema)).execute_in_process(
+            partition_key="2024-03-10", instance=instance, raise_on_error=False)
+        assert not result.success
+        events = _step_events(instance, result.run_id)
+        assert DagsterEventType.STEP_UP_FOR_RETRY not in events
+        failure = [e for e in instance.all_logs(result.run_id) if e.dagster_event
+                   and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE][0]
+        assert f"{schema}.events" in failure.dagster_event.step_failure_data.error.to_string()
+
+
+def test_missing_table_fails_the_code_location_load(schema, archive_env):
+    with pytest.raises(ConfigError, match=rf"table '{schema}.events'.*does not exist"):
+        build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+
+
+def test_definitions_load_without_deprecation_warnings(conn, schema, archive_env):
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=10, schema=schema)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+        defs.resolve_all_job_defs()
+        repo = defs.get_repository_def()
+    assert len(repo.schedule_defs) == 1 and len(repo.sensor_defs) == 1
+
+
+def test_schedule_requests_the_day_that_just_ended(conn, schema, archive_env):
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+    repo = defs.get_repository_def()
+    schedule = repo.get_schedule_def(f"{job_name(schema)}_daily")
+    assert schedule.cron_schedule == "0 1 * * *" and schedule.execution_timezone == "UTC"
+    tick = schedule.evaluate_tick(build_schedule_context(
+        scheduled_execution_time=dt.datetime(2024, 3, 12, 1, 0, tzinfo=dt.UTC), repository_def=repo))
+    assert [r.partition_key for r in tick.run_requests] == ["2024-03-11"]
+    early = schedule.evaluate_tick(build_schedule_context(
+        scheduled_execution_time=dt.datetime(2024, 3, 10, 1, 0, tzinfo=dt.UTC), repository_def=repo))
+    assert early.run_requests == [] and "before" in early.skip_message
+
+
+def test_sensor_requests_days_with_rows_and_no_archive(pg, conn, schema, archive_env):
+    today = utc_today()
+    days = [today - dt.timedelta(days=n) for n in (3, 2, 1, 0)]  # today has rows but is not over yet
+    create_sample_events(conn, days, rows_per_day=50, schema=schema)
+    defs = build_definitions(events_config(schema, today - dt.timedelta(days=30)))
+    repo = defs.get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    resources = {"postgres": PostgresResource(dsn=pg.dsn)}
+    with instance_for_test() as instance:
+        defs.resolve_job_def(job_name(schema)).execute_in_process(
+            partition_key=days[0].isoformat(), instance=instance)
+
+        def tick() -> list[str]:
+            result = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources,
+                                                                       repository_def=repo))
+            assert all(r.job_name == job_name(schema) for r in result.run_requests)
+            return sorted(r.partition_key for r in result.run_requests)
+
+        assert tick() == [days[1].isoformat(), days[2].isoformat()]
+        # A new partition created and filled for an older day shows up on the next tick.
+        new_day = today - dt.timedelta(days=5)
+        create_sample_events(conn, [new_day], rows_per_day=5, schema=schema)
+        assert tick() == sorted([new_day.isoformat(), days[1].isoformat(), days[2].isoformat()])
+
+
+def test_postgres_instance_storage_block_in_dagster_yaml_works(pg, conn, schema, archive_env, tmp_path,
+                                                                monkeypatch):
+    """The commented production block, uncommented as a user would, against a real PostgreSQL."""
+    text = (REPO / "dagster.yaml").read_text()
+    block = re.search(r"# BEGIN postgres-storage\n(.*?)# END postgres-storage", text, re.S).group(1)
+    (tmp_path / "dagster.yaml").write_text(re.sub(r"^# ?", "", block, flags=re.M))
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(f"dagster_{schema}")))
+    for name, value in {"DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "unused",
+                        "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_DB": f"dagster_{schema}",
+                        "DAGSTER_PG_PORT": str(pg.port)}.items():
+        monkeypatch.setenv(name, value)
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=20, schema=schema)
+    defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        result = defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key="2024-03-10",
+                                                                           instance=instance)
+        assert result.success
+        assert instance.get_run_by_id(result.run_id) is not None
+    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(f"dagster_{schema}")))
