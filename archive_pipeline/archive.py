@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -18,9 +18,10 @@ from archive_pipeline import __version__
 from archive_pipeline.compression import get_codec
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, is_retryable
-from archive_pipeline.formats import Format, get_format
+from archive_pipeline.manifest import build_manifest, encode_manifest, manifest_key
+from archive_pipeline.formats import Extraction, Format, get_format
 from archive_pipeline.sink import temp_archive_file
-from archive_pipeline.source import Chunk, Column, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
+from archive_pipeline.source import SNAPSHOT_SETTINGS, Column, day_filter, describe_table, read_snapshot
 from archive_pipeline.store import S3Store, S3Upload
 
 Progress = Callable[[int, int], None]  # (rows so far, formatted bytes so far)
@@ -40,7 +41,13 @@ class ArchiveResult:
     format: str
     compression: str
     columns: tuple[Column, ...]
+    output_types: dict[str, str]
     parts: int
+    etag: str
+    content_type: str
+    content_encoding: str | None
+    day_column: str
+    manifest_key: str
     snapshot_at: dt.datetime
     server_version: str
     extract_seconds: float  # until the last row was read and compressed
@@ -58,8 +65,10 @@ class ArchiveResult:
 
 def object_extension(spec: TableSpec, fmt: Format | None = None) -> str:
     fmt = fmt or get_format(spec.format)
+    if fmt.compresses_internally:
+        return fmt.extension
     codec = get_codec(spec.compression)
-    if fmt.compresses_internally or not codec.extension:
+    if not codec.extension:
         return fmt.extension
     return f"{fmt.extension}.{codec.extension}"
 
@@ -73,18 +82,6 @@ def render_key(spec: TableSpec, day: dt.date, prefix: str = "") -> str:
     return re.sub(r"/{2,}", "/", key).strip("/")
 
 
-def _report(chunks: Iterator[Chunk], progress: Progress | None, every: float) -> Iterator[Chunk]:
-    rows = size = 0
-    last = time.monotonic()
-    for chunk in chunks:
-        rows += chunk.rows
-        size += len(chunk.data)
-        yield chunk
-        if progress is not None and time.monotonic() - last >= every:
-            last = time.monotonic()
-            progress(rows, size)
-
-
 def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
                       temp_dir: str | None = None, progress: Progress | None = None,
                       progress_every: float = 10.0, session_settings: dict[str, str] | None = None) -> ArchiveResult:
@@ -95,27 +92,43 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
     come out as :class:`ArchiveError` naming the table and day and saying whether a retry may help.
     """
     started = time.perf_counter()
-    fmt = get_format(spec.format)
+    fmt = get_format(spec.format, spec.compression, spec.compression_level)
     key = render_key(spec, day, store.prefix)
+    settings = {**SNAPSHOT_SETTINGS, **(session_settings or {})}
     upload: S3Upload | None = None
+    published = False
     try:
         with temp_archive_file(temp_dir, suffix=f".{object_extension(spec, fmt)}") as sink:
-            with read_snapshot(conn, session_settings) as snapshot:
+            with read_snapshot(conn, settings) as snapshot:
                 table = describe_table(conn, spec.name, spec.day_column)
                 codec = get_codec("none" if fmt.compresses_internally else spec.compression)
                 upload = store.begin(key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
                                      metadata={"table": spec.name, "day": day.isoformat(), "format": spec.format,
                                                "compression": spec.compression})
                 sink.on_grow = lambda size: upload.grow(sink.fd, size)
-                statement = fmt.copy_statement(table, day_filter(table, day))
-                chunks = _report(prefetch(copy_chunks(conn, statement, spec.chunk_size)), progress, progress_every)
+                extraction = Extraction(conn=conn, table=table, where=day_filter(table, day), snapshot=snapshot,
+                                        chunk_rows=spec.chunk_size, settings=settings, progress=progress,
+                                        progress_every=progress_every)
                 with codec.open(sink, spec.compression_level) as out:
-                    stats = fmt.write(table, chunks, out)
+                    stats = fmt.write(extraction, out)
             extracted = time.perf_counter()
             stored = upload.finish(sink.fd, sink.size, sink.md5)
+            published = True
             md5, sha256 = sink.md5, sink.sha256
+        result = ArchiveResult(
+            table=spec.name, day=day, key=key, uri=stored.uri, rows=stats.rows, bytes=stored.size,
+            uncompressed_bytes=stats.bytes, md5=md5, sha256=sha256, format=spec.format,
+            compression=spec.compression, columns=table.columns, output_types=stats.output_types,
+            parts=stored.parts, etag=stored.etag, content_type=fmt.content_type,
+            content_encoding=codec.content_encoding, day_column=spec.day_column, manifest_key=manifest_key(key),
+            snapshot_at=snapshot.taken_at, server_version=snapshot.server_version,
+            extract_seconds=extracted - started, duration_seconds=time.perf_counter() - started,
+        )
+        store.put_bytes(result.manifest_key, encode_manifest(build_manifest(result)), "application/json")
     except BaseException as exc:
-        if upload is not None:
+        if published:  # the manifest could not be written: withdraw the data so a retry starts clean
+            store.delete(key)
+        elif upload is not None:
             upload.abort()
         if isinstance(exc, ArchiveError):
             exc.table, exc.day = exc.table or spec.name, exc.day or day.isoformat()
@@ -124,10 +137,4 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
             raise ArchiveError(f"archiving {spec.name} for {day.isoformat()} failed: {type(exc).__name__}: {exc}",
                                table=spec.name, day=day.isoformat(), retryable=is_retryable(exc)) from exc
         raise
-    return ArchiveResult(
-        table=spec.name, day=day, key=key, uri=stored.uri, rows=stats.rows, bytes=stored.size,
-        uncompressed_bytes=stats.bytes, md5=md5, sha256=sha256, format=spec.format,
-        compression=spec.compression, columns=table.columns, parts=stored.parts, snapshot_at=snapshot.taken_at,
-        server_version=snapshot.server_version, extract_seconds=extracted - started,
-        duration_seconds=time.perf_counter() - started,
-    )
+    return result

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 CONFIG_ENV_VAR = "ARCHIVE_PIPELINE_CONFIG"
 DEFAULT_CONFIG_PATH = "archive_tables.yaml"
 
 Format = Literal["jsonl", "csv", "parquet"]
-Compression = Literal["zstd", "gzip", "lz4", "none"]
+Compression = Literal["zstd", "gzip", "lz4", "snappy", "none"]
 
 KEY_FIELDS = frozenset({"prefix", "schema", "table", "year", "month", "day", "date", "ext", "format"})
 DEFAULT_KEY_TEMPLATE = "{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}"
@@ -72,12 +72,12 @@ class TableSpec(_Strict):
             raise ValueError("must contain {date} (or {year}, {month} and {day}) so days do not overwrite each other")
         return value
 
-    @model_validator(mode="after")
-    def _parquet_compression(self) -> TableSpec:
-        if self.format == "parquet" and self.compression == "lz4":
-            # Parquet's LZ4 codec has two incompatible flavours across readers; refuse the ambiguity.
-            raise ValueError("compression lz4 is not offered for parquet; use zstd, gzip or none")
-        return self
+    @field_validator("compression")
+    @classmethod
+    def _codec_fits_format(cls, value: str, info: ValidationInfo) -> str:
+        if value == "snappy" and info.data.get("format", "jsonl") != "parquet":
+            raise ValueError("'snappy' is only for parquet; use zstd, gzip, lz4 or none")
+        return value
 
     @property
     def schema_name(self) -> str:

@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -43,6 +44,11 @@ class Column:
     not_null: bool
     precision: int | None = None
     scale: int | None = None
+    is_enum: bool = False
+
+    def cast_name(self, base: str) -> str:
+        """The SQL type to cast this column to, keeping it an array if it is one."""
+        return f"{base}[]" if self.is_array else base
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class SourceTable:
 class Snapshot:
     taken_at: dt.datetime
     server_version: str
+    snapshot_id: str  # lets a second connection (the Arrow reader) see exactly the same data
 
 
 _TABLE_QUERY = """
@@ -83,7 +90,8 @@ SELECT a.attname,
        CASE WHEN coalesce(elem.typname, base.typname) = 'numeric' AND coalesce(nullif(t.typtypmod, -1), a.atttypmod) > 0
             THEN ((coalesce(nullif(t.typtypmod, -1), a.atttypmod) - 4) >> 16) & 65535 END,
        CASE WHEN coalesce(elem.typname, base.typname) = 'numeric' AND coalesce(nullif(t.typtypmod, -1), a.atttypmod) > 0
-            THEN (((coalesce(nullif(t.typtypmod, -1), a.atttypmod) - 4) & 2047) # 1024) - 1024 END
+            THEN (((coalesce(nullif(t.typtypmod, -1), a.atttypmod) - 4) & 2047) # 1024) - 1024 END,
+       coalesce(elem.typtype, base.typtype) = 'e'
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 JOIN pg_catalog.pg_type base ON base.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -145,8 +153,9 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
     with conn.transaction():
         for name, value in {**SNAPSHOT_SETTINGS, **(settings or {})}.items():
             conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
-        taken_at, version = conn.execute("SELECT now(), current_setting('server_version')").fetchone()
-        yield Snapshot(taken_at=taken_at, server_version=version)
+        taken_at, version, snapshot_id = conn.execute(
+            "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
+        yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id)
 
 
 @dataclass
@@ -175,12 +184,13 @@ def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows:
 
 
 _DONE = object()
+T = TypeVar("T")
 
 
-def prefetch(chunks: Iterator[Chunk], depth: int = 4) -> Iterator[Chunk]:
+def prefetch(chunks: Iterator[T], depth: int = 4) -> Iterator[T]:
     """Read ahead in a thread so PostgreSQL keeps sending while the caller compresses and hashes.
 
-    At most ``depth`` chunks wait in memory. If the consumer stops early the reader is told to stop
+    At most ``depth`` items wait in memory. If the consumer stops early the reader is told to stop
     and its error, if any, is re-raised here, so the COPY never outlives the caller's failure.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)

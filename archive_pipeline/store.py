@@ -92,6 +92,9 @@ class S3Store:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
                                ContentMD5=_md5_header(digest))
 
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
@@ -206,7 +209,7 @@ class S3Upload:
         return etag
 
     def _delete_published(self) -> None:
-        self.store.client.delete_object(Bucket=self.store.bucket, Key=self.key)
+        self.store.delete(self.key)
 
     def _shutdown(self) -> None:
         if self._pool is not None:
