@@ -123,7 +123,7 @@ class JsonLines(_CopyFormat):
 
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         query = day_query(table, where, select_list(table, json_as_jsonb=True))
-        return sql.SQL("COPY (SELECT row_to_json(r) FROM ({query}) AS r) TO STDOUT "
+        return sql.SQL("COPY (SELECT row_to_json(r.*) FROM ({query}) AS r) TO STDOUT "
                        "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')").format(query=query)
 
     def output_type(self, type_name: str) -> str:

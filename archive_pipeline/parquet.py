@@ -50,7 +50,10 @@ def _expression(col: Column) -> sql.Composable:
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
-    return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))  # numeric, enum and the rest
+    if col.is_array or col.base_type == "numeric" or col.is_enum:
+        return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
+    # concat() applies the type's own output function; a ::text cast can differ (inet adds its mask)
+    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN concat({c}) END").format(c=ident)
 
 
 def arrow_query(table: SourceTable, where: sql.Composable) -> sql.Composed:

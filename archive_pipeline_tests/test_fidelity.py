@@ -1,0 +1,243 @@
+"""Every format x every codec keeps every value of every type, read back with ordinary tools
+(json, pyarrow's CSV reader, pyarrow.parquet) and compared with what PostgreSQL returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import uuid
+from decimal import Decimal
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from psycopg import sql
+
+from archive_pipeline.archive import archive_partition
+from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import ArchiveError
+from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
+
+DAY = dt.date(2024, 3, 10)
+SCHEMA_NAME = 'Mixed "Case" Schema'
+TABLE_NAME = "Hard Values"
+
+# column name -> (SQL type, kind used to decode it, values of rows 1..4 as SQL literals)
+COLUMNS = {
+    "id": ("int", "int", ["1", "2", "3", "4"]),
+    "Day At": ("timestamptz", "tz", ["'2024-03-10 00:00:00+00'", "'2024-03-10 12:00:00+00'",
+                                      "'2024-03-10 23:59:59.999999+00'", "'2024-03-10 06:00:00+00'"]),
+    "i2": ("smallint", "int", ["-32768", "NULL", "0", "32767"]),
+    "i8": ("bigint", "int", ["9223372036854775807", "NULL", "-9223372036854775808", "0"]),
+    "r": ("real", "float", ["1.5", "NULL", "'NaN'", "'-Infinity'"]),
+    "f": ("double precision", "float", ["0.1", "NULL", "'Infinity'", "'NaN'"]),
+    "n": ("numeric", "numeric", ["'123456789012345678901234567890.123456789012'", "NULL", "'NaN'", "'-0.000000000001'"]),
+    "n_inf": ("numeric", "numeric", ["'Infinity'", "NULL", "'-Infinity'", "0"]),
+    "n2": ("numeric(12,2)", "numeric", ["1234567890.12", "NULL", "-0.10", "0.00"]),
+    "n40": ("numeric(40,5)", "numeric", ["'12345678901234567890123456789012345.12345'", "NULL", "-1.00001", "0"]),
+    "b": ("boolean", "bool", ["true", "NULL", "false", "true"]),
+    "d": ("date", "date", ["'2024-03-10'", "NULL", "'infinity'", "'-infinity'"]),
+    "ts": ("timestamp", "ts", ["'2024-03-10 01:02:03.456789'", "NULL", "'-infinity'", "'infinity'"]),
+    "tz": ("timestamptz", "tz", ["'2024-03-10 01:02:03.456789+05:30'", "NULL", "'infinity'", "'-infinity'"]),
+    "tm": ("time", "time", ["'13:14:15.161718'", "NULL", "'00:00:00'", "'23:59:59.999999'"]),
+    "iv": ("interval", "interval", ["'1 year 2 mons 3 days 04:05:06.789'", "NULL",
+                                     "'-1 year -2 mons +3 days -04:05:06.000007'", "'0'"]),
+    "u": ("uuid", "uuid", ["'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", "NULL", "'00000000-0000-0000-0000-000000000000'",
+                           "'ffffffff-ffff-ffff-ffff-ffffffffffff'"]),
+    "t": ("text", "text", [r"E'back\\slash \"quote\" CR\r LF\n tab\t end'", "NULL", "''",
+                           "'ünïcödé ☃ 𝄞 \u2028 line-sep'"]),
+    "vc": ("varchar(20)", "text", ["'a,b'", "NULL", "''", "'\"'"]),
+    "ch": ("char(3)", "text", ["'ab'", "NULL", "'abc'", "' '"]),
+    "j": ("json", "json", [r"""'{"q": "say \"hi\"", "u": "\u00fc\u2603", "nested": {"a": [1, null, "x"]}}'""", "NULL",
+                           "'[]'", "'{\"multi\":\n  \"line\"}'"]),
+    "jb": ("jsonb", "json", [r"""'{"q": "say \"hi\"", "u": "\u00fc", "n": null}'""", "NULL", "'\"just a string\"'",
+                             "'{}'"]),
+    "by": ("bytea", "bytea", [r"'\x00ff0001'", "NULL", r"'\x'", r"'\x5c0a0d22'"]),
+    "ta": ("text[]", "list", ["ARRAY['a', NULL, 'c,d', 'e\"f', '']", "NULL", "'{}'", "ARRAY[NULL]::text[]"]),
+    "ia": ("int[]", "list", ["'{1,NULL,3}'", "NULL", "'{}'", "'{-1}'"]),
+    "m": ("mood", "text", ["'happy'", "NULL", "'sad'", "'happy'"]),
+    "mn": ("money", "money", ["12.34", "NULL", "-0.01", "92233720368547758.07"]),
+    "Spaced Col": ("inet", "text", ["'10.0.0.1/8'", "NULL", "'::1'", "'192.168.0.1'"]),
+}
+FORMAT_CODECS = [("jsonl", c) for c in ("zstd", "gzip", "lz4", "none")] + \
+    [("csv", c) for c in ("zstd", "gzip", "lz4", "none")] + \
+    [("parquet", c) for c in ("zstd", "snappy", "gzip", "lz4", "none")]
+
+
+@pytest.fixture(scope="module")
+def hard_table(pg):
+    """Created once for all format/codec combinations (read-only afterwards)."""
+    with pg.connect() as conn:
+        schema = sql.Identifier(SCHEMA_NAME)
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+        conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('sad', 'happy')").format(schema))
+        conn.execute("SET lc_monetary = 'C'")
+        cols = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(f"{SCHEMA_NAME!s}.mood" if t == "mood" else t)
+                                    if t != "mood" else sql.SQL("{}.mood").format(schema))
+            for name, (t, _, _) in COLUMNS.items())
+        table = sql.Identifier(SCHEMA_NAME, TABLE_NAME)
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, cols))
+        for row in range(4):
+            values = sql.SQL(", ").join(sql.SQL(v[2][row]) for v in COLUMNS.values())
+            conn.execute(sql.SQL("INSERT INTO {} VALUES ({})").format(table, values))
+        yield f"{SCHEMA_NAME}.{TABLE_NAME}"
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
+
+
+def _reference_expr(name: str, kind: str) -> sql.Composable:
+    ident = sql.Identifier(name)
+    if kind in ("date", "ts", "tz", "interval") or name == "Spaced Col":
+        return sql.SQL("CASE WHEN {c} IS NOT NULL THEN concat({c}) END").format(c=ident)  # the type's output
+    if kind == "money":
+        return sql.SQL("{}::numeric").format(ident)
+    return ident
+
+
+def reference_rows(conn: psycopg.Connection) -> tuple[list[dict], list[dict]]:
+    """(typed values as psycopg returns them, PostgreSQL's text output of every value)."""
+    conn.execute("SET TimeZone = 'UTC'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = 1")
+    table = sql.Identifier(SCHEMA_NAME, TABLE_NAME)
+    typed_sql = sql.SQL("SELECT {} FROM {} ORDER BY id").format(
+        sql.SQL(", ").join(_reference_expr(n, k) for n, (_, k, _) in COLUMNS.items()), table)
+    text_sql = sql.SQL("SELECT {} FROM {} ORDER BY id").format(
+        # concat() applies each type's output function (::text would strip char(n)'s padding)
+        sql.SQL(", ").join(sql.SQL("CASE WHEN {c} IS NOT NULL THEN concat({c}{cast}) END").format(
+            c=sql.Identifier(n), cast=sql.SQL("::numeric" if k == "money" else "")) for n, (_, k, _) in COLUMNS.items()),
+        table)
+    names = list(COLUMNS)
+    typed = [dict(zip(names, r, strict=True)) for r in conn.execute(typed_sql)]
+    text = [dict(zip(names, r, strict=True)) for r in conn.execute(text_sql)]
+    return typed, text
+
+
+def canon(kind: str, value):
+    """A comparable form: NaN equal to NaN, ±infinity kept as text, numerics by exact digits."""
+    if value is None:
+        return None
+    if kind == "float":
+        value = float(value)
+        return "NaN" if math.isnan(value) else value
+    if kind in ("numeric", "money"):
+        return str(Decimal(str(value)))
+    if kind in ("date", "ts", "tz"):
+        if isinstance(value, str):
+            if value in ("infinity", "-infinity"):
+                return value
+            return dt.date.fromisoformat(value) if kind == "date" else dt.datetime.fromisoformat(value)
+        return value
+    if kind == "uuid":
+        return uuid.UUID(str(value))
+    if kind == "time" and isinstance(value, str):
+        return dt.time.fromisoformat(value)
+    return value
+
+
+def decode_jsonl(kind: str, value):
+    if value is None:
+        return None
+    if kind == "bytea":
+        return bytes.fromhex(value[2:])
+    return value
+
+
+def decode_parquet(kind: str, column: pa.ChunkedArray, row: int):
+    value = column[row]
+    if not value.is_valid:
+        return None
+    if kind in ("date", "ts", "tz"):
+        raw = column.chunk(0).view(pa.int32() if kind == "date" else pa.int64())[row].as_py()
+        limit = 2**31 - 1 if kind == "date" else 2**63 - 1
+        if abs(raw) == limit:  # DuckDB's encoding of ±infinity
+            return "infinity" if raw > 0 else "-infinity"
+    if kind == "json":
+        return json.loads(value.as_py())
+    if kind == "interval":
+        return value.as_py()
+    return value.as_py()
+
+
+def interval_fields(conn: psycopg.Connection) -> list[dict | None]:
+    rows = conn.execute(sql.SQL(
+        "SELECT CASE WHEN iv IS NOT NULL THEN json_build_object("
+        "'months', (extract(year from iv) * 12 + extract(month from iv))::int, 'days', extract(day from iv)::int, "
+        "'microseconds', (extract(hour from iv) * 3600000000 + extract(minute from iv) * 60000000 "
+        "+ extract(microseconds from iv))::bigint) END FROM {} ORDER BY id").format(
+        sql.Identifier(SCHEMA_NAME, TABLE_NAME)))
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize(("fmt", "codec"), FORMAT_CODECS)
+def test_every_type_round_trips(fmt, codec, conn, hard_table, store, s3_client, bucket):
+    spec = TableSpec(name=hard_table, day_column="Day At", start_date=DAY, format=fmt, compression=codec)
+    result = archive_partition(conn, spec, DAY, store)
+    body = download(s3_client, bucket, result.key)
+    typed, text = reference_rows(conn)
+    assert result.rows == 4
+    manifest = json.loads(download(s3_client, bucket, result.manifest_key))
+    assert manifest["rows"] == 4 and manifest["object"]["md5"] == result.md5 == hashlib.md5(body).hexdigest()
+    assert [c["name"] for c in manifest["columns"]] == list(COLUMNS)
+    suffix = {"zstd": ".zst", "gzip": ".gz", "lz4": ".lz4"}.get(codec, "") if fmt != "parquet" else ""
+    assert result.key.endswith(f".{fmt}{suffix}")
+    head = s3_client.head_object(Bucket=bucket, Key=result.key)
+    assert head["ContentType"] == {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8",
+                                   "parquet": "application/vnd.apache.parquet"}[fmt]
+    assert head.get("ContentEncoding") == ({"zstd": "zstd", "gzip": "gzip"}.get(codec) if fmt != "parquet" else None)
+
+    if fmt == "csv":
+        rows = read_csv(decompress(body, codec))
+        assert list(rows[0]) == list(COLUMNS)
+        # CSV holds PostgreSQL's own text of every value; NULL and '' stay apart.
+        assert sorted(rows, key=lambda r: int(r["id"])) == text
+        return
+
+    if fmt == "jsonl":
+        records = sorted(read_jsonl(decompress(body, codec)), key=lambda r: r["id"])
+        actual = [{n: canon(k, decode_jsonl(k, r[n])) for n, (_, k, _) in COLUMNS.items()} for r in records]
+    else:
+        parquet = pq.read_table(io.BytesIO(body))
+        assert pq.ParquetFile(io.BytesIO(body)).metadata.row_group(0).column(0).compression.lower() == (
+            "uncompressed" if codec == "none" else codec)
+        order = sorted(range(4), key=lambda i: parquet.column("id")[i].as_py())
+        actual = [{n: canon(k, decode_parquet(k, parquet.column(n), i)) for n, (_, k, _) in COLUMNS.items()}
+                  for i in order]
+        assert parquet.schema.field("n2").type == pa.decimal128(12, 2)
+        assert parquet.schema.field("n40").type == pa.decimal256(40, 5)
+        assert parquet.schema.field("Day At").metadata[b"PG_TYPE"] == b"timestamp with time zone"
+        assert [a["iv"] for a in actual] == interval_fields(conn)
+        for a in actual:
+            a["iv"] = None
+    expected = [{n: canon(k, r[n]) for n, (_, k, _) in COLUMNS.items()} for r in typed]
+    if fmt == "parquet":
+        for e in expected:
+            e["iv"] = None
+    for exp, act in zip(expected, actual, strict=True):
+        assert act == exp
+
+
+def test_parquet_refuses_nan_in_a_decimal_column(conn, schema, store, s3_client, bucket):
+    conn.execute(sql.SQL("CREATE TABLE {}.prices (at date, price numeric(10,2))").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("INSERT INTO {}.prices VALUES ('2024-03-10', 1.5), ('2024-03-10', 'NaN')").format(
+        sql.Identifier(schema)))
+    spec = TableSpec(name=f"{schema}.prices", day_column="at", start_date=DAY, format="parquet")
+    with pytest.raises(ArchiveError) as failure:
+        archive_partition(conn, spec, DAY, store)
+    message = str(failure.value)
+    assert "'price'" in message and "numeric(10,2)" in message and f"{schema}.prices" in message
+    assert "jsonl or csv" in message and failure.value.retryable is False
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_parquet_refuses_multidimensional_arrays(conn, schema, store, s3_client, bucket):
+    conn.execute(sql.SQL("CREATE TABLE {}.grid (at date, cells int[])").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("INSERT INTO {}.grid VALUES ('2024-03-10', '{{{{1,2}},{{3,4}}}}')").format(
+        sql.Identifier(schema)))
+    spec = TableSpec(name=f"{schema}.grid", day_column="at", start_date=DAY, format="parquet")
+    with pytest.raises(ArchiveError, match=r"column 'cells' \(integer\[\]\).*multi-dimensional.*jsonl or csv"):
+        archive_partition(conn, spec, DAY, store)
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
