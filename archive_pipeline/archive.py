@@ -52,6 +52,8 @@ class ArchiveResult:
     server_version: str
     extract_seconds: float  # until the last row was read and compressed
     duration_seconds: float  # everything, upload included
+    upload_wait_seconds: float  # after the last row: waiting for the parts still in flight
+    complete_seconds: float  # the store assembling the object
     archiver_version: str = __version__
 
     @property
@@ -123,6 +125,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
             content_encoding=codec.content_encoding, day_column=spec.day_column, manifest_key=manifest_key(key),
             snapshot_at=snapshot.taken_at, server_version=snapshot.server_version,
             extract_seconds=extracted - started, duration_seconds=time.perf_counter() - started,
+            upload_wait_seconds=stored.wait_seconds, complete_seconds=stored.complete_seconds,
         )
         store.put_bytes(result.manifest_key, encode_manifest(build_manifest(result)), "application/json")
     except BaseException as exc:

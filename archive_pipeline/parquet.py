@@ -41,6 +41,7 @@ _DATE_WRAPPED = {-2147472692: 2**31 - 1, -2147472691: -(2**31 - 1)}
 _TIMESTAMP_WRAPPED = {-9222425352054775809: 2**63 - 1, -9222425352054775808: -(2**63 - 1)}
 INTERVAL_TYPE = pa.struct([("months", pa.int32()), ("days", pa.int32()), ("microseconds", pa.int64())])
 _LOSSY_PREFIX = "__archive_lossy_array_"
+BATCH_BYTES = 4 << 20
 
 
 def _expression(col: Column) -> sql.Composable:
@@ -173,6 +174,9 @@ class Parquet:
         dsn = make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
         conn = adbc.connect(dsn, autocommit=True)
         cur = conn.cursor()
+        # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
+        # in bench/) at the same speed; each batch becomes one row group.
+        cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
         cur.execute(literal.as_string(extraction.conn))
@@ -190,7 +194,7 @@ class Parquet:
             codec = "none" if self.compression == "none" else self.compression
             with pq.ParquetWriter(out, converter.schema, compression=codec, compression_level=self.level,
                                   store_schema=True) as writer:
-                for batch in prefetch(iter(reader)):
+                for batch in prefetch(iter(reader), depth=2):
                     converted = converter.convert(batch)
                     writer.write_batch(converted)
                     stats.rows += converted.num_rows

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,8 @@ class StoredObject:
     size: int
     etag: str
     parts: int
+    wait_seconds: float = 0.0  # after the stream ended, waiting for the remaining parts
+    complete_seconds: float = 0.0  # the store assembling the object (CompleteMultipartUpload/PutObject)
 
 
 def _read_exact(fd: int, length: int, offset: int) -> bytes:
@@ -174,12 +177,15 @@ class S3Upload:
     def finish(self, fd: int, size: int, md5_hex: str) -> StoredObject:
         """Send what is left, wait for every part, publish the object, and check what was stored."""
         store = self.store
+        started = time.perf_counter()
         if self.upload_id is None:
+            waited = started
             etag = self._put_single(fd, size, md5_hex)
         else:
             if size > self.sent:
                 self._submit(fd, self.sent, size - self.sent)
             parts = [f.result() for f in self._futures]
+            waited = time.perf_counter()
             response = store.client.complete_multipart_upload(
                 Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
@@ -189,13 +195,15 @@ class S3Upload:
             if store.verify_etags and etag.strip('"') != expected:
                 self._delete_published()
                 raise UploadError(f"{self.key}: stored object's ETag {etag} != expected {expected}", retryable=True)
+        completed = time.perf_counter()
         head = store.head(self.key)
         if head is None or head["ContentLength"] != size:
             self._delete_published()
             raise UploadError(f"{self.key}: stored object has {head and head['ContentLength']} bytes, "
                               f"expected {size}", retryable=True)
         return StoredObject(key=self.key, uri=store.uri(self.key), size=size, etag=etag.strip('"'),
-                            parts=max(1, len(self._futures)))
+                            parts=max(1, len(self._futures)), wait_seconds=waited - started,
+                            complete_seconds=completed - waited)
 
     def _put_single(self, fd: int, size: int, md5_hex: str) -> str:
         store = self.store

@@ -1,0 +1,181 @@
+"""Benchmark: archive one day of the sample events table in each format and compare, in the same
+run, with PostgreSQL's own limits. Prints numbers and ratios; asserts nothing.
+
+    make bench                      # 1,000,000 rows/day and a 10,000,000-row day, medians of 3
+    make bench ARGS="--rows 200000 --big-rows 0 --runs 3"
+
+Limits (each timed as a whole command, medians of --runs):
+  copy_csv   psql -c "COPY (<day>) TO STDOUT (FORMAT csv)"              > /dev/null
+  copy_json  psql -c "COPY (SELECT row_to_json(t) FROM (<day>) t) TO STDOUT" > /dev/null
+  copy_bin   psql -c "COPY (<day>) TO STDOUT (FORMAT binary)"           > /dev/null  (Parquet reads this)
+  psql_zstd  psql -c "\\copy (<day>) TO STDOUT csv" | zstd -3 > file
+Columns: tail = seconds after the last row was read (remaining parts, the store's CompleteMultipartUpload,
+HEAD check, manifest); wait = the part of it spent waiting for parts still in flight; RSS+MB = peak RSS
+above the RSS after imports.
+Archiver runs go through archive_partition (the code the Dagster asset runs): extract, format,
+compress, MD5/SHA-256, multipart upload to the local S3 endpoint (moto, another process) and the
+manifest, each in a fresh process so its peak RSS above its RSS after imports can be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DAY_SMALL = dt.date(2024, 3, 10)
+DAY_BIG = dt.date(2024, 3, 11)
+BUCKET = "bench"
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def child(args: argparse.Namespace) -> None:
+    """One archive run in this fresh process; prints a JSON line."""
+    import resource
+
+    import boto3
+    import psycopg
+
+    from archive_pipeline.archive import archive_partition
+    from archive_pipeline.config import TableSpec
+    from archive_pipeline.store import S3Store
+    import adbc_driver_postgresql.dbapi  # noqa: F401 - import cost is not archiving cost
+    import pyarrow.parquet  # noqa: F401
+
+    client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    spec = TableSpec(name="public.events", day_column="created_at", start_date="2024-01-01",
+                     format=args.format, compression="zstd")
+    with psycopg.connect(args.dsn, autocommit=True) as conn:
+        after_imports = _rss_mb()
+        started = time.perf_counter()
+        result = archive_partition(conn, spec, dt.date.fromisoformat(args.day), S3Store(client, BUCKET, prefix="bench"))
+        wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": result.rows, "bytes": result.bytes, "raw": result.uncompressed_bytes, "wall": wall,
+                      "extract": result.extract_seconds, "tail": result.duration_seconds - result.extract_seconds,
+                      "wait": result.upload_wait_seconds, "complete": result.complete_seconds,
+                      "rss_after_imports": after_imports, "peak_rss": peak, "parts": result.parts}))
+
+
+def _median_time(cmd: str, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _limits(pg_port: int, day: dt.date, runs: int, workdir: Path) -> dict[str, float]:
+    where = (f"created_at >= '{day} 00:00:00+00' AND created_at < '{day + dt.timedelta(days=1)} 00:00:00+00'")
+    query = f"SELECT * FROM public.events WHERE {where}"
+    psql = f"psql -X -q -h 127.0.0.1 -p {pg_port} -U postgres -d postgres"
+    return {
+        "copy_csv": _median_time(f'{psql} -c "COPY ({query}) TO STDOUT (FORMAT csv)" > /dev/null', runs),
+        "copy_json": _median_time(
+            f'{psql} -c "COPY (SELECT row_to_json(t) FROM ({query}) t) TO STDOUT" > /dev/null', runs),
+        "copy_bin": _median_time(f'{psql} -c "COPY ({query}) TO STDOUT (FORMAT binary)" > /dev/null', runs),
+        "psql_zstd": _median_time(
+            f'{psql} -c "\\copy ({query}) TO STDOUT csv" | zstd -q -3 -f -o {workdir / "pipe.csv.zst"}', runs),
+    }
+
+
+def _archive_runs(fmt: str, day: dt.date, runs: int, dsn: str, endpoint: str) -> dict:
+    results = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, __file__, "--child", "--format", fmt, "--day", day.isoformat(),
+                              "--dsn", dsn, "--endpoint", endpoint], check=True, capture_output=True, text=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    median["rss_above_imports"] = statistics.median(r["peak_rss"] - r["rss_after_imports"] for r in results)
+    return median
+
+
+def _print_table(rows_per_day: int, limits: dict[str, float], results: dict[str, dict]) -> None:
+    limit_for = {"csv": ("copy_csv", limits["copy_csv"]), "jsonl": ("copy_json", limits["copy_json"]),
+                 "parquet": ("copy_csv", limits["copy_csv"])}
+    print(f"\n== one day of {rows_per_day:,} rows (medians) ==")
+    for name, seconds in limits.items():
+        print(f"  limit {name:<10} {seconds:6.2f} s  {rows_per_day / seconds:>12,.0f} rows/s")
+    header = (f"  {'format':<8} {'rows/s':>11} {'MB/s':>7} {'size MB':>8} {'wall s':>7} {'tail s':>7} "
+              f"{'wait s':>6} {'RSS+MB':>7} {'vs limit':>16} {'vs psql|zstd':>13} {'vs COPY bin':>12}")
+    print(header)
+    for fmt, r in results.items():
+        limit_name, limit_seconds = limit_for[fmt]
+        print(f"  {fmt:<8} {r['rows'] / r['wall']:>11,.0f} {r['raw'] / r['wall'] / 1e6:>7.1f} "
+              f"{r['bytes'] / 1e6:>8.1f} {r['wall']:>7.2f} {r['tail']:>7.2f} {r['wait']:>6.2f} "
+              f"{r['rss_above_imports']:>7.1f} "
+              f"{limit_seconds / r['wall']:>6.2f}x {limit_name:<9} {limits['psql_zstd'] / r['wall']:>12.2f}x "
+              f"{limits['copy_bin'] / r['wall']:>11.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the benchmark day")
+    parser.add_argument("--big-rows", type=int, default=10_000_000, help="rows of the growth day (0: skip)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--formats", default="csv,jsonl,parquet")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--format", help=argparse.SUPPRESS)
+    parser.add_argument("--day", help=argparse.SUPPRESS)
+    parser.add_argument("--dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if not shutil.which("zstd") or not shutil.which("psql"):
+        sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
+
+    from archive_pipeline.local_stack import create_sample_events, local_stack
+
+    formats = args.formats.split(",")
+    workdir = Path(tempfile.mkdtemp(prefix="archive-bench-"))
+    print(f"{os.cpu_count()} cores; generating sample data ...", flush=True)
+    with local_stack() as (pg, s3):
+        s3.client().create_bucket(Bucket=BUCKET)
+        days = [(DAY_SMALL, args.rows)] + ([(DAY_BIG, args.big_rows)] if args.big_rows else [])
+        with pg.connect() as conn:
+            for day, rows in days:
+                started = time.perf_counter()
+                create_sample_events(conn, [day], rows)
+                conn.execute("VACUUM ANALYZE public.events")
+                print(f"  {rows:,} rows for {day} in {time.perf_counter() - started:.0f} s", flush=True)
+        summary = {}
+        for day, rows in days:
+            limits = _limits(pg.port, day, args.runs, workdir)
+            results = {fmt: _archive_runs(fmt, day, args.runs, pg.dsn, s3.endpoint_url) for fmt in formats}
+            _print_table(rows, limits, results)
+            summary[rows] = results
+        if len(days) == 2:
+            small, big = summary[args.rows], summary[args.big_rows]
+            print(f"\n== growth from {args.rows:,} to {args.big_rows:,} rows ==")
+            for fmt in formats:
+                s, b = small[fmt], big[fmt]
+                print(f"  {fmt:<8} time x{b['wall'] / s['wall']:.1f} (rows x{args.big_rows / args.rows:.0f}), "
+                      f"rows/s {s['rows'] / s['wall']:,.0f} -> {b['rows'] / b['wall']:,.0f}, "
+                      f"RSS above imports {s['rss_above_imports']:.1f} -> {b['rss_above_imports']:.1f} MB "
+                      f"({(b['rss_above_imports'] / s['rss_above_imports'] - 1) * 100:+.0f}%)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
