@@ -3,6 +3,9 @@
 import datetime as dt
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -16,15 +19,26 @@ from dagster import (
     TableColumn,
     TableColumnConstraints,
     TableSchema,
+    Config,
     asset,
 )
+from pydantic import Field
 
 from archive_pipeline.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.config import RetrySettings, TableSpec
 from archive_pipeline.errors import is_retryable
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.store import S3Store
+from archive_pipeline.verify import verify_archive
 
-EXTRACTION_POOL = "archive_source"  # bounds concurrent extractions; limit set in dagster.yaml
+INTACT_CHECK = "archive_intact"
+
+
+class ArchiveRunConfig(Config):
+    """Per-run switches, settable in the launchpad or a backfill's config."""
+
+    overwrite: bool = Field(default=False, description="archive again even if an identical archive exists")
+    deep_check: bool = Field(default=False, description="re-download the object, hash it and count its rows")
 
 
 def asset_key(spec: TableSpec) -> AssetKey:
@@ -61,6 +75,8 @@ def column_schema(result: ArchiveResult) -> TableSchema:
 def materialization_metadata(result: ArchiveResult) -> dict[str, object]:
     """What a user checks after archiving a day, in the names Dagster's own integrations use."""
     return {
+        "skipped": result.skipped,
+        "source_relation": result.source_relation,
         "dagster/row_count": result.rows,
         "dagster/uri": MetadataValue.path(result.uri),
         "dagster/column_schema": column_schema(result),
@@ -81,7 +97,23 @@ def materialization_metadata(result: ArchiveResult) -> dict[str, object]:
         "snapshot_at": MetadataValue.timestamp(result.snapshot_at),
         "source_server_version": result.server_version,
         "archiver_version": result.archiver_version,
+        "manifest_key": result.manifest_key,
     }
+
+
+def recorded(result: ArchiveResult) -> dict[str, object]:
+    return {"bytes": result.bytes, "md5": result.md5, "rows": result.rows, "format": result.format,
+            "compression": result.compression}
+
+
+def intact_check(store: S3Store, key: str, expected: dict, *, deep: bool) -> AssetCheckResult:
+    problems = verify_archive(store, key, expected, deep=deep)
+    return AssetCheckResult(
+        check_name=INTACT_CHECK, passed=not problems, severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems) if problems else
+        f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded",
+        metadata={"object": store.uri(key), "deep": deep, "problems": len(problems)},
+    )
 
 
 def build_archive_asset(spec: TableSpec, retry: RetrySettings) -> AssetsDefinition:
@@ -97,27 +129,37 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings) -> AssetsDefiniti
                      f"`{example_key}` (one object per day)."),
         retry_policy=retry_policy(retry),
         kinds={"postgres", "s3"},
-        pool=EXTRACTION_POOL,
+        pool=spec.pool,
+        check_specs=[AssetCheckSpec(INTACT_CHECK, asset=asset_key(spec),
+                                    description="The object exists; its size, MD5 (and, deep, row count) and "
+                                                "its manifest agree with what was recorded")],
         metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
                   "compression": spec.compression, "key_template": spec.key_template},
     )
-    def archive(context: AssetExecutionContext, postgres: PostgresResource,
+    def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
                 archive_store: ArchiveStoreResource) -> MaterializeResult:
         day = dt.date.fromisoformat(context.partition_key)
+        store = archive_store.store()
 
         def progress(rows: int, size: int) -> None:
             context.log.info(f"{spec.name} {day}: {rows:,} rows, {_size(size)} read so far")
 
         try:
             with postgres.connect() as conn:
-                result = archive_partition(conn, spec, day, archive_store.store(), temp_dir=archive_store.temp_dir,
-                                           progress=progress, session_settings=postgres.session_settings())
+                result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
+                                           progress=progress, session_settings=postgres.session_settings(),
+                                           overwrite=spec.overwrite or config.overwrite)
         except Exception as exc:
             if not is_retryable(exc):  # retrying cannot help; fail now, without the backoff wait
                 raise Failure(description=str(exc), allow_retries=False) from exc
             raise
-        context.log.info(f"archived {result.rows:,} rows of {spec.name} {day} to {result.uri} "
-                         f"({_size(result.bytes)}, {result.rows_per_second:,.0f} rows/s)")
-        return MaterializeResult(metadata=materialization_metadata(result))
+        if result.skipped:
+            context.log.info(f"{spec.name} {day}: {result.uri} already holds these {result.rows:,} rows "
+                             "(manifest and row count match); nothing uploaded. Set overwrite to archive again.")
+        else:
+            context.log.info(f"archived {result.rows:,} rows of {spec.name} {day} to {result.uri} "
+                             f"({_size(result.bytes)}, {result.rows_per_second:,.0f} rows/s)")
+        check = intact_check(store, result.key, recorded(result), deep=config.deep_check)
+        return MaterializeResult(metadata=materialization_metadata(result), check_results=[check])
 
     return archive

@@ -35,12 +35,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Partitioning(_Strict):
+    """How the days of a table exist in PostgreSQL (see the README, "Three ways a day exists").
+
+    - ``column``: a plain table; a day is the rows with ``day_column`` in that UTC day.
+    - ``declarative``: a declaratively partitioned parent; days are read from its children's bounds
+      in the catalog (a child covering a week or month archives as its days).
+    - ``naming``: one table per day named by ``pattern`` (strftime, e.g. ``events_%Y%m%d``) in the
+      same schema, legacy inheritance style; the whole child table is the day.
+    """
+
+    mode: Literal["column", "declarative", "naming"] = "column"
+    pattern: str | None = Field(default=None, description="naming mode: child table name, strftime style")
+
+    @model_validator(mode="after")
+    def _pattern(self) -> Partitioning:
+        if self.mode == "naming":
+            if not self.pattern:
+                raise ValueError("mode 'naming' needs a pattern such as 'events_%Y%m%d'")
+            if not all(code in self.pattern for code in ("%Y", "%m", "%d")):
+                raise ValueError(f"pattern {self.pattern!r} must contain %Y, %m and %d")
+            if len(dt.date(2024, 12, 31).strftime(self.pattern).encode()) > MAX_IDENTIFIER_BYTES:
+                raise ValueError(f"pattern {self.pattern!r} makes names longer than PostgreSQL's 63 bytes")
+        elif self.pattern:
+            raise ValueError("pattern is only for mode 'naming'")
+        return self
+
+
 class TableSpec(_Strict):
-    """One table to archive, one daily partition per day of ``day_column`` (UTC)."""
+    """One table to archive, one daily partition per UTC day."""
 
     name: str = Field(description="schema-qualified table name, e.g. public.events")
-    day_column: str = Field(description="date/timestamp/timestamptz column that defines the day")
+    day_column: str | None = Field(default=None, description="date/timestamp/timestamptz column that defines "
+                                   "the day (required unless partitioning.mode is naming)")
     start_date: dt.date = Field(description="first day to archive")
+    partitioning: Partitioning = Partitioning()
+    overwrite: bool = Field(default=False, description="archive again even when a matching archive exists")
+    pool: str = Field(default="archive_source", pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Dagster concurrency pool bounding extractions from this table's database")
     format: Format = "jsonl"
     compression: Compression = "zstd"
     compression_level: int | None = Field(default=None, ge=-7, le=22)
@@ -71,6 +103,16 @@ class TableSpec(_Strict):
         if not {"date"} <= fields and not {"year", "month", "day"} <= fields:
             raise ValueError("must contain {date} (or {year}, {month} and {day}) so days do not overwrite each other")
         return value
+
+    @model_validator(mode="after")
+    def _day_column_needed(self) -> TableSpec:
+        if self.day_column is None and self.partitioning.mode != "naming":
+            raise ValueError(f"day_column is required for partitioning mode {self.partitioning.mode!r}")
+        return self
+
+    def child_table(self, day: dt.date) -> str | None:
+        """Naming mode: the table that holds ``day``."""
+        return day.strftime(self.partitioning.pattern) if self.partitioning.mode == "naming" else None
 
     @field_validator("compression")
     @classmethod
@@ -137,8 +179,8 @@ def _describe(error: ValidationError, raw: dict) -> str:
         if len(loc) >= 2 and loc[0] == "tables" and isinstance(loc[1], int):
             tables = raw.get("tables") or []
             entry = tables[loc[1]] if loc[1] < len(tables) and isinstance(tables[loc[1]], dict) else {}
-            setting = ".".join(str(p) for p in loc[2:]) or "(entry)"
-            where = f"table {entry.get('name', f'#{loc[1] + 1}')!r}, setting {setting!r}"
+            setting = ".".join(str(p) for p in loc[2:])
+            where = f"table {entry.get('name', f'#{loc[1] + 1}')!r}" + (f", setting {setting!r}" if setting else "")
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown setting"

@@ -19,7 +19,9 @@ from dagster import Definitions, EnvVar, define_asset_job
 from dagster_aws.s3 import S3Resource
 
 from archive_pipeline.assets import asset_key, build_archive_asset
-from archive_pipeline.config import ArchiveConfig, ConfigError, load_config
+from archive_pipeline.checks import build_stored_archive_check
+from archive_pipeline.config import ArchiveConfig, ConfigError, TableSpec, load_config
+from archive_pipeline.discovery import declarative_days
 from archive_pipeline.errors import SourceError
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.schedules import build_daily_schedule
@@ -47,6 +49,20 @@ def default_resources() -> dict[str, object]:
     }
 
 
+def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """The table (or, in naming mode, its schema) exists as its partitioning mode needs."""
+    if spec.partitioning.mode == "naming":
+        if conn.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{spec.schema_name}"',)).fetchone()[0]:
+            raise SourceError(f"schema {spec.schema_name!r} does not exist", table=spec.name)
+        return
+    table = describe_table(conn, spec.name, spec.day_column)
+    if spec.partitioning.mode == "declarative":
+        if table.relkind != "p":
+            raise SourceError(f"{spec.name!r} is not a partitioned table (partitioning mode 'declarative'); "
+                              "use mode 'column'", table=spec.name)
+        declarative_days(conn, spec)  # refuses children that do not cover whole UTC days
+
+
 def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
     """Fail the load on a table or day column that does not exist, naming it.
 
@@ -62,7 +78,7 @@ def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
     with conn:
         for spec in config.tables:
             try:
-                describe_table(conn, spec.name, spec.day_column)
+                check_table(conn, spec)
             except SourceError as exc:
                 raise ConfigError(f"table {spec.name!r}: {exc}") from None
 
@@ -72,18 +88,20 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     config = config or load_config()
     if check_source and os.environ.get("ARCHIVE_PG_DSN"):
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
-    assets, jobs, schedules, targets = [], [], [], []
+    assets, checks, jobs, schedules, targets = [], [], [], [], []
     for spec in config.tables:
         archive_asset = build_archive_asset(spec, config.retry)
         key = asset_key(spec)
         job = define_asset_job(name=f"archive_{'_'.join(key.path[1:])}", selection=[archive_asset],
                                description=f"Archive days of {spec.name}")
         assets.append(archive_asset)
+        checks.append(build_stored_archive_check(key))
         jobs.append(job)
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
     return Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=jobs,
         schedules=schedules,
         sensors=[build_new_days_sensor(targets, config.sensor)],

@@ -26,6 +26,7 @@ def build_manifest(result: ArchiveResult) -> dict[str, Any]:
         "table": result.table,
         "day": result.day.isoformat(),
         "day_column": result.day_column,
+        "source_relation": result.source_relation,
         "rows": result.rows,
         "object": {
             "key": result.key,

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagste
 
 from archive_pipeline.config import SensorSettings, TableSpec
 from archive_pipeline.resources import PostgresResource
-from archive_pipeline.source import days_with_rows, describe_table
+from archive_pipeline.discovery import existing_days
+from archive_pipeline.errors import ArchiveError
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,11 @@ class SensorTarget:
 
 
 def candidate_days(spec: TableSpec, today: dt.date, lookback_days: int) -> list[dt.date]:
-    """Complete UTC days in the lookback window, never before the table's start_date."""
-    first = max(spec.start_date, today - dt.timedelta(days=lookback_days))
+    """Complete UTC days worth looking at, never before the table's start_date: all of them where the
+    catalog lists the days (declarative, naming), the lookback window where each day is a probe."""
+    first = spec.start_date
+    if spec.partitioning.mode == "column":
+        first = max(first, today - dt.timedelta(days=lookback_days))
     return [first + dt.timedelta(days=i) for i in range((today - first).days)]
 
 
@@ -50,21 +54,24 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
     def archive_new_days(context: SensorEvaluationContext, postgres: PostgresResource) -> SensorResult | SkipReason:
         today = dt.datetime.now(dt.UTC).date()
         requests: list[RunRequest] = []
+        problems: list[str] = []
         with postgres.connect() as conn:
-            conn.execute("SET TimeZone = 'UTC'")
             for target in targets:
                 days = candidate_days(target.spec, today, settings.lookback_days)
                 done = context.instance.get_materialized_partitions(target.asset_key)
                 missing = [d for d in days if d.isoformat() not in done]
                 if not missing:
                     continue
-                table = describe_table(conn, target.spec.name, target.spec.day_column)
-                for day in days_with_rows(conn, table, missing):
-                    key = day.isoformat()
-                    requests.append(RunRequest(run_key=f"{target.job.name}:{key}", job_name=target.job.name,
-                                               partition_key=key))
+                try:
+                    found = existing_days(conn, target.spec, missing)
+                except ArchiveError as exc:  # one table's problem must not hide the others' new days
+                    context.log.warning(str(exc))
+                    problems.append(target.spec.name)
+                    continue
+                requests += [RunRequest(run_key=f"{target.job.name}:{d.isoformat()}", job_name=target.job.name,
+                                        partition_key=d.isoformat()) for d in found]
         if not requests:
-            return SkipReason("every day with rows in the lookback window is archived")
+            return SkipReason("no new days to archive" + (f"; could not inspect {problems}" if problems else ""))
         return SensorResult(run_requests=requests[: settings.max_runs_per_tick])
 
     return archive_new_days

@@ -57,7 +57,7 @@ class SourceTable:
     name: str
     relkind: str
     columns: tuple[Column, ...]
-    day_column: Column
+    day_column: Column | None  # None: the whole table is the day (naming mode)
 
     @property
     def qualified(self) -> str:
@@ -101,7 +101,7 @@ ORDER BY a.attnum
 """
 
 
-def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str) -> SourceTable:
+def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None) -> SourceTable:
     """Look the table up in the catalog (by parameters, never by formatting names into SQL)."""
     schema, _, name = qualified_name.partition(".")
     row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
@@ -117,6 +117,8 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
                           f"GRANT SELECT ON {qualified_name} TO {conn.info.user}",
                           table=qualified_name, retryable=False)
     columns = tuple(Column(*r) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
+    if day_column is None:
+        return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None)
     by_name = {c.name: c for c in columns}
     day = by_name.get(day_column)
     if day is None:
@@ -139,7 +141,9 @@ def day_bounds(column: Column, day: dt.date) -> tuple[sql.Literal, sql.Literal]:
     return sql.Literal(start), sql.Literal(end)
 
 
-def day_filter(table: SourceTable, day: dt.date) -> sql.Composed:
+def day_filter(table: SourceTable, day: dt.date) -> sql.Composable:
+    if table.day_column is None:
+        return sql.SQL("TRUE")
     start, end = day_bounds(table.day_column, day)
     col = sql.Identifier(table.day_column.name)
     return sql.SQL("{col} >= {start} AND {col} < {end}").format(col=col, start=start, end=end)

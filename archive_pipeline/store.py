@@ -101,6 +101,16 @@ class S3Store:
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
+    def get_bytes_or_none(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.get_bytes(key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
     def abort_stale_uploads(self, key: str) -> int:
         """Abort multipart uploads of ``key`` left by a process that was killed mid-upload."""
         found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", [])

@@ -45,8 +45,26 @@ def test_bad_setting_names_table_and_setting(overrides, setting, words):
 def test_unqualified_name_and_missing_required():
     with pytest.raises(ConfigError, match="must be schema-qualified"):
         parse_table(name="events")
-    with pytest.raises(ConfigError, match=r"table 'public.events', setting 'day_column': Field required"):
+    with pytest.raises(ConfigError, match=r"table 'public.events': day_column is required for partitioning mode"):
         parse_config({"tables": [{"name": "public.events", "start_date": "2024-01-01"}]})
+
+
+@pytest.mark.parametrize(("partitioning", "words"), [
+    ({"mode": "naming"}, "needs a pattern"),
+    ({"mode": "naming", "pattern": "events_%Y%m"}, "must contain %Y, %m and %d"),
+    ({"mode": "column", "pattern": "events_%Y%m%d"}, "only for mode 'naming'"),
+    ({"mode": "hash"}, "'column', 'declarative' or 'naming'"),
+])
+def test_bad_partitioning(partitioning, words):
+    with pytest.raises(ConfigError, match="table 'public.events', setting 'partitioning") as failure:
+        parse_table(partitioning=partitioning)
+    assert words in str(failure.value)
+
+
+def test_naming_mode_needs_no_day_column():
+    spec = parse_config({"tables": [{"name": "legacy.events", "start_date": "2024-01-01",
+                                     "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"}}]}).tables[0]
+    assert spec.day_column is None and spec.child_table(__import__("datetime").date(2024, 3, 9)) == "events_20240309"
 
 
 def test_two_tables_on_one_asset_name_are_rejected():

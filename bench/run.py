@@ -66,7 +66,8 @@ def child(args: argparse.Namespace) -> None:
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         after_imports = _rss_mb()
         started = time.perf_counter()
-        result = archive_partition(conn, spec, dt.date.fromisoformat(args.day), S3Store(client, BUCKET, prefix="bench"))
+        result = archive_partition(conn, spec, dt.date.fromisoformat(args.day), S3Store(client, BUCKET, prefix="bench"),
+                                   overwrite=True)
         wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rows": result.rows, "bytes": result.bytes, "raw": result.uncompressed_bytes, "wall": wall,

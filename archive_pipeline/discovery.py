@@ -1,0 +1,109 @@
+"""Which days of a table exist in PostgreSQL, read from the catalog or probed by index.
+
+- declarative: the bounds of the parent's children (``pg_get_expr(relpartbound)``, interpreted by
+  the server, never guessed from names); a child covering several whole days yields each of them,
+  one whose bounds are not whole UTC days is refused with a message naming it;
+- naming: the tables of the schema whose name matches the pattern;
+- column: one ``EXISTS`` probe per candidate day (an index or partition prunes each).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import SourceError
+from archive_pipeline.source import days_with_rows, describe_table
+
+_BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
+
+_CHILDREN_QUERY = """
+SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
+WHERE n.nspname = %s AND p.relname = %s AND p.relkind = 'p'
+ORDER BY c.relname
+"""
+
+
+@dataclass(frozen=True)
+class ChildRange:
+    name: str
+    start: dt.datetime | None  # None: MINVALUE
+    end: dt.datetime | None  # None: MAXVALUE
+
+    def whole_days(self) -> list[dt.date]:
+        if self.start is None or self.end is None:
+            return []
+        return [self.start.date() + dt.timedelta(days=i) for i in range((self.end.date() - self.start.date()).days)]
+
+    @property
+    def aligned(self) -> bool:
+        return all(b is None or b.timetz().replace(tzinfo=None) == dt.time() for b in (self.start, self.end))
+
+
+def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
+    """The range each child partition covers, as the server interprets its bounds (in UTC)."""
+    schema, _, name = spec.name.partition(".")
+    rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
+    if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
+                                 ).fetchone()[0]:
+        raise SourceError(f"table {spec.name!r} does not exist", table=spec.name, retryable=False)
+    parsed = []
+    for child, bound in rows:
+        match = _BOUND.match(bound or "")
+        if match is None:  # DEFAULT or LIST/HASH bounds: no day range to read
+            continue
+        parsed.append((child, match["lo"], match["hi"]))
+    literals = [side for _, lo, hi in parsed for side in (lo, hi)]
+    conn.execute("SET TimeZone = 'UTC'")
+    values = [r[0] for r in conn.execute(
+        "SELECT CASE WHEN b IN ('MINVALUE', 'MAXVALUE') THEN NULL ELSE trim(both '''' from b)::timestamptz END "
+        "FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i) ORDER BY i", (literals,))]
+    return [ChildRange(child, values[2 * i], values[2 * i + 1]) for i, (child, _, _) in enumerate(parsed)]
+
+
+def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[dt.date]:
+    days: set[dt.date] = set()
+    for child in child_ranges(conn, spec):
+        if not child.aligned:
+            raise SourceError(
+                f"partition {child.name!r} of {spec.name!r} covers {child.start} to {child.end}, which is not "
+                "whole UTC days; use partitioning mode 'column' for this table", table=spec.name, retryable=False)
+        days.update(child.whole_days())
+    return sorted(days)
+
+
+def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[dt.date]:
+    schema = spec.schema_name
+    names = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f')", (schema,))]
+    days = []
+    for name in names:
+        try:
+            day = dt.datetime.strptime(name, spec.partitioning.pattern).date()
+        except ValueError:
+            continue
+        if day.strftime(spec.partitioning.pattern) == name:  # reject near-misses such as unpadded days
+            days.append(day)
+    return sorted(days)
+
+
+def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list[dt.date]) -> list[dt.date]:
+    """Which of ``candidates`` exist as data in PostgreSQL (see the module docstring)."""
+    wanted = set(candidates)
+    mode = spec.partitioning.mode
+    if mode == "declarative":
+        return [d for d in declarative_days(conn, spec) if d in wanted]
+    if mode == "naming":
+        return [d for d in naming_days(conn, spec) if d in wanted]
+    conn.execute("SET TimeZone = 'UTC'")
+    return days_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
