@@ -15,7 +15,7 @@ import logging
 import os
 
 import psycopg
-from dagster import Definitions, EnvVar, define_asset_job
+from dagster import AssetSelection, Definitions, EnvVar, define_asset_job
 from dagster_aws.s3 import S3Resource
 
 from archive_pipeline.assets import asset_key, build_archive_asset
@@ -99,10 +99,12 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         jobs.append(job)
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
+    verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*checks),
+                              description="Re-check every table's latest archive against what was recorded")
     return Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=jobs,
+        jobs=[*jobs, verify],
         schedules=schedules,
         sensors=[build_new_days_sensor(targets, config.sensor)],
         resources=resources or default_resources(),

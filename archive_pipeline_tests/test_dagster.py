@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -168,3 +170,86 @@ def test_postgres_instance_storage_block_in_dagster_yaml_works(pg, conn, schema,
         assert result.success
         assert instance.get_run_by_id(result.run_id) is not None
     conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(f"dagster_{schema}")))
+
+
+def _check_results(result) -> dict[str, object]:
+    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+            for e in result.all_events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION}
+
+
+def test_rematerialization_skips_and_checks_pass_then_fail_when_corrupted(conn, schema, archive_env, s3_client):
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=300, schema=schema)
+    defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+    job = defs.resolve_job_def(job_name(schema))
+    with instance_for_test() as instance:
+        first = job.execute_in_process(partition_key="2024-03-10", instance=instance,
+                                       run_config={"ops": {f"archive__{schema}__events": {
+                                           "config": {"deep_check": True}}}})
+        check = _check_results(first)["archive_intact"]
+        assert check.passed and "MD5 and row count" in check.description
+        again = job.execute_in_process(partition_key="2024-03-10", instance=instance)
+        [event] = again.get_asset_materialization_events()
+        assert event.materialization.metadata["skipped"].value is True
+        assert _check_results(again)["archive_intact"].passed
+
+        verify = defs.resolve_job_def("verify_archives")
+        assert _check_results(verify.execute_in_process(instance=instance))["latest_archive_intact"].passed
+        key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+        s3_client.put_object(Bucket=archive_env, Key=key, Body=b"not the archive")
+        failed = _check_results(verify.execute_in_process(instance=instance, raise_on_error=False))
+        assert not failed["latest_archive_intact"].passed
+        assert "size: recorded" in failed["latest_archive_intact"].description
+        assert "2024-03-10" in failed["latest_archive_intact"].description
+
+
+def test_dropped_connection_is_retried_and_succeeds(pg, conn, schema, archive_env, s3_client):
+    """The backend is terminated mid-stream once; Dagster's RetryPolicy runs the whole day again."""
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=150_000, schema=schema)
+    defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+    killed = []
+
+    def kill_first_copy() -> None:
+        with pg.connect() as watcher:
+            deadline = time.monotonic() + 60
+            while not killed and time.monotonic() < deadline:
+                row = watcher.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'archive_pipeline' "
+                                      "AND query LIKE 'COPY%%' AND state = 'active'").fetchone()
+                if row:
+                    watcher.execute("SELECT pg_terminate_backend(%s)", row)
+                    killed.append(row[0])
+                time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_first_copy)
+    watcher.start()
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key="2024-03-10",
+                                                                           instance=instance)
+        watcher.join()
+        assert killed and result.success
+        events = _step_events(instance, result.run_id)
+        assert events.count(DagsterEventType.STEP_UP_FOR_RETRY) == 1
+        [event] = result.get_asset_materialization_events()
+        assert event.materialization.metadata["dagster/row_count"].value == 150_000
+    assert s3_client.list_multipart_uploads(Bucket=archive_env).get("Uploads", []) == []
+
+
+def test_late_row_fails_the_run_without_retrying(conn, schema, archive_env):
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=50, schema=schema)
+    defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
+    job = defs.resolve_job_def(job_name(schema))
+    with instance_for_test() as instance:
+        assert job.execute_in_process(partition_key="2024-03-10", instance=instance).success
+        conn.execute(sql.SQL("INSERT INTO {}.events (id, created_at, user_id, event_type) "
+                             "VALUES (999999, '2024-03-10 10:00+00', 1, 'late')").format(sql.Identifier(schema)))
+        result = job.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
+        assert not result.success
+        assert DagsterEventType.STEP_UP_FOR_RETRY not in _step_events(instance, result.run_id)
+        assert "has 51 rows now but its archive" in str(result.failure_data_for_node(
+            f"archive__{schema}__events").error.to_string())
+
+
+def test_assets_run_in_the_source_pool(conn, schema, archive_env):
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=1, schema=schema)
+    defs = build_definitions(events_config(schema, dt.date(2024, 3, 10), pool="reporting_db"))
+    [asset] = [a for a in defs.assets]
+    assert asset.op.pool == "reporting_db"
