@@ -73,8 +73,9 @@ QUERY = """
 """
 
 
-def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
@@ -111,3 +112,77 @@ def test_webserver_shows_assets_partitions_schedules_sensor_and_checks(three_tab
     assert {s["cronSchedule"] for s in repo["schedules"]} == {"0 1 * * *"}
     assert [s["name"] for s in repo["sensors"]] == ["archive_new_days"]
     assert "verify_archives" in {j["name"] for j in repo["jobs"]}
+
+
+LAUNCH = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+RUNS = """
+query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+  ... on Runs { results { status tags { key value } } } } }
+"""
+
+
+def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, pg, s3, bucket, s3_client):
+    """`dagster dev` (webserver + daemon) and the GraphQL mutation the UI sends for a date range."""
+    from archive_pipeline.local_stack import create_sample_events
+    import datetime as dt
+
+    days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
+    create_sample_events(conn, days, rows_per_day=200, schema=schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.orders AS SELECT id, created_at::date AS placed FROM {}.events").format(
+        sql.Identifier(schema), sql.Identifier(schema)))
+    config = tmp_path / "tables.yaml"
+    config.write_text(json.dumps({"tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": "2024-03-01",
+         "partitioning": {"mode": "declarative"}},
+        {"name": f"{schema}.orders", "day_column": "placed", "start_date": "2024-03-05", "format": "csv"}]}))
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
+           "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "DAGSTER_HOME": str(home)}
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                               "-p", str(port)], cwd=REPO, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "dagster dev did not start"
+                time.sleep(0.5)
+        params = {"partitionsByAssets": [
+            {"assetKey": {"path": ["archive", schema, table]},
+             "partitions": {"range": {"start": days[0].isoformat(), "end": days[-1].isoformat()}}}
+            for table in ("events", "orders")]}
+        launched = _graphql(port, LAUNCH, {"params": params})["data"]["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        deadline = time.monotonic() + 300
+        while True:  # the daemon submits one run per table-day; wait until all six have finished
+            runs = _graphql(port, RUNS, {"id": launched["backfillId"]})["data"]["runsOrError"]["results"]
+            finished = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+            if len(finished) == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    assert [r["status"] for r in runs] == ["SUCCESS"] * 6
+    partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
+    assert partitions == sorted([d.isoformat() for d in days] * 2)
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    for day in days:
+        assert f"{schema}.events/2024/03/{day}.jsonl.zst" in keys
+        assert f"{schema}.orders/2024/03/{day}.csv.zst.manifest.json" in keys
+    assert len(keys) == 12  # 2 tables x 3 days x (object + manifest)
