@@ -23,6 +23,7 @@ from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import child_ranges
 from archive_pipeline.errors import ArchiveError, SourceError, is_retryable
 from archive_pipeline.formats import Extraction, Format, get_format
+from archive_pipeline.memory import bound_allocator
 from archive_pipeline.manifest import build_manifest, encode_manifest, manifest_key
 from archive_pipeline.sink import temp_archive_file
 from archive_pipeline.source import (
@@ -187,6 +188,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
     :class:`ArchiveError` naming the table and day and saying whether a retry may help.
     """
     overwrite = spec.overwrite if overwrite is None else overwrite
+    bound_allocator()
     try:
         with table_day_lock(conn, spec, day):
             return _archive(conn, spec, day, store, temp_dir=temp_dir, progress=progress,

@@ -109,7 +109,7 @@ class _CopyFormat:
             out.write(head)
             stats.bytes += len(head)
         statement = self.copy_statement(table, extraction.where)
-        for chunk in prefetch(copy_chunks(extraction.conn, statement, extraction.chunk_rows)):
+        for chunk in prefetch(copy_chunks(extraction.conn, statement, extraction.chunk_rows), depth=2):
             out.write(chunk.data)
             stats.rows += chunk.rows
             stats.bytes += len(chunk.data)
