@@ -154,7 +154,16 @@ class SensorSettings(_Strict):
     running: bool = Field(default=False, description="start the sensor as soon as the daemon loads it")
 
 
+class SourceSettings(_Strict):
+    """Limits set on every extraction session, so an archive never holds locks or the server too long."""
+
+    statement_timeout_ms: int = Field(default=0, ge=0, description="per statement (one COPY is one); 0 = none")
+    lock_timeout_ms: int = Field(default=30_000, ge=0, description="waiting for a lock; 0 = forever")
+    idle_in_transaction_timeout_ms: int = Field(default=600_000, ge=0)
+
+
 class ArchiveConfig(_Strict):
+    source: SourceSettings = SourceSettings()
     retry: RetrySettings = RetrySettings()
     schedule: ScheduleSettings = ScheduleSettings()
     sensor: SensorSettings = SensorSettings()

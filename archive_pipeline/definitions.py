@@ -20,7 +20,7 @@ from dagster_aws.s3 import S3Resource
 
 from archive_pipeline.assets import asset_key, build_archive_asset
 from archive_pipeline.checks import build_stored_archive_check
-from archive_pipeline.config import ArchiveConfig, ConfigError, TableSpec, load_config
+from archive_pipeline.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, load_config
 from archive_pipeline.discovery import declarative_days
 from archive_pipeline.errors import SourceError
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
@@ -35,7 +35,8 @@ def _optional_env(name: str) -> EnvVar | None:
     return EnvVar(name) if os.environ.get(name) else None
 
 
-def default_resources() -> dict[str, object]:
+def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
+    source = config.source if config else SourceSettings()
     s3 = S3Resource(
         endpoint_url=_optional_env("ARCHIVE_S3_ENDPOINT_URL"),
         region_name=_optional_env("ARCHIVE_S3_REGION") or "us-east-1",
@@ -43,7 +44,7 @@ def default_resources() -> dict[str, object]:
         aws_secret_access_key=_optional_env("ARCHIVE_S3_SECRET_ACCESS_KEY"),
     )
     return {
-        "postgres": PostgresResource(dsn=EnvVar("ARCHIVE_PG_DSN")),
+        "postgres": PostgresResource(dsn=EnvVar("ARCHIVE_PG_DSN"), **source.model_dump()),
         "archive_store": ArchiveStoreResource(s3=s3, bucket=EnvVar("ARCHIVE_S3_BUCKET"),
                                               prefix=_optional_env("ARCHIVE_S3_PREFIX") or ""),
     }
@@ -107,7 +108,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         jobs=[*jobs, verify],
         schedules=schedules,
         sensors=[build_new_days_sensor(targets, config.sensor)],
-        resources=resources or default_resources(),
+        resources=resources or default_resources(config),
     )
 
 

@@ -125,11 +125,12 @@ def test_schedule_requests_the_day_that_just_ended(conn, schema, archive_env):
     assert early.run_requests == [] and "before" in early.skip_message
 
 
-def test_sensor_requests_days_with_rows_and_no_archive(pg, conn, schema, archive_env):
+@pytest.mark.parametrize("mode", ["column", "declarative"])
+def test_sensor_requests_days_with_rows_and_no_archive(pg, conn, schema, archive_env, mode):
     today = utc_today()
     days = [today - dt.timedelta(days=n) for n in (3, 2, 1, 0)]  # today has rows but is not over yet
     create_sample_events(conn, days, rows_per_day=50, schema=schema)
-    defs = build_definitions(events_config(schema, today - dt.timedelta(days=30)))
+    defs = build_definitions(events_config(schema, today - dt.timedelta(days=30), partitioning={"mode": mode}))
     repo = defs.get_repository_def()
     sensor = repo.get_sensor_def("archive_new_days")
     resources = {"postgres": PostgresResource(dsn=pg.dsn)}
@@ -246,6 +247,21 @@ def test_late_row_fails_the_run_without_retrying(conn, schema, archive_env):
         assert DagsterEventType.STEP_UP_FOR_RETRY not in _step_events(instance, result.run_id)
         assert "has 51 rows now but its archive" in str(result.failure_data_for_node(
             f"archive__{schema}__events").error.to_string())
+
+
+def test_lock_timeout_from_the_yaml_file_is_a_retried_error(pg, conn, schema, archive_env):
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=10, schema=schema)
+    config = parse_config({"source": {"lock_timeout_ms": 200}, "retry": {"max_retries": 1, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": "2024-03-10"}]})
+    defs = build_definitions(config)
+    with pg.connect() as blocker, blocker.transaction(), instance_for_test() as instance:
+        blocker.execute(sql.SQL("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema)))
+        result = defs.resolve_job_def(job_name(schema)).execute_in_process(
+            partition_key="2024-03-10", instance=instance, raise_on_error=False)
+        assert not result.success
+        assert _step_events(instance, result.run_id).count(DagsterEventType.STEP_UP_FOR_RETRY) == 1
+        assert "lock timeout" in result.failure_data_for_node(f"archive__{schema}__events").error.to_string()
 
 
 def test_assets_run_in_the_source_pool(conn, schema, archive_env):

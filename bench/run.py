@@ -4,7 +4,7 @@ run, with PostgreSQL's own limits. Prints numbers and ratios; asserts nothing.
     make bench                      # 1,000,000 rows/day and a 10,000,000-row day, medians of 3
     make bench ARGS="--rows 200000 --big-rows 0 --runs 3"
 
-Limits (each timed as a whole command, medians of --runs):
+Limits (each timed as a whole command; limits and archiver runs interleaved, medians of --runs):
   copy_csv   psql -c "COPY (<day>) TO STDOUT (FORMAT csv)"              > /dev/null
   copy_json  psql -c "COPY (SELECT row_to_json(t) FROM (<day>) t) TO STDOUT" > /dev/null
   copy_bin   psql -c "COPY (<day>) TO STDOUT (FORMAT binary)"           > /dev/null  (Parquet reads this)
@@ -76,38 +76,47 @@ def child(args: argparse.Namespace) -> None:
                       "rss_after_imports": after_imports, "peak_rss": peak, "parts": result.parts}))
 
 
-def _median_time(cmd: str, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _time(cmd: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
+    return time.perf_counter() - started
 
 
-def _limits(pg_port: int, day: dt.date, runs: int, workdir: Path) -> dict[str, float]:
+def _limit_commands(pg_port: int, day: dt.date, workdir: Path) -> dict[str, str]:
     where = (f"created_at >= '{day} 00:00:00+00' AND created_at < '{day + dt.timedelta(days=1)} 00:00:00+00'")
     query = f"SELECT * FROM public.events WHERE {where}"
     psql = f"psql -X -q -h 127.0.0.1 -p {pg_port} -U postgres -d postgres"
     return {
-        "copy_csv": _median_time(f'{psql} -c "COPY ({query}) TO STDOUT (FORMAT csv)" > /dev/null', runs),
-        "copy_json": _median_time(
-            f'{psql} -c "COPY (SELECT row_to_json(t) FROM ({query}) t) TO STDOUT" > /dev/null', runs),
-        "copy_bin": _median_time(f'{psql} -c "COPY ({query}) TO STDOUT (FORMAT binary)" > /dev/null', runs),
-        "psql_zstd": _median_time(
-            f'{psql} -c "\\copy ({query}) TO STDOUT csv" | zstd -q -3 -f -o {workdir / "pipe.csv.zst"}', runs),
+        "copy_csv": f'{psql} -c "COPY ({query}) TO STDOUT (FORMAT csv)" > /dev/null',
+        "copy_json": f'{psql} -c "COPY (SELECT row_to_json(t) FROM ({query}) t) TO STDOUT" > /dev/null',
+        "copy_bin": f'{psql} -c "COPY ({query}) TO STDOUT (FORMAT binary)" > /dev/null',
+        "psql_zstd": f'{psql} -c "\\copy ({query}) TO STDOUT csv" | zstd -q -3 -f -o {workdir / "pipe.csv.zst"}',
     }
 
 
-def _archive_runs(fmt: str, day: dt.date, runs: int, dsn: str, endpoint: str) -> dict:
-    results = []
+def _archive_once(fmt: str, day: dt.date, dsn: str, endpoint: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", "--format", fmt, "--day", day.isoformat(),
+                          "--dsn", dsn, "--endpoint", endpoint], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _measure(day: dt.date, formats: list[str], runs: int, pg, s3, workdir: Path) -> tuple[dict, dict]:
+    """Limits and archiver runs interleaved round by round, so drift on the machine hits all alike."""
+    commands = _limit_commands(pg.port, day, workdir)
+    limit_times: dict[str, list[float]] = {name: [] for name in commands}
+    runs_by_format: dict[str, list[dict]] = {fmt: [] for fmt in formats}
     for _ in range(runs):
-        out = subprocess.run([sys.executable, __file__, "--child", "--format", fmt, "--day", day.isoformat(),
-                              "--dsn", dsn, "--endpoint", endpoint], check=True, capture_output=True, text=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    median = {k: statistics.median(r[k] for r in results) for k in results[0]}
-    median["rss_above_imports"] = statistics.median(r["peak_rss"] - r["rss_after_imports"] for r in results)
-    return median
+        for name, cmd in commands.items():
+            limit_times[name].append(_time(cmd))
+        for fmt in formats:
+            runs_by_format[fmt].append(_archive_once(fmt, day, pg.dsn, s3.endpoint_url))
+    limits = {name: statistics.median(times) for name, times in limit_times.items()}
+    results = {}
+    for fmt, rs in runs_by_format.items():
+        median = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        median["rss_above_imports"] = statistics.median(r["peak_rss"] - r["rss_after_imports"] for r in rs)
+        results[fmt] = median
+    return limits, results
 
 
 def _print_table(rows_per_day: int, limits: dict[str, float], results: dict[str, dict]) -> None:
@@ -159,11 +168,11 @@ def main() -> None:
                 started = time.perf_counter()
                 create_sample_events(conn, [day], rows)
                 conn.execute("VACUUM ANALYZE public.events")
+                conn.execute("CHECKPOINT")  # no background writes left over to disturb the timings
                 print(f"  {rows:,} rows for {day} in {time.perf_counter() - started:.0f} s", flush=True)
         summary = {}
         for day, rows in days:
-            limits = _limits(pg.port, day, args.runs, workdir)
-            results = {fmt: _archive_runs(fmt, day, args.runs, pg.dsn, s3.endpoint_url) for fmt in formats}
+            limits, results = _measure(day, formats, args.runs, pg, s3, workdir)
             _print_table(rows, limits, results)
             summary[rows] = results
         if len(days) == 2:
