@@ -3,13 +3,12 @@
 import datetime as dt
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
     Backoff,
+    Config,
     DailyPartitionsDefinition,
     Failure,
     Jitter,
@@ -19,7 +18,6 @@ from dagster import (
     TableColumn,
     TableColumnConstraints,
     TableSchema,
-    Config,
     asset,
 )
 from pydantic import Field
@@ -28,10 +26,7 @@ from archive_pipeline.archive import ArchiveResult, archive_partition, render_ke
 from archive_pipeline.config import RetrySettings, TableSpec
 from archive_pipeline.errors import is_retryable
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
-from archive_pipeline.store import S3Store
-from archive_pipeline.verify import verify_archive
-
-INTACT_CHECK = "archive_intact"
+from archive_pipeline.checks import INTACT_CHECK, check_result
 
 
 class ArchiveRunConfig(Config):
@@ -42,8 +37,7 @@ class ArchiveRunConfig(Config):
 
 
 def asset_key(spec: TableSpec) -> AssetKey:
-    schema = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in spec.schema_name.lower())
-    return AssetKey(["archive", schema, spec.asset_name])
+    return AssetKey(["archive", *spec.asset_path])
 
 
 def daily_partitions(spec: TableSpec) -> DailyPartitionsDefinition:
@@ -106,16 +100,6 @@ def recorded(result: ArchiveResult) -> dict[str, object]:
             "compression": result.compression}
 
 
-def intact_check(store: S3Store, key: str, expected: dict, *, deep: bool) -> AssetCheckResult:
-    problems = verify_archive(store, key, expected, deep=deep)
-    return AssetCheckResult(
-        check_name=INTACT_CHECK, passed=not problems, severity=AssetCheckSeverity.ERROR,
-        description="; ".join(problems) if problems else
-        f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded",
-        metadata={"object": store.uri(key), "deep": deep, "problems": len(problems)},
-    )
-
-
 def build_archive_asset(spec: TableSpec, retry: RetrySettings) -> AssetsDefinition:
     """The partitioned asset that archives ``spec``, one UTC day per partition."""
     example_key = render_key(spec, spec.start_date, "<prefix>")
@@ -159,7 +143,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings) -> AssetsDefiniti
         else:
             context.log.info(f"archived {result.rows:,} rows of {spec.name} {day} to {result.uri} "
                              f"({_size(result.bytes)}, {result.rows_per_second:,.0f} rows/s)")
-        check = intact_check(store, result.key, recorded(result), deep=config.deep_check)
+        check = check_result(INTACT_CHECK, store, result.key, recorded(result), deep=config.deep_check)
         return MaterializeResult(metadata=materialization_metadata(result), check_results=[check])
 
     return archive

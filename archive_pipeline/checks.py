@@ -4,6 +4,7 @@
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetChecksDefinition,
     AssetKey,
     Config,
@@ -12,9 +13,24 @@ from dagster import (
 from pydantic import Field
 
 from archive_pipeline.resources import ArchiveStoreResource
+from archive_pipeline.store import S3Store
 from archive_pipeline.verify import verify_archive
 
-STORED_CHECK = "latest_archive_intact"
+INTACT_CHECK = "archive_intact"  # runs inside every materialization
+STORED_CHECK = "latest_archive_intact"  # runs on demand
+
+
+def check_result(check_name: str, store: S3Store, key: str, expected: dict, *, deep: bool,
+                 partition: str | None = None) -> AssetCheckResult:
+    """The stored archive compared with what was recorded; the description says what differs."""
+    problems = verify_archive(store, key, expected, deep=deep)
+    where = f"{partition}: " if partition else ""
+    verdict = "; ".join(problems) if problems else \
+        f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
+    return AssetCheckResult(check_name=check_name, passed=not problems, severity=AssetCheckSeverity.ERROR,
+                            description=where + verdict,
+                            metadata={"object": store.uri(key), "deep": deep, "problems": len(problems),
+                                      "partition": partition or ""})
 
 
 class StoredCheckConfig(Config):
@@ -36,14 +52,7 @@ def build_stored_archive_check(key: AssetKey) -> AssetChecksDefinition:
             return AssetCheckResult(passed=False, description=f"materialization of {event.partition} has no object_key")
         expected = {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
                     "format": meta["format"], "compression": meta["compression"]}
-        store = archive_store.store()
-        problems = verify_archive(store, meta["object_key"], expected, deep=config.deep)
-        return AssetCheckResult(
-            passed=not problems,
-            description=(f"{event.partition}: " + "; ".join(problems)) if problems
-            else f"{event.partition}: archive matches what was recorded",
-            metadata={"partition": event.partition or "", "object": store.uri(meta["object_key"]),
-                      "deep": config.deep},
-        )
+        return check_result(STORED_CHECK, archive_store.store(), meta["object_key"], expected, deep=config.deep,
+                            partition=event.partition)
 
     return _check

@@ -27,6 +27,11 @@ DEFAULT_KEY_TEMPLATE = "{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}"
 MAX_IDENTIFIER_BYTES = 63
 
 
+def dagster_name(text: str) -> str:
+    """A PostgreSQL identifier as a Dagster name: lower-case letters, digits and underscores."""
+    return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "_"
+
+
 class ConfigError(ValueError):
     """The archive configuration is wrong; the message names the table and the setting."""
 
@@ -130,9 +135,9 @@ class TableSpec(_Strict):
         return self.name.partition(".")[2]
 
     @property
-    def asset_name(self) -> str:
-        """A Dagster-safe name: lower-case letters, digits and underscores."""
-        return re.sub(r"[^a-z0-9_]+", "_", self.table_name.lower()).strip("_") or "table"
+    def asset_path(self) -> tuple[str, str]:
+        """(schema, table) as Dagster names, for the asset key and the job name."""
+        return dagster_name(self.schema_name), dagster_name(self.table_name)
 
 
 class RetrySettings(_Strict):
@@ -173,10 +178,10 @@ class ArchiveConfig(_Strict):
     def _unique(self) -> ArchiveConfig:
         seen: dict[tuple[str, str], str] = {}
         for spec in self.tables:
-            key = (spec.schema_name, spec.asset_name)
-            if key in seen:
-                raise ValueError(f"tables {seen[key]!r} and {spec.name!r} map to the same asset name {spec.asset_name!r}")
-            seen[key] = spec.name
+            if spec.asset_path in seen:
+                raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
+                                 f"{'/'.join(spec.asset_path)!r}")
+            seen[spec.asset_path] = spec.name
         return self
 
 

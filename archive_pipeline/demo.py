@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         with DagsterInstance.get() as instance:
             for day in days:
                 started = time.perf_counter()
-                result = job.execute_in_process(partition_key=day.isoformat(), instance=instance)
+                result = job.execute_in_process(partition_key=day.isoformat(), instance=instance,
+                                                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
                 [event] = result.get_asset_materialization_events()
                 meta = {k: v.value for k, v in event.materialization.metadata.items()}
                 rows.append((day.isoformat(), meta["object_key"], meta["dagster/row_count"], meta["compressed_bytes"],

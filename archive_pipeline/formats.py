@@ -145,16 +145,14 @@ class Csv(_CopyFormat):
         return sql.SQL("COPY ({query}) TO STDOUT (FORMAT csv)").format(query=day_query(table, where))
 
 
-_JSON_NUMBERS = ("smallint", "integer", "bigint", "real", "double precision", "numeric", "money")
-
-
 def json_type(type_name: str) -> str:
     """How row_to_json encodes a PostgreSQL type (see the README's type table)."""
     if type_name.endswith("[]"):
         return f"array of {json_type(type_name[:-2])}"
-    if type_name.startswith(_JSON_NUMBERS):
-        return "number (\"NaN\"/\"Infinity\" as strings)" if not type_name.startswith(("smallint", "integer", "bigint")) \
-            else "number"
+    if type_name.startswith(("smallint", "integer", "bigint")):
+        return "number"
+    if type_name.startswith(("real", "double precision", "numeric", "money")):
+        return 'number ("NaN", "Infinity", "-Infinity" as strings)'
     if type_name == "boolean":
         return "boolean"
     if type_name in ("json", "jsonb"):

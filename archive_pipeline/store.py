@@ -140,10 +140,6 @@ class S3Upload:
     _pool: cf.ThreadPoolExecutor | None = None
     _slots: threading.Semaphore | None = None
 
-    @property
-    def parts_started(self) -> int:
-        return len(self._futures)
-
     def grow(self, fd: int, size: int) -> None:
         """Start uploading every whole part now present in the first ``size`` bytes of ``fd``."""
         while size - self.sent >= self.store.part_size:

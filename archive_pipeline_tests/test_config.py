@@ -19,7 +19,9 @@ def test_defaults():
     spec = parse_table().tables[0]
     assert (spec.format, spec.compression, spec.chunk_size, spec.key_template) == (
         "jsonl", "zstd", 10_000, DEFAULT_KEY_TEMPLATE)
-    assert (spec.schema_name, spec.table_name, spec.asset_name) == ("public", "events", "events")
+    assert (spec.schema_name, spec.table_name, spec.asset_path) == ("public", "events", ("public", "events"))
+    odd = parse_table(name='Mixed "Case".Nasty Events').tables[0]
+    assert odd.asset_path == ("mixed_case", "nasty_events")
 
 
 @pytest.mark.parametrize(("overrides", "setting", "words"), [

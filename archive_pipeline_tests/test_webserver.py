@@ -3,6 +3,8 @@ validator and a real dagster-webserver queried over GraphQL."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -11,12 +13,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from psycopg import sql
 
-from archive_pipeline.local_stack import free_port
+from archive_pipeline.local_stack import create_sample_events, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,6 +76,28 @@ QUERY = """
 """
 
 
+@contextlib.contextmanager
+def dagster_server(args: list[str], env: dict[str, str]) -> Iterator[int]:
+    """Run `python -m <args> -w workspace.yaml` on a free port until the block ends; yields the port."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", *args, "-w", "workspace.yaml", "-h", "127.0.0.1",
+                               "-p", str(port)], cwd=REPO, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, f"{args[0]} did not start"
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
@@ -82,23 +107,8 @@ def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
 
 
 def test_webserver_shows_assets_partitions_schedules_sensor_and_checks(three_tables, schema):
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1",
-                               "-p", str(port)], cwd=REPO, env=three_tables, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "webserver did not start"
-                time.sleep(0.5)
+    with dagster_server(["dagster_webserver"], three_tables) as port:
         data = _graphql(port, QUERY)["data"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
     [location] = data["workspaceOrError"]["locationEntries"]
     assert location["locationOrLoadError"]["__typename"] == "RepositoryLocation", location
     [repo] = location["locationOrLoadError"]["repositories"]
@@ -132,9 +142,6 @@ query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", valu
 
 def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, pg, s3, bucket, s3_client):
     """`dagster dev` (webserver + daemon) and the GraphQL mutation the UI sends for a date range."""
-    from archive_pipeline.local_stack import create_sample_events
-    import datetime as dt
-
     days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
     create_sample_events(conn, days, rows_per_day=200, schema=schema)
     conn.execute(sql.SQL("CREATE TABLE {}.orders AS SELECT id, created_at::date AS placed FROM {}.events").format(
@@ -149,19 +156,7 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
            "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "DAGSTER_HOME": str(home)}
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-                               "-p", str(port)], cwd=REPO, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "dagster dev did not start"
-                time.sleep(0.5)
+    with dagster_server(["dagster", "dev"], env) as port:
         params = {"partitionsByAssets": [
             {"assetKey": {"path": ["archive", schema, table]},
              "partitions": {"range": {"start": days[0].isoformat(), "end": days[-1].isoformat()}}}
@@ -175,9 +170,6 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
             if len(finished) == 6 or time.monotonic() > deadline:
                 break
             time.sleep(2)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     assert [r["status"] for r in runs] == ["SUCCESS"] * 6
     partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
     assert partitions == sorted([d.isoformat() for d in days] * 2)
