@@ -29,21 +29,21 @@ def _print_table(rows: list[tuple], header: tuple) -> None:
 
 
 def _run_dagster_dev(env: dict[str, str], port: int) -> None:
+    """`dagster dev` in the foreground: Ctrl-C reaches it as it would in a terminal, and it shuts
+    down its webserver, daemon and code server itself (SIGTERM is only the fallback)."""
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
            "-p", str(port)]
-    process = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True)
+    process = subprocess.Popen(cmd, env=env, cwd=REPO)
     print(f"\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C stops it and the demo services)")
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+    while process.poll() is None:
+        try:
+            process.wait()
+        except KeyboardInterrupt:  # dagster dev got the same SIGINT; give it time to stop cleanly
             try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
