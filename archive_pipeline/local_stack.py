@@ -71,15 +71,28 @@ class LocalPostgres:
         return psycopg.connect(self.dsn, autocommit=True, **kwargs)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            # SIGQUIT is PostgreSQL's immediate shutdown: a throwaway cluster needs no checkpoint.
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Immediate shutdown (SIGQUIT: no checkpoint for a throwaway cluster) of the whole process
+        group: runuser does not pass signals on, so signalling it alone would orphan the server."""
+        group = self.process.pid  # started in its own session: the group holds runuser and postgres
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGQUIT)
+        deadline = time.monotonic() + 15
+        while _group_alive(self.process, group):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+                deadline = float("inf")
+            time.sleep(0.05)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _group_alive(leader: subprocess.Popen, group: int) -> bool:
+    leader.poll()  # reap the leader once it exits, or its zombie keeps the group "alive"
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def start_postgres(settings: dict[str, str] | None = None) -> LocalPostgres:
