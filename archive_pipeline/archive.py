@@ -21,10 +21,10 @@ from archive_pipeline import __version__
 from archive_pipeline.compression import get_codec
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import child_ranges
-from archive_pipeline.errors import ArchiveError, SourceError, is_retryable
+from archive_pipeline.errors import ArchiveError, SourceError, is_retryable, redact
 from archive_pipeline.formats import Extraction, Format, get_format
-from archive_pipeline.memory import bound_allocator
 from archive_pipeline.manifest import build_manifest, encode_manifest, manifest_key
+from archive_pipeline.memory import bound_allocator
 from archive_pipeline.sink import temp_archive_file
 from archive_pipeline.source import (
     SNAPSHOT_SETTINGS,
@@ -198,8 +198,9 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
         exc.table, exc.day = exc.table or spec.name, exc.day or day.isoformat()
         raise
     except Exception as exc:
-        raise ArchiveError(f"archiving {spec.name} for {day.isoformat()} failed: {type(exc).__name__}: {exc}",
-                           table=spec.name, day=day.isoformat(), retryable=is_retryable(exc)) from exc
+        message = redact(f"archiving {spec.name} for {day.isoformat()} failed: {type(exc).__name__}: {exc}",
+                         conn.info.password)
+        raise ArchiveError(message, table=spec.name, day=day.isoformat(), retryable=is_retryable(exc)) from None
 
 
 def _archive(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *, temp_dir: str | None,

@@ -23,10 +23,10 @@ from dagster import (
 from pydantic import Field
 
 from archive_pipeline.archive import ArchiveResult, archive_partition, render_key
-from archive_pipeline.config import RetrySettings, TableSpec
-from archive_pipeline.errors import is_retryable
-from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.checks import INTACT_CHECK, check_result
+from archive_pipeline.config import RetrySettings, TableSpec
+from archive_pipeline.errors import is_retryable, redact
+from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 
 
 class ArchiveRunConfig(Config):
@@ -135,7 +135,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings) -> AssetsDefiniti
                                            overwrite=spec.overwrite or config.overwrite)
         except Exception as exc:
             if not is_retryable(exc):  # retrying cannot help; fail now, without the backoff wait
-                raise Failure(description=str(exc), allow_retries=False) from exc
+                raise Failure(description=redact(str(exc), postgres.password), allow_retries=False) from None
             raise
         if result.skipped:
             context.log.info(f"{spec.name} {day}: {result.uri} already holds these {result.rows:,} rows "

@@ -7,8 +7,21 @@ format cannot hold, bad configuration) fails at once so nobody waits through the
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import psycopg.errors as pg_errors
+
+
+_URI_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` without the given secrets or any password in a URI, safe for logs and metadata."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _URI_CREDENTIALS.sub(r"\1***@", text)
 
 
 class ArchiveError(Exception):
@@ -52,7 +65,8 @@ def is_retryable(exc: BaseException) -> bool:
             return False
         return sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock_not_available
     try:
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+        from botocore.exceptions import ClientError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
     except ImportError:  # pragma: no cover - botocore is a dependency
         return False
     if isinstance(exc, BotoConnectionError | ReadTimeoutError):

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Iterator
 
 import psycopg
+import psycopg.conninfo
 from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
@@ -34,6 +35,14 @@ class PostgresResource(ConfigurableResource):
             yield conn
         finally:
             conn.close()
+
+    @property
+    def password(self) -> str | None:
+        """The DSN's password, so error messages can be scrubbed of it."""
+        try:
+            return psycopg.conninfo.conninfo_to_dict(self.dsn).get("password")
+        except psycopg.ProgrammingError:
+            return None
 
     def session_settings(self) -> dict[str, str]:
         return {

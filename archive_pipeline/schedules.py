@@ -1,7 +1,6 @@
 """The daily schedule: shortly after midnight UTC, archive the day that just ended."""
 
 import datetime as dt
-
 from typing import TYPE_CHECKING
 
 from dagster import (

@@ -3,7 +3,6 @@ rows loaded late for a day never archived) and asks for runs of exactly those da
 
 import datetime as dt
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -21,9 +20,9 @@ if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagste
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from archive_pipeline.config import SensorSettings, TableSpec
-from archive_pipeline.resources import PostgresResource
 from archive_pipeline.discovery import existing_days
 from archive_pipeline.errors import ArchiveError
+from archive_pipeline.resources import PostgresResource
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,21 @@ def test_key_template_fields(events):
     spec = events_spec(events, key_template="{prefix}/{table}/dt={date}/part.{ext}", format="csv",
                        compression="gzip")
     assert render_key(spec, DAYS[0], "") == "events/dt=2024-03-10/part.csv.gz"
+
+
+def test_errors_never_carry_the_password(pg, schema, store):
+    """Even an error whose text holds the DSN comes out without the password."""
+    secret_dsn = pg.dsn.replace("postgres@", "postgres:Sup3r-Secret@")  # trust auth ignores it
+    spec = TableSpec(name=f"{schema}.nope", day_column="at", start_date="2024-03-01")
+
+    class LeakyStore(type(store)):
+        def begin(self, *args, **kwargs):
+            raise RuntimeError(f"could not reach {secret_dsn}")
+
+    leaky = LeakyStore(store.client, store.bucket)
+    with psycopg.connect(secret_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {}.nope (at date)").format(sql.Identifier(schema)))
+        with pytest.raises(ArchiveError) as failure:
+            archive_partition(conn, spec, dt.date(2024, 3, 10), leaky)
+    assert "Sup3r-Secret" not in str(failure.value) and "could not reach" in str(failure.value)
+    assert failure.value.__cause__ is None  # the original (with the secret) is not chained into tracebacks

@@ -50,14 +50,14 @@ def child(args: argparse.Namespace) -> None:
     """One archive run in this fresh process; prints a JSON line."""
     import resource
 
+    import adbc_driver_postgresql.dbapi  # noqa: F401 - import cost is not archiving cost
     import boto3
     import psycopg
+    import pyarrow.parquet  # noqa: F401
 
     from archive_pipeline.archive import archive_partition
     from archive_pipeline.config import TableSpec
     from archive_pipeline.store import S3Store
-    import adbc_driver_postgresql.dbapi  # noqa: F401 - import cost is not archiving cost
-    import pyarrow.parquet  # noqa: F401
 
     client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
