@@ -20,7 +20,7 @@ from psycopg import sql
 from archive_pipeline import __version__
 from archive_pipeline.compression import get_codec
 from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import child_ranges
+from archive_pipeline.discovery import child_ranges, require_whole_days
 from archive_pipeline.errors import ArchiveError, SourceError, is_retryable, redact
 from archive_pipeline.formats import Extraction, Format, get_format
 from archive_pipeline.manifest import build_manifest, encode_manifest, manifest_key
@@ -112,13 +112,9 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> Sou
             raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False) from None
     if spec.partitioning.mode == "declarative":
         start = dt.datetime.combine(day, dt.time(), dt.UTC)
-        for child in child_ranges(conn, spec):
-            overlaps = (child.start is None or child.start < start + dt.timedelta(days=1)) and \
-                       (child.end is None or child.end > start)
-            if overlaps and not child.aligned:
-                raise SourceError(f"partition {child.name!r} of {spec.name!r} covers {child.start} to {child.end}, "
-                                  "not whole UTC days; use partitioning mode 'column' for this table",
-                                  table=spec.name, retryable=False)
+        end = start + dt.timedelta(days=1)
+        require_whole_days(spec, [c for c in child_ranges(conn, spec)
+                                  if (c.start is None or c.start < end) and (c.end is None or c.end > start)])
     return describe_table(conn, spec.name, spec.day_column)
 
 

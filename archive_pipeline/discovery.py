@@ -70,15 +70,19 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     return [ChildRange(child, values[2 * i], values[2 * i + 1]) for i, (child, _, _) in enumerate(parsed)]
 
 
-def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[dt.date]:
-    days: set[dt.date] = set()
-    for child in child_ranges(conn, spec):
+def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
+    """Refuse a child partition whose bounds are not whole UTC days: its days cannot be archived apart."""
+    for child in children:
         if not child.aligned:
             raise SourceError(
                 f"partition {child.name!r} of {spec.name!r} covers {child.start} to {child.end}, which is not "
                 "whole UTC days; use partitioning mode 'column' for this table", table=spec.name, retryable=False)
-        days.update(child.whole_days())
-    return sorted(days)
+
+
+def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[dt.date]:
+    children = child_ranges(conn, spec)
+    require_whole_days(spec, children)
+    return sorted({day for child in children for day in child.whole_days()})
 
 
 def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[dt.date]:
