@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 _M_MMAP_THRESHOLD = -3
@@ -19,8 +20,9 @@ MMAP_THRESHOLD = 1 << 20
 ARENA_MAX = 2
 
 
+@functools.cache  # once per process: find_library runs ldconfig
 def bound_allocator() -> bool:
-    """Tune glibc malloc for big, short-lived buffers; a no-op (False) elsewhere. Idempotent."""
+    """Tune glibc malloc for big, short-lived buffers; a no-op (False) elsewhere."""
     if not sys.platform.startswith("linux"):
         return False
     try:
