@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from archive_pipeline.source import (
     read_snapshot,
 )
 from archive_pipeline.store import S3Store, S3Upload
+from archive_pipeline.verify import load_manifest, stored_object_problems
 
 Progress = Callable[[int, int], None]  # (rows so far, formatted bytes so far)
 
@@ -137,16 +137,14 @@ def table_day_lock(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> I
 
 def _existing_archive(store: S3Store, key: str) -> dict | None:
     """The manifest of an archive that is still whole (object present with the recorded size and ETag)."""
-    body = store.get_bytes_or_none(manifest_key(key))
     try:
-        manifest = json.loads(body) if body is not None else None
+        manifest = load_manifest(store, key)
     except ValueError:
-        manifest = None  # unreadable: archive again
-    if not isinstance(manifest, dict):
+        return None  # unreadable: archive again
+    if manifest is None:
         return None
     head = store.head(key)
-    obj = manifest.get("object", {})
-    if head is None or head["ContentLength"] != obj.get("bytes") or head["ETag"].strip('"') != obj.get("etag"):
+    if head is None or stored_object_problems(head, manifest):
         return None  # damaged or replaced: archive again
     return manifest
 

@@ -12,7 +12,6 @@ import re
 import psycopg
 import psycopg.errors as pg_errors
 
-
 _URI_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 

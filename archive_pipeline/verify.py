@@ -46,29 +46,51 @@ def count_rows(path: str, fmt: str, compression: str) -> int:
         return sum(b.num_rows for b in pacsv.open_csv(stream, parse_options=parse, convert_options=convert))
 
 
+def load_manifest(store: S3Store, key: str) -> dict | None:
+    """The manifest beside ``key``; None if there is none, ValueError if it is not a manifest."""
+    raw = store.get_bytes_or_none(manifest_key(key))
+    if raw is None:
+        return None
+    manifest = json.loads(raw)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("object"), dict):
+        raise ValueError("not a JSON object with an 'object' entry")
+    return manifest
+
+
+def stored_object_problems(head: dict, manifest: dict) -> list[str]:
+    """How the stored object (its HEAD) differs from the one its manifest describes."""
+    obj = manifest["object"]
+    problems = []
+    if head["ContentLength"] != obj.get("bytes"):
+        problems.append(f"size: recorded {obj.get('bytes')!r} bytes, stored {head['ContentLength']:,}")
+    if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
+        problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
+    return problems
+
+
 def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = False) -> list[str]:
     """What differs between the stored archive and ``expected`` (``bytes``, ``md5``, ``rows``,
     ``format``, ``compression``); an empty list means it is intact."""
-    problems: list[str] = []
     head = store.head(key)
     if head is None:
         return [f"object {store.uri(key)} is missing"]
-    if head["ContentLength"] != expected["bytes"]:
-        problems.append(f"size: recorded {expected['bytes']:,} bytes, stored {head['ContentLength']:,}")
-    raw = store.get_bytes_or_none(manifest_key(key))
-    if raw is None:
-        problems.append(f"manifest {manifest_key(key)} is missing")
+    problems: list[str] = []
+    try:
+        manifest = load_manifest(store, key)
+    except ValueError as exc:
+        manifest = None
+        problems.append(f"manifest unreadable: {exc}")
+    if manifest is None:
+        if not problems:
+            problems.append(f"manifest {manifest_key(key)} is missing")
+        if head["ContentLength"] != expected["bytes"]:
+            problems.append(f"size: recorded {expected['bytes']:,} bytes, stored {head['ContentLength']:,}")
     else:
-        try:
-            manifest = json.loads(raw)
-            obj = manifest["object"]
-            for field, value in (("md5", obj["md5"]), ("bytes", obj["bytes"]), ("rows", manifest["rows"])):
-                if value != expected[field]:
-                    problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")
-            if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
-                problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
-        except (ValueError, KeyError, TypeError) as exc:
-            problems.append(f"manifest unreadable: {exc}")
+        obj = manifest["object"]
+        for field, value in (("md5", obj.get("md5")), ("bytes", obj.get("bytes")), ("rows", manifest.get("rows"))):
+            if value != expected[field]:
+                problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")
+        problems += stored_object_problems(head, manifest)
     if deep and not problems:
         problems += _deep(store, key, expected)
     return problems
