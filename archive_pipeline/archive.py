@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from archive_pipeline import __version__
+from archive_pipeline import __version__, keys
 from archive_pipeline.compression import get_codec
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import child_ranges, require_whole_days
@@ -83,23 +82,14 @@ class ArchiveResult:
         return self.uncompressed_bytes / self.bytes if self.bytes else 0.0
 
 
-def object_extension(spec: TableSpec, fmt: Format | None = None) -> str:
-    fmt = fmt or get_format(spec.format)
-    if fmt.compresses_internally:
-        return fmt.extension
-    codec = get_codec(spec.compression)
-    if not codec.extension:
-        return fmt.extension
-    return f"{fmt.extension}.{codec.extension}"
+def object_extension(spec: TableSpec) -> str:
+    return keys.extension(spec.format, spec.compression)
 
 
 def render_key(spec: TableSpec, day: dt.date, prefix: str = "") -> str:
     """The object key of one day, from the table's key template."""
-    key = spec.key_template.format(
-        prefix=prefix.strip("/"), schema=spec.schema_name, table=spec.table_name, year=f"{day:%Y}",
-        month=f"{day:%m}", day=f"{day:%d}", date=day.isoformat(), ext=object_extension(spec), format=spec.format,
-    )
-    return re.sub(r"/{2,}", "/", key).strip("/")
+    return keys.render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
+                       fmt=spec.format, compression=spec.compression)
 
 
 def source_table(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> SourceTable:
@@ -208,7 +198,7 @@ def _archive(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3S
     upload: S3Upload | None = None
     published = False
     try:
-        with temp_archive_file(temp_dir, suffix=f".{object_extension(spec, fmt)}") as sink:
+        with temp_archive_file(temp_dir, suffix=f".{object_extension(spec)}") as sink:
             with read_snapshot(conn, settings) as snapshot:
                 table = source_table(conn, spec, day)
                 where = day_filter(table, day)

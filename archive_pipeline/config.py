@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from archive_pipeline.keys import key_collisions
+
 CONFIG_ENV_VAR = "ARCHIVE_PIPELINE_CONFIG"
 DEFAULT_CONFIG_PATH = "archive_tables.yaml"
 
@@ -83,6 +85,8 @@ class TableSpec(_Strict):
     compression_level: int | None = Field(default=None, ge=-7, le=22)
     chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
     key_template: str = DEFAULT_KEY_TEMPLATE
+    strict: bool = Field(default=False, description="refuse any column whose encoding in the chosen format is "
+                         "lossy or ambiguous (see the manifest's per-column 'exact'), instead of recording it")
 
     @field_validator("name")
     @classmethod
@@ -182,6 +186,10 @@ class ArchiveConfig(_Strict):
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
                                  f"{'/'.join(spec.asset_path)!r}")
             seen[spec.asset_path] = spec.name
+        collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression)
+                                     for s in self.tables])
+        if collisions:
+            raise ValueError("; ".join(collisions))
         return self
 
 

@@ -90,3 +90,36 @@ def test_load_config_from_env(tmp_path, monkeypatch):
 
 def test_shipped_config_is_valid():
     assert load_config(Path(__file__).resolve().parents[1] / "archive_tables.yaml").tables
+
+
+@pytest.mark.parametrize(("first", "second", "words"), [
+    # No {schema}/{table}: every day of one table is the same day of the other.
+    ({"name": "public.events", "key_template": "{prefix}/{date}.{ext}"},
+     {"name": "sales.orders", "key_template": "{prefix}/{date}.{ext}"}, "'public.events' (2023-12-31) and 'sales.orders'"),
+    # Same table name in two schemas with a template that drops the schema.
+    ({"name": "a.events", "key_template": "{prefix}/{table}/{date}.{ext}"},
+     {"name": "b.events", "key_template": "{prefix}/{table}/{date}.{ext}"}, "'a.events'"),
+    # A literal path that spells out the other table's rendered path.
+    ({"name": "public.events", "key_template": "{prefix}/{table}/{date}.{ext}"},
+     {"name": "public.other", "key_template": "{prefix}/events/{date}.{ext}"}, "'public.other'"),
+    # Day fields arranged differently: 2024-03-04 of one is 2024-04-03 of the other.
+    ({"name": "public.events", "key_template": "{prefix}/x/{year}/{month}/{day}.{ext}"},
+     {"name": "public.other", "key_template": "{prefix}/x/{year}/{day}/{month}.{ext}"}, "'public.other'"),
+])
+def test_two_tables_rendering_one_key_are_refused(first, second, words):
+    with pytest.raises(ConfigError) as failure:
+        parse_config({"tables": [{**GOOD, **first}, {**GOOD, **second}]})
+    assert "render the same object key" in str(failure.value)
+    assert words in str(failure.value)
+
+
+def test_distinct_formats_or_schemas_do_not_collide():
+    parse_config({"tables": [{**GOOD, "key_template": "{prefix}/{table}/{date}.{ext}"},
+                             {**GOOD, "name": "public.events2", "key_template": "{prefix}/{table}/{date}.{ext}"},
+                             {**GOOD, "name": "x.events", "format": "csv",
+                              "key_template": "{prefix}/{table}/{date}.{ext}"}]})
+
+
+def test_key_ending_like_a_manifest_is_refused():
+    with pytest.raises(ConfigError, match="ends like a manifest"):
+        parse_table(key_template="{prefix}/{schema}.{table}/{date}.manifest.json")
