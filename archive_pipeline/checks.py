@@ -1,58 +1,270 @@
-"""On-demand check of the stored archive of an asset's latest materialized day, to run from the UI
-(or a schedule) long after the day was written: catches objects deleted, replaced or corrupted."""
+"""Asset checks of the archives, each result scoped to the day it checked.
 
+- ``archive_intact`` (per day): evaluated by the archive asset itself after each successful archive
+  (never planned by a run, so a run that fails before archiving does not turn it red); blocking when
+  the table sets ``deep_check``. Launched on its own for a day, it re-checks that day.
+- ``latest_archive_intact`` (on demand, ``verify_archives`` job): re-checks the latest archived day
+  long after it was written (objects deleted, replaced or corrupted) and records the verdict as
+  that day's ``archive_intact`` too.
+- ``source_unchanged`` (on demand): compares the source's current content fingerprint of recently
+  archived days with their manifests; a day whose rows changed after archiving fails it.
+"""
+
+
+import datetime as dt
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import psycopg
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetKey,
+    AssetRecordsFilter,
     Config,
+    Failure,
+    MetadataValue,
+    PreviewWarning,
     asset_check,
 )
 from pydantic import Field
 
-from archive_pipeline.resources import ArchiveStoreResource
+from archive_pipeline import verify
+from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import redact
+from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.store import S3Store
-from archive_pipeline.verify import verify_archive
 
-INTACT_CHECK = "archive_intact"  # runs inside every materialization
-STORED_CHECK = "latest_archive_intact"  # runs on demand
+if TYPE_CHECKING:
+    from dagster import AssetExecutionContext, DailyPartitionsDefinition
+
+    from archive_pipeline.archive import ArchiveResult
+
+INTACT_CHECK = "archive_intact"  # per day; evaluated by every successful archive
+STORED_CHECK = "latest_archive_intact"  # on demand
+CHANGED_CHECK = "source_unchanged"  # on demand
+ON_DEMAND_CHECKS = (STORED_CHECK, CHANGED_CHECK)
 
 
-def check_result(check_name: str, store: S3Store, key: str, expected: dict, *, deep: bool,
-                 partition: str | None = None) -> AssetCheckResult:
-    """The stored archive compared with what was recorded; the description says what differs."""
-    problems = verify_archive(store, key, expected, deep=deep)
-    where = f"{partition}: " if partition else ""
-    verdict = "; ".join(problems) if problems else \
-        f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
-    return AssetCheckResult(check_name=check_name, passed=not problems, severity=AssetCheckSeverity.ERROR,
-                            description=where + verdict,
-                            metadata={"object": store.uri(key), "deep": deep, "problems": len(problems),
-                                      "partition": partition or ""})
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking one day's archive, in the words shown in the UI."""
+
+    day: dt.date
+    problems: list[str]
+    verified: str  # "quick" | "deep" | "content" + what was compared
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def description(self) -> str:
+        if self.problems:
+            return f"{self.day}: NOT intact: " + "; ".join(self.problems)
+        return f"{self.day}: {self.verified}"
+
+
+def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") -> str:
+    """A link a person can click: the AWS console's object page on AWS, the s3:// URI elsewhere."""
+    key = result.manifest_key if getattr(result, "empty", False) else result.key
+    endpoint = archive_store.s3.endpoint_url or ""
+    if not endpoint or endpoint.rstrip("/").endswith(".amazonaws.com"):
+        return f"https://s3.console.aws.amazon.com/s3/object/{archive_store.bucket}?prefix={key}"
+    return f"s3://{archive_store.bucket}/{key}"
+
+
+def verify_result(store: S3Store, spec: TableSpec, day: dt.date, key: str, expected: dict, *, deep: bool,
+                  conn: psycopg.Connection | None = None, empty: bool = False) -> Verdict:
+    """Check one day's stored archive against what was recorded.
+
+    quick: object and manifest present, size, ETag, MD5 and row count as recorded. ``deep``: also
+    download, hash and count rows. ``conn`` (tables with ``deep_check``): also load the archive back
+    into PostgreSQL and compare its content fingerprint with the source's.
+    """
+    if empty:
+        manifest = verify.load_manifest(store, key)
+        problems = [] if manifest and manifest.get("rows") == 0 else [
+            f"manifest {key}.manifest.json of the empty day is missing or records rows"]
+        return Verdict(day, problems, "no rows that day; the manifest records it as empty",
+                       {"object": store.uri(key), "deep": deep})
+    problems = verify.verify_archive(store, key, expected, deep=deep)
+    verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
+    deep_verify = getattr(verify, "deep_verify", None)
+    if conn is not None and not problems and deep_verify is not None:
+        problems = deep_verify(conn, store, spec, day)
+        verified = "content proven equal to the source: archive loaded back into PostgreSQL, fingerprints match"
+    return Verdict(day, problems, verified, {"object": store.uri(key), "deep": deep or conn is not None,
+                                             "problems": len(problems)})
+
+
+def _target(instance, key: AssetKey, partition: str):
+    """The materialization a check result is about, so the UI shows it against that materialization."""
+    # Dagster builds this itself for results it plans; it has no public constructor.
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[partition]),
+                                              limit=1).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(storage_id=records[0].storage_id,
+                                                         run_id=records[0].run_id, timestamp=records[0].timestamp)
+
+
+def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContext", key: AssetKey, check_name: str,
+                     verdict: Verdict, *, blocking: bool) -> AssetCheckEvaluation:
+    """``verdict`` as a check evaluation of ``check_name`` for the verdict's day."""
+    partition = verdict.day.isoformat()
+    return AssetCheckEvaluation(
+        asset_key=key, check_name=check_name, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
+        description=verdict.description, blocking=blocking, partition=partition,
+        metadata={**verdict.metadata, "partition": partition, "verified": verdict.verified},
+        target_materialization_data=_target(context.instance, key, partition),
+    )
+
+
+def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None) -> Failure:
+    cause = redact(f"{type(exc).__name__}: {exc}", password)
+    return Failure(description=f"{spec.name} {day}: could not check the archive: {cause}\n\nWhat to do: check that "
+                               "the store (ARCHIVE_S3_ENDPOINT_URL, ARCHIVE_S3_BUCKET, credentials) and the database "
+                               "are reachable from this code location, then run the check again.",
+                   allow_retries=False, metadata={"table": spec.name, "day": str(day)})
+
+
+def _latest(instance, key: AssetKey, limit: int = 1) -> list:
+    """The latest materializations of ``key``, newest first, one per day."""
+    records = instance.fetch_materializations(key, limit=limit * 4).records
+    seen, out = set(), []
+    for record in records:
+        event = record.asset_materialization
+        if event.partition in seen:
+            continue
+        seen.add(event.partition)
+        out.append(event)
+        if len(out) == limit:
+            break
+    return out
+
+
+def _expected(meta: dict) -> dict:
+    return {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
+            "format": meta["format"], "compression": meta["compression"]}
 
 
 class StoredCheckConfig(Config):
     deep: bool = Field(default=False, description="download the object, hash it and count its rows")
 
 
-def build_stored_archive_check(key: AssetKey) -> AssetChecksDefinition:
-    @asset_check(asset=key, name=STORED_CHECK, blocking=False,
-                 description="Re-checks the archive of the latest materialized day against its recorded "
-                             "size, MD5, row count and manifest.")
-    def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
-               archive_store: ArchiveStoreResource) -> AssetCheckResult:
-        records = context.instance.fetch_materializations(key, limit=1).records
+def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, deep: bool) -> Verdict:
+    meta = {k: v.value for k, v in event.metadata.items()}
+    day = dt.date.fromisoformat(event.partition)
+    if "object_key" not in meta:
+        return Verdict(day, [f"materialization of {event.partition} records no object_key"], "")
+    try:
+        return verify_result(store, spec, day, meta["object_key"], _expected(meta), deep=deep,
+                             empty=meta.get("state") == "empty")
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
+        raise _unreachable(spec, day, exc) from None
+
+
+def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+    """``archive_intact``, one result per day. Archive runs report it themselves; launched alone for a day,
+    it re-checks that day's latest archive."""
+    with warnings.catch_warnings():  # partitioned checks are "preview" in 1.13; this is the behaviour we want
+        warnings.simplefilter("ignore", PreviewWarning)
+        return _build_intact_check(spec, key, partitions_def)
+
+
+def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+    @asset_check(asset=key, name=INTACT_CHECK, partitions_def=partitions_def, blocking=spec.deep_check,
+                 description="The day's object exists; its size, ETag, MD5 and row count and its manifest agree with "
+                             "what was recorded" + ("; its content equals the source's (deep_check)"
+                                                    if spec.deep_check else ""))
+    def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
+                archive_store: ArchiveStoreResource) -> AssetCheckResult:
+        day = context.partition_key if context.has_partition_key else None
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, asset_partitions=[day] if day else None), limit=1).records
         if not records:
-            return AssetCheckResult(passed=True, description="nothing archived yet")
-        event = records[0].asset_materialization
-        meta = {k: v.value for k, v in event.metadata.items()}
-        if "object_key" not in meta:
-            return AssetCheckResult(passed=False, description=f"materialization of {event.partition} has no object_key")
-        expected = {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
-                    "format": meta["format"], "compression": meta["compression"]}
-        return check_result(STORED_CHECK, archive_store.store(), meta["object_key"], expected, deep=config.deep,
-                            partition=event.partition)
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+                                    description=f"{day or spec.name}: not archived yet; nothing to check")
+        verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), config.deep)
+        return AssetCheckResult(passed=verdict.passed, description=verdict.description,
+                                metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
+
+    return _intact
+
+
+def build_stored_archive_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
+    """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``."""
+
+    @asset_check(asset=key, name=STORED_CHECK, blocking=False,
+                 description="On demand: re-checks the archive of the latest archived day against its recorded "
+                             "size, MD5, row count and manifest, and records the result for that day.")
+    def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
+               archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
+        latest = _latest(context.instance, key)
+        if not latest:
+            yield AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+                                   description=f"{spec.name}: nothing archived yet; nothing to check")
+            return
+        verdict = _recheck(context, spec, key, latest[0], archive_store.store(), config.deep)
+        context.op_execution_context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=False))
+        yield AssetCheckResult(passed=verdict.passed, description=verdict.description,
+                               metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
+
+    return _check
+
+
+class ChangedCheckConfig(Config):
+    days: int = Field(default=7, ge=1, le=366, description="how many of the latest archived days to compare")
+
+
+def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
+    """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests."""
+
+    @asset_check(asset=key, name=CHANGED_CHECK, blocking=False,
+                 description="On demand: compares the source's current content fingerprint of the latest archived "
+                             "days with the one their manifest recorded; a day changed after archiving fails it.")
+    def _check(context: AssetCheckExecutionContext, config: ChangedCheckConfig, postgres: PostgresResource,
+               archive_store: ArchiveStoreResource) -> AssetCheckResult:
+        source_changed = getattr(verify, "source_changed", None)
+        if source_changed is None:
+            raise Failure(description="this build of archive_pipeline records no content fingerprint yet",
+                          allow_retries=False)
+        store = archive_store.store()
+        changed: dict[str, str] = {}
+        checked = []
+        for event in _latest(context.instance, key, config.days):
+            meta = {k: v.value for k, v in event.metadata.items()}
+            day = dt.date.fromisoformat(event.partition)
+            try:
+                manifest = verify.load_manifest(store, meta.get("object_key", ""))
+                with postgres.connect() as conn:
+                    difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
+            except Exception as exc:  # noqa: BLE001 - unreachable database or store
+                raise _unreachable(spec, day, exc, postgres.password) from None
+            checked.append(event.partition)
+            if difference:
+                changed[event.partition] = difference
+        from archive_pipeline.assets import overwrite_run_config  # the asset module imports this one
+
+        if changed:
+            description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
+                           f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items()))
+                           + f"\n\nWhat to do: archive those days again with run config\n{overwrite_run_config(spec)}")
+        else:
+            description = f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
+        return AssetCheckResult(passed=not changed, description=description,
+                                metadata={"changed_days": MetadataValue.json(sorted(changed)),
+                                          "checked_days": MetadataValue.json(sorted(checked))})
 
     return _check
