@@ -188,6 +188,13 @@ class ScheduleSettings(_Strict):
                                  "archived this many hours after hour:minute; later, the asset shows as not fresh")
     running: bool = Field(default=False, description="start the schedule as soon as the daemon loads it")
 
+    @model_validator(mode="after")
+    def _deadline_same_day(self) -> ScheduleSettings:
+        if self.hour + self.freshness_hours > 23:
+            raise ValueError(f"hour ({self.hour}) + freshness_hours ({self.freshness_hours}) must stay within the "
+                             "day (at most 23), so the archive of the day that just ended is due the same day")
+        return self
+
 
 class SensorSettings(_Strict):
     interval_seconds: int = Field(default=300, ge=30)
@@ -214,11 +221,20 @@ class ArchiveConfig(_Strict):
     @model_validator(mode="after")
     def _unique(self) -> ArchiveConfig:
         seen: dict[tuple[str, str], str] = {}
+        labels: dict[str, str] = {}
         for spec in self.tables:
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
                                  f"{'/'.join(spec.asset_path)!r}")
             seen[spec.asset_path] = spec.name
+            # Jobs, schedules and ops are named from schema and table joined by "_": a_b.c and a.b_c would
+            # share the job archive_a_b_c and show as one in the UI.
+            label = "_".join(spec.asset_path)
+            if label in labels:
+                raise ValueError(f"tables {labels[label]!r} and {spec.name!r} would share the job name "
+                                 f"'archive_{label}'; rename one of them in the database or archive it from a "
+                                 "second code location")
+            labels[label] = spec.name
         collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression)
                                      for s in self.tables])
         if collisions:
