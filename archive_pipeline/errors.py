@@ -324,7 +324,8 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
         (r"invalid connection option|invalid uri|invalid percent-encoded|missing \"=\" after|"
          r"unterminated quoted string|invalid integer value .* for connection option|"
          r"end of string reached when looking for matching|unexpected character .* in uri|"
-         r"invalid port number|servname not supported|invalid .* value: \"", _BAD_DSN),
+         r"invalid port number|servname not supported|invalid .* value: \"|unexpected spaces found|"
+         r"use percent-encoded", _BAD_DSN),
         (r"connection refused|timeout expired|timed out|network is unreachable|no route to host|"
          r"could not connect to server|connection to server at .* failed", _CONNECT_FAILED),
         (r"server closed the connection unexpectedly|terminating connection|could not receive data from server|"
@@ -511,6 +512,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     found = classify(exc, table=table, user=user)
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
     detail = redact(_detail(exc), password)
+    if found.cause == _BAD_DSN.cause:  # libpq quotes pieces of the string, perhaps of the password
+        detail = _scrub_parse_error(detail)
     code = f" SQLSTATE {found.sqlstate}" if found.sqlstate and found.sqlstate not in detail else ""
     message = (f"archiving {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
                f"{'retrying may help' if found.retryable else 'not retried'}")
