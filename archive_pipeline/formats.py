@@ -282,13 +282,16 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         refuse = raise_in_sql(index, "json_null", ident)
         # json keeps its input text. A raw CR or LF can only be whitespace between tokens (JSON forbids
         # them inside strings); it would split the line, so it becomes a space. Everything else (key
-        # order, duplicate keys, number spelling, \u0000) is kept as written.
+        # order, duplicate keys, number spelling) is kept as written.
+        nul = raise_in_sql(index, "json_nul", ident)
         return (sql.SQL("CASE WHEN json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
+                        "WHEN strpos({c}::text, '\\u0000') > 0 THEN CASE WHEN {n} IS NULL THEN {c} END "
                         "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
-                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(c=ident, r=refuse),
+                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(c=ident, r=refuse, n=nul),
                 encoding("embedded JSON (the json text as stored)", exact=False,
-                         note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them); "
-                              "the JSON value null is refused"))
+                         note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
+                              "and json_populate_record re-escapes a top-level string; the JSON value null and "
+                              "\\u0000 are refused"))
     if _json_native(col):
         return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
     return (sql.SQL("to_json({})").format(output_text(ident)),
@@ -396,6 +399,8 @@ class _CopyFormat:
 REFUSALS = {
     "json_null": "holds the JSON value null, which JSONL cannot keep apart from SQL NULL (json_populate_record "
                  "reads both as NULL)",
+    "json_nul": "holds the escape \\u0000, which json_populate_record cannot read back (PostgreSQL text cannot "
+                "hold NUL)",
 }
 
 

@@ -75,6 +75,11 @@ REFUSALS = {
 _REASON_CODES = {"array_shape": 0, "interval_range": 1}
 
 
+def _listed_as_text(col: Column) -> bool:
+    """Arrays read as list<string> of each element's exact text (cast element by element)."""
+    return col.is_array and (col.base_type in ("numeric", "money") or col.is_enum)
+
+
 def _expression(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
     if col.base_type == "money":
@@ -82,16 +87,19 @@ def _expression(col: Column) -> sql.Composable:
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
-    if col.is_array or col.base_type == "numeric" or col.is_enum:
-        # array_out / numeric_out / enum_out: the exact text (an array's ::text is its output function)
+    if col.base_type == "numeric" or col.is_enum:
+        # numeric_out / enum_out: the exact text (element by element for an array: list<string>)
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
+    # everything else, arrays of it included, as the type's output (an array as its whole literal,
+    # bounds and all; a text[] cast would apply text casts that differ from the output, e.g. inet's)
     return output_text(ident)
 
 
 def _refusal_condition(col: Column) -> tuple[sql.Composable, str] | None:
     """A per-row condition under which ``col``'s value cannot be archived exactly in Parquet."""
     ident = sql.Identifier(col.name)
-    if col.is_array and col.base_type in _NATIVE_IN_ARRAYS:
+    if col.is_array and (col.base_type in _NATIVE_IN_ARRAYS or _listed_as_text(col)):
+        # a list has neither bounds nor dimensions: ADBC would silently flatten such an array
         return (sql.SQL("array_ndims({c}) > 1 OR array_lower({c}, 1) <> 1").format(c=ident), "array_shape")
     if col.base_type == "interval" and not col.is_array:
         return (sql.SQL("({c} - date_trunc('day', {c})) NOT BETWEEN -{m} AND {m}").format(c=ident, m=_INTERVAL_MAX),
@@ -128,9 +136,12 @@ def parquet_encodings(table: SourceTable) -> dict[str, dict]:
     out = {}
     for col in table.columns:
         base, arr = col.base_type, col.is_array
-        if base == "money":
-            enc = encoding("string: numeric digits of the amount (list: the array literal)" if arr
-                           else "string: numeric digits of the amount",
+        if _listed_as_text(col):
+            enc = encoding("list<string> (each element's exact text; multi-dimensional or lower bound other "
+                           "than 1: refused)", note="money as numeric; lc_monetary decides the scale"
+                           if base == "money" else "")
+        elif base == "money":
+            enc = encoding("string: numeric digits of the amount",
                            note="money as numeric; lc_monetary decides the scale")
         elif arr and base not in _NATIVE_IN_ARRAYS:
             enc = encoding("string: PostgreSQL array literal")
@@ -164,8 +175,12 @@ def _native_description(base: str) -> str:
 
 
 def arrow_type(col: Column, read_type: pa.DataType) -> pa.DataType:
-    """The archive's Arrow type of ``col``, given the type ADBC reads it as."""
-    if col.base_type == "numeric" and not col.is_array and col.precision and (col.scale or 0) >= 0:
+    """The archive's Arrow type of ``col``, given the type ADBC reads it as.
+
+    A Parquet decimal needs 0 <= scale <= precision; PostgreSQL 15 also allows a negative scale
+    (numeric(5,-2)) or one above the precision (numeric(3,5)): those stay exact text.
+    """
+    if col.base_type == "numeric" and not col.is_array and col.precision and 0 <= (col.scale or 0) <= col.precision:
         if col.precision <= 38:
             return pa.decimal128(col.precision, col.scale or 0)
         if col.precision <= 76:
