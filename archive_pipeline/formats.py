@@ -144,8 +144,9 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 
 def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
-           probes: Sequence[sql.Composable]) -> bool:
-    """Whether evaluating ``probes`` over the day fails, inside a savepoint (the snapshot survives)."""
+           probes: Sequence[sql.Composable]) -> psycopg.Error | None:
+    """The value failure evaluating ``probes`` over the day raises, if any; inside a savepoint, so
+    the snapshot survives it."""
     query = sql.SQL("SELECT sum(pg_column_size(ROW({exprs}))) FROM {table} WHERE {where}").format(
         exprs=sql.SQL(", ").join(probes), table=table.identifier, where=where)
     conn.execute("SAVEPOINT archive_probe")
@@ -153,32 +154,36 @@ def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
         conn.execute(query)
     except psycopg.Error as exc:
         conn.execute("ROLLBACK TO SAVEPOINT archive_probe")
-        return is_value_failure(exc)
+        return exc if is_value_failure(exc) else None
     conn.execute("RELEASE SAVEPOINT archive_probe")
-    return False
+    return None
 
 
 def failing_columns(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
-                    probes: Sequence[sql.Composable]) -> list[int] | None:
-    """Which column's expression fails over the day: bisection, about 2·log2(columns) scans, run
-    only after a failure. A list of several indexes when only their combination fails (a row over
-    PostgreSQL's 1 GB limit); None when no probe fails (the failure was not in PostgreSQL)."""
+                    probes: Sequence[sql.Composable]) -> tuple[list[int] | None, psycopg.Error | None]:
+    """Which column's expression fails over the day, and PostgreSQL's error for it: bisection, about
+    2·log2(columns) scans, run only after a failure. Several indexes when only their combination
+    fails (a row over PostgreSQL's 1 GB limit); (None, None) when no probe fails."""
     candidates = list(range(len(probes)))
     try:
-        if not _probe(conn, table, where, [probes[i] for i in candidates]):
-            return None
+        failure = _probe(conn, table, where, [probes[i] for i in candidates])
+        if failure is None:
+            return None, None
         while len(candidates) > 1:
             half = len(candidates) // 2
             left, right = candidates[:half], candidates[half:]
-            if _probe(conn, table, where, [probes[i] for i in left]):
-                candidates = left
-            elif _probe(conn, table, where, [probes[i] for i in right]):
+            found = _probe(conn, table, where, [probes[i] for i in left])
+            if found is None:
+                found = _probe(conn, table, where, [probes[i] for i in right])
+                if found is None:
+                    break  # only together
                 candidates = right
             else:
-                break  # only together
+                candidates = left
+            failure = found
     except psycopg.Error:
-        return None  # the probe itself could not run (connection lost): report the original failure
-    return candidates
+        return None, None  # the probe itself could not run (connection lost): report the original failure
+    return candidates, failure
 
 
 def explain_value_failure(format_name: str, table: SourceTable, exc: BaseException,
@@ -392,8 +397,8 @@ class _CopyFormat:
             extraction.conn.execute("ROLLBACK TO SAVEPOINT archive_copy")
         except psycopg.Error:
             return exc
-        return explain_value_failure(self.name, table, exc,
-                                     failing_columns(extraction.conn, table, extraction.where, self.probes(table)))
+        culprits, failure = failing_columns(extraction.conn, table, extraction.where, self.probes(table))
+        return explain_value_failure(self.name, table, failure or exc, culprits)
 
 
 REFUSALS = {

@@ -81,6 +81,16 @@ def _listed_as_text(col: Column) -> bool:
 
 
 def _expression(col: Column) -> sql.Composable:
+    expr = _read_expression(col)
+    refusal = _refusal_condition(col)
+    if refusal is None:
+        return expr
+    # ADBC itself fails on some of these values (a lower bound other than 0 or 1, an interval beyond
+    # its nanoseconds) before the flag column could be seen: read them as NULL, the flag refuses the day.
+    return sql.SQL("CASE WHEN {} THEN NULL ELSE {} END").format(refusal[0], expr)
+
+
+def _read_expression(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
     if col.base_type == "money":
         return sql.SQL("{}::{}::{}").format(ident, sql.SQL(col.cast_name("numeric")), sql.SQL(col.cast_name("text")))
@@ -312,6 +322,17 @@ class _Converter:
         return array
 
 
+_TRANSIENT_WORDS = ("timeout", "terminat", "connection", "cancel", "server closed", "shutdown", "could not",
+                    "serializ", "deadlock", "lock")
+
+
+def _may_be_value_failure(exc: BaseException) -> bool:
+    """An ADBC error that may be PostgreSQL failing on a value (its text has the server's ERROR but no
+    SQLSTATE); worth one probe, unless it reads like a transient failure."""
+    text = str(exc).lower()
+    return ("error:" in text or "readrecord failed" in text) and not any(w in text for w in _TRANSIENT_WORDS)
+
+
 class Parquet:
     name = "parquet"
     extension = "parquet"
@@ -356,13 +377,15 @@ class Parquet:
         except UnsupportedTypeError:
             raise
         except Exception as exc:
-            if not is_value_failure(exc):
+            if not (is_value_failure(exc) or _may_be_value_failure(exc)):
                 raise
-            # PostgreSQL (or ADBC) failed on a value: find the column with the archive's own connection,
-            # which is still in the snapshot (the failure was on the reader's connection).
+            # PostgreSQL failed on a value while ADBC read it (ADBC's errors carry no SQLSTATE): find the
+            # column, and PostgreSQL's own error, with the archive's connection, still in the snapshot.
             probes = [_expression(c) for c in table.columns]
-            culprits = failing_columns(extraction.conn, table, extraction.where, probes)
-            raise explain_value_failure(self.name, table, exc, culprits) from None
+            culprits, failure = failing_columns(extraction.conn, table, extraction.where, probes)
+            if failure is None and not is_value_failure(exc):
+                raise
+            raise explain_value_failure(self.name, table, failure or exc, culprits) from None
 
     def _write(self, extraction: Extraction, out: ByteSink, encodings: dict[str, dict]) -> WriteStats:
         conn, cur, reader = self._open_reader(extraction)
