@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import itertools
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,11 +25,16 @@ from typing import Literal
 import psycopg
 import pyarrow as pa
 from psycopg import sql
+from psycopg.types.json import Json
 
 from archive_pipeline import fingerprint as fp
-from archive_pipeline import readers
+from archive_pipeline import keys, readers
+from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, is_retryable
-from archive_pipeline.source import Column, describe_table, prefetch
+from archive_pipeline.locks import table_day_lock
+from archive_pipeline.manifest import decode_manifest
+from archive_pipeline.source import Column, day_filter, describe_table, prefetch
+from archive_pipeline.store import S3Store
 
 _names = itertools.count()
 
@@ -70,6 +77,10 @@ def _input_settings(conn: psycopg.Connection) -> Iterator[None]:
             conn.execute("SELECT set_config('lc_monetary', %s, true)", (previous,))
 
 
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
 def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[pa.Buffer | bytes]) -> int:
     """Feed ``chunks`` to ``COPY ... FROM STDIN``; a reader thread decodes the next chunk meanwhile
     (at most two wait in memory)."""
@@ -104,11 +115,12 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
                 return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns))
             if fmt == "jsonl":
-                statement = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM json_populate_recordset(NULL::{t}, %s::json)"
+                statement = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM json_populate_recordset(NULL::{t}, %s)"
                                     ).format(t=target, c=cols)
                 rows = 0
-                for block in prefetch(readers.jsonl_arrays(archive_path, compression), depth=2):
-                    rows += conn.execute(statement, (block,), prepare=False).rowcount
+                for block in prefetch(readers.jsonl_arrays(archive_path, compression), depth=1):
+                    # sent as it is, typed json: no decode, no re-encode (PostgreSQL validates it)
+                    rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
                 return rows
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
     except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, UnicodeDecodeError,
@@ -160,8 +172,6 @@ class _HashingWriter:
     """A file that hashes (MD5) and counts what is written to it."""
 
     def __init__(self, file) -> None:
-        import hashlib
-
         self.file, self.size, self._md5 = file, 0, hashlib.md5()
 
     def write(self, data) -> int:
@@ -174,7 +184,7 @@ class _HashingWriter:
         return self._md5.hexdigest()
 
 
-def _fetch(store, key: str, sink: _HashingWriter, expected_md5: str) -> bool:
+def _fetch(store: S3Store, key: str, sink: _HashingWriter, expected_md5: str) -> bool:
     """Stream the object into ``sink``; False if it does not exist. Uses the store's verified
     ``download_to`` where the store has one, else GetObject in chunks (the caller checks the MD5)."""
     download_to = getattr(store, "download_to", None)
@@ -194,11 +204,9 @@ def _fetch(store, key: str, sink: _HashingWriter, expected_md5: str) -> bool:
 
 
 @contextlib.contextmanager
-def downloaded(store, manifest: dict, temp_dir: str | os.PathLike | None = None) -> Iterator[str]:
+def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | None = None) -> Iterator[str]:
     """The manifest's data object in a private temp file, after checking its size and MD5 against
     the manifest: a damaged object is refused before a single row is loaded. Removed afterwards."""
-    import tempfile
-
     obj = manifest["object"]
     table, day = manifest.get("table"), manifest.get("day")
     fd, name = tempfile.mkstemp(prefix="archive-restore-", suffix=".archive", dir=temp_dir)
@@ -227,11 +235,8 @@ def downloaded(store, manifest: dict, temp_dir: str | os.PathLike | None = None)
             os.unlink(name)
 
 
-def find_manifest(store, spec, day: dt.date) -> dict | None:
+def find_manifest(store: S3Store, spec: TableSpec, day: dt.date) -> dict | None:
     """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none."""
-    from archive_pipeline import keys
-    from archive_pipeline.manifest import decode_manifest
-
     key = keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
                       day=day, fmt=spec.format, compression=spec.compression)
     getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
@@ -373,8 +378,6 @@ def _columns_of(conn: psycopg.Connection, relation: str, names: list[str]) -> li
 
 
 def _day_where(conn: psycopg.Connection, relation: str, manifest: dict, whole: bool) -> sql.Composable | None:
-    from archive_pipeline.source import day_filter
-
     if whole or not manifest.get("day_column"):
         return None
     return day_filter(describe_table(conn, relation, manifest["day_column"]), dt.date.fromisoformat(manifest["day"]))
@@ -450,8 +453,9 @@ def _writable(conn: psycopg.Connection) -> Iterator[None]:
             conn.read_only = True
 
 
-def restore_archive(conn: psycopg.Connection, store, manifest: dict, *, into: Into = "new", target: str | None = None,
-                    on_conflict: OnConflict = "fail", temp_dir: str | os.PathLike | None = None) -> RestoreResult:
+def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *, into: Into = "new",
+                    target: str | None = None, on_conflict: OnConflict = "fail",
+                    temp_dir: str | os.PathLike | None = None) -> RestoreResult:
     """Restore the day ``manifest`` describes, all or nothing.
 
     ``into``: ``"new"`` creates ``target`` from the manifest's table definition (columns, types, NOT
@@ -472,9 +476,7 @@ def restore_archive(conn: psycopg.Connection, store, manifest: dict, *, into: In
         with contextlib.ExitStack() as stack:
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
-            if into == "original":
-                from archive_pipeline.locks import table_day_lock
-
+            if into == "original":  # the archived table: never while its day is archived or removed
                 stack.enter_context(table_day_lock(conn, table, dt.date.fromisoformat(day)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
@@ -494,7 +496,7 @@ def restore_archive(conn: psycopg.Connection, store, manifest: dict, *, into: In
                            table=table, day=day, retryable=is_retryable(exc)) from exc
 
 
-def restore_day(conn: psycopg.Connection, store, spec, day: dt.date, **options) -> RestoreResult:
+def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, **options) -> RestoreResult:
     """Restore ``day`` of the configured table ``spec`` (see :func:`restore_archive` for ``options``)."""
     manifest = find_manifest(store, spec, day)
     if manifest is None:
@@ -503,8 +505,8 @@ def restore_day(conn: psycopg.Connection, store, spec, day: dt.date, **options) 
     return restore_archive(conn, store, manifest, **options)
 
 
-def restore_days(conn: psycopg.Connection, store, spec, first: dt.date, last: dt.date, *, into: Into = "new",
-                 target: str | None = None, **options) -> RangeRestore:
+def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: dt.date, last: dt.date, *,
+                 into: Into = "new", target: str | None = None, **options) -> RangeRestore:
     """Restore every archived day from ``first`` to ``last`` (inclusive), each in its own transaction,
     in date order. With ``into="new"`` the first day creates ``target`` and later days load into it.
     Stops at the first failure (earlier days stay restored; the error names the day)."""
