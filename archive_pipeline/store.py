@@ -266,11 +266,25 @@ def _is_not_found(exc: BaseException) -> bool:
 
 
 def _is_checksum_error(exc: BaseException) -> bool:
+    """botocore found a response body that fails its checksum: corruption in transit."""
     try:
-        from botocore.exceptions import FlexibleChecksumError
+        from botocore.exceptions import ChecksumError, FlexibleChecksumError
     except ImportError:  # pragma: no cover - botocore is a dependency
         return False
-    return isinstance(exc, FlexibleChecksumError)
+    return isinstance(exc, FlexibleChecksumError | ChecksumError)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """The connection failed or closed mid-request (reset, timeout, truncated body): transient.
+    botocore's ConnectionClosedError, ReadTimeoutError and ResponseStreamingError are
+    HTTPClientErrors, not botocore ConnectionErrors."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        return False
+    return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError | ConnectionError
+                      | TimeoutError)
 
 
 def _note(original: BaseException | None, text: str) -> None:
@@ -478,7 +492,8 @@ def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError)
     """``exc`` (botocore, OSError, ...) as an archive error saying what failed and whether retrying helps."""
     if isinstance(exc, ArchiveError):
         return exc
-    retryable = is_retryable(exc) or _is_checksum_error(exc) or _code(exc) in _CORRUPT_CODES
+    retryable = (is_retryable(exc) or _is_transport_error(exc) or _is_checksum_error(exc)
+                 or _code(exc) in _CORRUPT_CODES)
     remedy = ("transient; the run will be retried" if retryable else
               "check the bucket, its permissions and the store's credentials and endpoint")
     return kind(f"{what} failed: {type(exc).__name__}: {exc}; {remedy}", retryable=retryable)
@@ -519,6 +534,7 @@ class S3Upload:
         self._error: BaseException | None = None
         self._aborted = False
         self._finished = False
+        self._creating = False  # CreateMultipartUpload was sent: an upload may exist even if we have no id
         self._threads: list[threading.Thread] = []
         self._fd: int | None = None
 
@@ -583,8 +599,17 @@ class S3Upload:
             _note(original, text)
         with self._cond:
             upload_id, self.upload_id = self.upload_id, None
+            unknown = self._creating and upload_id is None and not self._finished
         if upload_id is not None:
             self._abort_quietly(upload_id, original)
+        elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
+            try:
+                self.store.abort_stale_uploads(self.key)
+            except Exception as exc:  # noqa: BLE001 - the original failure matters more
+                text = (f"cleanup: could not look for an upload of {self.store.uri(self.key)} that may have been "
+                        f"created ({type(exc).__name__}: {exc}); the next archive of this key removes it")
+                log.warning(text)
+                _note(original, text)
         self._close_fd()
 
     # --- the writer's side ---------------------------------------------------------------------
@@ -709,6 +734,10 @@ class S3Upload:
     # --- the upload's threads ------------------------------------------------------------------
     def _lead(self) -> None:
         store = self.store
+        with self._cond:
+            if self._aborted:
+                return
+            self._creating = True
         try:
             response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
         except BaseException as exc:
