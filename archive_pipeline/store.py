@@ -173,8 +173,8 @@ def encode_metadata(metadata: dict[str, str]) -> dict[str, str]:
             encoded[key] = value
         else:
             encoded[key] = "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
-        if len(encoded[key].encode()) > 2048:
-            raise ValueError(f"metadata value of {key!r} is longer than S3's 2 KB of user metadata")
+    if sum(len(k) + len(v) for k, v in encoded.items()) > 2048:
+        raise ValueError("user metadata is longer than S3's 2 KB limit (keys and encoded values)")
     return encoded
 
 
@@ -359,7 +359,9 @@ class S3Store:
             except Exception as exc:
                 if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
-                raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
+                error = _wrap(exc, f"writing {self.uri(key)} (PutObject)")
+                self._withdraw_if_ours(key, digest.hex(), len(data), error)
+                raise error from exc
             etag = _etag(response)
             if not self.verify_etags or etag == digest.hex():
                 return etag
@@ -388,6 +390,21 @@ class S3Store:
             log.warning(text)
             _note(original, text)
             return False
+
+    def _withdraw_if_ours(self, key: str, expected_etag: str, size: int, original: BaseException) -> None:
+        """After a write that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
+        delete the object under ``key`` only if it is the one we sent (same ETag and size): an older
+        object that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        if not self.verify_etags:
+            return
+        try:
+            head = self.head(key)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
+            _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
+                            f"({type(exc).__name__}: {exc}); the next archive of this day replaces it")
+            return
+        if head is not None and _etag(head) == expected_etag and head.get("ContentLength") == size:
+            self.delete_quietly(key, original)
 
     def get_bytes(self, key: str) -> bytes:
         """A small object's bytes, verified (see ``get_verified_bytes``); KeyError if missing."""
@@ -624,9 +641,13 @@ class S3Upload:
         started = time.perf_counter()
         if size > self.plan.capacity:
             raise self._too_big(size)
+        if self._error is not None:
+            raise self._error
+        if not self._threads and size >= self.plan.size_at(0):  # finish() without grow(): still in parts
+            with self._cond:
+                self._size = size
+            self._start(fd)
         if not self._threads:
-            if self._error is not None:
-                raise self._error
             etag = self._put_single(fd, size, md5_hex)
             waited = time.perf_counter()
             self._finished = True
@@ -717,19 +738,7 @@ class S3Upload:
         return etag
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
-        """After a publish that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
-        delete the object under the key only if it is the one we sent (same ETag and size): an older
-        archive that is still there must survive."""
-        if not self.store.verify_etags:
-            return
-        try:
-            head = self.store.head(self.key)
-        except Exception as exc:  # noqa: BLE001
-            _note(original, f"cleanup: could not check whether {self.store.uri(self.key)} was published "
-                            f"({type(exc).__name__}: {exc})")
-            return
-        if head is not None and _etag(head) == expected_etag and head.get("ContentLength") == size:
-            self.store.delete_quietly(self.key, original)
+        self.store._withdraw_if_ours(self.key, expected_etag, size, original)
 
     # --- the upload's threads ------------------------------------------------------------------
     def _lead(self) -> None:

@@ -200,6 +200,17 @@ def test_manifest_corrupted_every_time_fails_retryable_and_is_removed(pstore, pr
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
+@pytest.mark.parametrize("action", ["reset_after", "error"])
+def test_manifest_write_that_fails_after_landing_is_withdrawn(pstore, proxy, s3_client, bucket, action):
+    """The store kept the manifest but the answer was lost: the manifest must not stay behind
+    (the archiver withdraws the data object too, and a manifest means the archive is whole)."""
+    proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=action, forward=True, times=None))
+    with pytest.raises(UploadError) as failure:
+        pstore.put_bytes("a/x.manifest.json", b'{"rows": 2}', "application/json")
+    assert failure.value.retryable
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
 def test_corrupted_complete_etag_is_caught(pstore, proxy, s3_client, bucket, temp_dir):
     """A CompleteMultipartUpload answer whose ETag is not md5(part md5s)-N: object withdrawn."""
     proxy.add(Fault(method="POST", query="uploadId=", action="flip_response_byte", times=1,
@@ -473,16 +484,28 @@ class _CountingClient:
 
     def __init__(self) -> None:
         self.parts: dict[int, int] = {}
-        self.aborted = 0
+        self.created = self.aborted = 0
 
     def create_multipart_upload(self, **_):
+        self.created += 1
         return {"UploadId": "u1"}
 
     def upload_part(self, PartNumber, Body, ContentLength, **_):  # noqa: N803 - boto3's names
         data = Body.read()
         assert len(data) == ContentLength
         self.parts[PartNumber] = len(data)
+        self.md5s = getattr(self, "md5s", {})
+        self.md5s[PartNumber] = hashlib.md5(data).digest()
         return {"ETag": f'"{hashlib.md5(data).hexdigest()}"'}
+
+    def complete_multipart_upload(self, MultipartUpload, **_):  # noqa: N803
+        numbers = [p["PartNumber"] for p in MultipartUpload["Parts"]]
+        assert numbers == list(range(1, len(numbers) + 1)) == sorted(self.parts)
+        etag = hashlib.md5(b"".join(self.md5s[n] for n in numbers)).hexdigest()
+        return {"ETag": f'"{etag}-{len(numbers)}"'}
+
+    def head_object(self, **_):
+        return {"ContentLength": sum(self.parts.values())}
 
     def abort_multipart_upload(self, **_):
         self.aborted += 1
@@ -499,6 +522,33 @@ class _TinyStore(S3Store):
     max_parts = 100
 
 
+@pytest.mark.parametrize(("equal_parts", "expected_size", "total", "first"), [
+    (False, None, 1_500_000, 1024),  # no estimate: base parts, growing after 1,000 parts
+    (False, 3_000_000, 1_500_000, 3072),  # estimate / 1000, rounded up to the grain (1 KiB here)
+    (True, None, 90 * 1024 + 5, 1024),  # equal, no estimate: base parts, capacity 100 parts
+    (True, 600 * 1024, 1_500_000, 24 * 1024),  # equal: 4 x estimate / 100 parts
+])
+def test_parts_sent_are_the_planned_parts(temp_dir, equal_parts, expected_size, total, first):
+    """A store that counts parts (1 KiB base parts, 100 parts at most for equal parts): the parts
+    sent, their order and sizes are the plan's."""
+    client = _CountingClient()
+    store_cls = _TinyStore if equal_parts else type("_TinyGrowing", (_TinyStore,), {"max_parts": 10_000})
+    store = store_cls(client, "bucket", part_size=1024, max_concurrency=3, equal_parts=equal_parts)
+    with temp_archive_file(temp_dir) as sink:
+        up = store.begin("k", content_type="text/csv", expected_size=expected_size)
+        sink.on_grow = lambda size: up.grow(sink.fd, size)
+        for start in range(0, total, 7_000):
+            sink.write(b"z" * min(7_000, total - start))
+        result = up.finish(sink.fd, sink.size, sink.md5)
+    planned = store.plan(expected_size).sizes(total)
+    assert list(result.part_sizes) == planned == [client.parts[n] for n in sorted(client.parts)]
+    assert sum(planned) == total and planned[0] == first
+    if equal_parts or expected_size:
+        assert set(planned[:-1]) == {first} and len(planned) <= 100 + (not equal_parts) * 900
+    else:  # 1,001 parts of 1 KiB (until 1,000 x 1 KiB is passed), then 1/1000 of what was sent
+        assert planned[:1001] == [1024] * 1001 and planned[1001] == 2048 and planned[-2] == 2048
+
+
 def test_equal_parts_fail_clearly_before_the_part_limit(temp_dir):
     client = _CountingClient()
     store = _TinyStore(client, "bucket", part_size=1024, max_concurrency=2, equal_parts=True)
@@ -513,7 +563,9 @@ def test_equal_parts_fail_clearly_before_the_part_limit(temp_dir):
     assert sink.size == 101 * 1024  # the write that passed the capacity failed
     assert not failure.value.retryable and "equal parts" in str(failure.value)
     assert "part_size" in str(failure.value) and failure.value.table == "s.t"
-    assert max(client.parts) <= 100 and set(client.parts.values()) == {1024} and client.aborted == 1
+    # however far the upload threads got before the abort: no part past 100, all equal, none left open
+    assert all(n <= 100 for n in client.parts) and set(client.parts.values()) <= {1024}
+    assert client.aborted == client.created
 
 
 # --- metadata -----------------------------------------------------------------------------------
@@ -527,3 +579,17 @@ def test_metadata_encoding_round_trips():
     assert decode_metadata(encoded) == values
     with pytest.raises(ValueError):
         encode_metadata({"t\u00e9": "x"})
+
+
+def test_finish_without_grow_still_uploads_in_parts(pstore, s3_client, bucket, temp_dir):
+    data = payload(2 * MIN_PART_SIZE + 9)
+    with temp_archive_file(temp_dir) as sink:
+        sink.write(data)  # no upload attached while writing
+        up = pstore.begin(KEY, content_type="text/csv")
+        result = up.finish(sink.fd, sink.size, sink.md5)
+    assert result.parts == 3 and stored(s3_client, bucket) == data
+
+
+def test_metadata_over_s3s_limit_is_refused():
+    with pytest.raises(ValueError, match="2 KB"):
+        encode_metadata({"table": "\u00e9" * 1000})
