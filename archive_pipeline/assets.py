@@ -36,7 +36,7 @@ from pydantic import Field
 from archive_pipeline.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.checks import INTACT_CHECK, check_evaluation, object_link, verify_result
 from archive_pipeline.config import RetrySettings, ScheduleSettings, TableSpec, config_path, dagster_name
-from archive_pipeline.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact
+from archive_pipeline.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
@@ -128,7 +128,7 @@ def column_schema(result: ArchiveResult) -> TableSchema:
 def archive_state(result: ArchiveResult) -> State:
     """archived: written by this run; skipped: an identical archive was already there; empty: the day
     has no rows and is recorded by a manifest alone (no data object)."""
-    if getattr(result, "empty", False):
+    if result.empty:
         return "empty"
     return "skipped" if result.skipped else "archived"
 
@@ -179,15 +179,22 @@ def materialization_metadata(result: ArchiveResult, link: str, verified: str) ->
         "source_server_version": result.server_version,
         "archiver_version": result.archiver_version,
     }
-    for name in ("fingerprint", "generation"):  # recorded by the archiver from manifest v2 on
-        if getattr(result, name, None) is not None:
-            meta[name] = getattr(result, name)
+    meta["fingerprint"] = result.fingerprint
+    meta["generation"] = result.generation
+    inexact = sorted(name for name, e in result.encodings.items() if not e.get("exact", True))
+    meta["exact"] = not inexact
+    if inexact:
+        meta["inexact_columns"] = MetadataValue.json({n: result.encodings[n].get("note", "") for n in inexact})
     return meta
 
 
 def recorded(result: ArchiveResult) -> dict[str, object]:
-    return {"bytes": result.bytes, "md5": result.md5, "rows": result.rows, "format": result.format,
-            "compression": result.compression}
+    """What this run recorded, as the integrity check compares it with the store."""
+    expected = {"bytes": result.bytes, "md5": result.md5, "rows": result.rows, "format": result.format,
+                "compression": result.compression, "empty": result.empty}
+    if result.fingerprint:
+        expected["fingerprint"] = result.fingerprint
+    return expected
 
 
 def overwrite_run_config(spec: TableSpec) -> str:
@@ -196,26 +203,25 @@ def overwrite_run_config(spec: TableSpec) -> str:
 
 
 def remedy(exc: BaseException, spec: TableSpec, day: dt.date) -> str:
-    """What a person does about ``exc``: which setting, where."""
+    """What a person does about ``exc``: which setting, where. The core's own remedy (errors.classify)
+    comes first; a changed source gets the exact launchpad run config that archives the day again."""
     relaunch = (f"To archive {day} again, open the job {job_name(spec)} in the launchpad, pick partition {day} "
-                f"and use this run config:\n{overwrite_run_config(spec)}\n(or set overwrite: true for table "
-                f"{spec.name!r} in {config_path()} to re-archive every day that changed).")
-    name = type(exc).__name__
-    text = str(exc)
-    if name == "LateRowsError" or "changed" in text and "overwrite" in text:
+                f"and use this run config:\n{overwrite_run_config(spec)}\n(overwrite: true for table "
+                f"{spec.name!r} in {config_path()} would re-archive every changed day).")
+    if type(exc).__name__ == "LateRowsError":
         return "The source changed after it was archived. " + relaunch
+    own = getattr(exc, "remedy", None)
+    if own:
+        return own
     if isinstance(exc, UnsupportedTypeError):
-        return (f"Choose another format for table {spec.name!r} in {config_path()} (format: jsonl keeps every "
-                "type as PostgreSQL prints it), or change the column's type.")
-    if "permission denied" in text or "InsufficientPrivilege" in text:
-        return (f"Grant the archiving role SELECT on {spec.name} (and USAGE on schema {spec.schema_name}); "
-                "the role is the user in ARCHIVE_PG_DSN.")
+        return (f"Choose another format for table {spec.name!r} in {config_path()} (jsonl keeps every type as "
+                "PostgreSQL prints it), or change the column's type.")
     if isinstance(exc, SourceError):
         return (f"Check table {spec.name!r} in {config_path()}: its name, day_column ({spec.day_column}) and "
                 f"partitioning mode ({spec.partitioning.mode}) must match the database.")
     if is_retryable(exc):
         return (f"This looked transient and was retried (retry: in {config_path()}). Once the database or the "
-                f"store is reachable again, re-execute the run (Runs → this run → Re-execute) or launch "
+                "store is reachable again, re-execute the run (Runs → this run → Re-execute) or launch "
                 f"partition {day} of {job_name(spec)}.")
     return f"Fix the cause above, then launch partition {day} of {job_name(spec)} again."
 
@@ -223,11 +229,17 @@ def remedy(exc: BaseException, spec: TableSpec, day: dt.date) -> str:
 def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None) -> Failure:
     """The step failure a person reads: table, day, cause (never a secret), what to do; no stack trace of
     ours, because the cause is in the message."""
-    cause = redact(str(exc) or type(exc).__name__, password)
-    if not (isinstance(exc, ArchiveError) and spec.name in cause):
-        cause = f"archiving {spec.name} for {day} failed: {cause}"
+    if isinstance(exc, ArchiveError):
+        cause = redact(exc.message, password)
+    else:
+        cause = redact(str(wrap(exc, spec.name, day.isoformat(), password)), password)
+    if spec.name not in cause:
+        cause = f"{spec.name} {day}: {cause}"
     retryable = is_retryable(exc)
-    return Failure(description=f"{cause}\n\nWhat to do: {remedy(exc, spec, day)}", allow_retries=retryable,
+    advice = remedy(exc, spec, day)
+    if retryable and "retried" not in advice:
+        advice += f" (retried as set by retry: in {config_path()})"
+    return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
                              "error": type(exc).__name__})
 
@@ -283,9 +295,8 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
                 result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
                                            progress=progress, session_settings=postgres.session_settings(),
                                            overwrite=spec.overwrite or config.overwrite)
-                verdict = verify_result(store, spec, day, result.key, recorded(result),
-                                        deep=deep, conn=conn if spec.deep_check else None,
-                                        empty=archive_state(result) == "empty")
+                verdict = verify_result(store, spec, day, recorded(result), deep=deep,
+                                        conn=conn if spec.deep_check else None)
         except Exception as exc:
             raise failure(exc, spec, day, postgres.password) from None
         state = archive_state(result)

@@ -35,6 +35,7 @@ from dagster import (
 from pydantic import Field
 
 from archive_pipeline import verify
+from archive_pipeline.keys import render as _render
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import redact
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
@@ -44,6 +45,12 @@ if TYPE_CHECKING:
     from dagster import AssetExecutionContext, DailyPartitionsDefinition
 
     from archive_pipeline.archive import ArchiveResult
+
+def render_key(spec: TableSpec, day: dt.date, prefix: str) -> str:
+    """The day's rendered key (its manifest sits beside it; the data may be a later generation)."""
+    return _render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
+                   fmt=spec.format, compression=spec.compression)
+
 
 INTACT_CHECK = "archive_intact"  # per day; evaluated by every successful archive
 STORED_CHECK = "latest_archive_intact"  # on demand
@@ -72,35 +79,35 @@ class Verdict:
 
 
 def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") -> str:
-    """A link a person can click: the AWS console's object page on AWS, the s3:// URI elsewhere."""
-    key = result.manifest_key if getattr(result, "empty", False) else result.key
+    """A link a person can click: the AWS console's object page on AWS, the s3:// URI elsewhere (an
+    empty day has no object: its manifest)."""
+    key = result.key or result.manifest_key
     endpoint = archive_store.s3.endpoint_url or ""
     if not endpoint or endpoint.rstrip("/").endswith(".amazonaws.com"):
         return f"https://s3.console.aws.amazon.com/s3/object/{archive_store.bucket}?prefix={key}"
     return f"s3://{archive_store.bucket}/{key}"
 
 
-def verify_result(store: S3Store, spec: TableSpec, day: dt.date, key: str, expected: dict, *, deep: bool,
-                  conn: psycopg.Connection | None = None, empty: bool = False) -> Verdict:
-    """Check one day's stored archive against what was recorded.
+def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict, *, deep: bool,
+                  conn: psycopg.Connection | None = None) -> Verdict:
+    """Check one day's stored archive against what was recorded (``expected``: bytes, md5, rows and,
+    from manifest v2 on, fingerprint).
 
-    quick: object and manifest present, size, ETag, MD5 and row count as recorded. ``deep``: also
-    download, hash and count rows. ``conn`` (tables with ``deep_check``): also load the archive back
-    into PostgreSQL and compare its content fingerprint with the source's.
+    quick: manifest present and untampered, object with its recorded size and ETag, MD5, rows and
+    fingerprint as recorded (an empty day: its manifest alone). ``deep``: also download, hash and
+    count rows. ``conn`` (tables with ``deep_check``): also load the archive back into PostgreSQL and
+    compare its content fingerprint with the manifest's and the source's.
     """
-    if empty:
-        manifest = verify.load_manifest(store, key)
-        problems = [] if manifest and manifest.get("rows") == 0 else [
-            f"manifest {key}.manifest.json of the empty day is missing or records rows"]
-        return Verdict(day, problems, "no rows that day; the manifest records it as empty",
-                       {"object": store.uri(key), "deep": deep})
+    key = render_key(spec, day, store.prefix)
     problems = verify.verify_archive(store, key, expected, deep=deep)
-    verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
-    deep_verify = getattr(verify, "deep_verify", None)
-    if conn is not None and not problems and deep_verify is not None:
-        problems = deep_verify(conn, store, spec, day)
-        verified = "content proven equal to the source: archive loaded back into PostgreSQL, fingerprints match"
-    return Verdict(day, problems, verified, {"object": store.uri(key), "deep": deep or conn is not None,
+    if expected.get("rows") == 0 and expected.get("empty"):
+        verified = "no rows that day; its manifest records it as empty"
+    else:
+        verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
+    if conn is not None and not problems:
+        problems = verify.deep_verify(conn, store, spec, day)
+        verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
+    return Verdict(day, problems, verified, {"archive": store.uri(key), "deep": deep or conn is not None,
                                              "problems": len(problems)})
 
 
@@ -154,9 +161,13 @@ def _latest(instance, key: AssetKey, limit: int = 1) -> list:
     return out
 
 
-def _expected(meta: dict) -> dict:
-    return {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
-            "format": meta["format"], "compression": meta["compression"]}
+def expected_from(meta: dict) -> dict:
+    """What a materialization recorded, as ``verify_result`` compares it."""
+    expected = {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
+                "format": meta["format"], "compression": meta["compression"], "empty": meta.get("state") == "empty"}
+    if meta.get("fingerprint"):
+        expected["fingerprint"] = meta["fingerprint"]
+    return expected
 
 
 class StoredCheckConfig(Config):
@@ -166,11 +177,10 @@ class StoredCheckConfig(Config):
 def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, deep: bool) -> Verdict:
     meta = {k: v.value for k, v in event.metadata.items()}
     day = dt.date.fromisoformat(event.partition)
-    if "object_key" not in meta:
-        return Verdict(day, [f"materialization of {event.partition} records no object_key"], "")
+    if "md5" not in meta:
+        return Verdict(day, [f"the materialization of {event.partition} records no archive (md5)"], "")
     try:
-        return verify_result(store, spec, day, meta["object_key"], _expected(meta), deep=deep,
-                             empty=meta.get("state") == "empty")
+        return verify_result(store, spec, day, expected_from(meta), deep=deep)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
         raise _unreachable(spec, day, exc) from None
 
@@ -236,10 +246,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksD
                              "days with the one their manifest recorded; a day changed after archiving fails it.")
     def _check(context: AssetCheckExecutionContext, config: ChangedCheckConfig, postgres: PostgresResource,
                archive_store: ArchiveStoreResource) -> AssetCheckResult:
-        source_changed = getattr(verify, "source_changed", None)
-        if source_changed is None:
-            raise Failure(description="this build of archive_pipeline records no content fingerprint yet",
-                          allow_retries=False)
+        source_changed = verify.source_changed
         store = archive_store.store()
         changed: dict[str, str] = {}
         checked = []
@@ -247,7 +254,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksD
             meta = {k: v.value for k, v in event.metadata.items()}
             day = dt.date.fromisoformat(event.partition)
             try:
-                manifest = verify.load_manifest(store, meta.get("object_key", ""))
+                manifest = verify.load_manifest(store, render_key(spec, day, store.prefix))
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
             except Exception as exc:  # noqa: BLE001 - unreachable database or store

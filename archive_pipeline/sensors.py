@@ -48,9 +48,11 @@ def describe_connect_failure(exc: BaseException, dsn: str) -> str:
     libpq echoes a malformed URI whole, password included, so for a DSN it cannot parse only that
     fact is reported.
     """
+    if isinstance(exc, ArchiveError):  # PostgresResource.connect has described it already
+        return str(exc)
     describe = getattr(errors, "describe_connect_error", None)
     if describe is not None:
-        return describe(exc, dsn)
+        return str(describe(exc, dsn))
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error:
@@ -101,7 +103,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
         try:
             connection = postgres.connect()
             conn = connection.__enter__()
-        except psycopg.Error as exc:
+        except (psycopg.Error, ArchiveError) as exc:
             reason = describe_connect_failure(exc, postgres.dsn)
         else:
             reason = None
