@@ -126,12 +126,13 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         latest, unchanged = build_stored_archive_check(spec, key), build_source_unchanged_check(spec, key)
         assets.append(archive_asset)
         checks += [build_intact_check(spec, key, daily_partitions(spec)), latest, unchanged]
-        on_demand.append(latest)
+        on_demand += [latest, unchanged]
         jobs.append(job)
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
-                              description="Re-check every table's latest archive against what was recorded")
+                              description="On demand: re-check every table's latest archive against what was "
+                                          "recorded, and compare recently archived days with the source")
     return Definitions(
         # One process per run, not one more per step: an archive step is I/O- and database-bound, and
         # parallelism comes from concurrent runs bounded by the pools. Measured in bench/backfill.py.

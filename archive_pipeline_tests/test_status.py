@@ -311,3 +311,66 @@ def test_unset_connection_variable_fails_the_load_naming_it(monkeypatch, missing
     build_definitions(config, resources={"postgres": PostgresResource(dsn="x"),
                                          "archive_store": ArchiveStoreResource(s3=S3Resource(), bucket="b")},
                       check_source=False)
+
+
+def test_an_empty_day_is_recorded_as_empty_not_missing(conn, schema, archive_env, s3_client):
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    empty_day = DAY + dt.timedelta(days=1)  # no child partition, no rows
+    defs = build_definitions(events_config(schema, DAY))
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=empty_day.isoformat(),
+                                                                           instance=instance)
+        [event] = result.get_asset_materialization_events()
+        meta = _meta(result)
+        assert event.materialization.tags["archive/state"] == "empty"
+        assert meta["state"] == "empty" and meta["dagster/row_count"] == 0
+        assert meta["summary"].startswith(f"{empty_day}: no rows") and "no data object" in meta["summary"]
+        assert meta["object"].endswith(".manifest.json")  # the link opens what exists: the manifest
+        [check] = [e.asset_check_evaluation_data for e in result.all_events
+                   if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+        assert check.passed and check.partition == empty_day.isoformat() and "empty" in check.description
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=archive_env).get("Contents", [])}
+    assert keys == {f"archive/{schema}.events/2024/03/{empty_day}.jsonl.zst.manifest.json"}
+
+
+def test_source_changed_after_archiving_is_flagged_on_demand(conn, schema, archive_env):
+    create_sample_events(conn, [DAY, DAY + dt.timedelta(days=1)], rows_per_day=20, schema=schema)
+    config = events_config(schema, DAY)
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(job_name(schema))
+    with instance_for_test() as instance:
+        for day in (DAY, DAY + dt.timedelta(days=1)):
+            assert job.execute_in_process(partition_key=day.isoformat(), instance=instance).success
+        verify = defs.resolve_job_def("verify_archives")
+        clean = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+                 for e in verify.execute_in_process(instance=instance).all_events
+                 if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION}
+        assert clean["source_unchanged"].passed and "2 archived days still match" in clean["source_unchanged"].description
+        # Same row count, different content: only a content fingerprint sees it.
+        conn.execute(sql.SQL("UPDATE {}.events SET event_type = 'edited' WHERE id = 3 AND created_at < %s").format(
+            sql.Identifier(schema)), (DAY + dt.timedelta(days=1),))
+        result = verify.execute_in_process(instance=instance, raise_on_error=False)
+        changed = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data for e in result.all_events
+                   if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION}["source_unchanged"]
+        assert not changed.passed
+        assert f"1 of 2 archived days changed" in changed.description and f"{DAY}:" in changed.description
+        assert overwrite_run_config(config.tables[0]) in changed.description
+        assert changed.metadata["changed_days"].value == [DAY.isoformat()]
+        # The archive itself is still intact: its day's integrity check stays green.
+        assert {(r.partition, r.status.value) for r in _check_records(instance, schema)} == {
+            (DAY.isoformat(), "SUCCEEDED"), ((DAY + dt.timedelta(days=1)).isoformat(), "SUCCEEDED")}
+
+
+def test_deep_check_proves_content_and_is_blocking(conn, schema, archive_env):
+    create_sample_events(conn, [DAY], rows_per_day=200, schema=schema)
+    config = events_config(schema, DAY, deep_check=True)
+    defs = build_definitions(config)
+    check_def = next(c for c in defs.asset_checks if "archive_intact" in {k.name for k in c.check_keys})
+    assert next(iter(check_def.check_specs)).blocking
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=DAY.isoformat(),
+                                                                           instance=instance)
+        [check] = [e.asset_check_evaluation_data for e in result.all_events
+                   if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+        assert check.passed and check.blocking and "content proven" in check.description
+        assert _meta(result)["verified"].startswith("content proven")
