@@ -13,7 +13,6 @@ from typing import Literal
 
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
