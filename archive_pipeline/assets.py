@@ -245,8 +245,9 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
 
 def freshness_policy(settings: ScheduleSettings) -> FreshnessPolicy:
     """Overdue in the UI when nothing was archived between midnight UTC and ``freshness_hours`` after
-    the schedule's time: "yesterday is not archived by the expected hour"."""
-    deadline = dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute)
+    the schedule's time (23:59 at the latest): "yesterday is not archived by the expected hour"."""
+    deadline = min(dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute),
+                   dt.timedelta(hours=23, minutes=59))
     hours, minutes = divmod(int(deadline.total_seconds()) // 60, 60)
     return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *", lower_bound_delta=deadline,
                                 timezone="UTC")

@@ -201,15 +201,9 @@ class ScheduleSettings(_Strict):
     hour: int = Field(default=1, ge=0, le=23, description="UTC hour at which the day that just ended is archived")
     minute: int = Field(default=0, ge=0, le=59)
     freshness_hours: int = Field(default=3, ge=1, le=23, description="the day that just ended is expected to be "
-                                 "archived this many hours after hour:minute; later, the asset shows as not fresh")
+                                 "archived this many hours after hour:minute (at the latest 23:59 UTC); later, the "
+                                 "asset shows as overdue")
     running: bool = Field(default=False, description="start the schedule as soon as the daemon loads it")
-
-    @model_validator(mode="after")
-    def _deadline_same_day(self) -> ScheduleSettings:
-        if self.hour + self.freshness_hours > 23:
-            raise ValueError(f"hour ({self.hour}) + freshness_hours ({self.freshness_hours}) must stay within the "
-                             "day (at most 23), so the archive of the day that just ended is due the same day")
-        return self
 
 
 class SensorSettings(_Strict):

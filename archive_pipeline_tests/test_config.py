@@ -182,12 +182,6 @@ def test_tables_whose_job_names_collide_are_refused():
         parse_config({"tables": [{**GOOD, "name": "a_b.c"}, {**GOOD, "name": "a.b_c"}]})
 
 
-def test_freshness_deadline_stays_within_the_day():
-    assert parse_config({"schedule": {"hour": 20, "freshness_hours": 3}, "tables": [GOOD]}).schedule.freshness_hours == 3
-    with pytest.raises(ConfigError, match="setting 'schedule': hour \\(21\\) \\+ freshness_hours \\(3\\)"):
-        parse_config({"schedule": {"hour": 21, "freshness_hours": 3}, "tables": [GOOD]})
-
-
 def test_deep_check_is_a_table_setting():
     assert parse_table(deep_check=True).tables[0].deep_check is True
     assert parse_table().tables[0].deep_check is False

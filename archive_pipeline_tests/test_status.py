@@ -24,6 +24,7 @@ from psycopg import sql
 from archive_pipeline.assets import (
     ArchiveRetryPolicy,
     asset_key,
+    freshness_policy,
     human_size,
     op_name,
     overwrite_run_config,
@@ -31,7 +32,7 @@ from archive_pipeline.assets import (
     retry_policy,
 )
 from archive_pipeline.checks import object_link
-from archive_pipeline.config import RetrySettings, load_config, parse_config
+from archive_pipeline.config import RetrySettings, ScheduleSettings, load_config, parse_config
 from archive_pipeline.definitions import build_definitions, check_tables_exist
 from archive_pipeline.local_stack import create_sample_events, free_port
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
@@ -137,6 +138,8 @@ def test_runs_are_tagged_with_their_table_and_assets_have_a_freshness_policy(con
     policy = spec.freshness_policy
     assert policy.deadline_cron == "30 6 * * *" and policy.timezone == "UTC"
     assert policy.lower_bound_delta == dt.timedelta(hours=6, minutes=30)  # since midnight UTC
+    late = freshness_policy(ScheduleSettings(hour=22, minute=0, freshness_hours=3))
+    assert late.deadline_cron == "59 23 * * *"  # never past the day the schedule runs
 
 
 def test_retry_waits_double_from_the_configured_delay():
