@@ -267,7 +267,9 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
     @asset(
         key=key,
         partitions_def=daily_partitions(spec),
-        group_name="archive",
+        # The UI labels a node with the key's last part ("events"): one group per schema keeps
+        # public.events and sales.events apart at a glance, without changing keys or history.
+        group_name=f"archive_{spec.asset_path[0]}",
         description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
                      f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
                      f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "

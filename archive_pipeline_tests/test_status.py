@@ -142,6 +142,22 @@ def test_runs_are_tagged_with_their_table_and_assets_have_a_freshness_policy(con
     assert late.deadline_cron == "59 23 * * *"  # never past the day the schedule runs
 
 
+def test_same_table_name_in_two_schemas_is_told_apart(conn, schema, archive_env):
+    other = f"{schema}_b"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other)))
+    try:
+        create_sample_events(conn, [DAY], rows_per_day=1, schema=schema)
+        create_sample_events(conn, [DAY], rows_per_day=1, schema=other)
+        config = parse_config({"tables": [{"name": f"{s}.events", "day_column": "created_at",
+                                           "start_date": DAY.isoformat()} for s in (schema, other)]})
+        defs = build_definitions(config)
+        specs = [next(iter(defs.get_assets_def(asset_key(t)).specs)) for t in config.tables]
+        assert [s.group_name for s in specs] == [f"archive_{schema}", f"archive_{other}"]
+        assert {j.name for j in defs.resolve_all_job_defs()} >= {f"archive_{schema}_events", f"archive_{other}_events"}
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))
+
+
 def test_retry_waits_double_from_the_configured_delay():
     policy = retry_policy(RetrySettings(max_retries=3, delay_seconds=30, backoff="exponential"))
     assert isinstance(policy, ArchiveRetryPolicy) and policy.max_retries == 3
