@@ -303,8 +303,9 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
             raise failure(exc, spec, day, postgres.password) from None
         state = archive_state(result)
         context.log.info(summary(result, state))
+        verified = verdict.verified if verdict.passed else "NOT proven: " + "; ".join(verdict.problems)
         yield MaterializeResult(
-            metadata=materialization_metadata(result, object_link(archive_store, result), verdict.verified),
+            metadata=materialization_metadata(result, object_link(archive_store, result), verified),
             tags={STATE_TAG: state},
         )
         yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)

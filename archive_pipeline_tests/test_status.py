@@ -395,3 +395,29 @@ def test_deep_check_proves_content_and_is_blocking(conn, schema, archive_env):
                    if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
         assert check.passed and check.blocking and "content proven" in check.description
         assert _meta(result)["verified"].startswith("content proven")
+
+
+def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schema, archive_env, s3, monkeypatch):
+    """The object read back for the proof arrives with one byte flipped: the blocking check fails the run."""
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    create_sample_events(conn, [DAY], rows_per_day=300, schema=schema)
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")  # only our own digests judge
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+    with FaultProxy(s3.endpoint_url) as proxy:
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        proxy.add(Fault(method="GET", path=r"\.jsonl\.zst$", action="flip_response_byte"))
+        defs = build_definitions(events_config(schema, DAY, deep_check=True))
+        with instance_for_test() as instance:
+            result = defs.resolve_job_def(job_name(schema)).execute_in_process(
+                partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+            assert proxy.requests(method="GET", path=r"\.jsonl\.zst$")  # the proof did read the object
+            assert not result.success
+            [check] = [e.asset_check_evaluation_data for e in result.all_events
+                       if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+            assert not check.passed and check.blocking and "md5" in check.description
+            assert _meta(result)["verified"].startswith("NOT proven: ")
+            error = result.failure_data_for_node(op_name(events_config(schema, DAY).tables[0])).error
+            assert "blocking asset check" in error.message
+            assert [(r.partition, r.status.value) for r in _check_records(instance, schema)] == [
+                (DAY.isoformat(), "FAILED")]
