@@ -135,6 +135,7 @@ def test_runs_are_tagged_with_their_table_and_assets_have_a_freshness_policy(con
                                                                            instance=instance)
         assert instance.get_run_by_id(result.run_id).tags["archive/table"] == f"{schema}.events"
     [spec] = defs.get_assets_def(asset_key(config.tables[0])).specs
+    assert spec.tags["archive/table"] == f"{schema}.events"  # the same value as the runs' tag
     policy = spec.freshness_policy
     assert policy.deadline_cron == "30 6 * * *" and policy.timezone == "UTC"
     assert policy.lower_bound_delta == dt.timedelta(hours=6, minutes=30)  # since midnight UTC
