@@ -27,6 +27,7 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     Config,
+    DagsterEventType,
     Failure,
     MetadataValue,
     PreviewWarning,
@@ -149,7 +150,13 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
 def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
     """Whether this check runs inside a run that also archives (Dagster 1.13 adds every check of an
     asset to runs launched from the asset's page), where an on-demand check must stay cheap."""
-    return key in (context.op_execution_context.run.asset_selection or frozenset())
+    run = context.op_execution_context.run
+    if run.asset_selection:
+        return key in run.asset_selection
+    # No selection (``dagster.materialize`` of a list of assets): what the run plans to materialize.
+    planned = context.instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+                                                   limit=1000).records
+    return any(r.event_log_entry.dagster_event.asset_key == key for r in planned)
 
 
 def _latest(instance, key: AssetKey, limit: int = 1) -> list:

@@ -17,6 +17,7 @@ from dagster import (
     DagsterInstance,
     build_sensor_context,
     instance_for_test,
+    materialize,
 )
 from dagster_aws.s3 import S3Resource
 from psycopg import sql
@@ -69,6 +70,28 @@ def test_check_results_carry_their_day_and_archive_runs_run_no_other_check(conn,
         # The on-demand checks neither ran nor were planned (no "Skipped" twin) in archive runs.
         assert _check_records(instance, schema, "latest_archive_intact") == []
         assert _check_records(instance, schema, "source_unchanged") == []
+
+
+def test_materialize_reports_the_days_check_with_or_without_the_check_definitions(conn, schema, archive_env):
+    """``dagster.materialize`` as another project would call it: the asset alone, or with every check
+    (as the asset's page launches it); either way one result per day, for that day."""
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    create_sample_events(conn, days, rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, DAY))
+    [archive] = defs.assets
+    with instance_for_test() as instance:
+        alone = materialize([archive], partition_key=days[0].isoformat(), instance=instance,
+                            resources=defs.resources)
+        together = materialize([archive, *defs.asset_checks], partition_key=days[1].isoformat(),
+                               instance=instance, resources=defs.resources)
+        assert alone.success and together.success
+        assert sorted((r.partition, r.status.value) for r in _check_records(instance, schema)) == [
+            (d.isoformat(), "SUCCEEDED") for d in days]
+        # Inside a run that archives, source_unchanged does not fingerprint the source again.
+        [unchanged] = [e.asset_check_evaluation_data for e in together.all_events
+                       if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                       and e.asset_check_evaluation_data.check_name == "source_unchanged"]
+        assert unchanged.passed and "not compared in a run that archives" in unchanged.description
 
 
 def test_a_failed_run_leaves_the_days_check_alone(conn, schema, archive_env):
