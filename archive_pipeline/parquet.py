@@ -133,10 +133,17 @@ def refusal_flag(table: SourceTable) -> sql.Composable | None:
     return sql.SQL("COALESCE({})").format(sql.SQL(", ").join(cases)) if len(cases) > 1 else cases[0]
 
 
+MAX_TARGET_ENTRIES = 1664  # PostgreSQL's limit on a query's select list
+
+
 def arrow_query(table: SourceTable, where: sql.Composable) -> sql.Composed:
     items = [sql.SQL("{} AS {}").format(_expression(c), sql.Identifier(c.name)) for c in table.columns]
     flag = refusal_flag(table)
     if flag is not None:
+        if len(items) + 1 > MAX_TARGET_ENTRIES:  # only a view can be this wide (tables stop at 1,600)
+            raise UnsupportedTypeError(
+                f"{table.qualified} has {len(items)} columns; Parquet needs one more in its query and PostgreSQL "
+                f"allows {MAX_TARGET_ENTRIES}; archive it as jsonl or csv", table=table.qualified, retryable=False)
         items.append(sql.SQL("{} AS {}").format(flag, sql.Identifier(_REFUSE_FLAG)))
     return day_query(table, where, sql.SQL(", ").join(items))
 
@@ -260,7 +267,8 @@ class _Converter:
     def __init__(self, table: SourceTable, read_schema: pa.Schema, format_name: str = "parquet") -> None:
         self.table = table
         self.columns = list(table.columns)
-        self.flag = read_schema.get_field_index(_REFUSE_FLAG)
+        # the flag is the query's last column (by position: a table may have a column of the same name)
+        self.flag = len(self.columns) if len(read_schema) > len(self.columns) else -1
         fields = []
         for i, col in enumerate(self.columns):
             read = read_schema.field(i).type
