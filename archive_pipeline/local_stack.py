@@ -63,6 +63,7 @@ class LocalPostgres:
     port: int
     root: Path
     process: subprocess.Popen
+    settings: dict[str, str] | None = None  # the -c settings it was started with, for restart()
 
     @property
     def dsn(self) -> str:
@@ -98,6 +99,11 @@ class LocalPostgres:
                 raise RuntimeError(f"pg_hba.conf line for {name!r} did not take effect")
             time.sleep(0.05)
         return self.dsn_for(name, password)
+
+    def restart(self) -> None:
+        """Start a stopped (``stop(keep_root=True)``) cluster again, on a new free port."""
+        started = _launch(self.root, self.settings)
+        self.port, self.process = started.port, started.process
 
     def stop(self, keep_root: bool = False) -> None:
         """Immediate shutdown (SIGQUIT: no checkpoint for a throwaway cluster) of the whole process
@@ -144,7 +150,7 @@ def _launch(root: Path, settings: dict[str, str] | None) -> LocalPostgres:
     log = open(root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(_as_server_user([_pg_bin("postgres"), "-D", str(root / "data"), *args]),
                                stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    server = LocalPostgres(port=port, root=root, process=process)
+    server = LocalPostgres(port=port, root=root, process=process, settings=settings)
     deadline = time.monotonic() + 30
     while True:
         try:

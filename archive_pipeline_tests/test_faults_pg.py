@@ -324,19 +324,17 @@ def test_resource_connect_when_max_connections_is_reached(small_pg):
 
 
 @pytest.mark.parametrize(("fmt", "compression"), FORMATS)
-def test_server_going_down_mid_copy_is_retried(store, temp_dir, fmt, compression):
+def test_server_going_down_mid_copy_is_retried(small_pg, store, temp_dir, fmt, compression):
     """Immediate shutdown mid-stream. Even if the rest of the day was already in socket buffers, the
     snapshot's transaction cannot end cleanly, so the day must fail either way."""
-    server = start_postgres({"autovacuum": "off"})
+    spec = TableSpec(name="public.events", day_column="created_at", start_date=DAY, format=fmt,
+                     compression=compression, chunk_size=500)
     try:
-        with server.connect() as conn:
-            create_sample_events(conn, [DAY], 20_000)
-        spec = TableSpec(name="public.events", day_column="created_at", start_date=DAY, format=fmt,
-                         compression=compression, chunk_size=1000)
-        with server.connect() as conn:
-            err = archive_fails(conn, spec, store, temp_dir, progress=once(lambda: server.stop(keep_root=True)))
+        with small_pg.connect() as conn:
+            err = archive_fails(conn, spec, store, temp_dir, progress=once(lambda: small_pg.stop(keep_root=True)))
     finally:
-        server.stop()
+        if small_pg.process.poll() is not None:
+            small_pg.restart()
     assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
 
 
