@@ -105,6 +105,28 @@ class LocalPostgres:
         started = _launch(self.root, self.settings)
         self.port, self.process = started.port, started.process
 
+    def reconfigure(self, settings: dict[str, str], timeout: float = 10.0) -> None:
+        """Change reloadable settings (``postgresql.auto.conf`` + ``pg_reload_conf()``), also on a standby;
+        waits (bounded) until new sessions see them, so give values as
+        ``SHOW`` prints them (``'0'``, ``'30s'``, ``'on'``). Settings given to
+        ``start_postgres``/``start_replica`` are command-line options and cannot be changed this way."""
+        auto = self.root / "data" / "postgresql.auto.conf"
+        lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+        with open(auto, "a") as f:
+            f.write(lines)
+        with self.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.connect() as conn:
+                current = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+                           for name in settings}
+            if current == settings:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"settings {settings} not in effect after reload: {current}")
+            time.sleep(0.05)
+
     def stop(self, keep_root: bool = False) -> None:
         """Immediate shutdown (SIGQUIT: no checkpoint for a throwaway cluster) of the whole process
         group: runuser does not pass signals on, so signalling it alone would orphan the server."""
