@@ -251,8 +251,10 @@ _S3_SIZE_CODES = {"EntityTooLarge", "EntityTooSmall", "MaxMessageLengthExceeded"
 def _by_sqlstate(code: str, text: str) -> Classification:
     """The cause behind a SQLSTATE; the message refines codes that cover several causes."""
     lowered = text.lower()
-    if "conflict with recovery" in lowered:  # 40001 (or 57P04 for a dropped database) on a standby
-        return _DROPPED if code == "57P04" else _RECOVERY_CONFLICT
+    # A standby reports every recovery conflict as 40001 (57P04 if the database was dropped); the
+    # code decides, so a data error quoting a value like "conflict with recovery" stays a data error.
+    if code in ("40001", "40P01", "57P01", "57014") and "conflict with recovery" in lowered:
+        return _RECOVERY_CONFLICT
     exact: dict[str, Classification] = {
         "57014": _STATEMENT_TIMEOUT if "statement timeout" in lowered else _CANCELED,
         "55P03": _LOCK_TIMEOUT, "25P03": _IDLE_TIMEOUT, "57P05": _IDLE_TIMEOUT,
@@ -346,7 +348,26 @@ def _sqlstate(exc: BaseException, text: str) -> str | None:
     return found.group(1) if found else None
 
 
+_SERVER_MESSAGE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([^\n]*)")
+_SERVER_UNKNOWN = _src(False, "the database reported an error", "read the message; fix the cause and archive again")
+
+
 def _by_message(text: str) -> Classification | None:
+    """Match known causes against the server's own words, never against data it quotes.
+
+    Where the text holds a server message (``ERROR:``/``FATAL:``, as libpq and ADBC pass it on without
+    a SQLSTATE), only its fixed part is matched: quoted names are blanked and everything after the
+    first ``": "`` (where PostgreSQL puts values) is cut, so a row holding "statement timeout" in a
+    data error cannot pass for a transient cause. An unrecognised server message fails at once.
+    Text without a server message is libpq's own (connect failures, lost connections).
+    """
+    server = _SERVER_MESSAGE.search(text)
+    if server is not None:
+        fixed = re.sub(r'"[^"]*"', '""', server.group(1)).split(": ")[0]
+        for pattern, classification in _MESSAGES:
+            if pattern.search(fixed):
+                return classification
+        return _SERVER_UNKNOWN
     for pattern, classification in _MESSAGES:
         if pattern.search(text):
             return classification

@@ -386,3 +386,22 @@ def test_describe_connect_error_of_a_malformed_uri_never_echoes_the_password(pg)
         text = str(err)
         assert not err.retryable and "hunter2" not in text and "pa ss" not in text and "w@rd" not in text, text
         assert "to fix: fix ARCHIVE_PG_DSN" in text
+
+
+def test_the_sqlstate_decides_over_words_quoted_from_the_data(sp):
+    """A hostile value quoted in a data error must not pass for a transient cause."""
+    for words in ("conflict with recovery", "server closed the connection unexpectedly", "too many clients already",
+                  "canceling statement due to statement timeout"):
+        c = classify(raised(lambda w=words: sp.execute("SELECT %s::int", (w,))))
+        assert (c.retryable, c.sqlstate) == (False, "22P02"), (words, c)
+
+
+def test_words_quoted_from_the_data_mid_stream_do_not_pass_for_a_transient_cause(ap):
+    """ADBC's Arrow stream passes a mid-COPY server error on as a bare OSError without SQLSTATE."""
+    for words in ("canceling statement due to statement timeout", "server closed the connection unexpectedly"):
+        query = (f"SELECT (CASE WHEN g = 150000 THEN '{words}' ELSE g::text END)::int AS v, repeat('x', 100) AS pad "
+                 "FROM generate_series(1, 200000) g")
+        exc = raised(lambda q=query: adbc_stream(ap, q))
+        assert isinstance(exc, OSError) and "SQLSTATE" not in str(exc) and words in str(exc), exc
+        c = classify(exc)
+        assert not c.retryable, (type(exc), str(exc), c)

@@ -407,3 +407,36 @@ def test_resource_connects_and_wraps_with_its_password(pg, source):
     assert resource.user == role and resource.password == PASSWORD
     err = resource.wrap_error(psycopg.OperationalError(f"oops {PASSWORD}"), f"{schema}.events", "2024-03-10")
     assert PASSWORD not in str(err) and err.retryable
+
+
+# --- the temp dir fills up ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def full_temp_dir(tmp_path) -> Iterator:
+    """A 1 MiB tmpfs as temp_dir: the day does not fit, the kernel answers ENOSPC."""
+    import pathlib
+    import subprocess
+
+    path = pathlib.Path(tmp_path) / "tiny"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); test_errors classifies a real "
+                    "ENOSPC from /dev/full instead")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize(("fmt", "compression"), FORMATS)
+def test_temp_dir_full_fails_at_once(source, store, full_temp_dir, fmt, compression):
+    schema, _, dsn = source
+    spec = spec_for(schema, fmt, compression)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        err = archive_fails(conn, spec, store, full_temp_dir)
+    assert_failed_cleanly(err, retryable=False, spec=spec, store=store, temp_dir=full_temp_dir)
+    assert "No space left on device" in str(err)
+    assert_wrapped(err, spec, cause="no space left for the temp file", remedy="free space in the temp directory",
+                   retryable=False)
