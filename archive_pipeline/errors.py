@@ -283,7 +283,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
 def _match_auth(lowered: str) -> Classification | None:
     if "password authentication failed" in lowered:
         return _WRONG_PASSWORD
-    if "no pg_hba.conf entry" in lowered:
+    if "no pg_hba.conf entry" in lowered or "pg_hba.conf rejects connection" in lowered:
         return _NO_HBA
     if re.search(r'role "[^"]*" does not exist', lowered):
         return _NO_ROLE
@@ -299,7 +299,7 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
         (r"conflict with recovery", _RECOVERY_CONFLICT),
         (r"password authentication failed", _WRONG_PASSWORD),
         (r"no password supplied|password is required", _NO_PASSWORD),
-        (r"no pg_hba\.conf entry", _NO_HBA),
+        (r"no pg_hba\.conf entry|pg_hba\.conf rejects connection", _NO_HBA),
         (r"role \"[^\"]*\" does not exist", _NO_ROLE),
         (r"is not permitted to log in", _NO_LOGIN),
         (r"database \"[^\"]*\" does not exist", _NO_DATABASE),

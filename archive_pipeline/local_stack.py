@@ -86,18 +86,7 @@ class LocalPostgres:
         with self.connect() as conn:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CONNECTION LIMIT {}").format(
                 sql.Identifier(name), sql.Literal(password), sql.Literal(connection_limit)))
-            _prepend_hba(self.root / "data" / "pg_hba.conf", [f'host all "{name}" 127.0.0.1/32 scram-sha-256'])
-            conn.execute("SELECT pg_reload_conf()")
-        # The reload is asynchronous: wait (bounded) until a connection without a password is refused.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                psycopg.connect(self.dsn_for(name), connect_timeout=2, passfile=str(self.root / "no-such-pgpass")).close()
-            except psycopg.OperationalError:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pg_hba.conf line for {name!r} did not take effect")
-            time.sleep(0.05)
+        self.add_hba_lines([f'host all "{name}" 127.0.0.1/32 scram-sha-256'], role=name)
         return self.dsn_for(name, password)
 
     def restart(self) -> None:
@@ -125,6 +114,22 @@ class LocalPostgres:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"settings {settings} not in effect after reload: {current}")
+            time.sleep(0.05)
+
+    def add_hba_lines(self, lines: list[str], *, role: str) -> None:
+        """Put ``lines`` before the ``trust`` lines of ``pg_hba.conf`` and reload; returns once a
+        password-less connection as ``role`` is refused (the reload is asynchronous)."""
+        _prepend_hba(self.root / "data" / "pg_hba.conf", lines)
+        with self.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                psycopg.connect(self.dsn_for(role), connect_timeout=2, passfile=str(self.root / "no-such-pgpass")).close()
+            except psycopg.OperationalError:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pg_hba.conf lines {lines} did not take effect")
             time.sleep(0.05)
 
     def stop(self, keep_root: bool = False) -> None:

@@ -127,6 +127,15 @@ def test_permission_denied_says_what_to_grant(pg, sp, schema):
 
 # --- connect-time errors (no SQLSTATE: decided by the message) ----------------------------------------
 
+def rejected_role(pg: LocalPostgres) -> str:
+    """A role that pg_hba.conf turns away ("pg_hba.conf rejects connection ...")."""
+    name = f"errors_rejected_{os.getpid()}"
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    pg.add_hba_lines([f'host all "{name}" 127.0.0.1/32 reject'], role=name)
+    return name
+
+
 def test_psycopg_connect_failures_by_cause(pg, app_role):
     name, dsn = app_role
     wrong = pg.dsn_for(name, "wrong")
@@ -137,6 +146,8 @@ def test_psycopg_connect_failures_by_cause(pg, app_role):
         "server down": (f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", True, "listens"),
         "malformed": (f"postgresql://{name}:{PASSWORD}@127.0.0.1:{pg.port}x/postgres", False, "fix ARCHIVE_PG_DSN"),
         "bad host": ("postgresql://u@no-such-host.invalid/db", False, "check the host"),
+        "TLS required, server has none": (pg.dsn_for("postgres") + "?sslmode=require", False, "sslmode"),
+        "pg_hba rejects": (pg.dsn_for(rejected_role(pg)), False, "add a pg_hba.conf line"),
     }
     for label, (target, retryable, remedy) in cases.items():
         exc = raised(lambda t=target: psycopg.connect(t, connect_timeout=3))
