@@ -537,7 +537,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         detail = _scrub_parse_error(detail)
     code = f" SQLSTATE {found.sqlstate}" if found.sqlstate and found.sqlstate not in detail else ""
     message = (f"archiving {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
-               f"{'retrying may help' if found.retryable else 'not retried'}")
+               f"{'transient, retried' if found.retryable else 'not retried: a retry cannot fix this'}")
     return error_type(message, table=table, day=day, retryable=found.retryable, remedy=found.remedy,
                       cause=found.cause)
 
