@@ -415,3 +415,17 @@ def test_words_quoted_from_the_data_mid_stream_do_not_pass_for_a_transient_cause
         assert isinstance(exc, OSError) and "SQLSTATE" not in str(exc) and words in str(exc), exc
         c = classify(exc)
         assert not c.retryable, (type(exc), str(exc), c)
+
+
+def test_a_server_that_never_answers_times_out_and_is_retried():
+    """A listening socket that never speaks (a hung server, a black-holing firewall): libpq's
+    connect_timeout fires, with no SQLSTATE and no server message."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        exc = raised(lambda: psycopg.connect(f"postgresql://u@127.0.0.1:{port}/db", connect_timeout=2))
+    c = classify(exc)
+    assert c.retryable and "could not be reached" in c.cause, exc
+    err = describe_connect_error(exc, f"postgresql://u:hunter2@127.0.0.1:{port}/db")
+    assert err.retryable and f"127.0.0.1:{port}" in str(err) and "hunter2" not in str(err)

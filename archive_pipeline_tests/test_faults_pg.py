@@ -440,3 +440,28 @@ def test_temp_dir_full_fails_at_once(source, store, full_temp_dir, fmt, compress
     assert "No space left on device" in str(err)
     assert_wrapped(err, spec, cause="no space left for the temp file", remedy="free space in the temp directory",
                    retryable=False)
+
+
+def test_resource_connect_while_the_server_shuts_down_is_retried(small_pg):
+    """Smart shutdown waits for open sessions and turns new ones away (57P03, no SQLSTATE at connect)."""
+    import signal
+
+    postmaster = int((small_pg.root / "data" / "postmaster.pid").read_text().split()[0])
+    with small_pg.connect() as open_session:
+        os.kill(postmaster, signal.SIGTERM)
+        try:
+            deadline = time.monotonic() + 10
+            while True:  # bounded: the postmaster handles the signal asynchronously
+                try:
+                    with PostgresResource(dsn=small_pg.dsn).connect():
+                        pass
+                except SourceError as exc:
+                    err = exc
+                    break
+                assert time.monotonic() < deadline, "the server never started shutting down"
+                time.sleep(0.05)
+        finally:
+            open_session.close()
+    small_pg.stop(keep_root=True)
+    small_pg.restart()
+    assert err.retryable and "shutting down" in str(err) and "starting up, shutting down" in str(err), str(err)
