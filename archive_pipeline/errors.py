@@ -337,7 +337,9 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
     ]
 ]
 
-_SQLSTATE_IN_TEXT = re.compile(r"SQLSTATE[:= ]+\s*([0-9A-Z]{5})\b")
+# ADBC appends ". SQLSTATE: 22P02" at the very end; only there, since quoted values and the echoed
+# query come earlier and may contain anything.
+_SQLSTATE_IN_TEXT = re.compile(r"SQLSTATE: ([0-9A-Z]{5})\s*$")
 
 
 def _sqlstate(exc: BaseException, text: str) -> str | None:

@@ -429,3 +429,11 @@ def test_a_server_that_never_answers_times_out_and_is_retried():
     assert c.retryable and "could not be reached" in c.cause, exc
     err = describe_connect_error(exc, f"postgresql://u:hunter2@127.0.0.1:{port}/db")
     assert err.retryable and f"127.0.0.1:{port}" in str(err) and "hunter2" not in str(err)
+
+
+def test_a_sqlstate_quoted_from_the_data_is_not_taken_for_the_real_one(ap):
+    exc = raised(lambda: adbc_stream(ap, "SELECT 'x SQLSTATE: 57014'::int"))
+    c = classify(exc)
+    assert (c.retryable, c.sqlstate) == (False, "22P02"), (str(exc), c)
+    text_only = OSError(str(exc).replace("SQLSTATE: 22P02", "SQLSTATE: 22P02 "))  # the text alone decides too
+    assert classify(text_only).sqlstate == "22P02"
