@@ -106,6 +106,9 @@ _RETRIED = "retried automatically"
 _DSN = "ARCHIVE_PG_DSN"
 
 
+_SERVER_MESSAGE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([^\n]*)")
+
+
 def _src(retryable: bool, cause: str, remedy: str) -> Classification:
     return Classification(retryable, cause, remedy, "source")
 
@@ -248,9 +251,26 @@ _S3_BUCKET_CODES = {"NoSuchBucket", "InvalidBucketName"}
 _S3_SIZE_CODES = {"EntityTooLarge", "EntityTooSmall", "MaxMessageLengthExceeded"}
 
 
+_SNAPSHOT_GONE = _src(True, "the exported snapshot was gone before the Parquet reader imported it (its session "
+                      "ended: terminated, timed out or disconnected)", f"{_RETRIED}; if it recurs, see why the "
+                      "archive's first connection ends (idle_in_transaction_session_timeout, a query killer)")
+
+
+def _fixed_part(text: str) -> str:
+    """The server's own words of a message: the text after ``ERROR:``/``FATAL:`` if present, quoted
+    names blanked, cut at the first ``": "`` (where PostgreSQL puts values), lower case."""
+    server = _SERVER_MESSAGE.search(text)
+    message = server.group(1) if server is not None else text.strip().split("\n")[0]
+    return re.sub(r'"[^"]*"', '""', message).split(": ")[0].lower()
+
+
 def _by_sqlstate(code: str, text: str) -> Classification:
-    """The cause behind a SQLSTATE; the message refines codes that cover several causes."""
-    lowered = text.lower()
+    """The cause behind a SQLSTATE; the server's own words refine codes that cover several causes."""
+    lowered = _fixed_part(text)
+    if code == "22023" and lowered.startswith("invalid snapshot identifier"):
+        return _SNAPSHOT_GONE
+    if code == "55000" and lowered.startswith("could not import the requested snapshot"):
+        return _SNAPSHOT_GONE
     # A standby reports every recovery conflict as 40001 (57P04 if the database was dropped); the
     # code decides, so a data error quoting a value like "conflict with recovery" stays a data error.
     if code in ("40001", "40P01", "57P01", "57014") and "conflict with recovery" in lowered:
@@ -350,7 +370,6 @@ def _sqlstate(exc: BaseException, text: str) -> str | None:
     return found.group(1) if found else None
 
 
-_SERVER_MESSAGE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([^\n]*)")
 _SERVER_UNKNOWN = _src(False, "the database reported an error", "read the message; fix the cause and archive again")
 
 
@@ -363,9 +382,8 @@ def _by_message(text: str) -> Classification | None:
     data error cannot pass for a transient cause. An unrecognised server message fails at once.
     Text without a server message is libpq's own (connect failures, lost connections).
     """
-    server = _SERVER_MESSAGE.search(text)
-    if server is not None:
-        fixed = re.sub(r'"[^"]*"', '""', server.group(1)).split(": ")[0]
+    if _SERVER_MESSAGE.search(text) is not None:
+        fixed = _fixed_part(text)
         for pattern, classification in _MESSAGES:
             if pattern.search(fixed):
                 return classification

@@ -437,3 +437,18 @@ def test_a_sqlstate_quoted_from_the_data_is_not_taken_for_the_real_one(ap):
     assert (c.retryable, c.sqlstate) == (False, "22P02"), (str(exc), c)
     text_only = OSError(str(exc).replace("SQLSTATE: 22P02", "SQLSTATE: 22P02 "))  # the text alone decides too
     assert classify(text_only).sqlstate == "22P02"
+
+
+def test_a_snapshot_gone_before_the_parquet_reader_imports_it_is_retried(pg, ap):
+    """The archive's first connection exported the snapshot and died before ADBC imported it."""
+    exporter = pg.connect()
+    exporter.autocommit = False
+    snapshot = exporter.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    with pg.connect() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", (exporter.info.backend_pid,))
+    exporter.close()
+    ap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    exc = raised(lambda: ap.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+    ap.execute("ROLLBACK")
+    c = classify(exc)
+    assert (c.retryable, c.sqlstate) == (True, "22023") and "snapshot" in c.cause, (str(exc), c)
