@@ -252,8 +252,9 @@ _S3_SIZE_CODES = {"EntityTooLarge", "EntityTooSmall", "MaxMessageLengthExceeded"
 
 
 _SNAPSHOT_GONE = _src(True, "the exported snapshot was gone before the Parquet reader imported it (its session "
-                      "ended: terminated, timed out or disconnected)", f"{_RETRIED}; if it recurs, see why the "
-                      "archive's first connection ends (idle_in_transaction_session_timeout, a query killer)")
+                      "ended: terminated, timed out or disconnected)", f"{_RETRIED}; if it recurs, raise "
+                      "source.idle_in_transaction_timeout_ms above the time ADBC takes to connect, or stop "
+                      "whatever kills the archive's first connection")
 
 
 def _fixed_part(text: str) -> str:

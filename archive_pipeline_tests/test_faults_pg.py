@@ -177,6 +177,21 @@ def test_parquet_snapshot_holder_terminated_is_retried(pg, source, store, temp_d
     assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
 
 
+def test_parquet_snapshot_holder_idle_timeout_is_retried_and_names_the_setting(source, store, temp_dir):
+    """Parquet: the first connection only holds the exported snapshot and sits idle in its transaction
+    while ADBC connects and streams the day, so idle_in_transaction_session_timeout can end it: while
+    ADBC streams (25P03 at COMMIT) or, if ADBC's connect is slower than the timeout, before ADBC
+    imports the snapshot (22023 invalid snapshot identifier). Both are retried and point at the setting."""
+    schema, _, dsn = source
+    spec = spec_for(schema, "parquet", "zstd")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        err = archive_fails(conn, spec, store, temp_dir, session_settings={"idle_in_transaction_session_timeout": "500"},
+                            progress=once(lambda: time.sleep(1.2)))
+    assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
+    wrapped = str(wrap(original(err), spec.name, DAY.isoformat(), PASSWORD))
+    assert "to fix:" in wrapped and "raise source.idle_in_transaction_timeout_ms" in wrapped, wrapped
+
+
 # --- statement_timeout, lock_timeout ------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("fmt", "compression"), FORMATS)
