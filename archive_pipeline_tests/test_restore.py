@@ -368,3 +368,19 @@ def test_a_lossy_jsonl_column_is_never_restored_silently(conn, schema, store, te
     with pytest.raises(FingerprintMismatchError, match="rolled back"):
         restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.docs_back", temp_dir=temp_dir)
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.docs_back",)).fetchone()[0] is None
+
+
+def test_restore_original_recreates_a_dropped_day_table_in_naming_mode(conn, schema, store, temp_dir):
+    day_table = sql.Identifier(schema, f"clicks_{DAY:%Y%m%d}")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, url text NOT NULL, at timestamptz)").format(day_table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '/p/' || g, {} FROM generate_series(1, 50) g").format(
+        day_table, sql.Literal(dt.datetime(2024, 3, 10, 12, tzinfo=dt.UTC))))
+    spec = TableSpec(name=f"{schema}.clicks", start_date=DAY, partitioning={"mode": "naming", "pattern": "clicks_%Y%m%d"},
+                     format="csv", compression="gzip")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    before = table_fingerprint(conn, schema, f"clicks_{DAY:%Y%m%d}")
+    conn.execute(sql.SQL("DROP TABLE {}").format(day_table))
+    result = restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    assert result.created == (f"{schema}.clicks_{DAY:%Y%m%d}",) and result.fingerprint_checked
+    assert table_fingerprint(conn, schema, f"clicks_{DAY:%Y%m%d}") == before
+    assert _column_types(conn, f"{schema}.clicks_{DAY:%Y%m%d}")[1] == ("url", "text", True)  # NOT NULL kept
