@@ -26,8 +26,16 @@ from archive_pipeline import fingerprint, keys
 from archive_pipeline.compression import get_codec
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import partition_of_day, source_table
-from archive_pipeline.errors import ArchiveError, is_retryable, redact
-from archive_pipeline.formats import Extraction, WriteStats, get_format
+from archive_pipeline.errors import ArchiveError, is_retryable, wrap
+from archive_pipeline.formats import (
+    Extraction,
+    WriteStats,
+    explain_value_failure,
+    failing_columns,
+    get_format,
+    is_value_failure,
+    refuse_inexact,
+)
 from archive_pipeline.locks import table_day_lock
 from archive_pipeline.manifest import (
     ArchiveResult,
@@ -134,14 +142,13 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
                               progress_every=progress_every,
                               settings={**SNAPSHOT_SETTINGS, **(session_settings or {})}).run(overwrite)
     except ArchiveError as exc:
-        exc.table, exc.day = exc.table or spec.name, exc.day or day.isoformat()
-        if exc.day not in str(exc):
-            exc.args = (f"{spec.name} {exc.day}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
+        wrap(exc, spec.name, day.isoformat(), conn.info.password)
+        if exc.day not in exc.message or exc.table not in exc.message:
+            exc.message = f"{exc.table} {exc.day}: {exc.message}"
+            exc.args = (exc.message,)
         raise
     except Exception as exc:
-        message = redact(f"archiving {spec.name} for {day.isoformat()} failed: {type(exc).__name__}: {exc}",
-                         conn.info.password)
-        raise ArchiveError(message, table=spec.name, day=day.isoformat(), retryable=is_retryable(exc)) from None
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
 
 
 class _Archiving:
@@ -158,7 +165,7 @@ class _Archiving:
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
-        self._refuse_foreign_table(existing)
+        self._refuse_foreign(existing, overwrite)
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
         codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)
         upload: S3Upload | None = None
@@ -170,7 +177,7 @@ class _Archiving:
                     database, system_id, version = server_identity(self.conn)
                     identity = SourceIdentity(database, system_id, version)
                     fp_started = time.perf_counter()
-                    fp = fingerprint.compute(self.conn, table.identifier, table.columns, where)
+                    fp = self._fingerprint(table, where)
                     fp_seconds = time.perf_counter() - fp_started
                     if existing.manifest is not None and existing.problem is None:
                         if self._keep(existing.manifest, identity, table, fp, overwrite):
@@ -179,8 +186,11 @@ class _Archiving:
                                                   partition_of_day(self.conn, self.spec, self.day))
                     generation = existing.generation + 1 if existing.manifest is not None else 1
                     data_key = keys.generation_key(self.key, generation)
+                    encodings = fmt.encodings(table)
+                    if self.spec.strict:
+                        refuse_inexact(self.spec.format, table, encodings)
                     if fp.rows == 0:
-                        stats = WriteStats(output_types={c.name: "text" for c in table.columns})
+                        stats = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     else:
                         upload = self.store.begin(
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
@@ -190,7 +200,8 @@ class _Archiving:
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
                         extraction = Extraction(conn=self.conn, table=table, where=where, snapshot=snapshot,
                                                 chunk_rows=self.spec.chunk_size, settings=self.settings,
-                                                progress=self.progress, progress_every=self.progress_every)
+                                                progress=self.progress, progress_every=self.progress_every,
+                                                strict=self.spec.strict)
                         with codec.open(sink, self.spec.compression_level) as out:
                             stats = fmt.write(extraction, out)
                         if stats.rows != fp.rows:
@@ -209,15 +220,41 @@ class _Archiving:
                 upload.abort()
             raise
 
+    def _fingerprint(self, table: SourceTable, where) -> fingerprint.Fingerprint:
+        """The day's fingerprint; a value PostgreSQL cannot convert is named by column, as the formats do."""
+        self.conn.execute("SAVEPOINT archive_fingerprint")
+        try:
+            fp = fingerprint.compute(self.conn, table.identifier, table.columns, where)
+        except psycopg.Error as exc:
+            if self.conn.closed or not is_value_failure(exc):
+                raise
+            self.conn.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
+            with fingerprint.canonical_settings(self.conn):
+                culprits, found = failing_columns(self.conn, table, where, [
+                    fingerprint.column_hash(c, i) for i, c in enumerate(table.columns)])
+            raise explain_value_failure(self.spec.format, table, found or exc, culprits) from None
+        self.conn.execute("RELEASE SAVEPOINT archive_fingerprint")
+        return fp
+
     # --- deciding what an existing archive means -------------------------------------------------
 
-    def _refuse_foreign_table(self, existing: Existing) -> None:
+    def _refuse_foreign(self, existing: Existing, overwrite: bool) -> None:
+        """Another table's or day's archive at our key is never skipped onto or replaced; one in another
+        format or codec (the configuration changed, the template has no {ext}) only with overwrite."""
         manifest = existing.manifest
-        if manifest is not None and manifest.get("table") != self.spec.name:
+        if manifest is None:
+            return
+        if manifest.get("table") != self.spec.name or manifest.get("day") != self.day.isoformat():
             raise ForeignArchiveError(
                 f"{self.store.uri(self.key)} holds the archive of table {manifest.get('table')!r} "
-                f"({manifest.get('day')}), not of {self.spec.name!r}: two tables render the same key. Give each "
-                "table its own key_template (with {schema} and {table}); this run neither skips nor overwrites it",
+                f"({manifest.get('day')}), not of {self.spec.name!r} ({self.day}): two table-days render the same "
+                "key. Give each table its own key_template (with {schema}, {table} and {date}); this run neither "
+                "skips nor overwrites it", retryable=False)
+        then = (manifest.get("format"), manifest.get("compression"))
+        if then != (self.spec.format, self.spec.compression) and not overwrite:
+            raise ForeignArchiveError(
+                f"{self.store.uri(self.key)} holds this day archived as {then[0]}/{then[1]}, and the table is now "
+                f"configured as {self.spec.format}/{self.spec.compression}; set overwrite to replace it",
                 retryable=False)
 
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
@@ -324,7 +361,7 @@ class _Archiving:
         except BaseException as exc:
             if existing.raw is not None:
                 _quietly(exc, f"put back the previous manifest {self.manifest_key}",
-                         lambda: self.store.put_bytes(self.manifest_key, existing.raw, "application/json"))
+                         lambda: self._put_back(existing.raw))
             if result.key and result.key != _manifest_object_key(existing.manifest):
                 _quietly(exc, f"withdraw {result.key}", lambda: self.store.delete(result.key))
             raise
@@ -333,6 +370,16 @@ class _Archiving:
             _log_failure(f"delete the superseded archive {previous}", lambda: self.store.delete(previous))
         if existing.manifest is not None or existing.raw is not None:
             _log_failure(f"sweep stale generations of {self.key}", lambda: self._sweep(result.key))
+
+    def _put_back(self, previous: bytes) -> None:
+        """Restore the previous manifest if a failed write replaced it (damaged, or ours after all);
+        leave it alone if it is still there: rewriting identical bytes would only add a way to fail."""
+        try:
+            current = _get_manifest_bytes(self.store, self.manifest_key)
+        except Exception:  # noqa: BLE001 - unreadable now: write the previous one back
+            current = None
+        if current != previous:
+            self.store.put_bytes(self.manifest_key, previous, "application/json")
 
     def _put_manifest(self, data: bytes) -> None:
         """A verified PUT, tried again at once when the store received damaged bytes: the data object
