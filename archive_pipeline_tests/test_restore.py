@@ -52,13 +52,15 @@ HARD_COLUMNS = {
                          "'0044-03-15 12:30:00.000001 BC'", "'1969-12-31 23:59:59.999999'"]),
     "tz": ("timestamptz", ["'2024-03-10 01:02:03.456789+05:30'", "NULL", "'infinity'", "'-infinity'",
                            "'4713-01-01 00:00:00+00 BC'", "'20000-01-01 00:00:00.5+00'"]),
-    "tm": ("time", ["'13:14:15.161718'", "NULL", "'00:00:00'", "'23:59:59.999999'", "'12:00:00.5'", "'00:00:00.000001'"]),
+    "tm": ("time", ["'13:14:15.161718'", "NULL", "'00:00:00'", "'23:59:59.999999'", "'12:00:00.5'",
+                    "'00:00:00.000001'"]),
     "iv": ("interval", ["'1 year 2 mons 3 days 04:05:06.789'", "NULL", "'-1 year -2 mons +3 days -04:05:06.000007'",
                         "'0'", "'-0.000001 sec'",
                         "'178956970 years 7 mons 2147483647 days 2562047:00:54.775807'"]),
     "u": ("uuid", ["'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", "NULL", "'00000000-0000-0000-0000-000000000000'",
                    "'ffffffff-ffff-ffff-ffff-ffffffffffff'", "'0123abcd-0000-0000-0000-0000000000ff'", "NULL"]),
-    "t": ("text", [r"E'back\\slash \"quote\" CR\r LF\n tab\t end'", "NULL", "''", "'ünïcödé ☃ 𝄞 \u2028 line-sep'",
+    "t": ("text", [r"E'back\\slash \"quote\" CR\r LF\n tab\t end'", "NULL", "''",
+                   "'ünïcödé ☃ 𝄞 \u2028 line-sep'",
                    r"E'\\.'", "'NULL'"]),
     "vc": ("varchar(20)", ["'a,b'", "NULL", "''", "'\"'", "' lead'", "'trail '"]),
     "ch": ("char(3)", ["'ab'", "NULL", "'abc'", "' '", "''", "'x'"]),
@@ -98,7 +100,8 @@ FORMAT_CODECS = [("jsonl", c) for c in ("zstd", "gzip", "lz4", "none")] + \
 def _create_table(conn: psycopg.Connection, schema: str, table: str, columns: dict, *, primary_key: str | None = None,
                   rows: bool = True) -> sql.Identifier:
     ident = sql.Identifier(schema, table)
-    col_defs = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(t.replace("{s}", sql.Identifier(schema).as_string(conn))))
+    schema_sql = sql.Identifier(schema).as_string(conn)
+    col_defs = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(t.replace("{s}", schema_sql)))
                 for name, (t, _) in columns.items()]
     if primary_key:
         col_defs.append(sql.SQL("PRIMARY KEY ({})").format(sql.Identifier(primary_key)))
@@ -372,11 +375,12 @@ def test_a_lossy_jsonl_column_is_never_restored_silently(conn, schema, store, te
 
 def test_restore_original_recreates_a_dropped_day_table_in_naming_mode(conn, schema, store, temp_dir):
     day_table = sql.Identifier(schema, f"clicks_{DAY:%Y%m%d}")
-    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, url text NOT NULL, at timestamptz)").format(day_table))
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, url text NOT NULL, at timestamptz)").format(
+        day_table))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, '/p/' || g, {} FROM generate_series(1, 50) g").format(
         day_table, sql.Literal(dt.datetime(2024, 3, 10, 12, tzinfo=dt.UTC))))
-    spec = TableSpec(name=f"{schema}.clicks", start_date=DAY, partitioning={"mode": "naming", "pattern": "clicks_%Y%m%d"},
-                     format="csv", compression="gzip")
+    spec = TableSpec(name=f"{schema}.clicks", start_date=DAY, format="csv", compression="gzip",
+                     partitioning={"mode": "naming", "pattern": "clicks_%Y%m%d"})
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     before = table_fingerprint(conn, schema, f"clicks_{DAY:%Y%m%d}")
     conn.execute(sql.SQL("DROP TABLE {}").format(day_table))
