@@ -1,0 +1,460 @@
+"""``archive-pipeline``: the work people do outside Dagster, over the same core and configuration.
+
+Same YAML file (``--config`` or ``$ARCHIVE_PIPELINE_CONFIG``) and environment variables as the code
+location (``ARCHIVE_PG_DSN``, ``ARCHIVE_S3_*``). No Dagster import.
+
+Exit codes: 0 ok; 1 a check or comparison found differences, or a day failed; 2 usage or
+configuration error; 3 the source database or the object store cannot be reached.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archive_pipeline import plan
+from archive_pipeline.config import ArchiveConfig, ConfigError, TableSpec, load_config
+from archive_pipeline.discovery import existing_days
+from archive_pipeline.environment import UnreachableError, connect_source, session_settings, store_from_env
+from archive_pipeline.errors import ArchiveError, redact
+from archive_pipeline.store import S3Store
+
+EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Failed(Exception):
+    """A command finished but found differences or failed days (exit code 1)."""
+
+
+@dataclass
+class Run:
+    """What every command shares: the configuration, the chosen tables and days, the output mode."""
+
+    config: ArchiveConfig
+    tables: list[TableSpec]
+    first: dt.date | None
+    last: dt.date | None
+    as_json: bool
+    out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200))
+    err: Console = field(default_factory=lambda: Console(stderr=True))
+    _conn: psycopg.Connection | None = None
+    _store: S3Store | None = None
+
+    def days(self, spec: TableSpec) -> list[dt.date]:
+        return plan.select_days(spec, self.first, self.last)
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None:
+            self._conn = connect_source()
+        return self._conn
+
+    @property
+    def store(self) -> S3Store:
+        if self._store is None:
+            self._store = store_from_env()
+        return self._store
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def emit(self, payload: dict[str, Any], render: Callable[[], None]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(payload, indent=2, default=str, ensure_ascii=False))
+        else:
+            render()
+
+
+def _date(value: dt.datetime | None) -> dt.date | None:
+    return value.date() if value else None
+
+
+def _fail(as_json: bool, code: int, message: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message}, indent=2))
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def command(fn: Callable[..., None]) -> Callable[..., None]:
+    """The options every command takes, and one place that turns errors into exit codes."""
+    day = click.DateTime(formats=["%Y-%m-%d"])
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="ARCHIVE_PIPELINE_CONFIG",
+                  help="table list (default $ARCHIVE_PIPELINE_CONFIG, else ./archive_tables.yaml)")
+    @click.option("--table", "-t", "table_names", multiple=True, metavar="SCHEMA.TABLE",
+                  help="a configured table (repeatable; default: all)")
+    @click.option("--day", type=day, metavar="YYYY-MM-DD", help="one UTC day, e.g. 2024-03-10")
+    @click.option("--from", "first", type=day, metavar="YYYY-MM-DD", help="first day of a range (default: the table's start_date)")
+    @click.option("--to", "last", type=day, metavar="YYYY-MM-DD", help="last day of a range (default: yesterday, UTC)")
+    @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+    @functools.wraps(fn)
+    def wrapper(config_path, table_names, day, first, last, as_json, **kwargs):
+        if day and (first or last):
+            raise click.UsageError("give either --day or --from/--to, not both")
+        first, last = (_date(day), _date(day)) if day else (_date(first), _date(last))
+        if first and last and first > last:
+            raise click.UsageError(f"--from {first} is after --to {last}")
+        today = dt.datetime.now(dt.UTC).date()
+        if (last or first) and (last or first) >= today:
+            raise click.UsageError(f"{last or first} is today or later (UTC): a day is archived once it has "
+                                   f"ended; the last complete day is {today - dt.timedelta(days=1)}")
+        run = None
+        try:
+            config = load_config(config_path)
+            by_name = {spec.name: spec for spec in config.tables}
+            unknown = [name for name in table_names if name not in by_name]
+            if unknown:
+                raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
+                                       f"{sorted(by_name)}")
+            tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
+            run = Run(config, tables, first, last, as_json)
+            fn(run, **kwargs)
+        except click.ClickException:
+            raise
+        except Failed as exc:
+            if str(exc):
+                click.echo(str(exc), err=True)
+            sys.exit(EXIT_DIFFERENCES)
+        except ConfigError as exc:
+            _fail(as_json, EXIT_USAGE, str(exc))
+        except UnreachableError as exc:
+            _fail(as_json, EXIT_UNREACHABLE, str(exc))
+        except psycopg.OperationalError as exc:
+            password = run._conn.info.password if run and run._conn and not run._conn.closed else None
+            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), password))
+        finally:
+            if run is not None:
+                run.close()
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Archive date-partitioned PostgreSQL tables to S3: list, archive, verify, compare, restore, prune.
+
+    Reads the same YAML table list and ARCHIVE_PG_DSN / ARCHIVE_S3_* variables as the Dagster code
+    location. Exit codes: 0 ok, 1 differences found or a day failed, 2 usage or configuration error,
+    3 source database or object store unreachable.
+    """
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _num(n: int | None) -> str:
+    return "" if n is None else f"{n:,}"
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in columns:
+        table.add_column(name, justify="right" if name in ("rows", "bytes", "est. rows", "est. bytes",
+                                                           "source rows", "archive rows", "seconds") else "left",
+                         no_wrap=True)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command("list")
+@click.option("--check-source", is_flag=True, help="fingerprint each archived day in PostgreSQL to find days "
+              "changed since they were archived (scans every archived day)")
+@command
+def list_days(run: Run, check_source: bool) -> None:
+    """Per table and day: archived, missing, empty or changed; rows, bytes and when.
+
+    Exits 1 when --check-source finds a changed day or a manifest is unreadable."""
+    statuses = [s for spec in run.tables
+                for s in plan.day_statuses(run.conn, spec, run.store, run.days(spec), check_source=check_source)]
+    summary = {spec.name: {state: sum(1 for s in statuses if s.table == spec.name and s.state == state)
+                           for state in plan.STATES} for spec in run.tables}
+
+    def render() -> None:
+        table = _table("table", "day", "state", "rows", "bytes", "archived at", "key", "note")
+        for s in statuses:
+            style = {"missing": "yellow", "changed": "red", "unreadable": "red"}.get(s.state)
+            table.add_row(s.table, s.day.isoformat(), f"[{style}]{s.state}[/]" if style else s.state, _num(s.rows),
+                          _size(s.bytes), (s.archived_at or "")[:19], s.key, s.note)
+        run.out.print(table)
+        for name, counts in summary.items():
+            run.out.print(f"{name}: " + (", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no days"))
+
+    run.emit({"ok": True, "days": [s.as_dict() for s in statuses], "summary": summary}, render)
+    if any(s.state in ("changed", "unreadable") for s in statuses):
+        raise Failed()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(run: Run) -> Iterator[Progress | None]:
+    if run.as_json or not run.err.is_terminal:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:>12,.0f} rows"), TextColumn("{task.fields[size]:>10}"),
+                  TextColumn("{task.fields[rate]:>14}"), TimeElapsedColumn(), console=run.err,
+                  transient=True) as progress:
+        yield progress
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="print the plan (days, keys, estimated rows and bytes, skips); "
+              "write nothing")
+@click.option("--overwrite", is_flag=True, help="archive again even where an identical archive exists")
+@command
+def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
+    """Archive one day (--day) or a range (--from/--to) of the chosen tables.
+
+    Days without data in PostgreSQL are reported and left alone. Exits 1 when a day fails (the
+    others still run) or, with --dry-run, never."""
+    if dry_run:
+        _archive_plan(run, overwrite)
+        return
+    results: list[dict[str, Any]] = []
+    settings = session_settings(run.config.source)
+    with _progress(run) as progress:
+        for spec in run.tables:
+            days = run.days(spec)
+            present = set(existing_days(run.conn, spec, days)) if days else set()
+            for day in days:
+                if day not in present:
+                    results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
+                                    "message": "no data for this day in PostgreSQL"})
+                    continue
+                results.append(_archive_day(run, spec, day, settings, overwrite, progress))
+    failed = [r for r in results if r["status"] == "failed"]
+
+    def render() -> None:
+        table = _table("table", "day", "status", "rows", "bytes", "seconds", "key / message")
+        for r in results:
+            style = {"failed": "red", "no-data": "dim"}.get(r["status"])
+            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+                          _num(r.get("rows")), _size(r.get("bytes")),
+                          f"{r['seconds']:.2f}" if "seconds" in r else "", r.get("key") or r.get("message", ""))
+        run.out.print(table)
+
+    run.emit({"ok": not failed, "days": results}, render)
+    if failed:
+        raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and run the same command again "
+                     "(archived days are skipped)")
+
+
+def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, str], overwrite: bool,
+                 progress: Progress | None) -> dict[str, Any]:
+    from archive_pipeline.archive import archive_partition
+
+    task = None
+    started = time.monotonic()
+
+    def report(rows: int, size: int) -> None:
+        if progress is not None and task is not None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            progress.update(task, completed=rows, size=_size(size), rate=f"{rows / elapsed:,.0f} rows/s")
+
+    if progress is not None:
+        task = progress.add_task(f"{spec.name} {day}", total=None, size="", rate="")
+    try:
+        result = archive_partition(run.conn, spec, day, run.store, progress=report, progress_every=0.5,
+                                   session_settings=settings, overwrite=overwrite or None)
+    except ArchiveError as exc:
+        if run.conn.closed:  # the connection itself went: the next day would fail the same way
+            raise UnreachableError(f"lost the source database while archiving {spec.name} {day}: {exc}") from None
+        return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": str(exc),
+                "retryable": exc.retryable}
+    finally:
+        if progress is not None and task is not None:
+            progress.remove_task(task)
+    return {"table": spec.name, "day": day.isoformat(), "status": "skipped" if result.skipped else "archived",
+            "key": result.key, "uri": result.uri, "rows": result.rows, "bytes": result.bytes,
+            "md5": result.md5, "seconds": round(result.duration_seconds, 3)}
+
+
+def _archive_plan(run: Run, overwrite: bool) -> None:
+    planned = [p for spec in run.tables
+               for p in plan.plan_archive(run.conn, spec, run.store, run.days(spec),
+                                          overwrite=overwrite or spec.overwrite)]
+    totals = {action: sum(1 for p in planned if p.action == action)
+              for action in ("archive", "overwrite", "skip", "refuse", "no-data")}
+    work = [p for p in planned if p.action in ("archive", "overwrite") and p.estimate]
+    est_rows, est_bytes = sum(p.estimate.rows for p in work), sum(p.estimate.bytes for p in work)
+
+    def render() -> None:
+        table = _table("table", "day", "action", "est. rows", "est. bytes", "estimate", "key", "reason")
+        for p in planned:
+            style = {"refuse": "red", "skip": "dim", "no-data": "dim"}.get(p.action)
+            est = p.estimate
+            table.add_row(p.table, p.day.isoformat(), f"[{style}]{p.action}[/]" if style else p.action,
+                          _num(est and est.rows), _size(est and est.bytes), est.method if est else "", p.key, p.reason)
+        run.out.print(table)
+        run.out.print(f"dry run, nothing written: {totals['archive'] + totals['overwrite']} day(s) to archive "
+                      f"(~{est_rows:,} rows, ~{_size(est_bytes)} in PostgreSQL), {totals['skip']} identical, "
+                      f"{totals['refuse']} refused (late rows), {totals['no-data']} without data")
+
+    run.emit({"ok": True, "dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
+              "estimated_rows": est_rows, "estimated_bytes": est_bytes}, render)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--deep", is_flag=True, help="also prove each archive equals its source day (content fingerprint)")
+@command
+def verify(run: Run, deep: bool) -> None:
+    """Check each archived day: the stored object against its manifest (size, MD5, ETag, rows), and with
+    --deep the archive's content against the source. Exits 1 when any day has a problem."""
+    results = []
+    for spec in run.tables:
+        for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
+            if found.problem:
+                results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
+                                "problems": [found.problem]})
+                continue
+            archived = found.archived
+            if archived is None:
+                continue
+            problems = [] if archived.empty else run_light_check(run.store, archived)
+            if deep and not problems:
+                problems += _deep_verify(run, spec, day, archived.manifest)
+            results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
+                            "ok": not problems, "problems": problems, "deep": deep})
+    bad = [r for r in results if not r["ok"]]
+
+    def render() -> None:
+        table = _table("table", "day", "result", "key", "problems")
+        for r in results:
+            table.add_row(r["table"], r["day"], "[green]ok[/]" if r["ok"] else "[red]FAILED[/]", r["key"],
+                          "; ".join(r["problems"]))
+        run.out.print(table)
+        run.out.print(f"{len(results)} archived day(s) checked{' against the source' if deep else ''}, "
+                      f"{len(bad)} with problems")
+
+    run.emit({"ok": not bad, "days": results}, render)
+    if bad:
+        raise Failed()
+
+
+def run_light_check(store: S3Store, archived: plan.Archived) -> list[str]:
+    from archive_pipeline.verify import verify_archive
+
+    return verify_archive(store, archived.object_key, archived.expected, deep=False)
+
+
+def _deep_verify(run: Run, spec: TableSpec, day: dt.date, manifest: dict) -> list[str]:
+    try:
+        from archive_pipeline.verify import deep_verify
+    except ImportError:
+        raise ConfigError("--deep needs archive_pipeline.verify.deep_verify, which this build does not have "
+                          "yet; run verify without --deep, or compare for a fingerprint check") from None
+    return deep_verify(run.conn, run.store, spec, day, manifest=manifest)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--rows", "show_rows", is_flag=True, help="for days that differ, name the rows that differ")
+@command
+def compare(run: Run, show_rows: bool) -> None:
+    """Source against archive per day: row counts and content fingerprints.
+
+    Exits 1 when a day differs, is not archived, or has an unreadable manifest."""
+    results = [c for spec in run.tables for c in plan.compare_days(run.conn, spec, run.store, run.days(spec))]
+    details: dict[tuple[str, str], list[str]] = {}
+    if show_rows:
+        specs = {spec.name: spec for spec in run.tables}
+        for c in results:
+            if c.result == "differs":
+                manifest = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived.manifest
+                details[(c.table, c.day.isoformat())] = _deep_verify(run, specs[c.table], c.day, manifest)
+    differing = [c for c in results if c.differs]
+
+    def render() -> None:
+        table = _table("table", "day", "result", "source rows", "archive rows", "source fingerprint",
+                       "archive fingerprint", "note")
+        for c in results:
+            style = "green" if c.result == "equal" else "red" if c.differs else "dim"
+            table.add_row(c.table, c.day.isoformat(), f"[{style}]{c.result}[/]", _num(c.source_rows),
+                          _num(c.archive_rows), _short(c.source_fingerprint), _short(c.archive_fingerprint), c.note)
+        run.out.print(table)
+        for (name, day), lines in details.items():
+            run.out.print(f"{name} {day}:")
+            for line in lines:
+                run.out.print(f"  {line}", markup=False)
+        run.out.print(f"{len(results)} day(s) compared, {len(differing)} differ")
+
+    payload = [c.as_dict() | ({"differences": details[(c.table, c.day.isoformat())]}
+                              if (c.table, c.day.isoformat()) in details else {}) for c in results]
+    run.emit({"ok": not differing, "days": payload}, render)
+    if differing:
+        raise Failed()
+
+
+def _short(fp: str | None) -> str:
+    """``row-hash-sum-v1:20000:-1234…`` shortened to its count and the hash sum's last digits."""
+    if not fp:
+        return ""
+    _, rows, total = fp.rsplit(":", 2)
+    return f"{int(rows):,}:…{total[-8:]}"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--target", metavar="SCHEMA.TABLE", help="table to restore into (default: see restore_day)")
+@command
+def restore(run: Run, target: str | None) -> None:
+    """Load archived days back into PostgreSQL (through archive_pipeline.restore.restore_day)."""
+    try:
+        from archive_pipeline.restore import restore_day
+    except ImportError:
+        raise ConfigError("restore needs archive_pipeline.restore, which this build does not have yet") from None
+    results = []
+    for spec in run.tables:
+        for day in run.days(spec):
+            results.append(restore_day(run.conn, run.store, spec, day, target=target))
+    run.emit({"ok": True, "days": [getattr(r, "__dict__", r) for r in results]},
+             lambda: [run.out.print(r) for r in results])
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="list what would be removed; remove nothing")
+@command
+def prune(run: Run, dry_run: bool) -> None:
+    """Remove source days whose archive is proven equal (through archive_pipeline.lifecycle)."""
+    try:
+        from archive_pipeline import lifecycle  # noqa: F401
+    except ImportError:
+        raise ConfigError("prune needs archive_pipeline.lifecycle, which this build does not have yet") from None
+    raise ConfigError("prune is not wired to archive_pipeline.lifecycle yet")
+
+
+if __name__ == "__main__":
+    main()
