@@ -256,8 +256,11 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
             style = {"failed": "red", "no-data": "dim"}.get(r["status"])
             table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
                           _num(r.get("rows")), _size(r.get("bytes")),
-                          f"{r['seconds']:.2f}" if "seconds" in r else "", r.get("key") or r.get("message", ""))
+                          f"{r['seconds']:.2f}" if "seconds" in r else "",
+                          r.get("key") or ("see below" if r["status"] == "failed" else r.get("message", "")))
         run.out.print(table)
+        for r in failed:
+            run.out.print(f"{r['table']} {r['day']} failed: {r['message']}", markup=False, soft_wrap=True)
 
     run.emit({"ok": not failed, "days": results}, render)
     if failed:

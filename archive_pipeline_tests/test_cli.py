@@ -1,0 +1,182 @@
+"""The command line, run as a subprocess against real PostgreSQL and moto's S3 server over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from psycopg import sql
+
+from archive_pipeline.archive import render_key
+from archive_pipeline.config import parse_config
+from archive_pipeline.local_stack import create_sample_events, free_port
+from archive_pipeline.manifest import manifest_key
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = 300
+PREFIX = "cli"
+
+
+@pytest.fixture
+def days() -> list[dt.date]:
+    today = dt.datetime.now(dt.UTC).date()
+    return [today - dt.timedelta(days=n) for n in (3, 2, 1)]
+
+
+@pytest.fixture
+def setup(pg, conn, schema, s3, bucket, tmp_path, days):
+    """Three sample days in a declaratively partitioned table, a config file and the environment."""
+    create_sample_events(conn, days, ROWS, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": days[0].isoformat(),
+             "partitioning": {"mode": "declarative"}, "format": "jsonl", "compression": "zstd"}
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX=PREFIX, ARCHIVE_S3_ENDPOINT_URL=s3.endpoint_url,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="200")
+    spec = parse_config({"tables": [table]}).tables[0]
+    return env, spec
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def cli_json(env: dict[str, str], *args: str, code: int = 0) -> dict:
+    done = cli(env, *args, "--json")
+    assert done.returncode == code, done.stderr + done.stdout
+    return json.loads(done.stdout)
+
+
+def bucket_keys(s3_client, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_dry_run_writes_nothing_then_archive_list_and_skip(setup, conn, s3_client, bucket, days):
+    env, spec = setup
+    keys = [render_key(spec, d, PREFIX) for d in days]
+
+    plan = cli_json(env, "archive", "--dry-run")
+    assert [(p["day"], p["key"], p["action"]) for p in plan["days"]] == [(d.isoformat(), k, "archive")
+                                                                          for d, k in zip(days, keys)]
+    # ANALYZE ran after the fill, so the catalog's estimate is the exact count
+    assert {(p["estimated_rows"], p["estimate_method"]) for p in plan["days"]} == {(ROWS, "catalog")}
+    assert all(p["estimated_bytes"] > 0 for p in plan["days"])
+    assert bucket_keys(s3_client, bucket) == []
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    done = cli_json(env, "archive", "--day", days[0].isoformat())
+    [day] = done["days"]
+    assert (day["status"], day["rows"], day["key"]) == ("archived", ROWS, keys[0])
+    head = s3_client.head_object(Bucket=bucket, Key=keys[0])
+    assert head["ContentLength"] == day["bytes"]
+    assert bucket_keys(s3_client, bucket) == sorted([keys[0], manifest_key(keys[0])])
+
+    before = bucket_keys(s3_client, bucket)
+    plan = cli_json(env, "archive", "--dry-run", "--from", days[0].isoformat())
+    assert [p["action"] for p in plan["days"]] == ["skip", "archive", "archive"]
+    assert bucket_keys(s3_client, bucket) == before
+
+    listed = cli_json(env, "list")
+    assert [(d["day"], d["state"], d["rows"]) for d in listed["days"]] == [
+        (days[0].isoformat(), "archived", ROWS), (days[1].isoformat(), "missing", None),
+        (days[2].isoformat(), "missing", None)]
+    assert listed["days"][0]["bytes"] == head["ContentLength"]
+    assert listed["summary"] == {spec.name: {"archived": 1, "missing": 2, "empty": 0, "changed": 0, "unreadable": 0}}
+
+    done = cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[2].isoformat())
+    assert [d["status"] for d in done["days"]] == ["skipped", "archived", "archived"]
+    assert bucket_keys(s3_client, bucket) == sorted(keys + [manifest_key(k) for k in keys])
+
+    human = cli(env, "list")
+    assert human.returncode == 0, human.stderr
+    assert "3 archived" in human.stdout and keys[2] in human.stdout
+
+
+def test_changed_day_found_by_list_compare_and_refused_by_archive(setup, conn, s3_client, bucket, days):
+    env, spec = setup
+    cli_json(env, "archive")
+    assert [c["result"] for c in cli_json(env, "compare")["days"]] == ["equal"] * 3
+    # a late row on the middle day
+    conn.execute(sql.SQL("INSERT INTO {} SELECT id + 1000000, created_at, user_id, event_type, amount, session_id, "
+                         "is_mobile, tags, payload FROM {} WHERE created_at >= %s AND created_at < %s LIMIT 1").format(
+        sql.Identifier(spec.schema_name, "events"), sql.Identifier(spec.schema_name, "events")),
+        (days[1], days[2]))
+
+    listed = cli_json(env, "list", "--check-source", code=1)
+    assert [d["state"] for d in listed["days"]] == ["archived", "changed", "archived"]
+    assert listed["days"][1]["source_rows"] == ROWS + 1
+
+    compared = cli_json(env, "compare", code=1)
+    middle = compared["days"][1]
+    assert (middle["result"], middle["source_rows"], middle["archive_rows"]) == ("differs", ROWS + 1, ROWS)
+    assert compared["days"][0]["source_fingerprint"].startswith("row-hash-sum-v1:300:")
+
+    plan = cli_json(env, "archive", "--dry-run")
+    assert [p["action"] for p in plan["days"]] == ["skip", "refuse", "skip"]
+
+    done = cli(env, "archive", "--day", days[1].isoformat())
+    assert done.returncode == 1
+    assert "late" in done.stdout and "overwrite" in done.stdout
+
+    again = cli_json(env, "archive", "--day", days[1].isoformat(), "--overwrite")
+    assert again["days"][0]["rows"] == ROWS + 1
+    assert cli_json(env, "compare", "--day", days[1].isoformat())["ok"] is True
+
+
+def test_verify_finds_a_replaced_object(setup, s3_client, bucket, days):
+    env, spec = setup
+    cli_json(env, "archive", "--day", days[0].isoformat())
+    checked = cli_json(env, "verify")
+    assert [(d["day"], d["ok"]) for d in checked["days"]] == [(days[0].isoformat(), True)]
+
+    key = render_key(spec, days[0], PREFIX)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=b"not the archive")
+    checked = cli_json(env, "verify", code=1)
+    assert checked["ok"] is False
+    assert any("size" in p for p in checked["days"][0]["problems"])
+
+
+def test_bad_configuration_exits_2_naming_the_setting(setup, tmp_path):
+    env, spec = setup
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tables": [{"name": spec.name, "day_column": "created_at",
+                                               "start_date": "2024-01-01", "chunk_size": 5}]}))
+    done = cli({**env, "ARCHIVE_PIPELINE_CONFIG": str(bad)}, "list")
+    assert done.returncode == 2
+    assert "chunk_size" in done.stderr and spec.name in done.stderr
+
+    done = cli(env, "list", "--table", "public.nope")
+    assert done.returncode == 2 and "public.nope" in done.stderr
+
+    done = cli({k: v for k, v in env.items() if k != "ARCHIVE_S3_BUCKET"}, "list", "--json")
+    assert done.returncode == 2 and "ARCHIVE_S3_BUCKET" in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 2
+
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    done = cli(env, "archive", "--day", today)
+    assert done.returncode == 2 and "today" in done.stderr
+
+
+def test_unreachable_source_or_store_exits_3_without_secrets(setup):
+    env, _ = setup
+    secret = "s3cr3t-Pa55word"
+    port = free_port()  # nothing listens there
+    for dsn in (f"postgresql://archiver:{secret}@127.0.0.1:{port}/db",
+                f"host=127.0.0.1 port={port} user=archiver password={secret} connect_timeout=2"):
+        done = cli({**env, "ARCHIVE_PG_DSN": dsn}, "list")
+        assert done.returncode == 3, done.stderr
+        assert "ARCHIVE_PG_DSN" in done.stderr
+        assert secret not in done.stderr + done.stdout
+
+    done = cli({**env, "ARCHIVE_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}, "verify")
+    assert done.returncode == 3, done.stderr
+    assert "ARCHIVE_S3_ENDPOINT_URL" in done.stderr
