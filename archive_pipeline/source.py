@@ -250,3 +250,24 @@ def days_with_rows(conn: psycopg.Connection, table: SourceTable, days: list[dt.d
                     "(SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi}) ORDER BY d").format(
         table=table.identifier, col=col, lo=sql.SQL(bound.format(d="d")), hi=sql.SQL(bound.format(d="(d + 1)")))
     return [row[0] for row in conn.execute(query, (days,))]
+
+
+def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
+    """The table's primary key columns in key order (a restore re-creates it), or None."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n",
+        (table.identifier.as_string(conn),)).fetchall()
+    return [r[0] for r in rows] or None
+
+
+def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str]:
+    """(database, system identifier or None where the role may not read it, server version)."""
+    database, version, allowed = conn.execute(
+        "SELECT current_database(), current_setting('server_version'), "
+        "has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')").fetchone()
+    system = None
+    if allowed:
+        system = str(conn.execute("SELECT system_identifier FROM pg_catalog.pg_control_system()").fetchone()[0])
+    return database, system, version
