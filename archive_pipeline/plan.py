@@ -8,7 +8,6 @@ fingerprints from PostgreSQL in READ ONLY transactions. No lock is taken and not
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,14 +16,13 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline import fingerprint
-from archive_pipeline.archive import render_key, source_table
+from archive_pipeline.archive import ArchiveError, _Archiving, read_existing, render_key
 from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import child_ranges, existing_days
+from archive_pipeline.discovery import child_ranges, existing_days, source_table
 from archive_pipeline.errors import SourceError
-from archive_pipeline.manifest import manifest_key
-from archive_pipeline.source import SourceTable, day_filter, read_snapshot
+from archive_pipeline.manifest import SourceIdentity, decode_manifest, manifest_key
+from archive_pipeline.source import SourceTable, day_filter, read_snapshot, server_identity
 from archive_pipeline.store import S3Store
-from archive_pipeline.verify import load_manifest, stored_object_problems
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -133,18 +131,11 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list[dt.date]) -> di
 
 
 def _load(store: S3Store, key: str) -> dict | None:
-    """:func:`load_manifest`, also for a version-2 manifest of an empty day (``"object": null``)."""
-    try:
-        return load_manifest(store, key)
-    except ValueError:
-        raw = store.get_bytes_or_none(manifest_key(key))
-        try:
-            manifest = json.loads(raw) if raw is not None else None
-        except ValueError as exc:
-            raise ValueError(f"not JSON ({exc})") from None
-        if isinstance(manifest, dict) and manifest.get("empty") is True and manifest.get("object") is None:
-            return manifest
-        raise
+    """The manifest beside the rendered ``key`` (versions 1 and 2, empty days included); None if there
+    is none; :class:`archive_pipeline.manifest.ManifestError` (a ValueError) if it cannot be trusted."""
+    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
+    raw = getter(manifest_key(key))
+    return None if raw is None else decode_manifest(raw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,12 +152,6 @@ def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: dt.date) 
     with read_snapshot(conn):
         table, where = _source(conn, spec, day)
         return fingerprint.compute(conn, table.identifier, table.columns, where)
-
-
-def count_rows(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> int:
-    with read_snapshot(conn):
-        table, where = _source(conn, spec, day)
-        return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.identifier, where)).fetchone()[0]
 
 
 def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:
@@ -304,31 +289,37 @@ class PlannedDay:
 
 def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.date, *, overwrite: bool,
              in_source: bool) -> PlannedDay:
-    """What :func:`archive_pipeline.archive.archive_partition` would do with ``day``, decided the same way
-    (an archive whose object is whole and whose row count still matches is kept) but reading only."""
+    """What :func:`archive_pipeline.archive.archive_partition` would do with ``day``, decided by the
+    archiver's own rule (``read_existing`` and the same keep-or-refuse decision on the content
+    fingerprint) but only reading: no lock, no upload, no manifest."""
     key = render_key(spec, day, store.prefix)
     if not in_source:
         return PlannedDay(spec.name, day, key, "no-data", "no data for this day in PostgreSQL", None)
     estimate = estimate_day(conn, spec, day)
+    existing = read_existing(store, key)
+    if existing.manifest is None:
+        reason = existing.problem or "not archived yet"
+        return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)
+    if existing.manifest.get("table") != spec.name:
+        return PlannedDay(spec.name, day, key, "refuse", f"the key holds table {existing.manifest.get('table')!r}'s "
+                          "archive; give each table its own key_template", estimate)
+    if existing.problem:
+        return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
+    with read_snapshot(conn):
+        table, where = _source(conn, spec, day)
+        current = fingerprint.compute(conn, table.identifier, table.columns, where)
+        identity = SourceIdentity(*server_identity(conn))
+    decide = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
     try:
-        manifest = _load(store, key)
-    except ValueError:
-        manifest = None
-    if manifest is None:
-        return PlannedDay(spec.name, day, key, "archive", "not archived yet", estimate)
-    if overwrite:
-        return PlannedDay(spec.name, day, key, "overwrite", "archived already; overwrite requested", estimate)
-    archived = Archived(key, manifest)
-    if archived.object is not None:
-        head = store.head(archived.object_key)
-        problems = ["object missing"] if head is None else stored_object_problems(head, manifest)
-        if problems:
-            return PlannedDay(spec.name, day, key, "archive", "stored archive damaged: " + "; ".join(problems), estimate)
-    rows_now = count_rows(conn, spec, day)
-    if rows_now == archived.rows:
-        return PlannedDay(spec.name, day, key, "skip", f"identical archive exists ({archived.rows:,} rows)", estimate)
-    return PlannedDay(spec.name, day, key, "refuse",
-                      f"late rows: source has {rows_now:,}, archive {archived.rows:,}; use --overwrite", estimate)
+        keep = decide._keep(existing.manifest, identity, table, current, overwrite)
+    except ArchiveError as exc:
+        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+    if keep:
+        return PlannedDay(spec.name, day, key, "skip", f"identical archive exists ({current.rows:,} rows, same "
+                          "content fingerprint)", estimate)
+    reason = ("overwrite requested" if overwrite else
+              "manifest version 1 cannot prove its content: archived again as a new generation")
+    return PlannedDay(spec.name, day, key, "overwrite", reason, estimate)
 
 
 def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list[dt.date], *,

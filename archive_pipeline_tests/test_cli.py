@@ -101,35 +101,48 @@ def test_dry_run_writes_nothing_then_archive_list_and_skip(setup, conn, s3_clien
     assert "3 archived" in human.stdout and keys[2] in human.stdout
 
 
-def test_changed_day_found_by_list_compare_and_refused_by_archive(setup, conn, s3_client, bucket, days):
+def test_changed_days_found_by_list_compare_and_refused_by_archive(setup, conn, s3_client, bucket, days):
     env, spec = setup
     cli_json(env, "archive")
     assert [c["result"] for c in cli_json(env, "compare")["days"]] == ["equal"] * 3
-    # a late row on the middle day
+    events = sql.Identifier(spec.schema_name, "events")
+    # the middle day: one value updated (same row count); the last day: one late row
+    conn.execute(sql.SQL("UPDATE {} SET amount = 0.01 WHERE id = 7 AND created_at >= %s AND created_at < %s").format(
+        events), (days[1], days[2]))
     conn.execute(sql.SQL("INSERT INTO {} SELECT id + 1000000, created_at, user_id, event_type, amount, session_id, "
-                         "is_mobile, tags, payload FROM {} WHERE created_at >= %s AND created_at < %s LIMIT 1").format(
-        sql.Identifier(spec.schema_name, "events"), sql.Identifier(spec.schema_name, "events")),
-        (days[1], days[2]))
+                         "is_mobile, tags, payload FROM {} WHERE created_at >= %s LIMIT 1").format(events, events),
+                 (days[2],))
 
     listed = cli_json(env, "list", "--check-source", code=1)
-    assert [d["state"] for d in listed["days"]] == ["archived", "changed", "archived"]
-    assert listed["days"][1]["source_rows"] == ROWS + 1
+    assert [d["state"] for d in listed["days"]] == ["archived", "changed", "changed"]
+    assert [d["source_rows"] for d in listed["days"]] == [ROWS, ROWS, ROWS + 1]
 
     compared = cli_json(env, "compare", code=1)
-    middle = compared["days"][1]
-    assert (middle["result"], middle["source_rows"], middle["archive_rows"]) == ("differs", ROWS + 1, ROWS)
-    assert compared["days"][0]["source_fingerprint"].startswith("row-hash-sum-v1:300:")
+    assert [(c["result"], c["source_rows"], c["archive_rows"]) for c in compared["days"]] == [
+        ("equal", ROWS, ROWS), ("differs", ROWS, ROWS), ("differs", ROWS + 1, ROWS)]
+    assert compared["days"][1]["note"] == "same row count, different content"
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=manifest_key(render_key(spec, days[0], PREFIX)))[
+        "Body"].read())
+    assert compared["days"][0]["source_fingerprint"] == compared["days"][0]["archive_fingerprint"] == \
+        manifest["fingerprint"]
 
+    before = bucket_keys(s3_client, bucket)
     plan = cli_json(env, "archive", "--dry-run")
-    assert [p["action"] for p in plan["days"]] == ["skip", "refuse", "skip"]
+    assert [p["action"] for p in plan["days"]] == ["skip", "refuse", "refuse"]
+    assert "same 300 rows" in plan["days"][1]["reason"] and "301 rows now" in plan["days"][2]["reason"]
+    assert bucket_keys(s3_client, bucket) == before
 
     done = cli(env, "archive", "--day", days[1].isoformat())
     assert done.returncode == 1
-    assert "late" in done.stdout and "overwrite" in done.stdout
+    assert "changed since it was archived" in done.stdout and "overwrite" in done.stdout
 
-    again = cli_json(env, "archive", "--day", days[1].isoformat(), "--overwrite")
-    assert again["days"][0]["rows"] == ROWS + 1
-    assert cli_json(env, "compare", "--day", days[1].isoformat())["ok"] is True
+    again = cli_json(env, "archive", "--from", days[1].isoformat(), "--overwrite")
+    assert [(d["status"], d["rows"]) for d in again["days"]] == [("archived", ROWS), ("archived", ROWS + 1)]
+    assert all(".g2." in d["key"] for d in again["days"])  # a re-archive is a new generation
+    assert cli_json(env, "compare")["ok"] is True
+    assert cli_json(env, "verify")["ok"] is True
+    listed = cli_json(env, "list")
+    assert [d["key"] for d in listed["days"][1:]] == [d["key"] for d in again["days"]]
 
 
 def test_verify_finds_a_replaced_object(setup, s3_client, bucket, days):
