@@ -257,7 +257,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
             table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
                           _num(r.get("rows")), _size(r.get("bytes")),
                           f"{r['seconds']:.2f}" if "seconds" in r else "",
-                          r.get("key") or ("see below" if r["status"] == "failed" else r.get("message", "")))
+                          r.get("key") or ("see below" if r["status"] == "failed" else r.get("message") or ""))
         run.out.print(table)
         for r in failed:
             run.out.print(f"{r['table']} {r['day']} failed: {r['message']}", markup=False, soft_wrap=True)
@@ -294,7 +294,8 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
         if progress is not None and task is not None:
             progress.remove_task(task)
     return {"table": spec.name, "day": day.isoformat(), "status": "skipped" if result.skipped else "archived",
-            "key": result.key, "uri": result.uri, "rows": result.rows, "bytes": result.bytes,
+            "key": result.key or None, "uri": result.uri or None, "empty": result.empty,
+            "message": "empty day: a manifest and no object" if result.empty else "", "rows": result.rows, "bytes": result.bytes,
             "md5": result.md5, "seconds": round(result.duration_seconds, 3)}
 
 

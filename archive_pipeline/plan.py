@@ -219,6 +219,8 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
                         else "same row count, different content (fingerprint)")
         elif check_source:
             note = "no longer in the source"
+        if state == "empty" and not note:
+            note = "no rows: a manifest and no object"
         statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
                                   archived.bytes, archived.archived_at, source_rows, note))
     return statuses
