@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from psycopg import sql
@@ -140,4 +141,9 @@ def test_two_runs_never_archive_the_same_day_at_once(pg, conn, small, store, s3_
             archive_partition(conn, small, D, store)
         assert failure.value.retryable is True
         assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
-    assert archive_partition(conn, small, D, store).rows == 100  # the lock went with the other session
+    # The lock goes with the other session, once its backend has exited (closing does not wait for that).
+    deadline = time.monotonic() + 10
+    while conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert archive_partition(conn, small, D, store).rows == 100
