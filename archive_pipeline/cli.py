@@ -9,9 +9,11 @@ configuration error; 3 the source database or the object store cannot be reached
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from typing import Any
 
 import click
 import psycopg
+from botocore.exceptions import BotoCoreError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,9 +31,17 @@ from rich.table import Table
 from archive_pipeline import plan
 from archive_pipeline.config import ArchiveConfig, ConfigError, TableSpec, load_config
 from archive_pipeline.discovery import existing_days
-from archive_pipeline.environment import UnreachableError, connect_source, session_settings, store_from_env
+from archive_pipeline.environment import (
+    DSN_VAR,
+    UnreachableError,
+    connect_source,
+    dsn_password,
+    session_settings,
+    store_from_env,
+)
 from archive_pipeline.errors import ArchiveError, redact
 from archive_pipeline.store import S3Store
+from archive_pipeline.verify import deep_verify, verify_archive
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -81,6 +92,10 @@ class Run:
 
 def _date(value: dt.datetime | None) -> dt.date | None:
     return value.date() if value else None
+
+
+def _password() -> str | None:
+    return dsn_password(os.environ.get(DSN_VAR, ""))
 
 
 def _fail(as_json: bool, code: int, message: str) -> None:
@@ -135,8 +150,12 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         except UnreachableError as exc:
             _fail(as_json, EXIT_UNREACHABLE, str(exc))
         except psycopg.OperationalError as exc:
-            password = run._conn.info.password if run and run._conn and not run._conn.closed else None
-            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), password))
+            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), _password()))
+        except BotoCoreError as exc:
+            _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
+                  "$ARCHIVE_S3_ENDPOINT_URL and the network")
+        except (ArchiveError, psycopg.Error) as exc:
+            _fail(as_json, EXIT_DIFFERENCES, redact(str(exc), _password()))
         finally:
             if run is not None:
                 run.close()
@@ -328,11 +347,13 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
 
 
 @main.command()
-@click.option("--deep", is_flag=True, help="also prove each archive equals its source day (content fingerprint)")
+@click.option("--download", is_flag=True, help="also download each object and check its size, MD5 and SHA-256")
+@click.option("--deep", is_flag=True, help="also load each archive back into a temporary table and prove it equals "
+              "the manifest's and the source's rows (content fingerprint); names the first differing row")
 @command
-def verify(run: Run, deep: bool) -> None:
-    """Check each archived day: the stored object against its manifest (size, MD5, ETag, rows), and with
-    --deep the archive's content against the source. Exits 1 when any day has a problem."""
+def verify(run: Run, download: bool, deep: bool) -> None:
+    """Check each archived day: the stored object against its manifest (size, ETag; --download: MD5 and
+    SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem."""
     results = []
     for spec in run.tables:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
@@ -343,43 +364,28 @@ def verify(run: Run, deep: bool) -> None:
             archived = found.archived
             if archived is None:
                 continue
-            problems = [] if archived.empty else run_light_check(run.store, archived)
+            problems = verify_archive(run.store, found.key, archived.expected, deep=download)
             if deep and not problems:
-                problems += _deep_verify(run, spec, day, archived.manifest)
+                problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest)
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
-                            "ok": not problems, "problems": problems, "deep": deep})
+                            "ok": not problems, "problems": problems,
+                            "checked": "deep" if deep else "download" if download else "light"})
     bad = [r for r in results if not r["ok"]]
 
     def render() -> None:
-        table = _table("table", "day", "result", "key", "problems")
+        table = _table("table", "day", "result", "key")
         for r in results:
-            table.add_row(r["table"], r["day"], "[green]ok[/]" if r["ok"] else "[red]FAILED[/]", r["key"],
-                          "; ".join(r["problems"]))
+            table.add_row(r["table"], r["day"], "[green]ok[/]" if r["ok"] else "[red]FAILED[/]", r["key"])
         run.out.print(table)
-        run.out.print(f"{len(results)} archived day(s) checked{' against the source' if deep else ''}, "
-                      f"{len(bad)} with problems")
+        for r in bad:
+            for problem in r["problems"]:
+                run.out.print(f"{r['table']} {r['day']}: {problem}", markup=False, soft_wrap=True)
+        what = " against the source" if deep else " (downloaded)" if download else ""
+        run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
     run.emit({"ok": not bad, "days": results}, render)
     if bad:
         raise Failed()
-
-
-def run_light_check(store: S3Store, archived: plan.Archived) -> list[str]:
-    """The object against its manifest: present, with the recorded size and ETag (the archiver's own
-    check before it skips a day; two requests)."""
-    from archive_pipeline.archive import read_existing
-
-    problem = read_existing(store, archived.key).problem
-    return [problem] if problem else []
-
-
-def _deep_verify(run: Run, spec: TableSpec, day: dt.date, manifest: dict) -> list[str]:
-    try:
-        from archive_pipeline.verify import deep_verify
-    except ImportError:
-        raise ConfigError("--deep needs archive_pipeline.verify.deep_verify, which this build does not have "
-                          "yet; run verify without --deep, or compare for a fingerprint check") from None
-    return deep_verify(run.conn, run.store, spec, day, manifest=manifest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +405,8 @@ def compare(run: Run, show_rows: bool) -> None:
         for c in results:
             if c.result == "differs":
                 manifest = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived.manifest
-                details[(c.table, c.day.isoformat())] = _deep_verify(run, specs[c.table], c.day, manifest)
+                details[(c.table, c.day.isoformat())] = deep_verify(run.conn, run.store, specs[c.table], c.day,
+                                                                   manifest=manifest)
     differing = [c for c in results if c.differs]
 
     def render() -> None:
@@ -435,20 +442,50 @@ def _short(fp: str | None) -> str:
 
 
 @main.command()
-@click.option("--target", metavar="SCHEMA.TABLE", help="table to restore into (default: see restore_day)")
+@click.option("--into", type=click.Choice(["new", "existing", "original"]), default="new", show_default=True,
+              help="new: create --target from the manifest's table definition; existing: load into --target as it "
+              "is; original: back into the archived table, re-creating a dropped partition")
+@click.option("--target", metavar="SCHEMA.TABLE", help="the table to restore into (needed for new and existing)")
+@click.option("--on-conflict", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="a restored row whose key already exists: abort the day, or leave the existing row")
 @command
-def restore(run: Run, target: str | None) -> None:
-    """Load archived days back into PostgreSQL (through archive_pipeline.restore.restore_day)."""
-    try:
-        from archive_pipeline.restore import restore_day
-    except ImportError:
-        raise ConfigError("restore needs archive_pipeline.restore, which this build does not have yet") from None
-    results = []
+def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
+    """Load archived days back into PostgreSQL, each day in one transaction that is rolled back unless
+    the restored rows have the manifest's content fingerprint (archive_pipeline.restore).
+
+    Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
+    listed. Exits 1 when a day fails (the days before it stay restored)."""
+    from archive_pipeline.restore import restore_days
+
+    if run.first is None and run.last is None:
+        raise click.UsageError("restore needs --day or --from/--to (it never restores every day by default)")
+    if into != "original" and not target:
+        raise click.UsageError(f"--into {into} needs --target schema.table")
+    if target and len(run.tables) > 1:
+        raise click.UsageError("--target takes one table: pick it with --table")
+    results, missing = [], []
     for spec in run.tables:
-        for day in run.days(spec):
-            results.append(restore_day(run.conn, run.store, spec, day, target=target))
-    run.emit({"ok": True, "days": [getattr(r, "__dict__", r) for r in results]},
-             lambda: [run.out.print(r) for r in results])
+        days = run.days(spec)
+        if not days:
+            continue
+        done = restore_days(run.conn, run.store, spec, days[0], days[-1], into=into, target=target,
+                            on_conflict=on_conflict)
+        results += done.results
+        missing += [(spec.name, day) for day in done.missing]
+
+    def render() -> None:
+        table = _table("table", "day", "target", "rows", "inserted", "seconds", "check")
+        for r in results:
+            table.add_row(r.table, r.day, r.target, _num(r.rows), _num(r.inserted), f"{r.seconds:.2f}", r.check)
+        run.out.print(table)
+        created = sorted({name for r in results for name in r.created})
+        if created:
+            run.out.print(f"created: {', '.join(created)}")
+        if missing:
+            run.out.print("no archive for: " + ", ".join(f"{name} {day}" for name, day in missing))
+
+    run.emit({"ok": True, "days": [dataclasses.asdict(r) for r in results],
+              "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}, render)
 
 
 @main.command()

@@ -20,9 +20,10 @@ from archive_pipeline.archive import ArchiveError, _Archiving, read_existing, re
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import child_ranges, existing_days, source_table
 from archive_pipeline.errors import SourceError
-from archive_pipeline.manifest import SourceIdentity, decode_manifest, manifest_key
+from archive_pipeline.manifest import SourceIdentity, manifest_key
 from archive_pipeline.source import SourceTable, day_filter, read_snapshot, server_identity
 from archive_pipeline.store import S3Store
+from archive_pipeline.verify import load_manifest
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -88,7 +89,7 @@ class Archived:
     def expected(self) -> dict:
         """What :func:`archive_pipeline.verify.verify_archive` checks the stored object against."""
         obj = self.object or {}
-        return {"bytes": obj.get("bytes"), "md5": obj.get("md5"), "rows": self.rows,
+        return {"bytes": obj.get("bytes", 0), "md5": obj.get("md5", ""), "rows": self.rows,
                 "format": self.manifest.get("format"), "compression": self.manifest.get("compression")}
 
 
@@ -131,11 +132,8 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list[dt.date]) -> di
 
 
 def _load(store: S3Store, key: str) -> dict | None:
-    """The manifest beside the rendered ``key`` (versions 1 and 2, empty days included); None if there
-    is none; :class:`archive_pipeline.manifest.ManifestError` (a ValueError) if it cannot be trusted."""
-    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
-    raw = getter(manifest_key(key))
-    return None if raw is None else decode_manifest(raw)
+    """The manifest beside the rendered ``key`` (versions 1 and 2, empty days included)."""
+    return load_manifest(store, key)
 
 
 # ----------------------------------------------------------------------------------------------
