@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -73,6 +73,7 @@ class Snapshot:
     taken_at: dt.datetime
     server_version: str
     snapshot_id: str  # lets a second connection (the Arrow reader) see exactly the same data
+    release: Callable[[], None] = lambda: None  # end the read transaction now (idempotent)
 
 
 _TABLE_QUERY = """
@@ -151,15 +152,37 @@ def day_filter(table: SourceTable, day: dt.date) -> sql.Composable:
 
 @contextlib.contextmanager
 def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = None) -> Iterator[Snapshot]:
-    """One REPEATABLE READ, READ ONLY transaction: every read of the day sees the same data."""
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    with conn.transaction():
+    """One REPEATABLE READ, READ ONLY transaction: every read of the day sees the same data.
+
+    The transaction is begun and ended explicitly (the connection must be in autocommit mode), so
+    the caller can end it early with ``snapshot.release()`` as soon as nothing more needs it (e.g.
+    once another connection has imported the exported snapshot), and so the connection's own
+    isolation and read-only attributes are left as they were.
+    """
+    if not conn.autocommit:
+        raise ValueError("read_snapshot needs a connection in autocommit mode")
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    open_ = [True]
+
+    def release() -> None:
+        if open_[0]:
+            open_[0] = False
+            conn.execute("COMMIT")
+
+    try:
         for name, value in {**SNAPSHOT_SETTINGS, **(settings or {})}.items():
             conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
         taken_at, version, snapshot_id = conn.execute(
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
-        yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id)
+        yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
+    except BaseException:
+        if open_[0]:
+            open_[0] = False
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+        raise
+    release()
 
 
 @dataclass

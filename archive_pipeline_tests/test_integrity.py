@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import subprocess
 import sys
 
 import pytest
+import zstandard
 from psycopg import sql
 
 from archive_pipeline import fingerprint
 from archive_pipeline.archive import ForeignArchiveError, LateRowsError, archive_partition
 from archive_pipeline.config import TableSpec
-from archive_pipeline.manifest import decode_manifest
+from archive_pipeline.manifest import decode_manifest, encode_manifest
+from archive_pipeline.verify import deep_verify
 from archive_pipeline_tests.helpers import download
 
 D = dt.date(2024, 3, 10)
@@ -134,3 +137,42 @@ def test_a_re_archive_killed_at_any_step_leaves_one_whole_archive(pg, s3, conn, 
     final = archive_partition(conn, TableSpec(**spec), D, store, overwrite=True)
     assert stored_keys(s3_client, bucket) == sorted([final.key, final.manifest_key])
     assert final.fingerprint == str(fingerprint.compute(conn, sql.Identifier(schema, "big"), first.columns))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_deep_verification_proves_then_names_the_first_difference(conn, schema, table, store, fmt):
+    spec = table.model_copy(update={"format": fmt})
+    archive_partition(conn, spec, D, store)
+    assert deep_verify(conn, store, spec, D) == []
+    conn.execute(sql.SQL("UPDATE {} SET body = 'changed in the source' WHERE id = 42").format(
+        sql.Identifier(schema, "t")))
+    problems = deep_verify(conn, store, spec, D)
+    assert any("the source's rows for 2024-03-10 are not the archive's: the same 200 rows" in p for p in problems)
+    assert any(p.startswith("first difference: ") and ("changed in the source" in p or "42" in p) for p in problems)
+
+
+def test_deep_verification_catches_an_archive_that_decodes_but_holds_other_rows(conn, schema, table, store,
+                                                                                 s3_client, bucket):
+    """A consistent forgery (object and manifest digests updated together) still fails on the fingerprint."""
+    result = archive_partition(conn, table, D, store)
+    body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(download(s3_client, bucket, result.key))).read()
+    forged = zstandard.ZstdCompressor().compress(body.replace(b'"id":42,', b'"id":4242,', 1))
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=forged)
+    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
+    head = s3_client.head_object(Bucket=bucket, Key=result.key)
+    manifest["object"].update(bytes=len(forged), md5=hashlib.md5(forged).hexdigest(),
+                              sha256=hashlib.sha256(forged).hexdigest(), etag=head["ETag"].strip('"'))
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    problems = deep_verify(conn, store, table, D)
+    assert any("the archive's rows are not the ones recorded" in p for p in problems)
+    assert any("first difference: the source has a row the archive lacks: (42," in p
+               or "first difference: the archive has a row the source lacks: (4242," in p for p in problems)
+
+
+def test_deep_verification_of_a_missing_or_damaged_object(conn, table, store, s3_client, bucket):
+    result = archive_partition(conn, table, D, store)
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=b"not the archive")
+    assert any(p.startswith("size: recorded") for p in deep_verify(conn, store, table, D))
+    s3_client.delete_object(Bucket=bucket, Key=result.manifest_key)
+    assert deep_verify(conn, store, table, D) == [
+        f"{table.name} 2024-03-10 has no archive at {store.uri(result.manifest_key[:-len('.manifest.json')])}"]
