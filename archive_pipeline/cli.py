@@ -420,7 +420,7 @@ def compare(run: Run, show_rows: bool) -> None:
         for (name, day), lines in details.items():
             run.out.print(f"{name} {day}:")
             for line in lines:
-                run.out.print(f"  {line}", markup=False)
+                run.out.print(f"  {line}", markup=False, soft_wrap=True)
         run.out.print(f"{len(results)} day(s) compared, {len(differing)} differ")
 
     payload = [c.as_dict() | ({"differences": details[(c.table, c.day.isoformat())]}

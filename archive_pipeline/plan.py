@@ -23,7 +23,7 @@ from archive_pipeline.errors import SourceError
 from archive_pipeline.manifest import SourceIdentity, manifest_key
 from archive_pipeline.source import SourceTable, day_filter, read_snapshot, server_identity
 from archive_pipeline.store import S3Store
-from archive_pipeline.verify import load_manifest
+from archive_pipeline.verify import load_manifest, source_fingerprint
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -143,13 +143,6 @@ def _load(store: S3Store, key: str) -> dict | None:
 def _source(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> tuple[SourceTable, sql.Composable]:
     table = source_table(conn, spec, day)
     return table, day_filter(table, day)
-
-
-def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> fingerprint.Fingerprint:
-    """The content fingerprint of the day as PostgreSQL holds it now (one READ ONLY snapshot)."""
-    with read_snapshot(conn):
-        table, where = _source(conn, spec, day)
-        return fingerprint.compute(conn, table.identifier, table.columns, where)
 
 
 def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:

@@ -117,10 +117,17 @@ def test_changed_days_found_by_list_compare_and_refused_by_archive(setup, conn, 
     assert [d["state"] for d in listed["days"]] == ["archived", "changed", "changed"]
     assert [d["source_rows"] for d in listed["days"]] == [ROWS, ROWS, ROWS + 1]
 
-    compared = cli_json(env, "compare", code=1)
+    compared = cli_json(env, "compare", "--rows", code=1)
     assert [(c["result"], c["source_rows"], c["archive_rows"]) for c in compared["days"]] == [
         ("equal", ROWS, ROWS), ("differs", ROWS, ROWS), ("differs", ROWS + 1, ROWS)]
     assert compared["days"][1]["note"] == "same row count, different content"
+    # the updated row, named by the deep verification's first difference
+    [first] = [line for line in compared["days"][1]["differences"] if line.startswith("first difference")]
+    assert "lacks: (7," in first  # the source's new version or the archive's old one, whichever hashes lower
+    assert "differences" not in compared["days"][0]
+
+    deep = cli_json(env, "verify", "--deep", code=1)
+    assert [d["ok"] for d in deep["days"]] == [True, False, False]
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=manifest_key(render_key(spec, days[0], PREFIX)))[
         "Body"].read())
     assert compared["days"][0]["source_fingerprint"] == compared["days"][0]["archive_fingerprint"] == \
