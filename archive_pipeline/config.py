@@ -69,6 +69,18 @@ class Partitioning(_Strict):
         return self
 
 
+class Retention(_Strict):
+    """Opt-in removal of old days from the source, only after their archive is proven (see lifecycle.py).
+
+    ``detach``/``drop``: the day's own partition (declarative mode: a child covering exactly that
+    day) or day table (naming mode); ``delete``: the day's rows, in batches (any mode).
+    """
+
+    keep_days: int = Field(ge=1, description="days (before today) kept in the source; older ones may be removed")
+    action: Literal["detach", "drop", "delete"]
+    batch_rows: int = Field(default=50_000, ge=100, le=10_000_000, description="delete: rows per DELETE statement")
+
+
 class TableSpec(_Strict):
     """One table to archive, one daily partition per UTC day."""
 
@@ -85,6 +97,7 @@ class TableSpec(_Strict):
     compression_level: int | None = Field(default=None, ge=-7, le=22)
     chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
     key_template: str = DEFAULT_KEY_TEMPLATE
+    retention: Retention | None = Field(default=None, description="remove proven days from the source (opt-in)")
     strict: bool = Field(default=False, description="refuse any column whose encoding in the chosen format is "
                          "lossy or ambiguous (see the manifest's per-column 'exact'), instead of recording it")
 
@@ -117,6 +130,9 @@ class TableSpec(_Strict):
     def _day_column_needed(self) -> TableSpec:
         if self.day_column is None and self.partitioning.mode != "naming":
             raise ValueError(f"day_column is required for partitioning mode {self.partitioning.mode!r}")
+        if self.retention and self.retention.action in ("detach", "drop") and self.partitioning.mode == "column":
+            raise ValueError(f"retention action {self.retention.action!r} removes a day's own partition; a table in "
+                             "partitioning mode 'column' has none: use action 'delete'")
         return self
 
     def child_table(self, day: dt.date) -> str | None:

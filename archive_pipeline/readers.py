@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 READ_BYTES = 1 << 20  # decompressed bytes per read
-JSON_BATCH_BYTES = 8 << 20  # JSON text per json_populate_recordset call
+JSON_BATCH_BYTES = 4 << 20  # JSON text per json_populate_recordset call
 PARQUET_BATCH_ROWS = 16_384  # rows per Arrow batch read from a row group
 
 _CODECS = {"zstd": "zstd", "gzip": "gzip", "lz4": "lz4"}
@@ -57,8 +57,8 @@ def decompressed_chunks(path: str | os.PathLike, compression: str) -> Iterator[p
             yield chunk
 
 
-def jsonl_arrays(path: str | os.PathLike, compression: str, batch_bytes: int = JSON_BATCH_BYTES) -> Iterator[str]:
-    """Blocks of whole JSONL lines, each as the text of one JSON array of the lines' objects.
+def jsonl_arrays(path: str | os.PathLike, compression: str, batch_bytes: int = JSON_BATCH_BYTES) -> Iterator[bytes]:
+    """Blocks of whole JSONL lines, each as the UTF-8 text of one JSON array of the lines' objects.
 
     A JSON text holds no raw newline (row_to_json escapes it), so replacing the newlines between
     whole lines by commas is exact; one bytes operation per block, none per row.
@@ -75,9 +75,11 @@ def jsonl_arrays(path: str | os.PathLike, compression: str, batch_bytes: int = J
         yield _as_array(pending)
 
 
-def _as_array(lines: bytearray | bytes) -> str:
-    body = bytes(lines).strip(b"\n").replace(b"\n", b",")
-    return "[" + body.decode("utf-8") + "]"
+_NEWLINE_TO_COMMA = bytes.maketrans(b"\n", b",")
+
+
+def _as_array(lines: bytearray) -> bytes:
+    return b"[" + bytes(lines).strip(b"\n").translate(_NEWLINE_TO_COMMA) + b"]"
 
 
 # --- Parquet -> PostgreSQL text ------------------------------------------------------------------

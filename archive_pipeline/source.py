@@ -189,17 +189,28 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
 class Chunk:
     """Raw COPY output of ``rows`` whole rows (PostgreSQL sends one CopyData message per row)."""
 
-    data: bytearray
+    data: bytes | bytearray | memoryview
     rows: int
 
 
 def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows: int,
                 max_chunk_bytes: int = 4 << 20) -> Iterator[Chunk]:
-    """Stream COPY ... TO STDOUT as chunks of at most ``chunk_rows`` rows or about ``max_chunk_bytes``."""
+    """Stream COPY ... TO STDOUT as chunks of at most ``chunk_rows`` rows or about ``max_chunk_bytes``.
+
+    Small rows are gathered into one buffer so the consumer sees few, large writes. A row as big
+    as a whole chunk is handed on as the message psycopg returned, without copying it: gathering
+    it would hold the row twice (#11 §5: one 100 MiB value must not cost several times its size).
+    """
     with conn.cursor() as cur, cur.copy(statement) as copy:
         data = bytearray()
         rows = 0
         for message in copy:
+            if len(message) >= max_chunk_bytes:
+                if rows:
+                    yield Chunk(data, rows)
+                    data, rows = bytearray(), 0
+                yield Chunk(message, 1)
+                continue
             data += message
             rows += 1
             if rows >= chunk_rows or len(data) >= max_chunk_bytes:

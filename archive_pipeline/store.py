@@ -173,8 +173,8 @@ def encode_metadata(metadata: dict[str, str]) -> dict[str, str]:
             encoded[key] = value
         else:
             encoded[key] = "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
-        if len(encoded[key].encode()) > 2048:
-            raise ValueError(f"metadata value of {key!r} is longer than S3's 2 KB of user metadata")
+    if sum(len(k) + len(v) for k, v in encoded.items()) > 2048:
+        raise ValueError("user metadata is longer than S3's 2 KB limit (keys and encoded values)")
     return encoded
 
 
@@ -266,11 +266,25 @@ def _is_not_found(exc: BaseException) -> bool:
 
 
 def _is_checksum_error(exc: BaseException) -> bool:
+    """botocore found a response body that fails its checksum: corruption in transit."""
     try:
-        from botocore.exceptions import FlexibleChecksumError
+        from botocore.exceptions import ChecksumError, FlexibleChecksumError
     except ImportError:  # pragma: no cover - botocore is a dependency
         return False
-    return isinstance(exc, FlexibleChecksumError)
+    return isinstance(exc, FlexibleChecksumError | ChecksumError)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """The connection failed or closed mid-request (reset, timeout, truncated body): transient.
+    botocore's ConnectionClosedError, ReadTimeoutError and ResponseStreamingError are
+    HTTPClientErrors, not botocore ConnectionErrors."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        return False
+    return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError | ConnectionError
+                      | TimeoutError)
 
 
 def _note(original: BaseException | None, text: str) -> None:
@@ -345,7 +359,9 @@ class S3Store:
             except Exception as exc:
                 if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
-                raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
+                error = _wrap(exc, f"writing {self.uri(key)} (PutObject)")
+                self._withdraw_if_ours(key, digest.hex(), len(data), error)
+                raise error from exc
             etag = _etag(response)
             if not self.verify_etags or etag == digest.hex():
                 return etag
@@ -374,6 +390,21 @@ class S3Store:
             log.warning(text)
             _note(original, text)
             return False
+
+    def _withdraw_if_ours(self, key: str, expected_etag: str, size: int, original: BaseException) -> None:
+        """After a write that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
+        delete the object under ``key`` only if it is the one we sent (same ETag and size): an older
+        object that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        if not self.verify_etags:
+            return
+        try:
+            head = self.head(key)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
+            _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
+                            f"({type(exc).__name__}: {exc}); the next archive of this day replaces it")
+            return
+        if head is not None and _etag(head) == expected_etag and head.get("ContentLength") == size:
+            self.delete_quietly(key, original)
 
     def get_bytes(self, key: str) -> bytes:
         """A small object's bytes, verified (see ``get_verified_bytes``); KeyError if missing."""
@@ -478,7 +509,8 @@ def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError)
     """``exc`` (botocore, OSError, ...) as an archive error saying what failed and whether retrying helps."""
     if isinstance(exc, ArchiveError):
         return exc
-    retryable = is_retryable(exc) or _is_checksum_error(exc) or _code(exc) in _CORRUPT_CODES
+    retryable = (is_retryable(exc) or _is_transport_error(exc) or _is_checksum_error(exc)
+                 or _code(exc) in _CORRUPT_CODES)
     remedy = ("transient; the run will be retried" if retryable else
               "check the bucket, its permissions and the store's credentials and endpoint")
     return kind(f"{what} failed: {type(exc).__name__}: {exc}; {remedy}", retryable=retryable)
@@ -519,6 +551,7 @@ class S3Upload:
         self._error: BaseException | None = None
         self._aborted = False
         self._finished = False
+        self._creating = False  # CreateMultipartUpload was sent: an upload may exist even if we have no id
         self._threads: list[threading.Thread] = []
         self._fd: int | None = None
 
@@ -583,8 +616,17 @@ class S3Upload:
             _note(original, text)
         with self._cond:
             upload_id, self.upload_id = self.upload_id, None
+            unknown = self._creating and upload_id is None and not self._finished
         if upload_id is not None:
             self._abort_quietly(upload_id, original)
+        elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
+            try:
+                self.store.abort_stale_uploads(self.key)
+            except Exception as exc:  # noqa: BLE001 - the original failure matters more
+                text = (f"cleanup: could not look for an upload of {self.store.uri(self.key)} that may have been "
+                        f"created ({type(exc).__name__}: {exc}); the next archive of this key removes it")
+                log.warning(text)
+                _note(original, text)
         self._close_fd()
 
     # --- the writer's side ---------------------------------------------------------------------
@@ -599,9 +641,13 @@ class S3Upload:
         started = time.perf_counter()
         if size > self.plan.capacity:
             raise self._too_big(size)
+        if self._error is not None:
+            raise self._error
+        if not self._threads and size >= self.plan.size_at(0):  # finish() without grow(): still in parts
+            with self._cond:
+                self._size = size
+            self._start(fd)
         if not self._threads:
-            if self._error is not None:
-                raise self._error
             etag = self._put_single(fd, size, md5_hex)
             waited = time.perf_counter()
             self._finished = True
@@ -692,23 +738,15 @@ class S3Upload:
         return etag
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
-        """After a publish that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
-        delete the object under the key only if it is the one we sent (same ETag and size): an older
-        archive that is still there must survive."""
-        if not self.store.verify_etags:
-            return
-        try:
-            head = self.store.head(self.key)
-        except Exception as exc:  # noqa: BLE001
-            _note(original, f"cleanup: could not check whether {self.store.uri(self.key)} was published "
-                            f"({type(exc).__name__}: {exc})")
-            return
-        if head is not None and _etag(head) == expected_etag and head.get("ContentLength") == size:
-            self.store.delete_quietly(self.key, original)
+        self.store._withdraw_if_ours(self.key, expected_etag, size, original)
 
     # --- the upload's threads ------------------------------------------------------------------
     def _lead(self) -> None:
         store = self.store
+        with self._cond:
+            if self._aborted:
+                return
+            self._creating = True
         try:
             response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
         except BaseException as exc:

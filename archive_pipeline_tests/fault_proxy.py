@@ -83,7 +83,7 @@ class Fault:
     code: str = "InternalError"
     skip: int = 0
     times: int | None = 1
-    offset: int | None = None  # flip: which payload byte (None = the middle)
+    offset: int | None = None  # flip: which payload byte (negative: from the end; None: the middle)
     rate: int | None = None  # throttle: bytes per second
     delay: float = 0.0  # delay: seconds before forwarding
     gate: threading.Event | None = None  # hold: released when set
@@ -275,11 +275,15 @@ def payload_spans(body: bytes, content_encoding: str) -> list[tuple[int, int]]:
 
 
 def flip_byte(body: bytes, spans: list[tuple[int, int]], offset: int | None) -> bytes:
-    """``body`` with one payload byte XORed (``offset`` into the payload, default its middle)."""
+    """``body`` with one payload byte XORed with 0x5A (``offset`` into the payload, negative from its
+    end, default its middle)."""
     total = sum(end - start for start, end in spans)
     if total == 0:
         return body
-    want = total // 2 if offset is None else min(max(offset, 0), total - 1)
+    if offset is None:
+        want = total // 2
+    else:
+        want = min(max(offset if offset >= 0 else total + offset, 0), total - 1)
     for start, end in spans:
         if want < end - start:
             data = bytearray(body)
