@@ -200,3 +200,29 @@ def test_unreachable_source_or_store_exits_3_without_secrets(setup):
     done = cli({**env, "ARCHIVE_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}, "verify")
     assert done.returncode == 3, done.stderr
     assert "ARCHIVE_S3_ENDPOINT_URL" in done.stderr
+
+
+def test_restore_into_a_new_table_and_a_dropped_partition(setup, conn, days):
+    env, spec = setup
+    schema, day = spec.schema_name, days[1]
+    cli_json(env, "archive", "--day", day.isoformat())
+
+    done = cli_json(env, "restore", "--day", day.isoformat(), "--into", "new", "--target", f"{schema}.restored")
+    [result] = done["days"]
+    assert (result["target"], result["rows"], result["fingerprint_checked"]) == (f"{schema}.restored", ROWS, True)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "restored"))).fetchone()[0] \
+        == ROWS
+
+    again = cli(env, "restore", "--day", day.isoformat(), "--into", "new", "--target", f"{schema}.restored")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    child = sql.Identifier(schema, f"events_{day:%Y%m%d}")
+    conn.execute(sql.SQL("DROP TABLE {}").format(child))
+    done = cli_json(env, "restore", "--day", day.isoformat(), "--into", "original")
+    assert done["days"][0]["created"] == [f"{schema}.events_{day:%Y%m%d}"]
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(child)).fetchone()[0] == ROWS
+    assert cli_json(env, "compare", "--day", day.isoformat())["days"][0]["result"] == "equal"
+
+    for args, message in ((["--into", "original"], "--day"), (["--day", day.isoformat()], "--target")):
+        done = cli(env, "restore", *args)
+        assert done.returncode == 2 and message in done.stderr
