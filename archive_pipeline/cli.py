@@ -489,15 +489,56 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
 
 @main.command()
-@click.option("--dry-run", is_flag=True, help="list what would be removed; remove nothing")
+@click.option("--dry-run", is_flag=True, help="prove each due day and list what would be removed; remove nothing")
 @command
 def prune(run: Run, dry_run: bool) -> None:
-    """Remove source days whose archive is proven equal (through archive_pipeline.lifecycle)."""
-    try:
-        from archive_pipeline import lifecycle  # noqa: F401
-    except ImportError:
-        raise ConfigError("prune needs archive_pipeline.lifecycle, which this build does not have yet") from None
-    raise ConfigError("prune is not wired to archive_pipeline.lifecycle yet")
+    """Remove days older than each table's retention window from PostgreSQL, each only after its archive
+    passes the deep verification and a fingerprint re-check in the removing transaction
+    (archive_pipeline.lifecycle). Tables without a retention setting are left alone.
+
+    Exits 1 when a due day is refused (not archived, not proven, or changed)."""
+    from archive_pipeline.lifecycle import RemovalRefused, due_days, remove_day
+
+    today = dt.datetime.now(dt.UTC).date()
+    results: list[dict[str, Any]] = []
+    skipped = [spec.name for spec in run.tables if spec.retention is None]
+    for spec in run.tables:
+        if spec.retention is None:
+            continue
+        due = sorted(set(due_days(spec, today)) & set(run.days(spec)))
+        present = set(existing_days(run.conn, spec, due)) if due else set()
+        for day in due:
+            if day not in present:
+                continue
+            try:
+                removal = remove_day(run.conn, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
+            except RemovalRefused as exc:
+                results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": str(exc)})
+                continue
+            status = ("would remove" if dry_run else "already removed" if removal.already_removed
+                      else "removed")
+            results.append({"table": spec.name, "day": day.isoformat(), "status": status,
+                            "action": removal.action, "relation": removal.relation, "rows": removal.rows,
+                            "archive": removal.archive})
+    refused = [r for r in results if r["status"] == "refused"]
+
+    def render() -> None:
+        table = _table("table", "day", "status", "action", "relation", "rows", "archive")
+        for r in results:
+            style = {"refused": "red", "would remove": "yellow"}.get(r["status"])
+            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+                          r.get("action", ""), r.get("relation", ""), _num(r.get("rows")), r.get("archive", ""))
+        run.out.print(table)
+        for r in refused:
+            run.out.print(f"{r['table']} {r['day']}: {r['message']}", markup=False, soft_wrap=True)
+        if skipped:
+            run.out.print(f"no retention setting, nothing pruned: {', '.join(skipped)}")
+        if dry_run:
+            run.out.print("dry run: nothing was removed")
+
+    run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped}, render)
+    if refused:
+        raise Failed()
 
 
 if __name__ == "__main__":

@@ -226,3 +226,30 @@ def test_restore_into_a_new_table_and_a_dropped_partition(setup, conn, days):
     for args, message in ((["--into", "original"], "--day"), (["--day", day.isoformat()], "--target")):
         done = cli(env, "restore", *args)
         assert done.returncode == 2 and message in done.stderr
+
+
+def test_prune_removes_only_proven_days(setup, conn, s3_client, bucket, days):
+    env, spec = setup
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    raw = yaml.safe_load(config.read_text())
+    raw["tables"][0]["retention"] = {"keep_days": 1, "action": "drop"}  # days[0] and days[1] are due
+    config.write_text(yaml.safe_dump(raw))
+    cli_json(env, "archive", "--day", days[0].isoformat())
+    children = [f"{spec.schema_name}.events_{d:%Y%m%d}" for d in days]
+
+    def exists(name: str) -> bool:
+        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+    before = {k: s3_client.get_object(Bucket=bucket, Key=k)["ETag"] for k in bucket_keys(s3_client, bucket)}
+    plan = cli_json(env, "prune", "--dry-run", code=1)
+    assert [(d["day"], d["status"]) for d in plan["days"]] == [(days[0].isoformat(), "would remove"),
+                                                               (days[1].isoformat(), "refused")]
+    assert "no archive" in plan["days"][1]["message"]
+    assert all(exists(c) for c in children)
+    assert {k: s3_client.get_object(Bucket=bucket, Key=k)["ETag"] for k in bucket_keys(s3_client, bucket)} == before
+
+    done = cli_json(env, "prune", "--day", days[0].isoformat())
+    assert [(d["status"], d["relation"], d["rows"]) for d in done["days"]] == [("removed", children[0], ROWS)]
+    assert [exists(c) for c in children] == [False, True, True]
+    listed = cli_json(env, "list", "--day", days[0].isoformat())
+    assert [(d["state"], d["in_source"], d["rows"]) for d in listed["days"]] == [("archived", False, ROWS)]
