@@ -86,6 +86,16 @@ class Archived:
         return self.manifest.get("fingerprint")
 
     @property
+    def removed(self) -> str:
+        """How the day left the source, when the lifecycle removed it (empty if it did not)."""
+        mark = self.manifest.get("removed") or {}
+        if not mark:
+            return ""
+        done = {"detach": "detached", "drop": "dropped", "delete": "deleted"}.get(mark.get("action"), "removed")
+        return f"{done} from the source at {mark.get('at', '?')[:19]}" + (
+            "" if mark.get("state") == "done" else f" ({mark.get('state')})")
+
+    @property
     def expected(self) -> dict:
         """What :func:`archive_pipeline.verify.verify_archive` checks the stored object against."""
         obj = self.object or {}
@@ -208,8 +218,8 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
                         else "same row count, different content (fingerprint)")
-        elif check_source:
-            note = "no longer in the source"
+        elif check_source or archived.removed:
+            note = archived.removed or "no longer in the source"
         if state == "empty" and not note:
             note = "no rows: a manifest and no object"
         statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
@@ -377,7 +387,7 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
         key = archived.object_key or found.key
         if current is None:
             out.append(Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
-                                  key, "archived; the source no longer has this day"))
+                                  key, archived.removed or "archived; the source no longer has this day"))
             continue
         note = "" if archived.fingerprint else "manifest version 1 has no fingerprint: row counts compared only"
         result = "equal" if matches_source(archived, current) else "differs"

@@ -253,3 +253,4 @@ def test_prune_removes_only_proven_days(setup, conn, s3_client, bucket, days):
     assert [exists(c) for c in children] == [False, True, True]
     listed = cli_json(env, "list", "--day", days[0].isoformat())
     assert [(d["state"], d["in_source"], d["rows"]) for d in listed["days"]] == [("archived", False, ROWS)]
+    assert listed["days"][0]["note"].startswith("dropped from the source at ")
