@@ -190,7 +190,7 @@ def _num(n: int | None) -> str:
 def _table(*columns: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in columns:
-        table.add_column(name, justify="right" if name in ("rows", "bytes", "est. rows", "est. bytes",
+        table.add_column(name, justify="right" if name in ("rows", "bytes", "est. rows", "est. bytes", "inserted",
                                                            "source rows", "archive rows", "seconds") else "left",
                          no_wrap=True)
     return table
@@ -454,7 +454,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     the restored rows have the manifest's content fingerprint (archive_pipeline.restore).
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
-    listed. Exits 1 when a day fails (the days before it stay restored)."""
+    listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
     from archive_pipeline.restore import restore_days
 
     if run.first is None and run.last is None:
@@ -477,15 +477,18 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         table = _table("table", "day", "target", "rows", "inserted", "seconds", "check")
         for r in results:
             table.add_row(r.table, r.day, r.target, _num(r.rows), _num(r.inserted), f"{r.seconds:.2f}", r.check)
-        run.out.print(table)
+        if results:
+            run.out.print(table)
         created = sorted({name for r in results for name in r.created})
         if created:
             run.out.print(f"created: {', '.join(created)}")
         if missing:
             run.out.print("no archive for: " + ", ".join(f"{name} {day}" for name, day in missing))
 
-    run.emit({"ok": True, "days": [dataclasses.asdict(r) for r in results],
+    run.emit({"ok": not missing, "days": [dataclasses.asdict(r) for r in results],
               "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}, render)
+    if missing:
+        raise Failed("some requested days have no archive (see `archive-pipeline list`)")
 
 
 @main.command()
