@@ -333,8 +333,12 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
             style = {"refuse": "red", "skip": "dim", "no-data": "dim"}.get(p.action)
             est = p.estimate
             table.add_row(p.table, p.day.isoformat(), f"[{style}]{p.action}[/]" if style else p.action,
-                          _num(est and est.rows), _size(est and est.bytes), est.method if est else "", p.key, p.reason)
+                          _num(est and est.rows), _size(est and est.bytes), est.method if est else "", p.key,
+                          "see below" if p.action == "refuse" else p.reason)
         run.out.print(table)
+        for p in planned:
+            if p.action == "refuse":
+                run.out.print(f"{p.table} {p.day} would be refused: {p.reason}", markup=False, soft_wrap=True)
         run.out.print(f"dry run, nothing written: {totals['archive'] + totals['overwrite']} day(s) to archive "
                       f"(~{est_rows:,} rows, ~{_size(est_bytes)} in PostgreSQL), {totals['skip']} identical, "
                       f"{totals['refuse']} refused (changed since archived), {totals['no-data']} without data")
