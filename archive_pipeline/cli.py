@@ -65,7 +65,11 @@ class Run:
     _store: S3Store | None = None
 
     def days(self, spec: TableSpec) -> list[dt.date]:
-        return plan.select_days(spec, self.first, self.last)
+        days = plan.select_days(spec, self.first, self.last)
+        if not days and (self.first or self.last):
+            self.err.print(f"{spec.name}: no day of the table in the selection (its first day, start_date, is "
+                           f"{spec.start_date})", markup=False)
+        return days
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -114,7 +118,8 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
     @click.option("--table", "-t", "table_names", multiple=True, metavar="SCHEMA.TABLE",
                   help="a configured table (repeatable; default: all)")
     @click.option("--day", type=day, metavar="YYYY-MM-DD", help="one UTC day, e.g. 2024-03-10")
-    @click.option("--from", "first", type=day, metavar="YYYY-MM-DD", help="first day of a range (default: the table's start_date)")
+    @click.option("--from", "first", type=day, metavar="YYYY-MM-DD",
+                  help="first day of a range (default: the table's start_date)")
     @click.option("--to", "last", type=day, metavar="YYYY-MM-DD", help="last day of a range (default: yesterday, UTC)")
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
     @functools.wraps(fn)
@@ -222,8 +227,9 @@ def list_days(run: Run, check_source: bool) -> None:
         for name, counts in summary.items():
             run.out.print(f"{name}: " + (", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no days"))
 
-    run.emit({"ok": True, "days": [s.as_dict() for s in statuses], "summary": summary}, render)
-    if any(s.state in ("changed", "unreadable") for s in statuses):
+    bad = any(s.state in ("changed", "unreadable") for s in statuses)
+    run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary}, render)
+    if bad:
         raise Failed()
 
 
@@ -314,7 +320,8 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
             progress.remove_task(task)
     return {"table": spec.name, "day": day.isoformat(), "status": "skipped" if result.skipped else "archived",
             "key": result.key or None, "uri": result.uri or None, "empty": result.empty,
-            "message": "empty day: a manifest and no object" if result.empty else "", "rows": result.rows, "bytes": result.bytes,
+            "message": "empty day: a manifest and no object" if result.empty else "",
+            "rows": result.rows, "bytes": result.bytes,
             "md5": result.md5, "seconds": round(result.duration_seconds, 3)}
 
 

@@ -18,7 +18,7 @@ from psycopg import sql
 from archive_pipeline import fingerprint
 from archive_pipeline.archive import ArchiveError, _Archiving, read_existing, render_key
 from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import child_ranges, existing_days, source_table
+from archive_pipeline.discovery import ChildRange, child_ranges, existing_days, source_table
 from archive_pipeline.errors import SourceError
 from archive_pipeline.manifest import SourceIdentity, manifest_key
 from archive_pipeline.source import SourceTable, day_filter, read_snapshot, server_identity
@@ -252,17 +252,19 @@ def _catalog_estimate(conn: psycopg.Connection, schema: str, name: str, share: i
     return Estimate(rows=round(row[0] / share), bytes=row[1] // share, method="catalog")
 
 
-def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> Estimate:
+def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
+                 children: list[ChildRange] | None = None) -> Estimate:
     """Rows and bytes of one day, as cheaply as the partitioning allows: the catalog's statistics of
     the day's partition (declarative: shared evenly when a child covers several days; naming: the
-    day's table), else one scan of the day (``count(*)``, ``sum(pg_column_size(row))``)."""
+    day's table), else one scan of the day (``count(*)``, ``sum(pg_column_size(row))``). ``children``:
+    the declarative table's child ranges, when the caller has read them already."""
     if spec.partitioning.mode == "naming":
         estimate = _catalog_estimate(conn, spec.schema_name, spec.child_table(day), 1)
         if estimate is not None:
             return estimate
     elif spec.partitioning.mode == "declarative":
         start = dt.datetime.combine(day, dt.time(), dt.UTC)
-        for child in child_ranges(conn, spec):
+        for child in children if children is not None else child_ranges(conn, spec):
             if child.start is not None and child.end is not None and child.start <= start < child.end:
                 estimate = _catalog_estimate(conn, spec.schema_name, child.name, max(1, len(child.whole_days())))
                 if estimate is not None:
@@ -291,14 +293,14 @@ class PlannedDay:
 
 
 def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.date, *, overwrite: bool,
-             in_source: bool) -> PlannedDay:
+             in_source: bool, children: list[ChildRange] | None = None) -> PlannedDay:
     """What :func:`archive_pipeline.archive.archive_partition` would do with ``day``, decided by the
     archiver's own rule (``read_existing`` and the same keep-or-refuse decision on the content
     fingerprint) but only reading: no lock, no upload, no manifest."""
     key = render_key(spec, day, store.prefix)
     if not in_source:
         return PlannedDay(spec.name, day, key, "no-data", "no data for this day in PostgreSQL", None)
-    estimate = estimate_day(conn, spec, day)
+    estimate = estimate_day(conn, spec, day, children)
     existing = read_existing(store, key)
     if existing.manifest is None:
         reason = existing.problem or "not archived yet"
@@ -328,7 +330,9 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.
 def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list[dt.date], *,
                  overwrite: bool) -> list[PlannedDay]:
     in_source = set(existing_days(conn, spec, days)) if days else set()
-    return [plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source) for day in days]
+    children = child_ranges(conn, spec) if spec.partitioning.mode == "declarative" and in_source else None
+    return [plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source, children=children)
+            for day in days]
 
 
 # ----------------------------------------------------------------------------------------------
