@@ -247,3 +247,34 @@ def test_prune_removes_only_proven_days(setup, conn, s3_client, bucket, days):
     listed = cli_json(env, "list", "--day", days[0].isoformat())
     assert [(d["state"], d["in_source"], d["rows"]) for d in listed["days"]] == [("archived", False, ROWS)]
     assert listed["days"][0]["note"].startswith("dropped from the source at ")
+
+
+def test_dry_run_estimates_from_the_catalog_or_by_counting(conn, schema, store):
+    """In-process (plan.py is the core under the dry run): catalog where it knows, a count elsewhere."""
+    from archive_pipeline import plan
+
+    day = dt.date(2024, 3, 10)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.plain (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.plain SELECT g, %s::timestamptz + g * interval '1 minute' "
+                         "FROM generate_series(1, 50) g").format(s), (day,))
+    conn.execute(sql.SQL("CREATE TABLE {}.{} (id int)").format(s, sql.Identifier(f"ev_{day:%Y%m%d}")))
+    conn.execute(sql.SQL("INSERT INTO {}.{} SELECT generate_series(1, 30)").format(s, sql.Identifier(f"ev_{day:%Y%m%d}")))
+    conn.execute(sql.SQL("ANALYZE {}.{}").format(s, sql.Identifier(f"ev_{day:%Y%m%d}")))
+    conn.execute(sql.SQL("CREATE TABLE {}.weekly (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.weekly_w10 PARTITION OF {}.weekly FOR VALUES FROM ('2024-03-04+00') "
+                         "TO ('2024-03-11+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.weekly SELECT g, '2024-03-04+00'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 167) g").format(s))
+    conn.execute(sql.SQL("ANALYZE {}.weekly_w10").format(s))
+    specs = parse_config({"tables": [
+        {"name": f"{schema}.plain", "day_column": "at", "start_date": "2024-03-01"},
+        {"name": f"{schema}.ev", "start_date": "2024-03-01", "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}},
+        {"name": f"{schema}.weekly", "day_column": "at", "start_date": "2024-03-01",
+         "partitioning": {"mode": "declarative"}},
+    ]}).tables
+    estimates = [plan.estimate_day(conn, spec, day) for spec in specs]
+    assert [(e.rows, e.method) for e in estimates] == [(50, "count"), (30, "catalog"), (24, "catalog")]
+    assert all(e.bytes > 0 for e in estimates)
+    planned = plan.plan_archive(conn, specs[0], store, [day, day + dt.timedelta(days=1)], overwrite=False)
+    assert [(p.action, p.estimate and p.estimate.rows) for p in planned] == [("archive", 50), ("no-data", None)]
