@@ -258,9 +258,10 @@ def test_dry_run_estimates_from_the_catalog_or_by_counting(conn, schema, store):
     conn.execute(sql.SQL("CREATE TABLE {}.plain (id int, at timestamptz)").format(s))
     conn.execute(sql.SQL("INSERT INTO {}.plain SELECT g, %s::timestamptz + g * interval '1 minute' "
                          "FROM generate_series(1, 50) g").format(s), (day,))
-    conn.execute(sql.SQL("CREATE TABLE {}.{} (id int)").format(s, sql.Identifier(f"ev_{day:%Y%m%d}")))
-    conn.execute(sql.SQL("INSERT INTO {}.{} SELECT generate_series(1, 30)").format(s, sql.Identifier(f"ev_{day:%Y%m%d}")))
-    conn.execute(sql.SQL("ANALYZE {}.{}").format(s, sql.Identifier(f"ev_{day:%Y%m%d}")))
+    day_table = sql.Identifier(schema, f"ev_{day:%Y%m%d}")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(day_table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 30)").format(day_table))
+    conn.execute(sql.SQL("ANALYZE {}").format(day_table))
     conn.execute(sql.SQL("CREATE TABLE {}.weekly (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
     conn.execute(sql.SQL("CREATE TABLE {}.weekly_w10 PARTITION OF {}.weekly FOR VALUES FROM ('2024-03-04+00') "
                          "TO ('2024-03-11+00')").format(s, s))
@@ -269,7 +270,8 @@ def test_dry_run_estimates_from_the_catalog_or_by_counting(conn, schema, store):
     conn.execute(sql.SQL("ANALYZE {}.weekly_w10").format(s))
     specs = parse_config({"tables": [
         {"name": f"{schema}.plain", "day_column": "at", "start_date": "2024-03-01"},
-        {"name": f"{schema}.ev", "start_date": "2024-03-01", "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}},
+        {"name": f"{schema}.ev", "start_date": "2024-03-01",
+         "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}},
         {"name": f"{schema}.weekly", "day_column": "at", "start_date": "2024-03-01",
          "partitioning": {"mode": "declarative"}},
     ]}).tables
