@@ -57,7 +57,7 @@ def connect_source(env: Mapping[str, str] | None = None, *, connect_timeout: int
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:  # libpq echoes a malformed URI whole, password included
-        raise ConfigError(f"${DSN_VAR} is not a valid connection string: {redact(str(exc), dsn)}") from None
+        raise ConfigError(f"${DSN_VAR} is not a valid connection string: {redact(str(exc).strip(), dsn)}") from None
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
                                application_name="archive_pipeline_cli")

@@ -172,6 +172,11 @@ def test_bad_configuration_exits_2_naming_the_setting(setup, tmp_path):
     assert done.returncode == 2 and "ARCHIVE_S3_BUCKET" in done.stderr
     assert json.loads(done.stdout)["exit_code"] == 2
 
+    # libpq echoes a malformed URI whole, password included
+    done = cli({**env, "ARCHIVE_PG_DSN": "postgresql://archiver:s3cr3t-Pa55word@[::1/db"}, "list")
+    assert done.returncode == 2 and "ARCHIVE_PG_DSN" in done.stderr
+    assert "s3cr3t" not in done.stderr + done.stdout
+
     today = dt.datetime.now(dt.UTC).date().isoformat()
     done = cli(env, "archive", "--day", today)
     assert done.returncode == 2 and "today" in done.stderr
