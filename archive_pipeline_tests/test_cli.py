@@ -285,3 +285,11 @@ def test_dry_run_estimates_from_the_catalog_or_by_counting(conn, schema, store):
     assert all(e.bytes > 0 for e in estimates)
     planned = plan.plan_archive(conn, specs[0], store, [day, day + dt.timedelta(days=1)], overwrite=False)
     assert [(p.action, p.estimate and p.estimate.rows) for p in planned] == [("archive", 50), ("no-data", None)]
+
+
+def test_the_command_line_does_not_import_dagster():
+    code = ("import sys, archive_pipeline.cli, archive_pipeline.restore, archive_pipeline.lifecycle; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_aws')))")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
