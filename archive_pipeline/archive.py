@@ -26,8 +26,16 @@ from archive_pipeline import fingerprint, keys
 from archive_pipeline.compression import get_codec
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import partition_of_day, source_table
-from archive_pipeline.errors import ArchiveError, is_retryable, redact
-from archive_pipeline.formats import Extraction, WriteStats, get_format
+from archive_pipeline.errors import ArchiveError, is_retryable, wrap
+from archive_pipeline.formats import (
+    Extraction,
+    WriteStats,
+    explain_value_failure,
+    failing_columns,
+    get_format,
+    is_value_failure,
+    refuse_inexact,
+)
 from archive_pipeline.locks import table_day_lock
 from archive_pipeline.manifest import (
     ArchiveResult,
@@ -134,14 +142,13 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
                               progress_every=progress_every,
                               settings={**SNAPSHOT_SETTINGS, **(session_settings or {})}).run(overwrite)
     except ArchiveError as exc:
-        exc.table, exc.day = exc.table or spec.name, exc.day or day.isoformat()
-        if exc.day not in str(exc):
-            exc.args = (f"{spec.name} {exc.day}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
+        wrap(exc, spec.name, day.isoformat(), conn.info.password)
+        if exc.day not in exc.message or exc.table not in exc.message:
+            exc.message = f"{exc.table} {exc.day}: {exc.message}"
+            exc.args = (exc.message,)
         raise
     except Exception as exc:
-        message = redact(f"archiving {spec.name} for {day.isoformat()} failed: {type(exc).__name__}: {exc}",
-                         conn.info.password)
-        raise ArchiveError(message, table=spec.name, day=day.isoformat(), retryable=is_retryable(exc)) from None
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
 
 
 class _Archiving:
@@ -170,7 +177,7 @@ class _Archiving:
                     database, system_id, version = server_identity(self.conn)
                     identity = SourceIdentity(database, system_id, version)
                     fp_started = time.perf_counter()
-                    fp = fingerprint.compute(self.conn, table.identifier, table.columns, where)
+                    fp = self._fingerprint(table, where)
                     fp_seconds = time.perf_counter() - fp_started
                     if existing.manifest is not None and existing.problem is None:
                         if self._keep(existing.manifest, identity, table, fp, overwrite):
@@ -179,8 +186,11 @@ class _Archiving:
                                                   partition_of_day(self.conn, self.spec, self.day))
                     generation = existing.generation + 1 if existing.manifest is not None else 1
                     data_key = keys.generation_key(self.key, generation)
+                    encodings = fmt.encodings(table)
+                    if self.spec.strict:
+                        refuse_inexact(self.spec.format, table, encodings)
                     if fp.rows == 0:
-                        stats = WriteStats(output_types={c.name: "text" for c in table.columns})
+                        stats = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     else:
                         upload = self.store.begin(
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
@@ -190,7 +200,8 @@ class _Archiving:
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
                         extraction = Extraction(conn=self.conn, table=table, where=where, snapshot=snapshot,
                                                 chunk_rows=self.spec.chunk_size, settings=self.settings,
-                                                progress=self.progress, progress_every=self.progress_every)
+                                                progress=self.progress, progress_every=self.progress_every,
+                                                strict=self.spec.strict)
                         with codec.open(sink, self.spec.compression_level) as out:
                             stats = fmt.write(extraction, out)
                         if stats.rows != fp.rows:
@@ -208,6 +219,22 @@ class _Archiving:
             if upload is not None:
                 upload.abort()
             raise
+
+    def _fingerprint(self, table: SourceTable, where) -> fingerprint.Fingerprint:
+        """The day's fingerprint; a value PostgreSQL cannot convert is named by column, as the formats do."""
+        self.conn.execute("SAVEPOINT archive_fingerprint")
+        try:
+            fp = fingerprint.compute(self.conn, table.identifier, table.columns, where)
+        except psycopg.Error as exc:
+            if self.conn.closed or not is_value_failure(exc):
+                raise
+            self.conn.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
+            with fingerprint.canonical_settings(self.conn):
+                culprits, found = failing_columns(self.conn, table, where, [
+                    fingerprint.column_hash(c, i) for i, c in enumerate(table.columns)])
+            raise explain_value_failure(self.spec.format, table, found or exc, culprits) from None
+        self.conn.execute("RELEASE SAVEPOINT archive_fingerprint")
+        return fp
 
     # --- deciding what an existing archive means -------------------------------------------------
 

@@ -357,6 +357,9 @@ class Parquet:
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
         cur.execute(literal.as_string(extraction.conn))
+        # This transaction now holds the snapshot itself: end the exporting one, so it does not sit
+        # idle in transaction for the whole read (idle_in_transaction_session_timeout would kill it).
+        extraction.snapshot.release()
         for name, value in extraction.settings.items():
             setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
             cur.execute(setting.as_string(extraction.conn))
