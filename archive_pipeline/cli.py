@@ -305,8 +305,10 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
             elapsed = max(time.monotonic() - started, 1e-6)
             progress.update(task, completed=rows, size=_size(size), rate=f"{rows / elapsed:,.0f} rows/s")
 
-    if progress is not None:
-        task = progress.add_task(f"{spec.name} {day}", total=None, size="", rate="")
+    if progress is not None:  # a bar with an end where the catalog knows the day's size for free
+        estimate = plan.catalog_estimate(run.conn, spec, day)
+        task = progress.add_task(f"{spec.name} {day}", total=estimate.rows if estimate and estimate.rows else None,
+                                 size="", rate="")
     try:
         result = archive_partition(run.conn, spec, day, run.store, progress=report, progress_every=0.5,
                                    session_settings=settings, overwrite=overwrite or None)

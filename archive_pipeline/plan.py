@@ -252,23 +252,29 @@ def _catalog_estimate(conn: psycopg.Connection, schema: str, name: str, share: i
     return Estimate(rows=round(row[0] / share), bytes=row[1] // share, method="catalog")
 
 
-def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
-                 children: list[ChildRange] | None = None) -> Estimate:
-    """Rows and bytes of one day, as cheaply as the partitioning allows: the catalog's statistics of
-    the day's partition (declarative: shared evenly when a child covers several days; naming: the
-    day's table), else one scan of the day (``count(*)``, ``sum(pg_column_size(row))``). ``children``:
-    the declarative table's child ranges, when the caller has read them already."""
+def catalog_estimate(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
+                     children: list[ChildRange] | None = None) -> Estimate | None:
+    """Rows and bytes of one day from the catalog's statistics of the day's own partition (declarative:
+    shared evenly when a child covers several days; naming: the day's table); None where the catalog
+    cannot say (column mode, or a relation never analyzed). Costs one or two catalog queries."""
     if spec.partitioning.mode == "naming":
-        estimate = _catalog_estimate(conn, spec.schema_name, spec.child_table(day), 1)
-        if estimate is not None:
-            return estimate
-    elif spec.partitioning.mode == "declarative":
+        return _catalog_estimate(conn, spec.schema_name, spec.child_table(day), 1)
+    if spec.partitioning.mode == "declarative":
         start = dt.datetime.combine(day, dt.time(), dt.UTC)
         for child in children if children is not None else child_ranges(conn, spec):
             if child.start is not None and child.end is not None and child.start <= start < child.end:
-                estimate = _catalog_estimate(conn, spec.schema_name, child.name, max(1, len(child.whole_days())))
-                if estimate is not None:
-                    return estimate
+                return _catalog_estimate(conn, spec.schema_name, child.name, max(1, len(child.whole_days())))
+    return None
+
+
+def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
+                 children: list[ChildRange] | None = None) -> Estimate:
+    """Rows and bytes of one day, as cheaply as the partitioning allows: :func:`catalog_estimate`, else
+    one scan of the day (``count(*)``, ``sum(pg_column_size(row))``). ``children``: the declarative
+    table's child ranges, when the caller has read them already."""
+    estimate = catalog_estimate(conn, spec, day, children)
+    if estimate is not None:
+        return estimate
     with read_snapshot(conn):
         table, where = _source(conn, spec, day)
         rows, size = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {} AS t "
