@@ -15,7 +15,8 @@ import logging
 import os
 
 import psycopg
-from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
+from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, define_asset_job, definitions,
+                     in_process_executor)
 from dagster_aws.s3 import S3Resource
 
 from archive_pipeline.assets import asset_key, build_archive_asset
@@ -85,7 +86,14 @@ def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
 
 
 def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, object] | None = None,
-                      *, check_source: bool = True) -> Definitions:
+                      *, check_source: bool = True,
+                      executor: ExecutorDefinition | None = in_process_executor) -> Definitions:
+    """The archive assets, checks, jobs, schedules and sensor for ``config`` (default: the YAML file).
+
+    ``executor`` applies to every job of the Definitions it ends up in, including the implicit asset
+    job that UI backfills use; pass ``None`` when merging into a project that sets its own. This
+    project's jobs run in-process either way.
+    """
     config = config or load_config()
     if check_source and os.environ.get("ARCHIVE_PG_DSN"):
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
@@ -94,6 +102,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         archive_asset = build_archive_asset(spec, config.retry)
         key = asset_key(spec)
         job = define_asset_job(name=f"archive_{'_'.join(key.path[1:])}", selection=[archive_asset],
+                               executor_def=in_process_executor,
                                description=f"Archive days of {spec.name}")
         assets.append(archive_asset)
         checks.append(build_stored_archive_check(key))
@@ -101,11 +110,12 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*checks),
+                              executor_def=in_process_executor,
                               description="Re-check every table's latest archive against what was recorded")
     return Definitions(
         # One process per run, not one more per step: an archive step is I/O- and database-bound, and
         # parallelism comes from concurrent runs bounded by the pools. Measured in bench/backfill.py.
-        executor=in_process_executor,
+        executor=executor,
         assets=assets,
         asset_checks=checks,
         jobs=[*jobs, verify],
@@ -115,4 +125,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     )
 
 
-defs = build_definitions()
+@definitions
+def defs() -> Definitions:
+    """The code location (`-m archive_pipeline.definitions`), built when Dagster loads it, not at import,
+    so another project can import build_definitions without this project's YAML file or environment."""
+    return build_definitions()
