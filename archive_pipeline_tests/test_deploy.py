@@ -236,3 +236,181 @@ def test_host_project_with_the_component_loads_in_dagster_cli(tmp_path, two_tabl
     schema = two_tables["tables"][0]["name"].split(".")[0]
     assert sorted(out.stdout.split()) == sorted(["other_teams_asset", f"archive/{schema}/events",
                                                  f"archive/{schema}/orders"])
+
+
+# --- Deploying: the image's entry command, the production instance ------------------------------------
+
+def _dockerfile() -> tuple[list[str], list[str]]:
+    """(instructions, CMD as a list) of the Dockerfile, line continuations joined."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    [cmd] = [json.loads(line[4:]) for line in instructions if line.startswith("CMD ")]
+    return instructions, cmd
+
+
+def test_dockerfile_builds_a_code_server_with_nothing_secret_baked_in():
+    instructions, cmd = _dockerfile()
+    assert instructions[0] == "FROM python:3.11-slim"
+    assert "RUN pip install ." in instructions
+    assert cmd[:5] == ["dagster", "code-server", "start", "-m", "archive_pipeline.definitions"]
+    assert cmd[cmd.index("-h") + 1] == "0.0.0.0"
+    baked = [line for line in instructions if line.startswith(("ENV ", "ARG "))]
+    assert not [line for line in baked if re.search(r"ARCHIVE_|DAGSTER_PG|PASSWORD|SECRET|AWS_|DSN", line)], baked
+    # Only the files the image needs reach the build context: never .venv, .dagster_home, .git, tests.
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert ignore[ignore.index("*") - 0] == "*" and all(not p.startswith("!.") for p in ignore)
+    copied = {part for line in instructions if line.startswith("COPY ") for part in line.split()[1:-1]}
+    assert copied <= {"pyproject.toml", "README.md", "archive_pipeline", "archive_tables.yaml"}
+    assert {f"!{name}" for name in copied} <= {p.rstrip("/") for p in ignore}
+
+
+@contextlib.contextmanager
+def _process(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[subprocess.Popen]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_for(what: str, probe, process: subprocess.Popen, log: Path, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} not up (exit {process.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    assert "errors" not in answer, answer
+    return answer["data"]
+
+
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on PythonError { message stack }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+RUN_STATUS = 'query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }'
+INSTANCE = """
+{ instance { runQueuingSupported runLauncher { name }
+             daemonHealth { allDaemonStatuses { daemonType required healthy } } } }
+"""
+
+
+def _instance_yaml_as_tested() -> tuple[str, dict]:
+    """docs/dagster.production.yaml with its run-launcher block cut out (no Docker daemon here: Dagster's
+    default launcher takes its place) and monitoring made quick enough for a test."""
+    text = (REPO / "docs" / "dagster.production.yaml").read_text()
+    text, cut = re.subn(r"# BEGIN run-launcher\n.*?# END run-launcher\n", "", text, flags=re.S)
+    assert cut == 1
+    settings = yaml.safe_load(text)
+    assert settings["run_monitoring"]["free_slots_after_run_end_seconds"] > 0  # as shipped
+    text = re.sub(r"free_slots_after_run_end_seconds: \d+", "free_slots_after_run_end_seconds: 1", text)
+    text = re.sub(r"poll_interval_seconds: \d+", "poll_interval_seconds: 1", text)
+    return text, settings
+
+
+def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, s3, bucket, s3_client, tmp_path,
+                                                              monkeypatch):
+    """The image's CMD as the code server, docs/workspace.production.yaml pointing at it, and the webserver
+    and daemon on docs/dagster.production.yaml (PostgreSQL storage, queued run coordinator, pools, run
+    monitoring): a run launched through GraphQL is queued, dequeued by the daemon and succeeds; a pool
+    slot left behind by a finished run is given back."""
+    create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=100, schema=schema)
+    database = f"dagster_{schema}"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    config = tmp_path / "tables.yaml"
+    config.write_text(json.dumps({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                              "start_date": "2024-03-01", "partitioning": {"mode": "declarative"}}]}))
+    home = tmp_path / "home"
+    home.mkdir()
+    instance_yaml, shipped = _instance_yaml_as_tested()
+    (home / "dagster.yaml").write_text(instance_yaml)
+    code_port, web_port = free_port(), free_port()
+    workspace = yaml.safe_load((REPO / "docs" / "workspace.production.yaml").read_text())
+    [location] = workspace["load_from"]
+    location["grpc_server"].update(host="127.0.0.1", port=code_port)
+    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ARCHIVE_PIPELINE_CONFIG": str(config),
+           "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
+           "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "unused", "DAGSTER_PG_HOST": "127.0.0.1",
+           "DAGSTER_PG_DB": database, "DAGSTER_PG_PORT": str(pg.port)}
+    _, cmd = _dockerfile()
+    cmd = [str(PYTHON_BIN / cmd[0]), *cmd[1:]]
+    cmd[cmd.index("-h") + 1], cmd[cmd.index("-p") + 1] = "127.0.0.1", str(code_port)
+    health = [str(PYTHON_BIN / "dagster"), "api", "grpc-health-check", "-p", str(code_port)]
+    job = f"archive_{schema}_events"
+    try:
+        with (_process(cmd, env, REPO, tmp_path / "code.log") as code_server,
+              _process([str(PYTHON_BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp_path,
+                       tmp_path / "daemon.log"),
+              _process([str(PYTHON_BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p",
+                        str(web_port)], env, tmp_path, tmp_path / "web.log") as webserver):
+            _wait_for("code server", lambda: subprocess.run(health, env=env, capture_output=True).returncode == 0,
+                      code_server, tmp_path / "code.log")
+            _wait_for("webserver", lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info",
+                                                                  timeout=2), webserver, tmp_path / "web.log")
+            params = {"selector": {"repositoryLocationName": "archive_pipeline", "repositoryName": "__repository__",
+                                   "jobName": job},
+                      "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "2024-03-10"}]}}
+            launched = _graphql(web_port, LAUNCH_RUN, {"params": params})["launchRun"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            assert launched["run"]["status"] == "QUEUED"  # the coordinator queues; only the daemon launches
+            run_id = launched["run"]["runId"]
+            status = _wait_for("the run", lambda: _finished(web_port, run_id), webserver, tmp_path / "daemon.log",
+                               timeout=180)
+            assert status == "SUCCESS", (tmp_path / "daemon.log").read_text()[-3000:]
+
+            instance = _graphql(web_port, INSTANCE)["instance"]
+            assert instance["runQueuingSupported"] and instance["runLauncher"]["name"] == "DefaultRunLauncher"
+            daemons = {d["daemonType"]: d for d in instance["daemonHealth"]["allDaemonStatuses"]}
+            for daemon in ("QUEUED_RUN_COORDINATOR", "MONITORING", "SCHEDULER", "SENSOR", "BACKFILL"):
+                assert daemons[daemon]["required"], daemon
+
+            # A run that crashes or is cancelled holding a pool slot leaves it claimed; the monitoring
+            # daemon gives it back free_slots_after_run_end_seconds after the run ended.
+            for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB",
+                         "DAGSTER_PG_PORT"):
+                monkeypatch.setenv(name, env[name])
+            with DagsterInstance.from_config(str(home)) as dagster_instance:
+                assert type(dagster_instance.run_storage).__name__ == "PostgresRunStorage"
+                assert dagster_instance.get_concurrency_config().pool_config.default_pool_limit == \
+                    shipped["concurrency"]["pools"]["default_limit"]
+                storage = dagster_instance.event_log_storage
+                storage.claim_concurrency_slot("archive_source", run_id, "left_behind")
+                assert run_id in storage.get_concurrency_info("archive_source").active_run_ids
+                _wait_for("slot freed", lambda: run_id not in storage.get_concurrency_info("archive_source")
+                          .active_run_ids, webserver, tmp_path / "daemon.log", timeout=60)
+    finally:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    assert s3_client.head_object(Bucket=bucket, Key=f"{schema}.events/2024/03/2024-03-10.jsonl.zst")
+
+
+def _finished(port: int, run_id: str) -> str | None:
+    status = _graphql(port, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
+    return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
