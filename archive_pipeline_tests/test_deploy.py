@@ -414,3 +414,101 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
 def _finished(port: int, run_id: str) -> str | None:
     status = _graphql(port, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
     return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+
+# --- The demo: `make demo UI=1` stops cleanly, and the README's backfill command works beside it ---------
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_demo(tmp_path: Path, *, background: bool) -> tuple[subprocess.Popen, int, Path, Path]:
+    """`make demo UI=1` with this test run's Python environment. background=True starts it the way
+    `make demo UI=1 &` in a script does (SIGINT ignored); otherwise as a terminal's foreground job
+    (a process group of its own, which Ctrl-C signals as a whole)."""
+    port, home, log = free_port(), tmp_path / "home", tmp_path / "demo.log"
+    cmd = ["make", "--no-print-directory", "demo", "UI=1", f"VENV={sys.prefix}", "INSTALL=0",
+           f"ARGS=--days 1 --rows 200 --port {port} --home {home}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in [n for n in env if n.startswith(("ARCHIVE_", "DAGSTER_"))]:
+        del env[name]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=not background,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None)
+    _wait_for("the demo's UI", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2),
+              process, log, timeout=180)
+    return process, port, home, log
+
+
+def _assert_stops(process: subprocess.Popen, log: Path, send) -> None:
+    started = _descendants(process.pid)
+    assert len(started) >= 6, started  # demo, PostgreSQL, moto, dagster dev, its webserver and daemon
+    send()
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"make demo did not stop:\n{log.read_text()[-3000:]}") from None
+    deadline = time.monotonic() + 30
+    while [pid for pid in started if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+            for pid in started if _alive(pid)}
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"left running: {left}\n{log.read_text()[-3000:]}"
+
+
+def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_beside_it(tmp_path):
+    process, port, home, log = _start_demo(tmp_path, background=True)
+    try:
+        # The README's command, pasted into a fresh shell after sourcing the file the demo writes.
+        day = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+        fresh = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+        backfill = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-c",
+             f". {home}/env.sh && dagster job backfill -w workspace.yaml -j archive_public_events "
+             f"--from {day} --to {day} --noprompt"],
+            cwd=REPO, env=fresh, capture_output=True, text=True, timeout=180)
+        assert backfill.returncode == 0, backfill.stdout + backfill.stderr
+        runs_query = "{ runsOrError { ... on Runs { results { status tags { key value } } } } }"
+
+        def backfill_run_done():
+            runs = _graphql(port, runs_query)["runsOrError"]["results"]
+            mine = [r for r in runs if any(t["key"] == "dagster/backfill" for t in r["tags"])]
+            return mine and mine[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") and mine[0]
+
+        run = _wait_for("the backfill's run", backfill_run_done, process, log, timeout=180)
+        assert run["status"] == "SUCCESS"
+        assert {"key": "dagster/partition", "value": day} in run["tags"]
+    finally:
+        _assert_stops(process, log, lambda: os.kill(process.pid, signal.SIGTERM))
+    output = log.read_text()
+    assert "archived partitions of asset archive/public/events" in output
+    # Nothing alarming on start or stop (dagster dev's own INFO lines only).
+    alarming = [line for line in output.splitlines() if re.search(r"warning|error|traceback", line, re.I)]
+    assert alarming == [], alarming
+
+
+def test_demo_stops_on_ctrl_c(tmp_path):
+    process, _, _, log = _start_demo(tmp_path, background=False)
+    _assert_stops(process, log, lambda: os.killpg(process.pid, signal.SIGINT))  # what a terminal's Ctrl-C does
