@@ -440,13 +440,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_demo(tmp_path: Path, *, background: bool) -> tuple[subprocess.Popen, int, Path, Path]:
+def _start_demo(tmp_path: Path, *, background: bool, days: int = 1) -> tuple[subprocess.Popen, int, Path, Path]:
     """`make demo UI=1` with this test run's Python environment. background=True starts it the way
     `make demo UI=1 &` in a script does (SIGINT ignored); otherwise as a terminal's foreground job
     (a process group of its own, which Ctrl-C signals as a whole)."""
     port, home, log = free_port(), tmp_path / "home", tmp_path / "demo.log"
     cmd = ["make", "--no-print-directory", "demo", "UI=1", f"VENV={sys.prefix}", "INSTALL=0",
-           f"ARGS=--days 1 --rows 200 --port {port} --home {home}"]
+           f"ARGS=--days {days} --rows 200 --port {port} --home {home}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for name in [n for n in env if n.startswith(("ARCHIVE_", "DAGSTER_"))]:
         del env[name]
@@ -457,6 +457,13 @@ def _start_demo(tmp_path: Path, *, background: bool) -> tuple[subprocess.Popen, 
     _wait_for("the demo's UI", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2),
               process, log, timeout=180)
     return process, port, home, log
+
+
+def _readme_second_shell_commands() -> str:
+    """The README's block for a second shell beside the demo (Two commands)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    [block] = [b for b in blocks if b.startswith(". .dagster_home/env.sh")]
+    return block
 
 
 def _assert_stops(process: subprocess.Popen, log: Path, send) -> None:
@@ -479,27 +486,28 @@ def _assert_stops(process: subprocess.Popen, log: Path, send) -> None:
 
 
 def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_beside_it(tmp_path):
-    process, port, home, log = _start_demo(tmp_path, background=True)
+    process, port, home, log = _start_demo(tmp_path, background=True, days=3)
     try:
-        # The README's command, pasted into a fresh shell after sourcing the file the demo writes.
-        day = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+        # The README's commands pasted into a fresh shell in the project directory (the demo's instance
+        # directory is elsewhere in this test, hence the one substitution).
+        commands = _readme_second_shell_commands().replace(". .dagster_home/env.sh", f". {home}/env.sh")
         fresh = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-        backfill = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-c",
-             f". {home}/env.sh && dagster job backfill -w workspace.yaml -j archive_public_events "
-             f"--from {day} --to {day} --noprompt"],
-            cwd=REPO, env=fresh, capture_output=True, text=True, timeout=180)
+        backfill = subprocess.run(["bash", "--noprofile", "--norc", "-e", "-c", commands], cwd=REPO, env=fresh,
+                                  capture_output=True, text=True, timeout=180)
         assert backfill.returncode == 0, backfill.stdout + backfill.stderr
         runs_query = "{ runsOrError { ... on Runs { results { status tags { key value } } } } }"
 
-        def backfill_run_done():
+        def backfill_runs_done():
             runs = _graphql(port, runs_query)["runsOrError"]["results"]
             mine = [r for r in runs if any(t["key"] == "dagster/backfill" for t in r["tags"])]
-            return mine and mine[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") and mine[0]
+            done = [r for r in mine if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+            return len(done) == 3 and done
 
-        run = _wait_for("the backfill's run", backfill_run_done, process, log, timeout=180)
-        assert run["status"] == "SUCCESS"
-        assert {"key": "dagster/partition", "value": day} in run["tags"]
+        runs = _wait_for("the backfill's runs", backfill_runs_done, process, log, timeout=240)
+        assert [r["status"] for r in runs] == ["SUCCESS"] * 3
+        today = dt.datetime.now(dt.UTC).date()
+        assert sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition") == \
+            [(today - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
     finally:
         _assert_stops(process, log, lambda: os.kill(process.pid, signal.SIGTERM))
     output = log.read_text()
