@@ -225,17 +225,28 @@ def test_component_rejects_bad_attributes_as_the_file_does(tmp_path, monkeypatch
         ArchiveTablesComponent()
 
 
-def test_host_project_with_the_component_loads_in_dagster_cli(tmp_path, two_tables, archive_env):
-    """`dagster definitions validate` and `dagster asset list` on the host project's code location."""
-    package = _make_project(tmp_path, _component_yaml({"config_path": "tables.yaml"}),
-                            {"tables.yaml": yaml.safe_dump(two_tables)})
+def _readme_block(language: str, first_line: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    [block] = [b for b in blocks if b.startswith(first_line)]
+    return block
+
+
+def test_readme_examples_load_in_dagster_cli(tmp_path, two_tables, archive_env, schema):
+    """The README's two examples as written: the factory merged into a project's Definitions, and the
+    component's defs.yaml in a dg-style project; each loaded by `dagster asset list` in a fresh process."""
+    tables_yaml = yaml.safe_dump(two_tables)
+    package = _make_project(tmp_path, _readme_block("yaml", "# my_project/defs/archive/defs.yaml"),
+                            {"archive_tables.yaml": tables_yaml})
+    (tmp_path / "archive_tables.yaml").write_text(tables_yaml)
+    (tmp_path / "with_factory.py").write_text(_readme_block("python", "import dagster as dg"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    out = subprocess.run([sys.executable, "-m", "dagster", "asset", "list", "-m", f"{package}.definitions"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    schema = two_tables["tables"][0]["name"].split(".")[0]
-    assert sorted(out.stdout.split()) == sorted(["other_teams_asset", f"archive/{schema}/events",
-                                                 f"archive/{schema}/orders"])
+    archive_assets = [f"archive/{schema}/events", f"archive/{schema}/orders"]
+    for target, own_asset in ((["-m", f"{package}.definitions"], "other_teams_asset"),
+                              (["-f", "with_factory.py"], "daily_report")):
+        out = subprocess.run([sys.executable, "-m", "dagster", "asset", "list", *target],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert sorted(out.stdout.split()) == sorted([own_asset, *archive_assets])
 
 
 # --- Deploying: the image's entry command, the production instance ------------------------------------
