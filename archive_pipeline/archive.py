@@ -52,7 +52,8 @@ from archive_pipeline.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, 
     server_identity
 from archive_pipeline.store import S3Store, S3Upload
 
-__all__ = ["ArchiveResult", "ForeignArchiveError", "LateRowsError", "archive_partition", "render_key"]
+__all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
+           "keeps_existing", "read_existing", "render_key"]
 
 Progress = Callable[[int, int], None]  # (rows so far, formatted bytes so far)
 MANIFEST_PUT_ATTEMPTS = 3
@@ -149,6 +150,18 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
+
+
+def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, existing: Existing,
+                   identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
+    """The archiver's own rule for what is already stored, for callers that only plan (a dry run):
+    True = skip (identical), False = archive (again); raises what ``archive_partition`` would raise
+    (another table's or day's archive, changed content, a removed day)."""
+    archiving = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
+    archiving._refuse_foreign(existing, overwrite)
+    if existing.manifest is None or existing.problem is not None:
+        return False
+    return archiving._keep(existing.manifest, identity, table, fp, overwrite)
 
 
 class _Archiving:

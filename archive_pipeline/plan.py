@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline import fingerprint
-from archive_pipeline.archive import _Archiving, read_existing, render_key
+from archive_pipeline.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import ChildRange, child_ranges, existing_days, source_table
 from archive_pipeline.errors import ArchiveError, SourceError
@@ -320,9 +320,8 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.
         table, where = _source(conn, spec, day)
         current = fingerprint.compute(conn, table.identifier, table.columns, where)
         identity = SourceIdentity(*server_identity(conn))
-    decide = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
     try:
-        keep = decide._keep(existing.manifest, identity, table, current, overwrite)
+        keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
     except ArchiveError as exc:
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if keep:
