@@ -52,7 +52,8 @@ from archive_pipeline.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, 
     server_identity
 from archive_pipeline.store import S3Store, S3Upload
 
-__all__ = ["ArchiveResult", "ForeignArchiveError", "LateRowsError", "archive_partition", "render_key"]
+__all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
+           "keeps_existing", "read_existing", "render_key"]
 
 Progress = Callable[[int, int], None]  # (rows so far, formatted bytes so far)
 MANIFEST_PUT_ATTEMPTS = 3
@@ -151,6 +152,18 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
 
 
+def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, existing: Existing,
+                   identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
+    """The archiver's own rule for what is already stored, for callers that only plan (a dry run):
+    True = skip (identical), False = archive (again); raises what ``archive_partition`` would raise
+    (another table's or day's archive, changed content, a removed day)."""
+    archiving = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
+    archiving._refuse_foreign(existing, overwrite)
+    if existing.manifest is None or existing.problem is not None:
+        return False
+    return archiving._keep(existing.manifest, identity, table, fp, overwrite)
+
+
 class _Archiving:
     """One archive attempt of one table-day; ``run`` is the sequence of steps in order."""
 
@@ -165,7 +178,7 @@ class _Archiving:
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
-        self._refuse_foreign_table(existing)
+        self._refuse_foreign(existing, overwrite)
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
         codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)
         upload: S3Upload | None = None
@@ -238,13 +251,23 @@ class _Archiving:
 
     # --- deciding what an existing archive means -------------------------------------------------
 
-    def _refuse_foreign_table(self, existing: Existing) -> None:
+    def _refuse_foreign(self, existing: Existing, overwrite: bool) -> None:
+        """Another table's or day's archive at our key is never skipped onto or replaced; one in another
+        format or codec (the configuration changed, the template has no {ext}) only with overwrite."""
         manifest = existing.manifest
-        if manifest is not None and manifest.get("table") != self.spec.name:
+        if manifest is None:
+            return
+        if manifest.get("table") != self.spec.name or manifest.get("day") != self.day.isoformat():
             raise ForeignArchiveError(
                 f"{self.store.uri(self.key)} holds the archive of table {manifest.get('table')!r} "
-                f"({manifest.get('day')}), not of {self.spec.name!r}: two tables render the same key. Give each "
-                "table its own key_template (with {schema} and {table}); this run neither skips nor overwrites it",
+                f"({manifest.get('day')}), not of {self.spec.name!r} ({self.day}): two table-days render the same "
+                "key. Give each table its own key_template (with {schema}, {table} and {date}); this run neither "
+                "skips nor overwrites it", retryable=False)
+        then = (manifest.get("format"), manifest.get("compression"))
+        if then != (self.spec.format, self.spec.compression) and not overwrite:
+            raise ForeignArchiveError(
+                f"{self.store.uri(self.key)} holds this day archived as {then[0]}/{then[1]}, and the table is now "
+                f"configured as {self.spec.format}/{self.spec.compression}; set overwrite to replace it",
                 retryable=False)
 
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
@@ -351,7 +374,7 @@ class _Archiving:
         except BaseException as exc:
             if existing.raw is not None:
                 _quietly(exc, f"put back the previous manifest {self.manifest_key}",
-                         lambda: self.store.put_bytes(self.manifest_key, existing.raw, "application/json"))
+                         lambda: self._put_back(existing.raw))
             if result.key and result.key != _manifest_object_key(existing.manifest):
                 _quietly(exc, f"withdraw {result.key}", lambda: self.store.delete(result.key))
             raise
@@ -360,6 +383,16 @@ class _Archiving:
             _log_failure(f"delete the superseded archive {previous}", lambda: self.store.delete(previous))
         if existing.manifest is not None or existing.raw is not None:
             _log_failure(f"sweep stale generations of {self.key}", lambda: self._sweep(result.key))
+
+    def _put_back(self, previous: bytes) -> None:
+        """Restore the previous manifest if a failed write replaced it (damaged, or ours after all);
+        leave it alone if it is still there: rewriting identical bytes would only add a way to fail."""
+        try:
+            current = _get_manifest_bytes(self.store, self.manifest_key)
+        except Exception:  # noqa: BLE001 - unreadable now: write the previous one back
+            current = None
+        if current != previous:
+            self.store.put_bytes(self.manifest_key, previous, "application/json")
 
     def _put_manifest(self, data: bytes) -> None:
         """A verified PUT, tried again at once when the store received damaged bytes: the data object

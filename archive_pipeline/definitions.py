@@ -15,7 +15,8 @@ import logging
 import os
 
 import psycopg
-from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, definitions, in_process_executor
+from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, define_asset_job, definitions,
+                     in_process_executor)
 from dagster_aws.s3 import S3Resource
 
 from archive_pipeline.assets import TABLE_TAG, asset_key, build_archive_asset, daily_partitions, job_name
@@ -28,6 +29,7 @@ from archive_pipeline.config import ArchiveConfig, ConfigError, SourceSettings, 
 from archive_pipeline.discovery import declarative_days
 from archive_pipeline.errors import SourceError
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.schedules import build_daily_schedule
 from archive_pipeline.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
 from archive_pipeline.source import describe_table
@@ -65,6 +67,9 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
     )
     return {
         "postgres": PostgresResource(dsn=EnvVar("ARCHIVE_PG_DSN"), **source.model_dump()),
+        # Removing days from the source (retention) writes: it needs the primary, when archiving reads a replica.
+        "primary_postgres": PostgresResource(dsn=_optional_env("ARCHIVE_PG_PRIMARY_DSN") or EnvVar("ARCHIVE_PG_DSN"),
+                                             **source.model_dump()),
         "archive_store": ArchiveStoreResource(s3=s3, bucket=EnvVar("ARCHIVE_S3_BUCKET"),
                                               prefix=_optional_env("ARCHIVE_S3_PREFIX") or ""),
     }
@@ -107,9 +112,15 @@ def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
 
 
 def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, object] | None = None,
-                      *, check_source: bool = True) -> Definitions:
-    """The code location for ``config`` (default: the YAML file). Without ``resources`` the connection
-    settings come from the environment and must be set; ``check_source`` checks the tables exist."""
+                      *, check_source: bool = True,
+                      executor: ExecutorDefinition | None = in_process_executor) -> Definitions:
+    """The archive assets, checks, jobs, schedules and sensor for ``config`` (default: the YAML file).
+
+    Without ``resources`` the connection settings come from the environment and must be set;
+    ``check_source`` checks the tables exist. ``executor`` applies to every job of the Definitions
+    it ends up in, including the implicit asset job that UI backfills use; pass ``None`` when
+    merging into a project that sets its own. This project's jobs run in-process either way.
+    """
     config = config or load_config()
     if resources is None:
         require_environment()
@@ -122,7 +133,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         # The asset alone, without its checks: archive_intact is reported by the asset itself, and the
         # on-demand checks run only when asked for (verify_archives, or from the UI).
         job = define_asset_job(name=job_name(spec), selection=AssetSelection.assets(key).without_checks(),
-                               tags={TABLE_TAG: spec.name}, description=f"Archive days of {spec.name}")
+                               tags={TABLE_TAG: spec.name}, executor_def=in_process_executor,
+                               description=f"Archive days of {spec.name}")
         latest, unchanged = build_stored_archive_check(spec, key), build_source_unchanged_check(spec, key)
         assets.append(archive_asset)
         checks += [build_intact_check(spec, key, daily_partitions(spec)), latest, unchanged]
@@ -130,20 +142,31 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         jobs.append(job)
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
+        if spec.retention is not None:
+            assets.append(build_removal_asset(spec))
+            schedules.append(build_retention_schedule(spec, config.schedule.hour))
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
+                              executor_def=in_process_executor,
                               description="On demand: re-check every table's latest archive against what was "
                                           "recorded, and compare recently archived days with the source")
     return Definitions(
         # One process per run, not one more per step: an archive step is I/O- and database-bound, and
         # parallelism comes from concurrent runs bounded by the pools. Measured in bench/backfill.py.
-        executor=in_process_executor,
+        executor=executor,
         assets=assets,
         asset_checks=checks,
         jobs=[*jobs, verify],
         schedules=schedules,
         sensors=[build_new_days_sensor(targets, config.sensor)],
-        resources=resources or default_resources(config),
+        resources=_with_primary(resources or default_resources(config)),
     )
+
+
+def _with_primary(resources: dict[str, object]) -> dict[str, object]:
+    """Removals use ``primary_postgres``; without one, the source connection is the primary."""
+    if "primary_postgres" not in resources and "postgres" in resources:
+        return {**resources, "primary_postgres": resources["postgres"]}
+    return resources
 
 
 @definitions

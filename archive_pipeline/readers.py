@@ -120,11 +120,25 @@ def _with_infinity(ints: pa.Array, limit: int, text: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(ints, -limit), pa.scalar("-infinity"), text)
 
 
+# Arrow's own formatting (one fast kernel) is PostgreSQL's ISO input for years 0001..9999; other
+# values (BC, beyond 9999, the ±infinity sentinels) take the Julian-day spelling instead.
+_ISO_DAYS = (-719_162, 2_932_896)  # 0001-01-01 and 9999-12-31, days since 1970-01-01
+_ISO_MICROS = (_ISO_DAYS[0] * _DAY_MICROS, (_ISO_DAYS[1] + 1) * _DAY_MICROS - 1)
+
+
+def _outside(values: pa.Array, bounds: tuple[int, int]) -> pa.Array:
+    return pc.or_(pc.less(values, bounds[0]), pc.greater(values, bounds[1]))
+
+
 def _date_text(array: pa.Array) -> pa.Array:
     days = pc.cast(array.view(pa.int32()), pa.int64())
-    finite = pc.if_else(pc.equal(pc.abs(days), _DATE_INFINITY), 0, days)
-    text = _join("J", pc.cast(pc.add(finite, _UNIX_EPOCH_JULIAN_DAY), pa.string()))
-    return _with_infinity(days, _DATE_INFINITY, text)
+    text = pc.cast(array, pa.string())  # 2024-03-10
+    outside = _outside(days, _ISO_DAYS)
+    if pc.any(outside).as_py():
+        finite = pc.if_else(pc.equal(pc.abs(days), _DATE_INFINITY), 0, days)
+        julian = _join("J", pc.cast(pc.add(finite, _UNIX_EPOCH_JULIAN_DAY), pa.string()))
+        text = _with_infinity(days, _DATE_INFINITY, pc.if_else(outside, julian, text))
+    return text
 
 
 _UNIT_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1}
@@ -137,12 +151,18 @@ def _timestamp_text(array: pa.Array) -> pa.Array:
         micros = pc.divide(raw, 1000)
     else:
         micros = pc.multiply(raw, _UNIT_MICROS[unit])
-    infinite = pc.or_(pc.equal(raw, _TIMESTAMP_INFINITY), pc.equal(raw, -_TIMESTAMP_INFINITY))
-    finite = pc.if_else(infinite, 0, micros)
-    days, clock = _floor_divmod(finite, _DAY_MICROS)
-    text = _join("J", pc.cast(pc.add(days, _UNIX_EPOCH_JULIAN_DAY), pa.string()), " ", _clock(clock),
-                 "+00" if array.type.tz is not None else "")
-    return _with_infinity(raw, _TIMESTAMP_INFINITY, text)
+    zone = "+00" if array.type.tz is not None else ""
+    # 2024-03-10 01:02:03.456789(+00): formatted as a naive timestamp, the values being UTC
+    text = pc.cast(micros.view(pa.timestamp("us")), pa.string())
+    if zone:
+        text = _join(text, zone)
+    outside = _outside(micros, _ISO_MICROS)
+    if pc.any(outside).as_py():
+        infinite = pc.or_(pc.equal(raw, _TIMESTAMP_INFINITY), pc.equal(raw, -_TIMESTAMP_INFINITY))
+        days, clock = _floor_divmod(pc.if_else(infinite, 0, micros), _DAY_MICROS)
+        julian = _join("J", pc.cast(pc.add(days, _UNIX_EPOCH_JULIAN_DAY), pa.string()), " ", _clock(clock), zone)
+        text = _with_infinity(raw, _TIMESTAMP_INFINITY, pc.if_else(outside, julian, text))
+    return text
 
 
 def _time_text(array: pa.Array) -> pa.Array:
@@ -191,8 +211,9 @@ def _hex_text(array: pa.Array, prefix: str) -> pa.Array:
 
 def _quote_elements(values: pa.Array) -> pa.Array:
     """Array-literal elements: every value double-quoted with ``\\`` and ``"`` escaped; NULL bare."""
-    escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
-    return pc.fill_null(_join('"', escaped, '"'), "NULL")
+    if pc.any(pc.or_(pc.match_substring(values, "\\"), pc.match_substring(values, '"'))).as_py():
+        values = pc.replace_substring_regex(values, r'([\\"])', r"\\\1")  # one pass, only when needed
+    return pc.fill_null(_join('"', values, '"'), "NULL")
 
 
 def _list_text(array: pa.ListArray | pa.LargeListArray) -> pa.Array:
@@ -242,7 +263,13 @@ def parquet_csv_chunks(path: str | os.PathLike, columns: list[str],
     names = file.schema_arrow.names
     if names != columns:
         raise ArchiveDecodeError(f"the Parquet file's columns {names} are not the manifest's {columns}")
-    for batch in file.iter_batches(batch_size=batch_rows, use_threads=False):
+    # One reader per row group: a single reader over the whole file keeps buffers of the row groups
+    # it has passed (measured: +85 MB over a 1M-row file, against +25 MB row group by row group).
+    batches = (batch for group in range(file.metadata.num_row_groups)
+               for batch in file.iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False))
+    pool = pa.default_memory_pool()
+    for batch in batches:
+        pool.release_unused()  # mimalloc keeps freed batches otherwise (measured: 69 -> 49 MB over 1M rows)
         text = pa.RecordBatch.from_arrays([pg_text(batch.column(i)) for i in range(batch.num_columns)],
                                           names=[f"c{i}" for i in range(batch.num_columns)])
         out = pa.BufferOutputStream()

@@ -33,6 +33,7 @@ from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, is_retryable
 from archive_pipeline.locks import table_day_lock
 from archive_pipeline.manifest import decode_manifest
+from archive_pipeline.memory import bound_allocator
 from archive_pipeline.source import Column, day_filter, describe_table, prefetch
 from archive_pipeline.store import S3Store
 
@@ -81,12 +82,13 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
-def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[pa.Buffer | bytes]) -> int:
+def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[pa.Buffer | bytes],
+          depth: int = 2) -> int:
     """Feed ``chunks`` to ``COPY ... FROM STDIN``; a reader thread decodes the next chunk meanwhile
-    (at most two wait in memory)."""
+    (at most ``depth`` wait in memory)."""
     with conn.cursor() as cur:
         with cur.copy(statement) as copy:
-            for chunk in prefetch(chunks, depth=2):
+            for chunk in prefetch(chunks, depth=depth):
                 copy.write(memoryview(chunk))
         return cur.rowcount
 
@@ -101,6 +103,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
     type table (see :mod:`archive_pipeline.readers` for how each format is read). Runs in the
     caller's transaction if there is one (as a savepoint), else in its own; memory stays flat.
     """
+    bound_allocator()
     fmt, compression = manifest["format"], manifest["compression"]
     columns = manifest_columns(manifest)
     cols = _column_list(columns)
@@ -113,7 +116,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 return _copy(conn, statement, readers.decompressed_chunks(archive_path, compression))
             if fmt == "parquet":
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
-                return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns))
+                return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1)
             if fmt == "jsonl":
                 statement = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM json_populate_recordset(NULL::{t}, %s)"
                                     ).format(t=target, c=cols)

@@ -16,9 +16,13 @@ from psycopg import sql
 from archive_pipeline import fingerprint
 from archive_pipeline.archive import ForeignArchiveError, LateRowsError, archive_partition
 from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import ArchiveError
+from archive_pipeline.local_stack import wait_for_replay
 from archive_pipeline.manifest import decode_manifest, encode_manifest
+from archive_pipeline.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.verify import deep_verify
-from archive_pipeline_tests.helpers import download
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import decompress, download
 
 D = dt.date(2024, 3, 10)
 
@@ -176,3 +180,92 @@ def test_deep_verification_of_a_missing_or_damaged_object(conn, table, store, s3
     s3_client.delete_object(Bucket=bucket, Key=result.manifest_key)
     assert deep_verify(conn, store, table, D) == [
         f"{table.name} 2024-03-10 has no archive at {store.uri(result.manifest_key[:-len('.manifest.json')])}"]
+
+
+def _whole_archive(s3_client, bucket, manifest_key: str) -> dict:
+    """The manifest at ``manifest_key``, after checking it names a whole object (size, MD5, row count)."""
+    manifest = decode_manifest(download(s3_client, bucket, manifest_key))
+    body = download(s3_client, bucket, manifest["object"]["key"])
+    assert hashlib.md5(body).hexdigest() == manifest["object"]["md5"]
+    assert len(body) == manifest["object"]["bytes"]
+    assert decompress(body, manifest["compression"]).count(b"\n") == manifest["rows"]
+    return manifest
+
+
+@pytest.fixture
+def big(conn, schema) -> TableSpec:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
+                         "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
+    return TableSpec(name=f"{schema}.big", day_column="at", start_date="2024-03-01", compression="none")
+
+
+def test_a_manifest_corrupted_on_the_way_is_caught_and_never_leaves_the_day_stuck(s3, conn, table, bucket, s3_client):
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        once = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="flip_request_byte", times=1))
+        first = archive_partition(conn, table, D, store)
+        assert once.hits == 1  # the damaged PUT was caught and the manifest written again
+        assert _whole_archive(s3_client, bucket, first.manifest_key)["fingerprint"] == first.fingerprint
+        proxy.clear()
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="flip_request_byte", times=None))
+        with pytest.raises(ArchiveError) as err:
+            archive_partition(conn, table, D, store, overwrite=True)
+        assert err.value.retryable is True
+        proxy.clear()
+        # whatever the failed run left, the next one ends with one whole, provable archive
+        again = archive_partition(conn, table, D, store)
+        manifest = _whole_archive(s3_client, bucket, again.manifest_key)
+        assert manifest["fingerprint"] == first.fingerprint
+        assert deep_verify(conn, store, table, D) == []
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+# Every request a multipart re-archive makes, failing for good: (method, path regex, query substring).
+REQUESTS = [
+    ("POST", None, "uploads"), ("PUT", None, "partNumber="), ("POST", None, "uploadId="),
+    ("HEAD", r"\.g\d+\.jsonl$", None), ("PUT", r"\.manifest\.json$", None), ("DELETE", r"\.jsonl$", None),
+    ("GET", None, "list-type"), ("GET", r"\.manifest\.json$", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "query"), REQUESTS, ids=[f"{m} {p or q}" for m, p, q in REQUESTS])
+def test_a_re_archive_whose_request_fails_keeps_one_whole_archive(s3, conn, schema, big, bucket, s3_client,
+                                                                  method, path, query):
+    direct = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    first = archive_partition(conn, big, D, direct)
+    conn.execute(sql.SQL("UPDATE {} SET body = 'edited' WHERE id = 1").format(sql.Identifier(schema, "big")))
+    edited = str(fingerprint.compute(conn, sql.Identifier(schema, "big"), first.columns))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        fault = proxy.add(Fault(method=method, path=path, query=query, action="error", status=503, times=None))
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        try:
+            archive_partition(conn, big, D, store, overwrite=True)
+        except ArchiveError as exc:
+            assert exc.retryable is True and big.name in str(exc) and "2024-03-10" in str(exc)
+        assert fault.hits >= 1
+    manifest = _whole_archive(s3_client, bucket, first.manifest_key)
+    assert manifest["fingerprint"] in (first.fingerprint, edited)
+    final = archive_partition(conn, big, D, direct, overwrite=True)
+    assert final.fingerprint == edited
+    assert stored_keys(s3_client, bucket) == sorted([final.key, final.manifest_key])
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.fixture(scope="module")
+def replica(pg):
+    from archive_pipeline.local_stack import start_replica
+
+    server = start_replica(pg)
+    yield server
+    server.stop()
+
+
+def test_deep_verification_on_a_hot_standby_uses_a_scratch_database(pg, replica, schema, table, store):
+    wait_for_replay(pg, replica)
+    with replica.connect() as standby, pg.connect() as scratch:
+        result = archive_partition(standby, table, D, store)  # archiving reads the standby
+        assert result.rows == 200
+        with pytest.raises(ArchiveError, match="hot standby allows no temporary tables"):
+            deep_verify(standby, store, table, D)
+        assert deep_verify(standby, store, table, D, scratch_conn=scratch) == []
