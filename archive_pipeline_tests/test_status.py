@@ -445,3 +445,29 @@ def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schem
             assert "blocking asset check" in error.message
             assert [(r.partition, r.status.value) for r in _check_records(instance, schema)] == [
                 (DAY.isoformat(), "FAILED")]
+
+
+def test_archive_intact_run_alone_for_a_day_rechecks_that_day(conn, schema, archive_env, s3_client):
+    """As the UI runs a partitioned check on its own (the implicit asset job, check selected, one day)."""
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    create_sample_events(conn, days, rows_per_day=50, schema=schema)
+    config = events_config(schema, DAY)
+    defs = build_definitions(config)
+    check_key = AssetCheckKey(asset_key(config.tables[0]), "archive_intact")
+    with instance_for_test() as instance:
+        for day in days:
+            assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=day.isoformat(),
+                                                                             instance=instance).success
+        s3_client.put_object(Bucket=archive_env, Key=f"archive/{schema}.events/2024/03/{days[1]}.jsonl.zst",
+                             Body=b"replaced")
+        only_check = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={check_key},
+                                                                            asset_selection=set())
+        for day in days:
+            only_check.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+        latest = {}
+        for record in reversed(_check_records(instance, schema)):  # oldest first: the last one wins
+            latest[record.partition] = record.status.value
+        assert latest == {days[0].isoformat(): "SUCCEEDED", days[1].isoformat(): "FAILED"}
+        [failed] = [r for r in _check_records(instance, schema) if r.status.value == "FAILED"]
+        description = failed.event.dagster_event.event_specific_data.description
+        assert description.startswith(f"{days[1]}: NOT intact") and "size" in description
