@@ -376,6 +376,9 @@ def test_wrap_names_table_day_cause_remedy_and_hides_the_password(pg, app_role):
     r"host=h password='s3\'cr3t' dbname=d",
     "postgresql://h/db?sslmode=require&password=s3cr3t&user=u",
     "PGPASSWORD=s3cr3t psql",
+    "postgresql://user:s3@cr3t@host/db",  # an unencoded @ in the password
+    "host=h password=s3&cr3t dbname=d",
+    "host=h password=s3'cr3t dbname=d",
 ])
 def test_redact_scrubs_passwords_in_every_form(text):
     out = redact(text)
