@@ -306,9 +306,22 @@ def small_pg() -> Iterator[LocalPostgres]:
     server.stop()
 
 
+def client_sessions(server: LocalPostgres) -> int | None:
+    """Client sessions other than the one asking, or None while no slot is free to ask."""
+    try:
+        with server.connect() as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                "AND pid <> pg_backend_pid()").fetchone()[0]
+    except psycopg.OperationalError:
+        return None
+
+
 @contextlib.contextmanager
 def every_slot_taken(server: LocalPostgres) -> Iterator[None]:
-    """Open connections until the server says it has no slot left; close them afterwards."""
+    """Open connections until the server says it has no slot left; afterwards close them and wait
+    (bounded) until their backends have exited, so the next test finds the slots free again."""
+    before = client_sessions(server)
+    assert before is not None
     held: list[psycopg.Connection] = []
     try:
         for _ in range(20):
@@ -323,6 +336,10 @@ def every_slot_taken(server: LocalPostgres) -> Iterator[None]:
     finally:
         for conn in held:
             conn.close()
+        deadline = time.monotonic() + 10
+        while (now := client_sessions(server)) is None or now > before:
+            assert time.monotonic() < deadline, f"{now} sessions still open, {before} before"
+            time.sleep(0.05)
 
 
 def test_parquet_reader_when_max_connections_is_reached_is_retried(small_pg, store, temp_dir):
