@@ -44,6 +44,7 @@ from archive_pipeline.manifest import (
     build_manifest,
     decode_manifest,
     encode_manifest,
+    stored_object_problems,
     table_definition,
 )
 from archive_pipeline.memory import bound_allocator
@@ -78,8 +79,7 @@ def object_extension(spec: TableSpec) -> str:
 
 def render_key(spec: TableSpec, day: dt.date, prefix: str = "") -> str:
     """The object key of one day, from the table's key template (the manifest sits at key + .manifest.json)."""
-    return keys.render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
-                       fmt=spec.format, compression=spec.compression)
+    return keys.table_day_key(spec, day, prefix)
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,7 @@ def read_existing(store: S3Store, key: str) -> Existing:
     head = store.head(obj["key"])
     if head is None:
         return Existing(manifest, raw, f"object {obj['key']} is missing")
-    problems = []
-    if head["ContentLength"] != obj.get("bytes"):
-        problems.append(f"size: recorded {obj.get('bytes')!r} bytes, stored {head['ContentLength']:,}")
-    if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
-        problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
-    return Existing(manifest, raw, "; ".join(problems) or None)
+    return Existing(manifest, raw, "; ".join(stored_object_problems(head, manifest)) or None)
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
