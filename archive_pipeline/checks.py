@@ -36,7 +36,7 @@ from dagster import (
 from pydantic import Field
 
 from archive_pipeline import verify
-from archive_pipeline.keys import render as _render
+from archive_pipeline.keys import table_day_key
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import redact
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
@@ -46,12 +46,6 @@ if TYPE_CHECKING:
     from dagster import AssetExecutionContext, DailyPartitionsDefinition
 
     from archive_pipeline.archive import ArchiveResult
-
-def render_key(spec: TableSpec, day: dt.date, prefix: str) -> str:
-    """The day's rendered key (its manifest sits beside it; the data may be a later generation)."""
-    return _render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
-                   fmt=spec.format, compression=spec.compression)
-
 
 INTACT_CHECK = "archive_intact"  # per day; evaluated by every successful archive
 STORED_CHECK = "latest_archive_intact"  # on demand
@@ -99,7 +93,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     count rows. ``conn`` (tables with ``deep_check``): also load the archive back into PostgreSQL and
     compare its content fingerprint with the manifest's and the source's.
     """
-    key = render_key(spec, day, store.prefix)
+    key = table_day_key(spec, day, store.prefix)
     problems = verify.verify_archive(store, key, expected, deep=deep)
     if expected.get("rows") == 0 and expected.get("empty"):
         verified = "no rows that day; its manifest records it as empty"
@@ -272,7 +266,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksD
             meta = {k: v.value for k, v in event.metadata.items()}
             day = dt.date.fromisoformat(event.partition)
             try:
-                manifest = verify.load_manifest(store, render_key(spec, day, store.prefix))
+                manifest = verify.load_manifest(store, table_day_key(spec, day, store.prefix))
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
             except Exception as exc:  # noqa: BLE001 - unreachable database or store
