@@ -187,12 +187,13 @@ class _HashingWriter:
         return self._md5.hexdigest()
 
 
-def _fetch(store: S3Store, key: str, sink: _HashingWriter, expected_md5: str) -> bool:
-    """Stream the object into ``sink``; False if it does not exist. Uses the store's verified
-    ``download_to`` where the store has one, else GetObject in chunks (the caller checks the MD5)."""
+def _fetch(store: S3Store, key: str, sink: _HashingWriter) -> bool:
+    """Stream the object into ``sink``; False if it does not exist. The store's ``download_to``
+    checks what arrived against the object's own ETag and length (corruption in transit, retryable);
+    the caller then checks the bytes against the manifest (an object changed at rest, not retryable)."""
     download_to = getattr(store, "download_to", None)
     if download_to is not None:
-        return download_to(key, sink, expected_md5=expected_md5) is not None
+        return download_to(key, sink) is not None
     from botocore.exceptions import ClientError
 
     try:
@@ -217,7 +218,7 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
         with os.fdopen(fd, "wb") as file:
             sink = _HashingWriter(file)
             try:
-                found = _fetch(store, obj["key"], sink, obj["md5"])
+                found = _fetch(store, obj["key"], sink)
             except ArchiveError as exc:  # the store's own verification failed
                 raise ArchiveCorruptError(f"the archive of {table} for {day} ({store.uri(obj['key'])}) could not be "
                                           f"downloaded intact: {exc}; nothing was loaded", table=table, day=day,
