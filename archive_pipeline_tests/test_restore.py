@@ -401,3 +401,26 @@ def test_restore_original_recreates_a_dropped_day_table_in_naming_mode(conn, sch
     assert result.created == (f"{schema}.clicks_{DAY:%Y%m%d}",) and result.fingerprint_checked
     assert table_fingerprint(conn, schema, f"clicks_{DAY:%Y%m%d}") == before
     assert _column_types(conn, f"{schema}.clicks_{DAY:%Y%m%d}")[1] == ("url", "text", True)  # NOT NULL kept
+
+
+def test_a_manifest_cannot_put_sql_into_ddl(conn, schema, events, store, temp_dir):
+    """Type names and partition bounds come from the manifest, i.e. from the bucket: they reach DDL
+    only as PostgreSQL's type-name parser accepts them, or rebuilt from their literals."""
+    from archive_pipeline.restore import find_manifest, partition_bound
+
+    archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
+    manifest = find_manifest(store, events, DAY)
+    conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier(schema, "victim")))
+    bad = json.loads(json.dumps(manifest))
+    bad["table_definition"]["columns"][0]["type"] = f"int); DROP TABLE {schema}.victim; CREATE TABLE x (y int"
+    with pytest.raises(RestoreError, match="is not a type name"):
+        restore_archive(conn, store, bad, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
+    bad = json.loads(json.dumps(manifest))
+    bad["table_definition"]["partition"]["bound"] = (f"FOR VALUES FROM ('2024-03-10') TO ('2024-03-11'); "
+                                                     f"DROP TABLE {schema}.victim; --")
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, f"events_{DAY:%Y%m%d}")))
+    with pytest.raises(RestoreError, match="not a range, list or DEFAULT bound"):
+        restore_archive(conn, store, bad, into="original", temp_dir=temp_dir)
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.victim",)).fetchone()[0] is not None
+    literal = partition_bound("FOR VALUES FROM ('it''s') TO (MAXVALUE)").as_string(conn)
+    assert literal == "FOR VALUES FROM ('it''s') TO (MAXVALUE)"
