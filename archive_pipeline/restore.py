@@ -126,14 +126,14 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                     rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
                 return rows
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
-    except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, UnicodeDecodeError,
-            psycopg.errors.DataException, psycopg.errors.BadCopyFileFormat, psycopg.errors.InvalidTextRepresentation
-            ) as exc:
+    except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, psycopg.DataError) as exc:
+        # DataError (SQLSTATE class 22) covers a bad CSV/header line, invalid JSON, a value its type rejects
         raise ArchiveCorruptError(
             f"the archive of {manifest.get('table')} for {manifest.get('day')} ({fmt}/{compression}, "
-            f"{manifest.get('object', {}) and (manifest.get('object') or {}).get('key')}) does not load: "
-            f"{type(exc).__name__}: {exc}; check the object against its manifest (MD5) and restore from a "
-            "good copy", table=manifest.get("table"), day=manifest.get("day"), retryable=False) from exc
+            f"{(manifest.get('object') or {}).get('key')}) does not load into {target.as_string(conn)}: "
+            f"{type(exc).__name__}: {exc}; check that the table has the manifest's column types, and the object "
+            "against its manifest (MD5)", table=manifest.get("table"), day=manifest.get("day"),
+            retryable=False) from exc
 
 
 # --- restore: manifest -> verified download -> target -> fingerprint, in one transaction ---------------

@@ -424,3 +424,22 @@ def test_a_manifest_cannot_put_sql_into_ddl(conn, schema, events, store, temp_di
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.victim",)).fetchone()[0] is not None
     literal = partition_bound("FOR VALUES FROM ('it''s') TO (MAXVALUE)").as_string(conn)
     assert literal == "FOR VALUES FROM ('it''s') TO (MAXVALUE)"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_load_into_names_an_archive_that_does_not_decode(fmt, conn, schema, store, s3_client, bucket, temp_dir,
+                                                          tmp_path):
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, note text)").format(sql.Identifier(schema, "small")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, {}, 'a'), (2, {}, 'b')").format(
+        sql.Identifier(schema, "small"), sql.Literal(DAY), sql.Literal(DAY)))
+    spec = TableSpec(name=f"{schema}.small", day_column="at", start_date=DAY, format=fmt, compression="none")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    manifest, path = download_archive(s3_client, bucket, result.manifest_key, tmp_path)
+    body = bytearray(open(path, "rb").read())
+    body[len(body) // 3: len(body) // 3 + 4] = b"\x00\x7f{,"  # no longer the format's syntax
+    open(path, "wb").write(bytes(body))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(schema, "into"),
+                                                               sql.Identifier(schema, "small")))
+    with pytest.raises(ArchiveCorruptError, match=f"{schema}.small for 2024-03-10 \\({fmt}/none, .*does not load"):
+        load_into(conn, path, manifest, sql.Identifier(schema, "into"))
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "into"))).fetchone()[0] == 0
