@@ -233,6 +233,8 @@ def pg_text(array: pa.Array) -> pa.Array:
         return pg_text(array.storage)  # arrow.json, arrow.opaque: the type's own text
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return array
+    if pa.types.is_dictionary(kind):  # not written by the archiver; other writers may
+        return pg_text(array.dictionary_decode())
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return _hex_text(array, "\\x")
     if pa.types.is_fixed_size_binary(kind):

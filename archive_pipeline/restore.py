@@ -64,18 +64,25 @@ def _column_list(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
+# Read the archive as it was written: UTF-8 bytes (the archiver's client_encoding), and money as
+# numeric text, which money's input reads right only in the "C" monetary locale (elsewhere the
+# decimal point may be a comma).
+_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C"}
+
+
 @contextlib.contextmanager
 def _input_settings(conn: psycopg.Connection) -> Iterator[None]:
-    """Money was archived as numeric text; money's input reads it in the "C" monetary locale only
-    (elsewhere the decimal point may be a comma). The previous setting is put back afterwards, since
-    money's text output (and so a fingerprint) depends on it."""
-    previous = conn.execute("SELECT current_setting('lc_monetary')").fetchone()[0]
-    conn.execute("SELECT set_config('lc_monetary', 'C', true)")
+    """:data:`_INPUT_SETTINGS` for the load only; the previous values are put back afterwards (money's
+    text output, and so a fingerprint, depends on lc_monetary)."""
+    previous = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] for name in _INPUT_SETTINGS}
+    for name, value in _INPUT_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     try:
         yield
     finally:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-            conn.execute("SELECT set_config('lc_monetary', %s, true)", (previous,))
+            for name, value in previous.items():
+                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
 def _as_is(data: bytes) -> bytes:

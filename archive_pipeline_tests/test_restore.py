@@ -443,3 +443,24 @@ def test_load_into_names_an_archive_that_does_not_decode(fmt, conn, schema, stor
     with pytest.raises(ArchiveCorruptError, match=f"{schema}.small for 2024-03-10 \\({fmt}/none, .*does not load"):
         load_into(conn, path, manifest, sql.Identifier(schema, "into"))
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "into"))).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_load_into_reads_utf8_whatever_the_session_encoding(fmt, conn, schema, store, s3_client, bucket, temp_dir,
+                                                            tmp_path):
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, note text, price money)").format(sql.Identifier(schema, "u")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, 'ü ☃ 𝄞', 1234.56)").format(
+        sql.Identifier(schema, "u"), sql.Literal(DAY)))
+    spec = TableSpec(name=f"{schema}.u", day_column="at", start_date=DAY, format=fmt, compression="gzip"
+                     if fmt != "parquet" else "zstd")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    manifest, path = download_archive(s3_client, bucket, result.manifest_key, tmp_path)
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(schema, "u2"), sql.Identifier(schema, "u")))
+    conn.execute("SET client_encoding = 'LATIN1'")
+    try:
+        with conn.transaction():
+            assert load_into(conn, path, manifest, sql.Identifier(schema, "u2")) == 1
+            assert conn.execute("SHOW client_encoding").fetchone()[0] == "LATIN1"  # put back
+    finally:
+        conn.execute("SET client_encoding = 'UTF8'")
+    assert table_fingerprint(conn, schema, "u2") == table_fingerprint(conn, schema, "u")
