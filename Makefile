@@ -3,11 +3,16 @@
 #   make test     run the whole test suite
 # and one for the numbers:
 #   make bench    benchmark against PostgreSQL's own COPY
+#
+# The first use creates $(VENV) and installs the project into it (again whenever pyproject.toml
+# changes). INSTALL=0 uses an existing environment as it is: make test VENV=/path/to/venv INSTALL=0
 
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTHON  ?= python3
+VENV    ?= .venv
+INSTALL ?= 1
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SETUP   := $(if $(filter 1,$(INSTALL)),$(STAMP))
 
 .PHONY: demo test bench install
 
@@ -20,11 +25,11 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-demo: $(STAMP)
+demo: $(SETUP)
 	$(PY) -m archive_pipeline.demo $(if $(UI),--ui) $(ARGS)
 
-test: $(STAMP)
+test: $(SETUP)
 	$(PY) -m pytest $(ARGS)
 
-bench: $(STAMP)
+bench: $(SETUP)
 	$(PY) bench/run.py $(ARGS)

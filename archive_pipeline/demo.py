@@ -2,13 +2,17 @@
 
 Starts a throwaway PostgreSQL (sample ``public.events``, one child partition per day for the last
 few complete days), moto's S3 server on 127.0.0.1 and a SQLite Dagster instance in .dagster_home,
-then runs the archive job for each day through Dagster and prints what landed in the bucket.
-With ``--ui`` it leaves ``dagster dev`` running on the same services until Ctrl-C.
+then runs the archive job for each day through Dagster, prints what landed in the bucket, and
+restores one day to compare it with the source. With ``--ui`` it leaves ``dagster dev`` running on
+the same services until Ctrl-C or SIGTERM (also when started in the background); either one stops
+the UI, the daemon and the demo's PostgreSQL and S3 servers.
 """
 
 import argparse
+import contextlib
 import datetime as dt
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,30 +24,88 @@ from archive_pipeline.local_stack import create_sample_events, local_stack
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "archive-demo"
+JOB = "archive_public_events"
 
 
 def _print_table(rows: list[tuple], header: tuple) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for line in (header, tuple("-" * w for w in widths), *rows):
-        print("  ".join(str(x).rjust(w) if isinstance(x, int) else str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
+        print("  ".join(str(x).rjust(w) if isinstance(x, int) else str(x).ljust(w)
+                        for x, w in zip(line, widths, strict=True)).rstrip())
 
 
-def _run_dagster_dev(env: dict[str, str], port: int) -> None:
-    """`dagster dev` in the foreground: Ctrl-C reaches it as it would in a terminal, and it shuts
-    down its webserver, daemon and code server itself (SIGTERM is only the fallback)."""
-    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
-           "-p", str(port)]
-    process = subprocess.Popen(cmd, env=env, cwd=REPO)
-    print(f"\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C stops it and the demo services)")
-    while process.poll() is None:
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (kill, `kill %1`, make passing it on) and SIGINT end the demo like Ctrl-C: through the
+    `finally` blocks that stop dagster dev, PostgreSQL and S3. A shell starts background jobs with SIGINT
+    ignored; installing the handlers undoes that for us, and children start with the default again."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop dagster dev and everything it started: SIGINT (its own clean shutdown), then SIGTERM, then
+    SIGKILL, to its whole process group. A second Ctrl-C while waiting skips to the next step."""
+    for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
         try:
-            process.wait()
-        except KeyboardInterrupt:  # dagster dev got the same SIGINT; give it time to stop cleanly
-            try:
-                process.wait(timeout=30)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
+            process.wait(timeout=grace)
+            break
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            continue
+    with contextlib.suppress(ProcessLookupError):  # anything it left behind in its group
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _run_dagster_dev(env: dict[str, str], home: Path, port: int) -> None:
+    """`dagster dev` in a session of its own, so that it gets exactly one signal, from us, whether the
+    demo runs in a terminal, in the background or under make. It runs in the instance directory:
+    started beside the project's dagster.yaml, it would warn that DAGSTER_HOME overrides that file.
+    `dagster dev` says on start that `dg dev` supersedes it; `dg` is a separate package (dagster-dg-cli)
+    the demo does not need, so that one notice is silenced."""
+    cmd = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
+           "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(cmd, env=env, cwd=home, start_new_session=True)
+    print(f"\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C or SIGTERM stops it and the demo services)")
+    print(f"Another shell can use this instance: . {_shell_path(home / 'env.sh')}", flush=True)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        print("\nstopping dagster dev ...", flush=True)
+    finally:
+        _stop_group(process)
+
+
+def _shell_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(path.relative_to(Path.cwd())))
+    return shlex.quote(str(path))
+
+
+def write_env_file(home: Path, env: dict[str, str]) -> Path:
+    """``env.sh`` in the instance directory: the demo's settings for a second shell (README: backfills)."""
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+    lines.append(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"")
+    path = home / "env.sh"
+    path.write_text("# written by `make demo`: source it to use the demo's Dagster instance and services\n"
+                    + "\n".join(lines) + "\n")
+    return path
+
+
+def show_round_trip(env: dict[str, str], day: dt.date) -> None:
+    """Restore one archived day from the bucket and compare it with the source table.
+
+    Hook for archive_pipeline.restore (restore and compare, being added to the core): until that module
+    exists, the demo ends after the listing.
+    """
+    try:
+        from archive_pipeline import restore  # noqa: F401
+    except ImportError:
+        return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,16 +114,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000, help="rows per day (default 20,000)")
     parser.add_argument("--ui", action="store_true", help="leave `dagster dev` running afterwards")
     parser.add_argument("--port", type=int, default=3000, help="port of the Dagster UI with --ui")
+    parser.add_argument("--home", type=Path, default=REPO / ".dagster_home",
+                        help="Dagster instance directory, emptied first (default .dagster_home)")
     args = parser.parse_args(argv)
+    _stop_on_signals()
+    try:
+        return _demo(args)
+    except KeyboardInterrupt:
+        print("demo stopped", file=sys.stderr)
+        return 130
 
-    home = REPO / ".dagster_home"
+
+def _demo(args: argparse.Namespace) -> int:
+    home = args.home.resolve()
     shutil.rmtree(home, ignore_errors=True)  # the services are new each time; so is the history
-    home.mkdir()
+    home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     today = dt.datetime.now(dt.UTC).date()
     days = [today - dt.timedelta(days=n) for n in range(args.days, 0, -1)]
 
-    print(f"starting PostgreSQL and the S3 endpoint; {args.rows:,} sample rows for each of {days[0]}..{days[-1]}")
+    print(f"starting PostgreSQL and the S3 endpoint; {args.rows:,} sample rows for each of {days[0]}..{days[-1]}",
+          flush=True)
     with local_stack() as (pg, s3):
         with pg.connect() as conn:
             create_sample_events(conn, days, args.rows)
@@ -70,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo", "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
                "ARCHIVE_PIPELINE_CONFIG": str(REPO / "archive_tables.yaml"), "DAGSTER_HOME": str(home)}
         os.environ.update(env)
+        write_env_file(home, env)
 
         from dagster import DagsterInstance
 
         from archive_pipeline.definitions import build_definitions
 
         defs = build_definitions()
-        job = defs.resolve_job_def("archive_public_events")
+        job = defs.resolve_job_def(JOB)
         rows = []
         with DagsterInstance.get() as instance:
             for day in days:
@@ -93,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nobjects in s3://{BUCKET} at {s3.endpoint_url}:")
         for obj in listing:
             print(f"  {obj['Key']}  {obj['Size']:,} bytes")
+        show_round_trip(env, days[-1])
+        sys.stdout.flush()
         if args.ui:
-            _run_dagster_dev({**os.environ, **env}, args.port)
+            _run_dagster_dev({**os.environ, **env}, home, args.port)
     return 0
 
 

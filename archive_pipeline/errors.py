@@ -24,11 +24,11 @@ from urllib.parse import quote, quote_plus, unquote
 
 
 # scheme://user:password@ and scheme://:password@ (user optional), whatever the password holds
-_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/?#]*@")  # to the last @
 # password=... as a URI query parameter (ends at & or #)
 _QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#\s'\"]*", re.IGNORECASE)
 # password=value / password = 'quoted \' value' in libpq key=value form (also PGPASSWORD=, sslpassword=)
-_KV_PASSWORD = re.compile(r"(\b(?:pg|ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'&]+)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(\b(?:pg|ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -104,6 +104,9 @@ class Classification:
 
 _RETRIED = "retried automatically"
 _DSN = "ARCHIVE_PG_DSN"
+
+
+_SERVER_MESSAGE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([^\n]*)")
 
 
 def _src(retryable: bool, cause: str, remedy: str) -> Classification:
@@ -248,11 +251,31 @@ _S3_BUCKET_CODES = {"NoSuchBucket", "InvalidBucketName"}
 _S3_SIZE_CODES = {"EntityTooLarge", "EntityTooSmall", "MaxMessageLengthExceeded"}
 
 
+_SNAPSHOT_GONE = _src(True, "the exported snapshot was gone before the Parquet reader imported it (its session "
+                      "ended: terminated, timed out or disconnected)", f"{_RETRIED}; if it recurs, raise "
+                      "source.idle_in_transaction_timeout_ms above the time ADBC takes to connect, or stop "
+                      "whatever kills the archive's first connection")
+
+
+def _fixed_part(text: str) -> str:
+    """The server's own words of a message: the text after ``ERROR:``/``FATAL:`` if present, quoted
+    names blanked, cut at the first ``": "`` (where PostgreSQL puts values), lower case."""
+    server = _SERVER_MESSAGE.search(text)
+    message = server.group(1) if server is not None else text.strip().split("\n")[0]
+    return re.sub(r'"[^"]*"', '""', message).split(": ")[0].lower()
+
+
 def _by_sqlstate(code: str, text: str) -> Classification:
-    """The cause behind a SQLSTATE; the message refines codes that cover several causes."""
-    lowered = text.lower()
-    if "conflict with recovery" in lowered:  # 40001 (or 57P04 for a dropped database) on a standby
-        return _DROPPED if code == "57P04" else _RECOVERY_CONFLICT
+    """The cause behind a SQLSTATE; the server's own words refine codes that cover several causes."""
+    lowered = _fixed_part(text)
+    if code == "22023" and lowered.startswith("invalid snapshot identifier"):
+        return _SNAPSHOT_GONE
+    if code == "55000" and lowered.startswith("could not import the requested snapshot"):
+        return _SNAPSHOT_GONE
+    # A standby reports every recovery conflict as 40001 (57P04 if the database was dropped); the
+    # code decides, so a data error quoting a value like "conflict with recovery" stays a data error.
+    if code in ("40001", "40P01", "57P01", "57014") and "conflict with recovery" in lowered:
+        return _RECOVERY_CONFLICT
     exact: dict[str, Classification] = {
         "57014": _STATEMENT_TIMEOUT if "statement timeout" in lowered else _CANCELED,
         "55P03": _LOCK_TIMEOUT, "25P03": _IDLE_TIMEOUT, "57P05": _IDLE_TIMEOUT,
@@ -281,7 +304,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
 def _match_auth(lowered: str) -> Classification | None:
     if "password authentication failed" in lowered:
         return _WRONG_PASSWORD
-    if "no pg_hba.conf entry" in lowered:
+    if "no pg_hba.conf entry" in lowered or "pg_hba.conf rejects connection" in lowered:
         return _NO_HBA
     if re.search(r'role "[^"]*" does not exist', lowered):
         return _NO_ROLE
@@ -297,7 +320,7 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
         (r"conflict with recovery", _RECOVERY_CONFLICT),
         (r"password authentication failed", _WRONG_PASSWORD),
         (r"no password supplied|password is required", _NO_PASSWORD),
-        (r"no pg_hba\.conf entry", _NO_HBA),
+        (r"no pg_hba\.conf entry|pg_hba\.conf rejects connection", _NO_HBA),
         (r"role \"[^\"]*\" does not exist", _NO_ROLE),
         (r"is not permitted to log in", _NO_LOGIN),
         (r"database \"[^\"]*\" does not exist", _NO_DATABASE),
@@ -335,7 +358,9 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
     ]
 ]
 
-_SQLSTATE_IN_TEXT = re.compile(r"SQLSTATE[:= ]+\s*([0-9A-Z]{5})\b")
+# ADBC appends ". SQLSTATE: 22P02" at the very end; only there, since quoted values and the echoed
+# query come earlier and may contain anything.
+_SQLSTATE_IN_TEXT = re.compile(r"SQLSTATE: ([0-9A-Z]{5})\s*$")
 
 
 def _sqlstate(exc: BaseException, text: str) -> str | None:
@@ -346,7 +371,24 @@ def _sqlstate(exc: BaseException, text: str) -> str | None:
     return found.group(1) if found else None
 
 
+_SERVER_UNKNOWN = _src(False, "the database reported an error", "read the message; fix the cause and archive again")
+
+
 def _by_message(text: str) -> Classification | None:
+    """Match known causes against the server's own words, never against data it quotes.
+
+    Where the text holds a server message (``ERROR:``/``FATAL:``, as libpq and ADBC pass it on without
+    a SQLSTATE), only its fixed part is matched: quoted names are blanked and everything after the
+    first ``": "`` (where PostgreSQL puts values) is cut, so a row holding "statement timeout" in a
+    data error cannot pass for a transient cause. An unrecognised server message fails at once.
+    Text without a server message is libpq's own (connect failures, lost connections).
+    """
+    if _SERVER_MESSAGE.search(text) is not None:
+        fixed = _fixed_part(text)
+        for pattern, classification in _MESSAGES:
+            if pattern.search(fixed):
+                return classification
+        return _SERVER_UNKNOWN
     for pattern, classification in _MESSAGES:
         if pattern.search(text):
             return classification
@@ -516,7 +558,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         detail = _scrub_parse_error(detail)
     code = f" SQLSTATE {found.sqlstate}" if found.sqlstate and found.sqlstate not in detail else ""
     message = (f"archiving {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
-               f"{'retrying may help' if found.retryable else 'not retried'}")
+               f"{'transient, retried' if found.retryable else 'not retried: a retry cannot fix this'}")
     return error_type(message, table=table, day=day, retryable=found.retryable, remedy=found.remedy,
                       cause=found.cause)
 

@@ -63,6 +63,7 @@ class LocalPostgres:
     port: int
     root: Path
     process: subprocess.Popen
+    settings: dict[str, str] | None = None  # the -c settings it was started with, for restart()
 
     @property
     def dsn(self) -> str:
@@ -85,19 +86,51 @@ class LocalPostgres:
         with self.connect() as conn:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CONNECTION LIMIT {}").format(
                 sql.Identifier(name), sql.Literal(password), sql.Literal(connection_limit)))
-            _prepend_hba(self.root / "data" / "pg_hba.conf", [f'host all "{name}" 127.0.0.1/32 scram-sha-256'])
+        self.add_hba_lines([f'host all "{name}" 127.0.0.1/32 scram-sha-256'], role=name)
+        return self.dsn_for(name, password)
+
+    def restart(self) -> None:
+        """Start a stopped (``stop(keep_root=True)``) cluster again, on a new free port."""
+        started = _launch(self.root, self.settings)
+        self.port, self.process = started.port, started.process
+
+    def reconfigure(self, settings: dict[str, str], timeout: float = 10.0) -> None:
+        """Change reloadable settings (``postgresql.auto.conf`` + ``pg_reload_conf()``), also on a standby;
+        waits (bounded) until new sessions see them, so give values as
+        ``SHOW`` prints them (``'0'``, ``'30s'``, ``'on'``). Settings given to
+        ``start_postgres``/``start_replica`` are command-line options and cannot be changed this way."""
+        auto = self.root / "data" / "postgresql.auto.conf"
+        lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+        with open(auto, "a") as f:
+            f.write(lines)
+        with self.connect() as conn:
             conn.execute("SELECT pg_reload_conf()")
-        # The reload is asynchronous: wait (bounded) until a connection without a password is refused.
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.connect() as conn:
+                current = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+                           for name in settings}
+            if current == settings:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"settings {settings} not in effect after reload: {current}")
+            time.sleep(0.05)
+
+    def add_hba_lines(self, lines: list[str], *, role: str) -> None:
+        """Put ``lines`` before the ``trust`` lines of ``pg_hba.conf`` and reload; returns once a
+        password-less connection as ``role`` is refused (the reload is asynchronous)."""
+        _prepend_hba(self.root / "data" / "pg_hba.conf", lines)
+        with self.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
         deadline = time.monotonic() + 10
         while True:
             try:
-                psycopg.connect(self.dsn_for(name), connect_timeout=2, passfile=str(self.root / "no-such-pgpass")).close()
+                psycopg.connect(self.dsn_for(role), connect_timeout=2, passfile=str(self.root / "no-such-pgpass")).close()
             except psycopg.OperationalError:
-                break
+                return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"pg_hba.conf line for {name!r} did not take effect")
+                raise RuntimeError(f"pg_hba.conf lines {lines} did not take effect")
             time.sleep(0.05)
-        return self.dsn_for(name, password)
 
     def stop(self, keep_root: bool = False) -> None:
         """Immediate shutdown (SIGQUIT: no checkpoint for a throwaway cluster) of the whole process
@@ -144,7 +177,7 @@ def _launch(root: Path, settings: dict[str, str] | None) -> LocalPostgres:
     log = open(root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(_as_server_user([_pg_bin("postgres"), "-D", str(root / "data"), *args]),
                                stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    server = LocalPostgres(port=port, root=root, process=process)
+    server = LocalPostgres(port=port, root=root, process=process, settings=settings)
     deadline = time.monotonic() + 30
     while True:
         try:

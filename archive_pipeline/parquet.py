@@ -133,10 +133,17 @@ def refusal_flag(table: SourceTable) -> sql.Composable | None:
     return sql.SQL("COALESCE({})").format(sql.SQL(", ").join(cases)) if len(cases) > 1 else cases[0]
 
 
+MAX_TARGET_ENTRIES = 1664  # PostgreSQL's limit on a query's select list
+
+
 def arrow_query(table: SourceTable, where: sql.Composable) -> sql.Composed:
     items = [sql.SQL("{} AS {}").format(_expression(c), sql.Identifier(c.name)) for c in table.columns]
     flag = refusal_flag(table)
     if flag is not None:
+        if len(items) + 1 > MAX_TARGET_ENTRIES:  # only a view can be this wide (tables stop at 1,600)
+            raise UnsupportedTypeError(
+                f"{table.qualified} has {len(items)} columns; Parquet needs one more in its query and PostgreSQL "
+                f"allows {MAX_TARGET_ENTRIES}; archive it as jsonl or csv", table=table.qualified, retryable=False)
         items.append(sql.SQL("{} AS {}").format(flag, sql.Identifier(_REFUSE_FLAG)))
     return day_query(table, where, sql.SQL(", ").join(items))
 
@@ -260,7 +267,8 @@ class _Converter:
     def __init__(self, table: SourceTable, read_schema: pa.Schema, format_name: str = "parquet") -> None:
         self.table = table
         self.columns = list(table.columns)
-        self.flag = read_schema.get_field_index(_REFUSE_FLAG)
+        # the flag is the query's last column (by position: a table may have a column of the same name)
+        self.flag = len(self.columns) if len(read_schema) > len(self.columns) else -1
         fields = []
         for i, col in enumerate(self.columns):
             read = read_schema.field(i).type
@@ -320,6 +328,25 @@ class _Converter:
                     "archive this table as jsonl or csv (or declare the column as unconstrained numeric, "
                     "archived as exact text)", table=self.table.qualified, retryable=False) from None
         return array
+
+
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """Columns that get Parquet min/max statistics: fixed-width ones only.
+
+    Statistics of a string or binary column copy its smallest and largest value several times
+    while a row group is written: one 100 MiB value cost ~400 MB more RSS with them (#11 §5), and
+    min/max of long texts prune little anyway.
+    """
+    def fixed(t: pa.DataType) -> bool:
+        if isinstance(t, pa.BaseExtensionType):
+            t = t.storage_type
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return fixed(t.value_type)
+        if pa.types.is_struct(t):
+            return all(fixed(f.type) for f in t)
+        return not (pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t)
+                    or pa.types.is_large_binary(t))
+    return [f.name for f in schema if fixed(f.type)]
 
 
 _TRANSIENT_WORDS = ("timeout", "terminat", "connection", "cancel", "server closed", "shutdown", "could not",
@@ -397,7 +424,7 @@ class Parquet:
             stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema}, encodings=encodings)
             codec = "none" if self.compression == "none" else self.compression
             with pq.ParquetWriter(out, converter.schema, compression=codec, compression_level=self.level,
-                                  store_schema=True) as writer:
+                                  store_schema=True, write_statistics=statistics_columns(converter.schema)) as writer:
                 for batch in prefetch(iter(reader), depth=2):
                     converted = converter.convert(batch)
                     writer.write_batch(converted)

@@ -146,7 +146,7 @@ def plan_parts(part_size: int, expected_size: int | None = None, *, equal_parts:
         raise ValueError(f"part_size must be at least {min_part_size} bytes (S3's minimum), got {part_size}")
     granule = min(MiB, part_size)
     first = part_size
-    if expected_size:
+    if expected_size and expected_size > 0:
         divisor = max_parts // EQUAL_PARTS_SAFETY if equal_parts else GROWTH_DIVISOR
         first = max(part_size, _round_up(-(-expected_size // divisor), granule))
     return PartPlan(first=min(first, MAX_PART_SIZE), equal=equal_parts, max_parts=max_parts, granule=granule,
@@ -293,14 +293,23 @@ def _note(original: BaseException | None, text: str) -> None:
 
 
 class S3Store:
-    """Where archives go: a bucket of any S3-compatible endpoint (AWS, MinIO, R2, moto)."""
+    """Where archives go: a bucket of any S3-compatible endpoint (AWS, MinIO, R2, moto).
+
+    ``part_size``: the base part size (see :func:`plan_parts`); ``max_concurrency``: parts sent at
+    once (each streamed from the temp file, so memory does not grow with the part size);
+    ``verify_etags``: compare ETags with our MD5s (off only for stores whose ETags are not MD5s,
+    e.g. SSE-KMS); ``equal_parts``: every part but the last the same size (Cloudflare R2);
+    ``corrupt_attempts``: how often a part or small object that arrived corrupted is sent
+    (botocore itself retries 5xx, throttling and dropped connections); ``abort_timeout``: how long
+    ``abort`` waits for parts already in flight.
+    """
 
     min_part_size = MIN_PART_SIZE  # class attributes so benchmarks of the bookkeeping can shrink them
     max_parts = MAX_PARTS
 
     def __init__(self, client: Any, bucket: str, *, prefix: str = "", part_size: int = 8 * MiB,
                  max_concurrency: int = 4, verify_etags: bool = True, equal_parts: bool = False,
-                 corrupt_attempts: int = 3, abort_timeout: float = 60.0) -> None:
+                 corrupt_attempts: int = 3, abort_timeout: float = 10.0) -> None:
         if part_size < self.min_part_size:
             raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
         if part_size > MAX_PART_SIZE:
@@ -552,6 +561,7 @@ class S3Upload:
         self._aborted = False
         self._finished = False
         self._creating = False  # CreateMultipartUpload was sent: an upload may exist even if we have no id
+        self._aborted_id: str | None = None  # the upload abort() aborted
         self._threads: list[threading.Thread] = []
         self._fd: int | None = None
 
@@ -619,6 +629,8 @@ class S3Upload:
             unknown = self._creating and upload_id is None and not self._finished
         if upload_id is not None:
             self._abort_quietly(upload_id, original)
+            with self._cond:
+                self._aborted_id = upload_id  # a part still in flight that lands later aborts it again
         elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
             try:
                 self.store.abort_stale_uploads(self.key)
@@ -813,6 +825,9 @@ class S3Upload:
                 return
             with self._cond:
                 self._parts[number] = part
+                late = self._aborted_id
+            if late is not None:  # landed after abort() gave up waiting: S3 may keep it unless aborted again
+                self._abort_quietly(late, None)
 
     def _send_part(self, number: int, offset: int, length: int) -> _Part:
         store = self.store

@@ -112,7 +112,8 @@ class Record:
     method: str
     path: str  # URL-decoded
     query: str  # raw query string
-    status: int | str | None  # HTTP status sent back, "reset", or None while in progress
+    status: int | str | None  # HTTP status sent back, "reset", or None while in progress (set before
+    # the client can see the answer, so a test may assert on it right after its call returns)
     fault: str | None  # the action applied, if any
 
 
@@ -337,10 +338,14 @@ class _Handler(BaseHTTPRequestHandler):
         fault = proxy._pick(method, path, query)
         action = fault.action if fault else None
         index = proxy._record(None, Record(method, path, query, None, action))
-        status: int | str = "reset"
+
+        def answered(status: int | str) -> None:  # recorded before the client can see the answer
+            proxy._record(index, Record(method, path, query, status, action))
+
         try:
             body = self._read_body(fault.rate if action == "throttle" else None)
             if action == "reset_before":
+                answered("reset")
                 self._reset()
                 return
             if action == "delay":
@@ -357,25 +362,24 @@ class _Handler(BaseHTTPRequestHandler):
                 if fault.forward:
                     self._forward(method, body)
                 if action == "error_200":
-                    status = 200
-                    self._answer(200, [("Content-Type", "application/xml")], error_xml(fault.code), method)
+                    status, code = 200, fault.code
                 else:
                     status, code = (503, "SlowDown") if action == "slow_down" else (fault.status, fault.code)
-                    self._answer(status, [("Content-Type", "application/xml")], error_xml(code), method)
+                answered(status)
+                self._answer(status, [("Content-Type", "application/xml")], error_xml(code), method)
                 return
             status_code, headers, payload = self._forward(method, body)
             if action == "reset_after":
+                answered("reset")
                 self._reset()
                 return
             if action == "flip_response_byte" and payload:
                 payload = flip_byte(payload, [(0, len(payload))], fault.offset)
-            status = status_code
+            answered(status_code)
             self._answer(status_code, headers, payload, method, rate=fault.rate if action == "throttle" else None)
         except (ConnectionError, OSError, http.client.HTTPException):
-            status = "reset"
+            answered("reset")
             self.close_connection = True
-        finally:
-            proxy._record(index, Record(method, path, query, status, action))
 
     def _forward(self, method: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         host, port = self.server.proxy.target

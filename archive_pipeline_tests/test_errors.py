@@ -127,9 +127,18 @@ def test_permission_denied_says_what_to_grant(pg, sp, schema):
 
 # --- connect-time errors (no SQLSTATE: decided by the message) ----------------------------------------
 
+def rejected_role(pg: LocalPostgres) -> str:
+    """A role that pg_hba.conf turns away ("pg_hba.conf rejects connection ...")."""
+    name = f"errors_rejected_{os.getpid()}"
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    pg.add_hba_lines([f'host all "{name}" 127.0.0.1/32 reject'], role=name)
+    return name
+
+
 def test_psycopg_connect_failures_by_cause(pg, app_role):
     name, dsn = app_role
-    wrong = pg.dsn_for(name, "wrong")
+    psycopg.connect(dsn).close()  # the right password does get in
     cases = {
         "wrong password": (pg.dsn_for(name, "not-it"), False, "check the password in ARCHIVE_PG_DSN"),
         "no role": (pg.dsn_for("no_such_role_x"), False, "check the user"),
@@ -137,6 +146,8 @@ def test_psycopg_connect_failures_by_cause(pg, app_role):
         "server down": (f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", True, "listens"),
         "malformed": (f"postgresql://{name}:{PASSWORD}@127.0.0.1:{pg.port}x/postgres", False, "fix ARCHIVE_PG_DSN"),
         "bad host": ("postgresql://u@no-such-host.invalid/db", False, "check the host"),
+        "TLS required, server has none": (pg.dsn_for("postgres") + "?sslmode=require", False, "sslmode"),
+        "pg_hba rejects": (pg.dsn_for(rejected_role(pg)), False, "add a pg_hba.conf line"),
     }
     for label, (target, retryable, remedy) in cases.items():
         exc = raised(lambda t=target: psycopg.connect(t, connect_timeout=3))
@@ -144,7 +155,6 @@ def test_psycopg_connect_failures_by_cause(pg, app_role):
         c = classify(exc)
         assert (label, c.retryable) == (label, retryable), str(exc)
         assert remedy in c.remedy, (label, c)
-    assert psycopg.connect(dsn).close() is None and wrong  # the right password does get in
 
 
 def test_role_connection_limit_is_retried_and_named(pg, sp):
@@ -204,9 +214,9 @@ def test_adbc_lock_timeout_and_fatal_errors(pg, ap, sp, schema):
 
 
 def test_recovery_conflict_text_from_libpq_is_retried_with_the_hint():
-    # The exact text a standby sends (captured in test_replica.py, which provokes it for real).
-    exc = OSError("[libpq] PQgetCopyData() failed: ERROR:  canceling statement due to conflict with recovery\n"
-                  "DETAIL:  User query might have needed to see row versions that must be removed.\n")
+    # The exact text ADBC raised when test_replica.py provoked the conflict for real.
+    exc = OSError("[libpq] Execution error [PGRES_FATAL_ERROR]: ERROR:  canceling statement due to conflict with "
+                  "recovery\nDETAIL:  User query might have needed to see row versions that must be removed.\n")
     c = classify(exc)
     assert c.retryable and "hot_standby_feedback = on" in c.remedy and "max_standby_streaming_delay" in c.remedy
 
@@ -366,6 +376,9 @@ def test_wrap_names_table_day_cause_remedy_and_hides_the_password(pg, app_role):
     r"host=h password='s3\'cr3t' dbname=d",
     "postgresql://h/db?sslmode=require&password=s3cr3t&user=u",
     "PGPASSWORD=s3cr3t psql",
+    "postgresql://user:s3@cr3t@host/db",  # an unencoded @ in the password
+    "host=h password=s3&cr3t dbname=d",
+    "host=h password=s3'cr3t dbname=d",
 ])
 def test_redact_scrubs_passwords_in_every_form(text):
     out = redact(text)
@@ -386,3 +399,59 @@ def test_describe_connect_error_of_a_malformed_uri_never_echoes_the_password(pg)
         text = str(err)
         assert not err.retryable and "hunter2" not in text and "pa ss" not in text and "w@rd" not in text, text
         assert "to fix: fix ARCHIVE_PG_DSN" in text
+
+
+def test_the_sqlstate_decides_over_words_quoted_from_the_data(sp):
+    """A hostile value quoted in a data error must not pass for a transient cause."""
+    for words in ("conflict with recovery", "server closed the connection unexpectedly", "too many clients already",
+                  "canceling statement due to statement timeout"):
+        c = classify(raised(lambda w=words: sp.execute("SELECT %s::int", (w,))))
+        assert (c.retryable, c.sqlstate) == (False, "22P02"), (words, c)
+
+
+def test_words_quoted_from_the_data_mid_stream_do_not_pass_for_a_transient_cause(ap):
+    """ADBC's Arrow stream passes a mid-COPY server error on as a bare OSError without SQLSTATE."""
+    for words in ("canceling statement due to statement timeout", "server closed the connection unexpectedly"):
+        query = (f"SELECT (CASE WHEN g = 150000 THEN '{words}' ELSE g::text END)::int AS v, repeat('x', 100) AS pad "
+                 "FROM generate_series(1, 200000) g")
+        exc = raised(lambda q=query: adbc_stream(ap, q))
+        assert isinstance(exc, OSError) and "SQLSTATE" not in str(exc) and words in str(exc), exc
+        c = classify(exc)
+        assert not c.retryable, (type(exc), str(exc), c)
+
+
+def test_a_server_that_never_answers_times_out_and_is_retried():
+    """A listening socket that never speaks (a hung server, a black-holing firewall): libpq's
+    connect_timeout fires, with no SQLSTATE and no server message."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        exc = raised(lambda: psycopg.connect(f"postgresql://u@127.0.0.1:{port}/db", connect_timeout=2))
+    c = classify(exc)
+    assert c.retryable and "could not be reached" in c.cause, exc
+    err = describe_connect_error(exc, f"postgresql://u:hunter2@127.0.0.1:{port}/db")
+    assert err.retryable and f"127.0.0.1:{port}" in str(err) and "hunter2" not in str(err)
+
+
+def test_a_sqlstate_quoted_from_the_data_is_not_taken_for_the_real_one(ap):
+    exc = raised(lambda: adbc_stream(ap, "SELECT 'x SQLSTATE: 57014'::int"))
+    c = classify(exc)
+    assert (c.retryable, c.sqlstate) == (False, "22P02"), (str(exc), c)
+    text_only = OSError(str(exc).replace("SQLSTATE: 22P02", "SQLSTATE: 22P02 "))  # the text alone decides too
+    assert classify(text_only).sqlstate == "22P02"
+
+
+def test_a_snapshot_gone_before_the_parquet_reader_imports_it_is_retried(pg, ap):
+    """The archive's first connection exported the snapshot and died before ADBC imported it."""
+    exporter = pg.connect()
+    exporter.autocommit = False
+    snapshot = exporter.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    with pg.connect() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", (exporter.info.backend_pid,))
+    exporter.close()
+    ap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    exc = raised(lambda: ap.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+    ap.execute("ROLLBACK")
+    c = classify(exc)
+    assert (c.retryable, c.sqlstate) == (True, "22023") and "snapshot" in c.cause, (str(exc), c)

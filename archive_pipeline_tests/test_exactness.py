@@ -441,7 +441,8 @@ def test_strict_refuses_an_inexact_column_before_reading(edge, session):
 def test_parquet_refusal_flags_fit_a_very_wide_table(conn, schema, store, s3_client, bucket):
     """1,000 columns of which 400 are arrays: one flag column, not one per array (PostgreSQL allows
     1,664 target entries); the refused array is named."""
-    cols = ", ".join([f"c{i} int" for i in range(600)] + [f"a{i} int[]" for i in range(400)])
+    cols = ", ".join([f"c{i} int" for i in range(599)] + [f"a{i} int[]" for i in range(400)]
+                     + ['"__archive_pipeline_refuse" int[]'])  # the name of Parquet's own flag column
     conn.execute(sql.SQL(f"CREATE TABLE {{}}.wide (at date, {cols})").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("INSERT INTO {}.wide (at, c0, a0, a399) VALUES (%s, 1, '{{1,2}}', '{{3}}')").format(
         sql.Identifier(schema)), [DAY])
@@ -451,4 +452,8 @@ def test_parquet_refusal_flags_fit_a_very_wide_table(conn, schema, store, s3_cli
     assert table.num_columns == 1001 and table.column("a0").to_pylist() == [[1, 2]]
     conn.execute(sql.SQL("UPDATE {}.wide SET a250 = '[0:0]={{5}}'").format(sql.Identifier(schema)))
     with pytest.raises(ArchiveError, match=r"column 'a250' \(integer\[\]\).*lower bound"):
+        archive_partition(conn, spec, DAY, store, overwrite=True)
+    conn.execute(sql.SQL("UPDATE {}.wide SET a250 = NULL, __archive_pipeline_refuse = '{{{{1}}}}'").format(
+        sql.Identifier(schema)))
+    with pytest.raises(ArchiveError, match=r"column '__archive_pipeline_refuse' \(integer\[\]\).*multi-dim"):
         archive_partition(conn, spec, DAY, store, overwrite=True)

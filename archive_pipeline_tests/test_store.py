@@ -287,9 +287,10 @@ def test_access_denied_is_not_retryable(pstore, proxy, s3_client, bucket, temp_d
 
 # --- cleanup failures never mask the original error ---------------------------------------------
 
-def test_failing_abort_does_not_mask_the_original_error(pstore, proxy, s3_client, bucket, temp_dir):
+@pytest.mark.parametrize("action", ["error", "slow_down", "reset_before"])
+def test_failing_abort_does_not_mask_the_original_error(pstore, proxy, s3_client, bucket, temp_dir, action):
     proxy.add(Fault(method="PUT", query="partNumber=2", action="error", status=500, times=None))
-    proxy.add(Fault(method="DELETE", query="uploadId=", action="reset_before", times=None))
+    proxy.add(Fault(method="DELETE", query="uploadId=", action=action, times=None))
     with pytest.raises(UploadError) as failure:
         upload(pstore, payload(2 * MIN_PART_SIZE + 5), temp_dir)
     assert "UploadPart" in str(failure.value) and failure.value.retryable
@@ -302,9 +303,10 @@ def test_failing_abort_does_not_mask_the_original_error(pstore, proxy, s3_client
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-def test_failing_delete_does_not_mask_the_original_error(pstore, proxy, s3_client, bucket, temp_dir):
+@pytest.mark.parametrize("action", ["error", "reset_before", "reset_after"])
+def test_failing_delete_does_not_mask_the_original_error(pstore, proxy, s3_client, bucket, temp_dir, action):
     proxy.add(Fault(method="PUT", path=r"\.jsonl\.zst$", action="flip_request_byte", times=None))
-    proxy.add(Fault(method="DELETE", path=r"\.jsonl\.zst$", action="error", status=503, code="ServiceUnavailable"))
+    proxy.add(Fault(method="DELETE", path=r"\.jsonl\.zst$", action=action, status=503, code="ServiceUnavailable"))
     with pytest.raises(UploadError) as failure:
         upload(pstore, payload(1000), temp_dir)
     assert "arrived corrupted" in str(failure.value)
@@ -351,6 +353,39 @@ def test_get_verified_bytes(pstore, proxy, s3_client, bucket):
     with pytest.raises(DownloadError) as failure:
         pstore.get_verified_bytes("m.json")
     assert failure.value.retryable
+
+
+@pytest.mark.parametrize("action", ["error", "slow_down", "reset_before", "reset_after"])
+def test_faults_on_reads_are_retryable_download_errors(pstore, proxy, s3_client, bucket, action):
+    s3_client.put_object(Bucket=bucket, Key="m.json", Body=b"[1]")
+    proxy.add(Fault(method="GET", path=r"m\.json$", action=action, times=None))
+    with pytest.raises(DownloadError) as failure:
+        pstore.get_verified_bytes("m.json")
+    assert failure.value.retryable, str(failure.value)
+    with pytest.raises(DownloadError) as failure:
+        pstore.download_to("m.json", io.BytesIO())
+    assert failure.value.retryable, str(failure.value)
+
+
+def test_abort_is_prompt_while_parts_hang(proxy, bucket, s3_client, temp_dir):
+    """abort() claims no further part, waits at most abort_timeout for hung parts, aborts the
+    upload; the hung parts that finish later cannot bring it back."""
+    store = S3Store(proxy.client(max_attempts=1), bucket, part_size=MIN_PART_SIZE, max_concurrency=2,
+                    abort_timeout=0.2)
+    hold = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=None, hold_timeout=60))
+    original = RuntimeError("the read failed")
+    with temp_archive_file(temp_dir) as sink:
+        up = store.begin(KEY, content_type="text/csv")
+        sink.on_grow = lambda size: up.grow(sink.fd, size)
+        sink.write(payload(6 * MIN_PART_SIZE))
+        assert proxy.wait_held(2)
+        up.abort(original)
+        assert any("still in flight" in note for note in original.__notes__)
+        assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        hold.gate.set()
+    assert up._join(30)  # the hung parts end (their upload is gone) and claim nothing more
+    assert len(proxy.requests(method="PUT", query="partNumber=")) == 2
+    assert_nothing_left(s3_client, bucket, temp_dir)
 
 
 def test_botocore_checksum_error_on_read_is_retryable(proxy, bucket):
@@ -593,3 +628,29 @@ def test_finish_without_grow_still_uploads_in_parts(pstore, s3_client, bucket, t
 def test_metadata_over_s3s_limit_is_refused():
     with pytest.raises(ValueError, match="2 KB"):
         encode_metadata({"table": "\u00e9" * 1000})
+
+
+# --- the proxy itself ---------------------------------------------------------------------------
+
+def test_proxy_throttle_and_delay_deliver_intact_data(proxy, bucket, s3_client):
+    client = proxy.client(max_attempts=1)
+    data = payload(300_000)
+    proxy.add(Fault(method="PUT", path="/slow$", action="throttle", rate=3_000_000))
+    proxy.add(Fault(method="GET", path="/slow$", action="delay", delay=0.05))
+    client.put_object(Bucket=bucket, Key="slow", Body=data)
+    assert client.get_object(Bucket=bucket, Key="slow")["Body"].read() == data
+    assert [(r.method, r.fault, r.status) for r in proxy.requests(path="/slow$")] == [
+        ("PUT", "throttle", 200), ("GET", "delay", 200)]
+
+
+def test_proxy_flips_payload_bytes_not_aws_chunked_framing():
+    from archive_pipeline_tests.fault_proxy import flip_byte, payload_spans
+
+    body = b"5;chunk-signature=abc\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:AAAA\r\n\r\n"
+    spans = payload_spans(body, "aws-chunked")
+    assert [body[a:b] for a, b in spans] == [b"hello", b" world"]
+    for offset in range(11):
+        flipped = flip_byte(body, spans, offset)
+        diff = [i for i in range(len(body)) if body[i] != flipped[i]]
+        assert len(diff) == 1 and any(a <= diff[0] < b for a, b in spans)
+    assert payload_spans(b"plain", "") == [(0, 5)]

@@ -1,0 +1,94 @@
+"""archive_pipeline as a Dagster Component, for projects laid out the `dg` way (a ``defs/`` folder).
+
+A ``defs.yaml`` in any folder of the project's defs module adds the archive assets, their checks,
+jobs, schedules and the new-days sensor, exactly as :func:`archive_pipeline.definitions.build_definitions`
+builds them. Either point at a table list file (relative to the ``defs.yaml``)::
+
+    type: archive_pipeline.component.ArchiveTablesComponent
+    attributes:
+      config_path: archive_tables.yaml
+
+or write the same settings inline (``tables`` plus the optional ``source``, ``retry``, ``schedule``
+and ``sensor`` sections of the file)::
+
+    type: archive_pipeline.component.ArchiveTablesComponent
+    attributes:
+      tables:
+        - {name: public.events, day_column: created_at, start_date: 2024-01-01}
+      schedule: {hour: 2}
+
+Both forms are validated by the same code and fail the load with the same messages as the file.
+Connection settings still come only from the environment (``ARCHIVE_PG_DSN``, ``ARCHIVE_S3_*``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from dagster import Definitions
+from dagster.components import Component, ComponentLoadContext, Model, Resolvable, ResolutionContext, Resolver
+from dagster.components.component.component import ComponentTypeSpec
+from pydantic import Field, model_validator
+
+from archive_pipeline.config import ArchiveConfig, load_config, parse_config
+
+
+def _relative_to_defs_yaml(context: ResolutionContext, value: str | None) -> str | None:
+    if value is None:
+        return None
+    return str(context.resolve_source_relative_path(context.resolve_value(value, as_type=str)))
+
+
+class ArchiveTablesComponent(Component, Resolvable, Model):
+    """Archive date-partitioned PostgreSQL tables to S3-compatible storage, one daily partition per UTC day."""
+
+    config_path: Annotated[
+        str | None,
+        Resolver(_relative_to_defs_yaml, model_field_type=str),
+        Field(description="YAML table list (the format of archive_tables.yaml), relative to this defs.yaml"),
+    ] = None
+    tables: Annotated[
+        list[dict[str, Any]] | None,
+        Field(description="inline table list, each entry as in archive_tables.yaml's tables"),
+    ] = None
+    source: dict[str, Any] | None = Field(default=None, description="inline: session timeouts (source:)")
+    retry: dict[str, Any] | None = Field(default=None, description="inline: retry policy (retry:)")
+    schedule: dict[str, Any] | None = Field(default=None, description="inline: daily schedule (schedule:)")
+    sensor: dict[str, Any] | None = Field(default=None, description="inline: new-days sensor (sensor:)")
+    check_source: bool = Field(default=True, description="check at load that the tables exist "
+                               "(only when ARCHIVE_PG_DSN is set and the database answers)")
+
+    @model_validator(mode="after")
+    def _one_source_of_tables(self) -> ArchiveTablesComponent:
+        inline = {k: v for k, v in self._inline().items() if v is not None}
+        if self.config_path and inline:
+            raise ValueError(f"give either config_path or inline settings ({', '.join(inline)}), not both")
+        if not self.config_path and not self.tables:
+            raise ValueError("give config_path (a YAML table list) or an inline tables list")
+        return self
+
+    def _inline(self) -> dict[str, Any]:
+        return {"source": self.source, "retry": self.retry, "schedule": self.schedule, "sensor": self.sensor,
+                "tables": self.tables}
+
+    @classmethod
+    def get_spec(cls) -> ComponentTypeSpec:
+        return ComponentTypeSpec(
+            description="Archive date-partitioned PostgreSQL tables to S3-compatible storage",
+            tags=["postgres", "s3", "archive"],
+            produces=["asset", "asset_check", "job", "schedule", "sensor", "resource"],
+        )
+
+    def archive_config(self, where: str = "component attributes") -> ArchiveConfig:
+        if self.config_path:
+            return load_config(self.config_path)
+        return parse_config({k: v for k, v in self._inline().items() if v is not None}, where)
+
+    def build_defs(self, context: ComponentLoadContext) -> Definitions:
+        from archive_pipeline.definitions import build_definitions
+
+        where = f"attributes of {Path(context.path) / 'defs.yaml'}"
+        # No project-wide executor: a component must not change how the rest of the project's jobs run.
+        # The archive jobs (schedules, sensor, verify_archives) are in-process by themselves.
+        return build_definitions(self.archive_config(where), check_source=self.check_source, executor=None)
