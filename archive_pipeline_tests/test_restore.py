@@ -436,7 +436,10 @@ def test_load_into_names_an_archive_that_does_not_decode(fmt, conn, schema, stor
     result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     manifest, path = download_archive(s3_client, bucket, result.manifest_key, tmp_path)
     body = bytearray(open(path, "rb").read())
-    body[len(body) // 3: len(body) // 3 + 4] = b"\x00\x7f{,"  # no longer the format's syntax
+    if fmt == "parquet":  # the footer: bytes inside an uncompressed page would just be other values
+        body[-4:] = b"PAR0"
+    else:
+        body[len(body) // 3: len(body) // 3 + 4] = b"\x00\x7f{,"  # no longer the format's syntax
     open(path, "wb").write(bytes(body))
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(schema, "into"),
                                                                sql.Identifier(schema, "small")))
