@@ -282,9 +282,10 @@ def table_definition(manifest: dict) -> dict:
                         for c in manifest["columns"]], "primary_key": None, "partition": None}
 
 
-def _type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sql.Composable:
-    """A type name from the manifest, used in DDL only once PostgreSQL's own type-name parser accepts
-    it as exactly one type name (``to_regtype``), so a manifest cannot smuggle SQL into the DDL."""
+def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sql.Composable:
+    """A type name from a manifest (``format_type`` text such as ``numeric(12,2)``), as SQL for DDL,
+    once PostgreSQL's own type-name parser accepts it as exactly one existing type (``to_regtype``):
+    a manifest comes from the bucket and must not be able to put SQL into a CREATE TABLE."""
     try:
         with conn.transaction():
             found = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (type_text,)).fetchone()[0]
@@ -300,7 +301,7 @@ def _create_table(conn: psycopg.Connection, target: str, definition: dict) -> No
     items = []
     for column in definition["columns"]:
         items.append(sql.SQL("{} {}{}").format(
-            sql.Identifier(column["name"]), _type_sql(conn, column["type"], f"column {column['name']!r}"),
+            sql.Identifier(column["name"]), checked_type_sql(conn, column["type"], f"column {column['name']!r}"),
             sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL("")))
     if definition.get("primary_key"):
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
