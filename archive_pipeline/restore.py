@@ -32,7 +32,7 @@ from archive_pipeline import keys, readers
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, is_retryable
 from archive_pipeline.locks import table_day_lock
-from archive_pipeline.manifest import decode_manifest
+from archive_pipeline.manifest import ManifestError, decode_manifest
 from archive_pipeline.memory import bound_allocator
 from archive_pipeline.source import Column, day_filter, describe_table, prefetch
 from archive_pipeline.store import S3Store
@@ -147,7 +147,6 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
 
 Into = Literal["new", "existing", "original"]
 OnConflict = Literal["fail", "skip"]
-DOWNLOAD_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -198,20 +197,7 @@ def _fetch(store: S3Store, key: str, sink: _HashingWriter) -> bool:
     """Stream the object into ``sink``; False if it does not exist. The store's ``download_to``
     checks what arrived against the object's own ETag and length (corruption in transit, retryable);
     the caller then checks the bytes against the manifest (an object changed at rest, not retryable)."""
-    download_to = getattr(store, "download_to", None)
-    if download_to is not None:
-        return download_to(key, sink) is not None
-    from botocore.exceptions import ClientError
-
-    try:
-        body = store.client.get_object(Bucket=store.bucket, Key=key)["Body"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return False
-        raise
-    while chunk := body.read(DOWNLOAD_CHUNK):
-        sink.write(chunk)
-    return True
+    return store.download_to(key, sink) is not None
 
 
 @contextlib.contextmanager
@@ -250,9 +236,16 @@ def find_manifest(store: S3Store, spec: TableSpec, day: dt.date) -> dict | None:
     """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none."""
     key = keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
                       day=day, fmt=spec.format, compression=spec.compression)
-    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
-    raw = getter(keys.manifest_key(key))
-    return None if raw is None else decode_manifest(raw)
+    raw = store.get_verified_bytes(keys.manifest_key(key))
+    if raw is None:
+        return None
+    try:
+        return decode_manifest(raw)
+    except ManifestError as exc:
+        raise RestoreError(f"the manifest {store.uri(keys.manifest_key(key))} of {spec.name} for {day} cannot be "
+                           f"trusted ({exc}); nothing was restored. Restore it from a replica or backup of the "
+                           "bucket, or archive the day again if the source still has it", table=spec.name,
+                           day=day.isoformat()) from None
 
 
 def _split(qualified: str) -> tuple[str, str]:

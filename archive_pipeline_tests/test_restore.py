@@ -467,3 +467,17 @@ def test_load_into_reads_utf8_whatever_the_session_encoding(fmt, conn, schema, s
     finally:
         conn.execute("SET client_encoding = 'UTF8'")
     assert table_fingerprint(conn, schema, "u2") == table_fingerprint(conn, schema, "u")
+
+
+def test_a_damaged_manifest_or_missing_object_is_named(conn, schema, events, store, s3_client, bucket, temp_dir):
+    archived = archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
+    s3_client.delete_object(Bucket=bucket, Key=archived.key)
+    with pytest.raises(RestoreError, match="is missing: .* does not exist although its manifest does"):
+        restore_day(conn, store, events, DAY, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
+    raw = s3_client.get_object(Bucket=bucket, Key=archived.manifest_key)["Body"].read()
+    s3_client.put_object(Bucket=bucket, Key=archived.manifest_key, Body=raw.replace(b'"rows": 500', b'"rows": 501'))
+    with pytest.raises(RestoreError, match="cannot be trusted .*manifest_sha256"):
+        restore_day(conn, store, events, DAY, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
+    with pytest.raises(RestoreError, match="has no archive for 2024-03-12"):
+        restore_day(conn, store, events, DAY + dt.timedelta(days=2), into="new", target=f"{schema}.restored")
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
