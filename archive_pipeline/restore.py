@@ -266,6 +266,13 @@ def _exists(conn: psycopg.Connection, qualified: str) -> bool:
         "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone() is not None
 
 
+def _is_partition(conn: psycopg.Connection, qualified: str) -> bool:
+    schema, name = _split(qualified)
+    return bool(conn.execute(
+        "SELECT c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()[0])
+
+
 def table_definition(manifest: dict) -> dict:
     """The manifest's table definition; for a version 1 manifest, the one its columns imply."""
     definition = manifest.get("table_definition")
@@ -354,6 +361,13 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
     relation = target or manifest.get("source_relation") or manifest["table"]
     partition = definition.get("partition")
+    if partition and partition.get("child") and _exists(conn, partition["child"]) and \
+            not _is_partition(conn, partition["child"]):
+        raise RestoreError(
+            f"{partition['child']}, the partition that held {manifest['day']}, exists but is not attached to "
+            f"{partition['parent']} (detached by retention?); it may still hold the day: attach it again "
+            f"(ALTER TABLE {partition['parent']} ATTACH PARTITION {partition['child']} {partition.get('bound')}), "
+            "or drop it and restore again")
     if partition and partition.get("child") and partition.get("bound") and not _exists(conn, partition["child"]):
         if not _exists(conn, partition["parent"]):
             raise RestoreError(f"the partitioned table {partition['parent']} does not exist; create it (or restore "

@@ -233,6 +233,15 @@ def test_restore_original_recreates_a_dropped_partition(conn, schema, events, st
     assert _day_fingerprint(conn, events, DAY + dt.timedelta(days=1)).rows == 500  # the other day untouched
 
 
+def test_original_refuses_a_detached_partition_that_may_still_hold_the_day(conn, schema, events, store, temp_dir):
+    archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
+    child = sql.Identifier(schema, f"events_{DAY:%Y%m%d}")
+    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(schema, "events"), child))
+    with pytest.raises(RestoreError, match="exists but is not attached .*ATTACH PARTITION"):
+        restore_day(conn, store, events, DAY, into="original", temp_dir=temp_dir)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(child)).fetchone()[0] == 500
+
+
 def test_conflict_policies(conn, schema, events, store, temp_dir):
     archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
     before = _day_fingerprint(conn, events, DAY)
