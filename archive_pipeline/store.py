@@ -488,18 +488,20 @@ class S3Store:
     # --- multipart leftovers ---------------------------------------------------------------------
     def abort_stale_uploads(self, key: str, *, initiated_before: dt.datetime | None = None,
                             keep: str | None = None) -> int:
-        """Abort multipart uploads of exactly ``key`` left behind by a killed process: those initiated
-        at or before ``initiated_before`` (default: all), except ``keep`` (our own upload id).
-        Returns how many were aborted. The archiver holds a per table-day lock, so no legitimate
-        upload of the key can run concurrently; the time bound is a second safety."""
-        stale = []
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key):
-            for upload in page.get("Uploads", []):
-                if upload["Key"] != key or upload["UploadId"] == keep:
-                    continue
-                initiated = upload.get("Initiated")
-                if initiated_before is None or not isinstance(initiated, dt.datetime) or initiated <= initiated_before:
-                    stale.append(upload["UploadId"])
+        """Abort multipart uploads of exactly ``key`` left behind by a killed process, and return how
+        many. Only uploads initiated before ours are touched: at or before ``initiated_before``, or,
+        with ``keep`` (our own upload id), at or before the time the store gives ours in the same
+        listing; without either, all of them. The archiver holds a per table-day lock, so no
+        legitimate upload of the key can run concurrently; the time bound is a second safety."""
+        uploads = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                   Bucket=self.bucket, Prefix=key) for u in page.get("Uploads", []) if u["Key"] == key]
+        bound = initiated_before
+        if keep is not None:
+            ours = [u.get("Initiated") for u in uploads if u["UploadId"] == keep]
+            if bound is None and ours and isinstance(ours[0], dt.datetime):
+                bound = ours[0]
+        stale = [u["UploadId"] for u in uploads if u["UploadId"] != keep
+                 and (bound is None or not isinstance(u.get("Initiated"), dt.datetime) or u["Initiated"] <= bound)]
         for upload_id in stale:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         if stale:
@@ -560,7 +562,8 @@ class S3Upload:
         self._error: BaseException | None = None
         self._aborted = False
         self._finished = False
-        self._creating = False  # CreateMultipartUpload was sent: an upload may exist even if we have no id
+        self._create_ambiguous = False  # CreateMultipartUpload failed in a way the store may have acted on
+        self._cleaned = False
         self._aborted_id: str | None = None  # the upload abort() aborted
         self._threads: list[threading.Thread] = []
         self._fd: int | None = None
@@ -617,6 +620,9 @@ class S3Upload:
         logged and added as a note to ``original`` (default: the exception being handled)."""
         original = original if original is not None else sys.exc_info()[1]
         with self._cond:
+            if self._cleaned:  # abort() is idempotent: finish() aborts, then so may the archiver
+                return
+            self._cleaned = True
             self._aborted = True
             self._cond.notify_all()
         if not self._join(self.store.abort_timeout):
@@ -626,7 +632,7 @@ class S3Upload:
             _note(original, text)
         with self._cond:
             upload_id, self.upload_id = self.upload_id, None
-            unknown = self._creating and upload_id is None and not self._finished
+            unknown = self._create_ambiguous and upload_id is None
         if upload_id is not None:
             self._abort_quietly(upload_id, original)
             with self._cond:
@@ -758,10 +764,11 @@ class S3Upload:
         with self._cond:
             if self._aborted:
                 return
-            self._creating = True
         try:
             response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
         except BaseException as exc:
+            with self._cond:  # a dropped answer or a 5xx may come after the store created the upload
+                self._create_ambiguous = _is_transport_error(exc) or _status(exc) >= 500 or _status(exc) == 0
             self._fail(self._named(_wrap(exc, f"starting the upload of {store.uri(self.key)} "
                                               "(CreateMultipartUpload)")))
             return
@@ -777,21 +784,8 @@ class S3Upload:
         if orphan:  # aborted while we were creating it
             self._abort_quietly(upload_id, None)
             return
-        store._clean_stale_quietly(self.key, initiated_before=self._initiated(upload_id), keep=upload_id)
+        store._clean_stale_quietly(self.key, keep=upload_id)
         self._work()
-
-    def _initiated(self, upload_id: str) -> dt.datetime | None:
-        """When the store says our upload was initiated (uploads of the key before it are stale)."""
-        try:
-            pages = self.store.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.store.bucket,
-                                                                                     Prefix=self.key)
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    if upload["UploadId"] == upload_id and isinstance(upload.get("Initiated"), dt.datetime):
-                        return upload["Initiated"]
-        except Exception:  # noqa: BLE001 - best effort, like the cleanup it serves
-            log.debug("could not list uploads of %s", self.key, exc_info=True)
-        return dt.datetime.now(dt.UTC)
 
     def _work(self) -> None:
         while True:

@@ -224,12 +224,12 @@ def test_corrupted_complete_etag_is_caught(pstore, proxy, s3_client, bucket, tem
 # --- 5xx, SlowDown and resets on every request kind ----------------------------------------------
 
 KINDS = {  # request kind: (fault matcher, bytes to upload)
-    "create": (dict(method="POST", query="uploads"), 2 * MIN_PART_SIZE + 5),
-    "upload_part": (dict(method="PUT", query="partNumber=2"), 2 * MIN_PART_SIZE + 5),
-    "complete": (dict(method="POST", query="uploadId="), 2 * MIN_PART_SIZE + 5),
+    "create": (dict(method="POST", query="uploads"), MIN_PART_SIZE + 5),
+    "upload_part": (dict(method="PUT", query="partNumber=2"), MIN_PART_SIZE + 5),
+    "complete": (dict(method="POST", query="uploadId="), MIN_PART_SIZE + 5),
     "put": (dict(method="PUT", path=r"\.jsonl\.zst$"), 200_000),
     "head_after_put": (dict(method="HEAD", path=r"\.jsonl\.zst$"), 200_000),
-    "head_after_complete": (dict(method="HEAD", path=r"\.jsonl\.zst$"), 2 * MIN_PART_SIZE + 5),
+    "head_after_complete": (dict(method="HEAD", path=r"\.jsonl\.zst$"), MIN_PART_SIZE + 5),
 }
 
 
@@ -333,6 +333,29 @@ def test_stale_upload_of_the_key_is_aborted_on_either_path(pstore, s3_client, bu
     left = {u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
     assert stale not in left and left == {other}  # only uploads of exactly this key
     assert stored(s3_client, bucket) == data
+
+
+NASTY_KEY = 'archive/"Mixed Case"."Nasty Events"/2024/03/a+b %20c?x=1#frag&\u00e9\U0001F600.csv.gz'
+
+
+@pytest.mark.parametrize("size", [10, MIN_PART_SIZE + 10])
+def test_nasty_keys_round_trip_and_find_their_stale_uploads(pstore, s3_client, bucket, temp_dir, size):
+    stale = s3_client.create_multipart_upload(Bucket=bucket, Key=NASTY_KEY)["UploadId"]
+    data = payload(size)
+    upload(pstore, data, temp_dir, key=NASTY_KEY)
+    assert stored(s3_client, bucket, NASTY_KEY) == data
+    assert stale not in {u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+    pstore.put_bytes(NASTY_KEY + ".manifest.json", b"{}", "application/json")
+    assert pstore.get_verified_bytes(NASTY_KEY + ".manifest.json") == b"{}"
+
+
+@pytest.mark.parametrize("size", [10, MIN_PART_SIZE + 10])
+def test_failing_stale_cleanup_does_not_fail_the_upload(pstore, proxy, s3_client, bucket, temp_dir, size):
+    """Looking for leftovers is housekeeping: if ListMultipartUploads fails, the archive still lands."""
+    fault = proxy.add(Fault(method="GET", query="uploads", action="error", times=None))
+    data = payload(size)
+    upload(pstore, data, temp_dir)
+    assert fault.hits >= 1 and stored(s3_client, bucket) == data
 
 
 # --- verified reads -----------------------------------------------------------------------------
