@@ -400,10 +400,11 @@ class S3Store:
             _note(original, text)
             return False
 
-    def _withdraw_if_ours(self, key: str, expected_etag: str, size: int, original: BaseException) -> None:
+    def _withdraw_if_ours(self, key: str, expected_etag: str | set[str], size: int, original: BaseException) -> None:
         """After a write that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
-        delete the object under ``key`` only if it is the one we sent (same ETag and size): an older
-        object that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        delete the object under ``key`` only if it is the one we sent (one of our ETags, our size):
+        an older archive that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        etags = {expected_etag} if isinstance(expected_etag, str) else set(expected_etag)
         if not self.verify_etags:
             return
         try:
@@ -412,7 +413,7 @@ class S3Store:
             _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
                             f"({type(exc).__name__}: {exc}); the next archive of this day replaces it")
             return
-        if head is not None and _etag(head) == expected_etag and head.get("ContentLength") == size:
+        if head is not None and _etag(head) in etags - {""} and head.get("ContentLength") == size:
             self.delete_quietly(key, original)
 
     def get_bytes(self, key: str) -> bytes:
@@ -704,9 +705,10 @@ class S3Upload:
         """Check the published object (ETag, stored size); withdraw it and raise if it is not right."""
         store = self.store
         if store.verify_etags and etag != expected_etag:
-            error = self._error_here(f"stored object's ETag {etag} != expected {expected_etag}: it arrived "
+            error = self._error_here(f"stored object's ETag {etag!r} != expected {expected_etag}: it arrived "
                                      "corrupted; the run will be retried", retryable=True)
-            store.delete_quietly(self.key, error)
+            # withdraw what the store says it made (or what we sent), never an older archive of the key
+            store._withdraw_if_ours(self.key, {expected_etag, etag}, size, error)
             raise error
         try:
             head = store.head(self.key)

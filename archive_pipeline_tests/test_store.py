@@ -246,6 +246,25 @@ def test_fault_on_each_request_kind_leaves_nothing(pstore, proxy, s3_client, buc
     assert_nothing_left(s3_client, bucket, temp_dir)
 
 
+@pytest.mark.parametrize(("match", "action", "size"), [
+    (dict(method="POST", query="uploadId="), "error", MIN_PART_SIZE + 5),
+    (dict(method="POST", query="uploadId="), "error_200", MIN_PART_SIZE + 5),
+    (dict(method="POST", query="uploadId="), "reset_before", MIN_PART_SIZE + 5),
+    (dict(method="PUT", path=r"\.jsonl\.zst$"), "reset_before", 1000),
+    (dict(method="PUT", path=r"\.jsonl\.zst$"), "slow_down", 1000),
+])
+def test_a_failed_overwrite_keeps_the_older_archive(pstore, proxy, s3_client, bucket, temp_dir, match, action, size):
+    """Cleanup withdraws only what we wrote: when publishing fails before the store acted, the
+    archive already under the key (an overwrite run) is left as it was."""
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"the older archive")
+    proxy.add(Fault(**match, action=action, times=None))
+    with pytest.raises(UploadError) as failure:
+        upload(pstore, payload(size), temp_dir)
+    assert failure.value.retryable
+    assert stored(s3_client, bucket) == b"the older archive"
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 @pytest.mark.parametrize("forward", [False, True])
 def test_complete_answering_200_with_an_error_body(proxy, bucket, s3_client, temp_dir, forward):
     """S3 may answer CompleteMultipartUpload 200 and put an <Error> in the body. botocore retries
