@@ -56,8 +56,17 @@ log = logging.getLogger(__name__)
 
 
 class DownloadError(ArchiveError):
-    """Reading an object failed or its bytes did not match their checksum (corruption in transit is
-    retryable: reading again may succeed)."""
+    """Reading an object failed or its bytes did not match their checksum.
+
+    ``damaged`` says where the fault is: False for corruption in transit or a failed request
+    (retryable: reading again may succeed), True when the object as stored differs from what was
+    expected (size, or an MD5 the store's own ETag confirms; not retryable: restore it from a
+    replica or archive the day again), None when that cannot be told apart (a multipart object
+    whose bytes do not match the expected MD5: retryable once more; if it repeats, it is damaged)."""
+
+    def __init__(self, message: str, *, damaged: bool | None = False, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.damaged = damaged
 
 
 @dataclass(frozen=True)
@@ -453,37 +462,57 @@ class S3Store:
                             "store alters data; the run will be retried", retryable=True)
 
     def download_to(self, key: str, sink: BinaryIO | Any, expected_md5: str | None = None, *,
-                    chunk_size: int = 4 * MiB) -> Downloaded | None:
-        """Stream ``key`` into ``sink`` (anything with ``write``) in ``chunk_size`` pieces, hashing
-        as it goes, and check the whole object: its size against ContentLength, its MD5 against
-        ``expected_md5`` or else the ETag when that is a plain MD5. None (nothing written) when the
-        key does not exist. Corruption raises a retryable ``DownloadError``; the sink then holds
-        bad bytes and must be discarded."""
+                    expected_size: int | None = None, chunk_size: int = 4 * MiB) -> Downloaded | None:
+        """Stream ``key`` into ``sink`` (anything with ``write``) in ``chunk_size`` pieces (1-8 MiB),
+        hashing as it goes, and check the whole object; None (nothing written) when the key does not
+        exist.
+
+        Checks, in order: the stored size against ``expected_size`` (before any byte is written),
+        the bytes received against ContentLength, their MD5 against the ETag when that is a plain
+        MD5 (corruption in transit: retryable ``DownloadError``), then against ``expected_md5``
+        (a mismatch the ETag confirms means the stored object is damaged: ``DownloadError`` with
+        ``damaged=True``, not retryable). On any error the sink holds bad bytes: discard it."""
         chunk_size = min(max(chunk_size, MiB), 8 * MiB)
         md5, size = hashlib.md5(), 0
+        uri = self.uri(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
+            length = response.get("ContentLength")
+            if expected_size is not None and length is not None and length != expected_size:
+                response["Body"].close()
+                raise DownloadError(f"{uri} is damaged: the store holds {length:,} bytes, expected {expected_size:,}; "
+                                    "restore it from a replica or backup, or archive the day again",
+                                    retryable=False, damaged=True)
             body = response["Body"]
             while chunk := body.read(chunk_size):
                 md5.update(chunk)
                 sink.write(chunk)
                 size += len(chunk)
+        except DownloadError:
+            raise
         except Exception as exc:
             if _is_not_found(exc) and size == 0:
                 return None
             if _is_checksum_error(exc):
-                raise DownloadError(f"{self.uri(key)} came back corrupted ({type(exc).__name__}: {exc}); "
+                raise DownloadError(f"{uri} came back corrupted ({type(exc).__name__}: {exc}); "
                                     "the download will be retried", retryable=True) from exc
-            raise _wrap(exc, f"downloading {self.uri(key)} (GetObject)", DownloadError) from exc
+            raise _wrap(exc, f"downloading {uri} (GetObject)", DownloadError) from exc
         etag, digest = _etag(response), md5.hexdigest()
-        expected = expected_md5 or (etag if self.verify_etags and _PLAIN_MD5.match(etag) else None)
-        length = response.get("ContentLength")
         if length is not None and length != size:
-            raise DownloadError(f"{self.uri(key)}: got {size:,} bytes of {length:,}; the download will be retried",
+            raise DownloadError(f"{uri}: got {size:,} bytes of {length:,}; the download will be retried",
                                 retryable=True)
-        if expected is not None and digest != expected:
-            raise DownloadError(f"{self.uri(key)} came back corrupted (MD5 {digest}, expected {expected}); "
+        vouched = self.verify_etags and bool(_PLAIN_MD5.match(etag))
+        if vouched and digest != etag:
+            raise DownloadError(f"{uri} came back corrupted (MD5 {digest}, the store's ETag {etag}); "
                                 "the download will be retried", retryable=True)
+        if expected_md5 is not None and digest != expected_md5:
+            if vouched:  # the store's own MD5 agrees with what we got: the stored object is not the expected one
+                raise DownloadError(f"{uri} is damaged: the stored object has MD5 {digest}, expected {expected_md5}; "
+                                    "restore it from a replica or backup, or archive the day again",
+                                    retryable=False, damaged=True)
+            raise DownloadError(f"{uri} does not match: MD5 {digest}, expected {expected_md5} (corrupted in transit "
+                                "or damaged in the store; if it repeats, the stored object is damaged)",
+                                retryable=True, damaged=None)
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
 
     # --- multipart leftovers ---------------------------------------------------------------------

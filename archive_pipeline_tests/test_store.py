@@ -449,22 +449,37 @@ def test_botocore_checksum_error_on_read_is_retryable(proxy, bucket):
 
 def test_download_to_streams_and_verifies(pstore, proxy, s3_client, bucket, temp_dir):
     data = payload(2 * MIN_PART_SIZE + 3)
-    upload(pstore, data, temp_dir)
+    upload(pstore, data, temp_dir)  # multipart: its ETag is not an MD5
     sink = io.BytesIO()
-    got = pstore.download_to(KEY, sink, expected_md5=hashlib.md5(data).hexdigest())
+    got = pstore.download_to(KEY, sink, expected_md5=hashlib.md5(data).hexdigest(), expected_size=len(data))
     assert sink.getvalue() == data and got.size == len(data) and got.md5 == hashlib.md5(data).hexdigest()
     assert pstore.download_to("missing", io.BytesIO()) is None
-    with pytest.raises(DownloadError):
+    with pytest.raises(DownloadError) as failure:  # cannot tell transit from store: retry once more
         pstore.download_to(KEY, io.BytesIO(), expected_md5="0" * 32)
+    assert failure.value.retryable and failure.value.damaged is None
     proxy.add(Fault(method="GET", path=r"\.jsonl\.zst$", action="flip_response_byte"))
     with pytest.raises(DownloadError) as failure:
         pstore.download_to(KEY, io.BytesIO(), expected_md5=hashlib.md5(data).hexdigest())
     assert failure.value.retryable
-    small = b"single put object"
-    s3_client.put_object(Bucket=bucket, Key="small", Body=small)
+
+
+def test_download_to_tells_transit_corruption_from_a_damaged_object(pstore, proxy, s3_client, bucket):
+    good = b"the archived bytes" * 1000
+    s3_client.put_object(Bucket=bucket, Key="small", Body=good)
     proxy.add(Fault(method="GET", path=r"/small$", action="flip_response_byte"))
-    with pytest.raises(DownloadError):  # no expected MD5 given: the plain-MD5 ETag is the reference
+    with pytest.raises(DownloadError) as failure:  # no expected MD5 given: the plain-MD5 ETag is the reference
         pstore.download_to("small", io.BytesIO())
+    assert failure.value.retryable and failure.value.damaged is False and "corrupted" in str(failure.value)
+    damaged = bytearray(good)
+    damaged[7] ^= 1
+    s3_client.put_object(Bucket=bucket, Key="small", Body=bytes(damaged))  # replaced at rest
+    with pytest.raises(DownloadError) as failure:
+        pstore.download_to("small", io.BytesIO(), expected_md5=hashlib.md5(good).hexdigest())
+    assert not failure.value.retryable and failure.value.damaged is True and "is damaged" in str(failure.value)
+    sink = io.BytesIO()
+    with pytest.raises(DownloadError) as failure:
+        pstore.download_to("small", sink, expected_size=len(good) + 1)
+    assert failure.value.damaged is True and not failure.value.retryable and sink.getvalue() == b""
 
 
 # --- the temp file ------------------------------------------------------------------------------
