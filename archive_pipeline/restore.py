@@ -193,11 +193,11 @@ class _HashingWriter:
         return self._md5.hexdigest()
 
 
-def _fetch(store: S3Store, key: str, sink: _HashingWriter) -> bool:
-    """Stream the object into ``sink``; False if it does not exist. The store's ``download_to``
-    checks what arrived against the object's own ETag and length (corruption in transit, retryable);
-    the caller then checks the bytes against the manifest (an object changed at rest, not retryable)."""
-    return store.download_to(key, sink) is not None
+def _fetch(store: S3Store, obj: dict, sink: _HashingWriter) -> bool:
+    """Stream the object into ``sink``; False if it does not exist. The store refuses a stored size
+    other than the manifest's before any byte arrives, tells corruption in transit (retryable) from
+    an object damaged in the store (not retryable), and checks the MD5 against the manifest's."""
+    return store.download_to(obj["key"], sink, expected_md5=obj["md5"], expected_size=obj["bytes"]) is not None
 
 
 @contextlib.contextmanager
@@ -211,11 +211,10 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
         with os.fdopen(fd, "wb") as file:
             sink = _HashingWriter(file)
             try:
-                found = _fetch(store, obj["key"], sink)
-            except ArchiveError as exc:  # the store's own verification failed
-                raise ArchiveCorruptError(f"the archive of {table} for {day} ({store.uri(obj['key'])}) could not be "
-                                          f"downloaded intact: {exc}; nothing was loaded", table=table, day=day,
-                                          retryable=exc.retryable) from exc
+                found = _fetch(store, obj, sink)
+            except ArchiveError as exc:  # the store's verification failed: damaged, or corrupted on the way
+                raise ArchiveCorruptError(f"the archive of {table} for {day}: {exc}; nothing was loaded", table=table,
+                                          day=day, retryable=exc.retryable) from exc
         if not found:
             raise RestoreError(f"the archive of {table} for {day} is missing: {store.uri(obj['key'])} does not exist "
                                "although its manifest does; restore from a replica or backup of the bucket",

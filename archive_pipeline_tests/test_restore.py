@@ -272,7 +272,11 @@ def test_corrupted_archive_is_refused_before_loading(conn, schema, events, store
     body = bytearray(s3_client.get_object(Bucket=bucket, Key=archived.key)["Body"].read())
     body[len(body) // 2] ^= 0x01
     s3_client.put_object(Bucket=bucket, Key=archived.key, Body=bytes(body))
-    with pytest.raises(ArchiveCorruptError, match="is damaged: .* MD5 .*nothing was loaded"):
+    with pytest.raises(ArchiveCorruptError, match="is damaged: .* MD5 .*nothing was loaded") as failure:
+        restore_day(conn, store, events, DAY, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
+    assert failure.value.retryable is False  # damaged in the store: trying again cannot help
+    s3_client.put_object(Bucket=bucket, Key=archived.key, Body=bytes(body[:-1]))
+    with pytest.raises(ArchiveCorruptError, match="is damaged: the store holds .* bytes, expected"):
         restore_day(conn, store, events, DAY, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
     assert list(temp_dir.iterdir()) == []
