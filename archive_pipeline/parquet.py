@@ -378,20 +378,26 @@ class Parquet:
         dsn = make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
         conn = adbc.connect(dsn, autocommit=True)
         cur = conn.cursor()
-        # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
-        # in bench/) at the same speed; each batch becomes one row group.
-        cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
-        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
-        cur.execute(literal.as_string(extraction.conn))
-        # This transaction now holds the snapshot itself: end the exporting one, so it does not sit
-        # idle in transaction for the whole read (idle_in_transaction_session_timeout would kill it).
-        extraction.snapshot.release()
-        for name, value in extraction.settings.items():
-            setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-            cur.execute(setting.as_string(extraction.conn))
-        cur.execute(arrow_query(extraction.table, extraction.where).as_string(extraction.conn))
-        return conn, cur, cur.fetch_record_batch()
+        try:
+            # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
+            # in bench/) at the same speed; each batch becomes one row group.
+            cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
+            cur.execute(literal.as_string(extraction.conn))
+            # This transaction now holds the snapshot itself: end the exporting one, so it does not sit
+            # idle in transaction for the whole read (idle_in_transaction_session_timeout would kill it).
+            extraction.snapshot.release()
+            for name, value in extraction.settings.items():
+                setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                cur.execute(setting.as_string(extraction.conn))
+            cur.execute(arrow_query(extraction.table, extraction.where).as_string(extraction.conn))
+            return conn, cur, cur.fetch_record_batch()
+        except BaseException:
+            # close now: left to the garbage collector, a failed reader's connection outlives the run
+            cur.close()
+            conn.close()
+            raise
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
