@@ -71,6 +71,9 @@ class Extraction:
             self.progress(stats.rows, stats.bytes)
 
 
+# Bytes read ahead of the consumer (a few 4 MiB chunks or Arrow batches; one row when it is bigger).
+READ_AHEAD_BYTES = 12 << 20
+
 OTHER_FORMATS = {"jsonl": "csv or parquet", "csv": "parquet or jsonl", "parquet": "jsonl or csv"}
 
 
@@ -373,11 +376,13 @@ class _CopyFormat:
             if head:
                 out.write(head)
                 stats.bytes += len(head)
-            for chunk in prefetch(copy_chunks(conn, statement, extraction.chunk_rows), depth=2):
+            chunks = copy_chunks(conn, statement, extraction.chunk_rows)
+            for chunk in prefetch(chunks, depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda c: len(c.data)):
                 out.write(chunk.data)
                 stats.rows += chunk.rows
                 stats.bytes += len(chunk.data)
                 extraction.report(stats)
+                del chunk  # before the next one is read: a big row must not be held twice
         except psycopg.Error as exc:
             raise self._explain(extraction, exc) from None
         return stats

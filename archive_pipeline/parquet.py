@@ -30,6 +30,7 @@ from archive_pipeline import __version__
 from archive_pipeline.errors import UnsupportedTypeError
 from archive_pipeline.formats import (
     OTHER_FORMATS,
+    READ_AHEAD_BYTES,
     ByteSink,
     Extraction,
     WriteStats,
@@ -422,12 +423,13 @@ class Parquet:
             codec = "none" if self.compression == "none" else self.compression
             with pq.ParquetWriter(out, converter.schema, compression=codec, compression_level=self.level,
                                   store_schema=True, write_statistics=statistics_columns(converter.schema)) as writer:
-                for batch in prefetch(iter(reader), depth=2):
+                for batch in prefetch(iter(reader), depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda b: b.nbytes):
                     converted = converter.convert(batch)
                     writer.write_batch(converted)
                     stats.rows += converted.num_rows
                     stats.bytes += converted.nbytes
                     extraction.report(stats)
+                    del batch, converted  # before the next one is read: a big batch must not be held twice
             return stats
         finally:
             cur.close()
