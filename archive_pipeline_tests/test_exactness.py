@@ -24,7 +24,7 @@ from archive_pipeline.archive import archive_partition
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, UnsupportedTypeError
 from archive_pipeline.formats import Extraction, WriteStats, get_format, is_value_failure
-from archive_pipeline.source import SNAPSHOT_SETTINGS, day_filter, describe_table, read_snapshot
+from archive_pipeline.source import SNAPSHOT_SETTINGS, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
 from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
 
 DAY = dt.date(2024, 3, 10)
@@ -457,3 +457,34 @@ def test_parquet_refusal_flags_fit_a_very_wide_table(conn, schema, store, s3_cli
         sql.Identifier(schema)))
     with pytest.raises(ArchiveError, match=r"column '__archive_pipeline_refuse' \(integer\[\]\).*multi-dim"):
         archive_partition(conn, spec, DAY, store, overwrite=True)
+
+
+# ---- memory bounded by the largest value ------------------------------------------------------------------
+
+def test_read_ahead_stops_at_max_bytes_whatever_the_depth():
+    """With max_bytes, the next item is not pulled while the consumer still holds one that big:
+    several huge rows are never held at once (the bound is structural, no timing involved)."""
+    pulled = []
+
+    def source():
+        for i in range(20):
+            pulled.append(i)
+            yield i
+
+    for held in prefetch(source(), depth=8, max_bytes=10, size=lambda item: 10):
+        assert len(pulled) <= held + 1  # nothing after the item being consumed has been read
+    assert pulled == list(range(20))
+
+
+def test_read_ahead_overlaps_small_items():
+    seen = list(prefetch(iter(range(100)), depth=2, max_bytes=1 << 20, size=lambda item: 10))
+    assert seen == list(range(100))
+
+
+def test_copy_chunks_hands_a_big_row_on_without_copying(conn):
+    statement = sql.SQL("COPY (SELECT i, repeat('x', CASE WHEN i % 3 = 0 THEN 5000 ELSE 10 END) "
+                        "FROM generate_series(1, 9) AS i) TO STDOUT")
+    chunks = list(copy_chunks(conn, statement, chunk_rows=100, max_chunk_bytes=4000))
+    assert [c.rows for c in chunks] == [2, 1, 2, 1, 2, 1]
+    assert [isinstance(c.data, bytearray) for c in chunks] == [True, False] * 3  # big rows: psycopg's buffer
+    assert [len(c.data) for c in chunks if c.rows == 1] == [len(f"{i}\t".encode()) + 5001 for i in (3, 6, 9)]
