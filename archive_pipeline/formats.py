@@ -390,7 +390,7 @@ class _CopyFormat:
     def _explain(self, extraction: Extraction, exc: psycopg.Error) -> BaseException:
         table = extraction.table
         refused = refusal_in(exc)
-        if refused is not None:
+        if refused is not None and refused[0] < len(table.columns) and refused[1] in REFUSALS:
             index, reason = refused
             col = table.columns[index]
             return UnsupportedTypeError(
@@ -435,11 +435,8 @@ class JsonLines(_CopyFormat):
                        "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')").format(query=query)
 
     def output_type(self, col: Column) -> str:
-        return self.encodings_of(col)["encoding"]
-
-    @staticmethod
-    def encodings_of(col: Column) -> dict:
-        return jsonl_column(col, 0)[1]
+        """The short form of the column's encoding: "number", "array of string", "embedded JSON", ..."""
+        return jsonl_column(col, 0)[1]["encoding"].split(" (")[0]
 
 
 class Csv(_CopyFormat):
