@@ -377,19 +377,25 @@ class Parquet:
 
         info = extraction.conn.info
         dsn = make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
+        query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
         conn = adbc.connect(dsn, autocommit=True)
         cur = conn.cursor()
-        # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
-        # in bench/) at the same speed; each batch becomes one row group.
-        cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
-        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
-        cur.execute(literal.as_string(extraction.conn))
-        for name, value in extraction.settings.items():
-            setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-            cur.execute(setting.as_string(extraction.conn))
-        cur.execute(arrow_query(extraction.table, extraction.where).as_string(extraction.conn))
-        return conn, cur, cur.fetch_record_batch()
+        try:
+            # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
+            # in bench/) at the same speed; each batch becomes one row group.
+            cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
+            cur.execute(literal.as_string(extraction.conn))
+            for name, value in extraction.settings.items():
+                setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                cur.execute(setting.as_string(extraction.conn))
+            cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
+            return conn, cur, cur.fetch_record_batch()
+        except BaseException:
+            cur.close()
+            conn.close()
+            raise
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
