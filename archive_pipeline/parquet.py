@@ -3,17 +3,26 @@
 adbc-driver-postgresql reads the day with binary COPY straight into typed Arrow record batches (in
 C++, on a second connection that imports the archive transaction's snapshot), and pyarrow writes
 each batch as a row group as soon as it arrives. Python only adjusts whole columns where ADBC's
-mapping would lose meaning:
+mapping would lose meaning, and every value is either exact or refused:
 
-- ``numeric`` is read as PostgreSQL's exact text; declared ``numeric(p,s)`` becomes an Arrow/Parquet
-  decimal, unconstrained numeric (and money) stays text so no digit is lost;
+- ``numeric`` is read as PostgreSQL's exact text; declared ``numeric(p,s)`` with 0 <= s <= p <= 76
+  becomes an Arrow/Parquet decimal (NaN/±Infinity refused), anything else (and money) stays text;
 - ``date``/``timestamp[tz]`` ``±infinity`` are written as DuckDB does (the largest/smallest value
-  of the type: int32/int64 max and -max), because ADBC's epoch shift wraps them around;
+  of the type: int32/int64 max and -max), because ADBC's epoch shift wraps them around; a
+  timestamp after 294247-01-10 04:00:54.775806 (Arrow's end, whose last microsecond is +infinity's
+  encoding) wraps too and is refused; ``time '24:00'`` (Arrow reads it as 00:00) is refused;
 - ``interval`` becomes ``struct<months int32, days int32, microseconds int64>``, PostgreSQL's own
-  three fields (Parquet cannot store Arrow's month_day_nano type);
-- arrays become lists; a multi-dimensional array or one with a lower bound other than 1 cannot be
-  a flat list faithfully and fails the partition with a message naming the column;
-- other types (ranges, network, geometric, timetz, composite, enum) are written as their text.
+  three fields (Parquet cannot store Arrow's month_day_nano type); one whose time part overflows
+  ADBC's nanoseconds is refused;
+- arrays of the types above become lists (numeric, money and enum elements as exact text); a
+  multi-dimensional array or one with a lower bound other than 1 cannot be a list faithfully and
+  is refused; arrays of other types are their whole literal, bounds and all;
+- other types (ranges, network, geometric, timetz, composite, enum) are written as the type's
+  output (a composite with a NULL field included).
+
+Per-row refusals detected in SQL travel in one int flag column (the query's last), so a table of
+any width stays within PostgreSQL's 1,664 select-list entries; the refused value itself is read as
+NULL so that ADBC cannot fail on it first.
 """
 
 from __future__ import annotations
