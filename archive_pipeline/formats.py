@@ -295,7 +295,8 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         return (sql.SQL("CASE WHEN json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "WHEN strpos({c}::text, '\\u0000') > 0 THEN CASE WHEN {n} IS NULL THEN {c} END "
                         "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
-                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(c=ident, r=refuse, n=nul),
+                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(
+                    c=ident, r=refuse, n=nul),
                 encoding("embedded JSON (the json text as stored)", exact=False,
                          note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
                               "and json_populate_record re-escapes a top-level string; the JSON value null and "

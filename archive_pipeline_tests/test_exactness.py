@@ -132,7 +132,8 @@ def _ddl(conn: psycopg.Connection) -> None:
     conn.execute("CREATE TYPE wrap AS (p pair, arr int[], j jsonb)")
     conn.execute("CREATE DOMAIN intarr AS int[]")
     conn.execute("SET lc_monetary = 'C'")
-    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _, _) in COLUMNS.items())
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
+                              for n, (t, _, _) in COLUMNS.items())
     conn.execute(sql.SQL("CREATE TABLE edge (id int, at date, {})").format(cols))
     for row in range(ROWS):
         values = sql.SQL(", ").join(sql.SQL(v[1][row]) for v in COLUMNS.values())
@@ -308,8 +309,8 @@ def test_every_edge_value_round_trips_exactly(fmt, edge, session, store, s3_clie
             actual = _text_rows(conn, restored, columns)
             # an ordinary CSV reader sees PostgreSQL's text of every value (money as its numeric digits)
             parsed = sorted(read_csv(body), key=lambda r: int(r["id"]))
-            money = conn.execute(sql.SQL("SELECT concat(mn::numeric), concat(mna::numeric[]) FROM {} ORDER BY id").format(
-                sql.Identifier(SCHEMA, relation))).fetchall()
+            money = conn.execute(sql.SQL("SELECT concat(mn::numeric), concat(mna::numeric[]) FROM {} ORDER BY id")
+                                 .format(sql.Identifier(SCHEMA, relation))).fetchall()
             for row, exp, (mn, mna) in zip(parsed, expected, money, strict=True):
                 got = [row[c] for c in columns]
                 want = [{"mn": mn, "mna": mna}.get(c, v) if v is not None else None
@@ -341,7 +342,8 @@ def test_jsonl_keeps_json_text_but_line_breaks(edge, session, store, s3_client, 
     becomes a space (recorded as not exact)."""
     result = _archive(session, store, "multiline", "jsonl", "none")
     lines = download(s3_client, bucket, result.key).split(b"\n")
-    assert lines[0] == b'{"id":1,"at":"2024-03-10","j":{"k":  \t"v"}}' and lines[1] == b'{"id":2,"at":"2024-03-10","j":null}'
+    assert lines[0] == b'{"id":1,"at":"2024-03-10","j":{"k":  \t"v"}}'
+    assert lines[1] == b'{"id":2,"at":"2024-03-10","j":null}'
 
 
 # ---- refusals ----------------------------------------------------------------------------------------------
