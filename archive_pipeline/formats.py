@@ -282,7 +282,10 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
                          note="digits of the amount, without currency symbol; lc_monetary decides the scale"))
     if col.base_type == "jsonb":
         refuse = raise_in_sql(index, "json_null", ident)
-        return (sql.SQL("CASE WHEN jsonb_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
+        # jsonb's null is a few bytes: the size test (no detoasting) spares big documents a second
+        # decompression
+        return (sql.SQL("CASE WHEN pg_column_size({c}) < 64 AND jsonb_typeof({c}) = 'null' "
+                        "THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "ELSE {c} END").format(c=ident, r=refuse),
                 encoding("embedded JSON (jsonb's text)", note="the JSON value null is refused: read back "
                          "with json_populate_record it would be SQL NULL"))

@@ -16,6 +16,7 @@ import json
 
 import psycopg
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
@@ -499,3 +500,19 @@ def test_copy_chunks_hands_a_big_row_on_without_copying(conn):
     assert [c.rows for c in chunks] == [2, 1, 2, 1, 2, 1]
     assert [isinstance(c.data, bytearray) for c in chunks] == [True, False] * 3  # big rows: psycopg's buffer
     assert [len(c.data) for c in chunks if c.rows == 1] == [len(f"{i}\t".encode()) + 5001 for i in (3, 6, 9)]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "lz4", "none"])
+def test_a_row_bigger_than_a_chunk_passes_every_codec_intact(codec, conn, schema, store, s3_client, bucket):
+    """Rows over the 4 MiB chunk size go to the compressor as psycopg's own buffer (a memoryview)."""
+    conn.execute(sql.SQL("CREATE TABLE {}.big (at date, id int, v text)").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("INSERT INTO {}.big SELECT %s, i, repeat(md5(i::text), 1 + (i %% 2) * 200000) "
+                         "FROM generate_series(1, 4) AS i").format(sql.Identifier(schema)), [DAY])
+    spec = TableSpec(name=f"{schema}.big", day_column="at", start_date=DAY, format="csv", compression=codec)
+    result = archive_partition(conn, spec, DAY, store)
+    body = decompress(download(s3_client, bucket, result.key), codec)
+    rows = pacsv.read_csv(io.BytesIO(body), read_options=pacsv.ReadOptions(block_size=32 << 20),
+                          parse_options=pacsv.ParseOptions(newlines_in_values=True)).to_pylist()
+    expected = conn.execute(sql.SQL("SELECT v FROM {}.big ORDER BY id").format(sql.Identifier(schema))).fetchall()
+    assert [r["v"] for r in sorted(rows, key=lambda r: int(r["id"]))] == [e[0] for e in expected]
+    assert len(expected[0][0]) == 32 * 200001 > 4 << 20
