@@ -245,8 +245,9 @@ class ChangedCheckConfig(Config):
     days: int = Field(default=7, ge=1, le=366, description="how many of the latest archived days to compare")
 
 
-def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
-    """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests."""
+def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: str) -> AssetChecksDefinition:
+    """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests;
+    ``rerun_config`` is the launchpad run config that archives a changed day again."""
 
     @asset_check(asset=key, name=CHANGED_CHECK, blocking=False,
                  description="On demand: compares the source's current content fingerprint of the latest archived "
@@ -274,12 +275,10 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksD
             checked.append(event.partition)
             if difference:
                 changed[event.partition] = difference
-        from archive_pipeline.assets import overwrite_run_config  # the asset module imports this one
-
         if changed:
             description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
                            f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items()))
-                           + f"\n\nWhat to do: archive those days again with run config\n{overwrite_run_config(spec)}")
+                           + f"\n\nWhat to do: archive those days again with run config\n{rerun_config}")
         else:
             description = f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
         return AssetCheckResult(passed=not changed, description=description,
