@@ -32,7 +32,6 @@ from archive_pipeline.formats import (
     WriteStats,
     explain_value_failure,
     failing_columns,
-    get_format,
     is_value_failure,
     refuse_inexact,
 )
@@ -49,6 +48,7 @@ from archive_pipeline.manifest import (
 )
 from archive_pipeline.memory import bound_allocator
 from archive_pipeline.sink import temp_archive_file
+from archive_pipeline.writers import get_format
 from archive_pipeline.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
     server_identity
 from archive_pipeline.store import S3Store, S3Upload

@@ -465,15 +465,3 @@ class Csv(_CopyFormat):
 
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         return sql.SQL("COPY ({query}) TO STDOUT (FORMAT csv)").format(query=day_query(table, where))
-
-
-def get_format(name: str, compression: str = "zstd", level: int | None = None) -> Format:
-    if name == "jsonl":
-        return JsonLines()
-    if name == "csv":
-        return Csv()
-    if name == "parquet":
-        from archive_pipeline.parquet import Parquet
-
-        return Parquet(compression=compression, level=level)
-    raise ValueError(f"unknown format {name!r}; choose jsonl, csv or parquet")

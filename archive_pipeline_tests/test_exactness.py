@@ -24,7 +24,8 @@ from psycopg import sql
 from archive_pipeline.archive import archive_partition
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, UnsupportedTypeError
-from archive_pipeline.formats import Extraction, WriteStats, get_format, is_value_failure
+from archive_pipeline.formats import Extraction, WriteStats, is_value_failure
+from archive_pipeline.writers import get_format
 from archive_pipeline.source import SNAPSHOT_SETTINGS, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
 from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
 
