@@ -80,3 +80,13 @@ def _s3_environment(monkeypatch):
 
 def utc_today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
+
+
+@pytest.fixture
+def archive_env(monkeypatch, pg, s3, bucket):
+    """The environment a deployment provides: connection settings only, never in the YAML."""
+    monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn)
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("ARCHIVE_S3_PREFIX", "archive")
+    return bucket

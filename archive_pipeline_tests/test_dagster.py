@@ -30,16 +30,6 @@ from archive_pipeline_tests.helpers import decompress, download, read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def archive_env(monkeypatch, pg, s3, bucket):
-    """The environment a deployment provides: connection settings only, never in the YAML."""
-    monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn)
-    monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
-    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
-    monkeypatch.setenv("ARCHIVE_S3_PREFIX", "archive")
-    return bucket
-
-
 def events_config(schema: str, start: dt.date, **table) -> object:
     return parse_config({"retry": {"max_retries": 2, "delay_seconds": 0},
                          "tables": [{"name": f"{schema}.events", "day_column": "created_at",

@@ -111,15 +111,6 @@ def test_retention_window_and_config_rules():
         TableSpec(name="a.b", day_column="d", start_date="2024-03-01", retention={"keep_days": 3, "action": "drop"})
 
 
-@pytest.fixture
-def archive_env(monkeypatch, pg, s3, bucket):
-    monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn)
-    monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
-    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
-    monkeypatch.setenv("ARCHIVE_S3_PREFIX", "archive")
-    return bucket
-
-
 def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(conn, events, archive_env,
                                                                                 s3_client):
     from dagster import AssetKey, instance_for_test

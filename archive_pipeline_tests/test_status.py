@@ -38,7 +38,7 @@ from archive_pipeline.definitions import build_definitions, check_tables_exist
 from archive_pipeline.local_stack import create_sample_events, free_port
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline_tests.conftest import utc_today
-from archive_pipeline_tests.test_dagster import archive_env, events_config, job_name  # noqa: F401 - fixture
+from archive_pipeline_tests.test_dagster import events_config, job_name
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 10)
