@@ -158,7 +158,9 @@ def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
         conn.execute(query)
     except psycopg.Error as exc:
         conn.execute("ROLLBACK TO SAVEPOINT archive_probe")
-        return exc if is_value_failure(exc) else None
+        if not is_value_failure(exc):
+            raise  # a timeout or a lost connection says nothing about the columns: stop probing
+        return exc
     conn.execute("RELEASE SAVEPOINT archive_probe")
     return None
 
