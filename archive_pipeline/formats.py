@@ -71,8 +71,9 @@ class Extraction:
             self.progress(stats.rows, stats.bytes)
 
 
-# Bytes read ahead of the consumer (a few 4 MiB chunks or Arrow batches; one row when it is bigger).
-READ_AHEAD_BYTES = 12 << 20
+# Bytes read ahead of the consumer: the queue of 4 MiB chunks or Arrow batches as before, but one row
+# at a time when rows are bigger (#11 §5).
+READ_AHEAD_BYTES = 20 << 20
 
 OTHER_FORMATS = {"jsonl": "csv or parquet", "csv": "parquet or jsonl", "parquet": "jsonl or csv"}
 
@@ -157,7 +158,9 @@ def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
         conn.execute(query)
     except psycopg.Error as exc:
         conn.execute("ROLLBACK TO SAVEPOINT archive_probe")
-        return exc if is_value_failure(exc) else None
+        if not is_value_failure(exc):
+            raise  # a timeout or a lost connection says nothing about the columns: stop probing
+        return exc
     conn.execute("RELEASE SAVEPOINT archive_probe")
     return None
 
@@ -264,18 +267,13 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
             # reads it back.
             return (sql.SQL("to_json({})").format(output_text(ident)),
                     encoding("string: PostgreSQL array literal", note="read back with the array type's input"))
+        # As row_to_json writes it; a row holding an array whose lower bound is not 1 (which row_to_json
+        # would drop) is written again with that array as its literal (see JsonLines.copy_statement).
         value = sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric"))) if col.base_type == "money" \
             else ident
-        # row_to_json drops lower bounds other than 1; such an array is written as its literal,
-        # '[0:2]={1,2,3}', which json_populate_record reads back with its bounds.
-        # (the common case, NULL, empty or one-dimensional from 1, costs two O(1) calls)
-        expr = sql.SQL(
-            "CASE WHEN coalesce(array_lower({v}, 1), 1) = 1 AND coalesce(array_ndims({v}), 1) = 1 THEN to_json({v}) "
-            "WHEN array_lower({v}, 1) = 1 AND array_dims({v}) !~ {re} THEN to_json({v}) "
-            "ELSE to_json({v}::text) END").format(v=value, re=sql.Literal(r"\[(?!1:)"))
         element = json_type(col.base_type if not col.is_enum else "enum")
-        return expr, encoding(f"array of {element} (nested when multi-dimensional; the PostgreSQL array "
-                              "literal as a string when a lower bound is not 1)")
+        return value, encoding(f"array of {element} (nested when multi-dimensional; the PostgreSQL array "
+                               "literal as a string when a lower bound is not 1)")
     if col.base_type == "money":
         return (sql.SQL("{}::numeric").format(ident),
                 encoding("number (money as numeric)",
@@ -435,8 +433,33 @@ class JsonLines(_CopyFormat):
         columns = sql.SQL(", ").join(sql.SQL("{} AS {}").format(expr, sql.Identifier(c.name))
                                      for c, (expr, _) in zip(table.columns, self._columns(table), strict=True))
         query = day_query(table, where, columns)
-        return sql.SQL("COPY (SELECT row_to_json(r.*) FROM ({query}) AS r) TO STDOUT "
-                       "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')").format(query=query)
+        return sql.SQL("COPY (SELECT {line} FROM ({query}) AS r) TO STDOUT "
+                       "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')").format(line=self._line(table), query=query)
+
+    @staticmethod
+    def _line(table: SourceTable) -> sql.Composable:
+        """row_to_json of the row; when one of its arrays has a lower bound other than 1, the row again
+        with such arrays as their literal. Deciding per row, not per value, keeps the common row as
+        cheap as plain row_to_json (two O(1) calls per array, no intermediate JSON per array)."""
+        arrays = [c for c in table.columns if c.is_array and _json_native(c)]
+        if not arrays:
+            return sql.SQL("row_to_json(r.*)")
+
+        def ref(col: Column) -> sql.Composable:
+            return sql.SQL("r.{}").format(sql.Identifier(col.name))
+
+        plain = sql.SQL(" AND ").join(
+            sql.SQL("coalesce(array_lower({v}, 1), 1) = 1 AND coalesce(array_ndims({v}), 1) = 1").format(v=ref(c))
+            for c in arrays)
+        again = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(
+                sql.SQL("CASE WHEN coalesce(array_lower({v}, 1), 1) = 1 AND (coalesce(array_ndims({v}), 1) = 1 "
+                        "OR array_dims({v}) !~ {re}) THEN to_json({v}) ELSE to_json({v}::text) END").format(
+                    v=ref(c), re=sql.Literal(r"\[(?!1:)")) if c in arrays else ref(c),
+                sql.Identifier(c.name))
+            for c in table.columns)
+        return sql.SQL("CASE WHEN {plain} THEN row_to_json(r.*) "
+                       "ELSE (SELECT row_to_json(x.*) FROM (SELECT {again}) AS x) END").format(plain=plain, again=again)
 
     def output_type(self, col: Column) -> str:
         """The short form of the column's encoding: "number", "array of string", "embedded JSON", ..."""
