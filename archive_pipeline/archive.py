@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import re
 import time
@@ -191,9 +192,11 @@ class _Archiving:
                     if existing.manifest is not None and existing.problem is None:
                         if self._keep(existing.manifest, identity, table, fp, overwrite):
                             return self._skipped(existing.manifest, table, snapshot, fp_seconds)
+                    else:
+                        self._refuse_removed(existing, fp)
                     definition = table_definition(table.columns, primary_key(self.conn, table),
                                                   partition_of_day(self.conn, self.spec, self.day))
-                    generation = existing.generation + 1 if existing.manifest is not None else 1
+                    generation = self._generation(existing, fp)
                     data_key = keys.generation_key(self.key, generation)
                     encodings = fmt.encodings(table)
                     if self.spec.strict:
@@ -245,7 +248,7 @@ class _Archiving:
             self.conn.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
             with fingerprint.canonical_settings(self.conn):
                 culprits, found = failing_columns(self.conn, table, where, [
-                    fingerprint.column_hash(c, i) for i, c in enumerate(table.columns)])
+                    fingerprint.column_piece(c) for c in table.columns])
             raise explain_value_failure(self.spec.format, table, found or exc, culprits) from None
         self.conn.execute("RELEASE SAVEPOINT archive_fingerprint")
         return fp
@@ -271,6 +274,21 @@ class _Archiving:
                 f"configured as {self.spec.format}/{self.spec.compression}; set overwrite to replace it",
                 retryable=False)
 
+    def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
+        """A removed day whose archive is damaged, or whose manifest cannot be read but says it was
+        removed, is never archived again from the source unless the source holds exactly its rows."""
+        manifest = existing.manifest
+        if manifest is None and existing.raw is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                loose = json.loads(existing.raw)
+                manifest = loose if isinstance(loose, dict) else None
+        removed = (manifest or {}).get("removed")
+        if removed and manifest.get("fingerprint") != str(fp):
+            raise DayRemovedError(
+                f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')}, and its archive "
+                f"is damaged ({existing.problem}); archiving the now different source would replace the only "
+                "copy. Nothing was written: restore the archive or its manifest from a backup", retryable=False)
+
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
               overwrite: bool) -> bool:
         """True to skip: the archive is this day's rows exactly. Raises if it must not be replaced."""
@@ -295,8 +313,8 @@ class _Archiving:
                 f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
                 f"{identity.system_identifier}); if this database replaced that one, set overwrite to archive "
                 "the day again", retryable=False)
-        if recorded is None:
-            return False  # a version 1 manifest cannot prove its content: archive again, as a new generation
+        if recorded is None or not recorded.startswith(fingerprint.ALGORITHM + ":"):
+            return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         if same:
             return True
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
@@ -363,36 +381,73 @@ class _Archiving:
         )
 
     def _commit(self, result: ArchiveResult, identity: SourceIdentity, definition: dict, existing: Existing) -> None:
-        """Write the manifest (the commit point), then retire what it replaced.
+        """Write the manifest (the commit point), then retire the generation it replaced.
 
-        Until the manifest is written the previous pair is untouched. If it cannot be written, the
-        new data object is withdrawn and the previous manifest put back if the failed write may have
-        reached the store; a failed cleanup never hides the original error.
+        Until the manifest is written the previous pair is untouched. If the write fails, the store
+        is read back: our manifest there means the commit happened after all; otherwise the previous
+        manifest is put back if the failed write replaced it, and the new object is withdrawn unless
+        the manifest now in the store names it. A cleanup failure never hides the original error.
+        Nothing is ever deleted on the strength of a manifest that could not be read, and an
+        overwrite that archives fewer rows keeps the previous object (``kept``), so no run deletes
+        rows that exist nowhere else.
         """
-        data = encode_manifest(build_manifest(result, identity, definition))
+        superseded, kept = self._retire(result, existing)
+        manifest = build_manifest(result, identity, definition)
+        manifest.update(superseded=superseded, kept=kept)
+        data = encode_manifest(manifest)
         try:
             self._put_manifest(data)
         except BaseException as exc:
-            if existing.raw is not None:
-                _quietly(exc, f"put back the previous manifest {self.manifest_key}",
-                         lambda: self._put_back(existing.raw))
-            if result.key and result.key != _manifest_object_key(existing.manifest):
-                _quietly(exc, f"withdraw {result.key}", lambda: self.store.delete(result.key))
-            raise
-        previous = _manifest_object_key(existing.manifest)
-        if previous and previous != result.key:
-            _log_failure(f"delete the superseded archive {previous}", lambda: self.store.delete(previous))
-        if existing.manifest is not None or existing.raw is not None:
-            _log_failure(f"sweep stale generations of {self.key}", lambda: self._sweep(result.key))
+            if self._stored_manifest() == data:
+                log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key,
+                            exc)
+            else:
+                self._undo_commit(exc, result, existing)
+                raise
+        for key in superseded:
+            _log_failure(f"delete the superseded archive {key}", lambda key=key: self.store.delete(key))
+
+    def _retire(self, result: ArchiveResult, existing: Existing) -> tuple[list[str], list[dict]]:
+        """Which earlier objects of this day the new manifest retires (deleted after the commit, and
+        listed so a later run retries) and which it keeps (an overwrite that lost rows)."""
+        previous = existing.manifest  # readable (a damaged object of a removed day never gets here)
+        if previous is None:
+            return [], []
+        superseded = [k for k in previous.get("superseded", []) if k != result.key]
+        kept = list(previous.get("kept", []))
+        obj = previous.get("object")
+        if obj and obj.get("key") != result.key:
+            if result.rows < previous.get("rows", 0):
+                kept.append({"key": obj["key"], "rows": previous["rows"], "md5": obj.get("md5"),
+                             "fingerprint": previous.get("fingerprint"),
+                             "snapshot_at": previous.get("source", {}).get("snapshot_at")})
+            else:
+                superseded.append(obj["key"])
+        return superseded[-10:], kept
+
+    def _stored_manifest(self) -> bytes | None:
+        try:
+            return _get_manifest_bytes(self.store, self.manifest_key)
+        except Exception:  # noqa: BLE001 - unreadable: not ours
+            return None
+
+    def _undo_commit(self, exc: BaseException, result: ArchiveResult, existing: Existing) -> None:
+        if existing.raw is not None:
+            _quietly(exc, f"put back the previous manifest {self.manifest_key}", lambda: self._put_back(existing.raw))
+        if not result.key:
+            return
+        current = self._stored_manifest()
+        try:
+            named = _manifest_object_key(decode_manifest(current)) if current else None
+        except ManifestError:
+            named = None
+        if named != result.key:
+            _quietly(exc, f"withdraw {result.key}", lambda: self.store.delete(result.key))
 
     def _put_back(self, previous: bytes) -> None:
         """Restore the previous manifest if a failed write replaced it (damaged, or ours after all);
         leave it alone if it is still there: rewriting identical bytes would only add a way to fail."""
-        try:
-            current = _get_manifest_bytes(self.store, self.manifest_key)
-        except Exception:  # noqa: BLE001 - unreadable now: write the previous one back
-            current = None
-        if current != previous:
+        if self._stored_manifest() != previous:
             self.store.put_bytes(self.manifest_key, previous, "application/json")
 
     def _put_manifest(self, data: bytes) -> None:
@@ -407,15 +462,29 @@ class _Archiving:
                     raise
                 log.warning("writing %s failed (%s); trying again", self.manifest_key, exc)
 
-    def _sweep(self, live_key: str) -> None:
-        """Delete data generations of this day that no manifest names (left by a killed re-archive)."""
+    def _generation(self, existing: Existing, fp: fingerprint.Fingerprint) -> int:
+        """The generation the new data is written as: never the key of an object that might be the
+        only copy of something. With a trustworthy manifest that is the next one (an object already
+        there is an uncommitted leftover); without one, past every generation found in the store."""
+        if existing.manifest is not None and existing.problem is None:
+            return existing.generation + 1
+        found = self._stored_generations()
+        if found and fp.rows == 0:
+            raise ArchiveError(
+                f"{self.store.uri(self.key)} has archived data ({len(found)} object(s)) but "
+                f"{'no readable manifest' if existing.raw is not None else 'no manifest'}, and the source has no rows "
+                "for the day now: it may have been removed from the source after it was archived. Nothing was "
+                "written; inspect the objects (restore the manifest from a backup or versioning) before archiving "
+                "this day again", retryable=False)
+        return max(found, default=0) + 1
+
+    def _stored_generations(self) -> list[int]:
         head, slash, name = self.key.rpartition("/")
         stem, dot, ext = name.partition(".")
-        pattern = re.compile(re.escape(f"{head}{slash}{stem}") + r"(\.g\d+)?" + re.escape(f"{dot}{ext}") + "$")
+        pattern = re.compile(re.escape(f"{head}{slash}{stem}") + r"(?:\.g(\d+))?" + re.escape(f"{dot}{ext}"))
         listing = self.store.client.list_objects_v2(Bucket=self.store.bucket, Prefix=f"{head}{slash}{stem}")
-        for item in listing.get("Contents", []):
-            if pattern.fullmatch(item["Key"]) and item["Key"] != live_key:
-                self.store.delete(item["Key"])
+        return [int(m.group(1) or 1) for item in listing.get("Contents", [])
+                if (m := pattern.fullmatch(item["Key"]))]
 
 
 def _manifest_object_key(manifest: dict | None) -> str | None:

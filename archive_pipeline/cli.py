@@ -444,7 +444,7 @@ def compare(run: Run, show_rows: bool) -> None:
 
 
 def _short(fp: str | None) -> str:
-    """``row-hash-sum-v1:20000:-1234…`` shortened to its count and the hash sum's last digits."""
+    """``row-hash-sum-v2:20000:-1234…`` shortened to its count and the hash sum's last digits."""
     if not fp:
         return ""
     _, rows, total = fp.rsplit(":", 2)

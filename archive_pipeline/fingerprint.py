@@ -2,21 +2,21 @@
 
 The fingerprint is the row count plus the sum, over rows, of a 64-bit hash of each row. A sum is
 order-independent (the archive's row order does not matter) and, unlike XOR, counts duplicate rows.
-Each row's hash XORs one hash per column, each seeded with the column's position so that values
-swapped between columns change it, and with a distinct constant for NULL.
 
-Per-column hashes use PostgreSQL's own extended (64-bit) hash functions where a type's hash is
-exact, i.e. two values hash alike only if they print alike: integers, text (under the "C"
-collation, so nondeterministic collations cannot fold case or accents), uuid, timestamps, time,
-boolean, and ``numeric`` (its hash combined with its display scale, so 1.0 and 1.00 differ).
-Every other type hashes its text output, which is exact where the type's hash is not:
-``float8`` 0 vs -0, ``interval`` '1 day' vs '24 hours', array lower
-bounds, ``jsonb`` 1.0 vs 1.00, enums (whose hash depends on label OIDs, different in another
-database). Text output depends on session settings, so the fingerprint is always computed under
-:data:`CANONICAL_SETTINGS`; the same query over rows restored into a table of the same column
-types gives the same fingerprint exactly when the rows are the same multiset.
+A row's hash is one ``hashtextextended`` over its columns' *pieces* joined by commas, in column
+order. A piece is a short, comma-free text that differs exactly when the value prints differently:
+integers and booleans as themselves, text (under the "C" collation, so a nondeterministic
+collation cannot fold case or accents) and uuid as a 64-bit hash of their bytes, every other type
+as a 64-bit hash of its text output, and ``N`` for NULL. Types' own hash functions are not used
+where they are weaker than their text: ``hashint8extended`` (and so timestamps and time) folds the
+high 32 bits into the low ones, ``hash_numeric_extended`` ignores the sign, and equality-based
+hashes cannot tell 1.0 from 1.00, 0 from -0, '1 day' from '24 hours', array bounds, or enum labels
+across databases. Text output depends on session settings, so the fingerprint is always computed
+under :data:`CANONICAL_SETTINGS`; the same query over rows restored into a table of the same column
+types gives the same fingerprint exactly when the rows are the same multiset, up to the chance of
+a 64-bit collision.
 
-Measured on the 1,000,000-row benchmark day: see bench/run.py (``fingerprint`` line).
+Measured on the 1,000,000-row benchmark day: see bench/run.py (``fprint`` column).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-ALGORITHM = "row-hash-sum-v1"
+ALGORITHM = "row-hash-sum-v2"
 
 # Output of every type is fixed by these, whatever the server's or role's defaults.
 CANONICAL_SETTINGS = {
@@ -38,26 +38,26 @@ CANONICAL_SETTINGS = {
     "IntervalStyle": "iso_8601",
     "extra_float_digits": "1",
     "bytea_output": "hex",
+    "lc_monetary": "C",
 }
 
-# Types whose extended hash function distinguishes exactly what their text output distinguishes.
-_NATIVE_HASH = {
-    "int2": "hashint2extended({c}, {seed})",
-    "int4": "hashint4extended({c}, {seed})",
-    "int8": "hashint8extended({c}, {seed})",
-    "text": 'hashtextextended({c} COLLATE "C", {seed})',
-    "varchar": 'hashtextextended({c}::text COLLATE "C", {seed})',
-    "uuid": "uuid_hash_extended({c}, {seed})",
-    # equal numerics with equal display scale print alike (1.0 vs 1.00 differ in scale; NaN has none)
-    "numeric": "(hash_numeric_extended({c}, {seed}) # hashint4extended(coalesce(scale({c}), -1), {seed}))",
-    "timestamp": "timestamp_hash_extended({c}, {seed})",
-    "timestamptz": "timestamp_hash_extended({c} AT TIME ZONE 'UTC', {seed})",
-    "time": "time_hash_extended({c}, {seed})",
-    "bool": "hashint4extended({c}::int4, {seed})",
+# Each column becomes a short piece of text that differs exactly when the value prints differently:
+# integers and booleans as themselves; text and uuid as a 64-bit hash of their bytes (a full hash,
+# unlike hashint8extended, which folds the high half into the low one); every other type as a
+# 64-bit hash of its text output (timestamps, numeric: their own hashes ignore the sign or fold).
+_PIECES = {
+    "int2": "{c}::text",
+    "int4": "{c}::text",
+    "int8": "{c}::text",
+    "bool": "{c}::text",
+    "text": 'hashtextextended({c} COLLATE "C", 0)::text',
+    "varchar": 'hashtextextended({c}::text COLLATE "C", 0)::text',
+    "uuid": "uuid_hash_extended({c}, 0)::text",
 }
-_TEXT_HASH = 'hashtextextended({c}::text COLLATE "C", {seed})'
+_TEXT_PIECE = 'hashtextextended({c}::text COLLATE "C", 0)::text'
+_NULL_PIECE = "N"  # no piece is N: pieces are integers, true/false or hashes
+_ARGS = 90  # concat_ws takes at most 100 arguments: join wide rows in groups
 _cursor_names = itertools.count()
-_GROUP = 32  # XOR the column hashes in groups, so a 1,600-column row does not make a 1,600-deep expression
 
 
 class ColumnLike:  # documentation only: anything with these attributes works (source.Column does)
@@ -84,24 +84,25 @@ class Fingerprint:
         return cls(rows=int(rows), hash_sum=hash_sum, algorithm=algorithm)
 
 
-def column_hash(column: ColumnLike, position: int, qualifier: str | None = None) -> sql.Composable:
-    """The hash expression of one column; NULL hashes to a constant of its own per column."""
+def column_piece(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
+    """One column's piece of the row's text: a comma-free string that differs exactly when the value
+    prints differently, and ``N`` for NULL."""
     ident = sql.Identifier(qualifier, column.name) if qualifier else sql.Identifier(column.name)
-    seed = position + 1
-    template = _TEXT_HASH if column.is_array or column.is_enum else _NATIVE_HASH.get(column.base_type, _TEXT_HASH)
-    expression = sql.SQL(template).format(c=ident, seed=sql.Literal(seed))
-    return sql.SQL("coalesce({}, {})").format(expression, sql.Literal(-seed * 0x9E3779B97F4A7C15 % (1 << 63)))
+    template = _TEXT_PIECE if column.is_array or column.is_enum else _PIECES.get(column.base_type, _TEXT_PIECE)
+    return sql.SQL("coalesce({}, {})").format(sql.SQL(template).format(c=ident), sql.Literal(_NULL_PIECE))
 
 
 def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None) -> sql.Composable:
-    """One 64-bit hash per row: the XOR of its columns' hashes, grouped to keep the expression shallow."""
-    terms: list[sql.Composable] = [column_hash(c, i, qualifier) for i, c in enumerate(columns)]
-    if not terms:
+    """One 64-bit hash per row, of its columns' pieces joined by commas (in column order, so values
+    swapped between columns change it; one real hash over the whole row, so no column's change can
+    cancel another's)."""
+    pieces: list[sql.Composable] = [column_piece(c, qualifier) for c in columns]
+    if not pieces:
         return sql.SQL("0::int8")
-    while len(terms) > 1:
-        terms = [sql.SQL("(") + sql.SQL(" # ").join(terms[i:i + _GROUP]) + sql.SQL(")")
-                 for i in range(0, len(terms), _GROUP)]
-    return terms[0]
+    while len(pieces) > _ARGS:
+        pieces = [sql.SQL("concat_ws(',', {})").format(sql.SQL(", ").join(pieces[i:i + _ARGS]))
+                  for i in range(0, len(pieces), _ARGS)]
+    return sql.SQL("hashtextextended(concat_ws(',', {}), 0)").format(sql.SQL(", ").join(pieces))
 
 
 def fingerprint_query(relation: sql.Composable, columns: Sequence[ColumnLike],

@@ -152,8 +152,9 @@ def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: dt.date) 
 def source_changed(conn: psycopg.Connection, spec: TableSpec, day: dt.date, manifest: dict) -> str | None:
     """Why the source's day no longer equals its archive, or None if it does."""
     recorded = manifest.get("fingerprint")
-    if not recorded:
-        return "the manifest has no fingerprint (written by an older version): archive the day again to prove it"
+    if not recorded or not recorded.startswith(fingerprint.ALGORITHM + ":"):
+        return ("the manifest has no fingerprint of this version (written by an older archive_pipeline): archive the "
+                "day again (overwrite) to prove it")
     now = source_fingerprint(conn, spec, day)
     if str(now) == recorded:
         return None
@@ -180,8 +181,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}")
         if manifest is None:
             return problems
-    if not manifest.get("fingerprint"):
-        return ["the manifest has no fingerprint (written by an older version): archive the day again "
+    if not str(manifest.get("fingerprint", "")).startswith(fingerprint.ALGORITHM + ":"):
+        return ["the manifest has no fingerprint of this version (written by an older archive_pipeline): archive the day again "
                 "(overwrite) before proving it"]
     if manifest.get("empty"):
         changed = source_changed(conn, spec, day, manifest)

@@ -9,6 +9,7 @@ from psycopg import sql
 
 from archive_pipeline.archive import DayRemovedError, archive_partition
 from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import ArchiveError
 from archive_pipeline.lifecycle import RemovalRefused, due_days, remove_day
 from archive_pipeline.local_stack import create_sample_events
 from archive_pipeline.verify import deep_verify, load_manifest
@@ -160,3 +161,39 @@ def _store(client, bucket):
     from archive_pipeline.store import S3Store
 
     return S3Store(client, bucket, prefix="archive")
+
+
+def test_a_removed_days_archive_is_never_replaced_even_when_its_manifest_or_object_is_damaged(conn, events, store,
+                                                                                               s3_client, bucket):
+    """Found in review: the removed-day guard must hold when the stored archive does not check out."""
+    spec = spec_for(events, "drop")
+    result = archive_partition(conn, spec, DAYS[0], store)
+    remove_day(conn, spec, DAYS[0], store)
+    body = s3_client.get_object(Bucket=bucket, Key=result.key)["Body"].read()
+    raw = s3_client.get_object(Bucket=bucket, Key=result.manifest_key)["Body"].read()
+    # the manifest altered (its checksum no longer matches), then lost altogether, then the object replaced
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=raw.replace(b'"rows": 300', b'"rows": 301'))
+    with pytest.raises(DayRemovedError, match="was removed from the source"):
+        archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    s3_client.delete_object(Bucket=bucket, Key=result.manifest_key)
+    with pytest.raises(ArchiveError, match="may have been removed from the source"):
+        archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=raw)
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=body + b"x")
+    with pytest.raises(DayRemovedError, match="its archive is damaged"):
+        archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=body)
+    assert deep_verify(conn, store, spec, DAYS[0]) != []  # the source no longer has the rows...
+    assert load_manifest(store, result.key)["rows"] == 300  # ...and the archive is still there, whole
+
+
+def test_an_overwrite_that_loses_rows_keeps_the_previous_object(conn, events, store, s3_client, bucket):
+    spec = spec_for(events, "drop")
+    first = archive_partition(conn, spec, DAYS[0], store)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE created_at < '2024-03-10 12:00+00'").format(
+        sql.Identifier(events, "events")))
+    second = archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    assert second.rows < first.rows
+    manifest = load_manifest(store, first.key)
+    assert [k["key"] for k in manifest["kept"]] == [first.key] and manifest["kept"][0]["rows"] == 300
+    assert s3_client.head_object(Bucket=bucket, Key=first.key)["ContentLength"] == first.bytes
