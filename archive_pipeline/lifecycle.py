@@ -59,12 +59,14 @@ def due_days(spec: TableSpec, today: dt.date) -> list[dt.date]:
 
 
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
-               dry_run: bool = False, proven: bool = False, scratch_conn: psycopg.Connection | None = None,
+               dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None) -> Removal:
     """Remove ``day`` of ``spec`` from the source (``conn`` must be the primary), if and only if proven.
 
-    ``proven=True`` says the deep verification just passed (e.g. Dagster's blocking deep check of
-    this partition); the in-transaction fingerprint re-check runs regardless.
+    The deep verification runs here, under the table-day lock, so what is proven is what is removed.
+    ``proven`` may instead name the ``manifest_sha256`` of the manifest a caller just proved (it is
+    then skipped only if the manifest is still that one), or be True for a caller that proved it
+    itself under this lock; the in-transaction fingerprint re-check runs regardless.
     """
     if spec.retention is None:
         raise RemovalRefused(f"{spec.name} has no retention setting; nothing is removed from it",
@@ -84,7 +86,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S
         if (manifest.get("removed") or {}).get("state") == "done":
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
-        if not proven:
+        if proven is not True and proven != manifest.get("manifest_sha256"):
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn)
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
@@ -119,12 +121,19 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3St
     now = dt.datetime.now(dt.UTC)
     mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by}
     _write_manifest(store, mkey, {**manifest, "removed": mark})
+    committing = False
     try:
         with conn.transaction():
             table = source_table(conn, spec, day)
             target = _target(conn, spec, day, table, action)
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
+            committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
+        if committing:
+            exc.add_note(f"the removal's COMMIT got no answer: it may have happened. {mkey} stays marked "
+                         "'pending', so the day is never archived again from an emptied source; run the "
+                         "removal again to settle it")
+            raise
         try:
             if original is not None:
                 store.put_bytes(mkey, original, "application/json")
@@ -167,6 +176,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
         if action == "drop":
             conn.execute(sql.SQL("DROP TABLE {}").format(target.identifier))
         return now.rows
+    _refuse_referenced(conn, spec, day, table)
     deleted = 0
     while True:
         # (tableoid, ctid): a ctid alone is not unique across the partitions of a partitioned table
@@ -174,8 +184,25 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
             "DELETE FROM {t} WHERE {w} AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM {t} WHERE {w} LIMIT {n})"
         ).format(t=table.identifier, w=where, n=sql.Literal(spec.retention.batch_rows))).rowcount
         if batch <= 0:
-            return deleted
+            break
         deleted += batch
+    if deleted != now.rows:  # a trigger, a rule or row security changed what DELETE saw: keep everything
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: DELETE removed {deleted:,} rows where "
+                             f"{now.rows:,} were archived (a trigger, rule or row-level security on the table?); "
+                             "rolled back", table=spec.name, day=day.isoformat())
+    return deleted
+
+
+def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: dt.date, table: SourceTable) -> None:
+    """Deleting rows that other tables' foreign keys reference would cascade into (or fail on) rows
+    that were never archived: refuse, naming the constraints."""
+    found = [r[0] for r in conn.execute(
+        "SELECT conname FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = %s::regclass",
+        (table.identifier.as_string(conn),))]
+    if found:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: foreign keys {found} reference the table, so "
+                             "deleting archived rows would reach rows of other tables; remove days of this table "
+                             "by hand", table=spec.name, day=day.isoformat())
 
 
 def _no_inherit(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> None:

@@ -36,13 +36,21 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
 
 
 def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> None:
-    """Fail (retryable) if the session holding the (table, day) lock is gone: a session lock lives as
-    long as its session, so a live connection still holds it; a dead one means another run may have
-    started on the same day, and this one must not publish."""
+    """Fail (retryable) unless this session still holds the (table, day) lock: if its session died,
+    or a pooler moved us to another one, another run may have started on the same day, and this
+    one must not publish."""
+    key = lock_key(table, day)
     try:
-        conn.execute("SELECT 1")
+        held = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = pg_backend_pid() AND classid = hashtext(%s)::oid AND objid = %s::oid AND objsubid = 2)",
+            key).fetchone()[0]
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ArchiveError(f"{table} {day}: the connection holding the table-day lock was lost before the "
                            f"archive was committed ({type(exc).__name__}: {first}); nothing was published",
                            table=table, day=day.isoformat(), retryable=True) from None
+    if not held:  # e.g. a pooler (transaction mode) handed the session lock to another client
+        raise ArchiveError(f"{table} {day}: this session no longer holds the table-day lock (a connection pooler "
+                           "in transaction mode between us and PostgreSQL?); nothing was published. Connect "
+                           "directly or in session mode", table=table, day=day.isoformat(), retryable=True)

@@ -36,7 +36,8 @@ from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError
 from archive_pipeline.lifecycle import due_days, remove_day
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
-from archive_pipeline.verify import deep_verify
+from archive_pipeline.keys import table_day_key
+from archive_pipeline.verify import deep_verify, load_manifest
 
 PROVEN_CHECK = "archive_proven"
 
@@ -80,9 +81,11 @@ def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
         with primary_postgres.connect() as primary, postgres.connect() as source:
             standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
             try:
-                problems = deep_verify(source, store, spec, day, scratch_conn=primary if standby else None)
-            except ArchiveError as exc:
-                problems = [str(exc)]
+                manifest = load_manifest(store, table_day_key(spec, day, store.prefix))
+                problems = deep_verify(source, store, spec, day, manifest=manifest,
+                                       scratch_conn=primary if standby else None)
+            except (ArchiveError, ValueError) as exc:
+                manifest, problems = None, [str(exc)]
             yield AssetCheckResult(check_name=PROVEN_CHECK, passed=not problems, severity=AssetCheckSeverity.ERROR,
                                    description="; ".join(problems) or f"{day}: archive proven equal to the source",
                                    metadata={"day": day.isoformat()})
@@ -90,7 +93,9 @@ def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
                 raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
                                           + "; ".join(problems), allow_retries=False)
             try:
-                removal = remove_day(primary, spec, day, store, dry_run=config.dry_run, proven=True,
+                # proven names the manifest just proved: under the lock, a different one is proved again
+                removal = remove_day(primary, spec, day, store, dry_run=config.dry_run,
+                                     proven=(manifest or {}).get("manifest_sha256", False),
                                      removed_by=f"dagster run {context.run.run_id}")
             except ArchiveError as exc:
                 raise Failure(description=str(exc), allow_retries=exc.retryable) from None

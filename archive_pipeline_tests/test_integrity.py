@@ -269,3 +269,19 @@ def test_deep_verification_on_a_hot_standby_uses_a_scratch_database(pg, replica,
         with pytest.raises(ArchiveError, match="hot standby allows no temporary tables"):
             deep_verify(standby, store, table, D)
         assert deep_verify(standby, store, table, D, scratch_conn=scratch) == []
+
+
+def test_a_run_that_lost_its_table_day_lock_publishes_nothing(conn, table, store, s3_client, bucket):
+    """Parquet reads on a second connection, so the first one is free mid-stream: let it give up the
+    lock (as a pooler in transaction mode or a dead session would), and nothing may be published."""
+    spec = table.model_copy(update={"format": "parquet"})
+    released = []
+
+    def give_up_the_lock(rows: int, size: int) -> None:
+        if not released:
+            released.append(conn.execute("SELECT pg_advisory_unlock_all()"))
+
+    with pytest.raises(ArchiveError, match="no longer holds the table-day lock") as err:
+        archive_partition(conn, spec, D, store, progress=give_up_the_lock, progress_every=0)
+    assert released and err.value.retryable is True
+    assert stored_keys(s3_client, bucket) == []

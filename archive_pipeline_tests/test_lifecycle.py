@@ -197,3 +197,17 @@ def test_an_overwrite_that_loses_rows_keeps_the_previous_object(conn, events, st
     manifest = load_manifest(store, first.key)
     assert [k["key"] for k in manifest["kept"]] == [first.key] and manifest["kept"][0]["rows"] == 300
     assert s3_client.head_object(Bucket=bucket, Key=first.key)["ContentLength"] == first.bytes
+
+
+def test_delete_is_refused_when_foreign_keys_reference_the_table(conn, schema, store):
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date)").format(sql.Identifier(schema, "parent")))
+    conn.execute(sql.SQL("CREATE TABLE {} (pid int REFERENCES {} ON DELETE CASCADE)").format(
+        sql.Identifier(schema, "child"), sql.Identifier(schema, "parent")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10')").format(sql.Identifier(schema, "parent")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1)").format(sql.Identifier(schema, "child")))
+    spec = TableSpec(name=f"{schema}.parent", day_column="at", start_date=DAYS[0],
+                     retention={"keep_days": 1, "action": "delete"})
+    archive_partition(conn, spec, DAYS[0], store)
+    with pytest.raises(RemovalRefused, match="foreign keys .* reference the table"):
+        remove_day(conn, spec, DAYS[0], store)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "child"))).fetchone()[0] == 1
