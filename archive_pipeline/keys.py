@@ -54,6 +54,8 @@ def manifest_key(key: str) -> str:
     return key + MANIFEST_SUFFIX
 
 
+_GENERATION_LIKE = re.compile(r"^[^.]*\.g\d+\.")
+
 # Every day of a leap year and of the years around it: enough to see any overlap that a template's
 # arrangement of {year}, {month} and {day} could produce.
 _SAMPLE_DAYS = [dt.date(2023, 12, 31) + dt.timedelta(days=i) for i in range(368)]
@@ -72,6 +74,10 @@ def key_collisions(tables: list[tuple[str, str, str, str, str, str]]) -> list[st
                          compression=compression)
             if key.endswith(MANIFEST_SUFFIX):
                 problems.append(f"table {name!r}: key_template renders {key!r}, which ends like a manifest")
+                break
+            if _GENERATION_LIKE.match(key.rpartition("/")[2]):
+                problems.append(f"table {name!r}: key_template renders {key!r}, which looks like a later generation "
+                                "of another key (<name>.g<N>.<ext>); put the table or date elsewhere in the template")
                 break
             other = seen.get(key)
             if other is not None:

@@ -185,3 +185,8 @@ def test_tables_whose_job_names_collide_are_refused():
 def test_deep_check_is_a_table_setting():
     assert parse_table(deep_check=True).tables[0].deep_check is True
     assert parse_table().tables[0].deep_check is False
+
+
+def test_a_key_that_looks_like_another_keys_generation_is_refused():
+    with pytest.raises(ConfigError, match="looks like a later generation"):
+        parse_table(name="public.g2", key_template="{prefix}/{schema}/{date}.{table}.{ext}")
