@@ -6,6 +6,7 @@ thread that reads COPY output. zstd additionally runs in its own worker thread (
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 from dataclasses import dataclass
@@ -68,8 +69,15 @@ class _Compressing:
         return self._writer
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._writer is not None and exc_type is None:
+        if self._writer is None:
+            return
+        if exc_type is None:
             self._writer.close()  # writes the frame trailer (checksum) into the sink
+            return
+        # A failed run: end the writer now, into the doomed temp file, so it is not left to the garbage
+        # collector, whose close() would write the trailer into whatever then uses that file descriptor.
+        with contextlib.suppress(Exception):
+            self._writer.close()
 
 
 CODECS: dict[str, Codec] = {

@@ -37,8 +37,13 @@ class HashingFile:
         self._md5 = hashlib.md5()
         self._sha256 = hashlib.sha256()
         self.on_grow = on_grow
+        self._closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._closed:
+            # A compressor left open by a failed run flushes its trailer when it is garbage-collected,
+            # later, maybe after this fd number was reused by a database socket or another day's file.
+            raise ValueError("write to an archive file that is already closed")
         view = memoryview(data)
         written = 0
         while written < len(view):
@@ -61,7 +66,11 @@ class HashingFile:
 
     @property
     def closed(self) -> bool:
-        return False
+        return self._closed
+
+    def close(self) -> None:
+        """Refuse every later write; the descriptor itself belongs to :func:`temp_archive_file`."""
+        self._closed = True
 
     @property
     def md5(self) -> str:
@@ -103,9 +112,11 @@ def open_nameless(temp_dir: str | os.PathLike | None = None, suffix: str = "") -
 def temp_archive_file(temp_dir: str | os.PathLike | None = None, suffix: str = "") -> Iterator[HashingFile]:
     """A private temp file that is gone however the block, or the process, ends."""
     fd, path, name = open_nameless(temp_dir, suffix)
+    sink = HashingFile(fd, path)
     try:
-        yield HashingFile(fd, path)
+        yield sink
     finally:
+        sink.close()  # before the fd number can be reused: nothing may write to it afterwards
         os.close(fd)
         if name is not None:
             name.unlink(missing_ok=True)

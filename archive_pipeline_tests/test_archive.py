@@ -199,3 +199,31 @@ def test_errors_never_carry_the_password(pg, schema, store):
             archive_partition(conn, spec, dt.date(2024, 3, 10), leaky)
     assert "Sup3r-Secret" not in str(failure.value) and "could not reach" in str(failure.value)
     assert failure.value.__cause__ is None  # the original (with the secret) is not chained into tracebacks
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "lz4", "none"])
+def test_a_failed_runs_compressor_never_writes_after_its_temp_file_is_closed(codec):
+    """Found in CI: a compressor left open by a failure flushed its trailer when garbage-collected,
+    into whatever had reused the file descriptor by then (a database socket: 'invalid frontend
+    message type'). The run now ends the compressor itself, and a closed sink refuses writes."""
+    import gc
+
+    from archive_pipeline.compression import get_codec
+    from archive_pipeline.sink import temp_archive_file
+
+    late: list[int] = []
+    closed = [False]
+
+    def failing_run() -> None:
+        with pytest.raises(RuntimeError) as failure, temp_archive_file() as sink:
+            write = sink.write
+            sink.write = lambda data: late.append(len(data)) if closed[0] else write(data)
+            with get_codec(codec).open(sink, None) as out:
+                out.write(b"x" * 100_000)
+                raise RuntimeError("boom")
+        closed[0] = True  # the temp file is closed; its descriptor may be anyone's now
+        del failure  # the traceback held the compressor
+
+    failing_run()
+    gc.collect()
+    assert late == []
