@@ -1,85 +1,74 @@
 """Archive one day of one table: source -> format -> compress -> hashed temp file -> object store.
 
-This is the whole hot path and it knows nothing of Dagster, so it can be tested, benchmarked and
-run from a script the same way the asset runs it.
+This is the whole write path and it knows nothing of Dagster, so it can be tested, benchmarked and
+run from a script or the CLI the same way the asset runs it.
+
+What "archived" guarantees: the manifest at ``<key>.manifest.json`` exists only for a data object
+that is complete and verified (size, MD5 of every part and of the whole, ETag), and it records the
+content fingerprint of exactly the source rows that the object holds, read in one snapshot. A
+re-archive writes the new data under a new generation key and commits by replacing the manifest,
+so at every point either the previous object+manifest or the new pair is whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 
-from archive_pipeline import __version__, keys
+from archive_pipeline import fingerprint, keys
 from archive_pipeline.compression import get_codec
 from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import child_ranges, require_whole_days
-from archive_pipeline.errors import ArchiveError, SourceError, is_retryable, redact
-from archive_pipeline.formats import Extraction, Format, get_format
-from archive_pipeline.manifest import build_manifest, encode_manifest, manifest_key
+from archive_pipeline.discovery import partition_of_day, source_table
+from archive_pipeline.errors import ArchiveError, is_retryable, wrap
+from archive_pipeline.formats import (
+    Extraction,
+    WriteStats,
+    explain_value_failure,
+    failing_columns,
+    get_format,
+    is_value_failure,
+    refuse_inexact,
+)
+from archive_pipeline.locks import table_day_lock
+from archive_pipeline.manifest import (
+    ArchiveResult,
+    ManifestError,
+    SourceIdentity,
+    build_manifest,
+    decode_manifest,
+    encode_manifest,
+    table_definition,
+)
 from archive_pipeline.memory import bound_allocator
 from archive_pipeline.sink import temp_archive_file
-from archive_pipeline.source import (
-    SNAPSHOT_SETTINGS,
-    Column,
-    SourceTable,
-    day_filter,
-    describe_table,
-    read_snapshot,
-)
+from archive_pipeline.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
+    server_identity
 from archive_pipeline.store import S3Store, S3Upload
-from archive_pipeline.verify import load_manifest, stored_object_problems
+
+__all__ = ["ArchiveResult", "ForeignArchiveError", "LateRowsError", "archive_partition", "render_key"]
 
 Progress = Callable[[int, int], None]  # (rows so far, formatted bytes so far)
+MANIFEST_PUT_ATTEMPTS = 3
+log = logging.getLogger(__name__)
 
 
 class LateRowsError(ArchiveError):
     """The day changed in PostgreSQL after it was archived."""
 
 
-@dataclass(frozen=True)
-class ArchiveResult:
-    table: str
-    day: dt.date
-    key: str
-    uri: str
-    rows: int
-    bytes: int  # size of the stored object
-    uncompressed_bytes: int  # formatted bytes before compression
-    md5: str
-    sha256: str
-    format: str
-    compression: str
-    columns: tuple[Column, ...]
-    output_types: dict[str, str]
-    parts: int
-    etag: str
-    content_type: str
-    content_encoding: str | None
-    day_column: str | None
-    source_relation: str  # the table read: the configured one, or the day's child in naming mode
-    manifest_key: str
-    snapshot_at: dt.datetime
-    server_version: str
-    extract_seconds: float  # until the last row was read and compressed
-    duration_seconds: float  # everything, upload included
-    upload_wait_seconds: float  # after the last row: waiting for the parts still in flight
-    complete_seconds: float  # the store assembling the object
-    skipped: bool = False  # an identical archive existed; nothing was uploaded
-    archiver_version: str = __version__
+class ForeignArchiveError(ArchiveError):
+    """The key holds an archive of another table or database: never skipped onto, never overwritten."""
 
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.duration_seconds if self.duration_seconds > 0 else 0.0
 
-    @property
-    def compression_ratio(self) -> float:
-        return self.uncompressed_bytes / self.bytes if self.bytes else 0.0
+class DayRemovedError(ArchiveError):
+    """The day was removed from the source after it was proven archived; its archive is the only copy."""
 
 
 def object_extension(spec: TableSpec) -> str:
@@ -87,77 +76,50 @@ def object_extension(spec: TableSpec) -> str:
 
 
 def render_key(spec: TableSpec, day: dt.date, prefix: str = "") -> str:
-    """The object key of one day, from the table's key template."""
+    """The object key of one day, from the table's key template (the manifest sits at key + .manifest.json)."""
     return keys.render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
                        fmt=spec.format, compression=spec.compression)
 
 
-def source_table(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> SourceTable:
-    """The relation holding ``day`` and its columns, per the table's partitioning mode."""
-    if spec.partitioning.mode == "naming":
-        child = f"{spec.schema_name}.{spec.child_table(day)}"
-        try:
-            return describe_table(conn, child, spec.day_column)
-        except SourceError as exc:
-            raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False) from None
-    if spec.partitioning.mode == "declarative":
-        start = dt.datetime.combine(day, dt.time(), dt.UTC)
-        end = start + dt.timedelta(days=1)
-        require_whole_days(spec, [c for c in child_ranges(conn, spec)
-                                  if (c.start is None or c.start < end) and (c.end is None or c.end > start)])
-    return describe_table(conn, spec.name, spec.day_column)
+@dataclass(frozen=True)
+class Existing:
+    """What the store holds for a table-day before this run: a trustworthy manifest or not, and why."""
+
+    manifest: dict | None
+    raw: bytes | None  # the manifest's bytes as read, to put back if a re-archive's commit fails
+    problem: str | None  # why it cannot be skipped onto as it is (damaged object, unreadable manifest)
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest.get("generation", 1)) if self.manifest else 0
 
 
-@contextlib.contextmanager
-def table_day_lock(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> Iterator[None]:
-    """Make sure no other run archives the same table-day at the same time (a PostgreSQL advisory lock,
-    so it holds across Dagster runs, launchers and machines)."""
-    key = (f"archive_pipeline:{spec.name}", day.toordinal())
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", key).fetchone()[0]
-    if not got:
-        raise ArchiveError(f"{spec.name} {day} is being archived by another run right now; retrying later",
-                           table=spec.name, day=day.isoformat(), retryable=True)
+def read_existing(store: S3Store, key: str) -> Existing:
+    """The manifest at ``key`` and whether its object is still the one it describes."""
+    raw = _get_manifest_bytes(store, keys.manifest_key(key))
+    if raw is None:
+        return Existing(None, None, None)
     try:
-        yield
-    finally:
-        if not conn.closed:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)
+        manifest = decode_manifest(raw)
+    except ManifestError as exc:
+        return Existing(None, raw, f"manifest {keys.manifest_key(key)} is unreadable: {exc}")
+    obj = manifest.get("object")
+    if obj is None:
+        return Existing(manifest, raw, None)  # an empty day: nothing else to check
+    head = store.head(obj["key"])
+    if head is None:
+        return Existing(manifest, raw, f"object {obj['key']} is missing")
+    problems = []
+    if head["ContentLength"] != obj.get("bytes"):
+        problems.append(f"size: recorded {obj.get('bytes')!r} bytes, stored {head['ContentLength']:,}")
+    if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
+        problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
+    return Existing(manifest, raw, "; ".join(problems) or None)
 
 
-def _existing_archive(store: S3Store, key: str) -> dict | None:
-    """The manifest of an archive that is still whole (object present with the recorded size and ETag)."""
-    try:
-        manifest = load_manifest(store, key)
-    except ValueError:
-        return None  # unreadable: archive again
-    if manifest is None:
-        return None
-    head = store.head(key)
-    if head is None or stored_object_problems(head, manifest):
-        return None  # damaged or replaced: archive again
-    return manifest
-
-
-def _count_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
-    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.identifier, where)).fetchone()[0]
-
-
-def _skipped_result(manifest: dict, spec: TableSpec, day: dt.date, table: SourceTable, snapshot,
-                    started: float) -> ArchiveResult:
-    obj = manifest["object"]
-    elapsed = time.perf_counter() - started
-    return ArchiveResult(
-        table=spec.name, day=day, key=obj["key"], uri=obj["uri"], rows=manifest["rows"], bytes=obj["bytes"],
-        uncompressed_bytes=manifest["uncompressed_bytes"], md5=obj["md5"], sha256=obj["sha256"],
-        format=manifest["format"], compression=manifest["compression"], columns=table.columns,
-        output_types={c["name"]: c["output_type"] for c in manifest["columns"]}, parts=obj["parts"],
-        etag=obj["etag"], content_type=obj["content_type"], content_encoding=obj["content_encoding"],
-        day_column=spec.day_column, source_relation=table.qualified, manifest_key=manifest_key(obj["key"]),
-        snapshot_at=dt.datetime.fromisoformat(manifest["source"]["snapshot_at"]),
-        server_version=snapshot.server_version, extract_seconds=elapsed, duration_seconds=elapsed,
-        upload_wait_seconds=0.0, complete_seconds=0.0, skipped=True,
-    )
+def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
+    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
+    return getter(key)
 
 
 def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
@@ -165,79 +127,302 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
                       session_settings: dict[str, str] | None = None, overwrite: bool | None = None) -> ArchiveResult:
     """Archive ``day`` of ``spec`` to ``store`` and describe what was stored.
 
-    The rows are read in one REPEATABLE READ snapshot; parts upload while rows are still read; any
-    failure removes the temp file and aborts the upload, so no object appears under the key. An
-    archive that already exists with the same row count is kept (``skipped``) unless ``overwrite``;
-    one whose day has since gained or lost rows raises :class:`LateRowsError`. Errors come out as
+    The rows, their fingerprint and the table's description are read in one REPEATABLE READ
+    snapshot whose transaction ends when the rows are read; parts upload while rows are still read;
+    any failure removes the temp file and aborts the upload. An archive whose manifest matches
+    this table and whose fingerprint equals the source's now is kept (``skipped``) unless
+    ``overwrite``; one whose day has changed raises :class:`LateRowsError`. Errors come out as
     :class:`ArchiveError` naming the table and day and saying whether a retry may help.
     """
     overwrite = spec.overwrite if overwrite is None else overwrite
     bound_allocator()
     try:
-        with table_day_lock(conn, spec, day):
-            return _archive(conn, spec, day, store, temp_dir=temp_dir, progress=progress,
-                            progress_every=progress_every, settings={**SNAPSHOT_SETTINGS, **(session_settings or {})},
-                            overwrite=overwrite)
+        with table_day_lock(conn, spec.name, day):
+            return _Archiving(conn, spec, day, store, temp_dir=temp_dir, progress=progress,
+                              progress_every=progress_every,
+                              settings={**SNAPSHOT_SETTINGS, **(session_settings or {})}).run(overwrite)
     except ArchiveError as exc:
-        exc.table, exc.day = exc.table or spec.name, exc.day or day.isoformat()
+        wrap(exc, spec.name, day.isoformat(), conn.info.password)
+        if exc.day not in exc.message or exc.table not in exc.message:
+            exc.message = f"{exc.table} {exc.day}: {exc.message}"
+            exc.args = (exc.message,)
         raise
     except Exception as exc:
-        message = redact(f"archiving {spec.name} for {day.isoformat()} failed: {type(exc).__name__}: {exc}",
-                         conn.info.password)
-        raise ArchiveError(message, table=spec.name, day=day.isoformat(), retryable=is_retryable(exc)) from None
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
 
 
-def _archive(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *, temp_dir: str | None,
-             progress: Progress | None, progress_every: float, settings: dict[str, str],
-             overwrite: bool) -> ArchiveResult:
-    started = time.perf_counter()
-    fmt = get_format(spec.format, spec.compression, spec.compression_level)
-    codec = get_codec("none" if fmt.compresses_internally else spec.compression)
-    key = render_key(spec, day, store.prefix)
-    existing = None if overwrite else _existing_archive(store, key)
-    upload: S3Upload | None = None
-    published = False
-    try:
-        with temp_archive_file(temp_dir, suffix=f".{object_extension(spec)}") as sink:
-            with read_snapshot(conn, settings) as snapshot:
-                table = source_table(conn, spec, day)
-                where = day_filter(table, day)
-                if existing is not None:
-                    rows_now = _count_rows(conn, table, where)
-                    if rows_now == existing["rows"]:
-                        return _skipped_result(existing, spec, day, table, snapshot, started)
-                    raise LateRowsError(
-                        f"{spec.name} {day} has {rows_now:,} rows now but its archive {existing['object']['uri']} "
-                        f"holds {existing['rows']:,} (snapshot {existing['source']['snapshot_at']}): rows arrived or "
-                        "changed late; set overwrite to replace the archive", retryable=False)
-                upload = store.begin(key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
-                                     metadata={"table": spec.name, "day": day.isoformat(), "format": spec.format,
-                                               "compression": spec.compression})
-                sink.on_grow = lambda size: upload.grow(sink.fd, size)
-                extraction = Extraction(conn=conn, table=table, where=where, snapshot=snapshot,
-                                        chunk_rows=spec.chunk_size, settings=settings, progress=progress,
-                                        progress_every=progress_every)
-                with codec.open(sink, spec.compression_level) as out:
-                    stats = fmt.write(extraction, out)
-            extracted = time.perf_counter()
-            stored = upload.finish(sink.fd, sink.size, sink.md5)
-            published = True
-        result = ArchiveResult(
-            table=spec.name, day=day, key=key, uri=stored.uri, rows=stats.rows, bytes=stored.size,
-            uncompressed_bytes=stats.bytes, md5=sink.md5, sha256=sink.sha256, format=spec.format,
-            compression=spec.compression, columns=table.columns, output_types=stats.output_types,
-            parts=stored.parts, etag=stored.etag, content_type=fmt.content_type,
-            content_encoding=codec.content_encoding, day_column=spec.day_column, source_relation=table.qualified,
-            manifest_key=manifest_key(key), snapshot_at=snapshot.taken_at, server_version=snapshot.server_version,
-            extract_seconds=extracted - started, duration_seconds=time.perf_counter() - started,
-            upload_wait_seconds=stored.wait_seconds, complete_seconds=stored.complete_seconds,
+class _Archiving:
+    """One archive attempt of one table-day; ``run`` is the sequence of steps in order."""
+
+    def __init__(self, conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
+                 temp_dir: str | None, progress: Progress | None, progress_every: float,
+                 settings: dict[str, str]) -> None:
+        self.conn, self.spec, self.day, self.store = conn, spec, day, store
+        self.temp_dir, self.progress, self.progress_every, self.settings = temp_dir, progress, progress_every, settings
+        self.key = render_key(spec, day, store.prefix)
+        self.manifest_key = keys.manifest_key(self.key)
+        self.started = time.perf_counter()
+
+    def run(self, overwrite: bool) -> ArchiveResult:
+        existing = read_existing(self.store, self.key)
+        self._refuse_foreign(existing, overwrite)
+        fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
+        codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)
+        upload: S3Upload | None = None
+        try:
+            with temp_archive_file(self.temp_dir, suffix=f".{object_extension(self.spec)}") as sink:
+                with read_snapshot(self.conn, self.settings) as snapshot:
+                    table = source_table(self.conn, self.spec, self.day)
+                    where = day_filter(table, self.day)
+                    database, system_id, version = server_identity(self.conn)
+                    identity = SourceIdentity(database, system_id, version)
+                    fp_started = time.perf_counter()
+                    fp = self._fingerprint(table, where)
+                    fp_seconds = time.perf_counter() - fp_started
+                    if existing.manifest is not None and existing.problem is None:
+                        if self._keep(existing.manifest, identity, table, fp, overwrite):
+                            return self._skipped(existing.manifest, table, snapshot, fp_seconds)
+                    definition = table_definition(table.columns, primary_key(self.conn, table),
+                                                  partition_of_day(self.conn, self.spec, self.day))
+                    generation = existing.generation + 1 if existing.manifest is not None else 1
+                    data_key = keys.generation_key(self.key, generation)
+                    encodings = fmt.encodings(table)
+                    if self.spec.strict:
+                        refuse_inexact(self.spec.format, table, encodings)
+                    if fp.rows == 0:
+                        stats = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
+                    else:
+                        upload = self.store.begin(
+                            data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
+                            metadata={"table": self.spec.name, "day": self.day.isoformat(),
+                                      "format": self.spec.format, "compression": self.spec.compression,
+                                      "fingerprint": str(fp)})
+                        sink.on_grow = lambda size: upload.grow(sink.fd, size)
+                        extraction = Extraction(conn=self.conn, table=table, where=where, snapshot=snapshot,
+                                                chunk_rows=self.spec.chunk_size, settings=self.settings,
+                                                progress=self.progress, progress_every=self.progress_every,
+                                                strict=self.spec.strict)
+                        with codec.open(sink, self.spec.compression_level) as out:
+                            stats = fmt.write(extraction, out)
+                        if stats.rows != fp.rows:
+                            raise ArchiveError(
+                                f"read {stats.rows:,} rows but the snapshot's fingerprint counts {fp.rows:,}; "
+                                "nothing was published (please report this)", retryable=True)
+                extracted = time.perf_counter()  # the read transaction has ended here
+                stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
+                upload = None
+                result = self._result(table, snapshot, fmt, codec, stats, sink, stored, fp, fp_seconds, generation,
+                                      extracted)
+            self._commit(result, identity, definition, existing)
+            return result
+        except BaseException:
+            if upload is not None:
+                upload.abort()
+            raise
+
+    def _fingerprint(self, table: SourceTable, where) -> fingerprint.Fingerprint:
+        """The day's fingerprint; a value PostgreSQL cannot convert is named by column, as the formats do."""
+        self.conn.execute("SAVEPOINT archive_fingerprint")
+        try:
+            fp = fingerprint.compute(self.conn, table.identifier, table.columns, where)
+        except psycopg.Error as exc:
+            if self.conn.closed or not is_value_failure(exc):
+                raise
+            self.conn.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
+            with fingerprint.canonical_settings(self.conn):
+                culprits, found = failing_columns(self.conn, table, where, [
+                    fingerprint.column_hash(c, i) for i, c in enumerate(table.columns)])
+            raise explain_value_failure(self.spec.format, table, found or exc, culprits) from None
+        self.conn.execute("RELEASE SAVEPOINT archive_fingerprint")
+        return fp
+
+    # --- deciding what an existing archive means -------------------------------------------------
+
+    def _refuse_foreign(self, existing: Existing, overwrite: bool) -> None:
+        """Another table's or day's archive at our key is never skipped onto or replaced; one in another
+        format or codec (the configuration changed, the template has no {ext}) only with overwrite."""
+        manifest = existing.manifest
+        if manifest is None:
+            return
+        if manifest.get("table") != self.spec.name or manifest.get("day") != self.day.isoformat():
+            raise ForeignArchiveError(
+                f"{self.store.uri(self.key)} holds the archive of table {manifest.get('table')!r} "
+                f"({manifest.get('day')}), not of {self.spec.name!r} ({self.day}): two table-days render the same "
+                "key. Give each table its own key_template (with {schema}, {table} and {date}); this run neither "
+                "skips nor overwrites it", retryable=False)
+        then = (manifest.get("format"), manifest.get("compression"))
+        if then != (self.spec.format, self.spec.compression) and not overwrite:
+            raise ForeignArchiveError(
+                f"{self.store.uri(self.key)} holds this day archived as {then[0]}/{then[1]}, and the table is now "
+                f"configured as {self.spec.format}/{self.spec.compression}; set overwrite to replace it",
+                retryable=False)
+
+    def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
+              overwrite: bool) -> bool:
+        """True to skip: the archive is this day's rows exactly. Raises if it must not be replaced."""
+        recorded = manifest.get("fingerprint")
+        same = recorded == str(fp)
+        removed = manifest.get("removed")
+        if removed:
+            if same:
+                return True
+            raise DayRemovedError(
+                f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
+                f"{self._archive_uri(manifest)} was proven; archiving it again would replace the only copy "
+                "(the source now has other rows). Restore it from the archive if you need it back", retryable=False)
+        if overwrite:
+            return False
+        source = manifest.get("source", {})
+        other_cluster = (source.get("system_identifier") and identity.system_identifier
+                         and source["system_identifier"] != identity.system_identifier)
+        if other_cluster or (source.get("database") and source["database"] != identity.database):
+            raise ForeignArchiveError(
+                f"{self._archive_uri(manifest)} was archived from database {source.get('database')!r} "
+                f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
+                f"{identity.system_identifier}); if this database replaced that one, set overwrite to archive "
+                "the day again", retryable=False)
+        if recorded is None:
+            return False  # a version 1 manifest cannot prove its content: archive again, as a new generation
+        if same:
+            return True
+        raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
+
+    def _change_message(self, manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> str:
+        archived = fingerprint.Fingerprint.parse(manifest["fingerprint"])
+        then = [c["name"] for c in manifest.get("columns", [])]
+        now = [c.name for c in table.columns]
+        if then != now:
+            what = f"its columns changed from {then} to {now}"
+        elif archived.rows != fp.rows:
+            what = f"it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were deleted late)"
+        else:
+            what = (f"its content changed with the same {fp.rows:,} rows (rows updated, or inserted and deleted: "
+                    f"fingerprint {fp} now, {archived} archived)")
+        return (f"{self.spec.name} {self.day} changed since it was archived to {self._archive_uri(manifest)} "
+                f"(snapshot {manifest.get('source', {}).get('snapshot_at')}): {what}; set overwrite to archive "
+                "the day again (the previous archive stays until the new one is complete)")
+
+    def _archive_uri(self, manifest: dict) -> str:
+        obj = manifest.get("object")
+        return obj["uri"] if obj else self.store.uri(self.manifest_key)
+
+    # --- results and the commit -----------------------------------------------------------------
+
+    def _skipped(self, manifest: dict, table: SourceTable, snapshot, fp_seconds: float) -> ArchiveResult:
+        obj = manifest.get("object") or {}
+        elapsed = time.perf_counter() - self.started
+        return ArchiveResult(
+            table=self.spec.name, day=self.day, key=obj.get("key", ""), uri=obj.get("uri", ""), rows=manifest["rows"],
+            bytes=obj.get("bytes", 0), uncompressed_bytes=manifest.get("uncompressed_bytes", 0),
+            md5=obj.get("md5", ""), sha256=obj.get("sha256", ""), format=manifest["format"],
+            compression=manifest["compression"], columns=table.columns,
+            output_types={c["name"]: c["output_type"] for c in manifest["columns"]}, parts=obj.get("parts", 0),
+            etag=obj.get("etag", ""), content_type=obj.get("content_type", ""),
+            content_encoding=obj.get("content_encoding"), day_column=self.spec.day_column,
+            source_relation=table.qualified, manifest_key=self.manifest_key,
+            snapshot_at=dt.datetime.fromisoformat(manifest["source"]["snapshot_at"]),
+            server_version=snapshot.server_version, extract_seconds=elapsed, duration_seconds=elapsed,
+            upload_wait_seconds=0.0, complete_seconds=0.0, fingerprint=manifest["fingerprint"],
+            fingerprint_seconds=fp_seconds, empty=bool(manifest.get("empty")),
+            generation=int(manifest.get("generation", 1)),
+            encodings={c["name"]: {k: c[k] for k in ("encoding", "exact", "note") if k in c}
+                       for c in manifest["columns"]}, skipped=True,
         )
-        store.put_bytes(result.manifest_key, encode_manifest(build_manifest(result)), "application/json")
-        return result
-    except BaseException:
-        if published:  # the manifest could not be written: withdraw the data so a retry starts clean
-            store.delete(key)
-        elif upload is not None:
-            upload.abort()
-        raise
 
+    def _result(self, table, snapshot, fmt, codec, stats: WriteStats, sink, stored, fp, fp_seconds: float,
+                generation: int, extracted: float) -> ArchiveResult:
+        empty = stored is None
+        return ArchiveResult(
+            table=self.spec.name, day=self.day, key="" if empty else stored.key, uri="" if empty else stored.uri,
+            rows=stats.rows, bytes=0 if empty else stored.size, uncompressed_bytes=stats.bytes,
+            md5="" if empty else sink.md5, sha256="" if empty else sink.sha256, format=self.spec.format,
+            compression=self.spec.compression, columns=table.columns, output_types=stats.output_types,
+            parts=0 if empty else stored.parts, etag="" if empty else stored.etag, content_type=fmt.content_type,
+            content_encoding=codec.content_encoding, day_column=self.spec.day_column,
+            source_relation=table.qualified, manifest_key=self.manifest_key, snapshot_at=snapshot.taken_at,
+            server_version=snapshot.server_version, extract_seconds=extracted - self.started,
+            duration_seconds=time.perf_counter() - self.started,
+            upload_wait_seconds=0.0 if empty else stored.wait_seconds,
+            complete_seconds=0.0 if empty else stored.complete_seconds, fingerprint=str(fp),
+            fingerprint_seconds=fp_seconds, empty=empty, generation=generation,
+            encodings=dict(getattr(stats, "encodings", {}) or {}),
+        )
+
+    def _commit(self, result: ArchiveResult, identity: SourceIdentity, definition: dict, existing: Existing) -> None:
+        """Write the manifest (the commit point), then retire what it replaced.
+
+        Until the manifest is written the previous pair is untouched. If it cannot be written, the
+        new data object is withdrawn and the previous manifest put back if the failed write may have
+        reached the store; a failed cleanup never hides the original error.
+        """
+        data = encode_manifest(build_manifest(result, identity, definition))
+        try:
+            self._put_manifest(data)
+        except BaseException as exc:
+            if existing.raw is not None:
+                _quietly(exc, f"put back the previous manifest {self.manifest_key}",
+                         lambda: self._put_back(existing.raw))
+            if result.key and result.key != _manifest_object_key(existing.manifest):
+                _quietly(exc, f"withdraw {result.key}", lambda: self.store.delete(result.key))
+            raise
+        previous = _manifest_object_key(existing.manifest)
+        if previous and previous != result.key:
+            _log_failure(f"delete the superseded archive {previous}", lambda: self.store.delete(previous))
+        if existing.manifest is not None or existing.raw is not None:
+            _log_failure(f"sweep stale generations of {self.key}", lambda: self._sweep(result.key))
+
+    def _put_back(self, previous: bytes) -> None:
+        """Restore the previous manifest if a failed write replaced it (damaged, or ours after all);
+        leave it alone if it is still there: rewriting identical bytes would only add a way to fail."""
+        try:
+            current = _get_manifest_bytes(self.store, self.manifest_key)
+        except Exception:  # noqa: BLE001 - unreadable now: write the previous one back
+            current = None
+        if current != previous:
+            self.store.put_bytes(self.manifest_key, previous, "application/json")
+
+    def _put_manifest(self, data: bytes) -> None:
+        """A verified PUT, tried again at once when the store received damaged bytes: the data object
+        is already whole, so only the commit is missing."""
+        for attempt in range(1, MANIFEST_PUT_ATTEMPTS + 1):
+            try:
+                self.store.put_bytes(self.manifest_key, data, "application/json")
+                return
+            except Exception as exc:  # noqa: BLE001 - re-raised after the last attempt
+                if attempt == MANIFEST_PUT_ATTEMPTS or not is_retryable(exc):
+                    raise
+                log.warning("writing %s failed (%s); trying again", self.manifest_key, exc)
+
+    def _sweep(self, live_key: str) -> None:
+        """Delete data generations of this day that no manifest names (left by a killed re-archive)."""
+        head, slash, name = self.key.rpartition("/")
+        stem, dot, ext = name.partition(".")
+        pattern = re.compile(re.escape(f"{head}{slash}{stem}") + r"(\.g\d+)?" + re.escape(f"{dot}{ext}") + "$")
+        listing = self.store.client.list_objects_v2(Bucket=self.store.bucket, Prefix=f"{head}{slash}{stem}")
+        for item in listing.get("Contents", []):
+            if pattern.fullmatch(item["Key"]) and item["Key"] != live_key:
+                self.store.delete(item["Key"])
+
+
+def _manifest_object_key(manifest: dict | None) -> str | None:
+    obj = manifest.get("object") if manifest else None
+    return obj.get("key") if obj else None
+
+
+def _quietly(original: BaseException, what: str, action: Callable[[], object]) -> None:
+    """Run a cleanup step; if it fails, note it on the original error instead of replacing it."""
+    try:
+        action()
+    except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
+        log.warning("could not %s: %s", what, exc)
+        original.add_note(f"cleanup: could not {what}: {type(exc).__name__}: {exc}")
+
+
+def _log_failure(what: str, action: Callable[[], object]) -> None:
+    """A step after the commit: its failure leaves a stray object, never a wrong archive."""
+    with contextlib.suppress(Exception):
+        try:
+            action()
+        except Exception as exc:
+            log.warning("could not %s (it is no longer referenced by any manifest): %s", what, exc)
+            raise

@@ -1,9 +1,18 @@
-"""One daily-partitioned Dagster asset per configured table; materializing a partition archives it."""
+"""One daily-partitioned Dagster asset per configured table; materializing a partition archives it.
+
+What a person sees in the UI is decided here: the state of a day (archived, empty, skipped), the
+integrity check scoped to that day, a link to the object, and on failure a message that says what
+to do. The archiving itself is ``archive.archive_partition``; nothing here touches the data.
+"""
+
 
 import datetime as dt
+import random
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 from dagster import (
-    AssetCheckSpec,
+    AssetCheckEvaluation,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -11,6 +20,7 @@ from dagster import (
     Config,
     DailyPartitionsDefinition,
     Failure,
+    FreshnessPolicy,
     Jitter,
     MaterializeResult,
     MetadataValue,
@@ -23,21 +33,36 @@ from dagster import (
 from pydantic import Field
 
 from archive_pipeline.archive import ArchiveResult, archive_partition, render_key
-from archive_pipeline.checks import INTACT_CHECK, check_result
-from archive_pipeline.config import RetrySettings, TableSpec
-from archive_pipeline.errors import is_retryable, redact
+from archive_pipeline.checks import INTACT_CHECK, check_evaluation, object_link, verify_result
+from archive_pipeline.config import RetrySettings, ScheduleSettings, TableSpec, config_path, dagster_name
+from archive_pipeline.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
+
+TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
+STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped
+
+State = Literal["archived", "empty", "skipped"]
 
 
 class ArchiveRunConfig(Config):
     """Per-run switches, settable in the launchpad or a backfill's config."""
 
     overwrite: bool = Field(default=False, description="archive again even if an identical archive exists")
-    deep_check: bool = Field(default=False, description="re-download the object, hash it and count its rows")
+    deep_check: bool = Field(default=False, description="also re-download the object, hash it and count its rows "
+                             "(the table setting deep_check additionally proves its content against PostgreSQL)")
 
 
 def asset_key(spec: TableSpec) -> AssetKey:
     return AssetKey(["archive", *spec.asset_path])
+
+
+def op_name(spec: TableSpec) -> str:
+    """The archive op's name, as run config in the launchpad addresses it (``ops: {<name>: ...}``)."""
+    return asset_key(spec).to_python_identifier()
+
+
+def job_name(spec: TableSpec) -> str:
+    return f"archive_{'_'.join(spec.asset_path)}"
 
 
 def daily_partitions(spec: TableSpec) -> DailyPartitionsDefinition:
@@ -45,18 +70,51 @@ def daily_partitions(spec: TableSpec) -> DailyPartitionsDefinition:
     return DailyPartitionsDefinition(start_date=spec.start_date.isoformat(), timezone="UTC")
 
 
+# --- retries ---------------------------------------------------------------------------------------
+
+RETRY_JITTER = 0.1  # each wait is its nominal value ±10%, so a fleet of failed runs does not retry in step
+
+
+def retry_delay(delay_seconds: float, backoff: str, attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before retry ``attempt`` (1, 2, 3 ...): exponential doubles the delay (30, 60, 120 s),
+    linear adds it (30, 60, 90 s); ±10% jitter.
+
+    Dagster's own ``Backoff.EXPONENTIAL`` waits ``(2**n - 1) * delay`` (30, 90, 210 s) and its
+    ``Jitter.PLUS_MINUS`` adds up to ±``delay`` (0..60 s for the first wait), which is not what
+    ``delay_seconds: 30`` reads as; hence our own computation.
+    """
+    nominal = delay_seconds * (2 ** (attempt - 1) if backoff == "exponential" else attempt)
+    return nominal * (1 + RETRY_JITTER * (2 * rand() - 1))
+
+
+class ArchiveRetryPolicy(RetryPolicy):
+    """Dagster's RetryPolicy with the waits of :func:`retry_delay`. Dagster asks the policy for each
+    wait (``calculate_delay(previous attempts + 1)``), so the UI's "retrying in N seconds" is this."""
+
+    __slots__ = ()
+
+    def calculate_delay(self, attempt_num: int) -> float:
+        backoff = "exponential" if self.backoff == Backoff.EXPONENTIAL else "linear"
+        return retry_delay(self.delay or 0, backoff, attempt_num)
+
+
 def retry_policy(settings: RetrySettings) -> RetryPolicy:
     backoff = Backoff.EXPONENTIAL if settings.backoff == "exponential" else Backoff.LINEAR
-    return RetryPolicy(max_retries=settings.max_retries, delay=settings.delay_seconds, backoff=backoff,
-                       jitter=Jitter.PLUS_MINUS)
+    return ArchiveRetryPolicy(max_retries=settings.max_retries, delay=settings.delay_seconds, backoff=backoff,
+                              jitter=Jitter.PLUS_MINUS)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+# --- what a person reads ---------------------------------------------------------------------------
+
+def human_size(n: float) -> str:
+    """1,234 B / 12.3 KiB / 4.5 MiB / 1.2 GiB / 3.4 TiB."""
+    if n < 1024:
+        return f"{int(n):,} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    return f"{n:.1f} TiB"
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def column_schema(result: ArchiveResult) -> TableSchema:
@@ -66,18 +124,46 @@ def column_schema(result: ArchiveResult) -> TableSchema:
     ])
 
 
-def materialization_metadata(result: ArchiveResult) -> dict[str, object]:
-    """What a user checks after archiving a day, in the names Dagster's own integrations use."""
-    return {
+def archive_state(result: ArchiveResult) -> State:
+    """archived: written by this run; skipped: an identical archive was already there; empty: the day
+    has no rows and is recorded by a manifest alone (no data object)."""
+    if result.empty:
+        return "empty"
+    return "skipped" if result.skipped else "archived"
+
+
+def summary(result: ArchiveResult, state: State) -> str:
+    """One sentence saying what this materialization means."""
+    if state == "empty":
+        return (f"{result.day}: no rows in {result.source_relation}; recorded as empty by "
+                f"{result.manifest_key} (no data object)")
+    what = f"{result.rows:,} rows, {human_size(result.bytes)} ({result.format}, {result.compression})"
+    if state == "skipped":
+        return f"{result.day}: already archived, nothing uploaded: {what} at {result.uri}"
+    return f"{result.day}: archived {what} to {result.uri}"
+
+
+def materialization_metadata(result: ArchiveResult, link: str, verified: str) -> dict[str, object]:
+    """What a user checks after archiving a day, in the names Dagster's own integrations use, with
+    sizes and counts as a person reads them beside the exact numbers."""
+    state = archive_state(result)
+    meta: dict[str, object] = {
+        "state": state,
+        "summary": summary(result, state),
+        "verified": verified,
         "skipped": result.skipped,
         "source_relation": result.source_relation,
         "dagster/row_count": result.rows,
+        "rows": f"{result.rows:,}",
+        "object": MetadataValue.url(link),
         "dagster/uri": MetadataValue.path(result.uri),
         "dagster/column_schema": column_schema(result),
         "object_key": result.key,
+        "manifest_key": result.manifest_key,
         "compressed_bytes": result.bytes,
-        "compressed_size": _size(result.bytes),
+        "compressed_size": human_size(result.bytes),
         "uncompressed_bytes": result.uncompressed_bytes,
+        "uncompressed_size": human_size(result.uncompressed_bytes),
         "compression_ratio": round(result.compression_ratio, 2),
         "md5": result.md5,
         "sha256": result.sha256,
@@ -91,59 +177,137 @@ def materialization_metadata(result: ArchiveResult) -> dict[str, object]:
         "snapshot_at": MetadataValue.timestamp(result.snapshot_at),
         "source_server_version": result.server_version,
         "archiver_version": result.archiver_version,
-        "manifest_key": result.manifest_key,
     }
+    meta["fingerprint"] = result.fingerprint
+    meta["generation"] = result.generation
+    inexact = sorted(name for name, e in result.encodings.items() if not e.get("exact", True))
+    meta["exact"] = not inexact
+    if inexact:
+        meta["inexact_columns"] = MetadataValue.json({n: result.encodings[n].get("note", "") for n in inexact})
+    return meta
 
 
 def recorded(result: ArchiveResult) -> dict[str, object]:
-    return {"bytes": result.bytes, "md5": result.md5, "rows": result.rows, "format": result.format,
-            "compression": result.compression}
+    """What this run recorded, as the integrity check compares it with the store."""
+    expected = {"bytes": result.bytes, "md5": result.md5, "rows": result.rows, "format": result.format,
+                "compression": result.compression, "empty": result.empty}
+    if result.fingerprint:
+        expected["fingerprint"] = result.fingerprint
+    return expected
 
 
-def build_archive_asset(spec: TableSpec, retry: RetrySettings) -> AssetsDefinition:
-    """The partitioned asset that archives ``spec``, one UTC day per partition."""
+def overwrite_run_config(spec: TableSpec) -> str:
+    """The launchpad run config that archives a day again, with this table's real op name."""
+    return f"ops:\n  {op_name(spec)}:\n    config:\n      overwrite: true"
+
+
+def remedy(exc: BaseException, spec: TableSpec, day: dt.date) -> str:
+    """What a person does about ``exc``: which setting, where. The core's own remedy (errors.classify)
+    comes first; a changed source gets the exact launchpad run config that archives the day again."""
+    relaunch = (f"To archive {day} again, open the job {job_name(spec)} in the launchpad, pick partition {day} "
+                f"and use this run config:\n{overwrite_run_config(spec)}\n(overwrite: true for table "
+                f"{spec.name!r} in {config_path()} would re-archive every changed day).")
+    if type(exc).__name__ == "LateRowsError":
+        return "The source changed after it was archived. " + relaunch
+    own = getattr(exc, "remedy", None)
+    if own:
+        return own
+    if isinstance(exc, UnsupportedTypeError):
+        return (f"Choose another format for table {spec.name!r} in {config_path()} (jsonl keeps every type as "
+                "PostgreSQL prints it), or change the column's type.")
+    if isinstance(exc, SourceError):
+        return (f"Check table {spec.name!r} in {config_path()}: its name, day_column ({spec.day_column}) and "
+                f"partitioning mode ({spec.partitioning.mode}) must match the database.")
+    if is_retryable(exc):
+        return (f"This looked transient and was retried (retry: in {config_path()}). Once the database or the "
+                "store is reachable again, re-execute the run (Runs → this run → Re-execute) or launch "
+                f"partition {day} of {job_name(spec)}.")
+    return f"Fix the cause above, then launch partition {day} of {job_name(spec)} again."
+
+
+def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None) -> Failure:
+    """The step failure a person reads: table, day, cause (never a secret), what to do; no stack trace of
+    ours, because the cause is in the message."""
+    if isinstance(exc, ArchiveError):
+        cause = redact(exc.message, password)
+    else:
+        cause = redact(str(wrap(exc, spec.name, day.isoformat(), password)), password)
+    if spec.name not in cause:
+        cause = f"{spec.name} {day}: {cause}"
+    retryable = is_retryable(exc)
+    advice = remedy(exc, spec, day)
+    if retryable and "retried" not in advice:
+        advice += f" (retried as set by retry: in {config_path()})"
+    return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
+                   metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
+                             "error": type(exc).__name__})
+
+
+def freshness_policy(settings: ScheduleSettings) -> FreshnessPolicy:
+    """Overdue in the UI when nothing was archived between midnight UTC and ``freshness_hours`` after
+    the schedule's time (23:59 at the latest): "yesterday is not archived by the expected hour"."""
+    deadline = min(dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute),
+                   dt.timedelta(hours=23, minutes=59))
+    hours, minutes = divmod(int(deadline.total_seconds()) // 60, 60)
+    return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *", lower_bound_delta=deadline,
+                                timezone="UTC")
+
+
+def build_archive_asset(spec: TableSpec, retry: RetrySettings,
+                        schedule: ScheduleSettings | None = None) -> AssetsDefinition:
+    """The partitioned asset that archives ``spec``, one UTC day per partition.
+
+    Its integrity check (``archive_intact``) is evaluated by the asset itself after each successful
+    archive and reported for that day, so a run that fails before archiving leaves the day's check as
+    it was instead of turning it red; jobs select the asset without its checks.
+    """
     example_key = render_key(spec, spec.start_date, "<prefix>")
+    key = asset_key(spec)
 
     @asset(
-        key=asset_key(spec),
+        key=key,
         partitions_def=daily_partitions(spec),
-        group_name="archive",
+        # The UI labels a node with the key's last part ("events"): one group per schema keeps
+        # public.events and sales.events apart at a glance, without changing keys or history.
+        group_name=f"archive_{spec.asset_path[0]}",
         description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
                      f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
-                     f"`{example_key}` (one object per day)."),
+                     f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
+                     "partition has not been archived yet."),
         retry_policy=retry_policy(retry),
         kinds={"postgres", "s3"},
         pool=spec.pool,
-        check_specs=[AssetCheckSpec(INTACT_CHECK, asset=asset_key(spec),
-                                    description="The object exists; its size, MD5 (and, deep, row count) and "
-                                                "its manifest agree with what was recorded")],
+        tags={TABLE_TAG: dagster_name(spec.name)},
+        freshness_policy=freshness_policy(schedule or ScheduleSettings()),
         metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
-                  "compression": spec.compression, "key_template": spec.key_template},
+                  "compression": spec.compression, "key_template": spec.key_template,
+                  "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
     )
     def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
-                archive_store: ArchiveStoreResource) -> MaterializeResult:
+                archive_store: ArchiveStoreResource) -> Iterator[MaterializeResult | AssetCheckEvaluation]:
         day = dt.date.fromisoformat(context.partition_key)
         store = archive_store.store()
+        deep = spec.deep_check or config.deep_check
 
         def progress(rows: int, size: int) -> None:
-            context.log.info(f"{spec.name} {day}: {rows:,} rows, {_size(size)} read so far")
+            context.log.info(f"{spec.name} {day}: {rows:,} rows, {human_size(size)} read so far")
 
         try:
             with postgres.connect() as conn:
                 result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
                                            progress=progress, session_settings=postgres.session_settings(),
                                            overwrite=spec.overwrite or config.overwrite)
+                verdict = verify_result(store, spec, day, recorded(result), deep=deep,
+                                        conn=conn if spec.deep_check else None)
         except Exception as exc:
-            if not is_retryable(exc):  # retrying cannot help; fail now, without the backoff wait
-                raise Failure(description=redact(str(exc), postgres.password), allow_retries=False) from None
-            raise
-        if result.skipped:
-            context.log.info(f"{spec.name} {day}: {result.uri} already holds these {result.rows:,} rows "
-                             "(manifest and row count match); nothing uploaded. Set overwrite to archive again.")
-        else:
-            context.log.info(f"archived {result.rows:,} rows of {spec.name} {day} to {result.uri} "
-                             f"({_size(result.bytes)}, {result.rows_per_second:,.0f} rows/s)")
-        check = check_result(INTACT_CHECK, store, result.key, recorded(result), deep=config.deep_check)
-        return MaterializeResult(metadata=materialization_metadata(result), check_results=[check])
+            raise failure(exc, spec, day, postgres.password) from None
+        state = archive_state(result)
+        context.log.info(summary(result, state))
+        verified = verdict.verified if verdict.passed else "NOT proven: " + "; ".join(verdict.problems)
+        yield MaterializeResult(
+            metadata=materialization_metadata(result, object_link(archive_store, result), verified),
+            tags={STATE_TAG: state},
+        )
+        yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
 
     return archive

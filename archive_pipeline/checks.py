@@ -1,58 +1,288 @@
-"""On-demand check of the stored archive of an asset's latest materialized day, to run from the UI
-(or a schedule) long after the day was written: catches objects deleted, replaced or corrupted."""
+"""Asset checks of the archives, each result scoped to the day it checked.
 
+- ``archive_intact`` (per day): evaluated by the archive asset itself after each successful archive
+  (never planned by a run, so a run that fails before archiving does not turn it red); blocking when
+  the table sets ``deep_check``. Launched on its own for a day, it re-checks that day.
+- ``latest_archive_intact`` (on demand, ``verify_archives`` job): re-checks the latest archived day
+  long after it was written (objects deleted, replaced or corrupted) and records the verdict as
+  that day's ``archive_intact`` too.
+- ``source_unchanged`` (on demand): compares the source's current content fingerprint of recently
+  archived days with their manifests; a day whose rows changed after archiving fails it.
+"""
+
+
+import datetime as dt
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import psycopg
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetKey,
+    AssetRecordsFilter,
     Config,
+    Failure,
+    MetadataValue,
+    PreviewWarning,
     asset_check,
 )
 from pydantic import Field
 
-from archive_pipeline.resources import ArchiveStoreResource
+from archive_pipeline import verify
+from archive_pipeline.keys import render as _render
+from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import redact
+from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.store import S3Store
-from archive_pipeline.verify import verify_archive
 
-INTACT_CHECK = "archive_intact"  # runs inside every materialization
-STORED_CHECK = "latest_archive_intact"  # runs on demand
+if TYPE_CHECKING:
+    from dagster import AssetExecutionContext, DailyPartitionsDefinition
+
+    from archive_pipeline.archive import ArchiveResult
+
+def render_key(spec: TableSpec, day: dt.date, prefix: str) -> str:
+    """The day's rendered key (its manifest sits beside it; the data may be a later generation)."""
+    return _render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
+                   fmt=spec.format, compression=spec.compression)
 
 
-def check_result(check_name: str, store: S3Store, key: str, expected: dict, *, deep: bool,
-                 partition: str | None = None) -> AssetCheckResult:
-    """The stored archive compared with what was recorded; the description says what differs."""
-    problems = verify_archive(store, key, expected, deep=deep)
-    where = f"{partition}: " if partition else ""
-    verdict = "; ".join(problems) if problems else \
-        f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
-    return AssetCheckResult(check_name=check_name, passed=not problems, severity=AssetCheckSeverity.ERROR,
-                            description=where + verdict,
-                            metadata={"object": store.uri(key), "deep": deep, "problems": len(problems),
-                                      "partition": partition or ""})
+INTACT_CHECK = "archive_intact"  # per day; evaluated by every successful archive
+STORED_CHECK = "latest_archive_intact"  # on demand
+CHANGED_CHECK = "source_unchanged"  # on demand
+ON_DEMAND_CHECKS = (STORED_CHECK, CHANGED_CHECK)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking one day's archive, in the words shown in the UI."""
+
+    day: dt.date
+    problems: list[str]
+    verified: str  # "quick" | "deep" | "content" + what was compared
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def description(self) -> str:
+        if self.problems:
+            return f"{self.day}: NOT intact: " + "; ".join(self.problems)
+        return f"{self.day}: {self.verified}"
+
+
+def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") -> str:
+    """A link a person can click: the AWS console's object page on AWS, the s3:// URI elsewhere (an
+    empty day has no object: its manifest)."""
+    key = result.key or result.manifest_key
+    endpoint = archive_store.s3.endpoint_url or ""
+    if not endpoint or endpoint.rstrip("/").endswith(".amazonaws.com"):
+        return f"https://s3.console.aws.amazon.com/s3/object/{archive_store.bucket}?prefix={key}"
+    return f"s3://{archive_store.bucket}/{key}"
+
+
+def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict, *, deep: bool,
+                  conn: psycopg.Connection | None = None) -> Verdict:
+    """Check one day's stored archive against what was recorded (``expected``: bytes, md5, rows and,
+    from manifest v2 on, fingerprint).
+
+    quick: manifest present and untampered, object with its recorded size and ETag, MD5, rows and
+    fingerprint as recorded (an empty day: its manifest alone). ``deep``: also download, hash and
+    count rows. ``conn`` (tables with ``deep_check``): also load the archive back into PostgreSQL and
+    compare its content fingerprint with the manifest's and the source's.
+    """
+    key = render_key(spec, day, store.prefix)
+    problems = verify.verify_archive(store, key, expected, deep=deep)
+    if expected.get("rows") == 0 and expected.get("empty"):
+        verified = "no rows that day; its manifest records it as empty"
+    else:
+        verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
+    if conn is not None and not problems:
+        problems = verify.deep_verify(conn, store, spec, day)
+        verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
+    return Verdict(day, problems, verified, {"archive": store.uri(key), "deep": deep or conn is not None,
+                                             "problems": len(problems)})
+
+
+def _target(instance, key: AssetKey, partition: str):
+    """The materialization a check result is about, so the UI shows it against that materialization."""
+    # Dagster builds this itself for results it plans; it has no public constructor.
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[partition]),
+                                              limit=1).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(storage_id=records[0].storage_id,
+                                                         run_id=records[0].run_id, timestamp=records[0].timestamp)
+
+
+def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContext", key: AssetKey, check_name: str,
+                     verdict: Verdict, *, blocking: bool) -> AssetCheckEvaluation:
+    """``verdict`` as a check evaluation of ``check_name`` for the verdict's day."""
+    partition = verdict.day.isoformat()
+    return AssetCheckEvaluation(
+        asset_key=key, check_name=check_name, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
+        description=verdict.description, blocking=blocking, partition=partition,
+        metadata={**verdict.metadata, "partition": partition, "verified": verdict.verified},
+        target_materialization_data=_target(context.instance, key, partition),
+    )
+
+
+def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None) -> Failure:
+    cause = redact(f"{type(exc).__name__}: {exc}", password)
+    return Failure(description=f"{spec.name} {day}: could not check the archive: {cause}\n\nWhat to do: check that "
+                               "the store (ARCHIVE_S3_ENDPOINT_URL, ARCHIVE_S3_BUCKET, credentials) and the database "
+                               "are reachable from this code location, then run the check again.",
+                   allow_retries=False, metadata={"table": spec.name, "day": str(day)})
+
+
+def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
+    """Whether this check runs inside a run that also archives (Dagster 1.13 adds every check of an
+    asset to runs launched from the asset's page), where an on-demand check must stay cheap."""
+    return key in (context.op_execution_context.run.asset_selection or frozenset())
+
+
+def _latest(instance, key: AssetKey, limit: int = 1) -> list:
+    """The latest materializations of ``key``, newest first, one per day."""
+    records = instance.fetch_materializations(key, limit=limit * 4).records
+    seen, out = set(), []
+    for record in records:
+        event = record.asset_materialization
+        if event.partition in seen:
+            continue
+        seen.add(event.partition)
+        out.append(event)
+        if len(out) == limit:
+            break
+    return out
+
+
+def expected_from(meta: dict) -> dict:
+    """What a materialization recorded, as ``verify_result`` compares it."""
+    expected = {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
+                "format": meta["format"], "compression": meta["compression"], "empty": meta.get("state") == "empty"}
+    if meta.get("fingerprint"):
+        expected["fingerprint"] = meta["fingerprint"]
+    return expected
 
 
 class StoredCheckConfig(Config):
     deep: bool = Field(default=False, description="download the object, hash it and count its rows")
 
 
-def build_stored_archive_check(key: AssetKey) -> AssetChecksDefinition:
-    @asset_check(asset=key, name=STORED_CHECK, blocking=False,
-                 description="Re-checks the archive of the latest materialized day against its recorded "
-                             "size, MD5, row count and manifest.")
-    def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
-               archive_store: ArchiveStoreResource) -> AssetCheckResult:
-        records = context.instance.fetch_materializations(key, limit=1).records
+def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, deep: bool) -> Verdict:
+    meta = {k: v.value for k, v in event.metadata.items()}
+    day = dt.date.fromisoformat(event.partition)
+    if "md5" not in meta:
+        return Verdict(day, [f"the materialization of {event.partition} records no archive (md5)"], "")
+    try:
+        return verify_result(store, spec, day, expected_from(meta), deep=deep)
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
+        raise _unreachable(spec, day, exc) from None
+
+
+def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+    """``archive_intact``, one result per day. Archive runs report it themselves; launched alone for a day,
+    it re-checks that day's latest archive."""
+    with warnings.catch_warnings():  # partitioned checks are "preview" in 1.13; this is the behaviour we want
+        warnings.simplefilter("ignore", PreviewWarning)
+        return _build_intact_check(spec, key, partitions_def)
+
+
+def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+    @asset_check(asset=key, name=INTACT_CHECK, partitions_def=partitions_def, blocking=spec.deep_check,
+                 description="The day's object exists; its size, ETag, MD5 and row count and its manifest agree with "
+                             "what was recorded" + ("; its content equals the source's (deep_check)"
+                                                    if spec.deep_check else ""))
+    def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
+                archive_store: ArchiveStoreResource) -> AssetCheckResult:
+        day = context.partition_key if context.has_partition_key else None
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, asset_partitions=[day] if day else None), limit=1).records
         if not records:
-            return AssetCheckResult(passed=True, description="nothing archived yet")
-        event = records[0].asset_materialization
-        meta = {k: v.value for k, v in event.metadata.items()}
-        if "object_key" not in meta:
-            return AssetCheckResult(passed=False, description=f"materialization of {event.partition} has no object_key")
-        expected = {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
-                    "format": meta["format"], "compression": meta["compression"]}
-        return check_result(STORED_CHECK, archive_store.store(), meta["object_key"], expected, deep=config.deep,
-                            partition=event.partition)
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+                                    description=f"{day or spec.name}: not archived yet; nothing to check")
+        verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), config.deep)
+        return AssetCheckResult(passed=verdict.passed, description=verdict.description,
+                                metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
+
+    return _intact
+
+
+def build_stored_archive_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
+    """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``."""
+
+    @asset_check(asset=key, name=STORED_CHECK, blocking=False,
+                 description="On demand: re-checks the archive of the latest archived day against its recorded "
+                             "size, MD5, row count and manifest, and records the result for that day.")
+    def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
+               archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
+        latest = _latest(context.instance, key)
+        if not latest:
+            yield AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+                                   description=f"{spec.name}: nothing archived yet; nothing to check")
+            return
+        verdict = _recheck(context, spec, key, latest[0], archive_store.store(), config.deep)
+        context.op_execution_context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=False))
+        yield AssetCheckResult(passed=verdict.passed, description=verdict.description,
+                               metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
+
+    return _check
+
+
+class ChangedCheckConfig(Config):
+    days: int = Field(default=7, ge=1, le=366, description="how many of the latest archived days to compare")
+
+
+def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
+    """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests."""
+
+    @asset_check(asset=key, name=CHANGED_CHECK, blocking=False,
+                 description="On demand: compares the source's current content fingerprint of the latest archived "
+                             "days with the one their manifest recorded; a day changed after archiving fails it.")
+    def _check(context: AssetCheckExecutionContext, config: ChangedCheckConfig, postgres: PostgresResource,
+               archive_store: ArchiveStoreResource) -> AssetCheckResult:
+        if in_archive_run(context, key):
+            day = context.partition_key if context.has_partition_key else "this run's day"
+            return AssetCheckResult(passed=True, description=f"{spec.name}: not compared in a run that archives "
+                                    f"({day} was read from the source as it is now); run source_unchanged on "
+                                    "demand (verify_archives) to compare the archived days with the source")
+        source_changed = verify.source_changed
+        store = archive_store.store()
+        changed: dict[str, str] = {}
+        checked = []
+        for event in _latest(context.instance, key, config.days):
+            meta = {k: v.value for k, v in event.metadata.items()}
+            day = dt.date.fromisoformat(event.partition)
+            try:
+                manifest = verify.load_manifest(store, render_key(spec, day, store.prefix))
+                with postgres.connect() as conn:
+                    difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
+            except Exception as exc:  # noqa: BLE001 - unreachable database or store
+                raise _unreachable(spec, day, exc, postgres.password) from None
+            checked.append(event.partition)
+            if difference:
+                changed[event.partition] = difference
+        from archive_pipeline.assets import overwrite_run_config  # the asset module imports this one
+
+        if changed:
+            description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
+                           f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items()))
+                           + f"\n\nWhat to do: archive those days again with run config\n{overwrite_run_config(spec)}")
+        else:
+            description = f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
+        return AssetCheckResult(passed=not changed, description=description,
+                                metadata={"changed_days": MetadataValue.json(sorted(changed)),
+                                          "checked_days": MetadataValue.json(sorted(checked))})
 
     return _check

@@ -7,6 +7,7 @@ Connection settings never live here (they come from the environment through Dags
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import re
 import string
@@ -27,6 +28,17 @@ Compression = Literal["zstd", "gzip", "lz4", "snappy", "none"]
 KEY_FIELDS = frozenset({"prefix", "schema", "table", "year", "month", "day", "date", "ext", "format"})
 DEFAULT_KEY_TEMPLATE = "{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}"
 MAX_IDENTIFIER_BYTES = 63
+
+# Levels each codec accepts, per format family: the text formats compress with zstandard / gzip
+# (lz4 frames have no level here), Parquet hands the level to Arrow's codec. None: no level at all.
+TEXT_LEVELS: dict[str, tuple[int, int] | None] = {"zstd": (-7, 22), "gzip": (0, 9), "lz4": None, "none": None}
+PARQUET_LEVELS: dict[str, tuple[int, int] | None] = {"zstd": (-7, 22), "gzip": (1, 9), "lz4": (1, 12),
+                                                     "snappy": None, "none": None}
+
+
+def level_range(fmt: str, compression: str) -> tuple[int, int] | None:
+    """The compression levels ``compression`` accepts in ``fmt`` (None: the codec takes no level)."""
+    return (PARQUET_LEVELS if fmt == "parquet" else TEXT_LEVELS).get(compression)
 
 
 def dagster_name(text: str) -> str:
@@ -69,6 +81,18 @@ class Partitioning(_Strict):
         return self
 
 
+class Retention(_Strict):
+    """Opt-in removal of old days from the source, only after their archive is proven (see lifecycle.py).
+
+    ``detach``/``drop``: the day's own partition (declarative mode: a child covering exactly that
+    day) or day table (naming mode); ``delete``: the day's rows, in batches (any mode).
+    """
+
+    keep_days: int = Field(ge=1, description="days (before today) kept in the source; older ones may be removed")
+    action: Literal["detach", "drop", "delete"]
+    batch_rows: int = Field(default=50_000, ge=100, le=10_000_000, description="delete: rows per DELETE statement")
+
+
 class TableSpec(_Strict):
     """One table to archive, one daily partition per UTC day."""
 
@@ -82,9 +106,14 @@ class TableSpec(_Strict):
                       description="Dagster concurrency pool bounding extractions from this table's database")
     format: Format = "jsonl"
     compression: Compression = "zstd"
-    compression_level: int | None = Field(default=None, ge=-7, le=22)
+    compression_level: int | None = Field(default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), "
+                                          "Parquet lz4 1..12; lz4 text, snappy and none take none")
     chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
     key_template: str = DEFAULT_KEY_TEMPLATE
+    deep_check: bool = Field(default=False, description="after archiving, download the archive, load it back into "
+                             "PostgreSQL and compare its content fingerprint with the source's; a difference fails "
+                             "the run (a blocking check), so nothing downstream reads an unproven archive")
+    retention: Retention | None = Field(default=None, description="remove proven days from the source (opt-in)")
     strict: bool = Field(default=False, description="refuse any column whose encoding in the chosen format is "
                          "lossy or ambiguous (see the manifest's per-column 'exact'), instead of recording it")
 
@@ -117,6 +146,24 @@ class TableSpec(_Strict):
     def _day_column_needed(self) -> TableSpec:
         if self.day_column is None and self.partitioning.mode != "naming":
             raise ValueError(f"day_column is required for partitioning mode {self.partitioning.mode!r}")
+        if self.retention and self.retention.action in ("detach", "drop") and self.partitioning.mode == "column":
+            raise ValueError(f"retention action {self.retention.action!r} removes a day's own partition; a table in "
+                             "partitioning mode 'column' has none: use action 'delete'")
+        return self
+
+    @model_validator(mode="after")
+    def _level_fits_codec(self) -> TableSpec:
+        """A level the codec would reject, or silently ignore, is refused here rather than mid-run."""
+        if self.compression_level is None:
+            return self
+        allowed = level_range(self.format, self.compression)
+        where = f"{self.compression}" + (" in parquet" if self.format == "parquet" else "")
+        if allowed is None:
+            raise ValueError(f"compression_level: {where} takes no level; remove compression_level")
+        low, high = allowed
+        if not low <= self.compression_level <= high:
+            raise ValueError(f"compression_level: {self.compression_level} is out of range for {where} "
+                             f"({low}..{high})")
         return self
 
     def child_table(self, day: dt.date) -> str | None:
@@ -153,6 +200,9 @@ class RetrySettings(_Strict):
 class ScheduleSettings(_Strict):
     hour: int = Field(default=1, ge=0, le=23, description="UTC hour at which the day that just ended is archived")
     minute: int = Field(default=0, ge=0, le=59)
+    freshness_hours: int = Field(default=3, ge=1, le=23, description="the day that just ended is expected to be "
+                                 "archived this many hours after hour:minute (at the latest 23:59 UTC); later, the "
+                                 "asset shows as overdue")
     running: bool = Field(default=False, description="start the schedule as soon as the daemon loads it")
 
 
@@ -181,16 +231,46 @@ class ArchiveConfig(_Strict):
     @model_validator(mode="after")
     def _unique(self) -> ArchiveConfig:
         seen: dict[tuple[str, str], str] = {}
+        labels: dict[str, str] = {}
         for spec in self.tables:
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
                                  f"{'/'.join(spec.asset_path)!r}")
             seen[spec.asset_path] = spec.name
+            # Jobs, schedules and ops are named from schema and table joined by "_": a_b.c and a.b_c would
+            # share the job archive_a_b_c and show as one in the UI.
+            label = "_".join(spec.asset_path)
+            if label in labels:
+                raise ValueError(f"tables {labels[label]!r} and {spec.name!r} would share the job name "
+                                 f"'archive_{label}'; rename one of them in the database or archive it from a "
+                                 "second code location")
+            labels[label] = spec.name
         collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression)
                                      for s in self.tables])
         if collisions:
             raise ValueError("; ".join(collisions))
         return self
+
+
+def _model_at(loc: list) -> type[BaseModel] | None:
+    """The settings model that holds the last element of ``loc`` (for suggesting a known name)."""
+    model: type[BaseModel] | None = ArchiveConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        args = getattr(annotation, "__args__", ()) or (annotation,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model
+
+
+def _unknown(loc: list) -> str:
+    model = _model_at(loc)
+    known = sorted(model.model_fields) if model else []
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else (f"; known settings: {', '.join(known)}" if known else "")
+    return f"unknown setting{hint}"
 
 
 def _describe(error: ValidationError, raw: dict) -> str:
@@ -202,15 +282,35 @@ def _describe(error: ValidationError, raw: dict) -> str:
             tables = raw.get("tables") or []
             entry = tables[loc[1]] if loc[1] < len(tables) and isinstance(tables[loc[1]], dict) else {}
             setting = ".".join(str(p) for p in loc[2:])
+            message = item["msg"].removeprefix("Value error, ")
+            if not setting and ": " in message and message.split(": ", 1)[0] in TableSpec.model_fields:
+                setting, message = message.split(": ", 1)  # a whole-table rule about one setting
             where = f"table {entry.get('name', f'#{loc[1] + 1}')!r}" + (f", setting {setting!r}" if setting else "")
-        message = item["msg"].removeprefix("Value error, ")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            if loc:
+                where = f"setting {where!r}"
         if item["type"] == "extra_forbidden":
-            message = "unknown setting"
+            message = _unknown(loc)
+        elif item["type"].startswith("date_"):
+            message = f"{message} (got {item.get('input')!r}; write a real day as YYYY-MM-DD)"
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
 
+class _PlainSafeLoader(yaml.SafeLoader):
+    """YAML without its own date parsing: ``2024-13-01`` reaches validation as text, so the error names
+    the table and the setting instead of escaping as a bare ``month must be in 1..12``."""
+
+
+_PlainSafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def parse_config(raw: object, source: str = "<config>") -> ArchiveConfig:
+    """Validate an already-parsed configuration; errors name ``source``, the table and the setting."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with a 'tables' list")
     try:
@@ -227,9 +327,9 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
     """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml)."""
     file = Path(path) if path else config_path()
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.load(file.read_text(), Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
     return parse_config(raw, str(file))

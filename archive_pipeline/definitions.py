@@ -19,21 +19,41 @@ from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, de
                      in_process_executor)
 from dagster_aws.s3 import S3Resource
 
-from archive_pipeline.assets import asset_key, build_archive_asset
-from archive_pipeline.checks import build_stored_archive_check
-from archive_pipeline.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, load_config
+from archive_pipeline.assets import TABLE_TAG, asset_key, build_archive_asset, daily_partitions, job_name
+from archive_pipeline.checks import (
+    build_intact_check,
+    build_source_unchanged_check,
+    build_stored_archive_check,
+)
+from archive_pipeline.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.discovery import declarative_days
 from archive_pipeline.errors import SourceError
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.schedules import build_daily_schedule
-from archive_pipeline.sensors import SensorTarget, build_new_days_sensor
+from archive_pipeline.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
 from archive_pipeline.source import describe_table
 
 log = logging.getLogger(__name__)
 
+REQUIRED_ENV = {
+    "ARCHIVE_PG_DSN": "the source database, as a libpq URI or key=value string",
+    "ARCHIVE_S3_BUCKET": "the bucket the archives are written to",
+}
+
 
 def _optional_env(name: str) -> EnvVar | None:
     return EnvVar(name) if os.environ.get(name) else None
+
+
+def require_environment() -> None:
+    """Fail the load, naming each variable, when the connection settings are not in the environment:
+    otherwise the location loads and every run and sensor tick fails later with a vaguer message."""
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        lines = "\n".join(f"  {name}: {REQUIRED_ENV[name]}" for name in missing)
+        raise ConfigError(f"environment variable(s) not set for the archive_pipeline code location "
+                          f"(configured by {config_path()}):\n{lines}\nSet them where the code location runs "
+                          "(see the README, Configuration), or pass resources to build_definitions().")
 
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
@@ -68,21 +88,23 @@ def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
 def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
     """Fail the load on a table or day column that does not exist, naming it.
 
-    An unreachable database only warns: the location must still load (and its runs fail with the
-    same clear error) while the database is down for maintenance.
+    An unreachable database only warns, naming host, port and reason (never the password): the
+    location must still load (and its runs fail with the same clear error) while the database is
+    down for maintenance.
     """
     try:
         conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True)
     except psycopg.Error as exc:
-        log.warning("could not reach the source database to check the configured tables: %s",
-                    type(exc).__name__)
+        log.warning("could not reach the source database to check the tables of %s: %s; the code location "
+                    "loads anyway and runs will fail until it is reachable", config_path(),
+                    describe_connect_failure(exc, dsn))
         return
     with conn:
         for spec in config.tables:
             try:
                 check_table(conn, spec)
             except SourceError as exc:
-                raise ConfigError(f"table {spec.name!r}: {exc}") from None
+                raise ConfigError(f"{config_path()}: table {spec.name!r}: {exc}") from None
 
 
 def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, object] | None = None,
@@ -90,28 +112,36 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
                       executor: ExecutorDefinition | None = in_process_executor) -> Definitions:
     """The archive assets, checks, jobs, schedules and sensor for ``config`` (default: the YAML file).
 
-    ``executor`` applies to every job of the Definitions it ends up in, including the implicit asset
-    job that UI backfills use; pass ``None`` when merging into a project that sets its own. This
-    project's jobs run in-process either way.
+    Without ``resources`` the connection settings come from the environment and must be set;
+    ``check_source`` checks the tables exist. ``executor`` applies to every job of the Definitions
+    it ends up in, including the implicit asset job that UI backfills use; pass ``None`` when
+    merging into a project that sets its own. This project's jobs run in-process either way.
     """
     config = config or load_config()
+    if resources is None:
+        require_environment()
     if check_source and os.environ.get("ARCHIVE_PG_DSN"):
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
-    assets, checks, jobs, schedules, targets = [], [], [], [], []
+    assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     for spec in config.tables:
-        archive_asset = build_archive_asset(spec, config.retry)
+        archive_asset = build_archive_asset(spec, config.retry, config.schedule)
         key = asset_key(spec)
-        job = define_asset_job(name=f"archive_{'_'.join(key.path[1:])}", selection=[archive_asset],
-                               executor_def=in_process_executor,
+        # The asset alone, without its checks: archive_intact is reported by the asset itself, and the
+        # on-demand checks run only when asked for (verify_archives, or from the UI).
+        job = define_asset_job(name=job_name(spec), selection=AssetSelection.assets(key).without_checks(),
+                               tags={TABLE_TAG: spec.name}, executor_def=in_process_executor,
                                description=f"Archive days of {spec.name}")
+        latest, unchanged = build_stored_archive_check(spec, key), build_source_unchanged_check(spec, key)
         assets.append(archive_asset)
-        checks.append(build_stored_archive_check(key))
+        checks += [build_intact_check(spec, key, daily_partitions(spec)), latest, unchanged]
+        on_demand += [latest, unchanged]
         jobs.append(job)
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
-    verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*checks),
+    verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
                               executor_def=in_process_executor,
-                              description="Re-check every table's latest archive against what was recorded")
+                              description="On demand: re-check every table's latest archive against what was "
+                                          "recorded, and compare recently archived days with the source")
     return Definitions(
         # One process per run, not one more per step: an archive step is I/O- and database-bound, and
         # parallelism comes from concurrent runs bounded by the pools. Measured in bench/backfill.py.
@@ -127,6 +157,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
 
 @definitions
 def defs() -> Definitions:
-    """The code location (`-m archive_pipeline.definitions`), built when Dagster loads it, not at import,
-    so another project can import build_definitions without this project's YAML file or environment."""
+    """What Dagster loads (``dagster dev``, ``definitions validate``, the daemon). Lazy, so importing
+    this module (to call ``build_definitions`` from another project or a test) reads no file and needs
+    no environment; loading the location does both and fails early when either is wrong."""
     return build_definitions()

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import SourceError
-from archive_pipeline.source import days_with_rows, describe_table
+from archive_pipeline.source import SourceTable, days_with_rows, describe_table
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 
@@ -111,3 +111,39 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list[dt
         return [d for d in naming_days(conn, spec) if d in wanted]
     conn.execute("SET TimeZone = 'UTC'")
     return days_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
+
+
+def source_table(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> SourceTable:
+    """The relation holding ``day`` and its columns, per the table's partitioning mode."""
+    if spec.partitioning.mode == "naming":
+        child = f"{spec.schema_name}.{spec.child_table(day)}"
+        try:
+            return describe_table(conn, child, spec.day_column)
+        except SourceError as exc:
+            raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False) from None
+    if spec.partitioning.mode == "declarative":
+        require_whole_days(spec, day_children(conn, spec, day))
+    return describe_table(conn, spec.name, spec.day_column)
+
+
+def day_children(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> list[ChildRange]:
+    """Declarative mode: the child partitions whose range overlaps ``day``."""
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
+    end = start + dt.timedelta(days=1)
+    return [c for c in child_ranges(conn, spec)
+            if (c.start is None or c.start < end) and (c.end is None or c.end > start)]
+
+
+def partition_of_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> dict | None:
+    """Declarative mode: the one child holding ``day`` and its bound as the server prints it, so a
+    restore can re-create and attach it after the child was dropped."""
+    if spec.partitioning.mode != "declarative":
+        return None
+    children = day_children(conn, spec, day)
+    if len(children) != 1:
+        return None
+    schema = spec.schema_name
+    bound = conn.execute(
+        "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, children[0].name)).fetchone()
+    return {"parent": spec.name, "child": f"{schema}.{children[0].name}", "bound": bound[0] if bound else None}

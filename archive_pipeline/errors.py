@@ -1,41 +1,77 @@
-"""Errors of the archiver, each saying whether trying the whole partition again can help.
+"""Errors of the archiver, each saying whether trying the whole partition again can help, and what to do.
 
 Dagster's RetryPolicy retries what is transient (timeouts, dropped connections, serialization
-failures, S3 throttling and 5xx); what needs a human (a missing table, a permission, a type the
-format cannot hold, bad configuration) fails at once so nobody waits through the backoff.
+failures and recovery conflicts, S3 throttling and 5xx); what needs a human (a wrong password, a
+missing table, a permission, a value the format cannot hold, bad configuration, a full disk) fails
+at once so nobody waits through the backoff.
+
+One function, :func:`classify`, decides by *cause*, not by driver: psycopg, adbc-driver-postgresql
+(``adbc_driver_manager`` errors and the bare ``OSError`` its Arrow stream raises), libpq connect
+failures that carry no SQLSTATE, botocore and the operating system all end up in the same table of
+causes. :func:`wrap` turns any exception into an :class:`ArchiveError` that names table, day,
+cause and remedy, with secrets scrubbed.
 """
 
 from __future__ import annotations
 
+import errno
 import re
+from dataclasses import dataclass
+from urllib.parse import quote, quote_plus, unquote
 
-import psycopg
-import psycopg.errors as pg_errors
+# --------------------------------------------------------------------------------------------------
+# Secrets
 
-_URI_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+# scheme://user:password@ and scheme://:password@ (user optional), whatever the password holds
+_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+# password=... as a URI query parameter (ends at & or #)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#\s'\"]*", re.IGNORECASE)
+# password=value / password = 'quoted \' value' in libpq key=value form (also PGPASSWORD=, sslpassword=)
+_KV_PASSWORD = re.compile(r"(\b(?:pg|ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'&]+)", re.IGNORECASE)
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` without the given secrets or any password in a URI, safe for logs and metadata."""
+    """``text`` without the given secrets (also percent-encoded) or any password written in a URI or
+    as ``password=...``, safe for logs, Dagster event logs and metadata."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
-    return _URI_CREDENTIALS.sub(r"\1***@", text)
+            for form in {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret)}:
+                text = text.replace(form, "***")
+    text = _URI_CREDENTIALS.sub(r"\1***@", text)
+    text = _QUERY_PASSWORD.sub(r"\1***", text)
+    return _KV_PASSWORD.sub(r"\1***", text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Error types
 
 
 class ArchiveError(Exception):
-    """Base error; ``table`` and ``day`` say which partition it concerns."""
+    """Base error; ``table`` and ``day`` say which partition it concerns, ``remedy`` what to do.
+
+    ``str(error)`` is the message followed by ``; to fix: <remedy>`` when a remedy is known, so the
+    advice reaches the Dagster UI and logs with no extra plumbing.
+    """
 
     def __init__(self, message: str, *, table: str | None = None, day: str | None = None,
-                 retryable: bool = False) -> None:
-        super().__init__(message)
+                 retryable: bool = False, remedy: str | None = None, cause: str | None = None) -> None:
+        self.message = message
         self.table = table
         self.day = day
         self.retryable = retryable
+        self.remedy = remedy
+        self.cause = cause
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.remedy and "to fix:" not in self.message:
+            return f"{self.message}; to fix: {self.remedy}"
+        return self.message
 
 
 class SourceError(ArchiveError):
-    """Something about the PostgreSQL table itself (missing, no privilege, bad day column)."""
+    """Something about PostgreSQL: the connection, the table, its privileges, its data."""
 
 
 class UnsupportedTypeError(ArchiveError):
@@ -46,32 +82,569 @@ class UploadError(ArchiveError):
     """The object store refused or corrupted an upload; the multipart upload was aborted."""
 
 
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")  # connection, rollback, resources, operator, system
-_TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                       "InternalError", "ServiceUnavailable", "BadDigest", "RequestLimitExceeded"}
+# --------------------------------------------------------------------------------------------------
+# Classification
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What went wrong and whether running the whole partition again may succeed.
+
+    ``cause`` is a short phrase for people ("wrong password", "statement_timeout"); ``remedy`` says
+    what to change (or that it is retried automatically and what to look at if it persists);
+    ``where`` is ``"source"``, ``"store"``, ``"local"`` or ``"unknown"`` and picks the error type.
+    """
+
+    retryable: bool
+    cause: str
+    remedy: str
+    where: str = "unknown"
+    sqlstate: str | None = None
+
+
+_RETRIED = "retried automatically"
+_DSN = "ARCHIVE_PG_DSN"
+
+
+_SERVER_MESSAGE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([^\n]*)")
+
+
+def _src(retryable: bool, cause: str, remedy: str) -> Classification:
+    return Classification(retryable, cause, remedy, "source")
+
+
+def _store(retryable: bool, cause: str, remedy: str) -> Classification:
+    return Classification(retryable, cause, remedy, "store")
+
+
+_CONNECTION_LOST = _src(True, "the database connection was lost (server closed it, network dropped or backend "
+                        "terminated)", f"{_RETRIED}; if it persists, check the server log for crashes or restarts "
+                        "and the network between Dagster and PostgreSQL")
+_CONNECT_FAILED = _src(True, "the database server could not be reached (refused, unreachable or timed out)",
+                       f"{_RETRIED}; if it persists, check that PostgreSQL runs and listens on the host and port in "
+                       f"{_DSN} (listen_addresses, firewall)")
+_TERMINATED = _src(True, "the archiving backend was terminated (pg_terminate_backend, or the server shutting down)",
+                   f"{_RETRIED}; if it recurs, look for a job that kills long queries or for server restarts")
+_STARTING = _src(True, "the database server is starting up, shutting down or in recovery",
+                 f"{_RETRIED} once the server accepts connections")
+_MAX_CONNECTIONS = _src(True, "the server has no free connection slots (max_connections reached)",
+                        "lower the pool limit in dagster.yaml (each archive uses one connection, Parquet two) "
+                        "or raise max_connections on the server")
+_ROLE_LIMIT = _src(True, "the role's CONNECTION LIMIT is reached",
+                   "lower the pool limit in dagster.yaml (each archive uses one connection, Parquet two) or "
+                   "ALTER ROLE <role> CONNECTION LIMIT <n> with room for them")
+_DB_LIMIT = _src(True, "the database's CONNECTION LIMIT is reached",
+                 "lower the pool limit in dagster.yaml or ALTER DATABASE <database> CONNECTION LIMIT <n>")
+_STATEMENT_TIMEOUT = _src(True, "statement_timeout: reading the day took longer than allowed",
+                          "raise source.statement_timeout_ms (0 = no limit) in the archive config; a day that "
+                          "always takes longer will time out on every retry")
+_CANCELED = _src(True, "the query was cancelled (pg_cancel_backend or a client cancel)",
+                 f"{_RETRIED}; if it recurs, look for a job that cancels long queries")
+_LOCK_TIMEOUT = _src(True, "lock_timeout: another session holds a conflicting lock on the table "
+                     "(ALTER TABLE, TRUNCATE, VACUUM FULL, REINDEX, LOCK ...)",
+                     f"{_RETRIED}; if it persists, find the blocker with pg_blocking_pids() / pg_locks, or raise "
+                     "source.lock_timeout_ms")
+_IDLE_TIMEOUT = _src(True, "idle_in_transaction_session_timeout ended the snapshot's session",
+                     "raise source.idle_in_transaction_timeout_ms (the snapshot-holding connection idles while the "
+                     "Parquet reader streams), or the role's/server's idle timeout")
+_RECOVERY_CONFLICT = _src(True, "hot-standby recovery conflict: the replica cancelled the read so WAL replay "
+                          "could remove rows the snapshot still needed",
+                          "set hot_standby_feedback = on on the replica, or raise max_standby_streaming_delay "
+                          "(and max_standby_archive_delay) above the longest day's read; retried automatically")
+_SERIALIZATION = _src(True, "serialization failure or deadlock", _RETRIED)
+_WRONG_PASSWORD = _src(False, "wrong password (password authentication failed)",
+                       f"check the password in {_DSN} (and that the role's password was not rotated)")
+_NO_PASSWORD = _src(False, "the server wants a password and none was given", f"add the password to {_DSN}")
+_NO_HBA = _src(False, "pg_hba.conf has no entry allowing this host, user and database",
+               "add a pg_hba.conf line for this client address, user and database on the server (or set "
+               f"sslmode=require in {_DSN} if the line is hostssl) and reload the server")
+_NO_ROLE = _src(False, "the database role does not exist", f"check the user in {_DSN} or CREATE ROLE it")
+_NO_LOGIN = _src(False, "the role may not log in", "ALTER ROLE <role> LOGIN, or use a role that may")
+_NO_DATABASE = _src(False, "the database does not exist", f"check the database name in {_DSN}")
+_AUTH = _src(False, "authentication was refused", f"check the user, password and sslmode in {_DSN}")
+_BAD_DSN = _src(False, "the connection string is malformed",
+                f"fix {_DSN} (libpq URI postgresql://user:password@host:port/db, special characters "
+                "percent-encoded, or key=value form)")
+_BAD_HOST = _src(False, "the database host name does not resolve", f"check the host in {_DSN} (and DNS)")
+_DNS_TEMPORARY = _src(True, "temporary DNS failure resolving the database host",
+                      f"{_RETRIED}; if it persists, check the resolver")
+_TLS = _src(False, "TLS negotiation with the server failed",
+            f"check sslmode, sslrootcert and the server certificate in {_DSN}")
+_PERMISSION = _src(False, "permission denied", "GRANT SELECT ON <table> TO <role> (and GRANT USAGE ON SCHEMA)")
+_UNDEFINED = _src(False, "the table, column or schema does not exist (any more)",
+                  "check the table name and day_column in archive_tables.yaml against the database")
+_DATA = _src(False, "a value in the day cannot be read or converted (data exception)",
+             "fix the offending rows, or archive the table in a format that keeps the value as text (jsonl/csv)")
+_PROGRAM_LIMIT = _src(False, "a value, row or query exceeds a PostgreSQL limit (e.g. a value over 1 GB as "
+                      "text or JSON)", "a retry cannot help: archive this table as parquet (binary COPY, no "
+                      "1 GB text value) or csv (no per-row JSON), or shorten/split the oversized values")
+_DISK_FULL_SERVER = _src(False, "the database server ran out of disk space",
+                         "free space on the server (temp_tablespaces, pg_wal), then archive again")
+_OUT_OF_MEMORY = _src(True, "the database server ran out of memory or another resource",
+                      f"{_RETRIED}; if it persists, lower the pool limit in dagster.yaml or work_mem")
+_CONFIG_LIMIT = _src(False, "a server configuration limit was exceeded",
+                     "raise the limit named in the message on the server")
+_DROPPED = _src(False, "the database was dropped", f"check {_DSN}")
+_READ_ONLY = _src(False, "a write was attempted in a read-only transaction (a bug in the archiver)",
+                  "report it with this message")
+_CORRUPTED = _src(False, "the server reports corrupted data or an internal error",
+                  "check the server log; verify the table with amcheck / pg_amcheck")
+_SQL_REJECTED = _src(False, "the server rejected the archiver's SQL",
+                     "check the table definition; if it looks right, report it with this message")
+_SOURCE_OTHER = _src(False, "the database reported an error", "read the message; fix the cause and archive again")
+_SERVER_IO = _src(True, "the database server had an I/O or system error",
+                  f"{_RETRIED}; if it persists, check the server log and its disks")
+
+_DISK_FULL_LOCAL = Classification(
+    False, "no space left for the temp file", "free space in the temp directory or point the store's temp_dir at a "
+    "volume that holds the largest day's object (it is staged whole before the last part uploads); an immediate "
+    "retry would fail the same way", "local")
+_TEMP_NOT_WRITABLE = Classification(False, "the temp directory is not writable",
+                                    "fix temp_dir's permissions or choose another temp_dir", "local")
+_LOCAL_IO = Classification(False, "an I/O error on the local disk", "check the disk behind temp_dir", "local")
+_LOCAL_NETWORK = Classification(True, "a network connection was reset or timed out",
+                                f"{_RETRIED}; if it persists, check the network", "unknown")
+_OUT_OF_MEMORY_LOCAL = Classification(False, "the archiving process ran out of memory",
+                                      "give the run more memory or lower chunk_size / the store's max_concurrency",
+                                      "local")
+_UNKNOWN = Classification(False, "an unexpected error", "read the message; it is not retried because nothing "
+                          "says a retry would help", "unknown")
+
+# S3
+_S3_UNREACHABLE = _store(True, "the object store could not be reached or timed out",
+                         f"{_RETRIED}; if it persists, check ARCHIVE_S3_ENDPOINT_URL and the network")
+_S3_STREAM = _store(True, "the object store's response broke off or arrived incomplete", _RETRIED)
+_S3_CHECKSUM = _store(True, "a response from the object store failed its checksum (corrupted in transit)",
+                      f"{_RETRIED}; if it persists on an S3-compatible store, set "
+                      "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required")
+_S3_TLS = _store(False, "TLS validation of the object store failed",
+                 "check ARCHIVE_S3_ENDPOINT_URL and the CA bundle (AWS_CA_BUNDLE)")
+_S3_NO_CREDENTIALS = _store(False, "no (or incomplete) credentials for the object store",
+                            "set ARCHIVE_S3_ACCESS_KEY_ID and ARCHIVE_S3_SECRET_ACCESS_KEY, or an instance role")
+_S3_CONFIG = _store(False, "the object store client is misconfigured (region, endpoint or parameters)",
+                    "check ARCHIVE_S3_REGION and ARCHIVE_S3_ENDPOINT_URL")
+_S3_THROTTLED = _store(True, "the object store is throttling or temporarily failing (5xx, SlowDown)",
+                       f"{_RETRIED}; if it persists, lower the pool limit or the store's max_concurrency")
+_S3_CORRUPTED = _store(True, "an upload arrived corrupted (BadDigest / checksum mismatch)",
+                       f"{_RETRIED}; if it recurs, check proxies between Dagster and the store")
+_S3_GONE = _store(True, "the multipart upload disappeared or conflicted with another writer", _RETRIED)
+_S3_ACCESS = _store(False, "the object store refused access", "grant s3:PutObject, s3:GetObject, s3:DeleteObject, "
+                    "s3:ListBucketMultipartUploads and s3:AbortMultipartUpload on the bucket to these credentials")
+_S3_BAD_KEY = _store(False, "the object store rejected the credentials",
+                     "check ARCHIVE_S3_ACCESS_KEY_ID / ARCHIVE_S3_SECRET_ACCESS_KEY (and the region)")
+_S3_NO_BUCKET = _store(False, "the bucket does not exist", "check ARCHIVE_S3_BUCKET (or create the bucket)")
+_S3_CLOCK = _store(False, "this machine's clock is too far off the store's", "synchronise the clock (NTP)")
+_S3_TOO_LARGE = _store(False, "the object or a part is too large for the store",
+                       "raise the store's part_size_mb, or split the table's days")
+_S3_REJECTED = _store(False, "the object store rejected the request", "read the error code in the message")
+
+_S3_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                   "RequestThrottled", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
+_S3_CORRUPT_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+_S3_GONE_CODES = {"NoSuchUpload", "InvalidPart", "InvalidPartOrder", "PreconditionFailed", "ConditionalRequestConflict",
+                  "OperationAborted", "ExpiredToken", "TokenRefreshRequired", "RequestExpired"}
+_S3_ACCESS_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403",
+                    "KMS.DisabledException", "KMS.NotFoundException", "KMS.AccessDeniedException"}
+_S3_KEY_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "AuthorizationHeaderMalformed",
+                 "InvalidSecurity", "UnrecognizedClientException"}
+_S3_BUCKET_CODES = {"NoSuchBucket", "InvalidBucketName"}
+_S3_SIZE_CODES = {"EntityTooLarge", "EntityTooSmall", "MaxMessageLengthExceeded"}
+
+
+_SNAPSHOT_GONE = _src(True, "the exported snapshot was gone before the Parquet reader imported it (its session "
+                      "ended: terminated, timed out or disconnected)", f"{_RETRIED}; if it recurs, raise "
+                      "source.idle_in_transaction_timeout_ms above the time ADBC takes to connect, or stop "
+                      "whatever kills the archive's first connection")
+
+
+def _fixed_part(text: str) -> str:
+    """The server's own words of a message: the text after ``ERROR:``/``FATAL:`` if present, quoted
+    names blanked, cut at the first ``": "`` (where PostgreSQL puts values), lower case."""
+    server = _SERVER_MESSAGE.search(text)
+    message = server.group(1) if server is not None else text.strip().split("\n")[0]
+    return re.sub(r'"[^"]*"', '""', message).split(": ")[0].lower()
+
+
+def _by_sqlstate(code: str, text: str) -> Classification:
+    """The cause behind a SQLSTATE; the server's own words refine codes that cover several causes."""
+    lowered = _fixed_part(text)
+    if code == "22023" and lowered.startswith("invalid snapshot identifier"):
+        return _SNAPSHOT_GONE
+    if code == "55000" and lowered.startswith("could not import the requested snapshot"):
+        return _SNAPSHOT_GONE
+    # A standby reports every recovery conflict as 40001 (57P04 if the database was dropped); the
+    # code decides, so a data error quoting a value like "conflict with recovery" stays a data error.
+    if code in ("40001", "40P01", "57P01", "57014") and "conflict with recovery" in lowered:
+        return _RECOVERY_CONFLICT
+    exact: dict[str, Classification] = {
+        "57014": _STATEMENT_TIMEOUT if "statement timeout" in lowered else _CANCELED,
+        "55P03": _LOCK_TIMEOUT, "25P03": _IDLE_TIMEOUT, "57P05": _IDLE_TIMEOUT,
+        "57P01": _TERMINATED, "57P02": _TERMINATED, "57P03": _STARTING, "57P04": _DROPPED,
+        "53300": (_ROLE_LIMIT if "for role" in lowered else _DB_LIMIT if "for database" in lowered
+                  else _MAX_CONNECTIONS),
+        "53100": _DISK_FULL_SERVER, "53200": _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
+        "28P01": _WRONG_PASSWORD, "3D000": _NO_DATABASE, "42501": _PERMISSION, "25006": _READ_ONLY,
+        "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
+    }
+    if code in exact:
+        return exact[code]
+    if code == "28000":
+        return _match_auth(lowered) or _AUTH
+    if code == "XX000" and "invalid memory alloc request size" in lowered:
+        return _PROGRAM_LIMIT
+    klass = code[:2]
+    by_class: dict[str, Classification] = {
+        "08": _CONNECTION_LOST, "40": _SERIALIZATION, "53": _OUT_OF_MEMORY, "57": _TERMINATED,
+        "58": _SERVER_IO, "54": _PROGRAM_LIMIT, "22": _DATA, "42": _SQL_REJECTED, "28": _AUTH,
+        "XX": _CORRUPTED, "0A": _SQL_REJECTED,
+    }
+    return by_class.get(klass, _SOURCE_OTHER)
+
+
+def _match_auth(lowered: str) -> Classification | None:
+    if "password authentication failed" in lowered:
+        return _WRONG_PASSWORD
+    if "no pg_hba.conf entry" in lowered or "pg_hba.conf rejects connection" in lowered:
+        return _NO_HBA
+    if re.search(r'role "[^"]*" does not exist', lowered):
+        return _NO_ROLE
+    if "is not permitted to log in" in lowered:
+        return _NO_LOGIN
+    return None
+
+
+# Server and libpq messages that arrive without a SQLSTATE (connect-time errors, the Arrow stream's
+# OSError). Order matters: the more specific first.
+_MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
+    (re.compile(p, re.IGNORECASE), c) for p, c in [
+        (r"conflict with recovery", _RECOVERY_CONFLICT),
+        (r"password authentication failed", _WRONG_PASSWORD),
+        (r"no password supplied|password is required", _NO_PASSWORD),
+        (r"no pg_hba\.conf entry|pg_hba\.conf rejects connection", _NO_HBA),
+        (r"role \"[^\"]*\" does not exist", _NO_ROLE),
+        (r"is not permitted to log in", _NO_LOGIN),
+        (r"database \"[^\"]*\" does not exist", _NO_DATABASE),
+        (r"authentication failed|authentication method \S+ not supported", _AUTH),
+        (r"too many connections for role", _ROLE_LIMIT),
+        (r"too many connections for database", _DB_LIMIT),
+        (r"too many clients already|remaining connection slots are reserved", _MAX_CONNECTIONS),
+        (r"the database system is (starting up|shutting down|in recovery mode|not yet accepting|"
+         r"not accepting)", _STARTING),
+        (r"canceling statement due to statement timeout", _STATEMENT_TIMEOUT),
+        (r"canceling statement due to lock timeout", _LOCK_TIMEOUT),
+        (r"canceling statement due to user request", _CANCELED),
+        (r"idle-in-transaction timeout|idle-session timeout", _IDLE_TIMEOUT),
+        (r"terminating connection due to (administrator command|immediate shutdown)|"
+         r"unexpected postmaster exit", _TERMINATED),
+        (r"invalid memory alloc request size|exceeds the maximum allowed|cannot enlarge string buffer|"
+         r"total size of jsonb|out of memory.*(string|buffer) (is|of) too large", _PROGRAM_LIMIT),
+        (r"no space left on device", _DISK_FULL_SERVER),
+        (r"temporary failure in name resolution|EAI_AGAIN", _DNS_TEMPORARY),
+        (r"could not translate host name|name or service not known|nodename nor servname|"
+         r"failed to resolve host|no address associated with hostname", _BAD_HOST),
+        (r"certificate verify failed|ssl error|server does not support ssl|sslmode value|"
+         r"certificate (has expired|is not yet valid)|could not load (private key|certificate)", _TLS),
+        (r"invalid connection option|invalid uri|invalid percent-encoded|missing \"=\" after|"
+         r"unterminated quoted string|invalid integer value .* for connection option|"
+         r"end of string reached when looking for matching|unexpected character .* in uri|"
+         r"invalid port number|servname not supported|invalid .* value: \"|unexpected spaces found|"
+         r"use percent-encoded", _BAD_DSN),
+        (r"connection refused|timeout expired|timed out|network is unreachable|no route to host|"
+         r"could not connect to server|connection to server at .* failed", _CONNECT_FAILED),
+        (r"server closed the connection unexpectedly|terminating connection|could not receive data from server|"
+         r"could not send data to server|no connection to the server|connection (is|was) (closed|lost)|"
+         r"connection reset|broken pipe|ssl syscall error|ssl connection has been closed|"
+         r"lost synchronization with server|PQgetCopyData\(\) failed", _CONNECTION_LOST),
+    ]
+]
+
+# ADBC appends ". SQLSTATE: 22P02" at the very end; only there, since quoted values and the echoed
+# query come earlier and may contain anything.
+_SQLSTATE_IN_TEXT = re.compile(r"SQLSTATE: ([0-9A-Z]{5})\s*$")
+
+
+def _sqlstate(exc: BaseException, text: str) -> str | None:
+    code = getattr(exc, "sqlstate", None)
+    if isinstance(code, str) and re.fullmatch(r"[0-9A-Z]{5}", code):
+        return code
+    found = _SQLSTATE_IN_TEXT.search(text)
+    return found.group(1) if found else None
+
+
+_SERVER_UNKNOWN = _src(False, "the database reported an error", "read the message; fix the cause and archive again")
+
+
+def _by_message(text: str) -> Classification | None:
+    """Match known causes against the server's own words, never against data it quotes.
+
+    Where the text holds a server message (``ERROR:``/``FATAL:``, as libpq and ADBC pass it on without
+    a SQLSTATE), only its fixed part is matched: quoted names are blanked and everything after the
+    first ``": "`` (where PostgreSQL puts values) is cut, so a row holding "statement timeout" in a
+    data error cannot pass for a transient cause. An unrecognised server message fails at once.
+    Text without a server message is libpq's own (connect failures, lost connections).
+    """
+    if _SERVER_MESSAGE.search(text) is not None:
+        fixed = _fixed_part(text)
+        for pattern, classification in _MESSAGES:
+            if pattern.search(fixed):
+                return classification
+        return _SERVER_UNKNOWN
+    for pattern, classification in _MESSAGES:
+        if pattern.search(text):
+            return classification
+    return None
+
+
+def _with_sqlstate(c: Classification, code: str | None) -> Classification:
+    return Classification(c.retryable, c.cause, c.remedy, c.where, code)
+
+
+def _classify_database(exc: BaseException, text: str, *, connection_error: bool) -> Classification | None:
+    """psycopg, adbc_driver_manager or an Arrow ``OSError`` from libpq: SQLSTATE, then message, then type."""
+    code = _sqlstate(exc, text)
+    if code is not None:
+        return _with_sqlstate(_by_sqlstate(code, text), code)
+    found = _by_message(text)
+    if found is not None:
+        return found
+    if connection_error:  # no server answer and no known message: the connection itself failed
+        return _CONNECTION_LOST
+    return None
+
+
+def _classify_boto(exc: BaseException) -> Classification | None:
+    try:
+        import botocore.exceptions as bx
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        return None
+    if isinstance(exc, bx.FlexibleChecksumError):
+        return _S3_CHECKSUM
+    if isinstance(exc, bx.SSLError):
+        return _S3_TLS
+    if isinstance(exc, bx.ConnectionError | bx.ReadTimeoutError | bx.ConnectionClosedError):
+        return _S3_UNREACHABLE
+    if isinstance(exc, bx.IncompleteReadError | bx.ResponseStreamingError | bx.HTTPClientError):
+        return _S3_STREAM
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError | bx.CredentialRetrievalError):
+        return _S3_NO_CREDENTIALS
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return _s3_code(str(error.get("Code", "")), int(status))
+    if isinstance(exc, bx.BotoCoreError):
+        return _S3_CONFIG
+    try:
+        from boto3.exceptions import S3UploadFailedError
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, S3UploadFailedError):  # boto3's transfer manager keeps only the text
+        found = re.search(r"An error occurred \(([^)]+)\)", str(exc))
+        return _s3_code(found.group(1), 0) if found else _S3_THROTTLED
+    return None
+
+
+def _s3_code(code: str, status: int) -> Classification:
+    if code in _S3_CORRUPT_CODES:
+        return _S3_CORRUPTED
+    if code in _S3_RETRY_CODES or status >= 500 or status == 429:
+        return _S3_THROTTLED
+    if code in _S3_GONE_CODES:
+        return _S3_GONE
+    if code in _S3_KEY_CODES:
+        return _S3_BAD_KEY
+    if code in _S3_ACCESS_CODES or status == 403:
+        return _S3_ACCESS
+    if code in _S3_BUCKET_CODES:
+        return _S3_NO_BUCKET
+    if code == "RequestTimeTooSkewed":
+        return _S3_CLOCK
+    if code in _S3_SIZE_CODES:
+        return _S3_TOO_LARGE
+    return _S3_REJECTED
+
+
+def _classify_os(exc: OSError, text: str) -> Classification:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _DISK_FULL_LOCAL
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return _TEMP_NOT_WRITABLE
+    if exc.errno == errno.EIO:
+        return _LOCAL_IO
+    if isinstance(exc, ConnectionError | TimeoutError) or exc.errno in (
+            errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+            errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN):
+        return _LOCAL_NETWORK
+    # adbc-driver-postgresql's Arrow stream raises a bare OSError whose text is libpq's
+    from_libpq = "[libpq]" in text or "SQLSTATE" in text
+    found = _classify_database(exc, text, connection_error=from_libpq)
+    return found if found is not None else _UNKNOWN
+
+
+def _classify_one(exc: BaseException) -> Classification | None:
+    if isinstance(exc, ArchiveError):
+        where = "store" if isinstance(exc, UploadError) else "source" if isinstance(exc, SourceError) else "unknown"
+        return Classification(exc.retryable, exc.cause or type(exc).__name__, exc.remedy or "", where)
+    text = str(exc)
+    module = type(exc).__module__ or ""
+    if module.startswith("psycopg"):
+        import psycopg
+
+        return _classify_database(exc, text, connection_error=isinstance(exc, psycopg.OperationalError
+                                                                         | psycopg.InterfaceError))
+    if module.startswith("adbc_driver"):
+        import adbc_driver_manager
+
+        return _classify_database(exc, text, connection_error=isinstance(exc, adbc_driver_manager.OperationalError))
+    if module.startswith(("botocore", "boto3")):
+        return _classify_boto(exc)
+    if isinstance(exc, MemoryError):
+        return _OUT_OF_MEMORY_LOCAL
+    if isinstance(exc, OSError):
+        return _classify_os(exc, text)
+    return None
+
+
+def classify(exc: BaseException, *, table: str | None = None, user: str | None = None) -> Classification:
+    """Why ``exc`` happened, whether a retry of the whole partition may help, and what to do.
+
+    Decides by cause: the SQLSTATE (attribute, or ``SQLSTATE: XXXXX`` in an ADBC message), then the
+    server's or libpq's message (connect-time errors carry no SQLSTATE), then the exception type.
+    An exception nobody recognises is looked for in its ``__cause__`` / ``__context__`` and is
+    otherwise *not* retried. ``table`` and ``user`` fill the placeholders of remedies like GRANT.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    found: Classification | None = None
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        found = _classify_one(current)
+        if found is not None:
+            break
+        current = current.__cause__ or current.__context__
+    result = found or _UNKNOWN
+    remedy = result.remedy.replace("<table>", table or "<table>").replace("<role>", user or "<role>")
+    return Classification(result.retryable, result.cause, remedy, result.where, result.sqlstate)
 
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether running the partition again from scratch may succeed."""
+    return classify(exc).retryable
+
+
+def _detail(exc: BaseException, limit: int = 600) -> str:
+    """The exception's own text on one line, bounded (ADBC appends the whole query)."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"\s*Query was: .*?(?=\. SQLSTATE|$)", "", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
+         user: str | None = None) -> ArchiveError:
+    """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
+    right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
+
+    An :class:`ArchiveError` is returned itself, with table and day filled in. Raise the result
+    ``from None``: a chained driver exception may hold the DSN.
+    """
     if isinstance(exc, ArchiveError):
-        return exc.retryable
-    if isinstance(exc, psycopg.Error):
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate is None:  # no server answer: the connection itself failed
-            return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-        if isinstance(exc, pg_errors.InsufficientPrivilege | pg_errors.InvalidAuthorizationSpecification
-                      | pg_errors.InvalidPassword):
-            return False
-        return sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "55P03"  # lock_not_available
+        exc.table, exc.day = exc.table or table, exc.day or day
+        exc.message = redact(exc.message, password)
+        exc.args = (exc.message,)
+        return exc
+    found = classify(exc, table=table, user=user)
+    error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
+    detail = redact(_detail(exc), password)
+    if found.cause == _BAD_DSN.cause:  # libpq quotes pieces of the string, perhaps of the password
+        detail = _scrub_parse_error(detail)
+    code = f" SQLSTATE {found.sqlstate}" if found.sqlstate and found.sqlstate not in detail else ""
+    message = (f"archiving {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
+               f"{'transient, retried' if found.retryable else 'not retried: a retry cannot fix this'}")
+    return error_type(message, table=table, day=day, retryable=found.retryable, remedy=found.remedy,
+                      cause=found.cause)
+
+
+# --------------------------------------------------------------------------------------------------
+# Connections
+
+
+def _libpq_keywords() -> set[str]:
     try:
-        from botocore.exceptions import ClientError, ReadTimeoutError
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-    except ImportError:  # pragma: no cover - botocore is a dependency
-        return False
-    if isinstance(exc, BotoConnectionError | ReadTimeoutError):
-        return True
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in _TRANSIENT_S3_CODES or status >= 500 or status == 429
-    return isinstance(exc, TimeoutError | ConnectionError)
+        from psycopg import pq
+
+        return {d.keyword.decode() for d in pq.Conninfo.get_defaults()}
+    except Exception:  # noqa: BLE001 - only used to keep harmless words in a scrubbed message
+        return {"host", "hostaddr", "port", "dbname", "user", "password", "sslmode", "connect_timeout"}
+
+
+def _scrub_parse_error(text: str) -> str:
+    """libpq's conninfo parse errors quote pieces of the string, which may be pieces of a password:
+    keep quoted option names, replace every other quoted token."""
+    keywords = _libpq_keywords()
+    return re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in keywords else '"***"', text)
+
+
+def connection_target(dsn: str) -> dict[str, str]:
+    """Host, port, database and user a DSN points at (libpq's defaults and PG* variables filled in),
+    for messages; never the password. Empty if the DSN cannot be parsed."""
+    import os
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    except Exception:  # noqa: BLE001 - malformed DSN: say so, echo nothing
+        return {}
+    user = params.get("user") or os.environ.get("PGUSER") or _os_user()
+    return {"host": params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost (socket)",
+            "port": params.get("port") or os.environ.get("PGPORT") or "5432",
+            "database": params.get("dbname") or os.environ.get("PGDATABASE") or user,
+            "user": user}
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "<os user>"
+
+
+def _reason(text: str) -> str:
+    """The informative part of a libpq connect error: its FATAL/last line, one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    fatal = [line for line in lines if "FATAL:" in line]
+    line = fatal[-1] if fatal else " ".join(lines)
+    return " ".join(line.split())
+
+
+def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
+    """A connect failure as a :class:`SourceError` saying host, port, database, user, the reason and
+    what to do; never the password, whatever libpq echoed (a malformed URI comes back whole)."""
+    target = connection_target(dsn)
+    found = classify(exc, user=target.get("user"))
+    password = _password_of(dsn)
+    text = redact(str(exc), password)
+    if not target:
+        found = _BAD_DSN  # psycopg could not parse it either
+        reason = _scrub_parse_error(_reason(text))
+        message = f"cannot connect to PostgreSQL: {found.cause} ({reason})"
+    else:
+        if found.cause == _BAD_DSN.cause:
+            text = _scrub_parse_error(text)
+        where = f"{target['host']}:{target['port']}, database {target['database']!r} as user {target['user']!r}"
+        message = f"cannot connect to PostgreSQL at {where}: {found.cause} ({_reason(text)})"
+    message = redact(message, password)
+    return SourceError(message, retryable=found.retryable, remedy=found.remedy, cause=found.cause)
+
+
+def _password_of(dsn: str) -> str | None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except Exception:  # noqa: BLE001
+        found = re.search(r"://[^:/@\s]*:([^@\s]+)@", dsn) or re.search(r"password\s*=\s*'?([^'\s]+)", dsn)
+        password = unquote(found.group(1)) if found else None
+    return str(password) if password else None
+

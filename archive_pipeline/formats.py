@@ -4,25 +4,41 @@ doing the per-value work, so no Python object is built per row or value.
 JSONL is ``row_to_json`` of each row, sent through ``COPY ... (FORMAT csv)`` with control bytes as
 quote and delimiter: JSON text never contains raw control bytes, so CSV mode passes it through
 byte for byte, where text mode would double every backslash.
+
+Every value is archived exactly (read back to the identical PostgreSQL value: JSONL through
+``json_populate_record``, CSV through ``COPY FROM``, Parquet through Arrow) or the day fails with an
+:class:`UnsupportedTypeError` naming the column and the format to use instead. Each format says
+per column how it encodes it (:meth:`Format.encodings`), before anything is read, so a table marked
+``strict`` can refuse a lossy column before any upload starts. Values a format cannot hold are
+caught in the same query that reads them (an expression that raises inside PostgreSQL for JSONL, a
+per-row flag column for Parquet), never by a second scan; when PostgreSQL itself fails on a value
+(a ``\\u0000`` it cannot translate, a value over its 1 GB text limit), a probe run only after the
+failure finds the column to name.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.source import Snapshot, SourceTable, copy_chunks, prefetch
-
+from archive_pipeline.errors import UnsupportedTypeError
+from archive_pipeline.source import Column, Snapshot, SourceTable, copy_chunks, prefetch
 
 class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+def encoding(description: str, exact: bool = True, note: str = "") -> dict:
+    """One column's entry in :attr:`WriteStats.encodings` (the manifest's ``columns[].encoding``)."""
+    return {"encoding": description, "exact": exact, "note": note}
 
 
 @dataclass
@@ -30,6 +46,8 @@ class WriteStats:
     rows: int = 0
     bytes: int = 0  # formatted bytes before compression (Arrow's in-memory size for Parquet)
     output_types: dict[str, str] = field(default_factory=dict)  # column -> type in the archive
+    # column -> {"encoding": str, "exact": bool, "note": str}; see Format.encodings
+    encodings: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,6 +62,7 @@ class Extraction:
     settings: dict[str, str] = field(default_factory=dict)
     progress: Callable[[int, int], None] | None = None
     progress_every: float = 10.0
+    strict: bool = False  # refuse, before COPY starts, any column whose encoding is not exact
     _last_report: float = field(default_factory=time.monotonic)
 
     def report(self, stats: WriteStats) -> None:
@@ -52,26 +71,253 @@ class Extraction:
             self.progress(stats.rows, stats.bytes)
 
 
-def select_list(table: SourceTable, *, json_as_jsonb: bool) -> sql.Composed:
-    """The day's columns, cast only where the text form would lose meaning or framing."""
-    items = []
+OTHER_FORMATS = {"jsonl": "csv or parquet", "csv": "parquet or jsonl", "parquet": "jsonl or csv"}
+
+
+def refuse_inexact(format_name: str, table: SourceTable, encodings: dict[str, dict]) -> None:
+    """For a ``strict`` table: fail before anything is read if any column would not be exact.
+
+    Called by every format at the start of ``write``; the caller can call it earlier still (with
+    ``Format.encodings(table)``) to refuse before an upload is begun.
+    """
     for col in table.columns:
-        ident = sql.Identifier(col.name)
-        if col.base_type == "money":
-            # money's text form depends on lc_monetary ("$1,234.56"); numeric is exact and portable.
-            items.append(sql.SQL("{}::{} AS {}").format(ident, sql.SQL(col.cast_name("numeric")), ident))
-        elif json_as_jsonb and col.base_type == "json":
-            # json keeps its input text, raw newlines included, which would split a JSONL line.
-            items.append(sql.SQL("{}::{} AS {}").format(ident, sql.SQL(col.cast_name("jsonb")), ident))
-        else:
-            items.append(ident)
-    return sql.SQL(", ").join(items)
+        enc = encodings.get(col.name)
+        if enc is not None and not enc["exact"]:
+            raise UnsupportedTypeError(
+                f"column {col.name!r} ({col.type_name}) of {table.qualified} is not archived exactly as "
+                f"{format_name} ({enc['encoding']}: {enc['note']}) and the table is strict; archive it as "
+                f"{OTHER_FORMATS.get(format_name, 'another format')}, or set strict: false to accept it",
+                table=table.qualified, retryable=False)
+
+
+# ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
+
+_MARKER = "archive_pipeline:refuse"
+_MARKER_RE = re.compile(re.escape(_MARKER) + r":(\d+):(\w+)")
+
+
+def raise_in_sql(column_index: int, reason: str, value: sql.Composable) -> sql.Composed:
+    """An int expression that fails with a recognisable message when evaluated.
+
+    PostgreSQL has no raise function usable in a read-only query, but a failing cast carries its
+    input into the message: ``invalid input syntax for type integer: "archive_pipeline:refuse:3:..."``.
+    ``value`` makes the expression non-constant, so the planner cannot fold (and raise) it up front.
+    """
+    return sql.SQL("concat({m}, pg_column_size({v}) * 0)::int4").format(
+        m=sql.Literal(f"{_MARKER}:{column_index}:{reason}:"), v=value)
+
+
+def refusal_in(exc: BaseException) -> tuple[int, str] | None:
+    """(column index, reason) of a :func:`raise_in_sql` refusal carried by ``exc``, if it is one."""
+    match = _MARKER_RE.search(str(exc))
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a psycopg or ADBC error (ADBC keeps it on the exception or in its text)."""
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return state
+    match = re.search(r"SQLSTATE: ([0-9A-Z]{5})|\b(22[0-9A-Z]{3}|54[0-9A-Z]{3})\b", str(exc))
+    return (match.group(1) or match.group(2)) if match else None
+
+
+_TOO_BIG = ("invalid memory alloc request size", "out of memory", "string buffer", "requested length too large",
+            "would overflow")
+
+
+def is_value_failure(exc: BaseException) -> bool:
+    """Whether PostgreSQL (or the Arrow reader) failed on a value rather than on the connection or the
+    server: data exceptions (class 22, e.g. 22P05 untranslatable character), program limits (54000:
+    a value or row over 1 GB as text), and the allocation failures such a value causes."""
+    state = sqlstate_of(exc) or ""
+    if state.startswith(("22", "54")):
+        return True
+    text = str(exc)
+    return state in ("", "XX000") and any(marker in text for marker in _TOO_BIG)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The error's own first line, short: enough to say what failed, never a whole query or value."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
+           probes: Sequence[sql.Composable]) -> psycopg.Error | None:
+    """The value failure evaluating ``probes`` over the day raises, if any; inside a savepoint, so
+    the snapshot survives it."""
+    query = sql.SQL("SELECT sum(pg_column_size(ROW({exprs}))) FROM {table} WHERE {where}").format(
+        exprs=sql.SQL(", ").join(probes), table=table.identifier, where=where)
+    conn.execute("SAVEPOINT archive_probe")
+    try:
+        conn.execute(query)
+    except psycopg.Error as exc:
+        conn.execute("ROLLBACK TO SAVEPOINT archive_probe")
+        return exc if is_value_failure(exc) else None
+    conn.execute("RELEASE SAVEPOINT archive_probe")
+    return None
+
+
+def failing_columns(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
+                    probes: Sequence[sql.Composable]) -> tuple[list[int] | None, psycopg.Error | None]:
+    """Which column's expression fails over the day, and PostgreSQL's error for it: bisection, about
+    2·log2(columns) scans, run only after a failure. Several indexes when only their combination
+    fails (a row over PostgreSQL's 1 GB limit); (None, None) when no probe fails."""
+    candidates = list(range(len(probes)))
+    try:
+        failure = _probe(conn, table, where, [probes[i] for i in candidates])
+        if failure is None:
+            return None, None
+        while len(candidates) > 1:
+            half = len(candidates) // 2
+            left, right = candidates[:half], candidates[half:]
+            found = _probe(conn, table, where, [probes[i] for i in left])
+            if found is None:
+                found = _probe(conn, table, where, [probes[i] for i in right])
+                if found is None:
+                    break  # only together
+                candidates = right
+            else:
+                candidates = left
+            failure = found
+    except psycopg.Error:
+        return None, None  # the probe itself could not run (connection lost): report the original failure
+    return candidates, failure
+
+
+def explain_value_failure(format_name: str, table: SourceTable, exc: BaseException,
+                          culprits: list[int] | None) -> UnsupportedTypeError:
+    """A typed, non-retryable error naming the column(s) PostgreSQL failed on, the cause, the remedy."""
+    state = sqlstate_of(exc) or "?"
+    too_big = state.startswith("54") or any(marker in str(exc) for marker in _TOO_BIG)
+    if culprits is None:
+        where = "a value of the day"
+    elif len(culprits) == 1:
+        col = table.columns[culprits[0]]
+        where = f"column {col.name!r} ({col.type_name})"
+    else:
+        where = "the row formed by columns " + ", ".join(repr(table.columns[i].name) for i in culprits)
+    if too_big:
+        cause = ("is larger than PostgreSQL can send in one piece (1 GB per value or row as text, "
+                 f"SQLSTATE {state}: {first_line(exc)})")
+        remedy = ("archive this table as parquet (bytea and text are read in binary there)"
+                  if format_name != "parquet" else
+                  "no format can export it through COPY; keep such values smaller or outside the archived table")
+    else:
+        cause = f"cannot be converted by PostgreSQL (SQLSTATE {state}: {first_line(exc)})"
+        remedy = f"archive this table as {OTHER_FORMATS.get(format_name, 'another format')}, or fix the value"
+    return UnsupportedTypeError(f"{where} of {table.qualified} {cause} in {format_name}; {remedy}",
+                                table=table.qualified, retryable=False)
+
+
+# ---- the day's query ------------------------------------------------------------------------------
+
+def select_list(table: SourceTable) -> sql.Composed:
+    """The day's columns for CSV, cast only where the text form would lose meaning."""
+    return sql.SQL(", ").join(sql.SQL("{} AS {}").format(csv_expression(c), sql.Identifier(c.name))
+                              for c in table.columns)
+
+
+def csv_expression(col: Column) -> sql.Composable:
+    ident = sql.Identifier(col.name)
+    if col.base_type == "money":
+        # money's text form depends on lc_monetary ("$1,234.56"); numeric is exact and portable.
+        return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric")))
+    return ident
 
 
 def day_query(table: SourceTable, where: sql.Composable, columns: sql.Composable | None = None) -> sql.Composed:
     return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
-        cols=columns if columns is not None else select_list(table, json_as_jsonb=False),
-        table=table.identifier, where=where)
+        cols=columns if columns is not None else select_list(table), table=table.identifier, where=where)
+
+
+def output_text(expr: sql.Composable) -> sql.Composed:
+    """The value's text as its type's output function writes it (what COPY and array_out use).
+
+    ``concat()`` applies the output function (``::text`` can differ: inet adds its mask); the
+    ``IS DISTINCT FROM NULL`` keeps a composite with a NULL field, for which ``IS NOT NULL`` is false.
+    """
+    return sql.SQL("CASE WHEN {e} IS DISTINCT FROM NULL THEN concat({e}) END").format(e=expr)
+
+
+# Scalars whose row_to_json form json_populate_record reads back to the identical value.
+_JSON_NATIVE = {"int2", "int4", "int8", "float4", "float8", "numeric", "money", "bool", "text", "varchar",
+                "bpchar", "name", "date", "timestamp", "timestamptz", "time", "timetz", "interval", "uuid",
+                "bytea"}
+
+
+def _json_native(col: Column) -> bool:
+    return col.base_type in _JSON_NATIVE or col.is_enum
+
+
+def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
+    """(expression fed to row_to_json, encoding) of one column in JSONL."""
+    ident = sql.Identifier(col.name)
+    if col.is_array:
+        if not _json_native(col):
+            # json elements: JSON null and SQL NULL would both be null; composites and unknown types may
+            # hold any of the above. PostgreSQL's own array literal is exact and json_populate_record
+            # reads it back.
+            return (sql.SQL("to_json({})").format(output_text(ident)),
+                    encoding("string: PostgreSQL array literal", note="read back with the array type's input"))
+        value = sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric"))) if col.base_type == "money" \
+            else ident
+        # row_to_json drops lower bounds other than 1; such an array is written as its literal,
+        # '[0:2]={1,2,3}', which json_populate_record reads back with its bounds.
+        # (the common case, NULL, empty or one-dimensional from 1, costs two O(1) calls)
+        expr = sql.SQL(
+            "CASE WHEN coalesce(array_lower({v}, 1), 1) = 1 AND coalesce(array_ndims({v}), 1) = 1 THEN to_json({v}) "
+            "WHEN array_lower({v}, 1) = 1 AND array_dims({v}) !~ {re} THEN to_json({v}) "
+            "ELSE to_json({v}::text) END").format(v=value, re=sql.Literal(r"\[(?!1:)"))
+        element = json_type(col.base_type if not col.is_enum else "enum")
+        return expr, encoding(f"array of {element} (nested when multi-dimensional; the PostgreSQL array "
+                              "literal as a string when a lower bound is not 1)")
+    if col.base_type == "money":
+        return (sql.SQL("{}::numeric").format(ident),
+                encoding("number (money as numeric)",
+                         note="digits of the amount, without currency symbol; lc_monetary decides the scale"))
+    if col.base_type == "jsonb":
+        refuse = raise_in_sql(index, "json_null", ident)
+        return (sql.SQL("CASE WHEN jsonb_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
+                        "ELSE {c} END").format(c=ident, r=refuse),
+                encoding("embedded JSON (jsonb's text)", note="the JSON value null is refused: read back "
+                         "with json_populate_record it would be SQL NULL"))
+    if col.base_type == "json":
+        refuse = raise_in_sql(index, "json_null", ident)
+        # json keeps its input text. A raw CR or LF can only be whitespace between tokens (JSON forbids
+        # them inside strings); it would split the line, so it becomes a space. Everything else (key
+        # order, duplicate keys, number spelling) is kept as written.
+        nul = raise_in_sql(index, "json_nul", ident)
+        return (sql.SQL("CASE WHEN json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
+                        "WHEN strpos({c}::text, '\\u0000') > 0 THEN CASE WHEN {n} IS NULL THEN {c} END "
+                        "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
+                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(c=ident, r=refuse, n=nul),
+                encoding("embedded JSON (the json text as stored)", exact=False,
+                         note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
+                              "and json_populate_record re-escapes a top-level string; the JSON value null and "
+                              "\\u0000 are refused"))
+    if _json_native(col):
+        return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
+    return (sql.SQL("to_json({})").format(output_text(ident)),
+            encoding("string: the type's output", note="read back with the type's input function"))
+
+
+def json_type(base_type: str) -> str:
+    """How row_to_json encodes a PostgreSQL scalar (see the README's type table)."""
+    if base_type in ("int2", "int4", "int8"):
+        return "number"
+    if base_type in ("float4", "float8", "numeric"):
+        return 'number ("NaN", "Infinity", "-Infinity" as strings)'
+    if base_type == "money":
+        return "number (money as numeric)"
+    if base_type == "bool":
+        return "boolean"
+    if base_type == "bytea":
+        return 'string "\\x<hex>"'
+    if base_type in ("json", "jsonb"):
+        return "embedded JSON"
+    return "string"
 
 
 class Format(Protocol):
@@ -79,6 +325,10 @@ class Format(Protocol):
     extension: str
     content_type: str
     compresses_internally: bool
+
+    def encodings(self, table: SourceTable) -> dict[str, dict]:
+        """Per column {"encoding", "exact", "note"}, known before anything is read."""
+        ...
 
     def write(self, extraction: Extraction, out: ByteSink) -> WriteStats: ...
 
@@ -98,36 +348,93 @@ class _CopyFormat:
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         raise NotImplementedError
 
-    def output_type(self, type_name: str) -> str:
+    def output_type(self, col: Column) -> str:
         return "text"
+
+    def encodings(self, table: SourceTable) -> dict[str, dict]:
+        raise NotImplementedError
+
+    def probes(self, table: SourceTable) -> list[sql.Composable]:
+        """Per column, an expression that fails where this format's COPY fails on that column."""
+        raise NotImplementedError
 
     def write(self, extraction: Extraction, out: ByteSink) -> WriteStats:
         table = extraction.table
-        stats = WriteStats(output_types={c.name: self.output_type(c.type_name) for c in table.columns})
-        head = self.header(table)
-        if head:
-            out.write(head)
-            stats.bytes += len(head)
+        encodings = self.encodings(table)
+        if extraction.strict:
+            refuse_inexact(self.name, table, encodings)
+        stats = WriteStats(output_types={c.name: self.output_type(c) for c in table.columns}, encodings=encodings)
         statement = self.copy_statement(table, extraction.where)
-        for chunk in prefetch(copy_chunks(extraction.conn, statement, extraction.chunk_rows), depth=2):
-            out.write(chunk.data)
-            stats.rows += chunk.rows
-            stats.bytes += len(chunk.data)
-            extraction.report(stats)
+        conn = extraction.conn
+        # A savepoint, so that after PostgreSQL fails on a value the snapshot is still there to find the column.
+        conn.execute("SAVEPOINT archive_copy")
+        try:
+            head = self.header(table)
+            if head:
+                out.write(head)
+                stats.bytes += len(head)
+            for chunk in prefetch(copy_chunks(conn, statement, extraction.chunk_rows), depth=2):
+                out.write(chunk.data)
+                stats.rows += chunk.rows
+                stats.bytes += len(chunk.data)
+                extraction.report(stats)
+        except psycopg.Error as exc:
+            raise self._explain(extraction, exc) from None
         return stats
+
+    def _explain(self, extraction: Extraction, exc: psycopg.Error) -> BaseException:
+        table = extraction.table
+        refused = refusal_in(exc)
+        if refused is not None:
+            index, reason = refused
+            col = table.columns[index]
+            return UnsupportedTypeError(
+                f"column {col.name!r} ({col.type_name}) of {table.qualified} {REFUSALS[reason]} in {self.name}; "
+                f"archive this table as {OTHER_FORMATS[self.name]}", table=table.qualified, retryable=False)
+        if not is_value_failure(exc):
+            return exc
+        try:
+            extraction.conn.execute("ROLLBACK TO SAVEPOINT archive_copy")
+        except psycopg.Error:
+            return exc
+        culprits, failure = failing_columns(extraction.conn, table, extraction.where, self.probes(table))
+        return explain_value_failure(self.name, table, failure or exc, culprits)
+
+
+REFUSALS = {
+    "json_null": "holds the JSON value null, which JSONL cannot keep apart from SQL NULL (json_populate_record "
+                 "reads both as NULL)",
+    "json_nul": "holds the escape \\u0000, which json_populate_record cannot read back (PostgreSQL text cannot "
+                "hold NUL)",
+}
 
 
 class JsonLines(_CopyFormat):
     def __init__(self) -> None:
         super().__init__("jsonl", "jsonl", "application/x-ndjson")
 
+    def _columns(self, table: SourceTable) -> list[tuple[sql.Composable, dict]]:
+        return [jsonl_column(c, i) for i, c in enumerate(table.columns)]
+
+    def encodings(self, table: SourceTable) -> dict[str, dict]:
+        return {c.name: enc for c, (_, enc) in zip(table.columns, self._columns(table), strict=True)}
+
+    def probes(self, table: SourceTable) -> list[sql.Composable]:
+        return [sql.SQL("to_json({})").format(expr) for expr, _ in self._columns(table)]
+
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
-        query = day_query(table, where, select_list(table, json_as_jsonb=True))
+        columns = sql.SQL(", ").join(sql.SQL("{} AS {}").format(expr, sql.Identifier(c.name))
+                                     for c, (expr, _) in zip(table.columns, self._columns(table), strict=True))
+        query = day_query(table, where, columns)
         return sql.SQL("COPY (SELECT row_to_json(r.*) FROM ({query}) AS r) TO STDOUT "
                        "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')").format(query=query)
 
-    def output_type(self, type_name: str) -> str:
-        return json_type(type_name)
+    def output_type(self, col: Column) -> str:
+        return self.encodings_of(col)["encoding"]
+
+    @staticmethod
+    def encodings_of(col: Column) -> dict:
+        return jsonl_column(col, 0)[1]
 
 
 class Csv(_CopyFormat):
@@ -141,23 +448,17 @@ class Csv(_CopyFormat):
         csv.writer(line, lineterminator="\n").writerow([c.name for c in table.columns])
         return line.getvalue().encode()
 
+    def encodings(self, table: SourceTable) -> dict[str, dict]:
+        return {c.name: (encoding("text: numeric digits of the amount",
+                                  note="money as numeric; lc_monetary decides the scale")
+                         if c.base_type == "money" else encoding("text: the type's output (PostgreSQL CSV)"))
+                for c in table.columns}
+
+    def probes(self, table: SourceTable) -> list[sql.Composable]:
+        return [sql.SQL("concat({})").format(csv_expression(c)) for c in table.columns]
+
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         return sql.SQL("COPY ({query}) TO STDOUT (FORMAT csv)").format(query=day_query(table, where))
-
-
-def json_type(type_name: str) -> str:
-    """How row_to_json encodes a PostgreSQL type (see the README's type table)."""
-    if type_name.endswith("[]"):
-        return f"array of {json_type(type_name[:-2])}"
-    if type_name.startswith(("smallint", "integer", "bigint")):
-        return "number"
-    if type_name.startswith(("real", "double precision", "numeric", "money")):
-        return 'number ("NaN", "Infinity", "-Infinity" as strings)'
-    if type_name == "boolean":
-        return "boolean"
-    if type_name in ("json", "jsonb"):
-        return "json"
-    return "string"
 
 
 def get_format(name: str, compression: str = "zstd", level: int | None = None) -> Format:

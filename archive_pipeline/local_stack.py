@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -62,6 +63,7 @@ class LocalPostgres:
     port: int
     root: Path
     process: subprocess.Popen
+    settings: dict[str, str] | None = None  # the -c settings it was started with, for restart()
 
     @property
     def dsn(self) -> str:
@@ -70,7 +72,67 @@ class LocalPostgres:
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True, **kwargs)
 
-    def stop(self) -> None:
+    def dsn_for(self, user: str, password: str | None = None, database: str = "postgres") -> str:
+        """A URI for another role (password percent-encoded, so any character works)."""
+        auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{quote(database, safe='')}"
+
+    def create_password_role(self, name: str, password: str, *, connection_limit: int = -1) -> str:
+        """A LOGIN role that must authenticate with ``password`` (scram-sha-256) over TCP; its DSN.
+
+        A ``pg_hba.conf`` line for the role goes before the ``trust`` lines and the server reloads,
+        so a wrong password is refused exactly as on a production server.
+        """
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CONNECTION LIMIT {}").format(
+                sql.Identifier(name), sql.Literal(password), sql.Literal(connection_limit)))
+        self.add_hba_lines([f'host all "{name}" 127.0.0.1/32 scram-sha-256'], role=name)
+        return self.dsn_for(name, password)
+
+    def restart(self) -> None:
+        """Start a stopped (``stop(keep_root=True)``) cluster again, on a new free port."""
+        started = _launch(self.root, self.settings)
+        self.port, self.process = started.port, started.process
+
+    def reconfigure(self, settings: dict[str, str], timeout: float = 10.0) -> None:
+        """Change reloadable settings (``postgresql.auto.conf`` + ``pg_reload_conf()``), also on a standby;
+        waits (bounded) until new sessions see them, so give values as
+        ``SHOW`` prints them (``'0'``, ``'30s'``, ``'on'``). Settings given to
+        ``start_postgres``/``start_replica`` are command-line options and cannot be changed this way."""
+        auto = self.root / "data" / "postgresql.auto.conf"
+        lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+        with open(auto, "a") as f:
+            f.write(lines)
+        with self.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.connect() as conn:
+                current = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+                           for name in settings}
+            if current == settings:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"settings {settings} not in effect after reload: {current}")
+            time.sleep(0.05)
+
+    def add_hba_lines(self, lines: list[str], *, role: str) -> None:
+        """Put ``lines`` before the ``trust`` lines of ``pg_hba.conf`` and reload; returns once a
+        password-less connection as ``role`` is refused (the reload is asynchronous)."""
+        _prepend_hba(self.root / "data" / "pg_hba.conf", lines)
+        with self.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                psycopg.connect(self.dsn_for(role), connect_timeout=2, passfile=str(self.root / "no-such-pgpass")).close()
+            except psycopg.OperationalError:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pg_hba.conf lines {lines} did not take effect")
+            time.sleep(0.05)
+
+    def stop(self, keep_root: bool = False) -> None:
         """Immediate shutdown (SIGQUIT: no checkpoint for a throwaway cluster) of the whole process
         group: runuser does not pass signals on, so signalling it alone would orphan the server."""
         group = self.process.pid  # started in its own session: the group holds runuser and postgres
@@ -83,7 +145,8 @@ class LocalPostgres:
                     os.killpg(group, signal.SIGKILL)
                 deadline = float("inf")
             time.sleep(0.05)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not keep_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _group_alive(leader: subprocess.Popen, group: int) -> bool:
@@ -95,26 +158,26 @@ def _group_alive(leader: subprocess.Popen, group: int) -> bool:
         return False
 
 
-def start_postgres(settings: dict[str, str] | None = None) -> LocalPostgres:
-    """initdb a cluster in a temp dir and start it on a free port (fsync off: data is disposable)."""
-    root = Path(tempfile.mkdtemp(prefix="archive-pg-"))
+_BASE_SETTINGS = {"listen_addresses": "127.0.0.1", "fsync": "off", "synchronous_commit": "off",
+                  "full_page_writes": "off", "max_connections": "50", "shared_buffers": "256MB"}
+
+
+def _new_root(prefix: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     _chown_for_server(root)
-    data = root / "data"
-    subprocess.run(
-        _as_server_user([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
-    )
+    return root
+
+
+def _launch(root: Path, settings: dict[str, str] | None) -> LocalPostgres:
+    """Start the server of ``root/data`` on a free port and wait until it accepts connections."""
     port = free_port()
-    conf = {"listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": str(root),
-            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-            "max_connections": "50", "shared_buffers": "256MB", **(settings or {})}
+    conf = {**_BASE_SETTINGS, "port": str(port), "unix_socket_directories": str(root), **(settings or {})}
     args = [a for key, value in conf.items() for a in ("-c", f"{key}={value}")]
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    process = subprocess.Popen(_as_server_user([_pg_bin("postgres"), "-D", str(data), *args]),
+    log = open(root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+    process = subprocess.Popen(_as_server_user([_pg_bin("postgres"), "-D", str(root / "data"), *args]),
                                stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    server = LocalPostgres(port=port, root=root, process=process)
+    server = LocalPostgres(port=port, root=root, process=process, settings=settings)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -122,9 +185,71 @@ def start_postgres(settings: dict[str, str] | None = None) -> LocalPostgres:
             return server
         except psycopg.OperationalError:
             if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
+                server.stop(keep_root=True)
                 raise RuntimeError(f"PostgreSQL did not start; see {root / 'server.log'}") from None
             time.sleep(0.1)
+
+
+def start_postgres(settings: dict[str, str] | None = None, *, hba_lines: list[str] | None = None) -> LocalPostgres:
+    """initdb a cluster in a temp dir and start it on a free port (fsync off: data is disposable).
+
+    ``hba_lines`` go before initdb's ``trust`` lines, so tests can demand a password of some roles
+    (e.g. ``host all app 127.0.0.1/32 scram-sha-256``) while the superuser still gets in without one.
+    """
+    root = _new_root("archive-pg-")
+    data = root / "data"
+    subprocess.run(
+        _as_server_user([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+    )
+    if hba_lines:
+        _prepend_hba(data / "pg_hba.conf", hba_lines)
+    return _launch(root, settings)
+
+
+def _prepend_hba(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(f"{line}\n" for line in lines) + path.read_text())
+
+
+def start_replica(primary: LocalPostgres, settings: dict[str, str] | None = None,
+                  timeout: float = 60.0) -> LocalPostgres:
+    """A hot-standby streaming replica of ``primary`` on its own port, caught up when returned.
+
+    ``pg_basebackup -R`` copies the primary and writes ``primary_conninfo`` and ``standby.signal``;
+    the standby then streams WAL from the primary. It is returned once it has replayed a marker
+    written to the primary's WAL after the copy, so whatever the primary held before is readable.
+    The replica keeps the primary's ``pg_hba.conf`` and roles (they are part of the copy).
+    """
+    root = _new_root("archive-replica-")
+    subprocess.run(
+        _as_server_user([_pg_bin("pg_basebackup"), "-D", str(root / "data"), "-R", "-X", "stream",
+                         "--checkpoint=fast", "--no-sync", "-h", "127.0.0.1", "-p", str(primary.port),
+                         "-U", "postgres"]),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+    )
+    replica = _launch(root, {"hot_standby": "on", **(settings or {})})
+    try:
+        wait_for_replay(primary, replica, timeout)
+    except BaseException:
+        replica.stop()
+        raise
+    return replica
+
+
+def wait_for_replay(primary: LocalPostgres, replica: LocalPostgres, timeout: float = 60.0) -> None:
+    """Write a marker into the primary's WAL and wait (bounded) until ``replica`` has replayed it."""
+    with primary.connect() as conn:
+        marker = conn.execute("SELECT pg_logical_emit_message(false, 'archive_pipeline', 'replica marker')"
+                              ).fetchone()[0]
+    deadline = time.monotonic() + timeout
+    with replica.connect() as conn:
+        while not conn.execute("SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                               (str(marker),)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica on port {replica.port} did not replay {marker} within {timeout} s; "
+                                   f"see {replica.root / 'server.log'}")
+            time.sleep(0.05)
 
 
 @dataclass

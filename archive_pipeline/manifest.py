@@ -1,26 +1,114 @@
-"""The manifest written beside each archive: what it holds and how to check it, in plain JSON.
+"""The manifest written beside each archive: what it holds, whose it is, and how to prove it.
 
-It is written only after the data object is complete and verified, so its presence means the
-archive is whole; its MD5/SHA-256 are of the object's exact bytes (a multipart ETag is not).
+``<key>.manifest.json`` is the commit point of an archive. It is written only after the data
+object is complete and verified, and it names that object (``object.key``: a re-archive writes a
+new *generation* of the data under a new key and then replaces the manifest, so the previous pair
+stays whole until the new one is). Its MD5/SHA-256 are of the object's exact bytes (a multipart
+ETag is not), its ``fingerprint`` is the content fingerprint of the source rows in the archive's
+snapshot, and ``manifest_sha256`` covers the manifest itself, so a manifest damaged in transit or
+at rest is recognised as "no valid archive" rather than trusted.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from archive_pipeline.archive import ArchiveResult
+from archive_pipeline import __version__
+from archive_pipeline.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
+from archive_pipeline.source import Column
 
-MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_VERSION = 1
-
-
-def manifest_key(object_key: str) -> str:
-    return object_key + MANIFEST_SUFFIX
+MANIFEST_VERSION = 2
+_CHECKSUM_FIELD = "manifest_sha256"
 
 
-def build_manifest(result: ArchiveResult) -> dict[str, Any]:
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted: not JSON, not ours, or its checksum does not match."""
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """Which database a day was read from: an archive of the same table name from another cluster is
+    someone else's archive. ``system_identifier`` is shared by a primary and its physical replicas."""
+
+    database: str
+    system_identifier: str | None
+    server_version: str
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    table: str
+    day: dt.date
+    key: str  # the data object (the rendered key, or its generation key after a re-archive); "" if empty
+    uri: str
+    rows: int
+    bytes: int  # size of the stored object
+    uncompressed_bytes: int  # formatted bytes before compression
+    md5: str
+    sha256: str
+    format: str
+    compression: str
+    columns: tuple[Column, ...]
+    output_types: dict[str, str]
+    parts: int
+    etag: str
+    content_type: str
+    content_encoding: str | None
+    day_column: str | None
+    source_relation: str  # the table read: the configured one, or the day's child in naming mode
+    manifest_key: str
+    snapshot_at: dt.datetime
+    server_version: str
+    extract_seconds: float  # until the last row was read and compressed
+    duration_seconds: float  # everything, upload included
+    upload_wait_seconds: float  # after the last row: waiting for the parts still in flight
+    complete_seconds: float  # the store assembling the object
+    fingerprint: str = ""  # content fingerprint of the day's source rows (fingerprint.Fingerprint as text)
+    fingerprint_seconds: float = 0.0
+    empty: bool = False  # the day has no rows: a manifest and no data object
+    generation: int = 1
+    encodings: dict[str, dict] = field(default_factory=dict)  # column -> {encoding, exact, note}
+    skipped: bool = False  # an identical archive existed; nothing was uploaded
+    archiver_version: str = __version__
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.duration_seconds if self.duration_seconds > 0 else 0.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.uncompressed_bytes / self.bytes if self.bytes else 0.0
+
+    @property
+    def exact(self) -> bool:
+        """Every column's encoding keeps every value exactly (see the manifest's ``columns[].exact``)."""
+        return all(e.get("exact", True) for e in self.encodings.values())
+
+
+def table_definition(columns: tuple[Column, ...], primary_key: list[str] | None,
+                     partition: dict | None) -> dict[str, Any]:
+    """Enough of the table's definition to re-create it for a restore."""
+    return {"columns": [{"name": c.name, "type": c.type_name, "not_null": c.not_null} for c in columns],
+            "primary_key": primary_key, "partition": partition}
+
+
+def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: dict[str, Any]) -> dict[str, Any]:
+    obj = None if result.empty else {
+        "key": result.key, "uri": result.uri, "bytes": result.bytes, "md5": result.md5, "sha256": result.sha256,
+        "etag": result.etag, "parts": result.parts, "content_type": result.content_type,
+        "content_encoding": result.content_encoding,
+    }
+    columns = []
+    for c in result.columns:
+        encoding = result.encodings.get(c.name, {})
+        columns.append({"name": c.name, "pg_type": c.type_name, "output_type": result.output_types.get(c.name, "text"),
+                        "nullable": not c.not_null, "encoding": encoding.get("encoding", result.output_types.get(
+                            c.name, "text")), "exact": bool(encoding.get("exact", True)),
+                        **({"note": encoding["note"]} if encoding.get("note") else {})})
     return {
         "manifest_version": MANIFEST_VERSION,
         "table": result.table,
@@ -28,29 +116,55 @@ def build_manifest(result: ArchiveResult) -> dict[str, Any]:
         "day_column": result.day_column,
         "source_relation": result.source_relation,
         "rows": result.rows,
-        "object": {
-            "key": result.key,
-            "uri": result.uri,
-            "bytes": result.bytes,
-            "md5": result.md5,
-            "sha256": result.sha256,
-            "etag": result.etag,
-            "parts": result.parts,
-            "content_type": result.content_type,
-            "content_encoding": result.content_encoding,
-        },
+        "empty": result.empty,
+        "fingerprint": result.fingerprint,
+        "generation": result.generation,
+        "object": obj,
         "uncompressed_bytes": result.uncompressed_bytes,
         "format": result.format,
         "compression": result.compression,
-        "columns": [
-            {"name": c.name, "pg_type": c.type_name, "output_type": result.output_types.get(c.name, "text"),
-             "nullable": not c.not_null}
-            for c in result.columns
-        ],
-        "source": {"server_version": result.server_version, "snapshot_at": result.snapshot_at.isoformat()},
+        "exact": result.exact,
+        "columns": columns,
+        "table_definition": definition,
+        "source": {"database": source.database, "system_identifier": source.system_identifier,
+                   "server_version": source.server_version, "snapshot_at": result.snapshot_at.isoformat()},
         "archiver": {"name": "archive_pipeline", "version": result.archiver_version},
     }
 
 
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != _CHECKSUM_FIELD}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def encode_manifest(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+    """Readable JSON with a checksum of its own canonical form."""
+    sealed = {**manifest, _CHECKSUM_FIELD: hashlib.sha256(_canonical(manifest)).hexdigest()}
+    return (json.dumps(sealed, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def decode_manifest(raw: bytes) -> dict[str, Any]:
+    """The manifest in ``raw``; :class:`ManifestError` if it is not one or was altered.
+
+    Version 1 manifests (written before the checksum and fingerprint existed) are accepted as they
+    are; their ``fingerprint`` is missing, which callers treat as "cannot prove content".
+    """
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or "object" not in manifest or "table" not in manifest:
+        raise ManifestError("not an archive_pipeline manifest (no 'table' and 'object')")
+    version = manifest.get("manifest_version")
+    if version == 1:
+        if not isinstance(manifest["object"], dict):
+            raise ManifestError("version 1 manifest without an object")
+        return manifest
+    if version != MANIFEST_VERSION:
+        raise ManifestError(f"unknown manifest_version {version!r}")
+    recorded = manifest.get(_CHECKSUM_FIELD)
+    if recorded != hashlib.sha256(_canonical(manifest)).hexdigest():
+        raise ManifestError("its manifest_sha256 does not match its content (altered or damaged)")
+    if not manifest.get("empty") and not isinstance(manifest["object"], dict):
+        raise ManifestError("a non-empty day without an object")
+    return manifest

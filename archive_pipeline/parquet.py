@@ -28,7 +28,19 @@ from psycopg.conninfo import make_conninfo
 
 from archive_pipeline import __version__
 from archive_pipeline.errors import UnsupportedTypeError
-from archive_pipeline.formats import ByteSink, Extraction, WriteStats, day_query
+from archive_pipeline.formats import (
+    OTHER_FORMATS,
+    ByteSink,
+    Extraction,
+    WriteStats,
+    day_query,
+    encoding,
+    explain_value_failure,
+    failing_columns,
+    is_value_failure,
+    output_text,
+    refuse_inexact,
+)
 from archive_pipeline.source import Column, SourceTable, prefetch
 
 # Types ADBC maps to an Arrow type that keeps their meaning.
@@ -39,37 +51,153 @@ _NATIVE_IN_ARRAYS = _NATIVE - {"interval"}
 # ±infinity after ADBC adds the 1970->2000 epoch shift (10,957 days / 946,684,800 s) with wraparound.
 _DATE_WRAPPED = {-2147472692: 2**31 - 1, -2147472691: -(2**31 - 1)}
 _TIMESTAMP_WRAPPED = {-9222425352054775809: 2**63 - 1, -9222425352054775808: -(2**63 - 1)}
+# PostgreSQL's earliest timestamp (4714-11-24 BC) in Unix microseconds: anything below it that is not
+# a wrapped infinity is a timestamp after 294247-01-10 (Arrow's end) that wrapped around.
+_TIMESTAMP_MIN = -211813488000000000 + 946684800000000
+_TIME_END = 86_400_000_000  # time '24:00:00' is legal in PostgreSQL; Arrow's time64 wraps it to 00:00
 INTERVAL_TYPE = pa.struct([("months", pa.int32()), ("days", pa.int32()), ("microseconds", pa.int64())])
-_LOSSY_PREFIX = "__archive_lossy_array_"
+# ADBC reads an interval's time as nanoseconds (int64): microseconds beyond this overflow (ADBC fails).
+_INTERVAL_MAX = sql.SQL("interval '9223372036.854775 seconds'")
+_REFUSE_FLAG = "__archive_pipeline_refuse"
 BATCH_BYTES = 4 << 20
+
+# Value-level refusals: reason -> what is wrong with the value.
+REFUSALS = {
+    "array_shape": "holds a multi-dimensional array or one whose lower bound is not 1, which a Parquet list "
+                   "cannot hold faithfully",
+    "interval_range": "holds an interval whose time part exceeds ±2^63 nanoseconds (about 292 years), more "
+                      "than Arrow's interval can hold",
+    "timestamp_range": "holds a timestamp after 294247-01-10 04:00:54.775806 UTC, beyond Arrow's "
+                       "timestamp[us] (the last one is the encoding of +infinity)",
+    "time_24": "holds time '24:00:00', which Arrow's time64 reads back as 00:00:00",
+    "decimal_special": "holds NaN or Infinity, which a Parquet decimal cannot hold",
+}
+_REASON_CODES = {"array_shape": 0, "interval_range": 1}
+
+
+def _listed_as_text(col: Column) -> bool:
+    """Arrays read as list<string> of each element's exact text (cast element by element)."""
+    return col.is_array and (col.base_type in ("numeric", "money") or col.is_enum)
 
 
 def _expression(col: Column) -> sql.Composable:
+    expr = _read_expression(col)
+    refusal = _refusal_condition(col)
+    if refusal is None:
+        return expr
+    # ADBC itself fails on some of these values (a lower bound other than 0 or 1, an interval beyond
+    # its nanoseconds) before the flag column could be seen: read them as NULL, the flag refuses the day.
+    return sql.SQL("CASE WHEN {} THEN NULL ELSE {} END").format(refusal[0], expr)
+
+
+def _read_expression(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
     if col.base_type == "money":
         return sql.SQL("{}::{}::{}").format(ident, sql.SQL(col.cast_name("numeric")), sql.SQL(col.cast_name("text")))
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
-    if col.is_array or col.base_type == "numeric" or col.is_enum:
+    if col.base_type == "numeric" or col.is_enum:
+        # numeric_out / enum_out: the exact text (element by element for an array: list<string>)
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
-    # concat() applies the type's own output function; a ::text cast can differ (inet adds its mask)
-    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN concat({c}) END").format(c=ident)
+    # everything else, arrays of it included, as the type's output (an array as its whole literal,
+    # bounds and all; a text[] cast would apply text casts that differ from the output, e.g. inet's)
+    return output_text(ident)
+
+
+def _refusal_condition(col: Column) -> tuple[sql.Composable, str] | None:
+    """A per-row condition under which ``col``'s value cannot be archived exactly in Parquet."""
+    ident = sql.Identifier(col.name)
+    if col.is_array and (col.base_type in _NATIVE_IN_ARRAYS or _listed_as_text(col)):
+        # a list has neither bounds nor dimensions: ADBC would silently flatten such an array
+        return (sql.SQL("array_ndims({c}) > 1 OR array_lower({c}, 1) <> 1").format(c=ident), "array_shape")
+    if col.base_type == "interval" and not col.is_array:
+        return (sql.SQL("({c} - date_trunc('day', {c})) NOT BETWEEN -{m} AND {m}").format(c=ident, m=_INTERVAL_MAX),
+                "interval_range")
+    return None
+
+
+def refusal_flag(table: SourceTable) -> sql.Composable | None:
+    """One int column for all per-row refusals: ``4 * column index + reason`` of the row's first refused
+    value, NULL when the row is fine. One target entry whatever the width of the table, so a table of
+    1,600 columns stays within PostgreSQL's 1,664 target entries."""
+    cases = []
+    for i, col in enumerate(table.columns):
+        found = _refusal_condition(col)
+        if found is not None:
+            condition, reason = found
+            cases.append(sql.SQL("CASE WHEN {} THEN {} END").format(
+                condition, sql.Literal(4 * i + _REASON_CODES[reason])))
+    if not cases:
+        return None
+    return sql.SQL("COALESCE({})").format(sql.SQL(", ").join(cases)) if len(cases) > 1 else cases[0]
+
+
+MAX_TARGET_ENTRIES = 1664  # PostgreSQL's limit on a query's select list
 
 
 def arrow_query(table: SourceTable, where: sql.Composable) -> sql.Composed:
     items = [sql.SQL("{} AS {}").format(_expression(c), sql.Identifier(c.name)) for c in table.columns]
-    for i, col in enumerate(table.columns):
-        if col.is_array:
-            ident = sql.Identifier(col.name)
-            items.append(sql.SQL("coalesce(array_ndims({c}) > 1 OR array_lower({c}, 1) <> 1, false) AS {f}").format(
-                c=ident, f=sql.Identifier(f"{_LOSSY_PREFIX}{i}")))
+    flag = refusal_flag(table)
+    if flag is not None:
+        if len(items) + 1 > MAX_TARGET_ENTRIES:  # only a view can be this wide (tables stop at 1,600)
+            raise UnsupportedTypeError(
+                f"{table.qualified} has {len(items)} columns; Parquet needs one more in its query and PostgreSQL "
+                f"allows {MAX_TARGET_ENTRIES}; archive it as jsonl or csv", table=table.qualified, retryable=False)
+        items.append(sql.SQL("{} AS {}").format(flag, sql.Identifier(_REFUSE_FLAG)))
     return day_query(table, where, sql.SQL(", ").join(items))
 
 
+def parquet_encodings(table: SourceTable) -> dict[str, dict]:
+    """How each column is stored, known before reading (all exact: what is not is refused per value)."""
+    out = {}
+    for col in table.columns:
+        base, arr = col.base_type, col.is_array
+        if _listed_as_text(col):
+            enc = encoding("list<string> (each element's exact text; multi-dimensional or lower bound other "
+                           "than 1: refused)", note="money as numeric; lc_monetary decides the scale"
+                           if base == "money" else "")
+        elif base == "money":
+            enc = encoding("string: numeric digits of the amount",
+                           note="money as numeric; lc_monetary decides the scale")
+        elif arr and base not in _NATIVE_IN_ARRAYS:
+            enc = encoding("string: PostgreSQL array literal")
+        elif arr:
+            enc = encoding(f"list<{_native_description(base)}> (NULL elements kept; multi-dimensional or "
+                           "lower bound other than 1: refused)")
+        elif base == "numeric":
+            t = arrow_type(col, pa.string())
+            enc = encoding(f"{t}" if pa.types.is_decimal(t) else "string: exact numeric digits",
+                           note="NaN/±Infinity refused" if pa.types.is_decimal(t) else "")
+        elif base in _NATIVE:
+            enc = encoding(_native_description(base))
+        elif col.is_enum:
+            enc = encoding("string: enum label")
+        else:
+            enc = encoding("string: the type's output", note="read back with the type's input function")
+        out[col.name] = enc
+    return out
+
+
+def _native_description(base: str) -> str:
+    return {"int2": "int16", "int4": "int32", "int8": "int64", "float4": "float32 (NaN, ±inf, -0 kept)",
+            "float8": "float64 (NaN, ±inf, -0 kept)", "bool": "bool", "bytea": "binary", "uuid": "arrow.uuid",
+            "json": "arrow.json string (json text as stored)", "jsonb": "arrow.json string (jsonb's text)",
+            "date": "date32 (±infinity as ±2147483647 days)",
+            "timestamp": "timestamp[us] (±infinity as ±(2^63-1); after 294247-01-10: refused)",
+            "timestamptz": "timestamp[us, UTC] (±infinity as ±(2^63-1); after 294247-01-10: refused)",
+            "time": "time64[us] (24:00:00: refused)",
+            "interval": "struct<months int32, days int32, microseconds int64>",
+            }.get(base, "string")
+
+
 def arrow_type(col: Column, read_type: pa.DataType) -> pa.DataType:
-    """The archive's Arrow type of ``col``, given the type ADBC reads it as."""
-    if col.base_type == "numeric" and not col.is_array and col.precision and (col.scale or 0) >= 0:
+    """The archive's Arrow type of ``col``, given the type ADBC reads it as.
+
+    A Parquet decimal needs 0 <= scale <= precision; PostgreSQL 15 also allows a negative scale
+    (numeric(5,-2)) or one above the precision (numeric(3,5)): those stay exact text.
+    """
+    if col.base_type == "numeric" and not col.is_array and col.precision and 0 <= (col.scale or 0) <= col.precision:
         if col.precision <= 38:
             return pa.decimal128(col.precision, col.scale or 0)
         if col.precision <= 76:
@@ -77,6 +205,18 @@ def arrow_type(col: Column, read_type: pa.DataType) -> pa.DataType:
     if col.base_type == "interval" and not col.is_array:
         return INTERVAL_TYPE
     return read_type
+
+
+def _on_values(array: pa.Array, fix) -> pa.Array:
+    """Apply ``fix`` to a column's values, or to a list column's elements (same offsets and NULLs)."""
+    if pa.types.is_list(array.type):
+        values = array.values
+        fixed = fix(values)
+        if fixed is values:
+            return array
+        return pa.ListArray.from_arrays(array.offsets, fixed, type=array.type,
+                                        mask=array.is_null() if array.null_count else None)
+    return fix(array)
 
 
 def _fix_infinity(array: pa.Array, storage: pa.DataType, wrapped: dict[int, int]) -> pa.Array:
@@ -87,6 +227,23 @@ def _fix_infinity(array: pa.Array, storage: pa.DataType, wrapped: dict[int, int]
     for old, new in wrapped.items():
         ints = pc.if_else(pc.equal(ints, old), pa.scalar(new, storage), ints)
     return ints.view(array.type)
+
+
+def _timestamps_in_range(array: pa.Array) -> bool:
+    """False when a timestamp lies beyond Arrow's timestamp[us]: it wrapped around below PostgreSQL's
+    first timestamp, or it is Arrow's last one, which stands for +infinity here."""
+    bounds = pc.min_max(array.view(pa.int64()))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is None:
+        return True
+    if high == 2**63 - 1:
+        return False
+    if low >= _TIMESTAMP_MIN:
+        return True
+    ints = array.view(pa.int64())
+    wrapped = pc.and_(pc.less(ints, _TIMESTAMP_MIN),
+                      pc.invert(pc.is_in(ints, pa.array(list(_TIMESTAMP_WRAPPED), pa.int64()))))
+    return not pc.any(wrapped).as_py()
 
 
 def _interval_struct(array: pa.Array) -> pa.Array:
@@ -107,11 +264,11 @@ def _interval_struct(array: pa.Array) -> pa.Array:
 class _Converter:
     """Turns ADBC's record batches into the archive schema, column by column."""
 
-    def __init__(self, table: SourceTable, read_schema: pa.Schema) -> None:
+    def __init__(self, table: SourceTable, read_schema: pa.Schema, format_name: str = "parquet") -> None:
         self.table = table
         self.columns = list(table.columns)
-        self.lossy = {i: read_schema.get_field_index(f"{_LOSSY_PREFIX}{i}") for i, c in enumerate(self.columns)
-                      if c.is_array}
+        # the flag is the query's last column (by position: a table may have a column of the same name)
+        self.flag = len(self.columns) if len(read_schema) > len(self.columns) else -1
         fields = []
         for i, col in enumerate(self.columns):
             read = read_schema.field(i).type
@@ -124,14 +281,19 @@ class _Converter:
                                                   "archive_pipeline.pg_types": json.dumps(
                                                       {c.name: c.type_name for c in self.columns})})
 
+    def refuse(self, i: int, reason: str) -> UnsupportedTypeError:
+        col = self.columns[i]
+        return UnsupportedTypeError(
+            f"column {col.name!r} ({col.type_name}) of {self.table.qualified} {REFUSALS[reason]}; archive this "
+            f"table as {OTHER_FORMATS['parquet']}", table=self.table.qualified, retryable=False)
+
     def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        for i, flag in self.lossy.items():
-            if pc.any(batch.column(flag)).as_py():
-                col = self.columns[i]
-                raise UnsupportedTypeError(
-                    f"column {col.name!r} ({col.type_name}) of {self.table.qualified} holds a multi-dimensional "
-                    "array or one whose lower bound is not 1, which a Parquet list cannot hold faithfully; "
-                    "archive this table as jsonl or csv", table=self.table.qualified)
+        if self.flag >= 0:
+            flags = batch.column(self.flag)
+            if flags.null_count < len(flags):
+                code = pc.min(flags).as_py()
+                reason = {v: k for k, v in _REASON_CODES.items()}[code % 4]
+                raise self.refuse(code // 4, reason)
         return pa.RecordBatch.from_arrays([self._column(i, batch.column(i)) for i in range(len(self.columns))],
                                           schema=self.schema)
 
@@ -139,10 +301,22 @@ class _Converter:
         col, target = self.columns[i], self.schema.field(i).type
         if isinstance(array.type, pa.BaseExtensionType) and array.type.extension_name == "arrow.opaque":
             array = array.storage
-        if pa.types.is_date32(array.type):
-            return _fix_infinity(array, pa.int32(), _DATE_WRAPPED)
-        if pa.types.is_timestamp(array.type):
-            return _fix_infinity(array, pa.int64(), _TIMESTAMP_WRAPPED)
+        value_type = array.type.value_type if pa.types.is_list(array.type) else array.type
+        if pa.types.is_date32(value_type):
+            return _on_values(array, lambda a: _fix_infinity(a, pa.int32(), _DATE_WRAPPED))
+        if pa.types.is_timestamp(value_type):
+            def fix(a: pa.Array) -> pa.Array:
+                if not _timestamps_in_range(a):
+                    raise self.refuse(i, "timestamp_range")
+                return _fix_infinity(a, pa.int64(), _TIMESTAMP_WRAPPED)
+            return _on_values(array, fix)
+        if pa.types.is_time64(value_type):
+            def check(a: pa.Array) -> pa.Array:
+                high = pc.max(a.view(pa.int64())).as_py()
+                if high is not None and high >= _TIME_END:
+                    raise self.refuse(i, "time_24")
+                return a
+            return _on_values(array, check)
         if target == INTERVAL_TYPE:
             return _interval_struct(array)
         if pa.types.is_decimal(target):
@@ -150,10 +324,40 @@ class _Converter:
                 return pc.cast(array, target)
             except pa.ArrowInvalid:
                 raise UnsupportedTypeError(
-                    f"column {col.name!r} ({col.type_name}) of {self.table.qualified} holds NaN or Infinity, which "
-                    "a Parquet decimal cannot hold; archive this table as jsonl or csv (or declare the column as "
-                    "unconstrained numeric, archived as exact text)", table=self.table.qualified) from None
+                    f"column {col.name!r} ({col.type_name}) of {self.table.qualified} {REFUSALS['decimal_special']}; "
+                    "archive this table as jsonl or csv (or declare the column as unconstrained numeric, "
+                    "archived as exact text)", table=self.table.qualified, retryable=False) from None
         return array
+
+
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """Columns that get Parquet min/max statistics: fixed-width ones only.
+
+    Statistics of a string or binary column copy its smallest and largest value several times
+    while a row group is written: one 100 MiB value cost ~400 MB more RSS with them (#11 §5), and
+    min/max of long texts prune little anyway.
+    """
+    def fixed(t: pa.DataType) -> bool:
+        if isinstance(t, pa.BaseExtensionType):
+            t = t.storage_type
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return fixed(t.value_type)
+        if pa.types.is_struct(t):
+            return all(fixed(f.type) for f in t)
+        return not (pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t)
+                    or pa.types.is_large_binary(t))
+    return [f.name for f in schema if fixed(f.type)]
+
+
+_TRANSIENT_WORDS = ("timeout", "terminat", "connection", "cancel", "server closed", "shutdown", "could not",
+                    "serializ", "deadlock", "lock")
+
+
+def _may_be_value_failure(exc: BaseException) -> bool:
+    """An ADBC error that may be PostgreSQL failing on a value (its text has the server's ERROR but no
+    SQLSTATE); worth one probe, unless it reads like a transient failure."""
+    text = str(exc).lower()
+    return ("error:" in text or "readrecord failed" in text) and not any(w in text for w in _TRANSIENT_WORDS)
 
 
 class Parquet:
@@ -180,20 +384,47 @@ class Parquet:
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
         cur.execute(literal.as_string(extraction.conn))
+        # This transaction now holds the snapshot itself: end the exporting one, so it does not sit
+        # idle in transaction for the whole read (idle_in_transaction_session_timeout would kill it).
+        extraction.snapshot.release()
         for name, value in extraction.settings.items():
             setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
             cur.execute(setting.as_string(extraction.conn))
         cur.execute(arrow_query(extraction.table, extraction.where).as_string(extraction.conn))
         return conn, cur, cur.fetch_record_batch()
 
+    def encodings(self, table: SourceTable) -> dict[str, dict]:
+        """Per column {"encoding", "exact", "note"}, known before anything is read."""
+        return parquet_encodings(table)
+
     def write(self, extraction: Extraction, out: ByteSink) -> WriteStats:
+        table = extraction.table
+        encodings = self.encodings(table)
+        if extraction.strict:
+            refuse_inexact(self.name, table, encodings)
+        try:
+            return self._write(extraction, out, encodings)
+        except UnsupportedTypeError:
+            raise
+        except Exception as exc:
+            if not (is_value_failure(exc) or _may_be_value_failure(exc)):
+                raise
+            # PostgreSQL failed on a value while ADBC read it (ADBC's errors carry no SQLSTATE): find the
+            # column, and PostgreSQL's own error, with the archive's connection, still in the snapshot.
+            probes = [_expression(c) for c in table.columns]
+            culprits, failure = failing_columns(extraction.conn, table, extraction.where, probes)
+            if failure is None and not is_value_failure(exc):
+                raise
+            raise explain_value_failure(self.name, table, failure or exc, culprits) from None
+
+    def _write(self, extraction: Extraction, out: ByteSink, encodings: dict[str, dict]) -> WriteStats:
         conn, cur, reader = self._open_reader(extraction)
         try:
             converter = _Converter(extraction.table, reader.schema)
-            stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema})
+            stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema}, encodings=encodings)
             codec = "none" if self.compression == "none" else self.compression
             with pq.ParquetWriter(out, converter.schema, compression=codec, compression_level=self.level,
-                                  store_schema=True) as writer:
+                                  store_schema=True, write_statistics=statistics_columns(converter.schema)) as writer:
                 for batch in prefetch(iter(reader), depth=2):
                     converted = converter.convert(batch)
                     writer.write_batch(converted)

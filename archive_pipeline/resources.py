@@ -13,6 +13,7 @@ from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from archive_pipeline.errors import ArchiveError, connection_target, describe_connect_error, wrap
 from archive_pipeline.store import MiB, S3Store
 
 
@@ -29,8 +30,18 @@ class PostgresResource(ConfigurableResource):
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
-                               application_name=self.application_name)
+        """An autocommit connection, closed on exit.
+
+        A connect failure becomes a :class:`SourceError` naming host, port, database, user, the
+        reason and the remedy, retryable only when waiting can help (server down or full, not a
+        wrong password or a missing database); libpq's text never reaches it unscrubbed, because
+        it may hold the password (a malformed URI is echoed whole).
+        """
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
+                                   application_name=self.application_name)
+        except psycopg.Error as exc:
+            raise describe_connect_error(exc, self.dsn) from None
         try:
             yield conn
         finally:
@@ -41,8 +52,18 @@ class PostgresResource(ConfigurableResource):
         """The DSN's password, so error messages can be scrubbed of it."""
         try:
             return psycopg.conninfo.conninfo_to_dict(self.dsn).get("password")
-        except psycopg.ProgrammingError:
+        except psycopg.Error:
             return None
+
+    @property
+    def user(self) -> str | None:
+        """The role the DSN connects as, for remedies such as ``GRANT SELECT ... TO <role>``."""
+        return connection_target(self.dsn).get("user")
+
+    def wrap_error(self, exc: BaseException, table: str, day: str) -> ArchiveError:
+        """``exc`` as an :class:`ArchiveError` for ``table``/``day`` with cause, remedy, retry flag and
+        this DSN's password scrubbed (see :func:`archive_pipeline.errors.wrap`)."""
+        return wrap(exc, table, day, self.password, user=self.user)
 
     def session_settings(self) -> dict[str, str]:
         return {

@@ -15,6 +15,7 @@ from dagster import (
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from archive_pipeline.assets import TABLE_TAG
 from archive_pipeline.config import ScheduleSettings, TableSpec
 
 
@@ -36,6 +37,7 @@ def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
         day = previous_utc_day(context.scheduled_execution_time)
         if day < spec.start_date:
             return SkipReason(f"{day} is before {spec.name}'s start_date {spec.start_date}")
-        return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat())
+        return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat(),
+                          tags={TABLE_TAG: spec.name})
 
     return _daily

@@ -1,10 +1,19 @@
 """The sensor that notices days with rows in PostgreSQL and no archive yet (a new partition filled,
-rows loaded late for a day never archived) and asks for runs of exactly those days."""
+rows loaded late for a day never archived) and asks for runs of exactly those days.
+
+Its tick says what it inspected (tables, modes, days considered), so "no new days to archive" can
+be told apart from "looked at the wrong days"; a database it cannot reach is reported without the
+DSN's password.
+"""
+
+from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import psycopg
+import psycopg.conninfo
 from dagster import (
     AssetKey,
     DefaultSensorStatus,
@@ -19,11 +28,12 @@ from dagster import (
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from archive_pipeline import errors
+from archive_pipeline.assets import TABLE_TAG
 from archive_pipeline.config import SensorSettings, TableSpec
 from archive_pipeline.discovery import existing_days
-from archive_pipeline.errors import ArchiveError
+from archive_pipeline.errors import ArchiveError, redact
 from archive_pipeline.resources import PostgresResource
-
 
 @dataclass(frozen=True)
 class SensorTarget:
@@ -32,13 +42,47 @@ class SensorTarget:
     job: "UnresolvedAssetJobDefinition"
 
 
+def describe_connect_failure(exc: BaseException, dsn: str) -> str:
+    """Why connecting to ``dsn`` failed, naming host and port, never the password.
+
+    libpq echoes a malformed URI whole, password included, so for a DSN it cannot parse only that
+    fact is reported.
+    """
+    if isinstance(exc, ArchiveError):  # PostgresResource.connect has described it already
+        return str(exc)
+    describe = getattr(errors, "describe_connect_error", None)
+    if describe is not None:
+        return str(describe(exc, dsn))
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return ("ARCHIVE_PG_DSN is malformed (libpq cannot parse it; its text is not shown because it may hold "
+                "a password): write it as postgresql://user@host:port/db or 'host=... port=... dbname=...'")
+    where = f"host {info.get('host') or 'localhost (default)'}, port {info.get('port') or 5432}"
+    reason = redact(str(exc).strip() or type(exc).__name__, info.get("password"), dsn)
+    return f"{where}: {reason}"
+
+
 def candidate_days(spec: TableSpec, today: dt.date, lookback_days: int) -> list[dt.date]:
     """Complete UTC days worth looking at, never before the table's start_date: all of them where the
     catalog lists the days (declarative, naming), the lookback window where each day is a probe."""
     first = spec.start_date
     if spec.partitioning.mode == "column":
         first = max(first, today - dt.timedelta(days=lookback_days))
-    return [first + dt.timedelta(days=i) for i in range((today - first).days)]
+    return [first + dt.timedelta(days=i) for i in range(max(0, (today - first).days))]
+
+
+def _span(days: list[dt.date]) -> str:
+    if not days:
+        return "no complete day yet"
+    return f"{days[0]}..{days[-1]}" if len(days) > 1 else str(days[0])
+
+
+def inspected(spec: TableSpec, days: list[dt.date], missing: int, found: int) -> str:
+    """One table's part of the tick's account: mode, days considered, how many lack an archive."""
+    how = "probed each day for rows" if spec.partitioning.mode == "column" else "read the days from the catalog"
+    return (f"{spec.name} ({spec.partitioning.mode}: {how}; {len(days)} day(s) {_span(days)}, "
+            f"{missing} without an archive, {found} of them with data)")
 
 
 def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings) -> SensorDefinition:
@@ -47,30 +91,53 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
         jobs=[t.job for t in targets],
         minimum_interval_seconds=settings.interval_seconds,
         default_status=DefaultSensorStatus.RUNNING if settings.running else DefaultSensorStatus.STOPPED,
-        description=f"Requests archive runs for days of the last {settings.lookback_days} that have rows in "
-                    "PostgreSQL but no materialization yet.",
+        description="Requests archive runs for days that have data in PostgreSQL but no materialization yet: "
+                    "every day since start_date for declarative and naming tables (read from the catalog), the "
+                    f"last {settings.lookback_days} days for column tables (one probe per day).",
     )
     def archive_new_days(context: SensorEvaluationContext, postgres: PostgresResource) -> SensorResult | SkipReason:
         today = dt.datetime.now(dt.UTC).date()
         requests: list[RunRequest] = []
         problems: list[str] = []
-        with postgres.connect() as conn:
+        report: list[str] = []
+        try:
+            connection = postgres.connect()
+            conn = connection.__enter__()
+        except (psycopg.Error, ArchiveError) as exc:
+            reason = describe_connect_failure(exc, postgres.dsn)
+        else:
+            reason = None
+        if reason is not None:  # raised outside the except block: the tick error carries no libpq text
+            raise RuntimeError(f"archive_new_days could not connect to the source database ({reason}); "
+                               "check ARCHIVE_PG_DSN and that the database is reachable from the daemon")
+        try:
             for target in targets:
-                days = candidate_days(target.spec, today, settings.lookback_days)
+                spec = target.spec
+                days = candidate_days(spec, today, settings.lookback_days)
                 done = context.instance.get_materialized_partitions(target.asset_key)
                 missing = [d for d in days if d.isoformat() not in done]
-                if not missing:
-                    continue
-                try:
-                    found = existing_days(conn, target.spec, missing)
-                except ArchiveError as exc:  # one table's problem must not hide the others' new days
-                    context.log.warning(str(exc))
-                    problems.append(target.spec.name)
-                    continue
+                found: list[dt.date] = []
+                if missing:
+                    try:
+                        found = existing_days(conn, spec, missing)
+                    except ArchiveError as exc:  # one table's problem must not hide the others' new days
+                        message = redact(str(exc), postgres.password)
+                        context.log.warning(message)
+                        problems.append(f"{spec.name}: {message}")
+                        continue
+                report.append(inspected(spec, days, len(missing), len(found)))
                 requests += [RunRequest(run_key=f"{target.job.name}:{d.isoformat()}", job_name=target.job.name,
-                                        partition_key=d.isoformat()) for d in found]
+                                        partition_key=d.isoformat(), tags={TABLE_TAG: spec.name}) for d in found]
+        finally:
+            connection.__exit__(None, None, None)
         if not requests:
-            return SkipReason("no new days to archive" + (f"; could not inspect {problems}" if problems else ""))
+            text = "no new days to archive; inspected " + "; ".join(report) if report else "no table could be inspected"
+            if problems:
+                text += "; could not inspect " + "; ".join(problems)
+            return SkipReason(text)
+        if len(requests) > settings.max_runs_per_tick:
+            context.log.info(f"{len(requests)} days to archive; requesting {settings.max_runs_per_tick} this tick "
+                             "(sensor.max_runs_per_tick), the rest on the next ticks")
         return SensorResult(run_requests=requests[: settings.max_runs_per_tick])
 
     return archive_new_days

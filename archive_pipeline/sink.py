@@ -2,24 +2,37 @@
 
 Hashing on the way in means the MD5 and SHA-256 that end up in the manifest describe exactly the
 bytes that were uploaded, without reading the file a second time.
+
+The file has no name while it is used: it is created with ``O_TMPFILE`` (or unlinked right after
+``mkstemp`` where the file system lacks it), so it disappears with the last descriptor, which
+the kernel closes however the process ends, SIGKILL and OOM kill included. A file removed in a
+``finally`` block would survive those. Readers that need a path get ``/proc/self/fd/<fd>``,
+which reopens the same (nameless) file in this process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+_PROC_FD = Path("/proc/self/fd")
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
 
 class HashingFile:
-    """An append-only file that counts, hashes, and announces its growth to ``on_grow(size)``."""
+    """An append-only file that counts, hashes, and announces its growth to ``on_grow(size)``.
+
+    ``on_grow`` runs in the writer's thread after every write, so it must not block (the store's
+    ``S3Upload.grow`` only records the size)."""
 
     def __init__(self, fd: int, path: Path, on_grow: Callable[[int], None] | None = None) -> None:
         self.fd = fd
-        self.path = path
+        self.path = path  # usable by this process only when the file is nameless (/proc/self/fd/N)
         self.size = 0
         self._md5 = hashlib.md5()
         self._sha256 = hashlib.sha256()
@@ -59,13 +72,40 @@ class HashingFile:
         return self._sha256.hexdigest()
 
 
+def open_nameless(temp_dir: str | os.PathLike | None = None, suffix: str = "") -> tuple[int, Path, Path | None]:
+    """A new private read-write file in ``temp_dir`` that no name points to.
+
+    Returns ``(fd, path, name)``: ``path`` reopens it (``/proc/self/fd/<fd>``), ``name`` is its
+    directory entry on systems without ``/proc`` (where it cannot be unlinked early and must be
+    removed by the caller), else None."""
+    directory = os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+    proc = _PROC_FD.is_dir()
+    if proc and hasattr(os, "O_TMPFILE"):
+        try:
+            fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            return fd, _PROC_FD / str(fd), None
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+    fd, name = tempfile.mkstemp(prefix="archive-pipeline-", suffix=suffix, dir=directory)
+    if not proc:
+        return fd, Path(name), Path(name)
+    try:
+        os.unlink(name)
+    except BaseException:
+        os.close(fd)
+        Path(name).unlink(missing_ok=True)
+        raise
+    return fd, _PROC_FD / str(fd), None
+
+
 @contextlib.contextmanager
 def temp_archive_file(temp_dir: str | os.PathLike | None = None, suffix: str = "") -> Iterator[HashingFile]:
-    """A private temp file that is removed however the block ends."""
-    fd, name = tempfile.mkstemp(prefix="archive-pipeline-", suffix=suffix, dir=temp_dir)
-    path = Path(name)
+    """A private temp file that is gone however the block, or the process, ends."""
+    fd, path, name = open_nameless(temp_dir, suffix)
     try:
         yield HashingFile(fd, path)
     finally:
         os.close(fd)
-        path.unlink(missing_ok=True)
+        if name is not None:
+            name.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -73,6 +73,7 @@ class Snapshot:
     taken_at: dt.datetime
     server_version: str
     snapshot_id: str  # lets a second connection (the Arrow reader) see exactly the same data
+    release: Callable[[], None] = lambda: None  # end the read transaction now (idempotent)
 
 
 _TABLE_QUERY = """
@@ -151,32 +152,65 @@ def day_filter(table: SourceTable, day: dt.date) -> sql.Composable:
 
 @contextlib.contextmanager
 def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = None) -> Iterator[Snapshot]:
-    """One REPEATABLE READ, READ ONLY transaction: every read of the day sees the same data."""
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    with conn.transaction():
+    """One REPEATABLE READ, READ ONLY transaction: every read of the day sees the same data.
+
+    The transaction is begun and ended explicitly (the connection must be in autocommit mode), so
+    the caller can end it early with ``snapshot.release()`` as soon as nothing more needs it (e.g.
+    once another connection has imported the exported snapshot), and so the connection's own
+    isolation and read-only attributes are left as they were.
+    """
+    if not conn.autocommit:
+        raise ValueError("read_snapshot needs a connection in autocommit mode")
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    open_ = [True]
+
+    def release() -> None:
+        if open_[0]:
+            open_[0] = False
+            conn.execute("COMMIT")
+
+    try:
         for name, value in {**SNAPSHOT_SETTINGS, **(settings or {})}.items():
             conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
         taken_at, version, snapshot_id = conn.execute(
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
-        yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id)
+        yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
+    except BaseException:
+        if open_[0]:
+            open_[0] = False
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+        raise
+    release()
 
 
 @dataclass
 class Chunk:
     """Raw COPY output of ``rows`` whole rows (PostgreSQL sends one CopyData message per row)."""
 
-    data: bytearray
+    data: bytes | bytearray | memoryview
     rows: int
 
 
 def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows: int,
                 max_chunk_bytes: int = 4 << 20) -> Iterator[Chunk]:
-    """Stream COPY ... TO STDOUT as chunks of at most ``chunk_rows`` rows or about ``max_chunk_bytes``."""
+    """Stream COPY ... TO STDOUT as chunks of at most ``chunk_rows`` rows or about ``max_chunk_bytes``.
+
+    Small rows are gathered into one buffer so the consumer sees few, large writes. A row as big
+    as a whole chunk is handed on as the message psycopg returned, without copying it: gathering
+    it would hold the row twice (#11 §5: one 100 MiB value must not cost several times its size).
+    """
     with conn.cursor() as cur, cur.copy(statement) as copy:
         data = bytearray()
         rows = 0
         for message in copy:
+            if len(message) >= max_chunk_bytes:
+                if rows:
+                    yield Chunk(data, rows)
+                    data, rows = bytearray(), 0
+                yield Chunk(message, 1)
+                continue
             data += message
             rows += 1
             if rows >= chunk_rows or len(data) >= max_chunk_bytes:
@@ -250,3 +284,24 @@ def days_with_rows(conn: psycopg.Connection, table: SourceTable, days: list[dt.d
                     "(SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi}) ORDER BY d").format(
         table=table.identifier, col=col, lo=sql.SQL(bound.format(d="d")), hi=sql.SQL(bound.format(d="(d + 1)")))
     return [row[0] for row in conn.execute(query, (days,))]
+
+
+def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
+    """The table's primary key columns in key order (a restore re-creates it), or None."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n",
+        (table.identifier.as_string(conn),)).fetchall()
+    return [r[0] for r in rows] or None
+
+
+def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str]:
+    """(database, system identifier or None where the role may not read it, server version)."""
+    database, version, allowed = conn.execute(
+        "SELECT current_database(), current_setting('server_version'), "
+        "has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')").fetchone()
+    system = None
+    if allowed:
+        system = str(conn.execute("SELECT system_identifier FROM pg_catalog.pg_control_system()").fetchone()[0])
+    return database, system, version

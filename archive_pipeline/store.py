@@ -1,32 +1,63 @@
-"""S3-compatible object store: multipart upload that runs alongside the stream and never publishes
-a partial object.
+"""S3-compatible object store: a multipart upload that follows the stream without ever holding it
+up, verified writes and reads, and nothing half written left behind.
 
-Parts are cut from the growing temp file as soon as a whole part is there, so the upload overlaps
-the extraction and only the last part is left when the last row is read. An object becomes visible
-only at CompleteMultipartUpload (or a single PutObject for small files); any failure before that
-aborts the upload. Each part is sent with its Content-MD5 and its returned ETag is checked against
-our own MD5, which catches corruption even on stores that do not verify Content-MD5.
+- **The reader never waits on the upload.** ``S3Upload.grow`` only records how far the temp file
+  has grown and wakes the upload's own threads; they cut parts from the file as parts become
+  whole and send ``max_concurrency`` of them at once. The temp file is the buffer: the upload may
+  lag behind the PostgreSQL read, never the other way round, so a slow store cannot leave the read
+  transaction idle. Parts are streamed from the file, never held whole in memory. A failed part
+  surfaces at the next ``grow``/``finish``.
+- **Every write is verified against our own MD5**: parts, single PUTs and ``put_bytes`` send
+  Content-MD5 and their returned ETag must equal our MD5 (a part or small object that arrived
+  corrupted is sent again, up to ``corrupt_attempts`` times in all); CompleteMultipartUpload's
+  ETag must be the MD5 of the part MD5s; the stored size is checked with HEAD. Reads
+  (``get_verified_bytes``, ``download_to``) check the body's MD5 against the ETag (or the MD5 the
+  caller expects).
+- **Nothing is left behind.** An object becomes visible only at CompleteMultipartUpload or a
+  verified PutObject; any failure aborts the upload, and a failure that may have published an
+  object withdraws it if it is ours. Multipart uploads of the key left by a killed process are
+  aborted on every path (single PUT too). A failed cleanup never replaces the original error: it
+  is logged and added to the original as a note.
+- **Days of any size**: see :func:`plan_parts`.
 """
 
 from __future__ import annotations
 
 import base64
-import concurrent.futures as cf
+import binascii
+import datetime as dt
 import hashlib
 import logging
 import os
+import re
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
-from archive_pipeline.errors import UploadError
+from archive_pipeline.errors import ArchiveError, UploadError, is_retryable
 
+KiB = 1 << 10
 MiB = 1 << 20
-MIN_PART_SIZE = 5 * MiB
+GiB = 1 << 30
+TiB = 1 << 40
+MIN_PART_SIZE = 5 * MiB  # S3: every part but the last
+MAX_PART_SIZE = 5 * GiB
 MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * TiB
+GROWTH_DIVISOR = 1_000  # growing parts: a part is at least 1/1000 of the bytes before it
+EQUAL_PARTS_SAFETY = 4  # equal parts: sized so that 4x the estimate still fits in 10,000 parts
+_READ_CHUNK = 1 * MiB
+_CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
+_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 log = logging.getLogger(__name__)
+
+
+class DownloadError(ArchiveError):
+    """Reading an object failed or its bytes did not match their checksum (corruption in transit is
+    retryable: reading again may succeed)."""
 
 
 @dataclass(frozen=True)
@@ -38,86 +69,460 @@ class StoredObject:
     parts: int
     wait_seconds: float = 0.0  # after the stream ended, waiting for the remaining parts
     complete_seconds: float = 0.0  # the store assembling the object (CompleteMultipartUpload/PutObject)
+    part_sizes: tuple[int, ...] = ()  # as uploaded, in part order (empty for a single PUT)
 
 
-def _read_exact(fd: int, length: int, offset: int) -> bytes:
-    chunks = []
-    while length:
-        data = os.pread(fd, length, offset)
-        if not data:
-            raise UploadError(f"temp file ended early at offset {offset}")
-        chunks.append(data)
-        length -= len(data)
-        offset += len(data)
-    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+@dataclass(frozen=True)
+class Downloaded:
+    """What ``download_to`` wrote: the object's size, the MD5 of the bytes written, its ETag."""
 
+    key: str
+    size: int
+    md5: str
+    etag: str
+
+
+# --- part planning ------------------------------------------------------------------------------
+
+def _round_up(value: int, granule: int) -> int:
+    return -(-value // granule) * granule
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """Which size each part of an upload gets; see :func:`plan_parts` for the rule."""
+
+    first: int  # size of part 1 (and of every part while the estimate holds)
+    equal: bool  # every part but the last the same size (Cloudflare R2)
+    max_parts: int = MAX_PARTS
+    granule: int = MiB  # grown sizes are rounded up to this
+    max_part: int = MAX_PART_SIZE
+    expected_size: int | None = None
+
+    @property
+    def capacity(self) -> int:
+        """The largest stream this plan can upload within ``max_parts`` parts."""
+        if self.equal:
+            return min(self.first * self.max_parts, MAX_OBJECT_SIZE)
+        return MAX_OBJECT_SIZE
+
+    def size_at(self, offset: int) -> int:
+        """The size of the part that starts at ``offset`` of the stream."""
+        if self.equal:
+            return self.first
+        grown = _round_up(-(-offset // GROWTH_DIVISOR), self.granule)
+        return min(max(self.first, grown), self.max_part)
+
+    def sizes(self, total: int) -> list[int]:
+        """The part sizes of a stream of ``total`` bytes (the last one is the remainder)."""
+        sizes, offset = [], 0
+        while offset < total:
+            size = min(self.size_at(offset), total - offset)
+            sizes.append(size)
+            offset += size
+        return sizes
+
+
+def plan_parts(part_size: int, expected_size: int | None = None, *, equal_parts: bool = False,
+               max_parts: int = MAX_PARTS, min_part_size: int = MIN_PART_SIZE) -> PartPlan:
+    """Plan part sizes so that a stream of any size up to S3's 5 TiB object limit fits in 10,000
+    parts, whether or not its size is known in advance.
+
+    Growing parts (default; S3, MinIO and most stores accept parts of different sizes): the first
+    part size is the store's ``part_size``, raised to ``expected_size / 1000`` (rounded up to 1 MiB)
+    when an estimate is given, so a day that matches its estimate uploads in at most ~1,000 equal
+    parts. Each further part is at least 1/1000 of the bytes already sent (rounded up to 1 MiB,
+    at most 5 GiB): parts stay equal until the stream passes 1000 x the first part size, then grow
+    with it by 0.1 % per part. From 5 MiB parts a 5 TiB stream needs about 8,000 parts; the
+    9,000 parts left after the estimate cover any estimate that was too low.
+
+    Equal parts (``equal_parts=True``, for Cloudflare R2, which wants every part but the last the
+    same size): one size, ``part_size`` raised to ``4 x expected_size / 10,000`` (rounded up to
+    1 MiB), so the stream may exceed the estimate 4 times. A stream that outgrows that capacity
+    fails as soon as it does, before the 10,000-part limit is hit, with a message saying to raise
+    the part size or give a better estimate.
+    """
+    if part_size < min_part_size:
+        raise ValueError(f"part_size must be at least {min_part_size} bytes (S3's minimum), got {part_size}")
+    granule = min(MiB, part_size)
+    first = part_size
+    if expected_size and expected_size > 0:
+        divisor = max_parts // EQUAL_PARTS_SAFETY if equal_parts else GROWTH_DIVISOR
+        first = max(part_size, _round_up(-(-expected_size // divisor), granule))
+    return PartPlan(first=min(first, MAX_PART_SIZE), equal=equal_parts, max_parts=max_parts, granule=granule,
+                    expected_size=expected_size)
+
+
+# --- metadata -----------------------------------------------------------------------------------
+
+_RFC2047 = re.compile(r"^=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=$")
+_SAFE_VALUE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$|^$")
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def encode_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """User metadata that S3 accepts: every value that is not plain printable ASCII (non-ASCII,
+    control characters, leading/trailing spaces, or text that itself looks encoded) becomes RFC 2047
+    ``=?UTF-8?B?<base64>?=``, as AWS suggests; ``decode_metadata`` reverses it exactly."""
+    encoded = {}
+    for key, value in metadata.items():
+        if not _SAFE_KEY.match(key):
+            raise ValueError(f"metadata key {key!r} must be ASCII letters, digits, '.', '_' or '-'")
+        value = str(value)
+        if _SAFE_VALUE.match(value) and not value.startswith("=?"):
+            encoded[key] = value
+        else:
+            encoded[key] = "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
+    if sum(len(k) + len(v) for k, v in encoded.items()) > 2048:
+        raise ValueError("user metadata is longer than S3's 2 KB limit (keys and encoded values)")
+    return encoded
+
+
+def decode_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The original values of metadata written through ``encode_metadata`` (e.g. HEAD's
+    ``Metadata``); values that are not RFC 2047 words are returned as they are."""
+    decoded = {}
+    for key, value in metadata.items():
+        match = _RFC2047.match(value)
+        if match:
+            try:
+                value = base64.b64decode(match.group(1), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                pass
+        decoded[key] = value
+    return decoded
+
+
+# --- helpers ------------------------------------------------------------------------------------
 
 def _md5_header(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+def _etag(response: dict) -> str:
+    return str(response.get("ETag", "")).strip('"')
+
+
+def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
+    md5 = hashlib.md5()
+    end = offset + length
+    while offset < end:
+        data = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
+        if not data:
+            raise UploadError(f"temp file ended at offset {offset}, {end - offset} bytes early; "
+                              "it was truncated while uploading", retryable=True)
+        md5.update(data)
+        offset += len(data)
+    return md5.digest()
+
+
+class _FileRange:
+    """A read-only, seekable view of ``length`` bytes of ``fd`` from ``offset``: a part's body that
+    botocore streams (and rewinds on retry) without the part ever being held in memory."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd, self._start, self._length, self._pos = fd, offset, length, 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        if size <= 0:
+            return b""
+        data = os.pread(self._fd, size, self._start + self._pos)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = min(max(base + offset, 0), self._length)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+def _status(exc: BaseException) -> int:
+    response = getattr(exc, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+
+
+def _code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    """A missing key (not a missing bucket, which is a configuration error)."""
+    return _code(exc) in ("NoSuchKey", "404", "NotFound")
+
+
+def _is_checksum_error(exc: BaseException) -> bool:
+    """botocore found a response body that fails its checksum: corruption in transit."""
+    try:
+        from botocore.exceptions import ChecksumError, FlexibleChecksumError
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        return False
+    return isinstance(exc, FlexibleChecksumError | ChecksumError)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """The connection failed or closed mid-request (reset, timeout, truncated body): transient.
+    botocore's ConnectionClosedError, ReadTimeoutError and ResponseStreamingError are
+    HTTPClientErrors, not botocore ConnectionErrors."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        return False
+    return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError | ConnectionError
+                      | TimeoutError)
+
+
+def _note(original: BaseException | None, text: str) -> None:
+    if original is not None and hasattr(original, "add_note"):
+        original.add_note(text)
+
+
 class S3Store:
-    """Where archives go: a bucket of any S3-compatible endpoint (AWS, MinIO, R2, moto)."""
+    """Where archives go: a bucket of any S3-compatible endpoint (AWS, MinIO, R2, moto).
+
+    ``part_size``: the base part size (see :func:`plan_parts`); ``max_concurrency``: parts sent at
+    once (each streamed from the temp file, so memory does not grow with the part size);
+    ``verify_etags``: compare ETags with our MD5s (off only for stores whose ETags are not MD5s,
+    e.g. SSE-KMS); ``equal_parts``: every part but the last the same size (Cloudflare R2);
+    ``corrupt_attempts``: how often a part or small object that arrived corrupted is sent
+    (botocore itself retries 5xx, throttling and dropped connections); ``abort_timeout``: how long
+    ``abort`` waits for parts already in flight.
+    """
+
+    min_part_size = MIN_PART_SIZE  # class attributes so benchmarks of the bookkeeping can shrink them
+    max_parts = MAX_PARTS
 
     def __init__(self, client: Any, bucket: str, *, prefix: str = "", part_size: int = 8 * MiB,
-                 max_concurrency: int = 4, verify_etags: bool = True) -> None:
-        if part_size < MIN_PART_SIZE:
+                 max_concurrency: int = 4, verify_etags: bool = True, equal_parts: bool = False,
+                 corrupt_attempts: int = 3, abort_timeout: float = 10.0) -> None:
+        if part_size < self.min_part_size:
             raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
+        if part_size > MAX_PART_SIZE:
+            raise ValueError(f"part_size must be at most 5 GiB (S3's maximum), got {part_size}")
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
         self.verify_etags = verify_etags
+        self.equal_parts = equal_parts
+        self.corrupt_attempts = max(1, corrupt_attempts)
+        self.abort_timeout = abort_timeout
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def plan(self, expected_size: int | None = None) -> PartPlan:
+        """The part plan of one upload (see :func:`plan_parts`)."""
+        return plan_parts(self.part_size, expected_size, equal_parts=self.equal_parts, max_parts=self.max_parts,
+                          min_part_size=self.min_part_size)
+
     def begin(self, key: str, *, content_type: str, content_encoding: str | None = None,
-              metadata: dict[str, str] | None = None) -> S3Upload:
-        headers: dict[str, Any] = {"ContentType": content_type, "Metadata": metadata or {}}
+              metadata: dict[str, str] | None = None, expected_size: int | None = None) -> S3Upload:
+        """Start writing ``key``; feed the upload with ``grow`` and end it with ``finish``/``abort``.
+
+        ``expected_size`` (bytes, e.g. estimated from the catalog) sizes the parts; ``metadata``
+        values may be any text (non-ASCII is encoded, see ``encode_metadata``). Nothing is sent
+        until a whole part is there."""
+        meta = dict(metadata or {})
+        headers: dict[str, Any] = {"ContentType": content_type, "Metadata": encode_metadata(meta)}
         if content_encoding:
             headers["ContentEncoding"] = content_encoding
-        return S3Upload(self, key, headers)
+        return S3Upload(self, key, headers, self.plan(expected_size), table=meta.get("table"), day=meta.get("day"))
 
+    # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
         from botocore.exceptions import ClientError
 
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if _status(exc) == 404:
                 return None
             raise
 
-    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
+        """Write a small object (a manifest) with Content-MD5 and check the returned ETag against our
+        MD5. A copy that arrived corrupted is sent again (``corrupt_attempts`` in all); if it never
+        arrives whole, it is deleted and a retryable ``UploadError`` is raised. Returns the ETag."""
         digest = hashlib.md5(data).digest()
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                               ContentMD5=_md5_header(digest))
+        for attempt in range(1, self.corrupt_attempts + 1):
+            try:
+                response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                                  ContentMD5=_md5_header(digest))
+            except Exception as exc:
+                if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
+                    continue
+                error = _wrap(exc, f"writing {self.uri(key)} (PutObject)")
+                self._withdraw_if_ours(key, digest.hex(), len(data), error)
+                raise error from exc
+            etag = _etag(response)
+            if not self.verify_etags or etag == digest.hex():
+                return etag
+            log.warning("%s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", self.uri(key), etag,
+                        digest.hex(), attempt, self.corrupt_attempts)
+        error = UploadError(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
+                            f"our MD5 {digest.hex()}): the network or store alters data; the run will be retried",
+                            retryable=True)
+        self.delete_quietly(key, error)
+        raise error
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
+    def delete_quietly(self, key: str, original: BaseException | None = None) -> bool:
+        """Delete ``key`` as cleanup after ``original`` failed: a failure to delete is logged and added
+        to ``original`` as a note, never raised, so the error that matters is the one reported.
+        Returns whether the delete went through. Usage: ``except Exception as exc:
+        store.delete_quietly(key, exc); raise``."""
+        try:
+            self.delete(key)
+            return True
+        except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
+            text = (f"cleanup: could not delete {self.uri(key)} ({type(exc).__name__}: {exc}); "
+                    "delete it by hand or archive the day again")
+            log.warning(text)
+            _note(original, text)
+            return False
+
+    def _withdraw_if_ours(self, key: str, expected_etag: str, size: int, original: BaseException) -> None:
+        """After a write that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
+        delete the object under ``key`` only if it is the one we sent (same ETag and size): an older
+        object that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        if not self.verify_etags:
+            return
+        try:
+            head = self.head(key)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
+            _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
+                            f"({type(exc).__name__}: {exc}); the next archive of this day replaces it")
+            return
+        if head is not None and _etag(head) == expected_etag and head.get("ContentLength") == size:
+            self.delete_quietly(key, original)
+
     def get_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        """A small object's bytes, verified (see ``get_verified_bytes``); KeyError if missing."""
+        data = self.get_verified_bytes(key)
+        if data is None:
+            raise KeyError(self.uri(key))
+        return data
 
     def get_bytes_or_none(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
+        return self.get_verified_bytes(key)
 
+    def get_verified_bytes(self, key: str, *, attempts: int = 3) -> bytes | None:
+        """A small object (a manifest) read whole, or None if the key does not exist.
+
+        When the ETag is a plain MD5 (and ``verify_etags``), the body must hash to it; a body that
+        does not, or that botocore rejects by its checksum, is read again (``attempts`` in all)
+        and then raises a retryable ``DownloadError``."""
+        problem = ""
+        for _ in range(max(1, attempts)):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+                data = response["Body"].read()
+            except Exception as exc:
+                if _is_not_found(exc):
+                    return None
+                if not _is_checksum_error(exc):
+                    raise _wrap(exc, f"reading {self.uri(key)} (GetObject)", DownloadError) from exc
+                problem = f"{type(exc).__name__}: {exc}"
+                continue
+            etag = _etag(response)
+            if not self.verify_etags or not _PLAIN_MD5.match(etag) or hashlib.md5(data).hexdigest() == etag:
+                return data
+            problem = f"body hashes to {hashlib.md5(data).hexdigest()}, ETag is {etag}"
+            log.warning("%s read corrupted: %s", self.uri(key), problem)
+        raise DownloadError(f"{self.uri(key)} came back corrupted {attempts} times ({problem}): the network or "
+                            "store alters data; the run will be retried", retryable=True)
+
+    def download_to(self, key: str, sink: BinaryIO | Any, expected_md5: str | None = None, *,
+                    chunk_size: int = 4 * MiB) -> Downloaded | None:
+        """Stream ``key`` into ``sink`` (anything with ``write``) in ``chunk_size`` pieces, hashing
+        as it goes, and check the whole object: its size against ContentLength, its MD5 against
+        ``expected_md5`` or else the ETag when that is a plain MD5. None (nothing written) when the
+        key does not exist. Corruption raises a retryable ``DownloadError``; the sink then holds
+        bad bytes and must be discarded."""
+        chunk_size = min(max(chunk_size, MiB), 8 * MiB)
+        md5, size = hashlib.md5(), 0
         try:
-            return self.get_bytes(key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
+            while chunk := body.read(chunk_size):
+                md5.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+        except Exception as exc:
+            if _is_not_found(exc) and size == 0:
                 return None
-            raise
+            if _is_checksum_error(exc):
+                raise DownloadError(f"{self.uri(key)} came back corrupted ({type(exc).__name__}: {exc}); "
+                                    "the download will be retried", retryable=True) from exc
+            raise _wrap(exc, f"downloading {self.uri(key)} (GetObject)", DownloadError) from exc
+        etag, digest = _etag(response), md5.hexdigest()
+        expected = expected_md5 or (etag if self.verify_etags and _PLAIN_MD5.match(etag) else None)
+        length = response.get("ContentLength")
+        if length is not None and length != size:
+            raise DownloadError(f"{self.uri(key)}: got {size:,} bytes of {length:,}; the download will be retried",
+                                retryable=True)
+        if expected is not None and digest != expected:
+            raise DownloadError(f"{self.uri(key)} came back corrupted (MD5 {digest}, expected {expected}); "
+                                "the download will be retried", retryable=True)
+        return Downloaded(key=key, size=size, md5=digest, etag=etag)
 
-    def abort_stale_uploads(self, key: str) -> int:
-        """Abort multipart uploads of ``key`` left by a process that was killed mid-upload."""
-        found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", [])
-        stale = [u for u in found if u["Key"] == key]
-        for upload in stale:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+    # --- multipart leftovers ---------------------------------------------------------------------
+    def abort_stale_uploads(self, key: str, *, initiated_before: dt.datetime | None = None,
+                            keep: str | None = None) -> int:
+        """Abort multipart uploads of exactly ``key`` left behind by a killed process: those initiated
+        at or before ``initiated_before`` (default: all), except ``keep`` (our own upload id).
+        Returns how many were aborted. The archiver holds a per table-day lock, so no legitimate
+        upload of the key can run concurrently; the time bound is a second safety."""
+        stale = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key):
+            for upload in page.get("Uploads", []):
+                if upload["Key"] != key or upload["UploadId"] == keep:
+                    continue
+                initiated = upload.get("Initiated")
+                if initiated_before is None or not isinstance(initiated, dt.datetime) or initiated <= initiated_before:
+                    stale.append(upload["UploadId"])
+        for upload_id in stale:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        if stale:
+            log.info("aborted %d stale multipart upload(s) of %s", len(stale), self.uri(key))
         return len(stale)
+
+    def _clean_stale_quietly(self, key: str, **kwargs: Any) -> None:
+        try:
+            self.abort_stale_uploads(key, **kwargs)
+        except Exception:  # noqa: BLE001 - leftovers cost storage, not correctness; a lifecycle rule also helps
+            log.warning("could not abort stale multipart uploads of %s; a bucket lifecycle rule "
+                        "(AbortIncompleteMultipartUpload) will remove them", self.uri(key), exc_info=True)
+
+
+def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError) -> ArchiveError:
+    """``exc`` (botocore, OSError, ...) as an archive error saying what failed and whether retrying helps."""
+    if isinstance(exc, ArchiveError):
+        return exc
+    retryable = (is_retryable(exc) or _is_transport_error(exc) or _is_checksum_error(exc)
+                 or _code(exc) in _CORRUPT_CODES)
+    remedy = ("transient; the run will be retried" if retryable else
+              "check the bucket, its permissions and the store's credentials and endpoint")
+    return kind(f"{what} failed: {type(exc).__name__}: {exc}; {remedy}", retryable=retryable)
 
 
 @dataclass
@@ -125,119 +530,402 @@ class _Part:
     number: int
     etag: str
     md5: bytes
+    size: int
 
 
-@dataclass
 class S3Upload:
-    """One object being written; feed it the growing file, then ``finish`` or ``abort``."""
+    """One object being written: feed it the growing file with ``grow``, then ``finish`` or ``abort``.
 
-    store: S3Store
-    key: str
-    headers: dict[str, Any]
-    upload_id: str | None = None
-    sent: int = 0  # bytes of the file already handed to part uploads
-    _futures: list[cf.Future] = field(default_factory=list)
-    _pool: cf.ThreadPoolExecutor | None = None
-    _slots: threading.Semaphore | None = None
+    Threads: ``grow`` (the writer's thread) only records the size and wakes the upload's threads;
+    the first of them creates the multipart upload (after the first whole part exists) and aborts
+    stale uploads of the key, then up to ``max_concurrency`` threads claim whole parts in order
+    (O(1) bookkeeping per part) and stream them from a duplicate of the file descriptor.
+    """
+
+    def __init__(self, store: S3Store, key: str, headers: dict[str, Any], plan: PartPlan, *,
+                 table: str | None = None, day: str | None = None) -> None:
+        self.store = store
+        self.key = key
+        self.headers = headers
+        self.plan = plan
+        self.table = table
+        self.day = day
+        self.upload_id: str | None = None
+        self._cond = threading.Condition()
+        self._size = 0  # bytes present in the file, as announced by grow()
+        self._final: int | None = None  # the file's final size, once finish() was called
+        self._cut = 0  # bytes handed to parts so far
+        self._next = 1  # next part number
+        self._parts: dict[int, _Part] = {}
+        self._error: BaseException | None = None
+        self._aborted = False
+        self._finished = False
+        self._creating = False  # CreateMultipartUpload was sent: an upload may exist even if we have no id
+        self._aborted_id: str | None = None  # the upload abort() aborted
+        self._threads: list[threading.Thread] = []
+        self._fd: int | None = None
+
+    # --- public API ------------------------------------------------------------------------------
+    @property
+    def sent(self) -> int:
+        """Bytes of the file already handed to part uploads."""
+        return self._cut
+
+    def in_flight(self) -> int:
+        """Parts claimed but not yet stored."""
+        with self._cond:
+            return self._next - 1 - len(self._parts)
+
+    def parts_done(self) -> int:
+        with self._cond:
+            return len(self._parts)
 
     def grow(self, fd: int, size: int) -> None:
-        """Start uploading every whole part now present in the first ``size`` bytes of ``fd``."""
-        while size - self.sent >= self.store.part_size:
-            self._submit(fd, self.sent, self.store.part_size)
-
-    def _start(self) -> None:
-        store = self.store
-        store.abort_stale_uploads(self.key)
-        response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
-        self.upload_id = response["UploadId"]
-        self._pool = cf.ThreadPoolExecutor(store.max_concurrency, thread_name_prefix="s3-part")
-        self._slots = threading.Semaphore(store.max_concurrency)
-
-    def _submit(self, fd: int, offset: int, length: int) -> None:
-        if self.upload_id is None:
-            self._start()
-        number = len(self._futures) + 1
-        if number > MAX_PARTS:
-            raise UploadError(f"{self.key}: more than {MAX_PARTS} parts of {self.store.part_size} bytes; "
-                              "raise the store's part_size")
-        for done in (f for f in self._futures if f.done()):
-            done.result()  # surface a failed part now rather than after the whole stream
-        self._slots.acquire()  # backpressure: at most max_concurrency parts in memory
-        future = self._pool.submit(self._send_part, number, fd, offset, length)
-        future.add_done_callback(lambda _: self._slots.release())
-        self._futures.append(future)
-        self.sent = offset + length
-
-    def _send_part(self, number: int, fd: int, offset: int, length: int) -> _Part:
-        store = self.store
-        data = _read_exact(fd, length, offset)
-        digest = hashlib.md5(data).digest()
-        response = store.client.upload_part(Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
-                                            PartNumber=number, Body=data, ContentMD5=_md5_header(digest))
-        etag = response["ETag"]
-        if store.verify_etags and etag.strip('"') != digest.hex():
-            raise UploadError(f"{self.key}: part {number} arrived corrupted (ETag {etag} != MD5 {digest.hex()})",
-                              retryable=True)
-        return _Part(number, etag, digest)
+        """The file behind ``fd`` now holds ``size`` bytes. Never blocks on the network: whole parts
+        are sent by the upload's threads. Raises the error of a part that already failed."""
+        if self._error is not None:
+            raise self._error
+        if self._aborted:
+            raise self._error_here("the upload was aborted", retryable=False)
+        if size > self.plan.capacity:
+            self._fail(self._too_big(size))
+            raise self._error
+        with self._cond:
+            self._size = size
+            if self._threads:
+                if self._size - self._cut >= self.plan.size_at(self._cut):
+                    self._cond.notify_all()
+                return
+        if size >= self.plan.size_at(0):
+            self._start(fd)
 
     def finish(self, fd: int, size: int, md5_hex: str) -> StoredObject:
-        """Send what is left, wait for every part, publish the object, and check what was stored."""
-        store = self.store
+        """Send what is left, wait for every part, publish the object and check what was stored.
+
+        Any failure aborts the upload (or withdraws an object we published) before it is raised."""
+        try:
+            return self._finish(fd, size, md5_hex)
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+
+    def abort(self, original: BaseException | None = None) -> None:
+        """Stop sending and drop the uploaded parts; nothing becomes visible under the key.
+
+        Claims no new part at once, waits (at most the store's ``abort_timeout``) for parts in
+        flight so none lands after the abort, then aborts the multipart upload. A cleanup failure is
+        logged and added as a note to ``original`` (default: the exception being handled)."""
+        original = original if original is not None else sys.exc_info()[1]
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+        if not self._join(self.store.abort_timeout):
+            text = (f"cleanup: parts of {self.store.uri(self.key)} were still in flight after "
+                    f"{self.store.abort_timeout:.0f} s")
+            log.warning(text)
+            _note(original, text)
+        with self._cond:
+            upload_id, self.upload_id = self.upload_id, None
+            unknown = self._creating and upload_id is None and not self._finished
+        if upload_id is not None:
+            self._abort_quietly(upload_id, original)
+            with self._cond:
+                self._aborted_id = upload_id  # a part still in flight that lands later aborts it again
+        elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
+            try:
+                self.store.abort_stale_uploads(self.key)
+            except Exception as exc:  # noqa: BLE001 - the original failure matters more
+                text = (f"cleanup: could not look for an upload of {self.store.uri(self.key)} that may have been "
+                        f"created ({type(exc).__name__}: {exc}); the next archive of this key removes it")
+                log.warning(text)
+                _note(original, text)
+        self._close_fd()
+
+    # --- the writer's side ---------------------------------------------------------------------
+    def _start(self, fd: int) -> None:
+        self._fd = os.dup(fd)
+        leader = threading.Thread(target=self._lead, name="s3-upload-0", daemon=True)
+        with self._cond:
+            self._threads.append(leader)
+        leader.start()
+
+    def _finish(self, fd: int, size: int, md5_hex: str) -> StoredObject:
         started = time.perf_counter()
-        if self.upload_id is None:
-            waited = started
+        if size > self.plan.capacity:
+            raise self._too_big(size)
+        if self._error is not None:
+            raise self._error
+        if not self._threads and size >= self.plan.size_at(0):  # finish() without grow(): still in parts
+            with self._cond:
+                self._size = size
+            self._start(fd)
+        if not self._threads:
             etag = self._put_single(fd, size, md5_hex)
-        else:
-            if size > self.sent:
-                self._submit(fd, self.sent, size - self.sent)
-            parts = [f.result() for f in self._futures]
             waited = time.perf_counter()
-            response = store.client.complete_multipart_upload(
-                Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
+            self._finished = True
+            return self._checked(size, etag, 1, (), started, waited, waited, expected_etag=md5_hex)
+        with self._cond:
+            self._size = max(self._size, size)
+            self._final = size
+            self._cond.notify_all()
+        self._join(None)
+        if self._error is not None:
+            raise self._error
+        parts = [self._parts[n] for n in range(1, self._next)]
+        if self.upload_id is None or sum(p.size for p in parts) != size:
+            raise self._error_here(f"the upload ended with {sum(p.size for p in parts):,} of {size:,} bytes in parts",
+                                   retryable=True)
+        waited = time.perf_counter()
+        expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{len(parts)}"
+        upload_id = self.upload_id
+        try:
+            response = self.store.client.complete_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
-            etag = response["ETag"]
-            self._shutdown()
-            expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{len(parts)}"
-            if store.verify_etags and etag.strip('"') != expected:
-                self._delete_published()
-                raise UploadError(f"{self.key}: stored object's ETag {etag} != expected {expected}", retryable=True)
-        completed = time.perf_counter()
-        head = store.head(self.key)
+        except Exception as exc:
+            error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
+            self._withdraw_if_ours(expected, size, error)  # the store may have completed it before failing
+            raise self._named(error) from exc
+        with self._cond:
+            self.upload_id = None  # completed: nothing left to abort
+        self._close_fd()
+        self._finished = True
+        return self._checked(size, _etag(response), len(parts), tuple(p.size for p in parts), started, waited,
+                             time.perf_counter(), expected_etag=expected)
+
+    def _checked(self, size: int, etag: str, parts: int, part_sizes: tuple[int, ...], started: float,
+                 waited: float, completed: float, *, expected_etag: str) -> StoredObject:
+        """Check the published object (ETag, stored size); withdraw it and raise if it is not right."""
+        store = self.store
+        if store.verify_etags and etag != expected_etag:
+            error = self._error_here(f"stored object's ETag {etag} != expected {expected_etag}: it arrived "
+                                     "corrupted; the run will be retried", retryable=True)
+            store.delete_quietly(self.key, error)
+            raise error
+        try:
+            head = store.head(self.key)
+        except Exception as exc:
+            error = self._named(_wrap(exc, f"checking {store.uri(self.key)} (HeadObject)"))
+            store.delete_quietly(self.key, error)
+            raise error from exc
         if head is None or head["ContentLength"] != size:
-            self._delete_published()
-            raise UploadError(f"{self.key}: stored object has {head and head['ContentLength']} bytes, "
-                              f"expected {size}", retryable=True)
-        return StoredObject(key=self.key, uri=store.uri(self.key), size=size, etag=etag.strip('"'),
-                            parts=max(1, len(self._futures)), wait_seconds=waited - started,
-                            complete_seconds=completed - waited)
+            error = self._error_here(f"stored object has {head and head['ContentLength']} bytes, expected {size}; "
+                                     "the run will be retried", retryable=True)
+            store.delete_quietly(self.key, error)
+            raise error
+        return StoredObject(key=self.key, uri=store.uri(self.key), size=size, etag=etag, parts=parts,
+                            wait_seconds=waited - started, complete_seconds=completed - waited,
+                            part_sizes=part_sizes)
 
     def _put_single(self, fd: int, size: int, md5_hex: str) -> str:
+        """The whole (small) file in one verified PutObject; stale multipart uploads of the key are
+        aborted afterwards, since this path creates none that would find them."""
         store = self.store
-        data = _read_exact(fd, size, 0) if size else b""
-        response = store.client.put_object(Bucket=store.bucket, Key=self.key, Body=data,
-                                           ContentMD5=_md5_header(bytes.fromhex(md5_hex)), **self.headers)
-        etag = response["ETag"]
-        if store.verify_etags and etag.strip('"') != md5_hex:
-            self._delete_published()
-            raise UploadError(f"{self.key}: stored object's ETag {etag} != MD5 {md5_hex}", retryable=True)
+        digest = bytes.fromhex(md5_hex)
+        if size and _md5_of_range(fd, 0, size) != digest:
+            raise self._error_here("the temp file does not hash to the MD5 computed while writing it "
+                                   "(local disk or memory corruption); the run will be retried", retryable=True)
+        for attempt in range(1, store.corrupt_attempts + 1):
+            try:
+                response = store.client.put_object(Bucket=store.bucket, Key=self.key, Body=_FileRange(fd, 0, size),
+                                                   ContentLength=size, ContentMD5=_md5_header(digest), **self.headers)
+            except Exception as exc:
+                if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
+                    continue
+                error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))
+                self._withdraw_if_ours(md5_hex, size, error)
+                raise error from exc
+            etag = _etag(response)
+            if not store.verify_etags or etag == md5_hex:
+                break
+            log.warning("%s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", store.uri(self.key), etag,
+                        md5_hex, attempt, store.corrupt_attempts)
+        else:
+            error = self._error_here(f"arrived corrupted {store.corrupt_attempts} times (ETag {etag}, our MD5 "
+                                     f"{md5_hex}): the network or store alters data; the run will be retried",
+                                     retryable=True)
+            store.delete_quietly(self.key, error)
+            raise error
+        store._clean_stale_quietly(self.key, initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
 
-    def _delete_published(self) -> None:
-        self.store.delete(self.key)
+    def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
+        self.store._withdraw_if_ours(self.key, expected_etag, size, original)
 
-    def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    # --- the upload's threads ------------------------------------------------------------------
+    def _lead(self) -> None:
+        store = self.store
+        with self._cond:
+            if self._aborted:
+                return
+            self._creating = True
+        try:
+            response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
+        except BaseException as exc:
+            self._fail(self._named(_wrap(exc, f"starting the upload of {store.uri(self.key)} "
+                                              "(CreateMultipartUpload)")))
+            return
+        upload_id = response["UploadId"]
+        with self._cond:
+            orphan = self._aborted
+            if not orphan:
+                self.upload_id = upload_id
+                for n in range(1, store.max_concurrency):
+                    worker = threading.Thread(target=self._work, name=f"s3-upload-{n}", daemon=True)
+                    self._threads.append(worker)
+                    worker.start()
+        if orphan:  # aborted while we were creating it
+            self._abort_quietly(upload_id, None)
+            return
+        store._clean_stale_quietly(self.key, initiated_before=self._initiated(upload_id), keep=upload_id)
+        self._work()
 
-    def abort(self) -> None:
-        """Stop sending and drop the uploaded parts; nothing becomes visible under the key."""
-        self._shutdown()
-        if self.upload_id is not None:
+    def _initiated(self, upload_id: str) -> dt.datetime | None:
+        """When the store says our upload was initiated (uploads of the key before it are stale)."""
+        try:
+            pages = self.store.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.store.bucket,
+                                                                                     Prefix=self.key)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["UploadId"] == upload_id and isinstance(upload.get("Initiated"), dt.datetime):
+                        return upload["Initiated"]
+        except Exception:  # noqa: BLE001 - best effort, like the cleanup it serves
+            log.debug("could not list uploads of %s", self.key, exc_info=True)
+        return dt.datetime.now(dt.UTC)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._aborted or self._error is not None:
+                        return
+                    end = self._final if self._final is not None else self._size
+                    available = end - self._cut
+                    if self._final is not None and available <= 0:
+                        return
+                    length = self.plan.size_at(self._cut)
+                    if available >= length or (self._final is not None and available > 0):
+                        length = min(length, available)
+                        break
+                    self._cond.wait()
+                number, offset = self._next, self._cut
+                if number > self.plan.max_parts:
+                    error = self._too_big(self._final or self._size)
+                    self._error = error
+                    self._cond.notify_all()
+                    return
+                self._next += 1
+                self._cut += length
+                if self._final is None and self._size - self._cut >= self.plan.size_at(self._cut):
+                    self._cond.notify()  # another whole part is waiting: wake a sibling
             try:
-                self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key,
-                                                         UploadId=self.upload_id)
-            except Exception:  # noqa: BLE001 - the original failure matters more; a lifecycle rule cleans up
-                log.warning("could not abort multipart upload of %s; a bucket lifecycle rule "
-                            "(AbortIncompleteMultipartUpload) will remove its parts", self.key, exc_info=True)
-            self.upload_id = None
+                part = self._send_part(number, offset, length)
+            except BaseException as exc:
+                self._fail(exc)
+                return
+            with self._cond:
+                self._parts[number] = part
+                late = self._aborted_id
+            if late is not None:  # landed after abort() gave up waiting: S3 may keep it unless aborted again
+                self._abort_quietly(late, None)
+
+    def _send_part(self, number: int, offset: int, length: int) -> _Part:
+        store = self.store
+        digest = _md5_of_range(self._fd, offset, length)
+        for attempt in range(1, store.corrupt_attempts + 1):
+            if self._aborted:
+                raise self._error_here("aborted", retryable=False)
+            try:
+                response = store.client.upload_part(Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
+                                                    PartNumber=number, Body=_FileRange(self._fd, offset, length),
+                                                    ContentLength=length, ContentMD5=_md5_header(digest))
+            except Exception as exc:
+                if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
+                    continue
+                raise self._named(_wrap(exc, f"uploading part {number} of {store.uri(self.key)} (UploadPart)")) \
+                    from exc
+            etag = _etag(response)
+            if not store.verify_etags or etag == digest.hex():
+                return _Part(number, f'"{etag}"', digest, length)
+            log.warning("part %d of %s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", number,
+                        store.uri(self.key), etag, digest.hex(), attempt, store.corrupt_attempts)
+        raise self._error_here(f"part {number} arrived corrupted {store.corrupt_attempts} times (ETag {etag}, our "
+                               f"MD5 {digest.hex()}): the network or store alters data; the run will be retried",
+                               retryable=True)
+
+    # --- shared --------------------------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+
+    def _join(self, timeout: float | None) -> bool:
+        """Wait for the upload's threads (also those started meanwhile); False if some still run."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                alive = [t for t in self._threads if t.is_alive() and t is not threading.current_thread()]
+            if not alive:
+                return True
+            for thread in alive:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
+                return not any(t.is_alive() for t in alive)
+
+    def _abort_quietly(self, upload_id: str, original: BaseException | None) -> None:
+        try:
+            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
+        except Exception as exc:  # noqa: BLE001 - the original failure matters more
+            if _code(exc) == "NoSuchUpload":
+                return
+            text = (f"cleanup: could not abort multipart upload of {self.store.uri(self.key)} "
+                    f"({type(exc).__name__}: {exc}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
+                    "or the next archive of this key removes its parts")
+            log.warning(text)
+            _note(original, text)
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and not any(t.is_alive() for t in self._threads):
+            os.close(fd)
+        elif fd is not None:
+            self._fd = fd  # a thread still reads it; it is closed with the process
+
+    def _too_big(self, size: int) -> UploadError:
+        plan = self.plan
+        if plan.equal and plan.capacity < MAX_OBJECT_SIZE:
+            estimate = f"{plan.expected_size:,} bytes" if plan.expected_size else "none"
+            return self._error_here(
+                f"the stream passed {plan.capacity:,} bytes, all that {plan.max_parts:,} equal parts of "
+                f"{plan.first:,} bytes can hold (estimate: {estimate}); raise the store's part_size, give a "
+                "better size estimate, or turn off equal_parts if the store accepts parts of different sizes",
+                retryable=False)
+        return self._error_here(f"the stream passed {size:,} bytes, more than S3's object limit of "
+                                f"{MAX_OBJECT_SIZE:,} bytes; split the day or use a smaller key range",
+                                retryable=False)
+
+    def _error_here(self, message: str, *, retryable: bool) -> UploadError:
+        return self._named(UploadError(f"{self.store.uri(self.key)}: {message}", retryable=retryable))
+
+    def _named(self, error: ArchiveError) -> ArchiveError:
+        """Attach the table and day the upload is for (from its metadata) to ``error``."""
+        if isinstance(error, ArchiveError):
+            error.table = error.table or self.table
+            error.day = error.day or self.day
+        return error
+
+
+def _server_time(response: dict) -> dt.datetime:
+    """The store's clock from a response's Date header (our clock if it has none)."""
+    import email.utils
+
+    header = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return email.utils.parsedate_to_datetime(header) if header else dt.datetime.now(dt.UTC)
+    except (TypeError, ValueError):
+        return dt.datetime.now(dt.UTC)
+
+
+__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "DownloadError", "Downloaded",
+           "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata", "plan_parts"]

@@ -1,22 +1,40 @@
-"""Check a stored archive against what was recorded when it was written.
+"""Check a stored archive: against its manifest (light), and against the source rows (deep).
 
-The quick check costs two requests (HEAD of the object, GET of the manifest); the deep check
-downloads the object to a temp file, hashes it and counts its rows with the same tools a reader
-would use, in bounded memory.
+The light check costs two requests (HEAD of the object, GET of the manifest). The deep check is
+the proof a user runs before letting the source go: it downloads the object, checks its size,
+MD5 and SHA-256, loads its rows back into PostgreSQL (a temporary table with the recorded column
+types, in the source database or in a scratch database the user names — a hot standby allows no
+temporary tables) and compares the content fingerprint of the loaded rows with the manifest's and
+with the source's. It names the first difference it finds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import contextlib
 import io
-import json
+import itertools
+from collections.abc import Sequence
 
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from psycopg import sql
 
-from archive_pipeline.manifest import manifest_key
+from archive_pipeline import fingerprint, keys
+from archive_pipeline.config import TableSpec
+from archive_pipeline.discovery import source_table
+from archive_pipeline.errors import ArchiveError
+from archive_pipeline.manifest import ManifestError, decode_manifest
 from archive_pipeline.sink import temp_archive_file
+from archive_pipeline.source import Column, describe_table, day_filter
 from archive_pipeline.store import S3Store
+
+__all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
+           "verify_archive"]
+
+_temp_names = itertools.count()
 
 
 def _open_decompressed(path: str, compression: str, fmt: str):
@@ -47,14 +65,11 @@ def count_rows(path: str, fmt: str, compression: str) -> int:
 
 
 def load_manifest(store: S3Store, key: str) -> dict | None:
-    """The manifest beside ``key``; None if there is none, ValueError if it is not a manifest."""
-    raw = store.get_bytes_or_none(manifest_key(key))
-    if raw is None:
-        return None
-    manifest = json.loads(raw)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("object"), dict):
-        raise ValueError("not a JSON object with an 'object' entry")
-    return manifest
+    """The manifest beside the data key ``key``; None if there is none, :class:`ManifestError` (a
+    ValueError) if it is not a manifest, was altered, or arrived damaged."""
+    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
+    raw = getter(keys.manifest_key(key))
+    return None if raw is None else decode_manifest(raw)
 
 
 def stored_object_problems(head: dict, manifest: dict) -> list[str]:
@@ -70,45 +85,191 @@ def stored_object_problems(head: dict, manifest: dict) -> list[str]:
 
 def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = False) -> list[str]:
     """What differs between the stored archive and ``expected`` (``bytes``, ``md5``, ``rows``,
-    ``format``, ``compression``); an empty list means it is intact."""
-    head = store.head(key)
-    if head is None:
-        return [f"object {store.uri(key)} is missing"]
-    problems: list[str] = []
+    ``format``, ``compression``, optionally ``fingerprint``); an empty list means it is intact.
+
+    ``key`` is the rendered key of the day; the data object is the one the manifest names.
+    """
     try:
         manifest = load_manifest(store, key)
-    except ValueError as exc:
-        manifest = None
-        problems.append(f"manifest unreadable: {exc}")
+    except ManifestError as exc:
+        return [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
     if manifest is None:
-        if not problems:
-            problems.append(f"manifest {manifest_key(key)} is missing")
-        if head["ContentLength"] != expected["bytes"]:
-            problems.append(f"size: recorded {expected['bytes']:,} bytes, stored {head['ContentLength']:,}")
-    else:
-        obj = manifest["object"]
-        for field, value in (("md5", obj.get("md5")), ("bytes", obj.get("bytes")), ("rows", manifest.get("rows"))):
-            if value != expected[field]:
-                problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")
-        problems += stored_object_problems(head, manifest)
+        return [f"manifest {keys.manifest_key(key)} is missing"]
+    problems = []
+    obj = manifest.get("object") or {}
+    recorded = {"md5": obj.get("md5", ""), "bytes": obj.get("bytes", 0), "rows": manifest.get("rows")}
+    if "fingerprint" in expected:
+        recorded["fingerprint"] = manifest.get("fingerprint")
+    for field, value in recorded.items():
+        if field in expected and value != expected[field]:
+            problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")
+    if manifest.get("empty"):
+        return problems
+    head = store.head(obj["key"])
+    if head is None:
+        return [*problems, f"object {store.uri(obj['key'])} is missing"]
+    problems += stored_object_problems(head, manifest)
     if deep and not problems:
-        problems += _deep(store, key, expected)
+        problems += _download_problems(store, manifest, expected)
     return problems
 
 
-def _deep(store: S3Store, key: str, expected: dict) -> list[str]:
-    problems = []
+def _download_problems(store: S3Store, manifest: dict, expected: dict) -> list[str]:
     with temp_archive_file(suffix=".verify") as sink:
-        body = store.client.get_object(Bucket=store.bucket, Key=key)["Body"]
-        for chunk in iter(lambda: body.read(1 << 20), b""):
-            sink.write(chunk)
-        if sink.md5 != expected["md5"]:
-            problems.append(f"md5: recorded {expected['md5']}, stored object hashes to {sink.md5}")
+        problems = _download(store, manifest, sink)
+        if problems:
             return problems
         try:
-            rows = count_rows(str(sink.path), expected["format"], expected["compression"])
+            rows = count_rows(str(sink.path), manifest["format"], manifest["compression"])
         except (pa.ArrowInvalid, OSError, io.UnsupportedOperation) as exc:
-            return [f"object does not decode as {expected['format']}/{expected['compression']}: {exc}"]
-        if rows != expected["rows"]:
-            problems.append(f"rows: recorded {expected['rows']:,}, object holds {rows:,}")
+            return [f"object does not decode as {manifest['format']}/{manifest['compression']}: {exc}"]
+        if rows != manifest["rows"]:
+            return [f"rows: recorded {manifest['rows']:,}, object holds {rows:,}"]
+    return []
+
+
+def _download(store: S3Store, manifest: dict, sink) -> list[str]:
+    """Stream the object into ``sink`` (a HashingFile) and compare size and digests with the manifest."""
+    obj = manifest["object"]
+    body = store.client.get_object(Bucket=store.bucket, Key=obj["key"])["Body"]
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        sink.write(chunk)
+    problems = []
+    if sink.size != obj["bytes"]:
+        problems.append(f"size: recorded {obj['bytes']:,} bytes, downloaded {sink.size:,}")
+    if sink.md5 != obj["md5"]:
+        problems.append(f"md5: recorded {obj['md5']}, stored object hashes to {sink.md5}")
+    if obj.get("sha256") and sink.sha256 != obj["sha256"]:
+        problems.append(f"sha256: recorded {obj['sha256']}, stored object hashes to {sink.sha256}")
     return problems
+
+
+def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> fingerprint.Fingerprint:
+    """The day's fingerprint in the source now (one snapshot)."""
+    with conn.transaction():
+        table = source_table(conn, spec, day)
+        return fingerprint.compute(conn, table.identifier, table.columns, day_filter(table, day))
+
+
+def source_changed(conn: psycopg.Connection, spec: TableSpec, day: dt.date, manifest: dict) -> str | None:
+    """Why the source's day no longer equals its archive, or None if it does."""
+    recorded = manifest.get("fingerprint")
+    if not recorded:
+        return "the manifest has no fingerprint (written by an older version): archive the day again to prove it"
+    now = source_fingerprint(conn, spec, day)
+    if str(now) == recorded:
+        return None
+    then = fingerprint.Fingerprint.parse(recorded)
+    if then.rows != now.rows:
+        return f"the source has {now.rows:,} rows for {day} now, the archive {then.rows:,}"
+    return f"the source's {now.rows:,} rows for {day} differ in content from the archive's (fingerprint {now} vs {then})"
+
+
+def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, *,
+                manifest: dict | None = None, scratch_conn: psycopg.Connection | None = None,
+                temp_dir: str | None = None) -> list[str]:
+    """Prove the archive of ``day`` holds exactly the source's rows; an empty list means proven.
+
+    Checks, in order: the manifest (present, untampered, with a fingerprint), the object (size,
+    MD5, SHA-256 of the downloaded bytes), the archived rows (loaded back, their fingerprint equal
+    to the manifest's) and the source (its fingerprint now equal to the archive's). A mismatch
+    names the first differing row. ``scratch_conn`` (a writable database with the same column
+    types) receives the archived rows when the source cannot (a hot standby); by default they go to
+    a temporary table on ``conn``.
+    """
+    key = keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
+                      day=day, fmt=spec.format, compression=spec.compression)
+    if manifest is None:
+        try:
+            manifest = load_manifest(store, key)
+        except ManifestError as exc:
+            return [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
+        if manifest is None:
+            return [f"{spec.name} {day} has no archive at {store.uri(key)}"]
+    if not manifest.get("fingerprint"):
+        return ["the manifest has no fingerprint (written by an older version): archive the day again "
+                "(overwrite) before proving it"]
+    if manifest.get("empty"):
+        changed = source_changed(conn, spec, day, manifest)
+        return [changed] if changed else []
+    if scratch_conn is None:
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            raise ArchiveError(f"deep verification of {spec.name} {day} reads the archive back into PostgreSQL, "
+                               "and a hot standby allows no temporary tables: name a writable scratch database "
+                               "(scratch DSN) with the same column types", table=spec.name, day=day.isoformat(),
+                               retryable=False)
+        scratch_conn = conn
+    with temp_archive_file(temp_dir, suffix=".verify") as sink:
+        problems = _download(store, manifest, sink)
+        if problems:
+            return problems
+        with scratch_conn.transaction():
+            temp, columns = _temp_table(scratch_conn, manifest)
+            _load(scratch_conn, str(sink.path), manifest, temp)
+            return _compare(conn, scratch_conn, spec, day, manifest, temp, columns)
+
+
+def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> None:
+    from archive_pipeline.restore import load_into  # the read path; imported here to keep verify light
+
+    try:
+        load_into(conn, path, manifest, target)
+    except (psycopg.Error, ValueError, pa.ArrowInvalid, OSError) as exc:
+        raise ArchiveError(f"the archive {manifest['object']['uri']} does not load back into its recorded column "
+                           f"types: {type(exc).__name__}: {exc}", table=manifest.get("table"),
+                           day=manifest.get("day"), retryable=False) from None
+
+
+def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, spec: TableSpec, day: dt.date, manifest: dict,
+             temp: sql.Composable, columns: Sequence[Column]) -> list[str]:
+    recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
+    loaded = fingerprint.compute(scratch, temp, columns)
+    problems = []
+    if loaded != recorded:
+        problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
+    with conn.transaction() if conn is not scratch else contextlib.nullcontext():
+        table = source_table(conn, spec, day)
+        where = day_filter(table, day)
+        now = fingerprint.compute(conn, table.identifier, table.columns, where)
+        if now != loaded:
+            problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
+            problems.append(_name_first_difference(conn, table.identifier, table.columns, where, scratch, temp,
+                                                   columns))
+    return problems
+
+
+def _fp_difference(a: fingerprint.Fingerprint, b: fingerprint.Fingerprint) -> str:
+    if a.rows != b.rows:
+        return f"{a.rows:,} rows against {b.rows:,}"
+    return f"the same {a.rows:,} rows in number but other content (fingerprint {a} against {b})"
+
+
+def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, temp_columns) -> str:
+    found = fingerprint.first_difference(fingerprint.row_hashes(conn, relation, rel_columns, where),
+                                         fingerprint.row_hashes(scratch, temp, temp_columns))
+    if found is None:
+        return "no single row differs (the row hashes agree; the difference is in the recorded fingerprint)"
+    side, value = found
+    rel, cols, db, filt = (relation, rel_columns, conn, where) if side == "left" else (temp, temp_columns, scratch, None)
+    query = sql.SQL("SELECT r::text FROM {rel} AS r WHERE {where} AND {h} = %s LIMIT 1").format(
+        rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r"))
+    with fingerprint.canonical_settings(db):
+        row = db.execute(query, (value,)).fetchone()
+    text = row[0] if row else "?"
+    if len(text) > 300:
+        text = text[:300] + "…"
+    where_from = "the source has a row the archive lacks" if side == "left" else "the archive has a row the source lacks"
+    return f"first difference: {where_from}: {text}"
+
+
+def _temp_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[Column]]:
+    """A temporary table with the manifest's column names and types, dropped at commit."""
+    name = f"archive_pipeline_verify_{next(_temp_names)}"
+    definition = manifest.get("table_definition") or {}
+    types = {c["name"]: c["type"] for c in definition.get("columns", [])}
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c["name"]),
+                                                      sql.SQL(types.get(c["name"], c["pg_type"])))
+                              for c in manifest["columns"])
+    conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), cols))
+    schema = conn.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = pg_my_temp_schema()").fetchone()[0]
+    return sql.Identifier(schema, name), describe_table(conn, f"{schema}.{name}", None).columns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import threading
 import uuid
 from decimal import Decimal
@@ -82,11 +83,17 @@ def test_special_text_survives_json_lines(conn, events, store, s3_client, bucket
     assert 'quote " back\\ nl\n ü' in notes
 
 
-def test_day_without_rows_is_an_empty_archive(conn, events, store, s3_client, bucket):
+def test_day_without_rows_is_an_empty_manifest_and_no_object(conn, events, store, s3_client, bucket):
     day = dt.date(2024, 3, 9)
     result = archive_partition(conn, events_spec(events), day, store)
-    assert result.rows == 0
-    assert decompress(download(s3_client, bucket, result.key), "zstd") == b""
+    assert (result.rows, result.empty, result.key) == (0, True, "")
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == [f"archive/{events}.events/2024/03/2024-03-09.jsonl.zst.manifest.json"]
+    manifest = json.loads(download(s3_client, bucket, keys[0]))
+    assert (manifest["empty"], manifest["rows"], manifest["object"]) == (True, 0, None)
+    assert manifest["fingerprint"] == "row-hash-sum-v1:0:0"
+    again = archive_partition(conn, events_spec(events), day, store)
+    assert again.skipped and again.empty
 
 
 def test_day_larger_than_a_part_uploads_in_several_parts(conn, schema, store, s3_client, bucket):
@@ -187,6 +194,7 @@ def test_errors_never_carry_the_password(pg, schema, store):
     leaky = LeakyStore(store.client, store.bucket)
     with psycopg.connect(secret_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE TABLE {}.nope (at date)").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("INSERT INTO {}.nope VALUES ('2024-03-10')").format(sql.Identifier(schema)))
         with pytest.raises(ArchiveError) as failure:
             archive_partition(conn, spec, dt.date(2024, 3, 10), leaky)
     assert "Sup3r-Secret" not in str(failure.value) and "could not reach" in str(failure.value)

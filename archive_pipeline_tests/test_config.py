@@ -123,3 +123,65 @@ def test_distinct_formats_or_schemas_do_not_collide():
 def test_key_ending_like_a_manifest_is_refused():
     with pytest.raises(ConfigError, match="ends like a manifest"):
         parse_table(key_template="{prefix}/{schema}.{table}/{date}.manifest.json")
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    ({"compression": "zstd", "compression_level": 23}, "23 is out of range for zstd (-7..22)"),
+    ({"compression": "zstd", "compression_level": -8}, "-8 is out of range for zstd (-7..22)"),
+    ({"compression": "gzip", "compression_level": 10}, "10 is out of range for gzip (0..9)"),
+    ({"compression": "lz4", "compression_level": 3}, "lz4 takes no level"),
+    ({"compression": "none", "compression_level": 1}, "none takes no level"),
+    ({"format": "parquet", "compression": "gzip", "compression_level": 0}, "out of range for gzip in parquet (1..9)"),
+    ({"format": "parquet", "compression": "lz4", "compression_level": 13}, "lz4 in parquet (1..12)"),
+    ({"format": "parquet", "compression": "snappy", "compression_level": 1}, "snappy in parquet takes no level"),
+])
+def test_compression_level_is_checked_per_codec(overrides, words):
+    with pytest.raises(ConfigError) as failure:
+        parse_table(**overrides)
+    assert "table 'public.events', setting 'compression_level'" in str(failure.value)
+    assert words in str(failure.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"compression": "zstd", "compression_level": -7}, {"compression": "zstd", "compression_level": 22},
+    {"compression": "gzip", "compression_level": 0}, {"format": "parquet", "compression": "lz4", "compression_level": 1},
+])
+def test_compression_levels_in_range_are_accepted(overrides):
+    assert parse_table(**overrides).tables[0].compression_level == overrides["compression_level"]
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ({"tables": [{**GOOD, "day_colum": "x"}]}, "table 'public.events', setting 'day_colum': unknown setting; "
+                                               "did you mean 'day_column'?"),
+    ({"tables": [{**GOOD, "partitioning": {"mdoe": "column"}}]}, "setting 'partitioning.mdoe': unknown setting; "
+                                                                 "did you mean 'mode'?"),
+    ({"retyr": {}, "tables": [GOOD]}, "setting 'retyr': unknown setting; did you mean 'retry'?"),
+    ({"sensor": {"lookback": 3}, "tables": [GOOD]}, "did you mean 'lookback_days'?"),
+    ({"tables": [{**GOOD, "zzz": 1}]}, "unknown setting; known settings: "),
+])
+def test_unknown_setting_suggests_the_nearest_name(raw, words):
+    with pytest.raises(ConfigError) as failure:
+        parse_config(raw)
+    assert words in str(failure.value)
+
+
+def test_impossible_date_in_the_yaml_file_names_file_table_and_setting(tmp_path):
+    path = tmp_path / "tables.yaml"
+    path.write_text("tables:\n  - name: public.events\n    day_column: created_at\n    start_date: 2024-13-01\n")
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    message = str(failure.value)
+    assert str(path) in message and "table 'public.events', setting 'start_date'" in message
+    assert "'2024-13-01'" in message and "YYYY-MM-DD" in message
+    path.write_text("tables:\n  - name: public.events\n    day_column: created_at\n    start_date: 2024-02-29\n")
+    assert str(load_config(path).tables[0].start_date) == "2024-02-29"  # real dates still parse
+
+
+def test_tables_whose_job_names_collide_are_refused():
+    with pytest.raises(ConfigError, match="would share the job name 'archive_a_b_c'"):
+        parse_config({"tables": [{**GOOD, "name": "a_b.c"}, {**GOOD, "name": "a.b_c"}]})
+
+
+def test_deep_check_is_a_table_setting():
+    assert parse_table(deep_check=True).tables[0].deep_check is True
+    assert parse_table().tables[0].deep_check is False

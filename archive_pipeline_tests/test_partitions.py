@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from psycopg import sql
@@ -116,7 +117,7 @@ def test_rerun_skips_a_matching_archive_and_overwrite_forces_it(conn, small, sto
 def test_late_rows_are_detected_not_ignored(conn, schema, small, store, s3_client, bucket):
     first = archive_partition(conn, small, D, store)
     conn.execute(sql.SQL("INSERT INTO {}.small VALUES (101, '2024-03-10')").format(sql.Identifier(schema)))
-    with pytest.raises(LateRowsError, match=r"has 101 rows now but its archive .* holds 100") as failure:
+    with pytest.raises(LateRowsError, match=r"has 101 rows now, the archive holds 100") as failure:
         archive_partition(conn, small, D, store)
     assert failure.value.retryable is False
     assert s3_client.head_object(Bucket=bucket, Key=first.key)["ContentLength"] == first.bytes  # untouched
@@ -127,14 +128,22 @@ def test_a_damaged_archive_is_written_again(conn, small, store, s3_client, bucke
     first = archive_partition(conn, small, D, store)
     s3_client.put_object(Bucket=bucket, Key=first.key, Body=b"truncated")
     again = archive_partition(conn, small, D, store)
-    assert not again.skipped and download(s3_client, bucket, first.key) != b"truncated"
+    assert not again.skipped and again.generation == 2 and again.key != first.key
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == sorted([again.key, again.manifest_key])  # the damaged generation is gone
+    assert archive_partition(conn, small, D, store).skipped
 
 
 def test_two_runs_never_archive_the_same_day_at_once(pg, conn, small, store, s3_client, bucket):
     with pg.connect() as other:
         other.execute("SELECT pg_advisory_lock(hashtext(%s), %s)", (f"archive_pipeline:{small.name}", D.toordinal()))
-        with pytest.raises(ArchiveError, match="being archived by another run") as failure:
+        with pytest.raises(ArchiveError, match="being archived or removed by another run") as failure:
             archive_partition(conn, small, D, store)
         assert failure.value.retryable is True
         assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
-    assert archive_partition(conn, small, D, store).rows == 100  # the lock went with the other session
+    # The lock goes with the other session, once its backend has exited (closing does not wait for that).
+    deadline = time.monotonic() + 10
+    while conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert archive_partition(conn, small, D, store).rows == 100

@@ -64,7 +64,7 @@ QUERY = """
     assetKey { path }
     isPartitioned
     partitionDefinition { type description }
-    assetChecksOrError { ... on AssetChecks { checks { name } } }
+    assetChecksOrError { ... on AssetChecks { checks { name jobNames blocking partitionDefinition { type } } } }
   }
   workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError {
     __typename
@@ -117,11 +117,37 @@ def test_webserver_shows_assets_partitions_schedules_sensor_and_checks(three_tab
     for node in assets.values():
         assert node["isPartitioned"] and node["partitionDefinition"]["type"] == "TIME_WINDOW"
         assert "2024-03-01" in node["partitionDefinition"]["description"]
-        assert {c["name"] for c in node["assetChecksOrError"]["checks"]} == {"archive_intact", "latest_archive_intact"}
+        checks = {c["name"]: c for c in node["assetChecksOrError"]["checks"]}
+        assert set(checks) == {"archive_intact", "latest_archive_intact", "source_unchanged"}
+        # archive_intact is per day; the on-demand checks are in no archive job, only where asked for.
+        assert checks["archive_intact"]["partitionDefinition"]["type"] == "TIME_WINDOW"
+        table = node["assetKey"]["path"][-1]
+        for name, check in checks.items():
+            assert f"archive_{schema}_{table}" not in check["jobNames"], (name, check["jobNames"])
+        assert "verify_archives" in checks["latest_archive_intact"]["jobNames"]
     assert {s["name"] for s in repo["schedules"]} == {f"archive_{schema}_{t}_daily" for t in ("events", "legacy", "orders")}
     assert {s["cronSchedule"] for s in repo["schedules"]} == {"0 1 * * *"}
     assert [s["name"] for s in repo["sensors"]] == ["archive_new_days"]
     assert "verify_archives" in {j["name"] for j in repo["jobs"]}
+
+
+def _validate(env: dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    return out.stdout + out.stderr
+
+
+def test_definitions_validate_names_file_table_setting_and_variable(three_tables, tmp_path):
+    """Bad configuration fails `dagster definitions validate` with our message, not a bare ValueError."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("tables:\n  - name: public.events\n    day_column: created_at\n    start_date: 2024-13-01\n")
+    output = _validate({**three_tables, "ARCHIVE_PIPELINE_CONFIG": str(config)})
+    assert f"invalid archive configuration in {config}" in output
+    assert "table 'public.events', setting 'start_date'" in output and "'2024-13-01'" in output
+    env = {k: v for k, v in three_tables.items() if k != "ARCHIVE_S3_BUCKET"}
+    output = _validate(env)
+    assert "ARCHIVE_S3_BUCKET: the bucket the archives are written to" in output
 
 
 LAUNCH = """
@@ -133,6 +159,10 @@ mutation($params: LaunchBackfillParams!) {
     ... on InvalidSubsetError { message }
   }
 }
+"""
+CHECK_STATUS = """
+{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name
+    partitionStatuses { ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } } } } } } } }
 """
 RUNS = """
 query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
@@ -157,6 +187,7 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
     env = {**os.environ, "ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
            "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "DAGSTER_HOME": str(home)}
     with dagster_server(["dagster", "dev"], env) as port:
+        port_for_checks = port
         params = {"partitionsByAssets": [
             {"assetKey": {"path": ["archive", schema, table]},
              "partitions": {"range": {"start": days[0].isoformat(), "end": days[-1].isoformat()}}}
@@ -170,6 +201,7 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
             if len(finished) == 6 or time.monotonic() > deadline:
                 break
             time.sleep(2)
+        statuses = _graphql(port_for_checks, CHECK_STATUS)["data"]["assetNodes"]
     assert [r["status"] for r in runs] == ["SUCCESS"] * 6
     partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
     assert partitions == sorted([d.isoformat() for d in days] * 2)
@@ -178,3 +210,9 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
         assert f"{schema}.events/2024/03/{day}.jsonl.zst" in keys
         assert f"{schema}.orders/2024/03/{day}.csv.zst.manifest.json" in keys
     assert len(keys) == 12  # 2 tables x 3 days x (object + manifest)
+    # Each day's integrity check, as the UI's partition bar for the check reads it.
+    for node in statuses:
+        checks = {c["name"]: c for c in node["assetChecksOrError"]["checks"]}
+        ranges = checks["archive_intact"]["partitionStatuses"]["ranges"]
+        assert [(r["startKey"], r["endKey"], r["status"]) for r in ranges] == [
+            (days[0].isoformat(), days[-1].isoformat(), "SUCCEEDED")], node["assetKey"]

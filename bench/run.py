@@ -11,7 +11,9 @@ Limits (each timed as a whole command; limits and archiver runs interleaved, med
   psql_zstd  psql -c "\\copy (<day>) TO STDOUT csv" | zstd -3 > file
 Columns: tail = seconds after the last row was read (remaining parts, the store's CompleteMultipartUpload,
 HEAD check, manifest); wait = the part of it spent waiting for parts still in flight; RSS+MB = peak RSS
-above the RSS after imports.
+above the RSS after imports; fprint = the content fingerprint computed in the archive's snapshot (fp/wall:
+what it adds to the archive's wall time without it); skip = a re-run that finds the archive identical
+(the source's fingerprint now vs the manifest's; skip/wall: against archiving the day).
 Archiver runs go through archive_partition (the code the Dagster asset runs): extract, format,
 compress, MD5/SHA-256, multipart upload to the local S3 endpoint (moto, another process) and the
 manifest, each in a fresh process so its peak RSS above its RSS after imports can be read.
@@ -69,11 +71,18 @@ def child(args: argparse.Namespace) -> None:
         result = archive_partition(conn, spec, dt.date.fromisoformat(args.day), S3Store(client, BUCKET, prefix="bench"),
                                    overwrite=True)
         wall = time.perf_counter() - started
+        # The re-run skip check: the source's fingerprint now against the manifest's, nothing uploaded.
+        skip_started = time.perf_counter()
+        skipped = archive_partition(conn, spec, dt.date.fromisoformat(args.day),
+                                    S3Store(client, BUCKET, prefix="bench"))
+        skip = time.perf_counter() - skip_started
+        assert skipped.skipped
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rows": result.rows, "bytes": result.bytes, "raw": result.uncompressed_bytes, "wall": wall,
                       "extract": result.extract_seconds, "tail": result.duration_seconds - result.extract_seconds,
                       "wait": result.upload_wait_seconds, "complete": result.complete_seconds,
-                      "rss_after_imports": after_imports, "peak_rss": peak, "parts": result.parts}))
+                      "rss_after_imports": after_imports, "peak_rss": peak, "parts": result.parts,
+                      "fingerprint": result.fingerprint_seconds, "skip": skip}))
 
 
 def _time(cmd: str) -> float:
@@ -126,7 +135,8 @@ def _print_table(rows_per_day: int, limits: dict[str, float], results: dict[str,
     for name, seconds in limits.items():
         print(f"  limit {name:<10} {seconds:6.2f} s  {rows_per_day / seconds:>12,.0f} rows/s")
     header = (f"  {'format':<8} {'rows/s':>11} {'MB/s':>7} {'size MB':>8} {'wall s':>7} {'tail s':>7} "
-              f"{'wait s':>6} {'RSS+MB':>7} {'vs limit':>16} {'vs psql|zstd':>13} {'vs COPY bin':>12}")
+              f"{'wait s':>6} {'RSS+MB':>7} {'vs limit':>16} {'vs psql|zstd':>13} {'vs COPY bin':>12} "
+              f"{'fprint s':>8} {'fp/wall':>7} {'skip s':>7} {'skip/wall':>9}")
     print(header)
     for fmt, r in results.items():
         limit_name, limit_seconds = limit_for[fmt]
@@ -134,7 +144,8 @@ def _print_table(rows_per_day: int, limits: dict[str, float], results: dict[str,
               f"{r['bytes'] / 1e6:>8.1f} {r['wall']:>7.2f} {r['tail']:>7.2f} {r['wait']:>6.2f} "
               f"{r['rss_above_imports']:>7.1f} "
               f"{limit_seconds / r['wall']:>6.2f}x {limit_name:<9} {limits['psql_zstd'] / r['wall']:>12.2f}x "
-              f"{limits['copy_bin'] / r['wall']:>11.2f}x")
+              f"{limits['copy_bin'] / r['wall']:>11.2f}x {r['fingerprint']:>8.2f} "
+              f"{r['fingerprint'] / (r['wall'] - r['fingerprint']):>6.0%} {r['skip']:>7.2f} {r['skip'] / r['wall']:>8.2f}x")
 
 
 def main() -> None:

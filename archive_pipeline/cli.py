@@ -1,0 +1,561 @@
+"""``archive-pipeline``: the work people do outside Dagster, over the same core and configuration.
+
+Same YAML file (``--config`` or ``$ARCHIVE_PIPELINE_CONFIG``) and environment variables as the code
+location (``ARCHIVE_PG_DSN``, ``ARCHIVE_S3_*``). No Dagster import.
+
+Exit codes: 0 ok; 1 a check or comparison found differences, or a day failed; 2 usage or
+configuration error; 3 the source database or the object store cannot be reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import psycopg
+from botocore.exceptions import BotoCoreError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archive_pipeline import plan
+from archive_pipeline.config import ArchiveConfig, ConfigError, TableSpec, load_config
+from archive_pipeline.discovery import existing_days
+from archive_pipeline.environment import (
+    DSN_VAR,
+    UnreachableError,
+    connect_source,
+    dsn_password,
+    session_settings,
+    store_from_env,
+)
+from archive_pipeline.errors import ArchiveError, redact
+from archive_pipeline.store import S3Store
+from archive_pipeline.verify import deep_verify, verify_archive
+
+EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Failed(Exception):
+    """A command finished but found differences or failed days (exit code 1)."""
+
+
+@dataclass
+class Run:
+    """What every command shares: the configuration, the chosen tables and days, the output mode."""
+
+    config: ArchiveConfig
+    tables: list[TableSpec]
+    first: dt.date | None
+    last: dt.date | None
+    as_json: bool
+    out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200))
+    err: Console = field(default_factory=lambda: Console(stderr=True))
+    _conn: psycopg.Connection | None = None
+    _store: S3Store | None = None
+
+    def days(self, spec: TableSpec) -> list[dt.date]:
+        days = plan.select_days(spec, self.first, self.last)
+        if not days and (self.first or self.last):
+            self.err.print(f"{spec.name}: no day of the table in the selection (its first day, start_date, is "
+                           f"{spec.start_date})", markup=False)
+        return days
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None:
+            self._conn = connect_source()
+        return self._conn
+
+    @property
+    def store(self) -> S3Store:
+        if self._store is None:
+            self._store = store_from_env()
+        return self._store
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def emit(self, payload: dict[str, Any], render: Callable[[], None]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(payload, indent=2, default=str, ensure_ascii=False))
+        else:
+            render()
+
+
+def _date(value: dt.datetime | None) -> dt.date | None:
+    return value.date() if value else None
+
+
+def _password() -> str | None:
+    return dsn_password(os.environ.get(DSN_VAR, ""))
+
+
+def _fail(as_json: bool, code: int, message: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message}, indent=2))
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def command(fn: Callable[..., None]) -> Callable[..., None]:
+    """The options every command takes, and one place that turns errors into exit codes."""
+    day = click.DateTime(formats=["%Y-%m-%d"])
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="ARCHIVE_PIPELINE_CONFIG",
+                  help="table list (default $ARCHIVE_PIPELINE_CONFIG, else ./archive_tables.yaml)")
+    @click.option("--table", "-t", "table_names", multiple=True, metavar="SCHEMA.TABLE",
+                  help="a configured table (repeatable; default: all)")
+    @click.option("--day", type=day, metavar="YYYY-MM-DD", help="one UTC day, e.g. 2024-03-10")
+    @click.option("--from", "first", type=day, metavar="YYYY-MM-DD",
+                  help="first day of a range (default: the table's start_date)")
+    @click.option("--to", "last", type=day, metavar="YYYY-MM-DD", help="last day of a range (default: yesterday, UTC)")
+    @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+    @functools.wraps(fn)
+    def wrapper(config_path, table_names, day, first, last, as_json, **kwargs):
+        if day and (first or last):
+            raise click.UsageError("give either --day or --from/--to, not both")
+        first, last = (_date(day), _date(day)) if day else (_date(first), _date(last))
+        if first and last and first > last:
+            raise click.UsageError(f"--from {first} is after --to {last}")
+        today = dt.datetime.now(dt.UTC).date()
+        if (last or first) and (last or first) >= today:
+            raise click.UsageError(f"{last or first} is today or later (UTC): a day is archived once it has "
+                                   f"ended; the last complete day is {today - dt.timedelta(days=1)}")
+        run = None
+        try:
+            config = load_config(config_path)
+            by_name = {spec.name: spec for spec in config.tables}
+            unknown = [name for name in table_names if name not in by_name]
+            if unknown:
+                raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
+                                       f"{sorted(by_name)}")
+            tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
+            run = Run(config, tables, first, last, as_json)
+            fn(run, **kwargs)
+        except click.ClickException:
+            raise
+        except Failed as exc:
+            if str(exc):
+                click.echo(str(exc), err=True)
+            sys.exit(EXIT_DIFFERENCES)
+        except ConfigError as exc:
+            _fail(as_json, EXIT_USAGE, str(exc))
+        except UnreachableError as exc:
+            _fail(as_json, EXIT_UNREACHABLE, str(exc))
+        except psycopg.OperationalError as exc:
+            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), _password()))
+        except BotoCoreError as exc:
+            _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
+                  "$ARCHIVE_S3_ENDPOINT_URL and the network")
+        except (ArchiveError, psycopg.Error) as exc:
+            _fail(as_json, EXIT_DIFFERENCES, redact(str(exc), _password()))
+        finally:
+            if run is not None:
+                run.close()
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Archive date-partitioned PostgreSQL tables to S3: list, archive, verify, compare, restore, prune.
+
+    Reads the same YAML table list and ARCHIVE_PG_DSN / ARCHIVE_S3_* variables as the Dagster code
+    location. Exit codes: 0 ok, 1 differences found or a day failed, 2 usage or configuration error,
+    3 source database or object store unreachable.
+    """
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _num(n: int | None) -> str:
+    return "" if n is None else f"{n:,}"
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in columns:
+        table.add_column(name, justify="right" if name in ("rows", "bytes", "est. rows", "est. bytes", "inserted",
+                                                           "source rows", "archive rows", "seconds") else "left",
+                         no_wrap=True)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command("list")
+@click.option("--check-source", is_flag=True, help="fingerprint each archived day in PostgreSQL to find days "
+              "changed since they were archived (scans every archived day)")
+@command
+def list_days(run: Run, check_source: bool) -> None:
+    """Per table and day: archived, missing, empty or changed; rows, bytes and when.
+
+    Exits 1 when --check-source finds a changed day or a manifest is unreadable."""
+    statuses = [s for spec in run.tables
+                for s in plan.day_statuses(run.conn, spec, run.store, run.days(spec), check_source=check_source)]
+    summary = {spec.name: {state: sum(1 for s in statuses if s.table == spec.name and s.state == state)
+                           for state in plan.STATES} for spec in run.tables}
+
+    def render() -> None:
+        table = _table("table", "day", "state", "rows", "bytes", "archived at", "key", "note")
+        for s in statuses:
+            style = {"missing": "yellow", "changed": "red", "unreadable": "red"}.get(s.state)
+            table.add_row(s.table, s.day.isoformat(), f"[{style}]{s.state}[/]" if style else s.state, _num(s.rows),
+                          _size(s.bytes), (s.archived_at or "")[:19], s.key, s.note)
+        run.out.print(table)
+        for name, counts in summary.items():
+            run.out.print(f"{name}: " + (", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no days"))
+
+    bad = any(s.state in ("changed", "unreadable") for s in statuses)
+    run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary}, render)
+    if bad:
+        raise Failed()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(run: Run) -> Iterator[Progress | None]:
+    if run.as_json or not run.err.is_terminal:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:>12,.0f} rows"), TextColumn("{task.fields[size]:>10}"),
+                  TextColumn("{task.fields[rate]:>14}"), TimeElapsedColumn(), console=run.err,
+                  transient=True) as progress:
+        yield progress
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="print the plan (days, keys, estimated rows and bytes, skips); "
+              "write nothing")
+@click.option("--overwrite", is_flag=True, help="archive again even where an identical archive exists")
+@command
+def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
+    """Archive one day (--day) or a range (--from/--to) of the chosen tables.
+
+    Days without data in PostgreSQL are reported and left alone. Exits 1 when a day fails (the
+    others still run) or, with --dry-run, never."""
+    if dry_run:
+        _archive_plan(run, overwrite)
+        return
+    results: list[dict[str, Any]] = []
+    settings = session_settings(run.config.source)
+    with _progress(run) as progress:
+        for spec in run.tables:
+            days = run.days(spec)
+            present = set(existing_days(run.conn, spec, days)) if days else set()
+            for day in days:
+                if day not in present:
+                    results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
+                                    "message": "no data for this day in PostgreSQL"})
+                    continue
+                results.append(_archive_day(run, spec, day, settings, overwrite, progress))
+    failed = [r for r in results if r["status"] == "failed"]
+
+    def render() -> None:
+        table = _table("table", "day", "status", "rows", "bytes", "seconds", "key / message")
+        for r in results:
+            style = {"failed": "red", "no-data": "dim"}.get(r["status"])
+            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+                          _num(r.get("rows")), _size(r.get("bytes")),
+                          f"{r['seconds']:.2f}" if "seconds" in r else "",
+                          r.get("key") or ("see below" if r["status"] == "failed" else r.get("message") or ""))
+        run.out.print(table)
+        for r in failed:
+            run.out.print(f"{r['table']} {r['day']} failed: {r['message']}", markup=False, soft_wrap=True)
+
+    run.emit({"ok": not failed, "days": results}, render)
+    if failed:
+        raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and run the same command again "
+                     "(archived days are skipped)")
+
+
+def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, str], overwrite: bool,
+                 progress: Progress | None) -> dict[str, Any]:
+    from archive_pipeline.archive import archive_partition
+
+    task = None
+    started = time.monotonic()
+
+    def report(rows: int, size: int) -> None:
+        if progress is not None and task is not None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            progress.update(task, completed=rows, size=_size(size), rate=f"{rows / elapsed:,.0f} rows/s")
+
+    if progress is not None:  # a bar with an end where the catalog knows the day's size for free
+        estimate = plan.catalog_estimate(run.conn, spec, day)
+        task = progress.add_task(f"{spec.name} {day}", total=estimate.rows if estimate and estimate.rows else None,
+                                 size="", rate="")
+    try:
+        result = archive_partition(run.conn, spec, day, run.store, progress=report, progress_every=0.5,
+                                   session_settings=settings, overwrite=overwrite or None)
+    except ArchiveError as exc:
+        if run.conn.closed:  # the connection itself went: the next day would fail the same way
+            raise UnreachableError(f"lost the source database while archiving {spec.name} {day}: {exc}") from None
+        return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": str(exc),
+                "retryable": exc.retryable}
+    finally:
+        if progress is not None and task is not None:
+            progress.remove_task(task)
+    return {"table": spec.name, "day": day.isoformat(), "status": "skipped" if result.skipped else "archived",
+            "key": result.key or None, "uri": result.uri or None, "empty": result.empty,
+            "message": "empty day: a manifest and no object" if result.empty else "",
+            "rows": result.rows, "bytes": result.bytes,
+            "md5": result.md5, "seconds": round(result.duration_seconds, 3)}
+
+
+def _archive_plan(run: Run, overwrite: bool) -> None:
+    planned = [p for spec in run.tables
+               for p in plan.plan_archive(run.conn, spec, run.store, run.days(spec),
+                                          overwrite=overwrite or spec.overwrite)]
+    totals = {action: sum(1 for p in planned if p.action == action)
+              for action in ("archive", "overwrite", "skip", "refuse", "no-data")}
+    work = [p for p in planned if p.action in ("archive", "overwrite") and p.estimate]
+    est_rows, est_bytes = sum(p.estimate.rows for p in work), sum(p.estimate.bytes for p in work)
+
+    def render() -> None:
+        table = _table("table", "day", "action", "est. rows", "est. bytes", "estimate", "key", "reason")
+        for p in planned:
+            style = {"refuse": "red", "skip": "dim", "no-data": "dim"}.get(p.action)
+            est = p.estimate
+            table.add_row(p.table, p.day.isoformat(), f"[{style}]{p.action}[/]" if style else p.action,
+                          _num(est and est.rows), _size(est and est.bytes), est.method if est else "", p.key,
+                          "see below" if p.action == "refuse" else p.reason)
+        run.out.print(table)
+        for p in planned:
+            if p.action == "refuse":
+                run.out.print(f"{p.table} {p.day} would be refused: {p.reason}", markup=False, soft_wrap=True)
+        run.out.print(f"dry run, nothing written: {totals['archive'] + totals['overwrite']} day(s) to archive "
+                      f"(~{est_rows:,} rows, ~{_size(est_bytes)} in PostgreSQL), {totals['skip']} identical, "
+                      f"{totals['refuse']} refused (changed since archived), {totals['no-data']} without data")
+
+    run.emit({"ok": True, "dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
+              "estimated_rows": est_rows, "estimated_bytes": est_bytes}, render)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--download", is_flag=True, help="also download each object and check its size, MD5 and SHA-256")
+@click.option("--deep", is_flag=True, help="also load each archive back into a temporary table and prove it equals "
+              "the manifest's and the source's rows (content fingerprint); names the first differing row")
+@command
+def verify(run: Run, download: bool, deep: bool) -> None:
+    """Check each archived day: the stored object against its manifest (size, ETag; --download: MD5 and
+    SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem."""
+    results = []
+    for spec in run.tables:
+        for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
+            if found.problem:
+                results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
+                                "problems": [found.problem]})
+                continue
+            archived = found.archived
+            if archived is None:
+                continue
+            problems = verify_archive(run.store, found.key, archived.expected, deep=download)
+            if deep and not problems:
+                problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest)
+            results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
+                            "ok": not problems, "problems": problems,
+                            "checked": "deep" if deep else "download" if download else "light"})
+    bad = [r for r in results if not r["ok"]]
+
+    def render() -> None:
+        table = _table("table", "day", "result", "key")
+        for r in results:
+            table.add_row(r["table"], r["day"], "[green]ok[/]" if r["ok"] else "[red]FAILED[/]", r["key"])
+        run.out.print(table)
+        for r in bad:
+            for problem in r["problems"]:
+                run.out.print(f"{r['table']} {r['day']}: {problem}", markup=False, soft_wrap=True)
+        what = " against the source" if deep else " (downloaded)" if download else ""
+        run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
+
+    run.emit({"ok": not bad, "days": results}, render)
+    if bad:
+        raise Failed()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--rows", "show_rows", is_flag=True, help="for days that differ, name the rows that differ")
+@command
+def compare(run: Run, show_rows: bool) -> None:
+    """Source against archive per day: row counts and content fingerprints.
+
+    Exits 1 when a day differs, is not archived, or has an unreadable manifest."""
+    results = [c for spec in run.tables for c in plan.compare_days(run.conn, spec, run.store, run.days(spec))]
+    details: dict[tuple[str, str], list[str]] = {}
+    if show_rows:
+        specs = {spec.name: spec for spec in run.tables}
+        for c in results:
+            if c.result == "differs":
+                manifest = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived.manifest
+                details[(c.table, c.day.isoformat())] = deep_verify(run.conn, run.store, specs[c.table], c.day,
+                                                                   manifest=manifest)
+    differing = [c for c in results if c.differs]
+
+    def render() -> None:
+        table = _table("table", "day", "result", "source rows", "archive rows", "source fingerprint",
+                       "archive fingerprint", "note")
+        for c in results:
+            style = "green" if c.result == "equal" else "red" if c.differs else "dim"
+            table.add_row(c.table, c.day.isoformat(), f"[{style}]{c.result}[/]", _num(c.source_rows),
+                          _num(c.archive_rows), _short(c.source_fingerprint), _short(c.archive_fingerprint), c.note)
+        run.out.print(table)
+        for (name, day), lines in details.items():
+            run.out.print(f"{name} {day}:")
+            for line in lines:
+                run.out.print(f"  {line}", markup=False, soft_wrap=True)
+        run.out.print(f"{len(results)} day(s) compared, {len(differing)} differ")
+
+    payload = [c.as_dict() | ({"differences": details[(c.table, c.day.isoformat())]}
+                              if (c.table, c.day.isoformat()) in details else {}) for c in results]
+    run.emit({"ok": not differing, "days": payload}, render)
+    if differing:
+        raise Failed()
+
+
+def _short(fp: str | None) -> str:
+    """``row-hash-sum-v1:20000:-1234…`` shortened to its count and the hash sum's last digits."""
+    if not fp:
+        return ""
+    _, rows, total = fp.rsplit(":", 2)
+    return f"{int(rows):,}:…{total[-8:]}"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--into", type=click.Choice(["new", "existing", "original"]), default="new", show_default=True,
+              help="new: create --target from the manifest's table definition; existing: load into --target as it "
+              "is; original: back into the archived table, re-creating a dropped partition")
+@click.option("--target", metavar="SCHEMA.TABLE", help="the table to restore into (needed for new and existing)")
+@click.option("--on-conflict", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="a restored row whose key already exists: abort the day, or leave the existing row")
+@command
+def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
+    """Load archived days back into PostgreSQL, each day in one transaction that is rolled back unless
+    the restored rows have the manifest's content fingerprint (archive_pipeline.restore).
+
+    Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
+    listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
+    from archive_pipeline.restore import restore_days
+
+    if run.first is None and run.last is None:
+        raise click.UsageError("restore needs --day or --from/--to (it never restores every day by default)")
+    if into != "original" and not target:
+        raise click.UsageError(f"--into {into} needs --target schema.table")
+    if target and len(run.tables) > 1:
+        raise click.UsageError("--target takes one table: pick it with --table")
+    results, missing = [], []
+    for spec in run.tables:
+        days = run.days(spec)
+        if not days:
+            continue
+        done = restore_days(run.conn, run.store, spec, days[0], days[-1], into=into, target=target,
+                            on_conflict=on_conflict)
+        results += done.results
+        missing += [(spec.name, day) for day in done.missing]
+
+    def render() -> None:
+        table = _table("table", "day", "target", "rows", "inserted", "seconds", "check")
+        for r in results:
+            table.add_row(r.table, r.day, r.target, _num(r.rows), _num(r.inserted), f"{r.seconds:.2f}", r.check)
+        if results:
+            run.out.print(table)
+        created = sorted({name for r in results for name in r.created})
+        if created:
+            run.out.print(f"created: {', '.join(created)}")
+        if missing:
+            run.out.print("no archive for: " + ", ".join(f"{name} {day}" for name, day in missing))
+
+    run.emit({"ok": not missing, "days": [dataclasses.asdict(r) for r in results],
+              "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}, render)
+    if missing:
+        raise Failed("some requested days have no archive (see `archive-pipeline list`)")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="prove each due day and list what would be removed; remove nothing")
+@command
+def prune(run: Run, dry_run: bool) -> None:
+    """Remove days older than each table's retention window from PostgreSQL, each only after its archive
+    passes the deep verification and a fingerprint re-check in the removing transaction
+    (archive_pipeline.lifecycle). Tables without a retention setting are left alone.
+
+    Exits 1 when a due day is refused (not archived, not proven, or changed)."""
+    from archive_pipeline.lifecycle import RemovalRefused, due_days, remove_day
+
+    today = dt.datetime.now(dt.UTC).date()
+    results: list[dict[str, Any]] = []
+    skipped = [spec.name for spec in run.tables if spec.retention is None]
+    for spec in run.tables:
+        if spec.retention is None:
+            continue
+        due = sorted(set(due_days(spec, today)) & set(run.days(spec)))
+        present = set(existing_days(run.conn, spec, due)) if due else set()
+        for day in due:
+            if day not in present:
+                continue
+            try:
+                removal = remove_day(run.conn, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
+            except RemovalRefused as exc:
+                results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": str(exc)})
+                continue
+            status = ("would remove" if dry_run else "already removed" if removal.already_removed
+                      else "removed")
+            results.append({"table": spec.name, "day": day.isoformat(), "status": status,
+                            "action": removal.action, "relation": removal.relation, "rows": removal.rows,
+                            "archive": removal.archive})
+    refused = [r for r in results if r["status"] == "refused"]
+
+    def render() -> None:
+        table = _table("table", "day", "status", "action", "relation", "rows", "archive")
+        for r in results:
+            style = {"refused": "red", "would remove": "yellow"}.get(r["status"])
+            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+                          r.get("action", ""), r.get("relation", ""), _num(r.get("rows")), r.get("archive", ""))
+        run.out.print(table)
+        for r in refused:
+            run.out.print(f"{r['table']} {r['day']}: {r['message']}", markup=False, soft_wrap=True)
+        if skipped:
+            run.out.print(f"no retention setting, nothing pruned: {', '.join(skipped)}")
+        if dry_run:
+            run.out.print("dry run: nothing was removed")
+
+    run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped}, render)
+    if refused:
+        raise Failed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Connections from the environment, for code that runs outside Dagster (the command line).
+
+The same variables as the code location (see definitions.py): ``ARCHIVE_PG_DSN``,
+``ARCHIVE_S3_BUCKET``, ``ARCHIVE_S3_PREFIX``, ``ARCHIVE_S3_ENDPOINT_URL``, ``ARCHIVE_S3_REGION``,
+``ARCHIVE_S3_ACCESS_KEY_ID`` / ``ARCHIVE_S3_SECRET_ACCESS_KEY``. No error raised here carries the
+DSN's password or a secret key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import psycopg
+import psycopg.conninfo
+
+from archive_pipeline.config import ConfigError, SourceSettings
+from archive_pipeline.errors import redact
+from archive_pipeline.store import S3Store
+
+DSN_VAR = "ARCHIVE_PG_DSN"
+BUCKET_VAR = "ARCHIVE_S3_BUCKET"
+PREFIX_VAR = "ARCHIVE_S3_PREFIX"
+ENDPOINT_VAR = "ARCHIVE_S3_ENDPOINT_URL"
+REGION_VAR = "ARCHIVE_S3_REGION"
+KEY_ID_VAR = "ARCHIVE_S3_ACCESS_KEY_ID"
+SECRET_VAR = "ARCHIVE_S3_SECRET_ACCESS_KEY"
+
+
+class UnreachableError(Exception):
+    """The source database or the object store cannot be reached (or refuses us); the message says
+    which and what to check, without secrets."""
+
+
+def _required(env: Mapping[str, str], name: str, what: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"${name} is not set: export it with {what}")
+    return value
+
+
+def dsn_password(dsn: str) -> str | None:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None
+
+
+def connect_source(env: Mapping[str, str] | None = None, *, connect_timeout: int = 10) -> psycopg.Connection:
+    """An autocommit connection to ``$ARCHIVE_PG_DSN``.
+
+    Raises :class:`ConfigError` when the variable is unset or malformed and :class:`UnreachableError`
+    when the server cannot be reached or refuses the login; neither message contains the password.
+    """
+    env = os.environ if env is None else env
+    dsn = _required(env, DSN_VAR, "the source database's libpq URI or key=value string")
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:  # libpq echoes a malformed URI whole, password included
+        raise ConfigError(f"${DSN_VAR} is not a valid connection string: {redact(str(exc).strip(), dsn)}") from None
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
+                               application_name="archive_pipeline_cli")
+    except psycopg.Error as exc:
+        message = redact(str(exc).strip(), params.get("password"), dsn)
+        raise UnreachableError(f"cannot connect to the source database ({DSN_VAR}): {message}\n"
+                               "check that the server is up and that host, port, user and password in "
+                               f"${DSN_VAR} are right") from None
+
+
+def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) -> S3Store:
+    """The archive bucket as an :class:`S3Store`, with boto3 built from the environment.
+
+    ``check`` asks the store for the bucket once (HEAD), so an unreachable endpoint, a missing bucket
+    or refused credentials fail here with :class:`UnreachableError` instead of in the middle of a run.
+    """
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    env = os.environ if env is None else env
+    bucket = _required(env, BUCKET_VAR, "the name of the archive bucket")
+    options: dict[str, object] = {"region_name": env.get(REGION_VAR) or "us-east-1"}
+    if env.get(ENDPOINT_VAR):
+        options["endpoint_url"] = env[ENDPOINT_VAR]
+    if env.get(KEY_ID_VAR) or env.get(SECRET_VAR):
+        if not (env.get(KEY_ID_VAR) and env.get(SECRET_VAR)):
+            raise ConfigError(f"set both ${KEY_ID_VAR} and ${SECRET_VAR}, or neither (boto3's usual chain)")
+        options["aws_access_key_id"] = env[KEY_ID_VAR]
+        options["aws_secret_access_key"] = env[SECRET_VAR]
+    client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
+                                              retries={"max_attempts": 3, "mode": "standard"}), **options)
+    store = S3Store(client, bucket, prefix=env.get(PREFIX_VAR, ""))
+    if check:
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            reason = {404: "does not exist", 403: "refuses these credentials"}.get(status, f"answered {status}")
+            raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: "
+                                   f"check ${BUCKET_VAR} and the S3 credentials") from None
+        except BotoCoreError as exc:
+            raise UnreachableError(f"cannot reach the object store ({type(exc).__name__}: "
+                                   f"{redact(str(exc), env.get(SECRET_VAR))}): check ${ENDPOINT_VAR} "
+                                   "and the network") from None
+    return store
+
+
+def session_settings(source: SourceSettings) -> dict[str, str]:
+    """The ``source:`` timeouts of the YAML file as session settings (as PostgresResource sets them)."""
+    return {
+        "statement_timeout": str(source.statement_timeout_ms),
+        "lock_timeout": str(source.lock_timeout_ms),
+        "idle_in_transaction_session_timeout": str(source.idle_in_transaction_timeout_ms),
+    }

@@ -1,0 +1,200 @@
+"""Archive -> prove -> let go: remove a day from the source only once its archive is proven exact.
+
+A day older than the table's retention window is removed (its partition detached or dropped, or
+its rows deleted) only when
+
+1. its archive passes the deep verification (object digests, archived rows loaded back and
+   fingerprinted, equal to the source), and
+2. the source still holds exactly the archived rows, re-checked by fingerprint inside the very
+   transaction that detaches, drops or deletes, after locking the rows against writers, and under
+   the same (table, day) advisory lock as archiving — so a row that arrives in between is never lost.
+
+The manifest records the removal (``removed``): first as pending, before the source transaction
+commits, then as done. Archiving refuses to replace the archive of a removed day (it would replace
+the only copy with an empty day), whatever ``overwrite`` says.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from archive_pipeline import fingerprint, keys
+from archive_pipeline.config import TableSpec
+from archive_pipeline.discovery import day_children, source_table
+from archive_pipeline.errors import ArchiveError
+from archive_pipeline.locks import table_day_lock
+from archive_pipeline.manifest import decode_manifest, encode_manifest
+from archive_pipeline.source import SourceTable, day_filter, describe_table
+from archive_pipeline.store import S3Store
+from archive_pipeline.verify import deep_verify, load_manifest
+
+
+class RemovalRefused(ArchiveError):
+    """The day was not removed: its archive is not proven, or the source changed; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Removal:
+    table: str
+    day: dt.date
+    action: str  # detach | drop | delete
+    relation: str  # what was detached/dropped, or deleted from
+    rows: int
+    archive: str  # the archive's data URI (or its manifest's, for an empty day)
+    removed_at: dt.datetime | None  # None: dry run, or already removed before
+    dry_run: bool = False
+    already_removed: bool = False
+
+
+def due_days(spec: TableSpec, today: dt.date) -> list[dt.date]:
+    """Days from start_date that are older than the retention window (none without retention)."""
+    if spec.retention is None:
+        return []
+    last = today - dt.timedelta(days=spec.retention.keep_days + 1)
+    return [spec.start_date + dt.timedelta(days=i) for i in range((last - spec.start_date).days + 1)]
+
+
+def _key(spec: TableSpec, store: S3Store, day: dt.date) -> str:
+    return keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
+                       day=day, fmt=spec.format, compression=spec.compression)
+
+
+def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
+               dry_run: bool = False, proven: bool = False, scratch_conn: psycopg.Connection | None = None,
+               removed_by: str | None = None) -> Removal:
+    """Remove ``day`` of ``spec`` from the source (``conn`` must be the primary), if and only if proven.
+
+    ``proven=True`` says the deep verification just passed (e.g. Dagster's blocking deep check of
+    this partition); the in-transaction fingerprint re-check runs regardless.
+    """
+    if spec.retention is None:
+        raise RemovalRefused(f"{spec.name} has no retention setting; nothing is removed from it",
+                             table=spec.name, day=day.isoformat())
+    action = spec.retention.action
+    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        raise RemovalRefused(f"removing {spec.name} {day} must run on the primary, and this connection is a hot "
+                             "standby: configure the primary's connection for removals",
+                             table=spec.name, day=day.isoformat())
+    with table_day_lock(conn, spec.name, day):
+        key = _key(spec, store, day)
+        manifest = load_manifest(store, key)
+        if manifest is None:
+            raise RemovalRefused(f"{spec.name} {day} has no archive at {store.uri(key)}; archive it first",
+                                 table=spec.name, day=day.isoformat())
+        archive = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))
+        if (manifest.get("removed") or {}).get("state") == "done":
+            return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
+                           None, dry_run, already_removed=True)
+        if not proven:
+            problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn)
+            if problems:
+                raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
+                                     + "; ".join(problems), table=spec.name, day=day.isoformat())
+        with conn.transaction():
+            table = source_table(conn, spec, day)
+            target = _target(conn, spec, day, table, action)
+            if dry_run:
+                return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
+        return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
+
+
+def _target(conn: psycopg.Connection, spec: TableSpec, day: dt.date, table: SourceTable, action: str) -> SourceTable:
+    """The relation the action applies to: the day's own partition or table, or the table itself."""
+    if action == "delete" or spec.partitioning.mode == "naming":
+        return table
+    children = day_children(conn, spec, day)
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
+    whole = [c for c in children if c.start == start and c.end == start + dt.timedelta(days=1)]
+    if len(children) != 1 or not whole:
+        names = [c.name for c in children] or ["none"]
+        raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
+                             f"{action} removes whole partitions: use retention action 'delete'",
+                             table=spec.name, day=day.isoformat())
+    return describe_table(conn, f"{spec.schema_name}.{whole[0].name}", spec.day_column)
+
+
+def _remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, key: str, manifest: dict,
+            action: str, archive: str, removed_by: str | None) -> Removal:
+    mkey = keys.manifest_key(key)
+    original = store.get_verified_bytes(mkey)
+    now = dt.datetime.now(dt.UTC)
+    mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by}
+    _write_manifest(store, mkey, {**manifest, "removed": mark})
+    try:
+        with conn.transaction():
+            table = source_table(conn, spec, day)
+            target = _target(conn, spec, day, table, action)
+            rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
+    except BaseException as exc:
+        try:
+            if original is not None:
+                store.put_bytes(mkey, original, "application/json")
+        except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
+            exc.add_note(f"cleanup: could not take back the pending removal mark in {mkey}: {cleanup}")
+        raise
+    _write_manifest(store, mkey, {**manifest, "removed": {**mark, "state": "done", "relation": target.qualified,
+                                                          "rows": rows}})
+    return Removal(spec.name, day, action, target.qualified, rows, archive, now)
+
+
+def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date, table: SourceTable,
+                        target: SourceTable, manifest: dict, action: str) -> int:
+    """Lock out writers, prove the source still equals the archive, then remove: one transaction."""
+    if action == "delete":  # SHARE: readers go on, no writer may change the day meanwhile
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(target.identifier))
+    else:  # parent first, as inserting sessions take them, so the two cannot deadlock
+        if spec.partitioning.mode == "declarative":
+            conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target.identifier))
+    where = day_filter(table, day)
+    # Hash by the configured table's column names, so a partition whose columns are in another order
+    # (attached from a table built differently) fingerprints like its parent.
+    now = fingerprint.compute(conn, target.identifier, table.columns, day_filter(target, day))
+    if str(now) != manifest["fingerprint"]:
+        raise RemovalRefused(
+            f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "
+            f"({now.rows:,} rows now, {fingerprint.Fingerprint.parse(manifest['fingerprint']).rows:,} archived); "
+            "archive the day again (overwrite), then remove it", table=spec.name, day=day.isoformat())
+    if action != "delete":
+        outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(
+            target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
+        if outside:
+            raise RemovalRefused(f"{target.qualified} also holds {outside:,} rows outside {day}; it is not removed",
+                                 table=spec.name, day=day.isoformat())
+        if spec.partitioning.mode == "declarative":
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
+        elif action == "detach":
+            _no_inherit(conn, spec, target)
+        if action == "drop":
+            conn.execute(sql.SQL("DROP TABLE {}").format(target.identifier))
+        return now.rows
+    deleted = 0
+    while True:
+        # (tableoid, ctid): a ctid alone is not unique across the partitions of a partitioned table
+        batch = conn.execute(sql.SQL(
+            "DELETE FROM {t} WHERE {w} AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM {t} WHERE {w} LIMIT {n})"
+        ).format(t=table.identifier, w=where, n=sql.Literal(spec.retention.batch_rows))).rowcount
+        if batch <= 0:
+            return deleted
+        deleted += batch
+
+
+def _no_inherit(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> None:
+    parents = conn.execute(
+        "SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhparent "
+        "WHERE i.inhrelid = %s::regclass", (target.identifier.as_string(conn),)).fetchall()
+    if not parents:
+        raise RemovalRefused(f"{target.qualified} inherits from no table, so there is nothing to detach it from: "
+                             "use retention action 'drop'", table=spec.name)
+    for (parent,) in parents:
+        conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ") .format(target.identifier) + sql.SQL(parent))
+
+
+def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> None:
+    data = encode_manifest(manifest)
+    decode_manifest(data)  # never write a manifest we could not read back
+    store.put_bytes(mkey, data, "application/json")

@@ -1,0 +1,35 @@
+"""One run at a time per table-day, whatever launched it: a PostgreSQL advisory lock.
+
+Held by archiving, and by anything else that must not overlap it (re-checking and removing a day
+from the source), so they exclude each other across Dagster runs, launchers, the CLI and machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+
+import psycopg
+
+from archive_pipeline.errors import ArchiveError
+
+
+def lock_key(table: str, day: dt.date) -> tuple[str, int]:
+    return f"archive_pipeline:{table}", day.toordinal()
+
+
+@contextlib.contextmanager
+def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterator[None]:
+    """Hold the (table, day) session lock for the block, or fail at once (retryable) if another holds it."""
+    key = lock_key(table, day)
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", key).fetchone()[0]
+    if not got:
+        raise ArchiveError(f"{table} {day} is being archived or removed by another run right now; retrying later",
+                           table=table, day=day.isoformat(), retryable=True)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)

@@ -1,0 +1,408 @@
+"""What the archive holds and what archiving would do, day by day, without writing anything.
+
+Used by the command line (``list``, ``archive --dry-run``, ``compare``); no Dagster import. Every
+function here only reads: manifests and HEADs from the store, the catalog, counts and content
+fingerprints from PostgreSQL in READ ONLY transactions. No lock is taken and nothing is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from archive_pipeline import fingerprint
+from archive_pipeline.archive import ArchiveError, _Archiving, read_existing, render_key
+from archive_pipeline.config import TableSpec
+from archive_pipeline.discovery import ChildRange, child_ranges, existing_days, source_table
+from archive_pipeline.errors import SourceError
+from archive_pipeline.manifest import SourceIdentity, manifest_key
+from archive_pipeline.source import SourceTable, day_filter, read_snapshot, server_identity
+from archive_pipeline.store import S3Store
+from archive_pipeline.verify import load_manifest, source_fingerprint
+
+
+def last_complete_day(now: dt.datetime | None = None) -> dt.date:
+    """Yesterday in UTC: today is still being written."""
+    return (now or dt.datetime.now(dt.UTC)).date() - dt.timedelta(days=1)
+
+
+def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def select_days(spec: TableSpec, first: dt.date | None, last: dt.date | None,
+                today: dt.date | None = None) -> list[dt.date]:
+    """The days of ``spec`` in [first, last]; an open end is the table's ``start_date`` or yesterday.
+
+    Days before ``start_date`` are left out (they are not partitions of the table), as is today."""
+    yesterday = (today - dt.timedelta(days=1)) if today else last_complete_day()
+    lo = max(first or spec.start_date, spec.start_date)
+    hi = min(last or yesterday, yesterday)
+    return days_between(lo, hi) if lo <= hi else []
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifests
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What a manifest says about one archived day (manifest versions 1 and 2)."""
+
+    key: str  # the rendered key; the manifest is beside it
+    manifest: dict
+
+    @property
+    def object(self) -> dict | None:
+        return self.manifest.get("object")
+
+    @property
+    def object_key(self) -> str | None:
+        return self.object["key"] if self.object else None
+
+    @property
+    def empty(self) -> bool:
+        return bool(self.manifest.get("empty")) or self.object is None
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest.get("rows") or 0)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.object["bytes"]) if self.object else 0
+
+    @property
+    def archived_at(self) -> str | None:
+        return self.manifest.get("archived_at") or (self.manifest.get("source") or {}).get("snapshot_at")
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.manifest.get("fingerprint")
+
+    @property
+    def removed(self) -> str:
+        """How the day left the source, when the lifecycle removed it (empty if it did not)."""
+        mark = self.manifest.get("removed") or {}
+        if not mark:
+            return ""
+        done = {"detach": "detached", "drop": "dropped", "delete": "deleted"}.get(mark.get("action"), "removed")
+        return f"{done} from the source at {mark.get('at', '?')[:19]}" + (
+            "" if mark.get("state") == "done" else f" ({mark.get('state')})")
+
+    @property
+    def expected(self) -> dict:
+        """What :func:`archive_pipeline.verify.verify_archive` checks the stored object against."""
+        obj = self.object or {}
+        return {"bytes": obj.get("bytes", 0), "md5": obj.get("md5", ""), "rows": self.rows,
+                "format": self.manifest.get("format"), "compression": self.manifest.get("compression")}
+
+
+@dataclass(frozen=True)
+class ManifestLookup:
+    key: str
+    archived: Archived | None
+    problem: str | None = None  # the manifest exists but cannot be read
+
+
+def _existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
+    """The subset of ``keys`` present in the bucket, from one listing under their common prefix;
+    None when they share no directory (listing the whole bucket could cost more than GETs)."""
+    common = os.path.commonprefix(keys)
+    if "/" not in common:
+        return None
+    prefix = common[: common.rindex("/") + 1]
+    found: set[str] = set()
+    for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
+        found.update(item["Key"] for item in page.get("Contents", []))
+    return found
+
+
+def lookup_manifests(store: S3Store, spec: TableSpec, days: list[dt.date]) -> dict[dt.date, ManifestLookup]:
+    """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
+    keys = {day: render_key(spec, day, store.prefix) for day in days}
+    present = _existing_keys(store, [manifest_key(k) for k in keys.values()]) if len(days) > 3 else None
+    result: dict[dt.date, ManifestLookup] = {}
+    for day, key in keys.items():
+        if present is not None and manifest_key(key) not in present:
+            result[day] = ManifestLookup(key, None)
+            continue
+        try:
+            manifest = _load(store, key)
+        except ValueError as exc:
+            result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
+            continue
+        result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None)
+    return result
+
+
+def _load(store: S3Store, key: str) -> dict | None:
+    """The manifest beside the rendered ``key`` (versions 1 and 2, empty days included)."""
+    return load_manifest(store, key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Source side
+
+
+def _source(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> tuple[SourceTable, sql.Composable]:
+    table = source_table(conn, spec, day)
+    return table, day_filter(table, day)
+
+
+def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:
+    """Whether the archive holds what the source holds now: the fingerprint when the manifest has one
+    (version 2), otherwise only the row count (version 1 recorded nothing finer)."""
+    if archived.fingerprint:
+        return archived.fingerprint == str(current)
+    return archived.rows == current.rows
+
+
+# ----------------------------------------------------------------------------------------------
+# list
+
+
+@dataclass(frozen=True)
+class DayStatus:
+    table: str
+    day: dt.date
+    state: str  # archived | missing | empty | changed | unreadable
+    key: str
+    in_source: bool
+    rows: int | None = None  # in the archive
+    bytes: int | None = None  # of the stored object
+    archived_at: str | None = None
+    source_rows: int | None = None  # with check_source
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"table": self.table, "day": self.day.isoformat(), "state": self.state, "key": self.key,
+                "in_source": self.in_source, "rows": self.rows, "bytes": self.bytes,
+                "archived_at": self.archived_at, "source_rows": self.source_rows, "note": self.note}
+
+
+STATES = ("archived", "missing", "empty", "changed", "unreadable")
+
+
+def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list[dt.date], *,
+                 check_source: bool = False) -> list[DayStatus]:
+    """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty`` (no rows
+    to archive, or archived as an empty day), ``changed`` (with ``check_source``: the source's content
+    fingerprint, or row count for a version-1 manifest, differs from the archive's), ``unreadable``
+    (a manifest that is not one). Days with neither data nor an archive are left out."""
+    in_source = set(existing_days(conn, spec, days)) if days else set()
+    manifests = lookup_manifests(store, spec, days)
+    statuses = []
+    for day in days:
+        found = manifests[day]
+        present = day in in_source
+        if found.problem:
+            statuses.append(DayStatus(spec.name, day, "unreadable", found.key, present, note=found.problem))
+            continue
+        archived = found.archived
+        if archived is None:
+            if present:
+                statuses.append(DayStatus(spec.name, day, "missing", found.key, True))
+            continue
+        state = "empty" if archived.empty else "archived"
+        source_rows, note = None, ""
+        if check_source and present:
+            current = source_fingerprint(conn, spec, day)
+            source_rows = current.rows
+            if not matches_source(archived, current):
+                state = "changed"
+                note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
+                        else "same row count, different content (fingerprint)")
+        elif check_source or archived.removed:
+            note = archived.removed or "no longer in the source"
+        if state == "empty" and not note:
+            note = "no rows: a manifest and no object"
+        statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
+                                  archived.bytes, archived.archived_at, source_rows, note))
+    return statuses
+
+
+# ----------------------------------------------------------------------------------------------
+# archive --dry-run
+
+
+@dataclass(frozen=True)
+class Estimate:
+    rows: int
+    bytes: int  # bytes the rows take in PostgreSQL (heap), not the size of the archive
+    method: str  # "catalog" (reltuples / pg_relation_size) or "count" (count(*) and pg_column_size)
+
+
+_RELATION_STATS = """
+SELECT c.reltuples, pg_relation_size(c.oid)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
+
+
+def _catalog_estimate(conn: psycopg.Connection, schema: str, name: str, share: int) -> Estimate | None:
+    row = conn.execute(_RELATION_STATS, (schema, name)).fetchone()
+    if row is None or row[0] < 0:  # never analyzed or vacuumed: the catalog does not know
+        return None
+    return Estimate(rows=round(row[0] / share), bytes=row[1] // share, method="catalog")
+
+
+def catalog_estimate(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
+                     children: list[ChildRange] | None = None) -> Estimate | None:
+    """Rows and bytes of one day from the catalog's statistics of the day's own partition (declarative:
+    shared evenly when a child covers several days; naming: the day's table); None where the catalog
+    cannot say (column mode, or a relation never analyzed). Costs one or two catalog queries."""
+    if spec.partitioning.mode == "naming":
+        return _catalog_estimate(conn, spec.schema_name, spec.child_table(day), 1)
+    if spec.partitioning.mode == "declarative":
+        start = dt.datetime.combine(day, dt.time(), dt.UTC)
+        for child in children if children is not None else child_ranges(conn, spec):
+            if child.start is not None and child.end is not None and child.start <= start < child.end:
+                return _catalog_estimate(conn, spec.schema_name, child.name, max(1, len(child.whole_days())))
+    return None
+
+
+def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
+                 children: list[ChildRange] | None = None) -> Estimate:
+    """Rows and bytes of one day, as cheaply as the partitioning allows: :func:`catalog_estimate`, else
+    one scan of the day (``count(*)``, ``sum(pg_column_size(row))``). ``children``: the declarative
+    table's child ranges, when the caller has read them already."""
+    estimate = catalog_estimate(conn, spec, day, children)
+    if estimate is not None:
+        return estimate
+    with read_snapshot(conn):
+        table, where = _source(conn, spec, day)
+        rows, size = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {} AS t "
+                                          "WHERE {}").format(table.identifier, where)).fetchone()
+    return Estimate(rows=rows, bytes=int(size), method="count")
+
+
+@dataclass(frozen=True)
+class PlannedDay:
+    table: str
+    day: dt.date
+    key: str
+    action: str  # archive | overwrite | skip | refuse | no-data
+    reason: str
+    estimate: Estimate | None
+
+    def as_dict(self) -> dict:
+        est = self.estimate
+        return {"table": self.table, "day": self.day.isoformat(), "key": self.key, "action": self.action,
+                "reason": self.reason, "estimated_rows": est.rows if est else None,
+                "estimated_bytes": est.bytes if est else None, "estimate_method": est.method if est else None}
+
+
+def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.date, *, overwrite: bool,
+             in_source: bool, children: list[ChildRange] | None = None) -> PlannedDay:
+    """What :func:`archive_pipeline.archive.archive_partition` would do with ``day``, decided by the
+    archiver's own rule (``read_existing`` and the same keep-or-refuse decision on the content
+    fingerprint) but only reading: no lock, no upload, no manifest."""
+    key = render_key(spec, day, store.prefix)
+    if not in_source:
+        return PlannedDay(spec.name, day, key, "no-data", "no data for this day in PostgreSQL", None)
+    estimate = estimate_day(conn, spec, day, children)
+    existing = read_existing(store, key)
+    if existing.manifest is None:
+        reason = existing.problem or "not archived yet"
+        return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)
+    if existing.manifest.get("table") != spec.name:
+        return PlannedDay(spec.name, day, key, "refuse", f"the key holds table {existing.manifest.get('table')!r}'s "
+                          "archive; give each table its own key_template", estimate)
+    if existing.problem:
+        return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
+    with read_snapshot(conn):
+        table, where = _source(conn, spec, day)
+        current = fingerprint.compute(conn, table.identifier, table.columns, where)
+        identity = SourceIdentity(*server_identity(conn))
+    decide = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
+    try:
+        keep = decide._keep(existing.manifest, identity, table, current, overwrite)
+    except ArchiveError as exc:
+        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+    if keep:
+        return PlannedDay(spec.name, day, key, "skip", f"identical archive exists ({current.rows:,} rows, same "
+                          "content fingerprint)", estimate)
+    reason = ("overwrite requested" if overwrite else
+              "manifest version 1 cannot prove its content: archived again as a new generation")
+    return PlannedDay(spec.name, day, key, "overwrite", reason, estimate)
+
+
+def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list[dt.date], *,
+                 overwrite: bool) -> list[PlannedDay]:
+    in_source = set(existing_days(conn, spec, days)) if days else set()
+    children = child_ranges(conn, spec) if spec.partitioning.mode == "declarative" and in_source else None
+    return [plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source, children=children)
+            for day in days]
+
+
+# ----------------------------------------------------------------------------------------------
+# compare
+
+
+@dataclass(frozen=True)
+class Comparison:
+    table: str
+    day: dt.date
+    result: str  # equal | differs | not-archived | not-in-source | unreadable
+    source_rows: int | None
+    archive_rows: int | None
+    source_fingerprint: str | None
+    archive_fingerprint: str | None
+    key: str
+    note: str = ""
+
+    @property
+    def differs(self) -> bool:
+        return self.result in ("differs", "not-archived", "unreadable")
+
+    def as_dict(self) -> dict:
+        return {"table": self.table, "day": self.day.isoformat(), "result": self.result,
+                "source_rows": self.source_rows, "archive_rows": self.archive_rows,
+                "source_fingerprint": self.source_fingerprint, "archive_fingerprint": self.archive_fingerprint,
+                "key": self.key, "note": self.note}
+
+
+def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
+                 days: Iterable[dt.date]) -> list[Comparison]:
+    """Source against archive per day: row counts and content fingerprints (the manifest's
+    ``fingerprint``; a version-1 manifest has none, and then only the counts are compared)."""
+    days = list(days)
+    in_source = set(existing_days(conn, spec, days)) if days else set()
+    manifests = lookup_manifests(store, spec, days)
+    out = []
+    for day in days:
+        found = manifests[day]
+        present = day in in_source
+        if found.problem:
+            out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, found.problem))
+            continue
+        archived = found.archived
+        if archived is None and not present:
+            continue
+        try:
+            current = source_fingerprint(conn, spec, day) if present else None
+        except SourceError as exc:
+            current, present = None, False
+            found = ManifestLookup(found.key, archived, str(exc))
+        if archived is None:
+            out.append(Comparison(spec.name, day, "not-archived", current.rows, None, str(current), None, found.key,
+                                  "the source has this day; no archive"))
+            continue
+        key = archived.object_key or found.key
+        if current is None:
+            out.append(Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
+                                  key, archived.removed or "archived; the source no longer has this day"))
+            continue
+        note = "" if archived.fingerprint else "manifest version 1 has no fingerprint: row counts compared only"
+        result = "equal" if matches_source(archived, current) else "differs"
+        if result == "differs" and current.rows == archived.rows:
+            note = "same row count, different content"
+        out.append(Comparison(spec.name, day, result, current.rows, archived.rows, str(current),
+                              archived.fingerprint, key, note))
+    return out

@@ -1,0 +1,526 @@
+"""The read path: an archive back into PostgreSQL, exactly, and proven so by its fingerprint.
+
+:func:`load_into` streams a local archive file of any format and codec the project writes into an
+existing table (``COPY ... FROM STDIN``, or ``json_populate_recordset`` for JSONL) in flat memory;
+the deep verification loads an archive into a temporary table with it and compares fingerprints.
+:func:`restore_day` is the whole trip for one day: manifest -> verified download -> a new table,
+an existing one, or the original table (re-creating a dropped partition) -> fingerprint compared
+in the same transaction, which is rolled back if the restored rows are not the archived day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import itertools
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+from psycopg.types.json import Json
+
+from archive_pipeline import fingerprint as fp
+from archive_pipeline import keys, readers
+from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import ArchiveError, is_retryable
+from archive_pipeline.locks import table_day_lock
+from archive_pipeline.manifest import decode_manifest
+from archive_pipeline.memory import bound_allocator
+from archive_pipeline.source import Column, day_filter, describe_table, prefetch
+from archive_pipeline.store import S3Store
+
+_names = itertools.count()
+
+
+class RestoreError(ArchiveError):
+    """A restore could not be done as asked; nothing of it was committed."""
+
+
+class ArchiveCorruptError(RestoreError):
+    """The downloaded object is not the one its manifest describes (size or MD5), or does not decode."""
+
+
+class FingerprintMismatchError(RestoreError):
+    """The restored rows are not the archived day's rows; the restore was rolled back."""
+
+
+class RestoreConflictError(RestoreError):
+    """Restored rows collide with rows already in the target (primary key or unique constraint)."""
+
+
+def manifest_columns(manifest: dict) -> list[str]:
+    return [c["name"] for c in manifest["columns"]]
+
+
+def _column_list(names: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+@contextlib.contextmanager
+def _input_settings(conn: psycopg.Connection) -> Iterator[None]:
+    """Money was archived as numeric text; money's input reads it in the "C" monetary locale only
+    (elsewhere the decimal point may be a comma). The previous setting is put back afterwards, since
+    money's text output (and so a fingerprint) depends on it."""
+    previous = conn.execute("SELECT current_setting('lc_monetary')").fetchone()[0]
+    conn.execute("SELECT set_config('lc_monetary', 'C', true)")
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            conn.execute("SELECT set_config('lc_monetary', %s, true)", (previous,))
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[pa.Buffer | bytes],
+          depth: int = 2) -> int:
+    """Feed ``chunks`` to ``COPY ... FROM STDIN``; a reader thread decodes the next chunk meanwhile
+    (at most ``depth`` wait in memory)."""
+    with conn.cursor() as cur:
+        with cur.copy(statement) as copy:
+            for chunk in prefetch(chunks, depth=depth):
+                copy.write(memoryview(chunk))
+        return cur.rowcount
+
+
+def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifest: dict,
+              target: sql.Composable) -> int:
+    """Load the rows of the local archive file ``archive_path`` (described by ``manifest``) into the
+    existing table ``target`` and return how many were loaded.
+
+    ``target`` must have the manifest's columns (by name) with the manifest's types; other columns
+    get their defaults. Every value comes back as PostgreSQL had it, for every type of the README's
+    type table (see :mod:`archive_pipeline.readers` for how each format is read). Runs in the
+    caller's transaction if there is one (as a savepoint), else in its own; memory stays flat.
+    """
+    bound_allocator()
+    fmt, compression = manifest["format"], manifest["compression"]
+    columns = manifest_columns(manifest)
+    cols = _column_list(columns)
+    try:
+        with conn.transaction(), _input_settings(conn):
+            if fmt == "csv":
+                match = "MATCH" if conn.info.server_version >= 150000 else "true"
+                statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER {})").format(
+                    target, cols, sql.SQL(match))
+                return _copy(conn, statement, readers.decompressed_chunks(archive_path, compression))
+            if fmt == "parquet":
+                statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
+                return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1)
+            if fmt == "jsonl":
+                statement = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM json_populate_recordset(NULL::{t}, %s)"
+                                    ).format(t=target, c=cols)
+                rows = 0
+                for block in prefetch(readers.jsonl_arrays(archive_path, compression), depth=1):
+                    # sent as it is, typed json: no decode, no re-encode (PostgreSQL validates it)
+                    rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
+                return rows
+            raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
+    except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, UnicodeDecodeError,
+            psycopg.errors.DataException, psycopg.errors.BadCopyFileFormat, psycopg.errors.InvalidTextRepresentation
+            ) as exc:
+        raise ArchiveCorruptError(
+            f"the archive of {manifest.get('table')} for {manifest.get('day')} ({fmt}/{compression}, "
+            f"{manifest.get('object', {}) and (manifest.get('object') or {}).get('key')}) does not load: "
+            f"{type(exc).__name__}: {exc}; check the object against its manifest (MD5) and restore from a "
+            "good copy", table=manifest.get("table"), day=manifest.get("day"), retryable=False) from exc
+
+
+# --- restore: manifest -> verified download -> target -> fingerprint, in one transaction ---------------
+
+Into = Literal["new", "existing", "original"]
+OnConflict = Literal["fail", "skip"]
+DOWNLOAD_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What one day's restore did."""
+
+    table: str  # the archived table
+    day: str
+    target: str  # where the rows went (schema.table)
+    rows: int  # rows in the archive, all loaded
+    inserted: int  # rows added to the target (fewer than ``rows`` when on_conflict="skip" skipped some)
+    seconds: float
+    fingerprint_checked: bool  # the restored rows' fingerprint equals the manifest's
+    fingerprint: str | None  # the fingerprint proven equal, if any
+    check: str  # what was checked, in words
+    created: tuple[str, ...] = ()  # relations the restore created (a new table, a re-created partition)
+
+
+@dataclass(frozen=True)
+class RangeRestore:
+    """A date range's restore: one result per archived day; days without an archive are listed."""
+
+    results: tuple[RestoreResult, ...]
+    missing: tuple[dt.date, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.results)
+
+
+class _HashingWriter:
+    """A file that hashes (MD5) and counts what is written to it."""
+
+    def __init__(self, file) -> None:
+        self.file, self.size, self._md5 = file, 0, hashlib.md5()
+
+    def write(self, data) -> int:
+        self._md5.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+
+def _fetch(store: S3Store, key: str, sink: _HashingWriter, expected_md5: str) -> bool:
+    """Stream the object into ``sink``; False if it does not exist. Uses the store's verified
+    ``download_to`` where the store has one, else GetObject in chunks (the caller checks the MD5)."""
+    download_to = getattr(store, "download_to", None)
+    if download_to is not None:
+        return download_to(key, sink, expected_md5=expected_md5) is not None
+    from botocore.exceptions import ClientError
+
+    try:
+        body = store.client.get_object(Bucket=store.bucket, Key=key)["Body"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return False
+        raise
+    while chunk := body.read(DOWNLOAD_CHUNK):
+        sink.write(chunk)
+    return True
+
+
+@contextlib.contextmanager
+def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | None = None) -> Iterator[str]:
+    """The manifest's data object in a private temp file, after checking its size and MD5 against
+    the manifest: a damaged object is refused before a single row is loaded. Removed afterwards."""
+    obj = manifest["object"]
+    table, day = manifest.get("table"), manifest.get("day")
+    fd, name = tempfile.mkstemp(prefix="archive-restore-", suffix=".archive", dir=temp_dir)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            sink = _HashingWriter(file)
+            try:
+                found = _fetch(store, obj["key"], sink, obj["md5"])
+            except ArchiveError as exc:  # the store's own verification failed
+                raise ArchiveCorruptError(f"the archive of {table} for {day} ({store.uri(obj['key'])}) could not be "
+                                          f"downloaded intact: {exc}; nothing was loaded", table=table, day=day,
+                                          retryable=exc.retryable) from exc
+        if not found:
+            raise RestoreError(f"the archive of {table} for {day} is missing: {store.uri(obj['key'])} does not exist "
+                               "although its manifest does; restore from a replica or backup of the bucket",
+                               table=table, day=day)
+        if sink.size != obj["bytes"] or sink.md5 != obj["md5"]:
+            raise ArchiveCorruptError(
+                f"the archive of {table} for {day} ({store.uri(obj['key'])}) is damaged: {sink.size:,} bytes with "
+                f"MD5 {sink.md5}, its manifest records {obj['bytes']:,} bytes with MD5 {obj['md5']}; nothing was "
+                "loaded. Restore the object from a replica or backup of the bucket (or archive the day again if "
+                "the source still has it)", table=table, day=day)
+        yield name
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def find_manifest(store: S3Store, spec: TableSpec, day: dt.date) -> dict | None:
+    """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none."""
+    key = keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
+                      day=day, fmt=spec.format, compression=spec.compression)
+    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
+    raw = getter(keys.manifest_key(key))
+    return None if raw is None else decode_manifest(raw)
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    schema, dot, name = qualified.partition(".")
+    if not dot or not schema or not name:
+        raise RestoreError(f"{qualified!r} is not a schema-qualified table name ('schema.table')")
+    return schema, name
+
+
+def _ident(qualified: str) -> sql.Identifier:
+    return sql.Identifier(*_split(qualified))
+
+
+def _exists(conn: psycopg.Connection, qualified: str) -> bool:
+    schema, name = _split(qualified)
+    return conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone() is not None
+
+
+def table_definition(manifest: dict) -> dict:
+    """The manifest's table definition; for a version 1 manifest, the one its columns imply."""
+    definition = manifest.get("table_definition")
+    if definition:
+        return definition
+    return {"columns": [{"name": c["name"], "type": c["pg_type"], "not_null": not c.get("nullable", True)}
+                        for c in manifest["columns"]], "primary_key": None, "partition": None}
+
+
+def _type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sql.Composable:
+    """A type name from the manifest, used in DDL only once PostgreSQL's own type-name parser accepts
+    it as exactly one type name (``to_regtype``), so a manifest cannot smuggle SQL into the DDL."""
+    try:
+        with conn.transaction():
+            found = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (type_text,)).fetchone()[0]
+    except psycopg.Error as exc:
+        raise RestoreError(f"{where}: {type_text!r} is not a type name ({exc}); the manifest is damaged") from None
+    if not found:
+        raise RestoreError(f"{where}: type {type_text!r} does not exist in this database; create it (e.g. the enum "
+                           "or composite type, or the extension providing it) and restore again")
+    return sql.SQL(type_text)
+
+
+def _create_table(conn: psycopg.Connection, target: str, definition: dict) -> None:
+    items = []
+    for column in definition["columns"]:
+        items.append(sql.SQL("{} {}{}").format(
+            sql.Identifier(column["name"]), _type_sql(conn, column["type"], f"column {column['name']!r}"),
+            sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL("")))
+    if definition.get("primary_key"):
+        items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(_ident(target), sql.SQL(", ").join(items)))
+
+
+_RANGE_BOUND = re.compile(r"FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)", re.S)
+_LIST_BOUND = re.compile(r"FOR VALUES IN \((?P<items>.*)\)", re.S)
+_BOUND_ITEM = re.compile(r"\s*(?:'(?P<s>(?:[^']|'')*)'|(?P<k>MINVALUE|MAXVALUE|NULL|TRUE|FALSE)"
+                         r"|(?P<n>-?\d+(?:\.\d+)?))\s*(?:,|$)")
+
+
+def _bound_items(text: str) -> sql.Composable:
+    items, position = [], 0
+    while position < len(text):
+        match = _BOUND_ITEM.match(text, position)
+        if match is None or match.end() == position:
+            raise ValueError(text)
+        if match.group("s") is not None:
+            items.append(sql.Literal(match.group("s").replace("''", "'")))
+        else:
+            items.append(sql.SQL(match.group("k") or match.group("n")))
+        position = match.end()
+    return sql.SQL(", ").join(items)
+
+
+def partition_bound(bound: str) -> sql.Composable:
+    """A partition bound as ``pg_get_expr`` printed it, re-built from its literals (never pasted)."""
+    text = bound.strip()
+    try:
+        if text == "DEFAULT":
+            return sql.SQL("DEFAULT")
+        if match := _RANGE_BOUND.fullmatch(text):
+            return sql.SQL("FOR VALUES FROM ({}) TO ({})").format(_bound_items(match["lo"]), _bound_items(match["hi"]))
+        if match := _LIST_BOUND.fullmatch(text):
+            return sql.SQL("FOR VALUES IN ({})").format(_bound_items(match["items"]))
+    except ValueError:
+        pass
+    raise RestoreError(f"partition bound {bound!r} in the manifest is not a range, list or DEFAULT bound of literals; "
+                       "re-create the partition by hand and restore into the original table again")
+
+
+def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target: str | None) -> tuple[str, list[str]]:
+    """(the relation rows go into, the relations to create first, in order) — creation is done by the caller."""
+    definition = table_definition(manifest)
+    if into == "new":
+        if target is None:
+            raise RestoreError("restoring into a new table needs its name (target='schema.table')")
+        if _exists(conn, target):
+            raise RestoreError(f"{target} already exists; restore into it with into='existing', or choose a new name")
+        return target, [target]
+    if into == "existing":
+        if target is None or not _exists(conn, target):
+            raise RestoreError(f"table {target!r} does not exist; create it or restore with into='new'")
+        return target, []
+    if into != "original":
+        raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
+    relation = target or manifest.get("source_relation") or manifest["table"]
+    partition = definition.get("partition")
+    if partition and partition.get("child") and partition.get("bound") and not _exists(conn, partition["child"]):
+        if not _exists(conn, partition["parent"]):
+            raise RestoreError(f"the partitioned table {partition['parent']} does not exist; create it (or restore "
+                               "into a new table) and restore again")
+        return partition["parent"], [partition["child"]]
+    if not _exists(conn, relation):
+        return relation, [relation]  # a dropped table (naming mode's day table): re-created from the definition
+    return relation, []
+
+
+def _create(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+    definition = table_definition(manifest)
+    partition = definition.get("partition") or {}
+    if partition.get("child") == relation:
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+            _ident(relation), _ident(partition["parent"]), partition_bound(partition["bound"])))
+    else:
+        _create_table(conn, relation, definition)
+
+
+def _columns_of(conn: psycopg.Connection, relation: str, names: list[str]) -> list[Column]:
+    by_name = {c.name: c for c in describe_table(conn, relation, None).columns}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise RestoreError(f"{relation} has no column(s) {missing}; the archive has columns {names}")
+    return [by_name[n] for n in names]
+
+
+def _day_where(conn: psycopg.Connection, relation: str, manifest: dict, whole: bool) -> sql.Composable | None:
+    if whole or not manifest.get("day_column"):
+        return None
+    return day_filter(describe_table(conn, relation, manifest["day_column"]), dt.date.fromisoformat(manifest["day"]))
+
+
+def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: str, on_conflict: OnConflict) -> tuple[
+        int, int]:
+    """(rows loaded from the archive, rows inserted into ``relation``)."""
+    if path is None:
+        return 0, 0
+    target = _ident(relation)
+    if on_conflict == "fail":
+        try:
+            rows = load_into(conn, path, manifest, target)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
+            raise RestoreConflictError(
+                f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
+                f"({exc.diag.message_detail or exc}); nothing was restored. Use on_conflict='skip' to add only the "
+                "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"]) from None
+        return rows, rows
+    if on_conflict != "skip":
+        raise RestoreError(f"on_conflict must be 'fail' or 'skip', not {on_conflict!r}")
+    stage = sql.Identifier(f"archive_restore_stage_{os.getpid()}_{next(_names)}")
+    cols = _column_list(manifest_columns(manifest))
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+        stage, cols, target))
+    rows = load_into(conn, path, manifest, stage)
+    inserted = conn.execute(sql.SQL("INSERT INTO {} ({c}) SELECT {c} FROM {} ON CONFLICT DO NOTHING").format(
+        target, stage, c=cols)).rowcount
+    conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+    return rows, inserted
+
+
+def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int) -> tuple[bool, str | None,
+                                                                                                  str]:
+    """Compare the restored rows with the manifest; raise (rolling back) if they differ."""
+    table, day = manifest["table"], manifest["day"]
+    recorded = manifest.get("fingerprint")
+    if rows != manifest["rows"]:
+        raise FingerprintMismatchError(
+            f"the archive of {table} for {day} holds {rows:,} rows but its manifest records {manifest['rows']:,}; "
+            "the restore was rolled back", table=table, day=day)
+    if not recorded or not recorded.startswith(fp.ALGORITHM + ":"):
+        why = "its manifest (version 1) records no fingerprint" if not recorded else \
+            f"its fingerprint {recorded!r} is not {fp.ALGORITHM}"
+        return False, None, f"row count only ({rows:,} rows as recorded): {why}"
+    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    where = _day_where(conn, relation, manifest, whole)
+    actual = fp.compute(conn, _ident(relation), columns, where)
+    scope = relation if where is None else f"the rows of {day} in {relation}"
+    if str(actual) != recorded:
+        raise FingerprintMismatchError(
+            f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
+            f"{recorded}; the restore was rolled back. The archive does not hold the rows it was proven to hold "
+            "(altered after it was written), or the target already held other rows of the day",
+            table=table, day=day)
+    return True, recorded, f"fingerprint {recorded} of {scope} equals the manifest's"
+
+
+@contextlib.contextmanager
+def _writable(conn: psycopg.Connection) -> Iterator[None]:
+    """Let the block write even on a connection the archiver left READ ONLY (its snapshot setting
+    stays on the connection); the caller's setting is put back afterwards."""
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if not (idle and conn.read_only):
+        yield
+        return
+    conn.read_only = False
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.read_only = True
+
+
+def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *, into: Into = "new",
+                    target: str | None = None, on_conflict: OnConflict = "fail",
+                    temp_dir: str | os.PathLike | None = None) -> RestoreResult:
+    """Restore the day ``manifest`` describes, all or nothing.
+
+    ``into``: ``"new"`` creates ``target`` from the manifest's table definition (columns, types, NOT
+    NULL, primary key); ``"existing"`` loads into ``target`` as it is; ``"original"`` loads into the
+    archived table (``source_relation``), first re-creating and attaching the day's partition with its
+    recorded bound if it was dropped (or the day's table in naming mode). ``on_conflict``: ``"fail"``
+    (a row whose key exists aborts the restore) or ``"skip"`` (such rows are left as they are).
+
+    The object is downloaded and checked (size, MD5) before anything is loaded. Loading and the check
+    run in one transaction: the restored rows (the new table, or the day's rows in the target) must
+    have the manifest's fingerprint, else the transaction is rolled back and
+    :class:`FingerprintMismatchError` says both fingerprints. A version 1 manifest has no fingerprint:
+    the row count is checked instead, and the result says so.
+    """
+    started = time.perf_counter()
+    table, day = manifest.get("table"), manifest.get("day")
+    try:
+        with contextlib.ExitStack() as stack:
+            path = None if manifest.get("empty") or manifest.get("object") is None else \
+                stack.enter_context(downloaded(store, manifest, temp_dir))
+            if into == "original":  # the archived table: never while its day is archived or removed
+                stack.enter_context(table_day_lock(conn, table, dt.date.fromisoformat(day)))
+            stack.enter_context(_writable(conn))
+            with conn.transaction():
+                relation, to_create = _resolve_target(conn, manifest, into, target)
+                for name in to_create:
+                    _create(conn, manifest, name)
+                rows, inserted = _load(conn, path, manifest, relation, on_conflict)
+                checked, proven, check = _check(conn, manifest, relation, whole=(into == "new"), rows=rows)
+        return RestoreResult(table=table, day=day, target=relation, rows=rows, inserted=inserted,
+                             seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
+                             check=check, created=tuple(to_create))
+    except ArchiveError as exc:
+        exc.table, exc.day = exc.table or table, exc.day or day
+        raise
+    except Exception as exc:
+        raise RestoreError(f"restoring {table} for {day} failed: {type(exc).__name__}: {exc}; nothing was restored",
+                           table=table, day=day, retryable=is_retryable(exc)) from exc
+
+
+def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, **options) -> RestoreResult:
+    """Restore ``day`` of the configured table ``spec`` (see :func:`restore_archive` for ``options``)."""
+    manifest = find_manifest(store, spec, day)
+    if manifest is None:
+        raise RestoreError(f"{spec.name} has no archive for {day} in {store.uri(store.prefix)}", table=spec.name,
+                           day=day.isoformat())
+    return restore_archive(conn, store, manifest, **options)
+
+
+def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: dt.date, last: dt.date, *,
+                 into: Into = "new", target: str | None = None, **options) -> RangeRestore:
+    """Restore every archived day from ``first`` to ``last`` (inclusive), each in its own transaction,
+    in date order. With ``into="new"`` the first day creates ``target`` and later days load into it.
+    Stops at the first failure (earlier days stay restored; the error names the day)."""
+    results, missing = [], []
+    day = first
+    while day <= last:
+        manifest = find_manifest(store, spec, day)
+        if manifest is None:
+            missing.append(day)
+        else:
+            mode = "existing" if into == "new" and results else into
+            results.append(restore_archive(conn, store, manifest, into=mode, target=target, **options))
+        day += dt.timedelta(days=1)
+    return RangeRestore(tuple(results), tuple(missing))

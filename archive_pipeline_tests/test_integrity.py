@@ -1,0 +1,271 @@
+"""Green means exact: an archive is never stale, someone else's, or half replaced (issue: integrity)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import zstandard
+from psycopg import sql
+
+from archive_pipeline import fingerprint
+from archive_pipeline.archive import ForeignArchiveError, LateRowsError, archive_partition
+from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import ArchiveError
+from archive_pipeline.local_stack import wait_for_replay
+from archive_pipeline.manifest import decode_manifest, encode_manifest
+from archive_pipeline.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.verify import deep_verify
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import decompress, download
+
+D = dt.date(2024, 3, 10)
+
+
+@pytest.fixture
+def table(conn, schema) -> TableSpec:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, body text)").format(
+        sql.Identifier(schema, "t")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00', md5(g::text) "
+                         "FROM generate_series(1, 200) g").format(sql.Identifier(schema, "t")))
+    return TableSpec(name=f"{schema}.t", day_column="at", start_date="2024-03-01")
+
+
+def stored_keys(s3_client, bucket) -> list[str]:
+    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_two_tables_rendering_one_key_never_skip_onto_each_other(conn, schema, table, store, s3_client, bucket):
+    """Config validation refuses this; the core refuses it too (a manifest knows its table)."""
+    shared = "{prefix}/{date}.{ext}"
+    first = archive_partition(conn, table.model_copy(update={"key_template": shared}), D, store)
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(schema, "u"), sql.Identifier(schema, "t")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(sql.Identifier(schema, "u"),
+                                                                    sql.Identifier(schema, "t")))
+    other = TableSpec(name=f"{schema}.u", day_column="at", start_date="2024-03-01", key_template=shared)
+    for overwrite in (False, True):
+        with pytest.raises(ForeignArchiveError, match=f"archive of table '{schema}.t'.*not of '{schema}.u'") as err:
+            archive_partition(conn, other, D, store, overwrite=overwrite)
+        assert err.value.retryable is False
+    assert hashlib.md5(download(s3_client, bucket, first.key)).hexdigest() == first.md5  # untouched
+
+
+def test_insert_plus_delete_is_never_skipped(conn, schema, table, store, s3_client, bucket):
+    first = archive_partition(conn, table, D, store)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 7").format(sql.Identifier(schema, "t")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, '2024-03-10 13:00+00', 'late')").format(
+        sql.Identifier(schema, "t")))
+    with pytest.raises(LateRowsError, match="content changed with the same 200 rows") as err:
+        archive_partition(conn, table, D, store)
+    assert err.value.retryable is False
+    conn.execute(sql.SQL("UPDATE {} SET body = 'edited' WHERE id = 8").format(sql.Identifier(schema, "t")))
+    with pytest.raises(LateRowsError):
+        archive_partition(conn, table, D, store)
+    again = archive_partition(conn, table, D, store, overwrite=True)
+    assert (again.generation, again.rows) == (2, 200) and again.fingerprint != first.fingerprint
+    assert stored_keys(s3_client, bucket) == sorted([again.key, again.manifest_key])
+    now = fingerprint.compute(conn, sql.Identifier(schema, "t"), again.columns)
+    assert again.fingerprint == str(now)
+    assert archive_partition(conn, table, D, store).skipped
+
+
+def test_a_manifest_damaged_at_rest_means_archive_again(conn, table, store, s3_client, bucket):
+    first = archive_partition(conn, table, D, store)
+    raw = bytearray(download(s3_client, bucket, first.manifest_key))
+    at = raw.index(b'"rows": ') + len(b'"rows": ')
+    raw[at] = ord("9")  # still valid JSON, a different row count: only the checksum can tell
+    s3_client.put_object(Bucket=bucket, Key=first.manifest_key, Body=bytes(raw))
+    again = archive_partition(conn, table, D, store)
+    assert not again.skipped and again.rows == 200
+    manifest = decode_manifest(download(s3_client, bucket, again.manifest_key))
+    assert manifest["rows"] == 200 and manifest["object"]["key"] == again.key
+    assert archive_partition(conn, table, D, store).skipped
+
+
+def test_manifest_records_identity_definition_and_fingerprint(conn, schema, table, store, s3_client, bucket):
+    result = archive_partition(conn, table, D, store)
+    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
+    assert manifest["table"] == table.name and manifest["day"] == "2024-03-10"
+    assert manifest["source"]["database"] == "postgres"
+    assert manifest["fingerprint"] == result.fingerprint and manifest["fingerprint"].startswith("row-hash-sum-v1:200:")
+    assert manifest["table_definition"]["primary_key"] == ["id"]
+    assert [(c["name"], c["type"], c["not_null"]) for c in manifest["table_definition"]["columns"]] == [
+        ("id", "integer", True), ("at", "timestamp with time zone", True), ("body", "text", False)]
+    assert all("exact" in c and "encoding" in c for c in manifest["columns"])
+
+
+KILL_POINTS = [
+    ("before-call", "CreateMultipartUpload", 1),
+    ("after-call", "UploadPart", 1),
+    ("before-call", "CompleteMultipartUpload", 1),
+    ("after-call", "CompleteMultipartUpload", 1),
+    ("before-call", "PutObject", 1),
+    ("after-call", "PutObject", 1),
+    ("before-call", "DeleteObject", 1),
+    ("before-call", "ListObjectsV2", 1),
+]
+
+
+def test_a_re_archive_killed_at_any_step_leaves_one_whole_archive(pg, s3, conn, schema, store, s3_client, bucket,
+                                                                  tmp_path):
+    """SIGKILL between any two requests of an overwrite: the manifest always names a whole object whose
+    content is the old day or the new one, never a mix; a clean run afterwards leaves nothing stray."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
+                         "FROM generate_series(1, 60000) g").format(sql.Identifier(schema, "big")))
+    spec = {"name": f"{schema}.big", "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
+    first = archive_partition(conn, TableSpec(**spec), D, store)
+    known = {first.fingerprint}
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    for n, point in enumerate(KILL_POINTS):
+        conn.execute(sql.SQL("UPDATE {} SET body = %s WHERE id = 1").format(sql.Identifier(schema, "big")),
+                     (f"edit {n}",))
+        known.add(str(fingerprint.compute(conn, sql.Identifier(schema, "big"), first.columns)))
+        args = {"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": spec, "day": "2024-03-10",
+                "overwrite": True, "temp_dir": str(temp), "kill": list(point)}
+        child = subprocess.run([sys.executable, "-m", "archive_pipeline_tests.archive_child", json.dumps(args)],
+                               capture_output=True, text=True, timeout=120)
+        assert child.returncode == -9, f"kill point {point} was not reached: {child.stdout}{child.stderr}"
+        manifest = decode_manifest(download(s3_client, bucket, first.manifest_key))
+        body = download(s3_client, bucket, manifest["object"]["key"])
+        assert hashlib.md5(body).hexdigest() == manifest["object"]["md5"], point
+        assert len(body) == manifest["object"]["bytes"] and body.count(b"\n") == manifest["rows"], point
+        assert manifest["fingerprint"] in known, point
+        assert list(temp.iterdir()) == [], f"temp file left after SIGKILL at {point}"
+    final = archive_partition(conn, TableSpec(**spec), D, store, overwrite=True)
+    assert stored_keys(s3_client, bucket) == sorted([final.key, final.manifest_key])
+    assert final.fingerprint == str(fingerprint.compute(conn, sql.Identifier(schema, "big"), first.columns))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_deep_verification_proves_then_names_the_first_difference(conn, schema, table, store, fmt):
+    spec = table.model_copy(update={"format": fmt})
+    archive_partition(conn, spec, D, store)
+    assert deep_verify(conn, store, spec, D) == []
+    conn.execute(sql.SQL("UPDATE {} SET body = 'changed in the source' WHERE id = 42").format(
+        sql.Identifier(schema, "t")))
+    problems = deep_verify(conn, store, spec, D)
+    assert any("the source's rows for 2024-03-10 are not the archive's: the same 200 rows" in p for p in problems)
+    assert any(p.startswith("first difference: ") and ("changed in the source" in p or "42" in p) for p in problems)
+
+
+def test_deep_verification_catches_an_archive_that_decodes_but_holds_other_rows(conn, schema, table, store,
+                                                                                 s3_client, bucket):
+    """A consistent forgery (object and manifest digests updated together) still fails on the fingerprint."""
+    result = archive_partition(conn, table, D, store)
+    body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(download(s3_client, bucket, result.key))).read()
+    forged = zstandard.ZstdCompressor().compress(body.replace(b'"id":42,', b'"id":4242,', 1))
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=forged)
+    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
+    head = s3_client.head_object(Bucket=bucket, Key=result.key)
+    manifest["object"].update(bytes=len(forged), md5=hashlib.md5(forged).hexdigest(),
+                              sha256=hashlib.sha256(forged).hexdigest(), etag=head["ETag"].strip('"'))
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    problems = deep_verify(conn, store, table, D)
+    assert any("the archive's rows are not the ones recorded" in p for p in problems)
+    assert any("first difference: the source has a row the archive lacks: (42," in p
+               or "first difference: the archive has a row the source lacks: (4242," in p for p in problems)
+
+
+def test_deep_verification_of_a_missing_or_damaged_object(conn, table, store, s3_client, bucket):
+    result = archive_partition(conn, table, D, store)
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=b"not the archive")
+    assert any(p.startswith("size: recorded") for p in deep_verify(conn, store, table, D))
+    s3_client.delete_object(Bucket=bucket, Key=result.manifest_key)
+    assert deep_verify(conn, store, table, D) == [
+        f"{table.name} 2024-03-10 has no archive at {store.uri(result.manifest_key[:-len('.manifest.json')])}"]
+
+
+def _whole_archive(s3_client, bucket, manifest_key: str) -> dict:
+    """The manifest at ``manifest_key``, after checking it names a whole object (size, MD5, row count)."""
+    manifest = decode_manifest(download(s3_client, bucket, manifest_key))
+    body = download(s3_client, bucket, manifest["object"]["key"])
+    assert hashlib.md5(body).hexdigest() == manifest["object"]["md5"]
+    assert len(body) == manifest["object"]["bytes"]
+    assert decompress(body, manifest["compression"]).count(b"\n") == manifest["rows"]
+    return manifest
+
+
+@pytest.fixture
+def big(conn, schema) -> TableSpec:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
+                         "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
+    return TableSpec(name=f"{schema}.big", day_column="at", start_date="2024-03-01", compression="none")
+
+
+def test_a_manifest_corrupted_on_the_way_is_caught_and_never_leaves_the_day_stuck(s3, conn, table, bucket, s3_client):
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        once = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="flip_request_byte", times=1))
+        first = archive_partition(conn, table, D, store)
+        assert once.hits == 1  # the damaged PUT was caught and the manifest written again
+        assert _whole_archive(s3_client, bucket, first.manifest_key)["fingerprint"] == first.fingerprint
+        proxy.clear()
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="flip_request_byte", times=None))
+        with pytest.raises(ArchiveError) as err:
+            archive_partition(conn, table, D, store, overwrite=True)
+        assert err.value.retryable is True
+        proxy.clear()
+        # whatever the failed run left, the next one ends with one whole, provable archive
+        again = archive_partition(conn, table, D, store)
+        manifest = _whole_archive(s3_client, bucket, again.manifest_key)
+        assert manifest["fingerprint"] == first.fingerprint
+        assert deep_verify(conn, store, table, D) == []
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+# Every request a multipart re-archive makes, failing for good: (method, path regex, query substring).
+REQUESTS = [
+    ("POST", None, "uploads"), ("PUT", None, "partNumber="), ("POST", None, "uploadId="),
+    ("HEAD", r"\.g\d+\.jsonl$", None), ("PUT", r"\.manifest\.json$", None), ("DELETE", r"\.jsonl$", None),
+    ("GET", None, "list-type"), ("GET", r"\.manifest\.json$", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "query"), REQUESTS, ids=[f"{m} {p or q}" for m, p, q in REQUESTS])
+def test_a_re_archive_whose_request_fails_keeps_one_whole_archive(s3, conn, schema, big, bucket, s3_client,
+                                                                  method, path, query):
+    direct = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    first = archive_partition(conn, big, D, direct)
+    conn.execute(sql.SQL("UPDATE {} SET body = 'edited' WHERE id = 1").format(sql.Identifier(schema, "big")))
+    edited = str(fingerprint.compute(conn, sql.Identifier(schema, "big"), first.columns))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        fault = proxy.add(Fault(method=method, path=path, query=query, action="error", status=503, times=None))
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        try:
+            archive_partition(conn, big, D, store, overwrite=True)
+        except ArchiveError as exc:
+            assert exc.retryable is True and big.name in str(exc) and "2024-03-10" in str(exc)
+        assert fault.hits >= 1
+    manifest = _whole_archive(s3_client, bucket, first.manifest_key)
+    assert manifest["fingerprint"] in (first.fingerprint, edited)
+    final = archive_partition(conn, big, D, direct, overwrite=True)
+    assert final.fingerprint == edited
+    assert stored_keys(s3_client, bucket) == sorted([final.key, final.manifest_key])
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.fixture(scope="module")
+def replica(pg):
+    from archive_pipeline.local_stack import start_replica
+
+    server = start_replica(pg)
+    yield server
+    server.stop()
+
+
+def test_deep_verification_on_a_hot_standby_uses_a_scratch_database(pg, replica, schema, table, store):
+    wait_for_replay(pg, replica)
+    with replica.connect() as standby, pg.connect() as scratch:
+        result = archive_partition(standby, table, D, store)  # archiving reads the standby
+        assert result.rows == 200
+        with pytest.raises(ArchiveError, match="hot standby allows no temporary tables"):
+            deep_verify(standby, store, table, D)
+        assert deep_verify(standby, store, table, D, scratch_conn=scratch) == []

@@ -1,0 +1,222 @@
+"""Benchmark: restore one archived day of the sample events table from each format back into
+PostgreSQL, next to PostgreSQL's own load limit measured in the same run. Prints numbers; asserts nothing.
+
+    python bench/restore.py                               # 1,000,000-row day, medians of 3
+    python bench/restore.py --rows 1000000 --runs 1
+    python bench/restore.py --rows 1000000 --big-rows 10000000 --runs 1   # flat memory at 10x the rows
+
+Each day is archived once per format (zstd; archive_partition, the code the asset runs). Then,
+limits and restores interleaved round by round:
+  copy_csv   psql -c "\\copy <table> FROM '<day>.csv' csv"           (the same rows as plain CSV)
+  zstd_copy  zstd -dc <day>.csv.zst | psql -c "\\copy <table> FROM STDIN csv"
+  restore    restore_archive(into="new") in a fresh process: verified download from the local S3
+             endpoint (moto), decompress, decode, COPY/INSERT, fingerprint of the new table compared
+             with the manifest's, commit. fp s = a second fingerprint of the restored table alone,
+             to show its share. RSS+MB = peak RSS (VmHWM) above the RSS after imports.
+Every load goes into a fresh, index-free table (the limits' too); timings on a shared 2-core machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DAY_SMALL = dt.date(2024, 3, 10)
+DAY_BIG = dt.date(2024, 3, 11)
+BUCKET = "bench"
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_mb() -> float:
+    """Peak RSS of this process since it started (or since the peak was reset).
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak across fork/vfork + exec
+    into it, and this driver archives in-process first, so every child would report the driver's peak
+    (measured: 75 MB for all three formats). VmHWM belongs to the child's own address space."""
+    return _status_mb("VmHWM")
+
+
+def child(args: argparse.Namespace) -> None:
+    """One restore in this fresh process; prints a JSON line."""
+    import boto3
+    import psycopg
+    import pyarrow.csv  # noqa: F401 - import cost is not restore cost
+    import pyarrow.parquet  # noqa: F401
+    from psycopg import sql
+
+    from archive_pipeline import fingerprint
+    from archive_pipeline.restore import restore_archive
+    from archive_pipeline.source import describe_table
+    from archive_pipeline.store import S3Store
+
+    client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    store = S3Store(client, BUCKET, prefix="bench")
+    manifest = json.loads(Path(args.manifest).read_text())
+    with psycopg.connect(args.dsn, autocommit=True) as conn:
+        after_imports = _status_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # peak from here on
+        started = time.perf_counter()
+        result = restore_archive(conn, store, manifest, into="new", target=args.target, temp_dir=args.temp_dir)
+        wall = time.perf_counter() - started
+        table = describe_table(conn, args.target, None)
+        fp_started = time.perf_counter()
+        fingerprint.compute(conn, table.identifier, table.columns)
+        fp_seconds = time.perf_counter() - fp_started
+        conn.execute(sql.SQL("DROP TABLE {}").format(table.identifier))
+    peak = _peak_mb()
+    print(json.dumps({"rows": result.rows, "wall": wall, "fp": fp_seconds, "checked": result.fingerprint_checked,
+                      "bytes": manifest["object"]["bytes"], "rss_after_imports": after_imports, "peak_rss": peak}))
+
+
+def _time(cmd: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
+    return time.perf_counter() - started
+
+
+def _psql(pg) -> str:
+    return f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {pg.port} -U postgres -d postgres"
+
+
+def _restore_once(manifest_path: Path, target: str, pg, s3, workdir: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", "--manifest", str(manifest_path), "--target", target,
+                          "--dsn", pg.dsn, "--endpoint", s3.endpoint_url, "--temp-dir", str(workdir)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _prepare(day: dt.date, formats: list[str], pg, s3, workdir: Path) -> dict[str, Path]:
+    """Archive the day in each format; export it as CSV (plain and zstd) for the limits."""
+    import boto3  # noqa: F401
+
+    from archive_pipeline.archive import archive_partition
+    from archive_pipeline.config import TableSpec
+    from archive_pipeline.manifest import decode_manifest
+    from archive_pipeline.store import S3Store
+
+    store = S3Store(s3.client(), BUCKET, prefix="bench")
+    manifests = {}
+    with pg.connect() as conn:
+        for fmt in formats:
+            spec = TableSpec(name="public.events", day_column="created_at", start_date="2024-01-01", format=fmt,
+                             compression="zstd")
+            result = archive_partition(conn, spec, day, store, temp_dir=str(workdir))
+            path = workdir / f"{day}.{fmt}.manifest.json"
+            path.write_text(json.dumps(decode_manifest(store.get_bytes(result.manifest_key))))
+            manifests[fmt] = path
+    where = f"created_at >= '{day} 00:00:00+00' AND created_at < '{day + dt.timedelta(days=1)} 00:00:00+00'"
+    csv_path = workdir / f"{day}.csv"
+    subprocess.run(["bash", "-o", "pipefail", "-c",
+                    f'{_psql(pg)} -c "\\copy (SELECT * FROM public.events WHERE {where}) TO \'{csv_path}\' csv" '
+                    f"&& zstd -q -3 -f {csv_path} -o {csv_path}.zst"], check=True)
+    return manifests
+
+
+def _measure(day: dt.date, formats: list[str], runs: int, pg, s3, workdir: Path) -> tuple[dict, dict]:
+    manifests = _prepare(day, formats, pg, s3, workdir)
+    csv_path = workdir / f"{day}.csv"
+    create = f'{_psql(pg)} -c "DROP TABLE IF EXISTS limit_load; CREATE TABLE limit_load (LIKE public.events)"'
+    limits = {
+        "copy_csv": f'{_psql(pg)} -c "\\copy limit_load FROM \'{csv_path}\' csv"',
+        "zstd_copy": f'zstd -q -dc {csv_path}.zst | {_psql(pg)} -c "\\copy limit_load FROM STDIN csv"',
+    }
+    limit_times: dict[str, list[float]] = {name: [] for name in limits}
+    by_format: dict[str, list[dict]] = {fmt: [] for fmt in formats}
+    for _ in range(runs):
+        for name, cmd in limits.items():
+            _time(create)
+            limit_times[name].append(_time(cmd))
+        _time(f'{_psql(pg)} -c "DROP TABLE limit_load; CHECKPOINT"')
+        for fmt in formats:
+            by_format[fmt].append(_restore_once(manifests[fmt], f"public.restored_{fmt}", pg, s3, workdir))
+            _time(f'{_psql(pg)} -c "CHECKPOINT"')
+    results = {}
+    for fmt, rs in by_format.items():
+        median = {k: statistics.median(r[k] for r in rs) for k in ("rows", "wall", "fp", "bytes")}
+        median["checked"] = all(r["checked"] for r in rs)
+        median["rss_above_imports"] = statistics.median(r["peak_rss"] - r["rss_after_imports"] for r in rs)
+        results[fmt] = median
+    return {k: statistics.median(v) for k, v in limit_times.items()}, results
+
+
+def _print_table(rows: int, limits: dict[str, float], results: dict[str, dict]) -> None:
+    print(f"\n== restore one day of {rows:,} rows (medians) ==")
+    for name, seconds in limits.items():
+        print(f"  limit {name:<10} {seconds:6.2f} s  {rows / seconds:>12,.0f} rows/s")
+    print(f"  {'format':<8} {'rows/s':>10} {'object MB':>9} {'wall s':>7} {'fp s':>6} {'RSS+MB':>7} "
+          f"{'vs copy_csv':>11} {'vs zstd_copy':>12} {'fingerprint':>11}")
+    for fmt, r in results.items():
+        print(f"  {fmt:<8} {r['rows'] / r['wall']:>10,.0f} {r['bytes'] / 1e6:>9.1f} {r['wall']:>7.2f} "
+              f"{r['fp']:>6.2f} {r['rss_above_imports']:>7.1f} {limits['copy_csv'] / r['wall']:>10.2f}x "
+              f"{limits['zstd_copy'] / r['wall']:>11.2f}x {'equal' if r['checked'] else 'NOT checked':>11}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the benchmark day")
+    parser.add_argument("--big-rows", type=int, default=0, help="rows of a second, bigger day (0: skip)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--formats", default="csv,jsonl,parquet")
+    for hidden in ("--manifest", "--target", "--dsn", "--endpoint", "--temp-dir"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if not shutil.which("zstd") or not shutil.which("psql"):
+        sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
+
+    from archive_pipeline.local_stack import create_sample_events, local_stack
+
+    formats = args.formats.split(",")
+    workdir = Path(tempfile.mkdtemp(prefix="archive-bench-restore-"))
+    print(f"{os.cpu_count()} cores; generating sample data ...", flush=True)
+    try:
+        with local_stack() as (pg, s3):
+            s3.client().create_bucket(Bucket=BUCKET)
+            days = [(DAY_SMALL, args.rows)] + ([(DAY_BIG, args.big_rows)] if args.big_rows else [])
+            with pg.connect() as conn:
+                for day, rows in days:
+                    started = time.perf_counter()
+                    create_sample_events(conn, [day], rows)
+                    conn.execute("VACUUM ANALYZE public.events")
+                    conn.execute("CHECKPOINT")
+                    print(f"  {rows:,} rows for {day} in {time.perf_counter() - started:.0f} s", flush=True)
+            summary = {}
+            for day, rows in days:
+                limits, results = _measure(day, formats, args.runs, pg, s3, workdir)
+                _print_table(rows, limits, results)
+                summary[rows] = results
+            if len(days) == 2:
+                small, big = summary[args.rows], summary[args.big_rows]
+                print(f"\n== growth from {args.rows:,} to {args.big_rows:,} rows ==")
+                for fmt in formats:
+                    s, b = small[fmt], big[fmt]
+                    print(f"  {fmt:<8} rows/s {s['rows'] / s['wall']:,.0f} -> {b['rows'] / b['wall']:,.0f}, "
+                          f"RSS above imports {s['rss_above_imports']:.1f} -> {b['rss_above_imports']:.1f} MB")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
