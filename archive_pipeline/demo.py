@@ -97,15 +97,17 @@ def write_env_file(home: Path, env: dict[str, str]) -> Path:
 
 
 def show_round_trip(env: dict[str, str], day: dt.date) -> None:
-    """Restore one archived day from the bucket and compare it with the source table.
-
-    Hook for archive_pipeline.restore (restore and compare, being added to the core): until that module
-    exists, the demo ends after the listing.
-    """
-    try:
-        from archive_pipeline import restore  # noqa: F401
-    except ImportError:
-        return
+    """Restore one archived day from the bucket into a new table and compare the source with the archive,
+    through the command line a user would type (`archive-pipeline`, the same core and settings)."""
+    print(f"\nround trip of {day}: restored from the bucket into a new table (kept only if its rows have the "
+          "manifest's fingerprint), then the source compared with the archive:")
+    for args in (["restore", "--day", day.isoformat(), "--into", "new", "--target", "public.events_restored"],
+                 ["compare", "--day", day.isoformat()]):
+        print(f"$ archive-pipeline {shlex.join(args)}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env={**os.environ, **env},
+                              cwd=REPO, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"archive-pipeline {args[0]} exited with {done.returncode}")
 
 
 def main(argv: list[str] | None = None) -> int:
