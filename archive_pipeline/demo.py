@@ -34,8 +34,16 @@ def _print_table(rows: list[tuple], header: tuple) -> None:
                         for x, w in zip(line, widths, strict=True)).rstrip())
 
 
+_signals: list[float] = []  # when SIGINT/SIGTERM arrived
+
+
 def _interrupt(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    """The first signal interrupts whatever runs (KeyboardInterrupt: the `finally` blocks stop the
+    services). Later ones only count: `kill %1` reaches both make and us, and make passes its SIGTERM on,
+    so one request can arrive twice, and a second interrupt must not cut the shutdown short."""
+    _signals.append(time.monotonic())
+    if len(_signals) == 1:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _stop_on_signals() -> None:
@@ -48,15 +56,18 @@ def _stop_on_signals() -> None:
 
 def _stop_group(process: subprocess.Popen) -> None:
     """Stop dagster dev and everything it started: SIGINT (its own clean shutdown), then SIGTERM, then
-    SIGKILL, to its whole process group. A second Ctrl-C while waiting skips to the next step."""
+    SIGKILL, to its whole process group. Another Ctrl-C while waiting (a second later or more, not the
+    duplicate of the first) skips to the next step."""
     for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=grace)
+        step = time.monotonic()
+        while process.poll() is None and time.monotonic() < step + grace:
+            if any(t > step and t > _signals[0] + 1 for t in _signals[1:]):
+                break
+            time.sleep(0.1)
+        if process.poll() is not None:
             break
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            continue
     with contextlib.suppress(ProcessLookupError):  # anything it left behind in its group
         os.killpg(process.pid, signal.SIGKILL)
 

@@ -452,9 +452,9 @@ def _alive(pid: int) -> bool:
 
 
 def _start_demo(tmp_path: Path, *, background: bool, days: int = 1) -> tuple[subprocess.Popen, int, Path, Path]:
-    """`make demo UI=1` with this test run's Python environment. background=True starts it the way
-    `make demo UI=1 &` in a script does (SIGINT ignored); otherwise as a terminal's foreground job
-    (a process group of its own, which Ctrl-C signals as a whole)."""
+    """`make demo UI=1` with this test run's Python environment, as a job of its own process group, the
+    way a shell with job control starts one: in the foreground (Ctrl-C signals the whole group), or in the
+    background (`make demo UI=1 &`: SIGINT ignored; `kill %1` sends SIGTERM to the whole group)."""
     port, home, log = free_port(), tmp_path / "home", tmp_path / "demo.log"
     cmd = ["make", "--no-print-directory", "demo", "UI=1", f"VENV={sys.prefix}", "INSTALL=0",
            f"ARGS=--days {days} --rows 200 --port {port} --home {home}"]
@@ -463,7 +463,7 @@ def _start_demo(tmp_path: Path, *, background: bool, days: int = 1) -> tuple[sub
         del env[name]
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=not background,
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None)
     _wait_for("the demo's UI", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2),
               process, log, timeout=180)
@@ -520,7 +520,8 @@ def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_besid
         assert sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition") == \
             [(today - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
     finally:
-        _assert_stops(process, log, lambda: os.kill(process.pid, signal.SIGTERM))
+        # `kill %1`: SIGTERM to make and the demo at once, and make passes its own on to the demo too.
+        _assert_stops(process, log, lambda: os.killpg(process.pid, signal.SIGTERM))
     output = log.read_text()
     assert "archived partitions of asset archive/public/events" in output
     # Nothing alarming on start or stop (dagster dev's own INFO lines only).
