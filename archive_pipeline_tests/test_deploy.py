@@ -349,9 +349,9 @@ def _instance_yaml_as_tested() -> tuple[str, dict]:
 def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, s3, bucket, s3_client, tmp_path,
                                                               monkeypatch):
     """The image's CMD as the code server, docs/workspace.production.yaml pointing at it, and the webserver
-    and daemon on docs/dagster.production.yaml (PostgreSQL storage, queued run coordinator, pools, run
-    monitoring): a run launched through GraphQL is queued, dequeued by the daemon and succeeds; a pool
-    slot left behind by a finished run is given back."""
+    and daemon on docs/dagster.production.yaml (PostgreSQL storage, S3 run logs, queued run coordinator,
+    pools, run monitoring): a run launched through GraphQL is queued, dequeued by the daemon and succeeds
+    with its logs in the bucket; a pool slot left behind by a finished run is given back."""
     create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=100, schema=schema)
     database = f"dagster_{schema}"
     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -370,7 +370,8 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
     env = {**os.environ, "DAGSTER_HOME": str(home), "ARCHIVE_PIPELINE_CONFIG": str(config),
            "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
            "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "unused", "DAGSTER_PG_HOST": "127.0.0.1",
-           "DAGSTER_PG_DB": database, "DAGSTER_PG_PORT": str(pg.port)}
+           "DAGSTER_PG_DB": database, "DAGSTER_PG_PORT": str(pg.port),
+           "DAGSTER_COMPUTE_LOGS_BUCKET": bucket, "AWS_ENDPOINT_URL_S3": s3.endpoint_url}
     _, cmd = _dockerfile()
     cmd = [str(PYTHON_BIN / cmd[0]), *cmd[1:]]
     cmd[cmd.index("-h") + 1], cmd[cmd.index("-p") + 1] = "127.0.0.1", str(code_port)
@@ -406,7 +407,7 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
             # A run that crashes or is cancelled holding a pool slot leaves it claimed; the monitoring
             # daemon gives it back free_slots_after_run_end_seconds after the run ended.
             for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB",
-                         "DAGSTER_PG_PORT"):
+                         "DAGSTER_PG_PORT", "DAGSTER_COMPUTE_LOGS_BUCKET"):
                 monkeypatch.setenv(name, env[name])
             with DagsterInstance.from_config(str(home)) as dagster_instance:
                 assert type(dagster_instance.run_storage).__name__ == "PostgresRunStorage"
@@ -420,6 +421,9 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
     finally:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
     assert s3_client.head_object(Bucket=bucket, Key=f"{schema}.events/2024/03/2024-03-10.jsonl.zst")
+    # The run's stdout/stderr went to the bucket through the S3 compute log manager.
+    logs = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="dagster-compute-logs/")["Contents"]]
+    assert any(run_id in key and key.endswith(".err") for key in logs), logs
 
 
 def _finished(port: int, run_id: str) -> str | None:
