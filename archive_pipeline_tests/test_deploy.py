@@ -201,6 +201,29 @@ def test_component_runs_an_archive(two_tables, archive_env, tmp_path, monkeypatc
     assert s3_client.head_object(Bucket=archive_env, Key=f"{schema}.orders/2024/03/2024-03-10.csv.zst")
 
 
+def test_component_scaffold_writes_a_loadable_defs_yaml(tmp_path, monkeypatch, conn, schema, archive_env):
+    """What `dg scaffold defs archive_pipeline.component.ArchiveTablesComponent archive` writes loads."""
+    from dagster.components import ScaffoldRequest
+    from dagster.components.scaffold.scaffold import NoParams, get_scaffolder
+
+    _make_project(tmp_path, _component_yaml({"config_path": "unused.yaml"}))
+    [target] = (tmp_path).glob("host_project_*/defs/archive")
+    (target / "defs.yaml").unlink()
+    get_scaffolder(ArchiveTablesComponent).scaffold(ScaffoldRequest(
+        type_name="archive_pipeline.component.ArchiveTablesComponent", target_path=target,
+        scaffold_format="yaml", project_root=tmp_path, params=NoParams()))
+    assert yaml.safe_load((target / "defs.yaml").read_text()) == {
+        "type": "archive_pipeline.component.ArchiveTablesComponent", "attributes": {"config_path": "archive_tables.yaml"}}
+    starter = yaml.safe_load((target / "archive_tables.yaml").read_text())
+    parse_config(starter)  # valid as written; point it at a table of this test's database to load it
+    starter["tables"][0]["name"] = f"{schema}.events"
+    create_sample_events(conn, [], rows_per_day=0, schema=schema)
+    (target / "archive_tables.yaml").write_text(yaml.safe_dump(starter))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    defs = load_from_defs_folder(path_within_project=tmp_path)
+    assert _summary(defs)["assets"] == [f"archive/{schema}/events"]
+
+
 def test_component_rejects_bad_attributes_as_the_file_does(tmp_path, monkeypatch, schema):
     bad = _tables(schema)
     bad["tables"][1]["chunk_size"] = 5
