@@ -153,7 +153,8 @@ def _demo(args: argparse.Namespace) -> int:
             create_sample_events(conn, days, args.rows)
         s3.client().create_bucket(Bucket=BUCKET)
         env = {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": BUCKET, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
-               "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo", "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
+               "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo",
+               "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
                "ARCHIVE_PIPELINE_CONFIG": str(REPO / "archive_tables.yaml"), "DAGSTER_HOME": str(home)}
         os.environ.update(env)
         write_env_file(home, env)

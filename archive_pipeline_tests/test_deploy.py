@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import (
-    AssetKey,
     Definitions,
     DagsterInstance,
     asset,
@@ -213,7 +212,8 @@ def test_component_scaffold_writes_a_loadable_defs_yaml(tmp_path, monkeypatch, c
         type_name="archive_pipeline.component.ArchiveTablesComponent", target_path=target,
         scaffold_format="yaml", project_root=tmp_path, params=NoParams()))
     assert yaml.safe_load((target / "defs.yaml").read_text()) == {
-        "type": "archive_pipeline.component.ArchiveTablesComponent", "attributes": {"config_path": "archive_tables.yaml"}}
+        "type": "archive_pipeline.component.ArchiveTablesComponent",
+        "attributes": {"config_path": "archive_tables.yaml"}}
     starter = yaml.safe_load((target / "archive_tables.yaml").read_text())
     parse_config(starter)  # valid as written; point it at a table of this test's database to load it
     starter["tables"][0]["name"] = f"{schema}.events"
