@@ -44,6 +44,7 @@ from archive_pipeline.manifest import (
     build_manifest,
     decode_manifest,
     encode_manifest,
+    stored_object_problems,
     table_definition,
 )
 from archive_pipeline.memory import bound_allocator
@@ -52,7 +53,8 @@ from archive_pipeline.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, 
     server_identity
 from archive_pipeline.store import S3Store, S3Upload
 
-__all__ = ["ArchiveResult", "ForeignArchiveError", "LateRowsError", "archive_partition", "render_key"]
+__all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
+           "keeps_existing", "read_existing", "render_key"]
 
 Progress = Callable[[int, int], None]  # (rows so far, formatted bytes so far)
 MANIFEST_PUT_ATTEMPTS = 3
@@ -77,8 +79,7 @@ def object_extension(spec: TableSpec) -> str:
 
 def render_key(spec: TableSpec, day: dt.date, prefix: str = "") -> str:
     """The object key of one day, from the table's key template (the manifest sits at key + .manifest.json)."""
-    return keys.render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
-                       fmt=spec.format, compression=spec.compression)
+    return keys.table_day_key(spec, day, prefix)
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,7 @@ def read_existing(store: S3Store, key: str) -> Existing:
     head = store.head(obj["key"])
     if head is None:
         return Existing(manifest, raw, f"object {obj['key']} is missing")
-    problems = []
-    if head["ContentLength"] != obj.get("bytes"):
-        problems.append(f"size: recorded {obj.get('bytes')!r} bytes, stored {head['ContentLength']:,}")
-    if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
-        problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
-    return Existing(manifest, raw, "; ".join(problems) or None)
+    return Existing(manifest, raw, "; ".join(stored_object_problems(head, manifest)) or None)
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
@@ -149,6 +145,18 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
+
+
+def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, existing: Existing,
+                   identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
+    """The archiver's own rule for what is already stored, for callers that only plan (a dry run):
+    True = skip (identical), False = archive (again); raises what ``archive_partition`` would raise
+    (another table's or day's archive, changed content, a removed day)."""
+    archiving = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
+    archiving._refuse_foreign(existing, overwrite)
+    if existing.manifest is None or existing.problem is not None:
+        return False
+    return archiving._keep(existing.manifest, identity, table, fp, overwrite)
 
 
 class _Archiving:

@@ -29,6 +29,7 @@ from archive_pipeline.config import ArchiveConfig, ConfigError, SourceSettings, 
 from archive_pipeline.discovery import declarative_days
 from archive_pipeline.errors import SourceError
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.schedules import build_daily_schedule
 from archive_pipeline.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
 from archive_pipeline.source import describe_table
@@ -66,6 +67,9 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
     )
     return {
         "postgres": PostgresResource(dsn=EnvVar("ARCHIVE_PG_DSN"), **source.model_dump()),
+        # Removing days from the source (retention) writes: it needs the primary, when archiving reads a replica.
+        "primary_postgres": PostgresResource(dsn=_optional_env("ARCHIVE_PG_PRIMARY_DSN") or EnvVar("ARCHIVE_PG_DSN"),
+                                             **source.model_dump()),
         "archive_store": ArchiveStoreResource(s3=s3, bucket=EnvVar("ARCHIVE_S3_BUCKET"),
                                               prefix=_optional_env("ARCHIVE_S3_PREFIX") or ""),
     }
@@ -138,6 +142,9 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         jobs.append(job)
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
+        if spec.retention is not None:
+            assets.append(build_removal_asset(spec))
+            schedules.append(build_retention_schedule(spec, config.schedule.hour))
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
                               executor_def=in_process_executor,
                               description="On demand: re-check every table's latest archive against what was "
@@ -151,8 +158,15 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         jobs=[*jobs, verify],
         schedules=schedules,
         sensors=[build_new_days_sensor(targets, config.sensor)],
-        resources=resources or default_resources(config),
+        resources=_with_primary(resources or default_resources(config)),
     )
+
+
+def _with_primary(resources: dict[str, object]) -> dict[str, object]:
+    """Removals use ``primary_postgres``; without one, the source connection is the primary."""
+    if "primary_postgres" not in resources and "postgres" in resources:
+        return {**resources, "primary_postgres": resources["postgres"]}
+    return resources
 
 
 @definitions

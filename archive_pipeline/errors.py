@@ -24,11 +24,11 @@ from urllib.parse import quote, quote_plus, unquote
 
 
 # scheme://user:password@ and scheme://:password@ (user optional), whatever the password holds
-_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/?#]*@")  # to the last @
 # password=... as a URI query parameter (ends at & or #)
 _QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#\s'\"]*", re.IGNORECASE)
 # password=value / password = 'quoted \' value' in libpq key=value form (also PGPASSWORD=, sslpassword=)
-_KV_PASSWORD = re.compile(r"(\b(?:pg|ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'&]+)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(\b(?:pg|ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
 
 
 def redact(text: str, *secrets: str | None) -> str:

@@ -32,6 +32,13 @@ def render(template: str, *, prefix: str, schema: str, table: str, day: dt.date,
     return re.sub(r"/{2,}", "/", key).strip("/")
 
 
+def table_day_key(spec, day: dt.date, prefix: str = "") -> str:
+    """The rendered key of one day of a configured table (a ``config.TableSpec``; duck-typed, since
+    configuration imports this module to check its templates)."""
+    return render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
+                  fmt=spec.format, compression=spec.compression)
+
+
 def generation_key(key: str, generation: int) -> str:
     """Where generation ``generation`` of an archive's data lives: the key itself for the first, then
     ``<stem>.g<N>.<ext>`` beside it. A re-archive writes a new generation and commits it by writing

@@ -58,11 +58,6 @@ def due_days(spec: TableSpec, today: dt.date) -> list[dt.date]:
     return [spec.start_date + dt.timedelta(days=i) for i in range((last - spec.start_date).days + 1)]
 
 
-def _key(spec: TableSpec, store: S3Store, day: dt.date) -> str:
-    return keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
-                       day=day, fmt=spec.format, compression=spec.compression)
-
-
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None) -> Removal:
@@ -80,7 +75,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S
                              "standby: configure the primary's connection for removals",
                              table=spec.name, day=day.isoformat())
     with table_day_lock(conn, spec.name, day):
-        key = _key(spec, store, day)
+        key = keys.table_day_key(spec, day, store.prefix)
         manifest = load_manifest(store, key)
         if manifest is None:
             raise RemovalRefused(f"{spec.name} {day} has no archive at {store.uri(key)}; archive it first",

@@ -168,3 +168,14 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     if not manifest.get("empty") and not isinstance(manifest["object"], dict):
         raise ManifestError("a non-empty day without an object")
     return manifest
+
+
+def stored_object_problems(head: dict, manifest: dict) -> list[str]:
+    """How the stored object (its HEAD) differs from the one its manifest describes."""
+    obj = manifest["object"]
+    problems = []
+    if head["ContentLength"] != obj.get("bytes"):
+        problems.append(f"size: recorded {obj.get('bytes')!r} bytes, stored {head['ContentLength']:,}")
+    if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
+        problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
+    return problems

@@ -16,10 +16,10 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline import fingerprint
-from archive_pipeline.archive import ArchiveError, _Archiving, read_existing, render_key
+from archive_pipeline.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import ChildRange, child_ranges, existing_days, source_table
-from archive_pipeline.errors import SourceError
+from archive_pipeline.errors import ArchiveError, SourceError
 from archive_pipeline.manifest import SourceIdentity, manifest_key
 from archive_pipeline.source import SourceTable, day_filter, read_snapshot, server_identity
 from archive_pipeline.store import S3Store
@@ -111,15 +111,20 @@ class ManifestLookup:
 
 
 def _existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
-    """The subset of ``keys`` present in the bucket, from one listing under their common prefix;
-    None when they share no directory (listing the whole bucket could cost more than GETs)."""
+    """The subset of ``keys`` present in the bucket, from a listing under their common prefix; None
+    when that would list much more than the keys themselves (a key template that puts the date
+    before the table, or no common directory), where one GET per key costs less."""
     common = os.path.commonprefix(keys)
     if "/" not in common:
         return None
     prefix = common[: common.rindex("/") + 1]
-    found: set[str] = set()
+    wanted, found, listed = set(keys), set(), 0
     for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
-        found.update(item["Key"] for item in page.get("Contents", []))
+        items = page.get("Contents", [])
+        listed += len(items)
+        if listed > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
+            return None
+        found.update(item["Key"] for item in items if item["Key"] in wanted)
     return found
 
 
@@ -133,17 +138,12 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list[dt.date]) -> di
             result[day] = ManifestLookup(key, None)
             continue
         try:
-            manifest = _load(store, key)
+            manifest = load_manifest(store, key)
         except ValueError as exc:
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
             continue
         result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None)
     return result
-
-
-def _load(store: S3Store, key: str) -> dict | None:
-    """The manifest beside the rendered ``key`` (versions 1 and 2, empty days included)."""
-    return load_manifest(store, key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +191,8 @@ STATES = ("archived", "missing", "empty", "changed", "unreadable")
 
 def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list[dt.date], *,
                  check_source: bool = False) -> list[DayStatus]:
-    """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty`` (no rows
-    to archive, or archived as an empty day), ``changed`` (with ``check_source``: the source's content
+    """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty``
+    (archived as a day without rows: a manifest and no object), ``changed`` (with ``check_source``: the source's content
     fingerprint, or row count for a version-1 manifest, differs from the archive's), ``unreadable``
     (a manifest that is not one). Days with neither data nor an archive are left out."""
     in_source = set(existing_days(conn, spec, days)) if days else set()
@@ -320,9 +320,8 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.
         table, where = _source(conn, spec, day)
         current = fingerprint.compute(conn, table.identifier, table.columns, where)
         identity = SourceIdentity(*server_identity(conn))
-    decide = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
     try:
-        keep = decide._keep(existing.manifest, identity, table, current, overwrite)
+        keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
     except ArchiveError as exc:
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if keep:

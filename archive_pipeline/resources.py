@@ -13,7 +13,7 @@ from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from archive_pipeline.errors import ArchiveError, connection_target, describe_connect_error, wrap
+from archive_pipeline.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
 from archive_pipeline.store import MiB, S3Store
 
 
@@ -37,11 +37,14 @@ class PostgresResource(ConfigurableResource):
         wrong password or a missing database); libpq's text never reaches it unscrubbed, because
         it may hold the password (a malformed URI is echoed whole).
         """
+        failure: SourceError | None = None
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
                                    application_name=self.application_name)
         except psycopg.Error as exc:
-            raise describe_connect_error(exc, self.dsn) from None
+            failure = describe_connect_error(exc, self.dsn)
+        if failure is not None:  # raised outside the except block: no chained driver error holding the DSN
+            raise failure
         try:
             yield conn
         finally:

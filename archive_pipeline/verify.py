@@ -26,7 +26,7 @@ from archive_pipeline import fingerprint, keys
 from archive_pipeline.config import TableSpec
 from archive_pipeline.discovery import source_table
 from archive_pipeline.errors import ArchiveError
-from archive_pipeline.manifest import ManifestError, decode_manifest
+from archive_pipeline.manifest import ManifestError, decode_manifest, stored_object_problems
 from archive_pipeline.sink import temp_archive_file
 from archive_pipeline.source import Column, describe_table, day_filter
 from archive_pipeline.store import S3Store
@@ -72,15 +72,13 @@ def load_manifest(store: S3Store, key: str) -> dict | None:
     return None if raw is None else decode_manifest(raw)
 
 
-def stored_object_problems(head: dict, manifest: dict) -> list[str]:
-    """How the stored object (its HEAD) differs from the one its manifest describes."""
-    obj = manifest["object"]
-    problems = []
-    if head["ContentLength"] != obj.get("bytes"):
-        problems.append(f"size: recorded {obj.get('bytes')!r} bytes, stored {head['ContentLength']:,}")
-    if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
-        problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
-    return problems
+def _manifest_or_problem(store: S3Store, key: str, missing: str) -> tuple[dict | None, list[str]]:
+    """The manifest beside ``key``, or why there is none to check against."""
+    try:
+        manifest = load_manifest(store, key)
+    except ManifestError as exc:
+        return None, [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
+    return manifest, ([] if manifest is not None else [missing])
 
 
 def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = False) -> list[str]:
@@ -89,13 +87,9 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
 
     ``key`` is the rendered key of the day; the data object is the one the manifest names.
     """
-    try:
-        manifest = load_manifest(store, key)
-    except ManifestError as exc:
-        return [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
+    manifest, problems = _manifest_or_problem(store, key, f"manifest {keys.manifest_key(key)} is missing")
     if manifest is None:
-        return [f"manifest {keys.manifest_key(key)} is missing"]
-    problems = []
+        return problems
     obj = manifest.get("object") or {}
     recorded = {"md5": obj.get("md5", ""), "bytes": obj.get("bytes", 0), "rows": manifest.get("rows")}
     if "fingerprint" in expected:
@@ -177,15 +171,11 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     types) receives the archived rows when the source cannot (a hot standby); by default they go to
     a temporary table on ``conn``.
     """
-    key = keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
-                      day=day, fmt=spec.format, compression=spec.compression)
     if manifest is None:
-        try:
-            manifest = load_manifest(store, key)
-        except ManifestError as exc:
-            return [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
+        key = keys.table_day_key(spec, day, store.prefix)
+        manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}")
         if manifest is None:
-            return [f"{spec.name} {day} has no archive at {store.uri(key)}"]
+            return problems
     if not manifest.get("fingerprint"):
         return ["the manifest has no fingerprint (written by an older version): archive the day again "
                 "(overwrite) before proving it"]

@@ -293,3 +293,22 @@ def test_the_command_line_does_not_import_dagster():
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
+def test_manifests_found_by_one_listing(conn, schema, store, days):
+    """In-process: over more than a few days, list reads the bucket once and GETs only archived days."""
+    from archive_pipeline import plan
+    from archive_pipeline.archive import archive_partition
+
+    create_sample_events(conn, days, 50, schema=schema)
+    spec = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                     "start_date": "2024-01-01", "partitioning": {"mode": "declarative"}}]}).tables[0]
+    for day in days[:2]:
+        archive_partition(conn, spec, day, store)
+    span = plan.days_between(days[0] - dt.timedelta(days=5), days[-1])
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    found = plan.lookup_manifests(store, spec, span)
+    assert {d for d, f in found.items() if f.archived} == set(days[:2])
+    assert all(found[d].archived.rows == 50 for d in days[:2])
+    assert sorted(calls) == ["GetObject", "GetObject", "ListObjectsV2"]

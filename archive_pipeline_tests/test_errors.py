@@ -214,9 +214,9 @@ def test_adbc_lock_timeout_and_fatal_errors(pg, ap, sp, schema):
 
 
 def test_recovery_conflict_text_from_libpq_is_retried_with_the_hint():
-    # The exact text a standby sends (captured in test_replica.py, which provokes it for real).
-    exc = OSError("[libpq] PQgetCopyData() failed: ERROR:  canceling statement due to conflict with recovery\n"
-                  "DETAIL:  User query might have needed to see row versions that must be removed.\n")
+    # The exact text ADBC raised when test_replica.py provoked the conflict for real.
+    exc = OSError("[libpq] Execution error [PGRES_FATAL_ERROR]: ERROR:  canceling statement due to conflict with "
+                  "recovery\nDETAIL:  User query might have needed to see row versions that must be removed.\n")
     c = classify(exc)
     assert c.retryable and "hot_standby_feedback = on" in c.remedy and "max_standby_streaming_delay" in c.remedy
 
@@ -376,6 +376,9 @@ def test_wrap_names_table_day_cause_remedy_and_hides_the_password(pg, app_role):
     r"host=h password='s3\'cr3t' dbname=d",
     "postgresql://h/db?sslmode=require&password=s3cr3t&user=u",
     "PGPASSWORD=s3cr3t psql",
+    "postgresql://user:s3@cr3t@host/db",  # an unencoded @ in the password
+    "host=h password=s3&cr3t dbname=d",
+    "host=h password=s3'cr3t dbname=d",
 ])
 def test_redact_scrubs_passwords_in_every_form(text):
     out = redact(text)

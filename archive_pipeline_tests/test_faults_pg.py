@@ -3,8 +3,10 @@
 help, holds no secret, and leaves nothing behind (no object, no open multipart upload, no temp file).
 
 Faults are injected at a known point of the stream through the archiver's own ``progress``
-callback (``progress_every=0``: called after the first chunk or Arrow batch), while the day is far
-bigger than the socket buffers, so the COPY is still running when the fault hits.
+callback (``progress_every=0``: called after the first chunk or Arrow batch). Faults that must hit a
+*running* COPY read the view ``events_stalling``, whose row 35,000 sleeps in the server: the COPY is
+provably still active when the fault arrives, whatever socket buffers and read-ahead hold (a fault
+that never came would show as a failure after the stall, not as a pass).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from archive_pipeline.resources import PostgresResource
 from archive_pipeline.store import S3Store
 
 DAY = dt.date(2024, 3, 10)
-BIG_ROWS = 120_000  # ~25 MB as CSV: far more than socket buffers and the read-ahead hold
+ROWS = 40_000
+STALL_AT = 35_000  # after the first chunk and the first 4 MiB Arrow batch (~18,000 rows)
 FORMATS = [("jsonl", "zstd"), ("csv", "gzip"), ("parquet", "zstd")]
 PASSWORD = "fa ult's:p@ss/%"  # needs percent-encoding in a URI and quoting in key=value form
 WIRING = pytest.mark.xfail(strict=True, reason="needs archive.py to call errors.wrap")
@@ -50,7 +53,10 @@ def source(pg: LocalPostgres) -> Iterator[tuple[str, str, str]]:
     dsn = pg.create_password_role(role, PASSWORD)
     with pg.connect() as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        create_sample_events(conn, [DAY], BIG_ROWS, schema=schema)
+        create_sample_events(conn, [DAY], ROWS, schema=schema)
+        conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT e.*, CASE WHEN e.id = {n} THEN pg_sleep(60)::text END AS stall "
+                             "FROM {t} e").format(v=sql.Identifier(schema, "events_stalling"),
+                                                  t=sql.Identifier(schema, "events"), n=sql.Literal(STALL_AT)))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}")
                      .format(s=sql.Identifier(schema), r=sql.Identifier(role)))
     yield schema, role, dsn
@@ -68,8 +74,8 @@ def fresh_role(pg: LocalPostgres, schema: str, label: str) -> tuple[str, str]:
     return role, dsn
 
 
-def spec_for(schema: str, fmt: str, compression: str) -> TableSpec:
-    return TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY, format=fmt,
+def spec_for(schema: str, fmt: str, compression: str, table: str = "events") -> TableSpec:
+    return TableSpec(name=f"{schema}.{table}", day_column="created_at", start_date=DAY, format=fmt,
                      compression=compression, chunk_size=1000)
 
 
@@ -140,7 +146,8 @@ def role_backends(admin: psycopg.Connection, role: str, timeout: float = 10.0) -
 def copy_backends(admin: psycopg.Connection, role: str, exclude: int) -> list[int]:
     """Backends of ``role`` running a COPY (the ADBC reader's binary COPY), other than ``exclude``."""
     return [r[0] for r in admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE usename = %s AND query ILIKE 'COPY%%' AND pid <> %s",
+        "SELECT pid FROM pg_stat_activity WHERE usename = %s AND query ILIKE 'COPY%%' AND state = 'active' "
+        "AND pid <> %s",
         (role, exclude))]
 
 
@@ -149,7 +156,7 @@ def copy_backends(admin: psycopg.Connection, role: str, exclude: int) -> list[in
 @pytest.mark.parametrize(("fmt", "compression"), FORMATS)
 def test_terminated_backend_mid_copy_is_retried(pg, source, store, temp_dir, fmt, compression):
     schema, role, dsn = source
-    spec = spec_for(schema, fmt, compression)
+    spec = spec_for(schema, fmt, compression, table="events_stalling")
     with psycopg.connect(dsn, autocommit=True) as conn, superuser(pg) as admin:
         def terminate() -> None:
             if fmt == "parquet":  # the rows flow through ADBC's own connection: kill that one
@@ -197,11 +204,9 @@ def test_parquet_snapshot_holder_idle_timeout_is_retried_and_names_the_setting(s
 @pytest.mark.parametrize(("fmt", "compression"), FORMATS)
 def test_statement_timeout_is_retried_and_names_the_setting(source, store, temp_dir, fmt, compression):
     schema, _, dsn = source
-    spec = spec_for(schema, fmt, compression)
+    spec = spec_for(schema, fmt, compression, table="events_stalling")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # The pause only makes sure the COPY is still running when its 50 ms are up.
-        err = archive_fails(conn, spec, store, temp_dir, session_settings={"statement_timeout": "50"},
-                            progress=once(lambda: time.sleep(0.5)))
+        err = archive_fails(conn, spec, store, temp_dir, session_settings={"statement_timeout": "50"})
     assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
     assert "statement timeout" in str(err)
     assert_wrapped(err, spec, cause="statement_timeout", remedy="raise source.statement_timeout_ms", retryable=True)
@@ -301,9 +306,22 @@ def small_pg() -> Iterator[LocalPostgres]:
     server.stop()
 
 
+def client_sessions(server: LocalPostgres) -> int | None:
+    """Client sessions other than the one asking, or None while no slot is free to ask."""
+    try:
+        with server.connect() as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                "AND pid <> pg_backend_pid()").fetchone()[0]
+    except psycopg.OperationalError:
+        return None
+
+
 @contextlib.contextmanager
 def every_slot_taken(server: LocalPostgres) -> Iterator[None]:
-    """Open connections until the server says it has no slot left; close them afterwards."""
+    """Open connections until the server says it has no slot left; afterwards close them and wait
+    (bounded) until their backends have exited, so the next test finds the slots free again."""
+    before = client_sessions(server)
+    assert before is not None
     held: list[psycopg.Connection] = []
     try:
         for _ in range(20):
@@ -318,6 +336,10 @@ def every_slot_taken(server: LocalPostgres) -> Iterator[None]:
     finally:
         for conn in held:
             conn.close()
+        deadline = time.monotonic() + 10
+        while (now := client_sessions(server)) is None or now > before:
+            assert time.monotonic() < deadline, f"{now} sessions still open, {before} before"
+            time.sleep(0.05)
 
 
 def test_parquet_reader_when_max_connections_is_reached_is_retried(small_pg, store, temp_dir):
@@ -359,7 +381,7 @@ def connect_error(dsn: str) -> SourceError:
     with pytest.raises(SourceError) as caught:
         with PostgresResource(dsn=dsn, connect_timeout_s=3).connect():
             pass
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained DSN in tracebacks
+    assert caught.value.__cause__ is None and caught.value.__context__ is None  # no chained DSN anywhere
     return caught.value
 
 
@@ -428,13 +450,13 @@ def test_resource_connects_and_wraps_with_its_password(pg, source):
 
 @pytest.fixture
 def full_temp_dir(tmp_path) -> Iterator:
-    """A 1 MiB tmpfs as temp_dir: the day does not fit, the kernel answers ENOSPC."""
+    """A 256 KiB tmpfs as temp_dir: the day does not fit, the kernel answers ENOSPC."""
     import pathlib
     import subprocess
 
     path = pathlib.Path(tmp_path) / "tiny"
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", str(path)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", str(path)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); test_errors classifies a real "

@@ -109,3 +109,63 @@ def test_retention_window_and_config_rules():
     assert due_days(spec, dt.date(2024, 3, 10)) == [dt.date(2024, 3, d) for d in range(1, 7)]
     with pytest.raises(ValueError, match="use action 'delete'"):
         TableSpec(name="a.b", day_column="d", start_date="2024-03-01", retention={"keep_days": 3, "action": "drop"})
+
+
+@pytest.fixture
+def archive_env(monkeypatch, pg, s3, bucket):
+    monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn)
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("ARCHIVE_S3_PREFIX", "archive")
+    return bucket
+
+
+def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(conn, events, archive_env,
+                                                                                s3_client):
+    from dagster import AssetKey, instance_for_test
+
+    from archive_pipeline.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{events}.events", "day_column": "created_at", "start_date": DAYS[0].isoformat(),
+        "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}]})
+    defs = build_definitions(config)
+    removal_key = AssetKey(["source_removed", events, "events"])
+    with instance_for_test() as instance:
+        archive = defs.resolve_job_def(f"archive_{events}_events")
+        remove = defs.resolve_job_def(f"remove_{events}_events")
+        for day in DAYS:
+            assert archive.execute_in_process(partition_key=day.isoformat(), instance=instance).success
+        # A damaged archive: the proof fails, the check says so, nothing is removed.
+        key = f"archive/{events}.events/2024/03/2024-03-11.jsonl.zst"
+        s3_client.put_object(Bucket=archive_env, Key=key, Body=b"damaged")
+        failed = remove.execute_in_process(partition_key="2024-03-11", instance=instance, raise_on_error=False)
+        assert not failed.success
+        [evaluation] = failed.get_asset_check_evaluations()
+        assert not evaluation.passed and "size: recorded" in evaluation.description
+        assert table_exists(conn, events, "events_20240311")
+        # A dry run proves and removes nothing.
+        dry = remove.execute_in_process(partition_key="2024-03-10", instance=instance, run_config={
+            "ops": {removal_key.to_python_identifier(): {"config": {"dry_run": True}}}})
+        assert dry.success and dry.get_asset_check_evaluations()[0].passed
+        assert table_exists(conn, events, "events_20240310")
+        done = remove.execute_in_process(partition_key="2024-03-10", instance=instance)
+        assert done.success and not table_exists(conn, events, "events_20240310")
+        [materialization] = done.asset_materializations_for_node(removal_key.to_python_identifier())
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        assert (meta["action"], meta["dagster/row_count"], meta["run_id"]) == ("drop", 300, done.run_id)
+        assert instance.get_materialized_partitions(removal_key) == {"2024-03-10"}
+        # A backfill with overwrite over the removed day leaves its archive untouched.
+        again = archive.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False,
+                                           run_config={"ops": {AssetKey(["archive", events, "events"])
+                                                               .to_python_identifier(): {"config": {"overwrite": True}}}})
+        assert not again.success
+        assert load_manifest(_store(s3_client, archive_env), f"archive/{events}.events/2024/03/2024-03-10.jsonl.zst"
+                             )["rows"] == 300
+
+
+def _store(client, bucket):
+    from archive_pipeline.store import S3Store
+
+    return S3Store(client, bucket, prefix="archive")

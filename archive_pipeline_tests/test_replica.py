@@ -27,6 +27,7 @@ from archive_pipeline_tests.helpers import decompress, download, read_csv, read_
 DAY = dt.date(2024, 3, 10)
 DAY2 = dt.date(2024, 3, 11)
 ROWS = 60_000  # the conflict test's day: more than socket buffers hold, so the conflict usually hits a running
+STALL_AT = 35_000  # after the first chunk and the first 4 MiB Arrow batch
 SMALL_ROWS = 3_000  # COPY (if the COPY has ended, the snapshot's idle session is terminated: fails the same)
 FORMATS = [("jsonl", "zstd"), ("csv", "gzip"), ("parquet", "zstd")]
 
@@ -38,6 +39,9 @@ def primary() -> Iterator[LocalPostgres]:
     with server.connect() as conn:
         create_sample_events(conn, [DAY], ROWS)
         create_sample_events(conn, [DAY2], SMALL_ROWS)
+        # Row STALL_AT sleeps in the server, so a conflict always meets a running COPY (the ADBC one for Parquet).
+        conn.execute(sql.SQL("CREATE VIEW events_stalling AS SELECT e.*, CASE WHEN e.id = {} THEN pg_sleep(60)::text "
+                             "END AS stall FROM events e").format(sql.Literal(STALL_AT)))
         conn.execute("CREATE TABLE churn (id int)")
     yield server
     server.stop()
@@ -50,8 +54,8 @@ def replica(primary: LocalPostgres) -> Iterator[LocalPostgres]:
     server.stop()
 
 
-def spec_for(fmt: str, compression: str) -> TableSpec:
-    return TableSpec(name="public.events", day_column="created_at", start_date=DAY, format=fmt,
+def spec_for(fmt: str, compression: str, table: str = "events") -> TableSpec:
+    return TableSpec(name=f"public.{table}", day_column="created_at", start_date=DAY, format=fmt,
                      compression=compression, chunk_size=1000)
 
 
@@ -115,7 +119,7 @@ def conflict_prone(replica: LocalPostgres) -> Iterator[LocalPostgres]:
 
 @pytest.mark.parametrize(("fmt", "compression"), FORMATS)
 def test_recovery_conflict_is_retried_with_the_hint(primary, conflict_prone, store, temp_dir, fmt, compression):
-    spec = spec_for(fmt, compression)
+    spec = spec_for(fmt, compression, table="events_stalling")
     with primary.connect() as source:
         source.execute("INSERT INTO churn SELECT generate_series(1, 100)")
     wait_for_replay(primary, conflict_prone)
@@ -145,5 +149,9 @@ def test_recovery_conflict_is_retried_with_the_hint(primary, conflict_prone, sto
     # the cause and the hint, on the real driver exception (archive.py raises ... from None, keeping it as context)
     found = classify(err.__context__)
     assert found.retryable and "recovery conflict" in found.cause
+    if fmt == "parquet":  # ADBC's Arrow stream: a bare OSError, no SQLSTATE, decided by the server's words
+        assert isinstance(err.__context__, OSError) and found.sqlstate is None, repr(err.__context__)
+    else:
+        assert found.sqlstate == "40001"
     hinted = str(wrap(err.__context__, spec.name, DAY.isoformat()))
     assert "hot_standby_feedback = on" in hinted and "max_standby_streaming_delay" in hinted, hinted

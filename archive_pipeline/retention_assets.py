@@ -1,0 +1,130 @@
+"""Retention in Dagster: one partitioned asset per table with ``retention``, whose partition is "this
+day was removed from the source". It depends on the archive asset, and its own blocking check,
+``archive_proven``, is the deep verification of that day: a failed proof records a failed check
+and stops the removal. The materialization says what was removed, when, and by which run; a dry
+run (run config ``dry_run: true``) records only the check and logs what would be removed.
+"""
+
+
+import datetime as dt
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    Config,
+    DefaultScheduleStatus,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    asset,
+    define_asset_job,
+    schedule,
+)
+from pydantic import Field
+
+from archive_pipeline.assets import TABLE_TAG, asset_key, daily_partitions
+from archive_pipeline.config import TableSpec
+from archive_pipeline.errors import ArchiveError
+from archive_pipeline.lifecycle import due_days, remove_day
+from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.verify import deep_verify
+
+PROVEN_CHECK = "archive_proven"
+
+
+class RemovalRunConfig(Config):
+    dry_run: bool = Field(default=False, description="prove the archive and say what would be removed; remove nothing")
+
+
+def removal_asset_key(spec: TableSpec) -> AssetKey:
+    return AssetKey(["source_removed", *spec.asset_path])
+
+
+def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
+    """The day-removal asset of a table with ``retention`` (see lifecycle.py for the guarantees)."""
+    key = removal_asset_key(spec)
+    retention = spec.retention
+
+    @asset(
+        key=key,
+        partitions_def=daily_partitions(spec),
+        deps=[asset_key(spec)],
+        group_name="retention",
+        kinds={"postgres"},
+        pool=spec.pool,
+        output_required=False,
+        tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
+        check_specs=[AssetCheckSpec(PROVEN_CHECK, asset=key, blocking=True,
+                                    description="The day's archive holds exactly the source's rows (deep "
+                                                "verification); the removal runs only if it passes")],
+        description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
+                     f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
+    )
+    def remove(context: AssetExecutionContext, config: RemovalRunConfig, postgres: PostgresResource,
+               primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
+        day = dt.date.fromisoformat(context.partition_key)
+        today = dt.datetime.now(dt.UTC).date()
+        if day not in due_days(spec, today):
+            raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
+                                      "days; nothing removed", allow_retries=False)
+        store = archive_store.store()
+        with primary_postgres.connect() as primary, postgres.connect() as source:
+            standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            try:
+                problems = deep_verify(source, store, spec, day, scratch_conn=primary if standby else None)
+            except ArchiveError as exc:
+                problems = [str(exc)]
+            yield AssetCheckResult(check_name=PROVEN_CHECK, passed=not problems, severity=AssetCheckSeverity.ERROR,
+                                   description="; ".join(problems) or f"{day}: archive proven equal to the source",
+                                   metadata={"day": day.isoformat()})
+            if problems:
+                raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
+                                          + "; ".join(problems), allow_retries=False)
+            try:
+                removal = remove_day(primary, spec, day, store, dry_run=config.dry_run, proven=True,
+                                     removed_by=f"dagster run {context.run.run_id}")
+            except ArchiveError as exc:
+                raise Failure(description=str(exc), allow_retries=exc.retryable) from None
+        if removal.dry_run:
+            context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
+                             f"archive {removal.archive}")
+            return
+        yield MaterializeResult(metadata={
+            "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
+            "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
+            "already_removed": removal.already_removed, "archive": removal.archive, "run_id": context.run.run_id,
+        })
+
+    return remove
+
+
+def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> ScheduleDefinition:
+    """Daily, stopped by default: request removal of due days that are archived and not yet removed."""
+    job = define_asset_job(name=f"remove_{'_'.join(spec.asset_path)}", selection=[removal_asset_key(spec)],
+                           tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
+                           description=f"Remove proven, due days of {spec.name} from the source")
+
+    @schedule(name=f"{job.name}_daily", cron_schedule=f"30 {hour} * * *", execution_timezone="UTC", job=job,
+              default_status=DefaultScheduleStatus.STOPPED,
+              description=f"Removes days of {spec.name} older than {spec.retention.keep_days} days, once proven")
+    def _daily(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
+        today = context.scheduled_execution_time.astimezone(dt.UTC).date()
+        archived = context.instance.get_materialized_partitions(asset_key(spec))
+        removed = context.instance.get_materialized_partitions(removal_asset_key(spec))
+        due = [d.isoformat() for d in due_days(spec, today)]
+        todo = [d for d in due if d in archived and d not in removed][:max_runs]
+        if not todo:
+            return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
+                              "in the source")
+        return [RunRequest(run_key=f"{job.name}:{d}", partition_key=d) for d in todo]
+
+    return _daily
