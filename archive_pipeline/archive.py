@@ -32,11 +32,10 @@ from archive_pipeline.formats import (
     WriteStats,
     explain_value_failure,
     failing_columns,
-    get_format,
     is_value_failure,
     refuse_inexact,
 )
-from archive_pipeline.locks import table_day_lock
+from archive_pipeline.locks import require_lock_held, table_day_lock
 from archive_pipeline.manifest import (
     ArchiveResult,
     ManifestError,
@@ -49,6 +48,7 @@ from archive_pipeline.manifest import (
 )
 from archive_pipeline.memory import bound_allocator
 from archive_pipeline.sink import temp_archive_file
+from archive_pipeline.writers import get_format
 from archive_pipeline.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
     server_identity
 from archive_pipeline.store import S3Store, S3Upload
@@ -177,6 +177,7 @@ class _Archiving:
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
         codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)
         upload: S3Upload | None = None
+        published: str | None = None
         try:
             with temp_archive_file(self.temp_dir, suffix=f".{object_extension(self.spec)}") as sink:
                 with read_snapshot(self.conn, self.settings) as snapshot:
@@ -217,15 +218,20 @@ class _Archiving:
                                 f"read {stats.rows:,} rows but the snapshot's fingerprint counts {fp.rows:,}; "
                                 "nothing was published (please report this)", retryable=True)
                 extracted = time.perf_counter()  # the read transaction has ended here
+                require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
-                upload = None
+                upload, published = None, stored.key if stored is not None else None
                 result = self._result(table, snapshot, fmt, codec, stats, sink, stored, fp, fp_seconds, generation,
                                       extracted)
+            require_lock_held(self.conn, self.spec.name, self.day)
+            published = None  # from here on, _commit withdraws what it cannot commit
             self._commit(result, identity, definition, existing)
             return result
-        except BaseException:
+        except BaseException as exc:
             if upload is not None:
                 upload.abort()
+            if published is not None:  # complete, but never named by a manifest: withdraw it
+                self.store.delete_quietly(published, exc)
             raise
 
     def _fingerprint(self, table: SourceTable, where) -> fingerprint.Fingerprint:

@@ -8,6 +8,7 @@ to do. The archiving itself is ``archive.archive_partition``; nothing here touch
 
 import datetime as dt
 import random
+import re
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -34,7 +35,7 @@ from pydantic import Field
 
 from archive_pipeline.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.checks import INTACT_CHECK, check_evaluation, object_link, verify_result
-from archive_pipeline.config import RetrySettings, ScheduleSettings, TableSpec, config_path, dagster_name
+from archive_pipeline.config import RetrySettings, ScheduleSettings, TableSpec, config_path
 from archive_pipeline.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
 
@@ -63,6 +64,11 @@ def op_name(spec: TableSpec) -> str:
 
 def job_name(spec: TableSpec) -> str:
     return f"archive_{'_'.join(spec.asset_path)}"
+
+
+def asset_tag_value(name: str) -> str:
+    """The table name as an asset tag value (letters, digits, ``_.-``, 63 at most); run tags keep it whole."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
 
 
 def daily_partitions(spec: TableSpec) -> DailyPartitionsDefinition:
@@ -277,7 +283,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
         retry_policy=retry_policy(retry),
         kinds={"postgres", "s3"},
         pool=spec.pool,
-        tags={TABLE_TAG: dagster_name(spec.name)},
+        tags={TABLE_TAG: asset_tag_value(spec.name)},
         freshness_policy=freshness_policy(schedule or ScheduleSettings()),
         metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
                   "compression": spec.compression, "key_template": spec.key_template,
@@ -292,22 +298,33 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
         def progress(rows: int, size: int) -> None:
             context.log.info(f"{spec.name} {day}: {rows:,} rows, {human_size(size)} read so far")
 
+        unverified: Exception | None = None
         try:
             with postgres.connect() as conn:
                 result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
                                            progress=progress, session_settings=postgres.session_settings(),
                                            overwrite=spec.overwrite or config.overwrite)
-                verdict = verify_result(store, spec, day, recorded(result), deep=deep,
-                                        conn=conn if spec.deep_check else None)
+                try:
+                    verdict = verify_result(store, spec, day, recorded(result), deep=deep,
+                                            conn=conn if spec.deep_check else None)
+                except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
+                    unverified = exc
         except Exception as exc:
             raise failure(exc, spec, day, postgres.password) from None
         state = archive_state(result)
         context.log.info(summary(result, state))
-        verified = verdict.verified if verdict.passed else "NOT proven: " + "; ".join(verdict.problems)
+        if unverified is not None:
+            verified = "not verified: " + redact(str(unverified), postgres.password)
+        elif verdict.passed:
+            verified = verdict.verified
+        else:
+            verified = "NOT proven: " + "; ".join(verdict.problems)
         yield MaterializeResult(
             metadata=materialization_metadata(result, object_link(archive_store, result), verified),
             tags={STATE_TAG: state},
         )
+        if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
+            raise failure(unverified, spec, day, postgres.password) from None
         yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
 
     return archive

@@ -27,6 +27,7 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     Config,
+    DagsterEventType,
     Failure,
     MetadataValue,
     PreviewWarning,
@@ -35,7 +36,7 @@ from dagster import (
 from pydantic import Field
 
 from archive_pipeline import verify
-from archive_pipeline.keys import render as _render
+from archive_pipeline.keys import table_day_key
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import redact
 from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
@@ -45,12 +46,6 @@ if TYPE_CHECKING:
     from dagster import AssetExecutionContext, DailyPartitionsDefinition
 
     from archive_pipeline.archive import ArchiveResult
-
-def render_key(spec: TableSpec, day: dt.date, prefix: str) -> str:
-    """The day's rendered key (its manifest sits beside it; the data may be a later generation)."""
-    return _render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
-                   fmt=spec.format, compression=spec.compression)
-
 
 INTACT_CHECK = "archive_intact"  # per day; evaluated by every successful archive
 STORED_CHECK = "latest_archive_intact"  # on demand
@@ -98,7 +93,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     count rows. ``conn`` (tables with ``deep_check``): also load the archive back into PostgreSQL and
     compare its content fingerprint with the manifest's and the source's.
     """
-    key = render_key(spec, day, store.prefix)
+    key = table_day_key(spec, day, store.prefix)
     problems = verify.verify_archive(store, key, expected, deep=deep)
     if expected.get("rows") == 0 and expected.get("empty"):
         verified = "no rows that day; its manifest records it as empty"
@@ -149,7 +144,13 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
 def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
     """Whether this check runs inside a run that also archives (Dagster 1.13 adds every check of an
     asset to runs launched from the asset's page), where an on-demand check must stay cheap."""
-    return key in (context.op_execution_context.run.asset_selection or frozenset())
+    run = context.op_execution_context.run
+    if run.asset_selection:
+        return key in run.asset_selection
+    # No selection (``dagster.materialize`` of a list of assets): what the run plans to materialize.
+    planned = context.instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+                                                   limit=1000).records
+    return any(r.event_log_entry.dagster_event.asset_key == key for r in planned)
 
 
 def _latest(instance, key: AssetKey, limit: int = 1) -> list:
@@ -244,8 +245,9 @@ class ChangedCheckConfig(Config):
     days: int = Field(default=7, ge=1, le=366, description="how many of the latest archived days to compare")
 
 
-def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
-    """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests."""
+def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: str) -> AssetChecksDefinition:
+    """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests;
+    ``rerun_config`` is the launchpad run config that archives a changed day again."""
 
     @asset_check(asset=key, name=CHANGED_CHECK, blocking=False,
                  description="On demand: compares the source's current content fingerprint of the latest archived "
@@ -265,7 +267,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksD
             meta = {k: v.value for k, v in event.metadata.items()}
             day = dt.date.fromisoformat(event.partition)
             try:
-                manifest = verify.load_manifest(store, render_key(spec, day, store.prefix))
+                manifest = verify.load_manifest(store, table_day_key(spec, day, store.prefix))
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
             except Exception as exc:  # noqa: BLE001 - unreachable database or store
@@ -273,12 +275,10 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey) -> AssetChecksD
             checked.append(event.partition)
             if difference:
                 changed[event.partition] = difference
-        from archive_pipeline.assets import overwrite_run_config  # the asset module imports this one
-
         if changed:
             description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
                            f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items()))
-                           + f"\n\nWhat to do: archive those days again with run config\n{overwrite_run_config(spec)}")
+                           + f"\n\nWhat to do: archive those days again with run config\n{rerun_config}")
         else:
             description = f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
         return AssetCheckResult(passed=not changed, description=description,

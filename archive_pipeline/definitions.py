@@ -19,7 +19,14 @@ from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, de
                      in_process_executor)
 from dagster_aws.s3 import S3Resource
 
-from archive_pipeline.assets import TABLE_TAG, asset_key, build_archive_asset, daily_partitions, job_name
+from archive_pipeline.assets import (
+    TABLE_TAG,
+    asset_key,
+    build_archive_asset,
+    daily_partitions,
+    job_name,
+    overwrite_run_config,
+)
 from archive_pipeline.checks import (
     build_intact_check,
     build_source_unchanged_check,
@@ -135,7 +142,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         job = define_asset_job(name=job_name(spec), selection=AssetSelection.assets(key).without_checks(),
                                tags={TABLE_TAG: spec.name}, executor_def=in_process_executor,
                                description=f"Archive days of {spec.name}")
-        latest, unchanged = build_stored_archive_check(spec, key), build_source_unchanged_check(spec, key)
+        latest = build_stored_archive_check(spec, key)
+        unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec))
         assets.append(archive_asset)
         checks += [build_intact_check(spec, key, daily_partitions(spec)), latest, unchanged]
         on_demand += [latest, unchanged]

@@ -71,6 +71,9 @@ class Extraction:
             self.progress(stats.rows, stats.bytes)
 
 
+# Bytes read ahead of the consumer (a few 4 MiB chunks or Arrow batches; one row when it is bigger).
+READ_AHEAD_BYTES = 12 << 20
+
 OTHER_FORMATS = {"jsonl": "csv or parquet", "csv": "parquet or jsonl", "parquet": "jsonl or csv"}
 
 
@@ -279,7 +282,10 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
                          note="digits of the amount, without currency symbol; lc_monetary decides the scale"))
     if col.base_type == "jsonb":
         refuse = raise_in_sql(index, "json_null", ident)
-        return (sql.SQL("CASE WHEN jsonb_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
+        # jsonb's null is a few bytes: the size test (no detoasting) spares big documents a second
+        # decompression
+        return (sql.SQL("CASE WHEN pg_column_size({c}) < 64 AND jsonb_typeof({c}) = 'null' "
+                        "THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "ELSE {c} END").format(c=ident, r=refuse),
                 encoding("embedded JSON (jsonb's text)", note="the JSON value null is refused: read back "
                          "with json_populate_record it would be SQL NULL"))
@@ -292,7 +298,8 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         return (sql.SQL("CASE WHEN json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "WHEN strpos({c}::text, '\\u0000') > 0 THEN CASE WHEN {n} IS NULL THEN {c} END "
                         "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
-                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(c=ident, r=refuse, n=nul),
+                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(
+                    c=ident, r=refuse, n=nul),
                 encoding("embedded JSON (the json text as stored)", exact=False,
                          note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
                               "and json_populate_record re-escapes a top-level string; the JSON value null and "
@@ -373,11 +380,13 @@ class _CopyFormat:
             if head:
                 out.write(head)
                 stats.bytes += len(head)
-            for chunk in prefetch(copy_chunks(conn, statement, extraction.chunk_rows), depth=2):
+            chunks = copy_chunks(conn, statement, extraction.chunk_rows)
+            for chunk in prefetch(chunks, depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda c: len(c.data)):
                 out.write(chunk.data)
                 stats.rows += chunk.rows
                 stats.bytes += len(chunk.data)
                 extraction.report(stats)
+                del chunk  # before the next one is read: a big row must not be held twice
         except psycopg.Error as exc:
             raise self._explain(extraction, exc) from None
         return stats
@@ -385,7 +394,7 @@ class _CopyFormat:
     def _explain(self, extraction: Extraction, exc: psycopg.Error) -> BaseException:
         table = extraction.table
         refused = refusal_in(exc)
-        if refused is not None:
+        if refused is not None and refused[0] < len(table.columns) and refused[1] in REFUSALS:
             index, reason = refused
             col = table.columns[index]
             return UnsupportedTypeError(
@@ -430,11 +439,8 @@ class JsonLines(_CopyFormat):
                        "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')").format(query=query)
 
     def output_type(self, col: Column) -> str:
-        return self.encodings_of(col)["encoding"]
-
-    @staticmethod
-    def encodings_of(col: Column) -> dict:
-        return jsonl_column(col, 0)[1]
+        """The short form of the column's encoding: "number", "array of string", "embedded JSON", ..."""
+        return jsonl_column(col, 0)[1]["encoding"].split(" (")[0]
 
 
 class Csv(_CopyFormat):
@@ -459,15 +465,3 @@ class Csv(_CopyFormat):
 
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         return sql.SQL("COPY ({query}) TO STDOUT (FORMAT csv)").format(query=day_query(table, where))
-
-
-def get_format(name: str, compression: str = "zstd", level: int | None = None) -> Format:
-    if name == "jsonl":
-        return JsonLines()
-    if name == "csv":
-        return Csv()
-    if name == "parquet":
-        from archive_pipeline.parquet import Parquet
-
-        return Parquet(compression=compression, level=level)
-    raise ValueError(f"unknown format {name!r}; choose jsonl, csv or parquet")

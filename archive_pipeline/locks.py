@@ -33,3 +33,16 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)
+
+
+def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> None:
+    """Fail (retryable) if the session holding the (table, day) lock is gone: a session lock lives as
+    long as its session, so a live connection still holds it; a dead one means another run may have
+    started on the same day, and this one must not publish."""
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ArchiveError(f"{table} {day}: the connection holding the table-day lock was lost before the "
+                           f"archive was committed ({type(exc).__name__}: {first}); nothing was published",
+                           table=table, day=day.isoformat(), retryable=True) from None

@@ -3,23 +3,34 @@
 adbc-driver-postgresql reads the day with binary COPY straight into typed Arrow record batches (in
 C++, on a second connection that imports the archive transaction's snapshot), and pyarrow writes
 each batch as a row group as soon as it arrives. Python only adjusts whole columns where ADBC's
-mapping would lose meaning:
+mapping would lose meaning, and every value is either exact or refused:
 
-- ``numeric`` is read as PostgreSQL's exact text; declared ``numeric(p,s)`` becomes an Arrow/Parquet
-  decimal, unconstrained numeric (and money) stays text so no digit is lost;
+- ``numeric`` is read as PostgreSQL's exact text; declared ``numeric(p,s)`` with 0 <= s <= p <= 76
+  becomes an Arrow/Parquet decimal (NaN/±Infinity refused), anything else (and money) stays text;
 - ``date``/``timestamp[tz]`` ``±infinity`` are written as DuckDB does (the largest/smallest value
-  of the type: int32/int64 max and -max), because ADBC's epoch shift wraps them around;
+  of the type: int32/int64 max and -max), because ADBC's epoch shift wraps them around; a
+  timestamp after 294247-01-10 04:00:54.775806 (Arrow's end, whose last microsecond is +infinity's
+  encoding) wraps too and is refused; ``time '24:00'`` (Arrow reads it as 00:00) is refused;
 - ``interval`` becomes ``struct<months int32, days int32, microseconds int64>``, PostgreSQL's own
-  three fields (Parquet cannot store Arrow's month_day_nano type);
-- arrays become lists; a multi-dimensional array or one with a lower bound other than 1 cannot be
-  a flat list faithfully and fails the partition with a message naming the column;
-- other types (ranges, network, geometric, timetz, composite, enum) are written as their text.
+  three fields (Parquet cannot store Arrow's month_day_nano type); one whose time part overflows
+  ADBC's nanoseconds is refused;
+- arrays of the types above become lists (numeric, money and enum elements as exact text); a
+  multi-dimensional array or one with a lower bound other than 1 cannot be a list faithfully and
+  is refused; arrays of other types are their whole literal, bounds and all;
+- other types (ranges, network, geometric, timetz, composite, enum) are written as the type's
+  output (a composite with a NULL field included).
+
+Per-row refusals detected in SQL travel in one int flag column (the query's last), so a table of
+any width stays within PostgreSQL's 1,664 select-list entries; the refused value itself is read as
+NULL so that ADBC cannot fail on it first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -30,6 +41,7 @@ from archive_pipeline import __version__
 from archive_pipeline.errors import UnsupportedTypeError
 from archive_pipeline.formats import (
     OTHER_FORMATS,
+    READ_AHEAD_BYTES,
     ByteSink,
     Extraction,
     WriteStats,
@@ -376,22 +388,29 @@ class Parquet:
 
         info = extraction.conn.info
         dsn = make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
+        query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
         conn = adbc.connect(dsn, autocommit=True)
         cur = conn.cursor()
-        # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
-        # in bench/) at the same speed; each batch becomes one row group.
-        cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
-        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
-        cur.execute(literal.as_string(extraction.conn))
-        # This transaction now holds the snapshot itself: end the exporting one, so it does not sit
-        # idle in transaction for the whole read (idle_in_transaction_session_timeout would kill it).
-        extraction.snapshot.release()
-        for name, value in extraction.settings.items():
-            setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-            cur.execute(setting.as_string(extraction.conn))
-        cur.execute(arrow_query(extraction.table, extraction.where).as_string(extraction.conn))
-        return conn, cur, cur.fetch_record_batch()
+        try:
+            # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
+            # in bench/) at the same speed; each batch becomes one row group.
+            cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
+            cur.execute(literal.as_string(extraction.conn))
+            # This transaction now holds the snapshot itself: end the exporting one, so it does not sit
+            # idle in transaction for the whole read (idle_in_transaction_session_timeout would kill it).
+            extraction.snapshot.release()
+            for name, value in extraction.settings.items():
+                setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                cur.execute(setting.as_string(extraction.conn))
+            cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
+            return conn, cur, cur.fetch_record_batch()
+        except BaseException:
+            # close now: left to the garbage collector, a failed reader's connection outlives the run
+            cur.close()
+            conn.close()
+            raise
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
@@ -410,9 +429,13 @@ class Parquet:
             if not (is_value_failure(exc) or _may_be_value_failure(exc)):
                 raise
             # PostgreSQL failed on a value while ADBC read it (ADBC's errors carry no SQLSTATE): find the
-            # column, and PostgreSQL's own error, with the archive's connection, still in the snapshot.
+            # column, and PostgreSQL's own error, with the archive's connection (its snapshot was handed to
+            # ADBC and released, so the probe runs in a transaction of its own).
             probes = [_expression(c) for c in table.columns]
-            culprits, failure = failing_columns(extraction.conn, table, extraction.where, probes)
+            conn = extraction.conn
+            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            with conn.transaction() if idle else contextlib.nullcontext():
+                culprits, failure = failing_columns(conn, table, extraction.where, probes)
             if failure is None and not is_value_failure(exc):
                 raise
             raise explain_value_failure(self.name, table, failure or exc, culprits) from None
@@ -425,12 +448,13 @@ class Parquet:
             codec = "none" if self.compression == "none" else self.compression
             with pq.ParquetWriter(out, converter.schema, compression=codec, compression_level=self.level,
                                   store_schema=True, write_statistics=statistics_columns(converter.schema)) as writer:
-                for batch in prefetch(iter(reader), depth=2):
+                for batch in prefetch(iter(reader), depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda b: b.nbytes):
                     converted = converter.convert(batch)
                     writer.write_batch(converted)
                     stats.rows += converted.num_rows
                     stats.bytes += converted.nbytes
                     extraction.report(stats)
+                    del batch, converted  # before the next one is read: a big batch must not be held twice
             return stats
         finally:
             cur.close()

@@ -6,13 +6,17 @@ functions read, in bounded batches, without a Python object per row or value.
 - JSONL is one ``row_to_json`` object per line and JSON text never holds a raw newline, so a block
   of whole lines becomes a JSON array by replacing its newlines with commas
   (:func:`jsonl_arrays`); PostgreSQL's ``json_populate_recordset`` then applies each column's own
-  input function to the value's text, which is exact for every type row_to_json writes.
+  input function to the value's text (a string for the types the writer spells as their own text:
+  array literals, composites, ranges), exact for what the writer produces. Two things JSONL cannot
+  carry (white space around a json value, line breaks inside one) come back without it, and the
+  restore's fingerprint check refuses them.
 - Parquet batches are turned into PostgreSQL's text input, column by column, in Arrow compute
   (:func:`parquet_csv_chunks`), and written as CSV for ``COPY FROM``. Values are spelled the way
   PostgreSQL's input functions read them exactly, whatever the year or sign: dates and timestamps
-  as Julian day numbers (``J2460380 01:02:03.456789+00``; ``J`` input covers 4714 BC to 294276 AD
-  where Arrow's own date formatting does not), intervals as ISO 8601 with PostgreSQL's three
-  fields kept apart, binary as ``\\x`` hex, lists as array literals with every element quoted.
+  in Arrow's ISO form for years 1..9999 and as Julian day numbers outside them
+  (``J1705428 12:30:00.000001``: ``J`` input covers 4714 BC to 294276 AD), the ±infinity sentinels
+  as ``infinity``, intervals as ISO 8601 with PostgreSQL's three fields kept apart, binary as
+  ``\\x`` hex, uuid as hex, lists as array literals with every element quoted.
 """
 
 from __future__ import annotations
@@ -233,6 +237,8 @@ def pg_text(array: pa.Array) -> pa.Array:
         return pg_text(array.storage)  # arrow.json, arrow.opaque: the type's own text
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return array
+    if pa.types.is_dictionary(kind):  # not written by the archiver; other writers may
+        return pg_text(array.dictionary_decode())
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return _hex_text(array, "\\x")
     if pa.types.is_fixed_size_binary(kind):

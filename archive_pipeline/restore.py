@@ -32,7 +32,7 @@ from archive_pipeline import keys, readers
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, is_retryable
 from archive_pipeline.locks import table_day_lock
-from archive_pipeline.manifest import decode_manifest
+from archive_pipeline.manifest import ManifestError, decode_manifest
 from archive_pipeline.memory import bound_allocator
 from archive_pipeline.source import Column, day_filter, describe_table, prefetch
 from archive_pipeline.store import S3Store
@@ -64,18 +64,25 @@ def _column_list(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
+# Read the archive as it was written: UTF-8 bytes (the archiver's client_encoding), and money as
+# numeric text, which money's input reads right only in the "C" monetary locale (elsewhere the
+# decimal point may be a comma).
+_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C"}
+
+
 @contextlib.contextmanager
 def _input_settings(conn: psycopg.Connection) -> Iterator[None]:
-    """Money was archived as numeric text; money's input reads it in the "C" monetary locale only
-    (elsewhere the decimal point may be a comma). The previous setting is put back afterwards, since
-    money's text output (and so a fingerprint) depends on it."""
-    previous = conn.execute("SELECT current_setting('lc_monetary')").fetchone()[0]
-    conn.execute("SELECT set_config('lc_monetary', 'C', true)")
+    """:data:`_INPUT_SETTINGS` for the load only; the previous values are put back afterwards (money's
+    text output, and so a fingerprint, depends on lc_monetary)."""
+    previous = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] for name in _INPUT_SETTINGS}
+    for name, value in _INPUT_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     try:
         yield
     finally:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-            conn.execute("SELECT set_config('lc_monetary', %s, true)", (previous,))
+            for name, value in previous.items():
+                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
 def _as_is(data: bytes) -> bytes:
@@ -126,21 +133,20 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                     rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
                 return rows
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
-    except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, UnicodeDecodeError,
-            psycopg.errors.DataException, psycopg.errors.BadCopyFileFormat, psycopg.errors.InvalidTextRepresentation
-            ) as exc:
+    except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, psycopg.DataError) as exc:
+        # DataError (SQLSTATE class 22) covers a bad CSV/header line, invalid JSON, a value its type rejects
         raise ArchiveCorruptError(
             f"the archive of {manifest.get('table')} for {manifest.get('day')} ({fmt}/{compression}, "
-            f"{manifest.get('object', {}) and (manifest.get('object') or {}).get('key')}) does not load: "
-            f"{type(exc).__name__}: {exc}; check the object against its manifest (MD5) and restore from a "
-            "good copy", table=manifest.get("table"), day=manifest.get("day"), retryable=False) from exc
+            f"{(manifest.get('object') or {}).get('key')}) does not load into {target.as_string(conn)}: "
+            f"{type(exc).__name__}: {exc}; check that the table has the manifest's column types, and the object "
+            "against its manifest (MD5)", table=manifest.get("table"), day=manifest.get("day"),
+            retryable=False) from exc
 
 
 # --- restore: manifest -> verified download -> target -> fingerprint, in one transaction ---------------
 
 Into = Literal["new", "existing", "original"]
 OnConflict = Literal["fail", "skip"]
-DOWNLOAD_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -187,23 +193,11 @@ class _HashingWriter:
         return self._md5.hexdigest()
 
 
-def _fetch(store: S3Store, key: str, sink: _HashingWriter, expected_md5: str) -> bool:
-    """Stream the object into ``sink``; False if it does not exist. Uses the store's verified
-    ``download_to`` where the store has one, else GetObject in chunks (the caller checks the MD5)."""
-    download_to = getattr(store, "download_to", None)
-    if download_to is not None:
-        return download_to(key, sink, expected_md5=expected_md5) is not None
-    from botocore.exceptions import ClientError
-
-    try:
-        body = store.client.get_object(Bucket=store.bucket, Key=key)["Body"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return False
-        raise
-    while chunk := body.read(DOWNLOAD_CHUNK):
-        sink.write(chunk)
-    return True
+def _fetch(store: S3Store, obj: dict, sink: _HashingWriter) -> bool:
+    """Stream the object into ``sink``; False if it does not exist. The store refuses a stored size
+    other than the manifest's before any byte arrives, tells corruption in transit (retryable) from
+    an object damaged in the store (not retryable), and checks the MD5 against the manifest's."""
+    return store.download_to(obj["key"], sink, expected_md5=obj["md5"], expected_size=obj["bytes"]) is not None
 
 
 @contextlib.contextmanager
@@ -217,11 +211,10 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
         with os.fdopen(fd, "wb") as file:
             sink = _HashingWriter(file)
             try:
-                found = _fetch(store, obj["key"], sink, obj["md5"])
-            except ArchiveError as exc:  # the store's own verification failed
-                raise ArchiveCorruptError(f"the archive of {table} for {day} ({store.uri(obj['key'])}) could not be "
-                                          f"downloaded intact: {exc}; nothing was loaded", table=table, day=day,
-                                          retryable=exc.retryable) from exc
+                found = _fetch(store, obj, sink)
+            except ArchiveError as exc:  # the store's verification failed: damaged, or corrupted on the way
+                raise ArchiveCorruptError(f"the archive of {table} for {day}: {exc}; nothing was loaded", table=table,
+                                          day=day, retryable=exc.retryable) from exc
         if not found:
             raise RestoreError(f"the archive of {table} for {day} is missing: {store.uri(obj['key'])} does not exist "
                                "although its manifest does; restore from a replica or backup of the bucket",
@@ -242,9 +235,16 @@ def find_manifest(store: S3Store, spec: TableSpec, day: dt.date) -> dict | None:
     """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none."""
     key = keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
                       day=day, fmt=spec.format, compression=spec.compression)
-    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
-    raw = getter(keys.manifest_key(key))
-    return None if raw is None else decode_manifest(raw)
+    raw = store.get_verified_bytes(keys.manifest_key(key))
+    if raw is None:
+        return None
+    try:
+        return decode_manifest(raw)
+    except ManifestError as exc:
+        raise RestoreError(f"the manifest {store.uri(keys.manifest_key(key))} of {spec.name} for {day} cannot be "
+                           f"trusted ({exc}); nothing was restored. Restore it from a replica or backup of the "
+                           "bucket, or archive the day again if the source still has it", table=spec.name,
+                           day=day.isoformat()) from None
 
 
 def _split(qualified: str) -> tuple[str, str]:
@@ -265,6 +265,13 @@ def _exists(conn: psycopg.Connection, qualified: str) -> bool:
         "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone() is not None
 
 
+def _is_partition(conn: psycopg.Connection, qualified: str) -> bool:
+    schema, name = _split(qualified)
+    return bool(conn.execute(
+        "SELECT c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()[0])
+
+
 def table_definition(manifest: dict) -> dict:
     """The manifest's table definition; for a version 1 manifest, the one its columns imply."""
     definition = manifest.get("table_definition")
@@ -274,9 +281,10 @@ def table_definition(manifest: dict) -> dict:
                         for c in manifest["columns"]], "primary_key": None, "partition": None}
 
 
-def _type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sql.Composable:
-    """A type name from the manifest, used in DDL only once PostgreSQL's own type-name parser accepts
-    it as exactly one type name (``to_regtype``), so a manifest cannot smuggle SQL into the DDL."""
+def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sql.Composable:
+    """A type name from a manifest (``format_type`` text such as ``numeric(12,2)``), as SQL for DDL,
+    once PostgreSQL's own type-name parser accepts it as exactly one existing type (``to_regtype``):
+    a manifest comes from the bucket and must not be able to put SQL into a CREATE TABLE."""
     try:
         with conn.transaction():
             found = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (type_text,)).fetchone()[0]
@@ -292,7 +300,7 @@ def _create_table(conn: psycopg.Connection, target: str, definition: dict) -> No
     items = []
     for column in definition["columns"]:
         items.append(sql.SQL("{} {}{}").format(
-            sql.Identifier(column["name"]), _type_sql(conn, column["type"], f"column {column['name']!r}"),
+            sql.Identifier(column["name"]), checked_type_sql(conn, column["type"], f"column {column['name']!r}"),
             sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL("")))
     if definition.get("primary_key"):
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
@@ -352,6 +360,13 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
     relation = target or manifest.get("source_relation") or manifest["table"]
     partition = definition.get("partition")
+    if partition and partition.get("child") and _exists(conn, partition["child"]) and \
+            not _is_partition(conn, partition["child"]):
+        raise RestoreError(
+            f"{partition['child']}, the partition that held {manifest['day']}, exists but is not attached to "
+            f"{partition['parent']} (detached by retention?); it may still hold the day: attach it again "
+            f"(ALTER TABLE {partition['parent']} ATTACH PARTITION {partition['child']} {partition.get('bound')}), "
+            "or drop it and restore again")
     if partition and partition.get("child") and partition.get("bound") and not _exists(conn, partition["child"]):
         if not _exists(conn, partition["parent"]):
             raise RestoreError(f"the partitioned table {partition['parent']} does not exist; create it (or restore "

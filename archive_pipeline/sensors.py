@@ -8,6 +8,7 @@ DSN's password.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -85,6 +86,17 @@ def inspected(spec: TableSpec, days: list[dt.date], missing: int, found: int) ->
             f"{missing} without an archive, {found} of them with data)")
 
 
+def _connect(postgres: PostgresResource, stack: contextlib.ExitStack) -> psycopg.Connection:
+    """A connection for the tick, or an error naming host, port and reason. It is raised outside the
+    ``except`` block so the tick's error carries no chained driver exception (libpq may echo the DSN)."""
+    try:
+        return stack.enter_context(postgres.connect())
+    except (psycopg.Error, ArchiveError) as exc:
+        reason = describe_connect_failure(exc, postgres.dsn)
+    raise RuntimeError(f"archive_new_days could not connect to the source database ({reason}); check "
+                       "ARCHIVE_PG_DSN and that the database is reachable from the daemon")
+
+
 def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings) -> SensorDefinition:
     @sensor(
         name="archive_new_days",
@@ -100,17 +112,8 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
         requests: list[RunRequest] = []
         problems: list[str] = []
         report: list[str] = []
-        try:
-            connection = postgres.connect()
-            conn = connection.__enter__()
-        except (psycopg.Error, ArchiveError) as exc:
-            reason = describe_connect_failure(exc, postgres.dsn)
-        else:
-            reason = None
-        if reason is not None:  # raised outside the except block: the tick error carries no libpq text
-            raise RuntimeError(f"archive_new_days could not connect to the source database ({reason}); "
-                               "check ARCHIVE_PG_DSN and that the database is reachable from the daemon")
-        try:
+        with contextlib.ExitStack() as stack:
+            conn = _connect(postgres, stack)
             for target in targets:
                 spec = target.spec
                 days = candidate_days(spec, today, settings.lookback_days)
@@ -128,8 +131,6 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
                 report.append(inspected(spec, days, len(missing), len(found)))
                 requests += [RunRequest(run_key=f"{target.job.name}:{d.isoformat()}", job_name=target.job.name,
                                         partition_key=d.isoformat(), tags={TABLE_TAG: spec.name}) for d in found]
-        finally:
-            connection.__exit__(None, None, None)
         if not requests:
             text = "no new days to archive; inspected " + "; ".join(report) if report else "no table could be inspected"
             if problems:

@@ -204,12 +204,15 @@ def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows:
     with conn.cursor() as cur, cur.copy(statement) as copy:
         data = bytearray()
         rows = 0
-        for message in copy:
+        # copy.read(), not ``for message in copy``: that iterator (and a for loop's variable) would keep
+        # the previous message alive while the next one is read
+        while message := copy.read():
             if len(message) >= max_chunk_bytes:
                 if rows:
                     yield Chunk(data, rows)
                     data, rows = bytearray(), 0
                 yield Chunk(message, 1)
+                del message
                 continue
             data += message
             rows += 1
@@ -225,15 +228,24 @@ _DONE = object()
 T = TypeVar("T")
 
 
-def prefetch(chunks: Iterator[T], depth: int = 4) -> Iterator[T]:
+def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
+             size: Callable[[T], int] | None = None) -> Iterator[T]:
     """Read ahead in a thread so PostgreSQL keeps sending while the caller compresses and hashes.
 
-    At most ``depth`` items wait in memory. If the consumer stops early the reader is told to stop
-    and its error, if any, is re-raised here, so the COPY never outlives the caller's failure.
+    At most ``depth`` items wait in memory. With ``max_bytes``, the reader also stops pulling the
+    next item while the items read and not yet finished by the consumer (queued, or the one it
+    holds) reach ``max_bytes`` (``size(item)`` each): read-ahead overlaps small chunks, but a
+    100 MiB row is not read while the previous one is still being written, so memory is bounded
+    by the largest value rather than ``depth`` times it (#11 §5). If the consumer stops early the
+    reader is told to stop and its error, if any, is re-raised here, so the COPY never outlives
+    the caller's failure.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     failure: list[BaseException] = []
+    room = threading.Condition()
+    in_flight = [0]
+    measure = size if size is not None else (lambda item: 0)
 
     def put(item: object) -> bool:
         while not stop.is_set():
@@ -244,9 +256,24 @@ def prefetch(chunks: Iterator[T], depth: int = 4) -> Iterator[T]:
                 continue
         return False
 
+    def wait_for_room() -> bool:
+        if max_bytes is None:
+            return not stop.is_set()
+        with room:
+            while not stop.is_set() and in_flight[0] >= max_bytes:
+                room.wait(0.1)
+        return not stop.is_set()
+
     def reader() -> None:
         try:
-            for chunk in chunks:
+            iterator = iter(chunks)
+            while wait_for_room():
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    break
+                with room:
+                    in_flight[0] += measure(chunk)
                 if not put(chunk):
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -266,6 +293,10 @@ def prefetch(chunks: Iterator[T], depth: int = 4) -> Iterator[T]:
             if item is _DONE:
                 break
             yield item
+            with room:  # the consumer is done with it
+                in_flight[0] -= measure(item)
+                room.notify_all()
+            del item
     finally:
         stop.set()
         thread.join()

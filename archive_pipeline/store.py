@@ -56,8 +56,17 @@ log = logging.getLogger(__name__)
 
 
 class DownloadError(ArchiveError):
-    """Reading an object failed or its bytes did not match their checksum (corruption in transit is
-    retryable: reading again may succeed)."""
+    """Reading an object failed or its bytes did not match their checksum.
+
+    ``damaged`` says where the fault is: False for corruption in transit or a failed request
+    (retryable: reading again may succeed), True when the object as stored differs from what was
+    expected (size, or an MD5 the store's own ETag confirms; not retryable: restore it from a
+    replica or archive the day again), None when that cannot be told apart (a multipart object
+    whose bytes do not match the expected MD5: retryable once more; if it repeats, it is damaged)."""
+
+    def __init__(self, message: str, *, damaged: bool | None = False, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.damaged = damaged
 
 
 @dataclass(frozen=True)
@@ -400,10 +409,11 @@ class S3Store:
             _note(original, text)
             return False
 
-    def _withdraw_if_ours(self, key: str, expected_etag: str, size: int, original: BaseException) -> None:
+    def _withdraw_if_ours(self, key: str, expected_etag: str | set[str], size: int, original: BaseException) -> None:
         """After a write that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
-        delete the object under ``key`` only if it is the one we sent (same ETag and size): an older
-        object that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        delete the object under ``key`` only if it is the one we sent (one of our ETags, our size):
+        an older archive that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        etags = {expected_etag} if isinstance(expected_etag, str) else set(expected_etag)
         if not self.verify_etags:
             return
         try:
@@ -412,7 +422,7 @@ class S3Store:
             _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
                             f"({type(exc).__name__}: {exc}); the next archive of this day replaces it")
             return
-        if head is not None and _etag(head) == expected_etag and head.get("ContentLength") == size:
+        if head is not None and _etag(head) in etags - {""} and head.get("ContentLength") == size:
             self.delete_quietly(key, original)
 
     def get_bytes(self, key: str) -> bytes:
@@ -452,54 +462,76 @@ class S3Store:
                             "store alters data; the run will be retried", retryable=True)
 
     def download_to(self, key: str, sink: BinaryIO | Any, expected_md5: str | None = None, *,
-                    chunk_size: int = 4 * MiB) -> Downloaded | None:
-        """Stream ``key`` into ``sink`` (anything with ``write``) in ``chunk_size`` pieces, hashing
-        as it goes, and check the whole object: its size against ContentLength, its MD5 against
-        ``expected_md5`` or else the ETag when that is a plain MD5. None (nothing written) when the
-        key does not exist. Corruption raises a retryable ``DownloadError``; the sink then holds
-        bad bytes and must be discarded."""
+                    expected_size: int | None = None, chunk_size: int = 4 * MiB) -> Downloaded | None:
+        """Stream ``key`` into ``sink`` (anything with ``write``) in ``chunk_size`` pieces (1-8 MiB),
+        hashing as it goes, and check the whole object; None (nothing written) when the key does not
+        exist.
+
+        Checks, in order: the stored size against ``expected_size`` (before any byte is written),
+        the bytes received against ContentLength, their MD5 against the ETag when that is a plain
+        MD5 (corruption in transit: retryable ``DownloadError``), then against ``expected_md5``
+        (a mismatch the ETag confirms means the stored object is damaged: ``DownloadError`` with
+        ``damaged=True``, not retryable). On any error the sink holds bad bytes: discard it."""
         chunk_size = min(max(chunk_size, MiB), 8 * MiB)
         md5, size = hashlib.md5(), 0
+        uri = self.uri(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
+            length = response.get("ContentLength")
+            if expected_size is not None and length is not None and length != expected_size:
+                response["Body"].close()
+                raise DownloadError(f"{uri} is damaged: the store holds {length:,} bytes, expected {expected_size:,}; "
+                                    "restore it from a replica or backup, or archive the day again",
+                                    retryable=False, damaged=True)
             body = response["Body"]
             while chunk := body.read(chunk_size):
                 md5.update(chunk)
                 sink.write(chunk)
                 size += len(chunk)
+        except DownloadError:
+            raise
         except Exception as exc:
             if _is_not_found(exc) and size == 0:
                 return None
             if _is_checksum_error(exc):
-                raise DownloadError(f"{self.uri(key)} came back corrupted ({type(exc).__name__}: {exc}); "
+                raise DownloadError(f"{uri} came back corrupted ({type(exc).__name__}: {exc}); "
                                     "the download will be retried", retryable=True) from exc
-            raise _wrap(exc, f"downloading {self.uri(key)} (GetObject)", DownloadError) from exc
+            raise _wrap(exc, f"downloading {uri} (GetObject)", DownloadError) from exc
         etag, digest = _etag(response), md5.hexdigest()
-        expected = expected_md5 or (etag if self.verify_etags and _PLAIN_MD5.match(etag) else None)
-        length = response.get("ContentLength")
         if length is not None and length != size:
-            raise DownloadError(f"{self.uri(key)}: got {size:,} bytes of {length:,}; the download will be retried",
+            raise DownloadError(f"{uri}: got {size:,} bytes of {length:,}; the download will be retried",
                                 retryable=True)
-        if expected is not None and digest != expected:
-            raise DownloadError(f"{self.uri(key)} came back corrupted (MD5 {digest}, expected {expected}); "
+        vouched = self.verify_etags and bool(_PLAIN_MD5.match(etag))
+        if vouched and digest != etag:
+            raise DownloadError(f"{uri} came back corrupted (MD5 {digest}, the store's ETag {etag}); "
                                 "the download will be retried", retryable=True)
+        if expected_md5 is not None and digest != expected_md5:
+            if vouched:  # the store's own MD5 agrees with what we got: the stored object is not the expected one
+                raise DownloadError(f"{uri} is damaged: the stored object has MD5 {digest}, expected {expected_md5}; "
+                                    "restore it from a replica or backup, or archive the day again",
+                                    retryable=False, damaged=True)
+            raise DownloadError(f"{uri} does not match: MD5 {digest}, expected {expected_md5} (corrupted in transit "
+                                "or damaged in the store; if it repeats, the stored object is damaged)",
+                                retryable=True, damaged=None)
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
 
     # --- multipart leftovers ---------------------------------------------------------------------
     def abort_stale_uploads(self, key: str, *, initiated_before: dt.datetime | None = None,
                             keep: str | None = None) -> int:
-        """Abort multipart uploads of exactly ``key`` left behind by a killed process: those initiated
-        at or before ``initiated_before`` (default: all), except ``keep`` (our own upload id).
-        Returns how many were aborted. The archiver holds a per table-day lock, so no legitimate
-        upload of the key can run concurrently; the time bound is a second safety."""
-        stale = []
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key):
-            for upload in page.get("Uploads", []):
-                if upload["Key"] != key or upload["UploadId"] == keep:
-                    continue
-                initiated = upload.get("Initiated")
-                if initiated_before is None or not isinstance(initiated, dt.datetime) or initiated <= initiated_before:
-                    stale.append(upload["UploadId"])
+        """Abort multipart uploads of exactly ``key`` left behind by a killed process, and return how
+        many. Only uploads initiated before ours are touched: at or before ``initiated_before``, or,
+        with ``keep`` (our own upload id), at or before the time the store gives ours in the same
+        listing; without either, all of them. The archiver holds a per table-day lock, so no
+        legitimate upload of the key can run concurrently; the time bound is a second safety."""
+        uploads = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                   Bucket=self.bucket, Prefix=key) for u in page.get("Uploads", []) if u["Key"] == key]
+        bound = initiated_before
+        if keep is not None:
+            ours = [u.get("Initiated") for u in uploads if u["UploadId"] == keep]
+            if bound is None and ours and isinstance(ours[0], dt.datetime):
+                bound = ours[0]
+        stale = [u["UploadId"] for u in uploads if u["UploadId"] != keep
+                 and (bound is None or not isinstance(u.get("Initiated"), dt.datetime) or u["Initiated"] <= bound)]
         for upload_id in stale:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         if stale:
@@ -560,7 +592,8 @@ class S3Upload:
         self._error: BaseException | None = None
         self._aborted = False
         self._finished = False
-        self._creating = False  # CreateMultipartUpload was sent: an upload may exist even if we have no id
+        self._create_ambiguous = False  # CreateMultipartUpload failed in a way the store may have acted on
+        self._cleaned = False
         self._aborted_id: str | None = None  # the upload abort() aborted
         self._threads: list[threading.Thread] = []
         self._fd: int | None = None
@@ -617,6 +650,9 @@ class S3Upload:
         logged and added as a note to ``original`` (default: the exception being handled)."""
         original = original if original is not None else sys.exc_info()[1]
         with self._cond:
+            if self._cleaned:  # abort() is idempotent: finish() aborts, then so may the archiver
+                return
+            self._cleaned = True
             self._aborted = True
             self._cond.notify_all()
         if not self._join(self.store.abort_timeout):
@@ -626,7 +662,7 @@ class S3Upload:
             _note(original, text)
         with self._cond:
             upload_id, self.upload_id = self.upload_id, None
-            unknown = self._creating and upload_id is None and not self._finished
+            unknown = self._create_ambiguous and upload_id is None
         if upload_id is not None:
             self._abort_quietly(upload_id, original)
             with self._cond:
@@ -698,9 +734,10 @@ class S3Upload:
         """Check the published object (ETag, stored size); withdraw it and raise if it is not right."""
         store = self.store
         if store.verify_etags and etag != expected_etag:
-            error = self._error_here(f"stored object's ETag {etag} != expected {expected_etag}: it arrived "
+            error = self._error_here(f"stored object's ETag {etag!r} != expected {expected_etag}: it arrived "
                                      "corrupted; the run will be retried", retryable=True)
-            store.delete_quietly(self.key, error)
+            # withdraw what the store says it made (or what we sent), never an older archive of the key
+            store._withdraw_if_ours(self.key, {expected_etag, etag}, size, error)
             raise error
         try:
             head = store.head(self.key)
@@ -758,10 +795,11 @@ class S3Upload:
         with self._cond:
             if self._aborted:
                 return
-            self._creating = True
         try:
             response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
         except BaseException as exc:
+            with self._cond:  # a dropped answer or a 5xx may come after the store created the upload
+                self._create_ambiguous = _is_transport_error(exc) or _status(exc) >= 500 or _status(exc) == 0
             self._fail(self._named(_wrap(exc, f"starting the upload of {store.uri(self.key)} "
                                               "(CreateMultipartUpload)")))
             return
@@ -777,21 +815,8 @@ class S3Upload:
         if orphan:  # aborted while we were creating it
             self._abort_quietly(upload_id, None)
             return
-        store._clean_stale_quietly(self.key, initiated_before=self._initiated(upload_id), keep=upload_id)
+        store._clean_stale_quietly(self.key, keep=upload_id)
         self._work()
-
-    def _initiated(self, upload_id: str) -> dt.datetime | None:
-        """When the store says our upload was initiated (uploads of the key before it are stale)."""
-        try:
-            pages = self.store.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.store.bucket,
-                                                                                     Prefix=self.key)
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    if upload["UploadId"] == upload_id and isinstance(upload.get("Initiated"), dt.datetime):
-                        return upload["Initiated"]
-        except Exception:  # noqa: BLE001 - best effort, like the cleanup it serves
-            log.debug("could not list uploads of %s", self.key, exc_info=True)
-        return dt.datetime.now(dt.UTC)
 
     def _work(self) -> None:
         while True:

@@ -29,7 +29,7 @@ from archive_pipeline.errors import ArchiveError
 from archive_pipeline.manifest import ManifestError, decode_manifest, stored_object_problems
 from archive_pipeline.sink import temp_archive_file
 from archive_pipeline.source import Column, describe_table, day_filter
-from archive_pipeline.store import S3Store
+from archive_pipeline.store import DownloadError, S3Store
 
 __all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
            "verify_archive"]
@@ -123,11 +123,15 @@ def _download_problems(store: S3Store, manifest: dict, expected: dict) -> list[s
 
 
 def _download(store: S3Store, manifest: dict, sink) -> list[str]:
-    """Stream the object into ``sink`` (a HashingFile) and compare size and digests with the manifest."""
+    """Stream the object into ``sink`` (a HashingFile) through the store's verified download, and
+    compare size and digests with the manifest; what differs, as problems (empty: identical)."""
     obj = manifest["object"]
-    body = store.client.get_object(Bucket=store.bucket, Key=obj["key"])["Body"]
-    for chunk in iter(lambda: body.read(1 << 20), b""):
-        sink.write(chunk)
+    try:
+        found = store.download_to(obj["key"], sink, obj["md5"], expected_size=obj["bytes"])
+    except DownloadError as exc:
+        return [str(exc)]
+    if found is None:
+        return [f"object {store.uri(obj['key'])} is missing"]
     problems = []
     if sink.size != obj["bytes"]:
         problems.append(f"size: recorded {obj['bytes']:,} bytes, downloaded {sink.size:,}")
@@ -257,9 +261,12 @@ def _temp_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     name = f"archive_pipeline_verify_{next(_temp_names)}"
     definition = manifest.get("table_definition") or {}
     types = {c["name"]: c["type"] for c in definition.get("columns", [])}
-    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c["name"]),
-                                                      sql.SQL(types.get(c["name"], c["pg_type"])))
-                              for c in manifest["columns"])
+    from archive_pipeline.restore import checked_type_sql  # a manifest comes from the bucket: no SQL from it
+
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c["name"]), checked_type_sql(
+            conn, types.get(c["name"], c["pg_type"]), f"column {c['name']!r} of the manifest"))
+        for c in manifest["columns"])
     conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), cols))
     schema = conn.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = pg_my_temp_schema()").fetchone()[0]
     return sql.Identifier(schema, name), describe_table(conn, f"{schema}.{name}", None).columns

@@ -16,6 +16,7 @@ import json
 
 import psycopg
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
@@ -23,8 +24,9 @@ from psycopg import sql
 from archive_pipeline.archive import archive_partition
 from archive_pipeline.config import TableSpec
 from archive_pipeline.errors import ArchiveError, UnsupportedTypeError
-from archive_pipeline.formats import Extraction, WriteStats, get_format, is_value_failure
-from archive_pipeline.source import SNAPSHOT_SETTINGS, day_filter, describe_table, read_snapshot
+from archive_pipeline.formats import Extraction, WriteStats, is_value_failure
+from archive_pipeline.writers import get_format
+from archive_pipeline.source import SNAPSHOT_SETTINGS, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
 from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
 
 DAY = dt.date(2024, 3, 10)
@@ -83,6 +85,15 @@ COLUMNS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "r": ("int4range", ["'empty'", "'(,)'", "'[1,5)'", "NULL", "'[,3)'"], {}),
     "tr": ("tsrange", ["'[-infinity,infinity]'", "'empty'", "NULL", "'[2024-01-01,)'", "'(,)'"], {}),
     "ip": ("inet", ["'10.0.0.1/8'", "'::1'", "NULL", "'192.168.0.1'", "'10.0.0.0/8'"], {}),
+    "iva": ("interval[]", ["'[0:1]={\"1 day\",\"-2 mons 3 us\"}'", "'{}'", "NULL", "'{NULL}'", "'{P1Y}'"], {}),
+    "ipa": ("inet[]", ["'{10.0.0.1/8,::1,NULL}'", "'{}'", "NULL", "'{NULL}'", "'{192.168.0.1}'"], {}),
+    "cha": ("char(3)[]", ["'{a,\"\",NULL}'", "'{}'", "NULL", "'{\" b \"}'", "'{abc}'"], {}),
+    "n2a": ("numeric(10,2)[]", ["'{1.5,NULL,-0.01}'", "'{}'", "NULL", "'{NaN}'", "'{12345678.90}'"], {}),
+    "tsv": ("tsvector", ["''", "'a:1 b:2'", "NULL", "$$'x y':3A$$", "''"], {}),
+    "vb": ("varbit", ["B''", "B'101'", "NULL", "B'0'", "B'1111111111111111111'"], {}),
+    "pt": ("point", ["'(1.5,-0)'", "'(NaN,Infinity)'", "NULL", "'(0,0)'", "'(1e300,-1e-300)'"], {}),
+    "x": ("xml", ["'<a>&amp;</a>'", "''", "NULL", "'<b/>'", "'text'"], {}),
+    "qc": ('"char"', ["'a'", "''", "NULL", "'\"'", "'z'"], {}),
     "dom": ("intarr", ["'{1,NULL}'", "'{}'", "NULL", "'{{1},{2}}'", "'[5:5]={5}'"],
             {"parquet": "multi-dimensional array or one whose lower bound is not 1"}),
     # values Parquet cannot hold, kept exactly by JSONL and CSV
@@ -123,7 +134,8 @@ def _ddl(conn: psycopg.Connection) -> None:
     conn.execute("CREATE TYPE wrap AS (p pair, arr int[], j jsonb)")
     conn.execute("CREATE DOMAIN intarr AS int[]")
     conn.execute("SET lc_monetary = 'C'")
-    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _, _) in COLUMNS.items())
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
+                              for n, (t, _, _) in COLUMNS.items())
     conn.execute(sql.SQL("CREATE TABLE edge (id int, at date, {})").format(cols))
     for row in range(ROWS):
         values = sql.SQL(", ").join(sql.SQL(v[1][row]) for v in COLUMNS.values())
@@ -299,8 +311,8 @@ def test_every_edge_value_round_trips_exactly(fmt, edge, session, store, s3_clie
             actual = _text_rows(conn, restored, columns)
             # an ordinary CSV reader sees PostgreSQL's text of every value (money as its numeric digits)
             parsed = sorted(read_csv(body), key=lambda r: int(r["id"]))
-            money = conn.execute(sql.SQL("SELECT concat(mn::numeric), concat(mna::numeric[]) FROM {} ORDER BY id").format(
-                sql.Identifier(SCHEMA, relation))).fetchall()
+            money = conn.execute(sql.SQL("SELECT concat(mn::numeric), concat(mna::numeric[]) FROM {} ORDER BY id")
+                                 .format(sql.Identifier(SCHEMA, relation))).fetchall()
             for row, exp, (mn, mna) in zip(parsed, expected, money, strict=True):
                 got = [row[c] for c in columns]
                 want = [{"mn": mn, "mna": mna}.get(c, v) if v is not None else None
@@ -332,7 +344,8 @@ def test_jsonl_keeps_json_text_but_line_breaks(edge, session, store, s3_client, 
     becomes a space (recorded as not exact)."""
     result = _archive(session, store, "multiline", "jsonl", "none")
     lines = download(s3_client, bucket, result.key).split(b"\n")
-    assert lines[0] == b'{"id":1,"at":"2024-03-10","j":{"k":  \t"v"}}' and lines[1] == b'{"id":2,"at":"2024-03-10","j":null}'
+    assert lines[0] == b'{"id":1,"at":"2024-03-10","j":{"k":  \t"v"}}'
+    assert lines[1] == b'{"id":2,"at":"2024-03-10","j":null}'
 
 
 # ---- refusals ----------------------------------------------------------------------------------------------
@@ -457,3 +470,50 @@ def test_parquet_refusal_flags_fit_a_very_wide_table(conn, schema, store, s3_cli
         sql.Identifier(schema)))
     with pytest.raises(ArchiveError, match=r"column '__archive_pipeline_refuse' \(integer\[\]\).*multi-dim"):
         archive_partition(conn, spec, DAY, store, overwrite=True)
+
+
+# ---- memory bounded by the largest value ------------------------------------------------------------------
+
+def test_read_ahead_stops_at_max_bytes_whatever_the_depth():
+    """With max_bytes, the next item is not pulled while the consumer still holds one that big:
+    several huge rows are never held at once (the bound is structural, no timing involved)."""
+    pulled = []
+
+    def source():
+        for i in range(20):
+            pulled.append(i)
+            yield i
+
+    for held in prefetch(source(), depth=8, max_bytes=10, size=lambda item: 10):
+        assert len(pulled) <= held + 1  # nothing after the item being consumed has been read
+    assert pulled == list(range(20))
+
+
+def test_read_ahead_overlaps_small_items():
+    seen = list(prefetch(iter(range(100)), depth=2, max_bytes=1 << 20, size=lambda item: 10))
+    assert seen == list(range(100))
+
+
+def test_copy_chunks_hands_a_big_row_on_without_copying(conn):
+    statement = sql.SQL("COPY (SELECT i, repeat('x', CASE WHEN i % 3 = 0 THEN 5000 ELSE 10 END) "
+                        "FROM generate_series(1, 9) AS i) TO STDOUT")
+    chunks = list(copy_chunks(conn, statement, chunk_rows=100, max_chunk_bytes=4000))
+    assert [c.rows for c in chunks] == [2, 1, 2, 1, 2, 1]
+    assert [isinstance(c.data, bytearray) for c in chunks] == [True, False] * 3  # big rows: psycopg's buffer
+    assert [len(c.data) for c in chunks if c.rows == 1] == [len(f"{i}\t".encode()) + 5001 for i in (3, 6, 9)]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "lz4", "none"])
+def test_a_row_bigger_than_a_chunk_passes_every_codec_intact(codec, conn, schema, store, s3_client, bucket):
+    """Rows over the 4 MiB chunk size go to the compressor as psycopg's own buffer (a memoryview)."""
+    conn.execute(sql.SQL("CREATE TABLE {}.big (at date, id int, v text)").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("INSERT INTO {}.big SELECT %s, i, repeat(md5(i::text), 1 + (i %% 2) * 200000) "
+                         "FROM generate_series(1, 4) AS i").format(sql.Identifier(schema)), [DAY])
+    spec = TableSpec(name=f"{schema}.big", day_column="at", start_date=DAY, format="csv", compression=codec)
+    result = archive_partition(conn, spec, DAY, store)
+    body = decompress(download(s3_client, bucket, result.key), codec)
+    rows = pacsv.read_csv(io.BytesIO(body), read_options=pacsv.ReadOptions(block_size=32 << 20),
+                          parse_options=pacsv.ParseOptions(newlines_in_values=True)).to_pylist()
+    expected = conn.execute(sql.SQL("SELECT v FROM {}.big ORDER BY id").format(sql.Identifier(schema))).fetchall()
+    assert [r["v"] for r in sorted(rows, key=lambda r: int(r["id"]))] == [e[0] for e in expected]
+    assert len(expected[0][0]) == 32 * 200001 > 4 << 20

@@ -176,7 +176,8 @@ def test_deep_verification_catches_an_archive_that_decodes_but_holds_other_rows(
 def test_deep_verification_of_a_missing_or_damaged_object(conn, table, store, s3_client, bucket):
     result = archive_partition(conn, table, D, store)
     s3_client.put_object(Bucket=bucket, Key=result.key, Body=b"not the archive")
-    assert any(p.startswith("size: recorded") for p in deep_verify(conn, store, table, D))
+    problems = deep_verify(conn, store, table, D)
+    assert any("is damaged: the store holds 15 bytes, expected" in p for p in problems), problems
     s3_client.delete_object(Bucket=bucket, Key=result.manifest_key)
     assert deep_verify(conn, store, table, D) == [
         f"{table.name} 2024-03-10 has no archive at {store.uri(result.manifest_key[:-len('.manifest.json')])}"]

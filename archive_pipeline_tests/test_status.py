@@ -17,6 +17,7 @@ from dagster import (
     DagsterInstance,
     build_sensor_context,
     instance_for_test,
+    materialize,
 )
 from dagster_aws.s3 import S3Resource
 from psycopg import sql
@@ -69,6 +70,28 @@ def test_check_results_carry_their_day_and_archive_runs_run_no_other_check(conn,
         # The on-demand checks neither ran nor were planned (no "Skipped" twin) in archive runs.
         assert _check_records(instance, schema, "latest_archive_intact") == []
         assert _check_records(instance, schema, "source_unchanged") == []
+
+
+def test_materialize_reports_the_days_check_with_or_without_the_check_definitions(conn, schema, archive_env):
+    """``dagster.materialize`` as another project would call it: the asset alone, or with every check
+    (as the asset's page launches it); either way one result per day, for that day."""
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    create_sample_events(conn, days, rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, DAY))
+    [archive] = defs.assets
+    with instance_for_test() as instance:
+        alone = materialize([archive], partition_key=days[0].isoformat(), instance=instance,
+                            resources=defs.resources)
+        together = materialize([archive, *defs.asset_checks], partition_key=days[1].isoformat(),
+                               instance=instance, resources=defs.resources)
+        assert alone.success and together.success
+        assert sorted((r.partition, r.status.value) for r in _check_records(instance, schema)) == [
+            (d.isoformat(), "SUCCEEDED") for d in days]
+        # Inside a run that archives, source_unchanged does not fingerprint the source again.
+        [unchanged] = [e.asset_check_evaluation_data for e in together.all_events
+                       if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                       and e.asset_check_evaluation_data.check_name == "source_unchanged"]
+        assert unchanged.passed and "not compared in a run that archives" in unchanged.description
 
 
 def test_a_failed_run_leaves_the_days_check_alone(conn, schema, archive_env):
@@ -135,6 +158,7 @@ def test_runs_are_tagged_with_their_table_and_assets_have_a_freshness_policy(con
                                                                            instance=instance)
         assert instance.get_run_by_id(result.run_id).tags["archive/table"] == f"{schema}.events"
     [spec] = defs.get_assets_def(asset_key(config.tables[0])).specs
+    assert spec.tags["archive/table"] == f"{schema}.events"  # the same value as the runs' tag
     policy = spec.freshness_policy
     assert policy.deadline_cron == "30 6 * * *" and policy.timezone == "UTC"
     assert policy.lower_bound_delta == dt.timedelta(hours=6, minutes=30)  # since midnight UTC
@@ -415,9 +439,35 @@ def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schem
             assert not result.success
             [check] = [e.asset_check_evaluation_data for e in result.all_events
                        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
-            assert not check.passed and check.blocking and "md5" in check.description
+            assert not check.passed and check.blocking and "md5" in check.description.lower()
             assert _meta(result)["verified"].startswith("NOT proven: ")
             error = result.failure_data_for_node(op_name(events_config(schema, DAY).tables[0])).error
             assert "blocking asset check" in error.message
             assert [(r.partition, r.status.value) for r in _check_records(instance, schema)] == [
                 (DAY.isoformat(), "FAILED")]
+
+
+def test_archive_intact_run_alone_for_a_day_rechecks_that_day(conn, schema, archive_env, s3_client):
+    """As the UI runs a partitioned check on its own (the implicit asset job, check selected, one day)."""
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    create_sample_events(conn, days, rows_per_day=50, schema=schema)
+    config = events_config(schema, DAY)
+    defs = build_definitions(config)
+    check_key = AssetCheckKey(asset_key(config.tables[0]), "archive_intact")
+    with instance_for_test() as instance:
+        for day in days:
+            assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=day.isoformat(),
+                                                                             instance=instance).success
+        s3_client.put_object(Bucket=archive_env, Key=f"archive/{schema}.events/2024/03/{days[1]}.jsonl.zst",
+                             Body=b"replaced")
+        only_check = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={check_key},
+                                                                            asset_selection=set())
+        for day in days:
+            only_check.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+        latest = {}
+        for record in reversed(_check_records(instance, schema)):  # oldest first: the last one wins
+            latest[record.partition] = record.status.value
+        assert latest == {days[0].isoformat(): "SUCCEEDED", days[1].isoformat(): "FAILED"}
+        [failed] = [r for r in _check_records(instance, schema) if r.status.value == "FAILED"]
+        description = failed.event.dagster_event.event_specific_data.description
+        assert description.startswith(f"{days[1]}: NOT intact") and "size" in description

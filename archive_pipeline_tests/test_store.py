@@ -224,12 +224,12 @@ def test_corrupted_complete_etag_is_caught(pstore, proxy, s3_client, bucket, tem
 # --- 5xx, SlowDown and resets on every request kind ----------------------------------------------
 
 KINDS = {  # request kind: (fault matcher, bytes to upload)
-    "create": (dict(method="POST", query="uploads"), 2 * MIN_PART_SIZE + 5),
-    "upload_part": (dict(method="PUT", query="partNumber=2"), 2 * MIN_PART_SIZE + 5),
-    "complete": (dict(method="POST", query="uploadId="), 2 * MIN_PART_SIZE + 5),
+    "create": (dict(method="POST", query="uploads"), MIN_PART_SIZE + 5),
+    "upload_part": (dict(method="PUT", query="partNumber=2"), MIN_PART_SIZE + 5),
+    "complete": (dict(method="POST", query="uploadId="), MIN_PART_SIZE + 5),
     "put": (dict(method="PUT", path=r"\.jsonl\.zst$"), 200_000),
     "head_after_put": (dict(method="HEAD", path=r"\.jsonl\.zst$"), 200_000),
-    "head_after_complete": (dict(method="HEAD", path=r"\.jsonl\.zst$"), 2 * MIN_PART_SIZE + 5),
+    "head_after_complete": (dict(method="HEAD", path=r"\.jsonl\.zst$"), MIN_PART_SIZE + 5),
 }
 
 
@@ -244,6 +244,25 @@ def test_fault_on_each_request_kind_leaves_nothing(pstore, proxy, s3_client, buc
     assert failure.value.retryable, str(failure.value)
     assert failure.value.table == META["table"]
     assert_nothing_left(s3_client, bucket, temp_dir)
+
+
+@pytest.mark.parametrize(("match", "action", "size"), [
+    (dict(method="POST", query="uploadId="), "error", MIN_PART_SIZE + 5),
+    (dict(method="POST", query="uploadId="), "error_200", MIN_PART_SIZE + 5),
+    (dict(method="POST", query="uploadId="), "reset_before", MIN_PART_SIZE + 5),
+    (dict(method="PUT", path=r"\.jsonl\.zst$"), "reset_before", 1000),
+    (dict(method="PUT", path=r"\.jsonl\.zst$"), "slow_down", 1000),
+])
+def test_a_failed_overwrite_keeps_the_older_archive(pstore, proxy, s3_client, bucket, temp_dir, match, action, size):
+    """Cleanup withdraws only what we wrote: when publishing fails before the store acted, the
+    archive already under the key (an overwrite run) is left as it was."""
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"the older archive")
+    proxy.add(Fault(**match, action=action, times=None))
+    with pytest.raises(UploadError) as failure:
+        upload(pstore, payload(size), temp_dir)
+    assert failure.value.retryable
+    assert stored(s3_client, bucket) == b"the older archive"
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 @pytest.mark.parametrize("forward", [False, True])
@@ -335,6 +354,29 @@ def test_stale_upload_of_the_key_is_aborted_on_either_path(pstore, s3_client, bu
     assert stored(s3_client, bucket) == data
 
 
+NASTY_KEY = 'archive/"Mixed Case"."Nasty Events"/2024/03/a+b %20c?x=1#frag&\u00e9\U0001F600.csv.gz'
+
+
+@pytest.mark.parametrize("size", [10, MIN_PART_SIZE + 10])
+def test_nasty_keys_round_trip_and_find_their_stale_uploads(pstore, s3_client, bucket, temp_dir, size):
+    stale = s3_client.create_multipart_upload(Bucket=bucket, Key=NASTY_KEY)["UploadId"]
+    data = payload(size)
+    upload(pstore, data, temp_dir, key=NASTY_KEY)
+    assert stored(s3_client, bucket, NASTY_KEY) == data
+    assert stale not in {u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+    pstore.put_bytes(NASTY_KEY + ".manifest.json", b"{}", "application/json")
+    assert pstore.get_verified_bytes(NASTY_KEY + ".manifest.json") == b"{}"
+
+
+@pytest.mark.parametrize("size", [10, MIN_PART_SIZE + 10])
+def test_failing_stale_cleanup_does_not_fail_the_upload(pstore, proxy, s3_client, bucket, temp_dir, size):
+    """Looking for leftovers is housekeeping: if ListMultipartUploads fails, the archive still lands."""
+    fault = proxy.add(Fault(method="GET", query="uploads", action="error", times=None))
+    data = payload(size)
+    upload(pstore, data, temp_dir)
+    assert fault.hits >= 1 and stored(s3_client, bucket) == data
+
+
 # --- verified reads -----------------------------------------------------------------------------
 
 def test_get_verified_bytes(pstore, proxy, s3_client, bucket):
@@ -407,22 +449,37 @@ def test_botocore_checksum_error_on_read_is_retryable(proxy, bucket):
 
 def test_download_to_streams_and_verifies(pstore, proxy, s3_client, bucket, temp_dir):
     data = payload(2 * MIN_PART_SIZE + 3)
-    upload(pstore, data, temp_dir)
+    upload(pstore, data, temp_dir)  # multipart: its ETag is not an MD5
     sink = io.BytesIO()
-    got = pstore.download_to(KEY, sink, expected_md5=hashlib.md5(data).hexdigest())
+    got = pstore.download_to(KEY, sink, expected_md5=hashlib.md5(data).hexdigest(), expected_size=len(data))
     assert sink.getvalue() == data and got.size == len(data) and got.md5 == hashlib.md5(data).hexdigest()
     assert pstore.download_to("missing", io.BytesIO()) is None
-    with pytest.raises(DownloadError):
+    with pytest.raises(DownloadError) as failure:  # cannot tell transit from store: retry once more
         pstore.download_to(KEY, io.BytesIO(), expected_md5="0" * 32)
+    assert failure.value.retryable and failure.value.damaged is None
     proxy.add(Fault(method="GET", path=r"\.jsonl\.zst$", action="flip_response_byte"))
     with pytest.raises(DownloadError) as failure:
         pstore.download_to(KEY, io.BytesIO(), expected_md5=hashlib.md5(data).hexdigest())
     assert failure.value.retryable
-    small = b"single put object"
-    s3_client.put_object(Bucket=bucket, Key="small", Body=small)
+
+
+def test_download_to_tells_transit_corruption_from_a_damaged_object(pstore, proxy, s3_client, bucket):
+    good = b"the archived bytes" * 1000
+    s3_client.put_object(Bucket=bucket, Key="small", Body=good)
     proxy.add(Fault(method="GET", path=r"/small$", action="flip_response_byte"))
-    with pytest.raises(DownloadError):  # no expected MD5 given: the plain-MD5 ETag is the reference
+    with pytest.raises(DownloadError) as failure:  # no expected MD5 given: the plain-MD5 ETag is the reference
         pstore.download_to("small", io.BytesIO())
+    assert failure.value.retryable and failure.value.damaged is False and "corrupted" in str(failure.value)
+    damaged = bytearray(good)
+    damaged[7] ^= 1
+    s3_client.put_object(Bucket=bucket, Key="small", Body=bytes(damaged))  # replaced at rest
+    with pytest.raises(DownloadError) as failure:
+        pstore.download_to("small", io.BytesIO(), expected_md5=hashlib.md5(good).hexdigest())
+    assert not failure.value.retryable and failure.value.damaged is True and "is damaged" in str(failure.value)
+    sink = io.BytesIO()
+    with pytest.raises(DownloadError) as failure:
+        pstore.download_to("small", sink, expected_size=len(good) + 1)
+    assert failure.value.damaged is True and not failure.value.retryable and sink.getvalue() == b""
 
 
 # --- the temp file ------------------------------------------------------------------------------

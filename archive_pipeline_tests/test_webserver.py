@@ -164,6 +164,13 @@ CHECK_STATUS = """
 { assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name
     partitionStatuses { ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } } } } } } } }
 """
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }
+"""
+RUN = """
+query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }
+"""
 RUNS = """
 query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
   ... on Runs { results { status tags { key value } } } } }
@@ -202,6 +209,27 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
                 break
             time.sleep(2)
         statuses = _graphql(port_for_checks, CHECK_STATUS)["data"]["assetNodes"]
+        # A late row, then the job's run for that day from the launchpad: the run fails, and the
+        # day's integrity check stays what it was (a failed run is not a failed check).
+        conn.execute(sql.SQL("INSERT INTO {}.events (id, created_at, user_id, event_type) "
+                             "VALUES (999999, %s, 1, 'late')").format(sql.Identifier(schema)),
+                     (f"{days[0]} 10:00+00",))
+        launched = _graphql(port, LAUNCH_RUN, {"params": {
+            "selector": {"repositoryLocationName": "archive_pipeline", "repositoryName": "__repository__",
+                         "jobName": f"archive_{schema}_events"},
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": days[0].isoformat()}]}}})
+        run_id = launched["data"]["launchRun"]["run"]["runId"]
+        deadline = time.monotonic() + 180
+        while True:
+            late = _graphql(port, RUN, {"id": run_id})["data"]["runOrError"]
+            if late["status"] in ("SUCCESS", "FAILURE", "CANCELED") or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        after_failure = _graphql(port, CHECK_STATUS)["data"]["assetNodes"]
+    assert late["status"] == "FAILURE"
+    assert {"key": "archive/table", "value": f"{schema}.events"} in late["tags"]
+    assert after_failure == statuses
     assert [r["status"] for r in runs] == ["SUCCESS"] * 6
     partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
     assert partitions == sorted([d.isoformat() for d in days] * 2)

@@ -45,7 +45,7 @@ def child(args: argparse.Namespace) -> None:
     client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
     spec = TableSpec(name="public.big_value", day_column="at", start_date="2024-01-01", format=args.format,
-                     compression="zstd")
+                     compression=args.compression)
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         after_imports = _rss_mb()
         result = archive_partition(conn, spec, DAY, S3Store(client, BUCKET, prefix="bench"), overwrite=True)
@@ -57,7 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=100, help="size of the value in MiB")
     parser.add_argument("--type", default="text", choices=["text", "bytea"])
+    parser.add_argument("--count", type=int, default=1, help="rows holding such a value (the largest is still one)")
     parser.add_argument("--formats", default="csv,jsonl,parquet")
+    parser.add_argument("--compression", default="zstd")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--format", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
@@ -78,12 +80,15 @@ def main() -> None:
                      "(SELECT decode(string_agg(md5(i::text), ''), 'hex') FROM generate_series(1, %s) AS i)")
             per_md5 = 32 if args.type == "text" else 16
             conn.execute(f"CREATE TABLE public.big_value (at date, id int, v {args.type})")
-            conn.execute(f"INSERT INTO public.big_value VALUES (%s, 1, {value})",
-                         (DAY, args.mib * (1 << 20) // per_md5))
+            for i in range(args.count):
+                conn.execute(f"INSERT INTO public.big_value VALUES (%s, %s, {value})",
+                             (DAY, i + 1, args.mib * (1 << 20) // per_md5))
         size_mb = args.mib * (1 << 20) / 1e6
-        print(f"one {args.mib} MiB {args.type} value ({size_mb:.0f} MB); peak RSS above imports, fresh process each")
+        print(f"{args.count} row(s), each one {args.mib} MiB {args.type} value ({size_mb:.0f} MB); "
+              "peak RSS above imports, fresh process each")
         for fmt in args.formats.split(","):
             out = subprocess.run([sys.executable, __file__, "--child", "--format", fmt, "--dsn", pg.dsn,
+                                  "--compression", args.compression,
                                   "--endpoint", s3.endpoint_url], capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"  {fmt:8} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else '?'}")
