@@ -43,6 +43,7 @@ from dagster.components.component.component import ComponentTypeSpec
 from pydantic import Field, model_validator
 
 from archive_pipeline.config import ArchiveConfig, load_config, parse_config
+from archive_pipeline.definitions import build_definitions
 
 
 def _relative_to_defs_yaml(context: ResolutionContext, value: str | None) -> str | None:
@@ -120,8 +121,6 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
         return parse_config({k: v for k, v in self._inline().items() if v is not None}, where)
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
-        from archive_pipeline.definitions import build_definitions
-
         where = f"attributes of {Path(context.path) / 'defs.yaml'}"
         # No project-wide executor: a component must not change how the rest of the project's jobs run.
         # The archive jobs (schedules, sensor, verify_archives) are in-process by themselves.
