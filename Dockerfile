@@ -21,9 +21,10 @@ COPY archive_pipeline ./archive_pipeline
 RUN pip install .
 COPY archive_tables.yaml ./
 
-# Run as an unprivileged user; archives are staged in $TMPDIR (default /tmp) before upload, so give
-# the container enough space there for the largest day (or point ArchiveStoreResource.temp_dir at a volume).
-RUN useradd --system --uid 10001 --home-dir /opt/archive_pipeline archive
+# Run as an unprivileged user with a writable home (Dagster keeps small state files under ~/.dagster).
+# Archives are staged in $TMPDIR (default /tmp) before upload: give the container enough space there
+# for the largest day (or point ArchiveStoreResource.temp_dir at a volume).
+RUN useradd --system --uid 10001 --create-home --home-dir /home/archive archive
 USER archive
 
 EXPOSE 4000

@@ -27,11 +27,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from dagster import Definitions
-from dagster.components import Component, ComponentLoadContext, Model, Resolvable, ResolutionContext, Resolver
+from dagster.components import (
+    Component,
+    ComponentLoadContext,
+    Model,
+    Resolvable,
+    ResolutionContext,
+    Resolver,
+    Scaffolder,
+    ScaffoldRequest,
+    scaffold_component,
+    scaffold_with,
+)
 from dagster.components.component.component import ComponentTypeSpec
 from pydantic import Field, model_validator
 
 from archive_pipeline.config import ArchiveConfig, load_config, parse_config
+from archive_pipeline.definitions import build_definitions
 
 
 def _relative_to_defs_yaml(context: ResolutionContext, value: str | None) -> str | None:
@@ -40,6 +52,29 @@ def _relative_to_defs_yaml(context: ResolutionContext, value: str | None) -> str
     return str(context.resolve_source_relative_path(context.resolve_value(value, as_type=str)))
 
 
+STARTER_TABLES = """\
+# Tables to archive, one daily-partitioned asset each (the format of archive_pipeline's
+# archive_tables.yaml; see its README, "Configuration"). Connection settings come from the environment:
+# ARCHIVE_PG_DSN, ARCHIVE_S3_BUCKET and the optional ARCHIVE_S3_* variables.
+tables:
+  - name: public.events
+    day_column: created_at
+    start_date: 2024-01-01
+"""
+
+
+class ArchiveTablesScaffolder(Scaffolder):
+    """`dg scaffold defs archive_pipeline.component.ArchiveTablesComponent <path>`: a defs.yaml that points
+    at a starter archive_tables.yaml beside it (as dagster-sling's scaffolder writes a replication file)."""
+
+    def scaffold(self, request: ScaffoldRequest) -> None:
+        scaffold_component(request, {"config_path": "archive_tables.yaml"})
+        tables = request.target_path / "archive_tables.yaml"
+        if request.scaffold_format == "yaml" and not tables.exists():
+            tables.write_text(STARTER_TABLES)
+
+
+@scaffold_with(ArchiveTablesScaffolder)
 class ArchiveTablesComponent(Component, Resolvable, Model):
     """Archive date-partitioned PostgreSQL tables to S3-compatible storage, one daily partition per UTC day."""
 
@@ -86,8 +121,6 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
         return parse_config({k: v for k, v in self._inline().items() if v is not None}, where)
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
-        from archive_pipeline.definitions import build_definitions
-
         where = f"attributes of {Path(context.path) / 'defs.yaml'}"
         # No project-wide executor: a component must not change how the rest of the project's jobs run.
         # The archive jobs (schedules, sensor, verify_archives) are in-process by themselves.

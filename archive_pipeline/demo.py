@@ -34,8 +34,16 @@ def _print_table(rows: list[tuple], header: tuple) -> None:
                         for x, w in zip(line, widths, strict=True)).rstrip())
 
 
+_signals: list[float] = []  # when SIGINT/SIGTERM arrived
+
+
 def _interrupt(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    """The first signal interrupts whatever runs (KeyboardInterrupt: the `finally` blocks stop the
+    services). Later ones only count: `kill %1` reaches both make and us, and make passes its SIGTERM on,
+    so one request can arrive twice, and a second interrupt must not cut the shutdown short."""
+    _signals.append(time.monotonic())
+    if len(_signals) == 1:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _stop_on_signals() -> None:
@@ -48,15 +56,18 @@ def _stop_on_signals() -> None:
 
 def _stop_group(process: subprocess.Popen) -> None:
     """Stop dagster dev and everything it started: SIGINT (its own clean shutdown), then SIGTERM, then
-    SIGKILL, to its whole process group. A second Ctrl-C while waiting skips to the next step."""
+    SIGKILL, to its whole process group. Another Ctrl-C while waiting (a second later or more, not the
+    duplicate of the first) skips to the next step."""
     for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=grace)
+        step = time.monotonic()
+        while process.poll() is None and time.monotonic() < step + grace:
+            if any(t > step and t > _signals[0] + 1 for t in _signals[1:]):
+                break
+            time.sleep(0.1)
+        if process.poll() is not None:
             break
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            continue
     with contextlib.suppress(ProcessLookupError):  # anything it left behind in its group
         os.killpg(process.pid, signal.SIGKILL)
 
@@ -97,15 +108,17 @@ def write_env_file(home: Path, env: dict[str, str]) -> Path:
 
 
 def show_round_trip(env: dict[str, str], day: dt.date) -> None:
-    """Restore one archived day from the bucket and compare it with the source table.
-
-    Hook for archive_pipeline.restore (restore and compare, being added to the core): until that module
-    exists, the demo ends after the listing.
-    """
-    try:
-        from archive_pipeline import restore  # noqa: F401
-    except ImportError:
-        return
+    """Restore one archived day from the bucket into a new table and compare the source with the archive,
+    through the command line a user would type (`archive-pipeline`, the same core and settings)."""
+    print(f"\nround trip of {day}: restored from the bucket into a new table (kept only if its rows have the "
+          "manifest's fingerprint), then the source compared with the archive:")
+    for args in (["restore", "--day", day.isoformat(), "--into", "new", "--target", "public.events_restored"],
+                 ["compare", "--day", day.isoformat()]):
+        print(f"$ archive-pipeline {shlex.join(args)}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env={**os.environ, **env},
+                              cwd=REPO, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"archive-pipeline {args[0]} exited with {done.returncode}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +153,8 @@ def _demo(args: argparse.Namespace) -> int:
             create_sample_events(conn, days, args.rows)
         s3.client().create_bucket(Bucket=BUCKET)
         env = {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": BUCKET, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
-               "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo", "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
+               "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo",
+               "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
                "ARCHIVE_PIPELINE_CONFIG": str(REPO / "archive_tables.yaml"), "DAGSTER_HOME": str(home)}
         os.environ.update(env)
         write_env_file(home, env)

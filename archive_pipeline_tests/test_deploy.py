@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import (
-    AssetKey,
     Definitions,
     DagsterInstance,
     asset,
@@ -201,6 +200,30 @@ def test_component_runs_an_archive(two_tables, archive_env, tmp_path, monkeypatc
     assert s3_client.head_object(Bucket=archive_env, Key=f"{schema}.orders/2024/03/2024-03-10.csv.zst")
 
 
+def test_component_scaffold_writes_a_loadable_defs_yaml(tmp_path, monkeypatch, conn, schema, archive_env):
+    """What `dg scaffold defs archive_pipeline.component.ArchiveTablesComponent archive` writes loads."""
+    from dagster.components import ScaffoldRequest
+    from dagster.components.scaffold.scaffold import NoParams, get_scaffolder
+
+    _make_project(tmp_path, _component_yaml({"config_path": "unused.yaml"}))
+    [target] = (tmp_path).glob("host_project_*/defs/archive")
+    (target / "defs.yaml").unlink()
+    get_scaffolder(ArchiveTablesComponent).scaffold(ScaffoldRequest(
+        type_name="archive_pipeline.component.ArchiveTablesComponent", target_path=target,
+        scaffold_format="yaml", project_root=tmp_path, params=NoParams()))
+    assert yaml.safe_load((target / "defs.yaml").read_text()) == {
+        "type": "archive_pipeline.component.ArchiveTablesComponent",
+        "attributes": {"config_path": "archive_tables.yaml"}}
+    starter = yaml.safe_load((target / "archive_tables.yaml").read_text())
+    parse_config(starter)  # valid as written; point it at a table of this test's database to load it
+    starter["tables"][0]["name"] = f"{schema}.events"
+    create_sample_events(conn, [], rows_per_day=0, schema=schema)
+    (target / "archive_tables.yaml").write_text(yaml.safe_dump(starter))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    defs = load_from_defs_folder(path_within_project=tmp_path)
+    assert _summary(defs)["assets"] == [f"archive/{schema}/events"]
+
+
 def test_component_rejects_bad_attributes_as_the_file_does(tmp_path, monkeypatch, schema):
     bad = _tables(schema)
     bad["tables"][1]["chunk_size"] = 5
@@ -268,8 +291,9 @@ def test_dockerfile_builds_a_code_server_with_nothing_secret_baked_in():
     baked = [line for line in instructions if line.startswith(("ENV ", "ARG "))]
     assert not [line for line in baked if re.search(r"ARCHIVE_|DAGSTER_PG|PASSWORD|SECRET|AWS_|DSN", line)], baked
     # Only the files the image needs reach the build context: never .venv, .dagster_home, .git, tests.
-    ignore = (REPO / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") - 0] == "*" and all(not p.startswith("!.") for p in ignore)
+    ignore = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*" and not [p for p in ignore if p.startswith("!.")]  # deny all, then allow
     copied = {part for line in instructions if line.startswith("COPY ") for part in line.split()[1:-1]}
     assert copied <= {"pyproject.toml", "README.md", "archive_pipeline", "archive_tables.yaml"}
     assert {f"!{name}" for name in copied} <= {p.rstrip("/") for p in ignore}
@@ -349,9 +373,9 @@ def _instance_yaml_as_tested() -> tuple[str, dict]:
 def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, s3, bucket, s3_client, tmp_path,
                                                               monkeypatch):
     """The image's CMD as the code server, docs/workspace.production.yaml pointing at it, and the webserver
-    and daemon on docs/dagster.production.yaml (PostgreSQL storage, queued run coordinator, pools, run
-    monitoring): a run launched through GraphQL is queued, dequeued by the daemon and succeeds; a pool
-    slot left behind by a finished run is given back."""
+    and daemon on docs/dagster.production.yaml (PostgreSQL storage, S3 run logs, queued run coordinator,
+    pools, run monitoring): a run launched through GraphQL is queued, dequeued by the daemon and succeeds
+    with its logs in the bucket; a pool slot left behind by a finished run is given back."""
     create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=100, schema=schema)
     database = f"dagster_{schema}"
     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -370,7 +394,8 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
     env = {**os.environ, "DAGSTER_HOME": str(home), "ARCHIVE_PIPELINE_CONFIG": str(config),
            "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
            "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "unused", "DAGSTER_PG_HOST": "127.0.0.1",
-           "DAGSTER_PG_DB": database, "DAGSTER_PG_PORT": str(pg.port)}
+           "DAGSTER_PG_DB": database, "DAGSTER_PG_PORT": str(pg.port),
+           "DAGSTER_COMPUTE_LOGS_BUCKET": bucket, "AWS_ENDPOINT_URL_S3": s3.endpoint_url}
     _, cmd = _dockerfile()
     cmd = [str(PYTHON_BIN / cmd[0]), *cmd[1:]]
     cmd[cmd.index("-h") + 1], cmd[cmd.index("-p") + 1] = "127.0.0.1", str(code_port)
@@ -406,7 +431,7 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
             # A run that crashes or is cancelled holding a pool slot leaves it claimed; the monitoring
             # daemon gives it back free_slots_after_run_end_seconds after the run ended.
             for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB",
-                         "DAGSTER_PG_PORT"):
+                         "DAGSTER_PG_PORT", "DAGSTER_COMPUTE_LOGS_BUCKET"):
                 monkeypatch.setenv(name, env[name])
             with DagsterInstance.from_config(str(home)) as dagster_instance:
                 assert type(dagster_instance.run_storage).__name__ == "PostgresRunStorage"
@@ -420,6 +445,9 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
     finally:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
     assert s3_client.head_object(Bucket=bucket, Key=f"{schema}.events/2024/03/2024-03-10.jsonl.zst")
+    # The run's stdout/stderr went to the bucket through the S3 compute log manager.
+    logs = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="dagster-compute-logs/")["Contents"]]
+    assert any(run_id in key and key.endswith(".err") for key in logs), logs
 
 
 def _finished(port: int, run_id: str) -> str | None:
@@ -452,9 +480,9 @@ def _alive(pid: int) -> bool:
 
 
 def _start_demo(tmp_path: Path, *, background: bool, days: int = 1) -> tuple[subprocess.Popen, int, Path, Path]:
-    """`make demo UI=1` with this test run's Python environment. background=True starts it the way
-    `make demo UI=1 &` in a script does (SIGINT ignored); otherwise as a terminal's foreground job
-    (a process group of its own, which Ctrl-C signals as a whole)."""
+    """`make demo UI=1` with this test run's Python environment, as a job of its own process group, the
+    way a shell with job control starts one: in the foreground (Ctrl-C signals the whole group), or in the
+    background (`make demo UI=1 &`: SIGINT ignored; `kill %1` sends SIGTERM to the whole group)."""
     port, home, log = free_port(), tmp_path / "home", tmp_path / "demo.log"
     cmd = ["make", "--no-print-directory", "demo", "UI=1", f"VENV={sys.prefix}", "INSTALL=0",
            f"ARGS=--days {days} --rows 200 --port {port} --home {home}"]
@@ -463,7 +491,7 @@ def _start_demo(tmp_path: Path, *, background: bool, days: int = 1) -> tuple[sub
         del env[name]
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=not background,
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None)
     _wait_for("the demo's UI", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2),
               process, log, timeout=180)
@@ -520,7 +548,8 @@ def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_besid
         assert sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition") == \
             [(today - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
     finally:
-        _assert_stops(process, log, lambda: os.kill(process.pid, signal.SIGTERM))
+        # `kill %1`: SIGTERM to make and the demo at once, and make passes its own on to the demo too.
+        _assert_stops(process, log, lambda: os.killpg(process.pid, signal.SIGTERM))
     output = log.read_text()
     assert "archived partitions of asset archive/public/events" in output
     # Nothing alarming on start or stop (dagster dev's own INFO lines only).

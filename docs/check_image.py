@@ -54,7 +54,8 @@ def main() -> int:
     cmd = health = None
     for kind, argument in steps[1:]:
         if kind == "ENV":
-            env.update(dict(shlex.split(pair)[0].split("=", 1) for pair in re.findall(r'\S+=(?:"[^"]*"|\S+)', argument)))
+            pairs = re.findall(r'\S+=(?:"[^"]*"|\S+)', argument)
+            env.update(dict(shlex.split(pair)[0].split("=", 1) for pair in pairs))
         elif kind == "WORKDIR":
             print(f"WORKDIR {argument} -> {workdir}")
         elif kind == "COPY":

@@ -2,9 +2,9 @@
 
     python docs/screenshots.py            # needs Debian's chromium (apt-get install chromium)
 
-Starts `python -m archive_pipeline.demo --ui` (PostgreSQL, S3, 3 archived days, dagster dev), makes
-one run fail the way a real one does (rows added to an archived day: "late rows", not retried), and
-captures with `chromium --headless`:
+Starts `python -m archive_pipeline.demo --ui` (PostgreSQL, S3, 3 archived days, dagster dev), captures
+with `chromium --headless`, then makes one run fail the way a real one does (a row added to an
+archived day: "late rows", not retried) and captures that run:
 
   docs/partitions.png     the asset's partitions view
   docs/materialization.png  one materialization with its metadata
@@ -100,8 +100,16 @@ def main() -> int:
     try:
         wait_until("the UI", lambda: urllib.request.urlopen(f"{base}/server_info", timeout=2))
         env = read_env(home / "env.sh")
-        yesterday = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+        today = dt.datetime.now(dt.UTC).date()
+        DOCS.mkdir(exist_ok=True)
+        shoot(f"{base}/assets/{ASSET}?view=partitions&partition={today - dt.timedelta(days=1)}",
+              DOCS / "partitions.png", args.size)
+        shoot(f"{base}/assets/{ASSET}?view=events&partition={today - dt.timedelta(days=2)}",
+              DOCS / "materialization.png", args.size)
+        shoot(f"{base}/assets/{ASSET}?view=checks", DOCS / "checks.png", args.size)
+
         # A late row in a day that is archived already: the next run of that day refuses to overwrite.
+        yesterday = (today - dt.timedelta(days=1)).isoformat()
         with psycopg.connect(env["ARCHIVE_PG_DSN"], autocommit=True) as conn:
             conn.execute("INSERT INTO public.events (id, created_at, user_id, event_type) "
                          "VALUES (-1, %s::timestamptz + interval '12 hours', 1, 'late')", (yesterday,))
@@ -112,16 +120,15 @@ def main() -> int:
         if launched["__typename"] != "LaunchRunSuccess":
             raise SystemExit(f"launch failed: {launched}")
         run_id = launched["run"]["runId"]
-        status = wait_until("the failing run", lambda: graphql(args.port, STATUS, {"id": run_id})["runOrError"]
-                            ["status"] in ("SUCCESS", "FAILURE", "CANCELED") and
-                            graphql(args.port, STATUS, {"id": run_id})["runOrError"]["status"])
+
+        def finished() -> str | None:
+            status = graphql(args.port, STATUS, {"id": run_id})["runOrError"]["status"]
+            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+        status = wait_until("the failing run", finished)
         print(f"run {run_id}: {status}")
-        time.sleep(3)
-        DOCS.mkdir(exist_ok=True)
-        shoot(f"{base}/assets/{ASSET}?view=partitions", DOCS / "partitions.png", args.size)
-        day_before = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)).isoformat()
-        shoot(f"{base}/assets/{ASSET}?view=events&partition={day_before}", DOCS / "materialization.png", args.size)
-        shoot(f"{base}/assets/{ASSET}?view=checks", DOCS / "checks.png", args.size)
+        if status != "FAILURE":
+            raise SystemExit("the run meant to fail did not")
         shoot(f"{base}/runs/{run_id}", DOCS / "failed_run.png", args.size)
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
