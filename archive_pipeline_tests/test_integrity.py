@@ -116,7 +116,7 @@ def test_a_re_archive_killed_at_any_step_leaves_one_whole_archive(pg, s3, conn, 
     content is the old day or the new one, never a mix; a clean run afterwards leaves nothing stray."""
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
-                         "FROM generate_series(1, 60000) g").format(sql.Identifier(schema, "big")))
+                         "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
     spec = {"name": f"{schema}.big", "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
     first = archive_partition(conn, TableSpec(**spec), D, store)
     known = {first.fingerprint}
