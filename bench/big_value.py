@@ -19,15 +19,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import rss_mb  # noqa: E402 - after the path is set
 DAY = dt.date(2024, 3, 10)
 BUCKET = "big-value"
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def child(args: argparse.Namespace) -> None:
@@ -47,7 +43,7 @@ def child(args: argparse.Namespace) -> None:
     spec = TableSpec(name="public.big_value", day_column="at", start_date="2024-01-01", format=args.format,
                      compression=args.compression)
     with psycopg.connect(args.dsn, autocommit=True) as conn:
-        after_imports = _rss_mb()
+        after_imports = rss_mb()
         result = archive_partition(conn, spec, DAY, S3Store(client, BUCKET, prefix="bench"), overwrite=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rows": result.rows, "bytes": result.bytes, "peak_above_imports_mb": peak - after_imports}))

@@ -32,26 +32,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import fill_day, peak_mb, status_mb, time_command  # noqa: E402 - after the path is set
 
 DAY_SMALL = dt.date(2024, 3, 10)
 DAY_BIG = dt.date(2024, 3, 11)
 BUCKET = "bench"
-
-
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    """Peak RSS of this process since it started (or since the peak was reset).
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak across fork/vfork + exec
-    into it, and this driver archives in-process first, so every child would report the driver's peak
-    (measured: 75 MB for all three formats). VmHWM belongs to the child's own address space."""
-    return _status_mb("VmHWM")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -72,7 +59,7 @@ def child(args: argparse.Namespace) -> None:
     store = S3Store(client, BUCKET, prefix="bench")
     manifest = json.loads(Path(args.manifest).read_text())
     with psycopg.connect(args.dsn, autocommit=True) as conn:
-        after_imports = _status_mb("VmRSS")
+        after_imports = status_mb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # peak from here on
         started = time.perf_counter()
         result = restore_archive(conn, store, manifest, into="new", target=args.target, temp_dir=args.temp_dir)
@@ -82,15 +69,9 @@ def child(args: argparse.Namespace) -> None:
         fingerprint.compute(conn, table.identifier, table.columns)
         fp_seconds = time.perf_counter() - fp_started
         conn.execute(sql.SQL("DROP TABLE {}").format(table.identifier))
-    peak = _peak_mb()
+    peak = peak_mb()
     print(json.dumps({"rows": result.rows, "wall": wall, "fp": fp_seconds, "checked": result.fingerprint_checked,
                       "bytes": manifest["object"]["bytes"], "rss_after_imports": after_imports, "peak_rss": peak}))
-
-
-def _time(cmd: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
-    return time.perf_counter() - started
 
 
 def _psql(pg) -> str:
@@ -143,12 +124,12 @@ def _measure(day: dt.date, formats: list[str], runs: int, pg, s3, workdir: Path)
     by_format: dict[str, list[dict]] = {fmt: [] for fmt in formats}
     for _ in range(runs):
         for name, cmd in limits.items():
-            _time(create)
-            limit_times[name].append(_time(cmd))
-        _time(f'{_psql(pg)} -c "DROP TABLE limit_load; CHECKPOINT"')
+            time_command(create)
+            limit_times[name].append(time_command(cmd))
+        time_command(f'{_psql(pg)} -c "DROP TABLE limit_load; CHECKPOINT"')
         for fmt in formats:
             by_format[fmt].append(_restore_once(manifests[fmt], f"public.restored_{fmt}", pg, s3, workdir))
-            _time(f'{_psql(pg)} -c "CHECKPOINT"')
+            time_command(f'{_psql(pg)} -c "CHECKPOINT"')
     results = {}
     for fmt, rs in by_format.items():
         median = {k: statistics.median(r[k] for r in rs) for k in ("rows", "wall", "fp", "bytes")}
@@ -186,7 +167,7 @@ def main() -> None:
     if not shutil.which("zstd") or not shutil.which("psql"):
         sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
 
-    from archive_pipeline.local_stack import create_sample_events, local_stack
+    from archive_pipeline.local_stack import local_stack
 
     formats = args.formats.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="archive-bench-restore-"))
@@ -197,11 +178,7 @@ def main() -> None:
             days = [(DAY_SMALL, args.rows)] + ([(DAY_BIG, args.big_rows)] if args.big_rows else [])
             with pg.connect() as conn:
                 for day, rows in days:
-                    started = time.perf_counter()
-                    create_sample_events(conn, [day], rows)
-                    conn.execute("VACUUM ANALYZE public.events")
-                    conn.execute("CHECKPOINT")
-                    print(f"  {rows:,} rows for {day} in {time.perf_counter() - started:.0f} s", flush=True)
+                    print(f"  {rows:,} rows for {day} in {fill_day(conn, day, rows):.0f} s", flush=True)
             summary = {}
             for day, rows in days:
                 limits, results = _measure(day, formats, args.runs, pg, s3, workdir)

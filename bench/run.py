@@ -35,17 +35,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import fill_day, rss_mb, time_command  # noqa: E402 - after the path is set
 
 DAY_SMALL = dt.date(2024, 3, 10)
 DAY_BIG = dt.date(2024, 3, 11)
 BUCKET = "bench"
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def child(args: argparse.Namespace) -> None:
@@ -66,7 +62,7 @@ def child(args: argparse.Namespace) -> None:
     spec = TableSpec(name="public.events", day_column="created_at", start_date="2024-01-01",
                      format=args.format, compression="zstd")
     with psycopg.connect(args.dsn, autocommit=True) as conn:
-        after_imports = _rss_mb()
+        after_imports = rss_mb()
         started = time.perf_counter()
         result = archive_partition(conn, spec, dt.date.fromisoformat(args.day), S3Store(client, BUCKET, prefix="bench"),
                                    overwrite=True)
@@ -83,12 +79,6 @@ def child(args: argparse.Namespace) -> None:
                       "wait": result.upload_wait_seconds, "complete": result.complete_seconds,
                       "rss_after_imports": after_imports, "peak_rss": peak, "parts": result.parts,
                       "fingerprint": result.fingerprint_seconds, "skip": skip}))
-
-
-def _time(cmd: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
-    return time.perf_counter() - started
 
 
 def _limit_commands(pg_port: int, day: dt.date, workdir: Path) -> dict[str, str]:
@@ -116,7 +106,7 @@ def _measure(day: dt.date, formats: list[str], runs: int, pg, s3, workdir: Path)
     runs_by_format: dict[str, list[dict]] = {fmt: [] for fmt in formats}
     for _ in range(runs):
         for name, cmd in commands.items():
-            limit_times[name].append(_time(cmd))
+            limit_times[name].append(time_command(cmd))
         for fmt in formats:
             runs_by_format[fmt].append(_archive_once(fmt, day, pg.dsn, s3.endpoint_url))
     limits = {name: statistics.median(times) for name, times in limit_times.items()}
@@ -166,7 +156,7 @@ def main() -> None:
     if not shutil.which("zstd") or not shutil.which("psql"):
         sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
 
-    from archive_pipeline.local_stack import create_sample_events, local_stack
+    from archive_pipeline.local_stack import local_stack
 
     formats = args.formats.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="archive-bench-"))
@@ -176,11 +166,7 @@ def main() -> None:
         days = [(DAY_SMALL, args.rows)] + ([(DAY_BIG, args.big_rows)] if args.big_rows else [])
         with pg.connect() as conn:
             for day, rows in days:
-                started = time.perf_counter()
-                create_sample_events(conn, [day], rows)
-                conn.execute("VACUUM ANALYZE public.events")
-                conn.execute("CHECKPOINT")  # no background writes left over to disturb the timings
-                print(f"  {rows:,} rows for {day} in {time.perf_counter() - started:.0f} s", flush=True)
+                print(f"  {rows:,} rows for {day} in {fill_day(conn, day, rows):.0f} s", flush=True)
         summary = {}
         for day, rows in days:
             limits, results = _measure(day, formats, args.runs, pg, s3, workdir)

@@ -1,0 +1,47 @@
+"""What the benchmarks share: reading this process's memory, timing a shell command, and filling a
+sample day the same way for every measurement."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+from pathlib import Path
+
+
+def status_mb(field: str) -> float:
+    """A /proc/self/status field (VmRSS, VmHWM, ...) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb() -> float:
+    return status_mb("VmRSS")
+
+
+def peak_mb() -> float:
+    """Peak RSS of this process's own address space (VmHWM).
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak across fork + exec, so a
+    child of a big driver would report the driver's peak."""
+    return status_mb("VmHWM")
+
+
+def time_command(cmd: str) -> float:
+    """Wall seconds of one shell pipeline (pipefail: a failing stage fails the measurement)."""
+    started = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
+    return time.perf_counter() - started
+
+
+def fill_day(conn, day: dt.date, rows: int) -> float:
+    """The sample events of ``day``, analyzed and checkpointed so no background write disturbs timings."""
+    from archive_pipeline.local_stack import create_sample_events
+
+    started = time.perf_counter()
+    create_sample_events(conn, [day], rows)
+    conn.execute("VACUUM ANALYZE public.events")
+    conn.execute("CHECKPOINT")
+    return time.perf_counter() - started
