@@ -7,6 +7,7 @@ run (run config ``dry_run: true``) records only the check and logs what would be
 
 
 import datetime as dt
+import warnings
 from collections.abc import Iterator
 
 from dagster import (
@@ -21,6 +22,7 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    PreviewWarning,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
@@ -50,6 +52,15 @@ def removal_asset_key(spec: TableSpec) -> AssetKey:
     return AssetKey(["source_removed", *spec.asset_path])
 
 
+def _proven_spec(key: AssetKey, spec: TableSpec) -> AssetCheckSpec:
+    """The proof check, scoped to the day it proves (partitioned checks are "preview" in Dagster 1.13)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        return AssetCheckSpec(PROVEN_CHECK, asset=key, blocking=True, partitions_def=daily_partitions(spec),
+                              description="The day's archive holds exactly the source's rows (deep verification); "
+                                          "the removal runs only if it passes")
+
+
 def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
     """The day-removal asset of a table with ``retention`` (see lifecycle.py for the guarantees)."""
     key = removal_asset_key(spec)
@@ -64,9 +75,7 @@ def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
         pool=spec.pool,
         output_required=False,
         tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
-        check_specs=[AssetCheckSpec(PROVEN_CHECK, asset=key, blocking=True,
-                                    description="The day's archive holds exactly the source's rows (deep "
-                                                "verification); the removal runs only if it passes")],
+        check_specs=[_proven_spec(key, spec)],
         description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
                      f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
     )

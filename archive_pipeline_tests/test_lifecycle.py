@@ -136,6 +136,7 @@ def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(c
         assert not failed.success
         [evaluation] = failed.get_asset_check_evaluations()
         assert not evaluation.passed and "is damaged: the store holds 7 bytes" in evaluation.description
+        assert evaluation.partition == "2024-03-11"
         assert table_exists(conn, events, "events_20240311")
         # A dry run proves and removes nothing.
         dry = remove.execute_in_process(partition_key="2024-03-10", instance=instance, run_config={
