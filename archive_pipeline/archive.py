@@ -405,7 +405,7 @@ class _Archiving:
                 self._undo_commit(exc, result, existing)
                 raise
         for key in superseded:
-            _log_failure(f"delete the superseded archive {key}", lambda key=key: self.store.delete(key))
+            self.store.delete_quietly(key)  # after the commit: a failure leaves a stray object, never a wrong archive
 
     def _retire(self, result: ArchiveResult, existing: Existing) -> tuple[list[str], list[dict]]:
         """Which earlier objects of this day the new manifest retires (deleted after the commit, and
@@ -442,7 +442,7 @@ class _Archiving:
         except ManifestError:
             named = None
         if named != result.key:
-            _quietly(exc, f"withdraw {result.key}", lambda: self.store.delete(result.key))
+            self.store.delete_quietly(result.key, exc)
 
     def _put_back(self, previous: bytes) -> None:
         """Restore the previous manifest if a failed write replaced it (damaged, or ours after all);
@@ -499,13 +499,3 @@ def _quietly(original: BaseException, what: str, action: Callable[[], object]) -
     except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
         log.warning("could not %s: %s", what, exc)
         original.add_note(f"cleanup: could not {what}: {type(exc).__name__}: {exc}")
-
-
-def _log_failure(what: str, action: Callable[[], object]) -> None:
-    """A step after the commit: its failure leaves a stray object, never a wrong archive."""
-    with contextlib.suppress(Exception):
-        try:
-            action()
-        except Exception as exc:
-            log.warning("could not %s (it is no longer referenced by any manifest): %s", what, exc)
-            raise
