@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(SETUP)
-	$(PY) -m archive_pipeline.demo $(if $(UI),--ui) $(ARGS)
+	$(PY) -m archive_pipeline.local.demo $(if $(UI),--ui) $(ARGS)
 
 test: $(SETUP)
 	$(PY) -m pytest $(ARGS)

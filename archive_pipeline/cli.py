@@ -28,10 +28,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archive_pipeline import plan
-from archive_pipeline.config import ArchiveConfig, ConfigError, TableSpec, load_config
-from archive_pipeline.discovery import existing_days
-from archive_pipeline.environment import (
+from archive_pipeline.core import plan
+from archive_pipeline.core.config import ArchiveConfig, ConfigError, TableSpec, load_config
+from archive_pipeline.core.discovery import existing_days
+from archive_pipeline.core.environment import (
     DSN_VAR,
     UnreachableError,
     connect_source,
@@ -39,9 +39,9 @@ from archive_pipeline.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.errors import ArchiveError, redact
-from archive_pipeline.store import S3Store
-from archive_pipeline.verify import deep_verify, verify_archive
+from archive_pipeline.core.errors import ArchiveError, redact
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.verify import deep_verify, verify_archive
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -295,7 +295,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
 
 def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, str], overwrite: bool,
                  progress: Progress | None) -> dict[str, Any]:
-    from archive_pipeline.archive import archive_partition
+    from archive_pipeline.core.archive import archive_partition
 
     task = None
     started = time.monotonic()
@@ -464,11 +464,11 @@ def _short(fp: str | None) -> str:
 @command
 def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     """Load archived days back into PostgreSQL, each day in one transaction that is rolled back unless
-    the restored rows have the manifest's content fingerprint (archive_pipeline.restore).
+    the restored rows have the manifest's content fingerprint (archive_pipeline.core.restore).
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.restore import restore_days
+    from archive_pipeline.core.restore import restore_days
 
     if run.first is None and run.last is None:
         raise click.UsageError("restore needs --day or --from/--to (it never restores every day by default)")
@@ -510,10 +510,10 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 def prune(run: Run, dry_run: bool) -> None:
     """Remove days older than each table's retention window from PostgreSQL, each only after its archive
     passes the deep verification and a fingerprint re-check in the removing transaction
-    (archive_pipeline.lifecycle). Tables without a retention setting are left alone.
+    (archive_pipeline.core.lifecycle). Tables without a retention setting are left alone.
 
     Exits 1 when a due day is refused (not archived, not proven, or changed)."""
-    from archive_pipeline.lifecycle import RemovalRefused, due_days, remove_day
+    from archive_pipeline.core.lifecycle import RemovalRefused, due_days, remove_day
 
     today = dt.datetime.now(dt.UTC).date()
     results: list[dict[str, Any]] = []

@@ -19,7 +19,7 @@ from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, de
                      in_process_executor)
 from dagster_aws.s3 import S3Resource
 
-from archive_pipeline.assets import (
+from archive_pipeline.defs.assets import (
     TABLE_TAG,
     asset_key,
     build_archive_asset,
@@ -27,19 +27,19 @@ from archive_pipeline.assets import (
     job_name,
     overwrite_run_config,
 )
-from archive_pipeline.checks import (
+from archive_pipeline.defs.checks import (
     build_intact_check,
     build_source_unchanged_check,
     build_stored_archive_check,
 )
-from archive_pipeline.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
-from archive_pipeline.discovery import declarative_days
-from archive_pipeline.errors import SourceError
-from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
-from archive_pipeline.retention_assets import build_removal_asset, build_retention_schedule
-from archive_pipeline.schedules import build_daily_schedule
-from archive_pipeline.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
-from archive_pipeline.source import describe_table
+from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
+from archive_pipeline.core.discovery import declarative_days
+from archive_pipeline.core.errors import SourceError
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
+from archive_pipeline.defs.schedules import build_daily_schedule
+from archive_pipeline.defs.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
+from archive_pipeline.core.source import describe_table
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import sys
 import boto3
 import psycopg
 
-from archive_pipeline.archive import archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 
 
 def main(args: dict) -> None:

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from archive_pipeline.local_stack import LocalPostgres, LocalS3, start_postgres, start_s3
-from archive_pipeline.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.local.local_stack import LocalPostgres, LocalS3, start_postgres, start_s3
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 
 _counter = itertools.count()
 

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import archive_partition, render_key
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError, UploadError
-from archive_pipeline.local_stack import create_sample_events
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError, UploadError
+from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.helpers import decompress, download, read_jsonl
 
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
@@ -208,8 +208,8 @@ def test_a_failed_runs_compressor_never_writes_after_its_temp_file_is_closed(cod
     message type'). The run now ends the compressor itself, and a closed sink refuses writes."""
     import gc
 
-    from archive_pipeline.compression import get_codec
-    from archive_pipeline.sink import temp_archive_file
+    from archive_pipeline.core.compression import get_codec
+    from archive_pipeline.core.sink import temp_archive_file
 
     late: list[int] = []
     closed = [False]

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from psycopg import sql
 
-from archive_pipeline.archive import render_key
-from archive_pipeline.config import parse_config
-from archive_pipeline.local_stack import create_sample_events, free_port
-from archive_pipeline.manifest import manifest_key
+from archive_pipeline.core.archive import render_key
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.local.local_stack import create_sample_events, free_port
+from archive_pipeline.core.manifest import manifest_key
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 300
@@ -256,7 +256,7 @@ def test_prune_removes_only_proven_days(setup, conn, s3_client, bucket, days):
 
 def test_dry_run_estimates_from_the_catalog_or_by_counting(conn, schema, store):
     """In-process (plan.py is the core under the dry run): catalog where it knows, a count elsewhere."""
-    from archive_pipeline import plan
+    from archive_pipeline.core import plan
 
     day = dt.date(2024, 3, 10)
     s = sql.Identifier(schema)
@@ -288,7 +288,7 @@ def test_dry_run_estimates_from_the_catalog_or_by_counting(conn, schema, store):
 
 
 def test_the_command_line_does_not_import_dagster():
-    code = ("import sys, archive_pipeline.cli, archive_pipeline.restore, archive_pipeline.lifecycle; "
+    code = ("import sys, archive_pipeline.cli, archive_pipeline.core.restore, archive_pipeline.core.lifecycle; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_aws')))")
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60)
@@ -297,8 +297,8 @@ def test_the_command_line_does_not_import_dagster():
 
 def test_manifests_found_by_one_listing(conn, schema, store, days):
     """In-process: over more than a few days, list reads the bucket once and GETs only archived days."""
-    from archive_pipeline import plan
-    from archive_pipeline.archive import archive_partition
+    from archive_pipeline.core import plan
+    from archive_pipeline.core.archive import archive_partition
 
     create_sample_events(conn, days, 50, schema=schema)
     spec = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_pipeline.config import DEFAULT_KEY_TEMPLATE, ConfigError, load_config, parse_config
+from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATE, ConfigError, load_config, parse_config
 
 GOOD = {"name": "public.events", "day_column": "created_at", "start_date": "2024-01-01"}
 

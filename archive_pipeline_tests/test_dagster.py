@@ -20,10 +20,10 @@ from dagster import (
 )
 from psycopg import sql
 
-from archive_pipeline.config import ConfigError, parse_config
+from archive_pipeline.core.config import ConfigError, parse_config
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline.local_stack import create_sample_events
-from archive_pipeline.resources import PostgresResource
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline.defs.resources import PostgresResource
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.helpers import decompress, download, read_jsonl
 

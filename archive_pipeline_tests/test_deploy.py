@@ -32,10 +32,10 @@ from dagster import (
 )
 from psycopg import sql
 
-from archive_pipeline.component import ArchiveTablesComponent
-from archive_pipeline.config import ConfigError, parse_config
+from archive_pipeline.defs.component import ArchiveTablesComponent
+from archive_pipeline.core.config import ConfigError, parse_config
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline.local_stack import create_sample_events, free_port
+from archive_pipeline.local.local_stack import create_sample_events, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON_BIN = Path(sys.executable).parent
@@ -87,7 +87,7 @@ def test_importing_the_factory_and_component_reads_no_configuration(tmp_path):
     """Another project imports us without our YAML file or environment; nothing is built at import."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "DAGSTER_"))}
     env["PYTHONPATH"] = str(REPO)
-    out = subprocess.run([sys.executable, "-c", "import archive_pipeline.definitions, archive_pipeline.component"],
+    out = subprocess.run([sys.executable, "-c", "import archive_pipeline.definitions, archive_pipeline.defs.component"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 
@@ -166,7 +166,7 @@ def _make_project(root: Path, defs_yaml: str, files: dict[str, str] | None = Non
 
 
 def _component_yaml(attributes: dict) -> str:
-    return yaml.safe_dump({"type": "archive_pipeline.component.ArchiveTablesComponent", "attributes": attributes},
+    return yaml.safe_dump({"type": "archive_pipeline.defs.component.ArchiveTablesComponent", "attributes": attributes},
                           sort_keys=False)
 
 
@@ -201,7 +201,7 @@ def test_component_runs_an_archive(two_tables, archive_env, tmp_path, monkeypatc
 
 
 def test_component_scaffold_writes_a_loadable_defs_yaml(tmp_path, monkeypatch, conn, schema, archive_env):
-    """What `dg scaffold defs archive_pipeline.component.ArchiveTablesComponent archive` writes loads."""
+    """What `dg scaffold defs archive_pipeline.defs.component.ArchiveTablesComponent archive` writes loads."""
     from dagster.components import ScaffoldRequest
     from dagster.components.scaffold.scaffold import NoParams, get_scaffolder
 
@@ -209,10 +209,10 @@ def test_component_scaffold_writes_a_loadable_defs_yaml(tmp_path, monkeypatch, c
     [target] = (tmp_path).glob("host_project_*/defs/archive")
     (target / "defs.yaml").unlink()
     get_scaffolder(ArchiveTablesComponent).scaffold(ScaffoldRequest(
-        type_name="archive_pipeline.component.ArchiveTablesComponent", target_path=target,
+        type_name="archive_pipeline.defs.component.ArchiveTablesComponent", target_path=target,
         scaffold_format="yaml", project_root=tmp_path, params=NoParams()))
     assert yaml.safe_load((target / "defs.yaml").read_text()) == {
-        "type": "archive_pipeline.component.ArchiveTablesComponent",
+        "type": "archive_pipeline.defs.component.ArchiveTablesComponent",
         "attributes": {"config_path": "archive_tables.yaml"}}
     starter = yaml.safe_load((target / "archive_tables.yaml").read_text())
     parse_config(starter)  # valid as written; point it at a table of this test's database to load it

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from archive_pipeline.errors import (
+from archive_pipeline.core.errors import (
     ArchiveError,
     Classification,
     SourceError,
@@ -28,7 +28,7 @@ from archive_pipeline.errors import (
     redact,
     wrap,
 )
-from archive_pipeline.local_stack import LocalPostgres, free_port
+from archive_pipeline.local.local_stack import LocalPostgres, free_port
 
 PASSWORD = "pa ss'w@rd:/%é"
 

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError, UnsupportedTypeError
-from archive_pipeline.formats import Extraction, WriteStats, is_value_failure
-from archive_pipeline.writers import get_format
-from archive_pipeline.source import SNAPSHOT_SETTINGS, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError, UnsupportedTypeError
+from archive_pipeline.core.formats.common import Extraction, WriteStats, is_value_failure
+from archive_pipeline.core.formats import get_format
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
 from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
 
 DAY = dt.date(2024, 3, 10)

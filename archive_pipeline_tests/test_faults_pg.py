@@ -22,12 +22,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import archive_partition, render_key
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError, SourceError, wrap
-from archive_pipeline.local_stack import LocalPostgres, create_sample_events, free_port, start_postgres
-from archive_pipeline.resources import PostgresResource
-from archive_pipeline.store import S3Store
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
+from archive_pipeline.local.local_stack import LocalPostgres, create_sample_events, free_port, start_postgres
+from archive_pipeline.defs.resources import PostgresResource
+from archive_pipeline.core.store import S3Store
 
 DAY = dt.date(2024, 3, 10)
 ROWS = 40_000

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
 
 DAY = dt.date(2024, 3, 10)

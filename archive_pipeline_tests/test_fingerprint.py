@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from archive_pipeline import fingerprint
-from archive_pipeline.source import describe_table
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core.source import describe_table
 
 # (type, value, a value that compares equal or hashes alike in PostgreSQL but prints differently)
 NEAR_TWINS = [

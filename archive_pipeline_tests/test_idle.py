@@ -16,9 +16,9 @@ import time
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
 D = dt.date(2024, 3, 10)

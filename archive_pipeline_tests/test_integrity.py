@@ -13,14 +13,14 @@ import pytest
 import zstandard
 from psycopg import sql
 
-from archive_pipeline import fingerprint
-from archive_pipeline.archive import ForeignArchiveError, LateRowsError, archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError
-from archive_pipeline.local_stack import wait_for_replay
-from archive_pipeline.manifest import decode_manifest, encode_manifest
-from archive_pipeline.store import MIN_PART_SIZE, S3Store
-from archive_pipeline.verify import deep_verify
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core.archive import ForeignArchiveError, LateRowsError, archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.local.local_stack import wait_for_replay
+from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.helpers import decompress, download
 
@@ -254,7 +254,7 @@ def test_a_re_archive_whose_request_fails_keeps_one_whole_archive(s3, conn, sche
 
 @pytest.fixture(scope="module")
 def replica(pg):
-    from archive_pipeline.local_stack import start_replica
+    from archive_pipeline.local.local_stack import start_replica
 
     server = start_replica(pg)
     yield server

@@ -7,12 +7,12 @@ import datetime as dt
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import DayRemovedError, archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError
-from archive_pipeline.lifecycle import RemovalRefused, due_days, remove_day
-from archive_pipeline.local_stack import create_sample_events
-from archive_pipeline.verify import deep_verify, load_manifest
+from archive_pipeline.core.archive import DayRemovedError, archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import RemovalRefused, due_days, remove_day
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline.core.verify import deep_verify, load_manifest
 
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
 
@@ -116,7 +116,7 @@ def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(c
                                                                                 s3_client):
     from dagster import AssetKey, instance_for_test
 
-    from archive_pipeline.config import parse_config
+    from archive_pipeline.core.config import parse_config
     from archive_pipeline.definitions import build_definitions
 
     config = parse_config({"retry": {"max_retries": 0}, "tables": [{
@@ -159,7 +159,7 @@ def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(c
 
 
 def _store(client, bucket):
-    from archive_pipeline.store import S3Store
+    from archive_pipeline.core.store import S3Store
 
     return S3Store(client, bucket, prefix="archive")
 

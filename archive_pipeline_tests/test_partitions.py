@@ -8,10 +8,10 @@ import time
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import LateRowsError, archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import declarative_days, existing_days, naming_days
-from archive_pipeline.errors import ArchiveError, SourceError
+from archive_pipeline.core.archive import LateRowsError, archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import declarative_days, existing_days, naming_days
+from archive_pipeline.core.errors import ArchiveError, SourceError
 from archive_pipeline_tests.helpers import decompress, download, read_jsonl
 
 D = dt.date(2024, 3, 10)

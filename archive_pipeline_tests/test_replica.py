@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from archive_pipeline.archive import archive_partition, render_key
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError, classify, wrap
-from archive_pipeline.local_stack import LocalPostgres, create_sample_events, start_postgres, start_replica, wait_for_replay
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError, classify, wrap
+from archive_pipeline.local.local_stack import LocalPostgres, create_sample_events, start_postgres, start_replica, wait_for_replay
 from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
 
 DAY = dt.date(2024, 3, 10)

@@ -10,12 +10,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from archive_pipeline import fingerprint
-from archive_pipeline.archive import archive_partition
-from archive_pipeline.config import TableSpec
-from archive_pipeline.local_stack import create_sample_events
-from archive_pipeline.manifest import decode_manifest, encode_manifest
-from archive_pipeline.restore import (
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+from archive_pipeline.core.restore import (
     ArchiveCorruptError,
     FingerprintMismatchError,
     RestoreConflictError,
@@ -25,7 +25,7 @@ from archive_pipeline.restore import (
     restore_day,
     restore_days,
 )
-from archive_pipeline.source import day_filter, describe_table
+from archive_pipeline.core.source import day_filter, describe_table
 
 DAY = dt.date(2024, 3, 10)
 SCHEMA_NAME = 'Restore "Mixed" Schema'
@@ -421,7 +421,7 @@ def test_restore_original_recreates_a_dropped_day_table_in_naming_mode(conn, sch
 def test_a_manifest_cannot_put_sql_into_ddl(conn, schema, events, store, temp_dir):
     """Type names and partition bounds come from the manifest, i.e. from the bucket: they reach DDL
     only as PostgreSQL's type-name parser accepts them, or rebuilt from their literals."""
-    from archive_pipeline.restore import find_manifest, partition_bound
+    from archive_pipeline.core.restore import find_manifest, partition_bound
 
     archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
     manifest = find_manifest(store, events, DAY)

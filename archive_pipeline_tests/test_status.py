@@ -22,7 +22,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 from psycopg import sql
 
-from archive_pipeline.assets import (
+from archive_pipeline.defs.assets import (
     ArchiveRetryPolicy,
     asset_key,
     freshness_policy,
@@ -32,11 +32,11 @@ from archive_pipeline.assets import (
     retry_delay,
     retry_policy,
 )
-from archive_pipeline.checks import object_link
-from archive_pipeline.config import RetrySettings, ScheduleSettings, load_config, parse_config
+from archive_pipeline.defs.checks import object_link
+from archive_pipeline.core.config import RetrySettings, ScheduleSettings, load_config, parse_config
 from archive_pipeline.definitions import build_definitions, check_tables_exist
-from archive_pipeline.local_stack import create_sample_events, free_port
-from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.local.local_stack import create_sample_events, free_port
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.test_dagster import events_config, job_name
 

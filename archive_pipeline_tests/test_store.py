@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from archive_pipeline.errors import ArchiveError, UploadError, is_retryable
-from archive_pipeline.sink import open_nameless, temp_archive_file
-from archive_pipeline.store import (
+from archive_pipeline.core.errors import ArchiveError, UploadError, is_retryable
+from archive_pipeline.core.sink import open_nameless, temp_archive_file
+from archive_pipeline.core.store import (
     MAX_OBJECT_SIZE,
     MIN_PART_SIZE,
     DownloadError,
@@ -512,7 +512,7 @@ def test_sigkill_leaves_no_temp_file(temp_dir, tmpfile):
         import os, sys
         if not {tmpfile}:
             del os.O_TMPFILE
-        from archive_pipeline.sink import temp_archive_file
+        from archive_pipeline.core.sink import temp_archive_file
         with temp_archive_file(sys.argv[1], suffix=".jsonl") as sink:
             sink.write(b"x" * 3_000_000)
             print(os.readlink(f"/proc/self/fd/{{sink.fd}}"), flush=True)

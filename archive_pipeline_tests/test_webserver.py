@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from archive_pipeline.local_stack import create_sample_events, free_port
+from archive_pipeline.local.local_stack import create_sample_events, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

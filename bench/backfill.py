@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="rows per table-day")
     args = parser.parse_args()
 
-    from archive_pipeline.local_stack import create_sample_events, free_port, local_stack
+    from archive_pipeline.local.local_stack import create_sample_events, free_port, local_stack
 
     first = dt.date(2024, 1, 1)
     days = [first + dt.timedelta(days=i) for i in range(args.days)]

@@ -34,9 +34,9 @@ def child(args: argparse.Namespace) -> None:
     import psycopg
     import pyarrow.parquet  # noqa: F401
 
-    from archive_pipeline.archive import archive_partition
-    from archive_pipeline.config import TableSpec
-    from archive_pipeline.store import S3Store
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.store import S3Store
 
     client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
@@ -65,7 +65,7 @@ def main() -> None:
         child(args)
         return
 
-    from archive_pipeline.local_stack import local_stack
+    from archive_pipeline.local.local_stack import local_stack
 
     with local_stack() as (pg, s3):
         s3.client().create_bucket(Bucket=BUCKET)

@@ -38,7 +38,7 @@ def time_command(cmd: str) -> float:
 
 def fill_day(conn, day: dt.date, rows: int) -> float:
     """The sample events of ``day``, analyzed and checkpointed so no background write disturbs timings."""
-    from archive_pipeline.local_stack import create_sample_events
+    from archive_pipeline.local.local_stack import create_sample_events
 
     started = time.perf_counter()
     create_sample_events(conn, [day], rows)

@@ -46,9 +46,9 @@ def main() -> None:
 
     from dagster import build_sensor_context, instance_for_test
 
-    from archive_pipeline.config import parse_config
-    from archive_pipeline.local_stack import local_stack
-    from archive_pipeline.resources import PostgresResource
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.local.local_stack import local_stack
+    from archive_pipeline.defs.resources import PostgresResource
 
     today = dt.datetime.now(dt.UTC).date()
     days = [today - dt.timedelta(days=args.days - i) for i in range(args.days)]

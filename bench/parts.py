@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from archive_pipeline.sink import temp_archive_file  # noqa: E402
+from archive_pipeline.core.sink import temp_archive_file  # noqa: E402
 
 PART = 16  # bytes per part
 
@@ -73,11 +73,11 @@ class FakeS3:
 
 
 def load_store(rev: str | None):
-    """The store module: the current one, or ``archive_pipeline/store.py`` as of git ``rev``."""
+    """The store module: the current one, or ``archive_pipeline/core/store.py`` as of git ``rev``."""
     if rev is None:
-        from archive_pipeline import store
+        from archive_pipeline.core import store
         return store
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:archive_pipeline/store.py"], check=True,
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:archive_pipeline/core/store.py"], check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / f"store_{rev}.py"
     path.write_text(source)
@@ -117,7 +117,7 @@ def run(module, parts: int) -> tuple[float, float, dict[str, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rev", help="also measure archive_pipeline/store.py of this git revision")
+    parser.add_argument("--rev", help="also measure archive_pipeline/core/store.py of this git revision")
     parser.add_argument("--counts", default="1000,10000", help="part counts (comma-separated)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per count; the median is printed")
     args = parser.parse_args()

@@ -49,10 +49,10 @@ def child(args: argparse.Namespace) -> None:
     import pyarrow.parquet  # noqa: F401
     from psycopg import sql
 
-    from archive_pipeline import fingerprint
-    from archive_pipeline.restore import restore_archive
-    from archive_pipeline.source import describe_table
-    from archive_pipeline.store import S3Store
+    from archive_pipeline.core import fingerprint
+    from archive_pipeline.core.restore import restore_archive
+    from archive_pipeline.core.source import describe_table
+    from archive_pipeline.core.store import S3Store
 
     client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
@@ -89,10 +89,10 @@ def _prepare(day: dt.date, formats: list[str], pg, s3, workdir: Path) -> dict[st
     """Archive the day in each format; export it as CSV (plain and zstd) for the limits."""
     import boto3  # noqa: F401
 
-    from archive_pipeline.archive import archive_partition
-    from archive_pipeline.config import TableSpec
-    from archive_pipeline.manifest import decode_manifest
-    from archive_pipeline.store import S3Store
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.manifest import decode_manifest
+    from archive_pipeline.core.store import S3Store
 
     store = S3Store(s3.client(), BUCKET, prefix="bench")
     manifests = {}
@@ -167,7 +167,7 @@ def main() -> None:
     if not shutil.which("zstd") or not shutil.which("psql"):
         sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
 
-    from archive_pipeline.local_stack import local_stack
+    from archive_pipeline.local.local_stack import local_stack
 
     formats = args.formats.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="archive-bench-restore-"))

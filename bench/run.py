@@ -53,9 +53,9 @@ def child(args: argparse.Namespace) -> None:
     import psycopg
     import pyarrow.parquet  # noqa: F401
 
-    from archive_pipeline.archive import archive_partition
-    from archive_pipeline.config import TableSpec
-    from archive_pipeline.store import S3Store
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.store import S3Store
 
     client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
@@ -156,7 +156,7 @@ def main() -> None:
     if not shutil.which("zstd") or not shutil.which("psql"):
         sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
 
-    from archive_pipeline.local_stack import local_stack
+    from archive_pipeline.local.local_stack import local_stack
 
     formats = args.formats.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="archive-bench-"))

@@ -2,7 +2,7 @@
 
     python docs/screenshots.py            # needs Debian's chromium (apt-get install chromium)
 
-Starts `python -m archive_pipeline.demo --ui` (PostgreSQL, S3, 3 archived days, dagster dev), captures
+Starts `python -m archive_pipeline.local.demo --ui` (PostgreSQL, S3, 3 archived days, dagster dev), captures
 with `chromium --headless`, then makes one run fail the way a real one does (a row added to an
 archived day: "late rows", not retried) and captures that run:
 
@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--size", default="1400,900", help="browser window, width,height")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="archive-shots-")) / "home"
-    demo = subprocess.Popen([sys.executable, "-m", "archive_pipeline.demo", "--ui", "--port", str(args.port),
+    demo = subprocess.Popen([sys.executable, "-m", "archive_pipeline.local.demo", "--ui", "--port", str(args.port),
                              "--home", str(home)], cwd=REPO, start_new_session=True)
     base = f"http://127.0.0.1:{args.port}"
     try:

@@ -33,13 +33,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.assets import TABLE_TAG, asset_key, daily_partitions
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError
-from archive_pipeline.lifecycle import due_days, remove_day
-from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
-from archive_pipeline.keys import table_day_key
-from archive_pipeline.verify import deep_verify, load_manifest
+from archive_pipeline.defs.assets import TABLE_TAG, asset_key, daily_partitions
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import due_days, remove_day
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.core.keys import table_day_key
+from archive_pipeline.core.verify import deep_verify, load_manifest
 
 PROVEN_CHECK = "archive_proven"
 

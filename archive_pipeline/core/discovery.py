@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import SourceError
-from archive_pipeline.source import SourceTable, days_with_rows, describe_table
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import SourceError
+from archive_pipeline.core.source import SourceTable, days_with_rows, describe_table
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 

@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from archive_pipeline.keys import key_collisions
+from archive_pipeline.core.keys import key_collisions
 
 CONFIG_ENV_VAR = "ARCHIVE_PIPELINE_CONFIG"
 DEFAULT_CONFIG_PATH = "archive_tables.yaml"

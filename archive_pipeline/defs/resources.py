@@ -13,8 +13,8 @@ from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from archive_pipeline.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
-from archive_pipeline.store import MiB, S3Store
+from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
+from archive_pipeline.core.store import MiB, S3Store
 
 
 class PostgresResource(ConfigurableResource):
@@ -65,7 +65,7 @@ class PostgresResource(ConfigurableResource):
 
     def wrap_error(self, exc: BaseException, table: str, day: str) -> ArchiveError:
         """``exc`` as an :class:`ArchiveError` for ``table``/``day`` with cause, remedy, retry flag and
-        this DSN's password scrubbed (see :func:`archive_pipeline.errors.wrap`)."""
+        this DSN's password scrubbed (see :func:`archive_pipeline.core.errors.wrap`)."""
         return wrap(exc, table, day, self.password, user=self.user)
 
     def session_settings(self) -> dict[str, str]:

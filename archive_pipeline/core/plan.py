@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from archive_pipeline import fingerprint
-from archive_pipeline.archive import keeps_existing, read_existing, render_key
-from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import ChildRange, child_ranges, existing_days, source_table
-from archive_pipeline.errors import ArchiveError, SourceError
-from archive_pipeline.manifest import SourceIdentity, manifest_key
-from archive_pipeline.source import SourceTable, day_filter, read_snapshot, server_identity
-from archive_pipeline.store import S3Store
-from archive_pipeline.verify import load_manifest, source_fingerprint
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import ChildRange, child_ranges, existing_days, source_table
+from archive_pipeline.core.errors import ArchiveError, SourceError
+from archive_pipeline.core.manifest import SourceIdentity, manifest_key
+from archive_pipeline.core.source import SourceTable, day_filter, read_snapshot, server_identity
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.verify import load_manifest, source_fingerprint
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -97,7 +97,7 @@ class Archived:
 
     @property
     def expected(self) -> dict:
-        """What :func:`archive_pipeline.verify.verify_archive` checks the stored object against."""
+        """What :func:`archive_pipeline.core.verify.verify_archive` checks the stored object against."""
         obj = self.object or {}
         return {"bytes": obj.get("bytes", 0), "md5": obj.get("md5", ""), "rows": self.rows,
                 "format": self.manifest.get("format"), "compression": self.manifest.get("compression")}
@@ -300,7 +300,7 @@ class PlannedDay:
 
 def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.date, *, overwrite: bool,
              in_source: bool, children: list[ChildRange] | None = None) -> PlannedDay:
-    """What :func:`archive_pipeline.archive.archive_partition` would do with ``day``, decided by the
+    """What :func:`archive_pipeline.core.archive.archive_partition` would do with ``day``, decided by the
     archiver's own rule (``read_existing`` and the same keep-or-refuse decision on the content
     fingerprint) but only reading: no lock, no upload, no manifest."""
     key = render_key(spec, day, store.prefix)

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 import psycopg
 
-from archive_pipeline import fingerprint, keys
-from archive_pipeline.compression import get_codec
-from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import partition_of_day, source_table
-from archive_pipeline.errors import ArchiveError, is_retryable, wrap
-from archive_pipeline.formats import (
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core import keys
+from archive_pipeline.core.compression import get_codec
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import partition_of_day, source_table
+from archive_pipeline.core.errors import ArchiveError, is_retryable, wrap
+from archive_pipeline.core.formats.common import (
     Extraction,
     WriteStats,
     explain_value_failure,
@@ -36,8 +37,8 @@ from archive_pipeline.formats import (
     is_value_failure,
     refuse_inexact,
 )
-from archive_pipeline.locks import require_lock_held, table_day_lock
-from archive_pipeline.manifest import (
+from archive_pipeline.core.locks import require_lock_held, table_day_lock
+from archive_pipeline.core.manifest import (
     ArchiveResult,
     ManifestError,
     SourceIdentity,
@@ -47,12 +48,12 @@ from archive_pipeline.manifest import (
     stored_object_problems,
     table_definition,
 )
-from archive_pipeline.memory import bound_allocator
-from archive_pipeline.sink import temp_archive_file
-from archive_pipeline.writers import get_format
-from archive_pipeline.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
+from archive_pipeline.core.memory import bound_allocator
+from archive_pipeline.core.sink import temp_archive_file
+from archive_pipeline.core.formats import get_format
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
     server_identity
-from archive_pipeline.store import S3Store, S3Upload
+from archive_pipeline.core.store import S3Store, S3Upload
 
 __all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
            "keeps_existing", "read_existing", "render_key"]

@@ -15,8 +15,8 @@ from dagster import (
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from archive_pipeline.assets import TABLE_TAG
-from archive_pipeline.config import ScheduleSettings, TableSpec
+from archive_pipeline.defs.assets import TABLE_TAG
+from archive_pipeline.core.config import ScheduleSettings, TableSpec
 
 
 def previous_utc_day(moment: dt.datetime) -> dt.date:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.errors import SourceError
+from archive_pipeline.core.errors import SourceError
 
 DAY_COLUMN_TYPES = {"date", "timestamp", "timestamptz"}
 

@@ -29,12 +29,12 @@ from dagster import (
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from archive_pipeline import errors
-from archive_pipeline.assets import TABLE_TAG
-from archive_pipeline.config import SensorSettings, TableSpec
-from archive_pipeline.discovery import existing_days
-from archive_pipeline.errors import ArchiveError, redact
-from archive_pipeline.resources import PostgresResource
+from archive_pipeline.core import errors
+from archive_pipeline.defs.assets import TABLE_TAG
+from archive_pipeline.core.config import SensorSettings, TableSpec
+from archive_pipeline.core.discovery import existing_days
+from archive_pipeline.core.errors import ArchiveError, redact
+from archive_pipeline.defs.resources import PostgresResource
 
 @dataclass(frozen=True)
 class SensorTarget:

@@ -1,4 +1,7 @@
-"""Output formats. Each one turns a day's rows into a byte stream with PostgreSQL (COPY) or Arrow
+"""What the output formats share: the day's query, the copy-format base, and how a value failure is
+explained. One module per format beside it (jsonl, csv, parquet); :func:`archive_pipeline.core.formats.get_format` picks one.
+
+Output formats. Each one turns a day's rows into a byte stream with PostgreSQL (COPY) or Arrow
 doing the per-value work, so no Python object is built per row or value.
 
 JSONL is ``row_to_json`` of each row, sent through ``COPY ... (FORMAT csv)`` with control bytes as
@@ -18,8 +21,6 @@ failure finds the column to name.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +30,8 @@ from typing import Protocol
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.errors import UnsupportedTypeError
-from archive_pipeline.source import Column, Snapshot, SourceTable, copy_chunks, prefetch
+from archive_pipeline.core.errors import UnsupportedTypeError
+from archive_pipeline.core.source import Column, Snapshot, SourceTable, copy_chunks, prefetch
 
 class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
@@ -247,84 +248,6 @@ def output_text(expr: sql.Composable) -> sql.Composed:
     return sql.SQL("CASE WHEN {e} IS DISTINCT FROM NULL THEN concat({e}) END").format(e=expr)
 
 
-# Scalars whose row_to_json form json_populate_record reads back to the identical value.
-_JSON_NATIVE = {"int2", "int4", "int8", "float4", "float8", "numeric", "money", "bool", "text", "varchar",
-                "bpchar", "name", "date", "timestamp", "timestamptz", "time", "timetz", "interval", "uuid",
-                "bytea"}
-
-
-def _json_native(col: Column) -> bool:
-    return col.base_type in _JSON_NATIVE or col.is_enum
-
-
-def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
-    """(expression fed to row_to_json, encoding) of one column in JSONL."""
-    ident = sql.Identifier(col.name)
-    if col.is_array:
-        if not _json_native(col):
-            # json elements: JSON null and SQL NULL would both be null; composites and unknown types may
-            # hold any of the above. PostgreSQL's own array literal is exact and json_populate_record
-            # reads it back.
-            return (sql.SQL("to_json({})").format(output_text(ident)),
-                    encoding("string: PostgreSQL array literal", note="read back with the array type's input"))
-        # As row_to_json writes it; a row holding an array whose lower bound is not 1 (which row_to_json
-        # would drop) is written again with that array as its literal (see JsonLines.copy_statement).
-        value = sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric"))) if col.base_type == "money" \
-            else ident
-        element = json_type(col.base_type if not col.is_enum else "enum")
-        return value, encoding(f"array of {element} (nested when multi-dimensional; the PostgreSQL array "
-                               "literal as a string when a lower bound is not 1)")
-    if col.base_type == "money":
-        return (sql.SQL("{}::numeric").format(ident),
-                encoding("number (money as numeric)",
-                         note="digits of the amount, without currency symbol; lc_monetary decides the scale"))
-    if col.base_type == "jsonb":
-        refuse = raise_in_sql(index, "json_null", ident)
-        # jsonb's null is a few bytes: the size test (no detoasting) spares big documents a second
-        # decompression
-        return (sql.SQL("CASE WHEN pg_column_size({c}) < 64 AND jsonb_typeof({c}) = 'null' "
-                        "THEN CASE WHEN {r} IS NULL THEN {c} END "
-                        "ELSE {c} END").format(c=ident, r=refuse),
-                encoding("embedded JSON (jsonb's text)", note="the JSON value null is refused: read back "
-                         "with json_populate_record it would be SQL NULL"))
-    if col.base_type == "json":
-        refuse = raise_in_sql(index, "json_null", ident)
-        # json keeps its input text. A raw CR or LF can only be whitespace between tokens (JSON forbids
-        # them inside strings); it would split the line, so it becomes a space. Everything else (key
-        # order, duplicate keys, number spelling) is kept as written.
-        nul = raise_in_sql(index, "json_nul", ident)
-        return (sql.SQL("CASE WHEN json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
-                        "WHEN strpos({c}::text, '\\u0000') > 0 THEN CASE WHEN {n} IS NULL THEN {c} END "
-                        "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
-                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(
-                    c=ident, r=refuse, n=nul),
-                encoding("embedded JSON (the json text as stored)", exact=False,
-                         note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
-                              "and json_populate_record re-escapes a top-level string; the JSON value null and "
-                              "\\u0000 are refused"))
-    if _json_native(col):
-        return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
-    return (sql.SQL("to_json({})").format(output_text(ident)),
-            encoding("string: the type's output", note="read back with the type's input function"))
-
-
-def json_type(base_type: str) -> str:
-    """How row_to_json encodes a PostgreSQL scalar (see the README's type table)."""
-    if base_type in ("int2", "int4", "int8"):
-        return "number"
-    if base_type in ("float4", "float8", "numeric"):
-        return 'number ("NaN", "Infinity", "-Infinity" as strings)'
-    if base_type == "money":
-        return "number (money as numeric)"
-    if base_type == "bool":
-        return "boolean"
-    if base_type == "bytea":
-        return 'string "\\x<hex>"'
-    if base_type in ("json", "jsonb"):
-        return "embedded JSON"
-    return "string"
-
-
 class Format(Protocol):
     name: str
     extension: str
@@ -339,7 +262,7 @@ class Format(Protocol):
 
 
 @dataclass(frozen=True)
-class _CopyFormat:
+class CopyFormat:
     """A format whose bytes COPY produces exactly; Python only moves the buffers."""
 
     name: str
@@ -416,75 +339,3 @@ REFUSALS = {
 }
 
 
-class JsonLines(_CopyFormat):
-    def __init__(self) -> None:
-        super().__init__("jsonl", "jsonl", "application/x-ndjson")
-
-    def _columns(self, table: SourceTable) -> list[tuple[sql.Composable, dict]]:
-        return [jsonl_column(c, i) for i, c in enumerate(table.columns)]
-
-    def encodings(self, table: SourceTable) -> dict[str, dict]:
-        return {c.name: enc for c, (_, enc) in zip(table.columns, self._columns(table), strict=True)}
-
-    def probes(self, table: SourceTable) -> list[sql.Composable]:
-        return [sql.SQL("to_json({})").format(expr) for expr, _ in self._columns(table)]
-
-    def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
-        columns = sql.SQL(", ").join(sql.SQL("{} AS {}").format(expr, sql.Identifier(c.name))
-                                     for c, (expr, _) in zip(table.columns, self._columns(table), strict=True))
-        query = day_query(table, where, columns)
-        return sql.SQL("COPY (SELECT {line} FROM ({query}) AS r) TO STDOUT "
-                       "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')").format(line=self._line(table), query=query)
-
-    @staticmethod
-    def _line(table: SourceTable) -> sql.Composable:
-        """row_to_json of the row; when one of its arrays has a lower bound other than 1, the row again
-        with such arrays as their literal. Deciding per row, not per value, keeps the common row as
-        cheap as plain row_to_json (two O(1) calls per array, no intermediate JSON per array)."""
-        arrays = [c for c in table.columns if c.is_array and _json_native(c)]
-        if not arrays:
-            return sql.SQL("row_to_json(r.*)")
-
-        def ref(col: Column) -> sql.Composable:
-            return sql.SQL("r.{}").format(sql.Identifier(col.name))
-
-        plain = sql.SQL(" AND ").join(
-            sql.SQL("coalesce(array_lower({v}, 1), 1) = 1 AND coalesce(array_ndims({v}), 1) = 1").format(v=ref(c))
-            for c in arrays)
-        again = sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(
-                sql.SQL("CASE WHEN coalesce(array_lower({v}, 1), 1) = 1 AND (coalesce(array_ndims({v}), 1) = 1 "
-                        "OR array_dims({v}) !~ {re}) THEN to_json({v}) ELSE to_json({v}::text) END").format(
-                    v=ref(c), re=sql.Literal(r"\[(?!1:)")) if c in arrays else ref(c),
-                sql.Identifier(c.name))
-            for c in table.columns)
-        return sql.SQL("CASE WHEN {plain} THEN row_to_json(r.*) "
-                       "ELSE (SELECT row_to_json(x.*) FROM (SELECT {again}) AS x) END").format(plain=plain, again=again)
-
-    def output_type(self, col: Column) -> str:
-        """The short form of the column's encoding: "number", "array of string", "embedded JSON", ..."""
-        return jsonl_column(col, 0)[1]["encoding"].split(" (")[0]
-
-
-class Csv(_CopyFormat):
-    """RFC 4180 as PostgreSQL writes it: NULL is an unquoted empty field, '' is a quoted one."""
-
-    def __init__(self) -> None:
-        super().__init__("csv", "csv", "text/csv; charset=utf-8")
-
-    def header(self, table: SourceTable) -> bytes:
-        line = io.StringIO()
-        csv.writer(line, lineterminator="\n").writerow([c.name for c in table.columns])
-        return line.getvalue().encode()
-
-    def encodings(self, table: SourceTable) -> dict[str, dict]:
-        return {c.name: (encoding("text: numeric digits of the amount",
-                                  note="money as numeric; lc_monetary decides the scale")
-                         if c.base_type == "money" else encoding("text: the type's output (PostgreSQL CSV)"))
-                for c in table.columns}
-
-    def probes(self, table: SourceTable) -> list[sql.Composable]:
-        return [sql.SQL("concat({})").format(csv_expression(c)) for c in table.columns]
-
-    def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
-        return sql.SQL("COPY ({query}) TO STDOUT (FORMAT csv)").format(query=day_query(table, where))

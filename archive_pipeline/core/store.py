@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from archive_pipeline.errors import ArchiveError, UploadError, is_retryable
+from archive_pipeline.core.errors import ArchiveError, UploadError, is_retryable
 
 KiB = 1 << 10
 MiB = 1 << 20

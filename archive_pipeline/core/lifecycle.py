@@ -22,15 +22,16 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from archive_pipeline import fingerprint, keys
-from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import day_children, source_table
-from archive_pipeline.errors import ArchiveError
-from archive_pipeline.locks import table_day_lock
-from archive_pipeline.manifest import decode_manifest, encode_manifest
-from archive_pipeline.source import SourceTable, day_filter, describe_table
-from archive_pipeline.store import S3Store
-from archive_pipeline.verify import deep_verify, load_manifest
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core import keys
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import day_children, source_table
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.locks import table_day_lock
+from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+from archive_pipeline.core.source import SourceTable, day_filter, describe_table
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.verify import deep_verify, load_manifest
 
 
 class RemovalRefused(ArchiveError):

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from archive_pipeline.local_stack import create_sample_events, local_stack
+from archive_pipeline.local.local_stack import create_sample_events, local_stack
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "archive-demo"

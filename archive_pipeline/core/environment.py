@@ -14,9 +14,9 @@ from collections.abc import Mapping
 import psycopg
 import psycopg.conninfo
 
-from archive_pipeline.config import ConfigError, SourceSettings
-from archive_pipeline.errors import redact
-from archive_pipeline.store import S3Store
+from archive_pipeline.core.config import ConfigError, SourceSettings
+from archive_pipeline.core.errors import redact
+from archive_pipeline.core.store import S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
 BUCKET_VAR = "ARCHIVE_S3_BUCKET"

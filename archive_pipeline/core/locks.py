@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import psycopg
 
-from archive_pipeline.errors import ArchiveError
+from archive_pipeline.core.errors import ArchiveError
 
 
 def lock_key(table: str, day: dt.date) -> tuple[str, int]:

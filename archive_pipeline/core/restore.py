@@ -27,15 +27,16 @@ import pyarrow as pa
 from psycopg import sql
 from psycopg.types.json import Json
 
-from archive_pipeline import fingerprint as fp
-from archive_pipeline import keys, readers
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import ArchiveError, is_retryable
-from archive_pipeline.locks import table_day_lock
-from archive_pipeline.manifest import ManifestError, decode_manifest
-from archive_pipeline.memory import bound_allocator
-from archive_pipeline.source import Column, day_filter, describe_table, prefetch
-from archive_pipeline.store import S3Store
+from archive_pipeline.core import fingerprint as fp
+from archive_pipeline.core import keys
+from archive_pipeline.core.formats import readers
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError, is_retryable
+from archive_pipeline.core.locks import table_day_lock
+from archive_pipeline.core.manifest import ManifestError, decode_manifest
+from archive_pipeline.core.memory import bound_allocator
+from archive_pipeline.core.source import Column, day_filter, describe_table, prefetch
+from archive_pipeline.core.store import S3Store
 
 _names = itertools.count()
 
@@ -107,7 +108,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
 
     ``target`` must have the manifest's columns (by name) with the manifest's types; other columns
     get their defaults. Every value comes back as PostgreSQL had it, for every type of the README's
-    type table (see :mod:`archive_pipeline.readers` for how each format is read). Runs in the
+    type table (see :mod:`archive_pipeline.core.formats.readers` for how each format is read). Runs in the
     caller's transaction if there is one (as a savepoint), else in its own; memory stays flat.
     """
     bound_allocator()

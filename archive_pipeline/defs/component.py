@@ -4,14 +4,14 @@ A ``defs.yaml`` in any folder of the project's defs module adds the archive asse
 jobs, schedules and the new-days sensor, exactly as :func:`archive_pipeline.definitions.build_definitions`
 builds them. Either point at a table list file (relative to the ``defs.yaml``)::
 
-    type: archive_pipeline.component.ArchiveTablesComponent
+    type: archive_pipeline.defs.component.ArchiveTablesComponent
     attributes:
       config_path: archive_tables.yaml
 
 or write the same settings inline (``tables`` plus the optional ``source``, ``retry``, ``schedule``
 and ``sensor`` sections of the file)::
 
-    type: archive_pipeline.component.ArchiveTablesComponent
+    type: archive_pipeline.defs.component.ArchiveTablesComponent
     attributes:
       tables:
         - {name: public.events, day_column: created_at, start_date: 2024-01-01}
@@ -42,7 +42,7 @@ from dagster.components import (
 from dagster.components.component.component import ComponentTypeSpec
 from pydantic import Field, model_validator
 
-from archive_pipeline.config import ArchiveConfig, load_config, parse_config
+from archive_pipeline.core.config import ArchiveConfig, load_config, parse_config
 from archive_pipeline.definitions import build_definitions
 
 
@@ -64,7 +64,7 @@ tables:
 
 
 class ArchiveTablesScaffolder(Scaffolder):
-    """`dg scaffold defs archive_pipeline.component.ArchiveTablesComponent <path>`: a defs.yaml that points
+    """`dg scaffold defs archive_pipeline.defs.component.ArchiveTablesComponent <path>`: a defs.yaml that points
     at a starter archive_tables.yaml beside it (as dagster-sling's scaffolder writes a replication file)."""
 
     def scaffold(self, request: ScaffoldRequest) -> None:

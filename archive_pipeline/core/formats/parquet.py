@@ -38,8 +38,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from archive_pipeline import __version__
-from archive_pipeline.errors import UnsupportedTypeError
-from archive_pipeline.formats import (
+from archive_pipeline.core.errors import UnsupportedTypeError
+from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     READ_AHEAD_BYTES,
     ByteSink,
@@ -53,7 +53,7 @@ from archive_pipeline.formats import (
     output_text,
     refuse_inexact,
 )
-from archive_pipeline.source import Column, SourceTable, prefetch
+from archive_pipeline.core.source import Column, SourceTable, prefetch
 
 # Types ADBC maps to an Arrow type that keeps their meaning.
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "date",

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archive_pipeline import __version__
-from archive_pipeline.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
-from archive_pipeline.source import Column
+from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
+from archive_pipeline.core.source import Column
 
 MANIFEST_VERSION = 2
 _CHECKSUM_FIELD = "manifest_sha256"

@@ -33,11 +33,11 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.archive import ArchiveResult, archive_partition, render_key
-from archive_pipeline.checks import INTACT_CHECK, check_evaluation, object_link, verify_result
-from archive_pipeline.config import RetrySettings, ScheduleSettings, TableSpec, config_path
-from archive_pipeline.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
-from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
+from archive_pipeline.defs.checks import INTACT_CHECK, check_evaluation, object_link, verify_result
+from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec, config_path
+from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped

@@ -22,14 +22,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from archive_pipeline import fingerprint, keys
-from archive_pipeline.config import TableSpec
-from archive_pipeline.discovery import source_table
-from archive_pipeline.errors import ArchiveError
-from archive_pipeline.manifest import ManifestError, decode_manifest, stored_object_problems
-from archive_pipeline.sink import temp_archive_file
-from archive_pipeline.source import Column, describe_table, day_filter
-from archive_pipeline.store import DownloadError, S3Store
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core import keys
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import source_table
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, stored_object_problems
+from archive_pipeline.core.sink import temp_archive_file
+from archive_pipeline.core.source import Column, describe_table, day_filter
+from archive_pipeline.core.store import DownloadError, S3Store
 
 __all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
            "verify_archive"]
@@ -205,7 +206,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
 
 
 def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> None:
-    from archive_pipeline.restore import load_into  # the read path; imported here to keep verify light
+    from archive_pipeline.core.restore import load_into  # the read path; imported here to keep verify light
 
     try:
         load_into(conn, path, manifest, target)
@@ -262,7 +263,7 @@ def _temp_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     name = f"archive_pipeline_verify_{next(_temp_names)}"
     definition = manifest.get("table_definition") or {}
     types = {c["name"]: c["type"] for c in definition.get("columns", [])}
-    from archive_pipeline.restore import checked_type_sql  # a manifest comes from the bucket: no SQL from it
+    from archive_pipeline.core.restore import checked_type_sql  # a manifest comes from the bucket: no SQL from it
 
     cols = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c["name"]), checked_type_sql(

@@ -35,17 +35,17 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline import verify
-from archive_pipeline.keys import table_day_key
-from archive_pipeline.config import TableSpec
-from archive_pipeline.errors import redact
-from archive_pipeline.resources import ArchiveStoreResource, PostgresResource
-from archive_pipeline.store import S3Store
+from archive_pipeline.core import verify
+from archive_pipeline.core.keys import table_day_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import redact
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.core.store import S3Store
 
 if TYPE_CHECKING:
     from dagster import AssetExecutionContext, DailyPartitionsDefinition
 
-    from archive_pipeline.archive import ArchiveResult
+    from archive_pipeline.core.archive import ArchiveResult
 
 INTACT_CHECK = "archive_intact"  # per day; evaluated by every successful archive
 STORED_CHECK = "latest_archive_intact"  # on demand

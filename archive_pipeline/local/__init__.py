@@ -1,0 +1,1 @@
+"""A throwaway PostgreSQL + S3 stack and the demo that runs on it."""
