@@ -213,6 +213,13 @@ class SensorSettings(_Strict):
     running: bool = Field(default=False, description="start the sensor as soon as the daemon loads it")
 
 
+class BackfillSettings(_Strict):
+    """How a backfill of many days is cut into runs: one process start per run, not per day."""
+
+    max_days_per_run: int = Field(default=50, ge=1, le=1000, description="days of one table archived by one "
+                                  "backfill run (1: one run per day, the tags and concurrency of single-day runs)")
+
+
 class SourceSettings(_Strict):
     """Limits set on every extraction session, so an archive never holds locks or the server too long."""
 
@@ -226,6 +233,7 @@ class ArchiveConfig(_Strict):
     retry: RetrySettings = RetrySettings()
     schedule: ScheduleSettings = ScheduleSettings()
     sensor: SensorSettings = SensorSettings()
+    backfill: BackfillSettings = BackfillSettings()
     tables: list[TableSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

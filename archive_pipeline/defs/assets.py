@@ -6,19 +6,26 @@ to do. The archiving itself is ``archive.archive_partition``; nothing here touch
 """
 
 
+import contextlib
 import datetime as dt
 import random
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+import psycopg
 from dagster import (
     AssetCheckEvaluation,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
     Backoff,
+    BackfillPolicy,
+    BetaWarning,
     Config,
+    DagsterEventType,
     DailyPartitionsDefinition,
     Failure,
     FreshnessPolicy,
@@ -31,13 +38,15 @@ from dagster import (
     TableSchema,
     asset,
 )
+from psycopg.pq import TransactionStatus
 from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.defs.checks import INTACT_CHECK, check_evaluation, object_link, verify_result
-from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec, config_path
+from archive_pipeline.core.config import BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, config_path
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.core.store import S3Store
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped
@@ -259,72 +268,182 @@ def freshness_policy(settings: ScheduleSettings) -> FreshnessPolicy:
                                 timezone="UTC")
 
 
-def build_archive_asset(spec: TableSpec, retry: RetrySettings,
-                        schedule: ScheduleSettings | None = None) -> AssetsDefinition:
+def backfill_policy(settings: BackfillSettings) -> BackfillPolicy | None:
+    """Backfills of many days run ``max_days_per_run`` days of a table per run, each day still its own
+    materialization, check result and lock; 1 keeps one run per day (no policy), as before."""
+    if settings.max_days_per_run <= 1:
+        return None
+    with warnings.catch_warnings():  # backfill policies are "beta" in 1.13; this is the behaviour we want
+        warnings.simplefilter("ignore", BetaWarning)
+        return BackfillPolicy.multi_run(max_partitions_per_run=settings.max_days_per_run)
+
+
+def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: ScheduleSettings | None = None,
+                        backfill: BackfillSettings | None = None) -> AssetsDefinition:
     """The partitioned asset that archives ``spec``, one UTC day per partition.
 
-    Its integrity check (``archive_intact``) is evaluated by the asset itself after each successful
-    archive and reported for that day, so a run that fails before archiving leaves the day's check as
-    it was instead of turning it red; jobs select the asset without its checks.
+    A run archives the days of its partition range one by one on one connection (a backfill run
+    holds up to ``backfill.max_days_per_run`` days): each day gets its own materialization with its
+    own metadata and its own ``archive_intact`` result, and a day that fails does not stop the
+    others (see :func:`archive_days`). The check is evaluated by the asset itself after each
+    successful archive, so a run that fails before archiving leaves the day's check as it was
+    instead of turning it red; jobs select the asset without its checks.
     """
     example_key = render_key(spec, spec.start_date, "<prefix>")
     key = asset_key(spec)
 
-    @asset(
-        key=key,
-        partitions_def=daily_partitions(spec),
-        # The UI labels a node with the key's last part ("events"): one group per schema keeps
-        # public.events and sales.events apart at a glance, without changing keys or history.
-        group_name=f"archive_{spec.asset_path[0]}",
-        description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
-                     f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
-                     f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
-                     "partition has not been archived yet."),
-        retry_policy=retry_policy(retry),
-        kinds={"postgres", "s3"},
-        pool=spec.pool,
-        tags={TABLE_TAG: asset_tag_value(spec.name)},
-        freshness_policy=freshness_policy(schedule or ScheduleSettings()),
-        metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
-                  "compression": spec.compression, "key_template": spec.key_template,
-                  "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
-    )
-    def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
-                archive_store: ArchiveStoreResource) -> Iterator[MaterializeResult | AssetCheckEvaluation]:
-        day = dt.date.fromisoformat(context.partition_key)
-        store = archive_store.store()
-        deep = spec.deep_check or config.deep_check
-
-        def progress(rows: int, size: int) -> None:
-            context.log.info(f"{spec.name} {day}: {rows:,} rows, {human_size(size)} read so far")
-
-        unverified: Exception | None = None
-        try:
-            with postgres.connect() as conn:
-                result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
-                                           progress=progress, session_settings=postgres.session_settings(),
-                                           overwrite=spec.overwrite or config.overwrite)
-                try:
-                    verdict = verify_result(store, spec, day, recorded(result), deep=deep,
-                                            conn=conn if spec.deep_check else None)
-                except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
-                    unverified = exc
-        except Exception as exc:
-            raise failure(exc, spec, day, postgres.password) from None
-        state = archive_state(result)
-        context.log.info(summary(result, state))
-        if unverified is not None:
-            verified = "not verified: " + redact(str(unverified), postgres.password)
-        elif verdict.passed:
-            verified = verdict.verified
-        else:
-            verified = "NOT proven: " + "; ".join(verdict.problems)
-        yield MaterializeResult(
-            metadata=materialization_metadata(result, object_link(archive_store, result), verified),
-            tags={STATE_TAG: state},
+    with warnings.catch_warnings():  # backfill_policy is a beta parameter of @asset in 1.13
+        warnings.simplefilter("ignore", BetaWarning)
+        @asset(
+            key=key,
+            partitions_def=daily_partitions(spec),
+            backfill_policy=backfill_policy(backfill or BackfillSettings()),
+            # Days are recorded one by one (AssetMaterialization with partition=), so a failed day in a
+            # ranged run is not marked materialized along with its neighbours.
+            output_required=False,
+            # The UI labels a node with the key's last part ("events"): one group per schema keeps
+            # public.events and sales.events apart at a glance, without changing keys or history.
+            group_name=f"archive_{spec.asset_path[0]}",
+            description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
+                         f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
+                         f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
+                         "partition has not been archived yet."),
+            retry_policy=retry_policy(retry),
+            kinds={"postgres", "s3"},
+            pool=spec.pool,
+            tags={TABLE_TAG: asset_tag_value(spec.name)},
+            freshness_policy=freshness_policy(schedule or ScheduleSettings()),
+            metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
+                      "compression": spec.compression, "key_template": spec.key_template,
+                      "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
         )
-        if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
-            raise failure(unverified, spec, day, postgres.password) from None
-        yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
+        def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
+                    archive_store: ArchiveStoreResource) -> Iterator[MaterializeResult | AssetMaterialization | AssetCheckEvaluation]:
+            yield from archive_days(context, spec, key, config, postgres, archive_store)
 
     return archive
+
+
+# --- one run: its days, one by one -------------------------------------------------------------------
+
+class _Source:
+    """One connection for all the days of a run (connecting costs more than a small day's queries),
+    opened again only when a day's failure has broken it."""
+
+    def __init__(self, postgres: PostgresResource) -> None:
+        self.postgres = postgres
+        self.stack = contextlib.ExitStack()
+        self.conn: psycopg.Connection | None = None
+
+    def get(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.stack.close()
+            self.conn = self.stack.enter_context(self.postgres.connect())
+        elif self.conn.info.transaction_status != TransactionStatus.IDLE:
+            self.conn.rollback()  # a failed day's transaction must not leak into the next day
+        return self.conn
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, config: ArchiveRunConfig,
+                 postgres: PostgresResource, archive_store: ArchiveStoreResource
+                 ) -> Iterator[MaterializeResult | AssetMaterialization | AssetCheckEvaluation]:
+    """Archive every day of the run's partitions, each recorded as its own materialization.
+
+    One day (a schedule, the sensor, one partition from the UI) fails the step at once, as before.
+    Of several days (a ranged backfill run), a day that fails is logged and the others go on; the
+    step then fails naming the failed days, so they show as failed and the archived ones as
+    materialized. A step retry of the batch skips the days this run already recorded; a re-execution
+    finds them identical in the store and records them as skipped, without uploading anything.
+    """
+    days = [dt.date.fromisoformat(k) for k in context.partition_keys]
+    done = _recorded_in_run(context, key) if context.retry_number > 0 else set()
+    todo = [d for d in days if d.isoformat() not in done]
+    if done:
+        context.log.info(f"{spec.name}: retry of this run; {len(days) - len(todo)} of {len(days)} days were "
+                         "archived by an earlier attempt and are not done again")
+    store = archive_store.store()
+    source = _Source(postgres)
+    failed: dict[dt.date, Failure] = {}
+    try:
+        for day in todo:
+            try:
+                yield from archive_one_day(context, spec, key, day, config, source, archive_store, store,
+                                           alone=len(days) == 1)
+            except Failure as exc:
+                if len(days) == 1:
+                    raise
+                failed[day] = exc
+                context.log.error(exc.description or f"{spec.name} {day} failed")
+    finally:
+        source.close()
+    if failed:
+        raise batch_failure(spec, days, failed)
+
+
+def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
+    """The days of ``key`` this run has already materialized (by an earlier attempt of the step)."""
+    records = context.instance.get_records_for_run(context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION,
+                                                   limit=100_000).records
+    return {r.event_log_entry.dagster_event.partition for r in records
+            if r.event_log_entry.dagster_event.asset_key == key}
+
+
+def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: dt.date,
+                    config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
+                    store: S3Store, *, alone: bool
+                    ) -> Iterator[MaterializeResult | AssetMaterialization | AssetCheckEvaluation]:
+    """Archive one day and record it: its materialization (own metadata), then its ``archive_intact``
+    result; ``alone``: the run's only day, recorded as the step's output. Raises the :class:`Failure` a person reads when the day could not be archived or checked."""
+    postgres = source.postgres
+    deep = spec.deep_check or config.deep_check
+
+    def progress(rows: int, size: int) -> None:
+        context.log.info(f"{spec.name} {day}: {rows:,} rows, {human_size(size)} read so far")
+
+    unverified: Exception | None = None
+    try:
+        conn = source.get()
+        result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
+                                   progress=progress, session_settings=postgres.session_settings(),
+                                   overwrite=spec.overwrite or config.overwrite)
+        try:
+            verdict = verify_result(store, spec, day, recorded(result), deep=deep,
+                                    conn=conn if spec.deep_check else None)
+        except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
+            unverified = exc
+    except Exception as exc:
+        raise failure(exc, spec, day, postgres.password) from None
+    state = archive_state(result)
+    context.log.info(summary(result, state))
+    if unverified is not None:
+        verified = "not verified: " + redact(str(unverified), postgres.password)
+    elif verdict.passed:
+        verified = verdict.verified
+    else:
+        verified = "NOT proven: " + "; ".join(verdict.problems)
+    metadata = materialization_metadata(result, object_link(archive_store, result), verified)
+    if alone:  # the step's output, as before batching: checks and assets downstream in the run see it
+        yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
+    else:  # one day of a range: its own event, so a failed neighbour is not marked materialized with it
+        yield AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata, tags={STATE_TAG: state})
+    if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
+        raise failure(unverified, spec, day, postgres.password) from None
+    yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
+
+
+def batch_failure(spec: TableSpec, days: list[dt.date], failed: dict[dt.date, Failure]) -> Failure:
+    """The step failure of a ranged run: which days failed and why, that the others are archived, and
+    how to redo only the failed ones. Retried (retry: settings) only when every failure may pass."""
+    retryable = all(f.allow_retries for f in failed.values())
+    names = ", ".join(d.isoformat() for d in sorted(failed))
+    causes = "\n\n".join(f.description or "" for _, f in sorted(failed.items()))
+    text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({names}); the other "
+            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{causes}\n\n"
+            f"Then: re-execute this run (Runs → this run → Re-execute → From failure), or launch a backfill of "
+            f"the failed days of {job_name(spec)}; days already archived are found identical and not uploaded again.")
+    return Failure(description=text, allow_retries=retryable,
+                   metadata={"table": spec.name, "failed_days": MetadataValue.json([d.isoformat() for d in sorted(failed)]),
+                             "days_in_run": len(days), "retryable": retryable})
