@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -185,8 +186,7 @@ class _Archiving:
                 with read_snapshot(self.conn, self.settings) as snapshot:
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
-                    database, system_id, version = server_identity(self.conn)
-                    identity = SourceIdentity(database, system_id, version)
+                    identity = _identity(self.conn)
                     fp_started = time.perf_counter()
                     fp = self._fingerprint(table, where)
                     fp_seconds = time.perf_counter() - fp_started
@@ -486,6 +486,18 @@ class _Archiving:
         listing = self.store.client.list_objects_v2(Bucket=self.store.bucket, Prefix=f"{head}{slash}{stem}")
         return [int(m.group(1) or 1) for item in listing.get("Contents", [])
                 if (m := pattern.fullmatch(item["Key"]))]
+
+
+_IDENTITIES: weakref.WeakKeyDictionary[psycopg.Connection, SourceIdentity] = weakref.WeakKeyDictionary()
+
+
+def _identity(conn: psycopg.Connection) -> SourceIdentity:
+    """The server a connection talks to, looked up once per connection: a run that archives many days
+    on one connection would otherwise ask for the same three values (two round trips) every day."""
+    identity = _IDENTITIES.get(conn)
+    if identity is None:
+        identity = _IDENTITIES[conn] = SourceIdentity(*server_identity(conn))
+    return identity
 
 
 def _manifest_object_key(manifest: dict | None) -> str | None:

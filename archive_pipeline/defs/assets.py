@@ -42,7 +42,7 @@ from psycopg.pq import TransactionStatus
 from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
-from archive_pipeline.defs.checks import INTACT_CHECK, check_evaluation, object_link, verify_result
+from archive_pipeline.defs.checks import INTACT_CHECK, check_evaluation, object_link, verify_result, written_verdict
 from archive_pipeline.core.config import BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, config_path
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -410,8 +410,9 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
                                    progress=progress, session_settings=postgres.session_settings(),
                                    overwrite=spec.overwrite or config.overwrite)
         try:
-            verdict = verify_result(store, spec, day, recorded(result), deep=deep,
-                                    conn=conn if spec.deep_check else None)
+            verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
+                                     conn=conn if spec.deep_check else None)
+                       if deep else written_verdict(result, store.uri(render_key(spec, day, store.prefix))))
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc
     except Exception as exc:
