@@ -418,7 +418,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     except Exception as exc:
         raise failure(exc, spec, day, postgres.password) from None
     state = archive_state(result)
-    context.log.info(summary(result, state))
+    if alone:  # in a range, the summary is the materialization's description: one event a day fewer
+        context.log.info(summary(result, state))
     if unverified is not None:
         verified = "not verified: " + redact(str(unverified), postgres.password)
     elif verdict.passed:
@@ -429,7 +430,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     if alone:  # the step's output, as before batching: checks and assets downstream in the run see it
         yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
     else:  # one day of a range: its own event, so a failed neighbour is not marked materialized with it
-        yield AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata, tags={STATE_TAG: state})
+        yield AssetMaterialization(asset_key=key, partition=day.isoformat(), description=summary(result, state),
+                                   metadata=metadata, tags={STATE_TAG: state})
     if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
         raise failure(unverified, spec, day, postgres.password) from None
     yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
