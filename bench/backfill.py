@@ -205,7 +205,8 @@ def daemon_backfill(pg, s3, tmp: Path, tables: int, days: list[dt.date], days_pe
     return {"days_per_run": days_per_run, "total": total, "runs": len(runs), "elapsed": elapsed,
             "ok": sum(r["status"] == "SUCCESS" for r in runs), "first_start": first_start - started,
             "rate": total / (elapsed - (first_start - started)), "median_run": per_run[len(per_run) // 2],
-            "max_run": per_run[-1], "assets_per_run": sorted(len(r["assetSelection"] or []) for r in runs)[len(runs) // 2]}
+            "max_run": per_run[-1],
+            "assets_per_run": sorted(len(r["assetSelection"] or []) for r in runs)[len(runs) // 2]}
 
 
 def report(result: dict, tables: int, rows: int) -> None:

@@ -46,8 +46,8 @@ def _setup(conn, tables: int, days: list[dt.date]) -> None:
     for t in range(tables - 2):
         table = sql.Identifier("bench", f"plain_{t:03d}")
         conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(table))
-        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::date + (g %% %s) FROM generate_series(1, %s) g").format(table),
-                     (days[0], len(days), 2 * len(days)))
+        fill = sql.SQL("INSERT INTO {} SELECT g, %s::date + (g %% %s) FROM generate_series(1, %s) g").format(table)
+        conn.execute(fill, (days[0], len(days), 2 * len(days)))
         conn.execute(sql.SQL("CREATE INDEX ON {} (at)").format(table))
     conn.execute("ANALYZE")
 

@@ -52,6 +52,9 @@ TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by 
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped
 
 State = Literal["archived", "empty", "skipped"]
+# What a run yields for each day: the day's materialization (the step's output when it is the run's
+# only day), then its archive_intact result.
+DayEvent = MaterializeResult | AssetMaterialization | AssetCheckEvaluation
 
 
 class ArchiveRunConfig(Config):
@@ -292,36 +295,34 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
     example_key = render_key(spec, spec.start_date, "<prefix>")
     key = asset_key(spec)
 
-    with warnings.catch_warnings():  # backfill_policy is a beta parameter of @asset in 1.13
-        warnings.simplefilter("ignore", BetaWarning)
-        @asset(
-            key=key,
-            partitions_def=daily_partitions(spec),
-            backfill_policy=backfill_policy(backfill or BackfillSettings()),
-            # Days are recorded one by one (AssetMaterialization with partition=), so a failed day in a
-            # ranged run is not marked materialized along with its neighbours.
-            output_required=False,
-            # The UI labels a node with the key's last part ("events"): one group per schema keeps
-            # public.events and sales.events apart at a glance, without changing keys or history.
-            group_name=f"archive_{spec.asset_path[0]}",
-            description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
-                         f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
-                         f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
-                         "partition has not been archived yet."),
-            retry_policy=retry_policy(retry),
-            kinds={"postgres", "s3"},
-            pool=spec.pool,
-            tags={TABLE_TAG: asset_tag_value(spec.name)},
-            freshness_policy=freshness_policy(schedule or ScheduleSettings()),
-            metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
-                      "compression": spec.compression, "key_template": spec.key_template,
-                      "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
-        )
-        def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
-                    archive_store: ArchiveStoreResource) -> Iterator[MaterializeResult | AssetMaterialization | AssetCheckEvaluation]:
-            yield from archive_days(context, spec, key, config, postgres, archive_store)
+    @asset(
+        key=key,
+        partitions_def=daily_partitions(spec),
+        # Days are recorded one by one (AssetMaterialization with partition=), so a failed day in a
+        # ranged run is not marked materialized along with its neighbours.
+        output_required=False,
+        # The UI labels a node with the key's last part ("events"): one group per schema keeps
+        # public.events and sales.events apart at a glance, without changing keys or history.
+        group_name=f"archive_{spec.asset_path[0]}",
+        description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
+                     f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
+                     f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
+                     "partition has not been archived yet."),
+        retry_policy=retry_policy(retry),
+        kinds={"postgres", "s3"},
+        pool=spec.pool,
+        tags={TABLE_TAG: asset_tag_value(spec.name)},
+        freshness_policy=freshness_policy(schedule or ScheduleSettings()),
+        metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
+                  "compression": spec.compression, "key_template": spec.key_template,
+                  "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
+    )
+    def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
+                archive_store: ArchiveStoreResource) -> Iterator[DayEvent]:
+        yield from archive_days(context, spec, key, config, postgres, archive_store)
 
-    return archive
+    policy = backfill_policy(backfill or BackfillSettings())
+    return archive.with_attributes(backfill_policy=policy) if policy else archive
 
 
 # --- one run: its days, one by one -------------------------------------------------------------------
@@ -349,7 +350,7 @@ class _Source:
 
 def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, config: ArchiveRunConfig,
                  postgres: PostgresResource, archive_store: ArchiveStoreResource
-                 ) -> Iterator[MaterializeResult | AssetMaterialization | AssetCheckEvaluation]:
+                 ) -> Iterator[DayEvent]:
     """Archive every day of the run's partitions, each recorded as its own materialization.
 
     One day (a schedule, the sensor, one partition from the UI) fails the step at once, as before.
@@ -394,9 +395,10 @@ def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
 def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: dt.date,
                     config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
                     store: S3Store, *, alone: bool
-                    ) -> Iterator[MaterializeResult | AssetMaterialization | AssetCheckEvaluation]:
+                    ) -> Iterator[DayEvent]:
     """Archive one day and record it: its materialization (own metadata), then its ``archive_intact``
-    result; ``alone``: the run's only day, recorded as the step's output. Raises the :class:`Failure` a person reads when the day could not be archived or checked."""
+    result; ``alone``: the run's only day, recorded as the step's output. Raises the :class:`Failure`
+    a person reads when the day could not be archived or checked."""
     postgres = source.postgres
     deep = spec.deep_check or config.deep_check
 
@@ -448,5 +450,5 @@ def batch_failure(spec: TableSpec, days: list[dt.date], failed: dict[dt.date, Fa
             f"Then: re-execute this run (Runs → this run → Re-execute → From failure), or launch a backfill of "
             f"the failed days of {job_name(spec)}; days already archived are found identical and not uploaded again.")
     return Failure(description=text, allow_retries=retryable,
-                   metadata={"table": spec.name, "failed_days": MetadataValue.json([d.isoformat() for d in sorted(failed)]),
-                             "days_in_run": len(days), "retryable": retryable})
+                   metadata={"table": spec.name, "days_in_run": len(days), "retryable": retryable,
+                             "failed_days": MetadataValue.json([d.isoformat() for d in sorted(failed)])})
