@@ -191,8 +191,9 @@ class TableSpec(_Strict):
         if self.partitioning.mode == "naming":
             missing = [c for c in PATTERN_CODES[self.granularity] if c not in self.partitioning.pattern]
             if missing:
-                raise ValueError(f"partitioning: pattern {self.partitioning.pattern!r} of a {self.granularity} table "
-                                 f"must contain {', '.join(PATTERN_CODES[self.granularity])} (missing "
+                codes = PATTERN_CODES[self.granularity]
+                raise ValueError(f"partitioning: pattern {self.partitioning.pattern!r} must contain "
+                                 f"{', '.join(codes[:-1])} and {codes[-1]} (a {self.granularity} table; missing "
                                  f"{', '.join(missing)})")
             if self.granularity == "hourly" and has_dst(self.timezone):
                 raise ValueError(f"granularity: hourly tables in naming mode need a zone without daylight saving "

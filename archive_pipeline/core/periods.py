@@ -260,6 +260,12 @@ def as_period(granularity: str, timezone: str, value: Period | dt.date | str) ->
     return parse_period(granularity, timezone, value)
 
 
+def manifest_period(manifest: dict) -> Period:
+    """The period a manifest describes: its ``day`` (the partition key) read in its recorded granularity
+    and zone; manifests written before periods existed are UTC days."""
+    return parse_period(manifest.get("granularity") or "daily", manifest.get("timezone") or "UTC", manifest["day"])
+
+
 def periods_overlapping(granularity: str, timezone: str, start: dt.datetime, end: dt.datetime) -> list[Period]:
     """Every period that overlaps the instants [start, end), in order."""
     out: list[Period] = []
