@@ -107,7 +107,7 @@ def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
         if not child.aligned(spec):
             raise SourceError(
                 f"partition {child.name!r} of {spec.name!r} covers {child.start} to {child.end}, which is not "
-                f"whole {_UNITS[spec.granularity]} in {spec.timezone} (granularity {spec.granularity}); use a "
+                f"whole {spec.timezone} {_UNITS[spec.granularity]} (granularity {spec.granularity}); use a "
                 "granularity and timezone that fit its bounds, or partitioning mode 'column' for this table",
                 table=spec.name, retryable=False)
 

@@ -20,6 +20,9 @@ from dagster import (
     Backoff,
     Config,
     DailyPartitionsDefinition,
+    HourlyPartitionsDefinition,
+    MonthlyPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
     Failure,
     FreshnessPolicy,
     Jitter,
@@ -71,9 +74,13 @@ def asset_tag_value(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
 
 
-def daily_partitions(spec: TableSpec) -> DailyPartitionsDefinition:
-    """Days from ``start_date`` to the last complete UTC day (today is still being written)."""
-    return DailyPartitionsDefinition(start_date=spec.start_date.isoformat(), timezone="UTC")
+def daily_partitions(spec: TableSpec) -> TimeWindowPartitionsDefinition:
+    """The table's hours, days or months in its zone, from ``start_date`` to the last complete one (the
+    current one is still being written). Keys are Dagster's, which core.periods reads (``spec.period``)."""
+    cls = {"hourly": HourlyPartitionsDefinition, "daily": DailyPartitionsDefinition,
+           "monthly": MonthlyPartitionsDefinition}[spec.granularity]
+    start = spec.start_date.isoformat() + ("-00:00" if spec.granularity == "hourly" else "")
+    return cls(start_date=start, timezone=spec.timezone)
 
 
 # --- retries ---------------------------------------------------------------------------------------
@@ -291,7 +298,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
     )
     def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
                 archive_store: ArchiveStoreResource) -> Iterator[MaterializeResult | AssetCheckEvaluation]:
-        day = dt.date.fromisoformat(context.partition_key)
+        day = spec.period(context.partition_key)
         store = archive_store.store()
         deep = spec.deep_check or config.deep_check
 
