@@ -525,13 +525,14 @@ def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     return restore_archive(conn, store, manifest, **options)
 
 
-def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: dt.date, last: dt.date, *,
+def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,
+                 last: Period | dt.date, *,
                  into: Into = "new", target: str | None = None, **options) -> RangeRestore:
     """Restore every archived day from ``first`` to ``last`` (inclusive), each in its own transaction,
     in date order. With ``into="new"`` the first day creates ``target`` and later days load into it.
     Stops at the first failure (earlier days stay restored; the error names the day)."""
     results, missing = [], []
-    day = first
+    day, last = spec.period(first), spec.period(last)
     while day <= last:
         manifest = find_manifest(store, spec, day)
         if manifest is None:
@@ -539,5 +540,5 @@ def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, firs
         else:
             mode = "existing" if into == "new" and results else into
             results.append(restore_archive(conn, store, manifest, into=mode, target=target, **options))
-        day += dt.timedelta(days=1)
+        day = day.next()
     return RangeRestore(tuple(results), tuple(missing))

@@ -42,7 +42,7 @@ def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
             return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat(),
                               tags={TABLE_TAG: spec.name})
         # Hours, zoned days, months: every period of the table that ended during that UTC day.
-        ended = [p for p in select_days(spec, None, None, today=day + dt.timedelta(days=1))
+        ended = [p for p in select_days(spec, day - dt.timedelta(days=1), None, today=day + dt.timedelta(days=1))
                  if p.utc_end > dt.datetime.combine(day, dt.time(), dt.UTC)]
         if not ended:
             return SkipReason(f"no {spec.granularity} period of {spec.name} ended on {day} (UTC)")
