@@ -229,6 +229,12 @@ class TableSpec(_Strict):
         """The table's period a partition key (or a date, or a period) names: the one conversion."""
         return as_period(self.granularity, self.timezone, value)
 
+    @property
+    def first_period(self) -> Period:
+        """The table's first partition: the hour, day or month that starts at local ``start_date``."""
+        key = self.start_date.isoformat() + ("-00:00" if self.granularity == "hourly" else "")
+        return as_period(self.granularity, self.timezone, key)
+
     def child_table(self, day: Period | dt.date | str) -> str | None:
         """Naming mode: the table that holds the period (named by its local start)."""
         if self.partitioning.mode != "naming":

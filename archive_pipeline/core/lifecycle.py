@@ -58,7 +58,7 @@ def due_days(spec: TableSpec, today: dt.date) -> list[Period]:
     if spec.retention is None:
         return []
     cutoff = periods.period_of_date("daily", spec.timezone, today - dt.timedelta(days=spec.retention.keep_days))
-    first = spec.period(spec.start_date)
+    first = spec.first_period
     return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, first.utc_start, cutoff.utc_start)
             if p.utc_end <= cutoff.utc_start]
 

@@ -50,7 +50,7 @@ def select_days(spec: TableSpec, first: dt.date | str | None, last: dt.date | st
     monthly one. Periods before ``start_date`` are left out (they are not partitions of the table),
     as are those not yet over (``today``: a UTC date whose midnight is "now", for tests)."""
     cutoff = dt.datetime.combine(today, dt.time(), dt.UTC) if today else (now or dt.datetime.now(dt.UTC))
-    begin = spec.period(spec.start_date).utc_start
+    begin = spec.first_period.utc_start
     lo = max(_span(spec, first)[0], begin) if first else begin
     hi = min(_span(spec, last)[1], cutoff) if last else cutoff
     return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, lo, hi) if p.utc_end <= cutoff]

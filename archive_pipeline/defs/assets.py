@@ -274,7 +274,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
     archive and reported for that day, so a run that fails before archiving leaves the day's check as
     it was instead of turning it red; jobs select the asset without its checks.
     """
-    example_key = render_key(spec, spec.start_date, "<prefix>")
+    example_key = render_key(spec, spec.first_period, "<prefix>")
     key = asset_key(spec)
 
     @asset(
