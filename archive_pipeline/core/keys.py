@@ -38,8 +38,13 @@ def render(template: str, *, prefix: str, schema: str, table: str, day: Period |
            compression: str) -> str:
     """The key of ``day`` (a period, or a date meaning a day) from a key template
     (``{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}``; see the README for the fields)."""
+    return _render(template, prefix, schema, table, period_fields(day), fmt, compression)
+
+
+def _render(template: str, prefix: str, schema: str, table: str, fields: dict[str, str], fmt: str,
+            compression: str) -> str:
     key = template.format(prefix=prefix.strip("/"), schema=schema, table=table, ext=extension(fmt, compression),
-                          format=fmt, **period_fields(day))
+                          format=fmt, **fields)
     return re.sub(r"/{2,}", "/", key).strip("/")
 
 
@@ -74,20 +79,20 @@ _SAMPLE_TO = dt.datetime(2025, 1, 2, tzinfo=dt.UTC)
 
 
 @functools.lru_cache(maxsize=64)
-def sample_periods(granularity: str, timezone: str) -> tuple[Period, ...]:
+def sample_periods(granularity: str, timezone: str) -> tuple[tuple[Period, dict[str, str]], ...]:
     """Periods whose keys show any overlap a template's arrangement of its fields could produce: every
     day of a leap year and the days around it; for months every month of it; for hours the first hour
     of each of those days plus every hour of March and of the fall-back days of Europe and North
     America (all day-of-month and hour values side by side, both DST changes, the repeated hour).
     Cached per granularity and zone, so checking 100 tables renders keys and builds no periods."""
     if granularity != "hourly":
-        return tuple(periods_overlapping(granularity, timezone, _SAMPLE_FROM, _SAMPLE_TO))
+        return tuple((p, p.fields()) for p in periods_overlapping(granularity, timezone, _SAMPLE_FROM, _SAMPLE_TO))
     days = periods_overlapping("daily", timezone, _SAMPLE_FROM, _SAMPLE_TO)
     hours = {parse_period("hourly", timezone, f"{d.start:%Y-%m-%d}-{d.start:%H}:00") for d in days}
     for first, last in (("2024-03-01", "2024-04-01"), ("2024-10-27", "2024-10-28"), ("2024-11-03", "2024-11-04")):
         lo, hi = parse_period("daily", timezone, first).utc_start, parse_period("daily", timezone, last).utc_start
         hours.update(periods_overlapping("hourly", timezone, lo, hi))
-    return tuple(sorted(hours))
+    return tuple((p, p.fields()) for p in sorted(hours))
 
 
 def key_collisions(tables: list[tuple[str, str, str, str, str, str, str, str]]) -> list[str]:
@@ -99,9 +104,8 @@ def key_collisions(tables: list[tuple[str, str, str, str, str, str, str, str]]) 
     seen: dict[str, tuple[str, Period]] = {}
     problems: list[str] = []
     for name, template, schema, table, fmt, compression, granularity, timezone in tables:
-        for day in sample_periods(granularity, timezone):
-            key = render(template, prefix="p", schema=schema, table=table, day=day, fmt=fmt,
-                         compression=compression)
+        for day, fields in sample_periods(granularity, timezone):
+            key = _render(template, "p", schema, table, fields, fmt, compression)
             if key.endswith(MANIFEST_SUFFIX):
                 problems.append(f"table {name!r}: key_template renders {key!r}, which ends like a manifest")
                 break
