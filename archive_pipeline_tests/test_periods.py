@@ -216,3 +216,30 @@ def test_hourly_and_monthly_partitions_materialize(conn, schema, archive_env, s3
             assert event.partition == key and meta["dagster/row_count"] == rows
     body = download(s3_client, archive_env, f"archive/{schema}.events/2024/03/2024-03-10/2024-03-10T05.jsonl.zst")
     assert [r["id"] for r in read_jsonl(decompress(body, "zstd"))] == [1, 2]
+
+
+def test_the_command_line_takes_hours_days_and_months(conn, schema, archive_env, tmp_path, monkeypatch):
+    """In process (click's runner), so it stays cheap; test_cli.py runs the command as a subprocess."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+
+    _events(conn, schema)
+    _insert(conn, schema, [(1, "2024-03-10 05:10+00"), (2, "2024-03-10 07:00+00")])
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [{"name": f"{schema}.events", "day_column": "at",
+                                                  "start_date": "2024-03-01", "granularity": "hourly",
+                                                  "partitioning": {"mode": "column"}}]}))
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(config))
+    runner = CliRunner()
+    done = runner.invoke(main, ["archive", "--day", "2024-03-10-05:00", "--json"])
+    assert done.exit_code == 0, done.output
+    assert [(d["day"], d["status"]) for d in json.loads(done.stdout)["days"]] == [("2024-03-10-05:00", "archived")]
+    listed = json.loads(runner.invoke(main, ["list", "--day", "2024-03-10", "--json"]).stdout)["days"]
+    assert [(d["day"], d["state"]) for d in listed] == [("2024-03-10-05:00", "archived"),
+                                                        ("2024-03-10-07:00", "missing")]
+    bad = runner.invoke(main, ["list", "--day", "2024-03-10-25:00"])
+    assert bad.exit_code == 2 and "2024-03-10-25:00" in bad.output

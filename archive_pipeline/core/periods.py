@@ -233,7 +233,10 @@ def _parse_hour(timezone: str, text: str) -> Period:
     if not match:
         raise PeriodError(f"{text!r} is not an hourly partition key; write it like 2024-03-10-14:00")
     tz = zone(timezone)
-    naive = dt.datetime.fromisoformat(f"{match[1]}T{match[2]}:00")
+    try:
+        naive = dt.datetime.fromisoformat(f"{match[1]}T{match[2]}:00")
+    except ValueError as exc:
+        raise PeriodError(f"{text!r} is not an hourly partition key: {exc}") from None
     candidates = [naive.replace(tzinfo=tz, fold=f) for f in (0, 1)]
     real = [c for c in candidates if c.astimezone(dt.UTC).astimezone(tz).replace(tzinfo=None) == naive]
     if not real:
