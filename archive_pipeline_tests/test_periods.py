@@ -11,6 +11,7 @@ from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import ConfigError, TableSpec, parse_config
+from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.discovery import declarative_days, naming_days, source_table
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import PeriodError, parse_period
@@ -243,3 +244,11 @@ def test_the_command_line_takes_hours_days_and_months(conn, schema, archive_env,
                                                         ("2024-03-10-07:00", "missing")]
     bad = runner.invoke(main, ["list", "--day", "2024-03-10-25:00"])
     assert bad.exit_code == 2 and "2024-03-10-25:00" in bad.output
+
+
+def test_an_hourly_table_on_a_date_column_is_refused_naming_the_column(conn, schema, store):
+    _events(conn, schema, "date")
+    with pytest.raises(ArchiveError, match=r"2024-03-10-05:00.*column 'at' is a date, which cannot hold hours"):
+        archive_partition(conn, spec(name=f"{schema}.events", granularity="hourly"), "2024-03-10-05:00", store)
+    with pytest.raises(ArchiveError, match="is not an hourly partition key"):
+        archive_partition(conn, spec(name=f"{schema}.events", granularity="hourly"), "2024-03-10", store)

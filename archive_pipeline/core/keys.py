@@ -1,4 +1,4 @@
-"""Object keys: where one day of one table lives in the bucket.
+"""Object keys: where one period (hour, day, month) of one table lives in the bucket.
 
 Kept apart from the formats and the archiver so configuration can check, before anything runs,
 that no two table-days can ever render the same key (one would be taken for the other's archive).
