@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 from dagster import DailyPartitionsDefinition, HourlyPartitionsDefinition, MonthlyPartitionsDefinition, \
-    instance_for_test
+    build_schedule_context, instance_for_test
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
@@ -72,6 +72,9 @@ def test_cli_selection_reads_days_hours_and_months_in_the_tables_zone():
     assert select_days(spec(), "2024-03-10", "2024-03-11", today=today) == [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
     assert [m.key for m in select_days(spec(granularity="monthly"), "2024-10", None, today=today)] == \
         ["2024-10-01", "2024-11-01"]  # December is not over
+    from archive_pipeline.defs.sensors import candidate_days  # the sensor's window: the same selection
+    assert [p.key for p in candidate_days(spec(granularity="hourly"), today, 1)][::23] == \
+        ["2024-11-30-00:00", "2024-11-30-23:00"]
 
 
 @pytest.mark.parametrize("table, words", [
@@ -197,7 +200,7 @@ def test_monthly_naming_tables(conn, schema):
     assert [p.key for p in naming_days(conn, table)] == ["2024-02-01", "2024-03-01"]
 
 
-def test_hourly_and_monthly_partitions_materialize(conn, schema, archive_env, s3_client):
+def test_hourly_and_monthly_partitions_materialize_and_are_scheduled(conn, schema, archive_env, s3_client):
     _events(conn, schema)
     _insert(conn, schema, [(1, "2024-03-10 05:10+00"), (2, "2024-03-10 05:50+00"), (3, "2024-03-10 06:00+00")])
     _events(conn, schema, table="monthly")
@@ -217,6 +220,18 @@ def test_hourly_and_monthly_partitions_materialize(conn, schema, archive_env, s3
             assert event.partition == key and meta["dagster/row_count"] == rows
     body = download(s3_client, archive_env, f"archive/{schema}.events/2024/03/2024-03-10/2024-03-10T05.jsonl.zst")
     assert [r["id"] for r in read_jsonl(decompress(body, "zstd"))] == [1, 2]
+    repo = defs.get_repository_def()
+
+    def requested(job: str, at: dt.datetime) -> list[str]:
+        tick = repo.get_schedule_def(f"{job}_daily").evaluate_tick(build_schedule_context(
+            scheduled_execution_time=at, repository_def=repo))
+        return [r.partition_key for r in tick.run_requests]
+
+    hours = requested(f"archive_{schema}_events", dt.datetime(2024, 4, 2, 1, tzinfo=dt.UTC))
+    assert len(hours) == 24 and hours[0] == "2024-04-01-00:00" and hours[-1] == "2024-04-01-23:00"
+    # Berlin's March ends at 2024-03-31 22:00 UTC: requested the next night, and only then.
+    assert requested(f"archive_{schema}_monthly", dt.datetime(2024, 4, 1, 1, tzinfo=dt.UTC)) == ["2024-03-01"]
+    assert requested(f"archive_{schema}_monthly", dt.datetime(2024, 4, 2, 1, tzinfo=dt.UTC)) == []
 
 
 def test_the_command_line_takes_hours_days_and_months(conn, schema, archive_env, tmp_path, monkeypatch):
