@@ -74,6 +74,9 @@ def asset_tag_value(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
 
 
+UNIT = {"hourly": "hour", "daily": "day", "monthly": "month"}
+
+
 def daily_partitions(spec: TableSpec) -> TimeWindowPartitionsDefinition:
     """The table's hours, days or months in its zone, from ``start_date`` to the last complete one (the
     current one is still being written). Keys are Dagster's, which core.periods reads (``spec.period``)."""
@@ -256,12 +259,15 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                              "error": type(exc).__name__})
 
 
-def freshness_policy(settings: ScheduleSettings) -> FreshnessPolicy:
+def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
     """Overdue in the UI when nothing was archived between midnight UTC and ``freshness_hours`` after
     the schedule's time (23:59 at the latest): "yesterday is not archived by the expected hour"."""
     deadline = min(dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute),
                    dt.timedelta(hours=23, minutes=59))
     hours, minutes = divmod(int(deadline.total_seconds()) // 60, 60)
+    if granularity == "monthly":  # a month ends once a month; west of UTC it is requested on the 2nd
+        return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} 2 * *",
+                                    lower_bound_delta=deadline + dt.timedelta(days=1), timezone="UTC")
     return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *", lower_bound_delta=deadline,
                                 timezone="UTC")
 
@@ -283,15 +289,16 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
         # The UI labels a node with the key's last part ("events"): one group per schema keeps
         # public.events and sales.events apart at a glance, without changing keys or history.
         group_name=f"archive_{spec.asset_path[0]}",
-        description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
-                     f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
+        description=(f"{spec.granularity.capitalize()} archive of PostgreSQL table `{spec.name}`: each partition "
+                     f"holds the rows with `{spec.day_column}` in that {UNIT[spec.granularity]} "
+                     f"({spec.timezone}), as {spec.format} ({spec.compression}) at "
                      f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
                      "partition has not been archived yet."),
         retry_policy=retry_policy(retry),
         kinds={"postgres", "s3"},
         pool=spec.pool,
         tags={TABLE_TAG: asset_tag_value(spec.name)},
-        freshness_policy=freshness_policy(schedule or ScheduleSettings()),
+        freshness_policy=freshness_policy(schedule or ScheduleSettings(), spec.granularity),
         metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
                   "compression": spec.compression, "key_template": spec.key_template,
                   "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
