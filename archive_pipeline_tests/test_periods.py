@@ -267,3 +267,12 @@ def test_an_hourly_table_on_a_date_column_is_refused_naming_the_column(conn, sch
         archive_partition(conn, spec(name=f"{schema}.events", granularity="hourly"), "2024-03-10-05:00", store)
     with pytest.raises(ArchiveError, match="is not an hourly partition key"):
         archive_partition(conn, spec(name=f"{schema}.events", granularity="hourly"), "2024-03-10", store)
+
+
+def test_an_hourly_table_on_a_date_column_fails_the_load(conn, schema, archive_env):
+    _events(conn, schema, "date")
+    config = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "at", "start_date": "2024-03-01",
+                                       "granularity": "hourly"}]})
+    with pytest.raises(ConfigError, match=rf"table '{schema}.events': setting 'granularity': hourly needs a "
+                                          r"timestamp or timestamptz day_column, and 'at' is a date"):
+        build_definitions(config)
