@@ -57,12 +57,6 @@ class ChildRange:
             return []
         return periods_overlapping(spec.granularity, spec.timezone, self.start, self.end)
 
-    def whole_days(self) -> list[dt.date]:
-        """The UTC days the child covers (for its share of the catalog's statistics)."""
-        if self.start is None or self.end is None:
-            return []
-        return [self.start.date() + dt.timedelta(days=i) for i in range((self.end.date() - self.start.date()).days)]
-
     def aligned(self, spec: TableSpec) -> bool:
         """True when the child is whole periods, or lies inside one period (days of a monthly table):
         then no period is split between two children that also hold another period's rows."""

@@ -317,19 +317,6 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
         raise failure[0]
 
 
-def days_with_rows(conn: psycopg.Connection, table: SourceTable, days: list[dt.date]) -> list[dt.date]:
-    """Which of ``days`` have at least one row: one index probe (or pruned partition) per day."""
-    if not days:
-        return []
-    col = sql.Identifier(table.day_column.name)
-    bound = {"date": "{d}", "timestamp": "{d}::timestamp", "timestamptz": "({d}::timestamp AT TIME ZONE 'UTC')"}[
-        table.day_column.base_type]
-    query = sql.SQL("SELECT d FROM unnest(%s::date[]) AS d WHERE EXISTS "
-                    "(SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi}) ORDER BY d").format(
-        table=table.identifier, col=col, lo=sql.SQL(bound.format(d="d")), hi=sql.SQL(bound.format(d="(d + 1)")))
-    return [row[0] for row in conn.execute(query, (days,))]
-
-
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
     """The table's primary key columns in key order (a restore re-creates it), or None."""
     rows = conn.execute(
