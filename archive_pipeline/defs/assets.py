@@ -20,6 +20,9 @@ from dagster import (
     Backoff,
     Config,
     DailyPartitionsDefinition,
+    HourlyPartitionsDefinition,
+    MonthlyPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
     Failure,
     FreshnessPolicy,
     Jitter,
@@ -71,9 +74,16 @@ def asset_tag_value(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
 
 
-def daily_partitions(spec: TableSpec) -> DailyPartitionsDefinition:
-    """Days from ``start_date`` to the last complete UTC day (today is still being written)."""
-    return DailyPartitionsDefinition(start_date=spec.start_date.isoformat(), timezone="UTC")
+UNIT = {"hourly": "hour", "daily": "day", "monthly": "month"}
+
+
+def daily_partitions(spec: TableSpec) -> TimeWindowPartitionsDefinition:
+    """The table's hours, days or months in its zone, from ``start_date`` to the last complete one (the
+    current one is still being written). Keys are Dagster's, which core.periods reads (``spec.period``)."""
+    cls = {"hourly": HourlyPartitionsDefinition, "daily": DailyPartitionsDefinition,
+           "monthly": MonthlyPartitionsDefinition}[spec.granularity]
+    start = spec.start_date.isoformat() + ("-00:00" if spec.granularity == "hourly" else "")
+    return cls(start_date=start, timezone=spec.timezone)
 
 
 # --- retries ---------------------------------------------------------------------------------------
@@ -249,12 +259,15 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                              "error": type(exc).__name__})
 
 
-def freshness_policy(settings: ScheduleSettings) -> FreshnessPolicy:
+def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
     """Overdue in the UI when nothing was archived between midnight UTC and ``freshness_hours`` after
     the schedule's time (23:59 at the latest): "yesterday is not archived by the expected hour"."""
     deadline = min(dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute),
                    dt.timedelta(hours=23, minutes=59))
     hours, minutes = divmod(int(deadline.total_seconds()) // 60, 60)
+    if granularity == "monthly":  # a month ends once a month; west of UTC it is requested on the 2nd
+        return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} 2 * *",
+                                    lower_bound_delta=deadline + dt.timedelta(days=1), timezone="UTC")
     return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *", lower_bound_delta=deadline,
                                 timezone="UTC")
 
@@ -267,7 +280,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
     archive and reported for that day, so a run that fails before archiving leaves the day's check as
     it was instead of turning it red; jobs select the asset without its checks.
     """
-    example_key = render_key(spec, spec.start_date, "<prefix>")
+    example_key = render_key(spec, spec.first_period, "<prefix>")
     key = asset_key(spec)
 
     @asset(
@@ -276,22 +289,23 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings,
         # The UI labels a node with the key's last part ("events"): one group per schema keeps
         # public.events and sales.events apart at a glance, without changing keys or history.
         group_name=f"archive_{spec.asset_path[0]}",
-        description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
-                     f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
+        description=(f"{spec.granularity.capitalize()} archive of PostgreSQL table `{spec.name}`: each partition "
+                     f"holds the rows with `{spec.day_column}` in that {UNIT[spec.granularity]} "
+                     f"({spec.timezone}), as {spec.format} ({spec.compression}) at "
                      f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
                      "partition has not been archived yet."),
         retry_policy=retry_policy(retry),
         kinds={"postgres", "s3"},
         pool=spec.pool,
         tags={TABLE_TAG: asset_tag_value(spec.name)},
-        freshness_policy=freshness_policy(schedule or ScheduleSettings()),
+        freshness_policy=freshness_policy(schedule or ScheduleSettings(), spec.granularity),
         metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
                   "compression": spec.compression, "key_template": spec.key_template,
                   "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
     )
     def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
                 archive_store: ArchiveStoreResource) -> Iterator[MaterializeResult | AssetCheckEvaluation]:
-        day = dt.date.fromisoformat(context.partition_key)
+        day = spec.period(context.partition_key)
         store = archive_store.store()
         deep = spec.deep_check or config.deep_check
 
