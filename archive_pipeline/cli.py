@@ -14,6 +14,7 @@ import datetime as dt
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from archive_pipeline.core.environment import (
     store_from_env,
 )
 from archive_pipeline.core.errors import ArchiveError, redact
+from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
 
@@ -56,18 +58,22 @@ class Run:
 
     config: ArchiveConfig
     tables: list[TableSpec]
-    first: dt.date | None
-    last: dt.date | None
+    first: str | None  # a day, hour or month (see PeriodArg), read in each table's zone
+    last: str | None
     as_json: bool
     out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200))
     err: Console = field(default_factory=lambda: Console(stderr=True))
     _conn: psycopg.Connection | None = None
     _store: S3Store | None = None
 
-    def days(self, spec: TableSpec) -> list[dt.date]:
-        days = plan.select_days(spec, self.first, self.last)
+    def days(self, spec: TableSpec) -> list[Period]:
+        """The table's periods in the selection (its hours, days or months that overlap it)."""
+        try:
+            days = plan.select_days(spec, self.first, self.last)
+        except PeriodError as exc:
+            raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None
         if not days and (self.first or self.last):
-            self.err.print(f"{spec.name}: no day of the table in the selection (its first day, start_date, is "
+            self.err.print(f"{spec.name}: no {spec.granularity} period of the table in the selection (its first day, start_date, is "
                            f"{spec.start_date})", markup=False)
         return days
 
@@ -94,8 +100,34 @@ class Run:
             render()
 
 
-def _date(value: dt.datetime | None) -> dt.date | None:
-    return value.date() if value else None
+class PeriodArg(click.ParamType):
+    """An hour, day or month as Dagster names partitions (``2024-03-10-14:00``, ``2024-03-10``,
+    ``2024-03-01``), or a month as ``2024-03``; read in each table's zone when the days are selected."""
+
+    name = "period"
+    _SHAPE = re.compile(r"^\d{4}-\d{2}(-\d{2}(-\d{2}:00([+-]\d{4})?)?)?$")
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not self._SHAPE.match(text):
+            self.fail(f"{text!r}: expected YYYY-MM-DD (a day), YYYY-MM-DD-HH:00 (an hour) or YYYY-MM (a month)",
+                      param, ctx)
+        try:  # a real calendar day; the hour is read in each table's zone (a skipped hour is refused there)
+            dt.date.fromisoformat(text[:10] if len(text) >= 10 else f"{text}-01")
+        except ValueError as exc:
+            self.fail(f"{text!r}: {exc}", param, ctx)
+        return text
+
+
+def _not_over(text: str, now: dt.datetime) -> str | None:
+    """Why ``text`` cannot have ended yet (a day: today or later, UTC; a month: this one or later)."""
+    today = now.date()
+    if len(text) == 10 and text >= today.isoformat():
+        return (f"{text} is today or later (UTC): a day is archived once it has ended; the last complete day "
+                f"is {today - dt.timedelta(days=1)}")
+    if len(text) == 7 and text >= f"{today:%Y-%m}":
+        return f"{text} is this month or later (UTC): a month is archived once it has ended"
+    return None
 
 
 def _password() -> str | None:
@@ -111,28 +143,29 @@ def _fail(as_json: bool, code: int, message: str) -> None:
 
 def command(fn: Callable[..., None]) -> Callable[..., None]:
     """The options every command takes, and one place that turns errors into exit codes."""
-    day = click.DateTime(formats=["%Y-%m-%d"])
+    day = PeriodArg()
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="ARCHIVE_PIPELINE_CONFIG",
                   help="table list (default $ARCHIVE_PIPELINE_CONFIG, else ./archive_tables.yaml)")
     @click.option("--table", "-t", "table_names", multiple=True, metavar="SCHEMA.TABLE",
                   help="a configured table (repeatable; default: all)")
-    @click.option("--day", type=day, metavar="YYYY-MM-DD", help="one UTC day, e.g. 2024-03-10")
-    @click.option("--from", "first", type=day, metavar="YYYY-MM-DD",
-                  help="first day of a range (default: the table's start_date)")
-    @click.option("--to", "last", type=day, metavar="YYYY-MM-DD", help="last day of a range (default: yesterday, UTC)")
+    @click.option("--day", type=day, metavar="PERIOD", help="one day (2024-03-10), hour (2024-03-10-14:00) or month "
+                  "(2024-03 or 2024-03-01) in each table's zone: the table's periods that overlap it")
+    @click.option("--from", "first", type=day, metavar="PERIOD",
+                  help="first day, hour or month of a range (default: the table's start_date)")
+    @click.option("--to", "last", type=day, metavar="PERIOD",
+                  help="last day, hour or month of a range (default: the last complete period)")
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
     @functools.wraps(fn)
     def wrapper(config_path, table_names, day, first, last, as_json, **kwargs):
         if day and (first or last):
             raise click.UsageError("give either --day or --from/--to, not both")
-        first, last = (_date(day), _date(day)) if day else (_date(first), _date(last))
-        if first and last and first > last:
+        first, last = (day, day) if day else (first, last)
+        if first and last and first[:len(last)] > last:
             raise click.UsageError(f"--from {first} is after --to {last}")
-        today = dt.datetime.now(dt.UTC).date()
-        if (last or first) and (last or first) >= today:
-            raise click.UsageError(f"{last or first} is today or later (UTC): a day is archived once it has "
-                                   f"ended; the last complete day is {today - dt.timedelta(days=1)}")
+        problem = _not_over(last or first, dt.datetime.now(dt.UTC)) if (last or first) else None
+        if problem:
+            raise click.UsageError(problem)
         run = None
         try:
             config = load_config(config_path)

@@ -89,6 +89,9 @@ def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
             raise SourceError(f"schema {spec.schema_name!r} does not exist", table=spec.name)
         return
     table = describe_table(conn, spec.name, spec.day_column)
+    if spec.granularity == "hourly" and table.day_column is not None and table.day_column.base_type == "date":
+        raise SourceError(f"setting 'granularity': hourly needs a timestamp or timestamptz day_column, and "
+                          f"{spec.day_column!r} is a date; use granularity daily or monthly", table=spec.name)
     if spec.partitioning.mode == "declarative":
         if table.relkind != "p":
             raise SourceError(f"{spec.name!r} is not a partitioned table (partitioning mode 'declarative'); "

@@ -50,6 +50,7 @@ from archive_pipeline.core.manifest import (
     table_definition,
 )
 from archive_pipeline.core.memory import bound_allocator
+from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
@@ -80,7 +81,7 @@ def object_extension(spec: TableSpec) -> str:
     return keys.extension(spec.format, spec.compression)
 
 
-def render_key(spec: TableSpec, day: dt.date, prefix: str = "") -> str:
+def render_key(spec: TableSpec, day: Period | dt.date | str, prefix: str = "") -> str:
     """The object key of one day, from the table's key template (the manifest sits at key + .manifest.json)."""
     return keys.table_day_key(spec, day, prefix)
 
@@ -146,7 +147,15 @@ def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
     return getter(key)
 
 
-def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
+def resolve_period(spec: TableSpec, day: Period | dt.date | str) -> Period:
+    """The table's period for a partition key (or date), or an :class:`ArchiveError` naming table and key."""
+    try:
+        return spec.period(day)
+    except PeriodError as exc:
+        raise ArchiveError(f"{spec.name} {day}: {exc}", table=spec.name, day=str(day), retryable=False) from None
+
+
+def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date | str, store: S3Store, *,
                       temp_dir: str | None = None, progress: Progress | None = None, progress_every: float = 10.0,
                       session_settings: dict[str, str] | None = None, overwrite: bool | None = None) -> ArchiveResult:
     """Archive ``day`` of ``spec`` to ``store`` and describe what was stored.
@@ -159,6 +168,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
     :class:`ArchiveError` naming the table and day and saying whether a retry may help.
     """
     overwrite = spec.overwrite if overwrite is None else overwrite
+    day = resolve_period(spec, day)  # a partition key, date or period: resolved once, handed down
     bound_allocator()
     try:
         with table_day_lock(conn, spec.name, day):
@@ -175,11 +185,12 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: dt.date, s
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
 
 
-def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, existing: Existing,
+def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, existing: Existing,
                    identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
     """The archiver's own rule for what is already stored, for callers that only plan (a dry run):
     True = skip (identical), False = archive (again); raises what ``archive_partition`` would raise
     (another table's or day's archive, changed content, a removed day)."""
+    day = resolve_period(spec, day)
     archiving = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
     archiving._refuse_foreign(existing, overwrite)
     if existing.manifest is None or existing.problem is not None:

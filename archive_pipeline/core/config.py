@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from archive_pipeline.core.keys import key_collisions
+from archive_pipeline.core.periods import Period, PeriodError, as_period, has_dst, zone
 
 CONFIG_ENV_VAR = "ARCHIVE_PIPELINE_CONFIG"
 DEFAULT_CONFIG_PATH = "archive_tables.yaml"
@@ -25,8 +26,21 @@ DEFAULT_CONFIG_PATH = "archive_tables.yaml"
 Format = Literal["jsonl", "csv", "parquet"]
 Compression = Literal["zstd", "gzip", "lz4", "snappy", "none"]
 
-KEY_FIELDS = frozenset({"prefix", "schema", "table", "year", "month", "day", "date", "ext", "format"})
+KEY_FIELDS = frozenset({"prefix", "schema", "table", "year", "month", "day", "date", "hour", "period", "ext",
+                        "format"})
 DEFAULT_KEY_TEMPLATE = "{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}"
+# The default key template of each granularity (daily: unchanged, so existing archives are found).
+DEFAULT_KEY_TEMPLATES = {"daily": DEFAULT_KEY_TEMPLATE,
+                         "hourly": "{prefix}/{schema}.{table}/{year}/{month}/{date}/{period}.{ext}",
+                         "monthly": "{prefix}/{schema}.{table}/{year}/{period}.{ext}"}
+# Field sets of which a key template must hold one, per granularity, so no two periods share a key.
+UNIQUE_KEY_FIELDS = {
+    "daily": ({"date"}, {"year", "month", "day"}, {"period"}),
+    "hourly": ({"date", "hour"}, {"year", "month", "day", "hour"}, {"period"}),
+    "monthly": ({"date"}, {"year", "month"}, {"period"}),
+}
+# strftime codes a naming-mode pattern needs per granularity.
+PATTERN_CODES = {"hourly": ("%Y", "%m", "%d", "%H"), "daily": ("%Y", "%m", "%d"), "monthly": ("%Y", "%m")}
 MAX_IDENTIFIER_BYTES = 63
 
 # Levels each codec accepts, per format family: the text formats compress with zstandard / gzip
@@ -72,8 +86,8 @@ class Partitioning(_Strict):
         if self.mode == "naming":
             if not self.pattern:
                 raise ValueError("mode 'naming' needs a pattern such as 'events_%Y%m%d'")
-            if not all(code in self.pattern for code in ("%Y", "%m", "%d")):
-                raise ValueError(f"pattern {self.pattern!r} must contain %Y, %m and %d")
+            if not all(code in self.pattern for code in ("%Y", "%m")):
+                raise ValueError(f"pattern {self.pattern!r} must contain %Y and %m (and %d for days, %H for hours)")
             if len(dt.date(2024, 12, 31).strftime(self.pattern).encode()) > MAX_IDENTIFIER_BYTES:
                 raise ValueError(f"pattern {self.pattern!r} makes names longer than PostgreSQL's 63 bytes")
         elif self.pattern:
@@ -94,12 +108,16 @@ class Retention(_Strict):
 
 
 class TableSpec(_Strict):
-    """One table to archive, one daily partition per UTC day."""
+    """One table to archive, one partition per hour, day or month of its time zone (default: UTC days)."""
 
     name: str = Field(description="schema-qualified table name, e.g. public.events")
     day_column: str | None = Field(default=None, description="date/timestamp/timestamptz column that defines "
-                                   "the day (required unless partitioning.mode is naming)")
-    start_date: dt.date = Field(description="first day to archive")
+                                   "the period (required unless partitioning.mode is naming)")
+    start_date: dt.date = Field(description="first day to archive (monthly: the first day of a month)")
+    granularity: Literal["hourly", "daily", "monthly"] = Field(
+        default="daily", description="one partition per hour, day or month of the table's time zone")
+    timezone: str = Field(default="UTC", description="IANA zone whose midnights (and hours, months) bound the "
+                          "periods, e.g. Europe/Berlin; a day with a DST change is 23 or 25 hours")
     partitioning: Partitioning = Partitioning()
     overwrite: bool = Field(default=False, description="archive again even when a matching archive exists")
     pool: str = Field(default="archive_source", pattern=r"^[A-Za-z0-9_.-]+$",
@@ -109,7 +127,8 @@ class TableSpec(_Strict):
     compression_level: int | None = Field(default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), "
                                           "Parquet lz4 1..12; lz4 text, snappy and none take none")
     chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
-    key_template: str = DEFAULT_KEY_TEMPLATE
+    key_template: str = Field(default=DEFAULT_KEY_TEMPLATE, description="default per granularity, see "
+                              "DEFAULT_KEY_TEMPLATES")
     deep_check: bool = Field(default=False, description="after archiving, download the archive, load it back into "
                              "PostgreSQL and compare its content fingerprint with the source's; a difference fails "
                              "the run (a blocking check), so nothing downstream reads an unproven archive")
@@ -138,9 +157,49 @@ class TableSpec(_Strict):
         unknown = fields - KEY_FIELDS
         if unknown:
             raise ValueError(f"uses unknown field(s) {sorted(unknown)}; allowed: {sorted(KEY_FIELDS)}")
-        if not {"date"} <= fields and not {"year", "month", "day"} <= fields:
-            raise ValueError("must contain {date} (or {year}, {month} and {day}) so days do not overwrite each other")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_template(cls, data: object) -> object:
+        """An hourly or monthly table without its own key template gets its granularity's default."""
+        if isinstance(data, dict) and "key_template" not in data and data.get("granularity") in DEFAULT_KEY_TEMPLATES:
+            data = {**data, "key_template": DEFAULT_KEY_TEMPLATES[data["granularity"]]}
+        return data
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zone(value)
+        except PeriodError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _fits_granularity(self) -> TableSpec:
+        """The template, the naming pattern and the start fit the granularity, checked before anything runs."""
+        fields = {name for _, name, _, _ in string.Formatter().parse(self.key_template) if name is not None}
+        needed = UNIQUE_KEY_FIELDS[self.granularity]
+        if not any(group <= fields for group in needed):
+            options = " or ".join("{" + "}, {".join(sorted(g)) + "}" for g in needed)
+            raise ValueError(f"key_template: a {self.granularity} table's template must contain {options}, so "
+                             f"its {self.granularity} periods do not overwrite each other")
+        if self.granularity == "monthly" and self.start_date.day != 1:
+            raise ValueError(f"start_date: a monthly table starts on the first day of a month "
+                             f"(got {self.start_date}; write {self.start_date:%Y-%m}-01)")
+        if self.partitioning.mode == "naming":
+            missing = [c for c in PATTERN_CODES[self.granularity] if c not in self.partitioning.pattern]
+            if missing:
+                codes = PATTERN_CODES[self.granularity]
+                raise ValueError(f"partitioning: pattern {self.partitioning.pattern!r} must contain "
+                                 f"{', '.join(codes[:-1])} and {codes[-1]} (a {self.granularity} table; missing "
+                                 f"{', '.join(missing)})")
+            if self.granularity == "hourly" and has_dst(self.timezone):
+                raise ValueError(f"granularity: hourly tables in naming mode need a zone without daylight saving "
+                                 f"time ({self.timezone} repeats an hour each autumn, and one table name cannot "
+                                 "hold both); use UTC")
+        return self
 
     @model_validator(mode="after")
     def _day_column_needed(self) -> TableSpec:
@@ -166,9 +225,21 @@ class TableSpec(_Strict):
                              f"({low}..{high})")
         return self
 
-    def child_table(self, day: dt.date) -> str | None:
-        """Naming mode: the table that holds ``day``."""
-        return day.strftime(self.partitioning.pattern) if self.partitioning.mode == "naming" else None
+    def period(self, value: Period | dt.date | str) -> Period:
+        """The table's period a partition key (or a date, or a period) names: the one conversion."""
+        return as_period(self.granularity, self.timezone, value)
+
+    @property
+    def first_period(self) -> Period:
+        """The table's first partition: the hour, day or month that starts at local ``start_date``."""
+        key = self.start_date.isoformat() + ("-00:00" if self.granularity == "hourly" else "")
+        return as_period(self.granularity, self.timezone, key)
+
+    def child_table(self, day: Period | dt.date | str) -> str | None:
+        """Naming mode: the table that holds the period (named by its local start)."""
+        if self.partitioning.mode != "naming":
+            return None
+        return self.period(day).start.strftime(self.partitioning.pattern)
 
     @field_validator("compression")
     @classmethod
@@ -253,8 +324,8 @@ class ArchiveConfig(_Strict):
                                  f"'archive_{label}'; rename one of them in the database or archive it from a "
                                  "second code location")
             labels[label] = spec.name
-        collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression)
-                                     for s in self.tables])
+        collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression,
+                                      s.granularity, s.timezone) for s in self.tables])
         if collisions:
             raise ValueError("; ".join(collisions))
         return self

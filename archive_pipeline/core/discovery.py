@@ -1,10 +1,14 @@
-"""Which days of a table exist in PostgreSQL, read from the catalog or probed by index.
+"""Which periods (hours, days, months) of a table exist in PostgreSQL, read from the catalog or probed.
 
 - declarative: the bounds of the parent's children (``pg_get_expr(relpartbound)``, interpreted by
-  the server, never guessed from names); a child covering several whole days yields each of them,
-  one whose bounds are not whole UTC days is refused with a message naming it;
-- naming: the tables of the schema whose name matches the pattern;
-- column: one ``EXISTS`` probe per candidate day (an index or partition prunes each).
+  the server in the table's time zone, never guessed from names); a child covering several whole
+  periods yields each of them, children inside one period (days of a monthly table) yield it; one
+  that straddles a period boundary is refused with a message naming it;
+- naming: the tables of the schema whose name matches the pattern (read as the period's local start);
+- column: one ``EXISTS`` probe per candidate period (an index or partition prunes each).
+
+Every function takes and returns :class:`~archive_pipeline.core.periods.Period` values (dates are
+accepted as the table's days, for callers that still hold them).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import SourceError
-from archive_pipeline.core.source import SourceTable, days_with_rows, describe_table
+from archive_pipeline.core.periods import Period, periods_overlapping, periods_within
+from archive_pipeline.core.source import SourceTable, day_bounds, describe_table
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 
@@ -32,25 +37,43 @@ WHERE n.nspname = %s AND p.relname = %s AND p.relkind = 'p'
 ORDER BY c.relname
 """
 
+_BOUND_VALUES = """
+SELECT CASE WHEN b IN ('MINVALUE', 'MAXVALUE') THEN NULL ELSE trim(both '''' from b)::timestamptz END
+FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i) ORDER BY i
+"""
+
+_UNITS = {"hourly": "hours", "daily": "days", "monthly": "months"}
+
 
 @dataclass(frozen=True)
 class ChildRange:
     name: str
-    start: dt.datetime | None  # None: MINVALUE
+    start: dt.datetime | None  # None: MINVALUE; else aware, in UTC
     end: dt.datetime | None  # None: MAXVALUE
 
-    def whole_days(self) -> list[dt.date]:
+    def periods(self, spec: TableSpec) -> list[Period]:
+        """The table's periods this child holds rows of: the ones it tiles, or the one it lies within."""
         if self.start is None or self.end is None:
             return []
-        return [self.start.date() + dt.timedelta(days=i) for i in range((self.end.date() - self.start.date()).days)]
+        return periods_overlapping(spec.granularity, spec.timezone, self.start, self.end)
 
-    @property
-    def aligned(self) -> bool:
-        return all(b is None or b.timetz().replace(tzinfo=None) == dt.time() for b in (self.start, self.end))
+    def aligned(self, spec: TableSpec) -> bool:
+        """True when the child is whole periods, or lies inside one period (days of a monthly table):
+        then no period is split between two children that also hold another period's rows."""
+        if self.start is None or self.end is None:
+            return True
+        if len(self.periods(spec)) == 1:
+            return True
+        return periods_within(spec.granularity, spec.timezone, self.start, self.end) is not None
+
+    def is_period(self, period: Period) -> bool:
+        """True when the child holds exactly ``period`` (it can be detached or dropped as the period)."""
+        return self.start == period.utc_start and self.end == period.utc_end
 
 
 def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
-    """The range each child partition covers, as the server interprets its bounds (in UTC)."""
+    """The range each child partition covers, as the server interprets its bounds in the table's zone
+    (a ``timestamp`` or ``date`` bound is wall-clock time there; a ``timestamptz`` bound has its offset)."""
     schema, _, name = spec.name.partition(".")
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
@@ -63,58 +86,79 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
             continue
         parsed.append((child, match["lo"], match["hi"]))
     literals = [side for _, lo, hi in parsed for side in (lo, hi)]
-    conn.execute("SET TimeZone = 'UTC'")
-    values = [r[0] for r in conn.execute(
-        "SELECT CASE WHEN b IN ('MINVALUE', 'MAXVALUE') THEN NULL ELSE trim(both '''' from b)::timestamptz END "
-        "FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i) ORDER BY i", (literals,))]
+    conn.execute("SELECT set_config('TimeZone', %s, false)", (spec.timezone,))
+    try:
+        values = [r[0] for r in conn.execute(_BOUND_VALUES, (literals,))]
+    finally:
+        conn.execute("SET TimeZone = 'UTC'")
+    values = [v.astimezone(dt.UTC) if v is not None else None for v in values]
     return [ChildRange(child, values[2 * i], values[2 * i + 1]) for i, (child, _, _) in enumerate(parsed)]
 
 
 def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
-    """Refuse a child partition whose bounds are not whole UTC days: its days cannot be archived apart."""
+    """Refuse a child partition that straddles a period boundary: its periods cannot be archived apart."""
     for child in children:
-        if not child.aligned:
+        if not child.aligned(spec):
             raise SourceError(
                 f"partition {child.name!r} of {spec.name!r} covers {child.start} to {child.end}, which is not "
-                "whole UTC days; use partitioning mode 'column' for this table", table=spec.name, retryable=False)
+                f"whole {spec.timezone} {_UNITS[spec.granularity]} (granularity {spec.granularity}); use a "
+                "granularity and timezone that fit its bounds, or partitioning mode 'column' for this table",
+                table=spec.name, retryable=False)
 
 
-def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[dt.date]:
+def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
+    """The periods the parent's children hold, from the catalog."""
     children = child_ranges(conn, spec)
     require_whole_days(spec, children)
-    return sorted({day for child in children for day in child.whole_days()})
+    return sorted({period for child in children for period in child.periods(spec)})
 
 
-def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[dt.date]:
+def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
+    """The periods whose tables exist, read from their names (the local start of the period)."""
     schema = spec.schema_name
     names = [r[0] for r in conn.execute(
         "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f')", (schema,))]
-    days = []
+    found = []
     for name in names:
         try:
-            day = dt.datetime.strptime(name, spec.partitioning.pattern).date()
+            period = spec.period(dt.datetime.strptime(name, spec.partitioning.pattern))
         except ValueError:
             continue
-        if day.strftime(spec.partitioning.pattern) == name:  # reject near-misses such as unpadded days
-            days.append(day)
-    return sorted(days)
+        if period.start.strftime(spec.partitioning.pattern) == name:  # reject near-misses such as unpadded days
+            found.append(period)
+    return sorted(found)
 
 
-def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list[dt.date]) -> list[dt.date]:
-    """Which of ``candidates`` exist as data in PostgreSQL (see the module docstring)."""
-    wanted = set(candidates)
+def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: list[Period]) -> list[Period]:
+    """Which of ``periods`` have at least one row: one index probe (or pruned partition) per period,
+    with the typed bounds the archive's own query uses."""
+    col = sql.Identifier(table.day_column.name)
+    found = []
+    for period in periods:
+        lo, hi = day_bounds(table.day_column, period)
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi})").format(
+            table=table.identifier, col=col, lo=lo, hi=hi)
+        if conn.execute(query).fetchone()[0]:
+            found.append(period)
+    return found
+
+
+def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list) -> list[Period]:
+    """Which of ``candidates`` (periods, or dates meaning the table's days) exist as data in PostgreSQL."""
+    wanted = {spec.period(c) for c in candidates}
     mode = spec.partitioning.mode
     if mode == "declarative":
         return [d for d in declarative_days(conn, spec) if d in wanted]
     if mode == "naming":
         return [d for d in naming_days(conn, spec) if d in wanted]
     conn.execute("SET TimeZone = 'UTC'")
-    return days_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
+    return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
 
 
-def source_table(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> SourceTable:
-    """The relation holding ``day`` and its columns, per the table's partitioning mode."""
+def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> SourceTable:
+    """The relation holding the period and its columns, per the table's partitioning mode."""
+    day = spec.period(day)
     if spec.partitioning.mode == "naming":
         child = f"{spec.schema_name}.{spec.child_table(day)}"
         try:
@@ -126,19 +170,20 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> Sou
     return describe_table(conn, spec.name, spec.day_column)
 
 
-def day_children(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> list[ChildRange]:
-    """Declarative mode: the child partitions whose range overlaps ``day``."""
-    start = dt.datetime.combine(day, dt.time(), dt.UTC)
-    end = start + dt.timedelta(days=1)
+def day_children(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> list[ChildRange]:
+    """Declarative mode: the child partitions whose range overlaps the period."""
+    day = spec.period(day)
+    start, end = day.utc_start, day.utc_end
     return [c for c in child_ranges(conn, spec)
             if (c.start is None or c.start < end) and (c.end is None or c.end > start)]
 
 
-def partition_of_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> dict | None:
-    """Declarative mode: the one child holding ``day`` and its bound as the server prints it, so a
-    restore can re-create and attach it after the child was dropped."""
+def partition_of_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> dict | None:
+    """Declarative mode: the one child holding exactly the period, and its bound as the server prints
+    it, so a restore can re-create and attach it after the child was dropped."""
     if spec.partitioning.mode != "declarative":
         return None
+    day = spec.period(day)
     children = day_children(conn, spec, day)
     if len(children) != 1:
         return None

@@ -1,4 +1,4 @@
-"""Object keys: where one day of one table lives in the bucket.
+"""Object keys: where one period (hour, day, month) of one table lives in the bucket.
 
 Kept apart from the formats and the archiver so configuration can check, before anything runs,
 that no two table-days can ever render the same key (one would be taken for the other's archive).
@@ -7,7 +7,10 @@ that no two table-days can ever render the same key (one would be taken for the 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+
+from archive_pipeline.core.periods import Period, as_period, parse_period, periods_overlapping
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -23,19 +26,34 @@ def extension(fmt: str, compression: str) -> str:
     return f"{base}.{codec}" if codec else base
 
 
-def render(template: str, *, prefix: str, schema: str, table: str, day: dt.date, fmt: str,
+def period_fields(day: Period | dt.date) -> dict[str, str]:
+    """The period's key-template fields; a plain date is a UTC day, as it always was."""
+    if isinstance(day, Period):
+        return day.fields()
+    return {"year": f"{day:%Y}", "month": f"{day:%m}", "day": f"{day:%d}", "date": day.isoformat(), "hour": "00",
+            "period": day.isoformat()}
+
+
+def render(template: str, *, prefix: str, schema: str, table: str, day: Period | dt.date, fmt: str,
            compression: str) -> str:
-    """The key of ``day`` from a key template (``{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}``)."""
-    key = template.format(prefix=prefix.strip("/"), schema=schema, table=table, year=f"{day:%Y}",
-                          month=f"{day:%m}", day=f"{day:%d}", date=day.isoformat(), ext=extension(fmt, compression),
-                          format=fmt)
+    """The key of ``day`` (a period, or a date meaning a day) from a key template
+    (``{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}``; see the README for the fields)."""
+    return _render(template, prefix, schema, table, period_fields(day), fmt, compression)
+
+
+def _render(template: str, prefix: str, schema: str, table: str, fields: dict[str, str], fmt: str,
+            compression: str) -> str:
+    key = template.format(prefix=prefix.strip("/"), schema=schema, table=table, ext=extension(fmt, compression),
+                          format=fmt, **fields)
     return re.sub(r"/{2,}", "/", key).strip("/")
 
 
-def table_day_key(spec, day: dt.date, prefix: str = "") -> str:
-    """The rendered key of one day of a configured table (a ``config.TableSpec``; duck-typed, since
-    configuration imports this module to check its templates)."""
-    return render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=day,
+def table_day_key(spec, day: Period | dt.date | str, prefix: str = "") -> str:
+    """The rendered key of one period of a configured table (a ``config.TableSpec``; duck-typed, since
+    configuration imports this module to check its templates). A date or partition key is read in the
+    table's granularity and zone."""
+    period = as_period(spec.granularity, spec.timezone, day)
+    return render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=period,
                   fmt=spec.format, compression=spec.compression)
 
 
@@ -56,22 +74,38 @@ def manifest_key(key: str) -> str:
 
 _GENERATION_LIKE = re.compile(r"^[^.]*\.g\d+\.")
 
-# Every day of a leap year and of the years around it: enough to see any overlap that a template's
-# arrangement of {year}, {month} and {day} could produce.
-_SAMPLE_DAYS = [dt.date(2023, 12, 31) + dt.timedelta(days=i) for i in range(368)]
+_SAMPLE_FROM = dt.datetime(2023, 12, 31, tzinfo=dt.UTC)
+_SAMPLE_TO = dt.datetime(2025, 1, 2, tzinfo=dt.UTC)
 
 
-def key_collisions(tables: list[tuple[str, str, str, str, str, str]]) -> list[str]:
-    """Pairs of table-days that would share an object key, as messages naming both tables.
+@functools.lru_cache(maxsize=64)
+def sample_periods(granularity: str, timezone: str) -> tuple[tuple[Period, dict[str, str]], ...]:
+    """Periods whose keys show any overlap a template's arrangement of its fields could produce: every
+    day of a leap year and the days around it; for months every month of it; for hours the first hour
+    of each of those days plus every hour of March and of the fall-back days of Europe and North
+    America (all day-of-month and hour values side by side, both DST changes, the repeated hour).
+    Cached per granularity and zone, so checking 100 tables renders keys and builds no periods."""
+    if granularity != "hourly":
+        return tuple((p, p.fields()) for p in periods_overlapping(granularity, timezone, _SAMPLE_FROM, _SAMPLE_TO))
+    days = periods_overlapping("daily", timezone, _SAMPLE_FROM, _SAMPLE_TO)
+    hours = {parse_period("hourly", timezone, f"{d.start:%Y-%m-%d}-{d.start:%H}:00") for d in days}
+    for first, last in (("2024-03-01", "2024-04-01"), ("2024-10-27", "2024-10-28"), ("2024-11-03", "2024-11-04")):
+        lo, hi = parse_period("daily", timezone, first).utc_start, parse_period("daily", timezone, last).utc_start
+        hours.update(periods_overlapping("hourly", timezone, lo, hi))
+    return tuple((p, p.fields()) for p in sorted(hours))
 
-    ``tables`` holds (name, template, schema, table, format, compression) per configured table.
+
+def key_collisions(tables: list[tuple[str, str, str, str, str, str, str, str]]) -> list[str]:
+    """Pairs of table-periods that would share an object key, as messages naming both tables.
+
+    ``tables`` holds (name, template, schema, table, format, compression, granularity, timezone) per
+    configured table.
     """
-    seen: dict[str, tuple[str, dt.date]] = {}
+    seen: dict[str, tuple[str, Period]] = {}
     problems: list[str] = []
-    for name, template, schema, table, fmt, compression in tables:
-        for day in _SAMPLE_DAYS:
-            key = render(template, prefix="p", schema=schema, table=table, day=day, fmt=fmt,
-                         compression=compression)
+    for name, template, schema, table, fmt, compression, granularity, timezone in tables:
+        for day, fields in sample_periods(granularity, timezone):
+            key = _render(template, "p", schema, table, fields, fmt, compression)
             if key.endswith(MANIFEST_SUFFIX):
                 problems.append(f"table {name!r}: key_template renders {key!r}, which ends like a manifest")
                 break
@@ -82,9 +116,9 @@ def key_collisions(tables: list[tuple[str, str, str, str, str, str]]) -> list[st
             other = seen.get(key)
             if other is not None:
                 what = (f"tables {other[0]!r} ({other[1]}) and {name!r} ({day})" if other[0] != name
-                        else f"table {name!r}: days {other[1]} and {day}")
+                        else f"table {name!r}: partitions {other[1]} and {day}")
                 problems.append(f"{what} render the same object key {key!r}; put {{schema}} and {{table}} "
-                                "(and the whole date) in key_template")
+                                "(and the whole date, or {period}) in key_template")
                 break
             seen[key] = (name, day)
     return problems

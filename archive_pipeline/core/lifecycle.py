@@ -23,12 +23,13 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core import fingerprint
-from archive_pipeline.core import keys
+from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.locks import table_day_lock
 from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, load_manifest
@@ -41,7 +42,7 @@ class RemovalRefused(ArchiveError):
 @dataclass(frozen=True)
 class Removal:
     table: str
-    day: dt.date
+    day: Period
     action: str  # detach | drop | delete
     relation: str  # what was detached/dropped, or deleted from
     rows: int
@@ -51,15 +52,18 @@ class Removal:
     already_removed: bool = False
 
 
-def due_days(spec: TableSpec, today: dt.date) -> list[dt.date]:
-    """Days from start_date that are older than the retention window (none without retention)."""
+def due_days(spec: TableSpec, today: dt.date) -> list[Period]:
+    """Periods from start_date that ended before the retention window, i.e. before the local midnight
+    ``keep_days`` days before ``today`` in the table's zone (none without retention)."""
     if spec.retention is None:
         return []
-    last = today - dt.timedelta(days=spec.retention.keep_days + 1)
-    return [spec.start_date + dt.timedelta(days=i) for i in range((last - spec.start_date).days + 1)]
+    cutoff = periods.period_of_date("daily", spec.timezone, today - dt.timedelta(days=spec.retention.keep_days))
+    first = spec.first_period
+    return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, first.utc_start, cutoff.utc_start)
+            if p.utc_end <= cutoff.utc_start]
 
 
-def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
+def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None) -> Removal:
     """Remove ``day`` of ``spec`` from the source (``conn`` must be the primary), if and only if proven.
@@ -69,6 +73,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S
     then skipped only if the manifest is still that one), or be True for a caller that proved it
     itself under this lock; the in-transaction fingerprint re-check runs regardless.
     """
+    day = spec.period(day)
     if spec.retention is None:
         raise RemovalRefused(f"{spec.name} has no retention setting; nothing is removed from it",
                              table=spec.name, day=day.isoformat())
@@ -100,13 +105,13 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
 
 
-def _target(conn: psycopg.Connection, spec: TableSpec, day: dt.date, table: SourceTable, action: str) -> SourceTable:
+def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable, action: str) -> SourceTable:
     """The relation the action applies to: the day's own partition or table, or the table itself."""
     if action == "delete" or spec.partitioning.mode == "naming":
         return table
+    day = spec.period(day)
     children = day_children(conn, spec, day)
-    start = dt.datetime.combine(day, dt.time(), dt.UTC)
-    whole = [c for c in children if c.start == start and c.end == start + dt.timedelta(days=1)]
+    whole = [c for c in children if c.is_period(day)]
     if len(children) != 1 or not whole:
         names = [c.name for c in children] or ["none"]
         raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
@@ -115,7 +120,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: dt.date, table: Sour
     return describe_table(conn, f"{spec.schema_name}.{whole[0].name}", spec.day_column)
 
 
-def _remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, key: str, manifest: dict,
+def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
             action: str, archive: str, removed_by: str | None) -> Removal:
     mkey = keys.manifest_key(key)
     original = store.get_verified_bytes(mkey)
@@ -146,7 +151,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3St
     return Removal(spec.name, day, action, target.qualified, rows, archive, now)
 
 
-def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date, table: SourceTable,
+def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
                         target: SourceTable, manifest: dict, action: str) -> int:
     """Lock out writers, prove the source still equals the archive, then remove: one transaction."""
     if action == "delete":  # SHARE: readers go on, no writer may change the day meanwhile
@@ -194,7 +199,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
     return deleted
 
 
-def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: dt.date, table: SourceTable) -> None:
+def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """Deleting rows that other tables' foreign keys reference would cascade into (or fail on) rows
     that were never archived: refuse, naming the constraints."""
     found = [r[0] for r in conn.execute(

@@ -19,6 +19,7 @@ from typing import Any
 
 from archive_pipeline import __version__
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
+from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import Column
 
 MANIFEST_VERSION = 2
@@ -42,7 +43,7 @@ class SourceIdentity:
 @dataclass(frozen=True)
 class ArchiveResult:
     table: str
-    day: dt.date
+    day: Period  # the period archived (a Period; for a daily UTC table it equals its date)
     key: str  # the data object (the rendered key, or its generation key after a re-archive); "" if empty
     uri: str
     rows: int
@@ -112,7 +113,8 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
     return {
         "manifest_version": MANIFEST_VERSION,
         "table": result.table,
-        "day": result.day.isoformat(),
+        "day": result.day.isoformat(),  # the partition key (for a day: its ISO date, as always)
+        **(result.day.manifest_fields() if isinstance(result.day, Period) else {}),
         "day_column": result.day_column,
         "source_relation": result.source_relation,
         "rows": result.rows,

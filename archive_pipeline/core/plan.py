@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.core import fingerprint
+from archive_pipeline.core import fingerprint, periods
 from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import ChildRange, child_ranges, existing_days, source_table
 from archive_pipeline.core.errors import ArchiveError, SourceError
 from archive_pipeline.core.manifest import SourceIdentity, manifest_key
+from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import load_manifest, source_fingerprint
@@ -35,15 +36,24 @@ def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def select_days(spec: TableSpec, first: dt.date | None, last: dt.date | None,
-                today: dt.date | None = None) -> list[dt.date]:
-    """The days of ``spec`` in [first, last]; an open end is the table's ``start_date`` or yesterday.
+def _span(spec: TableSpec, value: dt.date | str) -> tuple[dt.datetime, dt.datetime]:
+    """An hour, day or month named on the command line (or a date), as instants in the table's zone."""
+    return periods.span(spec.timezone, value.isoformat() if isinstance(value, dt.date) else str(value))
 
-    Days before ``start_date`` are left out (they are not partitions of the table), as is today."""
-    yesterday = (today - dt.timedelta(days=1)) if today else last_complete_day()
-    lo = max(first or spec.start_date, spec.start_date)
-    hi = min(last or yesterday, yesterday)
-    return days_between(lo, hi) if lo <= hi else []
+
+def select_days(spec: TableSpec, first: dt.date | str | None, last: dt.date | str | None,
+                today: dt.date | None = None, now: dt.datetime | None = None) -> list[Period]:
+    """The periods of ``spec`` that overlap [first, last]; an open end is the table's ``start_date`` or now.
+
+    ``first`` and ``last`` name an hour (``2024-03-10-14:00``), a day or a month (``2024-03``) in the
+    table's zone: ``--day 2024-03-10`` selects the 24 hours of an hourly table and the month of a
+    monthly one. Periods before ``start_date`` are left out (they are not partitions of the table),
+    as are those not yet over (``today``: a UTC date whose midnight is "now", for tests)."""
+    cutoff = dt.datetime.combine(today, dt.time(), dt.UTC) if today else (now or dt.datetime.now(dt.UTC))
+    begin = spec.first_period.utc_start
+    lo = max(_span(spec, first)[0], begin) if first else begin
+    hi = min(_span(spec, last)[1], cutoff) if last else cutoff
+    return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, lo, hi) if p.utc_end <= cutoff]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,8 +138,9 @@ def _existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
     return found
 
 
-def lookup_manifests(store: S3Store, spec: TableSpec, days: list[dt.date]) -> dict[dt.date, ManifestLookup]:
+def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period, ManifestLookup]:
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
+    days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
     present = _existing_keys(store, [manifest_key(k) for k in keys.values()]) if len(days) > 3 else None
     result: dict[dt.date, ManifestLookup] = {}
@@ -150,7 +161,7 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list[dt.date]) -> di
 # Source side
 
 
-def _source(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> tuple[SourceTable, sql.Composable]:
+def _source(conn: psycopg.Connection, spec: TableSpec, day: Period) -> tuple[SourceTable, sql.Composable]:
     table = source_table(conn, spec, day)
     return table, day_filter(table, day)
 
@@ -170,7 +181,7 @@ def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool
 @dataclass(frozen=True)
 class DayStatus:
     table: str
-    day: dt.date
+    day: Period
     state: str  # archived | missing | empty | changed | unreadable
     key: str
     in_source: bool
@@ -189,12 +200,13 @@ class DayStatus:
 STATES = ("archived", "missing", "empty", "changed", "unreadable")
 
 
-def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list[dt.date], *,
+def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
                  check_source: bool = False) -> list[DayStatus]:
     """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty``
     (archived as a day without rows: a manifest and no object), ``changed`` (with ``check_source``: the source's content
     fingerprint, or row count for a version-1 manifest, differs from the archive's), ``unreadable``
     (a manifest that is not one). Days with neither data nor an archive are left out."""
+    days = [spec.period(d) for d in days]
     in_source = set(existing_days(conn, spec, days)) if days else set()
     manifests = lookup_manifests(store, spec, days)
     statuses = []
@@ -252,26 +264,33 @@ def _catalog_estimate(conn: psycopg.Connection, schema: str, name: str, share: i
     return Estimate(rows=round(row[0] / share), bytes=row[1] // share, method="catalog")
 
 
-def catalog_estimate(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
+def catalog_estimate(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                      children: list[ChildRange] | None = None) -> Estimate | None:
     """Rows and bytes of one day from the catalog's statistics of the day's own partition (declarative:
     shared evenly when a child covers several days; naming: the day's table); None where the catalog
     cannot say (column mode, or a relation never analyzed). Costs one or two catalog queries."""
+    day = spec.period(day)
     if spec.partitioning.mode == "naming":
         return _catalog_estimate(conn, spec.schema_name, spec.child_table(day), 1)
-    if spec.partitioning.mode == "declarative":
-        start = dt.datetime.combine(day, dt.time(), dt.UTC)
-        for child in children if children is not None else child_ranges(conn, spec):
-            if child.start is not None and child.end is not None and child.start <= start < child.end:
-                return _catalog_estimate(conn, spec.schema_name, child.name, max(1, len(child.whole_days())))
-    return None
+    if spec.partitioning.mode != "declarative":
+        return None
+    total = None  # a month of daily children: the sum of theirs; a child of several periods: its share
+    for child in children if children is not None else child_ranges(conn, spec):
+        if child.start is None or child.end is None or child.end <= day.utc_start or child.start >= day.utc_end:
+            continue
+        part = _catalog_estimate(conn, spec.schema_name, child.name, max(1, len(child.periods(spec))))
+        if part is None:
+            return None
+        total = part if total is None else Estimate(total.rows + part.rows, total.bytes + part.bytes, "catalog")
+    return total
 
 
-def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
+def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: Period,
                  children: list[ChildRange] | None = None) -> Estimate:
     """Rows and bytes of one day, as cheaply as the partitioning allows: :func:`catalog_estimate`, else
     one scan of the day (``count(*)``, ``sum(pg_column_size(row))``). ``children``: the declarative
     table's child ranges, when the caller has read them already."""
+    day = spec.period(day)
     estimate = catalog_estimate(conn, spec, day, children)
     if estimate is not None:
         return estimate
@@ -285,7 +304,7 @@ def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: dt.date,
 @dataclass(frozen=True)
 class PlannedDay:
     table: str
-    day: dt.date
+    day: Period
     key: str
     action: str  # archive | overwrite | skip | refuse | no-data
     reason: str
@@ -298,11 +317,12 @@ class PlannedDay:
                 "estimated_bytes": est.bytes if est else None, "estimate_method": est.method if est else None}
 
 
-def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.date, *, overwrite: bool,
+def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Period, *, overwrite: bool,
              in_source: bool, children: list[ChildRange] | None = None) -> PlannedDay:
     """What :func:`archive_pipeline.core.archive.archive_partition` would do with ``day``, decided by the
     archiver's own rule (``read_existing`` and the same keep-or-refuse decision on the content
     fingerprint) but only reading: no lock, no upload, no manifest."""
+    day = spec.period(day)
     key = render_key(spec, day, store.prefix)
     if not in_source:
         return PlannedDay(spec.name, day, key, "no-data", "no data for this day in PostgreSQL", None)
@@ -332,8 +352,9 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: dt.
     return PlannedDay(spec.name, day, key, "overwrite", reason, estimate)
 
 
-def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list[dt.date], *,
+def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
                  overwrite: bool) -> list[PlannedDay]:
+    days = [spec.period(d) for d in days]
     in_source = set(existing_days(conn, spec, days)) if days else set()
     children = child_ranges(conn, spec) if spec.partitioning.mode == "declarative" and in_source else None
     return [plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source, children=children)
@@ -347,7 +368,7 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
 @dataclass(frozen=True)
 class Comparison:
     table: str
-    day: dt.date
+    day: Period
     result: str  # equal | differs | not-archived | not-in-source | unreadable
     source_rows: int | None
     archive_rows: int | None
@@ -371,7 +392,7 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                  days: Iterable[dt.date]) -> list[Comparison]:
     """Source against archive per day: row counts and content fingerprints (the manifest's
     ``fingerprint``; a version-1 manifest has none, and then only the counts are compared)."""
-    days = list(days)
+    days = [spec.period(d) for d in days]
     in_source = set(existing_days(conn, spec, days)) if days else set()
     manifests = lookup_manifests(store, spec, days)
     out = []

@@ -35,6 +35,7 @@ from archive_pipeline.core.errors import ArchiveError, is_retryable
 from archive_pipeline.core.locks import table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest
 from archive_pipeline.core.memory import bound_allocator
+from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.source import Column, day_filter, describe_table, prefetch
 from archive_pipeline.core.store import S3Store
 
@@ -232,10 +233,10 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
             os.unlink(name)
 
 
-def find_manifest(store: S3Store, spec: TableSpec, day: dt.date) -> dict | None:
+def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) -> dict | None:
     """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none."""
-    key = keys.render(spec.key_template, prefix=store.prefix, schema=spec.schema_name, table=spec.table_name,
-                      day=day, fmt=spec.format, compression=spec.compression)
+    day = spec.period(day)
+    key = keys.table_day_key(spec, day, store.prefix)
     raw = store.get_verified_bytes(keys.manifest_key(key))
     if raw is None:
         return None
@@ -399,7 +400,7 @@ def _columns_of(conn: psycopg.Connection, relation: str, names: list[str]) -> li
 def _day_where(conn: psycopg.Connection, relation: str, manifest: dict, whole: bool) -> sql.Composable | None:
     if whole or not manifest.get("day_column"):
         return None
-    return day_filter(describe_table(conn, relation, manifest["day_column"]), dt.date.fromisoformat(manifest["day"]))
+    return day_filter(describe_table(conn, relation, manifest["day_column"]), manifest_period(manifest))
 
 
 def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: str, on_conflict: OnConflict) -> tuple[
@@ -496,7 +497,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
             if into == "original":  # the archived table: never while its day is archived or removed
-                stack.enter_context(table_day_lock(conn, table, dt.date.fromisoformat(day)))
+                stack.enter_context(table_day_lock(conn, table, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
                 relation, to_create = _resolve_target(conn, manifest, into, target)
@@ -524,13 +525,14 @@ def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     return restore_archive(conn, store, manifest, **options)
 
 
-def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: dt.date, last: dt.date, *,
+def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,
+                 last: Period | dt.date, *,
                  into: Into = "new", target: str | None = None, **options) -> RangeRestore:
     """Restore every archived day from ``first`` to ``last`` (inclusive), each in its own transaction,
     in date order. With ``into="new"`` the first day creates ``target`` and later days load into it.
     Stops at the first failure (earlier days stay restored; the error names the day)."""
     results, missing = [], []
-    day = first
+    day, last = spec.period(first), spec.period(last)
     while day <= last:
         manifest = find_manifest(store, spec, day)
         if manifest is None:
@@ -538,5 +540,5 @@ def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, firs
         else:
             mode = "existing" if into == "new" and results else into
             results.append(restore_archive(conn, store, manifest, into=mode, target=target, **options))
-        day += dt.timedelta(days=1)
+        day = day.next()
     return RangeRestore(tuple(results), tuple(missing))

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.errors import SourceError
+from archive_pipeline.core.periods import Period, as_period
 
 DAY_COLUMN_TYPES = {"date", "timestamp", "timestamptz"}
 
@@ -131,18 +132,30 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day)
 
 
-def day_bounds(column: Column, day: dt.date) -> tuple[sql.Literal, sql.Literal]:
-    """Typed literals for [day, day + 1) in UTC, so the planner can prune partitions up front."""
-    start = dt.datetime.combine(day, dt.time())
-    end = start + dt.timedelta(days=1)
+def day_bounds(column: Column, day: Period | dt.date) -> tuple[sql.Literal, sql.Literal]:
+    """Typed literals for the period [start, end), so the planner can prune partitions up front.
+
+    What the bounds mean per column type (a plain date is a UTC day, as before periods existed):
+    ``timestamptz``: the zone's boundaries as instants with their offset (``2024-03-31 00:00+01`` to
+    ``2024-04-01 00:00+02``: 23 hours); ``timestamp``: values are read as wall-clock time in the
+    table's zone, so the bounds are the local wall-clock boundaries (a DST day is 24 wall-clock
+    hours; in the repeated autumn hour all 02:xx values belong to its second occurrence);
+    ``date``: the local calendar days of the period; an hour is not a range of dates and is refused."""
+    if not isinstance(day, Period):
+        day = as_period("daily", "UTC", day)
     if column.base_type == "date":
-        return sql.Literal(start.date()), sql.Literal(end.date())
+        if day.granularity == "hourly":
+            raise SourceError(f"column {column.name!r} is a date, which cannot hold hours; use granularity daily "
+                              "or monthly, or a timestamp column", retryable=False)
+        return sql.Literal(day.start.date()), sql.Literal(day.end.date())
     if column.base_type == "timestamptz":
-        return sql.Literal(start.replace(tzinfo=dt.UTC)), sql.Literal(end.replace(tzinfo=dt.UTC))
+        return sql.Literal(day.start), sql.Literal(day.end)
+    start, end = day.wall_bounds
     return sql.Literal(start), sql.Literal(end)
 
 
-def day_filter(table: SourceTable, day: dt.date) -> sql.Composable:
+def day_filter(table: SourceTable, day: Period | dt.date) -> sql.Composable:
+    """The WHERE condition that selects the period's rows (TRUE when the whole relation is the period)."""
     if table.day_column is None:
         return sql.SQL("TRUE")
     start, end = day_bounds(table.day_column, day)
@@ -302,19 +315,6 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
         thread.join()
     if failure:
         raise failure[0]
-
-
-def days_with_rows(conn: psycopg.Connection, table: SourceTable, days: list[dt.date]) -> list[dt.date]:
-    """Which of ``days`` have at least one row: one index probe (or pruned partition) per day."""
-    if not days:
-        return []
-    col = sql.Identifier(table.day_column.name)
-    bound = {"date": "{d}", "timestamp": "{d}::timestamp", "timestamptz": "({d}::timestamp AT TIME ZONE 'UTC')"}[
-        table.day_column.base_type]
-    query = sql.SQL("SELECT d FROM unnest(%s::date[]) AS d WHERE EXISTS "
-                    "(SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi}) ORDER BY d").format(
-        table=table.identifier, col=col, lo=sql.SQL(bound.format(d="d")), hi=sql.SQL(bound.format(d="(d + 1)")))
-    return [row[0] for row in conn.execute(query, (days,))]
 
 
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:

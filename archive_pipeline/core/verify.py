@@ -29,6 +29,7 @@ from archive_pipeline.core.discovery import source_table
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
+from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import Column, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, S3Store
 
@@ -143,15 +144,17 @@ def _download(store: S3Store, manifest: dict, sink) -> list[str]:
     return problems
 
 
-def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> fingerprint.Fingerprint:
+def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> fingerprint.Fingerprint:
     """The day's fingerprint in the source now (one snapshot)."""
+    day = spec.period(day)
     with conn.transaction():
         table = source_table(conn, spec, day)
         return fingerprint.compute(conn, table.identifier, table.columns, day_filter(table, day))
 
 
-def source_changed(conn: psycopg.Connection, spec: TableSpec, day: dt.date, manifest: dict) -> str | None:
+def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict) -> str | None:
     """Why the source's day no longer equals its archive, or None if it does."""
+    day = spec.period(day)
     recorded = manifest.get("fingerprint")
     if not recorded or not recorded.startswith(fingerprint.ALGORITHM + ":"):
         return ("the manifest has no fingerprint of this version (written by an older archive_pipeline): archive the "
@@ -165,7 +168,7 @@ def source_changed(conn: psycopg.Connection, spec: TableSpec, day: dt.date, mani
     return f"the source's {now.rows:,} rows for {day} differ in content from the archive's (fingerprint {now} vs {then})"
 
 
-def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, *,
+def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date, *,
                 manifest: dict | None = None, scratch_conn: psycopg.Connection | None = None,
                 temp_dir: str | None = None) -> list[str]:
     """Prove the archive of ``day`` holds exactly the source's rows; an empty list means proven.
@@ -177,6 +180,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     types) receives the archived rows when the source cannot (a hot standby); by default they go to
     a temporary table on ``conn``.
     """
+    day = spec.period(day)
     if manifest is None:
         key = keys.table_day_key(spec, day, store.prefix)
         manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}")

@@ -27,6 +27,9 @@ from dagster import (
     Config,
     DagsterEventType,
     DailyPartitionsDefinition,
+    HourlyPartitionsDefinition,
+    MonthlyPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
     Failure,
     FreshnessPolicy,
     Jitter,
@@ -46,6 +49,7 @@ from archive_pipeline.defs.checks import INTACT_CHECK, check_evaluation, object_
 from archive_pipeline.core.config import BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, config_path
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import S3Store
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
@@ -83,9 +87,16 @@ def asset_tag_value(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
 
 
-def daily_partitions(spec: TableSpec) -> DailyPartitionsDefinition:
-    """Days from ``start_date`` to the last complete UTC day (today is still being written)."""
-    return DailyPartitionsDefinition(start_date=spec.start_date.isoformat(), timezone="UTC")
+UNIT = {"hourly": "hour", "daily": "day", "monthly": "month"}
+
+
+def daily_partitions(spec: TableSpec) -> TimeWindowPartitionsDefinition:
+    """The table's hours, days or months in its zone, from ``start_date`` to the last complete one (the
+    current one is still being written). Keys are Dagster's, which core.periods reads (``spec.period``)."""
+    cls = {"hourly": HourlyPartitionsDefinition, "daily": DailyPartitionsDefinition,
+           "monthly": MonthlyPartitionsDefinition}[spec.granularity]
+    start = spec.start_date.isoformat() + ("-00:00" if spec.granularity == "hourly" else "")
+    return cls(start_date=start, timezone=spec.timezone)
 
 
 # --- retries ---------------------------------------------------------------------------------------
@@ -261,12 +272,15 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                              "error": type(exc).__name__})
 
 
-def freshness_policy(settings: ScheduleSettings) -> FreshnessPolicy:
+def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
     """Overdue in the UI when nothing was archived between midnight UTC and ``freshness_hours`` after
     the schedule's time (23:59 at the latest): "yesterday is not archived by the expected hour"."""
     deadline = min(dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute),
                    dt.timedelta(hours=23, minutes=59))
     hours, minutes = divmod(int(deadline.total_seconds()) // 60, 60)
+    if granularity == "monthly":  # a month ends once a month; west of UTC it is requested on the 2nd
+        return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} 2 * *",
+                                    lower_bound_delta=deadline + dt.timedelta(days=1), timezone="UTC")
     return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *", lower_bound_delta=deadline,
                                 timezone="UTC")
 
@@ -292,7 +306,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
     successful archive, so a run that fails before archiving leaves the day's check as it was
     instead of turning it red; jobs select the asset without its checks.
     """
-    example_key = render_key(spec, spec.start_date, "<prefix>")
+    example_key = render_key(spec, spec.first_period, "<prefix>")
     key = asset_key(spec)
 
     @asset(
@@ -304,15 +318,16 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
         # The UI labels a node with the key's last part ("events"): one group per schema keeps
         # public.events and sales.events apart at a glance, without changing keys or history.
         group_name=f"archive_{spec.asset_path[0]}",
-        description=(f"Daily archive of PostgreSQL table `{spec.name}`: each partition holds the rows with "
-                     f"`{spec.day_column}` in that UTC day, as {spec.format} ({spec.compression}) at "
+        description=(f"{spec.granularity.capitalize()} archive of PostgreSQL table `{spec.name}`: each partition "
+                     f"holds the rows with `{spec.day_column}` in that {UNIT[spec.granularity]} "
+                     f"({spec.timezone}), as {spec.format} ({spec.compression}) at "
                      f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
                      "partition has not been archived yet."),
         retry_policy=retry_policy(retry),
         kinds={"postgres", "s3"},
         pool=spec.pool,
         tags={TABLE_TAG: asset_tag_value(spec.name)},
-        freshness_policy=freshness_policy(schedule or ScheduleSettings()),
+        freshness_policy=freshness_policy(schedule or ScheduleSettings(), spec.granularity),
         metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
                   "compression": spec.compression, "key_template": spec.key_template,
                   "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
@@ -359,7 +374,7 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
     materialized. A step retry of the batch skips the days this run already recorded; a re-execution
     finds them identical in the store and records them as skipped, without uploading anything.
     """
-    days = [dt.date.fromisoformat(k) for k in context.partition_keys]
+    days = [spec.period(k) for k in context.partition_keys]
     done = _recorded_in_run(context, key) if context.retry_number > 0 else set()
     todo = [d for d in days if d.isoformat() not in done]
     if done:
@@ -367,7 +382,7 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
                          "archived by an earlier attempt and are not done again")
     store = archive_store.store()
     source = _Source(postgres)
-    failed: dict[dt.date, Failure] = {}
+    failed: dict[Period, Failure] = {}
     try:
         for day in todo:
             try:
@@ -392,7 +407,7 @@ def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
             if r.event_log_entry.dagster_event.asset_key == key}
 
 
-def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: dt.date,
+def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: Period,
                     config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
                     store: S3Store, *, alone: bool
                     ) -> Iterator[DayEvent]:
@@ -439,7 +454,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
 
 
-def batch_failure(spec: TableSpec, days: list[dt.date], failed: dict[dt.date, Failure]) -> Failure:
+def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Failure]) -> Failure:
     """The step failure of a ranged run: which days failed and why, that the others are archived, and
     how to redo only the failed ones. Retried (retry: settings) only when every failure may pass."""
     retryable = all(f.allow_retries for f in failed.values())

@@ -197,7 +197,7 @@ class StoredCheckConfig(Config):
 
 def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, deep: bool) -> Verdict:
     meta = {k: v.value for k, v in event.metadata.items()}
-    day = dt.date.fromisoformat(event.partition)
+    day = spec.period(event.partition)
     if "md5" not in meta:
         return Verdict(day, [f"the materialization of {event.partition} records no archive (md5)"], "")
     try:
@@ -279,7 +279,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         checked = []
         for event in _latest(context.instance, key, config.days):
             meta = {k: v.value for k, v in event.metadata.items()}
-            day = dt.date.fromisoformat(event.partition)
+            day = spec.period(event.partition)
             try:
                 manifest = verify.load_manifest(store, table_day_key(spec, day, store.prefix))
                 with postgres.connect() as conn:

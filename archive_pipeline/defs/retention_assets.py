@@ -81,7 +81,7 @@ def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
     )
     def remove(context: AssetExecutionContext, config: RemovalRunConfig, postgres: PostgresResource,
                primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
-        day = dt.date.fromisoformat(context.partition_key)
+        day = spec.period(context.partition_key)
         today = dt.datetime.now(dt.UTC).date()
         if day not in due_days(spec, today):
             raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "

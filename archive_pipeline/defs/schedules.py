@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagste
 
 from archive_pipeline.defs.assets import TABLE_TAG
 from archive_pipeline.core.config import ScheduleSettings, TableSpec
+from archive_pipeline.core.plan import select_days
 
 
 def previous_utc_day(moment: dt.datetime) -> dt.date:
@@ -33,11 +34,19 @@ def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
         default_status=DefaultScheduleStatus.RUNNING if settings.running else DefaultScheduleStatus.STOPPED,
         description=f"Archives yesterday's rows of {spec.name} at {settings.hour:02d}:{settings.minute:02d} UTC.",
     )
-    def _daily(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+    def _daily(context: ScheduleEvaluationContext) -> RunRequest | list[RunRequest] | SkipReason:
         day = previous_utc_day(context.scheduled_execution_time)
         if day < spec.start_date:
             return SkipReason(f"{day} is before {spec.name}'s start_date {spec.start_date}")
-        return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat(),
-                          tags={TABLE_TAG: spec.name})
+        if spec.granularity == "daily" and spec.timezone == "UTC":
+            return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat(),
+                              tags={TABLE_TAG: spec.name})
+        # Hours, zoned days, months: every period of the table that ended during that UTC day.
+        ended = [p for p in select_days(spec, day - dt.timedelta(days=1), None, today=day + dt.timedelta(days=1))
+                 if p.utc_end > dt.datetime.combine(day, dt.time(), dt.UTC)]
+        if not ended:
+            return SkipReason(f"no {spec.granularity} period of {spec.name} ended on {day} (UTC)")
+        return [RunRequest(run_key=f"{job.name}:{p.key}", partition_key=p.key, tags={TABLE_TAG: spec.name})
+                for p in ended]
 
     return _daily

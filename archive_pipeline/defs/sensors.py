@@ -34,6 +34,8 @@ from archive_pipeline.defs.assets import TABLE_TAG
 from archive_pipeline.core.config import SensorSettings, TableSpec
 from archive_pipeline.core.discovery import existing_days
 from archive_pipeline.core.errors import ArchiveError, redact
+from archive_pipeline.core.periods import Period
+from archive_pipeline.core.plan import select_days
 from archive_pipeline.defs.resources import PostgresResource
 
 @dataclass(frozen=True)
@@ -64,13 +66,14 @@ def describe_connect_failure(exc: BaseException, dsn: str) -> str:
     return f"{where}: {reason}"
 
 
-def candidate_days(spec: TableSpec, today: dt.date, lookback_days: int) -> list[dt.date]:
-    """Complete UTC days worth looking at, never before the table's start_date: all of them where the
-    catalog lists the days (declarative, naming), the lookback window where each day is a probe."""
+def candidate_days(spec: TableSpec, today: dt.date, lookback_days: int) -> list[Period]:
+    """The table's complete periods (hours, days, months) worth looking at, never before its start_date:
+    all of them where the catalog lists them (declarative, naming), those of the lookback window where
+    each is a probe."""
     first = spec.start_date
     if spec.partitioning.mode == "column":
         first = max(first, today - dt.timedelta(days=lookback_days))
-    return [first + dt.timedelta(days=i) for i in range(max(0, (today - first).days))]
+    return select_days(spec, first, None, today=today)
 
 
 def _span(days: list[dt.date]) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from archive_pipeline.local.local_stack import create_sample_events, local_stack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUCKET = "archive-demo"
 JOB = "archive_public_events"
 
