@@ -1,6 +1,7 @@
 """Benchmark: restore one archived day of the sample events table from each format back into
 PostgreSQL, next to PostgreSQL's own load limit measured in the same run. Prints numbers; asserts nothing.
 
+    make bench                                            # after bench/run.py, with the same ARGS
     python bench/restore.py                               # 1,000,000-row day, medians of 3
     python bench/restore.py --rows 1000000 --runs 1
     python bench/restore.py --rows 1000000 --big-rows 10000000 --runs 1   # flat memory at 10x the rows
@@ -216,7 +217,9 @@ def main() -> None:
     for hidden in ("--manifest", "--target", "--dsn", "--endpoint", "--temp-dir"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["restore", "verify", "archive"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    # `make bench ARGS=...` hands the same options to bench/run.py and to this script: the ones only
+    # run.py knows are left to it
+    args, _ = parser.parse_known_args()
     if args.child == "restore":
         child(args)
         return
