@@ -489,6 +489,17 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _services(root: int) -> set[int]:
+    """The demo's PostgreSQL postmaster and moto server among the descendants of ``root``."""
+    found = set()
+    for pid in _descendants(root):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"/postgres") and b"-D" in argv or b"moto.server" in argv:
+                found.add(pid)
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -586,10 +597,11 @@ def background_demo(tmp_path_factory) -> Iterator[BackgroundDemo]:
 def test_demo_stops_on_ctrl_c(tmp_path, background_demo):
     """A demo in the foreground stops on Ctrl-C, and only it: the demo running beside it (other port,
     other instance directory) keeps running with all its services."""
-    others = _descendants(background_demo.process.pid)
+    services = _services(background_demo.process.pid)  # its PostgreSQL and S3 servers (runs come and go)
+    assert len(services) == 2, services
     process, _, _, log = _start_demo(tmp_path, background=False)
     _assert_stops(process, log, lambda: os.killpg(process.pid, signal.SIGINT))  # what a terminal's Ctrl-C does
-    assert background_demo.process.poll() is None and all(_alive(pid) for pid in others), \
+    assert background_demo.process.poll() is None and all(_alive(pid) for pid in services), \
         background_demo.log.read_text()[-3000:]
     with urllib.request.urlopen(f"http://127.0.0.1:{background_demo.port}/server_info", timeout=10) as answer:
         assert answer.status == 200
