@@ -140,8 +140,8 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
                            tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
                            description=f"Remove proven, due days of {spec.name} from the source")
 
-    @schedule(name=f"{job.name}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC", job=job,
-              default_status=DefaultScheduleStatus.STOPPED,
+    @schedule(name=f"{job.name}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC",
+              job=job, default_status=DefaultScheduleStatus.STOPPED,
               description=f"Removes days of {spec.name} older than {spec.retention.keep_days} days, once proven")
     def _daily(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         today = context.scheduled_execution_time.astimezone(dt.UTC).date()
