@@ -99,10 +99,11 @@ def dagster_server(args: list[str], env: dict[str, str]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def dagster_daemon(env: dict[str, str]) -> Iterator[None]:
-    """`dagster-daemon run -w workspace.yaml` until the block ends."""
-    daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"], cwd=REPO,
-                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def dagster_daemon(env: dict[str, str], log: Path) -> Iterator[None]:
+    """`dagster-daemon run -w workspace.yaml` until the block ends, its output in ``log``."""
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"], cwd=REPO,
+                                  env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield
     finally:
@@ -225,7 +226,7 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
             for table in ("events", "orders")]}
         launched = _graphql(port, LAUNCH, {"params": params})["data"]["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        with dagster_daemon(env):
+        with dagster_daemon(env, tmp_path / "daemon.log"):
 
             def all_six_finished():  # the daemon submits one run per table-day
                 runs = _graphql(port, RUNS, {"id": launched["backfillId"]})["data"]["runsOrError"]["results"]
