@@ -63,13 +63,13 @@ def _proven_spec(key: AssetKey, spec: TableSpec) -> AssetCheckSpec:
                                           "the removal runs only if it passes")
 
 
-def removal_freshness_policy(schedule: ScheduleSettings) -> FreshnessPolicy:
+def removal_freshness_policy(schedule: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
     """Overdue when no day was removed ``freshness_hours`` after the removal schedule's time, built like the
     archive asset's: once retention is in use, a removal held back (a failed proof, a lock, a stopped
     schedule) shows in the UI the same way a late archive does. Before the first removal Dagster reports
     the asset's freshness as unknown, not overdue, so a table whose schedule was never started (the
     default) is not flagged."""
-    return freshness_policy(schedule.model_copy(update={"minute": REMOVAL_MINUTE}))
+    return freshness_policy(schedule.model_copy(update={"minute": REMOVAL_MINUTE}), granularity)
 
 
 def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = None) -> AssetsDefinition:
@@ -88,7 +88,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         output_required=False,
         tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
         check_specs=[_proven_spec(key, spec)],
-        freshness_policy=removal_freshness_policy(schedule or ScheduleSettings()),
+        freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
         description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
                      f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
     )
