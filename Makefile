@@ -2,7 +2,7 @@
 #   make demo     set everything up and archive the sample days through Dagster (UI=1: keep the UI up)
 #   make test     run the whole test suite
 # and one for the numbers:
-#   make bench    benchmark against PostgreSQL's own COPY
+#   make bench    benchmark archiving, restoring and verifying against PostgreSQL's own COPY
 #
 # The first use creates $(VENV) and installs the project into it (again whenever pyproject.toml
 # changes). INSTALL=0 uses an existing environment as it is: make test VENV=/path/to/venv INSTALL=0
@@ -33,3 +33,4 @@ test: $(SETUP)
 
 bench: $(SETUP)
 	$(PY) bench/run.py $(ARGS)
+	$(PY) bench/restore.py $(ARGS)

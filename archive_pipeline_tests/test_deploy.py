@@ -4,6 +4,7 @@ image entry command, production instance settings, the demo's process handling).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import (
+    AssetKey,
     Definitions,
     DagsterInstance,
     asset,
@@ -119,6 +121,22 @@ def test_factory_merges_into_another_projects_definitions(archive_env, two_table
     # Without executor=None, the archive's in-process executor and the host's would collide.
     with pytest.raises(Exception, match="executor"):
         Definitions.merge(host, build_definitions(parse_config(two_tables)))
+
+
+def test_retention_asset_is_overdue_like_the_archive_asset(archive_env, two_tables, schema):
+    """The removal asset's freshness deadline is its schedule's hour:30 plus freshness_hours, as the archive
+    asset's is its schedule's hour:minute plus freshness_hours."""
+    config = {**two_tables, "schedule": {"hour": 2, "minute": 15, "freshness_hours": 4}}
+    config["tables"][0]["retention"] = {"keep_days": 30, "action": "drop"}
+    repo = build_definitions(parse_config(config)).get_repository_def()
+    graph = repo.asset_graph
+    archive = graph.get(AssetKey(["archive", schema, "events"])).freshness_policy
+    removal = graph.get(AssetKey(["source_removed", schema, "events"])).freshness_policy
+    assert (archive.deadline_cron, archive.lower_bound_delta) == ("15 6 * * *", dt.timedelta(hours=6, minutes=15))
+    assert (removal.deadline_cron, removal.lower_bound_delta) == ("30 6 * * *", dt.timedelta(hours=6, minutes=30))
+    assert removal.timezone == "UTC"
+    schedule = repo.get_schedule_def(f"remove_{schema}_events_daily")
+    assert schedule.cron_schedule == "30 2 * * *"  # the time the deadline is counted from
 
 
 # --- The Component, in a dg-style project -----------------------------------------------------------
@@ -471,6 +489,17 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _services(root: int) -> set[int]:
+    """The demo's PostgreSQL postmaster and moto server among the descendants of ``root``."""
+    found = set()
+    for pid in _descendants(root):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"/postgres") and b"-D" in argv or b"moto.server" in argv:
+                found.add(pid)
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -524,7 +553,26 @@ def _assert_stops(process: subprocess.Popen, log: Path, send) -> None:
     assert not left, f"left running: {left}\n{log.read_text()[-3000:]}"
 
 
-def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_beside_it(tmp_path):
+PARTITION_KEYS = """
+{ assetNodeOrError(assetKey: {path: ["archive", "public", "events"]}) { ... on AssetNode { partitionKeys } } }
+"""
+
+
+@dataclasses.dataclass
+class BackgroundDemo:
+    process: subprocess.Popen
+    port: int
+    home: Path
+    log: Path
+    backfill: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def background_demo(tmp_path_factory) -> Iterator[BackgroundDemo]:
+    """`make demo UI=1 &` with three days, and the README's backfill command submitted from a fresh shell
+    beside it. Module-scoped: the Ctrl-C test runs while this demo's daemon picks the backfill up (its
+    backfill iterations are 30 s apart) and runs it, instead of each test waiting on its own."""
+    tmp_path = tmp_path_factory.mktemp("background_demo")
     process, port, home, log = _start_demo(tmp_path, background=True, days=3)
     try:
         # The README's commands pasted into a fresh shell in the project directory (the demo's instance
@@ -533,21 +581,61 @@ def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_besid
         fresh = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
         backfill = subprocess.run(["bash", "--noprofile", "--norc", "-e", "-c", commands], cwd=REPO, env=fresh,
                                   capture_output=True, text=True, timeout=180)
+        yield BackgroundDemo(process, port, home, log, backfill)
+    finally:
+        if process.poll() is None:  # the test that stops it did not get that far
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                for pid in _descendants(process.pid) | {process.pid}:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_stops_on_ctrl_c(tmp_path, background_demo):
+    """A demo in the foreground stops on Ctrl-C, and only it: the demo running beside it (other port,
+    other instance directory) keeps running with all its services."""
+    services = _services(background_demo.process.pid)  # its PostgreSQL and S3 servers (runs come and go)
+    assert len(services) == 2, services
+    process, _, _, log = _start_demo(tmp_path, background=False)
+    _assert_stops(process, log, lambda: os.killpg(process.pid, signal.SIGINT))  # what a terminal's Ctrl-C does
+    assert background_demo.process.poll() is None and all(_alive(pid) for pid in services), \
+        background_demo.log.read_text()[-3000:]
+    with urllib.request.urlopen(f"http://127.0.0.1:{background_demo.port}/server_info", timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_beside_it(background_demo):
+    process, port, log, backfill = background_demo.process, background_demo.port, background_demo.log, \
+        background_demo.backfill
+    try:
         assert backfill.returncode == 0, backfill.stdout + backfill.stderr
         runs_query = "{ runsOrError { ... on Runs { results { status tags { key value } } } } }"
+
+        today = dt.datetime.now(dt.UTC).date()
+        expected = [(today - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
+
+        def days_of(run):  # a run of one day, or of a range (backfill.max_days_per_run)
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            if "dagster/partition" in tags:
+                return [tags["dagster/partition"]]
+            first = dt.date.fromisoformat(tags["dagster/asset_partition_range_start"])
+            last = dt.date.fromisoformat(tags["dagster/asset_partition_range_end"])
+            return [(first + dt.timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
         def backfill_runs_done():
             runs = _graphql(port, runs_query)["runsOrError"]["results"]
             mine = [r for r in runs if any(t["key"] == "dagster/backfill" for t in r["tags"])]
             done = [r for r in mine if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
-            return len(done) == 1 and done  # one run for the three days (backfill.max_days_per_run)
+            return sorted(d for r in done for d in days_of(r)) == expected and done
 
         runs = _wait_for("the backfill's runs", backfill_runs_done, process, log, timeout=240)
-        assert [r["status"] for r in runs] == ["SUCCESS"]
-        today = dt.datetime.now(dt.UTC).date()
-        assert {t["key"]: t["value"] for t in runs[0]["tags"] if "partition_range" in t["key"]} == {
-            "dagster/asset_partition_range_start": (today - dt.timedelta(days=3)).isoformat(),
-            "dagster/asset_partition_range_end": (today - dt.timedelta(days=1)).isoformat()}
+        assert [r["status"] for r in runs] == ["SUCCESS"] * len(runs)
+        # The demo's partitions start at its first day of data: no grey "missing" days before it in the UI.
+        keys = _graphql(port, PARTITION_KEYS)["assetNodeOrError"]["partitionKeys"]
+        assert keys == [(today - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
     finally:
         # `kill %1`: SIGTERM to make and the demo at once, and make passes its own on to the demo too.
         _assert_stops(process, log, lambda: os.killpg(process.pid, signal.SIGTERM))
@@ -557,7 +645,3 @@ def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_besid
     alarming = [line for line in output.splitlines() if re.search(r"warning|error|traceback", line, re.I)]
     assert alarming == [], alarming
 
-
-def test_demo_stops_on_ctrl_c(tmp_path):
-    process, _, _, log = _start_demo(tmp_path, background=False)
-    _assert_stops(process, log, lambda: os.killpg(process.pid, signal.SIGINT))  # what a terminal's Ctrl-C does

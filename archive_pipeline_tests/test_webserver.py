@@ -98,6 +98,28 @@ def dagster_server(args: list[str], env: dict[str, str]) -> Iterator[int]:
         server.wait(timeout=60)
 
 
+@contextlib.contextmanager
+def dagster_daemon(env: dict[str, str], log: Path) -> Iterator[None]:
+    """`dagster-daemon run -w workspace.yaml` until the block ends, its output in ``log``."""
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"], cwd=REPO,
+                                  env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+
+
+def _wait_until(what: str, probe, timeout: float):
+    """``probe()`` once it is truthy; polled every 0.25 s (a daemon tick is seconds)."""
+    deadline = time.monotonic() + timeout
+    while not (result := probe()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.25)
+    return result
+
+
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
@@ -178,7 +200,8 @@ query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", valu
 
 
 def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, pg, s3, bucket, s3_client):
-    """`dagster dev` (webserver + daemon) and the GraphQL mutation the UI sends for a date range."""
+    """The webserver and the daemon (what `dagster dev` runs) and the GraphQL mutation the UI sends for a date
+    range."""
     days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
     create_sample_events(conn, days, rows_per_day=200, schema=schema)
     conn.execute(sql.SQL("CREATE TABLE {}.orders AS SELECT id, created_at::date AS placed FROM {}.events").format(
@@ -193,40 +216,43 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
            "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "DAGSTER_HOME": str(home)}
-    with dagster_server(["dagster", "dev"], env) as port:
-        port_for_checks = port
+    # The webserver first, then the UI's mutation, then the daemon (what `dagster dev` runs side by side):
+    # the daemon's first backfill iteration finds the backfill at once, where a daemon already running
+    # would pick it up on its next iteration, up to 30 s later (Dagster's fixed backfill interval).
+    with dagster_server(["dagster_webserver"], env) as port:
         params = {"partitionsByAssets": [
             {"assetKey": {"path": ["archive", schema, table]},
              "partitions": {"range": {"start": days[0].isoformat(), "end": days[-1].isoformat()}}}
             for table in ("events", "orders")]}
         launched = _graphql(port, LAUNCH, {"params": params})["data"]["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        deadline = time.monotonic() + 300
-        while True:  # the daemon submits one run per table and range of days (backfill.max_days_per_run)
-            runs = _graphql(port, RUNS, {"id": launched["backfillId"]})["data"]["runsOrError"]["results"]
-            finished = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
-            if len(finished) == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        statuses = _graphql(port_for_checks, CHECK_STATUS)["data"]["assetNodes"]
-        # A late row, then the job's run for that day from the launchpad: the run fails, and the
-        # day's integrity check stays what it was (a failed run is not a failed check).
-        conn.execute(sql.SQL("INSERT INTO {}.events (id, created_at, user_id, event_type) "
-                             "VALUES (999999, %s, 1, 'late')").format(sql.Identifier(schema)),
-                     (f"{days[0]} 10:00+00",))
-        launched = _graphql(port, LAUNCH_RUN, {"params": {
-            "selector": {"repositoryLocationName": "archive_pipeline", "repositoryName": "__repository__",
-                         "jobName": f"archive_{schema}_events"},
-            "runConfigData": {},
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": days[0].isoformat()}]}}})
-        run_id = launched["data"]["launchRun"]["run"]["runId"]
-        deadline = time.monotonic() + 180
-        while True:
-            late = _graphql(port, RUN, {"id": run_id})["data"]["runOrError"]
-            if late["status"] in ("SUCCESS", "FAILURE", "CANCELED") or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        after_failure = _graphql(port, CHECK_STATUS)["data"]["assetNodes"]
+        with dagster_daemon(env, tmp_path / "daemon.log"):
+
+            def both_finished():  # the daemon submits one run per table and range (backfill.max_days_per_run)
+                runs = _graphql(port, RUNS, {"id": launched["backfillId"]})["data"]["runsOrError"]["results"]
+                finished = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+                return runs if len(finished) == 2 else None
+
+            runs = _wait_until("the backfill's two runs", both_finished, timeout=300)
+            statuses = _graphql(port, CHECK_STATUS)["data"]["assetNodes"]
+            # A late row, then the job's run for that day from the launchpad: the run fails, and the
+            # day's integrity check stays what it was (a failed run is not a failed check).
+            conn.execute(sql.SQL("INSERT INTO {}.events (id, created_at, user_id, event_type) "
+                                 "VALUES (999999, %s, 1, 'late')").format(sql.Identifier(schema)),
+                         (f"{days[0]} 10:00+00",))
+            launched = _graphql(port, LAUNCH_RUN, {"params": {
+                "selector": {"repositoryLocationName": "archive_pipeline", "repositoryName": "__repository__",
+                             "jobName": f"archive_{schema}_events"},
+                "runConfigData": {},
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": days[0].isoformat()}]}}})
+            run_id = launched["data"]["launchRun"]["run"]["runId"]
+
+            def late_run_finished():
+                run = _graphql(port, RUN, {"id": run_id})["data"]["runOrError"]
+                return run if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+            late = _wait_until("the late day's run", late_run_finished, timeout=180)
+            after_failure = _graphql(port, CHECK_STATUS)["data"]["assetNodes"]
     assert late["status"] == "FAILURE"
     assert {"key": "archive/table", "value": f"{schema}.events"} in late["tags"]
     assert after_failure == statuses

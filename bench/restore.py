@@ -1,6 +1,7 @@
 """Benchmark: restore one archived day of the sample events table from each format back into
 PostgreSQL, next to PostgreSQL's own load limit measured in the same run. Prints numbers; asserts nothing.
 
+    make bench                                            # after bench/run.py, with the same ARGS
     python bench/restore.py                               # 1,000,000-row day, medians of 3
     python bench/restore.py --rows 1000000 --runs 1
     python bench/restore.py --rows 1000000 --big-rows 10000000 --runs 1   # flat memory at 10x the rows
@@ -13,6 +14,10 @@ limits and restores interleaved round by round:
              endpoint (moto), decompress, decode, COPY/INSERT, fingerprint of the new table compared
              with the manifest's, commit. fp s = a second fingerprint of the restored table alone,
              to show its share. RSS+MB = peak RSS (VmHWM) above the RSS after imports.
+  verify     deep_verify of the archived day in a fresh process (download, MD5/SHA-256, load into a
+             temporary table, its fingerprint and the source's), against
+  archive    archive_partition(overwrite) of the same day in a fresh process (what the asset runs):
+             verify/archive < 1 means proving a day costs less than archiving it.
 Every load goes into a fresh, index-free table (the limits' too); timings on a shared 2-core machine are noisy.
 """
 
@@ -39,6 +44,45 @@ from common import fill_day, peak_mb, status_mb, time_command  # noqa: E402 - af
 DAY_SMALL = dt.date(2024, 3, 10)
 DAY_BIG = dt.date(2024, 3, 11)
 BUCKET = "bench"
+
+
+def _spec(fmt: str):
+    from archive_pipeline.core.config import TableSpec
+
+    return TableSpec(name="public.events", day_column="created_at", start_date="2024-01-01", format=fmt,
+                     compression="zstd")
+
+
+def child_timed(args: argparse.Namespace) -> None:
+    """One deep verification or one archive run in this fresh process; prints a JSON line."""
+    import adbc_driver_postgresql.dbapi  # noqa: F401 - import cost is not the measured cost
+    import boto3
+    import psycopg
+    import pyarrow.csv  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.manifest import decode_manifest
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.core.verify import deep_verify
+
+    client = boto3.client("s3", endpoint_url=args.endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    store = S3Store(client, BUCKET, prefix="bench")
+    manifest = json.loads(Path(args.manifest).read_text())
+    spec, day = _spec(manifest["format"]), dt.date.fromisoformat(manifest["day"])
+    with psycopg.connect(args.dsn, autocommit=True) as conn:  # as PostgresResource connects
+        started = time.perf_counter()
+        if args.child == "verify":
+            problems = deep_verify(conn, store, spec, day, manifest=manifest, temp_dir=args.temp_dir)
+            if problems:
+                raise SystemExit(f"deep verification failed: {problems}")
+        else:
+            result = archive_partition(conn, spec, day, store, temp_dir=args.temp_dir, overwrite=True)
+        wall = time.perf_counter() - started
+        if args.child == "archive":  # the next round restores and verifies what is in the bucket now
+            Path(args.manifest).write_text(json.dumps(decode_manifest(store.get_bytes(result.manifest_key))))
+    print(json.dumps({"wall": wall}))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -78,8 +122,18 @@ def _psql(pg) -> str:
     return f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {pg.port} -U postgres -d postgres"
 
 
+def _timed_once(mode: str, manifest_path: Path, pg, s3, workdir: Path) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--manifest", str(manifest_path),
+                          "--dsn", pg.dsn, "--endpoint", s3.endpoint_url, "--temp-dir", str(workdir)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} of {manifest_path.name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["wall"]
+
+
 def _restore_once(manifest_path: Path, target: str, pg, s3, workdir: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", "--manifest", str(manifest_path), "--target", target,
+    out = subprocess.run([sys.executable, __file__, "--child", "restore", "--manifest", str(manifest_path),
+                          "--target", target,
                           "--dsn", pg.dsn, "--endpoint", s3.endpoint_url, "--temp-dir", str(workdir)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,7 +144,6 @@ def _prepare(day: dt.date, formats: list[str], pg, s3, workdir: Path) -> dict[st
     import boto3  # noqa: F401
 
     from archive_pipeline.core.archive import archive_partition
-    from archive_pipeline.core.config import TableSpec
     from archive_pipeline.core.manifest import decode_manifest
     from archive_pipeline.core.store import S3Store
 
@@ -98,9 +151,7 @@ def _prepare(day: dt.date, formats: list[str], pg, s3, workdir: Path) -> dict[st
     manifests = {}
     with pg.connect() as conn:
         for fmt in formats:
-            spec = TableSpec(name="public.events", day_column="created_at", start_date="2024-01-01", format=fmt,
-                             compression="zstd")
-            result = archive_partition(conn, spec, day, store, temp_dir=str(workdir))
+            result = archive_partition(conn, _spec(fmt), day, store, temp_dir=str(workdir))
             path = workdir / f"{day}.{fmt}.manifest.json"
             path.write_text(json.dumps(decode_manifest(store.get_bytes(result.manifest_key))))
             manifests[fmt] = path
@@ -130,9 +181,13 @@ def _measure(day: dt.date, formats: list[str], runs: int, pg, s3, workdir: Path)
         for fmt in formats:
             by_format[fmt].append(_restore_once(manifests[fmt], f"public.restored_{fmt}", pg, s3, workdir))
             time_command(f'{_psql(pg)} -c "CHECKPOINT"')
+            for mode in ("verify", "archive"):
+                by_format[fmt][-1][mode] = _timed_once(mode, manifests[fmt], pg, s3, workdir)
+                time_command(f'{_psql(pg)} -c "CHECKPOINT"')
     results = {}
     for fmt, rs in by_format.items():
-        median = {k: statistics.median(r[k] for r in rs) for k in ("rows", "wall", "fp", "bytes")}
+        median = {k: statistics.median(r[k] for r in rs) for k in ("rows", "wall", "fp", "bytes", "verify", "archive")}
+        median["verify_vs_archive"] = statistics.median(r["verify"] / r["archive"] for r in rs)
         median["checked"] = all(r["checked"] for r in rs)
         median["rss_above_imports"] = statistics.median(r["peak_rss"] - r["rss_after_imports"] for r in rs)
         results[fmt] = median
@@ -144,11 +199,13 @@ def _print_table(rows: int, limits: dict[str, float], results: dict[str, dict]) 
     for name, seconds in limits.items():
         print(f"  limit {name:<10} {seconds:6.2f} s  {rows / seconds:>12,.0f} rows/s")
     print(f"  {'format':<8} {'rows/s':>10} {'object MB':>9} {'wall s':>7} {'fp s':>6} {'RSS+MB':>7} "
-          f"{'vs copy_csv':>11} {'vs zstd_copy':>12} {'fingerprint':>11}")
+          f"{'vs copy_csv':>11} {'vs zstd_copy':>12} {'fingerprint':>11} {'verify s':>8} {'archive s':>9} "
+          f"{'verify/archive':>14}")
     for fmt, r in results.items():
         print(f"  {fmt:<8} {r['rows'] / r['wall']:>10,.0f} {r['bytes'] / 1e6:>9.1f} {r['wall']:>7.2f} "
               f"{r['fp']:>6.2f} {r['rss_above_imports']:>7.1f} {limits['copy_csv'] / r['wall']:>10.2f}x "
-              f"{limits['zstd_copy'] / r['wall']:>11.2f}x {'equal' if r['checked'] else 'NOT checked':>11}")
+              f"{limits['zstd_copy'] / r['wall']:>11.2f}x {'equal' if r['checked'] else 'NOT checked':>11} "
+              f"{r['verify']:>8.2f} {r['archive']:>9.2f} {r['verify_vs_archive']:>13.2f}x")
 
 
 def main() -> None:
@@ -159,10 +216,15 @@ def main() -> None:
     parser.add_argument("--formats", default="csv,jsonl,parquet")
     for hidden in ("--manifest", "--target", "--dsn", "--endpoint", "--temp-dir"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
+    parser.add_argument("--child", choices=["restore", "verify", "archive"], help=argparse.SUPPRESS)
+    # `make bench ARGS=...` hands the same options to bench/run.py and to this script: the ones only
+    # run.py knows are left to it
+    args, _ = parser.parse_known_args()
+    if args.child == "restore":
         child(args)
+        return
+    if args.child:
+        child_timed(args)
         return
     if not shutil.which("zstd") or not shutil.which("psql"):
         sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")

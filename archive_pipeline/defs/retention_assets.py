@@ -20,6 +20,7 @@ from dagster import (
     Config,
     DefaultScheduleStatus,
     Failure,
+    FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
     PreviewWarning,
@@ -33,8 +34,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import TABLE_TAG, asset_key, daily_partitions
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.defs.assets import TABLE_TAG, asset_key, daily_partitions, freshness_policy
+from archive_pipeline.core.config import ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import due_days, remove_day
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -42,6 +43,7 @@ from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.verify import deep_verify, load_manifest
 
 PROVEN_CHECK = "archive_proven"
+REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
 
 
 class RemovalRunConfig(Config):
@@ -61,8 +63,18 @@ def _proven_spec(key: AssetKey, spec: TableSpec) -> AssetCheckSpec:
                                           "the removal runs only if it passes")
 
 
-def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
-    """The day-removal asset of a table with ``retention`` (see lifecycle.py for the guarantees)."""
+def removal_freshness_policy(schedule: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
+    """Overdue when no day was removed ``freshness_hours`` after the removal schedule's time, built like the
+    archive asset's: once retention is in use, a removal held back (a failed proof, a lock, a stopped
+    schedule) shows in the UI the same way a late archive does. Before the first removal Dagster reports
+    the asset's freshness as unknown, not overdue, so a table whose schedule was never started (the
+    default) is not flagged."""
+    return freshness_policy(schedule.model_copy(update={"minute": REMOVAL_MINUTE}), granularity)
+
+
+def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = None) -> AssetsDefinition:
+    """The day-removal asset of a table with ``retention`` (see lifecycle.py for the guarantees);
+    ``schedule`` (the archive schedule's settings) places its freshness deadline."""
     key = removal_asset_key(spec)
     retention = spec.retention
 
@@ -76,6 +88,7 @@ def build_removal_asset(spec: TableSpec) -> AssetsDefinition:
         output_required=False,
         tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
         check_specs=[_proven_spec(key, spec)],
+        freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
         description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
                      f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
     )
@@ -127,8 +140,8 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
                            tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
                            description=f"Remove proven, due days of {spec.name} from the source")
 
-    @schedule(name=f"{job.name}_daily", cron_schedule=f"30 {hour} * * *", execution_timezone="UTC", job=job,
-              default_status=DefaultScheduleStatus.STOPPED,
+    @schedule(name=f"{job.name}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC",
+              job=job, default_status=DefaultScheduleStatus.STOPPED,
               description=f"Removes days of {spec.name} older than {spec.retention.keep_days} days, once proven")
     def _daily(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         today = context.scheduled_execution_time.astimezone(dt.UTC).date()

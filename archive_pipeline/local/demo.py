@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from archive_pipeline.local.local_stack import create_sample_events, local_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,6 +109,20 @@ def write_env_file(home: Path, env: dict[str, str]) -> Path:
     return path
 
 
+def write_demo_config(home: Path, first_day: dt.date) -> Path:
+    """The shipped ``archive_tables.yaml`` with ``start_date`` at the demo's first day of sample data, in the
+    instance directory. The sample days are the last few before today, so the shipped fixed start date
+    would give the UI hundreds of grey "missing" days before them (not archived yet, and never to be,
+    as there is nothing to archive): with this one every day the UI shows is one the demo has data for."""
+    config = yaml.safe_load((REPO / "archive_tables.yaml").read_text())
+    for table in config["tables"]:
+        table["start_date"] = first_day.isoformat()
+    path = home / "archive_tables.yaml"
+    path.write_text(f"# written by `make demo` from {REPO / 'archive_tables.yaml'}: start_date is the first day of "
+                    "the demo's sample data\n" + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def show_round_trip(env: dict[str, str], day: dt.date) -> None:
     """Restore one archived day from the bucket into a new table and compare the source with the archive,
     through the command line a user would type (`archive-pipeline`, the same core and settings)."""
@@ -155,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
         env = {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": BUCKET, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
                "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo",
                "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
-               "ARCHIVE_PIPELINE_CONFIG": str(REPO / "archive_tables.yaml"), "DAGSTER_HOME": str(home)}
+               "ARCHIVE_PIPELINE_CONFIG": str(write_demo_config(home, days[0])), "DAGSTER_HOME": str(home)}
         os.environ.update(env)
         write_env_file(home, env)
 
