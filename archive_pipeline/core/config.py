@@ -28,6 +28,7 @@ Compression = Literal["zstd", "gzip", "lz4", "snappy", "none"]
 KEY_FIELDS = frozenset({"prefix", "schema", "table", "year", "month", "day", "date", "ext", "format"})
 DEFAULT_KEY_TEMPLATE = "{prefix}/{schema}.{table}/{year}/{month}/{date}.{ext}"
 MAX_IDENTIFIER_BYTES = 63
+MAX_PARALLEL_STREAMS = 16  # sessions one day may open on the source database
 
 # Levels each codec accepts, per format family: the text formats compress with zstandard / gzip
 # (lz4 frames have no level here), Parquet hands the level to Arrow's codec. None: no level at all.
@@ -109,6 +110,10 @@ class TableSpec(_Strict):
     compression_level: int | None = Field(default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), "
                                           "Parquet lz4 1..12; lz4 text, snappy and none take none")
     chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
+    parallel_streams: int = Field(default=1, ge=1, le=MAX_PARALLEL_STREAMS, description=(
+        "connections that read one day together, each a disjoint range of it, inside one exported snapshot "
+        "(1: a single COPY). Each is one more session on the source database: Dagster's pool gives the run "
+        "one slot, so size the pool's limit for this many sessions per running day"))
     key_template: str = DEFAULT_KEY_TEMPLATE
     deep_check: bool = Field(default=False, description="after archiving, download the archive, load it back into "
                              "PostgreSQL and compare its content fingerprint with the source's; a difference fails "

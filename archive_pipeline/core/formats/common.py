@@ -64,6 +64,7 @@ class Extraction:
     progress: Callable[[int, int], None] | None = None
     progress_every: float = 10.0
     strict: bool = False  # refuse, before COPY starts, any column whose encoding is not exact
+    header: bool = True  # False for every parallel stream but the first: a CSV header is written once
     _last_report: float = field(default_factory=time.monotonic)
 
     def report(self, stats: WriteStats) -> None:
@@ -297,7 +298,7 @@ class CopyFormat:
         # A savepoint, so that after PostgreSQL fails on a value the snapshot is still there to find the column.
         conn.execute("SAVEPOINT archive_copy")
         try:
-            head = self.header(table)
+            head = self.header(table) if extraction.header else b""
             if head:
                 out.write(head)
                 stats.bytes += len(head)
