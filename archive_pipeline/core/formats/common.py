@@ -124,7 +124,8 @@ def sqlstate_of(exc: BaseException) -> str | None:
     state = getattr(exc, "sqlstate", None)
     if state:
         return state
-    match = re.search(r"SQLSTATE: ([0-9A-Z]{5})|\b(22[0-9A-Z]{3}|54[0-9A-Z]{3})\b", str(exc))
+    # a bare code, but never a port number ("port 54857", "127.0.0.1:54857") that happens to look like one
+    match = re.search(r"SQLSTATE: ([0-9A-Z]{5})|(?<!port )(?<!:)\b(22[0-9A-Z]{3}|54[0-9A-Z]{3})\b", str(exc))
     return (match.group(1) or match.group(2)) if match else None
 
 
