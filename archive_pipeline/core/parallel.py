@@ -70,7 +70,8 @@ SINGLE = StreamPlan((sql.SQL("TRUE"),), "single", "one stream requested")
 def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, day: dt.date,
                  requested: int) -> StreamPlan:
     """How ``requested`` streams split the day, read inside the coordinator's snapshot (cheap:
-    catalog lookups, one row of the day, and two index probes at most)."""
+    catalog lookups, the relation's size, and for a partitioned table one row of the day, which
+    names the partition holding it)."""
     if requested <= 1:
         return SINGLE
     if table.relkind not in ("r", "p", "m"):
