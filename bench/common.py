@@ -4,6 +4,7 @@ sample day the same way for every measurement."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -45,3 +46,28 @@ def fill_day(conn, day: dt.date, rows: int) -> float:
     conn.execute("VACUUM ANALYZE public.events")
     conn.execute("CHECKPOINT")
     return time.perf_counter() - started
+
+
+def proc_cpu_seconds(pid: int, children: bool = False) -> float:
+    """CPU (user + system, all threads) of a live process from /proc; with ``children``, plus that of
+    its reaped children (a PostgreSQL backend's CPU lands in the postmaster's when it exits)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU of a whole PostgreSQL cluster: the postmaster with its exited backends, plus live backends."""
+    total = proc_cpu_seconds(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(postmaster):
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:  # ppid
+                total += proc_cpu_seconds(int(entry.name))
+    return total

@@ -51,6 +51,7 @@ from archive_pipeline.core.manifest import (
 )
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, PeriodError
+from archive_pipeline.core.parallel import plan_streams, write_day
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
@@ -251,8 +252,9 @@ class _Archiving:
                                                 chunk_rows=self.spec.chunk_size, settings=self.settings,
                                                 progress=self.progress, progress_every=self.progress_every,
                                                 strict=self.spec.strict)
-                        with codec.open(sink, self.spec.compression_level) as out:
-                            stats = fmt.write(extraction, out)
+                        plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams)
+                        stats = write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink,
+                                          self.temp_dir)
                         if stats.rows != fp.rows:
                             raise ArchiveError(
                                 f"read {stats.rows:,} rows but the snapshot's fingerprint counts {fp.rows:,}; "

@@ -42,6 +42,7 @@ UNIQUE_KEY_FIELDS = {
 # strftime codes a naming-mode pattern needs per granularity.
 PATTERN_CODES = {"hourly": ("%Y", "%m", "%d", "%H"), "daily": ("%Y", "%m", "%d"), "monthly": ("%Y", "%m")}
 MAX_IDENTIFIER_BYTES = 63
+MAX_PARALLEL_STREAMS = 16  # sessions one day may open on the source database
 
 # Levels each codec accepts, per format family: the text formats compress with zstandard / gzip
 # (lz4 frames have no level here), Parquet hands the level to Arrow's codec. None: no level at all.
@@ -127,6 +128,10 @@ class TableSpec(_Strict):
     compression_level: int | None = Field(default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), "
                                           "Parquet lz4 1..12; lz4 text, snappy and none take none")
     chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
+    parallel_streams: int = Field(default=1, ge=1, le=MAX_PARALLEL_STREAMS, description=(
+        "connections that read one day together, each a disjoint range of it, inside one exported snapshot "
+        "(1: a single COPY). Each is one more session on the source database: Dagster's pool gives the run "
+        "one slot, so size the pool's limit for this many sessions per running day"))
     key_template: str = Field(default=DEFAULT_KEY_TEMPLATE, description="default per granularity, see "
                               "DEFAULT_KEY_TEMPLATES")
     deep_check: bool = Field(default=False, description="after archiving, download the archive, load it back into "

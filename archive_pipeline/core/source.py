@@ -17,6 +17,11 @@ from typing import TypeVar
 import psycopg
 from psycopg import sql
 
+try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _fast_reader)
+    from psycopg.generators import _fetch_many
+except ImportError:  # pragma: no cover - another psycopg: the plain path
+    _fetch_many = None
+
 from archive_pipeline.core.errors import SourceError
 from archive_pipeline.core.periods import Period, as_period
 
@@ -217,9 +222,10 @@ def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows:
     with conn.cursor() as cur, cur.copy(statement) as copy:
         data = bytearray()
         rows = 0
-        # copy.read(), not ``for message in copy``: that iterator (and a for loop's variable) would keep
+        read = _fast_reader(copy)
+        # read(), not ``for message in copy``: that iterator (and a for loop's variable) would keep
         # the previous message alive while the next one is read
-        while message := copy.read():
+        while message := read():
             if len(message) >= max_chunk_bytes:
                 if rows:
                     yield Chunk(data, rows)
@@ -235,6 +241,40 @@ def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows:
                 rows = 0
         if rows:
             yield Chunk(data, rows)
+
+
+def _fast_reader(copy: psycopg.Copy) -> Callable[[], memoryview | bytes]:
+    """``copy.read`` without psycopg's per-row generator round trip while libpq holds whole rows.
+
+    PostgreSQL sends one CopyData message per row, and ``Copy.read`` costs about 1 µs of Python per
+    message (a generator driven by ``Connection.wait``): 1.2 s of CPU per 1M rows measured, a third
+    of the archiver's. libpq's non-blocking ``PQgetCopyData`` hands out the rows already received in
+    one C call each; only when none is buffered does this fall back to ``copy.read`` (which waits for
+    the socket). When the non-blocking call meets the end of the COPY (or an error), the end is
+    completed exactly as psycopg's own ``copy_from`` generator does, and the Copy object is marked
+    finished so its exit does not read again. The pieces of psycopg this needs are checked up front;
+    without them, plain ``copy.read``.
+    """
+    pgconn = copy.connection.pgconn
+    if _fetch_many is None or not hasattr(copy, "_finished"):
+        return copy.read
+    get = pgconn.get_copy_data
+
+    def read() -> memoryview | bytes:
+        nbytes, data = get(1)
+        if nbytes > 0:
+            return data
+        if nbytes == 0:
+            return copy.read()  # nothing buffered: psycopg waits for the socket
+        results = copy.connection.wait(_fetch_many(pgconn))  # the COPY ended: its final result
+        copy._finished = True
+        if len(results) != 1:
+            raise psycopg.ProgrammingError("you cannot mix COPY with other operations")
+        if results[0].status != psycopg.pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.error_from_result(results[0], encoding=pgconn._encoding)
+        return b""
+
+    return read
 
 
 _DONE = object()

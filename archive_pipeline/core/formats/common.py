@@ -64,6 +64,7 @@ class Extraction:
     progress: Callable[[int, int], None] | None = None
     progress_every: float = 10.0
     strict: bool = False  # refuse, before COPY starts, any column whose encoding is not exact
+    header: bool = True  # False for every parallel stream but the first: a CSV header is written once
     _last_report: float = field(default_factory=time.monotonic)
 
     def report(self, stats: WriteStats) -> None:
@@ -123,7 +124,8 @@ def sqlstate_of(exc: BaseException) -> str | None:
     state = getattr(exc, "sqlstate", None)
     if state:
         return state
-    match = re.search(r"SQLSTATE: ([0-9A-Z]{5})|\b(22[0-9A-Z]{3}|54[0-9A-Z]{3})\b", str(exc))
+    # a bare code, but never a port number ("port 54857", "127.0.0.1:54857") that happens to look like one
+    match = re.search(r"SQLSTATE: ([0-9A-Z]{5})|(?<!port )(?<!:)\b(22[0-9A-Z]{3}|54[0-9A-Z]{3})\b", str(exc))
     return (match.group(1) or match.group(2)) if match else None
 
 
@@ -297,7 +299,7 @@ class CopyFormat:
         # A savepoint, so that after PostgreSQL fails on a value the snapshot is still there to find the column.
         conn.execute("SAVEPOINT archive_copy")
         try:
-            head = self.header(table)
+            head = self.header(table) if extraction.header else b""
             if head:
                 out.write(head)
                 stats.bytes += len(head)

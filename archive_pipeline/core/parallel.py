@@ -1,0 +1,249 @@
+"""Several connections read one day together, inside one exported snapshot (``parallel_streams``).
+
+Why: one COPY is one PostgreSQL backend, so one core of the database and one core of the archiver
+at most. DuckDB's PostgreSQL scanner goes past that by giving several connections disjoint ranges
+of one table in one snapshot; this module does the same for one day.
+
+The plan (:func:`plan_streams`) is decided once, in the coordinating snapshot, and every stream
+only executes its part of it:
+
+- **ctid page ranges** (the default): stream *i* reads pages ``[b_i, b_i+1)`` of the relation
+  with a TID range scan (PostgreSQL 14+), the day's filter still applied. The first range starts
+  at page 0 and the last one is open-ended, so together they cover every possible tuple id exactly
+  once: each row visible in the snapshot is read by exactly one stream, whatever the relation's
+  size is now. The size (``pg_relation_size``, read in the snapshot) only balances the streams;
+  pages added meanwhile hold only tuples the snapshot cannot see, and they fall in the last range
+  anyway. Used for a day that is its own relation (a declarative or naming-mode partition) and for
+  tables without an index on the day column.
+- **key ranges**: a plain table with a btree index on its timestamp day column, where the day is
+  usually a small part of the table: page ranges would make the first stream scan the history
+  before the day. The day is cut into equal time slices ``[s_i, s_i+1)`` that cover it exactly.
+
+Every stream is its own session (``open_text_sessions``) that imports the coordinator's snapshot
+(``SET TRANSACTION SNAPSHOT``); the coordinator ends its transaction as soon as all have imported
+it, and each stream ends its own as soon as its rows are read. :class:`StreamGroup` runs them:
+the first failure (a terminated backend, a timeout, a refused value) cancels and closes all
+others, and is raised unchanged, so the partition fails with the same classification as a single
+stream. Stream 0 writes straight into the archive file; the others write into nameless spool files
+appended in stream order afterwards, so the object's rows are in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
+from archive_pipeline.core.streams import StreamGroup, spools
+from archive_pipeline.core.periods import Period
+from archive_pipeline.core.source import SourceTable
+
+# Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
+# otherwise be read through an index on the day column, i.e. the whole day for a part of it).
+CTID_SETTINGS = {"enable_indexscan": "off", "enable_bitmapscan": "off"}
+_TIMESTAMPS = ("timestamp", "timestamptz")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Per stream, a condition ANDed to the day's filter; one ``TRUE`` condition = a single stream."""
+
+    conditions: tuple[sql.Composable, ...]
+    kind: str  # "single" | "ctid" | "key"
+    reason: str  # why this plan, for logs and the bench
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> int:
+        return len(self.conditions)
+
+
+SINGLE = StreamPlan((sql.SQL("TRUE"),), "single", "one stream requested")
+
+
+def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, day: dt.date,
+                 requested: int) -> StreamPlan:
+    """How ``requested`` streams split the day, read inside the coordinator's snapshot (cheap:
+    catalog lookups, the relation's size, and for a partitioned table one row of the day, which
+    names the partition holding it)."""
+    if requested <= 1:
+        return SINGLE
+    if table.relkind not in ("r", "p", "m"):
+        return replace(SINGLE, reason=f"{table.qualified} is a view or foreign table: it has no ctid to split by")
+    if table.relkind == "p":
+        # The relation holding the day's rows (the planner prunes the rest): one row tells which.
+        row = conn.execute(sql.SQL("SELECT tableoid FROM {} WHERE {} LIMIT 1").format(table.identifier, where))
+        found = row.fetchone()
+        if found is None:
+            return replace(SINGLE, reason="the day has no rows")
+        return _ctid_plan(conn, found[0], requested)
+    oid = conn.execute("SELECT %s::regclass::oid", (table.identifier.as_string(conn),)).fetchone()[0]
+    if table.day_column is not None and table.day_column.base_type in _TIMESTAMPS and _day_index(conn, oid, table):
+        return _key_plan(table, day, requested)
+    return _ctid_plan(conn, oid, requested)
+
+
+def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
+    """Whether a valid btree index leads with the day column (so a time slice is an index range)."""
+    return bool(conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_catalog.pg_am am ON am.oid = c.relam JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisvalid AND am.amname = 'btree' "
+        "AND a.attname = %s)", (oid, table.day_column.name)).fetchone()[0])
+
+
+def _ctid_plan(conn: psycopg.Connection, oid: int, requested: int) -> StreamPlan:
+    pages = conn.execute("SELECT pg_catalog.pg_relation_size(%s) / current_setting('block_size')::bigint",
+                         (oid,)).fetchone()[0]
+    streams = min(requested, pages)
+    if streams <= 1:
+        return replace(SINGLE, reason=f"the relation has {pages} page(s): nothing to split")
+    bounds = [pages * i // streams for i in range(1, streams)]
+    return StreamPlan(tuple(ctid_ranges(bounds)), "ctid", f"{streams} ctid ranges over {pages} pages",
+                      dict(CTID_SETTINGS))
+
+
+def ctid_ranges(bounds: Sequence[int]) -> Iterator[sql.Composable]:
+    """Conditions for pages ``[0, b1)``, ``[b1, b2)``, ..., ``[bn, ∞)``: every tuple id in exactly one."""
+    def tid(page: int) -> sql.Composable:
+        return sql.SQL("{}::tid").format(sql.Literal(f"({page},0)"))
+
+    edges = [None, *bounds, None]
+    for low, high in zip(edges, edges[1:]):
+        parts = ([sql.SQL("ctid >= {}").format(tid(low))] if low is not None else []) + \
+                ([sql.SQL("ctid < {}").format(tid(high))] if high is not None else [])
+        yield sql.SQL(" AND ").join(parts)
+
+
+def _key_plan(table: SourceTable, day: Period | dt.date, requested: int) -> StreamPlan:
+    """Equal time slices of the period, ``[s_i, s_i+1)``; the first and last are open at its ends, so
+    together with the period's filter they cover it exactly whatever the filter's own bounds are (the
+    slices only balance the streams: an hourly, 23-hour or monthly period is cut the same way)."""
+    if isinstance(day, Period):
+        start, end = ((day.utc_start, day.utc_end) if table.day_column.base_type == "timestamptz"
+                      else day.wall_bounds)
+    else:
+        start = dt.datetime.combine(day, dt.time())
+        if table.day_column.base_type == "timestamptz":
+            start = start.replace(tzinfo=dt.UTC)
+        end = start + dt.timedelta(days=1)
+    step = (end - start) / requested
+    cuts = [sql.Literal(start + step * i) for i in range(1, requested)]
+    col = sql.Identifier(table.day_column.name)
+    edges = [None, *cuts, None]
+    conditions = []
+    for low, high in zip(edges, edges[1:]):
+        parts = ([sql.SQL("{} >= {}").format(col, low)] if low is not None else []) + \
+                ([sql.SQL("{} < {}").format(col, high)] if high is not None else [])
+        conditions.append(sql.SQL(" AND ").join(parts))
+    return StreamPlan(tuple(conditions), "key", f"{requested} time slices of the day over the index on "
+                      f"{table.day_column.name}")
+
+
+def stream_extractions(extraction: Extraction, plan: StreamPlan,
+                       conns: Sequence[object]) -> list[Extraction]:
+    """One extraction per stream: its own session, the day's filter AND its range, the header once,
+    progress summed over the streams."""
+    totals = [(0, 0)] * plan.streams
+    lock = threading.Lock()
+    report = extraction.progress
+
+    def progress_of(i: int) -> Callable[[int, int], None] | None:
+        if report is None:
+            return None
+
+        def progress(rows: int, size: int) -> None:
+            with lock:
+                totals[i] = (rows, size)
+                rows, size = sum(r for r, _ in totals), sum(b for _, b in totals)
+            report(rows, size)
+        return progress
+
+    return [replace(extraction, conn=conn, where=sql.SQL("({}) AND ({})").format(extraction.where, cond),
+                    snapshot=replace(extraction.snapshot, release=lambda: None), header=(i == 0),
+                    progress=progress_of(i), settings={**extraction.settings, **plan.settings})
+            for i, (conn, cond) in enumerate(zip(conns, plan.conditions, strict=True))]
+
+
+def dsn_of(conn: psycopg.Connection) -> str:
+    """The coordinator's connection string, password included (the streams log in the same way)."""
+    info = conn.info
+    return make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
+
+
+def open_text_sessions(extraction: Extraction, count: int, settings: dict[str, str]) -> list[psycopg.Connection]:
+    """``count`` sessions in the coordinator's snapshot. Any failure closes those already opened."""
+    dsn = dsn_of(extraction.conn)
+    opened: list[psycopg.Connection] = []
+    try:
+        for _ in range(count):
+            conn = psycopg.connect(dsn, autocommit=True)
+            opened.append(conn)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id)))
+            for name, value in settings.items():
+                conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
+    return opened
+
+
+def merge_stats(parts: Sequence[WriteStats]) -> WriteStats:
+    """The day's statistics from its streams' (types and encodings are the same in every stream)."""
+    first = parts[0]
+    return WriteStats(rows=sum(p.rows for p in parts), bytes=sum(p.bytes for p in parts),
+                      output_types=first.output_types, encodings=first.encodings)
+
+
+def write_text_streams(fmt, codec, level: int | None, extraction: Extraction, plan: StreamPlan, out: ByteSink,
+                       temp_dir: str | os.PathLike | None) -> WriteStats:
+    """JSONL / CSV: each stream COPYs its range through its own compressor, stream 0 into ``out``,
+    the others into spools appended in order. Concatenated zstd frames, gzip members and lz4 frames
+    are each one valid stream of the codec (every reader here reads across them), and compressing
+    per stream spreads the compressor's CPU over the streams."""
+    sessions = open_text_sessions(extraction, plan.streams, {**extraction.settings, **plan.settings})
+    extraction.snapshot.release()  # every stream holds the snapshot now: the coordinator is done
+    group = StreamGroup([conn.cancel_safe for conn in sessions])
+    parts = stream_extractions(extraction, plan, sessions)
+    try:
+        with spools(plan.streams - 1, temp_dir) as spooled:
+            sinks = [out, *spooled]
+
+            def task(i: int) -> Callable[[], WriteStats]:
+                def run() -> WriteStats:
+                    with codec.open(sinks[i], level) as writer:
+                        stats = fmt.write(parts[i], writer)
+                    sessions[i].execute("COMMIT")  # the read transaction ends as soon as the rows are read
+                    group.finished(i)
+                    sessions[i].close()
+                    return stats
+                return run
+
+            results = group.run([task(i) for i in range(plan.streams)])
+            for spool in spooled:
+                spool.append_to(out)
+    finally:
+        for conn in sessions:
+            conn.close()
+    return merge_stats(results)
+
+
+def write_day(fmt, codec, level: int | None, extraction: Extraction, plan: StreamPlan, sink: ByteSink,
+              temp_dir: str | os.PathLike | None = None) -> WriteStats:
+    """The day's rows through ``fmt`` (and ``codec``) into ``sink``, by one stream or by ``plan``'s."""
+    if plan.streams == 1:
+        with codec.open(sink, level) as out:
+            return fmt.write(extraction, out)
+    if fmt.compresses_internally:
+        parts = stream_extractions(extraction, plan, [extraction.conn] * plan.streams)
+        return fmt.write_streams(extraction, parts, sink, temp_dir)
+    return write_text_streams(fmt, codec, level, extraction, plan, sink, temp_dir)

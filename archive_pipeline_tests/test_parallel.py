@@ -1,0 +1,247 @@
+"""Parallel snapshot-shared extraction (``parallel_streams``, issue 14 §1): N sessions import one
+exported snapshot and each reads a disjoint range of the day, and their output is one object.
+
+Small tables spread over many pages (fillfactor 10), so four ctid ranges each hold rows. What must
+hold: N=1 and N=4 archive the same rows (fingerprint, row multiset) in every format and codec, the
+N=4 object is byte-identical from run to run, it reads back through the project's own readers
+(deep verification loads it into PostgreSQL and compares fingerprints), and one stream's failure
+fails the day as a single stream would, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import threading
+import time
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import ConfigError, TableSpec, parse_config
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.parallel import ctid_ranges, plan_streams
+from archive_pipeline.core.source import describe_table, day_filter, read_snapshot
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
+from archive_pipeline_tests.test_idle import session_states
+
+DAY = dt.date(2024, 3, 10)
+ROWS = 3000
+STALL_ID = 2200  # in the last quarter of the pages: read by stream 3 of 4
+_COLUMNS = ("id bigint, created_at timestamptz, name text, amount numeric(12,2), tags text[], "
+            "payload jsonb, flag boolean")
+_FILL = ("SELECT g, {day}::timestamptz + g * interval '1 second', CASE WHEN g % 7 = 0 THEN NULL ELSE 'näme ✓ ' || g END, "
+         "g * 1.25, ARRAY['a,b', NULL, 'c\"d'], jsonb_build_object('k', g, 'ü', 'x'), g % 2 = 0 "
+         "FROM generate_series(1, {rows}) g")
+
+
+def _fill(conn, table: sql.Identifier) -> None:
+    conn.execute(sql.SQL("INSERT INTO {} " + _FILL).format(table, day=sql.Literal(DAY.isoformat()),
+                                                          rows=sql.Literal(ROWS)))
+
+
+@pytest.fixture
+def partitioned(conn, schema) -> str:
+    """A declaratively partitioned table whose day is one child of ~300 pages."""
+    parent = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (" + _COLUMNS + ") PARTITION BY RANGE (created_at)").format(parent))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({}) WITH (fillfactor = 10)").format(
+        sql.Identifier(schema, "ev_20240310"), parent, sql.Literal(f"{DAY} 00:00+00"),
+        sql.Literal(f"{DAY + dt.timedelta(days=1)} 00:00+00")))
+    _fill(conn, parent)
+    return f"{schema}.ev"
+
+
+def _spec(name: str, fmt: str, compression: str, streams: int, **kwargs) -> TableSpec:
+    return TableSpec(name=name, day_column="created_at", start_date="2024-03-01", format=fmt,
+                     compression=compression, chunk_size=100, parallel_streams=streams, **kwargs)
+
+
+def _rows(body: bytes, fmt: str, compression: str) -> list:
+    if fmt == "parquet":
+        return sorted(map(repr, pq.read_table(io.BytesIO(body)).to_pylist()))
+    data = decompress(body, compression)
+    rows = read_jsonl(data) if fmt == "jsonl" else read_csv(data)
+    return sorted(map(repr, rows))
+
+
+@pytest.mark.parametrize(("fmt", "compression"), [("jsonl", "zstd"), ("csv", "gzip"), ("jsonl", "lz4"),
+                                                  ("csv", "none"), ("parquet", "zstd")])
+def test_four_streams_archive_the_same_rows_as_one(conn, s3_client, bucket, partitioned, temp_dir, fmt, compression):
+    results, bodies = {}, {}
+    for label, streams in (("one", 1), ("four", 4), ("again", 4)):
+        store = S3Store(s3_client, bucket, prefix=label, part_size=MIN_PART_SIZE)
+        results[label] = archive_partition(conn, _spec(partitioned, fmt, compression, streams), DAY, store,
+                                           temp_dir=str(temp_dir))
+        bodies[label] = download(s3_client, bucket, results[label].key)
+    one, four = results["one"], results["four"]
+    assert one.rows == four.rows == ROWS
+    assert one.fingerprint == four.fingerprint
+    assert _rows(bodies["one"], fmt, compression) == _rows(bodies["four"], fmt, compression)
+    assert bodies["four"] == bodies["again"] and four.md5 == results["again"].md5  # deterministic order
+    if fmt == "csv":
+        assert decompress(bodies["four"], compression).count(b"id,created_at,") == 1  # the header once
+    # the project's own reader loads it back into PostgreSQL with the manifest's fingerprint
+    store = S3Store(s3_client, bucket, prefix="four", part_size=MIN_PART_SIZE)
+    assert deep_verify(conn, store, _spec(partitioned, fmt, compression, 4), DAY, temp_dir=str(temp_dir)) == []
+    assert list(temp_dir.iterdir()) == []
+
+
+def _plan(conn, name: str, streams: int = 4, day_column: str | None = "created_at"):
+    table = describe_table(conn, name, day_column)
+    with read_snapshot(conn):
+        return plan_streams(conn, table, day_filter(table, DAY), DAY, streams)
+
+
+def test_the_plan_follows_the_relation(conn, schema, partitioned):
+    plain, indexed, date_table = (sql.Identifier(schema, n) for n in ("plain", "indexed", "by_date"))
+    for table in (plain, indexed):
+        conn.execute(sql.SQL("CREATE TABLE {} (" + _COLUMNS + ") WITH (fillfactor = 10)").format(table))
+        _fill(conn, table)
+    conn.execute(sql.SQL("CREATE INDEX ON {} (created_at)").format(indexed))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, day date) WITH (fillfactor = 10)").format(date_table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {} FROM generate_series(1, 2000) g").format(
+        date_table, sql.Literal(DAY)))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(sql.Identifier(schema, "v"), plain))
+    assert (_plan(conn, partitioned).kind, _plan(conn, partitioned).streams) == ("ctid", 4)
+    assert (_plan(conn, f"{schema}.plain").kind, _plan(conn, f"{schema}.plain").streams) == ("ctid", 4)
+    assert (_plan(conn, f"{schema}.indexed").kind, _plan(conn, f"{schema}.indexed").streams) == ("key", 4)
+    assert _plan(conn, f"{schema}.by_date", day_column="day").kind == "ctid"  # a date cannot be sliced by time
+    assert _plan(conn, f"{schema}.v").streams == 1  # a view has no ctid
+    assert _plan(conn, partitioned, streams=1).streams == 1
+
+
+def test_ctid_ranges_cover_every_tuple_id_once():
+    texts = [c.as_string(None) for c in ctid_ranges([10, 20])]
+    assert texts == ["ctid < '(10,0)'::tid", "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid",
+                     "ctid >= '(20,0)'::tid"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_date_column_table_and_a_key_range_table(conn, schema, s3_client, bucket, temp_dir, fmt):
+    """Column mode: the day filter plus a ctid range (no index), or a time slice (index on the column)."""
+    for name, index in (("plain", False), ("indexed", True)):
+        table = sql.Identifier(schema, name)
+        conn.execute(sql.SQL("CREATE TABLE {} (" + _COLUMNS + ") WITH (fillfactor = 10)").format(table))
+        _fill(conn, table)
+        conn.execute(sql.SQL("INSERT INTO {} (id, created_at) VALUES (-1, {}), (-2, {})").format(
+            table, sql.Literal(f"{DAY - dt.timedelta(days=1)} 23:59:59.999999+00"),
+            sql.Literal(f"{DAY + dt.timedelta(days=1)} 00:00+00")))  # the neighbours stay out
+        if index:
+            conn.execute(sql.SQL("CREATE INDEX ON {} (created_at)").format(table))
+        store = S3Store(s3_client, bucket, prefix=name, part_size=MIN_PART_SIZE)
+        spec = _spec(f"{schema}.{name}", fmt, "zstd", 4)
+        result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+        assert result.rows == ROWS
+        assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
+def test_parallel_streams_is_validated():
+    with pytest.raises(ConfigError, match="parallel_streams"):
+        parse_config({"tables": [{"name": "public.events", "day_column": "created_at", "start_date": "2024-01-01",
+                                  "parallel_streams": 0}]})
+    assert TableSpec(name="a.b", day_column="c", start_date="2024-01-01").parallel_streams == 1
+
+
+@pytest.mark.parametrize(("fmt", "compression"), [("jsonl", "zstd"), ("parquet", "zstd")])
+def test_one_terminated_stream_fails_the_day_and_leaves_nothing(pg, conn, schema, partitioned, s3_client, bucket,
+                                                                temp_dir, fmt, compression):
+    """Row STALL_ID sleeps in the server, only in a stream's session (row security that fires where the
+    streams' TID-range settings are on), so exactly one stream is provably mid-COPY when it is killed."""
+    role = f"par_{os.getpid()}_{fmt}"
+    password = "s3cret pässword"
+    dsn = pg.create_password_role(role, password)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+        s=sql.Identifier(schema), r=sql.Identifier(role)))
+    child = sql.Identifier(schema, "ev_20240310")
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("CREATE POLICY stall ON {} USING (id <> {} OR current_setting('enable_indexscan') = 'on' "
+                         "OR pg_sleep(30)::text IS NOT NULL)").format(sql.Identifier(schema, "ev"),
+                                                                     sql.Literal(STALL_ID)))
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(child))
+    conn.execute(sql.SQL("CREATE POLICY stall ON {} USING (id <> {} OR current_setting('enable_indexscan') = 'on' "
+                         "OR pg_sleep(30)::text IS NOT NULL)").format(child, sql.Literal(STALL_ID)))
+    killed: list[int] = []
+
+    def kill_the_sleeper(rows: int, size: int) -> None:
+        deadline = time.monotonic() + 20
+        while not killed and time.monotonic() < deadline:
+            found = conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s AND wait_event = 'PgSleep'",
+                                 (role,)).fetchall()
+            for (pid,) in found:
+                assert conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()[0]
+                killed.append(pid)
+            time.sleep(0.01)
+
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    spec = _spec(partitioned, fmt, compression, 4)
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir), progress=kill_the_sleeper,
+                              progress_every=0)
+        err = caught.value
+        assert len(killed) == 1
+        assert err.retryable, str(err)
+        assert spec.name in str(err) and DAY.isoformat() in str(err) and password not in str(err)
+        assert "terminat" in str(err) or "connection was lost" in str(err), str(err)
+        # the other streams were closed, the coordinator is idle and not in a transaction
+        deadline = time.monotonic() + 10
+        while (left := conn.execute("SELECT pid, state FROM pg_stat_activity WHERE usename = %s AND pid <> %s",
+                                    (role, archiving.info.backend_pid)).fetchall()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left == []
+        assert conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
+                            (archiving.info.backend_pid,)).fetchone()[0] == "idle"
+    key = render_key(spec, DAY, store.prefix)
+    assert store.head(key) is None
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_no_stream_waits_in_a_transaction_while_the_store_holds_a_part(pg, s3, conn, schema, bucket):
+    """issue 11 §2 with four streams: the coordinator ends its transaction once the streams imported
+    the snapshot, each stream as soon as its rows are read, so with the first part held by the store
+    only the coordinator is left, idle, under a 1 s idle_in_transaction_session_timeout."""
+    table = sql.Identifier(schema, "big")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) "
+                         "FROM generate_series(1, 100000) g").format(table, sql.Literal(DAY)))
+    spec = TableSpec(name=f"{schema}.big", day_column="at", start_date="2024-03-01", format="csv",
+                     compression="none", parallel_streams=4)
+    name = f"archive-parallel-idle-{os.getpid()}"
+    with FaultProxy(s3.endpoint_url) as proxy:
+        held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
+        store = S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        outcome: dict = {}
+        archiving = pg.connect(application_name=name)
+
+        def run() -> None:
+            try:
+                outcome["result"] = archive_partition(
+                    archiving, spec, DAY, store, session_settings={"idle_in_transaction_session_timeout": "1000"})
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            assert proxy.wait_held(1, timeout=60), outcome
+            deadline = time.monotonic() + 60
+            while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert session_states(conn, name) == [("idle", "client backend")]
+            assert thread.is_alive() and proxy.held() == 1
+            time.sleep(1.5)  # past the idle timeout
+        finally:
+            held.gate.set()
+            thread.join(120)
+    archiving.close()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].rows == 100000 and outcome["result"].parts >= 2
