@@ -44,3 +44,51 @@ def read_csv(data: bytes) -> list[dict[str, str | None]]:
                                              quoted_strings_can_be_null=False),
     )
     return table.to_pylist()
+
+
+def session_states(conn, application_name: str) -> list[tuple[str, str]]:
+    return conn.execute("SELECT state, backend_type FROM pg_stat_activity WHERE application_name = %s",
+                        (application_name,)).fetchall()
+
+
+def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, name: str):
+    """Archive ``day`` while the store holds its first part, and check that meanwhile every row was read
+    and every read transaction ended: the archiving session (application ``name``) is the only one
+    left, idle, past a 1 s idle_in_transaction_session_timeout that would kill a session waiting in a
+    transaction. Returns the ArchiveResult once the part is let go."""
+    import threading
+    import time
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    with FaultProxy(s3.endpoint_url) as proxy:
+        held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
+        store = S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        outcome: dict = {}
+        archiving = pg.connect(application_name=name)
+
+        def run() -> None:
+            try:
+                outcome["result"] = archive_partition(
+                    archiving, spec, day, store, session_settings={"idle_in_transaction_session_timeout": "1000"})
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            assert proxy.wait_held(1, timeout=60), outcome
+            deadline = time.monotonic() + 60
+            while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert session_states(conn, name) == [("idle", "client backend")]
+            assert thread.is_alive() and proxy.held() == 1
+            time.sleep(1.5)  # past the idle timeout: a session idle in a transaction would be killed now
+        finally:
+            held.gate.set()
+            thread.join(120)
+    archiving.close()
+    assert "error" not in outcome, outcome.get("error")
+    return outcome["result"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
-import threading
 import time
 
 import psycopg
@@ -28,9 +27,13 @@ from archive_pipeline.core.parallel import ctid_ranges, plan_streams
 from archive_pipeline.core.source import describe_table, day_filter, read_snapshot
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify
-from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
-from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
-from archive_pipeline_tests.test_idle import session_states
+from archive_pipeline_tests.helpers import (
+    archive_while_the_store_holds_a_part,
+    decompress,
+    download,
+    read_csv,
+    read_jsonl,
+)
 
 DAY = dt.date(2024, 3, 10)
 ROWS = 3000
@@ -215,33 +218,6 @@ def test_no_stream_waits_in_a_transaction_while_the_store_holds_a_part(pg, s3, c
                          "FROM generate_series(1, 100000) g").format(table, sql.Literal(DAY)))
     spec = TableSpec(name=f"{schema}.big", day_column="at", start_date="2024-03-01", format="csv",
                      compression="none", parallel_streams=4)
-    name = f"archive-parallel-idle-{os.getpid()}"
-    with FaultProxy(s3.endpoint_url) as proxy:
-        held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
-        store = S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
-        outcome: dict = {}
-        archiving = pg.connect(application_name=name)
-
-        def run() -> None:
-            try:
-                outcome["result"] = archive_partition(
-                    archiving, spec, DAY, store, session_settings={"idle_in_transaction_session_timeout": "1000"})
-            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        try:
-            assert proxy.wait_held(1, timeout=60), outcome
-            deadline = time.monotonic() + 60
-            while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert session_states(conn, name) == [("idle", "client backend")]
-            assert thread.is_alive() and proxy.held() == 1
-            time.sleep(1.5)  # past the idle timeout
-        finally:
-            held.gate.set()
-            thread.join(120)
-    archiving.close()
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["result"].rows == 100000 and outcome["result"].parts >= 2
+    result = archive_while_the_store_holds_a_part(pg, s3, conn, bucket, spec, DAY,
+                                                  f"archive-parallel-idle-{os.getpid()}")
+    assert result.rows == 100000 and result.parts >= 2

@@ -24,7 +24,34 @@ _PROC_FD = Path("/proc/self/fd")
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
-class HashingFile:
+class AppendOnlyFile:
+    """The file-object protocol that compressors and Arrow's writers need, over an append-only
+    descriptor: unbuffered writes of whole buffers, the size as the position. Subclasses give ``fd``
+    and ``closed``."""
+
+    fd: int
+    size: int = 0
+
+    def _append(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """Write all of ``data`` (``os.write`` may take less than asked) and return it as a view."""
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.write(self.fd, view[written:])
+        self.size += written
+        return view
+
+    def flush(self) -> None:  # writes are unbuffered
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+
+class HashingFile(AppendOnlyFile):
     """An append-only file that counts, hashes, and announces its growth to ``on_grow(size)``.
 
     ``on_grow`` runs in the writer's thread after every write, so it must not block (the store's
@@ -44,25 +71,12 @@ class HashingFile:
             # A compressor left open by a failed run flushes its trailer when it is garbage-collected,
             # later, maybe after this fd number was reused by a database socket or another day's file.
             raise ValueError("write to an archive file that is already closed")
-        view = memoryview(data)
-        written = 0
-        while written < len(view):
-            written += os.write(self.fd, view[written:])
+        view = self._append(data)
         self._md5.update(view)
         self._sha256.update(view)
-        self.size += written
         if self.on_grow is not None:
             self.on_grow(self.size)
-        return written
-
-    def flush(self) -> None:  # file-object protocol; writes are unbuffered
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
+        return len(view)
 
     @property
     def closed(self) -> bool:

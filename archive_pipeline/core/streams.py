@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from archive_pipeline.core.sink import open_nameless
+from archive_pipeline.core.sink import AppendOnlyFile, open_nameless
 
 SPOOL_READ_BYTES = 4 << 20  # bytes per read when a spool is appended to the archive file
 
@@ -74,7 +74,7 @@ class StreamGroup:
         return results
 
 
-class Spool:
+class Spool(AppendOnlyFile):
     """A nameless temp file a stream writes its output to until it is appended to the archive."""
 
     def __init__(self, temp_dir: str | os.PathLike | None) -> None:
@@ -82,21 +82,7 @@ class Spool:
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        written = 0
-        while written < len(view):
-            written += os.write(self.fd, view[written:])
-        self.size += written
-        return written
-
-    def flush(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
+        return len(self._append(data))
 
     @property
     def closed(self) -> bool:
