@@ -166,6 +166,16 @@ def _start_dagster(env: dict, port: int) -> subprocess.Popen:
             time.sleep(0.5)
 
 
+def _stop(server: subprocess.Popen) -> None:
+    """dagster dev and its children, asked first, then killed (a busy daemon may outlast a polite minute)."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def daemon_backfill(pg, s3, tmp: Path, tables: int, days: list[dt.date], days_per_run: int) -> dict:
     from archive_pipeline.local.local_stack import free_port
 
@@ -197,8 +207,7 @@ def daemon_backfill(pg, s3, tmp: Path, tables: int, days: list[dt.date], days_pe
             time.sleep(2)
         elapsed = max(r["endTime"] for r in runs) - started
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        _stop(server)
     total = len(days) * tables
     first_start = min(r["startTime"] for r in runs)
     per_run = sorted(r["endTime"] - r["startTime"] for r in runs)
