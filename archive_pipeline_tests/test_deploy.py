@@ -37,7 +37,7 @@ from psycopg import sql
 from archive_pipeline.defs.component import ArchiveTablesComponent
 from archive_pipeline.core.config import ConfigError, parse_config
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline.local.local_stack import create_sample_events, free_port
+from archive_pipeline.local.local_stack import create_sample_events, free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON_BIN = Path(sys.executable).parent
@@ -325,13 +325,7 @@ def _process(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> Itera
     try:
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)
 
 
 def _wait_for(what: str, probe, process: subprocess.Popen, log: Path, timeout: float = 120):

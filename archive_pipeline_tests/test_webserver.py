@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from archive_pipeline.local.local_stack import create_sample_events, free_port
+from archive_pipeline.local.local_stack import create_sample_events, free_port, stop_process_group, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,18 +83,10 @@ def dagster_server(args: list[str], env: dict[str, str]) -> Iterator[int]:
                                "-p", str(port)], cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, f"{args[0]} did not start"
-                time.sleep(0.5)
+        wait_until_serving(f"http://127.0.0.1:{port}/server_info", server, 120, args[0])
         yield port
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_process_group(server)
 
 
 @contextlib.contextmanager
@@ -107,8 +98,7 @@ def dagster_daemon(env: dict[str, str], log: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
+        stop_process_group(daemon)
 
 
 def _wait_until(what: str, probe, timeout: float):

@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -152,32 +151,17 @@ def fixed_cost(days: int, repeat: int) -> None:
 # --- a backfill through the daemon -------------------------------------------------------------------
 
 def _start_dagster(env: dict, port: int) -> subprocess.Popen:
+    from archive_pipeline.local.local_stack import wait_until_serving
+
     server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
                                "-p", str(port)], cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
-            return server
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("dagster dev did not come up") from None
-            time.sleep(0.5)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """dagster dev and its children, asked first, then killed (a busy daemon may outlast a polite minute)."""
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+    wait_until_serving(f"http://127.0.0.1:{port}/server_info", server, 180, "dagster dev")
+    return server
 
 
 def daemon_backfill(pg, s3, tmp: Path, tables: int, days: list[dt.date], days_per_run: int) -> dict:
-    from archive_pipeline.local.local_stack import free_port
+    from archive_pipeline.local.local_stack import free_port, stop_process_group
 
     bucket = f"backfill-{days_per_run}-{len(days)}"
     s3.client().create_bucket(Bucket=bucket)
@@ -207,7 +191,7 @@ def daemon_backfill(pg, s3, tmp: Path, tables: int, days: list[dt.date], days_pe
             time.sleep(2)
         elapsed = max(r["endTime"] for r in runs) - started
     finally:
-        _stop(server)
+        stop_process_group(server)
     total = len(days) * tables
     first_start = min(r["startTime"] for r in runs)
     per_run = sorted(r["endTime"] - r["startTime"] for r in runs)

@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -77,22 +76,14 @@ def _materialize_year(instance, key, days: list[dt.date]) -> None:
 
 
 def _webserver_status(env: dict, key: list[str], runs: int) -> list[float]:
-    from archive_pipeline.local.local_stack import free_port
+    from archive_pipeline.local.local_stack import free_port, stop_process_group, wait_until_serving
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1",
                                "-p", str(port)], cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("the webserver did not come up") from None
-                time.sleep(0.5)
+        wait_until_serving(f"http://127.0.0.1:{port}/server_info", server, 300, "the webserver")
         body = json.dumps({"query": STATUS, "variables": {"key": {"path": key}}}).encode()
         times, ranges = [], None
         for _ in range(runs + 1):  # the first one also waits for the code location to load
@@ -106,8 +97,7 @@ def _webserver_status(env: dict, key: list[str], runs: int) -> list[float]:
         print(f"partition status served by GraphQL: {ranges}")
         return times[1:]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_process_group(server)
 
 
 def main() -> None:

@@ -35,6 +35,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_serving(url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
+    """Poll ``url`` until it answers; a RuntimeError naming ``what`` if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM to the process group ``process`` leads (started with ``start_new_session``), SIGKILL when it
+    outlasts ``timeout`` (a busy `dagster dev` may)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def _pg_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
