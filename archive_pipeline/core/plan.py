@@ -200,19 +200,24 @@ class DayStatus:
 STATES = ("archived", "missing", "empty", "changed", "unreadable")
 
 
+def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
+           days: Iterable) -> list[tuple[Period, ManifestLookup, bool]]:
+    """Per day: its period, what the store holds for it, and whether the source has rows for it (one
+    probe of the source and one batch of store lookups for all the days, not one of each per day)."""
+    resolved = [spec.period(d) for d in days]
+    in_source = set(existing_days(conn, spec, resolved)) if resolved else set()
+    manifests = lookup_manifests(store, spec, resolved)
+    return [(day, manifests[day], day in in_source) for day in resolved]
+
+
 def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
                  check_source: bool = False) -> list[DayStatus]:
     """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty``
     (archived as a day without rows: a manifest and no object), ``changed`` (with ``check_source``: the source's content
     fingerprint, or row count for a version-1 manifest, differs from the archive's), ``unreadable``
     (a manifest that is not one). Days with neither data nor an archive are left out."""
-    days = [spec.period(d) for d in days]
-    in_source = set(existing_days(conn, spec, days)) if days else set()
-    manifests = lookup_manifests(store, spec, days)
     statuses = []
-    for day in days:
-        found = manifests[day]
-        present = day in in_source
+    for day, found, present in _found(conn, spec, store, days):
         if found.problem:
             statuses.append(DayStatus(spec.name, day, "unreadable", found.key, present, note=found.problem))
             continue
@@ -392,13 +397,8 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                  days: Iterable[dt.date]) -> list[Comparison]:
     """Source against archive per day: row counts and content fingerprints (the manifest's
     ``fingerprint``; a version-1 manifest has none, and then only the counts are compared)."""
-    days = [spec.period(d) for d in days]
-    in_source = set(existing_days(conn, spec, days)) if days else set()
-    manifests = lookup_manifests(store, spec, days)
     out = []
-    for day in days:
-        found = manifests[day]
-        present = day in in_source
+    for day, found, present in _found(conn, spec, store, days):
         if found.problem:
             out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, found.problem))
             continue
