@@ -150,7 +150,8 @@ def _key_plan(table: SourceTable, day: Period | dt.date, requested: int) -> Stre
 def stream_extractions(extraction: Extraction, plan: StreamPlan,
                        conns: Sequence[object]) -> list[Extraction]:
     """One extraction per stream: its own session, the day's filter AND its range, the header once,
-    progress summed over the streams."""
+    progress summed over the streams and reported one call at a time (a caller's callback need not be
+    thread-safe, and the totals it sees never go backwards)."""
     totals = [(0, 0)] * plan.streams
     lock = threading.Lock()
     report = extraction.progress
@@ -162,8 +163,7 @@ def stream_extractions(extraction: Extraction, plan: StreamPlan,
         def progress(rows: int, size: int) -> None:
             with lock:
                 totals[i] = (rows, size)
-                rows, size = sum(r for r, _ in totals), sum(b for _, b in totals)
-            report(rows, size)
+                report(sum(r for r, _ in totals), sum(b for _, b in totals))
         return progress
 
     return [replace(extraction, conn=conn, where=sql.SQL("({}) AND ({})").format(extraction.where, cond),
