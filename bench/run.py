@@ -11,9 +11,12 @@ Limits (each timed as a whole command; limits and archiver runs interleaved, med
   psql_zstd  psql -c "\\copy (<day>) TO STDOUT csv" | zstd -3 > file
 Columns: tail = seconds after the last row was read (remaining parts, the store's CompleteMultipartUpload,
 HEAD check, manifest); wait = the part of it spent waiting for parts still in flight; RSS+MB = peak RSS
-above the RSS after imports; fprint = the content fingerprint computed in the archive's snapshot (fp/wall:
-what it adds to the archive's wall time without it); skip = a re-run that finds the archive identical
-(the source's fingerprint now vs the manifest's; skip/wall: against archiving the day).
+above the RSS after imports; fprint = seconds PostgreSQL spent on the content fingerprint (a second
+session computes it in the archive's snapshot while the rows are read); +fp = what the fingerprint adds
+to the archive's wall time: the median wall of these runs against that of runs of the same day in the
+same round with the fingerprint replaced by count(*); skip = a re-run that finds the archive identical
+(the source's fingerprint now vs the manifest's; skip/wall: against archiving the day). Every run is a
+first archive of the day (its own key prefix), as a daily run or a backfill is.
 Archiver runs go through archive_partition (the code the Dagster asset runs): extract, format,
 compress, MD5/SHA-256, multipart upload to the local S3 endpoint (moto, another process) and the
 manifest, each in a fresh process so its peak RSS above its RSS after imports can be read.
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,15 +73,15 @@ def child(args: argparse.Namespace) -> None:
         client.list_objects_v2(Bucket=BUCKET, MaxKeys=1)
         after_imports = rss_mb()
         cpu = _cpu_now(postmaster, args.moto_pid)
+        prefix = f"bench-{uuid.uuid4().hex}"
         started = time.perf_counter()
-        result = archive_partition(conn, spec, dt.date.fromisoformat(args.day), S3Store(client, BUCKET, prefix="bench"),
-                                   overwrite=True)
+        result = archive_partition(conn, spec, dt.date.fromisoformat(args.day), S3Store(client, BUCKET, prefix=prefix))
         wall = time.perf_counter() - started
         cpu = {k: v - cpu[k] for k, v in _cpu_now(postmaster, args.moto_pid).items()}
         # The re-run skip check: the source's fingerprint now against the manifest's, nothing uploaded.
         skip_started = time.perf_counter()
         skipped = archive_partition(conn, spec, dt.date.fromisoformat(args.day),
-                                    S3Store(client, BUCKET, prefix="bench"))
+                                    S3Store(client, BUCKET, prefix=prefix))
         skip = time.perf_counter() - skip_started
         assert skipped.skipped
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -106,11 +110,13 @@ def _switch_off_fingerprint() -> None:
 
     from archive_pipeline.core import archive, fingerprint
 
-    def count_only(self, table, where) -> fingerprint.Fingerprint:
-        rows = self.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.identifier, where))
-        return fingerprint.Fingerprint(rows=rows.fetchone()[0], hash_sum="0")
+    def count_only(self, conn, table, where) -> tuple[fingerprint.Fingerprint, float]:
+        started = time.perf_counter()
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.identifier, where))
+        return fingerprint.Fingerprint(rows=rows.fetchone()[0], hash_sum="0"), time.perf_counter() - started
 
-    archive._Archiving._fingerprint = count_only
+    archive._Archiving._timed_fingerprint = count_only
+    archive.FINGERPRINT_ALONGSIDE_ROWS = float("inf")  # the count first, in the archive's own session
 
 
 def _compressor_alone(client, key: str, fmt: str) -> float:
@@ -164,17 +170,23 @@ def _measure(day: dt.date, variants: list[tuple[str, int]], runs: int, pg, s3, w
     commands = _limit_commands(pg.port, day, workdir)
     limit_times: dict[str, list[float]] = {name: [] for name in commands}
     runs_by_variant: dict[tuple[str, int], list[dict]] = {v: [] for v in variants}
+    walls_without_fp: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
     for _ in range(runs):
         for name, cmd in commands.items():
             limit_times[name].append(time_command(cmd))
         for fmt, streams in variants:
             runs_by_variant[(fmt, streams)].append(_archive_once(fmt, day, pg.dsn, s3.endpoint_url, streams,
                                                                  no_fingerprint, s3.process.pid))
+            if not no_fingerprint:  # the same day without the fingerprint, in the same round: what it adds
+                walls_without_fp[(fmt, streams)].append(
+                    _archive_once(fmt, day, pg.dsn, s3.endpoint_url, streams, True, s3.process.pid)["wall"])
     limits = {name: statistics.median(times) for name, times in limit_times.items()}
     results = {}
     for variant, rs in runs_by_variant.items():
         median = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         median["rss_above_imports"] = statistics.median(r["peak_rss"] - r["rss_after_imports"] for r in rs)
+        if walls_without_fp[variant]:
+            median["wall_without_fp"] = statistics.median(walls_without_fp[variant])
         results[variant] = median
     return limits, results
 
@@ -187,7 +199,7 @@ def _print_table(rows_per_day: int, limits: dict[str, float], results: dict[tupl
         print(f"  limit {name:<10} {seconds:6.2f} s  {rows_per_day / seconds:>12,.0f} rows/s")
     header = (f"  {'format':<8} {'N':>2} {'rows/s':>11} {'MB/s':>7} {'size MB':>8} {'wall s':>7} {'tail s':>7} "
               f"{'wait s':>6} {'RSS+MB':>7} {'vs limit':>16} {'vs psql|zstd':>13} {'vs COPY bin':>12} "
-              f"{'fprint s':>8} {'fp/wall':>7} {'skip s':>7} {'skip/wall':>9}")
+              f"{'fprint s':>8} {'+fp':>5} {'skip s':>7} {'skip/wall':>9}")
     print(header)
     for (fmt, streams), r in results.items():
         limit_name, limit_seconds = limit_for[fmt]
@@ -196,7 +208,7 @@ def _print_table(rows_per_day: int, limits: dict[str, float], results: dict[tupl
               f"{r['rss_above_imports']:>7.1f} "
               f"{limit_seconds / r['wall']:>6.2f}x {limit_name:<9} {limits['psql_zstd'] / r['wall']:>12.2f}x "
               f"{limits['copy_bin'] / r['wall']:>11.2f}x {r['fingerprint']:>8.2f} "
-              f"{r['fingerprint'] / (r['wall'] - r['fingerprint']):>6.0%} {r['skip']:>7.2f} {r['skip'] / r['wall']:>8.2f}x")
+              f"{_added(r):>5} {r['skip']:>7.2f} {r['skip'] / r['wall']:>8.2f}x")
     per = 1e6 / rows_per_day
     print(f"\n  CPU seconds per 1,000,000 rows (archiver: getrusage of the archiving process, all threads; postgres: "
           f"every backend of the cluster; moto: the S3 server; zstd alone: zstd-3 over the same bytes, see run.py)")
@@ -206,6 +218,11 @@ def _print_table(rows_per_day: int, limits: dict[str, float], results: dict[tupl
         print(f"  {fmt:<8} {streams:>2} {r['cpu_archiver'] * per:>9.2f} {r['cpu_postgres'] * per:>9.2f} "
               f"{r['cpu_moto'] * per:>6.2f} {r['cpu_compressor'] * per:>10.2f} "
               f"{(r['cpu_archiver'] - r['cpu_compressor']) * per:>21.2f}")
+
+
+def _added(r: dict) -> str:
+    """What the fingerprint adds to the wall time (runs without it: see _measure), or "-" if not measured."""
+    return f"{r['wall'] / r['wall_without_fp'] - 1:+.0%}" if "wall_without_fp" in r else "-"
 
 
 def main() -> None:

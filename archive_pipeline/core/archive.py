@@ -51,18 +51,22 @@ from archive_pipeline.core.manifest import (
 )
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, PeriodError
-from archive_pipeline.core.parallel import plan_streams, write_day
+from archive_pipeline.core.parallel import open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, primary_key, read_snapshot, \
-    server_identity
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, primary_key, \
+    read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store, S3Upload
+from archive_pipeline.core.streams import StreamGroup
 
 __all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
            "keeps_existing", "read_existing", "render_key"]
 
 Progress = Callable[[int, int], None]  # (rows so far, formatted bytes so far)
 MANIFEST_PUT_ATTEMPTS = 3
+# A new day the planner expects to have at least this many rows is fingerprinted by a second session
+# while it is read (below it, a connection costs more than the fingerprint: ~1 ms per 1,000 rows).
+FINGERPRINT_ALONGSIDE_ROWS = 50_000
 log = logging.getLogger(__name__)
 
 
@@ -224,14 +228,15 @@ class _Archiving:
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
                     identity = _identity(self.conn)
-                    fp_started = time.perf_counter()
-                    fp = self._fingerprint(table, where)
-                    fp_seconds = time.perf_counter() - fp_started
-                    if existing.manifest is not None and existing.problem is None:
-                        if self._keep(existing.manifest, identity, table, fp, overwrite):
-                            return self._skipped(existing.manifest, table, snapshot, fp_seconds)
-                    else:
-                        self._refuse_removed(existing, fp)
+                    fp: fingerprint.Fingerprint | None = None
+                    fp_seconds = 0.0
+                    if self._fingerprint_first(existing, overwrite, table, where):
+                        fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
+                        if existing.manifest is not None and existing.problem is None:
+                            if self._keep(existing.manifest, identity, table, fp, overwrite):
+                                return self._skipped(existing.manifest, table, snapshot, fp_seconds)
+                        else:
+                            self._refuse_removed(existing, fp)
                     definition = table_definition(table.columns, primary_key(self.conn, table),
                                                   partition_of_day(self.conn, self.spec, self.day))
                     generation = self._generation(existing, fp)
@@ -239,26 +244,23 @@ class _Archiving:
                     encodings = fmt.encodings(table)
                     if self.spec.strict:
                         refuse_inexact(self.spec.format, table, encodings)
-                    if fp.rows == 0:
-                        stats = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
+                    no_rows = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
+                    if fp is not None and fp.rows == 0:
+                        stats = no_rows
                     else:
                         upload = self.store.begin(
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
-                                      "format": self.spec.format, "compression": self.spec.compression,
-                                      "fingerprint": str(fp)})
+                                      "format": self.spec.format, "compression": self.spec.compression})
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
-                        extraction = Extraction(conn=self.conn, table=table, where=where, snapshot=snapshot,
-                                                chunk_rows=self.spec.chunk_size, settings=self.settings,
-                                                progress=self.progress, progress_every=self.progress_every,
-                                                strict=self.spec.strict)
-                        plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams)
-                        stats = write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink,
-                                          self.temp_dir)
+                        stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds)
                         if stats.rows != fp.rows:
                             raise ArchiveError(
                                 f"read {stats.rows:,} rows but the snapshot's fingerprint counts {fp.rows:,}; "
                                 "nothing was published (please report this)", retryable=True)
+                        if fp.rows == 0:  # fingerprinted alongside: an empty day after all, nothing to publish
+                            upload.abort()
+                            upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
                 require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
@@ -276,21 +278,85 @@ class _Archiving:
                 self.store.delete_quietly(published, exc)
             raise
 
-    def _fingerprint(self, table: SourceTable, where) -> fingerprint.Fingerprint:
-        """The day's fingerprint; a value PostgreSQL cannot convert is named by column, as the formats do."""
-        self.conn.execute("SAVEPOINT archive_fingerprint")
+    def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable,
+                           where) -> tuple[fingerprint.Fingerprint, float]:
+        """The day's fingerprint in ``conn``'s snapshot, and how long PostgreSQL took to compute it; a
+        value PostgreSQL cannot convert is named by column, as the formats do."""
+        started = time.perf_counter()
+        conn.execute("SAVEPOINT archive_fingerprint")
         try:
-            fp = fingerprint.compute(self.conn, table.identifier, table.columns, where)
+            fp = fingerprint.compute(conn, table.identifier, table.columns, where)
         except psycopg.Error as exc:
-            if self.conn.closed or not is_value_failure(exc):
+            if conn.closed or not is_value_failure(exc):
                 raise
-            self.conn.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
-            with fingerprint.canonical_settings(self.conn):
-                culprits, found = failing_columns(self.conn, table, where, [
+            conn.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
+            with fingerprint.canonical_settings(conn):
+                culprits, found = failing_columns(conn, table, where, [
                     fingerprint.column_piece(c) for c in table.columns])
             raise explain_value_failure(self.spec.format, table, found or exc, culprits) from None
-        self.conn.execute("RELEASE SAVEPOINT archive_fingerprint")
-        return fp
+        conn.execute("RELEASE SAVEPOINT archive_fingerprint")
+        return fp, time.perf_counter() - started
+
+    def _fingerprint_first(self, existing: Existing, overwrite: bool, table: SourceTable, where) -> bool:
+        """Whether to fingerprint the day before reading it; otherwise a second session in the
+        snapshot fingerprints it while it is read (``_read``), so the fingerprint costs PostgreSQL
+        CPU instead of wall time. First where it may decide whether to read the day at all (see
+        ``_decided_by_fingerprint``) or the day is too small (planner estimate) to pay for a connection."""
+        return (self._decided_by_fingerprint(existing, overwrite)
+                or estimated_rows(self.conn, table, where) < FINGERPRINT_ALONGSIDE_ROWS)
+
+    def _decided_by_fingerprint(self, existing: Existing, overwrite: bool) -> bool:
+        """Whether the day's fingerprint must be known before it is read: to skip onto a manifest
+        (or refuse a changed or removed day), or where data of the day is stored without a
+        readable manifest (an empty source must then be refused before anything is written). A
+        first archive, or an overwrite of a readable archive of a day not removed, reads the day
+        whatever its fingerprint."""
+        if existing.raw is None:
+            return bool(self._stored_generations(existing.listing))
+        manifest = existing.manifest
+        return not (overwrite and manifest is not None and existing.problem is None and not manifest.get("removed"))
+
+    def _read(self, fmt, codec, table: SourceTable, where, snapshot, sink, fp: fingerprint.Fingerprint | None,
+              fp_seconds: float) -> tuple[WriteStats, fingerprint.Fingerprint, float]:
+        """The day's rows through the format into ``sink``, and the day's fingerprint: the one taken
+        first, or one taken while the rows are read (by a second session in the snapshot; where
+        none can be opened, e.g. at a connection limit, it is taken first after all)."""
+        extraction = Extraction(conn=self.conn, table=table, where=where, snapshot=snapshot,
+                                chunk_rows=self.spec.chunk_size, settings=self.settings, progress=self.progress,
+                                progress_every=self.progress_every, strict=self.spec.strict)
+        plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams)
+
+        def write() -> WriteStats:
+            return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)
+
+        if fp is not None:
+            return write(), fp, fp_seconds
+        try:
+            side = open_snapshot_sessions(self.conn, snapshot.snapshot_id, 1, self.settings)[0]
+        except psycopg.OperationalError as exc:
+            log.info("%s %s: fingerprinting before the read, no second session: %s", self.spec.name, self.day, exc)
+            fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
+            return write(), fp, fp_seconds
+        stats, (fp, fp_seconds) = self._alongside(side, write, table, where)
+        return stats, fp, fp_seconds
+
+    def _alongside(self, side: psycopg.Connection, write: Callable[[], WriteStats], table: SourceTable,
+                   where) -> tuple[WriteStats, tuple[fingerprint.Fingerprint, float]]:
+        """``write`` here and the fingerprint in ``side`` at once; a failed write cancels the
+        fingerprint at once (a failed fingerprint fails the day when the write has ended)."""
+        group = StreamGroup([lambda: None, side.cancel_safe])
+
+        def fingerprint_day() -> tuple[fingerprint.Fingerprint, float]:
+            timed = self._timed_fingerprint(side, table, where)
+            side.execute("COMMIT")
+            group.finished(1)
+            return timed
+
+        try:
+            stats, timed = group.run([write, fingerprint_day])
+        finally:
+            side.close()
+        return stats, timed
 
     # --- deciding what an existing archive means -------------------------------------------------
 
@@ -501,14 +567,14 @@ class _Archiving:
                     raise
                 log.warning("writing %s failed (%s); trying again", self.manifest_key, exc)
 
-    def _generation(self, existing: Existing, fp: fingerprint.Fingerprint) -> int:
+    def _generation(self, existing: Existing, fp: fingerprint.Fingerprint | None) -> int:
         """The generation the new data is written as: never the key of an object that might be the
         only copy of something. With a trustworthy manifest that is the next one (an object already
         there is an uncommitted leftover); without one, past every generation found in the store."""
         if existing.manifest is not None and existing.problem is None:
             return existing.generation + 1
         found = self._stored_generations(existing.listing)
-        if found and fp.rows == 0:
+        if found and fp is not None and fp.rows == 0:  # (None: nothing was found, see _fingerprint_session)
             raise ArchiveError(
                 f"{self.store.uri(self.key)} has archived data ({len(found)} object(s)) but "
                 f"{'no readable manifest' if existing.raw is not None else 'no manifest'}, and the source has no rows "

@@ -178,16 +178,19 @@ def dsn_of(conn: psycopg.Connection) -> str:
     return make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
 
 
-def open_text_sessions(extraction: Extraction, count: int, settings: dict[str, str]) -> list[psycopg.Connection]:
-    """``count`` sessions in the coordinator's snapshot. Any failure closes those already opened."""
-    dsn = dsn_of(extraction.conn)
+def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, count: int,
+                           settings: dict[str, str]) -> list[psycopg.Connection]:
+    """``count`` sessions logged in as ``coordinator`` is, each in a READ ONLY transaction that
+    imported ``snapshot_id`` (so they see exactly its data), with ``settings``. Any failure closes
+    those already opened."""
+    dsn = dsn_of(coordinator)
     opened: list[psycopg.Connection] = []
     try:
         for _ in range(count):
             conn = psycopg.connect(dsn, autocommit=True)
             opened.append(conn)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id)))
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
             for name, value in settings.items():
                 conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
     except BaseException:
@@ -195,6 +198,11 @@ def open_text_sessions(extraction: Extraction, count: int, settings: dict[str, s
             conn.close()
         raise
     return opened
+
+
+def open_text_sessions(extraction: Extraction, count: int, settings: dict[str, str]) -> list[psycopg.Connection]:
+    """``count`` sessions in the coordinator's snapshot."""
+    return open_snapshot_sessions(extraction.conn, extraction.snapshot.snapshot_id, count, settings)
 
 
 def merge_stats(parts: Sequence[WriteStats]) -> WriteStats:

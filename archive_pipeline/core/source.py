@@ -357,6 +357,14 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
         raise failure[0]
 
 
+def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
+    """The planner's estimate of the day's rows (one EXPLAIN: no row is read; as good as the table's
+    statistics, so only for choosing how to read, never for what was read)."""
+    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {} WHERE {}").format(
+        table.identifier, where)).fetchone()[0]
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
     """The table's primary key columns in key order (a restore re-creates it), or None."""
     rows = conn.execute(

@@ -1,0 +1,189 @@
+"""The content fingerprint taken by a second session while the day is read (issue 10 §2, its cost).
+
+A first archive, or an overwrite, reads the day whatever its fingerprint, so a second session that
+imported the archive's snapshot fingerprints the day while the rows stream. What must hold: the
+fingerprint is the one taken first (the source's in the same snapshot), in every format and with
+parallel streams; a fingerprint session that dies fails the day as any other lost session does and
+leaves nothing behind; a failed read leaves no fingerprint session running; at a connection limit
+the fingerprint is taken first instead; a day estimated big that turns out empty is archived empty.
+The threshold is lowered here so the small test days take that path (the spy on
+``open_snapshot_sessions`` only records: the real function opens the sessions).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import archive
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.keys import manifest_key
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify, source_fingerprint
+
+DAY = dt.date(2024, 3, 10)
+ROWS = 2000
+PASSWORD = "fp s3cret ✓"
+
+
+@pytest.fixture
+def table(conn, schema) -> str:
+    name = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, note text, amount numeric, "
+                         "tags text[], payload jsonb)").format(name))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '40 seconds', "
+                         "CASE WHEN g % 9 = 0 THEN NULL ELSE 'ñ ' || g END, g / 7.0, ARRAY['x', NULL], "
+                         "jsonb_build_object('g', g) FROM generate_series(1, {}) g").format(
+        name, sql.Literal(DAY.isoformat()), sql.Literal(ROWS)))
+    conn.execute(sql.SQL("ANALYZE {}").format(name))
+    return f"{schema}.ev"
+
+
+@pytest.fixture
+def role_dsn(pg, conn, schema) -> tuple[str, str]:
+    """A password role that can read the schema (the second session logs in as the first did)."""
+    role = f"fpa_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(role, PASSWORD)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+        s=sql.Identifier(schema), r=sql.Identifier(role)))
+    return role, dsn
+
+
+@pytest.fixture
+def sessions(monkeypatch) -> list[psycopg.Connection]:
+    """Every fingerprint session the archiver opens (taken alongside for any day of at least one row)."""
+    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)
+    opened: list[psycopg.Connection] = []
+    real = archive.open_snapshot_sessions
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        opened.extend(result)
+        return result
+
+    monkeypatch.setattr(archive, "open_snapshot_sessions", spy)
+    return opened
+
+
+def _spec(name: str, fmt: str = "jsonl", compression: str = "zstd", streams: int = 1) -> TableSpec:
+    return TableSpec(name=name, day_column="created_at", start_date="2024-03-01", format=fmt,
+                     compression=compression, chunk_size=100, parallel_streams=streams)
+
+
+def _left_behind(s3_client, bucket: str, store: S3Store, spec: TableSpec, temp_dir) -> list:
+    key = render_key(spec, DAY, store.prefix)
+    return [store.head(key), store.head(manifest_key(key)),
+            s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), list(temp_dir.iterdir())]
+
+
+def _role_sessions(conn, role: str) -> list[tuple]:
+    return conn.execute("SELECT pid, state FROM pg_stat_activity WHERE usename = %s", (role,)).fetchall()
+
+
+@pytest.mark.parametrize(("fmt", "compression", "streams"), [("jsonl", "zstd", 1), ("csv", "gzip", 1),
+                                                             ("parquet", "zstd", 1), ("jsonl", "lz4", 3),
+                                                             ("parquet", "zstd", 3)])
+def test_a_new_day_is_fingerprinted_alongside_as_it_would_be_first(conn, table, role_dsn, sessions, store,
+                                                                   temp_dir, fmt, compression, streams):
+    role, dsn = role_dsn
+    spec = _spec(table, fmt, compression, streams)
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        result = archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+        assert _role_sessions(conn, role) == [(archiving.info.backend_pid, "idle")]
+    assert len(sessions) == 1 and sessions[0].closed
+    assert result.rows == ROWS and not result.skipped and result.fingerprint_seconds > 0
+    assert result.fingerprint == str(source_fingerprint(conn, spec, DAY))
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []  # the rows read back have it too
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).skipped  # a re-run compares first
+    assert len(sessions) == 1
+
+
+def test_an_overwrite_is_fingerprinted_alongside_and_commits_a_new_generation(conn, table, sessions, store,
+                                                                             temp_dir):
+    spec = _spec(table)
+    first = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    conn.execute(sql.SQL("UPDATE {} SET note = 'changed' WHERE id = 5").format(sql.Identifier(*table.split("."))))
+    with pytest.raises(ArchiveError, match="changed since it was archived"):
+        archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))  # without overwrite: compared first
+    assert len(sessions) == 1
+    again = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir), overwrite=True)
+    assert len(sessions) == 2
+    assert again.generation == first.generation + 1 and again.fingerprint != first.fingerprint
+    assert again.fingerprint == str(source_fingerprint(conn, spec, DAY))
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
+def test_a_fingerprint_session_that_dies_fails_the_day_and_leaves_nothing(pg, conn, table, role_dsn, monkeypatch,
+                                                                          s3_client, bucket, store, temp_dir):
+    role, dsn = role_dsn
+    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)
+    real = archive.open_snapshot_sessions
+
+    def opened_then_terminated(*args, **kwargs):
+        result = real(*args, **kwargs)
+        assert conn.execute("SELECT pg_terminate_backend(%s, 5000)", (result[0].info.backend_pid,)).fetchone()[0]
+        return result
+
+    monkeypatch.setattr(archive, "open_snapshot_sessions", opened_then_terminated)
+    spec = _spec(table)
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+        assert _role_sessions(conn, role) == [(archiving.info.backend_pid, "idle")]
+    err = caught.value
+    assert err.retryable and spec.name in str(err) and DAY.isoformat() in str(err), str(err)
+    assert PASSWORD not in str(err)
+    assert _left_behind(s3_client, bucket, store, spec, temp_dir) == [None, None, None, []]
+
+
+def test_a_failed_read_leaves_no_fingerprint_session(conn, table, role_dsn, sessions, s3_client, bucket, store,
+                                                     temp_dir):
+    role, dsn = role_dsn
+    spec = _spec(table)
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        def terminate_the_reader(rows: int, size: int) -> None:
+            conn.execute("SELECT pg_terminate_backend(%s)", (archiving.info.backend_pid,))
+
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir), progress=terminate_the_reader,
+                              progress_every=0)
+    assert caught.value.retryable, str(caught.value)
+    assert len(sessions) == 1 and sessions[0].closed
+    assert _role_sessions(conn, role) == []
+    assert _left_behind(s3_client, bucket, store, spec, temp_dir) == [None, None, None, []]
+
+
+def test_at_the_connection_limit_the_fingerprint_is_taken_first(pg, conn, schema, table, monkeypatch, store,
+                                                                temp_dir):
+    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)
+    role = f"fpl_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(role, PASSWORD, connection_limit=1)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+        s=sql.Identifier(schema), r=sql.Identifier(role)))
+    spec = _spec(table)
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        result = archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+    assert result.rows == ROWS and result.fingerprint == str(source_fingerprint(conn, spec, DAY))
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_day_estimated_big_that_is_empty_is_archived_empty(conn, table, sessions, s3_client, bucket, store,
+                                                             temp_dir, fmt):
+    """The planner's estimate is only a guess: statistics say rows, the day has none (deleted since)."""
+    conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(*table.split("."))))  # no ANALYZE: stale estimate
+    spec = _spec(table, fmt)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    assert len(sessions) == 1
+    assert (result.rows, result.empty, result.key) == (0, True, "")
+    key = render_key(spec, DAY, store.prefix)
+    assert store.head(key) is None and store.head(manifest_key(key)) is not None
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+    assert list(temp_dir.iterdir()) == []
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).skipped
