@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 
 import psycopg
 import pytest
@@ -82,8 +83,14 @@ def _left_behind(s3_client, bucket: str, store: S3Store, spec: TableSpec, temp_d
             s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), list(temp_dir.iterdir())]
 
 
-def _role_sessions(conn, role: str) -> list[tuple]:
-    return conn.execute("SELECT pid, state FROM pg_stat_activity WHERE usename = %s", (role,)).fetchall()
+def _assert_sessions(conn, role: str, expected: list[tuple]) -> None:
+    """The role's sessions (pid, state) are ``expected``, within 10 s: a closed session's backend
+    leaves pg_stat_activity a moment after the client has gone."""
+    deadline = time.monotonic() + 10
+    while (found := conn.execute("SELECT pid, state FROM pg_stat_activity WHERE usename = %s ORDER BY pid",
+                                 (role,)).fetchall()) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert found == expected
 
 
 @pytest.mark.parametrize(("fmt", "compression", "streams"), [("jsonl", "zstd", 1), ("csv", "gzip", 1),
@@ -95,7 +102,7 @@ def test_a_new_day_is_fingerprinted_alongside_as_it_would_be_first(conn, table, 
     spec = _spec(table, fmt, compression, streams)
     with psycopg.connect(dsn, autocommit=True) as archiving:
         result = archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
-        assert _role_sessions(conn, role) == [(archiving.info.backend_pid, "idle")]
+        _assert_sessions(conn, role, [(archiving.info.backend_pid, "idle")])
     assert len(sessions) == 1 and sessions[0].closed
     assert result.rows == ROWS and not result.skipped and result.fingerprint_seconds > 0
     assert result.fingerprint == str(source_fingerprint(conn, spec, DAY))
@@ -135,7 +142,7 @@ def test_a_fingerprint_session_that_dies_fails_the_day_and_leaves_nothing(pg, co
     with psycopg.connect(dsn, autocommit=True) as archiving:
         with pytest.raises(ArchiveError) as caught:
             archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
-        assert _role_sessions(conn, role) == [(archiving.info.backend_pid, "idle")]
+        _assert_sessions(conn, role, [(archiving.info.backend_pid, "idle")])
     err = caught.value
     assert err.retryable and spec.name in str(err) and DAY.isoformat() in str(err), str(err)
     assert PASSWORD not in str(err)
@@ -155,7 +162,7 @@ def test_a_failed_read_leaves_no_fingerprint_session(conn, table, role_dsn, sess
                               progress_every=0)
     assert caught.value.retryable, str(caught.value)
     assert len(sessions) == 1 and sessions[0].closed
-    assert _role_sessions(conn, role) == []
+    _assert_sessions(conn, role, [])
     assert _left_behind(s3_client, bucket, store, spec, temp_dir) == [None, None, None, []]
 
 
@@ -187,3 +194,54 @@ def test_a_day_estimated_big_that_is_empty_is_archived_empty(conn, table, sessio
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
     assert list(temp_dir.iterdir()) == []
     assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).skipped
+
+
+# --- deep verification: the source's fingerprint while the archive downloads and loads --------------------
+
+def test_deep_verify_fingerprints_the_source_in_a_second_session(conn, table, role_dsn, store, temp_dir):
+    role, dsn = role_dsn
+    spec = _spec(table)
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    with psycopg.connect(dsn, autocommit=True) as verifying:
+        from archive_pipeline.core import verify
+
+        real, made = verify.psycopg.connect, []
+        verify.psycopg.connect = lambda *a, **k: made.append(a) or real(*a, **k)
+        try:
+            assert deep_verify(verifying, store, spec, DAY, temp_dir=str(temp_dir)) == []
+        finally:
+            verify.psycopg.connect = real
+        assert len(made) == 1  # the second session, logged in as the first (password included)
+        _assert_sessions(conn, role, [(verifying.info.backend_pid, "idle")])
+        conn.execute(sql.SQL("UPDATE {} SET amount = -amount WHERE id = 7").format(sql.Identifier(*table.split("."))))
+        problems = deep_verify(verifying, store, spec, DAY, temp_dir=str(temp_dir))
+        assert problems[0].startswith(f"the source's rows for {DAY} are not the archive's"), problems
+        assert "first difference" in problems[1] and "-1" in problems[1], problems
+        _assert_sessions(conn, role, [(verifying.info.backend_pid, "idle")])
+
+
+def test_deep_verify_at_the_connection_limit_fingerprints_the_source_after_the_load(pg, conn, schema, table, store,
+                                                                                   temp_dir):
+    role = f"fpv_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(role, PASSWORD, connection_limit=1)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+        s=sql.Identifier(schema), r=sql.Identifier(role)))
+    spec = _spec(table, "parquet")
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    with psycopg.connect(dsn, autocommit=True) as verifying:
+        assert deep_verify(verifying, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
+def test_deep_verify_of_a_damaged_object_stops_the_source_fingerprint(conn, table, role_dsn, s3_client, bucket,
+                                                                      store, temp_dir):
+    role, dsn = role_dsn
+    spec = _spec(table, "csv", "gzip")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    body = bytearray(s3_client.get_object(Bucket=bucket, Key=result.key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=bytes(body))
+    with psycopg.connect(dsn, autocommit=True) as verifying:
+        problems = deep_verify(verifying, store, spec, DAY, temp_dir=str(temp_dir))
+        assert problems and "MD5" in " ".join(problems) or "ETag" in " ".join(problems), problems
+        _assert_sessions(conn, role, [(verifying.info.backend_pid, "idle")])
+    assert list(temp_dir.iterdir()) == []

@@ -14,6 +14,7 @@ import datetime as dt
 import contextlib
 import io
 import itertools
+import threading
 from collections.abc import Sequence
 
 import psycopg
@@ -29,8 +30,9 @@ from archive_pipeline.core.discovery import source_table
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
+from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import Column, describe_table, day_filter
+from archive_pipeline.core.source import Column, SourceTable, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, S3Store
 
 __all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
@@ -199,14 +201,67 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                                "(scratch DSN) with the same column types", table=spec.name, day=day.isoformat(),
                                retryable=False)
         scratch_conn = conn
-    with temp_archive_file(temp_dir, suffix=".verify") as sink:
+    with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(conn, scratch_conn, spec,
+                                                                                   day) as source:
         problems = _download(store, manifest, sink)
         if problems:
             return problems
         with scratch_conn.transaction():
             temp, columns = _temp_table(scratch_conn, manifest)
             _load(scratch_conn, str(sink.path), manifest, temp)
-            return _compare(conn, scratch_conn, spec, day, manifest, temp, columns)
+            return _compare(conn, scratch_conn, day, manifest, temp, columns, source)
+
+
+class _SourceFingerprint:
+    """The source's fingerprint of the day, computed in another thread while the archive downloads
+    and loads (on ``conn`` itself when the rows load elsewhere, else on a second session), so the
+    proof costs the longer of the two instead of their sum. Where no second session can be opened
+    (e.g. a connection limit), it is computed when asked for. Leaving the block early cancels it."""
+
+    def __init__(self, conn: psycopg.Connection, scratch: psycopg.Connection, spec: TableSpec, day: Period) -> None:
+        self.conn, self.scratch, self.spec, self.day = conn, scratch, spec, day
+        self.side: psycopg.Connection | None = None
+        self.thread: threading.Thread | None = None
+        self.outcome: tuple | BaseException | None = None
+
+    def __enter__(self) -> _SourceFingerprint:
+        worker = self.conn
+        if self.scratch is self.conn:
+            try:
+                worker = self.side = psycopg.connect(dsn_of(self.conn), autocommit=True)
+            except psycopg.OperationalError:
+                return self  # no second session: computed on conn when asked for
+        self.thread = threading.Thread(target=self._compute, args=(worker,), name="verify-source", daemon=True)
+        self.thread.start()
+        return self
+
+    def _compute(self, conn: psycopg.Connection) -> None:
+        try:
+            self.outcome = self.compute(conn)
+        except BaseException as exc:  # noqa: BLE001 - raised by result() in the caller's thread
+            self.outcome = exc
+
+    def compute(self, conn: psycopg.Connection) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
+        with conn.transaction():
+            table = source_table(conn, self.spec, self.day)
+            where = day_filter(table, self.day)
+            return table, where, fingerprint.compute(conn, table.identifier, table.columns, where)
+
+    def result(self) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
+        if self.thread is None:
+            return self.compute(self.conn)
+        self.thread.join()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def __exit__(self, *exc_info) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            with contextlib.suppress(Exception):
+                (self.side or self.conn).cancel_safe()
+            self.thread.join()
+        if self.side is not None:
+            self.side.close()
 
 
 def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> None:
@@ -220,19 +275,17 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
                            day=manifest.get("day"), retryable=False) from None
 
 
-def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, spec: TableSpec, day: dt.date, manifest: dict,
-             temp: sql.Composable, columns: Sequence[Column]) -> list[str]:
+def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
+             temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint) -> list[str]:
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     loaded = fingerprint.compute(scratch, temp, columns)
     problems = []
     if loaded != recorded:
         problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
-    with conn.transaction() if conn is not scratch else contextlib.nullcontext():
-        table = source_table(conn, spec, day)
-        where = day_filter(table, day)
-        now = fingerprint.compute(conn, table.identifier, table.columns, where)
-        if now != loaded:
-            problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
+    table, where, now = source.result()
+    if now != loaded:
+        problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
+        with conn.transaction() if conn is not scratch else contextlib.nullcontext():
             problems.append(_name_first_difference(conn, table.identifier, table.columns, where, scratch, temp,
                                                    columns))
     return problems
