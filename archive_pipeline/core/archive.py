@@ -67,6 +67,9 @@ MANIFEST_PUT_ATTEMPTS = 3
 # A new day the planner expects to have at least this many rows is fingerprinted by a second session
 # while it is read (below it, a connection costs more than the fingerprint: ~1 ms per 1,000 rows).
 FINGERPRINT_ALONGSIDE_ROWS = 50_000
+# Alongside the read, one backend is enough (the fingerprint of 1M rows takes less CPU than their
+# COPY), and parallel workers would only compete with the read for the host's cores.
+ALONGSIDE_SETTINGS = {"max_parallel_workers_per_gather": "0"}
 log = logging.getLogger(__name__)
 
 
@@ -332,7 +335,7 @@ class _Archiving:
         if fp is not None:
             return write(), fp, fp_seconds
         try:
-            side = open_snapshot_sessions(self.conn, snapshot.snapshot_id, 1, self.settings)[0]
+            side = open_snapshot_sessions(self.conn, snapshot.snapshot_id, 1, {**self.settings, **ALONGSIDE_SETTINGS})[0]
         except psycopg.OperationalError as exc:
             log.info("%s %s: fingerprinting before the read, no second session: %s", self.spec.name, self.day, exc)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
