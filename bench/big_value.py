@@ -73,7 +73,8 @@ def main() -> None:
             # md5 hex text: incompressible enough to be realistic, and valid in any encoding
             value = ("(SELECT string_agg(md5(i::text), '') FROM generate_series(1, %s) AS i)"
                      if args.type == "text" else
-                     "(SELECT decode(string_agg(md5(i::text), ''), 'hex') FROM generate_series(1, %s) AS i)")
+                     # bytea built from bytea pieces: a hex text of a 600 MiB value would pass PostgreSQL's 1 GB limit
+                     "(SELECT string_agg(decode(md5(i::text), 'hex'), ''::bytea) FROM generate_series(1, %s) AS i)")
             per_md5 = 32 if args.type == "text" else 16
             conn.execute(f"CREATE TABLE public.big_value (at date, id int, v {args.type})")
             for i in range(args.count):

@@ -210,14 +210,28 @@ def explain_value_failure(format_name: str, table: SourceTable, exc: BaseExcepti
     if too_big:
         cause = ("is larger than PostgreSQL can send in one piece (1 GB per value or row as text, "
                  f"SQLSTATE {state}: {first_line(exc)})")
-        remedy = ("archive this table as parquet (bytea and text are read in binary there)"
-                  if format_name != "parquet" else
-                  "no format can export it through COPY; keep such values smaller or outside the archived table")
+        remedy = _too_big_remedy(format_name, [table.columns[i] for i in culprits or []])
     else:
         cause = f"cannot be converted by PostgreSQL (SQLSTATE {state}: {first_line(exc)})"
         remedy = f"archive this table as {OTHER_FORMATS.get(format_name, 'another format')}, or fix the value"
     return UnsupportedTypeError(f"{where} of {table.qualified} {cause} in {format_name}; {remedy}",
                                 table=table.qualified, retryable=False)
+
+
+def _too_big_remedy(format_name: str, culprits: list[Column]) -> str:
+    """Parquet reads values in binary, so a text value whose CSV or JSON form passes 1 GB (quotes
+    doubled, control characters escaped) fits there. A bytea's text form is hex, twice its size, and
+    the content fingerprint and every restore read that form: no format can archive one over ~512 MiB,
+    nor a row whose own binary form passes 1 GB."""
+    if format_name != "parquet" and culprits and not any(c.base_type == "bytea" for c in culprits):
+        return "archive this table as parquet (values are read in binary there)"
+    if format_name != "parquet" and not culprits:
+        return ("archive this table as parquet if the value is text or json (read in binary there); a bytea over "
+                "~512 MiB cannot be archived in any format (its hex text form, which the content fingerprint and "
+                "the restore read, passes 1 GB): keep such values smaller or outside the archived table")
+    return ("no format can archive it: PostgreSQL cannot produce it in one piece (a bytea's hex text form, which the "
+            "content fingerprint and the restore read, passes 1 GB over ~512 MiB, as does any row over 1 GB); keep "
+            "such values smaller or outside the archived table (e.g. as objects the row points to)")
 
 
 # ---- the day's query ------------------------------------------------------------------------------
