@@ -8,6 +8,30 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core.source import describe_table
 
+_algorithm = [fingerprint.ALGORITHM]
+
+
+@pytest.fixture(autouse=True, params=fingerprint.ALGORITHMS)
+def algorithm(request) -> str:
+    """Every property holds for each algorithm this version computes: v3 for new archives, v2 to
+    prove and compare the archives written before it."""
+    _algorithm[0] = request.param
+    yield request.param
+    _algorithm[0] = fingerprint.ALGORITHM
+
+
+def compute(*args, **kwargs) -> fingerprint.Fingerprint:
+    return fingerprint.compute(*args, algorithm=_algorithm[0], **kwargs)
+
+
+def row_hashes(*args, **kwargs):
+    return fingerprint.row_hashes(*args, algorithm=_algorithm[0], **kwargs)
+
+
+def row_hash(columns):
+    return fingerprint.row_hash(columns, algorithm=_algorithm[0])
+
+
 # (type, value, a value that compares equal or hashes alike in PostgreSQL but prints differently)
 NEAR_TWINS = [
     ("numeric", "1.0", "1.00"),
@@ -40,7 +64,7 @@ def test_values_that_print_differently_fingerprint_differently(conn, schema, typ
     a, cols = make(conn, schema, "a", typ, [one, None])
     b, _ = make(conn, schema, "b", typ, [twin, None])
     c, _ = make(conn, schema, "c", typ, [None, one])  # same multiset as a, other order
-    fa, fb, fc = (fingerprint.compute(conn, t, cols) for t in (a, b, c))
+    fa, fb, fc = (compute(conn, t, cols) for t in (a, b, c))
     assert fa.rows == fb.rows == 2
     assert fa != fb
     assert fa == fc
@@ -48,10 +72,10 @@ def test_values_that_print_differently_fingerprint_differently(conn, schema, typ
 
 def test_insert_plus_delete_keeps_count_but_changes_fingerprint(conn, schema):
     table, cols = make(conn, schema, "t", "int8", ["1", "2", "3"])
-    before = fingerprint.compute(conn, table, cols)
+    before = compute(conn, table, cols)
     conn.execute(sql.SQL("DELETE FROM {} WHERE v = 2").format(table))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (4)").format(table))
-    after = fingerprint.compute(conn, table, cols)
+    after = compute(conn, table, cols)
     assert before.rows == after.rows == 3
     assert before != after
 
@@ -61,22 +85,23 @@ def test_duplicates_count_and_columns_do_not_swap(conn, schema):
     table = sql.Identifier(schema, "w")
     cols = describe_table(conn, f"{schema}.w", None).columns
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 2), (1, 2)").format(table))
-    twice = fingerprint.compute(conn, table, cols)
+    twice = compute(conn, table, cols)
     conn.execute(sql.SQL("DELETE FROM {}").format(table))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 2)").format(table))
-    once = fingerprint.compute(conn, table, cols)
+    once = compute(conn, table, cols)
     conn.execute(sql.SQL("UPDATE {} SET a = 2, b = 1").format(table))
-    swapped = fingerprint.compute(conn, table, cols)
+    swapped = compute(conn, table, cols)
     assert len({str(twice), str(once), str(swapped)}) == 3
     assert fingerprint.Fingerprint.parse(str(once)) == once
+    assert once.algorithm == _algorithm[0] and fingerprint.recorded_algorithm(str(once)) == _algorithm[0]
 
 
 def test_independent_of_session_settings(conn, schema):
     table, cols = make(conn, schema, "s", "timestamptz[]", ["{2024-03-10 12:00:00+00}"])
-    first = fingerprint.compute(conn, table, cols)
+    first = compute(conn, table, cols)
     conn.execute("SET TimeZone = 'America/New_York'")
     conn.execute("SET DateStyle = 'German'")
-    assert fingerprint.compute(conn, table, cols) == first
+    assert compute(conn, table, cols) == first
 
 
 def test_wide_table_and_row_diff(conn, schema, pg):
@@ -85,18 +110,18 @@ def test_wide_table_and_row_diff(conn, schema, pg):
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, cols_sql))
     conn.execute(sql.SQL("INSERT INTO {} (c0) SELECT g FROM generate_series(1, 50) g").format(table))
     cols = describe_table(conn, f"{schema}.wide", None).columns
-    assert fingerprint.compute(conn, table, cols).rows == 50
+    assert compute(conn, table, cols).rows == 50
     other = sql.Identifier(schema, "wide2")
     conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(other, table))
-    assert fingerprint.compute(conn, other, cols) == fingerprint.compute(conn, table, cols)
+    assert compute(conn, other, cols) == compute(conn, table, cols)
     with pg.connect() as second:
-        assert fingerprint.first_difference(fingerprint.row_hashes(conn, table, cols),
-                                            fingerprint.row_hashes(second, other, cols)) is None
+        assert fingerprint.first_difference(row_hashes(conn, table, cols),
+                                            row_hashes(second, other, cols)) is None
         conn.execute(sql.SQL("UPDATE {} SET c7 = 1 WHERE c0 = 17").format(other))
-        found = fingerprint.first_difference(fingerprint.row_hashes(conn, table, cols),
-                                             fingerprint.row_hashes(second, other, cols))
+        found = fingerprint.first_difference(row_hashes(conn, table, cols),
+                                             row_hashes(second, other, cols))
     changed = {side: conn.execute(sql.SQL("SELECT {} FROM {} WHERE c0 = 17").format(
-        fingerprint.row_hash(cols), t)).fetchone()[0] for side, t in (("left", table), ("right", other))}
+        row_hash(cols), t)).fetchone()[0] for side, t in (("left", table), ("right", other))}
     assert found in changed.items()
 
 
@@ -117,7 +142,7 @@ FOLDED = [
 def test_changes_that_type_hashes_fold_away_are_seen(conn, schema, typ, one, other):
     a, cols = make(conn, schema, "a", typ, [one])
     b, _ = make(conn, schema, "b", typ, [other])
-    assert (fingerprint.compute(conn, a, cols) == fingerprint.compute(conn, b, cols)) is (one == other)
+    assert (compute(conn, a, cols) == compute(conn, b, cols)) is (one == other)
 
 
 def test_a_value_swapped_between_rows_changes_it(conn, schema):
@@ -125,8 +150,33 @@ def test_a_value_swapped_between_rows_changes_it(conn, schema):
     conn.execute(sql.SQL("CREATE TABLE {} (a int8, b int8)").format(table))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, g * 7 FROM generate_series(1, 200) g").format(table))
     cols = describe_table(conn, f"{schema}.s2", None).columns
-    before = fingerprint.compute(conn, table, cols)
+    before = compute(conn, table, cols)
     # 200 swaps of column b between row pairs: every row changes, the columns' multisets do not
     conn.execute(sql.SQL("UPDATE {t} SET b = CASE WHEN a % 2 = 1 THEN (a + 1) * 7 ELSE (a - 1) * 7 END").format(
         t=table))
-    assert fingerprint.compute(conn, table, cols) != before
+    assert compute(conn, table, cols) != before
+
+
+def test_the_algorithms_differ_and_a_recorded_one_is_computed_again(conn, schema, algorithm):
+    """A manifest records its algorithm: what compares with it computes that one; an unknown or
+    missing one is not computable (the archive is then archived again rather than compared)."""
+    table, cols = make(conn, schema, "r", "text", ["a", "", None])
+    v2, v3 = (fingerprint.compute(conn, table, cols, algorithm=a) for a in (fingerprint.V2, fingerprint.ALGORITHM))
+    assert v2.rows == v3.rows == 3 and v2.hash_sum != v3.hash_sum
+    assert fingerprint.algorithm_for(str(v2)) == fingerprint.V2
+    assert fingerprint.algorithm_for(str(v3)) == fingerprint.ALGORITHM
+    for unknown in (None, "", "row-hash-sum-v1:3:12", "row-hash-sum-v9:3:12", "garbage"):
+        assert fingerprint.recorded_algorithm(unknown) is None
+        assert fingerprint.algorithm_for(unknown) == fingerprint.ALGORITHM
+
+
+def test_null_and_empty_text_differ_in_every_position(conn, schema, algorithm):
+    table = sql.Identifier(schema, "ne")
+    conn.execute(sql.SQL("CREATE TABLE {} (a text, b text, c varchar)").format(table))
+    cols = describe_table(conn, f"{schema}.ne", None).columns
+    seen = set()
+    for row in [("", "", ""), (None, "", ""), ("", None, ""), ("", "", None), (None, None, None), ("N", "", "")]:
+        conn.execute(sql.SQL("DELETE FROM {}").format(table))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(table), row)
+        seen.add(str(compute(conn, table, cols)))
+    assert len(seen) == 6

@@ -234,7 +234,8 @@ class _Archiving:
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
                     if self._fingerprint_first(existing, overwrite, table, where):
-                        fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
+                        fp, fp_seconds = self._timed_fingerprint(self.conn, table, where,
+                                                                 self._algorithm(existing, overwrite))
                         if existing.manifest is not None and existing.problem is None:
                             if self._keep(existing.manifest, identity, table, fp, overwrite):
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
@@ -281,21 +282,21 @@ class _Archiving:
                 self.store.delete_quietly(published, exc)
             raise
 
-    def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable,
-                           where) -> tuple[fingerprint.Fingerprint, float]:
+    def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable, where,
+                           algorithm: str = fingerprint.ALGORITHM) -> tuple[fingerprint.Fingerprint, float]:
         """The day's fingerprint in ``conn``'s snapshot, and how long PostgreSQL took to compute it; a
         value PostgreSQL cannot convert is named by column, as the formats do."""
         started = time.perf_counter()
         conn.execute("SAVEPOINT archive_fingerprint")
         try:
-            fp = fingerprint.compute(conn, table.identifier, table.columns, where)
+            fp = fingerprint.compute(conn, table.identifier, table.columns, where, algorithm)
         except psycopg.Error as exc:
             if conn.closed or not is_value_failure(exc):
                 raise
             conn.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
             with fingerprint.canonical_settings(conn):
                 culprits, found = failing_columns(conn, table, where, [
-                    fingerprint.column_piece(c) for c in table.columns])
+                    fingerprint.column_text(c) for c in table.columns])
             raise explain_value_failure(self.spec.format, table, found or exc, culprits) from None
         conn.execute("RELEASE SAVEPOINT archive_fingerprint")
         return fp, time.perf_counter() - started
@@ -307,6 +308,14 @@ class _Archiving:
         ``_decided_by_fingerprint``) or the day is too small (planner estimate) to pay for a connection."""
         return (self._decided_by_fingerprint(existing, overwrite)
                 or estimated_rows(self.conn, table, where) < FINGERPRINT_ALONGSIDE_ROWS)
+
+    def _algorithm(self, existing: Existing, overwrite: bool) -> str:
+        """The fingerprint algorithm to compute first: the stored manifest's where the fingerprint is
+        compared with it (an archive written before the current algorithm is still proven or refused
+        by its own), else the current one."""
+        if not self._decided_by_fingerprint(existing, overwrite):
+            return fingerprint.ALGORITHM
+        return fingerprint.algorithm_for((existing.manifest or _loose_manifest(existing) or {}).get("fingerprint"))
 
     def _decided_by_fingerprint(self, existing: Existing, overwrite: bool) -> bool:
         """Whether the day's fingerprint must be known before it is read: to skip onto a manifest
@@ -385,11 +394,7 @@ class _Archiving:
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
         """A removed day whose archive is damaged, or whose manifest cannot be read but says it was
         removed, is never archived again from the source unless the source holds exactly its rows."""
-        manifest = existing.manifest
-        if manifest is None and existing.raw is not None:
-            with contextlib.suppress(ValueError, TypeError):
-                loose = json.loads(existing.raw)
-                manifest = loose if isinstance(loose, dict) else None
+        manifest = existing.manifest or _loose_manifest(existing)
         removed = (manifest or {}).get("removed")
         if removed and manifest.get("fingerprint") != str(fp):
             raise DayRemovedError(
@@ -421,7 +426,7 @@ class _Archiving:
                 f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
                 f"{identity.system_identifier}); if this database replaced that one, set overwrite to archive "
                 "the day again", retryable=False)
-        if recorded is None or not recorded.startswith(fingerprint.ALGORITHM + ":"):
+        if fingerprint.recorded_algorithm(recorded) is None:
             return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         if same:
             return True
@@ -607,6 +612,16 @@ def _identity(conn: psycopg.Connection) -> SourceIdentity:
     if identity is None:
         identity = _IDENTITIES[conn] = SourceIdentity(*server_identity(conn))
     return identity
+
+
+def _loose_manifest(existing: Existing) -> dict | None:
+    """The stored manifest's JSON even where it failed its checks (to honour a ``removed`` mark)."""
+    if existing.raw is None:
+        return None
+    with contextlib.suppress(ValueError, TypeError):
+        loose = json.loads(existing.raw)
+        return loose if isinstance(loose, dict) else None
+    return None
 
 
 def _manifest_object_key(manifest: dict | None) -> str | None:

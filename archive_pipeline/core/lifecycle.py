@@ -163,7 +163,8 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     where = day_filter(table, day)
     # Hash by the configured table's column names, so a partition whose columns are in another order
     # (attached from a table built differently) fingerprints like its parent.
-    now = fingerprint.compute(conn, target.identifier, table.columns, day_filter(target, day))
+    now = fingerprint.compute(conn, target.identifier, table.columns, day_filter(target, day),
+                              fingerprint.algorithm_for(manifest["fingerprint"]))
     if str(now) != manifest["fingerprint"]:
         raise RemovalRefused(
             f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "

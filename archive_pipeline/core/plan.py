@@ -229,7 +229,7 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
         state = "empty" if archived.empty else "archived"
         source_rows, note = None, ""
         if check_source and present:
-            current = source_fingerprint(conn, spec, day)
+            current = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(archived.fingerprint))
             source_rows = current.rows
             if not matches_source(archived, current):
                 state = "changed"
@@ -343,7 +343,8 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
         return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
     with read_snapshot(conn):
         table, where = _source(conn, spec, day)
-        current = fingerprint.compute(conn, table.identifier, table.columns, where)
+        current = fingerprint.compute(conn, table.identifier, table.columns, where,
+                                      fingerprint.algorithm_for(existing.manifest.get("fingerprint")))
         identity = SourceIdentity(*server_identity(conn))
     try:
         keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
@@ -406,7 +407,8 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
         if archived is None and not present:
             continue
         try:
-            current = source_fingerprint(conn, spec, day) if present else None
+            algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
+            current = source_fingerprint(conn, spec, day, algorithm) if present else None
         except SourceError as exc:
             current, present = None, False
             found = ManifestLookup(found.key, archived, str(exc))

@@ -489,13 +489,13 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
         raise FingerprintMismatchError(
             f"the archive of {table} for {day} holds {rows:,} rows but its manifest records {manifest['rows']:,}; "
             "the restore was rolled back", table=table, day=day)
-    if not recorded or not recorded.startswith(fp.ALGORITHM + ":"):
+    if fp.recorded_algorithm(recorded) is None:
         why = "its manifest (version 1) records no fingerprint" if not recorded else \
-            f"its fingerprint {recorded!r} is not {fp.ALGORITHM}"
+            f"its fingerprint {recorded!r} is none of {', '.join(fp.ALGORITHMS)}"
         return False, None, f"row count only ({rows:,} rows as recorded): {why}"
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     where = _day_where(conn, relation, manifest, whole)
-    actual = fp.compute(conn, _ident(relation), columns, where)
+    actual = fp.compute(conn, _ident(relation), columns, where, fp.algorithm_for(recorded))
     scope = relation if where is None else f"the rows of {day} in {relation}"
     if str(actual) != recorded:
         raise FingerprintMismatchError(

@@ -146,22 +146,24 @@ def _download(store: S3Store, manifest: dict, sink) -> list[str]:
     return problems
 
 
-def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> fingerprint.Fingerprint:
-    """The day's fingerprint in the source now (one snapshot)."""
+def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
+                       algorithm: str = fingerprint.ALGORITHM) -> fingerprint.Fingerprint:
+    """The day's fingerprint in the source now (one snapshot), by ``algorithm`` (to compare with a
+    manifest, the one it records: see ``fingerprint.algorithm_for``)."""
     day = spec.period(day)
     with conn.transaction():
         table = source_table(conn, spec, day)
-        return fingerprint.compute(conn, table.identifier, table.columns, day_filter(table, day))
+        return fingerprint.compute(conn, table.identifier, table.columns, day_filter(table, day), algorithm)
 
 
 def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict) -> str | None:
     """Why the source's day no longer equals its archive, or None if it does."""
     day = spec.period(day)
     recorded = manifest.get("fingerprint")
-    if not recorded or not recorded.startswith(fingerprint.ALGORITHM + ":"):
-        return ("the manifest has no fingerprint of this version (written by an older archive_pipeline): archive the "
-                "day again (overwrite) to prove it")
-    now = source_fingerprint(conn, spec, day)
+    if fingerprint.recorded_algorithm(recorded) is None:
+        return ("the manifest has no fingerprint this version can compute (written by an older archive_pipeline): "
+                "archive the day again (overwrite) to prove it")
+    now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded))
     if str(now) == recorded:
         return None
     then = fingerprint.Fingerprint.parse(recorded)
@@ -188,9 +190,9 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}")
         if manifest is None:
             return problems
-    if not str(manifest.get("fingerprint", "")).startswith(fingerprint.ALGORITHM + ":"):
-        return ["the manifest has no fingerprint of this version (written by an older archive_pipeline): archive the day again "
-                "(overwrite) before proving it"]
+    if fingerprint.recorded_algorithm(manifest.get("fingerprint")) is None:
+        return ["the manifest has no fingerprint this version can compute (written by an older archive_pipeline): archive "
+                "the day again (overwrite) before proving it"]
     if manifest.get("empty"):
         changed = source_changed(conn, spec, day, manifest)
         return [changed] if changed else []
@@ -201,8 +203,9 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                                "(scratch DSN) with the same column types", table=spec.name, day=day.isoformat(),
                                retryable=False)
         scratch_conn = conn
-    with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(conn, scratch_conn, spec,
-                                                                                   day) as source:
+    algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
+    with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(conn, scratch_conn, spec, day,
+                                                                                   algorithm) as source:
         problems = _download(store, manifest, sink)
         if problems:
             return problems
@@ -218,8 +221,9 @@ class _SourceFingerprint:
     proof costs the longer of the two instead of their sum. Where no second session can be opened
     (e.g. a connection limit), it is computed when asked for. Leaving the block early cancels it."""
 
-    def __init__(self, conn: psycopg.Connection, scratch: psycopg.Connection, spec: TableSpec, day: Period) -> None:
-        self.conn, self.scratch, self.spec, self.day = conn, scratch, spec, day
+    def __init__(self, conn: psycopg.Connection, scratch: psycopg.Connection, spec: TableSpec, day: Period,
+                 algorithm: str) -> None:
+        self.conn, self.scratch, self.spec, self.day, self.algorithm = conn, scratch, spec, day, algorithm
         self.side: psycopg.Connection | None = None
         self.thread: threading.Thread | None = None
         self.outcome: tuple | BaseException | None = None
@@ -245,7 +249,7 @@ class _SourceFingerprint:
         with conn.transaction():
             table = source_table(conn, self.spec, self.day)
             where = day_filter(table, self.day)
-            return table, where, fingerprint.compute(conn, table.identifier, table.columns, where)
+            return table, where, fingerprint.compute(conn, table.identifier, table.columns, where, self.algorithm)
 
     def result(self) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
         if self.thread is None:
@@ -278,7 +282,7 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
 def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
              temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint) -> list[str]:
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
-    loaded = fingerprint.compute(scratch, temp, columns)
+    loaded = fingerprint.compute(scratch, temp, columns, algorithm=recorded.algorithm)
     problems = []
     if loaded != recorded:
         problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
@@ -287,7 +291,7 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
         problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
         with conn.transaction() if conn is not scratch else contextlib.nullcontext():
             problems.append(_name_first_difference(conn, table.identifier, table.columns, where, scratch, temp,
-                                                   columns))
+                                                   columns, recorded.algorithm))
     return problems
 
 
@@ -297,15 +301,16 @@ def _fp_difference(a: fingerprint.Fingerprint, b: fingerprint.Fingerprint) -> st
     return f"the same {a.rows:,} rows in number but other content (fingerprint {a} against {b})"
 
 
-def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, temp_columns) -> str:
-    found = fingerprint.first_difference(fingerprint.row_hashes(conn, relation, rel_columns, where),
-                                         fingerprint.row_hashes(scratch, temp, temp_columns))
+def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, temp_columns, algorithm: str) -> str:
+    found = fingerprint.first_difference(
+        fingerprint.row_hashes(conn, relation, rel_columns, where, algorithm=algorithm),
+        fingerprint.row_hashes(scratch, temp, temp_columns, algorithm=algorithm))
     if found is None:
         return "no single row differs (the row hashes agree; the difference is in the recorded fingerprint)"
     side, value = found
     rel, cols, db, filt = (relation, rel_columns, conn, where) if side == "left" else (temp, temp_columns, scratch, None)
     query = sql.SQL("SELECT r::text FROM {rel} AS r WHERE {where} AND {h} = %s LIMIT 1").format(
-        rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r"))
+        rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r", algorithm))
     with fingerprint.canonical_settings(db):
         row = db.execute(query, (value,)).fetchone()
     text = row[0] if row else "?"
