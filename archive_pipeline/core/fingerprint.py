@@ -53,7 +53,7 @@ CANONICAL_SETTINGS = {
     "lc_monetary": "C",
 }
 
-# Each column becomes a short piece of text that differs exactly when the value prints differently:
+# v2: each column becomes a short piece of text that differs exactly when the value prints differently:
 # integers and booleans as themselves; text and uuid as a 64-bit hash of their bytes (a full hash,
 # unlike hashint8extended, which folds the high half into the low one); every other type as a
 # 64-bit hash of its text output (timestamps, numeric: their own hashes ignore the sign or fold).
