@@ -245,3 +245,27 @@ def test_deep_verify_of_a_damaged_object_stops_the_source_fingerprint(conn, tabl
         assert problems and "MD5" in " ".join(problems) or "ETag" in " ".join(problems), problems
         _assert_sessions(conn, role, [(verifying.info.backend_pid, "idle")])
     assert list(temp_dir.iterdir()) == []
+
+
+def test_the_planners_estimate_decides_at_the_default_threshold(conn, schema, table, monkeypatch, store, temp_dir):
+    """Below FINGERPRINT_ALONGSIDE_ROWS (planner estimate) the fingerprint is taken first, on the
+    archive's own session; above it a second session computes it alongside."""
+    opened: list = []
+    real = archive.open_snapshot_sessions
+
+    def spy(*args, **kwargs):
+        sessions = real(*args, **kwargs)
+        opened.extend(sessions)
+        return sessions
+
+    monkeypatch.setattr(archive, "open_snapshot_sessions", spy)
+    assert archive.FINGERPRINT_ALONGSIDE_ROWS == 50_000
+    small = archive_partition(conn, _spec(table), DAY, store, temp_dir=str(temp_dir))
+    assert small.rows == ROWS and opened == []
+    big = sql.Identifier(schema, "big")
+    conn.execute(sql.SQL("CREATE TABLE {} AS SELECT g AS id, {}::timestamptz + g * interval '1 second' AS created_at "
+                         "FROM generate_series(1, 60000) g").format(big, sql.Literal(DAY.isoformat())))
+    conn.execute(sql.SQL("ANALYZE {}").format(big))
+    result = archive_partition(conn, _spec(f"{schema}.big"), DAY, store, temp_dir=str(temp_dir))
+    assert result.rows == 60_000 and len(opened) == 1 and opened[0].closed
+    assert result.fingerprint == str(source_fingerprint(conn, _spec(f"{schema}.big"), DAY))
