@@ -56,10 +56,8 @@ def role_dsn(pg, conn, schema) -> tuple[str, str]:
     return role, dsn
 
 
-@pytest.fixture
-def sessions(monkeypatch) -> list[psycopg.Connection]:
-    """Every fingerprint session the archiver opens (taken alongside for any day of at least one row)."""
-    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)
+def spy_on_sessions(monkeypatch) -> list[psycopg.Connection]:
+    """Every fingerprint session the archiver opens from now on (the real function opens them)."""
     opened: list[psycopg.Connection] = []
     real = archive.open_snapshot_sessions
 
@@ -70,6 +68,13 @@ def sessions(monkeypatch) -> list[psycopg.Connection]:
 
     monkeypatch.setattr(archive, "open_snapshot_sessions", spy)
     return opened
+
+
+@pytest.fixture
+def sessions(monkeypatch) -> list[psycopg.Connection]:
+    """Every fingerprint session the archiver opens (taken alongside for any day of at least one row)."""
+    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)
+    return spy_on_sessions(monkeypatch)
 
 
 def _spec(name: str, fmt: str = "jsonl", compression: str = "zstd", streams: int = 1) -> TableSpec:
@@ -250,15 +255,7 @@ def test_deep_verify_of_a_damaged_object_stops_the_source_fingerprint(conn, tabl
 def test_the_planners_estimate_decides_at_the_default_threshold(conn, schema, table, monkeypatch, store, temp_dir):
     """Below FINGERPRINT_ALONGSIDE_ROWS (planner estimate) the fingerprint is taken first, on the
     archive's own session; above it a second session computes it alongside."""
-    opened: list = []
-    real = archive.open_snapshot_sessions
-
-    def spy(*args, **kwargs):
-        sessions = real(*args, **kwargs)
-        opened.extend(sessions)
-        return sessions
-
-    monkeypatch.setattr(archive, "open_snapshot_sessions", spy)
+    opened = spy_on_sessions(monkeypatch)
     assert archive.FINGERPRINT_ALONGSIDE_ROWS == 50_000
     small = archive_partition(conn, _spec(table), DAY, store, temp_dir=str(temp_dir))
     assert small.rows == ROWS and opened == []
