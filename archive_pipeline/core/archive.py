@@ -233,9 +233,12 @@ class _Archiving:
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
-                    if self._fingerprint_first(existing, overwrite, table, where):
+                    decides = self._decided_by_fingerprint(existing, overwrite)
+                    if decides or estimated_rows(self.conn, table, where) < FINGERPRINT_ALONGSIDE_ROWS:
+                        # first: it decides whether the day is read at all, or the day is too small to pay
+                        # for a second session (otherwise ``_read`` takes it while the rows stream)
                         fp, fp_seconds = self._timed_fingerprint(self.conn, table, where,
-                                                                 self._algorithm(existing, overwrite))
+                                                                 self._algorithm(existing, decides))
                         if existing.manifest is not None and existing.problem is None:
                             if self._keep(existing.manifest, identity, table, fp, overwrite):
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
@@ -301,19 +304,12 @@ class _Archiving:
         conn.execute("RELEASE SAVEPOINT archive_fingerprint")
         return fp, time.perf_counter() - started
 
-    def _fingerprint_first(self, existing: Existing, overwrite: bool, table: SourceTable, where) -> bool:
-        """Whether to fingerprint the day before reading it; otherwise a second session in the
-        snapshot fingerprints it while it is read (``_read``), so the fingerprint costs PostgreSQL
-        CPU instead of wall time. First where it may decide whether to read the day at all (see
-        ``_decided_by_fingerprint``) or the day is too small (planner estimate) to pay for a connection."""
-        return (self._decided_by_fingerprint(existing, overwrite)
-                or estimated_rows(self.conn, table, where) < FINGERPRINT_ALONGSIDE_ROWS)
-
-    def _algorithm(self, existing: Existing, overwrite: bool) -> str:
+    @staticmethod
+    def _algorithm(existing: Existing, decides: bool) -> str:
         """The fingerprint algorithm to compute first: the stored manifest's where the fingerprint is
-        compared with it (an archive written before the current algorithm is still proven or refused
-        by its own), else the current one."""
-        if not self._decided_by_fingerprint(existing, overwrite):
+        compared with it (``decides``: an archive written before the current algorithm is still
+        proven or refused by its own), else the current one."""
+        if not decides:
             return fingerprint.ALGORITHM
         return fingerprint.algorithm_for((existing.manifest or _loose_manifest(existing) or {}).get("fingerprint"))
 
@@ -322,7 +318,8 @@ class _Archiving:
         (or refuse a changed or removed day), or where data of the day is stored without a
         readable manifest (an empty source must then be refused before anything is written). A
         first archive, or an overwrite of a readable archive of a day not removed, reads the day
-        whatever its fingerprint."""
+        whatever its fingerprint, so a second session in the snapshot can fingerprint it while it is
+        read (``_read``): the fingerprint then costs PostgreSQL CPU instead of wall time."""
         if existing.raw is None:
             return bool(self._stored_generations(existing.listing))
         manifest = existing.manifest
@@ -582,7 +579,7 @@ class _Archiving:
         if existing.manifest is not None and existing.problem is None:
             return existing.generation + 1
         found = self._stored_generations(existing.listing)
-        if found and fp is not None and fp.rows == 0:  # (None: nothing was found, see _fingerprint_session)
+        if found and fp is not None and fp.rows == 0:  # (None only where nothing was found: _decided_by_fingerprint)
             raise ArchiveError(
                 f"{self.store.uri(self.key)} has archived data ({len(found)} object(s)) but "
                 f"{'no readable manifest' if existing.raw is not None else 'no manifest'}, and the source has no rows "
