@@ -266,3 +266,29 @@ def test_the_planners_estimate_decides_at_the_default_threshold(conn, schema, ta
     result = archive_partition(conn, _spec(f"{schema}.big"), DAY, store, temp_dir=str(temp_dir))
     assert result.rows == 60_000 and len(opened) == 1 and opened[0].closed
     assert result.fingerprint == str(source_fingerprint(conn, _spec(f"{schema}.big"), DAY))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_rows_committed_during_the_read_are_in_neither_the_object_nor_the_fingerprint(pg, conn, table, sessions,
+                                                                                      store, temp_dir, fmt):
+    """The fingerprint session imported the archive's snapshot before the read began: a row committed
+    while the day streams is outside both, and the next run sees the day as changed."""
+    spec = _spec(table, fmt)
+    before = str(source_fingerprint(conn, spec, DAY))
+    inserted: list[bool] = []
+
+    def insert_a_late_row(rows: int, size: int) -> None:
+        if not inserted:
+            inserted.append(True)
+            with pg.connect() as writer:  # another session, committed at once
+                writer.execute(sql.SQL("INSERT INTO {} (id, created_at) VALUES (-1, {}::timestamptz)").format(
+                    sql.Identifier(*table.split(".")), sql.Literal(f"{DAY} 12:00+00")))
+
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir), progress=insert_a_late_row,
+                               progress_every=0)
+    assert inserted and len(sessions) == 1
+    assert result.rows == ROWS and result.fingerprint == before
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))[0].startswith(
+        f"the source's rows for {DAY} are not the archive's: {ROWS + 1:,} rows against {ROWS:,}")
+    with pytest.raises(ArchiveError, match="changed since it was archived"):
+        archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
