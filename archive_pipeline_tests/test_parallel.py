@@ -25,7 +25,8 @@ from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import ConfigError, TableSpec, parse_config
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.formats.common import Extraction
-from archive_pipeline.core.parallel import StreamPlan, ctid_ranges, plan_streams, stream_extractions
+from archive_pipeline.core import parallel
+from archive_pipeline.core.parallel import StreamPlan, auto_streams, ctid_ranges, plan_streams, stream_extractions
 from archive_pipeline.core.source import describe_table, day_filter, read_snapshot
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify
@@ -99,7 +100,7 @@ def test_four_streams_archive_the_same_rows_as_one(conn, s3_client, bucket, part
     assert list(temp_dir.iterdir()) == []
 
 
-def _plan(conn, name: str, streams: int = 4, day_column: str | None = "created_at"):
+def _plan(conn, name: str, streams: int | str = 4, day_column: str | None = "created_at"):
     table = describe_table(conn, name, day_column)
     with read_snapshot(conn):
         return plan_streams(conn, table, day_filter(table, DAY), DAY, streams)
@@ -148,11 +149,45 @@ def test_a_date_column_table_and_a_key_range_table(conn, schema, s3_client, buck
         assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
 
 
+def _streams_setting(value):
+    config = parse_config({"tables": [{"name": "public.events", "day_column": "created_at",
+                                       "start_date": "2024-01-01", "parallel_streams": value}]})
+    return config.tables[0].parallel_streams
+
+
 def test_parallel_streams_is_validated():
-    with pytest.raises(ConfigError, match="parallel_streams"):
-        parse_config({"tables": [{"name": "public.events", "day_column": "created_at", "start_date": "2024-01-01",
-                                  "parallel_streams": 0}]})
+    for bad in (0, 17, -1, "fast", True, 2.5, None):
+        with pytest.raises(ConfigError, match=r"'parallel_streams': must be a whole number from 1 to 16, or auto"):
+            _streams_setting(bad)
+    assert [_streams_setting(v) for v in (1, 16, "4", "auto")] == [1, 16, 4, "auto"]
     assert TableSpec(name="a.b", day_column="c", start_date="2024-01-01").parallel_streams == 1
+
+
+@pytest.mark.parametrize(("rows", "cores", "streams"), [
+    (0, 8, 1), (1_999_999, 8, 1), (2_000_000, 8, 1), (4_000_000, 8, 2), (10_000_000, 8, 4), (10**9, 64, 4),
+    (10_000_000, 2, 1), (10_000_000, 1, 1), (10_000_000, 5, 2)])
+def test_auto_streams_follow_the_estimate_and_the_cores(rows, cores, streams):
+    assert auto_streams(rows, cores) == streams
+
+
+def test_auto_plans_one_stream_for_a_small_day_and_several_when_rows_and_cores_allow(
+        conn, s3_client, bucket, partitioned, temp_dir, monkeypatch):
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*partitioned.split("."))))  # the planner's estimate
+    plan = _plan(conn, partitioned, streams="auto")
+    assert plan.streams == 1 and plan.reason.startswith("auto: ~") and "one stream" in plan.reason
+    monkeypatch.setattr(parallel, "AUTO_ROWS_PER_STREAM", 1000)  # ~3,000 rows: two or three streams...
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)))  # ...on an 8-core host
+    plan = _plan(conn, partitioned, streams="auto")
+    assert plan.kind == "ctid" and plan.streams in (2, 3), plan  # as the estimate falls either side of 3,000
+    one = archive_partition(conn, _spec(partitioned, "jsonl", "zstd", 1), DAY,
+                            S3Store(s3_client, bucket, prefix="one"), temp_dir=str(temp_dir))
+    auto = archive_partition(conn, _spec(partitioned, "jsonl", "zstd", "auto"), DAY,
+                             S3Store(s3_client, bucket, prefix="auto"), temp_dir=str(temp_dir))
+    assert auto.rows == one.rows == ROWS and auto.fingerprint == one.fingerprint
+    bodies = {name: download(s3_client, bucket, r.key) for name, r in (("one", one), ("auto", auto))}
+    assert _rows(bodies["auto"], "jsonl", "zstd") == _rows(bodies["one"], "jsonl", "zstd")
+    zstd_frame = b"\x28\xb5\x2f\xfd"  # each stream compresses its own rows: one frame per stream
+    assert bodies["one"].count(zstd_frame) == 1 and bodies["auto"].count(zstd_frame) == plan.streams
 
 
 @pytest.mark.parametrize(("fmt", "compression"), [("jsonl", "zstd"), ("parquet", "zstd")])

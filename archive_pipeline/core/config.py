@@ -128,10 +128,12 @@ class TableSpec(_Strict):
     compression_level: int | None = Field(default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), "
                                           "Parquet lz4 1..12; lz4 text, snappy and none take none")
     chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
-    parallel_streams: int = Field(default=1, ge=1, le=MAX_PARALLEL_STREAMS, description=(
-        "connections that read one day together, each a disjoint range of it, inside one exported snapshot "
-        "(1: a single COPY). Each is one more session on the source database: Dagster's pool gives the run "
-        "one slot, so size the pool's limit for this many sessions per running day"))
+    parallel_streams: int | Literal["auto"] = Field(
+        default=1, description=(
+            "connections that read one day together, each a disjoint range of it, inside one exported snapshot "
+            "(1: a single COPY; auto: chosen per day from the planner's row estimate and the archiver's cores, "
+            "see parallel.auto_streams). Each is one more session on the source database: Dagster's pool gives "
+            "the run one slot, so size the pool's limit for this many sessions per running day"))
     key_template: str = Field(default=DEFAULT_KEY_TEMPLATE, description="default per granularity, see "
                               "DEFAULT_KEY_TEMPLATES")
     deep_check: bool = Field(default=False, description="after archiving, download the archive, load it back into "
@@ -150,6 +152,17 @@ class TableSpec(_Strict):
         for part in (schema, table):
             if len(part.encode()) > MAX_IDENTIFIER_BYTES:
                 raise ValueError(f"identifier {part!r} is longer than PostgreSQL's 63 bytes")
+        return value
+
+    @field_validator("parallel_streams", mode="before")
+    @classmethod
+    def _streams(cls, value: object) -> int | str:
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():  # "4" from a quoted YAML value
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL_STREAMS:
+            raise ValueError(f"must be a whole number from 1 to {MAX_PARALLEL_STREAMS}, or auto (got {value!r})")
         return value
 
     @field_validator("key_template")

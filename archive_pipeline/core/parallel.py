@@ -43,7 +43,7 @@ from psycopg.conninfo import make_conninfo
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable
+from archive_pipeline.core.source import SourceTable, estimated_rows
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
 # otherwise be read through an index on the day column, i.e. the whole day for a part of it).
@@ -66,13 +66,30 @@ class StreamPlan:
 
 
 SINGLE = StreamPlan((sql.SQL("TRUE"),), "single", "one stream requested")
+# parallel_streams: auto, conservative bounds. Measured (bench/run.py --streams 1,2,4, 1M rows): on two
+# cores one stream already keeps both busy (archiver, PostgreSQL), and N=2 gained nothing for CSV and
+# Parquet (JSONL 10%), so a stream gets two of the archiver's cores; every stream is one more session.
+AUTO_ROWS_PER_STREAM = 2_000_000
+AUTO_MAX_STREAMS = 4
+
+
+def auto_streams(estimated_rows: int, cores: int | None = None) -> int:
+    """Streams for ``parallel_streams: auto``: one per AUTO_ROWS_PER_STREAM estimated rows of the
+    day, at most one per two of the archiver's cores, and at most AUTO_MAX_STREAMS."""
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, min(AUTO_MAX_STREAMS, cores // 2, estimated_rows // AUTO_ROWS_PER_STREAM))
 
 
 def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, day: dt.date,
-                 requested: int) -> StreamPlan:
-    """How ``requested`` streams split the day, read inside the coordinator's snapshot (cheap:
-    catalog lookups, the relation's size, and for a partitioned table one row of the day, which
-    names the partition holding it)."""
+                 requested: int | str) -> StreamPlan:
+    """How ``requested`` streams (or ``"auto"``: see :func:`auto_streams`) split the day, read inside
+    the coordinator's snapshot (cheap: catalog lookups, the relation's size, for a partitioned table
+    one row of the day, which names the partition holding it, and for ``auto`` one EXPLAIN)."""
+    if requested == "auto":
+        estimate = estimated_rows(conn, table, where)
+        requested = auto_streams(estimate)
+        if requested <= 1:
+            return replace(SINGLE, reason=f"auto: ~{estimate:,} rows estimated, one stream")
     if requested <= 1:
         return SINGLE
     if table.relkind not in ("r", "p", "m"):
