@@ -234,7 +234,8 @@ class _Archiving:
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
                     decides = self._decided_by_fingerprint(existing, overwrite)
-                    if decides or estimated_rows(self.conn, table, where) < FINGERPRINT_ALONGSIDE_ROWS:
+                    estimate = None if decides else estimated_rows(self.conn, table, where)
+                    if decides or estimate < FINGERPRINT_ALONGSIDE_ROWS:
                         # first: it decides whether the day is read at all, or the day is too small to pay
                         # for a second session (otherwise ``_read`` takes it while the rows stream)
                         fp, fp_seconds = self._timed_fingerprint(self.conn, table, where,
@@ -260,7 +261,8 @@ class _Archiving:
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
                                       "format": self.spec.format, "compression": self.spec.compression})
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
-                        stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds)
+                        stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds,
+                                                           estimate)
                         if stats.rows != fp.rows:
                             raise ArchiveError(
                                 f"read {stats.rows:,} rows but the snapshot's fingerprint counts {fp.rows:,}; "
@@ -326,14 +328,14 @@ class _Archiving:
         return not (overwrite and manifest is not None and existing.problem is None and not manifest.get("removed"))
 
     def _read(self, fmt, codec, table: SourceTable, where, snapshot, sink, fp: fingerprint.Fingerprint | None,
-              fp_seconds: float) -> tuple[WriteStats, fingerprint.Fingerprint, float]:
+              fp_seconds: float, estimate: int | None) -> tuple[WriteStats, fingerprint.Fingerprint, float]:
         """The day's rows through the format into ``sink``, and the day's fingerprint: the one taken
         first, or one taken while the rows are read (by a second session in the snapshot; where
         none can be opened, e.g. at a connection limit, it is taken first after all)."""
         extraction = Extraction(conn=self.conn, table=table, where=where, snapshot=snapshot,
                                 chunk_rows=self.spec.chunk_size, settings=self.settings, progress=self.progress,
                                 progress_every=self.progress_every, strict=self.spec.strict)
-        plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams)
+        plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams, estimate)
 
         def write() -> WriteStats:
             return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)

@@ -81,12 +81,13 @@ def auto_streams(estimated_rows: int, cores: int | None = None) -> int:
 
 
 def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, day: dt.date,
-                 requested: int | str) -> StreamPlan:
+                 requested: int | str, estimate: int | None = None) -> StreamPlan:
     """How ``requested`` streams (or ``"auto"``: see :func:`auto_streams`) split the day, read inside
     the coordinator's snapshot (cheap: catalog lookups, the relation's size, for a partitioned table
-    one row of the day, which names the partition holding it, and for ``auto`` one EXPLAIN)."""
+    one row of the day, which names the partition holding it, and for ``auto`` the planner's
+    ``estimate`` of the day's rows: one EXPLAIN unless the caller has it already)."""
     if requested == "auto":
-        estimate = estimated_rows(conn, table, where)
+        estimate = estimated_rows(conn, table, where) if estimate is None else estimate
         requested = auto_streams(estimate)
         if requested <= 1:
             return replace(SINGLE, reason=f"auto: ~{estimate:,} rows estimated, one stream")
