@@ -1,4 +1,5 @@
-"""Reading archives back the way a user would: download, decompress, parse."""
+"""Test helpers: reading archives back the way a user would (download, decompress, parse), and shared
+setup and after-failure checks."""
 
 from __future__ import annotations
 
@@ -92,3 +93,30 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
     archiving.close()
     assert "error" not in outcome, outcome.get("error")
     return outcome["result"]
+
+
+def assert_nothing_left(store, key: str, temp_dir) -> None:
+    """After a failed first archive of ``key``: no object, no manifest, no open multipart upload in the
+    bucket, no temp file."""
+    from archive_pipeline.core.keys import manifest_key
+
+    assert store.head(key) is None
+    assert store.head(manifest_key(key)) is None
+    assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+    assert list(temp_dir.iterdir()) == []
+
+
+def range_partitioned_events(conn, schema: str, children: list[tuple[str, str, str]], zone: str = "+00", *,
+                             not_null: bool = False) -> None:
+    """``<schema>.ev (id int, at timestamptz)`` partitioned by range of ``at``, with ``children``
+    as (name, first day, day after) bounded at midnight in ``zone`` (an offset or a zone name)."""
+    from psycopg import sql
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz{}) PARTITION BY RANGE (at)").format(
+        s, sql.SQL(" NOT NULL" if not_null else "")))
+    separator = "" if zone[:1] in "+-" else " "
+    for name, lo, hi in children:
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(name), s, sql.Literal(f"{lo} 00:00{separator}{zone}"),
+            sql.Literal(f"{hi} 00:00{separator}{zone}")))

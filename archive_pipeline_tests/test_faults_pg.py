@@ -29,6 +29,7 @@ from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
 from archive_pipeline.local.local_stack import LocalPostgres, create_sample_events, free_port, start_postgres
 from archive_pipeline.defs.resources import PostgresResource
 from archive_pipeline.core.store import S3Store
+from archive_pipeline_tests.helpers import assert_nothing_left
 
 DAY = dt.date(2024, 3, 10)
 ROWS = 40_000
@@ -108,10 +109,7 @@ def assert_failed_cleanly(err: ArchiveError, *, retryable: bool, spec: TableSpec
         for form in (secret, psycopg.conninfo.make_conninfo("", password=secret)):
             assert form not in text
     assert "fa ult" not in text and "fa%20ult" not in text, text
-    key = render_key(spec, DAY, store.prefix)
-    assert store.head(key) is None
-    assert store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", []) == []
-    assert list(temp_dir.iterdir()) == []
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
 
 
 def original(err: ArchiveError) -> BaseException:

@@ -25,8 +25,8 @@ from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.keys import manifest_key
-from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, source_fingerprint
+from archive_pipeline_tests.helpers import assert_nothing_left
 
 DAY = dt.date(2024, 3, 10)
 ROWS = 2000
@@ -82,12 +82,6 @@ def _spec(name: str, fmt: str = "jsonl", compression: str = "zstd", streams: int
                      compression=compression, chunk_size=100, parallel_streams=streams)
 
 
-def _left_behind(s3_client, bucket: str, store: S3Store, spec: TableSpec, temp_dir) -> list:
-    key = render_key(spec, DAY, store.prefix)
-    return [store.head(key), store.head(manifest_key(key)),
-            s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), list(temp_dir.iterdir())]
-
-
 def _assert_sessions(conn, role: str, expected: list[tuple]) -> None:
     """The role's sessions (pid, state) are ``expected``, within 10 s: a closed session's backend
     leaves pg_stat_activity a moment after the client has gone."""
@@ -131,8 +125,8 @@ def test_an_overwrite_is_fingerprinted_alongside_and_commits_a_new_generation(co
     assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
 
 
-def test_a_fingerprint_session_that_dies_fails_the_day_and_leaves_nothing(pg, conn, table, role_dsn, monkeypatch,
-                                                                          s3_client, bucket, store, temp_dir):
+def test_a_fingerprint_session_that_dies_fails_the_day_and_leaves_nothing(conn, table, role_dsn, monkeypatch, store,
+                                                                          temp_dir):
     role, dsn = role_dsn
     monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)
     real = archive.open_snapshot_sessions
@@ -151,11 +145,10 @@ def test_a_fingerprint_session_that_dies_fails_the_day_and_leaves_nothing(pg, co
     err = caught.value
     assert err.retryable and spec.name in str(err) and DAY.isoformat() in str(err), str(err)
     assert PASSWORD not in str(err)
-    assert _left_behind(s3_client, bucket, store, spec, temp_dir) == [None, None, None, []]
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
 
 
-def test_a_failed_read_leaves_no_fingerprint_session(conn, table, role_dsn, sessions, s3_client, bucket, store,
-                                                     temp_dir):
+def test_a_failed_read_leaves_no_fingerprint_session(conn, table, role_dsn, sessions, store, temp_dir):
     role, dsn = role_dsn
     spec = _spec(table)
     with psycopg.connect(dsn, autocommit=True) as archiving:
@@ -168,7 +161,7 @@ def test_a_failed_read_leaves_no_fingerprint_session(conn, table, role_dsn, sess
     assert caught.value.retryable, str(caught.value)
     assert len(sessions) == 1 and sessions[0].closed
     _assert_sessions(conn, role, [])
-    assert _left_behind(s3_client, bucket, store, spec, temp_dir) == [None, None, None, []]
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
 
 
 def test_at_the_connection_limit_the_fingerprint_is_taken_first(pg, conn, schema, table, monkeypatch, store,

@@ -31,6 +31,7 @@ from archive_pipeline.core.source import describe_table, day_filter, read_snapsh
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify
 from archive_pipeline_tests.helpers import (
+    assert_nothing_left,
     archive_while_the_store_holds_a_part,
     decompress,
     download,
@@ -240,10 +241,7 @@ def test_one_terminated_stream_fails_the_day_and_leaves_nothing(pg, conn, schema
         assert left == []
         assert conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
                             (archiving.info.backend_pid,)).fetchone()[0] == "idle"
-    key = render_key(spec, DAY, store.prefix)
-    assert store.head(key) is None
-    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert list(temp_dir.iterdir()) == []
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
 
 
 def test_no_stream_waits_in_a_transaction_while_the_store_holds_a_part(pg, s3, conn, schema, bucket):

@@ -12,7 +12,7 @@ from archive_pipeline.core.archive import LateRowsError, archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import declarative_days, existing_days, naming_days
 from archive_pipeline.core.errors import ArchiveError, SourceError
-from archive_pipeline_tests.helpers import decompress, download, read_jsonl
+from archive_pipeline_tests.helpers import decompress, download, range_partitioned_events, read_jsonl
 
 D = dt.date(2024, 3, 10)
 
@@ -25,11 +25,8 @@ def days(first: dt.date, n: int) -> list[dt.date]:
 def declarative(conn, schema):
     """Daily children, a weekly child, a DEFAULT partition: bounds come from the catalog."""
     s = sql.Identifier(schema)
-    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
-    for name, lo, hi in [("ev_a", "2024-03-10", "2024-03-11"), ("ev_b", "2024-03-11", "2024-03-12"),
-                         ("ev_week", "2024-03-18", "2024-03-25")]:
-        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
-            s, sql.Identifier(name), s, sql.Literal(f"{lo} 00:00+00"), sql.Literal(f"{hi} 00:00+00")))
+    range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11"), ("ev_b", "2024-03-11", "2024-03-12"),
+                                            ("ev_week", "2024-03-18", "2024-03-25")])
     conn.execute(sql.SQL("CREATE TABLE {}.ev_other PARTITION OF {}.ev DEFAULT").format(s, s))
     conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 hour' "
                          "FROM generate_series(0, 23) g").format(s))

@@ -21,7 +21,7 @@ from archive_pipeline.core.source import day_filter
 from archive_pipeline.core.verify import load_manifest
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.assets import daily_partitions
-from archive_pipeline_tests.helpers import decompress, download, read_jsonl
+from archive_pipeline_tests.helpers import decompress, download, range_partitioned_events, read_jsonl
 
 BERLIN = "Europe/Berlin"
 
@@ -172,11 +172,9 @@ def test_an_hourly_table_round_trips_through_restore(conn, schema, store):
 
 def test_a_monthly_declarative_child_is_one_monthly_object(conn, schema, store, s3_client, bucket):
     s = sql.Identifier(schema)
-    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(s))
-    for name, lo, hi in [("ev_2024_02", "2024-02-01", "2024-03-01"), ("ev_0301", "2024-03-01", "2024-03-02"),
-                         ("ev_0302", "2024-03-02", "2024-03-03")]:
-        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
-            s, sql.Identifier(name), s, sql.Literal(f"{lo} 00:00 {BERLIN}"), sql.Literal(f"{hi} 00:00 {BERLIN}")))
+    range_partitioned_events(conn, schema, [("ev_2024_02", "2024-02-01", "2024-03-01"),
+                                            ("ev_0301", "2024-03-01", "2024-03-02"),
+                                            ("ev_0302", "2024-03-02", "2024-03-03")], BERLIN, not_null=True)
     conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-02-01 00:00 Europe/Berlin'::timestamptz + g * "
                          "interval '8 hours' FROM generate_series(0, 92) g").format(s))  # 87 in February (29 days), 6 on March 1
     table = spec(name=f"{schema}.ev", timezone=BERLIN, granularity="monthly", partitioning={"mode": "declarative"})

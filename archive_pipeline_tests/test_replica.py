@@ -22,7 +22,7 @@ from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, wrap
 from archive_pipeline.local.local_stack import LocalPostgres, create_sample_events, start_postgres, start_replica, wait_for_replay
-from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
+from archive_pipeline_tests.helpers import assert_nothing_left, decompress, download, read_csv, read_jsonl
 
 DAY = dt.date(2024, 3, 10)
 DAY2 = dt.date(2024, 3, 11)
@@ -144,10 +144,7 @@ def test_recovery_conflict_is_retried_with_the_hint(primary, conflict_prone, sto
     err = caught.value
     assert fired and err.retryable, str(err)
     assert "conflict with recovery" in str(err), str(err)
-    key = render_key(spec, DAY, store.prefix)
-    assert store.head(key) is None
-    assert store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", []) == []
-    assert list(temp_dir.iterdir()) == []
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
     # the cause and the hint, on the real driver exception (archive.py raises ... from None, keeping it as context)
     found = classify(err.__context__)
     assert found.retryable and "recovery conflict" in found.cause
