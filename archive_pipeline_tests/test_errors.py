@@ -367,6 +367,26 @@ def test_wrap_names_table_day_cause_remedy_and_hides_the_password(pg, app_role):
     assert wrap(same, "t.t", "2024-01-01") is same and (same.table, same.day) == ("t.t", "2024-01-01")
 
 
+def test_a_connection_lost_from_a_standby_names_the_likely_recovery_conflict(pg):
+    """A replica whose backend is blocked sending rows to a busy client ends the session without an
+    error on a recovery conflict; the client sees only the connection closing (a real one here)."""
+    conn = psycopg.connect(pg.dsn, autocommit=True)
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+        exc = raised(lambda: conn.execute("SELECT 1"))
+    finally:
+        conn.close()
+    on_primary, on_standby = (str(wrap(exc, "public.events", "2024-03-10", standby=flag)) for flag in (False, True))
+    for text in (on_primary, on_standby):
+        assert "the database connection was lost" in text and "transient, retried" in text, text
+    assert "conflict with recovery" not in on_primary and "hot_standby_feedback" not in on_primary
+    assert "conflict with recovery" in on_standby and "hot_standby_feedback = on" in on_standby, on_standby
+    terminated = str(wrap(psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+                          "public.events", "2024-03-10", standby=True))
+    assert "hot_standby_feedback" not in terminated  # other causes keep their own words
+
+
 @pytest.mark.parametrize("text", [
     "postgresql://user:s3cr3t@host/db",
     "postgresql://:s3cr3t@host/db",

@@ -139,15 +139,22 @@ def test_recovery_conflict_is_retried_with_the_hint(primary, conflict_prone, sto
         wait_for_replay(primary, conflict_prone)  # replay passes it only after cancelling the archive
 
     with conflict_prone.connect() as conn, pytest.raises(ArchiveError) as caught:
+        assert conn.info.parameter_status("in_hot_standby") == "on"  # what the archiver's hint relies on
         archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir), progress=remove_rows_the_snapshot_may_need,
                           progress_every=0)
     err = caught.value
     assert fired and err.retryable, str(err)
-    assert "conflict with recovery" in str(err), str(err)
+    assert "conflict with recovery" in str(err) and "hot_standby_feedback = on" in str(err), str(err)
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
     # the cause and the hint, on the real driver exception (archive.py raises ... from None, keeping it as context)
     found = classify(err.__context__)
-    assert found.retryable and "recovery conflict" in found.cause
+    if "recovery conflict" not in found.cause:
+        # The backend was blocked sending rows to the (busy) client when the conflict came: the replica
+        # cannot send an error mid-message and just ends the session. Only a lost connection is seen,
+        # and the archiver, knowing its source is a standby, names the likely conflict and the hint.
+        assert found.cause.startswith("the database connection was lost"), found
+        return
+    assert found.retryable
     if fmt == "parquet":  # ADBC's Arrow stream: a bare OSError, no SQLSTATE, decided by the server's words
         assert isinstance(err.__context__, OSError) and found.sqlstate is None, repr(err.__context__)
     else:

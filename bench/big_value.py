@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=100, help="size of the value in MiB")
     parser.add_argument("--type", default="text", choices=["text", "bytea"])
     parser.add_argument("--count", type=int, default=1, help="rows holding such a value (the largest is still one)")
+    parser.add_argument("--small-rows", type=int, default=0,
+                        help="small rows around the big ones (over 50,000: the day's row count is not known "
+                             "before the read, its fingerprint is taken alongside)")
     parser.add_argument("--formats", default="csv,jsonl,parquet")
     parser.add_argument("--compression", default="zstd")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -77,11 +80,19 @@ def main() -> None:
                      "(SELECT string_agg(decode(md5(i::text), 'hex'), ''::bytea) FROM generate_series(1, %s) AS i)")
             per_md5 = 32 if args.type == "text" else 16
             conn.execute(f"CREATE TABLE public.big_value (at date, id int, v {args.type})")
+            half = args.small_rows // 2
+            small = ("INSERT INTO public.big_value SELECT %s, g, "
+                     + ("md5(g::text)" if args.type == "text" else "decode(md5(g::text), 'hex')")
+                     + " FROM generate_series(%s::int, %s::int) g")
+            conn.execute(small, (DAY, args.count + 1, args.count + half))
             for i in range(args.count):
                 conn.execute(f"INSERT INTO public.big_value VALUES (%s, %s, {value})",
                              (DAY, i + 1, args.mib * (1 << 20) // per_md5))
+            conn.execute(small, (DAY, args.count + half + 1, args.count + args.small_rows))
+            conn.execute("ANALYZE public.big_value")
         size_mb = args.mib * (1 << 20) / 1e6
-        print(f"{args.count} row(s), each one {args.mib} MiB {args.type} value ({size_mb:.0f} MB); "
+        print(f"{args.count} row(s), each one {args.mib} MiB {args.type} value ({size_mb:.0f} MB), "
+              f"between {args.small_rows:,} small rows; "
               "peak RSS above imports, fresh process each")
         for fmt in args.formats.split(","):
             out = subprocess.run([sys.executable, __file__, "--child", "--format", fmt, "--dsn", pg.dsn,

@@ -177,6 +177,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
     """
     overwrite = spec.overwrite if overwrite is None else overwrite
     day = resolve_period(spec, day)  # a partition key, date or period: resolved once, handed down
+    standby = conn.info.parameter_status("in_hot_standby") == "on"  # reported by the server (14+), no query
     bound_allocator()
     try:
         with table_day_lock(conn, spec.name, day):
@@ -190,7 +191,8 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
             exc.args = (exc.message,)
         raise
     except Exception as exc:
-        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user) from None
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
+                   standby=standby) from None
 
 
 def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, existing: Existing,
@@ -341,12 +343,14 @@ class _Archiving:
             return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)
 
         if fp is not None:
+            extraction.expected_rows = fp.rows  # the same snapshot: these are all the rows there are
             return write(), fp, fp_seconds
         try:
             side = open_snapshot_sessions(self.conn, snapshot.snapshot_id, 1, {**self.settings, **ALONGSIDE_SETTINGS})[0]
         except psycopg.OperationalError as exc:
             log.info("%s %s: fingerprinting before the read, no second session: %s", self.spec.name, self.day, exc)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
+            extraction.expected_rows = fp.rows
             return write(), fp, fp_seconds
         stats, (fp, fp_seconds) = self._alongside(side, write, table, where)
         return stats, fp, fp_seconds

@@ -14,9 +14,10 @@ cause and remedy, with secrets scrubbed.
 
 from __future__ import annotations
 
+
 import errno
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus, unquote
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +152,12 @@ _RECOVERY_CONFLICT = _src(True, "hot-standby recovery conflict: the replica canc
                           "could remove rows the snapshot still needed",
                           "set hot_standby_feedback = on on the replica, or raise max_standby_streaming_delay "
                           "(and max_standby_archive_delay) above the longest day's read; retried automatically")
+# A standby whose backend is blocked sending rows to a busy client cannot send the conflict's error in
+# the middle of a message: it ends the session, and the client sees only the connection closing.
+_LOST_ON_STANDBY = _src(True, "the database connection was lost; on a hot standby that is also how a conflict with "
+                        "recovery ends a read whose client was busy (the replica cannot send the error mid-row)",
+                        f"{_RECOVERY_CONFLICT.remedy}; if it persists, check the replica's log for "
+                        "\"conflict with recovery\", crashes or restarts, and the network")
 _SERIALIZATION = _src(True, "serialization failure or deadlock", _RETRIED)
 _WRONG_PASSWORD = _src(False, "wrong password (password authentication failed)",
                        f"check the password in {_DSN} (and that the role's password was not rotated)")
@@ -539,9 +546,10 @@ def _detail(exc: BaseException, limit: int = 600) -> str:
 
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
-         user: str | None = None) -> ArchiveError:
+         user: str | None = None, standby: bool = False) -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
+    ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
 
     An :class:`ArchiveError` is returned itself, with table and day filled in. Raise the result
     ``from None``: a chained driver exception may hold the DSN.
@@ -552,6 +560,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         exc.args = (exc.message,)
         return exc
     found = classify(exc, table=table, user=user)
+    if standby and found.cause == _CONNECTION_LOST.cause:
+        found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
     detail = redact(_detail(exc), password)
     if found.cause == _BAD_DSN.cause:  # libpq quotes pieces of the string, perhaps of the password

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _PROC_FD = Path("/proc/self/fd")
+_ABSORB_BYTES = 4 << 20
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
@@ -77,6 +78,21 @@ class HashingFile(AppendOnlyFile):
         if self.on_grow is not None:
             self.on_grow(self.size)
         return len(view)
+
+    def absorb_appended(self) -> None:
+        """Count, hash and announce what a native writer appended to the descriptor itself (through
+        a duplicate of ``fd``): read back from the page cache a few MiB at a time, so a native
+        writer's big page is never copied into one Python object (#11 §5)."""
+        end = os.fstat(self.fd).st_size
+        while self.size < end:
+            chunk = os.pread(self.fd, min(end - self.size, _ABSORB_BYTES), self.size)
+            if not chunk:
+                break
+            self._md5.update(chunk)
+            self._sha256.update(chunk)
+            self.size += len(chunk)
+        if self.on_grow is not None:
+            self.on_grow(self.size)
 
     @property
     def closed(self) -> bool:

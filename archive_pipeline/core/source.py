@@ -329,6 +329,7 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
                     in_flight[0] += measure(chunk)
                 if not put(chunk):
                     break
+                del chunk  # not held while the next one is read: a big row would be in memory twice
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             failure.append(exc)
         finally:

@@ -65,6 +65,11 @@ class Extraction:
     progress_every: float = 10.0
     strict: bool = False  # refuse, before COPY starts, any column whose encoding is not exact
     header: bool = True  # False for every parallel stream but the first: a CSV header is written once
+    # The rows the snapshot holds for the day when already known (a fingerprint taken first, one
+    # stream): a reader may then end its session on the last row instead of reading on to learn the
+    # stream has ended, so its buffers (libpq's grows to the largest row and never shrinks) are freed
+    # before that row is written.
+    expected_rows: int | None = None
     _last_report: float = field(default_factory=time.monotonic)
 
     def report(self, stats: WriteStats) -> None:

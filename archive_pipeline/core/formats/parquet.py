@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pyarrow as pa
@@ -73,6 +75,11 @@ INTERVAL_TYPE = pa.struct([("months", pa.int32()), ("days", pa.int32()), ("micro
 _INTERVAL_MAX = sql.SQL("interval '9223372036.854775 seconds'")
 _REFUSE_FLAG = "__archive_pipeline_refuse"
 BATCH_BYTES = 4 << 20
+# A batch this big holds a big row. While the session that read it is open (more rows may follow),
+# the batch and what follows go to a spool file and are written once the session is closed:
+# ADBC keeps buffers as big as the largest row (libpq's and its own, 2.2x the row measured) for as
+# long as the session is open, and the writer needs 2.5x the row more (#11 §5).
+HOLD_BYTES = READ_AHEAD_BYTES
 
 # Value-level refusals: reason -> what is wrong with the value.
 REFUSALS = {
@@ -458,32 +465,42 @@ class Parquet:
             stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema}, encodings=encodings)
             codec = "none" if self.compression == "none" else self.compression
             group = StreamGroup(readers.cancels())
-            with spools(len(parts) - 1, temp_dir) as spooled, \
-                    pq.ParquetWriter(out, converter.schema, compression=codec, compression_level=self.level,
+            with spools(len(parts), temp_dir) as spooled, _native(out) as (target, absorb), \
+                    pq.ParquetWriter(target, converter.schema, compression=codec, compression_level=self.level,
                                      store_schema=True, write_statistics=statistics_columns(converter.schema)) as writer:
+                def write(batch: pa.RecordBatch) -> None:
+                    writer.write_batch(batch)
+                    absorb()
+                    if batch.nbytes >= HOLD_BYTES:  # else mimalloc keeps the big page's buffers for later
+                        pa.default_memory_pool().release_unused()
+
                 def first() -> None:  # stream 0: straight into the writer, in this thread
-                    for batch in prefetch(iter(readers.streams[0]), depth=2, max_bytes=READ_AHEAD_BYTES,
-                                          size=lambda b: b.nbytes):
+                    held = None  # from a big batch on while the session is open: into spooled[0]
+                    batches = _until_expected(readers, 0, extraction.expected_rows if len(parts) == 1 else None)
+                    for batch in prefetch(batches, depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda b: b.nbytes):
                         converted = converter.convert(batch)
-                        writer.write_batch(converted)
                         stats.rows += converted.num_rows
                         stats.bytes += converted.nbytes
+                        if held is None and converted.nbytes >= HOLD_BYTES and readers.is_open(0):
+                            held = _ipc_spool(spooled[0], converter.schema)
+                        if held is None:
+                            write(converted)
+                        else:
+                            held.write_batch(converted)
                         parts[0].report(stats)
                         del batch, converted  # before the next one is read: a big batch must not be held twice
                     group.finished(0)
                     readers.close(0)
+                    if held is not None:
+                        held.close()
+                        _write_spooled(spooled[0], write)
 
-                group.run([first, *(_spooling(i, readers, converter, spooled[i - 1], group, parts[i])
+                group.run([first, *(_spooling(i, readers, converter, spooled[i], group, parts[i])
                                      for i in range(1, len(parts)))])
-                for spool in spooled:  # later streams' row groups, in stream order
-                    # read, not memory-mapped: mapped pages of a spool of millions of rows would count
-                    # in the process's RSS (934 MB above imports measured at 10M rows, N=2); read, one
-                    # batch at a time is in memory
-                    with pa.OSFile(str(spool.path), "rb") as source, pa.ipc.open_stream(source) as batches:
-                        for batch in batches:
-                            writer.write_batch(batch)
-                            stats.rows += batch.num_rows
-                            stats.bytes += batch.nbytes
+                for spool in spooled[1:]:  # later streams' row groups, in stream order
+                    rows, nbytes = _write_spooled(spool, write)
+                    stats.rows += rows
+                    stats.bytes += nbytes
             return stats
         finally:
             readers.close_all()
@@ -507,6 +524,9 @@ class _Readers:
     def cancels(self) -> list:
         return [cur.adbc_cancel for cur in self.cursors]
 
+    def is_open(self, i: int) -> bool:
+        return self._open[i]
+
     def close(self, i: int) -> None:
         """End stream ``i``'s read transaction and session now that its rows are read."""
         if self._open[i]:
@@ -521,13 +541,65 @@ class _Readers:
             self.close(i)
 
 
+@contextlib.contextmanager
+def _native(out: ByteSink) -> Iterator[tuple[object, Callable[[], None]]]:
+    """Where the Parquet writer writes, and what to call after it wrote: a native Arrow file on
+    ``out``'s own descriptor when ``out`` can absorb what is appended to it (our temp file), else
+    ``out`` itself. A Python file object costs a copy of every write (pyarrow makes a bytes object of
+    each page: 50 MB more for one 100 MiB value, #11 §5); the closing footer is absorbed on exit."""
+    absorb = getattr(out, "absorb_appended", None)
+    if absorb is None:
+        yield out, lambda: None
+        return
+    native = pa.OSFile(os.dup(out.fd), mode="wb")  # shares out's offset; closes its own duplicate
+    try:
+        yield native, absorb
+    finally:
+        native.close()
+    absorb()
+
+
+def _ipc_spool(spool: Spool, schema: pa.Schema) -> pa.ipc.RecordBatchStreamWriter:
+    """An Arrow IPC stream into ``spool``, written natively (no Python copy of a big batch's buffers)."""
+    return pa.ipc.new_stream(pa.OSFile(os.dup(spool.fd), mode="wb"), schema)
+
+
+def _write_spooled(spool: Spool, write: Callable[[pa.RecordBatch], None]) -> tuple[int, int]:
+    """Hand a spool's batches to ``write`` one at a time; returns their rows and Arrow bytes."""
+    rows = nbytes = 0
+    # read, not memory-mapped: mapped pages of a spool of millions of rows would count in the
+    # process's RSS (934 MB above imports measured at 10M rows, N=2); read, one batch at a time is
+    # in memory
+    with pa.OSFile(str(spool.path), "rb") as source, pa.ipc.open_stream(source) as batches:
+        for batch in batches:
+            write(batch)
+            rows += batch.num_rows
+            nbytes += batch.nbytes
+    return rows, nbytes
+
+
+def _until_expected(readers: _Readers, i: int, expected_rows: int | None) -> Iterator[pa.RecordBatch]:
+    """Stream ``i``'s batches; once ``expected_rows`` have come, its session is closed *before* the last
+    batch is handed on. Learning that the stream has ended means reading on, with libpq's input buffer
+    (as big as the largest row) held while the batch is written: one 100 MiB value cost 100 MB more."""
+    seen = 0
+    for batch in readers.streams[i]:
+        seen += batch.num_rows
+        if expected_rows is not None and seen == expected_rows:
+            readers.close(i)
+            yield batch
+            return
+        yield batch
+        del batch  # not held while the next one is read
+
+
 def _spooling(i: int, readers: _Readers, converter: _Converter, spool: Spool, group: StreamGroup,
               part: Extraction):
     """Stream ``i`` > 0: its converted batches into an Arrow IPC spool (no encoding, no compression:
     the one Parquet writer reads them back from the page cache in stream order)."""
     def run() -> None:
         seen = WriteStats()
-        with pa.ipc.new_stream(pa.PythonFile(spool, mode="w"), converter.schema) as ipc:
+        with _ipc_spool(spool, converter.schema) as ipc:
             for batch in readers.streams[i]:
                 converted = converter.convert(batch)
                 ipc.write_batch(converted)
