@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 from decimal import Decimal
@@ -120,3 +121,16 @@ def range_partitioned_events(conn, schema: str, children: list[tuple[str, str, s
         conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
             s, sql.Identifier(name), s, sql.Literal(f"{lo} 00:00{separator}{zone}"),
             sql.Literal(f"{hi} 00:00{separator}{zone}")))
+
+
+def forge_object(s3_client, bucket: str, key: str, manifest_key: str, body: bytes) -> None:
+    """Replace an archived object with ``body`` and update its manifest's digests to match (a
+    consistent forgery: only the rows' fingerprint can tell)."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    manifest = decode_manifest(download(s3_client, bucket, manifest_key))
+    head = s3_client.head_object(Bucket=bucket, Key=key)
+    manifest["object"].update(bytes=len(body), md5=hashlib.md5(body).hexdigest(),
+                              sha256=hashlib.sha256(body).hexdigest(), etag=head["ETag"].strip('"'))
+    s3_client.put_object(Bucket=bucket, Key=manifest_key, Body=encode_manifest(manifest))

@@ -22,7 +22,7 @@ from archive_pipeline.core.manifest import decode_manifest, encode_manifest
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
-from archive_pipeline_tests.helpers import decompress, download
+from archive_pipeline_tests.helpers import decompress, download, forge_object
 
 D = dt.date(2024, 3, 10)
 
@@ -154,18 +154,34 @@ def test_deep_verification_proves_then_names_the_first_difference(conn, schema, 
     assert any(p.startswith("first difference: ") and ("changed in the source" in p or "42" in p) for p in problems)
 
 
+def test_a_csv_proof_reads_as_their_type_the_fields_whose_text_is_not_hashed_as_is(conn, schema, store):
+    """CSV archives are proven from their fields as text; types whose ``::text`` is not their output
+    (through domains too) are read as their type first, so an exact archive proves and a changed
+    source is still found."""
+    conn.execute(sql.SQL("CREATE DOMAIN {s}.flag AS boolean; CREATE DOMAIN {s}.flag2 AS {s}.flag; "
+                         "CREATE TYPE {s}.pair AS (ok boolean, n name)").format(s=sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, f {s}.flag2, c \"char\", n name, p char(3), "
+                         "net cidr, bs boolean[], pr {s}.pair, m money)").format(
+        sql.Identifier(schema, "odd"), s=sql.Identifier(schema)))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10', true, 'x', 'näme', 'a', '10.1.0.0/16', "
+                         "'{{t,NULL,f}}', '(t,n)', 1.5), (2, '2024-03-10', false, NULL, '', '', '::/0', '{{}}', "
+                         "'(,)', -0.01), (3, '2024-03-10', NULL, '', NULL, NULL, NULL, NULL, NULL, NULL)").format(
+        sql.Identifier(schema, "odd")))
+    spec = TableSpec(name=f"{schema}.odd", day_column="at", start_date="2024-03-01", format="csv")
+    archive_partition(conn, spec, D, store)
+    assert deep_verify(conn, store, spec, D) == []
+    conn.execute(sql.SQL("UPDATE {} SET f = true WHERE id = 2").format(sql.Identifier(schema, "odd")))
+    problems = deep_verify(conn, store, spec, D)
+    assert any(p.startswith("first difference: ") and "(2," in p for p in problems), problems
+
+
 def test_deep_verification_catches_an_archive_that_decodes_but_holds_other_rows(conn, schema, table, store,
                                                                                  s3_client, bucket):
     """A consistent forgery (object and manifest digests updated together) still fails on the fingerprint."""
     result = archive_partition(conn, table, D, store)
     body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(download(s3_client, bucket, result.key))).read()
     forged = zstandard.ZstdCompressor().compress(body.replace(b'"id":42,', b'"id":4242,', 1))
-    s3_client.put_object(Bucket=bucket, Key=result.key, Body=forged)
-    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
-    head = s3_client.head_object(Bucket=bucket, Key=result.key)
-    manifest["object"].update(bytes=len(forged), md5=hashlib.md5(forged).hexdigest(),
-                              sha256=hashlib.sha256(forged).hexdigest(), etag=head["ETag"].strip('"'))
-    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    forge_object(s3_client, bucket, result.key, result.manifest_key, forged)
     problems = deep_verify(conn, store, table, D)
     assert any("the archive's rows are not the ones recorded" in p for p in problems)
     assert any("first difference: the source has a row the archive lacks: (42," in p

@@ -115,11 +115,25 @@ def _ident(column: ColumnLike, qualifier: str | None) -> sql.Identifier:
 
 def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
     """A column's text form as v3 hashes it (also what a probe evaluates to find a value PostgreSQL
-    cannot convert)."""
+    cannot convert). A column with a ``parse_as`` type is a text column holding that type's input
+    (deep verification's text copy of a CSV archive): its value is read as that type first."""
     ident = _ident(column, qualifier)
+    parse_as = getattr(column, "parse_as", None)
+    if parse_as is not None:
+        return sql.SQL("({}::{})::text").format(ident, parse_as)
     if column.base_type == "text" and not column.is_array:
         return ident
     return sql.SQL("{}::text").format(ident)
+
+
+def column_is_null(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
+    """The column's NULL test as v3 applies it: ``IS NULL`` of the value, which for a composite is also
+    true when every field is NULL (a ``parse_as`` column is tested as its type)."""
+    ident = _ident(column, qualifier)
+    parse_as = getattr(column, "parse_as", None)
+    if parse_as is not None:
+        return sql.SQL("({}::{}) IS NULL").format(ident, parse_as)
+    return sql.SQL("{} IS NULL").format(ident)
 
 
 def column_piece(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
@@ -150,8 +164,8 @@ def _chain(columns: Sequence[ColumnLike], qualifier: str | None) -> sql.Composab
     """v3: each column's text hashed with the previous link as the seed; NULL flips the seed's low bit."""
     link: sql.Composable = sql.SQL("0::int8")
     for column in columns:
-        link = sql.SQL('hashtextextended(coalesce({text}, \'\') COLLATE "C", {link} # ({ident} IS NULL)::int::int8)'
-                       ).format(text=column_text(column, qualifier), link=link, ident=_ident(column, qualifier))
+        link = sql.SQL('hashtextextended(coalesce({text}, \'\') COLLATE "C", {link} # ({is_null})::int::int8)'
+                       ).format(text=column_text(column, qualifier), link=link, is_null=column_is_null(column, qualifier))
     return link
 
 

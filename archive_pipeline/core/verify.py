@@ -16,6 +16,7 @@ import io
 import itertools
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import psycopg
 import pyarrow as pa
@@ -210,7 +211,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         if problems:
             return problems
         with scratch_conn.transaction():
-            temp, columns = _temp_table(scratch_conn, manifest)
+            as_text = manifest["format"] == "csv" and algorithm == fingerprint.ALGORITHM
+            temp, columns = (_text_table if as_text else _temp_table)(scratch_conn, manifest)
             _load(scratch_conn, str(sink.path), manifest, temp)
             return _compare(conn, scratch_conn, day, manifest, temp, columns, source)
 
@@ -309,7 +311,8 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
         return "no single row differs (the row hashes agree; the difference is in the recorded fingerprint)"
     side, value = found
     rel, cols, db, filt = (relation, rel_columns, conn, where) if side == "left" else (temp, temp_columns, scratch, None)
-    query = sql.SQL("SELECT r::text FROM {rel} AS r WHERE {where} AND {h} = %s LIMIT 1").format(
+    # ROW(r.*): a bare r would be a column of that name, where the table has one
+    query = sql.SQL("SELECT ROW(r.*)::text FROM {rel} AS r WHERE {where} AND {h} = %s LIMIT 1").format(
         rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r", algorithm))
     with fingerprint.canonical_settings(db):
         row = db.execute(query, (value,)).fetchone()
@@ -320,17 +323,69 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
     return f"first difference: {where_from}: {text}"
 
 
-def _temp_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[Column]]:
-    """A temporary table with the manifest's column names and types, dropped at commit."""
-    name = f"archive_pipeline_verify_{next(_temp_names)}"
+def _column_types(conn: psycopg.Connection, manifest: dict) -> dict[str, sql.Composable]:
+    """Each manifest column's recorded type, as SQL checked by PostgreSQL's type-name parser."""
     definition = manifest.get("table_definition") or {}
     types = {c["name"]: c["type"] for c in definition.get("columns", [])}
     from archive_pipeline.core.restore import checked_type_sql  # a manifest comes from the bucket: no SQL from it
 
-    cols = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c["name"]), checked_type_sql(
-            conn, types.get(c["name"], c["pg_type"]), f"column {c['name']!r} of the manifest"))
-        for c in manifest["columns"])
+    return {c["name"]: checked_type_sql(conn, types.get(c["name"], c["pg_type"]), f"column {c['name']!r} of the manifest")
+            for c in manifest["columns"]}
+
+
+def _create_temp(conn: psycopg.Connection, types: dict[str, sql.Composable]) -> tuple[sql.Identifier, str]:
+    """A temporary table with these columns, dropped at commit: its identifier and schema.name."""
+    name = f"archive_pipeline_verify_{next(_temp_names)}"
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), t) for n, t in types.items())
     conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), cols))
     schema = conn.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = pg_my_temp_schema()").fetchone()[0]
-    return sql.Identifier(schema, name), describe_table(conn, f"{schema}.{name}", None).columns
+    return sql.Identifier(schema, name), f"{schema}.{name}"
+
+
+def _temp_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[Column]]:
+    """A temporary table with the manifest's column names and types."""
+    temp, qualified = _create_temp(conn, _column_types(conn, manifest))
+    return temp, describe_table(conn, qualified, None).columns
+
+
+@dataclass(frozen=True)
+class _TextColumn:
+    """A column of the text copy of a CSV archive (see :func:`_text_table`), as the fingerprint sees it."""
+
+    name: str
+    parse_as: sql.Composable | None = None  # read the text as this type before hashing its text form
+    base_type: str = "text"
+    is_array: bool = False
+    is_enum: bool = False
+
+
+# Every type whose text form (what the fingerprint hashes: ``value::text``) is its output function's, as
+# COPY writes it, except those with a cast function to text (boolean 't' is 'true', inet's mask,
+# char(n)'s padding, ...), seen through domains; money, which CSV archives as numeric, is parsed too,
+# and composites, whose ``IS NULL`` (part of the fingerprint) is also true when every field is NULL.
+_PARSED_COLUMNS = sql.SQL("""
+WITH RECURSIVE base(name, oid) AS (
+    SELECT * FROM unnest(%s::text[], %s::oid[])
+    UNION ALL
+    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
+SELECT base.name FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
+WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = 'c' OR EXISTS (
+    SELECT 1 FROM pg_catalog.pg_cast c
+    WHERE c.castsource = t.oid AND c.casttarget = 'pg_catalog.text'::regtype AND c.castmethod = 'f'))
+""")
+
+
+def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:
+    """A CSV archive's proof without typed loading: every field of a CSV archive is its column's text
+    form under the fingerprint's settings (COPY writes the type's output), so the rows are loaded as
+    text and hashed as they are, at about half the cost of parsing every value into its type and
+    printing it again (``bench/restore.py``). Columns whose hashed text is not the field's are read as
+    their type first. Equal fingerprints mean equal text, which gives back equal values on restore
+    (every type's input reads its own output)."""
+    types = _column_types(conn, manifest)
+    names = list(types)
+    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
+    parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
+    temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
+    return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
