@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import zstandard
@@ -214,6 +215,36 @@ def big(conn, schema) -> TableSpec:
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
                          "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
     return TableSpec(name=f"{schema}.big", day_column="at", start_date="2024-03-01", compression="none")
+
+
+@pytest.mark.parametrize("fault", ["manifest GET answers 404", "listing damaged in the manifest's name"])
+def test_a_manifest_the_store_fails_to_show_is_never_taken_for_none(s3, conn, schema, table, store, bucket,
+                                                                    s3_client, fault):
+    """A transient 404 on a listed manifest, or one flipped byte in the LIST answer, must not pass for
+    "no manifest": the next generation would replace the manifest without the checks that refuse a
+    changed day (or another table's archive)."""
+    first = archive_partition(conn, table, D, store)
+    before = stored_keys(s3_client, bucket)
+    conn.execute(sql.SQL("UPDATE {} SET body = 'late edit' WHERE id = 1").format(sql.Identifier(schema, "t")))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        flaky = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        if fault == "manifest GET answers 404":
+            proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="error", status=404, code="NoSuchKey"))
+            with pytest.raises(ArchiveError) as caught:
+                archive_partition(conn, table, D, flaky)
+            assert caught.value.retryable and "is listed but reading it found nothing" in str(caught.value)
+        else:
+            prefix = first.key.rsplit(".", 2)[0]
+            listing = urllib.request.urlopen(f"{s3.endpoint_url}/{bucket}?list-type=2&prefix={prefix}").read()
+            proxy.add(Fault(method="GET", query="list-type=2", action="flip_response_byte",
+                            offset=listing.index(b".manifest.json") + 1))
+            with pytest.raises(LateRowsError):  # the changed day is refused as without the fault
+                archive_partition(conn, table, D, flaky)
+            assert proxy.requests("GET", query="list-type=2")[0].fault == "flip_response_byte"
+    assert stored_keys(s3_client, bucket) == before
+    assert decode_manifest(download(s3_client, bucket, first.manifest_key))["fingerprint"] == first.fingerprint
+    with pytest.raises(LateRowsError):
+        archive_partition(conn, table, D, store)
 
 
 def test_a_manifest_corrupted_on_the_way_is_caught_and_never_leaves_the_day_stuck(s3, conn, table, bucket, s3_client):

@@ -56,7 +56,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, primary_key, \
     read_snapshot, server_identity
-from archive_pipeline.core.store import S3Store, S3Upload
+from archive_pipeline.core.store import DownloadError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
 __all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
@@ -116,9 +116,17 @@ def read_existing(store: S3Store, key: str) -> Existing:
     HEAD, and the generations already stored, so a new day costs one request instead of a GET that
     finds nothing plus a LIST, and a kept day no HEAD (S3, MinIO and R2 list consistently)."""
     listing = _listing(store, key)
-    if listing is not None and keys.manifest_key(key) not in listing:
+    listed = listing is not None and keys.manifest_key(key) in listing
+    if listing == {}:  # nothing of this day is stored
         return Existing(None, None, None, listing)
+    # Read the manifest when it is listed, and also when other keys of the day are listed without it:
+    # a listing has no checksum, and one damaged key name must not pass for "no manifest" (a new
+    # generation would then replace the manifest unchecked).
     raw = _get_manifest_bytes(store, keys.manifest_key(key))
+    if raw is None and listed:
+        raise DownloadError(f"{store.uri(keys.manifest_key(key))} is listed but reading it found nothing: the "
+                            "store answered inconsistently (or another run replaced it meanwhile); the run will "
+                            "be retried", retryable=True)
     if raw is None:
         return Existing(None, None, None, listing)
     try:
