@@ -6,8 +6,9 @@ order-independent (the archive's row order does not matter) and, unlike XOR, cou
 ``row-hash-sum-v3`` (new archives): a row's hash is a chain over its columns in column order, each
 link one ``hashtextextended`` of the column's text form seeded with the previous link (its whole
 64 bits are mixed in), so no column's change can cancel another's and swapped values change it.
-A column's text form is its text output under :data:`CANONICAL_SETTINGS` (text itself under the
-"C" collation, so a nondeterministic collation cannot fold case or accents); a NULL is the empty
+A column's text form is its ``::text`` under :data:`CANONICAL_SETTINGS` (text itself under the
+"C" collation, so a nondeterministic collation cannot fold case or accents; a bpchar its output
+with trailing blanks, which ``::text`` strips); a NULL is the empty
 text with the lowest bit of the seed flipped, so it differs from an empty string. Nothing is
 converted to text that the value does not print as, which makes it about a quarter cheaper than v2.
 
@@ -123,6 +124,10 @@ def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composa
         return sql.SQL("({}::{})::text").format(ident, parse_as)
     if column.base_type == "text" and not column.is_array:
         return ident
+    if column.base_type == "bpchar" and not column.is_array:
+        # ::text strips trailing blanks: 'ab' and 'ab   ' of an unbounded bpchar would hash alike.
+        # concat() prints the value with its output function, blanks and all.
+        return sql.SQL("concat({})").format(ident)
     return sql.SQL("{}::text").format(ident)
 
 
