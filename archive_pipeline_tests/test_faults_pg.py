@@ -185,6 +185,34 @@ def test_parquet_snapshot_holder_terminated_is_retried(pg, source, store, temp_d
     assert "lock was lost" in str(err)
 
 
+def test_a_parquet_stream_that_cannot_import_the_snapshot_is_retried_not_refused(source, store, temp_dir,
+                                                                                  monkeypatch):
+    """The snapshot's exporting session ended before the second stream's reader imported it (e.g. a
+    role's idle_in_transaction_session_timeout while readers connect): PostgreSQL says 22023, a
+    class-22 code, yet no value is at fault; the day is retried with the snapshot remedy, never
+    refused as an unconvertible value."""
+    from archive_pipeline.core.formats import parquet
+
+    schema, _, dsn = source
+    spec = spec_for(schema, "parquet", "zstd").model_copy(update={"parallel_streams": 2})
+    opened = parquet.Parquet._open_reader
+
+    def export_ends_before_the_second_reader(self, extraction):
+        if opened_readers:  # the exporting transaction ends, as an idle timeout would end it
+            extraction.conn.execute("COMMIT")
+        opened_readers.append(True)
+        return opened(self, extraction)
+
+    opened_readers: list[bool] = []
+    monkeypatch.setattr(parquet.Parquet, "_open_reader", export_ends_before_the_second_reader)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        err = archive_fails(conn, spec, store, temp_dir)
+    assert len(opened_readers) == 2
+    assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
+    assert type(err).__name__ != "UnsupportedTypeError" and "snapshot was gone" in str(err), str(err)
+    assert "idle_in_transaction_timeout_ms" in str(err)
+
+
 def test_parquet_snapshot_holder_is_not_idle_in_transaction_while_adbc_reads(source, store, temp_dir):
     """Parquet: the first connection exports the snapshot and ends its transaction as soon as ADBC has
     imported it, so an idle_in_transaction_session_timeout shorter than a pause in the read (here

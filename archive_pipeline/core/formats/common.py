@@ -138,14 +138,20 @@ _TOO_BIG = ("invalid memory alloc request size", "out of memory", "string buffer
             "would overflow")
 
 
+# A reader that could not import the archive's snapshot (its exporting session ended).
+_SNAPSHOT_IMPORT = ("invalid snapshot identifier", "could not import the requested snapshot")
+
+
 def is_value_failure(exc: BaseException) -> bool:
     """Whether PostgreSQL (or the Arrow reader) failed on a value rather than on the connection or the
     server: data exceptions (class 22, e.g. 22P05 untranslatable character), program limits (54000:
     a value or row over 1 GB as text), and the allocation failures such a value causes."""
     state = sqlstate_of(exc) or ""
+    text = str(exc)
+    if any(marker in text for marker in _SNAPSHOT_IMPORT):  # 22023 too, but about the session, not a value
+        return False
     if state.startswith(("22", "54")):
         return True
-    text = str(exc)
     return state in ("", "XX000") and any(marker in text for marker in _TOO_BIG)
 
 
