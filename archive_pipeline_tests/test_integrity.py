@@ -111,15 +111,12 @@ KILL_POINTS = [
 ]
 
 
-def test_a_re_archive_killed_at_any_step_leaves_one_whole_archive(pg, s3, conn, schema, store, s3_client, bucket,
-                                                                  tmp_path):
+def test_a_re_archive_killed_at_any_step_leaves_one_whole_archive(pg, s3, conn, schema, big, store, s3_client,
+                                                                  bucket, tmp_path):
     """SIGKILL between any two requests of an overwrite: the manifest always names a whole object whose
     content is the old day or the new one, never a mix; a clean run afterwards leaves nothing stray."""
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
-                         "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
-    spec = {"name": f"{schema}.big", "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
-    first = archive_partition(conn, TableSpec(**spec), D, store)
+    spec = {"name": big.name, "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
+    first = archive_partition(conn, big, D, store)
     known = {first.fingerprint}
     temp = tmp_path / "child-tmp"
     temp.mkdir()
@@ -127,19 +124,16 @@ def test_a_re_archive_killed_at_any_step_leaves_one_whole_archive(pg, s3, conn, 
         conn.execute(sql.SQL("UPDATE {} SET body = %s WHERE id = 1").format(sql.Identifier(schema, "big")),
                      (f"edit {n}",))
         known.add(str(fingerprint.compute(conn, sql.Identifier(schema, "big"), first.columns)))
-        args = {"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": spec, "day": "2024-03-10",
-                "overwrite": True, "temp_dir": str(temp), "kill": list(point)}
-        child = subprocess.run([sys.executable, "-m", "archive_pipeline_tests.archive_child", json.dumps(args)],
-                               capture_output=True, text=True, timeout=120)
-        assert child.returncode == -9, f"kill point {point} was not reached: {child.stdout}{child.stderr}"
+        _killed_child(pg, s3, bucket, spec, True, temp, point)
         manifest = decode_manifest(download(s3_client, bucket, first.manifest_key))
         body = download(s3_client, bucket, manifest["object"]["key"])
         assert hashlib.md5(body).hexdigest() == manifest["object"]["md5"], point
         assert len(body) == manifest["object"]["bytes"] and body.count(b"\n") == manifest["rows"], point
         assert manifest["fingerprint"] in known, point
         assert list(temp.iterdir()) == [], f"temp file left after SIGKILL at {point}"
-    final = archive_partition(conn, TableSpec(**spec), D, store, overwrite=True)
+    final = archive_partition(conn, big, D, store, overwrite=True)
     assert stored_keys(s3_client, bucket) == sorted([final.key, final.manifest_key])
+    assert _open_uploads(s3_client, bucket) == []
     assert final.fingerprint == str(fingerprint.compute(conn, sql.Identifier(schema, "big"), first.columns))
 
 
@@ -245,6 +239,65 @@ def test_a_manifest_the_store_fails_to_show_is_never_taken_for_none(s3, conn, sc
     assert decode_manifest(download(s3_client, bucket, first.manifest_key))["fingerprint"] == first.fingerprint
     with pytest.raises(LateRowsError):
         archive_partition(conn, table, D, store)
+
+
+def _killed_child(pg, s3, bucket, spec: dict, overwrite: bool, temp, point) -> None:
+    args = {"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": spec, "day": "2024-03-10",
+            "overwrite": overwrite, "temp_dir": str(temp), "kill": list(point)}
+    child = subprocess.run([sys.executable, "-m", "archive_pipeline_tests.archive_child", json.dumps(args)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -9, f"kill point {point} was not reached: {child.stdout}{child.stderr}"
+
+
+def _open_uploads(s3_client, bucket) -> list[str]:
+    return [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+@pytest.mark.parametrize(("overwrite", "point", "then"), [
+    (True, ("after-call", "UploadPart", 1), "skip"),  # a stale upload of the next generation
+    (True, ("after-call", "CompleteMultipartUpload", 1), "skip"),  # a whole uncommitted generation
+    (True, ("after-call", "CompleteMultipartUpload", 1), "change"),  # ... and the day changed meanwhile
+    (False, ("after-call", "UploadPart", 1), "empty"),  # a first archive's upload; the day then emptied
+])
+def test_what_a_killed_run_left_is_removed_by_the_next_run(pg, s3, conn, schema, big, store, bucket, s3_client,
+                                                           tmp_path, overwrite, point, then):
+    """Whatever path the next run takes (a skip, a refusal, an empty day), it leaves the day with
+    exactly what its manifest names: no open multipart upload, no uncommitted generation."""
+    spec = {"name": big.name, "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
+    if overwrite:
+        first = archive_partition(conn, big, D, store)
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    _killed_child(pg, s3, bucket, spec, overwrite, temp, point)
+    assert _open_uploads(s3_client, bucket) or len(stored_keys(s3_client, bucket)) == 3  # something was left
+    table = sql.Identifier(schema, "big")
+    if then == "skip":
+        assert archive_partition(conn, big, D, store).skipped
+        assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key])
+    elif then == "change":
+        conn.execute(sql.SQL("UPDATE {} SET body = 'late' WHERE id = 7").format(table))
+        with pytest.raises(LateRowsError):
+            archive_partition(conn, big, D, store)
+        assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key])
+    else:
+        conn.execute(sql.SQL("DELETE FROM {}").format(table))
+        result = archive_partition(conn, big, D, store)
+        assert result.empty and stored_keys(s3_client, bucket) == [result.manifest_key]
+    assert _open_uploads(s3_client, bucket) == []
+    assert list(temp.iterdir()) == []
+
+
+def test_a_retired_generation_whose_delete_failed_goes_at_the_next_run(s3, conn, schema, table, store, bucket,
+                                                                       s3_client):
+    first = archive_partition(conn, table, D, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="DELETE", action="error", status=503, code="SlowDown", times=None))
+        second = archive_partition(conn, table, D, S3Store(proxy.client(max_attempts=1), bucket, prefix="archive"),
+                                   overwrite=True)
+    assert first.key in stored_keys(s3_client, bucket)  # the overwrite succeeded; its old object stayed
+    assert first.key in decode_manifest(download(s3_client, bucket, second.manifest_key))["superseded"]
+    assert archive_partition(conn, table, D, store).skipped
+    assert stored_keys(s3_client, bucket) == sorted([second.key, second.manifest_key])
 
 
 def test_a_manifest_corrupted_on_the_way_is_caught_and_never_leaves_the_day_stuck(s3, conn, table, bucket, s3_client):

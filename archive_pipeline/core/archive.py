@@ -16,7 +16,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import re
 import time
 import weakref
 from collections.abc import Callable
@@ -231,6 +230,7 @@ class _Archiving:
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
         self._refuse_foreign(existing, overwrite)
+        self._tidy(existing)
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
         codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)
         upload: S3Upload | None = None
@@ -265,6 +265,8 @@ class _Archiving:
                     no_rows = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     if fp is not None and fp.rows == 0:
                         stats = no_rows
+                        # nothing is uploaded, so nothing else would end a killed run's upload of the key
+                        self.store._clean_stale_quietly(data_key)
                     else:
                         upload = self.store.begin(
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
@@ -296,6 +298,30 @@ class _Archiving:
             if published is not None:  # complete, but never named by a manifest: withdraw it
                 self.store.delete_quietly(published, exc)
             raise
+
+    def _tidy(self, existing: Existing) -> None:
+        """Remove what earlier runs of this day left behind, before anything else: multipart uploads
+        a killed run never finished, data objects of generations no manifest committed (a run killed
+        between its upload and its manifest), and retired generations whose delete failed. Only with
+        a trustworthy manifest, which names every object of the day worth keeping (its object and
+        ``kept``); anything else of the day is garbage, since the manifest is the commit point and this
+        run holds the day's lock. Without one, stored data might be the only copy of something and
+        stays. A failure here is logged, never fatal: leftovers cost storage, not correctness."""
+        manifest = existing.manifest
+        if manifest is None or existing.problem is not None or not existing.listing:
+            return
+        keep = {_manifest_object_key(manifest), *(k.get("key") for k in manifest.get("kept", []))}
+        stray = [keys.generation_key(self.key, g) for g in self._stored_generations(existing.listing)]
+        stray += [k for k in manifest.get("superseded", []) if k in existing.listing]  # e.g. another extension
+        for key in dict.fromkeys(stray):
+            if key not in keep and self.store.delete_quietly(key):
+                log.info("%s %s: removed %s, a generation no manifest names", self.spec.name, self.day,
+                         self.store.uri(key))
+        try:
+            self.store.abort_stale_uploads_under(_list_prefix(self.key), keys.generation_pattern(self.key))
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.warning("%s %s: could not list or abort stale multipart uploads; a bucket lifecycle rule "
+                        "(AbortIncompleteMultipartUpload) will remove them", self.spec.name, self.day, exc_info=True)
 
     def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable, where,
                            algorithm: str = fingerprint.ALGORITHM) -> tuple[fingerprint.Fingerprint, float]:
@@ -605,9 +631,7 @@ class _Archiving:
     def _stored_generations(self, listing: dict[str, dict] | None = None) -> list[int]:
         """Generations of this day's data in the store, from ``listing`` (read under this day's lock by
         ``read_existing``) or a LIST of their own."""
-        head, slash, name = self.key.rpartition("/")
-        stem, dot, ext = name.partition(".")
-        pattern = re.compile(re.escape(f"{head}{slash}{stem}") + r"(?:\.g(\d+))?" + re.escape(f"{dot}{ext}"))
+        pattern = keys.generation_pattern(self.key)
         if listing is None:
             listing = _listing(self.store, self.key) or {}
         return [int(m.group(1) or 1) for key in listing if (m := pattern.fullmatch(key))]

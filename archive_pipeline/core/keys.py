@@ -57,6 +57,14 @@ def table_day_key(spec, day: Period | dt.date | str, prefix: str = "") -> str:
                   fmt=spec.format, compression=spec.compression)
 
 
+def generation_pattern(key: str) -> re.Pattern[str]:
+    """Matches every generation's key of ``key`` (see :func:`generation_key`); group 1 is the
+    generation number, None for the first."""
+    head, slash, name = key.rpartition("/")
+    stem, dot, ext = name.partition(".")
+    return re.compile(re.escape(f"{head}{slash}{stem}") + r"(?:\.g(\d+))?" + re.escape(f"{dot}{ext}"))
+
+
 def generation_key(key: str, generation: int) -> str:
     """Where generation ``generation`` of an archive's data lives: the key itself for the first, then
     ``<stem>.g<N>.<ext>`` beside it. A re-archive writes a new generation and commits it by writing

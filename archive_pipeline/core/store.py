@@ -538,6 +538,17 @@ class S3Store:
             log.info("aborted %d stale multipart upload(s) of %s", len(stale), self.uri(key))
         return len(stale)
 
+    def abort_stale_uploads_under(self, prefix: str, pattern: re.Pattern[str]) -> int:
+        """Abort every multipart upload under ``prefix`` whose key ``pattern`` matches in full (one
+        listing), and return how many: for a caller that holds the lock of everything those keys
+        stand for, so none of them can be a live upload."""
+        uploads = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                   Bucket=self.bucket, Prefix=prefix) for u in page.get("Uploads", []) if pattern.fullmatch(u["Key"])]
+        for upload in uploads:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            log.info("aborted a stale multipart upload of %s", self.uri(upload["Key"]))
+        return len(uploads)
+
     def _clean_stale_quietly(self, key: str, **kwargs: Any) -> None:
         try:
             self.abort_stale_uploads(key, **kwargs)
