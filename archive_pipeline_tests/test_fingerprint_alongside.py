@@ -178,6 +178,24 @@ def test_at_the_connection_limit_the_fingerprint_is_taken_first(pg, conn, schema
     assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
 
 
+@pytest.mark.parametrize(("fmt", "streams"), [("parquet", 1), ("parquet", 3), ("jsonl", 3), ("csv", 2)])
+def test_a_day_fits_the_connection_limits_it_finds(pg, conn, schema, table, monkeypatch, store, temp_dir, fmt,
+                                                   streams):
+    """A role allowed two sessions: the archive's own and one more. The fingerprint is then taken
+    first and the day read with as many streams as fit (one Parquet reader, or two text streams):
+    archived, where asking for more sessions would fail every attempt."""
+    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)
+    role = f"fpl2_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(role, PASSWORD, connection_limit=2)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+        s=sql.Identifier(schema), r=sql.Identifier(role)))
+    spec = _spec(table, fmt).model_copy(update={"parallel_streams": streams})
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        result = archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+    assert result.rows == ROWS and result.fingerprint == str(source_fingerprint(conn, spec, DAY))
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_a_day_estimated_big_that_is_empty_is_archived_empty(conn, table, sessions, s3_client, bucket, store,
                                                              temp_dir, fmt):

@@ -50,7 +50,7 @@ from archive_pipeline.core.manifest import (
 )
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, PeriodError
-from archive_pipeline.core.parallel import open_snapshot_sessions, plan_streams, write_day
+from archive_pipeline.core.parallel import free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, primary_key, \
@@ -372,10 +372,21 @@ class _Archiving:
                                 chunk_rows=self.spec.chunk_size, settings=self.settings, progress=self.progress,
                                 progress_every=self.progress_every, strict=self.spec.strict)
         plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams, estimate)
+        free = free_sessions(self.conn)
+        if plan.streams > 1 and _readers(fmt, plan) > free:
+            # as many streams as the connection limits leave room for: more would fail every attempt
+            log.info("%s %s: %d stream(s) instead of %d: %d more session(s) fit the connection limits",
+                     self.spec.name, self.day, max(1, free), plan.streams, free)
+            plan = plan_streams(self.conn, table, where, self.day, max(1, free), estimate)
+        readers = _readers(fmt, plan)
 
         def write() -> WriteStats:
             return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)
 
+        if fp is None and free - readers < 1:  # no room for a fingerprint session beside the readers
+            log.info("%s %s: fingerprinting before the read: %d free session(s), %d reader(s)", self.spec.name,
+                     self.day, free, readers)
+            fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
         if fp is not None:
             extraction.expected_rows = fp.rows  # the same snapshot: these are all the rows there are
             return write(), fp, fp_seconds
@@ -657,6 +668,12 @@ def _loose_manifest(existing: Existing) -> dict | None:
         loose = json.loads(existing.raw)
         return loose if isinstance(loose, dict) else None
     return None
+
+
+def _readers(fmt, plan) -> int:
+    """Sessions a day's read opens besides the archive's own: one per stream (the archive's own only
+    exports the snapshot then), except a single text stream, which reads on the archive's own."""
+    return plan.streams if fmt.compresses_internally or plan.streams > 1 else 0
 
 
 def _manifest_object_key(manifest: dict | None) -> str | None:

@@ -128,12 +128,14 @@ _TERMINATED = _src(True, "the archiving backend was terminated (pg_terminate_bac
                    f"{_RETRIED}; if it recurs, look for a job that kills long queries or for server restarts")
 _STARTING = _src(True, "the database server is starting up, shutting down or in recovery",
                  f"{_RETRIED} once the server accepts connections")
+_SESSIONS = ("a day's archive uses its own session, one more per stream when it reads Parquet or several "
+             "streams, and one for the fingerprint when there is room; it reads with fewer streams rather than "
+             "exceed the limits, but needs one session, two for Parquet")
 _MAX_CONNECTIONS = _src(True, "the server has no free connection slots (max_connections reached)",
-                        "lower the pool limit in dagster.yaml (each archive uses one connection, Parquet two) "
-                        "or raise max_connections on the server")
+                        f"lower the pool limit in dagster.yaml ({_SESSIONS}) or raise max_connections on the server")
 _ROLE_LIMIT = _src(True, "the role's CONNECTION LIMIT is reached",
-                   "lower the pool limit in dagster.yaml (each archive uses one connection, Parquet two) or "
-                   "ALTER ROLE <role> CONNECTION LIMIT <n> with room for them")
+                   f"lower the pool limit in dagster.yaml ({_SESSIONS}) or ALTER ROLE <role> CONNECTION LIMIT <n> "
+                   "with room for them")
 _DB_LIMIT = _src(True, "the database's CONNECTION LIMIT is reached",
                  "lower the pool limit in dagster.yaml or ALTER DATABASE <database> CONNECTION LIMIT <n>")
 _STATEMENT_TIMEOUT = _src(True, "statement_timeout: reading the day took longer than allowed",

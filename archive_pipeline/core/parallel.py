@@ -196,6 +196,26 @@ def dsn_of(conn: psycopg.Connection) -> str:
     return make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
 
 
+_FREE_SESSIONS = """
+SELECT least(
+    (SELECT CASE WHEN r.rolsuper OR r.rolconnlimit < 0 THEN NULL
+                 ELSE r.rolconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r.oid) END
+     FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
+    (SELECT CASE WHEN d.datconnlimit < 0 THEN NULL
+                 ELSE d.datconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid) END
+     FROM pg_catalog.pg_database d WHERE d.datname = current_database()),
+    current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
+      - (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'))
+"""
+
+
+def free_sessions(conn: psycopg.Connection) -> int:
+    """How many more sessions ``conn``'s role can open now: the tightest of its role's, its
+    database's and the server's connection limits, less the sessions counted against each. A day
+    that needs more than this would fail at every attempt, the retries included."""
+    return int(conn.execute(_FREE_SESSIONS).fetchone()[0])
+
+
 def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, count: int,
                            settings: dict[str, str]) -> list[psycopg.Connection]:
     """``count`` sessions logged in as ``coordinator`` is, each in a READ ONLY transaction that
