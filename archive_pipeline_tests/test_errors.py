@@ -317,6 +317,19 @@ def test_s3_errors_by_code(exc, retryable):
     assert (c.retryable, c.where) == (retryable, "store") and c.remedy
 
 
+@pytest.mark.parametrize(("code", "status", "retryable", "words"), [
+    ("RequestTimeTooSkewed", 403, False, "clock"),  # a 403 with nothing to grant
+    ("NotImplemented", 501, False, "does not implement"),  # a 5xx no retry fixes
+    ("IncompleteBody", 400, True, "broke off"),  # a body cut short on the way
+    ("ExpiredToken", 400, True, "credentials expired"),
+    ("RequestExpired", 403, True, "credentials expired"),
+])
+def test_s3_codes_whose_status_misleads(code, status, retryable, words):
+    c = classify(client_error(code, status))
+    assert c.retryable is retryable and words in c.cause, c
+    assert "grant s3:PutObject" not in c.remedy
+
+
 # --- the machine -----------------------------------------------------------------------------------------
 
 def test_disk_full_fails_at_once_with_what_to_free():

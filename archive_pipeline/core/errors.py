@@ -246,12 +246,19 @@ _S3_CLOCK = _store(False, "this machine's clock is too far off the store's", "sy
 _S3_TOO_LARGE = _store(False, "the object or a part is too large for the store",
                        "raise the store's part_size_mb, or split the table's days")
 _S3_REJECTED = _store(False, "the object store rejected the request", "read the error code in the message")
+_S3_UNSUPPORTED = _store(False, "the object store does not implement a request or header the archiver sent",
+                         "on an S3-compatible store, set AWS_REQUEST_CHECKSUM_CALCULATION=when_required and "
+                         "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, and check that it supports multipart uploads")
+_S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expired",
+                           f"{_RETRIED} with fresh credentials; if it persists, check the credential source (role "
+                           "session duration, token refresh)")
 
 _S3_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
                    "RequestThrottled", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 _S3_CORRUPT_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 _S3_GONE_CODES = {"NoSuchUpload", "InvalidPart", "InvalidPartOrder", "PreconditionFailed", "ConditionalRequestConflict",
-                  "OperationAborted", "ExpiredToken", "TokenRefreshRequired", "RequestExpired"}
+                  "OperationAborted"}
+_S3_TOKEN_CODES = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired"}
 _S3_ACCESS_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403",
                     "KMS.DisabledException", "KMS.NotFoundException", "KMS.AccessDeniedException"}
 _S3_KEY_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "AuthorizationHeaderMalformed",
@@ -455,6 +462,14 @@ def _classify_boto(exc: BaseException) -> Classification | None:
 def _s3_code(code: str, status: int) -> Classification:
     if code in _S3_CORRUPT_CODES:
         return _S3_CORRUPTED
+    if code == "RequestTimeTooSkewed":  # a 403, but no permission is missing
+        return _S3_CLOCK
+    if code in _S3_TOKEN_CODES:
+        return _S3_TOKEN_EXPIRED
+    if code == "IncompleteBody":  # a 400 for a body cut short in transit
+        return _S3_STREAM
+    if code == "NotImplemented" or status == 501:  # a 5xx that no retry fixes
+        return _S3_UNSUPPORTED
     if code in _S3_RETRY_CODES or status >= 500 or status == 429:
         return _S3_THROTTLED
     if code in _S3_GONE_CODES:
@@ -465,8 +480,6 @@ def _s3_code(code: str, status: int) -> Classification:
         return _S3_ACCESS
     if code in _S3_BUCKET_CODES:
         return _S3_NO_BUCKET
-    if code == "RequestTimeTooSkewed":
-        return _S3_CLOCK
     if code in _S3_SIZE_CODES:
         return _S3_TOO_LARGE
     return _S3_REJECTED
