@@ -134,9 +134,9 @@ def _password() -> str | None:
     return dsn_password(os.environ.get(DSN_VAR, ""))
 
 
-def _fail(as_json: bool, code: int, message: str) -> None:
+def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
     if as_json:
-        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message}, indent=2))
+        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message, "retryable": retryable}, indent=2))
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -184,16 +184,16 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
                 click.echo(str(exc), err=True)
             sys.exit(EXIT_DIFFERENCES)
         except ConfigError as exc:
-            _fail(as_json, EXIT_USAGE, str(exc))
-        except UnreachableError as exc:
-            _fail(as_json, EXIT_UNREACHABLE, str(exc))
+            _fail(as_json, EXIT_USAGE, str(exc), False)
+        except UnreachableError as exc:  # refused for a reason a setting fixes (a wrong password): a usage error
+            _fail(as_json, EXIT_UNREACHABLE if exc.retryable else EXIT_USAGE, str(exc), exc.retryable)
         except psycopg.OperationalError as exc:
-            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), _password()))
+            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), _password()), True)
         except BotoCoreError as exc:
             _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
-                  "$ARCHIVE_S3_ENDPOINT_URL and the network")
+                  "$ARCHIVE_S3_ENDPOINT_URL and the network", True)
         except (ArchiveError, psycopg.Error) as exc:
-            _fail(as_json, EXIT_DIFFERENCES, redact(str(exc), _password()))
+            _fail(as_json, EXIT_DIFFERENCES, redact(str(exc), _password()), getattr(exc, "retryable", None))
         finally:
             if run is not None:
                 run.close()

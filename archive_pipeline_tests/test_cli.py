@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 from psycopg import sql
@@ -196,6 +197,24 @@ def test_unreachable_source_or_store_exits_3_without_secrets(setup):
     done = cli({**env, "ARCHIVE_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}, "verify")
     assert done.returncode == 3, done.stderr
     assert "ARCHIVE_S3_ENDPOINT_URL" in done.stderr
+
+
+def test_a_refused_login_exits_2_and_says_it_is_not_retryable(setup, pg, schema):
+    """A wrong password is a setting to fix, not an outage: exit 2, ``retryable: false`` in --json,
+    host and user named, the password nowhere; a server that is down stays exit 3, retryable."""
+    env, _ = setup
+    secret = "cl1 s3cret's"
+    role = f"cli_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(role, secret)
+    wrong = psycopg.conninfo.make_conninfo(dsn, password=secret + "x")
+    refused = cli_json({**env, "ARCHIVE_PG_DSN": wrong}, "list", code=2)
+    assert refused["retryable"] is False and "wrong password" in refused["error"], refused
+    assert f"user {role!r}" in refused["error"] and "ARCHIVE_PG_DSN" in refused["error"]
+    down = cli_json({**env, "ARCHIVE_PG_DSN": f"host=127.0.0.1 port={free_port()} user=x connect_timeout=2"},
+                    "list", code=3)
+    assert down["retryable"] is True
+    for answer in (refused, down):
+        assert secret not in json.dumps(answer)
 
 
 def test_restore_into_a_new_table_and_a_dropped_partition(setup, conn, days):

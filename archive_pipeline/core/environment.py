@@ -15,7 +15,7 @@ import psycopg
 import psycopg.conninfo
 
 from archive_pipeline.core.config import ConfigError, SourceSettings
-from archive_pipeline.core.errors import redact
+from archive_pipeline.core.errors import describe_connect_error, redact
 from archive_pipeline.core.store import S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
@@ -29,7 +29,12 @@ SECRET_VAR = "ARCHIVE_S3_SECRET_ACCESS_KEY"
 
 class UnreachableError(Exception):
     """The source database or the object store cannot be reached (or refuses us); the message says
-    which and what to check, without secrets."""
+    which and what to check, without secrets. ``retryable``: whether trying again later may work (a
+    server down or full) or a setting must change first (a wrong password, a missing database)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def _required(env: Mapping[str, str], name: str, what: str) -> str:
@@ -55,17 +60,16 @@ def connect_source(env: Mapping[str, str] | None = None, *, connect_timeout: int
     env = os.environ if env is None else env
     dsn = _required(env, DSN_VAR, "the source database's libpq URI or key=value string")
     try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:  # libpq echoes a malformed URI whole, password included
         raise ConfigError(f"${DSN_VAR} is not a valid connection string: {redact(str(exc).strip(), dsn)}") from None
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
                                application_name="archive_pipeline_cli")
     except psycopg.Error as exc:
-        message = redact(str(exc).strip(), params.get("password"), dsn)
-        raise UnreachableError(f"cannot connect to the source database ({DSN_VAR}): {message}\n"
-                               "check that the server is up and that host, port, user and password in "
-                               f"${DSN_VAR} are right") from None
+        described = describe_connect_error(exc, dsn)  # host, port, database, user, cause; no password
+        raise UnreachableError(f"{described.message} (${DSN_VAR}); to fix: {described.remedy}",
+                               retryable=described.retryable) from None
 
 
 def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) -> S3Store:
@@ -98,7 +102,8 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             reason = {404: "does not exist", 403: "refuses these credentials"}.get(status, f"answered {status}")
             raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: "
-                                   f"check ${BUCKET_VAR} and the S3 credentials") from None
+                                   f"check ${BUCKET_VAR} and the S3 credentials",
+                                   retryable=status not in (400, 403, 404)) from None
         except BotoCoreError as exc:
             raise UnreachableError(f"cannot reach the object store ({type(exc).__name__}: "
                                    f"{redact(str(exc), env.get(SECRET_VAR))}): check ${ENDPOINT_VAR} "
