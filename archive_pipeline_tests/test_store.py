@@ -300,7 +300,7 @@ def test_access_denied_is_not_retryable(pstore, proxy, s3_client, bucket, temp_d
     proxy.add(Fault(method="PUT", path=r"\.jsonl\.zst$", action="error", status=403, code="AccessDenied"))
     with pytest.raises(UploadError) as failure:
         upload(pstore, payload(1000), temp_dir)
-    assert not failure.value.retryable and "permissions" in str(failure.value)
+    assert not failure.value.retryable and "to fix: grant s3:PutObject" in str(failure.value)
     assert_nothing_left(s3_client, bucket, temp_dir)
 
 

@@ -33,10 +33,10 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
-from archive_pipeline.core.errors import ArchiveError, UploadError, is_retryable
+from archive_pipeline.core.errors import ArchiveError, UploadError, classify
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -561,11 +561,15 @@ def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError)
     """``exc`` (botocore, OSError, ...) as an archive error saying what failed and whether retrying helps."""
     if isinstance(exc, ArchiveError):
         return exc
-    retryable = (is_retryable(exc) or _is_transport_error(exc) or _is_checksum_error(exc)
+    found = classify(exc)
+    retryable = (found.retryable or _is_transport_error(exc) or _is_checksum_error(exc)
                  or _code(exc) in _CORRUPT_CODES)
-    remedy = ("transient; the run will be retried" if retryable else
-              "check the bucket, its permissions and the store's credentials and endpoint")
-    return kind(f"{what} failed: {type(exc).__name__}: {exc}; {remedy}", retryable=retryable)
+    if found.where == "unknown":
+        found = replace(found, cause="the request failed", remedy="retried automatically" if retryable else
+                        "check the bucket, its permissions and the store's credentials and endpoint")
+    return kind(f"{what} failed: {found.cause} ({type(exc).__name__}: {exc}); "
+                f"{'transient, retried' if retryable else 'not retried: a retry cannot fix this'}",
+                retryable=retryable, remedy=found.remedy, cause=found.cause)
 
 
 @dataclass
