@@ -26,8 +26,12 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError, UnsupportedTypeError
 from archive_pipeline.core.formats.common import Extraction, WriteStats, is_value_failure
 from archive_pipeline.core.formats import get_format
+from archive_pipeline.core.keys import table_day_key
+from archive_pipeline.core.manifest import decode_manifest
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.verify import deep_verify
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
-from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
+from archive_pipeline_tests.helpers import assert_nothing_left, decompress, download, read_csv, read_jsonl
 
 DAY = dt.date(2024, 3, 10)
 SCHEMA = "exact edge"
@@ -531,3 +535,332 @@ def test_a_row_bigger_than_a_chunk_passes_every_codec_intact(codec, conn, schema
     expected = conn.execute(sql.SQL("SELECT v FROM {}.big ORDER BY id").format(sql.Identifier(schema))).fetchall()
     assert [r["v"] for r in sorted(rows, key=lambda r: int(r["id"]))] == [e[0] for e in expected]
     assert len(expected[0][0]) == 32 * 200001 > 4 << 20
+
+
+# ---- hostile data: round trips through restore_day and deep verification -------------------------------------
+
+def _hostile_table(conn, schema: str, name: str, columns: dict[str, str], rows: list[list[str]]) -> None:
+    """``schema.name (id int, at date, <columns>)`` with ``rows`` (SQL expressions, ``{s}`` the schema) on DAY."""
+    s = sql.Identifier(schema).as_string(conn)
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t.replace("{s}", s)))
+                              for n, t in columns.items())
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, {})").format(sql.Identifier(schema, name), cols))
+    for i, row in enumerate(rows, start=1):
+        values = sql.SQL(", ").join(sql.SQL(v.replace("{s}", s)) for v in row)
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, {}, {})").format(
+            sql.Identifier(schema, name), sql.Literal(i), sql.Literal(DAY), values))
+
+
+def _differences(conn, schema: str, source: str, restored: str, texts: dict[str, str]) -> list[tuple]:
+    """Rows of one table missing from the other (``EXCEPT ALL`` both ways) compared on each column's text
+    (``texts``: column -> SQL expression of it, ``{c}`` the column; default its output) and NULL-ness."""
+    names = [n for (n,) in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+        "ORDER BY attnum", (sql.Identifier(schema, source).as_string(conn),)).fetchall()]
+    exprs = sql.SQL(", ").join(
+        sql.SQL("{} IS NULL, {}").format(sql.Identifier(n), sql.SQL(texts.get(n, "concat({c})")).format(
+            c=sql.Identifier(n))) for n in names)
+    a, b = sql.Identifier(schema, source), sql.Identifier(schema, restored)
+    query = sql.SQL("(SELECT 'lost', {e} FROM {a} EXCEPT ALL SELECT 'lost', {e} FROM {b}) UNION ALL "
+                    "(SELECT 'added', {e} FROM {b} EXCEPT ALL SELECT 'added', {e} FROM {a})").format(e=exprs, a=a, b=b)
+    return conn.execute(query).fetchall()
+
+
+def _round_trip(conn, schema: str, store, temp_dir, table: str, fmt: str, texts: dict[str, str] | None = None,
+                verify: bool = True):
+    """Archive ``table``'s DAY in ``fmt``, restore it into a new table (its fingerprint checked), compare it
+    with the source value by value, and prove the archive with deep verification."""
+    spec = TableSpec(name=f"{schema}.{table}", day_column="at", start_date=DAY, format=fmt, compression="zstd")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    back = f"{table}_{fmt}_back"
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.{back}", temp_dir=temp_dir)
+    assert restored.fingerprint_checked and restored.rows == result.rows
+    assert _differences(conn, schema, table, back, texts or {}) == []
+    if verify:
+        assert deep_verify(conn, store, spec, DAY) == []
+    return result
+
+
+def _manifest_columns(store, result) -> dict[str, dict]:
+    raw = store.client.get_object(Bucket=store.bucket, Key=result.manifest_key)["Body"].read()
+    return {c["name"]: c for c in decode_manifest(raw)["columns"]}
+
+
+XML_VALUES = [
+    """'<?xml version="1.0" encoding="UTF-8"?><doc/>'""",
+    """E'<?xml version="1.0"?>\\n<doc a="1"/>'""",
+    """'<?xml version="1.0" standalone="yes"?><doc/>'""",
+    """'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><doc/>'""",
+    """$$<?xml version='1.0'  standalone='no'?><doc/>$$""",
+    """'<?xml version="1.0" encoding="ISO-8859-1"?><doc/>'""",
+    """'<doc>plain &amp; simple</doc>'""",
+    """'a fragment'""",
+    "''",
+    "NULL",
+]
+XML_STORED = {"x": "{c}::text", "dx": "{c}::text", "xa": "{c}::text[]::text", "dxa": "{c}::text[]::text"}
+
+
+@pytest.fixture
+def xml_tables(conn, schema):
+    """Scalar xml (plain, and a domain over a domain over xml) and arrays of xml (plain, and of a domain)
+    holding XML declarations, which xml's output function drops or rewrites."""
+    conn.execute(sql.SQL("CREATE DOMAIN {s}.dx AS xml; CREATE DOMAIN {s}.ddx AS {s}.dx").format(
+        s=sql.Identifier(schema)))
+    _hostile_table(conn, schema, "docs", {"x": "xml", "dx": "{s}.ddx"}, [[v, v] for v in XML_VALUES])
+    _hostile_table(conn, schema, "doc_lists", {"xa": "xml[]", "dxa": "{s}.dx[]"},
+                   [[f"ARRAY[{v}, '<b/>']::xml[]", f"ARRAY[{v}]::{{s}}.dx[]"] for v in XML_VALUES]
+                   + [["""'[0:1]={"<?xml version=\\"1.0\\"?><d/>",NULL}'""", "NULL"], ["'{}'", "'{NULL}'"]])
+    return schema
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_xml_declarations_are_archived_as_stored(fmt, conn, xml_tables, store, temp_dir):
+    """xml's output function drops a declaration that repeats the defaults (and the line break after it) and
+    rewrites the others, but the value (``::text``, which the fingerprint hashes) keeps it: every format
+    archives the stored text, so the restore gives back the same text and the archive is proven."""
+    result = _round_trip(conn, xml_tables, store, temp_dir, "docs", fmt, XML_STORED)
+    columns = _manifest_columns(store, result)
+    for name in ("x", "dx"):
+        assert columns[name]["exact"] is True and "xml text as stored" in columns[name]["encoding"], columns[name]
+    back = conn.execute(sql.SQL("SELECT x::text, dx::text FROM {} WHERE id = 2").format(
+        sql.Identifier(xml_tables, f"docs_{fmt}_back"))).fetchone()
+    assert back == ('<?xml version="1.0"?>\n<doc a="1"/>',) * 2
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_arrays_of_xml_keep_their_elements_declarations(fmt, conn, xml_tables, store, temp_dir):
+    """array_out writes each element with xml's output (declarations dropped): arrays are archived as the
+    literal of their elements' stored texts (bounds kept)."""
+    result = _round_trip(conn, xml_tables, store, temp_dir, "doc_lists", fmt, XML_STORED)
+    columns = _manifest_columns(store, result)
+    assert columns["xa"]["exact"] is True and "as stored" in columns["xa"]["encoding"], columns["xa"]
+
+
+def test_arrays_of_xml_keep_their_elements_declarations_in_csv(conn, xml_tables, store, temp_dir):
+    _round_trip(conn, xml_tables, store, temp_dir, "doc_lists", "csv", XML_STORED, verify=False)
+
+
+@pytest.mark.xfail(strict=True, reason="verify.py (not this change's) hashes a CSV archive's xml[] field as its text, "
+                   "but the fingerprint hashes xml[]::text, whose elements lose their declarations: _PARSED_COLUMNS "
+                   "must read arrays of xml (through domains) as their type first")
+def test_deep_verification_proves_a_csv_archive_of_xml_arrays(conn, xml_tables, store, temp_dir):
+    spec = TableSpec(name=f"{xml_tables}.doc_lists", day_column="at", start_date=DAY, format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert deep_verify(conn, store, spec, DAY) == []
+
+
+@pytest.mark.xfail(strict=True, reason="verify.py (not this change's; already so before it) hashes a CSV archive's "
+                   "money[] field (numeric digits) as its text, but the fingerprint hashes money[]::text ($1.25): "
+                   "_PARSED_COLUMNS must read arrays of money (through domains) as their type first")
+def test_deep_verification_proves_a_csv_archive_of_money_arrays(conn, schema, store, temp_dir):
+    conn.execute(sql.SQL("CREATE DOMAIN {s}.dmo AS money").format(s=sql.Identifier(schema)))
+    _hostile_table(conn, schema, "amounts", {"ma": "money[]", "dma": "{s}.dmo[]"},
+                   [["'{1.25,NULL}'", "'{-0.01}'"], ["NULL", "'{}'"]])
+    spec = TableSpec(name=f"{schema}.amounts", day_column="at", start_date=DAY, format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert deep_verify(conn, store, spec, DAY) == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_restore_reads_xml_fragments_whatever_the_sessions_xmloption(fmt, conn, xml_tables, store, temp_dir):
+    """A column may hold fragments ('', 'a fragment'), which xml's input refuses under xmloption document:
+    the restore reads xml as content."""
+    spec = TableSpec(name=f"{xml_tables}.docs", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute("SET xmloption = document")
+    try:
+        restored = restore_day(conn, store, spec, DAY, into="new", target=f"{xml_tables}.docs_back", temp_dir=temp_dir)
+        assert restored.fingerprint_checked and restored.rows == len(XML_VALUES)
+        assert deep_verify(conn, store, spec, DAY) == []
+        assert conn.execute("SHOW xmloption").fetchone()[0] == "document"
+    finally:
+        conn.execute("RESET xmloption")
+    assert _differences(conn, xml_tables, "docs", "docs_back", XML_STORED) == []
+
+
+NESTED_DOMAINS = """CREATE DOMAIN {s}.djb AS jsonb; CREATE DOMAIN {s}.ddjb AS {s}.djb;
+CREATE DOMAIN {s}.dddjb AS {s}.ddjb;
+CREATE DOMAIN {s}.dj AS json; CREATE DOMAIN {s}.ddj AS {s}.dj;
+CREATE DOMAIN {s}.dn AS numeric(10,2); CREATE DOMAIN {s}.ddn AS {s}.dn;
+CREATE DOMAIN {s}.dia AS int[]; CREATE DOMAIN {s}.ddia AS {s}.dia;
+CREATE DOMAIN {s}.dd AS date; CREATE DOMAIN {s}.ddd AS {s}.dd;
+CREATE DOMAIN {s}.dts AS timestamptz; CREATE DOMAIN {s}.dby AS bytea; CREATE DOMAIN {s}.dt AS text;
+CREATE DOMAIN {s}.ddt AS {s}.dt; CREATE DOMAIN {s}.du AS uuid; CREATE DOMAIN {s}.dtm AS time;
+CREATE TYPE {s}.mood AS ENUM ('sad', 'ok'); CREATE DOMAIN {s}.dm AS {s}.mood; CREATE DOMAIN {s}.ddm AS {s}.dm;
+CREATE DOMAIN {s}.dmo AS money; CREATE DOMAIN {s}.ddmo AS {s}.dmo"""
+# arrays of domains (over scalars, over a domain) are arrays of the domains' base type
+NESTED_COLUMNS = {"jb": "{s}.dddjb", "j": "{s}.ddj", "n": "{s}.ddn", "ia": "{s}.ddia", "jba": "{s}.djb[]",
+                  "na": "{s}.ddn[]", "day": "{s}.ddd", "da": "{s}.ddd[]", "tsa": "{s}.dts[]", "ba": "{s}.dby[]",
+                  "ta": "{s}.ddt[]", "ua": "{s}.du[]", "tma": "{s}.dtm[]", "m": "{s}.ddm", "ma": "{s}.ddm[]",
+                  "mo": "{s}.ddmo"}
+NESTED_ROWS = [
+    ["""'{"b": 1, "a": [null, "x"]}'""", """'{"a": 1, "a": 2}'""", "12.30", "'{1,2}'",
+     """ARRAY['{"k": [1]}', NULL, 'null']::{s}.djb[]""", "'{1.50,NULL}'", "'2024-03-10'",
+     "'{2024-03-10,infinity,NULL}'", "ARRAY['2024-03-10 01:02:03.456789+05:30', '-infinity']::timestamptz[]",
+     "ARRAY['\\x00ff'::bytea, NULL]",
+     """ARRAY['a,b', NULL, '', 'back\\slash "q" {}']""", "'{00000000-0000-0000-0000-000000000001}'",
+     "'{23:59:59.999999,00:00}'", "'sad'", "'{ok,NULL,sad}'", "-92233720368547758.08"],
+    ["""'"just a string"'""", "'[1, 2.50]'", "-0.01", "'{}'", "'{}'", "'{}'", "'infinity'", "'{}'", "'{}'", "'{}'",
+     "'{}'", "'{}'", "'{}'", "'ok'", "'{}'", "0"],
+    ["'[]'", "'{}'", "NULL", "'{NULL}'", "NULL", "NULL", "NULL", "'{NULL}'", "'{NULL}'", "'{NULL}'", "'{NULL}'",
+     "'{NULL}'", "'{NULL}'", "NULL", "'{NULL}'", "NULL"],
+    ["NULL", "NULL", "99999999.99", "NULL", """ARRAY[NULL]::{s}.djb[]""", "'{NULL}'", "'-infinity'", "NULL", "NULL",
+     "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL"],
+]
+
+
+@pytest.fixture
+def nested(conn, schema):
+    conn.execute(NESTED_DOMAINS.replace("{s}", sql.Identifier(schema).as_string(conn)))
+    _hostile_table(conn, schema, "nested", NESTED_COLUMNS, NESTED_ROWS)
+    return schema
+
+
+def test_domains_over_domains_are_described_by_their_base_type(conn, nested):
+    conn.execute(sql.SQL("CREATE TABLE {}.dayed (at {}.ddd, ia {}.dia[])").format(*[sql.Identifier(nested)] * 3))
+    by_name = {c.name: c for c in describe_table(conn, f"{nested}.nested", "at").columns}
+    assert [(by_name[n].base_type, by_name[n].is_array) for n in NESTED_COLUMNS] == [
+        ("jsonb", False), ("json", False), ("numeric", False), ("int4", True), ("jsonb", True), ("numeric", True),
+        ("date", False), ("date", True), ("timestamptz", True), ("bytea", True), ("text", True), ("uuid", True),
+        ("time", True), ("mood", False), ("mood", True), ("money", False)]
+    assert by_name["m"].is_enum and by_name["ma"].is_enum
+    assert (by_name["n"].precision, by_name["n"].scale) == (10, 2) == (by_name["na"].precision, by_name["na"].scale)
+    table = describe_table(conn, f"{nested}.dayed", "at")  # a day column through two domains
+    assert table.day_column.base_type == "date"
+    # an array of a domain over an array stops at the inner array type: archived as its literal
+    assert (table.columns[1].base_type, table.columns[1].is_array) == ("_int4", True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_domains_over_domains_round_trip_as_their_base_type(fmt, conn, nested, store, temp_dir, s3_client, bucket):
+    """A domain over a domain over jsonb is jsonb: JSONL embeds it as JSON (not a string of its text),
+    Parquet stores a domain over a domain over numeric(10,2) as decimal128(10,2)."""
+    result = _round_trip(conn, nested, store, temp_dir, "nested", fmt)
+    columns = _manifest_columns(store, result)
+    body = download(s3_client, bucket, result.key)
+    if fmt == "jsonl":
+        records = {r["id"]: r for r in read_jsonl(decompress(body, "zstd"))}
+        assert records[1]["jb"] == {"b": 1, "a": [None, "x"]} and records[2]["jb"] == "just a string"
+        assert records[1]["j"] == {"a": 2} and records[2]["ia"] == [] and records[1]["ia"] == [1, 2]
+        assert columns["jb"]["encoding"] == "embedded JSON (jsonb's text)" and columns["jb"]["exact"] is True
+        assert columns["j"]["exact"] is False  # like any json in JSONL (README)
+    elif fmt == "parquet":
+        schema = pq.read_table(io.BytesIO(body)).schema
+        assert schema.field("n").type == pa.decimal128(10, 2) and columns["n"]["encoding"] == "decimal128(10, 2)"
+        assert str(schema.field("tsa").type) == "list<element: timestamp[us, tz=UTC]>"
+        assert str(schema.field("ta").type) == "list<element: string>"
+        assert "arrow.json" in columns["jb"]["encoding"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_arrays_of_domains_keep_their_bounds_or_are_refused(fmt, conn, schema, store, temp_dir):
+    """An array of a domain (over a domain) over int is an int array: JSONL and CSV keep a lower bound
+    other than 1 and more dimensions; Parquet, whose list cannot, refuses it naming the column."""
+    conn.execute(sql.SQL("CREATE DOMAIN {s}.di AS int; CREATE DOMAIN {s}.ddi AS {s}.di").format(
+        s=sql.Identifier(schema)))
+    _hostile_table(conn, schema, "bounded", {"a": "{s}.ddi[]"},
+                   [["'[0:1]={1,2}'"], ["'{{1,2},{3,NULL}}'"], ["'{5}'"], ["NULL"]])
+    if fmt != "parquet":
+        _round_trip(conn, schema, store, temp_dir, "bounded", fmt)
+        return
+    spec = TableSpec(name=f"{schema}.bounded", day_column="at", start_date=DAY, format=fmt)
+    with pytest.raises(UnsupportedTypeError, match=r"column 'a' \(.*ddi\[\]\).*lower bound is not 1"):
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
+
+
+@pytest.mark.parametrize(("column", "value", "reason"), [
+    ("jb", "'null'", "JSON value null"),
+    ("j", "' null'", "JSON value null"),
+    ("j", r"""'{"k": "\u0000"}'""", "\\u0000"),
+])
+def test_jsonl_refuses_through_domains_over_domains(column, value, reason, conn, nested, store, temp_dir):
+    conn.execute(sql.SQL("UPDATE {}.nested SET {} = {} WHERE id = 3").format(
+        sql.Identifier(nested), sql.Identifier(column), sql.SQL(value)))
+    spec = TableSpec(name=f"{nested}.nested", day_column="at", start_date=DAY, format="jsonl")
+    with pytest.raises(UnsupportedTypeError) as failure:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert f"column {column!r}" in str(failure.value) and reason in str(failure.value), str(failure.value)
+    assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
+
+
+# json texts (as stored) with \u escapes: (text, unpaired surrogate?). A backslash escaped by a backslash
+# ("\\ud800") is no escape; a high surrogate must be followed at once by a low one, a low preceded by a high.
+SURROGATES = [
+    (r'"\ud800"', True),
+    (r'{"a": "\ud800x"}', True),
+    (r'"\udc00"', True),
+    (r'"\uDBFF"', True),
+    (r'["\ud83d\ud83d\ude00"]', True),
+    (r'"\ud83d\ude00\udc00"', True),
+    (r'{"k": "\\\ud800"}', True),
+    (r'{"\udbff": 1}', True),
+    (r'"\ud800\n\udc00"', True),
+    (r'{"k": "\\ud800"}', False),
+    (r'{"k": "\ud83d\ude00 \uDBFF\uDFFF"}', False),
+    (r'{"k": "\\\\\ud83d\ude00"}', False),
+    (r'["\\\\", "\ud800\udc00", "\\udc00"]', False),
+    (r'{"k": "\\u0000"}', False),
+]
+
+
+@pytest.mark.parametrize(("doc", "unpaired"), SURROGATES, ids=[f"{i}-{'unpaired' if u else 'paired-or-escaped'}"
+                                                              for i, (_, u) in enumerate(SURROGATES)])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_json_with_an_unpaired_surrogate_escape(fmt, doc, unpaired, conn, schema, store, temp_dir):
+    """The json type stores a \\u escape of a lone UTF-16 surrogate, which json_populate_record (the JSONL
+    restore) cannot read: JSONL refuses it before publishing anything; CSV and Parquet keep it exactly,
+    and every format keeps escaped backslashes and valid pairs."""
+    conn.execute(sql.SQL("CREATE DOMAIN {s}.dj AS json; CREATE DOMAIN {s}.ddj AS {s}.dj").format(
+        s=sql.Identifier(schema)))
+    _hostile_table(conn, schema, "docs", {"j": "json", "dj": "{s}.ddj", "t": "text"},
+                   [[sql.Literal(doc).as_string(conn)] * 2 + ["'fine'"], ["NULL", "'{}'", "NULL"]])
+    if fmt == "jsonl" and unpaired:
+        spec = TableSpec(name=f"{schema}.docs", day_column="at", start_date=DAY, format=fmt)
+        with pytest.raises(UnsupportedTypeError) as failure:
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        message = str(failure.value)
+        assert "column 'j' (json)" in message and "unpaired UTF-16 surrogate" in message, message
+        assert "csv or parquet" in message and failure.value.retryable is False
+        assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
+        conn.execute(sql.SQL("UPDATE {}.docs SET j = NULL").format(sql.Identifier(schema)))
+        with pytest.raises(UnsupportedTypeError, match=r"column 'dj' \(.*ddj\).*unpaired UTF-16 surrogate"):
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
+        return
+    _round_trip(conn, schema, store, temp_dir, "docs", fmt)
+    back = conn.execute(sql.SQL("SELECT j::text, dj::text FROM {}.{} WHERE id = 1").format(
+        sql.Identifier(schema), sql.Identifier(f"docs_{fmt}_back"))).fetchone()
+    assert back == (doc, doc)
+
+
+# Column names a CSV header must quote to be read back as the names (COPY ... HEADER MATCH).
+ODD_NAMES = ["a\rb", "a\nb", "cr\r\nlf", 'q"uote', "c,omma", " lead", "trail ", "\\.", "tab\there", "ü name"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_odd_column_names_round_trip(fmt, conn, schema, store, temp_dir, s3_client, bucket):
+    """Names with a lone CR, LF, quote, comma, white space at an end or \\. restore and prove in every format;
+    a CSV header quotes them (Python's csv module left a lone CR unquoted, so HEADER MATCH failed)."""
+    _hostile_table(conn, schema, "odd", {n: "text" for n in ODD_NAMES},
+                   [[sql.Literal(f"v{i}").as_string(conn) for i in range(len(ODD_NAMES))], ["NULL"] * len(ODD_NAMES)])
+    result = _round_trip(conn, schema, store, temp_dir, "odd", fmt)
+    if fmt == "csv":
+        head = decompress(download(s3_client, bucket, result.key), "zstd").split(b"\n1,")[0].decode()
+        assert head == 'id,at,"a\rb","a\nb","cr\r\nlf","q""uote","c,omma"," lead","trail ","\\.",tab\there,ü name'
+
+
+def test_a_single_column_named_like_the_end_of_data_marker(conn, schema, store, temp_dir):
+    """A line holding only \\. ends COPY's data: a header of that one name is quoted (naming mode: the
+    whole table is the day)."""
+    conn.execute(sql.SQL("CREATE TABLE {} ({} text)").format(sql.Identifier(schema, f"solo_{DAY:%Y%m%d}"),
+                                                             sql.Identifier("\\.")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('x'), (NULL), ('\\.')").format(
+        sql.Identifier(schema, f"solo_{DAY:%Y%m%d}")))
+    spec = TableSpec(name=f"{schema}.solo", start_date=DAY, format="csv",
+                     partitioning={"mode": "naming", "pattern": "solo_%Y%m%d"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.solo_back", temp_dir=temp_dir)
+    assert restored.fingerprint_checked and restored.rows == 3
+    assert deep_verify(conn, store, spec, DAY) == []

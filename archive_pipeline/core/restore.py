@@ -66,10 +66,11 @@ def _column_list(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-# Read the archive as it was written: UTF-8 bytes (the archiver's client_encoding), and money as
+# Read the archive as it was written: UTF-8 bytes (the archiver's client_encoding), money as
 # numeric text, which money's input reads right only in the "C" monetary locale (elsewhere the
-# decimal point may be a comma).
-_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C"}
+# decimal point may be a comma), and xml as its stored text, a document or a fragment (xmloption
+# document would refuse fragments such as '' or 'text', which an xml column may hold).
+_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C", "xmloption": "content"}
 
 
 @contextlib.contextmanager

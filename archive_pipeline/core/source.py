@@ -45,7 +45,7 @@ class Column:
 
     name: str
     type_name: str  # format_type(): e.g. "numeric(12,2)", "timestamp with time zone", "text[]"
-    base_type: str  # pg_type.typname of the element (through domains): e.g. "numeric", "int4", "text"
+    base_type: str  # pg_type.typname of the element, through domains at any depth: e.g. "numeric", "jsonb"
     is_array: bool
     not_null: bool
     precision: int | None = None
@@ -88,21 +88,36 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
 
+# A column's type is walked through any number of domains, then (for an array, or a domain over one) to
+# its element type and through that type's domains: base_type is the type at the end of the walk
+# (``CREATE DOMAIN d2 AS d1`` over jsonb is jsonb; ``d1[]`` is an array of jsonb). The type modifier is
+# the first one set along the walk (a domain's own, e.g. numeric(10,2), or the column's). One array
+# step at most: an array of a domain over an array stops at that inner array type (its own typname,
+# "_int4"), whose values are archived as their literal like any type without a special encoding.
 _COLUMNS_QUERY = """
 SELECT a.attname,
        format_type(a.atttypid, a.atttypmod),
-       coalesce(elem.typname, base.typname),
-       base.typcategory = 'A',
+       base.typname,
+       b.is_array,
        a.attnotnull,
-       CASE WHEN coalesce(elem.typname, base.typname) = 'numeric' AND coalesce(nullif(t.typtypmod, -1), a.atttypmod) > 0
-            THEN ((coalesce(nullif(t.typtypmod, -1), a.atttypmod) - 4) >> 16) & 65535 END,
-       CASE WHEN coalesce(elem.typname, base.typname) = 'numeric' AND coalesce(nullif(t.typtypmod, -1), a.atttypmod) > 0
-            THEN (((coalesce(nullif(t.typtypmod, -1), a.atttypmod) - 4) & 2047) # 1024) - 1024 END,
-       coalesce(elem.typtype, base.typtype) = 'e'
+       CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN ((b.typmod - 4) >> 16) & 65535 END,
+       CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN (((b.typmod - 4) & 2047) # 1024) - 1024 END,
+       base.typtype = 'e'
 FROM pg_catalog.pg_attribute a
-JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-JOIN pg_catalog.pg_type base ON base.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-LEFT JOIN pg_catalog.pg_type elem ON elem.oid = base.typelem AND base.typcategory = 'A'
+CROSS JOIN LATERAL (
+    WITH RECURSIVE walk(oid, typmod, is_array, depth) AS (
+        SELECT a.atttypid, a.atttypmod, false, 0
+        UNION ALL
+        SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,
+               CASE WHEN w.typmod <> -1 THEN w.typmod WHEN t.typtype = 'd' THEN t.typtypmod ELSE -1 END,
+               w.is_array OR t.typtype <> 'd',
+               w.depth + 1
+        FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+        WHERE t.typtype = 'd' OR (NOT w.is_array AND t.typcategory = 'A' AND t.typelem <> 0)
+    )
+    SELECT oid, typmod, is_array FROM walk ORDER BY depth DESC LIMIT 1
+) AS b
+JOIN pg_catalog.pg_type base ON base.oid = b.oid
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """

@@ -255,10 +255,28 @@ def select_list(table: SourceTable) -> sql.Composed:
 
 def csv_expression(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
+    if col.base_type == "xml":
+        return xml_text(col)
     if col.base_type == "money":
         # money's text form depends on lc_monetary ("$1,234.56"); numeric is exact and portable.
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric")))
     return ident
+
+
+def xml_text(col: Column) -> sql.Composed:
+    """An xml column (or an array of xml, through domains) as its stored text, in every format.
+
+    xml's output function (what COPY, ``concat()`` and ``array_out`` write) drops an XML declaration
+    that says nothing beyond the defaults (``<?xml version="1.0" encoding="UTF-8"?>`` and the line
+    break after it) and rewrites the others, while the value keeps the text it was given, which
+    ``::text`` returns as it is (and the content fingerprint hashes). An array goes through
+    ``text[]`` (element by element, bounds and dimensions kept) to its literal. xml's input reads
+    that text back to the same stored text (with ``xmloption`` content, so fragments are accepted).
+    """
+    ident = sql.Identifier(col.name)
+    if col.is_array:
+        return sql.SQL("{}::text[]::text").format(ident)
+    return sql.SQL("{}::text").format(ident)
 
 
 def day_query(table: SourceTable, where: sql.Composable, columns: sql.Composable | None = None) -> sql.Composed:
@@ -363,6 +381,9 @@ REFUSALS = {
                  "reads both as NULL)",
     "json_nul": "holds the escape \\u0000, which json_populate_record cannot read back (PostgreSQL text cannot "
                 "hold NUL)",
+    "json_surrogate": "holds a \\u escape of an unpaired UTF-16 surrogate (such as \\ud800 without the low half "
+                      "that must follow it), which the json type stores but json_populate_record cannot read back "
+                      "(it fails on the whole line)",
 }
 
 

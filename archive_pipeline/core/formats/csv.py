@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 
 from psycopg import sql
 
 from archive_pipeline.core.formats.common import CopyFormat, csv_expression, day_query, encoding
-from archive_pipeline.core.source import SourceTable
+from archive_pipeline.core.source import Column, SourceTable
+
+# A header field is quoted when PostgreSQL's CSV reader (COPY ... HEADER MATCH) or another reader would
+# not read it back as the name: a comma, a quote, a CR or LF (Python's csv module leaves a lone CR
+# unquoted when the line terminator is LF), white space at either end (readers that trim), and a name
+# that is PostgreSQL's end-of-data marker on a line of its own.
+_NEEDS_QUOTES = re.compile(r'[",\r\n]|^\s|\s$')
+
+
+def header_field(name: str) -> str:
+    if _NEEDS_QUOTES.search(name) or name == "\\.":
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
+def _encoding(col: Column) -> dict:
+    if col.base_type == "money":
+        return encoding("text: numeric digits of the amount", note="money as numeric; lc_monetary decides the scale")
+    if col.base_type == "xml":
+        return encoding("text: PostgreSQL array literal of the xml texts as stored" if col.is_array
+                        else "text: the xml text as stored", note="read back with xml's input")
+    return encoding("text: the type's output (PostgreSQL CSV)")
+
 
 class Csv(CopyFormat):
     """RFC 4180 as PostgreSQL writes it: NULL is an unquoted empty field, '' is a quoted one."""
@@ -17,15 +38,10 @@ class Csv(CopyFormat):
         super().__init__("csv", "csv", "text/csv; charset=utf-8")
 
     def header(self, table: SourceTable) -> bytes:
-        line = io.StringIO()
-        csv.writer(line, lineterminator="\n").writerow([c.name for c in table.columns])
-        return line.getvalue().encode()
+        return (",".join(header_field(c.name) for c in table.columns) + "\n").encode()
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
-        return {c.name: (encoding("text: numeric digits of the amount",
-                                  note="money as numeric; lc_monetary decides the scale")
-                         if c.base_type == "money" else encoding("text: the type's output (PostgreSQL CSV)"))
-                for c in table.columns}
+        return {c.name: _encoding(c) for c in table.columns}
 
     def probes(self, table: SourceTable) -> list[sql.Composable]:
         return [sql.SQL("concat({})").format(csv_expression(c)) for c in table.columns]

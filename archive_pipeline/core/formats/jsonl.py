@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from archive_pipeline.core.formats.common import CopyFormat, day_query, encoding, output_text, raise_in_sql
+from archive_pipeline.core.formats.common import (
+    CopyFormat,
+    day_query,
+    encoding,
+    output_text,
+    raise_in_sql,
+    xml_text,
+)
 from archive_pipeline.core.source import Column, SourceTable
 
 # Scalars whose row_to_json form json_populate_record reads back to the identical value.
@@ -18,9 +25,25 @@ def _json_native(col: Column) -> bool:
     return col.base_type in _JSON_NATIVE or col.is_enum
 
 
+# A json value's text with every escaped backslash (``\\``) taken out: each backslash left starts a real
+# escape, so ``\u`` in it is a real \u escape (``"\\ud800"`` is a backslash and the letters ud800).
+_REAL_ESCAPES = r"regexp_replace({c}::text, '\\\\', '', 'g')"
+# ... and with every valid surrogate pair (a high \uD800-\uDBFF right before a low \uDC00-\uDFFF) taken out
+# too: any surrogate escape left is unpaired, which json_populate_record (any de-escaping JSON parse)
+# refuses, though the json type stores it.
+_UNPAIRED_SURROGATE = ("regexp_replace(" + _REAL_ESCAPES + r", "
+                       r"'\\u[dD][89abAB][0-9a-fA-F]{{2}}\\u[dD][c-fC-F][0-9a-fA-F]{{2}}', '', 'g') "
+                       r"~ '\\u[dD][89a-fA-F][0-9a-fA-F]{{2}}'")
+
+
 def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
     """(expression fed to row_to_json, encoding) of one column in JSONL."""
     ident = sql.Identifier(col.name)
+    if col.base_type == "xml":
+        # the stored text: xml's output drops or rewrites an XML declaration (see xml_text)
+        return (sql.SQL("to_json({})").format(xml_text(col)),
+                encoding("string: PostgreSQL array literal of the xml texts as stored" if col.is_array
+                         else "string: the xml text as stored", note="read back with xml's input"))
     if col.is_array:
         if not _json_native(col):
             # json elements: JSON null and SQL NULL would both be null; composites and unknown types may
@@ -54,15 +77,26 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         # them inside strings); it would split the line, so it becomes a space. Everything else (key
         # order, duplicate keys, number spelling) is kept as written.
         nul = raise_in_sql(index, "json_nul", ident)
+        surrogate = raise_in_sql(index, "json_surrogate", ident)
+        # \u0000 and unpaired surrogate escapes: one search for \u in every value (LIKE: a byte loop, faster
+        # than strpos for a needle this short); only a value holding one is searched further, and the
+        # backslash-exact test runs only on a suspect. The inner CASE raises (the refusal) or is false,
+        # so the outer one goes on to the line breaks.
+        escapes = sql.SQL(
+            "{c}::text COLLATE \"C\" LIKE '%\\\\u%' AND CASE "
+            "WHEN strpos({c}::text, '\\u0000') > 0 AND strpos(" + _REAL_ESCAPES + ", '\\u0000') > 0 "
+            "THEN {n} IS NULL "
+            "WHEN (strpos({c}::text, '\\ud') > 0 OR strpos({c}::text, '\\uD') > 0) AND " + _UNPAIRED_SURROGATE
+            + " THEN {s} IS NULL ELSE false END").format(c=ident, n=nul, s=surrogate)
         return (sql.SQL("CASE WHEN json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
-                        "WHEN strpos({c}::text, '\\u0000') > 0 THEN CASE WHEN {n} IS NULL THEN {c} END "
+                        "WHEN {e} THEN NULL "
                         "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
                         "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(
-                    c=ident, r=refuse, n=nul),
+                    c=ident, r=refuse, e=escapes),
                 encoding("embedded JSON (the json text as stored)", exact=False,
                          note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
-                              "and json_populate_record re-escapes a top-level string; the JSON value null and "
-                              "\\u0000 are refused"))
+                              "and json_populate_record re-escapes a top-level string; the JSON value null, "
+                              "\\u0000 and an unpaired UTF-16 surrogate escape (\\ud800) are refused"))
     if _json_native(col):
         return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
     return (sql.SQL("to_json({})").format(output_text(ident)),

@@ -54,6 +54,7 @@ from archive_pipeline.core.formats.common import (
     is_value_failure,
     output_text,
     refuse_inexact,
+    xml_text,
 )
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, prefetch
@@ -114,6 +115,8 @@ def _read_expression(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
     if col.base_type == "money":
         return sql.SQL("{}::{}::{}").format(ident, sql.SQL(col.cast_name("numeric")), sql.SQL(col.cast_name("text")))
+    if col.base_type == "xml":
+        return xml_text(col)  # the stored text, XML declaration and all (xml's output drops or rewrites it)
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
@@ -180,6 +183,9 @@ def parquet_encodings(table: SourceTable) -> dict[str, dict]:
         elif base == "money":
             enc = encoding("string: numeric digits of the amount",
                            note="money as numeric; lc_monetary decides the scale")
+        elif base == "xml":
+            enc = encoding("string: PostgreSQL array literal of the xml texts as stored" if arr
+                           else "string: the xml text as stored", note="read back with xml's input")
         elif arr and base not in _NATIVE_IN_ARRAYS:
             enc = encoding("string: PostgreSQL array literal")
         elif arr:
