@@ -641,18 +641,12 @@ def test_arrays_of_xml_keep_their_elements_declarations_in_csv(conn, xml_tables,
     _round_trip(conn, xml_tables, store, temp_dir, "doc_lists", "csv", XML_STORED, verify=False)
 
 
-@pytest.mark.xfail(strict=True, reason="verify.py (not this change's) hashes a CSV archive's xml[] field as its text, "
-                   "but the fingerprint hashes xml[]::text, whose elements lose their declarations: _PARSED_COLUMNS "
-                   "must read arrays of xml (through domains) as their type first")
 def test_deep_verification_proves_a_csv_archive_of_xml_arrays(conn, xml_tables, store, temp_dir):
     spec = TableSpec(name=f"{xml_tables}.doc_lists", day_column="at", start_date=DAY, format="csv")
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     assert deep_verify(conn, store, spec, DAY) == []
 
 
-@pytest.mark.xfail(strict=True, reason="verify.py (not this change's; already so before it) hashes a CSV archive's "
-                   "money[] field (numeric digits) as its text, but the fingerprint hashes money[]::text ($1.25): "
-                   "_PARSED_COLUMNS must read arrays of money (through domains) as their type first")
 def test_deep_verification_proves_a_csv_archive_of_money_arrays(conn, schema, store, temp_dir):
     conn.execute(sql.SQL("CREATE DOMAIN {s}.dmo AS money").format(s=sql.Identifier(schema)))
     _hostile_table(conn, schema, "amounts", {"ma": "money[]", "dma": "{s}.dmo[]"},

@@ -52,6 +52,7 @@ CANONICAL_SETTINGS = {
     "extra_float_digits": "1",
     "bytea_output": "hex",
     "lc_monetary": "C",
+    "xmloption": "content",  # input only: xml read back (deep verification's text copy) may be a fragment
 }
 
 # v2: each column becomes a short piece of text that differs exactly when the value prints differently:

@@ -362,15 +362,22 @@ class _TextColumn:
 # Every type whose text form (what the fingerprint hashes: ``value::text``) is its output function's, as
 # COPY writes it, except those with a cast function to text (boolean 't' is 'true', inet's mask,
 # "char", name; not bpchar, hashed as its output), seen through domains; money, which CSV archives
-# as numeric, is parsed too, and composites, whose ``IS NULL`` (part of the fingerprint) is also
-# true when every field is NULL.
+# as numeric, is parsed too, as are arrays of money or xml (CSV holds their elements as numeric and
+# as the stored xml text), and composites, whose ``IS NULL`` (part of the fingerprint) is also true
+# when every field is NULL.
 _PARSED_COLUMNS = sql.SQL("""
 WITH RECURSIVE base(name, oid) AS (
     SELECT * FROM unnest(%s::text[], %s::oid[])
     UNION ALL
     SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
 SELECT base.name FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
-WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = 'c' OR (
+WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = 'c' OR EXISTS (
+    -- arrays of xml (archived as the elements' stored text) or money (as numeric), through domains
+    WITH RECURSIVE element(oid) AS (
+        SELECT t.typelem WHERE t.typcategory = 'A'
+        UNION ALL
+        SELECT e.typbasetype FROM element JOIN pg_catalog.pg_type e ON e.oid = element.oid WHERE e.typtype = 'd')
+    SELECT 1 FROM element WHERE element.oid IN ('pg_catalog.xml'::regtype, 'pg_catalog.money'::regtype)) OR (
     t.oid <> 'pg_catalog.bpchar'::regtype  -- hashed as its output, blanks and all: the field as it is
     AND EXISTS (SELECT 1 FROM pg_catalog.pg_cast c
                 WHERE c.castsource = t.oid AND c.casttarget = 'pg_catalog.text'::regtype AND c.castmethod = 'f')))
