@@ -134,3 +134,26 @@ def forge_object(s3_client, bucket: str, key: str, manifest_key: str, body: byte
     manifest["object"].update(bytes=len(body), md5=hashlib.md5(body).hexdigest(),
                               sha256=hashlib.sha256(body).hexdigest(), etag=head["ETag"].strip('"'))
     s3_client.put_object(Bucket=bucket, Key=manifest_key, Body=encode_manifest(manifest))
+
+
+def tiny_tmpfs(path, size: str = "256k"):
+    """A context manager mounting a ``size`` tmpfs at ``path`` (created) for a temp dir that fills up
+    (the kernel answers ENOSPC), unmounted afterwards; skips the test where mounting is not allowed."""
+    import contextlib
+    import subprocess
+
+    import pytest
+
+    @contextlib.contextmanager
+    def mounted():
+        path.mkdir(exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
+
+    return mounted()

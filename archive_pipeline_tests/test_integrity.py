@@ -385,3 +385,84 @@ def test_a_run_that_lost_its_table_day_lock_publishes_nothing(conn, table, store
         archive_partition(conn, spec, D, store, progress=give_up_the_lock, progress_every=0)
     assert released and err.value.retryable is True
     assert stored_keys(s3_client, bucket) == []
+
+
+# --- a download that fails proves nothing: it raises, it is never a "problem" (found by a fault hunt) ------
+
+OBJECT_GET = r"/2024-03-10(\.g\d+)?\.jsonl\.zst$"
+
+
+@pytest.mark.parametrize(("fault", "retryable"), [
+    (Fault(method="GET", path=OBJECT_GET, action="error", status=503, code="ServiceUnavailable", times=None), True),
+    (Fault(method="GET", path=OBJECT_GET, action="flip_response_byte", times=None), True),
+    (Fault(method="GET", path=OBJECT_GET, action="reset_after", times=None), True),
+    (Fault(method="GET", path=OBJECT_GET, action="error", status=403, code="AccessDenied", times=None), False),
+], ids=["503", "byte flipped in transit", "connection reset", "AccessDenied"])
+def test_deep_verification_raises_when_the_download_fails(s3, conn, schema, table, store, bucket, fault, retryable):
+    archive_partition(conn, table, D, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(fault)
+        faulty = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        with pytest.raises(ArchiveError) as caught:
+            deep_verify(conn, faulty, table, D)
+        assert fault.hits >= 1
+    error = caught.value
+    assert (error.table, error.day, error.retryable) == (table.name, "2024-03-10", retryable)
+    assert table.name in str(error) and "2024-03-10" in str(error) and "nothing was proven" in str(error)
+    assert "damaged" not in str(error)
+    assert deep_verify(conn, store, table, D) == []  # the archive itself was fine all along
+
+
+def _multipart_put(s3_client, bucket: str, key: str, body: bytes) -> str:
+    """``body`` stored as a one-part multipart upload: its ETag is no MD5, so no read can be checked
+    against it."""
+    upload = s3_client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    etag = s3_client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=body)["ETag"]
+    return s3_client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={
+        "Parts": [{"ETag": etag, "PartNumber": 1}]})["ETag"].strip('"')
+
+
+def test_deep_verification_of_a_multipart_object_tells_transit_corruption_from_damage(s3, conn, table, store, bucket,
+                                                                                       s3_client):
+    """Without an MD5 ETag a wrong digest may be the network's or the object's: a second download tells."""
+    result = archive_partition(conn, table, D, store)
+    body = download(s3_client, bucket, result.key)
+    etag = _multipart_put(s3_client, bucket, result.key, body)  # the same bytes, now with a multipart ETag
+    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
+    manifest["object"]["etag"] = etag
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    assert deep_verify(conn, store, table, D) == []
+    with FaultProxy(s3.endpoint_url) as proxy:  # one download corrupted on the way: not a verdict
+        flip = proxy.add(Fault(method="GET", path=OBJECT_GET, action="flip_response_byte", times=1))
+        with pytest.raises(ArchiveError, match="nothing was proven") as caught:
+            deep_verify(conn, S3Store(proxy.client(max_attempts=1), bucket, prefix="archive"), table, D)
+        assert caught.value.retryable and flip.hits == 1
+        assert len(proxy.requests(method="GET", path=OBJECT_GET)) == 2  # the second download was clean
+    damaged = bytearray(body)
+    damaged[len(damaged) // 2] ^= 0x01
+    _multipart_put(s3_client, bucket, result.key, bytes(damaged))  # damaged in the store, same size
+    problems = deep_verify(conn, store, table, D)
+    assert problems == [f"md5: recorded {result.md5}, stored object hashes to {hashlib.md5(damaged).hexdigest()} "
+                        "(two complete downloads agree)"]
+
+
+def test_deep_verification_with_a_full_temp_dir_is_a_local_error(conn, schema, store, tmp_path):
+    from archive_pipeline_tests.helpers import tiny_tmpfs
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "bulky")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 10) "
+                         "FROM generate_series(1, 2000) g").format(sql.Identifier(schema, "bulky")))
+    spec = TableSpec(name=f"{schema}.bulky", day_column="at", start_date="2024-03-01", format="csv",
+                     compression="none")
+    assert archive_partition(conn, spec, D, store).bytes > 512 * 1024
+    with tiny_tmpfs(tmp_path / "tiny") as tiny:
+        with pytest.raises(ArchiveError) as caught:
+            deep_verify(conn, store, spec, D, temp_dir=str(tiny))
+        assert list(tiny.iterdir()) == []
+    error = caught.value
+    text = str(error)
+    assert type(error).__name__ == "LocalFileError" and not error.retryable
+    assert (error.table, error.day) == (spec.name, "2024-03-10")
+    assert f"the temp directory {tiny} is full" in text and "temp_dir" in text and "nothing was proven" in text
+    assert "bucket" not in text and "credentials" not in text and "damaged" not in text
+    assert deep_verify(conn, store, spec, D) == []

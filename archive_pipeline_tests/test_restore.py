@@ -496,3 +496,67 @@ def test_a_damaged_manifest_or_missing_object_is_named(conn, schema, events, sto
     with pytest.raises(RestoreError, match="has no archive for 2024-03-12"):
         restore_day(conn, store, events, DAY + dt.timedelta(days=2), into="new", target=f"{schema}.restored")
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
+
+
+# --- what fails on the way to the load is named for what it is (found by a fault hunt) -----------------------
+
+@pytest.fixture
+def bulky(conn, schema, store, temp_dir):
+    """A day whose object (about 700 KB) does not fit a 256 KiB temp dir, archived."""
+    spec = TableSpec(name=f"{schema}.bulky", day_column="at", start_date=DAY, format="csv", compression="none")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, body text)").format(
+        sql.Identifier(schema, "bulky")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}, repeat(md5(g::text), 10) FROM generate_series(1, 2000) g"
+                         ).format(sql.Identifier(schema, "bulky"), sql.Literal(DAY)))
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert result.bytes > 512 * 1024
+    return spec
+
+
+def test_a_full_temp_dir_is_a_local_error_not_the_store_or_a_damaged_archive(conn, schema, bulky, store, tmp_path,
+                                                                               temp_dir):
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline_tests.helpers import tiny_tmpfs
+
+    with tiny_tmpfs(tmp_path / "tiny") as tiny:
+        with pytest.raises(ArchiveError) as caught:
+            restore_day(conn, store, bulky, DAY, into="new", target=f"{schema}.restored", temp_dir=tiny)
+        assert list(tiny.iterdir()) == []  # the partial download is gone
+    error = caught.value
+    text = str(error)
+    assert not isinstance(error, ArchiveCorruptError) and not error.retryable
+    assert type(error).__name__ == "LocalFileError" and (error.table, error.day) == (bulky.name, "2024-03-10")
+    assert f"the temp directory {tiny} is full" in text and "No space left on device" in text
+    assert "temp_dir" in text and "nothing was loaded" in text
+    assert "bucket" not in text and "credentials" not in text and "damaged" not in text
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
+    assert restore_day(conn, store, bulky, DAY, into="new", target=f"{schema}.restored",
+                       temp_dir=temp_dir).rows == 2000  # with room, the same restore goes through
+
+
+@pytest.mark.parametrize(("fault", "retryable"), [
+    ({"action": "error", "status": 403, "code": "AccessDenied"}, False),
+    ({"action": "error", "status": 503, "code": "ServiceUnavailable"}, True),
+    ({"action": "flip_response_byte"}, True),
+], ids=["AccessDenied", "503", "byte flipped in transit"])
+def test_a_download_that_fails_is_not_a_damaged_archive(conn, schema, events, store, s3, bucket, temp_dir, fault,
+                                                        retryable):
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    archived = archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=r"\.parquet$", times=None, **fault))
+        faulty = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        with pytest.raises(RestoreError) as caught:
+            restore_day(conn, faulty, events, DAY, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
+    error = caught.value
+    assert not isinstance(error, ArchiveCorruptError) and error.retryable is retryable
+    assert (error.table, error.day) == (events.name, "2024-03-10")
+    assert f"the archive of {events.name} for 2024-03-10 could not be downloaded" in str(error)
+    assert "nothing was loaded" in str(error) and "damaged" not in str(error)
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
+    assert list(temp_dir.iterdir()) == []
+    assert restore_day(conn, store, events, DAY, into="new", target=f"{schema}.restored",
+                       temp_dir=temp_dir).rows == archived.rows
+

@@ -421,8 +421,12 @@ def test_deep_check_proves_content_and_is_blocking(conn, schema, archive_env):
         assert _meta(result)["verified"].startswith("content proven")
 
 
-def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schema, archive_env, s3, monkeypatch):
-    """The object read back for the proof arrives with one byte flipped: the blocking check fails the run."""
+def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schema, archive_env, s3, s3_client,
+                                                                    monkeypatch):
+    """A byte flipped on the way proves nothing: the run is retried and the archive proven. An object
+    damaged in the store (replaced while the proof's download waits) fails the blocking check."""
+    import threading
+
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
     create_sample_events(conn, [DAY], rows_per_day=300, schema=schema)
@@ -436,10 +440,33 @@ def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schem
             result = defs.resolve_job_def(job_name(schema)).execute_in_process(
                 partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
             assert proxy.requests(method="GET", path=r"\.jsonl\.zst$")  # the proof did read the object
+            verified = _meta(result)["verified"]
+            assert verified.startswith("not verified: ") and "nothing was proven" in verified
+            assert DagsterEventType.STEP_UP_FOR_RETRY in [e.event_type for e in result.all_events]
+            assert _check_records(instance, schema) == []  # nothing judged: no failed integrity check
+        proxy.clear()
+        key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+        body = bytearray(s3_client.get_object(Bucket=archive_env, Key=key)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        held = proxy.add(Fault(method="GET", path=r"\.jsonl\.zst$", action="hold", times=1))
+        outcome = {}
+        with instance_for_test() as instance:
+            run = threading.Thread(target=lambda: outcome.update(result=defs.resolve_job_def(
+                job_name(schema)).execute_in_process(partition_key=DAY.isoformat(), instance=instance,
+                                                     raise_on_error=False)))
+            run.start()
+            try:
+                assert proxy.wait_held(1)  # the proof's download waits; meanwhile the stored object is damaged
+                s3_client.put_object(Bucket=archive_env, Key=key, Body=bytes(body))
+            finally:
+                held.gate.set()
+                run.join(120)
+            result = outcome["result"]
             assert not result.success
             [check] = [e.asset_check_evaluation_data for e in result.all_events
                        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
             assert not check.passed and check.blocking and "md5" in check.description.lower()
+            assert "is damaged" in check.description
             assert _meta(result)["verified"].startswith("NOT proven: ")
             error = result.failure_data_for_node(op_name(events_config(schema, DAY).tables[0])).error
             assert "blocking asset check" in error.message

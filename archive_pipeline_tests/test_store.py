@@ -711,3 +711,18 @@ def test_proxy_flips_payload_bytes_not_aws_chunked_framing():
         diff = [i for i in range(len(body)) if body[i] != flipped[i]]
         assert len(diff) == 1 and any(a <= diff[0] < b for a, b in spans)
     assert payload_spans(b"plain", "") == [(0, 5)]
+
+
+def test_download_to_a_full_disk_is_a_local_error_not_the_stores(store, s3_client, bucket):
+    """/dev/full answers every write with ENOSPC, as a full temp directory does."""
+    from archive_pipeline.core.store import LocalFileError
+
+    s3_client.put_object(Bucket=bucket, Key="small", Body=b"x" * 1000)
+    with open("/dev/full", "wb", buffering=0) as full, pytest.raises(ArchiveError) as failure:
+        store.download_to("small", full, expected_size=1000)
+    error = failure.value
+    assert isinstance(error, LocalFileError) and not isinstance(error, DownloadError)
+    assert not error.retryable and error.directory == "/dev"
+    assert "the temp directory /dev is full" in str(error) and "No space left on device" in str(error)
+    assert "temp_dir" in str(error) and "TMPDIR" in str(error)
+    assert "bucket" not in str(error) and "credentials" not in str(error)

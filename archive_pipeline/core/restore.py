@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import itertools
 import os
@@ -31,13 +32,13 @@ from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import ArchiveError, is_retryable
+from archive_pipeline.core.errors import ArchiveError, classify, is_retryable
 from archive_pipeline.core.locks import table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.source import Column, day_filter, describe_table, prefetch
-from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
 _names = itertools.count()
 
@@ -230,15 +231,23 @@ class RangeRestore:
 
 
 class _HashingWriter:
-    """A file that hashes (MD5) and counts what is written to it."""
+    """An unbuffered file that hashes (MD5) and counts what is written to it: a write that fails (a full
+    temp directory) fails in ``write``, inside the download, not later when a buffer is flushed."""
 
     def __init__(self, file) -> None:
         self.file, self.size, self._md5 = file, 0, hashlib.md5()
 
     def write(self, data) -> int:
-        self._md5.update(data)
-        self.size += len(data)
-        return self.file.write(data)
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += self.file.write(view[written:])
+        self._md5.update(view)
+        self.size += written
+        return written
+
+    def fileno(self) -> int:
+        return self.file.fileno()
 
     @property
     def md5(self) -> str:
@@ -258,15 +267,27 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
     the manifest: a damaged object is refused before a single row is loaded. Removed afterwards."""
     obj = manifest["object"]
     table, day = manifest.get("table"), manifest.get("day")
-    fd, name = tempfile.mkstemp(prefix="archive-restore-", suffix=".archive", dir=temp_dir)
     try:
-        with os.fdopen(fd, "wb") as file:
+        fd, name = tempfile.mkstemp(prefix="archive-restore-", suffix=".archive", dir=temp_dir)
+    except OSError as exc:
+        raise _local_error(exc, table, day, temp_dir) from exc
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as file:
             sink = _HashingWriter(file)
             try:
                 found = _fetch(store, obj, sink)
-            except ArchiveError as exc:  # the store's verification failed: damaged, or corrupted on the way
-                raise ArchiveCorruptError(f"the archive of {table} for {day}: {exc}; nothing was loaded", table=table,
-                                          day=day, retryable=exc.retryable) from exc
+            except DownloadError as exc:
+                if exc.damaged is not False:  # bytes that differ from the manifest's: damaged (or, None, perhaps)
+                    raise ArchiveCorruptError(f"the archive of {table} for {day}: {exc}; nothing was loaded",
+                                              table=table, day=day, retryable=exc.retryable) from exc
+                # a request that failed (throttled, refused, dropped) or bytes corrupted on the way: not the archive
+                raise RestoreError(f"the archive of {table} for {day} could not be downloaded: {exc.message}; "
+                                   "nothing was loaded", table=table, day=day, retryable=exc.retryable,
+                                   remedy=exc.remedy, cause=exc.cause) from exc
+            except LocalFileError as exc:
+                raise LocalFileError(f"restoring {table} for {day}: {exc.message}; nothing was loaded", table=table,
+                                     day=day, retryable=False, remedy=exc.remedy, cause=exc.cause,
+                                     directory=exc.directory) from exc
         if not found:
             raise RestoreError(f"the archive of {table} for {day} is missing: {store.uri(obj['key'])} does not exist "
                                "although its manifest does; restore from a replica or backup of the bucket",
@@ -281,6 +302,20 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
+
+
+def _local_error(exc: OSError, table: str | None, day: str | None, temp_dir) -> ArchiveError:
+    """The temp file for the download could not be created: a local problem, named as one."""
+    directory = os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+    found = classify(exc)
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    cause = f"the temp directory {directory} is full" if full else f"{found.cause} ({directory})"
+    remedy = (f"free space in {directory}, or pass temp_dir (TMPDIR for the default) on a volume that holds the "
+              "whole object" if full else f"{found.remedy} (the temp directory: {directory})")
+    return LocalFileError(f"restoring {table} for {day}: no temp file for the download: {cause} "
+                          f"({type(exc).__name__}: {exc}); a local problem, not the store's or the archive's; "
+                          "nothing was loaded", table=table, day=day, retryable=False, remedy=remedy, cause=cause,
+                          directory=directory)
 
 
 def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) -> dict | None:

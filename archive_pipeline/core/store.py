@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import errno
 import hashlib
 import logging
 import os
@@ -67,6 +68,15 @@ class DownloadError(ArchiveError):
     def __init__(self, message: str, *, damaged: bool | None = False, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.damaged = damaged
+
+
+class LocalFileError(ArchiveError):
+    """Writing downloaded bytes to the local (temp) file failed: a full disk, no permission, an I/O
+    error. A local problem, never the store's or the archive's; ``directory`` is where the file is."""
+
+    def __init__(self, message: str, *, directory: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.directory = directory
 
 
 @dataclass(frozen=True)
@@ -486,9 +496,13 @@ class S3Store:
             body = response["Body"]
             while chunk := body.read(chunk_size):
                 md5.update(chunk)
-                sink.write(chunk)
+                try:
+                    sink.write(chunk)
+                except OSError as exc:  # the local file, not the store: never blamed on the bucket
+                    body.close()
+                    raise _local_write_error(exc, uri, sink) from exc
                 size += len(chunk)
-        except DownloadError:
+        except (DownloadError, LocalFileError):
             raise
         except Exception as exc:
             if _is_not_found(exc) and size == 0:
@@ -555,6 +569,38 @@ class S3Store:
         except Exception:  # noqa: BLE001 - leftovers cost storage, not correctness; a lifecycle rule also helps
             log.warning("could not abort stale multipart uploads of %s; a bucket lifecycle rule "
                         "(AbortIncompleteMultipartUpload) will remove them", self.uri(key), exc_info=True)
+
+
+def _local_write_error(exc: OSError, uri: str, sink: Any) -> LocalFileError:
+    """A failed write of downloaded bytes into ``sink`` as a local error naming the file's directory
+    (found through ``/proc/self/fd``: the file may have no name) and what to change."""
+    from archive_pipeline.core.errors import classify
+
+    directory = None
+    fd = getattr(sink, "fd", None)
+    if fd is None and hasattr(sink, "fileno"):
+        try:
+            fd = sink.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None
+    if isinstance(fd, int):
+        try:
+            directory = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)"))
+        except OSError:
+            directory = None
+    where = directory or "the temp directory"
+    found = classify(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = f"the temp directory {where} is full (no space left for the downloaded object)"
+        remedy = (f"free space in {where}, or point the temp directory at a volume that holds the whole object: "
+                  "the temp_dir argument (restore, deep_verify) or the archive_store resource's temp_dir, and "
+                  "TMPDIR for the default; retrying at once would fail the same way")
+    else:
+        cause = f"writing to the local temp file in {where} failed ({found.cause})"
+        remedy = f"{found.remedy} (the temp directory: {where})"
+    return LocalFileError(f"downloading {uri} stopped: {cause} ({type(exc).__name__}: {exc}); a local problem, "
+                          "not the store's or the archive's", retryable=False, remedy=remedy, cause=cause,
+                          directory=directory)
 
 
 def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError) -> ArchiveError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import contextlib
+import hashlib
 import io
 import itertools
 import threading
@@ -34,7 +35,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import Column, SourceTable, describe_table, day_filter
-from archive_pipeline.core.store import DownloadError, S3Store
+from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
 __all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
            "verify_archive"]
@@ -129,12 +130,26 @@ def _download_problems(store: S3Store, manifest: dict, expected: dict) -> list[s
 
 def _download(store: S3Store, manifest: dict, sink) -> list[str]:
     """Stream the object into ``sink`` (a HashingFile) through the store's verified download, and
-    compare size and digests with the manifest; what differs, as problems (empty: identical)."""
+    compare size and digests with the manifest; what differs, as problems (empty: identical).
+
+    Only a proven mismatch is a problem: the object missing, or the bytes of a complete download
+    that differ from the manifest (size, or digests the store's own ETag confirms, or that a second
+    download gives again). A download that fails (a 503, a dropped connection, bytes corrupted on the
+    way, access denied) proves nothing about the archive: it raises an :class:`ArchiveError` naming
+    the table and day, retryable when trying again can help; so does a full local temp directory
+    (:class:`LocalFileError`, never retryable)."""
     obj = manifest["object"]
+    table, day = manifest.get("table"), manifest.get("day")
     try:
         found = store.download_to(obj["key"], sink, obj["md5"], expected_size=obj["bytes"])
     except DownloadError as exc:
-        return [str(exc)]
+        if exc.damaged is True:  # the store's own size or MD5 says the stored object is not the archived one
+            return [str(exc)]
+        if exc.damaged is None and _stored_bytes_differ(store, obj, sink.md5):
+            return [f"md5: recorded {obj['md5']}, stored object hashes to {sink.md5} (two complete downloads agree)"]
+        raise _unproven(exc, table, day, store.uri(obj["key"])) from exc
+    except LocalFileError as exc:
+        raise _unproven(exc, table, day, store.uri(obj["key"])) from exc
     if found is None:
         return [f"object {store.uri(obj['key'])} is missing"]
     problems = []
@@ -145,6 +160,45 @@ def _download(store: S3Store, manifest: dict, sink) -> list[str]:
     if obj.get("sha256") and sink.sha256 != obj["sha256"]:
         problems.append(f"sha256: recorded {obj['sha256']}, stored object hashes to {sink.sha256}")
     return problems
+
+
+class _Md5Sink:
+    """Hashes what is written to it and keeps nothing."""
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5()
+
+    def write(self, data) -> int:
+        self._md5.update(data)
+        return len(data)
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+
+def _stored_bytes_differ(store: S3Store, obj: dict, first_md5: str) -> bool:
+    """A complete download whose MD5 is not the manifest's, of an object whose ETag is no MD5 (multipart):
+    corrupted on the way or damaged in the store. A second download tells: the same wrong digest again
+    is what the store holds. Anything else (the right bytes this time, another digest, a failure) is not
+    a proof of damage."""
+    second = _Md5Sink()
+    try:
+        store.download_to(obj["key"], second, expected_size=obj["bytes"])
+    except ArchiveError:
+        return False
+    return second.md5 == first_md5 != obj["md5"]
+
+
+def _unproven(exc: ArchiveError, table: str | None, day: str | None, uri: str) -> ArchiveError:
+    """A download that failed, as an error of the same kind naming table and day: no proof was made."""
+    kind = LocalFileError if isinstance(exc, LocalFileError) else DownloadError
+    what = ("" if "retried" in exc.message else "; retried" if exc.retryable
+            else "; not retried: a retry cannot fix this")
+    extra = {"directory": exc.directory} if isinstance(exc, LocalFileError) else {"damaged": exc.damaged}
+    return kind(f"{table} {day}: the archive {uri} could not be downloaded to prove it, so nothing was proven "
+                f"either way (this is no verdict on the archive): {exc.message}{what}", table=table, day=day,
+                retryable=exc.retryable, remedy=exc.remedy, cause=exc.cause, **extra)
 
 
 def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
