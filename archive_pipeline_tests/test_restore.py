@@ -560,3 +560,98 @@ def test_a_download_that_fails_is_not_a_damaged_archive(conn, schema, events, st
     assert restore_day(conn, store, events, DAY, into="new", target=f"{schema}.restored",
                        temp_dir=temp_dir).rows == archived.rows
 
+
+# --- the session's settings and the target's computed columns --------------------------------------------------
+
+XML_VALUES = ["'text only'", "'<a/><b/>'", "'<doc><c x=\"1\">ü</c></doc>'", "''", "NULL"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_xml_fragments_restore_whatever_the_sessions_xmloption(fmt, pg, conn, schema, store, temp_dir):
+    """Under ``xmloption = document`` a fragment is no xml value; the load reads every value as content."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, x xml)").format(sql.Identifier(schema, "x")))
+    for number, value in enumerate(XML_VALUES):
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, {})").format(sql.Identifier(schema, "x"), sql.SQL(value)),
+                     (number, DAY))
+    spec = TableSpec(name=f"{schema}.x", day_column="at", start_date=DAY, format=fmt,
+                     compression="none" if fmt != "parquet" else "zstd")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with pg.connect() as restoring:
+        restoring.execute("SET xmloption = document")
+        restored = restore_day(restoring, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+        assert restored.rows == len(XML_VALUES) and restored.fingerprint_checked
+        assert restoring.execute("SHOW xmloption").fetchone()[0] == "document"  # put back afterwards
+        restoring.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, "x")))
+        again = restore_day(restoring, store, spec, DAY, into="original", temp_dir=temp_dir)
+        assert again.rows == len(XML_VALUES) and restoring.execute("SHOW xmloption").fetchone()[0] == "document"
+    assert table_fingerprint(conn, schema, "back") == table_fingerprint(conn, schema, "x")
+    assert conn.execute(sql.SQL("SELECT array_agg(x::text ORDER BY id) FROM {}").format(
+        sql.Identifier(schema, "x"))).fetchone()[0] == ["text only", "<a/><b/>", '<doc><c x="1">ü</c></doc>', "", None]
+
+
+@pytest.fixture
+def computed(conn, schema):
+    """A table with a GENERATED ALWAYS identity and a stored generated column, two days of rows."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at date NOT NULL, "
+                         "price numeric(8,2), qty int, total numeric GENERATED ALWAYS AS (price * qty) STORED)").format(
+        sql.Identifier(schema, "sales")))
+    conn.execute(sql.SQL("INSERT INTO {} (at, price, qty) SELECT {} + (g % 2), g * 1.25, g % 7 "
+                         "FROM generate_series(1, 40) g").format(sql.Identifier(schema, "sales"), sql.Literal(DAY)))
+    return sql.Identifier(schema, "sales")
+
+
+def _rows_of_day(conn, table: sql.Identifier) -> list[tuple]:
+    return conn.execute(sql.SQL("SELECT * FROM {} WHERE at = %s ORDER BY id").format(table), (DAY,)).fetchall()
+
+
+@pytest.mark.parametrize("on_conflict", ["fail", "skip"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_restore_into_the_original_table_with_identity_and_generated_columns(fmt, on_conflict, conn, schema, computed,
+                                                                            store, temp_dir):
+    """COPY writes no generated column and an INSERT no GENERATED ALWAYS identity without OVERRIDING
+    SYSTEM VALUE: the generated values are left to the table, and the fingerprint proves them equal."""
+    spec = TableSpec(name=f"{schema}.sales", day_column="at", start_date=DAY, format=fmt,
+                     compression="gzip" if fmt != "parquet" else "zstd")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    before = _rows_of_day(conn, computed)
+    assert len(before) == 20 and all(row[4] is not None for row in before if row[3] is not None)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE at = %s").format(computed), (DAY,))
+    restored = restore_day(conn, store, spec, DAY, into="original", on_conflict=on_conflict, temp_dir=temp_dir)
+    assert (restored.rows, restored.inserted, restored.fingerprint_checked) == (20, 20, True)
+    assert _rows_of_day(conn, computed) == before  # ids as archived, totals computed to the archived values
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(computed)).fetchone()[0] == 40
+
+
+def test_a_generated_column_computed_otherwise_now_rolls_the_restore_back(conn, schema, computed, store, temp_dir):
+    spec = TableSpec(name=f"{schema}.sales", day_column="at", start_date=DAY, format="csv", compression="none")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE at = %s").format(computed), (DAY,))
+    conn.execute(sql.SQL("ALTER TABLE {t} DROP COLUMN total, ADD COLUMN total numeric "
+                         "GENERATED ALWAYS AS (price * qty + 1) STORED").format(t=computed))
+    with pytest.raises(FingerprintMismatchError, match=r"computes its generated column\(s\) \['total'\] otherwise"):
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    assert _rows_of_day(conn, computed) == []  # rolled back
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_restore_into_a_table_with_an_always_identity_writes_the_archived_ids(fmt, conn, schema, store, temp_dir):
+    """No generated column: loaded straight into the table (JSONL's INSERT with OVERRIDING SYSTEM VALUE)."""
+    table = sql.Identifier(schema, "ids")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at date, note text)"
+                         ).format(table))
+    conn.execute(sql.SQL("INSERT INTO {} (at, note) SELECT {}, 'n' || g FROM generate_series(1, 30) g").format(
+        table, sql.Literal(DAY)))
+    spec = TableSpec(name=f"{schema}.ids", day_column="at", start_date=DAY, format=fmt,
+                     compression="none" if fmt != "parquet" else "zstd")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    before = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(table)).fetchall()
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id % 3 = 0").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} (at, note) VALUES ({}, 'later')").format(
+        table, sql.Literal(DAY + dt.timedelta(days=1))))
+    restore_day(conn, store, spec, DAY, into="original", on_conflict="skip", temp_dir=temp_dir)  # adds ids 3, 6, ...
+    assert conn.execute(sql.SQL("SELECT * FROM {} WHERE at = %s ORDER BY id").format(table),
+                        (DAY,)).fetchall() == before
+    conn.execute(sql.SQL("DELETE FROM {} WHERE at = %s").format(table), (DAY,))
+    assert restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir).inserted == 30
+    assert conn.execute(sql.SQL("SELECT * FROM {} WHERE at = %s ORDER BY id").format(table),
+                        (DAY,)).fetchall() == before

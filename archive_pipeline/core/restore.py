@@ -105,10 +105,34 @@ def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[
 
 
 _TARGET_COLUMNS = sql.SQL("""
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL), t.typname, t.typcategory
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL), t.typname, t.typcategory,
+       a.attidentity
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
 """)
+
+# The target's columns that PostgreSQL fills itself: generated columns (no value can be written to them,
+# by COPY or INSERT) and GENERATED ALWAYS identity columns (an INSERT needs OVERRIDING SYSTEM VALUE).
+_COMPUTED_COLUMNS = sql.SQL("""
+SELECT a.attname, a.attgenerated <> '', a.attidentity = 'a'
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+  AND (a.attgenerated <> '' OR a.attidentity = 'a')
+""")
+
+
+def _computed_columns(conn: psycopg.Connection, target: sql.Composable,
+                      columns: Iterable[str]) -> tuple[list[str], bool]:
+    """(``columns`` the target generates itself, whether any of ``columns`` is GENERATED ALWAYS AS IDENTITY)."""
+    wanted = set(columns)
+    found = [(name, generated, identity) for name, generated, identity
+             in conn.execute(_COMPUTED_COLUMNS, (target.as_string(conn),)).fetchall() if name in wanted]
+    return [n for n, generated, _ in found if generated], any(identity for _, _, identity in found)
+
+
+def _overriding(always_identity: bool) -> sql.Composable:
+    """An INSERT writes archived values into GENERATED ALWAYS identity columns only when it says so."""
+    return sql.SQL(" OVERRIDING SYSTEM VALUE") if always_identity else sql.SQL("")
 
 
 def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: list[str]) -> sql.Composable:
@@ -125,8 +149,12 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
       unescape; numbers, true/false and null bare; an unquoted null is NULL), so ``{...}`` goes
       through the array type's own input. Any other value (nested, escapes, a PostgreSQL array literal
       written as a string) takes populate's path for that column of that row.
+
+    Archived values go into GENERATED ALWAYS identity columns as they are (``OVERRIDING SYSTEM VALUE``),
+    as COPY writes them.
     """
     found = {name: rest for name, *rest in conn.execute(_TARGET_COLUMNS, (target.as_string(conn),)).fetchall()}
+    always_identity = any(found[name][4] == "a" for name in columns if name in found)
     definitions, values = [], []
     for name in columns:
         ident = sql.Identifier(name)
@@ -134,7 +162,7 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
             definitions.append(sql.SQL("{} text").format(ident))
             values.append(sql.SQL("x.{}").format(ident))
             continue
-        declared, bare, typname, category = found[name]
+        declared, bare, typname, category, _ = found[name]
         # types printed by format_type from the target's own catalog, not text from the archive
         if typname == "jsonb":
             definitions.append(sql.SQL("{} json").format(ident))
@@ -150,8 +178,9 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
         else:
             definitions.append(sql.SQL("{} {}").format(ident, sql.SQL(declared)))
             values.append(sql.SQL("x.{}").format(ident))
-    return sql.SQL("INSERT INTO {t} ({c}) SELECT {v} FROM json_to_recordset(%s) AS x({d})").format(
-        t=target, c=_column_list(columns), v=sql.SQL(", ").join(values), d=sql.SQL(", ").join(definitions))
+    return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM json_to_recordset(%s) AS x({d})").format(
+        t=target, c=_column_list(columns), o=_overriding(always_identity), v=sql.SQL(", ").join(values),
+        d=sql.SQL(", ").join(definitions))
 
 
 def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifest: dict,
@@ -490,30 +519,39 @@ def _day_where(conn: psycopg.Connection, relation: str, manifest: dict, whole: b
 
 def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: str, on_conflict: OnConflict) -> tuple[
         int, int]:
-    """(rows loaded from the archive, rows inserted into ``relation``)."""
+    """(rows loaded from the archive, rows inserted into ``relation``).
+
+    Straight into ``relation``, or, with ``on_conflict="skip"`` or where the target generates some of
+    the archived columns itself (``GENERATED ALWAYS AS (...)``: neither COPY nor INSERT may write them),
+    through a temporary table of every archived column, from which an INSERT writes the others; the
+    generated values are then the target's, and the fingerprint check that follows proves them equal
+    to the archived ones (or rolls the restore back)."""
     if path is None:
         return 0, 0
-    target = _ident(relation)
-    if on_conflict == "fail":
-        try:
-            rows = load_into(conn, path, manifest, target)
-        except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
-            raise RestoreConflictError(
-                f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
-                f"({exc.diag.message_detail or exc}); nothing was restored. Use on_conflict='skip' to add only the "
-                "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"]) from None
-        return rows, rows
-    if on_conflict != "skip":
+    if on_conflict not in ("fail", "skip"):
         raise RestoreError(f"on_conflict must be 'fail' or 'skip', not {on_conflict!r}")
-    stage = sql.Identifier(f"archive_restore_stage_{os.getpid()}_{next(_names)}")
-    cols = _column_list(manifest_columns(manifest))
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-        stage, cols, target))
-    rows = load_into(conn, path, manifest, stage)
-    inserted = conn.execute(sql.SQL("INSERT INTO {} ({c}) SELECT {c} FROM {} ON CONFLICT DO NOTHING").format(
-        target, stage, c=cols)).rowcount
-    conn.execute(sql.SQL("DROP TABLE {}").format(stage))
-    return rows, inserted
+    target = _ident(relation)
+    names = manifest_columns(manifest)
+    generated, always_identity = _computed_columns(conn, target, names)
+    try:
+        if on_conflict == "fail" and not generated:
+            rows = load_into(conn, path, manifest, target)  # COPY writes identity columns; JSONL's INSERT overrides
+            return rows, rows
+        stage = sql.Identifier(f"archive_restore_stage_{os.getpid()}_{next(_names)}")
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            stage, _column_list(names), target))
+        rows = load_into(conn, path, manifest, stage)
+        written = _column_list([n for n in names if n not in generated])
+        inserted = conn.execute(sql.SQL("INSERT INTO {} ({c}){o} SELECT {c} FROM {}{d}").format(
+            target, stage, c=written, o=_overriding(always_identity),
+            d=sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict == "skip" else ""))).rowcount
+        conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+        return rows, inserted
+    except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
+        raise RestoreConflictError(
+            f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
+            f"({exc.diag.message_detail or exc}); nothing was restored. Use on_conflict='skip' to add only the "
+            "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"]) from None
 
 
 def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int) -> tuple[bool, str | None,
@@ -534,10 +572,13 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
     actual = fp.compute(conn, _ident(relation), columns, where, fp.algorithm_for(recorded))
     scope = relation if where is None else f"the rows of {day} in {relation}"
     if str(actual) != recorded:
+        generated, _ = _computed_columns(conn, _ident(relation), manifest_columns(manifest))
+        computed = (f", or {relation} computes its generated column(s) {generated} otherwise than when the day was "
+                    "archived (restore into a new table to get the archived values)") if generated else ""
         raise FingerprintMismatchError(
             f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
             f"{recorded}; the restore was rolled back. The archive does not hold the rows it was proven to hold "
-            "(altered after it was written), or the target already held other rows of the day",
+            f"(altered after it was written), or the target already held other rows of the day{computed}",
             table=table, day=day)
     return True, recorded, f"fingerprint {recorded} of {scope} equals the manifest's"
 
