@@ -212,3 +212,265 @@ def test_delete_is_refused_when_foreign_keys_reference_the_table(conn, schema, s
     with pytest.raises(RemovalRefused, match="foreign keys .* reference the table"):
         remove_day(conn, spec, DAYS[0], store)
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "child"))).fetchone()[0] == 1
+
+
+# --- a removal that did not finish: its pending mark is settled by the next run (found by a fault hunt) -------
+
+def _faulty_store(proxy, bucket):
+    from archive_pipeline.core.store import S3Store
+
+    return S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+
+
+def _day_rows(conn, schema: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE created_at >= '2024-03-10+00' AND created_at < "
+                                "'2024-03-11+00'").format(sql.Identifier(schema, "events"))).fetchone()[0]
+
+
+def _restored_rows(conn, store, spec, schema: str, name: str) -> int:
+    from archive_pipeline.core.restore import restore_day
+
+    restored = restore_day(conn, store, spec, DAYS[0], into="new", target=f"{schema}.{name}")
+    assert restored.fingerprint_checked
+    return restored.rows
+
+
+@pytest.mark.parametrize("action", ["delete", "detach", "drop"])
+def test_a_committed_removal_whose_done_mark_fails_is_completed_by_the_next_run(conn, events, store, s3, bucket,
+                                                                                action):
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    spec = spec_for(events, action)
+    result = archive_partition(conn, spec, DAYS[0], store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        # the pending mark goes through, every later manifest PUT (the "done" mark) is refused
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=503, skip=1, times=None))
+        with pytest.raises(ArchiveError) as caught:
+            remove_day(conn, spec, DAYS[0], _faulty_store(proxy, bucket), removed_by="test")
+        assert [r.status for r in proxy.requests(method="PUT")] == [200, 503]
+    error = caught.value
+    text = str(error)
+    assert (error.table, error.day, error.retryable) == (spec.name, "2024-03-10", True)
+    assert type(error).__name__ == "RemovalNotRecorded"
+    assert spec.name in text and "2024-03-10" in text and "committed in the source" in text
+    assert "300 rows are gone" in text and "run the removal of this day again" in text
+    # The rows are gone, the manifest says pending, the archive is intact, and nothing archives over it.
+    assert _day_rows(conn, events) == 0
+    assert table_exists(conn, events, "events_20240310") is (action != "drop")
+    pending = load_manifest(store, result.key)
+    assert pending["removed"]["state"] == "pending" and pending["removed"]["xid"]
+    for overwrite in (False, True):
+        with pytest.raises(DayRemovedError):
+            archive_partition(conn, spec, DAYS[0], store, overwrite=overwrite)
+    # A re-run settles it: the committed removal is completed, nothing else is touched.
+    done = remove_day(conn, spec, DAYS[0], store, removed_by="test")
+    assert done.completed and not done.already_removed and (done.rows, done.action) == (300, action)
+    assert done.relation == f"{events}.events_20240310" if action != "delete" else done.relation == f"{events}.events"
+    manifest = load_manifest(store, result.key)
+    assert manifest["removed"]["state"] == "done" and manifest["removed"]["rows"] == 300
+    assert manifest["removed"]["at"] == pending["removed"]["at"]
+    assert "committed" in manifest["removed"]["settled_because"]
+    assert {k: v for k, v in manifest.items() if k not in ("removed", "manifest_sha256")} == \
+        {k: v for k, v in pending.items() if k not in ("removed", "manifest_sha256")}
+    assert remove_day(conn, spec, DAYS[0], store).already_removed
+    assert _restored_rows(conn, store, spec, events, "back") == 300  # the only copy is whole
+    assert table_exists(conn, events, "events_20240311")
+
+
+def test_a_refused_removal_whose_mark_could_not_be_taken_back_is_not_a_removed_day(conn, events, store, s3, bucket):
+    """A late row stops the removal, and the PUT that puts the unmarked manifest back fails: the manifest
+    stays pending while every row is in the source. The next removal takes the mark back, and the day
+    is an ordinary changed day again: refused as changed, archived again with overwrite, then removed."""
+    from archive_pipeline.core.archive import LateRowsError
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    spec = spec_for(events, "delete")
+    result = archive_partition(conn, spec, DAYS[0], store)
+    original = s3.client().get_object(Bucket=bucket, Key=result.manifest_key)["Body"].read()
+    conn.execute(sql.SQL("INSERT INTO {} (id, created_at, user_id, event_type) VALUES "
+                         "(999999, '2024-03-10 23:00+00', 1, 'late')").format(sql.Identifier(events, "events")))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=503, skip=1, times=None))
+        with pytest.raises(RemovalRefused, match="rows changed since they were archived") as caught:
+            remove_day(conn, spec, DAYS[0], _faulty_store(proxy, bucket), proven=True)
+    assert any("could not take back the pending removal mark" in note for note in caught.value.__notes__)
+    assert _day_rows(conn, events) == 301
+    assert load_manifest(store, result.key)["removed"]["state"] == "pending"
+    # The next removal recognises the leftover mark (its transaction was rolled back, the rows are all
+    # there), puts back the manifest as it was, and proves the day from scratch: changed, so refused.
+    with pytest.raises(RemovalRefused, match="not proven: .*first difference: the source has a row the archive "
+                                             "lacks: \\(999999"):
+        remove_day(conn, spec, DAYS[0], store)
+    assert s3.client().get_object(Bucket=bucket, Key=result.manifest_key)["Body"].read() == original
+    assert _day_rows(conn, events) == 301
+    with pytest.raises(LateRowsError, match="301 rows now, the archive holds 300"):
+        archive_partition(conn, spec, DAYS[0], store)
+    again = archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    assert (again.rows, again.generation) == (301, 2)
+    assert remove_day(conn, spec, DAYS[0], store).rows == 301 and _day_rows(conn, events) == 0
+    assert load_manifest(store, result.key)["removed"]["state"] == "done"
+
+
+@pytest.mark.parametrize("source", ["emptied", "changed"])
+def test_a_pending_mark_without_a_transaction_is_settled_by_the_source(conn, events, store, source):
+    """A mark that names no transaction (an older version wrote it, or PostgreSQL no longer knows it):
+    a source with no rows of the day was removed, one that still has rows was not."""
+    from archive_pipeline.core.archive import LateRowsError
+    from archive_pipeline.core.manifest import encode_manifest
+
+    spec = spec_for(events, "delete")
+    result = archive_partition(conn, spec, DAYS[0], store)
+    manifest = load_manifest(store, result.key)
+    marked = {**manifest, "removed": {"at": "2024-05-01T00:00:00+00:00", "action": "delete", "state": "pending"}}
+    store.put_bytes(result.manifest_key, encode_manifest(marked), "application/json")
+    events_table = sql.Identifier(events, "events")
+    if source == "emptied":
+        conn.execute(sql.SQL("DELETE FROM {} WHERE created_at < '2024-03-11+00'").format(events_table))
+        done = remove_day(conn, spec, DAYS[0], store)
+        assert done.completed and done.rows == 300
+        now = load_manifest(store, result.key)
+        assert now["removed"]["state"] == "done" and now["removed"]["rows"] == 300
+        assert "no rows of the day left" in now["removed"]["settled_because"]
+        with pytest.raises(DayRemovedError):
+            archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    else:
+        conn.execute(sql.SQL("UPDATE {} SET event_type = 'edited' WHERE id = (SELECT min(id) FROM {})").format(
+            events_table, events_table))
+        with pytest.raises(RemovalRefused, match="not proven: .*the same 300 rows in number but other content"):
+            remove_day(conn, spec, DAYS[0], store)
+        assert load_manifest(store, result.key) == manifest  # the mark taken back, nothing else changed
+        assert _day_rows(conn, events) == 300
+        with pytest.raises(LateRowsError, match="content changed with the same 300 rows"):
+            archive_partition(conn, spec, DAYS[0], store)
+    from archive_pipeline.core.lifecycle import settle_pending_removal
+
+    assert settle_pending_removal(conn, spec, DAYS[0], store).outcome == "none"
+
+
+def test_settling_a_pending_mark_of_an_intact_day_makes_it_an_ordinary_archived_day(conn, events, store):
+    from archive_pipeline.core.lifecycle import settle_pending_removal
+    from archive_pipeline.core.manifest import encode_manifest
+
+    spec = spec_for(events, "drop")
+    result = archive_partition(conn, spec, DAYS[0], store)
+    manifest = load_manifest(store, result.key)
+    conn.execute("BEGIN")
+    xid = conn.execute("SELECT txid_current()").fetchone()[0]
+    conn.execute("ROLLBACK")  # a removal whose transaction was rolled back, and whose mark stayed
+    marked = {**manifest, "removed": {"at": "2024-05-01T00:00:00+00:00", "action": "drop", "state": "pending",
+                                      "xid": str(xid)}}
+    store.put_bytes(result.manifest_key, encode_manifest(marked), "application/json")
+    settled = settle_pending_removal(conn, spec, DAYS[0], store)
+    assert settled.outcome == "taken back" and f"transaction {xid} was rolled back" in settled.why
+    assert load_manifest(store, result.key) == manifest == settled.manifest
+    assert archive_partition(conn, spec, DAYS[0], store).skipped
+    assert remove_day(conn, spec, DAYS[0], store).rows == 300 and not table_exists(conn, events, "events_20240310")
+
+
+def test_a_committed_removal_whose_archive_broke_meanwhile_stays_pending(conn, events, store, s3, bucket, s3_client):
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    spec = spec_for(events, "drop")
+    result = archive_partition(conn, spec, DAYS[0], store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=503, skip=1, times=None))
+        with pytest.raises(ArchiveError):
+            remove_day(conn, spec, DAYS[0], _faulty_store(proxy, bucket))
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=b"damaged")
+    with pytest.raises(ArchiveError, match="was removed from the source .*no longer checks out: .*7") as caught:
+        remove_day(conn, spec, DAYS[0], store)
+    assert not caught.value.retryable
+    assert load_manifest(store, result.key)["removed"]["state"] == "pending"  # still never archived over
+    with pytest.raises(DayRemovedError):
+        archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+
+
+def _removal_defs(events: str, max_retries: int, monkeypatch):
+    from archive_pipeline import definitions
+    from archive_pipeline.core.config import RetrySettings, parse_config
+    from archive_pipeline.defs.retention_assets import build_removal_asset
+
+    # The removal asset takes the retry settings (build_removal_asset(spec, schedule, retry)); without a
+    # wait between attempts here.
+    retry = RetrySettings(max_retries=max_retries, delay_seconds=0)
+    monkeypatch.setattr(definitions, "build_removal_asset",
+                        lambda spec, schedule=None: build_removal_asset(spec, schedule, retry))
+    return definitions.build_definitions(parse_config({"retry": {"max_retries": max_retries, "delay_seconds": 0},
+                                                       "tables": [{
+        "name": f"{events}.events", "day_column": "created_at", "start_date": DAYS[0].isoformat(),
+        "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}]}))
+
+
+def _step_events(instance, run_id: str) -> list:
+    return [e.dagster_event.event_type for e in instance.all_logs(run_id) if e.dagster_event]
+
+
+def _failure_text(result, events: str) -> str:
+    from dagster import AssetKey
+
+    return result.failure_data_for_node(AssetKey(["source_removed", events, "events"]).to_python_identifier()
+                                        ).error.to_string()
+
+
+def test_removal_in_dagster_completes_a_removal_whose_done_mark_failed(conn, events, store, s3, archive_env,
+                                                                       monkeypatch):
+    from dagster import AssetKey, DagsterEventType, instance_for_test
+
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    result = archive_partition(conn, spec_for(events, "drop"), DAYS[0], store)
+    removal_key = AssetKey(["source_removed", events, "events"])
+    with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        defs = _removal_defs(events, max_retries=1, monkeypatch=monkeypatch)
+        remove = defs.resolve_job_def(f"remove_{events}_events")
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=503, skip=1, times=None))
+        failed = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
+        assert not failed.success
+        assert _step_events(instance, failed.run_id).count(DagsterEventType.STEP_UP_FOR_RETRY) == 1
+        assert "the removal is committed in the source" in _failure_text(failed, events)
+        assert [e.passed for e in failed.get_asset_check_evaluations()] == [True]  # proven, before the removal
+        assert not table_exists(conn, events, "events_20240310")
+        assert load_manifest(store, result.key)["removed"]["state"] == "pending"
+        proxy.clear()  # the store answers again: the next run settles the day
+        done = remove.execute_in_process(partition_key="2024-03-10", instance=instance)
+        assert done.success
+        [evaluation] = done.get_asset_check_evaluations()
+        assert evaluation.passed and "the archive is intact" in evaluation.description
+        [materialization] = done.asset_materializations_for_node(removal_key.to_python_identifier())
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        assert (meta["pending_mark"], meta["dagster/row_count"], meta["relation"]) == (
+            "completed", 300, f"{events}.events_20240310")
+        assert instance.get_materialized_partitions(removal_key) == {"2024-03-10"}
+    manifest = load_manifest(store, result.key)
+    assert manifest["removed"]["state"] == "done" and manifest["removed"]["rows"] == 300
+    assert table_exists(conn, events, "events_20240311")
+
+
+@pytest.mark.parametrize(("path", "status", "code", "retried"), [
+    (r"/2024-03-10\.jsonl\.zst$", 503, "ServiceUnavailable", True),
+    (r"/2024-03-10\.jsonl\.zst\.manifest\.json$", 503, "ServiceUnavailable", True),
+    (r"/2024-03-10\.jsonl\.zst$", 403, "AccessDenied", False),
+], ids=["object GET 503", "manifest GET 503", "object GET AccessDenied"])
+def test_removal_in_dagster_records_no_failed_proof_when_a_download_fails(conn, events, store, s3, archive_env,
+                                                                          monkeypatch, path, status, code, retried):
+    """A download that fails proves nothing: the run fails (retried when that can help) and no
+    archive_proven result is recorded; nothing is removed."""
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    result = archive_partition(conn, spec_for(events, "drop"), DAYS[0], store)
+    with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        defs = _removal_defs(events, max_retries=1, monkeypatch=monkeypatch)
+        remove = defs.resolve_job_def(f"remove_{events}_events")
+        fault = proxy.add(Fault(method="GET", path=path, action="error", status=status, code=code, times=None))
+        failed = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
+        assert not failed.success and fault.hits >= 1
+        assert failed.get_asset_check_evaluations() == []
+        assert _step_events(instance, failed.run_id).count(DagsterEventType.STEP_UP_FOR_RETRY) == (1 if retried else 0)
+        text = _failure_text(failed, events)
+        assert f"{events}.events" in text and "2024-03-10" in text and code in text
+    assert table_exists(conn, events, "events_20240310")
+    assert "removed" not in load_manifest(store, result.key)

@@ -9,14 +9,24 @@ its rows deleted) only when
    transaction that detaches, drops or deletes, after locking the rows against writers, and under
    the same (table, day) advisory lock as archiving — so a row that arrives in between is never lost.
 
-The manifest records the removal (``removed``): first as pending, before the source transaction
-commits, then as done. Archiving refuses to replace the archive of a removed day (it would replace
-the only copy with an empty day), whatever ``overwrite`` says.
+The manifest records the removal (``removed``): first as pending, written inside the removing
+transaction before it changes anything (with that transaction's id, ``xid``), then as done after
+it commits. Archiving refuses to replace the archive of a removed day (it would replace the only
+copy with an empty day), whatever ``overwrite`` says.
+
+A pending mark left behind (the "done" mark could not be written, the COMMIT's answer was lost, or
+a refused removal could not put the unmarked manifest back) is settled by the next removal of the
+day, under the table-day lock (:func:`settle_pending_removal`): if the removing transaction
+committed (PostgreSQL's ``txid_status``; for a mark without a known transaction, the source having
+no rows of the day), the mark is completed once the archive still checks out (object, digests,
+rows); if it did not, the manifest is put back without the mark and the removal starts again from
+the proof, so a day whose rows are all still in the source is never taken for removed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
 import psycopg
@@ -32,11 +42,28 @@ from archive_pipeline.core.manifest import decode_manifest, encode_manifest
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import deep_verify, load_manifest
+from archive_pipeline.core.verify import deep_verify, load_manifest, source_fingerprint, verify_archive
+
+
+log = logging.getLogger(__name__)
 
 
 class RemovalRefused(ArchiveError):
     """The day was not removed: its archive is not proven, or the source changed; nothing was changed."""
+
+
+class RemovalNotRecorded(ArchiveError):
+    """The day's removal is committed in the source, but its manifest still says "pending" (writing the
+    "done" mark failed, or the archive no longer checks out); a re-run of the removal completes it."""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What :func:`settle_pending_removal` found and did about a pending removal mark."""
+
+    outcome: str  # "none" (no pending mark) | "completed" (the removal had committed) | "taken back" (it had not)
+    manifest: dict | None  # the manifest as it is now in the store
+    why: str = ""  # the evidence, in words
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,7 @@ class Removal:
     removed_at: dt.datetime | None  # None: dry run, or already removed before
     dry_run: bool = False
     already_removed: bool = False
+    completed: bool = False  # an earlier run's committed removal, whose "done" mark this run wrote
 
 
 def due_days(spec: TableSpec, today: dt.date) -> list[Period]:
@@ -89,7 +117,20 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
             raise RemovalRefused(f"{spec.name} {day} has no archive at {store.uri(key)}; archive it first",
                                  table=spec.name, day=day.isoformat())
         archive = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))
-        if (manifest.get("removed") or {}).get("state") == "done":
+        if _state(manifest) == "pending":  # an earlier removal left its mark: settle it first
+            committed, why = _committed(conn, spec, day, manifest)
+            if dry_run and committed:
+                return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"],
+                               archive, None, True, already_removed=True)
+            if not dry_run:
+                settled = _settle(conn, spec, day, store, key, manifest, committed, why)
+                if settled.outcome == "completed":
+                    mark = settled.manifest["removed"]
+                    return Removal(spec.name, day, mark.get("action", action), mark.get("relation", ""),
+                                   mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
+                                   completed=True)
+                manifest = settled.manifest  # taken back: proven and removed from scratch below
+        if _state(manifest) == "done":
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
         if proven is not True and proven != manifest.get("manifest_sha256"):
@@ -122,33 +163,169 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
 
 def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
             action: str, archive: str, removed_by: str | None) -> Removal:
+    """One transaction: mark the manifest pending (with this transaction's id), re-check and remove,
+    commit; then mark it done. What fails before the COMMIT puts the manifest back as it was."""
     mkey = keys.manifest_key(key)
     original = store.get_verified_bytes(mkey)
     now = dt.datetime.now(dt.UTC)
-    mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by}
-    _write_manifest(store, mkey, {**manifest, "removed": mark})
-    committing = False
+    marking = committing = False
     try:
         with conn.transaction():
             table = source_table(conn, spec, day)
             target = _target(conn, spec, day, table, action)
+            # The transaction's id, assigned now and recorded in the mark: whoever finds the mark later
+            # asks PostgreSQL whether this transaction committed (txid_status).
+            xid = conn.execute("SELECT txid_current()").fetchone()[0]
+            mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
+                    "relation": target.qualified, "xid": str(xid)}
+            marking = True
+            _write_manifest(store, mkey, {**manifest, "removed": mark})
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
         if committing:
-            exc.add_note(f"the removal's COMMIT got no answer: it may have happened. {mkey} stays marked "
-                         "'pending', so the day is never archived again from an emptied source; run the "
-                         "removal again to settle it")
+            exc.add_note(f"the removal's COMMIT got no answer: it may have happened. {store.uri(mkey)} stays marked "
+                         "'pending', so the day is never archived again from an emptied source; run the removal "
+                         "of the day again: it completes the mark if the COMMIT happened, and takes it back if not")
             raise
-        try:
-            if original is not None:
-                store.put_bytes(mkey, original, "application/json")
-        except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
-            exc.add_note(f"cleanup: could not take back the pending removal mark in {mkey}: {cleanup}")
+        if marking:
+            try:
+                if original is not None:
+                    store.put_bytes(mkey, original, "application/json")
+            except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
+                exc.add_note(f"cleanup: could not take back the pending removal mark in {store.uri(mkey)} "
+                             f"({cleanup}); nothing was removed, and the next removal of the day takes it back")
         raise
-    _write_manifest(store, mkey, {**manifest, "removed": {**mark, "state": "done", "relation": target.qualified,
-                                                          "rows": rows}})
+    done = {**manifest, "removed": {**mark, "state": "done", "relation": target.qualified, "rows": rows}}
+    try:
+        _write_manifest(store, mkey, done)
+    except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
+        raise _not_recorded(spec, day, store, mkey, action, target.qualified, rows, exc) from exc
     return Removal(spec.name, day, action, target.qualified, rows, archive, now)
+
+
+def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, action: str, relation: str, rows: int,
+                  exc: BaseException) -> RemovalNotRecorded:
+    retryable = getattr(exc, "retryable", None)
+    detail = exc.message if isinstance(exc, ArchiveError) else str(exc)  # its remedy is not ours to give
+    return RemovalNotRecorded(
+        f"{spec.name} {day}: the removal is committed in the source ({action} of {relation}: its {rows:,} rows are "
+        f"gone from the source, the archive is their only copy), but writing the 'done' mark to {store.uri(mkey)} "
+        f"failed ({type(exc).__name__}: {detail}); the manifest stays marked 'pending', so the day is never archived "
+        "again from the emptied source", table=spec.name, day=day.isoformat(),
+        retryable=True if retryable is None else retryable,
+        remedy="run the removal of this day again (a retry does it): it finds the committed removal and completes "
+               "the mark")
+
+
+def _state(manifest: dict | None) -> str | None:
+    return ((manifest or {}).get("removed") or {}).get("state")
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
+                           store: S3Store) -> Settlement:
+    """Settle a pending removal mark left in the day's manifest by a removal that did not finish.
+
+    Under the (table, day) lock, on the primary (``conn``): if the removing transaction committed,
+    the mark is completed ("done") once the archive still checks out; if it did not, the manifest is
+    put back without the mark, so the day is an ordinary archived day again (archived again with
+    ``overwrite`` if its rows changed, proven and removed by the next removal). A manifest without
+    a pending mark is left as it is (``outcome="none"``). Raises :class:`RemovalNotRecorded` when the
+    removal committed but the archive no longer checks out (the mark stays pending)."""
+    day = spec.period(day)
+    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        raise RemovalRefused(f"settling the removal of {spec.name} {day} must run on the primary, and this "
+                             "connection is a hot standby: configure the primary's connection for removals",
+                             table=spec.name, day=day.isoformat())
+    with table_day_lock(conn, spec.name, day):
+        key = keys.table_day_key(spec, day, store.prefix)
+        manifest = load_manifest(store, key)
+        if _state(manifest) != "pending":
+            return Settlement("none", manifest)
+        committed, why = _committed(conn, spec, day, manifest)
+        return _settle(conn, spec, day, store, key, manifest, committed, why)
+
+
+def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:
+    """Whether the removal that wrote the manifest's pending mark committed, and the evidence.
+
+    The mark's transaction id decides where PostgreSQL still knows it (``txid_status``); a mark without
+    one (written by an older version) or one too old to know falls back to the source: a day with no
+    rows left (its partition or table gone, or empty) was removed, a day whose rows are still there
+    was not (whether or not they still equal the archive's)."""
+    mark = manifest["removed"]
+    xid = mark.get("xid")
+    if xid is not None:
+        try:
+            with conn.transaction():
+                status = conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
+        except (psycopg.Error, ValueError) as exc:  # e.g. "in the future": another cluster's transaction
+            status, unknown = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+        else:
+            unknown = "too old for PostgreSQL to remember"
+        if status == "committed":
+            return True, f"its transaction {xid} committed"
+        if status == "aborted":
+            return False, f"its transaction {xid} was rolled back"
+        if status == "in progress":
+            raise RemovalRefused(f"{spec.name} {day}: the removal that marked its manifest pending (transaction {xid}) "
+                                 "is still running; trying again later", table=spec.name, day=day.isoformat(),
+                                 retryable=True)
+        why = f"its transaction {xid} is unknown ({unknown}); "
+    else:
+        why = "the mark names no transaction; "
+    rows = _source_rows(conn, spec, day, manifest)
+    if rows == 0:
+        return True, why + "the source has no rows of the day left"
+    return False, why + f"the source still has {rows:,} rows of the day"
+
+
+def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> int:
+    """Rows of the day in the source now (0 if its day table is gone), counted by the fingerprint the
+    manifest records."""
+    if spec.partitioning.mode == "naming":
+        child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
+        if conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]:
+            return 0
+    algorithm = fingerprint.algorithm_for(manifest.get("fingerprint") or "")
+    return source_fingerprint(conn, spec, day, algorithm).rows
+
+
+def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
+            committed: bool, why: str) -> Settlement:
+    """Complete the pending mark (``committed``) or take it back; the caller holds the table-day lock."""
+    mkey = keys.manifest_key(key)
+    mark = manifest["removed"]
+    if not committed:
+        unmarked = {k: v for k, v in manifest.items() if k not in ("removed", "manifest_sha256")}
+        _write_manifest(store, mkey, unmarked)
+        log.warning("%s %s: took back the pending removal mark of %s (%s): the day was not removed",
+                    spec.name, day, store.uri(mkey), why)
+        return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
+    problems = verify_archive(store, key, {}, deep=True)
+    if problems:
+        raise RemovalNotRecorded(
+            f"{spec.name} {day} was removed from the source ({mark.get('action')} at {mark.get('at')}; {why}), but "
+            f"its archive no longer checks out: {'; '.join(problems)}; {store.uri(mkey)} stays marked 'pending'",
+            table=spec.name, day=day.isoformat(), retryable=False,
+            remedy="restore the archive's object from a replica or backup of the bucket, then run the removal again")
+    done = {**{k: v for k, v in manifest.items() if k != "manifest_sha256"},
+            "removed": {**mark, "state": "done", "relation": mark.get("relation") or "", "rows": manifest["rows"],
+                        "settled_at": dt.datetime.now(dt.UTC).isoformat(), "settled_because": why}}
+    try:
+        _write_manifest(store, mkey, done)
+    except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
+        raise _not_recorded(spec, day, store, mkey, mark.get("action", ""), mark.get("relation") or "?",
+                            manifest["rows"], exc) from exc
+    log.info("%s %s: completed the pending removal mark of %s (%s)", spec.name, day, store.uri(mkey), why)
+    return Settlement("completed", decode_manifest(encode_manifest(done)), why)
 
 
 def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,

@@ -34,13 +34,15 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import TABLE_TAG, asset_key, daily_partitions, freshness_policy
-from archive_pipeline.core.config import ScheduleSettings, TableSpec
+from archive_pipeline.defs.assets import TABLE_TAG, asset_key, daily_partitions, freshness_policy, retry_policy
+from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.lifecycle import due_days, remove_day
+from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, due_days, remove_day,
+                                              settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.keys import table_day_key
-from archive_pipeline.core.verify import deep_verify, load_manifest
+from archive_pipeline.core.store import DownloadError, LocalFileError
+from archive_pipeline.core.verify import deep_verify, load_manifest, verify_archive
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -72,9 +74,12 @@ def removal_freshness_policy(schedule: ScheduleSettings, granularity: str = "dai
     return freshness_policy(schedule.model_copy(update={"minute": REMOVAL_MINUTE}), granularity)
 
 
-def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = None) -> AssetsDefinition:
+def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = None,
+                        retry: RetrySettings | None = None) -> AssetsDefinition:
     """The day-removal asset of a table with ``retention`` (see lifecycle.py for the guarantees);
-    ``schedule`` (the archive schedule's settings) places its freshness deadline."""
+    ``schedule`` (the archive schedule's settings) places its freshness deadline, ``retry`` (the
+    ``retry:`` settings; their defaults when not given) retries what is transient (a store that
+    throttled a download, a "done" mark that could not be written), like the archive asset."""
     key = removal_asset_key(spec)
     retention = spec.retention
 
@@ -88,6 +93,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         output_required=False,
         tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
         check_specs=[_proven_spec(key, spec)],
+        retry_policy=retry_policy(retry or RetrySettings()),
         freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
         description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
                      f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
@@ -100,24 +106,46 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
             raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
                                       "days; nothing removed", allow_retries=False)
         store = archive_store.store()
+        key = table_day_key(spec, day, store.prefix)
+        settled = None
         with primary_postgres.connect() as primary, postgres.connect() as source:
             standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            proven_sha: str | bool = False
             try:
-                manifest = load_manifest(store, table_day_key(spec, day, store.prefix))
-                problems = deep_verify(source, store, spec, day, manifest=manifest,
-                                       scratch_conn=primary if standby else None)
-            except (ArchiveError, ValueError) as exc:
+                manifest = load_manifest(store, key)
+                pending = (manifest or {}).get("removed", {}).get("state") == "pending"
+                if pending and not config.dry_run:
+                    # An earlier removal left its mark (its "done" mark failed, or a refused one could not
+                    # take it back): settled on the primary first, so the proof below is of the day as it is.
+                    settled = settle_pending_removal(primary, spec, day, store)
+                    manifest = settled.manifest
+                if manifest is not None and manifest.get("removed"):
+                    # Removed (or pending, in a dry run): the source no longer holds the day, so the
+                    # archive itself is checked: manifest, object, digests and rows.
+                    problems = verify_archive(store, key, {}, deep=True)
+                else:
+                    problems = deep_verify(source, store, spec, day, manifest=manifest,
+                                           scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
+                    # proven names the manifest just proved: under the lock, a different one is proved again
+                    proven_sha = (manifest or {}).get("manifest_sha256", False)
+            except ArchiveError as exc:
+                if exc.retryable or isinstance(exc, (DownloadError, LocalFileError, RemovalNotRecorded,
+                                                     RemovalRefused)):
+                    # Nothing was proven either way (the store failed or refused a request, the temp dir
+                    # is full, a removal is not settled): the run fails, retried where that can help, and no
+                    # integrity check is recorded as failed.
+                    raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
+                manifest, problems = None, [str(exc)]
+            except ValueError as exc:  # ManifestError: the manifest itself is damaged
                 manifest, problems = None, [str(exc)]
             yield AssetCheckResult(check_name=PROVEN_CHECK, passed=not problems, severity=AssetCheckSeverity.ERROR,
-                                   description="; ".join(problems) or f"{day}: archive proven equal to the source",
+                                   description="; ".join(problems) or _proven_text(day, manifest),
                                    metadata={"day": day.isoformat()})
             if problems:
                 raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
                                           + "; ".join(problems), allow_retries=False)
             try:
-                # proven names the manifest just proved: under the lock, a different one is proved again
-                removal = remove_day(primary, spec, day, store, dry_run=config.dry_run,
-                                     proven=(manifest or {}).get("manifest_sha256", False),
+                removal = remove_day(primary, spec, day, store, dry_run=config.dry_run, proven=proven_sha,
                                      removed_by=f"dagster run {context.run.run_id}")
             except ArchiveError as exc:
                 raise Failure(description=str(exc), allow_retries=exc.retryable) from None
@@ -125,13 +153,29 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
             context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
                              f"archive {removal.archive}")
             return
+        if settled is not None and settled.outcome != "none":
+            context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
         yield MaterializeResult(metadata={
             "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
             "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
             "already_removed": removal.already_removed, "archive": removal.archive, "run_id": context.run.run_id,
+            **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
         })
 
     return remove
+
+
+def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
+    text = str(exc)
+    return text if spec.name in text and day.isoformat() in text else f"{spec.name} {day}: {text}"
+
+
+def _proven_text(day, manifest: dict | None) -> str:
+    removed = (manifest or {}).get("removed")
+    if removed:
+        return (f"{day}: removed from the source ({removed.get('state')}, {removed.get('at')}) after its archive was "
+                "proven; the archive is intact (object, digests and rows checked now)")
+    return f"{day}: archive proven equal to the source"
 
 
 def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> ScheduleDefinition:
