@@ -154,7 +154,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
         if spec.retention is not None:
-            assets.append(build_removal_asset(spec, config.schedule))
+            assets.append(build_removal_asset(spec, config.schedule, config.retry))
             schedules.append(build_retention_schedule(spec, config.schedule.hour))
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
                               executor_def=in_process_executor,

@@ -235,9 +235,10 @@ def _restored_rows(conn, store, spec, schema: str, name: str) -> int:
     return restored.rows
 
 
-@pytest.mark.parametrize("action", ["delete", "detach", "drop"])
+@pytest.mark.parametrize(("action", "settler"), [("delete", "removal"), ("detach", "removal"), ("drop", "removal"),
+                                                 ("delete", "archive"), ("drop", "archive")])
 def test_a_committed_removal_whose_done_mark_fails_is_completed_by_the_next_run(conn, events, store, s3, bucket,
-                                                                                action):
+                                                                                action, settler):
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
     spec = spec_for(events, action)
@@ -259,13 +260,14 @@ def test_a_committed_removal_whose_done_mark_fails_is_completed_by_the_next_run(
     assert table_exists(conn, events, "events_20240310") is (action != "drop")
     pending = load_manifest(store, result.key)
     assert pending["removed"]["state"] == "pending" and pending["removed"]["xid"]
+    if settler == "removal":  # a re-run settles it: the committed removal is completed, nothing else is touched
+        done = remove_day(conn, spec, DAYS[0], store, removed_by="test")
+        assert done.completed and not done.already_removed and (done.rows, done.action) == (300, action)
+        assert done.relation == (f"{events}.events_20240310" if action != "delete" else f"{events}.events")
+    # nothing archives over it; an archive run that meets the pending mark first completes it
     for overwrite in (False, True):
         with pytest.raises(DayRemovedError):
             archive_partition(conn, spec, DAYS[0], store, overwrite=overwrite)
-    # A re-run settles it: the committed removal is completed, nothing else is touched.
-    done = remove_day(conn, spec, DAYS[0], store, removed_by="test")
-    assert done.completed and not done.already_removed and (done.rows, done.action) == (300, action)
-    assert done.relation == f"{events}.events_20240310" if action != "delete" else done.relation == f"{events}.events"
     manifest = load_manifest(store, result.key)
     assert manifest["removed"]["state"] == "done" and manifest["removed"]["rows"] == 300
     assert manifest["removed"]["at"] == pending["removed"]["at"]
@@ -309,6 +311,29 @@ def test_a_refused_removal_whose_mark_could_not_be_taken_back_is_not_a_removed_d
     assert (again.rows, again.generation) == (301, 2)
     assert remove_day(conn, spec, DAYS[0], store).rows == 301 and _day_rows(conn, events) == 0
     assert load_manifest(store, result.key)["removed"]["state"] == "done"
+
+
+def test_an_archive_run_settles_a_pending_mark_a_refused_removal_left(conn, events, store, s3, bucket):
+    """The same leftover mark met by the next *archive* run (the daily schedule comes first): it is
+    taken back there, and the day is the ordinary changed day it is (refused as changed, archived
+    again with overwrite), never a removed one."""
+    from archive_pipeline.core.archive import LateRowsError
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    spec = spec_for(events, "delete")
+    result = archive_partition(conn, spec, DAYS[0], store)
+    conn.execute(sql.SQL("INSERT INTO {} (id, created_at, user_id, event_type) VALUES "
+                         "(999999, '2024-03-10 23:00+00', 1, 'late')").format(sql.Identifier(events, "events")))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=503, skip=1, times=None))
+        with pytest.raises(RemovalRefused):
+            remove_day(conn, spec, DAYS[0], _faulty_store(proxy, bucket), proven=True)
+    assert load_manifest(store, result.key)["removed"]["state"] == "pending"
+    with pytest.raises(LateRowsError, match="301 rows now, the archive holds 300"):
+        archive_partition(conn, spec, DAYS[0], store)
+    assert "removed" not in load_manifest(store, result.key)
+    again = archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    assert (again.rows, again.generation) == (301, 2) and _day_rows(conn, events) == 301
 
 
 @pytest.mark.parametrize("source", ["emptied", "changed"])
@@ -381,20 +406,17 @@ def test_a_committed_removal_whose_archive_broke_meanwhile_stays_pending(conn, e
         remove_day(conn, spec, DAYS[0], store)
     assert not caught.value.retryable
     assert load_manifest(store, result.key)["removed"]["state"] == "pending"  # still never archived over
-    with pytest.raises(DayRemovedError):
+    with pytest.raises(ArchiveError, match="no longer checks out"):  # the archive run tries to settle it too
         archive_partition(conn, spec, DAYS[0], store, overwrite=True)
+    assert load_manifest(store, result.key)["removed"]["state"] == "pending"
 
 
-def _removal_defs(events: str, max_retries: int, monkeypatch):
+def _removal_defs(events: str, max_retries: int):
+    """The code location of one table with retention; the removal asset takes the YAML's ``retry:``
+    (here without a wait between attempts)."""
     from archive_pipeline import definitions
-    from archive_pipeline.core.config import RetrySettings, parse_config
-    from archive_pipeline.defs.retention_assets import build_removal_asset
+    from archive_pipeline.core.config import parse_config
 
-    # The removal asset takes the retry settings (build_removal_asset(spec, schedule, retry)); without a
-    # wait between attempts here.
-    retry = RetrySettings(max_retries=max_retries, delay_seconds=0)
-    monkeypatch.setattr(definitions, "build_removal_asset",
-                        lambda spec, schedule=None: build_removal_asset(spec, schedule, retry))
     return definitions.build_definitions(parse_config({"retry": {"max_retries": max_retries, "delay_seconds": 0},
                                                        "tables": [{
         "name": f"{events}.events", "day_column": "created_at", "start_date": DAYS[0].isoformat(),
@@ -422,7 +444,7 @@ def test_removal_in_dagster_completes_a_removal_whose_done_mark_failed(conn, eve
     removal_key = AssetKey(["source_removed", events, "events"])
     with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
         monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
-        defs = _removal_defs(events, max_retries=1, monkeypatch=monkeypatch)
+        defs = _removal_defs(events, max_retries=1)
         remove = defs.resolve_job_def(f"remove_{events}_events")
         proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=503, skip=1, times=None))
         failed = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
@@ -463,7 +485,7 @@ def test_removal_in_dagster_records_no_failed_proof_when_a_download_fails(conn, 
     result = archive_partition(conn, spec_for(events, "drop"), DAYS[0], store)
     with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
         monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
-        defs = _removal_defs(events, max_retries=1, monkeypatch=monkeypatch)
+        defs = _removal_defs(events, max_retries=1)
         remove = defs.resolve_job_def(f"remove_{events}_events")
         fault = proxy.add(Fault(method="GET", path=path, action="error", status=status, code=code, times=None))
         failed = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)

@@ -37,6 +37,7 @@ from archive_pipeline.core.formats.common import (
     is_value_failure,
     refuse_inexact,
 )
+from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -229,6 +230,11 @@ class _Archiving:
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
+        if ((existing.manifest or {}).get("removed") or {}).get("state") == "pending":
+            # a removal that did not finish: settled first (completed if it committed, else taken back),
+            # so an unfinished removal never passes for a removed day, nor a removed one for archivable
+            settle_pending_removal(self.conn, self.spec, self.day, self.store)
+            existing = read_existing(self.store, self.key)
         self._refuse_foreign(existing, overwrite)
         self._tidy(existing)
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
