@@ -118,3 +118,30 @@ def test_single_day_runs_keep_their_partition_tag(conn, schema, archive_env, sto
     assert archive_partition(conn, parse_config({"tables": [
         {"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat()}]}).tables[0],
         DAYS[0], store).skipped
+
+
+def test_a_day_whose_check_could_not_run_is_checked_by_the_retry(conn, schema, archive_env, s3, monkeypatch):
+    """A day archived in a ranged run whose proof download fails in transit is recorded "not verified"
+    and fails the step; the step's retry archives it again (found identical) and proves it, instead of
+    skipping it as done: a blocking check is never bypassed by a retry."""
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    config = _config(schema, deep_check=True)
+    spec = config.tables[0]
+    flaky = DAYS[1].isoformat()
+    with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        flip = proxy.add(Fault(method="GET", path=rf"/{flaky}\.jsonl\.zst$", action="flip_response_byte", times=1))
+        result = build_definitions(config).resolve_job_def(job_name(schema)).execute_in_process(
+            instance=instance, tags=RANGE)
+        assert result.success and flip.hits == 1
+        verified = {}
+        for event in _materializations(instance, result.run_id):
+            metadata = event.step_materialization_data.materialization.metadata
+            verified.setdefault(event.partition, []).append(metadata["verified"].value)
+        assert [v.startswith("not verified") for v in verified[flaky]] == [True, False], verified[flaky]
+        assert all(len(verified[d.isoformat()]) == 1 for d in DAYS if d.isoformat() != flaky)
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset_key(spec), "archive_intact"), limit=10)
+        assert sorted((c.partition, c.status.value) for c in checks) == [(d.isoformat(), "SUCCEEDED") for d in DAYS]

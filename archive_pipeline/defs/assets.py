@@ -400,11 +400,18 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
 
 
 def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
-    """The days of ``key`` this run has already materialized (by an earlier attempt of the step)."""
+    """The days of ``key`` this run has already materialized and checked (by an earlier attempt of the
+    step). A day recorded "not verified" (its check could not run: a download failed) is done again:
+    the retry finds its archive identical and checks it, so a blocking check is never bypassed."""
     records = context.instance.get_records_for_run(context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION,
                                                    limit=100_000).records
-    return {r.event_log_entry.dagster_event.partition for r in records
-            if r.event_log_entry.dagster_event.asset_key == key}
+    done = set()
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        verified = event.step_materialization_data.materialization.metadata.get("verified")
+        if event.asset_key == key and not str(getattr(verified, "value", verified)).startswith("not verified"):
+            done.add(event.partition)
+    return done
 
 
 def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: Period,
