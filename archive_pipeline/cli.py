@@ -564,17 +564,21 @@ def prune(run: Run, dry_run: bool) -> None:
             except RemovalRefused as exc:
                 results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": str(exc)})
                 continue
+            except ArchiveError as exc:  # e.g. removed but the "done" mark not written: the next days still run
+                results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
+                                "message": redact(str(exc), _password()), "retryable": exc.retryable})
+                continue
             status = ("would remove" if dry_run else "already removed" if removal.already_removed
                       else "removed")
             results.append({"table": spec.name, "day": day.isoformat(), "status": status,
                             "action": removal.action, "relation": removal.relation, "rows": removal.rows,
                             "archive": removal.archive})
-    refused = [r for r in results if r["status"] == "refused"]
+    refused = [r for r in results if r["status"] in ("refused", "failed")]
 
     def render() -> None:
         table = _table("table", "day", "status", "action", "relation", "rows", "archive")
         for r in results:
-            style = {"refused": "red", "would remove": "yellow"}.get(r["status"])
+            style = {"refused": "red", "failed": "red", "would remove": "yellow"}.get(r["status"])
             table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
                           r.get("action", ""), r.get("relation", ""), _num(r.get("rows")), r.get("archive", ""))
         run.out.print(table)

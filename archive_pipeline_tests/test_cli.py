@@ -273,6 +273,32 @@ def test_prune_removes_only_proven_days(setup, conn, s3_client, bucket, days):
     assert listed["days"][0]["note"].startswith("dropped from the source at ")
 
 
+def test_prune_reports_a_removal_it_could_not_record_and_goes_on(setup, conn, s3, bucket, days):
+    """The first due day's "done" mark cannot be written (the store refuses the PUT): that day is
+    reported failed (its rows are gone, a re-run completes the mark), the next day is still removed,
+    exit code 1."""
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    env, spec = setup
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    raw = yaml.safe_load(config.read_text())
+    raw["tables"][0]["retention"] = {"keep_days": 1, "action": "drop"}  # days[0] and days[1] are due
+    config.write_text(yaml.safe_dump(raw))
+    cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[1].isoformat())
+    with FaultProxy(s3.endpoint_url) as proxy:
+        # the first day's pending mark goes through, its "done" mark is refused; the second day's pass
+        proxy.add(Fault(method="PUT", path=rf"/{days[0]}\.jsonl\.zst\.manifest\.json$", action="error",
+                        status=503, skip=1, times=None))
+        pruned = cli_json({**env, "ARCHIVE_S3_ENDPOINT_URL": proxy.url}, "prune", code=1)
+    assert [(d["day"], d["status"]) for d in pruned["days"]] == [(days[0].isoformat(), "failed"),
+                                                                 (days[1].isoformat(), "removed")]
+    failed = pruned["days"][0]
+    assert failed["retryable"] is True and "committed in the source" in failed["message"]
+    gone = [conn.execute("SELECT to_regclass(%s) IS NULL", (f"{spec.schema_name}.events_{d:%Y%m%d}",)).fetchone()[0]
+            for d in days]
+    assert gone == [True, True, False]
+
+
 def test_dry_run_estimates_from_the_catalog_or_by_counting(conn, schema, store):
     """In-process (plan.py is the core under the dry run): catalog where it knows, a count elsewhere."""
     from archive_pipeline.core import plan
