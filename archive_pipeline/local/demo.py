@@ -86,7 +86,10 @@ def _run_dagster_dev(env: dict[str, str], home: Path, port: int) -> None:
     print(f"\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C or SIGTERM stops it and the demo services)")
     print(f"Another shell can use this instance: . {_shell_path(home / 'env.sh')}", flush=True)
     try:
-        process.wait()
+        # Not one blocking wait(): the kernel may hand SIGTERM to another thread of ours, and Python runs
+        # the handler only when the main thread runs again, which a wait() for dagster dev never lets it do.
+        while process.poll() is None:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         print("\nstopping dagster dev ...", flush=True)
     finally:
