@@ -272,7 +272,7 @@ class _Archiving:
                     if fp is not None and fp.rows == 0:
                         stats = no_rows
                         # nothing is uploaded, so nothing else would end a killed run's upload of the key
-                        self.store._clean_stale_quietly(data_key)
+                        self.store.abort_stale_uploads_quietly(data_key)
                     else:
                         upload = self.store.begin(
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,

@@ -563,7 +563,8 @@ class S3Store:
             log.info("aborted a stale multipart upload of %s", self.uri(upload["Key"]))
         return len(uploads)
 
-    def _clean_stale_quietly(self, key: str, **kwargs: Any) -> None:
+    def abort_stale_uploads_quietly(self, key: str, **kwargs: Any) -> None:
+        """:meth:`abort_stale_uploads`, with a failure logged instead of raised (cleanup only)."""
         try:
             self.abort_stale_uploads(key, **kwargs)
         except Exception:  # noqa: BLE001 - leftovers cost storage, not correctness; a lifecycle rule also helps
@@ -844,7 +845,7 @@ class S3Upload:
                                      retryable=True)
             store.delete_quietly(self.key, error)
             raise error
-        store._clean_stale_quietly(self.key, initiated_before=_server_time(response) + dt.timedelta(seconds=1))
+        store.abort_stale_uploads_quietly(self.key, initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
@@ -876,7 +877,7 @@ class S3Upload:
         if orphan:  # aborted while we were creating it
             self._abort_quietly(upload_id, None)
             return
-        store._clean_stale_quietly(self.key, keep=upload_id)
+        store.abort_stale_uploads_quietly(self.key, keep=upload_id)
         self._work()
 
     def _work(self) -> None:
