@@ -106,10 +106,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
         raise RemovalRefused(f"{spec.name} has no retention setting; nothing is removed from it",
                              table=spec.name, day=day.isoformat())
     action = spec.retention.action
-    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-        raise RemovalRefused(f"removing {spec.name} {day} must run on the primary, and this connection is a hot "
-                             "standby: configure the primary's connection for removals",
-                             table=spec.name, day=day.isoformat())
+    _require_primary(conn, spec, day, f"removing {spec.name} {day}")
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = load_manifest(store, key)
@@ -240,10 +237,7 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     a pending mark is left as it is (``outcome="none"``). Raises :class:`RemovalNotRecorded` when the
     removal committed but the archive no longer checks out (the mark stays pending)."""
     day = spec.period(day)
-    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-        raise RemovalRefused(f"settling the removal of {spec.name} {day} must run on the primary, and this "
-                             "connection is a hot standby: configure the primary's connection for removals",
-                             table=spec.name, day=day.isoformat())
+    _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = load_manifest(store, key)
@@ -251,6 +245,13 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
             return Settlement("none", manifest)
         committed, why = _committed(conn, spec, day, manifest)
         return _settle(conn, spec, day, store, key, manifest, committed, why)
+
+
+def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:
+    """Removals write to the source: a hot standby refuses them, so say where to run them instead."""
+    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        raise RemovalRefused(f"{what} must run on the primary, and this connection is a hot standby: configure "
+                             "the primary's connection for removals", table=spec.name, day=day.isoformat())
 
 
 def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:
