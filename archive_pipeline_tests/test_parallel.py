@@ -291,3 +291,52 @@ def test_progress_from_many_streams_reaches_the_callback_one_call_at_a_time(conn
         t.join()
     assert len(seen) == 200 and seen[-1] == (200, 2000)
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(seen, seen[1:]))
+
+
+@pytest.mark.parametrize(("fmt", "streams", "change"), [
+    ("parquet", 1, "TRUNCATE {child}"),  # the ADBC reader imports the snapshot
+    ("jsonl", 3, "TRUNCATE {child}"),  # three stream sessions import it
+    ("csv", 1, "ALTER TABLE {parent} ALTER COLUMN amount TYPE numeric(14,2)"),  # a rewrite; the fingerprint alongside
+    ("parquet", 3, "DROP TABLE {child}"),
+])
+def test_a_change_snapshots_do_not_isolate_is_never_archived_as_an_empty_day(
+        pg, conn, schema, partitioned, s3_client, bucket, temp_dir, monkeypatch, fmt, streams, change):
+    """TRUNCATE, a rewrite and dropping the day's partition are not MVCC-safe: a session whose snapshot
+    predates them but which locks the table after they commit sees the day empty, and so would its
+    fingerprint. Here the change is issued once the coordinator holds its snapshot (it waits for the
+    coordinator's lock): the sessions that import the snapshot must not queue behind it, nor read after
+    it. The day fails, retryable, with nothing published; it was archived as an empty day before."""
+    from archive_pipeline.core import archive
+
+    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)  # the fingerprint in a session of its own
+    child, parent = sql.Identifier(schema, "ev_20240310"), sql.Identifier(schema, "ev")
+    planned = archive.plan_streams
+    waiting: list[threading.Thread] = []
+
+    def change_waits_for_the_coordinator(*args, **kwargs):
+        def run() -> None:
+            with pg.connect() as other:
+                other.execute(sql.SQL(change).format(child=child, parent=parent))
+        thread = threading.Thread(target=run)
+        thread.start()
+        waiting.append(thread)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not conn_waiting(pg):
+            time.sleep(0.02)
+        return planned(*args, **kwargs)
+
+    def conn_waiting(server) -> bool:
+        with server.connect() as probe:
+            return bool(probe.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query ~* '^(TRUNCATE|ALTER|DROP)'").fetchone()[0])
+
+    monkeypatch.setattr(archive, "plan_streams", change_waits_for_the_coordinator)
+    store = S3Store(s3_client, bucket, prefix="race")
+    spec = _spec(partitioned, fmt, "zstd", streams)
+    with pytest.raises(ArchiveError) as caught:  # (a lock_timeout, so that the old code failed rather than hung)
+        archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir), session_settings={"lock_timeout": "5000"})
+    for thread in waiting:
+        thread.join(30)
+    err = caught.value
+    assert err.retryable and "waiting to change" in str(err), str(err)
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)

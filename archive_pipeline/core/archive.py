@@ -284,7 +284,12 @@ class _Archiving:
                         if stats.rows != fp.rows:
                             raise ArchiveError(
                                 f"read {stats.rows:,} rows but the snapshot's fingerprint counts {fp.rows:,}; "
-                                "nothing was published (please report this)", retryable=True)
+                                "nothing was published", retryable=True,
+                                cause="the table changed under the read in a way snapshots do not isolate",
+                                remedy="retried automatically; TRUNCATE, ALTER TABLE that rewrites it, or "
+                                       "dropping or detaching the day's partition during a run causes this: run "
+                                       "such changes outside the table's archive runs (if none ran, please report "
+                                       "this)")
                         if fp.rows == 0:  # fingerprinted alongside: an empty day after all, nothing to publish
                             upload.abort()
                             upload, stats = None, no_rows
@@ -397,7 +402,8 @@ class _Archiving:
             extraction.expected_rows = fp.rows  # the same snapshot: these are all the rows there are
             return write(), fp, fp_seconds
         try:
-            side = open_snapshot_sessions(self.conn, snapshot.snapshot_id, 1, {**self.settings, **ALONGSIDE_SETTINGS})[0]
+            side = open_snapshot_sessions(self.conn, snapshot.snapshot_id, 1, {**self.settings, **ALONGSIDE_SETTINGS},
+                                          table, where)[0]
         except psycopg.OperationalError as exc:
             log.info("%s %s: fingerprinting before the read, no second session: %s", self.spec.name, self.day, exc)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)

@@ -43,7 +43,7 @@ from psycopg.conninfo import make_conninfo
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable, estimated_rows
+from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
 # otherwise be read through an index on the day column, i.e. the whole day for a part of it).
@@ -217,10 +217,12 @@ def free_sessions(conn: psycopg.Connection) -> int:
 
 
 def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, count: int,
-                           settings: dict[str, str]) -> list[psycopg.Connection]:
+                           settings: dict[str, str], table: SourceTable,
+                           where: sql.Composable) -> list[psycopg.Connection]:
     """``count`` sessions logged in as ``coordinator`` is, each in a READ ONLY transaction that
-    imported ``snapshot_id`` (so they see exactly its data), with ``settings``. Any failure closes
-    those already opened."""
+    imported ``snapshot_id`` (so they see exactly its data) and holds the day's locks (see
+    :func:`~archive_pipeline.core.source.lock_day`), with ``settings``. Any failure closes those
+    already opened."""
     dsn = dsn_of(coordinator)
     opened: list[psycopg.Connection] = []
     try:
@@ -229,6 +231,7 @@ def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, co
             opened.append(conn)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            lock_day(conn.execute, table, where, coordinator)
             for name, value in settings.items():
                 conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
     except BaseException:
@@ -240,7 +243,8 @@ def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, co
 
 def open_text_sessions(extraction: Extraction, count: int, settings: dict[str, str]) -> list[psycopg.Connection]:
     """``count`` sessions in the coordinator's snapshot."""
-    return open_snapshot_sessions(extraction.conn, extraction.snapshot.snapshot_id, count, settings)
+    return open_snapshot_sessions(extraction.conn, extraction.snapshot.snapshot_id, count, settings,
+                                  extraction.table, extraction.where)
 
 
 def merge_stats(parts: Sequence[WriteStats]) -> WriteStats:

@@ -373,6 +373,40 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
         raise failure[0]
 
 
+# How long a session that imported the archive's snapshot waits for its first lock on the day's
+# relations. The coordinator still holds its own then, so only a lock request queued in between can
+# delay it: a TRUNCATE, ALTER TABLE or DROP/DETACH of the day's partition waiting for the coordinator.
+IMPORT_LOCK_WAIT_MS = 200
+
+
+def lock_day(execute: Callable[[str], object], table: SourceTable, where: sql.Composable,
+             quoting: psycopg.Connection) -> None:
+    """Take the day's locks in a session that imported the archive's snapshot (``execute`` runs one
+    statement there), before the coordinator ends its transaction and lets its own go.
+
+    TRUNCATE, a table rewrite (ALTER TABLE ... TYPE) and dropping or detaching a partition are not
+    MVCC-safe: a session whose snapshot predates them, but which locks the table only after they
+    commit, sees the day empty (or gone) and would archive it as an empty day, its fingerprint
+    agreeing. Locked here, while the coordinator's lock keeps such a change waiting, every reader
+    sees the snapshot's rows. A change already waiting would let these requests queue behind it
+    while the coordinator waits for them (a deadlock PostgreSQL cannot see), so they wait briefly
+    and the day fails, retryable, instead."""
+    # planned and started, never run: it locks what the day's read locks (the pruned partitions too)
+    touch = sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where).as_string(quoting)
+    execute(f"SELECT set_config('lock_timeout', '{IMPORT_LOCK_WAIT_MS}', true)")
+    try:
+        execute(touch)
+    except Exception as exc:
+        if "lock timeout" not in str(exc).lower():
+            raise
+        raise SourceError(
+            f"another session is waiting to change {table.qualified} (TRUNCATE, ALTER TABLE, or DROP/DETACH of the "
+            "day's partition) while this run was starting to read it; reading on would queue behind that change, "
+            "or see the day after it", retryable=True, cause="a change of the table was waiting for its lock",
+            remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs") from None
+    execute("RESET lock_timeout")
+
+
 def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
     """The planner's estimate of the day's rows (one EXPLAIN: no row is read; as good as the table's
     statistics, so only for choosing how to read, never for what was read)."""

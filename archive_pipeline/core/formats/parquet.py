@@ -57,7 +57,7 @@ from archive_pipeline.core.formats.common import (
     xml_text,
 )
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
-from archive_pipeline.core.source import Column, SourceTable, prefetch
+from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch
 
 # Types ADBC maps to an Arrow type that keeps their meaning.
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "date",
@@ -412,8 +412,9 @@ class Parquet:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
             cur.execute(literal.as_string(extraction.conn))
-            # This transaction now holds the snapshot itself: end the exporting one, so it does not sit
-            # idle in transaction for the whole read (idle_in_transaction_session_timeout would kill it).
+            lock_day(cur.execute, extraction.table, extraction.where, extraction.conn)
+            # This transaction now holds the snapshot and the day's locks itself: end the exporting one, so
+            # it does not sit idle in transaction for the whole read (idle_in_transaction_session_timeout).
             extraction.snapshot.release()
             for name, value in extraction.settings.items():
                 setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
