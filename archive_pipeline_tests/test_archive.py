@@ -133,6 +133,7 @@ def test_missing_table_fails_clearly_and_leaves_nothing(conn, schema, store, s3_
     with pytest.raises(ArchiveError) as failure:
         archive_partition(conn, spec, dt.date(2024, 3, 10), store, temp_dir=temp_dir)
     assert f"{schema}.nope" in str(failure.value) and "does not exist" in str(failure.value)
+    assert "to fix: check the table's name in the YAML configuration" in str(failure.value)
     assert failure.value.retryable is False
     _assert_nothing_left(s3_client, bucket, temp_dir)
 

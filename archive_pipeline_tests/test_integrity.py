@@ -56,6 +56,20 @@ def test_two_tables_rendering_one_key_never_skip_onto_each_other(conn, schema, t
     assert hashlib.md5(download(s3_client, bucket, first.key)).hexdigest() == first.md5  # untouched
 
 
+def test_a_column_whose_type_changed_is_named_as_such(conn, schema, table, store):
+    """Same names, another type (text -> varchar(40) prints the same values differently nowhere, yet
+    the archive's recorded types no longer describe the source): refused, naming the column and both
+    types, with an added column named too."""
+    archive_partition(conn, table, D, store)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN body TYPE varchar(40)").format(sql.Identifier(schema, "t")))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'x' WHERE id = 1").format(sql.Identifier(schema, "t")))
+    with pytest.raises(LateRowsError, match=r"column types changed: body text → character varying\(40\)"):
+        archive_partition(conn, table, D, store)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(sql.Identifier(schema, "t")))
+    with pytest.raises(LateRowsError, match=r"its columns changed from .* \(types: body text → character varying"):
+        archive_partition(conn, table, D, store)
+
+
 def test_insert_plus_delete_is_never_skipped(conn, schema, table, store, s3_client, bucket):
     first = archive_partition(conn, table, D, store)
     conn.execute(sql.SQL("DELETE FROM {} WHERE id = 7").format(sql.Identifier(schema, "t")))

@@ -496,8 +496,13 @@ class _Archiving:
         archived = fingerprint.Fingerprint.parse(manifest["fingerprint"])
         then = [c["name"] for c in manifest.get("columns", [])]
         now = [c.name for c in table.columns]
+        recorded = {c["name"]: c.get("pg_type") for c in manifest.get("columns", [])}
+        retyped = [f"{c.name} {recorded[c.name]} → {c.type_name}" for c in table.columns
+                   if recorded.get(c.name) not in (None, c.type_name)]
         if then != now:
-            what = f"its columns changed from {then} to {now}"
+            what = f"its columns changed from {then} to {now}" + (f" (types: {', '.join(retyped)})" if retyped else "")
+        elif retyped:
+            what = f"column types changed: {', '.join(retyped)}"
         elif archived.rows != fp.rows:
             what = f"it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were deleted late)"
         else:

@@ -78,7 +78,10 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
                                  ).fetchone()[0]:
-        raise SourceError(f"table {spec.name!r} does not exist", table=spec.name, retryable=False)
+        raise SourceError(f"table {spec.name!r} does not exist", table=spec.name, retryable=False,
+                          cause="the configured table does not exist",
+                          remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
+                                 "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
     parsed = []
     for child, bound in rows:
         match = _BOUND.match(bound or "")

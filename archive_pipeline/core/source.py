@@ -131,7 +131,9 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
             "names are case-sensitive as in the catalog)",
-            table=qualified_name, retryable=False,
+            table=qualified_name, retryable=False, cause="the configured table does not exist",
+            remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
+                   "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
         )
     oid, relkind, can_select = row
     if not can_select:
