@@ -37,7 +37,7 @@ from archive_pipeline.core.formats.common import (
     is_value_failure,
     refuse_inexact,
 )
-from archive_pipeline.core.lifecycle import settle_pending_removal
+from archive_pipeline.core.lifecycle import removal_state, settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -230,7 +230,7 @@ class _Archiving:
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
-        if ((existing.manifest or {}).get("removed") or {}).get("state") == "pending":
+        if removal_state(existing.manifest) == "pending":
             # a removal that did not finish: settled first (completed if it committed, else taken back),
             # so an unfinished removal never passes for a removed day, nor a removed one for archivable
             settle_pending_removal(self.conn, self.spec, self.day, self.store)

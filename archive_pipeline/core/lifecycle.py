@@ -114,7 +114,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
             raise RemovalRefused(f"{spec.name} {day} has no archive at {store.uri(key)}; archive it first",
                                  table=spec.name, day=day.isoformat())
         archive = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))
-        if _state(manifest) == "pending":  # an earlier removal left its mark: settle it first
+        if removal_state(manifest) == "pending":  # an earlier removal left its mark: settle it first
             committed, why = _committed(conn, spec, day, manifest)
             if dry_run and committed:
                 return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"],
@@ -127,7 +127,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
                                    completed=True)
                 manifest = settled.manifest  # taken back: proven and removed from scratch below
-        if _state(manifest) == "done":
+        if removal_state(manifest) == "done":
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
         if proven is not True and proven != manifest.get("manifest_sha256"):
@@ -215,7 +215,8 @@ def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, actio
                "the mark")
 
 
-def _state(manifest: dict | None) -> str | None:
+def removal_state(manifest: dict | None) -> str | None:
+    """The manifest's removal mark: "pending", "done", or None (never removed)."""
     return ((manifest or {}).get("removed") or {}).get("state")
 
 
@@ -241,7 +242,7 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = load_manifest(store, key)
-        if _state(manifest) != "pending":
+        if removal_state(manifest) != "pending":
             return Settlement("none", manifest)
         committed, why = _committed(conn, spec, day, manifest)
         return _settle(conn, spec, day, store, key, manifest, committed, why)
