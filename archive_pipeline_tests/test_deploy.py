@@ -535,7 +535,12 @@ def _assert_stops(process: subprocess.Popen, log: Path, send) -> None:
     try:
         process.wait(timeout=90)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"make demo did not stop:\n{log.read_text()[-3000:]}") from None
+        for pid in _descendants(process.pid):  # the demo prints every thread's stack on SIGUSR1
+            with contextlib.suppress(OSError):
+                if b"archive_pipeline.local.demo" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGUSR1)
+        time.sleep(2)
+        raise AssertionError(f"make demo did not stop:\n{log.read_text()[-6000:]}") from None
     deadline = time.monotonic() + 30
     while [pid for pid in started if _alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -11,6 +11,7 @@ the UI, the daemon and the demo's PostgreSQL and S3 servers.
 import argparse
 import contextlib
 import datetime as dt
+import faulthandler
 import os
 import shlex
 import shutil
@@ -37,23 +38,32 @@ def _print_table(rows: list[tuple], header: tuple) -> None:
 
 
 _signals: list[float] = []  # when SIGINT/SIGTERM arrived
+_raise_on_signal = [True]  # False while dagster dev runs: its loop checks _signals instead
 
 
 def _interrupt(signum: int, _frame) -> None:
     """The first signal interrupts whatever runs (KeyboardInterrupt: the `finally` blocks stop the
     services). Later ones only count: `kill %1` reaches both make and us, and make passes its SIGTERM on,
-    so one request can arrive twice, and a second interrupt must not cut the shutdown short."""
+    so one request can arrive twice, and a second interrupt must not cut the shutdown short.
+
+    While dagster dev runs the signal is only recorded: an exception raised at an arbitrary point of
+    `Popen.poll()` can leave its internal lock taken, after which poll() never sees dagster dev exit."""
     _signals.append(time.monotonic())
-    if len(_signals) == 1:
+    if len(_signals) == 1 and _raise_on_signal[0]:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals(*, raise_at_once: bool = True) -> None:
     """SIGTERM (kill, `kill %1`, make passing it on) and SIGINT end the demo like Ctrl-C: through the
     `finally` blocks that stop dagster dev, PostgreSQL and S3. A shell starts background jobs with SIGINT
-    ignored; installing the handlers undoes that for us, and children start with the default again."""
+    ignored; installing the handlers undoes that for us, and children start with the default again.
+    Called again before dagster dev starts: Dagster's in-process execution swaps the handlers while a
+    run executes, and they must be ours whatever it left behind. SIGUSR1 prints every thread's stack
+    (what a stuck demo is doing)."""
+    _raise_on_signal[0] = raise_at_once
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def _stop_group(process: subprocess.Popen) -> None:
@@ -82,16 +92,17 @@ def _run_dagster_dev(env: dict[str, str], home: Path, port: int) -> None:
     the demo does not need, so that one notice is silenced."""
     cmd = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
            "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    _stop_on_signals(raise_at_once=False)  # from here on a signal stops dagster dev (or keeps it from starting)
     process = subprocess.Popen(cmd, env=env, cwd=home, start_new_session=True)
     print(f"\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C or SIGTERM stops it and the demo services)")
     print(f"Another shell can use this instance: . {_shell_path(home / 'env.sh')}", flush=True)
     try:
         # Not one blocking wait(): the kernel may hand SIGTERM to another thread of ours, and Python runs
         # the handler only when the main thread runs again, which a wait() for dagster dev never lets it do.
-        while process.poll() is None:
+        while process.poll() is None and not _signals:
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        print("\nstopping dagster dev ...", flush=True)
+        if _signals:
+            print("\nstopping dagster dev ...", flush=True)
     finally:
         _stop_group(process)
 
