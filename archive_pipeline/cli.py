@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,7 +201,27 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """Click's group, except that a usage error (a malformed --day, an unknown --table, a missing
+    --target) under ``--json`` is also the JSON error object on stdout, as every other failure is: a
+    script reads stdout, and Click alone prints its usage text on stderr only."""
+
+    def main(self, args: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            if "--json" in argv:
+                click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
+                                       "retryable": False}, indent=2))
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Archive date-partitioned PostgreSQL tables to S3: list, archive, verify, compare, restore, prune.
 

@@ -183,6 +183,20 @@ def test_bad_configuration_exits_2_naming_the_setting(setup, tmp_path):
     assert done.returncode == 2 and "today" in done.stderr
 
 
+def test_usage_errors_under_json_are_a_json_error_on_stdout(setup):
+    """A script reads stdout: a malformed day, an unknown table or a missing --target is the same JSON
+    error object as any other failure (exit 2, not retryable), and the usage text still goes to stderr."""
+    env, _ = setup
+    for args, named in ((("list", "--day", "2024-13-01"), "2024-13-01"), (("list", "--table", "public.nope"), "public.nope"),
+                        (("restore", "--day", "2024-03-10", "--into", "existing"), "--target"),
+                        (("archive", "--day", "2024-03-10", "--from", "2024-03-09"), "--day")):
+        answer = cli_json(env, *args, code=2)
+        assert answer["ok"] is False and answer["exit_code"] == 2 and answer["retryable"] is False, answer
+        assert named in answer["error"], answer
+    done = cli(env, "list", "--day", "notaday")  # without --json: Click's usage text only, nothing on stdout
+    assert done.returncode == 2 and done.stdout == "" and "Usage:" in done.stderr
+
+
 def test_unreachable_source_or_store_exits_3_without_secrets(setup):
     env, _ = setup
     secret = "s3cr3t-Pa55word"
