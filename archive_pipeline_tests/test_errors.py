@@ -78,7 +78,7 @@ def test_psycopg_statement_timeout_is_retried_with_the_setting_to_raise(sp):
     sp.execute("SET statement_timeout = 20")
     c = classify(raised(lambda: sp.execute("SELECT pg_sleep(2)")))
     assert (c.retryable, c.sqlstate) == (True, "57014")
-    assert "statement_timeout" in c.cause and "statement_timeout_ms" in c.remedy
+    assert "statement_timeout" in c.cause and "statement_timeout_ms" in c.remedy and "ALTER ROLE" in c.remedy
 
 
 def test_psycopg_lock_timeout_is_retried(pg, sp, schema):

@@ -139,8 +139,9 @@ _ROLE_LIMIT = _src(True, "the role's CONNECTION LIMIT is reached",
 _DB_LIMIT = _src(True, "the database's CONNECTION LIMIT is reached",
                  "lower the pool limit in dagster.yaml or ALTER DATABASE <database> CONNECTION LIMIT <n>")
 _STATEMENT_TIMEOUT = _src(True, "statement_timeout: reading the day took longer than allowed",
-                          "raise source.statement_timeout_ms (0 = no limit) in the archive config; a day that "
-                          "always takes longer will time out on every retry")
+                          "raise source.statement_timeout_ms (0 = no limit) in the archive config; the day's "
+                          "reads take that setting, other statements the role's or database's (ALTER ROLE <role> "
+                          "SET statement_timeout = ...); a day that always takes longer will time out on every retry")
 _CANCELED = _src(True, "the query was cancelled (pg_cancel_backend or a client cancel)",
                  f"{_RETRIED}; if it recurs, look for a job that cancels long queries")
 _LOCK_TIMEOUT = _src(True, "lock_timeout: another session holds a conflicting lock on the table "
