@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
@@ -269,3 +270,35 @@ def test_a_forged_csv_field_fails_the_proof(conn, hard_table, store, s3_client, 
     assert any("the archive's rows are not the ones recorded: the same 4 rows" in p for p in problems), problems
     assert any(p.startswith("first difference: ") for p in problems), problems
 
+
+
+@pytest.mark.parametrize(("column", "row", "forged"), [
+    ("t", 2, "x"),  # text: hashed as the archived string
+    ("jb", 3, "{ }"),  # jsonb: its archived text, not re-parsed (the same value, but not the bytes written)
+    ("i8", 0, -1),  # bigint: loaded as its decimal text
+    ("b", 2, True),  # boolean: 'true'/'false', as the fingerprint's cast prints it
+    ("tz", 0, dt.datetime(2024, 3, 9, 19, 32, 3, 456790, tzinfo=dt.UTC)),  # a parsed column
+])
+def test_a_forged_parquet_value_fails_the_proof(conn, hard_table, store, s3_client, bucket, column, row, forged):
+    """Deep verification of a Parquet archive loads text, JSON, integer and boolean columns as text and
+    hashes them as they are (the rest is parsed): a consistent forgery of any of them is still found."""
+    spec = TableSpec(name=hard_table, day_column="Day At", start_date=DAY, format="parquet", compression="none")
+    result = archive_partition(conn, spec, DAY, store, overwrite=True)
+    assert deep_verify(conn, store, spec, DAY) == []
+    table = pq.read_table(io.BytesIO(download(s3_client, bucket, result.key)))
+    index = table.schema.get_field_index(column)
+    values = table.column(index).combine_chunks()
+    kind = values.type
+    if isinstance(kind, pa.BaseExtensionType):  # jsonb: arrow.json over strings
+        values = values.storage
+    at_row = pa.array([i == row for i in range(len(values))])
+    forged_values = pc.if_else(at_row, pa.scalar(forged, values.type), values)
+    if isinstance(kind, pa.BaseExtensionType):
+        forged_values = pa.ExtensionArray.from_storage(kind, forged_values)
+    table = table.set_column(index, table.schema.field(index), forged_values)
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    forge_object(s3_client, bucket, result.key, result.manifest_key, out.getvalue())
+    problems = deep_verify(conn, store, spec, DAY)
+    assert any("the archive's rows are not the ones recorded: the same 4 rows" in p for p in problems), problems
+    assert any(p.startswith("first difference: ") for p in problems), problems
