@@ -127,7 +127,9 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
                                    completed=True)
                 manifest = settled.manifest  # taken back: proven and removed from scratch below
-        if removal_state(manifest) == "done":
+        if removal_state(manifest) == "done" and not _has_rows(conn, spec, day):
+            # (rows of a removed day that are back, restored into the original table, are proven and
+            # removed again below, as on the first removal)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
         if proven is not True and proven != manifest.get("manifest_sha256"):
@@ -138,7 +140,8 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
         with conn.transaction():
             table = source_table(conn, spec, day)
             target = _target(conn, spec, day, table, action)
-            if dry_run:
+            if dry_run:  # what the real run would refuse, it refuses here too (nothing is locked or changed)
+                _refuse_unremovable(conn, spec, day, table, target, action)
                 return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
 
@@ -289,6 +292,18 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
     return False, why + f"the source still has {rows:,} rows of the day"
 
 
+def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
+    """Whether the source has any row of the day (its day table or partition may be gone)."""
+    if spec.partitioning.mode == "naming":
+        child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
+        if conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]:
+            return False
+    with conn.transaction():
+        table = source_table(conn, spec, day)
+        return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+            table.identifier, day_filter(table, day))).fetchone()[0]
+
+
 def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> int:
     """Rows of the day in the source now (0 if its day table is gone), counted by the fingerprint the
     manifest records."""
@@ -349,20 +364,16 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
             f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "
             f"({now.rows:,} rows now, {fingerprint.Fingerprint.parse(manifest['fingerprint']).rows:,} archived); "
             "archive the day again (overwrite), then remove it", table=spec.name, day=day.isoformat())
+    _refuse_unremovable(conn, spec, day, table, target, action)
     if action != "delete":
-        outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(
-            target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
-        if outside:
-            raise RemovalRefused(f"{target.qualified} also holds {outside:,} rows outside {day}; it is not removed",
-                                 table=spec.name, day=day.isoformat())
         if spec.partitioning.mode == "declarative":
             conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
         elif action == "detach":
-            _no_inherit(conn, spec, target)
+            for parent in _parents(conn, spec, target):
+                conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
         if action == "drop":
             conn.execute(sql.SQL("DROP TABLE {}").format(target.identifier))
         return now.rows
-    _refuse_referenced(conn, spec, day, table)
     deleted = 0
     while True:
         # (tableoid, ctid): a ctid alone is not unique across the partitions of a partitioned table
@@ -391,15 +402,32 @@ def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, t
                              "by hand", table=spec.name, day=day.isoformat())
 
 
-def _no_inherit(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> None:
-    parents = conn.execute(
+def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
+                        target: SourceTable, action: str) -> None:
+    """Raise :class:`RemovalRefused` for what the action cannot remove whatever the archive: a partition
+    or day table also holding rows of other days, a day table with no parent to detach from, rows that
+    other tables' foreign keys reference. Checked by the removal itself and by its dry run alike."""
+    if action == "delete":
+        _refuse_referenced(conn, spec, day, table)
+        return
+    outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(
+        target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
+    if outside:
+        raise RemovalRefused(f"{target.qualified} also holds {outside:,} rows outside {day}; it is not removed",
+                             table=spec.name, day=day.isoformat())
+    if action == "detach" and spec.partitioning.mode != "declarative":
+        _parents(conn, spec, target)
+
+
+def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[str]:
+    """The tables a naming-mode day table inherits from (what detaching it ends); none is refused."""
+    parents = [parent for (parent,) in conn.execute(
         "SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhparent "
-        "WHERE i.inhrelid = %s::regclass", (target.identifier.as_string(conn),)).fetchall()
+        "WHERE i.inhrelid = %s::regclass", (target.identifier.as_string(conn),))]
     if not parents:
         raise RemovalRefused(f"{target.qualified} inherits from no table, so there is nothing to detach it from: "
                              "use retention action 'drop'", table=spec.name)
-    for (parent,) in parents:
-        conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ") .format(target.identifier) + sql.SQL(parent))
+    return parents
 
 
 def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> None:

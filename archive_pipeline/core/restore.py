@@ -554,9 +554,21 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"]) from None
 
 
-def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int) -> tuple[bool, str | None,
-                                                                                                  str]:
-    """Compare the restored rows with the manifest; raise (rolling back) if they differ."""
+def _fingerprint_now(conn: psycopg.Connection, manifest: dict, relation: str) -> fp.Fingerprint | None:
+    """The whole target's fingerprint before loading, where no day column tells the day's rows apart
+    (a naming-mode table restored into a table holding other days): what the load adds to it is then
+    exactly the restored rows (a fingerprint is a count and a sum, so it subtracts)."""
+    recorded = manifest.get("fingerprint")
+    if fp.recorded_algorithm(recorded) is None:
+        return None
+    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    return fp.compute(conn, _ident(relation), columns, None, fp.algorithm_for(recorded))
+
+
+def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int,
+           before: fp.Fingerprint | None = None) -> tuple[bool, str | None, str]:
+    """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``before``:
+    the target's fingerprint before the load, when the restored rows are what the load added."""
     table, day = manifest["table"], manifest["day"]
     recorded = manifest.get("fingerprint")
     if rows != manifest["rows"]:
@@ -571,6 +583,10 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
     where = _day_where(conn, relation, manifest, whole)
     actual = fp.compute(conn, _ident(relation), columns, where, fp.algorithm_for(recorded))
     scope = relation if where is None else f"the rows of {day} in {relation}"
+    if before is not None:
+        actual = fp.Fingerprint(rows=actual.rows - before.rows, hash_sum=str(int(actual.hash_sum) - int(before.hash_sum)),
+                                algorithm=actual.algorithm)
+        scope = f"the rows the restore added to {relation}"
     if str(actual) != recorded:
         generated, _ = _computed_columns(conn, _ident(relation), manifest_columns(manifest))
         computed = (f", or {relation} computes its generated column(s) {generated} otherwise than when the day was "
@@ -629,8 +645,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 relation, to_create = _resolve_target(conn, manifest, into, target)
                 for name in to_create:
                     _create(conn, manifest, name)
+                # the day is the whole target: a new table, or the day's own table (naming mode)
+                whole = into == "new" or (into == "original" and not manifest.get("day_column"))
+                before = None if whole or manifest.get("day_column") else _fingerprint_now(conn, manifest, relation)
                 rows, inserted = _load(conn, path, manifest, relation, on_conflict)
-                checked, proven, check = _check(conn, manifest, relation, whole=(into == "new"), rows=rows)
+                checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, before=before)
         return RestoreResult(table=table, day=day, target=relation, rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
                              check=check, created=tuple(to_create))
