@@ -521,7 +521,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import restore_days
+    from archive_pipeline.core.restore import RestoreResult, iter_restore_days
 
     if run.first is None and run.last is None:
         raise click.UsageError("restore needs --day or --from/--to (it never restores every day by default)")
@@ -529,15 +529,18 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         raise click.UsageError(f"--into {into} needs --target schema.table")
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
-    results, missing = [], []
-    for spec in run.tables:
-        days = run.days(spec)
-        if not days:
-            continue
-        done = restore_days(run.conn, run.store, spec, days[0], days[-1], into=into, target=target,
-                            on_conflict=on_conflict)
-        results += done.results
-        missing += [(spec.name, day) for day in done.missing]
+    results, missing, failure = [], [], None
+    try:
+        for spec in run.tables:
+            days = run.days(spec)
+            for done in iter_restore_days(run.conn, run.store, spec, days[0], days[-1], into=into, target=target,
+                                          on_conflict=on_conflict) if days else ():
+                if isinstance(done, RestoreResult):
+                    results.append(done)
+                else:
+                    missing.append((spec.name, done))
+    except (ArchiveError, psycopg.Error) as exc:  # the days before it stay restored: say which
+        failure = exc
 
     def render() -> None:
         table = _table("table", "day", "target", "rows", "inserted", "seconds", "check")
@@ -551,8 +554,17 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         if missing:
             run.out.print("no archive for: " + ", ".join(f"{name} {day}" for name, day in missing))
 
-    run.emit({"ok": not missing, "days": [dataclasses.asdict(r) for r in results],
-              "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}, render)
+    payload = {"ok": not missing and failure is None, "days": [dataclasses.asdict(r) for r in results],
+               "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
+    if failure is not None:
+        lost = run.conn.closed or isinstance(failure, psycopg.OperationalError)
+        message = redact(str(failure), _password())
+        payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
+                       exit_code=EXIT_UNREACHABLE if lost else EXIT_DIFFERENCES)
+    run.emit(payload, render)
+    if failure is not None:
+        click.echo(f"error: {payload['error']}" + ("; the days listed above stay restored" if results else ""), err=True)
+        sys.exit(payload["exit_code"])
     if missing:
         raise Failed("some requested days have no archive (see `archive-pipeline list`)")
 

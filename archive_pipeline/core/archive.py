@@ -37,7 +37,7 @@ from archive_pipeline.core.formats.common import (
     is_value_failure,
     refuse_inexact,
 )
-from archive_pipeline.core.lifecycle import removal_state, settle_pending_removal
+from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -46,6 +46,7 @@ from archive_pipeline.core.manifest import (
     build_manifest,
     decode_manifest,
     encode_manifest,
+    removal_state,
     stored_object_problems,
     table_definition,
 )

@@ -38,7 +38,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.locks import table_day_lock
-from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table
 from archive_pipeline.core.store import S3Store
@@ -109,7 +109,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
     _require_primary(conn, spec, day, f"removing {spec.name} {day}")
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
-        manifest = load_manifest(store, key)
+        manifest = _trusted_manifest(store, spec, day, key)
         if manifest is None:
             raise RemovalRefused(f"{spec.name} {day} has no archive at {store.uri(key)}; archive it first",
                                  table=spec.name, day=day.isoformat())
@@ -144,6 +144,16 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                 _refuse_unremovable(conn, spec, day, table, target, action)
                 return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
+
+
+def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) -> dict | None:
+    """The day's manifest, or None; one that fails its own checks refuses the removal of that day."""
+    try:
+        return load_manifest(store, key)
+    except ManifestError as exc:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: its manifest {store.uri(keys.manifest_key(key))} "
+                             f"cannot be trusted ({exc}); archive the day again (overwrite) or restore the manifest "
+                             "from a backup of the bucket", table=spec.name, day=day.isoformat()) from None
 
 
 def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable, action: str) -> SourceTable:
@@ -216,11 +226,6 @@ def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, actio
         retryable=True if retryable is None else retryable,
         remedy="run the removal of this day again (a retry does it): it finds the committed removal and completes "
                "the mark")
-
-
-def removal_state(manifest: dict | None) -> str | None:
-    """The manifest's removal mark: "pending", "done", or None (never removed)."""
-    return ((manifest or {}).get("removed") or {}).get("state")
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:

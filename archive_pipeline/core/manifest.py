@@ -181,3 +181,8 @@ def stored_object_problems(head: dict, manifest: dict) -> list[str]:
     if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
         problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
     return problems
+
+
+def removal_state(manifest: dict | None) -> str | None:
+    """The manifest's removal mark: "pending", "done", or None (never removed)."""
+    return ((manifest or {}).get("removed") or {}).get("state")

@@ -677,13 +677,24 @@ def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, firs
     in date order. With ``into="new"`` the first day creates ``target`` and later days load into it.
     Stops at the first failure (earlier days stay restored; the error names the day)."""
     results, missing = [], []
+    for done in iter_restore_days(conn, store, spec, first, last, into=into, target=target, **options):
+        (results if isinstance(done, RestoreResult) else missing).append(done)
+    return RangeRestore(tuple(results), tuple(missing))
+
+
+def iter_restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,
+                      last: Period | dt.date, *, into: Into = "new", target: str | None = None,
+                      **options) -> Iterator[RestoreResult | Period]:
+    """:func:`restore_days` one day at a time: each day's result as it commits, or the day itself when
+    it has no archive, so a caller can say which days were restored before one failed."""
+    restored = False
     day, last = spec.period(first), spec.period(last)
     while day <= last:
         manifest = find_manifest(store, spec, day)
         if manifest is None:
-            missing.append(day)
+            yield day
         else:
-            mode = "existing" if into == "new" and results else into
-            results.append(restore_archive(conn, store, manifest, into=mode, target=target, **options))
+            mode = "existing" if into == "new" and restored else into
+            yield restore_archive(conn, store, manifest, into=mode, target=target, **options)
+            restored = True
         day = day.next()
-    return RangeRestore(tuple(results), tuple(missing))

@@ -30,7 +30,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import source_table
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, stored_object_problems
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, removal_state, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
@@ -234,7 +234,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
 
     Checks, in order: the manifest (present, untampered, with a fingerprint), the object (size,
     MD5, SHA-256 of the downloaded bytes), the archived rows (loaded back, their fingerprint equal
-    to the manifest's) and the source (its fingerprint now equal to the archive's). A mismatch
+    to the manifest's) and the source (its fingerprint now equal to the archive's; a day removed
+    from the source by retention, and not restored since, is proven by its archive alone). A mismatch
     names the first differing row. ``scratch_conn`` (a writable database with the same column
     types) receives the archived rows when the source cannot (a hot standby); by default they go to
     a temporary table on ``conn``.
@@ -348,6 +349,8 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
     if loaded != recorded:
         problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
     table, where, now = source.result()
+    if now.rows == 0 and removal_state(manifest) == "done":
+        return problems  # removed from the source after it was proven: the archive is the day's only copy
     if now != loaded:
         problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
         with conn.transaction() if conn is not scratch else contextlib.nullcontext():
