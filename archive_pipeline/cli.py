@@ -412,6 +412,18 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[str]]) -> list[str]:
+    """The problems ``check`` finds with one day; a day it could not check (the store failing its
+    download, say) is a problem of that day, and the other days are still checked. A lost database
+    connection ends the command (exit 3): the next day would fail the same way."""
+    try:
+        return check()
+    except ArchiveError as exc:
+        if run.conn.closed:
+            raise UnreachableError(f"lost the source database while checking {table} {day}: {exc}") from None
+        return [f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"]
+
+
 @main.command()
 @click.option("--download", is_flag=True, help="also download each object and check its size, MD5 and SHA-256")
 @click.option("--deep", is_flag=True, help="also load each archive back into a temporary table and prove it equals "
@@ -430,9 +442,13 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             archived = found.archived
             if archived is None:
                 continue
-            problems = verify_archive(run.store, found.key, archived.expected, deep=download)
-            if deep and not problems:
-                problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest)
+            def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
+                problems = verify_archive(run.store, found.key, archived.expected, deep=download)
+                if deep and not problems:
+                    problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest)
+                return problems
+
+            problems = _day_checked(run, spec.name, day, check)
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light"})
@@ -471,8 +487,9 @@ def compare(run: Run, show_rows: bool) -> None:
         for c in results:
             if c.result == "differs":
                 manifest = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived.manifest
-                details[(c.table, c.day.isoformat())] = deep_verify(run.conn, run.store, specs[c.table], c.day,
-                                                                   manifest=manifest)
+                details[(c.table, c.day.isoformat())] = _day_checked(
+                    run, c.table, c.day, lambda c=c, manifest=manifest: deep_verify(run.conn, run.store, specs[c.table],
+                                                                                   c.day, manifest=manifest))
     differing = [c for c in results if c.differs]
 
     def render() -> None:
