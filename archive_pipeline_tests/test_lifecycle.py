@@ -184,8 +184,9 @@ def test_a_removed_days_archive_is_never_replaced_even_when_its_manifest_or_obje
     with pytest.raises(DayRemovedError, match="its archive is damaged"):
         archive_partition(conn, spec, DAYS[0], store, overwrite=True)
     s3_client.put_object(Bucket=bucket, Key=result.key, Body=body)
-    assert deep_verify(conn, store, spec, DAYS[0]) != []  # the source no longer has the rows...
-    assert load_manifest(store, result.key)["rows"] == 300  # ...and the archive is still there, whole
+    # the source no longer has the rows (removed on purpose), and the archive is still there, whole: proven alone
+    assert deep_verify(conn, store, spec, DAYS[0]) == []
+    assert load_manifest(store, result.key)["rows"] == 300
 
 
 def test_an_overwrite_that_loses_rows_keeps_the_previous_object(conn, events, store, s3_client, bucket):
