@@ -55,8 +55,8 @@ from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.parallel import free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, primary_key, \
-    read_snapshot, server_identity
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, hold_day, \
+    primary_key, read_snapshot, server_identity
 from archive_pipeline.core.store import DownloadError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
@@ -247,6 +247,7 @@ class _Archiving:
                 with read_snapshot(self.conn, self.settings) as snapshot:
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
+                    hold_day(self.conn, table, where)
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0

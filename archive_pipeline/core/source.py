@@ -409,6 +409,39 @@ def lock_day(execute: Callable[[str], object], table: SourceTable, where: sql.Co
     execute("RESET lock_timeout")
 
 
+def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
+    """Take the day's locks in the session that took the snapshot, then check that no change the
+    snapshot does not isolate committed between the snapshot and the locks.
+
+    The snapshot is taken by the transaction's first statement, but a table is locked only by the
+    first query that reads it. A TRUNCATE, a rewrite (ALTER TABLE ... TYPE, VACUUM FULL) or a DROP or
+    DETACH of the day's partition committed in between would show the snapshot the day empty, and
+    the day would be archived as empty with a fingerprint that agrees. Each such change gives the
+    relation a new file (or none): ``pg_class`` read in the snapshot still names the old one, the
+    relation cache the current one. Once the locks are held nothing can change them any more."""
+    conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
+    changed = [name for (name,) in conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),))]
+    if changed:
+        raise SourceError(
+            f"{', '.join(changed)} changed (TRUNCATE, a rewriting ALTER TABLE or VACUUM FULL, or a partition "
+            f"dropped or detached) just after this run took its snapshot of {table.qualified}; reading on would "
+            "see the day as it was not", retryable=True, cause="the table changed while the run was starting",
+            remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs")
+
+
+# Every relation of the table's tree as the snapshot sees it whose file is no longer the one the
+# snapshot sees (NULL: the relation is gone). Partitioned tables have no file of their own.
+_CHANGED_SINCE_SNAPSHOT = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT %s::regclass::oid
+    UNION ALL
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND c.relfilenode IS DISTINCT FROM pg_catalog.pg_relation_filenode(c.oid)
+"""
+
+
 def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
     """The planner's estimate of the day's rows (one EXPLAIN: no row is read; as good as the table's
     statistics, so only for choosing how to read, never for what was read)."""
