@@ -79,27 +79,26 @@ def test_declarative_discovery_under_a_non_iso_datestyle_of_the_role(conn, schem
 
 def test_hourly_periods_tile_in_a_zone_whose_dst_shift_is_half_an_hour():
     """Australia/Lord_Howe moves its clocks by 30 minutes (02:00 -> 02:30 in October, 02:00 -> 01:30 in
-    April). The table loads as hourly, but the hour after 01:00 on 2024-10-06 is computed as
+    April). The table loaded as hourly, but the hour after 01:00 on 2024-10-06 was computed as
     '2024-10-06-01:30' [01:30+10:30, 03:00+11:00), overlapping '2024-10-06-01:00' by 30 minutes (rows
-    of that half hour are in two periods), its key cannot be parsed back, and Dagster's own keys for
-    the half year after the change ('2024-10-06-02:30', ...) are refused as "not an hourly partition key"."""
-    from dagster import HourlyPartitionsDefinition
-
-    from archive_pipeline.core.periods import parse_period, periods_overlapping
+    of that half hour are in two periods), its key could not be parsed back, and Dagster's own keys for
+    the half year after the change ('2024-10-06-02:30', ...) were refused as "not an hourly partition key".
+    Dagster's keys cannot be matched: it names the same hours '2024-10-07-02:00' when the partitions
+    start after the change and '2024-10-07-02:30' when they start before it. So such a zone is refused
+    for hourly tables at load (naming the table, the setting and the zone); its days and months tile."""
+    from archive_pipeline.core.config import ConfigError, parse_config
 
     zone = "Australia/Lord_Howe"
-    hours = periods_overlapping("hourly", zone, dt.datetime(2024, 10, 5, 12, tzinfo=dt.UTC),
-                                dt.datetime(2024, 10, 5, 18, tzinfo=dt.UTC))
-    overlaps = [(a.key, b.key) for a, b in zip(hours, hours[1:]) if a.utc_end != b.utc_start]
-    assert overlaps == []
-    unparsable = []
-    for key in HourlyPartitionsDefinition(start_date="2024-10-06-00:00", end_date="2024-10-06-05:00",
-                                          timezone=zone).get_partition_keys():
-        try:
-            parse_period("hourly", zone, key)
-        except ValueError as exc:
-            unparsable.append((key, str(exc)[:60]))
-    assert unparsable == []
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01",
+                                  "granularity": "hourly", "timezone": zone}]})
+    assert "table 'public.events', setting 'granularity'" in str(refused.value) and zone in str(refused.value)
+    for granularity in ("daily", "monthly"):
+        parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01",
+                                  "granularity": granularity, "timezone": zone}]})
+    # A zone that moves its clocks by whole hours from an offset that is not whole hours is fine.
+    parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01",
+                              "granularity": "hourly", "timezone": "America/St_Johns"}]})
 
 
 def test_hourly_naming_in_a_zone_that_had_dst_in_the_tables_years(conn, schema, store, s3_client, bucket):
