@@ -479,6 +479,38 @@ _PlainSafeLoader.yaml_implicit_resolvers = {
 }
 
 
+def _repeated_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str | None = None,
+                       seen: set[int] | None = None) -> list[str]:
+    """Settings given twice in one mapping (a merge conflict, a copy-paste): PyYAML keeps the last value
+    silently, so a table would archive from a start nobody reviewed. Each as "table 'x', setting 'y'
+    (lines a and b)"; keys merged in with ``<<`` may be overridden, as YAML means them to be."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return []
+    seen.add(id(node))
+    found: list[str] = []
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found += _repeated_settings(item, path, table, seen)
+    elif isinstance(node, yaml.MappingNode):
+        if path == ("tables",):  # a table's entry: settings are named relative to it
+            table = next((v.value for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "name"
+                          and isinstance(v, yaml.ScalarNode)), "(unnamed)")
+            path = ()
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            setting = ".".join((*path, key.value))
+            line = key.start_mark.line + 1
+            if key.value in lines:
+                where = f"table {table!r}, setting {setting!r}" if table else f"setting {setting!r}"
+                found.append(f"{where} is given twice (lines {lines[key.value]} and {line})")
+            lines.setdefault(key.value, line)
+            found += _repeated_settings(value, (*path, key.value), table, seen)
+    return found
+
+
 def parse_config(raw: object, source: str = "<config>") -> ArchiveConfig:
     """Validate an already-parsed configuration; errors name ``source``, the table and the setting."""
     if not isinstance(raw, dict):
@@ -497,9 +529,16 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
     """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml)."""
     file = Path(path) if path else config_path()
     try:
-        raw = yaml.load(file.read_text(), Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        text = file.read_text()
+        node = yaml.compose(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    repeated = _repeated_settings(node) if node is not None else []
+    if repeated:
+        raise ConfigError(f"invalid archive configuration in {file}:\n" + "\n".join(
+            f"  {r}; YAML would keep the last value silently: keep the one you mean and remove the other"
+            for r in repeated))
     return parse_config(raw, str(file))
