@@ -146,8 +146,9 @@ class TableSpec(_Strict):
                       description="Dagster concurrency pool bounding extractions from this table's database")
     format: Format = "jsonl"
     compression: Compression = "zstd"
-    compression_level: Annotated[int | None, BeforeValidator(_not_boolean)] = Field(default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), "
-                                          "Parquet lz4 1..12; lz4 text, snappy and none take none")
+    compression_level: Annotated[int | None, BeforeValidator(_not_boolean)] = Field(
+        default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), Parquet lz4 1..12; lz4 text, snappy and "
+        "none take none")
     chunk_size: Count = Field(default=10_000, ge=100, le=1_000_000)
     parallel_streams: int | Literal["auto"] = Field(
         default=1, description=(
