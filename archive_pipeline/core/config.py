@@ -12,13 +12,14 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from archive_pipeline.core.keys import key_collisions
-from archive_pipeline.core.periods import Period, PeriodError, as_period, has_dst, zone
+from archive_pipeline.core.periods import Period, PeriodError, as_period, has_dst, offset_changes, zone
 
 CONFIG_ENV_VAR = "ARCHIVE_PIPELINE_CONFIG"
 DEFAULT_CONFIG_PATH = "archive_tables.yaml"
@@ -43,6 +44,25 @@ UNIQUE_KEY_FIELDS = {
 PATTERN_CODES = {"hourly": ("%Y", "%m", "%d", "%H"), "daily": ("%Y", "%m", "%d"), "monthly": ("%Y", "%m")}
 MAX_IDENTIFIER_BYTES = 63
 MAX_PARALLEL_STREAMS = 16  # sessions one day may open on the source database
+MAX_PG_TIMEOUT_MS = 2_147_483_647  # PostgreSQL refuses larger statement/lock/idle timeouts when a session sets them
+EARLIEST_START = dt.date(1900, 1, 1)  # before it, zones ran on local mean time (offsets of odd minutes and seconds)
+MAX_YEARS_AHEAD = 10  # a start_date further ahead is a typo; the calendar's end (9999) overflows the period maths
+MAX_KEEP_DAYS = 36_500  # a hundred years: "keep forever" in practice; more overflows the calendar
+MAX_RETRY_DELAY_SECONDS = 86_400.0  # a day before the first retry
+MAX_RETRY_WAIT_SECONDS = 7 * 86_400.0  # the longest wait (the last retry's, after doubling) a run may sit in
+
+
+def _not_boolean(value: object) -> object:
+    """YAML reads yes/no/on/off/true/false as booleans, and pydantic would take them as 1 and 0
+    (``keep_days: yes`` removed every day older than yesterday): a number setting refuses them."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not the boolean {value!r} (YAML reads yes/no/on/off/true/false as "
+                         "booleans; write the number)")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_boolean)]  # an integer setting; booleans refused
+Number = Annotated[float, BeforeValidator(_not_boolean)]  # a numeric setting; booleans refused
 
 # Levels each codec accepts, per format family: the text formats compress with zstandard / gzip
 # (lz4 frames have no level here), Parquet hands the level to Arrow's codec. None: no level at all.
@@ -103,9 +123,10 @@ class Retention(_Strict):
     day) or day table (naming mode); ``delete``: the day's rows, in batches (any mode).
     """
 
-    keep_days: int = Field(ge=1, description="days (before today) kept in the source; older ones may be removed")
+    keep_days: Count = Field(ge=1, le=MAX_KEEP_DAYS, description="days (before today) kept in the source; older "
+                             "ones may be removed (at most 36500, a hundred years)")
     action: Literal["detach", "drop", "delete"]
-    batch_rows: int = Field(default=50_000, ge=100, le=10_000_000, description="delete: rows per DELETE statement")
+    batch_rows: Count = Field(default=50_000, ge=100, le=10_000_000, description="delete: rows per DELETE statement")
 
 
 class TableSpec(_Strict):
@@ -125,9 +146,10 @@ class TableSpec(_Strict):
                       description="Dagster concurrency pool bounding extractions from this table's database")
     format: Format = "jsonl"
     compression: Compression = "zstd"
-    compression_level: int | None = Field(default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), "
-                                          "Parquet lz4 1..12; lz4 text, snappy and none take none")
-    chunk_size: int = Field(default=10_000, ge=100, le=1_000_000)
+    compression_level: Annotated[int | None, BeforeValidator(_not_boolean)] = Field(
+        default=None, description="zstd -7..22, gzip 0..9 (Parquet 1..9), Parquet lz4 1..12; lz4 text, snappy and "
+        "none take none")
+    chunk_size: Count = Field(default=10_000, ge=100, le=1_000_000)
     parallel_streams: int | Literal["auto"] = Field(
         default=1, description=(
             "connections that read one day together, each a disjoint range of it, inside one exported snapshot "
@@ -185,6 +207,19 @@ class TableSpec(_Strict):
             data = {**data, "key_template": DEFAULT_KEY_TEMPLATES[data["granularity"]]}
         return data
 
+    @field_validator("start_date")
+    @classmethod
+    def _start_in_range(cls, value: dt.date) -> dt.date:
+        """A start the period maths and Dagster can handle: 9999-12-31 passed and then crashed the load with
+        a bare OverflowError, 0001-01-01 in an eastern zone too."""
+        today = dt.datetime.now(dt.UTC).date()
+        leap_day = (today.month, today.day) == (2, 29)
+        latest = dt.date(today.year + MAX_YEARS_AHEAD, today.month, 28 if leap_day else today.day)
+        if not EARLIEST_START <= value <= latest:
+            raise ValueError(f"{value} is out of range: write a day from {EARLIEST_START} to {latest} "
+                             f"(at most {MAX_YEARS_AHEAD} years ahead), the first period to archive")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
@@ -213,11 +248,27 @@ class TableSpec(_Strict):
                 raise ValueError(f"partitioning: pattern {self.partitioning.pattern!r} must contain "
                                  f"{', '.join(codes[:-1])} and {codes[-1]} (a {self.granularity} table; missing "
                                  f"{', '.join(missing)})")
-            if self.granularity == "hourly" and has_dst(self.timezone):
+            first, last = self.zone_years
+            if self.granularity == "hourly" and has_dst(self.timezone, first, last):
                 raise ValueError(f"granularity: hourly tables in naming mode need a zone without daylight saving "
-                                 f"time ({self.timezone} repeats an hour each autumn, and one table name cannot "
-                                 "hold both); use UTC")
+                                 f"time in the table's years ({self.timezone} changes its UTC offset between "
+                                 f"{first} and {last}, so an hour repeats, and one table name cannot hold both); "
+                                 "use UTC")
+        if self.granularity == "hourly":
+            first, last = self.zone_years
+            odd = sorted({abs(c) for c in offset_changes(self.timezone, first, last) if c % dt.timedelta(hours=1)})
+            if odd:
+                raise ValueError(f"granularity: hourly tables need a zone whose clocks move by whole hours; "
+                                 f"{self.timezone} moves them by {int(odd[0].total_seconds() // 60)} minutes between "
+                                 f"{first} and {last}, so its hours after the change would not start on the hour "
+                                 "(Dagster then names them 02:30, 03:30, ... and they overlap ours); use UTC or "
+                                 "granularity daily")
         return self
+
+    @property
+    def zone_years(self) -> tuple[int, int]:
+        """The years the table's periods can fall in: from its start to next year (checks of the zone)."""
+        return self.start_date.year, max(self.start_date.year, dt.datetime.now(dt.UTC).year + 1)
 
     @model_validator(mode="after")
     def _day_column_needed(self) -> TableSpec:
@@ -281,40 +332,63 @@ class TableSpec(_Strict):
 
 
 class RetrySettings(_Strict):
-    max_retries: int = Field(default=3, ge=0, le=20)
-    delay_seconds: float = Field(default=30, ge=0)
+    max_retries: Count = Field(default=3, ge=0, le=20)
+    delay_seconds: Number = Field(default=30, ge=0, le=MAX_RETRY_DELAY_SECONDS, allow_inf_nan=False,
+                                  description="seconds before the first retry (at most a day)")
     backoff: Literal["exponential", "linear"] = "exponential"
+
+    @model_validator(mode="after")
+    def _longest_wait(self) -> RetrySettings:
+        """The last retry waits delay x 2^(retries-1) (exponential) or delay x retries: 30 s doubled 19
+        times is half a year, a run nobody would wait for; refused with the numbers that lead to it."""
+        factor = 2 ** (self.max_retries - 1) if self.backoff == "exponential" else self.max_retries
+        longest = self.delay_seconds * factor if self.max_retries else 0
+        if longest > MAX_RETRY_WAIT_SECONDS:
+            raise ValueError(f"the last of {self.max_retries} retries would wait {longest / 86_400:,.1f} days "
+                             f"(delay_seconds {self.delay_seconds:g}, backoff {self.backoff}); at most "
+                             f"{MAX_RETRY_WAIT_SECONDS / 86_400:g} days: lower max_retries or delay_seconds, or use "
+                             "backoff linear")
+        return self
 
 
 class ScheduleSettings(_Strict):
-    hour: int = Field(default=1, ge=0, le=23, description="UTC hour at which the day that just ended is archived")
-    minute: int = Field(default=0, ge=0, le=59)
-    freshness_hours: int = Field(default=3, ge=1, le=23, description="the day that just ended is expected to be "
+    hour: Count = Field(default=1, ge=0, le=23, description="UTC hour at which the day that just ended is archived")
+    minute: Count = Field(default=0, ge=0, le=59)
+    freshness_hours: Count = Field(default=3, ge=1, le=23, description="the day that just ended is expected to be "
                                  "archived this many hours after hour:minute (at the latest 23:59 UTC); later, the "
                                  "asset shows as overdue")
     running: bool = Field(default=False, description="start the schedule as soon as the daemon loads it")
 
 
 class SensorSettings(_Strict):
-    interval_seconds: int = Field(default=300, ge=30)
-    lookback_days: int = Field(default=7, ge=1, le=366, description="how many recent days each tick inspects")
-    max_runs_per_tick: int = Field(default=50, ge=1)
+    interval_seconds: Count = Field(default=300, ge=30)
+    lookback_days: Count = Field(default=7, ge=1, le=366, description="how many recent days each tick inspects")
+    max_runs_per_tick: Count = Field(default=50, ge=1)
     running: bool = Field(default=False, description="start the sensor as soon as the daemon loads it")
 
 
 class BackfillSettings(_Strict):
     """How a backfill of many days is cut into runs: one process start per run, not per day."""
 
-    max_days_per_run: int = Field(default=50, ge=1, le=1000, description="days of one table archived by one "
+    max_days_per_run: Count = Field(default=50, ge=1, le=1000, description="days of one table archived by one "
                                   "backfill run (1: one run per day, the tags and concurrency of single-day runs)")
 
 
 class SourceSettings(_Strict):
     """Limits set on every extraction session, so an archive never holds locks or the server too long."""
 
-    statement_timeout_ms: int = Field(default=0, ge=0, description="per statement (one COPY is one); 0 = none")
-    lock_timeout_ms: int = Field(default=30_000, ge=0, description="waiting for a lock; 0 = forever")
-    idle_in_transaction_timeout_ms: int = Field(default=600_000, ge=0)
+    statement_timeout_ms: Count = Field(default=0, ge=0, description="per statement (one COPY is one); 0 = none")
+    lock_timeout_ms: Count = Field(default=30_000, ge=0, description="waiting for a lock; 0 = forever")
+    idle_in_transaction_timeout_ms: Count = Field(default=600_000, ge=0)
+
+    @field_validator("statement_timeout_ms", "lock_timeout_ms", "idle_in_transaction_timeout_ms")
+    @classmethod
+    def _fits_postgresql(cls, value: int) -> int:
+        """PostgreSQL refuses a larger timeout when the session sets it: every run would fail at its start."""
+        if value > MAX_PG_TIMEOUT_MS:
+            raise ValueError(f"{value} ms is more than PostgreSQL's largest timeout, {MAX_PG_TIMEOUT_MS} ms (about "
+                             "24.8 days); write a smaller one, or 0 for none")
+        return value
 
 
 class ArchiveConfig(_Strict):
@@ -406,6 +480,38 @@ _PlainSafeLoader.yaml_implicit_resolvers = {
 }
 
 
+def _repeated_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str | None = None,
+                       seen: set[int] | None = None) -> list[str]:
+    """Settings given twice in one mapping (a merge conflict, a copy-paste): PyYAML keeps the last value
+    silently, so a table would archive from a start nobody reviewed. Each as "table 'x', setting 'y'
+    (lines a and b)"; keys merged in with ``<<`` may be overridden, as YAML means them to be."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return []
+    seen.add(id(node))
+    found: list[str] = []
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found += _repeated_settings(item, path, table, seen)
+    elif isinstance(node, yaml.MappingNode):
+        if path == ("tables",):  # a table's entry: settings are named relative to it
+            table = next((v.value for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "name"
+                          and isinstance(v, yaml.ScalarNode)), "(unnamed)")
+            path = ()
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            setting = ".".join((*path, key.value))
+            line = key.start_mark.line + 1
+            if key.value in lines:
+                where = f"table {table!r}, setting {setting!r}" if table else f"setting {setting!r}"
+                found.append(f"{where} is given twice (lines {lines[key.value]} and {line})")
+            lines.setdefault(key.value, line)
+            found += _repeated_settings(value, (*path, key.value), table, seen)
+    return found
+
+
 def parse_config(raw: object, source: str = "<config>") -> ArchiveConfig:
     """Validate an already-parsed configuration; errors name ``source``, the table and the setting."""
     if not isinstance(raw, dict):
@@ -424,9 +530,16 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
     """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml)."""
     file = Path(path) if path else config_path()
     try:
-        raw = yaml.load(file.read_text(), Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        text = file.read_text()
+        node = yaml.compose(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    repeated = _repeated_settings(node) if node is not None else []
+    if repeated:
+        raise ConfigError(f"invalid archive configuration in {file}:\n" + "\n".join(
+            f"  {r}; YAML would keep the last value silently: keep the one you mean and remove the other"
+            for r in repeated))
     return parse_config(raw, str(file))

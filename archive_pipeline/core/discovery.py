@@ -13,8 +13,10 @@ accepted as the table's days, for callers that still hold them).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -37,9 +39,12 @@ WHERE n.nspname = %s AND p.relname = %s AND p.relkind = 'p'
 ORDER BY c.relname
 """
 
+# MINVALUE / MAXVALUE and the infinities (a catch-all child FROM ('-infinity') or TO ('infinity')) are
+# unbounded sides (None): Python's datetime cannot hold an infinity, so reading one failed every day.
 _BOUND_VALUES = """
-SELECT CASE WHEN b IN ('MINVALUE', 'MAXVALUE') THEN NULL ELSE trim(both '''' from b)::timestamptz END
-FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i) ORDER BY i
+SELECT CASE WHEN b IN ('MINVALUE', 'MAXVALUE') OR lower(v) IN ('infinity', '-infinity', '+infinity') THEN NULL
+            ELSE v::timestamptz END
+FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i), LATERAL (SELECT trim(both '''' from b)) AS t(v) ORDER BY i
 """
 
 _UNITS = {"hourly": "hours", "daily": "days", "monthly": "months"}
@@ -71,9 +76,42 @@ class ChildRange:
         return self.start == period.utc_start and self.end == period.utc_end
 
 
+@contextlib.contextmanager
+def pinned_settings(conn: psycopg.Connection, **settings: str) -> Iterator[None]:
+    """Run the block with these session settings (``TimeZone``, ``DateStyle``), then give the caller's
+    session back the values it had: discovery runs on the sensor's, the CLI's and the archive's own
+    connection, whose TimeZone (a role default, the caller's SET) must not change behind their back,
+    and in whose DateStyle (``ALTER ROLE ... SET DateStyle = 'SQL, DMY'``) psycopg cannot read bounds.
+    Inside a transaction the settings are transaction-local; an aborted transaction's rollback undoes
+    them, so nothing is restored then."""
+    names = list(settings)
+    local = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def apply(values: list[str]) -> None:
+        calls = sql.SQL(", ").join(sql.SQL("set_config({}, {}, {})").format(sql.Literal(n), sql.Literal(v),
+                                                                            sql.Literal(local))
+                                   for n, v in zip(names, values, strict=True))
+        conn.execute(sql.SQL("SELECT {}").format(calls))
+
+    before = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("current_setting({})").format(sql.Literal(n)) for n in names))).fetchone()
+    apply(list(settings.values()))
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            apply(list(before))
+
+
 def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     """The range each child partition covers, as the server interprets its bounds in the table's zone
-    (a ``timestamp`` or ``date`` bound is wall-clock time there; a ``timestamptz`` bound has its offset)."""
+    (a ``timestamp`` or ``date`` bound is wall-clock time there; a ``timestamptz`` bound has its offset).
+    The bounds are printed and read back in DateStyle ISO, whatever the session's style."""
+    with pinned_settings(conn, TimeZone=spec.timezone, DateStyle="ISO, YMD"):
+        return _child_ranges(conn, spec)
+
+
+def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     schema, _, name = spec.name.partition(".")
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
@@ -89,11 +127,7 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
             continue
         parsed.append((child, match["lo"], match["hi"]))
     literals = [side for _, lo, hi in parsed for side in (lo, hi)]
-    conn.execute("SELECT set_config('TimeZone', %s, false)", (spec.timezone,))
-    try:
-        values = [r[0] for r in conn.execute(_BOUND_VALUES, (literals,))]
-    finally:
-        conn.execute("SET TimeZone = 'UTC'")
+    values = [r[0] for r in conn.execute(_BOUND_VALUES, (literals,))]
     values = [v.astimezone(dt.UTC) if v is not None else None for v in values]
     return [ChildRange(child, values[2 * i], values[2 * i + 1]) for i, (child, _, _) in enumerate(parsed)]
 
@@ -155,8 +189,8 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list) -
         return [d for d in declarative_days(conn, spec) if d in wanted]
     if mode == "naming":
         return [d for d in naming_days(conn, spec) if d in wanted]
-    conn.execute("SET TimeZone = 'UTC'")
-    return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
+    with pinned_settings(conn, TimeZone="UTC"):
+        return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
 
 
 def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> SourceTable:

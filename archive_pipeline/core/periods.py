@@ -53,10 +53,35 @@ def zone(name: str) -> ZoneInfo:
         raise PeriodError(f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
 
 
-def has_dst(name: str, year: int = 2024) -> bool:
-    """True when the zone's UTC offset changes within ``year`` (it repeats and skips wall-clock hours)."""
+@functools.lru_cache(maxsize=256)
+def offset_changes(name: str, first_year: int, last_year: int) -> frozenset[dt.timedelta]:
+    """By how much the zone's UTC offset changes (later minus earlier) between the years ``first_year``
+    and ``last_year``, both included: empty for a zone without DST or other changes in those years.
+    Sampled once a day (no zone changes its offset back within a day), so a zone that dropped DST
+    (America/Mexico_City in 2022) or a short suspension (Morocco's Ramadan) is seen."""
     tz = zone(name)
-    return len({dt.datetime(year, m, 1, 12, tzinfo=tz).utcoffset() for m in range(1, 13)}) > 1
+    first, last = max(first_year, 1), min(last_year, dt.MAXYEAR - 1)  # noon UTC stays inside the calendar
+    moment = dt.datetime(first, 1, 1, 12, tzinfo=dt.UTC)
+    end = dt.datetime(last, 12, 31, 12, tzinfo=dt.UTC)
+    changes, before = set(), moment.astimezone(tz).utcoffset()
+    while moment < end:
+        moment += dt.timedelta(days=1)
+        offset = moment.astimezone(tz).utcoffset()
+        if offset != before:
+            changes.add(offset - before)
+            before = offset
+    return frozenset(changes)
+
+
+def has_dst(name: str, first_year: int = 2024, last_year: int | None = None) -> bool:
+    """True when the zone's UTC offset changes between ``first_year`` and ``last_year`` (default: the
+    same year): it repeats and skips wall-clock times then."""
+    return bool(offset_changes(name, first_year, first_year if last_year is None else last_year))
+
+
+def _year(moment: dt.datetime | dt.date) -> str:
+    """The year as four digits (strftime's ``%Y`` does not pad years before 1000 on glibc)."""
+    return f"{moment.year:04d}"
 
 
 def _instant(naive: dt.datetime, tz: ZoneInfo, fold: int = 0) -> dt.datetime:
@@ -103,8 +128,13 @@ class Period:
     def wall_bounds(self) -> tuple[dt.datetime, dt.datetime]:
         """The bounds as wall-clock times (for ``timestamp without time zone`` columns). In the
         repeated hour of a fall-back night the first occurrence is the empty range [02:00, 02:00):
-        wall-clock values cannot say which occurrence they belong to, so all go to the second."""
-        return self.start.replace(tzinfo=None, fold=0), self.end.replace(tzinfo=None, fold=0)
+        wall-clock values cannot say which occurrence they belong to, so all go to the second.
+        A day or month is bounded by its local midnights as labels, not by the instants: where the
+        clocks jump from 00:00 to 01:00 (Africa/Cairo) the day starts at the first real instant,
+        01:00, but a wall-clock value of 00:00 or 00:30 is written on that day, so it is the day's."""
+        if self.granularity == "hourly":
+            return self.start.replace(tzinfo=None, fold=0), self.end.replace(tzinfo=None, fold=0)
+        return dt.datetime.combine(self.start.date(), dt.time()), dt.datetime.combine(self.end.date(), dt.time())
 
     def isoformat(self) -> str:
         """The partition key: what the code always printed for a day (``2024-03-10``)."""
@@ -154,8 +184,8 @@ class Period:
         """Key-template fields (see the README's table): local year, month, day, date, hour and period."""
         hour = f"{self.start:%H}" + (f"{self.start:%z}" if _second_of_repeated(self.start) else "")
         label = {"hourly": f"{self.start.date().isoformat()}T{hour}", "daily": self.start.date().isoformat(),
-                 "monthly": f"{self.start:%Y-%m}"}[self.granularity]
-        return {"year": f"{self.start:%Y}", "month": f"{self.start:%m}", "day": f"{self.start:%d}",
+                 "monthly": f"{_year(self.start)}-{self.start:%m}"}[self.granularity]
+        return {"year": _year(self.start), "month": f"{self.start:%m}", "day": f"{self.start:%d}",
                 "date": self.start.date().isoformat(), "hour": hour, "period": label}
 
     def manifest_fields(self) -> dict:
@@ -169,8 +199,8 @@ class Period:
 
 def _key(granularity: str, start: dt.datetime) -> str:
     if granularity == "hourly":
-        return f"{start:%Y-%m-%d-%H:%M}" + (f"{start:%z}" if _second_of_repeated(start) else "")
-    return start.date().isoformat() if granularity == "daily" else f"{start:%Y-%m}-01"
+        return f"{start.date().isoformat()}-{start:%H:%M}" + (f"{start:%z}" if _second_of_repeated(start) else "")
+    return start.date().isoformat() if granularity == "daily" else f"{_year(start)}-{start:%m}-01"
 
 
 def period_containing(granularity: str, timezone: str, moment: dt.datetime) -> Period:
@@ -201,7 +231,7 @@ def period_of_date(granularity: str, timezone: str, day: dt.date) -> Period:
     tz = zone(timezone)
     if granularity == "monthly" and day.day != 1:
         raise PeriodError(f"{day} is not the first day of a month, so it names no monthly partition "
-                          f"(write {day:%Y-%m}-01 or {day:%Y-%m})")
+                          f"(write {_year(day)}-{day:%m}-01 or {_year(day)}-{day:%m})")
     if granularity == "hourly":
         raise PeriodError(f"{day} names a day, not an hour; an hourly partition is written like {day}-00:00")
     return period_containing(granularity, timezone, _instant(dt.datetime.combine(day, dt.time()), tz))
