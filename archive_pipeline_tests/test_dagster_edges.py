@@ -206,3 +206,14 @@ def test_a_late_schedule_does_not_make_every_archive_overdue():
     start = dt.timedelta(hours=23, minutes=45)
     allowed = (deadline - start) % dt.timedelta(days=1)
     assert allowed >= dt.timedelta(hours=3), f"deadline {policy.deadline_cron!r}: {allowed} after the run starts"
+
+
+def test_the_component_has_an_inline_field_for_each_section_of_the_file():
+    """A section added to the file's format must be added to the component too, or inline projects
+    cannot set it (backfill: was missing)."""
+    from archive_pipeline.core.config import ArchiveConfig
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    component = ArchiveTablesComponent.model_validate({"tables": [GOOD]})
+    assert set(component._inline()) == set(ArchiveConfig.model_fields)
+    assert set(ArchiveConfig.model_fields) <= set(ArchiveTablesComponent.model_fields)
