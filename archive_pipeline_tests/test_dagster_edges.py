@@ -217,3 +217,12 @@ def test_the_component_has_an_inline_field_for_each_section_of_the_file():
     component = ArchiveTablesComponent.model_validate({"tables": [GOOD]})
     assert set(component._inline()) == set(ArchiveConfig.model_fields)
     assert set(ArchiveConfig.model_fields) <= set(ArchiveTablesComponent.model_fields)
+
+
+def test_a_late_schedule_moves_a_monthly_deadline_to_the_next_day_too():
+    from archive_pipeline.core.config import ScheduleSettings
+    from archive_pipeline.defs.assets import freshness_policy
+
+    policy = freshness_policy(ScheduleSettings(hour=23, minute=45, freshness_hours=3), "monthly")
+    assert policy.deadline_cron == "45 2 3 * *"  # the month is requested on the 2nd at the latest
+    assert policy.lower_bound_delta == dt.timedelta(days=2, hours=2, minutes=45)  # since the 1st, 00:00
