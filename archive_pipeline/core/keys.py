@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+from collections.abc import Iterator
 
 from archive_pipeline.core.periods import Period, as_period, parse_period, periods_overlapping
 
@@ -103,30 +104,83 @@ def sample_periods(granularity: str, timezone: str) -> tuple[tuple[Period, dict[
     return tuple((p, p.fields()) for p in sorted(hours))
 
 
+_ANY_PREFIX = "\x00"  # stands for any ARCHIVE_S3_PREFIX; no rendered key holds it
+
+
 def key_collisions(tables: list[tuple[str, str, str, str, str, str, str, str]]) -> list[str]:
-    """Pairs of table-periods that would share an object key, as messages naming both tables.
+    """Pairs of table-periods that would share an object key under some ARCHIVE_S3_PREFIX, as messages
+    naming both tables.
 
     ``tables`` holds (name, template, schema, table, format, compression, granularity, timezone) per
-    configured table.
+    configured table. The prefix is only known where the code runs, so keys are rendered with a
+    placeholder for it: equal keys collide under every prefix, and a key without ``{prefix}``
+    (``public.b/...``, ``archive/public.b/...``) that ends in what follows another's leading
+    ``{prefix}/`` collides with it under one prefix (none, ``archive``). Where a template puts
+    ``{prefix}`` elsewhere, a second pass with no prefix (the default) compares the keys as rendered.
     """
+    problems = _collisions(tables, _ANY_PREFIX, mixed=any("{prefix}" not in t for _, t, *_ in tables))
+    if not problems and any("{prefix}" in t and not t.lstrip("/").startswith("{prefix}/") for _, t, *_ in tables):
+        problems = _collisions(tables, "")
+    return problems
+
+
+def _split_prefixes(key: str) -> Iterator[tuple[str, str]]:
+    """(prefix, rest) for every way ``key`` reads as ``<prefix>/<rest>``, the empty prefix first."""
+    yield "", key
+    for cut, char in enumerate(key):
+        if char == "/":
+            yield key[:cut], key[cut + 1:]
+
+
+def _show(key: str) -> str:
+    return key.replace(_ANY_PREFIX, "<ARCHIVE_S3_PREFIX>")
+
+
+def _with_prefix(prefix: str) -> str:
+    return f"with ARCHIVE_S3_PREFIX={prefix!r}" if prefix else "with no ARCHIVE_S3_PREFIX (the default)"
+
+
+def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], prefix: str,
+                mixed: bool = False) -> list[str]:
+    """``mixed``: some templates have no ``{prefix}`` (only then are keys compared under another's prefix)."""
     seen: dict[str, tuple[str, Period]] = {}
+    # Under the placeholder: what follows a leading "<prefix>/" in a key, and every way a key without
+    # the placeholder reads as "<some prefix>/<rest>"; a rest in both is one key under that prefix.
+    after_prefix: dict[str, tuple[str, Period]] = {}
+    rests: dict[str, tuple[str, Period, str, str]] = {}
     problems: list[str] = []
+    lead = _ANY_PREFIX + "/"
     for name, template, schema, table, fmt, compression, granularity, timezone in tables:
         for day, fields in sample_periods(granularity, timezone):
-            key = _render(template, "p", schema, table, fields, fmt, compression)
+            key = _render(template, prefix, schema, table, fields, fmt, compression)
+            shown = key
             if key.endswith(MANIFEST_SUFFIX):
-                problems.append(f"table {name!r}: key_template renders {key!r}, which ends like a manifest")
+                problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which ends like a manifest")
                 break
             if _GENERATION_LIKE.match(key.rpartition("/")[2]):
-                problems.append(f"table {name!r}: key_template renders {key!r}, which looks like a later generation "
-                                "of another key (<name>.g<N>.<ext>); put the table or date elsewhere in the template")
+                problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which looks like a later "
+                                "generation of another key (<name>.g<N>.<ext>); put the table or date elsewhere in the template")
                 break
-            other = seen.get(key)
+            other, when = seen.get(key), "" if prefix else _with_prefix("")
+            placeholder = mixed and _ANY_PREFIX in key
+            if other is None and placeholder and key.startswith(lead) and key[len(lead):] in rests:
+                other_name, other_day, shown, used = rests[key[len(lead):]]
+                other, when = (other_name, other_day), _with_prefix(used)  # shown: the key without {prefix}
+            elif other is None and mixed and not placeholder:
+                for used, rest in _split_prefixes(key):
+                    if rest in after_prefix:
+                        other, when = after_prefix[rest], _with_prefix(used)
+                        break
             if other is not None:
                 what = (f"tables {other[0]!r} ({other[1]}) and {name!r} ({day})" if other[0] != name
                         else f"table {name!r}: partitions {other[1]} and {day}")
-                problems.append(f"{what} render the same object key {key!r}; put {{schema}} and {{table}} "
-                                "(and the whole date, or {period}) in key_template")
+                problems.append(f"{what} render the same object key {_show(shown)!r}{' ' + when if when else ''}; put "
+                                "{prefix}, {schema} and {table} (and the whole date, or {period}) in key_template")
                 break
             seen[key] = (name, day)
+            if placeholder and key.startswith(lead):
+                after_prefix[key[len(lead):]] = (name, day)
+            elif mixed and not placeholder:
+                for used, rest in _split_prefixes(key):
+                    rests.setdefault(rest, (name, day, key, used))
     return problems

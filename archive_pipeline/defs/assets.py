@@ -274,15 +274,20 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
 
 def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
     """Overdue in the UI when nothing was archived between midnight UTC and ``freshness_hours`` after
-    the schedule's time (23:59 at the latest): "yesterday is not archived by the expected hour"."""
-    deadline = min(dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute),
-                   dt.timedelta(hours=23, minutes=59))
+    the schedule's time: "yesterday is not archived by the expected hour".
+
+    A deadline past midnight (hour 23, minute 45, 3 hours: 02:45) falls on the next day; it used to be
+    clamped to 23:59, a few minutes after the run starts, so every day showed as overdue. Dagster lets
+    the window reach back at most one cron interval (a day), so it then starts 24 hours before the
+    deadline, which still holds the schedule's run (freshness_hours is at most 23)."""
+    total = dt.timedelta(hours=settings.hour + settings.freshness_hours, minutes=settings.minute)
+    days_after, deadline = divmod(total, dt.timedelta(days=1))
     hours, minutes = divmod(int(deadline.total_seconds()) // 60, 60)
     if granularity == "monthly":  # a month ends once a month; west of UTC it is requested on the 2nd
-        return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} 2 * *",
-                                    lower_bound_delta=deadline + dt.timedelta(days=1), timezone="UTC")
-    return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *", lower_bound_delta=deadline,
-                                timezone="UTC")
+        return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} {2 + days_after} * *",
+                                    lower_bound_delta=total + dt.timedelta(days=1), timezone="UTC")
+    return FreshnessPolicy.cron(deadline_cron=f"{minutes} {hours} * * *",
+                                lower_bound_delta=min(total, dt.timedelta(days=1)), timezone="UTC")
 
 
 def backfill_policy(settings: BackfillSettings) -> BackfillPolicy | None:

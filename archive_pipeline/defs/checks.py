@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import psycopg
 from dagster import (
@@ -75,11 +76,13 @@ class Verdict:
 
 def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") -> str:
     """A link a person can click: the AWS console's object page on AWS, the s3:// URI elsewhere (an
-    empty day has no object: its manifest)."""
+    empty day has no object: its manifest). The key is percent-encoded in the console's query string:
+    a table named ``a+b`` or ``x#y`` would otherwise link to another key ('+' reads as a space) or a
+    truncated one ('#' starts the fragment)."""
     key = result.key or result.manifest_key
     endpoint = archive_store.s3.endpoint_url or ""
     if not endpoint or endpoint.rstrip("/").endswith(".amazonaws.com"):
-        return f"https://s3.console.aws.amazon.com/s3/object/{archive_store.bucket}?prefix={key}"
+        return f"https://s3.console.aws.amazon.com/s3/object/{archive_store.bucket}?prefix={quote(key, safe='/')}"
     return f"s3://{archive_store.bucket}/{key}"
 
 

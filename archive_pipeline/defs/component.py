@@ -8,8 +8,8 @@ builds them. Either point at a table list file (relative to the ``defs.yaml``)::
     attributes:
       config_path: archive_tables.yaml
 
-or write the same settings inline (``tables`` plus the optional ``source``, ``retry``, ``schedule``
-and ``sensor`` sections of the file)::
+or write the same settings inline (``tables`` plus the optional ``source``, ``retry``, ``schedule``,
+``sensor`` and ``backfill`` sections of the file)::
 
     type: archive_pipeline.defs.component.ArchiveTablesComponent
     attributes:
@@ -91,6 +91,7 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
     retry: dict[str, Any] | None = Field(default=None, description="inline: retry policy (retry:)")
     schedule: dict[str, Any] | None = Field(default=None, description="inline: daily schedule (schedule:)")
     sensor: dict[str, Any] | None = Field(default=None, description="inline: new-days sensor (sensor:)")
+    backfill: dict[str, Any] | None = Field(default=None, description="inline: days per backfill run (backfill:)")
     check_source: bool = Field(default=True, description="check at load that the tables exist "
                                "(only when ARCHIVE_PG_DSN is set and the database answers)")
 
@@ -104,8 +105,9 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
         return self
 
     def _inline(self) -> dict[str, Any]:
+        """The inline sections, one per section of the file (a test checks none is missing)."""
         return {"source": self.source, "retry": self.retry, "schedule": self.schedule, "sensor": self.sensor,
-                "tables": self.tables}
+                "backfill": self.backfill, "tables": self.tables}
 
     @classmethod
     def get_spec(cls) -> ComponentTypeSpec:

@@ -36,8 +36,11 @@ def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
     )
     def _daily(context: ScheduleEvaluationContext) -> RunRequest | list[RunRequest] | SkipReason:
         day = previous_utc_day(context.scheduled_execution_time)
-        if day < spec.start_date:
-            return SkipReason(f"{day} is before {spec.name}'s start_date {spec.start_date}")
+        # Periods, not dates: start_date is a day in the table's zone, ``day`` a UTC day. East of UTC the
+        # first local hours (or the first local day) end during the UTC day before start_date.
+        if spec.first_period.utc_end > dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC):
+            return SkipReason(f"{day} (UTC) ended before {spec.name}'s first period {spec.first_period.key} "
+                              f"(start_date {spec.start_date}, {spec.timezone}) did: nothing to archive yet")
         if spec.granularity == "daily" and spec.timezone == "UTC":
             return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat(),
                               tags={TABLE_TAG: spec.name})

@@ -18,7 +18,9 @@ import psycopg.conninfo
 from dagster import (
     AssetKey,
     DefaultSensorStatus,
+    DagsterInstance,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -37,6 +39,9 @@ from archive_pipeline.core.errors import ArchiveError, redact
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.plan import select_days
 from archive_pipeline.defs.resources import PostgresResource
+
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
+
 
 @dataclass(frozen=True)
 class SensorTarget:
@@ -100,6 +105,48 @@ def _connect(postgres: PostgresResource, stack: contextlib.ExitStack) -> psycopg
                        "ARCHIVE_PG_DSN and that the database is reachable from the daemon")
 
 
+def _apply_session_settings(conn: psycopg.Connection, postgres: PostgresResource) -> None:
+    """The ``source:`` timeouts on the tick's session, as every archive run has them: without
+    ``lock_timeout`` a probe of a table held ACCESS EXCLUSIVE (a migration, VACUUM FULL) waits until the
+    daemon kills the tick, and no table's new day is requested meanwhile."""
+    for name, value in postgres.session_settings().items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResource) -> str:
+    """Why looking for ``spec``'s days failed (cause, driver text without the password, remedy)."""
+    found = errors.classify(exc, table=spec.name, user=postgres.user)
+    detail = redact(" ".join(str(exc).split()) or type(exc).__name__, postgres.password, postgres.dsn)
+    return (f"looking for days to archive failed: {found.cause} ({type(exc).__name__}: {detail}); the next tick "
+            f"looks again; to fix: {found.remedy}")
+
+
+def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int) -> tuple[list[RunRequest], int]:
+    """The first ``cap`` of ``requests`` whose run key has no run yet, and how many were left out because
+    theirs has one.
+
+    The daemon never launches a run key twice, so a day whose run failed (or is queued or running) stays
+    requested and dropped on every tick; counted against ``sensor.max_runs_per_tick``, such days fill the
+    cap and the days behind them (other tables' new days) are never requested. Run keys are looked up
+    a batch at a time, one query each; usually one batch fills the cap.
+    """
+    chosen: list[RunRequest] = []
+    tried = 0
+    size = max(cap, 100)
+    for start in range(0, len(requests), size):
+        if len(chosen) >= cap:
+            break
+        batch = requests[start:start + size]
+        runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: [r.run_key for r in batch]}))
+        used = {run.tags.get(RUN_KEY_TAG) for run in runs}
+        for request in batch:
+            if request.run_key in used:
+                tried += 1
+            elif len(chosen) < cap:
+                chosen.append(request)
+    return chosen, tried
+
+
 def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings) -> SensorDefinition:
     @sensor(
         name="archive_new_days",
@@ -117,6 +164,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
         report: list[str] = []
         with contextlib.ExitStack() as stack:
             conn = _connect(postgres, stack)
+            _apply_session_settings(conn, postgres)
             for target in targets:
                 spec = target.spec
                 days = candidate_days(spec, today, settings.lookback_days)
@@ -131,17 +179,31 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
                         context.log.warning(message)
                         problems.append(f"{spec.name}: {message}")
                         continue
+                    except psycopg.Error as exc:  # a lock_timeout, a dropped table, a lost connection
+                        message = probe_failure(exc, spec, postgres)
+                        context.log.warning(f"{spec.name}: {message}")
+                        problems.append(f"{spec.name}: {message}")
+                        continue
                 report.append(inspected(spec, days, len(missing), len(found)))
                 requests += [RunRequest(run_key=f"{target.job.name}:{d.isoformat()}", job_name=target.job.name,
                                         partition_key=d.isoformat(), tags={TABLE_TAG: spec.name}) for d in found]
-        if not requests:
+        cap = settings.max_runs_per_tick
+        chosen, tried = untried(context.instance, requests, cap)
+        already = (f"{tried} day(s) already have a run (failed, queued or running) under their run key and are "
+                   "not requested again: re-run a failed day from the asset's partitions in the UI or with "
+                   "`archive-pipeline archive --table <table> --day <day>`") if tried else ""
+        if already:
+            context.log.info(already)
+        if not chosen:
             text = "no new days to archive; inspected " + "; ".join(report) if report else "no table could be inspected"
+            if already:
+                text += "; " + already
             if problems:
                 text += "; could not inspect " + "; ".join(problems)
             return SkipReason(text)
-        if len(requests) > settings.max_runs_per_tick:
-            context.log.info(f"{len(requests)} days to archive; requesting {settings.max_runs_per_tick} this tick "
+        if len(requests) - tried > cap:
+            context.log.info(f"up to {len(requests) - tried} days to archive; requesting {cap} this tick "
                              "(sensor.max_runs_per_tick), the rest on the next ticks")
-        return SensorResult(run_requests=requests[: settings.max_runs_per_tick])
+        return SensorResult(run_requests=chosen)
 
     return archive_new_days
