@@ -355,7 +355,7 @@ class ScheduleSettings(_Strict):
     hour: Count = Field(default=1, ge=0, le=23, description="UTC hour at which the day that just ended is archived")
     minute: Count = Field(default=0, ge=0, le=59)
     freshness_hours: Count = Field(default=3, ge=1, le=23, description="the day that just ended is expected to be "
-                                 "archived this many hours after hour:minute (at the latest 23:59 UTC); later, the "
+                                 "archived this many hours after hour:minute (past midnight: the next day); later, the "
                                  "asset shows as overdue")
     running: bool = Field(default=False, description="start the schedule as soon as the daemon loads it")
 
