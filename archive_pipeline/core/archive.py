@@ -468,7 +468,8 @@ class _Archiving:
               overwrite: bool) -> bool:
         """True to skip: the archive is this day's rows exactly. Raises if it must not be replaced."""
         recorded = manifest.get("fingerprint")
-        same = recorded == str(fp)
+        # the same values under other column names (two of one type that swapped names) are not the same rows
+        same = recorded == str(fp) and [c["name"] for c in manifest.get("columns", [])] == [c.name for c in table.columns]
         removed = manifest.get("removed")
         if removed:
             if same:

@@ -181,6 +181,10 @@ _DNS_TEMPORARY = _src(True, "temporary DNS failure resolving the database host",
 _TLS = _src(False, "TLS negotiation with the server failed",
             f"check sslmode, sslrootcert and the server certificate in {_DSN}")
 _PERMISSION = _src(False, "permission denied", "GRANT SELECT ON <table> TO <role> (and GRANT USAGE ON SCHEMA)")
+_ROW_SECURITY = _src(False, "row-level security would hide rows of the table from this role (an archive, its "
+                     "fingerprint and a removal must see every row, so row_security is off in our sessions)",
+                     "archive with a role that bypasses row-level security: the table's owner (without FORCE ROW "
+                     "LEVEL SECURITY), a role with BYPASSRLS (ALTER ROLE <role> BYPASSRLS), or a superuser")
 _UNDEFINED = _src(False, "the table, column or schema does not exist (any more)",
                   "check the table name and day_column in archive_tables.yaml against the database")
 _DATA = _src(False, "a value in the day cannot be read or converted (data exception)",
@@ -300,7 +304,8 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "53300": (_ROLE_LIMIT if "for role" in lowered else _DB_LIMIT if "for database" in lowered
                   else _MAX_CONNECTIONS),
         "53100": _DISK_FULL_SERVER, "53200": _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
-        "28P01": _WRONG_PASSWORD, "3D000": _NO_DATABASE, "42501": _PERMISSION, "25006": _READ_ONLY,
+        "28P01": _WRONG_PASSWORD, "3D000": _NO_DATABASE,
+        "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
     }
     if code in exact:

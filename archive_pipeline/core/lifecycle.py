@@ -42,7 +42,8 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, encod
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import deep_verify, load_manifest, source_fingerprint, verify_archive
+from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
+    source_fingerprint, verify_archive
 
 
 log = logging.getLogger(__name__)
@@ -360,9 +361,15 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
             conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target.identifier))
     where = day_filter(table, day)
-    # Hash by the configured table's column names, so a partition whose columns are in another order
-    # (attached from a table built differently) fingerprints like its parent.
-    now = fingerprint.compute(conn, target.identifier, table.columns, day_filter(target, day),
+    # Hash by the archived column names, in the archive's order, so a partition whose columns are in
+    # another order (attached from a table built differently) fingerprints like its parent, and columns
+    # renamed since (two of one type swapping names) are a change, not the same rows.
+    try:
+        columns = archived_order(spec, day, table, [c["name"] for c in manifest["columns"]])
+    except ColumnsChangedError as exc:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {exc.message}", table=spec.name,
+                             day=day.isoformat()) from None
+    now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day),
                               fingerprint.algorithm_for(manifest["fingerprint"]))
     if str(now) != manifest["fingerprint"]:
         raise RemovalRefused(
@@ -415,7 +422,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
         return
-    outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(
+    outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
     if outside:
         raise RemovalRefused(f"{target.qualified} also holds {outside:,} rows outside {day}; it is not removed",

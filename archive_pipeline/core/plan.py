@@ -24,7 +24,7 @@ from archive_pipeline.core.manifest import SourceIdentity, manifest_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import load_manifest, source_fingerprint
+from archive_pipeline.core.verify import ColumnsChangedError, load_manifest, source_fingerprint
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -82,6 +82,12 @@ class Archived:
     @property
     def rows(self) -> int:
         return int(self.manifest.get("rows") or 0)
+
+    @property
+    def column_names(self) -> list[str] | None:
+        """The archived columns in their order (what the source is compared with, name for name)."""
+        columns = self.manifest.get("columns")
+        return [c["name"] for c in columns] if columns else None
 
     @property
     def bytes(self) -> int:
@@ -229,7 +235,13 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
         state = "empty" if archived.empty else "archived"
         source_rows, note = None, ""
         if check_source and present:
-            current = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(archived.fingerprint))
+            try:
+                current = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(archived.fingerprint),
+                                             archived.column_names)
+            except ColumnsChangedError as exc:
+                statuses.append(DayStatus(spec.name, day, "changed", archived.object_key or found.key, present,
+                                          archived.rows, archived.bytes, archived.archived_at, None, exc.message))
+                continue
             source_rows = current.rows
             if not matches_source(archived, current):
                 state = "changed"
@@ -410,7 +422,11 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
             algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
             # An archived day the catalog shows no partition or table for is still looked for: its rows
             # may sit in a DEFAULT partition (a late row after the day's partition was dropped).
-            current = source_fingerprint(conn, spec, day, algorithm)
+            current = source_fingerprint(conn, spec, day, algorithm, archived.column_names if archived else None)
+        except ColumnsChangedError as exc:
+            out.append(Comparison(spec.name, day, "differs", None, archived.rows, None, archived.fingerprint,
+                                  archived.object_key or found.key, exc.message))
+            continue
         except SourceError as exc:
             current, present = None, False
             found = ManifestLookup(found.key, archived, str(exc))

@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -36,6 +36,9 @@ SNAPSHOT_SETTINGS = {
     "extra_float_digits": "1",
     "bytea_output": "hex",
     "client_encoding": "UTF8",
+    # A policy that would hide rows raises instead (42501): an archive of the rows a role may see is
+    # not the day's rows. Owners (without FORCE), BYPASSRLS roles and superusers are not affected.
+    "row_security": "off",
 }
 
 
@@ -407,6 +410,17 @@ def lock_day(execute: Callable[[str], object], table: SourceTable, where: sql.Co
             "or see the day after it", retryable=True, cause="a change of the table was waiting for its lock",
             remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs") from None
     execute("RESET lock_timeout")
+
+
+def columns_as_archived(columns: Sequence[Column], names: Sequence[str]) -> list[Column] | None:
+    """The table's columns in the order an archive recorded them, matched by name; None when the
+    names are not the archive's. A fingerprint chains values by position: only a name-for-name
+    comparison compares anything (two columns of one type that swapped names would otherwise look
+    unchanged, and a restore would put each value in the other column)."""
+    by_name = {c.name: c for c in columns}
+    if len(names) != len(columns) or set(names) != set(by_name):
+        return None
+    return [by_name[name] for name in names]
 
 
 def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:

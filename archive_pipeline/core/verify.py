@@ -34,7 +34,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, remov
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import Column, SourceTable, describe_table, day_filter
+from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
 __all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
@@ -201,14 +201,38 @@ def _unproven(exc: ArchiveError, table: str | None, day: str | None, uri: str) -
                 retryable=exc.retryable, remedy=exc.remedy, cause=exc.cause, **extra)
 
 
+class ColumnsChangedError(ArchiveError):
+    """The source's columns are not the archive's: renamed, added or dropped since it was archived."""
+
+
 def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
-                       algorithm: str = fingerprint.ALGORITHM) -> fingerprint.Fingerprint:
+                       algorithm: str = fingerprint.ALGORITHM,
+                       names: Sequence[str] | None = None) -> fingerprint.Fingerprint:
     """The day's fingerprint in the source now (one snapshot), by ``algorithm`` (to compare with a
-    manifest, the one it records: see ``fingerprint.algorithm_for``)."""
+    manifest, the one it records: see ``fingerprint.algorithm_for``). With ``names`` (an archive's
+    columns) it is computed over the source's columns of those names in that order, and raises
+    :class:`ColumnsChangedError` if the source's names are not those."""
     day = spec.period(day)
     with conn.transaction():
         table = source_table(conn, spec, day)
-        return fingerprint.compute(conn, table.identifier, table.columns, day_filter(table, day), algorithm)
+        columns = archived_order(spec, day, table, names)
+        return fingerprint.compute(conn, table.identifier, columns, day_filter(table, day), algorithm)
+
+
+def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequence[str] | None) -> Sequence[Column]:
+    """``table``'s columns as the archive with column ``names`` recorded them (see
+    :func:`~archive_pipeline.core.source.columns_as_archived`)."""
+    if names is None:
+        return table.columns
+    columns = columns_as_archived(table.columns, names)
+    if columns is None:
+        raise ColumnsChangedError(
+            f"{spec.name} {day}: the source's columns are now {[c.name for c in table.columns]}, the archive's "
+            f"{list(names)} (renamed, added or dropped since it was archived), so its rows are not the archive's",
+            table=spec.name, day=day.isoformat(), retryable=False,
+            remedy="archive the day again (overwrite) if the new columns are right; the previous archive stays "
+                   "until the new one is complete")
+    return columns
 
 
 def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict) -> str | None:
@@ -218,7 +242,11 @@ def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
     if fingerprint.recorded_algorithm(recorded) is None:
         return ("the manifest has no fingerprint this version can compute (written by an older archive_pipeline): "
                 "archive the day again (overwrite) to prove it")
-    now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded))
+    try:
+        now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded),
+                                 [c["name"] for c in manifest["columns"]])
+    except ColumnsChangedError as exc:
+        return str(exc)
     if str(now) == recorded:
         return None
     then = fingerprint.Fingerprint.parse(recorded)
@@ -260,8 +288,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                                retryable=False)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
-    with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(conn, scratch_conn, spec, day,
-                                                                                   algorithm) as source:
+    with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(
+            conn, scratch_conn, spec, day, algorithm, [c["name"] for c in manifest["columns"]]) as source:
         problems = _download(store, manifest, sink)
         if problems:
             return problems
@@ -284,8 +312,9 @@ class _SourceFingerprint:
     (e.g. a connection limit), it is computed when asked for. Leaving the block early cancels it."""
 
     def __init__(self, conn: psycopg.Connection, scratch: psycopg.Connection, spec: TableSpec, day: Period,
-                 algorithm: str) -> None:
+                 algorithm: str, names: Sequence[str]) -> None:
         self.conn, self.scratch, self.spec, self.day, self.algorithm = conn, scratch, spec, day, algorithm
+        self.names = names
         self.side: psycopg.Connection | None = None
         self.thread: threading.Thread | None = None
         self.outcome: tuple | BaseException | None = None
@@ -311,7 +340,8 @@ class _SourceFingerprint:
         with conn.transaction():
             table = source_table(conn, self.spec, self.day)
             where = day_filter(table, self.day)
-            return table, where, fingerprint.compute(conn, table.identifier, table.columns, where, self.algorithm)
+            columns = archived_order(self.spec, self.day, table, self.names)
+            return table, where, fingerprint.compute(conn, table.identifier, columns, where, self.algorithm)
 
     def result(self) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
         if self.thread is None:
@@ -348,14 +378,18 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
     problems = []
     if loaded != recorded:
         problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
-    table, where, now = source.result()
+    try:
+        table, where, now = source.result()
+    except ColumnsChangedError as exc:
+        return [*problems, str(exc)]
     if now.rows == 0 and removal_state(manifest) == "done":
         return problems  # removed from the source after it was proven: the archive is the day's only copy
     if now != loaded:
         problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
         with conn.transaction() if conn is not scratch else contextlib.nullcontext():
-            problems.append(_name_first_difference(conn, table.identifier, table.columns, where, scratch, temp,
-                                                   columns, recorded.algorithm))
+            in_order = columns_as_archived(table.columns, [c.name for c in columns]) or table.columns
+            problems.append(_name_first_difference(conn, table.identifier, in_order, where, scratch, temp, columns,
+                                                   recorded.algorithm))
     return problems
 
 
