@@ -206,6 +206,9 @@ _CORRUPTED = _src(False, "the server reports corrupted data or an internal error
 _SQL_REJECTED = _src(False, "the server rejected the archiver's SQL",
                      "check the table definition; if it looks right, report it with this message")
 _SOURCE_OTHER = _src(False, "the database reported an error", "read the message; fix the cause and archive again")
+_CONSTRAINT = _src(False, "a value breaks a constraint (a CHECK, NOT NULL, unique key or domain constraint, perhaps "
+                   "added since the day was archived)", "load into a table without that constraint (a new table, or a "
+                   "column of the domain's base type), or relax the constraint while the day is restored")
 _SERVER_IO = _src(True, "the database server had an I/O or system error",
                   f"{_RETRIED}; if it persists, check the server log and its disks")
 
@@ -318,7 +321,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
     by_class: dict[str, Classification] = {
         "08": _CONNECTION_LOST, "40": _SERIALIZATION, "53": _OUT_OF_MEMORY, "57": _TERMINATED,
         "58": _SERVER_IO, "54": _PROGRAM_LIMIT, "22": _DATA, "42": _SQL_REJECTED, "28": _AUTH,
-        "XX": _CORRUPTED, "0A": _SQL_REJECTED,
+        "XX": _CORRUPTED, "0A": _SQL_REJECTED, "23": _CONSTRAINT,
     }
     return by_class.get(klass, _SOURCE_OTHER)
 

@@ -32,7 +32,7 @@ from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import ArchiveError, classify, is_retryable
+from archive_pipeline.core.errors import ArchiveError, classify
 from archive_pipeline.core.locks import table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest
 from archive_pipeline.core.memory import bound_allocator
@@ -657,8 +657,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         exc.table, exc.day = exc.table or table, exc.day or day
         raise
     except Exception as exc:
-        raise RestoreError(f"restoring {table} for {day} failed: {type(exc).__name__}: {exc}; nothing was restored",
-                           table=table, day=day, retryable=is_retryable(exc)) from exc
+        found = classify(exc)
+        raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
+                           "was restored", table=table, day=day, retryable=found.retryable, remedy=found.remedy,
+                           cause=found.cause) from exc
 
 
 def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, **options) -> RestoreResult:

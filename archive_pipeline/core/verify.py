@@ -374,7 +374,15 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
 def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
              temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint) -> list[str]:
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
-    loaded = fingerprint.compute(scratch, temp, columns, algorithm=recorded.algorithm)
+    try:  # a CSV field read as its column's type now (see _text_table) may no longer be one
+        loaded = fingerprint.compute(scratch, temp, columns, algorithm=recorded.algorithm)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        raise ArchiveError(f"the archive {manifest['object']['uri']} does not read back as its columns' types now: "
+                           f"{type(exc).__name__}: {str(exc).strip()}", table=manifest.get("table"),
+                           day=manifest.get("day"), retryable=False,
+                           remedy="a type or domain of the table changed since the day was archived (an attribute "
+                           "added, a constraint tightened): put it back to prove the day, or archive the day again "
+                           "(overwrite) if the source still holds it") from None
     problems = []
     if loaded != recorded:
         problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
@@ -517,6 +525,16 @@ WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = '
 """)
 
 
+# Columns of a domain type (or arrays of one): read as the domain, so its constraints as they are now
+# apply to the archived values as they would on restore (a CHECK added NOT VALID since the day was
+# archived fails the proof, instead of a proof whose archive then does not restore).
+_DOMAIN_COLUMNS = sql.SQL("""
+SELECT u.name FROM unnest(%s::text[], %s::oid[]) AS u(name, oid) JOIN pg_catalog.pg_type t ON t.oid = u.oid
+WHERE t.typtype = 'd'
+   OR (t.typcategory = 'A' AND EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typtype = 'd'))
+""")
+
+
 def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:
     """A CSV archive's proof without typed loading: every field of a CSV archive is its column's text
     form under the fingerprint's settings (COPY writes the type's output), so the rows are loaded as
@@ -529,5 +547,6 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
         sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
+    parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
     return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
