@@ -140,7 +140,15 @@ def read_existing(store: S3Store, key: str) -> Existing:
     head = (listing or {}).get(obj["key"]) or store.head(obj["key"])  # not listed: ask, to be sure
     if head is None:
         return Existing(manifest, raw, f"object {obj['key']} is missing", listing)
-    return Existing(manifest, raw, "; ".join(stored_object_problems(head, manifest)) or None, listing)
+    problems = stored_object_problems(head, manifest)
+    if problems and obj["key"] in (listing or {}):
+        # A listing has no checksum: one byte of a size or ETag damaged on the way would make a good
+        # archive look damaged (and be superseded). Only the object's own HEAD may say it is.
+        head = store.head(obj["key"])
+        if head is None:
+            return Existing(manifest, raw, f"object {obj['key']} is missing", listing)
+        problems = stored_object_problems(head, manifest)
+    return Existing(manifest, raw, "; ".join(problems) or None, listing)
 
 
 def _list_prefix(key: str) -> str:
@@ -155,8 +163,13 @@ def _listing(store: S3Store, key: str) -> dict[str, dict] | None:
     if client is None or not hasattr(client, "get_paginator"):
         return None
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=_list_prefix(key))
-    return {item["Key"]: {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
-            for page in pages for item in page.get("Contents", [])}
+    try:
+        return {item["Key"]: {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
+                for page in pages for item in page.get("Contents", [])}
+    except ValueError as exc:  # botocore parses numbers with int(): a damaged <Size> ends here
+        raise DownloadError(f"listing {store.uri(_list_prefix(key))} gave an answer that cannot be read ({exc}); the "
+                            "run will be retried", retryable=True, cause="the store's answer was damaged on the way",
+                            remedy="retried automatically; if it persists, check the network path to the store") from None
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
@@ -622,7 +635,10 @@ class _Archiving:
             named = _manifest_object_key(decode_manifest(current)) if current else None
         except ManifestError:
             named = None
-        if named != result.key:
+        # Our manifest may still land (a write that timed out, or answered 5xx): its object must then be
+        # there. It is withdrawn only when the store refused the write; else it stays, at worst a leftover
+        # the next run of the day deletes once a manifest names another generation.
+        if named != result.key and self.store.refused(exc):
             self.store.delete_quietly(result.key, exc)
 
     def _put_back(self, previous: bytes) -> None:

@@ -448,7 +448,10 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         return _S3_TLS
     if isinstance(exc, bx.ConnectionError | bx.ReadTimeoutError | bx.ConnectionClosedError):
         return _S3_UNREACHABLE
-    if isinstance(exc, bx.IncompleteReadError | bx.ResponseStreamingError | bx.HTTPClientError):
+    from botocore.parsers import ResponseParserError
+
+    if isinstance(exc, bx.IncompleteReadError | bx.ResponseStreamingError | bx.HTTPClientError
+                  | ResponseParserError):  # an answer that cannot be parsed: damaged on the way, most likely
         return _S3_STREAM
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError | bx.CredentialRetrievalError):
         return _S3_NO_CREDENTIALS

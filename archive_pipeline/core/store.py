@@ -56,6 +56,13 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 log = logging.getLogger(__name__)
 
 
+def _is_error_document(data: bytes) -> bool:
+    """An S3 error document (``<?xml ...?><Error><Code>...``) where an object's bytes were expected;
+    manifests are JSON, so one can never be mistaken for the other."""
+    head = data[:512].lstrip()
+    return head.startswith(b"<") and b"<Error>" in head
+
+
 class DownloadError(ArchiveError):
     """Reading an object failed or its bytes did not match their checksum.
 
@@ -378,7 +385,11 @@ class S3Store:
     def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
         """Write a small object (a manifest) with Content-MD5 and check the returned ETag against our
         MD5. A copy that arrived corrupted is sent again (``corrupt_attempts`` in all); if it never
-        arrives whole, it is deleted and a retryable ``UploadError`` is raised. Returns the ETag."""
+        arrives whole, it is deleted and a retryable ``UploadError`` is raised. Returns the ETag.
+
+        A write that fails ambiguously (a reset, a timeout, a 5xx: it may have landed, or land later)
+        is not withdrawn: a manifest key is never emptied here, since it may hold the previous commit
+        a moment ago; the caller reads the key back and decides (see :func:`refused`)."""
         digest = hashlib.md5(data).digest()
         for attempt in range(1, self.corrupt_attempts + 1):
             try:
@@ -387,9 +398,7 @@ class S3Store:
             except Exception as exc:
                 if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
-                error = _wrap(exc, f"writing {self.uri(key)} (PutObject)")
-                self._withdraw_if_ours(key, digest.hex(), len(data), error)
-                raise error from exc
+                raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
             etag = _etag(response)
             if not self.verify_etags or etag == digest.hex():
                 return etag
@@ -400,6 +409,23 @@ class S3Store:
                             retryable=True)
         self.delete_quietly(key, error)
         raise error
+
+    @staticmethod
+    def refused(exc: BaseException) -> bool:
+        """Whether the store certainly did not carry out the request that failed with ``exc``: it
+        answered with a 4xx (refused, bad digest, denied). A reset, a timeout, a 5xx or a 200 with
+        an error body may have been carried out, or may still be."""
+        from botocore.exceptions import ClientError
+
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, ClientError):
+                status = current.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                return 400 <= status < 500
+            current = current.__cause__ or current.__context__
+        return False
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -464,12 +490,19 @@ class S3Store:
                 problem = f"{type(exc).__name__}: {exc}"
                 continue
             etag = _etag(response)
+            if _is_error_document(data):  # a 200 whose body is an S3 <Error> (no ETag to catch it): not the object
+                problem = f"the store answered 200 with an error document: {data[:200]!r}"
+                log.warning("%s read failed: %s", self.uri(key), problem)
+                continue
             if not self.verify_etags or not _PLAIN_MD5.match(etag) or hashlib.md5(data).hexdigest() == etag:
                 return data
             problem = f"body hashes to {hashlib.md5(data).hexdigest()}, ETag is {etag}"
             log.warning("%s read corrupted: %s", self.uri(key), problem)
-        raise DownloadError(f"{self.uri(key)} came back corrupted {attempts} times ({problem}): the network or "
-                            "store alters data; the run will be retried", retryable=True)
+        raise DownloadError(f"{self.uri(key)} came back corrupted or as an error {attempts} times ({problem}); the "
+                            "run will be retried", retryable=True,
+                            cause="the object came back corrupted in transit, or the store answered with an error",
+                            remedy="retried automatically; if it persists, check the network path to the store "
+                                   "(proxies, TLS-terminating gateways) and the store's health")
 
     def download_to(self, key: str, sink: BinaryIO | Any, expected_md5: str | None = None, *,
                     expected_size: int | None = None, chunk_size: int = 4 * MiB) -> Downloaded | None:
@@ -807,8 +840,9 @@ class S3Upload:
             error = self._named(_wrap(exc, f"checking {store.uri(self.key)} (HeadObject)"))
             store.delete_quietly(self.key, error)
             raise error from exc
-        if head is None or head["ContentLength"] != size:
-            error = self._error_here(f"stored object has {head and head['ContentLength']} bytes, expected {size}; "
+        stored = head.get("ContentLength") if head is not None else None  # absent in a gateway's error page
+        if stored != size:
+            error = self._error_here(f"stored object has {stored} bytes (HeadObject), expected {size}; "
                                      "the run will be retried", retryable=True)
             store.delete_quietly(self.key, error)
             raise error
