@@ -617,7 +617,7 @@ def prune(run: Run, dry_run: bool) -> None:
                 results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
                                 "message": redact(str(exc), _password()), "retryable": exc.retryable})
                 continue
-            status = ("would remove" if dry_run else "already removed" if removal.already_removed
+            status = ("already removed" if removal.already_removed else "would remove" if dry_run
                       else "removed")
             results.append({"table": spec.name, "day": day.isoformat(), "status": status,
                             "action": removal.action, "relation": removal.relation, "rows": removal.rows,

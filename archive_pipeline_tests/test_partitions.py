@@ -134,7 +134,7 @@ def test_a_damaged_archive_is_written_again(conn, small, store, s3_client, bucke
 def test_two_runs_never_archive_the_same_day_at_once(pg, conn, small, store, s3_client, bucket):
     with pg.connect() as other:
         other.execute("SELECT pg_advisory_lock(hashtext(%s), %s)", (f"archive_pipeline:{small.name}", D.toordinal()))
-        with pytest.raises(ArchiveError, match="being archived or removed by another run") as failure:
+        with pytest.raises(ArchiveError, match="being archived, removed or restored by another run") as failure:
             archive_partition(conn, small, D, store)
         assert failure.value.retryable is True
         assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

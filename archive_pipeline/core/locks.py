@@ -25,14 +25,34 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
     key = lock_key(table, day)
     got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", key).fetchone()[0]
     if not got:
-        raise ArchiveError(f"{table} {day} is being archived or removed by another run right now; retrying later",
-                           table=table, day=day.isoformat(), retryable=True)
+        raise ArchiveError(f"{table} {day} is being archived, removed or restored by another run right now"
+                           f"{_holder(conn, key)}", table=table, day=day.isoformat(), retryable=True,
+                           cause="another run holds the table-day lock",
+                           remedy="wait for that run to end, then run this again (a run with retries left is "
+                                  "retried automatically); one run per table-day at a time keeps the archive "
+                                  "exact")
     try:
         yield
     finally:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)
+
+
+def _holder(conn: psycopg.Connection, key: tuple[str, int]) -> str:
+    """Who holds the lock, as far as this role may see (pg_stat_activity hides other roles' queries)."""
+    try:
+        found = conn.execute(
+            "SELECT l.pid, a.application_name, a.backend_start FROM pg_catalog.pg_locks l "
+            "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = hashtext(%s)::oid AND l.objid = %s::oid AND l.objsubid = 2 LIMIT 1", key).fetchone()
+    except psycopg.Error:
+        return ""
+    if found is None:
+        return ""
+    pid, application, started = found
+    return (f" (held by PostgreSQL backend {pid}" + (f", {application}" if application else "")
+            + (f", connected since {started:%Y-%m-%d %H:%M:%S %Z}" if started else "") + ")")
 
 
 def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> None:

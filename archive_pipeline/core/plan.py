@@ -430,8 +430,8 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
         except SourceError as exc:
             current, present = None, False
             found = ManifestLookup(found.key, archived, str(exc))
-        if current is not None and not present and current.rows == 0:
-            current = None
+        if current is not None and current.rows == 0 and (not present or archived is not None and archived.removed):
+            current = None  # (retention's delete leaves the day's partition, empty)
         if archived is None:
             out.append(Comparison(spec.name, day, "not-archived", current.rows, None, str(current), None, found.key,
                                   "the source has this day; no archive"))

@@ -15,6 +15,7 @@ import datetime as dt
 import errno
 import hashlib
 import itertools
+import logging
 import os
 import re
 import tempfile
@@ -43,8 +44,14 @@ from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 _names = itertools.count()
 
 
+log = logging.getLogger(__name__)
+
 class RestoreError(ArchiveError):
     """A restore could not be done as asked; nothing of it was committed."""
+
+
+class ArchiveMissingError(RestoreError):
+    """The object a manifest names is not in the store (or no longer: replaced by an overwrite meanwhile)."""
 
 
 class ArchiveCorruptError(RestoreError):
@@ -318,7 +325,7 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
                                      day=day, retryable=False, remedy=exc.remedy, cause=exc.cause,
                                      directory=exc.directory) from exc
         if not found:
-            raise RestoreError(f"the archive of {table} for {day} is missing: {store.uri(obj['key'])} does not exist "
+            raise ArchiveMissingError(f"the archive of {table} for {day} is missing: {store.uri(obj['key'])} does not exist "
                                "although its manifest does; restore from a replica or backup of the bucket",
                                table=table, day=day)
         if sink.size != obj["bytes"] or sink.md5 != obj["md5"]:
@@ -638,8 +645,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         with contextlib.ExitStack() as stack:
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
-            if into == "original":  # the archived table: never while its day is archived or removed
-                stack.enter_context(table_day_lock(conn, table, manifest_period(manifest)))
+            # never while the day is archived or removed, nor twice at once: two restores of one day into
+            # one table would each check only its own uncommitted rows, and both load them
+            stack.enter_context(table_day_lock(conn, table, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
                 relation, to_create = _resolve_target(conn, manifest, into, target)
@@ -669,7 +677,21 @@ def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     if manifest is None:
         raise RestoreError(f"{spec.name} has no archive for {day} in {store.uri(store.prefix)}", table=spec.name,
                            day=day.isoformat())
-    return restore_archive(conn, store, manifest, **options)
+    return _restore_current(conn, store, spec, day, manifest, **options)
+
+
+def _restore_current(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date,
+                     manifest: dict, **options) -> RestoreResult:
+    """Restore ``manifest``'s archive; if its object is gone because an overwrite replaced the archive
+    meanwhile (the manifest and object were read before the day's lock), the current archive."""
+    try:
+        return restore_archive(conn, store, manifest, **options)
+    except ArchiveMissingError:
+        current = find_manifest(store, spec, day)
+        if current is None or current.get("manifest_sha256") == manifest.get("manifest_sha256"):
+            raise
+        log.info("%s %s: its archive was replaced while it was being restored; restoring the new one", spec.name, day)
+        return restore_archive(conn, store, current, **options)
 
 
 def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,
@@ -697,6 +719,6 @@ def iter_restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec,
             yield day
         else:
             mode = "existing" if into == "new" and restored else into
-            yield restore_archive(conn, store, manifest, into=mode, target=target, **options)
+            yield _restore_current(conn, store, spec, day, manifest, into=mode, target=target, **options)
             restored = True
         day = day.next()

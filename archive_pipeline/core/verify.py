@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import itertools
+import logging
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
            "verify_archive"]
@@ -263,17 +266,35 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     Checks, in order: the manifest (present, untampered, with a fingerprint), the object (size,
     MD5, SHA-256 of the downloaded bytes), the archived rows (loaded back, their fingerprint equal
     to the manifest's) and the source (its fingerprint now equal to the archive's; a day removed
-    from the source by retention, and not restored since, is proven by its archive alone). A mismatch
+    from the source by retention, or marked as being removed, with no rows in the source, is proven
+    by its archive alone). A mismatch
     names the first differing row. ``scratch_conn`` (a writable database with the same column
     types) receives the archived rows when the source cannot (a hot standby); by default they go to
     a temporary table on ``conn``.
     """
     day = spec.period(day)
+    key = keys.table_day_key(spec, day, store.prefix)
     if manifest is None:
-        key = keys.table_day_key(spec, day, store.prefix)
         manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}")
         if manifest is None:
             return problems
+    problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
+    if problems:
+        # An overwrite that committed meanwhile retires the object being proven: "missing" (or rows that
+        # are no longer the source's) would then be a verdict on an archive that is no longer the day's.
+        # The current one is proven instead.
+        with contextlib.suppress(ManifestError):
+            current = load_manifest(store, key)
+            if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256"):
+                log.info("%s %s: its archive was replaced while it was being proven; proving the new one",
+                         spec.name, day)
+                return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
+    return problems
+
+
+def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,
+           scratch_conn: psycopg.Connection | None, temp_dir: str | None) -> list[str]:
+    """deep_verify of the archive ``manifest`` describes."""
     if fingerprint.recorded_algorithm(manifest.get("fingerprint")) is None:
         return ["the manifest has no fingerprint this version can compute (written by an older archive_pipeline): archive "
                 "the day again (overwrite) before proving it"]
@@ -390,8 +411,10 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
         table, where, now = source.result()
     except ColumnsChangedError as exc:
         return [*problems, str(exc)]
-    if now.rows == 0 and removal_state(manifest) == "done":
-        return problems  # removed from the source after it was proven: the archive is the day's only copy
+    if now.rows == 0 and removal_state(manifest) in ("done", "pending"):
+        # removed from the source after it was proven (or being removed: a pending mark the next removal or
+        # archive run settles): the archive is the day's only copy, proven by itself
+        return problems
     if now != loaded:
         problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
         with conn.transaction() if conn is not scratch else contextlib.nullcontext():
