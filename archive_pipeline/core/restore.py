@@ -561,6 +561,23 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"]) from None
 
 
+def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+    """``skip`` leaves a row alone when its key exists (``ON CONFLICT DO NOTHING``): a target with no
+    primary key, unique or exclusion constraint has nothing to tell existing rows by, so every row would
+    be loaded again (and the check roll it back). Refused up front, saying so."""
+    has_key = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = to_regclass(%s) AND indisunique) "
+        "OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'x')",
+        (relation, relation)).fetchone()[0]
+    if not has_key:
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' (--on-conflict skip) needs a "
+            f"primary key or unique constraint on {relation} to tell existing rows by, and it has none: every row "
+            "would be inserted again; nothing was restored", table=manifest["table"], day=manifest["day"],
+            retryable=False, remedy="restore into a new table (into='new', --into new), or with on_conflict='fail' "
+                                    "into a table that lacks the day's rows, or add a primary key to the target")
+
+
 def _fingerprint_now(conn: psycopg.Connection, manifest: dict, relation: str) -> fp.Fingerprint | None:
     """The whole target's fingerprint before loading, where no day column tells the day's rows apart
     (a naming-mode table restored into a table holding other days): what the load adds to it is then
@@ -653,6 +670,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 relation, to_create = _resolve_target(conn, manifest, into, target)
                 for name in to_create:
                     _create(conn, manifest, name)
+                if on_conflict == "skip":
+                    _require_key(conn, manifest, relation)
                 # the day is the whole target: a new table, or the day's own table (naming mode)
                 whole = into == "new" or (into == "original" and not manifest.get("day_column"))
                 before = None if whole or manifest.get("day_column") else _fingerprint_now(conn, manifest, relation)

@@ -219,7 +219,7 @@ def materialization_metadata(result: ArchiveResult, link: str, verified: str) ->
 def recorded(result: ArchiveResult) -> dict[str, object]:
     """What this run recorded, as the integrity check compares it with the store."""
     expected = {"bytes": result.bytes, "md5": result.md5, "rows": result.rows, "format": result.format,
-                "compression": result.compression, "empty": result.empty}
+                "compression": result.compression, "empty": result.empty, "object_key": result.key}
     if result.fingerprint:
         expected["fingerprint"] = result.fingerprint
     return expected
