@@ -40,7 +40,7 @@ from archive_pipeline.core.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.core.errors import ArchiveError, redact
+from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, redact
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
@@ -134,7 +134,14 @@ def _password() -> str | None:
     return dsn_password(os.environ.get(DSN_VAR, ""))
 
 
+def _for_the_cli(text: str) -> str:
+    """A core message as the command line means it: the CLI tries once, where a Dagster run is retried."""
+    return text.replace("transient, retried", "transient").replace(
+        "retried automatically", "run the command again (it tries once)")
+
+
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
+    message = _for_the_cli(message)
     if as_json:
         click.echo(json.dumps({"ok": False, "exit_code": code, "error": message, "retryable": retryable}, indent=2))
     click.echo(f"error: {message}", err=True)
@@ -193,7 +200,9 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
                   "$ARCHIVE_S3_ENDPOINT_URL and the network", True)
         except (ArchiveError, psycopg.Error) as exc:
-            _fail(as_json, EXIT_DIFFERENCES, redact(str(exc), _password()), getattr(exc, "retryable", None))
+            configuration = getattr(exc, "cause", None) in CONFIGURATION_CAUSES  # a missing table, a grant
+            _fail(as_json, EXIT_USAGE if configuration else EXIT_DIFFERENCES, redact(str(exc), _password()),
+                  getattr(exc, "retryable", None))
         finally:
             if run is not None:
                 run.close()
@@ -247,10 +256,13 @@ def _num(n: int | None) -> str:
 
 def _table(*columns: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
+    numbers = ("rows", "bytes", "est. rows", "est. bytes", "inserted", "source rows", "archive rows", "seconds")
     for name in columns:
-        table.add_column(name, justify="right" if name in ("rows", "bytes", "est. rows", "est. bytes", "inserted",
-                                                           "source rows", "archive rows", "seconds") else "left",
-                         no_wrap=True)
+        # short facts (a day, a state, a number) whole on one line; long ones (names, keys, notes) wrap
+        # on a narrow terminal rather than cut every cell short
+        short = name in numbers or name in ("day", "state", "result", "action", "status", "est.")
+        table.add_column(name, justify="right" if name in numbers else "left", no_wrap=short,
+                         overflow="ellipsis" if short else "fold", min_width=10 if name == "day" else None)
     return table
 
 
@@ -368,7 +380,7 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
     except ArchiveError as exc:
         if run.conn.closed:  # the connection itself went: the next day would fail the same way
             raise UnreachableError(f"lost the source database while archiving {spec.name} {day}: {exc}") from None
-        return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": str(exc),
+        return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _for_the_cli(str(exc)),
                 "retryable": exc.retryable}
     finally:
         if progress is not None and task is not None:
@@ -421,7 +433,7 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     except ArchiveError as exc:
         if run.conn.closed:
             raise UnreachableError(f"lost the source database while checking {table} {day}: {exc}") from None
-        return [f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"]
+        return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}")]
 
 
 @main.command()
