@@ -110,7 +110,7 @@ def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
         conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True)
     except psycopg.Error as exc:
         log.warning("could not reach the source database to check the tables of %s: %s; the code location "
-                    "loads anyway and runs will fail until it is reachable", config_path(),
+                    "loads anyway and runs will fail until it is reachable", config.origin,
                     describe_connect_failure(exc, dsn))
         return
     with conn:
@@ -118,7 +118,7 @@ def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
             try:
                 check_table(conn, spec)
             except SourceError as exc:
-                raise ConfigError(f"{config_path()}: table {spec.name!r}: {exc}") from None
+                raise ConfigError(f"{config.origin}: table {spec.name!r}: {exc}") from None
 
 
 def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, object] | None = None,

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from archive_pipeline.core.keys import key_collisions
 from archive_pipeline.core.periods import Period, PeriodError, as_period, has_dst, offset_changes, zone
@@ -392,12 +392,20 @@ class SourceSettings(_Strict):
 
 
 class ArchiveConfig(_Strict):
+    """The whole configuration. ``origin`` says where it came from (a file, a component's attributes),
+    for messages about it."""
+
     source: SourceSettings = SourceSettings()
     retry: RetrySettings = RetrySettings()
     schedule: ScheduleSettings = ScheduleSettings()
     sensor: SensorSettings = SensorSettings()
     backfill: BackfillSettings = BackfillSettings()
     tables: list[TableSpec] = Field(min_length=1)
+    _origin: str = PrivateAttr(default="")
+
+    @property
+    def origin(self) -> str:
+        return self._origin or str(config_path())
 
     @model_validator(mode="after")
     def _unique(self) -> ArchiveConfig:
@@ -517,9 +525,11 @@ def parse_config(raw: object, source: str = "<config>") -> ArchiveConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with a 'tables' list")
     try:
-        return ArchiveConfig.model_validate(raw)
+        config = ArchiveConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"invalid archive configuration in {source}:\n{_describe(exc, raw)}") from None
+    config._origin = source
+    return config
 
 
 def config_path() -> Path:
