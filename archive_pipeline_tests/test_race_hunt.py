@@ -252,10 +252,12 @@ def _waiting_on(conn, key: int) -> int:
 
 
 def test_two_restores_of_one_day_into_one_table_do_not_both_load_it(pg, conn, events, store):
-    """Two restores of 2024-03-10 into the same existing table (no key), on_conflict skip. Each loads
-    the day and checks "the day's rows in the target equal the manifest's" in its own transaction, so
-    neither sees the other's rows; both succeed and the table holds the day twice. The same two
-    restores one after the other: the second is refused (the target already held rows of the day)."""
+    """Two restores of 2024-03-10 into the same existing table (no key, so nothing conflicts). Each
+    loads the day and checks "the day's rows in the target equal the manifest's" in its own
+    transaction, so neither sees the other's rows; both succeeded and the table held the day twice.
+    The same two restores one after the other: the second is refused (the target already held rows of
+    the day). Now the second meets the day's lock. (With on_conflict skip a keyless target is refused
+    up front.)"""
     from archive_pipeline.core.restore import restore_day
 
     spec = spec_for(events)
@@ -268,10 +270,10 @@ def test_two_restores_of_one_day_into_one_table_do_not_both_load_it(pg, conn, ev
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))
         target = f"{events}.copy"
         t1, o1 = in_thread(lambda: restore_day(first, store, spec, DAY, into="existing", target=target,
-                                               on_conflict="skip"))
+                                               on_conflict="fail"))
         assert wait_until(lambda: _waiting_on(conn, key) == 1), o1
         t2, o2 = in_thread(lambda: restore_day(second, store, spec, DAY, into="existing", target=target,
-                                               on_conflict="skip"))
+                                               on_conflict="fail"))
         assert wait_until(lambda: _waiting_on(conn, key) == 2 or not t2.is_alive()), o2
         holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
         t1.join(60)
