@@ -138,7 +138,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     for spec in config.tables:
-        archive_asset = build_archive_asset(spec, config.retry, config.schedule, config.backfill)
+        archive_asset = build_archive_asset(spec, config.retry, config.schedule, config.backfill, config.origin)
         key = asset_key(spec)
         # The asset alone, without its checks: archive_intact is reported by the asset itself, and the
         # on-demand checks run only when asked for (verify_archives, or from the UI).

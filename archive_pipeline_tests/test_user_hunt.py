@@ -208,3 +208,24 @@ def test_inline_component_config_load_error_does_not_name_archive_tables_yaml(ar
     with pytest.raises(ConfigError) as failure:
         component.build_defs(_Ctx())
     assert "archive_tables.yaml" not in str(failure.value), str(failure.value)
+
+
+def test_a_run_failure_names_where_the_configuration_came_from(archive_env, monkeypatch, conn, schema):
+    """The run's "What to do" names the settings' real origin (the file given to load_config, or a
+    component's attributes), not $ARCHIVE_PIPELINE_CONFIG's default, which was never read."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.definitions import build_definitions
+
+    monkeypatch.delenv("ARCHIVE_PIPELINE_CONFIG", raising=False)
+    day = _days(1)[0]
+    create_sample_events(conn, [day], 20, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [_table(schema, day)]}, "conf/tables.yaml")
+    job = build_definitions(config).resolve_job_def(f"archive_{schema}_events")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(partition_key=day.isoformat(), instance=instance).success
+        conn.execute(sql.SQL("UPDATE {} SET amount = -1 WHERE id = 1").format(sql.Identifier(schema, "events")))
+        run = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+    [failure] = [e.step_failure_data.user_failure_data for e in run.all_events if e.is_step_failure]
+    assert "conf/tables.yaml" in failure.description and "archive_tables.yaml" not in failure.description, \
+        failure.description

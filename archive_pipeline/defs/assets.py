@@ -230,31 +230,34 @@ def overwrite_run_config(spec: TableSpec) -> str:
     return f"ops:\n  {op_name(spec)}:\n    config:\n      overwrite: true"
 
 
-def remedy(exc: BaseException, spec: TableSpec, day: dt.date) -> str:
-    """What a person does about ``exc``: which setting, where. The core's own remedy (errors.classify)
-    comes first; a changed source gets the exact launchpad run config that archives the day again."""
+def remedy(exc: BaseException, spec: TableSpec, day: dt.date, origin: str | None = None) -> str:
+    """What a person does about ``exc``: which setting, where (``origin``: where the configuration came
+    from, default the YAML file). The core's own remedy (errors.classify) comes first; a changed source
+    gets the exact launchpad run config that archives the day again."""
+    where = origin or str(config_path())
     relaunch = (f"To archive {day} again, open the job {job_name(spec)} in the launchpad, pick partition {day} "
                 f"and use this run config:\n{overwrite_run_config(spec)}\n(overwrite: true for table "
-                f"{spec.name!r} in {config_path()} would re-archive every changed day).")
+                f"{spec.name!r} in {where} would re-archive every changed day).")
     if type(exc).__name__ == "LateRowsError":
         return "The source changed after it was archived. " + relaunch
     own = getattr(exc, "remedy", None)
     if own:
         return own
     if isinstance(exc, UnsupportedTypeError):
-        return (f"Choose another format for table {spec.name!r} in {config_path()} (jsonl keeps every type as "
+        return (f"Choose another format for table {spec.name!r} in {where} (jsonl keeps every type as "
                 "PostgreSQL prints it), or change the column's type.")
     if isinstance(exc, SourceError):
-        return (f"Check table {spec.name!r} in {config_path()}: its name, day_column ({spec.day_column}) and "
+        return (f"Check table {spec.name!r} in {where}: its name, day_column ({spec.day_column}) and "
                 f"partitioning mode ({spec.partitioning.mode}) must match the database.")
     if is_retryable(exc):
-        return (f"This looked transient and was retried (retry: in {config_path()}). Once the database or the "
+        return (f"This looked transient and was retried (retry: in {where}). Once the database or the "
                 "store is reachable again, re-execute the run (Runs → this run → Re-execute) or launch "
                 f"partition {day} of {job_name(spec)}.")
     return f"Fix the cause above, then launch partition {day} of {job_name(spec)} again."
 
 
-def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None) -> Failure:
+def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None,
+            origin: str | None = None) -> Failure:
     """The step failure a person reads: table, day, cause (never a secret), what to do; no stack trace of
     ours, because the cause is in the message."""
     if isinstance(exc, ArchiveError):
@@ -264,9 +267,9 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     if spec.name not in cause:
         cause = f"{spec.name} {day}: {cause}"
     retryable = is_retryable(exc)
-    advice = remedy(exc, spec, day)
+    advice = remedy(exc, spec, day, origin)
     if retryable and "retried" not in advice:
-        advice += f" (retried as set by retry: in {config_path()})"
+        advice += f" (retried as set by retry: in {origin or config_path()})"
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
                              "error": type(exc).__name__})
@@ -301,7 +304,7 @@ def backfill_policy(settings: BackfillSettings) -> BackfillPolicy | None:
 
 
 def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: ScheduleSettings | None = None,
-                        backfill: BackfillSettings | None = None) -> AssetsDefinition:
+                        backfill: BackfillSettings | None = None, origin: str | None = None) -> AssetsDefinition:
     """The partitioned asset that archives ``spec``, one UTC day per partition.
 
     A run archives the days of its partition range one by one on one connection (a backfill run
@@ -339,7 +342,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
     )
     def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
                 archive_store: ArchiveStoreResource) -> Iterator[DayEvent]:
-        yield from archive_days(context, spec, key, config, postgres, archive_store)
+        yield from archive_days(context, spec, key, config, postgres, archive_store, origin)
 
     policy = backfill_policy(backfill or BackfillSettings())
     return archive.with_attributes(backfill_policy=policy) if policy else archive
@@ -369,7 +372,7 @@ class _Source:
 
 
 def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, config: ArchiveRunConfig,
-                 postgres: PostgresResource, archive_store: ArchiveStoreResource
+                 postgres: PostgresResource, archive_store: ArchiveStoreResource, origin: str | None = None
                  ) -> Iterator[DayEvent]:
     """Archive every day of the run's partitions, each recorded as its own materialization.
 
@@ -392,7 +395,7 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
         for day in todo:
             try:
                 yield from archive_one_day(context, spec, key, day, config, source, archive_store, store,
-                                           alone=len(days) == 1)
+                                           alone=len(days) == 1, origin=origin)
             except Failure as exc:
                 if len(days) == 1:
                     raise
@@ -421,7 +424,7 @@ def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
 
 def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: Period,
                     config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
-                    store: S3Store, *, alone: bool
+                    store: S3Store, *, alone: bool, origin: str | None = None
                     ) -> Iterator[DayEvent]:
     """Archive one day and record it: its materialization (own metadata), then its ``archive_intact``
     result; ``alone``: the run's only day, recorded as the step's output. Raises the :class:`Failure`
@@ -445,7 +448,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc
     except Exception as exc:
-        raise failure(exc, spec, day, postgres.password) from None
+        raise failure(exc, spec, day, postgres.password, origin) from None
     state = archive_state(result)
     if alone:  # in a range, the summary is the materialization's description: one event a day fewer
         context.log.info(summary(result, state))
@@ -462,7 +465,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         yield AssetMaterialization(asset_key=key, partition=day.isoformat(), description=summary(result, state),
                                    metadata=metadata, tags={STATE_TAG: state})
     if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
-        raise failure(unverified, spec, day, postgres.password) from None
+        raise failure(unverified, spec, day, postgres.password, origin) from None
     yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
 
 
