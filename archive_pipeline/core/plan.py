@@ -135,12 +135,12 @@ def _existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
         return None
     prefix = common[: common.rindex("/") + 1]
     wanted, found, listed = set(keys), set(), 0
-    for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
-        items = page.get("Contents", [])
-        listed += len(items)
+    for item in store.list_keys(prefix):
+        listed += 1
         if listed > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
             return None
-        found.update(item["Key"] for item in items if item["Key"] in wanted)
+        if item["Key"] in wanted:
+            found.add(item["Key"])
     return found
 
 
@@ -158,6 +158,10 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             manifest = load_manifest(store, key)
         except ValueError as exc:
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
+            continue
+        except ArchiveError as exc:  # the read failed (a 503, a timeout): this day is not checked, the others are
+            result[day] = ManifestLookup(key, None, f"not checked ({'retryable' if exc.retryable else 'not retryable'}):"
+                                                    f" reading manifest {manifest_key(key)} failed: {exc}")
             continue
         result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None)
     return result

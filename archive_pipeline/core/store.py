@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, classify
@@ -380,7 +381,16 @@ class S3Store:
         except ClientError as exc:
             if _status(exc) == 404:
                 return None
-            raise
+            raise _wrap(exc, f"checking {self.uri(key)} (HeadObject)", DownloadError) from exc
+
+    def list_keys(self, prefix: str) -> Iterator[dict]:
+        """Every object under ``prefix`` as ListObjectsV2 gives it (Key, Size, ETag, ...); a failed
+        listing is a :class:`DownloadError` saying what failed and whether retrying helps."""
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
+        except Exception as exc:
+            raise _wrap(exc, f"listing {self.uri(prefix)} (ListObjectsV2)", DownloadError) from exc
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
         """Write a small object (a manifest) with Content-MD5 and check the returned ETag against our
@@ -404,11 +414,12 @@ class S3Store:
                 return etag
             log.warning("%s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", self.uri(key), etag,
                         digest.hex(), attempt, self.corrupt_attempts)
-        error = UploadError(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
-                            f"our MD5 {digest.hex()}): the network or store alters data; the run will be retried",
-                            retryable=True)
-        self.delete_quietly(key, error)
-        raise error
+        # Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago,
+        # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
+        raise UploadError(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
+                          f"our MD5 {digest.hex()}): the network or store alters data", retryable=True,
+                          cause="the object's checksum did not match on the way", remedy="retried automatically; if "
+                          "it persists, check the network path to the store and the store's health")
 
     @staticmethod
     def refused(exc: BaseException) -> bool:
@@ -523,6 +534,13 @@ class S3Store:
             length = response.get("ContentLength")
             if expected_size is not None and length is not None and length != expected_size:
                 response["Body"].close()
+                if self._stored_size(key) == expected_size:  # the answer, not the object (an error page, a cut body)
+                    raise DownloadError(f"{uri}: the GET answered {length:,} bytes where the store holds "
+                                        f"{expected_size:,} (an error page, or an answer cut short or altered on "
+                                        "the way); the download will be retried", retryable=True, damaged=False,
+                                        cause="the store's answer was not the object",
+                                        remedy="retried automatically; if it persists, check the network path to "
+                                               "the store (proxies, gateways)")
                 raise DownloadError(f"{uri} is damaged: the store holds {length:,} bytes, expected {expected_size:,}; "
                                     "restore it from a replica or backup, or archive the day again",
                                     retryable=False, damaged=True)
@@ -561,6 +579,15 @@ class S3Store:
                                 "or damaged in the store; if it repeats, the stored object is damaged)",
                                 retryable=True, damaged=None)
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
+
+    def _stored_size(self, key: str) -> int | None:
+        """The object's size by its own HEAD (None if that cannot be had): what a GET's answer is
+        checked against before an object is called damaged by its size."""
+        try:
+            head = self.head(key)
+        except Exception:  # noqa: BLE001 - no confirmation either way
+            return None
+        return head.get("ContentLength") if head is not None else None
 
     # --- multipart leftovers ---------------------------------------------------------------------
     def abort_stale_uploads(self, key: str, *, initiated_before: dt.datetime | None = None,

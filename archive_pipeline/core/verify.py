@@ -30,7 +30,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import source_table
-from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.errors import ArchiveError, is_retryable, wrap
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, removal_state, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
@@ -387,6 +387,8 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
     try:
         load_into(conn, path, manifest, target)
     except (psycopg.Error, ValueError, pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, psycopg.Error) and is_retryable(exc):  # the session, not the archive (terminated, timed out)
+            raise wrap(exc, manifest.get("table") or "?", manifest.get("day") or "?") from None
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not load back into its recorded column "
                            f"types: {type(exc).__name__}: {exc}", table=manifest.get("table"),
                            day=manifest.get("day"), retryable=False) from None
