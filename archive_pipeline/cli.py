@@ -81,6 +81,10 @@ class Run:
     def conn(self) -> psycopg.Connection:
         if self._conn is None:
             self._conn = connect_source()
+            # the source: timeouts for every statement (prune's LOCK gives up after lock_timeout_ms
+            # instead of queueing every reader of the table behind it)
+            for name, value in session_settings(self.config.source).items():
+                self._conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         return self._conn
 
     @property

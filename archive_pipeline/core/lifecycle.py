@@ -36,7 +36,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
-from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.errors import ArchiveError, wrap
 from archive_pipeline.core.locks import table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
@@ -95,6 +95,21 @@ def due_days(spec: TableSpec, today: dt.date) -> list[Period]:
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None) -> Removal:
+    """See :func:`_remove_day`; a database error (a lock_timeout, a lost session) comes out as an
+    :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept."""
+    try:
+        return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
+                           removed_by=removed_by)
+    except psycopg.Error as exc:
+        error = wrap(exc, spec.name, spec.period(day).isoformat())
+        for note in getattr(exc, "__notes__", []):
+            error.add_note(note)
+        raise error from None
+
+
+def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
+                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
+                removed_by: str | None = None) -> Removal:
     """Remove ``day`` of ``spec`` from the source (``conn`` must be the primary), if and only if proven.
 
     The deep verification runs here, under the table-day lock, so what is proven is what is removed.

@@ -46,6 +46,10 @@ class PostgresResource(ConfigurableResource):
         if failure is not None:  # raised outside the except block: no chained driver error holding the DSN
             raise failure
         try:
+            # the source: timeouts for everything the session does (an archive's snapshot sets them again,
+            # locally); a removal's LOCK must give up after lock_timeout_ms, not queue every reader behind it
+            for name, value in self.session_settings().items():
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
             yield conn
         finally:
             conn.close()
