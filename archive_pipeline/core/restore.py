@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import psycopg
@@ -311,7 +311,17 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
         with os.fdopen(fd, "wb", buffering=0) as file:
             sink = _HashingWriter(file)
             try:
-                found = _fetch(store, obj, sink)
+                try:
+                    found = _fetch(store, obj, sink)
+                except DownloadError as exc:
+                    if exc.damaged is not None:
+                        raise
+                    # a multipart object's ETag is no MD5, so a wrong MD5 may be the way, not the store:
+                    # downloaded again, the same wrong MD5 says the stored object is damaged
+                    file.seek(0)
+                    file.truncate()
+                    sink = _HashingWriter(file)
+                    found = _fetch(store, obj, sink)
             except DownloadError as exc:
                 if exc.damaged is not False:  # bytes that differ from the manifest's: damaged (or, None, perhaps)
                     raise ArchiveCorruptError(f"the archive of {table} for {day}: {exc}; nothing was loaded",
@@ -358,7 +368,12 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none."""
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
-    raw = store.get_verified_bytes(keys.manifest_key(key))
+    try:
+        raw = store.get_verified_bytes(keys.manifest_key(key))
+    except ArchiveError as exc:
+        raise RestoreError(f"reading the manifest of {spec.name} for {day} failed: {exc.message}; nothing was restored",
+                           table=spec.name, day=day.isoformat(), retryable=exc.retryable, remedy=exc.remedy,
+                           cause=exc.cause) from exc
     if raw is None:
         return None
     try:
@@ -685,6 +700,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         raise
     except Exception as exc:
         found = classify(exc)
+        if found.cause == classify(psycopg.errors.InsufficientPrivilege()).cause:  # not the archiver's grant
+            found = replace(found, remedy="the restoring role needs INSERT and SELECT on the target (GRANT INSERT, "
+                            "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "
+                            "partition (GRANT CREATE ON SCHEMA <schema> TO <role>)")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable, remedy=found.remedy,
                            cause=found.cause) from exc
