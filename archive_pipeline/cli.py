@@ -205,8 +205,9 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
                   "$ARCHIVE_S3_ENDPOINT_URL and the network", True)
         except (ArchiveError, psycopg.Error) as exc:
             configuration = getattr(exc, "cause", None) in CONFIGURATION_CAUSES  # a missing table, a grant
-            _fail(as_json, EXIT_USAGE if configuration else EXIT_DIFFERENCES, redact(str(exc), _password()),
-                  getattr(exc, "retryable", None))
+            transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
+            code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
+            _fail(as_json, code, redact(str(exc), _password()), getattr(exc, "retryable", None))
         finally:
             if run is not None:
                 run.close()

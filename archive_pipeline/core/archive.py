@@ -151,25 +151,20 @@ def read_existing(store: S3Store, key: str) -> Existing:
     return Existing(manifest, raw, "; ".join(problems) or None, listing)
 
 
-def _list_prefix(key: str) -> str:
-    """What every generation of ``key`` and its manifest start with: ``<dir>/<name up to its first dot>``."""
-    head, slash, name = key.rpartition("/")
-    return f"{head}{slash}{name.partition('.')[0]}"
-
-
 def _listing(store: S3Store, key: str) -> dict[str, dict] | None:
     """Size and ETag of every key that starts like ``key``'s generations (None: a store that cannot list)."""
     client = getattr(store, "client", None)
     if client is None or not hasattr(client, "get_paginator"):
         return None
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=_list_prefix(key))
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=keys.day_prefix(key))
     try:
         return {item["Key"]: {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
                 for page in pages for item in page.get("Contents", [])}
     except ValueError as exc:  # botocore parses numbers with int(): a damaged <Size> ends here
-        raise DownloadError(f"listing {store.uri(_list_prefix(key))} gave an answer that cannot be read ({exc}); the "
-                            "run will be retried", retryable=True, cause="the store's answer was damaged on the way",
-                            remedy="retried automatically; if it persists, check the network path to the store") from None
+        raise DownloadError(f"listing {store.uri(keys.day_prefix(key))} gave an answer that cannot be read ({exc}); "
+                            "the run will be retried", retryable=True, cause="the store's answer was damaged on the way",
+                            remedy="retried automatically; if it persists, check the network path to the store"
+                            ) from None
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
@@ -344,7 +339,7 @@ class _Archiving:
                 log.info("%s %s: removed %s, a generation no manifest names", self.spec.name, self.day,
                          self.store.uri(key))
         try:
-            self.store.abort_stale_uploads_under(_list_prefix(self.key), keys.generation_pattern(self.key))
+            self.store.abort_stale_uploads_under(keys.day_prefix(self.key), keys.generation_pattern(self.key))
         except Exception:  # noqa: BLE001 - see the docstring
             log.warning("%s %s: could not list or abort stale multipart uploads; a bucket lifecycle rule "
                         "(AbortIncompleteMultipartUpload) will remove them", self.spec.name, self.day, exc_info=True)
@@ -482,7 +477,8 @@ class _Archiving:
         """True to skip: the archive is this day's rows exactly. Raises if it must not be replaced."""
         recorded = manifest.get("fingerprint")
         # the same values under other column names (two of one type that swapped names) are not the same rows
-        same = recorded == str(fp) and [c["name"] for c in manifest.get("columns", [])] == [c.name for c in table.columns]
+        names = [c["name"] for c in manifest.get("columns", [])]
+        same = recorded == str(fp) and names == [c.name for c in table.columns]
         removed = manifest.get("removed")
         if removed:
             if same:

@@ -184,3 +184,10 @@ def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], pre
                 for used, rest in _split_prefixes(key):
                     rests.setdefault(rest, (name, day, key, used))
     return problems
+
+
+def day_prefix(key: str) -> str:
+    """What every generation of the day's data ``key`` and its manifest start with:
+    ``<dir>/<name up to its first dot>`` (one LIST finds them all)."""
+    head, slash, name = key.rpartition("/")
+    return f"{head}{slash}{name.partition('.')[0]}"

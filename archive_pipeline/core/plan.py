@@ -20,6 +20,7 @@ from archive_pipeline.core.archive import keeps_existing, read_existing, render_
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import ChildRange, child_ranges, existing_days, source_table
 from archive_pipeline.core.errors import ArchiveError, SourceError
+from archive_pipeline.core.keys import day_prefix
 from archive_pipeline.core.manifest import SourceIdentity, manifest_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, read_snapshot, server_identity
@@ -127,20 +128,18 @@ class ManifestLookup:
 
 
 def _existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
-    """The subset of ``keys`` present in the bucket, from a listing under their common prefix; None
+    """Every key in the bucket under the common prefix of ``keys`` (a listing); None
     when that would list much more than the keys themselves (a key template that puts the date
     before the table, or no common directory), where one GET per key costs less."""
     common = os.path.commonprefix(keys)
     if "/" not in common:
         return None
     prefix = common[: common.rindex("/") + 1]
-    wanted, found, listed = set(keys), set(), 0
+    found: set[str] = set()
     for item in store.list_keys(prefix):
-        listed += 1
-        if listed > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
+        found.add(item["Key"])
+        if len(found) > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
             return None
-        if item["Key"] in wanted:
-            found.add(item["Key"])
     return found
 
 
@@ -149,9 +148,12 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
     days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
     present = _existing_keys(store, [manifest_key(k) for k in keys.values()]) if len(days) > 3 else None
+    listed_days = {day_prefix(k) for k in present} if present is not None else set()
     result: dict[dt.date, ManifestLookup] = {}
     for day, key in keys.items():
-        if present is not None and manifest_key(key) not in present:
+        # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
+        # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
+        if present is not None and manifest_key(key) not in present and day_prefix(key) not in listed_days:
             result[day] = ManifestLookup(key, None)
             continue
         try:
@@ -160,8 +162,9 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
             continue
         except ArchiveError as exc:  # the read failed (a 503, a timeout): this day is not checked, the others are
-            result[day] = ManifestLookup(key, None, f"not checked ({'retryable' if exc.retryable else 'not retryable'}):"
-                                                    f" reading manifest {manifest_key(key)} failed: {exc}")
+            retry = "retryable" if exc.retryable else "not retryable"
+            result[day] = ManifestLookup(key, None, f"not checked ({retry}): reading manifest {manifest_key(key)} "
+                                                    f"failed: {exc}")
             continue
         result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None)
     return result
