@@ -235,6 +235,7 @@ class _Archiving:
         self.temp_dir, self.progress, self.progress_every, self.settings = temp_dir, progress, progress_every, settings
         self.key = render_key(spec, day, store.prefix)
         self.manifest_key = keys.manifest_key(self.key)
+        self._manifest_refused = True  # every manifest write so far answered 4xx (see _put_manifest)
         self.started = time.perf_counter()
 
     def run(self, overwrite: bool) -> ArchiveResult:
@@ -634,7 +635,7 @@ class _Archiving:
         # Our manifest may still land (a write that timed out, or answered 5xx): its object must then be
         # there. It is withdrawn only when the store refused the write; else it stays, at worst a leftover
         # the next run of the day deletes once a manifest names another generation.
-        if named != result.key and self.store.refused(exc):
+        if named != result.key and self._manifest_refused:
             self.store.delete_quietly(result.key, exc)
 
     def _put_back(self, previous: bytes) -> None:
@@ -651,6 +652,8 @@ class _Archiving:
                 self.store.put_bytes(self.manifest_key, data, "application/json")
                 return
             except Exception as exc:  # noqa: BLE001 - re-raised after the last attempt
+                # refused only if every attempt was: one that timed out may still land
+                self._manifest_refused = self._manifest_refused and self.store.refused(exc)
                 if attempt == MANIFEST_PUT_ATTEMPTS or not is_retryable(exc):
                     raise
                 log.warning("writing %s failed (%s); trying again", self.manifest_key, exc)

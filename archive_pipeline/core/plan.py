@@ -179,6 +179,21 @@ def _source(conn: psycopg.Connection, spec: TableSpec, day: Period) -> tuple[Sou
     return table, day_filter(table, day)
 
 
+def _has_default_partition(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Whether rows of a day with no partition of its own can still be in the table: its DEFAULT
+    partition (declarative tables only; a column-mode day without rows has none, a naming-mode day
+    without its table has none)."""
+    if spec.partitioning.mode != "declarative":
+        return False
+    name = sql.Identifier(spec.schema_name, spec.table_name).as_string(conn)
+    try:
+        found = conn.execute("SELECT partdefid <> 0 FROM pg_catalog.pg_partitioned_table "
+                             "WHERE partrelid = to_regclass(%s)", (name,)).fetchone()
+    except psycopg.Error:  # (a role without USAGE on the schema: the fingerprints will say so, day by day)
+        return False
+    return bool(found and found[0])
+
+
 def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:
     """Whether the archive holds what the source holds now: the fingerprint when the manifest has one
     (version 2), otherwise only the row count (version 1 recorded nothing finer)."""
@@ -418,6 +433,7 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     """Source against archive per day: row counts and content fingerprints (the manifest's
     ``fingerprint``; a version-1 manifest has none, and then only the counts are compared)."""
     out = []
+    elsewhere = _has_default_partition(conn, spec)
     for day, found, present in _found(conn, spec, store, days):
         if found.problem:
             out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, found.problem))
@@ -425,16 +441,24 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
         archived = found.archived
         if archived is None and not present:
             continue
+        if not present and not elsewhere:  # nowhere else the day's rows could be: no query
+            out.append(Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
+                                  archived.object_key or found.key,
+                                  archived.removed or "archived; the source no longer has this day"))
+            continue
         try:
             algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
-            # An archived day the catalog shows no partition or table for is still looked for: its rows
-            # may sit in a DEFAULT partition (a late row after the day's partition was dropped).
+            # An archived day the catalog shows no partition for is still looked for where it can be: its
+            # rows may sit in a DEFAULT partition (a late row after the day's partition was dropped).
             current = source_fingerprint(conn, spec, day, algorithm, archived.column_names if archived else None)
         except ColumnsChangedError as exc:
             out.append(Comparison(spec.name, day, "differs", None, archived.rows, None, archived.fingerprint,
                                   archived.object_key or found.key, exc.message))
             continue
         except SourceError as exc:
+            if archived is None:  # a day the catalog shows, that this role cannot read: say so
+                out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, str(exc)))
+                continue
             current, present = None, False
             found = ManifestLookup(found.key, archived, str(exc))
         if current is not None and current.rows == 0 and (not present or archived is not None and archived.removed):

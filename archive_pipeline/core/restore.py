@@ -677,9 +677,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         with contextlib.ExitStack() as stack:
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
-            # never while the day is archived or removed, nor twice at once: two restores of one day into
-            # one table would each check only its own uncommitted rows, and both load them
-            stack.enter_context(table_day_lock(conn, table, manifest_period(manifest)))
+            # Into the archived table: never while the day is archived or removed. Into another table:
+            # never twice at once into the same one (two restores of one day would each check only their
+            # own uncommitted rows, and both load them), whatever runs on the source meanwhile.
+            lock_name = table if into == "original" else f"restore into {target}"
+            stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
                 relation, to_create = _resolve_target(conn, manifest, into, target)

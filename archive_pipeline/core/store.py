@@ -433,8 +433,10 @@ class S3Store:
         while current is not None and id(current) not in seen:
             seen.add(id(current))
             if isinstance(current, ClientError):
-                status = current.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-                return 400 <= status < 500
+                meta = current.response.get("ResponseMetadata", {})
+                status = meta.get("HTTPStatusCode") or 0
+                # botocore's own earlier attempts (a timeout, a 5xx) may have been carried out
+                return 400 <= status < 500 and not meta.get("RetryAttempts")
             current = current.__cause__ or current.__context__
         return False
 

@@ -236,7 +236,7 @@ def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequ
     if columns is None:
         raise ColumnsChangedError(
             f"{spec.name} {day}: the source's columns are now {[c.name for c in table.columns]}, the archive's "
-            f"{list(names)} (renamed, added or dropped since it was archived), so its rows are not the archive's",
+            f"{list(names)} (renamed, added, dropped or reordered since it was archived), so its rows are not the archive's",
             table=spec.name, day=day.isoformat(), retryable=False,
             remedy="archive the day again (overwrite) if the new columns are right; the previous archive stays "
                    "until the new one is complete")
