@@ -67,7 +67,8 @@ def test_sensor_cap_is_not_starved_by_days_whose_runs_already_failed(pg, conn, s
         # its run key is used, the day is still not materialized.
         instance.add_run(DagsterRun(job_name=first.job_name, run_id=str(uuid.uuid4()),
                                     status=DagsterRunStatus.FAILURE,
-                                    tags={**first.tags, "dagster/run_key": first.run_key}))
+                                    tags={**first.tags, "dagster/run_key": first.run_key,
+                                          "dagster/sensor_name": "archive_new_days"}))
         used = {r.tags.get("dagster/run_key") for r in instance.get_runs()}
         # What the daemon would launch from the next ticks (it drops requests whose run key was used).
         launched = [r.partition_key for _ in range(3) for r in tick().run_requests if r.run_key not in used]

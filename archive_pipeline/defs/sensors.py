@@ -19,6 +19,7 @@ from dagster import (
     AssetKey,
     DefaultSensorStatus,
     DagsterInstance,
+    DagsterRunStatus,
     RunRequest,
     RunsFilter,
     SensorDefinition,
@@ -41,6 +42,9 @@ from archive_pipeline.core.plan import select_days
 from archive_pipeline.defs.resources import PostgresResource
 
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
+SENSOR_NAME_TAG = "dagster/sensor_name"  # ... and the sensor that requested it
+UNFINISHED = {DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
+              DagsterRunStatus.STARTED}
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,9 @@ def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResourc
             f"looks again; to fix: {found.remedy}")
 
 
+SENSOR_NAME = "archive_new_days"
+
+
 def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int) -> tuple[list[RunRequest], int]:
     """The first ``cap`` of ``requests`` whose run key has no run yet, and how many were left out because
     theirs has one.
@@ -138,7 +145,11 @@ def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int) -> 
             break
         batch = requests[start:start + size]
         runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: [r.run_key for r in batch]}))
-        used = {run.tags.get(RUN_KEY_TAG) for run in runs}
+        # what the daemon drops: a key this sensor already ran (its own runs, as the daemon matches
+        # them); and a day already queued or running from anywhere. A day whose *scheduled* run failed
+        # is still requested, once, as before.
+        used = {run.tags.get(RUN_KEY_TAG) for run in runs
+                if run.tags.get(SENSOR_NAME_TAG) == SENSOR_NAME or run.status in UNFINISHED}
         for request in batch:
             if request.run_key in used:
                 tried += 1
@@ -149,7 +160,7 @@ def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int) -> 
 
 def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings) -> SensorDefinition:
     @sensor(
-        name="archive_new_days",
+        name=SENSOR_NAME,
         jobs=[t.job for t in targets],
         minimum_interval_seconds=settings.interval_seconds,
         default_status=DefaultSensorStatus.RUNNING if settings.running else DefaultSensorStatus.STOPPED,
