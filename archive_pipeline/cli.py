@@ -138,10 +138,19 @@ def _password() -> str | None:
     return dsn_password(os.environ.get(DSN_VAR, ""))
 
 
+_RETRY_PROMISES = [  # what the core says of a Dagster run, and what it means for one try of a command
+    (re.compile(r"; (?:the run|the download|the day) will be retried"), "; retryable"),
+    (re.compile(r"transient, retried"), "transient"),
+    (re.compile(r"(; to fix: |^)retried automatically"), r"\1run the command again (it tries once)"),
+    (re.compile(r"retrying later"), "try again later"),
+]
+
+
 def _for_the_cli(text: str) -> str:
     """A core message as the command line means it: the CLI tries once, where a Dagster run is retried."""
-    return text.replace("transient, retried", "transient").replace(
-        "retried automatically", "run the command again (it tries once)")
+    for promise, meaning in _RETRY_PROMISES:
+        text = promise.sub(meaning, text)
+    return text
 
 
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
@@ -592,7 +601,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
     if failure is not None:
         lost = run.conn.closed or isinstance(failure, psycopg.OperationalError)
-        message = redact(str(failure), _password())
+        message = _for_the_cli(redact(str(failure), _password()))
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_DIFFERENCES)
     run.emit(payload, render)
@@ -632,7 +641,8 @@ def prune(run: Run, dry_run: bool) -> None:
                 continue
             except ArchiveError as exc:  # e.g. removed but the "done" mark not written: the next days still run
                 results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                                "message": redact(str(exc), _password()), "retryable": exc.retryable})
+                                "message": _for_the_cli(redact(str(exc), _password())),
+                                "retryable": exc.retryable})
                 continue
             status = ("already removed" if removal.already_removed else "would remove" if dry_run
                       else "removed")

@@ -28,8 +28,8 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
         raise ArchiveError(f"{table} {day} is being archived, removed or restored by another run right now"
                            f"{_holder(conn, key)}", table=table, day=day.isoformat(), retryable=True,
                            cause="another run holds the table-day lock",
-                           remedy="wait for that run to end, then run this again (a run with retries left is "
-                                  "retried automatically); one run per table-day at a time keeps the archive "
+                           remedy="wait for that run to end, then run this again (a Dagster run with retries "
+                                  "left tries again by itself); one run per table-day at a time keeps the archive "
                                   "exact")
     try:
         yield
