@@ -374,6 +374,14 @@ class S3Store:
 
     # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
+        """The object's HEAD answer, None if it does not exist; a failure is a :class:`DownloadError`."""
+        try:
+            return self._head(key)
+        except Exception as exc:
+            raise _wrap(exc, f"checking {self.uri(key)} (HeadObject)", DownloadError) from exc
+
+    def _head(self, key: str) -> dict | None:
+        """HEAD with botocore's own errors (the upload path wraps them as an :class:`UploadError`)."""
         from botocore.exceptions import ClientError
 
         try:
@@ -381,7 +389,7 @@ class S3Store:
         except ClientError as exc:
             if _status(exc) == 404:
                 return None
-            raise _wrap(exc, f"checking {self.uri(key)} (HeadObject)", DownloadError) from exc
+            raise
 
     def list_keys(self, prefix: str) -> Iterator[dict]:
         """Every object under ``prefix`` as ListObjectsV2 gives it (Key, Size, ETag, ...); a failed
@@ -864,7 +872,7 @@ class S3Upload:
             store._withdraw_if_ours(self.key, {expected_etag, etag}, size, error)
             raise error
         try:
-            head = store.head(self.key)
+            head = store._head(self.key)
         except Exception as exc:
             error = self._named(_wrap(exc, f"checking {store.uri(self.key)} (HeadObject)"))
             store.delete_quietly(self.key, error)
