@@ -72,3 +72,32 @@ def test_the_days_partition_dropped_right_after_the_snapshot_fails_the_day_retry
         archive_partition(conn, spec(name=f"{schema}.ev", partitioning={"mode": "declarative"}), "2024-03-10", store)
     assert failure.value.retryable
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("change", [
+    "VACUUM FULL {day}",  # MVCC-safe rewrites: the snapshot still sees every row of the day
+    "CLUSTER {day} USING ev_20240310_at_idx",
+    "VACUUM FULL {other}",  # maintenance on another day's partition
+])
+def test_a_rewrite_that_keeps_the_snapshots_rows_does_not_fail_the_day(pg, conn, schema, store, monkeypatch, change):
+    """(From the review.) A new file whose rows the snapshot still sees is no change to fail for."""
+    from archive_pipeline.core import archive
+    from archive_pipeline_tests.helpers import range_partitioned_events
+
+    range_partitioned_events(conn, schema, [("ev_20240310", "2024-03-10", "2024-03-11"),
+                                            ("ev_20240311", "2024-03-11", "2024-03-12")])
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00'::timestamptz + (g % 2) * interval '1 day' "
+                         "FROM generate_series(1, 6) g").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("CREATE INDEX ev_20240310_at_idx ON {} (at)").format(sql.Identifier(schema, "ev_20240310")))
+    original = archive.source_table
+
+    def change_in_the_window(*args, **kwargs):
+        with pg.connect() as other:
+            other.execute(sql.SQL(change).format(other=sql.Identifier(schema, "ev_20240311"),
+                                                 day=sql.Identifier(schema, "ev_20240310")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "source_table", change_in_the_window)
+    result = archive_partition(conn, spec(name=f"{schema}.ev", partitioning={"mode": "declarative"}), "2024-03-10",
+                               store)
+    assert (result.rows, result.empty) == (3, False)

@@ -702,7 +702,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         raise
     except Exception as exc:
         found = classify(exc)
-        if found.cause == classify(psycopg.errors.InsufficientPrivilege()).cause:  # not the archiver's grant
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy="the restoring role needs INSERT and SELECT on the target (GRANT INSERT, "
                             "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "
                             "partition (GRANT CREATE ON SCHEMA <schema> TO <role>)")

@@ -430,9 +430,14 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     DETACH of the day's partition committed in between would show the snapshot the day empty, and
     the day would be archived as empty with a fingerprint that agrees. Each such change gives the
     relation a new file (or none): ``pg_class`` read in the snapshot still names the old one, the
-    relation cache the current one. Once the locks are held nothing can change them any more."""
+    relation cache the current one. A new file whose rows the snapshot still sees was rewritten
+    keeping them (VACUUM FULL, CLUSTER: MVCC-safe) and is no reason to fail. Once the locks are held
+    nothing can change them any more."""
     conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
-    changed = [name for (name,) in conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),))]
+    found = conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),)).fetchall()
+    changed = [f"{schema}.{name}" for schema, name, gone in found
+               if gone or not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})").format(
+                   sql.Identifier(schema, name))).fetchone()[0]]
     if changed:
         raise SourceError(
             f"{', '.join(changed)} changed (TRUNCATE, a rewriting ALTER TABLE or VACUUM FULL, or a partition "
@@ -448,7 +453,7 @@ WITH RECURSIVE tree(oid) AS (
     SELECT %s::regclass::oid
     UNION ALL
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
-SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+SELECT n.nspname, c.relname, pg_catalog.pg_relation_filenode(c.oid) IS NULL
 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm') AND c.relfilenode IS DISTINCT FROM pg_catalog.pg_relation_filenode(c.oid)
 """
