@@ -246,3 +246,48 @@ def test_a_manifest_write_refused_only_on_retry_does_not_withdraw_the_object_it_
     assert manifest is not None, "the held write did not land; the scenario did not happen"
     listed = {o["Key"] for o in store.client.list_objects_v2(Bucket=bucket).get("Contents", [])}
     assert manifest["object"]["key"] in listed, "the manifest names an object that was withdrawn"
+
+
+def test_a_naming_mode_range_restore_hashes_each_restored_row_a_bounded_number_of_times(conn, schema, store,
+                                                                                        temp_dir, monkeypatch):
+    """(From the review.) restore_days of a naming-mode table into one table fingerprinted the whole
+    target before and after every day: day k hashed the k-1 days before it twice, so a range of N days
+    hashed O(N^2) rows. Now each day's inserted rows are hashed once, from the INSERT's RETURNING."""
+    import datetime as dt
+
+    from archive_pipeline.core import fingerprint
+    from archive_pipeline.core.restore import restore_days
+
+    first, n, per_day = dt.date(2024, 3, 10), 8, 10
+    for i in range(n):
+        day = first + dt.timedelta(days=i)
+        t = sql.Identifier(schema, f"clicks_{day:%Y%m%d}")
+        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, url text)").format(t))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, '/p/' || g FROM generate_series({}, {}) g").format(
+            t, sql.Literal(i * per_day + 1), sql.Literal((i + 1) * per_day)))
+    table = TableSpec(name=f"{schema}.clicks", start_date=first, partitioning={"mode": "naming",
+                                                                                "pattern": "clicks_%Y%m%d"})
+    for i in range(n):
+        archive_partition(conn, table, first + dt.timedelta(days=i), store, temp_dir=temp_dir)
+    hashed = [0]
+    original = fingerprint.compute
+
+    def counting(*args, **kwargs):
+        result = original(*args, **kwargs)
+        hashed[0] += result.rows
+        return result
+
+    monkeypatch.setattr(fingerprint, "compute", counting)
+    from archive_pipeline.core import restore
+    inserted = restore._insert_fingerprinted
+
+    def counting_inserted(*args, **kwargs):
+        result = inserted(*args, **kwargs)
+        hashed[0] += result.rows
+        return result
+
+    monkeypatch.setattr(restore, "_insert_fingerprinted", counting_inserted)
+    restored = restore_days(conn, store, table, first, first + dt.timedelta(days=n - 1), into="new",
+                            target=f"{schema}.clicks_back", temp_dir=temp_dir)
+    assert sum(r.rows for r in restored.results) == n * per_day
+    assert hashed[0] <= 2 * n * per_day, f"{hashed[0]} rows hashed to restore {n * per_day}"

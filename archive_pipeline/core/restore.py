@@ -539,9 +539,10 @@ def _day_where(conn: psycopg.Connection, relation: str, manifest: dict, whole: b
     return day_filter(describe_table(conn, relation, manifest["day_column"]), manifest_period(manifest))
 
 
-def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: str, on_conflict: OnConflict) -> tuple[
-        int, int]:
-    """(rows loaded from the archive, rows inserted into ``relation``).
+def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: str, on_conflict: OnConflict, *,
+          fingerprint_added: bool = False) -> tuple[int, int, fp.Fingerprint | None]:
+    """(rows loaded from the archive, rows inserted into ``relation``, with ``fingerprint_added`` the
+    fingerprint of the rows inserted as the target stored them, taken from the INSERT's RETURNING).
 
     Straight into ``relation``, or, with ``on_conflict="skip"`` or where the target generates some of
     the archived columns itself (``GENERATED ALWAYS AS (...)``: neither COPY nor INSERT may write them),
@@ -549,31 +550,51 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
     generated values are then the target's, and the fingerprint check that follows proves them equal
     to the archived ones (or rolls the restore back)."""
     if path is None:
-        return 0, 0
+        return 0, 0, None
     if on_conflict not in ("fail", "skip"):
         raise RestoreError(f"on_conflict must be 'fail' or 'skip', not {on_conflict!r}")
     target = _ident(relation)
     names = manifest_columns(manifest)
     generated, always_identity = _computed_columns(conn, target, names)
     try:
-        if on_conflict == "fail" and not generated:
+        if on_conflict == "fail" and not generated and not fingerprint_added:
             rows = load_into(conn, path, manifest, target)  # COPY writes identity columns; JSONL's INSERT overrides
-            return rows, rows
+            return rows, rows, None
         stage = sql.Identifier(f"archive_restore_stage_{os.getpid()}_{next(_names)}")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
             stage, _column_list(names), target))
         rows = load_into(conn, path, manifest, stage)
         written = _column_list([n for n in names if n not in generated])
-        inserted = conn.execute(sql.SQL("INSERT INTO {} ({c}){o} SELECT {c} FROM {}{d}").format(
+        insert = sql.SQL("INSERT INTO {} ({c}){o} SELECT {c} FROM {}{d}").format(
             target, stage, c=written, o=_overriding(always_identity),
-            d=sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict == "skip" else ""))).rowcount
+            d=sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict == "skip" else ""))
+        added = None
+        if fingerprint_added:
+            added = _insert_fingerprinted(conn, insert, manifest, relation)
+            inserted = added.rows
+        else:
+            inserted = conn.execute(insert).rowcount
         conn.execute(sql.SQL("DROP TABLE {}").format(stage))
-        return rows, inserted
+        return rows, inserted, added
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
         raise RestoreConflictError(
             f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
             f"({exc.diag.message_detail or exc}); nothing was restored. Use on_conflict='skip' to add only the "
             "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"]) from None
+
+
+def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, manifest: dict,
+                          relation: str) -> fp.Fingerprint:
+    """Run ``insert`` and return the fingerprint of the rows it inserted, as the target stored them
+    (its RETURNING): where no day column tells a day's rows apart in the target (a naming-mode table
+    restored into a table holding other days), these are exactly the restored rows, hashed once."""
+    algorithm = fp.algorithm_for(manifest.get("fingerprint"))
+    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    query = sql.SQL("WITH ins AS ({insert} RETURNING {cols}) SELECT count(*), coalesce(sum({h}), 0)::text FROM ins").format(
+        insert=insert, cols=_column_list(manifest_columns(manifest)), h=fp.row_hash(columns, "ins", algorithm))
+    with fp.canonical_settings(conn):
+        rows, hash_sum = conn.execute(query).fetchone()
+    return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
 
 
 def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
@@ -593,21 +614,10 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> Non
                                     "into a table that lacks the day's rows, or add a primary key to the target")
 
 
-def _fingerprint_now(conn: psycopg.Connection, manifest: dict, relation: str) -> fp.Fingerprint | None:
-    """The whole target's fingerprint before loading, where no day column tells the day's rows apart
-    (a naming-mode table restored into a table holding other days): what the load adds to it is then
-    exactly the restored rows (a fingerprint is a count and a sum, so it subtracts)."""
-    recorded = manifest.get("fingerprint")
-    if fp.recorded_algorithm(recorded) is None:
-        return None
-    columns = _columns_of(conn, relation, manifest_columns(manifest))
-    return fp.compute(conn, _ident(relation), columns, None, fp.algorithm_for(recorded))
-
-
 def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int,
-           before: fp.Fingerprint | None = None) -> tuple[bool, str | None, str]:
-    """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``before``:
-    the target's fingerprint before the load, when the restored rows are what the load added."""
+           added: fp.Fingerprint | None = None) -> tuple[bool, str | None, str]:
+    """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
+    the fingerprint of the rows the load inserted, when those are what is compared."""
     table, day = manifest["table"], manifest["day"]
     recorded = manifest.get("fingerprint")
     if rows != manifest["rows"]:
@@ -620,12 +630,11 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
         return False, None, f"row count only ({rows:,} rows as recorded): {why}"
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     where = _day_where(conn, relation, manifest, whole)
-    actual = fp.compute(conn, _ident(relation), columns, where, fp.algorithm_for(recorded))
-    scope = relation if where is None else f"the rows of {day} in {relation}"
-    if before is not None:
-        actual = fp.Fingerprint(rows=actual.rows - before.rows, hash_sum=str(int(actual.hash_sum) - int(before.hash_sum)),
-                                algorithm=actual.algorithm)
-        scope = f"the rows the restore added to {relation}"
+    if added is not None:
+        actual, scope = added, f"the rows the restore added to {relation}"
+    else:
+        actual = fp.compute(conn, _ident(relation), columns, where, fp.algorithm_for(recorded))
+        scope = relation if where is None else f"the rows of {day} in {relation}"
     if str(actual) != recorded:
         generated, _ = _computed_columns(conn, _ident(relation), manifest_columns(manifest))
         computed = (f", or {relation} computes its generated column(s) {generated} otherwise than when the day was "
@@ -691,9 +700,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     _require_key(conn, manifest, relation)
                 # the day is the whole target: a new table, or the day's own table (naming mode)
                 whole = into == "new" or (into == "original" and not manifest.get("day_column"))
-                before = None if whole or manifest.get("day_column") else _fingerprint_now(conn, manifest, relation)
-                rows, inserted = _load(conn, path, manifest, relation, on_conflict)
-                checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, before=before)
+                by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
+                rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
+                                              fingerprint_added=by_added)
+                checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added)
         return RestoreResult(table=table, day=day, target=relation, rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
                              check=check, created=tuple(to_create))
