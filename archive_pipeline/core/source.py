@@ -435,15 +435,31 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     nothing can change them any more."""
     conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),)).fetchall()
+    read = _relations_read(conn, table, where) if found else set()
     changed = [f"{schema}.{name}" for schema, name, gone in found
-               if gone or not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})").format(
-                   sql.Identifier(schema, name))).fetchone()[0]]
+               if gone or ((schema, name) in read and not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})")
+                                                                    .format(sql.Identifier(schema, name))).fetchone()[0])]
     if changed:
         raise SourceError(
             f"{', '.join(changed)} changed (TRUNCATE, a rewriting ALTER TABLE or VACUUM FULL, or a partition "
             f"dropped or detached) just after this run took its snapshot of {table.qualified}; reading on would "
             "see the day as it was not", retryable=True, cause="the table changed while the run was starting",
             remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs")
+
+
+def _relations_read(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> set[tuple[str, str]]:
+    """(schema, name) of every relation the day's query reads, as planned now (partitions pruned):
+    another day's partition emptied meanwhile is no change of this day."""
+    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT 1 FROM {} WHERE {}").format(
+        table.identifier, where)).fetchone()[0]
+    found: set[tuple[str, str]] = set()
+    nodes = [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if "Relation Name" in node:
+            found.add((node.get("Schema", ""), node["Relation Name"]))
+        nodes.extend(node.get("Plans", []))
+    return found
 
 
 # Every relation of the table's tree as the snapshot sees it whose file is no longer the one the
