@@ -81,7 +81,7 @@ def manifest_key(key: str) -> str:
     return key + MANIFEST_SUFFIX
 
 
-_GENERATION_LIKE = re.compile(r"^[^.]*\.g\d+\.")
+_GENERATION_LIKE = re.compile(r"^[^.]*\.g\d+(?:\.|$)")  # <name>.g<N>.<ext>, or <name>.g<N> without one
 
 _SAMPLE_FROM = dt.datetime(2023, 12, 31, tzinfo=dt.UTC)
 _SAMPLE_TO = dt.datetime(2025, 1, 2, tzinfo=dt.UTC)
@@ -159,7 +159,7 @@ def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], pre
                 break
             if _GENERATION_LIKE.match(key.rpartition("/")[2]):
                 problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which looks like a later "
-                                "generation of another key (<name>.g<N>.<ext>); put the table or date elsewhere in the template")
+                                "generation of another key (<name>.g<N>[.<ext>]); put the table or date elsewhere in the template")
                 break
             other, when = seen.get(key), "" if prefix else _with_prefix("")
             placeholder = mixed and _ANY_PREFIX in key
