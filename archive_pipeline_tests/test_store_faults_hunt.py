@@ -10,7 +10,6 @@ import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import LateRowsError, archive_partition
-from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.manifest import decode_manifest
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
@@ -20,17 +19,7 @@ from archive_pipeline_tests.helpers import decompress, download, read_jsonl
 D = dt.date(2024, 3, 10)
 
 
-@pytest.fixture
-def table(conn, schema) -> TableSpec:
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, body text)").format(
-        sql.Identifier(schema, "t")))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00', md5(g::text) "
-                         "FROM generate_series(1, 200) g").format(sql.Identifier(schema, "t")))
-    return TableSpec(name=f"{schema}.t", day_column="at", start_date="2024-03-01")
-
-
-def stored_keys(s3_client, bucket) -> list[str]:
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+from archive_pipeline_tests.test_integrity import stored_keys, table  # noqa: E402,F401 - the same 200-row day
 
 
 def open_uploads(s3_client, bucket) -> list[str]:
