@@ -576,10 +576,11 @@ def _detail(exc: BaseException, limit: int = 600) -> str:
 
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
-         user: str | None = None, standby: bool = False) -> ArchiveError:
+         user: str | None = None, standby: bool = False, doing: str = "archiving") -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
+    ``doing``: what failed, as the message begins ("archiving", "removing", "proving").
 
     An :class:`ArchiveError` is returned itself, with table and day filled in. Raise the result
     ``from None``: a chained driver exception may hold the DSN.
@@ -597,7 +598,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     if found.cause == _BAD_DSN.cause:  # libpq quotes pieces of the string, perhaps of the password
         detail = _scrub_parse_error(detail)
     code = f" SQLSTATE {found.sqlstate}" if found.sqlstate and found.sqlstate not in detail else ""
-    message = (f"archiving {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
+    message = (f"{doing} {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
                f"{'transient, retried' if found.retryable else 'not retried: a retry cannot fix this'}")
     return error_type(message, table=table, day=day, retryable=found.retryable, remedy=found.remedy,
                       cause=found.cause)

@@ -101,7 +101,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
                            removed_by=removed_by)
     except psycopg.Error as exc:
-        error = wrap(exc, spec.name, spec.period(day).isoformat())
+        error = wrap(exc, spec.name, spec.period(day).isoformat(), doing="removing")
         for note in getattr(exc, "__notes__", []):
             error.add_note(note)
         raise error from None

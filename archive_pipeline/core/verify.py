@@ -393,7 +393,7 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
         load_into(conn, path, manifest, target)
     except (psycopg.Error, ValueError, pa.ArrowInvalid, OSError) as exc:
         if isinstance(exc, psycopg.Error) and is_retryable(exc):  # the session, not the archive (terminated, timed out)
-            raise wrap(exc, manifest.get("table") or "?", manifest.get("day") or "?") from None
+            raise wrap(exc, manifest.get("table") or "?", manifest.get("day") or "?", doing="proving") from None
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not load back into its recorded column "
                            f"types: {type(exc).__name__}: {exc}", table=manifest.get("table"),
                            day=manifest.get("day"), retryable=False) from None
