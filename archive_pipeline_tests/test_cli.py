@@ -149,6 +149,8 @@ def test_changed_days_found_refused_overwritten_and_verified(setup, conn, s3_cli
     assert cli_json(env, "compare")["ok"] is True
     checked = cli_json(env, "verify")
     assert [(d["key"], d["ok"]) for d in checked["days"][1:]] == [(d["key"], True) for d in again["days"]]
+    planned = cli_json(env, "archive", "--dry-run", "--from", days[1].isoformat())  # the stored object's key
+    assert [(p["action"], p["key"]) for p in planned["days"]] == [("skip", d["key"]) for d in again["days"]]
 
     # an object replaced behind the manifest's back
     s3_client.put_object(Bucket=bucket, Key=again["days"][1]["key"], Body=b"not the archive")

@@ -384,8 +384,9 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
         keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
     except ArchiveError as exc:
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
-    if keep:
-        return PlannedDay(spec.name, day, key, "skip", f"identical archive exists ({current.rows:,} rows, same "
+    if keep:  # the object its manifest names (a later generation after an overwrite)
+        stored = (existing.manifest.get("object") or {}).get("key") or key
+        return PlannedDay(spec.name, day, stored, "skip", f"identical archive exists ({current.rows:,} rows, same "
                           "content fingerprint)", estimate)
     reason = ("overwrite requested" if overwrite else
               "manifest version 1 cannot prove its content: archived again as a new generation")
