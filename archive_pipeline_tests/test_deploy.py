@@ -426,7 +426,13 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
             params = {"selector": {"repositoryLocationName": "archive_pipeline", "repositoryName": "__repository__",
                                    "jobName": job},
                       "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "2024-03-10"}]}}
-            launched = _graphql(web_port, LAUNCH_RUN, {"params": params})["launchRun"]
+            def launch() -> dict | None:
+                # The webserver may have loaded the workspace while the code server was still starting: the job
+                # shows up once it reloads the location (a launch until then finds no job and creates no run).
+                answer = _graphql(web_port, LAUNCH_RUN, {"params": params})["launchRun"]
+                return None if answer["__typename"] == "PipelineNotFoundError" else answer
+
+            launched = _wait_for("the job in the webserver", launch, webserver, tmp_path / "web.log", timeout=60)
             assert launched["__typename"] == "LaunchRunSuccess", launched
             assert launched["run"]["status"] == "QUEUED"  # the coordinator queues; only the daemon launches
             run_id = launched["run"]["runId"]
