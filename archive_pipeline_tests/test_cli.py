@@ -57,6 +57,15 @@ def cli_json(env: dict[str, str], *args: str, code: int = 0) -> dict:
     return json.loads(done.stdout)
 
 
+def edit_config(env: dict[str, str], table: dict | None = None, **sections) -> None:
+    """Change the test's YAML file: settings of its one table, and whole top-level sections."""
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    raw = yaml.safe_load(config.read_text())
+    raw["tables"][0].update(table or {})
+    raw.update(sections)
+    config.write_text(yaml.safe_dump(raw))
+
+
 def bucket_keys(s3_client, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
@@ -263,10 +272,7 @@ def test_restore_into_a_new_table_and_a_dropped_partition(setup, conn, days):
 
 def test_prune_removes_only_proven_days(setup, conn, s3_client, bucket, days):
     env, spec = setup
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["retention"] = {"keep_days": 1, "action": "drop"}  # days[0] and days[1] are due
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"retention": {"keep_days": 1, "action": "drop"}})  # days[0] and days[1] are due
     cli_json(env, "archive", "--day", days[0].isoformat())
     children = [f"{spec.schema_name}.events_{d:%Y%m%d}" for d in days]
 
@@ -296,10 +302,7 @@ def test_prune_reports_a_removal_it_could_not_record_and_goes_on(setup, conn, s3
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
     env, spec = setup
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["retention"] = {"keep_days": 1, "action": "drop"}  # days[0] and days[1] are due
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"retention": {"keep_days": 1, "action": "drop"}})  # days[0] and days[1] are due
     cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[1].isoformat())
     with FaultProxy(s3.endpoint_url) as proxy:
         # the first day's pending mark goes through, its "done" mark is refused; the second day's pass

@@ -35,7 +35,7 @@ def events(conn, schema):
     return schema
 
 
-def spec_for(schema: str, action: str, **extra) -> TableSpec:
+def spec_for(schema: str, action: str = "drop", **extra) -> TableSpec:
     return TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAYS[0],
                      partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": action}, **extra)
 

@@ -18,23 +18,12 @@ from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, load_manifest
-from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
-from archive_pipeline_tests.test_cli import days, setup  # noqa: F401 - fixtures
+from archive_pipeline_tests.test_cli import days, edit_config, setup  # noqa: F401 - fixtures
+from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: F401 - the same two days
 
 DAY = dt.date(2024, 3, 10)
 DAYS = [DAY, dt.date(2024, 3, 11)]
-
-
-@pytest.fixture
-def events(conn, schema):
-    create_sample_events(conn, DAYS, rows_per_day=300, schema=schema)
-    return schema
-
-
-def spec_for(schema: str, action: str = "drop", **extra) -> TableSpec:
-    return TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAYS[0],
-                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": action}, **extra)
 
 
 def data_key(schema: str, day: dt.date = DAY) -> str:
@@ -318,17 +307,10 @@ def test_a_dagster_run_that_meets_the_table_day_lock_says_what_to_do_about_it(pg
 def test_prune_dry_run_of_a_day_already_deleted_does_not_say_would_remove(setup, conn, days):
     """retention delete (declarative): the day's partition stays, empty. `prune --dry-run` then lists the
     day as "would remove" 300 rows, where `prune` itself says "already removed"."""
-    from pathlib import Path
-
-    import yaml
-
     from archive_pipeline_tests.test_cli import cli_json
 
     env, spec = setup
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["retention"] = {"keep_days": 1, "action": "delete"}
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"retention": {"keep_days": 1, "action": "delete"}})
     day = days[0].isoformat()
     cli_json(env, "archive", "--day", day)
     assert [d["status"] for d in cli_json(env, "prune", "--day", day)["days"]] == ["removed"]

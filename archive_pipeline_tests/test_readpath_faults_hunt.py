@@ -15,11 +15,9 @@ import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, load_manifest
-from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests import fault_proxy
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
@@ -96,15 +94,7 @@ class HeaderProxy(FaultProxy):
 
 # --- fixtures ----------------------------------------------------------------------------------------
 
-@pytest.fixture
-def events(conn, schema):
-    create_sample_events(conn, DAYS, rows_per_day=300, schema=schema)
-    return schema
-
-
-def spec_for(schema: str, action: str = "drop", **extra) -> TableSpec:
-    return TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAYS[0],
-                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": action}, **extra)
+from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: E402,F401 - the same two days
 
 
 def _store(client, bucket) -> S3Store:
@@ -264,7 +254,7 @@ def test_removal_in_dagster_records_no_failed_proof_when_the_verifying_session_i
 # The command line over faults of the store
 # =====================================================================================================
 
-from archive_pipeline_tests.test_cli import cli, cli_json, days, setup  # noqa: E402,F401 - fixtures
+from archive_pipeline_tests.test_cli import cli, cli_json, days, edit_config, setup  # noqa: E402,F401 - fixtures
 
 
 def _json_answer(done) -> dict:
@@ -299,14 +289,8 @@ def test_cli_list_whose_bucket_listing_fails_exits_3_with_a_message(setup, s3, d
     """`list` over more than three days looks the manifests up with one bucket listing; the store answers
     503 to it (every attempt): exit 3 (the store cannot be reached), retryable, a JSON error. Now: the
     ClientError escapes the CLI's error handling: a Python traceback, exit 1, nothing on stdout."""
-    import yaml
-    from pathlib import Path
-
     env, spec = setup
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["start_date"] = (days[0] - dt.timedelta(days=3)).isoformat()
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"start_date": (days[0] - dt.timedelta(days=3)).isoformat()})
     cli_json(env, "archive", "--day", days[0].isoformat())
     with FaultProxy(s3.endpoint_url) as proxy:
         fault = proxy.add(Fault(method="GET", query="list-type", action="error", status=503, code="ServiceUnavailable",
@@ -397,15 +381,8 @@ def test_cli_prune_whose_lock_times_out_on_one_day_goes_on_with_the_others(setup
     partition: that day is 'failed' (retryable, naming it), the next due day is still removed, exit 1.
     Now: the LockNotAvailable is taken for a lost database: exit 3, "lost the source database:
     canceling statement due to lock timeout", no table or day named, and the other days are not pruned."""
-    from pathlib import Path
-
-    import yaml
-
     env, spec = setup
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["retention"] = {"keep_days": 1, "action": "drop"}  # days[0] and days[1] are due
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"retention": {"keep_days": 1, "action": "drop"}})  # days[0] and days[1] are due
     cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[1].isoformat())
     reader = pg.connect()
     try:
@@ -432,18 +409,10 @@ def test_cli_prune_honours_the_configured_lock_timeout(setup, pg, conn, days):
     for as long as the reader runs (here: killed by the test after 8 s)."""
     import subprocess
     import sys
-    from pathlib import Path
-
-    import yaml
-
     from archive_pipeline_tests.test_cli import ROOT
 
     env, spec = setup
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["retention"] = {"keep_days": 2, "action": "drop"}  # days[0] is due
-    raw["source"] = {"lock_timeout_ms": 300}
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"retention": {"keep_days": 2, "action": "drop"}}, source={"lock_timeout_ms": 300})  # days[0] due
     cli_json(env, "archive", "--day", days[0].isoformat())
     reader = pg.connect()
     try:
@@ -594,15 +563,8 @@ def test_cli_check_whose_bucket_listing_arrives_altered_does_not_lose_an_archive
     -> 'N'): the day is still archived. Now: the listing alone decides that the manifest is absent, so
     `compare` reports the archived, equal day as 'not-archived' (a difference, exit 1) and `verify`
     silently leaves it out (exit 0, one day fewer checked)."""
-    from pathlib import Path
-
-    import yaml
-
     env, spec = setup
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["start_date"] = (days[0] - dt.timedelta(days=3)).isoformat()
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"start_date": (days[0] - dt.timedelta(days=3)).isoformat()})
     cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[2].isoformat())
     name = f"{days[1]}.jsonl.zst.manifest.json".encode()
     with HeaderProxy(s3.endpoint_url) as proxy:

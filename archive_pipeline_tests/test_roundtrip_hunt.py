@@ -80,18 +80,11 @@ def test_prune_dry_run_says_what_the_real_run_does_for_a_lone_naming_table(conn,
 
 # --- command line -------------------------------------------------------------------------------------
 
-from archive_pipeline_tests.test_cli import ROWS, cli, cli_json, days, setup  # noqa: E402,F401 - fixtures
+from archive_pipeline_tests.test_cli import ROWS, cli, cli_json, days, edit_config, setup  # noqa: E402,F401 - fixtures
 
 
 def _with_retention(env, action="drop", keep_days=1):
-    from pathlib import Path
-
-    import yaml
-
-    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
-    raw = yaml.safe_load(config.read_text())
-    raw["tables"][0]["retention"] = {"keep_days": keep_days, "action": action}
-    config.write_text(yaml.safe_dump(raw))
+    edit_config(env, {"retention": {"keep_days": keep_days, "action": action}})
 
 
 def test_verify_deep_of_a_pruned_day_is_not_a_failure(setup, conn, days):
