@@ -269,24 +269,19 @@ def test_a_naming_mode_range_restore_hashes_each_restored_row_a_bounded_number_o
                                                                                 "pattern": "clicks_%Y%m%d"})
     for i in range(n):
         archive_partition(conn, table, first + dt.timedelta(days=i), store, temp_dir=temp_dir)
-    hashed = [0]
-    original = fingerprint.compute
-
-    def counting(*args, **kwargs):
-        result = original(*args, **kwargs)
-        hashed[0] += result.rows
-        return result
-
-    monkeypatch.setattr(fingerprint, "compute", counting)
     from archive_pipeline.core import restore
-    inserted = restore._insert_fingerprinted
 
-    def counting_inserted(*args, **kwargs):
-        result = inserted(*args, **kwargs)
-        hashed[0] += result.rows
-        return result
+    hashed = [0]
 
-    monkeypatch.setattr(restore, "_insert_fingerprinted", counting_inserted)
+    def counting(original):  # every fingerprint the restore takes, whole tables and inserted rows alike
+        def counted(*args, **kwargs):
+            result = original(*args, **kwargs)
+            hashed[0] += result.rows
+            return result
+        return counted
+
+    monkeypatch.setattr(fingerprint, "compute", counting(fingerprint.compute))
+    monkeypatch.setattr(restore, "_insert_fingerprinted", counting(restore._insert_fingerprinted))
     restored = restore_days(conn, store, table, first, first + dt.timedelta(days=n - 1), into="new",
                             target=f"{schema}.clicks_back", temp_dir=temp_dir)
     assert sum(r.rows for r in restored.results) == n * per_day
