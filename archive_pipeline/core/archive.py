@@ -156,15 +156,8 @@ def _listing(store: S3Store, key: str) -> dict[str, dict] | None:
     client = getattr(store, "client", None)
     if client is None or not hasattr(client, "get_paginator"):
         return None
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=keys.day_prefix(key))
-    try:
-        return {item["Key"]: {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
-                for page in pages for item in page.get("Contents", [])}
-    except ValueError as exc:  # botocore parses numbers with int(): a damaged <Size> ends here
-        raise DownloadError(f"listing {store.uri(keys.day_prefix(key))} gave an answer that cannot be read ({exc}); "
-                            "the run will be retried", retryable=True, cause="the store's answer was damaged on the way",
-                            remedy="retried automatically; if it persists, check the network path to the store"
-                            ) from None
+    return {item["Key"]: {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
+            for item in store.list_keys(keys.day_prefix(key))}
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:

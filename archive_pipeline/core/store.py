@@ -397,13 +397,18 @@ class S3Store:
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 yield from page.get("Contents", [])
+        except ValueError as exc:  # botocore parses numbers with int(): a <Size> damaged on the way ends here
+            raise DownloadError(f"listing {self.uri(prefix)} gave an answer that cannot be read ({exc}); the run "
+                                "will be retried", retryable=True, cause="the store's answer was damaged on the way",
+                                remedy="retried automatically; if it persists, check the network path to the store"
+                                ) from None
         except Exception as exc:
             raise _wrap(exc, f"listing {self.uri(prefix)} (ListObjectsV2)", DownloadError) from exc
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
         """Write a small object (a manifest) with Content-MD5 and check the returned ETag against our
         MD5. A copy that arrived corrupted is sent again (``corrupt_attempts`` in all); if it never
-        arrives whole, it is deleted and a retryable ``UploadError`` is raised. Returns the ETag.
+        arrives whole, a retryable ``UploadError`` is raised (the key is left as it is). Returns the ETag.
 
         A write that fails ambiguously (a reset, a timeout, a 5xx: it may have landed, or land later)
         is not withdrawn: a manifest key is never emptied here, since it may hold the previous commit
