@@ -178,7 +178,7 @@ def test_impossible_date_in_the_yaml_file_names_file_table_and_setting(tmp_path)
 
 
 def test_tables_whose_job_names_collide_are_refused():
-    with pytest.raises(ConfigError, match="would share the job name 'archive_a_b_c'"):
+    with pytest.raises(ConfigError, match="would share the job name 'Archive_a_b_c'"):
         parse_config({"tables": [{**GOOD, "name": "a_b.c"}, {**GOOD, "name": "a.b_c"}]})
 
 

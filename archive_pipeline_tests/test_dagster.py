@@ -37,7 +37,7 @@ def events_config(schema: str, start: dt.date, **table) -> object:
 
 
 def job_name(schema: str) -> str:
-    return f"archive_{schema}_events"
+    return f"Archive_{schema}_events"
 
 
 def test_materialize_partitions_records_metadata(conn, schema, archive_env, s3_client):
@@ -105,7 +105,7 @@ def test_schedule_requests_the_day_that_just_ended(conn, schema, archive_env):
     create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=10, schema=schema)
     defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))
     repo = defs.get_repository_def()
-    schedule = repo.get_schedule_def(f"{job_name(schema)}_daily")
+    schedule = repo.get_schedule_def(f"archive_{schema}_events_daily")
     assert schedule.cron_schedule == "0 1 * * *" and schedule.execution_timezone == "UTC"
     tick = schedule.evaluate_tick(build_schedule_context(
         scheduled_execution_time=dt.datetime(2024, 3, 12, 1, 0, tzinfo=dt.UTC), repository_def=repo))

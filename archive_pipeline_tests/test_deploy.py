@@ -106,14 +106,14 @@ def test_factory_merges_into_another_projects_definitions(archive_env, two_table
     Definitions.validate_loadable(merged)
     summary = _summary(merged)
     assert summary["assets"] == sorted(["other_teams_asset", f"archive/{schema}/events", f"archive/{schema}/orders"])
-    assert summary["jobs"] == [f"archive_{schema}_events", f"archive_{schema}_orders", "verify_archives"]
+    assert summary["jobs"] == [f"Archive_{schema}_events", f"Archive_{schema}_orders", "verify_archives"]
     repo = merged.get_repository_def()
     # The host keeps its executor for its own jobs; the archive jobs stay in-process.
     assert repo.get_implicit_global_asset_job_def().executor_def is multiprocess_executor
-    assert merged.resolve_job_def(f"archive_{schema}_events").executor_def is in_process_executor
+    assert merged.resolve_job_def(f"Archive_{schema}_events").executor_def is in_process_executor
     with instance_for_test() as instance:
         assert materialize([other_teams_asset], instance=instance).success
-        result = merged.resolve_job_def(f"archive_{schema}_events").execute_in_process(
+        result = merged.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
             partition_key="2024-03-10", instance=instance)
         assert result.success
     key = f"{schema}.events/2024/03/2024-03-10.jsonl.zst"
@@ -204,7 +204,7 @@ def test_component_from_defs_yaml_yields_what_the_factory_yields(form, two_table
     assert _summary(from_component) == _summary(from_factory)
     assert len(_summary(from_component)["assets"]) == 2 and len(_summary(from_component)["schedules"]) == 2
     assert from_component.executor is None  # the project's executor, whatever it is, stays in charge
-    assert from_component.resolve_job_def(f"archive_{schema}_events").executor_def is in_process_executor
+    assert from_component.resolve_job_def(f"Archive_{schema}_events").executor_def is in_process_executor
 
 
 def test_component_runs_an_archive(two_tables, archive_env, tmp_path, monkeypatch, s3_client, schema):
@@ -212,7 +212,7 @@ def test_component_runs_an_archive(two_tables, archive_env, tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     defs = load_from_defs_folder(path_within_project=tmp_path)
     with instance_for_test() as instance:
-        result = defs.resolve_job_def(f"archive_{schema}_orders").execute_in_process(
+        result = defs.resolve_job_def(f"Archive_{schema}_orders").execute_in_process(
             partition_key="2024-03-10", instance=instance)
     assert result.success
     assert s3_client.head_object(Bucket=archive_env, Key=f"{schema}.orders/2024/03/2024-03-10.csv.zst")
@@ -412,7 +412,7 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
     cmd = [str(PYTHON_BIN / cmd[0]), *cmd[1:]]
     cmd[cmd.index("-h") + 1], cmd[cmd.index("-p") + 1] = "127.0.0.1", str(code_port)
     health = [str(PYTHON_BIN / "dagster"), "api", "grpc-health-check", "-p", str(code_port)]
-    job = f"archive_{schema}_events"
+    job = f"Archive_{schema}_events"
     try:
         with (_process(cmd, env, REPO, tmp_path / "code.log") as code_server,
               _process([str(PYTHON_BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp_path,

@@ -125,7 +125,7 @@ def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(c
     defs = build_definitions(config)
     removal_key = AssetKey(["source_removed", events, "events"])
     with instance_for_test() as instance:
-        archive = defs.resolve_job_def(f"archive_{events}_events")
+        archive = defs.resolve_job_def(f"Archive_{events}_events")
         remove = defs.resolve_job_def(f"remove_{events}_events")
         for day in DAYS:
             assert archive.execute_in_process(partition_key=day.isoformat(), instance=instance).success

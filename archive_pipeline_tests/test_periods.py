@@ -209,8 +209,8 @@ def test_hourly_and_monthly_partitions_materialize_and_are_scheduled(conn, schem
          "timezone": BERLIN}]})
     defs = build_definitions(config)
     with instance_for_test() as instance:
-        for job, key, rows in ((f"archive_{schema}_events", "2024-03-10-05:00", 2),
-                               (f"archive_{schema}_monthly", "2024-03-01", 1)):
+        for job, key, rows in ((f"Archive_{schema}_events", "2024-03-10-05:00", 2),
+                               (f"Archive_{schema}_monthly", "2024-03-01", 1)):
             result = defs.resolve_job_def(job).execute_in_process(partition_key=key, instance=instance)
             assert result.success
             [event] = result.get_asset_materialization_events()

@@ -293,7 +293,7 @@ def test_a_dagster_run_that_meets_the_table_day_lock_says_what_to_do_about_it(pg
         "partitioning": {"mode": "declarative"}}]}))
     with pg.connect() as holder, instance_for_test() as instance:
         holder.execute("SELECT pg_advisory_lock(hashtext(%s), %s)", lock_key(f"{events}.events", DAY))
-        run = defs.resolve_job_def(f"archive_{events}_events").execute_in_process(
+        run = defs.resolve_job_def(f"Archive_{events}_events").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
     assert not run.success
     [failure] = [e.step_failure_data.user_failure_data for e in run.all_events if e.is_step_failure]

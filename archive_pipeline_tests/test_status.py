@@ -179,7 +179,7 @@ def test_same_table_name_in_two_schemas_is_told_apart(conn, schema, archive_env)
         defs = build_definitions(config)
         specs = [next(iter(defs.get_assets_def(asset_key(t)).specs)) for t in config.tables]
         assert [s.group_name for s in specs] == [f"archive_{schema}", f"archive_{other}"]
-        assert {j.name for j in defs.resolve_all_job_defs()} >= {f"archive_{schema}_events", f"archive_{other}_events"}
+        assert {j.name for j in defs.resolve_all_job_defs()} >= {f"Archive_{schema}_events", f"Archive_{other}_events"}
     finally:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))
 

@@ -221,7 +221,7 @@ def test_a_run_failure_names_where_the_configuration_came_from(archive_env, monk
     day = _days(1)[0]
     create_sample_events(conn, [day], 20, schema=schema)
     config = parse_config({"retry": {"max_retries": 0}, "tables": [_table(schema, day)]}, "conf/tables.yaml")
-    job = build_definitions(config).resolve_job_def(f"archive_{schema}_events")
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
     with instance_for_test() as instance:
         assert job.execute_in_process(partition_key=day.isoformat(), instance=instance).success
         conn.execute(sql.SQL("UPDATE {} SET amount = -1 WHERE id = 1").format(sql.Identifier(schema, "events")))

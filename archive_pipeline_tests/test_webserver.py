@@ -63,7 +63,9 @@ QUERY = """
     assetKey { path }
     isPartitioned
     partitionDefinition { type description }
-    assetChecksOrError { ... on AssetChecks { checks { name jobNames blocking partitionDefinition { type } } } }
+    jobNames
+    assetChecksOrError { ... on AssetChecks { checks { name jobNames blocking canExecuteIndividually
+                                                       partitionDefinition { type } } } }
   }
   workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError {
     __typename
@@ -135,8 +137,17 @@ def test_webserver_shows_assets_partitions_schedules_sensor_and_checks(three_tab
         assert checks["archive_intact"]["partitionDefinition"]["type"] == "TIME_WINDOW"
         table = node["assetKey"]["path"][-1]
         for name, check in checks.items():
-            assert f"archive_{schema}_{table}" not in check["jobNames"], (name, check["jobNames"])
+            assert f"Archive_{schema}_{table}" not in check["jobNames"], (name, check["jobNames"])
         assert "verify_archives" in checks["latest_archive_intact"]["jobNames"]
+        # The asset's Materialize button, as Dagster 1.13's UI decides it (getCommonJob and
+        # getAssetCheckHandleInputs in LaunchAssetExecutionButton.tsx): the first of the asset's jobs,
+        # with the checks that are in that job or cannot run without the asset. That is the table's
+        # job and no check, so a run that fails from that button cannot turn a check red.
+        ui_job = node["jobNames"][0]
+        assert ui_job == f"Archive_{schema}_{table}", node["jobNames"]
+        assert "__ASSET_JOB" in node["jobNames"]
+        assert [name for name, check in checks.items()
+                if check["canExecuteIndividually"] == "REQUIRES_MATERIALIZATION" or ui_job in check["jobNames"]] == []
     assert {s["name"] for s in repo["schedules"]} == {f"archive_{schema}_{t}_daily" for t in ("events", "legacy", "orders")}
     assert {s["cronSchedule"] for s in repo["schedules"]} == {"0 1 * * *"}
     assert [s["name"] for s in repo["sensors"]] == ["archive_new_days"]
@@ -232,7 +243,7 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
                          (f"{days[0]} 10:00+00",))
             launched = _graphql(port, LAUNCH_RUN, {"params": {
                 "selector": {"repositoryLocationName": "archive_pipeline", "repositoryName": "__repository__",
-                             "jobName": f"archive_{schema}_events"},
+                             "jobName": f"Archive_{schema}_events"},
                 "runConfigData": {},
                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": days[0].isoformat()}]}}})
             run_id = launched["data"]["launchRun"]["run"]["runId"]

@@ -33,7 +33,7 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 ASSET = "archive/public/events"
-JOB = "archive_public_events"
+JOB = "Archive_public_events"
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:

@@ -417,11 +417,11 @@ class ArchiveConfig(_Strict):
                                  f"{'/'.join(spec.asset_path)!r}")
             seen[spec.asset_path] = spec.name
             # Jobs, schedules and ops are named from schema and table joined by "_": a_b.c and a.b_c would
-            # share the job archive_a_b_c and show as one in the UI.
+            # share the job Archive_a_b_c and show as one in the UI.
             label = "_".join(spec.asset_path)
             if label in labels:
                 raise ValueError(f"tables {labels[label]!r} and {spec.name!r} would share the job name "
-                                 f"'archive_{label}'; rename one of them in the database or archive it from a "
+                                 f"'Archive_{label}'; rename one of them in the database or archive it from a "
                                  "second code location")
             labels[label] = spec.name
         collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression,

@@ -79,7 +79,20 @@ def op_name(spec: TableSpec) -> str:
 
 
 def job_name(spec: TableSpec) -> str:
-    return f"archive_{'_'.join(spec.asset_path)}"
+    """``Archive_<schema>_<table>``: capitalised so that the UI's *Materialize* launches this job.
+
+    The UI runs a selection of assets in the first job, in sorted order, that every selected asset
+    belongs to, and adds only the checks of that job. An asset also belongs to Dagster's implicit
+    ``__ASSET_JOB``, which holds every check; a name in lower case sorts after it, and a run that
+    failed before archiving would then show the day's checks as "Execution failed" (red). A capital
+    sorts before the underscore, so the button runs this job: no check step, a failed run stays a
+    failed run (tested through the webserver in test_webserver.py).
+    """
+    return f"Archive_{'_'.join(spec.asset_path)}"
+
+
+def schedule_name(spec: TableSpec) -> str:
+    return f"archive_{'_'.join(spec.asset_path)}_daily"
 
 
 def asset_tag_value(name: str) -> str:

@@ -15,7 +15,7 @@ from dagster import (
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from archive_pipeline.defs.assets import TABLE_TAG
+from archive_pipeline.defs.assets import TABLE_TAG, schedule_name
 from archive_pipeline.core.config import ScheduleSettings, TableSpec
 from archive_pipeline.core.plan import select_days
 
@@ -27,7 +27,7 @@ def previous_utc_day(moment: dt.datetime) -> dt.date:
 def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
                          settings: ScheduleSettings) -> ScheduleDefinition:
     @schedule(
-        name=f"{job.name}_daily",
+        name=schedule_name(spec),
         cron_schedule=f"{settings.minute} {settings.hour} * * *",
         execution_timezone="UTC",
         job=job,

@@ -27,7 +27,7 @@ from archive_pipeline.local.local_stack import create_sample_events, local_stack
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "archive-demo"
-JOB = "archive_public_events"
+JOB = "Archive_public_events"
 
 
 def _print_table(rows: list[tuple], header: tuple) -> None:
