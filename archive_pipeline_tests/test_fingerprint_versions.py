@@ -1,11 +1,11 @@
-"""Archives written with the previous fingerprint algorithms (row-hash-sum-v2, -v3) stay provable.
+"""Archives written with the previous fingerprint algorithm (row-hash-sum-v2) stay provable.
 
-New archives record row-hash-sum-v4; everything that compares with a manifest computes the
-algorithm the manifest records. An older archive is made here exactly as the previous version wrote
-it: the same object, its manifest carrying the older fingerprint of the same rows (resealed). Then:
+New archives record row-hash-sum-v3; everything that compares with a manifest computes the
+algorithm the manifest records. A v2 archive is made here exactly as the previous version wrote
+it: the same object, its manifest carrying the v2 fingerprint of the same rows (resealed). Then:
 an unchanged day is skipped, a changed one refused, deep verification proves it (and names the
 first difference once the source changes), status and compare agree, a restore checks it, a
-removal re-checks it, and an overwrite writes v4.
+removal re-checks it, and an overwrite writes v3.
 """
 
 from __future__ import annotations
@@ -39,15 +39,11 @@ def _spec(schema: str, fmt: str = "jsonl", **extra) -> TableSpec:
                      partitioning={"mode": "declarative"}, **extra)
 
 
-OLDER = pytest.mark.parametrize("older", [fingerprint.V2, fingerprint.V3])
-
-
-def _archive_as_v2(conn, spec: TableSpec, store, s3_client, bucket: str, older: str = fingerprint.V2) -> str:
-    """Archive the day, then give its manifest the ``older`` fingerprint, as a previous version wrote it."""
+def _archive_as_v2(conn, spec: TableSpec, store, s3_client, bucket: str) -> str:
+    """Archive the day, then give its manifest the v2 fingerprint, as the previous version wrote it."""
     result = archive_partition(conn, spec, DAY, store)
     assert result.fingerprint.startswith(fingerprint.ALGORITHM + ":")
-    v2 = str(source_fingerprint(conn, spec, DAY, older))
-    assert v2.startswith(older + ":")
+    v2 = str(source_fingerprint(conn, spec, DAY, fingerprint.V2))
     manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=result.manifest_key)["Body"].read())
     manifest["fingerprint"] = v2
     manifest.pop("manifest_sha256")
@@ -55,12 +51,11 @@ def _archive_as_v2(conn, spec: TableSpec, store, s3_client, bucket: str, older: 
     return v2
 
 
-@OLDER
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_a_v2_archive_is_skipped_proven_compared_and_restored(conn, schema, events, store, s3_client, bucket,
-                                                             temp_dir, fmt, older):
+                                                             temp_dir, fmt):
     spec = _spec(events, fmt)
-    v2 = _archive_as_v2(conn, spec, store, s3_client, bucket, older)
+    v2 = _archive_as_v2(conn, spec, store, s3_client, bucket)
     again = archive_partition(conn, spec, DAY, store)
     assert again.skipped and again.fingerprint == v2
     assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
@@ -73,11 +68,10 @@ def test_a_v2_archive_is_skipped_proven_compared_and_restored(conn, schema, even
     assert restored.fingerprint_checked and v2 in restored.check, restored.check
 
 
-@OLDER
-def test_a_changed_v2_day_is_refused_named_and_overwritten_as_v4(conn, schema, events, store, s3_client, bucket,
-                                                                temp_dir, older):
+def test_a_changed_v2_day_is_refused_named_and_overwritten_as_v3(conn, schema, events, store, s3_client, bucket,
+                                                                temp_dir):
     spec = _spec(events)
-    v2 = _archive_as_v2(conn, spec, store, s3_client, bucket, older)
+    v2 = _archive_as_v2(conn, spec, store, s3_client, bucket)
     conn.execute(sql.SQL("UPDATE {} SET user_id = -user_id WHERE id = 7").format(sql.Identifier(schema, "events")))
     with pytest.raises(LateRowsError, match="changed since it was archived"):
         archive_partition(conn, spec, DAY, store)
@@ -91,9 +85,8 @@ def test_a_changed_v2_day_is_refused_named_and_overwritten_as_v4(conn, schema, e
     assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
 
 
-@OLDER
-def test_a_v2_day_is_removed_after_its_own_proof(conn, schema, events, store, s3_client, bucket, older):
+def test_a_v2_day_is_removed_after_its_own_proof(conn, schema, events, store, s3_client, bucket):
     spec = _spec(events, retention={"keep_days": 30, "action": "detach"})
-    _archive_as_v2(conn, spec, store, s3_client, bucket, older)
+    _archive_as_v2(conn, spec, store, s3_client, bucket)
     done = remove_day(conn, spec, DAY, store, removed_by="test")
     assert done.rows == 300 and not done.dry_run

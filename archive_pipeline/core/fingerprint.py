@@ -3,17 +3,8 @@
 The fingerprint is the row count plus the sum, over rows, of a 64-bit hash of each row. A sum is
 order-independent (the archive's row order does not matter) and, unlike XOR, counts duplicate rows.
 
-``row-hash-sum-v4`` (new archives): v3's chain, except that a column of an integer type, boolean or
-uuid (through domains; not arrays) is hashed by value rather than as text, which PostgreSQL does
-without printing it: ``hashint4extended`` of an int2, int4 or boolean (0/1), two ``hashint8extended``
-of an int8's high and low 32 bits (each call is exact on values of 32 bits; one call on the whole
-value would fold the halves together), ``uuid_hash_extended`` of a uuid's 16 bytes. Each is seeded
-with the previous link as v3's text hashes are, and a NULL hashes the type's zero with the seed's
-low bit flipped. About a fifth cheaper than v3 on the benchmark table (bench/RESULTS.md).
-
-``row-hash-sum-v3`` (archives written before v4, still computed to prove and compare them): a
-row's hash is a chain over its columns in column order, each link one ``hashtextextended`` of the
-column's text form seeded with the previous link (its whole
+``row-hash-sum-v3`` (new archives): a row's hash is a chain over its columns in column order, each
+link one ``hashtextextended`` of the column's text form seeded with the previous link (its whole
 64 bits are mixed in), so no column's change can cancel another's and swapped values change it.
 A column's text form is its ``::text`` under :data:`CANONICAL_SETTINGS` (text itself under the
 "C" collation, so a nondeterministic collation cannot fold case or accents; a bpchar its output
@@ -26,8 +17,7 @@ converted to text that the value does not print as, which makes it about a quart
 boolean as itself, a 64-bit hash of a text or uuid's bytes or of any other value's text output,
 and ``N`` for NULL.
 
-Other types' own hash functions are not used (v4 uses only the exact ones above): they are weaker
-than their text:
+Types' own hash functions are not used by either, where they are weaker than their text:
 ``hashint8extended`` (and so timestamps and time) folds the high 32 bits into the low ones,
 ``hash_numeric_extended`` ignores the sign, and equality-based hashes cannot tell 1.0 from 1.00,
 0 from -0, '1 day' from '24 hours', array bounds, or enum labels across databases. Text output
@@ -50,10 +40,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-ALGORITHM = "row-hash-sum-v4"
-V3 = "row-hash-sum-v3"
+ALGORITHM = "row-hash-sum-v3"
 V2 = "row-hash-sum-v2"
-ALGORITHMS = (ALGORITHM, V3, V2)  # every algorithm this version computes: an archive recorded with one can be proven
+ALGORITHMS = (ALGORITHM, V2)  # every algorithm this version computes: an archive recorded with one can be proven
 
 # Output of every type is fixed by these, whatever the server's or role's defaults.
 CANONICAL_SETTINGS = {
@@ -169,51 +158,21 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
         return sql.SQL("0::int8")
     if algorithm == V2:
         return _v2_row_hash(columns, qualifier)
-    if algorithm not in (ALGORITHM, V3):
+    if algorithm != ALGORITHM:
         raise ValueError(f"unknown fingerprint algorithm {algorithm!r}")
-    chains = [_chain(columns[i:i + _CHAIN], qualifier, typed=algorithm == ALGORITHM)
-              for i in range(0, len(columns), _CHAIN)]
+    chains = [_chain(columns[i:i + _CHAIN], qualifier) for i in range(0, len(columns), _CHAIN)]
     if len(chains) == 1:
         return chains[0]
     return sql.SQL("hashtextextended(concat_ws(',', {}), 0)").format(  # at most 1,600 / 64 = 25 chains
         sql.SQL(", ").join(sql.SQL("({})::text").format(chain) for chain in chains))
 
 
-# v4: the types hashed by value, and how (``{v}`` the value as that type, never NULL; ``{s}`` the seed).
-_BY_VALUE = {
-    "int2": "hashint4extended(coalesce({v}::int4, 0), {s})",
-    "int4": "hashint4extended(coalesce({v}::int4, 0), {s})",
-    "bool": "hashint4extended(coalesce({v}::int4, 0), {s})",
-    # hashint8extended folds the high half into the low one; on a value of 32 bits (the low half as
-    # 0..2^32-1, the high half as a signed 32-bit number) it is exact, so hash the halves in turn
-    "int8": "hashint8extended(coalesce({v}::int8, 0) >> 32, hashint8extended(coalesce({v}::int8, 0) & 4294967295, {s}))",
-    "uuid": "uuid_hash_extended(coalesce({v}::uuid, '00000000-0000-0000-0000-000000000000'), {s})",
-}
-
-
-def hashed_by_value(column: ColumnLike) -> bool:
-    """Whether v4 hashes the column by value (an integer, boolean or uuid, through domains), not as text.
-    A deep verification that loads an archive's fields as text must read such a column as its type."""
-    return column.base_type in _BY_VALUE and not column.is_array and not column.is_enum
-
-
-def _value(column: ColumnLike, qualifier: str | None) -> sql.Composable:
-    ident = _ident(column, qualifier)
-    parse_as = getattr(column, "parse_as", None)
-    return sql.SQL("({}::{})").format(ident, parse_as) if parse_as is not None else ident
-
-
-def _chain(columns: Sequence[ColumnLike], qualifier: str | None, typed: bool) -> sql.Composable:
-    """v3 (and v4 for the columns not hashed by value): each column's text hashed with the previous
-    link as the seed; NULL flips the seed's low bit."""
+def _chain(columns: Sequence[ColumnLike], qualifier: str | None) -> sql.Composable:
+    """v3: each column's text hashed with the previous link as the seed; NULL flips the seed's low bit."""
     link: sql.Composable = sql.SQL("0::int8")
     for column in columns:
-        seed = sql.SQL("{link} # ({is_null})::int::int8").format(link=link, is_null=column_is_null(column, qualifier))
-        if typed and hashed_by_value(column):
-            link = sql.SQL(_BY_VALUE[column.base_type]).format(v=_value(column, qualifier), s=seed)
-        else:
-            link = sql.SQL('hashtextextended(coalesce({text}, \'\') COLLATE "C", {seed})').format(
-                text=column_text(column, qualifier), seed=seed)
+        link = sql.SQL('hashtextextended(coalesce({text}, \'\') COLLATE "C", {link} # ({is_null})::int::int8)'
+                       ).format(text=column_text(column, qualifier), link=link, is_null=column_is_null(column, qualifier))
     return link
 
 

@@ -485,16 +485,17 @@ def _temp_table(conn: psycopg.Connection, manifest: dict,
     return temp, describe_table(conn, qualified, None).columns
 
 
-# PostgreSQL types whose hashed text (``::text``) is exactly what the Parquet reader gives back for
+# PostgreSQL types whose v3 hashed text (``::text``) is exactly what the Parquet reader gives back for
 # the Arrow type the archiver writes them as: text, varchar, json and jsonb as strings (jsonb as its
-# output, which ADBC's binary COPY carries). Integers and booleans are loaded as their type (the
-# fingerprint hashes them by value); domains and everything else are parsed into their type.
+# output, which ADBC's binary COPY carries), integers in decimal, booleans as "true"/"false" (the cast
+# to text, not the output's t/f). Domains and everything else are parsed into their type.
 def _is_string(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 _VERBATIM_IN_PARQUET = {  # built-in type OIDs (fixed) -> the Arrow type the archiver writes them as
     25: _is_string, 1043: _is_string, 114: _is_string, 3802: _is_string,  # text, varchar, json, jsonb
+    21: pa.types.is_int16, 23: pa.types.is_int32, 20: pa.types.is_int64, 16: pa.types.is_boolean,
 }
 
 
@@ -523,8 +524,8 @@ class _TextColumn:
     """A column of the text copy of a CSV archive (see :func:`_text_table`), as the fingerprint sees it."""
 
     name: str
-    parse_as: sql.Composable | None = None  # read the text as this type before hashing it
-    base_type: str = "text"  # the parsed type's, through domains, where the fingerprint hashes it by value
+    parse_as: sql.Composable | None = None  # read the text as this type before hashing its text form
+    base_type: str = "text"
     is_array: bool = False
     is_enum: bool = False
 
@@ -577,18 +578,5 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
         sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
     parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
-    by_value = {name: base for name, base in conn.execute(_BASE_TYPES, (names, list(oids))).fetchall()
-                if fingerprint.hashed_by_value(_TextColumn(name, base_type=base))}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
-    return temp, [_TextColumn(name, types[name] if name in parsed or name in by_value else None,
-                              by_value.get(name, "text")) for name in names]
-
-
-# Each column's type through domains at any depth (an array's is its array type, e.g. _int4).
-_BASE_TYPES = sql.SQL("""
-WITH RECURSIVE base(name, oid) AS (
-    SELECT * FROM unnest(%s::text[], %s::oid[])
-    UNION ALL
-    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
-SELECT base.name, t.typname::text FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype <> 'd'
-""")
+    return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
