@@ -26,6 +26,7 @@ from archive_pipeline.defs.assets import (
     daily_partitions,
     job_name,
     overwrite_run_config,
+    shared_job_name,
 )
 from archive_pipeline.defs.checks import (
     build_intact_check,
@@ -156,6 +157,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         if spec.retention is not None:
             assets.append(build_removal_asset(spec, config.schedule, config.retry))
             schedules.append(build_retention_schedule(spec, config.schedule.hour))
+    jobs += shared_jobs(config)
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
                               executor_def=in_process_executor,
                               description="On demand: re-check every table's latest archive against what was "
@@ -171,6 +173,20 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         sensors=[build_new_days_sensor(targets, config.sensor)],
         resources=_with_primary(resources or default_resources(config)),
     )
+
+
+def shared_jobs(config: ArchiveConfig) -> list:
+    """A job without checks for each partitions definition (granularity, start_date, zone) that two or
+    more tables share: what the UI runs when several of them are materialized together (a run per
+    day, or ranged runs of a backfill, by the same backfill policy as each table's own job)."""
+    groups: dict[str, list[TableSpec]] = {}
+    for spec in config.tables:
+        groups.setdefault(shared_job_name(spec), []).append(spec)
+    return [define_asset_job(name=name, selection=AssetSelection.assets(*(asset_key(s) for s in specs)).without_checks(),
+                             executor_def=in_process_executor,
+                             description=f"Archive days of {', '.join(s.name for s in specs)} together (for the UI's "
+                                         "Materialize of several tables; each table's own job is the one scheduled)")
+            for name, specs in groups.items() if len(specs) > 1]
 
 
 def _with_primary(resources: dict[str, object]) -> dict[str, object]:

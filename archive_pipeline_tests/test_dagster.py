@@ -67,6 +67,39 @@ def test_materialize_partitions_records_metadata(conn, schema, archive_env, s3_c
         assert instance.get_materialized_partitions(event.asset_key) == {d.isoformat() for d in days}
 
 
+def test_tables_sharing_partitions_materialize_together_without_check_steps(conn, schema, archive_env, s3_client):
+    """The shared job (what the UI's Materialize of several tables runs) archives each table's day in one
+    run, with the per-day check result the asset reports, and plans no check step: a run of it that
+    fails cannot turn a check red."""
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day], rows_per_day=50, schema=schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.orders (id int, placed date)").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("INSERT INTO {}.orders SELECT g, %s FROM generate_series(1, 7) g").format(
+        sql.Identifier(schema)), (day,))
+    config = parse_config({"tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": "2024-03-01"},
+        {"name": f"{schema}.orders", "day_column": "placed", "start_date": "2024-03-01", "format": "csv"},
+        {"name": f"{schema}.other", "day_column": "placed", "start_date": "2024-03-02"}]})
+    defs = build_definitions(config, check_source=False)
+    names = {j.name for j in defs.resolve_all_job_defs()}
+    assert "Archives_daily_2024_03_01_UTC" in names  # two tables share it; the third starts another day
+    assert not any(n.startswith("Archives_daily_2024_03_02") for n in names)
+    job = defs.resolve_job_def("Archives_daily_2024_03_01_UTC")
+    with instance_for_test() as instance:
+        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance)
+        assert result.success
+        rows = {e.asset_key.path[-1]: e.materialization.metadata["dagster/row_count"].value
+                for e in result.get_asset_materialization_events()}
+        assert rows == {"events": 50, "orders": 7}
+        planned = [e for e in instance.all_logs(result.run_id)
+                   if e.dagster_event and e.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED]
+        assert planned == []
+        evaluations = [e.dagster_event.event_specific_data for e in instance.all_logs(result.run_id)
+                       if e.dagster_event and e.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+        assert sorted((ev.asset_key.path[-1], ev.check_name, ev.passed) for ev in evaluations) == [
+            ("events", "archive_intact", True), ("orders", "archive_intact", True)]
+
+
 def _step_events(instance: DagsterInstance, run_id: str) -> list[DagsterEventType]:
     return [e.dagster_event.event_type for e in instance.all_logs(run_id) if e.dagster_event]
 

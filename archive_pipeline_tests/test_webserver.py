@@ -148,6 +148,12 @@ def test_webserver_shows_assets_partitions_schedules_sensor_and_checks(three_tab
         assert "__ASSET_JOB" in node["jobNames"]
         assert [name for name, check in checks.items()
                 if check["canExecuteIndividually"] == "REQUIRES_MATERIALIZATION" or ui_job in check["jobNames"]] == []
+    # Several tables selected together (the same partitions): the first job they all share is the shared
+    # job, which has no check either.
+    nodes = list(assets.values())
+    common = [job for job in nodes[0]["jobNames"] if all(job in n["jobNames"] for n in nodes)]
+    assert common[0] == "Archives_daily_2024_03_01_UTC", common
+    assert not any(common[0] in c["jobNames"] for n in nodes for c in n["assetChecksOrError"]["checks"])
     assert {s["name"] for s in repo["schedules"]} == {f"archive_{schema}_{t}_daily" for t in ("events", "legacy", "orders")}
     assert {s["cronSchedule"] for s in repo["schedules"]} == {"0 1 * * *"}
     assert [s["name"] for s in repo["sensors"]] == ["archive_new_days"]
@@ -194,6 +200,9 @@ mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
 RUN = """
 query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }
 """
+BACKFILL = """
+query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }
+"""
 RUNS = """
 query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
   ... on Runs { results { status tags { key value } } } } }
@@ -205,13 +214,15 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
     range."""
     days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
     create_sample_events(conn, days, rows_per_day=200, schema=schema)
-    conn.execute(sql.SQL("CREATE TABLE {}.orders AS SELECT id, created_at::date AS placed FROM {}.events").format(
-        sql.Identifier(schema), sql.Identifier(schema)))
+    for table in ("orders", "shipments"):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} AS SELECT id, created_at::date AS placed FROM {}.events").format(
+            sql.Identifier(schema), sql.Identifier(table), sql.Identifier(schema)))
     config = tmp_path / "tables.yaml"
     config.write_text(json.dumps({"tables": [
         {"name": f"{schema}.events", "day_column": "created_at", "start_date": "2024-03-01",
          "partitioning": {"mode": "declarative"}},
-        {"name": f"{schema}.orders", "day_column": "placed", "start_date": "2024-03-05", "format": "csv"}]}))
+        {"name": f"{schema}.orders", "day_column": "placed", "start_date": "2024-03-05", "format": "csv"},
+        {"name": f"{schema}.shipments", "day_column": "placed", "start_date": "2024-03-01", "format": "parquet"}]}))
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -254,6 +265,34 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
 
             late = _wait_until("the late day's run", late_run_finished, timeout=180)
             after_failure = _graphql(port, CHECK_STATUS)["data"]["assetNodes"]
+            # events and shipments share their partitions: the UI's Materialize of both launches this job
+            # backfill of the shared job (see test_webserver_shows_...), ranged like the tables' own jobs.
+            shared = _graphql(port, LAUNCH, {"params": {
+                "selector": {"partitionSetName": "Archives_daily_2024_03_01_UTC_partition_set",
+                             "repositorySelector": {"repositoryLocationName": "archive_pipeline",
+                                                    "repositoryName": "__repository__"}},
+                "assetSelection": [{"path": ["archive", schema, t]} for t in ("events", "shipments")],
+                "partitionNames": [d.isoformat() for d in days[1:]], "fromFailure": False, "tags": []}}
+                               )["data"]["launchPartitionBackfill"]
+            assert shared["__typename"] == "LaunchBackfillSuccess", shared
+
+            def shared_finished():
+                backfill = _graphql(port, BACKFILL, {"id": shared["backfillId"]})["data"]["partitionBackfillOrError"]
+                if backfill["status"] in ("REQUESTED", "CANCELING", "FAILING"):
+                    return None
+                runs = _graphql(port, RUNS, {"id": shared["backfillId"]})["data"]["runsOrError"]["results"]
+                return (backfill, runs) if all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs) else None
+
+            shared_backfill, shared_runs = _wait_until("the shared job's backfill", shared_finished, timeout=300)
+            after_shared = _graphql(port, CHECK_STATUS)["data"]["assetNodes"]
+    assert shared_backfill["status"] == "COMPLETED_SUCCESS", shared_backfill
+    assert [r["status"] for r in shared_runs] == ["SUCCESS"]  # one ranged run for both tables and days
+    assert {t["value"] for t in shared_runs[0]["tags"] if t["key"] == "dagster/asset_partition_range_end"} == {
+        days[-1].isoformat()}
+    [shipments] = [n for n in after_shared if n["assetKey"]["path"][-1] == "shipments"]
+    [intact] = [c for c in shipments["assetChecksOrError"]["checks"] if c["name"] == "archive_intact"]
+    assert [(r["startKey"], r["endKey"], r["status"]) for r in intact["partitionStatuses"]["ranges"]] == [
+        (days[1].isoformat(), days[-1].isoformat(), "SUCCEEDED")]
     assert late["status"] == "FAILURE"
     assert {"key": "archive/table", "value": f"{schema}.events"} in late["tags"]
     assert after_failure == statuses
@@ -266,9 +305,11 @@ def test_backfill_of_a_date_range_launched_like_the_ui(conn, schema, tmp_path, p
     for day in days:
         assert f"{schema}.events/2024/03/{day}.jsonl.zst" in keys
         assert f"{schema}.orders/2024/03/{day}.csv.zst.manifest.json" in keys
-    assert len(keys) == 12  # 2 tables x 3 days x (object + manifest)
+    for day in days[1:]:
+        assert f"{schema}.shipments/2024/03/{day}.parquet.manifest.json" in keys
+    assert len(keys) == 16  # 2 tables x 3 days, and shipments' 2 days, x (object + manifest)
     # Each day's integrity check, as the UI's partition bar for the check reads it.
-    for node in statuses:
+    for node in (n for n in statuses if n["assetKey"]["path"][-1] != "shipments"):
         checks = {c["name"]: c for c in node["assetChecksOrError"]["checks"]}
         ranges = checks["archive_intact"]["partitionStatuses"]["ranges"]
         assert [(r["startKey"], r["endKey"], r["status"]) for r in ranges] == [

@@ -91,6 +91,15 @@ def job_name(spec: TableSpec) -> str:
     return f"Archive_{'_'.join(spec.asset_path)}"
 
 
+def shared_job_name(spec: TableSpec) -> str:
+    """``Archives_<granularity>_<start_date>_<zone>``: one job per partitions definition that several
+    tables share, so that the UI's *Materialize* of several tables at once also runs a job without
+    checks rather than ``__ASSET_JOB`` (see :func:`job_name`). It sorts after every table's own job
+    ("Archive_" before "Archives") and before ``__ASSET_JOB``."""
+    zone = re.sub(r"[^A-Za-z0-9]", "_", spec.timezone)
+    return f"Archives_{spec.granularity}_{spec.start_date:%Y_%m_%d}_{zone}"
+
+
 def schedule_name(spec: TableSpec) -> str:
     return f"archive_{'_'.join(spec.asset_path)}_daily"
 
