@@ -143,6 +143,10 @@ _RETRY_PROMISES = [  # what the core says of a Dagster run, and what it means fo
     (re.compile(r"transient, retried"), "transient"),
     (re.compile(r"(; to fix: |^)retried automatically"), r"\1run the command again (it tries once)"),
     (re.compile(r"retrying later"), "try again later"),
+    # remedies through settings the command line does not have: Dagster's pools, the resource's max_concurrency
+    (re.compile(r"lower the pool limit or the store's max_concurrency"),
+     "run fewer commands and Dagster runs against the store at once"),
+    (re.compile(r"lower the pool limit in dagster\.yaml"), "run fewer commands at once (and lower Dagster's pool limit in dagster.yaml)"),
 ]
 
 

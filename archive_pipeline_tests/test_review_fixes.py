@@ -286,3 +286,21 @@ def test_a_naming_mode_range_restore_hashes_each_restored_row_a_bounded_number_o
                             target=f"{schema}.clicks_back", temp_dir=temp_dir)
     assert sum(r.rows for r in restored.results) == n * per_day
     assert hashed[0] <= 2 * n * per_day, f"{hashed[0]} rows hashed to restore {n * per_day}"
+
+
+def test_the_command_line_names_no_setting_it_does_not_have():
+    """A store answering 503 (slow down) or a full database: the core's remedy names Dagster's pool limit
+    and the store resource's max_concurrency; the command line has neither, so it says what its user can do."""
+    from archive_pipeline.cli import _for_the_cli
+    from archive_pipeline.core import errors
+
+    from botocore.exceptions import ClientError
+
+    throttled = errors.classify(ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate"},
+                                             "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart"), table="t")
+    assert "max_concurrency" in throttled.remedy
+    for remedy in (throttled.remedy, "to fix: lower the pool limit or the store's max_concurrency"):
+        text = _for_the_cli(remedy)
+        assert "max_concurrency" not in text and "pool limit or" not in text, text
+    assert _for_the_cli("lower the pool limit in dagster.yaml (x)") == (
+        "run fewer commands at once (and lower Dagster's pool limit in dagster.yaml) (x)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,14 @@ def peak_mb() -> float:
     Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak across fork + exec, so a
     child of a big driver would report the driver's peak."""
     return status_mb("VmHWM")
+
+
+def stop_cleanly_on_signals() -> None:
+    """SIGTERM and SIGHUP (``kill``, a closed terminal) end the benchmark as Ctrl-C does: by unwinding,
+    so the PostgreSQL cluster and S3 server it started are stopped and its temp files removed, instead of
+    outliving it."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda number, _frame: sys.exit(128 + number))
 
 
 def time_command(cmd: str) -> float:

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import fill_day, peak_mb, status_mb, time_command  # noqa: E402 - after the path is set
+from common import fill_day, peak_mb, status_mb, stop_cleanly_on_signals, time_command  # noqa: E402 - after the path is set
 
 DAY_SMALL = dt.date(2024, 3, 10)
 DAY_BIG = dt.date(2024, 3, 11)
@@ -230,6 +230,8 @@ def main() -> None:
         sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
 
     from archive_pipeline.local.local_stack import local_stack
+
+    stop_cleanly_on_signals()
 
     formats = args.formats.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="archive-bench-restore-"))

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import fill_day, postgres_cpu_seconds, proc_cpu_seconds, rss_mb, time_command  # noqa: E402 - after the path is set
+from common import fill_day, postgres_cpu_seconds, proc_cpu_seconds, rss_mb, stop_cleanly_on_signals, time_command  # noqa: E402 - after the path is set
 
 DAY_SMALL = dt.date(2024, 3, 10)
 DAY_BIG = dt.date(2024, 3, 11)
@@ -248,6 +248,8 @@ def main() -> None:
         sys.exit("the benchmark needs the psql and zstd command-line tools (apt-get install postgresql-client zstd)")
 
     from archive_pipeline.local.local_stack import local_stack
+
+    stop_cleanly_on_signals()
 
     formats = args.formats.split(",")
     streams = [int(n) for n in args.streams.split(",")]
