@@ -655,3 +655,21 @@ def test_restore_into_a_table_with_an_always_identity_writes_the_archived_ids(fm
     assert restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir).inserted == 30
     assert conn.execute(sql.SQL("SELECT * FROM {} WHERE at = %s ORDER BY id").format(table),
                         (DAY,)).fetchall() == before
+
+
+def test_skip_into_a_table_keyed_only_by_a_deferrable_constraint_is_refused_up_front(conn, schema, events, store,
+                                                                                   temp_dir):
+    """ON CONFLICT cannot use a deferrable unique constraint to tell existing rows by: such a target is
+    refused before anything is read, naming the constraint and the remedy, and keeps its rows."""
+    archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
+    target = sql.Identifier(schema, "deferred")
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS, "
+                         "CONSTRAINT deferred_id UNIQUE (id, created_at) DEFERRABLE)").format(
+        target, sql.Identifier(schema, "events")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE id <= 10 AND created_at < %s").format(
+        target, sql.Identifier(schema, "events")), (DAY + dt.timedelta(days=1),))
+    with pytest.raises(RestoreError, match="deferrable.*deferred_id.*nothing was restored") as failure:
+        restore_day(conn, store, events, DAY, into="existing", target=f"{schema}.deferred", on_conflict="skip",
+                    temp_dir=temp_dir)
+    assert failure.value.day == DAY.isoformat()
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0] == 10

@@ -600,11 +600,23 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
 def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
     """``skip`` leaves a row alone when its key exists (``ON CONFLICT DO NOTHING``): a target with no
     primary key, unique or exclusion constraint has nothing to tell existing rows by, so every row would
-    be loaded again (and the check roll it back). Refused up front, saying so."""
+    be loaded again (and the check roll it back), and one with a deferrable such constraint makes
+    PostgreSQL refuse the insert. Both are refused up front, saying so."""
     has_key = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = to_regclass(%s) AND indisunique) "
         "OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'x')",
         (relation, relation)).fetchone()[0]
+    deferred = [name for (name,) in conn.execute(
+        "SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype IN ('u', 'p', 'x') "
+        "AND condeferrable ORDER BY conname", (relation,)).fetchall()]
+    if deferred:  # every unique index is an arbiter of ON CONFLICT DO NOTHING, and a deferrable one cannot be
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' (--on-conflict skip) into "
+            f"{relation}: its deferrable constraint(s) {', '.join(deferred)} cannot tell existing rows by "
+            "(PostgreSQL's ON CONFLICT does not support deferrable unique or exclusion constraints); nothing was "
+            "restored", table=manifest["table"], day=manifest["day"], retryable=False,
+            remedy="restore into a new table (into='new', --into new), or with on_conflict='fail' into a table that "
+                   "lacks the day's rows, or make the constraint NOT DEFERRABLE (ALTER TABLE ... ALTER CONSTRAINT)")
     if not has_key:
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' (--on-conflict skip) needs a "
