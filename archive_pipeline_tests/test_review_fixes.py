@@ -304,3 +304,16 @@ def test_the_command_line_names_no_setting_it_does_not_have():
         assert "max_concurrency" not in text and "pool limit or" not in text, text
     assert _for_the_cli("lower the pool limit in dagster.yaml (x)") == (
         "run fewer commands at once (and lower Dagster's pool limit in dagster.yaml) (x)")
+
+
+def test_a_generic_database_error_says_to_do_again_what_failed():
+    """The catch-all remedy said "archive again" also when a restore, a removal or a proof failed."""
+    import psycopg
+
+    from archive_pipeline.core import errors
+
+    exc = psycopg.errors.ObjectNotInPrerequisiteState("something PostgreSQL refused")
+    assert errors.wrap(exc, "t", "2024-03-10").remedy.endswith("archive again")
+    for doing, verb in (("restoring", "restore again"), ("removing", "remove the day again"), ("proving", "prove again")):
+        remedy = errors.wrap(exc, "t", "2024-03-10", doing=doing).remedy
+        assert remedy.endswith(verb) and "archive again" not in remedy, (doing, remedy)

@@ -575,6 +575,14 @@ def _detail(exc: BaseException, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_AGAIN = {"archiving": "archive", "restoring": "restore", "removing": "remove the day", "proving": "prove"}
+
+
+def remedy_for(remedy: str, doing: str) -> str:
+    """A remedy that ends in "archive again" as it reads for what failed ("restoring": "restore again")."""
+    return remedy.replace("archive again", f"{_AGAIN.get(doing, 'try')} again") if doing != "archiving" else remedy
+
+
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
          user: str | None = None, standby: bool = False, doing: str = "archiving") -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
@@ -600,7 +608,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     code = f" SQLSTATE {found.sqlstate}" if found.sqlstate and found.sqlstate not in detail else ""
     message = (f"{doing} {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
                f"{'transient, retried' if found.retryable else 'not retried: a retry cannot fix this'}")
-    return error_type(message, table=table, day=day, retryable=found.retryable, remedy=found.remedy,
+    return error_type(message, table=table, day=day, retryable=found.retryable, remedy=remedy_for(found.remedy, doing),
                       cause=found.cause)
 
 

@@ -729,8 +729,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "
                             "partition (GRANT CREATE ON SCHEMA <schema> TO <role>)")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
-                           "was restored", table=table, day=day, retryable=found.retryable, remedy=found.remedy,
-                           cause=found.cause) from exc
+                           "was restored", table=table, day=day, retryable=found.retryable,
+                           remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc
 
 
 def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, **options) -> RestoreResult:
