@@ -179,14 +179,21 @@ def shared_jobs(config: ArchiveConfig) -> list:
     """A job without checks for each partitions definition (granularity, start_date, zone) that two or
     more tables share: what the UI runs when several of them are materialized together (a run per
     day, or ranged runs of a backfill, by the same backfill policy as each table's own job)."""
-    groups: dict[str, list[TableSpec]] = {}
+    groups: dict[tuple[str, object, str], list[TableSpec]] = {}
     for spec in config.tables:
-        groups.setdefault(shared_job_name(spec), []).append(spec)
-    return [define_asset_job(name=name, selection=AssetSelection.assets(*(asset_key(s) for s in specs)).without_checks(),
-                             executor_def=in_process_executor,
-                             description=f"Archive days of {', '.join(s.name for s in specs)} together (for the UI's "
-                                         "Materialize of several tables; each table's own job is the one scheduled)")
-            for name, specs in groups.items() if len(specs) > 1]
+        groups.setdefault((spec.granularity, spec.start_date, spec.timezone), []).append(spec)
+    jobs, names = [], set()
+    for specs in (specs for specs in groups.values() if len(specs) > 1):
+        base = name = shared_job_name(specs[0])
+        while name in names:  # zones that differ only in what a job name cannot hold (Etc/GMT+1, Etc/GMT-1)
+            name = f"{base}_{len(names)}"
+        names.add(name)
+        jobs.append(define_asset_job(
+            name=name, selection=AssetSelection.assets(*(asset_key(s) for s in specs)).without_checks(),
+            executor_def=in_process_executor,
+            description=f"Archive days of {', '.join(s.name for s in specs)} together (for the UI's Materialize of "
+                        "several tables; each table's own job is the one scheduled)"))
+    return jobs
 
 
 def _with_primary(resources: dict[str, object]) -> dict[str, object]:

@@ -84,6 +84,15 @@ def test_tables_sharing_partitions_materialize_together_without_check_steps(conn
     names = {j.name for j in defs.resolve_all_job_defs()}
     assert "Archives_daily_2024_03_01_UTC" in names  # two tables share it; the third starts another day
     assert not any(n.startswith("Archives_daily_2024_03_02") for n in names)
+    # zones whose names differ only in characters a job name cannot hold still get a job each
+    zones = parse_config({"tables": [
+        {"name": f"{schema}.{t}{n}", "day_column": "placed", "start_date": "2024-03-01", "timezone": zone}
+        for n, zone in enumerate(["Etc/GMT+1", "Etc/GMT-1"]) for t in ("a", "b")]})
+    zone_jobs = {j.name: sorted(k.path[-1] for k in j.asset_layer.selected_asset_keys)
+                 for j in build_definitions(zones, check_source=False).resolve_all_job_defs()
+                 if j.name.startswith("Archives_")}
+    assert zone_jobs == {"Archives_daily_2024_03_01_Etc_GMT_1": ["a0", "b0"],
+                         "Archives_daily_2024_03_01_Etc_GMT_1_1": ["a1", "b1"]}, zone_jobs
     job = defs.resolve_job_def("Archives_daily_2024_03_01_UTC")
     with instance_for_test() as instance:
         result = job.execute_in_process(partition_key=day.isoformat(), instance=instance)
