@@ -185,8 +185,10 @@ def shared_jobs(config: ArchiveConfig) -> list:
     jobs, names = [], set()
     for specs in (specs for specs in groups.values() if len(specs) > 1):
         base = name = shared_job_name(specs[0])
+        number = 0
         while name in names:  # zones that differ only in what a job name cannot hold (Etc/GMT+1, Etc/GMT-1)
-            name = f"{base}_{len(names)}"
+            number += 1
+            name = f"{base}_{number}"
         names.add(name)
         jobs.append(define_asset_job(
             name=name, selection=AssetSelection.assets(*(asset_key(s) for s in specs)).without_checks(),
