@@ -673,3 +673,18 @@ def test_skip_into_a_table_keyed_only_by_a_deferrable_constraint_is_refused_up_f
                     temp_dir=temp_dir)
     assert failure.value.day == DAY.isoformat()
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0] == 10
+
+
+def test_a_restore_refused_by_the_database_says_to_restore_again(conn, schema, events, store, temp_dir):
+    """An error PostgreSQL raises on the load that no rule knows (here a trigger's): the catch-all remedy
+    says to restore again, not to archive again."""
+    archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
+    target = sql.Identifier(schema, "guarded")
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(target, sql.Identifier(schema, "events")))
+    conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$BEGIN RAISE EXCEPTION 'no rows here, please'; END$$").format(sql.Identifier(schema, "refuse")))
+    conn.execute(sql.SQL("CREATE TRIGGER refuse BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        target, sql.Identifier(schema, "refuse")))
+    with pytest.raises(RestoreError, match="(?s)no rows here, please.*nothing was restored") as failure:
+        restore_day(conn, store, events, DAY, into="existing", target=f"{schema}.guarded", temp_dir=temp_dir)
+    assert failure.value.remedy.endswith("restore again"), failure.value.remedy

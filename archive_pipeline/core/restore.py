@@ -33,7 +33,7 @@ from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import ArchiveError, classify
+from archive_pipeline.core.errors import ArchiveError, classify, remedy_for
 from archive_pipeline.core.locks import table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest
 from archive_pipeline.core.memory import bound_allocator
