@@ -38,6 +38,22 @@ def listing_xml(s3, bucket, key) -> bytes:
     return urllib.request.urlopen(f"{s3.endpoint_url}/{bucket}?list-type=2&prefix={prefix}").read()
 
 
+
+def _archive_changed_day_through(s3, bucket: str, conn, table, fault: Fault) -> FaultProxy:
+    """Archive day D (changed since its archive) through a proxy with ``fault``, one attempt per request:
+    it may be refused as changed (LateRowsError) or fail retryable, nothing else. Returns the (stopped)
+    proxy, whose records stay readable."""
+    with FaultProxy(s3.endpoint_url) as proxy:
+        flaky = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        proxy.add(fault)
+        try:
+            archive_partition(conn, table, D, flaky)
+        except LateRowsError:
+            pass
+        except ArchiveError as exc:
+            assert exc.retryable, exc
+    return proxy
+
 @pytest.mark.parametrize("field", ["ETag", "Size"])
 def test_a_flipped_byte_in_the_listing_of_the_data_object_does_not_replace_a_changed_day(
         s3, conn, schema, table, store, s3_client, bucket, field):
@@ -50,16 +66,9 @@ def test_a_flipped_byte_in_the_listing_of_the_data_object_does_not_replace_a_cha
     listing = listing_xml(s3, bucket, first.key)
     data_entry = listing.index(first.key.encode() + b"</Key>")
     at = listing.index(f"<{field}>".encode(), data_entry) + len(f"<{field}>") + (2 if field == "ETag" else 0)
-    with FaultProxy(s3.endpoint_url) as proxy:
-        flaky = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
-        proxy.add(Fault(method="GET", query="list-type=2", action="flip_response_byte", offset=at))
-        try:
-            archive_partition(conn, table, D, flaky)
-        except LateRowsError:
-            pass
-        except ArchiveError as exc:
-            assert exc.retryable, exc
-        assert proxy.requests("GET", query="list-type=2")[0].fault == "flip_response_byte"
+    proxy = _archive_changed_day_through(s3, bucket, conn, table,
+                                         Fault(method="GET", query="list-type=2", action="flip_response_byte", offset=at))
+    assert proxy.requests("GET", query="list-type=2")[0].fault == "flip_response_byte"
     # the previous archive is untouched and the changed day was not archived without overwrite
     assert stored_keys(s3_client, bucket) == before
     assert decode_manifest(download(s3_client, bucket, first.manifest_key))["fingerprint"] == first.fingerprint
@@ -97,15 +106,8 @@ def test_a_manifest_get_answered_200_with_an_error_body_does_not_replace_a_chang
     the previous good object, instead of a retryable failure or the "changed since archived" refusal."""
     first = archive_partition(conn, table, D, store)
     conn.execute(sql.SQL("UPDATE {} SET body = 'late edit' WHERE id = 1").format(sql.Identifier(schema, "t")))
-    with FaultProxy(s3.endpoint_url) as proxy:
-        flaky = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
-        proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="error_200", times=1))
-        try:
-            archive_partition(conn, table, D, flaky)
-        except LateRowsError:
-            pass
-        except ArchiveError as exc:
-            assert exc.retryable, exc
+    _archive_changed_day_through(s3, bucket, conn, table,
+                                 Fault(method="GET", path=r"\.manifest\.json$", action="error_200", times=1))
     assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key])
     with pytest.raises(LateRowsError):  # without the fault: refused, the previous archive kept
         archive_partition(conn, table, D, store)
