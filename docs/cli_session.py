@@ -19,7 +19,6 @@ from pathlib import Path
 
 from archive_pipeline.local.local_stack import create_sample_events, local_stack
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
