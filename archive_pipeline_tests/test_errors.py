@@ -14,6 +14,7 @@ import boto3
 import botocore.config
 import botocore.exceptions as bx
 import psycopg
+import pyarrow as pa
 import pytest
 from psycopg import sql
 
@@ -193,8 +194,18 @@ def test_adbc_stream_terminated_backend_is_retried(ap, sp):
                 sp.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
     exc = raised(read)
-    assert isinstance(exc, OSError) and "[libpq]" in str(exc)
+    # an OSError from adbc-driver-postgresql 1.9+, ArrowInvalid from 1.8 (pinned): classified alike
+    assert isinstance(exc, OSError | pa.ArrowException) and "[libpq]" in str(exc)
     assert is_retryable(exc), exc
+
+
+@pytest.mark.parametrize("kind", [OSError, pa.ArrowInvalid, pa.ArrowIOError])
+def test_libpq_failures_from_the_arrow_stream_are_classified_whatever_the_arrow_error(kind):
+    lost = kind("[libpq] Execution error [PGRES_FATAL_ERROR]: FATAL:  terminating connection due to administrator "
+                "command\nserver closed the connection unexpectedly\n")
+    refused = kind("[libpq] Execution error [PGRES_FATAL_ERROR]: ERROR:  permission denied for table events\n")
+    assert is_retryable(lost) and not is_retryable(refused)
+    assert classify(lost).where == classify(refused).where == "source"
 
 
 def test_adbc_lock_timeout_and_fatal_errors(pg, ap, sp, schema):
@@ -448,7 +459,7 @@ def test_words_quoted_from_the_data_mid_stream_do_not_pass_for_a_transient_cause
         query = (f"SELECT (CASE WHEN g = 150000 THEN '{words}' ELSE g::text END)::int AS v, repeat('x', 100) AS pad "
                  "FROM generate_series(1, 200000) g")
         exc = raised(lambda q=query: adbc_stream(ap, q))
-        assert isinstance(exc, OSError) and "SQLSTATE" not in str(exc) and words in str(exc), exc
+        assert isinstance(exc, OSError | pa.ArrowException) and "SQLSTATE" not in str(exc) and words in str(exc), exc
         c = classify(exc)
         assert not c.retryable, (type(exc), str(exc), c)
 

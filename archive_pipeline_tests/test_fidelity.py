@@ -302,3 +302,57 @@ def test_a_forged_parquet_value_fails_the_proof(conn, hard_table, store, s3_clie
     problems = deep_verify(conn, store, spec, DAY)
     assert any("the archive's rows are not the ones recorded: the same 4 rows" in p for p in problems), problems
     assert any(p.startswith("first difference: ") for p in problems), problems
+
+
+def test_parquet_archives_uuid_and_json_as_canonical_extension_types(conn, pg, store, s3_client, bucket):
+    """uuid, json and jsonb (and arrays of them) are archived as arrow.uuid and arrow.json, read back as
+    the same values: whichever way the pinned ADBC driver reads them (see the converter test below)."""
+    with pg.connect() as setup:
+        setup.execute("DROP TABLE IF EXISTS public.canon; CREATE TABLE public.canon (at timestamptz, u uuid, "
+                      "ua uuid[], j json, jb jsonb, jba jsonb[])")
+        setup.execute("INSERT INTO public.canon VALUES ('2024-03-10 01:00+00', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', "
+                      "ARRAY['00000000-0000-0000-0000-000000000001'::uuid, NULL], '{\"a\": [1, 2]}', '{\"b\": null}', "
+                      "ARRAY['1'::jsonb, NULL, '\"x\"']), ('2024-03-10 02:00+00', NULL, NULL, 'null', 'null', '{}')")
+    spec = TableSpec(name="public.canon", day_column="at", start_date=DAY, format="parquet", compression="zstd")
+    result = archive_partition(conn, spec, DAY, store)
+    table = pq.read_table(io.BytesIO(download(s3_client, bucket, result.key)))
+    types = {f.name: f.type for f in table.schema}
+    assert types["u"] == pa.uuid() and types["ua"] == pa.list_(pa.uuid())
+    assert types["j"] == pa.json_(pa.string()) and types["jb"] == pa.json_(pa.string())
+    assert types["jba"] == pa.list_(pa.json_(pa.string()))
+    assert table.column("u").to_pylist() == [uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), None]
+    assert table.column("ua").to_pylist() == [[uuid.UUID(int=1), None], None]
+    assert table.column("jba").to_pylist() == [["1", None, '"x"'], []]
+    assert deep_verify(conn, store, spec, DAY) == []
+
+
+def test_the_converter_gives_one_schema_for_either_driver_reading():
+    """adbc-driver-postgresql 1.8 reads uuid as an opaque 16-byte binary and json as a plain string; 1.9+
+    reads them as arrow.uuid and arrow.json. Both readings become the same archive batch."""
+    from archive_pipeline.core.formats.parquet import _Converter
+    from archive_pipeline.core.source import Column, SourceTable
+
+    columns = (Column("u", "uuid", "uuid", False, False), Column("ua", "uuid[]", "uuid", True, False),
+               Column("jb", "jsonb", "jsonb", False, False), Column("jba", "jsonb[]", "jsonb", True, False))
+    table = SourceTable("public", "t", "r", columns, None)
+    raw = [uuid.UUID(int=7).bytes, None]
+    opaque = pa.opaque(pa.binary(), "uuid", "PostgreSQL")
+    old = pa.record_batch([pa.ExtensionArray.from_storage(opaque, pa.array(raw, pa.binary())),
+                           pa.array([[uuid.UUID(int=1).bytes, None], None], pa.list_(pa.binary())),
+                           pa.array(['{"a": 1}', None]), pa.array([["1", None], []], pa.list_(pa.string()))],
+                          names=["u", "ua", "jb", "jba"])
+    new = pa.record_batch([pa.ExtensionArray.from_storage(pa.uuid(), pa.array(raw, pa.binary(16))),
+                           pa.ListArray.from_arrays([0, 2, 2], pa.ExtensionArray.from_storage(
+                               pa.uuid(), pa.array([uuid.UUID(int=1).bytes, None], pa.binary(16))),
+                               mask=pa.array([False, True])),
+                           pa.ExtensionArray.from_storage(pa.json_(pa.string()), pa.array(['{"a": 1}', None])),
+                           pa.ListArray.from_arrays([0, 2, 2], pa.ExtensionArray.from_storage(
+                               pa.json_(pa.string()), pa.array(["1", None])))], names=["u", "ua", "jb", "jba"])
+    converted = [_Converter(table, batch.schema).convert(batch) for batch in (old, new)]
+    assert converted[0].schema == converted[1].schema
+    assert converted[0].equals(converted[1])
+    assert converted[0].column(0).to_pylist() == [uuid.UUID(int=7), None]
+    bad = pa.record_batch([pa.ExtensionArray.from_storage(opaque, pa.array([b"short"], pa.binary())),
+                           *(pa.nulls(1, t) for t in old.schema.types[1:])], names=["u", "ua", "jb", "jba"])
+    with pytest.raises(pa.ArrowInvalid):
+        _Converter(table, bad.schema).convert(bad)

@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Iterator
 
 import psycopg
+import pyarrow as pa
 import pytest
 from psycopg import sql
 
@@ -156,9 +157,9 @@ def test_recovery_conflict_is_retried_with_the_hint(primary, conflict_prone, sto
         return
     assert found.retryable
     if fmt == "parquet":
-        # ADBC's Arrow stream raises a bare OSError (no SQLSTATE, decided by the server's words); a conflict
+        # ADBC's Arrow stream raises a bare OSError (ArrowInvalid from 1.8; no SQLSTATE, decided by the server's words); a conflict
         # that cancels the reader's session before its stream starts comes as ADBC's own error, with 40001
-        assert (isinstance(err.__context__, OSError) and found.sqlstate is None) or found.sqlstate == "40001", \
+        assert (isinstance(err.__context__, OSError | pa.ArrowException) and found.sqlstate is None) or found.sqlstate == "40001", \
             repr(err.__context__)
     else:
         assert found.sqlstate == "40001"

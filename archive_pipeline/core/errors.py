@@ -538,6 +538,10 @@ def _classify_one(exc: BaseException) -> Classification | None:
         return _OUT_OF_MEMORY_LOCAL
     if isinstance(exc, OSError):
         return _classify_os(exc, text)
+    if module.startswith("pyarrow") and "[libpq]" in text:
+        # adbc-driver-postgresql's Arrow stream passes libpq's failure on as an Arrow error: an OSError
+        # in some versions, ArrowInvalid in others (1.8, pinned) for the very same fault
+        return _classify_database(exc, text, connection_error=True) or _UNKNOWN
     return None
 
 

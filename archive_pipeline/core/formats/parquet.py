@@ -230,7 +230,27 @@ def arrow_type(col: Column, read_type: pa.DataType) -> pa.DataType:
             return pa.decimal256(col.precision, col.scale or 0)
     if col.base_type == "interval" and not col.is_array:
         return INTERVAL_TYPE
+    canonical = _CANONICAL.get(col.base_type)
+    if canonical is not None:  # the same archive whichever version of the driver read it (see _canonical)
+        return pa.list_(canonical) if pa.types.is_list(read_type) else canonical
     return read_type
+
+
+# uuid, json and jsonb are archived as Arrow's canonical extension types. adbc-driver-postgresql 1.9+
+# reads them so; 1.8 (pinned: see pyproject.toml) reads a uuid as an opaque 16-byte binary and json as a
+# plain string. Either way the archive has one schema.
+_CANONICAL = {"uuid": pa.uuid(), "json": pa.json_(pa.string()), "jsonb": pa.json_(pa.string())}
+
+
+def _canonical(array: pa.Array, target: pa.ExtensionType) -> pa.Array:
+    """``array`` (a value array as either driver version reads it) as ``target``'s extension array."""
+    if isinstance(array.type, pa.BaseExtensionType):
+        if array.type == target:
+            return array
+        array = array.storage
+    if array.type != target.storage_type:
+        array = pc.cast(array, target.storage_type)  # uuid: binary of 16 bytes each (else ArrowInvalid)
+    return pa.ExtensionArray.from_storage(target, array)
 
 
 def _on_values(array: pa.Array, fix) -> pa.Array:
@@ -240,7 +260,8 @@ def _on_values(array: pa.Array, fix) -> pa.Array:
         fixed = fix(values)
         if fixed is values:
             return array
-        return pa.ListArray.from_arrays(array.offsets, fixed, type=array.type,
+        list_type = array.type if fixed.type == values.type else pa.list_(fixed.type)
+        return pa.ListArray.from_arrays(array.offsets, fixed, type=list_type,
                                         mask=array.is_null() if array.null_count else None)
     return fix(array)
 
@@ -325,6 +346,9 @@ class _Converter:
 
     def _column(self, i: int, array: pa.Array) -> pa.Array:
         col, target = self.columns[i], self.schema.field(i).type
+        canonical = _CANONICAL.get(col.base_type)
+        if canonical is not None:
+            return _on_values(array, lambda a: _canonical(a, canonical))
         if isinstance(array.type, pa.BaseExtensionType) and array.type.extension_name == "arrow.opaque":
             array = array.storage
         value_type = array.type.value_type if pa.types.is_list(array.type) else array.type
