@@ -356,3 +356,26 @@ def test_the_converter_gives_one_schema_for_either_driver_reading():
                            *(pa.nulls(1, t) for t in old.schema.types[1:])], names=["u", "ua", "jb", "jba"])
     with pytest.raises(pa.ArrowInvalid):
         _Converter(table, bad.schema).convert(bad)
+
+
+def test_parquet_dictionary_encodes_labels_and_text_only(conn, pg, store, s3_client, bucket):
+    """Distinct values (ids, timestamps, uuids, amounts, json) are written plain: a dictionary of them is as
+    big as the values plus its indices. Enum labels and text (arrays too) keep their dictionaries."""
+    with pg.connect() as setup:
+        setup.execute("DROP TABLE IF EXISTS public.dict_enc; DROP TYPE IF EXISTS public.dict_mood; "
+                      "CREATE TYPE public.dict_mood AS ENUM ('sad', 'happy'); "
+                      "CREATE TABLE public.dict_enc (at timestamptz, id bigint, u uuid, amount numeric(12,2), "
+                      "j jsonb, label text, flag bool, mood public.dict_mood, tags text[])")
+        setup.execute("INSERT INTO public.dict_enc SELECT '2024-03-10'::timestamptz + g * interval '1 second', g, "
+                      "md5(g::text)::uuid, g / 100.0, jsonb_build_object('g', g), 'label ' || g % 3, g % 2 = 0, "
+                      "(ARRAY['sad', 'happy'])[1 + g % 2]::public.dict_mood, ARRAY['t' || g % 4] "
+                      "FROM generate_series(1, 5000) g")
+    spec = TableSpec(name="public.dict_enc", day_column="at", start_date=DAY, format="parquet", compression="zstd")
+    result = archive_partition(conn, spec, DAY, store)
+    meta = pq.ParquetFile(io.BytesIO(download(s3_client, bucket, result.key))).metadata
+    group = meta.row_group(0)
+    encoded = {group.column(i).path_in_schema.split(".")[0]: set(group.column(i).encodings)
+               for i in range(group.num_columns)}
+    dictionary = {name for name, encodings in encoded.items() if encodings & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}}
+    assert dictionary == {"label", "mood", "tags"}, encoded
+    assert deep_verify(conn, store, spec, DAY) == []
