@@ -112,8 +112,10 @@ def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[
 
 
 _TARGET_COLUMNS = sql.SQL("""
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL), t.typname, t.typcategory,
-       a.attidentity
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL),
+       CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname::text
+            ELSE t.typnamespace::regnamespace::text || '.' || t.typname END,  -- a user's jsonb is not jsonb
+       t.typcategory, a.attidentity
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
 """)

@@ -48,7 +48,9 @@ class Column:
 
     name: str
     type_name: str  # format_type(): e.g. "numeric(12,2)", "timestamp with time zone", "text[]"
-    base_type: str  # pg_type.typname of the element, through domains at any depth: e.g. "numeric", "jsonb"
+    # the element's type through domains at any depth: its name for a built-in type ("numeric", "jsonb"),
+    # schema.name for any other (a user's type named uuid or json is not taken for the built-in one)
+    base_type: str
     is_array: bool
     not_null: bool
     precision: int | None = None
@@ -100,7 +102,8 @@ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f
 _COLUMNS_QUERY = """
 SELECT a.attname,
        format_type(a.atttypid, a.atttypmod),
-       base.typname,
+       CASE WHEN base.typnamespace = 'pg_catalog'::regnamespace THEN base.typname::text
+            ELSE base.typnamespace::regnamespace::text || '.' || base.typname END,
        b.is_array,
        a.attnotnull,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN ((b.typmod - 4) >> 16) & 65535 END,

@@ -380,7 +380,7 @@ class _Converter:
         return array
 
 
-_DICTIONARY_TYPES = {"text", "varchar", "bpchar", "name", "citext"}
+_DICTIONARY_TYPES = {"text", "varchar", "bpchar", "name"}
 
 
 def dictionary_columns(columns: Sequence[Column]) -> list[str]:
