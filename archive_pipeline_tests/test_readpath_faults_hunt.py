@@ -377,19 +377,21 @@ def test_a_removal_whose_lock_times_out_names_table_day_and_is_retryable(pg, con
 
 
 def test_cli_prune_whose_lock_times_out_on_one_day_goes_on_with_the_others(setup, pg, conn, days):
-    """`prune` with a lock_timeout (here from PGOPTIONS) where a long reader holds the first due day's
-    partition: that day is 'failed' (retryable, naming it), the next due day is still removed, exit 1.
-    Now: the LockNotAvailable is taken for a lost database: exit 3, "lost the source database:
-    canceling statement due to lock timeout", no table or day named, and the other days are not pruned."""
+    """`prune` with a lock_timeout (here `source.lock_timeout_ms`, 300 ms; the default 30 s made this test
+    wait 30 s) where a long reader holds the first due day's partition: that day is 'failed' (retryable,
+    naming it), the next due day is still removed, exit 1. Was: the LockNotAvailable was taken for a lost
+    database: exit 3, "lost the source database: canceling statement due to lock timeout", no table or
+    day named, and the other days were not pruned."""
     env, spec = setup
-    edit_config(env, {"retention": {"keep_days": 1, "action": "drop"}})  # days[0] and days[1] are due
+    edit_config(env, {"retention": {"keep_days": 1, "action": "drop"}},  # days[0] and days[1] are due
+                source={"lock_timeout_ms": 300})
     cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[1].isoformat())
     reader = pg.connect()
     try:
         reader.execute("BEGIN")
         reader.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(spec.schema_name, f"events_{days[0]:%Y%m%d}")))
-        done = cli({**env, "PGOPTIONS": "-c lock_timeout=300"}, "prune", "--json")
+        done = cli(env, "prune", "--json")
     finally:
         reader.execute("ROLLBACK")
         reader.close()
