@@ -233,7 +233,7 @@ def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, co
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
             lock_day(conn.execute, table, where, coordinator)
             for name, value in settings.items():
-                conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+                conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, str(value)))
     except BaseException:
         for conn in opened:
             conn.close()

@@ -39,6 +39,12 @@ SNAPSHOT_SETTINGS = {
     # A policy that would hide rows raises instead (42501): an archive of the rows a role may see is
     # not the day's rows. Owners (without FORCE), BYPASSRLS roles and superusers are not affected.
     "row_security": "off",
+    # Every function, operator and type name our queries use (>=, row_to_json, concat, hashtextextended,
+    # ::numeric ...) resolves to PostgreSQL's own, whatever schema the role's path puts first: a user's
+    # ``>=`` on date in a schema listed before pg_catalog would otherwise pick the day's rows. Output
+    # that names objects (regclass, regtype and the other reg* types; format_type) is then
+    # schema-qualified, so it reads back to the same object in any session.
+    "search_path": "pg_catalog, pg_temp",
 }
 
 
@@ -212,7 +218,7 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
 
     try:
         for name, value in {**SNAPSHOT_SETTINGS, **(settings or {})}.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+            conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, str(value)))
         taken_at, version, snapshot_id = conn.execute(
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
         yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
@@ -401,7 +407,7 @@ def lock_day(execute: Callable[[str], object], table: SourceTable, where: sql.Co
     and the day fails, retryable, instead."""
     # planned and started, never run: it locks what the day's read locks (the pruned partitions too)
     touch = sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where).as_string(quoting)
-    execute(f"SELECT set_config('lock_timeout', '{IMPORT_LOCK_WAIT_MS}', true)")
+    execute(f"SELECT pg_catalog.set_config('lock_timeout', '{IMPORT_LOCK_WAIT_MS}', true)")
     try:
         execute(touch)
     except Exception as exc:

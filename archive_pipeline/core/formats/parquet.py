@@ -457,7 +457,7 @@ class Parquet:
             # it does not sit idle in transaction for the whole read (idle_in_transaction_session_timeout).
             extraction.snapshot.release()
             for name, value in extraction.settings.items():
-                setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                setting = sql.SQL("SELECT pg_catalog.set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
                 cur.execute(setting.as_string(extraction.conn))
             cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
             return conn, cur, cur.fetch_record_batch()

@@ -1,0 +1,147 @@
+"""Hunt: the archive write path (source, formats, store) against hostile schemas, types and faults."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.plan import compare_days
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.verify import deep_verify
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _shadowing_schema(conn: psycopg.Connection, schema: str) -> None:
+    """A schema whose >= on dates is always true and whose hashtextextended is constant, put before
+    pg_catalog on the session's path."""
+    evil = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE FUNCTION {}.always(date, date) RETURNS bool LANGUAGE sql IMMUTABLE "
+                         "AS 'SELECT true'").format(evil))
+    conn.execute(sql.SQL("CREATE OPERATOR {}.>= (LEFTARG = date, RIGHTARG = date, FUNCTION = {}.always)")
+                 .format(evil, evil))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.hashtextextended(text, bigint) RETURNS bigint LANGUAGE sql "
+                         "IMMUTABLE AS 'SELECT 7::bigint'").format(evil))
+    conn.execute(sql.SQL("SET search_path = {}, pg_catalog").format(evil))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_operators_shadowing_pg_catalog_on_the_path_are_not_called(fmt, conn, schema, store, temp_dir):
+    """A role whose search_path lists a schema before pg_catalog: that schema's >= on dates (always true)
+    must not pick the day's rows, nor its hashtextextended make every fingerprint alike."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, t text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'a'), (2, %s, 'b')").format(table),
+                 (DAY, DAY - dt.timedelta(days=1)))
+    _shadowing_schema(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY - dt.timedelta(days=5), format=fmt)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert result.rows == 1, f"archived {result.rows} rows for a day holding 1"
+    conn.execute(sql.SQL("UPDATE {} SET t = 'changed' WHERE id = 1").format(table))
+    with pytest.raises(ArchiveError, match="changed since it was archived"):
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_reg_types_round_trip_whatever_the_sessions_path(fmt, conn, schema, store, temp_dir):
+    """regclass/regtype/regproc values name objects; archived under one search_path and restored and
+    compared under another, they must come back naming the same objects."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.target (x int)").format(s))
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('a')").format(s))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.f() RETURNS int LANGUAGE sql AS 'SELECT 1'").format(s))
+    table = sql.Identifier(schema, "refs")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, c regclass, t regtype, p regproc, o oid, "
+                         "cs regclass[])").format(table))
+    conn.execute(sql.SQL("SET search_path = {}, public").format(s))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'target', 'mood', 'f', 42, '{{target,pg_class}}'), "
+                         "(2, %s, 'pg_class', 'int4', 'now', 0, NULL), (3, %s, NULL, NULL, NULL, NULL, '{{}}')")
+                 .format(table), (DAY, DAY, DAY))
+    spec = TableSpec(name=f"{schema}.refs", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute("RESET search_path")
+    assert deep_verify(conn, store, spec, DAY) == []
+    assert compare_days(conn, spec, store, [DAY])[0].result == "equal"
+    restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    pairs = conn.execute(sql.SQL("SELECT a.c::oid = b.c::oid, a.t::oid = b.t::oid, a.p::oid = b.p::oid, a.cs::oid[] = b.cs::oid[] "
+                                 "FROM {} a JOIN {}.back b USING (id) WHERE a.id = 1").format(table, s)).fetchone()
+    assert pairs == (True, True, True, True)
+
+
+# column -> (type, values of rows 1..4 as SQL)
+RARE = {
+    "i8": ("bigint", ["-9223372036854775808", "9223372036854775807", "0", "NULL"]),
+    "i2": ("smallint", ["-32768", "32767", "0", "NULL"]),
+    "bt": ("bit(3)", ["B'101'", "B'000'", "NULL", "B'111'"]),
+    "cidr": ("cidr", ["'10.0.0.0/8'", "'::/0'", "NULL", "'2001:db8::/32'"]),
+    "mac": ("macaddr", ["'08:00:2b:01:02:03'", "NULL", "'ff:ff:ff:ff:ff:ff'", "'00:00:00:00:00:00'"]),
+    "mac8": ("macaddr8", ["'08:00:2b:01:02:03:04:05'", "NULL", "'ff:ff:ff:ff:ff:ff:ff:ff'", "'00:00:00:00:00:00:00:00'"]),
+    "tsq": ("tsquery", ["'a & !b'", "''", "NULL", "$$'x y':* | c$$"]),
+    "dr": ("daterange", ["'[-infinity,infinity)'", "'empty'", "NULL", "'(,2024-01-01)'"]),
+    "nr": ("numrange", ["'(-Infinity,Infinity)'", "'[NaN,NaN]'", "'empty'", "NULL"]),
+    "tzr": ("tstzrange", ["'[-infinity,infinity]'", "'empty'", "NULL", "'(,)'"]),
+    "imr": ("int4multirange", ["'{}'", "'{[1,3),[5,)}'", "NULL", "'{(,)}'"]),
+    "dmr": ("datemultirange", ["'{[-infinity,2024-01-01),[2025-01-01,infinity]}'", "'{}'", "NULL", "'{empty}'"]),
+    "bx": ("box", ["'(1,1),(0,0)'", "'(NaN,1),(-0,0)'", "NULL", "'(1e300,1e-300),(-1e300,0)'"]),
+    "pg": ("polygon", ["'((0,0),(1,1),(1,0))'", "NULL", "'((0,0))'", "'((-0,NaN),(1,2))'"]),
+    "ci": ("circle", ["'<(0,0),1>'", "NULL", "'<(1.5,-2.5),0>'", "'<(0,0),Infinity>'"]),
+    "ln": ("line", ["'{1,-1,0}'", "NULL", "'{0,1,-0}'", "'{1,0,5}'"]),
+    "ls": ("lseg", ["'[(0,0),(1,1)]'", "NULL", "'[(-0,0),(0,-0)]'", "'[(1,2),(3,4)]'"]),
+    "pa": ("path", ["'[(0,0),(1,1)]'", "'((0,0),(1,1),(2,0))'", "NULL", "'[(1,2)]'"]),
+    "lsn": ("pg_lsn", ["'0/0'", "'FFFFFFFF/FFFFFFFF'", "NULL", "'16/B374D848'"]),
+    "o": ("oid", ["0", "4294967295", "NULL", "1"]),
+    "xid8": ("xid8", ["'0'", "'18446744073709551615'", "NULL", "'7'"]),
+    "snap": ("pg_snapshot", ["'10:20:10,14,15'", "NULL", "'1:1:'", "'3:3:'"]),
+    "nm": ("name", ["'a'", "''", "NULL", "'ÿ ' || repeat('x', 60)"]),
+    "ba": ("boolean[]", ["'{t,f,NULL}'", "'{}'", "NULL", "'{t}'"]),
+    "f4a": ("real[]", ["'{NaN,-0,Infinity,1e-45}'", "'{}'", "NULL", "'{NULL}'"]),
+    "i8a": ("bigint[]", ["'{-9223372036854775808,9223372036854775807,NULL}'", "'{}'", "NULL", "'{0}'"]),
+    "ra": ("int4range[]", ["'{empty,\"(,)\",\"[1,2)\"}'", "'{}'", "NULL", "'{NULL}'"]),
+    "cmp": ("holder", ["ROW(ARRAY['a', NULL]::feel[], '{[1,2)}')::holder", "ROW(NULL, NULL)::holder", "NULL",
+                       "ROW('{}', '{}')::holder"]),
+    "cmpa": ("holder[]", ["ARRAY[ROW(ARRAY['b c']::feel[], '{}')::holder, NULL]", "'{}'", "NULL",
+                          "ARRAY[ROW(NULL, NULL)::holder]"]),
+    "da": ("dints", ["'{1,NULL}'", "'{}'", "NULL", "'{2147483647}'"]),
+    "fe": ("feel", ["'a'", "'b c'", "NULL", "'a'"]),
+    "fea": ("feel[]", ["'{a,\"b c\",NULL}'", "'{}'", "NULL", "'{a}'"]),
+}
+
+
+def _rare_table(conn: psycopg.Connection, schema: str) -> None:
+    conn.execute(sql.SQL("SET search_path = {}, public").format(sql.Identifier(schema)))
+    conn.execute("CREATE TYPE feel AS ENUM ('a', 'b c')")
+    conn.execute("CREATE TYPE holder AS (feels feel[], r int4multirange)")
+    conn.execute("CREATE DOMAIN dints AS int[] CHECK (cardinality(VALUE) < 5)")
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, (t, _) in RARE.items())
+    conn.execute(sql.SQL("CREATE TABLE rare (id int, at date, {}, g int GENERATED ALWAYS AS (id * 2) STORED)")
+                 .format(cols))
+    for row in range(4):
+        values = sql.SQL(", ").join(sql.SQL(v[row]) for _, v in RARE.values())
+        conn.execute(sql.SQL("INSERT INTO rare (id, at, {}) VALUES ({}, {}, {})").format(
+            sql.SQL(", ").join(map(sql.Identifier, RARE)), sql.Literal(row + 1), sql.Literal(DAY), values))
+
+
+def _texts(conn: psycopg.Connection, relation: sql.Composable, columns: list[str]) -> list[tuple]:
+    exprs = sql.SQL(", ").join(sql.SQL("CASE WHEN {c} IS DISTINCT FROM NULL THEN concat({c}) END").format(
+        c=sql.Identifier(c)) for c in columns)
+    return conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY id").format(exprs, relation)).fetchall()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_rare_types_round_trip_exactly(fmt, conn, schema, store, temp_dir):
+    """Types less travelled, at their edges: archived, proven and restored to the same text."""
+    _rare_table(conn, schema)
+    spec = TableSpec(name=f"{schema}.rare", day_column="at", start_date=DAY, format=fmt)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert result.rows == 4
+    assert deep_verify(conn, store, spec, DAY) == []
+    restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    names = ["id", "at", *RARE, "g"]
+    assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "rare"), names)
+
