@@ -14,6 +14,7 @@ from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.helpers import decompress, download, read_csv
 
 DAY = dt.date(2024, 3, 10)
 
@@ -144,4 +145,156 @@ def test_rare_types_round_trip_exactly(fmt, conn, schema, store, temp_dir):
     restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     names = ["id", "at", *RARE, "g"]
     assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "rare"), names)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE {t} DROP COLUMN note",
+    "ALTER TABLE {t} RENAME COLUMN note TO remark",
+    "ALTER TABLE {t} RENAME COLUMN a TO tmp; ALTER TABLE {t} RENAME COLUMN b TO a; ALTER TABLE {t} RENAME COLUMN tmp TO b",
+    "ALTER TABLE {t} RENAME TO renamed",
+    "ALTER TABLE {t} ADD COLUMN late int",
+    # a table swapped in under the name: its rows were committed after the snapshot, which cannot see them
+    "CREATE TABLE {s}.fresh (LIKE {t}); INSERT INTO {s}.fresh SELECT * FROM {t}; ALTER TABLE {t} RENAME TO old; "
+    "ALTER TABLE {s}.fresh RENAME TO ev",
+])
+def test_a_column_change_committed_right_after_the_snapshot_fails_retryable(change, fmt, pg, conn, schema, store,
+                                                                          monkeypatch, s3_client, bucket):
+    """A change of the table's columns (or name) that commits between the archive's snapshot and its
+    first lock: the snapshot's catalog still shows the old columns, the query is planned on the new
+    ones. The day is archived as the snapshot saw it, or fails retryable; never with values under
+    another column's name."""
+    from archive_pipeline.core import archive
+
+    t = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, a int, b int, note text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 10, 20, 'x'), (2, %s, 30, 40, 'y')").format(t), (DAY, DAY))
+    original = archive.source_table
+
+    def change_commits_in_the_window(*args, **kwargs):
+        with pg.connect() as other:
+            other.execute(sql.SQL(change).format(t=t, s=sql.Identifier(schema)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "source_table", change_commits_in_the_window)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    try:
+        result = archive_partition(conn, spec, DAY, store)
+    except ArchiveError as exc:
+        assert exc.retryable, str(exc)
+        assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+        return
+    body = download(s3_client, bucket, result.key)
+    if fmt == "csv":
+        rows = read_csv(decompress(body, "zstd"))
+        assert [(r["a"], r["b"]) for r in sorted(rows, key=lambda r: r["id"])] == [("10", "20"), ("30", "40")], rows
+    else:
+        import io
+        import pyarrow.parquet as pq
+        table = pq.read_table(io.BytesIO(body))
+        assert (table.column("a").to_pylist(), table.column("b").to_pylist()) == ([10, 30], [20, 40])
+
+
+@pytest.mark.parametrize("mode", ["declarative", "column"])
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE {t} DETACH PARTITION {day}",
+    "ALTER TABLE {t} DETACH PARTITION {day}; ALTER TABLE {t} ATTACH PARTITION {day} "
+    "FOR VALUES FROM ('2024-03-10 00:00+00') TO ('2024-03-11 00:00+00')",
+])
+def test_the_days_partition_detached_right_after_the_snapshot_is_not_archived_as_an_empty_day(
+        change, mode, pg, conn, schema, store, monkeypatch, s3_client, bucket):
+    """DETACH PARTITION keeps the partition's file: only its link to the parent goes, so the snapshot,
+    which still sees the link, and the planner, which does not, disagree on where the day's rows are."""
+    from archive_pipeline.core import archive
+    from archive_pipeline_tests.helpers import range_partitioned_events
+
+    range_partitioned_events(conn, schema, [("ev_20240310", "2024-03-10", "2024-03-11")])
+    t = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00' FROM generate_series(1, 3) g").format(t))
+    original = archive.source_table
+
+    def detached_in_the_window(*args, **kwargs):
+        with pg.connect() as other:
+            other.execute(sql.SQL(change).format(t=t, day=sql.Identifier(schema, "ev_20240310")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "source_table", detached_in_the_window)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, partitioning={"mode": mode})
+    try:
+        result = archive_partition(conn, spec, "2024-03-10", store)
+    except ArchiveError as exc:
+        assert exc.retryable, str(exc)
+        assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+        return
+    assert (result.rows, result.empty) == (3, False)
+
+
+# --- answers 200 with an S3 <Error> body after the store acted, on every write request -------------------------
+
+ERROR_200 = {  # request kind: (fault matcher, bytes to upload)
+    "create": (dict(method="POST", query="uploads"), 5 * 1024 * 1024 + 5),
+    "upload_part": (dict(method="PUT", query="partNumber=2"), 5 * 1024 * 1024 + 5),
+    "complete": (dict(method="POST", query="uploadId="), 5 * 1024 * 1024 + 5),
+    "put": (dict(method="PUT", path=r"\.jsonl\.zst$"), 200_000),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ERROR_200))
+def test_a_write_answered_200_with_an_error_after_the_store_acted_is_retryable_and_leaves_nothing(
+        s3, bucket, s3_client, temp_dir, kind):
+    import hashlib
+
+    from archive_pipeline.core.sink import temp_archive_file
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store, UploadError
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    key = "archive/s.t/2024/03/2024-03-10.jsonl.zst"
+    match, size = ERROR_200[kind]
+    data = (hashlib.sha256(b"x").digest() * (size // 32 + 1))[:size]
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(max_attempts=1), bucket, part_size=MIN_PART_SIZE, max_concurrency=2)
+        fault = proxy.add(Fault(**match, action="error_200", forward=True, times=None))
+        with pytest.raises(UploadError) as failure, temp_archive_file(temp_dir, suffix=".jsonl.zst") as sink:
+            up = store.begin(key, content_type="application/x-ndjson", metadata={"table": "s.t", "day": "2024-03-10"})
+            try:
+                sink.on_grow = lambda n: up.grow(sink.fd, n)
+                for start in range(0, len(data), 1 << 20):
+                    sink.write(data[start:start + (1 << 20)])
+                up.finish(sink.fd, sink.size, sink.md5)
+            except BaseException:
+                up.abort()
+                raise
+    assert fault.hits >= 1
+    assert failure.value.retryable, str(failure.value)
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])] == []
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list(temp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_partition_with_its_own_column_order_and_dropped_columns(fmt, streams, conn, schema, store, temp_dir):
+    """The day's partition was created on its own with another column order and a dropped column,
+    then attached; the parent lost a column in the middle and gained one with a default later."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, junk text, at timestamptz NOT NULL, v text) "
+                         "PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("ALTER TABLE {}.ev DROP COLUMN junk").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_0310 (gone int, v text, at timestamptz NOT NULL, id int)").format(s))
+    conn.execute(sql.SQL("ALTER TABLE {}.ev_0310 DROP COLUMN gone").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev_0310 (v, at, id) SELECT 'v' || g, '2024-03-10 00:00+00'::timestamptz "
+                         "+ g * interval '1 second', g FROM generate_series(0, 2999) g").format(s))
+    conn.execute(sql.SQL("ALTER TABLE {}.ev ATTACH PARTITION {}.ev_0310 FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00')").format(s, s))
+    conn.execute(sql.SQL("ALTER TABLE {}.ev ADD COLUMN late numeric DEFAULT 1.50").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev (id, at, v, late) VALUES (-1, '2024-03-10 23:59:59.999999+00', NULL, "
+                         "NULL)").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt, parallel_streams=streams,
+                     partitioning={"mode": "declarative"})
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert result.rows == 3001 and [c.name for c in result.columns] == ["id", "at", "v", "late"]
+    assert deep_verify(conn, store, spec, DAY) == []
+    restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    names = ["id", "at", "v", "late"]
+    assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "ev"), names)
 
