@@ -59,20 +59,28 @@ def test_reg_types_round_trip_whatever_the_sessions_path(fmt, conn, schema, stor
     conn.execute(sql.SQL("CREATE FUNCTION {}.f() RETURNS int LANGUAGE sql AS 'SELECT 1'").format(s))
     table = sql.Identifier(schema, "refs")
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, c regclass, t regtype, p regproc, o oid, "
-                         "cs regclass[])").format(table))
+                         "cs regclass[], pp regprocedure, op regoperator, cf regconfig, ns regnamespace, "
+                         "co regcollation)").format(table))
     conn.execute(sql.SQL("SET search_path = {}, public").format(s))
-    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'target', 'mood', 'f', 42, '{{target,pg_class}}'), "
-                         "(2, %s, 'pg_class', 'int4', 'now', 0, NULL), (3, %s, NULL, NULL, NULL, NULL, '{{}}')")
-                 .format(table), (DAY, DAY, DAY))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'target', 'mood', 'f', 42, '{{target,pg_class}}', 'f()', "
+                         "'+(integer,integer)', 'english', {}, '\"C\"'), "
+                         "(2, %s, 'pg_class', 'int4', 'now', 0, NULL, 'abs(integer)', '-(NONE,bigint)', 'simple', "
+                         "'pg_catalog', 'default'), "
+                         "(3, %s, NULL, NULL, NULL, NULL, '{{}}', NULL, NULL, NULL, NULL, NULL)")
+                 .format(table, sql.Literal(schema)), (DAY, DAY, DAY))
     spec = TableSpec(name=f"{schema}.refs", day_column="at", start_date=DAY, format=fmt)
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     conn.execute("RESET search_path")
     assert deep_verify(conn, store, spec, DAY) == []
     assert compare_days(conn, spec, store, [DAY])[0].result == "equal"
     restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
-    pairs = conn.execute(sql.SQL("SELECT a.c::oid = b.c::oid, a.t::oid = b.t::oid, a.p::oid = b.p::oid, a.cs::oid[] = b.cs::oid[] "
-                                 "FROM {} a JOIN {}.back b USING (id) WHERE a.id = 1").format(table, s)).fetchone()
-    assert pairs == (True, True, True, True)
+    same = conn.execute(sql.SQL("SELECT bool_and(a.c::oid IS NOT DISTINCT FROM b.c::oid AND a.t::oid IS NOT DISTINCT "
+                                "FROM b.t::oid AND a.p::oid IS NOT DISTINCT FROM b.p::oid AND a.cs::oid[] IS NOT "
+                                "DISTINCT FROM b.cs::oid[] AND a.pp::oid IS NOT DISTINCT FROM b.pp::oid AND a.op::oid "
+                                "IS NOT DISTINCT FROM b.op::oid AND a.cf::oid IS NOT DISTINCT FROM b.cf::oid AND "
+                                "a.ns::oid IS NOT DISTINCT FROM b.ns::oid AND a.co::oid IS NOT DISTINCT FROM b.co::oid), "
+                                "count(*) FROM {} a JOIN {}.back b USING (id)").format(table, s)).fetchone()
+    assert same == (True, 3)
 
 
 # column -> (type, values of rows 1..4 as SQL)
@@ -298,3 +306,28 @@ def test_a_partition_with_its_own_column_order_and_dropped_columns(fmt, streams,
     names = ["id", "at", "v", "late"]
     assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "ev"), names)
 
+
+def test_a_csv_archive_whose_manifest_names_types_as_the_path_showed_them_still_proves(
+        conn, schema, store, s3_client, bucket, temp_dir):
+    """Archives written before the archive's search_path was pinned name a user's types as the
+    session's path showed them ("pair", not "schema".pair). Deep verification, whose fingerprint now
+    runs under the pinned path, must still read their composite and domain columns."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.pair AS (x int, y text)").format(s))
+    conn.execute(sql.SQL("CREATE DOMAIN {}.small AS int CHECK (VALUE < 100)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, p {}.pair, d {}.small)").format(s, s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, %s, '(1,a)', 5), (2, %s, NULL, NULL)").format(s), (DAY, DAY))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
+    unqualified = {f'{schema}.pair': "pair", f'{schema}.small': "small"}
+    assert {c["pg_type"] for c in manifest["columns"]} >= set(unqualified), manifest["columns"]
+    for column in manifest["columns"]:
+        column["pg_type"] = unqualified.get(column["pg_type"], column["pg_type"])
+    for column in manifest["table_definition"]["columns"]:
+        column["type"] = unqualified.get(column["type"], column["type"])
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    conn.execute(sql.SQL("SET search_path = {}, public").format(s))
+    assert deep_verify(conn, store, spec, DAY) == []
