@@ -331,3 +331,30 @@ def test_a_csv_archive_whose_manifest_names_types_as_the_path_showed_them_still_
     s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
     conn.execute(sql.SQL("SET search_path = {}, public").format(s))
     assert deep_verify(conn, store, spec, DAY) == []
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_role_granted_select_on_every_column_but_not_the_table_archives_the_day(fmt, pg, conn, schema, store,
+                                                                                 temp_dir):
+    """Column privileges only: a role that may read every column reads every row's every value, so the
+    day is archived (and one that may not read some column is told which)."""
+    role = f"{schema}_cols"
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, secret text, v int)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 's', 10), (2, %s, NULL, 20)").format(table), (DAY, DAY))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT (id, at, v) ON {} TO {}").format(table, sql.Identifier(role)))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+        with psycopg.connect(pg.dsn_for(role), autocommit=True) as reader:
+            with pytest.raises(ArchiveError) as refused:
+                archive_partition(reader, spec, DAY, store, temp_dir=temp_dir)
+            assert "secret" in str(refused.value) and not refused.value.retryable, str(refused.value)
+            conn.execute(sql.SQL("GRANT SELECT (secret) ON {} TO {}").format(table, sql.Identifier(role)))
+            result = archive_partition(reader, spec, DAY, store, temp_dir=temp_dir)
+        assert result.rows == 2 and [c.name for c in result.columns] == ["id", "at", "secret", "v"]
+        assert deep_verify(conn, store, spec, DAY) == []
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -94,8 +94,15 @@ class Snapshot:
     release: Callable[[], None] = lambda: None  # end the read transaction now (idempotent)
 
 
+# The relation, and the columns the role may not read (none with SELECT on the table, or with SELECT
+# granted on every column: either reads every value of every row).
 _TABLE_QUERY = """
-SELECT c.oid, c.relkind, has_table_privilege(c.oid, 'SELECT')
+SELECT c.oid, c.relkind, pg_catalog.has_any_column_privilege(c.oid, 'SELECT'),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+               AND NOT pg_catalog.has_column_privilege(c.oid, a.attnum, 'SELECT')
+             ORDER BY a.attnum)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
@@ -148,11 +155,15 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
         )
-    oid, relkind, can_select = row
+    oid, relkind, can_select, unreadable = row
     if not can_select:
         raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; "
                           f"GRANT SELECT ON {qualified_name} TO {conn.info.user}",
                           table=qualified_name, retryable=False)
+    if unreadable:  # SELECT granted on some columns only: every column is archived
+        raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
+                          f"every column is archived; GRANT SELECT ON {qualified_name} TO {conn.info.user} (or "
+                          "SELECT on those columns)", table=qualified_name, retryable=False)
     columns = tuple(Column(*r) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)
