@@ -353,8 +353,42 @@ def test_a_role_granted_select_on_every_column_but_not_the_table_archives_the_da
             assert "secret" in str(refused.value) and not refused.value.retryable, str(refused.value)
             conn.execute(sql.SQL("GRANT SELECT (secret) ON {} TO {}").format(table, sql.Identifier(role)))
             result = archive_partition(reader, spec, DAY, store, temp_dir=temp_dir)
-        assert result.rows == 2 and [c.name for c in result.columns] == ["id", "at", "secret", "v"]
-        assert deep_verify(conn, store, spec, DAY) == []
+            assert result.rows == 2 and [c.name for c in result.columns] == ["id", "at", "secret", "v"]
+            assert deep_verify(conn, store, spec, DAY) == []
+            # several streams split by ctid, a system column the column grants do not cover: one stream then
+            conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, repeat('x', 200), g FROM generate_series(3, 2000) g")
+                         .format(table), (DAY,))
+            more = archive_partition(reader, spec.model_copy(update={"parallel_streams": 2}), DAY, store,
+                                     temp_dir=temp_dir, overwrite=True)
+            assert more.rows == 2000
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+@pytest.mark.parametrize("kind", ["timestamptz", "timestamp", "date"])
+def test_the_days_edges_in_the_tables_zone(kind, streams, conn, schema, store, temp_dir):
+    """Europe/Berlin's 2024-03-31 (23 hours): its first instant is in, the next day's first is not;
+    ±infinity and NULL days are in no day. With an index on the day column several streams split the
+    day by time."""
+    t = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at {})").format(t, sql.SQL(kind)))
+    conn.execute(sql.SQL("CREATE INDEX ON {} (at)").format(t))
+    conn.execute("SET TimeZone = 'Europe/Berlin'")
+    values = {"timestamptz": ["2024-03-31 00:00", "2024-03-31 23:59:59.999999", "2024-04-01 00:00",
+                              "2024-03-30 23:59:59.999999", "2024-03-31 03:30"],
+              "timestamp": ["2024-03-31 00:00", "2024-03-31 23:59:59.999999", "2024-04-01 00:00",
+                            "2024-03-30 23:59:59.999999", "2024-03-31 02:30"],
+              "date": ["2024-03-31", "2024-03-31", "2024-04-01", "2024-03-30", "2024-03-31"]}[kind]
+    rows = [(i, v) for i, v in enumerate([*values, "infinity", "-infinity", None])]
+    with conn.cursor() as cur:
+        cur.executemany(sql.SQL("INSERT INTO {} VALUES (%s, %s::{})").format(t, sql.SQL(kind)), rows)
+    conn.execute(sql.SQL("INSERT INTO {} SELECT 100 + g, %s::{} FROM generate_series(1, 3000) g").format(
+        t, sql.SQL(kind)), ("2024-03-31 12:00" if kind != "date" else "2024-03-31",))
+    conn.execute("RESET TimeZone")
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="csv",
+                     timezone="Europe/Berlin", parallel_streams=streams)
+    result = archive_partition(conn, spec, "2024-03-31", store, temp_dir=temp_dir)
+    assert result.rows == 3000 + 3
+    assert deep_verify(conn, store, spec, "2024-03-31") == []
