@@ -392,3 +392,47 @@ def test_the_days_edges_in_the_tables_zone(kind, streams, conn, schema, store, t
     result = archive_partition(conn, spec, "2024-03-31", store, temp_dir=temp_dir)
     assert result.rows == 3000 + 3
     assert deep_verify(conn, store, spec, "2024-03-31") == []
+
+
+EXTENSION_TYPES = {  # extension: (column type, values of rows 1..3)
+    "hstore": ("hstore", ["'a=>1, \"b c\"=>NULL'", "''", "NULL"]),
+    "citext": ("citext", ["'MiXeD'", "''", "NULL"]),
+    "ltree": ("ltree", ["'a.b.c'", "''", "NULL"]),
+    "cube": ("cube", ["'(1,2),(3,4)'", "'(0)'", "NULL"]),
+    "isn": ("isbn13", ["'978-0-393-04002-9'", "NULL", "NULL"]),
+    "seg": ("seg", ["'1.5 .. 2'", "'<1'", "NULL"]),
+}
+
+
+@pytest.fixture(scope="module")
+def extensions(pg):
+    """The contrib extensions, installed once in public (where CREATE EXTENSION puts their operators)."""
+    with pg.connect() as admin:
+        for name in EXTENSION_TYPES:
+            admin.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} SCHEMA public").format(sql.Identifier(name)))
+    return list(EXTENSION_TYPES)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_extension_types_whose_operators_live_outside_pg_catalog_round_trip(fmt, extensions, conn, schema, store,
+                                                                           temp_dir):
+    """hstore, citext, ltree, cube, isbn13, seg and arrays of them: their operators (=, ...) are in the
+    schema the extension was created in, not pg_catalog."""
+    columns = {f"{name}_v": kind for name, (kind, _) in EXTENSION_TYPES.items()}
+    columns |= {f"{name}_a": f"{kind}[]" for name, (kind, _) in EXTENSION_TYPES.items()}
+    table = sql.Identifier(schema, "ext")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, {})").format(table, sql.SQL(", ").join(
+        sql.SQL("{} public.{}").format(sql.Identifier(n), sql.SQL(k)) for n, k in columns.items())))
+    for row in range(3):
+        values = [sql.SQL(v[row]) for _, v in EXTENSION_TYPES.values()]
+        arrays = [sql.SQL("ARRAY[{}, NULL]::public.{}[]").format(sql.SQL(v[0]), sql.SQL(k)) if row == 0 else
+                  sql.SQL("NULL") for k, v in EXTENSION_TYPES.values()]
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, {}, {})").format(
+            table, sql.Literal(row + 1), sql.Literal(DAY), sql.SQL(", ").join(values + arrays)))
+    spec = TableSpec(name=f"{schema}.ext", day_column="at", start_date=DAY, format=fmt)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert result.rows == 3
+    assert deep_verify(conn, store, spec, DAY) == []
+    restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    names = ["id", "at", *columns]
+    assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, table, names)
