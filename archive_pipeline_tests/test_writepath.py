@@ -436,3 +436,41 @@ def test_extension_types_whose_operators_live_outside_pg_catalog_round_trip(fmt,
     restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     names = ["id", "at", *columns]
     assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, table, names)
+
+
+@pytest.mark.parametrize("offset", [None, -60, 120])
+@pytest.mark.parametrize("kind", sorted(ERROR_200))
+def test_a_write_whose_answer_is_corrupted_on_the_way_is_retryable_and_leaves_nothing(
+        s3, bucket, s3_client, temp_dir, kind, offset):
+    import hashlib
+
+    from archive_pipeline.core.sink import temp_archive_file
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    key = "archive/s.t/2024/03/2024-03-10.jsonl.zst"
+    match, size = ERROR_200[kind]
+    data = (hashlib.sha256(b"x").digest() * (size // 32 + 1))[:size]
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(max_attempts=1), bucket, part_size=MIN_PART_SIZE, max_concurrency=2)
+        fault = proxy.add(Fault(**match, action="flip_response_byte", offset=offset, times=None))
+        try:
+            with temp_archive_file(temp_dir, suffix=".jsonl.zst") as sink:
+                up = store.begin(key, content_type="application/x-ndjson",
+                                 metadata={"table": "s.t", "day": "2024-03-10"})
+                try:
+                    sink.on_grow = lambda n: up.grow(sink.fd, n)
+                    for start in range(0, len(data), 1 << 20):
+                        sink.write(data[start:start + (1 << 20)])
+                    up.finish(sink.fd, sink.size, sink.md5)
+                except BaseException:
+                    up.abort()
+                    raise
+        except ArchiveError as exc:
+            assert exc.retryable, str(exc)
+            assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])] == []
+        else:  # the flipped byte did not matter (e.g. inside XML white space): the object is whole
+            assert s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert fault.hits >= 1
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list(temp_dir.iterdir()) == []
