@@ -474,3 +474,23 @@ def test_a_write_whose_answer_is_corrupted_on_the_way_is_retryable_and_leaves_no
     assert fault.hits >= 1
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert list(temp_dir.iterdir()) == []
+
+
+def test_jsonl_does_not_call_a_users_cast_to_json_of_an_enum(conn, schema, store, temp_dir):
+    """row_to_json writes a value through its type's cast to json when one exists, and the owner of an
+    enum may create one: the archive then held the cast's output, which no restore reads back."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('sad', 'happy')").format(s))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.mood_json({}.mood) RETURNS json LANGUAGE sql IMMUTABLE "
+                         "AS $$ SELECT json_build_object('m', $1::text) $$").format(s, s))
+    conn.execute(sql.SQL("CREATE CAST ({}.mood AS json) WITH FUNCTION {}.mood_json({}.mood)").format(s, s, s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, m {}.mood, ms {}.mood[], o int[])").format(s, s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, %s, 'sad', '{{happy,NULL}}', '[0:0]={{1}}'), "
+                         "(2, %s, NULL, NULL, NULL)").format(s), (DAY, DAY))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert deep_verify(conn, store, spec, DAY) == []
+    restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    names = ["id", "at", "m", "ms", "o"]
+    assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "ev"), names)
+    assert result.encodings["m"]["exact"] and result.encodings["ms"]["exact"]

@@ -62,6 +62,9 @@ class Column:
     precision: int | None = None
     scale: int | None = None
     is_enum: bool = False
+    # the base (element) type has a cast to json, which row_to_json and to_json call instead of its
+    # output function (an enum's owner may create one: it is the user's function, not the value)
+    json_cast: bool = False
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
@@ -122,7 +125,9 @@ SELECT a.attname,
        a.attnotnull,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN ((b.typmod - 4) >> 16) & 65535 END,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN (((b.typmod - 4) & 2047) # 1024) - 1024 END,
-       base.typtype = 'e'
+       base.typtype = 'e',
+       EXISTS (SELECT FROM pg_catalog.pg_cast c
+               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype)
 FROM pg_catalog.pg_attribute a
 CROSS JOIN LATERAL (
     WITH RECURSIVE walk(oid, typmod, is_array, depth) AS (
