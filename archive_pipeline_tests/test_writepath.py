@@ -494,3 +494,23 @@ def test_jsonl_does_not_call_a_users_cast_to_json_of_an_enum(conn, schema, store
     names = ["id", "at", "m", "ms", "o"]
     assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "ev"), names)
     assert result.encodings["m"]["exact"] and result.encodings["ms"]["exact"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_no_format_writes_an_enum_through_a_users_cast_to_text(fmt, conn, schema, store, temp_dir):
+    """The owner of an enum may create a cast from it to text; ``label::text`` then calls that function
+    instead of the enum's output. The archive must hold the labels, which the restore reads back."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('sad', 'happy')").format(s))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.shout({}.mood) RETURNS text LANGUAGE sql IMMUTABLE "
+                         "AS $$ SELECT 'LOUD' $$").format(s, s))
+    conn.execute(sql.SQL("CREATE CAST ({}.mood AS text) WITH FUNCTION {}.shout({}.mood)").format(s, s, s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, m {}.mood, ms {}.mood[])").format(s, s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, %s, 'sad', '{{happy,NULL,sad}}'), (2, %s, NULL, '{{}}'), "
+                         "(3, %s, 'happy', NULL)").format(s), (DAY, DAY, DAY))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert deep_verify(conn, store, spec, DAY) == []
+    restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    names = ["id", "at", "m", "ms"]
+    assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "ev"), names)

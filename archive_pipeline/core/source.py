@@ -65,6 +65,7 @@ class Column:
     # the base (element) type has a cast to json, which row_to_json and to_json call instead of its
     # output function (an enum's owner may create one: it is the user's function, not the value)
     json_cast: bool = False
+    text_cast: bool = False  # ... and a cast to text, which ``::text`` calls instead of its output function
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
@@ -127,7 +128,9 @@ SELECT a.attname,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN (((b.typmod - 4) & 2047) # 1024) - 1024 END,
        base.typtype = 'e',
        EXISTS (SELECT FROM pg_catalog.pg_cast c
-               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype)
+               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype),
+       EXISTS (SELECT FROM pg_catalog.pg_cast c
+               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype)
 FROM pg_catalog.pg_attribute a
 CROSS JOIN LATERAL (
     WITH RECURSIVE walk(oid, typmod, is_array, depth) AS (
