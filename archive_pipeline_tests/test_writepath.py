@@ -514,3 +514,19 @@ def test_no_format_writes_an_enum_through_a_users_cast_to_text(fmt, conn, schema
     restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     names = ["id", "at", "m", "ms"]
     assert _texts(conn, sql.Identifier(schema, "back"), names) == _texts(conn, sql.Identifier(schema, "ev"), names)
+
+
+def test_which_days_exist_is_not_decided_by_a_users_operator(conn, schema):
+    """Column mode probes each candidate day with >= and <: a user's >= on the path must not make every
+    day look like it has rows (the sensor would launch runs for them)."""
+    from archive_pipeline.core.discovery import existing_days
+
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(table))
+    first = DAY - dt.timedelta(days=2)
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s)").format(table), (first,))
+    _shadowing_schema(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY - dt.timedelta(days=5))
+    days = [DAY - dt.timedelta(days=i) for i in range(3)]
+    assert [d.isoformat() for d in existing_days(conn, spec, days)] == [first.isoformat()]
+    assert conn.execute("SHOW search_path").fetchone()[0] == f"{schema}, pg_catalog"  # the caller's, put back
