@@ -25,7 +25,7 @@ from psycopg import sql
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import SourceError
 from archive_pipeline.core.periods import Period, periods_overlapping, periods_within
-from archive_pipeline.core.source import SourceTable, day_bounds, describe_table
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 
@@ -46,6 +46,9 @@ SELECT CASE WHEN b IN ('MINVALUE', 'MAXVALUE') OR lower(v) IN ('infinity', '-inf
             ELSE v::timestamptz END
 FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i), LATERAL (SELECT trim(both '''' from b)) AS t(v) ORDER BY i
 """
+
+# PostgreSQL's own operators and functions (a user's >= on the path must not decide which days exist)
+SEARCH_PATH = SNAPSHOT_SETTINGS["search_path"]
 
 _UNITS = {"hourly": "hours", "daily": "days", "monthly": "months"}
 
@@ -88,13 +91,13 @@ def pinned_settings(conn: psycopg.Connection, **settings: str) -> Iterator[None]
     local = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
     def apply(values: list[str]) -> None:
-        calls = sql.SQL(", ").join(sql.SQL("set_config({}, {}, {})").format(sql.Literal(n), sql.Literal(v),
+        calls = sql.SQL(", ").join(sql.SQL("pg_catalog.set_config({}, {}, {})").format(sql.Literal(n), sql.Literal(v),
                                                                             sql.Literal(local))
                                    for n, v in zip(names, values, strict=True))
         conn.execute(sql.SQL("SELECT {}").format(calls))
 
     before = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        sql.SQL("current_setting({})").format(sql.Literal(n)) for n in names))).fetchone()
+        sql.SQL("pg_catalog.current_setting({})").format(sql.Literal(n)) for n in names))).fetchone()
     apply(list(settings.values()))
     try:
         yield
@@ -107,7 +110,7 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     """The range each child partition covers, as the server interprets its bounds in the table's zone
     (a ``timestamp`` or ``date`` bound is wall-clock time there; a ``timestamptz`` bound has its offset).
     The bounds are printed and read back in DateStyle ISO, whatever the session's style."""
-    with pinned_settings(conn, TimeZone=spec.timezone, DateStyle="ISO, YMD"):
+    with pinned_settings(conn, TimeZone=spec.timezone, DateStyle="ISO, YMD", search_path=SEARCH_PATH):
         return _child_ranges(conn, spec)
 
 
@@ -190,7 +193,7 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list) -
     if mode == "naming":
         return [d for d in naming_days(conn, spec) if d in wanted]
     # row_security off: a day whose rows a policy hides from this role is an error, not a day without data
-    with pinned_settings(conn, TimeZone="UTC", row_security="off"):
+    with pinned_settings(conn, TimeZone="UTC", row_security="off", search_path=SEARCH_PATH):
         return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
 
 

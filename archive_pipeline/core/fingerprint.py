@@ -54,6 +54,9 @@ CANONICAL_SETTINGS = {
     "lc_monetary": "C",
     "xmloption": "content",  # input only: xml read back (deep verification's text copy) may be a fragment
     "row_security": "off",  # every row or an error: a fingerprint of the rows a policy lets through proves nothing
+    # PostgreSQL's own hashtextextended, concat, # and casts, never a user's of the same name earlier on
+    # the path; reg* values (regclass ...) print schema-qualified, the same in every session
+    "search_path": "pg_catalog, pg_temp",
 }
 
 # v2: each column becomes a short piece of text that differs exactly when the value prints differently:
@@ -198,7 +201,7 @@ def canonical_settings(conn: psycopg.Connection) -> Iterator[None]:
     in_transaction = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     with contextlib.nullcontext() if in_transaction else conn.transaction():
         for name, value in CANONICAL_SETTINGS.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
         yield
 
 

@@ -23,7 +23,7 @@ def lock_key(table: str, day: dt.date) -> tuple[str, int]:
 def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterator[None]:
     """Hold the (table, day) session lock for the block, or fail at once (retryable) if another holds it."""
     key = lock_key(table, day)
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", key).fetchone()[0]
+    got = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext(%s), %s)", key).fetchone()[0]
     if not got:
         raise ArchiveError(f"{table} {day} is being archived, removed or restored by another run right now"
                            f"{_holder(conn, key)}", table=table, day=day.isoformat(), retryable=True,
@@ -36,7 +36,7 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
     finally:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)
+                conn.execute("SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext(%s), %s)", key)
 
 
 def _holder(conn: psycopg.Connection, key: tuple[str, int]) -> str:
@@ -45,7 +45,7 @@ def _holder(conn: psycopg.Connection, key: tuple[str, int]) -> str:
         found = conn.execute(
             "SELECT l.pid, a.application_name, a.backend_start FROM pg_catalog.pg_locks l "
             "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.classid = hashtext(%s)::oid AND l.objid = %s::oid AND l.objsubid = 2 LIMIT 1", key).fetchone()
+            "AND l.classid = pg_catalog.hashtext(%s)::oid AND l.objid = %s::oid AND l.objsubid = 2 LIMIT 1", key).fetchone()
     except psycopg.Error:
         return ""
     if found is None:
@@ -63,7 +63,7 @@ def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> Non
     try:
         held = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND pid = pg_backend_pid() AND classid = hashtext(%s)::oid AND objid = %s::oid AND objsubid = 2)",
+            "AND pid = pg_catalog.pg_backend_pid() AND classid = pg_catalog.hashtext(%s)::oid AND objid = %s::oid AND objsubid = 2)",
             key).fetchone()[0]
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [""])[0]

@@ -95,6 +95,14 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         return SINGLE
     if table.relkind not in ("r", "p", "m"):
         return replace(SINGLE, reason=f"{table.qualified} is a view or foreign table: it has no ctid to split by")
+    oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (table.identifier.as_string(conn),)).fetchone()[0]
+    if (table.relkind != "p" and table.day_column is not None and table.day_column.base_type in _TIMESTAMPS
+            and _day_index(conn, oid, table)):
+        return _key_plan(table, day, requested)
+    if not conn.execute("SELECT pg_catalog.has_table_privilege(%s, 'SELECT')", (oid,)).fetchone()[0]:
+        # SELECT granted column by column: the system columns (ctid, tableoid) are not among them
+        return replace(SINGLE, reason=f"the role may read {table.qualified}'s columns but not its ctid (column "
+                                      "privileges only): nothing to split by")
     if table.relkind == "p":
         # The relation holding the day's rows (the planner prunes the rest): one row tells which.
         row = conn.execute(sql.SQL("SELECT tableoid FROM {} WHERE {} LIMIT 1").format(table.identifier, where))
@@ -102,9 +110,6 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         if found is None:
             return replace(SINGLE, reason="the day has no rows")
         return _ctid_plan(conn, found[0], requested)
-    oid = conn.execute("SELECT %s::regclass::oid", (table.identifier.as_string(conn),)).fetchone()[0]
-    if table.day_column is not None and table.day_column.base_type in _TIMESTAMPS and _day_index(conn, oid, table):
-        return _key_plan(table, day, requested)
     return _ctid_plan(conn, oid, requested)
 
 
@@ -233,7 +238,7 @@ def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, co
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
             lock_day(conn.execute, table, where, coordinator)
             for name, value in settings.items():
-                conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+                conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, str(value)))
     except BaseException:
         for conn in opened:
             conn.close()

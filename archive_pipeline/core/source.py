@@ -39,6 +39,12 @@ SNAPSHOT_SETTINGS = {
     # A policy that would hide rows raises instead (42501): an archive of the rows a role may see is
     # not the day's rows. Owners (without FORCE), BYPASSRLS roles and superusers are not affected.
     "row_security": "off",
+    # Every function, operator and type name our queries use (>=, row_to_json, concat, hashtextextended,
+    # ::numeric ...) resolves to PostgreSQL's own, whatever schema the role's path puts first: a user's
+    # ``>=`` on date in a schema listed before pg_catalog would otherwise pick the day's rows. Output
+    # that names objects (regclass, regtype and the other reg* types; format_type) is then
+    # schema-qualified, so it reads back to the same object in any session.
+    "search_path": "pg_catalog, pg_temp",
 }
 
 
@@ -56,6 +62,10 @@ class Column:
     precision: int | None = None
     scale: int | None = None
     is_enum: bool = False
+    # the base (element) type has a cast to json, which row_to_json and to_json call instead of its
+    # output function (an enum's owner may create one: it is the user's function, not the value)
+    json_cast: bool = False
+    text_cast: bool = False  # ... and a cast to text, which ``::text`` calls instead of its output function
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
@@ -69,6 +79,7 @@ class SourceTable:
     relkind: str
     columns: tuple[Column, ...]
     day_column: Column | None  # None: the whole table is the day (naming mode)
+    oid: int | None = None  # the relation the catalog lookup found (in the caller's snapshot)
 
     @property
     def qualified(self) -> str:
@@ -87,8 +98,15 @@ class Snapshot:
     release: Callable[[], None] = lambda: None  # end the read transaction now (idempotent)
 
 
+# The relation, and the columns the role may not read (none with SELECT on the table, or with SELECT
+# granted on every column: either reads every value of every row).
 _TABLE_QUERY = """
-SELECT c.oid, c.relkind, has_table_privilege(c.oid, 'SELECT')
+SELECT c.oid, c.relkind, pg_catalog.has_any_column_privilege(c.oid, 'SELECT'),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+               AND NOT pg_catalog.has_column_privilege(c.oid, a.attnum, 'SELECT')
+             ORDER BY a.attnum)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
@@ -108,7 +126,11 @@ SELECT a.attname,
        a.attnotnull,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN ((b.typmod - 4) >> 16) & 65535 END,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN (((b.typmod - 4) & 2047) # 1024) - 1024 END,
-       base.typtype = 'e'
+       base.typtype = 'e',
+       EXISTS (SELECT FROM pg_catalog.pg_cast c
+               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype),
+       EXISTS (SELECT FROM pg_catalog.pg_cast c
+               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype)
 FROM pg_catalog.pg_attribute a
 CROSS JOIN LATERAL (
     WITH RECURSIVE walk(oid, typmod, is_array, depth) AS (
@@ -141,14 +163,18 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
         )
-    oid, relkind, can_select = row
+    oid, relkind, can_select, unreadable = row
     if not can_select:
         raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; "
                           f"GRANT SELECT ON {qualified_name} TO {conn.info.user}",
                           table=qualified_name, retryable=False)
+    if unreadable:  # SELECT granted on some columns only: every column is archived
+        raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
+                          f"every column is archived; GRANT SELECT ON {qualified_name} TO {conn.info.user} (or "
+                          "SELECT on those columns)", table=qualified_name, retryable=False)
     columns = tuple(Column(*r) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
     if day_column is None:
-        return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None)
+        return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)
     by_name = {c.name: c for c in columns}
     day = by_name.get(day_column)
     if day is None:
@@ -157,7 +183,7 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     if day.base_type not in DAY_COLUMN_TYPES or day.is_array:
         raise SourceError(f"day_column {day_column!r} of {qualified_name!r} is {day.type_name}; "
                           "it must be date, timestamp or timestamptz", table=qualified_name, retryable=False)
-    return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day)
+    return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day, oid=oid)
 
 
 def day_bounds(column: Column, day: Period | dt.date) -> tuple[sql.Literal, sql.Literal]:
@@ -212,7 +238,7 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
 
     try:
         for name, value in {**SNAPSHOT_SETTINGS, **(settings or {})}.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+            conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, str(value)))
         taken_at, version, snapshot_id = conn.execute(
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
         yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
@@ -401,7 +427,10 @@ def lock_day(execute: Callable[[str], object], table: SourceTable, where: sql.Co
     and the day fails, retryable, instead."""
     # planned and started, never run: it locks what the day's read locks (the pruned partitions too)
     touch = sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where).as_string(quoting)
-    execute(f"SELECT set_config('lock_timeout', '{IMPORT_LOCK_WAIT_MS}', true)")
+    # the day's filter with PostgreSQL's own operators, as every query of the day reads it (it decides
+    # which partitions the planner prunes, and so which are locked)
+    execute(f"SELECT pg_catalog.set_config('lock_timeout', '{IMPORT_LOCK_WAIT_MS}', true), "
+            f"pg_catalog.set_config('search_path', '{SNAPSHOT_SETTINGS['search_path']}', true)")
     try:
         execute(touch)
     except Exception as exc:
@@ -431,12 +460,22 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     The snapshot is taken by the transaction's first statement, but a table is locked only by the
     first query that reads it. A TRUNCATE, a rewrite (ALTER TABLE ... TYPE, VACUUM FULL) or a DROP or
     DETACH of the day's partition committed in between would show the snapshot the day empty, and
-    the day would be archived as empty with a fingerprint that agrees. Each such change gives the
+    the day would be archived as empty with a fingerprint that agrees. All but DETACH give the
     relation a new file (or none): ``pg_class`` read in the snapshot still names the old one, the
     relation cache the current one. A new file whose rows the snapshot still sees was rewritten
-    keeping them (VACUUM FULL, CLUSTER: MVCC-safe) and is no reason to fail. Once the locks are held
-    nothing can change them any more."""
-    conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
+    keeping them (VACUUM FULL, CLUSTER: MVCC-safe) and is no reason to fail. A DETACH keeps the
+    file: the partitions ``pg_inherits`` lists in the snapshot are checked against it as committed
+    (:data:`_DETACHED_SINCE_SNAPSHOT`). Once the locks are held nothing can change them any more.
+
+    The columns and the relation itself are checked the same way (:func:`_same_relation`): the
+    snapshot described them, but every query is planned on the current catalog, so a column dropped,
+    renamed or added, or the table renamed or replaced (a new table renamed into its place, whose rows
+    the snapshot cannot see) in between would read other columns than those described, or none."""
+    try:
+        conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as exc:
+        raise _changed_under_snapshot(table, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    _same_relation(conn, table)
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),)).fetchall()
     read = _relations_read(conn, table, where) if found else set()
     changed = [f"{schema}.{name}" for schema, name, gone in found
@@ -448,6 +487,36 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
             f"dropped or detached) just after this run took its snapshot of {table.qualified}; reading on would "
             "see the day as it was not", retryable=True, cause="the table changed while the run was starting",
             remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs")
+    detached = conn.execute(_DETACHED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn)}).fetchall()
+    if detached:
+        raise _changed_under_snapshot(table, f"{', '.join(f'{s}.{n}' for s, n in detached)} is no longer its partition "
+                                             "(DETACH PARTITION keeps the partition's file, so the snapshot would "
+                                             "see the rows the parent no longer reads)")
+
+
+def _same_relation(conn: psycopg.Connection, table: SourceTable) -> None:
+    """Fail (retryable) unless ``table``'s name still resolves to the relation the snapshot described,
+    with the same columns in the same order (the catalog as the relation cache holds it now, which is
+    what plans the day's queries; read after the day's locks, so it stays that way)."""
+    current = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(table.identifier))
+    names = [c.name for c in current.description or []]
+    oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid",
+                       (table.identifier.as_string(conn),)).fetchone()[0]
+    described = [c.name for c in table.columns]
+    if table.oid is not None and oid != table.oid:
+        raise _changed_under_snapshot(table, "another relation has its name now (renamed, or dropped and created "
+                                             "again)")
+    if names != described:
+        raise _changed_under_snapshot(table, f"its columns were {described} and are {names} now (ALTER TABLE ... "
+                                             "ADD, DROP or RENAME COLUMN)")
+
+
+def _changed_under_snapshot(table: SourceTable, what: str) -> SourceError:
+    return SourceError(
+        f"{table.qualified} changed just after this run took its snapshot: {what}; reading on would not read "
+        "the table the snapshot describes", retryable=True, cause="the table changed while the run was starting",
+        remedy="retried automatically (the retry archives the table as it is then); if it recurs, run the table's "
+               "DDL outside its archive runs")
 
 
 def _relations_read(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> set[tuple[str, str]]:
@@ -475,6 +544,22 @@ WITH RECURSIVE tree(oid) AS (
 SELECT n.nspname, c.relname, pg_catalog.pg_relation_filenode(c.oid) IS NULL
 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm') AND c.relfilenode IS DISTINCT FROM pg_catalog.pg_relation_filenode(c.oid)
+"""
+
+
+# Every partition of the table's tree as the snapshot sees it that is no longer in that tree now:
+# pg_partition_ancestors reads pg_inherits as it is committed (like the planner's partition
+# descriptor), not as the snapshot sees it, and locks nothing.
+_DETACHED_SINCE_SNAPSHOT = """
+WITH RECURSIVE root(oid) AS (SELECT %(rel)s::pg_catalog.regclass::pg_catalog.oid),
+tree(oid) AS (
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN root ON i.inhparent = root.oid
+    UNION ALL
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT n.nspname, c.relname
+FROM tree CROSS JOIN root JOIN pg_catalog.pg_class c ON c.oid = tree.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relispartition AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(c.oid) a WHERE a.relid = root.oid)
 """
 
 

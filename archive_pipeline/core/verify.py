@@ -579,4 +579,19 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
     parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
-    return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
+    # the fingerprint runs under search_path pg_catalog: a type of the user's is named with its schema
+    # (a manifest written before the archive pinned its path names it as that session's path showed it)
+    own = conn.execute(_QUALIFIED_TYPES, (list(oids),)).fetchall()
+    kinds = {name: sql.SQL(spelled) if spelled else types[name] for name, (spelled,) in zip(names, own, strict=True)}
+    return temp, [_TextColumn(name, kinds[name] if name in parsed else None) for name in names]
+
+
+# A type outside pg_catalog as schema.name, quoted by PostgreSQL (NULL for a built-in type, whose
+# manifest spelling, typmod included, reads the same under any path).
+_QUALIFIED_TYPES = """
+SELECT CASE WHEN t.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace
+            THEN pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname) END
+FROM unnest(%s::pg_catalog.oid[]) WITH ORDINALITY AS u(oid, i)
+JOIN pg_catalog.pg_type t ON t.oid = u.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+ORDER BY u.i
+"""

@@ -22,7 +22,9 @@ _JSON_NATIVE = {"int2", "int4", "int8", "float4", "float8", "numeric", "money", 
 
 
 def _json_native(col: Column) -> bool:
-    return col.base_type in _JSON_NATIVE or col.is_enum
+    """Whether row_to_json writes the column's values as json_populate_record reads them back: not
+    through a cast to json of its type (a user's function), which row_to_json would call."""
+    return (col.base_type in _JSON_NATIVE or col.is_enum) and not col.json_cast
 
 
 # A json value's text with every escaped backslash (``\\``) taken out: each backslash left starts a real

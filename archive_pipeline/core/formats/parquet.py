@@ -120,6 +120,10 @@ def _read_expression(col: Column) -> sql.Composable:
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
+    if col.is_enum and col.text_cast:  # the owner's cast to text is not the label: enum_out, element by element
+        return output_text(ident) if not col.is_array else sql.SQL(
+            "CASE WHEN {c} IS NOT NULL THEN ARRAY(SELECT CASE WHEN e IS NOT NULL THEN concat(e) END "
+            "FROM unnest({c}) WITH ORDINALITY AS u(e, i) ORDER BY i) END").format(c=ident)
     if col.base_type == "numeric" or col.is_enum:
         # numeric_out / enum_out: the exact text (element by element for an array: list<string>)
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
@@ -457,7 +461,7 @@ class Parquet:
             # it does not sit idle in transaction for the whole read (idle_in_transaction_session_timeout).
             extraction.snapshot.release()
             for name, value in extraction.settings.items():
-                setting = sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                setting = sql.SQL("SELECT pg_catalog.set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
                 cur.execute(setting.as_string(extraction.conn))
             cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
             return conn, cur, cur.fetch_record_batch()
