@@ -530,3 +530,37 @@ def test_which_days_exist_is_not_decided_by_a_users_operator(conn, schema):
     days = [DAY - dt.timedelta(days=i) for i in range(3)]
     assert [d.isoformat() for d in existing_days(conn, spec, days)] == [first.isoformat()]
     assert conn.execute("SHOW search_path").fetchone()[0] == f"{schema}, pg_catalog"  # the caller's, put back
+
+
+@pytest.fixture(scope="module")
+def sql_ascii_dsn(pg) -> str:
+    """A SQL_ASCII database (it stores any bytes, as legacy databases do) with a day holding a value
+    that is not UTF-8 ('caf' and LATIN1's é) among valid ones."""
+    with pg.connect() as admin:
+        admin.autocommit = True
+        admin.execute("CREATE DATABASE legacy_bytes ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                      "TEMPLATE template0")
+    dsn = psycopg.conninfo.make_conninfo(pg.dsn, dbname="legacy_bytes")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE ev (id int, at date, note text, fine text)")
+        c.execute("INSERT INTO ev VALUES (1, %s, 'plain', 'a'), "
+                  "(2, %s, convert_from('\\x636166e9'::bytea, 'SQL_ASCII'), 'b')", (DAY, DAY))
+    return dsn
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_value_that_is_not_utf8_names_its_column_and_a_remedy_that_works(fmt, sql_ascii_dsn, store, temp_dir):
+    """Every format reads text as UTF-8, so PostgreSQL refuses to send such a value in all of them: the
+    error names the column and says to fix the value, not to try another format that fails alike."""
+    from archive_pipeline.core.errors import UnsupportedTypeError
+    from archive_pipeline.core.archive import render_key
+    from archive_pipeline_tests.helpers import assert_nothing_left
+
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format=fmt)
+    with psycopg.connect(sql_ascii_dsn, autocommit=True) as c, pytest.raises(UnsupportedTypeError) as caught:
+        archive_partition(c, spec, DAY, store, temp_dir=str(temp_dir))
+    message = str(caught.value)
+    assert "column 'note' (text)" in message and "cannot be sent as UTF-8" in message, message
+    assert "archive this table as" not in message and "SQL_ASCII" in message, message
+    assert caught.value.retryable is False and DAY.isoformat() in message
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)

@@ -188,6 +188,11 @@ def failing_columns(conn: psycopg.Connection, table: SourceTable, where: sql.Com
     try:
         failure = _probe(conn, table, where, [probes[i] for i in candidates])
         if failure is None:
+            # Nothing fails inside the server: it may be the sending, which converts every text to the
+            # session's UTF-8 (a SQL_ASCII database stores bytes that are not). convert_to does the same.
+            probes = [sql.SQL("pg_catalog.convert_to(pg_catalog.concat({}), 'UTF8')").format(p) for p in probes]
+            failure = _probe(conn, table, where, probes)
+        if failure is None:
             return None, None
         while len(candidates) > 1:
             half = len(candidates) // 2
@@ -206,6 +211,11 @@ def failing_columns(conn: psycopg.Connection, table: SourceTable, where: sql.Com
     return candidates, failure
 
 
+# Text PostgreSQL cannot send in the session's encoding (UTF-8): the same in every format.
+_ENCODING_STATES = ("22021", "22P05")  # character_not_in_repertoire, untranslatable_character
+_ENCODING_MARKERS = ("invalid byte sequence for encoding", "has no equivalent in encoding")
+
+
 def explain_value_failure(format_name: str, table: SourceTable, exc: BaseException,
                           culprits: list[int] | None) -> UnsupportedTypeError:
     """A typed, non-retryable error naming the column(s) PostgreSQL failed on, the cause, the remedy."""
@@ -222,6 +232,12 @@ def explain_value_failure(format_name: str, table: SourceTable, exc: BaseExcepti
         cause = ("is larger than PostgreSQL can send in one piece (1 GB per value or row as text, "
                  f"SQLSTATE {state}: {first_line(exc)})")
         remedy = _too_big_remedy(format_name, [table.columns[i] for i in culprits or []])
+    elif state in _ENCODING_STATES or any(marker in str(exc) for marker in _ENCODING_MARKERS):
+        cause = f"cannot be sent as UTF-8 (SQLSTATE {state}: {first_line(exc)})"
+        remedy = ("no format can archive it as it is: every format reads text as UTF-8. Fix the value in the source "
+                  "(in a SQL_ASCII database, which stores any bytes, convert it from the encoding it was written "
+                  "in, e.g. from LATIN1: convert_from(convert(convert_to(value, 'SQL_ASCII'), 'LATIN1', 'UTF8'), "
+                  "'SQL_ASCII')), then archive the day again")
     else:
         cause = f"cannot be converted by PostgreSQL (SQLSTATE {state}: {first_line(exc)})"
         remedy = f"archive this table as {OTHER_FORMATS.get(format_name, 'another format')}, or fix the value"
