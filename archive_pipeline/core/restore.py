@@ -111,8 +111,11 @@ def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[
         return cur.rowcount
 
 
+# The third column is the type without a modifier, as format_type spells it when told the modifier is -1:
+# "bpchar[]" and '"bit"[]', where a bare "character" or "bit" would mean character(1) or bit(1) and a cast
+# to it would cut every element to one character or bit.
 _TARGET_COLUMNS = sql.SQL("""
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL),
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, -1),
        CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname::text
             ELSE t.typnamespace::regnamespace::text || '.' || t.typname END,  -- a user's jsonb is not jsonb
        t.typcategory, a.attidentity
