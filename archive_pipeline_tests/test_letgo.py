@@ -4,6 +4,11 @@ names, zones, target tables and faults."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -124,3 +129,149 @@ def test_jsonl_arrays_of_fixed_length_chars_and_bits_restore_and_prove_whole(con
     texts = sql.SQL("SELECT id, c::text, b::text, v::text FROM {} ORDER BY id")
     assert conn.execute(texts.format(sql.Identifier(schema, "back"))).fetchall() == [
         (1, '{abc," b ",NULL}', "{101,011}", "{abcd}"), (2, '{"x  "}', "{000}", "{}")]
+
+
+# ---- a removal or restore killed between two of its steps -------------------------------------------------
+
+def _child(args: dict) -> None:
+    """Run in a child process: remove or restore one day, SIGKILLing itself at the chosen S3 request
+    (botocore's event hooks, the test's instrument) or right after the chosen SQL statement starts."""
+    import boto3
+    import psycopg
+
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+
+    client = boto3.client("s3", endpoint_url=args["endpoint"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    event, operation, nth = args.get("kill") or (None, None, 0)
+    seen = {"n": 0}
+
+    def kill(**_: object) -> None:
+        seen["n"] += 1
+        if seen["n"] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if event:
+        client.meta.events.register(f"{event}.s3.{operation}", kill)
+    store = S3Store(client, args["bucket"], prefix="archive", part_size=MIN_PART_SIZE)
+    spec = TableSpec(**args["spec"])
+    with psycopg.connect(args["dsn"], autocommit=True, application_name=args["name"]) as conn:
+        if args["do"] == "remove":
+            remove_day(conn, spec, dt.date.fromisoformat(args["day"]), store)
+        else:
+            restore_day(conn, store, spec, dt.date.fromisoformat(args["day"]), into=args["into"],
+                        target=args.get("target"))
+
+
+def _killed(pg, s3, bucket, conn, args: dict) -> None:
+    name = f"letgo_child_{os.getpid()}"
+    child = subprocess.run([sys.executable, "-m", "archive_pipeline_tests.test_letgo",
+                            json.dumps({"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "name": name,
+                                        **args})], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -9, f"kill point {args['kill']} was not reached: {child.stdout}{child.stderr}"
+    # the killed client's backend ends its transaction (and lets its locks go) when it sees the socket close
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,))
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone()[0]:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+
+
+REMOVAL_KILL_POINTS = [
+    ("before-call", "GetObject", 1), ("after-call", "GetObject", 2), ("before-call", "PutObject", 1),
+    ("after-call", "PutObject", 1), ("before-call", "PutObject", 2), ("after-call", "PutObject", 2),
+]
+
+
+@pytest.mark.parametrize("action", ["drop", "delete"])
+def test_a_removal_killed_between_any_two_steps_loses_nothing_and_is_completed(pg, s3, conn, schema, store, bucket,
+                                                                               s3_client, action):
+    """SIGKILL of the removing process before and after each S3 request (reading the manifest, the
+    pending mark, the done mark): the day's rows are either all in the source or all gone with the
+    manifest saying so or pending; the next removal finishes the job, and the archive restores."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=200, schema=schema)
+    spec = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+            "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": action}}
+    table_spec = TableSpec(**spec)
+    archived = archive_partition(conn, table_spec, DAY, store)
+    count = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "events"))
+    for point in REMOVAL_KILL_POINTS:
+        _killed(pg, s3, bucket, conn, {"do": "remove", "spec": spec, "day": DAY.isoformat(), "kill": list(point)})
+        rows = conn.execute(count).fetchone()[0]
+        state = (load_manifest(store, archived.key).get("removed") or {}).get("state")
+        # (200, "done"): the rows restored into the original table by the previous round, not removed again yet
+        assert (rows, state) in ((200, None), (200, "done"), (200, "pending"), (0, "pending"), (0, "done")), point
+        removal = remove_day(conn, table_spec, DAY, store)
+        assert removal.rows == 200 and conn.execute(count).fetchone()[0] == 0, point
+        assert load_manifest(store, archived.key)["removed"]["state"] == "done", point
+        assert deep_verify(conn, store, table_spec, DAY) == [], point
+        restored = restore_day(conn, store, table_spec, DAY, into="original")
+        assert restored.rows == 200 and conn.execute(count).fetchone()[0] == 200, point
+
+
+# ---- the command line with ARCHIVE_PG_DSN on a hot standby ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def standby(pg):
+    from archive_pipeline.local.local_stack import start_replica
+
+    server = start_replica(pg)
+    yield server
+    server.stop()
+
+
+def _cli(env: dict[str, str], *args: str, code: int = 0) -> dict:
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args, "--json"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr + done.stdout
+    return json.loads(done.stdout)
+
+
+def test_the_command_line_on_a_standby_proves_compares_prunes_and_restores_through_the_primary(
+        pg, standby, conn, schema, s3, bucket, store, tmp_path):
+    """ARCHIVE_PG_DSN on a hot standby (the README's setup for sparing the primary) with
+    ARCHIVE_PG_PRIMARY_DSN naming the primary: the command line read only ARCHIVE_PG_DSN, so verify
+    --deep and compare --rows could not load the archive anywhere ("not checked", naming a scratch
+    database it has no setting for), prune refused every day ("configure the primary's connection")
+    and restore failed on the read-only standby."""
+    import yaml
+
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=3)
+    create_sample_events(conn, [day], rows_per_day=100, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
+             "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": "drop"}}
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    spec = TableSpec(**table)
+    archived = archive_partition(conn, spec, day, store)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=standby.dsn, ARCHIVE_PG_PRIMARY_DSN=pg.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX="archive", ARCHIVE_S3_ENDPOINT_URL=s3.endpoint_url,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing")
+    wait_for_replay(pg, standby)
+    when = ("--day", day.isoformat())
+    verified = _cli(env, "verify", "--deep", *when)
+    assert [(d["ok"], d["checked"]) for d in verified["days"]] == [(True, "deep")], verified
+    events = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("UPDATE {} SET user_id = -1 WHERE id = (SELECT min(id) FROM {})").format(events, events))
+    wait_for_replay(pg, standby)
+    compared = _cli(env, "compare", "--rows", *when, code=1)["days"][0]
+    assert compared["result"] == "differs"
+    assert any(line.startswith("first difference: ") for line in compared["differences"]), compared
+    conn.execute(sql.SQL("UPDATE {} SET user_id = 0 WHERE user_id = -1").format(events))
+    assert deep_verify(conn, store, spec, day) != []  # the sample's user_id was not 0: the day stays changed
+    archive_partition(conn, spec, day, store, overwrite=True)
+    wait_for_replay(pg, standby)
+    pruned = _cli(env, "prune", *when)
+    assert [(d["status"], d["rows"]) for d in pruned["days"]] == [("removed", 100)], pruned
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 0
+    restored = _cli(env, "restore", "--into", "original", *when)
+    assert [d["rows"] for d in restored["days"]] == [100], restored
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 100
+    assert load_manifest(store, archived.key)["removed"]["state"] == "done"
+
+
+if __name__ == "__main__":
+    _child(json.loads(sys.argv[1]))

@@ -275,8 +275,10 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:
     """Removals write to the source: a hot standby refuses them, so say where to run them instead."""
     if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-        raise RemovalRefused(f"{what} must run on the primary, and this connection is a hot standby: configure "
-                             "the primary's connection for removals", table=spec.name, day=day.isoformat())
+        raise RemovalRefused(f"{what} must run on the primary, and this connection is a hot standby: set "
+                             "ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal of the day (the code "
+                             "location's and the command line's removals run there)", table=spec.name,
+                             day=day.isoformat())
 
 
 def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:

@@ -309,8 +309,10 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
     if scratch_conn is None:
         if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
             raise ArchiveError(f"deep verification of {spec.name} {day} reads the archive back into PostgreSQL, "
-                               "and a hot standby allows no temporary tables: name a writable scratch database "
-                               "(scratch DSN) with the same column types", table=spec.name, day=day.isoformat(),
+                               "and a hot standby allows no temporary tables: give it a writable database with the "
+                               "same column types to load them into (scratch_conn; the command line and the code "
+                               "location use the primary, ARCHIVE_PG_PRIMARY_DSN, when it is set)", table=spec.name,
+                               day=day.isoformat(),
                                retryable=False)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
