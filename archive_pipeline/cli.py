@@ -101,9 +101,9 @@ class Run:
     def scratch(self) -> psycopg.Connection | None:
         """Where deep verification loads the archive when the source is a hot standby (which allows no
         temporary tables): the primary, if one is configured; None: the source itself."""
-        if os.environ.get(PRIMARY_DSN_VAR, "").strip() and self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-            return self.primary
-        return None
+        if not os.environ.get(PRIMARY_DSN_VAR, "").strip():
+            return None
+        return self.primary if self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] else None
 
     @property
     def lost(self) -> bool:

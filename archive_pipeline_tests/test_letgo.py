@@ -16,7 +16,8 @@ from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.keys import manifest_key
+from archive_pipeline.core.lifecycle import _write_manifest, remove_day, settle_pending_removal
 from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import deep_verify, load_manifest
@@ -129,6 +130,36 @@ def test_jsonl_arrays_of_fixed_length_chars_and_bits_restore_and_prove_whole(con
     texts = sql.SQL("SELECT id, c::text, b::text, v::text FROM {} ORDER BY id")
     assert conn.execute(texts.format(sql.Identifier(schema, "back"))).fetchall() == [
         (1, '{abc," b ",NULL}', "{101,011}", "{abcd}"), (2, '{"x  "}', "{000}", "{}")]
+
+
+def test_a_naming_mode_day_table_detached_by_a_removal_is_already_removed_not_refused_at_every_run(conn, schema,
+                                                                                                     store):
+    """Naming mode, action detach: the day table keeps its rows and its name (detach only ends its
+    inheritance), so the source still shows the day; the next removal of it (every `prune`) proved the
+    day again, wrote a pending mark and was refused ('inherits from no table: use drop'), for good."""
+    log, day_table = sql.Identifier(schema, "log"), sql.Identifier(schema, "log_20240310")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
+    spec = TableSpec(name=f"{schema}.log", start_date=DAY, partitioning={"mode": "naming", "pattern": "log_%Y%m%d"},
+                     retention={"keep_days": 1, "action": "detach"})
+    archived = archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(log)).fetchone()[0] == 0
+    done = load_manifest(store, archived.key)
+    for dry_run in (True, False):
+        again = remove_day(conn, spec, DAY, store, dry_run=dry_run)
+        assert again.already_removed and again.rows == 10, dry_run
+    assert load_manifest(store, archived.key) == done  # no pending mark written and taken back
+    # a mark of such a removal that names no transaction is settled as the removal it was
+    pending = {k: v for k, v in done.items() if k != "manifest_sha256"}
+    pending["removed"] = {k: v for k, v in done["removed"].items() if k != "xid"} | {"state": "pending"}
+    _write_manifest(store, manifest_key(archived.key), pending)
+    assert settle_pending_removal(conn, spec, DAY, store).outcome == "completed"
+    # attached again, its rows are the parent's again: removed (detached) again after a new proof
+    conn.execute(sql.SQL("ALTER TABLE {} INHERIT {}").format(day_table, log))
+    assert not remove_day(conn, spec, DAY, store).already_removed
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(log)).fetchone()[0] == 0
 
 
 # ---- a removal or restore killed between two of its steps -------------------------------------------------

@@ -1,7 +1,8 @@
 """Connections from the environment, for code that runs outside Dagster (the command line).
 
 The same variables as the code location (see definitions.py): ``ARCHIVE_PG_DSN`` (and
-``ARCHIVE_PG_PRIMARY_DSN``, the primary, when that one is a hot standby), ``ARCHIVE_S3_BUCKET``, ``ARCHIVE_S3_PREFIX``, ``ARCHIVE_S3_ENDPOINT_URL``, ``ARCHIVE_S3_REGION``,
+``ARCHIVE_PG_PRIMARY_DSN``, the primary, when that one is a hot standby), ``ARCHIVE_S3_BUCKET``,
+``ARCHIVE_S3_PREFIX``, ``ARCHIVE_S3_ENDPOINT_URL``, ``ARCHIVE_S3_REGION``,
 ``ARCHIVE_S3_ACCESS_KEY_ID`` / ``ARCHIVE_S3_SECRET_ACCESS_KEY``. No error raised here carries the
 DSN's password or a secret key.
 """

@@ -143,7 +143,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
                                    completed=True)
                 manifest = settled.manifest  # taken back: proven and removed from scratch below
-        if removal_state(manifest) == "done" and not _has_rows(conn, spec, day):
+        if removal_state(manifest) == "done" and (_detached(conn, spec, day, manifest)
+                                                  or not _has_rows(conn, spec, day)):
             # (rows of a removed day that are back, restored into the original table, are proven and
             # removed again below, as on the first removal)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
@@ -286,8 +287,9 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
 
     The mark's transaction id decides where PostgreSQL still knows it (``txid_status``); a mark without
     one (written by an older version) or one too old to know falls back to the source: a day with no
-    rows left (its partition or table gone, or empty) was removed, a day whose rows are still there
-    was not (whether or not they still equal the archive's)."""
+    rows left (its partition or table gone, or empty), or a naming-mode day table a detach left
+    inheriting from nothing, was removed, a day whose rows are still there was not (whether or not they
+    still equal the archive's)."""
     mark = manifest["removed"]
     xid = mark.get("xid")
     if xid is not None:
@@ -309,6 +311,8 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
         why = f"its transaction {xid} is unknown ({unknown}); "
     else:
         why = "the mark names no transaction; "
+    if _detached(conn, spec, day, manifest):
+        return True, why + "its day table inherits from no table any more"
     rows = _source_rows(conn, spec, day, manifest)
     if rows == 0:
         return True, why + "the source has no rows of the day left"
@@ -326,6 +330,18 @@ def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
         table = source_table(conn, spec, day)
         return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
             table.identifier, day_filter(table, day))).fetchone()[0]
+
+
+def _detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
+    """Whether a naming-mode day table that a done removal detached is still detached: it keeps its rows
+    (that is what detach means) and its name, so the source still shows the day, but it inherits from no
+    table any more, as the removal left it. Detaching it again would be refused ("inherits from no
+    table") after a whole proof, at every run; attached again (INHERIT), its day is removed again."""
+    if spec.partitioning.mode != "naming" or (manifest.get("removed") or {}).get("action") != "detach":
+        return False
+    child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits "
+                        "WHERE inhrelid = to_regclass(%s))", (child, child)).fetchone()[0]
 
 
 def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> int:
