@@ -162,6 +162,36 @@ def test_a_naming_mode_day_table_detached_by_a_removal_is_already_removed_not_re
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(log)).fetchone()[0] == 0
 
 
+@pytest.mark.parametrize("mode", ["column", "naming"])
+def test_delete_never_takes_rows_of_an_inheriting_table_whose_own_columns_the_archive_lacks(conn, schema, store,
+                                                                                           mode):
+    """A table another inherits from (``CREATE TABLE special (extra text) INHERITS (events)``): the
+    archive of the day holds the child's rows with the parent's columns only (SELECT * FROM the table),
+    and DELETE FROM the table deletes the child's rows too, their own columns with them, which no
+    archive holds: retention's delete must refuse, naming the table, and delete nothing."""
+    from archive_pipeline.core.lifecycle import RemovalRefused
+
+    name = "ev" if mode == "column" else "ev_20240310"
+    parent, child = sql.Identifier(schema, name), sql.Identifier(schema, "special")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(parent))
+    conn.execute(sql.SQL("CREATE TABLE {} (extra text) INHERITS ({})").format(child, parent))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s)").format(parent), (DAY,))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, %s, 'kept nowhere else')").format(child), (DAY,))
+    naming = {"partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}} if mode == "naming" else {}
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY,
+                     retention={"keep_days": 1, "action": "delete"}, **naming)
+    assert archive_partition(conn, spec, DAY, store).rows == 2
+    for dry_run in (True, False):
+        with pytest.raises(RemovalRefused, match=rf"{schema}\.special \(columns extra\)"):
+            remove_day(conn, spec, DAY, store, dry_run=dry_run)
+    assert conn.execute(sql.SQL("SELECT extra FROM {}").format(child)).fetchall() == [("kept nowhere else",)]
+    # without rows of the day in such a table, the day is removed
+    conn.execute(sql.SQL("UPDATE {} SET at = at + 1").format(child))
+    archive_partition(conn, spec, DAY, store, overwrite=True)
+    assert remove_day(conn, spec, DAY, store).rows == 1
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(child)).fetchone()[0] == 1
+
+
 # ---- a removal or restore killed between two of its steps -------------------------------------------------
 
 def _child(args: dict) -> None:

@@ -448,6 +448,39 @@ def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, t
                              "by hand", table=spec.name, day=day.isoformat())
 
 
+# Tables inheriting (at any depth) from the given one that have columns it lacks; partitions never do.
+_WIDER_DESCENDANTS = """
+WITH RECURSIVE below(oid) AS (
+    SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = %(t)s::regclass
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below ON i.inhparent = below.oid)
+SELECT n.nspname::text, c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+FROM below JOIN pg_catalog.pg_class c ON c.oid = below.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = below.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute p WHERE p.attrelid = %(t)s::regclass
+                  AND p.attname = a.attname AND NOT p.attisdropped)
+GROUP BY n.nspname, c.relname ORDER BY 1, 2
+"""
+
+
+def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """DELETE FROM the table also deletes the rows of tables that inherit from it (``CREATE TABLE special
+    (extra text) INHERITS (events)``), their own columns with them; the archive holds those rows with the
+    table's columns only (what SELECT * FROM the table returns). Refuse, naming them, where such a table
+    holds rows of the day: deleting them would lose what no archive has."""
+    found = []
+    for schema, name, columns in conn.execute(_WIDER_DESCENDANTS, {"t": table.identifier.as_string(conn)}).fetchall():
+        # the inherited day column has the table's name and type: the table's filter selects the day there too
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+                sql.Identifier(schema, name), day_filter(table, day))).fetchone()[0]:
+            found.append(f"{schema}.{name} (columns {', '.join(columns)})")
+    if found:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
+                             f"{table.qualified} with columns of their own that the archive lacks: {'; '.join(found)}; "
+                             "deleting them would lose those columns' values. Archive those tables themselves, "
+                             "then remove the day by hand", table=spec.name, day=day.isoformat())
+
+
 def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
                         target: SourceTable, action: str) -> None:
     """Raise :class:`RemovalRefused` for what the action cannot remove whatever the archive: a partition
@@ -455,6 +488,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     other tables' foreign keys reference. Checked by the removal itself and by its dry run alike."""
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
+        _refuse_wider_descendants(conn, spec, day, table)
         return
     outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
