@@ -192,6 +192,32 @@ def test_delete_never_takes_rows_of_an_inheriting_table_whose_own_columns_the_ar
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(child)).fetchone()[0] == 1
 
 
+def test_a_removal_or_restore_on_a_connection_outside_autocommit_is_refused_before_anything(pg, conn, schema, store):
+    """On a connection not in autocommit mode, the first statement opens a transaction, and the
+    removal's own transaction is only a savepoint in it: the 'done' mark was written while the detach or
+    drop was not committed (and its ACCESS EXCLUSIVE locks held until the caller commits, if ever);
+    rolled back, the manifest says removed while every row is in the source. Likewise a restore reported
+    rows that the caller's rollback then took away. Both refuse such a connection up front."""
+    import psycopg
+
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=20, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+    archived = archive_partition(conn, spec, DAY, store)
+    with psycopg.connect(pg.dsn) as manual:
+        with pytest.raises(ValueError, match="autocommit"):
+            remove_day(manual, spec, DAY, store)
+        with pytest.raises(ValueError, match="autocommit"):
+            settle_pending_removal(manual, spec, DAY, store)
+        with pytest.raises(ValueError, match="autocommit"):
+            restore_day(manual, store, spec, DAY, into="new", target=f"{schema}.back")
+        manual.rollback()
+    assert "removed" not in load_manifest(store, archived.key)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "events"))).fetchone()[0] == 20
+
+
 # ---- a removal or restore killed between two of its steps -------------------------------------------------
 
 def _child(args: dict) -> None:

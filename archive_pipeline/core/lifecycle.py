@@ -37,7 +37,7 @@ from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
 from archive_pipeline.core.errors import ArchiveError, wrap
-from archive_pipeline.core.locks import table_day_lock
+from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table
@@ -96,7 +96,9 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None) -> Removal:
     """See :func:`_remove_day`; a database error (a lock_timeout, a lost session) comes out as an
-    :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept."""
+    :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept. ``conn``
+    must be in autocommit mode (the removal commits its own transaction before it marks the manifest done)."""
+    require_autocommit(conn, "removing a day")
     try:
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
                            removed_by=removed_by)
@@ -262,6 +264,7 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     ``overwrite`` if its rows changed, proven and removed by the next removal). A manifest without
     a pending mark is left as it is (``outcome="none"``). Raises :class:`RemovalNotRecorded` when the
     removal committed but the archive no longer checks out (the mark stays pending)."""
+    require_autocommit(conn, "settling a pending removal")
     day = spec.period(day)
     _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
     with table_day_lock(conn, spec.name, day):
