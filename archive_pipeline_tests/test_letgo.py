@@ -360,5 +360,33 @@ def test_the_command_line_on_a_standby_proves_compares_prunes_and_restores_throu
     assert load_manifest(store, archived.key)["removed"]["state"] == "done"
 
 
+def test_a_deep_checked_table_archived_from_a_standby_is_proven_through_the_primary(pg, standby, conn, schema,
+                                                                                     archive_env, monkeypatch):
+    """deep_check: true on a table whose archive runs read a hot standby (ARCHIVE_PG_DSN), with the
+    primary in ARCHIVE_PG_PRIMARY_DSN: the blocking deep check loaded the archive into a temporary table
+    on the standby, which allows none, so every run failed 'not verified' after archiving. The check
+    loads it on the primary, as the removal's proof does, and fails only on a real difference."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    create_sample_events(conn, [DAY, DAY + dt.timedelta(days=1)], rows_per_day=50, schema=schema)
+    wait_for_replay(pg, standby)
+    monkeypatch.setenv("ARCHIVE_PG_DSN", standby.dsn)
+    monkeypatch.setenv("ARCHIVE_PG_PRIMARY_DSN", pg.dsn)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "partitioning": {"mode": "declarative"}, "deep_check": True}]})
+    defs = build_definitions(config, check_source=False)
+    with instance_for_test() as instance:
+        job = defs.resolve_job_def(f"Archive_{schema}_events")
+        done = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        assert done.success, [e.message for e in done.all_events if e.is_failure]
+        [evaluation] = done.get_asset_check_evaluations()
+        assert evaluation.passed and "content proven" in evaluation.description, evaluation.description
+
+
 if __name__ == "__main__":
     _child(json.loads(sys.argv[1]))
