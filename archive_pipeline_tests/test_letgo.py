@@ -262,18 +262,18 @@ def _killed(pg, s3, bucket, conn, args: dict) -> None:
         conn.execute("SELECT pg_stat_clear_snapshot()")
 
 
-REMOVAL_KILL_POINTS = [
-    ("before-call", "GetObject", 1), ("after-call", "GetObject", 2), ("before-call", "PutObject", 1),
-    ("after-call", "PutObject", 1), ("before-call", "PutObject", 2), ("after-call", "PutObject", 2),
-]
+REMOVAL_KILL_POINTS = {  # kill point: (rows left in the source, the manifest's removal state)
+    ("after-call", "PutObject", 1): (200, "pending"),  # the pending mark written, the removal not committed
+    ("before-call", "PutObject", 2): (0, "pending"),  # committed, not yet marked done
+}
 
 
 @pytest.mark.parametrize("action", ["drop", "delete"])
-def test_a_removal_killed_between_any_two_steps_loses_nothing_and_is_completed(pg, s3, conn, schema, store, bucket,
-                                                                               s3_client, action):
-    """SIGKILL of the removing process before and after each S3 request (reading the manifest, the
-    pending mark, the done mark): the day's rows are either all in the source or all gone with the
-    manifest saying so or pending; the next removal finishes the job, and the archive restores."""
+def test_a_removal_killed_between_two_steps_loses_nothing_and_is_completed(pg, s3, conn, schema, store, bucket,
+                                                                           s3_client, action):
+    """SIGKILL of the removing process between its steps (pending mark written; removal committed but not
+    yet marked done): the day's rows are either all in the source or all gone with the manifest marked;
+    the next removal finishes the job, and the archive restores the day into its table."""
     from archive_pipeline.local.local_stack import create_sample_events
 
     create_sample_events(conn, [DAY], rows_per_day=200, schema=schema)
@@ -286,14 +286,58 @@ def test_a_removal_killed_between_any_two_steps_loses_nothing_and_is_completed(p
         _killed(pg, s3, bucket, conn, {"do": "remove", "spec": spec, "day": DAY.isoformat(), "kill": list(point)})
         rows = conn.execute(count).fetchone()[0]
         state = (load_manifest(store, archived.key).get("removed") or {}).get("state")
-        # (200, "done"): the rows restored into the original table by the previous round, not removed again yet
-        assert (rows, state) in ((200, None), (200, "done"), (200, "pending"), (0, "pending"), (0, "done")), point
+        assert (rows, state) == REMOVAL_KILL_POINTS[point], point
         removal = remove_day(conn, table_spec, DAY, store)
         assert removal.rows == 200 and conn.execute(count).fetchone()[0] == 0, point
         assert load_manifest(store, archived.key)["removed"]["state"] == "done", point
         assert deep_verify(conn, store, table_spec, DAY) == [], point
         restored = restore_day(conn, store, table_spec, DAY, into="original")
         assert restored.rows == 200 and conn.execute(count).fetchone()[0] == 200, point
+
+
+def test_a_restore_killed_while_loading_leaves_nothing_and_runs_again(pg, s3, conn, schema, store, bucket):
+    """SIGKILL of a restore into the original table while it loads (the day's dropped partition already
+    re-created in its transaction): no partition, no row and no temporary table is left, the table-day
+    lock goes with the session, and the restore then runs again whole."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=50, schema=schema)
+    spec = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+            "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": "drop"}}
+    table_spec = TableSpec(**spec)
+    archive_partition(conn, table_spec, DAY, store)
+    remove_day(conn, table_spec, DAY, store)
+    events = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         "IF NEW.id = 1 THEN PERFORM pg_sleep(60); END IF; RETURN NEW; END $$").format(
+        sql.Identifier(schema, "slow")))
+    conn.execute(sql.SQL("CREATE TRIGGER slow BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        events, sql.Identifier(schema, "slow")))
+    name = f"letgo_restore_{os.getpid()}"
+    child = subprocess.Popen([sys.executable, "-m", "archive_pipeline_tests.test_letgo", json.dumps(
+        {"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "name": name, "do": "restore",
+         "into": "original", "spec": spec, "day": DAY.isoformat()})],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                               "AND wait_event = 'PgSleep'", (name,)).fetchone()[0]:
+            assert child.poll() is None, child.communicate()
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+        child.stdout.close()
+        child.stderr.close()
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,))
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone()[0]:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+    assert conn.execute("SELECT to_regclass(%s)", (f'"{schema}".events_20240310',)).fetchone()[0] is None
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'archive_restore_stage%%' "
+                        "OR relname LIKE 'archive_pipeline_verify%%'").fetchone()[0] == 0
+    conn.execute(sql.SQL("DROP TRIGGER slow ON {}").format(events))
+    assert restore_day(conn, store, table_spec, DAY, into="original").rows == 50
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 50
 
 
 # ---- the command line with ARCHIVE_PG_DSN on a hot standby ---------------------------------------------------
