@@ -567,6 +567,17 @@ WHERE t.typtype = 'd'
 """)
 
 
+# Columns whose type is a domain over bpchar (at any depth): read as the domain, and hashed as bpchar is,
+# by its output with the trailing blanks (``::text`` strips them; the source's side keeps them).
+_BPCHAR_DOMAIN_COLUMNS = sql.SQL("""
+WITH RECURSIVE base(name, oid) AS (
+    SELECT * FROM unnest(%s::text[], %s::oid[])
+    UNION ALL
+    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
+SELECT base.name FROM base WHERE base.oid = 'pg_catalog.bpchar'::regtype
+""")
+
+
 def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:
     """A CSV archive's proof without typed loading: every field of a CSV archive is its column's text
     form under the fingerprint's settings (COPY writes the type's output), so the rows are loaded as
@@ -580,5 +591,7 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
         sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
     parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
+    bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
-    return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
+    return temp, [_TextColumn(name, types[name] if name in parsed else None,
+                              base_type="bpchar" if name in parsed and name in bpchar else "text") for name in names]
