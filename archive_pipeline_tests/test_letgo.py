@@ -453,5 +453,96 @@ def test_a_deep_checked_table_archived_from_a_standby_is_proven_through_the_prim
         assert evaluation.passed and "content proven" in evaluation.description, evaluation.description
 
 
+def _hooked_store(s3, bucket: str, operation: str, nth: int, action) -> "S3Store":
+    """A store whose ``nth`` ``operation`` request first runs ``action`` (what another process does at
+    that moment); botocore's event hooks are the test's instrument, the removal runs unchanged."""
+    import boto3
+
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    seen = {"n": 0}
+
+    def hook(**_: object) -> None:
+        seen["n"] += 1
+        if seen["n"] == nth:
+            action()
+
+    client.meta.events.register(f"before-call.s3.{operation}", hook)
+    return S3Store(client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+
+
+def test_an_archive_replaced_from_a_standby_during_a_removal_is_never_overwritten(pg, standby, conn, schema, s3,
+                                                                                  bucket, store, s3_client):
+    """The table-day lock excludes archive runs only on the server it is taken on: with ARCHIVE_PG_DSN on
+    a standby, an overwrite of the day there can commit while the removal runs on the primary, retiring
+    (deleting) the proven object. The removal wrote its pending mark from the proven manifest over the
+    new one, dropped the day and marked done a manifest naming the deleted object: the day's rows were
+    nowhere. It now refuses (retryable) when the manifest changed since the proof, and the next run
+    proves and removes the new archive."""
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    create_sample_events(conn, [DAY], rows_per_day=100, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+    first = archive_partition(conn, spec, DAY, store)
+    proven = load_manifest(store, first.key)
+    wait_for_replay(pg, standby)
+    with standby.connect() as replica:
+        def overwrite_from_the_standby() -> None:
+            archive_partition(replica, spec, DAY, store, overwrite=True)
+
+        # GetObject 1: the manifest read under the lock; 2: read again just before the pending mark
+        hooked = _hooked_store(s3, bucket, "GetObject", 2, overwrite_from_the_standby)
+        from archive_pipeline.core.lifecycle import RemovalRefused
+
+        with pytest.raises(RemovalRefused, match="replaced since it was proven") as refused:
+            remove_day(conn, spec, DAY, hooked, proven=proven["manifest_sha256"])
+        assert refused.value.retryable
+    count = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "events"))
+    assert conn.execute(count).fetchone()[0] == 100
+    replaced = load_manifest(store, first.key)
+    assert replaced["object"]["key"] != first.key and "removed" not in replaced
+    assert remove_day(conn, spec, DAY, store).rows == 100 and conn.execute(count).fetchone()[0] == 0
+    assert restore_day(conn, store, spec, DAY, into="original").rows == 100
+
+
+@pytest.mark.parametrize("same_rows", [True, False])
+def test_an_archive_replaced_after_the_pending_mark_is_marked_done_only_if_it_holds_the_removed_rows(
+        conn, schema, s3, bucket, store, s3_client, same_rows):
+    """The manifest replaced between the pending mark and the 'done' mark (an archive run on another
+    server that read the day before the mark): the done mark went over it from the proven manifest. Now
+    a replacement holding exactly the removed rows (same fingerprint) is marked done itself; any other
+    is left as it is, and the removal says so (not retryable)."""
+    from archive_pipeline.core.lifecycle import RemovalNotRecorded
+    from archive_pipeline.core.manifest import encode_manifest
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=30, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "delete"})
+    archived = archive_partition(conn, spec, DAY, store)
+    proven = load_manifest(store, archived.key)
+    other = {k: v for k, v in proven.items() if k != "manifest_sha256"} | {"archiver": {"name": "elsewhere"}}
+    if not same_rows:
+        other["fingerprint"] = other["fingerprint"].rsplit(":", 1)[0] + ":1"
+
+    def replace() -> None:
+        s3_client.put_object(Bucket=bucket, Key=manifest_key(archived.key), Body=encode_manifest(other))
+
+    # GetObject 1: the manifest under the lock; 2: again before the pending mark; 3: after the COMMIT
+    hooked = _hooked_store(s3, bucket, "GetObject", 3, replace)
+    if same_rows:
+        assert remove_day(conn, spec, DAY, hooked, proven=proven["manifest_sha256"]).rows == 30
+        now = load_manifest(store, archived.key)
+        assert now["archiver"] == {"name": "elsewhere"} and now["removed"]["state"] == "done"
+    else:
+        with pytest.raises(RemovalNotRecorded, match="replaced meanwhile by one that does not hold those rows"):
+            remove_day(conn, spec, DAY, hooked, proven=proven["manifest_sha256"])
+        now = load_manifest(store, archived.key)
+        assert now["archiver"] == {"name": "elsewhere"} and "removed" not in now
+
+
 if __name__ == "__main__":
     _child(json.loads(sys.argv[1]))

@@ -193,11 +193,23 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
 def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
             action: str, archive: str, removed_by: str | None) -> Removal:
     """One transaction: mark the manifest pending (with this transaction's id), re-check and remove,
-    commit; then mark it done. What fails before the COMMIT puts the manifest back as it was."""
+    commit; then mark it done. What fails before the COMMIT puts the manifest back as it was.
+
+    The manifest must still be the one proven when the mark is written, and still carry our mark when
+    it is put back or marked done: the table-day lock excludes archive runs only on the server it is
+    taken on, and an archive run reading a hot standby may replace the archive meanwhile (retiring the
+    object proven here). Its manifest is never overwritten with ours (which would name a deleted
+    object); a replacement holding the removed rows is marked done instead."""
     mkey = keys.manifest_key(key)
     original = store.get_verified_bytes(mkey)
+    if _sha(original) != manifest.get("manifest_sha256"):
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive {store.uri(mkey)} was replaced "
+                             "since it was proven (an archive run of the day on another server?); nothing was "
+                             "removed", table=spec.name, day=day.isoformat(), retryable=True,
+                             remedy="run the removal again: it proves the archive as it is now")
     now = dt.datetime.now(dt.UTC)
     marking = committing = False
+    pending = b""
     try:
         with conn.transaction():
             table = source_table(conn, spec, day)
@@ -208,7 +220,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
                     "relation": target.qualified, "xid": str(xid)}
             marking = True
-            _write_manifest(store, mkey, {**manifest, "removed": mark})
+            pending = _write_manifest(store, mkey, {**manifest, "removed": mark})
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
@@ -218,19 +230,63 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                          "of the day again: it completes the mark if the COMMIT happened, and takes it back if not")
             raise
         if marking:
-            try:
-                if original is not None:
-                    store.put_bytes(mkey, original, "application/json")
-            except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
-                exc.add_note(f"cleanup: could not take back the pending removal mark in {store.uri(mkey)} "
-                             f"({cleanup}); nothing was removed, and the next removal of the day takes it back")
+            _take_back(store, mkey, original, pending, exc)
         raise
-    done = {**manifest, "removed": {**mark, "state": "done", "relation": target.qualified, "rows": rows}}
+    done_mark = {**mark, "state": "done", "relation": target.qualified, "rows": rows}
     try:
-        _write_manifest(store, mkey, done)
+        current = _marked_by_us(store, mkey, pending, manifest)
+        if current is None:
+            raise RemovalNotRecorded(
+                f"{spec.name} {day}: the removal is committed in the source ({action} of {target.qualified}: its "
+                f"{rows:,} rows are gone from the source), but its archive {store.uri(mkey)} was replaced meanwhile "
+                "by one that does not hold those rows (an archive run of the day on another server?); it is left "
+                "as it is", table=spec.name, day=day.isoformat(), retryable=False,
+                remedy="compare the archive now in the store with the removed rows' fingerprint "
+                       f"{manifest['fingerprint']}; their earlier object may be listed under 'superseded' or 'kept'")
+        _write_manifest(store, mkey, {**{k: v for k, v in current.items() if k != "manifest_sha256"},
+                                      "removed": done_mark})
+    except RemovalNotRecorded:
+        raise
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
         raise _not_recorded(spec, day, store, mkey, action, target.qualified, rows, exc) from exc
     return Removal(spec.name, day, action, target.qualified, rows, archive, now)
+
+
+def _sha(raw: bytes | None) -> str | None:
+    """The manifest_sha256 of stored manifest bytes (None: none, or not a manifest)."""
+    try:
+        return decode_manifest(raw).get("manifest_sha256") if raw is not None else None
+    except ManifestError:
+        return None
+
+
+def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes, exc: BaseException) -> None:
+    """Put the proven manifest back over our pending mark after a removal that did not commit; a
+    manifest someone else wrote meanwhile is left alone (it may name the only whole object)."""
+    try:
+        current = store.get_verified_bytes(mkey)
+        if original is not None and current != original and (current == pending or _sha(current) is None):
+            store.put_bytes(mkey, original, "application/json")
+    except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
+        exc.add_note(f"cleanup: could not take back the pending removal mark in {store.uri(mkey)} "
+                     f"({cleanup}); nothing was removed, and the next removal of the day takes it back")
+
+
+def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> dict | None:
+    """The manifest to mark done after the COMMIT: our pending one, as normally; or one an archive run
+    wrote over it meanwhile if it holds exactly the removed rows (same fingerprint, no removal mark);
+    None for any other."""
+    raw = store.get_verified_bytes(mkey)
+    if raw == pending:
+        return decode_manifest(pending)
+    try:
+        current = decode_manifest(raw) if raw is not None else None
+    except ManifestError:
+        return None
+    if current is None or current.get("removed") or current.get("fingerprint") != manifest.get("fingerprint"):
+        return None
+    log.warning("%s: replaced during the removal by an archive of the same rows; marking that one done", mkey)
+    return current
 
 
 def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, action: str, relation: str, rows: int,
@@ -513,7 +569,8 @@ def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> 
     return parents
 
 
-def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> None:
+def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> bytes:
     data = encode_manifest(manifest)
     decode_manifest(data)  # never write a manifest we could not read back
     store.put_bytes(mkey, data, "application/json")
+    return data
