@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 import pyarrow as pa
@@ -326,6 +326,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                 temp, columns = _temp_table(scratch_conn, manifest)
             elif manifest["format"] == "csv":
                 temp, columns = _text_table(scratch_conn, manifest)
+                columns = _bpchar_domains(scratch_conn, manifest, columns)
             else:
                 temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
                     scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
@@ -567,17 +568,6 @@ WHERE t.typtype = 'd'
 """)
 
 
-# Columns whose type is a domain over bpchar (at any depth): read as the domain, and hashed as bpchar is,
-# by its output with the trailing blanks (``::text`` strips them; the source's side keeps them).
-_BPCHAR_DOMAIN_COLUMNS = sql.SQL("""
-WITH RECURSIVE base(name, oid) AS (
-    SELECT * FROM unnest(%s::text[], %s::oid[])
-    UNION ALL
-    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
-SELECT base.name FROM base WHERE base.oid = 'pg_catalog.bpchar'::regtype
-""")
-
-
 def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:
     """A CSV archive's proof without typed loading: every field of a CSV archive is its column's text
     form under the fingerprint's settings (COPY writes the type's output), so the rows are loaded as
@@ -591,7 +581,28 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
         sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
     parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
-    bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
-    return temp, [_TextColumn(name, types[name] if name in parsed else None,
-                              base_type="bpchar" if name in parsed and name in bpchar else "text") for name in names]
+    return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
+
+
+# Columns whose type is a domain over bpchar (at any depth): read as the domain in the text copy, and
+# hashed as bpchar is, by its output with the trailing blanks (``::text`` strips them; the source's
+# side keeps them).
+_BPCHAR_DOMAIN_COLUMNS = sql.SQL("""
+WITH RECURSIVE base(name, oid) AS (
+    SELECT * FROM unnest(%s::text[], %s::oid[])
+    UNION ALL
+    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
+SELECT base.name FROM base WHERE base.oid = 'pg_catalog.bpchar'::regtype
+""")
+
+
+def _bpchar_domains(conn: psycopg.Connection, manifest: dict,
+                    columns: Sequence[_TextColumn]) -> Sequence[_TextColumn]:
+    """``columns`` of the text copy, those read as a domain over char(n) marked as bpchar, so the
+    fingerprint hashes them with their trailing blanks, as it hashes the source's char(n) values."""
+    types = _column_types(conn, manifest)
+    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
+    bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (list(types), list(oids))).fetchall()}
+    return [replace(c, base_type="bpchar") if c.parse_as is not None and c.name in bpchar else c for c in columns]
