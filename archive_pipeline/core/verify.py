@@ -568,23 +568,6 @@ WHERE t.typtype = 'd'
 """)
 
 
-def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:
-    """A CSV archive's proof without typed loading: every field of a CSV archive is its column's text
-    form under the fingerprint's settings (COPY writes the type's output), so the rows are loaded as
-    text and hashed as they are, at about half the cost of parsing every value into its type and
-    printing it again (``bench/restore.py``). Columns whose hashed text is not the field's are read as
-    their type first. Equal fingerprints mean equal text, which gives back equal values on restore
-    (every type's input reads its own output)."""
-    types = _column_types(conn, manifest)
-    names = list(types)
-    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
-    parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
-    parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
-    temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
-    return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
-
-
 # Columns whose type is a domain over bpchar (at any depth): read as the domain in the text copy, and
 # hashed as bpchar is, by its output with the trailing blanks (``::text`` strips them; the source's
 # side keeps them).
@@ -606,3 +589,20 @@ def _bpchar_domains(conn: psycopg.Connection, manifest: dict,
         sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
     bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (list(types), list(oids))).fetchall()}
     return [replace(c, base_type="bpchar") if c.parse_as is not None and c.name in bpchar else c for c in columns]
+
+
+def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:
+    """A CSV archive's proof without typed loading: every field of a CSV archive is its column's text
+    form under the fingerprint's settings (COPY writes the type's output), so the rows are loaded as
+    text and hashed as they are, at about half the cost of parsing every value into its type and
+    printing it again (``bench/restore.py``). Columns whose hashed text is not the field's are read as
+    their type first. Equal fingerprints mean equal text, which gives back equal values on restore
+    (every type's input reads its own output)."""
+    types = _column_types(conn, manifest)
+    names = list(types)
+    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
+    parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
+    parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
+    temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
+    return temp, [_TextColumn(name, types[name] if name in parsed else None) for name in names]
