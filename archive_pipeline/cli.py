@@ -34,7 +34,9 @@ from archive_pipeline.core.config import ArchiveConfig, ConfigError, TableSpec, 
 from archive_pipeline.core.discovery import existing_days
 from archive_pipeline.core.environment import (
     DSN_VAR,
+    PRIMARY_DSN_VAR,
     UnreachableError,
+    connect_primary,
     connect_source,
     dsn_password,
     session_settings,
@@ -64,6 +66,7 @@ class Run:
     out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200))
     err: Console = field(default_factory=lambda: Console(stderr=True))
     _conn: psycopg.Connection | None = None
+    _primary: psycopg.Connection | None = None
     _store: S3Store | None = None
 
     def days(self, spec: TableSpec) -> list[Period]:
@@ -80,12 +83,39 @@ class Run:
     @property
     def conn(self) -> psycopg.Connection:
         if self._conn is None:
-            self._conn = connect_source()
-            # the source: timeouts for every statement (prune's LOCK gives up after lock_timeout_ms
-            # instead of queueing every reader of the table behind it)
-            for name, value in session_settings(self.config.source).items():
-                self._conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            self._conn = self._configured(connect_source())
         return self._conn
+
+    @property
+    def primary(self) -> psycopg.Connection:
+        """Where writes go (prune's removals, restores): ``$ARCHIVE_PG_PRIMARY_DSN`` when set, as in the code
+        location (``$ARCHIVE_PG_DSN`` may be a hot standby, which refuses them), else the source."""
+        if self._primary is None:
+            primary = connect_primary()
+            if primary is None:
+                return self.conn
+            self._primary = self._configured(primary)
+        return self._primary
+
+    @property
+    def scratch(self) -> psycopg.Connection | None:
+        """Where deep verification loads the archive when the source is a hot standby (which allows no
+        temporary tables): the primary, if one is configured; None: the source itself."""
+        if not os.environ.get(PRIMARY_DSN_VAR, "").strip():
+            return None
+        return self.primary if self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] else None
+
+    @property
+    def lost(self) -> bool:
+        """Whether a database connection of the command was lost (the next day would fail the same way)."""
+        return any(c is not None and c.closed for c in (self._conn, self._primary))
+
+    def _configured(self, conn: psycopg.Connection) -> psycopg.Connection:
+        # timeouts for every statement (prune's LOCK gives up after lock_timeout_ms instead of queueing
+        # every reader of the table behind it)
+        for name, value in session_settings(self.config.source).items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        return conn
 
     @property
     def store(self) -> S3Store:
@@ -94,8 +124,9 @@ class Run:
         return self._store
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        for conn in (self._conn, self._primary):
+            if conn is not None:
+                conn.close()
 
     def emit(self, payload: dict[str, Any], render: Callable[[], None]) -> None:
         if self.as_json:
@@ -134,8 +165,8 @@ def _not_over(text: str, now: dt.datetime) -> str | None:
     return None
 
 
-def _password() -> str | None:
-    return dsn_password(os.environ.get(DSN_VAR, ""))
+def _passwords() -> tuple[str | None, ...]:
+    return tuple(dsn_password(os.environ.get(name, "")) for name in (DSN_VAR, PRIMARY_DSN_VAR))
 
 
 _RETRY_PROMISES = [  # what the core says of a Dagster run, and what it means for one try of a command
@@ -212,7 +243,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         except UnreachableError as exc:  # refused for a reason a setting fixes (a wrong password): a usage error
             _fail(as_json, EXIT_UNREACHABLE if exc.retryable else EXIT_USAGE, str(exc), exc.retryable)
         except psycopg.OperationalError as exc:
-            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), _password()), True)
+            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), *_passwords()), True)
         except BotoCoreError as exc:
             _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
                   "$ARCHIVE_S3_ENDPOINT_URL and the network", True)
@@ -220,7 +251,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             configuration = getattr(exc, "cause", None) in CONFIGURATION_CAUSES  # a missing table, a grant
             transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
             code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
-            _fail(as_json, code, redact(str(exc), _password()), getattr(exc, "retryable", None))
+            _fail(as_json, code, redact(str(exc), *_passwords()), getattr(exc, "retryable", None))
         finally:
             if run is not None:
                 run.close()
@@ -449,7 +480,7 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     try:
         return check()
     except ArchiveError as exc:
-        if run.conn.closed:
+        if run.lost:
             raise UnreachableError(f"lost the source database while checking {table} {day}: {exc}") from None
         return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}")]
 
@@ -475,7 +506,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
                 problems = verify_archive(run.store, found.key, archived.expected, deep=download)
                 if deep and not problems:
-                    problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest)
+                    problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
+                                            scratch_conn=run.scratch)
                 return problems
 
             problems = _day_checked(run, spec.name, day, check)
@@ -518,8 +550,8 @@ def compare(run: Run, show_rows: bool) -> None:
             if c.result == "differs":
                 manifest = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived.manifest
                 details[(c.table, c.day.isoformat())] = _day_checked(
-                    run, c.table, c.day, lambda c=c, manifest=manifest: deep_verify(run.conn, run.store, specs[c.table],
-                                                                                   c.day, manifest=manifest))
+                    run, c.table, c.day, lambda c=c, manifest=manifest: deep_verify(
+                        run.conn, run.store, specs[c.table], c.day, manifest=manifest, scratch_conn=run.scratch))
     differing = [c for c in results if c.differs]
 
     def render() -> None:
@@ -580,7 +612,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     try:
         for spec in run.tables:
             days = run.days(spec)
-            for done in iter_restore_days(run.conn, run.store, spec, days[0], days[-1], into=into, target=target,
+            for done in iter_restore_days(run.primary, run.store, spec, days[0], days[-1], into=into, target=target,
                                           on_conflict=on_conflict) if days else ():
                 if isinstance(done, RestoreResult):
                     results.append(done)
@@ -604,8 +636,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     payload = {"ok": not missing and failure is None, "days": [dataclasses.asdict(r) for r in results],
                "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
     if failure is not None:
-        lost = run.conn.closed or isinstance(failure, psycopg.OperationalError)
-        message = _for_the_cli(redact(str(failure), _password()))
+        lost = run.lost or isinstance(failure, psycopg.OperationalError)
+        message = _for_the_cli(redact(str(failure), *_passwords()))
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_DIFFERENCES)
     run.emit(payload, render)
@@ -639,13 +671,13 @@ def prune(run: Run, dry_run: bool) -> None:
             if day not in present:
                 continue
             try:
-                removal = remove_day(run.conn, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
+                removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
             except RemovalRefused as exc:
                 results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": str(exc)})
                 continue
             except ArchiveError as exc:  # e.g. removed but the "done" mark not written: the next days still run
                 results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                                "message": _for_the_cli(redact(str(exc), _password())),
+                                "message": _for_the_cli(redact(str(exc), *_passwords())),
                                 "retryable": exc.retryable})
                 continue
             status = ("already removed" if removal.already_removed else "would remove" if dry_run

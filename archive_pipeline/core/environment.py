@@ -1,7 +1,8 @@
 """Connections from the environment, for code that runs outside Dagster (the command line).
 
-The same variables as the code location (see definitions.py): ``ARCHIVE_PG_DSN``,
-``ARCHIVE_S3_BUCKET``, ``ARCHIVE_S3_PREFIX``, ``ARCHIVE_S3_ENDPOINT_URL``, ``ARCHIVE_S3_REGION``,
+The same variables as the code location (see definitions.py): ``ARCHIVE_PG_DSN`` (and
+``ARCHIVE_PG_PRIMARY_DSN``, the primary, when that one is a hot standby), ``ARCHIVE_S3_BUCKET``,
+``ARCHIVE_S3_PREFIX``, ``ARCHIVE_S3_ENDPOINT_URL``, ``ARCHIVE_S3_REGION``,
 ``ARCHIVE_S3_ACCESS_KEY_ID`` / ``ARCHIVE_S3_SECRET_ACCESS_KEY``. No error raised here carries the
 DSN's password or a secret key.
 """
@@ -19,6 +20,7 @@ from archive_pipeline.core.errors import describe_connect_error, redact
 from archive_pipeline.core.store import S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
+PRIMARY_DSN_VAR = "ARCHIVE_PG_PRIMARY_DSN"
 BUCKET_VAR = "ARCHIVE_S3_BUCKET"
 PREFIX_VAR = "ARCHIVE_S3_PREFIX"
 ENDPOINT_VAR = "ARCHIVE_S3_ENDPOINT_URL"
@@ -58,17 +60,30 @@ def connect_source(env: Mapping[str, str] | None = None, *, connect_timeout: int
     when the server cannot be reached or refuses the login; neither message contains the password.
     """
     env = os.environ if env is None else env
-    dsn = _required(env, DSN_VAR, "the source database's libpq URI or key=value string")
+    return _connect(_required(env, DSN_VAR, "the source database's libpq URI or key=value string"), DSN_VAR,
+                    connect_timeout)
+
+
+def connect_primary(env: Mapping[str, str] | None = None, *, connect_timeout: int = 10) -> psycopg.Connection | None:
+    """An autocommit connection to ``$ARCHIVE_PG_PRIMARY_DSN``, or None when it is not set (the source
+    is then the primary too). What writes (removals, restores) and what needs a writable scratch
+    database beside a hot standby (deep verification) goes there, as in the code location."""
+    env = os.environ if env is None else env
+    dsn = env.get(PRIMARY_DSN_VAR, "").strip()
+    return _connect(dsn, PRIMARY_DSN_VAR, connect_timeout) if dsn else None
+
+
+def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connection:
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:  # libpq echoes a malformed URI whole, password included
-        raise ConfigError(f"${DSN_VAR} is not a valid connection string: {redact(str(exc).strip(), dsn)}") from None
+        raise ConfigError(f"${variable} is not a valid connection string: {redact(str(exc).strip(), dsn)}") from None
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
                                application_name="archive_pipeline_cli")
     except psycopg.Error as exc:
         described = describe_connect_error(exc, dsn)  # host, port, database, user, cause; no password
-        raise UnreachableError(f"{described.message} (${DSN_VAR}); to fix: {described.remedy}",
+        raise UnreachableError(f"{described.message} (${variable}); to fix: {described.remedy}",
                                retryable=described.retryable) from None
 
 

@@ -126,6 +126,8 @@ def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composa
     ident = _ident(column, qualifier)
     parse_as = getattr(column, "parse_as", None)
     if parse_as is not None:
+        if column.base_type == "bpchar" and not column.is_array:  # a domain over char(n): blanks and all, below
+            return sql.SQL("concat({}::{})").format(ident, parse_as)
         return sql.SQL("({}::{})::text").format(ident, parse_as)
     if column.base_type == "text" and not column.is_array:
         return ident

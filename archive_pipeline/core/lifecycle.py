@@ -37,7 +37,7 @@ from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
 from archive_pipeline.core.errors import ArchiveError, wrap
-from archive_pipeline.core.locks import table_day_lock
+from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table
@@ -96,7 +96,9 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None) -> Removal:
     """See :func:`_remove_day`; a database error (a lock_timeout, a lost session) comes out as an
-    :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept."""
+    :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept. ``conn``
+    must be in autocommit mode (the removal commits its own transaction before it marks the manifest done)."""
+    require_autocommit(conn, "removing a day")
     try:
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
                            removed_by=removed_by)
@@ -143,7 +145,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
                                    completed=True)
                 manifest = settled.manifest  # taken back: proven and removed from scratch below
-        if removal_state(manifest) == "done" and not _has_rows(conn, spec, day):
+        if removal_state(manifest) == "done" and (_detached(conn, spec, day, manifest)
+                                                  or not _has_rows(conn, spec, day)):
             # (rows of a removed day that are back, restored into the original table, are proven and
             # removed again below, as on the first removal)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
@@ -190,11 +193,23 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
 def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
             action: str, archive: str, removed_by: str | None) -> Removal:
     """One transaction: mark the manifest pending (with this transaction's id), re-check and remove,
-    commit; then mark it done. What fails before the COMMIT puts the manifest back as it was."""
+    commit; then mark it done. What fails before the COMMIT puts the manifest back as it was.
+
+    The manifest must still be the one proven when the mark is written, and still carry our mark when
+    it is put back or marked done: the table-day lock excludes archive runs only on the server it is
+    taken on, and an archive run reading a hot standby may replace the archive meanwhile (retiring the
+    object proven here). Its manifest is never overwritten with ours (which would name a deleted
+    object); a replacement holding the removed rows is marked done instead."""
     mkey = keys.manifest_key(key)
     original = store.get_verified_bytes(mkey)
+    if _sha(original) != manifest.get("manifest_sha256"):
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive {store.uri(mkey)} was replaced "
+                             "since it was proven (an archive run of the day on another server?); nothing was "
+                             "removed", table=spec.name, day=day.isoformat(), retryable=True,
+                             remedy="run the removal again: it proves the archive as it is now")
     now = dt.datetime.now(dt.UTC)
     marking = committing = False
+    pending = b""
     try:
         with conn.transaction():
             table = source_table(conn, spec, day)
@@ -205,7 +220,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
                     "relation": target.qualified, "xid": str(xid)}
             marking = True
-            _write_manifest(store, mkey, {**manifest, "removed": mark})
+            pending = _write_manifest(store, mkey, {**manifest, "removed": mark})
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
@@ -215,19 +230,63 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                          "of the day again: it completes the mark if the COMMIT happened, and takes it back if not")
             raise
         if marking:
-            try:
-                if original is not None:
-                    store.put_bytes(mkey, original, "application/json")
-            except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
-                exc.add_note(f"cleanup: could not take back the pending removal mark in {store.uri(mkey)} "
-                             f"({cleanup}); nothing was removed, and the next removal of the day takes it back")
+            _take_back(store, mkey, original, pending, exc)
         raise
-    done = {**manifest, "removed": {**mark, "state": "done", "relation": target.qualified, "rows": rows}}
+    done_mark = {**mark, "state": "done", "relation": target.qualified, "rows": rows}
     try:
-        _write_manifest(store, mkey, done)
+        current = _marked_by_us(store, mkey, pending, manifest)
+        if current is None:
+            raise RemovalNotRecorded(
+                f"{spec.name} {day}: the removal is committed in the source ({action} of {target.qualified}: its "
+                f"{rows:,} rows are gone from the source), but its archive {store.uri(mkey)} was replaced meanwhile "
+                "by one that does not hold those rows (an archive run of the day on another server?); it is left "
+                "as it is", table=spec.name, day=day.isoformat(), retryable=False,
+                remedy="compare the archive now in the store with the removed rows' fingerprint "
+                       f"{manifest['fingerprint']}; their earlier object may be listed under 'superseded' or 'kept'")
+        _write_manifest(store, mkey, {**{k: v for k, v in current.items() if k != "manifest_sha256"},
+                                      "removed": done_mark})
+    except RemovalNotRecorded:
+        raise
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
         raise _not_recorded(spec, day, store, mkey, action, target.qualified, rows, exc) from exc
     return Removal(spec.name, day, action, target.qualified, rows, archive, now)
+
+
+def _sha(raw: bytes | None) -> str | None:
+    """The manifest_sha256 of stored manifest bytes (None: none, or not a manifest)."""
+    try:
+        return decode_manifest(raw).get("manifest_sha256") if raw is not None else None
+    except ManifestError:
+        return None
+
+
+def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes, exc: BaseException) -> None:
+    """Put the proven manifest back over our pending mark after a removal that did not commit; a
+    manifest someone else wrote meanwhile is left alone (it may name the only whole object)."""
+    try:
+        current = store.get_verified_bytes(mkey)
+        if original is not None and current != original and (current == pending or _sha(current) is None):
+            store.put_bytes(mkey, original, "application/json")
+    except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
+        exc.add_note(f"cleanup: could not take back the pending removal mark in {store.uri(mkey)} "
+                     f"({cleanup}); nothing was removed, and the next removal of the day takes it back")
+
+
+def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> dict | None:
+    """The manifest to mark done after the COMMIT: our pending one, as normally; or one an archive run
+    wrote over it meanwhile if it holds exactly the removed rows (same fingerprint, no removal mark);
+    None for any other."""
+    raw = store.get_verified_bytes(mkey)
+    if raw == pending:
+        return decode_manifest(pending)
+    try:
+        current = decode_manifest(raw) if raw is not None else None
+    except ManifestError:
+        return None
+    if current is None or current.get("removed") or current.get("fingerprint") != manifest.get("fingerprint"):
+        return None
+    log.warning("%s: replaced during the removal by an archive of the same rows; marking that one done", mkey)
+    return current
 
 
 def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, action: str, relation: str, rows: int,
@@ -261,6 +320,7 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     ``overwrite`` if its rows changed, proven and removed by the next removal). A manifest without
     a pending mark is left as it is (``outcome="none"``). Raises :class:`RemovalNotRecorded` when the
     removal committed but the archive no longer checks out (the mark stays pending)."""
+    require_autocommit(conn, "settling a pending removal")
     day = spec.period(day)
     _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
     with table_day_lock(conn, spec.name, day):
@@ -275,8 +335,10 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:
     """Removals write to the source: a hot standby refuses them, so say where to run them instead."""
     if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-        raise RemovalRefused(f"{what} must run on the primary, and this connection is a hot standby: configure "
-                             "the primary's connection for removals", table=spec.name, day=day.isoformat())
+        raise RemovalRefused(f"{what} must run on the primary, and this connection is a hot standby: set "
+                             "ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal of the day (the code "
+                             "location's and the command line's removals run there)", table=spec.name,
+                             day=day.isoformat())
 
 
 def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:
@@ -284,8 +346,9 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
 
     The mark's transaction id decides where PostgreSQL still knows it (``txid_status``); a mark without
     one (written by an older version) or one too old to know falls back to the source: a day with no
-    rows left (its partition or table gone, or empty) was removed, a day whose rows are still there
-    was not (whether or not they still equal the archive's)."""
+    rows left (its partition or table gone, or empty), or a naming-mode day table a detach left
+    inheriting from nothing, was removed, a day whose rows are still there was not (whether or not they
+    still equal the archive's)."""
     mark = manifest["removed"]
     xid = mark.get("xid")
     if xid is not None:
@@ -307,6 +370,8 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
         why = f"its transaction {xid} is unknown ({unknown}); "
     else:
         why = "the mark names no transaction; "
+    if _detached(conn, spec, day, manifest):
+        return True, why + "its day table inherits from no table any more"
     rows = _source_rows(conn, spec, day, manifest)
     if rows == 0:
         return True, why + "the source has no rows of the day left"
@@ -324,6 +389,18 @@ def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
         table = source_table(conn, spec, day)
         return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
             table.identifier, day_filter(table, day))).fetchone()[0]
+
+
+def _detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
+    """Whether a naming-mode day table that a done removal detached is still detached: it keeps its rows
+    (that is what detach means) and its name, so the source still shows the day, but it inherits from no
+    table any more, as the removal left it. Detaching it again would be refused ("inherits from no
+    table") after a whole proof, at every run; attached again (INHERIT), its day is removed again."""
+    if spec.partitioning.mode != "naming" or (manifest.get("removed") or {}).get("action") != "detach":
+        return False
+    child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits "
+                        "WHERE inhrelid = to_regclass(%s))", (child, child)).fetchone()[0]
 
 
 def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> int:
@@ -430,6 +507,39 @@ def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, t
                              "by hand", table=spec.name, day=day.isoformat())
 
 
+# Tables inheriting (at any depth) from the given one that have columns it lacks; partitions never do.
+_WIDER_DESCENDANTS = """
+WITH RECURSIVE below(oid) AS (
+    SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = %(t)s::regclass
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below ON i.inhparent = below.oid)
+SELECT n.nspname::text, c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+FROM below JOIN pg_catalog.pg_class c ON c.oid = below.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = below.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute p WHERE p.attrelid = %(t)s::regclass
+                  AND p.attname = a.attname AND NOT p.attisdropped)
+GROUP BY n.nspname, c.relname ORDER BY 1, 2
+"""
+
+
+def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """DELETE FROM the table also deletes the rows of tables that inherit from it (``CREATE TABLE special
+    (extra text) INHERITS (events)``), their own columns with them; the archive holds those rows with the
+    table's columns only (what SELECT * FROM the table returns). Refuse, naming them, where such a table
+    holds rows of the day: deleting them would lose what no archive has."""
+    found = []
+    for schema, name, columns in conn.execute(_WIDER_DESCENDANTS, {"t": table.identifier.as_string(conn)}).fetchall():
+        # the inherited day column has the table's name and type: the table's filter selects the day there too
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+                sql.Identifier(schema, name), day_filter(table, day))).fetchone()[0]:
+            found.append(f"{schema}.{name} (columns {', '.join(columns)})")
+    if found:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
+                             f"{table.qualified} with columns of their own that the archive lacks: {'; '.join(found)}; "
+                             "deleting them would lose those columns' values. Archive those tables themselves, "
+                             "then remove the day by hand", table=spec.name, day=day.isoformat())
+
+
 def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
                         target: SourceTable, action: str) -> None:
     """Raise :class:`RemovalRefused` for what the action cannot remove whatever the archive: a partition
@@ -437,6 +547,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     other tables' foreign keys reference. Checked by the removal itself and by its dry run alike."""
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
+        _refuse_wider_descendants(conn, spec, day, table)
         return
     outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
@@ -458,7 +569,8 @@ def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> 
     return parents
 
 
-def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> None:
+def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> bytes:
     data = encode_manifest(manifest)
     decode_manifest(data)  # never write a manifest we could not read back
     store.put_bytes(mkey, data, "application/json")
+    return data

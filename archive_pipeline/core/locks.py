@@ -55,6 +55,16 @@ def _holder(conn: psycopg.Connection, key: tuple[str, int]) -> str:
             + (f", connected since {started:%Y-%m-%d %H:%M:%S %Z}" if started else "") + ")")
 
 
+def require_autocommit(conn: psycopg.Connection, what: str) -> None:
+    """Raise ValueError unless ``conn`` is in autocommit mode. Outside it, the first statement opens a
+    transaction that only the caller ends, and a transaction block of ours inside it is a savepoint: what
+    we then record as committed (a removal's "done" mark, a restore's result) could still be rolled back,
+    and the locks taken meanwhile (a detach's ACCESS EXCLUSIVE) would be held until the caller commits."""
+    if not conn.autocommit:
+        raise ValueError(f"{what} needs a connection in autocommit mode (psycopg.connect(..., autocommit=True)): "
+                         "it commits its own transaction, and only then records it")
+
+
 def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> None:
     """Fail (retryable) unless this session still holds the (table, day) lock: if its session died,
     or a pooler moved us to another one, another run may have started on the same day, and this

@@ -34,7 +34,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, remedy_for
-from archive_pipeline.core.locks import table_day_lock
+from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
@@ -111,8 +111,11 @@ def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[
         return cur.rowcount
 
 
+# The third column is the type without a modifier, as format_type spells it when told the modifier is -1:
+# "bpchar[]" and '"bit"[]', where a bare "character" or "bit" would mean character(1) or bit(1) and a cast
+# to it would cut every element to one character or bit.
 _TARGET_COLUMNS = sql.SQL("""
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL),
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, -1),
        CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname::text
             ELSE t.typnamespace::regnamespace::text || '.' || t.typname END,  -- a user's jsonb is not jsonb
        t.typcategory, a.attidentity
@@ -692,8 +695,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     run in one transaction: the restored rows (the new table, or the day's rows in the target) must
     have the manifest's fingerprint, else the transaction is rolled back and
     :class:`FingerprintMismatchError` says both fingerprints. A version 1 manifest has no fingerprint:
-    the row count is checked instead, and the result says so.
+    the row count is checked instead, and the result says so. ``conn`` must be in autocommit mode (the
+    day is committed before its result is returned).
     """
+    require_autocommit(conn, "restoring a day")
     started = time.perf_counter()
     table, day = manifest.get("table"), manifest.get("day")
     try:

@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 import pyarrow as pa
@@ -309,8 +309,10 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
     if scratch_conn is None:
         if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
             raise ArchiveError(f"deep verification of {spec.name} {day} reads the archive back into PostgreSQL, "
-                               "and a hot standby allows no temporary tables: name a writable scratch database "
-                               "(scratch DSN) with the same column types", table=spec.name, day=day.isoformat(),
+                               "and a hot standby allows no temporary tables: give it a writable database with the "
+                               "same column types to load them into (scratch_conn; the command line and the code "
+                               "location use the primary, ARCHIVE_PG_PRIMARY_DSN, when it is set)", table=spec.name,
+                               day=day.isoformat(),
                                retryable=False)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
@@ -324,6 +326,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                 temp, columns = _temp_table(scratch_conn, manifest)
             elif manifest["format"] == "csv":
                 temp, columns = _text_table(scratch_conn, manifest)
+                columns = _bpchar_domains(scratch_conn, manifest, columns)
             else:
                 temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
                     scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
@@ -563,6 +566,29 @@ SELECT u.name FROM unnest(%s::text[], %s::oid[]) AS u(name, oid) JOIN pg_catalog
 WHERE t.typtype = 'd'
    OR (t.typcategory = 'A' AND EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typtype = 'd'))
 """)
+
+
+# Columns whose type is a domain over bpchar (at any depth): read as the domain in the text copy, and
+# hashed as bpchar is, by its output with the trailing blanks (``::text`` strips them; the source's
+# side keeps them).
+_BPCHAR_DOMAIN_COLUMNS = sql.SQL("""
+WITH RECURSIVE base(name, oid) AS (
+    SELECT * FROM unnest(%s::text[], %s::oid[])
+    UNION ALL
+    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
+SELECT base.name FROM base WHERE base.oid = 'pg_catalog.bpchar'::regtype
+""")
+
+
+def _bpchar_domains(conn: psycopg.Connection, manifest: dict,
+                    columns: Sequence[_TextColumn]) -> Sequence[_TextColumn]:
+    """``columns`` of the text copy, those read as a domain over char(n) marked as bpchar, so the
+    fingerprint hashes them with their trailing blanks, as it hashes the source's char(n) values."""
+    types = _column_types(conn, manifest)
+    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
+    bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (list(types), list(oids))).fetchall()}
+    return [replace(c, base_type="bpchar") if c.parse_as is not None and c.name in bpchar else c for c in columns]
 
 
 def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:

@@ -363,8 +363,8 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
                   "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
     )
     def archive(context: AssetExecutionContext, config: ArchiveRunConfig, postgres: PostgresResource,
-                archive_store: ArchiveStoreResource) -> Iterator[DayEvent]:
-        yield from archive_days(context, spec, key, config, postgres, archive_store, origin)
+                primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator[DayEvent]:
+        yield from archive_days(context, spec, key, config, postgres, archive_store, origin, primary=primary_postgres)
 
     policy = backfill_policy(backfill or BackfillSettings())
     return archive.with_attributes(backfill_policy=policy) if policy else archive
@@ -374,12 +374,15 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
 
 class _Source:
     """One connection for all the days of a run (connecting costs more than a small day's queries),
-    opened again only when a day's failure has broken it."""
+    opened again only when a day's failure has broken it; and, for the deep check of a day read from a
+    hot standby, one to the primary, where the archive is loaded back (a standby allows no temporary
+    tables)."""
 
-    def __init__(self, postgres: PostgresResource) -> None:
-        self.postgres = postgres
+    def __init__(self, postgres: PostgresResource, primary: PostgresResource | None = None) -> None:
+        self.postgres, self.primary = postgres, primary
         self.stack = contextlib.ExitStack()
         self.conn: psycopg.Connection | None = None
+        self.scratch_conn: psycopg.Connection | None = None
 
     def get(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
@@ -389,13 +392,24 @@ class _Source:
             self.conn.rollback()  # a failed day's transaction must not leak into the next day
         return self.conn
 
+    def scratch(self, conn: psycopg.Connection) -> psycopg.Connection | None:
+        """Where deep verification loads the archive: the primary when ``conn`` is a hot standby and a
+        primary is configured (the same connection as ``conn`` otherwise: None)."""
+        if self.primary is None or self.primary.dsn == self.postgres.dsn:
+            return None
+        if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            return None
+        if self.scratch_conn is None or self.scratch_conn.closed or self.scratch_conn.broken:
+            self.scratch_conn = self.stack.enter_context(self.primary.connect())
+        return self.scratch_conn
+
     def close(self) -> None:
         self.stack.close()
 
 
 def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, config: ArchiveRunConfig,
-                 postgres: PostgresResource, archive_store: ArchiveStoreResource, origin: str | None = None
-                 ) -> Iterator[DayEvent]:
+                 postgres: PostgresResource, archive_store: ArchiveStoreResource, origin: str | None = None,
+                 *, primary: PostgresResource | None = None) -> Iterator[DayEvent]:
     """Archive every day of the run's partitions, each recorded as its own materialization.
 
     One day (a schedule, the sensor, one partition from the UI) fails the step at once, as before.
@@ -411,7 +425,7 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
         context.log.info(f"{spec.name}: retry of this run; {len(days) - len(todo)} of {len(days)} days were "
                          "archived by an earlier attempt and are not done again")
     store = archive_store.store()
-    source = _Source(postgres)
+    source = _Source(postgres, primary)
     failed: dict[Period, Failure] = {}
     try:
         for day in todo:
@@ -465,7 +479,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
                                    overwrite=spec.overwrite or config.overwrite)
         try:
             verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
-                                     conn=conn if spec.deep_check else None)
+                                     conn=conn if spec.deep_check else None,
+                                     scratch_conn=source.scratch(conn) if spec.deep_check else None)
                        if deep else written_verdict(result, store.uri(render_key(spec, day, store.prefix))))
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc

@@ -87,14 +87,16 @@ def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") ->
 
 
 def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict, *, deep: bool,
-                  conn: psycopg.Connection | None = None) -> Verdict:
+                  conn: psycopg.Connection | None = None,
+                  scratch_conn: psycopg.Connection | None = None) -> Verdict:
     """Check one day's stored archive against what was recorded (``expected``: bytes, md5, rows and,
     from manifest v2 on, fingerprint).
 
     quick: manifest present and untampered, object with its recorded size and ETag, MD5, rows and
     fingerprint as recorded (an empty day: its manifest alone). ``deep``: also download, hash and
     count rows. ``conn`` (tables with ``deep_check``): also load the archive back into PostgreSQL and
-    compare its content fingerprint with the manifest's and the source's.
+    compare its content fingerprint with the manifest's and the source's (loaded into ``scratch_conn``
+    when given: the primary, where ``conn`` is a hot standby).
     """
     key = table_day_key(spec, day, store.prefix)
     problems = verify.verify_archive(store, key, expected, deep=deep)
@@ -103,7 +105,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     else:
         verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
     if conn is not None and not problems:
-        problems = verify.deep_verify(conn, store, spec, day)
+        problems = verify.deep_verify(conn, store, spec, day, scratch_conn=scratch_conn)
         verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
     # the object the manifest names (a re-archived day's is a later generation), not the day's first key
     return Verdict(day, problems, verified, {"archive": store.uri(expected.get("object_key") or key),
