@@ -508,6 +508,39 @@ def test_an_archive_replaced_from_a_standby_during_a_removal_is_never_overwritte
     assert restore_day(conn, store, spec, DAY, into="original").rows == 100
 
 
+def test_a_removal_on_the_primary_during_an_overwrite_from_the_standby_is_never_overwritten(pg, standby, conn, schema,
+                                                                                          store, s3_client, bucket):
+    """The archive side of the race above: the standby's overwrite read the manifest before the primary's
+    removal marked it, and its commit wrote over the 'done' mark, losing the record that the source no
+    longer holds the rows (and with it the refusal to replace the only copy with an empty day). The run
+    now reads the manifest again before its commit: changed, it fails retryable, replacing nothing."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.manifest import removal_state
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    create_sample_events(conn, [DAY], rows_per_day=3_000, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY, chunk_size=500,
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "delete"})
+    first = archive_partition(conn, spec, DAY, store)
+    wait_for_replay(pg, standby)
+    removals = []
+
+    def remove_on_the_primary(rows: int, size: int) -> None:
+        if not removals:
+            removals.append(remove_day(conn, spec, DAY, store))
+
+    with standby.connect() as replica, pytest.raises(ArchiveError, match="changed while this run archived") as caught:
+        archive_partition(replica, spec, DAY, store, overwrite=True, progress=remove_on_the_primary, progress_every=0)
+    assert caught.value.retryable and removals and removals[0].rows == 3_000
+    manifest = load_manifest(store, first.key)
+    assert removal_state(manifest) == "done" and manifest["object"]["key"] == first.key
+    listed = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert sorted(listed) == sorted([first.key, manifest_key(first.key)])  # the new generation was withdrawn
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert deep_verify(conn, store, spec, DAY) == []  # the archive is still the removed rows' only, whole copy
+    assert restore_day(conn, store, spec, DAY, into="original").rows == 3_000
+
+
 @pytest.mark.parametrize("same_rows", [True, False])
 def test_an_archive_replaced_after_the_pending_mark_is_marked_done_only_if_it_holds_the_removed_rows(
         conn, schema, s3, bucket, store, s3_client, same_rows):

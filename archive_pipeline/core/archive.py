@@ -579,6 +579,7 @@ class _Archiving:
         manifest = build_manifest(result, identity, definition)
         manifest.update(superseded=superseded, kept=kept)
         data = encode_manifest(manifest)
+        self._refuse_replaced(result, existing)
         try:
             self._put_manifest(data)
         except BaseException as exc:
@@ -590,6 +591,37 @@ class _Archiving:
                 raise
         for key in superseded:
             self.store.delete_quietly(key)  # after the commit: a failure leaves a stray object, never a wrong archive
+
+    def _refuse_replaced(self, result: ArchiveResult, existing: Existing) -> None:
+        """The manifest this run decided on must still be the one in the store when ours replaces it.
+
+        The table-day lock is per server: a run reading a hot standby does not exclude a removal of the
+        day on the primary, whose pending and done marks go into the manifest meanwhile. Overwriting
+        them would lose the record that the source no longer holds the rows (and with it the refusal
+        to replace the only copy). Read again just before the commit, so the race is down to one GET
+        and one PUT; a changed manifest fails the run, retryable: the retry decides on what is there.
+        The new object is withdrawn unless the manifest now names it."""
+        uri = self.store.uri(self.manifest_key)
+        try:
+            now = _get_manifest_bytes(self.store, self.manifest_key)
+        except Exception as exc:  # noqa: BLE001 - re-raised as the run's error, retryable
+            raise ArchiveError(f"{self.spec.name} {self.day}: reading {uri} again before replacing it failed ({exc}); "
+                               "nothing was replaced", table=self.spec.name, day=self.day.isoformat(),
+                               retryable=True) from exc
+        if now == existing.raw:
+            return
+        try:
+            named = _manifest_object_key(decode_manifest(now)) if now else None
+        except ManifestError:
+            named = None
+        if result.key and named != result.key:
+            self.store.delete_quietly(result.key)
+        raise ArchiveError(
+            f"{self.spec.name} {self.day}: {uri} changed while this run archived the day (a removal of the day on "
+            "the primary, or a run on another server, wrote it); nothing was replaced", table=self.spec.name,
+            day=self.day.isoformat(), retryable=True,
+            remedy="retried automatically: the retry decides on the manifest as it is now (a removed day is not "
+                   "archived again); archive each table from one server only")
 
     def _retire(self, result: ArchiveResult, existing: Existing) -> tuple[list[str], list[dict]]:
         """Which earlier objects of this day the new manifest retires (deleted after the commit, and
