@@ -34,7 +34,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import TABLE_TAG, asset_key, daily_partitions, freshness_policy, retry_policy
+from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, daily_partitions, freshness_policy,
+                                          retry_policy)
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, due_days, remove_day,
@@ -91,7 +92,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         kinds={"postgres"},
         pool=spec.pool,
         output_required=False,
-        tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
+        tags={TABLE_TAG: asset_tag_value(spec.name)},  # an asset tag holds only [A-Za-z0-9_.-], 63 at most
         check_specs=[_proven_spec(key, spec)],
         retry_policy=retry_policy(retry or RetrySettings()),
         freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
@@ -181,7 +182,7 @@ def _proven_text(day, manifest: dict | None) -> str:
 def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> ScheduleDefinition:
     """Daily, stopped by default: request removal of due days that are archived and not yet removed."""
     job = define_asset_job(name=f"remove_{'_'.join(spec.asset_path)}", selection=[removal_asset_key(spec)],
-                           tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
+                           tags={TABLE_TAG: spec.name},  # a run tag: the whole name, as the archive job's
                            description=f"Remove proven, due days of {spec.name} from the source")
 
     @schedule(name=f"{job.name}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC",
