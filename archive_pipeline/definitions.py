@@ -54,14 +54,15 @@ def _optional_env(name: str) -> EnvVar | None:
     return EnvVar(name) if os.environ.get(name) else None
 
 
-def require_environment() -> None:
+def require_environment(origin: str | None = None) -> None:
     """Fail the load, naming each variable, when the connection settings are not in the environment:
-    otherwise the location loads and every run and sensor tick fails later with a vaguer message."""
+    otherwise the location loads and every run and sensor tick fails later with a vaguer message.
+    ``origin`` is where the tables were configured (a file, a component's defs.yaml)."""
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
         lines = "\n".join(f"  {name}: {REQUIRED_ENV[name]}" for name in missing)
         raise ConfigError(f"environment variable(s) not set for the archive_pipeline code location "
-                          f"(configured by {config_path()}):\n{lines}\nSet them where the code location runs "
+                          f"(configured by {origin or config_path()}):\n{lines}\nSet them where the code location runs "
                           "(see the README, Configuration), or pass resources to build_definitions().")
 
 
@@ -134,7 +135,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     """
     config = config or load_config()
     if resources is None:
-        require_environment()
+        require_environment(config.origin)
     if check_source and os.environ.get("ARCHIVE_PG_DSN"):
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []

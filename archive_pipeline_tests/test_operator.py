@@ -4,10 +4,14 @@ messages), the component, the sensor, the schedule, checks and pools, through Da
 from __future__ import annotations
 
 import datetime as dt
+import re
+import textwrap
+from pathlib import Path
 
-from dagster import AssetKey
+import pytest
+from dagster import AssetKey, load_from_defs_folder
 
-from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.config import ConfigError, parse_config
 from archive_pipeline.definitions import build_definitions
 
 
@@ -29,3 +33,59 @@ def test_a_table_with_retention_and_a_non_ascii_or_spaced_name_loads():
         label = "_".join(spec.asset_path)
         assert repo.get_job(f"remove_{label}").tags["archive/table"] == spec.name
         assert repo.get_job(f"Archive_{label}").tags["archive/table"] == spec.name
+
+
+# --- the component, loaded from a defs.yaml as dg loads it ------------------------------------------
+
+def _component_project(root: Path, monkeypatch, attributes: str) -> None:
+    """A dg-style project whose defs/archive/defs.yaml has these ``attributes`` (YAML text) as written."""
+    from archive_pipeline_tests.test_deploy import _make_project
+
+    _make_project(root, COMPONENT + textwrap.indent(textwrap.dedent(attributes), "  "))
+    monkeypatch.syspath_prepend(str(root))
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+COMPONENT = "type: archive_pipeline.defs.component.ArchiveTablesComponent\nattributes:\n"
+
+
+def test_a_setting_given_twice_in_the_components_inline_tables_fails_the_load(tmp_path, monkeypatch):
+    """In a table list file a setting given twice fails the load (YAML keeps the last value silently);
+    written inline in the component's defs.yaml, Dagster's loader kept the last start_date and the
+    location loaded with a start nobody reviewed."""
+    _component_project(tmp_path, monkeypatch, ("""\
+          check_source: false
+          tables:
+            - name: public.events
+              day_column: at
+              start_date: 2024-01-01
+              start_date: 2023-01-01
+        """))
+    with pytest.raises(Exception) as raised:
+        load_from_defs_folder(path_within_project=tmp_path)
+    [error] = [e for e in _error_chain(raised.value) if isinstance(e, ConfigError)]
+    assert "defs.yaml" in str(error)
+    assert "table 'public.events', setting 'start_date' is given twice (lines 7 and 8)" in str(error)
+
+
+def test_missing_environment_names_the_components_defs_yaml_not_archive_tables_yaml(tmp_path, monkeypatch):
+    """Loading the component without ARCHIVE_PG_DSN said "configured by archive_tables.yaml", a file the
+    project does not have; it names the defs.yaml whose attributes hold the tables."""
+    for name in ("ARCHIVE_PG_DSN", "ARCHIVE_S3_BUCKET", "ARCHIVE_PIPELINE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    _component_project(tmp_path, monkeypatch, ("""\
+          tables:
+            - {name: public.events, day_column: at, start_date: 2024-01-01}
+        """))
+    with pytest.raises(Exception) as raised:
+        load_from_defs_folder(path_within_project=tmp_path)
+    [error] = [e for e in _error_chain(raised.value) if isinstance(e, ConfigError)]
+    assert "ARCHIVE_PG_DSN" in str(error) and "archive_tables.yaml" not in str(error)
+    assert re.search(r"configured by attributes of \S+/defs/archive/defs\.yaml", str(error)), str(error)

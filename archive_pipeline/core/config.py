@@ -547,9 +547,20 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
         raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    refuse_repeated_settings(node, str(file))
+    return parse_config(raw, str(file))
+
+
+def refuse_repeated_settings(node: yaml.Node | None, source: str) -> None:
+    """Fail, naming ``source``, each table and setting and the two lines, when a setting is given twice
+    in one mapping of ``node`` (a configuration, or a component's attributes in its defs.yaml)."""
     repeated = _repeated_settings(node) if node is not None else []
     if repeated:
-        raise ConfigError(f"invalid archive configuration in {file}:\n" + "\n".join(
+        raise ConfigError(f"invalid archive configuration in {source}:\n" + "\n".join(
             f"  {r}; YAML would keep the last value silently: keep the one you mean and remove the other"
             for r in repeated))
-    return parse_config(raw, str(file))
+
+
+def compose_yaml(text: str) -> list[yaml.Node]:
+    """The documents of ``text`` as YAML nodes (with their lines), dates left as text."""
+    return list(yaml.compose_all(text, Loader=_PlainSafeLoader))  # noqa: S506 - a SafeLoader subclass
