@@ -15,6 +15,7 @@ import logging
 import os
 
 import psycopg
+from psycopg import sql
 from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, define_asset_job, definitions,
                      in_process_executor)
 from dagster_aws.s3 import S3Resource
@@ -87,7 +88,9 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
 def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
     """The table (or, in naming mode, its schema) exists as its partitioning mode needs."""
     if spec.partitioning.mode == "naming":
-        if conn.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{spec.schema_name}"',)).fetchone()[0]:
+        # quoted as an identifier: a '"' in the schema's name is doubled, or the server refuses the name
+        if conn.execute("SELECT to_regnamespace(%s) IS NULL",
+                        (sql.Identifier(spec.schema_name).as_string(conn),)).fetchone()[0]:
             raise SourceError(f"schema {spec.schema_name!r} does not exist", table=spec.name)
         return
     table = describe_table(conn, spec.name, spec.day_column)

@@ -4,15 +4,18 @@ messages), the component, the sensor, the schedule, checks and pools, through Da
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import AssetKey, load_from_defs_folder
+from psycopg import sql
 
-from archive_pipeline.core.config import ConfigError, parse_config
-from archive_pipeline.definitions import build_definitions
+from archive_pipeline.core.config import ConfigError, load_config, parse_config
+from archive_pipeline.definitions import build_definitions, check_tables_exist
 
 
 def _config(*tables: dict, **top) -> object:
@@ -89,3 +92,42 @@ def test_missing_environment_names_the_components_defs_yaml_not_archive_tables_y
     [error] = [e for e in _error_chain(raised.value) if isinstance(e, ConfigError)]
     assert "ARCHIVE_PG_DSN" in str(error) and "archive_tables.yaml" not in str(error)
     assert re.search(r"configured by attributes of \S+/defs/archive/defs\.yaml", str(error)), str(error)
+
+
+# --- loading: the configuration and the load-time table check -----------------------------------------
+
+def test_a_naming_table_in_a_schema_with_a_double_quote_in_its_name_loads(conn, schema, archive_env):
+    """The load checked a naming-mode table's schema with to_regnamespace('"<schema>"'): a '"' in the
+    schema's name was not doubled, and the server's "invalid name syntax" escaped as a bare psycopg
+    InvalidName that failed the load without naming the file or the table."""
+    odd = f'{schema}"q'
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(odd)))
+    try:
+        config = _config({"name": f"{odd}.ev_x", "day_column": None,
+                          "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}})
+        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])  # no error: the schema exists
+        missing = _config({"name": f'{schema}"other.ev_x', "day_column": None,
+                           "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}})
+        with pytest.raises(ConfigError, match=f"table '{schema}\"other.ev_x': schema '{schema}\"other' does not"):
+            check_tables_exist(missing, os.environ["ARCHIVE_PG_DSN"])
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(odd)))
+
+
+@pytest.mark.parametrize(("table", "setting", "says"), [
+    ({"name": "public.ev\x00"}, "name", "contains a NUL character"),
+    ({"name": "public.events", "day_column": "at\x00"}, "day_column", "contains a NUL character"),
+    ({"name": "public.events", "day_column": ""}, "day_column", "is empty"),
+    ({"name": "public.events", "day_column": "c" * 64}, "day_column", "longer than PostgreSQL's 63 bytes"),
+])
+def test_names_postgresql_cannot_hold_are_refused_at_load_naming_the_table_and_setting(tmp_path, table, setting,
+                                                                                     says):
+    """A NUL in a name loaded, and then the load's table check failed with psycopg's bare DataError (or,
+    without the database, every run did); an empty or over-long day_column loaded and failed later."""
+    path = tmp_path / "archive_tables.yaml"
+    path.write_text(yaml.safe_dump({"tables": [{"day_column": "at", "start_date": "2024-01-01", **table}]}))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(path) in str(raised.value)
+    assert f"table {table['name']!r}, setting '{setting}': " in str(raised.value)
+    assert says in str(raised.value)

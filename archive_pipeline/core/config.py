@@ -81,6 +81,19 @@ def dagster_name(text: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "_"
 
 
+def _identifier(name: str) -> str:
+    """A name PostgreSQL can hold: not empty, no NUL byte (the server refuses one in any text, so the
+    load's table check failed with a bare DataError), at most 63 bytes (longer ones are truncated when
+    created, so the configured name never matches)."""
+    if not name:
+        raise ValueError("is empty; write the name as the catalog spells it")
+    if "\x00" in name:
+        raise ValueError(f"{name!r} contains a NUL character, which no PostgreSQL name can hold")
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"identifier {name!r} is longer than PostgreSQL's 63 bytes")
+    return name
+
+
 class ConfigError(ValueError):
     """The archive configuration is wrong; the message names the table and the setting."""
 
@@ -172,9 +185,13 @@ class TableSpec(_Strict):
         if not schema or not table:
             raise ValueError("must be schema-qualified as 'schema.table' (e.g. public.events)")
         for part in (schema, table):
-            if len(part.encode()) > MAX_IDENTIFIER_BYTES:
-                raise ValueError(f"identifier {part!r} is longer than PostgreSQL's 63 bytes")
+            _identifier(part)
         return value
+
+    @field_validator("day_column")
+    @classmethod
+    def _column_name(cls, value: str | None) -> str | None:
+        return value if value is None else _identifier(value)
 
     @field_validator("parallel_streams", mode="before")
     @classmethod
