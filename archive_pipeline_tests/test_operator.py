@@ -131,3 +131,15 @@ def test_names_postgresql_cannot_hold_are_refused_at_load_naming_the_table_and_s
     assert str(path) in str(raised.value)
     assert f"table {table['name']!r}, setting '{setting}': " in str(raised.value)
     assert says in str(raised.value)
+
+
+@pytest.mark.parametrize("names", [("a__b.c", "a.b__c"), ("x.a__b", "x__a.b")])
+def test_two_tables_whose_op_names_coincide_are_refused_by_the_configuration(names):
+    """a__b.c and a.b__c have different asset keys and job names, but Dagster names their ops
+    archive__a__b__c alike: the location failed to load with Dagster's "op archive__a__b__c_archive_intact
+    does not have input ..." instead of a configuration error naming both tables."""
+    with pytest.raises(ConfigError) as raised:
+        _config(*({"name": n} for n in names))
+    assert f"tables {names[0]!r} and {names[1]!r} would share the op name 'archive__" in str(raised.value)
+    for name in names:  # each alone loads
+        build_definitions(_config({"name": name}), resources={}, check_source=False).get_repository_def()

@@ -428,6 +428,7 @@ class ArchiveConfig(_Strict):
     def _unique(self) -> ArchiveConfig:
         seen: dict[tuple[str, str], str] = {}
         labels: dict[str, str] = {}
+        ops: dict[str, str] = {}
         for spec in self.tables:
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
@@ -441,6 +442,13 @@ class ArchiveConfig(_Strict):
                                  f"'Archive_{label}'; rename one of them in the database or archive it from a "
                                  "second code location")
             labels[label] = spec.name
+            # Ops (and their checks' ops) are named from schema and table joined by "__": a__b.c and a.b__c
+            # would share the op archive__a__b__c, which Dagster's asset job cannot hold twice.
+            op = "__".join(spec.asset_path)
+            if op in ops:
+                raise ValueError(f"tables {ops[op]!r} and {spec.name!r} would share the op name 'archive__{op}'; "
+                                 "rename one of them in the database or archive it from a second code location")
+            ops[op] = spec.name
         collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression,
                                       s.granularity, s.timezone) for s in self.tables])
         if collisions:
