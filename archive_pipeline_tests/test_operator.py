@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, load_from_defs_folder
+from dagster import AssetCheckKey, AssetKey, instance_for_test, load_from_defs_folder, materialize
 from psycopg import sql
 
 from archive_pipeline.core.config import ConfigError, load_config, parse_config
 from archive_pipeline.definitions import build_definitions, check_tables_exist
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.test_dagster import events_config, job_name
 
 
 def _config(*tables: dict, **top) -> object:
@@ -143,3 +145,38 @@ def test_two_tables_whose_op_names_coincide_are_refused_by_the_configuration(nam
     assert f"tables {names[0]!r} and {names[1]!r} would share the op name 'archive__" in str(raised.value)
     for name in names:  # each alone loads
         build_definitions(_config({"name": name}), resources={}, check_source=False).get_repository_def()
+
+
+# --- checks that must not turn green without looking ---------------------------------------------------
+
+def test_an_archive_run_with_every_check_keeps_source_unchanged_red_when_it_last_found_a_change(conn, schema,
+                                                                                                archive_env):
+    """verify_archives found a day changed in PostgreSQL after archiving (source_unchanged red). A run that
+    archives another day with every check of the asset (``materialize`` with the checks, or the UI's pure
+    asset backfill) does not compare the source, yet reported source_unchanged as *passed*: the UI's
+    latest verdict turned green while the day still differed. The run now carries the last comparison's
+    verdict forward, saying it did not compare again."""
+    day, other = dt.date(2024, 3, 10), dt.date(2024, 3, 11)
+    create_sample_events(conn, [day, other], rows_per_day=10, schema=schema)
+    config = events_config(schema, day)
+    defs = build_definitions(config)
+    [archive] = defs.assets
+    key = AssetCheckKey(AssetKey(["archive", schema, "events"]), "source_unchanged")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=day.isoformat(),
+                                                                         instance=instance).success
+        conn.execute(sql.SQL("UPDATE {}.events SET event_type = 'edited' WHERE id = 3 AND created_at < %s").format(
+            sql.Identifier(schema)), (other,))
+        defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [found] = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+        assert found.status.value == "FAILED"
+        run = materialize([archive, *defs.asset_checks], partition_key=other.isoformat(), instance=instance,
+                          resources=defs.resources)
+        assert run.success
+        [latest] = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+        assert latest.run_id == run.run_id
+        evaluation = latest.event.dagster_event.asset_check_evaluation_data
+        assert latest.status.value == "FAILED" and not evaluation.passed
+        assert "not compared in a run that archives" in evaluation.description
+        assert f"{day}:" in evaluation.description and found.run_id in evaluation.description
+        assert evaluation.metadata["changed_days"].value == [day.isoformat()]
