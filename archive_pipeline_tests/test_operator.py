@@ -7,15 +7,18 @@ import datetime as dt
 import os
 import re
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetCheckKey, AssetKey, instance_for_test, load_from_defs_folder, materialize
+from dagster import (AssetCheckKey, AssetKey, AssetMaterialization, DagsterRun, DagsterRunStatus,
+                     build_schedule_context, instance_for_test, load_from_defs_folder, materialize)
 from psycopg import sql
 
 from archive_pipeline.core.config import ConfigError, load_config, parse_config
 from archive_pipeline.definitions import build_definitions, check_tables_exist
+from archive_pipeline.defs.retention_assets import build_retention_schedule
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.test_dagster import events_config, job_name
 
@@ -180,3 +183,48 @@ def test_an_archive_run_with_every_check_keeps_source_unchanged_red_when_it_last
         assert "not compared in a run that archives" in evaluation.description
         assert f"{day}:" in evaluation.description and found.run_id in evaluation.description
         assert evaluation.metadata["changed_days"].value == [day.isoformat()]
+
+
+# --- the retention schedule ----------------------------------------------------------------------------
+
+def _fake_run(instance, request, status) -> None:
+    """A run the daemon launched for ``request`` from the removal schedule, ended with ``status``."""
+    instance.add_run(DagsterRun(job_name=request.job_name or "remove", run_id=str(uuid.uuid4()), status=status,
+                                tags={**request.tags, "dagster/run_key": request.run_key,
+                                      "dagster/partition": request.partition_key}))
+
+
+def test_the_removal_schedule_is_not_starved_by_days_whose_removal_keeps_failing():
+    """The schedule requested the oldest 50 due days that are archived and not removed. A day whose
+    removal fails every time (its proof fails: rows changed after archiving) stays "not removed", so 50
+    such days took every place of every tick, each re-proven daily, and no newer day was ever removed.
+    Days not tried yet now come first; failed ones are requested again behind them; one still queued or
+    running is not requested twice."""
+    config = _config({"name": "public.events", "start_date": "2024-01-01",
+                      "retention": {"keep_days": 30, "action": "delete"}})
+    [spec] = config.tables
+    schedule = build_retention_schedule(spec, hour=1, max_runs=1)  # one place a tick, as 50 failing days leave
+    repo = build_definitions(config, resources={}, check_source=False).get_repository_def()
+    archive_key = AssetKey(["archive", *spec.asset_path])
+    days = ["2024-01-01", "2024-01-02", "2024-01-03"]
+    when = dt.datetime(2024, 3, 1, 1, 30, tzinfo=dt.UTC)
+    with instance_for_test() as instance:
+        for day in days:
+            instance.report_runless_asset_event(AssetMaterialization(asset_key=archive_key, partition=day))
+
+        def tick() -> list:
+            return schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                                                                 repository_def=repo)
+                                          ).run_requests
+
+        [first] = tick()
+        assert first.partition_key == days[0]
+        _fake_run(instance, first, DagsterRunStatus.FAILURE)
+        [second] = tick()
+        assert second.partition_key == days[1], "a failed day took the only place again"
+        _fake_run(instance, second, DagsterRunStatus.STARTED)
+        [third] = tick()
+        assert third.partition_key == days[2]
+        _fake_run(instance, third, DagsterRunStatus.FAILURE)
+        # every due day tried: the failed ones again (oldest first), never the one still running
+        assert [r.partition_key for r in tick()] == [days[0]]

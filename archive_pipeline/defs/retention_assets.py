@@ -18,6 +18,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     Config,
+    DagsterInstance,
     DefaultScheduleStatus,
     Failure,
     FreshnessPolicy,
@@ -25,6 +26,7 @@ from dagster import (
     MetadataValue,
     PreviewWarning,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
@@ -41,6 +43,7 @@ from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, due_days, remove_day,
                                               settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import DownloadError, LocalFileError
 from archive_pipeline.core.verify import deep_verify, load_manifest, verify_archive
@@ -193,10 +196,28 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
         archived = context.instance.get_materialized_partitions(asset_key(spec))
         removed = context.instance.get_materialized_partitions(removal_asset_key(spec))
         due = [d.isoformat() for d in due_days(spec, today)]
-        todo = [d for d in due if d in archived and d not in removed][:max_runs]
+        todo = [d for d in due if d in archived and d not in removed]
         if not todo:
             return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
                               "in the source")
-        return [RunRequest(run_key=f"{job.name}:{d}", partition_key=d) for d in todo]
+        chosen = removal_order(context.instance, {f"{job.name}:{d}": d for d in todo})[:max_runs]
+        if not chosen:
+            return SkipReason(f"every due day of {spec.name} left in the source has a removal queued or running")
+        return [RunRequest(run_key=key, partition_key=d) for key, d in chosen]
 
     return _daily
+
+
+def removal_order(instance: DagsterInstance, days: dict[str, str]) -> list[tuple[str, str]]:
+    """(run key, day) of the due ``days`` (by run key, oldest first) in the order to request them: days
+    never tried first, then days whose removal ended (failed) before, never one queued or running.
+
+    A day whose removal fails every time (its proof fails: rows changed after archiving) stays due;
+    oldest first, such days took every place of the tick's cap, each was proven again daily, and no
+    newer day was ever removed."""
+    runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: list(days)}))
+    busy = {r.tags.get(RUN_KEY_TAG) for r in runs if r.status in UNFINISHED}
+    tried = {r.tags.get(RUN_KEY_TAG) for r in runs}
+    fresh = [(k, d) for k, d in days.items() if k not in tried]
+    again = [(k, d) for k, d in days.items() if k in tried and k not in busy]
+    return fresh + again
