@@ -228,3 +228,21 @@ def test_the_removal_schedule_is_not_starved_by_days_whose_removal_keeps_failing
         _fake_run(instance, third, DagsterRunStatus.FAILURE)
         # every due day tried: the failed ones again (oldest first), never the one still running
         assert [r.partition_key for r in tick()] == [days[0]]
+
+
+@pytest.mark.parametrize(("pattern", "why"), [("ev_%Y%m%d%Q", "'Q' is a bad directive"),
+                                              ("ev_%Y%m%d_%d", "redefinition of group name"),
+                                              ("ev_%Y%m%d_%-d", "bad directive")])
+def test_a_naming_pattern_whose_names_cannot_be_read_back_is_refused_at_load(pattern, why):
+    """Naming mode reads each table's name back with the pattern. A pattern with an unknown code loaded,
+    and then no day's table was ever found (the sensor's tick: "0 of them with data"); one with a code
+    given twice crashed the tick with a bare re.error."""
+    with pytest.raises(ConfigError) as raised:
+        _config({"name": "public.events", "day_column": None,
+                 "partitioning": {"mode": "naming", "pattern": pattern}})
+    assert f"table 'public.events', setting 'partitioning': pattern {pattern!r}" in str(raised.value)
+    assert "cannot be read back" in str(raised.value) and why in str(raised.value)
+    for good, granularity in (("ev_%Y%m%d", "daily"), ("ev_%Y_%m", "monthly"), ("ev_%Y%m%d%H", "hourly"),
+                              ("Ev_%d.%m.%Y", "daily")):
+        _config({"name": "public.events", "day_column": None, "granularity": granularity,
+                 "start_date": "2024-01-01", "partitioning": {"mode": "naming", "pattern": good}})

@@ -265,6 +265,7 @@ class TableSpec(_Strict):
                 raise ValueError(f"partitioning: pattern {self.partitioning.pattern!r} must contain "
                                  f"{', '.join(codes[:-1])} and {codes[-1]} (a {self.granularity} table; missing "
                                  f"{', '.join(missing)})")
+            self._pattern_reads_back()
             first, last = self.zone_years
             if self.granularity == "hourly" and has_dst(self.timezone, first, last):
                 raise ValueError(f"granularity: hourly tables in naming mode need a zone without daylight saving "
@@ -281,6 +282,24 @@ class TableSpec(_Strict):
                                  "(Dagster then names them 02:30, 03:30, ... and they overlap ours); use UTC or "
                                  "granularity daily")
         return self
+
+    def _pattern_reads_back(self) -> None:
+        """Naming mode finds a period's table by reading its name back with the pattern: a pattern whose
+        names do not read back (an unknown code such as %Q, glibc's %-d) found no table ever, and the
+        sensor said "0 of them with data" for every day."""
+        pattern = self.partitioning.pattern
+        for moment in (dt.datetime(2024, 1, 2, 3), dt.datetime(2024, 12, 31, 23)):
+            period = self.period(moment)
+            name = period.start.strftime(pattern)
+            try:
+                back = self.period(dt.datetime.strptime(name, pattern))
+            except (ValueError, re.error) as exc:  # re.error: a code given twice (%d ... %d)
+                back, why = None, str(exc)
+            else:
+                why = f"it reads back as {back.start.strftime(pattern)!r}"
+            if back != period:
+                raise ValueError(f"partitioning: pattern {pattern!r} names the table of {period} {name!r}, which "
+                                 f"cannot be read back ({why}); use %Y, %m, %d, %H and plain text")
 
     @property
     def zone_years(self) -> tuple[int, int]:
