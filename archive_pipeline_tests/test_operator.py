@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster_aws.s3 import S3Resource
 from dagster import (AssetCheckKey, AssetKey, AssetMaterialization, DagsterRun, DagsterRunStatus,
                      build_schedule_context, instance_for_test, load_from_defs_folder, materialize)
 from psycopg import sql
 
 from archive_pipeline.core.config import ConfigError, load_config, parse_config
 from archive_pipeline.definitions import build_definitions, check_tables_exist
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.retention_assets import build_retention_schedule
-from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline.local.local_stack import create_sample_events, free_port
 from archive_pipeline_tests.test_dagster import events_config, job_name
 
 
@@ -246,3 +248,62 @@ def test_a_naming_pattern_whose_names_cannot_be_read_back_is_refused_at_load(pat
                               ("Ev_%d.%m.%Y", "daily")):
         _config({"name": "public.events", "day_column": None, "granularity": granularity,
                  "start_date": "2024-01-01", "partitioning": {"mode": "naming", "pattern": good}})
+
+
+def test_a_removal_run_that_fails_before_proving_leaves_the_days_archive_proven_check_alone(pg, s3, bucket):
+    """The removal job planned the blocking archive_proven check in every run, so a run that failed before
+    proving anything (the source database down, the store unreachable, the day not due yet) left the day's
+    check "Execution failed", red like a failed proof, as the archive job's check once did. The job now
+    runs the asset without its check step and the asset reports the proof for its day when it has one."""
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0},
+                           "tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01",
+                                       "retention": {"keep_days": 3, "action": "delete"}}]})
+    down = f"postgresql://archiver:secret@127.0.0.1:{free_port()}/db"
+    resources = {"postgres": PostgresResource(dsn=down, connect_timeout_s=1),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url=s3.endpoint_url,
+                                                                     region_name="us-east-1"), bucket=bucket)}
+    remove = build_definitions(config, resources=resources, check_source=False).resolve_job_def("remove_public_events")
+    key = AssetCheckKey(AssetKey(["source_removed", "public", "events"]), "archive_proven")
+    with instance_for_test() as instance:
+        run = remove.execute_in_process(partition_key="2024-01-02", instance=instance, raise_on_error=False)
+        [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert not run.success and "cannot connect to PostgreSQL" in str(failure.step_failure_data.error)
+        assert instance.event_log_storage.get_asset_check_execution_history(key, limit=10) == []
+
+
+def test_archive_proven_is_reported_for_its_day_by_the_job_and_executing_the_check_alone_removes_nothing(
+        conn, schema, archive_env):
+    """The removal job (no check step) records the day's proof as archive_proven for that day and removes
+    the day; the check executed on its own (the UI's *Execute* on archive_proven, now possible since the
+    asset can be subset) proves the day and removes nothing."""
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day, day + dt.timedelta(days=1)], rows_per_day=10, schema=schema)
+    config = events_config(schema, day, retention={"keep_days": 30, "action": "delete"})
+    defs = build_definitions(config)
+    removal = AssetKey(["source_removed", schema, "events"])
+    check = AssetCheckKey(removal, "archive_proven")
+
+    def rows(on: dt.date) -> int:
+        return conn.execute(sql.SQL("SELECT count(*) FROM {}.events WHERE created_at >= %s AND created_at < %s").format(
+            sql.Identifier(schema)), (on, on + dt.timedelta(days=1))).fetchone()[0]
+
+    with instance_for_test() as instance:
+        for archived in (day, day + dt.timedelta(days=1)):
+            assert defs.resolve_job_def(job_name(schema)).execute_in_process(
+                partition_key=archived.isoformat(), instance=instance).success
+        prove_only = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={check},
+                                                                               asset_selection=set())
+        alone = prove_only.execute_in_process(partition_key=day.isoformat(), instance=instance)
+        assert alone.success and [(e.partition, e.passed) for e in alone.get_asset_check_evaluations()] == [
+            (day.isoformat(), True)]
+        assert rows(day) == 10 and alone.get_asset_materialization_events() == []
+        removed = defs.resolve_job_def(f"remove_{schema}_events").execute_in_process(
+            partition_key=day.isoformat(), instance=instance)
+        assert removed.success and rows(day) == 0 and rows(day + dt.timedelta(days=1)) == 10
+        [evaluation] = removed.get_asset_check_evaluations()
+        assert (evaluation.check_name, evaluation.partition, evaluation.passed) == ("archive_proven",
+                                                                                     day.isoformat(), True)
+        assert sorted((r.partition, r.status.value)
+                      for r in instance.event_log_storage.get_asset_check_execution_history(check, limit=10)) == [
+            (day.isoformat(), "SUCCEEDED"), (day.isoformat(), "SUCCEEDED")]
+        assert instance.get_materialized_partitions(removal) == {day.isoformat()}

@@ -2,7 +2,9 @@
 day was removed from the source". It depends on the archive asset, and its own blocking check,
 ``archive_proven``, is the deep verification of that day: a failed proof records a failed check
 and stops the removal. The materialization says what was removed, when, and by which run; a dry
-run (run config ``dry_run: true``) records only the check and logs what would be removed.
+run (run config ``dry_run: true``) records only the check and logs what would be removed, and so
+does the check executed on its own. The removal job has no check step: the asset reports the proof
+for its day, so a run that fails before proving leaves the day's check as it was.
 """
 
 
@@ -11,11 +13,15 @@ import warnings
 from collections.abc import Iterator
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSelection,
+    AssetSpec,
     AssetsDefinition,
     Config,
     DagsterInstance,
@@ -30,8 +36,8 @@ from dagster import (
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
-    asset,
     define_asset_job,
+    multi_asset,
     schedule,
 )
 from pydantic import Field
@@ -87,24 +93,30 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
     key = removal_asset_key(spec)
     retention = spec.retention
 
-    @asset(
-        key=key,
+    # A multi_asset only to be subsettable: the removal job runs the asset without its check step (see _proof).
+    @multi_asset(
+        name=key.to_python_identifier(),
+        specs=[AssetSpec(
+            key,
+            deps=[asset_key(spec)],
+            group_name="retention",
+            kinds={"postgres"},
+            tags={TABLE_TAG: asset_tag_value(spec.name)},  # an asset tag holds only [A-Za-z0-9_.-], 63 at most
+            freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
+            description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
+                         f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
+        )],
         partitions_def=daily_partitions(spec),
-        deps=[asset_key(spec)],
-        group_name="retention",
-        kinds={"postgres"},
         pool=spec.pool,
-        output_required=False,
-        tags={TABLE_TAG: asset_tag_value(spec.name)},  # an asset tag holds only [A-Za-z0-9_.-], 63 at most
+        can_subset=True,  # also: no output required (a dry run records none)
         check_specs=[_proven_spec(key, spec)],
         retry_policy=retry_policy(retry or RetrySettings()),
-        freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
-        description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
-                     f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
     )
     def remove(context: AssetExecutionContext, config: RemovalRunConfig, postgres: PostgresResource,
                primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
         day = spec.period(context.partition_key)
+        # archive_proven executed alone (the check without its asset): prove, remove nothing, as a dry run
+        dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
         today = dt.datetime.now(dt.UTC).date()
         if day not in due_days(spec, today):
             raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
@@ -118,7 +130,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
             try:
                 manifest = load_manifest(store, key)
                 pending = (manifest or {}).get("removed", {}).get("state") == "pending"
-                if pending and not config.dry_run:
+                if pending and not dry_run:
                     # An earlier removal left its mark (its "done" mark failed, or a refused one could not
                     # take it back): settled on the primary first, so the proof below is of the day as it is.
                     settled = settle_pending_removal(primary, spec, day, store)
@@ -142,14 +154,12 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                 manifest, problems = None, [str(exc)]
             except ValueError as exc:  # ManifestError: the manifest itself is damaged
                 manifest, problems = None, [str(exc)]
-            yield AssetCheckResult(check_name=PROVEN_CHECK, passed=not problems, severity=AssetCheckSeverity.ERROR,
-                                   description="; ".join(problems) or _proven_text(day, manifest),
-                                   metadata={"day": day.isoformat()})
+            yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
             if problems:
                 raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
                                           + "; ".join(problems), allow_retries=False)
             try:
-                removal = remove_day(primary, spec, day, store, dry_run=config.dry_run, proven=proven_sha,
+                removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
                                      removed_by=f"dagster run {context.run.run_id}")
             except ArchiveError as exc:
                 raise Failure(description=str(exc), allow_retries=exc.retryable) from None
@@ -169,6 +179,21 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
     return remove
 
 
+def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[str],
+           description: str) -> AssetCheckResult | AssetCheckEvaluation:
+    """The day's ``archive_proven`` verdict. The removal job runs the asset without its check step (a run
+    that fails before proving anything must not leave the day's check "Execution failed", red like a
+    failed proof), so the asset reports it for its day; where a run did plan the check (Dagster's
+    implicit job, ``materialize``), as that check's result."""
+    key = removal_asset_key(spec)
+    verdict = {"passed": not problems, "severity": AssetCheckSeverity.ERROR, "description": description,
+               "metadata": {"day": day.isoformat()}}
+    if AssetCheckKey(key, PROVEN_CHECK) in context.selected_asset_check_keys:
+        return AssetCheckResult(check_name=PROVEN_CHECK, **verdict)
+    return AssetCheckEvaluation(asset_key=key, check_name=PROVEN_CHECK, partition=day.isoformat(), blocking=True,
+                                **verdict)
+
+
 def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
     text = str(exc)
     return text if spec.name in text and day.isoformat() in text else f"{spec.name} {day}: {text}"
@@ -184,7 +209,9 @@ def _proven_text(day, manifest: dict | None) -> str:
 
 def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> ScheduleDefinition:
     """Daily, stopped by default: request removal of due days that are archived and not yet removed."""
-    job = define_asset_job(name=f"remove_{'_'.join(spec.asset_path)}", selection=[removal_asset_key(spec)],
+    job = define_asset_job(name=f"remove_{'_'.join(spec.asset_path)}",
+                           # without the check step: the asset reports archive_proven itself (see _proof)
+                           selection=AssetSelection.assets(removal_asset_key(spec)).without_checks(),
                            tags={TABLE_TAG: spec.name},  # a run tag: the whole name, as the archive job's
                            description=f"Remove proven, due days of {spec.name} from the source")
 
