@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -307,3 +309,18 @@ def test_archive_proven_is_reported_for_its_day_by_the_job_and_executing_the_che
                       for r in instance.event_log_storage.get_asset_check_execution_history(check, limit=10)) == [
             (day.isoformat(), "SUCCEEDED"), (day.isoformat(), "SUCCEEDED")]
         assert instance.get_materialized_partitions(removal) == {day.isoformat()}
+
+
+def test_a_utf8_table_list_loads_whatever_the_locale(tmp_path):
+    """The file was read with the locale's encoding: in a C locale without Python's UTF-8 mode a table
+    named 'public.événements' failed the load ("'ascii' codec can't decode"), and in a Latin-1 one
+    (or Windows' cp1252) it silently became another name. YAML is UTF-8 (or UTF-16 with a BOM)."""
+    path = tmp_path / "archive_tables.yaml"
+    path.write_bytes("tables:\n  - {name: public.événements, day_column: at, start_date: 2024-01-01}\n".encode())
+    script = ("import sys; from archive_pipeline.core.config import load_config; "
+              "sys.stdout.buffer.write(load_config(sys.argv[1]).tables[0].name.encode())")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    out = subprocess.run([sys.executable, "-X", "utf8=0", "-c", script, str(path)], env=env, capture_output=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    assert out.stdout.decode() == "public.événements"

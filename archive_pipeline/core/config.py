@@ -584,9 +584,11 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
     """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml)."""
     file = Path(path) if path else config_path()
     try:
-        text = file.read_text()
-        node = yaml.compose(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
-        raw = yaml.load(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        # bytes: YAML is UTF-8 (or UTF-16 with a BOM) whatever the locale; read as text in a C or Latin-1
+        # locale, a non-ASCII table name failed the load or became another name
+        data = file.read_bytes()
+        node = yaml.compose(data, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(data, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
     except (yaml.YAMLError, ValueError) as exc:
@@ -605,6 +607,6 @@ def refuse_repeated_settings(node: yaml.Node | None, source: str) -> None:
             for r in repeated))
 
 
-def compose_yaml(text: str) -> list[yaml.Node]:
+def compose_yaml(text: str | bytes) -> list[yaml.Node]:
     """The documents of ``text`` as YAML nodes (with their lines), dates left as text."""
     return list(yaml.compose_all(text, Loader=_PlainSafeLoader))  # noqa: S506 - a SafeLoader subclass

@@ -139,7 +139,7 @@ def refuse_repeated_inline_settings(defs_yaml: Path, where: str) -> None:
     Dagster's YAML loader keeps the last value silently, so a table would archive from a start_date
     nobody reviewed. (A component built in Python has no defs.yaml: nothing to check.)"""
     try:
-        documents = compose_yaml(defs_yaml.read_text())
+        documents = compose_yaml(defs_yaml.read_bytes())
     except (OSError, yaml.YAMLError):
         return  # Dagster has read (or reported) the file itself
     for document in documents:
