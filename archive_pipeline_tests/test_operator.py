@@ -324,3 +324,24 @@ def test_a_utf8_table_list_loads_whatever_the_locale(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     assert out.stdout.decode() == "public.événements"
+
+
+def test_a_removal_run_whose_database_refuses_the_login_is_not_retried(pg, s3, bucket):
+    """The removal asset let a connect failure escape as a bare SourceError, which Dagster's retry policy
+    retries whatever it is: a database that does not exist (or a wrong password) was retried with
+    backoff (30, 60, 120 s by default) before failing. Like the archive asset, it now fails at once when
+    a retry cannot help, with the message naming the table and day."""
+    config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0},
+                           "tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01",
+                                       "retention": {"keep_days": 3, "action": "delete"}}]})
+    resources = {"postgres": PostgresResource(dsn=pg.dsn_for("postgres", database="no_such_database")),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url=s3.endpoint_url,
+                                                                     region_name="us-east-1"), bucket=bucket)}
+    remove = build_definitions(config, resources=resources, check_source=False).resolve_job_def("remove_public_events")
+    with instance_for_test() as instance:
+        run = remove.execute_in_process(partition_key="2024-01-02", instance=instance, raise_on_error=False)
+    kinds = [e.event_type_value for e in run.all_events]
+    assert not run.success and "STEP_UP_FOR_RETRY" not in kinds
+    [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    text = str(failure.step_failure_data.user_failure_data.description)
+    assert "public.events 2024-01-02" in text and "no_such_database" in text

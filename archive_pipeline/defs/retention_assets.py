@@ -8,10 +8,12 @@ for its day, so a run that fails before proving leaves the day's check as it was
 """
 
 
+import contextlib
 import datetime as dt
 import warnings
 from collections.abc import Iterator
 
+import psycopg
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
@@ -124,7 +126,8 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         store = archive_store.store()
         key = table_day_key(spec, day, store.prefix)
         settled = None
-        with primary_postgres.connect() as primary, postgres.connect() as source:
+        with contextlib.ExitStack() as stack:
+            primary, source = _connect(stack, primary_postgres, spec, day), _connect(stack, postgres, spec, day)
             standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
             proven_sha: str | bool = False
             try:
@@ -192,6 +195,15 @@ def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[
         return AssetCheckResult(check_name=PROVEN_CHECK, **verdict)
     return AssetCheckEvaluation(asset_key=key, check_name=PROVEN_CHECK, partition=day.isoformat(), blocking=True,
                                 **verdict)
+
+
+def _connect(stack: contextlib.ExitStack, postgres: PostgresResource, spec: TableSpec, day) -> psycopg.Connection:
+    """A connection for the removal, or the step failure a person reads: a login the database refuses (no
+    such database, a wrong password) fails at once, only a server that may come back is retried."""
+    try:
+        return stack.enter_context(postgres.connect())
+    except ArchiveError as exc:
+        raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
 
 
 def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
