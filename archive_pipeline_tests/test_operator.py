@@ -345,3 +345,16 @@ def test_a_removal_run_whose_database_refuses_the_login_is_not_retried(pg, s3, b
     [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
     text = str(failure.step_failure_data.user_failure_data.description)
     assert "public.events 2024-01-02" in text and "no_such_database" in text
+
+
+@pytest.mark.parametrize("url", ["minio:9000", "localhost:9000", "http//minio", "ftp://minio", "http://minio:abc"])
+def test_an_endpoint_url_without_its_scheme_fails_the_load_naming_the_variable(monkeypatch, url):
+    """ARCHIVE_S3_ENDPOINT_URL=minio:9000 (no http://) loaded, and then every run failed with a bare
+    "ValueError: Invalid endpoint: minio:9000" from botocore, retried with backoff like a transient error."""
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "host=127.0.0.1 dbname=db")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", url)
+    with pytest.raises(ConfigError, match=rf"ARCHIVE_S3_ENDPOINT_URL {re.escape(repr(url))} is not an http\(s\) URL"):
+        build_definitions(_config({"name": "public.events"}), check_source=False)
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", "http://minio:9000")
+    build_definitions(_config({"name": "public.events"}), check_source=False)
