@@ -358,3 +358,21 @@ def test_an_endpoint_url_without_its_scheme_fails_the_load_naming_the_variable(m
         build_definitions(_config({"name": "public.events"}), check_source=False)
     monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", "http://minio:9000")
     build_definitions(_config({"name": "public.events"}), check_source=False)
+
+
+def test_a_store_client_that_cannot_be_built_fails_the_archive_run_at_once_naming_table_and_day(pg, schema):
+    """With resources passed to the factory (another project's), an S3 client that cannot be built (an
+    endpoint without its scheme) raised botocore's bare ValueError before any day was tried, which
+    Dagster's retry policy retried with backoff; it now fails the run at once, naming table and day."""
+    config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "at", "start_date": "2024-01-01"}]})
+    resources = {"postgres": PostgresResource(dsn=pg.dsn),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url="minio:9000",
+                                                                     region_name="us-east-1"), bucket="archive")}
+    job = build_definitions(config, resources=resources, check_source=False).resolve_job_def(job_name(schema))
+    with instance_for_test() as instance:
+        run = job.execute_in_process(partition_key="2024-01-02", instance=instance, raise_on_error=False)
+    assert not run.success and "STEP_UP_FOR_RETRY" not in [e.event_type_value for e in run.all_events]
+    [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    text = failure.step_failure_data.user_failure_data.description
+    assert f"{schema}.events" in text and "2024-01-02" in text and "Invalid endpoint: minio:9000" in text
