@@ -376,3 +376,27 @@ def test_a_store_client_that_cannot_be_built_fails_the_archive_run_at_once_namin
     [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
     text = failure.step_failure_data.user_failure_data.description
     assert f"{schema}.events" in text and "2024-01-02" in text and "Invalid endpoint: minio:9000" in text
+
+
+def test_archive_intact_executed_without_a_day_says_to_choose_one_and_records_no_unscoped_result(conn, schema,
+                                                                                                 archive_env):
+    """archive_intact is a check per day. Executed without choosing one it recorded "not archived yet" with
+    no partition at all while nothing was archived, and once a day was archived it crashed inside Dagster
+    ("Cannot access partition_key for a non-partitioned run"). It now fails saying to choose the days, or
+    to run latest_archive_intact, and records no result without its day."""
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day], rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, day))
+    check = AssetCheckKey(AssetKey(["archive", schema, "events"]), "archive_intact")
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={check}, asset_selection=set())
+    with instance_for_test() as instance:
+        for archived in (False, True):
+            if archived:
+                assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=day.isoformat(),
+                                                                                 instance=instance).success
+            run = job.execute_in_process(instance=instance, raise_on_error=False)
+            [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+            assert "no day was chosen" in failure.step_failure_data.user_failure_data.description
+            assert run.get_asset_check_evaluations() == []
+        assert [r.partition for r in instance.event_log_storage.get_asset_check_execution_history(check, limit=10)
+                if r.status.value != "PLANNED"] == [day.isoformat()]

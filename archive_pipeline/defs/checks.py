@@ -230,12 +230,16 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
                                                     if spec.deep_check else ""))
     def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                 archive_store: ArchiveStoreResource) -> AssetCheckResult:
-        day = context.partition_key if context.has_partition_key else None
+        if not context.has_partition_key:  # a verdict must be recorded for the day it is about
+            raise Failure(description=f"{spec.name}: archive_intact checks one day at a time and no day was "
+                                      "chosen: select the days (partitions) to check, or run latest_archive_intact "
+                                      "(verify_archives) to re-check the latest archived day", allow_retries=False)
+        day = context.partition_key
         records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=key, asset_partitions=[day] if day else None), limit=1).records
+            AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1).records
         if not records:
             return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
-                                    description=f"{day or spec.name}: not archived yet; nothing to check")
+                                    description=f"{day}: not archived yet; nothing to check")
         verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), config.deep)
         return AssetCheckResult(passed=verdict.passed, description=verdict.description,
                                 metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
