@@ -400,3 +400,23 @@ def test_archive_intact_executed_without_a_day_says_to_choose_one_and_records_no
             assert run.get_asset_check_evaluations() == []
         assert [r.partition for r in instance.event_log_storage.get_asset_check_execution_history(check, limit=10)
                 if r.status.value != "PLANNED"] == [day.isoformat()]
+
+
+def test_a_failed_and_retried_archive_run_gives_its_pool_slot_back(s3, bucket):
+    """The archive step holds a slot of its table's pool (dagster.yaml: 4 per pool); a run that fails after
+    a retry must give it back, or after `limit` such runs no extraction of that database ever starts."""
+    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 0},
+                           "tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01",
+                                       "pool": "operator_test_pool"}]})
+    resources = {"postgres": PostgresResource(dsn=f"postgresql://u:secret@127.0.0.1:{free_port()}/db",
+                                              connect_timeout_s=1),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url=s3.endpoint_url,
+                                                                     region_name="us-east-1"), bucket=bucket)}
+    job = build_definitions(config, resources=resources, check_source=False).resolve_job_def("Archive_public_events")
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        for _ in range(2):  # the second run gets the only slot only if the first gave it back
+            run = job.execute_in_process(partition_key="2024-01-02", instance=instance, raise_on_error=False)
+            kinds = [e.event_type_value for e in run.all_events]
+            assert not run.success and "STEP_UP_FOR_RETRY" in kinds and kinds.count("STEP_START") == 1
+            info = instance.event_log_storage.get_concurrency_info("operator_test_pool")
+            assert info.slot_count == 1 and info.active_slot_count == 0 and info.claimed_slots == []
