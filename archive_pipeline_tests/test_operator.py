@@ -420,3 +420,30 @@ def test_a_failed_and_retried_archive_run_gives_its_pool_slot_back(s3, bucket):
             assert not run.success and "STEP_UP_FOR_RETRY" in kinds and kinds.count("STEP_START") == 1
             info = instance.event_log_storage.get_concurrency_info("operator_test_pool")
             assert info.slot_count == 1 and info.active_slot_count == 0 and info.claimed_slots == []
+
+
+def test_source_unchanged_does_not_flag_a_day_that_retention_removed_from_the_source(conn, schema, archive_env):
+    """source_unchanged compares the latest archived days with the source. A day retention removed (its
+    proof passed, its rows deleted, the manifest marked 'removed') has no rows in the source any more, and
+    the check flagged it red as "the source has 0 rows now" with the run config to archive it again,
+    which would fail (a removed day is never archived again). A removed day is not a changed day."""
+    day, kept = dt.date(2024, 3, 10), dt.date(2024, 3, 11)
+    create_sample_events(conn, [day, kept], rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, day, retention={"keep_days": 30, "action": "delete"}))
+    with instance_for_test() as instance:
+        for archived in (day, kept):
+            assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=archived.isoformat(),
+                                                                             instance=instance).success
+        assert defs.resolve_job_def(f"remove_{schema}_events").execute_in_process(partition_key=day.isoformat(),
+                                                                                  instance=instance).success
+        run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [unchanged] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        assert unchanged.passed, unchanged.description
+        assert unchanged.metadata["checked_days"].value == [kept.isoformat()]
+        assert f"{day}: removed from the source" in unchanged.description
+        # a day of the source that did change is still flagged beside it
+        conn.execute(sql.SQL("UPDATE {}.events SET event_type = 'edited' WHERE created_at >= %s").format(
+            sql.Identifier(schema)), (kept,))
+        run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [changed] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        assert not changed.passed and changed.metadata["changed_days"].value == [kept.isoformat()]

@@ -314,12 +314,15 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         source_changed = verify.source_changed
         store = archive_store.store()
         changed: dict[str, str] = {}
-        checked = []
+        checked, removed = [], {}
         for event in _latest(context.instance, key, config.days):
-            meta = {k: v.value for k, v in event.metadata.items()}
             day = spec.period(event.partition)
             try:
                 manifest = verify.load_manifest(store, table_day_key(spec, day, store.prefix))
+                mark = (manifest or {}).get("removed")
+                if mark:  # retention took the day out of the source: its rows are meant to be gone
+                    removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
+                    continue
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
             except Exception as exc:  # noqa: BLE001 - unreachable database or store
@@ -327,12 +330,15 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
             checked.append(event.partition)
             if difference:
                 changed[event.partition] = difference
+        gone = "".join(f"; not compared, {d}: removed from the source by retention ({why})"
+                       for d, why in sorted(removed.items()))
         if changed:
             description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
-                           f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items()))
+                           f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items())) + gone
                            + f"\n\nWhat to do: archive those days again with run config\n{rerun_config}")
         else:
-            description = f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
+            description = (f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
+                           + gone)
         return AssetCheckResult(passed=not changed, description=description,
                                 metadata={"changed_days": MetadataValue.json(sorted(changed)),
                                           "checked_days": MetadataValue.json(sorted(checked))})
