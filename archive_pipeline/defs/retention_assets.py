@@ -254,7 +254,9 @@ def removal_order(instance: DagsterInstance, days: dict[str, str]) -> list[tuple
     A day whose removal fails every time (its proof fails: rows changed after archiving) stays due;
     oldest first, such days took every place of the tick's cap, each was proven again daily, and no
     newer day was ever removed."""
-    runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: list(days)}))
+    keys = list(days)  # a batch at a time: an hourly table has thousands of due hours, more than SQL parameters
+    runs = [run for start in range(0, len(keys), 1000)
+            for run in instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: keys[start:start + 1000]}))]
     busy = {r.tags.get(RUN_KEY_TAG) for r in runs if r.status in UNFINISHED}
     tried = {r.tags.get(RUN_KEY_TAG) for r in runs}
     fresh = [(k, d) for k, d in days.items() if k not in tried]
