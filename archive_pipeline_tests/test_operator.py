@@ -16,7 +16,8 @@ import pytest
 import yaml
 from dagster_aws.s3 import S3Resource
 from dagster import (AssetCheckKey, AssetKey, AssetMaterialization, DagsterRun, DagsterRunStatus,
-                     build_schedule_context, instance_for_test, load_from_defs_folder, materialize)
+                     build_schedule_context, in_process_executor, instance_for_test, load_from_defs_folder,
+                     materialize)
 from psycopg import sql
 
 from archive_pipeline.core.config import ConfigError, load_config, parse_config
@@ -37,13 +38,15 @@ def test_a_table_with_retention_and_a_non_ascii_or_spaced_name_loads():
     archive asset itself loads. Its run tag is now the whole name, as the archive job's is."""
     names = ["Ventes Été.événements", "public.日本語", "public.a'b"]
     config = _config(*({"name": n, "retention": {"keep_days": 30, "action": "delete"}} for n in names))
-    repo = build_definitions(config, resources={}, check_source=False).get_repository_def()
+    # executor=None: as a component builds it, the host project's executor in charge
+    repo = build_definitions(config, resources={}, check_source=False, executor=None).get_repository_def()
     for spec in config.tables:
         archive_key, removal_key = AssetKey(["archive", *spec.asset_path]), AssetKey(["source_removed", *spec.asset_path])
         assert repo.asset_graph.get(removal_key).tags["archive/table"] == repo.asset_graph.get(archive_key).tags[
             "archive/table"]
         label = "_".join(spec.asset_path)
         assert repo.get_job(f"remove_{label}").tags["archive/table"] == spec.name
+        assert repo.get_job(f"remove_{label}").executor_def is in_process_executor  # as Archive_'s
         assert repo.get_job(f"Archive_{label}").tags["archive/table"] == spec.name
 
 

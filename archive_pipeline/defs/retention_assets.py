@@ -39,6 +39,7 @@ from dagster import (
     ScheduleEvaluationContext,
     SkipReason,
     define_asset_job,
+    in_process_executor,
     multi_asset,
     schedule,
 )
@@ -225,6 +226,7 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
                            # without the check step: the asset reports archive_proven itself (see _proof)
                            selection=AssetSelection.assets(removal_asset_key(spec)).without_checks(),
                            tags={TABLE_TAG: spec.name},  # a run tag: the whole name, as the archive job's
+                           executor_def=in_process_executor,  # like the archive jobs, whatever the project's executor
                            description=f"Remove proven, due days of {spec.name} from the source")
 
     @schedule(name=f"{job.name}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC",
