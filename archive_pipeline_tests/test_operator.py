@@ -450,3 +450,15 @@ def test_source_unchanged_does_not_flag_a_day_that_retention_removed_from_the_so
         run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
         [changed] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
         assert not changed.passed and changed.metadata["changed_days"].value == [kept.isoformat()]
+
+
+@pytest.mark.parametrize("name", ["localtime", "posixrules"])
+def test_a_host_dependent_zone_name_is_refused_at_load(name):
+    """Debian's zoneinfo has 'localtime' (a link to /etc/localtime), so `timezone: localtime` loaded and
+    meant whatever zone each host is set to: the code server's partitions, the run containers' day bounds
+    and the database server's reading of declarative bounds could each use another zone."""
+    with pytest.raises(ConfigError) as raised:
+        _config({"name": "public.events", "timezone": name})
+    assert f"table 'public.events', setting 'timezone': {name!r} is whatever zone each host is set to" in str(
+        raised.value)
+    _config({"name": "public.events", "timezone": "Europe/Berlin"})

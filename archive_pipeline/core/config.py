@@ -240,6 +240,12 @@ class TableSpec(_Strict):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
+        """An IANA zone that means the same on every host. ``localtime`` (and ``posixrules``) are files of
+        Debian's zoneinfo, linked to each host's own setting: the code server, the run containers and the
+        database server (which reads declarative bounds in it) could each take another zone."""
+        if value.lower() in ("localtime", "posixrules"):
+            raise ValueError(f"{value!r} is whatever zone each host is set to (the code location's, the runs', the "
+                             "database server's); name the zone itself, e.g. 'Europe/Berlin', or 'UTC'")
         try:
             zone(value)
         except PeriodError as exc:
