@@ -462,3 +462,12 @@ def test_a_host_dependent_zone_name_is_refused_at_load(name):
     assert f"table 'public.events', setting 'timezone': {name!r} is whatever zone each host is set to" in str(
         raised.value)
     _config({"name": "public.events", "timezone": "Europe/Berlin"})
+
+
+def test_a_configuration_path_that_is_a_directory_fails_the_load_naming_it(tmp_path, monkeypatch):
+    """ARCHIVE_PIPELINE_CONFIG pointing at a directory (a mounted config folder) failed the load with a bare
+    IsADirectoryError; it is a configuration error naming the path and the variable."""
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"archive configuration {re.escape(str(tmp_path))} cannot be read \(Is a "
+                                          r"directory\); set \$ARCHIVE_PIPELINE_CONFIG"):
+        load_config()

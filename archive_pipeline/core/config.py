@@ -597,6 +597,9 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
         raw = yaml.load(data, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
+    except OSError as exc:  # a directory, no permission: the path is there but is not a readable file
+        raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); set ${CONFIG_ENV_VAR} "
+                          "to the YAML file's path, readable by the user the code location runs as") from None
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
     refuse_repeated_settings(node, str(file))
