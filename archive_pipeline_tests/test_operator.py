@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster_aws.s3 import S3Resource
 from dagster import (AssetCheckKey, AssetKey, AssetMaterialization, DagsterRun, DagsterRunStatus,
                      build_schedule_context, in_process_executor, instance_for_test, load_from_defs_folder,
                      materialize)
+from dagster_aws.s3 import S3Resource
 from psycopg import sql
 
 from archive_pipeline.core.config import ConfigError, load_config, parse_config
