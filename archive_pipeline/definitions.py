@@ -13,8 +13,10 @@ Environment variables (read by Dagster at run time through ``EnvVar``, never sto
 
 import logging
 import os
+from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
 from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, define_asset_job, definitions,
                      in_process_executor)
 from dagster_aws.s3 import S3Resource
@@ -54,15 +56,33 @@ def _optional_env(name: str) -> EnvVar | None:
     return EnvVar(name) if os.environ.get(name) else None
 
 
-def require_environment() -> None:
+def require_environment(origin: str | None = None) -> None:
     """Fail the load, naming each variable, when the connection settings are not in the environment:
-    otherwise the location loads and every run and sensor tick fails later with a vaguer message."""
+    otherwise the location loads and every run and sensor tick fails later with a vaguer message.
+    ``origin`` is where the tables were configured (a file, a component's defs.yaml)."""
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
         lines = "\n".join(f"  {name}: {REQUIRED_ENV[name]}" for name in missing)
         raise ConfigError(f"environment variable(s) not set for the archive_pipeline code location "
-                          f"(configured by {config_path()}):\n{lines}\nSet them where the code location runs "
+                          f"(configured by {origin or config_path()}):\n{lines}\nSet them where the code location runs "
                           "(see the README, Configuration), or pass resources to build_definitions().")
+    check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
+
+
+def check_endpoint_url(url: str | None) -> None:
+    """An endpoint botocore can use, or a load error naming the variable: without its scheme
+    (``minio:9000``) every run failed with a bare "ValueError: Invalid endpoint", retried with backoff."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a port that is not a number, or out of range
+        usable = False
+    if not usable:
+        shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
+        raise ConfigError(f"ARCHIVE_S3_ENDPOINT_URL {shown} is not an http(s) URL: write it with its scheme and host, "
+                          "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
 
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
@@ -86,7 +106,9 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
 def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
     """The table (or, in naming mode, its schema) exists as its partitioning mode needs."""
     if spec.partitioning.mode == "naming":
-        if conn.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{spec.schema_name}"',)).fetchone()[0]:
+        # quoted as an identifier: a '"' in the schema's name is doubled, or the server refuses the name
+        if conn.execute("SELECT to_regnamespace(%s) IS NULL",
+                        (sql.Identifier(spec.schema_name).as_string(conn),)).fetchone()[0]:
             raise SourceError(f"schema {spec.schema_name!r} does not exist", table=spec.name)
         return
     table = describe_table(conn, spec.name, spec.day_column)
@@ -134,7 +156,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     """
     config = config or load_config()
     if resources is None:
-        require_environment()
+        require_environment(config.origin)
     if check_source and os.environ.get("ARCHIVE_PG_DSN"):
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []

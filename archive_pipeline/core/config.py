@@ -81,6 +81,19 @@ def dagster_name(text: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "_"
 
 
+def _identifier(name: str) -> str:
+    """A name PostgreSQL can hold: not empty, no NUL byte (the server refuses one in any text, so the
+    load's table check failed with a bare DataError), at most 63 bytes (longer ones are truncated when
+    created, so the configured name never matches)."""
+    if not name:
+        raise ValueError("is empty; write the name as the catalog spells it")
+    if "\x00" in name:
+        raise ValueError(f"{name!r} contains a NUL character, which no PostgreSQL name can hold")
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"identifier {name!r} is longer than PostgreSQL's 63 bytes")
+    return name
+
+
 class ConfigError(ValueError):
     """The archive configuration is wrong; the message names the table and the setting."""
 
@@ -172,9 +185,13 @@ class TableSpec(_Strict):
         if not schema or not table:
             raise ValueError("must be schema-qualified as 'schema.table' (e.g. public.events)")
         for part in (schema, table):
-            if len(part.encode()) > MAX_IDENTIFIER_BYTES:
-                raise ValueError(f"identifier {part!r} is longer than PostgreSQL's 63 bytes")
+            _identifier(part)
         return value
+
+    @field_validator("day_column")
+    @classmethod
+    def _column_name(cls, value: str | None) -> str | None:
+        return value if value is None else _identifier(value)
 
     @field_validator("parallel_streams", mode="before")
     @classmethod
@@ -223,6 +240,12 @@ class TableSpec(_Strict):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
+        """An IANA zone that means the same on every host. ``localtime`` (and ``posixrules``) are files of
+        Debian's zoneinfo, linked to each host's own setting: the code server, the run containers and the
+        database server (which reads declarative bounds in it) could each take another zone."""
+        if value.lower() in ("localtime", "posixrules"):
+            raise ValueError(f"{value!r} is whatever zone each host is set to (the code location's, the runs', the "
+                             "database server's); name the zone itself, e.g. 'Europe/Berlin', or 'UTC'")
         try:
             zone(value)
         except PeriodError as exc:
@@ -248,6 +271,7 @@ class TableSpec(_Strict):
                 raise ValueError(f"partitioning: pattern {self.partitioning.pattern!r} must contain "
                                  f"{', '.join(codes[:-1])} and {codes[-1]} (a {self.granularity} table; missing "
                                  f"{', '.join(missing)})")
+            self._pattern_reads_back()
             first, last = self.zone_years
             if self.granularity == "hourly" and has_dst(self.timezone, first, last):
                 raise ValueError(f"granularity: hourly tables in naming mode need a zone without daylight saving "
@@ -264,6 +288,24 @@ class TableSpec(_Strict):
                                  "(Dagster then names them 02:30, 03:30, ... and they overlap ours); use UTC or "
                                  "granularity daily")
         return self
+
+    def _pattern_reads_back(self) -> None:
+        """Naming mode finds a period's table by reading its name back with the pattern: a pattern whose
+        names do not read back (an unknown code such as %Q, glibc's %-d) found no table ever, and the
+        sensor said "0 of them with data" for every day."""
+        pattern = self.partitioning.pattern
+        for moment in (dt.datetime(2024, 1, 2, 3), dt.datetime(2024, 12, 31, 23)):
+            period = self.period(moment)
+            name = period.start.strftime(pattern)
+            try:
+                back = self.period(dt.datetime.strptime(name, pattern))
+            except (ValueError, re.error) as exc:  # re.error: a code given twice (%d ... %d)
+                back, why = None, str(exc)
+            else:
+                why = f"it reads back as {back.start.strftime(pattern)!r}"
+            if back != period:
+                raise ValueError(f"partitioning: pattern {pattern!r} names the table of {period} {name!r}, which "
+                                 f"cannot be read back ({why}); use %Y, %m, %d, %H and plain text")
 
     @property
     def zone_years(self) -> tuple[int, int]:
@@ -411,6 +453,7 @@ class ArchiveConfig(_Strict):
     def _unique(self) -> ArchiveConfig:
         seen: dict[tuple[str, str], str] = {}
         labels: dict[str, str] = {}
+        ops: dict[str, str] = {}
         for spec in self.tables:
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
@@ -424,6 +467,13 @@ class ArchiveConfig(_Strict):
                                  f"'Archive_{label}'; rename one of them in the database or archive it from a "
                                  "second code location")
             labels[label] = spec.name
+            # Ops (and their checks' ops) are named from schema and table joined by "__": a__b.c and a.b__c
+            # would share the op archive__a__b__c, which Dagster's asset job cannot hold twice.
+            op = "__".join(spec.asset_path)
+            if op in ops:
+                raise ValueError(f"tables {ops[op]!r} and {spec.name!r} would share the op name 'archive__{op}'; "
+                                 "rename one of them in the database or archive it from a second code location")
+            ops[op] = spec.name
         collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression,
                                       s.granularity, s.timezone) for s in self.tables])
         if collisions:
@@ -540,16 +590,32 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
     """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml)."""
     file = Path(path) if path else config_path()
     try:
-        text = file.read_text()
-        node = yaml.compose(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
-        raw = yaml.load(text, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        # bytes: YAML is UTF-8 (or UTF-16 with a BOM) whatever the locale; read as text in a C or Latin-1
+        # locale, a non-ASCII table name failed the load or became another name
+        data = file.read_bytes()
+        node = yaml.compose(data, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(data, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
+    except OSError as exc:  # a directory, no permission: the path is there but is not a readable file
+        raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); set ${CONFIG_ENV_VAR} "
+                          "to the YAML file's path, readable by the user the code location runs as") from None
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    refuse_repeated_settings(node, str(file))
+    return parse_config(raw, str(file))
+
+
+def refuse_repeated_settings(node: yaml.Node | None, source: str) -> None:
+    """Fail, naming ``source``, each table and setting and the two lines, when a setting is given twice
+    in one mapping of ``node`` (a configuration, or a component's attributes in its defs.yaml)."""
     repeated = _repeated_settings(node) if node is not None else []
     if repeated:
-        raise ConfigError(f"invalid archive configuration in {file}:\n" + "\n".join(
+        raise ConfigError(f"invalid archive configuration in {source}:\n" + "\n".join(
             f"  {r}; YAML would keep the last value silently: keep the one you mean and remove the other"
             for r in repeated))
-    return parse_config(raw, str(file))
+
+
+def compose_yaml(text: str | bytes) -> list[yaml.Node]:
+    """The documents of ``text`` as YAML nodes (with their lines), dates left as text."""
+    return list(yaml.compose_all(text, Loader=_PlainSafeLoader))  # noqa: S506 - a SafeLoader subclass

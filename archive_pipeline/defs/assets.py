@@ -424,7 +424,10 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
     if done:
         context.log.info(f"{spec.name}: retry of this run; {len(days) - len(todo)} of {len(days)} days were "
                          "archived by an earlier attempt and are not done again")
-    store = archive_store.store()
+    try:
+        store = archive_store.store()
+    except Exception as exc:  # a client that cannot be built (an endpoint without its scheme): no retry helps
+        raise failure(exc, spec, days[0], postgres.password, origin) from None
     source = _Source(postgres, primary)
     failed: dict[Period, Failure] = {}
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from dagster import Definitions
 from dagster.components import (
     Component,
@@ -42,7 +43,8 @@ from dagster.components import (
 from dagster.components.component.component import ComponentTypeSpec
 from pydantic import Field, model_validator
 
-from archive_pipeline.core.config import ArchiveConfig, load_config, parse_config
+from archive_pipeline.core.config import (ArchiveConfig, compose_yaml, load_config, parse_config,
+                                          refuse_repeated_settings)
 from archive_pipeline.definitions import build_definitions
 
 
@@ -123,7 +125,26 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
         return parse_config({k: v for k, v in self._inline().items() if v is not None}, where)
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
-        where = f"attributes of {Path(context.path) / 'defs.yaml'}"
+        defs_yaml = Path(context.path) / "defs.yaml"
+        where = f"attributes of {defs_yaml}"
+        if not self.config_path:
+            refuse_repeated_inline_settings(defs_yaml, where)
         # No project-wide executor: a component must not change how the rest of the project's jobs run.
         # The archive jobs (schedules, sensor, verify_archives) are in-process by themselves.
         return build_definitions(self.archive_config(where), check_source=self.check_source, executor=None)
+
+
+def refuse_repeated_inline_settings(defs_yaml: Path, where: str) -> None:
+    """A setting given twice in the inline attributes fails the load, as it does in a table list file:
+    Dagster's YAML loader keeps the last value silently, so a table would archive from a start_date
+    nobody reviewed. (A component built in Python has no defs.yaml: nothing to check.)"""
+    try:
+        documents = compose_yaml(defs_yaml.read_bytes())
+    except (OSError, yaml.YAMLError):
+        return  # Dagster has read (or reported) the file itself
+    for document in documents:
+        fields = {k.value: v for k, v in getattr(document, "value", []) if isinstance(k, yaml.ScalarNode)
+                  } if isinstance(document, yaml.MappingNode) else {}
+        kind = fields.get("type")
+        if isinstance(kind, yaml.ScalarNode) and kind.value.endswith(ArchiveTablesComponent.__name__):
+            refuse_repeated_settings(fields.get("attributes"), where)

@@ -2,22 +2,31 @@
 day was removed from the source". It depends on the archive asset, and its own blocking check,
 ``archive_proven``, is the deep verification of that day: a failed proof records a failed check
 and stops the removal. The materialization says what was removed, when, and by which run; a dry
-run (run config ``dry_run: true``) records only the check and logs what would be removed.
+run (run config ``dry_run: true``) records only the check and logs what would be removed, and so
+does the check executed on its own. The removal job has no check step: the asset reports the proof
+for its day, so a run that fails before proving leaves the day's check as it was.
 """
 
 
+import contextlib
 import datetime as dt
 import warnings
 from collections.abc import Iterator
 
+import psycopg
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSelection,
+    AssetSpec,
     AssetsDefinition,
     Config,
+    DagsterInstance,
     DefaultScheduleStatus,
     Failure,
     FreshnessPolicy,
@@ -25,21 +34,25 @@ from dagster import (
     MetadataValue,
     PreviewWarning,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
-    asset,
     define_asset_job,
+    in_process_executor,
+    multi_asset,
     schedule,
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import TABLE_TAG, asset_key, daily_partitions, freshness_policy, retry_policy
+from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, daily_partitions, freshness_policy,
+                                          retry_policy)
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, due_days, remove_day,
                                               settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import DownloadError, LocalFileError
 from archive_pipeline.core.verify import deep_verify, load_manifest, verify_archive
@@ -83,24 +96,30 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
     key = removal_asset_key(spec)
     retention = spec.retention
 
-    @asset(
-        key=key,
+    # A multi_asset only to be subsettable: the removal job runs the asset without its check step (see _proof).
+    @multi_asset(
+        name=key.to_python_identifier(),
+        specs=[AssetSpec(
+            key,
+            deps=[asset_key(spec)],
+            group_name="retention",
+            kinds={"postgres"},
+            tags={TABLE_TAG: asset_tag_value(spec.name)},  # an asset tag holds only [A-Za-z0-9_.-], 63 at most
+            freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
+            description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
+                         f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
+        )],
         partitions_def=daily_partitions(spec),
-        deps=[asset_key(spec)],
-        group_name="retention",
-        kinds={"postgres"},
         pool=spec.pool,
-        output_required=False,
-        tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
+        can_subset=True,  # also: no output required (a dry run records none)
         check_specs=[_proven_spec(key, spec)],
         retry_policy=retry_policy(retry or RetrySettings()),
-        freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
-        description=(f"Days of `{spec.name}` removed from the source ({retention.action}) once older than "
-                     f"{retention.keep_days} days and proven archived. A removed day is never archived again."),
     )
     def remove(context: AssetExecutionContext, config: RemovalRunConfig, postgres: PostgresResource,
                primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
         day = spec.period(context.partition_key)
+        # archive_proven executed alone (the check without its asset): prove, remove nothing, as a dry run
+        dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
         today = dt.datetime.now(dt.UTC).date()
         if day not in due_days(spec, today):
             raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
@@ -108,13 +127,14 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         store = archive_store.store()
         key = table_day_key(spec, day, store.prefix)
         settled = None
-        with primary_postgres.connect() as primary, postgres.connect() as source:
+        with contextlib.ExitStack() as stack:
+            primary, source = _connect(stack, primary_postgres, spec, day), _connect(stack, postgres, spec, day)
             standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
             proven_sha: str | bool = False
             try:
                 manifest = load_manifest(store, key)
                 pending = (manifest or {}).get("removed", {}).get("state") == "pending"
-                if pending and not config.dry_run:
+                if pending and not dry_run:
                     # An earlier removal left its mark (its "done" mark failed, or a refused one could not
                     # take it back): settled on the primary first, so the proof below is of the day as it is.
                     settled = settle_pending_removal(primary, spec, day, store)
@@ -138,14 +158,12 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                 manifest, problems = None, [str(exc)]
             except ValueError as exc:  # ManifestError: the manifest itself is damaged
                 manifest, problems = None, [str(exc)]
-            yield AssetCheckResult(check_name=PROVEN_CHECK, passed=not problems, severity=AssetCheckSeverity.ERROR,
-                                   description="; ".join(problems) or _proven_text(day, manifest),
-                                   metadata={"day": day.isoformat()})
+            yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
             if problems:
                 raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
                                           + "; ".join(problems), allow_retries=False)
             try:
-                removal = remove_day(primary, spec, day, store, dry_run=config.dry_run, proven=proven_sha,
+                removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
                                      removed_by=f"dagster run {context.run.run_id}")
             except ArchiveError as exc:
                 raise Failure(description=str(exc), allow_retries=exc.retryable) from None
@@ -165,6 +183,30 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
     return remove
 
 
+def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[str],
+           description: str) -> AssetCheckResult | AssetCheckEvaluation:
+    """The day's ``archive_proven`` verdict. The removal job runs the asset without its check step (a run
+    that fails before proving anything must not leave the day's check "Execution failed", red like a
+    failed proof), so the asset reports it for its day; where a run did plan the check (Dagster's
+    implicit job, ``materialize``), as that check's result."""
+    key = removal_asset_key(spec)
+    verdict = {"passed": not problems, "severity": AssetCheckSeverity.ERROR, "description": description,
+               "metadata": {"day": day.isoformat()}}
+    if AssetCheckKey(key, PROVEN_CHECK) in context.selected_asset_check_keys:
+        return AssetCheckResult(check_name=PROVEN_CHECK, **verdict)
+    return AssetCheckEvaluation(asset_key=key, check_name=PROVEN_CHECK, partition=day.isoformat(), blocking=True,
+                                **verdict)
+
+
+def _connect(stack: contextlib.ExitStack, postgres: PostgresResource, spec: TableSpec, day) -> psycopg.Connection:
+    """A connection for the removal, or the step failure a person reads: a login the database refuses (no
+    such database, a wrong password) fails at once, only a server that may come back is retried."""
+    try:
+        return stack.enter_context(postgres.connect())
+    except ArchiveError as exc:
+        raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
+
+
 def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
     text = str(exc)
     return text if spec.name in text and day.isoformat() in text else f"{spec.name} {day}: {text}"
@@ -180,8 +222,11 @@ def _proven_text(day, manifest: dict | None) -> str:
 
 def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> ScheduleDefinition:
     """Daily, stopped by default: request removal of due days that are archived and not yet removed."""
-    job = define_asset_job(name=f"remove_{'_'.join(spec.asset_path)}", selection=[removal_asset_key(spec)],
-                           tags={TABLE_TAG: spec.name.replace('"', "")[:63]},
+    job = define_asset_job(name=f"remove_{'_'.join(spec.asset_path)}",
+                           # without the check step: the asset reports archive_proven itself (see _proof)
+                           selection=AssetSelection.assets(removal_asset_key(spec)).without_checks(),
+                           tags={TABLE_TAG: spec.name},  # a run tag: the whole name, as the archive job's
+                           executor_def=in_process_executor,  # like the archive jobs, whatever the project's executor
                            description=f"Remove proven, due days of {spec.name} from the source")
 
     @schedule(name=f"{job.name}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC",
@@ -192,10 +237,30 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
         archived = context.instance.get_materialized_partitions(asset_key(spec))
         removed = context.instance.get_materialized_partitions(removal_asset_key(spec))
         due = [d.isoformat() for d in due_days(spec, today)]
-        todo = [d for d in due if d in archived and d not in removed][:max_runs]
+        todo = [d for d in due if d in archived and d not in removed]
         if not todo:
             return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
                               "in the source")
-        return [RunRequest(run_key=f"{job.name}:{d}", partition_key=d) for d in todo]
+        chosen = removal_order(context.instance, {f"{job.name}:{d}": d for d in todo})[:max_runs]
+        if not chosen:
+            return SkipReason(f"every due day of {spec.name} left in the source has a removal queued or running")
+        return [RunRequest(run_key=key, partition_key=d) for key, d in chosen]
 
     return _daily
+
+
+def removal_order(instance: DagsterInstance, days: dict[str, str]) -> list[tuple[str, str]]:
+    """(run key, day) of the due ``days`` (by run key, oldest first) in the order to request them: days
+    never tried first, then days whose removal ended (failed) before, never one queued or running.
+
+    A day whose removal fails every time (its proof fails: rows changed after archiving) stays due;
+    oldest first, such days took every place of the tick's cap, each was proven again daily, and no
+    newer day was ever removed."""
+    keys = list(days)  # a batch at a time: an hourly table has thousands of due hours, more than SQL parameters
+    runs = [run for start in range(0, len(keys), 1000)
+            for run in instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: keys[start:start + 1000]}))]
+    busy = {r.tags.get(RUN_KEY_TAG) for r in runs if r.status in UNFINISHED}
+    tried = {r.tags.get(RUN_KEY_TAG) for r in runs}
+    fresh = [(k, d) for k, d in days.items() if k not in tried]
+    again = [(k, d) for k, d in days.items() if k in tried and k not in busy]
+    return fresh + again
