@@ -34,6 +34,8 @@ def _archived_before_the_path_was_pinned(monkeypatch, conn, spec, store, temp_di
         return archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
 
 
+@pytest.mark.xfail(strict=True, reason="not fixed: a fingerprint recorded before 599c679 hashed reg* values as the "
+                   "role's path printed them; see the review report")
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_an_archive_of_regclass_values_written_before_the_pinned_path_still_proves_and_skips(
         fmt, monkeypatch, conn, schema, in_public, store, temp_dir):
@@ -50,6 +52,8 @@ def test_an_archive_of_regclass_values_written_before_the_pinned_path_still_prov
     assert again.skipped and again.fingerprint == first.fingerprint
 
 
+@pytest.mark.xfail(strict=True, reason="not fixed: a fingerprint recorded before 599c679 hashed reg* values as the "
+                   "role's path printed them; see the review report")
 def test_rearchiving_a_day_with_regclass_values_archived_before_the_pinned_path_skips_it(
         monkeypatch, conn, schema, in_public, store, temp_dir):
     """The schedule's next run of an unchanged day must skip it, not fail it as changed (LateRowsError)."""
@@ -87,3 +91,42 @@ def test_a_pending_mark_whose_put_answer_is_lost_is_taken_back_when_the_removal_
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0] == 2  # nothing removed
     now = download(s3_client, bucket, result.manifest_key)
     assert "removed" not in decode_manifest(now) and now == proven
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed (a design decision): user functions a view calls now run under "
+                   "search_path pg_catalog, pg_temp; see the review report")
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_view_whose_function_relies_on_the_roles_path_still_archives(fmt, conn, schema, store, temp_dir):
+    """A view calling a plpgsql function whose body names a table in public unqualified (it worked under
+    every session's path before the archive pinned its own to pg_catalog, pg_temp)."""
+    lookup = f"{schema}_lookup"
+    conn.execute(sql.SQL("CREATE TABLE public.{} (k int, label text)").format(sql.Identifier(lookup)))
+    try:
+        conn.execute(sql.SQL("INSERT INTO public.{} VALUES (1, 'one')").format(sql.Identifier(lookup)))
+        conn.execute(sql.SQL("CREATE FUNCTION {}.label(int) RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN "
+                             "RETURN (SELECT label FROM {} WHERE k = $1); END $$").format(
+            sql.Identifier(schema), sql.Identifier(lookup)))
+        conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date)").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, %s)").format(sql.Identifier(schema)), (DAY,))
+        conn.execute(sql.SQL("CREATE VIEW {s}.v AS SELECT id, at, {s}.label(id) AS label FROM {s}.ev").format(
+            s=sql.Identifier(schema)))
+        spec = TableSpec(name=f"{schema}.v", day_column="at", start_date=DAY, format=fmt)
+        assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 1
+    finally:
+        conn.execute(sql.SQL("DROP TABLE public.{} CASCADE").format(sql.Identifier(lookup)))
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed: the restored rows' fingerprint is computed under the pinned path, "
+                   "the recorded one under the role's; see the review report")
+def test_a_day_with_regclass_values_archived_before_the_pinned_path_restores(monkeypatch, conn, schema, in_public,
+                                                                               store, temp_dir):
+    """The archive may be the only copy (a removed day): restoring it must not fail its fingerprint check."""
+    from archive_pipeline.core.restore import restore_day
+
+    table = sql.Identifier(schema, "refs")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, c regclass)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, %s)").format(table), (DAY, f"public.{in_public}"))
+    spec = TableSpec(name=f"{schema}.refs", day_column="at", start_date=DAY, format="jsonl")
+    _archived_before_the_path_was_pinned(monkeypatch, conn, spec, store, temp_dir)
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert restored.rows == 1 and restored.fingerprint_checked
