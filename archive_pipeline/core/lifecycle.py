@@ -219,8 +219,10 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             xid = conn.execute("SELECT txid_current()").fetchone()[0]
             mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
                     "relation": target.qualified, "xid": str(xid)}
+            # the bytes are known before the PUT: a PUT the store did but whose answer was lost is ours to take back
+            pending = _encoded({**manifest, "removed": mark})
             marking = True
-            pending = _write_manifest(store, mkey, {**manifest, "removed": mark})
+            store.put_bytes(mkey, pending, "application/json")
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
@@ -569,8 +571,11 @@ def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> 
     return parents
 
 
-def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> bytes:
+def _encoded(manifest: dict) -> bytes:
     data = encode_manifest(manifest)
     decode_manifest(data)  # never write a manifest we could not read back
-    store.put_bytes(mkey, data, "application/json")
     return data
+
+
+def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> None:
+    store.put_bytes(mkey, _encoded(manifest), "application/json")
