@@ -30,6 +30,7 @@ from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.manifest import decode_manifest
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import deep_verify
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, copy_chunks, day_filter, describe_table, prefetch, read_snapshot
 from archive_pipeline_tests.helpers import assert_nothing_left, decompress, download, read_csv, read_jsonl
 
@@ -165,8 +166,8 @@ def edge(pg):
 @pytest.fixture
 def session(conn):
     """The test's connection with the archive's session settings (and the edge schema on the path)."""
-    for name, value in SNAPSHOT_SETTINGS.items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    # (the path is the edge schema's: objects the tests create go there; the archive adds pg_catalog first)
+    apply_settings(conn.execute, {k: v for k, v in SNAPSHOT_SETTINGS.items() if k != "search_path"}, local=False)
     conn.execute(sql.SQL("SET search_path = {}, public").format(sql.Identifier(SCHEMA)))
     conn.execute("SET lc_monetary = 'C'")
     return conn

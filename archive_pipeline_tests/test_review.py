@@ -1,4 +1,8 @@
-"""Review of the day's changes on main: archives written before them, and the new code paths."""
+"""Review of the day's changes on main: archives written before them, and the new code paths.
+
+The archive's path is `pg_catalog, <the session's path>, pg_temp` (session_settings): PostgreSQL's own
+functions first, the session's path after them, so archives written under the role's path still
+prove, skip and restore, and users' functions inside our reads find their unqualified names."""
 
 from __future__ import annotations
 
@@ -34,8 +38,6 @@ def _archived_before_the_path_was_pinned(monkeypatch, conn, spec, store, temp_di
         return archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a fingerprint recorded before 599c679 hashed reg* values as the "
-                   "role's path printed them; see the review report")
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_an_archive_of_regclass_values_written_before_the_pinned_path_still_proves_and_skips(
         fmt, monkeypatch, conn, schema, in_public, store, temp_dir):
@@ -52,8 +54,6 @@ def test_an_archive_of_regclass_values_written_before_the_pinned_path_still_prov
     assert again.skipped and again.fingerprint == first.fingerprint
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a fingerprint recorded before 599c679 hashed reg* values as the "
-                   "role's path printed them; see the review report")
 def test_rearchiving_a_day_with_regclass_values_archived_before_the_pinned_path_skips_it(
         monkeypatch, conn, schema, in_public, store, temp_dir):
     """The schedule's next run of an unchanged day must skip it, not fail it as changed (LateRowsError)."""
@@ -93,8 +93,6 @@ def test_a_pending_mark_whose_put_answer_is_lost_is_taken_back_when_the_removal_
     assert "removed" not in decode_manifest(now) and now == proven
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed (a design decision): user functions a view calls now run under "
-                   "search_path pg_catalog, pg_temp; see the review report")
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_a_view_whose_function_relies_on_the_roles_path_still_archives(fmt, conn, schema, store, temp_dir):
     """A view calling a plpgsql function whose body names a table in public unqualified (it worked under
@@ -116,8 +114,6 @@ def test_a_view_whose_function_relies_on_the_roles_path_still_archives(fmt, conn
         conn.execute(sql.SQL("DROP TABLE public.{} CASCADE").format(sql.Identifier(lookup)))
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: the restored rows' fingerprint is computed under the pinned path, "
-                   "the recorded one under the role's; see the review report")
 def test_a_day_with_regclass_values_archived_before_the_pinned_path_restores(monkeypatch, conn, schema, in_public,
                                                                                store, temp_dir):
     """The archive may be the only copy (a removed day): restoring it must not fail its fingerprint check."""
@@ -130,3 +126,29 @@ def test_a_day_with_regclass_values_archived_before_the_pinned_path_restores(mon
     _archived_before_the_path_was_pinned(monkeypatch, conn, spec, store, temp_dir)
     restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     assert restored.rows == 1 and restored.fingerprint_checked
+
+
+def test_a_restore_into_a_table_whose_trigger_relies_on_the_roles_path(conn, schema, store, temp_dir):
+    """The restore's INSERT runs under the fingerprint's settings, path included: a trigger of the target
+    (an audit trigger naming its log table unqualified, found through the role's path) must still work."""
+    from archive_pipeline.core.restore import restore_day
+
+    log_table = f"{schema}_audit"
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE public.{} (id int)").format(sql.Identifier(log_table)))
+    try:
+        conn.execute(sql.SQL("CREATE FUNCTION {}.audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                             "INSERT INTO {} VALUES (NEW.id); RETURN NEW; END $$").format(s, sql.Identifier(log_table)))
+        conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date)").format(s))
+        conn.execute(sql.SQL("CREATE TRIGGER audited BEFORE INSERT ON {}.ev FOR EACH ROW EXECUTE FUNCTION {}.audit()")
+                     .format(s, s))
+        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, %s), (2, %s)").format(s), (DAY, DAY))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))
+        restored = restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+        assert restored.rows == 2 and restored.fingerprint_checked
+        logged = conn.execute(sql.SQL("SELECT count(*) FROM public.{}").format(sql.Identifier(log_table))).fetchone()[0]
+        assert logged == 4  # the rows inserted at first, then restored
+    finally:
+        conn.execute(sql.SQL("DROP TABLE public.{}").format(sql.Identifier(log_table)))

@@ -50,9 +50,11 @@ def test_operators_shadowing_pg_catalog_on_the_path_are_not_called(fmt, conn, sc
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
-def test_reg_types_round_trip_whatever_the_sessions_path(fmt, conn, schema, store, temp_dir):
-    """regclass/regtype/regproc values name objects; archived under one search_path and restored and
-    compared under another, they must come back naming the same objects."""
+def test_reg_types_round_trip_under_the_connections_path(fmt, pg, conn, schema, store, temp_dir):
+    """regclass/regtype/regproc values name objects as the session's path shows them (the archive's path is
+    pg_catalog first, then the session's: see session_settings); archived, proven, compared and restored
+    through connections configured with that path (as a role's or a DSN's default is), they come back
+    naming the same objects."""
     s = sql.Identifier(schema)
     conn.execute(sql.SQL("CREATE TABLE {}.target (x int)").format(s))
     conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('a')").format(s))
@@ -61,7 +63,8 @@ def test_reg_types_round_trip_whatever_the_sessions_path(fmt, conn, schema, stor
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, c regclass, t regtype, p regproc, o oid, "
                          "cs regclass[], pp regprocedure, op regoperator, cf regconfig, ns regnamespace, "
                          "co regcollation)").format(table))
-    conn.execute(sql.SQL("SET search_path = {}, public").format(s))
+    options = sql.SQL("-c search_path={},public").format(s).as_string(conn)
+    conn = psycopg.connect(psycopg.conninfo.make_conninfo(pg.dsn, options=options), autocommit=True)
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'target', 'mood', 'f', 42, '{{target,pg_class}}', 'f()', "
                          "'+(integer,integer)', 'english', {}, '\"C\"'), "
                          "(2, %s, 'pg_class', 'int4', 'now', 0, NULL, 'abs(integer)', '-(NONE,bigint)', 'simple', "
@@ -70,7 +73,8 @@ def test_reg_types_round_trip_whatever_the_sessions_path(fmt, conn, schema, stor
                  .format(table, sql.Literal(schema)), (DAY, DAY, DAY))
     spec = TableSpec(name=f"{schema}.refs", day_column="at", start_date=DAY, format=fmt)
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
-    conn.execute("RESET search_path")
+    assert conn.execute("SHOW search_path").fetchone()[0] == f'"{schema}",public'  # the connection's, left as it was
+    assert conn.execute(sql.SQL("SELECT c::text FROM {} WHERE id = 1").format(table)).fetchone()[0] == "target"
     assert deep_verify(conn, store, spec, DAY) == []
     assert compare_days(conn, spec, store, [DAY])[0].result == "equal"
     restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
@@ -80,6 +84,7 @@ def test_reg_types_round_trip_whatever_the_sessions_path(fmt, conn, schema, stor
                                 "IS NOT DISTINCT FROM b.op::oid AND a.cf::oid IS NOT DISTINCT FROM b.cf::oid AND "
                                 "a.ns::oid IS NOT DISTINCT FROM b.ns::oid AND a.co::oid IS NOT DISTINCT FROM b.co::oid), "
                                 "count(*) FROM {} a JOIN {}.back b USING (id)").format(table, s)).fetchone()
+    conn.close()
     assert same == (True, 3)
 
 

@@ -53,6 +53,7 @@ from archive_pipeline.core.manifest import (
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.parallel import free_sessions, open_snapshot_sessions, plan_streams, write_day
+from archive_pipeline.core.session_settings import resolved
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, hold_day, \
@@ -193,7 +194,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         with table_day_lock(conn, spec.name, day):
             return _Archiving(conn, spec, day, store, temp_dir=temp_dir, progress=progress,
                               progress_every=progress_every,
-                              settings={**SNAPSHOT_SETTINGS, **(session_settings or {})}).run(overwrite)
+                              settings=resolved(conn, {**SNAPSHOT_SETTINGS, **(session_settings or {})})).run(overwrite)
     except ArchiveError as exc:
         wrap(exc, spec.name, day.isoformat(), conn.info.password)
         if exc.day not in exc.message or exc.table not in exc.message:

@@ -25,6 +25,7 @@ from psycopg import sql
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import SourceError
 from archive_pipeline.core.periods import Period, periods_overlapping, periods_within
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
@@ -91,10 +92,7 @@ def pinned_settings(conn: psycopg.Connection, **settings: str) -> Iterator[None]
     local = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
     def apply(values: list[str]) -> None:
-        calls = sql.SQL(", ").join(sql.SQL("pg_catalog.set_config({}, {}, {})").format(sql.Literal(n), sql.Literal(v),
-                                                                            sql.Literal(local))
-                                   for n, v in zip(names, values, strict=True))
-        conn.execute(sql.SQL("SELECT {}").format(calls))
+        apply_settings(conn.execute, dict(zip(names, values, strict=True)), local)
 
     before = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
         sql.SQL("pg_catalog.current_setting({})").format(sql.Literal(n)) for n in names))).fetchone()

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
+
 ALGORITHM = "row-hash-sum-v3"
 V2 = "row-hash-sum-v2"
 ALGORITHMS = (ALGORITHM, V2)  # every algorithm this version computes: an archive recorded with one can be proven
@@ -55,8 +57,8 @@ CANONICAL_SETTINGS = {
     "xmloption": "content",  # input only: xml read back (deep verification's text copy) may be a fragment
     "row_security": "off",  # every row or an error: a fingerprint of the rows a policy lets through proves nothing
     # PostgreSQL's own hashtextextended, concat, # and casts, never a user's of the same name earlier on
-    # the path; reg* values (regclass ...) print schema-qualified, the same in every session
-    "search_path": "pg_catalog, pg_temp",
+    # the path; then the session's path, so reg* values print as in the session (see session_settings)
+    "search_path": CATALOG_FIRST,
 }
 
 # v2: each column becomes a short piece of text that differs exactly when the value prints differently:
@@ -202,8 +204,7 @@ def canonical_settings(conn: psycopg.Connection) -> Iterator[None]:
     there is one (they then last until it ends), else in one of our own."""
     in_transaction = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     with contextlib.nullcontext() if in_transaction else conn.transaction():
-        for name, value in CANONICAL_SETTINGS.items():
-            conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
+        apply_settings(conn.execute, CANONICAL_SETTINGS)
         yield
 
 

@@ -43,6 +43,7 @@ from psycopg.conninfo import make_conninfo
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
@@ -237,8 +238,7 @@ def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, co
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
             lock_day(conn.execute, table, where, coordinator)
-            for name, value in settings.items():
-                conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, str(value)))
+            apply_settings(conn.execute, settings)
     except BaseException:
         for conn in opened:
             conn.close()

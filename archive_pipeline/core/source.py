@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - another psycopg: the plain path
 
 from archive_pipeline.core.errors import SourceError
 from archive_pipeline.core.periods import Period, as_period
+from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
 DAY_COLUMN_TYPES = {"date", "timestamp", "timestamptz"}
 
@@ -41,10 +42,9 @@ SNAPSHOT_SETTINGS = {
     "row_security": "off",
     # Every function, operator and type name our queries use (>=, row_to_json, concat, hashtextextended,
     # ::numeric ...) resolves to PostgreSQL's own, whatever schema the role's path puts first: a user's
-    # ``>=`` on date in a schema listed before pg_catalog would otherwise pick the day's rows. Output
-    # that names objects (regclass, regtype and the other reg* types; format_type) is then
-    # schema-qualified, so it reads back to the same object in any session.
-    "search_path": "pg_catalog, pg_temp",
+    # ``>=`` on date in a schema listed before pg_catalog would otherwise pick the day's rows. The
+    # session's own path follows (see session_settings), for the user's functions our reads run.
+    "search_path": CATALOG_FIRST,
 }
 
 
@@ -237,8 +237,7 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
             conn.execute("COMMIT")
 
     try:
-        for name, value in {**SNAPSHOT_SETTINGS, **(settings or {})}.items():
-            conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, str(value)))
+        apply_settings(conn.execute, {**SNAPSHOT_SETTINGS, **(settings or {})})
         taken_at, version, snapshot_id = conn.execute(
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
         yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
@@ -429,8 +428,8 @@ def lock_day(execute: Callable[[str], object], table: SourceTable, where: sql.Co
     touch = sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where).as_string(quoting)
     # the day's filter with PostgreSQL's own operators, as every query of the day reads it (it decides
     # which partitions the planner prunes, and so which are locked)
-    execute(f"SELECT pg_catalog.set_config('lock_timeout', '{IMPORT_LOCK_WAIT_MS}', true), "
-            f"pg_catalog.set_config('search_path', '{SNAPSHOT_SETTINGS['search_path']}', true)")
+    apply_settings(lambda statement: execute(statement.as_string(quoting)),
+                   {"lock_timeout": IMPORT_LOCK_WAIT_MS, "search_path": SNAPSHOT_SETTINGS["search_path"]})
     try:
         execute(touch)
     except Exception as exc:

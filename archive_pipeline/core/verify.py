@@ -605,8 +605,8 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
     parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
-    # the fingerprint runs under search_path pg_catalog: a type of the user's is named with its schema
-    # (a manifest written before the archive pinned its path names it as that session's path showed it)
+    # a type of the user's is named with its schema, so it is found whatever the path of this session
+    # (a manifest names it as the archiving session's path showed it)
     own = conn.execute(_QUALIFIED_TYPES, (list(oids),)).fetchall()
     kinds = {name: sql.SQL(spelled) if spelled else types[name] for name, (spelled,) in zip(names, own, strict=True)}
     return temp, [_TextColumn(name, kinds[name] if name in parsed else None) for name in names]

@@ -56,6 +56,7 @@ from archive_pipeline.core.formats.common import (
     refuse_inexact,
     xml_text,
 )
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch
 
@@ -460,9 +461,7 @@ class Parquet:
             # This transaction now holds the snapshot and the day's locks itself: end the exporting one, so
             # it does not sit idle in transaction for the whole read (idle_in_transaction_session_timeout).
             extraction.snapshot.release()
-            for name, value in extraction.settings.items():
-                setting = sql.SQL("SELECT pg_catalog.set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-                cur.execute(setting.as_string(extraction.conn))
+            apply_settings(lambda statement: cur.execute(statement.as_string(extraction.conn)), extraction.settings)
             cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
             return conn, cur, cur.fetch_record_batch()
         except BaseException:

@@ -1,0 +1,48 @@
+"""Setting our sessions' settings, the search path among them.
+
+Every query the archiver, the fingerprint, restore and verification send runs with PostgreSQL's own
+schema first on the path: its functions, operators and casts are what our SQL's names resolve to,
+even when the role's path lists a schema of its own before ``pg_catalog`` (where a ``>=`` on dates
+or a ``hashtextextended`` would otherwise shadow PostgreSQL's). The session's own path follows, so
+what users' objects run inside our statements — a view's plpgsql function, a domain's CHECK, a
+restore target's trigger — still finds its unqualified names, and names a session prints (``reg*``
+values, ``format_type``) read as before. ``pg_temp`` comes last. The path is composed in the session
+from its current value, idempotently (applying it twice gives the same path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+CATALOG_FIRST = "pg_catalog, <the session's path>, pg_temp"  # the value that asks for the composed path
+
+_CATALOG_FIRST_SQL = sql.SQL(
+    "pg_catalog.concat_ws(', ', 'pg_catalog', NULLIF(pg_catalog.regexp_replace("
+    "pg_catalog.current_setting('search_path'), '^pg_catalog, |, pg_temp$', '', 'g'), ''), 'pg_temp')")
+
+
+def set_config(name: str, value: object, local: bool) -> sql.Composed:
+    """``pg_catalog.set_config(name, value, local)``, the path composed in the session for :data:`CATALOG_FIRST`."""
+    if name == "search_path" and value == CATALOG_FIRST:
+        return sql.SQL("pg_catalog.set_config('search_path', {}, {})").format(_CATALOG_FIRST_SQL, sql.Literal(local))
+    return sql.SQL("pg_catalog.set_config({}, {}, {})").format(sql.Literal(name), sql.Literal(str(value)),
+                                                                sql.Literal(local))
+
+
+def apply_settings(execute: Callable[[sql.Composable], object], settings: dict[str, object], local: bool = True) -> None:
+    """Apply ``settings`` in one statement through ``execute`` (a psycopg connection's or cursor's)."""
+    if settings:
+        execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(set_config(n, v, local) for n, v in settings.items())))
+
+
+def resolved(conn: psycopg.Connection, settings: dict[str, object]) -> dict[str, object]:
+    """``settings`` with :data:`CATALOG_FIRST` composed once, in ``conn``'s session: the other sessions of
+    the same work (parallel readers, the fingerprint's, ADBC's) then use ``conn``'s path, not their own
+    default (a caller may have SET it on ``conn``)."""
+    if settings.get("search_path") != CATALOG_FIRST:
+        return settings
+    path = conn.execute(sql.SQL("SELECT {}").format(_CATALOG_FIRST_SQL)).fetchone()[0]
+    return {**settings, "search_path": path}
