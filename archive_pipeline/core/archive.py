@@ -601,7 +601,10 @@ class _Archiving:
         them would lose the record that the source no longer holds the rows (and with it the refusal
         to replace the only copy). Read again just before the commit, so the race is down to one GET
         and one PUT; a changed manifest fails the run, retryable: the retry decides on what is there.
-        The new object is withdrawn unless the manifest now names it."""
+        The new object is withdrawn unless the manifest now names it. A day that had no manifest has no
+        removal to race with (a removal starts from a manifest), so its first archive skips the GET."""
+        if existing.raw is None:
+            return
         uri = self.store.uri(self.manifest_key)
         try:
             now = _get_manifest_bytes(self.store, self.manifest_key)
