@@ -23,7 +23,9 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 
 
-def main(args: dict) -> None:
+def killing_client(args: dict):
+    """A boto3 S3 client for ``args["endpoint"]`` that SIGKILLs this process at ``args["kill"]``
+    ([event, operation, nth]: e.g. the nth "after-call" of "PutObject"), if given."""
     client = boto3.client("s3", endpoint_url=args["endpoint"], region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     event, operation, nth = args.get("kill") or (None, None, 0)
@@ -36,7 +38,11 @@ def main(args: dict) -> None:
 
     if event:
         client.meta.events.register(f"{event}.s3.{operation}", kill)
-    store = S3Store(client, args["bucket"], prefix="archive", part_size=MIN_PART_SIZE, max_concurrency=2)
+    return client
+
+
+def main(args: dict) -> None:
+    store = S3Store(killing_client(args), args["bucket"], prefix="archive", part_size=MIN_PART_SIZE, max_concurrency=2)
     with psycopg.connect(args["dsn"], autocommit=True) as conn:
         result = archive_partition(conn, TableSpec(**args["spec"]), dt.date.fromisoformat(args["day"]), store,
                                    temp_dir=args.get("temp_dir"), overwrite=args.get("overwrite", False))

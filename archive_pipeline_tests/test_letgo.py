@@ -244,24 +244,12 @@ def test_a_domain_over_char_n_is_proven_with_its_trailing_blanks(fmt, conn, sche
 def _child(args: dict) -> None:
     """Run in a child process: remove or restore one day, SIGKILLing itself at the chosen S3 request
     (botocore's event hooks, the test's instrument) or right after the chosen SQL statement starts."""
-    import boto3
     import psycopg
 
     from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.archive_child import killing_client
 
-    client = boto3.client("s3", endpoint_url=args["endpoint"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    event, operation, nth = args.get("kill") or (None, None, 0)
-    seen = {"n": 0}
-
-    def kill(**_: object) -> None:
-        seen["n"] += 1
-        if seen["n"] == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    if event:
-        client.meta.events.register(f"{event}.s3.{operation}", kill)
-    store = S3Store(client, args["bucket"], prefix="archive", part_size=MIN_PART_SIZE)
+    store = S3Store(killing_client(args), args["bucket"], prefix="archive", part_size=MIN_PART_SIZE)
     spec = TableSpec(**args["spec"])
     with psycopg.connect(args["dsn"], autocommit=True, application_name=args["name"]) as conn:
         if args["do"] == "remove":

@@ -244,6 +244,23 @@ def test_the_days_partition_detached_right_after_the_snapshot_is_not_archived_as
 
 # --- answers 200 with an S3 <Error> body after the store acted, on every write request -------------------------
 
+def _upload(store, key: str, data: bytes, temp_dir) -> None:
+    """Upload ``data`` as the archiver does (a temp file growing in 1 MiB writes, parts sent as it
+    grows), aborting the upload if anything fails."""
+    from archive_pipeline.core.sink import temp_archive_file
+
+    with temp_archive_file(temp_dir, suffix=".jsonl.zst") as sink:
+        up = store.begin(key, content_type="application/x-ndjson", metadata={"table": "s.t", "day": "2024-03-10"})
+        try:
+            sink.on_grow = lambda n: up.grow(sink.fd, n)
+            for start in range(0, len(data), 1 << 20):
+                sink.write(data[start:start + (1 << 20)])
+            up.finish(sink.fd, sink.size, sink.md5)
+        except BaseException:
+            up.abort()
+            raise
+
+
 ERROR_200 = {  # request kind: (fault matcher, bytes to upload)
     "create": (dict(method="POST", query="uploads"), 5 * 1024 * 1024 + 5),
     "upload_part": (dict(method="PUT", query="partNumber=2"), 5 * 1024 * 1024 + 5),
@@ -257,7 +274,6 @@ def test_a_write_answered_200_with_an_error_after_the_store_acted_is_retryable_a
         s3, bucket, s3_client, temp_dir, kind):
     import hashlib
 
-    from archive_pipeline.core.sink import temp_archive_file
     from archive_pipeline.core.store import MIN_PART_SIZE, S3Store, UploadError
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
@@ -267,16 +283,8 @@ def test_a_write_answered_200_with_an_error_after_the_store_acted_is_retryable_a
     with FaultProxy(s3.endpoint_url) as proxy:
         store = S3Store(proxy.client(max_attempts=1), bucket, part_size=MIN_PART_SIZE, max_concurrency=2)
         fault = proxy.add(Fault(**match, action="error_200", forward=True, times=None))
-        with pytest.raises(UploadError) as failure, temp_archive_file(temp_dir, suffix=".jsonl.zst") as sink:
-            up = store.begin(key, content_type="application/x-ndjson", metadata={"table": "s.t", "day": "2024-03-10"})
-            try:
-                sink.on_grow = lambda n: up.grow(sink.fd, n)
-                for start in range(0, len(data), 1 << 20):
-                    sink.write(data[start:start + (1 << 20)])
-                up.finish(sink.fd, sink.size, sink.md5)
-            except BaseException:
-                up.abort()
-                raise
+        with pytest.raises(UploadError) as failure:
+            _upload(store, key, data, temp_dir)
     assert fault.hits >= 1
     assert failure.value.retryable, str(failure.value)
     assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])] == []
@@ -449,7 +457,6 @@ def test_a_write_whose_answer_is_corrupted_on_the_way_is_retryable_and_leaves_no
         s3, bucket, s3_client, temp_dir, kind, offset):
     import hashlib
 
-    from archive_pipeline.core.sink import temp_archive_file
     from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
@@ -460,17 +467,7 @@ def test_a_write_whose_answer_is_corrupted_on_the_way_is_retryable_and_leaves_no
         store = S3Store(proxy.client(max_attempts=1), bucket, part_size=MIN_PART_SIZE, max_concurrency=2)
         fault = proxy.add(Fault(**match, action="flip_response_byte", offset=offset, times=None))
         try:
-            with temp_archive_file(temp_dir, suffix=".jsonl.zst") as sink:
-                up = store.begin(key, content_type="application/x-ndjson",
-                                 metadata={"table": "s.t", "day": "2024-03-10"})
-                try:
-                    sink.on_grow = lambda n: up.grow(sink.fd, n)
-                    for start in range(0, len(data), 1 << 20):
-                        sink.write(data[start:start + (1 << 20)])
-                    up.finish(sink.fd, sink.size, sink.md5)
-                except BaseException:
-                    up.abort()
-                    raise
+            _upload(store, key, data, temp_dir)
         except ArchiveError as exc:
             assert exc.retryable, str(exc)
             assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])] == []
