@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import psycopg
 import pyarrow as pa
@@ -326,7 +326,6 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                 temp, columns = _temp_table(scratch_conn, manifest)
             elif manifest["format"] == "csv":
                 temp, columns = _text_table(scratch_conn, manifest)
-                columns = _bpchar_domains(scratch_conn, manifest, columns)
             else:
                 temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
                     scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
@@ -580,17 +579,6 @@ SELECT base.name FROM base WHERE base.oid = 'pg_catalog.bpchar'::regtype
 """)
 
 
-def _bpchar_domains(conn: psycopg.Connection, manifest: dict,
-                    columns: Sequence[_TextColumn]) -> Sequence[_TextColumn]:
-    """``columns`` of the text copy, those read as a domain over char(n) marked as bpchar, so the
-    fingerprint hashes them with their trailing blanks, as it hashes the source's char(n) values."""
-    types = _column_types(conn, manifest)
-    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
-    bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (list(types), list(oids))).fetchall()}
-    return [replace(c, base_type="bpchar") if c.parse_as is not None and c.name in bpchar else c for c in columns]
-
-
 def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifier, Sequence[_TextColumn]]:
     """A CSV archive's proof without typed loading: every field of a CSV archive is its column's text
     form under the fingerprint's settings (COPY writes the type's output), so the rows are loaded as
@@ -609,7 +597,11 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # (a manifest names it as the archiving session's path showed it)
     own = conn.execute(_QUALIFIED_TYPES, (list(oids),)).fetchall()
     kinds = {name: sql.SQL(spelled) if spelled else types[name] for name, (spelled,) in zip(names, own, strict=True)}
-    return temp, [_TextColumn(name, kinds[name] if name in parsed else None) for name in names]
+    # a parsed domain over char(n) is hashed as bpchar is, by its output with the trailing blanks (``::text``
+    # strips them; the source's side keeps them)
+    bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
+    return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else "text") if name in parsed
+                  else _TextColumn(name) for name in names]
 
 
 # A type outside pg_catalog as schema.name, quoted by PostgreSQL (NULL for a built-in type, whose
