@@ -67,6 +67,7 @@ class Run:
     err: Console = field(default_factory=lambda: Console(stderr=True))
     _conn: psycopg.Connection | None = None
     _primary: psycopg.Connection | None = None
+    _standby: bool | None = None  # whether the source is a hot standby, asked once
     _store: S3Store | None = None
 
     def days(self, spec: TableSpec) -> list[Period]:
@@ -103,7 +104,9 @@ class Run:
         temporary tables): the primary, if one is configured; None: the source itself."""
         if not os.environ.get(PRIMARY_DSN_VAR, "").strip():
             return None
-        return self.primary if self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] else None
+        if self._standby is None:
+            self._standby = self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        return self.primary if self._standby else None
 
     @property
     def lost(self) -> bool:
