@@ -574,7 +574,9 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             target, stage, c=written, o=_overriding(always_identity),
             d=sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict == "skip" else ""))
         added = None
-        if fingerprint_added:
+        if fingerprint_added and on_conflict == "skip":
+            inserted, added = _insert_contained(conn, insert, stage, manifest, relation)
+        elif fingerprint_added:
             added = _insert_fingerprinted(conn, insert, manifest, relation)
             inserted = added.rows
         else:
@@ -600,6 +602,36 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
+
+
+def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: sql.Identifier, manifest: dict,
+                      relation: str) -> tuple[int, fp.Fingerprint]:
+    """Run ``insert`` (``ON CONFLICT DO NOTHING``) and return (rows inserted, the fingerprint of the archived
+    rows as loaded into ``stage``), after proving every archived row is in ``relation`` as archived.
+
+    Where no day column tells a day's rows apart (a naming-mode table restored into a table holding other
+    days) and ``skip`` left the rows whose key existed alone, neither the rows added nor the target are
+    the day: the proof is that the stage holds the archive (its fingerprint, compared by the caller) and
+    that the target holds each of its rows, counted by row hash, so a skipped row with other values fails."""
+    inserted = conn.execute(insert).rowcount
+    algorithm = fp.algorithm_for(manifest.get("fingerprint"))
+    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    hashed_stage, hashed_target = fp.row_hash(columns, "s", algorithm), fp.row_hash(columns, "t", algorithm)
+    query = sql.SQL(
+        "WITH s AS (SELECT {hs} AS h, count(*) AS n FROM {stage} s GROUP BY 1), "
+        "t AS (SELECT {ht} AS h, count(*) AS n FROM {target} t WHERE {ht} IN (SELECT h FROM s) GROUP BY 1) "
+        "SELECT coalesce(sum(s.n - coalesce(t.n, 0)) FILTER (WHERE s.n > coalesce(t.n, 0)), 0) "
+        "FROM s LEFT JOIN t USING (h)").format(hs=hashed_stage, ht=hashed_target, stage=stage, target=_ident(relation))
+    with fp.canonical_settings(conn):
+        absent = conn.execute(query).fetchone()[0]
+    if absent:
+        raise FingerprintMismatchError(
+            f"restoring {manifest['table']} for {manifest['day']} into {relation} with on_conflict='skip': {absent:,} "
+            f"archived row(s) are not in {relation} as archived: a row with the same key is there with other values, "
+            "and skip leaves it as it is; the restore was rolled back", table=manifest["table"], day=manifest["day"],
+            remedy="restore into a new table (into='new', --into new) and compare, or delete the differing rows "
+                   "from the target first")
+    return inserted, fp.compute(conn, stage, columns, None, algorithm)
 
 
 def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
@@ -648,7 +680,7 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     where = _day_where(conn, relation, manifest, whole)
     if added is not None:
-        actual, scope = added, f"the rows the restore added to {relation}"
+        actual, scope = added, f"the day's rows the restore loaded into {relation}"
     else:
         actual = fp.compute(conn, _ident(relation), columns, where, fp.algorithm_for(recorded))
         scope = relation if where is None else f"the rows of {day} in {relation}"
