@@ -37,7 +37,7 @@ from archive_pipeline.defs.checks import (
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import declarative_days
-from archive_pipeline.core.errors import SourceError
+from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.defs.schedules import build_daily_schedule
@@ -142,6 +142,13 @@ def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
                 check_table(conn, spec)
             except SourceError as exc:
                 raise ConfigError(f"{config.origin}: table {spec.name!r}: {exc}") from None
+            except psycopg.Error as exc:  # the connection lost, a role's timeout: not the table's fault
+                found = classify(exc)
+                log.warning("could not finish checking the tables of %s: table %r: %s (%s: %s); to fix: %s; the "
+                            "code location loads anyway and runs will fail until this is fixed", config.origin,
+                            spec.name, found.cause, type(exc).__name__, redact(str(exc), password_of(dsn)),
+                            found.remedy)
+                return
 
 
 def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, object] | None = None,

@@ -56,3 +56,36 @@ def test_skip_restore_of_a_naming_day_refuses_an_existing_row_that_differs(conn,
                     on_conflict="skip", temp_dir=temp_dir)
     assert "1 archived row" in str(caught.value)
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0] == 1
+
+
+def test_a_database_error_while_checking_tables_at_load_warns_and_loads(conn, schema, pg, caplog):
+    """The load's table check is a courtesy: a role's statement_timeout firing (a real one, while the
+    check waits for a safe snapshot behind a serializable writer) warns naming the table and cause, with
+    no password, and lets the location load, as an unreachable database does; it does not escape raw."""
+    import logging
+
+    import psycopg
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import check_tables_exist
+
+    role = f"{schema}_checker"
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(sql.Identifier(schema, "t")))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-Zq81x'").format(sql.Identifier(role)))
+    for setting, value in [("default_transaction_isolation", "serializable"), ("default_transaction_read_only", "on"),
+                           ("default_transaction_deferrable", "on"), ("statement_timeout", "300")]:
+        conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(sql.Identifier(role), sql.Identifier(setting),
+                                                                  sql.Literal(value)))
+    dsn = psycopg.conninfo.make_conninfo(pg.dsn, user=role, password="pw-Zq81x")
+    config = parse_config({"tables": [{"name": f"{schema}.t", "day_column": "at", "start_date": DAY.isoformat()}]})
+    with psycopg.connect(pg.dsn) as writer:
+        writer.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        writer.execute(sql.SQL("INSERT INTO {} VALUES (1, now())").format(sql.Identifier(schema, "t")))
+        with caplog.at_level(logging.WARNING, logger="archive_pipeline.definitions"):
+            check_tables_exist(config, dsn)
+        writer.rollback()
+    [record] = caplog.records
+    text = record.getMessage()
+    assert f"{schema}.t" in text and config.origin in text and "statement_timeout" in text.lower()
+    assert "pw-Zq81x" not in text
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -676,7 +676,7 @@ def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
     what to do; never the password, whatever libpq echoed (a malformed URI comes back whole)."""
     target = connection_target(dsn)
     found = classify(exc, user=target.get("user"))
-    password = _password_of(dsn)
+    password = password_of(dsn)
     text = redact(str(exc), password)
     if not target:
         found = _BAD_DSN  # psycopg could not parse it either
@@ -691,7 +691,8 @@ def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
     return SourceError(message, retryable=found.retryable, remedy=found.remedy, cause=found.cause)
 
 
-def _password_of(dsn: str) -> str | None:
+def password_of(dsn: str) -> str | None:
+    """The password in ``dsn`` (URI or key=value form), to redact it from messages; None if it has none."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
