@@ -44,6 +44,7 @@ from archive_pipeline.core.environment import (
 )
 from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, redact
 from archive_pipeline.core.periods import Period, PeriodError
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
 
@@ -116,8 +117,7 @@ class Run:
     def _configured(self, conn: psycopg.Connection) -> psycopg.Connection:
         # timeouts for every statement (prune's LOCK gives up after lock_timeout_ms instead of queueing
         # every reader of the table behind it)
-        for name, value in session_settings(self.config.source).items():
-            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        apply_settings(conn.execute, session_settings(self.config.source), local=False)
         return conn
 
     @property

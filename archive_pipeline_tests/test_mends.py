@@ -89,3 +89,27 @@ def test_a_database_error_while_checking_tables_at_load_warns_and_loads(conn, sc
     assert f"{schema}.t" in text and config.origin in text and "statement_timeout" in text.lower()
     assert "pw-Zq81x" not in text
     conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_session_timeouts_are_set_by_pg_catalog_whatever_the_roles_search_path(conn, schema, pg):
+    """The resource's (and the CLI's and sensor's) session timeouts go through pg_catalog.set_config in one
+    statement: a role whose search_path puts a schema with its own set_config before pg_catalog gets the
+    timeouts, not its function."""
+    import psycopg
+
+    from archive_pipeline.defs.resources import PostgresResource
+
+    role = f"{schema}_pathrole"
+    conn.execute(sql.SQL("CREATE FUNCTION {}.set_config(text, text, boolean) RETURNS text LANGUAGE sql "
+                         "AS $$ SELECT 'shadowed' $$").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+    conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}, pg_catalog").format(
+        sql.Identifier(role), sql.Identifier(schema)))
+    resource = PostgresResource(dsn=psycopg.conninfo.make_conninfo(pg.dsn, user=role, password="pw"),
+                                lock_timeout_ms=1234, statement_timeout_ms=5678)
+    with resource.connect() as session:
+        assert session.execute("SHOW lock_timeout").fetchone()[0] == "1234ms"
+        assert session.execute("SHOW statement_timeout").fetchone()[0] == "5678ms"
+    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

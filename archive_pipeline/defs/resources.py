@@ -15,6 +15,7 @@ from pydantic import Field
 
 from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
 from archive_pipeline.core.store import MiB, S3Store
+from archive_pipeline.core.session_settings import apply_settings
 
 
 class PostgresResource(ConfigurableResource):
@@ -48,8 +49,7 @@ class PostgresResource(ConfigurableResource):
         try:
             # the source: timeouts for everything the session does (an archive's snapshot sets them again,
             # locally); a removal's LOCK must give up after lock_timeout_ms, not queue every reader behind it
-            for name, value in self.session_settings().items():
-                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            apply_settings(conn.execute, self.session_settings(), local=False)
             yield conn
         finally:
             conn.close()

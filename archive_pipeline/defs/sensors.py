@@ -39,6 +39,7 @@ from archive_pipeline.core.discovery import existing_days
 from archive_pipeline.core.errors import ArchiveError, redact
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.plan import select_days
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.defs.resources import PostgresResource
 
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
@@ -113,8 +114,7 @@ def _apply_session_settings(conn: psycopg.Connection, postgres: PostgresResource
     """The ``source:`` timeouts on the tick's session, as every archive run has them: without
     ``lock_timeout`` a probe of a table held ACCESS EXCLUSIVE (a migration, VACUUM FULL) waits until the
     daemon kills the tick, and no table's new day is requested meanwhile."""
-    for name, value in postgres.session_settings().items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    apply_settings(conn.execute, postgres.session_settings(), local=False)
 
 
 def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResource) -> str:
