@@ -199,8 +199,15 @@ _OUT_OF_MEMORY = _src(True, "the database server ran out of memory or another re
 _CONFIG_LIMIT = _src(False, "a server configuration limit was exceeded",
                      "raise the limit named in the message on the server")
 _DROPPED = _src(False, "the database was dropped", f"check {_DSN}")
-_READ_ONLY = _src(False, "a write was attempted in a read-only transaction (a bug in the archiver)",
-                  "report it with this message")
+# An archive only reads; restores, removals and deep verification (its temporary table) write. Where the
+# server refuses a write, the session is read-only: a hot standby, or default_transaction_read_only set
+# for the role, the database or the connection (a pooler's read-only route).
+_READ_ONLY = _src(False, "the database session is read-only (a hot standby, or default_transaction_read_only on "
+                  "for the role, database or connection), and this step writes",
+                  "run restores, removals and deep verification against the primary (ARCHIVE_PG_PRIMARY_DSN, or "
+                  "the connection you pass), with default_transaction_read_only off for its role and database "
+                  "(ALTER ROLE <role> RESET default_transaction_read_only); an archive of a view whose functions "
+                  "write cannot be taken in the archive's READ ONLY snapshot")
 _CORRUPTED = _src(False, "the server reports corrupted data or an internal error",
                   "check the server log; verify the table with amcheck / pg_amcheck")
 _SQL_REJECTED = _src(False, "the server rejected the archiver's SQL",
