@@ -18,7 +18,7 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint, periods
 from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import ChildRange, child_ranges, existing_days, source_table
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, ChildRange, child_ranges, existing_days, source_table
 from archive_pipeline.core.errors import ArchiveError, SourceError
 from archive_pipeline.core.keys import day_prefix
 from archive_pipeline.core.manifest import SourceIdentity, manifest_key
@@ -457,11 +457,14 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                                   archived.object_key or found.key, exc.message))
             continue
         except SourceError as exc:
-            if archived is None:  # a day the catalog shows, that this role cannot read: say so
-                out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, str(exc)))
+            if archived is None or exc.cause != NO_PERIOD_TABLE:
+                # a day the catalog shows that this role cannot read (SELECT revoked, its day column gone): say
+                # so, never "not in the source"; only a naming-mode day whose own table is gone has left it
+                key = archived.object_key if archived is not None and archived.object_key else found.key
+                out.append(Comparison(spec.name, day, "unreadable", None, archived.rows if archived else None, None,
+                                      archived.fingerprint if archived else None, key, str(exc)))
                 continue
             current, present = None, False
-            found = ManifestLookup(found.key, archived, str(exc))
         if current is not None and current.rows == 0 and (not present or archived is not None and archived.removed):
             current = None  # (retention's delete leaves the day's partition, empty)
         if archived is None:
