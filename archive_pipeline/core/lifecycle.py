@@ -321,17 +321,21 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     put back without the mark, so the day is an ordinary archived day again (archived again with
     ``overwrite`` if its rows changed, proven and removed by the next removal). A manifest without
     a pending mark is left as it is (``outcome="none"``). Raises :class:`RemovalNotRecorded` when the
-    removal committed but the archive no longer checks out (the mark stays pending)."""
+    removal committed but the archive no longer checks out (the mark stays pending); a database error (a
+    lost session, a timeout) comes out as an :class:`ArchiveError` naming table, day, cause and remedy."""
     require_autocommit(conn, "settling a pending removal")
     day = spec.period(day)
-    _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
-    with table_day_lock(conn, spec.name, day):
-        key = keys.table_day_key(spec, day, store.prefix)
-        manifest = load_manifest(store, key)
-        if removal_state(manifest) != "pending":
-            return Settlement("none", manifest)
-        committed, why = _committed(conn, spec, day, manifest)
-        return _settle(conn, spec, day, store, key, manifest, committed, why)
+    try:
+        _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
+        with table_day_lock(conn, spec.name, day):
+            key = keys.table_day_key(spec, day, store.prefix)
+            manifest = load_manifest(store, key)
+            if removal_state(manifest) != "pending":
+                return Settlement("none", manifest)
+            committed, why = _committed(conn, spec, day, manifest)
+            return _settle(conn, spec, day, store, key, manifest, committed, why)
+    except psycopg.Error as exc:  # the mark stays as it was: a terminated session, a timeout, a privilege
+        raise wrap(exc, spec.name, day.isoformat(), doing="removing") from None
 
 
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:
