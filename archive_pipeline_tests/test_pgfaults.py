@@ -1,0 +1,201 @@
+"""Real PostgreSQL faults on the paths other than the plain archive write: compare, deep verification,
+restore, removal (and settling its mark), discovery and the retention asset. Each fault is injected for
+real (a privilege taken away, a read-only session, a lock held by another session, a backend terminated
+from another session or by a trigger); the outcome must be complete and exact or nothing changed, and
+the error an ArchiveError naming table, day, cause and remedy, retryable exactly when a retry can help."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from archive_pipeline.core import plan
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.errors import ArchiveError, classify
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.restore import RestoreError, restore_day
+from archive_pipeline.core.verify import deep_verify, load_manifest
+from archive_pipeline_tests.test_lifecycle import DAYS, events, spec_for  # noqa: F401 - the fixture
+
+DAY = DAYS[0]
+READ_ONLY = "-c default_transaction_read_only=on"
+
+
+def _connect(pg, options: str) -> psycopg.Connection:
+    return psycopg.connect(make_conninfo(pg.dsn, options=options), autocommit=True)
+
+
+def _exists(conn, qualified: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,)).fetchone()[0]
+
+
+def _day_rows(conn, schema: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE created_at >= '2024-03-10+00' AND "
+                                "created_at < '2024-03-11+00'").format(sql.Identifier(schema, "events"))).fetchone()[0]
+
+
+def _names_the_day(error: BaseException, spec) -> None:
+    assert isinstance(error, ArchiveError), f"{type(error).__name__}: {error}"
+    assert (error.table, error.day) == (spec.name, DAY.isoformat()), str(error)
+    assert spec.name in str(error) and DAY.isoformat() in str(error) and "to fix:" in str(error), str(error)
+
+
+# ---- compare ------------------------------------------------------------------------------------------
+
+def test_compare_of_an_archived_day_the_role_may_no_longer_read_is_unreadable_not_gone(conn, events, store):
+    """SELECT on the table taken away from the comparing role (here: SET ROLE to one without it). The day's
+    partition is in the catalog; its fingerprint cannot be read. Was: 'not-in-source' ("archived; the source
+    no longer has this day"), which is not a difference, so `compare` exited 0 and said the source had let
+    the day go while every row is still there."""
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    conn.execute("SET ROLE pg_monitor")  # may read the catalog, not the table
+    try:
+        [found] = plan.compare_days(conn, spec, store, [DAY])
+    finally:
+        conn.execute("RESET ROLE")
+    assert (found.result, found.differs) == ("unreadable", True), found
+    assert "may not SELECT" in found.note and found.archive_rows == 300, found
+
+
+# ---- deep verification ----------------------------------------------------------------------------------
+
+def test_deep_verification_whose_source_session_meets_a_lock_timeout_is_a_retryable_error_naming_the_day(
+        pg, conn, events, store):
+    """Another session holds the table ACCESS EXCLUSIVE (a migration, VACUUM FULL) while the proof's second
+    session fingerprints the source. The proving session has a lock_timeout, set after connecting as
+    PostgresResource and the command line set it. Was: the second session, opened from the connection
+    string alone, had none and waited as long as the lock was held (here until the safety timer let it
+    go, then "proven"); and a database error came out of deep_verify as the bare psycopg error (no table,
+    no day, no remedy; the command line took it for a lost database and stopped checking other days)."""
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    locker = pg.connect()
+    release = threading.Timer(8, locker.close)  # (a safety net: the old code waits for the lock)
+    try:
+        locker.execute("BEGIN")
+        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(events, "events")))
+        release.start()
+        with pg.connect() as proving, pytest.raises(Exception) as caught:
+            proving.execute("SELECT set_config('lock_timeout', '300', false)")
+            deep_verify(proving, store, spec, DAY)
+    finally:
+        release.cancel()
+        locker.close()
+    _names_the_day(caught.value, spec)
+    assert caught.value.retryable and "lock_timeout" in str(caught.value)
+    assert not conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'archive_pipeline_verify%%'").fetchone()[0]
+
+
+def test_deep_verification_on_a_read_only_session_says_so_and_is_not_retried(pg, conn, events, store):
+    """default_transaction_read_only on the session (a role or database set that way, a pooler's read-only
+    route): the proof's temporary table is refused. Was: the bare ReadOnlySqlTransaction, and wrapped it
+    read 'a bug in the archiver; report it'."""
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    with _connect(pg, READ_ONLY) as proving, pytest.raises(Exception) as caught:
+        deep_verify(proving, store, spec, DAY)
+    _names_the_day(caught.value, spec)
+    assert not caught.value.retryable
+    assert "read-only" in str(caught.value) and "bug" not in str(caught.value), str(caught.value)
+
+
+# ---- restore and removal on a read-only session --------------------------------------------------------
+
+def test_restore_on_a_read_only_session_names_the_cause_and_creates_nothing(pg, conn, events, store):
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    with _connect(pg, READ_ONLY) as restoring, pytest.raises(RestoreError) as caught:
+        restore_day(restoring, store, spec, DAY, into="new", target=f"{events}.restored")
+    _names_the_day(caught.value, spec)
+    assert not caught.value.retryable and "nothing was restored" in str(caught.value)
+    assert "read-only" in str(caught.value) and "bug" not in str(caught.value), str(caught.value)
+    assert "ARCHIVE_PG_PRIMARY_DSN" in caught.value.remedy
+    assert not _exists(conn, f"{events}.restored")
+
+
+def test_removal_on_a_read_only_session_names_the_cause_and_leaves_day_and_manifest(pg, conn, events, store):
+    """The pending mark is written, then DETACH is refused: the mark is taken back, every row stays."""
+    spec = spec_for(events, "drop")
+    result = archive_partition(conn, spec, DAY, store)
+    with _connect(pg, READ_ONLY) as removing, pytest.raises(ArchiveError) as caught:
+        remove_day(removing, spec, DAY, store, proven=True)
+    _names_the_day(caught.value, spec)
+    assert not caught.value.retryable and "read-only" in str(caught.value) and "bug" not in str(caught.value)
+    assert _exists(conn, f"{events}.events_20240310") and _day_rows(conn, events) == 300
+    assert "removed" not in load_manifest(store, result.key)
+
+
+# ---- discovery ------------------------------------------------------------------------------------------
+
+def test_discovery_whose_session_is_terminated_mid_probe_raises_the_termination(pg, conn, events):
+    """Column mode probes each day with the session's settings pinned and put back afterwards. A backend
+    terminated while its probe waits for a lock: the error raised is the termination (57P01), which the
+    sensor reports as such. Was: putting the settings back on the dead session raised "the connection is
+    closed" in its place."""
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.discovery import existing_days
+
+    spec = TableSpec(name=f"{events}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "column"})
+    locker = pg.connect()
+    probing = pg.connect()
+    pid = probing.info.backend_pid
+
+    def terminate_once_waiting() -> None:  # (bounded: a probe that never waits fails the test, not hangs it)
+        with pg.connect() as watcher:
+            for _ in range(100_000):
+                watcher.execute("SELECT pg_stat_clear_snapshot()")
+                if watcher.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                   (pid,)).fetchone()[0]:
+                    watcher.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    return
+
+    try:
+        locker.execute("BEGIN")
+        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(events, "events")))
+        killer = threading.Thread(target=terminate_once_waiting)
+        killer.start()
+        with pytest.raises(psycopg.Error) as caught:
+            existing_days(probing, spec, [DAY])
+        killer.join()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        probing.close()
+    assert classify(caught.value).cause.startswith("the archiving backend was terminated"), repr(caught.value)
+
+
+# ---- the retention asset ----------------------------------------------------------------------------------
+
+def test_removal_asset_on_a_read_only_source_fails_at_once_naming_the_day_and_records_no_failed_proof(
+        pg, conn, events, store, archive_env, monkeypatch):
+    """ARCHIVE_PG_DSN whose sessions are read-only: the proof cannot create its temporary table. The run
+    fails once (a retry cannot make the session writable), naming table, day and the read-only session,
+    and no failed archive_proven is recorded (nothing was judged). Was: the bare ReadOnlySqlTransaction,
+    retried by the retry policy like any unknown exception, naming neither table nor day."""
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline import definitions
+    from archive_pipeline.core.config import parse_config
+
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    monkeypatch.setenv("ARCHIVE_PG_DSN", make_conninfo(pg.dsn, options=READ_ONLY))
+    defs = definitions.build_definitions(parse_config({"retry": {"max_retries": 1, "delay_seconds": 0}, "tables": [{
+        "name": spec.name, "day_column": "created_at", "start_date": DAYS[0].isoformat(),
+        "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}]}))
+    with instance_for_test() as instance:
+        run = defs.resolve_job_def(f"remove_{events}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        kinds = [e.dagster_event.event_type for e in instance.all_logs(run.run_id) if e.dagster_event]
+        failures = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert not run.success and kinds.count(DagsterEventType.STEP_UP_FOR_RETRY) == 0
+    assert [e for e in run.get_asset_check_evaluations() if not e.passed] == []
+    text = str(failures[-1].step_failure_data.user_failure_data.description)
+    assert spec.name in text and DAY.isoformat() in text and "read-only" in text, text
+    assert _exists(conn, f"{events}.events_20240310") and _day_rows(conn, events) == 300
