@@ -199,3 +199,32 @@ def test_removal_asset_on_a_read_only_source_fails_at_once_naming_the_day_and_re
     text = str(failures[-1].step_failure_data.user_failure_data.description)
     assert spec.name in text and DAY.isoformat() in text and "read-only" in text, text
     assert _exists(conn, f"{events}.events_20240310") and _day_rows(conn, events) == 300
+
+
+# ---- settling a pending removal mark ----------------------------------------------------------------------
+
+def test_settling_a_pending_mark_whose_source_check_meets_a_lock_timeout_names_the_day_and_keeps_the_mark(
+        pg, conn, events, store):
+    """A pending mark that names no transaction (written by an older version) is settled by looking at the
+    source: a lock held on the table ends that look after lock_timeout. The mark stays as it was, and the
+    error names table, day and cause, retryable. Was: the bare psycopg LockNotAvailable."""
+    from archive_pipeline.core.keys import manifest_key
+    from archive_pipeline.core.lifecycle import _write_manifest, settle_pending_removal
+
+    spec = spec_for(events, "drop")
+    result = archive_partition(conn, spec, DAY, store)
+    manifest = {k: v for k, v in load_manifest(store, result.key).items() if k != "manifest_sha256"}
+    _write_manifest(store, manifest_key(result.key), {**manifest, "removed": {
+        "at": "2024-04-20T00:00:00+00:00", "action": "drop", "state": "pending", "relation": f"{events}.events_20240310"}})
+    locker = pg.connect()
+    try:
+        locker.execute("BEGIN")
+        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(events, "events")))
+        with pg.connect() as settling, pytest.raises(Exception) as caught:
+            settling.execute("SELECT set_config('lock_timeout', '300', false)")
+            settle_pending_removal(settling, spec, DAY, store)
+    finally:
+        locker.close()
+    _names_the_day(caught.value, spec)
+    assert caught.value.retryable and "lock_timeout" in str(caught.value)
+    assert load_manifest(store, result.key)["removed"]["state"] == "pending" and _day_rows(conn, events) == 300
