@@ -228,3 +228,30 @@ def test_settling_a_pending_mark_whose_source_check_meets_a_lock_timeout_names_t
     _names_the_day(caught.value, spec)
     assert caught.value.retryable and "lock_timeout" in str(caught.value)
     assert load_manifest(store, result.key)["removed"]["state"] == "pending" and _day_rows(conn, events) == 300
+
+
+# ---- a privilege the step needs, refused ------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["drop", "delete"])
+def test_removal_by_a_role_that_may_only_read_names_what_a_removal_needs(pg, conn, events, store, action):
+    """The removing role may SELECT the table (the proof passes) but not change it: the removal's LOCK is
+    refused after the pending mark was written. The mark is taken back, every row stays, and the remedy
+    says what a removal needs. Was: 'GRANT SELECT ON <table>', which the role already had."""
+    spec = spec_for(events, action)
+    result = archive_partition(conn, spec, DAY, store)
+    role = sql.Identifier(f"{events}_reader")
+    conn.execute(sql.SQL("CREATE ROLE {}").format(role))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+            s=sql.Identifier(events), r=role))
+        with pg.connect() as removing, pytest.raises(ArchiveError) as caught:
+            removing.execute(sql.SQL("SET ROLE {}").format(role))
+            remove_day(removing, spec, DAY, store)
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {r}; DROP ROLE {r}").format(r=role))
+    _names_the_day(caught.value, spec)
+    assert not caught.value.retryable and "permission denied" in str(caught.value)
+    needed = "DELETE" if action == "delete" else "owner"
+    assert "GRANT SELECT ON" not in caught.value.remedy and needed in caught.value.remedy, caught.value.remedy
+    assert _exists(conn, f"{events}.events_20240310") and _day_rows(conn, events) == 300
+    assert "removed" not in load_manifest(store, result.key)

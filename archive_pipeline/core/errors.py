@@ -588,6 +588,15 @@ def _detail(exc: BaseException, limit: int = 600) -> str:
 
 _AGAIN = {"archiving": "archive", "restoring": "restore", "removing": "remove the day", "proving": "prove"}
 
+# What a privilege refused means where more than SELECT is needed (the restore says its own).
+_PERMISSION_FOR = {
+    "proving": "GRANT SELECT ON <table> TO <role> (and USAGE on its schema), and TEMPORARY on the database (GRANT "
+               "TEMPORARY ON DATABASE <database> TO <role>): the proof loads the archive into a temporary table",
+    "removing": "a removal needs what its action does: detach and drop, ownership of <table> and of the day's partition "
+                "or table (remove as their owner, or GRANT <owner> TO <role>); delete, GRANT SELECT, DELETE ON <table> "
+                "TO <role>; and TEMPORARY on the database for the proof before it",
+}
+
 
 def remedy_for(remedy: str, doing: str) -> str:
     """A remedy that ends in "archive again" as it reads for what failed ("restoring": "restore again")."""
@@ -610,6 +619,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         exc.args = (exc.message,)
         return exc
     found = classify(exc, table=table, user=user)
+    if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
+        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", table).replace("<role>", user or "<role>"))
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
