@@ -287,3 +287,38 @@ def test_compare_and_list_where_one_days_table_is_locked_report_that_day_and_che
     assert [s.state for s in listed] == ["unreadable", "archived"], listed
     for note in (compared[0].note, listed[0].note):
         assert note.startswith("not checked (retryable)") and "lock_timeout" in note, note
+
+
+# ---- the source changing between the removal's first statement and its lock ---------------------------
+
+@pytest.mark.parametrize("action", ["detach", "drop", "delete"])
+def test_a_row_committed_while_the_removal_marks_its_manifest_stops_it_whatever_the_default_isolation(
+        pg, conn, events, store, s3_client, action):
+    """The removing role's sessions default to REPEATABLE READ (ALTER ROLE ... SET
+    default_transaction_isolation). A late row of the day commits while the removal writes its pending mark,
+    after its transaction began and before it locks the partition. The re-check after the lock must see
+    it and refuse. Was: the transaction's snapshot dated from its first statement, the re-check's
+    fingerprint still equalled the archive's, and the partition was detached or dropped with the late
+    row, which no archive holds (delete left it behind a 'done' mark)."""
+    spec = spec_for(events, action)
+    result = archive_partition(conn, spec, DAY, store)
+    late = []
+
+    def insert_a_late_row(params, **_) -> None:  # the pending mark's PUT: the removal's transaction is open
+        if not late and params["Key"].endswith(".manifest.json"):
+            with pg.connect() as writer:
+                writer.execute(sql.SQL("INSERT INTO {} (id, created_at, user_id, event_type) "
+                                       "VALUES (999999, '2024-03-10 23:59:59+00', 1, 'late')").format(
+                    sql.Identifier(events, "events")))
+            late.append(True)
+
+    s3_client.meta.events.register("before-parameter-build.s3.PutObject", insert_a_late_row)
+    try:
+        with pg.connect() as removing, pytest.raises(ArchiveError) as caught:
+            removing.execute("SET default_transaction_isolation = 'repeatable read'")
+            remove_day(removing, spec, DAY, store, proven=True)
+    finally:
+        s3_client.meta.events.unregister("before-parameter-build.s3.PutObject", insert_a_late_row)
+    assert late and "changed since they were archived" in str(caught.value), str(caught.value)
+    assert _exists(conn, f"{events}.events_20240310") and _day_rows(conn, events) == 301
+    assert "removed" not in load_manifest(store, result.key)

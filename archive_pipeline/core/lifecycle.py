@@ -212,6 +212,10 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     pending = b""
     try:
         with conn.transaction():
+            # Whatever the role's default_transaction_isolation: under REPEATABLE READ the snapshot would date
+            # from the first statement below, and the re-check after the lock would not see a row committed
+            # meanwhile (the pending mark's PUT takes a while) that the detach or drop then takes with it.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             table = source_table(conn, spec, day)
             target = _target(conn, spec, day, table, action)
             # The transaction's id, assigned now and recorded in the mark: whoever finds the mark later
