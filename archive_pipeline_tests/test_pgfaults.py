@@ -322,3 +322,21 @@ def test_a_row_committed_while_the_removal_marks_its_manifest_stops_it_whatever_
     assert late and "changed since they were archived" in str(caught.value), str(caught.value)
     assert _exists(conn, f"{events}.events_20240310") and _day_rows(conn, events) == 301
     assert "removed" not in load_manifest(store, result.key)
+
+
+def test_a_removal_whose_backend_is_terminated_in_the_middle_of_its_delete_keeps_every_row(pg, conn, events, store):
+    """A trigger terminates the removing backend half-way through the day's DELETE (a stand-in for an
+    operator's pg_terminate_backend): the transaction is gone with everything it deleted, the pending mark
+    is taken back, and the error is retryable and names the day. (Checked, holds.)"""
+    spec = spec_for(events, "delete")
+    result = archive_partition(conn, spec, DAY, store)
+    conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF OLD.id = 150 THEN "
+                         "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN OLD; END $$").format(
+        sql.Identifier(events, "die")))
+    conn.execute(sql.SQL("CREATE TRIGGER die BEFORE DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        sql.Identifier(events, "events"), sql.Identifier(events, "die")))
+    with pg.connect() as removing, pytest.raises(ArchiveError) as caught:
+        remove_day(removing, spec, DAY, store, proven=True)
+    _names_the_day(caught.value, spec)
+    assert caught.value.retryable and "terminated" in str(caught.value)
+    assert _day_rows(conn, events) == 300 and "removed" not in load_manifest(store, result.key)
