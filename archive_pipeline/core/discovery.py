@@ -87,7 +87,8 @@ def pinned_settings(conn: psycopg.Connection, **settings: str) -> Iterator[None]
     connection, whose TimeZone (a role default, the caller's SET) must not change behind their back,
     and in whose DateStyle (``ALTER ROLE ... SET DateStyle = 'SQL, DMY'``) psycopg cannot read bounds.
     Inside a transaction the settings are transaction-local; an aborted transaction's rollback undoes
-    them, so nothing is restored then."""
+    them, so nothing is restored then, nor on a session that is gone (the error that ended it, a
+    terminated backend say, is the one raised, not "the connection is closed")."""
     names = list(settings)
     local = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
@@ -100,7 +101,7 @@ def pinned_settings(conn: psycopg.Connection, **settings: str) -> Iterator[None]
     try:
         yield
     finally:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
             apply(list(before))
 
 
@@ -195,6 +196,9 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list) -
         return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
 
 
+NO_PERIOD_TABLE = "the period's table does not exist"  # naming mode: the day is not (or no longer) in the source
+
+
 def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> SourceTable:
     """The relation holding the period and its columns, per the table's partitioning mode."""
     day = spec.period(day)
@@ -203,7 +207,9 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
         try:
             return describe_table(conn, child, spec.day_column)
         except SourceError as exc:
-            raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False) from None
+            cause = NO_PERIOD_TABLE if exc.cause == "the configured table does not exist" else exc.cause
+            raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,
+                              cause=cause) from None
     if spec.partitioning.mode == "declarative":
         require_whole_days(spec, day_children(conn, spec, day))
     return describe_table(conn, spec.name, spec.day_column)

@@ -199,8 +199,15 @@ _OUT_OF_MEMORY = _src(True, "the database server ran out of memory or another re
 _CONFIG_LIMIT = _src(False, "a server configuration limit was exceeded",
                      "raise the limit named in the message on the server")
 _DROPPED = _src(False, "the database was dropped", f"check {_DSN}")
-_READ_ONLY = _src(False, "a write was attempted in a read-only transaction (a bug in the archiver)",
-                  "report it with this message")
+# An archive only reads; restores, removals and deep verification (its temporary table) write. Where the
+# server refuses a write, the session is read-only: a hot standby, or default_transaction_read_only set
+# for the role, the database or the connection (a pooler's read-only route).
+_READ_ONLY = _src(False, "the database session is read-only (a hot standby, or default_transaction_read_only on "
+                  "for the role, database or connection), and this step writes",
+                  "run restores, removals and deep verification against the primary (ARCHIVE_PG_PRIMARY_DSN, or "
+                  "the connection you pass), with default_transaction_read_only off for its role and database "
+                  "(ALTER ROLE <role> RESET default_transaction_read_only); an archive of a view whose functions "
+                  "write cannot be taken in the archive's READ ONLY snapshot")
 _CORRUPTED = _src(False, "the server reports corrupted data or an internal error",
                   "check the server log; verify the table with amcheck / pg_amcheck")
 _SQL_REJECTED = _src(False, "the server rejected the archiver's SQL",
@@ -581,6 +588,15 @@ def _detail(exc: BaseException, limit: int = 600) -> str:
 
 _AGAIN = {"archiving": "archive", "restoring": "restore", "removing": "remove the day", "proving": "prove"}
 
+# What a privilege refused means where more than SELECT is needed (the restore says its own).
+_PERMISSION_FOR = {
+    "proving": "GRANT SELECT ON <table> TO <role> (and USAGE on its schema), and TEMPORARY on the database (GRANT "
+               "TEMPORARY ON DATABASE <database> TO <role>): the proof loads the archive into a temporary table",
+    "removing": "a removal needs what its action does: detach and drop, ownership of <table> and of the day's partition "
+                "or table (remove as their owner, or GRANT <owner> TO <role>); delete, GRANT SELECT, DELETE ON <table> "
+                "TO <role>; and TEMPORARY on the database for the proof before it",
+}
+
 
 def remedy_for(remedy: str, doing: str) -> str:
     """A remedy that ends in "archive again" as it reads for what failed ("restoring": "restore again")."""
@@ -603,6 +619,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         exc.args = (exc.message,)
         return exc
     found = classify(exc, table=table, user=user)
+    if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
+        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", table).replace("<role>", user or "<role>"))
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)

@@ -212,6 +212,10 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     pending = b""
     try:
         with conn.transaction():
+            # Whatever the role's default_transaction_isolation: under REPEATABLE READ the snapshot would date
+            # from the first statement below, and the re-check after the lock would not see a row committed
+            # meanwhile (the pending mark's PUT takes a while) that the detach or drop then takes with it.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             table = source_table(conn, spec, day)
             target = _target(conn, spec, day, table, action)
             # The transaction's id, assigned now and recorded in the mark: whoever finds the mark later
@@ -321,17 +325,21 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     put back without the mark, so the day is an ordinary archived day again (archived again with
     ``overwrite`` if its rows changed, proven and removed by the next removal). A manifest without
     a pending mark is left as it is (``outcome="none"``). Raises :class:`RemovalNotRecorded` when the
-    removal committed but the archive no longer checks out (the mark stays pending)."""
+    removal committed but the archive no longer checks out (the mark stays pending); a database error (a
+    lost session, a timeout) comes out as an :class:`ArchiveError` naming table, day, cause and remedy."""
     require_autocommit(conn, "settling a pending removal")
     day = spec.period(day)
-    _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
-    with table_day_lock(conn, spec.name, day):
-        key = keys.table_day_key(spec, day, store.prefix)
-        manifest = load_manifest(store, key)
-        if removal_state(manifest) != "pending":
-            return Settlement("none", manifest)
-        committed, why = _committed(conn, spec, day, manifest)
-        return _settle(conn, spec, day, store, key, manifest, committed, why)
+    try:
+        _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
+        with table_day_lock(conn, spec.name, day):
+            key = keys.table_day_key(spec, day, store.prefix)
+            manifest = load_manifest(store, key)
+            if removal_state(manifest) != "pending":
+                return Settlement("none", manifest)
+            committed, why = _committed(conn, spec, day, manifest)
+            return _settle(conn, spec, day, store, key, manifest, committed, why)
+    except psycopg.Error as exc:  # the mark stays as it was: a terminated session, a timeout, a privilege
+        raise wrap(exc, spec.name, day.isoformat(), doing="removing") from None
 
 
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:

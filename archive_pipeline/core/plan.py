@@ -18,8 +18,8 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint, periods
 from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import ChildRange, child_ranges, existing_days, source_table
-from archive_pipeline.core.errors import ArchiveError, SourceError
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, ChildRange, child_ranges, existing_days, source_table
+from archive_pipeline.core.errors import ArchiveError, SourceError, classify
 from archive_pipeline.core.keys import day_prefix
 from archive_pipeline.core.manifest import SourceIdentity, manifest_key
 from archive_pipeline.core.periods import Period
@@ -194,6 +194,15 @@ def _has_default_partition(conn: psycopg.Connection, spec: TableSpec) -> bool:
     return bool(found and found[0])
 
 
+def not_checked(exc: psycopg.Error, spec: TableSpec) -> str:
+    """Why one day's source could not be compared (its partition locked past lock_timeout, a statement_timeout),
+    as the day's note: the other days are still compared."""
+    found = classify(exc, table=spec.name)
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (f"not checked ({'retryable' if found.retryable else 'not retryable'}): the source's rows could not be "
+            f"read: {found.cause} ({type(exc).__name__}: {detail})")
+
+
 def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:
     """Whether the archive holds what the source holds now: the fingerprint when the manifest has one
     (version 2), otherwise only the row count (version 1 recorded nothing finer)."""
@@ -263,6 +272,13 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
             except ColumnsChangedError as exc:
                 statuses.append(DayStatus(spec.name, day, "changed", archived.object_key or found.key, present,
                                           archived.rows, archived.bytes, archived.archived_at, None, exc.message))
+                continue
+            except psycopg.Error as exc:
+                if conn.closed:  # the session is gone: every next day would fail the same way
+                    raise
+                statuses.append(DayStatus(spec.name, day, "unreadable", archived.object_key or found.key, present,
+                                          archived.rows, archived.bytes, archived.archived_at, None,
+                                          not_checked(exc, spec)))
                 continue
             source_rows = current.rows
             if not matches_source(archived, current):
@@ -429,6 +445,15 @@ class Comparison:
                 "key": self.key, "note": self.note}
 
 
+def _unreadable(spec: TableSpec, day: Period, found: ManifestLookup, why: str) -> Comparison:
+    """A day whose source could not be read, with what its archive says."""
+    archived = found.archived
+    if archived is None:
+        return Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, why)
+    return Comparison(spec.name, day, "unreadable", None, archived.rows, None, archived.fingerprint,
+                      archived.object_key or found.key, why)
+
+
 def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                  days: Iterable[dt.date]) -> list[Comparison]:
     """Source against archive per day: row counts and content fingerprints (the manifest's
@@ -456,12 +481,18 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
             out.append(Comparison(spec.name, day, "differs", None, archived.rows, None, archived.fingerprint,
                                   archived.object_key or found.key, exc.message))
             continue
+        except psycopg.Error as exc:  # a lock_timeout on the day's partition, a statement_timeout: this day only
+            if conn.closed:  # the session is gone: every next day would fail the same way
+                raise
+            out.append(_unreadable(spec, day, found, not_checked(exc, spec)))
+            continue
         except SourceError as exc:
-            if archived is None:  # a day the catalog shows, that this role cannot read: say so
-                out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, str(exc)))
+            if archived is None or exc.cause != NO_PERIOD_TABLE:
+                # a day the catalog shows that this role cannot read (SELECT revoked, its day column gone): say
+                # so, never "not in the source"; only a naming-mode day whose own table is gone has left it
+                out.append(_unreadable(spec, day, found, str(exc)))
                 continue
             current, present = None, False
-            found = ManifestLookup(found.key, archived, str(exc))
         if current is not None and current.rows == 0 and (not present or archived is not None and archived.removed):
             current = None  # (retention's delete leaves the day's partition, empty)
         if archived is None:

@@ -35,6 +35,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, remov
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -275,7 +276,9 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     by its archive alone). A mismatch
     names the first differing row. ``scratch_conn`` (a writable database with the same column
     types) receives the archived rows when the source cannot (a hot standby); by default they go to
-    a temporary table on ``conn``.
+    a temporary table on ``conn``. A database error of any of its sessions (terminated, timed out, a
+    privilege refused) proves nothing either way: it raises a :class:`SourceError` naming table,
+    day, cause and remedy, retryable where a retry can help.
     """
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
@@ -283,18 +286,21 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}")
         if manifest is None:
             return problems
-    problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
-    if problems:
-        # An overwrite that committed meanwhile retires the object being proven: "missing" (or rows that
-        # are no longer the source's) would then be a verdict on an archive that is no longer the day's.
-        # The current one is proven instead.
-        with contextlib.suppress(ManifestError):
-            current = load_manifest(store, key)
-            if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256"):
-                log.info("%s %s: its archive was replaced while it was being proven; proving the new one",
-                         spec.name, day)
-                return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
-    return problems
+    try:
+        problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
+        if problems:
+            # An overwrite that committed meanwhile retires the object being proven: "missing" (or rows that
+            # are no longer the source's) would then be a verdict on an archive that is no longer the day's.
+            # The current one is proven instead.
+            with contextlib.suppress(ManifestError):
+                current = load_manifest(store, key)
+                if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256"):
+                    log.info("%s %s: its archive was replaced while it was being proven; proving the new one",
+                             spec.name, day)
+                    return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
+        return problems
+    except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
+        raise wrap(exc, spec.name, day.isoformat(), doing="proving") from None
 
 
 def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,
@@ -333,6 +339,19 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             return _compare(conn, scratch_conn, day, manifest, temp, columns, source)
 
 
+# The caller's limits on its session, which PostgresResource and the command line set after connecting
+# (not in the connection string): the proof's second session keeps to them too, so a lock held on the
+# table ends its wait after lock_timeout, as it ends the removal's, instead of never.
+_LIMITS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+
+
+def _limits_of(conn: psycopg.Connection) -> dict[str, str]:
+    """``conn``'s current :data:`_LIMITS`."""
+    values = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("pg_catalog.current_setting({})").format(sql.Literal(name)) for name in _LIMITS))).fetchone()
+    return dict(zip(_LIMITS, values, strict=True))
+
+
 class _SourceFingerprint:
     """The source's fingerprint of the day, computed in another thread while the archive downloads
     and loads (on ``conn`` itself when the rows load elsewhere, else on a second session), so the
@@ -350,10 +369,16 @@ class _SourceFingerprint:
     def __enter__(self) -> _SourceFingerprint:
         worker = self.conn
         if self.scratch is self.conn:
+            limits = _limits_of(self.conn)
             try:
                 worker = self.side = psycopg.connect(dsn_of(self.conn), autocommit=True)
             except psycopg.OperationalError:
                 return self  # no second session: computed on conn when asked for
+            try:
+                apply_settings(self.side.execute, limits, local=False)
+            except BaseException:
+                self.side.close()
+                raise
         self.thread = threading.Thread(target=self._compute, args=(worker,), name="verify-source", daemon=True)
         self.thread.start()
         return self

@@ -48,7 +48,7 @@ from pydantic import Field
 from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, daily_partitions, freshness_policy,
                                           retry_policy)
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
-from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.errors import ArchiveError, SourceError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, due_days, remove_day,
                                               settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -150,10 +150,11 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                     proven_sha = (manifest or {}).get("manifest_sha256", False)
             except ArchiveError as exc:
                 if exc.retryable or isinstance(exc, (DownloadError, LocalFileError, RemovalNotRecorded,
-                                                     RemovalRefused)):
+                                                     RemovalRefused, SourceError)):
                     # Nothing was proven either way (the store failed or refused a request, the temp dir
-                    # is full, a removal is not settled): the run fails, retried where that can help, and no
-                    # integrity check is recorded as failed.
+                    # is full, the database refused a session, a privilege or a write, a removal is not
+                    # settled): the run fails, retried where that can help, and no integrity check is
+                    # recorded as failed.
                     raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
                 manifest, problems = None, [str(exc)]
             except ValueError as exc:  # ManifestError: the manifest itself is damaged
