@@ -457,11 +457,12 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                                   archived.object_key or found.key, exc.message))
             continue
         except SourceError as exc:
-            if archived is None:  # a day the catalog shows, that this role cannot read: say so
-                out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, str(exc)))
-                continue
-            current, present = None, False
-            found = ManifestLookup(found.key, archived, str(exc))
+            # the day's rows could not be read (no SELECT, a partition straddling days): that is no answer
+            # about them, never "not in source", which would pass an archived day nobody compared
+            out.append(Comparison(spec.name, day, "unreadable", None, archived and archived.rows, None,
+                                  archived and archived.fingerprint,
+                                  (archived and archived.object_key) or found.key, str(exc)))
+            continue
         if current is not None and current.rows == 0 and (not present or archived is not None and archived.removed):
             current = None  # (retention's delete leaves the day's partition, empty)
         if archived is None:

@@ -164,14 +164,16 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
         )
     oid, relkind, can_select, unreadable = row
+    # a grant is configuration (the command line exits 2 on it); the statement quotes the names as SQL needs
+    grant = sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(schema, name),
+                                                       sql.Identifier(conn.info.user)).as_string(conn)
     if not can_select:
-        raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; "
-                          f"GRANT SELECT ON {qualified_name} TO {conn.info.user}",
-                          table=qualified_name, retryable=False)
+        raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; {grant}",
+                          table=qualified_name, retryable=False, cause="permission denied")
     if unreadable:  # SELECT granted on some columns only: every column is archived
         raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
-                          f"every column is archived; GRANT SELECT ON {qualified_name} TO {conn.info.user} (or "
-                          "SELECT on those columns)", table=qualified_name, retryable=False)
+                          f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
+                          retryable=False, cause="permission denied")
     columns = tuple(Column(*r) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)

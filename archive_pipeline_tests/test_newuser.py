@@ -1,0 +1,79 @@
+"""The command line as a new user meets it: README commands and hostile input, run as a subprocess
+against real PostgreSQL and moto's S3 server over HTTP. Each test fails on what was found before its
+fix: a traceback, a wrong exit code, a wrong cause, or a finding that was not true."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.local.local_stack import create_sample_events
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "archive"  # the ``store`` fixture's prefix, so the CLI sees what the tests archive in-process
+
+
+def _day() -> dt.date:
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)
+
+
+def _setup(pg, s3, bucket, tmp_path, tables: list[dict]) -> dict[str, str]:
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}, allow_unicode=True), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX=PREFIX, ARCHIVE_S3_ENDPOINT_URL=s3.endpoint_url,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="250")
+    return env
+
+
+def _events(name: str, day: dt.date) -> dict:
+    return {"name": name, "day_column": "created_at", "start_date": day.isoformat(),
+            "partitioning": {"mode": "declarative"}}
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr, done.stderr  # never, whatever the input
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+# compare must not call a day it could not read "not in source"
+
+
+def test_compare_of_an_archived_day_the_role_may_not_read_is_unreadable_not_gone(pg, s3, bucket, conn, schema,
+                                                                                 store, tmp_path, request):
+    """The day is archived and still in the source, but ARCHIVE_PG_DSN's role has no SELECT on the table.
+    compare said `not-in-source  archived; the source no longer has this day` and exited 0: a green
+    answer about rows it never read. It must say it could not read them (and why), and exit non-zero."""
+    day = _day()
+    create_sample_events(conn, [day], 20, schema=schema)
+    spec = parse_config({"tables": [_events(f"{schema}.events", day)]}).tables[0]
+    archive_partition(conn, spec, day, store)
+    role = f"nosel_{schema}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    request.addfinalizer(lambda: conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role))))
+    env = {**_setup(pg, s3, bucket, tmp_path, [_events(spec.name, day)]), "ARCHIVE_PG_DSN": pg.dsn_for(role)}
+
+    done = cli(env, "compare", "--day", day.isoformat(), "--json")
+    [result] = json.loads(done.stdout)["days"]
+    assert result["result"] == "unreadable", result
+    assert "SELECT" in result["note"] and result["archive_rows"] == 20, result
+    assert done.returncode == 1, done.stderr
+
+    # list --check-source fails the whole command on it: a grant is configuration (README: exit 2)
+    done = cli(env, "list", "--check-source", "--day", day.isoformat())
+    assert done.returncode == 2, done.stderr
+    assert f'GRANT SELECT ON "{schema}"."events" TO "{role}"' in done.stderr
