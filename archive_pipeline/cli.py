@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from archive_pipeline.core import plan
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, TableSpec, load_config
@@ -63,8 +64,11 @@ class Run:
     first: str | None  # a day, hour or month (see PeriodArg), read in each table's zone
     last: str | None
     as_json: bool
-    out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200))
-    err: Console = field(default_factory=lambda: Console(stderr=True))
+    # no markup or emoji codes: names, keys and messages are printed as they are (a table may be called
+    # "[/]x" or "a:ok:"); styled cells are Text objects (see _styled)
+    out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200, markup=False,
+                                                         emoji=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, markup=False, emoji=False))
     _conn: psycopg.Connection | None = None
     _primary: psycopg.Connection | None = None
     _standby: bool | None = None  # whether the source is a hot standby, asked once
@@ -306,6 +310,11 @@ def _num(n: int | None) -> str:
     return "" if n is None else f"{n:,}"
 
 
+def _styled(text: str, style: str | None) -> Text:
+    """A cell in a colour (the consoles interpret no markup, so a name's brackets print as they are)."""
+    return Text(text, style=style or "")
+
+
 def _table(*columns: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     numbers = ("rows", "bytes", "est. rows", "est. bytes", "inserted", "source rows", "archive rows", "seconds")
@@ -338,7 +347,7 @@ def list_days(run: Run, check_source: bool) -> None:
         table = _table("table", "day", "state", "rows", "bytes", "archived at", "key", "note")
         for s in statuses:
             style = {"missing": "yellow", "changed": "red", "unreadable": "red"}.get(s.state)
-            table.add_row(s.table, s.day.isoformat(), f"[{style}]{s.state}[/]" if style else s.state, _num(s.rows),
+            table.add_row(s.table, s.day.isoformat(), _styled(s.state, style), _num(s.rows),
                           _size(s.bytes), (s.archived_at or "")[:19], s.key, s.note)
         run.out.print(table)
         for name, counts in summary.items():
@@ -358,7 +367,7 @@ def _progress(run: Run) -> Iterator[Progress | None]:
     if run.as_json or not run.err.is_terminal:
         yield None
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                   TextColumn("{task.completed:>12,.0f} rows"), TextColumn("{task.fields[size]:>10}"),
                   TextColumn("{task.fields[rate]:>14}"), TimeElapsedColumn(), console=run.err,
                   transient=True) as progress:
@@ -396,7 +405,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
         table = _table("table", "day", "status", "rows", "bytes", "seconds", "key / message")
         for r in results:
             style = {"failed": "red", "no-data": "dim"}.get(r["status"])
-            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+            table.add_row(r["table"], r["day"], _styled(r["status"], style),
                           _num(r.get("rows")), _size(r.get("bytes")),
                           f"{r['seconds']:.2f}" if "seconds" in r else "",
                           r.get("key") or ("see below" if r["status"] == "failed" else r.get("message") or ""))
@@ -458,7 +467,7 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
         for p in planned:
             style = {"refuse": "red", "skip": "dim", "no-data": "dim"}.get(p.action)
             est = p.estimate
-            table.add_row(p.table, p.day.isoformat(), f"[{style}]{p.action}[/]" if style else p.action,
+            table.add_row(p.table, p.day.isoformat(), _styled(p.action, style),
                           _num(est and est.rows), _size(est and est.bytes), est.method if est else "", p.key,
                           "see below" if p.action == "refuse" else p.reason)
         run.out.print(table)
@@ -522,7 +531,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
     def render() -> None:
         table = _table("table", "day", "result", "key")
         for r in results:
-            table.add_row(r["table"], r["day"], "[green]ok[/]" if r["ok"] else "[red]FAILED[/]", r["key"])
+            table.add_row(r["table"], r["day"], _styled("ok", "green") if r["ok"] else _styled("FAILED", "red"), r["key"])
         run.out.print(table)
         for r in bad:
             for problem in r["problems"]:
@@ -562,7 +571,7 @@ def compare(run: Run, show_rows: bool) -> None:
                        "archive fingerprint", "note")
         for c in results:
             style = "green" if c.result == "equal" else "red" if c.differs else "dim"
-            table.add_row(c.table, c.day.isoformat(), f"[{style}]{c.result}[/]", _num(c.source_rows),
+            table.add_row(c.table, c.day.isoformat(), _styled(c.result, style), _num(c.source_rows),
                           _num(c.archive_rows), _short(c.source_fingerprint), _short(c.archive_fingerprint), c.note)
         run.out.print(table)
         for (name, day), lines in details.items():
@@ -694,7 +703,7 @@ def prune(run: Run, dry_run: bool) -> None:
         table = _table("table", "day", "status", "action", "relation", "rows", "archive")
         for r in results:
             style = {"refused": "red", "failed": "red", "would remove": "yellow"}.get(r["status"])
-            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+            table.add_row(r["table"], r["day"], _styled(r["status"], style),
                           r.get("action", ""), r.get("relation", ""), _num(r.get("rows")), r.get("archive", ""))
         run.out.print(table)
         for r in refused:

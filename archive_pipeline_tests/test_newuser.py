@@ -77,3 +77,24 @@ def test_compare_of_an_archived_day_the_role_may_not_read_is_unreadable_not_gone
     done = cli(env, "list", "--check-source", "--day", day.isoformat())
     assert done.returncode == 2, done.stderr
     assert f'GRANT SELECT ON "{schema}"."events" TO "{role}"' in done.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# names are printed as they are
+
+
+def test_a_table_name_with_brackets_or_colons_is_printed_as_it_is(pg, s3, bucket, conn, schema, tmp_path):
+    """The tables printed names, keys and notes through rich's markup and emoji codes: a table named
+    `[/]ev` failed every command with a MarkupError traceback, and `[red]x:ok:` was printed as `x🆗`
+    (its key, which S3 holds with the brackets, too): a name the user cannot find in the catalog."""
+    day = _day()
+    create_sample_events(conn, [day], 5, schema=schema)
+    name = "[/]ev [red]x:ok:"
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, "events"), sql.Identifier(name)))
+    env = _setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.{name}", day)])
+    key = f"{PREFIX}/{schema}.{name}/{day:%Y/%m}/{day}.jsonl.zst"
+    for args in (("archive", "--day", day.isoformat()), ("compare",), ("list",)):
+        done = cli(env, *args)
+        assert done.returncode == 0, done.stderr
+        assert f"{schema}.{name}" in done.stdout and "🆗" not in done.stdout, done.stdout
+    assert key in done.stdout, done.stdout
