@@ -98,3 +98,25 @@ def test_a_table_name_with_brackets_or_colons_is_printed_as_it_is(pg, s3, bucket
         assert done.returncode == 0, done.stderr
         assert f"{schema}.{name}" in done.stdout and "🆗" not in done.stdout, done.stdout
     assert key in done.stdout, done.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# the store's settings
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("ARCHIVE_S3_ENDPOINT_URL", "127.0.0.1:9000"),  # no scheme: botocore's ValueError, a traceback
+    ("ARCHIVE_S3_BUCKET", "archive/cli"),  # a prefix in the bucket: "cannot reach the object store", exit 3
+    ("ARCHIVE_S3_REGION", "eu central"),  # "lost the object store (InvalidRegionError)", exit 3
+])
+def test_a_malformed_store_setting_is_a_usage_error_naming_the_variable(pg, s3, bucket, conn, schema, tmp_path,
+                                                                        variable, value):
+    """A setting the user must fix was reported as an unreachable store (exit 3, retryable, "check
+    $ARCHIVE_S3_ENDPOINT_URL and the network"), or as a traceback; README: exit 2, naming the variable."""
+    day = _day()
+    env = {**_setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.events", day)]), variable: value}
+    create_sample_events(conn, [day], 1, schema=schema)
+    done = cli(env, "list", "--json")
+    answer = json.loads(done.stdout)
+    assert (done.returncode, answer["exit_code"], answer["retryable"]) == (2, 2, False), done.stderr
+    assert variable in answer["error"] and value in answer["error"], answer
