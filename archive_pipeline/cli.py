@@ -602,7 +602,7 @@ def _short(fp: str | None) -> str:
 @click.option("--into", type=click.Choice(["new", "existing", "original"]), default="new", show_default=True,
               help="new: create --target from the manifest's table definition; existing: load into --target as it "
               "is; original: back into the archived table, re-creating a dropped partition")
-@click.option("--target", metavar="SCHEMA.TABLE", help="the table to restore into (needed for new and existing)")
+@click.option("--target", metavar="SCHEMA.TABLE", help="the table to restore into (new and existing only)")
 @click.option("--on-conflict", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="a restored row whose key already exists: abort the day, or leave the existing row")
 @command
@@ -618,6 +618,12 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         raise click.UsageError("restore needs --day or --from/--to (it never restores every day by default)")
     if into != "original" and not target:
         raise click.UsageError(f"--into {into} needs --target schema.table")
+    if into == "original" and target:  # it created the --target as a new table, and the original stayed as it was
+        raise click.UsageError("--into original restores into the archived table itself: leave out --target, or "
+                               "restore into another table with --into new or existing")
+    if target and not all(target.partition(".")[::2]):
+        raise click.UsageError(f"--target {target!r}: name the table as schema.table, unquoted, as the catalog "
+                               "spells it (e.g. public.events_restored)")
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
     results, missing, failure = [], [], None

@@ -120,3 +120,30 @@ def test_a_malformed_store_setting_is_a_usage_error_naming_the_variable(pg, s3, 
     answer = json.loads(done.stdout)
     assert (done.returncode, answer["exit_code"], answer["retryable"]) == (2, 2, False), done.stderr
     assert variable in answer["error"] and value in answer["error"], answer
+
+
+# --------------------------------------------------------------------------------------------------
+# restore's target
+
+
+def test_restore_refuses_a_target_it_would_not_restore_into_before_touching_anything(pg, s3, bucket, conn, schema,
+                                                                                     store, tmp_path):
+    """`restore --into original --target s.x` created s.x as a new table and left the original as it
+    was (exit 0, "created: s.x"); an unqualified --target failed as a restore (exit 1) instead of a
+    usage error; a --target in a schema that does not exist said "check the table name and day_column
+    in archive_tables.yaml", which has nothing to change."""
+    day = _day()
+    create_sample_events(conn, [day], 5, schema=schema)
+    spec = parse_config({"tables": [_events(f"{schema}.events", day)]}).tables[0]
+    archive_partition(conn, spec, day, store)
+    env = _setup(pg, s3, bucket, tmp_path, [_events(spec.name, day)])
+
+    for args, named in ((("--into", "original", "--target", f"{schema}.x"), "--into original"),
+                        (("--into", "new", "--target", "restored"), "schema.table")):
+        answer = json.loads(cli(env, "restore", "--day", day.isoformat(), *args, "--json").stdout)
+        assert (answer["exit_code"], answer["retryable"]) == (2, False) and named in answer["error"], answer
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.x",)).fetchone()[0] is None
+
+    done = cli(env, "restore", "--day", day.isoformat(), "--target", f"{schema}_nope.restored")
+    assert done.returncode == 1 and "archive_tables.yaml" not in done.stderr, done.stderr
+    assert f"create the schema of the target {schema}_nope.restored" in done.stderr, done.stderr

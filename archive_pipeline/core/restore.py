@@ -735,6 +735,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, remedy="the restoring role needs INSERT and SELECT on the target (GRANT INSERT, "
                             "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "
                             "partition (GRANT CREATE ON SCHEMA <schema> TO <role>)")
+        if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
+            found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
+                            "restore into a table of a schema that exists")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc
