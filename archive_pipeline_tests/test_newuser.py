@@ -147,3 +147,25 @@ def test_restore_refuses_a_target_it_would_not_restore_into_before_touching_anyt
     done = cli(env, "restore", "--day", day.isoformat(), "--target", f"{schema}_nope.restored")
     assert done.returncode == 1 and "archive_tables.yaml" not in done.stderr, done.stderr
     assert f"create the schema of the target {schema}_nope.restored" in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# the source: timeouts
+
+
+def test_a_partition_under_a_lock_does_not_stop_the_other_days_being_found(pg, s3, bucket, conn, schema, tmp_path):
+    """Reading the children's bounds printed them with pg_get_expr(relpartbound, <child oid>), which
+    on PostgreSQL 16+ locks each child: one old partition under VACUUM FULL (or a migration) stopped
+    `list` and `archive` of every day of the table, after lock_timeout, with the blocked one's error."""
+    today = dt.datetime.now(dt.UTC).date()
+    locked, wanted = today - dt.timedelta(days=3), today - dt.timedelta(days=2)
+    create_sample_events(conn, [locked, wanted], 5, schema=schema)
+    env = _setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.events", locked)])
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "source": {"lock_timeout_ms": 300}}))
+    with pg.connect() as holder, holder.transaction():
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.Identifier(schema, f"events_{locked:%Y%m%d}")))
+        done = cli(env, "archive", "--day", wanted.isoformat(), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(d["day"], d["status"]) for d in json.loads(done.stdout)["days"]] == [(wanted.isoformat(), "archived")]

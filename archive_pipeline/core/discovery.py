@@ -30,8 +30,10 @@ from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bou
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 
+# pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
+# the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery
 _CHILDREN_QUERY = """
-SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+SELECT c.relname, pg_get_expr(c.relpartbound, 0)
 FROM pg_catalog.pg_inherits i
 JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
 JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
