@@ -43,7 +43,7 @@ from archive_pipeline.core.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, redact
+from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
@@ -73,9 +73,12 @@ class Run:
     _primary: psycopg.Connection | None = None
     _standby: bool | None = None  # whether the source is a hot standby, asked once
     _store: S3Store | None = None
+    table: str | None = None  # the table being worked on
 
     def days(self, spec: TableSpec) -> list[Period]:
-        """The table's periods in the selection (its hours, days or months that overlap it)."""
+        """The table's periods in the selection (its hours, days or months that overlap it). Every
+        command asks for them before it works on the table: an error that escapes names it."""
+        self.table = spec.name
         try:
             days = plan.select_days(spec, self.first, self.last)
         except PeriodError as exc:
@@ -249,12 +252,18 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             _fail(as_json, EXIT_USAGE, str(exc), False)
         except UnreachableError as exc:  # refused for a reason a setting fixes (a wrong password): a usage error
             _fail(as_json, EXIT_UNREACHABLE if exc.retryable else EXIT_USAGE, str(exc), exc.retryable)
-        except psycopg.OperationalError as exc:
-            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), *_passwords()), True)
+        except psycopg.Error as exc:  # outside one day's work (reading the catalog, say): the cause, not "lost"
+            found = classify(exc)
+            code = (EXIT_USAGE if found.cause in CONFIGURATION_CAUSES else
+                    EXIT_UNREACHABLE if found.retryable or isinstance(exc, psycopg.OperationalError) else
+                    EXIT_DIFFERENCES)
+            where = f" ({run.table})" if run is not None and run.table else ""
+            _fail(as_json, code, f"the source database failed{where}: {found.cause} ({type(exc).__name__}: "
+                  f"{redact(str(exc).strip(), *_passwords())}); to fix: {found.remedy}", found.retryable)
         except BotoCoreError as exc:
             _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
                   "$ARCHIVE_S3_ENDPOINT_URL and the network", True)
-        except (ArchiveError, psycopg.Error) as exc:
+        except ArchiveError as exc:
             configuration = getattr(exc, "cause", None) in CONFIGURATION_CAUSES  # a missing table, a grant
             transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
             code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
@@ -491,10 +500,14 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     connection ends the command (exit 3): the next day would fail the same way."""
     try:
         return check()
-    except ArchiveError as exc:
+    except (ArchiveError, psycopg.Error) as exc:
         if run.lost:
-            raise UnreachableError(f"lost the source database while checking {table} {day}: {exc}") from None
-        return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}")]
+            raise UnreachableError(f"lost the source database while checking {table} {day}: "
+                                   f"{redact(str(exc), *_passwords())}") from None
+        if not isinstance(exc, ArchiveError):  # a lock_timeout behind a migration, a statement_timeout
+            exc = wrap(exc, table, day.isoformat(), doing="proving")
+        return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): "
+                             f"{redact(str(exc), *_passwords())}")]
 
 
 @main.command()

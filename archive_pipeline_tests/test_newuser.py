@@ -153,6 +153,44 @@ def test_restore_refuses_a_target_it_would_not_restore_into_before_touching_anyt
 # the source: timeouts
 
 
+def test_verify_deep_gives_up_on_a_locked_day_after_lock_timeout_and_says_which(pg, s3, bucket, conn, schema, store,
+                                                                                 tmp_path):
+    """README: the `source:` timeouts are set "on the sessions of the CLI". Deep verification's second
+    session (the source's fingerprint, computed while the archive loads) was opened without them:
+    behind a migration's ACCESS EXCLUSIVE lock on the day's partition `verify --deep` waited as long
+    as the lock was held (forever, here), with lock_timeout_ms: 300 in the file."""
+    day = _day()
+    create_sample_events(conn, [day], 5, schema=schema)
+    spec = parse_config({"tables": [_events(f"{schema}.events", day)]}).tables[0]
+    archive_partition(conn, spec, day, store)
+    env = _setup(pg, s3, bucket, tmp_path, [_events(spec.name, day)])
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "source": {"lock_timeout_ms": 300}}))
+    with pg.connect() as holder, holder.transaction():
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.Identifier(schema, f"events_{day:%Y%m%d}")))
+        try:
+            done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "verify", "--deep", "--json"],
+                                  env=env, cwd=ROOT, capture_output=True, text=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("verify --deep waited for the lock past lock_timeout_ms")
+        # compare and list --check-source said "lost the source database: canceling statement due to lock
+        # timeout" (exit 3) for the whole command: no table, no day, no remedy, and the connection was fine
+        compared = cli(env, "compare", "--json")
+        listed = cli(env, "list", "--check-source", "--json")
+    assert "Traceback" not in done.stderr, done.stderr
+    [result] = json.loads(done.stdout)["days"]
+    assert result["ok"] is False and done.returncode == 1, done.stdout + done.stderr
+    [problem] = result["problems"]
+    assert problem.startswith("not checked (retryable)") and "lock_timeout" in problem, problem
+    for answer, verdict in ((compared, "result"), (listed, "state")):
+        [found] = json.loads(answer.stdout)["days"]
+        assert (answer.returncode, found[verdict]) == (1, "unreadable"), answer.stdout + answer.stderr
+        problem = found["note"]
+    for problem in (result["problems"][0], problem):
+        assert f"{spec.name} for {day}" in problem and "lock_timeout" in problem and "to fix:" in problem, problem
+
+
 def test_a_partition_under_a_lock_does_not_stop_the_other_days_being_found(pg, s3, bucket, conn, schema, tmp_path):
     """Reading the children's bounds printed them with pg_get_expr(relpartbound, <child oid>), which
     on PostgreSQL 16+ locks each child: one old partition under VACUUM FULL (or a migration) stopped

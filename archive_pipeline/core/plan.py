@@ -19,7 +19,7 @@ from archive_pipeline.core import fingerprint, periods
 from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import ChildRange, child_ranges, existing_days, source_table
-from archive_pipeline.core.errors import ArchiveError, SourceError
+from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
 from archive_pipeline.core.manifest import SourceIdentity, manifest_key
 from archive_pipeline.core.periods import Period
@@ -202,6 +202,15 @@ def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool
     return archived.rows == current.rows
 
 
+def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.Error) -> str:
+    """Why the source's rows of ``day`` could not be read (a lock_timeout behind a migration, a
+    statement_timeout), naming table, day, cause and remedy: that day is not checked, the others
+    still are. A lost connection is raised: every other day would fail the same way."""
+    if conn.closed:
+        raise exc
+    return str(wrap(exc, spec.name, day.isoformat(), doing="reading"))
+
+
 # ----------------------------------------------------------------------------------------------
 # list
 
@@ -243,7 +252,8 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty``
     (archived as a day without rows: a manifest and no object), ``changed`` (with ``check_source``: the source's content
     fingerprint, or row count for a version-1 manifest, differs from the archive's), ``unreadable``
-    (a manifest that is not one). Days with neither data nor an archive are left out."""
+    (a manifest that is not one, or, with ``check_source``, a day whose rows could not be read). Days
+    with neither data nor an archive are left out."""
     statuses = []
     for day, found, present in _found(conn, spec, store, days):
         if found.problem:
@@ -263,6 +273,11 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
             except ColumnsChangedError as exc:
                 statuses.append(DayStatus(spec.name, day, "changed", archived.object_key or found.key, present,
                                           archived.rows, archived.bytes, archived.archived_at, None, exc.message))
+                continue
+            except psycopg.Error as exc:
+                statuses.append(DayStatus(spec.name, day, "unreadable", archived.object_key or found.key, present,
+                                          archived.rows, archived.bytes, archived.archived_at, None,
+                                          unread(conn, spec, day, exc)))
                 continue
             source_rows = current.rows
             if not matches_source(archived, current):
@@ -462,6 +477,11 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
             out.append(Comparison(spec.name, day, "unreadable", None, archived and archived.rows, None,
                                   archived and archived.fingerprint,
                                   (archived and archived.object_key) or found.key, str(exc)))
+            continue
+        except psycopg.Error as exc:
+            out.append(Comparison(spec.name, day, "unreadable", None, archived and archived.rows, None,
+                                  archived and archived.fingerprint, (archived and archived.object_key) or found.key,
+                                  unread(conn, spec, day, exc)))
             continue
         if current is not None and current.rows == 0 and (not present or archived is not None and archived.removed):
             current = None  # (retention's delete leaves the day's partition, empty)

@@ -35,6 +35,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, remov
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
+from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -333,6 +334,18 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             return _compare(conn, scratch_conn, day, manifest, temp, columns, source)
 
 
+_TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+
+
+def _same_timeouts(conn: psycopg.Connection, side: psycopg.Connection) -> None:
+    """``conn``'s timeouts (the `source:` settings) on ``side``, a second session of the same work: behind
+    a migration's lock the proof gives up after lock_timeout as ``conn`` would, instead of waiting as
+    long as the lock is held."""
+    values = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("pg_catalog.current_setting({})").format(sql.Literal(n)) for n in _TIMEOUTS))).fetchone()
+    apply_settings(side.execute, dict(zip(_TIMEOUTS, values, strict=True)), local=False)
+
+
 class _SourceFingerprint:
     """The source's fingerprint of the day, computed in another thread while the archive downloads
     and loads (on ``conn`` itself when the rows load elsewhere, else on a second session), so the
@@ -354,6 +367,11 @@ class _SourceFingerprint:
                 worker = self.side = psycopg.connect(dsn_of(self.conn), autocommit=True)
             except psycopg.OperationalError:
                 return self  # no second session: computed on conn when asked for
+            try:
+                _same_timeouts(self.conn, self.side)
+            except BaseException:
+                self.side.close()
+                raise
         self.thread = threading.Thread(target=self._compute, args=(worker,), name="verify-source", daemon=True)
         self.thread.start()
         return self
