@@ -207,3 +207,21 @@ def test_a_partition_under_a_lock_does_not_stop_the_other_days_being_found(pg, s
         done = cli(env, "archive", "--day", wanted.isoformat(), "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert [(d["day"], d["status"]) for d in json.loads(done.stdout)["days"]] == [(wanted.isoformat(), "archived")]
+
+
+# --------------------------------------------------------------------------------------------------
+# secrets
+
+
+def test_a_password_with_an_unencoded_at_sign_is_not_shown_as_the_host(pg, s3, bucket, schema, tmp_path):
+    """libpq ends a URI's password at its first '@': `postgresql://archiver:Zq9@tail-of-secret@host/db` is
+    password 'Zq9' at host 'tail-of-secret@host', and the error printed that host, the rest of the
+    password, twice ("at tail-of-secret@127.0.0.1:5432", "failed to resolve host ..."), and said to
+    check the host and DNS."""
+    env = _setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.events", _day())])
+    env["ARCHIVE_PG_DSN"] = f"postgresql://archiver:Zq9@tail-of-secret@127.0.0.1:{pg.port}/postgres"
+    done = cli(env, "list", "--json")
+    answer = json.loads(done.stdout)
+    assert "tail-of-secret" not in done.stdout + done.stderr and "Zq9" not in done.stdout + done.stderr, answer
+    assert (done.returncode, answer["retryable"]) == (2, False), answer
+    assert "ARCHIVE_PG_DSN" in answer["error"] and "%40" in answer["error"], answer
