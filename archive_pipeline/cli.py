@@ -85,8 +85,19 @@ class Run:
             raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None
         if not days and (self.first or self.last):
             self.err.print(f"{spec.name}: no {spec.granularity} period of the table in the selection (its first day, start_date, is "
-                           f"{spec.start_date})", markup=False)
+                           f"{spec.start_date})", markup=False, soft_wrap=True)
         return days
+
+    def chosen_days(self, doing: str) -> list[tuple[TableSpec, list[Period]]]:
+        """Each chosen table with its periods in the selection, for a command that writes (``doing``:
+        "archive", "restore"): a --day or range that holds none of them would do nothing and exit 0, as
+        if what was asked for had been done, so it is a usage error (each table says why above)."""
+        chosen = [(spec, self.days(spec)) for spec in self.tables]
+        if (self.first or self.last) and not any(days for _, days in chosen):
+            raise click.UsageError(f"nothing to {doing}: no period of {', '.join(s.name for s, _ in chosen)} lies in "
+                                   "the selection (before start_date, or not over yet); choose days from start_date "
+                                   "to the last complete one")
+        return chosen
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -398,9 +409,9 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
         return
     results: list[dict[str, Any]] = []
     settings = session_settings(run.config.source)
+    chosen = run.chosen_days("archive")
     with _progress(run) as progress:
-        for spec in run.tables:
-            days = run.days(spec)
+        for spec, days in chosen:
             present = set(existing_days(run.conn, spec, days)) if days else set()
             for day in days:
                 if day not in present:
@@ -463,9 +474,8 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
 
 
 def _archive_plan(run: Run, overwrite: bool) -> None:
-    planned = [p for spec in run.tables
-               for p in plan.plan_archive(run.conn, spec, run.store, run.days(spec),
-                                          overwrite=overwrite or spec.overwrite)]
+    planned = [p for spec, days in run.chosen_days("archive")
+               for p in plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite)]
     totals = {action: sum(1 for p in planned if p.action == action)
               for action in ("archive", "overwrite", "skip", "refuse", "no-data")}
     work = [p for p in planned if p.action in ("archive", "overwrite") and p.estimate]
@@ -640,9 +650,9 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
     results, missing, failure = [], [], None
+    chosen = run.chosen_days("restore")
     try:
-        for spec in run.tables:
-            days = run.days(spec)
+        for spec, days in chosen:
             for done in iter_restore_days(run.primary, run.store, spec, days[0], days[-1], into=into, target=target,
                                           on_conflict=on_conflict) if days else ():
                 if isinstance(done, RestoreResult):

@@ -225,3 +225,19 @@ def test_a_password_with_an_unencoded_at_sign_is_not_shown_as_the_host(pg, s3, b
     assert "tail-of-secret" not in done.stdout + done.stderr and "Zq9" not in done.stdout + done.stderr, answer
     assert (done.returncode, answer["retryable"]) == (2, False), answer
     assert "ARCHIVE_PG_DSN" in answer["error"] and "%40" in answer["error"], answer
+
+
+# --------------------------------------------------------------------------------------------------
+# exit codes
+
+
+def test_archive_or_restore_of_a_day_before_start_date_does_not_exit_0(pg, s3, bucket, conn, schema, tmp_path):
+    """`archive --day D` and `restore --day D` with D before the table's start_date did nothing, said so on
+    stderr, and exited 0 (`{"ok": true, "days": []}`), as if the day had been archived or restored."""
+    day = _day()
+    env = _setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.events", day)])
+    create_sample_events(conn, [day], 1, schema=schema)
+    before = (day - dt.timedelta(days=30)).isoformat()
+    for args in (("archive", "--day", before), ("restore", "--day", before, "--into", "original")):
+        answer = json.loads(cli(env, *args, "--json").stdout)
+        assert (answer["ok"], answer["exit_code"]) == (False, 2) and "start_date" in answer["error"], answer
