@@ -279,6 +279,10 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
             code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
             _fail(as_json, code, redact(str(exc), *_passwords()), getattr(exc, "retryable", None))
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: still one paragraph, and no secret in it
+            _fail(as_json, EXIT_DIFFERENCES, f"unexpected error{f' ({run.table})' if run and run.table else ''}: "
+                  f"{type(exc).__name__}: {redact(str(exc), *_passwords())}; this is a bug in archive_pipeline: "
+                  "report it with the command that was run and this message", None)
         finally:
             if run is not None:
                 run.close()
@@ -614,8 +618,10 @@ def _short(fp: str | None) -> str:
     """``row-hash-sum-v2:20000:-1234…`` shortened to its count and the hash sum's last digits."""
     if not fp:
         return ""
-    _, rows, total = fp.rsplit(":", 2)
-    return f"{int(rows):,}:…{total[-8:]}"
+    parts = fp.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():  # another algorithm's (a newer version's, or tampered)
+        return fp if len(fp) <= 20 else f"{fp[:19]}…"
+    return f"{int(parts[1]):,}:…{parts[2][-8:]}"
 
 
 # ----------------------------------------------------------------------------------------------

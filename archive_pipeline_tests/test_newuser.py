@@ -241,3 +241,21 @@ def test_archive_or_restore_of_a_day_before_start_date_does_not_exit_0(pg, s3, b
     for args in (("archive", "--day", before), ("restore", "--day", before, "--into", "original")):
         answer = json.loads(cli(env, *args, "--json").stdout)
         assert (answer["ok"], answer["exit_code"]) == (False, 2) and "start_date" in answer["error"], answer
+
+
+def test_compare_of_a_manifest_whose_fingerprint_it_cannot_read_is_a_difference_not_a_traceback(
+        pg, s3, bucket, conn, schema, store, tmp_path):
+    """A manifest (its checksum intact) whose fingerprint is not `<algorithm>:<rows>:<sum>` (a newer
+    version's, another tool's): compare died shortening it for its table (ValueError traceback)."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest, manifest_key
+
+    day = _day()
+    create_sample_events(conn, [day], 5, schema=schema)
+    spec = parse_config({"tables": [_events(f"{schema}.events", day)]}).tables[0]
+    key = manifest_key(archive_partition(conn, spec, day, store).key)
+    manifest = decode_manifest(store.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    manifest.pop("manifest_sha256")
+    store.client.put_object(Bucket=bucket, Key=key, Body=encode_manifest({**manifest, "fingerprint": "xxh3-rows=5"}))
+    env = _setup(pg, s3, bucket, tmp_path, [_events(spec.name, day)])
+    done = cli(env, "compare")
+    assert done.returncode == 1 and "differs" in done.stdout and "xxh3-rows=5" in done.stdout, done.stdout + done.stderr
