@@ -259,3 +259,15 @@ def test_compare_of_a_manifest_whose_fingerprint_it_cannot_read_is_a_difference_
     env = _setup(pg, s3, bucket, tmp_path, [_events(spec.name, day)])
     done = cli(env, "compare")
     assert done.returncode == 1 and "differs" in done.stdout and "xxh3-rows=5" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_table_name_written_with_sql_quotes_is_told_how_to_write_it(pg, s3, bucket, conn, schema, tmp_path):
+    """README said of `name:` "quoted properly, so "Mixed Case"."Nasty Events" works"; a user who wrote
+    it so got "does not exist (looked for schema '"Mixed Case"' ...)": names are given unquoted."""
+    day = _day()
+    create_sample_events(conn, [day], 1, schema=schema)
+    env = _setup(pg, s3, bucket, tmp_path, [_events(f'"{schema}"."events"', day)])
+    answer = json.loads(cli(env, "list", "--json").stdout)
+    assert answer["exit_code"] == 2 and f"without SQL's double quotes: {schema}.events" in answer["error"], answer
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert '"Mixed Case"."Nasty Events" works' not in readme

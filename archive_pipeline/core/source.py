@@ -151,6 +151,14 @@ ORDER BY a.attnum
 """
 
 
+def unquoted_hint(schema: str, name: str) -> str:
+    """For a name written with SQL's double quotes ('"Mixed Case"."Events"'): names are given as the
+    catalog spells them, so the quotes became part of the name looked for."""
+    if not any(len(part) > 1 and part[0] == part[-1] == '"' for part in (schema, name)):
+        return ""
+    return f"; write it without SQL's double quotes: {schema.strip(chr(34))}.{name.strip(chr(34))}"
+
+
 def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None) -> SourceTable:
     """Look the table up in the catalog (by parameters, never by formatting names into SQL)."""
     schema, _, name = qualified_name.partition(".")
@@ -158,7 +166,7 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
-            "names are case-sensitive as in the catalog)",
+            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}",
             table=qualified_name, retryable=False, cause="the configured table does not exist",
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
