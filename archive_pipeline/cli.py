@@ -531,7 +531,8 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
 @command
 def verify(run: Run, download: bool, deep: bool) -> None:
     """Check each archived day: the stored object against its manifest (size, ETag; --download: MD5 and
-    SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem."""
+    SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem,
+    or when a --day or range holds no archived day (nothing was verified)."""
     results = []
     for spec in run.tables:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
@@ -554,6 +555,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light"})
     bad = [r for r in results if not r["ok"]]
+    # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
+    nothing = not results and bool(run.first or run.last)
 
     def render() -> None:
         table = _table("table", "day", "result", "key")
@@ -566,7 +569,9 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
-    run.emit({"ok": not bad, "days": results}, render)
+    run.emit({"ok": not bad and not nothing, "days": results}, render)
+    if nothing:
+        raise Failed("nothing was verified: no day in the selection is archived (see `archive-pipeline list`)")
     if bad:
         raise Failed()
 

@@ -231,7 +231,7 @@ def test_a_password_with_an_unencoded_at_sign_is_not_shown_as_the_host(pg, s3, b
 # exit codes
 
 
-def test_archive_or_restore_of_a_day_before_start_date_does_not_exit_0(pg, s3, bucket, conn, schema, tmp_path):
+def test_archive_restore_or_verify_of_a_day_they_cannot_act_on_does_not_exit_0(pg, s3, bucket, conn, schema, tmp_path):
     """`archive --day D` and `restore --day D` with D before the table's start_date did nothing, said so on
     stderr, and exited 0 (`{"ok": true, "days": []}`), as if the day had been archived or restored."""
     day = _day()
@@ -241,6 +241,9 @@ def test_archive_or_restore_of_a_day_before_start_date_does_not_exit_0(pg, s3, b
     for args in (("archive", "--day", before), ("restore", "--day", before, "--into", "original")):
         answer = json.loads(cli(env, *args, "--json").stdout)
         assert (answer["ok"], answer["exit_code"]) == (False, 2) and "start_date" in answer["error"], answer
+    # `verify --day D` of a day with rows and no archive said "0 archived day(s) checked, 0 with problems", exit 0
+    done = cli(env, "verify", "--day", day.isoformat())
+    assert done.returncode == 1 and "nothing was verified" in done.stderr, done.stdout + done.stderr
 
 
 def test_compare_of_a_manifest_whose_fingerprint_it_cannot_read_is_a_difference_not_a_traceback(
