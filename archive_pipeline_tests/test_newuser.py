@@ -274,3 +274,24 @@ def test_a_table_name_written_with_sql_quotes_is_told_how_to_write_it(pg, s3, bu
     assert answer["exit_code"] == 2 and f"without SQL's double quotes: {schema}.events" in answer["error"], answer
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert '"Mixed Case"."Nasty Events" works' not in readme
+
+
+def test_the_attach_statement_a_restore_gives_works_pasted_as_it_is_for_a_mixed_case_name(
+        pg, s3, bucket, conn, schema, store, tmp_path):
+    """`restore --into original` of a day whose partition is detached says to attach it again, with the
+    statement: it named the tables unquoted (ALTER TABLE t1.Nasty Events ATTACH PARTITION ...), which
+    PostgreSQL refuses for any name that needs quotes."""
+    day = _day()
+    create_sample_events(conn, [day], 5, schema=schema)
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, "events"),
+                                                                 sql.Identifier("Nasty Events")))
+    spec = parse_config({"tables": [_events(f"{schema}.Nasty Events", day)]}).tables[0]
+    archive_partition(conn, spec, day, store)
+    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+        sql.Identifier(schema, "Nasty Events"), sql.Identifier(schema, f"events_{day:%Y%m%d}")))
+    env = _setup(pg, s3, bucket, tmp_path, [_events(spec.name, day)])
+    answer = json.loads(cli(env, "restore", "--day", day.isoformat(), "--into", "original", "--json").stdout)
+    assert answer["exit_code"] == 1 and "not attached" in answer["error"], answer
+    statement = answer["error"].split("attach it again (", 1)[1].split("), or drop it", 1)[0]
+    conn.execute(statement)  # as the user would paste it
+    assert cli(env, "compare", "--day", day.isoformat()).returncode == 0

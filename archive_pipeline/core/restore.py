@@ -505,11 +505,12 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target
     partition = definition.get("partition")
     if partition and partition.get("child") and _exists(conn, partition["child"]) and \
             not _is_partition(conn, partition["child"]):
+        attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
+            _ident(partition["parent"]), _ident(partition["child"])).as_string(conn) + str(partition.get("bound"))
         raise RestoreError(
             f"{partition['child']}, the partition that held {manifest['day']}, exists but is not attached to "
             f"{partition['parent']} (detached by retention?); it may still hold the day: attach it again "
-            f"(ALTER TABLE {partition['parent']} ATTACH PARTITION {partition['child']} {partition.get('bound')}), "
-            "or drop it and restore again")
+            f"({attach}), or drop it and restore again")
     if partition and partition.get("child") and partition.get("bound") and not _exists(conn, partition["child"]):
         if not _exists(conn, partition["parent"]):
             raise RestoreError(f"the partitioned table {partition['parent']} does not exist; create it (or restore "
