@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 from psycopg import sql
@@ -295,3 +296,28 @@ def test_the_attach_statement_a_restore_gives_works_pasted_as_it_is_for_a_mixed_
     statement = answer["error"].split("attach it again (", 1)[1].split("), or drop it", 1)[0]
     conn.execute(statement)  # as the user would paste it
     assert cli(env, "compare", "--day", day.isoformat()).returncode == 0
+
+
+def test_the_grant_a_permission_error_names_works_pasted_as_it_is(conn, schema, request):
+    """A query refused for lack of privilege ends with `to fix: GRANT SELECT ON <table> TO <role>`, filled in
+    with the names as written in the configuration: `GRANT SELECT ON s.Nasty Events TO App-User`, which
+    PostgreSQL refuses."""
+    from archive_pipeline.core.errors import wrap
+
+    table, role = sql.Identifier(schema, "Nasty Events"), f"App-User {schema}"
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(table))
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    request.addfinalizer(lambda: conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
+        sql.Identifier(role), sql.Identifier(role))))
+    conn.execute("SET ROLE pg_monitor")
+    try:
+        conn.execute(sql.SQL("SELECT * FROM {}").format(table))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        refused = exc
+    finally:
+        conn.execute("RESET ROLE")
+    message = str(wrap(refused, f"{schema}.Nasty Events", "2024-03-10", user=role))
+    grant = message.split("to fix: ", 1)[1].split(" (and", 1)[0]
+    conn.execute(grant)  # as the user would paste it
+    assert conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')",
+                        (role, table.as_string(conn))).fetchone()[0]

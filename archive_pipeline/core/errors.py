@@ -563,8 +563,18 @@ def classify(exc: BaseException, *, table: str | None = None, user: str | None =
             break
         current = current.__cause__ or current.__context__
     result = found or _UNKNOWN
-    remedy = result.remedy.replace("<table>", table or "<table>").replace("<role>", user or "<role>")
+    remedy = result.remedy.replace("<table>", _sql_name(table) if table else "<table>")
+    remedy = remedy.replace("<role>", _sql_name(user) if user else "<role>")
     return Classification(result.retryable, result.cause, remedy, result.where, result.sqlstate)
+
+
+def _sql_name(name: str) -> str:
+    """``name`` (a role, or ``schema.table`` split at its first dot) as a statement to paste needs it: as it
+    is where PostgreSQL reads it back unchanged, else double-quoted (``"Mixed Case"."Nasty Events"``)."""
+    def part(text: str) -> str:
+        return text if re.fullmatch(r"[a-z_][a-z0-9_$]*", text) else '"' + text.replace('"', '""') + '"'
+
+    return ".".join(part(p) for p in name.split(".", 1))
 
 
 def is_retryable(exc: BaseException) -> bool:
