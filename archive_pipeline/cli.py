@@ -9,6 +9,7 @@ configuration error; 3 the source database or the object store cannot be reached
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -186,6 +187,15 @@ def _not_over(text: str, now: dt.datetime) -> str | None:
     return None
 
 
+def _utf8(text: str) -> str:
+    """A name from the command line as the table list spells it: the list is read as UTF-8 whatever the
+    locale, and so are arguments here (in a C locale Python would give 'Ünï' as '\udcc3\udc9cn...')."""
+    try:
+        return os.fsencode(text).decode("utf-8")
+    except UnicodeError:
+        return text
+
+
 def _passwords() -> tuple[str | None, ...]:
     return tuple(dsn_password(os.environ.get(name, "")) for name in (DSN_VAR, PRIMARY_DSN_VAR))
 
@@ -246,6 +256,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             config = load_config(config_path)
             by_name = {spec.name: spec for spec in config.tables}
+            table_names = [_utf8(name) for name in table_names]
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
                 raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
@@ -297,6 +308,11 @@ class _Commands(click.Group):
 
     def main(self, args: Sequence[str] | None = None, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        # Names are UTF-8 whatever the locale, and so is JSON: in a C locale printing 'Ünï' failed the command.
+        for stream in (sys.stdout, sys.stderr):
+            if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
+                with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
+                    stream.reconfigure(encoding="utf-8", errors="backslashreplace")
         try:
             return super().main(argv, standalone_mode=False, **kwargs)
         except click.ClickException as exc:
@@ -647,6 +663,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
     from archive_pipeline.core.restore import RestoreResult, iter_restore_days
+
+    target = _utf8(target) if target else target
 
     if run.first is None and run.last is None:
         raise click.UsageError("restore needs --day or --from/--to (it never restores every day by default)")

@@ -321,3 +321,19 @@ def test_the_grant_a_permission_error_names_works_pasted_as_it_is(conn, schema, 
     conn.execute(grant)  # as the user would paste it
     assert conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')",
                         (role, table.as_string(conn))).fetchone()[0]
+
+
+def test_a_non_ascii_table_name_works_in_a_c_locale(pg, s3, bucket, conn, schema, tmp_path):
+    """The table list is read as UTF-8 whatever the locale, but in a C locale (no UTF-8 mode) `--table
+    Ünï.x` reached the command as surrogates and was "not in the configuration", and printing the name
+    failed with UnicodeEncodeError."""
+    day = _day()
+    create_sample_events(conn, [day], 1, schema=schema)
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, "events"), sql.Identifier("év")))
+    name = f"{schema}.év"
+    env = {**_setup(pg, s3, bucket, tmp_path, [_events(name, day)]), "LC_ALL": "C", "LANG": "C",
+           "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": ""}
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "list", "--table", name],
+                          env=env, cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    assert f"{name}: 1 missing".encode() in done.stdout, done.stdout
