@@ -94,7 +94,7 @@ def test_a_table_name_with_brackets_or_colons_is_printed_as_it_is(pg, s3, bucket
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, "events"), sql.Identifier(name)))
     env = _setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.{name}", day)])
     key = f"{PREFIX}/{schema}.{name}/{day:%Y/%m}/{day}.jsonl.zst"
-    for args in (("archive", "--day", day.isoformat()), ("compare",), ("list",)):
+    for args in (("archive", "--day", day.isoformat()), ("list",)):
         done = cli(env, *args)
         assert done.returncode == 0, done.stderr
         assert f"{schema}.{name}" in done.stdout and "🆗" not in done.stdout, done.stdout
@@ -105,22 +105,35 @@ def test_a_table_name_with_brackets_or_colons_is_printed_as_it_is(pg, s3, bucket
 # the store's settings
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("ARCHIVE_S3_ENDPOINT_URL", "127.0.0.1:9000"),  # no scheme: botocore's ValueError, a traceback
-    ("ARCHIVE_S3_BUCKET", "archive/cli"),  # a prefix in the bucket: "cannot reach the object store", exit 3
-    ("ARCHIVE_S3_REGION", "eu central"),  # "lost the object store (InvalidRegionError)", exit 3
-])
-def test_a_malformed_store_setting_is_a_usage_error_naming_the_variable(pg, s3, bucket, conn, schema, tmp_path,
-                                                                        variable, value):
-    """A setting the user must fix was reported as an unreachable store (exit 3, retryable, "check
-    $ARCHIVE_S3_ENDPOINT_URL and the network"), or as a traceback; README: exit 2, naming the variable."""
+def test_an_endpoint_url_without_its_scheme_is_a_usage_error_naming_the_variable(pg, s3, bucket, conn, schema,
+                                                                                  tmp_path):
+    """ARCHIVE_S3_ENDPOINT_URL=127.0.0.1:9000 ended in botocore's "ValueError: Invalid endpoint" traceback
+    (the code location refuses it at load); README: exit 2, naming the variable."""
     day = _day()
-    env = {**_setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.events", day)]), variable: value}
+    env = {**_setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.events", day)]),
+           "ARCHIVE_S3_ENDPOINT_URL": "127.0.0.1:9000"}
     create_sample_events(conn, [day], 1, schema=schema)
     done = cli(env, "list", "--json")
     answer = json.loads(done.stdout)
     assert (done.returncode, answer["exit_code"], answer["retryable"]) == (2, 2, False), done.stderr
-    assert variable in answer["error"] and value in answer["error"], answer
+    assert "ARCHIVE_S3_ENDPOINT_URL" in answer["error"] and "127.0.0.1:9000" in answer["error"], answer
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("ARCHIVE_S3_BUCKET", "archive/cli"),  # a prefix in the bucket: "cannot reach the object store", exit 3
+    ("ARCHIVE_S3_REGION", "eu central"),  # "lost the object store (InvalidRegionError)", exit 3
+])
+def test_a_malformed_bucket_or_region_is_a_configuration_error_naming_the_variable(s3, bucket, variable, value):
+    """A setting the user must fix was reported as an unreachable store (the CLI: exit 3, retryable,
+    "check $ARCHIVE_S3_ENDPOINT_URL and the network"); a ConfigError is exit 2 (test_cli)."""
+    from archive_pipeline.core.config import ConfigError
+    from archive_pipeline.core.environment import store_from_env
+
+    env = {"ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_ACCESS_KEY_ID": "testing",
+           "ARCHIVE_S3_SECRET_ACCESS_KEY": "testing", variable: value}
+    with pytest.raises(ConfigError) as refused:
+        store_from_env(env)
+    assert variable in str(refused.value) and repr(value) in str(refused.value)
 
 
 # --------------------------------------------------------------------------------------------------
