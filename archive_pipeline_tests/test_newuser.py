@@ -60,7 +60,7 @@ def test_compare_of_an_archived_day_the_role_may_not_read_is_unreadable_not_gone
     compare said `not-in-source  archived; the source no longer has this day` and exited 0: a green
     answer about rows it never read. It must say it could not read them (and why), and exit non-zero."""
     day = _day()
-    create_sample_events(conn, [day], 20, schema=schema)
+    create_sample_events(conn, [day, day + dt.timedelta(days=1)], 20, schema=schema)
     spec = parse_config({"tables": [_events(f"{schema}.events", day)]}).tables[0]
     archive_partition(conn, spec, day, store)
     role = f"nosel_{schema}"
@@ -74,10 +74,13 @@ def test_compare_of_an_archived_day_the_role_may_not_read_is_unreadable_not_gone
     assert "SELECT" in result["note"] and result["archive_rows"] == 20, result
     assert done.returncode == 1, done.stderr
 
-    # list --check-source fails the whole command on it: a grant is configuration (README: exit 2)
-    done = cli(env, "list", "--check-source", "--day", day.isoformat())
-    assert done.returncode == 2, done.stderr
-    assert f'GRANT SELECT ON "{schema}"."events" TO "{role}"' in done.stderr
+    # list --check-source fails the whole command on it: a grant is configuration (README: exit 2); so does
+    # the dry run, which said "archive" (exit 0) for the day not archived yet, which every run would fail
+    for args in (("list", "--check-source", "--day", day.isoformat()),
+                 ("archive", "--dry-run", "--day", (day + dt.timedelta(days=1)).isoformat())):
+        done = cli(env, *args)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f'GRANT SELECT ON "{schema}"."events" TO "{role}"' in done.stderr
 
 
 # --------------------------------------------------------------------------------------------------
