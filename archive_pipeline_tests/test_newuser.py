@@ -165,6 +165,14 @@ def test_restore_refuses_a_target_it_would_not_restore_into_before_touching_anyt
     assert done.returncode == 1 and "archive_tables.yaml" not in done.stderr, done.stderr
     assert f"create the schema of the target {schema}_nope.restored" in done.stderr, done.stderr
 
+    # a target without one of the archived columns: the same configuration remedy
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint)").format(sql.Identifier(schema, "narrow")))
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, day, into="existing", target=f"{schema}.narrow")
+    assert "archive_tables.yaml" not in str(refused.value) and "--into new" in refused.value.remedy, refused.value
+
 
 # --------------------------------------------------------------------------------------------------
 # the source: timeouts

@@ -739,6 +739,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
             found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
                             "restore into a table of a schema that exists")
+        if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
+            found = replace(found, remedy="the target must have every column the archive has (the manifest's "
+                            "columns): add the one named, or restore into a new table (into='new', --into new)")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc
