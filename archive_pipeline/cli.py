@@ -235,15 +235,20 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
                   help="table list (default $ARCHIVE_PIPELINE_CONFIG, else ./archive_tables.yaml)")
     @click.option("--table", "-t", "table_names", multiple=True, metavar="SCHEMA.TABLE",
                   help="a configured table (repeatable; default: all)")
-    @click.option("--day", type=day, metavar="PERIOD", help="one day (2024-03-10), hour (2024-03-10-14:00) or month "
+    @click.option("--day", type=day, multiple=True, metavar="PERIOD", help="one day (2024-03-10), hour (2024-03-10-14:00) or month "
                   "(2024-03 or 2024-03-01) in each table's zone: the table's periods that overlap it")
-    @click.option("--from", "first", type=day, metavar="PERIOD",
+    @click.option("--from", "first", type=day, multiple=True, metavar="PERIOD",
                   help="first day, hour or month of a range (default: the table's start_date)")
-    @click.option("--to", "last", type=day, metavar="PERIOD",
+    @click.option("--to", "last", type=day, multiple=True, metavar="PERIOD",
                   help="last day, hour or month of a range (default: the last complete period)")
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
     @functools.wraps(fn)
     def wrapper(config_path, table_names, day, first, last, as_json, **kwargs):
+        for name, given in (("--day", day), ("--from", first), ("--to", last)):  # Click would keep the last one
+            if len(given) > 1:
+                raise click.UsageError(f"{name} is given {len(given)} times ({', '.join(given)}): give it once, or a "
+                                       "range with --from and --to")
+        day, first, last = (given[0] if given else None for given in (day, first, last))
         if day and (first or last):
             raise click.UsageError("give either --day or --from/--to, not both")
         first, last = (day, day) if day else (first, last)

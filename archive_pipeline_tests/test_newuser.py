@@ -266,6 +266,9 @@ def test_archive_restore_or_verify_of_a_day_they_cannot_act_on_does_not_exit_0(p
     for args in (("archive", "--day", before), ("restore", "--day", before, "--into", "original")):
         answer = json.loads(cli(env, *args, "--json").stdout)
         assert (answer["ok"], answer["exit_code"]) == (False, 2) and "start_date" in answer["error"], answer
+    # `archive --day D --day E` archived E alone (Click keeps the last value of an option given twice), exit 0
+    answer = json.loads(cli(env, "archive", "--day", before, "--day", day.isoformat(), "--json").stdout)
+    assert answer["exit_code"] == 2 and "--day is given 2 times" in answer["error"], answer
     # `verify --day D` of a day with rows and no archive said "0 archived day(s) checked, 0 with problems", exit 0
     done = cli(env, "verify", "--day", day.isoformat())
     assert done.returncode == 1 and "nothing was verified" in done.stderr, done.stdout + done.stderr
