@@ -667,7 +667,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import RestoreResult, iter_restore_days
+    from archive_pipeline.core.restore import RestoreResult, iter_restore_days, name_problem
 
     target = _utf8(target) if target else target
 
@@ -678,9 +678,9 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     if into == "original" and target:  # it created the --target as a new table, and the original stayed as it was
         raise click.UsageError("--into original restores into the archived table itself: leave out --target, or "
                                "restore into another table with --into new or existing")
-    if target and not all(target.partition(".")[::2]):
-        raise click.UsageError(f"--target {target!r}: name the table as schema.table, unquoted, as the catalog "
-                               "spells it (e.g. public.events_restored)")
+    if target and name_problem(target):
+        raise click.UsageError(f"--target: {name_problem(target)}; name the table as schema.table, unquoted, as the "
+                               "catalog spells it (e.g. public.events_restored)")
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
     results, missing, failure = [], [], None

@@ -156,7 +156,9 @@ def test_restore_refuses_a_target_it_would_not_restore_into_before_touching_anyt
     env = _setup(pg, s3, bucket, tmp_path, [_events(spec.name, day)])
 
     for args, named in ((("--into", "original", "--target", f"{schema}.x"), "--into original"),
-                        (("--into", "new", "--target", "restored"), "schema.table")):
+                        (("--into", "new", "--target", "restored"), "schema.table"),
+                        # created as its first 63 bytes, and "created: <the whole name>", a table that does not exist
+                        (("--into", "new", "--target", f"{schema}.{'é' * 40}"), "keeps 63 bytes")):
         answer = json.loads(cli(env, "restore", "--day", day.isoformat(), *args, "--json").stdout)
         assert (answer["exit_code"], answer["retryable"]) == (2, False) and named in answer["error"], answer
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.x",)).fetchone()[0] is None

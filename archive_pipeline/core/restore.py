@@ -390,10 +390,26 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
                            day=day.isoformat()) from None
 
 
-def _split(qualified: str) -> tuple[str, str]:
+def name_problem(qualified: str) -> str | None:
+    """Why ``qualified`` cannot name a table to restore into, or None: it must be ``schema.table``, and
+    PostgreSQL keeps only the first 63 bytes of a name (a longer one was created cut short, and the
+    result named a table that does not exist)."""
     schema, dot, name = qualified.partition(".")
     if not dot or not schema or not name:
-        raise RestoreError(f"{qualified!r} is not a schema-qualified table name ('schema.table')")
+        return f"{qualified!r} is not a schema-qualified table name ('schema.table')"
+    for part in (schema, name):
+        if len(part.encode()) > 63:
+            kept = part.encode()[:63].decode("utf-8", "ignore")
+            return (f"{part!r} is {len(part.encode())} bytes long and PostgreSQL keeps 63 bytes of a name (it would "
+                    f"be {kept!r}): choose a shorter name")
+    return None
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    problem = name_problem(qualified)
+    if problem:
+        raise RestoreError(problem)
+    schema, _, name = qualified.partition(".")
     return schema, name
 
 
