@@ -9,6 +9,7 @@ configuration error; 3 the source database or the object store cannot be reached
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -28,6 +29,7 @@ from botocore.exceptions import BotoCoreError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from archive_pipeline.core import plan
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, TableSpec, load_config
@@ -42,7 +44,7 @@ from archive_pipeline.core.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, redact
+from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.store import S3Store
@@ -64,23 +66,40 @@ class Run:
     first: str | None  # a day, hour or month (see PeriodArg), read in each table's zone
     last: str | None
     as_json: bool
-    out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200))
-    err: Console = field(default_factory=lambda: Console(stderr=True))
+    # no markup or emoji codes: names, keys and messages are printed as they are (a table may be called
+    # "[/]x" or "a:ok:"); styled cells are Text objects (see _styled)
+    out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200, markup=False,
+                                                         emoji=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, markup=False, emoji=False))
     _conn: psycopg.Connection | None = None
     _primary: psycopg.Connection | None = None
     _standby: bool | None = None  # whether the source is a hot standby, asked once
     _store: S3Store | None = None
+    table: str | None = None  # the table being worked on
 
     def days(self, spec: TableSpec) -> list[Period]:
-        """The table's periods in the selection (its hours, days or months that overlap it)."""
+        """The table's periods in the selection (its hours, days or months that overlap it). Every
+        command asks for them before it works on the table: an error that escapes names it."""
+        self.table = spec.name
         try:
             days = plan.select_days(spec, self.first, self.last)
         except PeriodError as exc:
             raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None
         if not days and (self.first or self.last):
             self.err.print(f"{spec.name}: no {spec.granularity} period of the table in the selection (its first day, start_date, is "
-                           f"{spec.start_date})", markup=False)
+                           f"{spec.start_date})", markup=False, soft_wrap=True)
         return days
+
+    def chosen_days(self, doing: str) -> list[tuple[TableSpec, list[Period]]]:
+        """Each chosen table with its periods in the selection, for a command that writes (``doing``:
+        "archive", "restore"): a --day or range that holds none of them would do nothing and exit 0, as
+        if what was asked for had been done, so it is a usage error (each table says why above)."""
+        chosen = [(spec, self.days(spec)) for spec in self.tables]
+        if (self.first or self.last) and not any(days for _, days in chosen):
+            raise click.UsageError(f"nothing to {doing}: no period of {', '.join(s.name for s, _ in chosen)} lies in "
+                                   "the selection (before start_date, or not over yet); choose days from start_date "
+                                   "to the last complete one")
+        return chosen
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -168,6 +187,15 @@ def _not_over(text: str, now: dt.datetime) -> str | None:
     return None
 
 
+def _utf8(text: str) -> str:
+    """A name from the command line as the table list spells it: the list is read as UTF-8 whatever the
+    locale, and so are arguments here (in a C locale Python would give 'Ünï' as '\udcc3\udc9cn...')."""
+    try:
+        return os.fsencode(text).decode("utf-8")
+    except UnicodeError:
+        return text
+
+
 def _passwords() -> tuple[str | None, ...]:
     return tuple(dsn_password(os.environ.get(name, "")) for name in (DSN_VAR, PRIMARY_DSN_VAR))
 
@@ -207,15 +235,20 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
                   help="table list (default $ARCHIVE_PIPELINE_CONFIG, else ./archive_tables.yaml)")
     @click.option("--table", "-t", "table_names", multiple=True, metavar="SCHEMA.TABLE",
                   help="a configured table (repeatable; default: all)")
-    @click.option("--day", type=day, metavar="PERIOD", help="one day (2024-03-10), hour (2024-03-10-14:00) or month "
+    @click.option("--day", type=day, multiple=True, metavar="PERIOD", help="one day (2024-03-10), hour (2024-03-10-14:00) or month "
                   "(2024-03 or 2024-03-01) in each table's zone: the table's periods that overlap it")
-    @click.option("--from", "first", type=day, metavar="PERIOD",
+    @click.option("--from", "first", type=day, multiple=True, metavar="PERIOD",
                   help="first day, hour or month of a range (default: the table's start_date)")
-    @click.option("--to", "last", type=day, metavar="PERIOD",
+    @click.option("--to", "last", type=day, multiple=True, metavar="PERIOD",
                   help="last day, hour or month of a range (default: the last complete period)")
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
     @functools.wraps(fn)
     def wrapper(config_path, table_names, day, first, last, as_json, **kwargs):
+        for name, given in (("--day", day), ("--from", first), ("--to", last)):  # Click would keep the last one
+            if len(given) > 1:
+                raise click.UsageError(f"{name} is given {len(given)} times ({', '.join(given)}): give it once, or a "
+                                       "range with --from and --to")
+        day, first, last = (given[0] if given else None for given in (day, first, last))
         if day and (first or last):
             raise click.UsageError("give either --day or --from/--to, not both")
         first, last = (day, day) if day else (first, last)
@@ -228,6 +261,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             config = load_config(config_path)
             by_name = {spec.name: spec for spec in config.tables}
+            table_names = [_utf8(name) for name in table_names]
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
                 raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
@@ -245,16 +279,26 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             _fail(as_json, EXIT_USAGE, str(exc), False)
         except UnreachableError as exc:  # refused for a reason a setting fixes (a wrong password): a usage error
             _fail(as_json, EXIT_UNREACHABLE if exc.retryable else EXIT_USAGE, str(exc), exc.retryable)
-        except psycopg.OperationalError as exc:
-            _fail(as_json, EXIT_UNREACHABLE, "lost the source database: " + redact(str(exc), *_passwords()), True)
+        except psycopg.Error as exc:  # outside one day's work (reading the catalog, say): the cause, not "lost"
+            found = classify(exc)
+            code = (EXIT_USAGE if found.cause in CONFIGURATION_CAUSES else
+                    EXIT_UNREACHABLE if found.retryable or isinstance(exc, psycopg.OperationalError) else
+                    EXIT_DIFFERENCES)
+            where = f" ({run.table})" if run is not None and run.table else ""
+            _fail(as_json, code, f"the source database failed{where}: {found.cause} ({type(exc).__name__}: "
+                  f"{redact(str(exc).strip(), *_passwords())}); to fix: {found.remedy}", found.retryable)
         except BotoCoreError as exc:
             _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
                   "$ARCHIVE_S3_ENDPOINT_URL and the network", True)
-        except (ArchiveError, psycopg.Error) as exc:
+        except ArchiveError as exc:
             configuration = getattr(exc, "cause", None) in CONFIGURATION_CAUSES  # a missing table, a grant
             transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
             code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
             _fail(as_json, code, redact(str(exc), *_passwords()), getattr(exc, "retryable", None))
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: still one paragraph, and no secret in it
+            _fail(as_json, EXIT_DIFFERENCES, f"unexpected error{f' ({run.table})' if run and run.table else ''}: "
+                  f"{type(exc).__name__}: {redact(str(exc), *_passwords())}; this is a bug in archive_pipeline: "
+                  "report it with the command that was run and this message", None)
         finally:
             if run is not None:
                 run.close()
@@ -269,6 +313,11 @@ class _Commands(click.Group):
 
     def main(self, args: Sequence[str] | None = None, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        # Names are UTF-8 whatever the locale, and so is JSON: in a C locale printing 'Ünï' failed the command.
+        for stream in (sys.stdout, sys.stderr):
+            if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
+                with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
+                    stream.reconfigure(encoding="utf-8", errors="backslashreplace")
         try:
             return super().main(argv, standalone_mode=False, **kwargs)
         except click.ClickException as exc:
@@ -306,6 +355,11 @@ def _num(n: int | None) -> str:
     return "" if n is None else f"{n:,}"
 
 
+def _styled(text: str, style: str | None) -> Text:
+    """A cell in a colour (the consoles interpret no markup, so a name's brackets print as they are)."""
+    return Text(text, style=style or "")
+
+
 def _table(*columns: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     numbers = ("rows", "bytes", "est. rows", "est. bytes", "inserted", "source rows", "archive rows", "seconds")
@@ -338,7 +392,7 @@ def list_days(run: Run, check_source: bool) -> None:
         table = _table("table", "day", "state", "rows", "bytes", "archived at", "key", "note")
         for s in statuses:
             style = {"missing": "yellow", "changed": "red", "unreadable": "red"}.get(s.state)
-            table.add_row(s.table, s.day.isoformat(), f"[{style}]{s.state}[/]" if style else s.state, _num(s.rows),
+            table.add_row(s.table, s.day.isoformat(), _styled(s.state, style), _num(s.rows),
                           _size(s.bytes), (s.archived_at or "")[:19], s.key, s.note)
         run.out.print(table)
         for name, counts in summary.items():
@@ -358,7 +412,7 @@ def _progress(run: Run) -> Iterator[Progress | None]:
     if run.as_json or not run.err.is_terminal:
         yield None
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                   TextColumn("{task.completed:>12,.0f} rows"), TextColumn("{task.fields[size]:>10}"),
                   TextColumn("{task.fields[rate]:>14}"), TimeElapsedColumn(), console=run.err,
                   transient=True) as progress:
@@ -380,9 +434,9 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
         return
     results: list[dict[str, Any]] = []
     settings = session_settings(run.config.source)
+    chosen = run.chosen_days("archive")
     with _progress(run) as progress:
-        for spec in run.tables:
-            days = run.days(spec)
+        for spec, days in chosen:
             present = set(existing_days(run.conn, spec, days)) if days else set()
             for day in days:
                 if day not in present:
@@ -396,7 +450,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
         table = _table("table", "day", "status", "rows", "bytes", "seconds", "key / message")
         for r in results:
             style = {"failed": "red", "no-data": "dim"}.get(r["status"])
-            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+            table.add_row(r["table"], r["day"], _styled(r["status"], style),
                           _num(r.get("rows")), _size(r.get("bytes")),
                           f"{r['seconds']:.2f}" if "seconds" in r else "",
                           r.get("key") or ("see below" if r["status"] == "failed" else r.get("message") or ""))
@@ -445,9 +499,8 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
 
 
 def _archive_plan(run: Run, overwrite: bool) -> None:
-    planned = [p for spec in run.tables
-               for p in plan.plan_archive(run.conn, spec, run.store, run.days(spec),
-                                          overwrite=overwrite or spec.overwrite)]
+    planned = [p for spec, days in run.chosen_days("archive")
+               for p in plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite)]
     totals = {action: sum(1 for p in planned if p.action == action)
               for action in ("archive", "overwrite", "skip", "refuse", "no-data")}
     work = [p for p in planned if p.action in ("archive", "overwrite") and p.estimate]
@@ -458,7 +511,7 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
         for p in planned:
             style = {"refuse": "red", "skip": "dim", "no-data": "dim"}.get(p.action)
             est = p.estimate
-            table.add_row(p.table, p.day.isoformat(), f"[{style}]{p.action}[/]" if style else p.action,
+            table.add_row(p.table, p.day.isoformat(), _styled(p.action, style),
                           _num(est and est.rows), _size(est and est.bytes), est.method if est else "", p.key,
                           "see below" if p.action == "refuse" else p.reason)
         run.out.print(table)
@@ -482,10 +535,14 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     connection ends the command (exit 3): the next day would fail the same way."""
     try:
         return check()
-    except ArchiveError as exc:
+    except (ArchiveError, psycopg.Error) as exc:
         if run.lost:
-            raise UnreachableError(f"lost the source database while checking {table} {day}: {exc}") from None
-        return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}")]
+            raise UnreachableError(f"lost the source database while checking {table} {day}: "
+                                   f"{redact(str(exc), *_passwords())}") from None
+        if not isinstance(exc, ArchiveError):  # a lock_timeout behind a migration, a statement_timeout
+            exc = wrap(exc, table, day.isoformat(), doing="proving")
+        return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): "
+                             f"{redact(str(exc), *_passwords())}")]
 
 
 @main.command()
@@ -495,7 +552,8 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
 @command
 def verify(run: Run, download: bool, deep: bool) -> None:
     """Check each archived day: the stored object against its manifest (size, ETag; --download: MD5 and
-    SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem."""
+    SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem,
+    or when a --day or range holds no archived day (nothing was verified)."""
     results = []
     for spec in run.tables:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
@@ -518,11 +576,13 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light"})
     bad = [r for r in results if not r["ok"]]
+    # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
+    nothing = not results and bool(run.first or run.last)
 
     def render() -> None:
         table = _table("table", "day", "result", "key")
         for r in results:
-            table.add_row(r["table"], r["day"], "[green]ok[/]" if r["ok"] else "[red]FAILED[/]", r["key"])
+            table.add_row(r["table"], r["day"], _styled("ok", "green") if r["ok"] else _styled("FAILED", "red"), r["key"])
         run.out.print(table)
         for r in bad:
             for problem in r["problems"]:
@@ -530,7 +590,9 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
-    run.emit({"ok": not bad, "days": results}, render)
+    run.emit({"ok": not bad and not nothing, "days": results}, render)
+    if nothing:
+        raise Failed("nothing was verified: no day in the selection is archived (see `archive-pipeline list`)")
     if bad:
         raise Failed()
 
@@ -562,7 +624,7 @@ def compare(run: Run, show_rows: bool) -> None:
                        "archive fingerprint", "note")
         for c in results:
             style = "green" if c.result == "equal" else "red" if c.differs else "dim"
-            table.add_row(c.table, c.day.isoformat(), f"[{style}]{c.result}[/]", _num(c.source_rows),
+            table.add_row(c.table, c.day.isoformat(), _styled(c.result, style), _num(c.source_rows),
                           _num(c.archive_rows), _short(c.source_fingerprint), _short(c.archive_fingerprint), c.note)
         run.out.print(table)
         for (name, day), lines in details.items():
@@ -582,8 +644,10 @@ def _short(fp: str | None) -> str:
     """``row-hash-sum-v2:20000:-1234…`` shortened to its count and the hash sum's last digits."""
     if not fp:
         return ""
-    _, rows, total = fp.rsplit(":", 2)
-    return f"{int(rows):,}:…{total[-8:]}"
+    parts = fp.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():  # another algorithm's (a newer version's, or tampered)
+        return fp if len(fp) <= 20 else f"{fp[:19]}…"
+    return f"{int(parts[1]):,}:…{parts[2][-8:]}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -593,7 +657,7 @@ def _short(fp: str | None) -> str:
 @click.option("--into", type=click.Choice(["new", "existing", "original"]), default="new", show_default=True,
               help="new: create --target from the manifest's table definition; existing: load into --target as it "
               "is; original: back into the archived table, re-creating a dropped partition")
-@click.option("--target", metavar="SCHEMA.TABLE", help="the table to restore into (needed for new and existing)")
+@click.option("--target", metavar="SCHEMA.TABLE", help="the table to restore into (new and existing only)")
 @click.option("--on-conflict", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="a restored row whose key already exists: abort the day, or leave the existing row")
 @command
@@ -603,18 +667,26 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import RestoreResult, iter_restore_days
+    from archive_pipeline.core.restore import RestoreResult, iter_restore_days, name_problem
+
+    target = _utf8(target) if target else target
 
     if run.first is None and run.last is None:
         raise click.UsageError("restore needs --day or --from/--to (it never restores every day by default)")
     if into != "original" and not target:
         raise click.UsageError(f"--into {into} needs --target schema.table")
+    if into == "original" and target:  # it created the --target as a new table, and the original stayed as it was
+        raise click.UsageError("--into original restores into the archived table itself: leave out --target, or "
+                               "restore into another table with --into new or existing")
+    if target and name_problem(target):
+        raise click.UsageError(f"--target: {name_problem(target)}; name the table as schema.table, unquoted, as the "
+                               "catalog spells it (e.g. public.events_restored)")
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
     results, missing, failure = [], [], None
+    chosen = run.chosen_days("restore")
     try:
-        for spec in run.tables:
-            days = run.days(spec)
+        for spec, days in chosen:
             for done in iter_restore_days(run.primary, run.store, spec, days[0], days[-1], into=into, target=target,
                                           on_conflict=on_conflict) if days else ():
                 if isinstance(done, RestoreResult):
@@ -694,7 +766,7 @@ def prune(run: Run, dry_run: bool) -> None:
         table = _table("table", "day", "status", "action", "relation", "rows", "archive")
         for r in results:
             style = {"refused": "red", "failed": "red", "would remove": "yellow"}.get(r["status"])
-            table.add_row(r["table"], r["day"], f"[{style}]{r['status']}[/]" if style else r["status"],
+            table.add_row(r["table"], r["day"], _styled(r["status"], style),
                           r.get("action", ""), r.get("relation", ""), _num(r.get("rows")), r.get("archive", ""))
         run.out.print(table)
         for r in refused:

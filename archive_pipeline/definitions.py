@@ -13,7 +13,6 @@ Environment variables (read by Dagster at run time through ``EnvVar``, never sto
 
 import logging
 import os
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -37,6 +36,7 @@ from archive_pipeline.defs.checks import (
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import declarative_days
+from archive_pipeline.core.environment import check_endpoint_url
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
@@ -67,22 +67,6 @@ def require_environment(origin: str | None = None) -> None:
                           f"(configured by {origin or config_path()}):\n{lines}\nSet them where the code location runs "
                           "(see the README, Configuration), or pass resources to build_definitions().")
     check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
-
-
-def check_endpoint_url(url: str | None) -> None:
-    """An endpoint botocore can use, or a load error naming the variable: without its scheme
-    (``minio:9000``) every run failed with a bare "ValueError: Invalid endpoint", retried with backoff."""
-    if not url:
-        return
-    try:
-        parts = urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
-    except ValueError:  # a port that is not a number, or out of range
-        usable = False
-    if not usable:
-        shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
-        raise ConfigError(f"ARCHIVE_S3_ENDPOINT_URL {shown} is not an http(s) URL: write it with its scheme and host, "
-                          "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
 
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:

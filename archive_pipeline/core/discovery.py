@@ -26,12 +26,14 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import SourceError
 from archive_pipeline.core.periods import Period, periods_overlapping, periods_within
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table, unquoted_hint
 
 _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 
+# pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
+# the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery
 _CHILDREN_QUERY = """
-SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+SELECT c.relname, pg_get_expr(c.relpartbound, 0)
 FROM pg_catalog.pg_inherits i
 JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
 JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
@@ -118,7 +120,8 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
                                  ).fetchone()[0]:
-        raise SourceError(f"table {spec.name!r} does not exist", table=spec.name, retryable=False,
+        raise SourceError(f"table {spec.name!r} does not exist{unquoted_hint(schema, name)}", table=spec.name,
+                          retryable=False,
                           cause="the configured table does not exist",
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")

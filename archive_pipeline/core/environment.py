@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import psycopg
 import psycopg.conninfo
@@ -87,6 +88,23 @@ def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connectio
                                retryable=described.retryable) from None
 
 
+def check_endpoint_url(url: str | None) -> None:
+    """An endpoint botocore can use, or a :class:`ConfigError` naming the variable: without its scheme
+    (``minio:9000``) every run failed with a bare "ValueError: Invalid endpoint", retried with backoff,
+    and the command line printed botocore's traceback."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a port that is not a number, or out of range
+        usable = False
+    if not usable:
+        shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
+        raise ConfigError(f"{ENDPOINT_VAR} {shown} is not an http(s) URL: write it with its scheme and host, "
+                          "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
+
+
 def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) -> S3Store:
     """The archive bucket as an :class:`S3Store`, with boto3 built from the environment.
 
@@ -95,7 +113,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     """
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, InvalidRegionError, ParamValidationError
 
     env = os.environ if env is None else env
     bucket = _required(env, BUCKET_VAR, "the name of the archive bucket")
@@ -107,12 +125,21 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             raise ConfigError(f"set both ${KEY_ID_VAR} and ${SECRET_VAR}, or neither (boto3's usual chain)")
         options["aws_access_key_id"] = env[KEY_ID_VAR]
         options["aws_secret_access_key"] = env[SECRET_VAR]
-    client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
-                                              retries={"max_attempts": 3, "mode": "standard"}), **options)
+    check_endpoint_url(env.get(ENDPOINT_VAR))
+    try:
+        client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
+                                                  retries={"max_attempts": 3, "mode": "standard"}), **options)
+    except InvalidRegionError:
+        raise ConfigError(f"${REGION_VAR} {options['region_name']!r} is not a region name: set it to the store's "
+                          "region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") from None
     store = S3Store(client, bucket, prefix=env.get(PREFIX_VAR, ""))
     if check:
         try:
             client.head_bucket(Bucket=bucket)
+        except ParamValidationError:  # botocore's own check, before any request: no store was asked
+            hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
+            raise ConfigError(f"${BUCKET_VAR} {bucket!r} is not a bucket name (S3's are 3 to 63 lower-case letters, "
+                              f"digits, dots and hyphens): set it to the archive bucket's name{hint}") from None
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             reason = {404: "does not exist", 403: "refuses these credentials"}.get(status, f"answered {status}")

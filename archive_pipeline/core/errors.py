@@ -570,8 +570,18 @@ def classify(exc: BaseException, *, table: str | None = None, user: str | None =
             break
         current = current.__cause__ or current.__context__
     result = found or _UNKNOWN
-    remedy = result.remedy.replace("<table>", table or "<table>").replace("<role>", user or "<role>")
+    remedy = result.remedy.replace("<table>", _sql_name(table) if table else "<table>")
+    remedy = remedy.replace("<role>", _sql_name(user) if user else "<role>")
     return Classification(result.retryable, result.cause, remedy, result.where, result.sqlstate)
+
+
+def _sql_name(name: str) -> str:
+    """``name`` (a role, or ``schema.table`` split at its first dot) as a statement to paste needs it: as it
+    is where PostgreSQL reads it back unchanged, else double-quoted (``"Mixed Case"."Nasty Events"``)."""
+    def part(text: str) -> str:
+        return text if re.fullmatch(r"[a-z_][a-z0-9_$]*", text) else '"' + text.replace('"', '""') + '"'
+
+    return ".".join(part(p) for p in name.split(".", 1))
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -666,10 +676,20 @@ def connection_target(dsn: str) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - malformed DSN: say so, echo nothing
         return {}
     user = params.get("user") or os.environ.get("PGUSER") or _os_user()
-    return {"host": params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost (socket)",
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost (socket)"
+    if _stray_in_host(params):
+        host = "***@" + host.rsplit("@", 1)[1]
+    return {"host": host,
             "port": params.get("port") or os.environ.get("PGPORT") or "5432",
             "database": params.get("dbname") or os.environ.get("PGDATABASE") or user,
             "user": user}
+
+
+def _stray_in_host(params: dict[str, str]) -> str | None:
+    """What a URI's host holds before an '@': the rest of a password whose '@' was not percent-encoded
+    (``postgresql://u:pa@ss@host/db`` is password 'pa' at host 'ss@host'), never shown."""
+    host = params.get("host") or ""
+    return host.rsplit("@", 1)[0] if "@" in host else None
 
 
 def _os_user() -> str:
@@ -695,7 +715,13 @@ def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
     target = connection_target(dsn)
     found = classify(exc, user=target.get("user"))
     password = password_of(dsn)
+    stray = _stray_in_host(_conninfo(dsn))
+    if stray:
+        found = replace(_BAD_DSN, remedy=f"percent-encode each '@' in the password (or user) of {_DSN} as %40: "
+                        "libpq ends the password at its first '@'")
     text = redact(str(exc), password)
+    if stray:  # as libpq quotes the host
+        text = text.replace(f"{stray}@", "***@")
     if not target:
         found = _BAD_DSN  # psycopg could not parse it either
         reason = _scrub_parse_error(_reason(text))
@@ -707,6 +733,15 @@ def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
         message = f"cannot connect to PostgreSQL at {where}: {found.cause} ({_reason(text)})"
     message = redact(message, password)
     return SourceError(message, retryable=found.retryable, remedy=found.remedy, cause=found.cause)
+
+
+def _conninfo(dsn: str) -> dict[str, str]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    except Exception:  # noqa: BLE001 - malformed: nothing to read
+        return {}
 
 
 def password_of(dsn: str) -> str | None:

@@ -19,11 +19,11 @@ from archive_pipeline.core import fingerprint, periods
 from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, ChildRange, child_ranges, existing_days, source_table
-from archive_pipeline.core.errors import ArchiveError, SourceError, classify
+from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
 from archive_pipeline.core.manifest import SourceIdentity, manifest_key
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable, day_filter, read_snapshot, server_identity
+from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, load_manifest, source_fingerprint
 
@@ -194,21 +194,22 @@ def _has_default_partition(conn: psycopg.Connection, spec: TableSpec) -> bool:
     return bool(found and found[0])
 
 
-def not_checked(exc: psycopg.Error, spec: TableSpec) -> str:
-    """Why one day's source could not be compared (its partition locked past lock_timeout, a statement_timeout),
-    as the day's note: the other days are still compared."""
-    found = classify(exc, table=spec.name)
-    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return (f"not checked ({'retryable' if found.retryable else 'not retryable'}): the source's rows could not be "
-            f"read: {found.cause} ({type(exc).__name__}: {detail})")
-
-
 def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:
     """Whether the archive holds what the source holds now: the fingerprint when the manifest has one
     (version 2), otherwise only the row count (version 1 recorded nothing finer)."""
     if archived.fingerprint:
         return archived.fingerprint == str(current)
     return archived.rows == current.rows
+
+
+def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.Error) -> str:
+    """Why the source's rows of ``day`` could not be read (a lock_timeout behind a migration, a
+    statement_timeout), naming table, day, cause and remedy: that day is not checked, the others
+    still are. A lost connection is raised: every other day would fail the same way."""
+    if conn.closed:
+        raise exc
+    error = wrap(exc, spec.name, day.isoformat(), doing="reading")
+    return f"not checked ({'retryable' if error.retryable else 'not retryable'}): {error}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +253,8 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty``
     (archived as a day without rows: a manifest and no object), ``changed`` (with ``check_source``: the source's content
     fingerprint, or row count for a version-1 manifest, differs from the archive's), ``unreadable``
-    (a manifest that is not one). Days with neither data nor an archive are left out."""
+    (a manifest that is not one, or, with ``check_source``, a day whose rows could not be read). Days
+    with neither data nor an archive are left out."""
     statuses = []
     for day, found, present in _found(conn, spec, store, days):
         if found.problem:
@@ -274,11 +276,9 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
                                           archived.rows, archived.bytes, archived.archived_at, None, exc.message))
                 continue
             except psycopg.Error as exc:
-                if conn.closed:  # the session is gone: every next day would fail the same way
-                    raise
                 statuses.append(DayStatus(spec.name, day, "unreadable", archived.object_key or found.key, present,
                                           archived.rows, archived.bytes, archived.archived_at, None,
-                                          not_checked(exc, spec)))
+                                          unread(conn, spec, day, exc)))
                 continue
             source_rows = current.rows
             if not matches_source(archived, current):
@@ -413,6 +413,10 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
                  overwrite: bool) -> list[PlannedDay]:
     days = [spec.period(d) for d in days]
     in_source = set(existing_days(conn, spec, days)) if days else set()
+    if in_source and spec.partitioning.mode == "declarative":
+        # the catalog gave the days; a role that may not read the table would fail every one of them, where
+        # the plan said "archive" (column mode's discovery reads the table, and refuses the same way)
+        describe_table(conn, spec.name, spec.day_column)
     children = child_ranges(conn, spec) if spec.partitioning.mode == "declarative" and in_source else None
     return [plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source, children=children)
             for day in days]
@@ -482,9 +486,7 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                                   archived.object_key or found.key, exc.message))
             continue
         except psycopg.Error as exc:  # a lock_timeout on the day's partition, a statement_timeout: this day only
-            if conn.closed:  # the session is gone: every next day would fail the same way
-                raise
-            out.append(_unreadable(spec, day, found, not_checked(exc, spec)))
+            out.append(_unreadable(spec, day, found, unread(conn, spec, day, exc)))
             continue
         except SourceError as exc:
             if archived is None or exc.cause != NO_PERIOD_TABLE:

@@ -390,10 +390,26 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
                            day=day.isoformat()) from None
 
 
-def _split(qualified: str) -> tuple[str, str]:
+def name_problem(qualified: str) -> str | None:
+    """Why ``qualified`` cannot name a table to restore into, or None: it must be ``schema.table``, and
+    PostgreSQL keeps only the first 63 bytes of a name (a longer one was created cut short, and the
+    result named a table that does not exist)."""
     schema, dot, name = qualified.partition(".")
     if not dot or not schema or not name:
-        raise RestoreError(f"{qualified!r} is not a schema-qualified table name ('schema.table')")
+        return f"{qualified!r} is not a schema-qualified table name ('schema.table')"
+    for part in (schema, name):
+        if len(part.encode()) > 63:
+            kept = part.encode()[:63].decode("utf-8", "ignore")
+            return (f"{part!r} is {len(part.encode())} bytes long and PostgreSQL keeps 63 bytes of a name (it would "
+                    f"be {kept!r}): choose a shorter name")
+    return None
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    problem = name_problem(qualified)
+    if problem:
+        raise RestoreError(problem)
+    schema, _, name = qualified.partition(".")
     return schema, name
 
 
@@ -505,11 +521,12 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target
     partition = definition.get("partition")
     if partition and partition.get("child") and _exists(conn, partition["child"]) and \
             not _is_partition(conn, partition["child"]):
+        attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
+            _ident(partition["parent"]), _ident(partition["child"])).as_string(conn) + str(partition.get("bound"))
         raise RestoreError(
             f"{partition['child']}, the partition that held {manifest['day']}, exists but is not attached to "
             f"{partition['parent']} (detached by retention?); it may still hold the day: attach it again "
-            f"(ALTER TABLE {partition['parent']} ATTACH PARTITION {partition['child']} {partition.get('bound')}), "
-            "or drop it and restore again")
+            f"({attach}), or drop it and restore again")
     if partition and partition.get("child") and partition.get("bound") and not _exists(conn, partition["child"]):
         if not _exists(conn, partition["parent"]):
             raise RestoreError(f"the partitioned table {partition['parent']} does not exist; create it (or restore "
@@ -767,6 +784,12 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, remedy="the restoring role needs INSERT and SELECT on the target (GRANT INSERT, "
                             "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "
                             "partition (GRANT CREATE ON SCHEMA <schema> TO <role>)")
+        if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
+            found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
+                            "restore into a table of a schema that exists")
+        if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
+            found = replace(found, remedy="the target must have every column the archive has (the manifest's "
+                            "columns): add the one named, or restore into a new table (into='new', --into new)")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc

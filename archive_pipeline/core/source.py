@@ -151,6 +151,14 @@ ORDER BY a.attnum
 """
 
 
+def unquoted_hint(schema: str, name: str) -> str:
+    """For a name written with SQL's double quotes ('"Mixed Case"."Events"'): names are given as the
+    catalog spells them, so the quotes became part of the name looked for."""
+    if not any(len(part) > 1 and part[0] == part[-1] == '"' for part in (schema, name)):
+        return ""
+    return f"; write it without SQL's double quotes: {schema.strip(chr(34))}.{name.strip(chr(34))}"
+
+
 def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None) -> SourceTable:
     """Look the table up in the catalog (by parameters, never by formatting names into SQL)."""
     schema, _, name = qualified_name.partition(".")
@@ -158,20 +166,22 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
-            "names are case-sensitive as in the catalog)",
+            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}",
             table=qualified_name, retryable=False, cause="the configured table does not exist",
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
         )
     oid, relkind, can_select, unreadable = row
+    # a grant is configuration (the command line exits 2 on it); the statement quotes the names as SQL needs
+    grant = sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(schema, name),
+                                                       sql.Identifier(conn.info.user)).as_string(conn)
     if not can_select:
-        raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; "
-                          f"GRANT SELECT ON {qualified_name} TO {conn.info.user}",
-                          table=qualified_name, retryable=False)
+        raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; {grant}",
+                          table=qualified_name, retryable=False, cause="permission denied")
     if unreadable:  # SELECT granted on some columns only: every column is archived
         raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
-                          f"every column is archived; GRANT SELECT ON {qualified_name} TO {conn.info.user} (or "
-                          "SELECT on those columns)", table=qualified_name, retryable=False)
+                          f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
+                          retryable=False, cause="permission denied")
     columns = tuple(Column(*r) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)
@@ -474,7 +484,7 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
         conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as exc:
         raise _changed_under_snapshot(table, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    _same_relation(conn, table)
+    _same_relation(conn, table, where)
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),)).fetchall()
     read = _relations_read(conn, table, where) if found else set()
     changed = [f"{schema}.{name}" for schema, name, gone in found
@@ -493,11 +503,13 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
                                              "see the rows the parent no longer reads)")
 
 
-def _same_relation(conn: psycopg.Connection, table: SourceTable) -> None:
+def _same_relation(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
     """Fail (retryable) unless ``table``'s name still resolves to the relation the snapshot described,
     with the same columns in the same order (the catalog as the relation cache holds it now, which is
-    what plans the day's queries; read after the day's locks, so it stays that way)."""
-    current = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(table.identifier))
+    what plans the day's queries; read after the day's locks, so it stays that way). Planned with the
+    day's filter, it locks only the day's partitions: unfiltered, it waited for a lock on every other
+    partition of the table (one under VACUUM FULL failed every day's archive)."""
+    current = conn.execute(sql.SQL("SELECT * FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
     names = [c.name for c in current.description or []]
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid",
                        (table.identifier.as_string(conn),)).fetchone()[0]
