@@ -35,6 +35,7 @@ from dagster import (
     PreviewWarning,
     asset_check,
 )
+from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
 
@@ -153,6 +154,37 @@ def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContex
         description=verdict.description, blocking=blocking, partition=partition,
         metadata={**verdict.metadata, "partition": partition, "verified": verdict.verified},
         target_materialization_data=_target(context.instance, key, partition),
+    )
+
+
+def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str) -> AssetCheckEvaluation | None:
+    """The day's last ``archive_intact`` verdict, recorded again by this run, which planned the check for
+    that day and failed before checking it; None when the run did not plan it or the day has no verdict.
+
+    The archive jobs plan no check (the asset reports it). Dagster 1.13's pure asset backfill (tables with
+    different partitions materialized together) and ``materialize`` with the checks plan every check of
+    the asset, and Dagster shows a check that a failed run planned and did not evaluate as "Execution
+    failed" for the day: red, like a damaged archive, on a day whose archive was checked intact. So the
+    day keeps its verdict, as after a failed archive job run, saying that this run did not check again.
+    The verdict keeps the materialization it was about: if this run archived the day anew and could not
+    check it, the UI shows that day's check as not evaluated, not as the old archive's verdict.
+    """
+    run_id = context.run.run_id
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(key, INTACT_CHECK), limit=50, partition_filter=PartitionKeyFilter(key=day))
+    if not any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history):
+        return None
+    last = next((r for r in history if r.run_id != run_id and r.evaluation is not None
+                 and r.status != AssetCheckExecutionRecordStatus.PLANNED), None)
+    if last is None:
+        return None
+    was = last.evaluation
+    return AssetCheckEvaluation(
+        asset_key=key, check_name=INTACT_CHECK, passed=was.passed, severity=was.severity, partition=day,
+        description=f"{day}: not checked again: this run failed before checking it. The last check (run "
+                    f"{last.run_id}) found: {was.description}",
+        metadata={**was.metadata, "checked_in_run": last.run_id}, blocking=False,
+        target_materialization_data=was.target_materialization_data,
     )
 
 
