@@ -5,6 +5,7 @@ with the GraphQL mutation the UI sends and submitted by the backfill daemon's ow
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -24,6 +25,7 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 from psycopg import sql
 
 from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.conftest import utc_today
 
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
 LAUNCH = """
@@ -36,19 +38,13 @@ CHECK_STATUS = """
 """
 
 
-@pytest.fixture
-def workspace(conn, schema, tmp_path, archive_env, monkeypatch) -> Iterator[tuple[DagsterInstance, WorkspaceProcessContext]]:
-    """events (from 2024-03-01) and orders (from 2024-03-05): no job holds both, as in the UI. Runs are
-    launched in this process as the daemon submits them."""
-    create_sample_events(conn, DAYS, rows_per_day=20, schema=schema)
-    conn.execute(sql.SQL("CREATE TABLE {}.orders AS SELECT id, created_at::date AS placed FROM {}.events").format(
-        sql.Identifier(schema), sql.Identifier(schema)))
-    config = tmp_path / "tables.yaml"
-    config.write_text(json.dumps({"retry": {"max_retries": 0}, "tables": [
-        {"name": f"{schema}.events", "day_column": "created_at", "start_date": "2024-03-01",
-         "partitioning": {"mode": "declarative"}},
-        {"name": f"{schema}.orders", "day_column": "placed", "start_date": "2024-03-05", "format": "csv"}]}))
-    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(config))
+@contextlib.contextmanager
+def _location(tmp_path, monkeypatch, config: dict) -> Iterator[tuple[DagsterInstance, WorkspaceProcessContext]]:
+    """The code location as the webserver and the daemon load it, for ``config``; runs are launched in this
+    process as the daemon submits them."""
+    path = tmp_path / "tables.yaml"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(path))
     origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(
         executable_path=sys.executable, module_name="archive_pipeline.definitions", attribute="defs"),
         location_name="archive_pipeline")
@@ -58,6 +54,19 @@ def workspace(conn, schema, tmp_path, archive_env, monkeypatch) -> Iterator[tupl
     with instance_for_test(overrides=overrides) as instance:
         with create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as context:
             yield instance, context
+
+
+@pytest.fixture
+def workspace(conn, schema, tmp_path, archive_env, monkeypatch) -> Iterator[tuple[DagsterInstance, WorkspaceProcessContext]]:
+    """events (from 2024-03-01) and orders (from 2024-03-05): no job holds both, as in the UI."""
+    create_sample_events(conn, DAYS, rows_per_day=20, schema=schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.orders AS SELECT id, created_at::date AS placed FROM {}.events").format(
+        sql.Identifier(schema), sql.Identifier(schema)))
+    with _location(tmp_path, monkeypatch, {"retry": {"max_retries": 0}, "tables": [
+            {"name": f"{schema}.events", "day_column": "created_at", "start_date": "2024-03-01",
+             "partitioning": {"mode": "declarative"}},
+            {"name": f"{schema}.orders", "day_column": "placed", "start_date": "2024-03-05", "format": "csv"}]}) as ws:
+        yield ws
 
 
 def _backfill(instance: DagsterInstance, context: WorkspaceProcessContext, schema: str) -> list:
@@ -109,3 +118,43 @@ def test_a_failed_pure_asset_backfill_leaves_the_days_integrity_check_as_it_was(
     evaluation = record.evaluation
     earlier = next(r.run_id for r in first if r.asset_selection == {orders})
     assert evaluation.passed and "not checked again" in evaluation.description and earlier in evaluation.description
+
+
+NODES = """{ assetNodes { assetKey { path } jobNames
+    assetChecksOrError { ... on AssetChecks { checks { name jobNames } } } } }"""
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }
+"""
+
+
+def test_the_removal_assets_materialize_button_runs_its_job_without_the_proof_check(conn, schema, tmp_path,
+                                                                                  archive_env, monkeypatch):
+    """The UI's *Materialize* on a source_removed asset runs the first job, in sorted order, that holds the
+    asset, with the checks in that job (getCommonJob in Dagster 1.13's LaunchAssetExecutionButton). The
+    removal job was ``remove_<schema>_<table>``, which sorts after ``__ASSET_JOB``: the button ran the
+    implicit job with archive_proven planned, and a removal that failed before proving anything (here: the
+    day is not due) showed the day's proof as "Execution failed", red like a failed proof, though the README
+    promised a failed run, as from the removal job. The job now sorts first, like ``Archive_``."""
+    day = utc_today() - dt.timedelta(days=1)  # within keep_days: refused before any proof
+    create_sample_events(conn, [day], rows_per_day=5, schema=schema)
+    with _location(tmp_path, monkeypatch, {"retry": {"max_retries": 0}, "tables": [
+            {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
+             "retention": {"keep_days": 30, "action": "delete"}}]}) as (instance, context):
+        nodes = execute_dagster_graphql(context.create_request_context(), NODES).data["assetNodes"]
+        [node] = [n for n in nodes if n["assetKey"]["path"][0] == "source_removed"]
+        job = node["jobNames"][0]  # what the button launches, with the checks of that job
+        checks = [c["name"] for c in node["assetChecksOrError"]["checks"] if not c["jobNames"] or job in c["jobNames"]]
+        launched = execute_dagster_graphql(context.create_request_context(), LAUNCH_RUN, {"params": {
+            "selector": {"repositoryLocationName": "archive_pipeline", "repositoryName": "__repository__",
+                         "jobName": job, "assetSelection": [{"path": node["assetKey"]["path"]}],
+                         "assetCheckSelection": [{"assetKey": {"path": node["assetKey"]["path"]}, "name": c}
+                                                 for c in checks]},
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day.isoformat()}]}}}).data
+        run = instance.get_run_by_id(launched["launchRun"]["run"]["runId"])
+        assert run.status == DagsterRunStatus.FAILURE
+        proven = AssetCheckKey(AssetKey(node["assetKey"]["path"]), "archive_proven")
+        assert [(r.partition, r.status.value) for r in
+                instance.event_log_storage.get_asset_check_execution_history(proven, limit=10)] == []
+        assert (job, checks) == (f"Remove_{schema}_events", [])
