@@ -1,7 +1,8 @@
 """Tables with different partitions materialized together from the asset graph: Dagster 1.13 runs them as
 a pure asset backfill of its implicit ``__ASSET_JOB``, whose runs plan every check of the assets. Launched
 with the GraphQL mutation the UI sends and submitted by the backfill daemon's own iteration, in process
-(no webserver or daemon process to start: a few seconds)."""
+(no webserver or daemon process to start: a few seconds). And the removal asset's *Materialize* button,
+launched as the UI chooses its job and checks."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def _location(tmp_path, monkeypatch, config: dict) -> Iterator[tuple[DagsterInst
 
 
 @pytest.fixture
-def workspace(conn, schema, tmp_path, archive_env, monkeypatch) -> Iterator[tuple[DagsterInstance, WorkspaceProcessContext]]:
+def workspace(conn, schema, tmp_path, archive_env, monkeypatch
+              ) -> Iterator[tuple[DagsterInstance, WorkspaceProcessContext]]:
     """events (from 2024-03-01) and orders (from 2024-03-05): no job holds both, as in the UI."""
     create_sample_events(conn, DAYS, rows_per_day=20, schema=schema)
     conn.execute(sql.SQL("CREATE TABLE {}.orders AS SELECT id, created_at::date AS placed FROM {}.events").format(

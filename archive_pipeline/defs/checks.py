@@ -176,8 +176,8 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
         AssetCheckKey(key, INTACT_CHECK), limit=50, partition_filter=PartitionKeyFilter(key=day))
     if not any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history):
         return None
-    last = next((r for r in history if r.run_id != run_id and r.evaluation is not None
-                 and r.status != AssetCheckExecutionRecordStatus.PLANNED), None)
+    last = next((r for r in history if r.run_id != run_id and r.status != AssetCheckExecutionRecordStatus.PLANNED
+                 and r.evaluation is not None), None)
     if last is None:
         return None
     was = last.evaluation
@@ -257,8 +257,8 @@ def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: Asset
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1).records
     if not records:
-        return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=False,
-                                severity=AssetCheckSeverity.WARN, description=f"{day}: not archived yet; nothing to check")
+        return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
+                                description=f"{day}: not archived yet; nothing to check")
     verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), deep)
     return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=verdict.passed,
                             description=verdict.description,
@@ -281,7 +281,7 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
 
     # A multi-check of one check only for its optional output (can_subset): a run of a range of days (a pure
     # asset backfill's) records each day's verdict for its day and has no single result to return; the
-    # result Dagster requires of an asset_check would be scoped to no day (and is refused, see below).
+    # result an asset_check must return would be recorded for no day.
     @multi_asset_check(specs=[check], can_subset=True, name=f"{key.to_python_identifier()}_{INTACT_CHECK}")
     def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                 archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
