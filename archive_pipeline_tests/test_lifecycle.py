@@ -126,7 +126,7 @@ def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(c
     removal_key = AssetKey(["source_removed", events, "events"])
     with instance_for_test() as instance:
         archive = defs.resolve_job_def(f"Archive_{events}_events")
-        remove = defs.resolve_job_def(f"remove_{events}_events")
+        remove = defs.resolve_job_def(f"Remove_{events}_events")
         for day in DAYS:
             assert archive.execute_in_process(partition_key=day.isoformat(), instance=instance).success
         # A damaged archive: the proof fails, the check says so, nothing is removed.
@@ -446,7 +446,7 @@ def test_removal_in_dagster_completes_a_removal_whose_done_mark_failed(conn, eve
     with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
         monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
         defs = _removal_defs(events, max_retries=1)
-        remove = defs.resolve_job_def(f"remove_{events}_events")
+        remove = defs.resolve_job_def(f"Remove_{events}_events")
         proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=503, skip=1, times=None))
         failed = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
         assert not failed.success
@@ -487,7 +487,7 @@ def test_removal_in_dagster_records_no_failed_proof_when_a_download_fails(conn, 
     with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
         monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
         defs = _removal_defs(events, max_retries=1)
-        remove = defs.resolve_job_def(f"remove_{events}_events")
+        remove = defs.resolve_job_def(f"Remove_{events}_events")
         fault = proxy.add(Fault(method="GET", path=path, action="error", status=status, code=code, times=None))
         failed = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
         assert not failed.success and fault.hits >= 1

@@ -45,8 +45,8 @@ def test_a_table_with_retention_and_a_non_ascii_or_spaced_name_loads():
         assert repo.asset_graph.get(removal_key).tags["archive/table"] == repo.asset_graph.get(archive_key).tags[
             "archive/table"]
         label = "_".join(spec.asset_path)
-        assert repo.get_job(f"remove_{label}").tags["archive/table"] == spec.name
-        assert repo.get_job(f"remove_{label}").executor_def is in_process_executor  # as Archive_'s
+        assert repo.get_job(f"Remove_{label}").tags["archive/table"] == spec.name
+        assert repo.get_job(f"Remove_{label}").executor_def is in_process_executor  # as Archive_'s
         assert repo.get_job(f"Archive_{label}").tags["archive/table"] == spec.name
 
 
@@ -267,7 +267,7 @@ def test_a_removal_run_that_fails_before_proving_leaves_the_days_archive_proven_
     resources = {"postgres": PostgresResource(dsn=down, connect_timeout_s=1),
                  "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url=s3.endpoint_url,
                                                                      region_name="us-east-1"), bucket=bucket)}
-    remove = build_definitions(config, resources=resources, check_source=False).resolve_job_def("remove_public_events")
+    remove = build_definitions(config, resources=resources, check_source=False).resolve_job_def("Remove_public_events")
     key = AssetCheckKey(AssetKey(["source_removed", "public", "events"]), "archive_proven")
     with instance_for_test() as instance:
         run = remove.execute_in_process(partition_key="2024-01-02", instance=instance, raise_on_error=False)
@@ -302,7 +302,7 @@ def test_archive_proven_is_reported_for_its_day_by_the_job_and_executing_the_che
         assert alone.success and [(e.partition, e.passed) for e in alone.get_asset_check_evaluations()] == [
             (day.isoformat(), True)]
         assert rows(day) == 10 and alone.get_asset_materialization_events() == []
-        removed = defs.resolve_job_def(f"remove_{schema}_events").execute_in_process(
+        removed = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
             partition_key=day.isoformat(), instance=instance)
         assert removed.success and rows(day) == 0 and rows(day + dt.timedelta(days=1)) == 10
         [evaluation] = removed.get_asset_check_evaluations()
@@ -340,7 +340,7 @@ def test_a_removal_run_whose_database_refuses_the_login_is_not_retried(pg, s3, b
     resources = {"postgres": PostgresResource(dsn=pg.dsn_for("postgres", database="no_such_database")),
                  "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url=s3.endpoint_url,
                                                                      region_name="us-east-1"), bucket=bucket)}
-    remove = build_definitions(config, resources=resources, check_source=False).resolve_job_def("remove_public_events")
+    remove = build_definitions(config, resources=resources, check_source=False).resolve_job_def("Remove_public_events")
     with instance_for_test() as instance:
         run = remove.execute_in_process(partition_key="2024-01-02", instance=instance, raise_on_error=False)
     kinds = [e.event_type_value for e in run.all_events]
@@ -437,7 +437,7 @@ def test_source_unchanged_does_not_flag_a_day_that_retention_removed_from_the_so
         for archived in (day, kept):
             assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=archived.isoformat(),
                                                                              instance=instance).success
-        assert defs.resolve_job_def(f"remove_{schema}_events").execute_in_process(partition_key=day.isoformat(),
+        assert defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(partition_key=day.isoformat(),
                                                                                   instance=instance).success
         run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
         [unchanged] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]

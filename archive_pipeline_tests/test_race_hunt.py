@@ -161,7 +161,7 @@ def test_a_removal_run_racing_another_removal_records_no_failed_proof(pg, conn, 
 
     monkeypatch.setattr(retention_assets, "load_manifest", load_then_other_run_removes)
     with instance_for_test() as instance:
-        remove = _removal_defs(events).resolve_job_def(f"remove_{events}_events")
+        remove = _removal_defs(events).resolve_job_def(f"Remove_{events}_events")
         run_b = remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
     assert fired and not table_exists(conn, events, "events_20240310")
     assert load_manifest(store, data_key(events))["removed"]["state"] == "done"

@@ -239,7 +239,7 @@ def test_removal_in_dagster_records_no_failed_proof_when_the_verifying_session_i
     monkeypatch.setattr(verify, "_load", load)
     killed = _terminate_at_first_block(monkeypatch, pg, lambda: loading[-1])
     with instance_for_test() as instance:
-        remove = defs.resolve_job_def(f"remove_{events}_events")
+        remove = defs.resolve_job_def(f"Remove_{events}_events")
         run = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
         assert killed
         evaluations = run.get_asset_check_evaluations()

@@ -26,6 +26,7 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     AssetRecordsFilter,
     Config,
@@ -34,7 +35,9 @@ from dagster import (
     MetadataValue,
     PreviewWarning,
     asset_check,
+    multi_asset_check,
 )
+from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
 
@@ -156,6 +159,37 @@ def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContex
     )
 
 
+def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str) -> AssetCheckEvaluation | None:
+    """The day's last ``archive_intact`` verdict, recorded again by this run, which planned the check for
+    that day and failed before checking it; None when the run did not plan it or the day has no verdict.
+
+    The archive jobs plan no check (the asset reports it). Dagster 1.13's pure asset backfill (tables with
+    different partitions materialized together) and ``materialize`` with the checks plan every check of
+    the asset, and Dagster shows a check that a failed run planned and did not evaluate as "Execution
+    failed" for the day: red, like a damaged archive, on a day whose archive was checked intact. So the
+    day keeps its verdict, as after a failed archive job run, saying that this run did not check again.
+    The verdict keeps the materialization it was about: if this run archived the day anew and could not
+    check it, the UI shows that day's check as not evaluated, not as the old archive's verdict.
+    """
+    run_id = context.run.run_id
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(key, INTACT_CHECK), limit=50, partition_filter=PartitionKeyFilter(key=day))
+    if not any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history):
+        return None
+    last = next((r for r in history if r.run_id != run_id and r.status != AssetCheckExecutionRecordStatus.PLANNED
+                 and r.evaluation is not None), None)
+    if last is None:
+        return None
+    was = last.evaluation
+    return AssetCheckEvaluation(
+        asset_key=key, check_name=INTACT_CHECK, passed=was.passed, severity=was.severity, partition=day,
+        description=f"{day}: not checked again: this run failed before checking it. The last check (run "
+                    f"{last.run_id}) found: {was.description}",
+        metadata={**was.metadata, "checked_in_run": last.run_id}, blocking=False,
+        target_materialization_data=was.target_materialization_data,
+    )
+
+
 def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None) -> Failure:
     cause = redact(f"{type(exc).__name__}: {exc}", password)
     return Failure(description=f"{spec.name} {day}: could not check the archive: {cause}\n\nWhat to do: check that "
@@ -217,6 +251,20 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
         raise _unreachable(spec, day, exc) from None
 
 
+def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: AssetKey, day: str,
+                archive_store: ArchiveStoreResource, deep: bool) -> AssetCheckResult:
+    """``archive_intact`` for ``day``: its latest archive re-checked, or a warning that it has none yet."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1).records
+    if not records:
+        return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
+                                description=f"{day}: not archived yet; nothing to check")
+    verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), deep)
+    return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=verdict.passed,
+                            description=verdict.description,
+                            metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
+
+
 def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
     """``archive_intact``, one result per day. Archive runs report it themselves; launched alone for a day,
     it re-checks that day's latest archive."""
@@ -226,25 +274,32 @@ def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPar
 
 
 def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
-    @asset_check(asset=key, name=INTACT_CHECK, partitions_def=partitions_def, blocking=spec.deep_check,
-                 description="The day's object exists; its size, ETag, MD5 and row count and its manifest agree with "
-                             "what was recorded" + ("; its content equals the source's (deep_check)"
-                                                    if spec.deep_check else ""))
+    check = AssetCheckSpec(INTACT_CHECK, asset=key, partitions_def=partitions_def, blocking=spec.deep_check,
+                           description="The day's object exists; its size, ETag, MD5 and row count and its manifest "
+                                       "agree with what was recorded" + ("; its content equals the source's "
+                                                                         "(deep_check)" if spec.deep_check else ""))
+
+    # A multi-check of one check only for its optional output (can_subset): a run of a range of days (a pure
+    # asset backfill's) records each day's verdict for its day and has no single result to return; the
+    # result an asset_check must return would be recorded for no day.
+    @multi_asset_check(specs=[check], can_subset=True, name=f"{key.to_python_identifier()}_{INTACT_CHECK}")
     def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
-                archive_store: ArchiveStoreResource) -> AssetCheckResult:
-        if not context.has_partition_key:  # a verdict must be recorded for the day it is about
+                archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
+        if context.has_partition_key:
+            yield _day_result(context, spec, key, context.partition_key, archive_store, config.deep)
+            return
+        if not context.has_partition_key_range:  # a verdict must be recorded for the day it is about
             raise Failure(description=f"{spec.name}: archive_intact checks one day at a time and no day was "
                                       "chosen: select the days (partitions) to check, or run latest_archive_intact "
                                       "(verify_archives) to re-check the latest archived day", allow_retries=False)
-        day = context.partition_key
-        records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1).records
-        if not records:
-            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
-                                    description=f"{day}: not archived yet; nothing to check")
-        verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), config.deep)
-        return AssetCheckResult(passed=verdict.passed, description=verdict.description,
-                                metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
+        # A range: a pure asset backfill's run of one day, or more if the check runs alone (a run of more
+        # days that archives yields no output, so the check's step is skipped). Each day's verdict for its day.
+        for day in context.partition_keys:
+            result = _day_result(context, spec, key, day, archive_store, config.deep)
+            context.op_execution_context.log_event(AssetCheckEvaluation(
+                asset_key=key, check_name=INTACT_CHECK, passed=result.passed, severity=result.severity,
+                description=result.description, metadata=result.metadata, partition=day,
+                blocking=spec.deep_check, target_materialization_data=_target(context.instance, key, day)))
 
     return _intact
 

@@ -221,16 +221,27 @@ def _proven_text(day, manifest: dict | None) -> str:
     return f"{day}: archive proven equal to the source"
 
 
+def removal_job_name(spec: TableSpec) -> str:
+    """``Remove_<schema>_<table>``: capitalised, like ``Archive_``, so that the asset's *Materialize* runs this
+    job. The UI runs an asset in the first of its jobs in sorted order, with that job's checks; as
+    ``remove_...`` it sorted after ``__ASSET_JOB``, so the button planned archive_proven, and a removal that
+    failed before proving anything showed the day's proof as "Execution failed" (red, like a failed proof)."""
+    return f"Remove_{'_'.join(spec.asset_path)}"
+
+
 def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> ScheduleDefinition:
     """Daily, stopped by default: request removal of due days that are archived and not yet removed."""
-    job = define_asset_job(name=f"remove_{'_'.join(spec.asset_path)}",
+    # The schedule and its run keys keep the job's former name: a started schedule stays started, and the
+    # runs requested before are still found (see removal_order).
+    former = f"remove_{'_'.join(spec.asset_path)}"
+    job = define_asset_job(name=removal_job_name(spec),
                            # without the check step: the asset reports archive_proven itself (see _proof)
                            selection=AssetSelection.assets(removal_asset_key(spec)).without_checks(),
                            tags={TABLE_TAG: spec.name},  # a run tag: the whole name, as the archive job's
                            executor_def=in_process_executor,  # like the archive jobs, whatever the project's executor
                            description=f"Remove proven, due days of {spec.name} from the source")
 
-    @schedule(name=f"{job.name}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC",
+    @schedule(name=f"{former}_daily", cron_schedule=f"{REMOVAL_MINUTE} {hour} * * *", execution_timezone="UTC",
               job=job, default_status=DefaultScheduleStatus.STOPPED,
               description=f"Removes days of {spec.name} older than {spec.retention.keep_days} days, once proven")
     def _daily(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
@@ -242,7 +253,7 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
         if not todo:
             return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
                               "in the source")
-        chosen = removal_order(context.instance, {f"{job.name}:{d}": d for d in todo})[:max_runs]
+        chosen = removal_order(context.instance, {f"{former}:{d}": d for d in todo})[:max_runs]
         if not chosen:
             return SkipReason(f"every due day of {spec.name} left in the source has a removal queued or running")
         return [RunRequest(run_key=key, partition_key=d) for key, d in chosen]
