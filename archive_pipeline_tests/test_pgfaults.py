@@ -190,7 +190,7 @@ def test_removal_asset_on_a_read_only_source_fails_at_once_naming_the_day_and_re
         "name": spec.name, "day_column": "created_at", "start_date": DAYS[0].isoformat(),
         "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}]}))
     with instance_for_test() as instance:
-        run = defs.resolve_job_def(f"remove_{events}_events").execute_in_process(
+        run = defs.resolve_job_def(f"Remove_{events}_events").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
         kinds = [e.dagster_event.event_type for e in instance.all_logs(run.run_id) if e.dagster_event]
         failures = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
