@@ -630,7 +630,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         return exc
     found = classify(exc, table=table, user=user)
     if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
-        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", table).replace("<role>", user or "<role>"))
+        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", _sql_name(table))
+                        .replace("<role>", _sql_name(user) if user else "<role>"))
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
@@ -669,11 +670,8 @@ def connection_target(dsn: str) -> dict[str, str]:
     for messages; never the password. Empty if the DSN cannot be parsed."""
     import os
 
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
-    except Exception:  # noqa: BLE001 - malformed DSN: say so, echo nothing
+    params = _conninfo(dsn)
+    if params is None:  # malformed DSN: say so, echo nothing
         return {}
     user = params.get("user") or os.environ.get("PGUSER") or _os_user()
     host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost (socket)"
@@ -715,7 +713,7 @@ def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
     target = connection_target(dsn)
     found = classify(exc, user=target.get("user"))
     password = password_of(dsn)
-    stray = _stray_in_host(_conninfo(dsn))
+    stray = _stray_in_host(_conninfo(dsn) or {})
     if stray:
         found = replace(_BAD_DSN, remedy=f"percent-encode each '@' in the password (or user) of {_DSN} as %40: "
                         "libpq ends the password at its first '@'")
@@ -735,13 +733,14 @@ def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
     return SourceError(message, retryable=found.retryable, remedy=found.remedy, cause=found.cause)
 
 
-def _conninfo(dsn: str) -> dict[str, str]:
+def _conninfo(dsn: str) -> dict[str, str] | None:
+    """The DSN's parameters as libpq parses them (None: it cannot)."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
         return {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
     except Exception:  # noqa: BLE001 - malformed: nothing to read
-        return {}
+        return None
 
 
 def password_of(dsn: str) -> str | None:
