@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import SourceError
+from archive_pipeline.core.errors import TABLE_MISSING, SourceError
 from archive_pipeline.core.periods import Period, periods_overlapping, periods_within
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table, unquoted_hint
@@ -122,7 +122,7 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                                  ).fetchone()[0]:
         raise SourceError(f"table {spec.name!r} does not exist{unquoted_hint(schema, name)}", table=spec.name,
                           retryable=False,
-                          cause="the configured table does not exist",
+                          cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
     parsed = []
@@ -210,7 +210,7 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
         try:
             return describe_table(conn, child, spec.day_column)
         except SourceError as exc:
-            cause = NO_PERIOD_TABLE if exc.cause == "the configured table does not exist" else exc.cause
+            cause = NO_PERIOD_TABLE if exc.cause == TABLE_MISSING else exc.cause
             raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,
                               cause=cause) from None
     if spec.partitioning.mode == "declarative":

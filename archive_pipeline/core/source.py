@@ -22,7 +22,7 @@ try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _f
 except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
-from archive_pipeline.core.errors import SourceError
+from archive_pipeline.core.errors import TABLE_MISSING, SourceError
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
@@ -167,7 +167,7 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
             f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}",
-            table=qualified_name, retryable=False, cause="the configured table does not exist",
+            table=qualified_name, retryable=False, cause=TABLE_MISSING,
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
         )
