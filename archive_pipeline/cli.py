@@ -306,6 +306,23 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+class _Command(click.Command):
+    """Click's command, except that an option taking one value refuses to be given twice: Click keeps the
+    last one, so ``restore --target s.a ... --target s.b`` (a pasted line, an edited history entry)
+    silently wrote into ``s.b``. Flags and repeatable options are exempt."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = args[:args.index("--")] if "--" in args else args
+        for param in self.params:
+            if not isinstance(param, click.Option) or param.multiple or param.is_flag or param.count:
+                continue
+            names = [name for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
+            uses = [arg for arg in given if arg in names or any(arg.startswith(f"{name}=") for name in names)]
+            if len(uses) > 1:
+                raise click.UsageError(f"{names[0]} is given {len(uses)} times: give it once", ctx)
+        return super().parse_args(ctx, args)
+
+
 class _Commands(click.Group):
     """Click's group, except that a usage error (a malformed --day, an unknown --table, a missing
     --target) under ``--json`` is also the JSON error object on stdout, as every other failure is: a
@@ -329,6 +346,8 @@ class _Commands(click.Group):
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
+
+    command_class = _Command
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

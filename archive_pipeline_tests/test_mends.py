@@ -113,3 +113,32 @@ def test_session_timeouts_are_set_by_pg_catalog_whatever_the_roles_search_path(c
         assert session.execute("SHOW statement_timeout").fetchone()[0] == "5678ms"
     conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
     conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("args", [
+    ["restore", "--target", "s.kept", "--target", "s.other", "--into", "new"],
+    ["restore", "--into=existing", "--into", "original"],
+    ["list", "--config", "a.yaml", "--config=b.yaml"],
+    ["restore", "--on-conflict", "skip", "--on-conflict", "fail"],
+])
+def test_an_option_taking_one_value_given_twice_is_a_usage_error(args):
+    """Click keeps the last value of an option given twice, so `restore --target s.kept ... --target s.other`
+    (a pasted line, an edited history entry) restored into s.other, exit 0. Now: exit 2 before anything."""
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+
+    done = CliRunner().invoke(main, [*args, "--json"])
+    name = args[1].split("=")[0]
+    assert done.exit_code == 2, done.output
+    assert f"{name} is given 2 times" in done.output, done.output
+
+
+def test_a_flag_or_a_repeatable_option_given_twice_is_still_accepted():
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+
+    done = CliRunner().invoke(main, ["list", "--json", "--json", "-t", "a.b", "--table", "c.d",
+                                     "--config", "/nonexistent/tables.yaml"])
+    assert "given 2 times" not in done.output, done.output
