@@ -81,11 +81,20 @@ class Removal:
     completed: bool = False  # an earlier run's committed removal, whose "done" mark this run wrote
 
 
-def due_days(spec: TableSpec, today: dt.date) -> list[Period]:
+def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
     """Periods from start_date that ended before the retention window, i.e. before the local midnight
-    ``keep_days`` days before ``today`` in the table's zone (none without retention)."""
+    ``keep_days`` days before ``today`` in the table's zone (none without retention).
+
+    ``today`` is the moment now (an aware datetime: its date in the table's zone is today there) or the
+    table's local date. Callers pass the moment: the UTC date is a day ahead of the local one in zones west
+    of UTC for part of every day (in Los Angeles from 16:00 or 17:00), and taken as local it made the
+    day before yesterday due with ``keep_days: 1`` a few hours after it ended."""
     if spec.retention is None:
         return []
+    if isinstance(today, dt.datetime):
+        if today.tzinfo is None:
+            raise ValueError(f"due_days needs an aware datetime (the moment now), not the naive {today}")
+        today = today.astimezone(periods.zone(spec.timezone)).date()
     cutoff = periods.period_of_date("daily", spec.timezone, today - dt.timedelta(days=spec.retention.keep_days))
     first = spec.first_period
     return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, first.utc_start, cutoff.utc_start)
