@@ -38,3 +38,66 @@ def test_keep_days_counts_from_today_in_the_tables_zone_not_the_utc_date(zone, u
     assert due_days(spec, local_today) == due_days(spec, now)  # a date is the table's own today
     with pytest.raises(ValueError, match="aware"):
         due_days(spec, now.replace(tzinfo=None))
+
+
+# ---- partition layouts -------------------------------------------------------------------------------
+
+def _ident(*names: str) -> sql.Identifier:
+    return sql.Identifier(*names)
+
+
+def _fill(conn, table: sql.Identifier, day: str, rows: int, first: int = 1) -> None:
+    conn.execute(sql.SQL("INSERT INTO {} (id, at, v) SELECT g, {}::timestamptz + g * interval '1 min', 'r' || g "
+                         "FROM generate_series({}, {}) g").format(table, sql.Literal(f"{day} 00:00+00"),
+                                                                  sql.Literal(first), sql.Literal(first + rows - 1)))
+
+
+def _count(conn, table: sql.Identifier) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+
+
+def _ev_spec(schema: str, action: str, name: str = "ev") -> TableSpec:
+    return TableSpec(name=f"{schema}.{name}", day_column="at", start_date=DAY, partitioning={"mode": "declarative"},
+                     retention={"keep_days": 1, "action": action})
+
+
+@pytest.fixture
+def other_schema(conn, schema):
+    name = f"{schema}_parts"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(_ident(name)))
+    yield name
+    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(_ident(name)))
+
+
+@pytest.mark.parametrize("action", ["detach", "drop"])
+def test_a_day_partition_in_another_schema_than_its_parent_is_removed_and_restored(conn, schema, other_schema, store,
+                                                                                   action):
+    """Partitions kept in a schema of their own (CREATE TABLE parts.ev_20240310 PARTITION OF public.ev). Was:
+    detach and drop looked the day's partition up in the parent's schema and failed, dry run included, with
+    "table '<schema>.ev_20240310' does not exist ... check the table's name in the YAML configuration",
+    though the table's name was right; the archive recorded the partition under the wrong schema too, so a
+    restore into the original table re-created it there."""
+    from archive_pipeline.core.restore import restore_day
+
+    ev = _ident(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text) PARTITION BY RANGE (at)").format(ev))
+    for day, lo, hi in (("20240310", "2024-03-10", "2024-03-11"), ("20240311", "2024-03-11", "2024-03-12")):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            _ident(other_schema, f"ev_{day}"), ev, sql.Literal(f"{lo} 00:00+00"), sql.Literal(f"{hi} 00:00+00")))
+    _fill(conn, ev, "2024-03-10", 40)
+    _fill(conn, ev, "2024-03-11", 5, first=100)
+    spec = _ev_spec(schema, action)
+    result = archive_partition(conn, spec, DAY, store)
+    child = f"{other_schema}.ev_20240310"
+    assert load_manifest(store, result.key)["table_definition"]["partition"]["child"] == child
+    assert remove_day(conn, spec, DAY, store, dry_run=True).relation == child
+    removal = remove_day(conn, spec, DAY, store)
+    assert (removal.relation, removal.rows) == (child, 40)
+    assert _count(conn, ev) == 5
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_ident(other_schema, "ev_20240310").as_string(conn),)
+                          ).fetchone()[0]
+    assert exists is (action == "detach")
+    assert load_manifest(store, result.key)["removed"]["state"] == "done"
+    if action == "drop":  # the dropped partition comes back where it was, with its rows
+        assert restore_day(conn, store, spec, DAY, into="original").rows == 40
+        assert _count(conn, _ident(other_schema, "ev_20240310")) == 40 and _count(conn, ev) == 45

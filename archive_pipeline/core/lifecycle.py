@@ -196,7 +196,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
         raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
                              f"{action} removes whole partitions: use retention action 'delete'",
                              table=spec.name, day=day.isoformat())
-    return describe_table(conn, f"{spec.schema_name}.{whole[0].name}", spec.day_column)
+    return describe_table(conn, whole[0].qualified(spec), spec.day_column)
 
 
 def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
