@@ -101,3 +101,66 @@ def test_a_day_partition_in_another_schema_than_its_parent_is_removed_and_restor
     if action == "drop":  # the dropped partition comes back where it was, with its rows
         assert restore_day(conn, store, spec, DAY, into="original").rows == 40
         assert _count(conn, _ident(other_schema, "ev_20240310")) == 40 and _count(conn, ev) == 45
+
+
+def test_what_keeps_a_partition_from_being_detached_or_dropped_refuses_before_anything_naming_it(conn, schema,
+                                                                                                 store):
+    """Three days whose partition PostgreSQL will not let go: 03-10 a foreign table (postgres_fdw), 03-11 under a
+    view and another table's foreign key, 03-12 with a row another table references through a foreign key to
+    the parent. Each is refused as a RemovalRefused naming the day, the dry run alike where it can know; rows,
+    partitions and the manifest stay as they were. Was: the dry run said "would drop" for 03-10 and 03-11; the
+    real runs failed with the database's error after the whole proof: "not supported for foreign tables ...
+    check the table definition; if it looks right, report it", "other objects depend on it", and for 03-12
+    a restore's remedy ("load into a table without that constraint ... while the day is restored")."""
+    ev, keyed = _ident(schema, "ev"), _ident(schema, "keyed")  # (a foreign partition's parent has no unique key)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text) PARTITION BY RANGE (at)").format(ev))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text, PRIMARY KEY (id, at)) "
+                         "PARTITION BY RANGE (at)").format(keyed))
+    server = _ident(f"{schema}_loop")
+    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA {}").format(_ident(schema)))
+    conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, dbname {})"
+                         ).format(server, sql.Literal(conn.info.host), sql.Literal(str(conn.info.port)),
+                                  sql.Literal(conn.info.dbname)))
+    conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS (user {})").format(
+        server, sql.Literal(conn.info.user)))
+    remote = _ident(schema, "remote_20240310")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(remote))
+    _fill(conn, remote, "2024-03-10", 10)
+    conn.execute(sql.SQL("CREATE FOREIGN TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10+00') TO "
+                         "('2024-03-11+00') SERVER {} OPTIONS (schema_name {}, table_name 'remote_20240310')").format(
+        _ident(schema, "ev_20240310"), ev, server, sql.Literal(schema)))
+    for name, table, day, hi in (("ev", ev, "2024-03-11", "2024-03-12"), ("keyed", keyed, "2024-03-12", "2024-03-13")):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            _ident(schema, f"{name}_{day.replace('-', '')}"), table,
+            sql.Literal(f"{day} 00:00+00"), sql.Literal(f"{hi} 00:00+00")))
+        _fill(conn, table, day, 10)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD UNIQUE (id)").format(_ident(schema, "ev_20240311")))
+    conn.execute(sql.SQL("CREATE TABLE {} (r int REFERENCES {} (id))").format(_ident(schema, "child_refs"),
+                                                                              _ident(schema, "ev_20240311")))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(_ident(schema, "recent"),
+                                                                     _ident(schema, "ev_20240311")))
+    conn.execute(sql.SQL("CREATE TABLE {} (r int, rat timestamptz, FOREIGN KEY (r, rat) REFERENCES {} (id, at))"
+                         ).format(_ident(schema, "parent_refs"), keyed))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3, '2024-03-12 00:03+00')").format(_ident(schema, "parent_refs")))
+    specs = {name: TableSpec(name=f"{schema}.{name}", day_column="at", start_date=DAY,
+                             partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+             for name in ("ev", "keyed")}
+    expected = {
+        dt.date(2024, 3, 10): ("is a foreign table .* use retention action 'delete'", True),
+        dt.date(2024, 3, 11): (f"cannot be dropped while other objects depend on it \\(foreign key child_refs_r_fkey "
+                               f"of {schema}.child_refs; view or rule of {schema}.recent\\)", True),
+        dt.date(2024, 3, 12): f"other tables' rows reference rows of the day through a foreign key to {schema}.keyed",
+    }
+    for day, (pattern, *dry_knows) in ((d, e if isinstance(e, tuple) else (e,)) for d, e in expected.items()):
+        spec = specs["keyed" if day == dt.date(2024, 3, 12) else "ev"]
+        result = archive_partition(conn, spec, day, store)
+        before = store.get_verified_bytes(result.manifest_key)
+        if dry_knows:
+            with pytest.raises(RemovalRefused, match=pattern):
+                remove_day(conn, spec, day, store, dry_run=True)
+        with pytest.raises(RemovalRefused, match=pattern) as caught:
+            remove_day(conn, spec, day, store)
+        assert (caught.value.table, caught.value.day) == (spec.name, day.isoformat())
+        assert store.get_verified_bytes(result.manifest_key) == before, day  # no mark left behind
+    assert (_count(conn, ev), _count(conn, keyed)) == (20, 10)
+    conn.execute(sql.SQL("DROP SERVER {} CASCADE").format(server))

@@ -186,17 +186,26 @@ def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) ->
 
 def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable, action: str) -> SourceTable:
     """The relation the action applies to: the day's own partition or table, or the table itself."""
-    if action == "delete" or spec.partitioning.mode == "naming":
+    if action == "delete":
         return table
-    day = spec.period(day)
-    children = day_children(conn, spec, day)
-    whole = [c for c in children if c.is_period(day)]
-    if len(children) != 1 or not whole:
-        names = [c.name for c in children] or ["none"]
-        raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
-                             f"{action} removes whole partitions: use retention action 'delete'",
-                             table=spec.name, day=day.isoformat())
-    return describe_table(conn, whole[0].qualified(spec), spec.day_column)
+    if spec.partitioning.mode == "naming":
+        target = table
+    else:
+        day = spec.period(day)
+        children = day_children(conn, spec, day)
+        whole = [c for c in children if c.is_period(day)]
+        if len(children) != 1 or not whole:
+            names = [c.name for c in children] or ["none"]
+            raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
+                                 f"{action} removes whole partitions: use retention action 'delete'",
+                                 table=spec.name, day=day.isoformat())
+        target = describe_table(conn, whole[0].qualified(spec), spec.day_column)
+    if target.relkind == "f":  # LOCK TABLE refuses foreign tables ("not supported for foreign tables")
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: its table {target.qualified} is a foreign "
+                             f"table (its rows live on another server), which PostgreSQL cannot lock for a {action}; "
+                             + ("use retention action 'delete', or " if spec.partitioning.mode == "declarative" else "")
+                             + f"{action} it by hand", table=spec.name, day=day.isoformat())
+    return target
 
 
 def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
@@ -491,7 +500,15 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     _refuse_unremovable(conn, spec, day, table, target, action)
     if action != "delete":
         if spec.partitioning.mode == "declarative":
-            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
+            try:
+                conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
+            except psycopg.errors.ForeignKeyViolation as exc:  # a foreign key to the table references a row of the day
+                detail = " ".join(filter(None, (exc.diag.message_primary, exc.diag.message_detail)))
+                raise RemovalRefused(
+                    f"{spec.name} {day} stays in the source: other tables' rows reference rows of the day through a "
+                    f"foreign key to {table.qualified} ({detail}); a {action} would leave them dangling. Delete or "
+                    "re-point the referencing rows (or the foreign key), then remove the day again",
+                    table=spec.name, day=day.isoformat()) from None
         elif action == "detach":
             for parent in _parents(conn, spec, target):
                 conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
@@ -568,6 +585,8 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _refuse_referenced(conn, spec, day, table)
         _refuse_wider_descendants(conn, spec, day, table)
         return
+    if action == "drop":
+        _refuse_dependents(conn, spec, day, target)
     outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
     if outside:
@@ -575,6 +594,32 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              table=spec.name, day=day.isoformat())
     if action == "detach" and spec.partitioning.mode != "declarative":
         _parents(conn, spec, target)
+
+
+# What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, and other tables'
+# foreign keys referencing it directly (not the partition's clones of a foreign key referencing its parent,
+# conparentid <> 0: the detach before the drop takes those away, refusing if a row of the day is referenced).
+_DEPENDENTS = """
+SELECT format('view or rule of %%s', r.ev_class::regclass) FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+  AND d.refobjid = %(t)s::regclass AND r.ev_class <> %(t)s::regclass
+UNION
+SELECT format('foreign key %%I of %%s', c.conname, c.conrelid::regclass) FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'f' AND c.confrelid = %(t)s::regclass AND c.conparentid = 0 AND c.conrelid <> %(t)s::regclass
+ORDER BY 1
+"""
+
+
+def _refuse_dependents(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable) -> None:
+    """Views and foreign keys over the day's table make DROP fail after a whole proof (the dry run said it
+    would drop): refuse up front, naming them."""
+    found = [r[0] for r in conn.execute(_DEPENDENTS, {"t": target.identifier.as_string(conn)})]
+    if found:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} cannot be dropped while "
+                             f"other objects depend on it ({'; '.join(found)}); drop or re-point them, or use "
+                             "retention action 'detach' (which keeps the table)", table=spec.name,
+                             day=day.isoformat())
 
 
 def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[str]:
