@@ -164,3 +164,34 @@ def test_what_keeps_a_partition_from_being_detached_or_dropped_refuses_before_an
         assert store.get_verified_bytes(result.manifest_key) == before, day  # no mark left behind
     assert (_count(conn, ev), _count(conn, keyed)) == (20, 10)
     conn.execute(sql.SQL("DROP SERVER {} CASCADE").format(server))
+
+
+@pytest.mark.parametrize("layout", ["partition", "inheritance"])
+def test_delete_never_cascades_into_other_tables_through_a_key_on_one_partition(conn, schema, store, layout):
+    """Another table's foreign key references one of the table's partitions (or, in column mode, a table inheriting
+    from it), ON DELETE CASCADE. Was: only keys on the table itself were refused, so the removal's DELETE FROM the
+    table deleted the day's rows and PostgreSQL cascaded into the other table: its 5 rows, never archived, were
+    gone. Now refused before anything (the dry run alike), naming the key; every row stays."""
+    ev, part = _ident(schema, "ev"), _ident(schema, "ev_20240310")
+    if layout == "partition":
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text) PARTITION BY RANGE (at)").format(ev))
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10+00') TO ('2024-03-11+00')"
+                             ).format(part, ev))
+        spec = _ev_spec(schema, "delete")
+    else:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(ev))
+        conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(part, ev))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY,
+                         retention={"keep_days": 1, "action": "delete"})
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(part))
+    _fill(conn, part, "2024-03-10", 20)
+    notes = _ident(schema, "notes")
+    conn.execute(sql.SQL("CREATE TABLE {} (event int REFERENCES {} (id) ON DELETE CASCADE, note text)").format(
+        notes, part))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, 'kept nowhere else' FROM generate_series(1, 5) g").format(notes))
+    result = archive_partition(conn, spec, DAY, store)
+    for dry_run in (True, False):
+        with pytest.raises(RemovalRefused, match=r"foreign keys \['notes_event_fkey'\] reference the table"):
+            remove_day(conn, spec, DAY, store, dry_run=dry_run)
+    assert (_count(conn, ev), _count(conn, notes)) == (20, 5)
+    assert "removed" not in load_manifest(store, result.key)

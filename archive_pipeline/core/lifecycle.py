@@ -531,16 +531,29 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     return deleted
 
 
+# Foreign keys referencing the table or any table below it (its partitions, at any depth, or tables inheriting
+# from it): DELETE FROM the table deletes their rows too. A partition's clones of a key that references its
+# parent (conparentid <> 0) are the parent's key again.
+_REFERENCING = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT %(t)s::regclass::oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT c.conname::text FROM pg_catalog.pg_constraint c JOIN tree ON c.confrelid = tree.oid
+WHERE c.contype = 'f' AND c.conparentid = 0 ORDER BY 1
+"""
+
+
 def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """Deleting rows that other tables' foreign keys reference would cascade into (or fail on) rows
-    that were never archived: refuse, naming the constraints."""
-    found = [r[0] for r in conn.execute(
-        "SELECT conname FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = %s::regclass",
-        (table.identifier.as_string(conn),))]
+    that were never archived: refuse, naming the constraints. A key referencing one partition (or a table
+    inheriting from the archived one) counts: the DELETE reaches its rows too (ON DELETE CASCADE deleted
+    the referencing rows of other tables, which no archive holds)."""
+    found = [r[0] for r in conn.execute(_REFERENCING, {"t": table.identifier.as_string(conn)})]
     if found:
-        raise RemovalRefused(f"{spec.name} {day} stays in the source: foreign keys {found} reference the table, so "
-                             "deleting archived rows would reach rows of other tables; remove days of this table "
-                             "by hand", table=spec.name, day=day.isoformat())
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: foreign keys {found} reference the table (or "
+                             "its partitions or inheriting tables), so deleting archived rows would reach rows of "
+                             "other tables; remove days of this table by hand", table=spec.name, day=day.isoformat())
 
 
 # Tables inheriting (at any depth) from the given one that have columns it lacks; partitions never do.
