@@ -195,3 +195,64 @@ def test_delete_never_cascades_into_other_tables_through_a_key_on_one_partition(
             remove_day(conn, spec, DAY, store, dry_run=dry_run)
     assert (_count(conn, ev), _count(conn, notes)) == (20, 5)
     assert "removed" not in load_manifest(store, result.key)
+
+
+# ---- the pending mark ----------------------------------------------------------------------------------
+
+def _forge_pending(store, key: str, **mark) -> None:
+    """Turn the day's manifest into one carrying a pending mark with these fields (what a removal that did not
+    finish on some cluster left), as a consistent manifest (its checksum recomputed)."""
+    from archive_pipeline.core.manifest import encode_manifest
+
+    manifest = load_manifest(store, key)
+    removed = {**(manifest.get("removed") or {"at": "2024-03-12T00:00:00+00:00", "action": "drop", "by": "test",
+                                               "relation": "?"}), "state": "pending", **mark}
+    removed.pop("rows", None)
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"} | {"removed": removed}
+    store.put_bytes(f"{key}.manifest.json", encode_manifest(body), "application/json")
+
+
+def _aborted_xid(pg) -> str:
+    import psycopg
+
+    with psycopg.connect(pg.dsn) as other:
+        xid = other.execute("SELECT txid_current()").fetchone()[0]
+        other.rollback()
+    return str(xid)
+
+
+def test_a_pending_mark_from_another_cluster_is_settled_by_the_source_not_by_its_transaction_number(pg, conn, schema,
+                                                                                                    store):
+    """The database moved to another cluster (a dump restored, a logical migration) while a removal's mark was
+    pending. Its transaction number means nothing here: it may name an unrelated transaction of this cluster.
+    Here it names a rolled-back one, on both sides of the truth:
+    - the removal had committed (rows gone): was "taken back" (the manifest unmarked, the emptied day an
+      ordinary archived day again, which an overwrite would replace with nothing); now completed, by the source;
+    - the removal had not committed (rows all there): taken back, as it should be, by the source too.
+    The mark now records the cluster's system identifier, and a different one sends the decision to the source."""
+    ev = _ident(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text) PARTITION BY RANGE (at)").format(ev))
+    for day, hi in (("2024-03-10", "2024-03-11"), ("2024-03-11", "2024-03-12")):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            _ident(schema, f"ev_{day.replace('-', '')}"), ev, sql.Literal(f"{day} 00:00+00"),
+            sql.Literal(f"{hi} 00:00+00")))
+        _fill(conn, ev, day, 20)
+    spec = _ev_spec(schema, "drop")
+    gone, kept = DAY, DAY + dt.timedelta(days=1)
+    gone_key = archive_partition(conn, spec, gone, store).key
+    kept_key = archive_partition(conn, spec, kept, store).key
+    remove_day(conn, spec, gone, store)
+    here = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+    elsewhere = str(int(here) + 1)
+    _forge_pending(store, gone_key, xid=_aborted_xid(pg), system=elsewhere)
+    _forge_pending(store, kept_key, xid=_aborted_xid(pg), system=elsewhere)
+    completed = remove_day(conn, spec, gone, store)
+    assert completed.completed and completed.rows == 20
+    mark = load_manifest(store, gone_key)["removed"]
+    assert mark["state"] == "done" and "another cluster" in mark["settled_because"], mark
+    assert "no rows of the day left" in mark["settled_because"]
+    # the day still in the source: taken back, proven and removed from scratch
+    again = remove_day(conn, spec, kept, store)
+    assert not again.completed and again.rows == 20 and _count(conn, ev) == 0
+    assert load_manifest(store, kept_key)["removed"]["state"] == "done"
+    assert load_manifest(store, kept_key)["removed"]["system"] == here  # what a mark records now

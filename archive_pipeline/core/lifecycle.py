@@ -40,7 +40,7 @@ from archive_pipeline.core.errors import ArchiveError, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable, day_filter, describe_table
+from archive_pipeline.core.source import SourceTable, day_filter, describe_table, server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -241,6 +241,9 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             xid = conn.execute("SELECT txid_current()").fetchone()[0]
             mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
                     "relation": target.qualified, "xid": str(xid)}
+            system = server_identity(conn)[1]  # whose transaction ids these are (None: the role may not read it)
+            if system is not None:
+                mark["system"] = system
             # the bytes are known before the PUT: a PUT the store did but whose answer was lost is ours to take back
             pending = _encoded({**manifest, "removed": mark})
             marking = True
@@ -373,13 +376,21 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
     """Whether the removal that wrote the manifest's pending mark committed, and the evidence.
 
     The mark's transaction id decides where PostgreSQL still knows it (``txid_status``); a mark without
-    one (written by an older version) or one too old to know falls back to the source: a day with no
+    one (written by an older version), one too old to know, or one of another cluster (its ``system``
+    identifier not this server's) falls back to the source: a day with no
     rows left (its partition or table gone, or empty), or a naming-mode day table a detach left
     inheriting from nothing, was removed, a day whose rows are still there was not (whether or not they
     still equal the archive's)."""
     mark = manifest["removed"]
     xid = mark.get("xid")
-    if xid is not None:
+    # Transaction ids are a cluster's own: after the database moved to another cluster (a dump restored, a
+    # logical migration; a promoted physical standby keeps the system identifier), the mark's number names
+    # an unrelated transaction there, whose status would complete a removal that never happened or take
+    # back one that did. Such a mark is settled by the source instead.
+    here = server_identity(conn)[1] if mark.get("system") and xid is not None else None
+    if here is not None and here != mark["system"]:
+        why = f"its transaction {xid} ran on another cluster (system {mark['system']}, this one is {here}); "
+    elif xid is not None:
         try:
             with conn.transaction():
                 status = conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
