@@ -753,13 +753,13 @@ def prune(run: Run, dry_run: bool) -> None:
     Exits 1 when a due day is refused (not archived, not proven, or changed)."""
     from archive_pipeline.core.lifecycle import RemovalRefused, due_days, remove_day
 
-    today = dt.datetime.now(dt.UTC).date()
+    now = dt.datetime.now(dt.UTC)  # each table's today is its own zone's
     results: list[dict[str, Any]] = []
     skipped = [spec.name for spec in run.tables if spec.retention is None]
     for spec in run.tables:
         if spec.retention is None:
             continue
-        due = sorted(set(due_days(spec, today)) & set(run.days(spec)))
+        due = sorted(set(due_days(spec, now)) & set(run.days(spec)))
         present = set(existing_days(run.conn, spec, due)) if due else set()
         for day in due:
             if day not in present:

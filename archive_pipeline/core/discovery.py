@@ -33,9 +33,10 @@ _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
 # the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery
 _CHILDREN_QUERY = """
-SELECT c.relname, pg_get_expr(c.relpartbound, 0)
+SELECT c.relname, pg_get_expr(c.relpartbound, 0), cn.nspname
 FROM pg_catalog.pg_inherits i
 JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
 JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
 WHERE n.nspname = %s AND p.relname = %s AND p.relkind = 'p'
@@ -61,6 +62,13 @@ class ChildRange:
     name: str
     start: dt.datetime | None  # None: MINVALUE; else aware, in UTC
     end: dt.datetime | None  # None: MAXVALUE
+    # The child's own schema: a partition may live in another schema than its parent (CREATE TABLE
+    # old.events_20240310 PARTITION OF public.events ...); "" for the parent's.
+    schema: str = ""
+
+    def qualified(self, spec: TableSpec) -> str:
+        """``schema.name`` of the child, for :func:`~archive_pipeline.core.source.describe_table`."""
+        return f"{self.schema or spec.schema_name}.{self.name}"
 
     def periods(self, spec: TableSpec) -> list[Period]:
         """The table's periods this child holds rows of: the ones it tiles, or the one it lies within."""
@@ -126,15 +134,16 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
     parsed = []
-    for child, bound in rows:
+    for child, bound, child_schema in rows:
         match = _BOUND.match(bound or "")
         if match is None:  # DEFAULT or LIST/HASH bounds: no day range to read
             continue
-        parsed.append((child, match["lo"], match["hi"]))
-    literals = [side for _, lo, hi in parsed for side in (lo, hi)]
+        parsed.append((child, match["lo"], match["hi"], child_schema))
+    literals = [side for _, lo, hi, _ in parsed for side in (lo, hi)]
     values = [r[0] for r in conn.execute(_BOUND_VALUES, (literals,))]
     values = [v.astimezone(dt.UTC) if v is not None else None for v in values]
-    return [ChildRange(child, values[2 * i], values[2 * i + 1]) for i, (child, _, _) in enumerate(parsed)]
+    return [ChildRange(child, values[2 * i], values[2 * i + 1], child_schema)
+            for i, (child, _, _, child_schema) in enumerate(parsed)]
 
 
 def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
@@ -235,7 +244,7 @@ def partition_of_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt
     children = day_children(conn, spec, day)
     if len(children) != 1:
         return None
-    schema = spec.schema_name
+    schema = children[0].schema or spec.schema_name
     bound = conn.execute(
         "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
         "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, children[0].name)).fetchone()

@@ -40,7 +40,7 @@ from archive_pipeline.core.errors import ArchiveError, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable, day_filter, describe_table
+from archive_pipeline.core.source import SourceTable, day_filter, describe_table, server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -81,11 +81,20 @@ class Removal:
     completed: bool = False  # an earlier run's committed removal, whose "done" mark this run wrote
 
 
-def due_days(spec: TableSpec, today: dt.date) -> list[Period]:
+def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
     """Periods from start_date that ended before the retention window, i.e. before the local midnight
-    ``keep_days`` days before ``today`` in the table's zone (none without retention)."""
+    ``keep_days`` days before ``today`` in the table's zone (none without retention).
+
+    ``today`` is the moment now (an aware datetime: its date in the table's zone is today there) or the
+    table's local date. Callers pass the moment: the UTC date is a day ahead of the local one in zones west
+    of UTC for part of every day (in Los Angeles from 16:00 or 17:00), and taken as local it made the
+    day before yesterday due with ``keep_days: 1`` a few hours after it ended."""
     if spec.retention is None:
         return []
+    if isinstance(today, dt.datetime):
+        if today.tzinfo is None:
+            raise ValueError(f"due_days needs an aware datetime (the moment now), not the naive {today}")
+        today = today.astimezone(periods.zone(spec.timezone)).date()
     cutoff = periods.period_of_date("daily", spec.timezone, today - dt.timedelta(days=spec.retention.keep_days))
     first = spec.first_period
     return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, first.utc_start, cutoff.utc_start)
@@ -177,17 +186,26 @@ def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) ->
 
 def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable, action: str) -> SourceTable:
     """The relation the action applies to: the day's own partition or table, or the table itself."""
-    if action == "delete" or spec.partitioning.mode == "naming":
+    if action == "delete":
         return table
-    day = spec.period(day)
-    children = day_children(conn, spec, day)
-    whole = [c for c in children if c.is_period(day)]
-    if len(children) != 1 or not whole:
-        names = [c.name for c in children] or ["none"]
-        raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
-                             f"{action} removes whole partitions: use retention action 'delete'",
-                             table=spec.name, day=day.isoformat())
-    return describe_table(conn, f"{spec.schema_name}.{whole[0].name}", spec.day_column)
+    if spec.partitioning.mode == "naming":
+        target = table
+    else:
+        day = spec.period(day)
+        children = day_children(conn, spec, day)
+        whole = [c for c in children if c.is_period(day)]
+        if len(children) != 1 or not whole:
+            names = [c.name for c in children] or ["none"]
+            raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
+                                 f"{action} removes whole partitions: use retention action 'delete'",
+                                 table=spec.name, day=day.isoformat())
+        target = describe_table(conn, whole[0].qualified(spec), spec.day_column)
+    if target.relkind == "f":  # LOCK TABLE refuses foreign tables ("not supported for foreign tables")
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: its table {target.qualified} is a foreign "
+                             f"table (its rows live on another server), which PostgreSQL cannot lock for a {action}; "
+                             + ("use retention action 'delete', or " if spec.partitioning.mode == "declarative" else "")
+                             + f"{action} it by hand", table=spec.name, day=day.isoformat())
+    return target
 
 
 def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
@@ -223,6 +241,9 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             xid = conn.execute("SELECT txid_current()").fetchone()[0]
             mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
                     "relation": target.qualified, "xid": str(xid)}
+            system = server_identity(conn)[1]  # whose transaction ids these are (None: the role may not read it)
+            if system is not None:
+                mark["system"] = system
             # the bytes are known before the PUT: a PUT the store did but whose answer was lost is ours to take back
             pending = _encoded({**manifest, "removed": mark})
             marking = True
@@ -355,13 +376,21 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
     """Whether the removal that wrote the manifest's pending mark committed, and the evidence.
 
     The mark's transaction id decides where PostgreSQL still knows it (``txid_status``); a mark without
-    one (written by an older version) or one too old to know falls back to the source: a day with no
+    one (written by an older version), one too old to know, or one of another cluster (its ``system``
+    identifier not this server's) falls back to the source: a day with no
     rows left (its partition or table gone, or empty), or a naming-mode day table a detach left
     inheriting from nothing, was removed, a day whose rows are still there was not (whether or not they
     still equal the archive's)."""
     mark = manifest["removed"]
     xid = mark.get("xid")
-    if xid is not None:
+    # Transaction ids are a cluster's own: after the database moved to another cluster (a dump restored, a
+    # logical migration; a promoted physical standby keeps the system identifier), the mark's number names
+    # an unrelated transaction there, whose status would complete a removal that never happened or take
+    # back one that did. Such a mark is settled by the source instead.
+    here = server_identity(conn)[1] if mark.get("system") and xid is not None else None
+    if here is not None and here != mark["system"]:
+        why = f"its transaction {xid} ran on another cluster (system {mark['system']}, this one is {here}); "
+    elif xid is not None:
         try:
             with conn.transaction():
                 status = conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
@@ -482,7 +511,15 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     _refuse_unremovable(conn, spec, day, table, target, action)
     if action != "delete":
         if spec.partitioning.mode == "declarative":
-            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
+            try:
+                conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
+            except psycopg.errors.ForeignKeyViolation as exc:  # a foreign key to the table references a row of the day
+                detail = " ".join(filter(None, (exc.diag.message_primary, exc.diag.message_detail)))
+                raise RemovalRefused(
+                    f"{spec.name} {day} stays in the source: other tables' rows reference rows of the day through a "
+                    f"foreign key to {table.qualified} ({detail}); a {action} would leave them dangling. Delete or "
+                    "re-point the referencing rows (or the foreign key), then remove the day again",
+                    table=spec.name, day=day.isoformat()) from None
         elif action == "detach":
             for parent in _parents(conn, spec, target):
                 conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
@@ -505,16 +542,29 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     return deleted
 
 
+# Foreign keys referencing the table or any table below it (its partitions, at any depth, or tables inheriting
+# from it): DELETE FROM the table deletes their rows too. A partition's clones of a key that references its
+# parent (conparentid <> 0) are the parent's key again.
+_REFERENCING = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT %(t)s::regclass::oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT c.conname::text FROM pg_catalog.pg_constraint c JOIN tree ON c.confrelid = tree.oid
+WHERE c.contype = 'f' AND c.conparentid = 0 ORDER BY 1
+"""
+
+
 def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """Deleting rows that other tables' foreign keys reference would cascade into (or fail on) rows
-    that were never archived: refuse, naming the constraints."""
-    found = [r[0] for r in conn.execute(
-        "SELECT conname FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = %s::regclass",
-        (table.identifier.as_string(conn),))]
+    that were never archived: refuse, naming the constraints. A key referencing one partition (or a table
+    inheriting from the archived one) counts: the DELETE reaches its rows too (ON DELETE CASCADE deleted
+    the referencing rows of other tables, which no archive holds)."""
+    found = [r[0] for r in conn.execute(_REFERENCING, {"t": table.identifier.as_string(conn)})]
     if found:
-        raise RemovalRefused(f"{spec.name} {day} stays in the source: foreign keys {found} reference the table, so "
-                             "deleting archived rows would reach rows of other tables; remove days of this table "
-                             "by hand", table=spec.name, day=day.isoformat())
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: foreign keys {found} reference the table (or "
+                             "its partitions or inheriting tables), so deleting archived rows would reach rows of "
+                             "other tables; remove days of this table by hand", table=spec.name, day=day.isoformat())
 
 
 # Tables inheriting (at any depth) from the given one that have columns it lacks; partitions never do.
@@ -559,6 +609,8 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _refuse_referenced(conn, spec, day, table)
         _refuse_wider_descendants(conn, spec, day, table)
         return
+    if action == "drop":
+        _refuse_dependents(conn, spec, day, target)
     outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
     if outside:
@@ -566,6 +618,32 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              table=spec.name, day=day.isoformat())
     if action == "detach" and spec.partitioning.mode != "declarative":
         _parents(conn, spec, target)
+
+
+# What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, and other tables'
+# foreign keys referencing it directly (not the partition's clones of a foreign key referencing its parent,
+# conparentid <> 0: the detach before the drop takes those away, refusing if a row of the day is referenced).
+_DEPENDENTS = """
+SELECT format('view or rule of %%s', r.ev_class::regclass) FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+  AND d.refobjid = %(t)s::regclass AND r.ev_class <> %(t)s::regclass
+UNION
+SELECT format('foreign key %%I of %%s', c.conname, c.conrelid::regclass) FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'f' AND c.confrelid = %(t)s::regclass AND c.conparentid = 0 AND c.conrelid <> %(t)s::regclass
+ORDER BY 1
+"""
+
+
+def _refuse_dependents(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable) -> None:
+    """Views and foreign keys over the day's table make DROP fail after a whole proof (the dry run said it
+    would drop): refuse up front, naming them."""
+    found = [r[0] for r in conn.execute(_DEPENDENTS, {"t": target.identifier.as_string(conn)})]
+    if found:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} cannot be dropped while "
+                             f"other objects depend on it ({'; '.join(found)}); drop or re-point them, or use "
+                             "retention action 'detach' (which keeps the table)", table=spec.name,
+                             day=day.isoformat())
 
 
 def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[str]:

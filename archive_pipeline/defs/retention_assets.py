@@ -120,8 +120,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         day = spec.period(context.partition_key)
         # archive_proven executed alone (the check without its asset): prove, remove nothing, as a dry run
         dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
-        today = dt.datetime.now(dt.UTC).date()
-        if day not in due_days(spec, today):
+        if day not in due_days(spec, dt.datetime.now(dt.UTC)):  # today in the table's zone
             raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
                                       "days; nothing removed", allow_retries=False)
         store = archive_store.store()
@@ -245,10 +244,10 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
               job=job, default_status=DefaultScheduleStatus.STOPPED,
               description=f"Removes days of {spec.name} older than {spec.retention.keep_days} days, once proven")
     def _daily(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
-        today = context.scheduled_execution_time.astimezone(dt.UTC).date()
+        now = context.scheduled_execution_time.astimezone(dt.UTC)  # today in the table's zone, in due_days
         archived = context.instance.get_materialized_partitions(asset_key(spec))
         removed = context.instance.get_materialized_partitions(removal_asset_key(spec))
-        due = [d.isoformat() for d in due_days(spec, today)]
+        due = [d.isoformat() for d in due_days(spec, now)]
         todo = [d for d in due if d in archived and d not in removed]
         if not todo:
             return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
