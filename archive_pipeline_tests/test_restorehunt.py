@@ -4,6 +4,12 @@ key, a restoring process killed mid-way, targets that drifted since the day was 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 from psycopg import sql
 
@@ -52,3 +58,76 @@ def test_a_manifest_copied_to_another_days_key_is_refused_by_restore_and_compare
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
     (found,) = compare_days(conn, spec, store, [NEXT])
     assert found.result == "unreadable" and "for 2024-03-10, not of" in found.note
+
+
+_CHILD = """
+import datetime as dt, json, os, signal, sys
+import boto3, psycopg
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+args = json.loads(sys.argv[1])
+client = boto3.client("s3", endpoint_url=args["endpoint"], region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+seen = {"n": 0}
+def kill(**_):
+    seen["n"] += 1
+    if seen["n"] == args["kill_at_get"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+client.meta.events.register("after-call.s3.GetObject", kill)
+with psycopg.connect(args["dsn"], autocommit=True, application_name=args["name"]) as conn:
+    restore_day(conn, S3Store(client, args["bucket"], prefix="archive", part_size=MIN_PART_SIZE),
+                TableSpec(**args["spec"]), dt.date.fromisoformat(args["day"]), into="existing",
+                target=args["target"], temp_dir=args["temp_dir"])
+"""
+
+
+@pytest.mark.parametrize("stage", ["download", "insert"])
+def test_a_restore_killed_mid_way_leaves_no_temp_file_and_no_rows(pg, s3, conn, schema, store, bucket, temp_dir,
+                                                                 stage):
+    """SIGKILL of the restoring process while the object downloads (just after the store answered its GET)
+    or while the load waits on the target: afterwards the target holds none of the day's rows, the temp
+    directory is empty, and a retry restores the day. Was: the download's temp file (mkstemp, removed in a
+    ``finally``) stayed behind in the temp directory, one per killed restore, as large as the archive."""
+    spec = _events(conn, schema, "parquet")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(schema, "target"),
+                                                           sql.Identifier(schema, "events")))
+    name = f"restorehunt-{os.getpid()}-{stage}"
+    args = {"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "day": DAY.isoformat(), "name": name,
+            "spec": {"name": spec.name, "day_column": "at", "start_date": DAY.isoformat(), "format": "parquet",
+                     "compression": "zstd", "partitioning": {"mode": "column"}},
+            "target": f"{schema}.target", "temp_dir": str(temp_dir),
+            "kill_at_get": 2 if stage == "download" else 0}  # the manifest's GET, then the object's
+    child_command = [sys.executable, "-c", _CHILD, json.dumps(args)]
+    if stage == "download":
+        child = subprocess.run(child_command, capture_output=True, text=True, timeout=120)
+        assert child.returncode == -signal.SIGKILL, child.stderr
+    else:
+        with pg.connect() as locker:
+            locker.execute("BEGIN")
+            locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "target")))
+            child = subprocess.Popen(child_command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                for _ in range(200_000):  # bounded: a child that never waits fails the test below
+                    conn.execute("SELECT pg_stat_clear_snapshot()")
+                    if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                                    "AND wait_event_type = 'Lock'", (name,)).fetchone()[0] or child.poll() is not None:
+                        break
+                assert child.poll() is None, child.communicate()
+                child.kill()
+                child.communicate()
+            finally:
+                if child.poll() is None:
+                    child.kill()
+            locker.execute("ROLLBACK")
+        for _ in range(200_000):  # the killed client's backend ends once it finds its socket closed
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            if not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                (name,)).fetchone()[0]:
+                break
+    assert os.listdir(temp_dir) == []
+    assert _count(conn, schema, "target") == 0
+    result = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.target", temp_dir=temp_dir)
+    assert (result.rows, result.fingerprint_checked) == (3, True)
+    assert os.listdir(temp_dir) == []

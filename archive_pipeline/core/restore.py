@@ -38,6 +38,7 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, foreign_manifest
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
+from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import Column, day_filter, describe_table, prefetch
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -308,12 +309,12 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
     the manifest: a damaged object is refused before a single row is loaded. Removed afterwards."""
     obj = manifest["object"]
     table, day = manifest.get("table"), manifest.get("day")
-    try:
-        fd, name = tempfile.mkstemp(prefix="archive-restore-", suffix=".archive", dir=temp_dir)
+    try:  # nameless (see sink.py): gone with the process however it ends, SIGKILL included
+        fd, path, name = open_nameless(temp_dir, ".archive")
     except OSError as exc:
         raise _local_error(exc, table, day, temp_dir) from exc
     try:
-        with os.fdopen(fd, "wb", buffering=0) as file:
+        with os.fdopen(fd, "wb", buffering=0, closefd=False) as file:
             sink = _HashingWriter(file)
             try:
                 try:
@@ -349,10 +350,11 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
                 f"MD5 {sink.md5}, its manifest records {obj['bytes']:,} bytes with MD5 {obj['md5']}; nothing was "
                 "loaded. Restore the object from a replica or backup of the bucket (or archive the day again if "
                 "the source still has it)", table=table, day=day)
-        yield name
+        yield os.fspath(path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+        os.close(fd)
+        if name is not None:
+            name.unlink(missing_ok=True)
 
 
 def _local_error(exc: OSError, table: str | None, day: str | None, temp_dir) -> ArchiveError:
