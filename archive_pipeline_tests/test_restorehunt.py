@@ -17,7 +17,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.plan import compare_days
-from archive_pipeline.core.restore import RestoreError, restore_day
+from archive_pipeline.core.restore import ArchiveCorruptError, FingerprintMismatchError, RestoreError, restore_day
 
 DAY = dt.date(2024, 3, 10)
 NEXT = dt.date(2024, 3, 11)
@@ -131,3 +131,72 @@ def test_a_restore_killed_mid_way_leaves_no_temp_file_and_no_rows(pg, s3, conn, 
     result = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.target", temp_dir=temp_dir)
     assert (result.rows, result.fingerprint_checked) == (3, True)
     assert os.listdir(temp_dir) == []
+
+
+_COLUMNS = "id int, at timestamptz, n numeric, v text"
+DRIFTS = {  # the target's definition (statements split at ' ;; ') -> (what the error must say, the error's type)
+    "numeric(5,2) rounds": ("CREATE TABLE {t} (id int, at timestamptz, n numeric(5,2), v text)",
+                            "n: numeric(5,2) here, numeric when archived", FingerprintMismatchError),
+    "char(8) pads": ("CREATE TABLE {t} (id int, at timestamptz, n numeric, v char(8))",
+                     "v: character(8) here, text when archived", FingerprintMismatchError),
+    "timestamp drops the zone": ("CREATE TABLE {t} (id int, at timestamp, n numeric, v text)",
+                                 "at: timestamp without time zone here, timestamp with time zone when archived",
+                                 FingerprintMismatchError),
+    "varchar(3) refuses": ("CREATE TABLE {t} (id int, at timestamptz, n numeric, v varchar(3))",
+                           "v: character varying(3) here, text when archived", RestoreError),
+    "an enum lacks a label": ("CREATE TYPE {s}.word AS ENUM ('abcd') ;; CREATE TABLE {t} (id int, at timestamptz, "
+                              "n numeric, v {s}.word)", "text when archived", RestoreError),
+    "a trigger drops a row": (
+        f"CREATE TABLE {{t}} ({_COLUMNS}) ;; CREATE FUNCTION {{s}}.drop_two() RETURNS trigger LANGUAGE plpgsql AS "
+        "'BEGIN IF NEW.id = 2 THEN RETURN NULL; END IF; RETURN NEW; END' ;; CREATE TRIGGER drop_two BEFORE INSERT "
+        "ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.drop_two()", "the load added 2 rows to", FingerprintMismatchError),
+    "a trigger changes a value": (
+        f"CREATE TABLE {{t}} ({_COLUMNS}) ;; CREATE FUNCTION {{s}}.upper() RETURNS trigger LANGUAGE plpgsql AS "
+        "'BEGIN NEW.v := upper(NEW.v); RETURN NEW; END' ;; CREATE TRIGGER shout BEFORE INSERT ON {t} FOR EACH ROW "
+        "EXECUTE FUNCTION {s}.upper()", "it has trigger shout on INSERT", FingerprintMismatchError),
+    "a rule swallows INSERTs": (f"CREATE TABLE {{t}} ({_COLUMNS}) ;; CREATE RULE swallow AS ON INSERT TO {{t}} "
+                                "DO INSTEAD NOTHING", "it has rule swallow on INSERT", FingerprintMismatchError),
+    "the day's partition is missing": (
+        f"CREATE TABLE {{t}} ({_COLUMNS}) PARTITION BY RANGE (at) ;; CREATE TABLE {{s}}.january PARTITION OF {{t}} "
+        "FOR VALUES FROM ('2024-01-01') TO ('2024-02-01')", "create the target's partition for the day", RestoreError),
+    "a view": (f"CREATE TABLE {{s}}.base ({_COLUMNS}) ;; CREATE VIEW {{t}} AS SELECT * FROM {{s}}.base",
+               "the target is not a table", RestoreError),
+}
+
+
+@pytest.mark.parametrize("drift", list(DRIFTS))
+def test_a_target_that_drifted_since_the_day_was_archived_is_named_as_the_cause(conn, schema, store, temp_dir, drift):
+    """A target whose column types are not the archived ones, or whose triggers or rules change or drop rows,
+    rounds, pads, shifts, refuses or loses archived values: the restore is refused or rolled back (never
+    committed changed), and says which columns, triggers or rules and what to do. Was: a value the target's
+    type refuses was an ArchiveCorruptError ("check the object against its manifest (MD5)", which it had
+    just matched) with no remedy; a changed value blamed the archive ("altered after it was written"); rows a
+    trigger or rule dropped were "the archive holds 2 rows" (it holds 3); a missing partition's remedy was
+    "relax the constraint"; a view's was "report it"."""
+    fmt = "jsonl" if "rule" in drift else "csv"  # (COPY fires no rules: JSONL's INSERT does)
+    spec = _events(conn, schema, fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    ddl, said, kind = DRIFTS[drift]
+    names = {"t": sql.Identifier(schema, "target").as_string(conn), "s": sql.Identifier(schema).as_string(conn)}
+    for statement in ddl.split(" ;; "):
+        conn.execute(statement.format(**names))
+    with pytest.raises(RestoreError) as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.target", temp_dir=temp_dir)
+    error = caught.value
+    assert type(error) is kind and not isinstance(error, ArchiveCorruptError)
+    assert said in str(error) and error.remedy and (error.table, error.day) == (spec.name, "2024-03-10")
+    assert "holds 2 rows" not in str(error)
+    assert _count(conn, schema, "target") == 0
+
+
+def test_a_widened_type_restores_exactly(conn, schema, store, temp_dir):
+    """int -> bigint, numeric -> numeric with no limit, text -> varchar without a length: every archived value
+    reads back as it printed, so the restore is proven and committed."""
+    spec = _events(conn, schema, "parquet")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("CREATE TABLE {} (v varchar, id bigint, n numeric, at timestamptz, extra int DEFAULT 1)")
+                 .format(sql.Identifier(schema, "target")))
+    result = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.target", temp_dir=temp_dir)
+    assert (result.rows, result.fingerprint_checked) == (3, True)
+    assert conn.execute(sql.SQL("SELECT id, n::text, v FROM {} ORDER BY id").format(
+        sql.Identifier(schema, "target"))).fetchall() == [(1, "1.5", "abcd"), (2, "1.234", "xy"), (3, None, None)]

@@ -605,6 +605,13 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             inserted = conn.execute(insert).rowcount
         conn.execute(sql.SQL("DROP TABLE {}").format(stage))
         return rows, inserted, added
+    except ArchiveCorruptError as exc:  # the object matched its manifest's MD5: perhaps the target refused it
+        drift, remedy = _drift_explained(conn, manifest, relation)
+        if not drift:
+            raise
+        raise RestoreError(f"restoring {manifest['table']} for {manifest['day']}: the archived rows do not load into "
+                           f"{relation} ({type(exc.__cause__).__name__}: {exc.__cause__}); nothing was restored{drift}",
+                           table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
         raise RestoreConflictError(
             f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
@@ -685,6 +692,62 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> Non
                                     "into a table that lacks the day's rows, or add a primary key to the target")
 
 
+_TARGET_TYPES = sql.SQL("""
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+""")
+
+# INSERT triggers and rules of the target (enabled, the user's): what may change, drop or redirect rows
+_INSERT_HOOKS = sql.SQL("""
+SELECT 'trigger ' || quote_ident(tgname) FROM pg_catalog.pg_trigger
+WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype::int & 4 <> 0
+UNION ALL
+SELECT 'rule ' || quote_ident(rulename) FROM pg_catalog.pg_rewrite
+WHERE ev_class = to_regclass(%(t)s) AND ev_type = '3' AND ev_enabled <> 'D'
+ORDER BY 1
+""")
+
+
+def _target_drift(conn: psycopg.Connection, manifest: dict, relation: str) -> tuple[list[str], list[str]]:
+    """How ``relation`` differs from the archived table in ways that change or refuse archived values:
+    (its columns whose type is not the archived one, as "name: type here, archived type", its INSERT
+    triggers and rules). A restore that fails or is rolled back names these as the likely cause."""
+    recorded = {c["name"]: c.get("pg_type") for c in manifest.get("columns", [])}
+    found = {name: rest for name, *rest in conn.execute(_TARGET_TYPES, (_ident(relation).as_string(conn),))}
+    types = []
+    for name, archived in recorded.items():
+        if name not in found or not archived or found[name][0] == archived:
+            continue
+        # the same type spelled otherwise (a user's type named with or without its schema, by search_path)
+        same = "(" not in archived and found[name][2] == -1 and conn.execute(
+            "SELECT to_regtype(%s) = %s::oid", (archived, found[name][1])).fetchone()[0]
+        if not same:
+            types.append(f"{name}: {found[name][0]} here, {archived} when archived")
+    hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": _ident(relation).as_string(conn)})]
+    return types, hooks
+
+
+def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) -> tuple[str, str | None]:
+    """(" <what of the target may have changed or refused the rows>", a remedy), or ("", None)."""
+    with conn.transaction():  # (a savepoint: the caller's transaction may already be failing)
+        types, hooks = _target_drift(conn, manifest, relation)
+    if not types and not hooks:
+        return "", None
+    said, mends = [], []
+    if types:
+        said.append(f"its column types are not the archived ones ({'; '.join(types)}): read as another type, a value "
+                    "may be refused or changed (rounded, padded, cut, shifted in time)")
+        mends.append("give its columns the archived types")
+    if hooks:
+        said.append(f"it has {', '.join(hooks)} on INSERT, which may change, drop or redirect rows (COPY fires "
+                    "triggers, not rules)")
+        mends.append("disable them for the restore (ALTER TABLE ... DISABLE TRIGGER / DISABLE RULE)")
+    return (f". {relation} differs from the table as archived: {'; '.join(said)}",
+            "restore into a new table (into='new', --into new), created with the archived types, and copy the rows "
+            f"on from there; or {' and '.join(mends)}")
+
+
 def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int,
            added: fp.Fingerprint | None = None) -> tuple[bool, str | None, str]:
     """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
@@ -692,9 +755,12 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
     table, day = manifest["table"], manifest["day"]
     recorded = manifest.get("fingerprint")
     if rows != manifest["rows"]:
-        raise FingerprintMismatchError(
-            f"the archive of {table} for {day} holds {rows:,} rows but its manifest records {manifest['rows']:,}; "
-            "the restore was rolled back", table=table, day=day)
+        drift, remedy = _drift_explained(conn, manifest, relation)
+        said = (f"the load added {rows:,} rows to {relation}, but the archive's manifest records {manifest['rows']:,}"
+                if drift else f"the archive of {table} for {day} holds {rows:,} rows but its manifest records "
+                f"{manifest['rows']:,}")
+        raise FingerprintMismatchError(f"restoring {table} for {day}: {said}; the restore was rolled back{drift}",
+                                       table=table, day=day, remedy=remedy)
     if fp.recorded_algorithm(recorded) is None:
         why = "its manifest (version 1) records no fingerprint" if not recorded else \
             f"its fingerprint {recorded!r} is none of {', '.join(fp.ALGORITHMS)}"
@@ -710,11 +776,12 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
         generated, _ = _computed_columns(conn, _ident(relation), manifest_columns(manifest))
         computed = (f", or {relation} computes its generated column(s) {generated} otherwise than when the day was "
                     "archived (restore into a new table to get the archived values)") if generated else ""
+        drift, remedy = _drift_explained(conn, manifest, relation)
         raise FingerprintMismatchError(
             f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
             f"{recorded}; the restore was rolled back. The archive does not hold the rows it was proven to hold "
-            f"(altered after it was written), or the target already held other rows of the day{computed}",
-            table=table, day=day)
+            f"(altered after it was written), or the target already held other rows of the day{computed}{drift}",
+            table=table, day=day, remedy=remedy)
     return True, recorded, f"fingerprint {recorded} of {scope} equals the manifest's"
 
 
@@ -792,6 +859,15 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
             found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
                             "restore into a table of a schema that exists")
+        if isinstance(exc, psycopg.errors.WrongObjectType):  # a view, a materialized view, a sequence ...
+            found = replace(found, cause=f"the target is not a table ({str(exc).splitlines()[0]})",
+                            remedy="restore into a table (into='new', --into new creates one)")
+        if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and \
+                exc.diag.message_primary.startswith("no partition of relation"):
+            found = replace(found, cause=f"the target has no partition for the rows of {day} ({exc.diag.message_primary})",
+                            remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "
+                                   "VALUES FROM ... TO ...) or a DEFAULT partition, or restore into a new table "
+                                   "(into='new', --into new)")
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
             found = replace(found, remedy="the target must have every column the archive has (the manifest's "
                             "columns): add the one named, or restore into a new table (into='new', --into new)")
