@@ -200,3 +200,33 @@ def test_a_widened_type_restores_exactly(conn, schema, store, temp_dir):
     assert (result.rows, result.fingerprint_checked) == (3, True)
     assert conn.execute(sql.SQL("SELECT id, n::text, v FROM {} ORDER BY id").format(
         sql.Identifier(schema, "target"))).fetchall() == [(1, "1.5", "abcd"), (2, "1.234", "xy"), (3, None, None)]
+
+
+@pytest.mark.parametrize("into", ["new", "original"])
+def test_an_enum_that_lost_a_label_since_the_day_was_archived_is_named_as_the_cause(conn, schema, store, temp_dir,
+                                                                                   into):
+    """The archived type by name, but not as it was: the enum was re-created without a label an archived row
+    holds (another database, or the type re-made). The day is refused, and the error says the type refuses an
+    archived value and what to do. Was: ArchiveCorruptError ("check ... the object against its manifest
+    (MD5)", which it had just matched), with no remedy."""
+    names = {"s": sql.Identifier(schema).as_string(conn)}
+    conn.execute("CREATE TYPE {s}.color AS ENUM ('red', 'green')".format(**names))
+    conn.execute("CREATE TABLE {s}.paint (id int, at timestamptz, c {s}.color)".format(**names))
+    conn.execute("INSERT INTO {s}.paint VALUES (1, '2024-03-10 01:00+00', 'red'), "
+                 "(2, '2024-03-10 02:00+00', 'green')".format(**names))
+    spec = TableSpec(name=f"{schema}.paint", day_column="at", start_date=DAY, format="jsonl", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute("DROP TABLE {s}.paint".format(**names))
+    conn.execute("DROP TYPE {s}.color".format(**names))
+    conn.execute("CREATE TYPE {s}.color AS ENUM ('red')".format(**names))
+    if into == "original":
+        conn.execute("CREATE TABLE {s}.paint (id int, at timestamptz, c {s}.color)".format(**names))
+    target = f"{schema}.restored" if into == "new" else None
+    with pytest.raises(RestoreError) as caught:
+        restore_day(conn, store, spec, DAY, into=into, target=target, temp_dir=temp_dir)
+    error = caught.value
+    assert not isinstance(error, ArchiveCorruptError)
+    assert 'invalid input value for enum' in str(error) and "an enum lacking one of the archived labels" in str(error)
+    assert "ALTER TYPE ... ADD VALUE" in error.remedy and (error.table, error.day) == (spec.name, "2024-03-10")
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None

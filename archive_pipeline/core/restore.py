@@ -607,8 +607,16 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
         return rows, inserted, added
     except ArchiveCorruptError as exc:  # the object matched its manifest's MD5: perhaps the target refused it
         drift, remedy = _drift_explained(conn, manifest, relation)
-        if not drift:
+        refused = isinstance(exc.__cause__, psycopg.DataError) and \
+            not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
+        if not drift and not refused:
             raise
+        if not drift:  # the archived type by name, but not as it was: an enum without a label, say
+            drift = (f". The object matches its manifest (size and MD5), so unless both were replaced the value is "
+                     f"as archived, and a type of {relation} as this database defines it refuses it (an enum lacking "
+                     "one of the archived labels, a type changed since the day was archived)")
+            remedy = ("make the type named accept the archived values (for an enum: ALTER TYPE ... ADD VALUE), or "
+                      "restore into a table whose column has the type's base type or text")
         raise RestoreError(f"restoring {manifest['table']} for {manifest['day']}: the archived rows do not load into "
                            f"{relation} ({type(exc.__cause__).__name__}: {exc.__cause__}); nothing was restored{drift}",
                            table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
