@@ -230,3 +230,15 @@ def test_an_enum_that_lost_a_label_since_the_day_was_archived_is_named_as_the_ca
     assert 'invalid input value for enum' in str(error) and "an enum lacking one of the archived labels" in str(error)
     assert "ALTER TYPE ... ADD VALUE" in error.remedy and (error.table, error.day) == (spec.name, "2024-03-10")
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
+
+
+@pytest.mark.parametrize("target", ["pg_temp.restored", "pg_temp_3.restored"])
+def test_a_temporary_target_is_refused_by_name(conn, schema, store, temp_dir, target):
+    """pg_temp is the restoring session's own schema: a day restored there is gone when the session ends.
+    Was: the table was created there and the restore failed at its check with "table 'pg_temp.r' does not
+    exist ... check the table's name in the YAML configuration"; now the name is refused up front (the CLI's
+    --target uses the same check), saying why."""
+    spec = _events(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(RestoreError, match="is a temporary table, which PostgreSQL drops when the restoring session"):
+        restore_day(conn, store, spec, DAY, into="new", target=target, temp_dir=temp_dir)

@@ -402,6 +402,9 @@ def name_problem(qualified: str) -> str | None:
     schema, dot, name = qualified.partition(".")
     if not dot or not schema or not name:
         return f"{qualified!r} is not a schema-qualified table name ('schema.table')"
+    if re.fullmatch(r"pg_(toast_)?temp(_\d+)?", schema):
+        return (f"{qualified!r} is a temporary table, which PostgreSQL drops when the restoring session ends: restore "
+                "into a table of a permanent schema")
     for part in (schema, name):
         if len(part.encode()) > 63:
             kept = part.encode()[:63].decode("utf-8", "ignore")
