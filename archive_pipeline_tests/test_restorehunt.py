@@ -17,6 +17,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.plan import compare_days
+from archive_pipeline_tests.helpers import range_partitioned_events
 from archive_pipeline.core.restore import ArchiveCorruptError, FingerprintMismatchError, RestoreError, restore_day
 
 DAY = dt.date(2024, 3, 10)
@@ -242,3 +243,22 @@ def test_a_temporary_target_is_refused_by_name(conn, schema, store, temp_dir, ta
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     with pytest.raises(RestoreError, match="is a temporary table, which PostgreSQL drops when the restoring session"):
         restore_day(conn, store, spec, DAY, into="new", target=target, temp_dir=temp_dir)
+
+
+def test_a_day_whose_partition_was_replaced_by_a_wider_one_restores_into_it(conn, schema, store, temp_dir):
+    """The day's partition was dropped and the table's partitions laid out anew (one per month): the day's
+    recorded bound now overlaps the month's partition. Restoring into the original table loads the day
+    through the parent into that partition, proven as ever. Was: "partition ... would overlap partition
+    ...", reported as "the server rejected the archiver's SQL ... report it", and nothing restored."""
+    s = sql.Identifier(schema)
+    range_partitioned_events(conn, schema, [("ev_20240310", "2024-03-10", "2024-03-11")])
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-03-10 01:00+00'), (2, '2024-03-10 23:00+00')").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, partitioning={"mode": "declarative"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DROP TABLE {}.ev_20240310").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_202403 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-01 00:00+00') "
+                         "TO ('2024-04-01 00:00+00')").format(s, s))
+    result = restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    assert (result.rows, result.fingerprint_checked, result.created) == (2, True, ())
+    assert conn.execute(sql.SQL("SELECT tableoid::regclass::text, id FROM {}.ev ORDER BY id").format(s)).fetchall() == [
+        (f"{schema}.ev_202403", 1), (f"{schema}.ev_202403", 2)]

@@ -545,14 +545,25 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target
     return relation, []
 
 
-def _create(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+def _create(conn: psycopg.Connection, manifest: dict, relation: str) -> bool:
+    """Create ``relation``; False if it is the day's partition and another partition of the parent covers
+    its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent."""
     definition = table_definition(manifest)
     partition = definition.get("partition") or {}
-    if partition.get("child") == relation:
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-            _ident(relation), _ident(partition["parent"]), partition_bound(partition["bound"])))
-    else:
+    if partition.get("child") != relation:
         _create_table(conn, relation, definition)
+        return True
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+                _ident(relation), _ident(partition["parent"]), partition_bound(partition["bound"])))
+    except psycopg.errors.InvalidObjectDefinition as exc:
+        if "would overlap" not in (exc.diag.message_primary or ""):
+            raise
+        log.info("%s %s: %s; restoring into %s", manifest.get("table"), manifest.get("day"), exc.diag.message_primary,
+                 partition["parent"])
+        return False
+    return True
 
 
 def _columns_of(conn: psycopg.Connection, relation: str, names: list[str]) -> list[Column]:
@@ -845,8 +856,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             stack.enter_context(_writable(conn))
             with conn.transaction():
                 relation, to_create = _resolve_target(conn, manifest, into, target)
-                for name in to_create:
-                    _create(conn, manifest, name)
+                to_create = [name for name in to_create if _create(conn, manifest, name)]
                 if on_conflict == "skip":
                     _require_key(conn, manifest, relation)
                 # the day is the whole target: a new table, or the day's own table (naming mode)
