@@ -4,6 +4,7 @@ key, a restoring process killed mid-way, targets that drifted since the day was 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import json
 import os
 import signal
@@ -262,3 +263,34 @@ def test_a_day_whose_partition_was_replaced_by_a_wider_one_restores_into_it(conn
     assert (result.rows, result.fingerprint_checked, result.created) == (2, True, ())
     assert conn.execute(sql.SQL("SELECT tableoid::regclass::text, id FROM {}.ev ORDER BY id").format(s)).fetchall() == [
         (f"{schema}.ev_202403", 1), (f"{schema}.ev_202403", 2)]
+
+
+@pytest.mark.parametrize(("archived", "target", "value"), [
+    ("double precision", "real", "0.1"),
+    ("real", "double precision", "0.1"),
+    ("numeric", "double precision", "0.1"),
+    ("double precision[]", "real[]", "{0.1,2.5}"),
+    ("double precision", "numeric", None),  # numeric holds the float's shortest decimal: restored, proven
+])
+def test_numbers_read_into_another_binary_floating_point_type_are_refused(conn, schema, store, temp_dir, archived,
+                                                                          target, value):
+    """0.1 archived as double precision, read into a real column, becomes real's 0.1, which prints "0.1" too
+    and so has the archived fingerprint, but is not the archived value (0.1::real = 0.1::float8 is false).
+    Was: restored and "proven" (all three directions between numeric, real and double precision). Now such a
+    target is refused before loading, naming the column and the remedy."""
+    names = {"s": sql.Identifier(schema).as_string(conn)}
+    conn.execute(f"CREATE TABLE {{s}}.nums (id int, at timestamptz, x {archived})".format(**names))
+    conn.execute("INSERT INTO {s}.nums VALUES (1, '2024-03-10 01:00+00', %s)".format(**names), (value or "0.1",))
+    spec = TableSpec(name=f"{schema}.nums", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"CREATE TABLE {{s}}.target (id int, at timestamptz, x {target})".format(**names))
+    if value is None:
+        result = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.target", temp_dir=temp_dir)
+        assert result.fingerprint_checked and _count(conn, schema, "target") == 1
+        return
+    with pytest.raises(RestoreError, match=f"x: {re.escape(target)} here, {re.escape(archived)} when archived would "
+                                           "hold the nearest binary floating-point value") as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.target", temp_dir=temp_dir)
+    assert "into='new'" in caught.value.remedy
+    assert _count(conn, schema, "target") == 0

@@ -731,9 +731,10 @@ ORDER BY 1
 """)
 
 
-def _target_drift(conn: psycopg.Connection, manifest: dict, relation: str) -> tuple[list[str], list[str]]:
+def _target_drift(conn: psycopg.Connection, manifest: dict,
+                  relation: str) -> tuple[list[tuple[str, str, str]], list[str]]:
     """How ``relation`` differs from the archived table in ways that change or refuse archived values:
-    (its columns whose type is not the archived one, as "name: type here, archived type", its INSERT
+    (its columns whose type is not the archived one, as (name, type here, archived type), its INSERT
     triggers and rules). A restore that fails or is rolled back names these as the likely cause."""
     recorded = {c["name"]: c.get("pg_type") for c in manifest.get("columns", [])}
     found = {name: rest for name, *rest in conn.execute(_TARGET_TYPES, (_ident(relation).as_string(conn),))}
@@ -742,10 +743,12 @@ def _target_drift(conn: psycopg.Connection, manifest: dict, relation: str) -> tu
         if name not in found or not archived or found[name][0] == archived:
             continue
         # the same type spelled otherwise (a user's type named with or without its schema, by search_path)
-        same = "(" not in archived and found[name][2] == -1 and conn.execute(
-            "SELECT to_regtype(%s) = %s::oid", (archived, found[name][1])).fetchone()[0]
+        same = False
+        if "(" not in archived and found[name][2] == -1:
+            with contextlib.suppress(psycopg.Error), conn.transaction():  # (text the type parser refuses: not same)
+                same = conn.execute("SELECT to_regtype(%s) = %s::oid", (archived, found[name][1])).fetchone()[0]
         if not same:
-            types.append(f"{name}: {found[name][0]} here, {archived} when archived")
+            types.append((name, found[name][0], archived))
     hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": _ident(relation).as_string(conn)})]
     return types, hooks
 
@@ -758,6 +761,7 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) ->
         return "", None
     said, mends = [], []
     if types:
+        types = [f"{name}: {here} here, {archived} when archived" for name, here, archived in types]
         said.append(f"its column types are not the archived ones ({'; '.join(types)}): read as another type, a value "
                     "may be refused or changed (rounded, padded, cut, shifted in time)")
         mends.append("give its columns the archived types")
@@ -768,6 +772,31 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) ->
     return (f". {relation} differs from the table as archived: {'; '.join(said)}",
             "restore into a new table (into='new', --into new), created with the archived types, and copy the rows "
             f"on from there; or {' and '.join(mends)}")
+
+
+_BINARY_FLOATS = ("real", "double precision")
+
+
+def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+    """A value archived as numeric, double precision or real, read into a column of another of these that is
+    binary floating point, becomes the nearest value of that type, which may print as the archived text and
+    still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
+    compares text, would prove a restore that changed it. Such a target is refused before anything is loaded."""
+    def kind(type_text: str) -> str:
+        return re.sub(r"\(.*?\)", "", type_text)
+
+    types, _ = _target_drift(conn, manifest, relation)
+    changed = [f"{name}: {here} here, {archived} when archived" for name, here, archived in types
+               if kind(here) != kind(archived) and kind(here).removesuffix("[]") in _BINARY_FLOATS
+               and kind(archived).removesuffix("[]") in (*_BINARY_FLOATS, "numeric")]
+    if changed:
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} into {relation}: its column(s) {'; '.join(changed)} "
+            "would hold the nearest binary floating-point value of each archived number, which may print the same "
+            "and still differ from it, so no fingerprint could prove the restore; nothing was restored",
+            table=manifest["table"], day=manifest["day"], retryable=False,
+            remedy=f"restore into a new table (into='new', --into new), created with the archived types, and convert "
+                   f"the values on from there as you choose; or give {relation}'s column(s) the archived types")
 
 
 def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int,
@@ -857,6 +886,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             with conn.transaction():
                 relation, to_create = _resolve_target(conn, manifest, into, target)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
+                _refuse_approximation(conn, manifest, relation)
                 if on_conflict == "skip":
                     _require_key(conn, manifest, relation)
                 # the day is the whole target: a new table, or the day's own table (naming mode)
