@@ -161,6 +161,9 @@ DRIFTS = {  # the target's definition (statements split at ' ;; ') -> (what the 
     "the day's partition is missing": (
         f"CREATE TABLE {{t}} ({_COLUMNS}) PARTITION BY RANGE (at) ;; CREATE TABLE {{s}}.january PARTITION OF {{t}} "
         "FOR VALUES FROM ('2024-01-01') TO ('2024-02-01')", "create the target's partition for the day", RestoreError),
+    "a foreign key": (f"CREATE TABLE {{s}}.parent (id int PRIMARY KEY) ;; INSERT INTO {{s}}.parent VALUES (1), (2) ;; "
+                      f"CREATE TABLE {{t}} ({_COLUMNS}, FOREIGN KEY (id) REFERENCES {{s}}.parent)",
+                      "restore the referenced rows first", RestoreError),
     "a view": (f"CREATE TABLE {{s}}.base ({_COLUMNS}) ;; CREATE VIEW {{t}} AS SELECT * FROM {{s}}.base",
                "the target is not a table", RestoreError),
 }
@@ -174,7 +177,7 @@ def test_a_target_that_drifted_since_the_day_was_archived_is_named_as_the_cause(
     type refuses was an ArchiveCorruptError ("check the object against its manifest (MD5)", which it had
     just matched) with no remedy; a changed value blamed the archive ("altered after it was written"); rows a
     trigger or rule dropped were "the archive holds 2 rows" (it holds 3); a missing partition's remedy was
-    "relax the constraint"; a view's was "report it"."""
+    "relax the constraint", a foreign key's too; a view's was "report it"."""
     fmt = "jsonl" if "rule" in drift else "csv"  # (COPY fires no rules: JSONL's INSERT does)
     spec = _events(conn, schema, fmt)
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)

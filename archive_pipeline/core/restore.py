@@ -919,6 +919,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "
                                    "VALUES FROM ... TO ...) or a DEFAULT partition, or restore into a new table "
                                    "(into='new', --into new)")
+        if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+            found = replace(found, cause="an archived row references a row its foreign key's table lacks",
+                            remedy="restore the referenced rows first (the referenced table's days), or restore into a "
+                                   "new table (into='new', --into new), which has no foreign keys")
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
             found = replace(found, remedy="the target must have every column the archive has (the manifest's "
                             "columns): add the one named, or restore into a new table (into='new', --into new)")
