@@ -17,6 +17,8 @@ from psycopg import sql
 from archive_pipeline.core import keys
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.locks import table_day_lock
 from archive_pipeline.core.plan import compare_days
 from archive_pipeline_tests.helpers import range_partitioned_events
 from archive_pipeline.core.restore import ArchiveCorruptError, FingerprintMismatchError, RestoreError, restore_day
@@ -297,3 +299,22 @@ def test_numbers_read_into_another_binary_floating_point_type_are_refused(conn, 
         restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.target", temp_dir=temp_dir)
     assert "into='new'" in caught.value.remedy
     assert _count(conn, schema, "target") == 0
+
+
+@pytest.mark.parametrize("into", ["existing", "original"])
+def test_the_archived_table_named_as_an_existing_target_takes_the_archived_tables_lock(pg, conn, schema, store,
+                                                                                      temp_dir, into):
+    """into='existing' with the archived table itself as the target loads into the same rows as into='original',
+    so it must take the same (table, day) lock: else it ran beside an archive, a removal or an 'original' restore
+    of the day (two restores each check only their own uncommitted rows: both would commit the day). Was: it took
+    the lock of 'restore into <target>' and restored while another run held the day."""
+    spec = _events(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE at < '2024-03-11'").format(sql.Identifier(schema, "events")))
+    target = spec.name if into == "existing" else None
+    with pg.connect() as other, table_day_lock(other, spec.name, spec.period(DAY)):
+        with pytest.raises(ArchiveError, match="is being archived, removed or restored by another run"):
+            restore_day(conn, store, spec, DAY, into=into, target=target, temp_dir=temp_dir)
+    assert _count(conn, schema, "events") == 1
+    result = restore_day(conn, store, spec, DAY, into=into, target=target, temp_dir=temp_dir)
+    assert (result.rows, result.fingerprint_checked) == (3, True) and _count(conn, schema, "events") == 4

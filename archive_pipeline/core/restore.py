@@ -880,7 +880,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             # Into the archived table: never while the day is archived or removed. Into another table:
             # never twice at once into the same one (two restores of one day would each check only their
             # own uncommitted rows, and both load them), whatever runs on the source meanwhile.
-            lock_name = table if into == "original" else f"restore into {target}"
+            # The archived table, its day's partition or its day table named as a target are the original too.
+            partition = table_definition(manifest).get("partition") or {}
+            original = {table, manifest.get("source_relation"), partition.get("child")}
+            lock_name = table if into == "original" or target in original else f"restore into {target}"
             stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
