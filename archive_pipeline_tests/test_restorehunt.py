@@ -318,3 +318,25 @@ def test_the_archived_table_named_as_an_existing_target_takes_the_archived_table
     assert _count(conn, schema, "events") == 1
     result = restore_day(conn, store, spec, DAY, into=into, target=target, temp_dir=temp_dir)
     assert (result.rows, result.fingerprint_checked) == (3, True) and _count(conn, schema, "events") == 4
+
+
+def test_a_skip_restore_of_a_naming_day_through_a_trigger_names_the_trigger(conn, schema, store, temp_dir):
+    """A naming-mode day (no day column) restored with on_conflict='skip' into a table whose BEFORE INSERT trigger
+    changes values: the rows it wrote are not the archived ones, and the rollback names the trigger (was: only
+    "a row with the same key is there with other values", which no row was)."""
+    names = {"s": sql.Identifier(schema).as_string(conn)}
+    conn.execute("CREATE TABLE {s}.clicks_20240310 (id int PRIMARY KEY, url text)".format(**names))
+    conn.execute("INSERT INTO {s}.clicks_20240310 VALUES (1, '/a'), (2, '/b')".format(**names))
+    spec = TableSpec(name=f"{schema}.clicks", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "naming", "pattern": "clicks_%Y%m%d"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute("CREATE TABLE {s}.all_clicks (id int PRIMARY KEY, url text)".format(**names))
+    conn.execute("CREATE FUNCTION {s}.shout() RETURNS trigger LANGUAGE plpgsql AS "
+                 "'BEGIN NEW.url := upper(NEW.url); RETURN NEW; END'".format(**names))
+    conn.execute("CREATE TRIGGER shout BEFORE INSERT ON {s}.all_clicks FOR EACH ROW EXECUTE FUNCTION {s}.shout()"
+                 .format(**names))
+    with pytest.raises(FingerprintMismatchError, match="it has trigger shout on INSERT") as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.all_clicks", on_conflict="skip",
+                    temp_dir=temp_dir)
+    assert "DISABLE TRIGGER" in caught.value.remedy
+    assert _count(conn, schema, "all_clicks") == 0

@@ -676,12 +676,13 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     with fp.canonical_settings(conn):
         absent = conn.execute(query).fetchone()[0]
     if absent:
+        drift, remedy = _drift_explained(conn, manifest, relation)
         raise FingerprintMismatchError(
             f"restoring {manifest['table']} for {manifest['day']} into {relation} with on_conflict='skip': {absent:,} "
             f"archived row(s) are not in {relation} as archived: a row with the same key is there with other values, "
-            "and skip leaves it as it is; the restore was rolled back", table=manifest["table"], day=manifest["day"],
-            remedy="restore into a new table (into='new', --into new) and compare, or delete the differing rows "
-                   "from the target first")
+            f"and skip leaves it as it is; the restore was rolled back{drift}", table=manifest["table"],
+            day=manifest["day"], remedy=remedy or "restore into a new table (into='new', --into new) and compare, or "
+                                                  "delete the differing rows from the target first")
     return inserted, fp.compute(conn, stage, columns, None, algorithm)
 
 
