@@ -756,7 +756,7 @@ def _target_drift(conn: psycopg.Connection, manifest: dict,
 
 def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) -> tuple[str, str | None]:
     """(" <what of the target may have changed or refused the rows>", a remedy), or ("", None)."""
-    with conn.transaction():  # (a savepoint: the caller's transaction may already be failing)
+    with conn.transaction():  # (a savepoint: a failing catalog query here must not end the caller's transaction)
         types, hooks = _target_drift(conn, manifest, relation)
     if not types and not hooks:
         return "", None
@@ -919,7 +919,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="restore into a table (into='new', --into new creates one)")
         if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and \
                 exc.diag.message_primary.startswith("no partition of relation"):
-            found = replace(found, cause=f"the target has no partition for the rows of {day} ({exc.diag.message_primary})",
+            found = replace(found, cause=f"the target has no partition for the rows of {day} "
+                                         f"({exc.diag.message_primary})",
                             remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "
                                    "VALUES FROM ... TO ...) or a DEFAULT partition, or restore into a new table "
                                    "(into='new', --into new)")
