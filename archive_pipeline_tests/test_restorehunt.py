@@ -158,6 +158,12 @@ DRIFTS = {  # the target's definition (statements split at ' ;; ') -> (what the 
         f"CREATE TABLE {{t}} ({_COLUMNS}) ;; CREATE FUNCTION {{s}}.upper() RETURNS trigger LANGUAGE plpgsql AS "
         "'BEGIN NEW.v := upper(NEW.v); RETURN NEW; END' ;; CREATE TRIGGER shout BEFORE INSERT ON {t} FOR EACH ROW "
         "EXECUTE FUNCTION {s}.upper()", "it has trigger shout on INSERT", FingerprintMismatchError),
+    "a partition's trigger drops a row": (
+        f"CREATE TABLE {{t}} ({_COLUMNS}) PARTITION BY RANGE (at) ;; CREATE TABLE {{s}}.march PARTITION OF {{t}} "
+        "FOR VALUES FROM ('2024-03-01') TO ('2024-04-01') ;; CREATE FUNCTION {s}.drop_two() RETURNS trigger LANGUAGE "
+        "plpgsql AS 'BEGIN IF NEW.id = 2 THEN RETURN NULL; END IF; RETURN NEW; END' ;; CREATE TRIGGER drop_two "
+        "BEFORE INSERT ON {s}.march FOR EACH ROW EXECUTE FUNCTION {s}.drop_two()", "it has trigger drop_two on INSERT",
+        FingerprintMismatchError),
     "a rule swallows INSERTs": (f"CREATE TABLE {{t}} ({_COLUMNS}) ;; CREATE RULE swallow AS ON INSERT TO {{t}} "
                                 "DO INSTEAD NOTHING", "it has rule swallow on INSERT", FingerprintMismatchError),
     "the day's partition is missing": (

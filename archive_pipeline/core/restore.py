@@ -721,19 +721,21 @@ FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
 """)
 
-# INSERT triggers and rules of the target (enabled, the user's): what may change, drop or redirect rows
+# INSERT triggers (its partitions' too: they fire on the rows routed to them) and rules of the target (enabled,
+# the user's): what may change, drop or redirect rows
 _INSERT_HOOKS = sql.SQL("""
-SELECT 'trigger ' || quote_ident(tgname) FROM pg_catalog.pg_trigger
-WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype::int & 4 <> 0
-UNION ALL
+SELECT DISTINCT 'trigger ' || quote_ident(tgname) FROM pg_catalog.pg_trigger
+WHERE (tgrelid = to_regclass(%(t)s) OR tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass(%(t)s))))
+  AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype::int & 4 <> 0
+UNION
 SELECT 'rule ' || quote_ident(rulename) FROM pg_catalog.pg_rewrite
 WHERE ev_class = to_regclass(%(t)s) AND ev_type = '3' AND ev_enabled <> 'D'
 ORDER BY 1
 """)
 
 
-def _target_drift(conn: psycopg.Connection, manifest: dict,
-                  relation: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+def _target_drift(conn: psycopg.Connection, manifest: dict, relation: str,
+                  hooks: bool = True) -> tuple[list[tuple[str, str, str]], list[str]]:
     """How ``relation`` differs from the archived table in ways that change or refuse archived values:
     (its columns whose type is not the archived one, as (name, type here, archived type), its INSERT
     triggers and rules). A restore that fails or is rolled back names these as the likely cause."""
@@ -750,8 +752,9 @@ def _target_drift(conn: psycopg.Connection, manifest: dict,
                 same = conn.execute("SELECT to_regtype(%s) = %s::oid", (archived, found[name][1])).fetchone()[0]
         if not same:
             types.append((name, found[name][0], archived))
-    hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": _ident(relation).as_string(conn)})]
-    return types, hooks
+    if not hooks:
+        return types, []
+    return types, [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": _ident(relation).as_string(conn)})]
 
 
 def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) -> tuple[str, str | None]:
@@ -786,7 +789,7 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: st
     def kind(type_text: str) -> str:
         return re.sub(r"\(.*?\)", "", type_text)
 
-    types, _ = _target_drift(conn, manifest, relation)
+    types, _ = _target_drift(conn, manifest, relation, hooks=False)
     changed = [f"{name}: {here} here, {archived} when archived" for name, here, archived in types
                if kind(here) != kind(archived) and kind(here).removesuffix("[]") in _BINARY_FLOATS
                and kind(archived).removesuffix("[]") in (*_BINARY_FLOATS, "numeric")]
