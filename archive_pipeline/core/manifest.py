@@ -172,6 +172,16 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     return manifest
 
 
+def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:
+    """Why ``manifest``, read at the key of ``table``'s ``day`` (the period's ISO form), is not that
+    table-day's archive, or None: a manifest copied from another day's key, or written by another table
+    (or configuration) that renders the same key, describes other rows however intact it is."""
+    if manifest.get("table") == table and manifest.get("day") == day:
+        return None
+    return (f"it is the manifest of table {manifest.get('table')!r} for {manifest.get('day')}, not of {table!r} for "
+            f"{day} (copied from another key, or written by another table or configuration that renders this key)")
+
+
 def stored_object_problems(head: dict, manifest: dict) -> list[str]:
     """How the stored object (its HEAD) differs from the one its manifest describes."""
     obj = manifest["object"]

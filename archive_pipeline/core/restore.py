@@ -35,9 +35,10 @@ from archive_pipeline.core.formats import readers
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decode_manifest
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, foreign_manifest
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
+from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import Column, day_filter, describe_table, prefetch
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -308,12 +309,12 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
     the manifest: a damaged object is refused before a single row is loaded. Removed afterwards."""
     obj = manifest["object"]
     table, day = manifest.get("table"), manifest.get("day")
-    try:
-        fd, name = tempfile.mkstemp(prefix="archive-restore-", suffix=".archive", dir=temp_dir)
+    try:  # nameless (see sink.py): gone with the process however it ends, SIGKILL included
+        fd, path, name = open_nameless(temp_dir, ".archive")
     except OSError as exc:
         raise _local_error(exc, table, day, temp_dir) from exc
     try:
-        with os.fdopen(fd, "wb", buffering=0) as file:
+        with os.fdopen(fd, "wb", buffering=0, closefd=False) as file:
             sink = _HashingWriter(file)
             try:
                 try:
@@ -349,10 +350,11 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
                 f"MD5 {sink.md5}, its manifest records {obj['bytes']:,} bytes with MD5 {obj['md5']}; nothing was "
                 "loaded. Restore the object from a replica or backup of the bucket (or archive the day again if "
                 "the source still has it)", table=table, day=day)
-        yield name
+        yield os.fspath(path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+        os.close(fd)
+        if name is not None:
+            name.unlink(missing_ok=True)
 
 
 def _local_error(exc: OSError, table: str | None, day: str | None, temp_dir) -> ArchiveError:
@@ -382,12 +384,15 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     if raw is None:
         return None
     try:
-        return decode_manifest(raw)
+        manifest = decode_manifest(raw)
+        if problem := foreign_manifest(manifest, spec.name, day.isoformat()):
+            raise ManifestError(problem)
     except ManifestError as exc:
         raise RestoreError(f"the manifest {store.uri(keys.manifest_key(key))} of {spec.name} for {day} cannot be "
                            f"trusted ({exc}); nothing was restored. Restore it from a replica or backup of the "
                            "bucket, or archive the day again if the source still has it", table=spec.name,
                            day=day.isoformat()) from None
+    return manifest
 
 
 def name_problem(qualified: str) -> str | None:
@@ -397,6 +402,9 @@ def name_problem(qualified: str) -> str | None:
     schema, dot, name = qualified.partition(".")
     if not dot or not schema or not name:
         return f"{qualified!r} is not a schema-qualified table name ('schema.table')"
+    if re.fullmatch(r"pg_(toast_)?temp(_\d+)?", schema):
+        return (f"{qualified!r} is a temporary table, which PostgreSQL drops when the restoring session ends: restore "
+                "into a table of a permanent schema")
     for part in (schema, name):
         if len(part.encode()) > 63:
             kept = part.encode()[:63].decode("utf-8", "ignore")
@@ -537,14 +545,25 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target
     return relation, []
 
 
-def _create(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+def _create(conn: psycopg.Connection, manifest: dict, relation: str) -> bool:
+    """Create ``relation``; False if it is the day's partition and another partition of the parent covers
+    its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent."""
     definition = table_definition(manifest)
     partition = definition.get("partition") or {}
-    if partition.get("child") == relation:
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-            _ident(relation), _ident(partition["parent"]), partition_bound(partition["bound"])))
-    else:
+    if partition.get("child") != relation:
         _create_table(conn, relation, definition)
+        return True
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+                _ident(relation), _ident(partition["parent"]), partition_bound(partition["bound"])))
+    except psycopg.errors.InvalidObjectDefinition as exc:
+        if "would overlap" not in (exc.diag.message_primary or ""):
+            raise
+        log.info("%s %s: %s; restoring into %s", manifest.get("table"), manifest.get("day"), exc.diag.message_primary,
+                 partition["parent"])
+        return False
+    return True
 
 
 def _columns_of(conn: psycopg.Connection, relation: str, names: list[str]) -> list[Column]:
@@ -600,6 +619,21 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             inserted = conn.execute(insert).rowcount
         conn.execute(sql.SQL("DROP TABLE {}").format(stage))
         return rows, inserted, added
+    except ArchiveCorruptError as exc:  # the object matched its manifest's MD5: perhaps the target refused it
+        drift, remedy = _drift_explained(conn, manifest, relation)
+        refused = isinstance(exc.__cause__, psycopg.DataError) and \
+            not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
+        if not drift and not refused:
+            raise
+        if not drift:  # the archived type by name, but not as it was: an enum without a label, say
+            drift = (f". The object matches its manifest (size and MD5), so unless both were replaced the value is "
+                     f"as archived, and a type of {relation} as this database defines it refuses it (an enum lacking "
+                     "one of the archived labels, a type changed since the day was archived)")
+            remedy = ("make the type named accept the archived values (for an enum: ALTER TYPE ... ADD VALUE), or "
+                      "restore into a table whose column has the type's base type or text")
+        raise RestoreError(f"restoring {manifest['table']} for {manifest['day']}: the archived rows do not load into "
+                           f"{relation} ({type(exc.__cause__).__name__}: {exc.__cause__}); nothing was restored{drift}",
+                           table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
         raise RestoreConflictError(
             f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
@@ -642,12 +676,13 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     with fp.canonical_settings(conn):
         absent = conn.execute(query).fetchone()[0]
     if absent:
+        drift, remedy = _drift_explained(conn, manifest, relation)
         raise FingerprintMismatchError(
             f"restoring {manifest['table']} for {manifest['day']} into {relation} with on_conflict='skip': {absent:,} "
             f"archived row(s) are not in {relation} as archived: a row with the same key is there with other values, "
-            "and skip leaves it as it is; the restore was rolled back", table=manifest["table"], day=manifest["day"],
-            remedy="restore into a new table (into='new', --into new) and compare, or delete the differing rows "
-                   "from the target first")
+            f"and skip leaves it as it is; the restore was rolled back{drift}", table=manifest["table"],
+            day=manifest["day"], remedy=remedy or "restore into a new table (into='new', --into new) and compare, or "
+                                                  "delete the differing rows from the target first")
     return inserted, fp.compute(conn, stage, columns, None, algorithm)
 
 
@@ -680,6 +715,94 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> Non
                                     "into a table that lacks the day's rows, or add a primary key to the target")
 
 
+_TARGET_TYPES = sql.SQL("""
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+""")
+
+# INSERT triggers (its partitions' too: they fire on the rows routed to them) and rules of the target (enabled,
+# the user's): what may change, drop or redirect rows
+_INSERT_HOOKS = sql.SQL("""
+SELECT DISTINCT 'trigger ' || quote_ident(tgname) FROM pg_catalog.pg_trigger
+WHERE (tgrelid = to_regclass(%(t)s) OR tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass(%(t)s))))
+  AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype::int & 4 <> 0
+UNION
+SELECT 'rule ' || quote_ident(rulename) FROM pg_catalog.pg_rewrite
+WHERE ev_class = to_regclass(%(t)s) AND ev_type = '3' AND ev_enabled <> 'D'
+ORDER BY 1
+""")
+
+
+def _target_drift(conn: psycopg.Connection, manifest: dict, relation: str,
+                  hooks: bool = True) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """How ``relation`` differs from the archived table in ways that change or refuse archived values:
+    (its columns whose type is not the archived one, as (name, type here, archived type), its INSERT
+    triggers and rules). A restore that fails or is rolled back names these as the likely cause."""
+    recorded = {c["name"]: c.get("pg_type") for c in manifest.get("columns", [])}
+    found = {name: rest for name, *rest in conn.execute(_TARGET_TYPES, (_ident(relation).as_string(conn),))}
+    types = []
+    for name, archived in recorded.items():
+        if name not in found or not archived or found[name][0] == archived:
+            continue
+        # the same type spelled otherwise (a user's type named with or without its schema, by search_path)
+        same = False
+        if "(" not in archived and found[name][2] == -1:
+            with contextlib.suppress(psycopg.Error), conn.transaction():  # (text the type parser refuses: not same)
+                same = conn.execute("SELECT to_regtype(%s) = %s::oid", (archived, found[name][1])).fetchone()[0]
+        if not same:
+            types.append((name, found[name][0], archived))
+    if not hooks:
+        return types, []
+    return types, [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": _ident(relation).as_string(conn)})]
+
+
+def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) -> tuple[str, str | None]:
+    """(" <what of the target may have changed or refused the rows>", a remedy), or ("", None)."""
+    with conn.transaction():  # (a savepoint: a failing catalog query here must not end the caller's transaction)
+        types, hooks = _target_drift(conn, manifest, relation)
+    if not types and not hooks:
+        return "", None
+    said, mends = [], []
+    if types:
+        types = [f"{name}: {here} here, {archived} when archived" for name, here, archived in types]
+        said.append(f"its column types are not the archived ones ({'; '.join(types)}): read as another type, a value "
+                    "may be refused or changed (rounded, padded, cut, shifted in time)")
+        mends.append("give its columns the archived types")
+    if hooks:
+        said.append(f"it has {', '.join(hooks)} on INSERT, which may change, drop or redirect rows (COPY fires "
+                    "triggers, not rules)")
+        mends.append("disable them for the restore (ALTER TABLE ... DISABLE TRIGGER / DISABLE RULE)")
+    return (f". {relation} differs from the table as archived: {'; '.join(said)}",
+            "restore into a new table (into='new', --into new), created with the archived types, and copy the rows "
+            f"on from there; or {' and '.join(mends)}")
+
+
+_BINARY_FLOATS = ("real", "double precision")
+
+
+def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+    """A value archived as numeric, double precision or real, read into a column of another of these that is
+    binary floating point, becomes the nearest value of that type, which may print as the archived text and
+    still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
+    compares text, would prove a restore that changed it. Such a target is refused before anything is loaded."""
+    def kind(type_text: str) -> str:
+        return re.sub(r"\(.*?\)", "", type_text)
+
+    types, _ = _target_drift(conn, manifest, relation, hooks=False)
+    changed = [f"{name}: {here} here, {archived} when archived" for name, here, archived in types
+               if kind(here) != kind(archived) and kind(here).removesuffix("[]") in _BINARY_FLOATS
+               and kind(archived).removesuffix("[]") in (*_BINARY_FLOATS, "numeric")]
+    if changed:
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} into {relation}: its column(s) {'; '.join(changed)} "
+            "would hold the nearest binary floating-point value of each archived number, which may print the same "
+            "and still differ from it, so no fingerprint could prove the restore; nothing was restored",
+            table=manifest["table"], day=manifest["day"], retryable=False,
+            remedy=f"restore into a new table (into='new', --into new), created with the archived types, and convert "
+                   f"the values on from there as you choose; or give {relation}'s column(s) the archived types")
+
+
 def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int,
            added: fp.Fingerprint | None = None) -> tuple[bool, str | None, str]:
     """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
@@ -687,9 +810,12 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
     table, day = manifest["table"], manifest["day"]
     recorded = manifest.get("fingerprint")
     if rows != manifest["rows"]:
-        raise FingerprintMismatchError(
-            f"the archive of {table} for {day} holds {rows:,} rows but its manifest records {manifest['rows']:,}; "
-            "the restore was rolled back", table=table, day=day)
+        drift, remedy = _drift_explained(conn, manifest, relation)
+        said = (f"the load added {rows:,} rows to {relation}, but the archive's manifest records {manifest['rows']:,}"
+                if drift else f"the archive of {table} for {day} holds {rows:,} rows but its manifest records "
+                f"{manifest['rows']:,}")
+        raise FingerprintMismatchError(f"restoring {table} for {day}: {said}; the restore was rolled back{drift}",
+                                       table=table, day=day, remedy=remedy)
     if fp.recorded_algorithm(recorded) is None:
         why = "its manifest (version 1) records no fingerprint" if not recorded else \
             f"its fingerprint {recorded!r} is none of {', '.join(fp.ALGORITHMS)}"
@@ -705,11 +831,12 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
         generated, _ = _computed_columns(conn, _ident(relation), manifest_columns(manifest))
         computed = (f", or {relation} computes its generated column(s) {generated} otherwise than when the day was "
                     "archived (restore into a new table to get the archived values)") if generated else ""
+        drift, remedy = _drift_explained(conn, manifest, relation)
         raise FingerprintMismatchError(
             f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
             f"{recorded}; the restore was rolled back. The archive does not hold the rows it was proven to hold "
-            f"(altered after it was written), or the target already held other rows of the day{computed}",
-            table=table, day=day)
+            f"(altered after it was written), or the target already held other rows of the day{computed}{drift}",
+            table=table, day=day, remedy=remedy)
     return True, recorded, f"fingerprint {recorded} of {scope} equals the manifest's"
 
 
@@ -757,13 +884,16 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             # Into the archived table: never while the day is archived or removed. Into another table:
             # never twice at once into the same one (two restores of one day would each check only their
             # own uncommitted rows, and both load them), whatever runs on the source meanwhile.
-            lock_name = table if into == "original" else f"restore into {target}"
+            # The archived table, its day's partition or its day table named as a target are the original too.
+            partition = table_definition(manifest).get("partition") or {}
+            original = {table, manifest.get("source_relation"), partition.get("child")}
+            lock_name = table if into == "original" or target in original else f"restore into {target}"
             stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
                 relation, to_create = _resolve_target(conn, manifest, into, target)
-                for name in to_create:
-                    _create(conn, manifest, name)
+                to_create = [name for name in to_create if _create(conn, manifest, name)]
+                _refuse_approximation(conn, manifest, relation)
                 if on_conflict == "skip":
                     _require_key(conn, manifest, relation)
                 # the day is the whole target: a new table, or the day's own table (naming mode)
@@ -787,6 +917,20 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
             found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
                             "restore into a table of a schema that exists")
+        if isinstance(exc, psycopg.errors.WrongObjectType):  # a view, a materialized view, a sequence ...
+            found = replace(found, cause=f"the target is not a table ({str(exc).splitlines()[0]})",
+                            remedy="restore into a table (into='new', --into new creates one)")
+        if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and \
+                exc.diag.message_primary.startswith("no partition of relation"):
+            found = replace(found, cause=f"the target has no partition for the rows of {day} "
+                                         f"({exc.diag.message_primary})",
+                            remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "
+                                   "VALUES FROM ... TO ...) or a DEFAULT partition, or restore into a new table "
+                                   "(into='new', --into new)")
+        if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+            found = replace(found, cause="an archived row references a row its foreign key's table lacks",
+                            remedy="restore the referenced rows first (the referenced table's days), or restore into a "
+                                   "new table (into='new', --into new), which has no foreign keys")
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
             found = replace(found, remedy="the target must have every column the archive has (the manifest's "
                             "columns): add the one named, or restore into a new table (into='new', --into new)")
