@@ -90,3 +90,46 @@ def test_a_coordinator_terminated_around_the_streams_import_leaves_no_session_be
         assert "a parallel stream" in err and "before the Parquet reader" not in err and "ADBC" not in err, err
     assert _sessions_left(conn, role) == []
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+
+
+@pytest.mark.parametrize(("layout", "children"), [
+    # a two-column RANGE key: the bounds' text did not parse (a bare InvalidDatetimeFormat, every day)
+    ("RANGE (at, tenant)", ["FROM ('2024-03-10 00:00+00', MINVALUE) TO ('2024-03-11 00:00+00', MINVALUE)"]),
+    # LIST by day: no day was ever discovered, while an archive of a day read its rows
+    ("LIST (day)", ["IN ('2024-03-10')"]),
+    # RANGE of another column than day_column: days discovered by created, rows filtered by at
+    ("RANGE (day)", ["FROM ('2024-03-10') TO ('2024-03-11')"]),
+])
+def test_declarative_mode_refuses_a_partition_key_that_is_not_the_day_column(
+        conn, schema, store, layout, children):
+    from archive_pipeline.core.discovery import declarative_days
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (tenant int, at timestamptz, day date) PARTITION BY " + layout).format(s))
+    for i, bound in enumerate(children):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES " + bound).format(
+            s, sql.Identifier(f"c{i}"), s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-03-10 05:00+00', '2024-03-10')").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                     partitioning={"mode": "declarative"})
+    for attempt in (lambda: declarative_days(conn, spec), lambda: archive_partition(conn, spec, DAY, store)):
+        with pytest.raises(ArchiveError) as caught:
+            attempt()
+        err = caught.value
+        assert not err.retryable and spec.name in str(err) and "mode 'column'" in str(err), str(err)
+        assert "PARTITION BY" not in str(err) and layout.split(" (")[0] in str(err), str(err)
+
+
+def test_declarative_mode_still_reads_an_expression_key(conn, schema, store):
+    """A key on an expression of the day column (days of a timestamp) keeps being read by its bounds."""
+    from archive_pipeline.core.discovery import declarative_days
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamp) PARTITION BY RANGE ((at::date))").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.c PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10') TO ('2024-03-11')").format(
+        s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-03-10 23:59:59.999999')").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                     partitioning={"mode": "declarative"})
+    assert [p.key for p in declarative_days(conn, spec)] == ["2024-03-10"]
+    assert archive_partition(conn, spec, DAY, store).rows == 1

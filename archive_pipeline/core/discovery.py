@@ -125,6 +125,7 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
+    _require_day_range_key(conn, spec)
     parsed = []
     for child, bound in rows:
         match = _BOUND.match(bound or "")
@@ -135,6 +136,36 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
     values = [r[0] for r in conn.execute(_BOUND_VALUES, (literals,))]
     values = [v.astimezone(dt.UTC) if v is not None else None for v in values]
     return [ChildRange(child, values[2 * i], values[2 * i + 1]) for i, (child, _, _) in enumerate(parsed)]
+
+
+# The parent's partitioning: strategy, number of key columns, the first one's name (NULL for an expression)
+_PARTITION_KEY_QUERY = """
+SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname, pg_catalog.pg_get_partkeydef(p.oid)
+FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
+LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = p.oid
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND a.attnum > 0
+WHERE n.nspname = %s AND p.relname = %s
+"""
+
+
+def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Refuse a table whose children's bounds cannot say which periods hold rows: one not partitioned by
+    RANGE, or by RANGE of several columns, or of another column than ``day_column``. Its days were
+    never discovered (LIST children have no range; a bound of two columns did not parse) while a day
+    archived by hand read the day column's rows, so the sensor and the archives disagreed."""
+    schema, _, name = spec.name.partition(".")
+    found = conn.execute(_PARTITION_KEY_QUERY, (schema, name)).fetchone()
+    if found is None:
+        return
+    relkind, strategy, columns, first, keydef = found
+    if relkind == "p" and strategy == "r" and columns == 1 and first in (None, spec.day_column):
+        return  # (an expression key, e.g. (at::date), is read by its bounds as before)
+    what = f"partitioned by {keydef}" if relkind == "p" else "not a partitioned table"
+    raise SourceError(
+        f"partitioning mode 'declarative' reads the days of {spec.name!r} from its partitions' RANGE bounds on its "
+        f"day_column {spec.day_column!r}, but it is {what}: those bounds cannot say which days hold rows",
+        table=spec.name, retryable=False, cause="the table is not range-partitioned by its day column",
+        remedy="use partitioning mode 'column' for this table, or set day_column to the RANGE partition key")
 
 
 def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
