@@ -133,3 +133,52 @@ def test_declarative_mode_still_reads_an_expression_key(conn, schema, store):
                      partitioning={"mode": "declarative"})
     assert [p.key for p in declarative_days(conn, spec)] == ["2024-03-10"]
     assert archive_partition(conn, spec, DAY, store).rows == 1
+
+
+@pytest.mark.parametrize("forever", ["10000-01-01 00:00+00", "294276-12-31 00:00+00"])
+def test_a_forever_child_past_the_year_9999_is_a_catch_all(conn, schema, store, forever):
+    """A "forever" child FROM (day after) TO ('10000-01-01') (or the last timestamptz) next to the
+    daily children: reading its bound failed every day and every discovery with psycopg's bare
+    DataError "timestamp too large". It is an unbounded side now, as TO (MAXVALUE) or ('infinity')."""
+    from archive_pipeline.core.discovery import existing_days
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+    for child, lo, hi in (("d10", "2024-03-10 00:00+00", "2024-03-11 00:00+00"), ("later", "2024-03-11 00:00+00", forever)):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(child), s, sql.Literal(lo), sql.Literal(hi)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-12 12:00+00')").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                     partitioning={"mode": "declarative"})
+    assert existing_days(conn, spec, [DAY, DAY + dt.timedelta(days=2)]) == [DAY]
+    assert archive_partition(conn, spec, DAY, store).rows == 1
+
+
+def test_a_child_of_many_years_is_not_listed_day_by_day(conn, schema, store, monkeypatch):
+    """A child FROM (day after) TO ('9999-12-29'), a common "forever" bound: which of the candidate days
+    it holds, and whether it is whole days, were found by listing every day it covers (2.9 million
+    periods: minutes per sensor tick, per archive of one of its days, and at load). Here listing more
+    than a year of periods fails the test; the days are found from the children's ends."""
+    from archive_pipeline.core import discovery, periods
+    from archive_pipeline.core.discovery import existing_days
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+    for child, lo, hi in (("d10", "2024-03-10 00:00+00", "2024-03-11 00:00+00"),
+                          ("later", "2024-03-11 00:00+00", "9999-12-29 00:00+00")):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(child), s, sql.Literal(lo), sql.Literal(hi)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-12 12:00+00')").format(s))
+    real = periods.periods_overlapping
+
+    def at_most_a_year(granularity, timezone, start, end):
+        assert end - start <= dt.timedelta(days=366), f"listed the periods from {start} to {end}"
+        return real(granularity, timezone, start, end)
+
+    monkeypatch.setattr(discovery, "periods_overlapping", at_most_a_year)
+    monkeypatch.setattr(periods, "periods_overlapping", at_most_a_year)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                     partitioning={"mode": "declarative"})
+    twelfth = DAY + dt.timedelta(days=2)
+    assert existing_days(conn, spec, [DAY - dt.timedelta(days=1), DAY, twelfth]) == [DAY, twelfth]
+    assert archive_partition(conn, spec, twelfth, store).rows == 1
