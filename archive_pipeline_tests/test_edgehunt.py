@@ -182,3 +182,25 @@ def test_a_child_of_many_years_is_not_listed_day_by_day(conn, schema, store, mon
     twelfth = DAY + dt.timedelta(days=2)
     assert existing_days(conn, spec, [DAY - dt.timedelta(days=1), DAY, twelfth]) == [DAY, twelfth]
     assert archive_partition(conn, spec, twelfth, store).rows == 1
+
+
+def test_the_partition_key_check_waits_for_no_lock_on_the_parent(pg, conn, schema):
+    """Reading the partition key takes no lock (pg_get_partkeydef() would): discovery goes on while a
+    migration holds the parent (CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE on it)."""
+    from archive_pipeline.core.discovery import existing_days
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.d10 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00')").format(s, s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                     partitioning={"mode": "declarative"})
+    with pg.connect() as migration:
+        migration.execute("BEGIN")
+        migration.execute(sql.SQL("LOCK TABLE {}.ev IN ACCESS EXCLUSIVE MODE").format(s))
+        conn.execute("SET lock_timeout = 2000")
+        try:
+            assert existing_days(conn, spec, [DAY]) == [DAY]
+        finally:
+            conn.execute("RESET lock_timeout")
+            migration.execute("ROLLBACK")

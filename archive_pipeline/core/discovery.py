@@ -162,14 +162,21 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
     return [ChildRange(child, values[2 * i], values[2 * i + 1]) for i, (child, _, _) in enumerate(parsed)]
 
 
-# The parent's partitioning: strategy, number of key columns, the first one's name (NULL for an expression)
+# The parent's partitioning: strategy, number of key columns, the first one's name (NULL for an expression),
+# every key column's name. From the catalog only: pg_get_partkeydef() locks the table (a migration's lock
+# on the parent would hold up discovery).
 _PARTITION_KEY_QUERY = """
-SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname, pg_catalog.pg_get_partkeydef(p.oid)
+SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname,
+       ARRAY(SELECT coalesce(k.attname::text, '(expression)')
+             FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY AS u(attnum, i)
+             LEFT JOIN pg_catalog.pg_attribute k ON k.attrelid = p.oid AND k.attnum = u.attnum AND u.attnum > 0
+             ORDER BY u.i)
 FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
 LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = p.oid
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND a.attnum > 0
 WHERE n.nspname = %s AND p.relname = %s
 """
+_STRATEGIES = {"r": "RANGE", "l": "LIST", "h": "HASH"}
 
 
 def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
@@ -181,10 +188,11 @@ def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
     found = conn.execute(_PARTITION_KEY_QUERY, (schema, name)).fetchone()
     if found is None:
         return
-    relkind, strategy, columns, first, keydef = found
+    relkind, strategy, columns, first, key = found
     if relkind == "p" and strategy == "r" and columns == 1 and first in (None, spec.day_column):
         return  # (an expression key, e.g. (at::date), is read by its bounds as before)
-    what = f"partitioned by {keydef}" if relkind == "p" else "not a partitioned table"
+    what = (f"partitioned by {_STRATEGIES.get(strategy, strategy)} ({', '.join(key)})" if relkind == "p"
+            else "not a partitioned table")
     raise SourceError(
         f"partitioning mode 'declarative' reads the days of {spec.name!r} from its partitions' RANGE bounds on its "
         f"day_column {spec.day_column!r}, but it is {what}: those bounds cannot say which days hold rows",
