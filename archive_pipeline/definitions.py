@@ -35,7 +35,7 @@ from archive_pipeline.defs.checks import (
     build_stored_archive_check,
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
-from archive_pipeline.core.discovery import declarative_days
+from archive_pipeline.core.discovery import child_ranges, require_whole_days
 from archive_pipeline.core.environment import check_endpoint_url
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -103,7 +103,7 @@ def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
         if table.relkind != "p":
             raise SourceError(f"{spec.name!r} is not a partitioned table (partitioning mode 'declarative'); "
                               "use mode 'column'", table=spec.name)
-        declarative_days(conn, spec)  # refuses children that do not cover whole UTC days
+        require_whole_days(spec, child_ranges(conn, spec))  # refuses children that are not whole periods
 
 
 def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:

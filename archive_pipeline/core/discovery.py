@@ -24,7 +24,7 @@ from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError
-from archive_pipeline.core.periods import Period, periods_overlapping, periods_within
+from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table, unquoted_hint
 
@@ -44,9 +44,12 @@ ORDER BY c.relname
 """
 
 # MINVALUE / MAXVALUE and the infinities (a catch-all child FROM ('-infinity') or TO ('infinity')) are
-# unbounded sides (None): Python's datetime cannot hold an infinity, so reading one failed every day.
+# unbounded sides (None): Python's datetime cannot hold an infinity, so reading one failed every day. So
+# is a bound the period maths cannot hold (Python's years are 1..9999, and a zone moves a day either way):
+# a "forever" child TO ('10000-01-01') failed every day and every discovery with a DataError.
 _BOUND_VALUES = """
 SELECT CASE WHEN b IN ('MINVALUE', 'MAXVALUE') OR lower(v) IN ('infinity', '-infinity', '+infinity') THEN NULL
+            WHEN v::timestamptz < '0001-01-03 00:00+00' OR v::timestamptz >= '9999-12-30 00:00+00' THEN NULL
             ELSE v::timestamptz END
 FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i), LATERAL (SELECT trim(both '''' from b)) AS t(v) ORDER BY i
 """
@@ -76,14 +79,35 @@ class ChildRange:
             return []
         return periods_overlapping(spec.granularity, spec.timezone, self.start, self.end)
 
+    def _ends(self, spec: TableSpec) -> tuple[Period, Period]:
+        """The first and the last period the child holds rows of (it need not list those in between:
+        a child up to 2100 or 9999 holds a million days)."""
+        last = self.end - dt.timedelta(microseconds=1)
+        return (period_containing(spec.granularity, spec.timezone, self.start),
+                period_containing(spec.granularity, spec.timezone, last))
+
     def aligned(self, spec: TableSpec) -> bool:
         """True when the child is whole periods, or lies inside one period (days of a monthly table):
         then no period is split between two children that also hold another period's rows."""
         if self.start is None or self.end is None:
             return True
-        if len(self.periods(spec)) == 1:
-            return True
-        return periods_within(spec.granularity, spec.timezone, self.start, self.end) is not None
+        first, last = self._ends(spec)
+        return first == last or (first.utc_start == self.start and last.utc_end == self.end)
+
+    def holds(self, period: Period) -> bool:
+        """True when the child holds rows of ``period`` (an aligned child overlaps only periods it holds)."""
+        return self.start is not None and self.end is not None and self.start < period.utc_end \
+            and self.end > period.utc_start
+
+    def period_count(self, spec: TableSpec) -> int:
+        """How many periods the child holds rows of, counted without listing them."""
+        if self.start is None or self.end is None:
+            return 0
+        first, last = self._ends(spec)
+        if spec.granularity == "hourly":  # hours are one hour of real time each
+            return (last.utc_start - first.utc_start) // dt.timedelta(hours=1) + 1
+        a, b = first.start.date(), last.start.date()
+        return (b.year - a.year) * 12 + b.month - a.month + 1 if spec.granularity == "monthly" else (b - a).days + 1
 
     def is_period(self, period: Period) -> bool:
         """True when the child holds exactly ``period`` (it can be detached or dropped as the period)."""
@@ -133,6 +157,7 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
+    _require_day_range_key(conn, spec)
     parsed = []
     for child, bound, child_schema in rows:
         match = _BOUND.match(bound or "")
@@ -144,6 +169,44 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
     values = [v.astimezone(dt.UTC) if v is not None else None for v in values]
     return [ChildRange(child, values[2 * i], values[2 * i + 1], child_schema)
             for i, (child, _, _, child_schema) in enumerate(parsed)]
+
+
+# The parent's partitioning: strategy, number of key columns, the first one's name (NULL for an expression),
+# every key column's name. From the catalog only: pg_get_partkeydef() locks the table (a migration's lock
+# on the parent would hold up discovery).
+_PARTITION_KEY_QUERY = """
+SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname,
+       ARRAY(SELECT coalesce(k.attname::text, '(expression)')
+             FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY AS u(attnum, i)
+             LEFT JOIN pg_catalog.pg_attribute k ON k.attrelid = p.oid AND k.attnum = u.attnum AND u.attnum > 0
+             ORDER BY u.i)
+FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
+LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = p.oid
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND a.attnum > 0
+WHERE n.nspname = %s AND p.relname = %s
+"""
+_STRATEGIES = {"r": "RANGE", "l": "LIST", "h": "HASH"}
+
+
+def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Refuse a table whose children's bounds cannot say which periods hold rows: one not partitioned by
+    RANGE, or by RANGE of several columns, or of another column than ``day_column``. Its days were
+    never discovered (LIST children have no range; a bound of two columns did not parse) while a day
+    archived by hand read the day column's rows, so the sensor and the archives disagreed."""
+    schema, _, name = spec.name.partition(".")
+    found = conn.execute(_PARTITION_KEY_QUERY, (schema, name)).fetchone()
+    if found is None:
+        return
+    relkind, strategy, columns, first, key = found
+    if relkind == "p" and strategy == "r" and columns == 1 and first in (None, spec.day_column):
+        return  # (an expression key, e.g. (at::date), is read by its bounds as before)
+    what = (f"partitioned by {_STRATEGIES.get(strategy, strategy)} ({', '.join(key)})" if relkind == "p"
+            else "not a partitioned table")
+    raise SourceError(
+        f"partitioning mode 'declarative' reads the days of {spec.name!r} from its partitions' RANGE bounds on its "
+        f"day_column {spec.day_column!r}, but it is {what}: those bounds cannot say which days hold rows",
+        table=spec.name, retryable=False, cause="the table is not range-partitioned by its day column",
+        remedy="use partitioning mode 'column' for this table, or set day_column to the RANGE partition key")
 
 
 def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
@@ -199,8 +262,10 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list) -
     """Which of ``candidates`` (periods, or dates meaning the table's days) exist as data in PostgreSQL."""
     wanted = {spec.period(c) for c in candidates}
     mode = spec.partitioning.mode
-    if mode == "declarative":
-        return [d for d in declarative_days(conn, spec) if d in wanted]
+    if mode == "declarative":  # each candidate against the children, not every period of every child listed
+        children = child_ranges(conn, spec)
+        require_whole_days(spec, children)
+        return sorted(d for d in wanted if any(child.holds(d) for child in children))
     if mode == "naming":
         return [d for d in naming_days(conn, spec) if d in wanted]
     # row_security off: a day whose rows a policy hides from this role is an error, not a day without data

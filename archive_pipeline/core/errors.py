@@ -286,10 +286,13 @@ _S3_BUCKET_CODES = {"NoSuchBucket", "InvalidBucketName"}
 _S3_SIZE_CODES = {"EntityTooLarge", "EntityTooSmall", "MaxMessageLengthExceeded"}
 
 
-_SNAPSHOT_GONE = _src(True, "the exported snapshot was gone before the Parquet reader imported it (its session "
+# Every session that imports the archive's snapshot meets this: the Parquet (ADBC) reader, a parallel
+# stream, the fingerprint's session alongside the read.
+_SNAPSHOT_GONE = _src(True, "the exported snapshot was gone before a session reading the day (a parallel stream, "
+                      "the fingerprint's session or the Parquet reader) imported it (the snapshot's session "
                       "ended: terminated, timed out or disconnected)", f"{_RETRIED}; if it recurs, raise "
-                      "source.idle_in_transaction_timeout_ms above the time ADBC takes to connect, or stop "
-                      "whatever kills the archive's first connection")
+                      "source.idle_in_transaction_timeout_ms above the time a new session takes to connect, or "
+                      "stop whatever kills the archive's first connection")
 
 
 def _fixed_part(text: str) -> str:

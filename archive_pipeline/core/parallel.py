@@ -266,10 +266,12 @@ def write_text_streams(fmt, codec, level: int | None, extraction: Extraction, pl
     are each one valid stream of the codec (every reader here reads across them), and compressing
     per stream spreads the compressor's CPU over the streams."""
     sessions = open_text_sessions(extraction, plan.streams, {**extraction.settings, **plan.settings})
-    extraction.snapshot.release()  # every stream holds the snapshot now: the coordinator is done
-    group = StreamGroup([conn.cancel_safe for conn in sessions])
-    parts = stream_extractions(extraction, plan, sessions)
     try:
+        # every stream holds the snapshot now: the coordinator is done (inside the try: where its COMMIT
+        # fails, a terminated coordinator say, the streams must not be left idle in their transactions)
+        extraction.snapshot.release()
+        group = StreamGroup([conn.cancel_safe for conn in sessions])
+        parts = stream_extractions(extraction, plan, sessions)
         with spools(plan.streams - 1, temp_dir) as spooled:
             sinks = [out, *spooled]
 

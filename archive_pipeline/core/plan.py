@@ -335,7 +335,7 @@ def catalog_estimate(conn: psycopg.Connection, spec: TableSpec, day: Period | dt
     for child in children if children is not None else child_ranges(conn, spec):
         if child.start is None or child.end is None or child.end <= day.utc_start or child.start >= day.utc_end:
             continue
-        part = _catalog_estimate(conn, child.schema or spec.schema_name, child.name, max(1, len(child.periods(spec))))
+        part = _catalog_estimate(conn, child.schema or spec.schema_name, child.name, max(1, child.period_count(spec)))
         if part is None:
             return None
         total = part if total is None else Estimate(total.rows + part.rows, total.bytes + part.bytes, "catalog")
