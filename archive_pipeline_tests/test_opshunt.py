@@ -1,0 +1,171 @@
+"""The Dagster side and the configuration as a new user dropping the location into a deployment meets
+them: hostile table lists (YAML 1.1's readings of numbers, days written as numbers), names Dagster
+derives from table names, partition keys that reach a run without Dagster checking them, settings
+that load and then break the UI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from dagster import DagsterEventType, Definitions, instance_for_test, load_from_defs_folder
+
+from archive_pipeline.core.config import ConfigError, load_config, parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.test_dagster import events_config, job_name
+from archive_pipeline_tests.test_operator import _component_project, _error_chain
+
+TABLE = "  - {name: public.events, day_column: at, start_date: 2024-01-01%s}\n"
+
+
+def _load(tmp_path, text: str, name: str = "archive_tables.yaml"):
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return load_config(path)
+
+
+class TestHostileTableLists:
+    """Every bad input fails at load naming file, table and setting; nothing loads as another value."""
+
+    @pytest.mark.parametrize(("top", "extra", "setting", "says"), [
+        # YAML 1.1 (PyYAML, also Dagster's loader) reads a leading zero as octal: keep_days 48, not 60
+        ("", ", retention: {keep_days: 060, action: delete}", "retention.keep_days",
+         "060 reads as the octal number 48 in YAML 1.1; write it without the leading zero (60)"),
+        ("", ", chunk_size: 010000", "chunk_size", "octal number 4096"),
+        # ... and a colon as base 60: 1:30 is 90
+        ("source: {lock_timeout_ms: 1:00}\n", "", "source.lock_timeout_ms", "1:00 reads as the base-60 number 60"),
+    ])
+    def test_a_number_yaml_reads_otherwise_than_it_shows_is_refused(self, tmp_path, top, extra, setting, says):
+        """``keep_days: 060`` loaded as 48, so retention removed days from the source 12 days earlier than
+        the file says; nothing in the load said so."""
+        with pytest.raises(ConfigError) as raised:
+            _load(tmp_path, top + "tables:\n" + TABLE % extra)
+        message = str(raised.value)
+        assert "archive_tables.yaml" in message and setting in message and says in message, message
+        if setting != "source.lock_timeout_ms":
+            assert "table 'public.events'" in message
+
+    def test_numbers_that_read_the_same_either_way_still_load(self, tmp_path):
+        """Zero-padded hours and minutes (octal 01 is 1), digit separators and 08 (not octal) are fine."""
+        config = _load(tmp_path, "schedule: {hour: 07, minute: 00}\nsensor: {lookback_days: 08}\ntables:\n"
+                       + TABLE % ", chunk_size: 10_000")
+        assert (config.schedule.hour, config.schedule.minute, config.sensor.lookback_days) == (7, 0, 8)
+        assert config.tables[0].chunk_size == 10_000
+
+    def test_an_octal_looking_number_in_the_components_inline_attributes_is_refused(self, tmp_path, monkeypatch):
+        _component_project(tmp_path, monkeypatch, """\
+            check_source: false
+            tables:
+              - name: public.events
+                day_column: at
+                start_date: 2024-01-01
+                retention: {keep_days: 030, action: delete}
+            """)
+        with pytest.raises(Exception) as raised:
+            load_from_defs_folder(path_within_project=tmp_path)
+        [error] = [e for e in _error_chain(raised.value) if isinstance(e, ConfigError)]
+        assert re.search(r"defs\.yaml:\n  table 'public.events', setting 'retention.keep_days' \(line 8\): 030 "
+                         r"reads as the octal number 24", str(error)), str(error)
+
+    @pytest.mark.parametrize("value", ["0", "20240101", "'1704067200'"])
+    def test_a_start_date_written_as_a_number_is_refused(self, tmp_path, value):
+        """Pydantic reads a number as Unix seconds: ``start_date: 0`` loaded as 1970-01-01 (the sensor then
+        looked at every day since), ``1704067200`` as 2024-01-01; 20240101 was refused as "should have zero
+        time", which does not say to write the day as YYYY-MM-DD."""
+        with pytest.raises(ConfigError, match=r"table 'public.events', setting 'start_date': must be a day written "
+                                              r"as YYYY-MM-DD"):
+            _load(tmp_path, "tables:\n  - {name: public.events, day_column: at, start_date: %s}\n" % value)
+
+    def test_a_sensor_interval_the_ui_cannot_show_is_refused(self, tmp_path):
+        """``interval_seconds: 2147483648`` loaded, and then every GraphQL query that lists the sensor failed
+        ("Int cannot represent non 32-bit signed integer value"): the UI's workspace pages broke."""
+        with pytest.raises(ConfigError, match=rf"setting 'sensor.interval_seconds': Input should be less than or "
+                                              rf"equal to 604800"):
+            _load(tmp_path, "sensor: {interval_seconds: 2147483648}\ntables:\n" + TABLE % "")
+        assert _load(tmp_path, "sensor: {interval_seconds: 604800}\ntables:\n" + TABLE % "").sensor.interval_seconds
+
+    @pytest.mark.parametrize(("setting", "value"), [
+        ("format", "no"),  # the Norway problem: a boolean where a name is expected
+        ("timezone", "off"),
+        ("pool", "yes"),
+        ("day_column", "12"),
+    ])
+    def test_yaml_booleans_and_numbers_where_a_name_is_expected_are_refused(self, tmp_path, setting, value):
+        table = {"name": "public.events", "day_column": "at", "start_date": "2024-01-01", setting: value}
+        line = ", ".join(f"{k}: {v}" for k, v in table.items())
+        with pytest.raises(ConfigError, match=rf"archive_tables.yaml:\n  table 'public.events', setting '{setting}'"):
+            _load(tmp_path, f"tables:\n  - {{{line}}}\n")
+
+    def test_a_table_list_in_utf16_with_its_bom_loads_its_non_ascii_names(self, tmp_path):
+        text = "\ufefftables:\n  - {name: public.événements, day_column: at, start_date: 2024-01-01}\n"
+        assert _load(tmp_path, text.encode("utf-16-le")).tables[0].name == "public.événements"
+
+    def test_a_missing_file_given_by_path_does_not_say_to_set_the_environment_variable(self, tmp_path):
+        """``load_config(path)`` (the factory, a component's config_path) does not read
+        $ARCHIVE_PIPELINE_CONFIG, so telling the user to set it sent them the wrong way."""
+        with pytest.raises(ConfigError) as raised:
+            load_config(tmp_path / "nope.yaml")
+        assert "nope.yaml not found" in str(raised.value) and "ARCHIVE_PIPELINE_CONFIG" not in str(raised.value)
+
+
+class TestNamesDerivedFromTables:
+    @pytest.mark.parametrize("suffix", ["archive_intact", "latest_archive_intact", "source_unchanged"])
+    def test_a_table_named_like_another_tables_check_is_refused_naming_both(self, suffix):
+        """A check's op is named after its table and check: public.events' ``archive_intact`` runs as
+        ``archive__public__events_archive_intact``, which is also the archive op of the table
+        ``public.events_archive_intact``. The load failed with Dagster's "Invalid dependencies" or
+        "conflicting node definitions", naming neither table."""
+        config = parse_config({"tables": [{"name": n, "day_column": "at", "start_date": "2024-01-01"}
+                                          for n in ("public.events", f"public.events_{suffix}")]}, "tables.yaml")
+        with pytest.raises(ConfigError) as raised:
+            build_definitions(config, resources={}, check_source=False)
+        assert str(raised.value) == (
+            f"invalid archive configuration in tables.yaml:\n  tables 'public.events' and 'public.events_{suffix}' "
+            f"would share the Dagster op name 'archive__public__events_{suffix}' (an asset's or a check's); rename "
+            "one of them in the database or archive it from a second code location")
+
+    def test_tables_whose_names_only_look_alike_still_load(self):
+        names = ["public.events", "public.events_archive", "public.archive_intact", "public.events_x_source_unchanged"]
+        config = parse_config({"tables": [{"name": n, "day_column": "at", "start_date": "2024-01-01",
+                                           "retention": {"keep_days": 30, "action": "delete"}} for n in names]})
+        Definitions.validate_loadable(build_definitions(config, resources={}, check_source=False))
+
+
+class TestPartitionKeysDagsterDoesNotCheck:
+    """A run launched through the API (GraphQL launchRun, the launchpad with a ``dagster/partition`` tag)
+    carries its partition as a tag that Dagster does not check against the partitions definition;
+    ``execute_in_process(tags=...)`` does the same."""
+
+    def test_a_day_not_over_yet_is_refused_and_nothing_is_archived(self, conn, schema, archive_env, s3_client):
+        """Before, the run archived what the day held so far and reported it as the day's archive; the
+        schedule's run after midnight then failed as "changed since it was archived"."""
+        tomorrow = utc_today() + dt.timedelta(days=1)  # not over whenever the test runs
+        create_sample_events(conn, [tomorrow], rows_per_day=20, schema=schema)
+        defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)), check_source=False)
+        with instance_for_test() as instance:
+            result = defs.resolve_job_def(job_name(schema)).execute_in_process(
+                tags={"dagster/partition": tomorrow.isoformat()}, instance=instance, raise_on_error=False)
+            types = [e.event_type for e in result.all_events]
+            [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+        assert not result.success and DagsterEventType.STEP_UP_FOR_RETRY not in types
+        message = failure.step_failure_data.error.message
+        assert f"{schema}.events {tomorrow}: not a partition of {job_name(schema)}: it is not over yet" in message
+        assert "nothing was archived" in message
+        assert s3_client.list_objects_v2(Bucket=archive_env).get("KeyCount", 0) == 0
+
+    def test_a_day_before_start_date_fails_at_once_naming_the_table(self, schema, archive_env):
+        """Dagster's own "Invariant failed" was raised inside the step and retried as if transient (here
+        twice), naming neither the table nor what to do."""
+        defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)), check_source=False)
+        with instance_for_test() as instance:
+            result = defs.resolve_job_def(job_name(schema)).execute_in_process(
+                tags={"dagster/partition": "2024-03-09"}, instance=instance, raise_on_error=False)
+            types = [e.event_type for e in result.all_events]
+            [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+        assert not result.success and DagsterEventType.STEP_UP_FOR_RETRY not in types
+        message = failure.step_failure_data.error.message
+        assert f"{schema}.events 2024-03-09: not a partition of {job_name(schema)}" in message
+        assert "before the partitions definition start" in message and "launch a partition the job lists" in message
