@@ -169,3 +169,25 @@ class TestPartitionKeysDagsterDoesNotCheck:
         message = failure.step_failure_data.error.message
         assert f"{schema}.events 2024-03-09: not a partition of {job_name(schema)}" in message
         assert "before the partitions definition start" in message and "launch a partition the job lists" in message
+
+
+class TestConnectionSettingsAtLoad:
+    @pytest.mark.parametrize(("value", "hint"), [("archives/daily", "a key prefix goes in $ARCHIVE_S3_PREFIX"),
+                                                 (" archives ", "")])
+    def test_a_bucket_name_botocore_refuses_fails_the_load_naming_the_variable(self, monkeypatch, value, hint):
+        """The location loaded, and every run failed with "What to do: check ARCHIVE_S3_REGION and
+        ARCHIVE_S3_ENDPOINT_URL", the wrong variables; the command line already named the bucket's."""
+        monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://archiver@127.0.0.1:9/none")
+        monkeypatch.setenv("ARCHIVE_S3_BUCKET", value)
+        config = parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01"}]})
+        with pytest.raises(ConfigError) as raised:
+            build_definitions(config, check_source=False)
+        assert f"$ARCHIVE_S3_BUCKET {value!r} is not a bucket name" in str(raised.value)
+        assert hint in str(raised.value)
+
+    @pytest.mark.parametrize("value", ["archive-bucket", "Legacy_Bucket.2015"])
+    def test_a_bucket_name_botocore_sends_loads(self, monkeypatch, value):
+        monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://archiver@127.0.0.1:9/none")
+        monkeypatch.setenv("ARCHIVE_S3_BUCKET", value)
+        config = parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01"}]})
+        assert build_definitions(config, check_source=False).resources["archive_store"]
