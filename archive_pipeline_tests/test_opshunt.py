@@ -35,6 +35,9 @@ class TestHostileTableLists:
         ("", ", retention: {keep_days: 060, action: delete}", "retention.keep_days",
          "060 reads as the octal number 48 in YAML 1.1; write it without the leading zero (60)"),
         ("", ", chunk_size: 010000", "chunk_size", "octal number 4096"),
+        # a name that looks like a number is told how to keep it text
+        ("", ", pool: 0755", "pool", "0755 reads as the octal number 493 in YAML 1.1; write it without the leading "
+                                     "zero (755), or quote it ('0755') for text"),
         # ... and a colon as base 60: 1:30 is 90
         ("source: {lock_timeout_ms: 1:00}\n", "", "source.lock_timeout_ms", "1:00 reads as the base-60 number 60"),
     ])

@@ -561,11 +561,12 @@ def _misread_number(node: yaml.Node) -> str | None:
     text = node.value.replace("_", "")
     if ":" in text:
         value = yaml.load(node.value, Loader=yaml.SafeLoader)  # noqa: S506 - the plain SafeLoader
-        return f"{node.value} reads as the base-60 number {value:g} in YAML 1.1; write the number you mean"
+        return (f"{node.value} reads as the base-60 number {value:g} in YAML 1.1; write the number you mean, or "
+                f"quote it ('{node.value}') for text")
     digits = text.lstrip("+-")
     if len(digits) > 1 and digits.startswith("0") and digits.isdigit() and int(digits, 8) != int(digits):
         return (f"{node.value} reads as the octal number {int(digits, 8)} in YAML 1.1; write it without the "
-                f"leading zero ({int(digits)})")
+                f"leading zero ({int(digits)}), or quote it ('{node.value}') for text")
     return None
 
 
