@@ -60,14 +60,14 @@ def require_environment(origin: str | None = None) -> None:
     """Fail the load, naming each variable, when the connection settings are not in the environment:
     otherwise the location loads and every run and sensor tick fails later with a vaguer message.
     ``origin`` is where the tables were configured (a file, a component's defs.yaml)."""
-    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name, "").strip()]
     if missing:
         lines = "\n".join(f"  {name}: {REQUIRED_ENV[name]}" for name in missing)
         raise ConfigError(f"environment variable(s) not set for the archive_pipeline code location "
                           f"(configured by {origin or config_path()}):\n{lines}\nSet them where the code location runs "
                           "(see the README, Configuration), or pass resources to build_definitions().")
     check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
-    check_bucket_name(os.environ["ARCHIVE_S3_BUCKET"])
+    check_bucket_name(os.environ["ARCHIVE_S3_BUCKET"].strip())
 
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
@@ -149,8 +149,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     config = config or load_config()
     if resources is None:
         require_environment(config.origin)
-    if check_source and os.environ.get("ARCHIVE_PG_DSN"):
-        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
+    if check_source and os.environ.get("ARCHIVE_PG_DSN", "").strip():
+        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"].strip())
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     owners: dict[str, str] = {}  # op name -> the table whose asset or check it runs
     for spec in config.tables:

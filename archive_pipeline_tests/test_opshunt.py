@@ -186,6 +186,21 @@ class TestPartitionKeysDagsterDoesNotCheck:
 
 
 class TestConnectionSettingsAtLoad:
+    def test_a_dsn_and_bucket_ending_in_a_newline_work_as_on_the_command_line(self, pg, conn, schema, archive_env,
+                                                                              monkeypatch, s3_client):
+        """A secret mounted from a file (Kubernetes ``--from-file``, Docker secrets) often ends in a newline.
+        The command line strips it; the code location did not, and every run failed on the database
+        'postgres\\n' with "read the message; fix the cause"."""
+        create_sample_events(conn, [dt.date(2024, 3, 10)], rows_per_day=20, schema=schema)
+        monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn + "\n")
+        monkeypatch.setenv("ARCHIVE_S3_BUCKET", archive_env + "\n")
+        defs = build_definitions(events_config(schema, dt.date(2024, 3, 10)))  # the table check reaches it too
+        with instance_for_test() as instance:
+            result = defs.resolve_job_def(job_name(schema)).execute_in_process(
+                partition_key="2024-03-10", instance=instance, raise_on_error=False)
+        assert result.success
+        assert s3_client.head_object(Bucket=archive_env, Key=f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst")
+
     @pytest.mark.parametrize(("value", "hint"), [("archives/daily", "a key prefix goes in $ARCHIVE_S3_PREFIX"),
                                                  (" archives ", "")])
     def test_a_bucket_name_botocore_refuses_fails_the_load_naming_the_variable(self, monkeypatch, value, hint):
