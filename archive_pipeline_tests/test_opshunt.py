@@ -220,3 +220,15 @@ class TestConnectionSettingsAtLoad:
         monkeypatch.setenv("ARCHIVE_S3_BUCKET", value)
         config = parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01"}]})
         assert build_definitions(config, check_source=False).resources["archive_store"]
+
+    @pytest.mark.parametrize("value", ["http://127.0.0.1:9000\n", " http://127.0.0.1:9000"])
+    def test_an_endpoint_url_with_whitespace_fails_the_load_naming_the_variable(self, monkeypatch, value):
+        """Python's urlsplit drops a newline, so the load's check passed a URL that botocore refused in every
+        run ("ValueError: Invalid endpoint", the failure the check exists to prevent); a leading space
+        made every run a retried "endpoint unreachable"."""
+        monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://archiver@127.0.0.1:9/none")
+        monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", value)
+        config = parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01"}]})
+        with pytest.raises(ConfigError, match=rf"ARCHIVE_S3_ENDPOINT_URL {re.escape(repr(value))} holds whitespace"):
+            build_definitions(config, check_source=False)

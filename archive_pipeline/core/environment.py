@@ -95,13 +95,16 @@ def check_endpoint_url(url: str | None) -> None:
     and the command line printed botocore's traceback."""
     if not url:
         return
+    shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
+    if any(c.isspace() for c in url):  # urlsplit drops a newline, botocore does not: "Invalid endpoint" every run
+        raise ConfigError(f"{ENDPOINT_VAR} {shown} holds whitespace (a secret mounted from a file often ends in a "
+                          "newline): write the URL alone, e.g. http://minio:9000")
     try:
         parts = urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
     except ValueError:  # a port that is not a number, or out of range
         usable = False
     if not usable:
-        shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
         raise ConfigError(f"{ENDPOINT_VAR} {shown} is not an http(s) URL: write it with its scheme and host, "
                           "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
 
