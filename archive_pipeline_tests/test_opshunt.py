@@ -9,13 +9,15 @@ import datetime as dt
 import re
 
 import pytest
-from dagster import DagsterEventType, Definitions, instance_for_test, load_from_defs_folder
+from dagster import DagsterEventType, Definitions, build_sensor_context, instance_for_test, load_from_defs_folder
+from psycopg import sql
 
 from archive_pipeline.core.config import ConfigError, load_config, parse_config
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.test_dagster import events_config, job_name
+from archive_pipeline_tests.test_dagster_edges import _plain_table, _tables
 from archive_pipeline_tests.test_operator import _component_project, _error_chain
 
 TABLE = "  - {name: public.events, day_column: at, start_date: 2024-01-01%s}\n"
@@ -232,3 +234,26 @@ class TestConnectionSettingsAtLoad:
         config = parse_config({"tables": [{"name": "public.events", "day_column": "at", "start_date": "2024-01-01"}]})
         with pytest.raises(ConfigError, match=rf"ARCHIVE_S3_ENDPOINT_URL {re.escape(repr(value))} holds whitespace"):
             build_definitions(config, check_source=False)
+
+
+class TestSensorTicks:
+    def test_a_tick_that_could_not_inspect_a_table_and_requests_nothing_fails_naming_it(self, conn, schema,
+                                                                                       archive_env):
+        """A table dropped (or its SELECT revoked) after the location loaded: every tick was "skipped" with
+        "no new days to archive; ... could not inspect <table>", grey in the UI, forever, so nobody learnt
+        that the table's new days were no longer archived. The tick now fails, naming the table, the cause
+        and the remedy; a tick with other tables' days to request still requests them (see
+        test_dagster_edges' locked table)."""
+        today = utc_today()
+        _plain_table(conn, schema, "gone", [today - dt.timedelta(days=1)])
+        _plain_table(conn, schema, "quiet", [])
+        defs = build_definitions(_tables(schema, ["gone", "quiet"], today - dt.timedelta(days=5)))
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "gone")))
+        repo = defs.get_repository_def()
+        with instance_for_test() as instance, pytest.raises(Exception) as raised:
+            repo.get_sensor_def("archive_new_days").evaluate_tick(build_sensor_context(
+                instance=instance, resources={"postgres": defs.resources["postgres"]}, repository_def=repo))
+        message = "\n".join(str(e) for e in _error_chain(raised.value))
+        assert f"could not inspect {schema}.gone: table '{schema}.gone' does not exist" in message
+        assert "to fix: check the table's name" in message
+        assert f"inspected {schema}.quiet" in message  # what it did look at, as a skip said

@@ -209,8 +209,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
             text = "no new days to archive; inspected " + "; ".join(report) if report else "no table could be inspected"
             if already:
                 text += "; " + already
-            if problems:
-                text += "; could not inspect " + "; ".join(problems)
+            if problems:  # a failed tick, not a skipped one: a table dropped or refused stays visible (red)
+                raise RuntimeError(f"archive_new_days could not inspect {'; '.join(problems)}; requested nothing "
+                                   f"this tick ({text})")
             return SkipReason(text)
         if len(requests) - tried > cap:
             context.log.info(f"up to {len(requests) - tried} days to archive; requesting {cap} this tick "
