@@ -257,3 +257,45 @@ class TestSensorTicks:
         assert f"could not inspect {schema}.gone: table '{schema}.gone' does not exist" in message
         assert "to fix: check the table's name" in message
         assert f"inspected {schema}.quiet" in message  # what it did look at, as a skip said
+
+
+class TestScheduleAcrossDaylightSaving:
+    @pytest.mark.parametrize("granularity", ["hourly", "daily"])
+    @pytest.mark.parametrize(("zone", "hour"), [("Europe/Berlin", 0), ("America/Santiago", 23)])
+    def test_each_period_is_requested_once_and_only_when_over(self, granularity, zone, hour):
+        """Ticks of the daily schedule (UTC) over both DST changes of a zone east and one west of UTC
+        (Santiago's clocks change at local midnight): every partition Dagster lists is requested exactly
+        once, never before it is over."""
+        from dagster import build_schedule_context
+        from dagster._core.definitions.partitions.context import partition_loading_context
+
+        from archive_pipeline.defs.assets import daily_partitions
+
+        config = parse_config({"schedule": {"hour": hour}, "tables": [{
+            "name": "public.events", "day_column": "at", "start_date": "2024-03-25", "granularity": granularity,
+            "timezone": zone}]})
+        spec = config.tables[0]
+        defs = build_definitions(config, resources={}, check_source=False)
+        repo = defs.get_repository_def()
+        schedule = repo.get_schedule_def("archive_public_events_daily")
+        requested: list[str] = []
+        # Berlin's changes (March 31, October 27) and Santiago's (April 7, September 8), a few days around each
+        windows = [(dt.date(2024, 3, 28), 6), (dt.date(2024, 4, 4), 6), (dt.date(2024, 9, 5), 6),
+                   (dt.date(2024, 10, 24), 6)]
+        for first, days in windows:
+            for n in range(days):
+                tick_at = dt.datetime.combine(first + dt.timedelta(days=n), dt.time(hour), dt.UTC)
+                result = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=tick_at,
+                                                                       repository_def=repo))
+                for request in result.run_requests or []:
+                    assert spec.period(request.partition_key).utc_end <= tick_at, (tick_at, request.partition_key)
+                    requested.append(request.partition_key)
+        assert len(requested) == len(set(requested))
+        partitions = daily_partitions(spec)
+        for first, days in windows:  # every partition that ended between the window's first and last ticks
+            lo = dt.datetime.combine(first - dt.timedelta(days=1), dt.time(), dt.UTC)
+            hi = dt.datetime.combine(first + dt.timedelta(days=days - 1), dt.time(), dt.UTC)
+            with partition_loading_context(effective_dt=hi):
+                expected = {k for k in partitions.get_partition_keys()
+                            if lo < spec.period(k).utc_end <= hi}
+            assert expected and expected <= set(requested), sorted(expected - set(requested))[:5]
