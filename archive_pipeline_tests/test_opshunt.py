@@ -258,6 +258,45 @@ class TestSensorTicks:
         assert "to fix: check the table's name" in message
         assert f"inspected {schema}.quiet" in message  # what it did look at, as a skip said
 
+    def test_a_run_of_another_code_location_with_the_same_run_key_does_not_hide_a_day(self, conn, schema,
+                                                                                      archive_env):
+        """Tables whose Dagster names collide (``a.b_c``, ``a_b.c``) are told to go to a second code location;
+        there the job, and so the run keys (``Archive_a_b_c:<day>``), are the same. The sensor left out a
+        day whose run key the *other* location's sensor had used ("already have a run"), so the day was
+        never requested; the daemon itself keeps the two apart by repository, and so does the sensor now."""
+        import uuid
+
+        from dagster import DagsterRun, DagsterRunStatus, SensorEvaluationContext
+        from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+
+        day = utc_today() - dt.timedelta(days=1)
+        _plain_table(conn, schema, "events", [day])
+        defs = build_definitions(_tables(schema, ["events"], day - dt.timedelta(days=3)))
+        repo = defs.get_repository_def()
+        sensor = repo.get_sensor_def("archive_new_days")
+        run_key = f"{job_name(schema)}:{day.isoformat()}"
+
+        def used_by(location: str, instance) -> None:
+            origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin(location), repo.name),
+                                     job_name(schema))
+            instance.add_run(DagsterRun(job_name=job_name(schema), run_id=str(uuid.uuid4()),
+                                        status=DagsterRunStatus.FAILURE, remote_job_origin=origin,
+                                        tags={"dagster/run_key": run_key, "dagster/sensor_name": "archive_new_days",
+                                              "archive/table": f"{schema[:2]}.{schema[2:]}_events"}))
+
+        def requested(instance) -> list[str]:
+            context = SensorEvaluationContext(
+                instance_ref=None, instance=instance, repository_name=repo.name, repository_def=repo,
+                sensor_name="archive_new_days", resources={"postgres": defs.resources["postgres"]},
+                code_location_origin=RegisteredCodeLocationOrigin("here"))
+            return [r.run_key for r in sensor.evaluate_tick(context).run_requests]
+
+        with instance_for_test() as instance:
+            used_by("there", instance)
+            assert requested(instance) == [run_key]
+            used_by("here", instance)  # this location's sensor did use it: left out, as the daemon would
+            assert requested(instance) == []
+
 
 class TestScheduleAcrossDaylightSaving:
     @pytest.mark.parametrize("granularity", ["hourly", "daily"])
