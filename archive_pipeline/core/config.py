@@ -471,7 +471,8 @@ class ArchiveConfig(_Strict):
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
                                  f"{'/'.join(spec.asset_path)!r} (Dagster names keep lower-case letters, digits and "
-                                 "'_'); rename one of them in the database or archive it from a second code location")
+                                 "'_'); rename one of them in the database (in a second code location it would be "
+                                 "the same asset, and Dagster would merge the two tables' partitions)")
             seen[spec.asset_path] = spec.name
             # Jobs, schedules and ops are named from schema and table joined by "_": a_b.c and a.b_c would
             # share the job Archive_a_b_c and show as one in the UI.
