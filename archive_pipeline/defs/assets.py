@@ -449,7 +449,7 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
         raise batch_failure(spec, days, failed)
 
 
-def run_periods(context: AssetExecutionContext, spec: TableSpec, now: dt.datetime | None = None) -> list[Period]:
+def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]:
     """The periods the run is to archive, or a :class:`Failure` (not retried) when one is not a partition of
     the table. Dagster checks the partition key of ``materialize``, schedules, sensors and backfills, but
     not the ``dagster/partition`` tag of a run launched through the API or with the launchpad's tags: today's
@@ -467,7 +467,7 @@ def run_periods(context: AssetExecutionContext, spec: TableSpec, now: dt.datetim
     except Exception as exc:  # noqa: BLE001 - Dagster's CheckError, a key that does not parse (PeriodError)
         key = context.run.tags.get("dagster/partition") or "the run's partition range"
         raise refuse(key, str(exc).removeprefix("Invariant failed. Description: ")) from None
-    now = now or dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC)
     for day in days:
         if day.utc_end > now:
             raise refuse(day, f"it is not over yet (it ends at {day.utc_end:%Y-%m-%d %H:%M} UTC) and its rows are "

@@ -92,19 +92,18 @@ class ArchiveStoreResource(ConfigurableResource):
 
     s3: ResourceDependency[S3Resource]
     bucket: str
-
-    @field_validator("bucket")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        """Without the whitespace around it (a trailing newline of a mounted secret), as the command line."""
-        return value.strip()
-
     prefix: str = ""
     part_size_mb: int = Field(default=8, ge=5, le=5120, description="multipart part size; 10,000 parts at most")
     max_concurrency: int = Field(default=4, ge=1, le=64, description="parts uploaded at once")
     verify_etags: bool = Field(default=True, description="compare each part's ETag with its MD5 (turn off "
                                "only for stores that encrypt with SSE-KMS or otherwise change ETags)")
     temp_dir: str | None = Field(default=None, description="where temp files go; default: the system temp dir")
+
+    @field_validator("bucket")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        """Without the whitespace around it (a trailing newline of a mounted secret), as the command line."""
+        return value.strip()
 
     def store(self) -> S3Store:
         return S3Store(self.s3.get_client(), self.bucket, prefix=self.prefix, part_size=self.part_size_mb * MiB,
