@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import textwrap
 
 import pytest
 from dagster import DagsterEventType, Definitions, build_sensor_context, instance_for_test, load_from_defs_folder
@@ -74,6 +75,26 @@ class TestHostileTableLists:
         [error] = [e for e in _error_chain(raised.value) if isinstance(e, ConfigError)]
         assert re.search(r"defs\.yaml:\n  table 'public.events', setting 'retention.keep_days' \(line 8\): 030 "
                          r"reads as the octal number 24", str(error)), str(error)
+
+    def test_a_components_attributes_given_twice_fail_the_load(self, tmp_path, monkeypatch):
+        """A defs.yaml with two ``attributes:`` blocks (a merge, a copy-paste) loaded the second table list
+        only: public.first was silently not archived."""
+        from archive_pipeline_tests.test_deploy import _make_project
+
+        _make_project(tmp_path, textwrap.dedent("""\
+            type: archive_pipeline.defs.component.ArchiveTablesComponent
+            attributes:
+              check_source: false
+              tables: [{name: public.first, day_column: at, start_date: 2024-01-01}]
+            attributes:
+              check_source: false
+              tables: [{name: public.second, day_column: at, start_date: 2024-01-01}]
+            """))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        with pytest.raises(Exception) as raised:
+            load_from_defs_folder(path_within_project=tmp_path)
+        [error] = [e for e in _error_chain(raised.value) if isinstance(e, ConfigError)]
+        assert re.search(r"defs\.yaml:\n  'attributes' is given twice \(lines 2 and 5\)", str(error)), str(error)
 
     @pytest.mark.parametrize("value", ["0", "20240101", "'1704067200'"])
     def test_a_start_date_written_as_a_number_is_refused(self, tmp_path, value):
