@@ -195,6 +195,24 @@ class TestPartitionKeysDagsterDoesNotCheck:
         assert "nothing was archived" in message
         assert s3_client.list_objects_v2(Bucket=archive_env).get("KeyCount", 0) == 0
 
+    def test_a_skipped_hour_is_refused_not_archived_as_the_next_one(self, conn, schema, archive_env, s3_client):
+        """Berlin's 02:00 of 2024-03-31 does not exist (the README: "refused"). Dagster reads the tag as the
+        next hour, so the run archived 03:00 and recorded it as the materialization of partition 02:00, a
+        partition that does not exist, while 03:00 stayed missing."""
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(sql.Identifier(schema, "h")))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-31 03:30+02')").format(sql.Identifier(schema, "h")))
+        config = parse_config({"tables": [{"name": f"{schema}.h", "day_column": "at", "start_date": "2024-03-30",
+                                           "granularity": "hourly", "timezone": "Europe/Berlin"}]})
+        defs = build_definitions(config, check_source=False)
+        with instance_for_test() as instance:
+            result = defs.resolve_job_def(f"Archive_{schema}_h").execute_in_process(
+                tags={"dagster/partition": "2024-03-31-02:00"}, instance=instance, raise_on_error=False)
+            [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+        assert not result.success
+        assert (f"{schema}.h 2024-03-31-02:00: not a partition of Archive_{schema}_h: there is no such hour in "
+                "Europe/Berlin (Dagster would read it as 2024-03-31-03:00)") in failure.step_failure_data.error.message
+        assert s3_client.list_objects_v2(Bucket=archive_env).get("KeyCount", 0) == 0
+
     def test_a_day_before_start_date_fails_at_once_naming_the_table(self, schema, archive_env):
         """Dagster's own "Invariant failed" was raised inside the step and retried as if transient (here
         twice), naming neither the table nor what to do."""
