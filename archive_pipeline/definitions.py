@@ -36,7 +36,7 @@ from archive_pipeline.defs.checks import (
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import child_ranges, require_whole_days
-from archive_pipeline.core.environment import check_endpoint_url
+from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
@@ -60,13 +60,14 @@ def require_environment(origin: str | None = None) -> None:
     """Fail the load, naming each variable, when the connection settings are not in the environment:
     otherwise the location loads and every run and sensor tick fails later with a vaguer message.
     ``origin`` is where the tables were configured (a file, a component's defs.yaml)."""
-    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name, "").strip()]
     if missing:
         lines = "\n".join(f"  {name}: {REQUIRED_ENV[name]}" for name in missing)
         raise ConfigError(f"environment variable(s) not set for the archive_pipeline code location "
                           f"(configured by {origin or config_path()}):\n{lines}\nSet them where the code location runs "
                           "(see the README, Configuration), or pass resources to build_definitions().")
     check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
+    check_bucket_name(os.environ["ARCHIVE_S3_BUCKET"].strip())
 
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
@@ -148,9 +149,10 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     config = config or load_config()
     if resources is None:
         require_environment(config.origin)
-    if check_source and os.environ.get("ARCHIVE_PG_DSN"):
-        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"])
+    if check_source and os.environ.get("ARCHIVE_PG_DSN", "").strip():
+        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"].strip())
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
+    owners: dict[str, str] = {}  # op name -> the table whose asset or check it runs
     for spec in config.tables:
         archive_asset = build_archive_asset(spec, config.retry, config.schedule, config.backfill, config.origin)
         key = asset_key(spec)
@@ -162,14 +164,18 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         latest = build_stored_archive_check(spec, key)
         unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec))
         assets.append(archive_asset)
-        checks += [build_intact_check(spec, key, daily_partitions(spec)), latest, unchanged]
+        intact = build_intact_check(spec, key, daily_partitions(spec))
+        checks += [intact, latest, unchanged]
         on_demand += [latest, unchanged]
         jobs.append(job)
         schedules.append(build_daily_schedule(spec, job, config.schedule))
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
+        table_nodes = [archive_asset, intact, latest, unchanged]
         if spec.retention is not None:
             assets.append(build_removal_asset(spec, config.schedule, config.retry))
             schedules.append(build_retention_schedule(spec, config.schedule.hour))
+            table_nodes.append(assets[-1])
+        _claim_op_names(owners, spec, table_nodes, config.origin)
     jobs += shared_jobs(config)
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
                               executor_def=in_process_executor,
@@ -186,6 +192,20 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         sensors=[build_new_days_sensor(targets, config.sensor)],
         resources=_with_primary(resources or default_resources(config)),
     )
+
+
+def _claim_op_names(owners: dict[str, str], spec: TableSpec, nodes: list, origin: str) -> None:
+    """Refuse, naming both tables, an op name that another table's asset or check already runs: a check's
+    op is named after its table and check (``archive__public__events_archive_intact``), so the table
+    ``public.events_archive_intact`` had its archive op under the same name, and the load failed with
+    Dagster's "Invalid dependencies" naming neither table."""
+    for node in nodes:
+        name = node.node_def.name
+        other = owners.setdefault(name, spec.name)
+        if other != spec.name:
+            raise ConfigError(f"invalid archive configuration in {origin}:\n  tables {other!r} and {spec.name!r} "
+                              f"would share the Dagster op name {name!r} (an asset's or a check's); rename one of "
+                              "them in the database or archive it from a second code location")
 
 
 def shared_jobs(config: ArchiveConfig) -> list:

@@ -50,6 +50,7 @@ MAX_YEARS_AHEAD = 10  # a start_date further ahead is a typo; the calendar's end
 MAX_KEEP_DAYS = 36_500  # a hundred years: "keep forever" in practice; more overflows the calendar
 MAX_RETRY_DELAY_SECONDS = 86_400.0  # a day before the first retry
 MAX_RETRY_WAIT_SECONDS = 7 * 86_400.0  # the longest wait (the last retry's, after doubling) a run may sit in
+MAX_SENSOR_INTERVAL_SECONDS = 7 * 86_400  # a sensor that ticks less often than weekly is a typo
 
 
 def _not_boolean(value: object) -> object:
@@ -58,6 +59,15 @@ def _not_boolean(value: object) -> object:
     if isinstance(value, bool):
         raise ValueError(f"must be a number, not the boolean {value!r} (YAML reads yes/no/on/off/true/false as "
                          "booleans; write the number)")
+    return value
+
+
+def _day_text(value: object) -> object:
+    """A day is written YYYY-MM-DD: pydantic reads a number (or a string of digits) as Unix seconds, so
+    ``start_date: 0`` started the table at 1970-01-01 and ``start_date: 20240101`` was refused as "should
+    have zero time"."""
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+        raise ValueError(f"must be a day written as YYYY-MM-DD, e.g. 2024-01-01 (got the number {value!r})")
     return value
 
 
@@ -148,7 +158,8 @@ class TableSpec(_Strict):
     name: str = Field(description="schema-qualified table name, e.g. public.events")
     day_column: str | None = Field(default=None, description="date/timestamp/timestamptz column that defines "
                                    "the period (required unless partitioning.mode is naming)")
-    start_date: dt.date = Field(description="first day to archive (monthly: the first day of a month)")
+    start_date: Annotated[dt.date, BeforeValidator(_day_text)] = Field(
+        description="first day to archive (monthly: the first day of a month)")
     granularity: Literal["hourly", "daily", "monthly"] = Field(
         default="daily", description="one partition per hour, day or month of the table's time zone")
     timezone: str = Field(default="UTC", description="IANA zone whose midnights (and hours, months) bound the "
@@ -403,7 +414,9 @@ class ScheduleSettings(_Strict):
 
 
 class SensorSettings(_Strict):
-    interval_seconds: Count = Field(default=300, ge=30)
+    interval_seconds: Count = Field(default=300, ge=30, le=MAX_SENSOR_INTERVAL_SECONDS, description="seconds "
+                                    "between ticks (at most a week; beyond 2147483647 the UI's GraphQL API failed "
+                                    "on every query that lists the sensor)")
     lookback_days: Count = Field(default=7, ge=1, le=366, description="how many recent days each tick inspects")
     max_runs_per_tick: Count = Field(default=50, ge=1)
     running: bool = Field(default=False, description="start the sensor as soon as the daemon loads it")
@@ -457,7 +470,9 @@ class ArchiveConfig(_Strict):
         for spec in self.tables:
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
-                                 f"{'/'.join(spec.asset_path)!r}")
+                                 f"{'/'.join(spec.asset_path)!r} (Dagster names keep lower-case letters, digits and "
+                                 "'_'); rename one of them in the database (in a second code location it would be "
+                                 "the same asset, and Dagster would merge the two tables' partitions)")
             seen[spec.asset_path] = spec.name
             # Jobs, schedules and ops are named from schema and table joined by "_": a_b.c and a.b_c would
             # share the job Archive_a_b_c and show as one in the UI.
@@ -538,11 +553,30 @@ _PlainSafeLoader.yaml_implicit_resolvers = {
 }
 
 
-def _repeated_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str | None = None,
-                       seen: set[int] | None = None) -> list[str]:
-    """Settings given twice in one mapping (a merge conflict, a copy-paste): PyYAML keeps the last value
-    silently, so a table would archive from a start nobody reviewed. Each as "table 'x', setting 'y'
-    (lines a and b)"; keys merged in with ``<<`` may be overridden, as YAML means them to be."""
+def _misread_number(node: yaml.Node) -> str | None:
+    """Why a plain YAML number would not mean what it shows: YAML 1.1 (PyYAML, and Dagster's loader) reads
+    ``060`` as the octal 48 and ``1:30`` as the base-60 90, so ``keep_days: 060`` removed days after 48 days."""
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None or node.tag not in (
+            "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        return None
+    text = node.value.replace("_", "")
+    if ":" in text:
+        value = yaml.load(node.value, Loader=yaml.SafeLoader)  # noqa: S506 - the plain SafeLoader
+        return (f"{node.value} reads as the base-60 number {value:g} in YAML 1.1; write the number you mean, or "
+                f"quote it ('{node.value}') for text")
+    digits = text.lstrip("+-")
+    if len(digits) > 1 and digits.startswith("0") and digits.isdigit() and int(digits, 8) != int(digits):
+        return (f"{node.value} reads as the octal number {int(digits, 8)} in YAML 1.1; write it without the "
+                f"leading zero ({int(digits)}), or quote it ('{node.value}') for text")
+    return None
+
+
+def _misleading_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str | None = None,
+                         seen: set[int] | None = None) -> list[str]:
+    """What a YAML reader would take otherwise than a person reads it, each as "table 'x', setting 'y':
+    why; to fix": a setting given twice in one mapping (a merge conflict, a copy-paste: PyYAML keeps the
+    last value silently, so a table would archive from a start nobody reviewed; keys merged in with
+    ``<<`` may be overridden, as YAML means them to be), and a number YAML 1.1 reads as octal or base 60."""
     seen = set() if seen is None else seen
     if id(node) in seen:  # an alias of a node already walked
         return []
@@ -550,7 +584,7 @@ def _repeated_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str |
     found: list[str] = []
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            found += _repeated_settings(item, path, table, seen)
+            found += _misleading_settings(item, path, table, seen)
     elif isinstance(node, yaml.MappingNode):
         if path == ("tables",):  # a table's entry: settings are named relative to it
             table = next((v.value for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "name"
@@ -561,12 +595,16 @@ def _repeated_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str |
             if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
                 continue
             setting = ".".join((*path, key.value))
+            where = f"table {table!r}, setting {setting!r}" if table else f"setting {setting!r}"
             line = key.start_mark.line + 1
             if key.value in lines:
-                where = f"table {table!r}, setting {setting!r}" if table else f"setting {setting!r}"
-                found.append(f"{where} is given twice (lines {lines[key.value]} and {line})")
+                found.append(f"{where} is given twice (lines {lines[key.value]} and {line}); YAML would keep the "
+                             "last value silently: keep the one you mean and remove the other")
             lines.setdefault(key.value, line)
-            found += _repeated_settings(value, (*path, key.value), table, seen)
+            misread = _misread_number(value)
+            if misread:
+                found.append(f"{where} (line {value.start_mark.line + 1}): {misread}")
+            found += _misleading_settings(value, (*path, key.value), table, seen)
     return found
 
 
@@ -596,7 +634,11 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
         node = yaml.compose(data, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
         raw = yaml.load(data, Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
-        raise ConfigError(f"archive configuration {file} not found (set ${CONFIG_ENV_VAR})") from None
+        # a path given (the factory's load_config(path), a component's config_path): $ARCHIVE_PIPELINE_CONFIG
+        # is not read, so setting it would not help
+        hint = (f"set ${CONFIG_ENV_VAR}" if not path else
+                "check the path given (a component's config_path is relative to its defs.yaml)")
+        raise ConfigError(f"archive configuration {file} not found ({hint})") from None
     except OSError as exc:  # a directory, no permission: the path is there but is not a readable file
         raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); set ${CONFIG_ENV_VAR} "
                           "to the YAML file's path, readable by the user the code location runs as") from None
@@ -607,13 +649,12 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
 
 
 def refuse_repeated_settings(node: yaml.Node | None, source: str) -> None:
-    """Fail, naming ``source``, each table and setting and the two lines, when a setting is given twice
-    in one mapping of ``node`` (a configuration, or a component's attributes in its defs.yaml)."""
-    repeated = _repeated_settings(node) if node is not None else []
-    if repeated:
-        raise ConfigError(f"invalid archive configuration in {source}:\n" + "\n".join(
-            f"  {r}; YAML would keep the last value silently: keep the one you mean and remove the other"
-            for r in repeated))
+    """Fail, naming ``source``, each table, setting and line, when ``node`` (a configuration, or a
+    component's attributes in its defs.yaml) gives a setting twice in one mapping, or a number that
+    YAML 1.1 reads otherwise than it shows (see :func:`_misleading_settings`)."""
+    found = _misleading_settings(node) if node is not None else []
+    if found:
+        raise ConfigError(f"invalid archive configuration in {source}:\n" + "\n".join(f"  {f}" for f in found))
 
 
 def compose_yaml(text: str | bytes) -> list[yaml.Node]:

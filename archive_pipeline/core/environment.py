@@ -10,6 +10,7 @@ DSN's password or a secret key.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -94,15 +95,33 @@ def check_endpoint_url(url: str | None) -> None:
     and the command line printed botocore's traceback."""
     if not url:
         return
+    shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
+    if any(c.isspace() for c in url):  # urlsplit drops a newline, botocore does not: "Invalid endpoint" every run
+        raise ConfigError(f"{ENDPOINT_VAR} {shown} holds whitespace (a secret mounted from a file often ends in a "
+                          "newline): write the URL alone, e.g. http://minio:9000")
     try:
         parts = urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
     except ValueError:  # a port that is not a number, or out of range
         usable = False
     if not usable:
-        shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
         raise ConfigError(f"{ENDPOINT_VAR} {shown} is not an http(s) URL: write it with its scheme and host, "
                           "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
+
+
+BUCKET_SYNTAX = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")  # what botocore accepts before sending anything
+
+
+def check_bucket_name(bucket: str) -> None:
+    """A bucket name botocore will send, or a :class:`ConfigError` naming the variable: in the code
+    location a name with a '/' (a key prefix put in the bucket) or a space loaded, and every run then
+    failed with "check ARCHIVE_S3_REGION and ARCHIVE_S3_ENDPOINT_URL", the wrong variables. (ARNs of
+    access points are left to botocore; names valid only for old buckets, with capitals or '_', pass.)"""
+    if bucket.startswith("arn:") or BUCKET_SYNTAX.match(bucket):
+        return
+    hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
+    raise ConfigError(f"${BUCKET_VAR} {bucket!r} is not a bucket name (S3's are 3 to 63 lower-case letters, "
+                      f"digits, dots and hyphens): set it to the archive bucket's name{hint}")
 
 
 def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) -> S3Store:

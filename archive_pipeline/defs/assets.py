@@ -419,7 +419,7 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
     materialized. A step retry of the batch skips the days this run already recorded; a re-execution
     finds them identical in the store and records them as skipped, without uploading anything.
     """
-    days = [spec.period(k) for k in context.partition_keys]
+    days = run_periods(context, spec)
     done = _recorded_in_run(context, key) if context.retry_number > 0 else set()
     todo = [d for d in days if d.isoformat() not in done]
     if done:
@@ -447,6 +447,36 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
         source.close()
     if failed:
         raise batch_failure(spec, days, failed)
+
+
+def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]:
+    """The periods the run is to archive, or a :class:`Failure` (not retried) when one is not a partition of
+    the table. Dagster checks the partition key of ``materialize``, schedules, sensors and backfills, but
+    not the ``dagster/partition`` tag of a run launched through the API or with the launchpad's tags: today's
+    rows, still being written, were archived and reported as the day's (the next run of the whole day then
+    failed as "changed since archived"), and a day before ``start_date`` failed on Dagster's invariant,
+    retried as if transient, naming neither table nor remedy."""
+    def refuse(day: object, why: str) -> Failure:
+        return Failure(description=f"{spec.name} {day}: not a partition of {job_name(spec)}: {why}; nothing was "
+                                   f"archived.\n\nWhat to do: launch a partition the job lists (from "
+                                   f"{spec.first_period.key} up to the last complete {UNIT[spec.granularity]}).",
+                       allow_retries=False, metadata={"table": spec.name, "day": str(day), "retryable": False})
+
+    try:
+        days = [spec.period(k) for k in context.partition_keys]
+    except Exception as exc:  # noqa: BLE001 - Dagster's CheckError, a key that does not parse (PeriodError)
+        key = context.run.tags.get("dagster/partition") or "the run's partition range"
+        raise refuse(key, str(exc).removeprefix("Invariant failed. Description: ")) from None
+    tag = context.run.tags.get("dagster/partition")
+    if tag is not None and [d.key for d in days] != [tag]:  # Dagster reads a skipped hour as the next one
+        raise refuse(tag, f"there is no such {UNIT[spec.granularity]} in {spec.timezone} (Dagster would read it as "
+                          f"{', '.join(d.key for d in days)})")
+    now = dt.datetime.now(dt.UTC)
+    for day in days:
+        if day.utc_end > now:
+            raise refuse(day, f"it is not over yet (it ends at {day.utc_end:%Y-%m-%d %H:%M} UTC) and its rows are "
+                              "still being written; once it is over, the schedule and the sensor request it")
+    return days
 
 
 def verdicts_as_they_were(context: AssetExecutionContext, key: AssetKey, days: list[Period]) -> Iterator[DayEvent]:

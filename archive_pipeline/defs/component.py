@@ -43,7 +43,7 @@ from dagster.components import (
 from dagster.components.component.component import ComponentTypeSpec
 from pydantic import Field, model_validator
 
-from archive_pipeline.core.config import (ArchiveConfig, compose_yaml, load_config, parse_config,
+from archive_pipeline.core.config import (ArchiveConfig, ConfigError, compose_yaml, load_config, parse_config,
                                           refuse_repeated_settings)
 from archive_pipeline.definitions import build_definitions
 
@@ -147,4 +147,13 @@ def refuse_repeated_inline_settings(defs_yaml: Path, where: str) -> None:
                   } if isinstance(document, yaml.MappingNode) else {}
         kind = fields.get("type")
         if isinstance(kind, yaml.ScalarNode) and kind.value.endswith(ArchiveTablesComponent.__name__):
+            # the document's own keys: a second `attributes:` replaced the first table list silently
+            lines: dict[str, int] = {}
+            for key, _ in document.value:
+                if isinstance(key, yaml.ScalarNode) and key.value in lines:
+                    raise ConfigError(f"invalid archive configuration in {defs_yaml}:\n  {key.value!r} is given "
+                                      f"twice (lines {lines[key.value]} and {key.start_mark.line + 1}); Dagster would "
+                                      "keep the last one silently: merge them into one")
+                if isinstance(key, yaml.ScalarNode):
+                    lines[key.value] = key.start_mark.line + 1
             refuse_repeated_settings(fields.get("attributes"), where)

@@ -11,7 +11,7 @@ import psycopg
 import psycopg.conninfo
 from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
 from archive_pipeline.core.store import MiB, S3Store
@@ -28,6 +28,13 @@ class PostgresResource(ConfigurableResource):
     idle_in_transaction_timeout_ms: int = Field(default=600_000, ge=0)
     connect_timeout_s: int = Field(default=10, ge=1)
     application_name: str = "archive_pipeline"
+
+    @field_validator("dsn")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        """Without the whitespace around it, as the command line reads it: a secret mounted from a file
+        often ends in a newline, and every run then failed on the database 'postgres\\n'."""
+        return value.strip()
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
@@ -91,6 +98,12 @@ class ArchiveStoreResource(ConfigurableResource):
     verify_etags: bool = Field(default=True, description="compare each part's ETag with its MD5 (turn off "
                                "only for stores that encrypt with SSE-KMS or otherwise change ETags)")
     temp_dir: str | None = Field(default=None, description="where temp files go; default: the system temp dir")
+
+    @field_validator("bucket")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        """Without the whitespace around it (a trailing newline of a mounted secret), as the command line."""
+        return value.strip()
 
     def store(self) -> S3Store:
         return S3Store(self.s3.get_client(), self.bucket, prefix=self.prefix, part_size=self.part_size_mb * MiB,

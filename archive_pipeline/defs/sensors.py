@@ -19,6 +19,7 @@ from dagster import (
     AssetKey,
     DefaultSensorStatus,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     RunRequest,
     RunsFilter,
@@ -128,7 +129,20 @@ def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResourc
 SENSOR_NAME = "archive_new_days"
 
 
-def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int) -> tuple[list[RunRequest], int]:
+def _same_repository(run: DagsterRun, location: str | None, repository: str | None) -> bool:
+    """Whether ``run`` was launched from this sensor's code location and repository, as the daemon tells
+    them apart (``fetch_existing_runs`` in dagster/_daemon/sensor.py): another location's table of the same
+    Dagster name (``a.b_c`` here, ``a_b.c`` there; the README's remedy for such names) has the same run keys.
+    A run without an origin (launched in process) or a context that does not say where it is: the same."""
+    origin = run.remote_job_origin
+    if origin is None or location is None:
+        return True
+    return (origin.repository_origin.code_location_origin.location_name == location
+            and origin.repository_origin.repository_name == repository)
+
+
+def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int, location: str | None = None,
+            repository: str | None = None) -> tuple[list[RunRequest], int]:
     """The first ``cap`` of ``requests`` whose run key has no run yet, and how many were left out because
     theirs has one.
 
@@ -148,8 +162,8 @@ def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int) -> 
         # what the daemon drops: a key this sensor already ran (its own runs, as the daemon matches
         # them); and a day already queued or running from anywhere. A day whose *scheduled* run failed
         # is still requested, once, as before.
-        used = {run.tags.get(RUN_KEY_TAG) for run in runs
-                if run.tags.get(SENSOR_NAME_TAG) == SENSOR_NAME or run.status in UNFINISHED}
+        used = {run.tags.get(RUN_KEY_TAG) for run in runs if _same_repository(run, location, repository)
+                and (run.tags.get(SENSOR_NAME_TAG) == SENSOR_NAME or run.status in UNFINISHED)}
         for request in batch:
             if request.run_key in used:
                 tried += 1
@@ -199,7 +213,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
                 requests += [RunRequest(run_key=f"{target.job.name}:{d.isoformat()}", job_name=target.job.name,
                                         partition_key=d.isoformat(), tags={TABLE_TAG: spec.name}) for d in found]
         cap = settings.max_runs_per_tick
-        chosen, tried = untried(context.instance, requests, cap)
+        origin = context.code_location_origin
+        chosen, tried = untried(context.instance, requests, cap, origin.location_name if origin else None,
+                                context.repository_name)
         already = (f"{tried} day(s) already have a run (failed, queued or running) under their run key and are "
                    "not requested again: re-run a failed day from the asset's partitions in the UI or with "
                    "`archive-pipeline archive --table <table> --day <day>`") if tried else ""
@@ -209,8 +225,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
             text = "no new days to archive; inspected " + "; ".join(report) if report else "no table could be inspected"
             if already:
                 text += "; " + already
-            if problems:
-                text += "; could not inspect " + "; ".join(problems)
+            if problems:  # a failed tick, not a skipped one: a table dropped or refused stays visible (red)
+                raise RuntimeError(f"archive_new_days could not inspect {'; '.join(problems)}; requested nothing "
+                                   f"this tick ({text})")
             return SkipReason(text)
         if len(requests) - tried > cap:
             context.log.info(f"up to {len(requests) - tried} days to archive; requesting {cap} this tick "
