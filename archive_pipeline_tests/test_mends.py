@@ -142,3 +142,53 @@ def test_a_flag_or_a_repeatable_option_given_twice_is_still_accepted():
     done = CliRunner().invoke(main, ["list", "--json", "--json", "-t", "a.b", "--table", "c.d",
                                      "--config", "/nonexistent/tables.yaml"])
     assert "given 2 times" not in done.output, done.output
+
+
+def _prefixed_config(schema: str, prefix: object):
+    from archive_pipeline.core.config import parse_config
+    return parse_config({"retry": {"max_retries": 0}, "asset_key_prefix": prefix,
+                         "tables": [{"name": f"{schema}.events", "day_column": "created_at", "start_date": "2024-03-10",
+                                     "retention": {"action": "delete", "keep_days": 30}}]})
+
+
+def test_asset_key_prefix_puts_every_asset_and_check_of_a_location_under_it(conn, schema, archive_env):
+    """Two code locations archiving public.events from two databases into one Dagster deployment: without a
+    prefix both define the asset archive/public/events and Dagster merges their partitions and checks. With
+    asset_key_prefix each location's assets, checks and runs' materializations are its own."""
+    from dagster import AssetKey, instance_for_test
+
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+    create_sample_events(conn, [DAY], rows_per_day=50, schema=schema)
+    eu = build_definitions(_prefixed_config(schema, "eu"))
+    us = build_definitions(_prefixed_config(schema, ["us", "west_2"]))
+    keys = {name: {k for a in defs.resolve_asset_graph().asset_nodes for k in [a.key]}
+            for name, defs in (("eu", eu), ("us", us))}
+    assert keys["eu"] == {AssetKey(["eu", "archive", schema, "events"]), AssetKey(["eu", "source_removed", schema, "events"])}
+    assert keys["us"] == {AssetKey(["us", "west_2", "archive", schema, "events"]),
+                          AssetKey(["us", "west_2", "source_removed", schema, "events"])}
+    checked = {c.asset_key for c in eu.resolve_asset_graph().asset_check_keys}
+    assert checked <= keys["eu"] and checked
+    with instance_for_test() as instance:
+        result = eu.resolve_job_def(f"Archive_{schema}_events").execute_in_process(partition_key=DAY.isoformat(),
+                                                                                   instance=instance)
+        assert result.success
+        [event] = result.get_asset_materialization_events()
+        assert event.asset_key == AssetKey(["eu", "archive", schema, "events"])
+        assert instance.get_materialized_partitions(event.asset_key) == {DAY.isoformat()}
+        assert not instance.get_materialized_partitions(AssetKey(["us", "west_2", "archive", schema, "events"]))
+        assert not instance.get_materialized_partitions(AssetKey(["archive", schema, "events"]))
+        checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert checks and all(e.event_specific_data.asset_key == event.asset_key
+                              for e in checks)
+
+
+@pytest.mark.parametrize("prefix", ["eu-west", ["ok", "has space"], "a//b", [], ["x", 3]])
+def test_an_asset_key_prefix_dagster_cannot_name_fails_the_load(schema, prefix):
+    from archive_pipeline.core.config import ConfigError
+    if prefix == []:
+        assert _prefixed_config(schema, prefix).tables[0].key_prefix == ()  # empty: no prefix, as by default
+        return
+    with pytest.raises(ConfigError, match="asset_key_prefix") as caught:
+        _prefixed_config(schema, prefix)
+    assert "letters, digits and '_'" in str(caught.value)

@@ -383,6 +383,14 @@ class TableSpec(_Strict):
         """(schema, table) as Dagster names, for the asset key and the job name."""
         return dagster_name(self.schema_name), dagster_name(self.table_name)
 
+    @property
+    def key_prefix(self) -> tuple[str, ...]:
+        """The configuration's ``asset_key_prefix``, put before every asset key of this table (set by
+        :class:`ArchiveConfig`, which owns the setting: a table alone has none)."""
+        return self._key_prefix
+
+    _key_prefix: tuple[str, ...] = PrivateAttr(default=())
+
 
 class RetrySettings(_Strict):
     max_retries: Count = Field(default=3, ge=0, le=20)
@@ -446,6 +454,19 @@ class SourceSettings(_Strict):
         return value
 
 
+def _key_parts(value: object) -> object:
+    """``asset_key_prefix`` as Dagster name parts: ``a/b`` or ``[a, b]``. Each part becomes part of op names
+    too (``a__archive__public__events``), so it keeps to the letters, digits and ``_`` Dagster allows there."""
+    parts = value.split("/") if isinstance(value, str) else value
+    if not isinstance(parts, list | tuple):
+        return parts  # pydantic names the type it expected
+    for part in parts:
+        if not isinstance(part, str) or not re.fullmatch(r"[A-Za-z0-9_]+", part):
+            raise ValueError(f"{part!r} cannot be part of a Dagster asset key: use letters, digits and '_' "
+                             "(e.g. asset_key_prefix: [warehouse_eu])")
+    return tuple(parts)
+
+
 class ArchiveConfig(_Strict):
     """The whole configuration. ``origin`` says where it came from (a file, a component's attributes),
     for messages about it."""
@@ -455,8 +476,17 @@ class ArchiveConfig(_Strict):
     schedule: ScheduleSettings = ScheduleSettings()
     sensor: SensorSettings = SensorSettings()
     backfill: BackfillSettings = BackfillSettings()
+    asset_key_prefix: Annotated[tuple[str, ...], BeforeValidator(_key_parts)] = Field(
+        default=(), description="put before every asset key (a list, or one string split at '/'): two code "
+        "locations archiving tables of the same name from two databases into one Dagster deployment")
     tables: list[TableSpec] = Field(min_length=1)
     _origin: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _prefix_tables(self) -> ArchiveConfig:
+        for spec in self.tables:
+            spec._key_prefix = self.asset_key_prefix
+        return self
 
     @property
     def origin(self) -> str:
@@ -471,8 +501,8 @@ class ArchiveConfig(_Strict):
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
                                  f"{'/'.join(spec.asset_path)!r} (Dagster names keep lower-case letters, digits and "
-                                 "'_'); rename one of them in the database (in a second code location it would be "
-                                 "the same asset, and Dagster would merge the two tables' partitions)")
+                                 "'_'); rename one of them in the database, or archive it from a second code "
+                                 "location with its own asset_key_prefix")
             seen[spec.asset_path] = spec.name
             # Jobs, schedules and ops are named from schema and table joined by "_": a_b.c and a.b_c would
             # share the job Archive_a_b_c and show as one in the UI.

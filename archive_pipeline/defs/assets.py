@@ -71,7 +71,8 @@ class ArchiveRunConfig(Config):
 
 
 def asset_key(spec: TableSpec) -> AssetKey:
-    return AssetKey(["archive", *spec.asset_path])
+    """``[<asset_key_prefix>..., archive, <schema>, <table>]``."""
+    return AssetKey([*spec.key_prefix, "archive", *spec.asset_path])
 
 
 def op_name(spec: TableSpec) -> str:

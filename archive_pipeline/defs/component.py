@@ -9,7 +9,7 @@ builds them. Either point at a table list file (relative to the ``defs.yaml``)::
       config_path: archive_tables.yaml
 
 or write the same settings inline (``tables`` plus the optional ``source``, ``retry``, ``schedule``,
-``sensor`` and ``backfill`` sections of the file)::
+``sensor``, ``backfill`` and ``asset_key_prefix`` sections of the file)::
 
     type: archive_pipeline.defs.component.ArchiveTablesComponent
     attributes:
@@ -94,6 +94,8 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
     schedule: dict[str, Any] | None = Field(default=None, description="inline: daily schedule (schedule:)")
     sensor: dict[str, Any] | None = Field(default=None, description="inline: new-days sensor (sensor:)")
     backfill: dict[str, Any] | None = Field(default=None, description="inline: days per backfill run (backfill:)")
+    asset_key_prefix: str | list[str] | None = Field(default=None, description="inline: put before every asset "
+                                                     "key (asset_key_prefix:)")
     check_source: bool = Field(default=True, description="check at load that the tables exist "
                                "(only when ARCHIVE_PG_DSN is set and the database answers)")
 
@@ -109,7 +111,7 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
     def _inline(self) -> dict[str, Any]:
         """The inline sections, one per section of the file (a test checks none is missing)."""
         return {"source": self.source, "retry": self.retry, "schedule": self.schedule, "sensor": self.sensor,
-                "backfill": self.backfill, "tables": self.tables}
+                "backfill": self.backfill, "asset_key_prefix": self.asset_key_prefix, "tables": self.tables}
 
     @classmethod
     def get_spec(cls) -> ComponentTypeSpec:

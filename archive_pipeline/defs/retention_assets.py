@@ -66,7 +66,7 @@ class RemovalRunConfig(Config):
 
 
 def removal_asset_key(spec: TableSpec) -> AssetKey:
-    return AssetKey(["source_removed", *spec.asset_path])
+    return AssetKey([*spec.key_prefix, "source_removed", *spec.asset_path])
 
 
 def _proven_spec(key: AssetKey, spec: TableSpec) -> AssetCheckSpec:
