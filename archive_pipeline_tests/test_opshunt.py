@@ -157,14 +157,16 @@ class TestNamesDerivedFromTables:
                                       ("public.事件", "public.订单")])
     def test_tables_that_sanitise_to_one_asset_name_are_refused_naming_both_and_what_to_do(self, pair):
         """Two PostgreSQL tables that differ in case or in non-ASCII letters only get one Dagster name: refused
-        (as before) naming both, and now saying what to do. Not "a second code location", as for job names:
-        there the asset key would be the same, and Dagster merges one key's materializations across code
-        locations (each location's sensor would then take the other table's days as archived)."""
+        (as before) naming both, and now saying what to do. Not "a second code location" alone, as for job
+        names: there the asset key would be the same, and Dagster merges one key's materializations across
+        code locations (each location's sensor would then take the other table's days as archived), unless
+        that location has its own asset_key_prefix."""
         with pytest.raises(ConfigError) as raised:
             parse_config({"tables": [{"name": n, "day_column": "at", "start_date": "2024-01-01"} for n in pair]})
         message = str(raised.value)
         assert f"tables {pair[0]!r} and {pair[1]!r} map to the same asset name" in message
-        assert "rename one of them in the database (in a second code location it would be the same asset" in message
+        assert ("rename one of them in the database, or archive it from a second code location with its own "
+                "asset_key_prefix") in message
 
     def test_tables_whose_names_only_look_alike_still_load(self):
         names = ["public.events", "public.events_archive", "public.archive_intact", "public.events_x_source_unchanged"]

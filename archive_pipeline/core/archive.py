@@ -27,7 +27,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import partition_of_day, source_table
+from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
 from archive_pipeline.core.errors import ArchiveError, is_retryable, wrap
 from archive_pipeline.core.formats.common import (
     Extraction,
@@ -248,7 +248,9 @@ class _Archiving:
         try:
             with temp_archive_file(self.temp_dir, suffix=f".{object_extension(self.spec)}") as sink:
                 with read_snapshot(self.conn, self.settings) as snapshot:
-                    table = source_table(self.conn, self.spec, self.day)
+                    declarative = self.spec.partitioning.mode == "declarative"
+                    children = day_children(self.conn, self.spec, self.day) if declarative else []
+                    table = source_table(self.conn, self.spec, self.day, children)
                     where = day_filter(table, self.day)
                     hold_day(self.conn, table, where)
                     identity = _identity(self.conn)
@@ -267,7 +269,7 @@ class _Archiving:
                         else:
                             self._refuse_removed(existing, fp)
                     definition = table_definition(table.columns, primary_key(self.conn, table),
-                                                  partition_of_day(self.conn, self.spec, self.day))
+                                                  partition_of_day(self.spec, children))
                     generation = self._generation(existing, fp)
                     data_key = keys.generation_key(self.key, generation)
                     encodings = fmt.encodings(table)
@@ -388,7 +390,8 @@ class _Archiving:
                                 chunk_rows=self.spec.chunk_size, settings=self.settings, progress=self.progress,
                                 progress_every=self.progress_every, strict=self.spec.strict)
         plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams, estimate)
-        free = free_sessions(self.conn)
+        # the sessions the connection limits leave: asked only when more than this one is wanted (a round trip)
+        free = free_sessions(self.conn) if plan.streams > 1 or fp is None else 0
         if plan.streams > 1 and _readers(fmt, plan) > free:
             # as many streams as the connection limits leave room for: more would fail every attempt
             log.info("%s %s: %d stream(s) instead of %d: %d more session(s) fit the connection limits",

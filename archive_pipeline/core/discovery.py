@@ -33,7 +33,7 @@ _BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
 # the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery
 _CHILDREN_QUERY = """
-SELECT c.relname, pg_get_expr(c.relpartbound, 0), cn.nspname
+SELECT c.relname, pg_get_expr(c.relpartbound, 0), cn.nspname  -- 0: no lock (a relid opens the child)
 FROM pg_catalog.pg_inherits i
 JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
 JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
@@ -68,6 +68,9 @@ class ChildRange:
     # The child's own schema: a partition may live in another schema than its parent (CREATE TABLE
     # old.events_20240310 PARTITION OF public.events ...); "" for the parent's.
     schema: str = ""
+    # The bound as the server prints it (``FOR VALUES FROM (...) TO (...)``), for a restore to re-create
+    # the child after it was dropped.
+    bound: str = ""
 
     def qualified(self, spec: TableSpec) -> str:
         """``schema.name`` of the child, for :func:`~archive_pipeline.core.source.describe_table`."""
@@ -163,12 +166,12 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
         match = _BOUND.match(bound or "")
         if match is None:  # DEFAULT or LIST/HASH bounds: no day range to read
             continue
-        parsed.append((child, match["lo"], match["hi"], child_schema))
-    literals = [side for _, lo, hi, _ in parsed for side in (lo, hi)]
+        parsed.append((child, match["lo"], match["hi"], child_schema, bound))
+    literals = [side for _, lo, hi, _, _ in parsed for side in (lo, hi)]
     values = [r[0] for r in conn.execute(_BOUND_VALUES, (literals,))]
     values = [v.astimezone(dt.UTC) if v is not None else None for v in values]
-    return [ChildRange(child, values[2 * i], values[2 * i + 1], child_schema)
-            for i, (child, _, _, child_schema) in enumerate(parsed)]
+    return [ChildRange(child, values[2 * i], values[2 * i + 1], child_schema, bound)
+            for i, (child, _, _, child_schema, bound) in enumerate(parsed)]
 
 
 # The parent's partitioning: strategy, number of key columns, the first one's name (NULL for an expression),
@@ -276,8 +279,10 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list) -
 NO_PERIOD_TABLE = "the period's table does not exist"  # naming mode: the day is not (or no longer) in the source
 
 
-def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> SourceTable:
-    """The relation holding the period and its columns, per the table's partitioning mode."""
+def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
+                 children: list[ChildRange] | None = None) -> SourceTable:
+    """The relation holding the period and its columns, per the table's partitioning mode
+    (declarative: ``children`` are the period's, from :func:`day_children`, read here if not given)."""
     day = spec.period(day)
     if spec.partitioning.mode == "naming":
         child = f"{spec.schema_name}.{spec.child_table(day)}"
@@ -288,7 +293,7 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
             raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,
                               cause=cause) from None
     if spec.partitioning.mode == "declarative":
-        require_whole_days(spec, day_children(conn, spec, day))
+        require_whole_days(spec, day_children(conn, spec, day) if children is None else children)
     return describe_table(conn, spec.name, spec.day_column)
 
 
@@ -300,17 +305,10 @@ def day_children(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
             if (c.start is None or c.start < end) and (c.end is None or c.end > start)]
 
 
-def partition_of_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> dict | None:
-    """Declarative mode: the one child holding exactly the period, and its bound as the server prints
-    it, so a restore can re-create and attach it after the child was dropped."""
-    if spec.partitioning.mode != "declarative":
+def partition_of_day(spec: TableSpec, children: list[ChildRange]) -> dict | None:
+    """Declarative mode: the one child holding the period (of the period's ``children``, from
+    :func:`day_children`), and its bound as the server prints it, so a restore can re-create and attach
+    it after the child was dropped."""
+    if spec.partitioning.mode != "declarative" or len(children) != 1:
         return None
-    day = spec.period(day)
-    children = day_children(conn, spec, day)
-    if len(children) != 1:
-        return None
-    schema = children[0].schema or spec.schema_name
-    bound = conn.execute(
-        "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, children[0].name)).fetchone()
-    return {"parent": spec.name, "child": f"{schema}.{children[0].name}", "bound": bound[0] if bound else None}
+    return {"parent": spec.name, "child": children[0].qualified(spec), "bound": children[0].bound or None}

@@ -480,11 +480,7 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     snapshot described them, but every query is planned on the current catalog, so a column dropped,
     renamed or added, or the table renamed or replaced (a new table renamed into its place, whose rows
     the snapshot cannot see) in between would read other columns than those described, or none."""
-    try:
-        conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as exc:
-        raise _changed_under_snapshot(table, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    _same_relation(conn, table, where)
+    _same_relation(conn, table, where)  # its first query takes the day's locks
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),)).fetchall()
     read = _relations_read(conn, table, where) if found else set()
     changed = [f"{schema}.{name}" for schema, name, gone in found
@@ -508,8 +504,12 @@ def _same_relation(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
     with the same columns in the same order (the catalog as the relation cache holds it now, which is
     what plans the day's queries; read after the day's locks, so it stays that way). Planned with the
     day's filter, it locks only the day's partitions: unfiltered, it waited for a lock on every other
-    partition of the table (one under VACUUM FULL failed every day's archive)."""
-    current = conn.execute(sql.SQL("SELECT * FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
+    partition of the table (one under VACUUM FULL failed every day's archive). Planning it takes the
+    day's locks, and the relation cache is brought up to date once they are held."""
+    try:
+        current = conn.execute(sql.SQL("SELECT * FROM {} WHERE {} LIMIT 0").format(table.identifier, where))
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as exc:
+        raise _changed_under_snapshot(table, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     names = [c.name for c in current.description or []]
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid",
                        (table.identifier.as_string(conn),)).fetchone()[0]
