@@ -868,7 +868,12 @@ class S3Upload:
 
     def _checked(self, size: int, etag: str, parts: int, part_sizes: tuple[int, ...], started: float,
                  waited: float, completed: float, *, expected_etag: str) -> StoredObject:
-        """Check the published object (ETag, stored size); withdraw it and raise if it is not right."""
+        """Check the published object (ETag, stored size); withdraw it and raise if it is not right.
+
+        One PutObject whose ETag is our MD5 needs no HEAD: the store hashed exactly the bytes we sent
+        (it also checked them against our Content-MD5), so it holds our ``size`` bytes; a small day
+        saves a round trip. A multipart object's ETag hashes the parts' MD5s, not their bytes in order
+        as stored, and a store that is not asked for MD5 ETags proves nothing: their size is read back."""
         store = self.store
         if store.verify_etags and etag != expected_etag:
             error = self._error_here(f"stored object's ETag {etag!r} != expected {expected_etag}: it arrived "
@@ -876,6 +881,11 @@ class S3Upload:
             # withdraw what the store says it made (or what we sent), never an older archive of the key
             store._withdraw_if_ours(self.key, {expected_etag, etag}, size, error)
             raise error
+        stored_object = StoredObject(key=self.key, uri=store.uri(self.key), size=size, etag=etag, parts=parts,
+                                     wait_seconds=waited - started, complete_seconds=completed - waited,
+                                     part_sizes=part_sizes)
+        if store.verify_etags and parts == 1 and not part_sizes:
+            return stored_object
         try:
             head = store._head(self.key)
         except Exception as exc:
@@ -888,9 +898,7 @@ class S3Upload:
                                      "the run will be retried", retryable=True)
             store.delete_quietly(self.key, error)
             raise error
-        return StoredObject(key=self.key, uri=store.uri(self.key), size=size, etag=etag, parts=parts,
-                            wait_seconds=waited - started, complete_seconds=completed - waited,
-                            part_sizes=part_sizes)
+        return stored_object
 
     def _put_single(self, fd: int, size: int, md5_hex: str) -> str:
         """The whole (small) file in one verified PutObject; stale multipart uploads of the key are
