@@ -9,7 +9,9 @@ fingerprint check, ``EXCEPT ALL`` on each value's output text both ways, deep ve
 from __future__ import annotations
 
 import datetime as dt
+import io
 
+import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
@@ -19,8 +21,8 @@ from archive_pipeline.core.errors import UnsupportedTypeError
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.restore import FingerprintMismatchError, restore_day
 from archive_pipeline.core.verify import deep_verify
-from archive_pipeline_tests.helpers import assert_nothing_left
-from archive_pipeline_tests.test_exactness import _hostile_table, _manifest_columns, _round_trip
+from archive_pipeline_tests.helpers import assert_nothing_left, decompress, download, read_csv, read_jsonl
+from archive_pipeline_tests.test_exactness import _differences, _hostile_table, _manifest_columns, _round_trip
 
 DAY = dt.date(2024, 3, 10)
 FORMATS = ("jsonl", "csv", "parquet")
@@ -154,8 +156,6 @@ def test_edge_values_of_many_types_round_trip_exactly(fmt, conn, schema, store, 
     result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.edges_back", temp_dir=temp_dir)
     assert restored.fingerprint_checked and restored.rows == result.rows == 4
-    from archive_pipeline_tests.test_exactness import _differences
-
     assert _differences(conn, schema, "edges", "edges_back", {}) == []
     assert deep_verify(conn, store, spec, DAY) == []
     assert all(c["exact"] for c in _manifest_columns(store, result).values())
@@ -183,8 +183,6 @@ def test_a_restore_reads_the_archive_whatever_the_sessions_input_settings(fmt, c
     assert deep_verify(conn, store, spec, DAY) == []
     assert conn.execute("SHOW array_nulls").fetchone()[0] == "off"  # the caller's session as it was
     conn.execute("RESET ALL")
-    from archive_pipeline_tests.test_exactness import _differences
-
     assert _differences(conn, schema, "arr", "arr_back", {}) == []
 
 
@@ -214,12 +212,6 @@ def test_int2vector_and_oidvector_are_archived_as_their_own_types(fmt, conn, sch
                    [["'1 2 3'", "'1 2 4294967295'"], ["''", "''"], ["'-32768'", "'0'"], ["NULL", "NULL"]])
     result = _round_trip(conn, schema, store, temp_dir, "vec", fmt)
     if fmt == "parquet":
-        import io
-
-        import pyarrow.parquet as pq
-
-        from archive_pipeline_tests.helpers import download
-
         table = pq.read_table(io.BytesIO(download(s3_client, bucket, result.key)))
         assert table.column("i2v").to_pylist() == ["1 2 3", "", "-32768", None]
 
@@ -340,3 +332,29 @@ def test_dropped_generated_and_identity_columns_restore_into_the_original(fmt, c
     remove_day(conn, spec, DAY, store)
     restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
     assert conn.execute(sql.SQL("SELECT concat(r.*) FROM {} r ORDER BY id").format(table)).fetchall() == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_money_is_archived_under_the_monetary_locale_its_restore_and_fingerprint_use(fmt, conn, schema, store,
+                                                                                      temp_dir, s3_client, bucket):
+    """money is archived as numeric, whose scale its cast takes from lc_monetary; the restore reads it and
+    the fingerprint prints it under "C". Parquet's reading session (and CSV's and JSONL's on a day big
+    enough to be fingerprinted alongside, in another session) read it under the role's or server's
+    lc_monetary: in a locale of 0 or 3 fraction digits (ja_JP, ar_KW) every amount restored 100 times
+    larger or rounded, and the green archive failed its proof. (Only C locales exist here: the
+    lc_monetary the reading session sees is read through a view.)"""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TABLE {s}.m (id int, at date, mn money)")
+    conn.execute(f"INSERT INTO {s}.m VALUES (1, '2024-03-10', 12.34), (2, '2024-03-10', NULL)")
+    conn.execute(f"CREATE VIEW {s}.mv AS SELECT id, at, mn, current_setting('lc_monetary') AS locale FROM {s}.m")
+    conn.execute("SET lc_monetary = 'C.utf8'")
+    spec = _spec(schema, "mv", fmt)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    body = download(s3_client, bucket, result.key)
+    if fmt == "parquet":
+        rows = pq.read_table(io.BytesIO(body)).to_pylist()
+    else:
+        rows = (read_jsonl if fmt == "jsonl" else read_csv)(decompress(body, "zstd"))
+    assert sorted((str(r["id"]), r["locale"]) for r in rows) == [("1", "C"), ("2", "C")], rows
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.mv_back", temp_dir=temp_dir)
+    assert restored.fingerprint_checked

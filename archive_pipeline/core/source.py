@@ -37,6 +37,10 @@ SNAPSHOT_SETTINGS = {
     "extra_float_digits": "1",
     "bytea_output": "hex",
     "client_encoding": "UTF8",
+    # money is archived as numeric, whose scale money's cast takes from lc_monetary: the restore reads it
+    # back, and the fingerprint prints it, under "C" (2 digits), so the archive writes it under "C" too (a
+    # locale of 0 or 3 digits, ja_JP or ar_KW, gave amounts that restored 100 times larger or rounded)
+    "lc_monetary": "C",
     # Our SQL's string literals ('\u0000', regular expressions) are written for standard strings: with
     # this off (a legacy role or database default) a backslash in them would be an escape.
     "standard_conforming_strings": "on",

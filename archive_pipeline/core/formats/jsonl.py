@@ -64,7 +64,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
     if col.base_type == "money":
         return (sql.SQL("{}::numeric").format(ident),
                 encoding("number (money as numeric)",
-                         note="digits of the amount, without currency symbol; lc_monetary decides the scale"))
+                         note="digits of the amount, without currency symbol; 2 fraction digits (lc_monetary C)"))
     if col.base_type == "jsonb":
         refuse = raise_in_sql(index, "json_null", ident)
         # jsonb's null is a few bytes: the size test (no detoasting) spares big documents a second

@@ -189,11 +189,11 @@ def parquet_encodings(table: SourceTable) -> dict[str, dict]:
         base, arr = col.base_type, col.is_array
         if _listed_as_text(col):
             enc = encoding("list<string> (each element's exact text; multi-dimensional or lower bound other "
-                           "than 1: refused)", note="money as numeric; lc_monetary decides the scale"
+                           "than 1: refused)", note="money as numeric; 2 fraction digits (lc_monetary C)"
                            if base == "money" else "")
         elif base == "money":
             enc = encoding("string: numeric digits of the amount",
-                           note="money as numeric; lc_monetary decides the scale")
+                           note="money as numeric; 2 fraction digits (lc_monetary C)")
         elif base == "xml":
             enc = encoding("string: PostgreSQL array literal of the xml texts as stored" if arr
                            else "string: the xml text as stored", note="read back with xml's input")
