@@ -216,11 +216,11 @@ def test_int2vector_and_oidvector_are_archived_as_their_own_types(fmt, conn, sch
         assert table.column("i2v").to_pylist() == ["1 2 3", "", "-32768", None]
 
 
-REG_AMBIGUOUS = [  # column, a value printing as a name its input refuses (the name is overloaded)
-    ("rp", "'abs(int8)'::regprocedure::oid::regproc"),
-    ("ro", "'+(int4,int4)'::regoperator::oid::regoper"),
-    ("rpa", "ARRAY['now'::regproc, 'abs(int8)'::regprocedure::oid::regproc]"),
-]
+REG_AMBIGUOUS = {  # format -> column, a value printing as a name its input refuses (the name is overloaded)
+    "jsonl": ("rp", "'abs(int8)'::regprocedure::oid::regproc"),
+    "csv": ("ro", "'+(int4,int4)'::regoperator::oid::regoper"),
+    "parquet": ("rpa", "ARRAY['now'::regproc, 'abs(int8)'::regprocedure::oid::regproc]"),
+}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -233,19 +233,18 @@ def test_regproc_and_regoper_names_that_do_not_read_back_are_refused(fmt, conn, 
                    [["'now'", "'||/'", "ARRAY['now'::regproc, 0, 4294967294::oid::regproc, NULL]"],
                     ["0", "0", "NULL"], ["4294967294", "4294967294", "'{}'"]])
     _round_trip(conn, schema, store, temp_dir, "rg", fmt)
-    for i, (column, value) in enumerate(REG_AMBIGUOUS):
-        name = f"rg{i}"
-        conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(
-            sql.Identifier(schema, name), sql.Identifier(schema, "rg")))
-        conn.execute(sql.SQL("UPDATE {} SET {} = {} WHERE id = 2").format(
-            sql.Identifier(schema, name), sql.Identifier(column), sql.SQL(value)))
-        spec = _spec(schema, name, fmt)
-        with pytest.raises(UnsupportedTypeError) as failure:
-            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
-        message = str(failure.value)
-        assert f"{schema}.{name}" in message and DAY.isoformat() in message and f"column {column!r}" in message
-        assert "regprocedure or regoperator" in message and failure.value.retryable is False, message
-        assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
+    column, value = REG_AMBIGUOUS[fmt]
+    conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(
+        sql.Identifier(schema, "rg2"), sql.Identifier(schema, "rg")))
+    conn.execute(sql.SQL("UPDATE {} SET {} = {} WHERE id = 2").format(
+        sql.Identifier(schema, "rg2"), sql.Identifier(column), sql.SQL(value)))
+    spec = _spec(schema, "rg2", fmt)
+    with pytest.raises(UnsupportedTypeError) as failure:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    message = str(failure.value)
+    assert f"{schema}.rg2" in message and DAY.isoformat() in message and f"column {column!r}" in message
+    assert "regprocedure or regoperator" in message and failure.value.retryable is False, message
+    assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -282,9 +281,6 @@ def test_strict_refuses_an_inexact_column_before_publishing_and_the_manifest_rec
     assert f"{schema}.js" in message and DAY.isoformat() in message and "column 'j' (json)" in message
     assert "strict" in message and "csv or parquet" in message and failure.value.retryable is False
     assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
-    for fmt in ("csv", "parquet"):  # exact there: strict changes nothing
-        _round_trip(conn, schema, store, temp_dir, "js", fmt)
-        conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, f"js_{fmt}_back")))
     lax = _spec(schema, "js", "jsonl")
     result = archive_partition(conn, lax, DAY, store, temp_dir=temp_dir, overwrite=True)
     columns = _manifest_columns(store, result)
@@ -312,7 +308,7 @@ def test_standard_conforming_strings_off_changes_nothing(fmt, conn, schema, stor
     _round_trip(conn, schema, store, temp_dir, "sc", fmt)
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])  # JSONL restores by INSERT; Parquet by COPY, as CSV does
+@pytest.mark.parametrize("fmt", ["jsonl"])  # JSONL restores by INSERT; CSV and Parquet by COPY
 def test_dropped_generated_and_identity_columns_restore_into_the_original(fmt, conn, schema, store, temp_dir):
     """A column dropped before archiving (attisdropped), a stored generated column and an ALWAYS identity:
     restored into a new table and, after retention removed the day, into the original (already so)."""
