@@ -267,6 +267,23 @@ def test_a_table_without_columns_is_refused(fmt, conn, schema, store, temp_dir):
     assert store.head(table_day_key(spec, DAY, store.prefix)) is None  # still the empty day's manifest alone
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_type_postgresql_cannot_read_back_is_refused(fmt, conn, schema, store, temp_dir):
+    """pg_node_tree (and the statistics' types) print, but their input refuses every value: a table may hold
+    one (INSERT ... SELECT from the catalog), and its day was archived green and then could be neither
+    restored nor proven. Refused naming the column and the remedy (a view with its text)."""
+    table = sql.Identifier(schema, "nt")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, tree pg_node_tree)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT 1, %s, ev_qual FROM pg_rewrite LIMIT 1").format(table), (DAY,))
+    spec = _spec(schema, "nt", fmt)
+    with pytest.raises(UnsupportedTypeError) as failure:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    message = str(failure.value)
+    assert f"{schema}.nt" in message and DAY.isoformat() in message and "column 'tree' (pg_node_tree)" in message
+    assert "tree::text" in message and failure.value.retryable is False, message
+    assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
+
+
 def test_strict_refuses_an_inexact_column_before_publishing_and_the_manifest_records_it(conn, schema, store,
                                                                                           temp_dir):
     """strict: a json column in JSONL (a line break between tokens becomes a space) is refused before

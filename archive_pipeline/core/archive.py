@@ -36,7 +36,7 @@ from archive_pipeline.core.formats.common import (
     failing_columns,
     is_value_failure,
     refuse_inexact,
-    refuse_no_columns,
+    refuse_unrestorable,
 )
 from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
@@ -275,7 +275,7 @@ class _Archiving:
                     if self.spec.strict:
                         refuse_inexact(self.spec.format, table, encodings)
                     if fp is None or fp.rows:
-                        refuse_no_columns(table)
+                        refuse_unrestorable(table)
                     no_rows = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     if fp is not None and fp.rows == 0:
                         stats = no_rows

@@ -101,16 +101,32 @@ def refuse_inexact(format_name: str, table: SourceTable, encodings: dict[str, di
                 table=table.qualified, retryable=False)
 
 
-def refuse_no_columns(table: SourceTable) -> None:
-    """A table without columns (``CREATE TABLE t ()``) has rows that hold nothing but their number: COPY
-    and INSERT cannot write such rows back through a column list, nor can Arrow count them, so an
-    archive of them could be neither restored nor proven. Refused in every format, before anything is
-    read or uploaded (a day without rows is archived as empty, as any)."""
+# Types PostgreSQL prints but never reads back (their input function refuses every value): the
+# planner's and the statistics' own, which a table can still hold (INSERT ... SELECT from the catalog).
+WRITE_ONLY_TYPES = {"pg_node_tree", "pg_ndistinct", "pg_dependencies", "pg_mcv_list", "gtsvector",
+                    "pg_brin_bloom_summary", "pg_brin_minmax_multi_summary"}
+
+
+def refuse_unrestorable(table: SourceTable) -> None:
+    """Rows no format's restore can write back, refused in every format before anything is read or
+    uploaded (a day without rows is archived as empty, as any):
+
+    - a table without columns (``CREATE TABLE t ()``): its rows hold nothing but their number, and COPY
+      and INSERT cannot write them back through a column list, nor can Arrow count them;
+    - a column of a type whose input refuses every value (:data:`WRITE_ONLY_TYPES`).
+    """
     if not table.columns:
         raise UnsupportedTypeError(
             f"{table.qualified} has no columns: its rows hold nothing but their number, which no format's restore "
             "can write back (COPY and INSERT need a column); add a column to the table, or take it out of the "
             "archive configuration", table=table.qualified, retryable=False)
+    for col in table.columns:
+        if col.base_type in WRITE_ONLY_TYPES:
+            raise UnsupportedTypeError(
+                f"column {col.name!r} ({col.type_name}) of {table.qualified} is of a type PostgreSQL prints but "
+                "cannot read back (its input refuses every value), so no format's restore can write it; archive a "
+                f"view of the table with the column as text ({col.name}::text) or without it",
+                table=table.qualified, retryable=False)
 
 
 # ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
