@@ -36,6 +36,7 @@ from archive_pipeline.core.formats.common import (
     failing_columns,
     is_value_failure,
     refuse_inexact,
+    refuse_unrestorable,
 )
 from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
@@ -275,6 +276,8 @@ class _Archiving:
                     encodings = fmt.encodings(table)
                     if self.spec.strict:
                         refuse_inexact(self.spec.format, table, encodings)
+                    if fp is None or fp.rows:
+                        refuse_unrestorable(table)
                     no_rows = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     if fp is not None and fp.rows == 0:
                         stats = no_rows

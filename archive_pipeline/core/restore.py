@@ -32,6 +32,7 @@ from psycopg.types.json import Json
 from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
+from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
@@ -78,8 +79,10 @@ def _column_list(names: Iterable[str]) -> sql.Composable:
 # Read the archive as it was written: UTF-8 bytes (the archiver's client_encoding), money as
 # numeric text, which money's input reads right only in the "C" monetary locale (elsewhere the
 # decimal point may be a comma), and xml as its stored text, a document or a fragment (xmloption
-# document would refuse fragments such as '' or 'text', which an xml column may hold).
-_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C", "xmloption": "content"}
+# document would refuse fragments such as '' or 'text', which an xml column may hold), and an
+# array literal's unquoted NULL as NULL (with array_nulls off, a role's setting, it is the string
+# "NULL" in a text[] and an error in any other array).
+_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C", "xmloption": "content", "array_nulls": "on"}
 
 
 @contextlib.contextmanager
@@ -161,7 +164,9 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
       brackets, a valid array literal of the same elements (strings double-quoted with nothing to
       unescape; numbers, true/false and null bare; an unquoted null is NULL), so ``{...}`` goes
       through the array type's own input. Any other value (nested, escapes, a PostgreSQL array literal
-      written as a string) takes populate's path for that column of that row.
+      written as a string) takes populate's path for that column of that row, as a record of that one
+      column (``json_populate_record(NULL::<target>, ...)`` would also read every other column as NULL,
+      which a domain refusing NULL refuses).
 
     Archived values go into GENERATED ALWAYS identity columns as they are (``OVERRIDING SYSTEM VALUE``),
     as COPY writes them.
@@ -186,8 +191,8 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
                 "CASE WHEN left(x.{c}::text, 1) = '[' AND left(x.{c}::text, 2) <> '[[' "
                 "AND strpos(x.{c}::text, E'\\\\') = 0 "
                 "THEN ('{{' || substr(x.{c}::text, 2, length(x.{c}::text) - 2) || '}}')::{bare} "
-                "ELSE (json_populate_record(NULL::{t}, json_build_object({n}, x.{c}))).{c} END").format(
-                    c=ident, bare=sql.SQL(bare), t=target, n=sql.Literal(name)))
+                "ELSE (SELECT r.{c} FROM json_to_record(json_build_object({n}, x.{c})) AS r({c} {declared})) END"
+            ).format(c=ident, bare=sql.SQL(bare), declared=sql.SQL(declared), n=sql.Literal(name)))
         else:
             definitions.append(sql.SQL("{} {}").format(ident, sql.SQL(declared)))
             values.append(sql.SQL("x.{}").format(ident))
@@ -832,12 +837,30 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
         computed = (f", or {relation} computes its generated column(s) {generated} otherwise than when the day was "
                     "archived (restore into a new table to get the archived values)") if generated else ""
         drift, remedy = _drift_explained(conn, manifest, relation)
+        lossy, lossy_remedy = _inexact_explained(manifest)
         raise FingerprintMismatchError(
             f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
-            f"{recorded}; the restore was rolled back. The archive does not hold the rows it was proven to hold "
-            f"(altered after it was written), or the target already held other rows of the day{computed}{drift}",
-            table=table, day=day, remedy=remedy)
+            f"{recorded}; the restore was rolled back.{lossy} {'Otherwise t' if lossy else 'T'}he archive does not "
+            f"hold the rows it was proven to hold (altered after it was written), or the target already held other "
+            f"rows of the day{computed}{drift}",
+            table=table, day=day, remedy=remedy or lossy_remedy)
     return True, recorded, f"fingerprint {recorded} of {scope} equals the manifest's"
+
+
+def _inexact_explained(manifest: dict) -> tuple[str, str | None]:
+    """(a sentence naming the columns the manifest records as not archived exactly, and the remedy), or
+    ("", None): a value such an encoding changed (a json's line break in JSONL) is the likely cause of a
+    fingerprint that differs, not an altered archive."""
+    inexact = [c for c in manifest.get("columns", []) if c.get("exact") is False]
+    if not inexact:
+        return "", None
+    named = "; ".join(f"{c['name']!r}: {c.get('encoding')}, {c.get('note')}" for c in inexact)
+    fmt = manifest.get("format")
+    return (f" The manifest records column(s) as not archived exactly in {fmt} ({named}): a value that encoding "
+            "changed comes back changed, the likely cause.",
+            f"such a value cannot be restored as it was from this archive; archive the table as "
+            f"{OTHER_FORMATS.get(fmt, 'another format')} (with strict: true, which refuses any inexact encoding) "
+            "to keep every value")
 
 
 @contextlib.contextmanager

@@ -37,6 +37,13 @@ SNAPSHOT_SETTINGS = {
     "extra_float_digits": "1",
     "bytea_output": "hex",
     "client_encoding": "UTF8",
+    # money is archived as numeric, whose scale money's cast takes from lc_monetary: the restore reads it
+    # back, and the fingerprint prints it, under "C" (2 digits), so the archive writes it under "C" too (a
+    # locale of 0 or 3 digits, ja_JP or ar_KW, gave amounts that restored 100 times larger or rounded)
+    "lc_monetary": "C",
+    # Our SQL's string literals ('\u0000', regular expressions) are written for standard strings: with
+    # this off (a legacy role or database default) a backslash in them would be an escape.
+    "standard_conforming_strings": "on",
     # A policy that would hide rows raises instead (42501): an archive of the rows a role may see is
     # not the day's rows. Owners (without FORCE), BYPASSRLS roles and superusers are not affected.
     "row_security": "off",
@@ -116,7 +123,9 @@ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f
 # (``CREATE DOMAIN d2 AS d1`` over jsonb is jsonb; ``d1[]`` is an array of jsonb). The type modifier is
 # the first one set along the walk (a domain's own, e.g. numeric(10,2), or the column's). One array
 # step at most: an array of a domain over an array stops at that inner array type (its own typname,
-# "_int4"), whose values are archived as their literal like any type without a special encoding.
+# "_int4"), whose values are archived as their literal like any type without a special encoding. An
+# array is its element type's array type: int2vector and oidvector, arrays of int2 and oid indexed from 0
+# that print as "1 2 3", are types of their own.
 _COLUMNS_QUERY = """
 SELECT a.attname,
        format_type(a.atttypid, a.atttypmod),
@@ -141,7 +150,8 @@ CROSS JOIN LATERAL (
                w.is_array OR t.typtype <> 'd',
                w.depth + 1
         FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
-        WHERE t.typtype = 'd' OR (NOT w.is_array AND t.typcategory = 'A' AND t.typelem <> 0)
+        WHERE t.typtype = 'd' OR (NOT w.is_array AND t.typcategory = 'A' AND t.typelem <> 0 AND EXISTS (
+            SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid))
     )
     SELECT oid, typmod, is_array FROM walk ORDER BY depth DESC LIMIT 1
 ) AS b

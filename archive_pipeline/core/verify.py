@@ -494,6 +494,14 @@ def _column_types(conn: psycopg.Connection, manifest: dict) -> dict[str, sql.Com
             for c in manifest["columns"]}
 
 
+def _type_oids(conn: psycopg.Connection, types: dict[str, sql.Composable]) -> list[int]:
+    """The OID of each type, in order, by its name alone: ``NULL::domain`` would run the domain's
+    CHECKs on NULL, and one that refuses NULL (``CHECK (VALUE IS NOT NULL)``) failed every proof."""
+    texts = [t.as_string(conn) for t in types.values()]
+    return [oid for (oid,) in conn.execute("SELECT pg_catalog.to_regtype(u.t)::oid FROM unnest(%s::text[]) "
+                                           "WITH ORDINALITY AS u(t, i) ORDER BY u.i", (texts,))]
+
+
 def _create_temp(conn: psycopg.Connection, types: dict[str, sql.Composable]) -> tuple[sql.Identifier, str]:
     """A temporary table with these columns, dropped at commit: its identifier and schema.name."""
     name = f"archive_pipeline_verify_{next(_temp_names)}"
@@ -532,8 +540,7 @@ def _verbatim_parquet_columns(conn: psycopg.Connection, manifest: dict, path: st
     again is most of it). A field whose text differs from the source's fails the proof, as a forged
     value must; the restore path reads the same text into the type."""
     types = _column_types(conn, manifest)
-    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
+    oids = _type_oids(conn, types)
     schema = pq.read_schema(path)
     verbatim = set()
     for name, oid in zip(types, oids, strict=True):
@@ -613,8 +620,7 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     (every type's input reads its own output)."""
     types = _column_types(conn, manifest)
     names = list(types)
-    oids = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        sql.SQL("pg_typeof(NULL::{})::oid").format(t) for t in types.values()))).fetchone()
+    oids = _type_oids(conn, types)
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
     parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})

@@ -101,6 +101,34 @@ def refuse_inexact(format_name: str, table: SourceTable, encodings: dict[str, di
                 table=table.qualified, retryable=False)
 
 
+# Types PostgreSQL prints but never reads back (their input function refuses every value): the
+# planner's and the statistics' own, which a table can still hold (INSERT ... SELECT from the catalog).
+WRITE_ONLY_TYPES = {"pg_node_tree", "pg_ndistinct", "pg_dependencies", "pg_mcv_list", "gtsvector",
+                    "pg_brin_bloom_summary", "pg_brin_minmax_multi_summary"}
+
+
+def refuse_unrestorable(table: SourceTable) -> None:
+    """Rows no format's restore can write back, refused in every format before anything is read or
+    uploaded (a day without rows is archived as empty, as any):
+
+    - a table without columns (``CREATE TABLE t ()``): its rows hold nothing but their number, and COPY
+      and INSERT cannot write them back through a column list, nor can Arrow count them;
+    - a column of a type whose input refuses every value (:data:`WRITE_ONLY_TYPES`).
+    """
+    if not table.columns:
+        raise UnsupportedTypeError(
+            f"{table.qualified} has no columns: its rows hold nothing but their number, which no format's restore "
+            "can write back (COPY and INSERT need a column); add a column to the table, or take it out of the "
+            "archive configuration", table=table.qualified, retryable=False)
+    for col in table.columns:
+        if col.base_type in WRITE_ONLY_TYPES:
+            raise UnsupportedTypeError(
+                f"column {col.name!r} ({col.type_name}) of {table.qualified} is of a type PostgreSQL prints but "
+                "cannot read back (its input refuses every value), so no format's restore can write it; archive a "
+                f"view of the table with the column as text ({col.name}::text) or without it",
+                table=table.qualified, retryable=False)
+
+
 # ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
 
 _MARKER = "archive_pipeline:refuse"
@@ -265,12 +293,44 @@ def _too_big_remedy(format_name: str, culprits: list[Column]) -> str:
 
 def select_list(table: SourceTable) -> sql.Composed:
     """The day's columns for CSV, cast only where the text form would lose meaning."""
-    return sql.SQL(", ").join(sql.SQL("{} AS {}").format(csv_expression(c), sql.Identifier(c.name))
-                              for c in table.columns)
+    return sql.SQL(", ").join(sql.SQL("{} AS {}").format(csv_expression(c, i), sql.Identifier(c.name))
+                              for i, c in enumerate(table.columns))
 
 
-def csv_expression(col: Column) -> sql.Composable:
+# regproc and regoper print a function's or operator's name alone, qualified when it is not the only one
+# of that name ("pg_catalog.abs"), which their input then refuses ("more than one function named"): such
+# a value cannot be restored in any format. (A name on the path reads back under the same path; an OID
+# of nothing prints as its number, which reads back as itself.)
+NAME_INPUT = {"regproc": "to_regproc", "regoper": "to_regoper"}
+
+
+def ambiguous_name(col: Column) -> sql.Composable | None:
+    """For a regproc or regoper column (or an array of one), a condition true where a value prints as a
+    name its input cannot read back (an overloaded function or operator); None for other columns."""
+    function = NAME_INPUT.get(col.base_type)
+    if function is None:
+        return None
+    test = sql.SQL("e::oid <> 0 AND e::text !~ '^[0-9]+$' AND pg_catalog.{f}(e::text)::oid IS DISTINCT FROM e::oid"
+                   ).format(f=sql.Identifier(function))
+    if col.is_array:
+        return sql.SQL("EXISTS (SELECT FROM unnest({c}) AS u(e) WHERE {t})").format(c=sql.Identifier(col.name), t=test)
+    return sql.SQL("(SELECT {t} FROM (SELECT {c}) AS u(e))").format(c=sql.Identifier(col.name), t=test)
+
+
+def refuse_ambiguous_names(col: Column, index: int, expr: sql.Composable) -> sql.Composable:
+    """``expr`` (the column's value as a format writes it), failing the query where the value is a
+    regproc or regoper name that does not read back (see :func:`ambiguous_name`)."""
+    ambiguous = ambiguous_name(col)
+    if ambiguous is None:
+        return expr
+    return sql.SQL("CASE WHEN {a} THEN CASE WHEN {r} IS NULL THEN {e} END ELSE {e} END").format(
+        a=ambiguous, r=raise_in_sql(index, "reg_ambiguous", sql.Identifier(col.name)), e=expr)
+
+
+def csv_expression(col: Column, index: int) -> sql.Composable:
     ident = sql.Identifier(col.name)
+    if col.base_type in NAME_INPUT:
+        return refuse_ambiguous_names(col, index, ident)
     if col.base_type == "xml":
         return xml_text(col)
     if col.base_type == "money":
@@ -381,7 +441,7 @@ class CopyFormat:
             col = table.columns[index]
             return UnsupportedTypeError(
                 f"column {col.name!r} ({col.type_name}) of {table.qualified} {REFUSALS[reason]} in {self.name}; "
-                f"archive this table as {OTHER_FORMATS[self.name]}", table=table.qualified, retryable=False)
+                f"{refusal_remedy(reason, self.name)}", table=table.qualified, retryable=False)
         if not is_value_failure(exc):
             return exc
         try:
@@ -392,7 +452,21 @@ class CopyFormat:
         return explain_value_failure(self.name, table, failure or exc, culprits)
 
 
+def refusal_remedy(reason: str, format_name: str) -> str:
+    """What to do about a refused value: another format, unless no format can hold it."""
+    return REMEDIES.get(reason) or f"archive this table as {OTHER_FORMATS.get(format_name, 'another format')}"
+
+
+# Refusals no other format helps with (the value's text does not read back in any of them).
+REMEDIES = {
+    "reg_ambiguous": "no format can archive it (every one holds its text): change the column's type to "
+                     "regprocedure or regoperator, which print the argument types, then archive the day again",
+}
+
+
 REFUSALS = {
+    "reg_ambiguous": "holds a function or operator that is not the only one of its name, which regproc and regoper "
+                     "print as a name their input cannot read back (more than one matches it)",
     "json_null": "holds the JSON value null, which JSONL cannot keep apart from SQL NULL (json_populate_record "
                  "reads both as NULL)",
     "json_nul": "holds the escape \\u0000, which json_populate_record cannot read back (PostgreSQL text cannot "

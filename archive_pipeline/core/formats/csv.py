@@ -24,7 +24,7 @@ def header_field(name: str) -> str:
 
 def _encoding(col: Column) -> dict:
     if col.base_type == "money":
-        return encoding("text: numeric digits of the amount", note="money as numeric; lc_monetary decides the scale")
+        return encoding("text: numeric digits of the amount", note="money as numeric; 2 fraction digits (lc_monetary C)")
     if col.base_type == "xml":
         return encoding("text: PostgreSQL array literal of the xml texts as stored" if col.is_array
                         else "text: the xml text as stored", note="read back with xml's input")
@@ -44,7 +44,7 @@ class Csv(CopyFormat):
         return {c.name: _encoding(c) for c in table.columns}
 
     def probes(self, table: SourceTable) -> list[sql.Composable]:
-        return [sql.SQL("concat({})").format(csv_expression(c)) for c in table.columns]
+        return [sql.SQL("concat({})").format(csv_expression(c, i)) for i, c in enumerate(table.columns)]
 
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         return sql.SQL("COPY ({query}) TO STDOUT (FORMAT csv)").format(query=day_query(table, where))

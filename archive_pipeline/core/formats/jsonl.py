@@ -11,6 +11,7 @@ from archive_pipeline.core.formats.common import (
     encoding,
     output_text,
     raise_in_sql,
+    refuse_ambiguous_names,
     xml_text,
 )
 from archive_pipeline.core.source import Column, SourceTable
@@ -51,7 +52,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
             # json elements: JSON null and SQL NULL would both be null; composites and unknown types may
             # hold any of the above. PostgreSQL's own array literal is exact and json_populate_record
             # reads it back.
-            return (sql.SQL("to_json({})").format(output_text(ident)),
+            return (refuse_ambiguous_names(col, index, sql.SQL("to_json({})").format(output_text(ident))),
                     encoding("string: PostgreSQL array literal", note="read back with the array type's input"))
         # As row_to_json writes it; a row holding an array whose lower bound is not 1 (which row_to_json
         # would drop) is written again with that array as its literal (see JsonLines.copy_statement).
@@ -63,7 +64,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
     if col.base_type == "money":
         return (sql.SQL("{}::numeric").format(ident),
                 encoding("number (money as numeric)",
-                         note="digits of the amount, without currency symbol; lc_monetary decides the scale"))
+                         note="digits of the amount, without currency symbol; 2 fraction digits (lc_monetary C)"))
     if col.base_type == "jsonb":
         refuse = raise_in_sql(index, "json_null", ident)
         # jsonb's null is a few bytes: the size test (no detoasting) spares big documents a second
@@ -101,7 +102,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
                               "\\u0000 and an unpaired UTF-16 surrogate escape (\\ud800) are refused"))
     if _json_native(col):
         return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
-    return (sql.SQL("to_json({})").format(output_text(ident)),
+    return (refuse_ambiguous_names(col, index, sql.SQL("to_json({})").format(output_text(ident))),
             encoding("string: the type's output", note="read back with the type's input function"))
 
 

@@ -41,12 +41,13 @@ from psycopg.conninfo import make_conninfo
 
 from archive_pipeline import __version__
 from archive_pipeline.core.errors import UnsupportedTypeError
+from archive_pipeline.core.formats.common import REFUSALS as COPY_REFUSALS
 from archive_pipeline.core.formats.common import (
-    OTHER_FORMATS,
     READ_AHEAD_BYTES,
     ByteSink,
     Extraction,
     WriteStats,
+    ambiguous_name,
     day_query,
     encoding,
     explain_value_failure,
@@ -54,6 +55,7 @@ from archive_pipeline.core.formats.common import (
     is_value_failure,
     output_text,
     refuse_inexact,
+    refusal_remedy,
     xml_text,
 )
 from archive_pipeline.core.session_settings import apply_settings
@@ -93,8 +95,9 @@ REFUSALS = {
                        "timestamp[us] (the last one is the encoding of +infinity)",
     "time_24": "holds time '24:00:00', which Arrow's time64 reads back as 00:00:00",
     "decimal_special": "holds NaN or Infinity, which a Parquet decimal cannot hold",
+    "reg_ambiguous": COPY_REFUSALS["reg_ambiguous"],
 }
-_REASON_CODES = {"array_shape": 0, "interval_range": 1}
+_REASON_CODES = {"array_shape": 0, "interval_range": 1, "reg_ambiguous": 2}
 
 
 def _listed_as_text(col: Column) -> bool:
@@ -142,6 +145,9 @@ def _refusal_condition(col: Column) -> tuple[sql.Composable, str] | None:
     if col.base_type == "interval" and not col.is_array:
         return (sql.SQL("({c} - date_trunc('day', {c})) NOT BETWEEN -{m} AND {m}").format(c=ident, m=_INTERVAL_MAX),
                 "interval_range")
+    ambiguous = ambiguous_name(col)
+    if ambiguous is not None:
+        return ambiguous, "reg_ambiguous"
     return None
 
 
@@ -183,11 +189,11 @@ def parquet_encodings(table: SourceTable) -> dict[str, dict]:
         base, arr = col.base_type, col.is_array
         if _listed_as_text(col):
             enc = encoding("list<string> (each element's exact text; multi-dimensional or lower bound other "
-                           "than 1: refused)", note="money as numeric; lc_monetary decides the scale"
+                           "than 1: refused)", note="money as numeric; 2 fraction digits (lc_monetary C)"
                            if base == "money" else "")
         elif base == "money":
             enc = encoding("string: numeric digits of the amount",
-                           note="money as numeric; lc_monetary decides the scale")
+                           note="money as numeric; 2 fraction digits (lc_monetary C)")
         elif base == "xml":
             enc = encoding("string: PostgreSQL array literal of the xml texts as stored" if arr
                            else "string: the xml text as stored", note="read back with xml's input")
@@ -336,8 +342,8 @@ class _Converter:
     def refuse(self, i: int, reason: str) -> UnsupportedTypeError:
         col = self.columns[i]
         return UnsupportedTypeError(
-            f"column {col.name!r} ({col.type_name}) of {self.table.qualified} {REFUSALS[reason]}; archive this "
-            f"table as {OTHER_FORMATS['parquet']}", table=self.table.qualified, retryable=False)
+            f"column {col.name!r} ({col.type_name}) of {self.table.qualified} {REFUSALS[reason]}; "
+            f"{refusal_remedy(reason, 'parquet')}", table=self.table.qualified, retryable=False)
 
     def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if self.flag >= 0:
