@@ -620,9 +620,11 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _parents(conn, spec, target)
 
 
-# What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, and other tables'
+# What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, other tables'
 # foreign keys referencing it directly (not the partition's clones of a foreign key referencing its parent,
-# conparentid <> 0: the detach before the drop takes those away, refusing if a row of the day is referenced).
+# conparentid <> 0: the detach before the drop takes those away, refusing if a row of the day is referenced),
+# tables inheriting from it (a naming-mode day table; its own partitions go with it), what uses its row type
+# (a function's argument, another table's column) and what uses a sequence it owns (another table's default).
 _DEPENDENTS = """
 SELECT format('view or rule of %%s', r.ev_class::regclass) FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
@@ -631,18 +633,35 @@ WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catal
 UNION
 SELECT format('foreign key %%I of %%s', c.conname, c.conrelid::regclass) FROM pg_catalog.pg_constraint c
 WHERE c.contype = 'f' AND c.confrelid = %(t)s::regclass AND c.conparentid = 0 AND c.conrelid <> %(t)s::regclass
+UNION
+SELECT format('table %%s inheriting from it', i.inhrelid::regclass) FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %(t)s::regclass AND NOT c.relispartition
+UNION
+SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_type ty ON ty.oid = d.refobjid JOIN pg_catalog.pg_class t ON t.oid = %(t)s::regclass
+WHERE d.refclassid = 'pg_catalog.pg_type'::regclass AND d.deptype = 'n' AND t.reltype IN (ty.oid, ty.typelem)
+UNION
+SELECT format('%%s (its sequence %%s)', pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
+              s.objid::regclass) FROM pg_catalog.pg_depend s
+JOIN pg_catalog.pg_class q ON q.oid = s.objid AND q.relkind = 'S'
+JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = s.objid AND d.deptype = 'n'
+WHERE s.classid = 'pg_catalog.pg_class'::regclass AND s.refclassid = 'pg_catalog.pg_class'::regclass
+  AND s.refobjid = %(t)s::regclass AND s.deptype IN ('a', 'i')
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef a WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass
+                  AND a.oid = d.objid AND a.adrelid = %(t)s::regclass)
 ORDER BY 1
 """
 
 
 def _refuse_dependents(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable) -> None:
-    """Views and foreign keys over the day's table make DROP fail after a whole proof (the dry run said it
-    would drop): refuse up front, naming them."""
+    """Views, foreign keys, inheriting tables and the like (``_DEPENDENTS``) make DROP fail after a whole
+    proof (the dry run said it would drop): refuse up front, naming them."""
     found = [r[0] for r in conn.execute(_DEPENDENTS, {"t": target.identifier.as_string(conn)})]
     if found:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} cannot be dropped while "
-                             f"other objects depend on it ({'; '.join(found)}); drop or re-point them, or use "
-                             "retention action 'detach' (which keeps the table)", table=spec.name,
+                             f"other objects depend on it ({'; '.join(found)}); drop or re-point them (a table "
+                             "inheriting from it: ALTER TABLE ... NO INHERIT), or use retention action 'detach' "
+                             "(which keeps the table)", table=spec.name,
                              day=day.isoformat())
 
 
