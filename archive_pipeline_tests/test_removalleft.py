@@ -71,3 +71,66 @@ def test_a_day_table_others_inherit_from_or_use_the_row_type_of_is_refused_up_fr
     assert _count(conn, log) == 10
     conn.execute(sql.SQL("DROP TABLE {}").format(other))
     assert remove_day(conn, spec, DAY, store).rows == 10 and _count(conn, log) == 0
+
+
+# ---- 2. a DELETE a publication forbids -----------------------------------------------------------------
+
+@pytest.fixture
+def publication(conn, schema):
+    name = f"{schema}_pub"
+    yield name
+    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(_ident(name)))
+
+
+@pytest.mark.parametrize("published", ["the table", "all tables", "its schema", "the parent, via its root"])
+def test_delete_from_a_published_table_without_replica_identity_is_refused_up_front(conn, schema, store, publication,
+                                                                                     published):
+    """Action delete on a table a publication publishes deletes for (named, FOR ALL TABLES, FOR TABLES IN SCHEMA,
+    or its partitioned parent's, publish_via_partition_root), with no replica identity (no primary key). Was: the
+    dry run said "would delete"; the real run, after the whole proof, failed with PostgreSQL's "cannot delete
+    from table ... because it does not have a replica identity and publishes deletes". Now both refuse up front,
+    naming the relation, the publication and the remedy; with REPLICA IDENTITY FULL the day is removed."""
+    ev, part = _ident(schema, "ev"), _ident(schema, "ev_20240310")
+    declarative = published == "the parent, via its root"
+    if declarative:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz) PARTITION BY RANGE (at)").format(ev))
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10+00') TO ('2024-03-11+00')"
+                             ).format(part, ev))
+    else:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(ev))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min' "
+                         "FROM generate_series(1, 20) g").format(ev))
+    target = {"the table": sql.SQL("FOR TABLE {}").format(ev), "all tables": sql.SQL("FOR ALL TABLES"),
+              "its schema": sql.SQL("FOR TABLES IN SCHEMA {}").format(_ident(schema)),
+              "the parent, via its root": sql.SQL("FOR TABLE {} WITH (publish_via_partition_root)").format(ev)}
+    conn.execute(sql.SQL("CREATE PUBLICATION {} ").format(_ident(publication)) + target[published])
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, retention={"keep_days": 1,
+                     "action": "delete"}, **({"partitioning": {"mode": "declarative"}} if declarative else {}))
+    key = archive_partition(conn, spec, DAY, store).key
+    relation = f"{schema}.ev_20240310" if declarative else f"{schema}.ev"
+    _refused_everywhere(conn, spec, store, key, f"{relation} has no replica identity, and publication {publication} "
+                        f"publishes its deletes. Give it one \\(ALTER TABLE ... REPLICA IDENTITY FULL")
+    assert _count(conn, ev) == 20
+    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(part if declarative else ev))
+    assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0
+
+
+def test_delete_goes_ahead_where_the_publication_does_not_publish_deletes_or_a_key_identifies_rows(conn, schema,
+                                                                                                   store, publication):
+    """Not refused: a publication of inserts and updates only, and then one of deletes on a table with a primary
+    key (its default replica identity); a deferrable primary key identifies nothing (PostgreSQL refuses it)."""
+    ev = _ident(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(ev))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min' "
+                         "FROM generate_series(1, 20) g").format(ev))
+    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update')").format(
+        _ident(publication), ev))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY,
+                     retention={"keep_days": 1, "action": "delete"})
+    key = archive_partition(conn, spec, DAY, store).key
+    assert remove_day(conn, spec, DAY, store, dry_run=True).rows == 20
+    conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish = 'delete')").format(_ident(publication)))
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id) DEFERRABLE").format(ev))
+    _refused_everywhere(conn, spec, store, key, "has no replica identity")
+    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT ev_pkey, ADD PRIMARY KEY (id)").format(ev))
+    assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0

@@ -582,6 +582,13 @@ GROUP BY n.nspname, c.relname ORDER BY 1, 2
 """
 
 
+def _holds_day(conn: psycopg.Connection, relation: sql.Identifier, table: SourceTable, day: Period) -> bool:
+    """Whether a table below ``table`` holds rows of the day (its inherited day column has the table's name
+    and type: the table's filter selects the day there too)."""
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+        relation, day_filter(table, day))).fetchone()[0]
+
+
 def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """DELETE FROM the table also deletes the rows of tables that inherit from it (``CREATE TABLE special
     (extra text) INHERITS (events)``), their own columns with them; the archive holds those rows with the
@@ -589,15 +596,59 @@ def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Pe
     holds rows of the day: deleting them would lose what no archive has."""
     found = []
     for schema, name, columns in conn.execute(_WIDER_DESCENDANTS, {"t": table.identifier.as_string(conn)}).fetchall():
-        # the inherited day column has the table's name and type: the table's filter selects the day there too
-        if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
-                sql.Identifier(schema, name), day_filter(table, day))).fetchone()[0]:
+        if _holds_day(conn, sql.Identifier(schema, name), table, day):
             found.append(f"{schema}.{name} (columns {', '.join(columns)})")
     if found:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
                              f"{table.qualified} with columns of their own that the archive lacks: {'; '.join(found)}; "
                              "deleting them would lose those columns' values. Archive those tables themselves, "
                              "then remove the day by hand", table=spec.name, day=day.isoformat())
+
+
+# The relations DELETE FROM the table deletes from (the table, the tables inheriting from it, and those of its
+# partitions at any depth holding rows of the day: the others are pruned) that PostgreSQL refuses a DELETE on:
+# a publication publishes their deletes (named, its partitioned ancestor named, FOR ALL TABLES, FOR TABLES IN
+# SCHEMA of either) and they have no replica identity (REPLICA IDENTITY NOTHING, or DEFAULT or USING INDEX
+# without a valid, unique, immediate, whole-table index to use). Unlogged tables are never published.
+_UNIDENTIFIED = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT %(t)s::regclass::oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid),
+leaf(oid, up) AS (
+    SELECT c.oid, ARRAY(SELECT c.oid UNION SELECT pg_catalog.pg_partition_ancestors(c.oid))
+    FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
+    WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND c.relreplident <> 'f'
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid AND x.indisvalid AND x.indisunique
+                      AND x.indimmediate AND x.indpred IS NULL
+                      AND CASE c.relreplident WHEN 'd' THEN x.indisprimary WHEN 'i' THEN x.indisreplident END))
+SELECT n.nspname::text, c.relname::text, c.relispartition AND c.oid <> %(t)s::regclass,
+       array_agg(p.pubname::text ORDER BY p.pubname)
+FROM leaf JOIN pg_catalog.pg_class c ON c.oid = leaf.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_publication p ON p.pubdelete AND (p.puballtables
+    OR EXISTS (SELECT FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = ANY (leaf.up)){schemas})
+GROUP BY n.nspname, c.relname, c.relispartition, c.oid ORDER BY 1, 2
+"""
+_SCHEMA_PUBLICATIONS = """
+    OR EXISTS (SELECT FROM pg_catalog.pg_publication_namespace s JOIN pg_catalog.pg_class a
+               ON a.relnamespace = s.pnnspid WHERE s.pnpubid = p.oid AND a.oid = ANY (leaf.up))"""
+
+
+def _refuse_unidentified(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """PostgreSQL refuses a DELETE from a table whose deletes a publication publishes while it has no replica
+    identity ("does not have a replica identity and publishes deletes"): refuse before the proof's work is
+    lost on it and before the dry run says "would delete", naming the relations, publications and remedy."""
+    schemas = _SCHEMA_PUBLICATIONS if conn.info.server_version >= 150000 else ""  # FOR TABLES IN SCHEMA: 15+
+    found = [f"{schema}.{name} has no replica identity, and publication {', '.join(publications)} publishes its "
+             "deletes" for schema, name, partition, publications in conn.execute(
+                 _UNIDENTIFIED.replace("{schemas}", schemas), {"t": table.identifier.as_string(conn)}).fetchall()
+             if not partition or _holds_day(conn, sql.Identifier(schema, name), table, day)]
+    if found:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: PostgreSQL refuses to delete its rows: "
+                             f"{'; '.join(found)}. Give it one (ALTER TABLE ... REPLICA IDENTITY FULL, or USING INDEX "
+                             "a unique index, or add a primary key), or stop publishing its deletes"
+                             + (", or use retention action 'drop' or 'detach'" if spec.partitioning.mode != "column"
+                                else ""), table=spec.name, day=day.isoformat())
 
 
 def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
@@ -608,6 +659,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
         _refuse_wider_descendants(conn, spec, day, table)
+        _refuse_unidentified(conn, spec, day, table)
         return
     if action == "drop":
         _refuse_dependents(conn, spec, day, target)
