@@ -134,3 +134,69 @@ def test_delete_goes_ahead_where_the_publication_does_not_publish_deletes_or_a_k
     _refused_everywhere(conn, spec, store, key, "has no replica identity")
     conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT ev_pkey, ADD PRIMARY KEY (id)").format(ev))
     assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0
+
+
+# ---- 3. a pending mark the store did not keep ------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["lose", "flip_request_byte"])
+def test_no_removal_on_a_pending_mark_that_does_not_read_back(conn, schema, store, s3, bucket, fault):
+    """``verify_etags: false`` (stores whose ETags are not MD5s), and the pending mark's PUT answered 200 while the
+    store kept nothing (``lose``) or kept other bytes (``flip_request_byte``). Was: the
+    removal went on and dropped the day: with the mark not kept, the manifest still said the day was an ordinary
+    archived one (an archive run could have replaced the only copy with an empty day had the process died before
+    the "done" mark); with it damaged, the day's manifest was left unreadable and the removal failed "replaced
+    meanwhile". Now the mark is read back before anything is removed: refused, retryable, every row and the
+    proven manifest kept; the next removal goes ahead."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    log, day_table = _ident(schema, "log"), _ident(schema, "log_20240310")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
+    spec = _naming_spec(schema, "drop")
+    key = archive_partition(conn, spec, DAY, store).key
+    proven = store.get_verified_bytes(f"{key}.manifest.json")
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, times=1))
+        lax = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
+                      verify_etags=False)
+        with pytest.raises(ArchiveError) as caught:
+            remove_day(conn, spec, DAY, lax)
+        assert isinstance(caught.value, RemovalRefused) and caught.value.retryable, caught.value
+        assert "did not read back" in caught.value.message and "nothing was removed" in caught.value.message
+        assert _count(conn, log) == 10
+        assert store.get_verified_bytes(f"{key}.manifest.json") == proven
+        assert remove_day(conn, spec, DAY, lax).rows == 10
+    assert _count(conn, log) == 0 and load_manifest(store, key)["removed"]["state"] == "done"
+
+
+@pytest.mark.parametrize("fault", ["lose", "flip_request_byte"])
+def test_a_done_mark_that_does_not_read_back_leaves_the_removal_pending_and_the_next_run_completes_it(
+        conn, schema, store, s3, bucket, fault):
+    """``verify_etags: false``, and the "done" mark's PUT (after the COMMIT) answered 200 while the store kept nothing
+    or damaged bytes. Was: the removal reported success; the manifest still said "pending" (lost) or could no longer
+    be read at all (damaged), and every later removal of the day was refused as an untrusted manifest to "archive
+    again (overwrite)" from the emptied source. Now: RemovalNotRecorded (retryable), the pending mark readable in
+    the store, and the next run completes it."""
+    from archive_pipeline.core.lifecycle import RemovalNotRecorded
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    log, day_table = _ident(schema, "log"), _ident(schema, "log_20240310")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
+    spec = _naming_spec(schema, "drop")
+    key = archive_partition(conn, spec, DAY, store).key
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, skip=1, times=1))
+        lax = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
+                      verify_etags=False)
+        with pytest.raises(RemovalNotRecorded, match="did not read back as written") as caught:
+            remove_day(conn, spec, DAY, lax)
+        assert caught.value.retryable and _count(conn, log) == 0
+        assert load_manifest(store, key)["removed"]["state"] == "pending"
+        again = remove_day(conn, spec, DAY, lax)
+    assert again.completed and again.rows == 10 and load_manifest(store, key)["removed"]["state"] == "done"

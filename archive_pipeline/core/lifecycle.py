@@ -36,7 +36,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
-from archive_pipeline.core.errors import ArchiveError, wrap
+from archive_pipeline.core.errors import ArchiveError, UploadError, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
@@ -248,6 +248,14 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             pending = _encoded({**manifest, "removed": mark})
             marking = True
             store.put_bytes(mkey, pending, "application/json")
+            if not _kept(store, mkey, pending):  # removing on a mark the store did not keep loses the guard
+                raise RemovalRefused(
+                    f"{spec.name} {day} stays in the source: its pending removal mark did not read back from "
+                    f"{store.uri(mkey)} as written (the store acknowledged the write but holds other bytes: it lost "
+                    "or damaged it, which verify_etags: false cannot see, or another run wrote the manifest); "
+                    "nothing was removed", table=spec.name, day=day.isoformat(), retryable=True,
+                    cause="the store did not keep the pending removal mark",
+                    remedy="run the removal again; if it persists, check that the store keeps what it acknowledges")
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
@@ -271,7 +279,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                 remedy="compare the archive now in the store with the removed rows' fingerprint "
                        f"{manifest['fingerprint']}; their earlier object may be listed under 'superseded' or 'kept'")
         _write_manifest(store, mkey, {**{k: v for k, v in current.items() if k != "manifest_sha256"},
-                                      "removed": done_mark})
+                                      "removed": done_mark}, previous=pending)
     except RemovalNotRecorded:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
@@ -285,6 +293,12 @@ def _sha(raw: bytes | None) -> str | None:
         return decode_manifest(raw).get("manifest_sha256") if raw is not None else None
     except ManifestError:
         return None
+
+
+def _kept(store: S3Store, mkey: str, data: bytes) -> bool:
+    """Whether the store gives back the manifest bytes just written: with ``verify_etags: false`` (or an ETag
+    that is no MD5) a PUT answered 200 proves nothing about what the store keeps."""
+    return store.get_verified_bytes(mkey) == data
 
 
 def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes, exc: BaseException) -> None:
@@ -458,9 +472,10 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     """Complete the pending mark (``committed``) or take it back; the caller holds the table-day lock."""
     mkey = keys.manifest_key(key)
     mark = manifest["removed"]
+    marked = store.get_verified_bytes(mkey)  # put back if what replaces it comes back damaged
     if not committed:
         unmarked = {k: v for k, v in manifest.items() if k not in ("removed", "manifest_sha256")}
-        _write_manifest(store, mkey, unmarked)
+        _write_manifest(store, mkey, unmarked, previous=marked)
         log.warning("%s %s: took back the pending removal mark of %s (%s): the day was not removed",
                     spec.name, day, store.uri(mkey), why)
         return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
@@ -475,7 +490,7 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             "removed": {**mark, "state": "done", "relation": mark.get("relation") or "", "rows": manifest["rows"],
                         "settled_at": dt.datetime.now(dt.UTC).isoformat(), "settled_because": why}}
     try:
-        _write_manifest(store, mkey, done)
+        _write_manifest(store, mkey, done, previous=marked)
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
         raise _not_recorded(spec, day, store, mkey, mark.get("action", ""), mark.get("relation") or "?",
                             manifest["rows"], exc) from exc
@@ -734,5 +749,17 @@ def _encoded(manifest: dict) -> bytes:
     return data
 
 
-def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> None:
-    store.put_bytes(mkey, _encoded(manifest), "application/json")
+def _write_manifest(store: S3Store, mkey: str, manifest: dict, *, previous: bytes | None = None) -> None:
+    """Write the manifest and read it back (see :func:`_kept`): one that does not read back as written is a
+    retryable ``UploadError``, and damaged bytes are replaced by ``previous`` (the manifest as it was), so a
+    removed day's manifest never becomes unreadable."""
+    data = _encoded(manifest)
+    store.put_bytes(mkey, data, "application/json")
+    if not _kept(store, mkey, data):
+        lost = UploadError(f"{store.uri(mkey)} did not read back as written (the store lost or damaged it)",
+                           retryable=True, cause="the store did not keep a manifest it acknowledged",
+                           remedy="retried automatically; if it persists, check that the store keeps what it "
+                                  "acknowledges")
+        if previous is not None:
+            _take_back(store, mkey, previous, data, lost)
+        raise lost
