@@ -200,3 +200,31 @@ def test_a_done_mark_that_does_not_read_back_leaves_the_removal_pending_and_the_
         assert load_manifest(store, key)["removed"]["state"] == "pending"
         again = remove_day(conn, spec, DAY, lax)
     assert again.completed and again.rows == 10 and load_manifest(store, key)["removed"]["state"] == "done"
+
+
+# ---- 4. hostile names, days at the edge ------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["drop", "detach", "delete"])
+def test_a_naming_mode_day_table_with_quotes_percent_and_non_ascii_in_its_name_is_removed(conn, schema, store, action):
+    """Naming mode, the parent ``Lög "x" 100%`` and its day table ``Lög "x" 100%_20240310``: a double quote, a
+    percent sign (a placeholder to a driver that formats queries) and non-ASCII letters, for each action, dry
+    run first; a published table without replica identity is refused naming it; the removal is done."""
+    name = 'Lög "x" 100%'
+    log, day_table = _ident(schema, name), _ident(schema, f"{name}_20240310")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
+    spec = TableSpec(name=f"{schema}.{name}", start_date=DAY, retention={"keep_days": 1, "action": action},
+                     partitioning={"mode": "naming", "pattern": name.replace("%", "%%") + "_%Y%m%d"})
+    key = archive_partition(conn, spec, DAY, store).key
+    if action == "delete":
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(_ident(f"{schema}_pub"), day_table))
+        try:
+            _refused_everywhere(conn, spec, store, key, f'{schema}.Lög "x" 100%_20240310 has no replica identity')
+        finally:
+            conn.execute(sql.SQL("DROP PUBLICATION {}").format(_ident(f"{schema}_pub")))
+    assert remove_day(conn, spec, DAY, store, dry_run=True).rows == 10
+    removal = remove_day(conn, spec, DAY, store)
+    assert removal.rows == 10 and _count(conn, log) == 0
+    assert load_manifest(store, key)["removed"]["state"] == "done"
+    assert remove_day(conn, spec, DAY, store).already_removed
