@@ -82,36 +82,47 @@ def publication(conn, schema):
     conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(_ident(name)))
 
 
-@pytest.mark.parametrize("published", ["the table", "all tables", "its schema", "the parent, via its root"])
-def test_delete_from_a_published_table_without_replica_identity_is_refused_up_front(conn, schema, store, publication,
-                                                                                     published):
-    """Action delete on a table a publication publishes deletes for (named, FOR ALL TABLES, FOR TABLES IN SCHEMA,
-    or its partitioned parent's, publish_via_partition_root), with no replica identity (no primary key). Was: the
-    dry run said "would delete"; the real run, after the whole proof, failed with PostgreSQL's "cannot delete
-    from table ... because it does not have a replica identity and publishes deletes". Now both refuse up front,
-    naming the relation, the publication and the remedy; with REPLICA IDENTITY FULL the day is removed."""
-    ev, part = _ident(schema, "ev"), _ident(schema, "ev_20240310")
-    declarative = published == "the parent, via its root"
+def _published_table(conn, schema: str, declarative: bool) -> TableSpec:
+    """``ev`` without a primary key, 20 rows on DAY: a plain table, or partitioned with DAY's partition."""
+    ev = _ident(schema, "ev")
     if declarative:
         conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz) PARTITION BY RANGE (at)").format(ev))
         conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10+00') TO ('2024-03-11+00')"
-                             ).format(part, ev))
+                             ).format(_ident(schema, "ev_20240310"), ev))
     else:
         conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(ev))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min' "
                          "FROM generate_series(1, 20) g").format(ev))
-    target = {"the table": sql.SQL("FOR TABLE {}").format(ev), "all tables": sql.SQL("FOR ALL TABLES"),
-              "its schema": sql.SQL("FOR TABLES IN SCHEMA {}").format(_ident(schema)),
-              "the parent, via its root": sql.SQL("FOR TABLE {} WITH (publish_via_partition_root)").format(ev)}
-    conn.execute(sql.SQL("CREATE PUBLICATION {} ").format(_ident(publication)) + target[published])
-    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, retention={"keep_days": 1,
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, retention={"keep_days": 1,
                      "action": "delete"}, **({"partitioning": {"mode": "declarative"}} if declarative else {}))
+
+
+@pytest.mark.parametrize("declarative", [False, True])
+def test_delete_from_a_published_table_without_replica_identity_is_refused_up_front(conn, schema, store, publication,
+                                                                                     declarative):
+    """Action delete on a table without replica identity (no primary key) whose deletes a publication publishes: by
+    name, FOR ALL TABLES, FOR TABLES IN SCHEMA, or (a partition) its partitioned parent's WITH
+    (publish_via_partition_root). Was: the dry run said "would delete"; the real run, after the whole proof, failed
+    with PostgreSQL's "cannot delete from table ... because it does not have a replica identity and publishes
+    deletes". Now both refuse up front, naming the relation, the publication and the remedy; with REPLICA
+    IDENTITY FULL the day is removed."""
+    spec = _published_table(conn, schema, declarative)
+    ev, pub = _ident(schema, "ev"), _ident(publication)
     key = archive_partition(conn, spec, DAY, store).key
-    relation = f"{schema}.ev_20240310" if declarative else f"{schema}.ev"
-    _refused_everywhere(conn, spec, store, key, f"{relation} has no replica identity, and publication {publication} "
-                        f"publishes its deletes. Give it one \\(ALTER TABLE ... REPLICA IDENTITY FULL")
+    relation = _ident(schema, "ev_20240310") if declarative else ev
+    published = [sql.SQL("FOR TABLE {} WITH (publish_via_partition_root)").format(ev)] if declarative else [
+        sql.SQL("FOR TABLE {}").format(ev), sql.SQL("FOR ALL TABLES"),
+        sql.SQL("FOR TABLES IN SCHEMA {}").format(_ident(schema))]
+    for target in published:
+        conn.execute(sql.SQL("CREATE PUBLICATION {} ").format(pub) + target)
+        _refused_everywhere(conn, spec, store, key, f"{schema}.ev{'_20240310' if declarative else ''} has no "
+                            f"replica identity, and "
+                            f"publication {publication} publishes its deletes. Give it one \\(ALTER TABLE ... "
+                            "REPLICA IDENTITY FULL")
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(pub))
     assert _count(conn, ev) == 20
-    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(part if declarative else ev))
+    conn.execute(sql.SQL("CREATE PUBLICATION {} ").format(pub) + published[0])
+    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(relation))
     assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0
 
 
@@ -119,14 +130,10 @@ def test_delete_goes_ahead_where_the_publication_does_not_publish_deletes_or_a_k
                                                                                                    store, publication):
     """Not refused: a publication of inserts and updates only, and then one of deletes on a table with a primary
     key (its default replica identity); a deferrable primary key identifies nothing (PostgreSQL refuses it)."""
+    spec = _published_table(conn, schema, False)
     ev = _ident(schema, "ev")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(ev))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min' "
-                         "FROM generate_series(1, 20) g").format(ev))
     conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update')").format(
         _ident(publication), ev))
-    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY,
-                     retention={"keep_days": 1, "action": "delete"})
     key = archive_partition(conn, spec, DAY, store).key
     assert remove_day(conn, spec, DAY, store, dry_run=True).rows == 20
     conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish = 'delete')").format(_ident(publication)))
@@ -136,95 +143,140 @@ def test_delete_goes_ahead_where_the_publication_does_not_publish_deletes_or_a_k
     assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0
 
 
-# ---- 3. a pending mark the store did not keep ------------------------------------------------------------
+# ---- 3. a mark the store did not keep ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("fault", ["lose", "flip_request_byte"])
-def test_no_removal_on_a_pending_mark_that_does_not_read_back(conn, schema, store, s3, bucket, fault):
-    """``verify_etags: false`` (stores whose ETags are not MD5s), and the pending mark's PUT answered 200 while the
-    store kept nothing (``lose``) or kept other bytes (``flip_request_byte``). Was: the
-    removal went on and dropped the day: with the mark not kept, the manifest still said the day was an ordinary
-    archived one (an archive run could have replaced the only copy with an empty day had the process died before
-    the "done" mark); with it damaged, the day's manifest was left unreadable and the removal failed "replaced
-    meanwhile". Now the mark is read back before anything is removed: refused, retryable, every row and the
-    proven manifest kept; the next removal goes ahead."""
-    from archive_pipeline.core.errors import ArchiveError
+def _day_tables(conn, schema: str, *days: dt.date) -> sql.Identifier:
+    """Naming mode: ``log`` and a day table of 10 rows inheriting from it for each of ``days``."""
+    log = _ident(schema, "log")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
+    for day in days:
+        day_table = _ident(schema, f"log_{day:%Y%m%d}")
+        conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
+    return log
+
+
+def _lax_store(proxy, bucket: str):
+    """A store that checks no ETag (``verify_etags: false``), through ``proxy``."""
     from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+
+    return S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
+                   verify_etags=False)
+
+
+def test_no_removal_on_a_pending_mark_that_does_not_read_back(conn, schema, store, s3, bucket):
+    """``verify_etags: false`` (stores whose ETags are not MD5s), and the pending mark's PUT answered 200 while the
+    store kept nothing (``lose``) or kept other bytes (``flip_request_byte``). Was: the removal went on and dropped
+    the day: with the mark lost, the manifest still said the day was an ordinary archived one meanwhile (had the
+    process died before the "done" mark, an archive run could have replaced the only copy with an empty day); with
+    it damaged, the day's manifest was left unreadable and the removal failed "replaced meanwhile". Now the mark is
+    read back before anything is removed: refused, retryable, every row and the proven manifest kept (a damaged
+    mark replaced by it); the next removal goes ahead."""
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
-    log, day_table = _ident(schema, "log"), _ident(schema, "log_20240310")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
-    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
+    log = _day_tables(conn, schema, DAY)
     spec = _naming_spec(schema, "drop")
     key = archive_partition(conn, spec, DAY, store).key
     proven = store.get_verified_bytes(f"{key}.manifest.json")
     with FaultProxy(s3.endpoint_url) as proxy:
-        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, times=1))
-        lax = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
-                      verify_etags=False)
-        with pytest.raises(ArchiveError) as caught:
-            remove_day(conn, spec, DAY, lax)
-        assert isinstance(caught.value, RemovalRefused) and caught.value.retryable, caught.value
-        assert "did not read back" in caught.value.message and "nothing was removed" in caught.value.message
-        assert _count(conn, log) == 10
-        assert store.get_verified_bytes(f"{key}.manifest.json") == proven
+        lax = _lax_store(proxy, bucket)
+        for fault in ("lose", "flip_request_byte"):
+            proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, times=1))
+            with pytest.raises(RemovalRefused, match="its pending removal mark did not read back from .* as "
+                               "written.* nothing was removed") as caught:
+                remove_day(conn, spec, DAY, lax)
+            assert caught.value.retryable and _count(conn, log) == 10, fault
+            assert store.get_verified_bytes(f"{key}.manifest.json") == proven, fault
         assert remove_day(conn, spec, DAY, lax).rows == 10
     assert _count(conn, log) == 0 and load_manifest(store, key)["removed"]["state"] == "done"
 
 
-@pytest.mark.parametrize("fault", ["lose", "flip_request_byte"])
 def test_a_done_mark_that_does_not_read_back_leaves_the_removal_pending_and_the_next_run_completes_it(
-        conn, schema, store, s3, bucket, fault):
+        conn, schema, store, s3, bucket):
     """``verify_etags: false``, and the "done" mark's PUT (after the COMMIT) answered 200 while the store kept nothing
     or damaged bytes. Was: the removal reported success; the manifest still said "pending" (lost) or could no longer
     be read at all (damaged), and every later removal of the day was refused as an untrusted manifest to "archive
     again (overwrite)" from the emptied source. Now: RemovalNotRecorded (retryable), the pending mark readable in
     the store, and the next run completes it."""
     from archive_pipeline.core.lifecycle import RemovalNotRecorded
-    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
-    log, day_table = _ident(schema, "log"), _ident(schema, "log_20240310")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
-    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
+    days = {"lose": DAY, "flip_request_byte": DAY + dt.timedelta(days=1)}
+    log = _day_tables(conn, schema, *days.values())
     spec = _naming_spec(schema, "drop")
-    key = archive_partition(conn, spec, DAY, store).key
+    keys = {day: archive_partition(conn, spec, day, store).key for day in days.values()}
     with FaultProxy(s3.endpoint_url) as proxy:
-        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, skip=1, times=1))
-        lax = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
-                      verify_etags=False)
-        with pytest.raises(RemovalNotRecorded, match="did not read back as written") as caught:
-            remove_day(conn, spec, DAY, lax)
-        assert caught.value.retryable and _count(conn, log) == 0
-        assert load_manifest(store, key)["removed"]["state"] == "pending"
-        again = remove_day(conn, spec, DAY, lax)
-    assert again.completed and again.rows == 10 and load_manifest(store, key)["removed"]["state"] == "done"
+        lax = _lax_store(proxy, bucket)
+        for fault, day in days.items():
+            proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, skip=1, times=1))
+            with pytest.raises(RemovalNotRecorded, match="did not read back as written") as caught:
+                remove_day(conn, spec, day, lax)
+            assert caught.value.retryable, fault
+            assert load_manifest(store, keys[day])["removed"]["state"] == "pending", fault
+            again = remove_day(conn, spec, day, lax)
+            assert again.completed and again.rows == 10, fault
+            assert load_manifest(store, keys[day])["removed"]["state"] == "done", fault
+    assert _count(conn, log) == 0
 
 
-# ---- 4. hostile names, days at the edge ------------------------------------------------------------------
+# ---- 4. hostile names, privileges ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("action", ["drop", "detach", "delete"])
-def test_a_naming_mode_day_table_with_quotes_percent_and_non_ascii_in_its_name_is_removed(conn, schema, store, action):
+def test_a_naming_mode_day_table_with_quotes_percent_and_non_ascii_in_its_name(conn, schema, store, publication):
     """Naming mode, the parent ``Lög "x" 100%`` and its day table ``Lög "x" 100%_20240310``: a double quote, a
-    percent sign (a placeholder to a driver that formats queries) and non-ASCII letters, for each action, dry
-    run first; a published table without replica identity is refused naming it; the removal is done."""
+    percent sign (a placeholder to a driver that formats queries) and non-ASCII letters. A delete from it while
+    published without replica identity is refused naming it; drop is refused while a table inherits from it;
+    detach removes it."""
     name = 'Lög "x" 100%'
     log, day_table = _ident(schema, name), _ident(schema, f"{name}_20240310")
     conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
     conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(_ident(schema, f"{name}_late"), day_table))
     conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
-    spec = TableSpec(name=f"{schema}.{name}", start_date=DAY, retention={"keep_days": 1, "action": action},
-                     partitioning={"mode": "naming", "pattern": name.replace("%", "%%") + "_%Y%m%d"})
-    key = archive_partition(conn, spec, DAY, store).key
-    if action == "delete":
-        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(_ident(f"{schema}_pub"), day_table))
-        try:
-            _refused_everywhere(conn, spec, store, key, f'{schema}.Lög "x" 100%_20240310 has no replica identity')
-        finally:
-            conn.execute(sql.SQL("DROP PUBLICATION {}").format(_ident(f"{schema}_pub")))
-    assert remove_day(conn, spec, DAY, store, dry_run=True).rows == 10
-    removal = remove_day(conn, spec, DAY, store)
-    assert removal.rows == 10 and _count(conn, log) == 0
+    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(_ident(publication), day_table))
+    specs = {action: TableSpec(name=f"{schema}.{name}", start_date=DAY, retention={"keep_days": 1, "action": action},
+                               partitioning={"mode": "naming", "pattern": name.replace("%", "%%") + "_%Y%m%d"})
+             for action in ("delete", "drop", "detach")}
+    key = archive_partition(conn, specs["delete"], DAY, store).key
+    _refused_everywhere(conn, specs["delete"], store, key, f'{schema}.Lög "x" 100%_20240310 has no replica identity')
+    _refused_everywhere(conn, specs["drop"], store, key, f'table {schema}."Lög ""x"" 100%_late" inheriting from it')
+    assert remove_day(conn, specs["detach"], DAY, store, dry_run=True).rows == 10
+    assert remove_day(conn, specs["detach"], DAY, store).rows == 10 and _count(conn, log) == 0
     assert load_manifest(store, key)["removed"]["state"] == "done"
-    assert remove_day(conn, spec, DAY, store).already_removed
+    assert remove_day(conn, specs["detach"], DAY, store).already_removed
+
+
+def test_a_removal_the_role_may_not_carry_out_is_refused_up_front(pg, conn, schema, store):
+    """A role that may read and delete the table's rows but does not own it: detach and drop need the owner (of the
+    parent too, for DETACH PARTITION), delete needs the DELETE privilege. Was: the dry run said "would detach" and
+    "would delete"; the real run failed after the whole proof with PostgreSQL's "must be owner of table ev" or
+    "permission denied". Now both refuse up front, naming the relation, its owner or the privilege, and the
+    remedy; granted it, the role removes the day."""
+    import psycopg
+
+    role = f"{schema}_remover"
+    ev, part = _ident(schema, "ev"), _ident(schema, "ev_20240310")
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(_ident(role)))
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz) PARTITION BY RANGE (at)").format(ev))
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10+00') TO ('2024-03-11+00')"
+                             ).format(part, ev))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g").format(ev))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(_ident(schema), _ident(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON {}, {} TO {}").format(ev, part, _ident(role)))
+        specs = {action: TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY,
+                                   partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": action})
+                 for action in ("detach", "delete")}
+        key = archive_partition(conn, specs["detach"], DAY, store).key
+        with psycopg.connect(pg.dsn_for(role), autocommit=True) as remover:
+            _refused_everywhere(remover, specs["delete"], store, key,
+                                f"the role {role} may not DELETE from {schema}.ev; GRANT DELETE ON {schema}.ev TO")
+            _refused_everywhere(remover, specs["detach"], store, key,
+                                f"only the owner of {schema}.ev \\(postgres\\) may detach it, and the role {role} is "
+                                f"not a member of postgres; remove the day as postgres, or GRANT postgres TO {role}")
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ev, _ident(role)))
+            _refused_everywhere(remover, specs["detach"], store, key, f"only the owner of {schema}.ev_20240310")
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(part, _ident(role)))
+            assert remove_day(remover, specs["detach"], DAY, store).rows == 10 and _count(conn, ev) == 0
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(_ident(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(_ident(role)))

@@ -185,10 +185,9 @@ def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) ->
 
 
 def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable, action: str) -> SourceTable:
-    """The relation the action applies to: the day's own partition or table, or the table itself."""
-    if action == "delete":
-        return table
-    if spec.partitioning.mode == "naming":
+    """The relation the action applies to: the day's own partition or table, or the table itself; one that
+    cannot be locked, or that the role may not remove, is refused (the dry run finds both too)."""
+    if action == "delete" or spec.partitioning.mode == "naming":
         target = table
     else:
         day = spec.period(day)
@@ -205,6 +204,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
                              f"table (its rows live on another server), which PostgreSQL cannot lock for a {action}; "
                              + ("use retention action 'delete', or " if spec.partitioning.mode == "declarative" else "")
                              + f"{action} it by hand", table=spec.name, day=day.isoformat())
+    _refuse_unprivileged(conn, spec, day, table, target, action)  # before the real run's lock, which needs them too
     return target
 
 
@@ -685,6 +685,31 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              table=spec.name, day=day.isoformat())
     if action == "detach" and spec.partitioning.mode != "declarative":
         _parents(conn, spec, target)
+
+
+def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
+                        target: SourceTable, action: str) -> None:
+    """PostgreSQL lets only a table's owner detach or drop it (DETACH PARTITION: the parent's owner too), and
+    DELETE needs the DELETE privilege: the dry run would say "would drop" and the real run fail with "must be
+    owner of table" after the whole proof. Refuse up front, naming the relation, its owner and the remedy."""
+    if action == "delete":
+        role, allowed = conn.execute("SELECT current_user::text, has_table_privilege(%s, 'DELETE')",
+                                     (table.identifier.as_string(conn),)).fetchone()
+        if not allowed:
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: the role {role} may not DELETE from "
+                                 f"{table.qualified}; GRANT DELETE ON {table.qualified} TO {role}",
+                                 table=spec.name, day=day.isoformat())
+        return
+    needed = [table, target] if spec.partitioning.mode == "declarative" else [target]
+    for relation in needed:
+        role, owner, member = conn.execute(
+            "SELECT current_user::text, pg_catalog.pg_get_userbyid(relowner)::text, pg_has_role(relowner, 'USAGE') "
+            "FROM pg_catalog.pg_class WHERE oid = %s::regclass", (relation.identifier.as_string(conn),)).fetchone()
+        if not member:
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: only the owner of {relation.qualified} "
+                                 f"({owner}) may {action} it, and the role {role} is not a member of {owner}; "
+                                 f"remove the day as {owner}, or GRANT {owner} TO {role}",
+                                 table=spec.name, day=day.isoformat())
 
 
 # What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, other tables'
