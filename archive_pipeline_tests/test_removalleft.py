@@ -269,10 +269,11 @@ def test_a_removal_the_role_may_not_carry_out_is_refused_up_front(pg, conn, sche
         key = archive_partition(conn, specs["detach"], DAY, store).key
         with psycopg.connect(pg.dsn_for(role), autocommit=True) as remover:
             _refused_everywhere(remover, specs["delete"], store, key,
-                                f"the role {role} may not DELETE from {schema}.ev; GRANT DELETE ON {schema}.ev TO")
+                                f"permission denied: the role {role} may not DELETE from {schema}.ev; to fix: GRANT "
+                                f"DELETE ON {schema}.ev TO {role}")
             _refused_everywhere(remover, specs["detach"], store, key,
                                 f"only the owner of {schema}.ev \\(postgres\\) may detach it, and the role {role} is "
-                                f"not a member of postgres; remove the day as postgres, or GRANT postgres TO {role}")
+                                f"not a member of postgres; to fix: remove the day as its owner, postgres, or GRANT postgres TO {role}")
             conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ev, _ident(role)))
             _refused_everywhere(remover, specs["detach"], store, key, f"only the owner of {schema}.ev_20240310")
             conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(part, _ident(role)))

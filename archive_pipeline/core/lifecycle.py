@@ -696,9 +696,9 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
         role, allowed = conn.execute("SELECT current_user::text, has_table_privilege(%s, 'DELETE')",
                                      (table.identifier.as_string(conn),)).fetchone()
         if not allowed:
-            raise RemovalRefused(f"{spec.name} {day} stays in the source: the role {role} may not DELETE from "
-                                 f"{table.qualified}; GRANT DELETE ON {table.qualified} TO {role}",
-                                 table=spec.name, day=day.isoformat())
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: the role {role} may not "
+                                 f"DELETE from {table.qualified}", table=spec.name, day=day.isoformat(),
+                                 cause="permission denied", remedy=f"GRANT DELETE ON {table.qualified} TO {role}")
         return
     needed = [table, target] if spec.partitioning.mode == "declarative" else [target]
     for relation in needed:
@@ -706,10 +706,10 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
             "SELECT current_user::text, pg_catalog.pg_get_userbyid(relowner)::text, pg_has_role(relowner, 'USAGE') "
             "FROM pg_catalog.pg_class WHERE oid = %s::regclass", (relation.identifier.as_string(conn),)).fetchone()
         if not member:
-            raise RemovalRefused(f"{spec.name} {day} stays in the source: only the owner of {relation.qualified} "
-                                 f"({owner}) may {action} it, and the role {role} is not a member of {owner}; "
-                                 f"remove the day as {owner}, or GRANT {owner} TO {role}",
-                                 table=spec.name, day=day.isoformat())
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
+                                 f"{relation.qualified} ({owner}) may {action} it, and the role {role} is not a member "
+                                 f"of {owner}", table=spec.name, day=day.isoformat(), cause="permission denied",
+                                 remedy=f"remove the day as its owner, {owner}, or GRANT {owner} TO {role}")
 
 
 # What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, other tables'
