@@ -43,10 +43,11 @@ def _refused_everywhere(conn, spec, store, key: str, pattern: str) -> None:
 # ---- 1. what keeps a naming-mode day table from being dropped ------------------------------------------
 
 def test_a_day_table_others_inherit_from_or_use_the_row_type_of_is_refused_up_front(conn, schema, store):
-    """Naming mode, action drop: ``log_20240310`` has a table inheriting from it (``log_20240310_late``), and a
-    function takes its row type. Was: the dry run said "would drop"; the real run, after the whole proof, failed
-    with PostgreSQL's "cannot drop table ... because other objects depend on it". Now both refuse up front, naming
-    the table, the day, each dependent and the remedy; every row stays."""
+    """Naming mode, action drop: ``log_20240310`` has a table inheriting from it (``log_20240310_late``) and a view
+    over it; then a function takes its row type; then another table's default takes numbers from a sequence it
+    owns. Was: the dry run said "would drop"; the real run, after the whole proof, failed with PostgreSQL's "cannot
+    drop table ... because other objects depend on it" (the view alone was refused up front). Now both refuse up
+    front, naming the table, the day, each dependent and the remedy; every row stays."""
     log, day_table, late = _ident(schema, "log"), _ident(schema, "log_20240310"), _ident(schema, "log_20240310_late")
     conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(log))
     conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, log))
@@ -54,9 +55,12 @@ def test_a_day_table_others_inherit_from_or_use_the_row_type_of_is_refused_up_fr
     conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 10)").format(day_table))
     spec = _naming_spec(schema, "drop")
     key = archive_partition(conn, spec, DAY, store).key
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(_ident(schema, "recent"), day_table))
     _refused_everywhere(conn, spec, store, key, f"{schema}.log_20240310 cannot be dropped while other objects depend "
-                        f"on it \\(table {schema}.log_20240310_late inheriting from it\\).*'detach'")
+                        f"on it \\(table {schema}.log_20240310_late inheriting from it; view or rule of "
+                        f"{schema}.recent\\).*'detach'")
     conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT {}").format(late, day_table))
+    conn.execute(sql.SQL("DROP VIEW {}").format(_ident(schema, "recent")))
     conn.execute(sql.SQL("CREATE FUNCTION {}(r {}) RETURNS int LANGUAGE sql AS 'SELECT r.id'").format(
         _ident(schema, "first_id"), day_table))
     _refused_everywhere(conn, spec, store, key, f"function {schema}.first_id\\({schema}.log_20240310\\)")
@@ -281,3 +285,18 @@ def test_a_removal_the_role_may_not_carry_out_is_refused_up_front(pg, conn, sche
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(_ident(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(_ident(role)))
+
+
+def test_what_the_removal_would_refuse_anyway_is_refused_before_the_proof(conn, schema, store, s3_client, bucket):
+    """A day the removal cannot carry out (its day table has a table inheriting from it) whose archive is also
+    damaged. Was: the proof ran first (the whole download and load of a large day) and the day was refused as
+    "not proven"; fixing the archive only led to the second refusal. Now the removal, and its dry run, refuse
+    what they would refuse whatever the archive before proving it."""
+    log = _day_tables(conn, schema, DAY)
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(_ident(schema, "log_20240310_late"),
+                                                                    _ident(schema, "log_20240310")))
+    spec = _naming_spec(schema, "drop")
+    key = archive_partition(conn, spec, DAY, store).key
+    s3_client.put_object(Bucket=bucket, Key=key, Body=b"damaged")
+    _refused_everywhere(conn, spec, store, key, "cannot be dropped while other objects depend on it")
+    assert _count(conn, log) == 10

@@ -160,17 +160,19 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             # removed again below, as on the first removal)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
+        # What the removal would refuse whatever the archive, refused before the proof's work (the dry run too;
+        # nothing is locked or changed); the real run checks again after its lock.
+        with conn.transaction():
+            table = source_table(conn, spec, day)
+            target = _target(conn, spec, day, table, action)
+            _refuse_unremovable(conn, spec, day, table, target, action)
         if proven is not True and proven != manifest.get("manifest_sha256"):
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn)
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
-        with conn.transaction():
-            table = source_table(conn, spec, day)
-            target = _target(conn, spec, day, table, action)
-            if dry_run:  # what the real run would refuse, it refuses here too (nothing is locked or changed)
-                _refuse_unremovable(conn, spec, day, table, target, action)
-                return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
+        if dry_run:
+            return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
 
 
