@@ -300,3 +300,32 @@ def test_what_the_removal_would_refuse_anyway_is_refused_before_the_proof(conn, 
     s3_client.put_object(Bucket=bucket, Key=key, Body=b"damaged")
     _refused_everywhere(conn, spec, store, key, "cannot be dropped while other objects depend on it")
     assert _count(conn, log) == 10
+
+
+def test_the_retention_asset_refuses_what_the_removal_would_refuse_before_proving(conn, schema, archive_env, store,
+                                                                                    s3_client):
+    """The Dagster retention asset proves the archive itself before it removes. Was: for a day whose table has
+    a table inheriting from it, the whole proof ran (the check ``archive_proven`` recorded, here failed on a
+    damaged object) and only then was the day refused. Now the run fails on the refusal, naming the dependent,
+    before any proof: no check evaluation is recorded either way, and nothing is removed."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    log = _day_tables(conn, schema, DAY)
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(_ident(schema, "log_20240310_late"),
+                                                                    _ident(schema, "log_20240310")))
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.log", "start_date": DAY.isoformat(), "retention": {"keep_days": 1, "action": "drop"},
+        "partitioning": {"mode": "naming", "pattern": "log_%Y%m%d"}}]})
+    defs = build_definitions(config)
+    key = archive_partition(conn, config.tables[0], DAY, store).key  # the bucket and prefix the location uses
+    s3_client.put_object(Bucket=archive_env, Key=key, Body=b"damaged")
+    with instance_for_test() as instance:
+        failed = defs.resolve_job_def(f"Remove_{schema}_log").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    assert not failed.success and failed.get_asset_check_evaluations() == []
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"table {schema}.log_20240310_late inheriting from it" in str(failure.event_specific_data.error)
+    assert _count(conn, log) == 10

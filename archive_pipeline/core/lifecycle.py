@@ -160,12 +160,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             # removed again below, as on the first removal)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
-        # What the removal would refuse whatever the archive, refused before the proof's work (the dry run too;
-        # nothing is locked or changed); the real run checks again after its lock.
-        with conn.transaction():
-            table = source_table(conn, spec, day)
-            target = _target(conn, spec, day, table, action)
-            _refuse_unremovable(conn, spec, day, table, target, action)
+        target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
         if proven is not True and proven != manifest.get("manifest_sha256"):
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn)
             if problems:
@@ -174,6 +169,32 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         if dry_run:
             return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
+
+
+def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> str:
+    """Raise :class:`RemovalRefused` for what the removal of ``day`` would refuse whatever its archive (a
+    partition that is not the day's own, dependents that keep it from being dropped, a publication that
+    forbids the DELETE, a role that may not do it...); return the relation it would remove. Callers that
+    prove the archive themselves call it first, on the primary, so a day that cannot be removed costs no
+    proof. A database error comes out as an :class:`ArchiveError` naming table, day, cause and remedy."""
+    day = spec.period(day)
+    if spec.retention is None:
+        raise RemovalRefused(f"{spec.name} has no retention setting; nothing is removed from it",
+                             table=spec.name, day=day.isoformat())
+    try:
+        return _removable(conn, spec, day, spec.retention.action).qualified
+    except psycopg.Error as exc:
+        raise wrap(exc, spec.name, day.isoformat(), doing="removing") from None
+
+
+def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str) -> SourceTable:
+    """The relation the action removes, once :func:`_refuse_unremovable` found nothing to refuse (nothing is
+    locked or changed)."""
+    with conn.transaction():
+        table = source_table(conn, spec, day)
+        target = _target(conn, spec, day, table, action)
+        _refuse_unremovable(conn, spec, day, table, target, action)
+    return target
 
 
 def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) -> dict | None:
