@@ -87,17 +87,20 @@ def publication(conn, schema):
 
 
 def _published_table(conn, schema: str, declarative: bool) -> TableSpec:
-    """``ev`` without a primary key, 20 rows on DAY: a plain table, or partitioned with DAY's partition."""
+    """``ev`` without a primary key, 20 rows on DAY: a plain table, or partitioned with a partition for DAY, for
+    the empty day before and for the day after."""
     ev = _ident(schema, "ev")
     if declarative:
         conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz) PARTITION BY RANGE (at)").format(ev))
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10+00') TO ('2024-03-11+00')"
-                             ).format(_ident(schema, "ev_20240310"), ev))
+        for day in (DAY - dt.timedelta(days=1), DAY, DAY + dt.timedelta(days=1)):
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                _ident(schema, f"ev_{day:%Y%m%d}"), ev, sql.Literal(f"{day} 00:00+00"),
+                sql.Literal(f"{day + dt.timedelta(days=1)} 00:00+00")))
     else:
         conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(ev))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min' "
                          "FROM generate_series(1, 20) g").format(ev))
-    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, retention={"keep_days": 1,
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-09", retention={"keep_days": 1,
                      "action": "delete"}, **({"partitioning": {"mode": "declarative"}} if declarative else {}))
 
 
@@ -109,7 +112,8 @@ def test_delete_from_a_published_table_without_replica_identity_is_refused_up_fr
     (publish_via_partition_root). Was: the dry run said "would delete"; the real run, after the whole proof, failed
     with PostgreSQL's "cannot delete from table ... because it does not have a replica identity and publishes
     deletes". Now both refuse up front, naming the relation, the publication and the remedy; with REPLICA
-    IDENTITY FULL the day is removed."""
+    IDENTITY FULL the day is removed (the next day's partition, without one, does not stand in the way). An empty
+    day's partition is refused too: PostgreSQL refuses the DELETE of no row alike (was: "would delete")."""
     spec = _published_table(conn, schema, declarative)
     ev, pub = _ident(schema, "ev"), _ident(publication)
     key = archive_partition(conn, spec, DAY, store).key
@@ -127,7 +131,14 @@ def test_delete_from_a_published_table_without_replica_identity_is_refused_up_fr
     assert _count(conn, ev) == 20
     conn.execute(sql.SQL("CREATE PUBLICATION {} ").format(pub) + published[0])
     conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(relation))
+    # (in declarative mode the next day's partition, still without one, is not the day's: not refused)
     assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0
+    if declarative:  # an empty day's partition is refused too: DELETE of no row fails on it all the same
+        before = dt.date(2024, 3, 9)
+        empty = archive_partition(conn, spec, before, store)
+        assert empty.rows == 0
+        with pytest.raises(RemovalRefused, match=f"{schema}.ev_20240309 has no replica identity"):
+            remove_day(conn, spec, before, store, dry_run=True)
 
 
 def test_delete_goes_ahead_where_the_publication_does_not_publish_deletes_or_a_key_identifies_rows(conn, schema,

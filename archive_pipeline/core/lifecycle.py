@@ -643,14 +643,15 @@ def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Pe
                              "then remove the day by hand", table=spec.name, day=day.isoformat())
 
 
-# The relations DELETE FROM the table deletes from (the table, the tables inheriting from it, and those of its
-# partitions at any depth holding rows of the day: the others are pruned) that PostgreSQL refuses a DELETE on:
+# The relations DELETE FROM the table deletes from (the given roots: the table, or in declarative mode the
+# partitions overlapping the day, the others being pruned; and the tables below them) that PostgreSQL refuses
+# a DELETE on, even of no row:
 # a publication publishes their deletes (named, its partitioned ancestor named, FOR ALL TABLES, FOR TABLES IN
 # SCHEMA of either) and they have no replica identity (REPLICA IDENTITY NOTHING, or DEFAULT or USING INDEX
 # without a valid, unique, immediate, whole-table index to use). Unlogged tables are never published.
 _UNIDENTIFIED = """
 WITH RECURSIVE tree(oid) AS (
-    SELECT %(t)s::regclass::oid
+    SELECT pg_catalog.unnest(%(roots)s::text[])::regclass::oid
     UNION
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid),
 leaf(oid, up) AS (
@@ -677,10 +678,15 @@ def _refuse_unidentified(conn: psycopg.Connection, spec: TableSpec, day: Period,
     identity ("does not have a replica identity and publishes deletes"): refuse before the proof's work is
     lost on it and before the dry run says "would delete", naming the relations, publications and remedy."""
     schemas = _SCHEMA_PUBLICATIONS if conn.info.server_version >= 150000 else ""  # FOR TABLES IN SCHEMA: 15+
+    declarative = spec.partitioning.mode == "declarative"
+    roots = [sql.Identifier(c.schema or spec.schema_name, c.name).as_string(conn) for c in day_children(conn, spec, day)
+             ] if declarative else [table.identifier.as_string(conn)]
     found = [f"{schema}.{name} has no replica identity, and publication {', '.join(publications)} publishes its "
              "deletes" for schema, name, partition, publications in conn.execute(
-                 _UNIDENTIFIED.replace("{schemas}", schemas), {"t": table.identifier.as_string(conn)}).fetchall()
-             if not partition or _holds_day(conn, sql.Identifier(schema, name), table, day)]
+                 _UNIDENTIFIED.replace("{schemas}", schemas), {"roots": roots, "t": table.identifier.as_string(conn)}
+             ).fetchall()
+             # (a partitioned table in column mode: its partitions without rows of the day are taken as pruned)
+             if declarative or not partition or _holds_day(conn, sql.Identifier(schema, name), table, day)]
     if found:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: PostgreSQL refuses to delete its rows: "
                              f"{'; '.join(found)}. Give it one (ALTER TABLE ... REPLICA IDENTITY FULL, or USING INDEX "
