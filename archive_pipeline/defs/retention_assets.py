@@ -142,8 +142,9 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                     # Removed (or pending, in a dry run): the source no longer holds the day, so the
                     # archive itself is checked: manifest, object, digests and rows.
                     problems = verify_archive(store, key, {}, deep=True)
-                else:  # what the removal would refuse whatever the archive, refused before the proof's work
-                    check_removable(primary, spec, day)
+                else:
+                    if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
+                        check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
                     problems = deep_verify(source, store, spec, day, manifest=manifest,
                                            scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
                     # proven names the manifest just proved: under the lock, a different one is proved again
