@@ -643,12 +643,11 @@ def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Pe
                              "then remove the day by hand", table=spec.name, day=day.isoformat())
 
 
-# The relations DELETE FROM the table deletes from (the given roots: the table, or in declarative mode the
-# partitions overlapping the day, the others being pruned; and the tables below them) that PostgreSQL refuses
-# a DELETE on, even of no row:
-# a publication publishes their deletes (named, its partitioned ancestor named, FOR ALL TABLES, FOR TABLES IN
-# SCHEMA of either) and they have no replica identity (REPLICA IDENTITY NOTHING, or DEFAULT or USING INDEX
-# without a valid, unique, immediate, whole-table index to use). Unlogged tables are never published.
+# The relations DELETE FROM the table deletes from (the roots: the table, or in declarative mode the partitions
+# overlapping the day, the others being pruned; and the tables below them) that PostgreSQL refuses a DELETE on,
+# even of no row: a publication publishes their deletes (named, its partitioned ancestor named, FOR ALL TABLES,
+# FOR TABLES IN SCHEMA of either) and they have no replica identity (REPLICA IDENTITY NOTHING, or DEFAULT or
+# USING INDEX without a valid, unique, immediate, whole-table index to use). Unlogged tables are never published.
 _UNIDENTIFIED = """
 WITH RECURSIVE tree(oid) AS (
     SELECT pg_catalog.unnest(%(roots)s::text[])::regclass::oid
