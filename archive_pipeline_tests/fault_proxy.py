@@ -33,6 +33,8 @@ Actions (``Fault.action``):
   CompleteMultipartUpload fails after it has started answering).
   For these three, ``forward=True`` sends the request to the target first (the store did the
   work, the answer was lost); the default does not forward.
+- ``"lose"``: answer 200 (with a made-up, non-MD5 ETag) without forwarding: a store that acknowledges a write
+  and keeps nothing (what ``verify_etags: false`` cannot tell from a kept one).
 - ``"reset_before"``: read the request, then reset the connection (TCP RST) without forwarding.
   ``"reset_after"``: forward, then reset instead of answering.
 - ``"throttle"``: forward, reading the request body and sending the response body at ``rate``
@@ -65,7 +67,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ACTIONS = frozenset({"flip_request_byte", "flip_response_byte", "error", "slow_down", "error_200",
+ACTIONS = frozenset({"lose", "flip_request_byte", "flip_response_byte", "error", "slow_down", "error_200",
                      "reset_before", "reset_after", "throttle", "delay", "hold"})
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
                          "upgrade", "expect", "content-length"})
@@ -347,6 +349,10 @@ class _Handler(BaseHTTPRequestHandler):
             if action == "reset_before":
                 answered("reset")
                 self._reset()
+                return
+            if action == "lose":
+                answered(200)
+                self._answer(200, [("ETag", '"lost-by-faultproxy"')], b"", method)
                 return
             if action == "delay":
                 time.sleep(fault.delay)

@@ -234,9 +234,9 @@ def test_settling_a_pending_mark_whose_source_check_meets_a_lock_timeout_names_t
 
 @pytest.mark.parametrize("action", ["drop", "delete"])
 def test_removal_by_a_role_that_may_only_read_names_what_a_removal_needs(pg, conn, events, store, action):
-    """The removing role may SELECT the table (the proof passes) but not change it: the removal's LOCK is
-    refused after the pending mark was written. The mark is taken back, every row stays, and the remedy
-    says what a removal needs. Was: 'GRANT SELECT ON <table>', which the role already had."""
+    """The removing role may SELECT the table (the proof passes) but not change it: the removal is refused
+    before its pending mark (it was: by the LOCK, after the mark, which was taken back), every row stays, and
+    the remedy says what a removal needs. Was: 'GRANT SELECT ON <table>', which the role already had."""
     spec = spec_for(events, action)
     result = archive_partition(conn, spec, DAY, store)
     role = sql.Identifier(f"{events}_reader")

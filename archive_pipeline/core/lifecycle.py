@@ -36,7 +36,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
-from archive_pipeline.core.errors import ArchiveError, wrap
+from archive_pipeline.core.errors import ArchiveError, UploadError, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
@@ -160,18 +160,41 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             # removed again below, as on the first removal)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
+        target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
         if proven is not True and proven != manifest.get("manifest_sha256"):
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn)
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
-        with conn.transaction():
-            table = source_table(conn, spec, day)
-            target = _target(conn, spec, day, table, action)
-            if dry_run:  # what the real run would refuse, it refuses here too (nothing is locked or changed)
-                _refuse_unremovable(conn, spec, day, table, target, action)
-                return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
+        if dry_run:
+            return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
+
+
+def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> str:
+    """Raise :class:`RemovalRefused` for what the removal of ``day`` would refuse whatever its archive (a
+    partition that is not the day's own, dependents that keep it from being dropped, a publication that
+    forbids the DELETE, a role that may not do it...); return the relation it would remove. Callers that
+    prove the archive themselves call it first, on the primary, so a day that cannot be removed costs no
+    proof. A database error comes out as an :class:`ArchiveError` naming table, day, cause and remedy."""
+    day = spec.period(day)
+    if spec.retention is None:
+        raise RemovalRefused(f"{spec.name} has no retention setting; nothing is removed from it",
+                             table=spec.name, day=day.isoformat())
+    try:
+        return _removable(conn, spec, day, spec.retention.action).qualified
+    except psycopg.Error as exc:
+        raise wrap(exc, spec.name, day.isoformat(), doing="removing") from None
+
+
+def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str) -> SourceTable:
+    """The relation the action removes, once :func:`_refuse_unremovable` found nothing to refuse (nothing is
+    locked or changed)."""
+    with conn.transaction():
+        table = source_table(conn, spec, day)
+        target = _target(conn, spec, day, table, action)
+        _refuse_unremovable(conn, spec, day, table, target, action)
+    return target
 
 
 def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) -> dict | None:
@@ -185,10 +208,9 @@ def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) ->
 
 
 def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable, action: str) -> SourceTable:
-    """The relation the action applies to: the day's own partition or table, or the table itself."""
-    if action == "delete":
-        return table
-    if spec.partitioning.mode == "naming":
+    """The relation the action applies to: the day's own partition or table, or the table itself; one that
+    cannot be locked, or that the role may not remove, is refused (the dry run finds both too)."""
+    if action == "delete" or spec.partitioning.mode == "naming":
         target = table
     else:
         day = spec.period(day)
@@ -205,6 +227,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
                              f"table (its rows live on another server), which PostgreSQL cannot lock for a {action}; "
                              + ("use retention action 'delete', or " if spec.partitioning.mode == "declarative" else "")
                              + f"{action} it by hand", table=spec.name, day=day.isoformat())
+    _refuse_unprivileged(conn, spec, day, table, target, action)  # before the real run's lock, which needs them too
     return target
 
 
@@ -248,6 +271,14 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             pending = _encoded({**manifest, "removed": mark})
             marking = True
             store.put_bytes(mkey, pending, "application/json")
+            if not _kept(store, mkey, pending):  # removing on a mark the store did not keep loses the guard
+                raise RemovalRefused(
+                    f"{spec.name} {day} stays in the source: its pending removal mark did not read back from "
+                    f"{store.uri(mkey)} as written (the store acknowledged the write but holds other bytes: it lost "
+                    "or damaged it, which verify_etags: false cannot see, or another run wrote the manifest); "
+                    "nothing was removed", table=spec.name, day=day.isoformat(), retryable=True,
+                    cause="the store did not keep the pending removal mark",
+                    remedy="run the removal again; if it persists, check that the store keeps what it acknowledges")
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
@@ -271,7 +302,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                 remedy="compare the archive now in the store with the removed rows' fingerprint "
                        f"{manifest['fingerprint']}; their earlier object may be listed under 'superseded' or 'kept'")
         _write_manifest(store, mkey, {**{k: v for k, v in current.items() if k != "manifest_sha256"},
-                                      "removed": done_mark})
+                                      "removed": done_mark}, previous=pending)
     except RemovalNotRecorded:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
@@ -285,6 +316,12 @@ def _sha(raw: bytes | None) -> str | None:
         return decode_manifest(raw).get("manifest_sha256") if raw is not None else None
     except ManifestError:
         return None
+
+
+def _kept(store: S3Store, mkey: str, data: bytes) -> bool:
+    """Whether the store gives back the manifest bytes just written: with ``verify_etags: false`` (or an ETag
+    that is no MD5) a PUT answered 200 proves nothing about what the store keeps."""
+    return store.get_verified_bytes(mkey) == data
 
 
 def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes, exc: BaseException) -> None:
@@ -458,9 +495,10 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     """Complete the pending mark (``committed``) or take it back; the caller holds the table-day lock."""
     mkey = keys.manifest_key(key)
     mark = manifest["removed"]
+    marked = store.get_verified_bytes(mkey)  # put back if what replaces it comes back damaged
     if not committed:
         unmarked = {k: v for k, v in manifest.items() if k not in ("removed", "manifest_sha256")}
-        _write_manifest(store, mkey, unmarked)
+        _write_manifest(store, mkey, unmarked, previous=marked)
         log.warning("%s %s: took back the pending removal mark of %s (%s): the day was not removed",
                     spec.name, day, store.uri(mkey), why)
         return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
@@ -475,7 +513,7 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             "removed": {**mark, "state": "done", "relation": mark.get("relation") or "", "rows": manifest["rows"],
                         "settled_at": dt.datetime.now(dt.UTC).isoformat(), "settled_because": why}}
     try:
-        _write_manifest(store, mkey, done)
+        _write_manifest(store, mkey, done, previous=marked)
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
         raise _not_recorded(spec, day, store, mkey, mark.get("action", ""), mark.get("relation") or "?",
                             manifest["rows"], exc) from exc
@@ -582,6 +620,13 @@ GROUP BY n.nspname, c.relname ORDER BY 1, 2
 """
 
 
+def _holds_day(conn: psycopg.Connection, relation: sql.Identifier, table: SourceTable, day: Period) -> bool:
+    """Whether a table below ``table`` holds rows of the day (its inherited day column has the table's name
+    and type: the table's filter selects the day there too)."""
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+        relation, day_filter(table, day))).fetchone()[0]
+
+
 def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """DELETE FROM the table also deletes the rows of tables that inherit from it (``CREATE TABLE special
     (extra text) INHERITS (events)``), their own columns with them; the archive holds those rows with the
@@ -589,15 +634,64 @@ def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Pe
     holds rows of the day: deleting them would lose what no archive has."""
     found = []
     for schema, name, columns in conn.execute(_WIDER_DESCENDANTS, {"t": table.identifier.as_string(conn)}).fetchall():
-        # the inherited day column has the table's name and type: the table's filter selects the day there too
-        if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
-                sql.Identifier(schema, name), day_filter(table, day))).fetchone()[0]:
+        if _holds_day(conn, sql.Identifier(schema, name), table, day):
             found.append(f"{schema}.{name} (columns {', '.join(columns)})")
     if found:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
                              f"{table.qualified} with columns of their own that the archive lacks: {'; '.join(found)}; "
                              "deleting them would lose those columns' values. Archive those tables themselves, "
                              "then remove the day by hand", table=spec.name, day=day.isoformat())
+
+
+# The relations DELETE FROM the table deletes from (the roots: the table, or in declarative mode the partitions
+# overlapping the day, the others being pruned; and the tables below them) that PostgreSQL refuses a DELETE on,
+# even of no row: a publication publishes their deletes (named, its partitioned ancestor named, FOR ALL TABLES,
+# FOR TABLES IN SCHEMA of either) and they have no replica identity (REPLICA IDENTITY NOTHING, or DEFAULT or
+# USING INDEX without a valid, unique, immediate, whole-table index to use). Unlogged tables are never published.
+_UNIDENTIFIED = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT pg_catalog.unnest(%(roots)s::text[])::regclass::oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid),
+leaf(oid, up) AS (
+    SELECT c.oid, ARRAY(SELECT c.oid UNION SELECT pg_catalog.pg_partition_ancestors(c.oid))
+    FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
+    WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND c.relreplident <> 'f'
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid AND x.indisvalid AND x.indisunique
+                      AND x.indimmediate AND x.indpred IS NULL
+                      AND CASE c.relreplident WHEN 'd' THEN x.indisprimary WHEN 'i' THEN x.indisreplident END))
+SELECT n.nspname::text, c.relname::text, c.relispartition AND c.oid <> %(t)s::regclass,
+       array_agg(p.pubname::text ORDER BY p.pubname)
+FROM leaf JOIN pg_catalog.pg_class c ON c.oid = leaf.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_publication p ON p.pubdelete AND (p.puballtables
+    OR EXISTS (SELECT FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = ANY (leaf.up)){schemas})
+GROUP BY n.nspname, c.relname, c.relispartition, c.oid ORDER BY 1, 2
+"""
+_SCHEMA_PUBLICATIONS = """
+    OR EXISTS (SELECT FROM pg_catalog.pg_publication_namespace s JOIN pg_catalog.pg_class a
+               ON a.relnamespace = s.pnnspid WHERE s.pnpubid = p.oid AND a.oid = ANY (leaf.up))"""
+
+
+def _refuse_unidentified(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """PostgreSQL refuses a DELETE from a table whose deletes a publication publishes while it has no replica
+    identity ("does not have a replica identity and publishes deletes"): refuse before the proof's work is
+    lost on it and before the dry run says "would delete", naming the relations, publications and remedy."""
+    schemas = _SCHEMA_PUBLICATIONS if conn.info.server_version >= 150000 else ""  # FOR TABLES IN SCHEMA: 15+
+    declarative = spec.partitioning.mode == "declarative"
+    roots = [sql.Identifier(c.schema or spec.schema_name, c.name).as_string(conn) for c in day_children(conn, spec, day)
+             ] if declarative else [table.identifier.as_string(conn)]
+    found = [f"{schema}.{name} has no replica identity, and publication {', '.join(publications)} publishes its "
+             "deletes" for schema, name, partition, publications in conn.execute(
+                 _UNIDENTIFIED.replace("{schemas}", schemas), {"roots": roots, "t": table.identifier.as_string(conn)}
+             ).fetchall()
+             # (a partitioned table in column mode: its partitions without rows of the day are taken as pruned)
+             if declarative or not partition or _holds_day(conn, sql.Identifier(schema, name), table, day)]
+    if found:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: PostgreSQL refuses to delete its rows: "
+                             f"{'; '.join(found)}. Give it one (ALTER TABLE ... REPLICA IDENTITY FULL, or USING INDEX "
+                             "a unique index, or add a primary key), or stop publishing its deletes"
+                             + (", or use retention action 'drop' or 'detach'" if spec.partitioning.mode != "column"
+                                else ""), table=spec.name, day=day.isoformat())
 
 
 def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
@@ -608,6 +702,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
         _refuse_wider_descendants(conn, spec, day, table)
+        _refuse_unidentified(conn, spec, day, table)
         return
     if action == "drop":
         _refuse_dependents(conn, spec, day, target)
@@ -620,9 +715,36 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _parents(conn, spec, target)
 
 
-# What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, and other tables'
+def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
+                        target: SourceTable, action: str) -> None:
+    """PostgreSQL lets only a table's owner detach or drop it (DETACH PARTITION: the parent's owner too), and
+    DELETE needs the DELETE privilege: the dry run would say "would drop" and the real run fail with "must be
+    owner of table" after the whole proof. Refuse up front, naming the relation, its owner and the remedy."""
+    if action == "delete":
+        role, allowed = conn.execute("SELECT current_user::text, has_table_privilege(%s, 'DELETE')",
+                                     (table.identifier.as_string(conn),)).fetchone()
+        if not allowed:
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: the role {role} may not "
+                                 f"DELETE from {table.qualified}", table=spec.name, day=day.isoformat(),
+                                 cause="permission denied", remedy=f"GRANT DELETE ON {table.qualified} TO {role}")
+        return
+    needed = [table, target] if spec.partitioning.mode == "declarative" else [target]
+    for relation in needed:
+        role, owner, member = conn.execute(
+            "SELECT current_user::text, pg_catalog.pg_get_userbyid(relowner)::text, pg_has_role(relowner, 'USAGE') "
+            "FROM pg_catalog.pg_class WHERE oid = %s::regclass", (relation.identifier.as_string(conn),)).fetchone()
+        if not member:
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
+                                 f"{relation.qualified} ({owner}) may {action} it, and the role {role} is not a member "
+                                 f"of {owner}", table=spec.name, day=day.isoformat(), cause="permission denied",
+                                 remedy=f"remove the day as its owner, {owner}, or GRANT {owner} TO {role}")
+
+
+# What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, other tables'
 # foreign keys referencing it directly (not the partition's clones of a foreign key referencing its parent,
-# conparentid <> 0: the detach before the drop takes those away, refusing if a row of the day is referenced).
+# conparentid <> 0: the detach before the drop takes those away, refusing if a row of the day is referenced),
+# tables inheriting from it (a naming-mode day table; its own partitions go with it), what uses its row type
+# (a function's argument, another table's column) and what uses a sequence it owns (another table's default).
 _DEPENDENTS = """
 SELECT format('view or rule of %%s', r.ev_class::regclass) FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
@@ -631,18 +753,35 @@ WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catal
 UNION
 SELECT format('foreign key %%I of %%s', c.conname, c.conrelid::regclass) FROM pg_catalog.pg_constraint c
 WHERE c.contype = 'f' AND c.confrelid = %(t)s::regclass AND c.conparentid = 0 AND c.conrelid <> %(t)s::regclass
+UNION
+SELECT format('table %%s inheriting from it', i.inhrelid::regclass) FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %(t)s::regclass AND NOT c.relispartition
+UNION
+SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_type ty ON ty.oid = d.refobjid JOIN pg_catalog.pg_class t ON t.oid = %(t)s::regclass
+WHERE d.refclassid = 'pg_catalog.pg_type'::regclass AND d.deptype = 'n' AND t.reltype IN (ty.oid, ty.typelem)
+UNION
+SELECT format('%%s (its sequence %%s)', pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
+              s.objid::regclass) FROM pg_catalog.pg_depend s
+JOIN pg_catalog.pg_class q ON q.oid = s.objid AND q.relkind = 'S'
+JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = s.objid AND d.deptype = 'n'
+WHERE s.classid = 'pg_catalog.pg_class'::regclass AND s.refclassid = 'pg_catalog.pg_class'::regclass
+  AND s.refobjid = %(t)s::regclass AND s.deptype IN ('a', 'i')
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef a WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass
+                  AND a.oid = d.objid AND a.adrelid = %(t)s::regclass)
 ORDER BY 1
 """
 
 
 def _refuse_dependents(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable) -> None:
-    """Views and foreign keys over the day's table make DROP fail after a whole proof (the dry run said it
-    would drop): refuse up front, naming them."""
+    """Views, foreign keys, inheriting tables and the like (``_DEPENDENTS``) make DROP fail after a whole
+    proof (the dry run said it would drop): refuse up front, naming them."""
     found = [r[0] for r in conn.execute(_DEPENDENTS, {"t": target.identifier.as_string(conn)})]
     if found:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} cannot be dropped while "
-                             f"other objects depend on it ({'; '.join(found)}); drop or re-point them, or use "
-                             "retention action 'detach' (which keeps the table)", table=spec.name,
+                             f"other objects depend on it ({'; '.join(found)}); drop or re-point them (a table "
+                             "inheriting from it: ALTER TABLE ... NO INHERIT), or use retention action 'detach' "
+                             "(which keeps the table)", table=spec.name,
                              day=day.isoformat())
 
 
@@ -663,5 +802,17 @@ def _encoded(manifest: dict) -> bytes:
     return data
 
 
-def _write_manifest(store: S3Store, mkey: str, manifest: dict) -> None:
-    store.put_bytes(mkey, _encoded(manifest), "application/json")
+def _write_manifest(store: S3Store, mkey: str, manifest: dict, *, previous: bytes | None = None) -> None:
+    """Write the manifest and read it back (see :func:`_kept`): one that does not read back as written is a
+    retryable ``UploadError``, and damaged bytes are replaced by ``previous`` (the manifest as it was), so a
+    removed day's manifest never becomes unreadable."""
+    data = _encoded(manifest)
+    store.put_bytes(mkey, data, "application/json")
+    if not _kept(store, mkey, data):
+        lost = UploadError(f"{store.uri(mkey)} did not read back as written (the store lost or damaged it)",
+                           retryable=True, cause="the store did not keep a manifest it acknowledged",
+                           remedy="retried automatically; if it persists, check that the store keeps what it "
+                                  "acknowledges")
+        if previous is not None:
+            _take_back(store, mkey, previous, data, lost)
+        raise lost

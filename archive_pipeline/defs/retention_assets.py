@@ -49,8 +49,8 @@ from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value,
                                           retry_policy)
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError
-from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, due_days, remove_day,
-                                              settle_pending_removal)
+from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, check_removable, due_days,
+                                              remove_day, settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
@@ -143,6 +143,8 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                     # archive itself is checked: manifest, object, digests and rows.
                     problems = verify_archive(store, key, {}, deep=True)
                 else:
+                    if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
+                        check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
                     problems = deep_verify(source, store, spec, day, manifest=manifest,
                                            scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
                     # proven names the manifest just proved: under the lock, a different one is proved again
