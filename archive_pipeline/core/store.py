@@ -53,6 +53,13 @@ EQUAL_PARTS_SAFETY = 4  # equal parts: sized so that 4x the estimate still fits 
 _READ_CHUNK = 1 * MiB
 _CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_NOT_THE_OBJECT = "the store's answer was not the object"
+_S3_TOO_LARGE = "the day is larger than S3's object limit"
+_CORRUPTED = "the object's checksum did not match on the way"
+_RETRIED = ("retried automatically; if it persists, check the network path to the store (proxies, gateways) and the "
+            "store's health")
+_CORRUPTED_REMEDY = (f"{_RETRIED}; if every run fails so, the store's ETags are not the MD5 of the bytes (SSE-KMS, "
+                     "some gateways): turn off the archive_store resource's verify_etags")
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +244,10 @@ def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
         data = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
         if not data:
             raise UploadError(f"temp file ended at offset {offset}, {end - offset} bytes early; "
-                              "it was truncated while uploading", retryable=True)
+                              "it was truncated while uploading", retryable=True,
+                              cause="the temp file was truncated while uploading",
+                              remedy="retried automatically; if it persists, look for what else writes to or "
+                                     "cleans temp_dir")
         md5.update(data)
         offset += len(data)
     return md5.digest()
@@ -374,11 +384,18 @@ class S3Store:
 
     # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
-        """The object's HEAD answer, None if it does not exist; a failure is a :class:`DownloadError`."""
+        """The object's HEAD answer, None if it does not exist; a failure is a :class:`DownloadError`, and so
+        is an answer without the object's size and ETag (a gateway's error page passed on as a 200: callers
+        compare both with a manifest, and must not take a missing one for a damaged or a different object)."""
         try:
-            return self._head(key)
+            head = self._head(key)
         except Exception as exc:
             raise _wrap(exc, f"checking {self.uri(key)} (HeadObject)", DownloadError) from exc
+        if head is not None and not ("ContentLength" in head and "ETag" in head):
+            raise DownloadError(f"checking {self.uri(key)} (HeadObject): the store answered without the object's "
+                                "size or ETag, so that answer was not the object's; the run will be retried",
+                                retryable=True, cause=_NOT_THE_OBJECT, remedy=_RETRIED)
+        return head
 
     def _head(self, key: str) -> dict | None:
         """HEAD with botocore's own errors (the upload path wraps them as an :class:`UploadError`)."""
@@ -431,8 +448,7 @@ class S3Store:
         # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
         raise UploadError(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
                           f"our MD5 {digest.hex()}): the network or store alters data", retryable=True,
-                          cause="the object's checksum did not match on the way", remedy="retried automatically; if "
-                          "it persists, check the network path to the store and the store's health")
+                          cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
 
     @staticmethod
     def refused(exc: BaseException) -> bool:
@@ -553,9 +569,7 @@ class S3Store:
                     raise DownloadError(f"{uri}: the GET answered {length:,} bytes where the store holds "
                                         f"{expected_size:,} (an error page, or an answer cut short or altered on "
                                         "the way); the download will be retried", retryable=True, damaged=False,
-                                        cause="the store's answer was not the object",
-                                        remedy="retried automatically; if it persists, check the network path to "
-                                               "the store (proxies, gateways)")
+                                        cause=_NOT_THE_OBJECT, remedy=_RETRIED)
                 raise DownloadError(f"{uri} is damaged: the store holds {length:,} bytes, expected {expected_size:,}; "
                                     "restore it from a replica or backup, or archive the day again",
                                     retryable=False, damaged=True)
@@ -572,6 +586,7 @@ class S3Store:
             raise
         except Exception as exc:
             if _is_not_found(exc) and size == 0:
+                self._confirm_missing(key)
                 return None
             if _is_checksum_error(exc):
                 raise DownloadError(f"{uri} came back corrupted ({type(exc).__name__}: {exc}); "
@@ -594,6 +609,19 @@ class S3Store:
                                 "or damaged in the store; if it repeats, the stored object is damaged)",
                                 retryable=True, damaged=None)
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
+
+    def _confirm_missing(self, key: str) -> None:
+        """After a GET answered 404: raise a retryable :class:`DownloadError` unless the object's HEAD
+        agrees that it does not exist. A store that is only eventually consistent (or a gateway that
+        answers 404 for a moment) must not make an archive whose object is there pass for one whose
+        object is lost: that verdict fails proofs and checks, and is never retried."""
+        if self.head(key) is None:
+            return
+        raise DownloadError(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it: "
+                            "the store answered inconsistently; the download will be retried", retryable=True,
+                            damaged=False, cause="the store answered inconsistently (an object it holds was "
+                            "reported missing)", remedy="retried automatically; if it persists, check the store's "
+                            "consistency settings (replication, a caching gateway) and the network path to it")
 
     def _stored_size(self, key: str) -> int | None:
         """The object's size by its own HEAD (None if that cannot be had): what a GET's answer is
@@ -756,7 +784,7 @@ class S3Upload:
         if self._error is not None:
             raise self._error
         if self._aborted:
-            raise self._error_here("the upload was aborted", retryable=False)
+            raise self._error_here("the upload was aborted", retryable=False, cause="the upload was aborted")
         if size > self.plan.capacity:
             self._fail(self._too_big(size))
             raise self._error
@@ -847,7 +875,8 @@ class S3Upload:
         parts = [self._parts[n] for n in range(1, self._next)]
         if self.upload_id is None or sum(p.size for p in parts) != size:
             raise self._error_here(f"the upload ended with {sum(p.size for p in parts):,} of {size:,} bytes in parts",
-                                   retryable=True)
+                                   retryable=True, cause="the uploaded parts do not add up to the file",
+                                   remedy=_RETRIED)
         waited = time.perf_counter()
         expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{len(parts)}"
         upload_id = self.upload_id
@@ -885,7 +914,8 @@ class S3Upload:
         stored = head.get("ContentLength") if head is not None else None  # absent in a gateway's error page
         if stored != size:
             error = self._error_here(f"stored object has {stored} bytes (HeadObject), expected {size}; "
-                                     "the run will be retried", retryable=True)
+                                     "the run will be retried", retryable=True,
+                                     cause="the stored object's size is not the size sent", remedy=_RETRIED)
             store.delete_quietly(self.key, error)
             raise error
         return StoredObject(key=self.key, uri=store.uri(self.key), size=size, etag=etag, parts=parts,
@@ -899,7 +929,10 @@ class S3Upload:
         digest = bytes.fromhex(md5_hex)
         if size and _md5_of_range(fd, 0, size) != digest:
             raise self._error_here("the temp file does not hash to the MD5 computed while writing it "
-                                   "(local disk or memory corruption); the run will be retried", retryable=True)
+                                   "(local disk or memory corruption); the run will be retried", retryable=True,
+                                   cause="the temp file changed on the local disk",
+                                   remedy="retried automatically; if it persists, check the disk behind temp_dir "
+                                          "and the machine's memory")
         for attempt in range(1, store.corrupt_attempts + 1):
             try:
                 response = store.client.put_object(Bucket=store.bucket, Key=self.key, Body=_FileRange(fd, 0, size),
@@ -997,7 +1030,7 @@ class S3Upload:
         digest = _md5_of_range(self._fd, offset, length)
         for attempt in range(1, store.corrupt_attempts + 1):
             if self._aborted:
-                raise self._error_here("aborted", retryable=False)
+                raise self._error_here("aborted", retryable=False, cause="the upload was aborted")
             try:
                 response = store.client.upload_part(Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
                                                     PartNumber=number, Body=_FileRange(self._fd, offset, length),
@@ -1061,15 +1094,20 @@ class S3Upload:
             estimate = f"{plan.expected_size:,} bytes" if plan.expected_size else "none"
             return self._error_here(
                 f"the stream passed {plan.capacity:,} bytes, all that {plan.max_parts:,} equal parts of "
-                f"{plan.first:,} bytes can hold (estimate: {estimate}); raise the store's part_size, give a "
-                "better size estimate, or turn off equal_parts if the store accepts parts of different sizes",
-                retryable=False)
+                f"{plan.first:,} bytes can hold (estimate: {estimate})", retryable=False,
+                cause="the day outgrew the upload's equal parts", remedy="raise the store's part_size, give a better "
+                "size estimate, or turn off equal_parts if the store accepts parts of different sizes")
         return self._error_here(f"the stream passed {size:,} bytes, more than S3's object limit of "
-                                f"{MAX_OBJECT_SIZE:,} bytes; split the day or use a smaller key range",
-                                retryable=False)
+                                f"{MAX_OBJECT_SIZE:,} bytes", retryable=False, cause=_S3_TOO_LARGE,
+                                remedy="split the day or use a smaller key range")
 
-    def _error_here(self, message: str, *, retryable: bool) -> UploadError:
-        return self._named(UploadError(f"{self.store.uri(self.key)}: {message}", retryable=retryable))
+    def _error_here(self, message: str, *, retryable: bool, cause: str = _CORRUPTED,
+                    remedy: str | None = None) -> UploadError:
+        """An :class:`UploadError` about this upload, naming its key, table and day; ``cause`` and
+        ``remedy`` default to those of bytes that did not arrive as sent (retried automatically)."""
+        remedy = remedy if remedy is not None else _CORRUPTED_REMEDY if retryable else None
+        return self._named(UploadError(f"{self.store.uri(self.key)}: {message}", retryable=retryable, cause=cause,
+                                       remedy=remedy))
 
     def _named(self, error: ArchiveError) -> ArchiveError:
         """Attach the table and day the upload is for (from its metadata) to ``error``."""

@@ -1,0 +1,162 @@
+"""S3 fault hunt: answers that are not what they seem (a HEAD without its headers, a 404 for an object
+that is there, a body cut short or reset mid-way, an answer without its ETag) on every operation, each
+checked for the retry decision, a message naming table, day, cause and remedy, and nothing left behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import keys
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+from archive_pipeline.core.restore import ArchiveMissingError, RestoreError, restore_day
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import assert_nothing_left
+from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: F401 - two days of 300 rows
+from archive_pipeline_tests.test_readpath_faults_hunt import _exists
+
+DAY = dt.date(2024, 3, 10)
+OBJECT = r"/2024-03-10(\.g\d+)?\.jsonl(\.zst)?$"
+MANIFEST = r"/2024-03-10\.jsonl(\.zst)?\.manifest\.json$"
+
+
+def _store(client, bucket: str) -> S3Store:
+    return S3Store(client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+
+
+def _names_day_cause_and_remedy(error: ArchiveError, table: str) -> None:
+    text = str(error)
+    assert table in text and "2024-03-10" in text and error.cause and "; to fix: " in text, text
+    assert "KeyError" not in text and "testing" not in text  # no crash, no secret (the test credentials)
+
+
+# --- a HEAD answered 200 without the object's headers ------------------------------------------------
+
+def _archived(conn, events, store):
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    return spec
+
+
+def test_verification_whose_head_answers_200_without_headers_is_retryable_and_no_verdict(s3, conn, events, store,
+                                                                                         bucket):
+    """A gateway answers the object's HEAD with 200 and an error page (no Content-Length, no ETag), every
+    time. Before: stored_object_problems read head['ContentLength'] and a KeyError came out of
+    verify_archive: `archive-pipeline verify` died with a traceback (its per-day handling catches
+    ArchiveError), the Dagster check said "KeyError: 'ContentLength'", the settling of a removal the same.
+    Now a retryable DownloadError that proves nothing either way."""
+    from archive_pipeline.core.verify import verify_archive
+
+    spec = _archived(conn, events, store)
+    key = keys.table_day_key(spec, DAY, store.prefix)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        fault = proxy.add(Fault(method="HEAD", path=OBJECT, action="error_200", times=None))
+        with pytest.raises(ArchiveError) as caught:
+            problems = verify_archive(_store(proxy.client(max_attempts=1), bucket), key, {})
+            pytest.fail(f"a HEAD without its headers was taken for a verdict: {problems}")
+        assert fault.hits >= 1
+    assert caught.value.retryable
+    _names_day_cause_and_remedy(caught.value, spec.name)
+    assert verify_archive(store, key, {}) == []
+
+
+# --- a 404 for an object that exists (a store only eventually consistent, a caching gateway) ---------
+
+
+def test_deep_verification_whose_object_get_answers_404_for_an_object_there_is_no_verdict(
+        s3, conn, events, store, bucket):
+    """The object's GET answers 404 once although the object is there (its HEAD finds it). Before: the
+    proof returned "object ... is missing", a failed proof of an intact archive (the asset check fails,
+    the removal is refused for good) instead of a retryable 'nothing proven'."""
+    spec = _archived(conn, events, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        fault = proxy.add(Fault(method="GET", path=OBJECT, action="error", status=404, code="NoSuchKey", times=1))
+        faulty = _store(proxy.client(max_attempts=1), bucket)
+        with pytest.raises(ArchiveError) as caught:
+            problems = deep_verify(conn, faulty, spec, DAY)
+            pytest.fail(f"one 404 of an object that is there was taken for a verdict: {problems}")
+        assert fault.hits == 1
+    assert caught.value.retryable and "is missing" not in str(caught.value)
+    _names_day_cause_and_remedy(caught.value, spec.name)
+    assert deep_verify(conn, store, spec, DAY) == []
+
+
+def test_a_removal_whose_proof_meets_a_404_for_an_object_there_is_retryable_and_removes_nothing(
+        s3, conn, events, store, bucket):
+    """The removal's proof meets the same 404: before, RemovalRefused ("its archive is not proven: object
+    ... is missing"), not retryable, where the next attempt proves and removes the day."""
+    spec = _archived(conn, events, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=OBJECT, action="error", status=404, code="NoSuchKey", times=1))
+        with pytest.raises(ArchiveError) as caught:
+            remove_day(conn, spec, DAY, _store(proxy.client(max_attempts=1), bucket), removed_by="test")
+    assert not isinstance(caught.value, RemovalRefused) and caught.value.retryable, str(caught.value)
+    assert _exists(conn, f"{events}.events_20240310")
+    assert remove_day(conn, spec, DAY, store, removed_by="test").rows == 300
+
+
+def test_restore_whose_object_get_answers_404_for_an_object_there_is_retryable(
+        s3, conn, events, store, bucket, temp_dir):
+    """Restore meets the same 404: before, ArchiveMissingError "does not exist although its manifest
+    does; restore from a replica or backup of the bucket", not retryable. An object really gone still is
+    ArchiveMissingError."""
+    spec = _archived(conn, events, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=OBJECT, action="error", status=404, code="NoSuchKey", times=1))
+        with pytest.raises(RestoreError) as caught:
+            restore_day(conn, _store(proxy.client(max_attempts=1), bucket), spec, DAY, into="new",
+                        target=f"{events}.back", temp_dir=temp_dir)
+    assert not isinstance(caught.value, ArchiveMissingError) and caught.value.retryable, str(caught.value)
+    _names_day_cause_and_remedy(caught.value, spec.name)
+    assert list(temp_dir.iterdir()) == [] and not _exists(conn, f"{events}.back")
+    store.delete(keys.generation_key(keys.table_day_key(spec, DAY, store.prefix), 1))
+    with pytest.raises(ArchiveMissingError):
+        restore_day(conn, store, spec, DAY, into="new", target=f"{events}.back", temp_dir=temp_dir)
+
+
+# --- write-side checks: the message says cause and remedy ----------------------------------------------
+
+@pytest.fixture
+def wide(conn, schema) -> TableSpec:
+    """Day D of 200 rows, uncompressed: ~17 KB (one PUT), or ~6.4 MB (two parts) with ``mib=6``."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, body text)").format(
+        sql.Identifier(schema, "t")))
+    return TableSpec(name=f"{schema}.t", day_column="at", start_date="2024-03-01", compression="none")
+
+
+def _fill(conn, spec: TableSpec, mib: int) -> None:
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00', md5(g::text) || repeat(md5(g::text), %s) "
+                         "FROM generate_series(1, 200) g").format(sql.SQL(spec.name)), (mib * 200,))
+
+
+@pytest.mark.parametrize(("mib", "fault"), [
+    (0, Fault(method="PUT", path=OBJECT, action="set_header", header=("ETag", None), times=None)),
+    (6, Fault(method="PUT", query="partNumber=", action="set_header",
+              header=("ETag", '"0123456789abcdef0123456789abcdef"'), times=None)),
+    (6, Fault(method="POST", query="uploadId=", action="flip_response_byte", offset=-40, times=None)),
+    (0, Fault(method="HEAD", path=OBJECT, action="set_header", header=("Content-Length", "5"), times=None)),
+], ids=["put-without-etag", "part-with-wrong-etag", "complete-with-damaged-etag", "head-with-wrong-size"])
+def test_a_write_the_store_does_not_confirm_names_table_day_cause_and_remedy(
+        s3, conn, wide, store, bucket, temp_dir, mib, fault):
+    """The store's answers never confirm what was written: a PUT answered without its ETag, parts whose
+    ETag is not their MD5, a CompleteMultipartUpload whose ETag is damaged, a HEAD with another size.
+    The run fails retryable and leaves nothing; before, the message ended at "the run will be retried",
+    with no cause and no '; to fix:' (README: every message ends with one), where a store whose ETags are
+    not MD5s (SSE-KMS, a gateway) fails so on every run and needs verify_etags off."""
+    _fill(conn, wide, mib)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(fault)
+        faulty = _store(proxy.client(max_attempts=1), bucket)
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, wide, DAY, faulty, temp_dir=str(temp_dir))
+        assert fault.hits >= 1
+    assert caught.value.retryable
+    _names_day_cause_and_remedy(caught.value, wide.name)
+    assert_nothing_left(store, keys.table_day_key(wide, DAY, "archive"), temp_dir)
