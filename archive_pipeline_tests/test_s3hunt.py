@@ -121,6 +121,69 @@ def test_restore_whose_object_get_answers_404_for_an_object_there_is_retryable(
         restore_day(conn, store, spec, DAY, into="new", target=f"{events}.back", temp_dir=temp_dir)
 
 
+
+def test_verification_whose_head_answers_404_once_for_an_object_there_finds_it_intact(s3, conn, events, store,
+                                                                                       bucket):
+    """The object's HEAD answers 404 once although the object is there. Before: verify_archive (the CLI's
+    verify, the Dagster archive_intact check, the proof of a removed day, the settling of a removal) said
+    "object ... is missing" at once, where a HEAD that gives another size or ETag is asked again."""
+    from archive_pipeline.core.verify import verify_archive
+
+    spec = _archived(conn, events, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        fault = proxy.add(Fault(method="HEAD", path=OBJECT, action="error", status=404, code="NotFound", times=1))
+        assert verify_archive(_store(proxy.client(max_attempts=1), bucket),
+                              keys.table_day_key(spec, DAY, store.prefix), {}) == []
+        assert fault.hits == 1
+
+@pytest.mark.parametrize("step", ["restore", "prove", "remove"])
+def test_a_manifest_get_answering_404_for_a_manifest_there_is_retryable_not_no_archive(
+        s3, conn, events, store, bucket, temp_dir, step):
+    """The manifest's GET answers 404 once although the manifest is there (its HEAD finds it). Before:
+    restore said "has no archive" (not retryable), the proof returned "has no archive" (a failed check),
+    the removal refused the day "archive it first" (not retryable): verdicts on an archive that is there."""
+    spec = _archived(conn, events, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        fault = proxy.add(Fault(method="GET", path=MANIFEST, action="error", status=404, code="NoSuchKey", times=1))
+        faulty = _store(proxy.client(max_attempts=1), bucket)
+        with pytest.raises(ArchiveError) as caught:
+            if step == "restore":
+                restore_day(conn, faulty, spec, DAY, into="new", target=f"{events}.back", temp_dir=temp_dir)
+            elif step == "prove":
+                pytest.fail(f"one 404 of a manifest that is there was taken for a verdict: "
+                            f"{deep_verify(conn, faulty, spec, DAY)}")
+            else:
+                remove_day(conn, spec, DAY, faulty, removed_by="test")
+        assert fault.hits == 1
+    assert caught.value.retryable and not isinstance(caught.value, RemovalRefused), str(caught.value)
+    assert "no archive" not in str(caught.value)
+    _names_day_cause_and_remedy(caught.value, spec.name)
+    assert _exists(conn, f"{events}.events_20240310") and not _exists(conn, f"{events}.back")
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_an_overwrite_whose_last_manifest_read_fails_leaves_no_new_object(s3, conn, events, store, s3_client, bucket,
+                                                                         temp_dir):
+    """An overwrite reads the manifest once more just before it replaces it (a removal on the primary may
+    have marked it); that read fails (503 every attempt). Before: the run failed retryable but left its
+    new generation's complete object in the bucket, named by no manifest, until a later run tidied it, and
+    its error had no cause or remedy of its own (only the read's text in parentheses)."""
+    from archive_pipeline_tests.test_integrity import stored_keys
+
+    spec = _archived(conn, events, store)
+    before = stored_keys(s3_client, bucket)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        fault = proxy.add(Fault(method="GET", path=MANIFEST, action="slow_down", skip=1, times=None))
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, spec, DAY, _store(proxy.client(max_attempts=1), bucket), overwrite=True,
+                              temp_dir=str(temp_dir))
+        assert fault.hits >= 1
+    assert caught.value.retryable
+    _names_day_cause_and_remedy(caught.value, spec.name)
+    assert stored_keys(s3_client, bucket) == before
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list(temp_dir.iterdir()) == []
+
 # --- write-side checks: the message says cause and remedy ----------------------------------------------
 
 @pytest.fixture

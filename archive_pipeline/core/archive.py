@@ -608,10 +608,14 @@ class _Archiving:
         uri = self.store.uri(self.manifest_key)
         try:
             now = _get_manifest_bytes(self.store, self.manifest_key)
-        except Exception as exc:  # noqa: BLE001 - re-raised as the run's error, retryable
-            raise ArchiveError(f"{self.spec.name} {self.day}: reading {uri} again before replacing it failed ({exc}); "
-                               "nothing was replaced", table=self.spec.name, day=self.day.isoformat(),
-                               retryable=True) from exc
+        except Exception as exc:  # noqa: BLE001 - re-raised as the run's error, with the read's cause and remedy
+            error = ArchiveError(f"{self.spec.name} {self.day}: reading {uri} again before replacing it failed "
+                                 f"({getattr(exc, 'message', exc)}); nothing was replaced", table=self.spec.name,
+                                 day=self.day.isoformat(), retryable=is_retryable(exc),
+                                 cause=getattr(exc, "cause", None), remedy=getattr(exc, "remedy", None))
+            if result.key:  # ours alone: no manifest names the new generation yet
+                self.store.delete_quietly(result.key, error)
+            raise error from exc
         if now == existing.raw:
             return
         try:

@@ -514,7 +514,8 @@ class S3Store:
         return self.get_verified_bytes(key)
 
     def get_verified_bytes(self, key: str, *, attempts: int = 3) -> bytes | None:
-        """A small object (a manifest) read whole, or None if the key does not exist.
+        """A small object (a manifest) read whole, or None if the key does not exist (a 404 that the key's
+        HEAD confirms, see ``_confirm_missing``).
 
         When the ETag is a plain MD5 (and ``verify_etags``), the body must hash to it; a body that
         does not, or that botocore rejects by its checksum, is read again (``attempts`` in all)
@@ -526,6 +527,7 @@ class S3Store:
                 data = response["Body"].read()
             except Exception as exc:
                 if _is_not_found(exc):
+                    self._confirm_missing(key)
                     return None
                 if not _is_checksum_error(exc):
                     raise _wrap(exc, f"reading {self.uri(key)} (GetObject)", DownloadError) from exc
@@ -618,7 +620,7 @@ class S3Store:
         if self.head(key) is None:
             return
         raise DownloadError(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it: "
-                            "the store answered inconsistently; the download will be retried", retryable=True,
+                            "the store answered inconsistently; the run will be retried", retryable=True,
                             damaged=False, cause="the store answered inconsistently (an object it holds was "
                             "reported missing)", remedy="retried automatically; if it persists, check the store's "
                             "consistency settings (replication, a caching gateway) and the network path to it")
