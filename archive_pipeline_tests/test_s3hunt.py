@@ -184,6 +184,30 @@ def test_an_overwrite_whose_last_manifest_read_fails_leaves_no_new_object(s3, co
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert list(temp_dir.iterdir()) == []
 
+
+@pytest.mark.parametrize(("step", "head"), [
+    ("prove", Fault(path=OBJECT, action="error_200", times=None)),
+    ("restore", Fault(method="HEAD", path=OBJECT, action="slow_down", times=None)),
+], ids=["prove-where-a-gateway-answers-everything-with-an-error-page", "restore-where-the-head-fails-too"])
+def test_an_object_get_answered_with_an_error_page_whose_head_cannot_be_had_is_not_a_damaged_archive(
+        s3, conn, events, store, bucket, temp_dir, head, step):
+    """The object's GET is answered 200 with an error page (a few hundred bytes), and so is its HEAD (a
+    gateway that answers everything so), or the HEAD fails. Before: with no HEAD to confirm the stored
+    size, the GET's Content-Length was taken for it: "is damaged: the store holds 182 bytes ... restore it
+    from a replica" (a failed proof; ArchiveCorruptError, not retryable) for an intact archive."""
+    spec = _archived(conn, events, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=OBJECT, action="error_200", times=None))
+        proxy.add(head)
+        faulty = _store(proxy.client(max_attempts=1), bucket)
+        with pytest.raises(ArchiveError) as caught:
+            if step == "prove":
+                pytest.fail(f"an error page was taken for a verdict: {deep_verify(conn, faulty, spec, DAY)}")
+            restore_day(conn, faulty, spec, DAY, into="new", target=f"{events}.back", temp_dir=temp_dir)
+    assert caught.value.retryable and "damaged" not in str(caught.value), str(caught.value)
+    _names_day_cause_and_remedy(caught.value, spec.name)
+    assert list(temp_dir.iterdir()) == [] and not _exists(conn, f"{events}.back")
+
 # --- write-side checks: the message says cause and remedy ----------------------------------------------
 
 @pytest.fixture
@@ -223,3 +247,4 @@ def test_a_write_the_store_does_not_confirm_names_table_day_cause_and_remedy(
     assert caught.value.retryable
     _names_day_cause_and_remedy(caught.value, wide.name)
     assert_nothing_left(store, keys.table_day_key(wide, DAY, "archive"), temp_dir)
+

@@ -567,12 +567,15 @@ class S3Store:
             length = response.get("ContentLength")
             if expected_size is not None and length is not None and length != expected_size:
                 response["Body"].close()
-                if self._stored_size(key) == expected_size:  # the answer, not the object (an error page, a cut body)
-                    raise DownloadError(f"{uri}: the GET answered {length:,} bytes where the store holds "
-                                        f"{expected_size:,} (an error page, or an answer cut short or altered on "
-                                        "the way); the download will be retried", retryable=True, damaged=False,
+                stored = self._stored_size(key)
+                if stored in (expected_size, None):  # the answer, not the object (an error page, a cut body), or
+                    # nothing confirms the object's size: only the store's own HEAD may call it damaged
+                    held = "stored" if stored is not None else "recorded (the object's HEAD could not be had)"
+                    raise DownloadError(f"{uri}: the GET answered {length:,} bytes where {expected_size:,} are {held} "
+                                        "(an error page, or an answer cut short or altered on the way); the download "
+                                        "will be retried", retryable=True, damaged=False,
                                         cause=_NOT_THE_OBJECT, remedy=_RETRIED)
-                raise DownloadError(f"{uri} is damaged: the store holds {length:,} bytes, expected {expected_size:,}; "
+                raise DownloadError(f"{uri} is damaged: the store holds {stored:,} bytes, expected {expected_size:,}; "
                                     "restore it from a replica or backup, or archive the day again",
                                     retryable=False, damaged=True)
             body = response["Body"]
