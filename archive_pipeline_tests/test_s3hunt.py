@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 
 from archive_pipeline.core import keys
-from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.archive import MANIFEST_PUT_ATTEMPTS, archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
@@ -248,3 +248,33 @@ def test_a_write_the_store_does_not_confirm_names_table_day_cause_and_remedy(
     _names_day_cause_and_remedy(caught.value, wide.name)
     assert_nothing_left(store, keys.table_day_key(wide, DAY, "archive"), temp_dir)
 
+
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["first-archive", "overwrite"])
+def test_a_manifest_that_arrives_damaged_every_time_leaves_nothing_published(
+        s3, conn, events, store, s3_client, bucket, temp_dir, overwrite):
+    """Every copy of the run's manifest arrives damaged (a flipped byte in each PUT body; the store answers
+    each with the damaged copy's ETag). The run fails retryable. Before: a first archive left its complete data
+    object and the damaged manifest under the day's key, and an overwrite its new generation's object, both
+    named by no manifest, although every attempt had been answered (nothing could still land)."""
+    from archive_pipeline.core.manifest import decode_manifest
+    from archive_pipeline_tests.helpers import download
+    from archive_pipeline_tests.test_integrity import stored_keys
+
+    spec = spec_for(events)
+    first = archive_partition(conn, spec, DAY, store) if overwrite else None
+    before = stored_keys(s3_client, bucket)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        faulty = _store(proxy.client(max_attempts=1), bucket)
+        copies = MANIFEST_PUT_ATTEMPTS * faulty.corrupt_attempts  # every copy of the run's own manifest
+        fault = proxy.add(Fault(method="PUT", path=MANIFEST, action="flip_request_byte", times=copies))
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, spec, DAY, faulty, overwrite=overwrite, temp_dir=str(temp_dir))
+        assert fault.hits == copies
+    assert caught.value.retryable
+    _names_day_cause_and_remedy(caught.value, spec.name)
+    assert stored_keys(s3_client, bucket) == before
+    if first is not None:
+        assert decode_manifest(download(s3_client, bucket, first.manifest_key))["object"]["key"] == first.key
+    assert list(temp_dir.iterdir()) == []

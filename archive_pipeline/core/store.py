@@ -85,6 +85,11 @@ class DownloadError(ArchiveError):
         self.damaged = damaged
 
 
+class CorruptedWrite(UploadError):
+    """A small object's write whose every copy the store answered with an ETag other than our MD5: each
+    attempt was carried out, so nothing of the write is still on its way; the key may hold a damaged copy."""
+
+
 class LocalFileError(ArchiveError):
     """Writing downloaded bytes to the local (temp) file failed: a full disk, no permission, an I/O
     error. A local problem, never the store's or the archive's; ``directory`` is where the file is."""
@@ -446,7 +451,7 @@ class S3Store:
                         digest.hex(), attempt, self.corrupt_attempts)
         # Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago,
         # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
-        raise UploadError(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
+        raise CorruptedWrite(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
                           f"our MD5 {digest.hex()}): the network or store alters data", retryable=True,
                           cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
 
@@ -468,6 +473,12 @@ class S3Store:
                 return 400 <= status < 500 and not meta.get("RetryAttempts")
             current = current.__cause__ or current.__context__
         return False
+
+    @staticmethod
+    def settled(exc: BaseException) -> bool:
+        """Whether nothing of the write that failed with ``exc`` can still land: the store refused it
+        (:meth:`refused`), or carried out every attempt and answered it (:class:`CorruptedWrite`)."""
+        return isinstance(exc, CorruptedWrite) or S3Store.refused(exc)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -1133,5 +1144,5 @@ def _server_time(response: dict) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
 
-__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "DownloadError", "Downloaded",
-           "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata", "plan_parts"]
+__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "CorruptedWrite", "DownloadError",
+           "Downloaded", "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata", "plan_parts"]
