@@ -1144,5 +1144,6 @@ def _server_time(response: dict) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
 
-__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "CorruptedWrite",
-           "DownloadError", "Downloaded", "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata", "plan_parts"]
+__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "CorruptedWrite", "DownloadError",
+           "Downloaded", "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata",
+           "plan_parts"]
