@@ -37,6 +37,11 @@ Actions (``Fault.action``):
   and keeps nothing (what ``verify_etags: false`` cannot tell from a kept one).
 - ``"reset_before"``: read the request, then reset the connection (TCP RST) without forwarding.
   ``"reset_after"``: forward, then reset instead of answering.
+- ``"cut_response"``: forward, then answer with the full Content-Length but send only ``offset``
+  bytes of the body (default: half) and close the connection (a body cut short).
+  ``"reset_mid_body"``: the same, ending with a TCP RST instead of a close.
+- ``"set_header"``: forward, then answer with response header ``header[0]`` set to ``header[1]``
+  (``None``: removed), e.g. ``header=("ETag", None)`` for an answer without its ETag.
 - ``"throttle"``: forward, reading the request body and sending the response body at ``rate``
   bytes/s. ``"delay"``: sleep ``delay`` seconds, then forward.
 - ``"hold"``: keep the request until ``gate`` (a ``threading.Event``) is set, at most
@@ -68,7 +73,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 ACTIONS = frozenset({"lose", "flip_request_byte", "flip_response_byte", "error", "slow_down", "error_200",
-                     "reset_before", "reset_after", "throttle", "delay", "hold"})
+                     "reset_before", "reset_after", "throttle", "delay", "hold", "cut_response", "reset_mid_body",
+                     "set_header"})
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
                          "upgrade", "expect", "content-length"})
 
@@ -91,6 +97,7 @@ class Fault:
     gate: threading.Event | None = None  # hold: released when set
     hold_timeout: float = 60.0
     forward: bool = False  # error/slow_down/error_200: forward the request first
+    header: tuple[str, str | None] | None = None  # set_header: (name, value or None to remove)
     seen: int = field(default=0, init=False)  # matching requests so far
     hits: int = field(default=0, init=False)  # requests this fault was applied to
 
@@ -114,7 +121,7 @@ class Record:
     method: str
     path: str  # URL-decoded
     query: str  # raw query string
-    status: int | str | None  # HTTP status sent back, "reset", or None while in progress (set before
+    status: int | str | None  # HTTP status sent back, "reset", "cut", or None while in progress (set before
     # the client can see the answer, so a test may assert on it right after its call returns)
     fault: str | None  # the action applied, if any
 
@@ -381,6 +388,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if action == "flip_response_byte" and payload:
                 payload = flip_byte(payload, [(0, len(payload))], fault.offset)
+            if action == "set_header":
+                name, value = fault.header
+                headers = [(k, v) for k, v in headers if k.lower() != name.lower()]
+                headers += [(name, value)] if value is not None else []
+            if action in ("cut_response", "reset_mid_body") and payload:
+                answered("cut")
+                self._cut(status_code, headers, payload, fault.offset, reset=action == "reset_mid_body")
+                return
             answered(status_code)
             self._answer(status_code, headers, payload, method, rate=fault.rate if action == "throttle" else None)
         except (ConnectionError, OSError, http.client.HTTPException):
@@ -426,6 +441,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(min(step, len(payload) - start) / rate)
         self.wfile.flush()
+
+    def _cut(self, status: int, headers: list[tuple[str, str]], payload: bytes, sent: int | None, *,
+             reset: bool) -> None:
+        """Announce all of ``payload`` (Content-Length), send only ``sent`` bytes of it, then close or reset."""
+        self.send_response_only(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload[:len(payload) // 2 if sent is None else sent])
+        self.wfile.flush()
+        if reset:
+            self._reset()
+            return
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _reset(self) -> None:
         """Close the client connection with a TCP RST (SO_LINGER 0), answering nothing."""

@@ -240,7 +240,7 @@ def test_a_manifest_the_store_fails_to_show_is_never_taken_for_none(s3, conn, sc
             proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="error", status=404, code="NoSuchKey"))
             with pytest.raises(ArchiveError) as caught:
                 archive_partition(conn, table, D, flaky)
-            assert caught.value.retryable and "is listed but reading it found nothing" in str(caught.value)
+            assert caught.value.retryable and "the store answered inconsistently" in str(caught.value)
         else:
             prefix = first.key.rsplit(".", 2)[0]
             listing = urllib.request.urlopen(f"{s3.endpoint_url}/{bucket}?list-type=2&prefix={prefix}").read()

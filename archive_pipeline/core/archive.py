@@ -230,7 +230,7 @@ class _Archiving:
         self.temp_dir, self.progress, self.progress_every, self.settings = temp_dir, progress, progress_every, settings
         self.key = render_key(spec, day, store.prefix)
         self.manifest_key = keys.manifest_key(self.key)
-        self._manifest_refused = True  # every manifest write so far answered 4xx (see _put_manifest)
+        self._manifest_settled = True  # no manifest write so far can still land (see _put_manifest)
         self.started = time.perf_counter()
 
     def run(self, overwrite: bool) -> ArchiveResult:
@@ -614,10 +614,14 @@ class _Archiving:
         uri = self.store.uri(self.manifest_key)
         try:
             now = _get_manifest_bytes(self.store, self.manifest_key)
-        except Exception as exc:  # noqa: BLE001 - re-raised as the run's error, retryable
-            raise ArchiveError(f"{self.spec.name} {self.day}: reading {uri} again before replacing it failed ({exc}); "
-                               "nothing was replaced", table=self.spec.name, day=self.day.isoformat(),
-                               retryable=True) from exc
+        except Exception as exc:  # noqa: BLE001 - re-raised as the run's error, with the read's cause and remedy
+            error = ArchiveError(f"{self.spec.name} {self.day}: reading {uri} again before replacing it failed "
+                                 f"({getattr(exc, 'message', exc)}); nothing was replaced", table=self.spec.name,
+                                 day=self.day.isoformat(), retryable=is_retryable(exc),
+                                 cause=getattr(exc, "cause", None), remedy=getattr(exc, "remedy", None))
+            if result.key:  # ours alone: no manifest names the new generation yet
+                self.store.delete_quietly(result.key, error)
+            raise error from exc
         if now == existing.raw:
             return
         try:
@@ -667,10 +671,13 @@ class _Archiving:
             named = _manifest_object_key(decode_manifest(current)) if current else None
         except ManifestError:
             named = None
+            if existing.raw is None and self._manifest_settled:  # our own damaged copy: no manifest was there
+                self.store.delete_quietly(self.manifest_key, exc)
         # Our manifest may still land (a write that timed out, or answered 5xx): its object must then be
-        # there. It is withdrawn only when the store refused the write; else it stays, at worst a leftover
-        # the next run of the day deletes once a manifest names another generation.
-        if named != result.key and self._manifest_refused:
+        # there. It is withdrawn only when no write can land any more (refused, or every copy stored
+        # damaged); else it stays, at worst a leftover the next run of the day deletes once a manifest
+        # names another generation.
+        if named != result.key and self._manifest_settled:
             self.store.delete_quietly(result.key, exc)
 
     def _put_back(self, previous: bytes) -> None:
@@ -687,8 +694,8 @@ class _Archiving:
                 self.store.put_bytes(self.manifest_key, data, "application/json")
                 return
             except Exception as exc:  # noqa: BLE001 - re-raised after the last attempt
-                # refused only if every attempt was: one that timed out may still land
-                self._manifest_refused = self._manifest_refused and self.store.refused(exc)
+                # settled only if every attempt was: one that timed out may still land
+                self._manifest_settled = self._manifest_settled and self.store.settled(exc)
                 if attempt == MANIFEST_PUT_ATTEMPTS or not is_retryable(exc):
                     raise
                 log.warning("writing %s failed (%s); trying again", self.manifest_key, exc)

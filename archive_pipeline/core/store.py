@@ -53,6 +53,13 @@ EQUAL_PARTS_SAFETY = 4  # equal parts: sized so that 4x the estimate still fits 
 _READ_CHUNK = 1 * MiB
 _CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_NOT_THE_OBJECT = "the store's answer was not the object"
+_S3_TOO_LARGE = "the day is larger than S3's object limit"
+_CORRUPTED = "the object's checksum did not match on the way"
+_RETRIED = ("retried automatically; if it persists, check the network path to the store (proxies, gateways) and the "
+            "store's health")
+_CORRUPTED_REMEDY = (f"{_RETRIED}; if every run fails so, the store's ETags are not the MD5 of the bytes (SSE-KMS, "
+                     "some gateways): turn off the archive_store resource's verify_etags")
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,11 @@ class DownloadError(ArchiveError):
     def __init__(self, message: str, *, damaged: bool | None = False, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.damaged = damaged
+
+
+class CorruptedWrite(UploadError):
+    """A small object's write whose every copy the store answered with an ETag other than our MD5: each
+    attempt was carried out, so nothing of the write is still on its way; the key may hold a damaged copy."""
 
 
 class LocalFileError(ArchiveError):
@@ -237,7 +249,10 @@ def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
         data = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
         if not data:
             raise UploadError(f"temp file ended at offset {offset}, {end - offset} bytes early; "
-                              "it was truncated while uploading", retryable=True)
+                              "it was truncated while uploading", retryable=True,
+                              cause="the temp file was truncated while uploading",
+                              remedy="retried automatically; if it persists, look for what else writes to or "
+                                     "cleans temp_dir")
         md5.update(data)
         offset += len(data)
     return md5.digest()
@@ -374,11 +389,18 @@ class S3Store:
 
     # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
-        """The object's HEAD answer, None if it does not exist; a failure is a :class:`DownloadError`."""
+        """The object's HEAD answer, None if it does not exist; a failure is a :class:`DownloadError`, and so
+        is an answer without the object's size and ETag (a gateway's error page passed on as a 200: callers
+        compare both with a manifest, and must not take a missing one for a damaged or a different object)."""
         try:
-            return self._head(key)
+            head = self._head(key)
         except Exception as exc:
             raise _wrap(exc, f"checking {self.uri(key)} (HeadObject)", DownloadError) from exc
+        if head is not None and not ("ContentLength" in head and "ETag" in head):
+            raise DownloadError(f"checking {self.uri(key)} (HeadObject): the store answered without the object's "
+                                "size or ETag, so that answer was not the object's; the run will be retried",
+                                retryable=True, cause=_NOT_THE_OBJECT, remedy=_RETRIED)
+        return head
 
     def _head(self, key: str) -> dict | None:
         """HEAD with botocore's own errors (the upload path wraps them as an :class:`UploadError`)."""
@@ -429,10 +451,9 @@ class S3Store:
                         digest.hex(), attempt, self.corrupt_attempts)
         # Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago,
         # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
-        raise UploadError(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
+        raise CorruptedWrite(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
                           f"our MD5 {digest.hex()}): the network or store alters data", retryable=True,
-                          cause="the object's checksum did not match on the way", remedy="retried automatically; if "
-                          "it persists, check the network path to the store and the store's health")
+                          cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
 
     @staticmethod
     def refused(exc: BaseException) -> bool:
@@ -452,6 +473,12 @@ class S3Store:
                 return 400 <= status < 500 and not meta.get("RetryAttempts")
             current = current.__cause__ or current.__context__
         return False
+
+    @staticmethod
+    def settled(exc: BaseException) -> bool:
+        """Whether nothing of the write that failed with ``exc`` can still land: the store refused it
+        (:meth:`refused`), or carried out every attempt and answered it (:class:`CorruptedWrite`)."""
+        return isinstance(exc, CorruptedWrite) or S3Store.refused(exc)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -498,7 +525,8 @@ class S3Store:
         return self.get_verified_bytes(key)
 
     def get_verified_bytes(self, key: str, *, attempts: int = 3) -> bytes | None:
-        """A small object (a manifest) read whole, or None if the key does not exist.
+        """A small object (a manifest) read whole, or None if the key does not exist (a 404 that the key's
+        HEAD confirms, see ``_confirm_missing``).
 
         When the ETag is a plain MD5 (and ``verify_etags``), the body must hash to it; a body that
         does not, or that botocore rejects by its checksum, is read again (``attempts`` in all)
@@ -510,6 +538,7 @@ class S3Store:
                 data = response["Body"].read()
             except Exception as exc:
                 if _is_not_found(exc):
+                    self._confirm_missing(key)
                     return None
                 if not _is_checksum_error(exc):
                     raise _wrap(exc, f"reading {self.uri(key)} (GetObject)", DownloadError) from exc
@@ -549,14 +578,15 @@ class S3Store:
             length = response.get("ContentLength")
             if expected_size is not None and length is not None and length != expected_size:
                 response["Body"].close()
-                if self._stored_size(key) == expected_size:  # the answer, not the object (an error page, a cut body)
-                    raise DownloadError(f"{uri}: the GET answered {length:,} bytes where the store holds "
-                                        f"{expected_size:,} (an error page, or an answer cut short or altered on "
-                                        "the way); the download will be retried", retryable=True, damaged=False,
-                                        cause="the store's answer was not the object",
-                                        remedy="retried automatically; if it persists, check the network path to "
-                                               "the store (proxies, gateways)")
-                raise DownloadError(f"{uri} is damaged: the store holds {length:,} bytes, expected {expected_size:,}; "
+                stored = self._stored_size(key)
+                if stored in (expected_size, None):  # the answer, not the object (an error page, a cut body), or
+                    # nothing confirms the object's size: only the store's own HEAD may call it damaged
+                    held = "stored" if stored is not None else "recorded (the object's HEAD could not be had)"
+                    raise DownloadError(f"{uri}: the GET answered {length:,} bytes where {expected_size:,} are {held} "
+                                        "(an error page, or an answer cut short or altered on the way); the download "
+                                        "will be retried", retryable=True, damaged=False,
+                                        cause=_NOT_THE_OBJECT, remedy=_RETRIED)
+                raise DownloadError(f"{uri} is damaged: the store holds {stored:,} bytes, expected {expected_size:,}; "
                                     "restore it from a replica or backup, or archive the day again",
                                     retryable=False, damaged=True)
             body = response["Body"]
@@ -572,6 +602,7 @@ class S3Store:
             raise
         except Exception as exc:
             if _is_not_found(exc) and size == 0:
+                self._confirm_missing(key)
                 return None
             if _is_checksum_error(exc):
                 raise DownloadError(f"{uri} came back corrupted ({type(exc).__name__}: {exc}); "
@@ -594,6 +625,19 @@ class S3Store:
                                 "or damaged in the store; if it repeats, the stored object is damaged)",
                                 retryable=True, damaged=None)
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
+
+    def _confirm_missing(self, key: str) -> None:
+        """After a GET answered 404: raise a retryable :class:`DownloadError` unless the object's HEAD
+        agrees that it does not exist. A store that is only eventually consistent (or a gateway that
+        answers 404 for a moment) must not make an archive whose object is there pass for one whose
+        object is lost: that verdict fails proofs and checks, and is never retried."""
+        if self.head(key) is None:
+            return
+        raise DownloadError(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it: "
+                            "the store answered inconsistently; the run will be retried", retryable=True,
+                            damaged=False, cause="the store answered inconsistently (an object it holds was "
+                            "reported missing)", remedy="retried automatically; if it persists, check the store's "
+                            "consistency settings (replication, a caching gateway) and the network path to it")
 
     def _stored_size(self, key: str) -> int | None:
         """The object's size by its own HEAD (None if that cannot be had): what a GET's answer is
@@ -756,7 +800,7 @@ class S3Upload:
         if self._error is not None:
             raise self._error
         if self._aborted:
-            raise self._error_here("the upload was aborted", retryable=False)
+            raise self._error_here("the upload was aborted", retryable=False, cause="the upload was aborted")
         if size > self.plan.capacity:
             self._fail(self._too_big(size))
             raise self._error
@@ -847,7 +891,8 @@ class S3Upload:
         parts = [self._parts[n] for n in range(1, self._next)]
         if self.upload_id is None or sum(p.size for p in parts) != size:
             raise self._error_here(f"the upload ended with {sum(p.size for p in parts):,} of {size:,} bytes in parts",
-                                   retryable=True)
+                                   retryable=True, cause="the uploaded parts do not add up to the file",
+                                   remedy=_RETRIED)
         waited = time.perf_counter()
         expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{len(parts)}"
         upload_id = self.upload_id
@@ -895,7 +940,8 @@ class S3Upload:
         stored = head.get("ContentLength") if head is not None else None  # absent in a gateway's error page
         if stored != size:
             error = self._error_here(f"stored object has {stored} bytes (HeadObject), expected {size}; "
-                                     "the run will be retried", retryable=True)
+                                     "the run will be retried", retryable=True,
+                                     cause="the stored object's size is not the size sent", remedy=_RETRIED)
             store.delete_quietly(self.key, error)
             raise error
         return stored_object
@@ -907,7 +953,10 @@ class S3Upload:
         digest = bytes.fromhex(md5_hex)
         if size and _md5_of_range(fd, 0, size) != digest:
             raise self._error_here("the temp file does not hash to the MD5 computed while writing it "
-                                   "(local disk or memory corruption); the run will be retried", retryable=True)
+                                   "(local disk or memory corruption); the run will be retried", retryable=True,
+                                   cause="the temp file changed on the local disk",
+                                   remedy="retried automatically; if it persists, check the disk behind temp_dir "
+                                          "and the machine's memory")
         for attempt in range(1, store.corrupt_attempts + 1):
             try:
                 response = store.client.put_object(Bucket=store.bucket, Key=self.key, Body=_FileRange(fd, 0, size),
@@ -1005,7 +1054,7 @@ class S3Upload:
         digest = _md5_of_range(self._fd, offset, length)
         for attempt in range(1, store.corrupt_attempts + 1):
             if self._aborted:
-                raise self._error_here("aborted", retryable=False)
+                raise self._error_here("aborted", retryable=False, cause="the upload was aborted")
             try:
                 response = store.client.upload_part(Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
                                                     PartNumber=number, Body=_FileRange(self._fd, offset, length),
@@ -1069,15 +1118,20 @@ class S3Upload:
             estimate = f"{plan.expected_size:,} bytes" if plan.expected_size else "none"
             return self._error_here(
                 f"the stream passed {plan.capacity:,} bytes, all that {plan.max_parts:,} equal parts of "
-                f"{plan.first:,} bytes can hold (estimate: {estimate}); raise the store's part_size, give a "
-                "better size estimate, or turn off equal_parts if the store accepts parts of different sizes",
-                retryable=False)
+                f"{plan.first:,} bytes can hold (estimate: {estimate})", retryable=False,
+                cause="the day outgrew the upload's equal parts", remedy="raise the store's part_size, give a better "
+                "size estimate, or turn off equal_parts if the store accepts parts of different sizes")
         return self._error_here(f"the stream passed {size:,} bytes, more than S3's object limit of "
-                                f"{MAX_OBJECT_SIZE:,} bytes; split the day or use a smaller key range",
-                                retryable=False)
+                                f"{MAX_OBJECT_SIZE:,} bytes", retryable=False, cause=_S3_TOO_LARGE,
+                                remedy="split the day or use a smaller key range")
 
-    def _error_here(self, message: str, *, retryable: bool) -> UploadError:
-        return self._named(UploadError(f"{self.store.uri(self.key)}: {message}", retryable=retryable))
+    def _error_here(self, message: str, *, retryable: bool, cause: str = _CORRUPTED,
+                    remedy: str | None = None) -> UploadError:
+        """An :class:`UploadError` about this upload, naming its key, table and day; ``cause`` and
+        ``remedy`` default to those of bytes that did not arrive as sent (retried automatically)."""
+        remedy = remedy if remedy is not None else _CORRUPTED_REMEDY if retryable else None
+        return self._named(UploadError(f"{self.store.uri(self.key)}: {message}", retryable=retryable, cause=cause,
+                                       remedy=remedy))
 
     def _named(self, error: ArchiveError) -> ArchiveError:
         """Attach the table and day the upload is for (from its metadata) to ``error``."""
@@ -1098,5 +1152,6 @@ def _server_time(response: dict) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
 
-__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "DownloadError", "Downloaded",
-           "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata", "plan_parts"]
+__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "CorruptedWrite", "DownloadError",
+           "Downloaded", "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata",
+           "plan_parts"]

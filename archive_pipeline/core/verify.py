@@ -109,18 +109,20 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
             problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")
     if manifest.get("empty"):
         return problems
-    head = store.head(obj["key"])
-    if head is None:
-        return [*problems, f"object {store.uri(obj['key'])} is missing"]
-    stored = stored_object_problems(head, manifest)
-    if stored:  # a HEAD answer has no checksum: one damaged on the way must not condemn the object; ask again
-        head = store.head(obj["key"])
-        stored = stored_object_problems(head, manifest) if head is not None else [
-            f"object {store.uri(obj['key'])} is missing"]
+    stored = _stored_problems(store, manifest)
+    if stored:  # a HEAD answer has no checksum, and a 404 may be a store's moment of inconsistency: ask again
+        stored = _stored_problems(store, manifest)
     problems += stored
     if deep and not problems:
         problems += _download_problems(store, manifest, expected)
     return problems
+
+
+def _stored_problems(store: S3Store, manifest: dict) -> list[str]:
+    """How the stored object, by its HEAD, differs from the one ``manifest`` describes (missing included)."""
+    key = manifest["object"]["key"]
+    head = store.head(key)
+    return stored_object_problems(head, manifest) if head is not None else [f"object {store.uri(key)} is missing"]
 
 
 def _download_problems(store: S3Store, manifest: dict, expected: dict) -> list[str]:
