@@ -192,3 +192,32 @@ def test_an_asset_key_prefix_dagster_cannot_name_fails_the_load(schema, prefix):
     with pytest.raises(ConfigError, match="asset_key_prefix") as caught:
         _prefixed_config(schema, prefix)
     assert "letters, digits and '_'" in str(caught.value)
+
+
+@pytest.mark.parametrize("fault", ["lose", "flip_request_byte"])
+def test_a_manifest_the_store_does_not_keep_is_never_reported_written(conn, schema, s3, bucket, store, temp_dir, fault):
+    """``verify_etags: false`` (a store whose ETags are not MD5s): a manifest PUT answered 200 proved nothing, so an
+    archive whose manifest the store lost (or damaged) was reported green with no archive in the store. Now every
+    small write is read back there: written again when it did not arrive, and when it never does, the run fails
+    retryable and publishes nothing."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.keys import table_day_key
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from archive_pipeline_tests.helpers import assert_nothing_left
+
+    create_sample_events(conn, [DAY, DAY + dt.timedelta(days=1)], rows_per_day=20, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        lax = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", verify_etags=False)
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, times=None))
+        with pytest.raises(ArchiveError, match="did not read back as written") as caught:
+            archive_partition(conn, spec, DAY, lax, temp_dir=temp_dir)
+        assert caught.value.retryable
+        proxy.clear()
+        proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action=fault, times=1))
+        result = archive_partition(conn, spec, DAY + dt.timedelta(days=1), lax, temp_dir=temp_dir)
+    assert_nothing_left(store, table_day_key(spec, DAY, "archive"), temp_dir)
+    assert load_manifest(store, result.key)["rows"] == 20

@@ -36,12 +36,12 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
-from archive_pipeline.core.errors import ArchiveError, UploadError, wrap
+from archive_pipeline.core.errors import ArchiveError, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, server_identity
-from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.store import CorruptedWrite, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
 
@@ -271,14 +271,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             pending = _encoded({**manifest, "removed": mark})
             marking = True
             store.put_bytes(mkey, pending, "application/json")
-            if not _kept(store, mkey, pending):  # removing on a mark the store did not keep loses the guard
-                raise RemovalRefused(
-                    f"{spec.name} {day} stays in the source: its pending removal mark did not read back from "
-                    f"{store.uri(mkey)} as written (the store acknowledged the write but holds other bytes: it lost "
-                    "or damaged it, which verify_etags: false cannot see, or another run wrote the manifest); "
-                    "nothing was removed", table=spec.name, day=day.isoformat(), retryable=True,
-                    cause="the store did not keep the pending removal mark",
-                    remedy="run the removal again; if it persists, check that the store keeps what it acknowledges")
+            # (put_bytes checks it arrived: its ETag, or read back without verify_etags; else nothing is removed)
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
@@ -316,12 +309,6 @@ def _sha(raw: bytes | None) -> str | None:
         return decode_manifest(raw).get("manifest_sha256") if raw is not None else None
     except ManifestError:
         return None
-
-
-def _kept(store: S3Store, mkey: str, data: bytes) -> bool:
-    """Whether the store gives back the manifest bytes just written: with ``verify_etags: false`` (or an ETag
-    that is no MD5) a PUT answered 200 proves nothing about what the store keeps."""
-    return store.get_verified_bytes(mkey) == data
 
 
 def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes, exc: BaseException) -> None:
@@ -803,16 +790,14 @@ def _encoded(manifest: dict) -> bytes:
 
 
 def _write_manifest(store: S3Store, mkey: str, manifest: dict, *, previous: bytes | None = None) -> None:
-    """Write the manifest and read it back (see :func:`_kept`): one that does not read back as written is a
-    retryable ``UploadError``, and damaged bytes are replaced by ``previous`` (the manifest as it was), so a
-    removed day's manifest never becomes unreadable."""
+    """Write the manifest (``put_bytes`` checks that it arrived: its ETag, or without ``verify_etags`` by
+    reading it back); one that never arrived whole is a retryable ``CorruptedWrite``, and damaged bytes
+    are replaced by ``previous`` (the manifest as it was), so a removed day's manifest never becomes
+    unreadable."""
     data = _encoded(manifest)
-    store.put_bytes(mkey, data, "application/json")
-    if not _kept(store, mkey, data):
-        lost = UploadError(f"{store.uri(mkey)} did not read back as written (the store lost or damaged it)",
-                           retryable=True, cause="the store did not keep a manifest it acknowledged",
-                           remedy="retried automatically; if it persists, check that the store keeps what it "
-                                  "acknowledges")
+    try:
+        store.put_bytes(mkey, data, "application/json")
+    except CorruptedWrite as exc:
         if previous is not None:
-            _take_back(store, mkey, previous, data, lost)
-        raise lost
+            _take_back(store, mkey, previous, data, exc)
+        raise

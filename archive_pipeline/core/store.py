@@ -429,8 +429,10 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
         """Write a small object (a manifest) with Content-MD5 and check the returned ETag against our
-        MD5. A copy that arrived corrupted is sent again (``corrupt_attempts`` in all); if it never
-        arrives whole, a retryable ``UploadError`` is raised (the key is left as it is). Returns the ETag.
+        MD5; without ``verify_etags`` a 200 proves nothing, so it is read back and compared (a manifest
+        is never reported written when the store kept nothing). A copy that arrived corrupted is sent
+        again (``corrupt_attempts`` in all); if it never arrives whole, a retryable ``UploadError`` is
+        raised (the key is left as it is). Returns the ETag.
 
         A write that fails ambiguously (a reset, a timeout, a 5xx: it may have landed, or land later)
         is not withdrawn: a manifest key is never emptied here, since it may hold the previous commit
@@ -445,14 +447,16 @@ class S3Store:
                     continue
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
             etag = _etag(response)
-            if not self.verify_etags or etag == digest.hex():
+            if (etag == digest.hex()) if self.verify_etags else (self.get_verified_bytes(key) == data):
                 return etag
-            log.warning("%s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", self.uri(key), etag,
-                        digest.hex(), attempt, self.corrupt_attempts)
+            log.warning("%s arrived corrupted (%s), attempt %d of %d", self.uri(key),
+                        f"ETag {etag}, MD5 {digest.hex()}" if self.verify_etags else "it does not read back as written",
+                        attempt, self.corrupt_attempts)
         # Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago,
         # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
         raise CorruptedWrite(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
-                          f"our MD5 {digest.hex()}): the network or store alters data", retryable=True,
+                          f"our MD5 {digest.hex()}" + ("" if self.verify_etags else ", and it did not read back as "
+                          "written") + "): the network or store alters data", retryable=True,
                           cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
 
     @staticmethod
