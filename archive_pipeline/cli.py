@@ -584,7 +584,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if archived is None:
                 continue
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
-                problems = verify_archive(run.store, found.key, archived.expected, deep=download)
+                problems = verify_archive(run.store, found.key, archived.expected, deep=download,
+                                          owner=(spec.name, day.isoformat()))
                 if deep and not problems:
                     problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
                                             scratch_conn=run.scratch)

@@ -27,6 +27,7 @@ from archive_pipeline.defs.assets import (
     daily_partitions,
     job_name,
     overwrite_run_config,
+    retry_policy,
     shared_job_name,
 )
 from archive_pipeline.defs.checks import (
@@ -162,7 +163,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
                                tags={TABLE_TAG: spec.name}, executor_def=in_process_executor,
                                description=f"Archive days of {spec.name}")
         latest = build_stored_archive_check(spec, key)
-        unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec))
+        unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec), retry_policy(config.retry))
         assets.append(archive_asset)
         intact = build_intact_check(spec, key, daily_partitions(spec))
         checks += [intact, latest, unchanged]

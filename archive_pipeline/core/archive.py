@@ -28,7 +28,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
-from archive_pipeline.core.errors import ArchiveError, is_retryable, wrap
+from archive_pipeline.core.errors import ArchiveError, is_retryable, named, wrap
 from archive_pipeline.core.formats.common import (
     Extraction,
     WriteStats,
@@ -197,10 +197,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
                               progress_every=progress_every,
                               settings=resolved(conn, {**SNAPSHOT_SETTINGS, **(session_settings or {})})).run(overwrite)
     except ArchiveError as exc:
-        wrap(exc, spec.name, day.isoformat(), conn.info.password)
-        if exc.day not in exc.message or exc.table not in exc.message:
-            exc.message = f"{exc.table} {exc.day}: {exc.message}"
-            exc.args = (exc.message,)
+        named(exc, spec.name, day.isoformat(), conn.info.password)
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
@@ -235,12 +232,13 @@ class _Archiving:
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
+        self._refuse_foreign(existing, overwrite)  # first: another table-day's pending mark is not ours to settle
         if removal_state(existing.manifest) == "pending":
             # a removal that did not finish: settled first (completed if it committed, else taken back),
             # so an unfinished removal never passes for a removed day, nor a removed one for archivable
             settle_pending_removal(self.conn, self.spec, self.day, self.store)
             existing = read_existing(self.store, self.key)
-        self._refuse_foreign(existing, overwrite)
+            self._refuse_foreign(existing, overwrite)
         self._tidy(existing)
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
         codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)

@@ -29,6 +29,24 @@ _CHECKSUM_FIELD = "manifest_sha256"
 class ManifestError(ValueError):
     """A manifest that cannot be trusted: not JSON, not ours, or its checksum does not match."""
 
+    remedy: str | None = None  # what to do, where it differs from the caller's (restore it, archive again)
+
+    @property
+    def message(self) -> str:
+        """What is wrong, without the remedy (for a caller that gives its own where this has none)."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        return f"{self.message}; to fix: {self.remedy}" if self.remedy else self.message
+
+
+class ForeignManifestError(ManifestError):
+    """A sound manifest of another table-day at this one's key: intact, and describing other rows."""
+
+    remedy = ("if it was copied there by hand, delete the copy (the original stays at its own key); if another table "
+              "or configuration renders this key, give each table its own key_template (with {schema}, {table} and "
+              "{date}); archiving the day again does not replace another table-day's archive")
+
 
 @dataclass(frozen=True)
 class SourceIdentity:
@@ -180,6 +198,16 @@ def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:
         return None
     return (f"it is the manifest of table {manifest.get('table')!r} for {manifest.get('day')}, not of {table!r} for "
             f"{day} (copied from another key, or written by another table or configuration that renders this key)")
+
+
+def owned(manifest: dict, table: str, day: str) -> dict:
+    """``manifest`` if it is the archive of ``table``'s ``day`` (the period's ISO form); else
+    :class:`ForeignManifestError`. Every reader that acts on a day's manifest (list, compare, verify,
+    restore, prune, the asset checks) asks this, so none proves, restores, marks or removes one
+    table-day on the strength of another's archive."""
+    if problem := foreign_manifest(manifest, table, day):
+        raise ForeignManifestError(problem)
+    return manifest
 
 
 def stored_object_problems(head: dict, manifest: dict) -> list[str]:

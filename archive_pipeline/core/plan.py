@@ -21,7 +21,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, ChildRange, child_ranges, existing_days, source_table
 from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
-from archive_pipeline.core.manifest import SourceIdentity, foreign_manifest, manifest_key
+from archive_pipeline.core.manifest import SourceIdentity, manifest_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
@@ -157,9 +157,7 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             result[day] = ManifestLookup(key, None)
             continue
         try:
-            manifest = load_manifest(store, key)
-            if manifest is not None and (problem := foreign_manifest(manifest, spec.name, day.isoformat())):
-                raise ValueError(problem)
+            manifest = load_manifest(store, key, (spec.name, day.isoformat()))
         except ValueError as exc:
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
             continue

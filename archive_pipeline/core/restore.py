@@ -36,7 +36,7 @@ from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, foreign_manifest
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -389,15 +389,12 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     if raw is None:
         return None
     try:
-        manifest = decode_manifest(raw)
-        if problem := foreign_manifest(manifest, spec.name, day.isoformat()):
-            raise ManifestError(problem)
+        return owned(decode_manifest(raw), spec.name, day.isoformat())
     except ManifestError as exc:
         raise RestoreError(f"the manifest {store.uri(keys.manifest_key(key))} of {spec.name} for {day} cannot be "
-                           f"trusted ({exc}); nothing was restored. Restore it from a replica or backup of the "
-                           "bucket, or archive the day again if the source still has it", table=spec.name,
-                           day=day.isoformat()) from None
-    return manifest
+                           f"trusted ({exc.message}); nothing was restored", table=spec.name, day=day.isoformat(),
+                           remedy=exc.remedy or "restore it from a replica or backup of the bucket, or archive the "
+                                                "day again if the source still has it") from None
 
 
 def name_problem(qualified: str) -> str | None:
