@@ -1,6 +1,7 @@
 """Leftovers of the read-back side: a manifest of another table-day at a day's key (a hand copy, two
-configurations sharing a key) met by prune, settling, verify and the asset checks; the source comparison's
-database errors; core messages in the words of each caller. Real PostgreSQL and S3."""
+configurations sharing a key) met by prune, settling, verify and the asset checks; manifests of a newer
+version, or sealed with a field missing; the source comparison's database errors; core messages in the
+words of each caller. Real PostgreSQL and S3."""
 
 from __future__ import annotations
 
@@ -137,6 +138,63 @@ def test_verify_and_the_deep_check_refuse_another_tables_manifest_of_identical_b
         load_manifest(store, keys.table_day_key(second, second.period(DAY), store.prefix), (twin + ".ev", "2024-03-10"))
 
 
+def test_a_manifest_of_a_newer_version_is_not_called_damaged_nor_to_be_archived_again(conn, schema, store, temp_dir,
+                                                                                       s3_client, bucket):
+    """A manifest written by a newer archive_pipeline (manifest_version 3: the code location was upgraded,
+    the command line not yet). Was: "unknown manifest_version 3", and prune's and restore's remedies said to
+    archive the day again (overwrite) or restore the manifest from a backup, as for a damaged one: the older
+    version would replace what the newer one wrote, and archiving replaced it (its dry run planned to). Now
+    they name the version that wrote it and say to upgrade, and archiving leaves it as it is."""
+    from archive_pipeline.core.plan import day_statuses, plan_archive
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    key = _manifest_key(store, spec, DAY)
+    manifest = decode_manifest(_raw(s3_client, bucket, key))
+    newer = {**manifest, "manifest_version": 3, "archiver": {"name": "archive_pipeline", "version": "9.0.0"}}
+    s3_client.put_object(Bucket=bucket, Key=key, Body=encode_manifest(
+        {k: v for k, v in newer.items() if k != "manifest_sha256"}))
+    said = "written by a newer archive_pipeline (9.0.0, manifest_version 3)"
+    with pytest.raises(RemovalRefused) as refused:
+        remove_day(conn, spec, DAY, store, dry_run=True)
+    with pytest.raises(RestoreError) as restored:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    (status,) = day_statuses(conn, spec, store, [DAY])
+    stored = _raw(s3_client, bucket, key)
+    with pytest.raises(ArchiveError) as archived:  # was: archived again, replacing what the newer version wrote
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
+    (planned,) = plan_archive(conn, spec, store, [DAY], overwrite=True)
+    assert planned.action == "refuse" and _raw(s3_client, bucket, key) == stored
+    for text in (str(refused.value), str(restored.value), status.note, str(archived.value), planned.reason):
+        assert said in text and "upgrade archive_pipeline" in text and "archive the day again" not in text, text
+    assert archived.value.day == "2024-03-10" and not archived.value.retryable
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [("columns", None, "its field columns is None, not a list"),
+                                                    ("rows", "3", "its field rows is '3', not an integer")])
+def test_a_sealed_manifest_with_a_field_missing_or_mistyped_is_unreadable_not_a_crash(conn, schema, store, temp_dir,
+                                                                                     s3_client, bucket, field, value,
+                                                                                     said):
+    """A manifest whose checksum matches but whose fields are not what readers index (resealed after a hand
+    edit, a writer's bug). Was: restore and the proof failed with a bare KeyError/TypeError naming neither
+    table, day nor manifest. Now every reader calls it unreadable and says which field."""
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    key = _manifest_key(store, spec, DAY)
+    manifest = {k: v for k, v in decode_manifest(_raw(s3_client, bucket, key)).items() if k != "manifest_sha256"}
+    manifest.pop(field) if value is None else manifest.update({field: value})
+    s3_client.put_object(Bucket=bucket, Key=key, Body=encode_manifest(manifest))
+    (problem,) = deep_verify(conn, store, spec, DAY)
+    with pytest.raises(RestoreError) as restored:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert said in problem and said in str(restored.value) and restored.value.day == "2024-03-10", problem
+
+
 # ---- the source comparison's database errors ----------------------------------------------------------
 
 @pytest.fixture
@@ -224,5 +282,47 @@ def test_the_on_demand_checks_refuse_a_copied_manifest_and_say_why_a_comparison_
             run = verify.execute_in_process(instance=instance, raise_on_error=False)
     assert DagsterEventType.STEP_UP_FOR_RETRY in [e.event_type for e in run.all_events]
     failure = _failures(run)[-1]
-    assert failure.startswith(f"comparing {schema}.events for 2024-03-10 failed: lock_timeout"), failure
+    assert failure.startswith(f"{schema}.events 2024-03-10: could not check the archive: comparing {schema}.events "
+                              "for 2024-03-10 failed: lock_timeout"), failure
     assert "What to do: " in failure and "pg_blocking_pids" in failure and "ARCHIVE_S3_BUCKET" not in failure
+
+
+# ---- core messages in the caller's words -------------------------------------------------------------
+
+def _cli(monkeypatch, tmp_path, schema: str, *args: str):
+    """The command line in this process (a subprocess costs a second of imports), with one table ``ev``."""
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+
+    config = tmp_path / "tables.yaml"
+    config.write_text(f"tables:\n  - {{name: {schema}.ev, day_column: at, start_date: '2024-03-10', format: csv, "
+                      "compression: zstd, partitioning: {mode: column}}\n")
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(config))
+    return CliRunner().invoke(main, list(args))
+
+
+def test_the_command_line_names_the_options_a_core_message_names_as_options(conn, schema, store, temp_dir,
+                                                                           monkeypatch, tmp_path, archive_env):
+    """The core's messages name its arguments as a Python caller writes them, and the command line printed
+    them so: `restore --into existing` of a missing table said "restore with into='new'", `archive --dry-run`
+    of a changed day "set overwrite", and the restore's remedies said both "(into='new', --into new)" to
+    every caller. Now a Python caller reads into='new', the command line --into new and --overwrite, in its
+    text and JSON output alike."""
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(RestoreError) as python:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.missing")
+    assert "restore with into='new'" in str(python.value) and "--into" not in str(python.value)
+    done = _cli(monkeypatch, tmp_path, schema, "restore", "--day", "2024-03-10", "--into", "existing",
+                "--target", f"{schema}.missing")
+    assert done.exit_code == 1 and "restore with --into new" in done.stderr and "into='" not in done.stderr, done.stderr
+    conn.execute(sql.SQL("UPDATE {} SET v = 'changed' WHERE id = 1").format(sql.Identifier(schema, "ev")))
+    for json_args in ((), ("--json",)):
+        done = _cli(monkeypatch, tmp_path, schema, "archive", "--dry-run", "--day", "2024-03-10", *json_args)
+        assert done.exit_code == 0 and "add --overwrite to archive the day again" in done.stdout, done.stdout
+        assert "set overwrite" not in done.stdout

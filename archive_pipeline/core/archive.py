@@ -43,6 +43,7 @@ from archive_pipeline.core.locks import require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
     ManifestError,
+    NewerManifestError,
     SourceIdentity,
     build_manifest,
     decode_manifest,
@@ -134,6 +135,9 @@ def read_existing(store: S3Store, key: str) -> Existing:
         return Existing(None, None, None, listing)
     try:
         manifest = decode_manifest(raw)
+    except NewerManifestError as exc:  # not damaged: it may record what this version cannot read (a removal)
+        raise ArchiveError(f"{store.uri(keys.manifest_key(key))}: {exc.message}; this version neither skips nor "
+                           "replaces it, and wrote nothing", retryable=False, remedy=exc.remedy) from None
     except ManifestError as exc:
         return Existing(None, raw, f"manifest {keys.manifest_key(key)} is unreadable: {exc}", listing)
     obj = manifest.get("object")

@@ -40,6 +40,14 @@ class ManifestError(ValueError):
         return f"{self.message}; to fix: {self.remedy}" if self.remedy else self.message
 
 
+class NewerManifestError(ManifestError):
+    """A manifest written by a newer archive_pipeline, in a format this one cannot read: not damaged, and
+    not to be replaced by archiving the day again with this older version."""
+
+    remedy = (f"upgrade archive_pipeline (this is {__version__}) to the version that wrote it, everywhere that "
+              "reads the bucket (the code location and the command line)")
+
+
 class ForeignManifestError(ManifestError):
     """A sound manifest of another table-day at this one's key: intact, and describing other rows."""
 
@@ -180,6 +188,11 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         if not isinstance(manifest["object"], dict):
             raise ManifestError("version 1 manifest without an object")
         return manifest
+    if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION:
+        writer = manifest.get("archiver") if isinstance(manifest.get("archiver"), dict) else {}
+        raise NewerManifestError(f"it was written by a newer archive_pipeline ({writer.get('version', '?')}, "
+                                 f"manifest_version {version}); this one reads manifest versions 1 to "
+                                 f"{MANIFEST_VERSION}")
     if version != MANIFEST_VERSION:
         raise ManifestError(f"unknown manifest_version {version!r}")
     recorded = manifest.get(_CHECKSUM_FIELD)
@@ -187,7 +200,30 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         raise ManifestError("its manifest_sha256 does not match its content (altered or damaged)")
     if not manifest.get("empty") and not isinstance(manifest["object"], dict):
         raise ManifestError("a non-empty day without an object")
+    if problem := _shape_problem(manifest):
+        raise ManifestError(problem)
     return manifest
+
+
+_FIELDS = {"table": str, "day": str, "rows": int, "format": str, "compression": str, "columns": list}
+_OBJECT_FIELDS = {"key": str, "bytes": int, "md5": str}
+_KINDS = {str: "a string", int: "an integer", list: "a list"}
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a sealed manifest unusable (a field missing or of another type), or None: its checksum
+    proves only that it was not altered since it was sealed, and every reader indexes these fields (a
+    KeyError or TypeError in the middle of a restore or proof says nothing of the manifest)."""
+    shapes = [(_FIELDS, "", manifest)] + ([(_OBJECT_FIELDS, "object.", manifest["object"])]
+                                          if isinstance(manifest["object"], dict) else [])
+    for fields, where, within in shapes:
+        for name, kind in fields.items():
+            value = within.get(name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                return f"its field {where}{name} is {value!r}, not {_KINDS[kind]}"
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in manifest["columns"]):
+        return "its columns are not each an object with a name"
+    return None
 
 
 def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:

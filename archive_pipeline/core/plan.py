@@ -382,7 +382,12 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
     if not in_source:
         return PlannedDay(spec.name, day, key, "no-data", "no data for this day in PostgreSQL", None)
     estimate = estimate_day(conn, spec, day, children)
-    existing = read_existing(store, key)
+    try:
+        existing = read_existing(store, key)
+    except ArchiveError as exc:  # a manifest of a newer version, a store answering inconsistently
+        if exc.retryable:
+            raise
+        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if existing.manifest is None:
         reason = existing.problem or "not archived yet"
         return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)

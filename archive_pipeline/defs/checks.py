@@ -201,8 +201,7 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
         cause, remedy, retryable = redact(f"{type(exc).__name__}: {exc}", password), None, False
     remedy = remedy or ("check that the store (ARCHIVE_S3_ENDPOINT_URL, ARCHIVE_S3_BUCKET, credentials) and the "
                         "database are reachable from this code location, then run the check again")
-    if spec.name not in cause or str(day) not in cause:
-        cause = f"{spec.name} {day}: could not check the archive: {cause}"
+    cause = f"{spec.name} {day}: could not check the archive: {cause}"
     return Failure(description=f"{cause}\n\nWhat to do: {redact(remedy, password)}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": str(day), "retryable": retryable})
 
@@ -274,15 +273,17 @@ def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: Asset
                             metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
 
 
-def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition",
+                       retry: RetryPolicy | None = None) -> AssetChecksDefinition:
     """``archive_intact``, one result per day. Archive runs report it themselves; launched alone for a day,
-    it re-checks that day's latest archive."""
+    it re-checks that day's latest archive (``retry``: see :func:`build_source_unchanged_check`)."""
     with warnings.catch_warnings():  # partitioned checks are "preview" in 1.13; this is the behaviour we want
         warnings.simplefilter("ignore", PreviewWarning)
-        return _build_intact_check(spec, key, partitions_def)
+        return _build_intact_check(spec, key, partitions_def, retry)
 
 
-def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition",
+                        retry: RetryPolicy | None) -> AssetChecksDefinition:
     check = AssetCheckSpec(INTACT_CHECK, asset=key, partitions_def=partitions_def, blocking=spec.deep_check,
                            description="The day's object exists; its size, ETag, MD5 and row count and its manifest "
                                        "agree with what was recorded" + ("; its content equals the source's "
@@ -291,7 +292,8 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
     # A multi-check of one check only for its optional output (can_subset): a run of a range of days (a pure
     # asset backfill's) records each day's verdict for its day and has no single result to return; the
     # result an asset_check must return would be recorded for no day.
-    @multi_asset_check(specs=[check], can_subset=True, name=f"{key.to_python_identifier()}_{INTACT_CHECK}")
+    @multi_asset_check(specs=[check], can_subset=True, name=f"{key.to_python_identifier()}_{INTACT_CHECK}",
+                       retry_policy=retry)
     def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                 archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
         if context.has_partition_key:
@@ -313,10 +315,12 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
     return _intact
 
 
-def build_stored_archive_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
-    """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``."""
+def build_stored_archive_check(spec: TableSpec, key: AssetKey,
+                               retry: RetryPolicy | None = None) -> AssetChecksDefinition:
+    """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``
+    (``retry``: see :func:`build_source_unchanged_check`)."""
 
-    @asset_check(asset=key, name=STORED_CHECK, blocking=False,
+    @asset_check(asset=key, name=STORED_CHECK, blocking=False, retry_policy=retry,
                  description="On demand: re-checks the archive of the latest archived day against its recorded "
                              "size, MD5, row count and manifest, and records the result for that day.")
     def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
@@ -370,8 +374,8 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                                  retry: RetryPolicy | None = None) -> AssetChecksDefinition:
     """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests;
     ``rerun_config`` is the launchpad run config that archives a changed day again. ``retry``: the tables'
-    retry policy, so a comparison a lock_timeout or a lost session cut short is tried again, as the core's
-    error says it is."""
+    retry policy, so a check that a lock_timeout, a lost session or a store's 503 cut short is tried again,
+    as the core's error says it is (see :func:`_unreachable`)."""
 
     @asset_check(asset=key, name=CHANGED_CHECK, blocking=False, retry_policy=retry,
                  description="On demand: compares the source's current content fingerprint of the latest archived "
