@@ -42,12 +42,14 @@ from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
+    ForeignManifestError,
     ManifestError,
     NewerManifestError,
     SourceIdentity,
     build_manifest,
     decode_manifest,
     encode_manifest,
+    owned,
     removal_state,
     stored_object_problems,
     table_definition,
@@ -451,12 +453,11 @@ class _Archiving:
         manifest = existing.manifest
         if manifest is None:
             return
-        if manifest.get("table") != self.spec.name or manifest.get("day") != self.day.isoformat():
-            raise ForeignArchiveError(
-                f"{self.store.uri(self.key)} holds the archive of table {manifest.get('table')!r} "
-                f"({manifest.get('day')}), not of {self.spec.name!r} ({self.day}): two table-days render the same "
-                "key. Give each table its own key_template (with {schema}, {table} and {date}); this run neither "
-                "skips nor overwrites it", retryable=False)
+        try:
+            owned(manifest, self.spec.name, self.day.isoformat())
+        except ForeignManifestError as exc:  # the readers' refusal, in the same words
+            raise ForeignArchiveError(f"{self.store.uri(self.key)}: {exc.message}; this run neither skips nor "
+                                      "overwrites it", retryable=False, remedy=exc.remedy) from None
         then = (manifest.get("format"), manifest.get("compression"))
         if then != (self.spec.format, self.spec.compression) and not overwrite:
             raise ForeignArchiveError(
