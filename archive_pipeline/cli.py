@@ -68,9 +68,9 @@ class Run:
     as_json: bool
     # no markup or emoji codes: names, keys and messages are printed as they are (a table may be called
     # "[/]x" or "a:ok:"); styled cells are Text objects (see _styled)
-    out: Console = field(default_factory=lambda: Console(width=None if sys.stdout.isatty() else 200, markup=False,
-                                                         emoji=False))
-    err: Console = field(default_factory=lambda: Console(stderr=True, markup=False, emoji=False))
+    out: Console = field(default_factory=lambda: _CliConsole(width=None if sys.stdout.isatty() else 200,
+                                                             markup=False, emoji=False))
+    err: Console = field(default_factory=lambda: _CliConsole(stderr=True, markup=False, emoji=False))
     _conn: psycopg.Connection | None = None
     _primary: psycopg.Connection | None = None
     _standby: bool | None = None  # whether the source is a hot standby, asked once
@@ -152,7 +152,7 @@ class Run:
 
     def emit(self, payload: dict[str, Any], render: Callable[[], None]) -> None:
         if self.as_json:
-            click.echo(json.dumps(payload, indent=2, default=str, ensure_ascii=False))
+            click.echo(_for_the_cli(json.dumps(payload, indent=2, default=str, ensure_ascii=False)))
         else:
             render()
 
@@ -200,7 +200,7 @@ def _passwords() -> tuple[str | None, ...]:
     return tuple(dsn_password(os.environ.get(name, "")) for name in (DSN_VAR, PRIMARY_DSN_VAR))
 
 
-_RETRY_PROMISES = [  # what the core says of a Dagster run, and what it means for one try of a command
+_CLI_WORDING = [  # what the core says of a Dagster run, and what it means for one try of a command
     (re.compile(r"; (?:the run|the download|the day) will be retried"), "; retryable"),
     (re.compile(r"transient, retried"), "transient"),
     (re.compile(r"(; to fix: |^)retried automatically"), r"\1run the command again (it tries once)"),
@@ -209,14 +209,34 @@ _RETRY_PROMISES = [  # what the core says of a Dagster run, and what it means fo
     (re.compile(r"lower the pool limit or the store's max_concurrency"),
      "run fewer commands and Dagster runs against the store at once"),
     (re.compile(r"lower the pool limit in dagster\.yaml"), "run fewer commands at once (and lower Dagster's pool limit in dagster.yaml)"),
+    # options: the core names its calls' arguments as Python does (into='new'), and overwrite as the setting it
+    # is in the YAML, the run config and the call alike; here they are the command's options
+    (re.compile(r"\b(into|on_conflict|target)='([\w.]+)'"), lambda m: f"--{m[1].replace('_', '-')} {m[2]}"),
+    (re.compile(r"\bset overwrite\b"), "add --overwrite"),
+    (re.compile(r"\(overwrite\)"), "(--overwrite)"),
 ]
 
 
 def _for_the_cli(text: str) -> str:
-    """A core message as the command line means it: the CLI tries once, where a Dagster run is retried."""
-    for promise, meaning in _RETRY_PROMISES:
-        text = promise.sub(meaning, text)
+    """A core message as the command line means it: the CLI tries once, where a Dagster run is retried, and
+    its options are spelled as options. Applied to everything a command prints (see :class:`_CliConsole`)."""
+    for said, meant in _CLI_WORDING:
+        text = said.sub(meant, text)
     return text
+
+
+class _CliConsole(Console):
+    """A console that prints core messages in the command line's words (:func:`_for_the_cli`)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(_for_the_cli(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+class _CliTable(Table):
+    """A table whose cells (a note, a reason) are core messages in the command line's words too."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(_for_the_cli(r) if isinstance(r, str) else r for r in renderables), **kwargs)
 
 
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
@@ -380,7 +400,7 @@ def _styled(text: str, style: str | None) -> Text:
 
 
 def _table(*columns: str) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    table = _CliTable(box=None, header_style="bold", pad_edge=False)
     numbers = ("rows", "bytes", "est. rows", "est. bytes", "inserted", "source rows", "archive rows", "seconds")
     for name in columns:
         # short facts (a day, a state, a number) whole on one line; long ones (names, keys, notes) wrap
@@ -584,7 +604,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if archived is None:
                 continue
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
-                problems = verify_archive(run.store, found.key, archived.expected, deep=download)
+                problems = verify_archive(run.store, found.key, archived.expected, deep=download,
+                                          owner=(spec.name, day.isoformat()))
                 if deep and not problems:
                     problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
                                             scratch_conn=run.scratch)

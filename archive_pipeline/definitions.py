@@ -27,6 +27,7 @@ from archive_pipeline.defs.assets import (
     daily_partitions,
     job_name,
     overwrite_run_config,
+    retry_policy,
     shared_job_name,
 )
 from archive_pipeline.defs.checks import (
@@ -161,10 +162,11 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         job = define_asset_job(name=job_name(spec), selection=AssetSelection.assets(key).without_checks(),
                                tags={TABLE_TAG: spec.name}, executor_def=in_process_executor,
                                description=f"Archive days of {spec.name}")
-        latest = build_stored_archive_check(spec, key)
-        unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec))
+        retry = retry_policy(config.retry)  # the checks' errors say "retried" where the core's do
+        latest = build_stored_archive_check(spec, key, retry)
+        unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec), retry)
         assets.append(archive_asset)
-        intact = build_intact_check(spec, key, daily_partitions(spec))
+        intact = build_intact_check(spec, key, daily_partitions(spec), retry)
         checks += [intact, latest, unchanged]
         on_demand += [latest, unchanged]
         jobs.append(job)

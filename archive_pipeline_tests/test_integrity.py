@@ -50,7 +50,7 @@ def test_two_tables_rendering_one_key_never_skip_onto_each_other(conn, schema, t
                                                                     sql.Identifier(schema, "t")))
     other = TableSpec(name=f"{schema}.u", day_column="at", start_date="2024-03-01", key_template=shared)
     for overwrite in (False, True):
-        with pytest.raises(ForeignArchiveError, match=f"archive of table '{schema}.t'.*not of '{schema}.u'") as err:
+        with pytest.raises(ForeignArchiveError, match=f"manifest of table '{schema}.t'.*not of '{schema}.u'") as err:
             archive_partition(conn, other, D, store, overwrite=overwrite)
         assert err.value.retryable is False
     assert hashlib.md5(download(s3_client, bucket, first.key)).hexdigest() == first.md5  # untouched

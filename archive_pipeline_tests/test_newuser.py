@@ -173,7 +173,7 @@ def test_restore_refuses_a_target_it_would_not_restore_into_before_touching_anyt
     conn.execute(sql.SQL("CREATE TABLE {} (id bigint)").format(sql.Identifier(schema, "narrow")))
     with pytest.raises(RestoreError) as refused:
         restore_day(conn, store, spec, day, into="existing", target=f"{schema}.narrow")
-    assert "archive_tables.yaml" not in str(refused.value) and "--into new" in refused.value.remedy, refused.value
+    assert "archive_tables.yaml" not in str(refused.value) and "into='new'" in refused.value.remedy, refused.value
 
 
 # --------------------------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def test_discovery_whose_session_is_terminated_mid_probe_raises_the_termination(
         locker.execute("ROLLBACK")
         locker.close()
         probing.close()
-    assert classify(caught.value).cause.startswith("the archiving backend was terminated"), repr(caught.value)
+    assert classify(caught.value).cause.startswith("the session's backend was terminated"), repr(caught.value)
 
 
 # ---- the retention asset ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
-from archive_pipeline.core.errors import ArchiveError, is_retryable, wrap
+from archive_pipeline.core.errors import ArchiveError, is_retryable, named, wrap
 from archive_pipeline.core.formats.common import (
     Extraction,
     WriteStats,
@@ -42,11 +42,14 @@ from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
+    ForeignManifestError,
     ManifestError,
+    NewerManifestError,
     SourceIdentity,
     build_manifest,
     decode_manifest,
     encode_manifest,
+    owned,
     removal_state,
     stored_object_problems,
     table_definition,
@@ -134,6 +137,9 @@ def read_existing(store: S3Store, key: str) -> Existing:
         return Existing(None, None, None, listing)
     try:
         manifest = decode_manifest(raw)
+    except NewerManifestError as exc:  # not damaged: it may record what this version cannot read (a removal)
+        raise ArchiveError(f"{store.uri(keys.manifest_key(key))}: {exc.message}; this version neither skips nor "
+                           "replaces it, and wrote nothing", retryable=False, remedy=exc.remedy) from None
     except ManifestError as exc:
         return Existing(None, raw, f"manifest {keys.manifest_key(key)} is unreadable: {exc}", listing)
     obj = manifest.get("object")
@@ -197,10 +203,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
                               progress_every=progress_every,
                               settings=resolved(conn, {**SNAPSHOT_SETTINGS, **(session_settings or {})})).run(overwrite)
     except ArchiveError as exc:
-        wrap(exc, spec.name, day.isoformat(), conn.info.password)
-        if exc.day not in exc.message or exc.table not in exc.message:
-            exc.message = f"{exc.table} {exc.day}: {exc.message}"
-            exc.args = (exc.message,)
+        named(exc, spec.name, day.isoformat(), conn.info.password)
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
@@ -235,12 +238,13 @@ class _Archiving:
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
+        self._refuse_foreign(existing, overwrite)  # first: another table-day's pending mark is not ours to settle
         if removal_state(existing.manifest) == "pending":
             # a removal that did not finish: settled first (completed if it committed, else taken back),
             # so an unfinished removal never passes for a removed day, nor a removed one for archivable
             settle_pending_removal(self.conn, self.spec, self.day, self.store)
             existing = read_existing(self.store, self.key)
-        self._refuse_foreign(existing, overwrite)
+            self._refuse_foreign(existing, overwrite)
         self._tidy(existing)
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
         codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)
@@ -449,12 +453,11 @@ class _Archiving:
         manifest = existing.manifest
         if manifest is None:
             return
-        if manifest.get("table") != self.spec.name or manifest.get("day") != self.day.isoformat():
-            raise ForeignArchiveError(
-                f"{self.store.uri(self.key)} holds the archive of table {manifest.get('table')!r} "
-                f"({manifest.get('day')}), not of {self.spec.name!r} ({self.day}): two table-days render the same "
-                "key. Give each table its own key_template (with {schema}, {table} and {date}); this run neither "
-                "skips nor overwrites it", retryable=False)
+        try:
+            owned(manifest, self.spec.name, self.day.isoformat())
+        except ForeignManifestError as exc:  # the readers' refusal, in the same words
+            raise ForeignArchiveError(f"{self.store.uri(self.key)}: {exc.message}; this run neither skips nor "
+                                      "overwrites it", retryable=False, remedy=exc.remedy) from None
         then = (manifest.get("format"), manifest.get("compression"))
         if then != (self.spec.format, self.spec.compression) and not overwrite:
             raise ForeignArchiveError(

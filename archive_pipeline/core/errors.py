@@ -124,7 +124,7 @@ _CONNECTION_LOST = _src(True, "the database connection was lost (server closed i
 _CONNECT_FAILED = _src(True, "the database server could not be reached (refused, unreachable or timed out)",
                        f"{_RETRIED}; if it persists, check that PostgreSQL runs and listens on the host and port in "
                        f"{_DSN} (listen_addresses, firewall)")
-_TERMINATED = _src(True, "the archiving backend was terminated (pg_terminate_backend, or the server shutting down)",
+_TERMINATED = _src(True, "the session's backend was terminated (pg_terminate_backend, or the server shutting down)",
                    f"{_RETRIED}; if it recurs, look for a job that kills long queries or for server restarts")
 _STARTING = _src(True, "the database server is starting up, shutting down or in recovery",
                  f"{_RETRIED} once the server accepts connections")
@@ -600,7 +600,8 @@ def _detail(exc: BaseException, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-_AGAIN = {"archiving": "archive", "restoring": "restore", "removing": "remove the day", "proving": "prove"}
+_AGAIN = {"archiving": "archive", "restoring": "restore", "removing": "remove the day", "proving": "prove",
+          "comparing": "compare"}
 
 # What a privilege refused means where more than SELECT is needed (the restore says its own).
 _PERMISSION_FOR = {
@@ -615,6 +616,16 @@ _PERMISSION_FOR = {
 def remedy_for(remedy: str, doing: str) -> str:
     """A remedy that ends in "archive again" as it reads for what failed ("restoring": "restore again")."""
     return remedy.replace("archive again", f"{_AGAIN.get(doing, 'try')} again") if doing != "archiving" else remedy
+
+
+def named(exc: ArchiveError, table: str, day: str, password: str | None = None) -> ArchiveError:
+    """``exc`` (see :func:`wrap`) with table and day also named in its message, where it named them not
+    (a discovery error names the table only, and a person reading it must know which day failed)."""
+    wrap(exc, table, day, password)
+    if exc.day not in exc.message or exc.table not in exc.message:
+        exc.message = f"{exc.table} {exc.day}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
 
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,

@@ -38,7 +38,8 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
 from archive_pipeline.core.errors import ArchiveError, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, removal_state
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
+    removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, server_identity
 from archive_pipeline.core.store import CorruptedWrite, S3Store
@@ -198,13 +199,15 @@ def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: s
 
 
 def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) -> dict | None:
-    """The day's manifest, or None; one that fails its own checks refuses the removal of that day."""
+    """The day's manifest, or None; one that fails its own checks, or is another table-day's (whose rows
+    may even equal this day's: a copy of the table), refuses the removal of that day and is left as it is."""
     try:
-        return load_manifest(store, key)
+        return load_manifest(store, key, (spec.name, day.isoformat()))
     except ManifestError as exc:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: its manifest {store.uri(keys.manifest_key(key))} "
-                             f"cannot be trusted ({exc}); archive the day again (overwrite) or restore the manifest "
-                             "from a backup of the bucket", table=spec.name, day=day.isoformat()) from None
+                             f"cannot be trusted ({exc.message})", table=spec.name, day=day.isoformat(),
+                             remedy=exc.remedy or "archive the day again (overwrite) or restore the manifest from a "
+                                                  "backup of the bucket") from None
 
 
 def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable, action: str) -> SourceTable:
@@ -334,7 +337,8 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
         current = decode_manifest(raw) if raw is not None else None
     except ManifestError:
         return None
-    if current is None or current.get("removed") or current.get("fingerprint") != manifest.get("fingerprint"):
+    if (current is None or current.get("removed") or current.get("fingerprint") != manifest.get("fingerprint")
+            or foreign_manifest(current, manifest["table"], manifest["day"])):
         return None
     log.warning("%s: replaced during the removal by an archive of the same rows; marking that one done", mkey)
     return current
@@ -369,7 +373,8 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     the mark is completed ("done") once the archive still checks out; if it did not, the manifest is
     put back without the mark, so the day is an ordinary archived day again (archived again with
     ``overwrite`` if its rows changed, proven and removed by the next removal). A manifest without
-    a pending mark is left as it is (``outcome="none"``). Raises :class:`RemovalNotRecorded` when the
+    a pending mark is left as it is (``outcome="none"``); one that is not the day's (another table-day's,
+    see ``manifest.owned``) is never settled: :class:`RemovalRefused`. Raises :class:`RemovalNotRecorded` when the
     removal committed but the archive no longer checks out (the mark stays pending); a database error (a
     lost session, a timeout) comes out as an :class:`ArchiveError` naming table, day, cause and remedy."""
     require_autocommit(conn, "settling a pending removal")
@@ -378,7 +383,7 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
         _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
         with table_day_lock(conn, spec.name, day):
             key = keys.table_day_key(spec, day, store.prefix)
-            manifest = load_manifest(store, key)
+            manifest = _trusted_manifest(store, spec, day, key)
             if removal_state(manifest) != "pending":
                 return Settlement("none", manifest)
             committed, why = _committed(conn, spec, day, manifest)
@@ -489,7 +494,7 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
         log.warning("%s %s: took back the pending removal mark of %s (%s): the day was not removed",
                     spec.name, day, store.uri(mkey), why)
         return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
-    problems = verify_archive(store, key, {}, deep=True)
+    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()))
     if problems:
         raise RemovalNotRecorded(
             f"{spec.name} {day} was removed from the source ({mark.get('action')} at {mark.get('at')}; {why}), but "

@@ -29,6 +29,32 @@ _CHECKSUM_FIELD = "manifest_sha256"
 class ManifestError(ValueError):
     """A manifest that cannot be trusted: not JSON, not ours, or its checksum does not match."""
 
+    remedy: str | None = None  # what to do, where it differs from the caller's (restore it, archive again)
+
+    @property
+    def message(self) -> str:
+        """What is wrong, without the remedy (for a caller that gives its own where this has none)."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        return f"{self.message}; to fix: {self.remedy}" if self.remedy else self.message
+
+
+class NewerManifestError(ManifestError):
+    """A manifest written by a newer archive_pipeline, in a format this one cannot read: not damaged, and
+    not to be replaced by archiving the day again with this older version."""
+
+    remedy = (f"upgrade archive_pipeline (this is {__version__}) to the version that wrote it, everywhere that "
+              "reads the bucket (the code location and the command line)")
+
+
+class ForeignManifestError(ManifestError):
+    """A sound manifest of another table-day at this one's key: intact, and describing other rows."""
+
+    remedy = ("if it was copied there by hand, delete the copy (the original stays at its own key); if another table "
+              "or configuration renders this key, give each table its own key_template (with {schema}, {table} and "
+              "{date}); archiving the day again does not replace another table-day's archive")
+
 
 @dataclass(frozen=True)
 class SourceIdentity:
@@ -162,6 +188,11 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         if not isinstance(manifest["object"], dict):
             raise ManifestError("version 1 manifest without an object")
         return manifest
+    if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION:
+        writer = manifest.get("archiver") if isinstance(manifest.get("archiver"), dict) else {}
+        raise NewerManifestError(f"it was written by a newer archive_pipeline ({writer.get('version', '?')}, "
+                                 f"manifest_version {version}); this one reads manifest versions 1 to "
+                                 f"{MANIFEST_VERSION}")
     if version != MANIFEST_VERSION:
         raise ManifestError(f"unknown manifest_version {version!r}")
     recorded = manifest.get(_CHECKSUM_FIELD)
@@ -169,7 +200,30 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         raise ManifestError("its manifest_sha256 does not match its content (altered or damaged)")
     if not manifest.get("empty") and not isinstance(manifest["object"], dict):
         raise ManifestError("a non-empty day without an object")
+    if problem := _shape_problem(manifest):
+        raise ManifestError(problem)
     return manifest
+
+
+_FIELDS = {"table": str, "day": str, "rows": int, "format": str, "compression": str, "columns": list}
+_OBJECT_FIELDS = {"key": str, "bytes": int, "md5": str}
+_KINDS = {str: "a string", int: "an integer", list: "a list"}
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a sealed manifest unusable (a field missing or of another type), or None: its checksum
+    proves only that it was not altered since it was sealed, and every reader indexes these fields (a
+    KeyError or TypeError in the middle of a restore or proof says nothing of the manifest)."""
+    shapes = [(_FIELDS, "", manifest)] + ([(_OBJECT_FIELDS, "object.", manifest["object"])]
+                                          if isinstance(manifest["object"], dict) else [])
+    for fields, where, within in shapes:
+        for name, kind in fields.items():
+            value = within.get(name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                return f"its field {where}{name} is {value!r}, not {_KINDS[kind]}"
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in manifest["columns"]):
+        return "its columns are not each an object with a name"
+    return None
 
 
 def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:
@@ -180,6 +234,16 @@ def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:
         return None
     return (f"it is the manifest of table {manifest.get('table')!r} for {manifest.get('day')}, not of {table!r} for "
             f"{day} (copied from another key, or written by another table or configuration that renders this key)")
+
+
+def owned(manifest: dict, table: str, day: str) -> dict:
+    """``manifest`` if it is the archive of ``table``'s ``day`` (the period's ISO form); else
+    :class:`ForeignManifestError`. Every reader that acts on a day's manifest (list, compare, verify,
+    restore, prune, the asset checks) asks this, so none proves, restores, marks or removes one
+    table-day on the strength of another's archive."""
+    if problem := foreign_manifest(manifest, table, day):
+        raise ForeignManifestError(problem)
+    return manifest
 
 
 def stored_object_problems(head: dict, manifest: dict) -> list[str]:

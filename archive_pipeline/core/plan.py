@@ -21,7 +21,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, ChildRange, child_ranges, existing_days, source_table
 from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
-from archive_pipeline.core.manifest import SourceIdentity, foreign_manifest, manifest_key
+from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity, manifest_key, owned
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
@@ -157,9 +157,7 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             result[day] = ManifestLookup(key, None)
             continue
         try:
-            manifest = load_manifest(store, key)
-            if manifest is not None and (problem := foreign_manifest(manifest, spec.name, day.isoformat())):
-                raise ValueError(problem)
+            manifest = load_manifest(store, key, (spec.name, day.isoformat()))
         except ValueError as exc:
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
             continue
@@ -384,13 +382,19 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
     if not in_source:
         return PlannedDay(spec.name, day, key, "no-data", "no data for this day in PostgreSQL", None)
     estimate = estimate_day(conn, spec, day, children)
-    existing = read_existing(store, key)
+    try:
+        existing = read_existing(store, key)
+    except ArchiveError as exc:  # a manifest of a newer version, a store answering inconsistently
+        if exc.retryable:
+            raise
+        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if existing.manifest is None:
         reason = existing.problem or "not archived yet"
         return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)
-    if existing.manifest.get("table") != spec.name:
-        return PlannedDay(spec.name, day, key, "refuse", f"the key holds table {existing.manifest.get('table')!r}'s "
-                          "archive; give each table its own key_template", estimate)
+    try:
+        owned(existing.manifest, spec.name, day.isoformat())
+    except ForeignManifestError as exc:  # before reading the source: it decides nothing here
+        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if existing.problem:
         return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
     with read_snapshot(conn):

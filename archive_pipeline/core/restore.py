@@ -36,7 +36,7 @@ from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, foreign_manifest
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -389,15 +389,12 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     if raw is None:
         return None
     try:
-        manifest = decode_manifest(raw)
-        if problem := foreign_manifest(manifest, spec.name, day.isoformat()):
-            raise ManifestError(problem)
+        return owned(decode_manifest(raw), spec.name, day.isoformat())
     except ManifestError as exc:
         raise RestoreError(f"the manifest {store.uri(keys.manifest_key(key))} of {spec.name} for {day} cannot be "
-                           f"trusted ({exc}); nothing was restored. Restore it from a replica or backup of the "
-                           "bucket, or archive the day again if the source still has it", table=spec.name,
-                           day=day.isoformat()) from None
-    return manifest
+                           f"trusted ({exc.message}); nothing was restored", table=spec.name, day=day.isoformat(),
+                           remedy=exc.remedy or "restore it from a replica or backup of the bucket, or archive the "
+                                                "day again if the source still has it") from None
 
 
 def name_problem(qualified: str) -> str | None:
@@ -686,7 +683,7 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
             f"restoring {manifest['table']} for {manifest['day']} into {relation} with on_conflict='skip': {absent:,} "
             f"archived row(s) are not in {relation} as archived: a row with the same key is there with other values, "
             f"and skip leaves it as it is; the restore was rolled back{drift}", table=manifest["table"],
-            day=manifest["day"], remedy=remedy or "restore into a new table (into='new', --into new) and compare, or "
+            day=manifest["day"], remedy=remedy or "restore into a new table (into='new') and compare, or "
                                                   "delete the differing rows from the target first")
     return inserted, fp.compute(conn, stage, columns, None, algorithm)
 
@@ -705,18 +702,18 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> Non
         "AND condeferrable ORDER BY conname", (relation,)).fetchall()]
     if deferred:  # every unique index is an arbiter of ON CONFLICT DO NOTHING, and a deferrable one cannot be
         raise RestoreError(
-            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' (--on-conflict skip) into "
+            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' into "
             f"{relation}: its deferrable constraint(s) {', '.join(deferred)} cannot tell existing rows by "
             "(PostgreSQL's ON CONFLICT does not support deferrable unique or exclusion constraints); nothing was "
             "restored", table=manifest["table"], day=manifest["day"], retryable=False,
-            remedy="restore into a new table (into='new', --into new), or with on_conflict='fail' into a table that "
+            remedy="restore into a new table (into='new'), or with on_conflict='fail' into a table that "
                    "lacks the day's rows, or make the constraint NOT DEFERRABLE (ALTER TABLE ... ALTER CONSTRAINT)")
     if not has_key:
         raise RestoreError(
-            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' (--on-conflict skip) needs a "
+            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' needs a "
             f"primary key or unique constraint on {relation} to tell existing rows by, and it has none: every row "
             "would be inserted again; nothing was restored", table=manifest["table"], day=manifest["day"],
-            retryable=False, remedy="restore into a new table (into='new', --into new), or with on_conflict='fail' "
+            retryable=False, remedy="restore into a new table (into='new'), or with on_conflict='fail' "
                                     "into a table that lacks the day's rows, or add a primary key to the target")
 
 
@@ -779,7 +776,7 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) ->
                     "triggers, not rules)")
         mends.append("disable them for the restore (ALTER TABLE ... DISABLE TRIGGER / DISABLE RULE)")
     return (f". {relation} differs from the table as archived: {'; '.join(said)}",
-            "restore into a new table (into='new', --into new), created with the archived types, and copy the rows "
+            "restore into a new table (into='new'), created with the archived types, and copy the rows "
             f"on from there; or {' and '.join(mends)}")
 
 
@@ -804,7 +801,7 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: st
             "would hold the nearest binary floating-point value of each archived number, which may print the same "
             "and still differ from it, so no fingerprint could prove the restore; nothing was restored",
             table=manifest["table"], day=manifest["day"], retryable=False,
-            remedy=f"restore into a new table (into='new', --into new), created with the archived types, and convert "
+            remedy=f"restore into a new table (into='new'), created with the archived types, and convert "
                    f"the values on from there as you choose; or give {relation}'s column(s) the archived types")
 
 
@@ -942,21 +939,21 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             "restore into a table of a schema that exists")
         if isinstance(exc, psycopg.errors.WrongObjectType):  # a view, a materialized view, a sequence ...
             found = replace(found, cause=f"the target is not a table ({str(exc).splitlines()[0]})",
-                            remedy="restore into a table (into='new', --into new creates one)")
+                            remedy="restore into a table (into='new' creates one)")
         if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and \
                 exc.diag.message_primary.startswith("no partition of relation"):
             found = replace(found, cause=f"the target has no partition for the rows of {day} "
                                          f"({exc.diag.message_primary})",
                             remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "
                                    "VALUES FROM ... TO ...) or a DEFAULT partition, or restore into a new table "
-                                   "(into='new', --into new)")
+                                   "(into='new')")
         if isinstance(exc, psycopg.errors.ForeignKeyViolation):
             found = replace(found, cause="an archived row references a row its foreign key's table lacks",
                             remedy="restore the referenced rows first (the referenced table's days), or restore into a "
-                                   "new table (into='new', --into new), which has no foreign keys")
+                                   "new table (into='new'), which has no foreign keys")
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
             found = replace(found, remedy="the target must have every column the archive has (the manifest's "
-                            "columns): add the one named, or restore into a new table (into='new', --into new)")
+                            "columns): add the one named, or restore into a new table (into='new')")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc

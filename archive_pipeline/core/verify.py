@@ -30,8 +30,8 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import source_table
-from archive_pipeline.core.errors import ArchiveError, is_retryable, wrap
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, removal_state, stored_object_problems
+from archive_pipeline.core.errors import ArchiveError, is_retryable, named, wrap
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned, removal_state, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
@@ -74,30 +74,37 @@ def count_rows(path: str, fmt: str, compression: str) -> int:
         return sum(b.num_rows for b in pacsv.open_csv(stream, parse_options=parse, convert_options=convert))
 
 
-def load_manifest(store: S3Store, key: str) -> dict | None:
+def load_manifest(store: S3Store, key: str, owner: tuple[str, str] | None = None) -> dict | None:
     """The manifest beside the data key ``key``; None if there is none, :class:`ManifestError` (a
-    ValueError) if it is not a manifest, was altered, or arrived damaged."""
+    ValueError) if it is not a manifest, was altered, or arrived damaged, or (``owner``: the table and
+    the period's ISO form whose key ``key`` is) if it is another table-day's (see ``manifest.owned``)."""
     getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
     raw = getter(keys.manifest_key(key))
-    return None if raw is None else decode_manifest(raw)
+    if raw is None:
+        return None
+    manifest = decode_manifest(raw)
+    return owned(manifest, *owner) if owner else manifest
 
 
-def _manifest_or_problem(store: S3Store, key: str, missing: str) -> tuple[dict | None, list[str]]:
+def _manifest_or_problem(store: S3Store, key: str, missing: str,
+                         owner: tuple[str, str] | None) -> tuple[dict | None, list[str]]:
     """The manifest beside ``key``, or why there is none to check against."""
     try:
-        manifest = load_manifest(store, key)
+        manifest = load_manifest(store, key, owner)
     except ManifestError as exc:
         return None, [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
     return manifest, ([] if manifest is not None else [missing])
 
 
-def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = False) -> list[str]:
+def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = False,
+                   owner: tuple[str, str] | None = None) -> list[str]:
     """What differs between the stored archive and ``expected`` (``bytes``, ``md5``, ``rows``,
     ``format``, ``compression``, optionally ``fingerprint``); an empty list means it is intact.
 
-    ``key`` is the rendered key of the day; the data object is the one the manifest names.
+    ``key`` is the rendered key of the day; the data object is the one the manifest names. ``owner``
+    (table, period): a manifest of another table-day there is a problem, however intact its object.
     """
-    manifest, problems = _manifest_or_problem(store, key, f"manifest {keys.manifest_key(key)} is missing")
+    manifest, problems = _manifest_or_problem(store, key, f"manifest {keys.manifest_key(key)} is missing", owner)
     if manifest is None:
         return problems
     obj = manifest.get("object") or {}
@@ -247,8 +254,22 @@ def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequ
 
 
 def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict) -> str | None:
-    """Why the source's day no longer equals its archive, or None if it does."""
+    """Why the source's day no longer equals its archive, or None if it does. A database error (a lost
+    session, a lock_timeout or statement_timeout, a privilege refused) is no answer either way: an
+    :class:`ArchiveError` naming table, day, cause and remedy, retryable where a retry can help."""
     day = spec.period(day)
+    try:
+        return _source_changed(conn, spec, day, manifest)
+    except ArchiveError as exc:  # discovery's: the table gone or unreadable (a privilege), named for the day
+        named(exc, spec.name, day.isoformat(), conn.info.password)
+        raise
+    except psycopg.Error as exc:
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
+                   doing="comparing") from None
+
+
+def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> str | None:
+    """:func:`source_changed`, letting a database error through (a proof wraps it as its own)."""
     recorded = manifest.get("fingerprint")
     if fingerprint.recorded_algorithm(recorded) is None:
         return ("the manifest has no fingerprint this version can compute (written by an older archive_pipeline): "
@@ -284,8 +305,10 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     """
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
+    owner = (spec.name, day.isoformat())
     if manifest is None:
-        manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}")
+        manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}",
+                                                  owner)
         if manifest is None:
             return problems
     try:
@@ -295,7 +318,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
             # are no longer the source's) would then be a verdict on an archive that is no longer the day's.
             # The current one is proven instead.
             with contextlib.suppress(ManifestError):
-                current = load_manifest(store, key)
+                current = load_manifest(store, key, owner)
                 if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256"):
                     log.info("%s %s: its archive was replaced while it was being proven; proving the new one",
                              spec.name, day)
@@ -312,7 +335,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         return ["the manifest has no fingerprint this version can compute (written by an older archive_pipeline): archive "
                 "the day again (overwrite) before proving it"]
     if manifest.get("empty"):
-        changed = source_changed(conn, spec, day, manifest)
+        changed = _source_changed(conn, spec, day, manifest)
         return [changed] if changed else []
     if scratch_conn is None:
         if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:

@@ -34,6 +34,7 @@ from dagster import (
     Failure,
     MetadataValue,
     PreviewWarning,
+    RetryPolicy,
     asset_check,
     multi_asset_check,
 )
@@ -44,7 +45,7 @@ from pydantic import Field
 from archive_pipeline.core import verify
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import redact
+from archive_pipeline.core.errors import ArchiveError, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.store import S3Store
 
@@ -104,7 +105,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     when given: the primary, where ``conn`` is a hot standby).
     """
     key = table_day_key(spec, day, store.prefix)
-    problems = verify.verify_archive(store, key, expected, deep=deep)
+    problems = verify.verify_archive(store, key, expected, deep=deep, owner=(spec.name, spec.period(day).isoformat()))
     if expected.get("rows") == 0 and expected.get("empty"):
         verified = "no rows that day; its manifest records it as empty"
     else:
@@ -191,11 +192,18 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
 
 
 def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None) -> Failure:
-    cause = redact(f"{type(exc).__name__}: {exc}", password)
-    return Failure(description=f"{spec.name} {day}: could not check the archive: {cause}\n\nWhat to do: check that "
-                               "the store (ARCHIVE_S3_ENDPOINT_URL, ARCHIVE_S3_BUCKET, credentials) and the database "
-                               "are reachable from this code location, then run the check again.",
-                   allow_retries=False, metadata={"table": spec.name, "day": str(day)})
+    """The check's step failure when it could not check: no verdict either way. An :class:`ArchiveError`
+    (the core's: a lost session, a timeout, a privilege refused) says its own cause and remedy and is
+    retried where that can help; anything else is a store or database that could not be reached."""
+    if isinstance(exc, ArchiveError):
+        cause, remedy, retryable = redact(exc.message, password), exc.remedy, exc.retryable
+    else:
+        cause, remedy, retryable = redact(f"{type(exc).__name__}: {exc}", password), None, False
+    remedy = remedy or ("check that the store (ARCHIVE_S3_ENDPOINT_URL, ARCHIVE_S3_BUCKET, credentials) and the "
+                        "database are reachable from this code location, then run the check again")
+    cause = f"{spec.name} {day}: could not check the archive: {cause}"
+    return Failure(description=f"{cause}\n\nWhat to do: {redact(remedy, password)}", allow_retries=retryable,
+                   metadata={"table": spec.name, "day": str(day), "retryable": retryable})
 
 
 def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
@@ -265,15 +273,17 @@ def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: Asset
                             metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
 
 
-def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition",
+                       retry: RetryPolicy | None = None) -> AssetChecksDefinition:
     """``archive_intact``, one result per day. Archive runs report it themselves; launched alone for a day,
-    it re-checks that day's latest archive."""
+    it re-checks that day's latest archive (``retry``: see :func:`build_source_unchanged_check`)."""
     with warnings.catch_warnings():  # partitioned checks are "preview" in 1.13; this is the behaviour we want
         warnings.simplefilter("ignore", PreviewWarning)
-        return _build_intact_check(spec, key, partitions_def)
+        return _build_intact_check(spec, key, partitions_def, retry)
 
 
-def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition") -> AssetChecksDefinition:
+def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition",
+                        retry: RetryPolicy | None) -> AssetChecksDefinition:
     check = AssetCheckSpec(INTACT_CHECK, asset=key, partitions_def=partitions_def, blocking=spec.deep_check,
                            description="The day's object exists; its size, ETag, MD5 and row count and its manifest "
                                        "agree with what was recorded" + ("; its content equals the source's "
@@ -282,7 +292,8 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
     # A multi-check of one check only for its optional output (can_subset): a run of a range of days (a pure
     # asset backfill's) records each day's verdict for its day and has no single result to return; the
     # result an asset_check must return would be recorded for no day.
-    @multi_asset_check(specs=[check], can_subset=True, name=f"{key.to_python_identifier()}_{INTACT_CHECK}")
+    @multi_asset_check(specs=[check], can_subset=True, name=f"{key.to_python_identifier()}_{INTACT_CHECK}",
+                       retry_policy=retry)
     def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                 archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
         if context.has_partition_key:
@@ -304,10 +315,12 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
     return _intact
 
 
-def build_stored_archive_check(spec: TableSpec, key: AssetKey) -> AssetChecksDefinition:
-    """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``."""
+def build_stored_archive_check(spec: TableSpec, key: AssetKey,
+                               retry: RetryPolicy | None = None) -> AssetChecksDefinition:
+    """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``
+    (``retry``: see :func:`build_source_unchanged_check`)."""
 
-    @asset_check(asset=key, name=STORED_CHECK, blocking=False,
+    @asset_check(asset=key, name=STORED_CHECK, blocking=False, retry_policy=retry,
                  description="On demand: re-checks the archive of the latest archived day against its recorded "
                              "size, MD5, row count and manifest, and records the result for that day.")
     def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
@@ -357,11 +370,14 @@ class ChangedCheckConfig(Config):
     days: int = Field(default=7, ge=1, le=366, description="how many of the latest archived days to compare")
 
 
-def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: str) -> AssetChecksDefinition:
+def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: str,
+                                 retry: RetryPolicy | None = None) -> AssetChecksDefinition:
     """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests;
-    ``rerun_config`` is the launchpad run config that archives a changed day again."""
+    ``rerun_config`` is the launchpad run config that archives a changed day again. ``retry``: the tables'
+    retry policy, so a check that a lock_timeout, a lost session or a store's 503 cut short is tried again,
+    as the core's error says it is (see :func:`_unreachable`)."""
 
-    @asset_check(asset=key, name=CHANGED_CHECK, blocking=False,
+    @asset_check(asset=key, name=CHANGED_CHECK, blocking=False, retry_policy=retry,
                  description="On demand: compares the source's current content fingerprint of the latest archived "
                              "days with the one their manifest recorded; a day changed after archiving fails it.")
     def _check(context: AssetCheckExecutionContext, config: ChangedCheckConfig, postgres: PostgresResource,
@@ -371,24 +387,31 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         source_changed = verify.source_changed
         store = archive_store.store()
         changed: dict[str, str] = {}
+        untrusted: dict[str, str] = {}
         checked, removed = [], {}
         for event in _latest(context.instance, key, config.days):
             day = spec.period(event.partition)
             try:
-                manifest = verify.load_manifest(store, table_day_key(spec, day, store.prefix))
+                manifest = verify.load_manifest(store, table_day_key(spec, day, store.prefix),
+                                                (spec.name, day.isoformat()))
                 mark = (manifest or {}).get("removed")
                 if mark:  # retention took the day out of the source: its rows are meant to be gone
                     removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
                     continue
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
-            except Exception as exc:  # noqa: BLE001 - unreachable database or store
+            except verify.ManifestError as exc:  # damaged, or another table-day's: nothing to compare with
+                untrusted[event.partition] = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - unreachable database or store, or the comparison's error
                 raise _unreachable(spec, day, exc, postgres.password) from None
             checked.append(event.partition)
             if difference:
                 changed[event.partition] = difference
         gone = "".join(f"; not compared, {d}: removed from the source by retention ({why})"
                        for d, why in sorted(removed.items()))
+        gone += "".join(f"; not compared, {d}: its manifest cannot be trusted: {why}"
+                        for d, why in sorted(untrusted.items()))
         if changed:
             description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
                            f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items())) + gone
@@ -396,8 +419,9 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         else:
             description = (f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
                            + gone)
-        return AssetCheckResult(passed=not changed, description=description,
+        return AssetCheckResult(passed=not changed and not untrusted, description=description,
                                 metadata={"changed_days": MetadataValue.json(sorted(changed)),
+                                          "untrusted_days": MetadataValue.json(sorted(untrusted)),
                                           "checked_days": MetadataValue.json(sorted(checked))})
 
     return _check

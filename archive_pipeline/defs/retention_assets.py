@@ -131,7 +131,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
             standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
             proven_sha: str | bool = False
             try:
-                manifest = load_manifest(store, key)
+                manifest = load_manifest(store, key, (spec.name, day.isoformat()))
                 pending = (manifest or {}).get("removed", {}).get("state") == "pending"
                 if pending and not dry_run:
                     # An earlier removal left its mark (its "done" mark failed, or a refused one could not
@@ -141,7 +141,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                 if manifest is not None and manifest.get("removed"):
                     # Removed (or pending, in a dry run): the source no longer holds the day, so the
                     # archive itself is checked: manifest, object, digests and rows.
-                    problems = verify_archive(store, key, {}, deep=True)
+                    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()))
                 else:
                     if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
                         check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
@@ -158,7 +158,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                     # recorded as failed.
                     raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
                 manifest, problems = None, [str(exc)]
-            except ValueError as exc:  # ManifestError: the manifest itself is damaged
+            except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
                 manifest, problems = None, [str(exc)]
             yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
             if problems:
