@@ -41,7 +41,8 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable, day_filter, describe_table, server_identity
+from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, pending_detach_error,
+                                          server_identity)
 from archive_pipeline.core.store import CorruptedWrite, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -691,6 +692,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     """Raise :class:`RemovalRefused` for what the action cannot remove whatever the archive: a partition
     or day table also holding rows of other days, a day table with no parent to detach from, rows that
     other tables' foreign keys reference. Checked by the removal itself and by its dry run alike."""
+    _refuse_pending_detach(conn, spec, day)
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
         _refuse_wider_descendants(conn, spec, day, table)
@@ -705,6 +707,19 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              table=spec.name, day=day.isoformat())
     if action == "detach" and spec.partitioning.mode != "declarative":
         _parents(conn, spec, target)
+
+
+def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Period) -> None:
+    """A partition of the day pending detach (a DETACH ... CONCURRENTLY interrupted) holds rows the table no
+    longer reads: the proof would compare the wrong rows, and PostgreSQL refuses to drop or detach it again."""
+    if spec.partitioning.mode != "declarative":
+        return
+    for child in day_children(conn, spec, day):
+        parent = detaching(conn, sql.Identifier(child.schema or spec.schema_name, child.name))
+        if parent:
+            pending = pending_detach_error(spec.name, child.qualified(spec), parent)
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: {pending.message}", table=spec.name,
+                                 day=day.isoformat(), retryable=True, cause=pending.cause, remedy=pending.remedy)
 
 
 def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,

@@ -503,6 +503,10 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
             "see the day as it was not", retryable=True, cause="the table changed while the run was starting",
             remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs")
     detached = conn.execute(_DETACHED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn)}).fetchall()
+    pending = [(relation, parent) for relation, parent in
+               ((f"{s}.{n}", detaching(conn, sql.Identifier(s, n))) for s, n in detached) if parent]
+    if pending:
+        raise pending_detach_error(table.qualified, *pending[0])
     if detached:
         raise _changed_under_snapshot(table, f"{', '.join(f'{s}.{n}' for s, n in detached)} is no longer its partition "
                                              "(DETACH PARTITION keeps the partition's file, so the snapshot would "
@@ -582,6 +586,29 @@ FROM tree CROSS JOIN root JOIN pg_catalog.pg_class c ON c.oid = tree.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relispartition AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(c.oid) a WHERE a.relid = root.oid)
 """
+
+
+def detaching(conn: psycopg.Connection, relation: sql.Identifier) -> str | None:
+    """The parent ``relation`` is pending detach from (``DETACH PARTITION ... CONCURRENTLY`` running, or
+    interrupted and never finished: its rows are then read neither through the parent nor as the day's
+    partition), or None. PostgreSQL 14+; before, no partition is ever pending."""
+    if conn.info.server_version < 140000:
+        return None
+    found = conn.execute("SELECT inhparent::pg_catalog.regclass::text FROM pg_catalog.pg_inherits WHERE inhrelid = "
+                         "%s::pg_catalog.regclass AND inhdetachpending", (relation.as_string(conn),)).fetchone()
+    return found[0] if found else None
+
+
+def pending_detach_error(table: str, relation: str, parent: str) -> SourceError:
+    """The day's partition is neither in the table nor out of it: retried (a running DETACH finishes once
+    the run's snapshot is gone), and what to do when it was interrupted."""
+    return SourceError(
+        f"{relation} is pending detach from {parent} (ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY, running or "
+        f"interrupted): {table} no longer reads its rows, which are not yet a table of their own", retryable=True,
+        cause="a partition of the day is pending detach",
+        remedy=f"if no such DETACH is running, finish the interrupted one: ALTER TABLE {parent} DETACH PARTITION "
+               f"{relation} FINALIZE (its rows then leave {table} for a table of their own: archive that one as a "
+               "table if they are to be kept)")
 
 
 def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
