@@ -174,10 +174,13 @@ ORDER BY a.attnum
 """
 
 
-# pg_catalog types whose values matter wherever they sit inside a column's type: those PostgreSQL prints
-# but never reads back, and regproc and regoper, whose names may not read back (formats.common).
-INNER_TYPES = ("pg_node_tree", "pg_ndistinct", "pg_dependencies", "pg_mcv_list", "gtsvector",
-               "pg_brin_bloom_summary", "pg_brin_minmax_multi_summary", "regproc", "regoper")
+# Types PostgreSQL prints but never reads back (their input function refuses every value): the
+# planner's and the statistics' own, which a table can still hold (INSERT ... SELECT from the catalog).
+WRITE_ONLY_TYPES = frozenset({"pg_node_tree", "pg_ndistinct", "pg_dependencies", "pg_mcv_list", "gtsvector",
+                              "pg_brin_bloom_summary", "pg_brin_minmax_multi_summary"})
+# pg_catalog types whose values matter wherever they sit inside a column's type: those above, and
+# regproc and regoper, whose names may not read back (formats.common.ambiguous_name).
+INNER_TYPES = (*sorted(WRITE_ONLY_TYPES), "regproc", "regoper")
 
 # Every column's type walked as a tree, in one query: a domain to its base type, an array to its
 # element type, a composite to its fields' types, a range to its subtype, a multirange to its range.

@@ -31,7 +31,15 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.errors import UnsupportedTypeError
-from archive_pipeline.core.source import Column, InnerType, Snapshot, SourceTable, copy_chunks, prefetch
+from archive_pipeline.core.source import (
+    WRITE_ONLY_TYPES,
+    Column,
+    InnerType,
+    Snapshot,
+    SourceTable,
+    copy_chunks,
+    prefetch,
+)
 
 class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
@@ -99,12 +107,6 @@ def refuse_inexact(format_name: str, table: SourceTable, encodings: dict[str, di
                 f"{format_name} ({enc['encoding']}: {enc['note']}) and the table is strict; archive it as "
                 f"{OTHER_FORMATS.get(format_name, 'another format')}, or set strict: false to accept it",
                 table=table.qualified, retryable=False)
-
-
-# Types PostgreSQL prints but never reads back (their input function refuses every value): the
-# planner's and the statistics' own, which a table can still hold (INSERT ... SELECT from the catalog).
-WRITE_ONLY_TYPES = {"pg_node_tree", "pg_ndistinct", "pg_dependencies", "pg_mcv_list", "gtsvector",
-                    "pg_brin_bloom_summary", "pg_brin_minmax_multi_summary"}
 
 
 def refuse_unrestorable(table: SourceTable) -> None:
