@@ -73,10 +73,23 @@ class Column:
     # output function (an enum's owner may create one: it is the user's function, not the value)
     json_cast: bool = False
     text_cast: bool = False  # ... and a cast to text, which ``::text`` calls instead of its output function
+    # the types of :data:`INNER_TYPES` anywhere inside the column's type (see :func:`inner_types`)
+    inner: tuple[InnerType, ...] = ()
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
         return f"{base}[]" if self.is_array else base
+
+
+@dataclass(frozen=True)
+class InnerType:
+    """A type found inside a column's type: how to reach a value of it, and the way there in words."""
+
+    type: str  # pg_catalog's name of it ("regproc", "pg_node_tree")
+    # from the column's value to this type's: "[]" an array's elements, ".name" a composite's field,
+    # "range" a range's bounds, "multirange" its ranges, "domain" a domain's base (nothing to do)
+    steps: tuple[str, ...]
+    route: str  # e.g. "public.c[] → element public.c → field t pg_node_tree"
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f
 # array is its element type's array type: int2vector and oidvector, arrays of int2 and oid indexed from 0
 # that print as "1 2 3", are types of their own.
 _COLUMNS_QUERY = """
-SELECT a.attname,
+SELECT a.attnum, a.attname,
        format_type(a.atttypid, a.atttypmod),
        CASE WHEN base.typnamespace = 'pg_catalog'::regnamespace THEN base.typname::text
             ELSE base.typnamespace::regnamespace::text || '.' || base.typname END,
@@ -161,6 +174,60 @@ ORDER BY a.attnum
 """
 
 
+# Types PostgreSQL prints but never reads back (their input function refuses every value): the
+# planner's and the statistics' own, which a table can still hold (INSERT ... SELECT from the catalog).
+WRITE_ONLY_TYPES = frozenset({"pg_node_tree", "pg_ndistinct", "pg_dependencies", "pg_mcv_list", "gtsvector",
+                              "pg_brin_bloom_summary", "pg_brin_minmax_multi_summary"})
+# pg_catalog types whose values matter wherever they sit inside a column's type: those above, and
+# regproc and regoper, whose names may not read back (formats.common.ambiguous_name).
+INNER_TYPES = (*sorted(WRITE_ONLY_TYPES), "regproc", "regoper")
+
+# Every column's type walked as a tree, in one query: a domain to its base type, an array to its
+# element type, a composite to its fields' types, a range to its subtype, a multirange to its range.
+# A composite cannot contain itself (PostgreSQL refuses it), so the walk ends; the depth bound is a guard.
+_INNER_QUERY = """
+WITH RECURSIVE walk(attnum, oid, steps, route, depth) AS (
+    SELECT a.attnum, a.atttypid, ARRAY[]::text[], pg_catalog.format_type(a.atttypid, NULL), 0
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT w.attnum, c.oid, w.steps || (c.step COLLATE "default"),
+           w.route || ' → ' || (c.label COLLATE "default") || pg_catalog.format_type(c.oid, NULL),
+           w.depth + 1
+    FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype, 'domain', 'base type ' WHERE t.typtype = 'd'
+        UNION ALL
+        SELECT t.typelem, '[]', 'element ' WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
+            AND EXISTS (SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid)
+        UNION ALL
+        SELECT f.atttypid, '.' || f.attname::text, 'field ' || f.attname::text || ' ' FROM pg_catalog.pg_attribute f
+        WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
+        UNION ALL
+        SELECT r.rngsubtype, 'range', 'subtype ' FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
+        {multirange}
+    ) AS c(oid, step, label)
+    WHERE w.depth < 64
+)
+SELECT w.attnum, t.typname::text, w.steps, w.route
+FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typname::text = ANY(%(types)s)
+ORDER BY w.attnum, w.depth, w.route
+"""
+_MULTIRANGE_STEP = """UNION ALL
+        SELECT r.rngtypid, 'multirange', 'range ' FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"""
+
+
+def inner_types(conn: psycopg.Connection, oid: int) -> dict[int, tuple[InnerType, ...]]:
+    """Per column number, the :data:`INNER_TYPES` inside its type at any depth (the column's own type
+    too): a check on the column's type alone missed them in a composite, a range or a nested array."""
+    query = _INNER_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
+    found: dict[int, list[InnerType]] = {}
+    for attnum, name, steps, route in conn.execute(query, {"oid": oid, "types": list(INNER_TYPES)}):
+        found.setdefault(attnum, []).append(InnerType(name, tuple(steps), route))
+    return {attnum: tuple(types) for attnum, types in found.items()}
+
+
 def unquoted_hint(schema: str, name: str) -> str:
     """For a name written with SQL's double quotes ('"Mixed Case"."Events"'): names are given as the
     catalog spells them, so the quotes became part of the name looked for."""
@@ -192,7 +259,8 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
         raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
                           f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
                           retryable=False, cause="permission denied")
-    columns = tuple(Column(*r) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
+    inner = inner_types(conn, oid)
+    columns = tuple(Column(*r[1:], inner=inner.get(r[0], ())) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)
     by_name = {c.name: c for c in columns}

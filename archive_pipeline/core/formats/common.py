@@ -31,7 +31,15 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.errors import UnsupportedTypeError
-from archive_pipeline.core.source import Column, Snapshot, SourceTable, copy_chunks, prefetch
+from archive_pipeline.core.source import (
+    WRITE_ONLY_TYPES,
+    Column,
+    InnerType,
+    Snapshot,
+    SourceTable,
+    copy_chunks,
+    prefetch,
+)
 
 class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
@@ -101,19 +109,14 @@ def refuse_inexact(format_name: str, table: SourceTable, encodings: dict[str, di
                 table=table.qualified, retryable=False)
 
 
-# Types PostgreSQL prints but never reads back (their input function refuses every value): the
-# planner's and the statistics' own, which a table can still hold (INSERT ... SELECT from the catalog).
-WRITE_ONLY_TYPES = {"pg_node_tree", "pg_ndistinct", "pg_dependencies", "pg_mcv_list", "gtsvector",
-                    "pg_brin_bloom_summary", "pg_brin_minmax_multi_summary"}
-
-
 def refuse_unrestorable(table: SourceTable) -> None:
     """Rows no format's restore can write back, refused in every format before anything is read or
     uploaded (a day without rows is archived as empty, as any):
 
     - a table without columns (``CREATE TABLE t ()``): its rows hold nothing but their number, and COPY
       and INSERT cannot write them back through a column list, nor can Arrow count them;
-    - a column of a type whose input refuses every value (:data:`WRITE_ONLY_TYPES`).
+    - a column of a type whose input refuses every value (:data:`WRITE_ONLY_TYPES`), or of a type holding
+      one anywhere inside it (an array's element, a composite's field, a domain's or a range's base).
     """
     if not table.columns:
         raise UnsupportedTypeError(
@@ -121,9 +124,12 @@ def refuse_unrestorable(table: SourceTable) -> None:
             "can write back (COPY and INSERT need a column); add a column to the table, or take it out of the "
             "archive configuration", table=table.qualified, retryable=False)
     for col in table.columns:
-        if col.base_type in WRITE_ONLY_TYPES:
+        inside = [t for t in col.inner if t.type in WRITE_ONLY_TYPES]
+        if col.base_type in WRITE_ONLY_TYPES or inside:
+            what = "is of a type" if col.base_type in WRITE_ONLY_TYPES else \
+                f"holds {inside[0].type} ({inside[0].route}), a type"
             raise UnsupportedTypeError(
-                f"column {col.name!r} ({col.type_name}) of {table.qualified} is of a type PostgreSQL prints but "
+                f"column {col.name!r} ({col.type_name}) of {table.qualified} {what} PostgreSQL prints but "
                 "cannot read back (its input refuses every value), so no format's restore can write it; archive a "
                 f"view of the table with the column as text ({col.name}::text) or without it",
                 table=table.qualified, retryable=False)
@@ -305,16 +311,54 @@ NAME_INPUT = {"regproc": "to_regproc", "regoper": "to_regoper"}
 
 
 def ambiguous_name(col: Column) -> sql.Composable | None:
-    """For a regproc or regoper column (or an array of one), a condition true where a value prints as a
-    name its input cannot read back (an overloaded function or operator); None for other columns."""
+    """For a column holding regproc or regoper values (itself, or inside arrays, composites, domains or
+    ranges at any depth), a condition true where one prints as a name its input cannot read back (an
+    overloaded function or operator); None for other columns."""
     function = NAME_INPUT.get(col.base_type)
     if function is None:
-        return None
-    test = sql.SQL("e::oid <> 0 AND e::text !~ '^[0-9]+$' AND pg_catalog.{f}(e::text)::oid IS DISTINCT FROM e::oid"
-                   ).format(f=sql.Identifier(function))
+        inside = [_ambiguous_inside(col.name, t) for t in col.inner if t.type in NAME_INPUT]
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(inside)) if inside else None
+    test = _name_does_not_read_back(function, sql.SQL("e"))
     if col.is_array:
         return sql.SQL("EXISTS (SELECT FROM unnest({c}) AS u(e) WHERE {t})").format(c=sql.Identifier(col.name), t=test)
     return sql.SQL("(SELECT {t} FROM (SELECT {c}) AS u(e))").format(c=sql.Identifier(col.name), t=test)
+
+
+def _name_does_not_read_back(function: str, value: sql.Composable) -> sql.Composed:
+    return sql.SQL("{e}::oid <> 0 AND {e}::text !~ '^[0-9]+$' AND pg_catalog.{f}({e}::text)::oid IS DISTINCT FROM "
+                   "{e}::oid").format(f=sql.Identifier(function), e=value)
+
+
+# How a step of an InnerType's way reaches the values one level down, as a LATERAL source of v(v) (unnest
+# in a subquery: in FROM, a set of composites would be expanded to its fields).
+_STEP_SOURCES = {"[]": "(SELECT unnest({v}))", "multirange": "(SELECT unnest({v}))",
+                 "range": "(VALUES (lower({v})), (upper({v})))"}
+
+
+def _ambiguous_inside(column: str, inner: InnerType) -> sql.Composed:
+    """Whether any regproc or regoper value at the end of ``inner``'s way through the column's value
+    does not read back: each step a LATERAL join (an array's elements, a field, a range's bounds)."""
+    sources, value = [], sql.SQL("s0.v")
+    for depth, step in enumerate(inner.steps, start=1):
+        if step == "domain":
+            continue
+        if step.startswith("."):
+            source = sql.SQL("(SELECT ({v}).{f})").format(v=value, f=sql.Identifier(step[1:]))
+        else:
+            source = sql.SQL(_STEP_SOURCES[step]).format(v=value)
+        sources.append(sql.SQL("CROSS JOIN LATERAL {} AS {}(v)").format(source, sql.Identifier(f"s{depth}")))
+        value = sql.SQL("{}.v").format(sql.Identifier(f"s{depth}"))
+    return sql.SQL("EXISTS (SELECT FROM (SELECT {c}) AS s0(v) {sources} WHERE {t})").format(
+        c=sql.Identifier(column), sources=sql.SQL(" ").join(sources),
+        t=_name_does_not_read_back(NAME_INPUT[inner.type], value))
+
+
+def refused_column(col: Column, reason: str) -> str:
+    """How a refusal names its column: with the way to the refused values when they sit inside its type
+    (a regproc field of a composite), which the column's type name alone does not show."""
+    ways = [t.route for t in col.inner if t.type in NAME_INPUT] \
+        if reason == "reg_ambiguous" and col.base_type not in NAME_INPUT else []
+    return f"column {col.name!r} ({col.type_name}{', at ' + '; '.join(ways) if ways else ''})"
 
 
 def refuse_ambiguous_names(col: Column, index: int, expr: sql.Composable) -> sql.Composable:
@@ -329,7 +373,7 @@ def refuse_ambiguous_names(col: Column, index: int, expr: sql.Composable) -> sql
 
 def csv_expression(col: Column, index: int) -> sql.Composable:
     ident = sql.Identifier(col.name)
-    if col.base_type in NAME_INPUT:
+    if col.base_type in NAME_INPUT or col.inner:
         return refuse_ambiguous_names(col, index, ident)
     if col.base_type == "xml":
         return xml_text(col)
@@ -440,7 +484,7 @@ class CopyFormat:
             index, reason = refused
             col = table.columns[index]
             return UnsupportedTypeError(
-                f"column {col.name!r} ({col.type_name}) of {table.qualified} {REFUSALS[reason]} in {self.name}; "
+                f"{refused_column(col, reason)} of {table.qualified} {REFUSALS[reason]} in {self.name}; "
                 f"{refusal_remedy(reason, self.name)}", table=table.qualified, retryable=False)
         if not is_value_failure(exc):
             return exc
@@ -459,8 +503,8 @@ def refusal_remedy(reason: str, format_name: str) -> str:
 
 # Refusals no other format helps with (the value's text does not read back in any of them).
 REMEDIES = {
-    "reg_ambiguous": "no format can archive it (every one holds its text): change the column's type to "
-                     "regprocedure or regoperator, which print the argument types, then archive the day again",
+    "reg_ambiguous": "no format can archive it (every one holds its text): change the column's type (or the type "
+                     "inside it that is regproc or regoper) to regprocedure or regoperator, which print the argument types, then archive the day again",
 }
 
 

@@ -56,6 +56,7 @@ from archive_pipeline.core.formats.common import (
     output_text,
     refuse_inexact,
     refusal_remedy,
+    refused_column,
     xml_text,
 )
 from archive_pipeline.core.session_settings import apply_settings
@@ -342,7 +343,7 @@ class _Converter:
     def refuse(self, i: int, reason: str) -> UnsupportedTypeError:
         col = self.columns[i]
         return UnsupportedTypeError(
-            f"column {col.name!r} ({col.type_name}) of {self.table.qualified} {REFUSALS[reason]}; "
+            f"{refused_column(col, reason)} of {self.table.qualified} {REFUSALS[reason]}; "
             f"{refusal_remedy(reason, 'parquet')}", table=self.table.qualified, retryable=False)
 
     def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
