@@ -636,8 +636,8 @@ def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Pe
                              "then remove the day by hand", table=spec.name, day=day.isoformat())
 
 
-# The relations DELETE FROM the table deletes from (the roots: the table, or in declarative mode the partitions
-# overlapping the day, the others being pruned; and the tables below them) that PostgreSQL refuses a DELETE on,
+# The relations DELETE FROM the table deletes from (the roots: those its plan scans, see _reached; and the tables
+# below them) that PostgreSQL refuses a DELETE on,
 # even of no row: a publication publishes their deletes (named, its partitioned ancestor named, FOR ALL TABLES,
 # FOR TABLES IN SCHEMA of either) and they have no replica identity (REPLICA IDENTITY NOTHING, or DEFAULT or
 # USING INDEX without a valid, unique, immediate, whole-table index to use). Unlogged tables are never published.
@@ -653,38 +653,64 @@ leaf(oid, up) AS (
       AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid AND x.indisvalid AND x.indisunique
                       AND x.indimmediate AND x.indpred IS NULL
                       AND CASE c.relreplident WHEN 'd' THEN x.indisprimary WHEN 'i' THEN x.indisreplident END))
-SELECT n.nspname::text, c.relname::text, c.relispartition AND c.oid <> %(t)s::regclass,
-       array_agg(p.pubname::text ORDER BY p.pubname)
+SELECT n.nspname::text, c.relname::text, array_agg(p.pubname::text ORDER BY p.pubname)
 FROM leaf JOIN pg_catalog.pg_class c ON c.oid = leaf.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_publication p ON p.pubdelete AND (p.puballtables
     OR EXISTS (SELECT FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = ANY (leaf.up)){schemas})
-GROUP BY n.nspname, c.relname, c.relispartition, c.oid ORDER BY 1, 2
+GROUP BY n.nspname, c.relname, c.oid ORDER BY 1, 2
 """
 _SCHEMA_PUBLICATIONS = """
     OR EXISTS (SELECT FROM pg_catalog.pg_publication_namespace s JOIN pg_catalog.pg_class a
                ON a.relnamespace = s.pnnspid WHERE s.pnpubid = p.oid AND a.oid = ANY (leaf.up))"""
 
 
+def _reached(conn: psycopg.Connection, table: SourceTable, day: Period) -> list[str]:
+    """The tables the day's DELETE FROM the table reaches: those its plan scans, as the planner leaves them after
+    pruning partitions by the day's bounds. PostgreSQL checks each of them when the DELETE starts, holding rows of
+    the day or not (a partition of a table partitioned by another column, or one whose bounds overlap the day
+    while its rows are all of other days, is not pruned)."""
+    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
+        table.identifier, day_filter(table, day))).fetchone()[0]
+    found, nodes = [], [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        if "Relation Name" in node:
+            found.append(sql.Identifier(node["Schema"], node["Relation Name"]).as_string(conn))
+    return sorted(set(found))
+
+
 def _refuse_unidentified(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """PostgreSQL refuses a DELETE from a table whose deletes a publication publishes while it has no replica
-    identity ("does not have a replica identity and publishes deletes"): refuse before the proof's work is
-    lost on it and before the dry run says "would delete", naming the relations, publications and remedy."""
+    identity ("does not have a replica identity and publishes deletes"), of no row alike: refuse before the proof's
+    work is lost on it and before the dry run says "would delete", naming the relations, publications and remedy."""
     schemas = _SCHEMA_PUBLICATIONS if conn.info.server_version >= 150000 else ""  # FOR TABLES IN SCHEMA: 15+
-    declarative = spec.partitioning.mode == "declarative"
-    roots = [sql.Identifier(c.schema or spec.schema_name, c.name).as_string(conn) for c in day_children(conn, spec, day)
-             ] if declarative else [table.identifier.as_string(conn)]
     found = [f"{schema}.{name} has no replica identity, and publication {', '.join(publications)} publishes its "
-             "deletes" for schema, name, partition, publications in conn.execute(
-                 _UNIDENTIFIED.replace("{schemas}", schemas), {"roots": roots, "t": table.identifier.as_string(conn)}
-             ).fetchall()
-             # (a partitioned table in column mode: its partitions without rows of the day are taken as pruned)
-             if declarative or not partition or _holds_day(conn, sql.Identifier(schema, name), table, day)]
+             "deletes" for schema, name, publications in conn.execute(
+                 _UNIDENTIFIED.replace("{schemas}", schemas), {"roots": _reached(conn, table, day)}).fetchall()]
     if found:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: PostgreSQL refuses to delete its rows: "
                              f"{'; '.join(found)}. Give it one (ALTER TABLE ... REPLICA IDENTITY FULL, or USING INDEX "
                              "a unique index, or add a primary key), or stop publishing its deletes"
                              + (", or use retention action 'drop' or 'detach'" if spec.partitioning.mode != "column"
                                 else ""), table=spec.name, day=day.isoformat())
+
+
+def _refuse_unpublishable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """What else PostgreSQL checks when the DELETE starts, of no row alike (a publication's row filter or column
+    list that the table's replica identity does not cover: "cannot delete from table ..."), asked of PostgreSQL
+    itself: EXPLAIN starts the DELETE's plan, which makes those checks, and deletes nothing."""
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("EXPLAIN DELETE FROM {} WHERE {}").format(table.identifier, day_filter(table, day)))
+    except (psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.InvalidColumnReference) as exc:
+        detail = " ".join(filter(None, (exc.diag.message_primary, exc.diag.message_detail)))
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: PostgreSQL refuses to delete its rows ({detail})",
+                             table=spec.name, day=day.isoformat(), cause="publication",
+                             remedy="make the table's replica identity (ALTER TABLE ... REPLICA IDENTITY) cover the "
+                                    "columns the publication's row filter uses, and its column list cover the replica "
+                                    "identity (every column under REPLICA IDENTITY FULL): ALTER PUBLICATION ... SET "
+                                    "TABLE; or stop publishing its deletes") from None
 
 
 def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
@@ -697,8 +723,10 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _refuse_referenced(conn, spec, day, table)
         _refuse_wider_descendants(conn, spec, day, table)
         _refuse_unidentified(conn, spec, day, table)
+        _refuse_unpublishable(conn, spec, day, table)
         return
     if action == "drop":
+        _refuse_extension_members(conn, spec, day, target)
         _refuse_dependents(conn, spec, day, target)
     outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
@@ -790,6 +818,45 @@ def _refuse_dependents(conn: psycopg.Connection, spec: TableSpec, day: Period, t
                              "inheriting from it: ALTER TABLE ... NO INHERIT), or use retention action 'detach' "
                              "(which keeps the table)", table=spec.name,
                              day=day.isoformat())
+
+
+# What DROP TABLE drops along with the table (it, its partitions at any depth, the sequences they own) that is a
+# member of an extension (ALTER EXTENSION ... ADD TABLE): PostgreSQL refuses to drop it but with the extension.
+_EXTENSION_MEMBERS = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT %(t)s::regclass::oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+    JOIN tree ON i.inhparent = tree.oid WHERE c.relispartition),
+dropped(oid) AS (
+    SELECT oid FROM tree
+    UNION
+    SELECT s.objid FROM pg_catalog.pg_depend s JOIN tree ON s.refobjid = tree.oid
+    JOIN pg_catalog.pg_class q ON q.oid = s.objid AND q.relkind = 'S'
+    WHERE s.classid = 'pg_catalog.pg_class'::regclass AND s.refclassid = 'pg_catalog.pg_class'::regclass
+      AND s.deptype IN ('a', 'i'))
+SELECT x.extname::text, format('ALTER EXTENSION %%I DROP %%s %%s', x.extname,
+              CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, c.oid::regclass)
+FROM dropped JOIN pg_catalog.pg_class c ON c.oid = dropped.oid
+JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e'
+JOIN pg_catalog.pg_extension x ON e.refclassid = 'pg_catalog.pg_extension'::regclass AND x.oid = e.refobjid
+ORDER BY 1, 2
+"""
+
+
+def _refuse_extension_members(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable) -> None:
+    """A table that belongs to an extension (or a partition or sequence of it that does) is dropped only with the
+    extension ("cannot drop table ... because extension ... requires it", after the whole proof): refuse up front,
+    naming the extension and the statements that take the objects out of it (detach and delete are not refused:
+    PostgreSQL lets them be)."""
+    found = conn.execute(_EXTENSION_MEMBERS, {"t": target.identifier.as_string(conn)}).fetchall()
+    if found:
+        names = ", ".join(dict.fromkeys(name for name, _ in found))
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} (or a partition or sequence "
+                             f"of it) belongs to extension {names}, and PostgreSQL drops it only with the extension",
+                             table=spec.name, day=day.isoformat(), cause="member of an extension",
+                             remedy=f"take it out of the extension ({'; '.join(s for _, s in found)}), or use "
+                                    "retention action 'detach' (which keeps the table)")
 
 
 def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[str]:
