@@ -157,3 +157,18 @@ def tiny_tmpfs(path, size: str = "256k"):
             subprocess.run(["umount", str(path)], check=True)
 
     return mounted()
+
+
+def refused_everywhere(conn, spec, store, key: str, pattern: str, day) -> None:
+    """The removal's dry run and real run refuse ``day`` alike, naming table and day, matching ``pattern``; the
+    manifest at ``key`` is left as it was (no mark left behind)."""
+    import pytest
+
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+
+    before = store.get_verified_bytes(f"{key}.manifest.json")
+    for dry_run in (True, False):
+        with pytest.raises(RemovalRefused, match=pattern) as caught:
+            remove_day(conn, spec, day, store, dry_run=dry_run)
+        assert (caught.value.table, caught.value.day) == (spec.name, day.isoformat()), dry_run
+    assert store.get_verified_bytes(f"{key}.manifest.json") == before

@@ -12,6 +12,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+from archive_pipeline_tests.helpers import refused_everywhere
 from archive_pipeline.core.verify import load_manifest
 
 DAY = dt.date(2024, 3, 10)
@@ -31,13 +32,7 @@ def _naming_spec(schema: str, action: str) -> TableSpec:
 
 
 def _refused_everywhere(conn, spec, store, key: str, pattern: str) -> None:
-    """The dry run and the real run refuse alike, naming table and day; no mark is left behind."""
-    before = store.get_verified_bytes(f"{key}.manifest.json")
-    for dry_run in (True, False):
-        with pytest.raises(RemovalRefused, match=pattern) as caught:
-            remove_day(conn, spec, DAY, store, dry_run=dry_run)
-        assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat()), dry_run
-    assert store.get_verified_bytes(f"{key}.manifest.json") == before
+    refused_everywhere(conn, spec, store, key, pattern, DAY)
 
 
 # ---- 1. what keeps a naming-mode day table from being dropped ------------------------------------------
