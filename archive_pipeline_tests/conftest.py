@@ -90,3 +90,11 @@ def archive_env(monkeypatch, pg, s3, bucket):
     monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
     monkeypatch.setenv("ARCHIVE_S3_PREFIX", "archive")
     return bucket
+
+
+@pytest.fixture
+def publication(conn, schema):
+    """The name of a publication the test may create; dropped afterwards (publications outlive schemas)."""
+    name = f"{schema}_pub"
+    yield name
+    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))

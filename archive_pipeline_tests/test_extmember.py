@@ -102,13 +102,6 @@ def test_a_sequence_or_subpartition_of_the_day_partition_in_an_extension_is_refu
     assert remove_day(conn, spec, DAY, store).rows == 1 and _count(conn, log) == 0
 
 
-@pytest.fixture
-def publication(conn, schema):
-    name = f"{schema}_pub"
-    yield name
-    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(_ident(name)))
-
-
 def test_column_mode_delete_reaching_a_published_partition_without_the_days_rows_is_refused_up_front(
         conn, schema, store, publication):
     """Column mode on a partitioned table, action delete: ``ev_a`` (03-09 to 03-10 12:00, REPLICA IDENTITY FULL)

@@ -74,13 +74,6 @@ def test_a_day_table_others_inherit_from_or_use_the_row_type_of_is_refused_up_fr
 
 # ---- 2. a DELETE a publication forbids -----------------------------------------------------------------
 
-@pytest.fixture
-def publication(conn, schema):
-    name = f"{schema}_pub"
-    yield name
-    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(_ident(name)))
-
-
 def _published_table(conn, schema: str, declarative: bool) -> TableSpec:
     """``ev`` without a primary key, 20 rows on DAY: a plain table, or partitioned with a partition for DAY, for
     the empty day before and for the day after."""
