@@ -304,3 +304,29 @@ def test_starts_period_agrees_with_the_period_maths_around_every_clock_change(ti
         for moment in moments:
             truth = period_containing(granularity, timezone, moment).utc_start == moment
             assert starts_period(granularity, timezone, moment) == truth, (granularity, moment.astimezone(tz))
+
+
+def test_held_periods_finds_what_each_child_holds_without_trying_every_child():
+    """The sensor's question for a declarative table (which candidate days a child holds rows of), answered
+    by one search per day: the same answer as asking every child, for disjoint children of a day, of
+    several days, of part of a day, with gaps between them and unbounded ones (which hold no day)."""
+    import random
+
+    from archive_pipeline.core.discovery import ChildRange, held_periods
+    from archive_pipeline.core.periods import period_of_date
+
+    rng = random.Random(7)
+    for timezone in ("UTC", "Europe/Berlin"):
+        start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+        children, moment = [ChildRange("low", None, start)], start
+        while moment < dt.datetime(2024, 12, 31, tzinfo=dt.UTC):
+            length = dt.timedelta(hours=rng.choice([1, 7, 24, 24, 24, 48, 24 * 31]))
+            if rng.random() < 0.8:  # else a gap: days no child holds
+                children.append(ChildRange(f"c{len(children)}", moment, moment + length))
+            moment += length
+        children.append(ChildRange("high", moment, None))
+        rng.shuffle(children)
+        days = [period_of_date("daily", timezone, dt.date(2023, 12, 25) + dt.timedelta(days=n)) for n in range(380)]
+        expected = [d for d in days if any(child.holds(d) for child in children)]
+        assert 100 < len(expected) < len(days)
+        assert held_periods(children, set(days)) == expected
