@@ -55,12 +55,13 @@ def test_a_malformed_dsn_never_shows_the_piece_of_its_password_libpq_quotes(cli_
     assert SECRET not in output
 
 
-def test_a_uri_password_with_an_unencoded_slash_is_not_shown_as_port_or_database(cli_env, schema, caplog):
+@pytest.mark.parametrize("password", [f"Zm9v{SECRET}/{SECRET}", f"Zm9v@{SECRET}/{SECRET}"])
+def test_a_uri_password_with_an_unencoded_slash_is_not_shown_as_port_or_database(cli_env, schema, caplog, password):
     """A base64 password holds '/': libpq ends the user and password there, so the password's start became the
-    port and its end, with the host, the database. Every connect failure named them ("cannot connect to
-    PostgreSQL at archiver:Zm9v..., database 'Hunter2Sekret@127.0.0.1/db'"): the command line, a run's
-    failure, the sensor's tick and the load's warning. Now: malformed, and how to encode it."""
-    dsn = f"postgresql://archiver:Zm9v{SECRET}/{SECRET}@127.0.0.1:5432/db?connect_timeout=2"
+    port (or, after an '@', the host) and its end, with the host, the database. Every connect failure named
+    them ("cannot connect to PostgreSQL at archiver:Zm9v..., database 'Hunter2Sekret@127.0.0.1/db'"): the
+    command line, a run's failure, the sensor's tick and the load's warning. Now: malformed, and how to encode it."""
+    dsn = f"postgresql://archiver:{password}@127.0.0.1:5432/db?connect_timeout=2"
     code, output = run_cli({**cli_env, "ARCHIVE_PG_DSN": dsn}, "list")
     assert code == 2, output
     with pytest.raises(SourceError) as raised, PostgresResource(dsn=dsn, connect_timeout_s=2).connect():

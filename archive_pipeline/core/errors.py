@@ -705,14 +705,12 @@ def _stray_in_host(params: dict[str, str]) -> str | None:
     return host.rsplit("@", 1)[0] if "@" in host else None
 
 
-def _slash_in_password(dsn: str, params: dict[str, str]) -> list[str]:
-    """What libpq took from a URI's password holding an unencoded '/' (base64 passwords do), never shown:
-    libpq ends the user and password at the first '/', so ``postgresql://u:pa/ss@host/db`` is host 'u',
-    port 'pa' and database 'ss@host/db'. Empty for any other DSN."""
+def _slash_in_password(dsn: str, params: dict[str, str]) -> bool:
+    """Whether a URI's user or password holds an unencoded '/' (base64 passwords do): libpq ends them at
+    the first '/', so ``postgresql://u:pa/ss@host/db`` is host 'u', port 'pa' and database 'ss@host/db'
+    (an '@' before the '/' makes the next piece the host): host, port and database are never shown."""
     database = params.get("dbname") or ""
-    if not re.match(r"postgres(?:ql)?://", dsn.lstrip(), re.IGNORECASE) or "@" not in database:
-        return []
-    return [piece for piece in (params.get("port"), database.rsplit("@", 1)[0]) if piece]
+    return bool(re.match(r"postgres(?:ql)?://", dsn.lstrip(), re.IGNORECASE)) and "@" in database
 
 
 def _os_user() -> str:
@@ -735,23 +733,24 @@ def _reason(text: str) -> str:
 def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
     """A connect failure as a :class:`SourceError` saying host, port, database, user, the reason and
     what to do; never the password, whatever libpq echoed (a malformed URI comes back whole)."""
+    params = _conninfo(dsn) or {}
+    if _slash_in_password(dsn, params):  # libpq's reason names what it took for host, port or database
+        return SourceError(f"cannot connect to PostgreSQL: {_BAD_DSN.cause} (a '/' in the user or password of the "
+                           "URI ends them there; libpq read the rest as host, port and database)", retryable=False,
+                           remedy=f"percent-encode each '/' in the password (or user) of {_DSN} as %2F",
+                           cause=_BAD_DSN.cause)
     target = connection_target(dsn)
     found = classify(exc, user=target.get("user"))
     password = password_of(dsn)
-    params = _conninfo(dsn) or {}
     stray = _stray_in_host(params)
-    misread = _slash_in_password(dsn, params)
     if stray:
         found = replace(_BAD_DSN, remedy=f"percent-encode each '@' in the password (or user) of {_DSN} as %40: "
                         "libpq ends the password at its first '@'")
-    if misread:
-        found = replace(_BAD_DSN, remedy=f"percent-encode each '/' in the password (or user) of {_DSN} as %2F: "
-                        "libpq ends the user and password at the first '/'")
-    text = redact(str(exc), password, *misread)
+    text = redact(str(exc), password)
     if stray:  # as libpq quotes the host
         text = text.replace(f"{stray}@", "***@")
     if not target:
-        found = found if misread else _BAD_DSN  # psycopg could not parse it either
+        found = _BAD_DSN  # psycopg could not parse it either
         reason = scrub_parse_error(_reason(text))
         message = f"cannot connect to PostgreSQL: {found.cause} ({reason})"
     else:
