@@ -105,3 +105,17 @@ def test_a_yaml_error_names_line_and_column_and_never_quotes_the_line(tmp_path, 
         load_config(config)
     assert "not valid YAML" in str(raised.value) and "line 3, column" in str(raised.value), raised.value
     assert SECRET[:6] not in str(raised.value)  # PyYAML shortens a long line around the column: 'Hunter2S ...'
+
+
+def test_a_dsn_set_as_the_bucket_or_region_is_named_without_its_password(cli_env, monkeypatch):
+    """Swapped variables (the DSN in ARCHIVE_S3_BUCKET or ARCHIVE_S3_REGION): the load error and the command
+    line quoted the value to say it is no bucket or region name, password and all."""
+    dsn = f"postgresql://archiver:{SECRET}@db.internal:5432/app"
+    code, output = run_cli({**cli_env, "ARCHIVE_S3_REGION": dsn}, "list")
+    assert code == 2 and "ARCHIVE_S3_REGION 'postgresql://archiver:***@db.internal:5432/app'" in output, output
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://nobody@127.0.0.1:1/x")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", f"host=db.internal password={SECRET}")
+    with pytest.raises(ConfigError) as raised:
+        build_definitions(events_config("public", DAY), check_source=False)
+    assert "ARCHIVE_S3_BUCKET 'host=db.internal password=***' is not a bucket name" in str(raised.value)
+    assert SECRET not in output + str(raised.value)

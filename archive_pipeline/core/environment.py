@@ -41,6 +41,12 @@ class UnreachableError(Exception):
         self.retryable = retryable
 
 
+def _quoted(value: str) -> str:
+    """A variable's value as a message about it quotes it, without the credentials of a URI or a
+    ``password=`` in it: variables get swapped, and a DSN set as the bucket was printed whole."""
+    return repr(redact(value))
+
+
 def _required(env: Mapping[str, str], name: str, what: str) -> str:
     value = env.get(name, "").strip()
     if not value:
@@ -127,7 +133,7 @@ def check_bucket_name(bucket: str) -> None:
     if bucket.startswith("arn:") or BUCKET_SYNTAX.match(bucket):
         return
     hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
-    raise ConfigError(f"${BUCKET_VAR} {bucket!r} is not a bucket name (S3's are 3 to 63 lower-case letters, "
+    raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket)} is not a bucket name (S3's are 3 to 63 lower-case letters, "
                       f"digits, dots and hyphens): set it to the archive bucket's name{hint}")
 
 
@@ -156,7 +162,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
                                                   retries={"max_attempts": 3, "mode": "standard"}), **options)
     except InvalidRegionError:
-        raise ConfigError(f"${REGION_VAR} {options['region_name']!r} is not a region name: set it to the store's "
+        raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']))} is not a region name: set it to the store's "
                           "region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") from None
     store = S3Store(client, bucket, prefix=env.get(PREFIX_VAR, ""))
     if check:
@@ -164,7 +170,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             client.head_bucket(Bucket=bucket)
         except ParamValidationError:  # botocore's own check, before any request: no store was asked
             hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
-            raise ConfigError(f"${BUCKET_VAR} {bucket!r} is not a bucket name (S3's are 3 to 63 lower-case letters, "
+            raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket)} is not a bucket name (S3's are 3 to 63 lower-case letters, "
                               f"digits, dots and hyphens): set it to the archive bucket's name{hint}") from None
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
