@@ -162,16 +162,18 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
                                                   retries={"max_attempts": 3, "mode": "standard"}), **options)
     except InvalidRegionError:
-        raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']))} is not a region name: set it to the store's "
-                          "region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") from None
+        raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']))} is not a region name: set it to "
+                          "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \
+            from None
     store = S3Store(client, bucket, prefix=env.get(PREFIX_VAR, ""))
     if check:
         try:
             client.head_bucket(Bucket=bucket)
         except ParamValidationError:  # botocore's own check, before any request: no store was asked
             hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
-            raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket)} is not a bucket name (S3's are 3 to 63 lower-case letters, "
-                              f"digits, dots and hyphens): set it to the archive bucket's name{hint}") from None
+            raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket)} is not a bucket name (S3's are 3 to 63 lower-case "
+                              f"letters, digits, dots and hyphens): set it to the archive bucket's name{hint}") \
+                from None
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             reason = {404: "does not exist", 403: "refuses these credentials"}.get(status, f"answered {status}")
