@@ -119,3 +119,28 @@ def test_a_dsn_set_as_the_bucket_or_region_is_named_without_its_password(cli_env
         build_definitions(events_config("public", DAY), check_source=False)
     assert "ARCHIVE_S3_BUCKET 'host=db.internal password=***' is not a bucket name" in str(raised.value)
     assert SECRET not in output + str(raised.value)
+
+
+def test_the_stores_errors_notes_and_log_lines_never_quote_credentials_of_the_endpoint(caplog):
+    """A resource built in code may still hand boto3 an endpoint with a user and secret in it (only the
+    environment's is refused), and botocore quotes that URL in every error: the store's failures, the
+    notes it adds to them and its cleanup warnings carried it as they were."""
+    import boto3
+    from botocore.config import Config
+
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.local.local_stack import free_port
+
+    client = boto3.client("s3", endpoint_url=f"http://AKID:{SECRET}@127.0.0.1:{free_port()}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+    store = S3Store(client, "bucket", prefix="archive")
+    original = RuntimeError("the write failed")
+    with caplog.at_level(logging.WARNING, logger="archive_pipeline.core.store"), pytest.raises(Exception) as raised:
+        store.delete_quietly("archive/x", original)
+        store.abort_stale_uploads_quietly("archive/x")
+        store.head("archive/x")
+    texts = [str(raised.value), *getattr(original, "__notes__", []), caplog.text]
+    assert "EndpointConnectionError" in texts[0] and "could not delete" in texts[1], texts
+    assert "could not abort stale multipart uploads" in texts[2], texts
+    assert not [text for text in texts if SECRET in text], texts
