@@ -673,6 +673,9 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
         raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); set ${CONFIG_ENV_VAR} "
                           "to the YAML file's path, readable by the user the code location runs as") from None
     except (yaml.YAMLError, ValueError) as exc:
+        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+            if mark is not None:  # line and column only: PyYAML quotes the line, which may hold a DSN pasted there
+                mark.buffer = None
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
     refuse_repeated_settings(node, str(file))
     return parse_config(raw, str(file))

@@ -18,7 +18,7 @@ import psycopg
 import psycopg.conninfo
 
 from archive_pipeline.core.config import ConfigError, SourceSettings
-from archive_pipeline.core.errors import describe_connect_error, redact
+from archive_pipeline.core.errors import describe_connect_error, redact, scrub_parse_error
 from archive_pipeline.core.store import S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
@@ -39,6 +39,12 @@ class UnreachableError(Exception):
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+def _quoted(value: str) -> str:
+    """A variable's value as a message about it quotes it, without the credentials of a URI or a
+    ``password=`` in it: variables get swapped, and a DSN set as the bucket was printed whole."""
+    return repr(redact(value))
 
 
 def _required(env: Mapping[str, str], name: str, what: str) -> str:
@@ -78,8 +84,9 @@ def connect_primary(env: Mapping[str, str] | None = None, *, connect_timeout: in
 def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connection:
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:  # libpq echoes a malformed URI whole, password included
-        raise ConfigError(f"${variable} is not a valid connection string: {redact(str(exc).strip(), dsn)}") from None
+    except psycopg.ProgrammingError as exc:  # libpq quotes the piece it stumbled on: a URI whole, or the password's
+        reason = scrub_parse_error(redact(str(exc).strip(), dsn))
+        raise ConfigError(f"${variable} is not a valid connection string: {reason}") from None
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
                                application_name="archive_pipeline_cli")
@@ -92,7 +99,8 @@ def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connectio
 def check_endpoint_url(url: str | None) -> None:
     """An endpoint botocore can use, or a :class:`ConfigError` naming the variable: without its scheme
     (``minio:9000``) every run failed with a bare "ValueError: Invalid endpoint", retried with backoff,
-    and the command line printed botocore's traceback."""
+    and the command line printed botocore's traceback. Credentials in the URL (``http://key:secret@minio``)
+    are refused: botocore never uses them, and its errors quote the URL whole."""
     if not url:
         return
     shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
@@ -107,6 +115,11 @@ def check_endpoint_url(url: str | None) -> None:
     if not usable:
         raise ConfigError(f"{ENDPOINT_VAR} {shown} is not an http(s) URL: write it with its scheme and host, "
                           "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
+    if "@" in parts.netloc:  # boto3 signs with the keys, never these: they only reached its messages and logs
+        raise ConfigError(f"{ENDPOINT_VAR} {shown}: boto3 ignores a user or secret in the URL (it signs with "
+                          f"${KEY_ID_VAR} and ${SECRET_VAR}, or its usual chain) and would show them in its error "
+                          "messages: remove the 'user:secret@' part, e.g. http://minio:9000, and set the keys in "
+                          "those variables")
 
 
 BUCKET_SYNTAX = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")  # what botocore accepts before sending anything
@@ -120,7 +133,7 @@ def check_bucket_name(bucket: str) -> None:
     if bucket.startswith("arn:") or BUCKET_SYNTAX.match(bucket):
         return
     hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
-    raise ConfigError(f"${BUCKET_VAR} {bucket!r} is not a bucket name (S3's are 3 to 63 lower-case letters, "
+    raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket)} is not a bucket name (S3's are 3 to 63 lower-case letters, "
                       f"digits, dots and hyphens): set it to the archive bucket's name{hint}")
 
 
@@ -149,16 +162,18 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
                                                   retries={"max_attempts": 3, "mode": "standard"}), **options)
     except InvalidRegionError:
-        raise ConfigError(f"${REGION_VAR} {options['region_name']!r} is not a region name: set it to the store's "
-                          "region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") from None
+        raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']))} is not a region name: set it to "
+                          "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \
+            from None
     store = S3Store(client, bucket, prefix=env.get(PREFIX_VAR, ""))
     if check:
         try:
             client.head_bucket(Bucket=bucket)
         except ParamValidationError:  # botocore's own check, before any request: no store was asked
             hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
-            raise ConfigError(f"${BUCKET_VAR} {bucket!r} is not a bucket name (S3's are 3 to 63 lower-case letters, "
-                              f"digits, dots and hyphens): set it to the archive bucket's name{hint}") from None
+            raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket)} is not a bucket name (S3's are 3 to 63 lower-case "
+                              f"letters, digits, dots and hyphens): set it to the archive bucket's name{hint}") \
+                from None
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             reason = {404: "does not exist", 403: "refuses these credentials"}.get(status, f"answered {status}")

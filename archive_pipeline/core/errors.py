@@ -652,7 +652,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
     detail = redact(_detail(exc), password)
     if found.cause == _BAD_DSN.cause:  # libpq quotes pieces of the string, perhaps of the password
-        detail = _scrub_parse_error(detail)
+        detail = scrub_parse_error(detail)
     code = f" SQLSTATE {found.sqlstate}" if found.sqlstate and found.sqlstate not in detail else ""
     message = (f"{doing} {table} for {day} failed: {found.cause} ({type(exc).__name__}{code}: {detail}); "
                f"{'transient, retried' if found.retryable else 'not retried: a retry cannot fix this'}")
@@ -673,10 +673,10 @@ def _libpq_keywords() -> set[str]:
         return {"host", "hostaddr", "port", "dbname", "user", "password", "sslmode", "connect_timeout"}
 
 
-def _scrub_parse_error(text: str) -> str:
+def scrub_parse_error(text: str) -> str:
     """libpq's conninfo parse errors quote pieces of the string, which may be pieces of a password:
-    keep quoted option names, replace every other quoted token."""
-    keywords = _libpq_keywords()
+    keep quoted option names (and the "=" of 'missing "=" after ...'), replace every other quoted token."""
+    keywords = _libpq_keywords() | {"="}
     return re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in keywords else '"***"', text)
 
 
@@ -686,7 +686,7 @@ def connection_target(dsn: str) -> dict[str, str]:
     import os
 
     params = _conninfo(dsn)
-    if params is None:  # malformed DSN: say so, echo nothing
+    if params is None or _slash_in_password(dsn, params):  # malformed, or misread: say so, echo nothing
         return {}
     user = params.get("user") or os.environ.get("PGUSER") or _os_user()
     host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost (socket)"
@@ -703,6 +703,14 @@ def _stray_in_host(params: dict[str, str]) -> str | None:
     (``postgresql://u:pa@ss@host/db`` is password 'pa' at host 'ss@host'), never shown."""
     host = params.get("host") or ""
     return host.rsplit("@", 1)[0] if "@" in host else None
+
+
+def _slash_in_password(dsn: str, params: dict[str, str]) -> bool:
+    """Whether a URI's user or password holds an unencoded '/' (base64 passwords do): libpq ends them at
+    the first '/', so ``postgresql://u:pa/ss@host/db`` is host 'u', port 'pa' and database 'ss@host/db'
+    (an '@' before the '/' makes the next piece the host): host, port and database are never shown."""
+    database = params.get("dbname") or ""
+    return bool(re.match(r"postgres(?:ql)?://", dsn.lstrip(), re.IGNORECASE)) and "@" in database
 
 
 def _os_user() -> str:
@@ -725,10 +733,16 @@ def _reason(text: str) -> str:
 def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
     """A connect failure as a :class:`SourceError` saying host, port, database, user, the reason and
     what to do; never the password, whatever libpq echoed (a malformed URI comes back whole)."""
+    params = _conninfo(dsn) or {}
+    if _slash_in_password(dsn, params):  # libpq's reason names what it took for host, port or database
+        return SourceError(f"cannot connect to PostgreSQL: {_BAD_DSN.cause} (a '/' in the user or password of the "
+                           "URI ends them there; libpq read the rest as host, port and database)", retryable=False,
+                           remedy=f"percent-encode each '/' in the password (or user) of {_DSN} as %2F",
+                           cause=_BAD_DSN.cause)
     target = connection_target(dsn)
     found = classify(exc, user=target.get("user"))
     password = password_of(dsn)
-    stray = _stray_in_host(_conninfo(dsn) or {})
+    stray = _stray_in_host(params)
     if stray:
         found = replace(_BAD_DSN, remedy=f"percent-encode each '@' in the password (or user) of {_DSN} as %40: "
                         "libpq ends the password at its first '@'")
@@ -737,11 +751,11 @@ def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
         text = text.replace(f"{stray}@", "***@")
     if not target:
         found = _BAD_DSN  # psycopg could not parse it either
-        reason = _scrub_parse_error(_reason(text))
+        reason = scrub_parse_error(_reason(text))
         message = f"cannot connect to PostgreSQL: {found.cause} ({reason})"
     else:
         if found.cause == _BAD_DSN.cause:
-            text = _scrub_parse_error(text)
+            text = scrub_parse_error(text)
         where = f"{target['host']}:{target['port']}, database {target['database']!r} as user {target['user']!r}"
         message = f"cannot connect to PostgreSQL at {where}: {found.cause} ({_reason(text)})"
     message = redact(message, password)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from archive_pipeline.core.errors import ArchiveError, UploadError, classify
+from archive_pipeline.core.errors import ArchiveError, UploadError, classify, redact
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -329,6 +329,13 @@ def _is_transport_error(exc: BaseException) -> bool:
                       | TimeoutError)
 
 
+def _said(exc: BaseException) -> str:
+    """``exc`` as our messages, notes and log lines quote it, without credentials: botocore quotes the endpoint
+    URL whole, with a user and secret written in it (the code location refuses such a URL, a resource built
+    in code may still hold one)."""
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
 def _note(original: BaseException | None, text: str) -> None:
     if original is not None and hasattr(original, "add_note"):
         original.add_note(text)
@@ -496,7 +503,7 @@ class S3Store:
             self.delete(key)
             return True
         except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
-            text = (f"cleanup: could not delete {self.uri(key)} ({type(exc).__name__}: {exc}); "
+            text = (f"cleanup: could not delete {self.uri(key)} ({_said(exc)}); "
                     "delete it by hand or archive the day again")
             log.warning(text)
             _note(original, text)
@@ -513,7 +520,7 @@ class S3Store:
             head = self.head(key)
         except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
             _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
-                            f"({type(exc).__name__}: {exc}); the next archive of this day replaces it")
+                            f"({_said(exc)}); the next archive of this day replaces it")
             return
         if head is not None and _etag(head) in etags - {""} and head.get("ContentLength") == size:
             self.delete_quietly(key, original)
@@ -546,7 +553,7 @@ class S3Store:
                     return None
                 if not _is_checksum_error(exc):
                     raise _wrap(exc, f"reading {self.uri(key)} (GetObject)", DownloadError) from exc
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = _said(exc)
                 continue
             etag = _etag(response)
             if _is_error_document(data):  # a 200 whose body is an S3 <Error> (no ETag to catch it): not the object
@@ -609,7 +616,7 @@ class S3Store:
                 self._confirm_missing(key)
                 return None
             if _is_checksum_error(exc):
-                raise DownloadError(f"{uri} came back corrupted ({type(exc).__name__}: {exc}); "
+                raise DownloadError(f"{uri} came back corrupted ({_said(exc)}); "
                                     "the download will be retried", retryable=True) from exc
             raise _wrap(exc, f"downloading {uri} (GetObject)", DownloadError) from exc
         etag, digest = _etag(response), md5.hexdigest()
@@ -690,9 +697,9 @@ class S3Store:
         """:meth:`abort_stale_uploads`, with a failure logged instead of raised (cleanup only)."""
         try:
             self.abort_stale_uploads(key, **kwargs)
-        except Exception:  # noqa: BLE001 - leftovers cost storage, not correctness; a lifecycle rule also helps
-            log.warning("could not abort stale multipart uploads of %s; a bucket lifecycle rule "
-                        "(AbortIncompleteMultipartUpload) will remove them", self.uri(key), exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - leftovers cost storage, not correctness; a lifecycle rule also helps
+            log.warning("could not abort stale multipart uploads of %s (%s); a bucket lifecycle rule "
+                        "(AbortIncompleteMultipartUpload) will remove them", self.uri(key), _said(exc))
 
 
 def _local_write_error(exc: OSError, uri: str, sink: Any) -> LocalFileError:
@@ -722,7 +729,7 @@ def _local_write_error(exc: OSError, uri: str, sink: Any) -> LocalFileError:
     else:
         cause = f"writing to the local temp file in {where} failed ({found.cause})"
         remedy = f"{found.remedy} (the temp directory: {where})"
-    return LocalFileError(f"downloading {uri} stopped: {cause} ({type(exc).__name__}: {exc}); a local problem, "
+    return LocalFileError(f"downloading {uri} stopped: {cause} ({_said(exc)}); a local problem, "
                           "not the store's or the archive's", retryable=False, remedy=remedy, cause=cause,
                           directory=directory)
 
@@ -737,7 +744,7 @@ def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError)
     if found.where == "unknown":
         found = replace(found, cause="the request failed", remedy="retried automatically" if retryable else
                         "check the bucket, its permissions and the store's credentials and endpoint")
-    return kind(f"{what} failed: {found.cause} ({type(exc).__name__}: {exc}); "
+    return kind(f"{what} failed: {found.cause} ({_said(exc)}); "
                 f"{'transient, retried' if retryable else 'not retried: a retry cannot fix this'}",
                 retryable=retryable, remedy=found.remedy, cause=found.cause)
 
@@ -857,7 +864,7 @@ class S3Upload:
                 self.store.abort_stale_uploads(self.key)
             except Exception as exc:  # noqa: BLE001 - the original failure matters more
                 text = (f"cleanup: could not look for an upload of {self.store.uri(self.key)} that may have been "
-                        f"created ({type(exc).__name__}: {exc}); the next archive of this key removes it")
+                        f"created ({_said(exc)}); the next archive of this key removes it")
                 log.warning(text)
                 _note(original, text)
         self._close_fd()
@@ -1104,7 +1111,7 @@ class S3Upload:
             if _code(exc) == "NoSuchUpload":
                 return
             text = (f"cleanup: could not abort multipart upload of {self.store.uri(self.key)} "
-                    f"({type(exc).__name__}: {exc}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
+                    f"({_said(exc)}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
                     "or the next archive of this key removes its parts")
             log.warning(text)
             _note(original, text)
