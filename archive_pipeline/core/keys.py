@@ -124,6 +124,11 @@ def key_collisions(tables: list[tuple[str, str, str, str, str, str, str, str]]) 
     return problems
 
 
+def _dot_segment(key: str) -> str | None:
+    """``.`` or ``..`` where one is a whole part of ``key`` between slashes (a table named ``x/../y``)."""
+    return next((part for part in key.split("/") if part in (".", "..")), None)
+
+
 def _split_prefixes(key: str) -> Iterator[tuple[str, str]]:
     """(prefix, rest) for every way ``key`` reads as ``<prefix>/<rest>``, the empty prefix first."""
     yield "", key
@@ -156,6 +161,14 @@ def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], pre
             shown = key
             if key.endswith(MANIFEST_SUFFIX):
                 problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which ends like a manifest")
+                break
+            dots = _dot_segment(key)
+            if dots:
+                problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, with {dots!r} as a whole part "
+                                "between slashes: tools that read keys as paths (aws s3 sync to a directory, s3fs) "
+                                "resolve it, so the day lands outside its table's folder or on another table's file, "
+                                "and MinIO refuses such a key; rename the table in the database, or change "
+                                "key_template so no part between slashes is '.' or '..'")
                 break
             if _GENERATION_LIKE.match(key.rpartition("/")[2]):
                 problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which looks like a later "
