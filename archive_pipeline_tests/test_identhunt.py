@@ -103,3 +103,37 @@ def test_names_with_dots_slashes_and_braces_that_make_no_dot_part_still_load():
     names = ["s.a..b/..x", "s.{table}/{date}", "s.x/.y./z.", "s.1st/select"]
     config = parse_config({"tables": [{"name": n, "day_column": "at", "start_date": "2024-03-01"} for n in names]})
     assert [s.name for s in config.tables] == names
+
+
+def test_a_configured_name_that_differs_from_the_catalogs_in_case_or_normal_form_is_refused_naming_the_catalogs(
+        conn, schema):
+    """``public.events`` for ``Events``, or ``café`` typed on one system (NFC) for the catalog's ``café``
+    copied from another (NFD), was refused as "does not exist" (or "has no column 'Créé'; columns are
+    ['Créé']"): the message showed two names a reader cannot tell apart. It now names the catalog's
+    spelling and how it differs; a schema whose name holds a dot is named as such."""
+    from archive_pipeline.core.errors import SourceError
+    from archive_pipeline.core.source import describe_table
+
+    nfc, nfd = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
+    dotted = f"{schema}.d"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(dotted)))
+    try:
+        for table in ("Events", nfd, "in dotted"):
+            conn.execute(sql.SQL("CREATE TABLE {} ({} date)").format(
+                sql.Identifier(dotted if table == "in dotted" else schema, table), sql.Identifier(nfd)))
+        for wanted, says in ((f"{schema}.events", f"the table '{schema}.Events', which differs from it only in case"),
+                             (f"{schema}.{nfc}", f"the table '{schema}.{nfd}', which differs from it only in how its "
+                                                 f"letters are encoded (Unicode NFC against NFD: {ascii(f'{schema}.{nfd}')}"),
+                             (f"{dotted}.in dotted", f"the table 'in dotted' in the schema '{dotted}'")):
+            with pytest.raises(SourceError) as refused:
+                describe_table(conn, wanted, None)
+            assert "does not exist" in str(refused.value) and says in str(refused.value), str(refused.value)
+        with pytest.raises(SourceError) as refused:
+            describe_table(conn, f"{schema}.Events", nfc)
+        assert f"has no column {nfc!r}" in str(refused.value)
+        assert "the catalog has the column" in str(refused.value) and ascii(nfd) in str(refused.value)
+        with pytest.raises(SourceError) as refused:
+            describe_table(conn, f"{schema}.nothing_like_it", None)
+        assert "the catalog has" not in str(refused.value)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(dotted)))

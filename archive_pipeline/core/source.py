@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import queue
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -236,6 +237,56 @@ def unquoted_hint(schema: str, name: str) -> str:
     return f"; write it without SQL's double quotes: {schema.strip(chr(34))}.{name.strip(chr(34))}"
 
 
+# Relations whose qualified name equals the one looked for but for case or Unicode normal form (only
+# read when the name was not found, to say which one the configuration probably means)
+_LOOKALIKE_QUERY = """
+SELECT n.nspname::text, c.relname::text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND pg_catalog.lower(n.nspname || '.' || c.relname) = ANY(SELECT pg_catalog.lower(x) FROM unnest(%s::text[]) x)
+ORDER BY 1, 2 LIMIT 3
+"""
+
+
+def _differs(wanted: str, found: str) -> str | None:
+    """How ``found`` differs from ``wanted`` where a reader sees one name: in case, or in Unicode normal
+    form (``é`` as one code point, NFC, or as ``e`` and a combining accent, NFD: a name typed on one
+    system and copied from another); None where they differ otherwise (or not at all)."""
+    nfc = [unicodedata.normalize("NFC", t) for t in (wanted, found)]
+    how = [what for what, same in (("only in how its letters are encoded (Unicode NFC against NFD: {})",
+                                    nfc[0] == nfc[1]),
+                                   ("only in case", wanted.casefold() == found.casefold()),
+                                   ("in case and in how its letters are encoded (Unicode NFC against NFD: {})",
+                                    nfc[0].casefold() == nfc[1].casefold())) if same and wanted != found]
+    return how[0].format(f"{ascii(found)} against {ascii(wanted)}") if how else None
+
+
+def lookalike_hint(wanted: str, names: Sequence[str], what: str) -> str:
+    """"; the catalog has the <what> <name>, which differs from it only in case" for a name in ``names``
+    that is ``wanted`` to a reader, else ""."""
+    for name in names:
+        how = _differs(wanted, name)
+        if how:
+            return f"; the catalog has the {what} {name!r}, which differs from it {how}: write it as the catalog spells it"
+    return ""
+
+
+def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
+    """A hint naming the relation the configuration probably means: one whose name differs in case or
+    normal form, or one whose schema holds a dot (the configuration splits a name at its first dot)."""
+    forms = sorted({unicodedata.normalize(form, qualified_name) for form in ("NFC", "NFD")})
+    try:
+        with conn.transaction():  # a savepoint inside the caller's snapshot: a failed lookup leaves it usable
+            found = conn.execute(_LOOKALIKE_QUERY, (forms,)).fetchall()
+    except psycopg.Error:  # (a database whose encoding cannot hold the name): no hint, the error stands
+        return ""
+    split = next(((schema, name) for schema, name in found if f"{schema}.{name}" == qualified_name), None)
+    if split:
+        return (f"; the catalog has the table {split[1]!r} in the schema {split[0]!r}, and a name is split at its "
+                "first dot: a table of a schema whose name holds a dot cannot be archived (rename the schema)")
+    return lookalike_hint(qualified_name, [f"{schema}.{name}" for schema, name in found], "table")
+
+
 def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None) -> SourceTable:
     """Look the table up in the catalog (by parameters, never by formatting names into SQL)."""
     schema, _, name = qualified_name.partition(".")
@@ -243,7 +294,8 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
-            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}",
+            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}"
+            f"{_table_lookalikes(conn, qualified_name)}",
             table=qualified_name, retryable=False, cause=TABLE_MISSING,
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
@@ -267,7 +319,9 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     day = by_name.get(day_column)
     if day is None:
         raise SourceError(f"table {qualified_name!r} has no column {day_column!r} (day_column); "
-                          f"columns are {[c.name for c in columns]}", table=qualified_name, retryable=False)
+                          f"columns are {[c.name for c in columns]}"
+                          f"{lookalike_hint(day_column, [c.name for c in columns], 'column')}",
+                          table=qualified_name, retryable=False)
     if day.base_type not in DAY_COLUMN_TYPES or day.is_array:
         raise SourceError(f"day_column {day_column!r} of {qualified_name!r} is {day.type_name}; "
                           "it must be date, timestamp or timestamptz", table=qualified_name, retryable=False)
