@@ -47,6 +47,7 @@ from archive_pipeline.core.environment import (
 from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
 
@@ -284,8 +285,9 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             table_names = [_utf8(name) for name in table_names]
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
+                hints = "".join(lookalike_hint(n, sorted(by_name), "table", "the configuration") for n in unknown)
                 raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
-                                       f"{sorted(by_name)}")
+                                       f"{sorted(by_name)}{hints}")
             tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
             run = Run(config, tables, first, last, as_json)
             fn(run, **kwargs)

@@ -10,16 +10,23 @@ naming the table and why.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import unicodedata
+from pathlib import Path
 
 import pytest
+import yaml
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import ConfigError, parse_config
+from archive_pipeline.core.errors import SourceError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.plan import compare_days, day_statuses
 from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.source import describe_table
 from archive_pipeline.core.verify import deep_verify
 
 DAY = dt.date(2024, 3, 10)
@@ -111,9 +118,6 @@ def test_a_configured_name_that_differs_from_the_catalogs_in_case_or_normal_form
     copied from another (NFD), was refused as "does not exist" (or "has no column 'Créé'; columns are
     ['Créé']"): the message showed two names a reader cannot tell apart. It now names the catalog's
     spelling and how it differs; a schema whose name holds a dot is named as such."""
-    from archive_pipeline.core.errors import SourceError
-    from archive_pipeline.core.source import describe_table
-
     nfc, nfd = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
     dotted = f"{schema}.d"
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(dotted)))
@@ -137,3 +141,17 @@ def test_a_configured_name_that_differs_from_the_catalogs_in_case_or_normal_form
         assert "the catalog has" not in str(refused.value)
     finally:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(dotted)))
+
+
+def test_a_table_named_on_the_command_line_in_another_normal_form_is_told_the_configurations_spelling(tmp_path):
+    """`--table s.café` typed as NFC for the configuration's NFD `s.café` (a name copied from a file name on
+    macOS) said "table(s) ['s.café'] are not in the configuration; configured: ['s.café']"."""
+    nfc, nfd = (unicodedata.normalize(form, "s.café") for form in ("NFC", "NFD"))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [{"name": nfd, "day_column": "at", "start_date": "2024-03-01"}]},
+                                     allow_unicode=True), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "list", "--config", str(config), "--table",
+                           nfc], capture_output=True, text=True, encoding="utf-8", timeout=60,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "COLUMNS": "250"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "the configuration has the table" in done.stderr and ascii(nfd) in done.stderr, done.stderr

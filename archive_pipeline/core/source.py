@@ -261,13 +261,13 @@ def _differs(wanted: str, found: str) -> str | None:
     return how[0].format(f"{ascii(found)} against {ascii(wanted)}") if how else None
 
 
-def lookalike_hint(wanted: str, names: Sequence[str], what: str) -> str:
+def lookalike_hint(wanted: str, names: Sequence[str], what: str, where: str = "the catalog") -> str:
     """"; the catalog has the <what> <name>, which differs from it only in case" for a name in ``names``
     that is ``wanted`` to a reader, else ""."""
     for name in names:
         how = _differs(wanted, name)
         if how:
-            return f"; the catalog has the {what} {name!r}, which differs from it {how}: write it as the catalog spells it"
+            return f"; {where} has the {what} {name!r}, which differs from it {how}: write it as {where} spells it"
     return ""
 
 
@@ -287,15 +287,18 @@ def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
     return lookalike_hint(qualified_name, [f"{schema}.{name}" for schema, name in found], "table")
 
 
-def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None) -> SourceTable:
-    """Look the table up in the catalog (by parameters, never by formatting names into SQL)."""
+def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None, *,
+                   lookalikes: bool = True) -> SourceTable:
+    """Look the table up in the catalog (by parameters, never by formatting names into SQL). A table not
+    found is looked for once more, spelled otherwise, unless ``lookalikes`` is False (a naming-mode
+    period's table, which is missing for every period not created yet)."""
     schema, _, name = qualified_name.partition(".")
     row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
             f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}"
-            f"{_table_lookalikes(conn, qualified_name)}",
+            f"{_table_lookalikes(conn, qualified_name) if lookalikes else ''}",
             table=qualified_name, retryable=False, cause=TABLE_MISSING,
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
