@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -27,6 +28,8 @@ from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.plan import compare_days, day_statuses
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.source import describe_table
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline_tests.fault_proxy import FaultProxy
 from archive_pipeline.core.verify import deep_verify
 
 DAY = dt.date(2024, 3, 10)
@@ -54,9 +57,16 @@ def _hostile_table(conn, schema: str, fmt: str) -> tuple[sql.Identifier, dict]:
                    "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": "delete"}}
 
 
+@pytest.fixture
+def proxied(s3, bucket):
+    """The test's bucket through the fault proxy (no fault): keys travel through one more HTTP hop."""
+    with FaultProxy(s3.endpoint_url) as proxy:
+        yield proxy, S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_names_with_percent_quotes_and_non_ascii_round_trip_through_restore_verify_and_removal(
-        fmt, conn, schema, store, temp_dir):
+        fmt, conn, schema, proxied, s3_client, bucket, temp_dir):
     """Every step of a day's life on the hostile table, in each format. Was: a JSONL restore or deep
     verification of a table with a column named ``%s`` failed ("the query has 2 placeholders but 1 parameters
     were passed"; named ``%(x)s``: "positional and named placeholders cannot be mixed"), naming the first
@@ -67,7 +77,12 @@ def test_names_with_percent_quotes_and_non_ascii_round_trip_through_restore_veri
     try:
         table, entry = _hostile_table(conn, odd_schema, fmt)
         spec = parse_config({"tables": [entry]}).tables[0]
-        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        proxy, store = proxied
+        key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
+        assert key.startswith(f"archive/{odd_schema}.{TABLE}/2024/03/2024-03-10.")
+        listed = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]  # moto, not the proxy
+        assert sorted(listed) == [key, key + ".manifest.json"]
+        assert proxy.requests(method="PUT", path=re.escape(f"/{bucket}/{key}") + "$")
         assert [c.result for c in compare_days(conn, spec, store, [DAY])] == ["equal"]
         assert [s.state for s in day_statuses(conn, spec, store, [DAY])] == ["archived"]
         assert deep_verify(conn, store, spec, DAY) == []
