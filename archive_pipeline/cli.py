@@ -226,25 +226,36 @@ def _for_the_cli(text: str) -> str:
     return text
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but line feed and tab, DEL, C1
+
+
+def _printable(text: str) -> str:
+    """``text`` for a terminal, its control characters shown escaped (``\\x1b``): names and values come from
+    the database, and a table named ``ev\\x1b[2J`` cleared the screen of whoever listed it (rich drops a
+    carriage return or a bell, not an escape)."""
+    return _CONTROL.sub(lambda found: ascii(found[0])[1:-1], text)
+
+
 class _CliConsole(Console):
-    """A console that prints core messages in the command line's words (:func:`_for_the_cli`)."""
+    """A console that prints core messages in the command line's words (:func:`_for_the_cli`), control
+    characters escaped (:func:`_printable`)."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(_for_the_cli(o) if isinstance(o, str) else o for o in objects), **kwargs)
+        super().print(*(_printable(_for_the_cli(o)) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
 class _CliTable(Table):
     """A table whose cells (a note, a reason) are core messages in the command line's words too."""
 
     def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-        super().add_row(*(_for_the_cli(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+        super().add_row(*(_printable(_for_the_cli(r)) if isinstance(r, str) else r for r in renderables), **kwargs)
 
 
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
     message = _for_the_cli(message)
     if as_json:
         click.echo(json.dumps({"ok": False, "exit_code": code, "error": message, "retryable": retryable}, indent=2))
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -295,7 +306,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             raise
         except Failed as exc:
             if str(exc):
-                click.echo(str(exc), err=True)
+                click.echo(_printable(str(exc)), err=True)
             sys.exit(EXIT_DIFFERENCES)
         except ConfigError as exc:
             _fail(as_json, EXIT_USAGE, str(exc), False)
@@ -759,7 +770,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_DIFFERENCES)
     run.emit(payload, render)
     if failure is not None:
-        click.echo(f"error: {payload['error']}" + ("; the days listed above stay restored" if results else ""), err=True)
+        click.echo(f"error: {_printable(payload['error'])}" + ("; the days listed above stay restored" if results else ""), err=True)
         sys.exit(payload["exit_code"])
     if missing:
         raise Failed("some requested days have no archive (see `archive-pipeline list`)")

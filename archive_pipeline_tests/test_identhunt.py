@@ -158,15 +158,33 @@ def test_a_configured_name_that_differs_from_the_catalogs_in_case_or_normal_form
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(dotted)))
 
 
-def test_a_table_named_on_the_command_line_in_another_normal_form_is_told_the_configurations_spelling(tmp_path):
-    """`--table s.café` typed as NFC for the configuration's NFD `s.café` (a name copied from a file name on
-    macOS) said "table(s) ['s.café'] are not in the configuration; configured: ['s.café']"."""
-    nfc, nfd = (unicodedata.normalize(form, "s.café") for form in ("NFC", "NFD"))
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, capture_output=True,
+                          text=True, encoding="utf-8", timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def test_the_command_line_escapes_control_characters_and_names_a_tables_other_spelling(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """PostgreSQL allows any character but NUL in a quoted name: `list` printed the table `ev<ESC>[2J<BEL>` as
+    it is, and the terminal of whoever listed the tables cleared its screen (rich drops BEL and CR, not ESC);
+    names are shown escaped now (the JSON output, which escapes them itself, is unchanged). And `--table s.café` typed as NFC for
+    the configuration's NFD `s.café` (copied from a file name on macOS) said "table(s) ['s.café'] are not in
+    the configuration; configured: ['s.café']"; it now names the configuration's spelling."""
+    name = "ev\x1b[2J\x07\x9b"
+    nfc, nfd = (unicodedata.normalize(form, f"{schema}.café") for form in ("NFC", "NFD"))
+    conn.execute(sql.SQL("CREATE TABLE {} (at date)").format(sql.Identifier(schema, name)))
     config = tmp_path / "tables.yaml"
-    config.write_text(yaml.safe_dump({"tables": [{"name": nfd, "day_column": "at", "start_date": "2024-03-01"}]},
-                                     allow_unicode=True), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "list", "--config", str(config), "--table",
-                           nfc], capture_output=True, text=True, encoding="utf-8", timeout=60,
-                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "COLUMNS": "250"})
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert "the configuration has the table" in done.stderr and ascii(nfd) in done.stderr, done.stderr
+    config.write_text(yaml.safe_dump({"tables": [{"name": n, "day_column": "at", "start_date": "2024-03-01"}
+                                                 for n in (f"{schema}.{name}", nfd)]}, allow_unicode=True),
+                      encoding="utf-8")
+    env = {**os.environ, "ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
+           "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_PREFIX": "archive", "COLUMNS": "250"}
+    shown = _cli(env, "list", "--day", "2024-03-10", "--table", f"{schema}.{name}").stdout
+    assert f"{schema}.ev\\x1b[2J\\x07\\x9b" in shown and not any(c in shown for c in "\x1b\x07\x9b"), repr(shown)
+
+    refused = _cli(env, "list", "--table", nfc)
+    assert refused.returncode == 2, refused.stderr
+    assert "the configuration has the table" in refused.stderr and ascii(nfd) in refused.stderr, refused.stderr
+    assert not any(c in refused.stderr for c in "\x1b\x07\x9b"), repr(refused.stderr)
