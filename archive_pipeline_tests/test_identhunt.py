@@ -188,3 +188,31 @@ def test_the_command_line_escapes_control_characters_and_names_a_tables_other_sp
     assert refused.returncode == 2, refused.stderr
     assert "the configuration has the table" in refused.stderr and ascii(nfd) in refused.stderr, refused.stderr
     assert not any(c in refused.stderr for c in "\x1b\x07\x9b"), repr(refused.stderr)
+
+
+def test_the_grant_a_refused_removal_names_works_pasted_as_it_is(conn, schema, store, temp_dir):
+    """A delete refused for lack of the DELETE privilege said `to fix: GRANT DELETE ON s.Nasty Events TO App
+    Remover.é`: the table and the role unquoted (and a role holding a dot would have been split like a table),
+    which PostgreSQL refuses. Pasted as it is, the remedy now grants it, and the removal goes through."""
+    from archive_pipeline.core.lifecycle import RemovalRefused
+
+    role, table = f"App Remover.é {schema}", sql.Identifier(schema, "Nasty Events")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10'), ('2024-03-10')").format(table))
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(role)))
+        spec = parse_config({"tables": [{"name": f"{schema}.Nasty Events", "day_column": "at", "start_date": "2024-03-01",
+                                         "retention": {"keep_days": 1, "action": "delete"}}]}).tables[0]
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        with pytest.raises(RemovalRefused) as refused:
+            remove_day(conn, spec, DAY, store, dry_run=True)
+        conn.execute("RESET ROLE")
+        conn.execute(refused.value.remedy)  # as the user would paste it
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        assert remove_day(conn, spec, DAY, store, dry_run=True).rows == 2
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))

@@ -574,18 +574,19 @@ def classify(exc: BaseException, *, table: str | None = None, user: str | None =
             break
         current = current.__cause__ or current.__context__
     result = found or _UNKNOWN
-    remedy = result.remedy.replace("<table>", _sql_name(table) if table else "<table>")
-    remedy = remedy.replace("<role>", _sql_name(user) if user else "<role>")
+    remedy = result.remedy.replace("<table>", sql_name(table) if table else "<table>")
+    remedy = remedy.replace("<role>", sql_name(user, qualified=False) if user else "<role>")
     return Classification(result.retryable, result.cause, remedy, result.where, result.sqlstate)
 
 
-def _sql_name(name: str) -> str:
-    """``name`` (a role, or ``schema.table`` split at its first dot) as a statement to paste needs it: as it
-    is where PostgreSQL reads it back unchanged, else double-quoted (``"Mixed Case"."Nasty Events"``)."""
+def sql_name(name: str, *, qualified: bool = True) -> str:
+    """``name`` (``schema.table`` split at its first dot, or with ``qualified=False`` a role, whose name may
+    hold a dot) as a statement to paste needs it: as it is where PostgreSQL reads it back unchanged, else
+    double-quoted (``"Mixed Case"."Nasty Events"``)."""
     def part(text: str) -> str:
         return text if re.fullmatch(r"[a-z_][a-z0-9_$]*", text) else '"' + text.replace('"', '""') + '"'
 
-    return ".".join(part(p) for p in name.split(".", 1))
+    return ".".join(part(p) for p in (name.split(".", 1) if qualified else [name]))
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -645,8 +646,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         return exc
     found = classify(exc, table=table, user=user)
     if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
-        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", _sql_name(table))
-                        .replace("<role>", _sql_name(user) if user else "<role>"))
+        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table))
+                        .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)

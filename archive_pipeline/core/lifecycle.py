@@ -36,7 +36,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
-from archive_pipeline.core.errors import ArchiveError, wrap
+from archive_pipeline.core.errors import ArchiveError, sql_name, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
@@ -761,7 +761,8 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
         if not allowed:
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: the role {role} may not "
                                  f"DELETE from {table.qualified}", table=spec.name, day=day.isoformat(),
-                                 cause="permission denied", remedy=f"GRANT DELETE ON {table.qualified} TO {role}")
+                                 cause="permission denied", remedy=f"GRANT DELETE ON {sql_name(table.qualified)} "
+                                                                   f"TO {sql_name(role, qualified=False)}")
         return
     needed = [table, target] if spec.partitioning.mode == "declarative" else [target]
     for relation in needed:
@@ -772,7 +773,8 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
                                  f"{relation.qualified} ({owner}) may {action} it, and the role {role} is not a member "
                                  f"of {owner}", table=spec.name, day=day.isoformat(), cause="permission denied",
-                                 remedy=f"remove the day as its owner, {owner}, or GRANT {owner} TO {role}")
+                                 remedy=f"remove the day as its owner, {owner}, or GRANT {sql_name(owner, qualified=False)} "
+                                        f"TO {sql_name(role, qualified=False)}")
 
 
 # What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, other tables'

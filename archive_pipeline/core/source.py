@@ -23,7 +23,7 @@ try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _f
 except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
-from archive_pipeline.core.errors import TABLE_MISSING, SourceError
+from archive_pipeline.core.errors import TABLE_MISSING, SourceError, sql_name
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
@@ -732,7 +732,7 @@ def pending_detach_error(table: str, relation: str, parent: str) -> SourceError:
         f"interrupted): {table} no longer reads its rows, which are not yet a table of their own", retryable=True,
         cause="a partition of the day is pending detach",
         remedy=f"if no such DETACH is running, finish the interrupted one: ALTER TABLE {parent} DETACH PARTITION "
-               f"{relation} FINALIZE (its rows then leave {table} for a table of their own: archive that one as a "
+               f"{sql_name(relation)} FINALIZE (its rows then leave {table} for a table of their own: archive that one as a "
                "table if they are to be kept)")
 
 
