@@ -24,7 +24,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import ConfigError, parse_config
 from archive_pipeline.core.errors import SourceError
-from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
 from archive_pipeline.core.plan import compare_days, day_statuses
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.source import describe_table
@@ -190,13 +190,14 @@ def test_the_command_line_escapes_control_characters_and_names_a_tables_other_sp
     assert not any(c in refused.stderr for c in "\x1b\x07\x9b"), repr(refused.stderr)
 
 
-def test_the_grant_a_refused_removal_names_works_pasted_as_it_is(conn, schema, store, temp_dir):
+@pytest.mark.parametrize("role", ["App Remover.é {schema}", "user"])
+def test_the_grant_a_refused_removal_names_works_pasted_as_it_is(role, conn, schema, store, temp_dir):
     """A delete refused for lack of the DELETE privilege said `to fix: GRANT DELETE ON s.Nasty Events TO App
     Remover.é`: the table and the role unquoted (and a role holding a dot would have been split like a table),
-    which PostgreSQL refuses. Pasted as it is, the remedy now grants it, and the removal goes through."""
-    from archive_pipeline.core.lifecycle import RemovalRefused
-
-    role, table = f"App Remover.é {schema}", sql.Identifier(schema, "Nasty Events")
+    which PostgreSQL refuses, as it refuses `TO user` for the role `user` (a key word). Pasted as it is, the
+    remedy now grants it, and the removal goes through."""
+    role, table = role.format(schema=schema), sql.Identifier(schema, "Nasty Events")
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     conn.execute(sql.SQL("CREATE TABLE {} (at date)").format(table))
     conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10'), ('2024-03-10')").format(table))
     conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))

@@ -579,12 +579,26 @@ def classify(exc: BaseException, *, table: str | None = None, user: str | None =
     return Classification(result.retryable, result.cause, remedy, result.where, result.sqlstate)
 
 
+# PostgreSQL's reserved key words (pg_get_keywords() catcode R and T, 16) and the role names a GRANT reads as
+# special (PUBLIC, NONE): a name that is one of them is quoted (``GRANT ... TO user`` is a syntax error)
+_KEYWORDS = frozenset("""
+all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation column
+concurrently constraint create cross current_catalog current_date current_role current_schema current_time
+current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze from
+full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit
+localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references
+returning right select session_user similar some symmetric system_user table tablesample then to trailing true union
+unique user using variadic verbose when where window with public none
+""".split())
+
+
 def sql_name(name: str, *, qualified: bool = True) -> str:
     """``name`` (``schema.table`` split at its first dot, or with ``qualified=False`` a role, whose name may
     hold a dot) as a statement to paste needs it: as it is where PostgreSQL reads it back unchanged, else
-    double-quoted (``"Mixed Case"."Nasty Events"``)."""
+    double-quoted (``"Mixed Case"."Nasty Events"``, ``"user"``)."""
     def part(text: str) -> str:
-        return text if re.fullmatch(r"[a-z_][a-z0-9_$]*", text) else '"' + text.replace('"', '""') + '"'
+        plain = re.fullmatch(r"[a-z_][a-z0-9_$]*", text) and text not in _KEYWORDS
+        return text if plain else '"' + text.replace('"', '""') + '"'
 
     return ".".join(part(p) for p in (name.split(".", 1) if qualified else [name]))
 
