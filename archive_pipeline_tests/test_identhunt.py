@@ -13,6 +13,7 @@ import datetime as dt
 import re
 import unicodedata
 
+import psycopg
 import pytest
 import yaml
 from click.testing import CliRunner, Result
@@ -224,3 +225,28 @@ def test_the_grant_a_refused_removal_names_works_pasted_as_it_is(role, conn, sch
     finally:
         conn.execute("RESET ROLE")
         conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
+
+
+def test_non_ascii_names_in_a_latin1_database(pg, conn, store, temp_dir):
+    """A LATIN1 database holds ``Ünï.événements`` too. Was: every archive there failed (the archiver's own
+    type walk sent an arrow, which LATIN1 has not: UntranslatableCharacter), Parquet's ADBC session read the
+    query's UTF-8 name as LATIN1 ("relation ... does not exist"), a removal failed with a UnicodeDecodeError
+    reading its plan, and a configured name LATIN1 cannot hold escaped as a bare UnicodeEncodeError."""
+    database = f"latin1_{conn.info.backend_pid}"
+    conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+        sql.Identifier(database)))
+    try:
+        with psycopg.connect(pg.dsn_for("postgres", database=database), autocommit=True) as latin:
+            latin.execute('CREATE SCHEMA "Ünï"; CREATE TABLE "Ünï"."événements %s" ("créé" date, "ñ" text)')
+            latin.execute("""INSERT INTO "Ünï"."événements %s" VALUES ('2024-03-10', 'àÿ'), ('2024-03-10', NULL)""")
+            for fmt in ("parquet", "jsonl"):
+                spec = parse_config({"tables": [{"name": "Ünï.événements %s", "day_column": "créé", "format": fmt,
+                                                 "start_date": "2024-03-01",
+                                                 "retention": {"keep_days": 1, "action": "delete"}}]}).tables[0]
+                assert archive_partition(latin, spec, DAY, store, temp_dir=temp_dir, overwrite=True).rows == 2
+            assert restore_day(latin, store, spec, DAY, into="new", target="Ünï.back", temp_dir=temp_dir).rows == 2
+            assert remove_day(latin, spec, DAY, store).rows == 2
+            with pytest.raises(SourceError, match="cannot exist in this database: its encoding, LATIN1, has no '日'"):
+                describe_table(latin, "Ünï.日本", None)
+    finally:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))

@@ -41,7 +41,7 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, pending_detach_error,
+from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, explain, pending_detach_error,
                                           server_identity)
 from archive_pipeline.core.store import CorruptedWrite, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
@@ -669,9 +669,8 @@ def _reached(conn: psycopg.Connection, table: SourceTable, day: Period) -> list[
     pruning partitions by the day's bounds. PostgreSQL checks each of them when the DELETE starts, holding rows of
     the day or not (a partition of a table partitioned by another column, or one whose bounds overlap the day
     while its rows are all of other days, is not pruned)."""
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
-        table.identifier, day_filter(table, day))).fetchone()[0]
-    found, nodes = [], [plan[0]["Plan"]]
+    found, nodes = [], [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
+        table.identifier, day_filter(table, day)))]
     while nodes:
         node = nodes.pop()
         nodes.extend(node.get("Plans", []))

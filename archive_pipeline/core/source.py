@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import queue
 import threading
 import unicodedata
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _fast_reader)
     from psycopg.generators import _fetch_many
@@ -186,14 +188,16 @@ INNER_TYPES = (*sorted(WRITE_ONLY_TYPES), "regproc", "regoper")
 # Every column's type walked as a tree, in one query: a domain to its base type, an array to its
 # element type, a composite to its fields' types, a range to its subtype, a multirange to its range.
 # A composite cannot contain itself (PostgreSQL refuses it), so the walk ends; the depth bound is a guard.
+# The route's steps are joined here, not in SQL: the statement stays ASCII, which a database whose encoding
+# has no arrow (LATIN1) can read (an arrow in it failed every archive there: UntranslatableCharacter).
 _INNER_QUERY = """
 WITH RECURSIVE walk(attnum, oid, steps, route, depth) AS (
-    SELECT a.attnum, a.atttypid, ARRAY[]::text[], pg_catalog.format_type(a.atttypid, NULL), 0
+    SELECT a.attnum, a.atttypid, ARRAY[]::text[], ARRAY[pg_catalog.format_type(a.atttypid, NULL)], 0
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
     UNION ALL
     SELECT w.attnum, c.oid, w.steps || (c.step COLLATE "default"),
-           w.route || ' → ' || (c.label COLLATE "default") || pg_catalog.format_type(c.oid, NULL),
+           w.route || ((c.label COLLATE "default") || pg_catalog.format_type(c.oid, NULL)),
            w.depth + 1
     FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
     CROSS JOIN LATERAL (
@@ -225,7 +229,7 @@ def inner_types(conn: psycopg.Connection, oid: int) -> dict[int, tuple[InnerType
     query = _INNER_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
     found: dict[int, list[InnerType]] = {}
     for attnum, name, steps, route in conn.execute(query, {"oid": oid, "types": list(INNER_TYPES)}):
-        found.setdefault(attnum, []).append(InnerType(name, tuple(steps), route))
+        found.setdefault(attnum, []).append(InnerType(name, tuple(steps), " → ".join(route)))
     return {attnum: tuple(types) for attnum, types in found.items()}
 
 
@@ -278,7 +282,7 @@ def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
     try:
         with conn.transaction():  # a savepoint inside the caller's snapshot: a failed lookup leaves it usable
             found = conn.execute(_LOOKALIKE_QUERY, (forms,)).fetchall()
-    except psycopg.Error:  # (a database whose encoding cannot hold the name): no hint, the error stands
+    except (psycopg.Error, UnicodeError):  # (a database whose encoding cannot hold the name): no hint
         return ""
     split = next(((schema, name) for schema, name in found if f"{schema}.{name}" == qualified_name), None)
     if split:
@@ -293,7 +297,14 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     found is looked for once more, spelled otherwise, unless ``lookalikes`` is False (a naming-mode
     period's table, which is missing for every period not created yet)."""
     schema, _, name = qualified_name.partition(".")
-    row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
+    try:
+        row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
+    except UnicodeEncodeError as exc:  # psycopg encodes the name in the session's encoding before sending it
+        raise SourceError(f"table {qualified_name!r} cannot exist in this database: its encoding, "
+                          f"{conn.info.parameter_status('client_encoding')}, has no {exc.object[exc.start]!r}", table=qualified_name,
+                          retryable=False, cause=TABLE_MISSING,
+                          remedy="check the table's name in the YAML configuration and the database in "
+                                 "ARCHIVE_PG_DSN") from None
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
@@ -669,13 +680,21 @@ def _changed_under_snapshot(table: SourceTable, what: str) -> SourceError:
                "DDL outside its archive runs")
 
 
+def explain(conn: psycopg.Connection, query: sql.Composable) -> dict:
+    """The top plan node of ``EXPLAIN (FORMAT JSON ...) query``. Read as text in the session's encoding:
+    psycopg's json loader reads UTF-8 only, and in a LATIN1 database a name like ``événements`` in the plan
+    failed the removal with a UnicodeDecodeError."""
+    with conn.cursor() as cur:
+        cur.adapters.register_loader("json", TextLoader)
+        return json.loads(cur.execute(query).fetchone()[0])[0]["Plan"]
+
+
 def _relations_read(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> set[tuple[str, str]]:
     """(schema, name) of every relation the day's query reads, as planned now (partitions pruned):
     another day's partition emptied meanwhile is no change of this day."""
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT 1 FROM {} WHERE {}").format(
-        table.identifier, where)).fetchone()[0]
     found: set[tuple[str, str]] = set()
-    nodes = [plan[0]["Plan"]]
+    nodes = [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT 1 FROM {} WHERE {}").format(
+        table.identifier, where))]
     while nodes:
         node = nodes.pop()
         if "Relation Name" in node:
@@ -739,9 +758,8 @@ def pending_detach_error(table: str, relation: str, parent: str) -> SourceError:
 def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
     """The planner's estimate of the day's rows (one EXPLAIN: no row is read; as good as the table's
     statistics, so only for choosing how to read, never for what was read)."""
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {} WHERE {}").format(
-        table.identifier, where)).fetchone()[0]
-    return int(plan[0]["Plan"]["Plan Rows"])
+    return int(explain(conn, sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {} WHERE {}").format(
+        table.identifier, where))["Plan Rows"])
 
 
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
