@@ -250,3 +250,17 @@ def test_non_ascii_names_in_a_latin1_database(pg, conn, store, temp_dir):
                 describe_table(latin, "Ünï.日本", None)
     finally:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def test_the_sample_events_fill_a_schema_with_percent_in_its_name(conn, schema):
+    """`create_sample_events` (the demo's and the tests' table) bound the day and row count in a statement that
+    named the schema: a schema named `Ünï 100%s` failed with "the query has 3 placeholders but 2 parameters"."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    odd = f"{schema} Ünï 100%s"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(odd)))
+    try:
+        create_sample_events(conn, [DAY], 5, schema=odd)
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(odd, "events"))).fetchone()[0] == 5
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(odd)))
