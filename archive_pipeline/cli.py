@@ -770,7 +770,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_DIFFERENCES)
     run.emit(payload, render)
     if failure is not None:
-        click.echo(f"error: {_printable(payload['error'])}" + ("; the days listed above stay restored" if results else ""), err=True)
+        kept = "; the days listed above stay restored" if results else ""
+        click.echo(f"error: {_printable(payload['error'])}{kept}", err=True)
         sys.exit(payload["exit_code"])
     if missing:
         raise Failed("some requested days have no archive (see `archive-pipeline list`)")

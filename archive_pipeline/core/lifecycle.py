@@ -41,8 +41,8 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, explain, pending_detach_error,
-                                          server_identity)
+from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, explain,
+                                          pending_detach_error, server_identity)
 from archive_pipeline.core.store import CorruptedWrite, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -772,8 +772,8 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
                                  f"{relation.qualified} ({owner}) may {action} it, and the role {role} is not a member "
                                  f"of {owner}", table=spec.name, day=day.isoformat(), cause="permission denied",
-                                 remedy=f"remove the day as its owner, {owner}, or GRANT {sql_name(owner, qualified=False)} "
-                                        f"TO {sql_name(role, qualified=False)}")
+                                 remedy=f"remove the day as its owner, {owner}, or GRANT "
+                                        f"{sql_name(owner, qualified=False)} TO {sql_name(role, qualified=False)}")
 
 
 # What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, other tables'

@@ -300,9 +300,9 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     try:
         row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
     except UnicodeEncodeError as exc:  # psycopg encodes the name in the session's encoding before sending it
-        raise SourceError(f"table {qualified_name!r} cannot exist in this database: its encoding, "
-                          f"{conn.info.parameter_status('client_encoding')}, has no {exc.object[exc.start]!r}", table=qualified_name,
-                          retryable=False, cause=TABLE_MISSING,
+        encoding = conn.info.parameter_status("client_encoding")
+        raise SourceError(f"table {qualified_name!r} cannot exist in this database: its encoding, {encoding}, has "
+                          f"no {exc.object[exc.start]!r}", table=qualified_name, retryable=False, cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration and the database in "
                                  "ARCHIVE_PG_DSN") from None
     if row is None:
@@ -751,8 +751,8 @@ def pending_detach_error(table: str, relation: str, parent: str) -> SourceError:
         f"interrupted): {table} no longer reads its rows, which are not yet a table of their own", retryable=True,
         cause="a partition of the day is pending detach",
         remedy=f"if no such DETACH is running, finish the interrupted one: ALTER TABLE {parent} DETACH PARTITION "
-               f"{sql_name(relation)} FINALIZE (its rows then leave {table} for a table of their own: archive that one as a "
-               "table if they are to be kept)")
+               f"{sql_name(relation)} FINALIZE (its rows then leave {table} for a table of their own: archive that one "
+               "as a table if they are to be kept)")
 
 
 def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
