@@ -47,6 +47,7 @@ from archive_pipeline.core.environment import (
 from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
 
@@ -225,25 +226,36 @@ def _for_the_cli(text: str) -> str:
     return text
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but line feed and tab, DEL, C1
+
+
+def _printable(text: str) -> str:
+    """``text`` for a terminal, its control characters shown escaped (``\\x1b``): names and values come from
+    the database, and a table named ``ev\\x1b[2J`` cleared the screen of whoever listed it (rich drops a
+    carriage return or a bell, not an escape)."""
+    return _CONTROL.sub(lambda found: ascii(found[0])[1:-1], text)
+
+
 class _CliConsole(Console):
-    """A console that prints core messages in the command line's words (:func:`_for_the_cli`)."""
+    """A console that prints core messages in the command line's words (:func:`_for_the_cli`), control
+    characters escaped (:func:`_printable`)."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(_for_the_cli(o) if isinstance(o, str) else o for o in objects), **kwargs)
+        super().print(*(_printable(_for_the_cli(o)) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
 class _CliTable(Table):
     """A table whose cells (a note, a reason) are core messages in the command line's words too."""
 
     def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-        super().add_row(*(_for_the_cli(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+        super().add_row(*(_printable(_for_the_cli(r)) if isinstance(r, str) else r for r in renderables), **kwargs)
 
 
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
     message = _for_the_cli(message)
     if as_json:
         click.echo(json.dumps({"ok": False, "exit_code": code, "error": message, "retryable": retryable}, indent=2))
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -284,8 +296,9 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             table_names = [_utf8(name) for name in table_names]
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
+                hints = "".join(lookalike_hint(n, sorted(by_name), "table", "the configuration") for n in unknown)
                 raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
-                                       f"{sorted(by_name)}")
+                                       f"{sorted(by_name)}{hints}")
             tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
             run = Run(config, tables, first, last, as_json)
             fn(run, **kwargs)
@@ -293,7 +306,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             raise
         except Failed as exc:
             if str(exc):
-                click.echo(str(exc), err=True)
+                click.echo(_printable(str(exc)), err=True)
             sys.exit(EXIT_DIFFERENCES)
         except ConfigError as exc:
             _fail(as_json, EXIT_USAGE, str(exc), False)
@@ -757,7 +770,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_DIFFERENCES)
     run.emit(payload, render)
     if failure is not None:
-        click.echo(f"error: {payload['error']}" + ("; the days listed above stay restored" if results else ""), err=True)
+        kept = "; the days listed above stay restored" if results else ""
+        click.echo(f"error: {_printable(payload['error'])}{kept}", err=True)
         sys.exit(payload["exit_code"])
     if missing:
         raise Failed("some requested days have no archive (see `archive-pipeline list`)")

@@ -307,7 +307,7 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
     if spec.partitioning.mode == "naming":
         child = f"{spec.schema_name}.{spec.child_table(day)}"
         try:
-            return describe_table(conn, child, spec.day_column)
+            return describe_table(conn, child, spec.day_column, lookalikes=False)
         except SourceError as exc:
             cause = NO_PERIOD_TABLE if exc.cause == TABLE_MISSING else exc.cause
             raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,

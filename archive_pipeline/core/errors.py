@@ -574,18 +574,33 @@ def classify(exc: BaseException, *, table: str | None = None, user: str | None =
             break
         current = current.__cause__ or current.__context__
     result = found or _UNKNOWN
-    remedy = result.remedy.replace("<table>", _sql_name(table) if table else "<table>")
-    remedy = remedy.replace("<role>", _sql_name(user) if user else "<role>")
+    remedy = result.remedy.replace("<table>", sql_name(table) if table else "<table>")
+    remedy = remedy.replace("<role>", sql_name(user, qualified=False) if user else "<role>")
     return Classification(result.retryable, result.cause, remedy, result.where, result.sqlstate)
 
 
-def _sql_name(name: str) -> str:
-    """``name`` (a role, or ``schema.table`` split at its first dot) as a statement to paste needs it: as it
-    is where PostgreSQL reads it back unchanged, else double-quoted (``"Mixed Case"."Nasty Events"``)."""
-    def part(text: str) -> str:
-        return text if re.fullmatch(r"[a-z_][a-z0-9_$]*", text) else '"' + text.replace('"', '""') + '"'
+# PostgreSQL's reserved key words (pg_get_keywords() catcode R and T, 16) and the role names a GRANT reads as
+# special (PUBLIC, NONE): a name that is one of them is quoted (``GRANT ... TO user`` is a syntax error)
+_KEYWORDS = frozenset("""
+all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation column
+concurrently constraint create cross current_catalog current_date current_role current_schema current_time
+current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze from
+full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit
+localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references
+returning right select session_user similar some symmetric system_user table tablesample then to trailing true union
+unique user using variadic verbose when where window with public none
+""".split())
 
-    return ".".join(part(p) for p in name.split(".", 1))
+
+def sql_name(name: str, *, qualified: bool = True) -> str:
+    """``name`` (``schema.table`` split at its first dot, or with ``qualified=False`` a role, whose name may
+    hold a dot) as a statement to paste needs it: as it is where PostgreSQL reads it back unchanged, else
+    double-quoted (``"Mixed Case"."Nasty Events"``, ``"user"``)."""
+    def part(text: str) -> str:
+        plain = re.fullmatch(r"[a-z_][a-z0-9_$]*", text) and text not in _KEYWORDS
+        return text if plain else '"' + text.replace('"', '""') + '"'
+
+    return ".".join(part(p) for p in (name.split(".", 1) if qualified else [name]))
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -645,8 +660,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         return exc
     found = classify(exc, table=table, user=user)
     if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
-        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", _sql_name(table))
-                        .replace("<role>", _sql_name(user) if user else "<role>"))
+        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table))
+                        .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)

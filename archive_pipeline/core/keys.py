@@ -124,6 +124,26 @@ def key_collisions(tables: list[tuple[str, str, str, str, str, str, str, str]]) 
     return problems
 
 
+_CONTROL = re.compile(r"[\x01-\x1f\x7f-\x9f]")  # (NUL is the placeholder of any prefix; no name holds one)
+
+
+def _unsafe(key: str) -> str | None:
+    """Why ``key`` would not be read back as written by every store and tool, with the remedy; None if it would.
+    A table named ``x/../y`` puts ``..`` between slashes; one named with a line feed, a control character."""
+    dots = next((part for part in key.split("/") if part in (".", "..")), None)
+    if dots:
+        return (f"{dots!r} as a whole part between slashes: tools that read keys as paths (aws s3 sync to a "
+                "directory, s3fs) resolve it, so the day lands outside its table's folder or on another table's file, "
+                "and MinIO refuses such a key; rename the table in the database, or change key_template so no part "
+                "between slashes is '.' or '..'")
+    control = _CONTROL.search(key)
+    if control:
+        return (f"the control character {control[0]!r}: S3 lists keys in XML, which cannot carry most of them, "
+                "and stores refuse some (moto answers a key with a line feed with 404); rename the table (or schema) "
+                "in the database")
+    return None
+
+
 def _split_prefixes(key: str) -> Iterator[tuple[str, str]]:
     """(prefix, rest) for every way ``key`` reads as ``<prefix>/<rest>``, the empty prefix first."""
     yield "", key
@@ -156,6 +176,10 @@ def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], pre
             shown = key
             if key.endswith(MANIFEST_SUFFIX):
                 problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which ends like a manifest")
+                break
+            unsafe = _unsafe(key)
+            if unsafe:
+                problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, with {unsafe}")
                 break
             if _GENERATION_LIKE.match(key.rpartition("/")[2]):
                 problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which looks like a later "

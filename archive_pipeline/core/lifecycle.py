@@ -36,13 +36,13 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
-from archive_pipeline.core.errors import ArchiveError, wrap
+from archive_pipeline.core.errors import ArchiveError, sql_name, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, pending_detach_error,
-                                          server_identity)
+from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, explain,
+                                          pending_detach_error, server_identity)
 from archive_pipeline.core.store import CorruptedWrite, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -669,9 +669,8 @@ def _reached(conn: psycopg.Connection, table: SourceTable, day: Period) -> list[
     pruning partitions by the day's bounds. PostgreSQL checks each of them when the DELETE starts, holding rows of
     the day or not (a partition of a table partitioned by another column, or one whose bounds overlap the day
     while its rows are all of other days, is not pruned)."""
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
-        table.identifier, day_filter(table, day))).fetchone()[0]
-    found, nodes = [], [plan[0]["Plan"]]
+    found, nodes = [], [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
+        table.identifier, day_filter(table, day)))]
     while nodes:
         node = nodes.pop()
         nodes.extend(node.get("Plans", []))
@@ -761,7 +760,8 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
         if not allowed:
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: the role {role} may not "
                                  f"DELETE from {table.qualified}", table=spec.name, day=day.isoformat(),
-                                 cause="permission denied", remedy=f"GRANT DELETE ON {table.qualified} TO {role}")
+                                 cause="permission denied", remedy=f"GRANT DELETE ON {sql_name(table.qualified)} "
+                                                                   f"TO {sql_name(role, qualified=False)}")
         return
     needed = [table, target] if spec.partitioning.mode == "declarative" else [target]
     for relation in needed:
@@ -772,7 +772,8 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
                                  f"{relation.qualified} ({owner}) may {action} it, and the role {role} is not a member "
                                  f"of {owner}", table=spec.name, day=day.isoformat(), cause="permission denied",
-                                 remedy=f"remove the day as its owner, {owner}, or GRANT {owner} TO {role}")
+                                 remedy=f"remove the day as its owner, {owner}, or GRANT "
+                                        f"{sql_name(owner, qualified=False)} TO {sql_name(role, qualified=False)}")
 
 
 # What keeps DROP TABLE from dropping the day's table or partition: views and rules over it, other tables'

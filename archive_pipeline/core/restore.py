@@ -41,6 +41,7 @@ from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import Column, day_filter, describe_table, prefetch
+from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
 _names = itertools.count()
@@ -226,7 +227,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
                 return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1)
             if fmt == "jsonl":
-                statement = _jsonl_insert(conn, target, columns)
+                statement = with_params(_jsonl_insert(conn, target, columns), conn)
                 rows = 0
                 for block in prefetch(readers.jsonl_arrays(archive_path, compression), depth=1):
                     # sent as it is, typed json: no decode, no re-encode (PostgreSQL validates it)
@@ -693,13 +694,14 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> Non
     primary key, unique or exclusion constraint has nothing to tell existing rows by, so every row would
     be loaded again (and the check roll it back), and one with a deferrable such constraint makes
     PostgreSQL refuse the insert. Both are refused up front, saying so."""
+    regclass = _ident(relation).as_string(conn)  # quoted: to_regclass('s.Events') would look up s.events
     has_key = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = to_regclass(%s) AND indisunique) "
         "OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'x')",
-        (relation, relation)).fetchone()[0]
+        (regclass, regclass)).fetchone()[0]
     deferred = [name for (name,) in conn.execute(
         "SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype IN ('u', 'p', 'x') "
-        "AND condeferrable ORDER BY conname", (relation,)).fetchall()]
+        "AND condeferrable ORDER BY conname", (regclass,)).fetchall()]
     if deferred:  # every unique index is an arbiter of ON CONFLICT DO NOTHING, and a deferrable one cannot be
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' into "

@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import queue
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _fast_reader)
     from psycopg.generators import _fetch_many
 except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
-from archive_pipeline.core.errors import TABLE_MISSING, SourceError
+from archive_pipeline.core.errors import TABLE_MISSING, SourceError, sql_name
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
@@ -185,14 +188,16 @@ INNER_TYPES = (*sorted(WRITE_ONLY_TYPES), "regproc", "regoper")
 # Every column's type walked as a tree, in one query: a domain to its base type, an array to its
 # element type, a composite to its fields' types, a range to its subtype, a multirange to its range.
 # A composite cannot contain itself (PostgreSQL refuses it), so the walk ends; the depth bound is a guard.
+# The route's steps are joined here, not in SQL: the statement stays ASCII, which a database whose encoding
+# has no arrow (LATIN1) can read (an arrow in it failed every archive there: UntranslatableCharacter).
 _INNER_QUERY = """
 WITH RECURSIVE walk(attnum, oid, steps, route, depth) AS (
-    SELECT a.attnum, a.atttypid, ARRAY[]::text[], pg_catalog.format_type(a.atttypid, NULL), 0
+    SELECT a.attnum, a.atttypid, ARRAY[]::text[], ARRAY[pg_catalog.format_type(a.atttypid, NULL)], 0
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
     UNION ALL
     SELECT w.attnum, c.oid, w.steps || (c.step COLLATE "default"),
-           w.route || ' → ' || (c.label COLLATE "default") || pg_catalog.format_type(c.oid, NULL),
+           w.route || ((c.label COLLATE "default") || pg_catalog.format_type(c.oid, NULL)),
            w.depth + 1
     FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
     CROSS JOIN LATERAL (
@@ -224,7 +229,7 @@ def inner_types(conn: psycopg.Connection, oid: int) -> dict[int, tuple[InnerType
     query = _INNER_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
     found: dict[int, list[InnerType]] = {}
     for attnum, name, steps, route in conn.execute(query, {"oid": oid, "types": list(INNER_TYPES)}):
-        found.setdefault(attnum, []).append(InnerType(name, tuple(steps), route))
+        found.setdefault(attnum, []).append(InnerType(name, tuple(steps), " → ".join(route)))
     return {attnum: tuple(types) for attnum, types in found.items()}
 
 
@@ -236,14 +241,75 @@ def unquoted_hint(schema: str, name: str) -> str:
     return f"; write it without SQL's double quotes: {schema.strip(chr(34))}.{name.strip(chr(34))}"
 
 
-def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None) -> SourceTable:
-    """Look the table up in the catalog (by parameters, never by formatting names into SQL)."""
+# Relations whose qualified name equals the one looked for but for case or Unicode normal form (only
+# read when the name was not found, to say which one the configuration probably means)
+_LOOKALIKE_QUERY = """
+SELECT n.nspname::text, c.relname::text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND pg_catalog.lower(n.nspname || '.' || c.relname) = ANY(SELECT pg_catalog.lower(x) FROM unnest(%s::text[]) x)
+ORDER BY 1, 2 LIMIT 3
+"""
+
+
+def _differs(wanted: str, found: str) -> str | None:
+    """How ``found`` differs from ``wanted`` where a reader sees one name: in case, or in Unicode normal
+    form (``é`` as one code point, NFC, or as ``e`` and a combining accent, NFD: a name typed on one
+    system and copied from another); None where they differ otherwise (or not at all)."""
+    nfc = [unicodedata.normalize("NFC", t) for t in (wanted, found)]
+    how = [what for what, same in (("only in how its letters are encoded (Unicode NFC against NFD: {})",
+                                    nfc[0] == nfc[1]),
+                                   ("only in case", wanted.casefold() == found.casefold()),
+                                   ("in case and in how its letters are encoded (Unicode NFC against NFD: {})",
+                                    nfc[0].casefold() == nfc[1].casefold())) if same and wanted != found]
+    return how[0].format(f"{ascii(found)} against {ascii(wanted)}") if how else None
+
+
+def lookalike_hint(wanted: str, names: Sequence[str], what: str, where: str = "the catalog") -> str:
+    """"; the catalog has the <what> <name>, which differs from it only in case" for a name in ``names``
+    that is ``wanted`` to a reader, else ""."""
+    for name in names:
+        how = _differs(wanted, name)
+        if how:
+            return f"; {where} has the {what} {name!r}, which differs from it {how}: write it as {where} spells it"
+    return ""
+
+
+def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
+    """A hint naming the relation the configuration probably means: one whose name differs in case or
+    normal form, or one whose schema holds a dot (the configuration splits a name at its first dot)."""
+    forms = sorted({unicodedata.normalize(form, qualified_name) for form in ("NFC", "NFD")})
+    try:
+        with conn.transaction():  # a savepoint inside the caller's snapshot: a failed lookup leaves it usable
+            found = conn.execute(_LOOKALIKE_QUERY, (forms,)).fetchall()
+    except (psycopg.Error, UnicodeError):  # (a database whose encoding cannot hold the name): no hint
+        return ""
+    split = next(((schema, name) for schema, name in found if f"{schema}.{name}" == qualified_name), None)
+    if split:
+        return (f"; the catalog has the table {split[1]!r} in the schema {split[0]!r}, and a name is split at its "
+                "first dot: a table of a schema whose name holds a dot cannot be archived (rename the schema)")
+    return lookalike_hint(qualified_name, [f"{schema}.{name}" for schema, name in found], "table")
+
+
+def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None, *,
+                   lookalikes: bool = True) -> SourceTable:
+    """Look the table up in the catalog (by parameters, never by formatting names into SQL). A table not
+    found is looked for once more, spelled otherwise, unless ``lookalikes`` is False (a naming-mode
+    period's table, which is missing for every period not created yet)."""
     schema, _, name = qualified_name.partition(".")
-    row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
+    try:
+        row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
+    except UnicodeEncodeError as exc:  # psycopg encodes the name in the session's encoding before sending it
+        encoding = conn.info.parameter_status("client_encoding")
+        raise SourceError(f"table {qualified_name!r} cannot exist in this database: its encoding, {encoding}, has "
+                          f"no {exc.object[exc.start]!r}", table=qualified_name, retryable=False, cause=TABLE_MISSING,
+                          remedy="check the table's name in the YAML configuration and the database in "
+                                 "ARCHIVE_PG_DSN") from None
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
-            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}",
+            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}"
+            f"{_table_lookalikes(conn, qualified_name) if lookalikes else ''}",
             table=qualified_name, retryable=False, cause=TABLE_MISSING,
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
@@ -267,7 +333,9 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     day = by_name.get(day_column)
     if day is None:
         raise SourceError(f"table {qualified_name!r} has no column {day_column!r} (day_column); "
-                          f"columns are {[c.name for c in columns]}", table=qualified_name, retryable=False)
+                          f"columns are {[c.name for c in columns]}"
+                          f"{lookalike_hint(day_column, [c.name for c in columns], 'column')}",
+                          table=qualified_name, retryable=False)
     if day.base_type not in DAY_COLUMN_TYPES or day.is_array:
         raise SourceError(f"day_column {day_column!r} of {qualified_name!r} is {day.type_name}; "
                           "it must be date, timestamp or timestamptz", table=qualified_name, retryable=False)
@@ -612,13 +680,21 @@ def _changed_under_snapshot(table: SourceTable, what: str) -> SourceError:
                "DDL outside its archive runs")
 
 
+def explain(conn: psycopg.Connection, query: sql.Composable) -> dict:
+    """The top plan node of ``EXPLAIN (FORMAT JSON ...) query``. Read as text in the session's encoding:
+    psycopg's json loader reads UTF-8 only, and in a LATIN1 database a name like ``événements`` in the plan
+    failed the removal with a UnicodeDecodeError."""
+    with conn.cursor() as cur:
+        cur.adapters.register_loader("json", TextLoader)
+        return json.loads(cur.execute(query).fetchone()[0])[0]["Plan"]
+
+
 def _relations_read(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> set[tuple[str, str]]:
     """(schema, name) of every relation the day's query reads, as planned now (partitions pruned):
     another day's partition emptied meanwhile is no change of this day."""
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT 1 FROM {} WHERE {}").format(
-        table.identifier, where)).fetchone()[0]
     found: set[tuple[str, str]] = set()
-    nodes = [plan[0]["Plan"]]
+    nodes = [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT 1 FROM {} WHERE {}").format(
+        table.identifier, where))]
     while nodes:
         node = nodes.pop()
         if "Relation Name" in node:
@@ -675,16 +751,15 @@ def pending_detach_error(table: str, relation: str, parent: str) -> SourceError:
         f"interrupted): {table} no longer reads its rows, which are not yet a table of their own", retryable=True,
         cause="a partition of the day is pending detach",
         remedy=f"if no such DETACH is running, finish the interrupted one: ALTER TABLE {parent} DETACH PARTITION "
-               f"{relation} FINALIZE (its rows then leave {table} for a table of their own: archive that one as a "
-               "table if they are to be kept)")
+               f"{sql_name(relation)} FINALIZE (its rows then leave {table} for a table of their own: archive that one "
+               "as a table if they are to be kept)")
 
 
 def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
     """The planner's estimate of the day's rows (one EXPLAIN: no row is read; as good as the table's
     statistics, so only for choosing how to read, never for what was read)."""
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {} WHERE {}").format(
-        table.identifier, where)).fetchone()[0]
-    return int(plan[0]["Plan"]["Plan Rows"])
+    return int(explain(conn, sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {} WHERE {}").format(
+        table.identifier, where))["Plan Rows"])
 
 
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:

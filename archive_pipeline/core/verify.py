@@ -36,6 +36,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -501,7 +502,7 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
     query = sql.SQL("SELECT ROW(r.*)::text FROM {rel} AS r WHERE {where} AND {h} = %s LIMIT 1").format(
         rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r", algorithm))
     with fingerprint.canonical_settings(db):
-        row = db.execute(query, (value,)).fetchone()
+        row = db.execute(with_params(query, db), (value,)).fetchone()
     text = row[0] if row else "?"
     if len(text) > 300:
         text = text[:300] + "…"

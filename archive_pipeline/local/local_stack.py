@@ -27,6 +27,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from archive_pipeline.core.sqltext import with_params
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -377,5 +379,6 @@ def create_sample_events(conn: psycopg.Connection, days: list[dt.date], rows_per
             lo=sql.Literal(dt.datetime.combine(day, dt.time(), dt.UTC)),
             hi=sql.Literal(dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)),
         ))
-        conn.execute(sql.SQL(SAMPLE_EVENTS_FILL).format(table=table), {"day": day.isoformat(), "rows": rows_per_day})
+        conn.execute(with_params(sql.SQL(SAMPLE_EVENTS_FILL).format(table=table), conn),
+                     {"day": day.isoformat(), "rows": rows_per_day})
     conn.execute(sql.SQL("ANALYZE {}").format(table))

@@ -453,7 +453,10 @@ class Parquet:
         import adbc_driver_postgresql.dbapi as adbc
 
         info = extraction.conn.info
-        dsn = make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
+        # UTF-8, as ADBC sends the query: in a LATIN1 database the session's default encoding read the query's
+        # 'événements' as 'Ã©vÃ©nements', a table that does not exist
+        secret = {"password": info.password} if info.password else {}
+        dsn = make_conninfo(info.dsn, client_encoding="UTF8", **secret)
         query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
         conn = adbc.connect(dsn, autocommit=True)
         cur = conn.cursor()
