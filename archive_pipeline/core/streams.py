@@ -24,7 +24,9 @@ class StreamGroup:
 
     The first failure wins: it is recorded, every other stream is cancelled (``cancels[i]``, called
     at most once, never after stream *i* finished), all threads are joined and the first failure is
-    raised as it was, so a stream that was only cancelled never hides the cause.
+    raised as it was, so a stream that was only cancelled never hides the cause. An interrupt while
+    the streams are awaited (a run's termination arrives as SIGINT) is a failure too: no stream
+    outlives ``run``, since its caller then closes the sessions and spools the streams are using.
     """
 
     def __init__(self, cancels: Sequence[Callable[[], None]]) -> None:
@@ -39,24 +41,29 @@ class StreamGroup:
             self._done[i] = True
 
     def fail(self, exc: BaseException) -> None:
+        # the cancels run under the lock: a stream that finishes meanwhile waits in finished() before it
+        # closes its connection, so no cancel ever races the close of what it cancels
         with self._lock:
             if self.failure is not None:
                 return
             self.failure = exc
             pending = [cancel for cancel, done in zip(self._cancels, self._done) if not done]
             self._done = [True] * len(self._done)
-        for cancel in pending:
-            with contextlib.suppress(Exception):
-                cancel()
+            for cancel in pending:
+                with contextlib.suppress(Exception):
+                    cancel()
 
     def run(self, tasks: Sequence[Callable[[], object]]) -> list[object]:
         results: list[object] = [None] * len(tasks)
+        ended = [threading.Event() for _ in tasks]
 
         def call(i: int) -> None:
             try:
                 results[i] = tasks[i]()
             except BaseException as exc:  # noqa: BLE001 - raised by run() in the caller's thread
                 self.fail(exc)
+            finally:
+                ended[i].set()
 
         threads = [threading.Thread(target=call, args=(i,), name=f"archive-stream-{i}", daemon=True)
                    for i in range(1, len(tasks))]
@@ -67,11 +74,21 @@ class StreamGroup:
         except BaseException as exc:  # e.g. KeyboardInterrupt between statements: stop the others too
             self.fail(exc)
         finally:
-            for thread in threads:
-                thread.join()
+            self._await(ended[1:])
         if self.failure is not None:
             raise self.failure
         return results
+
+    def _await(self, ended: Sequence[threading.Event]) -> None:
+        """Wait until every other stream's task has ended; an interrupt meanwhile fails the group
+        (cancelling the streams still reading) and the wait goes on. (Events, not ``Thread.join``:
+        an interrupted join marks a running thread as stopped in Python 3.11, bpo-45274.)"""
+        for event in ended:
+            while not event.is_set():
+                try:
+                    event.wait()
+                except BaseException as exc:  # noqa: BLE001 - raised by run() once every stream has ended
+                    self.fail(exc)
 
 
 class Spool(AppendOnlyFile):

@@ -1,0 +1,201 @@
+"""Parallel hunt: ``parallel_streams`` (one day read by N sessions in one exported snapshot) under
+hostile data and faults that test_parallel and test_edgehunt do not cover: hostile types at N=4
+equal to N=1 and byte-for-byte deterministic, days spread over inheritance children and several
+partitions, streams with no rows of the day, a run's termination while the streams are awaited, a
+cancel racing a finishing stream, and a plan that falls back to one stream saying why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import parallel
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.streams import StreamGroup
+from archive_pipeline_tests.helpers import assert_nothing_left, download
+from archive_pipeline_tests.test_exactness import _differences
+from archive_pipeline_tests.test_typehunt import EDGES, SHAPED, _edge_table
+
+DAY = dt.date(2024, 3, 10)
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+def _spec(name: str, fmt: str, streams: int, day_column: str = "at") -> TableSpec:
+    return TableSpec(name=name, day_column=day_column, start_date="2024-03-01", format=fmt, compression="zstd",
+                     chunk_size=100, parallel_streams=streams)
+
+
+def _one_and_four(conn, s3_client, bucket, temp_dir, name: str, fmt: str, rows: int, tag: str = "") -> S3Store:
+    """Archive ``name``'s DAY with one stream and twice with four: the same rows and fingerprint, and
+    the four-stream object byte-identical from run to run; returns the four-stream store."""
+    results, bodies = {}, {}
+    for label, streams in (("one", 1), ("four", 4), ("again", 4)):
+        store = S3Store(s3_client, bucket, prefix=f"{tag}{label}", part_size=MIN_PART_SIZE)
+        results[label] = archive_partition(conn, _spec(name, fmt, streams), DAY, store, temp_dir=str(temp_dir))
+        bodies[label] = download(s3_client, bucket, results[label].key)
+    assert results["one"].rows == results["four"].rows == rows
+    assert results["one"].fingerprint == results["four"].fingerprint
+    assert bodies["four"] == bodies["again"] and results["four"].md5 == results["again"].md5
+    return S3Store(s3_client, bucket, prefix=f"{tag}four", part_size=MIN_PART_SIZE)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_hostile_types_at_four_streams_equal_one_stream_and_restore_exactly(fmt, conn, schema, s3_client, bucket,
+                                                                          temp_dir):
+    """test_typehunt's edge values (TOASTed 1.2 MB text, BC and year-10000 dates, composites, ranges,
+    odd names), one row per page so each of four ctid ranges holds rows of the day."""
+    _edge_table(conn, schema, "edges", EDGES if fmt == "parquet" else {**EDGES, **SHAPED})
+    table = sql.Identifier(schema, "edges")
+    conn.execute(sql.SQL("ALTER TABLE {} SET (fillfactor = 10)").format(table))
+    for _ in range(2):
+        conn.execute(sql.SQL("INSERT INTO {t} SELECT * FROM {t}").format(t=table))
+    conn.execute(sql.SQL("VACUUM FULL {}").format(table))
+    store = _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.edges", fmt, 16)
+    restored = restore_day(conn, store, _spec(f"{schema}.edges", fmt, 4), DAY, into="new", target=f"{schema}.back",
+                           temp_dir=str(temp_dir))
+    assert restored.fingerprint_checked and restored.rows == 16
+    assert _differences(conn, schema, "edges", "back", {}) == []
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_day_over_inheritance_children_and_sub_partitions_at_four_streams(fmt, conn, schema, s3_client, bucket,
+                                                                             temp_dir):
+    """The ctid ranges are cut by one relation's size but apply to every relation the query reads: an
+    inheritance parent with two children (one with a column more), and a partitioned table whose day
+    spans a child, a sub-partitioned child with a default and the default partition."""
+    s = sql.Identifier(schema)
+    rows = sql.SQL("SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '10 s', md5(g::text) "
+                   "FROM generate_series(0, 8639) g")
+    conn.execute(sql.SQL("CREATE TABLE {}.par (id int, at timestamptz, body text) WITH (fillfactor = 10)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {s}.kid1 () INHERITS ({s}.par); CREATE TABLE {s}.kid2 (extra int) "
+                         "INHERITS ({s}.par)").format(s=s))
+    for child in ("par", "kid1", "kid2"):
+        conn.execute(sql.SQL("INSERT INTO {}.{} (id, at, body) {} LIMIT 1000").format(s, sql.Identifier(child), rows))
+    conn.execute(sql.SQL(
+        "CREATE TABLE {s}.pp (id int, at timestamptz, body text) PARTITION BY RANGE (at); "
+        "CREATE TABLE {s}.pp1 PARTITION OF {s}.pp FOR VALUES FROM ('2024-03-01 00:00+00') TO ('2024-03-10 12:00+00') "
+        "WITH (fillfactor = 10); "
+        "CREATE TABLE {s}.pp2 PARTITION OF {s}.pp FOR VALUES FROM ('2024-03-10 12:00+00') TO ('2024-03-10 18:00+00') "
+        "PARTITION BY LIST (id); "
+        "CREATE TABLE {s}.pp2a PARTITION OF {s}.pp2 FOR VALUES IN (1, 2, 4400); "
+        "CREATE TABLE {s}.pp2d PARTITION OF {s}.pp2 DEFAULT; "
+        "CREATE TABLE {s}.ppd PARTITION OF {s}.pp DEFAULT").format(s=s))
+    conn.execute(sql.SQL("INSERT INTO {}.pp {}").format(s, rows))
+    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.par", fmt, 3000, "par")
+    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.pp", fmt, 8640, "pp")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_streams_without_rows_of_the_day(fmt, conn, schema, s3_client, bucket, temp_dir):
+    """The day's 30 rows sit in the relation's last page, after 3000 rows of the day before: three
+    of four streams read nothing (an empty spool, no CSV header but stream 0's)."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text) WITH (fillfactor = 10)").format(table))
+    for day, count in ((DAY - dt.timedelta(days=1), 3000), (DAY, 30)):
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, md5(g::text) FROM generate_series(1, %s) g").format(table),
+                     (day, count))
+    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.ev", fmt, 30)
+
+
+def test_a_cancel_never_races_the_close_of_a_finishing_stream():
+    """A failure cancels the streams still reading; a stream finishing at that moment must not close
+    its connection while the cancel is using it (psycopg's close frees the libpq connection the
+    cancel reads). Stream 1 finishes while stream 0's failure is cancelling it: its close waits."""
+    cancelling, closed = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def cancel_stream_1() -> None:
+        cancelling.set()
+        closed.wait(0.5)  # where the close does not wait for the cancel, it happens now
+        seen.append(closed.is_set())
+
+    group = StreamGroup([lambda: None, cancel_stream_1])
+
+    def stream_0() -> None:
+        raise RuntimeError("stream 0 failed")
+
+    def stream_1() -> None:
+        assert cancelling.wait(10)
+        group.finished(1)
+        closed.set()  # the connection's close
+
+    with pytest.raises(RuntimeError, match="stream 0 failed"):
+        group.run([stream_0, stream_1])
+    assert seen == [False]
+
+
+def test_an_interrupt_while_the_streams_are_awaited_stops_them_before_run_returns():
+    """A run's termination arrives as SIGINT in the main thread, usually while it waits for the other
+    streams (stream 0 is done): the streams still reading are cancelled and have ended when ``run``
+    raises, since its caller closes the sessions and spools they use."""
+    stop, returned = threading.Event(), threading.Event()
+    group = StreamGroup([lambda: None, stop.set])
+
+    def reading() -> None:
+        stop.wait(10)  # a stream reading until cancelled
+        time.sleep(0.05)  # then closing its cursor: run() must wait for that too
+        returned.set()
+
+    def interrupt_once_waiting() -> None:
+        time.sleep(0.2)  # stream 0 returned at once: the main thread is in the join
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_waiting).start()
+    with pytest.raises(KeyboardInterrupt):
+        group.run([lambda: None, reading])
+    assert stop.is_set() and returned.is_set()
+
+
+def _stall_in_ranges(monkeypatch, row_id: int) -> None:
+    """Row ``row_id`` sleeps 30 s in the server, only in the stream whose ctid range holds it."""
+    ranges = parallel.ctid_ranges
+    stall = sql.SQL("(id <> {} OR pg_sleep(30)::text IS NOT NULL)").format(sql.Literal(row_id))
+    monkeypatch.setattr(parallel, "ctid_ranges", lambda bounds: [
+        sql.SQL("{} AND {}").format(cond, stall) for cond in ranges(bounds)])
+
+
+def test_a_terminated_run_leaves_no_stream_reading_in_postgresql(pg, conn, schema, store, temp_dir, monkeypatch):
+    """Dagster terminates a run with SIGINT; the main thread is then usually waiting for the other
+    streams. The stream still reading (asleep in the server here) was left running: its session was
+    closed under it, and its backend went on for as long as its statement did."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text) WITH (fillfactor = 10)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, md5(g::text) FROM generate_series(1, 3000) g").format(table),
+                 (DAY,))
+    role = f"ph_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(role, "pä ss")
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+        s=sql.Identifier(schema), r=sql.Identifier(role)))
+    _stall_in_ranges(monkeypatch, 2900)  # in stream 1 of 2
+    copies = "SELECT wait_event FROM pg_stat_activity WHERE usename = %s AND query LIKE 'COPY%%' AND state = 'active'"
+
+    def terminate_once_stream_0_is_done() -> None:
+        with pg.connect() as watcher:
+            deadline = time.monotonic() + 20
+            while watcher.execute(copies, (role,)).fetchall() != [("PgSleep",)] and time.monotonic() < deadline:
+                time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    spec = _spec(f"{schema}.ev", "jsonl", 2)
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        threading.Thread(target=terminate_once_stream_0_is_done).start()
+        with pytest.raises(KeyboardInterrupt):
+            archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+        others = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND pid <> %s"
+        deadline = time.monotonic() + 10
+        while conn.execute(others, (role, archiving.info.backend_pid)).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert conn.execute(others, (role, archiving.info.backend_pid)).fetchone()[0] == 0
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
