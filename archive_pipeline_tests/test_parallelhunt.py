@@ -27,6 +27,7 @@ from archive_pipeline.core.streams import StreamGroup
 from archive_pipeline_tests.helpers import assert_nothing_left, download
 from archive_pipeline_tests.test_exactness import _differences
 from archive_pipeline_tests.test_typehunt import EDGES, SHAPED, _edge_table
+from archive_pipeline.defs.assets import materialization_metadata
 
 DAY = dt.date(2024, 3, 10)
 FORMATS = ("jsonl", "csv", "parquet")
@@ -199,3 +200,25 @@ def test_a_terminated_run_leaves_no_stream_reading_in_postgresql(pg, conn, schem
             time.sleep(0.05)
         assert conn.execute(others, (role, archiving.info.backend_pid)).fetchone()[0] == 0
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+
+
+def test_a_view_or_a_small_table_read_with_one_stream_says_why(conn, schema, store, temp_dir, caplog):
+    """``parallel_streams: 4`` on a view (no ctid to split by), or on a day whose relation has fewer
+    pages than streams, reads with one stream: correct, but it said so nowhere, so a user tuning N saw
+    no effect and no reason. The day's result, its Dagster metadata and the log now say it."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev (id int, at date); CREATE VIEW {s}.v AS SELECT * FROM {s}.ev; "
+                         "INSERT INTO {s}.ev SELECT g, {d} FROM generate_series(1, 10) g").format(
+        s=s, d=sql.Literal(DAY)))
+    caplog.set_level(logging.INFO, logger="archive_pipeline")
+    view = archive_partition(conn, _spec(f"{schema}.v", "csv", 4), DAY, store, temp_dir=str(temp_dir))
+    assert view.rows == 10
+    assert view.streams == (f"1 stream(s), parallel_streams is 4: {schema}.v is a view or foreign table: it has no "
+                            "ctid to split by")
+    assert materialization_metadata(view, "link", "no")["streams"] == view.streams
+    assert any(view.streams in r.getMessage() for r in caplog.records)
+    small = archive_partition(conn, _spec(f"{schema}.ev", "csv", 4), DAY, store, temp_dir=str(temp_dir))
+    assert small.streams == "1 stream(s), parallel_streams is 4: the relation has 1 page(s): nothing to split"
+    single = archive_partition(conn, _spec(f"{schema}.ev", "jsonl", 1), DAY,
+                               S3Store(store.client, store.bucket, prefix="one"), temp_dir=str(temp_dir))
+    assert single.streams == "" and "streams" not in materialization_metadata(single, "link", "no")
