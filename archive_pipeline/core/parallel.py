@@ -288,6 +288,7 @@ def write_text_streams(fmt, codec, level: int | None, extraction: Extraction, pl
             results = group.run([task(i) for i in range(plan.streams)])
             for spool in spooled:
                 spool.append_to(out)
+                spool.close()  # appended: its disk space is free before the next one's turn
     finally:
         for conn in sessions:
             conn.close()

@@ -19,6 +19,10 @@ class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class StreamGroup:
     """Runs one task per stream, task 0 in the calling thread, the others in threads of their own.
 
@@ -97,6 +101,14 @@ class Spool(AppendOnlyFile):
     def __init__(self, temp_dir: str | os.PathLike | None) -> None:
         self.fd, self.path, self._name = open_nameless(temp_dir, ".spool")
         self.size = 0
+        self._attached: list[Closable] = []
+
+    def attach(self, closable: Closable) -> Closable:
+        """Something writing to this spool through a descriptor of its own (Arrow's native file), closed
+        with the spool: a failed day's exception holds the writer's frames in a reference cycle, and
+        the nameless file's space would stay taken until the garbage collector ran."""
+        self._attached.append(closable)
+        return closable
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         return len(self._append(data))
@@ -118,6 +130,10 @@ class Spool(AppendOnlyFile):
             offset += got
 
     def close(self) -> None:
+        for closable in self._attached:
+            with contextlib.suppress(Exception):
+                closable.close()
+        self._attached.clear()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
