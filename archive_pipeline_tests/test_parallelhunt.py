@@ -140,6 +140,28 @@ def test_a_cancel_never_races_the_close_of_a_finishing_stream():
     assert seen == [False]
 
 
+def test_a_cancel_lost_between_two_statements_is_sent_again(monkeypatch):
+    """A cancel only stops a statement that is running: one that reaches a stream's session before
+    its COPY (or the fingerprint's query) has started is lost, and that stream read its whole range
+    before the failed day could end. The failed group cancels the streams still running again."""
+    monkeypatch.setattr(streams, "CANCEL_AGAIN_SECONDS", 0.05, raising=False)
+    running, stop = threading.Event(), threading.Event()
+    group = StreamGroup([lambda: None, lambda: running.is_set() and stop.set()])
+
+    def stream_0() -> None:
+        raise RuntimeError("stream 0 failed")
+
+    def stream_1() -> None:
+        while group.failure is None:  # its statement starts only after the first cancel
+            time.sleep(0.001)
+        running.set()
+        stop.wait(10)  # a statement that runs until it is cancelled
+
+    with pytest.raises(RuntimeError, match="stream 0 failed"):
+        group.run([stream_0, stream_1])
+    assert stop.is_set()
+
+
 def test_an_interrupt_while_the_streams_are_awaited_stops_them_before_run_returns():
     """A run's termination arrives as SIGINT in the main thread, usually while it waits for the other
     streams (stream 0 is done): the streams still reading are cancelled and have ended when ``run``

@@ -13,6 +13,9 @@ from typing import Protocol
 from archive_pipeline.core.sink import AppendOnlyFile, open_nameless
 
 SPOOL_READ_BYTES = 4 << 20  # bytes per read when a spool is appended to the archive file
+# A cancel that reaches a session between two statements (before its COPY started, say) is lost:
+# while a failed group waits for its streams, it cancels those still running again this often.
+CANCEL_AGAIN_SECONDS = 1.0
 
 
 class ByteSink(Protocol):
@@ -26,34 +29,37 @@ class Closable(Protocol):
 class StreamGroup:
     """Runs one task per stream, task 0 in the calling thread, the others in threads of their own.
 
-    The first failure wins: it is recorded, every other stream is cancelled (``cancels[i]``, called
-    at most once, never after stream *i* finished), all threads are joined and the first failure is
-    raised as it was, so a stream that was only cancelled never hides the cause. An interrupt while
-    the streams are awaited (a run's termination arrives as SIGINT) is a failure too: no stream
-    outlives ``run``, since its caller then closes the sessions and spools the streams are using.
+    The first failure wins: it is recorded, every other stream is cancelled (``cancels[i]``, never
+    after stream *i* finished, and again every CANCEL_AGAIN_SECONDS while it runs on), all streams
+    are awaited and the first failure is raised as it was, so a stream that was only cancelled never
+    hides the cause. An interrupt while the streams are awaited (a run's termination arrives as
+    SIGINT) is a failure too: no stream outlives ``run``, since its caller then closes the sessions
+    and spools the streams are using.
     """
 
     def __init__(self, cancels: Sequence[Callable[[], None]]) -> None:
         self._cancels = list(cancels)
         self._lock = threading.Lock()
-        self._done = [False] * len(self._cancels)
+        self._finished = [False] * len(self._cancels)
         self.failure: BaseException | None = None
 
     def finished(self, i: int) -> None:
         """Stream ``i`` holds nothing to cancel any more (call before closing its connection)."""
         with self._lock:
-            self._done[i] = True
+            self._finished[i] = True
 
     def fail(self, exc: BaseException) -> None:
-        # the cancels run under the lock: a stream that finishes meanwhile waits in finished() before it
-        # closes its connection, so no cancel ever races the close of what it cancels
         with self._lock:
             if self.failure is not None:
                 return
             self.failure = exc
-            pending = [cancel for cancel, done in zip(self._cancels, self._done) if not done]
-            self._done = [True] * len(self._done)
-            for cancel in pending:
+            self._cancel_running()
+
+    def _cancel_running(self) -> None:
+        """Cancel every stream not finished. Called under the lock: a stream finishing meanwhile waits
+        in finished() before it closes its connection, so no cancel races the close of what it cancels."""
+        for cancel, finished in zip(self._cancels, self._finished):
+            if not finished:
                 with contextlib.suppress(Exception):
                     cancel()
 
@@ -67,6 +73,7 @@ class StreamGroup:
             except BaseException as exc:  # noqa: BLE001 - raised by run() in the caller's thread
                 self.fail(exc)
             finally:
+                self.finished(i)  # ended: nothing of it is running to cancel any more
                 ended[i].set()
 
         threads = [threading.Thread(target=call, args=(i,), name=f"archive-stream-{i}", daemon=True)
@@ -84,13 +91,16 @@ class StreamGroup:
         return results
 
     def _await(self, ended: Sequence[threading.Event]) -> None:
-        """Wait until every other stream's task has ended; an interrupt meanwhile fails the group
-        (cancelling the streams still reading) and the wait goes on. (Events, not ``Thread.join``:
-        an interrupted join marks a running thread as stopped in Python 3.11, bpo-45274.)"""
+        """Wait until every other stream's task has ended, cancelling the ones still running again
+        while the group has failed; an interrupt meanwhile fails the group and the wait goes on.
+        (Events, not ``Thread.join``: an interrupted join marks a running thread as stopped in Python
+        3.11, bpo-45274.)"""
         for event in ended:
             while not event.is_set():
                 try:
-                    event.wait()
+                    if not event.wait(CANCEL_AGAIN_SECONDS) and self.failure is not None:
+                        with self._lock:
+                            self._cancel_running()
                 except BaseException as exc:  # noqa: BLE001 - raised by run() once every stream has ended
                     self.fail(exc)
 
