@@ -26,6 +26,7 @@ from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.source import day_filter, describe_table, read_snapshot
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.streams import StreamGroup
 from archive_pipeline_tests.helpers import assert_nothing_left, download, tiny_tmpfs
@@ -337,3 +338,24 @@ def test_a_parquet_day_failing_on_a_full_temp_dir_keeps_no_spool_open(conn, sche
     finally:
         gc.enable()
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), tmp_path / "tiny")
+
+
+def test_a_partial_index_on_the_day_column_does_not_make_every_stream_scan_the_table(conn, schema):
+    """Time slices pay only where each is an index range. A partial index on the day column made the
+    plan slice the day anyway; its predicate is not implied by the day's query, so each of the four
+    streams scanned the whole table (history included) where ctid ranges read it once between them."""
+    table = sql.Identifier(schema, "hist")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, open boolean) WITH (fillfactor = 10)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-01 00:00+00'::timestamptz + g * interval '5 min', g % 9 = 0 "
+                         "FROM generate_series(1, 4000) g").format(table))
+    conn.execute(sql.SQL("CREATE INDEX ON {} (at) WHERE open").format(table))
+    conn.execute(sql.SQL("ANALYZE {}").format(table))
+    described = describe_table(conn, f"{schema}.hist", "at")
+    where = day_filter(described, DAY)
+    with read_snapshot(conn):
+        plan = parallel.plan_streams(conn, described, where, DAY, 4)
+    assert (plan.kind, plan.streams) == ("ctid", 4), plan.reason
+    # what a time slice would have cost: a scan of the whole table per stream
+    slice_query = sql.SQL("EXPLAIN SELECT * FROM {} WHERE ({}) AND at < {}").format(
+        table, where, sql.Literal(dt.datetime(2024, 3, 10, 6, tzinfo=dt.UTC)))
+    assert "Seq Scan" in "\n".join(r[0] for r in conn.execute(slice_query).fetchall())

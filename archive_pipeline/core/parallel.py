@@ -115,12 +115,14 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
 
 
 def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
-    """Whether a valid btree index leads with the day column (so a time slice is an index range)."""
+    """Whether a valid btree index leads with the day column (so a time slice is an index range). Not
+    a partial one: the day's query does not imply its predicate, so every stream would scan the whole
+    table (ctid ranges read it once between them)."""
     return bool(conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
         "JOIN pg_catalog.pg_am am ON am.oid = c.relam JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisvalid AND am.amname = 'btree' "
-        "AND a.attname = %s)", (oid, table.day_column.name)).fetchone()[0])
+        "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisvalid AND i.indpred IS NULL "
+        "AND am.amname = 'btree' AND a.attname = %s)", (oid, table.day_column.name)).fetchone()[0])
 
 
 def _ctid_plan(conn: psycopg.Connection, oid: int, requested: int) -> StreamPlan:
