@@ -359,3 +359,22 @@ def test_a_partial_index_on_the_day_column_does_not_make_every_stream_scan_the_t
     slice_query = sql.SQL("EXPLAIN SELECT * FROM {} WHERE ({}) AND at < {}").format(
         table, where, sql.Literal(dt.datetime(2024, 3, 10, 6, tzinfo=dt.UTC)))
     assert "Seq Scan" in "\n".join(r[0] for r in conn.execute(slice_query).fetchall())
+
+
+def test_the_connection_limit_counted_is_the_login_roles_not_the_role_it_switches_to(pg, conn, schema, store,
+                                                                                    temp_dir):
+    """A login role allowed two sessions that switches to a group role on login (``-c role=...``, or
+    ALTER ROLE ... SET role): PostgreSQL limits the login role, but the free sessions were counted for
+    ``current_user`` (the group role, unlimited), so four streams were planned and the second session
+    was refused at every attempt ("too many connections for role")."""
+    table = _repetitive_day(conn, schema, 3000)
+    login, group = f"ph_login_{os.getpid()}_{schema}", f"ph_group_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(login, "pä ss", connection_limit=2)
+    conn.execute(sql.SQL("CREATE ROLE {g} NOLOGIN; GRANT {g} TO {l}; GRANT USAGE ON SCHEMA {s} TO {g}; "
+                         "GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {g}").format(
+        g=sql.Identifier(group), l=sql.Identifier(login), s=sql.Identifier(schema)))
+    with psycopg.connect(dsn, autocommit=True, options=f"-c role={group}") as archiving:
+        assert archiving.execute("SELECT current_user::text").fetchone()[0] == group
+        result = archive_partition(archiving, _spec(table, "jsonl", 4), DAY, store, temp_dir=str(temp_dir))
+    assert result.rows == 3000
+    assert result.streams.startswith("1 stream(s)") and "connection limits" in result.streams, result.streams

@@ -208,7 +208,7 @@ _FREE_SESSIONS = """
 SELECT least(
     (SELECT CASE WHEN r.rolsuper OR r.rolconnlimit < 0 THEN NULL
                  ELSE r.rolconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r.oid) END
-     FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
+     FROM pg_catalog.pg_roles r WHERE r.rolname = session_user),
     (SELECT CASE WHEN d.datconnlimit < 0 THEN NULL
                  ELSE d.datconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid) END
      FROM pg_catalog.pg_database d WHERE d.datname = current_database()),
@@ -220,7 +220,9 @@ SELECT least(
 def free_sessions(conn: psycopg.Connection) -> int:
     """How many more sessions ``conn``'s role can open now: the tightest of its role's, its
     database's and the server's connection limits, less the sessions counted against each. A day
-    that needs more than this would fail at every attempt, the retries included."""
+    that needs more than this would fail at every attempt, the retries included. The role is the
+    one that logs in (``session_user``), which PostgreSQL limits, not one it switched to (``-c
+    role=...``, ALTER ROLE ... SET role)."""
     return int(conn.execute(_FREE_SESSIONS).fetchone()[0])
 
 
