@@ -337,6 +337,27 @@ def test_a_parquet_day_failing_on_a_full_temp_dir_keeps_no_spool_open(conn, sche
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), tmp_path / "tiny")
 
 
+def _plan_kind(conn, name: str) -> str:
+    described = describe_table(conn, name, "at")
+    with read_snapshot(conn):
+        return parallel.plan_streams(conn, described, day_filter(described, DAY), DAY, 4).kind
+
+
+def test_time_slices_need_the_day_index_in_every_inheritance_child_too(conn, schema):
+    """An inheritance parent indexed on the day column, a child not: each time slice would scan the
+    whole child, once per stream. Time slices only where every relation read has the index."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {s}.par (id int, at timestamptz); CREATE INDEX ON {s}.par (at); "
+                         "CREATE TABLE {s}.kid () INHERITS ({s}.par); CREATE TABLE {s}.grandkid () INHERITS ({s}.kid); "
+                         "CREATE INDEX ON {s}.kid (at)").format(s=s))
+    for table in ("par", "grandkid"):
+        conn.execute(sql.SQL("INSERT INTO {}.{} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 s' "
+                             "FROM generate_series(1, 2000) g").format(s, sql.Identifier(table)))
+    assert _plan_kind(conn, f"{schema}.par") == "ctid"
+    conn.execute(sql.SQL("CREATE INDEX ON {}.grandkid (at)").format(s))
+    assert _plan_kind(conn, f"{schema}.par") == "key"
+
+
 def test_a_partial_index_on_the_day_column_does_not_make_every_stream_scan_the_table(conn, schema):
     """Time slices pay only where each is an index range. A partial index on the day column made the
     plan slice the day anyway; its predicate is not implied by the day's query, so each of the four
@@ -347,12 +368,9 @@ def test_a_partial_index_on_the_day_column_does_not_make_every_stream_scan_the_t
                          "FROM generate_series(1, 4000) g").format(table))
     conn.execute(sql.SQL("CREATE INDEX ON {} (at) WHERE open").format(table))
     conn.execute(sql.SQL("ANALYZE {}").format(table))
-    described = describe_table(conn, f"{schema}.hist", "at")
-    where = day_filter(described, DAY)
-    with read_snapshot(conn):
-        plan = parallel.plan_streams(conn, described, where, DAY, 4)
-    assert (plan.kind, plan.streams) == ("ctid", 4), plan.reason
+    assert _plan_kind(conn, f"{schema}.hist") == "ctid"
     # what a time slice would have cost: a scan of the whole table per stream
+    where = day_filter(describe_table(conn, f"{schema}.hist", "at"), DAY)
     slice_query = sql.SQL("EXPLAIN SELECT * FROM {} WHERE ({}) AND at < {}").format(
         table, where, sql.Literal(dt.datetime(2024, 3, 10, 6, tzinfo=dt.UTC)))
     assert "Seq Scan" in "\n".join(r[0] for r in conn.execute(slice_query).fetchall())

@@ -115,14 +115,18 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
 
 
 def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
-    """Whether a valid btree index leads with the day column (so a time slice is an index range). Not
-    a partial one: the day's query does not imply its predicate, so every stream would scan the whole
-    table (ctid ranges read it once between them)."""
+    """Whether a valid btree index leads with the day column (so a time slice is an index range) in
+    the table and in every inheritance child the day's query reads too. Not a partial one: the
+    day's query does not imply its predicate. Without such an index, every stream would scan the
+    whole relation (ctid ranges read it once between them)."""
     return bool(conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_catalog.pg_am am ON am.oid = c.relam JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisvalid AND i.indpred IS NULL "
-        "AND am.amname = 'btree' AND a.attname = %s)", (oid, table.day_column.name)).fetchone()[0])
+        "WITH RECURSIVE tree(oid) AS (SELECT %s::pg_catalog.oid UNION ALL SELECT h.inhrelid FROM "
+        "pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid) "
+        "SELECT pg_catalog.bool_and(EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c "
+        "ON c.oid = i.indexrelid JOIN pg_catalog.pg_am am ON am.oid = c.relam JOIN pg_catalog.pg_attribute a "
+        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = tree.oid AND i.indisvalid "
+        "AND i.indpred IS NULL AND am.amname = 'btree' AND a.attname = %s)) FROM tree",
+        (oid, table.day_column.name)).fetchone()[0])
 
 
 def _ctid_plan(conn: psycopg.Connection, oid: int, requested: int) -> StreamPlan:
