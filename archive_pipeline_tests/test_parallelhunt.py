@@ -42,17 +42,21 @@ def _spec(name: str, fmt: str, streams: int, day_column: str = "at") -> TableSpe
                      chunk_size=100, parallel_streams=streams)
 
 
-def _one_and_four(conn, s3_client, bucket, temp_dir, name: str, fmt: str, rows: int, tag: str = "") -> S3Store:
-    """Archive ``name``'s DAY with one stream and twice with four: the same rows and fingerprint, and
-    the four-stream object byte-identical from run to run; returns the four-stream store."""
+def _one_and_four(conn, s3_client, bucket, temp_dir, name: str, fmt: str, rows: int, tag: str = "",
+                  again: bool = True) -> S3Store:
+    """Archive ``name``'s DAY with one stream and with four: the same rows and fingerprint, and (with
+    ``again``) the four-stream object byte-identical from run to run; returns the four-stream store."""
     results, bodies = {}, {}
-    for label, streams in (("one", 1), ("four", 4), ("again", 4)):
+    for label, streams in (("one", 1), ("four", 4), ("again", 4))[:3 if again else 2]:
         store = S3Store(s3_client, bucket, prefix=f"{tag}{label}", part_size=MIN_PART_SIZE)
         results[label] = archive_partition(conn, _spec(name, fmt, streams), DAY, store, temp_dir=str(temp_dir))
         bodies[label] = download(s3_client, bucket, results[label].key)
     assert results["one"].rows == results["four"].rows == rows
     assert results["one"].fingerprint == results["four"].fingerprint
-    assert bodies["four"] == bodies["again"] and results["four"].md5 == results["again"].md5
+    assert results["one"].streams.startswith("1 stream") or results["one"].streams == ""
+    assert results["four"].streams.startswith("4 stream(s)"), results["four"].streams
+    if again:
+        assert bodies["four"] == bodies["again"] and results["four"].md5 == results["again"].md5
     return S3Store(s3_client, bucket, prefix=f"{tag}four", part_size=MIN_PART_SIZE)
 
 
@@ -98,8 +102,8 @@ def test_a_day_over_inheritance_children_and_sub_partitions_at_four_streams(fmt,
         "CREATE TABLE {s}.pp2d PARTITION OF {s}.pp2 DEFAULT; "
         "CREATE TABLE {s}.ppd PARTITION OF {s}.pp DEFAULT").format(s=s))
     conn.execute(sql.SQL("INSERT INTO {}.pp {}").format(s, rows))
-    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.par", fmt, 3000, "par")
-    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.pp", fmt, 4320, "pp")
+    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.par", fmt, 3000, "par", again=False)
+    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.pp", fmt, 4320, "pp", again=False)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
