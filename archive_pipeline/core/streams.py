@@ -33,8 +33,8 @@ class StreamGroup:
     after stream *i* finished, and again every CANCEL_AGAIN_SECONDS while it runs on), all streams
     are awaited and the first failure is raised as it was, so a stream that was only cancelled never
     hides the cause. An interrupt while the streams are awaited (a run's termination arrives as
-    SIGINT) is a failure too: no stream outlives ``run``, since its caller then closes the sessions
-    and spools the streams are using.
+    SIGINT) is a failure too, and one that wins over an error: no stream outlives ``run``, since its
+    caller then closes the sessions and spools the streams are using, and the caller stops.
     """
 
     def __init__(self, cancels: Sequence[Callable[[], None]]) -> None:
@@ -50,10 +50,13 @@ class StreamGroup:
 
     def fail(self, exc: BaseException) -> None:
         with self._lock:
-            if self.failure is not None:
-                return
-            self.failure = exc
-            self._cancel_running()
+            if self.failure is None:
+                self.failure = exc
+                self._cancel_running()
+            elif isinstance(self.failure, Exception) and not isinstance(exc, Exception):
+                # an interrupt (a run's termination) after a stream's error is what run() raises: the
+                # caller must stop, not carry on with its next day as after a failed one
+                self.failure = exc
 
     def _cancel_running(self) -> None:
         """Cancel every stream not finished. Called under the lock: a stream finishing meanwhile waits
