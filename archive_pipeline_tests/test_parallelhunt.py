@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -37,7 +38,7 @@ DAY = dt.date(2024, 3, 10)
 FORMATS = ("jsonl", "csv", "parquet")
 
 
-def _spec(name: str, fmt: str, streams: int, day_column: str = "at") -> TableSpec:
+def _spec(name: str, fmt: str, streams: int | str, day_column: str = "at") -> TableSpec:
     return TableSpec(name=name, day_column=day_column, start_date="2024-03-01", format=fmt, compression="zstd",
                      chunk_size=100, parallel_streams=streams)
 
@@ -248,6 +249,10 @@ def test_a_view_or_a_small_table_read_with_one_stream_says_why(conn, schema, sto
     assert any(view.streams in r.getMessage() for r in caplog.records)
     small = archive_partition(conn, _spec(f"{schema}.ev", "csv", 4), DAY, store, temp_dir=str(temp_dir))
     assert small.streams == "1 stream(s), parallel_streams is 4: the relation has 1 page(s): nothing to split"
+    auto = archive_partition(conn, _spec(f"{schema}.ev", "jsonl", "auto"), DAY,
+                             S3Store(store.client, store.bucket, prefix="auto"), temp_dir=str(temp_dir))
+    assert re.fullmatch(r"1 stream\(s\), parallel_streams is auto: one stream for ~\d+ estimated rows on \d+ core\(s\) "
+                        r"\(one per 2,000,000 rows and per two cores\)", auto.streams), auto.streams
     single = archive_partition(conn, _spec(f"{schema}.ev", "jsonl", 1), DAY,
                                S3Store(store.client, store.bucket, prefix="one"), temp_dir=str(temp_dir))
     assert single.streams == ""
