@@ -251,8 +251,8 @@ def test_a_view_or_a_small_table_read_with_one_stream_says_why(conn, schema, sto
     assert small.streams == "1 stream(s), parallel_streams is 4: the relation has 1 page(s): nothing to split"
     auto = archive_partition(conn, _spec(f"{schema}.ev", "jsonl", "auto"), DAY,
                              S3Store(store.client, store.bucket, prefix="auto"), temp_dir=str(temp_dir))
-    assert re.fullmatch(r"1 stream\(s\), parallel_streams is auto: one stream for ~\d+ estimated rows on \d+ core\(s\) "
-                        r"\(one per 2,000,000 rows and per two cores\)", auto.streams), auto.streams
+    assert re.fullmatch(r"1 stream\(s\), parallel_streams is auto: ~\d+ rows estimated on \d+ core\(s\), one stream "
+                        r"\(one per 2,000,000 rows and two cores\)", auto.streams), auto.streams
     single = archive_partition(conn, _spec(f"{schema}.ev", "jsonl", 1), DAY,
                                S3Store(store.client, store.bucket, prefix="one"), temp_dir=str(temp_dir))
     assert single.streams == ""

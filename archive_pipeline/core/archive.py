@@ -766,7 +766,7 @@ def _streams_note(configured: int | str, streams: int, reason: str) -> str:
     fewer, and a user who set ``parallel_streams`` sees it in the day's result and its metadata."""
     if configured == 1:
         return ""
-    return f"{streams} stream(s), parallel_streams is {configured}: {reason}"
+    return f"{streams} stream(s), parallel_streams is {configured}: {reason.removeprefix('auto: ')}"
 
 
 def _manifest_object_key(manifest: dict | None) -> str | None:

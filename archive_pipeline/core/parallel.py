@@ -91,8 +91,8 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         estimate = estimated_rows(conn, table, where) if estimate is None else estimate
         requested = auto_streams(estimate)
         if requested <= 1:
-            return replace(SINGLE, reason=f"one stream for ~{estimate:,} estimated rows on {len(os.sched_getaffinity(0))} "
-                                          f"core(s) (one per {AUTO_ROWS_PER_STREAM:,} rows and per two cores)")
+            return replace(SINGLE, reason=f"auto: ~{estimate:,} rows estimated on {len(os.sched_getaffinity(0))} "
+                                          f"core(s), one stream (one per {AUTO_ROWS_PER_STREAM:,} rows and two cores)")
     if requested <= 1:
         return SINGLE
     if table.relkind not in ("r", "p", "m"):
