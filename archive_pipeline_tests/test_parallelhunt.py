@@ -426,3 +426,28 @@ def test_an_interrupt_after_a_streams_error_is_what_the_group_raises():
     threading.Thread(target=interrupt_once_failed).start()
     with pytest.raises(KeyboardInterrupt):
         group.run([lambda: None, failing, slow_to_end])
+
+
+def test_a_day_among_many_in_an_indexed_relation_is_not_read_by_scanning_all_of_it(conn, schema, s3_client, bucket,
+                                                                                  temp_dir):
+    """ctid ranges cover the whole relation with index scans off: four streams of a plain table with
+    a date day column (which cannot be cut in time slices) read all its days, the history included,
+    where one stream reads the day through its index; so did a monthly partition. Now such a day is
+    read by one stream (date) or by time slices of the partition's index (timestamps); a relation
+    that is mostly the day keeps its ctid ranges."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL(
+        "CREATE TABLE {s}.days (id int, at date) WITH (fillfactor = 10); CREATE INDEX ON {s}.days (at); "
+        "CREATE TABLE {s}.one_day (id int, at date) WITH (fillfactor = 10); CREATE INDEX ON {s}.one_day (at); "
+        "CREATE TABLE {s}.monthly (id int, at timestamptz) PARTITION BY RANGE (at); CREATE INDEX ON {s}.monthly (at); "
+        "CREATE TABLE {s}.march PARTITION OF {s}.monthly FOR VALUES FROM ('2024-03-01 00:00+00') TO "
+        "('2024-04-01 00:00+00') WITH (fillfactor = 10)").format(s=s))
+    conn.execute(sql.SQL("INSERT INTO {s}.days SELECT g, '2024-03-01'::date + g % 10 FROM generate_series(1, 5000) g; "
+                         "INSERT INTO {s}.one_day SELECT g, '2024-03-10' FROM generate_series(1, 5000) g; "
+                         "INSERT INTO {s}.monthly SELECT g, '2024-03-01 00:00+00'::timestamptz + g * interval '5 min' "
+                         "FROM generate_series(1, 8000) g").format(s=s))
+    conn.execute(sql.SQL("ANALYZE {s}.days, {s}.one_day, {s}.monthly").format(s=s))
+    assert _plan_kind(conn, f"{schema}.days") == "single"
+    assert _plan_kind(conn, f"{schema}.one_day") == "ctid"
+    assert _plan_kind(conn, f"{schema}.monthly") == "key"
+    _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.monthly", "csv", 288, again=False)

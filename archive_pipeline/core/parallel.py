@@ -13,11 +13,12 @@ only executes its part of it:
   once: each row visible in the snapshot is read by exactly one stream, whatever the relation's
   size is now. The size (``pg_relation_size``, read in the snapshot) only balances the streams;
   pages added meanwhile hold only tuples the snapshot cannot see, and they fall in the last range
-  anyway. Used for a day that is its own relation (a declarative or naming-mode partition) and for
-  tables without an index on the day column.
-- **key ranges**: a plain table with a btree index on its timestamp day column, where the day is
-  usually a small part of the table: page ranges would make the first stream scan the history
-  before the day. The day is cut into equal time slices ``[s_i, s_i+1)`` that cover it exactly.
+  anyway. Used for a day that is its own relation (a declarative or naming-mode partition), for
+  tables without an index on the day column, and for relations mostly of the day.
+- **key ranges**: a plain table (or a partition of many days) with a btree index on its timestamp
+  day column, where the day is usually a small part of the relation: page ranges would make the
+  streams scan the history. The day is cut into equal time slices ``[s_i, s_i+1)`` that cover it
+  exactly. A ``date`` day among many days of an indexed relation is read by one stream.
 
 Every stream is its own session (``open_text_sessions``) that imports the coordinator's snapshot
 (``SET TRANSACTION SNAPSHOT``); the coordinator ends its transaction as soon as all have imported
@@ -85,8 +86,9 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
                  requested: int | str, estimate: int | None = None) -> StreamPlan:
     """How ``requested`` streams (or ``"auto"``: see :func:`auto_streams`) split the day, read inside
     the coordinator's snapshot (cheap: catalog lookups, the relation's size, for a partitioned table
-    one row of the day, which names the partition holding it, and for ``auto`` the planner's
-    ``estimate`` of the day's rows: one EXPLAIN unless the caller has it already)."""
+    one row of the day, which names the partition holding it, and for ``auto`` or a relation indexed
+    on the day column the planner's ``estimate`` of the day's rows: one EXPLAIN unless the caller has
+    it already)."""
     if requested == "auto":
         estimate = estimated_rows(conn, table, where) if estimate is None else estimate
         requested = auto_streams(estimate)
@@ -111,8 +113,29 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         found = row.fetchone()
         if found is None:
             return replace(SINGLE, reason="the day has no rows")
-        return _ctid_plan(conn, found[0], requested)
-    return _ctid_plan(conn, oid, requested)
+        oid = found[0]
+    indexed = _index_reads_less(conn, oid, table, where, estimate)
+    if indexed is None:
+        return _ctid_plan(conn, oid, requested)
+    if table.day_column.base_type in _TIMESTAMPS:  # a partition of many days, indexed: slices of the index
+        return _key_plan(table, day, requested)
+    return replace(SINGLE, reason=indexed)
+
+
+def _index_reads_less(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
+                      estimate: int | None) -> str | None:
+    """Why ctid ranges would read far more than the day: the relation holds more than twice the
+    day's rows (the planner's estimates) and an index on the day column reads the day alone.
+    Ranges of pages cover the whole relation, its history included, with index scans off."""
+    if table.day_column is None or not _day_index(conn, oid, table):
+        return None
+    name, tuples = conn.execute("SELECT %s::pg_catalog.regclass::text, reltuples FROM pg_catalog.pg_class "
+                                "WHERE oid = %s", (oid, oid)).fetchone()
+    rows = estimated_rows(conn, table, where) if estimate is None else estimate
+    if tuples <= 0 or rows * 2 >= tuples:  # never analyzed (-1), or mostly the day
+        return None
+    return (f"ctid ranges would read all of {name} (~{tuples:,.0f} rows) for the day's ~{rows:,}, which the index "
+            f"on {table.day_column.name} reads alone (a {table.day_column.base_type} day cannot be cut in time slices)")
 
 
 def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
