@@ -72,7 +72,8 @@ def test_hostile_types_at_four_streams_equal_one_stream_and_restore_exactly(fmt,
     for _ in range(2):
         conn.execute(sql.SQL("INSERT INTO {t} SELECT * FROM {t}").format(t=table))
     conn.execute(sql.SQL("VACUUM FULL {}").format(table))
-    store = _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.edges", fmt, 16)
+    store = _one_and_four(conn, s3_client, bucket, temp_dir, f"{schema}.edges", fmt, 16,
+                          again=fmt == "parquet")  # text: byte-identical reruns in test_parallel
     restored = restore_day(conn, store, _spec(f"{schema}.edges", fmt, 4), DAY, into="new", target=f"{schema}.back",
                            temp_dir=str(temp_dir))
     assert restored.fingerprint_checked and restored.rows == 16
