@@ -235,6 +235,7 @@ class _Archiving:
         self.manifest_key = keys.manifest_key(self.key)
         self._manifest_settled = True  # no manifest write so far can still land (see _put_manifest)
         self.started = time.perf_counter()
+        self.streams = ""  # how the day was split among parallel_streams (see _streams_note)
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
@@ -397,13 +398,16 @@ class _Archiving:
                                 chunk_rows=self.spec.chunk_size, settings=self.settings, progress=self.progress,
                                 progress_every=self.progress_every, strict=self.spec.strict)
         plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams, estimate)
+        reason = plan.reason
         # the sessions the connection limits leave: asked only when more than this one is wanted (a round trip)
         free = free_sessions(self.conn) if plan.streams > 1 or fp is None else 0
         if plan.streams > 1 and _readers(fmt, plan) > free:
             # as many streams as the connection limits leave room for: more would fail every attempt
-            log.info("%s %s: %d stream(s) instead of %d: %d more session(s) fit the connection limits",
-                     self.spec.name, self.day, max(1, free), plan.streams, free)
+            reason = f"{plan.streams} planned, {free} more session(s) fit the connection limits"
             plan = plan_streams(self.conn, table, where, self.day, max(1, free), estimate)
+        self.streams = _streams_note(self.spec.parallel_streams, plan.streams, reason)
+        if self.streams:
+            log.info("%s %s: %s", self.spec.name, self.day, self.streams)
         readers = _readers(fmt, plan)
 
         def write() -> WriteStats:
@@ -571,7 +575,7 @@ class _Archiving:
             upload_wait_seconds=0.0 if empty else stored.wait_seconds,
             complete_seconds=0.0 if empty else stored.complete_seconds, fingerprint=str(fp),
             fingerprint_seconds=fp_seconds, empty=empty, generation=generation,
-            encodings=dict(getattr(stats, "encodings", {}) or {}),
+            encodings=dict(getattr(stats, "encodings", {}) or {}), streams=self.streams,
         )
 
     def _commit(self, result: ArchiveResult, identity: SourceIdentity, definition: dict, existing: Existing) -> None:
@@ -754,6 +758,15 @@ def _readers(fmt, plan) -> int:
     """Sessions a day's read opens besides the archive's own: one per stream (the archive's own only
     exports the snapshot then), except a single text stream, which reads on the archive's own."""
     return plan.streams if fmt.compresses_internally or plan.streams > 1 else 0
+
+
+def _streams_note(configured: int | str, streams: int, reason: str) -> str:
+    """How many streams read the day and why, for a table configured with more than one (or auto):
+    a view, a foreign table, a small relation, column privileges or the connection limits read with
+    fewer, and a user who set ``parallel_streams`` sees it in the day's result and its metadata."""
+    if configured == 1:
+        return ""
+    return f"{streams} stream(s), parallel_streams is {configured}: {reason.removeprefix('auto: ')}"
 
 
 def _manifest_object_key(manifest: dict | None) -> str | None:

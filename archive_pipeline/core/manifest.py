@@ -101,6 +101,7 @@ class ArchiveResult:
     encodings: dict[str, dict] = field(default_factory=dict)  # column -> {encoding, exact, note}
     skipped: bool = False  # an identical archive existed; nothing was uploaded
     archiver_version: str = __version__
+    streams: str = ""  # with parallel_streams set: how many streams read the day, and why (e.g. a view: one)
 
     @property
     def rows_per_second(self) -> float:

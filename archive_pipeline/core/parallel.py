@@ -13,11 +13,12 @@ only executes its part of it:
   once: each row visible in the snapshot is read by exactly one stream, whatever the relation's
   size is now. The size (``pg_relation_size``, read in the snapshot) only balances the streams;
   pages added meanwhile hold only tuples the snapshot cannot see, and they fall in the last range
-  anyway. Used for a day that is its own relation (a declarative or naming-mode partition) and for
-  tables without an index on the day column.
-- **key ranges**: a plain table with a btree index on its timestamp day column, where the day is
-  usually a small part of the table: page ranges would make the first stream scan the history
-  before the day. The day is cut into equal time slices ``[s_i, s_i+1)`` that cover it exactly.
+  anyway. Used for a day that is its own relation (a declarative or naming-mode partition), for
+  tables without an index on the day column, and for relations mostly of the day.
+- **key ranges**: a plain table (or a partition of many days) with a btree index on its timestamp
+  day column, where the day is usually a small part of the relation: page ranges would make the
+  streams scan the history. The day is cut into equal time slices ``[s_i, s_i+1)`` that cover it
+  exactly. A ``date`` day among many days of an indexed relation is read by one stream.
 
 Every stream is its own session (``open_text_sessions``) that imports the coordinator's snapshot
 (``SET TRANSACTION SNAPSHOT``); the coordinator ends its transaction as soon as all have imported
@@ -85,13 +86,15 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
                  requested: int | str, estimate: int | None = None) -> StreamPlan:
     """How ``requested`` streams (or ``"auto"``: see :func:`auto_streams`) split the day, read inside
     the coordinator's snapshot (cheap: catalog lookups, the relation's size, for a partitioned table
-    one row of the day, which names the partition holding it, and for ``auto`` the planner's
-    ``estimate`` of the day's rows: one EXPLAIN unless the caller has it already)."""
+    one row of the day, which names the partition holding it, and for ``auto`` or a relation indexed
+    on the day column the planner's ``estimate`` of the day's rows: one EXPLAIN unless the caller has
+    it already)."""
     if requested == "auto":
         estimate = estimated_rows(conn, table, where) if estimate is None else estimate
         requested = auto_streams(estimate)
         if requested <= 1:
-            return replace(SINGLE, reason=f"auto: ~{estimate:,} rows estimated, one stream")
+            return replace(SINGLE, reason=f"auto: ~{estimate:,} rows estimated on {len(os.sched_getaffinity(0))} "
+                                          f"core(s), one stream (one per {AUTO_ROWS_PER_STREAM:,} rows and two cores)")
     if requested <= 1:
         return SINGLE
     if table.relkind not in ("r", "p", "m"):
@@ -110,17 +113,44 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         found = row.fetchone()
         if found is None:
             return replace(SINGLE, reason="the day has no rows")
-        return _ctid_plan(conn, found[0], requested)
-    return _ctid_plan(conn, oid, requested)
+        oid = found[0]
+    indexed = _index_reads_less(conn, oid, table, where, estimate)
+    if indexed is None:
+        return _ctid_plan(conn, oid, requested)
+    if table.day_column.base_type in _TIMESTAMPS:  # a partition of many days, indexed: slices of the index
+        return _key_plan(table, day, requested)
+    return replace(SINGLE, reason=indexed)
+
+
+def _index_reads_less(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
+                      estimate: int | None) -> str | None:
+    """Why ctid ranges would read far more than the day: the relation holds more than twice the
+    day's rows (the planner's estimates) and an index on the day column reads the day alone.
+    Ranges of pages cover the whole relation, its history included, with index scans off."""
+    if table.day_column is None or not _day_index(conn, oid, table):
+        return None
+    name, tuples = conn.execute("SELECT %s::pg_catalog.regclass::text, reltuples FROM pg_catalog.pg_class "
+                                "WHERE oid = %s", (oid, oid)).fetchone()
+    rows = estimated_rows(conn, table, where) if estimate is None else estimate
+    if tuples <= 0 or rows * 2 >= tuples:  # never analyzed (-1), or mostly the day
+        return None
+    return (f"ctid ranges would read all of {name} (~{tuples:,.0f} rows) for the day's ~{rows:,}, which the index "
+            f"on {table.day_column.name} reads alone (a {table.day_column.base_type} day cannot be cut in time slices)")
 
 
 def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
-    """Whether a valid btree index leads with the day column (so a time slice is an index range)."""
+    """Whether a valid btree index leads with the day column (so a time slice is an index range) in
+    the table and in every inheritance child the day's query reads too. Not a partial one: the
+    day's query does not imply its predicate. Without such an index, every stream would scan the
+    whole relation (ctid ranges read it once between them)."""
     return bool(conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_catalog.pg_am am ON am.oid = c.relam JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisvalid AND am.amname = 'btree' "
-        "AND a.attname = %s)", (oid, table.day_column.name)).fetchone()[0])
+        "WITH RECURSIVE tree(oid) AS (SELECT %s::pg_catalog.oid UNION ALL SELECT h.inhrelid FROM "
+        "pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid) "
+        "SELECT pg_catalog.bool_and(EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c "
+        "ON c.oid = i.indexrelid JOIN pg_catalog.pg_am am ON am.oid = c.relam JOIN pg_catalog.pg_attribute a "
+        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = tree.oid AND i.indisvalid "
+        "AND i.indpred IS NULL AND am.amname = 'btree' AND a.attname = %s)) FROM tree",
+        (oid, table.day_column.name)).fetchone()[0])
 
 
 def _ctid_plan(conn: psycopg.Connection, oid: int, requested: int) -> StreamPlan:
@@ -206,7 +236,7 @@ _FREE_SESSIONS = """
 SELECT least(
     (SELECT CASE WHEN r.rolsuper OR r.rolconnlimit < 0 THEN NULL
                  ELSE r.rolconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r.oid) END
-     FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
+     FROM pg_catalog.pg_roles r WHERE r.rolname = session_user),
     (SELECT CASE WHEN d.datconnlimit < 0 THEN NULL
                  ELSE d.datconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid) END
      FROM pg_catalog.pg_database d WHERE d.datname = current_database()),
@@ -218,7 +248,9 @@ SELECT least(
 def free_sessions(conn: psycopg.Connection) -> int:
     """How many more sessions ``conn``'s role can open now: the tightest of its role's, its
     database's and the server's connection limits, less the sessions counted against each. A day
-    that needs more than this would fail at every attempt, the retries included."""
+    that needs more than this would fail at every attempt, the retries included. The role is the
+    one that logs in (``session_user``), which PostgreSQL limits, not one it switched to (``-c
+    role=...``, ALTER ROLE ... SET role)."""
     return int(conn.execute(_FREE_SESSIONS).fetchone()[0])
 
 
@@ -288,6 +320,7 @@ def write_text_streams(fmt, codec, level: int | None, extraction: Extraction, pl
             results = group.run([task(i) for i in range(plan.streams)])
             for spool in spooled:
                 spool.append_to(out)
+                spool.close()  # appended: its disk space is free before the next one's turn
     finally:
         for conn in sessions:
             conn.close()

@@ -233,6 +233,8 @@ def materialization_metadata(result: ArchiveResult, link: str, verified: str) ->
     }
     meta["fingerprint"] = result.fingerprint
     meta["generation"] = result.generation
+    if result.streams:
+        meta["streams"] = result.streams
     inexact = sorted(name for name, e in result.encodings.items() if not e.get("exact", True))
     meta["exact"] = not inexact
     if inexact:
