@@ -4,7 +4,8 @@ Same YAML file (``--config`` or ``$ARCHIVE_PIPELINE_CONFIG``) and environment va
 location (``ARCHIVE_PG_DSN``, ``ARCHIVE_S3_*``). No Dagster import.
 
 Exit codes: 0 ok; 1 a check or comparison found differences, or a day failed; 2 usage or
-configuration error; 3 the source database or the object store cannot be reached.
+configuration error; 3 the source database or the object store cannot be reached; 130 (Ctrl-C) and
+143 (SIGTERM): cancelled.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +57,27 @@ EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 class Failed(Exception):
     """A command finished but found differences or failed days (exit code 1)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a container or service manager stopping us), raised like Ctrl-C: Python's default
+    would end the process on the spot, leaving the day's multipart upload open in the store and no word
+    of what was stopped. Raised, the same cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+# what a cancelled day is left as, by what was interrupted (see core.errors.note_cancelled)
+_CANCELLED_STATE = {
+    "archiving": "nothing of the day was published (an earlier archive of it stays as it was; days archived "
+                 "before it are kept and skipped next time)",
+    "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
+                "settled by the next run of the day",
+    "restoring": "the day's restore was rolled back",
+    "proving": "nothing was changed",
+}
 
 
 @dataclass
@@ -247,6 +270,20 @@ def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None)
     sys.exit(code)
 
 
+def _cancelled(as_json: bool, exc: KeyboardInterrupt) -> None:
+    """One line for a command stopped by Ctrl-C or SIGTERM (exit 130 / 143, as a shell reports them): what
+    was interrupted, what that day is left as, and that running the command again finishes the work."""
+    terminated = isinstance(exc, Terminated)
+    how = "by SIGTERM" if terminated else "by Ctrl-C"
+    interrupted = getattr(exc, "interrupted", None)
+    if interrupted:
+        state = _CANCELLED_STATE.get(interrupted.split(" ", 1)[0], "nothing was changed")
+        text = f"{interrupted} was cancelled {how}: {state}"
+    else:
+        text = f"cancelled {how}"
+    _fail(as_json, 143 if terminated else 130, f"{text}; to fix: run the same command again to finish", True)
+
+
 def command(fn: Callable[..., None]) -> Callable[..., None]:
     """The options every command takes, and one place that turns errors into exit codes."""
     day = PeriodArg()
@@ -291,6 +328,8 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             fn(run, **kwargs)
         except click.ClickException:
             raise
+        except KeyboardInterrupt as exc:
+            _cancelled(as_json, exc)
         except Failed as exc:
             if str(exc):
                 click.echo(str(exc), err=True)
@@ -355,6 +394,8 @@ class _Commands(click.Group):
             if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+        with contextlib.suppress(ValueError):  # not the main thread (called from a test's thread): leave it
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().main(argv, standalone_mode=False, **kwargs)
         except click.ClickException as exc:

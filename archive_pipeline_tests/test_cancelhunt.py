@@ -1,0 +1,136 @@
+"""Cancelling mid-way: Ctrl-C (SIGINT) and SIGTERM of the command line, and a Dagster run terminated, while
+a day streams or uploads. Afterwards: the process ends promptly and says it was cancelled, nothing
+half-written at the day's key, no open multipart upload, no temp file, the table-day lock released and no
+session of ours left in PostgreSQL, and the next run archives the day exactly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.keys import manifest_key
+from archive_pipeline.core.locks import lock_key
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import download
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = dt.date(2024, 3, 10)
+CLI_APP = "archive_pipeline_cli"
+
+
+@pytest.fixture
+def proxy(s3):
+    with FaultProxy(s3.endpoint_url) as running:
+        yield running
+
+
+def wide_day(conn, schema: str, rows: int = 1000, width: int = 9600) -> None:
+    """``<schema>.ev`` with ``rows`` rows of ``width`` bytes on DAY: ~10 MB of JSON (two parts of the command
+    line's 8 MiB) that PostgreSQL reads in a blink."""
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at timestamptz NOT NULL, pad text)").format(
+        sql.Identifier(schema)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s::timestamptz + g * interval '1 second', "
+                         "repeat(md5(g::text), %s) FROM generate_series(1, %s) g").format(sql.Identifier(schema)),
+                 (f"{DAY} 00:00+00", width // 32, rows))
+
+
+@pytest.fixture
+def setup(pg, conn, schema, bucket, proxy, tmp_path):
+    """A wide day, its table in a config file, and the command line's environment (S3 through the proxy)."""
+    wide_day(conn, schema)
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "jsonl",
+             "compression": "none"}
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX="archive", ARCHIVE_S3_ENDPOINT_URL=proxy.url,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="200",
+               TMPDIR=str(temp))
+    return env, parse_config({"tables": [table]}).tables[0], temp
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cancelled_when_held(proxy: FaultProxy, child: subprocess.Popen, conn, signum: int, **match: str
+                        ) -> tuple[int, str]:
+    """Send ``signum`` to ``child`` once the proxy holds the first request that ``match``es (while the CLI's
+    session is there to see), let the request go once the child has ended; its exit status and stderr."""
+    held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
+    try:
+        assert proxy.wait_held(1, timeout=30), child.poll()
+        assert our_sessions(conn), "the check for sessions left behind would see ours"
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=15)  # ends promptly (a stalled part no longer holds it 10 s)
+    finally:
+        held.gate.set()
+        child.kill()
+    return child.returncode, err
+
+
+def our_sessions(conn) -> list[tuple]:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT state, left(query, 40) FROM pg_stat_activity WHERE application_name = %s",
+                        (CLI_APP,)).fetchall()
+
+
+def assert_left_clean(conn, s3_client, bucket: str, spec, temp: Path, keys: dict[str, bytes]) -> None:
+    """After a cancelled run: the bucket holds exactly ``keys`` with the same bytes, no multipart upload is
+    open, the temp dir is empty, the table-day lock is free and no session of the CLI is left."""
+    stored = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert stored == set(keys)
+    assert all(download(s3_client, bucket, key) == body for key, body in keys.items())
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list(temp.iterdir()) == []
+    deadline = time.monotonic() + 10
+    while our_sessions(conn) and time.monotonic() < deadline:  # a closed socket ends its backend at once
+        time.sleep(0.05)
+    assert our_sessions(conn) == []
+    assert conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, DAY)).fetchone()[0]
+    conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", lock_key(spec.name, DAY))
+
+
+def test_cli_archive_cancelled_while_a_part_uploads(setup, proxy, pg, conn, s3_client, bucket):
+    """Ctrl-C used to wait 10 s for the stalled part and end with "Aborted!" (exit 1, as for a failed day);
+    SIGTERM ended the command on the spot, leaving the day's multipart upload open and saying nothing."""
+    env, spec, temp = setup
+    hold_part = {"method": "PUT", "query": "partNumber="}
+    code, err = cancelled_when_held(proxy, cli(env, "archive", "--day", DAY.isoformat()), conn, signal.SIGINT,
+                                    **hold_part)
+    assert code == 130, err
+    assert err.strip().splitlines() == [
+        f"error: archiving {spec.name} {DAY} was cancelled by Ctrl-C: nothing of the day was published (an earlier "
+        "archive of it stays as it was; days archived before it are kept and skipped next time); to fix: run the "
+        "same command again to finish"]
+    assert_left_clean(conn, s3_client, bucket, spec, temp, {})
+
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    with pg.connect() as archiving:
+        assert archive_partition(archiving, spec, DAY, store).rows == 1000
+    assert deep_verify(conn, store, spec, DAY) == []  # the archive loaded back equals the source
+    key = render_key(spec, DAY, "archive")
+    archived = {k: download(s3_client, bucket, k) for k in (key, manifest_key(key))}
+
+    code, err = cancelled_when_held(proxy, cli(env, "archive", "--day", DAY.isoformat(), "--overwrite", "--json"),
+                                    conn, signal.SIGTERM, **hold_part)
+    assert code == 143, err
+    assert "was cancelled by SIGTERM" in err and "Traceback" not in err
+    assert_left_clean(conn, s3_client, bucket, spec, temp, archived)  # the previous archive intact
