@@ -10,11 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from dagster import DagsterRunStatus, instance_for_test
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition, render_key
@@ -23,6 +26,7 @@ from archive_pipeline.core.keys import manifest_key
 from archive_pipeline.core.locks import lock_key
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify
+from archive_pipeline.definitions import build_definitions
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.helpers import download
 
@@ -134,3 +138,41 @@ def test_cli_archive_cancelled_while_a_part_uploads(setup, proxy, pg, conn, s3_c
     assert code == 143, err
     assert "was cancelled by SIGTERM" in err and "Traceback" not in err
     assert_left_clean(conn, s3_client, bucket, spec, temp, archived)  # the previous archive intact
+
+
+def test_dagster_run_terminated_while_a_part_uploads(conn, schema, pg, bucket, proxy, s3_client, monkeypatch,
+                                                     tmp_path):
+    """What terminating a run does to its in-process step: the run is marked CANCELING, then the run worker is
+    interrupted (SIGINT, which Dagster raises in the step as DagsterExecutionInterruptedError)."""
+    wide_day(conn, schema)
+    for name, value in {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_PREFIX": "archive",
+                        "ARCHIVE_S3_ENDPOINT_URL": proxy.url}.items():
+        monkeypatch.setenv(name, value)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    config = parse_config({"tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
+                                       "format": "jsonl", "compression": "none"}]})
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
+    held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
+
+    with instance_for_test() as instance:
+        def terminate() -> None:
+            if proxy.wait_held(1, timeout=60):
+                [run] = instance.get_runs()
+                instance.report_run_canceling(run)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        terminator = threading.Thread(target=terminate)
+        terminator.start()
+        try:
+            result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        finally:
+            terminator.join(60)
+            held.gate.set()
+        assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
+        [failure] = [e.dagster_event.step_failure_data.user_failure_data.description
+                     for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
+    assert failure.startswith(f"{schema}.ev {DAY}: cancelled while archiving: the run was terminated; nothing of it "
+                              "was published")
+    assert_left_clean(conn, s3_client, bucket, config.tables[0], temp, {})

@@ -17,6 +17,7 @@ from typing import Literal
 import psycopg
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckExecutionContext,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -26,6 +27,8 @@ from dagster import (
     BetaWarning,
     Config,
     DagsterEventType,
+    DagsterExecutionInterruptedError,
+    DagsterRunStatus,
     DailyPartitionsDefinition,
     HourlyPartitionsDefinition,
     MonthlyPartitionsDefinition,
@@ -280,6 +283,22 @@ def remedy(exc: BaseException, spec: TableSpec, day: dt.date, origin: str | None
     return f"Fix the cause above, then launch partition {day} of {job_name(spec)} again."
 
 
+def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc: BaseException, spec: TableSpec,
+               day: Period, doing: str, left: str) -> BaseException:
+    """What to raise when the step is interrupted while ``doing`` ``day``: a run a person terminated (marked
+    CANCELING) fails its step with a :class:`Failure` that no RetryPolicy retries, saying what was cancelled and
+    what the day is ``left`` as. Dagster itself turns an interrupt into a retry when the step has a policy: the
+    terminated run waited out the backoff, archived the day all the same and ended as a success. Any other
+    interrupt (a run worker stopped without a termination request) is raised as it came, for Dagster to handle."""
+    run = context.instance.get_run_by_id(context.run.run_id)
+    if run is None or run.status not in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+        return exc
+    return Failure(description=f"{spec.name} {day}: cancelled while {doing}: the run was terminated; {left}.\n\n"
+                               f"What to do: launch partition {day} of {job_name(spec)} again when it should run.",
+                   allow_retries=False, metadata={"table": spec.name, "day": day.isoformat(), "retryable": False,
+                                                  "error": "cancelled"})
+
+
 def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None,
             origin: str | None = None) -> Failure:
     """The step failure a person reads: table, day, cause (never a secret), what to do; no stack trace of
@@ -444,6 +463,9 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
                     raise
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
+            except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+                raise terminated(context, exc, spec, day, "archiving", "nothing of it was published (an earlier "
+                                 "archive of the day stays as it was)") from None
     finally:
         source.close()
     if failed:
