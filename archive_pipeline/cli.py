@@ -46,7 +46,7 @@ from archive_pipeline.core.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
+from archive_pipeline.core.errors import CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.store import S3Store
@@ -69,15 +69,6 @@ def _terminate(signum: int, _frame: object) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
-# what a cancelled day is left as, by what was interrupted (see core.errors.note_cancelled)
-_CANCELLED_STATE = {
-    "archiving": "nothing of the day was published (an earlier archive of it stays as it was; days archived "
-                 "before it are kept and skipped next time)",
-    "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
-                "settled by the next run of the day",
-    "restoring": "the day's restore was rolled back",
-    "proving": "nothing was changed",
-}
 
 
 @dataclass
@@ -277,8 +268,7 @@ def _cancelled(as_json: bool, exc: KeyboardInterrupt) -> None:
     how = "by SIGTERM" if terminated else "by Ctrl-C"
     interrupted = getattr(exc, "interrupted", None)
     if interrupted:
-        state = _CANCELLED_STATE.get(interrupted.split(" ", 1)[0], "nothing was changed")
-        text = f"{interrupted} was cancelled {how}: {state}"
+        text = f"{interrupted} was cancelled {how}: {CANCELLED_LEAVES[interrupted.split(' ', 1)[0]]}"
     else:
         text = f"cancelled {how}"
     _fail(as_json, 143 if terminated else 130, f"{text}; to fix: run the same command again to finish", True)

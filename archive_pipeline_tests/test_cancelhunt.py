@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,8 +123,7 @@ def test_cli_archive_cancelled_while_a_part_uploads(setup, proxy, pg, conn, s3_c
     assert code == 130, err
     assert err.strip().splitlines() == [
         f"error: archiving {spec.name} {DAY} was cancelled by Ctrl-C: nothing of the day was published (an earlier "
-        "archive of it stays as it was; days archived before it are kept and skipped next time); to fix: run the "
-        "same command again to finish"]
+        "archive of it stays as it was); to fix: run the same command again to finish"]
     assert_left_clean(conn, s3_client, bucket, spec, temp, {})
 
     store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
@@ -140,22 +140,23 @@ def test_cli_archive_cancelled_while_a_part_uploads(setup, proxy, pg, conn, s3_c
     assert_left_clean(conn, s3_client, bucket, spec, temp, archived)  # the previous archive intact
 
 
-def test_dagster_run_terminated_while_a_part_uploads(conn, schema, pg, bucket, proxy, s3_client, monkeypatch,
-                                                     tmp_path):
-    """What terminating a run does to its in-process step: the run is marked CANCELING, then the run worker is
-    interrupted (SIGINT, which Dagster raises in the step as DagsterExecutionInterruptedError)."""
-    wide_day(conn, schema)
+@pytest.fixture
+def dagster_env(pg, bucket, proxy, monkeypatch, tmp_path) -> Path:
+    """The code location's environment with S3 through the proxy; the temp dir its temp files go to."""
     for name, value in {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_PREFIX": "archive",
                         "ARCHIVE_S3_ENDPOINT_URL": proxy.url}.items():
         monkeypatch.setenv(name, value)
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    config = parse_config({"tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
-                                       "format": "jsonl", "compression": "none"}]})
-    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
-    held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
+    return temp
 
+
+def terminated_when_held(job, proxy: FaultProxy, **match: str) -> tuple[DagsterRunStatus, list[str]]:
+    """Run ``job`` for DAY and terminate it as the UI's Terminate does to an in-process step, once the proxy holds
+    the first request that ``match``es: the run is marked CANCELING, then the run worker interrupted (SIGINT,
+    raised in the step as DagsterExecutionInterruptedError). The run's status and its step failures."""
+    held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
     with instance_for_test() as instance:
         def terminate() -> None:
             if proxy.wait_held(1, timeout=60):
@@ -170,9 +171,45 @@ def test_dagster_run_terminated_while_a_part_uploads(conn, schema, pg, bucket, p
         finally:
             terminator.join(60)
             held.gate.set()
-        assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
-        [failure] = [e.dagster_event.step_failure_data.user_failure_data.description
-                     for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
-    assert failure.startswith(f"{schema}.ev {DAY}: cancelled while archiving: the run was terminated; nothing of it "
-                              "was published")
-    assert_left_clean(conn, s3_client, bucket, config.tables[0], temp, {})
+        failures = [e.dagster_event.step_failure_data.user_failure_data.description
+                    for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
+        return instance.get_run_by_id(result.run_id).status, failures
+
+
+def dagster_config(schema: str, **table: object):
+    return parse_config({"retry": {"max_retries": 2, "delay_seconds": 0},
+                         "tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
+                                     "format": "jsonl", "compression": "none", **table}]})
+
+
+def test_dagster_run_terminated_while_a_part_uploads(conn, schema, bucket, proxy, s3_client, dagster_env):
+    """Dagster retries an interrupted step that has a RetryPolicy: the terminated run archived the day all the
+    same and ended SUCCESS. Now the step fails as cancelled and the run ends CANCELED."""
+    wide_day(conn, schema)
+    config = dagster_config(schema)
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
+    status, failures = terminated_when_held(job, proxy, method="PUT", query="partNumber=")
+    assert status == DagsterRunStatus.CANCELED, failures
+    [failure] = failures
+    assert failure.startswith(f"{schema}.ev {DAY}: cancelled while archiving: the run was terminated; nothing of "
+                              "the day was published")
+    assert_left_clean(conn, s3_client, bucket, config.tables[0], dagster_env, {})
+
+
+def test_dagster_removal_terminated_while_proving(conn, schema, pg, bucket, proxy, s3_client, dagster_env):
+    """A terminated removal was retried too, and removed the day the person had meant to keep."""
+    wide_day(conn, schema, rows=10, width=64)
+    config = dagster_config(schema, retention={"keep_days": 30, "action": "delete"})
+    spec = config.tables[0]
+    with pg.connect() as archiving:
+        archive_partition(archiving, spec, DAY, S3Store(s3_client, bucket, prefix="archive"))
+    key = render_key(spec, DAY, "archive")
+    archived = {k: download(s3_client, bucket, k) for k in (key, manifest_key(key))}
+    job = build_definitions(config).resolve_job_def(f"Remove_{schema}_ev")
+    status, failures = terminated_when_held(job, proxy, method="GET", path=re.escape(key) + "$")
+    assert status == DagsterRunStatus.CANCELED, failures
+    [failure] = failures
+    assert failure.startswith(f"{spec.name} {DAY}: cancelled while removing: the run was terminated; the source "
+                              "keeps the day")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(sql.Identifier(schema))).fetchone()[0] == 10
+    assert_left_clean(conn, s3_client, bucket, spec, dagster_env, archived)

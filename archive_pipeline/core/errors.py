@@ -635,6 +635,16 @@ def is_cancellation(exc: BaseException | None) -> bool:
     return exc is not None and not isinstance(exc, Exception)
 
 
+# What a day is left as when its work is cancelled, by what was interrupted (the words of note_cancelled)
+CANCELLED_LEAVES = {
+    "archiving": "nothing of the day was published (an earlier archive of it stays as it was)",
+    "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
+                "settled by the next run of the day",
+    "restoring": "the day's restore was rolled back",
+    "proving": "nothing was changed",
+}
+
+
 def note_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None:
     """Record on a cancellation what it interrupted (``interrupted``: "archiving public.events 2024-03-10"),
     the innermost first: the command line names table and day in one line instead of a traceback."""
