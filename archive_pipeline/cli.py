@@ -407,7 +407,7 @@ def main() -> None:
 
     Reads the same YAML table list and ARCHIVE_PG_DSN / ARCHIVE_S3_* variables as the Dagster code
     location. Exit codes: 0 ok, 1 differences found or a day failed, 2 usage or configuration error,
-    3 source database or object store unreachable.
+    3 source database or object store unreachable, 130 (Ctrl-C) or 143 (SIGTERM) cancelled.
     """
 
 

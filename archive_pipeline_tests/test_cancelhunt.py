@@ -26,6 +26,7 @@ from archive_pipeline.core.config import parse_config
 from archive_pipeline.core.keys import manifest_key
 from archive_pipeline.core.locks import lock_key
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.streams import StreamGroup
 from archive_pipeline.core.verify import deep_verify
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
@@ -57,7 +58,7 @@ def setup(pg, conn, schema, bucket, proxy, tmp_path):
     """A wide day, its table in a config file, and the command line's environment (S3 through the proxy)."""
     wide_day(conn, schema)
     table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "jsonl",
-             "compression": "none"}
+             "compression": "none", "retention": {"keep_days": 30, "action": "delete"}}
     config = tmp_path / "tables.yaml"
     config.write_text(yaml.safe_dump({"tables": [table]}))
     temp = tmp_path / "tmp"
@@ -113,7 +114,7 @@ def assert_left_clean(conn, s3_client, bucket: str, spec, temp: Path, keys: dict
     conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", lock_key(spec.name, DAY))
 
 
-def test_cli_archive_cancelled_while_a_part_uploads(setup, proxy, pg, conn, s3_client, bucket):
+def test_cli_cancelled_while_archiving_and_proving(setup, proxy, pg, conn, s3_client, bucket):
     """Ctrl-C used to wait 10 s for the stalled part and end with "Aborted!" (exit 1, as for a failed day);
     SIGTERM ended the command on the spot, leaving the day's multipart upload open and saying nothing."""
     env, spec, temp = setup
@@ -138,6 +139,16 @@ def test_cli_archive_cancelled_while_a_part_uploads(setup, proxy, pg, conn, s3_c
     assert code == 143, err
     assert "was cancelled by SIGTERM" in err and "Traceback" not in err
     assert_left_clean(conn, s3_client, bucket, spec, temp, archived)  # the previous archive intact
+
+    code, err = cancelled_when_held(proxy, cli(env, "prune", "--day", DAY.isoformat()), conn, signal.SIGINT,
+                                    method="GET", path=re.escape(key) + "$")  # its proof downloading the object
+    assert code == 130, err
+    assert err.strip().splitlines() == [
+        f"error: proving {spec.name} {DAY} was cancelled by Ctrl-C: nothing was changed; to fix: run the same "
+        "command again to finish"]
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(sql.Identifier(spec.schema_name))
+                        ).fetchone()[0] == 1000
+    assert_left_clean(conn, s3_client, bucket, spec, temp, archived)
 
 
 @pytest.fixture
@@ -213,3 +224,25 @@ def test_dagster_removal_terminated_while_proving(conn, schema, pg, bucket, prox
                               "keeps the day")
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(sql.Identifier(schema))).fetchone()[0] == 10
     assert_left_clean(conn, s3_client, bucket, spec, dagster_env, archived)
+
+
+def test_streams_interrupted_while_the_first_waits_for_the_others():
+    """Stream 0 runs in the caller's thread; done before the others, it waits for them. An interrupt there
+    (Ctrl-C, a terminated run) used to leave the other streams reading on their sessions while the archive's
+    cleanup closed those sessions under them: now they are cancelled and waited for, and the interrupt raised."""
+    first_done, cancelled = threading.Event(), threading.Event()
+    group = StreamGroup([lambda: None, cancelled.set])
+
+    def stream_1() -> None:
+        first_done.wait(30)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C, the caller done with stream 0
+        if not cancelled.wait(30):
+            raise AssertionError("stream 1 was never cancelled")
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            group.run([first_done.set, stream_1])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert cancelled.is_set()

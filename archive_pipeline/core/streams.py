@@ -60,15 +60,17 @@ class StreamGroup:
 
         threads = [threading.Thread(target=call, args=(i,), name=f"archive-stream-{i}", daemon=True)
                    for i in range(1, len(tasks))]
-        for thread in threads:
-            thread.start()
         try:
+            for thread in threads:
+                thread.start()
             call(0)
-        except BaseException as exc:  # e.g. KeyboardInterrupt between statements: stop the others too
-            self.fail(exc)
-        finally:
             for thread in threads:
                 thread.join()
+        except BaseException as exc:  # e.g. Ctrl-C between statements, or while stream 0, done, waits for the
+            self.fail(exc)           # others: stop them too (else they read on, their sessions closed under them)
+            for thread in threads:
+                if thread.ident is not None:  # started
+                    thread.join()
         if self.failure is not None:
             raise self.failure
         return results
