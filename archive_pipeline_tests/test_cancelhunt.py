@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterRunStatus, instance_for_test
+from dagster import DagsterRunStatus, RunsFilter, instance_for_test
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition, render_key
@@ -115,33 +115,26 @@ def assert_left_clean(conn, s3_client, bucket: str, spec, temp: Path, keys: dict
 
 
 def test_cli_cancelled_while_archiving_and_proving(setup, proxy, pg, conn, s3_client, bucket):
-    """Ctrl-C used to wait 10 s for the stalled part and end with "Aborted!" (exit 1, as for a failed day);
-    SIGTERM ended the command on the spot, leaving the day's multipart upload open and saying nothing."""
+    """SIGTERM ended the command on the spot, leaving the day's multipart upload open and saying nothing;
+    Ctrl-C waited 10 s for a stalled part and ended with "Aborted!" (exit 1, as for a failed day)."""
     env, spec, temp = setup
-    hold_part = {"method": "PUT", "query": "partNumber="}
-    code, err = cancelled_when_held(proxy, cli(env, "archive", "--day", DAY.isoformat()), conn, signal.SIGINT,
-                                    **hold_part)
-    assert code == 130, err
+    code, err = cancelled_when_held(proxy, cli(env, "archive", "--day", DAY.isoformat()), conn, signal.SIGTERM,
+                                    method="PUT", query="partNumber=")
+    assert code == 143, err
     assert err.strip().splitlines() == [
-        f"error: archiving {spec.name} {DAY} was cancelled by Ctrl-C: nothing of the day was published (an earlier "
+        f"error: archiving {spec.name} {DAY} was cancelled by SIGTERM: nothing of the day was published (an earlier "
         "archive of it stays as it was); to fix: run the same command again to finish"]
     assert_left_clean(conn, s3_client, bucket, spec, temp, {})
 
     store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
     with pg.connect() as archiving:
         assert archive_partition(archiving, spec, DAY, store).rows == 1000
-    assert deep_verify(conn, store, spec, DAY) == []  # the archive loaded back equals the source
+    assert deep_verify(conn, store, spec, DAY) == []  # the next run's archive, loaded back, equals the source
     key = render_key(spec, DAY, "archive")
     archived = {k: download(s3_client, bucket, k) for k in (key, manifest_key(key))}
 
-    code, err = cancelled_when_held(proxy, cli(env, "archive", "--day", DAY.isoformat(), "--overwrite", "--json"),
-                                    conn, signal.SIGTERM, **hold_part)
-    assert code == 143, err
-    assert "was cancelled by SIGTERM" in err and "Traceback" not in err
-    assert_left_clean(conn, s3_client, bucket, spec, temp, archived)  # the previous archive intact
-
-    code, err = cancelled_when_held(proxy, cli(env, "prune", "--day", DAY.isoformat()), conn, signal.SIGINT,
-                                    method="GET", path=re.escape(key) + "$")  # its proof downloading the object
+    code, err = cancelled_when_held(proxy, cli(env, "prune", "--day", DAY.isoformat(), "--json"), conn,
+                                    signal.SIGINT, method="GET", path=re.escape(key) + "$")  # its proof downloading
     assert code == 130, err
     assert err.strip().splitlines() == [
         f"error: proving {spec.name} {DAY} was cancelled by Ctrl-C: nothing was changed; to fix: run the same "
@@ -153,76 +146,72 @@ def test_cli_cancelled_while_archiving_and_proving(setup, proxy, pg, conn, s3_cl
 
 @pytest.fixture
 def dagster_env(pg, bucket, proxy, monkeypatch, tmp_path) -> Path:
-    """The code location's environment with S3 through the proxy; the temp dir its temp files go to."""
+    """The code location's environment with S3 through the proxy; a temp dir for its temp files."""
     for name, value in {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_PREFIX": "archive",
                         "ARCHIVE_S3_ENDPOINT_URL": proxy.url}.items():
         monkeypatch.setenv(name, value)
     temp = tmp_path / "tmp"
     temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     return temp
 
 
-def terminated_when_held(job, proxy: FaultProxy, **match: str) -> tuple[DagsterRunStatus, list[str]]:
+def terminated_when_held(instance, job, proxy: FaultProxy, **match: str) -> tuple[DagsterRunStatus, list[str]]:
     """Run ``job`` for DAY and terminate it as the UI's Terminate does to an in-process step, once the proxy holds
     the first request that ``match``es: the run is marked CANCELING, then the run worker interrupted (SIGINT,
     raised in the step as DagsterExecutionInterruptedError). The run's status and its step failures."""
     held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
-    with instance_for_test() as instance:
-        def terminate() -> None:
-            if proxy.wait_held(1, timeout=60):
-                [run] = instance.get_runs()
-                instance.report_run_canceling(run)
-                os.kill(os.getpid(), signal.SIGINT)
 
-        terminator = threading.Thread(target=terminate)
-        terminator.start()
-        try:
-            result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
-        finally:
-            terminator.join(60)
-            held.gate.set()
-        failures = [e.dagster_event.step_failure_data.user_failure_data.description
-                    for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
-        return instance.get_run_by_id(result.run_id).status, failures
+    def terminate() -> None:
+        if proxy.wait_held(1, timeout=60):
+            [run] = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+            instance.report_run_canceling(run)
+            os.kill(os.getpid(), signal.SIGINT)
 
-
-def dagster_config(schema: str, **table: object):
-    return parse_config({"retry": {"max_retries": 2, "delay_seconds": 0},
-                         "tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
-                                     "format": "jsonl", "compression": "none", **table}]})
+    terminator = threading.Thread(target=terminate)
+    terminator.start()
+    try:
+        result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    finally:
+        terminator.join(60)
+        held.gate.set()
+    failures = [e.dagster_event.step_failure_data.user_failure_data.description
+                for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
+    return instance.get_run_by_id(result.run_id).status, failures
 
 
-def test_dagster_run_terminated_while_a_part_uploads(conn, schema, bucket, proxy, s3_client, dagster_env):
-    """Dagster retries an interrupted step that has a RetryPolicy: the terminated run archived the day all the
-    same and ended SUCCESS. Now the step fails as cancelled and the run ends CANCELED."""
+def test_dagster_runs_terminated_while_archiving_and_proving(conn, schema, pg, bucket, proxy, s3_client,
+                                                             dagster_env, monkeypatch):
+    """Dagster retries an interrupted step that has a RetryPolicy: a terminated archive run archived the day all
+    the same and ended SUCCESS, and a terminated removal removed the day. Now the step fails as cancelled (no
+    retry) and the run ends CANCELED."""
     wide_day(conn, schema)
-    config = dagster_config(schema)
-    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
-    status, failures = terminated_when_held(job, proxy, method="PUT", query="partNumber=")
-    assert status == DagsterRunStatus.CANCELED, failures
-    [failure] = failures
-    assert failure.startswith(f"{schema}.ev {DAY}: cancelled while archiving: the run was terminated; nothing of "
-                              "the day was published")
-    assert_left_clean(conn, s3_client, bucket, config.tables[0], dagster_env, {})
-
-
-def test_dagster_removal_terminated_while_proving(conn, schema, pg, bucket, proxy, s3_client, dagster_env):
-    """A terminated removal was retried too, and removed the day the person had meant to keep."""
-    wide_day(conn, schema, rows=10, width=64)
-    config = dagster_config(schema, retention={"keep_days": 30, "action": "delete"})
+    config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "jsonl",
+         "compression": "none", "retention": {"keep_days": 30, "action": "delete"}}]})
     spec = config.tables[0]
-    with pg.connect() as archiving:
-        archive_partition(archiving, spec, DAY, S3Store(s3_client, bucket, prefix="archive"))
-    key = render_key(spec, DAY, "archive")
-    archived = {k: download(s3_client, bucket, k) for k in (key, manifest_key(key))}
-    job = build_definitions(config).resolve_job_def(f"Remove_{schema}_ev")
-    status, failures = terminated_when_held(job, proxy, method="GET", path=re.escape(key) + "$")
-    assert status == DagsterRunStatus.CANCELED, failures
-    [failure] = failures
-    assert failure.startswith(f"{spec.name} {DAY}: cancelled while removing: the run was terminated; the source "
-                              "keeps the day")
-    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(sql.Identifier(schema))).fetchone()[0] == 10
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        monkeypatch.setattr(tempfile, "tempdir", str(dagster_env))  # where the archive's temp files go (after the
+        # instance made its own temp dir)
+        status, failures = terminated_when_held(instance, defs.resolve_job_def(f"Archive_{schema}_ev"), proxy,
+                                                method="PUT", query="partNumber=")
+        assert status == DagsterRunStatus.CANCELED, failures
+        assert failures == [f"{spec.name} {DAY}: cancelled while archiving: the run was terminated; nothing of the "
+                            "day was published (an earlier archive of it stays as it was).\n\nWhat to do: launch "
+                            f"partition {DAY} of Archive_{schema}_ev again when it should run."]
+        assert_left_clean(conn, s3_client, bucket, spec, dagster_env, {})
+
+        with pg.connect() as archiving:
+            archive_partition(archiving, spec, DAY, S3Store(s3_client, bucket, prefix="archive"))
+        key = render_key(spec, DAY, "archive")
+        archived = {k: download(s3_client, bucket, k) for k in (key, manifest_key(key))}
+        status, failures = terminated_when_held(instance, defs.resolve_job_def(f"Remove_{schema}_ev"), proxy,
+                                                method="GET", path=re.escape(key) + "$")
+        assert status == DagsterRunStatus.CANCELED, failures
+        [failure] = failures
+        assert failure.startswith(f"{spec.name} {DAY}: cancelled while removing: the run was terminated; the source "
+                                  "keeps the day")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(sql.Identifier(schema))).fetchone()[0] == 1000
     assert_left_clean(conn, s3_client, bucket, spec, dagster_env, archived)
 
 
