@@ -46,7 +46,8 @@ from archive_pipeline.core.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.core.errors import CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
+from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify, note_cancelled,
+                                         redact, wrap)
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.store import S3Store
@@ -613,6 +614,9 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
             exc = wrap(exc, table, day.isoformat(), doing="proving")
         return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): "
                              f"{redact(str(exc), *_passwords())}")]
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: said as the day being checked (see _cancelled)
+        note_cancelled(exc, table, day.isoformat(), "checking")
+        raise
 
 
 @main.command()

@@ -235,3 +235,19 @@ def test_streams_interrupted_while_the_first_waits_for_the_others():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert cancelled.is_set()
+
+
+def test_cli_names_the_day_a_check_was_cancelled_on(capsys):
+    """verify and compare check day by day: Ctrl-C during one (a download, a fingerprint) names that day."""
+    from archive_pipeline.cli import _cancelled, _day_checked
+
+    def check() -> list[str]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _day_checked(None, "s.ev", DAY, check)
+    with pytest.raises(SystemExit) as exited:
+        _cancelled(False, caught.value)
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == (f"error: checking s.ev {DAY} was cancelled by Ctrl-C: nothing was changed; "
+                                       "to fix: run the same command again to finish\n")

@@ -642,6 +642,7 @@ CANCELLED_LEAVES = {
                 "settled by the next run of the day",
     "restoring": "the day's restore was rolled back",
     "proving": "nothing was changed",
+    "checking": "nothing was changed",
 }
 
 
