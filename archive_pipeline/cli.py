@@ -66,8 +66,19 @@ class Terminated(KeyboardInterrupt):
     of what was stopped. Raised, the same cleanup runs as for Ctrl-C."""
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise Terminated(signal.Signals(signum).name)
+_CANCELS = [0]  # Ctrl-C and SIGTERM received so far
+
+
+def _cancel(signum: int, _frame: object) -> None:
+    """The first Ctrl-C or SIGTERM cancels the command. The second, which an impatient person sends while the
+    first one's cleanup runs (the upload's abort, the day's lock), would cut that cleanup short and leave the
+    day's multipart upload open: it only says so. A third stops at once."""
+    _CANCELS[0] += 1
+    if _CANCELS[0] == 2:
+        print("still cleaning up after the cancel (aborting the day's upload, releasing its lock); cancel once more "
+              "to stop at once and leave that to the next run of the day", file=sys.stderr, flush=True)
+        return
+    raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(signal.Signals(signum).name)
 
 
 
@@ -386,7 +397,8 @@ class _Commands(click.Group):
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
         with contextlib.suppress(ValueError):  # not the main thread (called from a test's thread): leave it
-            signal.signal(signal.SIGTERM, _terminate)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, _cancel)
         try:
             return super().main(argv, standalone_mode=False, **kwargs)
         except click.ClickException as exc:

@@ -76,15 +76,16 @@ def cli(env: dict[str, str], *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def cancelled_when_held(proxy: FaultProxy, child: subprocess.Popen, conn, signum: int, **match: str
+def cancelled_when_held(proxy: FaultProxy, child: subprocess.Popen, conn, signals: list[int], **match: str
                         ) -> tuple[int, str]:
-    """Send ``signum`` to ``child`` once the proxy holds the first request that ``match``es (while the CLI's
+    """Send ``signals`` to ``child`` once the proxy holds the first request that ``match``es (while the CLI's
     session is there to see), let the request go once the child has ended; its exit status and stderr."""
     held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
     try:
         assert proxy.wait_held(1, timeout=30), child.poll()
         assert our_sessions(conn), "the check for sessions left behind would see ours"
-        child.send_signal(signum)
+        for signum in signals:
+            child.send_signal(signum)
         out, err = child.communicate(timeout=15)  # ends promptly (a stalled part no longer holds it 10 s)
     finally:
         held.gate.set()
@@ -115,15 +116,16 @@ def assert_left_clean(conn, s3_client, bucket: str, spec, temp: Path, keys: dict
 
 
 def test_cli_cancelled_while_archiving_and_proving(setup, proxy, pg, conn, s3_client, bucket):
-    """SIGTERM ended the command on the spot, leaving the day's multipart upload open and saying nothing;
-    Ctrl-C waited 10 s for a stalled part and ended with "Aborted!" (exit 1, as for a failed day)."""
+    """Ctrl-C waited 10 s for a stalled part and ended with "Aborted!" (exit 1, as for a failed day), and a second
+    signal meanwhile left the day's multipart upload open; SIGTERM ended the command on the spot, leaving the
+    upload open and saying nothing."""
     env, spec, temp = setup
-    code, err = cancelled_when_held(proxy, cli(env, "archive", "--day", DAY.isoformat()), conn, signal.SIGTERM,
-                                    method="PUT", query="partNumber=")
-    assert code == 143, err
-    assert err.strip().splitlines() == [
-        f"error: archiving {spec.name} {DAY} was cancelled by SIGTERM: nothing of the day was published (an earlier "
-        "archive of it stays as it was); to fix: run the same command again to finish"]
+    code, err = cancelled_when_held(proxy, cli(env, "archive", "--day", DAY.isoformat()), conn,
+                                    [signal.SIGINT, signal.SIGTERM], method="PUT", query="partNumber=")
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: archiving {spec.name} {DAY} was cancelled by Ctrl-C: nothing of the day was published (an earlier "
+        "archive of it stays as it was); to fix: run the same command again to finish")
     assert_left_clean(conn, s3_client, bucket, spec, temp, {})
 
     store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
@@ -134,10 +136,10 @@ def test_cli_cancelled_while_archiving_and_proving(setup, proxy, pg, conn, s3_cl
     archived = {k: download(s3_client, bucket, k) for k in (key, manifest_key(key))}
 
     code, err = cancelled_when_held(proxy, cli(env, "prune", "--day", DAY.isoformat(), "--json"), conn,
-                                    signal.SIGINT, method="GET", path=re.escape(key) + "$")  # its proof downloading
-    assert code == 130, err
+                                    [signal.SIGTERM], method="GET", path=re.escape(key) + "$")  # its proof's download
+    assert code == 143, err
     assert err.strip().splitlines() == [
-        f"error: proving {spec.name} {DAY} was cancelled by Ctrl-C: nothing was changed; to fix: run the same "
+        f"error: proving {spec.name} {DAY} was cancelled by SIGTERM: nothing was changed; to fix: run the same "
         "command again to finish"]
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(sql.Identifier(spec.schema_name))
                         ).fetchone()[0] == 1000
