@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterRunStatus, RunsFilter, instance_for_test
+from dagster import DagsterExecutionInterruptedError, DagsterRunStatus, RunsFilter, instance_for_test
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition, render_key
@@ -253,3 +253,43 @@ def test_cli_names_the_day_a_check_was_cancelled_on(capsys):
     assert exited.value.code == 130
     assert capsys.readouterr().err == (f"error: checking s.ev {DAY} was cancelled by Ctrl-C: nothing was changed; "
                                        "to fix: run the same command again to finish\n")
+
+
+def test_interrupted_while_waiting_for_a_lock_leaves_no_query_running(pg, conn, schema, store):
+    """psycopg cancels the server's query only on KeyboardInterrupt: interrupted by anything else (a terminated
+    Dagster run raises DagsterExecutionInterruptedError), the backend went on waiting for the table's lock (up
+    to lock_timeout), then ran the day's read for nobody, holding the table-day lock all the while."""
+    wide_day(conn, schema, rows=10, width=64)
+    spec = parse_config({"tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat()}]}
+                        ).tables[0]
+    name = f"cancelhunt_{os.getpid()}"
+
+    def waiting() -> list:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = "
+                            "'Lock'", (name,)).fetchall()
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 30
+        while not waiting() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def terminated(*_: object) -> None:
+        raise DagsterExecutionInterruptedError()
+
+    with pg.connect() as blocker, blocker.transaction(), pg.connect(application_name=name) as archiving:
+        blocker.execute(sql.SQL("LOCK TABLE {}.ev IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema)))
+        previous = signal.signal(signal.SIGINT, terminated)
+        try:
+            threading.Thread(target=interrupt).start()
+            with pytest.raises(DagsterExecutionInterruptedError):
+                archive_partition(archiving, spec, DAY, store)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        deadline = time.monotonic() + 5  # the lock is still held: only a cancelled query is gone by now
+        while waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting() == []
+        assert conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, DAY)).fetchone()[0]
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", lock_key(spec.name, DAY))

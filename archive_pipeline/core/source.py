@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError
+from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
@@ -330,6 +331,7 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
         yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
     except BaseException:
+        end_interrupted_query(conn)
         if open_[0]:
             open_[0] = False
             if not conn.closed:
