@@ -157,8 +157,9 @@ def dagster_env(pg, bucket, proxy, monkeypatch, tmp_path) -> Path:
     return temp
 
 
-def terminated_when_held(instance, job, proxy: FaultProxy, **match: str) -> tuple[DagsterRunStatus, list[str]]:
-    """Run ``job`` for DAY and terminate it as the UI's Terminate does to an in-process step, once the proxy holds
+def terminated_when_held(instance, job, proxy: FaultProxy, partition: str | None = DAY.isoformat(), **match: str
+                         ) -> tuple[DagsterRunStatus, list[str]]:
+    """Run ``job`` for ``partition`` and terminate it as the UI's Terminate does to an in-process step, once the proxy holds
     the first request that ``match``es: the run is marked CANCELING, then the run worker interrupted (SIGINT,
     raised in the step as DagsterExecutionInterruptedError). The run's status and its step failures."""
     held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
@@ -172,7 +173,7 @@ def terminated_when_held(instance, job, proxy: FaultProxy, **match: str) -> tupl
     terminator = threading.Thread(target=terminate)
     terminator.start()
     try:
-        result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        result = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False)
     finally:
         terminator.join(60)
         held.gate.set()
@@ -184,8 +185,8 @@ def terminated_when_held(instance, job, proxy: FaultProxy, **match: str) -> tupl
 def test_dagster_runs_terminated_while_archiving_and_proving(conn, schema, pg, bucket, proxy, s3_client,
                                                              dagster_env, monkeypatch):
     """Dagster retries an interrupted step that has a RetryPolicy: a terminated archive run archived the day all
-    the same and ended SUCCESS, and a terminated removal removed the day. Now the step fails as cancelled (no
-    retry) and the run ends CANCELED."""
+    the same and ended SUCCESS, a terminated check ran again, and a terminated removal removed the day. Now the
+    step fails as cancelled (no retry) and the run ends CANCELED."""
     wide_day(conn, schema)
     config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0}, "tables": [
         {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "jsonl",
@@ -203,10 +204,15 @@ def test_dagster_runs_terminated_while_archiving_and_proving(conn, schema, pg, b
                             f"partition {DAY} of Archive_{schema}_ev again when it should run."]
         assert_left_clean(conn, s3_client, bucket, spec, dagster_env, {})
 
-        with pg.connect() as archiving:
-            archive_partition(archiving, spec, DAY, S3Store(s3_client, bucket, prefix="archive"))
+        archive = defs.resolve_job_def(f"Archive_{schema}_ev")
+        assert archive.execute_in_process(partition_key=DAY.isoformat(), instance=instance).success
         key = render_key(spec, DAY, "archive")
         archived = {k: download(s3_client, bucket, k) for k in (key, manifest_key(key))}
+        status, failures = terminated_when_held(instance, defs.resolve_job_def("verify_archives"), proxy, None,
+                                                method="HEAD", path=re.escape(key) + "$")
+        assert status == DagsterRunStatus.CANCELED, failures
+        assert failures == [f"{spec.name} {DAY}: cancelled while checking: the run was terminated; nothing was "
+                            "changed.\n\nWhat to do: run the check again when it should run."]
         status, failures = terminated_when_held(instance, defs.resolve_job_def(f"Remove_{schema}_ev"), proxy,
                                                 method="GET", path=re.escape(key) + "$")
         assert status == DagsterRunStatus.CANCELED, failures

@@ -17,7 +17,6 @@ from typing import Literal
 import psycopg
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckExecutionContext,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -28,7 +27,6 @@ from dagster import (
     Config,
     DagsterEventType,
     DagsterExecutionInterruptedError,
-    DagsterRunStatus,
     DailyPartitionsDefinition,
     HourlyPartitionsDefinition,
     MonthlyPartitionsDefinition,
@@ -48,10 +46,10 @@ from psycopg.pq import TransactionStatus
 from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
-from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, verdict_as_it_was, verify_result,
-                                          written_verdict)
+from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, terminated, verdict_as_it_was,
+                                          verify_result, written_verdict)
 from archive_pipeline.core.config import BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, config_path
-from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
+from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import S3Store
@@ -283,24 +281,6 @@ def remedy(exc: BaseException, spec: TableSpec, day: dt.date, origin: str | None
     return f"Fix the cause above, then launch partition {day} of {job_name(spec)} again."
 
 
-def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc: BaseException, spec: TableSpec,
-               day: Period, doing: str, job: str | None = None) -> BaseException:
-    """What to raise when the step is interrupted while ``doing`` ``day`` (in ``job``, default the archive's). A run a person terminated (marked
-    CANCELING) fails its step with a :class:`Failure` that no RetryPolicy retries, saying what was cancelled
-    and what the day is left as (``CANCELLED_LEAVES``): Dagster itself turns an interrupt into a retry when
-    the step has a policy, so the terminated run waited out the backoff, did the day all the same and ended
-    as a success. Any other interrupt (a run worker stopped without a termination request) is raised as it
-    came, for Dagster to handle."""
-    run = context.instance.get_run_by_id(context.run.run_id)
-    if run is None or run.status not in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
-        return exc
-    return Failure(description=f"{spec.name} {day}: cancelled while {doing}: the run was terminated; "
-                               f"{CANCELLED_LEAVES[doing]}.\n\n"
-                               f"What to do: launch partition {day} of {job or job_name(spec)} again when it should run.",
-                   allow_retries=False, metadata={"table": spec.name, "day": day.isoformat(), "retryable": False,
-                                                  "error": "cancelled"})
-
-
 def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None,
             origin: str | None = None) -> Failure:
     """The step failure a person reads: table, day, cause (never a secret), what to do; no stack trace of
@@ -466,7 +446,7 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-                raise terminated(context, exc, spec, day, "archiving") from None
+                raise terminated(context, exc, spec, day, "archiving", job_name(spec)) from None
     finally:
         source.close()
     if failed:
