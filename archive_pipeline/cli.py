@@ -81,8 +81,6 @@ def _cancel(signum: int, _frame: object) -> None:
     raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(signal.Signals(signum).name)
 
 
-
-
 @dataclass
 class Run:
     """What every command shares: the configuration, the chosen tables and days, the output mode."""
