@@ -330,8 +330,8 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
         taken_at, version, snapshot_id = conn.execute(
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
         yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
-    except BaseException:
-        end_interrupted_query(conn)
+    except BaseException as exc:
+        end_interrupted_query(conn, exc)
         if open_[0]:
             open_[0] = False
             if not conn.closed:
