@@ -46,8 +46,8 @@ from archive_pipeline.core.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify, note_cancelled,
-                                         redact, wrap)
+from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
+                                         note_cancelled, redact, wrap)
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.store import S3Store

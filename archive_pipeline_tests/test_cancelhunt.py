@@ -159,9 +159,9 @@ def dagster_env(pg, bucket, proxy, monkeypatch, tmp_path) -> Path:
 
 def terminated_when_held(instance, job, proxy: FaultProxy, partition: str | None = DAY.isoformat(), **match: str
                          ) -> tuple[DagsterRunStatus, list[str]]:
-    """Run ``job`` for ``partition`` and terminate it as the UI's Terminate does to an in-process step, once the proxy holds
-    the first request that ``match``es: the run is marked CANCELING, then the run worker interrupted (SIGINT,
-    raised in the step as DagsterExecutionInterruptedError). The run's status and its step failures."""
+    """Run ``job`` for ``partition`` and terminate it as the UI's Terminate does to an in-process step, once the
+    proxy holds the first request that ``match``es: the run is marked CANCELING, then the run worker interrupted
+    (SIGINT, raised in the step as DagsterExecutionInterruptedError). The run's status and its step failures."""
     held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
 
     def terminate() -> None:
