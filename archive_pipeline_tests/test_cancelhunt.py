@@ -34,7 +34,7 @@ from archive_pipeline_tests.helpers import download
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 10)
-CLI_APP = "archive_pipeline_cli"
+OURS = ("archive_pipeline_cli", "archive_pipeline")  # application_name of the CLI's and the code location's sessions
 
 
 @pytest.fixture
@@ -95,13 +95,13 @@ def cancelled_when_held(proxy: FaultProxy, child: subprocess.Popen, conn, signal
 
 def our_sessions(conn) -> list[tuple]:
     conn.execute("SELECT pg_stat_clear_snapshot()")
-    return conn.execute("SELECT state, left(query, 40) FROM pg_stat_activity WHERE application_name = %s",
-                        (CLI_APP,)).fetchall()
+    return conn.execute("SELECT state, left(query, 40) FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                        (list(OURS),)).fetchall()
 
 
 def assert_left_clean(conn, s3_client, bucket: str, spec, temp: Path, keys: dict[str, bytes]) -> None:
     """After a cancelled run: the bucket holds exactly ``keys`` with the same bytes, no multipart upload is
-    open, the temp dir is empty, the table-day lock is free and no session of the CLI is left."""
+    open, the temp dir is empty, the table-day lock is free and no session of ours is left."""
     stored = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
     assert stored == set(keys)
     assert all(download(s3_client, bucket, key) == body for key, body in keys.items())
