@@ -394,6 +394,7 @@ class _Commands(click.Group):
             if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+        _CANCELS[0] = 0
         with contextlib.suppress(ValueError):  # not the main thread (called from a test's thread): leave it
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, _cancel)
