@@ -81,6 +81,22 @@ def _cancel(signum: int, _frame: object) -> None:
     raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(signal.Signals(signum).name)
 
 
+@contextmanager
+def _cancellable() -> Iterator[None]:
+    """Ctrl-C and SIGTERM handled by :func:`_cancel` while a command runs; the handlers before it afterwards
+    (a caller in the same process, a test, keeps its own)."""
+    _CANCELS[0] = 0
+    try:
+        previous = {signum: signal.signal(signum, _cancel) for signum in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (called from a test's thread): signals are not ours to take
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @dataclass
 class Run:
     """What every command shares: the configuration, the chosen tables and days, the output mode."""
@@ -394,21 +410,18 @@ class _Commands(click.Group):
             if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
-        _CANCELS[0] = 0
-        with contextlib.suppress(ValueError):  # not the main thread (called from a test's thread): leave it
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, _cancel)
-        try:
-            return super().main(argv, standalone_mode=False, **kwargs)
-        except click.ClickException as exc:
-            if "--json" in argv:
-                click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
-                                       "retryable": False}, indent=2))
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        with _cancellable():
+            try:
+                return super().main(argv, standalone_mode=False, **kwargs)
+            except click.ClickException as exc:
+                if "--json" in argv:
+                    click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
+                                           "retryable": False}, indent=2))
+                exc.show()
+                sys.exit(exc.exit_code)
+            except click.Abort:
+                click.echo("Aborted!", err=True)
+                sys.exit(1)
 
     command_class = _Command
 
