@@ -25,6 +25,7 @@ from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.core.keys import manifest_key
 from archive_pipeline.core.locks import lock_key
+from archive_pipeline.core.source import prefetch
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.streams import StreamGroup
 from archive_pipeline.core.verify import deep_verify
@@ -299,3 +300,21 @@ def test_interrupted_while_waiting_for_a_lock_leaves_no_query_running(pg, conn, 
         assert waiting() == []
         assert conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, DAY)).fetchone()[0]
         conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", lock_key(spec.name, DAY))
+
+
+def test_a_read_stopped_early_cancels_the_query_it_waits_on():
+    """The reader thread looks for a stop only between chunks. The next one may be long in coming (a slow link,
+    a day's rows sparse in a long scan): Ctrl-C then waited for it. With a 1 MB/s link to the source, a Ctrl-C
+    1 s into a 10 MB day returned after the whole day was read. Now the query is cancelled at once."""
+    cancelled = threading.Event()
+
+    def chunks():
+        yield b"first"
+        if not cancelled.wait(30):  # waiting for the server's next chunk, until the query is cancelled
+            raise AssertionError("the query was never cancelled")
+        raise RuntimeError("canceling statement due to user request")
+
+    with pytest.raises(KeyboardInterrupt):
+        for _ in prefetch(chunks(), cancel=cancelled.set):
+            raise KeyboardInterrupt
+    assert cancelled.is_set()

@@ -420,7 +420,7 @@ T = TypeVar("T")
 
 
 def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
-             size: Callable[[T], int] | None = None) -> Iterator[T]:
+             size: Callable[[T], int] | None = None, cancel: Callable[[], None] | None = None) -> Iterator[T]:
     """Read ahead in a thread so PostgreSQL keeps sending while the caller compresses and hashes.
 
     At most ``depth`` items wait in memory. With ``max_bytes``, the reader also stops pulling the
@@ -429,7 +429,9 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
     100 MiB row is not read while the previous one is still being written, so memory is bounded
     by the largest value rather than ``depth`` times it (#11 §5). If the consumer stops early the
     reader is told to stop and its error, if any, is re-raised here, so the COPY never outlives
-    the caller's failure.
+    the caller's failure. ``cancel`` (the source's query cancel) is called then too: the reader only
+    looks up between items, and the next may be long in coming (a slow link, a day's rows sparse in a
+    long scan), while the person who pressed Ctrl-C or terminated the run waits.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -479,10 +481,12 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
 
     thread = threading.Thread(target=reader, name="copy-reader", daemon=True)
     thread.start()
+    done = False
     try:
         while True:
             item = q.get()
             if item is _DONE:
+                done = True
                 break
             yield item
             with room:  # the consumer is done with it
@@ -491,6 +495,9 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
             del item
     finally:
         stop.set()
+        if not done and cancel is not None:
+            with contextlib.suppress(Exception):
+                cancel()
         thread.join()
     if failure:
         raise failure[0]
