@@ -1,7 +1,8 @@
 """Cancelling mid-way: Ctrl-C (SIGINT) and SIGTERM of the command line, and a Dagster run terminated, while
-a day streams or uploads. Afterwards: the process ends promptly and says it was cancelled, nothing
+a day uploads or is proven. Afterwards: the process ends promptly and says it was cancelled, nothing
 half-written at the day's key, no open multipart upload, no temp file, the table-day lock released and no
-session of ours left in PostgreSQL, and the next run archives the day exactly."""
+session of ours left in PostgreSQL, and the next run archives the day exactly. Then the pieces a cancel goes
+through: parallel streams, the read-ahead thread, a query waiting for a lock."""
 
 from __future__ import annotations
 
