@@ -319,3 +319,35 @@ def test_a_read_stopped_early_cancels_the_query_it_waits_on():
         for _ in prefetch(chunks(), cancel=cancelled.set):
             raise KeyboardInterrupt
     assert cancelled.is_set()
+
+
+def test_cancelled_while_the_manifest_is_written(pg, conn, schema, proxy, s3_client, bucket):
+    """A manifest PUT on its way when Ctrl-C came may still land (its bytes were sent). The cancelled run deleted
+    the new object all the same: the manifest that landed then named an object that was gone."""
+    wide_day(conn, schema, rows=10, width=64)
+    spec = parse_config({"tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat()}]}
+                        ).tables[0]
+    key = render_key(spec, DAY, "archive")
+    held = proxy.add(Fault(method="PUT", path=re.escape(manifest_key(key)) + "$", action="hold", times=1,
+                           hold_timeout=60))
+    store = S3Store(proxy.client(), bucket, prefix="archive")
+
+    def interrupt() -> None:
+        if proxy.wait_held(1, timeout=30):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt).start()
+        with pg.connect() as archiving, pytest.raises(KeyboardInterrupt) as caught:
+            archive_partition(archiving, spec, DAY, store)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        held.gate.set()
+    deadline = time.monotonic() + 30
+    while proxy.requests(method="PUT", path=re.escape(manifest_key(key)) + "$")[0].status is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert S3Store(s3_client, bucket, prefix="archive").head(manifest_key(key)) is not None  # it landed after all
+    assert deep_verify(conn, S3Store(s3_client, bucket, prefix="archive"), spec, DAY) == []  # and its object is there
+    assert caught.value.interrupted == f"committing {spec.name} {DAY}"

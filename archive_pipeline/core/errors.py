@@ -638,6 +638,8 @@ def is_cancellation(exc: BaseException | None) -> bool:
 # What a day is left as when its work is cancelled, by what was interrupted (the words of note_cancelled)
 CANCELLED_LEAVES = {
     "archiving": "nothing of the day was published (an earlier archive of it stays as it was)",
+    "committing": "its manifest was on its way to the store and may still land: the day is then archived, else it "
+                  "stays as it was; the next run of the day finds which",
     "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
                 "settled by the next run of the day",
     "restoring": "the day's restore was rolled back",
