@@ -218,9 +218,9 @@ def test_dagster_runs_terminated_while_archiving_and_proving(conn, schema, pg, b
         status, failures = terminated_when_held(instance, defs.resolve_job_def(f"Remove_{schema}_ev"), proxy,
                                                 method="GET", path=re.escape(key) + "$")
         assert status == DagsterRunStatus.CANCELED, failures
-        [failure] = failures
-        assert failure.startswith(f"{spec.name} {DAY}: cancelled while removing: the run was terminated; the source "
-                                  "keeps the day")
+        assert failures == [f"{spec.name} {DAY}: cancelled while proving: the run was terminated; nothing was "
+                            f"changed.\n\nWhat to do: launch partition {DAY} of Remove_{schema}_ev again when it "
+                            "should run."]  # the removal's proof, before anything was removed
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(sql.Identifier(schema))).fetchone()[0] == 1000
     assert_left_clean(conn, s3_client, bucket, spec, dagster_env, archived)
 
