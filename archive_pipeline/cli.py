@@ -4,7 +4,8 @@ Same YAML file (``--config`` or ``$ARCHIVE_PIPELINE_CONFIG``) and environment va
 location (``ARCHIVE_PG_DSN``, ``ARCHIVE_S3_*``). No Dagster import.
 
 Exit codes: 0 ok; 1 a check or comparison found differences, or a day failed; 2 usage or
-configuration error; 3 the source database or the object store cannot be reached.
+configuration error; 3 the source database or the object store cannot be reached; 130 (Ctrl-C) and
+143 (SIGTERM): cancelled.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +46,8 @@ from archive_pipeline.core.environment import (
     session_settings,
     store_from_env,
 )
-from archive_pipeline.core.errors import CONFIGURATION_CAUSES, ArchiveError, classify, redact, wrap
+from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
+                                         note_cancelled, redact, wrap)
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import lookalike_hint
@@ -56,6 +59,43 @@ EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 class Failed(Exception):
     """A command finished but found differences or failed days (exit code 1)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a container or service manager stopping us), raised like Ctrl-C: Python's default
+    would end the process on the spot, leaving the day's multipart upload open in the store and no word
+    of what was stopped. Raised, the same cleanup runs as for Ctrl-C."""
+
+
+_CANCELS = [0]  # Ctrl-C and SIGTERM received so far
+
+
+def _cancel(signum: int, _frame: object) -> None:
+    """The first Ctrl-C or SIGTERM cancels the command. The second, which an impatient person sends while the
+    first one's cleanup runs (the upload's abort, the day's lock), would cut that cleanup short and leave the
+    day's multipart upload open: it only says so. A third stops at once."""
+    _CANCELS[0] += 1
+    if _CANCELS[0] == 2:
+        print("still cleaning up after the cancel (aborting the day's upload, releasing its lock); cancel once more "
+              "to stop at once and leave that to the next run of the day", file=sys.stderr, flush=True)
+        return
+    raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(signal.Signals(signum).name)
+
+
+@contextmanager
+def _cancellable() -> Iterator[None]:
+    """Ctrl-C and SIGTERM handled by :func:`_cancel` while a command runs; the handlers before it afterwards
+    (a caller in the same process, a test, keeps its own)."""
+    _CANCELS[0] = 0
+    try:
+        previous = {signum: signal.signal(signum, _cancel) for signum in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (called from a test's thread): signals are not ours to take
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -259,6 +299,19 @@ def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None)
     sys.exit(code)
 
 
+def _cancelled(as_json: bool, exc: KeyboardInterrupt) -> None:
+    """One line for a command stopped by Ctrl-C or SIGTERM (exit 130 / 143, as a shell reports them): what
+    was interrupted, what that day is left as, and that running the command again finishes the work."""
+    terminated = isinstance(exc, Terminated)
+    how = "by SIGTERM" if terminated else "by Ctrl-C"
+    interrupted = getattr(exc, "interrupted", None)
+    if interrupted:
+        text = f"{interrupted} was cancelled {how}: {CANCELLED_LEAVES[interrupted.split(' ', 1)[0]]}"
+    else:
+        text = f"cancelled {how}"
+    _fail(as_json, 143 if terminated else 130, f"{text}; to fix: run the same command again to finish", True)
+
+
 def command(fn: Callable[..., None]) -> Callable[..., None]:
     """The options every command takes, and one place that turns errors into exit codes."""
     day = PeriodArg()
@@ -304,6 +357,8 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             fn(run, **kwargs)
         except click.ClickException:
             raise
+        except KeyboardInterrupt as exc:
+            _cancelled(as_json, exc)
         except Failed as exc:
             if str(exc):
                 click.echo(_printable(str(exc)), err=True)
@@ -368,17 +423,18 @@ class _Commands(click.Group):
             if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
-        try:
-            return super().main(argv, standalone_mode=False, **kwargs)
-        except click.ClickException as exc:
-            if "--json" in argv:
-                click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
-                                       "retryable": False}, indent=2))
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        with _cancellable():
+            try:
+                return super().main(argv, standalone_mode=False, **kwargs)
+            except click.ClickException as exc:
+                if "--json" in argv:
+                    click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
+                                           "retryable": False}, indent=2))
+                exc.show()
+                sys.exit(exc.exit_code)
+            except click.Abort:
+                click.echo("Aborted!", err=True)
+                sys.exit(1)
 
     command_class = _Command
 
@@ -389,7 +445,7 @@ def main() -> None:
 
     Reads the same YAML table list and ARCHIVE_PG_DSN / ARCHIVE_S3_* variables as the Dagster code
     location. Exit codes: 0 ok, 1 differences found or a day failed, 2 usage or configuration error,
-    3 source database or object store unreachable.
+    3 source database or object store unreachable, 130 (Ctrl-C) or 143 (SIGTERM) cancelled.
     """
 
 
@@ -595,6 +651,9 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
             exc = wrap(exc, table, day.isoformat(), doing="proving")
         return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): "
                              f"{redact(str(exc), *_passwords())}")]
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: said as the day being checked (see _cancelled)
+        note_cancelled(exc, table, day.isoformat(), "checking")
+        raise
 
 
 @main.command()

@@ -28,7 +28,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
-from archive_pipeline.core.errors import ArchiveError, is_retryable, named, wrap
+from archive_pipeline.core.errors import ArchiveError, is_cancellation, is_retryable, named, note_cancelled, wrap
 from archive_pipeline.core.formats.common import (
     Extraction,
     WriteStats,
@@ -208,6 +208,9 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
                    standby=standby) from None
+    except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): cleaned up on the way out
+        note_cancelled(exc, spec.name, day.isoformat(), "archiving")
+        raise
 
 
 def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, existing: Existing,
@@ -700,9 +703,12 @@ class _Archiving:
             try:
                 self.store.put_bytes(self.manifest_key, data, "application/json")
                 return
-            except Exception as exc:  # noqa: BLE001 - re-raised after the last attempt
-                # settled only if every attempt was: one that timed out may still land
+            except BaseException as exc:  # noqa: BLE001 - re-raised after the last attempt
+                # settled only if every attempt was: one that timed out, or was cancelled on its way, may still land
                 self._manifest_settled = self._manifest_settled and self.store.settled(exc)
+                if is_cancellation(exc):
+                    note_cancelled(exc, self.spec.name, self.day.isoformat(), "committing")
+                    raise
                 if attempt == MANIFEST_PUT_ATTEMPTS or not is_retryable(exc):
                     raise
                 log.warning("writing %s failed (%s); trying again", self.manifest_key, exc)

@@ -643,6 +643,36 @@ def named(exc: ArchiveError, table: str, day: str, password: str | None = None) 
     return exc
 
 
+def is_cancellation(exc: BaseException | None) -> bool:
+    """Whether ``exc`` stops the work from outside rather than failing it: Ctrl-C (KeyboardInterrupt, also the
+    command line's SIGTERM), a terminated Dagster run (DagsterExecutionInterruptedError), an exit. They are
+    BaseExceptions that are not Exceptions, and nothing of ours catches them as failures."""
+    return exc is not None and not isinstance(exc, Exception)
+
+
+# What a day is left as when its work is cancelled, by what was interrupted (the words of note_cancelled)
+CANCELLED_LEAVES = {
+    "archiving": "nothing of the day was published (an earlier archive of it stays as it was)",
+    "committing": "its manifest was on its way to the store and may still land: the day is then archived, else it "
+                  "stays as it was; the next run of the day finds which",
+    "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
+                "settled by the next run of the day",
+    "restoring": "the day's restore was rolled back",
+    "proving": "nothing was changed",
+    "checking": "nothing was changed",
+}
+
+
+def note_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None:
+    """Record on a cancellation what it interrupted (``interrupted``: "archiving public.events 2024-03-10"),
+    the innermost first: the command line names table and day in one line instead of a traceback."""
+    if is_cancellation(exc) and getattr(exc, "interrupted", None) is None:
+        try:
+            exc.interrupted = f"{doing} {table} {day}"  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):  # an exception type without a __dict__
+            pass
+
+
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
          user: str | None = None, standby: bool = False, doing: str = "archiving") -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sys
 from collections.abc import Iterator
 
 import psycopg
 
-from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.errors import ArchiveError, is_cancellation
 
 
 def lock_key(table: str, day: dt.date) -> tuple[str, int]:
@@ -34,9 +35,24 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
     try:
         yield
     finally:
+        end_interrupted_query(conn, sys.exc_info()[1])
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext(%s), %s)", key)
+
+
+def end_interrupted_query(conn: psycopg.Connection, exc: BaseException | None) -> None:
+    """Cancel the server's query and close ``conn`` if ``exc``, a cancellation, left it in the middle of one.
+
+    psycopg cancels the query itself only on KeyboardInterrupt and SystemExit. Interrupted by anything else (a
+    terminated Dagster run raises DagsterExecutionInterruptedError in the step), the connection stays busy and
+    the backend goes on: waiting for a lock up to lock_timeout, then reading the day for nobody, holding the
+    table-day lock and its snapshot meanwhile. Closed, the session takes its locks with it."""
+    if not is_cancellation(exc) or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+        return
+    with contextlib.suppress(Exception):
+        conn.cancel_safe(timeout=5.0)
+    conn.close()
 
 
 def _holder(conn: psycopg.Connection, key: tuple[str, int]) -> str:

@@ -34,7 +34,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import ArchiveError, classify, remedy_for
+from archive_pipeline.core.errors import ArchiveError, classify, note_cancelled, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
@@ -982,6 +982,9 @@ def _restore_current(conn: psycopg.Connection, store: S3Store, spec: TableSpec, 
             raise
         log.info("%s %s: its archive was replaced while it was being restored; restoring the new one", spec.name, day)
         return restore_archive(conn, store, current, **options)
+    except BaseException as exc:  # cancelled: the day's transaction is rolled back on the way out
+        note_cancelled(exc, spec.name, spec.period(day).isoformat(), "restoring")
+        raise
 
 
 def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,

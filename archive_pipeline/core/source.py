@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError, sql_name
+from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
@@ -397,7 +398,8 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
         taken_at, version, snapshot_id = conn.execute(
             "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
         yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
-    except BaseException:
+    except BaseException as exc:
+        end_interrupted_query(conn, exc)
         if open_[0]:
             open_[0] = False
             if not conn.closed:
@@ -486,7 +488,7 @@ T = TypeVar("T")
 
 
 def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
-             size: Callable[[T], int] | None = None) -> Iterator[T]:
+             size: Callable[[T], int] | None = None, cancel: Callable[[], None] | None = None) -> Iterator[T]:
     """Read ahead in a thread so PostgreSQL keeps sending while the caller compresses and hashes.
 
     At most ``depth`` items wait in memory. With ``max_bytes``, the reader also stops pulling the
@@ -495,7 +497,9 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
     100 MiB row is not read while the previous one is still being written, so memory is bounded
     by the largest value rather than ``depth`` times it (#11 §5). If the consumer stops early the
     reader is told to stop and its error, if any, is re-raised here, so the COPY never outlives
-    the caller's failure.
+    the caller's failure. ``cancel`` (the source's query cancel) is called then too: the reader only
+    looks up between items, and the next may be long in coming (a slow link, a day's rows sparse in a
+    long scan), while the person who pressed Ctrl-C or terminated the run waits.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -545,10 +549,12 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
 
     thread = threading.Thread(target=reader, name="copy-reader", daemon=True)
     thread.start()
+    done = False
     try:
         while True:
             item = q.get()
             if item is _DONE:
+                done = True
                 break
             yield item
             with room:  # the consumer is done with it
@@ -557,6 +563,9 @@ def prefetch(chunks: Iterator[T], depth: int = 4, max_bytes: int | None = None,
             del item
     finally:
         stop.set()
+        if not done and cancel is not None:
+            with contextlib.suppress(Exception):
+                cancel()
         thread.join()
     if failure:
         raise failure[0]

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from archive_pipeline.core.errors import ArchiveError, UploadError, classify, redact
+from archive_pipeline.core.errors import ArchiveError, UploadError, classify, is_cancellation, redact
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -50,6 +50,7 @@ MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * TiB
 GROWTH_DIVISOR = 1_000  # growing parts: a part is at least 1/1000 of the bytes before it
 EQUAL_PARTS_SAFETY = 4  # equal parts: sized so that 4x the estimate still fits in 10,000 parts
+CANCEL_WAIT = 1.0  # seconds a cancelled upload waits for parts in flight before it is aborted
 _READ_CHUNK = 1 * MiB
 _CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -847,10 +848,14 @@ class S3Upload:
             self._cleaned = True
             self._aborted = True
             self._cond.notify_all()
-        if not self._join(self.store.abort_timeout):
-            text = (f"cleanup: parts of {self.store.uri(self.key)} were still in flight after "
-                    f"{self.store.abort_timeout:.0f} s")
-            log.warning(text)
+        # Cancelled (Ctrl-C, SIGTERM, a terminated run): the person waits for the process to end, and a
+        # stalled part would hold it for the whole abort_timeout. The upload is aborted after a short wait
+        # instead; a part that lands later aborts it again while the process lives (see _work), and the
+        # next archive of the key aborts what is left.
+        wait = min(self.store.abort_timeout, CANCEL_WAIT) if is_cancellation(original) else self.store.abort_timeout
+        if not self._join(wait):
+            text = f"cleanup: parts of {self.store.uri(self.key)} were still in flight after {wait:.0f} s"
+            (log.info if is_cancellation(original) else log.warning)(text)
             _note(original, text)
         with self._cond:
             upload_id, self.upload_id = self.upload_id, None

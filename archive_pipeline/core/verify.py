@@ -30,7 +30,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import source_table
-from archive_pipeline.core.errors import ArchiveError, is_retryable, named, wrap
+from archive_pipeline.core.errors import ArchiveError, is_retryable, named, note_cancelled, wrap
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned, removal_state, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
@@ -327,6 +327,9 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         return problems
     except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
         raise wrap(exc, spec.name, day.isoformat(), doing="proving") from None
+    except BaseException as exc:  # cancelled: the proof's temporary table and download go with it
+        note_cancelled(exc, spec.name, day.isoformat(), "proving")
+        raise
 
 
 def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,

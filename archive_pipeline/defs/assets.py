@@ -26,6 +26,7 @@ from dagster import (
     BetaWarning,
     Config,
     DagsterEventType,
+    DagsterExecutionInterruptedError,
     DailyPartitionsDefinition,
     HourlyPartitionsDefinition,
     MonthlyPartitionsDefinition,
@@ -45,8 +46,8 @@ from psycopg.pq import TransactionStatus
 from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
-from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, verdict_as_it_was, verify_result,
-                                          written_verdict)
+from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, terminated, verdict_as_it_was,
+                                          verify_result, written_verdict)
 from archive_pipeline.core.config import BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, config_path
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -446,6 +447,8 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
                     raise
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
+            except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+                raise terminated(context, exc, spec, day, "archiving", job_name(spec)) from None
     finally:
         source.close()
     if failed:

@@ -25,12 +25,15 @@ from dagster import (
     AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
+    AssetExecutionContext,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
     AssetRecordsFilter,
     Config,
     DagsterEventType,
+    DagsterExecutionInterruptedError,
+    DagsterRunStatus,
     Failure,
     MetadataValue,
     PreviewWarning,
@@ -45,7 +48,8 @@ from pydantic import Field
 from archive_pipeline.core import verify
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import ArchiveError, redact
+from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
+from archive_pipeline.core.periods import Period
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.store import S3Store
 
@@ -233,6 +237,26 @@ def _latest(instance, key: AssetKey, limit: int = 1) -> list:
     return out
 
 
+def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc: BaseException, spec: TableSpec,
+               day: Period, doing: str, job: str | None) -> BaseException:
+    """What to raise when a step is interrupted while ``doing`` ``day`` (a partition of ``job``; None: a check).
+
+    A run a person terminated (marked CANCELING) fails the step with a :class:`Failure` that no RetryPolicy
+    retries, saying what was cancelled and what the day is left as (``CANCELLED_LEAVES``): Dagster itself
+    turns an interrupt into a retry when the step has a policy, so a terminated run waited out the backoff,
+    did the day all the same and ended as a success. Any other interrupt (a run worker stopped without a
+    termination request) is raised as it came, for Dagster to handle."""
+    run = context.instance.get_run_by_id(context.run.run_id)
+    if run is None or run.status not in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+        return exc
+    doing = (getattr(exc, "interrupted", None) or doing).split(" ", 1)[0]  # the core's own word, where it said
+    again = f"launch partition {day} of {job}" if job else "run the check"
+    return Failure(description=f"{spec.name} {day}: cancelled while {doing}: the run was terminated; "
+                               f"{CANCELLED_LEAVES[doing]}.\n\nWhat to do: {again} again when it should run.",
+                   allow_retries=False, metadata={"table": spec.name, "day": day.isoformat(), "retryable": False,
+                                                  "error": "cancelled"})
+
+
 def expected_from(meta: dict) -> dict:
     """What a materialization recorded, as ``verify_result`` compares it."""
     expected = {"bytes": meta["compressed_bytes"], "md5": meta["md5"], "rows": meta["dagster/row_count"],
@@ -257,6 +281,8 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
         return verify_result(store, spec, day, expected_from(meta), deep=deep)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
         raise _unreachable(spec, day, exc) from None
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        raise terminated(context, exc, spec, day, "checking", None) from None
 
 
 def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: AssetKey, day: str,
@@ -405,6 +431,8 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                 continue
             except Exception as exc:  # noqa: BLE001 - unreachable database or store, or the comparison's error
                 raise _unreachable(spec, day, exc, postgres.password) from None
+            except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+                raise terminated(context, exc, spec, day, "checking", None) from None
             checked.append(event.partition)
             if difference:
                 changed[event.partition] = difference

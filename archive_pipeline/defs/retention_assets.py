@@ -26,6 +26,7 @@ from dagster import (
     AssetSpec,
     AssetsDefinition,
     Config,
+    DagsterExecutionInterruptedError,
     DagsterInstance,
     DefaultScheduleStatus,
     Failure,
@@ -47,6 +48,7 @@ from pydantic import Field
 
 from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, daily_partitions, freshness_policy,
                                           retry_policy)
+from archive_pipeline.defs.checks import terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, check_removable, due_days,
@@ -54,6 +56,7 @@ from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused,
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
+from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
 from archive_pipeline.core.verify import deep_verify, load_manifest, verify_archive
 
@@ -123,66 +126,75 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         if day not in due_days(spec, dt.datetime.now(dt.UTC)):  # today in the table's zone
             raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
                                       "days; nothing removed", allow_retries=False)
-        store = archive_store.store()
-        key = table_day_key(spec, day, store.prefix)
-        settled = None
-        with contextlib.ExitStack() as stack:
-            primary, source = _connect(stack, primary_postgres, spec, day), _connect(stack, postgres, spec, day)
-            standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-            proven_sha: str | bool = False
-            try:
-                manifest = load_manifest(store, key, (spec.name, day.isoformat()))
-                pending = (manifest or {}).get("removed", {}).get("state") == "pending"
-                if pending and not dry_run:
-                    # An earlier removal left its mark (its "done" mark failed, or a refused one could not
-                    # take it back): settled on the primary first, so the proof below is of the day as it is.
-                    settled = settle_pending_removal(primary, spec, day, store)
-                    manifest = settled.manifest
-                if manifest is not None and manifest.get("removed"):
-                    # Removed (or pending, in a dry run): the source no longer holds the day, so the
-                    # archive itself is checked: manifest, object, digests and rows.
-                    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()))
-                else:
-                    if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
-                        check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
-                    problems = deep_verify(source, store, spec, day, manifest=manifest,
-                                           scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
-                    # proven names the manifest just proved: under the lock, a different one is proved again
-                    proven_sha = (manifest or {}).get("manifest_sha256", False)
-            except ArchiveError as exc:
-                if exc.retryable or isinstance(exc, (DownloadError, LocalFileError, RemovalNotRecorded,
-                                                     RemovalRefused, SourceError)):
-                    # Nothing was proven either way (the store failed or refused a request, the temp dir
-                    # is full, the database refused a session, a privilege or a write, a removal is not
-                    # settled): the run fails, retried where that can help, and no integrity check is
-                    # recorded as failed.
-                    raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
-                manifest, problems = None, [str(exc)]
-            except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
-                manifest, problems = None, [str(exc)]
-            yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
-            if problems:
-                raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
-                                          + "; ".join(problems), allow_retries=False)
-            try:
-                removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
-                                     removed_by=f"dagster run {context.run.run_id}")
-            except ArchiveError as exc:
-                raise Failure(description=str(exc), allow_retries=exc.retryable) from None
-        if removal.dry_run:
-            context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
-                             f"archive {removal.archive}")
-            return
-        if settled is not None and settled.outcome != "none":
-            context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
-        yield MaterializeResult(metadata={
-            "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
-            "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
-            "already_removed": removal.already_removed, "archive": removal.archive, "run_id": context.run.run_id,
-            **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
-        })
+        try:
+            yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store)
+        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+            raise terminated(context, exc, spec, day, "removing", removal_job_name(spec)) from None
 
     return remove
+
+
+def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_run: bool, postgres: PostgresResource,
+              primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
+    """Prove the day's archive, then remove the day from the source (or, ``dry_run``, say what would go)."""
+    store = archive_store.store()
+    key = table_day_key(spec, day, store.prefix)
+    settled = None
+    with contextlib.ExitStack() as stack:
+        primary, source = _connect(stack, primary_postgres, spec, day), _connect(stack, postgres, spec, day)
+        standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        proven_sha: str | bool = False
+        try:
+            manifest = load_manifest(store, key, (spec.name, day.isoformat()))
+            pending = (manifest or {}).get("removed", {}).get("state") == "pending"
+            if pending and not dry_run:
+                # An earlier removal left its mark (its "done" mark failed, or a refused one could not
+                # take it back): settled on the primary first, so the proof below is of the day as it is.
+                settled = settle_pending_removal(primary, spec, day, store)
+                manifest = settled.manifest
+            if manifest is not None and manifest.get("removed"):
+                # Removed (or pending, in a dry run): the source no longer holds the day, so the
+                # archive itself is checked: manifest, object, digests and rows.
+                problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()))
+            else:
+                if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
+                    check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
+                problems = deep_verify(source, store, spec, day, manifest=manifest,
+                                       scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
+                # proven names the manifest just proved: under the lock, a different one is proved again
+                proven_sha = (manifest or {}).get("manifest_sha256", False)
+        except ArchiveError as exc:
+            if exc.retryable or isinstance(exc, (DownloadError, LocalFileError, RemovalNotRecorded,
+                                                 RemovalRefused, SourceError)):
+                # Nothing was proven either way (the store failed or refused a request, the temp dir
+                # is full, the database refused a session, a privilege or a write, a removal is not
+                # settled): the run fails, retried where that can help, and no integrity check is
+                # recorded as failed.
+                raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
+            manifest, problems = None, [str(exc)]
+        except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
+            manifest, problems = None, [str(exc)]
+        yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
+        if problems:
+            raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
+                                      + "; ".join(problems), allow_retries=False)
+        try:
+            removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
+                                 removed_by=f"dagster run {context.run.run_id}")
+        except ArchiveError as exc:
+            raise Failure(description=str(exc), allow_retries=exc.retryable) from None
+    if removal.dry_run:
+        context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
+                         f"archive {removal.archive}")
+        return
+    if settled is not None and settled.outcome != "none":
+        context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
+    yield MaterializeResult(metadata={
+        "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
+        "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
+        "already_removed": removal.already_removed, "archive": removal.archive, "run_id": context.run.run_id,
+        **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
+    })
 
 
 def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[str],

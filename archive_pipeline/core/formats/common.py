@@ -467,7 +467,8 @@ class CopyFormat:
                 out.write(head)
                 stats.bytes += len(head)
             chunks = copy_chunks(conn, statement, extraction.chunk_rows)
-            for chunk in prefetch(chunks, depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda c: len(c.data)):
+            for chunk in prefetch(chunks, depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda c: len(c.data),
+                                  cancel=conn.cancel_safe):
                 out.write(chunk.data)
                 stats.rows += chunk.rows
                 stats.bytes += len(chunk.data)

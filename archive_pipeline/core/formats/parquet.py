@@ -542,7 +542,8 @@ class Parquet:
                 def first() -> None:  # stream 0: straight into the writer, in this thread
                     held = None  # from a big batch on while the session is open: into spooled[0]
                     batches = _until_expected(readers, 0, extraction.expected_rows if len(parts) == 1 else None)
-                    for batch in prefetch(batches, depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda b: b.nbytes):
+                    for batch in prefetch(batches, depth=2, max_bytes=READ_AHEAD_BYTES, size=lambda b: b.nbytes,
+                                          cancel=readers.cancels()[0]):
                         converted = converter.convert(batch)
                         stats.rows += converted.num_rows
                         stats.bytes += converted.nbytes
