@@ -193,7 +193,7 @@ class Run:
 
     def emit(self, payload: dict[str, Any], render: Callable[[], None]) -> None:
         if self.as_json:
-            click.echo(_for_the_cli(json.dumps(payload, indent=2, default=str, ensure_ascii=False)))
+            click.echo(_for_the_cli(_json_text(payload)))
         else:
             render()
 
@@ -267,6 +267,14 @@ def _for_the_cli(text: str) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but line feed and tab, DEL, C1
+_C1 = re.compile(r"[\x7f-\x9f]")  # DEL and C1: what json.dumps leaves raw
+
+
+def _json_text(payload: dict[str, Any]) -> str:
+    """``payload`` as JSON, non-ASCII letters as they are, and DEL and the C1 controls escaped as ``\\u009b``:
+    ``json`` escapes only C0 controls, and a terminal takes U+009B for the start of an escape sequence."""
+    text = json.dumps(payload, indent=2, default=str, ensure_ascii=False)
+    return _C1.sub(lambda found: f"\\u{ord(found[0]):04x}", text)  # only inside strings: JSON's syntax is ASCII
 
 
 def _printable(text: str) -> str:

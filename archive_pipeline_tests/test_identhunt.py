@@ -10,6 +10,7 @@ naming the table and why.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import unicodedata
 
@@ -172,7 +173,7 @@ def test_the_command_line_escapes_control_characters_and_names_a_tables_other_sp
         pg, s3, bucket, conn, schema, store, tmp_path):
     """PostgreSQL keeps any character but NUL in a name or a text value: `compare --rows` printed the first
     differing row `(2024-03-10,<ESC>[2J<BEL>)` as it is, and the terminal of whoever compared cleared its screen (rich
-    drops BEL and CR, not ESC); it is shown escaped now (the JSON output, which escapes it itself, is unchanged).
+    drops BEL and CR, not ESC); it is shown escaped now, and `--json` escapes the C1 controls json leaves raw.
     And `--table s.café` typed as NFC for the configuration's NFD `s.café` (copied from a file name on macOS)
     said "table(s) ['s.café'] are not in the configuration; configured: ['s.café']"; it names the
     configuration's spelling now."""
@@ -191,6 +192,9 @@ def test_the_command_line_escapes_control_characters_and_names_a_tables_other_sp
     assert shown.exit_code == 1 and "first difference" in shown.stdout, shown.stdout
     assert "(2024-03-10,\\x1b[2J\\x07\\x9b" in shown.stdout, shown.stdout
     assert not any(c in shown.stdout for c in "\x1b\x07\x9b"), repr(shown.stdout)
+    as_json = _cli(env, "compare", "--rows", "--json", "--day", "2024-03-10", "--table", f"{schema}.ev")
+    assert not any(c in as_json.stdout for c in "\x1b\x07\x9b"), repr(as_json.stdout)  # json leaves C1 raw
+    assert "\\u001b[2J\\u0007\\u009b" in as_json.stdout and json.loads(as_json.stdout), as_json.stdout  # exact
 
     refused = _cli(env, "list", "--table", nfc)
     assert refused.exit_code == 2, refused.stderr

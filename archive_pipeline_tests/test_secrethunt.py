@@ -144,3 +144,29 @@ def test_the_stores_errors_notes_and_log_lines_never_quote_credentials_of_the_en
     assert "EndpointConnectionError" in texts[0] and "could not delete" in texts[1], texts
     assert "could not abort stale multipart uploads" in texts[2], texts
     assert not [text for text in texts if SECRET in text], texts
+
+
+def test_an_s3_resource_built_in_code_with_credentials_in_its_endpoint_fails_the_run_without_them(
+        conn, schema, pg, s3, caplog):
+    """The environment's endpoint is refused at load; one given in code (another project's Definitions, the
+    factory's ``resources``) reached botocore, whose errors and logs quote the URL whole. The run fails at
+    once, naming the setting, and neither the failure nor a log line carries the secret."""
+    from dagster import instance_for_test
+    from dagster_aws.s3 import S3Resource
+
+    from archive_pipeline.defs.resources import ArchiveStoreResource
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], 3, schema=schema)
+    endpoint = f"http://AKID:{quote(SECRET, safe='')}@127.0.0.1:{s3.port}"
+    resources = {"postgres": PostgresResource(dsn=pg.dsn),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1"),
+                                                       bucket="no-such-bucket")}
+    defs = build_definitions(events_config(schema, DAY), resources, check_source=False)
+    job = defs.resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance, caplog.at_level(logging.DEBUG):
+        result = job.execute_in_process(instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        failures = [str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure]
+    assert not result.success and failures
+    assert all("endpoint_url" in f and "user:secret@" in f for f in failures), failures
+    assert SECRET not in " ".join(failures) + caplog.text
