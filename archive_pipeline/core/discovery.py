@@ -42,7 +42,8 @@ _CHILDREN_QUERY = """
 SELECT relname, bound, nspname, {lo}, {hi}, ranged
 FROM (SELECT relname, bound, nspname, ranged, {lo_value} AS lo, {hi_value} AS hi
       FROM (SELECT relname, bound, nspname, ranged,
-                   CASE WHEN ranged THEN pg_catalog.substr(pg_catalog.split_part(bound, ') TO (', 1), 18) END AS lo_text,
+                   CASE WHEN ranged THEN pg_catalog.substr(pg_catalog.split_part(bound, ') TO (', 1), 18) END
+                       AS lo_text,
                    CASE WHEN ranged THEN pg_catalog.rtrim(pg_catalog.split_part(bound, ') TO (', 2), ')') END AS hi_text
             FROM (SELECT c.relname, pg_catalog.pg_get_expr(c.relpartbound, 0) AS bound, cn.nspname
                   FROM pg_catalog.pg_inherits i

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -141,8 +141,27 @@ def _same_repository(run: DagsterRun, location: str | None, repository: str | No
             and origin.repository_origin.repository_name == repository)
 
 
-def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int, location: str | None = None,
-            repository: str | None = None) -> tuple[list[RunRequest], int]:
+@dataclass(frozen=True)
+class WantedRun:
+    """A day the tick would request: built for every day with data and no archive (a table's three years
+    on the first tick), made a RunRequest only when chosen (Dagster checks each one it builds: 17 µs a day,
+    two seconds of a tick over 100 such tables)."""
+
+    run_key: str
+    job_name: str
+    partition_key: str
+    table: str
+
+    def request(self) -> RunRequest:
+        return RunRequest(run_key=self.run_key, job_name=self.job_name, partition_key=self.partition_key,
+                          tags={TABLE_TAG: self.table})
+
+
+Keyed = TypeVar("Keyed", RunRequest, WantedRun)
+
+
+def untried(instance: DagsterInstance, requests: list[Keyed], cap: int, location: str | None = None,
+            repository: str | None = None) -> tuple[list[Keyed], int]:
     """The first ``cap`` of ``requests`` whose run key has no run yet, and how many were left out because
     theirs has one.
 
@@ -151,7 +170,7 @@ def untried(instance: DagsterInstance, requests: list[RunRequest], cap: int, loc
     cap and the days behind them (other tables' new days) are never requested. Run keys are looked up
     a batch at a time, one query each; usually one batch fills the cap.
     """
-    chosen: list[RunRequest] = []
+    chosen: list[Keyed] = []
     tried = 0
     size = max(cap, 100)
     for start in range(0, len(requests), size):
@@ -184,7 +203,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
     )
     def archive_new_days(context: SensorEvaluationContext, postgres: PostgresResource) -> SensorResult | SkipReason:
         today = dt.datetime.now(dt.UTC).date()
-        requests: list[RunRequest] = []
+        requests: list[WantedRun] = []
         problems: list[str] = []
         report: list[str] = []
         with contextlib.ExitStack() as stack:
@@ -210,8 +229,8 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
                         problems.append(f"{spec.name}: {message}")
                         continue
                 report.append(inspected(spec, days, len(missing), len(found)))
-                requests += [RunRequest(run_key=f"{target.job.name}:{d.isoformat()}", job_name=target.job.name,
-                                        partition_key=d.isoformat(), tags={TABLE_TAG: spec.name}) for d in found]
+                requests += [WantedRun(f"{target.job.name}:{d.isoformat()}", target.job.name, d.isoformat(), spec.name)
+                             for d in found]
         cap = settings.max_runs_per_tick
         origin = context.code_location_origin
         chosen, tried = untried(context.instance, requests, cap, origin.location_name if origin else None,
@@ -232,6 +251,6 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings)
         if len(requests) - tried > cap:
             context.log.info(f"up to {len(requests) - tried} days to archive; requesting {cap} this tick "
                              "(sensor.max_runs_per_tick), the rest on the next ticks")
-        return SensorResult(run_requests=chosen)
+        return SensorResult(run_requests=[wanted.request() for wanted in chosen])
 
     return archive_new_days
