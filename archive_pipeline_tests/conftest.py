@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+import signal
 
 import psycopg
 import pytest
@@ -98,3 +99,12 @@ def publication(conn, schema):
     name = f"{schema}_pub"
     yield name
     conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Each test starts with Python's own SIGINT handler (KeyboardInterrupt): tests that interrupt the main
+    thread on purpose (a run's termination) must not depend on what an earlier in-process Dagster run or
+    command left installed."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
