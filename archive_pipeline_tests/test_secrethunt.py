@@ -170,3 +170,41 @@ def test_an_s3_resource_built_in_code_with_credentials_in_its_endpoint_fails_the
     assert not result.success and failures
     assert all("endpoint_url" in f and "user:secret@" in f for f in failures), failures
     assert SECRET not in " ".join(failures) + caplog.text
+
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example: a secret key's shape
+
+
+@pytest.mark.parametrize("value, swapped", [
+    (AWS_SECRET, {}),  # pasted into the bucket's variable: only its shape says what it is
+    (SECRET + " x", {"ARCHIVE_S3_SECRET_ACCESS_KEY": SECRET}),  # holds the secret another variable has
+    (f"{SECRET}!", {"PGPASSWORD": SECRET}),
+])
+def test_a_secret_key_set_as_the_bucket_is_not_quoted_as_a_bad_bucket_name(cli_env, monkeypatch, value, swapped):
+    """The secret access key pasted into ARCHIVE_S3_BUCKET was printed back as "not a bucket name" by the
+    command line and the load. Now neither shows it, and both still name the variable to fix."""
+    code, output = run_cli({**cli_env, **swapped, "ARCHIVE_S3_BUCKET": value}, "list")
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://nobody@127.0.0.1:1/x")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", value)
+    for name, secret in swapped.items():
+        monkeypatch.setenv(name, secret)
+    with pytest.raises(ConfigError) as raised:
+        build_definitions(events_config("public", DAY), check_source=False)
+    assert code == 2, output
+    for text in (output, str(raised.value)):
+        assert "ARCHIVE_S3_BUCKET" in text and "is not a bucket name" in text, text
+        assert value not in text and SECRET not in text and AWS_SECRET[:12] not in text, text
+
+
+@pytest.mark.parametrize("endpoint", [f"http://AKID:{SECRET}@[::1", f"http://AKID:{SECRET}@127.0.0.1:port"])
+def test_a_malformed_endpoint_with_credentials_in_code_is_refused_without_them(endpoint):
+    """The resource's endpoint check split the URL first: one too malformed to split (an unclosed IPv6
+    bracket, a port that is no number) raised urllib's bare ValueError instead of the refusal."""
+    from dagster_aws.s3 import S3Resource
+
+    from archive_pipeline.defs.resources import ArchiveStoreResource
+
+    resource = ArchiveStoreResource(s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1"), bucket="b")
+    with pytest.raises(ConfigError) as raised:
+        resource.store()
+    assert "user:secret@" in str(raised.value) and SECRET not in str(raised.value)

@@ -18,7 +18,7 @@ import psycopg
 import psycopg.conninfo
 
 from archive_pipeline.core.config import ConfigError, SourceSettings
-from archive_pipeline.core.errors import describe_connect_error, redact, scrub_parse_error
+from archive_pipeline.core.errors import describe_connect_error, password_of, redact, scrub_parse_error
 from archive_pipeline.core.store import S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
@@ -41,10 +41,23 @@ class UnreachableError(Exception):
         self.retryable = retryable
 
 
-def _quoted(value: str) -> str:
+# Variables whose values are secrets: a value swapped into another variable is not quoted back.
+_SECRET_VARS = (SECRET_VAR, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
+# An AWS secret access key (40 characters of base64) or session token, whichever variable it was put in
+_SECRET_SHAPE = re.compile(r"[A-Za-z0-9/+=]{40,}")
+
+
+def _quoted(value: str, env: Mapping[str, str] | None = None) -> str:
     """A variable's value as a message about it quotes it, without the credentials of a URI or a
-    ``password=`` in it: variables get swapped, and a DSN set as the bucket was printed whole."""
-    return repr(redact(value))
+    ``password=`` in it: variables get swapped, and a DSN set as the bucket was printed whole. Nor is
+    a value shown that holds another variable's secret, or has the shape of an S3 secret key (the secret
+    pasted into the bucket's variable was printed as "not a bucket name")."""
+    env = os.environ if env is None else env
+    dsn = env.get(DSN_VAR)
+    text = redact(value, *(env.get(name) for name in _SECRET_VARS), password_of(dsn) if dsn else None)
+    if _SECRET_SHAPE.search(text):
+        return "(not shown: it has the shape of a secret key)"
+    return repr(text)
 
 
 def _required(env: Mapping[str, str], name: str, what: str) -> str:
@@ -96,6 +109,16 @@ def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connectio
                                retryable=described.retryable) from None
 
 
+def endpoint_has_credentials(url: str) -> bool:
+    """True when the endpoint URL carries a user or secret (``http://key:secret@minio``): boto3 never signs
+    with them, and its error messages quote the URL whole. The one test, for the environment variable and
+    for the Dagster resource's setting; a URL too malformed to split counts when it holds an ``@`` at all."""
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return "@" in url
+
+
 def check_endpoint_url(url: str | None) -> None:
     """An endpoint botocore can use, or a :class:`ConfigError` naming the variable: without its scheme
     (``minio:9000``) every run failed with a bare "ValueError: Invalid endpoint", retried with backoff,
@@ -103,7 +126,7 @@ def check_endpoint_url(url: str | None) -> None:
     are refused: botocore never uses them, and its errors quote the URL whole."""
     if not url:
         return
-    shown = repr(url) if "@" not in url else "(not shown: it holds credentials)"
+    shown = "(not shown: it holds credentials)" if "@" in url else repr(url)
     if any(c.isspace() for c in url):  # urlsplit drops a newline, botocore does not: "Invalid endpoint" every run
         raise ConfigError(f"{ENDPOINT_VAR} {shown} holds whitespace (a secret mounted from a file often ends in a "
                           "newline): write the URL alone, e.g. http://minio:9000")
@@ -115,7 +138,7 @@ def check_endpoint_url(url: str | None) -> None:
     if not usable:
         raise ConfigError(f"{ENDPOINT_VAR} {shown} is not an http(s) URL: write it with its scheme and host, "
                           "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
-    if "@" in parts.netloc:  # boto3 signs with the keys, never these: they only reached its messages and logs
+    if endpoint_has_credentials(url):  # boto3 signs with the keys, never these: they only reached its messages and logs
         raise ConfigError(f"{ENDPOINT_VAR} {shown}: boto3 ignores a user or secret in the URL (it signs with "
                           f"${KEY_ID_VAR} and ${SECRET_VAR}, or its usual chain) and would show them in its error "
                           "messages: remove the 'user:secret@' part, e.g. http://minio:9000, and set the keys in "
@@ -162,7 +185,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
                                                   retries={"max_attempts": 3, "mode": "standard"}), **options)
     except InvalidRegionError:
-        raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']))} is not a region name: set it to "
+        raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']), env)} is not a region name: set it to "
                           "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \
             from None
     store = S3Store(client, bucket, prefix=env.get(PREFIX_VAR, ""))
@@ -171,7 +194,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             client.head_bucket(Bucket=bucket)
         except ParamValidationError:  # botocore's own check, before any request: no store was asked
             hint = f" (a key prefix goes in ${PREFIX_VAR})" if "/" in bucket else ""
-            raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket)} is not a bucket name (S3's are 3 to 63 lower-case "
+            raise ConfigError(f"${BUCKET_VAR} {_quoted(bucket, env)} is not a bucket name (S3's are 3 to 63 lower-case "
                               f"letters, digits, dots and hyphens): set it to the archive bucket's name{hint}") \
                 from None
         except ClientError as exc:

@@ -6,7 +6,6 @@ key appears in the YAML file, the Dagster UI's run config, logs or metadata.
 
 import contextlib
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import psycopg
 import psycopg.conninfo
@@ -15,6 +14,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, field_validator
 
 from archive_pipeline.core.config import ConfigError
+from archive_pipeline.core.environment import endpoint_has_credentials
 from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
 from archive_pipeline.core.store import MiB, S3Store
 from archive_pipeline.core.session_settings import apply_settings
@@ -111,7 +111,7 @@ class ArchiveStoreResource(ConfigurableResource):
         """The store; refuses an endpoint with a user or secret in it (``http://key:secret@minio``), as the
         environment's is refused at load: boto3 never signs with them, and its errors quote the URL whole."""
         endpoint = getattr(self.s3, "endpoint_url", None)
-        if endpoint and "@" in urlsplit(endpoint).netloc:
+        if endpoint and endpoint_has_credentials(endpoint):
             raise ConfigError("the S3 resource's endpoint_url holds a user or secret (not shown): boto3 ignores "
                               "them (it signs with the resource's aws_access_key_id and aws_secret_access_key, or "
                               "its usual chain) and would show them in its error messages; remove the "
