@@ -338,3 +338,35 @@ def test_a_change_snapshots_do_not_isolate_is_never_archived_as_an_empty_day(
     err = caught.value
     assert err.retryable and "waiting to change" in str(err), str(err)
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+
+
+def test_each_stream_beyond_the_first_takes_a_slot_of_the_tables_pool(schema, partitioned, archive_env):
+    """issue 14 §1: "each stream takes a slot of the table's concurrency pool". Dagster claims one slot for
+    the step; a day with 4 streams opened 4 sessions on it. Now each further stream claims a slot of the
+    table's pool: a pool with 3 slots reads the day with 3 streams, one whose slot another run holds with 2,
+    and the slots are given back when the day is read."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.definitions import build_definitions
+
+    pool = f"{schema}_source"
+    config = parse_config({"tables": [{"name": partitioned, "day_column": "created_at", "start_date": "2024-03-01",
+                                       "parallel_streams": 4, "pool": pool}]})
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 3}}}) as instance:
+        storage = instance.event_log_storage
+        notes = []
+        for holder in (None, "another-run"):
+            if holder:
+                storage.set_concurrency_slots(pool, 3)
+                assert storage.claim_concurrency_slot(pool, holder, "its_step").is_claimed
+            result = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, run_config={
+                "ops": {f"archive__{schema}__ev": {"config": {"overwrite": True}}}})
+            assert result.success
+            [event] = result.get_asset_materialization_events()
+            notes.append(str(event.materialization.metadata["streams"].value))
+            info = storage.get_concurrency_info(pool)
+            held = {holder} if holder else set()
+            assert {s.run_id for s in info.claimed_slots} == held == {p.run_id for p in info.pending_steps}, info
+    assert notes[0].startswith("3 stream(s), parallel_streams is 4: 4 planned, the pool had 3 slot(s)"), notes
+    assert notes[1].startswith("2 stream(s), parallel_streams is 4: 4 planned, the pool had 2 slot(s)"), notes

@@ -56,7 +56,7 @@ from archive_pipeline.core.manifest import (
 )
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, PeriodError
-from archive_pipeline.core.parallel import free_sessions, open_snapshot_sessions, plan_streams, write_day
+from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
@@ -183,7 +183,8 @@ def resolve_period(spec: TableSpec, day: Period | dt.date | str) -> Period:
 
 def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date | str, store: S3Store, *,
                       temp_dir: str | None = None, progress: Progress | None = None, progress_every: float = 10.0,
-                      session_settings: dict[str, str] | None = None, overwrite: bool | None = None) -> ArchiveResult:
+                      session_settings: dict[str, str] | None = None, overwrite: bool | None = None,
+                      stream_slots: StreamSlots | None = None) -> ArchiveResult:
     """Archive ``day`` of ``spec`` to ``store`` and describe what was stored.
 
     The rows, their fingerprint and the table's description are read in one REPEATABLE READ
@@ -192,6 +193,9 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
     this table and whose fingerprint equals the source's now is kept (``skipped``) unless
     ``overwrite``; one whose day has changed raises :class:`LateRowsError`. Errors come out as
     :class:`ArchiveError` naming the table and day and saying whether a retry may help.
+
+    ``stream_slots`` (the Dagster layer's: slots of the table's pool) is asked for a slot for each stream
+    beyond the first before the streams start; the day reads with as many streams as it grants.
     """
     overwrite = spec.overwrite if overwrite is None else overwrite
     day = resolve_period(spec, day)  # a partition key, date or period: resolved once, handed down
@@ -200,7 +204,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
     try:
         with table_day_lock(conn, spec.name, day):
             return _Archiving(conn, spec, day, store, temp_dir=temp_dir, progress=progress,
-                              progress_every=progress_every,
+                              progress_every=progress_every, stream_slots=stream_slots,
                               settings=resolved(conn, {**SNAPSHOT_SETTINGS, **(session_settings or {})})).run(overwrite)
     except ArchiveError as exc:
         named(exc, spec.name, day.isoformat(), conn.info.password)
@@ -231,8 +235,9 @@ class _Archiving:
 
     def __init__(self, conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
                  temp_dir: str | None, progress: Progress | None, progress_every: float,
-                 settings: dict[str, str]) -> None:
+                 settings: dict[str, str], stream_slots: StreamSlots | None = None) -> None:
         self.conn, self.spec, self.day, self.store = conn, spec, day, store
+        self.stream_slots = stream_slots
         self.temp_dir, self.progress, self.progress_every, self.settings = temp_dir, progress, progress_every, settings
         self.key = render_key(spec, day, store.prefix)
         self.manifest_key = keys.manifest_key(self.key)
@@ -408,9 +413,21 @@ class _Archiving:
             # as many streams as the connection limits leave room for: more would fail every attempt
             reason = f"{plan.streams} planned, {free} more session(s) fit the connection limits"
             plan = plan_streams(self.conn, table, where, self.day, max(1, free), estimate)
-        self.streams = _streams_note(self.spec.parallel_streams, plan.streams, reason)
-        if self.streams:
-            log.info("%s %s: %s", self.spec.name, self.day, self.streams)
+        with contextlib.ExitStack() as slots:
+            if plan.streams > 1 and self.stream_slots is not None:
+                granted = 1 + slots.enter_context(self.stream_slots(plan.streams - 1))
+                if granted < plan.streams:  # the pool is busy: read with the slots it has, rather than wait
+                    reason = f"{plan.streams} planned, the pool had {granted} slot(s) for them"
+                    plan = plan_streams(self.conn, table, where, self.day, granted, estimate)
+            self.streams = _streams_note(self.spec.parallel_streams, plan.streams, reason)
+            if self.streams:
+                log.info("%s %s: %s", self.spec.name, self.day, self.streams)
+            return self._read_planned(fmt, codec, table, where, extraction, plan, free, sink, fp, fp_seconds)
+
+    def _read_planned(self, fmt, codec, table: SourceTable, where, extraction: Extraction, plan, free: int, sink,
+                      fp: fingerprint.Fingerprint | None, fp_seconds: float
+                      ) -> tuple[WriteStats, fingerprint.Fingerprint, float]:
+        """``_read`` once the streams are settled: the rows, and the fingerprint beside them if there is room."""
         readers = _readers(fmt, plan)
 
         def write() -> WriteStats:
@@ -424,8 +441,8 @@ class _Archiving:
             extraction.expected_rows = fp.rows  # the same snapshot: these are all the rows there are
             return write(), fp, fp_seconds
         try:
-            side = open_snapshot_sessions(self.conn, snapshot.snapshot_id, 1, {**self.settings, **ALONGSIDE_SETTINGS},
-                                          table, where)[0]
+            side = open_snapshot_sessions(self.conn, extraction.snapshot.snapshot_id, 1,
+                                          {**self.settings, **ALONGSIDE_SETTINGS}, table, where)[0]
         except psycopg.OperationalError as exc:
             log.info("%s %s: fingerprinting before the read, no second session: %s", self.spec.name, self.day, exc)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)

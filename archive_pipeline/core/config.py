@@ -178,8 +178,8 @@ class TableSpec(_Strict):
         default=1, description=(
             "connections that read one day together, each a disjoint range of it, inside one exported snapshot "
             "(1: a single COPY; auto: chosen per day from the planner's row estimate and the archiver's cores, "
-            "see parallel.auto_streams). Each is one more session on the source database: Dagster's pool gives "
-            "the run one slot, so size the pool's limit for this many sessions per running day"))
+            "see parallel.auto_streams). Each is one more session on the source database, and in Dagster each "
+            "stream beyond the first claims one more slot of the table's pool (a busy pool: fewer streams)"))
     key_template: str = Field(default=DEFAULT_KEY_TEMPLATE, description="default per granularity, see "
                               "DEFAULT_KEY_TEMPLATES")
     deep_check: bool = Field(default=False, description="after archiving, download the archive, load it back into "

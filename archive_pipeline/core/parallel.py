@@ -35,6 +35,7 @@ import datetime as dt
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
 import psycopg
@@ -68,6 +69,10 @@ class StreamPlan:
 
 
 SINGLE = StreamPlan((sql.SQL("TRUE"),), "single", "one stream requested")
+
+# Asked for ``n`` slots for the streams beyond the first (the Dagster layer: of the table's pool);
+# yields how many it granted, without waiting, and gives them back on exit.
+StreamSlots = Callable[[int], AbstractContextManager[int]]
 # parallel_streams: auto, conservative bounds. Measured (bench/run.py --streams 1,2,4, 1M rows): on two
 # cores one stream already keeps both busy (archiver, PostgreSQL), and N=2 gained nothing for CSV and
 # Parquet (JSONL 10%), so a stream gets two of the archiver's cores; every stream is one more session.

@@ -44,9 +44,11 @@ from dagster import (
     asset,
 )
 from psycopg.pq import TransactionStatus
+from dagster._core.instance.config import PoolGranularity
 from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
+from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, terminated, verdict_as_it_was,
                                           verify_result, written_verdict)
 from archive_pipeline.core.config import BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, config_path
@@ -516,6 +518,48 @@ def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
     return done
 
 
+def pool_stream_slots(context: AssetExecutionContext, pool: str) -> StreamSlots:
+    """Slots of ``pool`` for a day's streams beyond its first. Dagster claims one slot for the step
+    (``claim_concurrency_slot`` takes no count), but a day read with N streams is N sessions on the
+    source: each further stream claims one more slot, under its own name in the step's run, so the
+    pool's limit bounds sessions and the UI's pool page shows them. A slot the pool cannot give at
+    once is a stream fewer, never a wait (its queued claim is withdrawn at once, so it cannot take a
+    slot from a step queued behind it); the slots go back when the day is read, and Dagster's run
+    monitoring frees those of a run that died. A pool Dagster does not limit per step (none set, run
+    granularity) grants every stream, as it grants the step."""
+    storage = context.instance.event_log_storage
+    run_id, step_key = context.run.run_id, context.get_step_execution_context().step.key
+
+    @contextlib.contextmanager
+    def claim(wanted: int) -> Iterator[int]:
+        if not _limited_per_step(storage, pool):
+            yield wanted
+            return
+        claimed: list[str] = []
+        try:
+            for stream in range(2, wanted + 2):
+                name = f"{step_key}[stream {stream}]"
+                if not storage.claim_concurrency_slot(pool, run_id, name).is_claimed:
+                    storage.free_concurrency_slot_for_step(run_id, name)  # out of the queue: no late slot
+                    break
+                claimed.append(name)
+            yield len(claimed)
+        finally:
+            for name in claimed:
+                storage.free_concurrency_slot_for_step(run_id, name)
+
+    return claim
+
+
+def _limited_per_step(storage, pool: str) -> bool:
+    """Whether Dagster limits ``pool`` per step here, as its executor decides before claiming a step's slot."""
+    if not storage.supports_global_concurrency_limits:
+        return False
+    if storage.get_pool_config().pool_granularity == PoolGranularity.RUN:
+        return False
+    return any(limit.name == pool for limit in storage.get_pool_limits())
+
+
 def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: Period,
                     config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
                     store: S3Store, *, alone: bool, origin: str | None = None
@@ -534,7 +578,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         conn = source.get()
         result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
                                    progress=progress, session_settings=postgres.session_settings(),
-                                   overwrite=spec.overwrite or config.overwrite)
+                                   overwrite=spec.overwrite or config.overwrite,
+                                   stream_slots=pool_stream_slots(context, spec.pool))
         try:
             verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
                                      conn=conn if spec.deep_check else None,
