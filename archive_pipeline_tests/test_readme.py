@@ -1,0 +1,280 @@
+"""The README against the code: guards that fail when the two drift apart.
+
+Each test reads a part of README.md (the settings block, the codec table, the variables, the command
+line's table and sessions, the layout, the retry table) and compares it with what the code defines.
+No database or store is started: the whole module runs in a few seconds. (The README's Python and
+component examples are loaded by test_deploy.py::test_readme_examples_load_in_dagster_cli.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import re
+import shlex
+from pathlib import Path
+
+import botocore.exceptions as bx
+import click
+import psycopg.errors
+import pytest
+import yaml
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from archive_pipeline import cli
+from archive_pipeline.core import config as cfg
+from archive_pipeline.core.errors import classify
+from archive_pipeline.core.manifest import ArchiveResult
+from archive_pipeline.core.periods import as_period
+from archive_pipeline.defs.assets import materialization_metadata
+from archive_pipeline.defs.resources import ArchiveStoreResource
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _section(title: str) -> str:
+    """The text of the README's ``## title`` section, up to the next ``## ``."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end > 0 else None]
+
+
+def _block(first_line: str) -> str:
+    """The README's fenced block that starts with ``first_line``."""
+    [block] = [b for b in re.findall(r"```[a-z]*\n(.*?)```", README, re.S) if b.startswith(first_line)]
+    return block
+
+
+def _table_rows(text: str, first_cell: str) -> list[list[str]]:
+    """The rows (cells, stripped) of the Markdown table in ``text`` whose header starts with ``first_cell``."""
+    lines = text[text.index(f"| {first_cell} "):].splitlines()
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+# --- Configuration: the settings block and the codec table ----------------------------------------
+
+SETTINGS = _block("source:")
+# Settings whose value in the README's block is an example, not the default (the comment says so).
+EXAMPLES = {"name", "day_column", "start_date", "compression_level", "partitioning", "retention"}
+
+
+def _models() -> list[type[BaseModel]]:
+    return [cfg.ArchiveConfig, cfg.SourceSettings, cfg.RetrySettings, cfg.ScheduleSettings, cfg.SensorSettings,
+            cfg.BackfillSettings, cfg.TableSpec, cfg.Partitioning, cfg.Retention]
+
+
+def test_the_settings_block_loads_and_names_every_setting(tmp_path):
+    """The block is a valid configuration as written, and every setting of every model is in it (a
+    setting added to config.py and not to the README fails here)."""
+    path = tmp_path / "archive_tables.yaml"
+    path.write_text(SETTINGS)
+    loaded = cfg.load_config(path)
+    assert [t.name for t in loaded.tables] == ["public.events"]
+    missing = [f"{model.__name__}.{name}" for model in _models() for name in model.model_fields
+               if not re.search(rf"\b{name}\b", SETTINGS)]
+    assert not missing, f"settings missing from the README's settings block: {missing}"
+
+
+def test_the_settings_block_shows_the_defaults(tmp_path):
+    """Every value in the block is the model's default, except the examples its comments explain."""
+    raw = yaml.safe_load(SETTINGS)
+    path = tmp_path / "archive_tables.yaml"
+    path.write_text(SETTINGS)
+    loaded = cfg.load_config(path)
+    wrong = []
+    for section in ("source", "retry", "schedule", "sensor", "backfill"):
+        model = getattr(loaded, section)
+        default = type(model)()
+        wrong += [f"{section}.{k}" for k in raw[section] if getattr(model, k) != getattr(default, k)]
+    if loaded.asset_key_prefix != cfg.ArchiveConfig.model_fields["asset_key_prefix"].default:
+        wrong.append("asset_key_prefix")
+    spec = loaded.tables[0]
+    for key in set(raw["tables"][0]) - EXAMPLES:
+        field = cfg.TableSpec.model_fields[key]
+        default = None if field.default is PydanticUndefined else field.default
+        if getattr(spec, key) != default:
+            wrong.append(f"tables[].{key}: README {getattr(spec, key)!r}, default {default!r}")
+    assert not wrong, wrong
+
+
+def test_the_comments_of_the_settings_block_give_the_allowed_values():
+    """``# a | b | c`` comments list exactly the values the models accept."""
+    line = {m.group(1): m.group(2) for m in re.finditer(r"^\s*(?:- )?(\w+):[^#\n]*#\s*(.*)$", SETTINGS, re.M)}
+    choices = {"granularity": ["hourly", "daily", "monthly"], "format": ["jsonl", "csv", "parquet"]}
+    for key, values in choices.items():
+        assert line[key].split("(")[0].split() == " | ".join(values).split(), (key, line[key])
+    assert cfg.TableSpec.model_fields["granularity"].annotation.__args__ == tuple(choices["granularity"])
+    assert cfg.Format.__args__ == tuple(choices["format"])
+    text, parquet = line["compression"].split("; parquet:")
+    assert set(text.split(" | ")) == {c.strip() for c in text.split("|")} == set(cfg.TEXT_LEVELS)
+    assert {c.strip() for c in parquet.split("|")} == set(cfg.PARQUET_LEVELS)
+    modes = re.findall(r"(\w+)(?: \(default\))?", line["partitioning"].split("(+")[0])
+    assert set(modes) == {"column", "declarative", "naming"}
+    assert cfg.Partitioning().mode == "column" and "column (default)" in line["partitioning"]
+    assert set(re.findall(r"\((\w+) \| (\w+) \| (\w+)[;)]", line["retention"])[0]) == {"detach", "drop", "delete"}
+    batch_rows = int(re.search(r"batch_rows: (\d+)", line["retention"]).group(1))
+    assert batch_rows == cfg.Retention.model_fields["batch_rows"].default
+    assert f"(1..{cfg.MAX_PARALLEL_STREAMS} or auto" in line["parallel_streams"]
+    chunk = cfg.TableSpec.model_fields["chunk_size"].metadata
+    bounds = [getattr(m, a) for m in chunk for a in ("ge", "le") if getattr(m, a, None) is not None]
+    assert f"({bounds[0]}..{bounds[1]:,})" in line["chunk_size"]
+    assert line["key_template"].removeprefix("fields: ").split() == sorted(cfg.KEY_FIELDS, key=line[
+        "key_template"].index)
+
+
+def test_the_codec_table_is_the_levels_the_config_accepts():
+    rows = _table_rows(_section("Configuration"), "codec")
+    seen = set()
+    for codecs, text, parquet in rows:
+        for codec in (c.strip() for c in codecs.split(",")):
+            seen.add(codec)
+            for fmt, cell in (("jsonl", text), ("parquet", parquet)):
+                levels = cfg.level_range(fmt, codec)
+                expected = "no level (refused)" if levels is None else f"{levels[0]}..{levels[1]}"
+                assert cell.startswith(expected), (codec, fmt, cell, levels)
+    assert seen == set(cfg.PARQUET_LEVELS) | set(cfg.TEXT_LEVELS)
+
+
+# --- Configuration: environment variables and the store's knobs ----------------------------------------
+
+def test_the_variables_table_names_only_variables_the_code_reads():
+    """The other direction of test_user_hunt's check: a variable the README documents is one the code reads."""
+    table = "\n".join(" ".join(r[:1]) for r in _table_rows(_section("Configuration"), "variable"))
+    documented = set(re.findall(r"ARCHIVE_[A-Z0-9_]+", table))
+    code = "\n".join(p.read_text() for p in (ROOT / "archive_pipeline").rglob("*.py"))
+    assert documented and documented <= set(re.findall(r"\"(ARCHIVE_[A-Z0-9_]+)\"", code))
+    region = [r for r in _table_rows(_section("Configuration"), "variable") if "ARCHIVE_S3_REGION" in r[0]]
+    assert "(default us-east-1)" in region[0][1] and 'or "us-east-1"' in code
+
+
+def test_the_store_knobs_are_the_resources_defaults():
+    text = " ".join(_section("Configuration").split())
+    fields = ArchiveStoreResource.model_fields
+    for name in ("part_size_mb", "max_concurrency", "verify_etags"):
+        shown = re.search(rf"`{name}` \(([^)]+)\)", text).group(1)
+        assert shown == str(fields[name].default).lower(), (name, shown)
+    assert "`temp_dir` (the system's temp dir)" in text and fields["temp_dir"].default is None
+
+
+# --- Command line --------------------------------------------------------------------------------------
+
+def _command(name: str) -> click.Command:
+    return cli.main.commands[name]
+
+
+def _options(command: click.Command) -> set[str]:
+    return {o for p in command.params for o in p.opts}
+
+
+def test_every_command_and_option_of_the_table_exists():
+    rows = _table_rows(_section("Command line"), "command")
+    names = []
+    for usage, _ in rows:
+        words = usage.strip("`").replace("\\|", "|").split()
+        names.append(words[0])
+        command = _command(words[0])
+        assert {w.strip("[]") for w in words if w.strip("[]").startswith("--")} <= _options(command), usage
+    assert sorted(names) == sorted(cli.main.commands)
+
+
+def test_the_options_every_command_takes_and_the_restore_choices():
+    text = " ".join(_section("Command line").split())
+    common = re.search(r"Every command takes (.*?)for scripts", text).group(1)
+    for name, command in cli.main.commands.items():
+        assert set(re.findall(r"(--[a-z-]+|-t)\b", common)) <= _options(command), name
+    restore = {p.name: p for p in _command("restore").params}
+    for option, cell in (("into", "new|existing|original"), ("on_conflict", "fail|skip")):
+        assert list(restore[option].type.choices) == cell.split("|")
+    assert f"`--into` default `{restore['into'].default}`" in text
+    assert f"`--on-conflict` default `{restore['on_conflict'].default}`" in text
+
+
+def test_every_session_line_of_the_readme_parses():
+    """Each ``$ archive-pipeline …`` line the README shows is a command and options the CLI accepts."""
+    lines = re.findall(r"^\$ archive-pipeline (.+)$", README, re.M)
+    assert len(lines) >= 5
+    for line in lines:
+        name, *args = shlex.split(line)
+        with _command(name).make_context(name, list(args)) as ctx:
+            assert ctx.params is not None, line
+
+
+def test_the_help_lists_the_exit_codes_the_readme_gives():
+    text = " ".join(_section("Command line").split())
+    codes = re.findall(r"\*\*(\d+)\*\*", text[text.index("Exit codes"):])
+    assert codes == ["0", "1", "2", "3", "130", "143"]
+    assert all(code in cli.main.help for code in codes)
+
+
+# --- Layout, metadata, retries ------------------------------------------------------------------------
+
+def test_the_layout_names_every_module():
+    layout = _block("archive_pipeline/\n")
+    modules = sorted(p.name for p in (ROOT / "archive_pipeline").rglob("*.py") if p.name != "__init__.py")
+    missing = [m for m in modules if m not in layout]
+    assert not missing, f"modules missing from the README's Layout: {missing}"
+
+
+def test_the_metadata_the_readme_names_is_recorded():
+    """The keys the README points users at are in a materialization's metadata."""
+    day = as_period("daily", "UTC", dt.date(2024, 3, 10))
+    result = ArchiveResult(
+        table="public.events", day=day, key="k", uri="s3://b/k", rows=1, bytes=1, uncompressed_bytes=1, md5="m",
+        sha256="s", format="jsonl", compression="zstd", columns=(), output_types={}, parts=1, etag="e",
+        content_type="t", content_encoding=None, day_column="at", source_relation="public.events",
+        manifest_key="k.manifest.json", snapshot_at=dt.datetime(2024, 3, 11, tzinfo=dt.UTC), server_version="17",
+        extract_seconds=0.1, duration_seconds=0.2, upload_wait_seconds=0.0, complete_seconds=0.0,
+        fingerprint="row-hash-sum-v3:1:1", streams="1 stream")
+    keys = set(materialization_metadata(result, "s3://b/k", "yes"))
+    named = {"state", "summary", "verified", "dagster/row_count", "object", "streams", "fingerprint"}
+    assert named <= keys, named - keys
+    assert all(re.search(rf"`{k}[`:]", README) for k in named - {"fingerprint"})
+
+
+def _pg(sqlstate: str, message: str) -> Exception:
+    return psycopg.errors.lookup(sqlstate)(f"ERROR:  {message}")
+
+
+def _s3(code: str, status: int) -> bx.ClientError:
+    return bx.ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                          "PutObject")
+
+
+# Each token the retry table shows in backticks, as the exception it stands for (None: not something
+# classify() sees; raised with its retryability by the code that detects it).
+TOKENS = {
+    "pg_terminate_backend": _pg("57P01", "terminating connection due to administrator command"),
+    "statement_timeout": _pg("57014", "canceling statement due to statement timeout"),
+    "lock_timeout": _pg("55P03", "canceling statement due to lock timeout"),
+    "max_connections": _pg("53300", "sorry, too many clients already"),
+    "CONNECTION LIMIT": _pg("53300", 'too many connections for role "x"'),
+    "SlowDown": _s3("SlowDown", 503), "RequestTimeout": _s3("RequestTimeout", 400),
+    "BadDigest": _s3("BadDigest", 400), "IncompleteBody": _s3("IncompleteBody", 400),
+    "NoSuchUpload": _s3("NoSuchUpload", 404), "ExpiredToken": _s3("ExpiredToken", 400),
+    "FlexibleChecksumError": bx.FlexibleChecksumError(error_msg="checksum mismatch"),
+    "pg_hba.conf": _pg("28000", 'no pg_hba.conf entry for host "1.2.3.4", user "u", database "d"'),
+    "default_transaction_read_only": _pg("25006", "cannot execute INSERT in a read-only transaction"),
+    "54000": _pg("54000", "out of memory"),
+    "ENOSPC": OSError(errno.ENOSPC, "No space left on device"),
+    "AccessDenied": _s3("AccessDenied", 403), "InvalidAccessKeyId": _s3("InvalidAccessKeyId", 403),
+    "SignatureDoesNotMatch": _s3("SignatureDoesNotMatch", 403), "NoSuchBucket": _s3("NoSuchBucket", 404),
+    "RequestTimeTooSkewed": _s3("RequestTimeTooSkewed", 403), "NotImplemented": _s3("NotImplemented", 501),
+    "Failure(allow_retries=False)": None, "ForeignArchiveError": None, "DayRemovedError": None,
+}
+
+
+@pytest.mark.parametrize("column", [0, 1], ids=["retried", "fails at once"])
+def test_the_retry_table_is_what_classify_decides(column):
+    rows = _table_rows(_section("Retries and errors"), "retried (transient)")
+    tokens = {t for row in rows for t in re.findall(r"`([^`]+)`", row[column])}
+    unknown = tokens - set(TOKENS)
+    assert not unknown, f"README tokens this test does not know (add them to TOKENS): {unknown}"
+    wrong = [t for t in tokens if TOKENS[t] is not None and classify(TOKENS[t]).retryable is not (column == 0)]
+    assert not wrong, wrong
