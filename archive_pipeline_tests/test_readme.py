@@ -278,3 +278,64 @@ def test_the_retry_table_is_what_classify_decides(column):
     assert not unknown, f"README tokens this test does not know (add them to TOKENS): {unknown}"
     wrong = [t for t in tokens if TOKENS[t] is not None and classify(TOKENS[t]).retryable is not (column == 0)]
     assert not wrong, wrong
+
+
+# --- The Python API as the README writes its calls --------------------------------------------------------
+
+def _api() -> dict[str, object]:
+    from archive_pipeline import definitions
+    from archive_pipeline.core import errors, lifecycle, restore, verify
+    return {"build_definitions": definitions.build_definitions, "load_config": cfg.load_config,
+            "parse_config": cfg.parse_config, "deep_verify": verify.deep_verify, "classify": errors.classify,
+            "wrap": errors.wrap, "remove_day": lifecycle.remove_day,
+            "settle_pending_removal": lifecycle.settle_pending_removal, "due_days": lifecycle.due_days,
+            "load_into": restore.load_into, "restore_day": restore.restore_day, "restore_days": restore.restore_days}
+
+
+# What the README writes in place of a parameter's name: parse_config(dict) names what it takes.
+PLACEHOLDERS = {("parse_config", "dict")}
+
+
+def test_the_calls_the_readme_writes_out_match_the_signatures():
+    """Inline calls such as `due_days(spec, today)` name the parameters in order, with their defaults."""
+    import inspect
+
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    api = _api()
+    calls = [(m.group(1), " ".join(m.group(2).split())) for span in re.findall(r"`([^`]+)`", prose)
+             for m in [re.search(rf"\b({'|'.join(api)})\((.*)\)$", span)] if m]
+    assert len(calls) >= 10
+    for name, args in calls:
+        function = api[name]
+        params = list(inspect.signature(function).parameters.values())
+        module = inspect.getmodule(function)
+        for i, arg in enumerate(a.strip() for a in args.split(",")):
+            if arg == "*":
+                assert params[i].kind is inspect.Parameter.KEYWORD_ONLY, (name, args)
+                params.insert(i, params[i])  # the README's * takes a place; the next one is the same
+                continue
+            key, _, default = arg.partition("=")
+            assert params[i].name == key or (name, key) in PLACEHOLDERS, (name, args, params[i].name)
+            if default:
+                expected = {"None": None, "True": True, "False": False}.get(default, getattr(module, default, default))
+                assert params[i].default is expected, (name, arg, params[i].default)
+
+
+@pytest.mark.parametrize("alone", ["ARCHIVE_S3_ACCESS_KEY_ID", "ARCHIVE_S3_SECRET_ACCESS_KEY"])
+def test_one_s3_key_without_the_other_fails_the_load_naming_both(monkeypatch, alone):
+    """README: the keys are "both or neither". With one alone the location loaded, and every run and check
+    then failed on boto3's "partial credentials" (the command line refused it up front)."""
+    from archive_pipeline.definitions import require_environment
+
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://u@localhost/db")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+    monkeypatch.delenv("ARCHIVE_S3_ENDPOINT_URL", raising=False)
+    for name in ("ARCHIVE_S3_ACCESS_KEY_ID", "ARCHIVE_S3_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    require_environment("archive_tables.yaml")  # neither: boto3's chain
+    monkeypatch.setenv(alone, "k" * 20)
+    with pytest.raises(cfg.ConfigError, match=r"set both \$ARCHIVE_S3_ACCESS_KEY_ID and \$ARCHIVE_S3_SECRET_ACCESS_KEY"):
+        require_environment("archive_tables.yaml")
+    other = ({"ARCHIVE_S3_ACCESS_KEY_ID", "ARCHIVE_S3_SECRET_ACCESS_KEY"} - {alone}).pop()
+    monkeypatch.setenv(other, "s" * 20)
+    require_environment("archive_tables.yaml")
