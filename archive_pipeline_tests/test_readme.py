@@ -24,6 +24,7 @@ from pydantic_core import PydanticUndefined
 
 from archive_pipeline import cli
 from archive_pipeline.core import config as cfg
+from archive_pipeline.core import plan
 from archive_pipeline.core.errors import classify
 from archive_pipeline.core.manifest import ArchiveResult
 from archive_pipeline.core.periods import as_period
@@ -182,6 +183,9 @@ def test_every_command_and_option_of_the_table_exists():
         command = _command(words[0])
         assert {w.strip("[]") for w in words if w.strip("[]").startswith("--")} <= _options(command), usage
     assert sorted(names) == sorted(cli.main.commands)
+    [states] = [re.findall(r"`([a-z]+)`", text) for usage, text in rows if usage.startswith("`list")]
+    assert states == list(plan.STATES), states
+    assert all(state in _command("list").help for state in plan.STATES), _command("list").help
 
 
 def test_the_options_every_command_takes_and_the_restore_choices():
