@@ -259,6 +259,7 @@ TOKENS = {
     "lock_timeout": _pg("55P03", "canceling statement due to lock timeout"),
     "max_connections": _pg("53300", "sorry, too many clients already"),
     "CONNECTION LIMIT": _pg("53300", 'too many connections for role "x"'),
+    "53200": _pg("53200", "out of memory"), "58030": _pg("58030", "could not read block 7 in file"),
     "SlowDown": _s3("SlowDown", 503), "RequestTimeout": _s3("RequestTimeout", 400),
     "BadDigest": _s3("BadDigest", 400), "IncompleteBody": _s3("IncompleteBody", 400),
     "NoSuchUpload": _s3("NoSuchUpload", 404), "ExpiredToken": _s3("ExpiredToken", 400),
@@ -343,3 +344,15 @@ def test_one_s3_key_without_the_other_fails_the_load_naming_both(monkeypatch, al
     other = ({"ARCHIVE_S3_ACCESS_KEY_ID", "ARCHIVE_S3_SECRET_ACCESS_KEY"} - {alone}).pop()
     monkeypatch.setenv(other, "s" * 20)
     require_environment("archive_tables.yaml")
+
+
+def test_the_example_error_message_is_the_one_wrap_builds():
+    """README, Retries and errors: the wrong-password example, as errors.wrap words it (detail elided)."""
+    from archive_pipeline.core.errors import wrap
+
+    shown = " ".join(re.search(r"ends with `; to fix: …`\*\*, e\.g\.\s+`([^`]+)`", README).group(1).split())
+    error = psycopg.OperationalError('connection failed: connection to server at "db", port 5432 failed: FATAL:  '
+                                     'password authentication failed for user "app"')
+    built = re.sub(r"\(OperationalError: [^)]*\"app\"\)", "(OperationalError: …)",
+                   str(wrap(error, "public.events", "2024-03-10", "secret")))
+    assert built == shown
