@@ -356,3 +356,15 @@ def test_the_example_error_message_is_the_one_wrap_builds():
     built = re.sub(r"\(OperationalError: [^)]*\"app\"\)", "(OperationalError: …)",
                    str(wrap(error, "public.events", "2024-03-10", "secret")))
     assert built == shown
+
+
+def test_the_limits_the_configuration_section_gives_are_the_validators():
+    text = " ".join(_section("Configuration").split())
+    assert f"PostgreSQL's {cfg.MAX_PG_TIMEOUT_MS} ms" in text
+    assert f"before {cfg.EARLIEST_START.isoformat()} or more than {cfg.MAX_YEARS_AHEAD} years ahead" in text
+    assert f"`keep_days` above {cfg.MAX_KEEP_DAYS}" in text
+    assert cfg.MAX_RETRY_DELAY_SECONDS == 86_400 and "finite number of at most a day" in text
+    assert f"would wait more than {cfg.MAX_RETRY_WAIT_SECONDS / 86_400:g} days" in text
+    assert cfg.MAX_SENSOR_INTERVAL_SECONDS == 7 * 86_400 and "`sensor.interval_seconds` over a week" in text
+    bounds = [getattr(m, "le", None) for m in cfg.RetrySettings.model_fields["max_retries"].metadata]
+    assert 20 in bounds and "for 20 retries" in text
