@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import json
 import re
 import shlex
 from pathlib import Path
@@ -368,3 +369,30 @@ def test_the_limits_the_configuration_section_gives_are_the_validators():
     assert cfg.MAX_SENSOR_INTERVAL_SECONDS == 7 * 86_400 and "`sensor.interval_seconds` over a week" in text
     bounds = [getattr(m, "le", None) for m in cfg.RetrySettings.model_fields["max_retries"].metadata]
     assert 20 in bounds and "for 20 retries" in text
+
+
+# --- Deploying: the instance files the README describes ------------------------------------------------
+
+def test_the_instance_files_hold_what_the_readme_says():
+    """README (Protecting the source database, Deploying, Production notes) against dagster.yaml and
+    docs/dagster.production.yaml, and the Dockerfile's CMD against the command the README quotes."""
+    local = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    production = yaml.safe_load((ROOT / "docs" / "dagster.production.yaml").read_text())
+    text = " ".join(README.split())
+    pools, runs = (local["concurrency"]["pools"]["default_limit"], local["concurrency"]["runs"]["max_concurrent_runs"])
+    assert f"limits each pool to {pools} concurrent extractions, and runs overall to {runs}" in text
+    assert production["concurrency"] == local["concurrency"]
+    assert f"(at most {runs} runs in progress); pools ({pools} extractions per source database)" in text
+    assert production["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert re.search(r"^#\s+scheme: postgresql\+psycopg2$", (ROOT / "dagster.yaml").read_text(), re.M)
+    assert production["compute_logs"]["class"] == "S3ComputeLogManager" and "(`S3ComputeLogManager`" in text
+    assert production["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert "free_slots_after_run_end_seconds" in production["run_monitoring"]
+    assert production["run_launcher"]["class"] == "DockerRunLauncher" and "a `DockerRunLauncher`" in text
+    workspace = yaml.safe_load((ROOT / "docs" / "workspace.production.yaml").read_text())
+    assert workspace["load_from"][0]["grpc_server"]["port"] == 4000 and "port 4000" in text
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [cmd] = [json.loads(line[4:]) for line in dockerfile.splitlines() if line.startswith("CMD [")]
+    quoted = re.search(r"`(dagster code-server start [^`]+)`", text).group(1).split()
+    assert cmd[:len(quoted)] == quoted, (cmd, quoted)
+    assert "FROM python:3.11-slim" in dockerfile and "python:3.11-slim" in text
