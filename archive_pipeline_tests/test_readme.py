@@ -29,7 +29,7 @@ from archive_pipeline.core import plan
 from archive_pipeline.core.errors import classify
 from archive_pipeline.core.manifest import ArchiveResult
 from archive_pipeline.core.periods import as_period
-from archive_pipeline.defs.assets import materialization_metadata
+from archive_pipeline.defs.assets import RETRY_JITTER, materialization_metadata, retry_delay
 from archive_pipeline.defs.resources import ArchiveStoreResource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,11 @@ def test_the_comments_of_the_settings_block_give_the_allowed_values():
     batch_rows = int(re.search(r"batch_rows: (\d+)", line["retention"]).group(1))
     assert batch_rows == cfg.Retention.model_fields["batch_rows"].default
     assert f"(1..{cfg.MAX_PARALLEL_STREAMS} or auto" in line["parallel_streams"]
+    retry = re.search(r"^retry:.*#(.*)$", SETTINGS, re.M).group(1)
+    for backoff in cfg.RetrySettings.model_fields["backoff"].annotation.__args__:
+        waits = [round(retry_delay(30, backoff, attempt, rand=lambda: 0.5)) for attempt in (1, 2, 3)]
+        assert ", ".join(map(str, waits)) + " s" in retry, (backoff, waits, retry)
+    assert f"±{RETRY_JITTER:.0%}" in retry and "linear" in retry
     chunk = cfg.TableSpec.model_fields["chunk_size"].metadata
     bounds = [getattr(m, a) for m in chunk for a in ("ge", "le") if getattr(m, a, None) is not None]
     assert f"({bounds[0]}..{bounds[1]:,})" in line["chunk_size"]
@@ -396,3 +401,18 @@ def test_the_instance_files_hold_what_the_readme_says():
     quoted = re.search(r"`(dagster code-server start [^`]+)`", text).group(1).split()
     assert cmd[:len(quoted)] == quoted, (cmd, quoted)
     assert "FROM python:3.11-slim" in dockerfile and "python:3.11-slim" in text
+
+
+def test_the_periods_table_and_template_rules_are_the_configs():
+    """README, Periods and time zones: each granularity's default key template, the fields a template may
+    use and must hold, and the strftime codes a naming pattern needs."""
+    section = _section("Periods and time zones")
+    rows = {row[0]: row for row in _table_rows(section, "granularity")}
+    assert set(rows) == set(cfg.DEFAULT_KEY_TEMPLATES)
+    for granularity, template in cfg.DEFAULT_KEY_TEMPLATES.items():
+        assert rows[granularity][2] == f"`{template}`", granularity
+    text = " ".join(section.split())
+    fields = set(re.findall(r"`\{(\w+)\}`", text[:text.index("A template must hold")]))
+    assert fields == cfg.KEY_FIELDS - {"prefix", "schema", "table", "ext", "format"}
+    for granularity, codes in cfg.PATTERN_CODES.items():
+        assert f"`{''.join(codes)}` ({granularity})" in text

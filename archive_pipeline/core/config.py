@@ -425,7 +425,8 @@ class SensorSettings(_Strict):
     interval_seconds: Count = Field(default=300, ge=30, le=MAX_SENSOR_INTERVAL_SECONDS, description="seconds "
                                     "between ticks (at most a week; beyond 2147483647 the UI's GraphQL API failed "
                                     "on every query that lists the sensor)")
-    lookback_days: Count = Field(default=7, ge=1, le=366, description="how many recent days each tick inspects")
+    lookback_days: Count = Field(default=7, ge=1, le=366, description="column mode: how many recent days each tick "
+                                "probes for rows (declarative and naming tables: every day, from the catalog)")
     max_runs_per_tick: Count = Field(default=50, ge=1)
     running: bool = Field(default=False, description="start the sensor as soon as the daemon loads it")
 
