@@ -416,3 +416,15 @@ def test_the_periods_table_and_template_rules_are_the_configs():
     assert fields == cfg.KEY_FIELDS - {"prefix", "schema", "table", "ext", "format"}
     for granularity, codes in cfg.PATTERN_CODES.items():
         assert f"`{''.join(codes)}` ({granularity})" in text
+
+
+def test_a_failing_check_says_what_differs_as_the_readme_shows():
+    """README: "A failing check says what differs, e.g. `size: recorded 1,234 bytes, stored 15`" (the
+    recorded size printed as 1234, unlike every other size)."""
+    from archive_pipeline.core.manifest import stored_object_problems
+
+    example = re.search(r"A failing check says what differs, e\.g\. `([^`]+)`", README).group(1)
+    assert stored_object_problems({"ContentLength": 15, "ETag": '"e"'}, {"object": {"bytes": 1234, "etag": "e"}}) \
+        == [example]
+    assert stored_object_problems({"ContentLength": 15, "ETag": '"e"'}, {"object": {"bytes": "x"}}) \
+        == ["size: recorded 'x' bytes, stored 15"]
