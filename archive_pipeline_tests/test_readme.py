@@ -232,17 +232,22 @@ def test_the_layout_names_every_module():
     assert not missing, f"modules missing from the README's Layout: {missing}"
 
 
+def _result(**changes: object) -> ArchiveResult:
+    """An ArchiveResult of one day as the archiver returns it (values made up)."""
+    values: dict = dict(
+        table="public.events", day=as_period("daily", "UTC", dt.date(2024, 3, 10)), key="k", uri="s3://b/k", rows=1,
+        bytes=1, uncompressed_bytes=1, md5="m", sha256="s", format="jsonl", compression="zstd", columns=(),
+        output_types={}, parts=1, etag="e", content_type="t", content_encoding=None, day_column="at",
+        source_relation="public.events", manifest_key="k.manifest.json",
+        snapshot_at=dt.datetime(2024, 3, 11, tzinfo=dt.UTC), server_version="17", extract_seconds=0.1,
+        duration_seconds=0.2, upload_wait_seconds=0.0, complete_seconds=0.0, fingerprint="row-hash-sum-v3:1:1",
+        streams="1 stream")
+    return ArchiveResult(**{**values, **changes})
+
+
 def test_the_metadata_the_readme_names_is_recorded():
     """The keys the README points users at are in a materialization's metadata."""
-    day = as_period("daily", "UTC", dt.date(2024, 3, 10))
-    result = ArchiveResult(
-        table="public.events", day=day, key="k", uri="s3://b/k", rows=1, bytes=1, uncompressed_bytes=1, md5="m",
-        sha256="s", format="jsonl", compression="zstd", columns=(), output_types={}, parts=1, etag="e",
-        content_type="t", content_encoding=None, day_column="at", source_relation="public.events",
-        manifest_key="k.manifest.json", snapshot_at=dt.datetime(2024, 3, 11, tzinfo=dt.UTC), server_version="17",
-        extract_seconds=0.1, duration_seconds=0.2, upload_wait_seconds=0.0, complete_seconds=0.0,
-        fingerprint="row-hash-sum-v3:1:1", streams="1 stream")
-    keys = set(materialization_metadata(result, "s3://b/k", "yes"))
+    keys = set(materialization_metadata(_result(), "s3://b/k", "yes"))
     named = {"state", "summary", "verified", "dagster/row_count", "object", "streams", "fingerprint"}
     assert named <= keys, named - keys
     assert all(re.search(rf"`{k}[`:]", README) for k in named - {"fingerprint"})
@@ -428,3 +433,72 @@ def test_a_failing_check_says_what_differs_as_the_readme_shows():
         == [example]
     assert stored_object_problems({"ContentLength": 15, "ETag": '"e"'}, {"object": {"bytes": "x"}}) \
         == ["size: recorded 'x' bytes, stored 15"]
+
+
+# --- The manifest's fields ------------------------------------------------------------------------------
+
+def _fields(text: str) -> dict[str, dict | None]:
+    """``a, b{c, d[{e}]}`` as {"a": None, "b": {"c": None, "d": {"e": None}}} (a list's items as a dict)."""
+    fields: dict[str, dict | None] = {}
+    i = 0
+    while i < len(text):
+        name = re.match(r"\s*,?\s*(\w+)", text[i:])
+        if not name:
+            break
+        i += name.end()
+        if text[i:i + 1] in ("{", "["):
+            opening = text[i]
+            depth, j = 0, i
+            while True:
+                depth += text[j] in "{[" and 1 or (-1 if text[j] in "}]" else 0)
+                j += 1
+                if depth == 0:
+                    break
+            inner = text[i + 1:j - 1]
+            fields[name.group(1)] = _fields(inner[1:-1] if opening == "[" else inner)
+            i = j
+        else:
+            fields[name.group(1)] = None
+    return fields
+
+
+def _documented_manifest() -> dict[str, dict | None]:
+    section = README[README.index("### The manifest"):README.index("Version 1 manifests are still read")]
+    documented: dict[str, dict | None] = {}
+    for span in re.findall(r"`([^`]+)`", section):
+        if re.fullmatch(r"[\w\s,{}\[\]]+", span) and not span.startswith("<"):
+            documented.update(_fields(" ".join(span.split())))
+    return documented
+
+
+def _shape(value: object) -> dict | None:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        value = value[0]
+    return {k: _shape(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def test_the_manifest_fields_the_readme_lists_are_the_ones_written():
+    """Every field build_manifest writes is listed with its nested fields; the ones listed but written by
+    other steps (removal, re-archive, sealing) are written somewhere in the code."""
+    from types import SimpleNamespace
+
+    from archive_pipeline.core.manifest import SourceIdentity, build_manifest, table_definition
+
+    column = SimpleNamespace(name="id", type_name="bigint", not_null=True)
+    result = _result(columns=(column,), encodings={"id": {"encoding": "number", "exact": True, "note": "n"}})
+    definition = table_definition((column,), ["id"], {"parent": "public.events", "child": "c", "bound": "b"})
+    written = _shape(build_manifest(result, SourceIdentity("db", "7", "17"), definition))
+    documented = _documented_manifest()
+
+    def compare(written: dict, documented: dict, where: str) -> None:
+        assert set(written) <= set(documented), (where, set(written) - set(documented))
+        for key, inner in written.items():
+            if inner is not None:
+                compare(inner, documented[key] or {}, f"{where}.{key}")
+
+    compare(written, documented, "manifest")
+    code = "\n".join(p.read_text() for p in (ROOT / "archive_pipeline" / "core").glob("*.py"))
+    for key in set(documented) - set(written):
+        assert f'"{key}"' in code, key
+    removed = set(documented["removed"]) | {"settled_at", "settled_because"}
+    assert all(f'"{key}"' in code for key in removed)
