@@ -502,3 +502,20 @@ def test_the_manifest_fields_the_readme_lists_are_the_ones_written():
         assert f'"{key}"' in code, key
     removed = set(documented["removed"]) | {"settled_at", "settled_because"}
     assert all(f'"{key}"' in code for key in removed)
+
+
+def test_a_failed_command_answers_the_json_the_readme_describes(tmp_path):
+    """README: with --json an error is a JSON object on stdout (`ok: false`, `exit_code`, `error`,
+    `retryable`), also for a usage error; exit 2 names the variable. No database is needed to see it."""
+    from click.testing import CliRunner
+
+    config = tmp_path / "tables.yaml"
+    config.write_text("tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n")
+    text = " ".join(_section("Command line").split())
+    keys = re.search(r"fails as a whole answers `ok: false` with `(\w+)`, `(\w+)` and `(\w+)`", text).groups()
+    for args, env in ((["--day", "2999-01-01"], {}), ([], {"ARCHIVE_PG_DSN": ""})):
+        answer = CliRunner().invoke(cli.main, ["list", "--config", str(config), "--json", *args], env=env)
+        payload = json.loads(answer.stdout)
+        assert answer.exit_code == payload["exit_code"] == 2 and payload["ok"] is False, answer.stdout
+        assert sorted(payload) == sorted(["ok", *keys])
+    assert "ARCHIVE_PG_DSN" in payload["error"]
