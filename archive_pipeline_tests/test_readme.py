@@ -519,3 +519,16 @@ def test_a_failed_command_answers_the_json_the_readme_describes(tmp_path):
         assert answer.exit_code == payload["exit_code"] == 2 and payload["ok"] is False, answer.stdout
         assert sorted(payload) == sorted(["ok", *keys])
     assert "ARCHIVE_PG_DSN" in payload["error"]
+
+
+def test_every_benchmark_option_the_readme_gives_exists():
+    """Options in the Benchmarks section (and `make bench ARGS=...`) are ones the bench scripts accept."""
+    scripts = {p.name: p.read_text() for p in (ROOT / "bench").glob("*.py")}
+    text = _section("Benchmarks") + _section("Restoring a day")
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", text))
+    assert {"--rows", "--big-rows", "--streams", "--declarative"} <= options
+    unknown = [o for o in options if not any(f'"{o}"' in source for source in scripts.values())]
+    assert not unknown, unknown
+    for args in re.findall(r'make bench ARGS="([^"]+)"', README):
+        for option in re.findall(r"--[a-z-]+", args):  # make bench hands ARGS to both scripts
+            assert f'"{option}"' in scripts["run.py"] and f'"{option}"' in scripts["restore.py"], option
