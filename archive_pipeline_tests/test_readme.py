@@ -532,3 +532,15 @@ def test_every_benchmark_option_the_readme_gives_exists():
     for args in re.findall(r'make bench ARGS="([^"]+)"', README):
         for option in re.findall(r"--[a-z-]+", args):  # make bench hands ARGS to both scripts
             assert f'"{option}"' in scripts["run.py"] and f'"{option}"' in scripts["restore.py"], option
+
+
+def test_the_rerun_config_the_readme_shows_is_the_one_a_failure_gives():
+    """README, Re-runs: the launchpad config to archive a changed day again, for public.events."""
+    import textwrap
+
+    from archive_pipeline.defs.assets import overwrite_run_config
+
+    block = re.search(r"```yaml\n(\s*ops:\n.*?)```", README, re.S).group(1)
+    spec = cfg.parse_config({"tables": [{"name": "public.events", "day_column": "at",
+                                         "start_date": "2024-01-01"}]}).tables[0]
+    assert textwrap.dedent(block).strip() == overwrite_run_config(spec)
