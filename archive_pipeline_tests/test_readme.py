@@ -544,3 +544,27 @@ def test_the_rerun_config_the_readme_shows_is_the_one_a_failure_gives():
     spec = cfg.parse_config({"tables": [{"name": "public.events", "day_column": "at",
                                          "start_date": "2024-01-01"}]}).tables[0]
     assert textwrap.dedent(block).strip() == overwrite_run_config(spec)
+
+
+def test_the_restore_example_calls_the_functions_with_their_arguments():
+    """README, Restoring a day: the Python block's calls bind to the functions' signatures, and the
+    attributes it prints exist on the result."""
+    import ast
+    import dataclasses
+    import inspect
+
+    from archive_pipeline.core import restore
+
+    block = _block("from archive_pipeline.core.restore import")
+    tree = ast.parse(block)
+    options = inspect.signature(restore.restore_archive).parameters
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "").startswith("restore_")]
+    assert len(calls) == 3
+    for call in calls:
+        signature = inspect.signature(getattr(restore, call.func.id))
+        keywords = {k.arg: None for k in call.keywords}
+        extra = {k for k in keywords if k not in signature.parameters}
+        assert extra <= set(options), (call.func.id, extra)  # restore_day passes **options on
+        signature.bind_partial(*(None for _ in call.args), **{k: v for k, v in keywords.items() if k not in extra})
+    printed = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "r"}
+    assert printed <= {f.name for f in dataclasses.fields(restore.RestoreResult)}, printed
