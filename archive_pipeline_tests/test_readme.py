@@ -3,8 +3,9 @@
 Each test reads a part of README.md (the settings block and its comments, the codec table, the limits,
 the variables, the command line's table, sessions and JSON, the calls it writes out, the layout, the
 metadata and manifest fields, the retry table, the instance files, the benchmark options) and compares
-it with what the code defines. No database or store is started: the module runs in a few seconds. (The README's Python and
-component examples are loaded by test_deploy.py::test_readme_examples_load_in_dagster_cli.)
+it with what the code defines. No database or store is started: the module runs in a few seconds.
+(The README's Python and component examples are loaded by
+test_deploy.py::test_readme_examples_load_in_dagster_cli.)
 """
 
 from __future__ import annotations
@@ -350,7 +351,8 @@ def test_one_s3_key_without_the_other_fails_the_load_naming_both(monkeypatch, al
         monkeypatch.delenv(name, raising=False)
     require_environment("archive_tables.yaml")  # neither: boto3's chain
     monkeypatch.setenv(alone, "k" * 20)
-    with pytest.raises(cfg.ConfigError, match=r"set both \$ARCHIVE_S3_ACCESS_KEY_ID and \$ARCHIVE_S3_SECRET_ACCESS_KEY"):
+    both = r"set both \$ARCHIVE_S3_ACCESS_KEY_ID and \$ARCHIVE_S3_SECRET_ACCESS_KEY"
+    with pytest.raises(cfg.ConfigError, match=both):
         require_environment("archive_tables.yaml")
     other = ({"ARCHIVE_S3_ACCESS_KEY_ID", "ARCHIVE_S3_SECRET_ACCESS_KEY"} - {alone}).pop()
     monkeypatch.setenv(other, "s" * 20)
