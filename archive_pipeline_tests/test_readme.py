@@ -154,12 +154,12 @@ def test_the_codec_table_is_the_levels_the_config_accepts():
 
 def test_the_variables_table_names_only_variables_the_code_reads():
     """The other direction of test_user_hunt's check: a variable the README documents is one the code reads."""
-    table = "\n".join(" ".join(r[:1]) for r in _table_rows(_section("Configuration"), "variable"))
-    documented = set(re.findall(r"ARCHIVE_[A-Z0-9_]+", table))
+    rows = _table_rows(_section("Configuration"), "variable")
+    documented = set(re.findall(r"ARCHIVE_[A-Z0-9_]+", "\n".join(row[0] for row in rows)))
     code = "\n".join(p.read_text() for p in (ROOT / "archive_pipeline").rglob("*.py"))
     assert documented and documented <= set(re.findall(r"\"(ARCHIVE_[A-Z0-9_]+)\"", code))
-    region = [r for r in _table_rows(_section("Configuration"), "variable") if "ARCHIVE_S3_REGION" in r[0]]
-    assert "(default us-east-1)" in region[0][1] and 'or "us-east-1"' in code
+    [region] = [row for row in rows if "ARCHIVE_S3_REGION" in row[0]]
+    assert "(default us-east-1)" in region[1] and 'or "us-east-1"' in code
 
 
 def test_the_store_knobs_are_the_resources_defaults():
