@@ -115,7 +115,7 @@ class _Strict(BaseModel):
 class Partitioning(_Strict):
     """How the days of a table exist in PostgreSQL (see the README, "Three ways a day exists").
 
-    - ``column``: a plain table; a day is the rows with ``day_column`` in that UTC day.
+    - ``column``: a plain table; a period is the rows with ``day_column`` in it (in the table's zone).
     - ``declarative``: a declaratively partitioned parent; days are read from its children's bounds
       in the catalog (a child covering a week or month archives as its days).
     - ``naming``: one table per day named by ``pattern`` (strftime, e.g. ``events_%Y%m%d``) in the
