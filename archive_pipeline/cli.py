@@ -496,7 +496,7 @@ def _table(*columns: str) -> Table:
               "changed since they were archived (scans every archived day)")
 @command
 def list_days(run: Run, check_source: bool) -> None:
-    """Per table and day: archived, missing, empty or changed; rows, bytes and when.
+    """Per table and day: archived, missing, empty, changed or unreadable; rows, bytes and when.
 
     Exits 1 when --check-source finds a changed day or a manifest is unreadable."""
     statuses = [s for spec in run.tables

@@ -37,7 +37,7 @@ from archive_pipeline.defs.checks import (
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import child_ranges, require_whole_days
-from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url
+from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url, check_key_pair
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
@@ -69,6 +69,7 @@ def require_environment(origin: str | None = None) -> None:
                           "(see the README, Configuration), or pass resources to build_definitions().")
     check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
     check_bucket_name(os.environ["ARCHIVE_S3_BUCKET"].strip())
+    check_key_pair(os.environ)
 
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:

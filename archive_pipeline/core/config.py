@@ -115,7 +115,7 @@ class _Strict(BaseModel):
 class Partitioning(_Strict):
     """How the days of a table exist in PostgreSQL (see the README, "Three ways a day exists").
 
-    - ``column``: a plain table; a day is the rows with ``day_column`` in that UTC day.
+    - ``column``: a plain table; a period is the rows with ``day_column`` in it (in the table's zone).
     - ``declarative``: a declaratively partitioned parent; days are read from its children's bounds
       in the catalog (a child covering a week or month archives as its days).
     - ``naming``: one table per day named by ``pattern`` (strftime, e.g. ``events_%Y%m%d``) in the
@@ -425,7 +425,8 @@ class SensorSettings(_Strict):
     interval_seconds: Count = Field(default=300, ge=30, le=MAX_SENSOR_INTERVAL_SECONDS, description="seconds "
                                     "between ticks (at most a week; beyond 2147483647 the UI's GraphQL API failed "
                                     "on every query that lists the sensor)")
-    lookback_days: Count = Field(default=7, ge=1, le=366, description="how many recent days each tick inspects")
+    lookback_days: Count = Field(default=7, ge=1, le=366, description="column mode: how many recent days each tick "
+                                "probes for rows (declarative and naming tables: every day, from the catalog)")
     max_runs_per_tick: Count = Field(default=50, ge=1)
     running: bool = Field(default=False, description="start the sensor as soon as the daemon loads it")
 

@@ -145,6 +145,13 @@ def check_endpoint_url(url: str | None) -> None:
                           "those variables")
 
 
+def check_key_pair(env: Mapping[str, str]) -> None:
+    """Both S3 keys or neither, or a :class:`ConfigError` naming them: with one alone boto3 refuses to sign
+    ("partial credentials"), so the code location loaded and then failed every run and check on it."""
+    if bool(env.get(KEY_ID_VAR)) != bool(env.get(SECRET_VAR)):
+        raise ConfigError(f"set both ${KEY_ID_VAR} and ${SECRET_VAR}, or neither (boto3's usual chain)")
+
+
 BUCKET_SYNTAX = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")  # what botocore accepts before sending anything
 
 
@@ -175,9 +182,8 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     options: dict[str, object] = {"region_name": env.get(REGION_VAR) or "us-east-1"}
     if env.get(ENDPOINT_VAR):
         options["endpoint_url"] = env[ENDPOINT_VAR]
-    if env.get(KEY_ID_VAR) or env.get(SECRET_VAR):
-        if not (env.get(KEY_ID_VAR) and env.get(SECRET_VAR)):
-            raise ConfigError(f"set both ${KEY_ID_VAR} and ${SECRET_VAR}, or neither (boto3's usual chain)")
+    check_key_pair(env)
+    if env.get(KEY_ID_VAR):
         options["aws_access_key_id"] = env[KEY_ID_VAR]
         options["aws_secret_access_key"] = env[SECRET_VAR]
     check_endpoint_url(env.get(ENDPOINT_VAR))

@@ -251,8 +251,10 @@ def stored_object_problems(head: dict, manifest: dict) -> list[str]:
     """How the stored object (its HEAD) differs from the one its manifest describes."""
     obj = manifest["object"]
     problems = []
-    if head["ContentLength"] != obj.get("bytes"):
-        problems.append(f"size: recorded {obj.get('bytes')!r} bytes, stored {head['ContentLength']:,}")
+    recorded = obj.get("bytes")
+    if head["ContentLength"] != recorded:  # a number as the other sizes print; anything else as it is
+        shown = f"{recorded:,}" if isinstance(recorded, int) and not isinstance(recorded, bool) else repr(recorded)
+        problems.append(f"size: recorded {shown} bytes, stored {head['ContentLength']:,}")
     if obj.get("etag") and head["ETag"].strip('"') != obj["etag"]:
         problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
     return problems
