@@ -93,7 +93,7 @@ def candidate_days(spec: TableSpec, today: dt.date, lookback_days: int,
         return select_days(spec, first, None, today=today)
     key = (spec.granularity, spec.timezone, spec.start_date, first, today)
     if key not in memo:
-        if any(kept[-1] != today for kept in memo):  # a new day: yesterday's lists are not asked for again
+        if any(kept[-1] != today for kept in list(memo)):  # a new day: yesterday's lists are not asked for again
             memo.clear()
         memo[key] = select_days(spec, first, None, today=today)
     return memo[key]
