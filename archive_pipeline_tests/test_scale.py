@@ -39,6 +39,11 @@ def _attach(conn, schema: str, name: str, day: dt.date, days: int = 1) -> None:
         sql.Literal(f"{day + dt.timedelta(days=days)} 00:00+00")))
 
 
+def _declarative(schema: str) -> TableSpec:
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01",
+                     partitioning={"mode": "declarative"})
+
+
 @pytest.fixture
 def counted(monkeypatch) -> list[str]:
     """The tables whose children were read from the catalog (printed and checked), in order."""
@@ -56,8 +61,9 @@ def counted(monkeypatch) -> list[str]:
 def test_kept_children_are_read_again_whenever_the_catalog_changed(conn, schema, counted):
     """Unchanged, a table's children are not read again; a child attached for an old day, a bound changed
     (DETACH and ATTACH), a child dropped, the table re-created: each is seen by the next call."""
-    range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11"), ("ev_b", "2024-03-11", "2024-03-12")])
-    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", partitioning={"mode": "declarative"})
+    range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11"),
+                                            ("ev_b", "2024-03-11", "2024-03-12")])
+    spec = _declarative(schema)
     memo, candidates = ChildrenMemo(), _days(dt.date(2024, 3, 1), 20)
 
     def found() -> list[dt.date]:
@@ -83,7 +89,7 @@ def test_kept_children_never_hide_a_refusal(conn, schema, counted):
     """A child that straddles a day boundary, a renamed partition key column, a dropped table: refused on
     every call, as without the memo, and nothing refused is kept."""
     range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11")])
-    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", partitioning={"mode": "declarative"})
+    spec = _declarative(schema)
     memo, candidates, s = ChildrenMemo(), _days(dt.date(2024, 3, 1), 20), sql.Identifier(schema)
     assert existing_days(conn, spec, candidates, memo) == [D]
     conn.execute(sql.SQL("CREATE TABLE {}.ev_half PARTITION OF {}.ev FOR VALUES FROM ('2024-03-12 12:00+00') "
@@ -119,7 +125,8 @@ def test_the_sensor_sees_a_new_old_partition_on_its_next_tick(pg, conn, schema, 
             return sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources,
                                                              repository_def=repo))
 
-        assert sorted(r.partition_key for r in tick().run_requests) == [str(today - dt.timedelta(days=n)) for n in (2, 1)]
+        first = sorted(r.partition_key for r in tick().run_requests)
+        assert first == [str(today - dt.timedelta(days=n)) for n in (2, 1)]
         reads = len(counted)
         tick()
         assert len(counted) == reads  # unchanged: kept

@@ -191,7 +191,8 @@ def main() -> None:
               f"{statistics.median(validate_cpu):.2f} s")
         print(f"  first sensor tick after the load ({requested} run requests, capped by max_runs_per_tick): "
               f"{first_tick:6.2f} s ({first_tick / 5:.2f} of the 5 s goal)")
-        print(f"  one sensor tick after it (nothing changed in the catalog): {tick:6.2f} s ({tick / 5:.2f} of the 5 s goal)")
+        print(f"  one sensor tick after it (nothing changed in the catalog): {tick:6.2f} s "
+              f"({tick / 5:.2f} of the 5 s goal)")
         print(f"  partition status of one asset via the webserver's GraphQL: {status:6.2f} s "
               f"({status / 2:.2f} of the 2 s goal)")
 

@@ -155,9 +155,9 @@ def _same_repository(run: DagsterRun, location: str | None, repository: str | No
 
 @dataclass(frozen=True)
 class WantedRun:
-    """A day the tick would request: built for every day with data and no archive (a table's three years
-    on the first tick), made a RunRequest only when chosen (Dagster checks each one it builds: 17 µs a day,
-    two seconds of a tick over 100 such tables)."""
+    """A day the tick would request: built as :func:`untried` looks at it (:func:`wanted_runs`; a first
+    tick finds a table's three years), made a RunRequest only when chosen (Dagster checks each one it
+    builds: 17 µs a day, two seconds of a tick over 100 such tables)."""
 
     run_key: str
     job_name: str
