@@ -170,7 +170,7 @@ def main() -> None:
         _materialize_year(instance, key, days[-365:])
         print(f"365 materializations of {key.to_user_string()} recorded in {time.perf_counter() - started:.0f} s")
         requested = 0
-        for _ in range(args.runs):
+        for _ in range(args.runs + 1):  # the first tick of a loaded location, then the ones after it
             context = build_sensor_context(instance=instance, repository_def=repo,
                                            resources={"postgres": PostgresResource(dsn=pg.dsn)})
             started = time.perf_counter()
@@ -179,6 +179,7 @@ def main() -> None:
             requested = len(result.run_requests)
         statuses = _webserver_status(env, key.path, args.runs)
         partitions = sum(len(a.partitions_def.get_partition_keys()) for a in defs.assets if a.partitions_def)
+        first_tick = ticks.pop(0)  # reads every table's children; later ticks reuse what did not change
         load, snap, validate, tick, status = (statistics.median(x) for x in (loads, snaps, validates, ticks, statuses))
         print(f"{len(defs.assets)} assets, {partitions:,} partitions in the code location; medians of {args.runs}:")
         print(f"  build + resolve Definitions (in process, incl. catalog checks): {load:6.2f} s "
@@ -188,7 +189,9 @@ def main() -> None:
         print(f"  `dagster definitions validate` (new process, imports included): {validate:6.2f} s "
               f"({validate / 10:.2f} of the 10 s goal); its CPU (user + sys, the loaded machine's wall aside): "
               f"{statistics.median(validate_cpu):.2f} s")
-        print(f"  one sensor tick ({requested} run requests, capped by max_runs_per_tick): {tick:6.2f} s "
+        print(f"  first sensor tick after the load ({requested} run requests, capped by max_runs_per_tick): "
+              f"{first_tick:6.2f} s ({first_tick / 5:.2f} of the 5 s goal)")
+        print(f"  one sensor tick after it (nothing changed in the catalog): {tick:6.2f} s "
               f"({tick / 5:.2f} of the 5 s goal)")
         print(f"  partition status of one asset via the webserver's GraphQL: {status:6.2f} s "
               f"({status / 2:.2f} of the 2 s goal)")

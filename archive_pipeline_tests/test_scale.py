@@ -1,0 +1,200 @@
+"""The location at scale (issue #14): what the sensor keeps between ticks must never hide a change.
+
+The sensor keeps, while its code server keeps the definitions loaded, the candidate days of each
+(granularity, zone, start) and the declarative tables' children until a catalog fingerprint changes;
+it builds run requests only for the days it asks about; naming mode reads only the names that start
+as its pattern's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import pytest
+from dagster import DagsterInstance, build_sensor_context, instance_for_test
+from psycopg import sql
+
+from archive_pipeline.core import discovery
+from archive_pipeline.core.config import TableSpec, parse_config
+from archive_pipeline.core.discovery import ChildrenMemo, existing_days, naming_days
+from archive_pipeline.core.errors import SourceError
+from archive_pipeline.core.plan import select_days
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.defs.resources import PostgresResource
+from archive_pipeline.defs.sensors import WantedRun, candidate_days, untried
+from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.helpers import range_partitioned_events
+
+D = dt.date(2024, 3, 10)
+
+
+def _days(first: dt.date, n: int) -> list[dt.date]:
+    return [first + dt.timedelta(days=i) for i in range(n)]
+
+
+def _attach(conn, schema: str, name: str, day: dt.date, days: int = 1) -> None:
+    conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+        sql.Identifier(schema), sql.Identifier(name), sql.Identifier(schema), sql.Literal(f"{day} 00:00+00"),
+        sql.Literal(f"{day + dt.timedelta(days=days)} 00:00+00")))
+
+
+def _declarative(schema: str) -> TableSpec:
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01",
+                     partitioning={"mode": "declarative"})
+
+
+@pytest.fixture
+def counted(monkeypatch) -> list[str]:
+    """The tables whose children were read from the catalog (printed and checked), in order."""
+    reads: list[str] = []
+    read = discovery.child_ranges
+
+    def counting(conn, spec):
+        reads.append(spec.name)
+        return read(conn, spec)
+
+    monkeypatch.setattr(discovery, "child_ranges", counting)
+    return reads
+
+
+def test_kept_children_are_read_again_whenever_the_catalog_changed(conn, schema, counted):
+    """Unchanged, a table's children are not read again; a child attached for an old day, a bound changed
+    (DETACH and ATTACH), a child dropped, the table re-created: each is seen by the next call."""
+    range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11"),
+                                            ("ev_b", "2024-03-11", "2024-03-12")])
+    spec = _declarative(schema)
+    memo, candidates = ChildrenMemo(), _days(dt.date(2024, 3, 1), 20)
+
+    def found() -> list[dt.date]:
+        return existing_days(conn, spec, candidates, memo)
+
+    assert found() == [D, D + dt.timedelta(days=1)] and len(counted) == 1
+    assert found() == [D, D + dt.timedelta(days=1)] and len(counted) == 1  # kept
+    _attach(conn, schema, "ev_old", dt.date(2024, 3, 1))  # a new partition of the first day: any age
+    assert found() == [dt.date(2024, 3, 1), D, D + dt.timedelta(days=1)] and len(counted) == 2
+    conn.execute(sql.SQL("ALTER TABLE {}.ev DETACH PARTITION {}.ev_b").format(*[sql.Identifier(schema)] * 2))
+    conn.execute(sql.SQL("ALTER TABLE {}.ev ATTACH PARTITION {}.ev_b FOR VALUES FROM ('2024-03-15 00:00+00') "
+                         "TO ('2024-03-16 00:00+00')").format(*[sql.Identifier(schema)] * 2))
+    assert found() == [dt.date(2024, 3, 1), D, dt.date(2024, 3, 15)] and len(counted) == 3
+    conn.execute(sql.SQL("DROP TABLE {}.ev_a").format(sql.Identifier(schema)))
+    assert found() == [dt.date(2024, 3, 1), dt.date(2024, 3, 15)] and len(counted) == 4
+    conn.execute(sql.SQL("DROP TABLE {}.ev").format(sql.Identifier(schema)))
+    range_partitioned_events(conn, schema, [("ev_a", "2024-03-12", "2024-03-13")])
+    assert found() == [dt.date(2024, 3, 12)] and len(counted) == 5
+    assert found() == [dt.date(2024, 3, 12)] and len(counted) == 5
+
+
+def test_kept_children_never_hide_a_refusal(conn, schema, counted):
+    """A child that straddles a day boundary, a renamed partition key column, a dropped table: refused on
+    every call, as without the memo, and nothing refused is kept."""
+    range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11")])
+    spec = _declarative(schema)
+    memo, candidates, s = ChildrenMemo(), _days(dt.date(2024, 3, 1), 20), sql.Identifier(schema)
+    assert existing_days(conn, spec, candidates, memo) == [D]
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_half PARTITION OF {}.ev FOR VALUES FROM ('2024-03-12 12:00+00') "
+                         "TO ('2024-03-13 12:00+00')").format(s, s))
+    for _ in range(2):
+        with pytest.raises(SourceError, match=r"partition 'ev_half' of .*not whole UTC days"):
+            existing_days(conn, spec, candidates, memo)
+    conn.execute(sql.SQL("DROP TABLE {}.ev_half").format(s))
+    assert existing_days(conn, spec, candidates, memo) == [D]
+    conn.execute(sql.SQL("ALTER TABLE {}.ev RENAME COLUMN at TO at_renamed").format(s))
+    with pytest.raises(SourceError, match="RANGE bounds on its day_column 'at'"):
+        existing_days(conn, spec, candidates, memo)
+    conn.execute(sql.SQL("DROP TABLE {}.ev").format(s))
+    with pytest.raises(SourceError, match="does not exist"):
+        existing_days(conn, spec, candidates, memo)
+
+
+def test_the_sensor_sees_a_new_old_partition_on_its_next_tick(pg, conn, schema, archive_env, counted):
+    """Two ticks of one loaded sensor (what the code server runs): the second reads no unchanged table's
+    children again, still finds a partition created since for a day two weeks old, says what it inspected,
+    and fails naming a child that straddles days, then recovers once it is gone."""
+    today, s = utc_today(), sql.Identifier(schema)
+    range_partitioned_events(conn, schema, [("ev_a", str(today - dt.timedelta(days=2)), str(today))])
+    start = today - dt.timedelta(days=30)
+    config = parse_config({"tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": start.isoformat(),
+         "partitioning": {"mode": "declarative"}}]})
+    repo = build_definitions(config).get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    resources = {"postgres": PostgresResource(dsn=pg.dsn)}
+    with instance_for_test() as instance:
+        def tick():
+            return sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources,
+                                                             repository_def=repo))
+
+        first = sorted(r.partition_key for r in tick().run_requests)
+        assert first == [str(today - dt.timedelta(days=n)) for n in (2, 1)]
+        reads = len(counted)
+        tick()
+        assert len(counted) == reads  # unchanged: kept
+        old = today - dt.timedelta(days=14)
+        _attach(conn, schema, "ev_old", old)
+        assert sorted(r.partition_key for r in tick().run_requests) == sorted(
+            str(d) for d in (old, today - dt.timedelta(days=2), today - dt.timedelta(days=1)))
+        conn.execute(sql.SQL("CREATE TABLE {}.ev_half PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, s, sql.Literal(f"{today - dt.timedelta(days=10)} 12:00+00"),
+            sql.Literal(f"{today - dt.timedelta(days=9)} 12:00+00")))
+        with pytest.raises(Exception, match="ev_half"):
+            tick()
+        conn.execute(sql.SQL("DROP TABLE {}.ev_half").format(s))
+        assert len(tick().run_requests) == 3
+
+
+def test_candidate_days_are_shared_by_tables_of_one_start_and_renewed_each_day():
+    """Tables of the same granularity, zone and start share one list, equal to the selection itself; another
+    start or zone gets its own; a new day drops the lists of the day before."""
+    def spec(**fields) -> TableSpec:
+        return TableSpec(**{"name": "a.b", "day_column": "at", "start_date": "2024-01-01",
+                            "partitioning": {"mode": "declarative"}, **fields})
+
+    memo: dict = {}
+    today = dt.date(2024, 3, 10)
+    first = candidate_days(spec(), today, 7, memo)
+    assert first == select_days(spec(), dt.date(2024, 1, 1), None, today=today)
+    assert candidate_days(spec(name="a.c"), today, 7, memo) is first
+    berlin = candidate_days(spec(timezone="Europe/Berlin"), today, 7, memo)
+    assert berlin is not first and berlin == select_days(spec(timezone="Europe/Berlin"), dt.date(2024, 1, 1), None,
+                                                         today=today)
+    column = candidate_days(spec(partitioning={"mode": "column"}), today, 7, memo)
+    assert [p.key for p in column] == [str(d) for d in _days(dt.date(2024, 3, 3), 7)]
+    assert len(memo) == 3
+    later = candidate_days(spec(), today + dt.timedelta(days=1), 7, memo)
+    assert later[-1].key == "2024-03-10" and len(memo) == 1
+
+
+def test_run_requests_are_built_only_for_the_batches_looked_at(tmp_path):
+    """A first tick finds every day of three years of each table; untried() takes what it asks about from
+    an iterator and stops once the cap is filled, so the days behind it are never built."""
+    built = itertools.count()
+
+    def wanted():
+        for n in range(100_000):
+            next(built)
+            yield WantedRun(f"job:{n}", "job", str(n), "a.b")
+
+    with instance_for_test() as instance:
+        assert isinstance(instance, DagsterInstance)
+        chosen, tried = untried(instance, wanted(), 50)
+    assert [w.partition_key for w in chosen] == [str(n) for n in range(50)] and tried == 0
+    assert next(built) <= 100  # one batch of max(cap, 100)
+
+
+def test_naming_mode_reads_only_names_that_start_as_the_pattern(conn, schema):
+    """The pattern's leading text filters in the catalog; a near miss is still refused by the pattern, a pattern
+    that starts with a code reads every name, and LIKE's wildcards in the leading text are plain characters."""
+    s = sql.Identifier(schema)
+    for name in ("ev_20240310", "ev_20240311", "ev_2024031", "evx20240312", "20240313_ev", "a_b%_20240314",
+                 "aXb%_20240315"):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} (id int)").format(s, sql.Identifier(name)))
+
+    def found(pattern: str) -> list[str]:
+        spec = TableSpec(name=f"{schema}.t", start_date="2024-03-01",
+                         partitioning={"mode": "naming", "pattern": pattern})
+        return [p.key for p in naming_days(conn, spec)]
+
+    assert found("ev_%Y%m%d") == ["2024-03-10", "2024-03-11"]
+    assert found("%Y%m%d_ev") == ["2024-03-13"]
+    assert found("a_b%%_%Y%m%d") == ["2024-03-14"]
