@@ -787,7 +787,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import RestoreResult, iter_restore_days, name_problem
+    from archive_pipeline.core.restore import RestoreResult, encoding_problem, iter_restore_days, name_problem, \
+        parse_relation
 
     target = _utf8(target) if target else target
 
@@ -799,10 +800,12 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         raise click.UsageError("--into original restores into the archived table itself: leave out --target, or "
                                "restore into another table with --into new or existing")
     if target and name_problem(target):
-        raise click.UsageError(f"--target: {name_problem(target)}; name the table as schema.table, unquoted, as the "
-                               "catalog spells it (e.g. public.events_restored)")
+        raise click.UsageError(f"--target: {name_problem(target)}; name the table as schema.table, as the catalog "
+                               'spells it (e.g. public.events_restored), or a part in SQL\'s double quotes ("old.data".t)')
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
+    if target and encoding_problem(run.primary, parse_relation(target)):  # in the database's encoding
+        raise click.UsageError(f"--target: {encoding_problem(run.primary, parse_relation(target))}")
     results, missing, failure = [], [], None
     chosen = run.chosen_days("restore")
     try:
