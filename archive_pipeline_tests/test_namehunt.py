@@ -139,12 +139,12 @@ def test_non_ascii_table_names_get_readable_asset_keys_of_their_own_and_ascii_on
     """Dagster keys hold only [A-Za-z0-9_]. Was: every letter outside ASCII became ``_``: ``public.日本`` had
     the key ``archive/public/_`` and a second such table (``public.中国``) was refused at load ("map to the same
     asset name"), as were ``public.événements`` beside ``public.evenements``, and ``public.événements`` was
-    ``v_nements``. Now such a name is spelled in its nearest ASCII with a short hash of the name itself; a name
+    ``v_nements``; both had the asset tag ``public.__``. Now such a name is spelled in its nearest ASCII with a short hash of the name itself; a name
     that is ASCII keeps the key it had (existing deployments' history stays on it)."""
     from dagster import AssetKey
 
     from archive_pipeline.core.config import parse_config
-    from archive_pipeline.defs.assets import asset_key
+    from archive_pipeline.defs.assets import TABLE_TAG, asset_key
     from archive_pipeline.definitions import build_definitions
 
     names = ["public.日本", "public.中国", "public.événements", "public.evenements", "Ünï.Nasty Events", "public.Events"]
@@ -160,7 +160,11 @@ def test_non_ascii_table_names_get_readable_asset_keys_of_their_own_and_ascii_on
     again = parse_config({"tables": [{"name": "public.日本", "day_column": "at", "start_date": "2024-01-01"}]})
     assert asset_key(again.tables[0]).path == keys["public.日本"]  # stable: the name's own, not its neighbours'
     defs = build_definitions(config, resources={}, check_source=False)
-    assert {AssetKey(k) for k in keys.values()} <= set(defs.resolve_asset_graph().get_all_asset_keys())
+    graph = defs.resolve_asset_graph()
+    assert {AssetKey(k) for k in keys.values()} <= set(graph.get_all_asset_keys())
+    tags = {spec.name: graph.get(asset_key(spec)).tags[TABLE_TAG] for spec in config.tables}
+    assert len(set(tags.values())) == len(names)  # the UI's filter by table: was "public.__" for both 日本 and 中国
+    assert (tags["public.evenements"], tags["public.Events"]) == ("public.evenements", "public.Events")
 
 
 def test_a_target_in_sql_quotes_names_a_schema_whose_name_holds_a_dot(conn, schema, dotted, store, temp_dir):

@@ -101,9 +101,18 @@ def dagster_name(text: str) -> str:
     spelled so are one name or none, stay apart: ``evenements_<hash>``, ``<hash>``."""
     if text.isascii():
         return _ascii_name(text) or "_"
-    spelled = _ascii_name(unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode())
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    spelled, digest = _ascii_name(ascii_spelling(text)), name_digest(text)
     return f"{spelled}_{digest}" if spelled else digest
+
+
+def ascii_spelling(text: str) -> str:
+    """``text``'s letters as their nearest ASCII (Unicode NFKD without its marks), others left out."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
+def name_digest(text: str) -> str:
+    """8 hex digits of ``text``'s SHA-256: what keeps apart names that one spelling would merge."""
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _identifier(name: str) -> str:
