@@ -8,9 +8,12 @@ name's bytes in LATIN1; a Dagster asset key holds only ``[A-Za-z0-9_]``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import psycopg
 import pytest
+import yaml
+from click.testing import CliRunner, Result
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
@@ -22,6 +25,15 @@ from archive_pipeline.core.restore import RestoreError, restore_day
 from archive_pipeline.core.source import describe_table
 
 DAY = dt.date(2024, 3, 10)
+
+
+def _cli(env: dict[str, str], *args: str) -> Result:
+    """The command, in this process (a subprocess would cost seconds of imports)."""
+    from archive_pipeline.cli import main
+
+    done = CliRunner(env=env).invoke(main, list(args))
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    return done
 
 
 def _count(conn, table: sql.Identifier) -> int:
@@ -88,9 +100,9 @@ def test_a_partition_in_a_schema_whose_name_holds_a_dot_is_removed_and_restored_
 
 @pytest.fixture(scope="module")
 def encoded_databases(pg):
-    """A LATIN1 database (names are counted in bytes of the database's encoding)."""
+    """A LATIN1 and a SQL_ASCII database (names are counted in bytes of the database's encoding)."""
     with pg.connect() as admin:
-        names = {encoding: f"namehunt_{encoding.lower()}_{admin.info.backend_pid}" for encoding in ("LATIN1",)}
+        names = {encoding: f"namehunt_{encoding.lower()}_{admin.info.backend_pid}" for encoding in ("LATIN1", "SQL_ASCII")}
         for encoding, name in names.items():
             admin.execute(sql.SQL("CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
                 sql.Identifier(name), sql.Literal(encoding)))
@@ -192,3 +204,32 @@ def test_the_finalize_a_pending_detach_names_is_the_partition_in_a_schema_holdin
     error = pending_detach_error("public.ev", ("old.data", "Ev 1"), "public.ev")
     assert 'ALTER TABLE public.ev DETACH PARTITION "old.data"."Ev 1" FINALIZE' in error.remedy, error.remedy
     assert error.message.startswith('"old.data"."Ev 1" is pending detach from public.ev'), error.message
+
+
+def test_every_command_works_in_a_sql_ascii_database(encoded_databases, s3, bucket, store, tmp_path, temp_dir):
+    """A SQL_ASCII database stores a name's bytes as the session sends them, and psycopg hands a SQL_ASCII
+    session's text back as bytes. Was: `list`, `archive`, `compare` and `prune` there failed for every table, ASCII
+    names too ("invalid value for parameter TimeZone: b'Etc/UTC'": a setting read as bytes and set back), and a
+    name outside ASCII could not be sent ("unexpected error", a UnicodeEncodeError). Our sessions speak UTF-8."""
+    from archive_pipeline.defs.resources import PostgresResource
+
+    dsn = encoded_databases["SQL_ASCII"]
+    with psycopg.connect(dsn, autocommit=True, client_encoding="UTF8") as setup:
+        setup.execute('CREATE SCHEMA "Ünï"')
+        spec = _archived_day(setup, store, temp_dir, schema="Ünï")
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [{"name": spec.name, "day_column": "at", "start_date": "2024-03-01",
+                                                  "retention": {"keep_days": 1, "action": "delete"}}]},
+                                     allow_unicode=True), encoding="utf-8")
+    env = {"ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": dsn, "ARCHIVE_S3_BUCKET": bucket,
+           "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_PREFIX": "archive", "COLUMNS": "250"}
+    day = ("--day", DAY.isoformat(), "--json")
+    listed = json.loads(_cli(env, "list", *day).stdout)
+    assert "error" not in listed and listed["days"][0]["state"] == "archived", listed
+    assert json.loads(_cli(env, "compare", *day).stdout)["days"][0]["result"] == "equal"
+    assert json.loads(_cli(env, "prune", *day).stdout)["days"][0]["rows"] == 2
+    restored = json.loads(_cli(env, "restore", *day, "--into", "new", "--target", "Ünï.événements").stdout)
+    assert restored["days"][0]["inserted"] == 2, restored
+    with PostgresResource(dsn=dsn).connect() as conn:  # the code location's sessions too
+        assert conn.info.parameter_status("client_encoding") == "UTF8"
+        assert _count(conn, sql.Identifier("Ünï", "événements")) == 2

@@ -312,26 +312,42 @@ def _codec(encoding: str | None) -> str | None:
         return None
 
 
-def stored_name_problem(conn: psycopg.Connection, name: str) -> str | None:
-    """Why this database cannot hold ``name`` (one part: a schema's, a table's) as it is, or None. PostgreSQL
-    keeps 63 bytes of a name in the database's own encoding ('Ü' is one byte in LATIN1, two in UTF-8; SQL_ASCII
-    keeps the bytes the session sends), and a name travels in the session's client_encoding: a character either
-    lacks cannot be sent."""
+def _encodings(conn: psycopg.Connection) -> tuple[str, dict[str, str]]:
+    """(the encoding a name is stored in, {encoding a name must fit: whose it is}). SQL_ASCII stores the bytes
+    the session sends; a name travels in the session's client_encoding."""
     server = conn.info.parameter_status("server_encoding")
     client = conn.info.parameter_status("client_encoding")
-    stored = client if server == "SQL_ASCII" else server
     checks = {} if server == "SQL_ASCII" else {server: "its encoding"}
     checks.setdefault(client, "the session's client_encoding")
-    for encoding, whose in checks.items():
+    return (client if server == "SQL_ASCII" else server), checks
+
+
+def missing_character(conn: psycopg.Connection, name: str) -> str | None:
+    """"its encoding, LATIN1, has no '日'" when this database (or the session) cannot hold a character of
+    ``name``, else None: such a name cannot be sent, nor be any relation's."""
+    for encoding, whose in _encodings(conn)[1].items():
         codec = _codec(encoding)
         try:
-            encoded = name.encode(codec) if codec else b""
+            name.encode(codec) if codec else None
         except UnicodeEncodeError as exc:
-            return f"{name!r} cannot be a name in this database: {whose}, {encoding}, has no {exc.object[exc.start]!r}"
-        if encoding == stored and len(encoded) > MAX_NAME_BYTES:
-            kept = encoded[:MAX_NAME_BYTES].decode(codec, "ignore")
-            return (f"{name!r} is {len(encoded)} bytes long in {stored}, and PostgreSQL keeps {MAX_NAME_BYTES} bytes of "
-                    f"a name in the database's encoding (it is kept as {kept!r})")
+            return f"{whose}, {encoding}, has no {exc.object[exc.start]!r}"
+    return None
+
+
+def stored_name_problem(conn: psycopg.Connection, name: str) -> str | None:
+    """Why this database cannot hold ``name`` (one part: a schema's, a table's) as it is, or None: a character
+    it lacks (:func:`missing_character`), or more than the 63 bytes PostgreSQL keeps of a name in the
+    database's own encoding ('Ü' is one byte in LATIN1, two in UTF-8)."""
+    missing = missing_character(conn, name)
+    if missing:
+        return f"{name!r} cannot be a name in this database: {missing}"
+    stored = _encodings(conn)[0]
+    codec = _codec(stored)
+    encoded = name.encode(codec) if codec else b""
+    if len(encoded) > MAX_NAME_BYTES:
+        kept = encoded[:MAX_NAME_BYTES].decode(codec, "ignore")
+        return (f"{name!r} is {len(encoded)} bytes long in {stored}, and PostgreSQL keeps {MAX_NAME_BYTES} bytes of "
+                f"a name in the database's encoding (it is kept as {kept!r})")
     return None
 
 
@@ -355,14 +371,13 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
     period's table, which is missing for every period not created yet). Schema and name come apart: a
     partition found in the catalog may live in a schema whose name holds a dot."""
     qualified_name = relation_name(schema, name)
-    try:
-        row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
-    except UnicodeEncodeError as exc:  # psycopg encodes the name in the session's encoding before sending it
-        encoding = conn.info.parameter_status("client_encoding")
-        raise SourceError(f"table {qualified_name!r} cannot exist in this database: its encoding, {encoding}, has "
-                          f"no {exc.object[exc.start]!r}", table=qualified_name, retryable=False, cause=TABLE_MISSING,
-                          remedy="check the table's name in the YAML configuration and the database in "
-                                 "ARCHIVE_PG_DSN") from None
+    # (before sending it: psycopg cannot encode it, or the server cannot convert it, which aborts a transaction)
+    missing = next(filter(None, (missing_character(conn, part) for part in (schema, name))), None)
+    if missing:
+        raise SourceError(f"table {qualified_name!r} cannot exist in this database: {missing}", table=qualified_name,
+                          retryable=False, cause=TABLE_MISSING,
+                          remedy="check the table's name in the YAML configuration and the database in ARCHIVE_PG_DSN")
+    row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
