@@ -20,7 +20,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,6 +237,16 @@ def _utf8(text: str) -> str:
         return text
 
 
+def _configured(name: str, configured: Iterable[str]) -> str:
+    """``name`` as the configuration spells it where it was written with SQL's double quotes (``"s"."from"``,
+    as ``restore --target`` takes a name), else as given."""
+    from archive_pipeline.core.restore import parse_relation
+
+    relation = None if name in configured else parse_relation(name)
+    spelled = f"{relation.schema}.{relation.name}" if relation else name
+    return spelled if spelled in configured else name
+
+
 def _passwords() -> tuple[str | None, ...]:
     return tuple(dsn_password(os.environ.get(name, "")) for name in (DSN_VAR, PRIMARY_DSN_VAR))
 
@@ -354,7 +364,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             config = load_config(config_path)
             by_name = {spec.name: spec for spec in config.tables}
-            table_names = [_utf8(name) for name in table_names]
+            table_names = [_configured(_utf8(name), by_name) for name in table_names]
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
                 hints = "".join(lookalike_hint(n, sorted(by_name), "table", "the configuration") for n in unknown)

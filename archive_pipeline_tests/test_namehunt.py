@@ -233,3 +233,26 @@ def test_every_command_works_in_a_sql_ascii_database(encoded_databases, s3, buck
     with PostgresResource(dsn=dsn).connect() as conn:  # the code location's sessions too
         assert conn.info.parameter_status("client_encoding") == "UTF8"
         assert _count(conn, sql.Identifier("Ünï", "événements")) == 2
+
+
+def test_the_command_line_takes_sql_quoted_names_and_names_a_targets_other_spelling(
+        pg, s3, bucket, conn, schema, store, temp_dir, tmp_path):
+    """A PostgreSQL user writes ``"select"."from"`` for a table named with key words, and ``SELECT.back`` may mean
+    ``select.back`` to them. Was: `--table '"s"."from"'` said the table is not in the configuration (configured:
+    s.from), and `restore --into existing --target s.Back` said only "does not exist". `--table` reads SQL's
+    quotes as `--target` does; a target not found names the table that differs from it only in case."""
+    table = sql.Identifier(schema, "from")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', 'a')").format(table))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(schema, "back"), table))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [{"name": f"{schema}.from", "day_column": "at",
+                                                  "start_date": "2024-03-01"}]}), encoding="utf-8")
+    env = {"ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
+           "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_PREFIX": "archive", "COLUMNS": "250"}
+    day = ("--day", DAY.isoformat(), "--json")
+    archived = json.loads(_cli(env, "archive", "--table", f'"{schema}"."from"', *day).stdout)
+    assert archived["days"][0]["table"] == f"{schema}.from", archived
+    refused = json.loads(_cli(env, "restore", *day, "--into", "existing", "--target", f"{schema}.Back").stdout)
+    assert f"the catalog has the table '{schema}.back', which differs from it only in case" in refused["error"], \
+        refused

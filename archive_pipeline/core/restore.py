@@ -40,8 +40,8 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import (Column, day_filter, describe_relation, prefetch, relation_name,
-                                          stored_name_problem)
+from archive_pipeline.core.source import (Column, day_filter, describe_relation, lookalike_hint, lookalike_relations,
+                                          prefetch, relation_name, stored_name_problem)
 from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -588,8 +588,8 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
         return target, [target]
     if into == "existing":
         if target is None or not _exists(conn, target):
-            raise RestoreError(f"table {str(target) if target else None!r} does not exist; create it or restore "
-                               "with into='new'")
+            raise RestoreError(f"table {str(target) if target else None!r} does not exist"
+                               f"{_lookalike(conn, target) if target else ''}; create it or restore with into='new'")
         return target, []
     if into != "original":
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
@@ -610,6 +610,13 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
                                "table) and restore again")
         return parent, [child]
     return relation, [] if _exists(conn, relation) else [relation]
+
+
+def _lookalike(conn: psycopg.Connection, target: Relation) -> str:
+    """"; the catalog has the table <name>, which differs from it only in case" (or in Unicode normal form) for
+    a target not found: spelled as the catalog spells it, not folded as SQL folds an unquoted name."""
+    found = lookalike_relations(conn, f"{target.schema}.{target.name}")
+    return lookalike_hint(str(target), [str(Relation(*relation)) for relation in found], "table")
 
 
 def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> bool:

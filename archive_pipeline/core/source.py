@@ -288,15 +288,21 @@ def lookalike_hint(wanted: str, names: Sequence[str], what: str, where: str = "t
     return ""
 
 
-def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
-    """A hint naming the relation the configuration probably means: one whose name differs in case or
-    normal form, or one whose schema holds a dot (the configuration splits a name at its first dot)."""
+def lookalike_relations(conn: psycopg.Connection, qualified_name: str) -> list[tuple[str, str]]:
+    """(schema, name) of up to 3 relations whose ``schema.name`` equals ``qualified_name`` but for case or Unicode
+    normal form (none where the lookup fails: a database whose encoding cannot hold the name)."""
     forms = sorted({unicodedata.normalize(form, qualified_name) for form in ("NFC", "NFD")})
     try:
         with conn.transaction():  # a savepoint inside the caller's snapshot: a failed lookup leaves it usable
-            found = conn.execute(_LOOKALIKE_QUERY, (forms,)).fetchall()
-    except (psycopg.Error, UnicodeError):  # (a database whose encoding cannot hold the name): no hint
-        return ""
+            return [tuple(row) for row in conn.execute(_LOOKALIKE_QUERY, (forms,)).fetchall()]
+    except (psycopg.Error, UnicodeError):
+        return []
+
+
+def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
+    """A hint naming the relation the configuration probably means: one whose name differs in case or
+    normal form, or one whose schema holds a dot (the configuration splits a name at its first dot)."""
+    found = lookalike_relations(conn, qualified_name)
     split = next(((schema, name) for schema, name in found if f"{schema}.{name}" == qualified_name), None)
     if split:
         return (f"; the catalog has the table {split[1]!r} in the schema {split[0]!r}, and a name is split at its "
