@@ -256,3 +256,28 @@ def test_the_command_line_takes_sql_quoted_names_and_names_a_targets_other_spell
     refused = json.loads(_cli(env, "restore", *day, "--into", "existing", "--target", f"{schema}.Back").stdout)
     assert f"the catalog has the table '{schema}.back', which differs from it only in case" in refused["error"], \
         refused
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_day_archived_from_utf8_restored_into_latin1_names_the_character_it_lacks(
+        fmt, encoded_databases, conn, schema, store, temp_dir):
+    """Restoring into another database is what a restore is for. Was: a column ``日本`` archived from a UTF-8
+    database and restored into a LATIN1 one failed with "unexpected error (UnicodeEncodeError ...)", and a value
+    ``値`` said the target's type refuses it ("an enum lacking one of the archived labels")."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL('CREATE TABLE {} (at date, "日本" text, v text)').format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', 'a', 'b')").format(table))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with psycopg.connect(encoded_databases["LATIN1"], autocommit=True) as latin:
+        with pytest.raises(RestoreError) as refused:
+            restore_day(latin, store, spec, DAY, into="new", target=f"public.{fmt}_names", temp_dir=temp_dir)
+        assert "the archived column '日本' cannot be a column of this database: its encoding, LATIN1, has no '日'" \
+            in str(refused.value) and "(UTF8)" in refused.value.remedy, refused.value
+        conn.execute(sql.SQL('ALTER TABLE {} DROP COLUMN "日本"').format(table))
+        conn.execute(sql.SQL("UPDATE {} SET v = '値'").format(table))
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
+        with pytest.raises(RestoreError) as refused:
+            restore_day(latin, store, spec, DAY, into="new", target=f"public.{fmt}_values", temp_dir=temp_dir)
+        assert "The database's encoding, LATIN1, has no such character" in str(refused.value), refused.value
+        assert "(UTF8)" in refused.value.remedy and "enum" not in str(refused.value), refused.value

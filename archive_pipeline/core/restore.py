@@ -41,7 +41,7 @@ from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (Column, day_filter, describe_relation, lookalike_hint, lookalike_relations,
-                                          prefetch, relation_name, stored_name_problem)
+                                          missing_character, prefetch, relation_name, stored_name_problem)
 from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -476,6 +476,20 @@ def _target(conn: psycopg.Connection, qualified: str) -> Relation:
     return relation
 
 
+def _require_column_names(conn: psycopg.Connection, manifest: dict) -> None:
+    """Refuse, before anything is downloaded, an archive with a column this database cannot name: archived from
+    a UTF-8 database, a column ``日本`` has no name in a LATIN1 one (the load failed with "unexpected error", or
+    said to fix the offending rows)."""
+    for name in manifest_columns(manifest):
+        missing = missing_character(conn, name)
+        if missing:
+            raise RestoreError(
+                f"restoring {manifest['table']} for {manifest['day']}: the archived column {name!r} cannot be a column "
+                f"of this database: {missing}; nothing was restored", table=manifest["table"], day=manifest["day"],
+                retryable=False, cause="an archived name has a character the database's encoding lacks",
+                remedy="restore into a database whose encoding holds every archived name and value (UTF8)")
+
+
 def encoding_problem(conn: psycopg.Connection, relation: Relation) -> str | None:
     """Why this database cannot hold ``relation``'s name as it is, or None (see
     :func:`~archive_pipeline.core.source.stored_name_problem`)."""
@@ -700,7 +714,11 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
         if not drift and not refused:
             raise
-        if not drift:  # the archived type by name, but not as it was: an enum without a label, say
+        if not drift and isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
+            drift = (f". The database's encoding, {conn.info.parameter_status('server_encoding')}, has no such character: "
+                     "the value was archived from a database whose encoding has it")
+            remedy = "restore into a database whose encoding holds every archived value (UTF8)"
+        elif not drift:  # the archived type by name, but not as it was: an enum without a label, say
             drift = (f". The object matches its manifest (size and MD5), so unless both were replaced the value is "
                      f"as archived, and a type of {relation} as this database defines it refuses it (an enum lacking "
                      "one of the archived labels, a type changed since the day was archived)")
@@ -973,6 +991,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     table, day = manifest.get("table"), manifest.get("day")
     try:
         relation = None if target is None else _target(conn, target)
+        _require_column_names(conn, manifest)
         with contextlib.ExitStack() as stack:
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
