@@ -811,7 +811,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                                "restore into another table with --into new or existing")
     if target and name_problem(target):
         raise click.UsageError(f"--target: {name_problem(target)}; name the table as schema.table, as the catalog "
-                               'spells it (e.g. public.events_restored), or a part in SQL\'s double quotes ("old.data".t)')
+                               "spells it (e.g. public.events_restored), or a part in SQL's double quotes "
+                               '("old.data".t)')
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
     if target and encoding_problem(run.primary, parse_relation(target)):  # in the database's encoding

@@ -715,8 +715,9 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
         if not drift and not refused:
             raise
         if not drift and isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
-            drift = (f". The database's encoding, {conn.info.parameter_status('server_encoding')}, has no such character: "
-                     "the value was archived from a database whose encoding has it")
+            encoding = conn.info.parameter_status("server_encoding")
+            drift = (f". The database's encoding, {encoding}, has no such character: the value was archived from a "
+                     "database whose encoding has it")
             remedy = "restore into a database whose encoding holds every archived value (UTF8)"
         elif not drift:  # the archived type by name, but not as it was: an enum without a label, say
             drift = (f". The object matches its manifest (size and MD5), so unless both were replaced the value is "
@@ -765,7 +766,8 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
         "WITH s AS (SELECT {hs} AS h, count(*) AS n FROM {stage} s GROUP BY 1), "
         "t AS (SELECT {ht} AS h, count(*) AS n FROM {target} t WHERE {ht} IN (SELECT h FROM s) GROUP BY 1) "
         "SELECT coalesce(sum(s.n - coalesce(t.n, 0)) FILTER (WHERE s.n > coalesce(t.n, 0)), 0) "
-        "FROM s LEFT JOIN t USING (h)").format(hs=hashed_stage, ht=hashed_target, stage=stage, target=relation.identifier)
+        "FROM s LEFT JOIN t USING (h)").format(hs=hashed_stage, ht=hashed_target, stage=stage,
+                                               target=relation.identifier)
     with fp.canonical_settings(conn):
         absent = conn.execute(query).fetchone()[0]
     if absent:

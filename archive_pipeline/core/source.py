@@ -387,7 +387,8 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
-            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}{_stored_hint(conn, schema, name)}"
+            f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}"
+            f"{_stored_hint(conn, schema, name)}"
             f"{_table_lookalikes(conn, qualified_name) if lookalikes else ''}",
             table=qualified_name, retryable=False, cause=TABLE_MISSING,
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
@@ -835,8 +836,9 @@ def pending_detach_error(table: str, relation: tuple[str, str], parent: str) -> 
     finishes once the run's snapshot is gone), and what to do when it was interrupted."""
     pasted = ".".join(sql_name(part, qualified=False) for part in relation)  # each part whole, dots and all
     return SourceError(
-        f"{relation_name(*relation)} is pending detach from {parent} (ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY, running or "
-        f"interrupted): {table} no longer reads its rows, which are not yet a table of their own", retryable=True,
+        f"{relation_name(*relation)} is pending detach from {parent} (ALTER TABLE ... DETACH PARTITION ... "
+        f"CONCURRENTLY, running or interrupted): {table} no longer reads its rows, which are not yet a table of "
+        "their own", retryable=True,
         cause="a partition of the day is pending detach",
         remedy=f"if no such DETACH is running, finish the interrupted one: ALTER TABLE {parent} DETACH PARTITION "
                f"{pasted} FINALIZE (its rows then leave {table} for a table of their own: archive that one "
