@@ -281,3 +281,16 @@ def test_a_day_archived_from_utf8_restored_into_latin1_names_the_character_it_la
             restore_day(latin, store, spec, DAY, into="new", target=f"public.{fmt}_values", temp_dir=temp_dir)
         assert "The database's encoding, LATIN1, has no such character" in str(refused.value), refused.value
         assert "(UTF8)" in refused.value.remedy and "enum" not in str(refused.value), refused.value
+
+
+def test_a_naming_pattern_for_table_names_with_a_percent_sign_says_how_to_write_it():
+    """Day tables named ``Ev 20240310 %`` need the pattern ``Ev %Y%m%d %%`` (strftime's literal %). Was: the
+    pattern ``Ev %Y%m%d %`` was refused with "'%' is a bad directive ...; use %Y, %m, %d, %H and plain text", which
+    does not say how to write the table's own '%'; with ``%%`` every command worked."""
+    from archive_pipeline.core.config import ConfigError, parse_config
+
+    entry = {"name": "s.parent", "start_date": "2024-03-10", "partitioning": {"mode": "naming"}}
+    with pytest.raises(ConfigError, match=r"\(%% for a table name's '%'\)"):
+        parse_config({"tables": [{**entry, "partitioning": {"mode": "naming", "pattern": "Ev %Y%m%d %"}}]})
+    spec = parse_config({"tables": [{**entry, "partitioning": {"mode": "naming", "pattern": "Ev %Y%m%d %%"}}]})
+    assert spec.tables[0].child_table(DAY) == "Ev 20240310 %"

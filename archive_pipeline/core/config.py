@@ -343,7 +343,8 @@ class TableSpec(_Strict):
                 why = f"it reads back as {back.start.strftime(pattern)!r}"
             if back != period:
                 raise ValueError(f"partitioning: pattern {pattern!r} names the table of {period} {name!r}, which "
-                                 f"cannot be read back ({why}); use %Y, %m, %d, %H and plain text")
+                                 f"cannot be read back ({why}); use %Y, %m, %d, %H and plain text (%% for a table "
+                                 "name's '%')")
 
     @property
     def zone_years(self) -> tuple[int, int]:
