@@ -294,3 +294,24 @@ def test_a_naming_pattern_for_table_names_with_a_percent_sign_says_how_to_write_
         parse_config({"tables": [{**entry, "partitioning": {"mode": "naming", "pattern": "Ev %Y%m%d %"}}]})
     spec = parse_config({"tables": [{**entry, "partitioning": {"mode": "naming", "pattern": "Ev %Y%m%d %%"}}]})
     assert spec.tables[0].child_table(DAY) == "Ev 20240310 %"
+
+
+def test_a_day_table_detached_by_retention_is_not_restored_into_again_but_attached(conn, schema, store, temp_dir):
+    """Naming mode, retention action ``detach`` (the day's table leaves its parent, NO INHERIT, and keeps its
+    rows). Was: `restore --into original` loaded the day into that table again, doubling its rows, and the
+    rollback said the archive "does not hold the rows it was proven to hold". Refused now as a detached
+    partition is, with the statement that attaches it again, quoted as its name needs."""
+    from archive_pipeline.core.plan import compare_days
+
+    parent, day_table = sql.Identifier(schema, "Parent"), sql.Identifier(schema, 'Ev "20240310"')
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(parent))
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(day_table, parent))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, 'x' FROM generate_series(1, 5) g").format(day_table))
+    spec = TableSpec(name=f"{schema}.Parent", start_date=DAY, partitioning={"mode": "naming", "pattern": 'Ev "%Y%m%d"'},
+                     retention={"keep_days": 1, "action": "detach"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert remove_day(conn, spec, DAY, store).rows == 5
+    with pytest.raises(RestoreError, match="no longer inherits from") as refused:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    conn.execute(refused.value.message.split("attach it again (")[1].split("), or drop it")[0])  # as pasted
+    assert _count(conn, parent) == 5 and [c.result for c in compare_days(conn, spec, store, [DAY])] == ["equal"]

@@ -609,21 +609,37 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
     relation = target or Relation.configured(manifest.get("source_relation") or manifest["table"])
     partition = _partition(table_definition(manifest))
-    if partition is None:
-        return relation, [] if _exists(conn, relation) else [relation]  # a dropped table (naming mode's day table)
-    parent, child, bound = partition
-    if _exists(conn, child) and not _is_partition(conn, child):
+    parent, child, bound = partition or (None, None, None)
+    if child and _exists(conn, child) and not _is_partition(conn, child):
         attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
             parent.identifier, child.identifier).as_string(conn) + str(bound)
         raise RestoreError(
             f"{child}, the partition that held {manifest['day']}, exists but is not attached to {parent} (detached by "
             f"retention?); it may still hold the day: attach it again ({attach}), or drop it and restore again")
-    if bound and not _exists(conn, child):
+    if child and bound and not _exists(conn, child):
         if not _exists(conn, parent):
             raise RestoreError(f"the partitioned table {parent} does not exist; create it (or restore into a new "
                                "table) and restore again")
         return parent, [child]
-    return relation, [] if _exists(conn, relation) else [relation]
+    if not _exists(conn, relation):
+        return relation, [relation]  # a dropped table (naming mode's day table): re-created from the definition
+    _refuse_detached_day_table(conn, manifest, relation)
+    return relation, []
+
+
+def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """Retention's ``detach`` of a naming-mode day table (``NO INHERIT``) leaves it whole: loading the day into
+    it again doubled its rows and was rolled back, saying the archive "does not hold the rows it was proven to
+    hold". It is refused as a detached partition is, with the statement that attaches it again."""
+    parent = Relation.configured(manifest["table"])
+    if (manifest.get("removed") or {}).get("action") != "detach" or relation == parent or conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = %s::pg_catalog.regclass)",
+            (relation.identifier.as_string(conn),)).fetchone()[0]:
+        return
+    inherit = sql.SQL("ALTER TABLE {} INHERIT {}").format(relation.identifier, parent.identifier).as_string(conn)
+    raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but no longer inherits from "
+                       f"{parent} (detached by retention); it still holds the day: attach it again ({inherit}), or "
+                       "drop it and restore again", table=manifest["table"], day=manifest["day"], retryable=False)
 
 
 def _lookalike(conn: psycopg.Connection, target: Relation) -> str:
