@@ -315,3 +315,34 @@ def test_a_day_table_detached_by_retention_is_not_restored_into_again_but_attach
         restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
     conn.execute(refused.value.message.split("attach it again (")[1].split("), or drop it")[0])  # as pasted
     assert _count(conn, parent) == 5 and [c.result for c in compare_days(conn, spec, store, [DAY])] == ["equal"]
+
+
+def test_an_older_manifest_naming_a_partition_in_a_dotted_schema_in_one_string_is_read_where_it_can_be(
+        conn, schema, store, temp_dir):
+    """A manifest written before the partition's schema and name were recorded apart has only ``child``,
+    ``"<schema> old.data.ev_20240310"``. Was: read at its first dot, so `restore --into original` failed ("schema
+    <schema> old does not exist"), or, where that schema existed, re-created the wrong relation. Now the reading
+    whose schema exists is taken, and two that could be meant are refused naming both."""
+    from archive_pipeline.core import keys
+    from archive_pipeline.core.manifest import encode_manifest
+
+    dotted = f"{schema} old.data"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(dotted)))
+    try:
+        spec = _dotted_events(conn, schema, dotted, "by hand")
+        key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
+        manifest = load_manifest(store, key)
+        for field in ("child_schema", "child_name"):
+            del manifest["table_definition"]["partition"][field]
+        store.put_bytes(keys.manifest_key(key), encode_manifest(manifest), "application/json")
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(dotted, "ev_20240310")))
+        assert restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir).inserted == 20
+        assert _count(conn, sql.Identifier(dotted, "ev_20240310")) == 20
+        conn.execute(sql.SQL("DROP TABLE {}; CREATE SCHEMA {}").format(
+            sql.Identifier(dotted, "ev_20240310"), sql.Identifier(f"{schema} old")))
+        with pytest.raises(RestoreError, match=f"the table 'data.ev_20240310' of the schema '{schema} old' or the "
+                                               f"table 'ev_20240310' of the schema '{dotted}', and schemas of both"):
+            restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE").format(
+            sql.Identifier(dotted), sql.Identifier(f"{schema} old")))

@@ -509,15 +509,39 @@ def _is_partition(conn: psycopg.Connection, relation: Relation) -> bool:
         "WHERE n.nspname = %s AND c.relname = %s", relation).fetchone()[0])
 
 
-def _partition(definition: dict) -> tuple[Relation, Relation, str | None] | None:
+def _partition(definition: dict,
+               conn: psycopg.Connection | None = None) -> tuple[Relation, Relation, str | None] | None:
     """The day's partition a manifest records: (parent, child, bound), or None. The child's schema and name
-    are recorded apart since a schema may hold a dot; older manifests have only ``child``, "schema.name"."""
+    are recorded apart since a schema may hold a dot; older manifests have only ``child``, "schema.name"
+    (read as :func:`_older_child` says with ``conn``, else split at its first dot)."""
     partition = definition.get("partition") or {}
     if not partition.get("child"):
         return None
-    child = (Relation(partition["child_schema"], partition["child_name"]) if partition.get("child_name")
-             else Relation.configured(partition["child"]))
+    if partition.get("child_name"):
+        child = Relation(partition["child_schema"], partition["child_name"])
+    else:
+        child = _older_child(conn, partition["child"]) if conn else Relation.configured(partition["child"])
     return Relation.configured(partition["parent"]), child, partition.get("bound")
+
+
+def _older_child(conn: psycopg.Connection, child: str) -> Relation:
+    """An older manifest's child, "schema.name" as one string: split at its first dot, as it always was, unless
+    no schema of that name exists and one named up to a later dot does (a schema holding a dot). Where schemas
+    exist for two readings it is refused: re-creating the other relation would put the day's rows elsewhere."""
+    readings = [Relation(child[:i], child[i + 1:]) for i, c in enumerate(child) if c == "."]
+    if len(readings) < 2:
+        return Relation.configured(child)
+    schemas = {name for (name,) in conn.execute("SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = "
+                                                "ANY(%s)", ([r.schema for r in readings],))}
+    found = [r for r in readings if r.schema in schemas]
+    if len(found) > 1:
+        raise RestoreError(f"the manifest names the day's partition {child!r} in one string (written before "
+                           "archive_pipeline recorded a partition's schema apart), which reads as "
+                           f"{' or '.join(f'the table {r.name!r} of the schema {r.schema!r}' for r in found)}, and "
+                           "schemas of both names exist",
+                           retryable=False, remedy="re-create the partition by hand (CREATE TABLE ... PARTITION OF "
+                                                   "... with its bound) and restore into the original table again")
+    return found[0] if found else readings[0]
 
 
 def table_definition(manifest: dict) -> dict:
@@ -608,7 +632,7 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
     if into != "original":
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
     relation = target or Relation.configured(manifest.get("source_relation") or manifest["table"])
-    partition = _partition(table_definition(manifest))
+    partition = _partition(table_definition(manifest), conn)
     parent, child, bound = partition or (None, None, None)
     if child and _exists(conn, child) and not _is_partition(conn, child):
         attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
@@ -653,7 +677,7 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
     """Create ``relation``; False if it is the day's partition and another partition of the parent covers
     its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent."""
     definition = table_definition(manifest)
-    partition = _partition(definition)
+    partition = _partition(definition, conn)
     if partition is None or partition[1] != relation:
         _create_table(conn, relation, definition)
         return True
