@@ -20,7 +20,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,6 +237,16 @@ def _utf8(text: str) -> str:
         return text
 
 
+def _configured(name: str, configured: Iterable[str]) -> str:
+    """``name`` as the configuration spells it where it was written with SQL's double quotes (``"s"."from"``,
+    as ``restore --target`` takes a name), else as given."""
+    from archive_pipeline.core.restore import parse_relation
+
+    relation = None if name in configured else parse_relation(name)
+    spelled = f"{relation.schema}.{relation.name}" if relation else name
+    return spelled if spelled in configured else name
+
+
 def _passwords() -> tuple[str | None, ...]:
     return tuple(dsn_password(os.environ.get(name, "")) for name in (DSN_VAR, PRIMARY_DSN_VAR))
 
@@ -354,7 +364,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             config = load_config(config_path)
             by_name = {spec.name: spec for spec in config.tables}
-            table_names = [_utf8(name) for name in table_names]
+            table_names = [_configured(_utf8(name), by_name) for name in table_names]
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
                 hints = "".join(lookalike_hint(n, sorted(by_name), "table", "the configuration") for n in unknown)
@@ -787,7 +797,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import RestoreResult, iter_restore_days, name_problem
+    from archive_pipeline.core.restore import RestoreResult, encoding_problem, iter_restore_days, name_problem, \
+        parse_relation
 
     target = _utf8(target) if target else target
 
@@ -799,10 +810,13 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         raise click.UsageError("--into original restores into the archived table itself: leave out --target, or "
                                "restore into another table with --into new or existing")
     if target and name_problem(target):
-        raise click.UsageError(f"--target: {name_problem(target)}; name the table as schema.table, unquoted, as the "
-                               "catalog spells it (e.g. public.events_restored)")
+        raise click.UsageError(f"--target: {name_problem(target)}; name the table as schema.table, as the catalog "
+                               "spells it (e.g. public.events_restored), or a part in SQL's double quotes "
+                               '("old.data".t)')
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
+    if target and encoding_problem(run.primary, parse_relation(target)):  # in the database's encoding
+        raise click.UsageError(f"--target: {encoding_problem(run.primary, parse_relation(target))}")
     results, missing, failure = [], [], None
     chosen = run.chosen_days("restore")
     try:

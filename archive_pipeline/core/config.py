@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import hashlib
 import os
 import re
 import string
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -86,21 +88,46 @@ def level_range(fmt: str, compression: str) -> tuple[int, int] | None:
     return (PARQUET_LEVELS if fmt == "parquet" else TEXT_LEVELS).get(compression)
 
 
+def _ascii_name(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_")
+
+
 def dagster_name(text: str) -> str:
-    """A PostgreSQL identifier as a Dagster name: lower-case letters, digits and underscores."""
-    return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "_"
+    """A PostgreSQL identifier as a Dagster name: lower-case letters, digits and underscores (Dagster allows no
+    others in an asset key, a job or an op name). An ASCII name keeps the name it always had (``Nasty Events``:
+    ``nasty_events``), the asset key of every existing deployment. Other letters are spelled as their nearest
+    ASCII (Unicode NFKD without its marks: ``é`` as ``e``; a script without one, 日本, as nothing) and the
+    name's own 8 hex digits of SHA-256 follow, so ``événements``, ``evenements``, ``日本`` and ``中国``, which
+    spelled so are one name or none, stay apart: ``evenements_<hash>``, ``<hash>``."""
+    if text.isascii():
+        return _ascii_name(text) or "_"
+    spelled, digest = _ascii_name(ascii_spelling(text)), name_digest(text)
+    return f"{spelled}_{digest}" if spelled else digest
+
+
+def ascii_spelling(text: str) -> str:
+    """``text``'s letters as their nearest ASCII (Unicode NFKD without its marks), others left out."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
+def name_digest(text: str) -> str:
+    """8 hex digits of ``text``'s SHA-256: what keeps apart names that one spelling would merge."""
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _identifier(name: str) -> str:
     """A name PostgreSQL can hold: not empty, no NUL byte (the server refuses one in any text, so the
     load's table check failed with a bare DataError), at most 63 bytes (longer ones are truncated when
-    created, so the configured name never matches)."""
+    created, so the configured name never matches). Bytes in the database's encoding, which only a connection
+    knows ('Ü' is one in LATIN1, two in UTF-8): here a name of more than 63 characters, too long in any;
+    :func:`~archive_pipeline.core.source.describe_relation` names the bytes of one not found."""
     if not name:
         raise ValueError("is empty; write the name as the catalog spells it")
     if "\x00" in name:
         raise ValueError(f"{name!r} contains a NUL character, which no PostgreSQL name can hold")
-    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"identifier {name!r} is longer than PostgreSQL's 63 bytes")
+    if len(name) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"identifier {name!r} is {len(name)} characters long, longer than PostgreSQL's 63 bytes in "
+                         "any encoding")
     return name
 
 
@@ -316,7 +343,8 @@ class TableSpec(_Strict):
                 why = f"it reads back as {back.start.strftime(pattern)!r}"
             if back != period:
                 raise ValueError(f"partitioning: pattern {pattern!r} names the table of {period} {name!r}, which "
-                                 f"cannot be read back ({why}); use %Y, %m, %d, %H and plain text")
+                                 f"cannot be read back ({why}); use %Y, %m, %d, %H and plain text (%% for a table "
+                                 "name's '%')")
 
     @property
     def zone_years(self) -> tuple[int, int]:

@@ -26,7 +26,8 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError
 from archive_pipeline.core.periods import Period, period_containing, periods_overlapping, starts_period
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table, unquoted_hint
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table, relation_name,
+                                          unquoted_hint)
 
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
 # the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery.
@@ -78,9 +79,13 @@ class ChildRange:
     # the child after it was dropped.
     bound: str = ""
 
+    def relation(self, spec: TableSpec) -> tuple[str, str]:
+        """(schema, name) of the child, kept apart: its schema's name may hold a dot."""
+        return self.schema or spec.schema_name, self.name
+
     def qualified(self, spec: TableSpec) -> str:
-        """``schema.name`` of the child, for :func:`~archive_pipeline.core.source.describe_table`."""
-        return f"{self.schema or spec.schema_name}.{self.name}"
+        """The child's name for messages (see :func:`~archive_pipeline.core.source.relation_name`)."""
+        return relation_name(*self.relation(spec))
 
     def periods(self, spec: TableSpec) -> list[Period]:
         """The table's periods this child holds rows of: the ones it tiles, or the one it lies within."""
@@ -398,4 +403,8 @@ def partition_of_day(spec: TableSpec, children: list[ChildRange]) -> dict | None
     it after the child was dropped."""
     if spec.partitioning.mode != "declarative" or len(children) != 1:
         return None
-    return {"parent": spec.name, "child": children[0].qualified(spec), "bound": children[0].bound or None}
+    schema, name = children[0].relation(spec)
+    # "child" as it always was, "schema.name", for readers that know nothing else; split at its first dot
+    # it names another relation when the schema holds a dot, so its two parts are recorded apart too
+    return {"parent": spec.name, "child": f"{schema}.{name}", "child_schema": schema, "child_name": name,
+            "bound": children[0].bound or None}

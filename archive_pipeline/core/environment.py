@@ -19,6 +19,7 @@ import psycopg.conninfo
 
 from archive_pipeline.core.config import ConfigError, SourceSettings
 from archive_pipeline.core.errors import describe_connect_error, password_of, redact, scrub_parse_error
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
 from archive_pipeline.core.store import S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
@@ -102,7 +103,7 @@ def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connectio
         raise ConfigError(f"${variable} is not a valid connection string: {reason}") from None
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
-                               application_name="archive_pipeline_cli")
+                               application_name="archive_pipeline_cli", **CONNECT_PARAMETERS)
     except psycopg.Error as exc:
         described = describe_connect_error(exc, dsn)  # host, port, database, user, cause; no password
         raise UnreachableError(f"{described.message} (${variable}); to fix: {described.remedy}",

@@ -41,7 +41,7 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import (SourceTable, day_filter, describe_table, detaching, explain,
+from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
                                           pending_detach_error, server_identity)
 from archive_pipeline.core.store import CorruptedWrite, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
@@ -228,7 +228,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
             raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
                                  f"{action} removes whole partitions: use retention action 'delete'",
                                  table=spec.name, day=day.isoformat())
-        target = describe_table(conn, whole[0].qualified(spec), spec.day_column)
+        target = describe_relation(conn, *whole[0].relation(spec), spec.day_column)
     if target.relkind == "f":  # LOCK TABLE refuses foreign tables ("not supported for foreign tables")
         raise RemovalRefused(f"{spec.name} {day} stays in the source: its table {target.qualified} is a foreign "
                              f"table (its rows live on another server), which PostgreSQL cannot lock for a {action}; "
@@ -745,9 +745,9 @@ def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Perio
     if spec.partitioning.mode != "declarative":
         return
     for child in day_children(conn, spec, day):
-        parent = detaching(conn, sql.Identifier(child.schema or spec.schema_name, child.name))
+        parent = detaching(conn, sql.Identifier(*child.relation(spec)))
         if parent:
-            pending = pending_detach_error(spec.name, child.qualified(spec), parent)
+            pending = pending_detach_error(spec.name, child.relation(spec), parent)
             raise RemovalRefused(f"{spec.name} {day} stays in the source: {pending.message}", table=spec.name,
                                  day=day.isoformat(), retryable=True, cause=pending.cause, remedy=pending.remedy)
 

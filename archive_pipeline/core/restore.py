@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import psycopg
 import pyarrow as pa
@@ -33,14 +33,15 @@ from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, note_cancelled, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import Column, day_filter, describe_table, prefetch
+from archive_pipeline.core.source import (Column, day_filter, describe_relation, lookalike_hint, lookalike_relations,
+                                          missing_character, prefetch, relation_name, stored_name_problem)
 from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -398,48 +399,149 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
                                                 "day again if the source still has it") from None
 
 
+class Relation(NamedTuple):
+    """A table as its two parts, never split again once known: a partition may live in a schema whose name
+    holds a dot, and ``"old.data".events`` split at its first dot is another relation. Shown as
+    :func:`~archive_pipeline.core.source.relation_name` writes it."""
+
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return relation_name(self.schema, self.name)
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @classmethod
+    def configured(cls, qualified: str) -> Relation:
+        """A configured name, ``schema.table`` split at its first dot (a configured schema holds none)."""
+        schema, _, name = qualified.partition(".")
+        return cls(schema, name)
+
+
+_QUOTED = r'"((?:[^"]|"")+)"'  # one SQL-quoted identifier, "" standing for "
+
+
+def _unquoted(text: str) -> str:
+    """``text`` as SQL reads it when all of it is one double-quoted identifier, else as it is."""
+    match = re.fullmatch(_QUOTED, text, re.S)
+    return match[1].replace('""', '"') if match else text
+
+
+def parse_relation(qualified: str) -> Relation | None:
+    """A table named to restore into: ``schema.table`` split at its first dot, as configured names are, each
+    part as the catalog spells it; either part may be written in SQL's double quotes instead, as psql would
+    take it (``"old.data".events`` names a schema holding a dot, ``public."Events"`` the same as
+    ``public.Events``). None if it names no schema and table."""
+    quoted = re.fullmatch(_QUOTED + r"\.(.*)", qualified, re.S)
+    if quoted:
+        schema, rest = quoted[1].replace('""', '"'), quoted[2]
+    else:
+        schema, dot, rest = qualified.partition(".")
+        if not dot:
+            return None
+    relation = Relation(schema, _unquoted(rest))
+    return relation if relation.schema and relation.name else None
+
+
 def name_problem(qualified: str) -> str | None:
-    """Why ``qualified`` cannot name a table to restore into, or None: it must be ``schema.table``, and
-    PostgreSQL keeps only the first 63 bytes of a name (a longer one was created cut short, and the
-    result named a table that does not exist)."""
-    schema, dot, name = qualified.partition(".")
-    if not dot or not schema or not name:
+    """Why ``qualified`` cannot name a table to restore into, or None: it must be ``schema.table`` (see
+    :func:`parse_relation`), not a temporary table, and each part no longer than PostgreSQL's 63 bytes in
+    any encoding (a longer one was created cut short, and the result named a table that does not exist);
+    :func:`encoding_problem` checks the bytes in the database's own encoding."""
+    relation = parse_relation(qualified)
+    if relation is None:
         return f"{qualified!r} is not a schema-qualified table name ('schema.table')"
-    if re.fullmatch(r"pg_(toast_)?temp(_\d+)?", schema):
+    if re.fullmatch(r"pg_(toast_)?temp(_\d+)?", relation.schema):
         return (f"{qualified!r} is a temporary table, which PostgreSQL drops when the restoring session ends: restore "
                 "into a table of a permanent schema")
-    for part in (schema, name):
-        if len(part.encode()) > 63:
-            kept = part.encode()[:63].decode("utf-8", "ignore")
-            return (f"{part!r} is {len(part.encode())} bytes long and PostgreSQL keeps 63 bytes of a name (it would "
-                    f"be {kept!r}): choose a shorter name")
+    for part in relation:
+        if len(part) > MAX_NAME_BYTES:  # at least a byte a character, whatever the encoding
+            return (f"{part!r} is {len(part)} characters long and PostgreSQL keeps {MAX_NAME_BYTES} bytes of a name "
+                    f"(it would be {part[:MAX_NAME_BYTES]!r} or shorter): choose a shorter name")
     return None
 
 
-def _split(qualified: str) -> tuple[str, str]:
+def _target(conn: psycopg.Connection, qualified: str) -> Relation:
+    """The table ``qualified`` names, once this database can hold its name as it is."""
     problem = name_problem(qualified)
+    relation = parse_relation(qualified)
+    if problem is None:
+        problem = encoding_problem(conn, relation)
     if problem:
-        raise RestoreError(problem)
-    schema, _, name = qualified.partition(".")
-    return schema, name
+        raise RestoreError(problem, retryable=False, cause="the target's name cannot be a table's in this database",
+                           remedy="name a target of at most 63 bytes in the database's encoding, of characters it has")
+    return relation
 
 
-def _ident(qualified: str) -> sql.Identifier:
-    return sql.Identifier(*_split(qualified))
+def _require_column_names(conn: psycopg.Connection, manifest: dict) -> None:
+    """Refuse, before anything is downloaded, an archive with a column this database cannot name: archived from
+    a UTF-8 database, a column ``日本`` has no name in a LATIN1 one (the load failed with "unexpected error", or
+    said to fix the offending rows)."""
+    for name in manifest_columns(manifest):
+        missing = missing_character(conn, name)
+        if missing:
+            raise RestoreError(
+                f"restoring {manifest['table']} for {manifest['day']}: the archived column {name!r} cannot be a column "
+                f"of this database: {missing}; nothing was restored", table=manifest["table"], day=manifest["day"],
+                retryable=False, cause="an archived name has a character the database's encoding lacks",
+                remedy="restore into a database whose encoding holds every archived name and value (UTF8)")
 
 
-def _exists(conn: psycopg.Connection, qualified: str) -> bool:
-    schema, name = _split(qualified)
+def encoding_problem(conn: psycopg.Connection, relation: Relation) -> str | None:
+    """Why this database cannot hold ``relation``'s name as it is, or None (see
+    :func:`~archive_pipeline.core.source.stored_name_problem`)."""
+    problem = next(filter(None, (stored_name_problem(conn, part) for part in relation)), None)
+    return f"the target {relation}: {problem}" if problem else None
+
+
+def _exists(conn: psycopg.Connection, relation: Relation) -> bool:
     return conn.execute(
         "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone() is not None
+        "WHERE n.nspname = %s AND c.relname = %s", relation).fetchone() is not None
 
 
-def _is_partition(conn: psycopg.Connection, qualified: str) -> bool:
-    schema, name = _split(qualified)
+def _is_partition(conn: psycopg.Connection, relation: Relation) -> bool:
     return bool(conn.execute(
         "SELECT c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()[0])
+        "WHERE n.nspname = %s AND c.relname = %s", relation).fetchone()[0])
+
+
+def _partition(definition: dict,
+               conn: psycopg.Connection | None = None) -> tuple[Relation, Relation, str | None] | None:
+    """The day's partition a manifest records: (parent, child, bound), or None. The child's schema and name
+    are recorded apart since a schema may hold a dot; older manifests have only ``child``, "schema.name"
+    (read as :func:`_older_child` says with ``conn``, else split at its first dot)."""
+    partition = definition.get("partition") or {}
+    if not partition.get("child"):
+        return None
+    if partition.get("child_name"):
+        child = Relation(partition["child_schema"], partition["child_name"])
+    else:
+        child = _older_child(conn, partition["child"]) if conn else Relation.configured(partition["child"])
+    return Relation.configured(partition["parent"]), child, partition.get("bound")
+
+
+def _older_child(conn: psycopg.Connection, child: str) -> Relation:
+    """An older manifest's child, "schema.name" as one string: split at its first dot, as it always was, unless
+    no schema of that name exists and one named up to a later dot does (a schema holding a dot). Where schemas
+    exist for two readings it is refused: re-creating the other relation would put the day's rows elsewhere."""
+    readings = [Relation(child[:i], child[i + 1:]) for i, c in enumerate(child) if c == "."]
+    if len(readings) < 2:
+        return Relation.configured(child)
+    schemas = {name for (name,) in conn.execute("SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = "
+                                                "ANY(%s)", ([r.schema for r in readings],))}
+    found = [r for r in readings if r.schema in schemas]
+    if len(found) > 1:
+        raise RestoreError(f"the manifest names the day's partition {child!r} in one string (written before "
+                           "archive_pipeline recorded a partition's schema apart), which reads as "
+                           f"{' or '.join(f'the table {r.name!r} of the schema {r.schema!r}' for r in found)}, and "
+                           "schemas of both names exist",
+                           retryable=False, remedy="re-create the partition by hand (CREATE TABLE ... PARTITION OF "
+                                                   "... with its bound) and restore into the original table again")
+    return found[0] if found else readings[0]
 
 
 def table_definition(manifest: dict) -> dict:
@@ -466,7 +568,7 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
     return sql.SQL(type_text)
 
 
-def _create_table(conn: psycopg.Connection, target: str, definition: dict) -> None:
+def _create_table(conn: psycopg.Connection, target: Relation, definition: dict) -> None:
     items = []
     for column in definition["columns"]:
         items.append(sql.SQL("{} {}{}").format(
@@ -474,7 +576,7 @@ def _create_table(conn: psycopg.Connection, target: str, definition: dict) -> No
             sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL("")))
     if definition.get("primary_key"):
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
-    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(_ident(target), sql.SQL(", ").join(items)))
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target.identifier, sql.SQL(", ").join(items)))
 
 
 _RANGE_BOUND = re.compile(r"FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)", re.S)
@@ -513,9 +615,9 @@ def partition_bound(bound: str) -> sql.Composable:
                        "re-create the partition by hand and restore into the original table again")
 
 
-def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target: str | None) -> tuple[str, list[str]]:
+def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
+                    target: Relation | None) -> tuple[Relation, list[Relation]]:
     """(the relation rows go into, the relations to create first, in order) — creation is done by the caller."""
-    definition = table_definition(manifest)
     if into == "new":
         if target is None:
             raise RestoreError("restoring into a new table needs its name (target='schema.table')")
@@ -524,66 +626,90 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into, target
         return target, [target]
     if into == "existing":
         if target is None or not _exists(conn, target):
-            raise RestoreError(f"table {target!r} does not exist; create it or restore with into='new'")
+            raise RestoreError(f"table {str(target) if target else None!r} does not exist"
+                               f"{_lookalike(conn, target) if target else ''}; create it or restore with into='new'")
         return target, []
     if into != "original":
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
-    relation = target or manifest.get("source_relation") or manifest["table"]
-    partition = definition.get("partition")
-    if partition and partition.get("child") and _exists(conn, partition["child"]) and \
-            not _is_partition(conn, partition["child"]):
+    relation = target or Relation.configured(manifest.get("source_relation") or manifest["table"])
+    partition = _partition(table_definition(manifest), conn)
+    parent, child, bound = partition or (None, None, None)
+    if child and _exists(conn, child) and not _is_partition(conn, child):
         attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
-            _ident(partition["parent"]), _ident(partition["child"])).as_string(conn) + str(partition.get("bound"))
+            parent.identifier, child.identifier).as_string(conn) + str(bound)
         raise RestoreError(
-            f"{partition['child']}, the partition that held {manifest['day']}, exists but is not attached to "
-            f"{partition['parent']} (detached by retention?); it may still hold the day: attach it again "
-            f"({attach}), or drop it and restore again")
-    if partition and partition.get("child") and partition.get("bound") and not _exists(conn, partition["child"]):
-        if not _exists(conn, partition["parent"]):
-            raise RestoreError(f"the partitioned table {partition['parent']} does not exist; create it (or restore "
-                               "into a new table) and restore again")
-        return partition["parent"], [partition["child"]]
+            f"{child}, the partition that held {manifest['day']}, exists but is not attached to {parent} (detached by "
+            f"retention?); it may still hold the day: attach it again ({attach}), or drop it and restore again")
+    if child and bound and not _exists(conn, child):
+        if not _exists(conn, parent):
+            raise RestoreError(f"the partitioned table {parent} does not exist; create it (or restore into a new "
+                               "table) and restore again")
+        return parent, [child]
     if not _exists(conn, relation):
         return relation, [relation]  # a dropped table (naming mode's day table): re-created from the definition
+    _refuse_detached_day_table(conn, manifest, relation)
     return relation, []
 
 
-def _create(conn: psycopg.Connection, manifest: dict, relation: str) -> bool:
+def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """Retention's ``detach`` of a naming-mode day table (``NO INHERIT``) leaves it whole: loading the day into
+    it again doubled its rows and was rolled back, saying the archive "does not hold the rows it was proven to
+    hold". It is refused as a detached partition is, with the statement that attaches it again."""
+    parent = Relation.configured(manifest["table"])
+    if (manifest.get("removed") or {}).get("action") != "detach" or relation == parent or conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = %s::pg_catalog.regclass)",
+            (relation.identifier.as_string(conn),)).fetchone()[0]:
+        return
+    inherit = sql.SQL("ALTER TABLE {} INHERIT {}").format(relation.identifier, parent.identifier).as_string(conn)
+    raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but no longer inherits from "
+                       f"{parent} (detached by retention); it still holds the day: attach it again ({inherit}), or "
+                       "drop it and restore again", table=manifest["table"], day=manifest["day"], retryable=False)
+
+
+def _lookalike(conn: psycopg.Connection, target: Relation) -> str:
+    """"; the catalog has the table <name>, which differs from it only in case" (or in Unicode normal form) for
+    a target not found: spelled as the catalog spells it, not folded as SQL folds an unquoted name."""
+    found = lookalike_relations(conn, f"{target.schema}.{target.name}")
+    return lookalike_hint(str(target), [str(Relation(*relation)) for relation in found], "table")
+
+
+def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> bool:
     """Create ``relation``; False if it is the day's partition and another partition of the parent covers
     its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent."""
     definition = table_definition(manifest)
-    partition = definition.get("partition") or {}
-    if partition.get("child") != relation:
+    partition = _partition(definition, conn)
+    if partition is None or partition[1] != relation:
         _create_table(conn, relation, definition)
         return True
+    parent, child, bound = partition
     try:
         with conn.transaction():
             conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-                _ident(relation), _ident(partition["parent"]), partition_bound(partition["bound"])))
+                child.identifier, parent.identifier, partition_bound(bound)))
     except psycopg.errors.InvalidObjectDefinition as exc:
         if "would overlap" not in (exc.diag.message_primary or ""):
             raise
         log.info("%s %s: %s; restoring into %s", manifest.get("table"), manifest.get("day"), exc.diag.message_primary,
-                 partition["parent"])
+                 parent)
         return False
     return True
 
 
-def _columns_of(conn: psycopg.Connection, relation: str, names: list[str]) -> list[Column]:
-    by_name = {c.name: c for c in describe_table(conn, relation, None).columns}
+def _columns_of(conn: psycopg.Connection, relation: Relation, names: list[str]) -> list[Column]:
+    by_name = {c.name: c for c in describe_relation(conn, *relation, None).columns}
     missing = [n for n in names if n not in by_name]
     if missing:
         raise RestoreError(f"{relation} has no column(s) {missing}; the archive has columns {names}")
     return [by_name[n] for n in names]
 
 
-def _day_where(conn: psycopg.Connection, relation: str, manifest: dict, whole: bool) -> sql.Composable | None:
+def _day_where(conn: psycopg.Connection, relation: Relation, manifest: dict, whole: bool) -> sql.Composable | None:
     if whole or not manifest.get("day_column"):
         return None
-    return day_filter(describe_table(conn, relation, manifest["day_column"]), manifest_period(manifest))
+    return day_filter(describe_relation(conn, *relation, manifest["day_column"]), manifest_period(manifest))
 
 
-def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: str, on_conflict: OnConflict, *,
+def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: Relation, on_conflict: OnConflict, *,
           fingerprint_added: bool = False) -> tuple[int, int, fp.Fingerprint | None]:
     """(rows loaded from the archive, rows inserted into ``relation``, with ``fingerprint_added`` the
     fingerprint of the rows inserted as the target stored them, taken from the INSERT's RETURNING).
@@ -597,7 +723,7 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
         return 0, 0, None
     if on_conflict not in ("fail", "skip"):
         raise RestoreError(f"on_conflict must be 'fail' or 'skip', not {on_conflict!r}")
-    target = _ident(relation)
+    target = relation.identifier
     names = manifest_columns(manifest)
     generated, always_identity = _computed_columns(conn, target, names)
     try:
@@ -628,7 +754,12 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
         if not drift and not refused:
             raise
-        if not drift:  # the archived type by name, but not as it was: an enum without a label, say
+        if not drift and isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
+            encoding = conn.info.parameter_status("server_encoding")
+            drift = (f". The database's encoding, {encoding}, has no such character: the value was archived from a "
+                     "database whose encoding has it")
+            remedy = "restore into a database whose encoding holds every archived value (UTF8)"
+        elif not drift:  # the archived type by name, but not as it was: an enum without a label, say
             drift = (f". The object matches its manifest (size and MD5), so unless both were replaced the value is "
                      f"as archived, and a type of {relation} as this database defines it refuses it (an enum lacking "
                      "one of the archived labels, a type changed since the day was archived)")
@@ -645,7 +776,7 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
 
 
 def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, manifest: dict,
-                          relation: str) -> fp.Fingerprint:
+                          relation: Relation) -> fp.Fingerprint:
     """Run ``insert`` and return the fingerprint of the rows it inserted, as the target stored them
     (its RETURNING): where no day column tells a day's rows apart in the target (a naming-mode table
     restored into a table holding other days), these are exactly the restored rows, hashed once."""
@@ -659,7 +790,7 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
 
 
 def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: sql.Identifier, manifest: dict,
-                      relation: str) -> tuple[int, fp.Fingerprint]:
+                      relation: Relation) -> tuple[int, fp.Fingerprint]:
     """Run ``insert`` (``ON CONFLICT DO NOTHING``) and return (rows inserted, the fingerprint of the archived
     rows as loaded into ``stage``), after proving every archived row is in ``relation`` as archived.
 
@@ -675,7 +806,8 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
         "WITH s AS (SELECT {hs} AS h, count(*) AS n FROM {stage} s GROUP BY 1), "
         "t AS (SELECT {ht} AS h, count(*) AS n FROM {target} t WHERE {ht} IN (SELECT h FROM s) GROUP BY 1) "
         "SELECT coalesce(sum(s.n - coalesce(t.n, 0)) FILTER (WHERE s.n > coalesce(t.n, 0)), 0) "
-        "FROM s LEFT JOIN t USING (h)").format(hs=hashed_stage, ht=hashed_target, stage=stage, target=_ident(relation))
+        "FROM s LEFT JOIN t USING (h)").format(hs=hashed_stage, ht=hashed_target, stage=stage,
+                                               target=relation.identifier)
     with fp.canonical_settings(conn):
         absent = conn.execute(query).fetchone()[0]
     if absent:
@@ -689,12 +821,12 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     return inserted, fp.compute(conn, stage, columns, None, algorithm)
 
 
-def _require_key(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
     """``skip`` leaves a row alone when its key exists (``ON CONFLICT DO NOTHING``): a target with no
     primary key, unique or exclusion constraint has nothing to tell existing rows by, so every row would
     be loaded again (and the check roll it back), and one with a deferrable such constraint makes
     PostgreSQL refuse the insert. Both are refused up front, saying so."""
-    regclass = _ident(relation).as_string(conn)  # quoted: to_regclass('s.Events') would look up s.events
+    regclass = relation.identifier.as_string(conn)  # quoted: to_regclass('s.Events') would look up s.events
     has_key = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = to_regclass(%s) AND indisunique) "
         "OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'x')",
@@ -738,13 +870,13 @@ ORDER BY 1
 """)
 
 
-def _target_drift(conn: psycopg.Connection, manifest: dict, relation: str,
+def _target_drift(conn: psycopg.Connection, manifest: dict, relation: Relation,
                   hooks: bool = True) -> tuple[list[tuple[str, str, str]], list[str]]:
     """How ``relation`` differs from the archived table in ways that change or refuse archived values:
     (its columns whose type is not the archived one, as (name, type here, archived type), its INSERT
     triggers and rules). A restore that fails or is rolled back names these as the likely cause."""
     recorded = {c["name"]: c.get("pg_type") for c in manifest.get("columns", [])}
-    found = {name: rest for name, *rest in conn.execute(_TARGET_TYPES, (_ident(relation).as_string(conn),))}
+    found = {name: rest for name, *rest in conn.execute(_TARGET_TYPES, (relation.identifier.as_string(conn),))}
     types = []
     for name, archived in recorded.items():
         if name not in found or not archived or found[name][0] == archived:
@@ -758,10 +890,10 @@ def _target_drift(conn: psycopg.Connection, manifest: dict, relation: str,
             types.append((name, found[name][0], archived))
     if not hooks:
         return types, []
-    return types, [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": _ident(relation).as_string(conn)})]
+    return types, [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})]
 
 
-def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) -> tuple[str, str | None]:
+def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: Relation) -> tuple[str, str | None]:
     """(" <what of the target may have changed or refused the rows>", a remedy), or ("", None)."""
     with conn.transaction():  # (a savepoint: a failing catalog query here must not end the caller's transaction)
         types, hooks = _target_drift(conn, manifest, relation)
@@ -785,7 +917,7 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: str) ->
 _BINARY_FLOATS = ("real", "double precision")
 
 
-def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: str) -> None:
+def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
     """A value archived as numeric, double precision or real, read into a column of another of these that is
     binary floating point, becomes the nearest value of that type, which may print as the archived text and
     still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
@@ -807,7 +939,7 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: st
                    f"the values on from there as you choose; or give {relation}'s column(s) the archived types")
 
 
-def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool, rows: int,
+def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, rows: int,
            added: fp.Fingerprint | None = None) -> tuple[bool, str | None, str]:
     """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
     the fingerprint of the rows the load inserted, when those are what is compared."""
@@ -829,10 +961,10 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: str, whole: bool,
     if added is not None:
         actual, scope = added, f"the day's rows the restore loaded into {relation}"
     else:
-        actual = fp.compute(conn, _ident(relation), columns, where, fp.algorithm_for(recorded))
+        actual = fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))
         scope = relation if where is None else f"the rows of {day} in {relation}"
     if str(actual) != recorded:
-        generated, _ = _computed_columns(conn, _ident(relation), manifest_columns(manifest))
+        generated, _ = _computed_columns(conn, relation.identifier, manifest_columns(manifest))
         computed = (f", or {relation} computes its generated column(s) {generated} otherwise than when the day was "
                     "archived (restore into a new table to get the archived values)") if generated else ""
         drift, remedy = _drift_explained(conn, manifest, relation)
@@ -900,6 +1032,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     started = time.perf_counter()
     table, day = manifest.get("table"), manifest.get("day")
     try:
+        relation = None if target is None else _target(conn, target)
+        _require_column_names(conn, manifest)
         with contextlib.ExitStack() as stack:
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
@@ -907,13 +1041,14 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             # never twice at once into the same one (two restores of one day would each check only their
             # own uncommitted rows, and both load them), whatever runs on the source meanwhile.
             # The archived table, its day's partition or its day table named as a target are the original too.
-            partition = table_definition(manifest).get("partition") or {}
-            original = {table, manifest.get("source_relation"), partition.get("child")}
-            lock_name = table if into == "original" or target in original else f"restore into {target}"
+            partition = _partition(table_definition(manifest))
+            original = {Relation.configured(name) for name in (table, manifest.get("source_relation")) if name} | \
+                ({partition[1]} if partition else set())
+            lock_name = table if into == "original" or relation in original else f"restore into {relation}"
             stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
-                relation, to_create = _resolve_target(conn, manifest, into, target)
+                relation, to_create = _resolve_target(conn, manifest, into, relation)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
                 _refuse_approximation(conn, manifest, relation)
                 if on_conflict == "skip":
@@ -924,9 +1059,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
                                               fingerprint_added=by_added)
                 checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added)
-        return RestoreResult(table=table, day=day, target=relation, rows=rows, inserted=inserted,
+        return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
-                             check=check, created=tuple(to_create))
+                             check=check, created=tuple(map(str, to_create)))
     except ArchiveError as exc:
         exc.table, exc.day = exc.table or table, exc.day or day
         raise

@@ -19,6 +19,12 @@ from psycopg import sql
 
 CATALOG_FIRST = "pg_catalog, <the session's path>, pg_temp"  # the value that asks for the composed path
 
+# Every session we open speaks UTF-8, whatever the database's encoding (the server converts): in a SQL_ASCII
+# database a session left in SQL_ASCII gets every text value back as bytes from psycopg (a TimeZone read and
+# set back became "b'Etc/UTC'", which failed every command there) and cannot send a name outside ASCII. Given
+# at connect time, it is in the connection string that the run's other sessions are opened with.
+CONNECT_PARAMETERS = {"client_encoding": "UTF8"}
+
 _CATALOG_FIRST_SQL = sql.SQL(
     "pg_catalog.concat_ws(', ', 'pg_catalog', NULLIF(pg_catalog.regexp_replace("
     "pg_catalog.current_setting('search_path'), '^pg_catalog, |, pg_temp$', '', 'g'), ''), 'pg_temp')")

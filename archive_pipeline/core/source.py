@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg._encodings import pg2pyenc  # (psycopg's own table of PostgreSQL encodings)
 from psycopg.types.string import TextLoader
 
 try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _fast_reader)
@@ -25,6 +26,7 @@ try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _f
 except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
+from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError, sql_name
 from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
@@ -96,6 +98,16 @@ class InnerType:
     route: str  # e.g. "public.c[] → element public.c → field t pg_node_tree"
 
 
+def relation_name(schema: str, name: str) -> str:
+    """A relation as messages and results name it: ``schema.name``, the form configured names take (split at
+    the first dot), unless the schema holds a dot (a partition may live in any schema: ``"old.data".events``
+    is not ``old``.``data.events``); then both parts double-quoted as SQL writes them, which reads back as
+    this relation (``restore --target`` takes that form too)."""
+    if "." not in schema:
+        return f"{schema}.{name}"
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
+
+
 @dataclass(frozen=True)
 class SourceTable:
     schema: str
@@ -107,7 +119,7 @@ class SourceTable:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return relation_name(self.schema, self.name)
 
     @property
     def identifier(self) -> sql.Identifier:
@@ -276,15 +288,21 @@ def lookalike_hint(wanted: str, names: Sequence[str], what: str, where: str = "t
     return ""
 
 
-def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
-    """A hint naming the relation the configuration probably means: one whose name differs in case or
-    normal form, or one whose schema holds a dot (the configuration splits a name at its first dot)."""
+def lookalike_relations(conn: psycopg.Connection, qualified_name: str) -> list[tuple[str, str]]:
+    """(schema, name) of up to 3 relations whose ``schema.name`` equals ``qualified_name`` but for case or Unicode
+    normal form (none where the lookup fails: a database whose encoding cannot hold the name)."""
     forms = sorted({unicodedata.normalize(form, qualified_name) for form in ("NFC", "NFD")})
     try:
         with conn.transaction():  # a savepoint inside the caller's snapshot: a failed lookup leaves it usable
-            found = conn.execute(_LOOKALIKE_QUERY, (forms,)).fetchall()
-    except (psycopg.Error, UnicodeError):  # (a database whose encoding cannot hold the name): no hint
-        return ""
+            return [tuple(row) for row in conn.execute(_LOOKALIKE_QUERY, (forms,)).fetchall()]
+    except (psycopg.Error, UnicodeError):
+        return []
+
+
+def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
+    """A hint naming the relation the configuration probably means: one whose name differs in case or
+    normal form, or one whose schema holds a dot (the configuration splits a name at its first dot)."""
+    found = lookalike_relations(conn, qualified_name)
     split = next(((schema, name) for schema, name in found if f"{schema}.{name}" == qualified_name), None)
     if split:
         return (f"; the catalog has the table {split[1]!r} in the schema {split[0]!r}, and a name is split at its "
@@ -292,24 +310,85 @@ def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
     return lookalike_hint(qualified_name, [f"{schema}.{name}" for schema, name in found], "table")
 
 
+def _codec(encoding: str | None) -> str | None:
+    """Python's codec for a PostgreSQL encoding, or None where psycopg knows none (MULE_INTERNAL)."""
+    try:
+        return pg2pyenc((encoding or "").encode())
+    except psycopg.NotSupportedError:
+        return None
+
+
+def _encodings(conn: psycopg.Connection) -> tuple[str, dict[str, str]]:
+    """(the encoding a name is stored in, {encoding a name must fit: whose it is}). SQL_ASCII stores the bytes
+    the session sends; a name travels in the session's client_encoding."""
+    server = conn.info.parameter_status("server_encoding")
+    client = conn.info.parameter_status("client_encoding")
+    checks = {} if server == "SQL_ASCII" else {server: "its encoding"}
+    checks.setdefault(client, "the session's client_encoding")
+    return (client if server == "SQL_ASCII" else server), checks
+
+
+def missing_character(conn: psycopg.Connection, name: str) -> str | None:
+    """"its encoding, LATIN1, has no '日'" when this database (or the session) cannot hold a character of
+    ``name``, else None: such a name cannot be sent, nor be any relation's."""
+    for encoding, whose in _encodings(conn)[1].items():
+        codec = _codec(encoding)
+        try:
+            name.encode(codec) if codec else None
+        except UnicodeEncodeError as exc:
+            return f"{whose}, {encoding}, has no {exc.object[exc.start]!r}"
+    return None
+
+
+def stored_name_problem(conn: psycopg.Connection, name: str) -> str | None:
+    """Why this database cannot hold ``name`` (one part: a schema's, a table's) as it is, or None: a character
+    it lacks (:func:`missing_character`), or more than the 63 bytes PostgreSQL keeps of a name in the
+    database's own encoding ('Ü' is one byte in LATIN1, two in UTF-8)."""
+    missing = missing_character(conn, name)
+    if missing:
+        return f"{name!r} cannot be a name in this database: {missing}"
+    stored = _encodings(conn)[0]
+    codec = _codec(stored)
+    encoded = name.encode(codec) if codec else b""
+    if len(encoded) > MAX_NAME_BYTES:
+        kept = encoded[:MAX_NAME_BYTES].decode(codec, "ignore")
+        return (f"{name!r} is {len(encoded)} bytes long in {stored}, and PostgreSQL keeps {MAX_NAME_BYTES} bytes of "
+                f"a name in the database's encoding (it is kept as {kept!r})")
+    return None
+
+
+def _stored_hint(conn: psycopg.Connection, *names: str) -> str:
+    """"; <why the database holds no such name>" for a name not found that it cannot hold as it is, else ""."""
+    problem = next(filter(None, (stored_name_problem(conn, name) for name in names)), None)
+    return f"; {problem}" if problem else ""
+
+
 def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: str | None, *,
                    lookalikes: bool = True) -> SourceTable:
+    """Look up a configured name, ``schema.table`` split at its first dot (see :func:`describe_relation`)."""
+    schema, _, name = qualified_name.partition(".")
+    return describe_relation(conn, schema, name, day_column, lookalikes=lookalikes)
+
+
+def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_column: str | None, *,
+                      lookalikes: bool = True) -> SourceTable:
     """Look the table up in the catalog (by parameters, never by formatting names into SQL). A table not
     found is looked for once more, spelled otherwise, unless ``lookalikes`` is False (a naming-mode
-    period's table, which is missing for every period not created yet)."""
-    schema, _, name = qualified_name.partition(".")
-    try:
-        row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
-    except UnicodeEncodeError as exc:  # psycopg encodes the name in the session's encoding before sending it
-        encoding = conn.info.parameter_status("client_encoding")
-        raise SourceError(f"table {qualified_name!r} cannot exist in this database: its encoding, {encoding}, has "
-                          f"no {exc.object[exc.start]!r}", table=qualified_name, retryable=False, cause=TABLE_MISSING,
-                          remedy="check the table's name in the YAML configuration and the database in "
-                                 "ARCHIVE_PG_DSN") from None
+    period's table, which is missing for every period not created yet). Schema and name come apart: a
+    partition found in the catalog may live in a schema whose name holds a dot."""
+    qualified_name = relation_name(schema, name)
+    # (before sending it: psycopg cannot encode it, or the server cannot convert it, which aborts a transaction)
+    missing = next(filter(None, (missing_character(conn, part) for part in (schema, name))), None)
+    if missing:
+        raise SourceError(f"table {qualified_name!r} cannot exist in this database: {missing}", table=qualified_name,
+                          retryable=False, cause=TABLE_MISSING,
+                          remedy="check the table's name in the YAML configuration and the database in ARCHIVE_PG_DSN")
+    row = conn.execute(_TABLE_QUERY, (schema, name)).fetchone()
     if row is None:
         raise SourceError(
             f"table {qualified_name!r} does not exist (looked for schema {schema!r}, table {name!r}; "
             f"names are case-sensitive as in the catalog){unquoted_hint(schema, name)}"
+            f"{_stored_hint(conn, schema, name)}"
             f"{_table_lookalikes(conn, qualified_name) if lookalikes else ''}",
             table=qualified_name, retryable=False, cause=TABLE_MISSING,
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
@@ -334,7 +413,7 @@ def describe_table(conn: psycopg.Connection, qualified_name: str, day_column: st
     day = by_name.get(day_column)
     if day is None:
         raise SourceError(f"table {qualified_name!r} has no column {day_column!r} (day_column); "
-                          f"columns are {[c.name for c in columns]}"
+                          f"columns are {[c.name for c in columns]}{_stored_hint(conn, day_column)}"
                           f"{lookalike_hint(day_column, [c.name for c in columns], 'column')}",
                           table=qualified_name, retryable=False)
     if day.base_type not in DAY_COLUMN_TYPES or day.is_array:
@@ -649,7 +728,7 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
             remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs")
     detached = conn.execute(_DETACHED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn)}).fetchall()
     pending = [(relation, parent) for relation, parent in
-               ((f"{s}.{n}", detaching(conn, sql.Identifier(s, n))) for s, n in detached) if parent]
+               (((s, n), detaching(conn, sql.Identifier(s, n))) for s, n in detached) if parent]
     if pending:
         raise pending_detach_error(table.qualified, *pending[0])
     if detached:
@@ -752,15 +831,17 @@ def detaching(conn: psycopg.Connection, relation: sql.Identifier) -> str | None:
     return found[0] if found else None
 
 
-def pending_detach_error(table: str, relation: str, parent: str) -> SourceError:
-    """The day's partition is neither in the table nor out of it: retried (a running DETACH finishes once
-    the run's snapshot is gone), and what to do when it was interrupted."""
+def pending_detach_error(table: str, relation: tuple[str, str], parent: str) -> SourceError:
+    """The day's partition (schema, name) is neither in the table nor out of it: retried (a running DETACH
+    finishes once the run's snapshot is gone), and what to do when it was interrupted."""
+    pasted = ".".join(sql_name(part, qualified=False) for part in relation)  # each part whole, dots and all
     return SourceError(
-        f"{relation} is pending detach from {parent} (ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY, running or "
-        f"interrupted): {table} no longer reads its rows, which are not yet a table of their own", retryable=True,
+        f"{relation_name(*relation)} is pending detach from {parent} (ALTER TABLE ... DETACH PARTITION ... "
+        f"CONCURRENTLY, running or interrupted): {table} no longer reads its rows, which are not yet a table of "
+        "their own", retryable=True,
         cause="a partition of the day is pending detach",
         remedy=f"if no such DETACH is running, finish the interrupted one: ALTER TABLE {parent} DETACH PARTITION "
-               f"{sql_name(relation)} FINALIZE (its rows then leave {table} for a table of their own: archive that one "
+               f"{pasted} FINALIZE (its rows then leave {table} for a table of their own: archive that one "
                "as a table if they are to be kept)")
 
 

@@ -51,7 +51,8 @@ from archive_pipeline.core.archive import ArchiveResult, archive_partition, rend
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, terminated, verdict_as_it_was,
                                           verify_result, written_verdict)
-from archive_pipeline.core.config import BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, config_path
+from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
+                                          config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.periods import Period
@@ -111,8 +112,12 @@ def schedule_name(spec: TableSpec) -> str:
 
 
 def asset_tag_value(name: str) -> str:
-    """The table name as an asset tag value (letters, digits, ``_.-``, 63 at most); run tags keep it whole."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
+    """The table name as an asset tag value (letters, digits, ``_.-``, 63 at most); run tags keep it whole. A name
+    with letters outside ASCII is spelled as its asset key spells them, with the name's digest (``public.日本`` and
+    ``public.中国`` were both ``public.__``, one filter for two tables); an ASCII name keeps the value it had."""
+    if name.isascii():
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', ascii_spelling(name))[:54]}_{name_digest(name)}"
 
 
 UNIT = {"hourly": "hour", "daily": "day", "monthly": "month"}

@@ -17,7 +17,7 @@ from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.environment import endpoint_has_credentials
 from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
 from archive_pipeline.core.store import MiB, S3Store
-from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings
 
 
 class PostgresResource(ConfigurableResource):
@@ -50,7 +50,7 @@ class PostgresResource(ConfigurableResource):
         failure: SourceError | None = None
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
-                                   application_name=self.application_name)
+                                   application_name=self.application_name, **CONNECT_PARAMETERS)
         except psycopg.Error as exc:
             failure = describe_connect_error(exc, self.dsn)
         if failure is not None:  # raised outside the except block: no chained driver error holding the DSN
