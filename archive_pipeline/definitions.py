@@ -11,6 +11,7 @@ Environment variables (read by Dagster at run time through ``EnvVar``, never sto
   ARCHIVE_PIPELINE_CONFIG   path of the table list (default ./archive_tables.yaml)
 """
 
+import functools
 import logging
 import os
 
@@ -246,5 +247,25 @@ def _with_primary(resources: dict[str, object]) -> dict[str, object]:
 def defs() -> Definitions:
     """What Dagster loads (``dagster dev``, ``definitions validate``, the daemon). Lazy, so importing
     this module (to call ``build_definitions`` from another project or a test) reads no file and needs
-    no environment; loading the location does both and fails early when either is wrong."""
+    no environment; loading the location does both and fails early when either is wrong.
+
+    Dagster 1.13 calls this twice for one load of the location (``LoadedRepositories`` finds the
+    targets, then reconstructs the repository from its pointer), which checked every table in the
+    catalog twice and printed each warning twice. The second call gets the first one's definitions
+    while the table file and the environment are what they were; any change builds them again."""
+    return _definitions_for(_load_inputs())
+
+
+def _load_inputs() -> tuple:
+    """What the definitions are built from: the table file's bytes and the environment."""
+    try:
+        table_file = config_path().read_bytes()
+    except OSError:
+        table_file = None  # build_definitions says what is wrong with it
+    return str(config_path()), table_file, tuple(sorted(os.environ.items()))
+
+
+@functools.lru_cache(maxsize=1)
+def _definitions_for(inputs: tuple) -> Definitions:
+    """The definitions for ``inputs`` (see :func:`_load_inputs`), built once; a failed build is not kept."""
     return build_definitions()

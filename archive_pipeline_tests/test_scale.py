@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 
 import pytest
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
@@ -198,3 +199,29 @@ def test_naming_mode_reads_only_names_that_start_as_the_pattern(conn, schema):
     assert found("ev_%Y%m%d") == ["2024-03-10", "2024-03-11"]
     assert found("%Y%m%d_ev") == ["2024-03-13"]
     assert found("a_b%%_%Y%m%d") == ["2024-03-14"]
+
+
+def test_one_load_of_the_location_builds_the_definitions_once(tmp_path, monkeypatch):
+    """Dagster 1.13 calls the location's ``defs`` twice per load (to find the targets, then to reconstruct
+    the repository), and every table was checked in the catalog twice: the load took twice its time and
+    `dagster definitions validate` printed each warning twice. A second call with the same table file and
+    environment returns the first one's definitions; a changed file builds them again."""
+    import subprocess
+    import sys
+
+    from archive_pipeline import definitions
+
+    config = tmp_path / "tables.yaml"
+    config.write_text("tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-03-10}\n")
+    env = {**os.environ, "ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_S3_BUCKET": "bucket",
+           "ARCHIVE_PG_DSN": "postgresql://archiver@127.0.0.1:1/app", "DAGSTER_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m",
+                          "archive_pipeline.definitions"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (out.stdout + out.stderr).count("could not reach the source database") == 1, out.stdout + out.stderr
+    for name in ("ARCHIVE_PIPELINE_CONFIG", "ARCHIVE_S3_BUCKET", "ARCHIVE_PG_DSN"):
+        monkeypatch.setenv(name, env[name])
+    first = definitions.defs()
+    assert definitions.defs() is first
+    config.write_text(config.read_text().replace("2024-03-10", "2024-03-11"))
+    assert definitions.defs() is not first
