@@ -102,3 +102,31 @@ def test_a_rewrite_that_keeps_the_snapshots_rows_does_not_fail_the_day(pg, conn,
     result = archive_partition(conn, spec(name=f"{schema}.ev", partitioning={"mode": "declarative"}), "2024-03-10",
                                store)
     assert (result.rows, result.empty) == (3, False)
+
+
+@pytest.mark.parametrize("change", ["DROP TABLE {day}", "ALTER TABLE {parent} DETACH PARTITION {day}"])
+def test_a_partition_in_a_schema_holding_a_dot_is_named_so_it_reads_back(pg, conn, schema, store, monkeypatch, change):
+    """The day's partition lives in the schema "<schema>.old" and is dropped or detached in the window: the
+    failure named it old-style, `<schema>.old.ev_20240310`, which reads as the table "old.ev_20240310" of
+    <schema>; it names it as SQL does, `"<schema>.old"."ev_20240310"`, as the rest of the project does."""
+    from archive_pipeline.core import archive
+    from archive_pipeline.core.errors import ArchiveError
+
+    parent, day = sql.Identifier(schema, "ev"), sql.Identifier(f"{schema}.old", "ev_20240310")
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(f"{schema}.old")))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(parent))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10 00:00+00') TO "
+                         "('2024-03-11 00:00+00')").format(day, parent))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00')").format(parent))
+    original = archive.source_table
+
+    def changed_in_the_window(*args, **kwargs):
+        with pg.connect() as other:
+            other.execute(sql.SQL(change).format(parent=parent, day=day))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "source_table", changed_in_the_window)
+    with pytest.raises(ArchiveError) as failure:
+        archive_partition(conn, spec(name=f"{schema}.ev", partitioning={"mode": "declarative"}), "2024-03-10", store)
+    assert f'"{schema}.old"."ev_20240310"' in str(failure.value), str(failure.value)
+    assert failure.value.retryable

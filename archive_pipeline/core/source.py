@@ -717,7 +717,7 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     _same_relation(conn, table, where)  # its first query takes the day's locks
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),)).fetchall()
     read = _relations_read(conn, table, where) if found else set()
-    changed = [f"{schema}.{name}" for schema, name, gone in found
+    changed = [relation_name(schema, name) for schema, name, gone in found
                if gone or ((schema, name) in read and not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})")
                                                                     .format(sql.Identifier(schema, name))).fetchone()[0])]
     if changed:
@@ -732,7 +732,8 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     if pending:
         raise pending_detach_error(table.qualified, *pending[0])
     if detached:
-        raise _changed_under_snapshot(table, f"{', '.join(f'{s}.{n}' for s, n in detached)} is no longer its partition "
+        names = ", ".join(relation_name(s, n) for s, n in detached)
+        raise _changed_under_snapshot(table, f"{names} is no longer its partition "
                                              "(DETACH PARTITION keeps the partition's file, so the snapshot would "
                                              "see the rows the parent no longer reads)")
 
