@@ -37,7 +37,7 @@ from archive_pipeline.defs.checks import (
     build_stored_archive_check,
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
-from archive_pipeline.core.discovery import child_ranges, require_whole_days
+from archive_pipeline.core.discovery import ChildrenMemo, child_ranges, require_whole_days
 from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url, check_key_pair
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -92,8 +92,10 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
     }
 
 
-def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
-    """The table (or, in naming mode, its schema) exists as its partitioning mode needs."""
+def check_table(conn: psycopg.Connection, spec: TableSpec, children: ChildrenMemo | None = None) -> None:
+    """The table (or, in naming mode, its schema) exists as its partitioning mode needs. A declarative
+    table's children, read and checked here, go into ``children`` (the sensor's): its first tick after a
+    load then reads them again only if the catalog changed since."""
     if spec.partitioning.mode == "naming":
         # quoted as an identifier: a '"' in the schema's name is doubled, or the server refuses the name
         if conn.execute("SELECT to_regnamespace(%s) IS NULL",
@@ -108,10 +110,13 @@ def check_table(conn: psycopg.Connection, spec: TableSpec) -> None:
         if table.relkind != "p":
             raise SourceError(f"{spec.name!r} is not a partitioned table (partitioning mode 'declarative'); "
                               "use mode 'column'", table=spec.name)
-        require_whole_days(spec, child_ranges(conn, spec))  # refuses children that are not whole periods
+        if children is not None:
+            children.ranges(conn, spec)  # the same reading and check, kept for the sensor
+        else:
+            require_whole_days(spec, child_ranges(conn, spec))  # refuses children that are not whole periods
 
 
-def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
+def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo | None = None) -> None:
     """Fail the load on a table or day column that does not exist, naming it.
 
     An unreachable database only warns, naming host, port and reason (never the password): the
@@ -128,7 +133,7 @@ def check_tables_exist(config: ArchiveConfig, dsn: str) -> None:
     with conn:
         for spec in config.tables:
             try:
-                check_table(conn, spec)
+                check_table(conn, spec, children)
             except SourceError as exc:
                 raise ConfigError(f"{config.origin}: table {spec.name!r}: {exc}") from None
             except psycopg.Error as exc:  # the connection lost, a role's timeout: not the table's fault
@@ -153,8 +158,9 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     config = config or load_config()
     if resources is None:
         require_environment(config.origin)
+    children = ChildrenMemo()  # the declarative tables' children: read by the checks, kept for the sensor
     if check_source and os.environ.get("ARCHIVE_PG_DSN", "").strip():
-        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"].strip())
+        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"].strip(), children)
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     owners: dict[str, str] = {}  # op name -> the table whose asset or check it runs
     for spec in config.tables:
@@ -194,7 +200,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         asset_checks=checks,
         jobs=[*jobs, verify],
         schedules=schedules,
-        sensors=[build_new_days_sensor(targets, config.sensor)],
+        sensors=[build_new_days_sensor(targets, config.sensor, children)],
         resources=_with_primary(resources or default_resources(config)),
     )
 

@@ -225,3 +225,27 @@ def test_one_load_of_the_location_builds_the_definitions_once(tmp_path, monkeypa
     assert definitions.defs() is first
     config.write_text(config.read_text().replace("2024-03-10", "2024-03-11"))
     assert definitions.defs() is not first
+
+
+def test_the_first_tick_after_a_load_reuses_the_children_the_load_checked(pg, conn, schema, archive_env, counted):
+    """The load reads and checks every declarative table's children; the sensor's first tick after it read
+    them all again (3.8 s of its 5 s goal at 99 tables). They are now handed to the sensor: its first tick
+    reads none while the catalog is as the load saw it, and reads a table again once it changed."""
+    today = utc_today()
+    range_partitioned_events(conn, schema, [("ev_a", str(today - dt.timedelta(days=2)), str(today))])
+    config = parse_config({"tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": (today - dt.timedelta(days=30)).isoformat(),
+         "partitioning": {"mode": "declarative"}}]})
+    repo = build_definitions(config).get_repository_def()
+    assert counted == [f"{schema}.ev"]  # the load's check
+    sensor = repo.get_sensor_def("archive_new_days")
+    with instance_for_test() as instance:
+        def tick():
+            return sensor.evaluate_tick(build_sensor_context(
+                instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+
+        assert sorted(r.partition_key for r in tick().run_requests) == [
+            str(today - dt.timedelta(days=n)) for n in (2, 1)]
+        assert counted == [f"{schema}.ev"]  # nothing read again
+        _attach(conn, schema, "ev_old", today - dt.timedelta(days=14))
+        assert len(tick().run_requests) == 3 and counted == [f"{schema}.ev"] * 2

@@ -214,12 +214,14 @@ def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, loca
     return chosen, tried
 
 
-def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings) -> SensorDefinition:
+def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
+                          children: ChildrenMemo | None = None) -> SensorDefinition:
+    """The sensor; ``children``: declarative tables' children already read (by the load's checks)."""
     # Kept between ticks while the code server keeps the definitions loaded: the candidate days of
     # each (granularity, zone, start) until the day changes, and the declarative tables' children
     # until the catalog says they changed (every tick still reads which days are archived).
     candidates: dict[tuple, list[Period]] = {}
-    children = ChildrenMemo()
+    children = ChildrenMemo() if children is None else children
 
     @sensor(
         name=SENSOR_NAME,
