@@ -231,10 +231,17 @@ def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
                 table=spec.name, retryable=False)
 
 
-def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
-    """The periods the parent's children hold, from the catalog."""
+def checked_children(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
+    """The parent's children from the catalog (:func:`child_ranges`), refused as :func:`require_whole_days`
+    says when one straddles a period: what the load's check, discovery and the sensor all read."""
     children = child_ranges(conn, spec)
     require_whole_days(spec, children)
+    return children
+
+
+def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
+    """The periods the parent's children hold, from the catalog."""
+    children = checked_children(conn, spec)
     return sorted({period for child in children for period in child.periods(spec)})
 
 
@@ -282,9 +289,7 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
     if mode == "declarative":  # each candidate against the children, not every period of every child listed
         if memo is not None:
             return memo.ranges(conn, spec).held(wanted)
-        children = child_ranges(conn, spec)
-        require_whole_days(spec, children)
-        return held_periods(children, wanted)
+        return held_periods(checked_children(conn, spec), wanted)
     if mode == "naming":
         return [d for d in naming_days(conn, spec) if d in wanted]
     # row_security off: a day whose rows a policy hides from this role is an error, not a day without data
@@ -360,9 +365,7 @@ class ChildrenMemo:
         kept = self._kept.get(key)
         if fingerprint is not None and kept is not None and kept[0] == fingerprint:
             return kept[1]
-        children = child_ranges(conn, spec)
-        require_whole_days(spec, children)
-        ranges = HeldRanges.of(children)
+        ranges = HeldRanges.of(checked_children(conn, spec))
         if fingerprint is not None:  # read before the children: a change in between is seen next time
             self._kept[key] = (tuple(fingerprint), ranges)
         return ranges
