@@ -10,6 +10,9 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 INSTALL ?= 1
+# test processes (pytest-xdist): each starts its own PostgreSQL cluster and S3 server and takes whole
+# test files, so module-scoped fixtures (the demo started for real) run once; 0: all in one process
+TEST_WORKERS ?= 2
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SETUP   := $(if $(filter 1,$(INSTALL)),$(STAMP))
@@ -29,7 +32,7 @@ demo: $(SETUP)
 	$(PY) -m archive_pipeline.local.demo $(if $(UI),--ui) $(ARGS)
 
 test: $(SETUP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 bench: $(SETUP)
 	$(PY) bench/run.py $(ARGS)

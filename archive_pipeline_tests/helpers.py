@@ -85,7 +85,8 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
             deadline = time.monotonic() + 60
             while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert session_states(conn, name) == [("idle", "client backend")]
+            states = session_states(conn, name)
+            assert states == [("idle", "client backend")], (states, outcome, proxy.held())
             assert thread.is_alive() and proxy.held() == 1
             time.sleep(1.5)  # past the idle timeout: a session idle in a transaction would be killed now
         finally:
