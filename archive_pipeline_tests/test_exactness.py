@@ -11,6 +11,7 @@ UnsupportedTypeError naming the column, before anything is published.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 
@@ -515,13 +516,40 @@ def test_read_ahead_overlaps_small_items():
     assert seen == list(range(100))
 
 
-def test_copy_chunks_hands_a_big_row_on_without_copying(conn):
+@pytest.fixture(params=["libpq's buffered rows", "copy.read only"])
+def copy_path(request, monkeypatch):
+    """copy_chunks as pinned psycopg runs it, and as it runs where psycopg's private pieces are missing."""
+    if request.param == "copy.read only":
+        from archive_pipeline.core import source
+
+        monkeypatch.setattr(source, "_fetch_many", None)
+    return request.param
+
+
+def test_copy_chunks_hands_a_big_row_on_without_copying(conn, copy_path):
     statement = sql.SQL("COPY (SELECT i, repeat('x', CASE WHEN i % 3 = 0 THEN 5000 ELSE 10 END) "
                         "FROM generate_series(1, 9) AS i) TO STDOUT")
     chunks = list(copy_chunks(conn, statement, chunk_rows=100, max_chunk_bytes=4000))
     assert [c.rows for c in chunks] == [2, 1, 2, 1, 2, 1]
     assert [isinstance(c.data, bytearray) for c in chunks] == [True, False] * 3  # big rows: psycopg's buffer
     assert [len(c.data) for c in chunks if c.rows == 1] == [len(f"{i}\t".encode()) + 5001 for i in (3, 6, 9)]
+
+
+def test_copy_chunks_gives_every_row_in_order_and_raises_a_failure_mid_copy(conn, copy_path):
+    """Many small rows (several chunks) arrive whole and in order, and an error PostgreSQL meets after
+    sending rows (the COPY's final result) is raised as itself, with the connection usable afterwards."""
+    rows = sql.SQL("COPY (SELECT i, md5(i::text) FROM generate_series(1, 30000) AS i) TO STDOUT")
+    chunks = list(copy_chunks(conn, rows, chunk_rows=7000))
+    assert [c.rows for c in chunks] == [7000, 7000, 7000, 7000, 2000]
+    expected = b"".join(f"{i}\t{hashlib.md5(str(i).encode()).hexdigest()}\n".encode() for i in range(1, 30001))
+    assert b"".join(bytes(c.data) for c in chunks) == expected
+    failing = sql.SQL("COPY (SELECT i, 1 / (20000 - i) FROM generate_series(1, 30000) AS i) TO STDOUT")
+    seen = 0
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        for chunk in copy_chunks(conn, failing, chunk_rows=1000):
+            seen += chunk.rows
+    assert 0 < seen < 20000  # rows came before the failure did
+    assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 @pytest.mark.parametrize("codec", ["zstd", "gzip", "lz4", "none"])

@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg._encodings import pg2pyenc  # (psycopg's own table of PostgreSQL encodings)
 from psycopg.types.string import TextLoader
 
-try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _fast_reader)
+try:  # psycopg's own end-of-COPY step, for the fast path of copy_chunks (see _copy_ended)
     from psycopg.generators import _fetch_many
 except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
@@ -503,15 +503,28 @@ def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows:
     Small rows are gathered into one buffer so the consumer sees few, large writes. A row as big
     as a whole chunk is handed on as the message psycopg returned, without copying it: gathering
     it would hold the row twice (#11 §5: one 100 MiB value must not cost several times its size).
+
+    PostgreSQL sends one CopyData message per row, so this loop runs once per row and is written
+    for that: libpq's non-blocking ``PQgetCopyData`` is called here directly (see
+    :func:`_buffered_rows`), and psycopg's ``Copy.read`` (a generator driven by
+    ``Connection.wait``, about 1 µs of Python per row) only when libpq holds no whole row and the
+    socket must be waited for. Inlined rather than a function per row: that call alone cost
+    ~0.15 s of CPU per 1M rows.
     """
     with conn.cursor() as cur, cur.copy(statement) as copy:
         data = bytearray()
         rows = 0
-        read = _fast_reader(copy)
-        # read(), not ``for message in copy``: that iterator (and a for loop's variable) would keep
-        # the previous message alive while the next one is read
-        while message := read():
-            if len(message) >= max_chunk_bytes:
+        get = _buffered_rows(copy)
+        # no ``for message in copy``: that iterator (and a for loop's variable) would keep the previous
+        # message alive while the next one is read
+        while True:
+            nbytes, message = get(1)
+            if nbytes <= 0:
+                message = copy.read() if nbytes == 0 else _copy_ended(copy)
+                if not message:
+                    break
+                nbytes = len(message)
+            if nbytes >= max_chunk_bytes:
                 if rows:
                     yield Chunk(data, rows)
                     data, rows = bytearray(), 0
@@ -528,38 +541,34 @@ def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows:
             yield Chunk(data, rows)
 
 
-def _fast_reader(copy: psycopg.Copy) -> Callable[[], memoryview | bytes]:
-    """``copy.read`` without psycopg's per-row generator round trip while libpq holds whole rows.
+def _nothing_buffered(_async: int) -> tuple[int, bytes]:
+    return 0, b""
 
-    PostgreSQL sends one CopyData message per row, and ``Copy.read`` costs about 1 µs of Python per
-    message (a generator driven by ``Connection.wait``): 1.2 s of CPU per 1M rows measured, a third
-    of the archiver's. libpq's non-blocking ``PQgetCopyData`` hands out the rows already received in
-    one C call each; only when none is buffered does this fall back to ``copy.read`` (which waits for
-    the socket). When the non-blocking call meets the end of the COPY (or an error), the end is
-    completed exactly as psycopg's own ``copy_from`` generator does, and the Copy object is marked
-    finished so its exit does not read again. The pieces of psycopg this needs are checked up front;
-    without them, plain ``copy.read``.
+
+def _buffered_rows(copy: psycopg.Copy) -> Callable[[int], tuple[int, memoryview | bytes]]:
+    """libpq's non-blocking ``PQgetCopyData``: ``(n, row)`` for a row already received, ``(0, _)`` when
+    none is buffered, ``(-1 or -2, _)`` at the end of the COPY or an error (see :func:`_copy_ended`).
+
+    It needs two private pieces of psycopg (pinned in pyproject.toml), checked here; without them,
+    a function that always answers "nothing buffered", so every row comes through ``copy.read``.
     """
-    pgconn = copy.connection.pgconn
     if _fetch_many is None or not hasattr(copy, "_finished"):
-        return copy.read
-    get = pgconn.get_copy_data
+        return _nothing_buffered
+    return copy.connection.pgconn.get_copy_data
 
-    def read() -> memoryview | bytes:
-        nbytes, data = get(1)
-        if nbytes > 0:
-            return data
-        if nbytes == 0:
-            return copy.read()  # nothing buffered: psycopg waits for the socket
-        results = copy.connection.wait(_fetch_many(pgconn))  # the COPY ended: its final result
-        copy._finished = True
-        if len(results) != 1:
-            raise psycopg.ProgrammingError("you cannot mix COPY with other operations")
-        if results[0].status != psycopg.pq.ExecStatus.COMMAND_OK:
-            raise psycopg.errors.error_from_result(results[0], encoding=pgconn._encoding)
-        return b""
 
-    return read
+def _copy_ended(copy: psycopg.Copy) -> bytes:
+    """Complete a COPY whose end (or error) the non-blocking call met, exactly as psycopg's own
+    ``copy_from`` generator does, and mark the Copy finished so its exit does not read again.
+    Returns ``b""`` (the end), or raises the COPY's error."""
+    pgconn = copy.connection.pgconn
+    results = copy.connection.wait(_fetch_many(pgconn))  # the COPY ended: its final result
+    copy._finished = True
+    if len(results) != 1:
+        raise psycopg.ProgrammingError("you cannot mix COPY with other operations")
+    if results[0].status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise psycopg.errors.error_from_result(results[0], encoding=pgconn._encoding)
+    return b""
 
 
 _DONE = object()
