@@ -508,8 +508,8 @@ def copy_chunks(conn: psycopg.Connection, statement: sql.Composable, chunk_rows:
     for that: libpq's non-blocking ``PQgetCopyData`` is called here directly (see
     :func:`_buffered_rows`), and psycopg's ``Copy.read`` (a generator driven by
     ``Connection.wait``, about 1 µs of Python per row) only when libpq holds no whole row and the
-    socket must be waited for. Inlined rather than a function per row: that call alone cost
-    ~0.15 s of CPU per 1M rows.
+    socket must be waited for. Inlined rather than a function per row: that call cost ~0.07 s of
+    CPU per 1M rows of the benchmark day (bench/RESULTS.md).
     """
     with conn.cursor() as cur, cur.copy(statement) as copy:
         data = bytearray()
