@@ -83,7 +83,8 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
         try:
             assert proxy.wait_held(1, timeout=60), outcome
             deadline = time.monotonic() + 60
-            while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline:
+            while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline \
+                    and thread.is_alive():  # a failed archive: its error, below, at once
                 time.sleep(0.05)
             states = session_states(conn, name)
             assert states == [("idle", "client backend")], (states, outcome, proxy.held())
