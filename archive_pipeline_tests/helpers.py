@@ -87,7 +87,9 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
                     and thread.is_alive():  # a failed archive: its error, below, at once
                 time.sleep(0.05)
             states = session_states(conn, name)
-            assert states == [("idle", "client backend")], (states, outcome, proxy.held())
+            assert states == [("idle", "client backend")], (states, outcome, proxy.held(), conn.execute(
+                "SELECT pid, state, wait_event_type, wait_event, xact_start, state_change, left(query, 300) "
+                "FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchall())
             assert thread.is_alive() and proxy.held() == 1
             time.sleep(1.5)  # past the idle timeout: a session idle in a transaction would be killed now
         finally:
