@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.errors import UnsupportedTypeError
+from archive_pipeline.core.formats.big_values import big_value_columns, without_big_values, write_big_rows
 from archive_pipeline.core.source import (
     WRITE_ONLY_TYPES,
     Column,
@@ -457,7 +458,8 @@ class CopyFormat:
         if extraction.strict:
             refuse_inexact(self.name, table, encodings)
         stats = WriteStats(output_types={c.name: self.output_type(c) for c in table.columns}, encodings=encodings)
-        statement = self.copy_statement(table, extraction.where)
+        big = big_value_columns(table)  # their rows with a big value come after the others (big_values)
+        statement = self.copy_statement(table, without_big_values(extraction.where, big) if big else extraction.where)
         conn = extraction.conn
         # A savepoint, so that after PostgreSQL fails on a value the snapshot is still there to find the column.
         conn.execute("SAVEPOINT archive_copy")
@@ -474,6 +476,10 @@ class CopyFormat:
                 stats.bytes += len(chunk.data)
                 extraction.report(stats)
                 del chunk  # before the next one is read: a big row must not be held twice
+            if big:
+                rows, written = write_big_rows(conn, table, extraction.where, big, self.copy_statement, out.write)
+                stats.rows += rows
+                stats.bytes += written
         except psycopg.Error as exc:
             raise self._explain(extraction, exc) from None
         return stats

@@ -41,6 +41,7 @@ from psycopg.conninfo import make_conninfo
 
 from archive_pipeline import __version__
 from archive_pipeline.core.errors import UnsupportedTypeError
+from archive_pipeline.core.formats.big_values import holding_big_values
 from archive_pipeline.core.formats.common import REFUSALS as COPY_REFUSALS
 from archive_pipeline.core.formats.common import (
     READ_AHEAD_BYTES,
@@ -412,6 +413,19 @@ def dictionary_columns(columns: Sequence[Column]) -> list[str]:
             for c in columns if c.is_enum or c.base_type in _DICTIONARY_TYPES]
 
 
+def _codecs(schema: pa.Schema, codec: str, uncompressed: set[str]) -> str | dict[str, str]:
+    """The file's codec, or per leaf column where a column holding big values is written without one
+    (see :func:`big_values.holding_big_values`). Arrow's per-column codecs are keyed by Parquet leaf
+    paths ("tags.list.element") and a leaf left out is not compressed, so every leaf is named, as
+    Arrow's own schema conversion names it."""
+    if not uncompressed:
+        return codec
+    empty = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), empty)
+    leaves = pq.ParquetFile(pa.BufferReader(empty.getvalue())).schema
+    return {leaf.path: "none" if leaf.path in uncompressed else codec for leaf in leaves}
+
+
 def statistics_columns(schema: pa.Schema) -> list[str]:
     """Columns that get Parquet min/max statistics: fixed-width ones only.
 
@@ -520,6 +534,8 @@ class Parquet:
 
     def _write(self, extraction: Extraction, parts: list[Extraction], out: ByteSink, encodings: dict[str, dict],
                temp_dir: str | None) -> WriteStats:
+        # in the coordinator's snapshot, which the first reader releases once it holds it
+        uncompressed = {c.name for c in holding_big_values(extraction.conn, extraction.table, extraction.where)}
         readers = _Readers()
         try:
             for part in parts:  # every reader imports the snapshot before the coordinator lets it go
@@ -530,7 +546,7 @@ class Parquet:
             codec = "none" if self.compression == "none" else self.compression
             group = StreamGroup(readers.cancels())
             with spools(len(parts), temp_dir) as spooled, _native(out) as (target, absorb), \
-                    pq.ParquetWriter(target, converter.schema, compression=codec, compression_level=self.level,
+                    pq.ParquetWriter(target, converter.schema, compression=_codecs(converter.schema, codec, uncompressed), compression_level=self.level,
                                      store_schema=True, write_statistics=statistics_columns(converter.schema),
                                      use_dictionary=dictionary_columns(converter.columns)) as writer:
                 def write(batch: pa.RecordBatch) -> None:

@@ -1,0 +1,202 @@
+"""Rows with a bytea value too big for one COPY message (#11 §5, formats/big_values.py).
+
+The threshold and the slice size are made tiny here, so that every edge of the path is reached with
+small rows: values at, just above and far above the threshold, slices that do not divide the value,
+two big values in one row, NULL and empty values beside them, a domain over bytea, fields that
+CSV must quote next to a big value, a partitioned table, and parallel streams. What must hold: the
+object holds exactly the lines the plain COPY writes (as a multiset: big rows come last), it reads
+back through deep verification (the archived rows' fingerprint equals the manifest's and the
+source's), and a relation without ctid (a view) keeps the plain path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.formats import big_values
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.helpers import assert_nothing_left, decompress, download
+
+DAY = dt.date(2024, 3, 10)
+THRESHOLD = 64
+SLICE = 10
+
+# (id, b, d, note): sizes of b and d around the threshold; note needs CSV quoting and JSON escaping
+_ROWS = [
+    (1, None, None, "null, null"),
+    (2, 0, 0, 'empty "quoted"'),
+    (3, THRESHOLD, THRESHOLD, "at the threshold"),
+    (4, THRESHOLD + 1, None, "just above,\nwith a line break"),
+    (5, 1000, 3 * SLICE, "far above, a slice-sized neighbour"),
+    (6, 205, 777, "two big values"),
+    (7, 5, 5000, "big in the domain only"),
+    (8, 3 * SLICE, 3 * SLICE + 1, "small, slices apart"),
+]
+
+
+@pytest.fixture
+def tiny_threshold(monkeypatch):
+    monkeypatch.setattr(big_values, "BIG_BYTES", THRESHOLD)
+    monkeypatch.setattr(big_values, "SLICE_BYTES", SLICE)
+
+
+def _value(size: int | None, seed: int) -> sql.Composable:
+    if size is None:
+        return sql.NULL
+    # every byte value, in an order that differs per seed (a shifted slice would not go unnoticed)
+    return sql.SQL("(SELECT coalesce(string_agg(set_byte('\\x00'::bytea, 0, (i * 7 + {s}) % 256), ''::bytea "
+                   "ORDER BY i), ''::bytea) FROM generate_series(1, {n}) AS i)").format(s=sql.Literal(seed),
+                                                                                       n=sql.Literal(size))
+
+
+def _create(conn, schema: str, partitioned: bool = False) -> str:
+    conn.execute(sql.SQL("CREATE DOMAIN {}.blob AS bytea").format(sql.Identifier(schema)))
+    parent = sql.Identifier(schema, "blobs")
+    columns = sql.SQL("(at date, id int, b bytea, d {}.blob, note text, tags bytea[])").format(sql.Identifier(schema))
+    if partitioned:
+        conn.execute(sql.SQL("CREATE TABLE {} {} PARTITION BY RANGE (at)").format(parent, columns))
+        for child, start in (("blobs_day", DAY), ("blobs_before", DAY - dt.timedelta(days=1))):
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(schema, child), parent, sql.Literal(start), sql.Literal(start + dt.timedelta(days=1))))
+    else:
+        conn.execute(sql.SQL("CREATE TABLE {} {}").format(parent, columns))
+    for row_id, b, d, note in _ROWS:
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, {}, {}, {}, {}, ARRAY['\\x01'::bytea, NULL])").format(
+            parent, sql.Literal(DAY), sql.Literal(row_id), _value(b, row_id), _value(d, 100 + row_id),
+            sql.Literal(note)))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, 99, NULL, NULL, 'another day', NULL)").format(
+        parent, sql.Literal(DAY - dt.timedelta(days=1))))
+    return f"{schema}.blobs"
+
+
+def _archive(conn, s3_client, bucket, name: str, fmt: str, prefix: str, temp_dir, streams: int = 1):
+    spec = TableSpec(name=name, day_column="at", start_date="2024-01-01", format=fmt, compression="zstd",
+                     parallel_streams=streams)
+    store = S3Store(s3_client, bucket, prefix=prefix)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    body = download(s3_client, bucket, result.key)
+    body = body if fmt == "parquet" else decompress(body, "zstd")
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+    return result, body
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("partitioned", [False, True], ids=["table", "partitioned"])
+def test_big_values_are_written_as_the_copy_writes_them(conn, schema, s3_client, bucket, temp_dir, monkeypatch,
+                                                       fmt, partitioned):
+    name = _create(conn, schema, partitioned)
+    plain, plain_body = _archive(conn, s3_client, bucket, name, fmt, "plain", temp_dir)
+    monkeypatch.setattr(big_values, "BIG_BYTES", THRESHOLD)
+    monkeypatch.setattr(big_values, "SLICE_BYTES", SLICE)
+    split, split_body = _archive(conn, s3_client, bucket, name, fmt, "split", temp_dir)
+    assert split.rows == plain.rows == len(_ROWS)
+    assert split.fingerprint == plain.fingerprint
+    assert split.uncompressed_bytes == plain.uncompressed_bytes == len(plain_body)
+    assert sorted(_records(split_body, fmt)) == sorted(_records(plain_body, fmt))
+    assert split_body != plain_body  # the rows with big values came last: the split path was taken
+    assert list(temp_dir.iterdir()) == []
+
+
+def _records(body: bytes, fmt: str) -> list[bytes]:
+    """The object's rows as bytes, split where a row ends (CSV rows may hold a quoted line break)."""
+    if fmt == "jsonl":
+        return body.splitlines()
+    rows, current, quoted = [], bytearray(), False
+    for byte in body:
+        current.append(byte)
+        if byte == ord('"'):
+            quoted = not quoted
+        elif byte == ord("\n") and not quoted:
+            rows.append(bytes(current))
+            current = bytearray()
+    assert not current
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_parallel_streams_split_their_own_big_rows(conn, schema, s3_client, bucket, temp_dir, tiny_threshold, fmt):
+    name = _create(conn, schema)
+    conn.execute(sql.SQL("ALTER TABLE {} SET (fillfactor = 10)").format(sql.Identifier(schema, "blobs")))
+    conn.execute(sql.SQL("INSERT INTO {t} SELECT {d}, 1000 + g, NULL, NULL, repeat('x', 500), NULL "
+                         "FROM generate_series(1, 400) g").format(t=sql.Identifier(schema, "blobs"),
+                                                                 d=sql.Literal(DAY)))
+    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, "blobs")))
+    one, one_body = _archive(conn, s3_client, bucket, name, fmt, "one", temp_dir)
+    four, four_body = _archive(conn, s3_client, bucket, name, fmt, "four", temp_dir, streams=4)
+    assert four.rows == one.rows == len(_ROWS) + 400
+    assert four.fingerprint == one.fingerprint
+    assert sorted(_records(four_body, fmt)) == sorted(_records(one_body, fmt))
+
+
+def test_a_view_keeps_the_plain_copy(conn, schema, s3_client, bucket, temp_dir, tiny_threshold):
+    """A view's rows have no ctid to be found again by: its big values go through COPY whole."""
+    _create(conn, schema)
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
+        sql.Identifier(schema, "blobs_view"), sql.Identifier(schema, "blobs")))
+    result, body = _archive(conn, s3_client, bucket, f"{schema}.blobs_view", "csv", "view", temp_dir)
+    assert result.rows == len(_ROWS)
+    ids = [int(r.split(b",", 2)[1]) for r in _records(body.split(b"\n", 1)[1], "csv")]
+    assert ids == sorted(ids)  # in the table's order: nothing came after the others
+
+
+def _codecs(body: bytes) -> dict[str, set[str]]:
+    meta = pq.ParquetFile(io.BytesIO(body)).metadata
+    codecs: dict[str, set[str]] = {}
+    for g in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            column = meta.row_group(g).column(c)
+            codecs.setdefault(column.path_in_schema, set()).add(column.compression)
+    return codecs
+
+
+def test_parquet_writes_a_column_holding_big_values_uncompressed(conn, schema, s3_client, bucket, temp_dir, monkeypatch):
+    """Arrow's writer holds a page plain, compressed and concatenated: a column holding a value over the
+    threshold is written without a codec in that day's file, every other leaf with the table's."""
+    name = _create(conn, schema)
+    _, plain = _archive(conn, s3_client, bucket, name, "parquet", "plain", temp_dir)
+    assert set().union(*_codecs(plain).values()) == {"ZSTD"}
+    monkeypatch.setattr(big_values, "BIG_BYTES", 1000)  # only d (5000 bytes in row 7) holds a bigger value
+    result, body = _archive(conn, s3_client, bucket, name, "parquet", "split", temp_dir)
+    codecs = _codecs(body)
+    assert codecs.pop("d") == {"UNCOMPRESSED"}
+    assert set(codecs) == {"at", "id", "b", "note", "tags.list.element"}
+    assert set().union(*codecs.values()) == {"ZSTD"}
+    assert result.rows == len(_ROWS)
+    assert pq.read_table(io.BytesIO(body)).equals(pq.read_table(io.BytesIO(plain)))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_session_lost_between_slices_is_retried_and_leaves_nothing(pg, conn, schema, s3_client, bucket, temp_dir,
+                                                                    tiny_threshold, monkeypatch, fmt):
+    """The slices are read in the read's transaction: losing it there fails the day as a lost session
+    does anywhere else (retried), with no object, manifest, upload or temp file left."""
+    name = _create(conn, schema)
+    write_value = big_values._write_value
+    calls = []
+
+    def terminated_on_the_second(reader, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            with pg.connect() as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (reader.info.backend_pid,))
+        return write_value(reader, *args)
+
+    monkeypatch.setattr(big_values, "_write_value", terminated_on_the_second)
+    spec = TableSpec(name=name, day_column="at", start_date="2024-01-01", format=fmt, compression="zstd")
+    store = S3Store(s3_client, bucket, prefix="lost")
+    with psycopg.connect(pg.dsn, autocommit=True) as archiving, pytest.raises(ArchiveError) as failed:
+        archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+    assert failed.value.retryable, failed.value
+    assert f"{name} for {DAY}" in str(failed.value) and "terminated" in str(failed.value)
+    assert len(calls) == 2
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
