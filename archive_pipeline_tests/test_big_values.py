@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import shutil
+import tempfile
+from pathlib import Path
 
 import psycopg
 import pyarrow.parquet as pq
@@ -200,3 +203,88 @@ def test_a_session_lost_between_slices_is_retried_and_leaves_nothing(pg, conn, s
     assert f"{name} for {DAY}" in str(failed.value) and "terminated" in str(failed.value)
     assert len(calls) == 2
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+
+
+@pytest.fixture
+def readable_dir():
+    """A directory the server's own user can read (pytest's tmp_path is under a root-only one)."""
+    path = Path(tempfile.mkdtemp(prefix="archive-fdw-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def _foreign_child(conn, schema: str, parent: sql.Identifier, directory) -> None:
+    """A child of ``parent`` that is a file_fdw table (a CSV file of two rows with big values of the same
+    size, and a small one): a ctid means nothing there (every row's is the same)."""
+    data = directory / "far.csv"
+    data.write_text("".join(f"{DAY},{n},\\x{byte * 200}\n" for n, byte in ((11, "aa"), (12, "bb"))) + f"{DAY},13,\\x01\n")
+    data.chmod(0o644)
+    conn.execute("CREATE EXTENSION IF NOT EXISTS file_fdw")
+    server = sql.Identifier(f"{schema}_files")
+    conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER file_fdw").format(server))
+    conn.execute(sql.SQL("CREATE FOREIGN TABLE {} () INHERITS ({}) SERVER {} OPTIONS (filename {}, format 'csv')"
+                         ).format(sql.Identifier(schema, "far"), parent, server, sql.Literal(str(data))))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_rows_of_a_foreign_child_keep_the_plain_copy(conn, schema, s3_client, bucket, temp_dir, readable_dir,
+                                                     monkeypatch, fmt):
+    """Rows are found again by tableoid and ctid only where those mean something: a foreign child's
+    rows with big values go through the COPY whole, the parent's own are split (was: the foreign
+    rows' lookup by ctid matched all of them, and a green archive held rows twice and markers)."""
+    parent = sql.Identifier(schema, "mixed")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, id int, b bytea)").format(parent))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ({d}, 1, {v}), ({d}, 2, '\\x02')").format(
+        parent, d=sql.Literal(DAY), v=_value(300, 3)))
+    _foreign_child(conn, schema, parent, readable_dir)
+    plain, plain_body = _archive(conn, s3_client, bucket, f"{schema}.mixed", fmt, "plain", temp_dir)
+    monkeypatch.setattr(big_values, "BIG_BYTES", THRESHOLD)
+    monkeypatch.setattr(big_values, "SLICE_BYTES", SLICE)
+    split, split_body = _archive(conn, s3_client, bucket, f"{schema}.mixed", fmt, "split", temp_dir)
+    assert split.rows == plain.rows == 5
+    assert sorted(_records(split_body, fmt)) == sorted(_records(plain_body, fmt))
+    assert _records(split_body, fmt)[-1] != _records(plain_body, fmt)[-1]  # the parent's big row came last
+
+
+def test_a_row_near_the_text_limit_goes_through_the_plain_copy(conn, schema, s3_client, bucket, temp_dir,
+                                                               tiny_threshold, monkeypatch):
+    """A row whose text would reach PostgreSQL's 1 GB is COPYed whole, so PostgreSQL refuses it as before
+    (no format could restore it; was: archived green, then unrestorable). With the limit lowered, the
+    plain COPY of such rows succeeds: the same bytes."""
+    name = _create(conn, schema)
+    _, plain = _archive(conn, s3_client, bucket, name, "csv", "plain", temp_dir)
+    monkeypatch.setattr(big_values, "TEXT_LIMIT", 1000)  # rows 5, 6 and 7 (hex 2,000, 410 + 1,554, 10,000), not 4
+    calls = []
+    one_row_text = big_values._one_row_text
+    monkeypatch.setattr(big_values, "_one_row_text", lambda *a: calls.append(1) or one_row_text(*a))
+    _, split = _archive(conn, s3_client, bucket, name, "csv", "near", temp_dir)
+    assert sorted(_records(split, "csv")) == sorted(_records(plain, "csv"))
+    assert len(calls) == 4 + 3  # four big rows marked, three of them then copied whole
+
+
+def test_parquet_with_a_compression_level_and_a_big_value(conn, schema, s3_client, bucket, temp_dir, monkeypatch):
+    """The level is given per leaf, to the compressed ones only (Arrow refuses a level for none)."""
+    name = _create(conn, schema)
+    monkeypatch.setattr(big_values, "BIG_BYTES", 1000)
+    spec = TableSpec(name=name, day_column="at", start_date="2024-01-01", format="parquet", compression="zstd",
+                     compression_level=9)
+    store = S3Store(s3_client, bucket, prefix="level")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    codecs = _codecs(download(s3_client, bucket, result.key))
+    assert codecs.pop("d") == {"UNCOMPRESSED"} and set().union(*codecs.values()) == {"ZSTD"}
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
+def test_big_rows_are_looked_up_in_the_day_s_partition_only(pg, conn, schema, s3_client, bucket, temp_dir,
+                                                           tiny_threshold):
+    """Another day's partition locked exclusively does not stop the day (the lookups keep the day's filter)."""
+    name = _create(conn, schema, partitioned=True)
+    with pg.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "blobs_before")))
+        spec = TableSpec(name=name, day_column="at", start_date="2024-01-01", format="csv", compression="zstd")
+        result = archive_partition(conn, spec, DAY, S3Store(s3_client, bucket, prefix="locked"),
+                                   temp_dir=str(temp_dir), session_settings={"lock_timeout": "2000"})
+        holder.execute("ROLLBACK")
+    assert result.rows == len(_ROWS)

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.errors import UnsupportedTypeError
-from archive_pipeline.core.formats.big_values import big_value_columns, without_big_values, write_big_rows
+from archive_pipeline.core.formats.big_values import find_big_rows, without_big_rows, write_big_rows
 from archive_pipeline.core.source import (
     WRITE_ONLY_TYPES,
     Column,
@@ -458,12 +458,13 @@ class CopyFormat:
         if extraction.strict:
             refuse_inexact(self.name, table, encodings)
         stats = WriteStats(output_types={c.name: self.output_type(c) for c in table.columns}, encodings=encodings)
-        big = big_value_columns(table)  # their rows with a big value come after the others (big_values)
-        statement = self.copy_statement(table, without_big_values(extraction.where, big) if big else extraction.where)
         conn = extraction.conn
         # A savepoint, so that after PostgreSQL fails on a value the snapshot is still there to find the column.
         conn.execute("SAVEPOINT archive_copy")
         try:
+            big = find_big_rows(conn, table, extraction.where)  # written after the others (see big_values)
+            where = extraction.where if big is None else without_big_rows(extraction.where, big)
+            statement = self.copy_statement(table, where)
             head = self.header(table) if extraction.header else b""
             if head:
                 out.write(head)
@@ -476,7 +477,7 @@ class CopyFormat:
                 stats.bytes += len(chunk.data)
                 extraction.report(stats)
                 del chunk  # before the next one is read: a big row must not be held twice
-            if big:
+            if big is not None:
                 rows, written = write_big_rows(conn, table, extraction.where, big, self.copy_statement, out.write)
                 stats.rows += rows
                 stats.bytes += written

@@ -413,17 +413,21 @@ def dictionary_columns(columns: Sequence[Column]) -> list[str]:
             for c in columns if c.is_enum or c.base_type in _DICTIONARY_TYPES]
 
 
-def _codecs(schema: pa.Schema, codec: str, uncompressed: set[str]) -> str | dict[str, str]:
-    """The file's codec, or per leaf column where a column holding big values is written without one
-    (see :func:`big_values.holding_big_values`). Arrow's per-column codecs are keyed by Parquet leaf
-    paths ("tags.list.element") and a leaf left out is not compressed, so every leaf is named, as
-    Arrow's own schema conversion names it."""
-    if not uncompressed:
-        return codec
+def _codecs(schema: pa.Schema, codec: str, level: int | None,
+            uncompressed: set[str]) -> tuple[str | dict[str, str], int | dict[str, int] | None]:
+    """The writer's ``compression`` and ``compression_level``: the file's, or per leaf column where a
+    column holding big values is written without a codec (see :func:`big_values.holding_big_values`).
+    Arrow's per-column settings are keyed by Parquet leaf paths ("tags.list.element"), a leaf left
+    out gets no codec, and a level given to an uncompressed leaf is an error: so every leaf is named,
+    as Arrow's own schema conversion names it, and the level only where there is a codec."""
+    if not uncompressed or codec == "none":
+        return codec, level
     empty = pa.BufferOutputStream()
     pq.write_table(schema.empty_table(), empty)
-    leaves = pq.ParquetFile(pa.BufferReader(empty.getvalue())).schema
-    return {leaf.path: "none" if leaf.path in uncompressed else codec for leaf in leaves}
+    leaves = [leaf.path for leaf in pq.ParquetFile(pa.BufferReader(empty.getvalue())).schema]
+    compressed = [path for path in leaves if path not in uncompressed]
+    return ({path: codec if path in compressed else "none" for path in leaves},
+            None if level is None else {path: level for path in compressed})
 
 
 def statistics_columns(schema: pa.Schema) -> list[str]:
@@ -544,9 +548,10 @@ class Parquet:
             converter = _Converter(extraction.table, readers.streams[0].schema)
             stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema}, encodings=encodings)
             codec = "none" if self.compression == "none" else self.compression
+            compression, level = _codecs(converter.schema, codec, self.level, uncompressed)
             group = StreamGroup(readers.cancels())
             with spools(len(parts), temp_dir) as spooled, _native(out) as (target, absorb), \
-                    pq.ParquetWriter(target, converter.schema, compression=_codecs(converter.schema, codec, uncompressed), compression_level=self.level,
+                    pq.ParquetWriter(target, converter.schema, compression=compression, compression_level=level,
                                      store_schema=True, write_statistics=statistics_columns(converter.schema),
                                      use_dictionary=dictionary_columns(converter.columns)) as writer:
                 def write(batch: pa.RecordBatch) -> None:
