@@ -16,8 +16,10 @@ string); memory is a few slices whatever the value's size. Only a top-level byte
 over bytea), and only rows stored in an ordinary table or materialized view (found again by
 ``tableoid`` and ``ctid``, which mean nothing in a foreign table: a foreign partition's or child's
 rows, and a view's, keep the plain COPY). The rows come after the others, which no reader of an
-archive relies on (the fingerprint is a sum). A row whose text would pass PostgreSQL's 1 GB limit
-goes through the plain COPY, which refuses it as before (no format could restore it).
+archive relies on (the fingerprint is a sum). A role that may read the table's columns only
+column by column (no system column) keeps the plain COPY for every row. A row whose text would
+pass PostgreSQL's 1 GB limit goes through the plain COPY, which refuses it as before (no format
+could restore it).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def find_big_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Compo
     """The rows of ``where`` to write past the COPY (see the module's docstring), None if there are
     none: then the COPY is the plain one. One scan, reading each value's size from its header."""
     columns = bytea_columns(table) if table.relkind in _ROW_KINDS else []
-    if not columns:
+    if not columns or not _may_read_system_columns(conn, table):
         return None
     found = conn.execute(sql.SQL(
         "SELECT r.tableoid::int8, r.ctid::text, {sizes} FROM {t} AS r WHERE ({w}) AND {big}").format(
@@ -113,6 +115,14 @@ def find_big_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Compo
                               ([row[0] for row in found],)).fetchall())
     rows = tuple((row[0], row[1], tuple(row[2:])) for row in found if kinds.get(row[0]) in _STORED_KINDS)
     return BigRows(tuple(columns), rows) if rows else None
+
+
+def _may_read_system_columns(conn: psycopg.Connection, table: SourceTable) -> bool:
+    """Whether the role may read the table's tableoid and ctid: SELECT on the table, not only granted
+    column by column (which reads every value, as the plain COPY does, but no system column)."""
+    relation = table.oid if table.oid is not None else table.identifier.as_string(conn)
+    return conn.execute("SELECT pg_catalog.has_table_privilege(%s::pg_catalog.regclass, 'SELECT')",
+                        (str(relation),)).fetchone()[0]
 
 
 def without_big_rows(where: sql.Composable, big: BigRows) -> sql.Composable:
