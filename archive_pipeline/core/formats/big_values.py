@@ -71,6 +71,12 @@ def bytea_columns(table: SourceTable) -> list[Column]:
     return [c for c in table.columns if c.base_type == "bytea" and not c.is_array]
 
 
+def _candidates(table: SourceTable) -> list[Column]:
+    """The bytea columns to look for big values in: none in a view or foreign table (a scan would run
+    the view or fetch the remote rows again, and their rows have no ctid to be found again by)."""
+    return bytea_columns(table) if table.relkind in _ROW_KINDS else []
+
+
 def _is_big(column: Column) -> sql.Composable:
     return sql.SQL("coalesce(pg_catalog.octet_length({}) > {}, false)").format(
         sql.Identifier(column.name), sql.Literal(BIG_BYTES))
@@ -89,7 +95,7 @@ def holding_big_values(conn: psycopg.Connection, table: SourceTable, where: sql.
     compressed page and their concatenation at once, so one 100 MiB value of random bytes (which
     no codec shrinks) cost 4.0x its size; such a column is written uncompressed in that day's file
     (3.1x, bench/RESULTS.md). Big binary values are mostly compressed already (images, archives)."""
-    columns = bytea_columns(table) if table.relkind in _ROW_KINDS else []
+    columns = _candidates(table)
     if not columns:
         return []
     found = conn.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(
@@ -101,7 +107,7 @@ def holding_big_values(conn: psycopg.Connection, table: SourceTable, where: sql.
 def find_big_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> BigRows | None:
     """The rows of ``where`` to write past the COPY (see the module's docstring), None if there are
     none: then the COPY is the plain one. One scan, reading each value's size from its header."""
-    columns = bytea_columns(table) if table.relkind in _ROW_KINDS else []
+    columns = _candidates(table)
     if not columns or not _may_read_system_columns(conn, table):
         return None
     found = conn.execute(sql.SQL(
