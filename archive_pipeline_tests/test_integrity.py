@@ -272,6 +272,7 @@ def _open_uploads(s3_client, bucket) -> list[str]:
     (True, ("after-call", "CompleteMultipartUpload", 1), "skip"),  # a whole uncommitted generation
     (True, ("after-call", "CompleteMultipartUpload", 1), "change"),  # ... and the day changed meanwhile
     (False, ("after-call", "UploadPart", 1), "empty"),  # a first archive's upload; the day then emptied
+    (False, ("after-call", "UploadPart", 1), "small"),  # ... the day then shrank to one PUT's size
 ])
 def test_what_a_killed_run_left_is_removed_by_the_next_run(pg, s3, conn, schema, big, store, bucket, s3_client,
                                                            tmp_path, overwrite, point, then):
@@ -283,7 +284,10 @@ def test_what_a_killed_run_left_is_removed_by_the_next_run(pg, s3, conn, schema,
     temp = tmp_path / "child-tmp"
     temp.mkdir()
     _killed_child(pg, s3, bucket, spec, overwrite, temp, point)
-    assert _open_uploads(s3_client, bucket) or len(stored_keys(s3_client, bucket)) == 3  # something was left
+    left = stored_keys(s3_client, bucket)
+    # something was left: an open upload, or a whole generation; either way with its upload marker
+    assert _open_uploads(s3_client, bucket) or len(left) == 4
+    assert [k for k in left if k.endswith(".uploading")]
     table = sql.Identifier(schema, "big")
     if then == "skip":
         assert archive_partition(conn, big, D, store).skipped
@@ -293,6 +297,11 @@ def test_what_a_killed_run_left_is_removed_by_the_next_run(pg, s3, conn, schema,
         with pytest.raises(LateRowsError):
             archive_partition(conn, big, D, store)
         assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key])
+    elif then == "small":  # written by one PUT, which lists no uploads: the marker the killed run left says to
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id > 10").format(table))
+        result = archive_partition(conn, big, D, store)
+        assert result.rows == 10 and result.parts == 1
+        assert stored_keys(s3_client, bucket) == sorted([result.key, result.manifest_key])
     else:
         conn.execute(sql.SQL("DELETE FROM {}").format(table))
         result = archive_partition(conn, big, D, store)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, is_retryable
+from archive_pipeline.core.keys import upload_marker_key
 from archive_pipeline.core.sink import open_nameless, temp_archive_file
 from archive_pipeline.core.store import (
     MAX_OBJECT_SIZE,
@@ -75,7 +76,7 @@ def upload(store: S3Store, data: bytes, temp_dir: Path, *, key: str = KEY, chunk
 
 def assert_nothing_left(s3_client, bucket: str, temp_dir: Path, key: str = KEY) -> None:
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert key not in keys
+    assert key not in keys and upload_marker_key(key) not in keys
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert list(temp_dir.iterdir()) == []
 
@@ -613,6 +614,14 @@ class _CountingClient:
 
     def abort_multipart_upload(self, **_):
         self.aborted += 1
+
+    def put_object(self, Key, Body, **_):  # noqa: N803 - the upload marker
+        self.marked = Key
+        return {"ETag": f'"{hashlib.md5(Body).hexdigest()}"'}
+
+    def delete_object(self, Key, **_):  # noqa: N803
+        assert Key == self.marked
+        self.marked = None
 
     def get_paginator(self, _name):
         class _Pages:

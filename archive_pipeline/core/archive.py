@@ -294,13 +294,15 @@ class _Archiving:
                     no_rows = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     if fp is not None and fp.rows == 0:
                         stats = no_rows
-                        # nothing is uploaded, so nothing else would end a killed run's upload of the key
-                        self.store.abort_stale_uploads_quietly(data_key)
+                        if existing.listing is None:  # else _tidy saw to a killed run's upload (its marker)
+                            # nothing is uploaded, so nothing else would end a killed run's upload of the key
+                            self.store.abort_stale_uploads_quietly(data_key)
                     else:
                         upload = self.store.begin(
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
-                                      "format": self.spec.format, "compression": self.spec.compression})
+                                      "format": self.spec.format, "compression": self.spec.compression},
+                            stale_uploads=existing.listing is None)
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
                         stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds,
                                                            estimate)
@@ -336,11 +338,19 @@ class _Archiving:
     def _tidy(self, existing: Existing) -> None:
         """Remove what earlier runs of this day left behind, before anything else: multipart uploads
         a killed run never finished, data objects of generations no manifest committed (a run killed
-        between its upload and its manifest), and retired generations whose delete failed. Only with
-        a trustworthy manifest, which names every object of the day worth keeping (its object and
-        ``kept``); anything else of the day is garbage, since the manifest is the commit point and this
-        run holds the day's lock. Without one, stored data might be the only copy of something and
-        stays. A failure here is logged, never fatal: leftovers cost storage, not correctness."""
+        between its upload and its manifest), and retired generations whose delete failed.
+
+        Uploads are looked for only where the day's listing shows an upload marker (see ``S3Upload``):
+        every multipart upload announces itself with one first and deletes it when it ends, so a day
+        without a marker has no upload left to find, and a small day is spared a listing of uploads.
+        They are never anyone's data, and this run holds the day's lock: all of the day's are aborted.
+        Objects are deleted only with a trustworthy manifest, which names every object of the day worth
+        keeping (its object and ``kept``); anything else of the day is garbage, since the manifest is the
+        commit point. Without one, stored data might be the only copy of something and stays. A failure
+        here is logged, never fatal: leftovers cost storage, not correctness."""
+        markers = keys.upload_markers(self.key, existing.listing or {})
+        if markers:
+            self._abort_stale_uploads(markers)
         manifest = existing.manifest
         if manifest is None or existing.problem is not None or not existing.listing:
             return
@@ -351,11 +361,18 @@ class _Archiving:
             if key not in keep and self.store.delete_quietly(key):
                 log.info("%s %s: removed %s, a generation no manifest names", self.spec.name, self.day,
                          self.store.uri(key))
+
+    def _abort_stale_uploads(self, markers: list[str]) -> None:
+        """Abort every multipart upload of the day's generations, then delete the ``markers`` that
+        announced them (kept if the uploads could not be listed or aborted, so the next run tries again)."""
         try:
             self.store.abort_stale_uploads_under(keys.day_prefix(self.key), keys.generation_pattern(self.key))
-        except Exception:  # noqa: BLE001 - see the docstring
+        except Exception:  # noqa: BLE001 - see _tidy's docstring
             log.warning("%s %s: could not list or abort stale multipart uploads; a bucket lifecycle rule "
                         "(AbortIncompleteMultipartUpload) will remove them", self.spec.name, self.day, exc_info=True)
+            return
+        for marker in markers:
+            self.store.delete_quietly(marker)
 
     def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable, where,
                            algorithm: str = fingerprint.ALGORITHM) -> tuple[fingerprint.Fingerprint, float]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from archive_pipeline.core.periods import Period, as_period, parse_period, periods_overlapping
 
 MANIFEST_SUFFIX = ".manifest.json"
+UPLOAD_MARKER_SUFFIX = ".uploading"
 
 FORMAT_EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet"}
 CODEC_EXTENSIONS = {"zstd": "zst", "gzip": "gz", "lz4": "lz4", "snappy": "", "none": ""}
@@ -79,6 +80,20 @@ def generation_key(key: str, generation: int) -> str:
 
 def manifest_key(key: str) -> str:
     return key + MANIFEST_SUFFIX
+
+
+def upload_marker_key(key: str) -> str:
+    """Where a multipart upload of ``key`` announces itself while it runs (see ``S3Upload``): a LIST of
+    the day, which every run does anyway, then shows whether a killed run may have left an upload, so
+    only such a day pays for listing the store's multipart uploads."""
+    return key + UPLOAD_MARKER_SUFFIX
+
+
+def upload_markers(key: str, listed: Iterable[str]) -> list[str]:
+    """The upload markers among ``listed`` keys of any generation of the day's ``key``."""
+    pattern = generation_pattern(key)
+    return [k for k in listed if k.endswith(UPLOAD_MARKER_SUFFIX)
+            and pattern.fullmatch(k[:-len(UPLOAD_MARKER_SUFFIX)])]
 
 
 _GENERATION_LIKE = re.compile(r"^[^.]*\.g\d+(?:\.|$)")  # <name>.g<N>.<ext>, or <name>.g<N> without one

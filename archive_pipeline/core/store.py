@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, classify, is_cancellation, redact
+from archive_pipeline.core.keys import upload_marker_key
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -54,6 +55,8 @@ CANCEL_WAIT = 1.0  # seconds a cancelled upload waits for parts in flight before
 _READ_CHUNK = 1 * MiB
 _CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_MARKER = (b"A multipart upload of the key without this suffix was started here; if no run of it is going on, its "
+           b"next run aborts it and deletes this marker.\n")
 _NOT_THE_OBJECT = "the store's answer was not the object"
 _S3_TOO_LARGE = "the day is larger than S3's object limit"
 _CORRUPTED = "the object's checksum did not match on the way"
@@ -383,17 +386,21 @@ class S3Store:
                           min_part_size=self.min_part_size)
 
     def begin(self, key: str, *, content_type: str, content_encoding: str | None = None,
-              metadata: dict[str, str] | None = None, expected_size: int | None = None) -> S3Upload:
+              metadata: dict[str, str] | None = None, expected_size: int | None = None,
+              stale_uploads: bool = True) -> S3Upload:
         """Start writing ``key``; feed the upload with ``grow`` and end it with ``finish``/``abort``.
 
         ``expected_size`` (bytes, e.g. estimated from the catalog) sizes the parts; ``metadata``
         values may be any text (non-ASCII is encoded, see ``encode_metadata``). Nothing is sent
-        until a whole part is there."""
+        until a whole part is there. ``stale_uploads=False``: the caller has already dealt with
+        uploads of the key a killed process may have left (it listed no upload marker, see
+        ``S3Upload``), so a single PUT does not list the store's uploads after it."""
         meta = dict(metadata or {})
         headers: dict[str, Any] = {"ContentType": content_type, "Metadata": encode_metadata(meta)}
         if content_encoding:
             headers["ContentEncoding"] = content_encoding
-        return S3Upload(self, key, headers, self.plan(expected_size), table=meta.get("table"), day=meta.get("day"))
+        return S3Upload(self, key, headers, self.plan(expected_size), table=meta.get("table"), day=meta.get("day"),
+                        stale_uploads=stale_uploads)
 
     # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
@@ -765,12 +772,22 @@ class S3Upload:
     the first of them creates the multipart upload (after the first whole part exists) and aborts
     stale uploads of the key, then up to ``max_concurrency`` threads claim whole parts in order
     (O(1) bookkeeping per part) and stream them from a duplicate of the file descriptor.
+
+    Before it creates a multipart upload it writes an *upload marker* beside the key
+    (``<key>.uploading``), and deletes it once the upload is completed or aborted. A process killed
+    in between leaves the marker with its upload, so the next run of the key sees it in the LIST it
+    makes anyway and only then lists the store's multipart uploads: a small day, written by one PUT,
+    costs no listing of uploads (which S3 has no cheaper way to show).
     """
 
     def __init__(self, store: S3Store, key: str, headers: dict[str, Any], plan: PartPlan, *,
-                 table: str | None = None, day: str | None = None) -> None:
+                 table: str | None = None, day: str | None = None, stale_uploads: bool = True) -> None:
         self.store = store
         self.key = key
+        self.stale_uploads = stale_uploads  # look for a killed process's uploads of the key after a single PUT
+        self._marked = False  # the upload marker may be in the store (written, or its write attempted)
+        self._leftover = False  # an upload created after abort() could not be aborted
+        self._creating = False  # CreateMultipartUpload is under way
         self.headers = headers
         self.plan = plan
         self.table = table
@@ -860,18 +877,24 @@ class S3Upload:
         with self._cond:
             upload_id, self.upload_id = self.upload_id, None
             unknown = self._create_ambiguous and upload_id is None
+            # The marker goes once no upload of ours is left or can still be made. A part still in flight
+            # does not keep it: an aborted upload is listed no more, so the marker would help no one.
+            gone = not self._creating and not self._leftover
         if upload_id is not None:
-            self._abort_quietly(upload_id, original)
+            gone = self._abort_quietly(upload_id, original) and gone
             with self._cond:
                 self._aborted_id = upload_id  # a part still in flight that lands later aborts it again
         elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
             try:
                 self.store.abort_stale_uploads(self.key)
             except Exception as exc:  # noqa: BLE001 - the original failure matters more
+                gone = False
                 text = (f"cleanup: could not look for an upload of {self.store.uri(self.key)} that may have been "
                         f"created ({_said(exc)}); the next archive of this key removes it")
                 log.warning(text)
                 _note(original, text)
+        if gone:
+            self._unmark(original)
         self._close_fd()
 
     # --- the writer's side ---------------------------------------------------------------------
@@ -924,6 +947,7 @@ class S3Upload:
             self.upload_id = None  # completed: nothing left to abort
         self._close_fd()
         self._finished = True
+        self._unmark(None)
         return self._checked(size, _etag(response), len(parts), tuple(p.size for p in parts), started, waited,
                              time.perf_counter(), expected_etag=expected)
 
@@ -964,7 +988,8 @@ class S3Upload:
 
     def _put_single(self, fd: int, size: int, md5_hex: str) -> str:
         """The whole (small) file in one verified PutObject; stale multipart uploads of the key are
-        aborted afterwards, since this path creates none that would find them."""
+        aborted afterwards (unless the caller has seen to them: ``stale_uploads``), since this path
+        creates none that would find them."""
         store = self.store
         digest = bytes.fromhex(md5_hex)
         if size and _md5_of_range(fd, 0, size) != digest:
@@ -994,7 +1019,9 @@ class S3Upload:
                                      retryable=True)
             store.delete_quietly(self.key, error)
             raise error
-        store.abort_stale_uploads_quietly(self.key, initiated_before=_server_time(response) + dt.timedelta(seconds=1))
+        if self.stale_uploads:
+            store.abort_stale_uploads_quietly(self.key,
+                                              initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
@@ -1007,15 +1034,32 @@ class S3Upload:
             if self._aborted:
                 return
         try:
+            self._marked = True  # from the first attempt on: it may land even if it fails
+            store.put_bytes(upload_marker_key(self.key), _MARKER, "text/plain")
+        except BaseException as exc:
+            said = _wrap(exc, "writing it")
+            self._fail(self._named(UploadError(
+                f"announcing the upload of {store.uri(self.key)} with its marker {upload_marker_key(self.key)}: "
+                f"{said.message}", retryable=said.retryable, cause=said.cause, remedy=said.remedy)))
+            return
+        with self._cond:
+            aborted = self._aborted
+            self._creating = not aborted
+        if aborted:  # abort() may have deleted the marker before this write landed
+            self._unmark(None)
+            return
+        try:
             response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
         except BaseException as exc:
             with self._cond:  # a dropped answer or a 5xx may come after the store created the upload
+                self._creating = False
                 self._create_ambiguous = _is_transport_error(exc) or _status(exc) >= 500 or _status(exc) == 0
             self._fail(self._named(_wrap(exc, f"starting the upload of {store.uri(self.key)} "
                                               "(CreateMultipartUpload)")))
             return
         upload_id = response["UploadId"]
         with self._cond:
+            self._creating = False
             orphan = self._aborted
             if not orphan:
                 self.upload_id = upload_id
@@ -1023,8 +1067,10 @@ class S3Upload:
                     worker = threading.Thread(target=self._work, name=f"s3-upload-{n}", daemon=True)
                     self._threads.append(worker)
                     worker.start()
-        if orphan:  # aborted while we were creating it
-            self._abort_quietly(upload_id, None)
+        if orphan:  # aborted while we were creating it (abort() left the marker for this thread to settle)
+            self._leftover = not self._abort_quietly(upload_id, None)
+            if not self._leftover:
+                self._unmark(None)
             return
         store.abort_stale_uploads_quietly(self.key, keep=upload_id)
         self._work()
@@ -1109,17 +1155,26 @@ class S3Upload:
             if deadline is not None and time.monotonic() >= deadline:
                 return not any(t.is_alive() for t in alive)
 
-    def _abort_quietly(self, upload_id: str, original: BaseException | None) -> None:
+    def _abort_quietly(self, upload_id: str, original: BaseException | None) -> bool:
+        """Abort ``upload_id``; False (logged, noted on ``original``) if the store may still hold it."""
         try:
             self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
         except Exception as exc:  # noqa: BLE001 - the original failure matters more
             if _code(exc) == "NoSuchUpload":
-                return
+                return True
             text = (f"cleanup: could not abort multipart upload of {self.store.uri(self.key)} "
                     f"({_said(exc)}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
                     "or the next archive of this key removes its parts")
             log.warning(text)
             _note(original, text)
+            return False
+        return True
+
+    def _unmark(self, original: BaseException | None) -> None:
+        """Delete the upload marker once no upload of ours can be left; if that fails it stays, and
+        the next run of the key only lists uploads once more before deleting it."""
+        if self._marked:
+            self._marked = not self.store.delete_quietly(upload_marker_key(self.key), original)
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None

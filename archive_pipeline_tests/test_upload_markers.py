@@ -1,0 +1,133 @@
+"""Upload markers: a multipart upload announces itself with ``<key>.uploading`` while it runs, so a day
+whose LIST shows no marker has no killed run's upload to look for, and a small day (one PUT) costs no
+listing of the store's multipart uploads. Against moto over HTTP, through the fault-injecting proxy
+where requests are counted or failed."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import UploadError
+from archive_pipeline.core.keys import upload_marker_key
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+D = dt.date(2024, 3, 10)
+LIST_UPLOADS = dict(method="GET", query="uploads")  # ListMultipartUploads (CreateMultipartUpload is a POST)
+
+
+def _keys(s3_client, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _uploads(s3_client, bucket: str) -> list[str]:
+    return [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+@pytest.fixture
+def proxy(s3):
+    with FaultProxy(s3.endpoint_url) as running:
+        yield running
+
+
+@pytest.fixture
+def pstore(proxy, bucket) -> S3Store:
+    return S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+
+
+def _table(conn, schema: str, rows: int, name: str = "t") -> TableSpec:
+    ident = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(ident))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, repeat(md5(g::text), 6) FROM generate_series(1, %s) g")
+                 .format(ident), (D, rows))
+    return TableSpec(name=f"{schema}.{name}", day_column="at", start_date="2024-03-01", compression="none")
+
+
+def test_a_small_day_costs_three_requests_and_its_skip_two(conn, schema, proxy, pstore, s3_client, bucket):
+    """New: LIST of the day, PUT of the data, PUT of the manifest. Skipped: LIST and the manifest's GET.
+    Neither lists the store's multipart uploads: no marker was listed."""
+    spec = _table(conn, schema, 10)
+    result = archive_partition(conn, spec, D, pstore)
+    seen = [(r.method, r.path.rsplit("/", 1)[-1] if r.method != "GET" else r.query.split("&")[0])
+            for r in proxy.records]
+    assert seen == [("GET", "list-type=2"), ("PUT", result.key.rsplit("/", 1)[-1]),
+                    ("PUT", result.manifest_key.rsplit("/", 1)[-1])]
+    proxy.clear()
+    assert archive_partition(conn, spec, D, pstore).skipped
+    assert [r.method for r in proxy.records] == ["GET", "GET"] and not proxy.requests(**LIST_UPLOADS)
+    assert _keys(s3_client, bucket) == sorted([result.key, result.manifest_key])
+
+
+def test_the_marker_is_there_while_parts_upload_and_gone_after(conn, schema, proxy, pstore, s3_client, bucket):
+    spec = _table(conn, schema, 30000)
+    hold = proxy.add(Fault(method="PUT", query="partNumber=1", action="hold", times=1))
+    import threading
+
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(result=archive_partition(conn, spec, D, pstore)))
+    worker.start()
+    try:
+        assert proxy.wait_held(1)
+        during = _keys(s3_client, bucket)
+        assert len(during) == 1 and during[0].endswith(".jsonl.uploading") and len(_uploads(s3_client, bucket)) == 1
+    finally:
+        hold.gate.set()
+        worker.join(120)
+    result = done["result"]
+    assert result.parts > 1 and during == [upload_marker_key(result.key)]
+    assert _keys(s3_client, bucket) == sorted([result.key, result.manifest_key]) and _uploads(s3_client, bucket) == []
+
+
+def test_a_failed_upload_takes_its_marker_with_it(conn, schema, proxy, pstore, s3_client, bucket):
+    spec = _table(conn, schema, 30000)
+    proxy.add(Fault(method="PUT", query="partNumber=2", action="error", status=403, code="AccessDenied"))
+    with pytest.raises(UploadError):
+        archive_partition(conn, spec, D, pstore)
+    assert _keys(s3_client, bucket) == [] and _uploads(s3_client, bucket) == []
+
+
+def test_a_marker_that_cannot_be_written_stops_the_upload_before_it_starts(conn, schema, proxy, pstore, s3_client,
+                                                                          bucket):
+    spec = _table(conn, schema, 30000)
+    proxy.add(Fault(method="PUT", path=r"\.uploading$", action="error", status=503, code="ServiceUnavailable"))
+    with pytest.raises(UploadError) as caught:
+        archive_partition(conn, spec, D, pstore)
+    error = caught.value
+    assert error.retryable and error.table == spec.name and error.day == "2024-03-10"
+    assert "announcing the upload" in str(error) and ".uploading" in str(error)
+    assert not proxy.requests(method="POST", query="uploads")  # no multipart upload was created
+    assert _keys(s3_client, bucket) == [] and _uploads(s3_client, bucket) == []
+
+
+@pytest.mark.parametrize("next_run", ["small new day", "skip", "overwrite"])
+def test_an_upload_whose_abort_failed_is_aborted_by_the_next_run(conn, schema, proxy, pstore, store, s3_client,
+                                                                 bucket, next_run):
+    """A part fails and so does the abort: the upload and its marker stay (the marker is deleted only
+    when no upload is left). The next run of the day, whatever it does, sees the marker in its LIST,
+    aborts the day's uploads and deletes the marker."""
+    big = _table(conn, schema, 30000)
+    first = archive_partition(conn, big, D, store) if next_run != "small new day" else None
+    proxy.add(Fault(method="PUT", query="partNumber=2", action="error", status=403, code="AccessDenied"))
+    proxy.add(Fault(method="DELETE", query="uploadId=", action="error", status=500, times=None))
+    with pytest.raises(UploadError) as caught:
+        archive_partition(conn, big, D, pstore, overwrite=True)
+    assert "could not abort multipart upload" in "".join(getattr(caught.value, "__notes__", []))
+    left = _uploads(s3_client, bucket)
+    assert len(left) == 1 and upload_marker_key(left[0]) in _keys(s3_client, bucket)
+    if next_run == "small new day":
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id > 10").format(sql.Identifier(schema, "t")))
+        result = archive_partition(conn, big, D, store)
+        assert result.rows == 10 and result.parts == 1
+        expected = [result.key, result.manifest_key]
+    elif next_run == "skip":
+        assert archive_partition(conn, big, D, store).skipped
+        expected = [first.key, first.manifest_key]
+    else:
+        result = archive_partition(conn, big, D, store, overwrite=True)
+        expected = [result.key, result.manifest_key]
+    assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == sorted(expected)
