@@ -125,6 +125,13 @@ def test_key_ending_like_a_manifest_is_refused():
         parse_table(key_template="{prefix}/{schema}.{table}/{date}.manifest.json")
 
 
+def test_key_ending_like_an_upload_marker_is_refused():
+    """Another table's run of that day would take the object for its upload marker and delete it."""
+    with pytest.raises(ConfigError, match="ends like an upload marker"):
+        parse_config({"tables": [{**GOOD, "key_template": "{prefix}/shared/{date}.{ext}"},
+                                 {**GOOD, "name": "public.b", "key_template": "{prefix}/shared/{date}.{ext}.uploading"}]})
+
+
 @pytest.mark.parametrize(("overrides", "words"), [
     ({"compression": "zstd", "compression_level": 23}, "23 is out of range for zstd (-7..22)"),
     ({"compression": "zstd", "compression_level": -8}, "-8 is out of range for zstd (-7..22)"),

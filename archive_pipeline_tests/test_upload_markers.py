@@ -6,6 +6,9 @@ where requests are counted or failed."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import urllib.parse
+import urllib.request
 
 import pytest
 from psycopg import sql
@@ -66,8 +69,6 @@ def test_a_small_day_costs_three_requests_and_its_skip_two(conn, schema, proxy, 
 def test_the_marker_is_there_while_parts_upload_and_gone_after(conn, schema, proxy, pstore, s3_client, bucket):
     spec = _table(conn, schema, 30000)
     hold = proxy.add(Fault(method="PUT", query="partNumber=1", action="hold", times=1))
-    import threading
-
     done: dict = {}
     worker = threading.Thread(target=lambda: done.update(result=archive_partition(conn, spec, D, pstore)))
     worker.start()
@@ -131,3 +132,68 @@ def test_an_upload_whose_abort_failed_is_aborted_by_the_next_run(conn, schema, p
         result = archive_partition(conn, big, D, store, overwrite=True)
         expected = [result.key, result.manifest_key]
     assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == sorted(expected)
+
+
+def test_an_upload_botocore_created_twice_is_aborted_by_a_later_run(conn, schema, s3, bucket, store, s3_client):
+    """CreateMultipartUpload's answer is lost after the store created the upload, and botocore creates
+    another: two uploads, one id known. The listing after the create that would abort the other fails,
+    so the run keeps its marker (it cannot show no upload of the key is left), and the next run aborts it."""
+    spec = _table(conn, schema, 30000)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        flaky = S3Store(proxy.client(max_attempts=2), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        proxy.add(Fault(method="POST", query="uploads", action="reset_after", times=1))
+        proxy.add(Fault(**LIST_UPLOADS, action="error", status=503, code="SlowDown", times=None))
+        first = archive_partition(conn, spec, D, flaky)
+        assert len(proxy.requests(method="POST", query="uploads")) == 2 and first.parts > 1
+    assert len(_uploads(s3_client, bucket)) == 1  # the first create's upload: nobody knows its id
+    assert upload_marker_key(first.key) in _keys(s3_client, bucket)
+    assert archive_partition(conn, spec, D, store).skipped  # the next run of the day
+    assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == sorted([first.key, first.manifest_key])
+
+
+def _left_with_marker(conn, spec, pstore, proxy, s3_client, bucket) -> str:
+    """A failed overwrite whose abort failed too: its upload and marker stay; returns the upload's key."""
+    proxy.add(Fault(method="PUT", query="partNumber=2", action="error", status=403, code="AccessDenied"))
+    proxy.add(Fault(method="DELETE", query="uploadId=", action="error", status=500, times=None))
+    with pytest.raises(UploadError):
+        archive_partition(conn, spec, D, pstore, overwrite=True)
+    proxy.clear()
+    left = _uploads(s3_client, bucket)
+    assert len(left) == 1 and upload_marker_key(left[0]) in _keys(s3_client, bucket)
+    return left[0]
+
+
+def test_one_damaged_byte_in_the_upload_listing_keeps_the_marker(conn, schema, s3, proxy, pstore, bucket, store,
+                                                                 s3_client):
+    """The next run's listing of the day's uploads arrives with a byte of the upload's key damaged: it
+    matches no generation and is not aborted, and the run keeps the marker, so the run after it looks again."""
+    spec = _table(conn, schema, 30000)
+    first = archive_partition(conn, spec, D, store)
+    key = _left_with_marker(conn, spec, pstore, proxy, s3_client, bucket)
+    head, _, name = key.rpartition("/")
+    raw = urllib.request.urlopen(f"{s3.endpoint_url}/{bucket}?uploads&encoding-type=url&prefix="
+                                 f"{urllib.parse.quote(head + '/' + name.split('.')[0], safe='')}").read()
+    proxy.add(Fault(**LIST_UPLOADS, action="flip_response_byte", offset=raw.index(b".jsonl</Key>") + 3, times=1))
+    assert archive_partition(conn, spec, D, pstore).skipped
+    assert proxy.requests(**LIST_UPLOADS)[0].fault == "flip_response_byte"
+    assert len(_uploads(s3_client, bucket)) == 1 and upload_marker_key(key) in _keys(s3_client, bucket)
+    assert archive_partition(conn, spec, D, store).skipped
+    assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == sorted([first.key, first.manifest_key])
+
+
+def test_a_marker_that_lands_after_a_cancelled_abort_is_deleted(s3, proxy, pstore, bucket, s3_client, tmp_path):
+    """Ctrl-C while the marker's PUT is on its way: abort() waits a moment, deletes the marker (not there
+    yet) and returns; the PUT then lands, and the upload's thread, finding itself aborted, deletes it."""
+    hold = proxy.add(Fault(method="PUT", path=r"\.uploading$", action="hold", times=1))
+    upload = pstore.begin("archive/x/2024-03-10.jsonl", content_type="application/x-ndjson")
+    path = tmp_path / "part"
+    path.write_bytes(b"x" * MIN_PART_SIZE)
+    with open(path, "rb") as file:
+        upload.grow(file.fileno(), MIN_PART_SIZE)
+        assert proxy.wait_held(1)
+        upload.abort(KeyboardInterrupt())
+        hold.gate.set()
+        for thread in upload._threads:
+            thread.join(30)
+    assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == []
+    assert not proxy.requests(method="POST", query="uploads")

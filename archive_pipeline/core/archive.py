@@ -341,8 +341,9 @@ class _Archiving:
         between its upload and its manifest), and retired generations whose delete failed.
 
         Uploads are looked for only where the day's listing shows an upload marker (see ``S3Upload``):
-        every multipart upload announces itself with one first and deletes it when it ends, so a day
-        without a marker has no upload left to find, and a small day is spared a listing of uploads.
+        every multipart upload announces itself with one first, and deletes it only once no upload of
+        its key can be left (its own completed or aborted, any other it listed aborted), so a day without
+        a marker has no upload left to find, and a small day is spared a listing of uploads.
         They are never anyone's data, and this run holds the day's lock: all of the day's are aborted.
         Objects are deleted only with a trustworthy manifest, which names every object of the day worth
         keeping (its object and ``kept``); anything else of the day is garbage, since the manifest is the
@@ -364,13 +365,17 @@ class _Archiving:
 
     def _abort_stale_uploads(self, markers: list[str]) -> None:
         """Abort every multipart upload of the day's generations, then delete the ``markers`` that
-        announced them (kept if the uploads could not be listed or aborted, so the next run tries again)."""
+        announced them (kept if the uploads could not be listed or aborted, or the listing showed an
+        upload it cannot account for, so the next run tries again)."""
         try:
-            self.store.abort_stale_uploads_under(keys.day_prefix(self.key), keys.generation_pattern(self.key))
+            _, settled = self.store.abort_stale_uploads_under(keys.day_prefix(self.key),
+                                                              keys.generation_pattern(self.key))
         except Exception:  # noqa: BLE001 - see _tidy's docstring
             log.warning("%s %s: could not list or abort stale multipart uploads; a bucket lifecycle rule "
                         "(AbortIncompleteMultipartUpload) will remove them", self.spec.name, self.day, exc_info=True)
             return
+        if not settled:  # an upload listed under the day's prefix that is no generation of it: damaged, or
+            return       # another table's; the markers stay and the next run looks again
         for marker in markers:
             self.store.delete_quietly(marker)
 

@@ -192,6 +192,10 @@ def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], pre
             if key.endswith(MANIFEST_SUFFIX):
                 problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which ends like a manifest")
                 break
+            if key.endswith(UPLOAD_MARKER_SUFFIX):
+                problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, which ends like an upload "
+                                f"marker ({UPLOAD_MARKER_SUFFIX}: another table's archive run would delete it)")
+                break
             unsafe = _unsafe(key)
             if unsafe:
                 problems.append(f"table {name!r}: key_template renders {_show(shown)!r}, with {unsafe}")

@@ -675,8 +675,18 @@ class S3Store:
         with ``keep`` (our own upload id), at or before the time the store gives ours in the same
         listing; without either, all of them. The archiver holds a per table-day lock, so no
         legitimate upload of the key can run concurrently; the time bound is a second safety."""
-        uploads = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                   Bucket=self.bucket, Prefix=key) for u in page.get("Uploads", []) if u["Key"] == key]
+        return self.settle_stale_uploads(key, initiated_before=initiated_before, keep=keep)[0]
+
+    def settle_stale_uploads(self, key: str, *, initiated_before: dt.datetime | None = None,
+                             keep: str | None = None) -> tuple[int, bool]:
+        """:meth:`abort_stale_uploads`, and whether the listing accounts for every upload it showed:
+        each of exactly ``key``, ``keep`` among them, every other one aborted. A listing has no
+        checksum: one damaged byte in a key or a date would make a leftover look like someone else's
+        upload, or newer than ours; then the caller keeps the key's upload marker, so the next run
+        lists again instead of no run ever looking (see ``S3Upload``)."""
+        listed = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                  Bucket=self.bucket, Prefix=key) for u in page.get("Uploads", [])]
+        uploads = [u for u in listed if u["Key"] == key]
         bound = initiated_before
         if keep is not None:
             ours = [u.get("Initiated") for u in uploads if u["UploadId"] == keep]
@@ -688,18 +698,22 @@ class S3Store:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         if stale:
             log.info("aborted %d stale multipart upload(s) of %s", len(stale), self.uri(key))
-        return len(stale)
+        ours = sum(1 for u in uploads if keep is not None and u["UploadId"] == keep)
+        settled = len(uploads) == len(listed) and ours == (keep is not None) and len(stale) + ours == len(uploads)
+        return len(stale), settled
 
-    def abort_stale_uploads_under(self, prefix: str, pattern: re.Pattern[str]) -> int:
+    def abort_stale_uploads_under(self, prefix: str, pattern: re.Pattern[str]) -> tuple[int, bool]:
         """Abort every multipart upload under ``prefix`` whose key ``pattern`` matches in full (one
-        listing), and return how many: for a caller that holds the lock of everything those keys
-        stand for, so none of them can be a live upload."""
-        uploads = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                   Bucket=self.bucket, Prefix=prefix) for u in page.get("Uploads", []) if pattern.fullmatch(u["Key"])]
+        listing): for a caller that holds the lock of everything those keys stand for, so none of
+        them can be a live upload. Returns how many, and whether every upload listed matched (else
+        one may be a leftover whose key a damaged byte disguised: see :meth:`settle_stale_uploads`)."""
+        listed = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                  Bucket=self.bucket, Prefix=prefix) for u in page.get("Uploads", [])]
+        uploads = [u for u in listed if pattern.fullmatch(u["Key"])]
         for upload in uploads:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             log.info("aborted a stale multipart upload of %s", self.uri(upload["Key"]))
-        return len(uploads)
+        return len(uploads), len(uploads) == len(listed)
 
     def abort_stale_uploads_quietly(self, key: str, **kwargs: Any) -> None:
         """:meth:`abort_stale_uploads`, with a failure logged instead of raised (cleanup only)."""
@@ -774,10 +788,12 @@ class S3Upload:
     (O(1) bookkeeping per part) and stream them from a duplicate of the file descriptor.
 
     Before it creates a multipart upload it writes an *upload marker* beside the key
-    (``<key>.uploading``), and deletes it once the upload is completed or aborted. A process killed
-    in between leaves the marker with its upload, so the next run of the key sees it in the LIST it
-    makes anyway and only then lists the store's multipart uploads: a small day, written by one PUT,
-    costs no listing of uploads (which S3 has no cheaper way to show).
+    (``<key>.uploading``), and deletes it once the upload is completed or aborted and no other upload
+    of the key can be left (one botocore created before retrying the create is found by the listing
+    after it; a listing that failed or that cannot account for every upload it shows keeps the
+    marker). A process killed in between leaves the marker with its upload, so the next run of the
+    key sees it in the LIST it makes anyway and only then lists the store's multipart uploads: a
+    small day, written by one PUT, costs no listing of uploads (which S3 has no cheaper way to show).
     """
 
     def __init__(self, store: S3Store, key: str, headers: dict[str, Any], plan: PartPlan, *,
@@ -788,6 +804,7 @@ class S3Upload:
         self._marked = False  # the upload marker may be in the store (written, or its write attempted)
         self._leftover = False  # an upload created after abort() could not be aborted
         self._creating = False  # CreateMultipartUpload is under way
+        self._settled = True  # no upload of the key but ours can be left (else the marker stays for the next run)
         self.headers = headers
         self.plan = plan
         self.table = table
@@ -886,7 +903,7 @@ class S3Upload:
                 self._aborted_id = upload_id  # a part still in flight that lands later aborts it again
         elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
             try:
-                self.store.abort_stale_uploads(self.key)
+                gone = self.store.settle_stale_uploads(self.key)[1] and gone
             except Exception as exc:  # noqa: BLE001 - the original failure matters more
                 gone = False
                 text = (f"cleanup: could not look for an upload of {self.store.uri(self.key)} that may have been "
@@ -1045,8 +1062,8 @@ class S3Upload:
         with self._cond:
             aborted = self._aborted
             self._creating = not aborted
-        if aborted:  # abort() may have deleted the marker before this write landed
-            self._unmark(None)
+        if aborted:  # abort() may have deleted the marker before this write landed: delete it again
+            self._marked = not self.store.delete_quietly(upload_marker_key(self.key))
             return
         try:
             response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
@@ -1072,7 +1089,12 @@ class S3Upload:
             if not self._leftover:
                 self._unmark(None)
             return
-        store.abort_stale_uploads_quietly(self.key, keep=upload_id)
+        try:  # botocore may have retried the create after the store acted: that upload is stale too
+            self._settled = store.settle_stale_uploads(self.key, keep=upload_id)[1]
+        except Exception as exc:  # noqa: BLE001 - leftovers cost storage; the marker stays for the next run
+            self._settled = False
+            log.warning("could not abort stale multipart uploads of %s (%s); the next archive of the key will",
+                        store.uri(self.key), _said(exc))
         self._work()
 
     def _work(self) -> None:
@@ -1173,7 +1195,7 @@ class S3Upload:
     def _unmark(self, original: BaseException | None) -> None:
         """Delete the upload marker once no upload of ours can be left; if that fails it stays, and
         the next run of the key only lists uploads once more before deleting it."""
-        if self._marked:
+        if self._marked and self._settled:
             self._marked = not self.store.delete_quietly(upload_marker_key(self.key), original)
 
     def _close_fd(self) -> None:
