@@ -1193,9 +1193,19 @@ class S3Upload:
         return True
 
     def _unmark(self, original: BaseException | None) -> None:
-        """Delete the upload marker once no upload of ours can be left; if that fails it stays, and
-        the next run of the key only lists uploads once more before deleting it."""
-        if self._marked and self._settled:
+        """Delete the upload marker once our upload is completed or aborted and no other upload of the
+        key can be left. If the listing after the create could not show that, the key's uploads are
+        listed (and aborted) once more now: ours is no longer among them, so any listed is a leftover.
+        If that fails too, or the delete does, the marker stays and the next run of the key looks."""
+        if not self._marked:
+            return
+        if not self._settled:
+            try:
+                self._settled = self.store.settle_stale_uploads(self.key)[1]
+            except Exception as exc:  # noqa: BLE001 - the marker stays: the next run of the key looks again
+                _note(original, f"cleanup: could not list the uploads of {self.store.uri(self.key)} ({_said(exc)}); "
+                                "the next archive of this key aborts any left")
+        if self._settled:
             self._marked = not self.store.delete_quietly(upload_marker_key(self.key), original)
 
     def _close_fd(self) -> None:
