@@ -4,6 +4,7 @@ each test gets its own schema and bucket so tests never see each other's data.""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import itertools
 import os
 import signal
@@ -79,7 +80,14 @@ def _s3_environment(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def utc_today() -> dt.date:
+def utc_today(margin: float = 120.0) -> dt.date:
+    """Today in UTC, for tests whose days are counted back from today while the code under test (a
+    subprocess, a Dagster run) reads the clock again: within ``margin`` seconds of midnight it waits
+    for the new day first, so both see the same date (a test that ran across midnight disagreed)."""
+    now = dt.datetime.now(dt.UTC)
+    left = (dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC) - now).total_seconds()
+    if left < margin:
+        time.sleep(left + 1)
     return dt.datetime.now(dt.UTC).date()
 
 

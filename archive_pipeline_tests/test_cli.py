@@ -18,6 +18,7 @@ from archive_pipeline.core.archive import render_key
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.local.local_stack import create_sample_events, free_port
 from archive_pipeline.core.manifest import manifest_key
+from archive_pipeline_tests.conftest import utc_today
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 300
@@ -26,7 +27,7 @@ PREFIX = "cli"
 
 @pytest.fixture
 def days() -> list[dt.date]:
-    today = dt.datetime.now(dt.UTC).date()
+    today = utc_today()
     return [today - dt.timedelta(days=n) for n in (3, 2, 1)]
 
 
@@ -189,7 +190,7 @@ def test_bad_configuration_exits_2_naming_the_setting(setup, tmp_path):
     assert done.returncode == 2 and "ARCHIVE_PG_DSN" in done.stderr
     assert "s3cr3t" not in done.stderr + done.stdout
 
-    today = dt.datetime.now(dt.UTC).date().isoformat()
+    today = utc_today().isoformat()
     done = cli(env, "archive", "--day", today)
     assert done.returncode == 2 and "today" in done.stderr
 

@@ -38,6 +38,7 @@ from archive_pipeline.defs.component import ArchiveTablesComponent
 from archive_pipeline.core.config import ConfigError, parse_config
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events, free_port, stop_process_group
+from archive_pipeline_tests.conftest import utc_today
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON_BIN = Path(sys.executable).parent
@@ -619,7 +620,7 @@ def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_besid
         assert backfill.returncode == 0, backfill.stdout + backfill.stderr
         runs_query = "{ runsOrError { ... on Runs { results { status tags { key value } } } } }"
 
-        today = dt.datetime.now(dt.UTC).date()
+        today = utc_today()
         expected = [(today - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
 
         def days_of(run):  # a run of one day, or of a range (backfill.max_days_per_run)

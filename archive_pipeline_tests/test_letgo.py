@@ -22,6 +22,7 @@ from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline_tests.test_exactness import COLUMNS as EDGE_COLUMNS
+from archive_pipeline_tests.conftest import utc_today
 
 DAY = dt.date(2024, 3, 10)
 
@@ -378,7 +379,7 @@ def test_the_command_line_on_a_standby_proves_compares_prunes_and_restores_throu
 
     from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
 
-    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=3)
+    day = utc_today() - dt.timedelta(days=3)
     create_sample_events(conn, [day], rows_per_day=100, schema=schema)
     table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
              "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": "drop"}}

@@ -19,13 +19,14 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.conftest import utc_today
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "archive"  # the ``store`` fixture's prefix, so the CLI sees what the tests archive in-process
 
 
 def _day() -> dt.date:
-    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)
+    return utc_today() - dt.timedelta(days=2)
 
 
 def _setup(pg, s3, bucket, tmp_path, tables: list[dict]) -> dict[str, str]:
@@ -222,7 +223,7 @@ def test_a_partition_under_a_lock_does_not_stop_the_other_days_being_found(pg, s
     """Reading the children's bounds printed them with pg_get_expr(relpartbound, <child oid>), which
     on PostgreSQL 16+ locks each child: one old partition under VACUUM FULL (or a migration) stopped
     `list` and `archive` of every day of the table, after lock_timeout, with the blocked one's error."""
-    today = dt.datetime.now(dt.UTC).date()
+    today = utc_today()
     locked, wanted = today - dt.timedelta(days=3), today - dt.timedelta(days=2)
     create_sample_events(conn, [locked, wanted], 5, schema=schema)
     env = _setup(pg, s3, bucket, tmp_path, [_events(f"{schema}.events", locked)])

@@ -22,12 +22,13 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import ConfigError, load_config, parse_config
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.local.local_stack import create_sample_events, free_port
+from archive_pipeline_tests.conftest import utc_today
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _days(n: int = 3) -> list[dt.date]:
-    today = dt.datetime.now(dt.UTC).date()
+    today = utc_today()
     return [today - dt.timedelta(days=k) for k in range(n, 0, -1)]
 
 
