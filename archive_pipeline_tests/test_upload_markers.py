@@ -19,6 +19,7 @@ from archive_pipeline.core.errors import UploadError
 from archive_pipeline.core.keys import upload_marker_key
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_store import proxy  # noqa: F401 - the fixture
 
 D = dt.date(2024, 3, 10)
 LIST_UPLOADS = dict(method="GET", query="uploads")  # ListMultipartUploads (CreateMultipartUpload is a POST)
@@ -30,12 +31,6 @@ def _keys(s3_client, bucket: str) -> list[str]:
 
 def _uploads(s3_client, bucket: str) -> list[str]:
     return [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-
-
-@pytest.fixture
-def proxy(s3):
-    with FaultProxy(s3.endpoint_url) as running:
-        yield running
 
 
 @pytest.fixture
