@@ -1093,8 +1093,9 @@ class S3Upload:
             self._settled = store.settle_stale_uploads(self.key, keep=upload_id)[1]
         except Exception as exc:  # noqa: BLE001 - leftovers cost storage; the marker stays for the next run
             self._settled = False
-            log.warning("could not abort stale multipart uploads of %s (%s); the next archive of the key will",
-                        store.uri(self.key), _said(exc))
+            log.warning("could not list stale multipart uploads of %s (%s); it is listed again when the upload "
+                        "ends, else its marker stays and the next archive of the key looks", store.uri(self.key),
+                        _said(exc))
         self._work()
 
     def _work(self) -> None:
