@@ -16,7 +16,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import UploadError
-from archive_pipeline.core.keys import upload_marker_key
+from archive_pipeline.core.keys import generation_key, upload_marker_key
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.test_store import proxy  # noqa: F401 - the fixture
@@ -192,3 +192,66 @@ def test_a_marker_that_lands_after_a_cancelled_abort_is_deleted(s3, proxy, pstor
             thread.join(30)
     assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == []
     assert not proxy.requests(method="POST", query="uploads")
+
+
+def _retried_create(proxy) -> None:
+    """The first CreateMultipartUpload is reset after the store acted on it; botocore creates again."""
+    proxy.add(Fault(method="POST", query="uploads", action="reset_after", times=1))
+
+
+def _grown(flaky: S3Store, key: str, tmp_path):
+    upload = flaky.begin(key, content_type="application/x-ndjson")
+    path = tmp_path / "part"
+    path.write_bytes(b"x" * MIN_PART_SIZE)
+    file = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    upload.grow(file.fileno(), MIN_PART_SIZE)
+    return upload, file
+
+
+def test_a_cancel_during_the_listing_after_the_create_keeps_the_marker(conn, schema, s3, bucket, store, s3_client,
+                                                                      tmp_path):
+    """Ctrl-C while the listing that would find botocore's first upload is on its way: abort() aborts ours
+    and must not take the marker while the other upload may be there (a process ends after Ctrl-C)."""
+    spec = _table(conn, schema, 10)
+    first = archive_partition(conn, spec, D, store)
+    key = generation_key(first.key, 2)
+    gate = threading.Event()
+    with FaultProxy(s3.endpoint_url) as proxy:
+        flaky = S3Store(proxy.client(max_attempts=2, read_timeout=2), bucket, prefix="archive",
+                        part_size=MIN_PART_SIZE)
+        _retried_create(proxy)
+        proxy.add(Fault(**LIST_UPLOADS, action="hold", gate=gate, times=None, hold_timeout=30))
+        upload, file = _grown(flaky, key, tmp_path)
+        with file:
+            assert proxy.wait_held(1)  # the leader's listing after the create
+            assert len(proxy.requests(method="POST", query="uploads")) == 2
+            upload.abort(KeyboardInterrupt())
+            at_abort = (_uploads(s3_client, bucket), _keys(s3_client, bucket))
+            for thread in upload._threads:
+                thread.join(30)
+        gate.set()
+    assert at_abort[0] and upload_marker_key(key) in at_abort[1]  # what a process ending after Ctrl-C leaves
+    assert archive_partition(conn, spec, D, store).skipped  # the next run of the day
+    assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == sorted([first.key, first.manifest_key])
+
+
+def test_an_upload_created_after_a_cancelled_abort_takes_botocores_first_with_it(conn, schema, s3, bucket, store,
+                                                                                 s3_client, tmp_path):
+    """abort() while botocore's second create is on its way: the upload's thread aborts what that create
+    made, and lists the key's uploads before taking the marker, which finds the first create's."""
+    spec = _table(conn, schema, 10)
+    first = archive_partition(conn, spec, D, store)
+    key = generation_key(first.key, 2)
+    gate = threading.Event()
+    with FaultProxy(s3.endpoint_url) as proxy:
+        flaky = S3Store(proxy.client(max_attempts=2), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        _retried_create(proxy)
+        proxy.add(Fault(method="POST", query="uploads", action="hold", gate=gate, times=1))
+        upload, file = _grown(flaky, key, tmp_path)
+        with file:
+            assert proxy.wait_held(1)  # botocore's second create
+            upload.abort(KeyboardInterrupt())
+            gate.set()
+            for thread in upload._threads:
+                thread.join(30)
+    assert _uploads(s3_client, bucket) == [] and _keys(s3_client, bucket) == sorted([first.key, first.manifest_key])

@@ -1062,6 +1062,9 @@ class S3Upload:
         with self._cond:
             aborted = self._aborted
             self._creating = not aborted
+            # from the first create attempt until the listing after it: botocore may retry a create the store
+            # acted on, and the upload it made is known to no one (see _unmark)
+            self._settled = aborted
         if aborted:  # abort() may have deleted the marker before this write landed: delete it again
             self._marked = not self.store.delete_quietly(upload_marker_key(self.key))
             return
