@@ -684,8 +684,7 @@ class S3Store:
         checksum: one damaged byte in a key or a date would make a leftover look like someone else's
         upload, or newer than ours; then the caller keeps the key's upload marker, so the next run
         lists again instead of no run ever looking (see ``S3Upload``)."""
-        listed = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                  Bucket=self.bucket, Prefix=key) for u in page.get("Uploads", [])]
+        listed = self._uploads_under(key)
         uploads = [u for u in listed if u["Key"] == key]
         bound = initiated_before
         if keep is not None:
@@ -707,13 +706,17 @@ class S3Store:
         listing): for a caller that holds the lock of everything those keys stand for, so none of
         them can be a live upload. Returns how many, and whether every upload listed matched (else
         one may be a leftover whose key a damaged byte disguised: see :meth:`settle_stale_uploads`)."""
-        listed = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                  Bucket=self.bucket, Prefix=prefix) for u in page.get("Uploads", [])]
+        listed = self._uploads_under(prefix)
         uploads = [u for u in listed if pattern.fullmatch(u["Key"])]
         for upload in uploads:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             log.info("aborted a stale multipart upload of %s", self.uri(upload["Key"]))
         return len(uploads), len(uploads) == len(listed)
+
+    def _uploads_under(self, prefix: str) -> list[dict]:
+        """Every open multipart upload whose key starts with ``prefix`` (all pages of the listing)."""
+        return [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix) for u in page.get("Uploads", [])]
 
     def abort_stale_uploads_quietly(self, key: str, **kwargs: Any) -> None:
         """:meth:`abort_stale_uploads`, with a failure logged instead of raised (cleanup only)."""
