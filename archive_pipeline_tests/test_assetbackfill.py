@@ -25,6 +25,7 @@ from dagster._daemon.backfill import execute_backfill_iteration
 from dagster_graphql.test.utils import execute_dagster_graphql
 from psycopg import sql
 
+from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
 
@@ -87,6 +88,19 @@ def _backfill(instance: DagsterInstance, context: WorkspaceProcessContext, schem
     return [r for r in instance.get_runs() if r.tags.get("dagster/backfill") == backfill_id]
 
 
+CHECK_EXECUTIONS = """
+{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name
+    executionForLatestMaterialization { runId status evaluation { success severity description } } } } } } }
+"""
+
+
+def _check_executions(context: WorkspaceProcessContext, table: str) -> dict[str, dict | None]:
+    """Each check of ``table`` as the asset's checks tab shows it: its latest execution."""
+    nodes = execute_dagster_graphql(context.create_request_context(), CHECK_EXECUTIONS).data["assetNodes"]
+    [node] = [n for n in nodes if n["assetKey"]["path"][-1] == table]
+    return {c["name"]: c["executionForLatestMaterialization"] for c in node["assetChecksOrError"]["checks"]}
+
+
 def _intact_days(context: WorkspaceProcessContext, table: str) -> list[tuple[str, str, str]]:
     """The archive_intact partition bar of ``table``, as the UI reads it."""
     nodes = execute_dagster_graphql(context.create_request_context(), CHECK_STATUS).data["assetNodes"]
@@ -120,6 +134,27 @@ def test_a_failed_pure_asset_backfill_leaves_the_days_integrity_check_as_it_was(
     evaluation = record.evaluation
     earlier = next(r.run_id for r in first if r.asset_selection == {orders})
     assert evaluation.passed and "not checked again" in evaluation.description and earlier in evaluation.description
+    # The on-demand checks were planned too, and never ran: none has run yet, which each says as a warning.
+    executions = _check_executions(context, "orders")
+    for name in ("latest_archive_intact", "source_unchanged"):
+        execution = executions[name]
+        assert execution["runId"] == failed.run_id and execution["status"] == "FAILED", execution
+        assert execution["evaluation"]["severity"] == "WARN", execution
+        assert f"this run failed before running {name}, and no run has yet" in execution["evaluation"]["description"]
+
+    # Once they ran (the late row makes source_unchanged fail), a failed run keeps their verdicts, red included.
+    verify = build_definitions().resolve_job_def("verify_archives").execute_in_process(instance=instance,
+                                                                                       raise_on_error=False)
+    third = _backfill(instance, context, schema)
+    [failed] = [r for r in third if r.status == DagsterRunStatus.FAILURE]
+    executions = _check_executions(context, "orders")
+    assert [executions[n]["status"] for n in ("latest_archive_intact", "source_unchanged")] == ["SUCCEEDED", "FAILED"]
+    for name in ("latest_archive_intact", "source_unchanged"):
+        execution = executions[name]
+        assert execution["runId"] == failed.run_id and execution["evaluation"]["severity"] == "ERROR", execution
+        assert f"this run failed before running {name}. The last check (run {verify.run_id})" in \
+            execution["evaluation"]["description"]
+    assert "1 of 2 archived days changed" in executions["source_unchanged"]["evaluation"]["description"]
 
 
 def test_one_day_of_tables_with_different_partitions_materialized_together_succeeds(workspace, schema):

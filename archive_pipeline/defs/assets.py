@@ -49,8 +49,8 @@ from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
-from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, terminated, verdict_as_it_was,
-                                          verify_result, written_verdict)
+from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, on_demand_as_they_were, terminated,
+                                          verdict_as_it_was, verify_result, written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
@@ -436,6 +436,16 @@ def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey,
     materialized. A step retry of the batch skips the days this run already recorded; a re-execution
     finds them identical in the store and records them as skipped, without uploading anything.
     """
+    try:
+        yield from _archive_days(context, spec, key, config, postgres, archive_store, origin, primary)
+    except Exception:
+        yield from on_demand_as_they_were(context, spec, key)
+        raise
+
+
+def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, config: ArchiveRunConfig,
+                  postgres: PostgresResource, archive_store: ArchiveStoreResource, origin: str | None,
+                  primary: PostgresResource | None) -> Iterator[DayEvent]:
     days = run_periods(context, spec)
     done = _recorded_in_run(context, key) if context.retry_number > 0 else set()
     todo = [d for d in days if d.isoformat() not in done]

@@ -195,6 +195,43 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
     )
 
 
+def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, key: AssetKey
+                           ) -> Iterator[AssetCheckEvaluation]:
+    """The on-demand checks' last verdicts again, for a run that planned them and fails before they ran.
+
+    Dagster 1.13 plans every check of the asset in a pure asset backfill's runs; the check steps wait
+    for the asset's, so when it fails they never run, and the UI shows them as "Execution failed": red,
+    like a damaged archive or a changed source, after a run that only failed to archive. Each keeps
+    its last verdict instead, saying that this run did not check; a check that has never run says so as
+    a warning (yellow, as ``latest_archive_intact`` says "nothing archived yet"), not as a failure.
+    """
+    run_id = context.run.run_id
+    for name in ON_DEMAND_CHECKS:
+        history = context.instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(key, name), limit=50)
+        if not any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history):
+            continue
+        carried = _CARRIED[name]
+        last = next((r for r in history if r.run_id != run_id and r.evaluation is not None
+                     and r.status != AssetCheckExecutionRecordStatus.PLANNED
+                     and carried not in r.evaluation.metadata), None)
+        note = f"{spec.name}: not checked: this run failed before running {name}"
+        if last is None:
+            yield AssetCheckEvaluation(
+                asset_key=key, check_name=name, passed=False, severity=AssetCheckSeverity.WARN, blocking=False,
+                description=f"{note}, and no run has yet (run it on demand: verify_archives)")
+            continue
+        was = last.evaluation
+        yield AssetCheckEvaluation(
+            asset_key=key, check_name=name, passed=was.passed, severity=was.severity, blocking=False,
+            description=f"{note}. The last check (run {last.run_id}) found: {was.description}",
+            metadata={**was.metadata, carried: last.run_id}, target_materialization_data=was.target_materialization_data)
+
+
+# The metadata key that marks a verdict carried forward from an earlier run, which is never carried again.
+_CARRIED = {STORED_CHECK: "checked_in_run", CHANGED_CHECK: "compared_in_run"}
+
+
 def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None) -> Failure:
     """The check's step failure when it could not check: no verdict either way. An :class:`ArchiveError`
     (the core's: a lost session, a timeout, a privilege refused) says its own cause and remedy and is
