@@ -115,3 +115,36 @@ def test_a_column_added_while_the_source_is_fingerprinted_is_not_called_equal(pg
         assert c.result != "equal", c
     else:
         assert outcome["result"] != [], outcome
+
+
+def test_a_target_retyped_to_real_while_the_restore_waits_for_it_is_not_proven(pg, conn, schema, store, temp_dir):
+    """A restore refuses a target whose column would round the archived double precision values to real
+    (real's 0.1 prints as "0.1" too, so the fingerprint cannot tell). It reads the target's column types
+    from the catalog without a lock, then loads: an ALTER TABLE ... TYPE real that commits in between (here
+    it held its lock while the load waited) is not seen, and the restore commits, "proven by fingerprint",
+    with every value rounded."""
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import restore_day
+
+    nums, target = sql.Identifier(schema, "nums"), sql.Identifier(schema, "target")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, x double precision)").format(nums))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00', 0.1)").format(nums))
+    spec = TableSpec(name=f"{schema}.nums", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, x double precision)").format(target))
+    with pg.connect() as other, pg.connect() as watcher, pg.connect() as restoring:
+        other.autocommit = False
+        other.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
+        thread, outcome = in_thread(lambda: restore_day(restoring, store, spec, DAY, into="existing",
+                                                        target=f"{schema}.target", temp_dir=temp_dir))
+        try:
+            assert wait_until(lambda: _waiting_on(watcher, target.as_string(watcher))), outcome
+            other.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN x TYPE real").format(target))
+        finally:
+            other.commit()
+            thread.join(60)
+    exact = conn.execute(sql.SQL("SELECT bool_and(x::float8 = 0.1::float8) FROM {}").format(target)).fetchone()[0]
+    # Now: restored and "proven" (result.fingerprint_checked), x holding real's 0.1 (0.10000000149...).
+    # Should: refused as when the column was real before the restore began (or rolled back), nothing loaded.
+    assert "error" in outcome or exact, (outcome, exact)
