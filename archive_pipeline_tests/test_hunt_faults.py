@@ -27,11 +27,14 @@ def _rows(conn, schema: str) -> int:
                                 "created_at < '2024-03-11+00'").format(sql.Identifier(schema, "events"))).fetchone()[0]
 
 
-def _two_404s(proxy: FaultProxy) -> None:
-    """The object's GET answers 404 once, and so does the HEAD that follows it (a store or caching gateway
+MANIFEST = r"/2024-03-10\.jsonl\.zst\.manifest\.json$"
+
+
+def _two_404s(proxy: FaultProxy, path: str = OBJECT) -> None:
+    """The key's GET answers 404 once, and so does the HEAD that follows it (a store or caching gateway
     that reports an object it holds missing for a moment: two requests, not one)."""
-    proxy.add(Fault(method="GET", path=OBJECT, action="error", status=404, code="NoSuchKey", times=1))
-    proxy.add(Fault(method="HEAD", path=OBJECT, action="error", status=404, code="NoSuchKey", times=1))
+    proxy.add(Fault(method="GET", path=path, action="error", status=404, code="NoSuchKey", times=1))
+    proxy.add(Fault(method="HEAD", path=path, action="error", status=404, code="NoSuchKey", times=1))
 
 
 # =====================================================================================================
@@ -39,19 +42,20 @@ def _two_404s(proxy: FaultProxy) -> None:
 #    deletion) -- not on the download paths: after a GET 404, _confirm_missing asks HEAD once.
 # =====================================================================================================
 
+@pytest.mark.parametrize("path", [OBJECT, MANIFEST], ids=["object", "manifest"])
 def test_deep_verification_whose_get_and_first_head_answer_404_for_an_object_there_is_no_verdict(
-        s3, conn, events, store, bucket):
+        s3, conn, events, store, bucket, path):
     spec = spec_for(events, "delete")
     archive_partition(conn, spec, DAY, store)
     with FaultProxy(s3.endpoint_url) as proxy:
-        _two_404s(proxy)
+        _two_404s(proxy, path)
         flaky = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
         try:
             problems = deep_verify(conn, flaky, spec, DAY)
         except ArchiveError as exc:  # no verdict, retryable: what the README promises
             assert exc.retryable, exc
             return
-        heads = [r.status for r in proxy.requests(method="HEAD", path=OBJECT)]
+        heads = [r.status for r in proxy.requests(method="HEAD", path=path)]
     # the object is there (a second HEAD finds it): calling it missing is a failed proof of an intact archive
     assert store.head(f"archive/{events}.events/2024/03/2024-03-10.jsonl.zst") is not None
     assert problems == [], (problems, heads)
