@@ -89,3 +89,27 @@ def test_restore_whose_get_and_first_head_answer_404_is_not_a_missing_archive(s3
                 f"{type(exc).__name__} (retryable={exc.retryable}): {exc}"
             return
         assert result.rows == 300
+
+
+# =====================================================================================================
+# 2. "Every message names the table, the day, the cause" (README, Retries and errors): a store request of
+#    remove_day / deep_verify that fails outside the object's download comes out as the store's bare
+#    DownloadError/UploadError, with table=None and day=None and only the key in its words.
+# =====================================================================================================
+
+@pytest.mark.parametrize("skip", [0, 1], ids=["proof's-manifest-read", "removal's-manifest-read"])
+def test_a_removal_whose_manifest_read_fails_names_table_and_day(s3, conn, events, store, bucket, skip):
+    """With a key template of the table's own words ({schema}/{table}/{date}), the only place a person (or the
+    CLI's --json, or a caller reading ``exc.table``/``exc.day``) could learn which table-day failed."""
+    spec = spec_for(events, "delete", key_template="{prefix}/{schema}/{table}/{date}.{ext}")
+    archive_partition(conn, spec, DAY, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        # GETs of the manifest: 0 = the proof's (load_manifest), 1 = _remove's read before it marks it pending
+        proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="slow_down", skip=skip, times=1))
+        flaky = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        with pytest.raises(ArchiveError) as caught:
+            remove_day(conn, spec, DAY, flaky)
+    exc = caught.value
+    assert exc.retryable and _rows(conn, events) == 300
+    assert (exc.table, exc.day) == (spec.name, DAY.isoformat()), str(exc)
+    assert spec.name in str(exc) and DAY.isoformat() in str(exc)
