@@ -192,6 +192,33 @@ def test_an_archive_run_with_every_check_keeps_source_unchanged_red_when_it_last
         assert evaluation.metadata["changed_days"].value == [day.isoformat()]
 
 
+
+def test_source_unchanged_says_a_day_whose_manifest_is_gone_is_not_compared_not_changed(conn, schema, archive_env, s3):
+    """A day whose manifest was deleted from the store was reported among the days "changed in PostgreSQL
+    after archiving" ("manifest missing"): a person would look for a change in the database that never
+    happened. It is not compared, fails the check as an archive that cannot be trusted, and says so."""
+    day, other = dt.date(2024, 3, 10), dt.date(2024, 3, 11)
+    create_sample_events(conn, [day, other], rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, day))
+    key = AssetCheckKey(AssetKey(["archive", schema, "events"]), "source_unchanged")
+    with instance_for_test() as instance:
+        for d in (day, other):
+            assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=d.isoformat(),
+                                                                             instance=instance).success
+        client = s3.client()
+        [gone] = [o["Key"] for o in client.list_objects_v2(Bucket=archive_env)["Contents"]
+                  if o["Key"].endswith(f"{day}.jsonl.zst.manifest.json")]
+        client.delete_object(Bucket=archive_env, Key=gone)
+        defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [found] = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+    evaluation = found.event.dagster_event.asset_check_evaluation_data
+    assert found.status.value == "FAILED" and not evaluation.passed
+    assert "changed in PostgreSQL" not in evaluation.description, evaluation.description
+    assert f"not compared, {day}: its manifest s3://{archive_env}/{gone} is missing from the store" in \
+        evaluation.description
+    assert evaluation.metadata["untrusted_days"].value == [day.isoformat()]
+    assert evaluation.metadata["checked_days"].value == [other.isoformat()]
+
 # --- the retention schedule ----------------------------------------------------------------------------
 
 def _fake_run(instance, request, status) -> None:

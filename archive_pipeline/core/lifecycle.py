@@ -36,7 +36,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, source_table
-from archive_pipeline.core.errors import ArchiveError, note_cancelled, sql_name, wrap
+from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
@@ -118,6 +118,9 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
         for note in getattr(exc, "__notes__", []):
             error.add_note(note)
         raise error from None
+    except ArchiveError as exc:  # the store's (a manifest read that failed) or a refusal: it names the day
+        named(exc, spec.name, spec.period(day).isoformat())
+        raise
     except BaseException as exc:  # cancelled: what the removal leaves is settled on the way out (see _remove)
         note_cancelled(exc, spec.name, spec.period(day).isoformat(), "removing")
         raise
@@ -394,6 +397,9 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
             return _settle(conn, spec, day, store, key, manifest, committed, why)
     except psycopg.Error as exc:  # the mark stays as it was: a terminated session, a timeout, a privilege
         raise wrap(exc, spec.name, day.isoformat(), doing="removing") from None
+    except ArchiveError as exc:  # the store's (a manifest read that failed) or a refusal: it names the day
+        named(exc, spec.name, day.isoformat())
+        raise
 
 
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:

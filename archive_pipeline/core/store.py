@@ -52,6 +52,7 @@ MAX_OBJECT_SIZE = 5 * TiB
 GROWTH_DIVISOR = 1_000  # growing parts: a part is at least 1/1000 of the bytes before it
 EQUAL_PARTS_SAFETY = 4  # equal parts: sized so that 4x the estimate still fits in 10,000 parts
 CANCEL_WAIT = 1.0  # seconds a cancelled upload waits for parts in flight before it is aborted
+_MISSING_AGAIN_SECONDS = 0.1  # between the two HEADs that confirm a GET's 404 (see S3Store._confirm_missing)
 _READ_CHUNK = 1 * MiB
 _CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -649,9 +650,13 @@ class S3Store:
         """After a GET answered 404: raise a retryable :class:`DownloadError` unless the object's HEAD
         agrees that it does not exist. A store that is only eventually consistent (or a gateway that
         answers 404 for a moment) must not make an archive whose object is there pass for one whose
-        object is lost: that verdict fails proofs and checks, and is never retried."""
+        object is lost: that verdict fails proofs and checks, and is never retried. The HEAD is asked
+        twice (a moment apart), as the light check asks it: the GET's 404 and one HEAD's may be the
+        same moment of the store's."""
         if self.head(key) is None:
-            return
+            time.sleep(_MISSING_AGAIN_SECONDS)
+            if self.head(key) is None:
+                return
         raise DownloadError(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it: "
                             "the store answered inconsistently; the run will be retried", retryable=True,
                             damaged=False, cause="the store answered inconsistently (an object it holds was "

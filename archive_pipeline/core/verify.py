@@ -307,12 +307,12 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
     owner = (spec.name, day.isoformat())
-    if manifest is None:
-        manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at {store.uri(key)}",
-                                                  owner)
-        if manifest is None:
-            return problems
     try:
+        if manifest is None:
+            manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at "
+                                                      f"{store.uri(key)}", owner)
+            if manifest is None:
+                return problems
         problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
         if problems:
             # An overwrite that committed meanwhile retires the object being proven: "missing" (or rows that
@@ -327,6 +327,9 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         return problems
     except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
         raise wrap(exc, spec.name, day.isoformat(), doing="proving") from None
+    except ArchiveError as exc:  # the store's (a download that failed): no verdict either, and it names the day
+        named(exc, spec.name, day.isoformat())
+        raise
     except BaseException as exc:  # cancelled: the proof's temporary table and download go with it
         note_cancelled(exc, spec.name, day.isoformat(), "proving")
         raise

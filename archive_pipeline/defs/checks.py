@@ -46,6 +46,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from pydantic import Field
 
 from archive_pipeline.core import verify
+from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
@@ -455,16 +456,20 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         for event in _latest(context.instance, key, config.days):
             day = spec.period(event.partition)
             try:
-                manifest = verify.load_manifest(store, table_day_key(spec, day, store.prefix),
-                                                (spec.name, day.isoformat()))
+                day_key = table_day_key(spec, day, store.prefix)
+                manifest = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
                 mark = (manifest or {}).get("removed")
                 if mark:  # retention took the day out of the source: its rows are meant to be gone
                     removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
                     continue
+                if manifest is None:  # the archive is gone from the store: nothing to compare with, not a change
+                    untrusted[event.partition] = (f"its manifest {store.uri(keys.manifest_key(day_key))} is missing from "
+                                                  "the store (archive the day again)")
+                    continue
                 with postgres.connect() as conn:
-                    difference = source_changed(conn, spec, day, manifest) if manifest else "manifest missing"
+                    difference = source_changed(conn, spec, day, manifest)
             except verify.ManifestError as exc:  # damaged, or another table-day's: nothing to compare with
-                untrusted[event.partition] = str(exc)
+                untrusted[event.partition] = f"its manifest cannot be trusted: {exc}"
                 continue
             except Exception as exc:  # noqa: BLE001 - unreachable database or store, or the comparison's error
                 raise _unreachable(spec, day, exc, postgres.password) from None
@@ -475,8 +480,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                 changed[event.partition] = difference
         gone = "".join(f"; not compared, {d}: removed from the source by retention ({why})"
                        for d, why in sorted(removed.items()))
-        gone += "".join(f"; not compared, {d}: its manifest cannot be trusted: {why}"
-                        for d, why in sorted(untrusted.items()))
+        gone += "".join(f"; not compared, {d}: {why}" for d, why in sorted(untrusted.items()))
         if changed:
             description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
                            f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items())) + gone

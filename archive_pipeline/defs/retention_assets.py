@@ -182,7 +182,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
                                  removed_by=f"dagster run {context.run.run_id}")
         except ArchiveError as exc:
-            raise Failure(description=str(exc), allow_retries=exc.retryable) from None
+            raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
     if removal.dry_run:
         context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
                          f"archive {removal.archive}")
