@@ -70,3 +70,49 @@ def test_deep_verification_names_the_missing_row_of_a_column_whose_type_name_hol
     problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
     assert any(p.startswith("first difference: the archive has a row the source lacks: (2,") for p in problems), \
         problems
+
+
+@pytest.fixture
+def latin1(pg, conn):
+    """A connection to a fresh LATIN1 database (dropped afterwards)."""
+    import psycopg
+
+    name = f"hunt_values_latin1_{conn.info.backend_pid}"
+    conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+        sql.Identifier(name)))
+    try:
+        with psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True) as latin:
+            yield latin
+    finally:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_day_archived_from_latin1_restores_into_a_utf8_database(fmt, latin1, conn, schema, store, temp_dir):
+    """The README's remedy for a value a LATIN1 target cannot hold is "restore into a UTF8 database", and "the
+    fingerprint is the same on any server". A LATIN1 day holding 'é' (a character both encodings have) must
+    restore into a UTF-8 database. Was: every format's restore was rolled back with "The archive does not hold
+    the rows it was proven to hold (altered after it was written)": the content fingerprint hashes each text in
+    the server's encoding (hashtextextended of é is of byte E9 in LATIN1, of C3 A9 in UTF-8), so no row with a
+    non-ASCII character proves across encodings, and the message blames an intact archive."""
+    latin1.execute("CREATE TABLE ev (at date, v text)")
+    latin1.execute("INSERT INTO ev VALUES ('2024-03-10', 'é'), ('2024-03-10', 'plain')")
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(latin1, spec, DAY, store, temp_dir=temp_dir)
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert restored.fingerprint_checked and restored.rows == 2
+    assert conn.execute(sql.SQL("SELECT v FROM {} ORDER BY v").format(
+        sql.Identifier(schema, "back"))).fetchall() == [("plain",), ("é",)]
+
+
+def test_a_day_archived_from_utf8_restores_into_latin1_when_latin1_has_its_characters(latin1, conn, schema, store,
+                                                                                       temp_dir):
+    """The converse: README says only a character LATIN1 lacks (値) rolls the day back. Was: 'é', which LATIN1
+    has, rolled it back too ("altered after it was written"), for the same reason."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', 'é')").format(table))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    restored = restore_day(latin1, store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
+    assert restored.fingerprint_checked and restored.rows == 1
