@@ -24,7 +24,7 @@ def _typed_table(conn, schema: str, type_sql: str, values: list[str]) -> sql.Ide
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, v {})").format(table, sql.SQL(type_sql)))
     for i, value in enumerate(values, start=1):
         conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, {}, {})").format(
-            table, sql.Literal(i), sql.Literal(DAY), sql.SQL(value.replace("{", "{{").replace("}", "}}"))))
+            table, sql.Literal(i), sql.Literal(DAY), sql.SQL(value)))
     return table
 
 
@@ -116,3 +116,27 @@ def test_a_day_archived_from_utf8_restores_into_latin1_when_latin1_has_its_chara
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     restored = restore_day(latin1, store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
     assert restored.fingerprint_checked and restored.rows == 1
+
+
+def test_a_strict_table_does_not_skip_onto_an_archive_recorded_as_not_exact(conn, schema, store, temp_dir):
+    """A JSONL day with a json value holding a line break between tokens, archived before the table was made
+    strict: its manifest records the column as not exact (the line break became a space). Once the table is
+    ``strict: true``, archiving the day again must not accept that archive as the day's (README: "strict: true
+    on a table refuses any encoding that is not [exact]"). Was: the re-run compared the *source's* fingerprint
+    with the manifest's (equal, since the manifest records the source's) and skipped, reporting the day
+    archived; the strict check (archive.py, after _keep) is only reached when the day is read again."""
+    from archive_pipeline.core.errors import UnsupportedTypeError
+    from archive_pipeline.core.manifest import decode_manifest
+
+    table = _typed_table(conn, schema, "json", ["'{\"a\":\n1}'"])
+    loose = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none")
+    first = archive_partition(conn, loose, DAY, store, temp_dir=temp_dir)
+    manifest = decode_manifest(store.get_verified_bytes(f"{first.key}.manifest.json"))
+    assert manifest["exact"] is False and [c["exact"] for c in manifest["columns"]] == [True, True, False]
+    assert store.client.get_object(Bucket=store.bucket, Key=first.key)["Body"].read().count(b'{"a": 1}') == 1
+    assert conn.execute(sql.SQL("SELECT v::text FROM {}").format(table)).fetchone()[0] == '{"a":\n1}'
+
+    strict = loose.model_copy(update={"strict": True})
+    with pytest.raises(UnsupportedTypeError, match="strict"):
+        again = archive_partition(conn, strict, DAY, store, temp_dir=temp_dir)
+        print(again)
