@@ -532,6 +532,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         if spec.partitioning.mode == "declarative":
             conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target.identifier))
+    table, target = _described_again(conn, spec, day, target, action)
     where = day_filter(table, day)
     # Hash by the archived column names, in the archive's order, so a partition whose columns are in
     # another order (attached from a table built differently) fingerprints like its parent, and columns
@@ -580,6 +581,23 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              f"{now.rows:,} were archived (a trigger, rule or row-level security on the table?); "
                              "rolled back", table=spec.name, day=day.isoformat())
     return deleted
+
+
+def _described_again(conn: psycopg.Connection, spec: TableSpec, day: Period, locked: SourceTable,
+                     action: str) -> tuple[SourceTable, SourceTable]:
+    """The table and the removal's target described again once the locks are held, which is what the
+    re-check must hash and remove: the description before them dates from before the pending mark's
+    PUT, and a column added (and filled) meanwhile would be left out of the fingerprint, its values
+    removed with the rows though no archive holds them. A target that is no longer the relation locked
+    (a partition replaced meanwhile) is refused."""
+    table = source_table(conn, spec, day)
+    target = _target(conn, spec, day, table, action)
+    if target.qualified != locked.qualified:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: its partition changed while it was being "
+                             f"removed ({locked.qualified} was locked, {target.qualified} holds the day now)",
+                             table=spec.name, day=day.isoformat(), retryable=True,
+                             remedy="run the removal again: it proves the day as it is now")
+    return table, target
 
 
 # Foreign keys referencing the table or any table below it (its partitions, at any depth, or tables inheriting

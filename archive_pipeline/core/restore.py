@@ -42,7 +42,7 @@ from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (Column, day_filter, describe_relation, lookalike_hint, lookalike_relations,
                                           missing_character, prefetch, relation_name, stored_name_problem)
-from archive_pipeline.core.sqltext import with_params
+from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
 _names = itertools.count()
@@ -194,9 +194,9 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
                 "AND strpos(x.{c}::text, E'\\\\') = 0 "
                 "THEN ('{{' || substr(x.{c}::text, 2, length(x.{c}::text) - 2) || '}}')::{bare} "
                 "ELSE (SELECT r.{c} FROM json_to_record(json_build_object({n}, x.{c})) AS r({c} {declared})) END"
-            ).format(c=ident, bare=sql.SQL(bare), declared=sql.SQL(declared), n=sql.Literal(name)))
+            ).format(c=ident, bare=CatalogText(bare), declared=CatalogText(declared), n=sql.Literal(name)))
         else:
-            definitions.append(sql.SQL("{} {}").format(ident, sql.SQL(declared)))
+            definitions.append(sql.SQL("{} {}").format(ident, CatalogText(declared)))
             values.append(sql.SQL("x.{}").format(ident))
     return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM json_to_recordset(%s) AS x({d})").format(
         t=target, c=_column_list(columns), o=_overriding(always_identity), v=sql.SQL(", ").join(values),
@@ -565,7 +565,7 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
     if not found:
         raise RestoreError(f"{where}: type {type_text!r} does not exist in this database; create it (e.g. the enum "
                            "or composite type, or the extension providing it) and restore again")
-    return sql.SQL(type_text)
+    return CatalogText(type_text)
 
 
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict) -> None:
@@ -921,7 +921,8 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Re
     """A value archived as numeric, double precision or real, read into a column of another of these that is
     binary floating point, becomes the nearest value of that type, which may print as the archived text and
     still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
-    compares text, would prove a restore that changed it. Such a target is refused before anything is loaded."""
+    compares text, would prove a restore that changed it. Such a target is refused before anything is loaded,
+    and once more after the load (which rolls it back), in case the target was retyped meanwhile."""
     def kind(type_text: str) -> str:
         return re.sub(r"\(.*?\)", "", type_text)
 
@@ -1058,6 +1059,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
                 rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
                                               fingerprint_added=by_added)
+                # Again, now that the load's lock keeps the target's types as they are: a column retyped while
+                # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
+                _refuse_approximation(conn, manifest, relation)
                 checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added)
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,

@@ -12,11 +12,18 @@ from psycopg import sql
 from psycopg.abc import AdaptContext
 
 
+class CatalogText(sql.SQL):
+    """SQL text the catalog spelled, such as a type as ``format_type`` prints it (``"mood %s"[]``): put
+    into a statement as it is, like :class:`~psycopg.sql.SQL`, but never a placeholder, so
+    :func:`with_params` doubles its ``%`` as it does a name's."""
+
+
 def with_params(query: sql.Composable, context: AdaptContext) -> bytes:
-    """``query`` as the text of a statement executed with parameters: each ``%`` inside a name or a
-    literal doubled, so only the statement's own placeholders (``%s`` in its SQL text, or a
-    :class:`~psycopg.sql.Placeholder`) take a parameter."""
+    """``query`` as the text of a statement executed with parameters: each ``%`` inside a name, a
+    literal or a :class:`CatalogText` doubled, so only the statement's own placeholders (``%s`` in its
+    SQL text, or a :class:`~psycopg.sql.Placeholder`) take a parameter."""
     if isinstance(query, sql.Composed):
         return b"".join(with_params(part, context) for part in query)
     text = query.as_bytes(context)
-    return text if isinstance(query, sql.SQL | sql.Placeholder) else text.replace(b"%", b"%%")
+    own = isinstance(query, sql.SQL | sql.Placeholder) and not isinstance(query, CatalogText)
+    return text if own else text.replace(b"%", b"%%")

@@ -36,7 +36,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.sqltext import with_params
+from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -235,7 +235,25 @@ def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | 
     with conn.transaction():
         table = source_table(conn, spec, day)
         columns = archived_order(spec, day, table, names)
-        return fingerprint.compute(conn, table.identifier, columns, day_filter(table, day), algorithm)
+        now = fingerprint.compute(conn, table.identifier, columns, day_filter(table, day), algorithm)
+        _columns_unchanged(conn, spec, day, table)
+        return now
+
+
+def _columns_unchanged(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """Raise :class:`ColumnsChangedError` if the table's columns are no longer those it was described with.
+
+    Asked after the fingerprint, whose scan holds the table until the transaction ends: the columns it
+    hashed are those of the description before it, and a column added (and filled) in between would
+    otherwise be left out, and the source called equal to an archive that lacks it. (Under REPEATABLE
+    READ both descriptions and the rows are of one snapshot, which is consistent by itself.)"""
+    again = source_table(conn, spec, day)
+    if [(c.name, c.type_name) for c in again.columns] != [(c.name, c.type_name) for c in table.columns]:
+        raise ColumnsChangedError(
+            f"{spec.name} {day}: the source's columns changed while it was being compared: "
+            f"{[c.name for c in table.columns]} became {[c.name for c in again.columns]}",
+            table=spec.name, day=day.isoformat(), retryable=True,
+            remedy="compare again; if the new columns are right, archive the day again (overwrite)")
 
 
 def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequence[str] | None) -> Sequence[Column]:
@@ -426,7 +444,9 @@ class _SourceFingerprint:
             table = source_table(conn, self.spec, self.day)
             where = day_filter(table, self.day)
             columns = archived_order(self.spec, self.day, table, self.names)
-            return table, where, fingerprint.compute(conn, table.identifier, columns, where, self.algorithm)
+            now = fingerprint.compute(conn, table.identifier, columns, where, self.algorithm)
+            _columns_unchanged(conn, self.spec, self.day, table)
+            return table, where, now
 
     def result(self) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
         if self.thread is None:
@@ -659,7 +679,7 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # a type of the user's is named with its schema, so it is found whatever the path of this session
     # (a manifest names it as the archiving session's path showed it)
     own = conn.execute(_QUALIFIED_TYPES, (list(oids),)).fetchall()
-    kinds = {name: sql.SQL(spelled) if spelled else types[name] for name, (spelled,) in zip(names, own, strict=True)}
+    kinds = {name: CatalogText(spelled) if spelled else types[name] for name, (spelled,) in zip(names, own, strict=True)}
     # a parsed domain over char(n) is hashed as bpchar is, by its output with the trailing blanks (``::text``
     # strips them; the source's side keeps them)
     bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
