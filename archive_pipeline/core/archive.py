@@ -28,8 +28,10 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
-from archive_pipeline.core.errors import ArchiveError, is_cancellation, is_retryable, named, note_cancelled, wrap
+from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
+                                          note_cancelled, wrap)
 from archive_pipeline.core.formats.common import (
+    OTHER_FORMATS,
     Extraction,
     WriteStats,
     explain_value_failure,
@@ -551,8 +553,22 @@ class _Archiving:
         if fingerprint.recorded_algorithm(recorded) is None:
             return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         if same:
+            self._refuse_inexact_archive(manifest)
             return True
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
+
+    def _refuse_inexact_archive(self, manifest: dict) -> None:
+        """A ``strict`` table accepts no archive whose manifest records a column as not exact (one written
+        before the table was made strict): its fingerprint is the source's, so it would be skipped onto."""
+        inexact = [c for c in manifest.get("columns", []) if c.get("exact") is False]
+        if not self.spec.strict or not inexact:
+            return
+        said = "; ".join(f"{c['name']!r} ({c.get('encoding')}: {c.get('note')})" for c in inexact)
+        fmt = manifest.get("format", self.spec.format)
+        raise UnsupportedTypeError(
+            f"its archive {self._archive_uri(manifest)} records column(s) {said} as not exact in {fmt}, and the "
+            f"table is strict; archive the day again as {OTHER_FORMATS.get(fmt, 'another format')} with overwrite, "
+            "or set strict: false to accept it", table=self.spec.name, retryable=False)
 
     def _change_message(self, manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> str:
         archived = fingerprint.Fingerprint.parse(manifest["fingerprint"])

@@ -3,8 +3,15 @@
 The fingerprint is the row count plus the sum, over rows, of a 64-bit hash of each row. A sum is
 order-independent (the archive's row order does not matter) and, unlike XOR, counts duplicate rows.
 
-``row-hash-sum-v3`` (new archives): a row's hash is a chain over its columns in column order, each
-link one ``hashtextextended`` of the column's text form seeded with the previous link (its whole
+``row-hash-sum-v4`` (new archives) is v3 over each text form's UTF-8 bytes, whatever the server's
+encoding, so a day archived from a LATIN1 database proves in a UTF-8 one and the other way round. In a
+UTF8 (or SQL_ASCII) database it is v3 itself, value for value; in a single-byte encoding each text is
+converted to UTF-8 and hashed as those bytes (see :func:`_utf8_bytes`). A multibyte encoding other than
+UTF-8 (EUC_*, MULE_INTERNAL) cannot hold arbitrary UTF-8 bytes in a text: there v4 hashes the server's
+bytes, like v3, and its archives prove only in a database of the same encoding.
+
+``row-hash-sum-v3`` (archives written before v4, still computed to prove them): a row's hash is a
+chain over its columns in column order, each link one ``hashtextextended`` of the column's text form seeded with the previous link (its whole
 64 bits are mixed in), so no column's change can cancel another's and swapped values change it.
 A column's text form is its ``::text`` under :data:`CANONICAL_SETTINGS` (text itself under the
 "C" collation, so a nondeterministic collation cannot fold case or accents; a bpchar its output
@@ -17,7 +24,7 @@ converted to text that the value does not print as, which makes it about a quart
 boolean as itself, a 64-bit hash of a text or uuid's bytes or of any other value's text output,
 and ``N`` for NULL.
 
-Types' own hash functions are not used by either, where they are weaker than their text:
+Types' own hash functions are not used by any of them, where they are weaker than their text:
 ``hashint8extended`` (and so timestamps and time) folds the high 32 bits into the low ones,
 ``hash_numeric_extended`` ignores the sign, and equality-based hashes cannot tell 1.0 from 1.00,
 0 from -0, '1 day' from '24 hours', array bounds, or enum labels across databases. Text output
@@ -42,9 +49,15 @@ from psycopg import sql
 
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
-ALGORITHM = "row-hash-sum-v3"
+ALGORITHM = "row-hash-sum-v4"
+V3 = "row-hash-sum-v3"
 V2 = "row-hash-sum-v2"
-ALGORITHMS = (ALGORITHM, V2)  # every algorithm this version computes: an archive recorded with one can be proven
+ALGORITHMS = (ALGORITHM, V3, V2)  # every algorithm this version computes: an archive recorded with one can be proven
+CHAINED = (ALGORITHM, V3)  # the algorithms that hash each column's text form in a chain (v2 joins pieces)
+# Server encodings whose text is UTF-8 bytes already (SQL_ASCII: any bytes, and archived text must be UTF-8),
+# and the multibyte ones other than UTF-8, whose text cannot hold arbitrary UTF-8 bytes (see row_hash).
+_UTF8_ALREADY = frozenset({"UTF8", "SQL_ASCII"})
+_MULTIBYTE = frozenset({"EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004", "MULE_INTERNAL"})
 
 # Output of every type is fixed by these, whatever the server's or role's defaults.
 CANONICAL_SETTINGS = {
@@ -158,29 +171,49 @@ def column_piece(column: ColumnLike, qualifier: str | None = None) -> sql.Compos
     return sql.SQL("coalesce({}, {})").format(sql.SQL(template).format(c=ident), sql.Literal(_NULL_PIECE))
 
 
+def server_encoding(conn: psycopg.Connection) -> str:
+    """The database's encoding, which v4 needs to hash every text as UTF-8 bytes."""
+    return conn.info.parameter_status("server_encoding") or "UTF8"
+
+
 def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
-             algorithm: str = ALGORITHM) -> sql.Composable:
-    """One 64-bit hash per row (see the module's docstring for each algorithm)."""
+             algorithm: str = ALGORITHM, encoding: str = "UTF8") -> sql.Composable:
+    """One 64-bit hash per row (see the module's docstring for each algorithm), for a database whose
+    ``encoding`` is given (:func:`server_encoding`)."""
     if not columns:
         return sql.SQL("0::int8")
     if algorithm == V2:
         return _v2_row_hash(columns, qualifier)
-    if algorithm != ALGORITHM:
+    if algorithm not in CHAINED:
         raise ValueError(f"unknown fingerprint algorithm {algorithm!r}")
-    chains = [_chain(columns[i:i + _CHAIN], qualifier) for i in range(0, len(columns), _CHAIN)]
+    as_utf8 = algorithm == ALGORITHM and encoding not in _UTF8_ALREADY and encoding not in _MULTIBYTE
+    convert = encoding if as_utf8 else None
+    chains = [_chain(columns[i:i + _CHAIN], qualifier, convert) for i in range(0, len(columns), _CHAIN)]
     if len(chains) == 1:
         return chains[0]
     return sql.SQL("hashtextextended(concat_ws(',', {}), 0)").format(  # at most 1,600 / 64 = 25 chains
         sql.SQL(", ").join(sql.SQL("({})::text").format(chain) for chain in chains))
 
 
-def _chain(columns: Sequence[ColumnLike], qualifier: str | None) -> sql.Composable:
-    """v3: each column's text hashed with the previous link as the seed; NULL flips the seed's low bit."""
+def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | None = None) -> sql.Composable:
+    """v3, v4: each column's text hashed with the previous link as the seed; NULL flips the seed's low bit.
+    ``convert`` (v4 in a database of that single-byte encoding): each text as its UTF-8 bytes first."""
     link: sql.Composable = sql.SQL("0::int8")
     for column in columns:
+        text = column_text(column, qualifier)
+        if convert is not None:
+            text = _utf8_bytes(text, convert)
         link = sql.SQL('hashtextextended(coalesce({text}, \'\') COLLATE "C", {link} # ({is_null})::int::int8)'
-                       ).format(text=column_text(column, qualifier), link=link, is_null=column_is_null(column, qualifier))
+                       ).format(text=text, link=link, is_null=column_is_null(column, qualifier))
     return link
+
+
+def _utf8_bytes(text: sql.Composable, encoding: str) -> sql.Composable:
+    """``text`` of a database in a single-byte ``encoding`` as a text whose bytes are its UTF-8 bytes:
+    converted to UTF-8, then taken back as the database's own encoding, which in a single-byte
+    encoding checks no more than that no byte is zero (UTF-8 of a text has none). hashtextextended
+    under the "C" collation then hashes exactly the bytes a UTF-8 database would."""
+    return sql.SQL("convert_from(convert_to({}, 'UTF8'), {})").format(text, sql.Literal(encoding))
 
 
 def _v2_row_hash(columns: Sequence[ColumnLike], qualifier: str | None) -> sql.Composable:
@@ -193,9 +226,11 @@ def _v2_row_hash(columns: Sequence[ColumnLike], qualifier: str | None) -> sql.Co
 
 
 def fingerprint_query(relation: sql.Composable, columns: Sequence[ColumnLike],
-                      where: sql.Composable | None = None, algorithm: str = ALGORITHM) -> sql.Composed:
+                      where: sql.Composable | None = None, algorithm: str = ALGORITHM,
+                      encoding: str = "UTF8") -> sql.Composed:
     return sql.SQL("SELECT count(*), coalesce(sum({h}), 0)::text FROM {rel} WHERE {where}").format(
-        h=row_hash(columns, algorithm=algorithm), rel=relation, where=where if where is not None else sql.SQL("TRUE"))
+        h=row_hash(columns, algorithm=algorithm, encoding=encoding), rel=relation,
+        where=where if where is not None else sql.SQL("TRUE"))
 
 
 @contextlib.contextmanager
@@ -212,7 +247,8 @@ def compute(conn: psycopg.Connection, relation: sql.Composable, columns: Sequenc
             where: sql.Composable | None = None, algorithm: str = ALGORITHM) -> Fingerprint:
     """The fingerprint of the rows of ``relation`` matching ``where``, in the caller's snapshot."""
     with canonical_settings(conn):
-        rows, hash_sum = conn.execute(fingerprint_query(relation, columns, where, algorithm)).fetchone()
+        rows, hash_sum = conn.execute(fingerprint_query(relation, columns, where, algorithm,
+                                                        server_encoding(conn))).fetchone()
     return Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
 
 
@@ -223,7 +259,8 @@ def row_hashes(conn: psycopg.Connection, relation: sql.Composable, columns: Sequ
     to find the rows that differ between an archive and its source (see :func:`first_difference`).
     Give each stream its own connection: two open streams on one would interleave transactions."""
     query = sql.SQL("SELECT {h} AS h FROM {rel} WHERE {where} ORDER BY 1").format(
-        h=row_hash(columns, algorithm=algorithm), rel=relation, where=where if where is not None else sql.SQL("TRUE"))
+        h=row_hash(columns, algorithm=algorithm, encoding=server_encoding(conn)), rel=relation,
+        where=where if where is not None else sql.SQL("TRUE"))
     name = f"archive_pipeline_row_hashes_{next(_cursor_names)}"
     with canonical_settings(conn), conn.cursor(name=name) as cur:
         cur.itersize = batch

@@ -783,7 +783,7 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     query = sql.SQL("WITH ins AS ({insert} RETURNING {cols}) SELECT count(*), coalesce(sum({h}), 0)::text FROM ins").format(
-        insert=insert, cols=_column_list(manifest_columns(manifest)), h=fp.row_hash(columns, "ins", algorithm))
+        insert=insert, cols=_column_list(manifest_columns(manifest)), h=fp.row_hash(columns, "ins", algorithm, fp.server_encoding(conn)))
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
@@ -801,7 +801,9 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     inserted = conn.execute(insert).rowcount
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _columns_of(conn, relation, manifest_columns(manifest))
-    hashed_stage, hashed_target = fp.row_hash(columns, "s", algorithm), fp.row_hash(columns, "t", algorithm)
+    encoding = fp.server_encoding(conn)
+    hashed_stage, hashed_target = (fp.row_hash(columns, "s", algorithm, encoding),
+                                   fp.row_hash(columns, "t", algorithm, encoding))
     query = sql.SQL(
         "WITH s AS (SELECT {hs} AS h, count(*) AS n FROM {stage} s GROUP BY 1), "
         "t AS (SELECT {ht} AS h, count(*) AS n FROM {target} t WHERE {ht} IN (SELECT h FROM s) GROUP BY 1) "

@@ -378,7 +378,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         if problems:
             return problems
         with scratch_conn.transaction():
-            if algorithm != fingerprint.ALGORITHM:
+            if algorithm not in fingerprint.CHAINED:
                 temp, columns = _temp_table(scratch_conn, manifest)
             elif manifest["format"] == "csv":
                 temp, columns = _text_table(scratch_conn, manifest)
@@ -526,7 +526,7 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
     rel, cols, db, filt = (relation, rel_columns, conn, where) if side == "left" else (temp, temp_columns, scratch, None)
     # ROW(r.*): a bare r would be a column of that name, where the table has one
     query = sql.SQL("SELECT ROW(r.*)::text FROM {rel} AS r WHERE {where} AND {h} = %s LIMIT 1").format(
-        rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r", algorithm))
+        rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r", algorithm, fingerprint.server_encoding(db)))
     with fingerprint.canonical_settings(db):
         row = db.execute(with_params(query, db), (value,)).fetchone()
     text = row[0] if row else "?"
