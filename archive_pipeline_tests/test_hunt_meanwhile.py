@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
 
 import pytest
 from psycopg import sql
@@ -17,32 +15,10 @@ from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import load_manifest
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: F401 - fixture: two days of 300 rows
+from archive_pipeline_tests.test_race_hunt import in_thread, wait_until
 
 DAY = dt.date(2024, 3, 10)
 IN_DAY = "created_at >= '2024-03-10+00' AND created_at < '2024-03-11+00'"
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def in_thread(fn) -> tuple[threading.Thread, dict]:
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 @pytest.mark.parametrize("action", ["drop", "delete"])
