@@ -1,0 +1,93 @@
+"""Hunt D: real PostgreSQL faults at each step of the archive, the proof, the restore and the removal.
+
+Each fault is real: a backend terminated from another session, a timeout the role or the session sets,
+a connection limit, a server restart. What must hold: the fault is classified by its cause, named with
+table, day, cause and remedy; nothing is left half written; no secret anywhere; the next run recovers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import archive
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.verify import deep_verify
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _events(conn, schema: str, rows: int = 3000) -> sql.Identifier:
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, note text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '20 seconds', 'n' || g "
+                         "FROM generate_series(1, {}) g").format(table, sql.Literal(DAY.isoformat()),
+                                                                 sql.Literal(rows)))
+    conn.execute(sql.SQL("ANALYZE {}").format(table))
+    return table
+
+
+def _spec(name: str, fmt: str = "csv", **extra) -> TableSpec:
+    return TableSpec(name=name, day_column="created_at", start_date=DAY, format=fmt, compression="zstd", **extra)
+
+
+# ---- the archive: the first session waits for the fingerprint's, inside its read transaction ------------
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_the_read_transaction_does_not_idle_while_the_fingerprint_alongside_finishes(
+        pg, conn, schema, store, temp_dir, monkeypatch, fmt):
+    """A first archive of a day fingerprints it in a second session while the first one COPYs it. When the
+    fingerprint takes longer than the COPY (CSV: COPY is cheap, the fingerprint is not; README: +19% wall time
+    for CSV, i.e. the fingerprint outlasts the read), the first session has read every row and then waits,
+    *idle in its REPEATABLE READ transaction*, for the other one. Under idle_in_transaction_session_timeout
+    (source.idle_in_transaction_timeout_ms, or the role's/server's) the server kills it and the day fails,
+    "retryable", at every retry alike. Here one row of a view costs the fingerprint 3 s, so the wait is
+    certain; the timeout is 1 s. Should: the first session ends its read transaction once its rows are read
+    (the second one holds the snapshot and the day's locks itself), as the parallel streams and the Parquet
+    reader already make it do."""
+    _events(conn, schema)
+    conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT e.*, CASE WHEN e.id = 1500 AND current_query() LIKE "
+                         "'%%hashtextextended%%' THEN pg_sleep(3)::text END AS slow FROM {t} e").format(
+        v=sql.Identifier(schema, "ev_view"), t=sql.Identifier(schema, "ev")))
+    monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)  # this small day takes the alongside path
+    spec = _spec(f"{schema}.ev_view", fmt)
+    with pg.connect() as archiving:
+        result = archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir),
+                                   session_settings={"idle_in_transaction_session_timeout": "1000"})
+    assert result.rows == 3000 and not result.skipped
+
+
+# ---- deep verification: the loading session waits for the source's fingerprint, inside its transaction ----
+
+def _slow_view(conn, schema: str) -> str:
+    """``<schema>.ev_view``: the day's 3,000 rows, one of which costs a fingerprint (a query hashing rows) 3 s."""
+    _events(conn, schema)
+    conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT e.*, CASE WHEN e.id = 1500 AND current_query() LIKE "
+                         "'%%hashtextextended%%' THEN pg_sleep(3)::text END AS slow FROM {t} e").format(
+        v=sql.Identifier(schema, "ev_view"), t=sql.Identifier(schema, "ev")))
+    return f"{schema}.ev_view"
+
+
+def test_deep_verification_does_not_idle_in_its_load_transaction_while_the_source_is_fingerprinted(
+        pg, conn, schema, store, temp_dir):
+    """Deep verification loads the archive into a temporary table in one transaction on the proving session
+    while a second session fingerprints the source, then waits for that fingerprint *inside* the load's
+    transaction (the temporary table is ON COMMIT DROP). A source whose fingerprint takes longer than the
+    load (a big CSV day: loading text is cheap, the source's typed values are not) keeps the proving session
+    idle in transaction; under idle_in_transaction_session_timeout (PostgresResource and the command line set
+    source.idle_in_transaction_timeout_ms on it) it is killed and a proof that holds fails, "retryable", at
+    every retry alike. Should: proven ([]), e.g. by computing the loaded rows' fingerprint, ending the load's
+    transaction (or keeping it busy) before waiting for the source's."""
+    name = _slow_view(conn, schema)
+    spec = _spec(name, "csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))  # (fingerprinted first: a small day)
+    with pg.connect() as proving:
+        proving.execute("SET idle_in_transaction_session_timeout = 1000")
+        assert deep_verify(proving, store, spec, DAY, temp_dir=str(temp_dir)) == []
