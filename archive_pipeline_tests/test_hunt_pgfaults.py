@@ -27,7 +27,7 @@ DAY = dt.date(2024, 3, 10)
 def _events(conn, schema: str, rows: int = 3000) -> sql.Identifier:
     table = sql.Identifier(schema, "ev")
     conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, note text)").format(table))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '20 seconds', 'n' || g "
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + (g % 86000) * interval '1 second', 'n' || g "
                          "FROM generate_series(1, {}) g").format(table, sql.Literal(DAY.isoformat()),
                                                                  sql.Literal(rows)))
     conn.execute(sql.SQL("ANALYZE {}").format(table))
@@ -91,3 +91,57 @@ def test_deep_verification_does_not_idle_in_its_load_transaction_while_the_sourc
     with pg.connect() as proving:
         proving.execute("SET idle_in_transaction_session_timeout = 1000")
         assert deep_verify(proving, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
+# ---- helpers: terminate a session when it runs a given step ------------------------------------------------
+
+class _KillAt:
+    """A watcher (its own superuser session) that terminates backend ``pid()`` once pg_stat_activity shows it
+    running a query LIKE ``pattern``; ``killed`` says whether it did."""
+
+    def __init__(self, pg, pid, pattern: str, timeout: float = 20.0) -> None:
+        self.pg, self.pid, self.pattern, self.timeout = pg, pid, pattern, timeout
+        self.killed = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        with self.pg.connect() as watcher:
+            while time.monotonic() < deadline:
+                pid = self.pid()
+                if pid is not None and watcher.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND state = 'active' "
+                        "AND query LIKE %s", (pid, self.pattern)).fetchone():
+                    self.killed.set()
+                    return
+                time.sleep(0.002)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.thread.join(self.timeout + 5)
+
+
+def test_a_restore_terminated_while_it_loads_leaves_nothing_and_runs_again(
+        pg, conn, schema, store, temp_dir):
+    """(Held.) The restoring session is terminated in the middle of its COPY into the new table."""
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    _events(conn, schema, rows=100000)
+    spec = _spec(f"{schema}.ev", "csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    target = f"{schema}.back"
+    with pg.connect() as restoring:
+        with _KillAt(pg, lambda: restoring.info.backend_pid, "COPY %FROM STDIN%") as kill, \
+                pytest.raises(RestoreError) as caught:
+            restore_day(restoring, store, spec, DAY, into="new", target=target, temp_dir=str(temp_dir))
+    assert kill.killed.is_set()
+    err = caught.value
+    assert err.retryable and (err.table, err.day) == (spec.name, DAY.isoformat()), str(err)
+    assert "terminated" in str(err) and "to fix:" in str(err), str(err)
+    assert conn.execute("SELECT to_regclass(%s)", (target,)).fetchone()[0] is None
+    assert list(temp_dir.iterdir()) == []
+    with pg.connect() as again:
+        assert restore_day(again, store, spec, DAY, into="new", target=target, temp_dir=str(temp_dir)).rows == 100000
