@@ -145,3 +145,118 @@ def test_a_restore_terminated_while_it_loads_leaves_nothing_and_runs_again(
     assert list(temp_dir.iterdir()) == []
     with pg.connect() as again:
         assert restore_day(again, store, spec, DAY, into="new", target=target, temp_dir=str(temp_dir)).rows == 100000
+
+
+# ---- secrets: no password in the error or anything it carries --------------------------------------------
+
+PASSWORD = "hunt d's:p@ss/%ü"
+
+
+def _chain_texts(exc: BaseException) -> list[str]:
+    """The text of ``exc`` and of every exception it carries (cause, context, notes, args), as a traceback
+    printer or an error tracker shows them."""
+    import traceback
+
+    texts, seen, todo = [], set(), [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        texts += [str(current), repr(current), *map(str, getattr(current, "__notes__", []))]
+        todo += [current.__cause__, current.__context__]
+    texts.append("".join(traceback.format_exception(exc)))
+    return texts
+
+
+def _password_role(pg, conn, schema: str, label: str) -> tuple[str, str]:
+    import os
+
+    role = f"hd_{label}_{os.getpid()}_{schema}"
+    dsn = pg.create_password_role(role, PASSWORD)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}").format(
+        s=sql.Identifier(schema), r=sql.Identifier(role)))
+    return role, dsn
+
+
+@pytest.mark.parametrize(("fmt", "streams"), [("parquet", 1), ("csv", 2)])
+def test_a_password_rotated_before_the_second_session_is_nowhere_in_the_error(pg, conn, schema, store, temp_dir,
+                                                                              fmt, streams):
+    _events(conn, schema)
+    role, dsn = _password_role(pg, conn, schema, "rot")
+    spec = _spec(f"{schema}.ev", fmt, parallel_streams=streams)
+    with psycopg.connect(dsn, autocommit=True) as archiving:
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD 'rotated elsewhere'").format(sql.Identifier(role)))
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+    err = caught.value
+    assert not err.retryable and "wrong password" in str(err), str(err)
+    from urllib.parse import quote
+    for text in _chain_texts(err):
+        for form in (PASSWORD, quote(PASSWORD, safe=""), "p@ss"):
+            assert form not in text, text
+
+
+# ---- a server crash while a removal's transaction is open ------------------------------------------------
+
+def test_a_pending_mark_whose_transaction_died_in_a_crash_is_not_completed_by_a_reused_transaction_id(
+        s3_client, store, temp_dir):
+    """The removal writes its pending mark with its transaction's id (txid_current()) and only then locks and
+    deletes. The server crashes (immediate shutdown, a power loss, an OOM kill of the postmaster) meanwhile, and
+    the mark stays pending (here the store is unreachable for the take-back, as when the archiver's host went
+    down with it). That transaction never wrote WAL, so after crash recovery PostgreSQL hands its id out again
+    ("transaction ID ... is in the future" until then): the next committed transaction of the cluster gets it.
+    Settling the mark asks txid_status(id), hears 'committed', and completes the removal: the manifest says
+    'removed: done' while every row is still in the source (a changed day is then refused for ever as removed,
+    DayRemovedError). Should: taken back (the source still has the day's rows), e.g. by checking the source's
+    rows as well before completing, or by making the mark's transaction durable before the PUT (a WAL record of
+    it: the LOCK, or a row written, then flushed), so its id is never handed out again."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from archive_pipeline.core.lifecycle import remove_day, settle_pending_removal
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.local.local_stack import start_postgres
+
+    server = start_postgres({"autovacuum": "off"})
+    try:
+        with server.connect() as setup:
+            setup.execute("CREATE SCHEMA hd")
+            _events(setup, "hd", rows=300)
+            setup.execute("CHECKPOINT")
+        spec = TableSpec(name="hd.ev", day_column="created_at", start_date=DAY,
+                         retention={"keep_days": 30, "action": "delete"})
+        with server.connect() as archiving:
+            result = archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+        state = {"crashed": False}
+
+        def crash_at_the_pending_mark(params, **_) -> None:
+            if not state["crashed"] and params["Key"].endswith(".manifest.json"):
+                server.stop(keep_root=True)  # the removal's transaction is open, its id assigned
+                state["crashed"] = True
+
+        def store_gone_too(**_) -> None:
+            if state["crashed"]:
+                raise EndpointConnectionError(endpoint_url="http://store")
+
+        events = s3_client.meta.events
+        events.register("before-parameter-build.s3.PutObject", crash_at_the_pending_mark)
+        events.register("before-call.s3.GetObject", store_gone_too)
+        try:
+            with server.connect() as removing, pytest.raises(ArchiveError):
+                remove_day(removing, spec, DAY, store, proven=True)
+        finally:
+            events.unregister("before-parameter-build.s3.PutObject", crash_at_the_pending_mark)
+            events.unregister("before-call.s3.GetObject", store_gone_too)
+        assert state["crashed"] and load_manifest(store, result.key)["removed"]["state"] == "pending"
+        server.restart()
+        with server.connect() as later:
+            for _ in range(5):  # the cluster's ordinary work after the restart: a few committed transactions
+                later.execute("SELECT txid_current()")
+            settled = settle_pending_removal(later, spec, DAY, store)
+            rows = later.execute("SELECT count(*) FROM hd.ev WHERE created_at >= %s::timestamptz AND "
+                                 "created_at < %s::timestamptz + interval '1 day'", (DAY, DAY)).fetchone()[0]
+        assert rows == 300
+        assert settled.outcome == "taken back", (settled.outcome, settled.why)
+        assert "removed" not in load_manifest(store, result.key)
+    finally:
+        server.stop()
