@@ -53,8 +53,9 @@ def test_the_read_transaction_does_not_idle_while_the_fingerprint_alongside_fini
     (the second one holds the snapshot and the day's locks itself), as the parallel streams and the Parquet
     reader already make it do."""
     _events(conn, schema)
+    # NULL whatever the query (a value that depended on it would make the archive differ from its fingerprint)
     conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT e.*, CASE WHEN e.id = 1500 AND current_query() LIKE "
-                         "'%%hashtextextended%%' THEN pg_sleep(3)::text END AS slow FROM {t} e").format(
+                         "'%%hashtextextended%%' AND pg_sleep(3) IS NULL THEN 'never' END AS slow FROM {t} e").format(
         v=sql.Identifier(schema, "ev_view"), t=sql.Identifier(schema, "ev")))
     monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)  # this small day takes the alongside path
     spec = _spec(f"{schema}.ev_view", fmt)
@@ -69,8 +70,9 @@ def test_the_read_transaction_does_not_idle_while_the_fingerprint_alongside_fini
 def _slow_view(conn, schema: str) -> str:
     """``<schema>.ev_view``: the day's 3,000 rows, one of which costs a fingerprint (a query hashing rows) 3 s."""
     _events(conn, schema)
+    # NULL whatever the query (a value that depended on it would make the archive differ from its fingerprint)
     conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT e.*, CASE WHEN e.id = 1500 AND current_query() LIKE "
-                         "'%%hashtextextended%%' THEN pg_sleep(3)::text END AS slow FROM {t} e").format(
+                         "'%%hashtextextended%%' AND pg_sleep(3) IS NULL THEN 'never' END AS slow FROM {t} e").format(
         v=sql.Identifier(schema, "ev_view"), t=sql.Identifier(schema, "ev")))
     return f"{schema}.ev_view"
 

@@ -472,7 +472,15 @@ class _Archiving:
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
             extraction.expected_rows = fp.rows
             return write(), fp, fp_seconds
-        stats, (fp, fp_seconds) = self._alongside(side, write, table, where)
+        def write_then_release() -> WriteStats:
+            stats = write()
+            # Every row is read: the snapshot's transaction ends now, not when the fingerprint alongside does
+            # (often later: it costs more than the COPY), since meanwhile the session would sit idle in it and
+            # idle_in_transaction_session_timeout end it. The fingerprint's session imported the snapshot.
+            extraction.snapshot.release()
+            return stats
+
+        stats, (fp, fp_seconds) = self._alongside(side, write_then_release, table, where)
         return stats, fp, fp_seconds
 
     def _alongside(self, side: psycopg.Connection, write: Callable[[], WriteStats], table: SourceTable,

@@ -149,8 +149,9 @@ _LOCK_TIMEOUT = _src(True, "lock_timeout: another session holds a conflicting lo
                      f"{_RETRIED}; if it persists, find the blocker with pg_blocking_pids() / pg_locks, or raise "
                      "source.lock_timeout_ms")
 _IDLE_TIMEOUT = _src(True, "idle_in_transaction_session_timeout ended the snapshot's session",
-                     "raise source.idle_in_transaction_timeout_ms (the snapshot-holding connection idles while the "
-                     "Parquet reader streams), or the role's/server's idle timeout")
+                     "raise source.idle_in_transaction_timeout_ms (the snapshot-holding session waits in its "
+                     "transaction while the day's other sessions, for the fingerprint, parallel streams or the "
+                     "Parquet reader, connect and import its snapshot), or the role's/server's idle timeout")
 _RECOVERY_CONFLICT = _src(True, "hot-standby recovery conflict: the replica cancelled the read so WAL replay "
                           "could remove rows the snapshot still needed",
                           "set hot_standby_feedback = on on the replica, or raise max_standby_streaming_delay "

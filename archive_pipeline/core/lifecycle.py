@@ -414,7 +414,9 @@ def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, wha
 def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:
     """Whether the removal that wrote the manifest's pending mark committed, and the evidence.
 
-    The mark's transaction id decides where PostgreSQL still knows it (``txid_status``); a mark without
+    The mark's transaction id decides where PostgreSQL still knows it (``txid_status``), unless it says
+    committed while the source still holds exactly the archived rows (an id handed out again after a
+    crash: see :func:`_holds_archived_rows`'s caller); a mark without
     one (written by an older version), one too old to know, or one of another cluster (its ``system``
     identifier not this server's) falls back to the source: a day with no
     rows left (its partition or table gone, or empty), or a naming-mode day table a detach left
@@ -438,6 +440,13 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
         else:
             unknown = "too old for PostgreSQL to remember"
         if status == "committed":
+            if not _detached(conn, spec, day, manifest) and _holds_archived_rows(conn, spec, day, manifest):
+                # A transaction that wrote nothing durable before a crash leaves its id to be handed out again
+                # (the removal takes its id before it locks and removes): "committed" is then another's.
+                return False, (f"its transaction id {xid} reads as committed, but the source still holds "
+                               "exactly the archived rows of the day: the removal never took effect (after a "
+                               "server crash, PostgreSQL hands out again the id of a transaction that wrote "
+                               "nothing)")
             return True, f"its transaction {xid} committed"
         if status == "aborted":
             return False, f"its transaction {xid} was rolled back"
@@ -490,6 +499,21 @@ def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifes
             return 0
     algorithm = fingerprint.algorithm_for(manifest.get("fingerprint") or "")
     return source_fingerprint(conn, spec, day, algorithm).rows
+
+
+def _holds_archived_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
+    """Whether the source holds rows of the day, and exactly the archived ones (the manifest's fingerprint)."""
+    if spec.partitioning.mode == "naming":
+        child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
+        if conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]:
+            return False
+    recorded = manifest.get("fingerprint") or ""
+    try:
+        now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded),
+                                 [c["name"] for c in manifest.get("columns", [])] or None)
+    except ColumnsChangedError:
+        return False
+    return now.rows > 0 and str(now) == recorded
 
 
 def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,

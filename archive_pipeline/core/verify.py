@@ -377,16 +377,27 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         problems = _download(store, manifest, sink)
         if problems:
             return problems
-        with scratch_conn.transaction():
-            if algorithm not in fingerprint.CHAINED:
-                temp, columns = _temp_table(scratch_conn, manifest)
-            elif manifest["format"] == "csv":
-                temp, columns = _text_table(scratch_conn, manifest)
-            else:
-                temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
-                    scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
-            _load(scratch_conn, str(sink.path), manifest, temp)
-            return _compare(conn, scratch_conn, day, manifest, temp, columns, source)
+        temp = None
+        try:
+            with scratch_conn.transaction():
+                if algorithm not in fingerprint.CHAINED:
+                    temp, columns = _temp_table(scratch_conn, manifest)
+                elif manifest["format"] == "csv":
+                    temp, columns = _text_table(scratch_conn, manifest)
+                else:
+                    temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
+                        scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
+                _load(scratch_conn, str(sink.path), manifest, temp)
+                loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
+            # Committed before the wait for the source's fingerprint, which often takes longer than the load:
+            # waiting inside the transaction, the session would sit idle in it, and the role's or the
+            # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
+            # The temporary table lives on in the session, for naming the first difference, and is dropped
+            # below (or with the session, however the process ends).
+            return _compare(conn, scratch_conn, day, manifest, temp, columns, source, loaded)
+        finally:
+            if temp is not None:
+                _drop_quietly(scratch_conn, temp)
 
 
 # The caller's limits on its session, which PostgresResource and the command line set after connecting
@@ -478,11 +489,20 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
                            day=manifest.get("day"), retryable=False) from None
 
 
-def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
-             temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint) -> list[str]:
+def _drop_quietly(conn: psycopg.Connection, temp: sql.Composable) -> None:
+    """Drop the proof's temporary table; one that cannot be (a lost session) goes with its session."""
+    if conn.closed or conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return
+    with contextlib.suppress(psycopg.Error):
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(temp))
+
+
+def _loaded_fingerprint(scratch: psycopg.Connection, manifest: dict, temp: sql.Composable,
+                        columns: Sequence[Column]) -> fingerprint.Fingerprint:
+    """The fingerprint of the archive's rows as loaded into ``temp``, by the manifest's algorithm."""
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     try:  # a CSV field read as its column's type now (see _text_table) may no longer be one
-        loaded = fingerprint.compute(scratch, temp, columns, algorithm=recorded.algorithm)
+        return fingerprint.compute(scratch, temp, columns, algorithm=recorded.algorithm)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not read back as its columns' types now: "
                            f"{type(exc).__name__}: {str(exc).strip()}", table=manifest.get("table"),
@@ -490,6 +510,12 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
                            remedy="a type or domain of the table changed since the day was archived (an attribute "
                            "added, a constraint tightened): put it back to prove the day, or archive the day again "
                            "(overwrite) if the source still holds it") from None
+
+
+def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
+             temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint,
+             loaded: fingerprint.Fingerprint) -> list[str]:
+    recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     problems = []
     if loaded != recorded:
         problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
@@ -503,7 +529,7 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
         return problems
     if now != loaded:
         problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
-        with conn.transaction() if conn is not scratch else contextlib.nullcontext():
+        with conn.transaction():  # both row streams in one transaction where conn is the scratch session too
             in_order = columns_as_archived(table.columns, [c.name for c in columns]) or table.columns
             problems.append(_name_first_difference(conn, table.identifier, in_order, where, scratch, temp, columns,
                                                    recorded.algorithm))
@@ -526,7 +552,8 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
     rel, cols, db, filt = (relation, rel_columns, conn, where) if side == "left" else (temp, temp_columns, scratch, None)
     # ROW(r.*): a bare r would be a column of that name, where the table has one
     query = sql.SQL("SELECT ROW(r.*)::text FROM {rel} AS r WHERE {where} AND {h} = %s LIMIT 1").format(
-        rel=rel, where=filt if filt is not None else sql.SQL("TRUE"), h=fingerprint.row_hash(cols, "r", algorithm, fingerprint.server_encoding(db)))
+        rel=rel, where=filt if filt is not None else sql.SQL("TRUE"),
+        h=fingerprint.row_hash(cols, "r", algorithm, fingerprint.server_encoding(db)))
     with fingerprint.canonical_settings(db):
         row = db.execute(with_params(query, db), (value,)).fetchone()
     text = row[0] if row else "?"
@@ -555,10 +582,11 @@ def _type_oids(conn: psycopg.Connection, types: dict[str, sql.Composable]) -> li
 
 
 def _create_temp(conn: psycopg.Connection, types: dict[str, sql.Composable]) -> tuple[sql.Identifier, str]:
-    """A temporary table with these columns, dropped at commit: its identifier and schema.name."""
+    """A temporary table with these columns (the proof drops it; else it goes with the session): its
+    identifier and schema.name."""
     name = f"archive_pipeline_verify_{next(_temp_names)}"
     cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), t) for n, t in types.items())
-    conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), cols))
+    conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({})").format(sql.Identifier(name), cols))
     schema = conn.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = pg_my_temp_schema()").fetchone()[0]
     return sql.Identifier(schema, name), f"{schema}.{name}"
 
