@@ -1,0 +1,115 @@
+"""Hunt G: the command line as a user runs it (a subprocess, real PostgreSQL, moto's S3 over HTTP): wrong
+answers, misleading messages, wrong exit codes, results that are not what the README says."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import parse_config
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+ROOT = Path(__file__).resolve().parents[1]
+DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
+
+
+def make_env(pg, endpoint: str, bucket: str, config: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX="archive", ARCHIVE_S3_ENDPOINT_URL=endpoint,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="200", **extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def small_table(conn, schema: str, name: str = "ev", days=DAYS, rows: int = 50) -> None:
+    """``<schema>.<name> (id int primary key, at timestamptz)`` with ``rows`` rows on each of ``days`` (UTC)."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(
+        sql.Identifier(schema, name)))
+    for n, day in enumerate(days):
+        conn.execute(sql.SQL("INSERT INTO {} SELECT %s * 1000 + g, %s::timestamptz + g * interval '1 minute', "
+                             "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, name)),
+                     (n, f"{day} 00:00+00", rows))
+
+
+def write_config(tmp_path: Path, tables: list[dict]) -> Path:
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}, allow_unicode=True))
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_range_from_the_year_1_is_clipped_to_start_date_in_a_zone_east_of_utc(pg, s3, bucket, conn, schema,
+                                                                                  tmp_path):
+    """`--from 0001-01-01` is a valid day (PeriodArg accepts it) and for a UTC or an America/* table it is clipped
+    to start_date. For a table in a zone east of UTC (Asia/Tokyo) the same command died with "unexpected error:
+    OverflowError: date value out of range; this is a bug in archive_pipeline" and exit 1 (the exit code of
+    "differences found"): local midnight of 0001-01-01 in Tokyo is before datetime.min in UTC."""
+    small_table(conn, schema)
+    tables = [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(), "timezone": zone}
+              for zone in ("Asia/Tokyo",)]
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
+    done = cli(env, "list", "--from", "0001-01-01", "--to", DAYS[-1].isoformat(), "--json")
+    assert "OverflowError" not in done.stderr + done.stdout, done.stderr
+    assert done.returncode in (0, 2), done.stderr  # listed from start_date, or refused as a usage error
+    if done.returncode == 0:
+        assert [d["day"] for d in json.loads(done.stdout)["days"]][:1] == [DAYS[0].isoformat()]
+
+
+def test_a_cancelled_restore_of_a_range_into_a_new_table_can_be_finished_as_the_message_says(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """`restore --from D1 --to D3 --into new --target T` interrupted (Ctrl-C) while the second day downloads: the
+    first day is committed into the new table T. The message said "the day's restore was rolled back; to fix: run
+    the same command again to finish" and the JSON answer listed no day, where the README says the answer lists
+    the days committed before the failure (they stay restored). Running the same command again then fails at
+    once: "T already exists; restore into it with --into existing" (exit 1)."""
+    small_table(conn, schema)
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}
+    spec = parse_config({"tables": [table]}).tables[0]
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    for day in DAYS:
+        archive_partition(conn, spec, day, store)
+    config = write_config(tmp_path, [table])
+    target = f"{schema}.back"
+    args = ["restore", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat(), "--into", "new",
+            "--target", target, "--json"]
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = make_env(pg, proxy.url, bucket, config)
+        held = proxy.add(Fault(method="GET", path=re.escape(render_key(spec, DAYS[1], "archive")) + "$",
+                               action="hold", times=1, hold_timeout=60))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.wait_held(1, timeout=30), child.poll()
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=20)
+        finally:
+            held.gate.set()
+            child.kill()
+    assert child.returncode == 130, err
+    # the first day is committed in the new table
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == 50
+    answer = json.loads(out)
+    assert [d["day"] for d in answer.get("days", [])] == [DAYS[0].isoformat()], answer  # README: listed
+    # "run the same command again to finish": it must then finish
+    again = cli(make_env(pg, s3.endpoint_url, bucket, config), *args)
+    assert again.returncode == 0, (err, again.stderr)
