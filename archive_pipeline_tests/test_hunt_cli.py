@@ -113,3 +113,22 @@ def test_a_cancelled_restore_of_a_range_into_a_new_table_can_be_finished_as_the_
     # "run the same command again to finish": it must then finish
     again = cli(make_env(pg, s3.endpoint_url, bucket, config), *args)
     assert again.returncode == 0, (err, again.stderr)
+
+
+def test_missing_s3_credentials_are_a_configuration_error_not_an_unreachable_store(pg, s3, bucket, conn, schema,
+                                                                                    tmp_path):
+    """No S3 keys anywhere (neither $ARCHIVE_S3_ACCESS_KEY_ID / _SECRET_ACCESS_KEY nor boto3's chain): the README
+    lists "missing credentials" among the S3 errors that fail at once, and exit 2 for a configuration error
+    naming the variable. The command said "cannot reach the object store (NoCredentialsError: Unable to locate
+    credentials): check $ARCHIVE_S3_ENDPOINT_URL and the network", exit 3 (unreachable) and retryable: true, so
+    a script waits and retries a setting that no retry fixes, and the user checks the wrong variable."""
+    small_table(conn, schema)
+    config = write_config(tmp_path, [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}])
+    env = make_env(pg, s3.endpoint_url, bucket, config, AWS_EC2_METADATA_DISABLED="true",
+                   AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    del env["ARCHIVE_S3_ACCESS_KEY_ID"], env["ARCHIVE_S3_SECRET_ACCESS_KEY"]
+    done = cli(env, "list", "--json")
+    answer = json.loads(done.stdout)
+    assert answer["retryable"] is False, answer
+    assert done.returncode == 2, answer
+    assert "ARCHIVE_S3_ACCESS_KEY_ID" in answer["error"], answer
