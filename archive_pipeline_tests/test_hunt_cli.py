@@ -132,3 +132,28 @@ def test_missing_s3_credentials_are_a_configuration_error_not_an_unreachable_sto
     assert answer["retryable"] is False, answer
     assert done.returncode == 2, answer
     assert "ARCHIVE_S3_ACCESS_KEY_ID" in answer["error"], answer
+
+
+def test_list_does_not_call_a_day_restored_into_its_table_deleted_from_the_source(pg, s3, bucket, conn, schema,
+                                                                                   store, tmp_path):
+    """A day removed by retention (delete) and then restored with `restore --into original` is "an ordinary source
+    day again" (README): `compare` says equal, `list --check-source` says archived with no note, `prune` would
+    remove it again. Plain `list` still said "deleted from the source at ..." beside "in_source": true."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.restore import restore_day
+
+    small_table(conn, schema)
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(),
+             "retention": {"keep_days": 30, "action": "delete"}}
+    spec = parse_config({"tables": [table]}).tables[0]
+    day = DAYS[0]
+    archive_partition(conn, spec, day, store)
+    remove_day(conn, spec, day, store)
+    restore_day(conn, store, spec, day, into="original")
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]))
+    [compared] = json.loads(cli(env, "compare", "--day", day.isoformat(), "--json").stdout)["days"]
+    assert compared["result"] == "equal"
+    done = cli(env, "list", "--day", day.isoformat(), "--json")
+    [status] = json.loads(done.stdout)["days"]
+    assert status["in_source"] is True
+    assert "from the source" not in status["note"], status
