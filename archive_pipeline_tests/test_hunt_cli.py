@@ -157,3 +157,30 @@ def test_list_does_not_call_a_day_restored_into_its_table_deleted_from_the_sourc
     [status] = json.loads(done.stdout)["days"]
     assert status["in_source"] is True
     assert "from the source" not in status["note"], status
+
+
+def test_one_locked_table_does_not_hide_or_fail_the_work_done_on_the_others(pg, s3, bucket, conn, schema, tmp_path):
+    """Two tables; the second is held by a migration's ACCESS EXCLUSIVE lock (past lock_timeout_ms). `archive`
+    archived the first table's day (its object and manifest are in the bucket) and then answered as if the whole
+    command had failed: exit 3 ("cannot be reached"), `ok: false` with no `days`, so the archived day is
+    reported nowhere. `compare` likewise ended with exit 3 and compared nothing, where the README says compare
+    "check[s] every day even when one cannot be checked (its rows locked past lock_timeout_ms, say): that day is
+    listed `not checked` ...; only a lost database connection ends the command", and exit 1 is "a day failed
+    (the other days still run)"."""
+    small_table(conn, schema, "a", days=DAYS[:1])
+    small_table(conn, schema, "b", days=DAYS[:1])
+    tables = [{"name": f"{schema}.{name}", "day_column": "at", "start_date": DAYS[0].isoformat()} for name in "ab"]
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"source": {"lock_timeout_ms": 300}, "tables": tables}))
+    env = make_env(pg, s3.endpoint_url, bucket, config)
+    day = DAYS[0].isoformat()
+    with pg.connect() as holder, holder.transaction():
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "b")))
+        archived = cli(env, "archive", "--day", day, "--json")
+        compared = cli(env, "compare", "--day", day, "--json")
+    answer = json.loads(archived.stdout)
+    assert archived.returncode == 1, answer
+    assert {(d["table"], d["status"]) for d in answer["days"]} == {(f"{schema}.a", "archived"), (f"{schema}.b", "failed")}
+    answer = json.loads(compared.stdout)
+    assert compared.returncode == 1, answer
+    assert [(d["table"], d["result"]) for d in answer["days"]][:1] == [(f"{schema}.a", "equal")], answer
