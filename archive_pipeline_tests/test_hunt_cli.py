@@ -184,3 +184,21 @@ def test_one_locked_table_does_not_hide_or_fail_the_work_done_on_the_others(pg, 
     answer = json.loads(compared.stdout)
     assert compared.returncode == 1, answer
     assert [(d["table"], d["result"]) for d in answer["days"]][:1] == [(f"{schema}.a", "equal")], answer
+
+
+def test_output_into_a_pipe_closed_early_is_not_reported_as_differences(pg, s3, bucket, conn, schema, tmp_path):
+    """`archive-pipeline verify | head -1`, `list | head`: the reader goes away after the first line. The command
+    exited 1, silently: in the README's exit codes 1 is "a check or comparison found differences, or a day
+    failed", so a script with `set -o pipefail` (or one checking PIPESTATUS) reads that the archive has problems.
+    A closed pipe is no finding: exit 0 (the work was done), or die of SIGPIPE as shell tools do (141)."""
+    small_table(conn, schema, days=DAYS[:1])
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]))
+    assert cli(env, "archive", "--day", DAYS[0].isoformat()).returncode == 0
+    assert cli(env, "verify", "--day", DAYS[0].isoformat()).returncode == 0  # nothing wrong with the archive
+    for args in (["verify", "--day", DAYS[0].isoformat()], ["verify", "--day", DAYS[0].isoformat(), "--json"]):
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child.stdout.close()  # `| true`: the reader is gone before the first line
+        err = child.stderr.read().decode()
+        assert child.wait(timeout=60) in (0, 141, -signal.SIGPIPE), (args, child.returncode, err)
