@@ -202,3 +202,23 @@ def test_output_into_a_pipe_closed_early_is_not_reported_as_differences(pg, s3, 
         child.stdout.close()  # `| true`: the reader is gone before the first line
         err = child.stderr.read().decode()
         assert child.wait(timeout=60) in (0, 141, -signal.SIGPIPE), (args, child.returncode, err)
+
+
+def test_a_range_reversed_across_the_repeated_autumn_hour_is_refused_as_reversed(pg, s3, bucket, conn, schema,
+                                                                                  tmp_path):
+    """`--from 2024-10-27-02:00+0100 --to 2024-10-27-02:00` (Berlin): the second 02:00 (+01:00) is an hour after
+    the first (+02:00), so the range is reversed, as `--from 2024-10-27-03:00 --to 2024-10-27-02:00` is, which is
+    refused "--from ... is after --to" (exit 2). This one passed the textual check, selected nothing, and `list`
+    exited 0 after blaming start_date: "no hourly period of the table in the selection (its first day,
+    start_date, is 2024-10-26)"."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(sql.Identifier(schema, "hb")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-10-26 22:00+00'::timestamptz + g * interval '1 minute' "
+                         "FROM generate_series(1, 300) g").format(sql.Identifier(schema, "hb")))
+    table = {"name": f"{schema}.hb", "day_column": "at", "granularity": "hourly", "timezone": "Europe/Berlin",
+             "start_date": "2024-10-26"}
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]))
+    plain = cli(env, "list", "--from", "2024-10-27-03:00", "--to", "2024-10-27-02:00")
+    assert plain.returncode == 2 and "is after --to" in plain.stderr
+    done = cli(env, "list", "--from", "2024-10-27-02:00+0100", "--to", "2024-10-27-02:00")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "after" in done.stderr and "start_date" not in done.stderr, done.stderr
