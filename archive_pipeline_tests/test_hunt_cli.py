@@ -222,3 +222,16 @@ def test_a_range_reversed_across_the_repeated_autumn_hour_is_refused_as_reversed
     done = cli(env, "list", "--from", "2024-10-27-02:00+0100", "--to", "2024-10-27-02:00")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "after" in done.stderr and "start_date" not in done.stderr, done.stderr
+
+
+def test_a_missing_config_file_named_by_the_variable_says_which_variable(pg, s3, bucket, tmp_path):
+    """$ARCHIVE_PIPELINE_CONFIG pointing at a file that is not there (a typo, another machine's path): the command
+    said "archive configuration /x/tables.yml not found (check the path given (a component's config_path is
+    relative to its defs.yaml))": the hint of a Dagster component, given to a command line user who gave no path
+    and has no defs.yaml; nothing says the path came from $ARCHIVE_PIPELINE_CONFIG (Click hands the variable's
+    value over as if it were --config, and load_config words a given path for a component)."""
+    env = make_env(pg, s3.endpoint_url, bucket, tmp_path / "tables.yml")
+    done = cli(env, "list", "--json")
+    answer = json.loads(done.stdout)
+    assert done.returncode == 2, answer
+    assert "ARCHIVE_PIPELINE_CONFIG" in answer["error"] and "component" not in answer["error"], answer
