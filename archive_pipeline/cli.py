@@ -334,7 +334,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
     """The options every command takes, and one place that turns errors into exit codes."""
     day = PeriodArg()
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="ARCHIVE_PIPELINE_CONFIG",
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),  # (no envvar: load_config reads it)
                   help="table list (default $ARCHIVE_PIPELINE_CONFIG, else ./archive_tables.yaml)")
     @click.option("--table", "-t", "table_names", multiple=True, metavar="SCHEMA.TABLE",
                   help="a configured table (repeatable; default: all)")

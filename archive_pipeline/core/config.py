@@ -695,8 +695,12 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
     except FileNotFoundError:
         # a path given (the factory's load_config(path), a component's config_path): $ARCHIVE_PIPELINE_CONFIG
         # is not read, so setting it would not help
-        hint = (f"set ${CONFIG_ENV_VAR}" if not path else
-                "check the path given (a component's config_path is relative to its defs.yaml)")
+        if path:
+            hint = "check the path given (a component's config_path is relative to its defs.yaml)"
+        elif os.environ.get(CONFIG_ENV_VAR):
+            hint = f"${CONFIG_ENV_VAR} names it: point it at the YAML file of the tables"
+        else:
+            hint = f"set ${CONFIG_ENV_VAR} to the YAML file of the tables, or run where {DEFAULT_CONFIG_PATH} is"
         raise ConfigError(f"archive configuration {file} not found ({hint})") from None
     except OSError as exc:  # a directory, no permission: the path is there but is not a readable file
         raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); set ${CONFIG_ENV_VAR} "

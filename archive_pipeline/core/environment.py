@@ -176,7 +176,8 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     """
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, InvalidRegionError, ParamValidationError
+    from botocore.exceptions import (BotoCoreError, ClientError, CredentialRetrievalError, InvalidRegionError,
+                                     NoCredentialsError, ParamValidationError, PartialCredentialsError)
 
     env = os.environ if env is None else env
     bucket = _required(env, BUCKET_VAR, "the name of the archive bucket")
@@ -210,6 +211,11 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: "
                                    f"check ${BUCKET_VAR} and the S3 credentials",
                                    retryable=status not in (400, 403, 404)) from None
+        except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
+            # not the store: no request was signed; the same on every retry
+            raise ConfigError(f"no S3 credentials ({type(exc).__name__}: {redact(str(exc), env.get(SECRET_VAR))}): set "
+                              f"${KEY_ID_VAR} and ${SECRET_VAR}, or give boto3 credentials its own way "
+                              "(AWS_PROFILE, an instance or task role)") from None
         except BotoCoreError as exc:
             raise UnreachableError(f"cannot reach the object store ({type(exc).__name__}: "
                                    f"{redact(str(exc), env.get(SECRET_VAR))}): check ${ENDPOINT_VAR} "

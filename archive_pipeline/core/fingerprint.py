@@ -11,8 +11,9 @@ UTF-8 (EUC_*, MULE_INTERNAL) cannot hold arbitrary UTF-8 bytes in a text: there 
 bytes, like v3, and its archives prove only in a database of the same encoding.
 
 ``row-hash-sum-v3`` (archives written before v4, still computed to prove them): a row's hash is a
-chain over its columns in column order, each link one ``hashtextextended`` of the column's text form seeded with the previous link (its whole
-64 bits are mixed in), so no column's change can cancel another's and swapped values change it.
+chain over its columns in column order, each link one ``hashtextextended`` of the column's text form
+seeded with the previous link (its whole 64 bits are mixed in), so no column's change can cancel
+another's and swapped values change it.
 A column's text form is its ``::text`` under :data:`CANONICAL_SETTINGS` (text itself under the
 "C" collation, so a nondeterministic collation cannot fold case or accents; a bpchar its output
 with trailing blanks, which ``::text`` strips); a NULL is the empty

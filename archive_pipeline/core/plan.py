@@ -52,9 +52,22 @@ def select_days(spec: TableSpec, first: dt.date | str | None, last: dt.date | st
     as are those not yet over (``today``: a UTC date whose midnight is "now", for tests)."""
     cutoff = dt.datetime.combine(today, dt.time(), dt.UTC) if today else (now or dt.datetime.now(dt.UTC))
     begin = spec.first_period.utc_start
-    lo = max(_span(spec, first)[0], begin) if first else begin
-    hi = min(_span(spec, last)[1], cutoff) if last else cutoff
+    lo = max(_bound(spec, first, 0), begin) if first else begin
+    hi = min(_bound(spec, last, 1), cutoff) if last else cutoff
+    if lo >= hi:
+        return []
     return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, lo, hi) if p.utc_end <= cutoff]
+
+
+def _bound(spec: TableSpec, value: dt.date | str, end: int) -> dt.datetime:
+    """The start (``end`` 0) or end (1) of a period named on the command line, as an instant. The first
+    and last hours of the calendar are no instants in a zone east (or west) of UTC: they are before any
+    ``start_date``, or after now, which is what the selection is clipped to anyway."""
+    try:
+        return _span(spec, value)[end]
+    except OverflowError:
+        edge = dt.datetime.min if str(value)[:4] < "5000" else dt.datetime.max
+        return edge.replace(tzinfo=dt.UTC)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +298,10 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
                         else "same row count, different content (fingerprint)")
+        elif archived.removed and present:  # restored since (restore --into original): the source has it again
+            mark = archived.manifest.get("removed") or {}
+            note = (f"back in the source (restored after its {mark.get('action', 'removal')} at "
+                    f"{mark.get('at', '?')[:19]})")
         elif check_source or archived.removed:
             note = archived.removed or "no longer in the source"
         if state == "empty" and not note:

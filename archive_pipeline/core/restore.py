@@ -783,7 +783,8 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     query = sql.SQL("WITH ins AS ({insert} RETURNING {cols}) SELECT count(*), coalesce(sum({h}), 0)::text FROM ins").format(
-        insert=insert, cols=_column_list(manifest_columns(manifest)), h=fp.row_hash(columns, "ins", algorithm, fp.server_encoding(conn)))
+        insert=insert, cols=_column_list(manifest_columns(manifest)),
+        h=fp.row_hash(columns, "ins", algorithm, fp.server_encoding(conn)))
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)

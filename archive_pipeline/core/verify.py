@@ -707,7 +707,8 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # a type of the user's is named with its schema, so it is found whatever the path of this session
     # (a manifest names it as the archiving session's path showed it)
     own = conn.execute(_QUALIFIED_TYPES, (list(oids),)).fetchall()
-    kinds = {name: CatalogText(spelled) if spelled else types[name] for name, (spelled,) in zip(names, own, strict=True)}
+    kinds = {name: CatalogText(spelled) if spelled else types[name]
+             for name, (spelled,) in zip(names, own, strict=True)}
     # a parsed domain over char(n) is hashed as bpchar is, by its output with the trailing blanks (``::text``
     # strips them; the source's side keeps them)
     bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}

@@ -49,8 +49,8 @@ from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
-from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, on_demand_as_they_were, terminated,
-                                          verdict_as_it_was, verify_result, written_verdict)
+from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, on_demand_as_they_were,
+                                          terminated, verdict_as_it_was, verify_result, written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap

@@ -226,7 +226,8 @@ def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, ke
         yield AssetCheckEvaluation(
             asset_key=key, check_name=name, passed=was.passed, severity=was.severity, blocking=False,
             description=f"{note}. The last check (run {last.run_id}) found: {was.description}",
-            metadata={**was.metadata, carried: last.run_id}, target_materialization_data=was.target_materialization_data)
+            metadata={**was.metadata, carried: last.run_id},
+            target_materialization_data=was.target_materialization_data)
 
 
 # The metadata key that marks a verdict carried forward from an earlier run, which is never carried again.
@@ -463,8 +464,9 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
                     continue
                 if manifest is None:  # the archive is gone from the store: nothing to compare with, not a change
-                    untrusted[event.partition] = (f"its manifest {store.uri(keys.manifest_key(day_key))} is missing from "
-                                                  "the store (archive the day again)")
+                    gone_uri = store.uri(keys.manifest_key(day_key))
+                    untrusted[event.partition] = (f"its manifest {gone_uri} is missing from the store (archive the "
+                                                  "day again)")
                     continue
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest)
