@@ -123,6 +123,9 @@ class Run:
         command asks for them before it works on the table: an error that escapes names it."""
         self.table = spec.name
         try:
+            if self.first and self.last and plan.reversed_range(spec, self.first, self.last):
+                raise click.UsageError(f"--from {self.first} is after --to {self.last} (in {spec.timezone}, the "
+                                       f"zone of {spec.name})")
             days = plan.select_days(spec, self.first, self.last)
         except PeriodError as exc:
             raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None
@@ -429,6 +432,38 @@ class _Command(click.Command):
         return super().parse_args(ctx, args)
 
 
+class _ClosedPipeSafe:
+    """stdout whose reader may go away (``verify | head -1``): the rest of the output goes to /dev/null and
+    the command ends as it would have, its exit code its own. A closed pipe is no finding, and rich's and
+    Click's own handling exited 1, which the exit codes read as "differences found or a day failed"."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class _Commands(click.Group):
     """Click's group, except that a usage error (a malformed --day, an unknown --table, a missing
     --target) under ``--json`` is also the JSON error object on stdout, as every other failure is: a
@@ -441,7 +476,12 @@ class _Commands(click.Group):
             if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
-        with _cancellable():
+        stdout = sys.stdout
+        if hasattr(stdout, "fileno"):
+            sys.stdout = _ClosedPipeSafe(stdout)
+        with _cancellable(), contextlib.ExitStack() as restore:
+            restore.callback(setattr, sys, "stdout", stdout)
+            restore.callback(sys.stdout.flush)  # (runs first) while the safe stdout is there to take a closed pipe
             try:
                 return super().main(argv, standalone_mode=False, **kwargs)
             except click.ClickException as exc:

@@ -59,6 +59,12 @@ def select_days(spec: TableSpec, first: dt.date | str | None, last: dt.date | st
     return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, lo, hi) if p.utc_end <= cutoff]
 
 
+def reversed_range(spec: TableSpec, first: dt.date | str, last: dt.date | str) -> bool:
+    """Whether ``first`` begins after ``last`` in the table's zone: text cannot tell for the hour a clock
+    turned back repeats (``2024-10-27-02:00+0100`` is the hour after ``2024-10-27-02:00`` in Berlin)."""
+    return _bound(spec, first, 0) > _bound(spec, last, 0)
+
+
 def _bound(spec: TableSpec, value: dt.date | str, end: int) -> dt.datetime:
     """The start (``end`` 0) or end (1) of a period named on the command line, as an instant. The first
     and last hours of the calendar are no instants in a zone east (or west) of UTC: they are before any
