@@ -35,7 +35,6 @@ from rich.text import Text
 
 from archive_pipeline.core import plan
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, TableSpec, load_config
-from archive_pipeline.core.discovery import existing_days
 from archive_pipeline.core.environment import (
     DSN_VAR,
     PRIMARY_DSN_VAR,
@@ -603,8 +602,13 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
     chosen = run.chosen_days("archive")
     with _progress(run) as progress:
         for spec, days in chosen:
-            present = set(existing_days(run.conn, spec, days)) if days else set()
+            present, unknown = plan.present_days(run.conn, spec, days)
             for day in days:
+                if day in unknown:
+                    results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
+                                    "message": _for_the_cli(unknown[day]),
+                                "retryable": unknown[day].startswith("not checked (retryable)")})
+                    continue
                 if day not in present:
                     results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
                                     "message": "no data for this day in PostgreSQL"})
@@ -916,8 +920,13 @@ def prune(run: Run, dry_run: bool) -> None:
         if spec.retention is None:
             continue
         due = sorted(set(due_days(spec, now)) & set(run.days(spec)))
-        present = set(existing_days(run.conn, spec, due)) if due else set()
+        present, unknown = plan.present_days(run.conn, spec, due)
         for day in due:
+            if day in unknown:
+                results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
+                                "message": _for_the_cli(unknown[day]),
+                                "retryable": unknown[day].startswith("not checked (retryable)")})
+                continue
             if day not in present:
                 continue
             try:

@@ -258,13 +258,27 @@ STATES = ("archived", "missing", "empty", "changed", "unreadable")
 
 
 def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
-           days: Iterable) -> list[tuple[Period, ManifestLookup, bool]]:
-    """Per day: its period, what the store holds for it, and whether the source has rows for it (one
-    probe of the source and one batch of store lookups for all the days, not one of each per day)."""
+           days: Iterable) -> list[tuple[Period, ManifestLookup, bool, str | None]]:
+    """Per day: its period, what the store holds for it, whether the source has rows for it (one
+    probe of the source and one batch of store lookups for all the days, not one of each per day),
+    and why that is not known (the probe failed: a lock_timeout behind a migration; else None)."""
     resolved = [spec.period(d) for d in days]
-    in_source = set(existing_days(conn, spec, resolved)) if resolved else set()
+    in_source, unknown = present_days(conn, spec, resolved)
     manifests = lookup_manifests(store, spec, resolved)
-    return [(day, manifests[day], day in in_source) for day in resolved]
+    return [(day, manifests[day], day in in_source, unknown.get(day)) for day in resolved]
+
+
+def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period]
+                 ) -> tuple[set[Period], dict[Period, str]]:
+    """The days of ``days`` the source has rows for, and, where the source could not be asked (its rows
+    locked past lock_timeout, a statement_timeout), why, per day (see :func:`unread`): those days are not
+    checked, the other tables' still are. A lost connection is raised."""
+    if not days:
+        return set(), {}
+    try:
+        return set(existing_days(conn, spec, days)), {}
+    except psycopg.Error as exc:
+        return set(), {day: unread(conn, spec, day, exc) for day in days}
 
 
 def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
@@ -275,9 +289,10 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     (a manifest that is not one, or, with ``check_source``, a day whose rows could not be read). Days
     with neither data nor an archive are left out."""
     statuses = []
-    for day, found, present in _found(conn, spec, store, days):
-        if found.problem:
-            statuses.append(DayStatus(spec.name, day, "unreadable", found.key, present, note=found.problem))
+    for day, found, present, unknown in _found(conn, spec, store, days):
+        if found.problem or unknown:
+            statuses.append(DayStatus(spec.name, day, "unreadable", found.key, present,
+                                      note=found.problem or unknown))
             continue
         archived = found.archived
         if archived is None:
@@ -493,9 +508,12 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     ``fingerprint``; a version-1 manifest has none, and then only the counts are compared)."""
     out = []
     elsewhere = _has_default_partition(conn, spec)
-    for day, found, present in _found(conn, spec, store, days):
+    for day, found, present, unknown in _found(conn, spec, store, days):
         if found.problem:
             out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, found.problem))
+            continue
+        if unknown:
+            out.append(_unreadable(spec, day, found, unknown))
             continue
         archived = found.archived
         if archived is None and not present:
