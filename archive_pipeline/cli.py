@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -873,6 +874,10 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                     missing.append((spec.name, done))
     except (ArchiveError, psycopg.Error) as exc:  # the days before it stay restored: say which
         failure = exc
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the days before it stay restored too
+        if not results:
+            raise
+        _restore_cancelled(run, exc, results, missing, chosen, into, target, on_conflict)
 
     def render() -> None:
         table = _table("table", "day", "target", "rows", "inserted", "seconds", "check")
@@ -900,6 +905,43 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         sys.exit(payload["exit_code"])
     if missing:
         raise Failed("some requested days have no archive (see `archive-pipeline list`)")
+
+
+def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing: list, chosen: list, into: str,
+                       target: str | None, on_conflict: str) -> None:
+    """A restore of several days stopped by Ctrl-C or SIGTERM after some were committed: those are listed (they
+    stay restored), and the remedy is the command that restores the rest, not the same one again, which
+    would refuse the target it created (``--into new``) or load the committed days a second time."""
+    terminated = isinstance(exc, Terminated)
+    code = 143 if terminated else 130
+    last = results[-1]
+    spec = next(s for s, _ in chosen if s.name == last.table)
+    rest = [d for s, days in chosen if s.name == last.table for d in days if d.isoformat() > last.day]
+    again = ["archive-pipeline", "restore", "--table", spec.name]
+    if rest:
+        again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]
+    again += ["--into", "existing" if into == "new" else into]
+    if into != "original":
+        again += ["--target", target or last.target]
+    if on_conflict != "fail":
+        again += ["--on-conflict", on_conflict]
+    others = [s.name for s, _ in chosen][[s.name for s, _ in chosen].index(spec.name) + 1:]
+    left = (f"run {shlex.join(again)} to restore the rest of {spec.name}" if rest else f"{spec.name} is done")
+    left += f", then the other tables ({', '.join(others)})" if others else ""
+    how = "by SIGTERM" if terminated else "by Ctrl-C"
+    message = (f"restoring {spec.name} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
+               f"stay restored); the day being restored was rolled back; to fix: {left}")
+    if run.as_json:
+        payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
+                   "days": [dataclasses.asdict(r) for r in results],
+                   "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
+        click.echo(_for_the_cli(_json_text(payload)))
+    else:
+        for r in results:
+            run.out.print(f"{r.table} {r.day} -> {r.target}: {r.rows:,} rows, {r.check}", markup=False,
+                          soft_wrap=True)
+    click.echo(f"error: {_printable(message)}", err=True)
+    sys.exit(code)
 
 
 @main.command()

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -110,9 +111,13 @@ def test_a_cancelled_restore_of_a_range_into_a_new_table_can_be_finished_as_the_
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == 50
     answer = json.loads(out)
     assert [d["day"] for d in answer.get("days", [])] == [DAYS[0].isoformat()], answer  # README: listed
-    # "run the same command again to finish": it must then finish
-    again = cli(make_env(pg, s3.endpoint_url, bucket, config), *args)
+    # the remedy is the command that restores the rest (the same command would refuse the table it created)
+    told = re.search(r"run archive-pipeline (restore .*?) to restore the rest", answer["error"])
+    assert told, answer["error"]
+    again = cli(make_env(pg, s3.endpoint_url, bucket, config), *shlex.split(told[1]))
     assert again.returncode == 0, (err, again.stderr)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == \
+        50 * len(DAYS)
 
 
 def test_missing_s3_credentials_are_a_configuration_error_not_an_unreachable_store(pg, s3, bucket, conn, schema,
