@@ -1,0 +1,90 @@
+"""Hunt E: what an operator sees in Dagster is not the truth, or one bad day harms others."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from dagster import AssetCheckKey, DagsterEventType, instance_for_test
+from psycopg import sql
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.defs.assets import asset_key, daily_partitions
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+FIRST = dt.date(2024, 3, 10)
+DAYS = [FIRST + dt.timedelta(days=i) for i in range(3)]
+RANGE = {"dagster/asset_partition_range_start": DAYS[0].isoformat(),
+         "dagster/asset_partition_range_end": DAYS[-1].isoformat()}
+
+
+def _config(schema: str, table: str = "events", **settings):
+    return parse_config({"retry": {"max_retries": 1, "delay_seconds": 0}, "backfill": {"max_days_per_run": 10},
+                         "tables": [{"name": f"{schema}.{table}", "day_column": "created_at",
+                                     "start_date": FIRST.isoformat(), **settings}]})
+
+
+def _materializations(instance, run_id: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+        e = r.event_log_entry.dagster_event
+        out.setdefault(e.partition, []).append(
+            {k: v.value for k, v in e.step_materialization_data.materialization.metadata.items()})
+    return out
+
+
+def _status(instance, spec) -> dict[str, str | None]:
+    found = instance.get_status_by_partition(asset_key(spec), [d.isoformat() for d in DAYS], daily_partitions(spec))
+    return {day: status.value if status else None for day, status in found.items()}
+
+
+def _checks(instance, spec) -> list[tuple[str, str]]:
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(asset_key(spec), "archive_intact"), limit=50)
+    return sorted((c.partition, c.status.value) for c in history)
+
+
+def _failure_text(result) -> str:
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    return failures[-1].step_failure_data.user_failure_data.description
+
+
+def _latest_verdict(instance, spec, day: str):
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(asset_key(spec), "archive_intact"), limit=50)
+    [latest] = [h for h in history if h.partition == day][:1]
+    return latest
+
+
+def test_verify_archives_does_not_turn_a_failed_content_proof_green(conn, schema, archive_env, s3_client):
+    """A deep_check table's day whose archive failed its content proof (the rows in the bucket are not the
+    source's: a blocking archive_intact failure, the run failed) is shown green again by the weekly
+    verify_archives: latest_archive_intact re-checks only object, size and manifest (no content proof) and
+    records that as the day's archive_intact, whose description promises "its content equals the source's"."""
+    from archive_pipeline_tests.helpers import download, forge_object
+
+    day = DAYS[0].isoformat()
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    config = _config(schema, deep_check=True, compression="none")
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=day).success
+        [meta] = next(iter(_materializations(instance, instance.get_runs()[0].run_id).values()))
+        body = download(s3_client, archive_env, meta["object_key"])
+        first = body.split(b"\n")[0]
+        # a consistent forgery: object and manifest digests agree, only the rows differ from the source's
+        forge_object(s3_client, archive_env, meta["object_key"], meta["manifest_key"],
+                     body.replace(first, first.replace(b'"user_id":', b'"user_id":1'), 1))
+        again = job.execute_in_process(instance=instance, partition_key=day, raise_on_error=False)
+        assert not again.success  # the blocking content proof found the archive is not the source's rows
+        proof = _latest_verdict(instance, spec, day)
+        assert proof.status.value == "FAILED" and "NOT intact" in proof.evaluation.description
+
+        assert defs.resolve_job_def("verify_archives").execute_in_process(instance=instance).success
+        after = _latest_verdict(instance, spec, day)
+        # the bucket still holds rows that are not the source's: the day must not show as intact
+        assert after.status.value == "FAILED", after.evaluation.description
