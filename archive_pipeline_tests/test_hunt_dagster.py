@@ -88,3 +88,39 @@ def test_verify_archives_does_not_turn_a_failed_content_proof_green(conn, schema
         after = _latest_verdict(instance, spec, day)
         # the bucket still holds rows that are not the source's: the day must not show as intact
         assert after.status.value == "FAILED", after.evaluation.description
+
+
+def test_a_locked_days_partition_does_not_hold_back_the_tables_other_new_days(pg, conn, schema, archive_env):
+    """Column mode on a partitioned table: the sensor probes each day of its lookback for rows. While one
+    day's partition is locked (a VACUUM FULL or ALTER on an old partition), that probe gives up after
+    lock_timeout and the whole table is dropped from the tick: yesterday's new day, in a partition nobody
+    locks, is not requested either, tick after tick, for as long as the lock is held."""
+    from dagster import build_sensor_context
+
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline_tests.conftest import utc_today
+
+    today = utc_today()
+    days = [today - dt.timedelta(days=n) for n in (3, 2, 1)]
+    create_sample_events(conn, days, rows_per_day=5, schema=schema)
+    config = parse_config({"source": {"lock_timeout_ms": 300},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": (today - dt.timedelta(days=30)).isoformat()}]})
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    resources = {"postgres": PostgresResource(dsn=pg.dsn, lock_timeout_ms=300)}
+    with instance_for_test() as instance, pg.connect() as other:
+        other.autocommit = False
+        other.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.Identifier(schema, f"events_{days[0]:%Y%m%d}")))
+        try:
+            result = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources,
+                                                               repository_def=repo))
+            requested = sorted(r.partition_key for r in result.run_requests)
+        except Exception as exc:  # noqa: BLE001 - a failed tick: nothing requested
+            requested = f"tick failed: {exc}"
+        finally:
+            other.rollback()
+        # the two days nobody locks are requested; the locked one is reported (and requested on a later tick)
+        assert requested == [days[1].isoformat(), days[2].isoformat()], requested
