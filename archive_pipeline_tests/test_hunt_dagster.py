@@ -124,3 +124,57 @@ def test_a_locked_days_partition_does_not_hold_back_the_tables_other_new_days(pg
             other.rollback()
         # the two days nobody locks are requested; the locked one is reported (and requested on a later tick)
         assert requested == [days[1].isoformat(), days[2].isoformat()], requested
+
+
+def test_a_step_retry_does_not_turn_a_failed_blocking_proof_into_a_successful_run(pg, conn, schema, archive_env,
+                                                                                  s3_client):
+    """A ranged run of a deep_check table: the first day's content proof fails (blocking: "a difference fails
+    the run"), the second day fails transiently (its table-day lock held by another session). The step fails
+    with the retryable batch failure, so Dagster retries it and never raises the blocking check's failure; the
+    retry skips the unproven day as done, archives the other, and the run ends SUCCESS."""
+    import threading
+
+    from dagster import EventRecordsFilter
+
+    from archive_pipeline.core.locks import lock_key
+    from archive_pipeline_tests.helpers import download, forge_object
+
+    days = DAYS[:2]
+    create_sample_events(conn, days, rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 1}, "backfill": {"max_days_per_run": 10},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at", "deep_check": True,
+                                       "compression": "none", "start_date": FIRST.isoformat()}]})
+    spec = config.tables[0]
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
+    tags = {"dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[1].isoformat()}
+    with instance_for_test() as instance, pg.connect() as other:
+        first = job.execute_in_process(instance=instance, tags=tags)
+        assert first.success
+        meta = _materializations(instance, first.run_id)[days[0].isoformat()][0]
+        body = download(s3_client, archive_env, meta["object_key"])
+        line = body.split(b"\n")[0]
+        forge_object(s3_client, archive_env, meta["object_key"], meta["manifest_key"],
+                     body.replace(line, line.replace(b'"user_id":', b'"user_id":1'), 1))
+
+        assert other.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)",
+                             lock_key(spec.name, days[1])).fetchone()[0]
+        done = threading.Event()
+
+        def release_on_retry() -> None:  # the lock is let go once the step is up for retry
+            while not done.is_set():
+                if instance.get_event_records(EventRecordsFilter(event_type=DagsterEventType.STEP_UP_FOR_RETRY)):
+                    other.execute("SELECT pg_advisory_unlock_all()")
+                    return
+                done.wait(0.05)
+
+        watcher = threading.Thread(target=release_on_retry)
+        watcher.start()
+        try:
+            again = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        finally:
+            done.set()
+            watcher.join()
+        proofs = [c for c in _checks(instance, spec) if c[0] == days[0].isoformat()]
+        assert ("2024-03-10", "FAILED") in proofs  # the content proof of the first day did fail, blocking
+        assert not again.success, "a run whose blocking integrity check failed ended as a success"
