@@ -178,3 +178,30 @@ def test_a_step_retry_does_not_turn_a_failed_blocking_proof_into_a_successful_ru
         proofs = [c for c in _checks(instance, spec) if c[0] == days[0].isoformat()]
         assert ("2024-03-10", "FAILED") in proofs  # the content proof of the first day did fail, blocking
         assert not again.success, "a run whose blocking integrity check failed ended as a success"
+
+
+def test_source_unchanged_never_compared_is_not_shown_passed(conn, schema, archive_env):
+    """A run that archives with every check of the asset (``materialize`` with the checks, the UI's pure asset
+    backfill) does not compare the source. When no comparison was ever recorded, source_unchanged is reported
+    *passed* (green) "no comparison recorded yet", here while an archived day has in fact changed in
+    PostgreSQL. The failed-run path says the same situation as a warning (on_demand_as_they_were), not a pass."""
+    from dagster import AssetKey, materialize
+
+    day, other = DAYS[0], DAYS[1]
+    create_sample_events(conn, [day, other], rows_per_day=10, schema=schema)
+    defs = build_definitions(_config(schema))
+    [archive] = defs.assets
+    key = AssetCheckKey(AssetKey(["archive", schema, "events"]), "source_unchanged")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=day.isoformat(), instance=instance).success
+        conn.execute(sql.SQL("UPDATE {}.events SET event_type = 'edited' WHERE id = 3 AND created_at < %s").format(
+            sql.Identifier(schema)), (other,))  # the archived day changes in the source
+        run = materialize([archive, *defs.asset_checks], partition_key=other.isoformat(), instance=instance,
+                          resources=defs.resources)
+        assert run.success
+        [latest] = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+        evaluation = latest.event.dagster_event.asset_check_evaluation_data
+        assert "not compared" in evaluation.description
+        # nothing was compared: not a green "unchanged" (a warning, as a failed run says it)
+        assert not evaluation.passed, f"{latest.status.value}: {evaluation.description}"
