@@ -205,3 +205,24 @@ def test_source_unchanged_never_compared_is_not_shown_passed(conn, schema, archi
         assert "not compared" in evaluation.description
         # nothing was compared: not a green "unchanged" (a warning, as a failed run says it)
         assert not evaluation.passed, f"{latest.status.value}: {evaluation.description}"
+
+
+def test_an_empty_days_metadata_and_check_name_what_is_in_the_bucket(conn, schema, archive_env, s3_client):
+    """A day without rows is recorded by its manifest alone. Its materialization's ``dagster/uri`` is the
+    empty string, and its archive_intact result's ``archive`` names ``s3://.../<day>.jsonl.zst``, an object
+    that does not exist (and never will): an operator following it finds nothing."""
+    day = DAYS[0].isoformat()
+    create_sample_events(conn, DAYS[:1], rows_per_day=0, schema=schema)
+    config = _config(schema)
+    spec = config.tables[0]
+    with instance_for_test() as instance:
+        run = build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day)
+        [meta] = _materializations(instance, run.run_id)[day]
+        assert meta["state"] == "empty"
+        stored = {f"s3://{archive_env}/{o['Key']}" for o in s3_client.list_objects_v2(Bucket=archive_env)["Contents"]}
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset_key(spec), "archive_intact"), limit=1)
+        assert check.evaluation.metadata["archive"].value in stored, (check.evaluation.metadata["archive"].value,
+                                                                      stored)
+        assert meta["dagster/uri"] in stored, repr(meta["dagster/uri"])
