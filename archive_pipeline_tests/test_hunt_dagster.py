@@ -226,3 +226,27 @@ def test_an_empty_days_metadata_and_check_name_what_is_in_the_bucket(conn, schem
         assert check.evaluation.metadata["archive"].value in stored, (check.evaluation.metadata["archive"].value,
                                                                       stored)
         assert meta["dagster/uri"] in stored, repr(meta["dagster/uri"])
+
+
+def test_a_rearchived_days_check_names_the_object_it_checked(conn, schema, archive_env, s3_client):
+    """A day archived again with ``overwrite`` is written as a new generation (``<day>.g2.jsonl.zst``) and the
+    first one is retired. The quick check the run records (written_verdict) names the day's first key as its
+    ``archive``, an object deleted by that very run, not the one it checked (the materialization's object_key)."""
+    day = DAYS[0].isoformat()
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    config = _config(schema)
+    spec = config.tables[0]
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=day).success
+        conn.execute(sql.SQL("UPDATE {}.events SET event_type = 'edited' WHERE id = 3").format(sql.Identifier(schema)))
+        again = job.execute_in_process(instance=instance, partition_key=day, run_config={
+            "ops": {f"archive__{schema}__events": {"config": {"overwrite": True}}}})
+        [meta] = _materializations(instance, again.run_id)[day]
+        assert ".g2." in meta["object_key"]
+        stored = {f"s3://{archive_env}/{o['Key']}" for o in s3_client.list_objects_v2(Bucket=archive_env)["Contents"]}
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset_key(spec), "archive_intact"), limit=1)
+        assert check.run_id == again.run_id
+        assert check.evaluation.metadata["archive"].value == f"s3://{archive_env}/{meta['object_key']}", (
+            check.evaluation.metadata["archive"].value, stored)
