@@ -250,3 +250,40 @@ def test_a_rearchived_days_check_names_the_object_it_checked(conn, schema, archi
         assert check.run_id == again.run_id
         assert check.evaluation.metadata["archive"].value == f"s3://{archive_env}/{meta['object_key']}", (
             check.evaluation.metadata["archive"].value, stored)
+
+
+def test_a_stray_day_table_of_one_naming_table_does_not_stop_every_tables_sensor_tick(pg, conn, schema,
+                                                                                       archive_env):
+    """Naming mode reads days from table names (events_%Y%m%d). A table whose name parses as a real date the
+    period maths cannot hold (``legacy_99991231``, a far-future catch-all) raises OverflowError out of
+    naming_days; the sensor catches only ArchiveError and psycopg.Error per table, so the whole tick fails and
+    no table's new days are requested, the other table's yesterday included."""
+    from dagster import build_sensor_context
+
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline_tests.conftest import utc_today
+
+    today = utc_today()
+    yesterday = today - dt.timedelta(days=1)
+    create_sample_events(conn, [yesterday], rows_per_day=5, schema=schema)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.legacy (id int, at timestamptz)").format(s))
+    for name in (f"legacy_{yesterday:%Y%m%d}", "legacy_99991231"):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} () INHERITS ({}.legacy)").format(s, sql.Identifier(name), s))
+    start = (today - dt.timedelta(days=10)).isoformat()
+    config = parse_config({"tables": [
+        {"name": f"{schema}.legacy", "day_column": "at", "start_date": start,
+         "partitioning": {"mode": "naming", "pattern": "legacy_%Y%m%d"}},
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": start}]})
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    with instance_for_test() as instance:
+        try:
+            result = sensor.evaluate_tick(build_sensor_context(
+                instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+            requested = sorted((r.job_name, r.partition_key) for r in result.run_requests)
+        except Exception as exc:  # noqa: BLE001 - a failed tick: nothing requested
+            requested = f"tick failed: {type(exc).__name__}: {exc}"
+        assert not isinstance(requested, str), requested
+        assert (f"Archive_{schema}_events", yesterday.isoformat()) in requested, requested
