@@ -287,3 +287,34 @@ def test_a_stray_day_table_of_one_naming_table_does_not_stop_every_tables_sensor
             requested = f"tick failed: {type(exc).__name__}: {exc}"
         assert not isinstance(requested, str), requested
         assert (f"Archive_{schema}_events", yesterday.isoformat()) in requested, requested
+
+
+def test_one_tables_backlog_does_not_hold_back_another_tables_new_day(pg, conn, schema, archive_env):
+    """A table added with its history (a declarative table: every partition since start_date is a day to
+    archive) fills sensor.max_runs_per_tick, oldest day first, tick after tick; the other tables' new day
+    (yesterday) is requested only once that backlog is drained: with 3 years of history and the default cap
+    of 50, some 22 ticks later, its freshness deadline long missed."""
+    from dagster import build_sensor_context
+
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline_tests.conftest import utc_today
+    from archive_pipeline_tests.helpers import range_partitioned_events
+
+    today = utc_today()
+    yesterday = today - dt.timedelta(days=1)
+    history = [today - dt.timedelta(days=n) for n in range(30, 20, -1)]
+    range_partitioned_events(conn, schema, [(f"ev_{d:%Y%m%d}", d.isoformat(), (d + dt.timedelta(days=1)).isoformat())
+                                            for d in history])
+    create_sample_events(conn, [yesterday], rows_per_day=5, schema=schema)
+    start = (today - dt.timedelta(days=40)).isoformat()
+    config = parse_config({"sensor": {"max_runs_per_tick": 3}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": start, "partitioning": {"mode": "declarative"}},
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": start}]})
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    with instance_for_test() as instance:
+        result = sensor.evaluate_tick(build_sensor_context(
+            instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+        requested = sorted((r.job_name, r.partition_key) for r in result.run_requests)
+        assert (f"Archive_{schema}_events", yesterday.isoformat()) in requested, requested
