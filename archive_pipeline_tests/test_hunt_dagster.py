@@ -318,3 +318,34 @@ def test_one_tables_backlog_does_not_hold_back_another_tables_new_day(pg, conn, 
             instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
         requested = sorted((r.job_name, r.partition_key) for r in result.run_requests)
         assert (f"Archive_{schema}_events", yesterday.isoformat()) in requested, requested
+
+
+def test_checking_several_days_one_unreachable_day_does_not_leave_the_others_unchecked(conn, schema, archive_env,
+                                                                                        s3, monkeypatch):
+    """*Execute* on archive_intact for a range of days re-checks each day and records its verdict. When one day's
+    object cannot be read (the store refuses that HEAD), the check step fails at that day: the days after it,
+    whose archives are intact and reachable, are left planned by a failed run, which Dagster resolves as
+    "Execution failed" (red) for each. A ranged archive run lets a failed day fail alone; this does not."""
+    from dagster import AssetSelection, materialize
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    config = _config(schema)
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(instance=instance, tags=RANGE).success
+        [archive] = defs.assets
+        [intact] = [c for c in defs.asset_checks
+                    if c.node_def.name == f"{asset_key(spec).to_python_identifier()}_archive_intact"]
+        with FaultProxy(s3.endpoint_url) as proxy:
+            monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+            proxy.add(Fault(method="HEAD", path=rf"/{DAYS[1].isoformat()}\.jsonl\.zst$", action="error", status=403,
+                            code="AccessDenied"))
+            run = materialize([archive, intact], selection=AssetSelection.checks(intact), instance=instance,
+                              tags=RANGE, resources=build_definitions(config).resources, raise_on_error=False)
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset_key(spec), "archive_intact"), limit=20)
+        this_run = {h.partition: h.status.value for h in history if h.run_id == run.run_id}
+        assert this_run[DAYS[0].isoformat()] == "SUCCEEDED"
+        # the last day's archive is intact and reachable: checked, not left "planned" by the failed run
+        assert this_run[DAYS[2].isoformat()] == "SUCCEEDED", this_run
