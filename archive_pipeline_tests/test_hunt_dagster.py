@@ -349,3 +349,41 @@ def test_checking_several_days_one_unreachable_day_does_not_leave_the_others_unc
         assert this_run[DAYS[0].isoformat()] == "SUCCEEDED"
         # the last day's archive is intact and reachable: checked, not left "planned" by the failed run
         assert this_run[DAYS[2].isoformat()] == "SUCCEEDED", this_run
+
+
+def test_a_late_row_during_the_content_proof_fails_the_run_with_table_day_and_remedy(conn, schema, archive_env,
+                                                                                      s3, monkeypatch):
+    """A deep_check table's day is archived from its snapshot; a late row lands while the archive is being
+    proven. The archive is an exact copy of the snapshot, but the day's archive_intact is recorded as "NOT
+    intact" (the integrity check red) and the run fails with Dagster's bare "1 blocking asset check failed
+    with ERROR severity: archive/<schema>/<table>: archive_intact": no day, no cause in the run's failure, and
+    not the overwrite run config a changed day's failure gives everywhere else."""
+    import threading
+
+    day = DAYS[0]
+    create_sample_events(conn, [day], rows_per_day=5, schema=schema)
+    config = _config(schema, deep_check=True)
+    gate = threading.Event()
+    with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        # the proof's download waits while a late row of the day arrives
+        proxy.add(Fault(method="GET", path=rf"/{day.isoformat()}\.jsonl\.zst$", action="hold", gate=gate, times=1))
+        job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
+
+        def late_row() -> None:
+            try:
+                assert proxy.wait_held(1)
+                conn.execute(sql.SQL("INSERT INTO {t} SELECT * FROM {t} LIMIT 1").format(
+                    t=sql.Identifier(schema, "events")))
+            finally:
+                gate.set()
+
+        writer = threading.Thread(target=late_row)
+        writer.start()
+        run = job.execute_in_process(instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        writer.join()
+        assert not run.success
+        [failure] = [e for e in run.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+        data = failure.step_failure_data
+        text = (data.user_failure_data.description if data.user_failure_data else None) or data.error.message
+        assert day.isoformat() in text and "overwrite" in text, text
