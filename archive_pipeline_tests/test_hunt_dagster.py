@@ -387,3 +387,26 @@ def test_a_late_row_during_the_content_proof_fails_the_run_with_table_day_and_re
         data = failure.step_failure_data
         text = (data.user_failure_data.description if data.user_failure_data else None) or data.error.message
         assert day.isoformat() in text and "overwrite" in text, text
+
+
+def test_source_unchanged_compares_the_latest_days_not_the_last_backfilled(conn, schema, archive_env):
+    """source_unchanged compares "the latest archived days" (run config days). It takes the latest
+    *materializations*: after older days are backfilled, those are the history just archived, and the newest
+    day, the one late rows land in, is not compared: the check is green while that day changed."""
+    newest, older = DAYS[2], DAYS[:2]
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    defs = build_definitions(_config(schema))
+    job = defs.resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=newest.isoformat()).success  # the schedule
+        conn.execute(sql.SQL("UPDATE {}.events SET event_type = 'late' WHERE created_at >= %s").format(
+            sql.Identifier(schema)), (newest,))  # the newest day changes after archiving
+        assert job.execute_in_process(instance=instance, tags={  # then a backfill of older history
+            "dagster/asset_partition_range_start": older[0].isoformat(),
+            "dagster/asset_partition_range_end": older[-1].isoformat()}).success
+        verify = defs.resolve_job_def("verify_archives").execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": {
+                f"archive__{schema}__events_source_unchanged": {"config": {"days": 2}}}})
+        [evaluation] = [e for e in verify.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        compared = evaluation.metadata["checked_days"].value
+        assert newest.isoformat() in compared and not evaluation.passed, (compared, evaluation.description)
