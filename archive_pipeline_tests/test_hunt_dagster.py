@@ -446,3 +446,18 @@ def test_one_straddling_partition_does_not_hide_a_declarative_tables_new_days(pg
         # the day itself archives fine: only the straddling child's days cannot be told apart
         assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
             instance=instance, partition_key=yesterday.isoformat()).success
+
+
+def test_two_long_table_names_do_not_share_one_asset_tag():
+    """The asset tag archive/table (a filter in the UI's asset catalog) holds at most 63 characters: an ASCII
+    name is cut there, so two tables whose names differ only after character 63 (a 17-character schema and
+    tables of 50) get the same tag, and filtering by one lists both. A non-ASCII name gets a digest for exactly
+    this reason ("one filter for two tables"); a long ASCII one does not."""
+    first = "reporting_archive.clickstream_events_by_customer_segment_and_region_eu"
+    second = "reporting_archive.clickstream_events_by_customer_segment_and_region_us"
+    config = parse_config({"tables": [{"name": name, "day_column": "at", "start_date": "2024-01-01"}
+                                      for name in (first, second)]})
+    defs = build_definitions(config, resources={"postgres": None, "archive_store": None}, check_source=False)
+    tags = {spec.name: defs.resolve_assets_def(asset_key(spec)).tags_by_key[asset_key(spec)]["archive/table"]
+            for spec in config.tables}
+    assert tags[first] != tags[second], tags
