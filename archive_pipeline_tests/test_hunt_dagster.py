@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 from dagster import AssetCheckKey, DagsterEventType, instance_for_test
 from psycopg import sql
 
