@@ -259,7 +259,7 @@ def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
     for name in names:
         try:
             period = spec.period(dt.datetime.strptime(name, spec.partitioning.pattern))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a day of the pattern, or one at the calendar's end (99991231)
             continue
         if period.start.strftime(spec.partitioning.pattern) == name:  # reject near-misses such as unpadded days
             found.append(period)

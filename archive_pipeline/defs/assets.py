@@ -114,9 +114,12 @@ def schedule_name(spec: TableSpec) -> str:
 def asset_tag_value(name: str) -> str:
     """The table name as an asset tag value (letters, digits, ``_.-``, 63 at most); run tags keep it whole. A name
     with letters outside ASCII is spelled as its asset key spells them, with the name's digest (``public.日本`` and
-    ``public.中国`` were both ``public.__``, one filter for two tables); an ASCII name keeps the value it had."""
+    ``public.中国`` were both ``public.__``, one filter for two tables); an ASCII name keeps the value it had,
+    unless it is longer than 63: cut, it ends in the name's digest too (two long names with one beginning
+    shared one tag)."""
     if name.isascii():
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:63]
+        spelled = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        return spelled if len(spelled) <= 63 else f"{spelled[:54]}_{name_digest(name)}"
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', ascii_spelling(name))[:54]}_{name_digest(name)}"
 
 
@@ -205,7 +208,8 @@ def summary(result: ArchiveResult, state: State) -> str:
     return f"{result.day}: archived {what} to {result.uri}"
 
 
-def materialization_metadata(result: ArchiveResult, link: str, verified: str) -> dict[str, object]:
+def materialization_metadata(result: ArchiveResult, link: str, verified: str, uri: str | None = None
+                             ) -> dict[str, object]:
     """What a user checks after archiving a day, in the names Dagster's own integrations use, with
     sizes and counts as a person reads them beside the exact numbers."""
     state = archive_state(result)
@@ -218,7 +222,7 @@ def materialization_metadata(result: ArchiveResult, link: str, verified: str) ->
         "dagster/row_count": result.rows,
         "rows": f"{result.rows:,}",
         "object": MetadataValue.url(link),
-        "dagster/uri": MetadataValue.path(result.uri),
+        "dagster/uri": MetadataValue.path(uri or result.uri),  # an empty day's: its manifest
         "dagster/column_schema": column_schema(result),
         "object_key": result.key,
         "manifest_key": result.manifest_key,
@@ -599,7 +603,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
             verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
                                      conn=conn if spec.deep_check else None,
                                      scratch_conn=source.scratch(conn) if spec.deep_check else None)
-                       if deep else written_verdict(result, store.uri(render_key(spec, day, store.prefix))))
+                       if deep else written_verdict(result, store.uri(result.key or result.manifest_key)))
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc
     except Exception as exc:
@@ -613,7 +617,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         verified = verdict.verified
     else:
         verified = "NOT proven: " + "; ".join(verdict.problems)
-    metadata = materialization_metadata(result, object_link(archive_store, result), verified)
+    metadata = materialization_metadata(result, object_link(archive_store, result), verified,
+                                        store.uri(result.key or result.manifest_key))
     if alone:  # the step's output, as before batching: checks and assets downstream in the run see it
         yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
     else:  # one day of a range: its own event, so a failed neighbour is not marked materialized with it

@@ -119,7 +119,8 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         problems = verify.deep_verify(conn, store, spec, day, scratch_conn=scratch_conn)
         verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
     # the object the manifest names (a re-archived day's is a later generation), not the day's first key
-    return Verdict(day, problems, verified, {"archive": store.uri(expected.get("object_key") or key),
+    # (an empty day has no object: its manifest)
+    return Verdict(day, problems, verified, {"archive": store.uri(expected.get("object_key") or keys.manifest_key(key)),
                                              "deep": deep or conn is not None,
                                              "problems": len(problems)})
 
@@ -423,8 +424,10 @@ def _not_compared(context: AssetCheckExecutionContext, spec: TableSpec, key: Ass
     note = (f"{spec.name}: not compared in a run that archives ({day} was read from the source as it is now); run "
             "source_unchanged on demand (verify_archives) to compare the archived days with the source")
     last = _last_comparison(context.instance, key, context.run.run_id)
-    if last is None:
-        return AssetCheckResult(passed=True, description=note + "; no comparison recorded yet")
+    if last is None:  # nothing was ever compared: a warning, as a failed run says it, never a green "unchanged"
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+                                description=note + "; no comparison recorded yet",
+                                metadata={"compared_in_run": "none"})
     run_id, evaluation = last
     return AssetCheckResult(passed=evaluation.passed, severity=evaluation.severity,
                             description=f"{note}. The last comparison (run {run_id}) found: {evaluation.description}",

@@ -259,6 +259,11 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                         context.log.warning(f"{spec.name}: {message}")
                         problems.append(f"{spec.name}: {message}")
                         continue
+                    except Exception as exc:  # noqa: BLE001 - a bug of ours with one table: the others go on
+                        message = redact(f"{type(exc).__name__}: {exc}", postgres.password)
+                        context.log.warning(f"{spec.name}: could not be inspected: {message}")
+                        problems.append(f"{spec.name}: could not be inspected: {message}")
+                        continue
                 report.append(inspected(spec, days, len(missing), len(found)))
                 found_days.append((target, found))
         cap = settings.max_runs_per_tick
