@@ -274,11 +274,8 @@ def remedy(exc: BaseException, spec: TableSpec, day: dt.date, origin: str | None
     from, default the YAML file). The core's own remedy (errors.classify) comes first; a changed source
     gets the exact launchpad run config that archives the day again."""
     where = origin or str(config_path())
-    relaunch = (f"To archive {day} again, open the job {job_name(spec)} in the launchpad, pick partition {day} "
-                f"and use this run config:\n{overwrite_run_config(spec)}\n(overwrite: true for table "
-                f"{spec.name!r} in {where} would re-archive every changed day).")
     if type(exc).__name__ == "LateRowsError":
-        return "The source changed after it was archived. " + relaunch
+        return "The source changed after it was archived. " + relaunch(spec, day, origin)
     own = getattr(exc, "remedy", None)
     if own:
         return own
@@ -293,6 +290,13 @@ def remedy(exc: BaseException, spec: TableSpec, day: dt.date, origin: str | None
                 "store is reachable again, re-execute the run (Runs → this run → Re-execute) or launch "
                 f"partition {day} of {job_name(spec)}.")
     return f"Fix the cause above, then launch partition {day} of {job_name(spec)} again."
+
+
+def relaunch(spec: TableSpec, day: dt.date, origin: str | None = None) -> str:
+    """How to archive one day again from the UI: the launchpad's run config with overwrite."""
+    return (f"To archive {day} again, open the job {job_name(spec)} in the launchpad, pick partition {day} "
+            f"and use this run config:\n{overwrite_run_config(spec)}\n(overwrite: true for table "
+            f"{spec.name!r} in {origin or config_path()} would re-archive every changed day).")
 
 
 def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None,
@@ -532,7 +536,8 @@ def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
     for record in records:
         event = record.event_log_entry.dagster_event
         verified = event.step_materialization_data.materialization.metadata.get("verified")
-        if event.asset_key == key and not str(getattr(verified, "value", verified)).startswith("not verified"):
+        said = str(getattr(verified, "value", verified))
+        if event.asset_key == key and not said.startswith(("not verified", "NOT proven")):
             done.add(event.partition)
     return done
 
@@ -627,6 +632,22 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
         raise failure(unverified, spec, day, postgres.password, origin) from None
     yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
+    if spec.deep_check and not verdict.passed:
+        raise unproven(spec, day, verdict.problems, origin)
+
+
+def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | None) -> Failure:
+    """The step failure of a day whose blocking content proof failed, in our words rather than Dagster's
+    bare "1 blocking asset check failed", and never retried: a step retry would find the day recorded and
+    end the run green, past the check that was to block it. A source that changed since its snapshot (a
+    late row) is not a damaged archive: the archive holds the snapshot, and archiving again takes the new rows."""
+    source_only = all(p.startswith(("the source's rows", "first difference: the source has")) for p in problems)
+    cause = ("the source changed after the snapshot the archive was read from (rows arrived, changed or went "
+             "late)" if source_only else "the archive in the bucket is not what was recorded")
+    text = (f"{spec.name} {day}: the archive is NOT proven, so the run fails (deep_check is blocking): {cause}: "
+            + "; ".join(problems) + "\n\nWhat to do: " + relaunch(spec, day, origin))
+    return Failure(description=text, allow_retries=False,
+                   metadata={"table": spec.name, "day": day.isoformat(), "retryable": False})
 
 
 def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Failure]) -> Failure:

@@ -317,6 +317,13 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
     day = spec.period(event.partition)
     if "md5" not in meta:
         return Verdict(day, [f"the materialization of {event.partition} records no archive (md5)"], "")
+    proof = str(meta.get("verified", ""))
+    if spec.deep_check and proof.startswith("NOT proven"):
+        # The object's size, MD5 and rows can still match what was recorded: that re-check cannot turn a
+        # failed content proof green (the bucket holds rows that are not the source's).
+        return Verdict(day, [f"its content failed the proof when it was archived ({proof}); a re-check of the "
+                             "object cannot prove it: archive the day again (overwrite: true in the launchpad's "
+                             "run config)"], "")
     try:
         return verify_result(store, spec, day, expected_from(meta), deep=deep)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
