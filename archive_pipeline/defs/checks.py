@@ -263,18 +263,23 @@ def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
 
 
 def _latest(instance, key: AssetKey, limit: int = 1) -> list:
-    """The latest materializations of ``key``, newest first, one per day."""
-    records = instance.fetch_materializations(key, limit=limit * 4).records
-    seen, out = set(), []
-    for record in records:
-        event = record.asset_materialization
-        if event.partition in seen:
-            continue
-        seen.add(event.partition)
-        out.append(event)
-        if len(out) == limit:
-            break
+    """The latest archived days of ``key`` (by partition, not by when they were recorded: a backfill of old
+    days records them last, and the newest day, where late rows land, must not drop out), each day's
+    latest materialization, newest day first."""
+    days = sorted(instance.get_materialized_partitions(key), key=_partition_order, reverse=True)[:limit]
+    out = []
+    for day in days:
+        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[day]),
+                                                  limit=1).records
+        if records:
+            out.append(records[0].asset_materialization)
     return out
+
+
+def _partition_order(key: str) -> tuple[str, str]:
+    """A partition key's place in time: its date and hour, then its offset (the repeated hour of a clock
+    turned back, ``2024-10-27-02:00+0100``, comes after ``2024-10-27-02:00``)."""
+    return key[:16], key[16:]
 
 
 def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc: BaseException, spec: TableSpec,
@@ -378,12 +383,26 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
                                       "(verify_archives) to re-check the latest archived day", allow_retries=False)
         # A range: a pure asset backfill's run of one day, or more if the check runs alone (a run of more
         # days that archives yields no output, so the check's step is skipped). Each day's verdict for its day.
+        # A day that cannot be checked (its store request refused) fails alone: the others are checked, not
+        # left planned by a failed run (which Dagster shows as "Execution failed" for each).
+        unchecked: dict[str, Failure] = {}
         for day in context.partition_keys:
-            result = _day_result(context, spec, key, day, archive_store, config.deep)
+            try:
+                result = _day_result(context, spec, key, day, archive_store, config.deep)
+            except Failure as exc:
+                unchecked[day] = exc
+                continue
             context.op_execution_context.log_event(AssetCheckEvaluation(
                 asset_key=key, check_name=INTACT_CHECK, passed=result.passed, severity=result.severity,
                 description=result.description, metadata=result.metadata, partition=day,
                 blocking=spec.deep_check, target_materialization_data=_target(context.instance, key, day)))
+        if unchecked:
+            names = ", ".join(sorted(unchecked))
+            raise Failure(description=f"{spec.name}: {len(unchecked)} of {len(context.partition_keys)} days could not "
+                                      f"be checked ({names}); the others were.\n\n"
+                                      + "\n\n".join(f.description or "" for _, f in sorted(unchecked.items())),
+                          allow_retries=all(f.allow_retries for f in unchecked.values()),
+                          metadata={"table": spec.name, "unchecked_days": MetadataValue.json(sorted(unchecked))})
 
     return _intact
 
