@@ -266,24 +266,37 @@ def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
     return sorted(found)
 
 
-def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: list[Period]) -> list[Period]:
+def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: list[Period],
+                      failed: dict[Period, psycopg.Error] | None = None) -> list[Period]:
     """Which of ``periods`` have at least one row: one index probe (or pruned partition) per period,
-    with the typed bounds the archive's own query uses."""
+    with the typed bounds the archive's own query uses. With ``failed``, a period whose probe fails (its
+    partition locked past lock_timeout by a VACUUM FULL or an ALTER) is recorded there and the others
+    are probed on; without it, the error is raised."""
     col = sql.Identifier(table.day_column.name)
     found = []
     for period in periods:
         lo, hi = day_bounds(table.day_column, period)
         query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi})").format(
             table=table.identifier, col=col, lo=lo, hi=hi)
-        if conn.execute(query).fetchone()[0]:
+        try:
+            with conn.transaction() if failed is not None else contextlib.nullcontext():
+                held = conn.execute(query).fetchone()[0]
+        except psycopg.Error as exc:
+            if failed is None or conn.closed or conn.broken:
+                raise
+            failed[period] = exc
+            continue
+        if held:
             found.append(period)
     return found
 
 
 def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
-                  memo: ChildrenMemo | None = None) -> list[Period]:
+                  memo: ChildrenMemo | None = None, failed: dict[Period, psycopg.Error] | None = None
+                  ) -> list[Period]:
     """Which of ``candidates`` (periods, or dates meaning the table's days) exist as data in PostgreSQL.
-    ``memo``: declarative children kept from an earlier call while the catalog says they are the same."""
+    ``memo``: declarative children kept from an earlier call while the catalog says they are the same.
+    ``failed``: where a day whose own probe failed goes (column mode; see :func:`periods_with_rows`)."""
     wanted = {spec.period(c) for c in candidates}
     mode = spec.partitioning.mode
     if mode == "declarative":  # each candidate against the children, not every period of every child listed
@@ -294,7 +307,7 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
         return [d for d in naming_days(conn, spec) if d in wanted]
     # row_security off: a day whose rows a policy hides from this role is an error, not a day without data
     with pinned_settings(conn, TimeZone="UTC", row_security="off", search_path=SEARCH_PATH):
-        return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted))
+        return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted), failed)
 
 
 def held_periods(children: list[ChildRange], periods: Iterable[Period]) -> list[Period]:

@@ -246,9 +246,10 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                 done = context.instance.get_materialized_partitions(target.asset_key)
                 missing = [d for d in days if d.isoformat() not in done]
                 found: list[dt.date] = []
+                unprobed: dict = {}
                 if missing:
                     try:
-                        found = existing_days(conn, spec, missing, children)
+                        found = existing_days(conn, spec, missing, children, unprobed)
                     except ArchiveError as exc:  # one table's problem must not hide the others' new days
                         message = redact(str(exc), postgres.password)
                         context.log.warning(message)
@@ -264,6 +265,12 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                         context.log.warning(f"{spec.name}: could not be inspected: {message}")
                         problems.append(f"{spec.name}: could not be inspected: {message}")
                         continue
+                if unprobed:  # those days only (a locked partition): the table's other new days go on
+                    first = next(iter(unprobed.values()))
+                    message = (f"{len(unprobed)} day(s) not inspected ({', '.join(d.isoformat() for d in unprobed)}): "
+                               + probe_failure(first, spec, postgres))
+                    context.log.warning(f"{spec.name}: {message}")
+                    problems.append(f"{spec.name}: {message}")
                 report.append(inspected(spec, days, len(missing), len(found)))
                 found_days.append((target, found))
         cap = settings.max_runs_per_tick
