@@ -173,12 +173,24 @@ Keyed = TypeVar("Keyed", RunRequest, WantedRun)
 
 
 def wanted_runs(found: list[tuple[SensorTarget, list[Period]]]) -> Iterator[WantedRun]:
-    """The runs of the days found, table after table, built as they are asked for: a first tick over 100
-    declarative tables finds 100,000 days and requests ``max_runs_per_tick`` of them."""
-    for target, days in found:
+    """The runs of the days found, built as they are asked for (a first tick over 100 declarative tables
+    finds 100,000 days and requests ``max_runs_per_tick`` of them), a day of each table in turn, each
+    table's oldest first: a table added with years of history does not hold back another table's
+    new day until its backlog is drained (22 ticks for three years at the default cap)."""
+    def runs(target: SensorTarget, days: list[Period]) -> Iterator[WantedRun]:
         for day in days:
             key = day.isoformat()
             yield WantedRun(f"{target.job.name}:{key}", target.job.name, key, target.spec.name)
+
+    queues = [runs(target, days) for target, days in found]
+    while queues:
+        still = []
+        for queue in queues:
+            run = next(queue, None)
+            if run is not None:
+                yield run
+                still.append(queue)
+        queues = still
 
 
 def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, location: str | None = None,
