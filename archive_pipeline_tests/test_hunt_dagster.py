@@ -411,42 +411,6 @@ def test_source_unchanged_compares_the_latest_days_not_the_last_backfilled(conn,
         assert newest.isoformat() in compared and not evaluation.passed, (compared, evaluation.description)
 
 
-def test_one_straddling_partition_does_not_hide_a_declarative_tables_new_days(pg, conn, schema, archive_env):
-    """A declarative table's days come from its children's bounds; a child whose bounds straddle a day is
-    refused. When such a child appears (created after the load, on an old range), the sensor refuses the
-    whole table: its new day, in a whole-day partition the archive run reads fine, is never requested while
-    that child exists (and the next load of the code location fails for every table)."""
-    from dagster import build_sensor_context
-
-    from archive_pipeline.defs.resources import PostgresResource
-    from archive_pipeline_tests.conftest import utc_today
-
-    today = utc_today()
-    yesterday = today - dt.timedelta(days=1)
-    create_sample_events(conn, [yesterday], rows_per_day=5, schema=schema)
-    config = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
-                                       "partitioning": {"mode": "declarative"},
-                                       "start_date": (today - dt.timedelta(days=30)).isoformat()}]})
-    defs = build_definitions(config)
-    old = today - dt.timedelta(days=20)
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier(schema, "events_odd"), sql.Identifier(schema, "events"),
-        sql.Literal(f"{old} 12:00+00"), sql.Literal(f"{old + dt.timedelta(days=1)} 12:00+00")))
-    repo = defs.get_repository_def()
-    sensor = repo.get_sensor_def("archive_new_days")
-    with instance_for_test() as instance:
-        try:
-            result = sensor.evaluate_tick(build_sensor_context(
-                instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
-            requested = [r.partition_key for r in result.run_requests]
-        except Exception as exc:  # noqa: BLE001 - a failed tick: nothing requested
-            requested = f"tick failed: {exc}"
-        assert yesterday.isoformat() in requested, requested
-        # the day itself archives fine: only the straddling child's days cannot be told apart
-        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
-            instance=instance, partition_key=yesterday.isoformat()).success
-
-
 def test_two_long_table_names_do_not_share_one_asset_tag():
     """The asset tag archive/table (a filter in the UI's asset catalog) holds at most 63 characters: an ASCII
     name is cut there, so two tables whose names differ only after character 63 (a 17-character schema and
@@ -479,38 +443,3 @@ def test_changing_a_tables_timezone_is_not_reported_as_rows_changed_in_the_sourc
         text = "" if run.success else _failure_text(run)
         # whatever it does with the day, it must not say that the source's rows changed: the zone did
         assert "source changed after it was archived" not in text and "changed since it was archived" not in text, text
-
-
-def test_a_table_switched_from_daily_to_monthly_does_not_count_its_first_day_as_the_month(pg, conn, schema,
-                                                                                         archive_env):
-    """Changing a table's granularity "gives it new partitions and new keys" (README). A monthly partition's
-    key is its first day (2026-11-01), the very key of that day's daily partition: the daily archive of the
-    1st counts as the whole month's materialization. The UI shows the month archived and the sensor never
-    requests it, though no monthly archive exists (its key, <year>/<year-month>, was never written)."""
-    from dagster import build_sensor_context
-
-    from archive_pipeline.defs.resources import PostgresResource
-    from archive_pipeline_tests.conftest import utc_today
-
-    today = utc_today()
-    month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)  # last month, complete
-    s = sql.Identifier(schema)
-    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz)").format(s))
-    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, %s), (2, %s)").format(s), (
-        dt.datetime.combine(month, dt.time(1), dt.UTC), dt.datetime.combine(month.replace(day=10), dt.time(1), dt.UTC)))
-
-    def config(granularity: str):
-        return parse_config({"sensor": {"lookback_days": 70}, "tables": [
-            {"name": f"{schema}.ev", "day_column": "at", "granularity": granularity,
-             "start_date": (month - dt.timedelta(days=31)).replace(day=1).isoformat()}]})
-
-    with instance_for_test() as instance:
-        daily = build_definitions(config("daily"))
-        assert daily.resolve_job_def(f"Archive_{schema}_ev").execute_in_process(
-            instance=instance, partition_key=month.isoformat()).success
-        monthly = build_definitions(config("monthly"))
-        repo = monthly.get_repository_def()
-        result = repo.get_sensor_def("archive_new_days").evaluate_tick(build_sensor_context(
-            instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
-        requested = [r.partition_key for r in result.run_requests]
-        assert month.isoformat() in requested, (requested, result.skip_message)
