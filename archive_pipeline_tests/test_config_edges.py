@@ -106,3 +106,19 @@ def test_a_boolean_is_not_taken_as_a_number_of_days_to_keep():
     with pytest.raises(ConfigError) as failure:
         parse_config({"tables": [{**GOOD, "retention": {"keep_days": True, "action": "delete"}}]})
     assert "retention.keep_days" in str(failure.value)
+
+
+def test_a_file_that_is_not_a_table_list_is_not_quoted_into_the_error(tmp_path):
+    """$ARCHIVE_PIPELINE_CONFIG pointed at another file (a password file, say): its lines that end in ':' read as
+    YAML keys, and each unknown key was quoted whole into the load error, which ends up in logs. A name that
+    does not look like a setting is now said by its length only; a mistyped setting is still named."""
+    secret = "root:$6$saltsalt$c2VjcmV0aGFzaA0123456789:19000:0:99999:7::"
+    path = tmp_path / "tables.yaml"
+    path.write_text(f"{secret}:\ntables:\n  - {{name: public.events, day_column: at, start_date: 2024-03-01, "
+                    "fromat: csv}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    text = str(raised.value)
+    assert "c2VjcmV0aGFzaA" not in text and "saltsalt" not in text, text
+    assert f"a setting of {len(secret)} characters" in text, text
+    assert "'fromat'" in text and "did you mean 'format'" in text, text

@@ -568,6 +568,11 @@ def _model_at(loc: list) -> type[BaseModel] | None:
     return model
 
 
+# What a setting's name looks like: another file's line read as a key (a password file's "user:hash:...:") is
+# not quoted into the error, which ends up in logs.
+_SETTING_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,47}")
+
+
 def _unknown(loc: list) -> str:
     model = _model_at(loc)
     known = sorted(model.model_fields) if model else []
@@ -595,6 +600,12 @@ def _describe(error: ValidationError, raw: dict) -> str:
                 where = f"setting {where!r}"
         if item["type"] == "extra_forbidden":
             message = _unknown(loc)
+            if not _SETTING_LIKE.fullmatch(str(loc[-1])):  # a file that is not a table list: never quote its lines
+                shown = ".".join(str(p) for p in loc[:-1])
+                where = (where.rsplit(", setting ", 1)[0] + f", a setting of {len(str(loc[-1]))} characters"
+                         if where.startswith("table ") else
+                         f"a setting of {len(str(loc[-1]))} characters" + (f" in {shown!r}" if shown else ""))
+                message = "unknown setting (not shown: is this the YAML file of the tables?)"
         elif item["type"].startswith("date_"):
             message = f"{message} (got {item.get('input')!r}; write a real day as YYYY-MM-DD)"
         lines.append(f"  {where}: {message}")
