@@ -91,7 +91,8 @@ def test_materialize_reports_the_days_check_with_or_without_the_check_definition
         [unchanged] = [e.asset_check_evaluation_data for e in together.all_events
                        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
                        and e.asset_check_evaluation_data.check_name == "source_unchanged"]
-        assert unchanged.passed and "not compared in a run that archives" in unchanged.description
+        assert not unchanged.passed and unchanged.severity.value == "WARN"  # never compared: a warning, not a pass
+        assert "not compared in a run that archives" in unchanged.description
 
 
 def test_a_failed_run_leaves_the_days_check_alone(conn, schema, archive_env):
@@ -477,7 +478,7 @@ def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schem
             assert "is damaged" in check.description
             assert _meta(result)["verified"].startswith("NOT proven: ")
             error = result.failure_data_for_node(op_name(events_config(schema, DAY).tables[0])).error
-            assert "blocking asset check" in error.message
+            assert "NOT proven, so the run fails (deep_check is blocking)" in error.message and "2024-03-10" in error.message
             assert [(r.partition, r.status.value) for r in _check_records(instance, schema)] == [
                 (DAY.isoformat(), "FAILED")]
 
