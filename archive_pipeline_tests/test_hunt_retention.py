@@ -129,3 +129,25 @@ def test_hourly_wall_clock_partitions_an_hour_whose_rows_span_the_spring_gap_chi
         pytest.fail(f"dry run said 'would drop {planned.relation}', the real run refuses every time: {refused}")
     assert removal.rows == 2
     assert _count(conn, ev, "at >= '2024-03-10 01:00' AND at < '2024-03-10 03:00'") == 0
+
+
+def test_a_day_restored_after_removal_then_edited_can_never_be_archived_or_removed_again(conn, schema, store):
+    """Archive ``ev``'s day (20 rows), remove it (delete), restore it into the original table (the README: "A day
+    restored into the original table after retention removed it is an ordinary source day again"), then edit
+    one row, as one may edit any source day. An ordinary changed day is archived again with ``overwrite``. Was:
+    the manifest keeps ``removed: done`` after the restore, so the overwrite is refused (DayRemovedError: "the
+    source now has other rows ... Restore it from the archive"), and the removal is refused as not proven (the
+    source differs from the archive): the day can be neither archived nor removed, for ever, and the edited
+    row is in no archive. Should: the restored day archives again with overwrite (the source holds a day again,
+    no only copy is replaced by an empty one), and then is removed again."""
+    from archive_pipeline.core.restore import restore_day
+
+    spec = _events_with_side_table(conn, schema, "unused")
+    ev = _ident(schema, "ev")
+    key = archive_partition(conn, spec, DAY, store).key
+    assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0
+    assert restore_day(conn, store, spec, DAY, into="original").rows == 20
+    conn.execute(sql.SQL("UPDATE {} SET v = 'edited' WHERE id = 7").format(ev))
+    result = archive_partition(conn, spec, DAY, store, overwrite=True)
+    assert result.rows == 20 and load_manifest(store, key).get("removed") is None
+    assert remove_day(conn, spec, DAY, store).rows == 20 and _count(conn, ev) == 0
