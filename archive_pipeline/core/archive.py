@@ -552,10 +552,17 @@ class _Archiving:
         if removed:
             if same:
                 return True
+            if overwrite and fp.rows:
+                # The day is back in the source (restored into its table, then edited; or late rows): archived
+                # again as asked. The removed rows' archive is kept beside the new one if it holds more rows
+                # (see _retire), so no run deletes rows that exist nowhere else; an emptied source never gets here.
+                return False
             raise DayRemovedError(
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
-                f"{self._archive_uri(manifest)} was proven; archiving it again would replace the only copy "
-                "(the source now has other rows). Restore it from the archive if you need it back", retryable=False)
+                f"{self._archive_uri(manifest)} was proven, and the source now has other rows ({fp.rows:,}); "
+                "archiving them without overwrite would replace the only copy. Restore the archive if you need the "
+                "removed rows back; to archive the rows there are now, set overwrite (an archive that holds more "
+                "rows than the new one is kept beside it)", retryable=False)
         if overwrite:
             return False
         source = manifest.get("source", {})

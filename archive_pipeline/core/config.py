@@ -177,6 +177,9 @@ class Retention(_Strict):
                              "ones may be removed (at most 36500, a hundred years)")
     action: Literal["detach", "drop", "delete"]
     batch_rows: Count = Field(default=50_000, ge=100, le=10_000_000, description="delete: rows per DELETE statement")
+    allow_delete_triggers: bool = Field(default=False, description="delete: remove days of a table with DELETE "
+                                        "triggers or rules anyway (they may write or delete rows of other tables, "
+                                        "which no archive holds); without it such a table's days are refused")
 
 
 class TableSpec(_Strict):

@@ -604,6 +604,11 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         raise RemovalRefused(f"{spec.name} {day} stays in the source: DELETE removed {deleted:,} rows where "
                              f"{now.rows:,} were archived (a trigger, rule or row-level security on the table?); "
                              "rolled back", table=spec.name, day=day.isoformat())
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.identifier, where)).fetchone()[0]
+    if left:  # DELETE said so, but an INSTEAD rule (or a trigger putting rows back) kept them: never "done"
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: DELETE reported {deleted:,} rows removed, but "
+                             f"{left:,} rows of the day are still there (an INSTEAD rule or a trigger?); rolled back",
+                             table=spec.name, day=day.isoformat())
     return deleted
 
 
@@ -647,6 +652,36 @@ def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, t
         raise RemovalRefused(f"{spec.name} {day} stays in the source: foreign keys {found} reference the table (or "
                              "its partitions or inheriting tables), so deleting archived rows would reach rows of "
                              "other tables; remove days of this table by hand", table=spec.name, day=day.isoformat())
+
+
+# DELETE triggers (row or statement, enabled, not PostgreSQL's own) and ON DELETE rules of the given tables.
+_DELETE_SIDE_EFFECTS = """
+SELECT DISTINCT format('trigger %%I on %%s', t.tgname, t.tgrelid::regclass) FROM pg_catalog.pg_trigger t
+WHERE t.tgrelid = ANY(%(rels)s::regclass[]) AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 8) <> 0
+UNION
+SELECT format('rule %%I on %%s', r.rulename, r.ev_class::regclass) FROM pg_catalog.pg_rewrite r
+WHERE r.ev_class = ANY(%(rels)s::regclass[]) AND r.ev_type = '4'
+ORDER BY 1
+"""
+
+
+def _refuse_delete_side_effects(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """A DELETE trigger or rule may write or delete rows of other tables (a cascade by trigger, an ON DELETE
+    DO ALSO rule), which no archive holds, and an INSTEAD rule keeps the rows while DELETE reports them gone:
+    refused, naming them, unless ``retention.allow_delete_triggers`` says they are harmless (an audit log)."""
+    if spec.retention is not None and spec.retention.allow_delete_triggers:
+        return
+    relations = sorted({table.identifier.as_string(conn), *_reached(conn, table, day)})
+    found = [r[0] for r in conn.execute(_DELETE_SIDE_EFFECTS, {"rels": relations})]
+    if found:
+        raise RemovalRefused(
+            f"{spec.name} {day} stays in the source: deleting its rows fires {', '.join(found)}, which may write or "
+            "delete rows of other tables that no archive holds (or keep the rows, an INSTEAD rule)",
+            table=spec.name, day=day.isoformat(),
+            remedy="if they only log (an audit trigger), set retention.allow_delete_triggers: true for the table; "
+                   "else remove its days by hand, or disable them for the removal"
+                   + (", or use retention action 'detach' or 'drop', which fire no DELETE trigger"
+                      if spec.partitioning.mode != "column" else ""))
 
 
 # Tables inheriting (at any depth) from the given one that have columns it lacks; partitions never do.
@@ -771,6 +806,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     _refuse_pending_detach(conn, spec, day)
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
+        _refuse_delete_side_effects(conn, spec, day, table)
         _refuse_wider_descendants(conn, spec, day, table)
         _refuse_unidentified(conn, spec, day, table)
         _refuse_unpublishable(conn, spec, day, table)
@@ -783,6 +819,16 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     if outside:
         raise RemovalRefused(f"{target.qualified} also holds {outside:,} rows outside {day}; it is not removed",
                              table=spec.name, day=day.isoformat())
+    if spec.partitioning.mode == "declarative" and target.identifier != table.identifier:
+        # the archive read the day through the parent: rows of it in another partition (a wall-clock hourly
+        # partition of the hour a clock skips, say) are archived but would stay, and the re-check would fail
+        others = [r[0] for r in conn.execute(sql.SQL(
+            "SELECT DISTINCT tableoid::regclass::text FROM {} WHERE {} AND tableoid <> {}::regclass ORDER BY 1").format(
+                table.identifier, day_filter(table, day), sql.Literal(target.identifier.as_string(conn))))]
+        if others:
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of it are also in {', '.join(others)}, "
+                                 f"not only in {target.qualified}, so a {action} of one partition would not remove "
+                                 "the day; use retention action 'delete'", table=spec.name, day=day.isoformat())
     if action == "detach" and spec.partitioning.mode != "declarative":
         _parents(conn, spec, target)
 
