@@ -327,8 +327,10 @@ def test_a_row_committed_while_the_removal_marks_its_manifest_stops_it_whatever_
 def test_a_removal_whose_backend_is_terminated_in_the_middle_of_its_delete_keeps_every_row(pg, conn, events, store):
     """A trigger terminates the removing backend half-way through the day's DELETE (a stand-in for an
     operator's pg_terminate_backend): the transaction is gone with everything it deleted, the pending mark
-    is taken back, and the error is retryable and names the day. (Checked, holds.)"""
+    is taken back, and the error is retryable and names the day. (Checked, holds.) The trigger is allowed
+    (retention.allow_delete_triggers): a table's DELETE triggers are refused otherwise."""
     spec = spec_for(events, "delete")
+    spec = spec.model_copy(update={"retention": spec.retention.model_copy(update={"allow_delete_triggers": True})})
     result = archive_partition(conn, spec, DAY, store)
     conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF OLD.id = 150 THEN "
                          "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN OLD; END $$").format(

@@ -823,7 +823,8 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         # the archive read the day through the parent: rows of it in another partition (a wall-clock hourly
         # partition of the hour a clock skips, say) are archived but would stay, and the re-check would fail
         others = [r[0] for r in conn.execute(sql.SQL(
-            "SELECT DISTINCT tableoid::regclass::text FROM {} WHERE {} AND tableoid <> {}::regclass ORDER BY 1").format(
+            "SELECT DISTINCT tableoid::regclass::text FROM {} WHERE {} AND tableoid NOT IN "
+            "(SELECT relid FROM pg_catalog.pg_partition_tree({}::regclass)) ORDER BY 1").format(  # its sub-partitions
                 table.identifier, day_filter(table, day), sql.Literal(target.identifier.as_string(conn))))]
         if others:
             raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of it are also in {', '.join(others)}, "
