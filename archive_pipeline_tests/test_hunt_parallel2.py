@@ -1,0 +1,100 @@
+"""Parallel hunt 2: ``parallel_streams`` over rows that are not in the exported snapshot.
+
+A foreign child or partition (postgres_fdw) is read by each stream through a remote session of its
+own: with N > 1 the ctid ranges apply to the remote table's tuple ids too, so its rows are spread over
+N remote transactions, each with its own remote snapshot, none of them the coordinator's (which took
+the fingerprint). A change committed on the remote side between two streams' remote snapshots lands
+in the archive, while the manifest records the fingerprint of the rows before it: the object is not
+the day the manifest describes. With one stream the fingerprint and the read share the coordinator's
+transaction, and so one remote snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import threading
+import time
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import parallel
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline_tests.helpers import download, read_csv
+
+DAY = dt.date(2024, 3, 10)
+CHANGED_ID = 1400  # the remote table's last row: its tuple id is in the last ctid range (stream 3 of 4)
+
+
+def _archived_body(body: bytes, fmt: str) -> list[str]:
+    rows = pq.read_table(io.BytesIO(body)).to_pylist() if fmt == "parquet" else read_csv(body)
+    return [row["body"] for row in rows if str(row["id"]) == str(CHANGED_ID)]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_foreign_child_is_read_in_one_snapshot_by_every_stream(pg, conn, schema, s3_client, bucket, temp_dir,
+                                                                 monkeypatch, fmt):
+    """A local parent (20 pages of the day) with a postgres_fdw child (a loopback table of 40 pages),
+    archived with four ctid ranges. The last stream is held up on its last local row (pg_sleep injected
+    into its range, as test_parallel does), and meanwhile one remote row is updated and committed. The
+    fingerprint was taken first, in the coordinator's snapshot, so the manifest records the row as it
+    was; the archive must hold that row (what one stream archives) — it held the updated one."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.mixed (id int, at date, body text) WITH (fillfactor = 10)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.mixed SELECT g, %s, md5(g::text) FROM generate_series(1, 200) g").format(s),
+                 (DAY,))
+    conn.execute(sql.SQL("CREATE TABLE {}.far_src (id int, at date, body text) WITH (fillfactor = 10)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.far_src SELECT g, %s, 'original' FROM generate_series(1001, %s) g").format(s),
+                 (DAY, CHANGED_ID))
+    server = sql.Identifier(f"{schema}_loop")
+    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA {}").format(s))
+    conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, dbname {})"
+                         ).format(server, sql.Literal(conn.info.host), sql.Literal(str(conn.info.port)),
+                                  sql.Literal(conn.info.dbname)))
+    conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS (user {})").format(
+        server, sql.Literal(conn.info.user)))
+    conn.execute(sql.SQL("CREATE FOREIGN TABLE {}.far () INHERITS ({}.mixed) SERVER {} OPTIONS (schema_name {}, "
+                         "table_name 'far_src')").format(s, s, server, sql.Literal(schema)))
+    assert conn.execute(sql.SQL("SELECT (ctid::text::point)[0] FROM {}.far_src WHERE id = %s").format(s),
+                        (CHANGED_ID,)).fetchone()[0] >= 20  # beyond the local parent's pages: the last range
+
+    real = parallel.ctid_ranges
+    stall = sql.SQL("(id <> 200 OR pg_sleep(1.5)::text IS NOT NULL)")  # the local row 200 is in the last page
+
+    def held_up_last_range(bounds):
+        ranges = list(real(bounds))
+        return [*ranges[:-1], sql.SQL("{} AND {}").format(ranges[-1], stall)]
+
+    monkeypatch.setattr(parallel, "ctid_ranges", held_up_last_range)
+    changed = threading.Event()
+
+    def change_the_remote_row() -> None:
+        with psycopg.connect(pg.dsn, autocommit=True) as other:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if other.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchone()[0]:
+                    other.execute(sql.SQL("UPDATE {}.far_src SET body = 'changed' WHERE id = %s").format(s),
+                                  (CHANGED_ID,))
+                    changed.set()
+                    return
+                time.sleep(0.02)
+
+    changer = threading.Thread(target=change_the_remote_row)
+    changer.start()
+    spec = TableSpec(name=f"{schema}.mixed", day_column="at", start_date="2024-03-01", format=fmt,
+                     compression="none" if fmt == "csv" else "zstd", parallel_streams=4)
+    store = S3Store(s3_client, bucket, prefix="four", part_size=MIN_PART_SIZE)
+    try:
+        result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    finally:
+        changer.join()
+    assert changed.is_set() and result.streams.startswith("4 stream(s)"), result.streams
+    assert result.rows == 600
+    # the fingerprint (taken first, in the coordinator's snapshot) describes the row before the update:
+    # the archive must hold the same rows
+    assert _archived_body(download(s3_client, bucket, result.key), fmt) == ["original"]
