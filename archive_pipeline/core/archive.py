@@ -63,7 +63,7 @@ from archive_pipeline.core.session_settings import resolved
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, hold_day, \
-    primary_key, read_snapshot, server_identity
+    primary_key, read_snapshot, reads_foreign_tables, server_identity
 from archive_pipeline.core.store import DownloadError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
@@ -460,6 +460,10 @@ class _Archiving:
         if fp is None and free - readers < 1:  # no room for a fingerprint session beside the readers
             log.info("%s %s: fingerprinting before the read: %d free session(s), %d reader(s)", self.spec.name,
                      self.day, free, readers)
+            fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
+        if fp is None and reads_foreign_tables(self.conn, table, where):
+            # a second session would see the foreign rows in a remote snapshot of its own: this one's, first
+            log.info("%s %s: fingerprinting before the read: the day reads a foreign table", self.spec.name, self.day)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
         if fp is not None:
             extraction.expected_rows = fp.rows  # the same snapshot: these are all the rows there are

@@ -46,7 +46,7 @@ from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStat
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day
+from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
 # otherwise be read through an index on the day column, i.e. the whole day for a part of it).
@@ -104,6 +104,10 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         return SINGLE
     if table.relkind not in ("r", "p", "m"):
         return replace(SINGLE, reason=f"{table.qualified} is a view or foreign table: it has no ctid to split by")
+    if reads_foreign_tables(conn, table, where):
+        return replace(SINGLE, reason=f"the day of {table.qualified} is read from a foreign table (a child or "
+                                      "partition on another server), whose rows are not in the exported snapshot: "
+                                      "each stream would read them in a snapshot of its own")
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (table.identifier.as_string(conn),)).fetchone()[0]
     if (table.relkind != "p" and table.day_column is not None and table.day_column.base_type in _TIMESTAMPS
             and _day_index(conn, oid, table)):

@@ -787,6 +787,22 @@ def explain(conn: psycopg.Connection, query: sql.Composable) -> dict:
         return json.loads(cur.execute(query).fetchone()[0])[0]["Plan"]
 
 
+def reads_foreign_tables(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> bool:
+    """Whether the day's query reads a foreign table (the table itself, or a postgres_fdw child or partition,
+    as planned now). Its rows come from the remote server's snapshot, one per local transaction, not from
+    the exported one: only the session that read the rows sees them as they were read, so the day is read
+    by one stream and fingerprinted on that session (see ``plan_streams`` and the archive's fingerprint)."""
+    if table.relkind == "f":
+        return True
+    nodes = [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(table.identifier, where))]
+    while nodes:
+        node = nodes.pop()
+        if node.get("Node Type") == "Foreign Scan":
+            return True
+        nodes.extend(node.get("Plans", []))
+    return False
+
+
 def _relations_read(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> set[tuple[str, str]]:
     """(schema, name) of every relation the day's query reads, as planned now (partitions pruned):
     another day's partition emptied meanwhile is no change of this day."""
