@@ -608,7 +608,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                 if day in unknown:
                     results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
                                     "message": _for_the_cli(unknown[day]),
-                                "retryable": unknown[day].startswith("not checked (retryable)")})
+                                    "retryable": unknown[day].startswith("not checked (retryable)")})
                     continue
                 if day not in present:
                     results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
