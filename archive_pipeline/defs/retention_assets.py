@@ -50,7 +50,7 @@ from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value,
                                           retry_policy)
 from archive_pipeline.defs.checks import terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
-from archive_pipeline.core.errors import ArchiveError, SourceError
+from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, check_removable, due_days,
                                               remove_day, settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -142,7 +142,11 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
     settled = None
     with contextlib.ExitStack() as stack:
         primary, source = _connect(stack, primary_postgres, spec, day), _connect(stack, postgres, spec, day)
-        standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        try:
+            standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        except psycopg.Error as exc:  # a session lost right after it opened: classified like any other
+            error = wrap(exc, spec.name, day.isoformat(), postgres.password, doing="proving")
+            raise Failure(description=_naming(error, spec, day), allow_retries=error.retryable) from None
         proven_sha: str | bool = False
         try:
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
