@@ -606,9 +606,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
             present, unknown = plan.present_days(run.conn, spec, days)
             for day in days:
                 if day in unknown:
-                    results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                                    "message": _for_the_cli(unknown[day]),
-                                    "retryable": unknown[day].startswith("not checked (retryable)")})
+                    results.append(_unprobed(spec, day, unknown[day]))
                     continue
                 if day not in present:
                     results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
@@ -633,6 +631,12 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
     if failed:
         raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and run the same command again "
                      "(archived days are skipped)")
+
+
+def _unprobed(spec: TableSpec, day: dt.date, why: str) -> dict[str, Any]:
+    """A day of a table whose days could not be looked for (see ``plan.present_days``): it failed, alone."""
+    return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _for_the_cli(why),
+            "retryable": why.startswith("not checked (retryable)")}
 
 
 def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, str], overwrite: bool,
@@ -965,9 +969,7 @@ def prune(run: Run, dry_run: bool) -> None:
         present, unknown = plan.present_days(run.conn, spec, due)
         for day in due:
             if day in unknown:
-                results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                                "message": _for_the_cli(unknown[day]),
-                                "retryable": unknown[day].startswith("not checked (retryable)")})
+                results.append(_unprobed(spec, day, unknown[day]))
                 continue
             if day not in present:
                 continue

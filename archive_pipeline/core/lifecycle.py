@@ -465,12 +465,18 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
     return False, why + f"the source still has {rows:,} rows of the day"
 
 
+def _day_table_gone(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
+    """Whether a naming-mode day's table no longer exists (its rows went with it; never in other modes)."""
+    if spec.partitioning.mode != "naming":
+        return False
+    child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
+    return conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]
+
+
 def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
     """Whether the source has any row of the day (its day table or partition may be gone)."""
-    if spec.partitioning.mode == "naming":
-        child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
-        if conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]:
-            return False
+    if _day_table_gone(conn, spec, day):
+        return False
     with conn.transaction():
         conn.execute("SELECT set_config('row_security', 'off', true)")  # hidden rows are an error, not none
         table = source_table(conn, spec, day)
@@ -493,20 +499,16 @@ def _detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: 
 def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> int:
     """Rows of the day in the source now (0 if its day table is gone), counted by the fingerprint the
     manifest records."""
-    if spec.partitioning.mode == "naming":
-        child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
-        if conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]:
-            return 0
+    if _day_table_gone(conn, spec, day):
+        return 0
     algorithm = fingerprint.algorithm_for(manifest.get("fingerprint") or "")
     return source_fingerprint(conn, spec, day, algorithm).rows
 
 
 def _holds_archived_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
     """Whether the source holds rows of the day, and exactly the archived ones (the manifest's fingerprint)."""
-    if spec.partitioning.mode == "naming":
-        child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
-        if conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]:
-            return False
+    if _day_table_gone(conn, spec, day):
+        return False
     recorded = manifest.get("fingerprint") or ""
     try:
         now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded),
