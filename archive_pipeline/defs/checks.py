@@ -178,14 +178,8 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
     The verdict keeps the materialization it was about: if this run archived the day anew and could not
     check it, the UI shows that day's check as not evaluated, not as the old archive's verdict.
     """
-    run_id = context.run.run_id
-    history = context.instance.event_log_storage.get_asset_check_execution_history(
-        AssetCheckKey(key, INTACT_CHECK), limit=50, partition_filter=PartitionKeyFilter(key=day))
-    if not any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history):
-        return None
-    last = next((r for r in history if r.run_id != run_id and r.status != AssetCheckExecutionRecordStatus.PLANNED
-                 and r.evaluation is not None), None)
-    if last is None:
+    planned, last = _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK), PartitionKeyFilter(key=day))
+    if not planned or last is None:
         return None
     was = last.evaluation
     return AssetCheckEvaluation(
@@ -207,16 +201,11 @@ def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, ke
     its last verdict instead, saying that this run did not check; a check that has never run says so as
     a warning (yellow, as ``latest_archive_intact`` says "nothing archived yet"), not as a failure.
     """
-    run_id = context.run.run_id
     for name in ON_DEMAND_CHECKS:
-        history = context.instance.event_log_storage.get_asset_check_execution_history(
-            AssetCheckKey(key, name), limit=50)
-        if not any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history):
-            continue
         carried = _CARRIED[name]
-        last = next((r for r in history if r.run_id != run_id and r.evaluation is not None
-                     and r.status != AssetCheckExecutionRecordStatus.PLANNED
-                     and carried not in r.evaluation.metadata), None)
+        planned, last = _planned_and_last(context, AssetCheckKey(key, name), carried=carried)
+        if not planned:
+            continue
         note = f"{spec.name}: not checked: this run failed before running {name}"
         if last is None:
             yield AssetCheckEvaluation(
@@ -229,6 +218,19 @@ def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, ke
             description=f"{note}. The last check (run {last.run_id}) found: {was.description}",
             metadata={**was.metadata, carried: last.run_id},
             target_materialization_data=was.target_materialization_data)
+
+
+def _planned_and_last(context: "AssetExecutionContext", check: AssetCheckKey, partition_filter=None,
+                      carried: str | None = None) -> tuple[bool, object | None]:
+    """Whether this run planned ``check`` (for the filter's day), and the record of its last verdict from
+    another run (None if it has none; ``carried``: skipping verdicts that were carried forward already)."""
+    run_id = context.run.run_id
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        check, limit=50, partition_filter=partition_filter)
+    planned = any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history)
+    last = next((r for r in history if r.run_id != run_id and r.status != AssetCheckExecutionRecordStatus.PLANNED
+                 and r.evaluation is not None and (carried is None or carried not in r.evaluation.metadata)), None)
+    return planned, last
 
 
 # The metadata key that marks a verdict carried forward from an earlier run, which is never carried again.
