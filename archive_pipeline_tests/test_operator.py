@@ -219,6 +219,26 @@ def test_source_unchanged_says_a_day_whose_manifest_is_gone_is_not_compared_not_
     assert evaluation.metadata["untrusted_days"].value == [day.isoformat()]
     assert evaluation.metadata["checked_days"].value == [other.isoformat()]
 
+
+def test_the_check_history_is_read_past_its_first_page(conn, schema, archive_env):
+    """The last real comparison of source_unchanged was looked for in the latest 50 records only: 50 runs that
+    only planned the check (a pure asset backfill's) pushed it out, and a red verdict became "no run has yet".
+    The history is read a page at a time: with pages of 2, the same records in the same order as one read."""
+    from archive_pipeline.defs.checks import _history
+
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day], rows_per_day=10, schema=schema)
+    defs = build_definitions(events_config(schema, day))
+    key = AssetCheckKey(AssetKey(["archive", schema, "events"]), "source_unchanged")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(schema)).execute_in_process(partition_key=day.isoformat(),
+                                                                         instance=instance).success
+        for _ in range(5):
+            defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        whole = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        paged = list(_history(instance, key, page=2))
+    assert len(whole) >= 5 and [r.id for r in paged] == [r.id for r in whole]
+
 # --- the retention schedule ----------------------------------------------------------------------------
 
 def _fake_run(instance, request, status) -> None:

@@ -224,13 +224,31 @@ def _planned_and_last(context: "AssetExecutionContext", check: AssetCheckKey, pa
                       carried: str | None = None) -> tuple[bool, object | None]:
     """Whether this run planned ``check`` (for the filter's day), and the record of its last verdict from
     another run (None if it has none; ``carried``: skipping verdicts that were carried forward already)."""
-    run_id = context.run.run_id
-    history = context.instance.event_log_storage.get_asset_check_execution_history(
-        check, limit=50, partition_filter=partition_filter)
-    planned = any(r.run_id == run_id and r.status == AssetCheckExecutionRecordStatus.PLANNED for r in history)
-    last = next((r for r in history if r.run_id != run_id and r.status != AssetCheckExecutionRecordStatus.PLANNED
-                 and r.evaluation is not None and (carried is None or carried not in r.evaluation.metadata)), None)
-    return planned, last
+    run_id, planned = context.run.run_id, False
+    for record in _history(context.instance, check, partition_filter=partition_filter):
+        if record.run_id == run_id:  # this run's records are the newest
+            planned = planned or record.status == AssetCheckExecutionRecordStatus.PLANNED
+        elif record.status != AssetCheckExecutionRecordStatus.PLANNED and record.evaluation is not None and (
+                carried is None or carried not in record.evaluation.metadata):
+            return planned, record
+    return planned, None
+
+
+def _history(instance, check: AssetCheckKey, *, partition_filter=None, status=None, page: int = 50,
+             most: int = 5000) -> Iterator:
+    """The check's execution records, newest first, a page at a time (``most`` at the most). A verdict looked
+    for further back than one page is still found: runs that only planned the check (a pure asset backfill's,
+    50 of them) pushed the last real comparison out of the first page, and a red source_unchanged turned into
+    "no run has yet"."""
+    cursor, seen = None, 0
+    while seen < most:
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            check, limit=page, cursor=cursor, status=status, partition_filter=partition_filter)
+        yield from records
+        seen += len(records)
+        if len(records) < page:
+            return
+        cursor = records[-1].id
 
 
 # The metadata key that marks a verdict carried forward from an earlier run, which is never carried again.
@@ -434,9 +452,8 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey,
 
 def _last_comparison(instance, key: AssetKey, run_id: str) -> tuple[str, AssetCheckEvaluation] | None:
     """The latest verdict of ``source_unchanged`` from a run that compared (its run id and evaluation)."""
-    records = instance.event_log_storage.get_asset_check_execution_history(
-        AssetCheckKey(key, CHANGED_CHECK), limit=50,
-        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED})
+    records = _history(instance, AssetCheckKey(key, CHANGED_CHECK),
+                       status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED})
     for record in records:
         evaluation = record.event.dagster_event.asset_check_evaluation_data if record.event else None
         if evaluation is not None and record.run_id != run_id and "compared_in_run" not in evaluation.metadata:
