@@ -104,6 +104,11 @@ class ArchiveResult:
     streams: str = ""  # with parallel_streams set: how many streams read the day, and why (e.g. a view: one)
 
     @property
+    def stored_key(self) -> str:
+        """What of the day is in the bucket to point a person at: its object, or an empty day's manifest."""
+        return self.key or self.manifest_key
+
+    @property
     def rows_per_second(self) -> float:
         return self.rows / self.duration_seconds if self.duration_seconds > 0 else 0.0
 

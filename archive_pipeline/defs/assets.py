@@ -608,7 +608,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
             verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
                                      conn=conn if spec.deep_check else None,
                                      scratch_conn=source.scratch(conn) if spec.deep_check else None)
-                       if deep else written_verdict(result, store.uri(result.key or result.manifest_key)))
+                       if deep else written_verdict(result, store.uri(result.stored_key)))
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc
     except Exception as exc:
@@ -623,7 +623,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     else:
         verified = "NOT proven: " + "; ".join(verdict.problems)
     metadata = materialization_metadata(result, object_link(archive_store, result), verified,
-                                        store.uri(result.key or result.manifest_key))
+                                        store.uri(result.stored_key))
     if alone:  # the step's output, as before batching: checks and assets downstream in the run see it
         yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
     else:  # one day of a range: its own event, so a failed neighbour is not marked materialized with it
