@@ -90,7 +90,7 @@ def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") ->
     empty day has no object: its manifest). The key is percent-encoded in the console's query string:
     a table named ``a+b`` or ``x#y`` would otherwise link to another key ('+' reads as a space) or a
     truncated one ('#' starts the fragment)."""
-    key = result.stored_key
+    key = result.key or result.manifest_key  # as ArchiveResult.stored_key, for any result-like object
     endpoint = archive_store.s3.endpoint_url or ""
     if not endpoint or endpoint.rstrip("/").endswith(".amazonaws.com"):
         return f"https://s3.console.aws.amazon.com/s3/object/{archive_store.bucket}?prefix={quote(key, safe='/')}"
