@@ -37,7 +37,7 @@ from archive_pipeline.defs.checks import (
     build_stored_archive_check,
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
-from archive_pipeline.core.discovery import ChildrenMemo, checked_children
+from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
 from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url, check_key_pair
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -113,7 +113,7 @@ def check_table(conn: psycopg.Connection, spec: TableSpec, children: ChildrenMem
         if children is not None:
             children.ranges(conn, spec)  # the same reading and check, kept for the sensor
         else:
-            checked_children(conn, spec)  # refuses children that are not whole periods
+            child_ranges(conn, spec)  # refuses a table not range-partitioned by its day column
 
 
 def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo | None = None) -> None:

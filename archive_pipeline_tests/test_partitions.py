@@ -11,7 +11,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import LateRowsError, archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import declarative_days, existing_days, naming_days
-from archive_pipeline.core.errors import ArchiveError, SourceError
+from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline_tests.helpers import decompress, download, range_partitioned_events, read_jsonl
 
 D = dt.date(2024, 3, 10)
@@ -45,13 +45,21 @@ def test_a_week_child_archives_as_its_days(conn, declarative, store, s3_client, 
     assert [r["id"] for r in read_jsonl(decompress(download(s3_client, bucket, result.key), "zstd"))] == [100]
 
 
-def test_a_child_that_is_not_whole_days_is_refused(conn, schema, declarative, store):
+def test_a_child_straddling_two_days_archives_each_day_whole(conn, schema, declarative, store, s3_client, bucket):
+    """A child from noon to noon (created after the others, by hand) holds rows of two days, each of which
+    other children hold rows of too: both days are discovered and each archive holds exactly its day's rows
+    (read from the parent by the day column), whichever child they are in. It was refused, and with it every
+    day of the table, the sensor's tick and the code location's next load."""
+    s = sql.Identifier(schema)
     conn.execute(sql.SQL("CREATE TABLE {}.ev_half PARTITION OF {}.ev FOR VALUES FROM ('2024-03-12 12:00+00') "
-                         "TO ('2024-03-13 12:00+00')").format(sql.Identifier(schema), sql.Identifier(schema)))
-    with pytest.raises(SourceError, match=r"partition 'ev_half' of .*not whole UTC days.*mode 'column'"):
-        declarative_days(conn, declarative)
-    with pytest.raises(ArchiveError, match="ev_half"):
-        archive_partition(conn, declarative, dt.date(2024, 3, 13), store)
+                         "TO ('2024-03-13 12:00+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (200, '2024-03-12 01:00+00'), (201, '2024-03-12 13:00+00'), "
+                         "(202, '2024-03-13 11:59:59.999999+00'), (203, '2024-03-13 12:00+00')").format(s))
+    assert {dt.date(2024, 3, 12), dt.date(2024, 3, 13)} <= set(declarative_days(conn, declarative))
+    for day, ids in ((dt.date(2024, 3, 12), [200, 201]), (dt.date(2024, 3, 13), [202, 203])):
+        result = archive_partition(conn, declarative, day, store)
+        rows = read_jsonl(decompress(download(s3_client, bucket, result.key), "zstd"))
+        assert sorted(r["id"] for r in rows) == ids and result.rows == 2
 
 
 @pytest.fixture

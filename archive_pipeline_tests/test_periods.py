@@ -276,36 +276,6 @@ def test_an_hourly_table_on_a_date_column_fails_the_load(conn, schema, archive_e
         build_definitions(config)
 
 
-@pytest.mark.parametrize("timezone", ["UTC", "Europe/Berlin", "Africa/Cairo", "America/Sao_Paulo", "America/Havana",
-                                      "Australia/Lord_Howe", "Pacific/Apia"])
-def test_starts_period_agrees_with_the_period_maths_around_every_clock_change(timezone):
-    """The load-time check of partitions asks ``starts_period`` of every child's bounds (its shortcut skips
-    the period maths for local midnights and whole hours): it must say exactly what ``period_containing``
-    says, also where midnight does not exist (Cairo 2023, Sao Paulo 2018), is repeated (Havana), the
-    clocks move by 30 minutes (Lord Howe) or a whole day is skipped (Apia, 2011-12-30)."""
-    from archive_pipeline.core.periods import offset_changes, period_containing, starts_period, zone
-    assert offset_changes(timezone, 2011, 2023) or timezone == "UTC"
-    tz = zone(timezone)
-    moments = []
-    for year in (2011, 2018, 2023):
-        moment = dt.datetime(year, 1, 1, tzinfo=dt.UTC)
-        end = dt.datetime(year + 1, 1, 1, tzinfo=dt.UTC)
-        before = moment.astimezone(tz).utcoffset()
-        while moment < end:  # every clock change, and the 30 hours either side of it in 30-minute steps
-            moment += dt.timedelta(hours=6)
-            if moment.astimezone(tz).utcoffset() != before:
-                before = moment.astimezone(tz).utcoffset()
-                moments += [moment + dt.timedelta(minutes=30 * n) for n in range(-60, 60)]
-        moments += [dt.datetime(year, m, 1, tzinfo=tz).astimezone(dt.UTC) for m in range(1, 13)]
-        moments += [dt.datetime(year, 3, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=30 * n) for n in range(150)]
-    moments += [m + dt.timedelta(microseconds=1) for m in moments[::7]]
-    assert len(moments) > 450
-    for granularity in ("hourly", "daily", "monthly"):
-        for moment in moments:
-            truth = period_containing(granularity, timezone, moment).utc_start == moment
-            assert starts_period(granularity, timezone, moment) == truth, (granularity, moment.astimezone(tz))
-
-
 def test_held_periods_finds_what_each_child_holds_without_trying_every_child():
     """The sensor's question for a declarative table (which candidate days a child holds rows of), answered
     by one search per day: the same answer as asking every child, for disjoint children of a day, of

@@ -266,7 +266,7 @@ class _Archiving:
                 with read_snapshot(self.conn, self.settings) as snapshot:
                     declarative = self.spec.partitioning.mode == "declarative"
                     children = day_children(self.conn, self.spec, self.day) if declarative else []
-                    table = source_table(self.conn, self.spec, self.day, children)
+                    table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
                     hold_day(self.conn, table, where)
                     identity = _identity(self.conn)

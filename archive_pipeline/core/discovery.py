@@ -1,9 +1,11 @@
 """Which periods (hours, days, months) of a table exist in PostgreSQL, read from the catalog or probed.
 
 - declarative: the bounds of the parent's children (``pg_get_expr(relpartbound)``, interpreted by
-  the server in the table's time zone, never guessed from names); a child covering several whole
-  periods yields each of them, children inside one period (days of a monthly table) yield it; one
-  that straddles a period boundary is refused with a message naming it;
+  the server in the table's time zone, never guessed from names): each child yields every period it
+  holds rows of, whether it covers whole periods, lies inside one (days of a monthly table) or straddles
+  a boundary (noon to noon). The archive reads a period's rows from the parent by the day column, so a
+  period split between children is still archived whole; only retention's ``drop`` and ``detach`` need
+  a child that is the period exactly (they refuse others, naming them);
 - naming: the tables of the schema whose name matches the pattern (read as the period's local start);
 - column: one ``EXISTS`` probe per candidate period (an index or partition prunes each).
 
@@ -24,7 +26,7 @@ from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError
-from archive_pipeline.core.periods import Period, period_containing, periods_overlapping, starts_period
+from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table, relation_name,
                                           unquoted_hint)
@@ -64,8 +66,6 @@ ORDER BY relname
 # PostgreSQL's own operators and functions (a user's >= on the path must not decide which days exist)
 SEARCH_PATH = SNAPSHOT_SETTINGS["search_path"]
 
-_UNITS = {"hourly": "hours", "daily": "days", "monthly": "months"}
-
 
 @dataclass(frozen=True)
 class ChildRange:
@@ -99,16 +99,6 @@ class ChildRange:
         last = self.end - dt.timedelta(microseconds=1)
         return (period_containing(spec.granularity, spec.timezone, self.start),
                 period_containing(spec.granularity, spec.timezone, last))
-
-    def aligned(self, spec: TableSpec) -> bool:
-        """True when the child is whole periods, or lies inside one period (days of a monthly table):
-        then no period is split between two children that also hold another period's rows."""
-        if self.start is None or self.end is None:
-            return True
-        if all(starts_period(spec.granularity, spec.timezone, moment) for moment in (self.start, self.end)):
-            return True  # whole periods, told without building them (the common case, and the cheap one)
-        first, last = self._ends(spec)
-        return first == last or (first.utc_start == self.start and last.utc_end == self.end)
 
     def holds(self, period: Period) -> bool:
         """True when the child holds rows of ``period`` (an aligned child overlaps only periods it holds)."""
@@ -220,28 +210,9 @@ def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
         remedy="use partitioning mode 'column' for this table, or set day_column to the RANGE partition key")
 
 
-def require_whole_days(spec: TableSpec, children: list[ChildRange]) -> None:
-    """Refuse a child partition that straddles a period boundary: its periods cannot be archived apart."""
-    for child in children:
-        if not child.aligned(spec):
-            raise SourceError(
-                f"partition {child.name!r} of {spec.name!r} covers {child.start} to {child.end}, which is not "
-                f"whole {spec.timezone} {_UNITS[spec.granularity]} (granularity {spec.granularity}); use a "
-                "granularity and timezone that fit its bounds, or partitioning mode 'column' for this table",
-                table=spec.name, retryable=False)
-
-
-def checked_children(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
-    """The parent's children from the catalog (:func:`child_ranges`), refused as :func:`require_whole_days`
-    says when one straddles a period: what the load's check, discovery and the sensor all read."""
-    children = child_ranges(conn, spec)
-    require_whole_days(spec, children)
-    return children
-
-
 def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
     """The periods the parent's children hold, from the catalog."""
-    children = checked_children(conn, spec)
+    children = child_ranges(conn, spec)
     return sorted({period for child in children for period in child.periods(spec)})
 
 
@@ -302,7 +273,7 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
     if mode == "declarative":  # each candidate against the children, not every period of every child listed
         if memo is not None:
             return memo.ranges(conn, spec).held(wanted)
-        return held_periods(checked_children(conn, spec), wanted)
+        return held_periods(child_ranges(conn, spec), wanted)
     if mode == "naming":
         return [d for d in naming_days(conn, spec) if d in wanted]
     # row_security off: a day whose rows a policy hides from this role is an error, not a day without data
@@ -378,7 +349,7 @@ class ChildrenMemo:
         kept = self._kept.get(key)
         if fingerprint is not None and kept is not None and kept[0] == fingerprint:
             return kept[1]
-        ranges = HeldRanges.of(checked_children(conn, spec))
+        ranges = HeldRanges.of(child_ranges(conn, spec))
         if fingerprint is not None:  # read before the children: a change in between is seen next time
             self._kept[key] = (tuple(fingerprint), ranges)
         return ranges
@@ -387,10 +358,9 @@ class ChildrenMemo:
 NO_PERIOD_TABLE = "the period's table does not exist"  # naming mode: the day is not (or no longer) in the source
 
 
-def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
-                 children: list[ChildRange] | None = None) -> SourceTable:
-    """The relation holding the period and its columns, per the table's partitioning mode
-    (declarative: ``children`` are the period's, from :func:`day_children`, read here if not given)."""
+def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> SourceTable:
+    """The relation holding the period and its columns, per the table's partitioning mode (declarative:
+    the parent, whose rows of the period are read by the day column, however its children split it)."""
     day = spec.period(day)
     if spec.partitioning.mode == "naming":
         child = f"{spec.schema_name}.{spec.child_table(day)}"
@@ -400,8 +370,6 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
             cause = NO_PERIOD_TABLE if exc.cause == TABLE_MISSING else exc.cause
             raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,
                               cause=cause) from None
-    if spec.partitioning.mode == "declarative":
-        require_whole_days(spec, day_children(conn, spec, day) if children is None else children)
     return describe_table(conn, spec.name, spec.day_column)
 
 

@@ -226,21 +226,6 @@ def period_containing(granularity: str, timezone: str, moment: dt.datetime) -> P
     return Period(granularity, start, _instant(dt.datetime.combine(after, dt.time()), tz), _key(granularity, start))
 
 
-def starts_period(granularity: str, timezone: str, moment: dt.datetime) -> bool:
-    """True when the instant ``moment`` (aware) is where a period of ``granularity`` in ``timezone`` starts.
-
-    Checking a table's partitions at load asks this of every child's bounds (1,095 children of three
-    years, for each table): a local midnight (the first one, where the clocks repeat it), first of the
-    month, or whole hour answers without the period maths, exactly as :func:`period_containing` would;
-    any other instant (a day that starts after a gap at midnight, say) is asked of it."""
-    local = moment.astimezone(zone(timezone))
-    if granularity in GRANULARITIES and local.fold == 0 and local.minute == 0 and local.second == 0 \
-            and local.microsecond == 0 and (granularity == "hourly" or (
-                local.hour == 0 and (granularity == "daily" or local.day == 1))):
-        return True
-    return period_containing(granularity, timezone, moment).utc_start == moment
-
-
 def period_of_date(granularity: str, timezone: str, day: dt.date) -> Period:
     """The daily or monthly period starting at local ``day`` (a month: its first day)."""
     tz = zone(timezone)
