@@ -73,6 +73,7 @@ CANONICAL_SETTINGS = {
     # PostgreSQL's own hashtextextended, concat, # and casts, never a user's of the same name earlier on
     # the path; then the session's path, so reg* values print as in the session (see session_settings)
     "search_path": CATALOG_FIRST,
+    "quote_all_identifiers": "off",  # reg* values and names print as the catalog spells them
 }
 
 # v2: each column becomes a short piece of text that differs exactly when the value prints differently:

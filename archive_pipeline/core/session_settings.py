@@ -25,6 +25,11 @@ CATALOG_FIRST = "pg_catalog, <the session's path>, pg_temp"  # the value that as
 # at connect time, it is in the connection string that the run's other sessions are opened with.
 CONNECT_PARAMETERS = {"client_encoding": "UTF8"}
 
+# Set for the whole of every session we open, before it reads the catalog: with quote_all_identifiers on
+# (a role set up for pg_dump), format_type printed "text" and regproc names quoted, so a table's types
+# read in one session differed from another's (compare said "differs"), and ADBC misread every type.
+SESSION_PINNED = {"quote_all_identifiers": "off"}
+
 _CATALOG_FIRST_SQL = sql.SQL(
     "pg_catalog.concat_ws(', ', 'pg_catalog', NULLIF(pg_catalog.regexp_replace("
     "pg_catalog.current_setting('search_path'), '^pg_catalog, |, pg_temp$', '', 'g'), ''), 'pg_temp')")

@@ -58,6 +58,10 @@ SNAPSHOT_SETTINGS = {
     # ``>=`` on date in a schema listed before pg_catalog would otherwise pick the day's rows. The
     # session's own path follows (see session_settings), for the user's functions our reads run.
     "search_path": CATALOG_FIRST,
+    # Names as the catalog spells them: with this on (a role set up for pg_dump), format_type printed
+    # "text" quoted, types were misread (a Parquet column failed with ArrowInvalid) and a manifest's
+    # types differed from the same table's read in another session.
+    "quote_all_identifiers": "off",
 }
 
 

@@ -35,7 +35,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.session_settings import SESSION_PINNED, apply_settings
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
@@ -402,8 +402,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
 
 # The caller's limits on its session, which PostgresResource and the command line set after connecting
 # (not in the connection string): the proof's second session keeps to them too, so a lock held on the
-# table ends its wait after lock_timeout, as it ends the removal's, instead of never.
-_LIMITS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+# table ends its wait after lock_timeout, as it ends the removal's, instead of never; and it reads the
+# table's types as the caller's does (session_settings.SESSION_PINNED).
+_LIMITS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", *SESSION_PINNED)
 
 
 def _limits_of(conn: psycopg.Connection) -> dict[str, str]:

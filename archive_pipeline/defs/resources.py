@@ -17,7 +17,7 @@ from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.environment import endpoint_has_credentials
 from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
 from archive_pipeline.core.store import MiB, S3Store
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, SESSION_PINNED, apply_settings
 
 
 class PostgresResource(ConfigurableResource):
@@ -83,6 +83,7 @@ class PostgresResource(ConfigurableResource):
 
     def session_settings(self) -> dict[str, str]:
         return {
+            **SESSION_PINNED,
             "statement_timeout": str(self.statement_timeout_ms),
             "lock_timeout": str(self.lock_timeout_ms),
             "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archive_pipeline import __version__
 from archive_pipeline.core.errors import UnsupportedTypeError
@@ -60,7 +60,7 @@ from archive_pipeline.core.formats.common import (
     refused_column,
     xml_text,
 )
-from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.session_settings import SESSION_PINNED, apply_settings
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch
 
@@ -460,6 +460,26 @@ def _may_be_value_failure(exc: BaseException) -> bool:
     return ("error:" in text or "readrecord failed" in text) and not any(w in text for w in _TRANSIENT_WORDS)
 
 
+def _adbc_connect(adbc, dsn: str):
+    """ADBC's connection. ADBC reads every type's receive function by name when it connects, and a role
+    with quote_all_identifiers on (see session_settings.SESSION_PINNED) prints those names quoted: ADBC
+    then knew no type (an interval column failed with ArrowInvalid). Such a session is opened again with
+    the setting off from its start (libpq ``options``, after the DSN's own); others pay one query."""
+    conn = adbc.connect(dsn, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_catalog.current_setting('quote_all_identifiers')")
+            if cur.fetchone()[0] not in ("on", b"on"):  # bytes: ADBC knew not even text
+                return conn
+    except BaseException:
+        conn.close()
+        raise
+    conn.close()
+    own = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS", "")
+    pinned = " ".join(f"-c {name}={value}" for name, value in SESSION_PINNED.items())
+    return adbc.connect(make_conninfo(dsn, options=f"{own} {pinned}".strip()), autocommit=True)
+
+
 class Parquet:
     name = "parquet"
     extension = "parquet"
@@ -480,7 +500,7 @@ class Parquet:
         secret = {"password": info.password} if info.password else {}
         dsn = make_conninfo(info.dsn, client_encoding="UTF8", **secret)
         query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
-        conn = adbc.connect(dsn, autocommit=True)
+        conn = _adbc_connect(adbc, dsn)
         cur = conn.cursor()
         try:
             # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
