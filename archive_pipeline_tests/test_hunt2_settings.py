@@ -24,6 +24,13 @@ HOSTILE = [("DateStyle", "SQL, DMY"), ("IntervalStyle", "sql_standard"), ("extra
            ("min_parallel_table_scan_size", "0"), ("jit", "on"), ("jit_above_cost", "0"),
            ("session_replication_role", "replica"), ("array_nulls", "off"), ("backslash_quote", "on"),
            ("escape_string_warning", "off"), ("quote_all_identifiers", "on"), ("default_with_oids", "off")]
+# a second role: other styles, and settings that change plans, messages and what a transaction may do
+HOSTILE_TOO = [("DateStyle", "German"), ("IntervalStyle", "postgres_verbose"), ("TimeZone", "<+0530>-05:30"),
+               ("transform_null_equals", "on"),
+               ("enable_partition_pruning", "off"), ("plan_cache_mode", "force_generic_plan"),
+               ("client_min_messages", "debug5"), ("search_path", ""), ("work_mem", "64kB"),
+               ("xmlbinary", "hex"), ("default_transaction_deferrable", "on"), ("extra_float_digits", "3"),
+               ("bytea_output", "hex"), ("standard_conforming_strings", "on"), ("synchronous_commit", "off")]
 VALUES = """
 SELECT g, %(day)s::date + (g %% 86400) * interval '1 second',
        g * 1.5::float8, (g * 1.1)::float4, g::numeric / 7, (g - 500) * interval '1 day 03:04:05.123456',
@@ -35,11 +42,12 @@ FROM generate_series(1, 300) g
 """
 
 
-@pytest.fixture
-def hostile_role(conn, schema, pg):
+@pytest.fixture(params=["styles", "plans"])
+def hostile_role(request, conn, schema, pg):
+    settings = HOSTILE if request.param == "styles" else HOSTILE_TOO
     role = f"{schema}_hostile"
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-hostile' SUPERUSER").format(sql.Identifier(role)))
-    for name, value in HOSTILE:
+    for name, value in settings:
         try:
             conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(sql.Identifier(role), sql.Identifier(name),
                                                                       sql.Literal(value)))
