@@ -968,13 +968,17 @@ class S3Upload:
             error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
             self._withdraw_if_ours(expected, size, error)  # the store may have completed it before failing
             raise self._named(error) from exc
+        # Checked before the upload counts as completed: a store that answered 200 without completing it (a
+        # proxy's or gateway's made-up answer) still holds its parts, which finish()'s abort then removes
+        # (an upload the store did complete is no longer listed: its abort answers NoSuchUpload).
+        stored = self._checked(size, _etag(response), len(parts), tuple(p.size for p in parts), started, waited,
+                               time.perf_counter(), expected_etag=expected)
         with self._cond:
             self.upload_id = None  # completed: nothing left to abort
         self._close_fd()
         self._finished = True
         self._unmark(None)
-        return self._checked(size, _etag(response), len(parts), tuple(p.size for p in parts), started, waited,
-                             time.perf_counter(), expected_etag=expected)
+        return stored
 
     def _checked(self, size: int, etag: str, parts: int, part_sizes: tuple[int, ...], started: float,
                  waited: float, completed: float, *, expected_etag: str) -> StoredObject:
