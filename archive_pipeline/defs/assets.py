@@ -411,11 +411,20 @@ class _Source:
         self.scratch_conn: psycopg.Connection | None = None
 
     def get(self) -> psycopg.Connection:
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            self.stack.close()
-            self.conn = self.stack.enter_context(self.postgres.connect())
-        elif self.conn.info.transaction_status != TransactionStatus.IDLE:
-            self.conn.rollback()  # a failed day's transaction must not leak into the next day
+        """The run's connection, checked with one round trip when a day before used it: a session the
+        server ended while it sat idle between days (terminated, the server restarted) is found only by
+        its next query, which was the next day's lock, and that day failed for its neighbour's loss."""
+        if self.conn is not None and not (self.conn.closed or self.conn.broken):
+            try:
+                if self.conn.info.transaction_status != TransactionStatus.IDLE:
+                    self.conn.rollback()  # a failed day's transaction must not leak into the next day
+                self.conn.execute("SELECT 1")
+                return self.conn
+            except psycopg.OperationalError:
+                pass  # gone: a new session below
+        self.stack.close()
+        self.scratch_conn = None
+        self.conn = self.stack.enter_context(self.postgres.connect())
         return self.conn
 
     def scratch(self, conn: psycopg.Connection) -> psycopg.Connection | None:
@@ -466,7 +475,8 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
         yield from verdicts_as_they_were(context, key, todo)
         raise failure(exc, spec, days[0], postgres.password, origin) from None
     source = _Source(postgres, primary)
-    failed: dict[Period, Failure] = {}
+    failed = _failed_for_good(context, spec) if context.retry_number > 0 else {}
+    todo = [d for d in todo if d not in failed]
     try:
         for day in todo:
             try:
@@ -479,7 +489,8 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-                raise terminated(context, exc, spec, day, "archiving", job_name(spec)) from None
+                raise cancelled_batch(terminated(context, exc, spec, day, "archiving", job_name(spec)), spec,
+                                      todo[todo.index(day) + 1:], failed) from None
     finally:
         source.close()
     if failed:
@@ -626,12 +637,20 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
                                         store.uri(result.stored_key))
     if alone:  # the step's output, as before batching: checks and assets downstream in the run see it
         yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
-    else:  # one day of a range: its own event, so a failed neighbour is not marked materialized with it
-        yield AssetMaterialization(asset_key=key, partition=day.isoformat(), description=summary(result, state),
-                                   metadata=metadata, tags={STATE_TAG: state})
+    else:  # one day of a range: its own event, so a failed neighbour is not marked materialized with it.
+        # Logged here, not yielded: Dagster stores a yielded event outside the asset's code and raises a
+        # termination that came meanwhile when it resumes it, past our handling (a bare
+        # DagsterExecutionInterruptedError, no table, no days, the session left open).
+        context.log_event(AssetMaterialization(asset_key=key, partition=day.isoformat(),
+                                               description=summary(result, state), metadata=metadata,
+                                               tags={STATE_TAG: state}))
     if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
         raise failure(unverified, spec, day, postgres.password, origin) from None
-    yield check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
+    evaluation = check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
+    if alone:
+        yield evaluation
+    else:
+        context.log_event(evaluation)
     if spec.deep_check and not verdict.passed:
         raise unproven(spec, day, verdict.problems, origin)
 
@@ -650,10 +669,34 @@ def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | No
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": False})
 
 
+def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Period],
+                    failed: dict[Period, Failure]) -> BaseException:
+    """A ranged run's cancellation (``outcome``: :func:`~archive_pipeline.defs.checks.terminated`'s, for the
+    day it cut off) naming every day the run leaves unarchived: those that failed before it, with their
+    causes, and those it never started. It named the day cut off only, as if the rest were done."""
+    if not isinstance(outcome, Failure) or not (unstarted or failed):
+        return outcome
+    parts = [outcome.description or ""]
+    if failed:
+        parts.append(f"Failed earlier in this run ({', '.join(d.isoformat() for d in sorted(failed))}):\n\n"
+                     + "\n\n".join(f.description or "" for _, f in sorted(failed.items())))
+    if unstarted:
+        parts.append(f"Never started, so not archived: {', '.join(d.isoformat() for d in unstarted)}.")
+    left = sorted({*failed, *unstarted})
+    parts.append(f"Then: launch a backfill of {', '.join(d.isoformat() for d in left)} (or re-execute this run "
+                 f"from failure) of {job_name(spec)} with the day cut off; days already archived are found "
+                 "identical and not uploaded again.")
+    return Failure(description="\n\n".join(parts), allow_retries=False,
+                   metadata={**outcome.metadata, "failed_days": MetadataValue.json([d.isoformat() for d in left])})
+
+
 def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Failure]) -> Failure:
     """The step failure of a ranged run: which days failed and why, that the others are archived, and
     how to redo only the failed ones. Retried (retry: settings) only when every failure may pass."""
-    retryable = all(f.allow_retries for f in failed.values())
+    # Retried when any failed day may pass: a neighbour's late rows (for a person) no longer kept a day whose
+    # lock was held a moment from its retry. The retry does neither the recorded days nor these again.
+    retryable = any(f.allow_retries for f in failed.values())
+    permanent = {d.isoformat(): f.description or "" for d, f in sorted(failed.items()) if not f.allow_retries}
     names = ", ".join(d.isoformat() for d in sorted(failed))
     causes = "\n\n".join(f.description or "" for _, f in sorted(failed.items()))
     text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({names}); the other "
@@ -662,4 +705,24 @@ def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Fail
             f"the failed days of {job_name(spec)}; days already archived are found identical and not uploaded again.")
     return Failure(description=text, allow_retries=retryable,
                    metadata={"table": spec.name, "days_in_run": len(days), "retryable": retryable,
-                             "failed_days": MetadataValue.json([d.isoformat() for d in sorted(failed)])})
+                             "failed_days": MetadataValue.json([d.isoformat() for d in sorted(failed)]),
+                             PERMANENT_DAYS: MetadataValue.json(permanent)})
+
+
+PERMANENT_DAYS = "permanent_days"  # a batch failure's days that no retry can fix, each with its cause
+
+
+def _failed_for_good(context: AssetExecutionContext, spec: TableSpec) -> dict[Period, Failure]:
+    """The days an earlier attempt of this step failed for good (:func:`batch_failure`'s metadata), which a
+    retry does not do again but still names in its own failure."""
+    records = context.instance.get_records_for_run(context.run.run_id, of_type=DagsterEventType.STEP_FAILURE,
+                                                   limit=1000).records
+    for record in reversed(records):
+        event = record.event_log_entry.dagster_event
+        data = event.step_failure_data.user_failure_data if event.step_key == context.get_step_execution_context().step.key else None
+        found = data.metadata.get(PERMANENT_DAYS) if data is not None else None
+        if found is not None:
+            return {spec.period(day): Failure(description=f"{text}\n(from the earlier attempt of this run, not tried "
+                                                          "again: a retry cannot fix it)", allow_retries=False)
+                    for day, text in found.value.items()}
+    return {}
