@@ -134,3 +134,22 @@ def test_verify_download_counts_the_null_rows_of_a_one_column_csv_archive(conn, 
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     assert deep_verify(conn, store, spec, DAY) == []  # the rows are proven
     assert verify_archive(store, table_day_key(spec, DAY, store.prefix), {}, deep=True) == []
+
+
+def test_a_jsonl_restore_refused_by_a_renamed_enum_label_names_the_column(conn, schema, store, temp_dir):
+    """Two columns share an enum; after the day was archived a label was renamed (`ALTER TYPE status RENAME
+    VALUE 'pending' TO 'waiting'`). The restore refuses, rightly, but from a JSONL archive its message only says
+    `invalid input value for enum ...status: "pending"`: not which column (CSV and Parquet archives name
+    `column second_state`, from COPY's context). A refusal names table, day and column."""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.status AS ENUM ('new', 'pending', 'done')")
+    conn.execute(f"CREATE TABLE {s}.jobs (id int, at date, first_state {s}.status, second_state {s}.status)")
+    conn.execute(f"INSERT INTO {s}.jobs VALUES (1, %s, 'new', 'new'), (2, %s, 'done', 'pending')", (DAY, DAY))
+    spec = _spec(schema, "jobs", "jsonl")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"ALTER TYPE {s}.status RENAME VALUE 'pending' TO 'waiting'")
+    with pytest.raises(RestoreError) as caught:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.jobs_back", temp_dir=temp_dir)
+    assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
+    assert "second_state" in str(caught.value), str(caught.value)
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.jobs_back",)).fetchone()[0] is None
