@@ -175,3 +175,26 @@ def test_a_non_time_expression_key_is_refused_with_the_partitioning_cause(pg, co
         sql.Identifier(schema, "yr_a"), sql.Identifier(schema, "yr")))
     with pytest.raises(ConfigError, match="not range-partitioned by its day column|RANGE bounds on its day_column"):
         build_definitions(_config(_table(f"{schema}.yr", today - dt.timedelta(days=10))))
+
+
+def test_a_sub_partitioned_child_yields_only_the_days_its_own_children_can_hold(pg, conn, schema, archive_env):
+    """Two-level partitioning: a monthly child of ``events`` that is itself partitioned by day, with a
+    grandchild for only one day so far. The sensor reads the monthly child's bound and requests every day of
+    the month; the days without a grandchild cannot hold a row (an INSERT fails: no partition), yet each is
+    archived as empty and materialized, so when a grandchild is later created and filled for one of those
+    past days (the README: "a new child partition created and filled for a past day of any age shows up on
+    the next tick") the sensor never requests it."""
+    today = utc_today()
+    first = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)  # last month: all of it is over
+    after = today.replace(day=1)
+    filled = first + dt.timedelta(days=4)
+    create_sample_events(conn, [], rows_per_day=5, schema=schema)
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({}) PARTITION BY RANGE (created_at)")
+                 .format(sql.Identifier(schema, "events_m"), sql.Identifier(schema, "events"),
+                         sql.Literal(f"{first} 00:00+00"), sql.Literal(f"{after} 00:00+00")))
+    _child(conn, schema, "events_m", "events_d", f"{filled} 00:00+00", f"{filled + dt.timedelta(days=1)} 00:00+00")
+    _insert_event(conn, schema, dt.datetime.combine(filled, dt.time(5), dt.UTC))
+    defs = build_definitions(_config(_table(f"{schema}.events", first), sensor={"max_runs_per_tick": 100}))
+    with instance_for_test() as instance:
+        requested, _ = _tick(defs, instance, pg.dsn)
+    assert requested == {f"Archive_{schema}_events": [filled.isoformat()]}, requested
