@@ -25,7 +25,7 @@ from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity,
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import ColumnsChangedError, load_manifest, source_fingerprint
+from archive_pipeline.core.verify import ColumnsChangedError, load_manifest, source_fingerprint, stored_problems
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -505,7 +505,8 @@ def _unreadable(spec: TableSpec, day: Period, found: ManifestLookup, why: str) -
 def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                  days: Iterable[dt.date]) -> list[Comparison]:
     """Source against archive per day: row counts and content fingerprints (the manifest's
-    ``fingerprint``; a version-1 manifest has none, and then only the counts are compared)."""
+    ``fingerprint``; a version-1 manifest has none, and then only the counts are compared), and for a
+    day found equal, its object's HEAD against the manifest (missing, or another size or ETag: differs)."""
     out = []
     elsewhere = _has_default_partition(conn, spec)
     for day, found, present, unknown in _found(conn, spec, store, days):
@@ -557,6 +558,11 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
         result = "equal" if matches_source(archived, current) else "differs"
         if result == "differs" and current.rows == archived.rows:
             note = "same row count, different content"
+        # "equal" says the bucket holds the day: its object is there as the manifest describes it (one HEAD);
+        # a manifest alone, its object deleted or replaced, was called equal
+        stored = stored_problems(store, archived.manifest) if result == "equal" and not archived.empty else []
+        if stored:
+            result, note = "differs", "the archive's object is not as recorded: " + "; ".join(stored)
         out.append(Comparison(spec.name, day, result, current.rows, archived.rows, str(current),
                               archived.fingerprint, key, note))
     return out

@@ -919,6 +919,29 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: Relatio
 
 _BINARY_FLOATS = ("real", "double precision")
 
+# A type's base: through its domains and, for an array, to its element type (and the element's domains)
+_BASE_TYPE = """
+WITH RECURSIVE walk(oid, depth) AS (
+    SELECT pg_catalog.to_regtype(%s)::oid, 0
+    UNION ALL
+    SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, w.depth + 1
+    FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+    WHERE (t.typtype = 'd' OR (t.typcategory = 'A' AND t.typelem <> 0)) AND w.depth < 32
+)
+SELECT pg_catalog.format_type(oid, NULL) FROM walk WHERE oid IS NOT NULL ORDER BY depth DESC LIMIT 1
+"""
+
+
+def _base_type(conn: psycopg.Connection, type_text: str) -> str:
+    """The base type of a type spelled as ``format_type`` does (a domain over real: real; numeric(12,2)[]:
+    numeric); the text without modifiers or brackets when this database does not know it."""
+    plain = re.sub(r"\(.*?\)", "", type_text)
+    with contextlib.suppress(psycopg.Error), conn.transaction():  # (text the type parser refuses: taken as is)
+        found = conn.execute(_BASE_TYPE, (plain,)).fetchone()
+        if found is not None:
+            return found[0]
+    return plain.removesuffix("[]")
+
 
 def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
     """A value archived as numeric, double precision or real, read into a column of another of these that is
@@ -926,13 +949,14 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Re
     still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
     compares text, would prove a restore that changed it. Such a target is refused before anything is loaded,
     and once more after the load (which rolls it back), in case the target was retyped meanwhile."""
-    def kind(type_text: str) -> str:
-        return re.sub(r"\(.*?\)", "", type_text)
-
     types, _ = _target_drift(conn, manifest, relation, hooks=False)
-    changed = [f"{name}: {here} here, {archived} when archived" for name, here, archived in types
-               if kind(here) != kind(archived) and kind(here).removesuffix("[]") in _BINARY_FLOATS
-               and kind(archived).removesuffix("[]") in (*_BINARY_FLOATS, "numeric")]
+    changed = []
+    for name, here, archived in types:
+        # through domains and arrays on either side: a domain over real narrows as real does
+        base_here, base_archived = (_base_type(conn, text) for text in (here, archived))
+        if base_here != base_archived and base_here in _BINARY_FLOATS \
+                and base_archived in (*_BINARY_FLOATS, "numeric"):
+            changed.append(f"{name}: {here} here, {archived} when archived")
     if changed:
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} into {relation}: its column(s) {'; '.join(changed)} "
