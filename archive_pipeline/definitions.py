@@ -144,7 +144,8 @@ def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo |
                             "code location loads anyway and runs will fail until this is fixed", config.origin,
                             spec.name, found.cause, type(exc).__name__, redact(str(exc), password_of(dsn)),
                             found.remedy)
-                return
+                if conn.closed or conn.broken:
+                    return  # the session is gone; one table's error (a timeout, a lock) lets the others be checked
 
 
 def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, object] | None = None,

@@ -38,6 +38,22 @@ def _attach(conn, schema: str, name: str, day: dt.date, days: int = 1) -> None:
     conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
         sql.Identifier(schema), sql.Identifier(name), sql.Identifier(schema), sql.Literal(f"{day} 00:00+00"),
         sql.Literal(f"{day + dt.timedelta(days=days)} 00:00+00")))
+    _rows_on(conn, schema, [day + dt.timedelta(days=n) for n in range(days)])
+
+
+def _rows_on(conn, schema: str, days: list) -> None:
+    """A row at noon of each day: a day a child covers is found only once it holds a row."""
+    for day in days:
+        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (0, {})").format(sql.Identifier(schema),
+                                                                       sql.Literal(f"{day} 12:00+00")))
+
+
+def _events(conn, schema: str, children: list[tuple[str, str, str]]) -> None:
+    """:func:`range_partitioned_events` with a row on every day of every child."""
+    range_partitioned_events(conn, schema, children)
+    for _, lo, hi in children:
+        first, after = dt.date.fromisoformat(lo), dt.date.fromisoformat(hi)
+        _rows_on(conn, schema, [first + dt.timedelta(days=n) for n in range((after - first).days)])
 
 
 def _declarative(schema: str) -> TableSpec:
@@ -62,7 +78,7 @@ def counted(monkeypatch) -> list[str]:
 def test_kept_children_are_read_again_whenever_the_catalog_changed(conn, schema, counted):
     """Unchanged, a table's children are not read again; a child attached for an old day, a bound changed
     (DETACH and ATTACH), a child dropped, the table re-created: each is seen by the next call."""
-    range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11"),
+    _events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11"),
                                             ("ev_b", "2024-03-11", "2024-03-12")])
     spec = _declarative(schema)
     memo, candidates = ChildrenMemo(), _days(dt.date(2024, 3, 1), 20)
@@ -75,13 +91,14 @@ def test_kept_children_are_read_again_whenever_the_catalog_changed(conn, schema,
     _attach(conn, schema, "ev_old", dt.date(2024, 3, 1))  # a new partition of the first day: any age
     assert found() == [dt.date(2024, 3, 1), D, D + dt.timedelta(days=1)] and len(counted) == 2
     conn.execute(sql.SQL("ALTER TABLE {}.ev DETACH PARTITION {}.ev_b").format(*[sql.Identifier(schema)] * 2))
+    conn.execute(sql.SQL("UPDATE {}.ev_b SET at = '2024-03-15 12:00+00'").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("ALTER TABLE {}.ev ATTACH PARTITION {}.ev_b FOR VALUES FROM ('2024-03-15 00:00+00') "
                          "TO ('2024-03-16 00:00+00')").format(*[sql.Identifier(schema)] * 2))
     assert found() == [dt.date(2024, 3, 1), D, dt.date(2024, 3, 15)] and len(counted) == 3
     conn.execute(sql.SQL("DROP TABLE {}.ev_a").format(sql.Identifier(schema)))
     assert found() == [dt.date(2024, 3, 1), dt.date(2024, 3, 15)] and len(counted) == 4
     conn.execute(sql.SQL("DROP TABLE {}.ev").format(sql.Identifier(schema)))
-    range_partitioned_events(conn, schema, [("ev_a", "2024-03-12", "2024-03-13")])
+    _events(conn, schema, [("ev_a", "2024-03-12", "2024-03-13")])
     assert found() == [dt.date(2024, 3, 12)] and len(counted) == 5
     assert found() == [dt.date(2024, 3, 12)] and len(counted) == 5
 
@@ -89,12 +106,13 @@ def test_kept_children_are_read_again_whenever_the_catalog_changed(conn, schema,
 def test_kept_children_never_hide_a_refusal(conn, schema, counted):
     """A renamed partition key column, a dropped table: refused on every call, as without the memo, and
     nothing refused is kept; a child that straddles a day boundary is read again and holds both its days."""
-    range_partitioned_events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11")])
+    _events(conn, schema, [("ev_a", "2024-03-10", "2024-03-11")])
     spec = _declarative(schema)
     memo, candidates, s = ChildrenMemo(), _days(dt.date(2024, 3, 1), 20), sql.Identifier(schema)
     assert existing_days(conn, spec, candidates, memo) == [D]
     conn.execute(sql.SQL("CREATE TABLE {}.ev_half PARTITION OF {}.ev FOR VALUES FROM ('2024-03-12 12:00+00') "
                          "TO ('2024-03-13 12:00+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (0, '2024-03-12 18:00+00'), (0, '2024-03-13 06:00+00')").format(s))
     for _ in range(2):
         assert existing_days(conn, spec, candidates, memo) == [D, dt.date(2024, 3, 12), dt.date(2024, 3, 13)]
     conn.execute(sql.SQL("DROP TABLE {}.ev_half").format(s))
@@ -112,7 +130,7 @@ def test_the_sensor_sees_a_new_old_partition_on_its_next_tick(pg, conn, schema, 
     children again, still finds a partition created since for a day two weeks old, says what it inspected,
     and finds both days of a child that straddles them (noon to noon), and then that it is gone."""
     today, s = utc_today(), sql.Identifier(schema)
-    range_partitioned_events(conn, schema, [("ev_a", str(today - dt.timedelta(days=2)), str(today))])
+    _events(conn, schema, [("ev_a", str(today - dt.timedelta(days=2)), str(today))])
     start = today - dt.timedelta(days=30)
     config = parse_config({"tables": [
         {"name": f"{schema}.ev", "day_column": "at", "start_date": start.isoformat(),
@@ -137,6 +155,9 @@ def test_the_sensor_sees_a_new_old_partition_on_its_next_tick(pg, conn, schema, 
         conn.execute(sql.SQL("CREATE TABLE {}.ev_half PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
             s, s, sql.Literal(f"{today - dt.timedelta(days=10)} 12:00+00"),
             sql.Literal(f"{today - dt.timedelta(days=9)} 12:00+00")))
+        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (0, {}), (0, {})").format(
+            s, sql.Literal(f"{today - dt.timedelta(days=10)} 18:00+00"),
+            sql.Literal(f"{today - dt.timedelta(days=9)} 06:00+00")))
         assert sorted(r.partition_key for r in tick().run_requests) == sorted(
             str(d) for d in (old, today - dt.timedelta(days=10), today - dt.timedelta(days=9),
                              today - dt.timedelta(days=2), today - dt.timedelta(days=1)))
@@ -232,7 +253,7 @@ def test_the_first_tick_after_a_load_reuses_the_children_the_load_checked(pg, co
     them all again (3.8 s of its 5 s goal at 99 tables). They are now handed to the sensor: its first tick
     reads none while the catalog is as the load saw it, and reads a table again once it changed."""
     today = utc_today()
-    range_partitioned_events(conn, schema, [("ev_a", str(today - dt.timedelta(days=2)), str(today))])
+    _events(conn, schema, [("ev_a", str(today - dt.timedelta(days=2)), str(today))])
     config = parse_config({"tables": [
         {"name": f"{schema}.ev", "day_column": "at", "start_date": (today - dt.timedelta(days=30)).isoformat(),
          "partitioning": {"mode": "declarative"}}]})

@@ -71,6 +71,8 @@ def test_declarative_discovery_under_a_non_iso_datestyle_of_the_role(conn, schem
 
     range_partitioned_events(conn, schema, [("d10", "2024-03-10", "2024-03-11"), ("d11", "2024-03-11", "2024-03-12")],
                              "Europe/Berlin")
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-03-10 12:00+01'), (2, '2024-03-11 12:00+01')").format(
+        sql.Identifier(schema)))
     conn.execute("SET DateStyle = 'SQL, DMY'")  # what ALTER ROLE/DATABASE ... SET DateStyle gives every session
     table = spec(name=f"{schema}.ev", partitioning={"mode": "declarative"}, timezone="Europe/Berlin")
     assert [p.key for p in existing_days(conn, table, ["2024-03-10", "2024-03-11", "2024-03-12"])] == \

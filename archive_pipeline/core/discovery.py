@@ -180,13 +180,20 @@ SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname,
        ARRAY(SELECT coalesce(k.attname::text, '(expression)')
              FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY AS u(attnum, i)
              LEFT JOIN pg_catalog.pg_attribute k ON k.attrelid = p.oid AND k.attnum = u.attnum AND u.attnum > 0
-             ORDER BY u.i)
+             ORDER BY u.i),
+       (SELECT pg_catalog.format_type(o.opcintype, NULL) FROM pg_catalog.pg_opclass o WHERE o.oid = pt.partclass[0]),
+       ARRAY(SELECT DISTINCT c.attname::text FROM pg_catalog.pg_depend d
+             JOIN pg_catalog.pg_attribute c ON c.attrelid = p.oid AND c.attnum = d.refobjsubid
+             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p.oid AND d.objsubid = 0
+               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = p.oid
+               AND d.refobjsubid > 0 AND d.deptype = 'a')
 FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
 LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = p.oid
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND a.attnum > 0
 WHERE n.nspname = %s AND p.relname = %s
 """
 _STRATEGIES = {"r": "RANGE", "l": "LIST", "h": "HASH"}
+_TIME_KEYS = ("date", "timestamp without time zone", "timestamp with time zone")
 
 
 def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
@@ -198,11 +205,20 @@ def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
     found = conn.execute(_PARTITION_KEY_QUERY, (schema, name)).fetchone()
     if found is None:
         return
-    relkind, strategy, columns, first, key = found
-    if relkind == "p" and strategy == "r" and columns == 1 and first in (None, spec.day_column):
-        return  # (an expression key, e.g. (at::date), is read by its bounds as before)
+    relkind, strategy, columns, first, key, key_type, expression_uses = found
+    if relkind == "p" and strategy == "r" and columns == 1 and first == spec.day_column:
+        return
+    # An expression key, e.g. (at::date), is read by its bounds as before, when it is a time of the day column
+    # alone: one of another column's (loaded_at::date) named other days than the rows', one of a number
+    # (extract(year ...)) failed every tick reading its bounds as timestamps, with a remedy about rows.
+    expression = relkind == "p" and strategy == "r" and columns == 1 and first is None
+    if expression and expression_uses == [spec.day_column] and key_type in _TIME_KEYS:
+        return
     what = (f"partitioned by {_STRATEGIES.get(strategy, strategy)} ({', '.join(key)})" if relkind == "p"
             else "not a partitioned table")
+    if expression:
+        what = (f"partitioned by RANGE of an expression of {', '.join(expression_uses) or 'no column'} giving "
+                f"{key_type}")
     raise SourceError(
         f"partitioning mode 'declarative' reads the days of {spec.name!r} from its partitions' RANGE bounds on its "
         f"day_column {spec.day_column!r}, but it is {what}: those bounds cannot say which days hold rows",
@@ -244,11 +260,20 @@ def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: lis
     partition locked past lock_timeout by a VACUUM FULL or an ALTER) is recorded there and the others
     are probed on; without it, the error is raised."""
     col = sql.Identifier(table.day_column.name)
-    found = []
-    for period in periods:
+
+    def probe(period: Period) -> sql.Composable:
         lo, hi = day_bounds(table.day_column, period)
-        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi})").format(
+        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi})").format(
             table=table.identifier, col=col, lo=lo, hi=hi)
+
+    return _probed(conn, ((period, probe(period)) for period in periods), failed)
+
+
+def _probed(conn: psycopg.Connection, probes: Iterable[tuple[Period, sql.Composable]],
+            failed: dict[Period, psycopg.Error] | None) -> list[Period]:
+    """The periods whose ``EXISTS`` probe is true (see :func:`periods_with_rows` for ``failed``)."""
+    found = []
+    for period, query in probes:
         try:
             with conn.transaction() if failed is not None else contextlib.nullcontext():
                 held = conn.execute(query).fetchone()[0]
@@ -262,23 +287,47 @@ def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: lis
     return found
 
 
+def _day_tables_with_rows(conn: psycopg.Connection, spec: TableSpec, periods: list[Period],
+                          failed: dict[Period, psycopg.Error] | None) -> list[Period]:
+    """Naming mode: which of ``periods`` have a table holding at least one row (the table is the day)."""
+    return _probed(conn, ((period, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(spec.schema_name, spec.child_table(period)))) for period in periods), failed)
+
+
 def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
                   memo: ChildrenMemo | None = None, failed: dict[Period, psycopg.Error] | None = None
                   ) -> list[Period]:
     """Which of ``candidates`` (periods, or dates meaning the table's days) exist as data in PostgreSQL.
     ``memo``: declarative children kept from an earlier call while the catalog says they are the same.
-    ``failed``: where a day whose own probe failed goes (column mode; see :func:`periods_with_rows`)."""
-    wanted = {spec.period(c) for c in candidates}
+    ``failed``: where a day whose own probe failed goes (see :func:`periods_with_rows`)."""
+    # The catalog narrows the candidates (:func:`catalog_days`); then each is probed for a row, as in column
+    # mode. A partition created before its rows (a history load, a sub-partitioned month) was a day "with
+    # data": requested and archived as empty, then never requested again once its rows came; and a table the
+    # role may not read had every day requested, each run failing.
     mode = spec.partitioning.mode
-    if mode == "declarative":  # each candidate against the children, not every period of every child listed
-        if memo is not None:
-            return memo.ranges(conn, spec).held(wanted)
-        return held_periods(child_ranges(conn, spec), wanted)
+    wanted = catalog_days(conn, spec, candidates, memo)
     if mode == "naming":
-        return [d for d in naming_days(conn, spec) if d in wanted]
+        with pinned_settings(conn, row_security="off", search_path=SEARCH_PATH):
+            return _day_tables_with_rows(conn, spec, wanted, failed)
+    if not wanted:
+        return []
     # row_security off: a day whose rows a policy hides from this role is an error, not a day without data
     with pinned_settings(conn, TimeZone="UTC", row_security="off", search_path=SEARCH_PATH):
         return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted), failed)
+
+
+def catalog_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
+                 memo: ChildrenMemo | None = None) -> list[Period]:
+    """Which of ``candidates`` the catalog says may hold rows: declarative, the days some child holds (each
+    candidate against the children, not every period of every child listed); naming, the days whose table
+    exists; column mode, every candidate (the catalog cannot tell)."""
+    wanted = {spec.period(c) for c in candidates}
+    if spec.partitioning.mode == "declarative":
+        return memo.ranges(conn, spec).held(wanted) if memo is not None \
+            else held_periods(child_ranges(conn, spec), wanted)
+    if spec.partitioning.mode == "naming":
+        return [d for d in naming_days(conn, spec) if d in wanted]
+    return sorted(wanted)
 
 
 def held_periods(children: list[ChildRange], periods: Iterable[Period]) -> list[Period]:

@@ -18,8 +18,9 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint, periods
 from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import NO_PERIOD_TABLE, ChildRange, child_ranges, existing_days, source_table
-from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
+from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges, existing_days,
+                                             source_table)
+from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
 from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity, manifest_key, owned
 from archive_pipeline.core.periods import Period
@@ -275,10 +276,18 @@ def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period]
     checked, the other tables' still are. A lost connection is raised."""
     if not days:
         return set(), {}
+    failed: dict[Period, psycopg.Error] = {}
     try:
-        return set(existing_days(conn, spec, days)), {}
+        found = set(existing_days(conn, spec, days, failed=failed))
     except psycopg.Error as exc:
         return set(), {day: unread(conn, spec, day, exc) for day in days}
+    except SourceError as exc:
+        if exc.cause == TABLE_MISSING or spec.partitioning.mode == "column":
+            raise
+        # rows the role may not read (no SELECT): which days exist is the catalog's word, and each day's own
+        # reading says why it cannot be read (compare: unreadable; list --check-source: the grant to give)
+        return set(catalog_days(conn, spec, days)), {}
+    return found, {day: unread(conn, spec, day, exc) for day, exc in failed.items()}
 
 
 def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
