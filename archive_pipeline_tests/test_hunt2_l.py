@@ -99,3 +99,64 @@ def test_a_backfill_range_over_apias_skipped_day_neither_archives_a_day_twice_no
     assert len(recorded) == len(set(recorded)), recorded  # no period archived twice in one run
     # Dagster's partition 2011-12-30 is accounted for: recorded, or the run fails naming it
     assert "2011-12-30" in recorded or (not result.success and "2011-12-30" in failures), (recorded, failures)
+
+
+# --- hostile session settings ------------------------------------------------------------------------
+
+@pytest.fixture
+def role_with(conn, schema, pg):
+    """Open a session as a new role with the given ``ALTER ROLE ... SET`` settings, as a run does."""
+    from archive_pipeline.defs.resources import PostgresResource
+
+    role = f"{schema}_l"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-l' SUPERUSER").format(sql.Identifier(role)))
+    opened = []
+
+    def session(**settings: str) -> psycopg.Connection:
+        for name, value in settings.items():
+            conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(sql.Identifier(role), sql.Identifier(name),
+                                                                      sql.SQL(value)))
+        dsn = psycopg.conninfo.make_conninfo(pg.dsn, user=role, password="pw-l")
+        context = PostgresResource(dsn=dsn).connect()
+        opened.append(context)
+        return context.__enter__()
+
+    yield session
+    for context in opened:
+        context.__exit__(None, None, None)
+    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_jsonl_archive_proves_and_restores_under_a_path_with_an_oracle_style_substr(conn, schema, store, temp_dir,
+                                                                                       role_with):
+    """A DBA gives the role an Oracle-compatibility schema first on its path (orafce's advice:
+    ``search_path = oracle, pg_catalog, public``), whose ``substr(text, int, int)`` returns NULL for an
+    empty result, as Oracle does. README: every function our queries use resolves to PostgreSQL's own,
+    "the content fingerprint, restore and verification run under the same path". The archive and the
+    compare do; but restore's JSONL load (``_jsonl_insert``: ``substr``, ``left``, ``strpos``,
+    ``json_to_recordset`` ... unqualified, under the session's own path) calls the role's ``substr``, so an
+    empty array comes back NULL: deep verification then declares a good archive altered ("the archive's
+    rows are not the ones recorded") and restore is rolled back blaming the archive."""
+    compat = sql.Identifier(f"{schema}_ora")
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(compat))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.substr(text, integer, integer) RETURNS text LANGUAGE sql IMMUTABLE "
+                         "AS $$ SELECT NULLIF(pg_catalog.substr($1, $2, $3), '') $$").format(compat))
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, tags text[])").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min', "
+                         "CASE WHEN g % 2 = 0 THEN '{{}}'::text[] ELSE ARRAY['a'] END "
+                         "FROM generate_series(1, 10) g").format(table))
+    from archive_pipeline.core.plan import compare_days
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline.core.verify import deep_verify
+
+    session = role_with(search_path=sql.SQL(", ").join([compat, sql.Identifier("pg_catalog"),
+                                                         sql.Identifier("public")]).as_string(conn))
+    day = dt.date(2024, 3, 10)
+    table_spec = spec(name=f"{schema}.ev", start_date=day, format="jsonl")
+    assert archive_partition(session, table_spec, day, store, temp_dir=temp_dir).rows == 10
+    assert [c.result for c in compare_days(session, table_spec, store, [day])] == ["equal"]
+    assert deep_verify(session, store, table_spec, day, temp_dir=temp_dir) == []
+    restored = restore_day(session, store, table_spec, day, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert restored.fingerprint_checked and restored.rows == 10
