@@ -160,3 +160,62 @@ def test_a_jsonl_archive_proves_and_restores_under_a_path_with_an_oracle_style_s
     assert deep_verify(session, store, table_spec, day, temp_dir=temp_dir) == []
     restored = restore_day(session, store, table_spec, day, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     assert restored.fingerprint_checked and restored.rows == 10
+
+
+def test_a_roles_idle_session_timeout_does_not_fail_every_day_whose_upload_outlasts_it(pg, s3, conn, schema, bucket):
+    """A DBA reaps idle connections with ``ALTER ROLE ... SET idle_session_timeout = '1s'`` (often minutes,
+    with days whose upload takes longer). The run's session sets statement_timeout, lock_timeout and
+    idle_in_transaction_session_timeout from the ``source:`` settings, but not idle_session_timeout: once
+    the day is read, the session waits outside any transaction while the parts upload, PostgreSQL ends
+    it, and the table-day lock goes with it. At the commit the archive then fails "the connection holding
+    the table-day lock was lost ... nothing was published" (retryable, and the same on every retry, as
+    every upload of the day takes as long). Our sessions should be exempt, as from the other timeouts."""
+    import threading
+    import time
+
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from archive_pipeline_tests.helpers import session_states
+
+    table = sql.Identifier(schema, "big")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', md5(g::text) || md5((g * 7)::text) || "
+                         "md5((g * 13)::text) FROM generate_series(1, 60000) g").format(table))
+    role = f"{schema}_idle"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-idle' SUPERUSER").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("ALTER ROLE {} SET idle_session_timeout = '1s'").format(sql.Identifier(role)))
+    name = f"idle-session-{schema}"
+    postgres = PostgresResource(dsn=psycopg.conninfo.make_conninfo(pg.dsn, user=role, password="pw-idle"),
+                                application_name=name)
+    day = dt.date(2024, 3, 10)
+    table_spec = spec(name=f"{schema}.big", day_column="at", start_date=day, format="csv", compression="none")
+    outcome: dict = {}
+    try:
+        with FaultProxy(s3.endpoint_url) as proxy, postgres.connect() as session:
+            held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
+            store = S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+
+            def run() -> None:
+                try:
+                    outcome["result"] = archive_partition(session, table_spec, day, store,
+                                                          session_settings=postgres.session_settings())
+                except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            try:
+                assert proxy.wait_held(1, timeout=60), outcome
+                deadline = time.monotonic() + 60
+                while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline \
+                        and thread.is_alive():
+                    time.sleep(0.05)
+                time.sleep(1.5)  # the day is read; the session waits outside a transaction for the upload
+            finally:
+                held.gate.set()
+                thread.join(120)
+    finally:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].rows == 60000
