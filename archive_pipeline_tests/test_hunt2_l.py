@@ -219,3 +219,24 @@ def test_a_roles_idle_session_timeout_does_not_fail_every_day_whose_upload_outla
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"].rows == 60000
+
+
+@pytest.mark.parametrize("column_type", ["timestamptz", "timestamp", "date"])
+@pytest.mark.parametrize("zone, days", [("Australia/Lord_Howe", ["2024-04-06", "2024-04-07", "2024-04-08"]),
+                                        ("Pacific/Apia", ["2011-12-29", "2011-12-31", "2012-01-01"])])
+def test_guard_days_around_a_half_hour_shift_and_a_skipped_day_tile_the_rows(conn, schema, store, s3_client, bucket,
+                                                                              column_type, zone, days):
+    """Guard (passes): rows every 15 minutes and a microsecond before each, over Lord_Howe's 30-minute
+    fall-back and Samoa's skipped 2011-12-30, are each archived in exactly one day, none lost between."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id serial, at {})").format(s, sql.SQL(column_type)))
+    first, last = parse_period("daily", zone, days[0]), parse_period("daily", zone, days[-1])
+    value = "x" if column_type == "timestamptz" else f"(x AT TIME ZONE {sql.Literal(zone).as_string(conn)})::{column_type}"
+    conn.execute(sql.SQL("INSERT INTO {}.ev (at) SELECT " + value + " FROM (SELECT generate_series(%(lo)s::timestamptz, "
+                         "%(hi)s::timestamptz - interval '1 microsecond', '15 min') + d AS x FROM "
+                         "(VALUES (interval '0'), (interval '15 min' - interval '1 microsecond')) v(d)) s").format(s),
+                 {"lo": first.utc_start, "hi": last.utc_end})
+    table = spec(name=f"{schema}.ev", timezone=zone, start_date="2011-01-01")
+    archived = [i for day in days for i in _ids(s3_client, bucket, archive_partition(conn, table, day, store))]
+    expected = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}.ev").format(s))]
+    assert sorted(archived) == sorted(expected)
