@@ -49,7 +49,7 @@ from archive_pipeline.core.environment import (
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
 from archive_pipeline.core.periods import Period, PeriodError
-from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.session_settings import apply_settings, session_pinned
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
@@ -180,7 +180,7 @@ class Run:
     def _configured(self, conn: psycopg.Connection) -> psycopg.Connection:
         # timeouts for every statement (prune's LOCK gives up after lock_timeout_ms instead of queueing
         # every reader of the table behind it)
-        apply_settings(conn.execute, session_settings(self.config.source), local=False)
+        apply_settings(conn.execute, {**session_settings(self.config.source), **session_pinned(conn)}, local=False)
         return conn
 
     @property

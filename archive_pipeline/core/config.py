@@ -21,7 +21,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       field_validator, model_validator)
 
 from archive_pipeline.core.keys import key_collisions
-from archive_pipeline.core.periods import Period, PeriodError, as_period, has_dst, offset_changes, zone
+from archive_pipeline.core.periods import (Period, PeriodError, as_period, has_dst, offset_changes, period_starting_on,
+                                           zone)
 
 CONFIG_ENV_VAR = "ARCHIVE_PIPELINE_CONFIG"
 DEFAULT_CONFIG_PATH = "archive_tables.yaml"
@@ -384,9 +385,9 @@ class TableSpec(_Strict):
 
     @property
     def first_period(self) -> Period:
-        """The table's first partition: the hour, day or month that starts at local ``start_date``."""
-        key = self.start_date.isoformat() + ("-00:00" if self.granularity == "hourly" else "")
-        return as_period(self.granularity, self.timezone, key)
+        """The table's first partition: the hour, day or month that starts at local ``start_date`` (an hourly
+        table's first real hour of that day, as Dagster starts it, where the clocks skip midnight)."""
+        return period_starting_on(self.granularity, self.timezone, self.start_date)
 
     def child_table(self, day: Period | dt.date | str) -> str | None:
         """Naming mode: the table that holds the period (named by its local start)."""

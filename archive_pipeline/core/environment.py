@@ -19,7 +19,7 @@ import psycopg.conninfo
 
 from archive_pipeline.core.config import ConfigError, SourceSettings
 from archive_pipeline.core.errors import describe_connect_error, password_of, redact, scrub_parse_error
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, SESSION_PINNED
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
 from archive_pipeline.core.store import S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
@@ -226,7 +226,6 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
 def session_settings(source: SourceSettings) -> dict[str, str]:
     """The ``source:`` timeouts of the YAML file as session settings (as PostgresResource sets them)."""
     return {
-        **SESSION_PINNED,
         "statement_timeout": str(source.statement_timeout_ms),
         "lock_timeout": str(source.lock_timeout_ms),
         "idle_in_transaction_session_timeout": str(source.idle_in_transaction_timeout_ms),

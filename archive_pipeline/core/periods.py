@@ -133,7 +133,12 @@ class Period:
         clocks jump from 00:00 to 01:00 (Africa/Cairo) the day starts at the first real instant,
         01:00, but a wall-clock value of 00:00 or 00:30 is written on that day, so it is the day's."""
         if self.granularity == "hourly":
-            return self.start.replace(tzinfo=None, fold=0), self.end.replace(tzinfo=None, fold=0)
+            start = self.start.replace(tzinfo=None, fold=0)
+            if self.start.fold == 0 and self.start.replace(fold=1).utcoffset() != self.start.utcoffset():
+                # a first occurrence: its wall-clock times come again, and go to the second (a fall-back of two
+                # hours, Antarctica/Troll, repeats two: the first 01:00 was [01:00, 02:00) as the second is)
+                return start, start
+            return start, self.end.replace(tzinfo=None, fold=0)
         return dt.datetime.combine(self.start.date(), dt.time()), dt.datetime.combine(self.end.date(), dt.time())
 
     def isoformat(self) -> str:
@@ -224,6 +229,14 @@ def period_containing(granularity: str, timezone: str, moment: dt.datetime) -> P
     if start > moment:  # a midnight in a gap starts the day after it; moment lies in the previous day
         return period_containing(granularity, timezone, start - dt.timedelta(microseconds=1))
     return Period(granularity, start, _instant(dt.datetime.combine(after, dt.time()), tz), _key(granularity, start))
+
+
+def period_starting_on(granularity: str, timezone: str, day: dt.date) -> Period:
+    """The first period of ``granularity`` on local ``day``: its first real hour (where the clocks skip
+    midnight, Africa/Cairo on 2024-04-26, that is 01:00), or the day or month starting on it."""
+    if granularity == "hourly":
+        return period_containing(granularity, timezone, _instant(dt.datetime.combine(day, dt.time()), zone(timezone)))
+    return period_of_date(granularity, timezone, day)
 
 
 def period_of_date(granularity: str, timezone: str, day: dt.date) -> Period:

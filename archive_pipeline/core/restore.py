@@ -42,6 +42,7 @@ from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (Column, day_filter, describe_relation, lookalike_hint, lookalike_relations,
                                           missing_character, prefetch, relation_name, stored_name_problem)
+from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -84,22 +85,26 @@ def _column_list(names: Iterable[str]) -> sql.Composable:
 # document would refuse fragments such as '' or 'text', which an xml column may hold), and an
 # array literal's unquoted NULL as NULL (with array_nulls off, a role's setting, it is the string
 # "NULL" in a text[] and an error in any other array).
-_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C", "xmloption": "content", "array_nulls": "on"}
+# PostgreSQL's functions first on the path (then the session's, for what the target's triggers and defaults
+# call): the JSONL load's substr, strpos, json_to_recordset ... resolved through a role's path, where an
+# Oracle-compatibility schema's substr returned NULL for '' and empty arrays came back NULL.
+_INPUT_SETTINGS = {"client_encoding": "UTF8", "lc_monetary": "C", "xmloption": "content", "array_nulls": "on",
+                   "search_path": CATALOG_FIRST}
 
 
 @contextlib.contextmanager
 def _input_settings(conn: psycopg.Connection) -> Iterator[None]:
     """:data:`_INPUT_SETTINGS` for the load only; the previous values are put back afterwards (money's
     text output, and so a fingerprint, depends on lc_monetary)."""
-    previous = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] for name in _INPUT_SETTINGS}
-    for name, value in _INPUT_SETTINGS.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    names = list(_INPUT_SETTINGS)
+    previous = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("pg_catalog.current_setting({})").format(sql.Literal(n)) for n in names))).fetchone()
+    apply_settings(conn.execute, _INPUT_SETTINGS)
     try:
         yield
     finally:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-            for name, value in previous.items():
-                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            apply_settings(conn.execute, dict(zip(names, previous, strict=True)))
 
 
 def _as_is(data: bytes) -> bytes:

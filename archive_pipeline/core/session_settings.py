@@ -30,6 +30,13 @@ CONNECT_PARAMETERS = {"client_encoding": "UTF8"}
 # read in one session differed from another's (compare said "differs"), and ADBC misread every type.
 SESSION_PINNED = {"quote_all_identifiers": "off"}
 
+
+def session_pinned(conn: psycopg.Connection) -> dict[str, str]:
+    """:data:`SESSION_PINNED`, and no idle_session_timeout where the server has one (14 and later): a role's
+    ``idle_session_timeout`` (set to reap idle connections) ended the session that holds the table-day lock
+    while the day's parts were still uploading, and every retry of the day failed the same way."""
+    return {**SESSION_PINNED, **({"idle_session_timeout": "0"} if conn.info.server_version >= 140000 else {})}
+
 _CATALOG_FIRST_SQL = sql.SQL(
     "pg_catalog.concat_ws(', ', 'pg_catalog', NULLIF(pg_catalog.regexp_replace("
     "pg_catalog.current_setting('search_path'), '^pg_catalog, |, pg_temp$', '', 'g'), ''), 'pg_temp')")

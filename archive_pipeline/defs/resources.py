@@ -17,7 +17,7 @@ from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.environment import endpoint_has_credentials
 from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
 from archive_pipeline.core.store import MiB, S3Store
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, SESSION_PINNED, apply_settings
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings, session_pinned
 
 
 class PostgresResource(ConfigurableResource):
@@ -58,7 +58,7 @@ class PostgresResource(ConfigurableResource):
         try:
             # the source: timeouts for everything the session does (an archive's snapshot sets them again,
             # locally); a removal's LOCK must give up after lock_timeout_ms, not queue every reader behind it
-            apply_settings(conn.execute, self.session_settings(), local=False)
+            apply_settings(conn.execute, {**self.session_settings(), **session_pinned(conn)}, local=False)
             yield conn
         finally:
             conn.close()
@@ -83,7 +83,6 @@ class PostgresResource(ConfigurableResource):
 
     def session_settings(self) -> dict[str, str]:
         return {
-            **SESSION_PINNED,
             "statement_timeout": str(self.statement_timeout_ms),
             "lock_timeout": str(self.lock_timeout_ms),
             "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
