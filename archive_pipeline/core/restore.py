@@ -158,6 +158,25 @@ def _overriding(always_identity: bool) -> sql.Composable:
     return sql.SQL(" OVERRIDING SYSTEM VALUE") if always_identity else sql.SQL("")
 
 
+def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, columns: list[str], block: bytes,
+                         exc: psycopg.DataError) -> None:
+    """Add to ``exc`` the column whose value the target's type refused: json_to_recordset's errors name no
+    column (COPY's do), so a JSONL restore refused by an enum label renamed since archiving said only
+    'invalid input value for enum ... "pending"'. Each column's reading of the block is tried alone."""
+    _, pieces = _jsonl_pieces(conn, target, columns)
+    for name, definition, value in pieces:
+        probe = with_params(sql.SQL("SELECT count({v}) FROM json_to_recordset(%s) AS x({d})").format(
+            v=value, d=definition), conn)
+        try:
+            with conn.transaction():
+                conn.execute(probe, (Json(block, dumps=_as_is),), prepare=False)
+        except psycopg.DataError:
+            exc.refused_column = name
+            return
+        except psycopg.Error:
+            return
+
+
 def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: list[str]) -> sql.Composable:
     """``INSERT INTO target (columns) SELECT ... FROM json_to_recordset(%s) AS x(<the target's columns>)``.
 
@@ -178,6 +197,17 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
     Archived values go into GENERATED ALWAYS identity columns as they are (``OVERRIDING SYSTEM VALUE``),
     as COPY writes them.
     """
+    always_identity, pieces = _jsonl_pieces(conn, target, columns)
+    definitions, values = [d for _, d, _ in pieces], [v for _, _, v in pieces]
+    return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM json_to_recordset(%s) AS x({d})").format(
+        t=target, c=_column_list(columns), o=_overriding(always_identity), v=sql.SQL(", ").join(values),
+        d=sql.SQL(", ").join(definitions))
+
+
+def _jsonl_pieces(conn: psycopg.Connection, target: sql.Composable, columns: list[str]
+                  ) -> tuple[bool, list[tuple[str, sql.Composable, sql.Composable]]]:
+    """(whether the target has a GENERATED ALWAYS identity column among ``columns``, and per column: its
+    name, its definition in json_to_recordset's record, and the value read from it; see :func:`_jsonl_insert`)."""
     found = {name: rest for name, *rest in conn.execute(_TARGET_COLUMNS, (target.as_string(conn),)).fetchall()}
     always_identity = any(found[name][4] == "a" for name in columns if name in found)
     definitions, values = [], []
@@ -203,9 +233,7 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
         else:
             definitions.append(sql.SQL("{} {}").format(ident, CatalogText(declared)))
             values.append(sql.SQL("x.{}").format(ident))
-    return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM json_to_recordset(%s) AS x({d})").format(
-        t=target, c=_column_list(columns), o=_overriding(always_identity), v=sql.SQL(", ").join(values),
-        d=sql.SQL(", ").join(definitions))
+    return always_identity, list(zip(columns, definitions, values, strict=True))
 
 
 def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifest: dict,
@@ -237,7 +265,12 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 rows = 0
                 for block in prefetch(readers.jsonl_arrays(archive_path, compression), depth=1):
                     # sent as it is, typed json: no decode, no re-encode (PostgreSQL validates it)
-                    rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
+                    try:
+                        with conn.transaction():
+                            rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
+                    except psycopg.DataError as exc:
+                        _name_refused_column(conn, target, columns, block, exc)
+                        raise
                 return rows
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
     except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, psycopg.DataError) as exc:
@@ -770,8 +803,11 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
                      "one of the archived labels, a type changed since the day was archived)")
             remedy = ("make the type named accept the archived values (for an enum: ALTER TYPE ... ADD VALUE), or "
                       "restore into a table whose column has the type's base type or text")
+        column = getattr(exc.__cause__, "refused_column", None)  # COPY names it in its own message
+        where = f", column {column}" if column else ""
         raise RestoreError(f"restoring {manifest['table']} for {manifest['day']}: the archived rows do not load into "
-                           f"{relation} ({type(exc.__cause__).__name__}: {exc.__cause__}); nothing was restored{drift}",
+                           f"{relation} ({type(exc.__cause__).__name__}{where}: {exc.__cause__}); nothing was "
+                           f"restored{drift}",
                            table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
         raise RestoreConflictError(
