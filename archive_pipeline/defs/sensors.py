@@ -107,7 +107,8 @@ def _span(days: list[dt.date]) -> str:
 
 def inspected(spec: TableSpec, days: list[dt.date], missing: int, found: int) -> str:
     """One table's part of the tick's account: mode, days considered, how many lack an archive."""
-    how = "probed each day for rows" if spec.partitioning.mode == "column" else "read the days from the catalog"
+    how = ("probed each day for rows" if spec.partitioning.mode == "column"
+           else "read the days from the catalog, probed each missing one for rows")
     return (f"{spec.name} ({spec.partitioning.mode}: {how}; {len(days)} day(s) {_span(days)}, "
             f"{missing} without an archive, {found} of them with data)")
 
@@ -241,8 +242,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
         minimum_interval_seconds=settings.interval_seconds,
         default_status=DefaultSensorStatus.RUNNING if settings.running else DefaultSensorStatus.STOPPED,
         description="Requests archive runs for days that have data in PostgreSQL but no materialization yet: "
-                    "every day since start_date for declarative and naming tables (read from the catalog), the "
-                    f"last {settings.lookback_days} days for column tables (one probe per day).",
+                    "every day since start_date for declarative and naming tables (read from the catalog, each "
+                    f"missing one probed for a row), the last {settings.lookback_days} days for column tables (one "
+                    "probe per day).",
     )
     def archive_new_days(context: SensorEvaluationContext, postgres: PostgresResource) -> SensorResult | SkipReason:
         today = dt.datetime.now(dt.UTC).date()
