@@ -128,3 +128,29 @@ def test_a_jsonl_restore_refused_by_a_renamed_enum_label_names_the_column(conn, 
     assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
     assert "second_state" in str(caught.value), str(caught.value)
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.jobs_back",)).fetchone()[0] is None
+
+
+
+def test_restore_into_new_refuses_a_composite_whose_float_attribute_was_narrowed(conn, schema, store, temp_dir):
+    """A day of a table with a composite column `pt (x double precision, label text)` is archived, the table
+    dropped by retention, and the type later changed (`ALTER TYPE pt ALTER ATTRIBUTE x TYPE real`). Restoring
+    the day into a new table created from the manifest (by the type's name) reads 0.1 into a real and says
+    "fingerprint ... equals the manifest's": the restored value is 0.100000001490116, not the archived 0.1.
+    The restore must refuse (as it refuses a real column for an archived double precision one)."""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.pt AS (x double precision, label text)")
+    conn.execute(f"CREATE TABLE {s}.m (id int, at date, p {s}.pt)")
+    conn.execute(f"INSERT INTO {s}.m VALUES (1, %s, ROW(0.1, 'a')), (2, %s, ROW(0.5, 'b'))", (DAY, DAY))
+    conn.execute(f"CREATE TABLE {s}.kept AS SELECT id, (p).x FROM {s}.m")  # the archived doubles, for the check
+    spec = _spec(schema, "m", "csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"DROP TABLE {s}.m")
+    conn.execute(f"ALTER TYPE {s}.pt ALTER ATTRIBUTE x TYPE real")
+    try:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.m_back", temp_dir=temp_dir)
+    except RestoreError as exc:
+        assert exc.table == spec.name and exc.day == DAY.isoformat()
+        return
+    changed = conn.execute(f"SELECT count(*) FROM {s}.kept k JOIN {s}.m_back b USING (id) "
+                           "WHERE k.x <> (b.p).x::float8").fetchone()[0]
+    assert changed == 0, "restored as proven, but the archived double 0.1 came back as the real 0.100000001490116"

@@ -141,7 +141,9 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
         columns.append({"name": c.name, "pg_type": c.type_name, "output_type": result.output_types.get(c.name, "text"),
                         "nullable": not c.not_null, "encoding": encoding.get("encoding", result.output_types.get(
                             c.name, "text")), "exact": bool(encoding.get("exact", True)),
-                        **({"note": encoding["note"]} if encoding.get("note") else {})})
+                        **({"note": encoding["note"]} if encoding.get("note") else {}),
+                        **({"numbers": [{"steps": list(n.steps), "type": n.type} for n in c.numbers]}
+                           if c.numbers else {})})
     return {
         "manifest_version": MANIFEST_VERSION,
         "table": result.table,

@@ -40,8 +40,9 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import (Column, day_filter, describe_relation, lookalike_hint, lookalike_relations,
-                                          missing_character, prefetch, relation_name, stored_name_problem)
+from archive_pipeline.core.source import (NUMBER_TYPES, Column, day_filter, describe_relation, inner_types,
+                                          lookalike_hint, lookalike_relations, missing_character, prefetch,
+                                          relation_name, stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
@@ -984,6 +985,36 @@ def _base_type(conn: psycopg.Connection, type_text: str) -> str:
     return plain.removesuffix("[]")
 
 
+_NARROWER = {"float8": ("float4",), "numeric": ("float4", "float8")}
+
+
+def _nested_narrowing(conn: psycopg.Connection, manifest: dict, relation: Relation) -> list[str]:
+    """The numbers inside a column's composite, range or array (the manifest's ``columns[].numbers``) that
+    the target's type now holds as a binary float narrower than archived: the type named the same (a
+    composite, re-created or ALTER TYPE ... ALTER ATTRIBUTE since) reads 0.1 as another value."""
+    recorded = {c["name"]: c["numbers"] for c in manifest.get("columns", []) if c.get("numbers")}
+    if not recorded:
+        return []
+    oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::oid", (relation.identifier.as_string(conn),)).fetchone()[0]
+    if oid is None:
+        return []
+    names = dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
+                              "AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+
+    def path(steps) -> tuple[str, ...]:
+        return tuple(step for step in steps if step != "domain")
+
+    here = {names[attnum]: {path(t.steps): t for t in found}
+            for attnum, found in inner_types(conn, oid, NUMBER_TYPES).items() if attnum in names}
+    changed = []
+    for name, numbers in recorded.items():
+        for number in numbers:
+            now = here.get(name, {}).get(path(number["steps"]))
+            if now is not None and now.type in _NARROWER.get(number["type"], ()):
+                changed.append(f"{name}: {now.route} here, {number['type']} there when archived")
+    return changed
+
+
 def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
     """A value archived as numeric, double precision or real, read into a column of another of these that is
     binary floating point, becomes the nearest value of that type, which may print as the archived text and
@@ -998,6 +1029,7 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Re
         if base_here != base_archived and base_here in _BINARY_FLOATS \
                 and base_archived in (*_BINARY_FLOATS, "numeric"):
             changed.append(f"{name}: {here} here, {archived} when archived")
+    changed += _nested_narrowing(conn, manifest, relation)
     if changed:
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} into {relation}: its column(s) {'; '.join(changed)} "

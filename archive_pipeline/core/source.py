@@ -85,6 +85,9 @@ class Column:
     text_cast: bool = False  # ... and a cast to text, which ``::text`` calls instead of its output function
     # the types of :data:`INNER_TYPES` anywhere inside the column's type (see :func:`inner_types`)
     inner: tuple[InnerType, ...] = ()
+    # the numbers (:data:`NUMBER_TYPES`) inside a composite or range of the column's type: what a
+    # restore checks the type still holds there (a composite's double retyped real reads 0.1 as another value)
+    numbers: tuple[InnerType, ...] = ()
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
@@ -240,12 +243,23 @@ _MULTIRANGE_STEP = """UNION ALL
         SELECT r.rngtypid, 'multirange', 'range ' FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"""
 
 
-def inner_types(conn: psycopg.Connection, oid: int) -> dict[int, tuple[InnerType, ...]]:
-    """Per column number, the :data:`INNER_TYPES` inside its type at any depth (the column's own type
-    too): a check on the column's type alone missed them in a composite, a range or a nested array."""
+NUMBER_TYPES = ("float4", "float8", "numeric")
+
+
+def nested_numbers(found: tuple[InnerType, ...]) -> tuple[InnerType, ...]:
+    """Of the types found inside a column's, the numbers reached through a composite's field or a range
+    (not the column's own type, through domains and arrays: the restore compares that by its base type)."""
+    return tuple(t for t in found if t.type in NUMBER_TYPES
+                 and any(step.startswith(".") or step in ("range", "multirange") for step in t.steps))
+
+
+def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INNER_TYPES
+                ) -> dict[int, tuple[InnerType, ...]]:
+    """Per column number, the ``types`` (pg_catalog's names) inside its type at any depth (the column's own
+    type too): a check on the column's type alone missed them in a composite, a range or a nested array."""
     query = _INNER_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
     found: dict[int, list[InnerType]] = {}
-    for attnum, name, steps, route in conn.execute(query, {"oid": oid, "types": list(INNER_TYPES)}):
+    for attnum, name, steps, route in conn.execute(query, {"oid": oid, "types": list(types)}):
         found.setdefault(attnum, []).append(InnerType(name, tuple(steps), " → ".join(route)))
     return {attnum: tuple(types) for attnum, types in found.items()}
 
@@ -409,8 +423,10 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
         raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
                           f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
                           retryable=False, cause="permission denied")
-    inner = inner_types(conn, oid)
-    columns = tuple(Column(*r[1:], inner=inner.get(r[0], ())) for r in conn.execute(_COLUMNS_QUERY, (oid,)))
+    inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES))
+    columns = tuple(Column(*r[1:], inner=tuple(t for t in inner.get(r[0], ()) if t.type not in NUMBER_TYPES),
+                           numbers=nested_numbers(inner.get(r[0], ())))
+                    for r in conn.execute(_COLUMNS_QUERY, (oid,)))
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)
     by_name = {c.name: c for c in columns}
