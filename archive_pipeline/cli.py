@@ -966,7 +966,7 @@ def prune(run: Run, dry_run: bool) -> None:
         if spec.retention is None:
             continue
         due = sorted(set(due_days(spec, now)) & set(run.days(spec)))
-        present, unknown = plan.present_days(run.conn, spec, due)
+        present, unknown = plan.present_days(run.conn, spec, due, catalog=True)
         for day in due:
             if day in unknown:
                 results.append(_unprobed(spec, day, unknown[day]))

@@ -185,14 +185,16 @@ def test_a_child_of_many_years_is_not_listed_day_by_day(conn, schema, store, mon
 
 
 def test_the_partition_key_check_waits_for_no_lock_on_the_parent(pg, conn, schema):
-    """Reading the partition key takes no lock (pg_get_partkeydef() would): discovery goes on while a
-    migration holds the parent (CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE on it)."""
+    """Reading the partition key takes no lock (pg_get_partkeydef() would): while a migration holds the
+    parent (CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE on it), the catalog still says which days
+    the children hold, and the day's probe for a row (which reads the parent) gives up after lock_timeout,
+    saying so for that day, as the sensor's next tick looks again."""
     from archive_pipeline.core.discovery import existing_days
 
     s = sql.Identifier(schema)
     conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
     conn.execute(sql.SQL("CREATE TABLE {}.d10 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
-                         "TO ('2024-03-11 00:00+00')").format(s, s))
+                         "TO ('2024-03-12 00:00+00')").format(s, s))
     spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
                      partitioning={"mode": "declarative"})
     with pg.connect() as migration:
@@ -200,7 +202,15 @@ def test_the_partition_key_check_waits_for_no_lock_on_the_parent(pg, conn, schem
         migration.execute(sql.SQL("LOCK TABLE {}.ev IN ACCESS EXCLUSIVE MODE").format(s))
         conn.execute("SET lock_timeout = 2000")
         try:
-            assert existing_days(conn, spec, [DAY]) == [DAY]
+            from archive_pipeline.core.discovery import catalog_days
+
+            both = [DAY, DAY + dt.timedelta(days=1)]
+            assert catalog_days(conn, spec, both) == both
+            failed: dict = {}
+            assert existing_days(conn, spec, both, failed=failed) == []
+            # both days said unprobed after one wait (the second is not probed: a lock_timeout a day would add
+            # up past the sensor's 60 s for a table of many new days)
+            assert sorted(failed) == both and {type(e).__name__ for e in failed.values()} == {"LockNotAvailable"}
         finally:
             conn.execute("RESET lock_timeout")
             migration.execute("ROLLBACK")

@@ -182,11 +182,11 @@ SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname,
              LEFT JOIN pg_catalog.pg_attribute k ON k.attrelid = p.oid AND k.attnum = u.attnum AND u.attnum > 0
              ORDER BY u.i),
        (SELECT pg_catalog.format_type(o.opcintype, NULL) FROM pg_catalog.pg_opclass o WHERE o.oid = pt.partclass[0]),
-       ARRAY(SELECT DISTINCT c.attname::text FROM pg_catalog.pg_depend d
-             JOIN pg_catalog.pg_attribute c ON c.attrelid = p.oid AND c.attnum = d.refobjsubid
-             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p.oid AND d.objsubid = 0
-               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = p.oid
-               AND d.refobjsubid > 0 AND d.deptype = 'a')
+       ARRAY(SELECT DISTINCT c.attname::text FROM pg_catalog.pg_depend d  -- the key's columns, its expression's
+             JOIN pg_catalog.pg_attribute c ON c.attrelid = p.oid AND c.attnum = d.objsubid  -- (each column is
+             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p.oid  -- made internally
+               AND d.objsubid > 0 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass  -- dependent on
+               AND d.refobjid = p.oid AND d.refobjsubid = 0 AND d.deptype = 'i')  -- the table: StorePartitionKey)
 FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
 LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = p.oid
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND a.attnum > 0
@@ -273,7 +273,11 @@ def _probed(conn: psycopg.Connection, probes: Iterable[tuple[Period, sql.Composa
             failed: dict[Period, psycopg.Error] | None) -> list[Period]:
     """The periods whose ``EXISTS`` probe is true (see :func:`periods_with_rows` for ``failed``)."""
     found = []
+    locked: psycopg.Error | None = None
     for period, query in probes:
+        if locked is not None:  # one lock_timeout a table: a migration's lock on the parent holds every day
+            failed[period] = locked
+            continue
         try:
             with conn.transaction() if failed is not None else contextlib.nullcontext():
                 held = conn.execute(query).fetchone()[0]
@@ -281,6 +285,8 @@ def _probed(conn: psycopg.Connection, probes: Iterable[tuple[Period, sql.Composa
             if failed is None or conn.closed or conn.broken:
                 raise
             failed[period] = exc
+            if isinstance(exc, psycopg.errors.LockNotAvailable):
+                locked = exc
             continue
         if held:
             found.append(period)

@@ -143,7 +143,7 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
                             c.name, "text")), "exact": bool(encoding.get("exact", True)),
                         **({"note": encoding["note"]} if encoding.get("note") else {}),
                         **({"numbers": [{"steps": list(n.steps), "type": n.type} for n in c.numbers]}
-                           if c.numbers else {})})
+                           if getattr(c, "numbers", ()) else {})})
     return {
         "manifest_version": MANIFEST_VERSION,
         "table": result.table,

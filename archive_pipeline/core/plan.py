@@ -269,13 +269,17 @@ def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     return [(day, manifests[day], day in in_source, unknown.get(day)) for day in resolved]
 
 
-def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period]
+def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period], *, catalog: bool = False
                  ) -> tuple[set[Period], dict[Period, str]]:
     """The days of ``days`` the source has rows for, and, where the source could not be asked (its rows
     locked past lock_timeout, a statement_timeout), why, per day (see :func:`unread`): those days are not
-    checked, the other tables' still are. A lost connection is raised."""
+    checked, the other tables' still are. A lost connection is raised. ``catalog``: in declarative and
+    naming mode, the days whose partition or table exists, rows or not (retention's prune: a day whose rows
+    it deleted, its partition left, is settled as "already removed")."""
     if not days:
         return set(), {}
+    if catalog and spec.partitioning.mode != "column":
+        return set(catalog_days(conn, spec, days)), {}
     failed: dict[Period, psycopg.Error] = {}
     try:
         found = set(existing_days(conn, spec, days, failed=failed))

@@ -515,8 +515,12 @@ def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]
     except Exception as exc:  # noqa: BLE001 - Dagster's CheckError, a key that does not parse (PeriodError)
         key = context.run.tags.get("dagster/partition") or "the run's partition range"
         raise refuse(key, str(exc).removeprefix("Invariant failed. Description: ")) from None
-    # Dagster reads a skipped hour or day as the next one (Pacific/Apia's 2011-12-30 as 2011-12-31), in a
-    # range too: the next was archived twice and the key recorded for none, green.
+    tag = context.run.tags.get("dagster/partition")
+    if tag is not None and [d.key for d in days] != [tag]:  # Dagster reads a skipped hour as the next one
+        raise refuse(tag, f"there is no such {UNIT[spec.granularity]} in {spec.timezone} (Dagster would read it as "
+                          f"{', '.join(d.key for d in days)})")
+    # ... and in a range (Pacific/Apia's 2011-12-30 as 2011-12-31): the next was archived twice and the key
+    # recorded for none, green.
     for key, day in zip(context.partition_keys, days, strict=True):
         if day.key != key:
             raise refuse(key, f"there is no such {UNIT[spec.granularity]} in {spec.timezone} (Dagster would read it "
