@@ -126,32 +126,39 @@ def test_a_manifest_read_answered_200_with_an_empty_body_never_gets_the_previous
         f"the object holding the day's 20 rows was deleted; the bucket holds {_keys(s3_client, bucket)}")
 
 
-def test_a_create_whose_answer_times_out_and_that_lands_later_leaves_its_marker(conn, schema, s3, bucket,
-                                                                                s3_client, temp_dir):
+@pytest.mark.parametrize("attempts", [1, None], ids=["no_retries", "botocore_retries"])
+def test_a_create_whose_answer_times_out_and_that_lands_later_is_never_left_unannounced(attempts, conn, schema, s3,
+                                                                                        bucket, s3_client, temp_dir):
     """A first archive of a day of two parts; the store is slow to answer CreateMultipartUpload: the client's
-    read timeout (1 s here) passes, so the run fails (retryable), and the store creates the upload a moment
-    later (the request was on its way). Was: the abort lists the key's uploads before the late create lands,
-    finds none, counts the upload as settled and deletes the ``.uploading`` marker; then the upload appears:
-    an open multipart upload with no marker, which no run of the day ever lists again (only a day whose
-    listing shows a marker lists its uploads), its parts billed until a bucket lifecycle rule removes them.
-    Should: a create whose answer was lost to a timeout may still land, so its marker stays (as a manifest
-    write that timed out is counted as one that may still land): no open upload without a marker."""
+    read timeout (1 s here) passes and the store creates the upload a moment later (the request was on its
+    way). Without retries the run fails (retryable); with botocore's retries (its default) the retried create
+    is answered at once and the run succeeds. Was: the listing that should find an upload botocore created
+    before retrying (or the abort's) runs before the late create lands, finds none, counts the key as settled
+    and deletes the ``.uploading`` marker; then the upload appears: an open multipart upload with no marker,
+    which no run ever lists (only a day whose listing shows a marker lists its uploads; the next run of the
+    archived day is a skip), its parts billed until a bucket lifecycle rule removes them. Should: a create
+    whose answer was lost to a timeout (or that botocore retried) may still land, so its marker stays (as a
+    manifest write that timed out counts as one that may still land) and the next run of the day aborts it."""
     spec = _big_day(conn, schema)
     with FaultProxy(s3.endpoint_url) as proxy:
         proxy.add(Fault(**CREATE, action="delay", delay=4.0, times=1))
-        flaky = S3Store(proxy.client(max_attempts=1, read_timeout=1.0), bucket, part_size=MIN_PART_SIZE,
+        flaky = S3Store(proxy.client(max_attempts=attempts, read_timeout=1.0), bucket, part_size=MIN_PART_SIZE,
                         max_concurrency=2)
-        with pytest.raises(UploadError) as caught:
+        try:
             archive_partition(conn, spec, DAY, flaky, temp_dir=temp_dir)
-        assert caught.value.retryable and spec.name in str(caught.value) and "2024-03-10" in str(caught.value)
+        except UploadError as exc:
+            assert attempts == 1 and exc.retryable, exc
+            assert spec.name in str(exc) and "2024-03-10" in str(exc), str(exc)
         deadline = time.monotonic() + 30
         while proxy.requests(**CREATE)[0].status is None and time.monotonic() < deadline:
             time.sleep(0.05)  # the delayed create is forwarded to the store
+    assert list(temp_dir.iterdir()) == []
     open_uploads = _uploads(s3_client, bucket)
     assert open_uploads, "the late create did not land (the test's premise)"
     markers = [k for k in _keys(s3_client, bucket) if k == upload_marker_key(open_uploads[0])]
     assert markers, f"open upload(s) {open_uploads} left without their marker: no run will look for them"
-    assert list(temp_dir.iterdir()) == []
+    archive_partition(conn, spec, DAY, S3Store(s3_client, bucket, part_size=MIN_PART_SIZE), temp_dir=temp_dir)
+    assert _uploads(s3_client, bucket) == [], "the next run of the day left the upload open"
 
 
 def test_a_create_answered_200_without_an_upload_id_fails_at_once_naming_the_request(conn, schema, s3, bucket,
