@@ -186,3 +186,29 @@ def test_a_create_answered_200_without_an_upload_id_fails_at_once_naming_the_req
     assert error.retryable and spec.name in str(error) and "2024-03-10" in str(error), str(error)
     assert "CreateMultipartUpload" in str(error), str(error)
     assert _uploads(s3_client, bucket) == [] and list(temp_dir.iterdir()) == []
+
+
+def test_an_uploads_listing_answered_200_with_an_empty_body_keeps_the_killed_runs_marker(conn, schema, s3, bucket,
+                                                                                        s3_client, store):
+    """A day is archived; a later overwrite of it was killed mid-upload, leaving its multipart upload of
+    generation 2 open and its ``.uploading`` marker (made by hand here, as the killed run leaves them). The next
+    run of the day (a skip) sees the marker and lists the store's multipart uploads to abort the leftover; that
+    listing is answered 200 with an empty body once (a made-up answer, no ListMultipartUploadsResult). Was: the
+    empty answer reads as "no uploads", every upload it showed counts as accounted for, the marker is deleted
+    and the killed run's upload stays open with no marker: no later run ever lists the day's uploads again.
+    Should: an answer that is no listing is a failed listing: the marker stays, and the next run aborts it."""
+    spec = _small_day(conn, schema)
+    first = archive_partition(conn, spec, DAY, store)
+    leftover = first.key.replace(".jsonl.zst", ".g2.jsonl.zst")
+    s3_client.create_multipart_upload(Bucket=bucket, Key=leftover)
+    s3_client.put_object(Bucket=bucket, Key=upload_marker_key(leftover), Body=b"marker")
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", query="uploads", action="lose", times=1))
+        flaky = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        assert archive_partition(conn, spec, DAY, flaky).skipped
+        assert proxy.requests(method="GET", query="uploads"), "the run did not list the uploads (test's premise)"
+    left = _uploads(s3_client, bucket)
+    assert not left or upload_marker_key(leftover) in _keys(s3_client, bucket), (
+        f"open upload(s) {left} left without their marker: no run will look for them")
+    archive_partition(conn, spec, DAY, store)
+    assert _uploads(s3_client, bucket) == [], "the killed run's upload is never aborted"
