@@ -208,8 +208,7 @@ def test_the_partition_key_check_waits_for_no_lock_on_the_parent(pg, conn, schem
             assert catalog_days(conn, spec, both) == both
             failed: dict = {}
             assert existing_days(conn, spec, both, failed=failed) == []
-            # both days said unprobed after one wait (the second is not probed: a lock_timeout a day would add
-            # up past the sensor's 60 s for a table of many new days)
+            # each day said unprobed, after lock_timeout (a lock on one day's partition holds back no other day)
             assert sorted(failed) == both and {type(e).__name__ for e in failed.values()} == {"LockNotAvailable"}
         finally:
             conn.execute("RESET lock_timeout")

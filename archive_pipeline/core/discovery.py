@@ -273,11 +273,7 @@ def _probed(conn: psycopg.Connection, probes: Iterable[tuple[Period, sql.Composa
             failed: dict[Period, psycopg.Error] | None) -> list[Period]:
     """The periods whose ``EXISTS`` probe is true (see :func:`periods_with_rows` for ``failed``)."""
     found = []
-    locked: psycopg.Error | None = None
     for period, query in probes:
-        if locked is not None:  # one lock_timeout a table: a migration's lock on the parent holds every day
-            failed[period] = locked
-            continue
         try:
             with conn.transaction() if failed is not None else contextlib.nullcontext():
                 held = conn.execute(query).fetchone()[0]
@@ -285,8 +281,6 @@ def _probed(conn: psycopg.Connection, probes: Iterable[tuple[Period, sql.Composa
             if failed is None or conn.closed or conn.broken:
                 raise
             failed[period] = exc
-            if isinstance(exc, psycopg.errors.LockNotAvailable):
-                locked = exc
             continue
         if held:
             found.append(period)
