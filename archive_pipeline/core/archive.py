@@ -735,7 +735,14 @@ class _Archiving:
         listed so a later run retries) and which it keeps (an overwrite that lost rows)."""
         previous = existing.manifest  # readable (a damaged object of a removed day never gets here)
         if previous is None:
-            return [], []
+            if existing.raw is None and existing.problem is None:
+                return [], []
+            # A manifest was there and could not be read (damaged, or a read the store answered wrongly): every
+            # stored generation may be the only copy of rows this day no longer has, so the new manifest keeps
+            # them all (the next run's tidying deletes what no manifest names).
+            stored = [keys.generation_key(self.key, g) for g in self._stored_generations(existing.listing or {})]
+            return [], [{"key": key, "rows": None, "note": "kept: the manifest before this one could not be read"}
+                        for key in stored if key != result.key]
         superseded = [k for k in previous.get("superseded", []) if k != result.key]
         kept = list(previous.get("kept", []))
         obj = previous.get("object")

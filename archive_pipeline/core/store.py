@@ -243,6 +243,24 @@ def _md5_header(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+def _is_read_timeout(exc: BaseException) -> bool:
+    """The request was sent and its answer did not come in time: the store may still act on it."""
+    from botocore.exceptions import ReadTimeoutError
+
+    return isinstance(exc, ReadTimeoutError)
+
+
+def _require_listing(page: dict, fields: tuple[str, ...], doing: str) -> None:
+    """Refuse a listing page without the fields every real answer has: botocore reads a 200 with an empty
+    body as a page listing nothing, and "nothing stored for this day" then re-archived a changed day over
+    its object, replaced a removed day's manifest, and took a killed run's upload for gone."""
+    if not all(field in page for field in fields):
+        raise DownloadError(f"{doing} failed: the store answered 200 without a listing ({', '.join(fields)} "
+                            "missing); the run will be retried", retryable=True,
+                            cause="the store's answer was not a listing",
+                            remedy="retried automatically; if it persists, check the network path to the store")
+
+
 def _etag(response: dict) -> str:
     return str(response.get("ETag", "")).strip('"')
 
@@ -434,6 +452,7 @@ class S3Store:
         listing is a :class:`DownloadError` saying what failed and whether retrying helps."""
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                _require_listing(page, ("Name", "KeyCount"), f"listing {self.uri(prefix)} (ListObjectsV2)")
                 yield from page.get("Contents", [])
         except ValueError as exc:  # botocore parses numbers with int(): a <Size> damaged on the way ends here
             raise DownloadError(f"listing {self.uri(prefix)} gave an answer that cannot be read ({exc}); the run "
@@ -565,6 +584,10 @@ class S3Store:
                 problem = _said(exc)
                 continue
             etag = _etag(response)
+            if not data:  # what we read this way is never empty: a 200 without its body (a proxy's, a gateway's)
+                problem = "the store answered 200 with an empty body"
+                log.warning("%s read failed: %s", self.uri(key), problem)
+                continue
             if _is_error_document(data):  # a 200 whose body is an S3 <Error> (no ETag to catch it): not the object
                 problem = f"the store answered 200 with an error document: {data[:200]!r}"
                 log.warning("%s read failed: %s", self.uri(key), problem)
@@ -720,8 +743,11 @@ class S3Store:
 
     def _uploads_under(self, prefix: str) -> list[dict]:
         """Every open multipart upload whose key starts with ``prefix`` (all pages of the listing)."""
-        return [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=prefix) for u in page.get("Uploads", [])]
+        uploads = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
+            _require_listing(page, ("Bucket",), f"listing the uploads under {self.uri(prefix)} (ListMultipartUploads)")
+            uploads += page.get("Uploads", [])
+        return uploads
 
     def abort_stale_uploads_quietly(self, key: str, **kwargs: Any) -> None:
         """:meth:`abort_stale_uploads`, with a failure logged instead of raised (cleanup only)."""
@@ -828,6 +854,9 @@ class S3Upload:
         self._aborted = False
         self._finished = False
         self._create_ambiguous = False  # CreateMultipartUpload failed in a way the store may have acted on
+        # a create whose answer was lost (or that botocore retried) may land after any listing of ours: then
+        # the marker stays, whatever the listings said, and the next run of the key lists and aborts it
+        self._late_create = False
         self._cleaned = False
         self._aborted_id: str | None = None  # the upload abort() aborted
         self._threads: list[threading.Thread] = []
@@ -1086,10 +1115,23 @@ class S3Upload:
             with self._cond:  # a dropped answer or a 5xx may come after the store created the upload
                 self._creating = False
                 self._create_ambiguous = _is_transport_error(exc) or _status(exc) >= 500 or _status(exc) == 0
+                # a create whose answer timed out may still be under way, and land after any listing of ours:
+                # the marker stays for the next run (a reset or a 5xx came after the store had acted, or never)
+                self._late_create = _is_read_timeout(exc)
             self._fail(self._named(_wrap(exc, f"starting the upload of {store.uri(self.key)} "
                                               "(CreateMultipartUpload)")))
             return
-        upload_id = response["UploadId"]
+        upload_id = response.get("UploadId") if isinstance(response, dict) else None
+        if not upload_id:  # a 200 without the upload's id (a proxy's answer): failed, and maybe created after all
+            with self._cond:
+                self._creating = False
+                self._create_ambiguous = self._late_create = True
+            self._fail(self._error_here(f"starting the upload of {store.uri(self.key)} (CreateMultipartUpload): the "
+                                        "store answered without an UploadId", retryable=True,
+                                        cause="the store's answer was not one", remedy=_RETRIED))
+            return
+        if response.get("ResponseMetadata", {}).get("RetryAttempts"):
+            self._late_create = True  # botocore retried it: the first attempt may land after the listing below
         with self._cond:
             self._creating = False
             orphan = self._aborted
@@ -1215,13 +1257,13 @@ class S3Upload:
         If that fails too, or the delete does, the marker stays and the next run of the key looks."""
         if not self._marked:
             return
-        if not self._settled:
+        if not self._settled or self._late_create:
             try:
                 self._settled = self.store.settle_stale_uploads(self.key)[1]
             except Exception as exc:  # noqa: BLE001 - the marker stays: the next run of the key looks again
                 _note(original, f"cleanup: could not list the uploads of {self.store.uri(self.key)} ({_said(exc)}); "
                                 "the next archive of this key aborts any left")
-        if self._settled:
+        if self._settled and not self._late_create:  # (a create that may still land: the marker stays)
             self._marked = not self.store.delete_quietly(upload_marker_key(self.key), original)
 
     def _close_fd(self) -> None:
