@@ -53,11 +53,13 @@ def session_states(conn, application_name: str) -> list[tuple[str, str]]:
                         (application_name,)).fetchall()
 
 
-def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, name: str):
+def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, name: str, *, archiving=None,
+                                         session_settings: dict | None = None):
     """Archive ``day`` while the store holds its first part, and check that meanwhile every row was read
-    and every read transaction ended: the archiving session (application ``name``) is the only one
-    left, idle, past a 1 s idle_in_transaction_session_timeout that would kill a session waiting in a
-    transaction. Returns the ArchiveResult once the part is let go."""
+    and every read transaction ended: the archiving session (application ``name``; ``archiving``, else one
+    opened here) is the only one left, idle, past a 1 s idle_in_transaction_session_timeout (or the
+    ``session_settings`` given) that would kill a session waiting in a transaction. Returns the
+    ArchiveResult once the part is let go."""
     import threading
     import time
 
@@ -69,12 +71,13 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
         held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
         store = S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
         outcome: dict = {}
-        archiving = pg.connect(application_name=name)
+        own = archiving is None
+        archiving = pg.connect(application_name=name) if own else archiving
+        settings = {"idle_in_transaction_session_timeout": "1000"} if session_settings is None else session_settings
 
         def run() -> None:
             try:
-                outcome["result"] = archive_partition(
-                    archiving, spec, day, store, session_settings={"idle_in_transaction_session_timeout": "1000"})
+                outcome["result"] = archive_partition(archiving, spec, day, store, session_settings=settings)
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 outcome["error"] = exc
 
@@ -95,7 +98,8 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
         finally:
             held.gate.set()
             thread.join(120)
-    archiving.close()
+    if own:
+        archiving.close()
     assert "error" not in outcome, outcome.get("error")
     return outcome["result"]
 

@@ -159,9 +159,10 @@ def dagster_env(pg, bucket, proxy, monkeypatch, tmp_path) -> Path:
     return temp
 
 
-def terminated_when_held(instance, job, proxy: FaultProxy, partition: str | None = DAY.isoformat(), **match: str
-                         ) -> tuple[DagsterRunStatus, list[str]]:
-    """Run ``job`` for ``partition`` and terminate it as the UI's Terminate does to an in-process step, once the
+def terminated_when_held(instance, job, proxy: FaultProxy, partition: str | None = DAY.isoformat(), *,
+                         tags: dict | None = None, **match: str) -> tuple[DagsterRunStatus, list[str]]:
+    """Run ``job`` for ``partition`` (or a range, by ``tags``) and terminate it as the UI's Terminate does to an
+    in-process step, once the
     proxy holds the first request that ``match``es: the run is marked CANCELING, then the run worker interrupted
     (SIGINT, raised in the step as DagsterExecutionInterruptedError). The run's status and its step failures."""
     held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
@@ -175,7 +176,7 @@ def terminated_when_held(instance, job, proxy: FaultProxy, partition: str | None
     terminator = threading.Thread(target=terminate)
     terminator.start()
     try:
-        result = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(partition_key=partition, tags=tags, instance=instance, raise_on_error=False)
     finally:
         terminator.join(60)
         held.gate.set()

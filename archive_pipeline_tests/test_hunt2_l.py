@@ -170,13 +170,8 @@ def test_a_roles_idle_session_timeout_does_not_fail_every_day_whose_upload_outla
     it, and the table-day lock goes with it. At the commit the archive then fails "the connection holding
     the table-day lock was lost ... nothing was published" (retryable, and the same on every retry, as
     every upload of the day takes as long). Our sessions should be exempt, as from the other timeouts."""
-    import threading
-    import time
-
-    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
     from archive_pipeline.defs.resources import PostgresResource
-    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
-    from archive_pipeline_tests.helpers import session_states
+    from archive_pipeline_tests.helpers import archive_while_the_store_holds_a_part
 
     table = sql.Identifier(schema, "big")
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(table))
@@ -190,35 +185,14 @@ def test_a_roles_idle_session_timeout_does_not_fail_every_day_whose_upload_outla
                                 application_name=name)
     day = dt.date(2024, 3, 10)
     table_spec = spec(name=f"{schema}.big", day_column="at", start_date=day, format="csv", compression="none")
-    outcome: dict = {}
     try:
-        with FaultProxy(s3.endpoint_url) as proxy, postgres.connect() as session:
-            held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=1, hold_timeout=60))
-            store = S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
-
-            def run() -> None:
-                try:
-                    outcome["result"] = archive_partition(session, table_spec, day, store,
+        with postgres.connect() as session:  # the session is idle, outside a transaction, past 1 s
+            result = archive_while_the_store_holds_a_part(pg, s3, conn, bucket, table_spec, day, name,
+                                                          archiving=session,
                                                           session_settings=postgres.session_settings())
-                except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-                    outcome["error"] = exc
-
-            thread = threading.Thread(target=run)
-            thread.start()
-            try:
-                assert proxy.wait_held(1, timeout=60), outcome
-                deadline = time.monotonic() + 60
-                while session_states(conn, name) != [("idle", "client backend")] and time.monotonic() < deadline \
-                        and thread.is_alive():
-                    time.sleep(0.05)
-                time.sleep(1.5)  # the day is read; the session waits outside a transaction for the upload
-            finally:
-                held.gate.set()
-                thread.join(120)
     finally:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["result"].rows == 60000
+    assert result.rows == 60000
 
 
 @pytest.mark.parametrize("column_type", ["timestamptz", "timestamp", "date"])

@@ -23,6 +23,7 @@ from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.assets import asset_key
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_cancelhunt import terminated_when_held
 
 FIRST = dt.date(2024, 3, 10)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range(4)]
@@ -149,26 +150,11 @@ def test_a_ranged_run_cancelled_mid_day_names_every_day_it_leaves_unarchived(pg,
     with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance, pg.connect() as other:
         monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
         assert other.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, DAYS[0])).fetchone()[0]
-        held = proxy.add(Fault(method="PUT", path=rf"/{DAYS[1]}\.jsonl\.zst$", action="hold", times=1,
-                               hold_timeout=60))
-
-        def terminate() -> None:  # as the UI's Terminate does to an in-process run
-            if proxy.wait_held(1, timeout=60):
-                [run] = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-                instance.report_run_canceling(run)
-                os.kill(os.getpid(), signal.SIGINT)
-
-        terminator = threading.Thread(target=terminate)
-        terminator.start()
-        try:
-            result = job.execute_in_process(instance=instance, tags=RANGE, raise_on_error=False)
-        finally:
-            terminator.join(60)
-            held.gate.set()
+        status, [message] = terminated_when_held(instance, job, proxy, None, tags=RANGE, method="PUT",
+                                                 path=rf"/{DAYS[1]}\.jsonl\.zst$")
         other.execute("SELECT pg_advisory_unlock_all()")
-        assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
-        assert _states(instance, result.run_id) == {}
-        [message] = _failures(instance, result.run_id)
+        assert status == DagsterRunStatus.CANCELED
+        assert _states(instance, instance.get_runs(limit=1)[0].run_id) == {}
         assert "cancelled" in message and spec.name in message
         missing = [d.isoformat() for d in DAYS if d.isoformat() not in message]
         assert not missing, f"days left unarchived that the failure does not name: {missing}\n{message}"
