@@ -182,11 +182,13 @@ SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname,
              LEFT JOIN pg_catalog.pg_attribute k ON k.attrelid = p.oid AND k.attnum = u.attnum AND u.attnum > 0
              ORDER BY u.i),
        (SELECT pg_catalog.format_type(o.opcintype, NULL) FROM pg_catalog.pg_opclass o WHERE o.oid = pt.partclass[0]),
-       ARRAY(SELECT DISTINCT c.attname::text FROM pg_catalog.pg_depend d  -- the key's columns, its expression's
-             JOIN pg_catalog.pg_attribute c ON c.attrelid = p.oid AND c.attnum = d.objsubid  -- (each column is
-             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p.oid  -- made internally
-               AND d.objsubid > 0 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass  -- dependent on
-               AND d.refobjid = p.oid AND d.refobjsubid = 0 AND d.deptype = 'i')  -- the table: StorePartitionKey)
+       -- the columns the key uses, its expression's too: PostgreSQL makes each internally dependent on the
+       -- table (StorePartitionKey), a pg_depend row from the column to the table itself
+       ARRAY(SELECT DISTINCT c.attname::text FROM pg_catalog.pg_depend d
+             JOIN pg_catalog.pg_attribute c ON c.attrelid = p.oid AND c.attnum = d.objsubid
+             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p.oid AND d.objsubid > 0
+               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = p.oid
+               AND d.refobjsubid = 0 AND d.deptype = 'i')
 FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
 LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = p.oid
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND a.attnum > 0
