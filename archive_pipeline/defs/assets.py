@@ -684,8 +684,7 @@ def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Per
         return outcome
     parts = [outcome.description or ""]
     if failed:
-        parts.append(f"Failed earlier in this run ({', '.join(d.isoformat() for d in sorted(failed))}):\n\n"
-                     + "\n\n".join(f.description or "" for _, f in sorted(failed.items())))
+        parts.append(f"Failed earlier in this run ({_names(failed)}):\n\n{_causes(failed)}")
     if unstarted:
         parts.append(f"Never started, so not archived: {', '.join(d.isoformat() for d in unstarted)}.")
     left = sorted({*failed, *unstarted})
@@ -698,15 +697,13 @@ def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Per
 
 def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Failure]) -> Failure:
     """The step failure of a ranged run: which days failed and why, that the others are archived, and
-    how to redo only the failed ones. Retried (retry: settings) only when every failure may pass."""
-    # Retried when any failed day may pass: a neighbour's late rows (for a person) no longer kept a day whose
-    # lock was held a moment from its retry. The retry does neither the recorded days nor these again.
+    how to redo only the failed ones. Retried (retry: settings) when any failed day may pass on a retry:
+    a neighbour's late rows (for a person) no longer kept a day whose lock was held a moment from its
+    retry. The retry does neither the days recorded nor those failed for good (``permanent_days``) again."""
     retryable = any(f.allow_retries for f in failed.values())
     permanent = {d.isoformat(): f.description or "" for d, f in sorted(failed.items()) if not f.allow_retries}
-    names = ", ".join(d.isoformat() for d in sorted(failed))
-    causes = "\n\n".join(f.description or "" for _, f in sorted(failed.items()))
-    text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({names}); the other "
-            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{causes}\n\n"
+    text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({_names(failed)}); the other "
+            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{_causes(failed)}\n\n"
             f"Then: re-execute this run (Runs → this run → Re-execute → From failure), or launch a backfill of "
             f"the failed days of {job_name(spec)}; days already archived are found identical and not uploaded again.")
     return Failure(description=text, allow_retries=retryable,
@@ -715,17 +712,26 @@ def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Fail
                              PERMANENT_DAYS: MetadataValue.json(permanent)})
 
 
+def _names(failed: dict[Period, Failure]) -> str:
+    return ", ".join(d.isoformat() for d in sorted(failed))
+
+
+def _causes(failed: dict[Period, Failure]) -> str:
+    return "\n\n".join(f.description or "" for _, f in sorted(failed.items()))
+
+
 PERMANENT_DAYS = "permanent_days"  # a batch failure's days that no retry can fix, each with its cause
 
 
 def _failed_for_good(context: AssetExecutionContext, spec: TableSpec) -> dict[Period, Failure]:
     """The days an earlier attempt of this step failed for good (:func:`batch_failure`'s metadata), which a
     retry does not do again but still names in its own failure."""
+    step = context.get_step_execution_context().step.key
     records = context.instance.get_records_for_run(context.run.run_id, of_type=DagsterEventType.STEP_FAILURE,
                                                    limit=1000).records
     for record in reversed(records):
         event = record.event_log_entry.dagster_event
-        data = event.step_failure_data.user_failure_data if event.step_key == context.get_step_execution_context().step.key else None
+        data = event.step_failure_data.user_failure_data if event.step_key == step else None
         found = data.metadata.get(PERMANENT_DAYS) if data is not None else None
         if found is not None:
             return {spec.period(day): Failure(description=f"{text}\n(from the earlier attempt of this run, not tried "
