@@ -268,14 +268,24 @@ def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: lis
         return sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi})").format(
             table=table.identifier, col=col, lo=lo, hi=hi)
 
-    return _probed(conn, ((period, probe(period)) for period in periods), failed)
+    return _probed(conn, [(period, probe(period)) for period in periods], failed, table.identifier)
 
 
-def _probed(conn: psycopg.Connection, probes: Iterable[tuple[Period, sql.Composable]],
-            failed: dict[Period, psycopg.Error] | None) -> list[Period]:
-    """The periods whose ``EXISTS`` probe is true (see :func:`periods_with_rows` for ``failed``)."""
+# How long the check that the table itself is locked waits (see _table_locked): the probe that failed already
+# waited the whole lock_timeout.
+_LOCKED_CHECK = "50ms"
+
+
+def _probed(conn: psycopg.Connection, probes: list[tuple[Period, sql.Composable]],
+            failed: dict[Period, psycopg.Error] | None, table: sql.Identifier | None = None) -> list[Period]:
+    """The periods whose ``EXISTS`` probe is true (see :func:`periods_with_rows` for ``failed``).
+
+    ``table``: the relation every probe reads (column mode, or a declarative parent). A probe that waited
+    out lock_timeout on it means each of the others would wait as long (a migration holds the table: a
+    sensor tick over a thousand days would wait a thousand lock_timeouts), so once the table itself is
+    found locked, the remaining periods fail with that error unprobed."""
     found = []
-    for period, query in probes:
+    for index, (period, query) in enumerate(probes):
         try:
             with conn.transaction() if failed is not None else contextlib.nullcontext():
                 held = conn.execute(query).fetchone()[0]
@@ -283,17 +293,33 @@ def _probed(conn: psycopg.Connection, probes: Iterable[tuple[Period, sql.Composa
             if failed is None or conn.closed or conn.broken:
                 raise
             failed[period] = exc
+            if isinstance(exc, psycopg.errors.LockNotAvailable) and table is not None and _table_locked(conn, table):
+                failed.update((later, exc) for later, _ in probes[index + 1:])
+                break
             continue
         if held:
             found.append(period)
     return found
 
 
+def _table_locked(conn: psycopg.Connection, table: sql.Identifier) -> bool:
+    """Whether ``table`` itself (not one of its partitions: ``ONLY``) cannot be read for a lock held on it."""
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(_LOCKED_CHECK)))
+            conn.execute(sql.SQL("SELECT FROM ONLY {} LIMIT 0").format(table))
+    except psycopg.errors.LockNotAvailable:
+        return True
+    except psycopg.Error:
+        return False
+    return False
+
+
 def _day_tables_with_rows(conn: psycopg.Connection, spec: TableSpec, periods: list[Period],
                           failed: dict[Period, psycopg.Error] | None) -> list[Period]:
     """Naming mode: which of ``periods`` have a table holding at least one row (the table is the day)."""
-    return _probed(conn, ((period, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-        sql.Identifier(spec.schema_name, spec.child_table(period)))) for period in periods), failed)
+    return _probed(conn, [(period, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(spec.schema_name, spec.child_table(period)))) for period in periods], failed)
 
 
 def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
