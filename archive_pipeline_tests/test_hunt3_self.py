@@ -64,3 +64,51 @@ def test_a_locked_partition_holds_back_only_its_own_day(pg, conn, schema):
         finally:
             conn.execute("RESET lock_timeout")
             vacuum.execute("ROLLBACK")
+
+
+def test_rows_that_arrive_after_retention_removed_a_day_turn_source_unchanged_red(conn, schema, archive_env):
+    """Retention dropped a day's partition after proving its archive; later an upstream job back-dates rows
+    into the table (they land in the DEFAULT partition). The sensor never requests the day again (it is
+    materialized), a run of it refuses (the day is removed), and source_unchanged skipped every removed day
+    as "not compared": green, while those rows sit in no archive. It must name the day and the late rows,
+    and the overwrite it offers must archive them."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.environment import store_from_env
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    create_sample_events(conn, days, rows_per_day=5, schema=schema)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.events_default PARTITION OF {}.events DEFAULT").format(s, s))
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+             "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": "drop"}}
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0}, "tables": [table]})
+    defs = build_definitions(config)
+    check_op = f"archive__{schema}__events_source_unchanged"
+    with instance_for_test() as instance:
+        job = defs.resolve_job_def(f"Archive_{schema}_events")
+        for day in days:
+            assert job.execute_in_process(instance=instance, partition_key=day.isoformat()).success
+        assert remove_day(conn, config.tables[0], DAY, store_from_env(check=False)).rows == 5
+        conn.execute(sql.SQL("INSERT INTO {}.events (id, created_at, user_id, event_type) VALUES (99, {}, 1, 'late')")
+                     .format(s, sql.Literal(f"{DAY} 08:00+00")))
+
+        def verdict():
+            run = defs.resolve_job_def("verify_archives").execute_in_process(
+                instance=instance, raise_on_error=False, run_config={"ops": {check_op: {"config": {"days": 2}}}})
+            [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+            return evaluation
+
+        evaluation = verdict()
+        assert not evaluation.passed, evaluation.description
+        assert DAY.isoformat() in evaluation.metadata["changed_days"].value
+        assert "1 row arrived" in evaluation.description and "overwrite" in evaluation.description
+        rerun = job.execute_in_process(instance=instance, partition_key=DAY.isoformat(),
+                                       run_config={"ops": {f"archive__{schema}__events": {"config": {
+                                           "overwrite": True}}}}, raise_on_error=False)
+        assert rerun.success, [e.message for e in rerun.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert verdict().passed

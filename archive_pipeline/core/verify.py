@@ -28,7 +28,7 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import source_table
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, source_table
 from archive_pipeline.core.errors import ArchiveError, is_retryable, named, note_cancelled, wrap
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned, removal_state, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
@@ -283,6 +283,25 @@ def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
     try:
         return _source_changed(conn, spec, day, manifest)
     except ArchiveError as exc:  # discovery's: the table gone or unreadable (a privilege), named for the day
+        named(exc, spec.name, day.isoformat(), conn.info.password)
+        raise
+    except psycopg.Error as exc:
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
+                   doing="comparing") from None
+
+
+def rows_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> int:
+    """How many rows the source holds now for a day retention removed: rows that arrived later (into a
+    DEFAULT partition, a re-created child or the table itself) are in no archive. 0 when the day's table
+    is gone (naming mode). Errors as :func:`source_changed`'s."""
+    day = spec.period(day)
+    try:
+        with conn.transaction():
+            table = source_table(conn, spec, day)
+            return fingerprint.compute(conn, table.identifier, [], day_filter(table, day)).rows
+    except ArchiveError as exc:
+        if getattr(exc, "cause", None) == NO_PERIOD_TABLE:
+            return 0
         named(exc, spec.name, day.isoformat(), conn.info.password)
         raise
     except psycopg.Error as exc:

@@ -509,7 +509,17 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                 manifest = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
                 mark = (manifest or {}).get("removed")
                 if mark:  # retention took the day out of the source: its rows are meant to be gone
-                    removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
+                    late = 0
+                    if mark.get("state") == "done":
+                        with postgres.connect() as conn:
+                            late = verify.rows_after_removal(conn, spec, day)
+                    if late:
+                        checked.append(event.partition)
+                        changed[event.partition] = (
+                            f"{late:,} row{'s' if late != 1 else ''} arrived in the source after retention removed the day ({mark.get('at')}) "
+                            "and are in no archive (the removed rows' archive is kept beside the new one)")
+                    else:
+                        removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
                     continue
                 if manifest is None:  # the archive is gone from the store: nothing to compare with, not a change
                     gone_uri = store.uri(keys.manifest_key(day_key))
