@@ -624,7 +624,7 @@ _PERMISSION_FOR = {
     "proving": "GRANT SELECT ON <table> TO <role> (and USAGE on its schema), and TEMPORARY on the database (GRANT "
                "TEMPORARY ON DATABASE <database> TO <role>): the proof loads the archive into a temporary table",
     "removing": "a removal needs what its action does: detach and drop, ownership of <table> and of the day's partition "
-                "or table (remove as their owner, or GRANT <owner> TO <role>); delete, GRANT SELECT, DELETE ON <table> "
+                "or table (remove as their owner, or GRANT the owner's role TO <role>); delete, GRANT SELECT, DELETE ON <table> "
                 "TO <role>; and TEMPORARY on the database for the proof before it",
 }
 
@@ -675,11 +675,13 @@ def note_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None
 
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
-         user: str | None = None, standby: bool = False, doing: str = "archiving") -> ArchiveError:
+         user: str | None = None, database: str | None = None, standby: bool = False,
+         doing: str = "archiving") -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
-    ``doing``: what failed, as the message begins ("archiving", "removing", "proving").
+    ``doing``: what failed, as the message begins ("archiving", "removing", "proving"). ``user`` and
+    ``database`` fill in the remedy's statements (``GRANT ... TO <role>``, ``ON DATABASE <database>``).
 
     An :class:`ArchiveError` is returned itself, with table and day filled in. Raise the result
     ``from None``: a chained driver exception may hold the DSN.
@@ -695,6 +697,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
                         .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
+    if database:
+        found = replace(found, remedy=found.remedy.replace("<database>", sql_name(database, qualified=False)))
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
     detail = redact(_detail(exc), password)
     if found.cause == _BAD_DSN.cause:  # libpq quotes pieces of the string, perhaps of the password

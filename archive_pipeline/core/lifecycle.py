@@ -114,7 +114,8 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
                            removed_by=removed_by)
     except psycopg.Error as exc:
-        error = wrap(exc, spec.name, spec.period(day).isoformat(), doing="removing")
+        error = wrap(exc, spec.name, spec.period(day).isoformat(), conn.info.password, user=conn.info.user,
+                    database=conn.info.dbname, doing="removing")
         for note in getattr(exc, "__notes__", []):
             error.add_note(note)
         raise error from None
@@ -192,7 +193,8 @@ def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.
     try:
         return _removable(conn, spec, day, spec.retention.action).qualified
     except psycopg.Error as exc:
-        raise wrap(exc, spec.name, day.isoformat(), doing="removing") from None
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
+                    database=conn.info.dbname, doing="removing") from None
 
 
 def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str) -> SourceTable:
@@ -396,7 +398,8 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
             committed, why = _committed(conn, spec, day, manifest)
             return _settle(conn, spec, day, store, key, manifest, committed, why)
     except psycopg.Error as exc:  # the mark stays as it was: a terminated session, a timeout, a privilege
-        raise wrap(exc, spec.name, day.isoformat(), doing="removing") from None
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
+                    database=conn.info.dbname, doing="removing") from None
     except ArchiveError as exc:  # the store's (a manifest read that failed) or a refusal: it names the day
         named(exc, spec.name, day.isoformat())
         raise

@@ -29,7 +29,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, source_table
-from archive_pipeline.core.errors import ArchiveError, is_retryable, named, note_cancelled, wrap
+from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned, removal_state, stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
@@ -366,7 +366,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                     return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
         return problems
     except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
-        raise wrap(exc, spec.name, day.isoformat(), doing="proving") from None
+        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
+                    database=conn.info.dbname, doing="proving") from None
     except ArchiveError as exc:  # the store's (a download that failed): no verdict either, and it names the day
         named(exc, spec.name, day.isoformat())
         raise
@@ -505,8 +506,12 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
     try:
         load_into(conn, path, manifest, target)
     except (psycopg.Error, ValueError, pa.ArrowInvalid, OSError) as exc:
-        if isinstance(exc, psycopg.Error) and is_retryable(exc):  # the session, not the archive (terminated, timed out)
-            raise wrap(exc, manifest.get("table") or "?", manifest.get("day") or "?", doing="proving") from None
+        # Only a value (22xxx: bad input, too long, out of range) or a constraint of the recorded types (23xxx: a
+        # domain's CHECK, NOT NULL) is the archive's doing; anything else is the server's or the session's (terminated,
+        # timed out, disk full, out of memory, a privilege): no verdict on the archive either way.
+        if isinstance(exc, psycopg.Error) and not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+            raise wrap(exc, manifest.get("table") or "?", manifest.get("day") or "?", conn.info.password,
+                       user=conn.info.user, database=conn.info.dbname, doing="proving") from None
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not load back into its recorded column "
                            f"types: {type(exc).__name__}: {exc}", table=manifest.get("table"),
                            day=manifest.get("day"), retryable=False) from None

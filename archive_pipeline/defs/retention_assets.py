@@ -141,7 +141,10 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
     key = table_day_key(spec, day, store.prefix)
     settled = None
     with contextlib.ExitStack() as stack:
-        primary, source = _connect(stack, primary_postgres, spec, day), _connect(stack, postgres, spec, day)
+        # Without a separate primary (ARCHIVE_PG_PRIMARY_DSN unset) one session does both: a role whose
+        # CONNECTION LIMIT lets it archive lets it remove.
+        primary = _connect(stack, primary_postgres, spec, day)
+        source = primary if primary_postgres.dsn == postgres.dsn else _connect(stack, postgres, spec, day)
         try:
             standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         except psycopg.Error as exc:  # a session lost right after it opened: classified like any other
