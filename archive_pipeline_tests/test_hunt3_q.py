@@ -48,8 +48,14 @@ def _run_day(defs, schema: str):
 
 
 def _failures(result) -> str:
-    return " | ".join(e.step_failure_data.error.message for e in result.get_step_failure_events()
-                      if e.step_failure_data and e.step_failure_data.error)
+    """Every step failure's message and the messages of its causes (a retry policy's own error comes first)."""
+    messages = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        while error is not None:
+            messages.append(error.message.strip())
+            error = error.cause
+    return " | ".join(messages)
 
 
 def _keys(s3_client, bucket: str) -> list[str]:
@@ -249,3 +255,33 @@ def test_a_leap_second_zone_postgresql_refuses_is_refused_at_load_naming_the_tim
     with pytest.raises(ConfigError) as refused:
         build_definitions(_config(schema, timezone=zone, partitioning={"mode": "declarative"}))
     assert f"{schema}.ev" in str(refused.value) and "timezone" in str(refused.value), str(refused.value)
+
+
+# --- ARCHIVE_PG_PRIMARY_DSN set but blank ---------------------------------------------------------------
+
+@pytest.mark.parametrize("blank", [pytest.param("\n", id="newline"), pytest.param(" ", id="space")])
+def test_a_blank_primary_dsn_is_unset_as_in_the_command_line_not_libpqs_default_database(blank, conn, schema,
+                                                                                        archive_env, monkeypatch):
+    """ARCHIVE_PG_PRIMARY_DSN comes from a secret that is empty in this environment (a mounted file holding only
+    a newline). The command line reads a blank value as unset (the primary is then ARCHIVE_PG_DSN). The code
+    location took it as a DSN, stripped it to "" and connected with libpq's defaults (the local socket,
+    database and user named after the OS user, or whatever PGHOST/PGDATABASE say): every removal failed with
+    "cannot connect to PostgreSQL at localhost (socket):5432, database 'root' as user 'root' ...; retried
+    automatically", naming no variable. Either the load refuses naming the variable, or the removal runs on
+    ARCHIVE_PG_DSN as the command line's would."""
+    _events(conn, schema)
+    monkeypatch.setenv("ARCHIVE_PG_PRIMARY_DSN", blank)
+    config = _config(schema, retention={"keep_days": 1, "action": "delete"})
+    try:
+        defs = build_definitions(config)
+    except ConfigError as refused:
+        assert "ARCHIVE_PG_PRIMARY_DSN" in str(refused), str(refused)
+        return
+    with instance_for_test() as instance:
+        archived = defs.resolve_job_def(f"Archive_{schema}_ev").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        assert archived.success, _failures(archived)
+        removed = defs.resolve_job_def(f"Remove_{schema}_ev").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    assert removed.success, _failures(removed)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0] == 0
