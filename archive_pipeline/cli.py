@@ -40,6 +40,7 @@ from archive_pipeline.core.environment import (
     DSN_VAR,
     PRIMARY_DSN_VAR,
     UnreachableError,
+    check_keys_fit,
     connect_primary,
     connect_source,
     dsn_password,
@@ -186,7 +187,9 @@ class Run:
     @property
     def store(self) -> S3Store:
         if self._store is None:
-            self._store = store_from_env()
+            store = store_from_env()
+            check_keys_fit(self.config, store.prefix)
+            self._store = store
         return self._store
 
     def close(self) -> None:

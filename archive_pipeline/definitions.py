@@ -19,7 +19,6 @@ import psycopg
 from psycopg import sql
 from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, define_asset_job, definitions,
                      in_process_executor)
-from dagster_aws.s3 import S3Resource
 
 from archive_pipeline.defs.assets import (
     TABLE_TAG,
@@ -38,9 +37,9 @@ from archive_pipeline.defs.checks import (
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
-from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url, check_key_pair
+from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url, check_key_pair, check_keys_fit, check_s3_settings
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
-from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, StrippedS3Resource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.defs.schedules import build_daily_schedule
 from archive_pipeline.defs.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
@@ -56,7 +55,9 @@ REQUIRED_ENV = {
 
 
 def _optional_env(name: str) -> EnvVar | None:
-    return EnvVar(name) if os.environ.get(name) else None
+    """The variable, if it is set to more than white space (a blank ARCHIVE_PG_PRIMARY_DSN is unset, as on the
+    command line, not libpq's default database)."""
+    return EnvVar(name) if os.environ.get(name, "").strip() else None
 
 
 def require_environment(origin: str | None = None) -> None:
@@ -72,11 +73,12 @@ def require_environment(origin: str | None = None) -> None:
     check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
     check_bucket_name(os.environ["ARCHIVE_S3_BUCKET"].strip())
     check_key_pair(os.environ)
+    check_s3_settings(os.environ)
 
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
     source = config.source if config else SourceSettings()
-    s3 = S3Resource(
+    s3 = StrippedS3Resource(
         endpoint_url=_optional_env("ARCHIVE_S3_ENDPOINT_URL"),
         region_name=_optional_env("ARCHIVE_S3_REGION") or "us-east-1",
         aws_access_key_id=_optional_env("ARCHIVE_S3_ACCESS_KEY_ID"),
@@ -161,6 +163,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     config = config or load_config()
     if resources is None:
         require_environment(config.origin)
+    check_keys_fit(config, os.environ.get("ARCHIVE_S3_PREFIX", "").strip() if resources is None else "")
     children = ChildrenMemo()  # the declarative tables' children: read by the checks, kept for the sensor
     if check_source and os.environ.get("ARCHIVE_PG_DSN", "").strip():
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"].strip(), children)

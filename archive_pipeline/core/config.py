@@ -250,9 +250,19 @@ class TableSpec(_Strict):
     @classmethod
     def _template(cls, value: str) -> str:
         try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+            parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
+                      if name is not None]
         except ValueError as exc:
             raise ValueError(f"is not a valid template: {exc}") from None
+        dressed = [f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+                   for name, spec, conversion in parsed if spec or conversion]
+        if dressed:  # {date:%Y%m%d} reads as strftime but is a str's format spec: refused later, or a crash
+            raise ValueError(f"writes {dressed[0]}: fields take no format spec or conversion; write each field "
+                             f"bare, e.g. {{date}} or {{year}}{{month}}{{day}} (see key_template in the README)")
+        if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ValueError("holds a NUL or a lone surrogate (a YAML escape such as \\0 or \\udc80): S3 keys are "
+                             "UTF-8 text without NUL; remove it")
+        fields = {name for name, _, _ in parsed}
         unknown = fields - KEY_FIELDS
         if unknown:
             raise ValueError(f"uses unknown field(s) {sorted(unknown)}; allowed: {sorted(KEY_FIELDS)}")
@@ -288,6 +298,9 @@ class TableSpec(_Strict):
         if value.lower() in ("localtime", "posixrules"):
             raise ValueError(f"{value!r} is whatever zone each host is set to (the code location's, the runs', the "
                              "database server's); name the zone itself, e.g. 'Europe/Berlin', or 'UTC'")
+        if value.lower().startswith("right/"):  # the system's zoneinfo has them; PostgreSQL refuses them as TimeZone
+            raise ValueError(f"{value!r} counts leap seconds, which PostgreSQL refuses as a time zone (and Dagster's "
+                             f"partitions ignore): name the zone itself, e.g. {value[len('right/'):]!r}")
         try:
             zone(value)
         except PeriodError as exc:

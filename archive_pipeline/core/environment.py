@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg.conninfo
 
-from archive_pipeline.core.config import ConfigError, SourceSettings
+from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
 from archive_pipeline.core.errors import describe_connect_error, password_of, redact, scrub_parse_error
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
 from archive_pipeline.core.store import S3Store
@@ -146,6 +146,42 @@ def check_endpoint_url(url: str | None) -> None:
                           "those variables")
 
 
+def s3_setting(env: Mapping[str, str], name: str) -> str | None:
+    """An ARCHIVE_S3_* variable without the white space around it (a value mounted from a file ends in a
+    newline, which botocore put into the Authorization header, failing every request as "broken off"), or
+    None when unset or blank."""
+    return (env.get(name) or "").strip() or None
+
+
+def check_s3_settings(env: Mapping[str, str]) -> None:
+    """The prefix must read back as written at the front of every key (no '.'/'..' part, no control
+    character), and the region and access key id can hold no white space inside: a :class:`ConfigError`
+    naming the variable, at load, instead of keys written under another folder or every run retried."""
+    prefix = s3_setting(env, PREFIX_VAR)
+    if prefix:
+        from archive_pipeline.core.keys import prefix_problem
+
+        problem = prefix_problem(prefix)
+        if problem:
+            raise ConfigError(f"${PREFIX_VAR} {_quoted(prefix)} cannot begin the archives' keys: it holds {problem}; "
+                              "set it to a plain folder name such as archive or team/archive")
+    for name in (REGION_VAR, KEY_ID_VAR):
+        value = s3_setting(env, name)
+        if value and any(c.isspace() or not c.isprintable() for c in value):
+            raise ConfigError(f"${name} {_quoted(value)} holds white space or a control character: write the "
+                              "value alone")
+
+
+def check_keys_fit(config: ArchiveConfig, prefix: str) -> None:
+    """Every table's keys under ``prefix`` are short enough for S3, or a :class:`ConfigError` naming them."""
+    from archive_pipeline.core.keys import check_key_lengths
+
+    try:
+        check_key_lengths(config.tables, prefix)
+    except ValueError as exc:
+        raise ConfigError(f"{config.origin or config_path()}: {exc}") from None
+
+
 def check_key_pair(env: Mapping[str, str]) -> None:
     """Both S3 keys or neither, or a :class:`ConfigError` naming them: with one alone boto3 refuses to sign
     ("partial credentials"), so the code location loaded and then failed every run and check on it."""
@@ -181,13 +217,14 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
 
     env = os.environ if env is None else env
     bucket = _required(env, BUCKET_VAR, "the name of the archive bucket")
-    options: dict[str, object] = {"region_name": env.get(REGION_VAR) or "us-east-1"}
+    options: dict[str, object] = {"region_name": s3_setting(env, REGION_VAR) or "us-east-1"}
     if env.get(ENDPOINT_VAR):
         options["endpoint_url"] = env[ENDPOINT_VAR]
     check_key_pair(env)
-    if env.get(KEY_ID_VAR):
-        options["aws_access_key_id"] = env[KEY_ID_VAR]
-        options["aws_secret_access_key"] = env[SECRET_VAR]
+    check_s3_settings(env)
+    if s3_setting(env, KEY_ID_VAR):
+        options["aws_access_key_id"] = s3_setting(env, KEY_ID_VAR)
+        options["aws_secret_access_key"] = s3_setting(env, SECRET_VAR)
     check_endpoint_url(env.get(ENDPOINT_VAR))
     try:
         client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
@@ -196,7 +233,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']), env)} is not a region name: set it to "
                           "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \
             from None
-    store = S3Store(client, bucket, prefix=env.get(PREFIX_VAR, ""))
+    store = S3Store(client, bucket, prefix=s3_setting(env, PREFIX_VAR) or "")
     if check:
         try:
             client.head_bucket(Bucket=bucket)

@@ -59,6 +59,31 @@ def table_day_key(spec, day: Period | dt.date | str, prefix: str = "") -> str:
                   fmt=spec.format, compression=spec.compression)
 
 
+S3_KEY_LIMIT = 1024  # bytes of UTF-8: AWS refuses a longer key (KeyTooLongError); not every store checks
+# What the longest object of a day adds to its key: a later generation's ".g<n>" (up to five digits) and the
+# manifest's or the upload marker's suffix.
+_SUFFIX_ROOM = len(".g99999") + max(len(MANIFEST_SUFFIX), len(UPLOAD_MARKER_SUFFIX))
+
+
+def key_length_problem(spec, prefix: str) -> str | None:
+    """Why the table's keys under ``prefix`` would be refused by S3 for their length, or None: a day's data
+    object written and its manifest (14 bytes longer) refused would leave the day half written."""
+    key = table_day_key(spec, spec.first_period, prefix)
+    longest = len(key.encode()) + _SUFFIX_ROOM
+    if longest <= S3_KEY_LIMIT:
+        return None
+    return (f"{spec.name}: key_template renders keys of {len(key.encode()):,} bytes (e.g. {key[:60]!r}…), "
+            f"{longest:,} with a later generation's and the manifest's suffixes, and S3 refuses keys over "
+            f"{S3_KEY_LIMIT:,} bytes: shorten key_template (or ARCHIVE_S3_PREFIX, {prefix!r})")
+
+
+def check_key_lengths(tables: Iterable, prefix: str) -> None:
+    """A :class:`ValueError` naming each table whose keys under ``prefix`` S3 would refuse."""
+    problems = [p for p in (key_length_problem(spec, prefix) for spec in tables) if p]
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
 def generation_pattern(key: str) -> re.Pattern[str]:
     """Matches every generation's key of ``key`` (see :func:`generation_key`); group 1 is the
     generation number, None for the first."""
@@ -157,6 +182,13 @@ def _unsafe(key: str) -> str | None:
                 "and stores refuse some (moto answers a key with a line feed with 404); rename the table (or schema) "
                 "in the database")
     return None
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why ARCHIVE_S3_PREFIX (surrounding white space already stripped) cannot begin every key, or None."""
+    if "\x00" in prefix:
+        return "a NUL character: S3 lists keys in XML, which cannot carry it"
+    return _unsafe(prefix)
 
 
 def _split_prefixes(key: str) -> Iterator[tuple[str, str]]:

@@ -89,6 +89,18 @@ class PostgresResource(ConfigurableResource):
         }
 
 
+class StrippedS3Resource(S3Resource):
+    """dagster-aws's S3Resource, with the white space around its settings removed when they are read (a value
+    mounted from a file ends in a newline: botocore put it into the Authorization header, and every request
+    failed as if the network had broken off), as the command line reads the same variables."""
+
+    @field_validator("region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                     "endpoint_url", check_fields=False)
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip() or None if isinstance(value, str) else value
+
+
 class ArchiveStoreResource(ConfigurableResource):
     """The bucket and prefix archives are written to, through dagster-aws's S3 resource."""
 
@@ -101,7 +113,7 @@ class ArchiveStoreResource(ConfigurableResource):
                                "only for stores that encrypt with SSE-KMS or otherwise change ETags)")
     temp_dir: str | None = Field(default=None, description="where temp files go; default: the system temp dir")
 
-    @field_validator("bucket")
+    @field_validator("bucket", "prefix")
     @classmethod
     def _strip(cls, value: str) -> str:
         """Without the whitespace around it (a trailing newline of a mounted secret), as the command line."""
