@@ -951,6 +951,16 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     sys.exit(code)
 
 
+def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> set[Period]:
+    """Which of ``days`` have a manifest whose removal mark is still pending (one listing, then a GET per
+    archived day); a manifest that cannot be read is left to the commands that read it."""
+    from archive_pipeline.core.manifest import removal_state
+
+    found = plan.lookup_manifests(store, spec, days) if days else {}
+    return {day for day, lookup in found.items()
+            if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="prove each due day and list what would be removed; remove nothing")
 @command
@@ -970,11 +980,14 @@ def prune(run: Run, dry_run: bool) -> None:
             continue
         due = sorted(set(due_days(spec, now)) & set(run.days(spec)))
         present, unknown = plan.present_days(run.conn, spec, due, catalog=True)
+        # A day no longer in the source whose manifest is still "pending" (a prune killed between the removing
+        # COMMIT and its "done" mark) is settled too: nothing else would ever complete its mark.
+        pending = _pending_removals(run.store, spec, [d for d in due if d not in present and d not in unknown])
         for day in due:
             if day in unknown:
                 results.append(_unprobed(spec, day, unknown[day]))
                 continue
-            if day not in present:
+            if day not in present and day not in pending:
                 continue
             try:
                 removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
@@ -986,8 +999,8 @@ def prune(run: Run, dry_run: bool) -> None:
                                 "message": _for_the_cli(redact(str(exc), *_passwords())),
                                 "retryable": exc.retryable})
                 continue
-            status = ("already removed" if removal.already_removed else "would remove" if dry_run
-                      else "removed")
+            status = ("removal completed" if removal.completed else "already removed" if removal.already_removed
+                      else "would remove" if dry_run else "removed")
             results.append({"table": spec.name, "day": day.isoformat(), "status": status,
                             "action": removal.action, "relation": removal.relation, "rows": removal.rows,
                             "archive": removal.archive})
