@@ -14,8 +14,9 @@ from psycopg import sql
 from archive_pipeline.core import plan
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.restore import restore_day
-from archive_pipeline.core.verify import deep_verify
+from archive_pipeline.core.verify import deep_verify, verify_archive
 from archive_pipeline_tests.helpers import decompress, download
 from archive_pipeline_tests.test_exactness import _hostile_table
 
@@ -67,6 +68,9 @@ def _full(conn, schema, store, s3_client, bucket, temp_dir, table, fmt, codec, t
     else:
         assert manifest["empty"] is True and manifest["object"] is None
     assert deep_verify(conn, store, spec, DAY, temp_dir=temp_dir) == []
+    expected = {"rows": source_rows, "bytes": manifest["object"]["bytes"] if source_rows else 0,
+                "md5": manifest["object"]["md5"] if source_rows else ""}
+    assert verify_archive(store, table_day_key(spec, DAY, store.prefix), expected, deep=True) == []
     back = f"{table}_back"
     restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.{back}", temp_dir=temp_dir)
     assert restored.fingerprint_checked and restored.rows == source_rows
@@ -240,7 +244,6 @@ def test_an_xml_value_xml_input_refuses_is_refused_not_archived_green(fmt, conn,
     no restore of the day can ever succeed, in any format. Exact or refused: the archive must refuse the
     day, naming the column, before publishing anything."""
     from archive_pipeline.core.errors import UnsupportedTypeError
-    from archive_pipeline.core.keys import table_day_key
     from archive_pipeline_tests.helpers import assert_nothing_left
 
     _hostile_table(conn, schema, "xmlday", {"x": "xml"}, [["xmlelement(name ok)"]] + [[v] for v in UNREADABLE_XML])
@@ -248,7 +251,7 @@ def test_an_xml_value_xml_input_refuses_is_refused_not_archived_green(fmt, conn,
     with pytest.raises(UnsupportedTypeError, match="'x'") as caught:
         archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
-    assert_nothing_left(store, table_day_key(spec, DAY), temp_dir)
+    assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -260,7 +263,6 @@ def test_a_circle_whose_output_circle_input_refuses_is_refused_not_archived_gree
     can succeed in any format (ArchiveCorruptError blaming the object). Exact or refused: the archive must
     refuse the day naming the column, as it does for the other values no format can read back."""
     from archive_pipeline.core.errors import UnsupportedTypeError
-    from archive_pipeline.core.keys import table_day_key
     from archive_pipeline_tests.helpers import assert_nothing_left
 
     _hostile_table(conn, schema, "shapes", {"c": "circle"}, [["circle(point '(1,2)', 3)"],
@@ -269,7 +271,7 @@ def test_a_circle_whose_output_circle_input_refuses_is_refused_not_archived_gree
     with pytest.raises(UnsupportedTypeError, match="'c'") as caught:
         archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
-    assert_nothing_left(store, table_day_key(spec, DAY), temp_dir)
+    assert_nothing_left(store, table_day_key(spec, DAY, store.prefix), temp_dir)
 
 
 @pytest.mark.parametrize(("fmt", "codec"), [("jsonl", "zstd"), ("csv", "none"), ("parquet", "lz4")])
