@@ -38,6 +38,7 @@ from archive_pipeline.core.formats.common import (
     failing_columns,
     is_value_failure,
     refuse_inexact,
+    refuse_unreadable,
     refuse_unrestorable,
 )
 from archive_pipeline.core.lifecycle import settle_pending_removal
@@ -293,6 +294,7 @@ class _Archiving:
                         refuse_inexact(self.spec.format, table, encodings)
                     if fp is None or fp.rows:
                         refuse_unrestorable(table)
+                        refuse_unreadable(self.conn, table, where)
                     no_rows = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     if fp is not None and fp.rows == 0:
                         stats = no_rows

@@ -506,6 +506,16 @@ class Comparison:
                 "key": self.key, "note": self.note}
 
 
+def _absent(spec: TableSpec, day: Period, archived: Archived, key: str) -> Comparison:
+    """A day the source has no rows of: equal to an archive of no rows (archived as empty, and still
+    empty), else the archive's rows are no longer in the source (removed by retention, or gone)."""
+    if archived.rows == 0 and not archived.removed:
+        return Comparison(spec.name, day, "equal", 0, 0, archived.fingerprint, archived.fingerprint,
+                          archived.object_key or key, "archived as empty; the source still has no rows")
+    return Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
+                      archived.object_key or key, archived.removed or "archived; the source no longer has this day")
+
+
 def _unreadable(spec: TableSpec, day: Period, found: ManifestLookup, why: str) -> Comparison:
     """A day whose source could not be read, with what its archive says."""
     archived = found.archived
@@ -533,9 +543,7 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
         if archived is None and not present:
             continue
         if not present and not elsewhere:  # nowhere else the day's rows could be: no query
-            out.append(Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
-                                  archived.object_key or found.key,
-                                  archived.removed or "archived; the source no longer has this day"))
+            out.append(_absent(spec, day, archived, found.key))
             continue
         try:
             algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
@@ -564,8 +572,7 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
             continue
         key = archived.object_key or found.key
         if current is None:
-            out.append(Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
-                                  key, archived.removed or "archived; the source no longer has this day"))
+            out.append(_absent(spec, day, archived, found.key))
             continue
         note = "" if archived.fingerprint else "manifest version 1 has no fingerprint: row counts compared only"
         result = "equal" if matches_source(archived, current) else "differs"

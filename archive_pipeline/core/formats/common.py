@@ -136,6 +136,38 @@ def refuse_unrestorable(table: SourceTable) -> None:
                 table=table.qualified, retryable=False)
 
 
+# Values that functions of their type build without the checks of its input, which then refuses their text:
+# no format can hold them so that they read back. (type: (test of one value e, what it is))
+UNREADABLE_VALUES = {
+    "xml": ("NOT pg_catalog.xml_is_well_formed_content({e}::text)",
+            "xml that xml's input refuses (a character XML 1.0 forbids, such as a control character or U+FFFF, "
+            "which xmlelement(), xmlforest() and xmlcomment() let through)"),
+    "circle": ("pg_catalog.radius({e}) < 0",
+               "a circle of negative radius (circle(point, radius) checks nothing), which circle's input refuses"),
+}
+
+
+def refuse_unreadable(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
+    """Refuse, before anything is read or uploaded, a day holding a value its type's input refuses to read
+    back (:data:`UNREADABLE_VALUES`; the column itself or its array's elements, through domains): archived,
+    it would be green and recorded exact, and no restore or proof of the day could ever succeed."""
+    for col in table.columns:
+        found = UNREADABLE_VALUES.get(col.base_type)
+        if found is None:
+            continue
+        test, what = found
+        e = sql.SQL(test).format(e=sql.SQL("u.e"))
+        holds = sql.SQL("EXISTS (SELECT FROM unnest({c}) AS u(e) WHERE {t})" if col.is_array else
+                        "(SELECT {t} FROM (SELECT {c}) AS u(e))").format(c=sql.Identifier(col.name), t=e)
+        query = sql.SQL("SELECT EXISTS (SELECT FROM {table} WHERE ({where}) AND {holds})").format(
+            table=table.identifier, where=where, holds=holds)
+        if conn.execute(query).fetchone()[0]:
+            raise UnsupportedTypeError(
+                f"column {col.name!r} ({col.type_name}) of {table.qualified} holds {what}: no format can archive "
+                "the day so that it reads back; fix the value in the source (or archive a view of the table with "
+                f"the column as text, {col.name}::text)", table=table.qualified, retryable=False)
+
+
 # ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
 
 _MARKER = "archive_pipeline:refuse"
