@@ -169,3 +169,27 @@ def test_removal_asset_without_a_primary_dsn_needs_no_more_sessions_than_prune(p
     assert run.success, _failures(run)
     assert _day_rows(conn, events) == 0
     assert load_manifest(store, table_day_key(spec, DAY, store.prefix))["removed"]["state"] == "done"
+
+
+def test_restore_into_the_original_by_a_role_that_does_not_own_the_table_says_ownership_is_needed(
+        pg, conn, events, store, role):
+    """The day's partition was dropped; a role with INSERT and SELECT on the table (not its owner) restores the
+    day into the original. Re-creating and attaching the partition takes ownership ("must be owner of table"),
+    but the remedy asked for GRANT INSERT, SELECT, which the role already has: it must say ownership."""
+    import psycopg
+
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    name, dsn = role
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(events, f"events_{DAY:%Y%m%d}")))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(events, "events"),
+                                                                    sql.Identifier(name)))
+    with psycopg.connect(dsn, autocommit=True) as restoring:
+        with pytest.raises(RestoreError) as refused:
+            restore_day(restoring, store, spec, DAY, into="original")
+    assert "owner" in (refused.value.remedy or "") and "GRANT INSERT" not in (refused.value.remedy or ""), \
+        refused.value.remedy
+    assert PASSWORD not in str(refused.value)
+    assert _day_rows(conn, events) == 0

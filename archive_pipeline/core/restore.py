@@ -1171,7 +1171,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         raise
     except Exception as exc:
         found = classify(exc)
-        if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "must be owner" in str(exc):
+            found = replace(found, remedy="re-creating and attaching the day's partition (or table) takes ownership "
+                            "of the table: restore as its owner (or GRANT the owner's role TO the restoring role), or "
+                            "restore into a new table (into='new')")
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy="the restoring role needs INSERT and SELECT on the target (GRANT INSERT, "
                             "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "
                             "partition (GRANT CREATE ON SCHEMA <schema> TO <role>)")
