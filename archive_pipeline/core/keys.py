@@ -167,20 +167,21 @@ def key_collisions(tables: list[tuple[str, str, str, str, str, str, str, str]]) 
 _CONTROL = re.compile(r"[\x01-\x1f\x7f-\x9f]")  # (NUL is the placeholder of any prefix; no name holds one)
 
 
-def _unsafe(key: str) -> str | None:
-    """Why ``key`` would not be read back as written by every store and tool, with the remedy; None if it would.
-    A table named ``x/../y`` puts ``..`` between slashes; one named with a line feed, a control character."""
+def _unsafe(key: str, *, remedy: bool = True) -> str | None:
+    """Why ``key`` would not be read back as written by every store and tool (with the remedy for a table's
+    key, unless ``remedy`` is False); None if it would. A table named ``x/../y`` puts ``..`` between slashes;
+    one named with a line feed, a control character."""
     dots = next((part for part in key.split("/") if part in (".", "..")), None)
     if dots:
         return (f"{dots!r} as a whole part between slashes: tools that read keys as paths (aws s3 sync to a "
                 "directory, s3fs) resolve it, so the day lands outside its table's folder or on another table's file, "
-                "and MinIO refuses such a key; rename the table in the database, or change key_template so no part "
-                "between slashes is '.' or '..'")
+                "and MinIO refuses such a key" + ("; rename the table in the database, or change key_template so no "
+                                                  "part between slashes is '.' or '..'" if remedy else ""))
     control = _CONTROL.search(key)
     if control:
         return (f"the control character {control[0]!r}: S3 lists keys in XML, which cannot carry most of them, "
-                "and stores refuse some (moto answers a key with a line feed with 404); rename the table (or schema) "
-                "in the database")
+                "and stores refuse some (moto answers a key with a line feed with 404)"
+                + ("; rename the table (or schema) in the database" if remedy else ""))
     return None
 
 
@@ -188,7 +189,7 @@ def prefix_problem(prefix: str) -> str | None:
     """Why ARCHIVE_S3_PREFIX (surrounding white space already stripped) cannot begin every key, or None."""
     if "\x00" in prefix:
         return "a NUL character: S3 lists keys in XML, which cannot carry it"
-    return _unsafe(prefix)
+    return _unsafe(prefix, remedy=False)
 
 
 def _split_prefixes(key: str) -> Iterator[tuple[str, str]]:
