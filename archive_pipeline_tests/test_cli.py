@@ -254,7 +254,14 @@ def test_restore_into_a_new_table_and_a_dropped_partition(setup, conn, days):
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "restored"))).fetchone()[0] \
         == ROWS
 
+    # the same command again: the table's restore mark lists the day, which is not loaded twice
     again = cli(env, "restore", "--day", day.isoformat(), "--into", "new", "--target", f"{schema}.restored")
+    assert again.returncode == 0 and "already restored" in again.stdout, again.stdout + again.stderr
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "restored"))).fetchone()[0] \
+        == ROWS
+    # a table the restore did not create is refused as before
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(schema, "mine")))
+    again = cli(env, "restore", "--day", day.isoformat(), "--into", "new", "--target", f"{schema}.mine")
     assert again.returncode == 1 and "already exists" in again.stderr
 
     child = sql.Identifier(schema, f"events_{day:%Y%m%d}")

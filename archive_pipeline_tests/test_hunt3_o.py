@@ -139,12 +139,72 @@ def _archived(conn, tables: list[dict], s3_client, bucket: str, days=DAYS):
 
 
 def _restore_again(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess:
-    """What a user does after a killed ``restore --into new`` of a range: the same command again, and, if that
-    says the target exists and to restore into it with --into existing, that."""
+    """What a user does after a killed ``restore --into new`` of a range: the same command again. It must
+    resume: the day already restored is said so and not loaded again, the others are loaded."""
     again = cli(env, *args)
-    if again.returncode != 0 and "--into existing" in again.stderr + again.stdout:
-        again = cli(env, *["existing" if a == "new" else a for a in args])
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "already restored" in again.stdout, again.stdout
     return again
+
+
+def test_a_killed_range_restore_into_a_new_table_is_finished_exactly_by_running_it_again(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """A user runs `restore --from D1 --to D3 --into new --target T` and the process is SIGKILLed (OOM killer, a
+    reboot, a CI timeout) while D2 downloads. T is left holding D1 only, looking like any finished restore, and
+    nothing says which days it holds (the Ctrl-C path prints the command that restores the rest; SIGKILL prints
+    nothing). Running the same command again is refused: "T already exists; restore into it with --into
+    existing". Doing that fails on D1 at once (loaded a second time, its fingerprint is twice the rows; the
+    message first blames the archive: "altered after it was written"), and the range stops there: no re-run
+    gives T the three days. Expected: a re-run (the same command, or the one its message gives) ends with T
+    holding exactly the source's rows of D1..D3."""
+    small_table(conn, schema, key=False)
+    spec, _ = _archived(conn, [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}],
+                        s3_client, bucket)
+    config = write_config(tmp_path, [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = make_env(pg, s3.endpoint_url, bucket, config, tmp)
+    args = ["restore", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat(), "--into", "new",
+            "--target", f"{schema}.back"]
+    killing_cli(env, ["after-call", "GetObject", 1, re.escape(render_key(spec, DAYS[1], "archive")) + "$"], *args)
+    gone(conn)
+    assert list(tmp.iterdir()) == []  # the download's temp file has no name
+    assert len(rows_of(conn, schema, "back")) == 50  # D1 committed, D2 rolled back
+    again = _restore_again(env, args)
+    assert again.returncode == 0, again.stderr
+    assert rows_of(conn, schema, "back") == rows_of(conn, schema, "ev")
+
+
+def test_a_killed_range_restore_of_a_naming_mode_table_never_loads_a_day_twice(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """The same killed `restore --from D1 --to D3 --into new --target T`, for a naming-mode table (one table per
+    day, no day_column). The re-run is refused ("T already exists; restore into it with --into existing"); doing
+    as told exits 0, every day's check "equals the manifest's", and T now holds D1's rows twice (160 rows, 120
+    distinct): a restore into an existing table checks only the rows it added, so a day already there is loaded
+    again unnoticed. Expected: T ends with exactly the archived rows of D1..D3, each once (or the re-run refuses
+    D1 as already restored)."""
+    for n, day in enumerate(DAYS):
+        day_table = sql.Identifier(schema, f"ev_{day:%Y%m%d}")
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(day_table))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT %s * 1000 + g, md5(g::text) FROM generate_series(1, 40) g").format(
+            day_table), (n,))
+    table = {"name": f"{schema}.ev", "start_date": DAYS[0].isoformat(),
+             "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}}
+    spec, _ = _archived(conn, [table], s3_client, bucket)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
+    args = ["restore", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat(), "--into", "new",
+            "--target", f"{schema}.back"]
+    killing_cli(env, ["after-call", "GetObject", 1, re.escape(render_key(spec, DAYS[1], "archive")) + "$"], *args)
+    gone(conn)
+    _restore_again(env, args)
+    source = sorted(r for day in DAYS for r in conn.execute(sql.SQL("SELECT id, note FROM {}").format(
+        sql.Identifier(schema, f"ev_{day:%Y%m%d}"))).fetchall())
+    restored = conn.execute(sql.SQL("SELECT id, note FROM {} ORDER BY id, note").format(
+        sql.Identifier(schema, "back"))).fetchall()
+    assert len(restored) == len(source), f"{len(restored)} rows restored, {len(source)} archived"
+    assert restored == source
 
 
 @pytest.mark.parametrize("action", ["drop", "detach"])

@@ -536,6 +536,39 @@ def encoding_problem(conn: psycopg.Connection, relation: Relation) -> str | None
     return f"the target {relation}: {problem}" if problem else None
 
 
+# A table a restore creates records, in its comment, the days restored into it (in each day's transaction),
+# so the same command run again after it was killed resumes: the days listed are "already restored", the
+# others load into it, and none is loaded twice (a table without a day column cannot tell its days apart).
+_RESTORE_MARK = "archive_pipeline: rows of {table} restored here for"
+
+
+def _marked_days(conn: psycopg.Connection, relation: Relation | None, table: str) -> set[str] | None:
+    """The days the restore mark of ``relation`` lists for ``table``, or None: no such table, or no mark of
+    ours (a table the user made). A marked table is locked against another restore's mark first (SHARE
+    UPDATE EXCLUSIVE conflicts with itself, not with readers or writers), and its mark read again."""
+    if relation is None or _mark_of(conn, relation) is None:
+        return None
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(relation.identifier))
+    text, prefix = _mark_of(conn, relation), _RESTORE_MARK.format(table=table)
+    if text is None or not text.startswith(prefix + " "):
+        return None
+    return set(text[len(prefix):].split())
+
+
+def _mark_of(conn: psycopg.Connection, relation: Relation) -> str | None:
+    found = conn.execute(
+        "SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        relation).fetchone()
+    text = found[0] if found else None
+    return text if text and text.startswith("archive_pipeline: rows of ") else None
+
+
+def _mark_restored(conn: psycopg.Connection, relation: Relation, table: str, days: set[str]) -> None:
+    conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+        relation.identifier, sql.Literal(f"{_RESTORE_MARK.format(table=table)} {' '.join(sorted(days))}")))
+
+
 def _exists(conn: psycopg.Connection, relation: Relation) -> bool:
     return conn.execute(
         "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
@@ -1149,6 +1182,14 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
+                marked = _marked_days(conn, relation, table) if into in ("new", "existing") else None
+                if marked is not None:  # a target an earlier restore of this table created: resumed, not refused
+                    if day in marked:
+                        return RestoreResult(table=table, day=day, target=str(relation), rows=int(manifest["rows"]),
+                                             inserted=0, seconds=time.perf_counter() - started,
+                                             fingerprint_checked=False, fingerprint=None,
+                                             check=f"already restored: {relation}'s restore mark lists {day}")
+                    into = "existing"
                 relation, to_create = _resolve_target(conn, manifest, into, relation)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
                 _refuse_approximation(conn, manifest, relation)
@@ -1163,6 +1204,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
                 _refuse_approximation(conn, manifest, relation)
                 checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added)
+                if into == "new" or marked is not None:
+                    _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
                              check=check, created=tuple(map(str, to_create)))
