@@ -193,3 +193,25 @@ def test_restore_into_the_original_by_a_role_that_does_not_own_the_table_says_ow
         refused.value.remedy
     assert PASSWORD not in str(refused.value)
     assert _day_rows(conn, events) == 0
+
+
+def test_list_check_source_of_a_schema_the_role_may_not_use_keeps_what_the_archive_holds(pg, conn, events, store,
+                                                                                          role):
+    """`list --check-source` run by a role whose USAGE on the schema was revoked: each archived day was shown as
+    unreadable with in_source false and no rows or bytes, as if the archive held nothing and the source lacked
+    the day. The archive's rows and object are known from its manifest, and whether the source has the day is
+    not known: it must say so (in_source null), not "no"."""
+    import psycopg
+
+    from archive_pipeline.core.plan import day_statuses
+
+    name, dsn = role
+    spec = spec_for(events)
+    result = archive_partition(conn, spec, DAY, store)
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(events, "events"), sql.Identifier(name)))
+    conn.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(events), sql.Identifier(name)))
+    with psycopg.connect(dsn, autocommit=True) as reading:
+        [status] = day_statuses(reading, spec, store, [DAY], check_source=True)
+    assert status.state == "unreadable", status
+    assert (status.rows, status.bytes, status.in_source) == (result.rows, result.bytes, None), status
+    assert PASSWORD not in status.note and "<role>" not in status.note and name in status.note, status.note

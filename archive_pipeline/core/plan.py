@@ -228,7 +228,8 @@ def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.
     still are. A lost connection is raised: every other day would fail the same way."""
     if conn.closed:
         raise exc
-    error = wrap(exc, spec.name, day.isoformat(), doing="reading")
+    error = wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user, database=conn.info.dbname,
+                 doing="reading")
     return f"not checked ({'retryable' if error.retryable else 'not retryable'}): {error}"
 
 
@@ -242,7 +243,7 @@ class DayStatus:
     day: Period
     state: str  # archived | missing | empty | changed | unreadable
     key: str
-    in_source: bool
+    in_source: bool | None  # None: the source could not be read
     rows: int | None = None  # in the archive
     bytes: int | None = None  # of the stored object
     archived_at: str | None = None
@@ -304,7 +305,12 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     statuses = []
     for day, found, present, unknown in _found(conn, spec, store, days):
         if found.problem or unknown:
-            statuses.append(DayStatus(spec.name, day, "unreadable", found.key, present,
+            # what the archive holds is still said when only the source could not be read, and whether the source
+            # has the day is not known (None), not "no"
+            held = found.archived if not found.problem else None
+            statuses.append(DayStatus(spec.name, day, "unreadable", (held.object_key if held else None) or found.key,
+                                      None if unknown else present, held.rows if held else None,
+                                      held.bytes if held else None, held.archived_at if held else None,
                                       note=found.problem or unknown))
             continue
         archived = found.archived
