@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
@@ -112,3 +113,42 @@ def test_rows_that_arrive_after_retention_removed_a_day_turn_source_unchanged_re
                                            "overwrite": True}}}}, raise_on_error=False)
         assert rerun.success, [e.message for e in rerun.all_events if e.event_type_value == "STEP_FAILURE"]
         assert verdict().passed
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_an_unreadable_xml_or_circle_inside_a_composite_or_array_is_refused_naming_the_way_there(
+        fmt, conn, schema, store, temp_dir):
+    """The values xml's and circle's inputs refuse (a control character built by xmlelement(), a negative
+    radius) were refused only as the column itself or its array's elements; inside a composite's field (or an
+    array of composites) the day was archived green and recorded exact, and no restore could succeed. Refused
+    now wherever they sit, naming the column and the way to the value; a day of good values still round-trips."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.errors import UnsupportedTypeError
+    from archive_pipeline.core.keys import table_day_key
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline_tests.helpers import assert_nothing_left
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.shape AS (label text, c circle, doc xml)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.t (id int, at date, s {}.shape, ss {}.shape[])").format(s, s, s))
+    good = sql.SQL("ROW('a', circle(point '(1,2)', 3), xmlelement(name a, 'x'))::{}.shape").format(s)
+    conn.execute(sql.SQL("INSERT INTO {}.t VALUES (1, {}, {}, ARRAY[{}])").format(s, sql.Literal(DAY), good, good))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, format=fmt)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back")
+    assert result.rows == restored.rows == 1 and restored.fingerprint_checked
+
+    bad_circle = sql.SQL("ROW('b', circle(point '(0,0)', -1), NULL)::{}.shape").format(s)
+    bad_xml = sql.SQL("ROW('c', NULL, xmlelement(name a, E'\\x01'))::{}.shape").format(s)
+    for column, value, what in (("s", bad_circle, "negative radius"), ("ss", bad_xml, "XML 1.0 forbids")):
+        conn.execute(sql.SQL("DELETE FROM {}.t").format(s))
+        row = {"s": sql.SQL("{}, NULL").format(value), "ss": sql.SQL("NULL, ARRAY[{}]").format(value)}[column]
+        conn.execute(sql.SQL("INSERT INTO {}.t VALUES (2, {}, {})").format(s, sql.Literal(DAY), row))
+        other = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, format=fmt,
+                          key_template="{prefix}/" + column + "/{schema}.{table}/{date}.{ext}")
+        with pytest.raises(UnsupportedTypeError) as refused:
+            archive_partition(conn, other, DAY, store, temp_dir=temp_dir)
+        message = str(refused.value)
+        assert f"column {column!r}" in message and what in message and "field" in message, message
+        assert (refused.value.table, refused.value.day) == (other.name, DAY.isoformat())
+        assert_nothing_left(store, table_day_key(other, DAY, store.prefix), temp_dir)

@@ -88,6 +88,8 @@ class Column:
     # the numbers (:data:`NUMBER_TYPES`) inside a composite or range of the column's type: what a
     # restore checks the type still holds there (a composite's double retyped real reads 0.1 as another value)
     numbers: tuple[InnerType, ...] = ()
+    # the :data:`UNREADABLE_TYPES` anywhere in the column's type (its own, an array's element, a field...)
+    unreadable: tuple[InnerType, ...] = ()
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
@@ -244,6 +246,9 @@ _MULTIRANGE_STEP = """UNION ALL
 
 
 NUMBER_TYPES = ("float4", "float8", "numeric")
+# Types whose functions can build values their input then refuses (see formats.common.UNREADABLE_VALUES):
+# looked for at any depth of a column's type, its own included.
+UNREADABLE_TYPES = ("xml", "circle")
 
 
 def nested_numbers(found: tuple[InnerType, ...]) -> tuple[InnerType, ...]:
@@ -423,9 +428,10 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
         raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
                           f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
                           retryable=False, cause="permission denied")
-    inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES))
-    columns = tuple(Column(*r[1:], inner=tuple(t for t in inner.get(r[0], ()) if t.type not in NUMBER_TYPES),
-                           numbers=nested_numbers(inner.get(r[0], ())))
+    inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))
+    columns = tuple(Column(*r[1:], inner=tuple(t for t in inner.get(r[0], ()) if t.type in INNER_TYPES),
+                           numbers=nested_numbers(inner.get(r[0], ())),
+                           unreadable=tuple(t for t in inner.get(r[0], ()) if t.type in UNREADABLE_TYPES))
                     for r in conn.execute(_COLUMNS_QUERY, (oid,)))
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)

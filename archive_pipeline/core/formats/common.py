@@ -149,23 +149,25 @@ UNREADABLE_VALUES = {
 
 def refuse_unreadable(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
     """Refuse, before anything is read or uploaded, a day holding a value its type's input refuses to read
-    back (:data:`UNREADABLE_VALUES`; the column itself or its array's elements, through domains): archived,
-    it would be green and recorded exact, and no restore or proof of the day could ever succeed."""
+    back (:data:`UNREADABLE_VALUES`, anywhere in the column's value: itself, an array's element, a composite's
+    field, a range's bound, through domains): archived, it would be green and recorded exact, and no restore
+    or proof of the day could ever succeed. One query per column that holds such a type, none otherwise."""
     for col in table.columns:
-        found = UNREADABLE_VALUES.get(col.base_type)
-        if found is None:
+        if not col.unreadable:
             continue
-        test, what = found
-        e = sql.SQL(test).format(e=sql.SQL("u.e"))
-        holds = sql.SQL("EXISTS (SELECT FROM unnest({c}) AS u(e) WHERE {t})" if col.is_array else
-                        "(SELECT {t} FROM (SELECT {c}) AS u(e))").format(c=sql.Identifier(col.name), t=e)
-        query = sql.SQL("SELECT EXISTS (SELECT FROM {table} WHERE ({where}) AND {holds})").format(
+        holds = sql.SQL(" OR ").join(
+            _found_inside(col.name, inner, lambda v, test=UNREADABLE_VALUES[inner.type][0]: sql.SQL(test).format(e=v))
+            for inner in col.unreadable)
+        query = sql.SQL("SELECT EXISTS (SELECT FROM {table} WHERE ({where}) AND ({holds}))").format(
             table=table.identifier, where=where, holds=holds)
         if conn.execute(query).fetchone()[0]:
+            what = " or ".join(dict.fromkeys(UNREADABLE_VALUES[t.type][1] for t in col.unreadable))
+            where_inside = "; ".join(t.route for t in col.unreadable if t.steps and set(t.steps) != {"domain"})
             raise UnsupportedTypeError(
-                f"column {col.name!r} ({col.type_name}) of {table.qualified} holds {what}: no format can archive "
-                "the day so that it reads back; fix the value in the source (or archive a view of the table with "
-                f"the column as text, {col.name}::text)", table=table.qualified, retryable=False)
+                f"column {col.name!r} ({col.type_name}{', at ' + where_inside if where_inside else ''}) of "
+                f"{table.qualified} holds {what}: no format can archive the day so that it reads back; fix the "
+                f"value in the source (or archive a view of the table with the column as text, {col.name}::text)",
+                table=table.qualified, retryable=False)
 
 
 # ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
@@ -370,7 +372,13 @@ _STEP_SOURCES = {"[]": "(SELECT unnest({v}))", "multirange": "(SELECT unnest({v}
 
 def _ambiguous_inside(column: str, inner: InnerType) -> sql.Composed:
     """Whether any regproc or regoper value at the end of ``inner``'s way through the column's value
-    does not read back: each step a LATERAL join (an array's elements, a field, a range's bounds)."""
+    does not read back."""
+    return _found_inside(column, inner, lambda value: _name_does_not_read_back(NAME_INPUT[inner.type], value))
+
+
+def _found_inside(column: str, inner: InnerType, test) -> sql.Composed:
+    """Whether ``test`` (of one value) is true of any value at the end of ``inner``'s way through the column's
+    value: each step a LATERAL join (an array's elements, a field, a range's bounds)."""
     sources, value = [], sql.SQL("s0.v")
     for depth, step in enumerate(inner.steps, start=1):
         if step == "domain":
@@ -382,8 +390,7 @@ def _ambiguous_inside(column: str, inner: InnerType) -> sql.Composed:
         sources.append(sql.SQL("CROSS JOIN LATERAL {} AS {}(v)").format(source, sql.Identifier(f"s{depth}")))
         value = sql.SQL("{}.v").format(sql.Identifier(f"s{depth}"))
     return sql.SQL("EXISTS (SELECT FROM (SELECT {c}) AS s0(v) {sources} WHERE {t})").format(
-        c=sql.Identifier(column), sources=sql.SQL(" ").join(sources),
-        t=_name_does_not_read_back(NAME_INPUT[inner.type], value))
+        c=sql.Identifier(column), sources=sql.SQL(" ").join(sources), t=test(value))
 
 
 def refused_column(col: Column, reason: str) -> str:
