@@ -546,22 +546,29 @@ def _marked_days(conn: psycopg.Connection, relation: Relation | None, table: str
     """The days the restore mark of ``relation`` lists for ``table``, or None: no such table, or no mark of
     ours (a table the user made). A marked table is locked against another restore's mark first (SHARE
     UPDATE EXCLUSIVE conflicts with itself, not with readers or writers), and its mark read again."""
-    if relation is None or _mark_of(conn, relation) is None:
+    if _listed_days(conn, relation, table) is None:
         return None
     conn.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(relation.identifier))
-    text, prefix = _mark_of(conn, relation), _RESTORE_MARK.format(table=table)
-    if text is None or not text.startswith(prefix + " "):
+    return _listed_days(conn, relation, table)
+
+
+def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str) -> set[str] | None:
+    """The days the restore mark of ``relation`` lists for ``table`` as it reads now, without a lock."""
+    if relation is None:
         return None
-    return set(text[len(prefix):].split())
-
-
-def _mark_of(conn: psycopg.Connection, relation: Relation) -> str | None:
     found = conn.execute(
         "SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
         relation).fetchone()
-    text = found[0] if found else None
-    return text if text and text.startswith("archive_pipeline: rows of ") else None
+    text, prefix = (found[0] if found else None), _RESTORE_MARK.format(table=table)
+    return set(text[len(prefix):].split()) if text and text.startswith(prefix + " ") else None
+
+
+def _already_restored(relation: Relation, manifest: dict, started: float) -> RestoreResult:
+    table, day = manifest.get("table"), manifest.get("day")
+    return RestoreResult(table=table, day=day, target=str(relation), rows=int(manifest["rows"]), inserted=0,
+                         seconds=time.perf_counter() - started, fingerprint_checked=False, fingerprint=None,
+                         check=f"already restored: {relation}'s restore mark lists {day}")
 
 
 def _mark_restored(conn: psycopg.Connection, relation: Relation, table: str, days: set[str]) -> None:
@@ -1168,6 +1175,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     try:
         relation = None if target is None else _target(conn, target)
         _require_column_names(conn, manifest)
+        if into in ("new", "existing") and day in (_listed_days(conn, relation, table) or ()):
+            return _already_restored(relation, manifest, started)  # (listed for good: nothing to download)
         with contextlib.ExitStack() as stack:
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
@@ -1185,10 +1194,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 marked = _marked_days(conn, relation, table) if into in ("new", "existing") else None
                 if marked is not None:  # a target an earlier restore of this table created: resumed, not refused
                     if day in marked:
-                        return RestoreResult(table=table, day=day, target=str(relation), rows=int(manifest["rows"]),
-                                             inserted=0, seconds=time.perf_counter() - started,
-                                             fingerprint_checked=False, fingerprint=None,
-                                             check=f"already restored: {relation}'s restore mark lists {day}")
+                        return _already_restored(relation, manifest, started)
                     into = "existing"
                 relation, to_create = _resolve_target(conn, manifest, into, relation)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
