@@ -218,3 +218,52 @@ def test_cli_restore_of_a_range_failing_on_a_later_day_says_how_to_restore_the_r
     remedy = answer["error"].split("to fix:", 1)[-1]
     assert "run the command again" not in remedy, answer["error"]
     assert f"--from {days[1]}" in remedy and "--into existing" in remedy and target in remedy, answer["error"]
+
+
+# =====================================================================================================
+# An object GET answered with another version of the object (the same size, that version's own ETag)
+# =====================================================================================================
+
+def _older_version(body: bytes, headers):
+    """The object's bytes with one byte changed, and the ETag (MD5) of those bytes: what a cache that kept an
+    earlier version of the key answers, self-consistent, the same size."""
+    import hashlib
+
+    older = bytearray(body)
+    older[len(older) // 2] ^= 0x01
+    etag = f'"{hashlib.md5(bytes(older)).hexdigest()}"'
+    return bytes(older), [(k, etag if k.lower() == "etag" else v) for k, v in headers]
+
+
+@pytest.mark.parametrize("step", ["restore", "prove"])
+def test_an_object_get_answered_with_another_version_is_not_a_damaged_archive(s3, conn, events, store, bucket,
+                                                                              temp_dir, step):
+    """A caching gateway answers the object's GET with an earlier version of the key: the same size, its
+    bytes hashing to the ETag it sends. That ETag is neither the one the manifest recorded nor the one the
+    object's own HEAD gives (the store holds the archived bytes). The size case is handled (a GET whose
+    Content-Length the HEAD contradicts is "not the object", retryable); the MD5 case is not: the GET's ETag
+    alone "vouches" for the stored bytes, and the intact archive is declared damaged for good --
+    restore: ArchiveCorruptError "is damaged ... restore it from a replica or backup", not retryable;
+    proof: a failed proof ("the stored object has MD5 ..."), so retention refuses the day and the check
+    is red. It must be a retryable download error, no verdict."""
+    from archive_pipeline.core.restore import ArchiveCorruptError, restore_day
+    from archive_pipeline.core.verify import deep_verify
+
+    spec = spec_for(events)
+    with BodyProxy(s3.endpoint_url) as proxy:
+        faulty = _store(proxy.client(max_attempts=1), bucket)  # a store that keeps no CRC32 of its own
+        archive_partition(conn, spec, DAY, faulty)
+        proxy.rewrites.append(("GET", OBJECT, "", _older_version))
+        try:
+            if step == "restore":
+                assert restore_day(conn, faulty, spec, DAY, into="new", target=f"{events}.back",
+                                   temp_dir=temp_dir).rows == 300
+            else:
+                assert deep_verify(conn, faulty, spec, DAY) == [], "another version's bytes were taken for a verdict"
+        except ArchiveError as exc:
+            assert not isinstance(exc, ArchiveCorruptError) and exc.retryable, f"{type(exc).__name__}: {exc}"
+            assert "damaged" not in str(exc), str(exc)
+            _names_day(exc, spec.name)
+        assert proxy.rewritten >= 1
+    assert list(temp_dir.iterdir()) == [] and not _exists(conn, f"{events}.back")
+    assert deep_verify(conn, store, spec, DAY) == []  # the archive was intact all along
