@@ -267,3 +267,56 @@ def test_an_object_get_answered_with_another_version_is_not_a_damaged_archive(s3
         assert proxy.rewritten >= 1
     assert list(temp_dir.iterdir()) == [] and not _exists(conn, f"{events}.back")
     assert deep_verify(conn, store, spec, DAY) == []  # the archive was intact all along
+
+
+
+# =====================================================================================================
+# compare: the object's HEAD
+# =====================================================================================================
+
+def _etag_altered_once():
+    """The first answer's ETag altered (one damaged HEAD); later answers as they are."""
+    done = []
+
+    def change(body: bytes, headers):
+        if done:
+            return body, headers
+        done.append(True)
+        return body, [(k, '"0123456789abcdef0123456789abcdef"' if k.lower() == "etag" else v) for k, v in headers]
+    return change
+
+
+@pytest.mark.parametrize("fault", ["404-once", "etag-once", "503-always"])
+def test_cli_compare_is_not_misled_or_stopped_by_one_days_head(setup, s3, days, fault):
+    """`compare` over two archived, unchanged days checks each object with one HEAD. verify_archive (the
+    `verify` command, the checks, the removal) asks a HEAD that says otherwise a second time, since a HEAD
+    has no checksum and a 404 may be a moment of the store's inconsistency; compare does not:
+    - one 404 of an object that is there: day 1 "differs: the archive's object is not as recorded: object
+      ... is missing", exit 1;
+    - one HEAD whose ETag was altered on the way: "differs ... (object replaced?)", exit 1;
+    - the HEAD of day 1 failing (503, every attempt): the whole command ends (exit 3, no day listed, no
+      table or day named but in the URI), where a day that cannot be checked is to be listed as such and
+      the other days still compared."""
+    env, spec = setup
+    cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[1].isoformat())
+    obj = rf"/{days[0]}\.jsonl\.zst$"
+    with BodyProxy(s3.endpoint_url) as proxy:
+        if fault == "etag-once":
+            proxy.rewrites.append(("HEAD", obj, "", _etag_altered_once()))
+        elif fault == "404-once":
+            proxy.add(Fault(method="HEAD", path=obj, action="error", status=404, code="NotFound", times=1))
+        else:
+            proxy.add(Fault(method="HEAD", path=obj, action="error", status=503, code="ServiceUnavailable",
+                            times=None))
+        done = cli({**env, "ARCHIVE_S3_ENDPOINT_URL": proxy.url}, "compare", "--from", days[0].isoformat(), "--to",
+                   days[1].isoformat(), "--json")
+        proxy.rewrites.clear()
+    answer = _json_answer(done)
+    results = {d["day"]: d for d in answer.get("days", [])}
+    assert results.get(days[1].isoformat(), {}).get("result") == "equal", answer
+    if fault == "503-always":
+        assert done.returncode == 1, (done.returncode, answer)
+        first = results.get(days[0].isoformat(), {})
+        assert first.get("result") == "unreadable" and "retryable" in first.get("note", ""), answer
+    else:
+        assert done.returncode == 0 and results[days[0].isoformat()]["result"] == "equal", answer
