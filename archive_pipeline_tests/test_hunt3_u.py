@@ -5,14 +5,12 @@ fault proxy. Each test asserts the correct behaviour; a failing one is a bug."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import threading
 
 import pytest
 from psycopg import sql
 
-from archive_pipeline.core import keys
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
