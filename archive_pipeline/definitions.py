@@ -39,7 +39,7 @@ from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSetti
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
 from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url, check_key_pair, check_keys_fit, check_s3_settings
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
-from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, StrippedS3Resource
+from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, ArchiveS3Resource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.defs.schedules import build_daily_schedule
 from archive_pipeline.defs.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
@@ -78,7 +78,7 @@ def require_environment(origin: str | None = None) -> None:
 
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
     source = config.source if config else SourceSettings()
-    s3 = StrippedS3Resource(
+    s3 = ArchiveS3Resource(
         endpoint_url=_optional_env("ARCHIVE_S3_ENDPOINT_URL"),
         region_name=_optional_env("ARCHIVE_S3_REGION") or "us-east-1",
         aws_access_key_id=_optional_env("ARCHIVE_S3_ACCESS_KEY_ID"),

@@ -26,7 +26,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.store import MIN_PART_SIZE, MiB, S3Store
 from archive_pipeline.core.verify import deep_verify
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+from archive_pipeline.defs.resources import ArchiveS3Resource, ArchiveStoreResource, PostgresResource
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.helpers import download, tiny_tmpfs
 
@@ -183,8 +183,8 @@ def test_max_concurrency_parts_in_flight_have_connections_to_match(s3, bucket, t
     the run's log). Correct: the client's pool holds max_concurrency connections, no warning."""
     with FaultProxy(s3.endpoint_url) as proxy:
         held = proxy.add(Fault(method="PUT", query="partNumber=", action="hold", times=None, hold_timeout=60))
-        store = ArchiveStoreResource(s3=S3Resource(endpoint_url=proxy.url, region_name="us-east-1"), bucket=bucket,
-                                     part_size_mb=5, max_concurrency=16).store()
+        store = ArchiveStoreResource(s3=ArchiveS3Resource(endpoint_url=proxy.url, region_name="us-east-1"),
+                                     bucket=bucket, part_size_mb=5, max_concurrency=16).store()
         data = hashlib.sha256(b"w").digest() * (16 * MIN_PART_SIZE // 32)
         caplog.set_level(logging.WARNING, logger="urllib3")
         with temp_archive_file(temp_dir) as sink:

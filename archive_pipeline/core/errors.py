@@ -230,6 +230,8 @@ _DISK_FULL_LOCAL = Classification(
     "retry would fail the same way", "local")
 _TEMP_NOT_WRITABLE = Classification(False, "the temp directory is not writable",
                                     "fix temp_dir's permissions or choose another temp_dir", "local")
+_TEMP_MISSING = Classification(False, "the temp directory does not exist or is not a directory",
+                               "create it, or point temp_dir at a directory that exists", "local")
 _LOCAL_IO = Classification(False, "an I/O error on the local disk", "check the disk behind temp_dir", "local")
 _LOCAL_NETWORK = Classification(True, "a network connection was reset or timed out",
                                 f"{_RETRIED}; if it persists, check the network", "unknown")
@@ -517,6 +519,8 @@ def _classify_os(exc: OSError, text: str) -> Classification:
         return _DISK_FULL_LOCAL
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return _TEMP_NOT_WRITABLE
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # the one local path opened is the temp file's
+        return _TEMP_MISSING
     if exc.errno == errno.EIO:
         return _LOCAL_IO
     if isinstance(exc, ConnectionError | TimeoutError) or exc.errno in (

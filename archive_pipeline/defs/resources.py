@@ -5,8 +5,10 @@ key appears in the YAML file, the Dagster UI's run config, logs or metadata.
 """
 
 import contextlib
+from typing import Any
 from collections.abc import Iterator
 
+import boto3
 import psycopg
 import psycopg.conninfo
 from dagster import ConfigurableResource, ResourceDependency
@@ -89,16 +91,38 @@ class PostgresResource(ConfigurableResource):
         }
 
 
-class StrippedS3Resource(S3Resource):
-    """dagster-aws's S3Resource, with the white space around its settings removed when they are read (a value
-    mounted from a file ends in a newline: botocore put it into the Authorization header, and every request
-    failed as if the network had broken off), as the command line reads the same variables."""
+POOL_CONNECTIONS = 66  # max_concurrency's bound (64), and the manifest's and listing's requests beside the parts
+
+
+class ArchiveS3Resource(S3Resource):
+    """dagster-aws's S3Resource as the archive needs it (the default resources use it; any S3Resource works):
+    the white space around its settings removed when they are read (a value mounted from a file ends in a
+    newline: botocore put it into the Authorization header, and every request failed as if the network had
+    broken off), as the command line reads the same variables; and a connection pool for every part in flight."""
 
     @field_validator("region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                      "endpoint_url", check_fields=False)
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() or None if isinstance(value, str) else value
+
+    def get_client(self) -> Any:
+        """dagster-aws's client, with a connection pool for every part ``max_concurrency`` (at most 64) keeps in
+        flight: botocore's default of 10 opened a new connection for each part beyond it, and logged
+        "Connection pool is full, discarding connection" for each."""
+        from botocore.config import Config
+        from dagster_aws.s3.utils import construct_boto_client_retry_config, disable_signing
+
+        session = boto3.session.Session(profile_name=self.profile_name)
+        client = session.client(
+            "s3", region_name=self.region_name, use_ssl=self.use_ssl, verify=self.verify,
+            endpoint_url=self.endpoint_url, aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key, aws_session_token=self.aws_session_token,
+            config=construct_boto_client_retry_config(self.max_attempts).merge(
+                Config(max_pool_connections=POOL_CONNECTIONS)))
+        if self.use_unsigned_session:
+            client.meta.events.register("choose-signer.s3.*", disable_signing)
+        return client
 
 
 class ArchiveStoreResource(ConfigurableResource):
