@@ -564,6 +564,16 @@ def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str
     return set(text[len(prefix):].split()) if text and text.startswith(prefix + " ") else None
 
 
+def _still_restored(conn: psycopg.Connection, relation: Relation, manifest: dict, listed: set[str] | None) -> bool:
+    """Whether the mark lists the day and the target still holds rows of it (of any day, for a table without a
+    day column): a mark whose rows were deleted or truncated since is no reason to load nothing."""
+    if listed is None or manifest.get("day") not in listed:
+        return False
+    where = _day_where(conn, relation, manifest, whole=False)
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+        relation.identifier, where if where is not None else sql.SQL("TRUE"))).fetchone()[0]
+
+
 def _already_restored(relation: Relation, manifest: dict, started: float) -> RestoreResult:
     table, day = manifest.get("table"), manifest.get("day")
     return RestoreResult(table=table, day=day, target=str(relation), rows=int(manifest["rows"]), inserted=0,
@@ -1175,8 +1185,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     try:
         relation = None if target is None else _target(conn, target)
         _require_column_names(conn, manifest)
-        if into in ("new", "existing") and day in (_listed_days(conn, relation, table) or ()):
-            return _already_restored(relation, manifest, started)  # (listed for good: nothing to download)
+        if into in ("new", "existing") and _still_restored(conn, relation, manifest,
+                                                          _listed_days(conn, relation, table)):
+            return _already_restored(relation, manifest, started)  # nothing to download
         with contextlib.ExitStack() as stack:
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
@@ -1193,7 +1204,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             with conn.transaction():
                 marked = _marked_days(conn, relation, table) if into in ("new", "existing") else None
                 if marked is not None:  # a target an earlier restore of this table created: resumed, not refused
-                    if day in marked:
+                    if _still_restored(conn, relation, manifest, marked):
                         return _already_restored(relation, manifest, started)
                     into = "existing"
                 relation, to_create = _resolve_target(conn, manifest, into, relation)

@@ -794,6 +794,34 @@ def _same_relation(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
     if names != described:
         raise _changed_under_snapshot(table, f"its columns were {described} and are {names} now (ALTER TABLE ... "
                                              "ADD, DROP or RENAME COLUMN)")
+    if table.oid is not None and table.relkind in ("r", "p", "f") and current.pgresult is not None:
+        _same_columns(conn, table, current.pgresult)
+
+
+# The columns as the snapshot's catalog has them: number, type, and whether the type is a domain (the rows'
+# description names a domain's base type instead).
+_SNAPSHOT_COLUMNS = """
+SELECT a.attnum, a.atttypid, t.typtype = 'd'
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+"""
+
+
+def _same_columns(conn: psycopg.Connection, table: SourceTable, result: psycopg.pq.abc.PGresult) -> None:
+    """Fail (retryable) if a column was replaced under its name (DROP and ADD COLUMN: a new column number) or
+    retyped since the snapshot: the day's queries would read the new column while the manifest records the
+    old type, an archive no restore or proof could read back. The rows' description says, per column, the
+    table column it comes from and its type as the relation cache holds them now."""
+    then = conn.execute(_SNAPSHOT_COLUMNS, (table.oid,)).fetchall()
+    now = [(result.ftable(i), result.ftablecol(i), result.ftype(i)) for i in range(result.nfields)]
+    if len(now) != len(then) or any(origin != table.oid for origin, _, _ in now):
+        return  # not plain columns of the table (cannot be told apart this way)
+    changed = [c.name for c, (_, number, type_oid), (was_number, was_type, domain) in zip(table.columns, now, then)
+               if number != was_number or (not domain and type_oid != was_type)]
+    if changed:
+        raise _changed_under_snapshot(table, f"its column(s) {changed} were replaced or retyped since the snapshot "
+                                             "(ALTER TABLE ... DROP and ADD COLUMN of the same name, or ALTER COLUMN "
+                                             "... TYPE)")
 
 
 def _changed_under_snapshot(table: SourceTable, what: str) -> SourceError:
