@@ -21,7 +21,9 @@ from dagster import (
 from psycopg import sql
 
 from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.locks import lock_key
+from archive_pipeline.core.store import S3Store
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.assets import asset_key
 from archive_pipeline.defs.resources import PostgresResource
@@ -236,3 +238,86 @@ def test_the_sensor_does_not_request_days_a_running_backfill_or_ui_run_is_archiv
             instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
     requested = sorted(r.partition_key for r in result.run_requests or [])
     assert requested == [], f"days being archived right now are requested again: {requested}"
+
+
+def test_a_removal_run_over_a_removed_day_with_a_damaged_archive_does_not_say_it_stays_in_the_source(
+        pg, conn, schema, archive_env, s3_client):
+    """A day archived through Dagster, then removed from the source outside the removal job (``prune`` on the
+    command line, the core's ``remove_day``): its partition is dropped, its manifest marked removed. The removal
+    schedule still requests it (its source_removed partition is not materialized), and meanwhile its archive,
+    now the only copy of the rows, was damaged. The run fails saying "<table> <day> stays in the source: its
+    archive is not proven": untrue, the rows are gone from the source; a person reading it believes the rows
+    are safe in PostgreSQL while the only copy is damaged."""
+    import psycopg
+
+    day = DAYS[0]
+    create_sample_events(conn, [day], rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
+        "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert _job(defs, schema).execute_in_process(instance=instance, partition_key=day.isoformat()).success
+        with psycopg.connect(pg.dsn, autocommit=True) as primary:
+            removal = remove_day(primary, spec, day, S3Store(s3_client, archive_env, prefix="archive"))
+        assert removal.rows == 3 and not removal.dry_run
+        s3_client.put_object(Bucket=archive_env, Key=f"archive/{schema}.events/2024/03/{day}.jsonl.zst", Body=b"damaged")
+        result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        [proof] = result.get_asset_check_evaluations()
+        [failure] = _step_failures(result)
+    assert not result.success and not proof.passed  # the archive is damaged: right
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.events_{day:%Y%m%d}",)).fetchone()[0] is None
+    assert "stays in the source" not in failure, failure
+
+
+# ------------------------------------------------------------------------------------------------
+# Guard (passes): a ranged run's days each recorded with their own truth
+
+
+def test_a_ranged_run_with_a_skipped_a_changed_an_empty_and_a_new_day_records_each_as_it_is(conn, schema,
+                                                                                           archive_env, s3_client):
+    """2024-03-10 already archived (skipped), 2024-03-11 changed after archiving (fails, not materialized),
+    2024-03-12 emptied (empty: a manifest alone), 2024-03-13 new (archived): each day's materialization has its
+    own state and rows equal to its manifest's, the object's size and MD5 are the stored object's, and each
+    archive_intact result is scoped to its own day; the changed day gets neither."""
+    import hashlib
+    import json
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    config = _config(schema, max_retries=0)
+    spec = config.tables[0]
+    job = _job(build_definitions(config), schema)
+    events = sql.Identifier(schema, "events")
+    with instance_for_test() as instance:
+        for day in DAYS[:2]:
+            assert job.execute_in_process(instance=instance, partition_key=day.isoformat()).success
+        child = sql.Identifier(schema, f"events_{DAYS[1]:%Y%m%d}")  # the changed day's own partition
+        conn.execute(sql.SQL("UPDATE {} SET event_type = 'edited' WHERE ctid = (SELECT min(ctid) FROM {})").format(
+            child, child))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE created_at >= %s AND created_at < %s").format(events),
+                     (DAYS[2], DAYS[3]))
+        result = job.execute_in_process(instance=instance, tags=RANGE, raise_on_error=False)
+        assert not result.success
+        metas = {}
+        for record in instance.get_records_for_run(result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+            event = record.event_log_entry.dagster_event
+            metas[event.partition] = {k: getattr(v, "value", v) for k, v in
+                                      event.step_materialization_data.materialization.metadata.items()}
+        run_checks = sorted((h.partition, h.status.value) for h in instance.event_log_storage.
+                            get_asset_check_execution_history(AssetCheckKey(asset_key(spec), "archive_intact"), limit=50)
+                            if h.run_id == result.run_id)
+    assert {d: m["state"] for d, m in metas.items()} == {
+        DAYS[0].isoformat(): "skipped", DAYS[2].isoformat(): "empty", DAYS[3].isoformat(): "archived"}
+    assert run_checks == [(DAYS[0].isoformat(), "SUCCEEDED"), (DAYS[2].isoformat(), "SUCCEEDED"),
+                          (DAYS[3].isoformat(), "SUCCEEDED")]
+    for day, meta in metas.items():
+        manifest = json.loads(s3_client.get_object(Bucket=archive_env, Key=meta["manifest_key"])["Body"].read())
+        assert (manifest["day"], manifest["rows"], manifest["fingerprint"]) == \
+            (day, meta["dagster/row_count"], meta["fingerprint"]), day
+        assert day in meta["summary"]
+        if meta["state"] != "empty":
+            body = s3_client.get_object(Bucket=archive_env, Key=meta["object_key"])["Body"].read()
+            assert (len(body), hashlib.md5(body).hexdigest()) == (meta["compressed_bytes"], meta["md5"]), day
+            assert meta["dagster/uri"] == f"s3://{archive_env}/{meta['object_key']}"
