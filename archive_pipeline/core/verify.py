@@ -101,12 +101,13 @@ def _manifest_or_problem(store: S3Store, key: str, missing: str,
 
 
 def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = False,
-                   owner: tuple[str, str] | None = None) -> list[str]:
+                   owner: tuple[str, str] | None = None, temp_dir: str | None = None) -> list[str]:
     """What differs between the stored archive and ``expected`` (``bytes``, ``md5``, ``rows``,
     ``format``, ``compression``, optionally ``fingerprint``); an empty list means it is intact.
 
     ``key`` is the rendered key of the day; the data object is the one the manifest names. ``owner``
     (table, period): a manifest of another table-day there is a problem, however intact its object.
+    ``deep`` downloads the object (into ``temp_dir``, default the system's) and counts its rows.
     """
     manifest, problems = _manifest_or_problem(store, key, f"manifest {keys.manifest_key(key)} is missing", owner)
     if manifest is None:
@@ -125,7 +126,7 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
         stored = stored_problems(store, manifest)
     problems += stored
     if deep and not problems:
-        problems += _download_problems(store, manifest, expected)
+        problems += _download_problems(store, manifest, expected, temp_dir)
     return problems
 
 
@@ -136,8 +137,8 @@ def stored_problems(store: S3Store, manifest: dict) -> list[str]:
     return stored_object_problems(head, manifest) if head is not None else [f"object {store.uri(key)} is missing"]
 
 
-def _download_problems(store: S3Store, manifest: dict, expected: dict) -> list[str]:
-    with temp_archive_file(suffix=".verify") as sink:
+def _download_problems(store: S3Store, manifest: dict, expected: dict, temp_dir: str | None = None) -> list[str]:
+    with temp_archive_file(suffix=".verify", temp_dir=temp_dir) as sink:
         problems = _download(store, manifest, sink)
         if problems:
             return problems
@@ -320,6 +321,11 @@ def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, mani
                                  [c["name"] for c in manifest["columns"]])
     except ColumnsChangedError as exc:
         return str(exc)
+    except ArchiveError as exc:
+        if getattr(exc, "cause", None) != NO_PERIOD_TABLE:
+            raise
+        rows = int(manifest.get("rows") or 0)  # (a day archived without rows is still what the source has)
+        return f"the day's table is gone from the source; the archive holds {rows:,} rows" if rows else None
     if str(now) == recorded:
         return None
     then = fingerprint.Fingerprint.parse(recorded)

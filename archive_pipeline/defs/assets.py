@@ -258,7 +258,8 @@ def materialization_metadata(result: ArchiveResult, link: str, verified: str, ur
 def recorded(result: ArchiveResult) -> dict[str, object]:
     """What this run recorded, as the integrity check compares it with the store."""
     expected = {"bytes": result.bytes, "md5": result.md5, "rows": result.rows, "format": result.format,
-                "compression": result.compression, "empty": result.empty, "object_key": result.key}
+                "compression": result.compression, "empty": result.empty, "object_key": result.key,
+                "manifest_key": result.manifest_key}
     if result.fingerprint:
         expected["fingerprint"] = result.fingerprint
     return expected
@@ -624,7 +625,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         try:
             verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
                                      conn=conn if spec.deep_check else None,
-                                     scratch_conn=source.scratch(conn) if spec.deep_check else None)
+                                     scratch_conn=source.scratch(conn) if spec.deep_check else None,
+                                     temp_dir=archive_store.temp_dir)
                        if deep else written_verdict(result, store.uri(result.stored_key)))
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc

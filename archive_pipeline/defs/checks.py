@@ -98,8 +98,8 @@ def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") ->
 
 
 def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict, *, deep: bool,
-                  conn: psycopg.Connection | None = None,
-                  scratch_conn: psycopg.Connection | None = None) -> Verdict:
+                  conn: psycopg.Connection | None = None, scratch_conn: psycopg.Connection | None = None,
+                  temp_dir: str | None = None) -> Verdict:
     """Check one day's stored archive against what was recorded (``expected``: bytes, md5, rows and,
     from manifest v2 on, fingerprint).
 
@@ -109,14 +109,15 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     compare its content fingerprint with the manifest's and the source's (loaded into ``scratch_conn``
     when given: the primary, where ``conn`` is a hot standby).
     """
-    key = table_day_key(spec, day, store.prefix)
-    problems = verify.verify_archive(store, key, expected, deep=deep, owner=(spec.name, spec.period(day).isoformat()))
+    key = recorded_day_key(spec, day, store, expected.get("manifest_key"))
+    problems = verify.verify_archive(store, key, expected, deep=deep, owner=(spec.name, spec.period(day).isoformat()),
+                                     temp_dir=temp_dir)
     if expected.get("rows") == 0 and expected.get("empty"):
         verified = "no rows that day; its manifest records it as empty"
     else:
         verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
     if conn is not None and not problems:
-        problems = verify.deep_verify(conn, store, spec, day, scratch_conn=scratch_conn)
+        problems = verify.deep_verify(conn, store, spec, day, scratch_conn=scratch_conn, temp_dir=temp_dir)
         verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
     # the object the manifest names (a re-archived day's is a later generation), not the day's first key
     # (an empty day has no object: its manifest)
@@ -330,14 +331,26 @@ def expected_from(meta: dict) -> dict:
         expected["fingerprint"] = meta["fingerprint"]
     if meta.get("object_key"):
         expected["object_key"] = meta["object_key"]
+    if meta.get("manifest_key"):
+        expected["manifest_key"] = meta["manifest_key"]
     return expected
+
+
+def recorded_day_key(spec: TableSpec, day: dt.date, store: S3Store, manifest_key: object = None) -> str:
+    """The day's key as its materialization recorded it (its manifest's key less the suffix): the archive is
+    there whatever the table's format, compression, key_template or ARCHIVE_S3_PREFIX became since; else the
+    key the configuration renders now."""
+    if isinstance(manifest_key, str) and manifest_key.endswith(keys.MANIFEST_SUFFIX):
+        return manifest_key[:-len(keys.MANIFEST_SUFFIX)]
+    return table_day_key(spec, day, store.prefix)
 
 
 class StoredCheckConfig(Config):
     deep: bool = Field(default=False, description="download the object, hash it and count its rows")
 
 
-def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, deep: bool) -> Verdict:
+def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, deep: bool,
+             temp_dir: str | None = None) -> Verdict:
     meta = {k: v.value for k, v in event.metadata.items()}
     day = spec.period(event.partition)
     if "md5" not in meta:
@@ -349,8 +362,13 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
         return Verdict(day, [f"its content failed the proof when it was archived ({proof}); a re-check of the "
                              "object cannot prove it: archive the day again (overwrite: true in the launchpad's "
                              "run config)"], "")
+    if spec.deep_check and proof.startswith("not verified"):
+        # deep_check promises the content equals the source's: an object check cannot stand for a proof that
+        # never ran (its download failed, say)
+        return Verdict(day, [f"its content was never proven ({proof}); a re-check of the object cannot prove it: "
+                             "archive the day again (overwrite: true in the launchpad's run config)"], "")
     try:
-        return verify_result(store, spec, day, expected_from(meta), deep=deep)
+        return verify_result(store, spec, day, expected_from(meta), deep=deep, temp_dir=temp_dir)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
         raise _unreachable(spec, day, exc) from None
     except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
@@ -365,7 +383,8 @@ def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: Asset
     if not records:
         return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
                                 description=f"{day}: not archived yet; nothing to check")
-    verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), deep)
+    verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), deep,
+                       archive_store.temp_dir)
     return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=verdict.passed,
                             description=verdict.description,
                             metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
@@ -442,7 +461,7 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey,
             yield AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
                                    description=f"{spec.name}: nothing archived yet; nothing to check")
             return
-        verdict = _recheck(context, spec, key, latest[0], archive_store.store(), config.deep)
+        verdict = _recheck(context, spec, key, latest[0], archive_store.store(), config.deep, archive_store.temp_dir)
         context.op_execution_context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=False))
         yield AssetCheckResult(passed=verdict.passed, description=verdict.description,
                                metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
@@ -505,9 +524,12 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         for event in _latest(context.instance, key, config.days):
             day = spec.period(event.partition)
             try:
-                day_key = table_day_key(spec, day, store.prefix)
+                day_key = recorded_day_key(spec, day, store, event.metadata.get("manifest_key") and
+                                           event.metadata["manifest_key"].value)
                 manifest = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
                 mark = (manifest or {}).get("removed")
+                if mark and mark.get("state") != "done":
+                    mark = None  # pending: a removal that may not have happened (refused, or cut short): compared
                 if mark:  # retention took the day out of the source: its rows are meant to be gone
                     late = 0
                     if mark.get("state") == "done":

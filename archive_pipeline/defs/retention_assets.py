@@ -151,6 +151,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             error = wrap(exc, spec.name, day.isoformat(), postgres.password, doing="proving")
             raise Failure(description=_naming(error, spec, day), allow_retries=error.retryable) from None
         proven_sha: str | bool = False
+        removed: dict | None = None  # the removal mark of a day the source no longer holds
         try:
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
             pending = (manifest or {}).get("removed", {}).get("state") == "pending"
@@ -162,7 +163,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             if manifest is not None and manifest.get("removed"):
                 # Removed (or pending, in a dry run): the source no longer holds the day, so the
                 # archive itself is checked: manifest, object, digests and rows.
-                problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()))
+                removed = manifest["removed"]
+                problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
+                                          temp_dir=archive_store.temp_dir)
             else:
                 if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
                     check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
@@ -182,6 +185,11 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
             manifest, problems = None, [str(exc)]
         yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
+        if problems and removed:
+            raise Failure(description=f"{spec.name} {day} was removed from the source ({removed.get('state')}, "
+                                      f"{removed.get('at')}), and its archive, the only copy, is NOT intact: "
+                                      + "; ".join(problems) + "; restore the object from a backup of the bucket "
+                                      "(its versions, a replica)", allow_retries=False)
         if problems:
             raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
                                       + "; ".join(problems), allow_retries=False)
