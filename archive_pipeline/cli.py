@@ -951,14 +951,15 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     sys.exit(code)
 
 
-def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> set[Period]:
+def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[set[Period], dict[Period, str]]:
     """Which of ``days`` have a manifest whose removal mark is still pending (one listing, then a GET per
-    archived day); a manifest that cannot be read is left to the commands that read it."""
+    archived day), and the days whose manifest could not be read, with why: each may hold such a mark."""
     from archive_pipeline.core.manifest import removal_state
 
     found = plan.lookup_manifests(store, spec, days) if days else {}
-    return {day for day, lookup in found.items()
-            if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
+    pending = {day for day, lookup in found.items()
+               if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
+    return pending, {day: lookup.problem for day, lookup in found.items() if lookup.problem}
 
 
 @main.command()
@@ -982,10 +983,15 @@ def prune(run: Run, dry_run: bool) -> None:
         present, unknown = plan.present_days(run.conn, spec, due, catalog=True)
         # A day no longer in the source whose manifest is still "pending" (a prune killed between the removing
         # COMMIT and its "done" mark) is settled too: nothing else would ever complete its mark.
-        pending = _pending_removals(run.store, spec, [d for d in due if d not in present and d not in unknown])
+        pending, unread = _pending_removals(run.store, spec, [d for d in due if d not in present and d not in unknown])
         for day in due:
             if day in unknown:
                 results.append(_unprobed(spec, day, unknown[day]))
+                continue
+            if day in unread:  # its manifest may hold a pending mark: said, not passed over
+                results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
+                                "message": _for_the_cli(redact(unread[day], *_passwords())),
+                                "retryable": "(retryable)" in unread[day]})
                 continue
             if day not in present and day not in pending:
                 continue

@@ -199,7 +199,7 @@ def test_cli_restore_of_a_range_failing_on_a_later_day_says_how_to_restore_the_r
     store throttles D2's download (503 SlowDown, every attempt). Now the error says "retryable": true and
     "to fix: run the command again", but the same command now fails for good ("T already exists"), and
     with --into existing it would load D1 a second time. As for a cancelled range restore, the remedy must
-    be the command that restores the rest: --from D2 ... --into existing --target T."""
+    be the command that restores the rest. (Now T carries a restore mark and the same command resumes.)"""
     env, spec = setup
     cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[2].isoformat())
     target = f"{spec.schema_name}.back"
@@ -213,9 +213,14 @@ def test_cli_restore_of_a_range_failing_on_a_later_day_says_how_to_restore_the_r
     assert days[1].isoformat() in answer["error"] and spec.name in answer["error"]
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.schema_name, "back"))
                         ).fetchone()[0] == 300  # D1 stays restored
-    remedy = answer["error"].split("to fix:", 1)[-1]
-    assert "run the command again" not in remedy, answer["error"]
-    assert f"--from {days[1]}" in remedy and "--into existing" in remedy and target in remedy, answer["error"]
+    # The remedy says to run the command again: T carries the restore mark, so the same command resumes (D1
+    # "already restored", not loaded twice; D2 and D3 loaded) rather than failing "T already exists".
+    assert "run the command again" in answer["error"].split("to fix:", 1)[-1], answer["error"]
+    again = _json_answer(cli(env, *args))
+    assert again["ok"], again
+    assert [d["check"].startswith("already restored") for d in again["days"]] == [True, False, False], again
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.schema_name, "back"))).fetchone()
+    assert rows[0] == 900  # each day once
 
 
 # =====================================================================================================

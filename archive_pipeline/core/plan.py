@@ -26,7 +26,7 @@ from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity,
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import ColumnsChangedError, load_manifest, source_fingerprint, stored_problems
+from archive_pipeline.core.verify import ColumnsChangedError, load_manifest, object_problems, source_fingerprint
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -586,7 +586,12 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
             note = "same row count, different content"
         # "equal" says the bucket holds the day: its object is there as the manifest describes it (one HEAD);
         # a manifest alone, its object deleted or replaced, was called equal
-        stored = stored_problems(store, archived.manifest) if result == "equal" and not archived.empty else []
+        try:
+            stored = object_problems(store, archived.manifest) if result == "equal" and not archived.empty else []
+        except ArchiveError as exc:  # the HEAD failed (throttled, unreachable): this day is not checked, the others are
+            out.append(_unreadable(spec, day, found, f"not checked ({'retryable' if exc.retryable else 'not retryable'})"
+                                                     f": asking the store for the object failed: {exc}"))
+            continue
         if stored:
             result, note = "differs", "the archive's object is not as recorded: " + "; ".join(stored)
         out.append(Comparison(spec.name, day, result, current.rows, archived.rows, str(current),

@@ -121,10 +121,7 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
             problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")
     if manifest.get("empty"):
         return problems
-    stored = stored_problems(store, manifest)
-    if stored:  # a HEAD answer has no checksum, and a 404 may be a store's moment of inconsistency: ask again
-        stored = stored_problems(store, manifest)
-    problems += stored
+    problems += object_problems(store, manifest)
     if deep and not problems:
         problems += _download_problems(store, manifest, expected, temp_dir)
     return problems
@@ -135,6 +132,12 @@ def stored_problems(store: S3Store, manifest: dict) -> list[str]:
     key = manifest["object"]["key"]
     head = store.head(key)
     return stored_object_problems(head, manifest) if head is not None else [f"object {store.uri(key)} is missing"]
+
+
+def object_problems(store: S3Store, manifest: dict) -> list[str]:
+    """The stored object's problems against its manifest (one HEAD), asked again before any is believed: a
+    HEAD answer has no checksum, and a 404 may be a store's moment of inconsistency."""
+    return stored_problems(store, manifest) and stored_problems(store, manifest)
 
 
 def _download_problems(store: S3Store, manifest: dict, expected: dict, temp_dir: str | None = None) -> list[str]:
