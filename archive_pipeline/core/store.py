@@ -261,6 +261,21 @@ def _require_listing(page: dict, fields: tuple[str, ...], doing: str) -> None:
                             remedy="retried automatically; if it persists, check the network path to the store")
 
 
+def _require_in_order(page: dict, contents: list[dict], last: str | None, doing: str) -> None:
+    """Refuse a listing page that is not what S3 sends: its keys in strictly ascending (UTF-8 binary) order, after
+    the previous page's, and as many as its KeyCount says. A page damaged on the way (a key repeated, one left
+    out) made a day with its archive look unarchived: verify passed over it, list called it missing."""
+    keys_listed = [item["Key"] for item in contents]
+    ordered = all(a < b for a, b in zip(keys_listed, keys_listed[1:])) and \
+        (last is None or not keys_listed or last < keys_listed[0])
+    counted = int(page.get("KeyCount", -1)) == len(contents) + len(page.get("CommonPrefixes", []))
+    if not (ordered and counted):
+        raise DownloadError(f"{doing} failed: the store's listing is not in order or not as long as it says "
+                            f"({'keys out of order or repeated' if not ordered else 'KeyCount differs from the keys'}); "
+                            "the run will be retried", retryable=True, cause="the store's answer was not a listing",
+                            remedy="retried automatically; if it persists, check the network path to the store")
+
+
 def _etag(response: dict) -> str:
     return str(response.get("ETag", "")).strip('"')
 
@@ -450,10 +465,16 @@ class S3Store:
     def list_keys(self, prefix: str) -> Iterator[dict]:
         """Every object under ``prefix`` as ListObjectsV2 gives it (Key, Size, ETag, ...); a failed
         listing is a :class:`DownloadError` saying what failed and whether retrying helps."""
+        doing = f"listing {self.uri(prefix)} (ListObjectsV2)"
         try:
+            last = None
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                _require_listing(page, ("Name", "KeyCount"), f"listing {self.uri(prefix)} (ListObjectsV2)")
-                yield from page.get("Contents", [])
+                _require_listing(page, ("Name", "KeyCount"), doing)
+                contents = page.get("Contents", [])
+                _require_in_order(page, contents, last, doing)
+                if contents:
+                    last = contents[-1]["Key"]
+                yield from contents
         except ValueError as exc:  # botocore parses numbers with int(): a <Size> damaged on the way ends here
             raise DownloadError(f"listing {self.uri(prefix)} gave an answer that cannot be read ({exc}); the run "
                                 "will be retried", retryable=True, cause="the store's answer was damaged on the way",
