@@ -270,3 +270,28 @@ def stored_object_problems(head: dict, manifest: dict) -> list[str]:
 def removal_state(manifest: dict | None) -> str | None:
     """The manifest's removal mark: "pending", "done", or None (never removed)."""
     return ((manifest or {}).get("removed") or {}).get("state")
+
+
+def decoded_manifest(store, manifest_key: str) -> dict | None:
+    """The manifest at ``manifest_key`` decoded, or None if there is none. One that does not decode is read
+    again before it is called damaged: without MD5 ETags (``verify_etags: false``, SSE-KMS) or a checksum the
+    store keeps, nothing vouches for the bytes, and one byte flipped on the way made an intact archive's
+    manifest "untrusted" for good (a failed proof, a refused restore or removal). Two reads that differ are
+    a failed read (retryable); the same bytes twice are the store's."""
+    from archive_pipeline.core.store import DownloadError  # (the store knows nothing of manifests)
+
+    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
+    raw = getter(manifest_key)
+    if raw is None:
+        return None
+    try:
+        return decode_manifest(raw)
+    except ManifestError:
+        again = getter(manifest_key)
+        if again is not None and again != raw:
+            raise DownloadError(f"reading {store.uri(manifest_key)} gave two different answers (damaged on the way); "
+                                "the run will be retried", retryable=True,
+                                cause="the store's answer was damaged on the way",
+                                remedy="retried automatically; if it persists, check the network path to the store"
+                                ) from None
+        raise

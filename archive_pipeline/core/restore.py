@@ -36,7 +36,7 @@ from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.errors import ArchiveError, classify, note_cancelled, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned
+from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -422,15 +422,12 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
     try:
-        raw = store.get_verified_bytes(keys.manifest_key(key))
+        manifest = decoded_manifest(store, keys.manifest_key(key))
+        return None if manifest is None else owned(manifest, spec.name, day.isoformat())
     except ArchiveError as exc:
         raise RestoreError(f"reading the manifest of {spec.name} for {day} failed: {exc.message}; nothing was restored",
                            table=spec.name, day=day.isoformat(), retryable=exc.retryable, remedy=exc.remedy,
                            cause=exc.cause) from exc
-    if raw is None:
-        return None
-    try:
-        return owned(decode_manifest(raw), spec.name, day.isoformat())
     except ManifestError as exc:
         raise RestoreError(f"the manifest {store.uri(keys.manifest_key(key))} of {spec.name} for {day} cannot be "
                            f"trusted ({exc.message}); nothing was restored", table=spec.name, day=day.isoformat(),

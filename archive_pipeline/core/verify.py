@@ -30,7 +30,8 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, owned, removal_state, stored_object_problems
+from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owned, removal_state, \
+    stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
@@ -82,11 +83,9 @@ def load_manifest(store: S3Store, key: str, owner: tuple[str, str] | None = None
     """The manifest beside the data key ``key``; None if there is none, :class:`ManifestError` (a
     ValueError) if it is not a manifest, was altered, or arrived damaged, or (``owner``: the table and
     the period's ISO form whose key ``key`` is) if it is another table-day's (see ``manifest.owned``)."""
-    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
-    raw = getter(keys.manifest_key(key))
-    if raw is None:
+    manifest = decoded_manifest(store, keys.manifest_key(key))
+    if manifest is None:
         return None
-    manifest = decode_manifest(raw)
     return owned(manifest, *owner) if owner else manifest
 
 
