@@ -681,6 +681,11 @@ class S3Store:
             raise DownloadError(f"{uri} came back corrupted (MD5 {digest}, the store's ETag {etag}); "
                                 "the download will be retried", retryable=True)
         if expected_md5 is not None and digest != expected_md5:
+            if vouched and not self._same_version(key, etag):
+                # the bytes are whole, but another version's than the object's now (a cache, a replica behind)
+                raise DownloadError(f"{uri}: the store answered with other bytes than the object's now (MD5 {digest}, "
+                                    f"ETag {etag}; its HEAD says otherwise); the download will be retried",
+                                    retryable=True, damaged=False)
             if vouched:  # the store's own MD5 agrees with what we got: the stored object is not the expected one
                 raise DownloadError(f"{uri} is damaged: the stored object has MD5 {digest}, expected {expected_md5}; "
                                     "restore it from a replica or backup, or archive the day again",
@@ -689,6 +694,15 @@ class S3Store:
                                 "or damaged in the store; if it repeats, the stored object is damaged)",
                                 retryable=True, damaged=None)
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
+
+    def _same_version(self, key: str, etag: str) -> bool:
+        """Whether the object's HEAD names the version a GET answered with (``etag``); a HEAD that fails is no
+        answer (False: the GET's bytes may be any version's)."""
+        try:
+            head = self.head(key)
+        except Exception:  # noqa: BLE001 - asked only to tell a damaged object from a stale answer
+            return False
+        return head is not None and _etag(head) == etag
 
     def _confirm_missing(self, key: str) -> None:
         """After a GET answered 404: raise a retryable :class:`DownloadError` unless the object's HEAD
