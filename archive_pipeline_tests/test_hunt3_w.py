@@ -165,9 +165,10 @@ def test_every_part_but_the_last_is_the_same_size_as_cloudflare_r2_requires(part
     code location builds (ArchiveStoreResource.store(), no way to ask for equal_parts) plans *growing* parts: past
     1,000 parts (8,000 MiB at the default) each part is 1/1000 of what was sent, so a 9 GiB day at 8 MiB parts is
     sent as 8 MiB parts, then 9 MiB, 10 MiB ... parts, which R2 refuses ("All non-trailing parts must have the
-    same length"). Correct: equal parts but the last, for any day up to part size x 10,000."""
+    same length"). Correct: equal parts but the last, for any day up to part size x 10,000, once the resource is
+    asked for them (equal_parts: true, as the README now says R2 needs; the default grows parts past 1,000)."""
     store = ArchiveStoreResource(s3=S3Resource(region_name="us-east-1"), bucket="b",
-                                 part_size_mb=part_size_mb).store()
+                                 part_size_mb=part_size_mb, equal_parts=True).store()
     part = part_size_mb * MiB
     for total in (1001 * part + 1, 5000 * part + 7, 10_000 * part):
         sizes = store.plan().sizes(total)

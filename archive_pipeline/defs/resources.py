@@ -133,6 +133,9 @@ class ArchiveStoreResource(ConfigurableResource):
     prefix: str = ""
     part_size_mb: int = Field(default=8, ge=5, le=5120, description="multipart part size; 10,000 parts at most")
     max_concurrency: int = Field(default=4, ge=1, le=64, description="parts uploaded at once")
+    equal_parts: bool = Field(default=False, description="every part but the last the same size, as Cloudflare "
+                              "R2 requires (one day's object is then at most part size x 10,000); by default parts "
+                              "grow past the 1,000th, so a day of any size fits")
     verify_etags: bool = Field(default=True, description="compare each part's ETag with its MD5 (turn off "
                                "only for stores that encrypt with SSE-KMS or otherwise change ETags)")
     temp_dir: str | None = Field(default=None, description="where temp files go; default: the system temp dir")
@@ -153,4 +156,5 @@ class ArchiveStoreResource(ConfigurableResource):
                               "its usual chain) and would show them in its error messages; remove the "
                               "'user:secret@' part, e.g. http://minio:9000, and give the keys as those settings")
         return S3Store(self.s3.get_client(), self.bucket, prefix=self.prefix, part_size=self.part_size_mb * MiB,
-                       max_concurrency=self.max_concurrency, verify_etags=self.verify_etags)
+                       max_concurrency=self.max_concurrency, verify_etags=self.verify_etags,
+                       equal_parts=self.equal_parts)
