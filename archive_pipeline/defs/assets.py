@@ -21,6 +21,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
     AssetsDefinition,
     Backoff,
     BackfillPolicy,
@@ -495,6 +496,10 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
     finally:
         source.close()
     if failed:
+        for day in todo:  # what a retry of this step reads back (a retried step records no STEP_FAILURE)
+            if day in failed and not failed[day].allow_retries:
+                context.log_event(AssetObservation(asset_key=key, partition=day.isoformat(),
+                                                   metadata={FAILED_FOR_GOOD: failed[day].description or ""}))
         raise batch_failure(spec, days, failed)
 
 
@@ -725,18 +730,23 @@ def _causes(failed: dict[Period, Failure]) -> str:
 PERMANENT_DAYS = "permanent_days"  # a batch failure's days that no retry can fix, each with its cause
 
 
+FAILED_FOR_GOOD = "failed_for_good"  # an observation of a day a ranged step failed and no retry can fix, with why
+
+
 def _failed_for_good(context: AssetExecutionContext, spec: TableSpec) -> dict[Period, Failure]:
-    """The days an earlier attempt of this step failed for good (:func:`batch_failure`'s metadata), which a
-    retry does not do again but still names in its own failure."""
+    """The days an earlier attempt of this step failed for good, which a retry does not do again but still
+    names in its own failure: the step observed each (a step Dagster retries records STEP_UP_FOR_RETRY, not
+    the STEP_FAILURE whose metadata named them)."""
     step = context.get_step_execution_context().step.key
-    records = context.instance.get_records_for_run(context.run.run_id, of_type=DagsterEventType.STEP_FAILURE,
-                                                   limit=1000).records
-    for record in reversed(records):
+    records = context.instance.get_records_for_run(context.run.run_id, of_type=DagsterEventType.ASSET_OBSERVATION,
+                                                   limit=10_000).records
+    found: dict[Period, Failure] = {}
+    for record in records:
         event = record.event_log_entry.dagster_event
-        data = event.step_failure_data.user_failure_data if event.step_key == step else None
-        found = data.metadata.get(PERMANENT_DAYS) if data is not None else None
-        if found is not None:
-            return {spec.period(day): Failure(description=f"{text}\n(from the earlier attempt of this run, not tried "
-                                                          "again: a retry cannot fix it)", allow_retries=False)
-                    for day, text in found.value.items()}
-    return {}
+        observation = event.event_specific_data.asset_observation if event.step_key == step else None
+        text = observation.metadata.get(FAILED_FOR_GOOD) if observation is not None else None
+        if text is not None and observation.partition:
+            found[spec.period(observation.partition)] = Failure(
+                description=f"{text.value}\n(from the earlier attempt of this run, not tried again: a retry cannot "
+                            "fix it)", allow_retries=False)
+    return found
