@@ -194,6 +194,32 @@ def wanted_runs(found: list[tuple[SensorTarget, list[Period]]]) -> Iterator[Want
         queues = still
 
 
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
+    """The partition keys of ``target``'s table that a queued or running run archives, from anywhere: a
+    backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``).
+    Requested again, each would wait for the same table-day lock and archive the day twice."""
+    spec, busy = target.spec, set()
+    for run in runs:
+        selection = run.asset_selection or ()
+        if not (run.tags.get(TABLE_TAG) == spec.name or run.job_name == target.job.name
+                or target.asset_key in selection):
+            continue
+        if run.tags.get("dagster/partition"):
+            busy.add(run.tags["dagster/partition"])
+        elif all(run.tags.get(tag) for tag in RANGE_TAGS):
+            try:
+                day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)
+            except (ValueError, ArchiveError):
+                continue
+            while day <= last:
+                busy.add(day.isoformat())
+                day = day.next()
+    return busy
+
+
 def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, location: str | None = None,
             repository: str | None = None) -> tuple[list[Keyed], int]:
     """The first ``cap`` of ``requests`` whose run key has no run yet, and how many were left out because
@@ -254,6 +280,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
         with contextlib.ExitStack() as stack:
             conn = _connect(postgres, stack)
             _apply_session_settings(conn, postgres)
+            running = context.instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED)), limit=1000)
             for target in targets:
                 spec = target.spec
                 days = candidate_days(spec, today, settings.lookback_days, candidates)
@@ -285,8 +312,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                                + probe_failure(first, spec, postgres))
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
+                busy = days_in_flight(running, target)
                 report.append(inspected(spec, days, len(missing), len(found)))
-                found_days.append((target, found))
+                found_days.append((target, [d for d in found if spec.period(d).isoformat() not in busy]))
         cap = settings.max_runs_per_tick
         origin = context.code_location_origin
         chosen, tried = untried(context.instance, wanted_runs(found_days), cap,
