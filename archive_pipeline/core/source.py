@@ -771,6 +771,41 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
         raise _changed_under_snapshot(table, f"{names} is no longer its partition "
                                              "(DETACH PARTITION keeps the partition's file, so the snapshot would "
                                              "see the rows the parent no longer reads)")
+    if table.relkind in ("r", "p"):
+        _same_members(conn, table, where)
+
+
+# The table and every relation under it, as the snapshot's catalog has them, and whether each is a partition.
+_SNAPSHOT_TREE = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT %s::pg_catalog.regclass::pg_catalog.oid
+    UNION ALL
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT n.nspname, c.relname, c.relispartition
+FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+"""
+
+
+def _same_members(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
+    """Fail (retryable) if a relation joined the table (ATTACH PARTITION, ALTER TABLE ... INHERIT) or an
+    inheritance child left it (NO INHERIT) between the snapshot and the day's locks. The planner reads the
+    tree as committed now, the snapshot sees the rows as they were: a relation that joined would be read
+    with rows the snapshot sees (committed before it), one that left would not be read at all, and the
+    archive would hold the table as it never was. (A partition detached is :data:`_DETACHED_SINCE_SNAPSHOT`.)"""
+    tree = {(schema, name): partition for schema, name, partition in
+            conn.execute(_SNAPSHOT_TREE, (table.identifier.as_string(conn),)).fetchall()}
+    read = _relations_read(conn, table, where)
+    joined = sorted(read - set(tree))
+    if joined:
+        raise _changed_under_snapshot(table, f"{', '.join(relation_name(s, n) for s, n in joined)} joined it (ATTACH "
+                                             "PARTITION or INHERIT) after the snapshot, which sees its rows")
+    children = {member for member, partition in tree.items() if not partition} - {(table.schema, table.name)} - read
+    if children:  # inheritance children the day's plan does not read: excluded by their constraints, or gone
+        everything = _relations_read(conn, table, sql.SQL("TRUE"))
+        left = sorted(children - everything)
+        if left:
+            raise _changed_under_snapshot(table, f"{', '.join(relation_name(s, n) for s, n in left)} is no longer "
+                                                 "its child (NO INHERIT) since the snapshot, which sees its rows")
 
 
 def _same_relation(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
