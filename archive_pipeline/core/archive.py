@@ -64,7 +64,7 @@ from archive_pipeline.core.session_settings import resolved
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, hold_day, \
-    primary_key, read_snapshot, reads_foreign_tables, server_identity
+    primary_key, read_snapshot, reads_foreign_tables, same_members, server_identity
 from archive_pipeline.core.store import DownloadError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
@@ -497,6 +497,7 @@ class _Archiving:
 
         def fingerprint_day() -> tuple[fingerprint.Fingerprint, float]:
             timed = self._timed_fingerprint(side, table, where)
+            same_members(side, table, where)  # nothing joined the table the readers planned after the locks
             side.execute("COMMIT")
             group.finished(1)
             return timed

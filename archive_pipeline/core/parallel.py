@@ -46,7 +46,7 @@ from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStat
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables
+from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
 # otherwise be read through an index on the day column, i.e. the whole day for a part of it).
@@ -320,6 +320,7 @@ def write_text_streams(fmt, codec, level: int | None, extraction: Extraction, pl
                 def run() -> WriteStats:
                     with codec.open(sinks[i], level) as writer:
                         stats = fmt.write(parts[i], writer)
+                    same_members(sessions[i], extraction.table, extraction.where)  # (see source.same_members)
                     sessions[i].execute("COMMIT")  # the read transaction ends as soon as the rows are read
                     group.finished(i)
                     sessions[i].close()

@@ -771,8 +771,7 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
         raise _changed_under_snapshot(table, f"{names} is no longer its partition "
                                              "(DETACH PARTITION keeps the partition's file, so the snapshot would "
                                              "see the rows the parent no longer reads)")
-    if table.relkind in ("r", "p"):
-        _same_members(conn, table, where)
+    same_members(conn, table, where)
 
 
 # The table and every relation under it, as the snapshot's catalog has them, and whether each is a partition.
@@ -786,12 +785,17 @@ FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_name
 """
 
 
-def _same_members(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
+def same_members(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
     """Fail (retryable) if a relation joined the table (ATTACH PARTITION, ALTER TABLE ... INHERIT) or an
-    inheritance child left it (NO INHERIT) between the snapshot and the day's locks. The planner reads the
-    tree as committed now, the snapshot sees the rows as they were: a relation that joined would be read
-    with rows the snapshot sees (committed before it), one that left would not be read at all, and the
-    archive would hold the table as it never was. (A partition detached is :data:`_DETACHED_SINCE_SNAPSHOT`.)"""
+    inheritance child left it (NO INHERIT) since the snapshot ``conn`` reads in (its own, or one it imported).
+    The planner reads the tree as committed now, the snapshot sees the rows as they were: a relation that
+    joined would be read with rows the snapshot sees (committed before it), one that left would not be read
+    at all, and the archive would hold the table as it never was. Asked after the day's locks, and again by
+    the session that fingerprints the day alongside the read once it is done: an ATTACH takes no lock the
+    readers hold, so one committed after the locks is still planned into a later session's query.
+    (A partition detached is :data:`_DETACHED_SINCE_SNAPSHOT`.)"""
+    if table.relkind not in ("r", "p"):
+        return
     tree = {(schema, name): partition for schema, name, partition in
             conn.execute(_SNAPSHOT_TREE, (table.identifier.as_string(conn),)).fetchall()}
     read = _relations_read(conn, table, where)
