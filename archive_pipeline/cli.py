@@ -956,7 +956,11 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> tu
     archived day), and the days whose manifest could not be read, with why: each may hold such a mark."""
     from archive_pipeline.core.manifest import removal_state
 
-    found = plan.lookup_manifests(store, spec, days) if days else {}
+    try:
+        found = plan.lookup_manifests(store, spec, days) if days else {}
+    except ArchiveError as exc:  # the listing failed: each of those days unread, the days in the source still run
+        why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"
+        return set(), {day: why for day in days}
     pending = {day for day, lookup in found.items()
                if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
     return pending, {day: lookup.problem for day, lookup in found.items() if lookup.problem}

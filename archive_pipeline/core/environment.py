@@ -185,7 +185,7 @@ def check_keys_fit(config: ArchiveConfig, prefix: str) -> None:
 def check_key_pair(env: Mapping[str, str]) -> None:
     """Both S3 keys or neither, or a :class:`ConfigError` naming them: with one alone boto3 refuses to sign
     ("partial credentials"), so the code location loaded and then failed every run and check on it."""
-    if bool(env.get(KEY_ID_VAR)) != bool(env.get(SECRET_VAR)):
+    if bool(s3_setting(env, KEY_ID_VAR)) != bool(s3_setting(env, SECRET_VAR)):  # (as they are used: stripped)
         raise ConfigError(f"set both ${KEY_ID_VAR} and ${SECRET_VAR}, or neither (boto3's usual chain)")
 
 

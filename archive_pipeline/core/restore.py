@@ -541,12 +541,23 @@ _RESTORE_MARK = "archive_pipeline: rows of {table} restored here for"
 
 def _marked_days(conn: psycopg.Connection, relation: Relation | None, table: str) -> set[str] | None:
     """The days the restore mark of ``relation`` lists for ``table``, or None: no such table, or no mark of
-    ours (a table the user made). A marked table is locked against another restore's mark first (SHARE
-    UPDATE EXCLUSIVE conflicts with itself, not with readers or writers), and its mark read again."""
-    if _listed_days(conn, relation, table) is None:
+    ours (a table the user made). Read under a transaction-level advisory lock of the target, which every
+    restore into a new or existing target takes first: two restores into one target (two ranges at once)
+    create it once and never lose each other's days from the mark. (An advisory lock needs no privilege on
+    the table, as LOCK TABLE would.)"""
+    if relation is None:
         return None
-    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(relation.identifier))
+    conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(%s, 0))",
+                 (f"archive_pipeline restore into {relation}",))
     return _listed_days(conn, relation, table)
+
+
+def _owns(conn: psycopg.Connection, relation: Relation) -> bool:
+    """Whether the restoring role may write the table's comment (it owns the table, or is a member of its owner)."""
+    found = conn.execute(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", relation).fetchone()
+    return bool(found and found[0])
 
 
 def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str) -> set[str] | None:
@@ -562,13 +573,16 @@ def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str
 
 
 def _still_restored(conn: psycopg.Connection, relation: Relation, manifest: dict, listed: set[str] | None) -> bool:
-    """Whether the mark lists the day and the target still holds rows of it (of any day, for a table without a
-    day column): a mark whose rows were deleted or truncated since is no reason to load nothing."""
+    """Whether the mark lists the day and the target still holds its rows: as many as the archive (or, for a
+    table without a day column, any rows at all): a day whose rows were deleted since, all or some, is no
+    reason to load nothing (loaded again, it is checked as any day is)."""
     if listed is None or manifest.get("day") not in listed:
         return False
     where = _day_where(conn, relation, manifest, whole=False)
-    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
-        relation.identifier, where if where is not None else sql.SQL("TRUE"))).fetchone()[0]
+    if where is None:
+        return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(relation.identifier)).fetchone()[0]
+    held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(relation.identifier, where)).fetchone()[0]
+    return held == int(manifest.get("rows") or 0) and held > 0
 
 
 def _already_restored(relation: Relation, manifest: dict, started: float) -> RestoreResult:
@@ -1218,7 +1232,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
                 _refuse_approximation(conn, manifest, relation)
                 checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added)
-                if into == "new" or marked is not None:
+                if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,

@@ -782,6 +782,7 @@ WITH RECURSIVE tree(oid) AS (
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
 SELECT n.nspname, c.relname, c.relispartition
 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relpersistence <> 't' OR c.relnamespace = pg_catalog.pg_my_temp_schema()  -- (others' temp children: never read)
 """
 
 
