@@ -1,0 +1,162 @@
+"""Hunt 3 y: the command line as a new user runs it, end to end (a subprocess, real PostgreSQL, moto's S3 over
+HTTP): odd but plausible input, --json, pipes, Ctrl-C, two commands at once. Each test asserts what the README
+promises (or what a clear message would say) and fails on what the command does now."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.keys import manifest_key
+from archive_pipeline.core.locks import lock_key
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+ROOT = Path(__file__).resolve().parents[1]
+DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
+
+
+def make_env(pg, endpoint: str, bucket: str, config: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX="archive", ARCHIVE_S3_ENDPOINT_URL=endpoint,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="200", **extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in done.stderr, done.stderr  # never, whatever the input
+    return done
+
+
+def small_table(conn, schema: str, name: str = "ev", days=DAYS, rows: int = 50) -> None:
+    """``<schema>.<name> (id int primary key, at timestamptz, note text)`` with ``rows`` rows on each of ``days``."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(
+        sql.Identifier(schema, name)))
+    for n, day in enumerate(days):
+        conn.execute(sql.SQL("INSERT INTO {} SELECT %s * 1000 + g, %s::timestamptz + g * interval '1 minute', "
+                             "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, name)),
+                     (n, f"{day} 00:00+00", rows))
+
+
+def write_config(tmp_path: Path, tables: list[dict], name: str = "tables.yaml") -> Path:
+    config = tmp_path / name
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump({"tables": tables}, allow_unicode=True), encoding="utf-8")
+    return config
+
+
+def stored_keys(s3_client, bucket: str) -> set[str]:
+    return {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stderr_into_a_closed_pipe_neither_stops_the_work_nor_changes_the_exit_code(pg, s3, bucket, conn, schema,
+                                                                                     s3_client, tmp_path):
+    """`archive-pipeline archive --from D1 --to D2 2>&1 | head -1` (or `|& true`, a log shipper that went away):
+    the README says output into a pipe closed early goes to /dev/null and the command keeps its own exit code.
+    That holds for stdout only. The first note the command writes to stderr (here "b: no daily period of the
+    table in the selection", for a table whose start_date is later) hits the closed pipe, rich raises
+    SystemExit(1) from inside the work, and the command ends at once with exit 1 ("a day failed"): table a's
+    days, which it was asked to archive, are not archived at all. A usage error into such a pipe exits 1, not 2."""
+    small_table(conn, schema, "a", DAYS[:2])
+    small_table(conn, schema, "b", DAYS[2:])
+    tables = [{"name": f"{schema}.a", "day_column": "at", "start_date": DAYS[0].isoformat()},
+              {"name": f"{schema}.b", "day_column": "at", "start_date": DAYS[2].isoformat()}]
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
+
+    def into_a_closed_pipe(*args: str) -> int:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line
+        try:
+            child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                                     stdout=write, stderr=write)
+        finally:
+            os.close(write)
+        return child.wait(timeout=60)
+
+    code = into_a_closed_pipe("archive", "--from", DAYS[0].isoformat(), "--to", DAYS[1].isoformat())
+    spec = parse_config({"tables": tables}).tables[0]
+    archived = {manifest_key(render_key(spec, day, "archive")) for day in DAYS[:2]}
+    assert archived <= stored_keys(s3_client, bucket), (code, stored_keys(s3_client, bucket))
+    assert code in (0, 141, -signal.SIGPIPE), code
+    assert into_a_closed_pipe("list", "--day", "not-a-day") in (2, 141, -signal.SIGPIPE)
+
+
+def test_a_config_file_given_with_the_config_option_that_is_not_there_is_not_called_a_components(
+        pg, s3, bucket, tmp_path):
+    """`archive-pipeline list --config ./tabels.yaml` (a typo): the message was "archive configuration tabels.yaml
+    not found (check the path given (a component's config_path is relative to its defs.yaml))": the hint of a
+    Dagster component, to a command line user who has no component and no defs.yaml. The same case through
+    $ARCHIVE_PIPELINE_CONFIG was fixed (test_hunt_cli); --config, the option the README names first, was not."""
+    env = make_env(pg, s3.endpoint_url, bucket, tmp_path / "unused.yaml")
+    missing = tmp_path / "tabels.yaml"
+    done = cli(env, "list", "--config", str(missing), "--json")
+    answer = json.loads(done.stdout)
+    assert done.returncode == 2, answer
+    assert str(missing) in answer["error"], answer
+    assert "component" not in answer["error"] and "defs.yaml" not in answer["error"], answer
+
+
+def test_a_period_that_has_not_ended_is_refused_as_such_not_blamed_on_start_date(pg, s3, bucket, conn, schema,
+                                                                                 tmp_path):
+    """`list --day <today>` is refused (exit 2): "<today> is today or later (UTC): a day is archived once it has
+    ended". The same day named by one of its hours, `--day <today>-00:00`, or an hour of an hourly table that has
+    not ended (`--day <today>-23:00`), passed: the command exited 0 and said "no daily period of the table in the
+    selection (its first day, start_date, is 2024-03-10)", sending the user to look at a start_date that is
+    years before the day asked for. The README: a day that has not ended is refused."""
+    today = utc_today(margin=3700)  # (not within the last hour of the day: its 23:00 has not ended)
+    small_table(conn, schema, "d", DAYS[:1])
+    small_table(conn, schema, "h", DAYS[:1])
+    tables = [{"name": f"{schema}.d", "day_column": "at", "start_date": DAYS[0].isoformat()},
+              {"name": f"{schema}.h", "day_column": "at", "start_date": DAYS[0].isoformat(), "granularity": "hourly"}]
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
+    plain = cli(env, "list", "--table", f"{schema}.d", "--day", today.isoformat())
+    assert plain.returncode == 2 and "today or later" in plain.stderr, plain.stderr  # as the README says
+    for table, period in ((f"{schema}.d", f"{today}-00:00"), (f"{schema}.h", f"{today}-23:00")):
+        done = cli(env, "list", "--table", table, "--day", period)
+        assert "start_date" not in done.stderr, (period, done.stderr)
+        assert done.returncode == 2, (period, done.returncode, done.stdout, done.stderr)
+
+
+def test_after_a_failed_day_of_an_overwrite_the_message_does_not_say_archived_days_are_skipped(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """`archive --from D1 --to D2 --overwrite` where D2 fails (another run holds its table-day lock): the command
+    says "1 day(s) failed; fix what the messages say and run the same command again (archived days are
+    skipped)". With --overwrite they are not: the same command archives D1 all over again (a new generation,
+    the whole day read and uploaded once more, and a Dagster sensor sees a new materialization). The advice is
+    only true without --overwrite; here it should name the day that failed, not promise a skip."""
+    small_table(conn, schema, "ev", DAYS[:2])
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}
+    spec = parse_config({"tables": [table]}).tables[0]
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]))
+    args = ["archive", "--from", DAYS[0].isoformat(), "--to", DAYS[1].isoformat(), "--overwrite"]
+    assert cli(env, *args).returncode == 0
+    key = lock_key(spec.name, DAYS[1])
+    assert conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", key).fetchone()[0]
+    try:
+        done = cli(env, *args)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)
+    assert done.returncode == 1, done.stderr
+    told = done.stderr.strip().splitlines()[-1]
+    assert "run the same command again" in told  # what the user will do
+    again = cli(env, *args, "--json")
+    statuses = {d["day"]: d["status"] for d in json.loads(again.stdout)["days"]}
+    assert "archived days are skipped" not in told or statuses[DAYS[0].isoformat()] == "skipped", (told, statuses)
