@@ -160,3 +160,78 @@ def test_after_a_failed_day_of_an_overwrite_the_message_does_not_say_archived_da
     again = cli(env, *args, "--json")
     statuses = {d["day"]: d["status"] for d in json.loads(again.stdout)["days"]}
     assert "archived days are skipped" not in told or statuses[DAYS[0].isoformat()] == "skipped", (told, statuses)
+
+
+def test_verify_does_not_call_a_day_damaged_that_was_re_archived_while_it_ran(pg, s3, bucket, conn, schema,
+                                                                              s3_client, tmp_path):
+    """`archive-pipeline verify` of a table, while the Dagster daemon (or a colleague's `archive --overwrite`)
+    re-archives one of its days whose rows changed: verify reads every day's manifest first, then checks each
+    day by reading its manifest again and comparing that with the first read. The day re-archived in between
+    is reported FAILED, "manifest md5: '<new>', recorded '<old>'; manifest rows: 51, recorded 50", exit 1 ("a
+    check found differences"): an operator is told an intact archive (the new generation, whole) is damaged.
+    The archive as it is when checked is intact; at most the day was not checked (retryable)."""
+    small_table(conn, schema, "ev", DAYS[:1])
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}
+    spec = parse_config({"tables": [table]}).tables[0]
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    archive_partition(conn, spec, DAYS[0], store)
+    config = write_config(tmp_path, [table])
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = make_env(pg, proxy.url, bucket, config)
+        # the second read of the day's manifest (the first is the lookup): the overwrite happens before it
+        held = proxy.add(Fault(method="GET", path=re.escape(manifest_key(render_key(spec, DAYS[0], "archive"))) + "$",
+                               skip=1, action="hold", times=1, hold_timeout=60))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "verify", "--day",
+                                  DAYS[0].isoformat(), "--json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.wait_held(1, timeout=30), child.poll()
+            conn.execute(sql.SQL("INSERT INTO {} VALUES (999, %s, 'late')").format(sql.Identifier(schema, "ev")),
+                         (f"{DAYS[0]} 12:34+00",))
+            assert archive_partition(conn, spec, DAYS[0], store, overwrite=True).rows == 51
+        finally:
+            held.gate.set()
+        out, err = child.communicate(timeout=60)
+    answer = json.loads(out)
+    [day] = answer["days"]
+    claimed = [p for p in day["problems"] if not p.startswith("not checked")]
+    assert claimed == [], (child.returncode, day)
+    assert cli(make_env(pg, s3.endpoint_url, bucket, config), "verify", "--day", DAYS[0].isoformat(),
+               "--download").returncode == 0  # intact indeed
+
+
+def test_a_prune_cancelled_after_it_removed_a_day_says_which_day_it_removed(pg, s3, bucket, conn, schema, s3_client,
+                                                                            tmp_path):
+    """`archive-pipeline prune --json` over two due days, Ctrl-C while the second day's archive is proven: the first
+    day's rows are already deleted from PostgreSQL, and the command's whole answer is "proving <t> <D2> was
+    cancelled by Ctrl-C: nothing was changed" (JSON: no days at all). The one command that destroys source rows
+    tells the operator it changed nothing; and the next prune passes over the removed day in silence, so no
+    output ever says it was removed. A cancelled restore lists the days it committed (README); a cancelled
+    prune must at least name the days it removed."""
+    small_table(conn, schema, "ev", DAYS[:2])
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(),
+             "retention": {"keep_days": 30, "action": "delete"}}
+    spec = parse_config({"tables": [table]}).tables[0]
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    for day in DAYS[:2]:
+        archive_partition(conn, spec, day, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = make_env(pg, proxy.url, bucket, write_config(tmp_path, [table]))
+        held = proxy.add(Fault(method="GET", path=re.escape(render_key(spec, DAYS[1], "archive")) + "$",
+                               action="hold", times=1, hold_timeout=60))  # the second day's proof downloads it
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "prune", "--json"], env=env, cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.wait_held(1, timeout=30), child.poll()
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=30)
+        finally:
+            held.gate.set()
+            child.kill()
+    assert child.returncode == 130, err
+    left = conn.execute(sql.SQL("SELECT at::date, count(*) FROM {} GROUP BY 1 ORDER BY 1").format(
+        sql.Identifier(schema, "ev"))).fetchall()
+    assert left == [(DAYS[1], 50)]  # the first day was removed by this command
+    answer = json.loads(out)
+    assert "nothing was changed" not in answer["error"] or DAYS[0].isoformat() in out, answer
+    assert DAYS[0].isoformat() in out, answer  # (JSON: the removed day, as a cancelled restore lists its days)
