@@ -235,3 +235,31 @@ def test_a_prune_cancelled_after_it_removed_a_day_says_which_day_it_removed(pg, 
     answer = json.loads(out)
     assert "nothing was changed" not in answer["error"] or DAYS[0].isoformat() in out, answer
     assert DAYS[0].isoformat() in out, answer  # (JSON: the removed day, as a cancelled restore lists its days)
+
+
+def test_prune_refuses_a_selection_one_table_cannot_read_before_it_removes_anything(pg, s3, bucket, conn, schema,
+                                                                                    s3_client, tmp_path):
+    """`archive-pipeline prune --day 2024-03-10-05:00+0100` (an hour as Berlin names it) over a Berlin table and a
+    UTC table: prune works table by table and reads each table's selection only when it reaches it. The Berlin
+    table's day is proven and its rows DELETED; then the UTC table's selection is refused ("2024-03-10 05:00 in
+    UTC never has the offset +0100") and the command ends as a usage error, exit 2, JSON `ok: false` and no
+    days: a script reads "bad arguments, nothing done" while a day of rows is gone. archive and restore read
+    every table's selection before they start; a usage error must come before prune removes anything (or the
+    removal must be reported)."""
+    small_table(conn, schema, "a", DAYS[:1])
+    small_table(conn, schema, "b", DAYS[:1])
+    retention = {"keep_days": 30, "action": "delete"}
+    tables = [{"name": f"{schema}.a", "day_column": "at", "start_date": DAYS[0].isoformat(),
+               "timezone": "Europe/Berlin", "retention": retention},
+              {"name": f"{schema}.b", "day_column": "at", "start_date": DAYS[0].isoformat(), "retention": retention}]
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    for spec in parse_config({"tables": tables}).tables:
+        archive_partition(conn, spec, DAYS[0], store)
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
+    done = cli(env, "prune", "--day", f"{DAYS[0]}-05:00+0100", "--json")
+    answer = json.loads(done.stdout)
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "a"))).fetchone()[0]
+    if done.returncode == 2:  # a usage error: nothing was done
+        assert left == 50, (left, answer)
+    else:
+        assert DAYS[0].isoformat() in done.stdout and answer.get("days"), answer
