@@ -263,3 +263,22 @@ def test_prune_refuses_a_selection_one_table_cannot_read_before_it_removes_anyth
         assert left == 50, (left, answer)
     else:
         assert DAYS[0].isoformat() in done.stdout and answer.get("days"), answer
+
+
+def test_restore_into_a_target_that_does_not_exist_is_a_usage_error_exit_2(pg, s3, bucket, conn, schema, s3_client,
+                                                                           tmp_path):
+    """`restore --day D --into existing --target s.evnts` (a typo) or `--into new --target nosuch.t` (a schema
+    not created yet): nothing was restored, and the message says what to fix in the command ("table 's.evnts'
+    does not exist; create it or restore with --into new"). README: exit 2 is a usage or configuration error,
+    1 "a check or comparison found differences, or a day failed"; an unknown --table, a configured table that
+    does not exist, a malformed --target are all 2. These exit 1, as if a day's data had failed to restore."""
+    small_table(conn, schema, "ev", DAYS[:1])
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}
+    archive_partition(conn, parse_config({"tables": [table]}).tables[0], DAYS[0],
+                      S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE))
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]))
+    for into, target in (("existing", f"{schema}.evnts"), ("new", f"{schema}_nosuch.t")):
+        done = cli(env, "restore", "--day", DAYS[0].isoformat(), "--into", into, "--target", target, "--json")
+        answer = json.loads(done.stdout)
+        assert "does not exist" in answer["error"], answer
+        assert (done.returncode, answer["exit_code"]) == (2, 2), (into, answer)
