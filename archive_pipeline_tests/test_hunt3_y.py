@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -121,7 +123,7 @@ def test_a_period_that_has_not_ended_is_refused_as_such_not_blamed_on_start_date
     not ended (`--day <today>-23:00`), passed: the command exited 0 and said "no daily period of the table in the
     selection (its first day, start_date, is 2024-03-10)", sending the user to look at a start_date that is
     years before the day asked for. The README: a day that has not ended is refused."""
-    today = utc_today(margin=3700)  # (not within the last hour of the day: its 23:00 has not ended)
+    today = utc_today()  # (its 23:00 ends at midnight: never over today)
     small_table(conn, schema, "d", DAYS[:1])
     small_table(conn, schema, "h", DAYS[:1])
     tables = [{"name": f"{schema}.d", "day_column": "at", "start_date": DAYS[0].isoformat()},
@@ -282,3 +284,49 @@ def test_restore_into_a_target_that_does_not_exist_is_a_usage_error_exit_2(pg, s
         answer = json.loads(done.stdout)
         assert "does not exist" in answer["error"], answer
         assert (done.returncode, answer["exit_code"]) == (2, 2), (into, answer)
+
+
+def _run_in_a_terminal(args: list[str], env: dict[str, str], columns: int) -> str:
+    """Run the CLI with stdout on a pseudo-terminal ``columns`` wide; what it printed, styles removed."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen(args, env={**env, "COLUMNS": str(columns)}, cwd=ROOT, stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while select.select([master], [], [], 60)[0]:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode("utf-8", "replace"))
+
+
+def test_list_on_a_narrow_terminal_still_says_which_table_each_row_is_of(pg, s3, bucket, conn, schema, s3_client,
+                                                                         tmp_path):
+    """`archive-pipeline list` of two tables in a 40-column terminal (a tmux pane split in two): rich drops the
+    whole "table" column to make room, so the rows read `2024-03-10  archived  50` twice and nothing says which
+    table either is (below 40 columns row counts are cut to `1,…` too). At 50 columns the name is folded one
+    letter per line. The day and state columns are kept whole (no_wrap); the table column is as essential."""
+    small_table(conn, schema, "a", DAYS[:1])
+    small_table(conn, schema, "b", DAYS[:1], rows=70)
+    tables = [{"name": f"{schema}.{n}", "day_column": "at", "start_date": DAYS[0].isoformat()} for n in "ab"]
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    for spec in parse_config({"tables": tables}).tables:
+        archive_partition(conn, spec, DAYS[0], store)
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
+    out = _run_in_a_terminal([sys.executable, "-m", "archive_pipeline.cli", "list"], env, 40)
+    assert f"{schema}.a: 1 archived" in out and f"{schema}.b: 1 archived" in out, out  # the summary lines
+    rows = [line for line in out.splitlines() if DAYS[0].isoformat() in line]
+    assert len(rows) == 2, out
+    assert [name for row in rows for name in (f"{schema}.a", f"{schema}.b") if name in row] == \
+        [f"{schema}.a", f"{schema}.b"], out
