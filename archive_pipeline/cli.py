@@ -131,8 +131,14 @@ class Run:
         except PeriodError as exc:
             raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None
         if not days and (self.first or self.last):
-            self.err.print(f"{spec.name}: no {spec.granularity} period of the table in the selection (its first day, start_date, is "
-                           f"{spec.start_date})", markup=False, soft_wrap=True)
+            if plan.not_ended(spec, self.first, self.last):
+                unended = f"the {spec.granularity} period selected has not ended yet (in {spec.timezone})"
+                if not any(plan.select_days(other, self.first, self.last) for other in self.tables):
+                    raise click.UsageError(f"{spec.name}: {unended}: a period is archived once it has ended")
+                self.err.print(f"{spec.name}: {unended}", markup=False, soft_wrap=True)
+            else:
+                self.err.print(f"{spec.name}: no {spec.granularity} period of the table in the selection (its first "
+                               f"day, start_date, is {spec.start_date})", markup=False, soft_wrap=True)
         return days
 
     def chosen_days(self, doing: str) -> list[tuple[TableSpec, list[Period]]]:
@@ -632,6 +638,10 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
 
     run.emit({"ok": not failed, "days": results}, render)
     if failed:
+        if overwrite:  # the same command would archive every day again, as new generations
+            again = "; ".join(f"archive --table {r['table']} --day {r['day']} --overwrite" for r in failed)
+            raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and archive those days again: "
+                         f"{again}")
         raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and run the same command again "
                      "(archived days are skipped)")
 
@@ -903,8 +913,9 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     if failure is not None:
         lost = run.lost or isinstance(failure, psycopg.OperationalError)
         message = _for_the_cli(redact(str(failure), *_passwords()))
+        configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES  # a target that is not there
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
-                       exit_code=EXIT_UNREACHABLE if lost else EXIT_DIFFERENCES)
+                       exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
     run.emit(payload, render)
     if failure is not None:
         kept = "; the days listed above stay restored" if results else ""

@@ -158,7 +158,7 @@ def test_after_a_failed_day_of_an_overwrite_the_message_does_not_say_archived_da
         conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)
     assert done.returncode == 1, done.stderr
     told = done.stderr.strip().splitlines()[-1]
-    assert "run the same command again" in told  # what the user will do
+    assert DAYS[1].isoformat() in told and "--overwrite" in told, told  # the command for the failed day alone
     again = cli(env, *args, "--json")
     statuses = {d["day"]: d["status"] for d in json.loads(again.stdout)["days"]}
     assert "archived days are skipped" not in told or statuses[DAYS[0].isoformat()] == "skipped", (told, statuses)

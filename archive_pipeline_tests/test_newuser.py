@@ -165,7 +165,7 @@ def test_restore_refuses_a_target_it_would_not_restore_into_before_touching_anyt
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.x",)).fetchone()[0] is None
 
     done = cli(env, "restore", "--day", day.isoformat(), "--target", f"{schema}_nope.restored")
-    assert done.returncode == 1 and "archive_tables.yaml" not in done.stderr, done.stderr
+    assert done.returncode == 2 and "archive_tables.yaml" not in done.stderr, done.stderr  # a target that cannot be: usage
     assert f"create the schema of the target {schema}_nope.restored" in done.stderr, done.stderr
 
     # a target without one of the archived columns: the same configuration remedy

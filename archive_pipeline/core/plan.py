@@ -60,6 +60,21 @@ def select_days(spec: TableSpec, first: dt.date | str | None, last: dt.date | st
     return [p for p in periods.periods_overlapping(spec.granularity, spec.timezone, lo, hi) if p.utc_end <= cutoff]
 
 
+def not_ended(spec: TableSpec, first: dt.date | str | None, last: dt.date | str | None,
+              now: dt.datetime | None = None) -> bool:
+    """Whether a selection that holds no complete period of ``spec`` holds one that has not ended yet (in
+    the table's zone and granularity: today's hour of an hourly table, this month of a monthly one), rather
+    than lying before ``start_date``."""
+    now = now or dt.datetime.now(dt.UTC)
+    lo = _bound(spec, first, 0) if first else spec.first_period.utc_start
+    hi = _bound(spec, last, 1) if last else now
+    if hi <= spec.first_period.utc_start:
+        return False
+    return any(p.utc_end > now for p in periods.periods_overlapping(spec.granularity, spec.timezone,
+                                                                   max(lo, spec.first_period.utc_start),
+                                                                   max(hi, now)) if p.utc_start < hi)
+
+
 def reversed_range(spec: TableSpec, first: dt.date | str, last: dt.date | str) -> bool:
     """Whether ``first`` begins after ``last`` in the table's zone: text cannot tell for the hour a clock
     turned back repeats (``2024-10-27-02:00+0100`` is the hour after ``2024-10-27-02:00`` in Berlin)."""

@@ -34,7 +34,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
-from archive_pipeline.core.errors import ArchiveError, classify, note_cancelled, remedy_for
+from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, classify, note_cancelled, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
@@ -727,7 +727,8 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
     if into == "existing":
         if target is None or not _exists(conn, target):
             raise RestoreError(f"table {str(target) if target else None!r} does not exist"
-                               f"{_lookalike(conn, target) if target else ''}; create it or restore with into='new'")
+                               f"{_lookalike(conn, target) if target else ''}; create it or restore with into='new'",
+                               cause=TABLE_MISSING)
         return target, []
     if into != "original":
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
