@@ -374,7 +374,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             raise click.UsageError(problem)
         run = None
         try:
-            config = load_config(config_path)
+            config = load_config(config_path, given_by="--config" if config_path else None)
             by_name = {spec.name: spec for spec in config.tables}
             table_names = [_configured(_utf8(name), by_name) for name in table_names]
             unknown = [name for name in table_names if name not in by_name]
@@ -977,6 +977,63 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> tu
     return pending, {day: lookup.problem for day, lookup in found.items() if lookup.problem}
 
 
+REMOVED = ("removed", "removal completed")  # prune's statuses of a day taken out of the source by this run
+
+
+def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, results: list[dict[str, Any]]) -> None:
+    """prune of one table's ``due`` days, each day's outcome appended to ``results`` as it is known."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+
+    present, unknown = plan.present_days(run.conn, spec, due, catalog=True)
+    # A day no longer in the source whose manifest is still "pending" (a prune killed between the removing
+    # COMMIT and its "done" mark) is settled too: nothing else would ever complete its mark.
+    pending, unread = _pending_removals(run.store, spec, [d for d in due if d not in present and d not in unknown])
+    for day in due:
+        if day in unknown:
+            results.append(_unprobed(spec, day, unknown[day]))
+            continue
+        if day in unread:  # its manifest may hold a pending mark: said, not passed over
+            results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
+                            "message": _for_the_cli(redact(unread[day], *_passwords())),
+                            "retryable": "(retryable)" in unread[day]})
+            continue
+        if day not in present and day not in pending:
+            continue
+        try:
+            removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
+        except RemovalRefused as exc:
+            results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": str(exc)})
+            continue
+        except ArchiveError as exc:  # e.g. removed but the "done" mark not written: the next days still run
+            results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
+                            "message": _for_the_cli(redact(str(exc), *_passwords())),
+                            "retryable": exc.retryable})
+            continue
+        status = ("removal completed" if removal.completed else "already removed" if removal.already_removed
+                  else "would remove" if dry_run else "removed")
+        results.append({"table": spec.name, "day": day.isoformat(), "status": status,
+                        "action": removal.action, "relation": removal.relation, "rows": removal.rows,
+                        "archive": removal.archive})
+
+
+def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, Any]]) -> None:
+    """A prune stopped by Ctrl-C or SIGTERM after it removed days: those are listed (they are gone from the
+    source, their archives proven), then the day it was on, left as it was."""
+    code = 143 if isinstance(exc, Terminated) else 130
+    removed = [r for r in results if r["status"] in REMOVED]
+    message = (f"pruning was cancelled {'by SIGTERM' if code == 143 else 'by Ctrl-C'} after {len(removed)} day(s) were "
+               "removed from the source (listed); the day it was on was left as it was; to fix: run prune again")
+    if run.as_json:
+        click.echo(_for_the_cli(_json_text({"ok": False, "exit_code": code, "error": message, "retryable": True,
+                                            "days": results})))
+    else:
+        for r in removed:
+            run.out.print(f"{r['table']} {r['day']}: {r['status']} ({r.get('relation', '')}, {_num(r.get('rows'))} "
+                          f"rows; archive {r.get('archive', '')})", markup=False, soft_wrap=True)
+    click.echo(f"error: {_printable(message)}", err=True)
+    sys.exit(code)
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="prove each due day and list what would be removed; remove nothing")
 @command
@@ -986,45 +1043,23 @@ def prune(run: Run, dry_run: bool) -> None:
     (archive_pipeline.core.lifecycle). Tables without a retention setting are left alone.
 
     Exits 1 when a due day is refused (not archived, not proven, or changed)."""
-    from archive_pipeline.core.lifecycle import RemovalRefused, due_days, remove_day
+    from archive_pipeline.core.lifecycle import due_days
 
     now = dt.datetime.now(dt.UTC)  # each table's today is its own zone's
     results: list[dict[str, Any]] = []
     skipped = [spec.name for spec in run.tables if spec.retention is None]
-    for spec in run.tables:
-        if spec.retention is None:
-            continue
-        due = sorted(set(due_days(spec, now)) & set(run.days(spec)))
-        present, unknown = plan.present_days(run.conn, spec, due, catalog=True)
-        # A day no longer in the source whose manifest is still "pending" (a prune killed between the removing
-        # COMMIT and its "done" mark) is settled too: nothing else would ever complete its mark.
-        pending, unread = _pending_removals(run.store, spec, [d for d in due if d not in present and d not in unknown])
-        for day in due:
-            if day in unknown:
-                results.append(_unprobed(spec, day, unknown[day]))
-                continue
-            if day in unread:  # its manifest may hold a pending mark: said, not passed over
-                results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                                "message": _for_the_cli(redact(unread[day], *_passwords())),
-                                "retryable": "(retryable)" in unread[day]})
-                continue
-            if day not in present and day not in pending:
-                continue
-            try:
-                removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
-            except RemovalRefused as exc:
-                results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": str(exc)})
-                continue
-            except ArchiveError as exc:  # e.g. removed but the "done" mark not written: the next days still run
-                results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                                "message": _for_the_cli(redact(str(exc), *_passwords())),
-                                "retryable": exc.retryable})
-                continue
-            status = ("removal completed" if removal.completed else "already removed" if removal.already_removed
-                      else "would remove" if dry_run else "removed")
-            results.append({"table": spec.name, "day": day.isoformat(), "status": status,
-                            "action": removal.action, "relation": removal.relation, "rows": removal.rows,
-                            "archive": removal.archive})
+    # every table's selection first: one a table cannot read (a usage error) must stop the command before it
+    # removes anything from the tables before it
+    selected = {spec.name: run.days(spec) for spec in run.tables if spec.retention is not None}
+    try:
+        for spec in run.tables:
+            if spec.retention is not None:
+                _prune_table(run, spec, sorted(set(due_days(spec, now)) & set(selected[spec.name])), dry_run,
+                             results)
+    except KeyboardInterrupt as exc:
+        if not any(r["status"] in REMOVED for r in results):
+            raise
+        _prune_cancelled(run, exc, results)
     refused = [r for r in results if r["status"] in ("refused", "failed")]
 
     def render() -> None:

@@ -711,8 +711,9 @@ def config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
-    """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml)."""
+def load_config(path: str | os.PathLike | None = None, given_by: str | None = None) -> ArchiveConfig:
+    """Read and validate the YAML file (``$ARCHIVE_PIPELINE_CONFIG``, default ./archive_tables.yaml).
+    ``given_by``: what named ``path`` (the command line's ``--config``), for the message if it is not there."""
     file = Path(path) if path else config_path()
     try:
         # bytes: YAML is UTF-8 (or UTF-16 with a BOM) whatever the locale; read as text in a C or Latin-1
@@ -723,7 +724,9 @@ def load_config(path: str | os.PathLike | None = None) -> ArchiveConfig:
     except FileNotFoundError:
         # a path given (the factory's load_config(path), a component's config_path): $ARCHIVE_PIPELINE_CONFIG
         # is not read, so setting it would not help
-        if path:
+        if path and given_by:
+            hint = f"{given_by} names it: point it at the YAML file of the tables"
+        elif path:
             hint = "check the path given (a component's config_path is relative to its defs.yaml)"
         elif os.environ.get(CONFIG_ENV_VAR):
             hint = f"${CONFIG_ENV_VAR} names it: point it at the YAML file of the tables"
