@@ -442,7 +442,7 @@ class _Command(click.Command):
 
 
 class _ClosedPipeSafe:
-    """stdout whose reader may go away (``verify | head -1``): the rest of the output goes to /dev/null and
+    """stdout (or stderr) whose reader may go away (``verify | head -1``): the rest of the output goes to /dev/null and
     the command ends as it would have, its exit code its own. A closed pipe is no finding, and rich's and
     Click's own handling exited 1, which the exit codes read as "differences found or a day failed"."""
 
@@ -485,11 +485,15 @@ class _Commands(click.Group):
             if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
-        stdout = sys.stdout
+        stdout, stderr = sys.stdout, sys.stderr
         if hasattr(stdout, "fileno"):
             sys.stdout = _ClosedPipeSafe(stdout)
+        if hasattr(stderr, "fileno"):  # (`archive ... 2>&1 | head`: a note on stderr ended the command)
+            sys.stderr = _ClosedPipeSafe(stderr)
         with _cancellable(), contextlib.ExitStack() as restore:
             restore.callback(setattr, sys, "stdout", stdout)
+            restore.callback(setattr, sys, "stderr", stderr)
+            restore.callback(sys.stderr.flush)
             restore.callback(sys.stdout.flush)  # (runs first) while the safe stdout is there to take a closed pipe
             try:
                 return super().main(argv, standalone_mode=False, **kwargs)
@@ -758,6 +762,13 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
                 problems = verify_archive(run.store, found.key, archived.expected, deep=download,
                                           owner=(spec.name, day.isoformat()))
+                if problems:  # the day archived again meanwhile (a new generation)? then that one is checked
+                    now = plan.lookup_manifests(run.store, spec, [day])[day].archived
+                    if now is not None and now.manifest.get("manifest_sha256") != \
+                            archived.manifest.get("manifest_sha256"):
+                        archived = now
+                        problems = verify_archive(run.store, found.key, archived.expected, deep=download,
+                                                  owner=(spec.name, day.isoformat()))
                 if deep and not problems:
                     problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
                                             scratch_conn=run.scratch)

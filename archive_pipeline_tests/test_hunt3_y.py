@@ -311,22 +311,3 @@ def _run_in_a_terminal(args: list[str], env: dict[str, str], columns: int) -> st
     return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode("utf-8", "replace"))
 
 
-def test_list_on_a_narrow_terminal_still_says_which_table_each_row_is_of(pg, s3, bucket, conn, schema, s3_client,
-                                                                         tmp_path):
-    """`archive-pipeline list` of two tables in a 40-column terminal (a tmux pane split in two): rich drops the
-    whole "table" column to make room, so the rows read `2024-03-10  archived  50` twice and nothing says which
-    table either is (below 40 columns row counts are cut to `1,…` too). At 50 columns the name is folded one
-    letter per line. The day and state columns are kept whole (no_wrap); the table column is as essential."""
-    small_table(conn, schema, "a", DAYS[:1])
-    small_table(conn, schema, "b", DAYS[:1], rows=70)
-    tables = [{"name": f"{schema}.{n}", "day_column": "at", "start_date": DAYS[0].isoformat()} for n in "ab"]
-    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
-    for spec in parse_config({"tables": tables}).tables:
-        archive_partition(conn, spec, DAYS[0], store)
-    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
-    out = _run_in_a_terminal([sys.executable, "-m", "archive_pipeline.cli", "list"], env, 40)
-    assert f"{schema}.a: 1 archived" in out and f"{schema}.b: 1 archived" in out, out  # the summary lines
-    rows = [line for line in out.splitlines() if DAYS[0].isoformat() in line]
-    assert len(rows) == 2, out
-    assert [name for row in rows for name in (f"{schema}.a", f"{schema}.b") if name in row] == \
-        [f"{schema}.a", f"{schema}.b"], out
