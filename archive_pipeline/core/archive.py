@@ -254,7 +254,7 @@ class _Archiving:
         if removal_state(existing.manifest) == "pending":
             # a removal that did not finish: settled first (completed if it committed, else taken back),
             # so an unfinished removal never passes for a removed day, nor a removed one for archivable
-            settle_pending_removal(self.conn, self.spec, self.day, self.store)
+            settle_pending_removal(self.conn, self.spec, self.day, self.store, temp_dir=self.temp_dir)
             existing = read_existing(self.store, self.key)
             self._refuse_foreign(existing, overwrite)
         self._tidy(existing)

@@ -105,14 +105,14 @@ def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
 
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
-               removed_by: str | None = None) -> Removal:
-    """See :func:`_remove_day`; a database error (a lock_timeout, a lost session) comes out as an
+               removed_by: str | None = None, temp_dir: str | None = None) -> Removal:
+    """See :func:`_remove_day` (``temp_dir``: where the proof downloads the object); a database error (a lock_timeout, a lost session) comes out as an
     :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept. ``conn``
     must be in autocommit mode (the removal commits its own transaction before it marks the manifest done)."""
     require_autocommit(conn, "removing a day")
     try:
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
-                           removed_by=removed_by)
+                           removed_by=removed_by, temp_dir=temp_dir)
     except psycopg.Error as exc:
         error = wrap(exc, spec.name, spec.period(day).isoformat(), conn.info.password, user=conn.info.user,
                     database=conn.info.dbname, doing="removing")
@@ -129,7 +129,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
 
 def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                 dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
-                removed_by: str | None = None) -> Removal:
+                removed_by: str | None = None, temp_dir: str | None = None) -> Removal:
     """Remove ``day`` of ``spec`` from the source (``conn`` must be the primary), if and only if proven.
 
     The deep verification runs here, under the table-day lock, so what is proven is what is removed.
@@ -156,7 +156,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                 return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"],
                                archive, None, True, already_removed=True)
             if not dry_run:
-                settled = _settle(conn, spec, day, store, key, manifest, committed, why)
+                settled = _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
                 if settled.outcome == "completed":
                     mark = settled.manifest["removed"]
                     return Removal(spec.name, day, mark.get("action", action), mark.get("relation", ""),
@@ -171,7 +171,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                            None, dry_run, already_removed=True)
         target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
         if proven is not True and proven != manifest.get("manifest_sha256"):
-            problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn)
+            problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn,
+                                   temp_dir=temp_dir)
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
@@ -375,7 +376,7 @@ def _parse_time(text: str | None) -> dt.datetime | None:
 
 
 def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
-                           store: S3Store) -> Settlement:
+                           store: S3Store, temp_dir: str | None = None) -> Settlement:
     """Settle a pending removal mark left in the day's manifest by a removal that did not finish.
 
     Under the (table, day) lock, on the primary (``conn``): if the removing transaction committed,
@@ -396,7 +397,7 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
             if removal_state(manifest) != "pending":
                 return Settlement("none", manifest)
             committed, why = _committed(conn, spec, day, manifest)
-            return _settle(conn, spec, day, store, key, manifest, committed, why)
+            return _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
     except psycopg.Error as exc:  # the mark stays as it was: a terminated session, a timeout, a privilege
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
                     database=conn.info.dbname, doing="removing") from None
@@ -522,7 +523,7 @@ def _holds_archived_rows(conn: psycopg.Connection, spec: TableSpec, day: Period,
 
 
 def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
-            committed: bool, why: str) -> Settlement:
+            committed: bool, why: str, temp_dir: str | None = None) -> Settlement:
     """Complete the pending mark (``committed``) or take it back; the caller holds the table-day lock."""
     mkey = keys.manifest_key(key)
     mark = manifest["removed"]
@@ -533,7 +534,7 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
         log.warning("%s %s: took back the pending removal mark of %s (%s): the day was not removed",
                     spec.name, day, store.uri(mkey), why)
         return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
-    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()))
+    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()), temp_dir=temp_dir)
     if problems:
         raise RemovalNotRecorded(
             f"{spec.name} {day} was removed from the source ({mark.get('action')} at {mark.get('at')}; {why}), but "

@@ -158,7 +158,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             if pending and not dry_run:
                 # An earlier removal left its mark (its "done" mark failed, or a refused one could not
                 # take it back): settled on the primary first, so the proof below is of the day as it is.
-                settled = settle_pending_removal(primary, spec, day, store)
+                settled = settle_pending_removal(primary, spec, day, store, temp_dir=archive_store.temp_dir)
                 manifest = settled.manifest
             if manifest is not None and manifest.get("removed"):
                 # Removed (or pending, in a dry run): the source no longer holds the day, so the
@@ -195,7 +195,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                                       + "; ".join(problems), allow_retries=False)
         try:
             removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
-                                 removed_by=f"dagster run {context.run.run_id}")
+                                 removed_by=f"dagster run {context.run.run_id}", temp_dir=archive_store.temp_dir)
         except ArchiveError as exc:
             raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
     if removal.dry_run:
