@@ -15,18 +15,14 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline_tests import test_hunt_cli as hunt_cli
 from archive_pipeline_tests.test_cli import days, setup  # noqa: F401 - fixtures
 
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
 
 
 def small_table(conn, schema: str, name: str = "ev", days=DAYS, rows: int = 30) -> None:
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(
-        sql.Identifier(schema, name)))
-    for n, day in enumerate(days):
-        conn.execute(sql.SQL("INSERT INTO {} SELECT %s * 1000 + g, %s::timestamptz + g * interval '1 minute', "
-                             "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, name)),
-                     (n, f"{day} 00:00+00", rows))
+    hunt_cli.small_table(conn, schema, name, days, rows)
 
 
 def archived(conn, tables: list[dict], s3_client, bucket: str, days=DAYS):

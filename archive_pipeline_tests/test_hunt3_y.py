@@ -25,17 +25,10 @@ from archive_pipeline.core.locks import lock_key
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_hunt_cli import make_env, small_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
-
-
-def make_env(pg, endpoint: str, bucket: str, config: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
-    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
-               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX="archive", ARCHIVE_S3_ENDPOINT_URL=endpoint,
-               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="200", **extra)
-    return env
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -43,16 +36,6 @@ def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Comp
                           capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in done.stderr, done.stderr  # never, whatever the input
     return done
-
-
-def small_table(conn, schema: str, name: str = "ev", days=DAYS, rows: int = 50) -> None:
-    """``<schema>.<name> (id int primary key, at timestamptz, note text)`` with ``rows`` rows on each of ``days``."""
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(
-        sql.Identifier(schema, name)))
-    for n, day in enumerate(days):
-        conn.execute(sql.SQL("INSERT INTO {} SELECT %s * 1000 + g, %s::timestamptz + g * interval '1 minute', "
-                             "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, name)),
-                     (n, f"{day} 00:00+00", rows))
 
 
 def write_config(tmp_path: Path, tables: list[dict], name: str = "tables.yaml") -> Path:
