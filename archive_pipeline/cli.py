@@ -412,7 +412,10 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             configuration = getattr(exc, "cause", None) in CONFIGURATION_CAUSES  # a missing table, a grant
             transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
             code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
-            _fail(as_json, code, redact(str(exc), *_passwords()), getattr(exc, "retryable", None))
+            text = str(exc)
+            if run is not None and run.table and not getattr(exc, "table", None) and run.table not in text:
+                text = f"table {run.table!r}: {text}"  # (an error that does not know which table it is about)
+            _fail(as_json, code, redact(text, *_passwords()), getattr(exc, "retryable", None))
         except Exception as exc:  # noqa: BLE001 - a bug of ours: still one paragraph, and no secret in it
             _fail(as_json, EXIT_DIFFERENCES, f"unexpected error{f' ({run.table})' if run and run.table else ''}: "
                   f"{type(exc).__name__}: {redact(str(exc), *_passwords())}; this is a bug in archive_pipeline: "
@@ -1020,8 +1023,8 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
                             "message": _for_the_cli(redact(str(exc), *_passwords())),
                             "retryable": exc.retryable})
             continue
-        status = ("removal completed" if removal.completed else "already removed" if removal.already_removed
-                  else "would remove" if dry_run else "removed")
+        status = ("no data" if removal.nothing else "removal completed" if removal.completed
+                  else "already removed" if removal.already_removed else "would remove" if dry_run else "removed")
         results.append({"table": spec.name, "day": day.isoformat(), "status": status,
                         "action": removal.action, "relation": removal.relation, "rows": removal.rows,
                         "archive": removal.archive})

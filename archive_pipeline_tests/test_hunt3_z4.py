@@ -57,30 +57,6 @@ def count(conn, schema: str, where: str) -> int:
 # --- bugs ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("zone, day, hour", [(BERLIN, "2024-10-27", "01"), (SAO_PAULO, "2019-02-16", "22")])
-def test_the_wall_clock_hour_before_the_repeated_one_is_dropped_as_its_own_partition(conn, schema, store, zone, day,
-                                                                                       hour):
-    """An hourly table on a ``timestamp`` column in a zone with DST, partitioned by wall-clock hour as pg_partman
-    does it (``ev_2701`` FOR VALUES FROM ('2024-10-27 01:00') TO ('2024-10-27 02:00')), retention ``drop``. By the
-    README a ``timestamp`` column's hour is its wall-clock hour, so ``ev_2701`` holds exactly the rows of the
-    period 2024-10-27-01:00, which is archived with them. But the removal (``prune``, the ``source_removed``
-    asset, the removal schedule every day) refuses it for ever: "… 2024-10-27-01:00 is not one partition of its
-    own (partitions: ['ev_2701']); drop removes whole partitions: use retention action 'delete'", naming that one
-    partition. The server reads the child's upper bound 02:00 as the *second* 02:00 (+01:00), so the child
-    spans two instant-hours, and ``_target`` compares instants; a wall-clock key column should be compared by
-    wall-clock bounds. (Sao Paulo, where 23:00 repeated on 2019-02-16, refuses its 22:00 the same way.)"""
-    wall_clock_hours(conn, schema, f"{day} 00:00", 24)
-    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=day, granularity="hourly", timezone=zone,
-                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
-    period = spec.period(f"{day}-{hour}:00")
-    in_hour = f"at >= '{day} {hour}:00' AND at < '{day} {hour}:00'::timestamp + interval '1 hour'"
-    rows = count(conn, schema, in_hour)
-    assert archive_partition(conn, spec, period, store).rows == rows > 0
-    removal = remove_day(conn, spec, period, store)
-    assert (removal.relation, removal.rows) == (f"{schema}.ev_{day[-2:]}{hour}", rows)
-    assert count(conn, schema, in_hour) == 0
-
-
 def test_prune_over_a_fall_back_night_does_not_refuse_the_empty_first_occurrence(conn, schema, archive_env, tmp_path,
                                                                                   monkeypatch):
     """The same wall-clock hourly table: ``archive --day 2024-10-27`` archives 24 hours and reports the first

@@ -81,6 +81,7 @@ class Removal:
     dry_run: bool = False
     already_removed: bool = False
     completed: bool = False  # an earlier run's committed removal, whose "done" mark this run wrote
+    nothing: bool = False  # neither archived nor holding a row (an empty partition created ahead): nothing to remove
 
 
 def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
@@ -147,6 +148,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
         if manifest is None:
+            if not _has_rows(conn, spec, day):  # an empty partition made ahead, a repeated hour's first occurrence
+                return Removal(spec.name, day, action, "", 0, "", None, dry_run, nothing=True)
             raise RemovalRefused(f"{spec.name} {day} has no archive at {store.uri(key)}; archive it first",
                                  table=spec.name, day=day.isoformat())
         archive = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))

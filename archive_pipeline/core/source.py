@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES
-from archive_pipeline.core.errors import TABLE_MISSING, SourceError, sql_name
+from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError, sql_name
 from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
@@ -461,8 +461,9 @@ def day_bounds(column: Column, day: Period | dt.date) -> tuple[sql.Literal, sql.
         day = as_period("daily", "UTC", day)
     if column.base_type == "date":
         if day.granularity == "hourly":
-            raise SourceError(f"column {column.name!r} is a date, which cannot hold hours; use granularity daily "
-                              "or monthly, or a timestamp column", retryable=False)
+            raise SourceError(f"setting 'granularity': hourly needs a timestamp or timestamptz day_column, and "
+                              f"{column.name!r} is a date, which cannot hold hours; use granularity daily or monthly",
+                              retryable=False, cause=SETTING_MISFITS)
         return sql.Literal(day.start.date()), sql.Literal(day.end.date())
     if column.base_type == "timestamptz":
         return sql.Literal(day.start), sql.Literal(day.end)
