@@ -106,3 +106,139 @@ def test_another_tables_long_queue_does_not_hide_a_tables_queued_day_from_the_se
                                               "archive/table": f"{schema}.big"}))
         result = tick(pg, defs, instance)
     assert requested(result) == [], f"a queued day is requested again: {requested(result)}"
+
+
+
+def test_a_run_of_another_code_location_does_not_hold_back_this_locations_day(pg, conn, schema, archive_env):
+    """The README's way to archive two tables of the same name from two databases: two code locations, each with
+    its own ``asset_key_prefix`` (here ``us``; the other, ``eu``). Their jobs are both ``Archive_<schema>_events``
+    and their runs both carry ``archive/table=<schema>.events``. While the ``eu`` location backfills its own
+    day D (a run started there), the ``us`` sensor must still request ``us``'s D: the run archives another
+    database's table. The sensor's check for days in flight matches runs by table tag and job name from any
+    location (its run-key check keeps locations apart, this one does not), so ``us``'s D is held back for as long
+    as ``eu``'s run is queued or running (a year-long backfill there: a year of ``us``'s new days)."""
+    from dagster import SensorEvaluationContext
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+
+    day = utc_today() - dt.timedelta(days=1)
+    plain_table(conn, schema, "events", [day])
+    config = tables_config(schema, ["events"], day - dt.timedelta(days=3), asset_key_prefix=["us"])
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    job = f"Archive_{schema}_events"
+    with instance_for_test() as instance:
+        origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("eu"), repo.name), job)
+        instance.add_run(DagsterRun(job_name=job, run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                                    remote_job_origin=origin,
+                                    tags={"dagster/partition": day.isoformat(), "archive/table": f"{schema}.events"}))
+        context = SensorEvaluationContext(
+            instance_ref=None, instance=instance, repository_name=repo.name, repository_def=repo,
+            sensor_name="archive_new_days", resources={"postgres": PostgresResource(dsn=pg.dsn)},
+            code_location_origin=RegisteredCodeLocationOrigin("us"))
+        result = repo.get_sensor_def("archive_new_days").evaluate_tick(context)
+    assert requested(result) == [(job, day.isoformat())], requested(result)
+
+
+# ------------------------------------------------------------------------------------------------
+# The shared job
+
+
+def _materialized(instance, run_id: str) -> dict[tuple[str, str], dict]:
+    out = {}
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+        event = record.event_log_entry.dagster_event
+        meta = {k: getattr(v, "value", v) for k, v in event.step_materialization_data.materialization.metadata.items()}
+        out[(event.asset_key.path[-1], event.partition)] = meta
+    return out
+
+
+def _step_failures(result) -> dict[str, str]:
+    out = {}
+    for event in result.all_events:
+        if event.event_type == DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            out[event.step_key] = data.user_failure_data.description if data.user_failure_data else data.error.message
+    return out
+
+
+def test_a_shared_job_ranged_run_records_each_tables_days_as_they_are(pg, conn, schema, archive_env, s3_client):
+    """Three tables share ``Archives_daily_...``: ``a`` has a day changed after it was archived, ``b`` is already
+    archived (skipped), ``c`` has no rows (empty). One ranged run of the shared job over both days: each table's
+    days are recorded for that table alone, with that table's own state and object; ``a``'s failure names ``a``
+    and its day and does not keep ``b``'s and ``c``'s days from being recorded."""
+    days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
+    plain_table(conn, schema, "a", days)
+    plain_table(conn, schema, "b", days, rows=4)
+    plain_table(conn, schema, "c", [])
+    config = tables_config(schema, ["a", "b", "c"], days[0], backfill={"max_days_per_run": 10})
+    defs = build_definitions(config)
+    shared = defs.resolve_job_def(f"Archives_daily_{days[0]:%Y_%m_%d}_UTC")
+    rng = {"dagster/asset_partition_range_start": days[0].isoformat(),
+           "dagster/asset_partition_range_end": days[1].isoformat()}
+    with instance_for_test() as instance:
+        for name in ("a", "b"):
+            for day in days:
+                assert defs.resolve_job_def(f"Archive_{schema}_{name}").execute_in_process(
+                    instance=instance, partition_key=day.isoformat()).success
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (99, %s)").format(sql.Identifier(schema, "a")),
+                     (dt.datetime.combine(days[1], dt.time(5), dt.UTC),))
+        result = shared.execute_in_process(instance=instance, tags=rng, raise_on_error=False)
+        assert not result.success
+        metas = _materialized(instance, result.run_id)
+        failures = _step_failures(result)
+    assert {k: m["state"] for k, m in metas.items()} == {
+        ("a", days[0].isoformat()): "skipped",
+        ("b", days[0].isoformat()): "skipped", ("b", days[1].isoformat()): "skipped",
+        ("c", days[0].isoformat()): "empty", ("c", days[1].isoformat()): "empty"}
+    for (name, day), meta in metas.items():
+        assert f"{schema}.{name}/" in meta["manifest_key"] and day in meta["manifest_key"], (name, day, meta)
+        assert meta["dagster/row_count"] == {"a": 3, "b": 4, "c": 0}[name]
+    assert list(failures) == [f"archive__{schema}__a"], failures
+    assert f"{schema}.a" in failures[f"archive__{schema}__a"] and days[1].isoformat() in failures[f"archive__{schema}__a"]
+
+
+# ------------------------------------------------------------------------------------------------
+# verify_archives over several tables
+
+
+def _verdicts(instance, schema: str, name: str, check: str) -> list[tuple]:
+    key = asset_key(parse_config({"tables": [{"name": f"{schema}.{name}", "day_column": "at",
+                                              "start_date": "2024-03-10"}]}).tables[0])
+    history = instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(key, check), limit=50)
+    return [(h.partition, h.status.value, getattr(h.evaluation, "description", None) if h.evaluation else None)
+            for h in history]
+
+
+def test_verify_archives_with_one_tables_prefix_unreadable_checks_the_others(pg, conn, schema, archive_env, s3,
+                                                                            monkeypatch):
+    """``verify_archives`` over tables ``a`` and ``b``; the store refuses every request under ``a``'s folder
+    (AccessDenied: a bucket policy changed for that prefix). ``b``'s checks still run and pass; ``a``'s fail as
+    "could not check" naming ``a`` and the day, and ``a``'s day is not recorded as a damaged archive."""
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
+    plain_table(conn, schema, "a", days)
+    plain_table(conn, schema, "b", days)
+    config = tables_config(schema, ["a", "b"], days[0])
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        for name in ("a", "b"):
+            for day in days:
+                assert defs.resolve_job_def(f"Archive_{schema}_{name}").execute_in_process(
+                    instance=instance, partition_key=day.isoformat()).success
+        with FaultProxy(s3.endpoint_url) as proxy:
+            monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+            proxy.add(Fault(path=rf"^/{archive_env}/archive/{schema}\.a/", action="error", status=403,
+                            code="AccessDenied", times=None))
+            result = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance,
+                                                                               raise_on_error=False)
+        failures = _step_failures(result)
+        a_intact = _verdicts(instance, schema, "a", "archive_intact")
+        b_stored = _verdicts(instance, schema, "b", "latest_archive_intact")
+        b_unchanged = _verdicts(instance, schema, "b", "source_unchanged")
+    assert b_stored[0][1] == "SUCCEEDED" and b_unchanged[0][1] == "SUCCEEDED", (b_stored, b_unchanged, failures)
+    assert set(failures) == {f"archive__{schema}__a_latest_archive_intact", f"archive__{schema}__a_source_unchanged"}, \
+        failures
+    for text in failures.values():
+        assert f"{schema}.a" in text and days[1].isoformat() in text, text
+    assert all(status == "SUCCEEDED" for _, status, _ in a_intact), a_intact
