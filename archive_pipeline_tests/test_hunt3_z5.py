@@ -242,3 +242,53 @@ def test_verify_archives_with_one_tables_prefix_unreadable_checks_the_others(pg,
     for text in failures.values():
         assert f"{schema}.a" in text and days[1].isoformat() in text, text
     assert all(status == "SUCCEEDED" for _, status, _ in a_intact), a_intact
+
+
+def test_cli_verify_with_one_tables_prefix_unreadable_verifies_the_other_tables(pg, conn, schema, s3, s3_client,
+                                                                               bucket, tmp_path):
+    """``archive-pipeline verify --from D1 --to D4`` over tables ``a`` and ``b``; the store refuses every request
+    under ``a``'s folder (AccessDenied: a bucket policy changed for that prefix). ``b``'s four days are still
+    verified and shown ok, and ``a``'s days are reported as not checked, naming ``a`` (as a store error of one day
+    is: "a day it could not check ... is a problem of that day, and the other days are still checked"). Instead
+    the command stops at ``a``'s listing: nothing of ``b`` is verified and no day is reported."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    days = [dt.date(2024, 3, 10) + dt.timedelta(days=n) for n in range(4)]
+    tables = [{"name": f"{schema}.{n}", "day_column": "at", "start_date": days[0].isoformat()} for n in ("a", "b")]
+    store = S3Store(s3_client, bucket, prefix="archive", part_size=MIN_PART_SIZE)
+    for spec in parse_config({"tables": tables}).tables:
+        plain_table(conn, schema, spec.table_name, days)
+        for day in days:
+            archive_partition(conn, spec, day, store)
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}))
+    root = Path(__file__).resolve().parents[1]
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(path=rf"^/{bucket}/archive/{schema}\.a/", action="error", status=403, code="AccessDenied",
+                        times=None))
+        proxy.add(Fault(query=f"{schema}.a%2F", action="error", status=403, code="AccessDenied", times=None))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+        env.update(PYTHONPATH=str(root), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
+                   ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX="archive", ARCHIVE_S3_ENDPOINT_URL=proxy.url,
+                   ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing",
+                   AWS_MAX_ATTEMPTS="1")
+        done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "verify", "--from", days[0].isoformat(),
+                               "--to", days[-1].isoformat(), "--json"], env=env, cwd=root, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    report = json.loads(done.stdout)
+    by_table = {}
+    for day in report.get("days", []):
+        by_table.setdefault(day["table"], []).append((day["day"], day["ok"]))
+    assert by_table.get(f"{schema}.b") == [(d.isoformat(), True) for d in days], (report, done.stderr)
+    assert [ok for _, ok in by_table.get(f"{schema}.a", [])] == [False] * 4, report
