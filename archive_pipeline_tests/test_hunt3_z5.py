@@ -139,6 +139,36 @@ def test_a_run_of_another_code_location_does_not_hold_back_this_locations_day(pg
     assert requested(result) == [(job, day.isoformat())], requested(result)
 
 
+
+def test_a_table_with_a_backlog_does_not_starve_another_tables_new_day_across_ticks(pg, conn, schema, archive_env):
+    """``sensor.max_runs_per_tick`` is smaller than the number of tables with new days (here 1, two tables; the
+    same holds for the default 50 and 100 tables): ``backlog`` was added with history (four days never archived),
+    ``fresh`` has yesterday. Each tick's runs are done before the next tick. The sensor promises "a day of each table
+    in turn ... a table added with years of history does not hold back another table's new day until its backlog
+    is drained", but every tick starts its turn at the first table of the YAML: as ``backlog``'s requested day is
+    archived by the next tick, its next day again takes the only place, and ``fresh``'s day waits until the whole
+    backlog is drained (three years: three years of ticks at this cap)."""
+    from dagster import AssetMaterialization
+
+    today = utc_today()
+    history = [today - dt.timedelta(days=n) for n in (4, 3, 2, 1)]
+    plain_table(conn, schema, "backlog", history)
+    plain_table(conn, schema, "fresh", [today - dt.timedelta(days=1)])
+    config = tables_config(schema, ["backlog", "fresh"], history[0], sensor={"max_runs_per_tick": 1})
+    defs = build_definitions(config)
+    keys = {spec.table_name: asset_key(spec) for spec in config.tables}
+    seen = []
+    with instance_for_test() as instance:
+        for _ in range(3):
+            result = tick(pg, defs, instance)
+            for request in result.run_requests or []:
+                seen.append((request.job_name.rsplit("_", 1)[-1], request.partition_key))
+                name = request.job_name.rsplit("_", 1)[-1]
+                instance.report_runless_asset_event(AssetMaterialization(keys[name], partition=request.partition_key))
+    assert ("fresh", (today - dt.timedelta(days=1)).isoformat()) in seen[:2], \
+        f"the new day of the second table waited behind the first table's backlog: {seen}"
+
+
 # ------------------------------------------------------------------------------------------------
 # The shared job
 
