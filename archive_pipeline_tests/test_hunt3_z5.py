@@ -95,6 +95,7 @@ def test_another_tables_long_queue_does_not_hide_a_tables_queued_day_from_the_se
     config = tables_config(schema, ["small", "big"], day)
     defs = build_definitions(config)
     with instance_for_test() as instance:
+        # NOT_STARTED: unfinished like QUEUED (which Dagster stores only with a code origin)
         instance.add_run(DagsterRun(job_name=f"Archive_{schema}_small", run_id=str(uuid.uuid4()),
                                     status=DagsterRunStatus.NOT_STARTED,
                                     tags={"dagster/partition": day.isoformat(), "archive/table": f"{schema}.small"}))
