@@ -11,6 +11,7 @@ Environment variables (read by Dagster at run time through ``EnvVar``, never sto
   ARCHIVE_PIPELINE_CONFIG   path of the table list (default ./archive_tables.yaml)
 """
 
+import dataclasses
 import functools
 import logging
 import os
@@ -194,6 +195,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
             table_nodes.append(assets[-1])
         _claim_op_names(owners, spec, table_nodes, config.origin)
     jobs += shared_jobs(config)
+    sharing = shared_job_names(config)  # (the sensor counts a queued run of a table's shared job as its own)
+    targets = [dataclasses.replace(t, shared_job=sharing.get(t.spec.name)) for t in targets]
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
                               executor_def=in_process_executor,
                               description="On demand: re-check every table's latest archive against what was "
@@ -229,10 +232,25 @@ def shared_jobs(config: ArchiveConfig) -> list:
     """A job without checks for each partitions definition (granularity, start_date, zone) that two or
     more tables share: what the UI runs when several of them are materialized together (a run per
     day, or ranged runs of a backfill, by the same backfill policy as each table's own job)."""
+    return [define_asset_job(
+        name=name, selection=AssetSelection.assets(*(asset_key(s) for s in specs)).without_checks(),
+        executor_def=in_process_executor,
+        description=f"Archive days of {', '.join(s.name for s in specs)} together (for the UI's Materialize of "
+                    "several tables; each table's own job is the one scheduled)")
+        for name, specs in _shared_groups(config)]
+
+
+def shared_job_names(config: ArchiveConfig) -> dict[str, str]:
+    """Each table that shares its partitions with others, and the name of the job they share."""
+    return {spec.name: name for name, specs in _shared_groups(config) for spec in specs}
+
+
+def _shared_groups(config: ArchiveConfig) -> list[tuple[str, list[TableSpec]]]:
+    """(job name, tables) for each partitions definition (granularity, start_date, zone) two or more share."""
     groups: dict[tuple[str, object, str], list[TableSpec]] = {}
     for spec in config.tables:
         groups.setdefault((spec.granularity, spec.start_date, spec.timezone), []).append(spec)
-    jobs, names = [], set()
+    found, names = [], set()
     for specs in (specs for specs in groups.values() if len(specs) > 1):
         base = name = shared_job_name(specs[0])
         number = 0
@@ -240,12 +258,8 @@ def shared_jobs(config: ArchiveConfig) -> list:
             number += 1
             name = f"{base}_{number}"
         names.add(name)
-        jobs.append(define_asset_job(
-            name=name, selection=AssetSelection.assets(*(asset_key(s) for s in specs)).without_checks(),
-            executor_def=in_process_executor,
-            description=f"Archive days of {', '.join(s.name for s in specs)} together (for the UI's Materialize of "
-                        "several tables; each table's own job is the one scheduled)"))
-    return jobs
+        found.append((name, specs))
+    return found
 
 
 def _with_primary(resources: dict[str, object]) -> dict[str, object]:

@@ -40,11 +40,12 @@ def tables_config(schema: str, names: list[str], start: dt.date, **settings):
                                     for n in names]})
 
 
-def tick(pg, defs, instance):
+def tick(pg, defs, instance, cursor: str | None = None):
+    """One evaluation, with the cursor the daemon kept from the tick before (``cursor``)."""
     repo = defs.get_repository_def()
     sensor = repo.get_sensor_def("archive_new_days")
     return sensor.evaluate_tick(build_sensor_context(
-        instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+        instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo, cursor=cursor))
 
 
 def requested(result) -> list[tuple[str, str]]:
@@ -160,8 +161,10 @@ def test_a_table_with_a_backlog_does_not_starve_another_tables_new_day_across_ti
     keys = {spec.table_name: asset_key(spec) for spec in config.tables}
     seen = []
     with instance_for_test() as instance:
+        cursor = None
         for _ in range(3):
-            result = tick(pg, defs, instance)
+            result = tick(pg, defs, instance, cursor)
+            cursor = result.cursor or cursor  # as the daemon keeps it
             for request in result.run_requests or []:
                 seen.append((request.job_name.rsplit("_", 1)[-1], request.partition_key))
                 name = request.job_name.rsplit("_", 1)[-1]

@@ -564,6 +564,12 @@ class _Archiving:
                 # again as asked. The removed rows' archive is kept beside the new one if it holds more rows
                 # (see _retire), so no run deletes rows that exist nowhere else; an emptied source never gets here.
                 return False
+            if not fp.rows:  # overwrite or not: there is nothing to archive, and the archive is the only copy
+                raise DayRemovedError(
+                    f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its "
+                    f"archive {self._archive_uri(manifest)} was proven, and the source holds no row of it now: there "
+                    "is nothing to archive, and the archive is the day's only copy (kept as it is). Restore it if you "
+                    "need the rows back", retryable=False)
             raise DayRemovedError(
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
                 f"{self._archive_uri(manifest)} was proven, and the source now has other rows ({fp.rows:,}); "

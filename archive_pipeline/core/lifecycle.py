@@ -42,7 +42,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, encod
     removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
-                                          pending_detach_error, server_identity)
+                                          pending_detach_error, relation_name, server_identity)
 from archive_pipeline.core.store import CorruptedWrite, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -600,15 +600,17 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         if action == "drop":
             conn.execute(sql.SQL("DROP TABLE {}").format(target.identifier))
         return now.rows
-    deleted = 0
-    while True:
-        # (tableoid, ctid): a ctid alone is not unique across the partitions of a partitioned table
-        batch = conn.execute(sql.SQL(
-            "DELETE FROM {t} WHERE {w} AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM {t} WHERE {w} LIMIT {n})"
-        ).format(t=table.identifier, w=where, n=sql.Literal(spec.retention.batch_rows))).rowcount
-        if batch <= 0:
-            break
-        deleted += batch
+    deleted = _foreign_delete(conn, spec, day, table, where)
+    if deleted is None:  # no foreign table reached: in batches
+        deleted = 0
+        while True:
+            # (tableoid, ctid): a ctid alone is not unique across the partitions of a partitioned table
+            batch = conn.execute(sql.SQL(
+                "DELETE FROM {t} WHERE {w} AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM {t} WHERE {w} "
+                "LIMIT {n})").format(t=table.identifier, w=where, n=sql.Literal(spec.retention.batch_rows))).rowcount
+            if batch <= 0:
+                break
+            deleted += batch
     if deleted != now.rows:  # a trigger, a rule or row security changed what DELETE saw: keep everything
         raise RemovalRefused(f"{spec.name} {day} stays in the source: DELETE removed {deleted:,} rows where "
                              f"{now.rows:,} were archived (a trigger, rule or row-level security on the table?); "
@@ -619,6 +621,33 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              f"{left:,} rows of the day are still there (an INSTEAD rule or a trigger?); rolled back",
                              table=spec.name, day=day.isoformat())
     return deleted
+
+
+def _foreign_delete(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
+                    where: sql.Composable) -> int | None:
+    """The day's DELETE where it reaches a foreign table (a postgres_fdw partition), as one statement the remote
+    server runs itself; None where it reaches none (the caller deletes in batches). A delete the FDW cannot push
+    down goes row by row, by ctid, to the remote table, and a ctid names a row in every partition of a
+    partitioned remote table: rows of other days would go. That is refused, naming the foreign tables."""
+    statement = sql.SQL("DELETE FROM {} WHERE {}").format(table.identifier, where)
+    nodes, remote, foreign = [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) ") + statement)], [], set()
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        if "Remote SQL" in node:
+            remote.append(node["Remote SQL"])
+            if "Relation Name" in node:
+                foreign.add(relation_name(node.get("Schema", ""), node["Relation Name"]))
+    if not remote:
+        return None
+    if any("ctid" in text for text in remote):
+        raise RemovalRefused(
+            f"{spec.name} {day} stays in the source: its DELETE reaches foreign table(s) {sorted(foreign)} that the "
+            "foreign data wrapper cannot delete from on the remote server in one statement; row by row (by ctid) it "
+            "would take rows of other days from a partitioned remote table. Remove the day's rows on the remote "
+            "server, or use retention action 'detach' or 'drop' (which leave the remote rows)",
+            table=spec.name, day=day.isoformat())
+    return conn.execute(statement).rowcount
 
 
 def _described_again(conn: psycopg.Connection, spec: TableSpec, day: Period, locked: SourceTable,

@@ -182,7 +182,10 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
     days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
-    present = _existing_keys(store, [manifest_key(k) for k in keys.values()]) if len(days) > 3 else None
+    try:
+        present = _existing_keys(store, [manifest_key(k) for k in keys.values()]) if len(days) > 3 else None
+    except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
+        present = None
     listed_days = {day_prefix(k) for k in present} if present is not None else set()
     result: dict[dt.date, ManifestLookup] = {}
     for day, key in keys.items():

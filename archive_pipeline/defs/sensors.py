@@ -56,6 +56,7 @@ class SensorTarget:
     spec: TableSpec
     asset_key: AssetKey
     job: "UnresolvedAssetJobDefinition"
+    shared_job: str | None = None  # the job the table shares with tables of the same partitions, if any
 
 
 def describe_connect_failure(exc: BaseException, dsn: str) -> str:
@@ -197,6 +198,19 @@ def wanted_runs(found: list[tuple[SensorTarget, list[Period]]]) -> Iterator[Want
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
+def unfinished_runs(instance: DagsterInstance, location: str | None, repository: str | None) -> list:
+    """Every queued or running run of this code location (page by page: a year's backfill of a few tables
+    queues over a thousand), for :func:`days_in_flight`. Another location's runs (the same table names from
+    another database, README) are not this location's days."""
+    runs, cursor = [], None
+    while True:
+        page = instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED)), cursor=cursor, limit=1000)
+        runs += [run for run in page if _same_repository(run, location, repository)]
+        if len(page) < 1000:
+            return runs
+        cursor = page[-1].run_id
+
+
 def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
     """The partition keys of ``target``'s table that a queued or running run archives, from anywhere: a
     backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``).
@@ -204,7 +218,7 @@ def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
     spec, busy = target.spec, set()
     for run in runs:
         selection = run.asset_selection or ()
-        if not (run.tags.get(TABLE_TAG) == spec.name or run.job_name == target.job.name
+        if not (run.tags.get(TABLE_TAG) == spec.name or run.job_name in (target.job.name, target.shared_job)
                 or target.asset_key in selection):
             continue
         if run.tags.get("dagster/partition"):
@@ -280,7 +294,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
         with contextlib.ExitStack() as stack:
             conn = _connect(postgres, stack)
             _apply_session_settings(conn, postgres)
-            running = context.instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED)), limit=1000)
+            origin = context.code_location_origin
+            running = unfinished_runs(context.instance, origin.location_name if origin else None,
+                                      context.repository_name)
             for target in targets:
                 spec = target.spec
                 days = candidate_days(spec, today, settings.lookback_days, candidates)
@@ -317,6 +333,12 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                 found_days.append((target, [d for d in found if spec.period(d).isoformat() not in busy]))
         cap = settings.max_runs_per_tick
         origin = context.code_location_origin
+        # the turn goes on from tick to tick: the table after the one served first last tick starts this one, so a
+        # table with a backlog does not take every slot of every tick (its days are archived between ticks)
+        names = [target.spec.name for target, _ in found_days]
+        if context.cursor in names:
+            turn = names.index(context.cursor) + 1
+            found_days = found_days[turn:] + found_days[:turn]
         chosen, tried = untried(context.instance, wanted_runs(found_days), cap,
                                 origin.location_name if origin else None, context.repository_name)
         wanted = sum(len(days) for _, days in found_days)
@@ -336,6 +358,6 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
         if wanted - tried > cap:
             context.log.info(f"up to {wanted - tried} days to archive; requesting {cap} this tick "
                              "(sensor.max_runs_per_tick), the rest on the next ticks")
-        return SensorResult(run_requests=[wanted.request() for wanted in chosen])
+        return SensorResult(run_requests=[wanted.request() for wanted in chosen], cursor=chosen[0].table)
 
     return archive_new_days
