@@ -872,15 +872,33 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _parents(conn, spec, target)
 
 
+# The partitions under a day's partition (a sub-partitioned day) pending detach, with their parent: read from
+# pg_inherits, since pg_partition_tree leaves a partition pending detach out.
+_PENDING_UNDER = """
+WITH RECURSIVE tree(oid, parent, pending) AS (
+    SELECT %s::pg_catalog.regclass::pg_catalog.oid, NULL::pg_catalog.oid, false
+    UNION ALL
+    SELECT i.inhrelid, i.inhparent, i.inhdetachpending FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT n.nspname, c.relname, tree.parent::pg_catalog.regclass::text
+FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE tree.pending
+"""
+
+
 def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Period) -> None:
-    """A partition of the day pending detach (a DETACH ... CONCURRENTLY interrupted) holds rows the table no
-    longer reads: the proof would compare the wrong rows, and PostgreSQL refuses to drop or detach it again."""
-    if spec.partitioning.mode != "declarative":
-        return
+    """A partition of the day pending detach (a DETACH ... CONCURRENTLY interrupted), the day's own or one
+    under it, holds rows the table no longer reads: the proof would compare the wrong rows, and PostgreSQL
+    refuses to drop or detach it again."""
+    if spec.partitioning.mode != "declarative" or conn.info.server_version < 140000:
+        return  # (no partition is ever pending before PostgreSQL 14)
     for child in day_children(conn, spec, day):
-        parent = detaching(conn, sql.Identifier(*child.relation(spec)))
-        if parent:
-            pending = pending_detach_error(spec.name, child.relation(spec), parent)
+        relation = sql.Identifier(*child.relation(spec))
+        parent = detaching(conn, relation)
+        found = [(child.relation(spec), parent)] if parent else \
+            [((schema, name), under) for schema, name, under in
+             conn.execute(_PENDING_UNDER, (relation.as_string(conn),)).fetchall()]
+        if found:
+            pending = pending_detach_error(spec.name, *found[0])
             raise RemovalRefused(f"{spec.name} {day} stays in the source: {pending.message}", table=spec.name,
                                  day=day.isoformat(), retryable=True, cause=pending.cause, remedy=pending.remedy)
 
@@ -947,8 +965,14 @@ ORDER BY 1
 
 def _refuse_dependents(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable) -> None:
     """Views, foreign keys, inheriting tables and the like (``_DEPENDENTS``) make DROP fail after a whole
-    proof (the dry run said it would drop): refuse up front, naming them."""
-    found = [r[0] for r in conn.execute(_DEPENDENTS, {"t": target.identifier.as_string(conn)})]
+    proof (the dry run said it would drop): refuse up front, naming them. Of a day partition that is itself
+    partitioned, every partition under it is asked too (DROP drops them all)."""
+    name = target.identifier.as_string(conn)
+    members = [name] if target.relkind != "p" else [r[0] for r in conn.execute(
+        "SELECT relid::pg_catalog.regclass::text FROM pg_catalog.pg_partition_tree(%s::pg_catalog.regclass)", (name,))]
+    # (a view or foreign key "of" a relation of the tree itself goes with it)
+    found = sorted({r[0] for member in members for r in conn.execute(_DEPENDENTS, {"t": member})
+                    if r[0].rsplit(" of ", 1)[-1] not in members or " of " not in r[0]})
     if found:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} cannot be dropped while "
                              f"other objects depend on it ({'; '.join(found)}); drop or re-point them (a table "
