@@ -321,7 +321,8 @@ def test_the_command_line_names_the_options_a_core_message_names_as_options(conn
     assert "restore with into='new'" in str(python.value) and "--into" not in str(python.value)
     done = _cli(monkeypatch, tmp_path, schema, "restore", "--day", "2024-03-10", "--into", "existing",
                 "--target", f"{schema}.missing")
-    assert done.exit_code == 1 and "restore with --into new" in done.stderr and "into='" not in done.stderr, done.stderr
+    # exit 2: a target that is not there is a usage error (README, exit codes)
+    assert done.exit_code == 2 and "restore with --into new" in done.stderr and "into='" not in done.stderr, done.stderr
     conn.execute(sql.SQL("UPDATE {} SET v = 'changed' WHERE id = 1").format(sql.Identifier(schema, "ev")))
     for json_args in ((), ("--json",)):
         done = _cli(monkeypatch, tmp_path, schema, "archive", "--dry-run", "--day", "2024-03-10", *json_args)
