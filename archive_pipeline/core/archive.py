@@ -744,19 +744,21 @@ class _Archiving:
         listed so a later run retries) and which it keeps (an overwrite that lost rows)."""
         previous = existing.manifest  # readable (a damaged object of a removed day never gets here)
         if previous is None:
-            if existing.raw is None and existing.problem is None:
-                return [], []
-            # A manifest was there and could not be read (damaged, or a read the store answered wrongly): every
-            # stored generation may be the only copy of rows this day no longer has, so the new manifest keeps
-            # them all (the next run's tidying deletes what no manifest names).
+            # No manifest to trust (none, or one that could not be read: damaged, or a read the store answered
+            # wrongly) while generations are stored: each may be the only copy of rows this day no longer has
+            # (a lost manifest, rows deleted since), so the new manifest keeps them all (the next run's tidying
+            # deletes what no manifest names).
             stored = [keys.generation_key(self.key, g) for g in self._stored_generations(existing.listing or {})]
-            return [], [{"key": key, "rows": None, "note": "kept: the manifest before this one could not be read"}
+            why = "could not be read" if existing.raw is not None or existing.problem is not None else "was missing"
+            return [], [{"key": key, "rows": None, "note": f"kept: the manifest before this one {why}"}
                         for key in stored if key != result.key]
         superseded = [k for k in previous.get("superseded", []) if k != result.key]
         kept = list(previous.get("kept", []))
         obj = previous.get("object")
         if obj and obj.get("key") != result.key:
-            if result.rows < previous.get("rows", 0):
+            # kept when the new rows may not hold the old ones: fewer of them, or the old ones were removed from
+            # the source (late rows archived over a removed day: the removed rows exist nowhere else)
+            if result.rows < previous.get("rows", 0) or previous.get("removed"):
                 kept.append({"key": obj["key"], "rows": previous["rows"], "md5": obj.get("md5"),
                              "fingerprint": previous.get("fingerprint"),
                              "snapshot_at": previous.get("source", {}).get("snapshot_at")})

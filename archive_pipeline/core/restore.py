@@ -573,16 +573,24 @@ def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str
 
 
 def _still_restored(conn: psycopg.Connection, relation: Relation, manifest: dict, listed: set[str] | None) -> bool:
-    """Whether the mark lists the day and the target still holds its rows: as many as the archive (or, for a
-    table without a day column, any rows at all): a day whose rows were deleted since, all or some, is no
-    reason to load nothing (loaded again, it is checked as any day is)."""
+    """Whether the mark lists the day and the target still holds its rows: the archive's, by count and
+    fingerprint (or, for a table without a day column, any rows at all): a day whose rows were deleted or
+    changed since, or archived again since, is no reason to load nothing (loaded again, it is checked as any
+    day is)."""
     if listed is None or manifest.get("day") not in listed:
         return False
     where = _day_where(conn, relation, manifest, whole=False)
     if where is None:
         return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(relation.identifier)).fetchone()[0]
     held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(relation.identifier, where)).fetchone()[0]
-    return held == int(manifest.get("rows") or 0) and held > 0
+    if held != int(manifest.get("rows") or 0) or held == 0:
+        return False
+    recorded = manifest.get("fingerprint")
+    if fp.recorded_algorithm(recorded) is None:  # (a version 1 manifest: the count is all there is)
+        return True
+    # the rows themselves: a day archived again since (an overwrite with corrected rows) is not the one restored
+    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    return str(fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))) == recorded
 
 
 def _already_restored(relation: Relation, manifest: dict, started: float) -> RestoreResult:
