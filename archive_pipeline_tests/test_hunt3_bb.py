@@ -203,38 +203,6 @@ def test_a_re_archive_after_the_manifest_was_lost_keeps_the_stored_generation(co
 # 3. A format change after the day was removed
 
 
-def test_a_removed_day_is_not_archived_as_empty_after_the_tables_format_changed(conn, schema, ev, store, s3_client,
-                                                                               bucket):
-    """Archive a day as JSONL/zstd (20 rows), let retention remove it (delete), then change the table's format
-    to CSV/gzip (the default key_template has ``{ext}``, so the day's key becomes ``….csv.gz``). The next run of
-    the day (the schedule, a backfill, ``archive``) lists the day's prefix, which shows the JSONL archive and
-    its manifest marked ``removed``, but reads only the manifest at the new key. Was: it archives the now-empty
-    source as an **empty day**, green (``state: empty``), and ``compare`` then says "equal: archived as empty;
-    the source still has no rows": the 20 removed rows are invisible to every command (restore restores an
-    empty day). README: "A removed day is never archived again from its now-empty source ... such a run fails
-    and says when the day was removed and where its archive is". Should: refused (DayRemovedError naming the
-    existing archive), nothing written at the new key, and compare does not call the day equal."""
-    archive_partition(conn, ev, DAY, store)
-    remove_day(conn, ev, DAY, store)
-    csv = TableSpec(name=ev.name, day_column="at", start_date="2024-03-01", partitioning={"mode": "column"},
-                    retention={"keep_days": 1, "action": "delete"}, format="csv", compression="gzip")
-    new_key = table_day_key(csv, DAY, store.prefix)
-    try:
-        result = archive_partition(conn, csv, DAY, store)
-    except ArchiveError as exc:
-        assert "removed" in str(exc), str(exc)
-    else:
-        pytest.fail(f"the removed day was archived again from its empty source: rows={result.rows}, "
-                    f"empty={result.empty}, manifest {manifest_key(new_key)}")
-    assert store.head(manifest_key(new_key)) is None
-    verdicts = compare_days(conn, csv, store, [DAY])
-    assert not any(c.result == "equal" for c in verdicts), verdicts
-
-
-# ------------------------------------------------------------------------------------------------
-# 4. Restoring again into a table an earlier restore created, after the day was archived again
-
-
 def test_restore_again_after_an_overwrite_does_not_report_stale_rows_as_already_restored(conn, schema, ev, store,
                                                                                         s3_client, bucket):
     """Archive a day (20 rows) and restore it into a new table ``back`` (its restore mark lists the day). A row

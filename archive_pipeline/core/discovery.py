@@ -339,9 +339,16 @@ def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
             return _day_tables_with_rows(conn, spec, wanted, failed)
     if not wanted:
         return []
+    return days_read_with_rows(conn, spec, wanted, failed)
+
+
+def days_read_with_rows(conn: psycopg.Connection, spec: TableSpec, days: Iterable[Period],
+                        failed: dict[Period, psycopg.Error] | None = None) -> list[Period]:
+    """Which of ``days`` have rows read through the table itself, whichever partition holds them (a DEFAULT
+    partition's late rows of a day whose own partition was dropped, say); see :func:`periods_with_rows`."""
     # row_security off: a day whose rows a policy hides from this role is an error, not a day without data
     with pinned_settings(conn, TimeZone="UTC", row_security="off", search_path=SEARCH_PATH):
-        return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(wanted), failed)
+        return periods_with_rows(conn, describe_table(conn, spec.name, spec.day_column), sorted(days), failed)
 
 
 def catalog_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
