@@ -83,7 +83,7 @@ def copy_backends(admin, user: str, marker: str) -> list[tuple[int, str]]:
 def test_one_of_four_adbc_streams_terminated_mid_read_fails_the_day_retryable_and_leaves_nothing(
         pg, big, store, temp_dir):
     """parallel_streams: 4 reads the day with four ADBC sessions. Terminating one of the later streams'
-    backends while all four are reading fails the day, retryable, naming table and day, without the
+    backends (which spool their row groups) while it reads fails the day, retryable, naming table and day, without the
     password, and leaves no object, no upload, no spool or temp file and no session of the role."""
     schema, role, dsn = big
     spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="parquet", parallel_streams=4)
@@ -92,17 +92,22 @@ def test_one_of_four_adbc_streams_terminated_mid_read_fails_the_day_retryable_an
     def progress(rows: int, size: int) -> None:
         if seen:
             return
+        deadline = time.monotonic() + 10
         with pg.connect() as admin:
-            copies = copy_backends(admin, role, "ctid")
+            while True:  # a later stream (not the first range, which has no lower bound) still sending rows
+                copies = copy_backends(admin, role, "ctid")
+                middle = [pid for pid, query in copies if "ctid >=" in query]
+                if middle or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
             seen.append(copies)
-            middle = [pid for pid, query in copies if "ctid >=" in query and "ctid <" in query]
             assert middle, copies
             assert admin.execute("SELECT pg_terminate_backend(%s)", (middle[0],)).fetchone()[0]
 
     with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(ArchiveError) as caught:
         archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir), progress=progress, progress_every=0)
     err = caught.value
-    assert len(seen[0]) == 4, seen
+    assert seen, "the day's first batch never came"
     assert err.retryable is True and (err.table, err.day) == (spec.name, DAY.isoformat()), str(err)
     assert PASSWORD not in str(err) and "p%40ss" not in str(err)
     assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
