@@ -178,7 +178,7 @@ def _utc(moment: dt.datetime | None) -> dt.datetime | None:
 _PARTITION_KEY_QUERY = """
 SELECT p.relkind, pt.partstrat, pt.partnatts, a.attname,
        ARRAY(SELECT coalesce(k.attname::text, '(expression)')
-             FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY AS u(attnum, i)
+             FROM pg_catalog.unnest(pt.partattrs::int2[]) WITH ORDINALITY AS u(attnum, i)
              LEFT JOIN pg_catalog.pg_attribute k ON k.attrelid = p.oid AND k.attnum = u.attnum AND u.attnum > 0
              ORDER BY u.i),
        (SELECT pg_catalog.format_type(o.opcintype, NULL) FROM pg_catalog.pg_opclass o WHERE o.oid = pt.partclass[0]),

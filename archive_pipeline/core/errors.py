@@ -381,6 +381,7 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
          r"unexpected postmaster exit", _TERMINATED),
         (r"invalid memory alloc request size|exceeds the maximum allowed|cannot enlarge string buffer|"
          r"total size of jsonb|out of memory.*(string|buffer) (is|of) too large", _PROGRAM_LIMIT),
+        (r"\bout of (shared )?memory\b", _OUT_OF_MEMORY),  # (53200 without its SQLSTATE: ADBC's text)
         (r"no space left on device", _DISK_FULL_SERVER),
         (r"temporary failure in name resolution|EAI_AGAIN", _DNS_TEMPORARY),
         (r"could not translate host name|name or service not known|nodename nor servname|"

@@ -144,14 +144,14 @@ def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composa
     parse_as = getattr(column, "parse_as", None)
     if parse_as is not None:
         if column.base_type == "bpchar" and not column.is_array:  # a domain over char(n): blanks and all, below
-            return sql.SQL("concat({}::{})").format(ident, parse_as)
+            return sql.SQL("pg_catalog.concat({}::{})").format(ident, parse_as)
         return sql.SQL("({}::{})::text").format(ident, parse_as)
     if column.base_type == "text" and not column.is_array:
         return ident
     if column.base_type == "bpchar" and not column.is_array:
         # ::text strips trailing blanks: 'ab' and 'ab   ' of an unbounded bpchar would hash alike.
         # concat() prints the value with its output function, blanks and all.
-        return sql.SQL("concat({})").format(ident)
+        return sql.SQL("pg_catalog.concat({})").format(ident)
     return sql.SQL("{}::text").format(ident)
 
 

@@ -283,7 +283,7 @@ _LOOKALIKE_QUERY = """
 SELECT n.nspname::text, c.relname::text
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-  AND pg_catalog.lower(n.nspname || '.' || c.relname) = ANY(SELECT pg_catalog.lower(x) FROM unnest(%s::text[]) x)
+  AND pg_catalog.lower(n.nspname || '.' || c.relname) = ANY(SELECT pg_catalog.lower(x) FROM pg_catalog.unnest(%s::text[]) x)
 ORDER BY 1, 2 LIMIT 3
 """
 
@@ -976,7 +976,7 @@ def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
     """The table's primary key columns in key order (a restore re-creates it), or None."""
     rows = conn.execute(
-        "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+        "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
         "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
         "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n",
         (table.identifier.as_string(conn),)).fetchall()

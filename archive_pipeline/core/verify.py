@@ -615,7 +615,7 @@ def _type_oids(conn: psycopg.Connection, types: dict[str, sql.Composable]) -> li
     """The OID of each type, in order, by its name alone: ``NULL::domain`` would run the domain's
     CHECKs on NULL, and one that refuses NULL (``CHECK (VALUE IS NOT NULL)``) failed every proof."""
     texts = [t.as_string(conn) for t in types.values()]
-    return [oid for (oid,) in conn.execute("SELECT pg_catalog.to_regtype(u.t)::oid FROM unnest(%s::text[]) "
+    return [oid for (oid,) in conn.execute("SELECT pg_catalog.to_regtype(u.t)::oid FROM pg_catalog.unnest(%s::text[]) "
                                            "WITH ORDINALITY AS u(t, i) ORDER BY u.i", (texts,))]
 
 
@@ -759,7 +759,7 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
 _QUALIFIED_TYPES = """
 SELECT CASE WHEN t.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace
             THEN pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname) END
-FROM unnest(%s::pg_catalog.oid[]) WITH ORDINALITY AS u(oid, i)
+FROM pg_catalog.unnest(%s::pg_catalog.oid[]) WITH ORDINALITY AS u(oid, i)
 JOIN pg_catalog.pg_type t ON t.oid = u.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 ORDER BY u.i
 """

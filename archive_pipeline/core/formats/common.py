@@ -183,7 +183,7 @@ def raise_in_sql(column_index: int, reason: str, value: sql.Composable) -> sql.C
     input into the message: ``invalid input syntax for type integer: "archive_pipeline:refuse:3:..."``.
     ``value`` makes the expression non-constant, so the planner cannot fold (and raise) it up front.
     """
-    return sql.SQL("concat({m}, pg_column_size({v}) * 0)::int4").format(
+    return sql.SQL("pg_catalog.concat({m}, pg_catalog.pg_column_size({v}) * 0)::int4").format(
         m=sql.Literal(f"{_MARKER}:{column_index}:{reason}:"), v=value)
 
 
@@ -221,6 +221,8 @@ def is_value_failure(exc: BaseException) -> bool:
         return False
     if state.startswith(("22", "54")):
         return True
+    if "failed on request of size" in text.lower() and "string buffer" not in text:
+        return False  # the server out of memory for the moment (53200 without its SQLSTATE, as ADBC says it)
     return state in ("", "XX000") and any(marker in text for marker in _TOO_BIG)
 
 
@@ -234,7 +236,7 @@ def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
            probes: Sequence[sql.Composable]) -> psycopg.Error | None:
     """The value failure evaluating ``probes`` over the day raises, if any; inside a savepoint, so
     the snapshot survives it."""
-    query = sql.SQL("SELECT sum(pg_column_size(ROW({exprs}))) FROM {table} WHERE {where}").format(
+    query = sql.SQL("SELECT sum(pg_catalog.pg_column_size(ROW({exprs}))) FROM {table} WHERE {where}").format(
         exprs=sql.SQL(", ").join(probes), table=table.identifier, where=where)
     conn.execute("SAVEPOINT archive_probe")
     try:
@@ -355,7 +357,7 @@ def ambiguous_name(col: Column) -> sql.Composable | None:
         return sql.SQL("({})").format(sql.SQL(" OR ").join(inside)) if inside else None
     test = _name_does_not_read_back(function, sql.SQL("e"))
     if col.is_array:
-        return sql.SQL("EXISTS (SELECT FROM unnest({c}) AS u(e) WHERE {t})").format(c=sql.Identifier(col.name), t=test)
+        return sql.SQL("EXISTS (SELECT FROM pg_catalog.unnest({c}) AS u(e) WHERE {t})").format(c=sql.Identifier(col.name), t=test)
     return sql.SQL("(SELECT {t} FROM (SELECT {c}) AS u(e))").format(c=sql.Identifier(col.name), t=test)
 
 
@@ -366,8 +368,8 @@ def _name_does_not_read_back(function: str, value: sql.Composable) -> sql.Compos
 
 # How a step of an InnerType's way reaches the values one level down, as a LATERAL source of v(v) (unnest
 # in a subquery: in FROM, a set of composites would be expanded to its fields).
-_STEP_SOURCES = {"[]": "(SELECT unnest({v}))", "multirange": "(SELECT unnest({v}))",
-                 "range": "(VALUES (lower({v})), (upper({v})))"}
+_STEP_SOURCES = {"[]": "(SELECT pg_catalog.unnest({v}))", "multirange": "(SELECT pg_catalog.unnest({v}))",
+                 "range": "(VALUES (pg_catalog.lower({v})), (pg_catalog.upper({v})))"}
 
 
 def _ambiguous_inside(column: str, inner: InnerType) -> sql.Composed:
@@ -450,7 +452,7 @@ def output_text(expr: sql.Composable) -> sql.Composed:
     ``concat()`` applies the output function (``::text`` can differ: inet adds its mask); the
     ``IS DISTINCT FROM NULL`` keeps a composite with a NULL field, for which ``IS NOT NULL`` is false.
     """
-    return sql.SQL("CASE WHEN {e} IS DISTINCT FROM NULL THEN concat({e}) END").format(e=expr)
+    return sql.SQL("CASE WHEN {e} IS DISTINCT FROM NULL THEN pg_catalog.concat({e}) END").format(e=expr)
 
 
 class Format(Protocol):

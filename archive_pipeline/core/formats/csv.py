@@ -44,7 +44,7 @@ class Csv(CopyFormat):
         return {c.name: _encoding(c) for c in table.columns}
 
     def probes(self, table: SourceTable) -> list[sql.Composable]:
-        return [sql.SQL("concat({})").format(csv_expression(c, i)) for i, c in enumerate(table.columns)]
+        return [sql.SQL("pg_catalog.concat({})").format(csv_expression(c, i)) for i, c in enumerate(table.columns)]
 
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         return sql.SQL("COPY ({query}) TO STDOUT (FORMAT csv)").format(query=day_query(table, where))

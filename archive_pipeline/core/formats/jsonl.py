@@ -69,7 +69,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         refuse = raise_in_sql(index, "json_null", ident)
         # jsonb's null is a few bytes: the size test (no detoasting) spares big documents a second
         # decompression
-        return (sql.SQL("CASE WHEN pg_column_size({c}) < 64 AND jsonb_typeof({c}) = 'null' "
+        return (sql.SQL("CASE WHEN pg_catalog.pg_column_size({c}) < 64 AND jsonb_typeof({c}) = 'null' "
                         "THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "ELSE {c} END").format(c=ident, r=refuse),
                 encoding("embedded JSON (jsonb's text)", note="the JSON value null is refused: read back "
@@ -157,11 +157,11 @@ class JsonLines(CopyFormat):
             return sql.SQL("r.{}").format(sql.Identifier(col.name))
 
         plain = sql.SQL(" AND ").join(
-            sql.SQL("coalesce(array_lower({v}, 1), 1) = 1 AND coalesce(array_ndims({v}), 1) = 1").format(v=ref(c))
+            sql.SQL("coalesce(pg_catalog.array_lower({v}, 1), 1) = 1 AND coalesce(pg_catalog.array_ndims({v}), 1) = 1").format(v=ref(c))
             for c in arrays)
         again = sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(
-                sql.SQL("CASE WHEN coalesce(array_lower({v}, 1), 1) = 1 AND (coalesce(array_ndims({v}), 1) = 1 "
+                sql.SQL("CASE WHEN coalesce(pg_catalog.array_lower({v}, 1), 1) = 1 AND (coalesce(pg_catalog.array_ndims({v}), 1) = 1 "
                         "OR array_dims({v}) !~ {re}) THEN to_json({v}) ELSE to_json({v}::text) END").format(
                     v=ref(c), re=sql.Literal(r"\[(?!1:)")) if c in arrays else ref(c),
                 sql.Identifier(c.name))

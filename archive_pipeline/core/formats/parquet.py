@@ -132,8 +132,8 @@ def _read_expression(col: Column) -> sql.Composable:
         return ident
     if col.is_enum and col.text_cast:  # the owner's cast to text is not the label: enum_out, element by element
         return output_text(ident) if not col.is_array else sql.SQL(
-            "CASE WHEN {c} IS NOT NULL THEN ARRAY(SELECT CASE WHEN e IS NOT NULL THEN concat(e) END "
-            "FROM unnest({c}) WITH ORDINALITY AS u(e, i) ORDER BY i) END").format(c=ident)
+            "CASE WHEN {c} IS NOT NULL THEN ARRAY(SELECT CASE WHEN e IS NOT NULL THEN pg_catalog.concat(e) END "
+            "FROM pg_catalog.unnest({c}) WITH ORDINALITY AS u(e, i) ORDER BY i) END").format(c=ident)
     if col.base_type == "numeric" or col.is_enum:
         # numeric_out / enum_out: the exact text (element by element for an array: list<string>)
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
@@ -147,9 +147,9 @@ def _refusal_condition(col: Column) -> tuple[sql.Composable, str] | None:
     ident = sql.Identifier(col.name)
     if col.is_array and (col.base_type in _NATIVE_IN_ARRAYS or _listed_as_text(col)):
         # a list has neither bounds nor dimensions: ADBC would silently flatten such an array
-        return (sql.SQL("array_ndims({c}) > 1 OR array_lower({c}, 1) <> 1").format(c=ident), "array_shape")
+        return (sql.SQL("pg_catalog.array_ndims({c}) > 1 OR pg_catalog.array_lower({c}, 1) <> 1").format(c=ident), "array_shape")
     if col.base_type == "interval" and not col.is_array:
-        return (sql.SQL("({c} - date_trunc('day', {c})) NOT BETWEEN -{m} AND {m}").format(c=ident, m=_INTERVAL_MAX),
+        return (sql.SQL("({c} - pg_catalog.date_trunc('day', {c})) NOT BETWEEN -{m} AND {m}").format(c=ident, m=_INTERVAL_MAX),
                 "interval_range")
     ambiguous = ambiguous_name(col)
     if ambiguous is not None:
@@ -480,6 +480,30 @@ def _adbc_connect(adbc, dsn: str):
     return adbc.connect(make_conninfo(dsn, options=f"{own} {pinned}".strip()), autocommit=True)
 
 
+# Connection options of libpq 17 and 18 (psycopg's) that the libpq 16 inside adbc-driver-postgresql refuses
+# ("invalid connection option"), with the values that change nothing at protocol 3.0, which libpq 16 speaks:
+# left out for the Parquet reader. Another value asks for what libpq 16 cannot do: refused, naming it.
+_NEWER_LIBPQ_OPTIONS = {"max_protocol_version": {"3.0", "latest"}, "min_protocol_version": {"3.0"},
+                        "sslnegotiation": {"postgres"}, "sslkeylogfile": None, "oauth_issuer": set(),
+                        "oauth_client_id": set(), "oauth_client_secret": set(), "oauth_scope": set()}
+
+
+def _for_adbc_libpq(dsn: str, table: SourceTable) -> str:
+    """``dsn`` without the options the Parquet reader's libpq 16 does not know (see _NEWER_LIBPQ_OPTIONS)."""
+    params = conninfo_to_dict(dsn)
+    for option, harmless in _NEWER_LIBPQ_OPTIONS.items():
+        value = params.get(option)
+        if value is None:
+            continue
+        if harmless is not None and str(value) not in harmless:
+            raise UnsupportedTypeError(
+                f"the connection option {option}={value} of ARCHIVE_PG_DSN asks for what the Parquet reader's libpq "
+                f"(16, inside adbc-driver-postgresql) cannot do; remove it, or archive {table.qualified} as csv or "
+                "jsonl", table=table.qualified, retryable=False)
+        del params[option]
+    return make_conninfo(**params)
+
+
 class Parquet:
     name = "parquet"
     extension = "parquet"
@@ -498,7 +522,7 @@ class Parquet:
         # UTF-8, as ADBC sends the query: in a LATIN1 database the session's default encoding read the query's
         # 'événements' as 'Ã©vÃ©nements', a table that does not exist
         secret = {"password": info.password} if info.password else {}
-        dsn = make_conninfo(info.dsn, client_encoding="UTF8", **secret)
+        dsn = make_conninfo(_for_adbc_libpq(info.dsn, extraction.table), client_encoding="UTF8", **secret)
         query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
         conn = _adbc_connect(adbc, dsn)
         cur = conn.cursor()
