@@ -7,9 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -267,30 +265,3 @@ def test_restore_into_a_target_that_does_not_exist_is_a_usage_error_exit_2(pg, s
         answer = json.loads(done.stdout)
         assert "does not exist" in answer["error"], answer
         assert (done.returncode, answer["exit_code"]) == (2, 2), (into, answer)
-
-
-def _run_in_a_terminal(args: list[str], env: dict[str, str], columns: int) -> str:
-    """Run the CLI with stdout on a pseudo-terminal ``columns`` wide; what it printed, styles removed."""
-    import fcntl
-    import struct
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    proc = subprocess.Popen(args, env={**env, "COLUMNS": str(columns)}, cwd=ROOT, stdin=slave, stdout=slave,
-                            stderr=slave, close_fds=True)
-    os.close(slave)
-    chunks = []
-    while select.select([master], [], [], 60)[0]:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=60)
-    os.close(master)
-    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode("utf-8", "replace"))
-
-
