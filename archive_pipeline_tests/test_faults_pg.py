@@ -349,12 +349,19 @@ def every_slot_taken(server: LocalPostgres) -> Iterator[None]:
     assert before is not None
     held: list[psycopg.Connection] = []
     try:
-        for _ in range(20):
+        refused = 0
+        for _ in range(40):
             try:
                 held.append(server.connect())
+                refused = 0
             except psycopg.OperationalError as exc:
                 assert "too many clients" in str(exc), exc
-                break
+                # a backend of an earlier test may still be exiting and free its slot a moment later: full
+                # only once the server refuses again after a pause
+                refused += 1
+                if refused == 2:
+                    break
+                time.sleep(0.3)
         else:
             raise AssertionError("max_connections never reached")
         yield
