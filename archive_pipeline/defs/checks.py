@@ -524,8 +524,8 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         for event in _latest(context.instance, key, config.days):
             day = spec.period(event.partition)
             try:
-                day_key = recorded_day_key(spec, day, store, event.metadata.get("manifest_key") and
-                                           event.metadata["manifest_key"].value)
+                recorded = event.metadata.get("manifest_key")
+                day_key = recorded_day_key(spec, day, store, recorded.value if recorded is not None else None)
                 manifest = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
                 mark = (manifest or {}).get("removed")
                 if mark and mark.get("state") != "done":
