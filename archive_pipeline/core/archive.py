@@ -52,6 +52,7 @@ from archive_pipeline.core.manifest import (
     build_manifest,
     decode_manifest,
     encode_manifest,
+    foreign_manifest,
     owned,
     removal_state,
     stored_object_problems,
@@ -273,18 +274,21 @@ class _Archiving:
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
-                    decides = self._decided_by_fingerprint(existing, overwrite)
+                    elsewhere = self._removed_elsewhere(existing)
+                    decides = elsewhere is not None or self._decided_by_fingerprint(existing, overwrite)
                     estimate = None if decides else estimated_rows(self.conn, table, where)
                     if decides or estimate < FINGERPRINT_ALONGSIDE_ROWS:
                         # first: it decides whether the day is read at all, or the day is too small to pay
                         # for a second session (otherwise ``_read`` takes it while the rows stream)
                         fp, fp_seconds = self._timed_fingerprint(self.conn, table, where,
-                                                                 self._algorithm(existing, decides))
+                                                                 self._algorithm(elsewhere or existing, decides))
                         if existing.manifest is not None and existing.problem is None:
                             if self._keep(existing.manifest, identity, table, fp, overwrite):
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
                         else:
                             self._refuse_removed(existing, fp)
+                            if elsewhere is not None:
+                                self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
                     definition = table_definition(table.columns, primary_key(self.conn, table),
                                                   partition_of_day(self.spec, children))
                     generation = self._generation(existing, fp)
@@ -536,6 +540,61 @@ class _Archiving:
                 f"{self.store.uri(self.key)} holds this day archived as {then[0]}/{then[1]}, and the table is now "
                 f"configured as {self.spec.format}/{self.spec.compression}; set overwrite to replace it",
                 retryable=False)
+
+    def _removed_elsewhere(self, existing: Existing) -> Existing | None:
+        """The day's archive under another format's or codec's key (one before the table's configuration
+        changed), where its manifest marks the day removed from the source; None if there is none.
+
+        Only where this key holds nothing: the day is then new here, and without this an emptied source
+        would be archived as an empty day, beside the removed rows' archive that no run would look at
+        again. The day's listing shows such keys where the template's ``{ext}`` follows the day's name
+        (as in the default); a key whose directory holds ``{ext}`` or ``{format}`` is not looked for."""
+        if existing.raw is not None or not existing.listing or self._stored_generations(existing.listing):
+            return None
+        for other in self._other_extension_keys():
+            if keys.manifest_key(other) not in existing.listing:
+                continue
+            raw = _get_manifest_bytes(self.store, keys.manifest_key(other))
+            loose = _loose_manifest(Existing(None, raw, None, None))
+            if loose is not None and loose.get("removed") and not foreign_manifest(loose, self.spec.name,
+                                                                                 self.day.isoformat()):
+                return Existing(loose, raw, None, existing.listing)
+        return None
+
+    def _other_extension_keys(self) -> list[str]:
+        """The day's key as every other format and codec would render it (the same key once: no ``{ext}``)."""
+        rendered = {keys.render(self.spec.key_template, prefix=self.store.prefix, schema=self.spec.schema_name,
+                                table=self.spec.table_name, day=self.day, fmt=fmt, compression=codec)
+                    for fmt in keys.FORMAT_EXTENSIONS for codec in keys.CODEC_EXTENSIONS}
+        return sorted(rendered - {self.key})
+
+    def _refuse_removed_elsewhere(self, elsewhere: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
+                                  overwrite: bool) -> None:
+        """The rule of a removed day (see ``_keep``) for one archived under the table's former format or
+        codec: the source's rows are archived only with overwrite, or where they are the removed ones
+        exactly; the removed rows' archive stays where it is either way."""
+        manifest = elsewhere.manifest
+        removed = manifest["removed"]
+        then = f"{manifest.get('format')}/{manifest.get('compression')}"
+        where = self._archive_uri(manifest)
+        if removal_state(manifest) == "pending":
+            raise DayRemovedError(
+                f"{self.spec.name} {self.day}: its removal from the source, archived as {then} at {where}, is "
+                "unfinished, and the table is now configured as "
+                f"{self.spec.format}/{self.spec.compression}. Nothing was written: configure the table as {then} "
+                "again and run the day (or prune) to settle the removal first", retryable=False)
+        names = [c["name"] for c in manifest.get("columns", [])]
+        if manifest.get("fingerprint") == str(fp) and names == [c.name for c in table.columns]:
+            return  # the removed rows are back exactly (restored): archiving them again loses nothing
+        if overwrite and fp.rows:
+            return
+        now = "holds no row of it now" if not fp.rows else f"now has other rows ({fp.rows:,})"
+        raise DayRemovedError(
+            f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
+            f"{where} ({then}, the table's format and compression then) was proven, and the source {now}. Nothing "
+            "was written: that archive is the day's only copy; restore it (with the table configured as "
+            f"{then}) if you need the rows back" + (
+                "; to archive the rows there are now as well, set overwrite" if fp.rows else ""), retryable=False)
 
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
         """A removed day whose archive is damaged, or whose manifest cannot be read but says it was

@@ -1,0 +1,55 @@
+"""Hunt 4 (self): what the eighteenth session found and left, fixed in the nineteenth. Real PostgreSQL and
+S3 (moto over HTTP)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.keys import manifest_key, table_day_key
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.verify import load_manifest
+
+DAY = dt.date(2024, 3, 10)
+
+
+@pytest.fixture
+def ev(conn, schema) -> TableSpec:
+    """Column mode, action delete: 20 rows on DAY (ids 1..20), JSONL/zstd."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text)").format(
+        sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 min', 'r' || g "
+                         "FROM generate_series(1, 20) g").format(sql.Identifier(schema, "ev")), (f"{DAY} 00:00+00",))
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", partitioning={"mode": "column"},
+                     retention={"keep_days": 1, "action": "delete"})
+
+
+@pytest.mark.parametrize("changed", [{"format": "csv"}, {"compression": "gzip"}, {"format": "parquet"}])
+def test_a_removed_day_is_not_archived_as_empty_after_the_format_or_codec_changed(conn, schema, ev, store, changed):
+    """Archive a day as JSONL/zstd, let retention remove it, then change the table's format or codec (the
+    default key_template has ``{ext}``, so the day's key changes). Was: the next run found nothing at the new
+    key and archived the emptied source as an empty day, green, while the removed rows' archive sat unnoticed
+    at the old key. Should: refused as a removed day, naming the old archive; nothing is written at the new
+    key; the old archive stays; late rows are archived only with overwrite."""
+    archive_partition(conn, ev, DAY, store)
+    old = table_day_key(ev, DAY, store.prefix)
+    assert remove_day(conn, ev, DAY, store).rows == 20
+    now = ev.model_copy(update=changed)
+    new = table_day_key(now, DAY, store.prefix)
+    assert new != old
+    with pytest.raises(ArchiveError, match=r"removed from the source.*only copy") as caught:
+        archive_partition(conn, now, DAY, store)
+    assert old in str(caught.value) and not caught.value.retryable
+    assert load_manifest(store, new) is None and store.head(manifest_key(new)) is None
+    assert load_manifest(store, old)["removed"]["state"] == "done"
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (100, %s, 'late')").format(sql.Identifier(schema, "ev")),
+                 (f"{DAY} 05:00+00",))
+    with pytest.raises(ArchiveError, match="other rows"):
+        archive_partition(conn, now, DAY, store)
+    assert archive_partition(conn, now, DAY, store, overwrite=True).rows == 1
+    assert load_manifest(store, old)["rows"] == 20  # the removed rows' archive is untouched
