@@ -53,3 +53,26 @@ def test_a_removed_day_is_not_archived_as_empty_after_the_format_or_codec_change
         archive_partition(conn, now, DAY, store)
     assert archive_partition(conn, now, DAY, store, overwrite=True).rows == 1
     assert load_manifest(store, old)["rows"] == 20  # the removed rows' archive is untouched
+
+
+def test_a_wall_clock_hour_before_a_fall_back_nights_repeated_hour_can_be_dropped(conn, schema, store):
+    """An hourly table partitioned by a ``timestamp`` (wall-clock) column in Europe/Berlin, one child per
+    wall-clock hour (as pg_partman makes them). The child of 2024-10-27 01:00, ``FROM ('01:00') TO ('02:00')``,
+    holds exactly the rows the hour reads, but the server reads its upper bound 02:00 as the second 02:00, so as
+    instants it spans two hours. Was: retention ``drop`` refused it ("not one partition of its own") every year.
+    Should: dropped like any other hour, after its archive is proven; its neighbours stay."""
+    from archive_pipeline_tests.test_hunt3_z4 import BERLIN, wall_clock_hours
+
+    wall_clock_hours(conn, schema, "2024-10-26 23:00", 5)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", granularity="hourly", timezone=BERLIN,
+                     start_date="2024-10-26", partitioning={"mode": "declarative"},
+                     retention={"keep_days": 1, "action": "drop"})
+    hour = "2024-10-27-01:00"
+    held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= '2024-10-27 01:00' AND at < '2024-10-27 02:00'")
+                        .format(sql.Identifier(schema, "ev"))).fetchone()[0]
+    assert archive_partition(conn, spec, hour, store).rows == held > 0
+    assert remove_day(conn, spec, hour, store).rows == held
+    left = {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass", (f'"{schema}".ev',))}
+    assert left == {"ev_2623", "ev_2700", "ev_2702", "ev_2703"}, left

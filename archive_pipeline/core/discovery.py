@@ -78,6 +78,9 @@ class ChildRange:
     # The bound as the server prints it (``FOR VALUES FROM (...) TO (...)``), for a restore to re-create
     # the child after it was dropped.
     bound: str = ""
+    # The key is wall-clock time (``timestamp`` or ``date``): the bounds are labels in the table's zone, which
+    # the server read as instants; where a label is ambiguous (a fall-back night) the instant is one of two.
+    wall_clock: bool = False
 
     def relation(self, spec: TableSpec) -> tuple[str, str]:
         """(schema, name) of the child, kept apart: its schema's name may hold a dot."""
@@ -116,8 +119,17 @@ class ChildRange:
         return (b.year - a.year) * 12 + b.month - a.month + 1 if spec.granularity == "monthly" else (b - a).days + 1
 
     def is_period(self, period: Period) -> bool:
-        """True when the child holds exactly ``period`` (it can be detached or dropped as the period)."""
-        return self.start == period.utc_start and self.end == period.utc_end
+        """True when the child holds exactly ``period`` (it can be detached or dropped as the period). A
+        wall-clock child is compared by its labels too: the hour before a fall-back night's repeated hour,
+        ``FROM ('01:00') TO ('02:00')``, ends at the second 02:00 as an instant, yet holds exactly the rows
+        the period reads (its wall-clock bounds; see ``Period.wall_bounds``)."""
+        if self.start == period.utc_start and self.end == period.utc_end:
+            return True
+        if not self.wall_clock or self.start is None or self.end is None:
+            return False
+        zone = period.start.tzinfo
+        labels = (self.start.astimezone(zone).replace(tzinfo=None), self.end.astimezone(zone).replace(tzinfo=None))
+        return labels == period.wall_bounds and labels[0] < labels[1]
 
 
 @contextlib.contextmanager
@@ -155,7 +167,8 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
 
 def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     schema, _, name = spec.name.partition(".")
-    _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps to read
+    key_type = _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps to read
+    wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone"
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
                                  ).fetchone()[0]:
@@ -164,7 +177,7 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
-    return [ChildRange(child, _utc(start), _utc(end), child_schema, bound)
+    return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock)
             for child, bound, child_schema, start, end, ranged in rows if ranged]  # DEFAULT, LIST, HASH: no range
 
 
@@ -198,24 +211,25 @@ _STRATEGIES = {"r": "RANGE", "l": "LIST", "h": "HASH"}
 _TIME_KEYS = ("date", "timestamp without time zone", "timestamp with time zone")
 
 
-def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> None:
+def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> str | None:
     """Refuse a table whose children's bounds cannot say which periods hold rows: one not partitioned by
     RANGE, or by RANGE of several columns, or of another column than ``day_column``. Its days were
     never discovered (LIST children have no range; a bound of two columns did not parse) while a day
-    archived by hand read the day column's rows, so the sensor and the archives disagreed."""
+    archived by hand read the day column's rows, so the sensor and the archives disagreed. Returns the
+    key's type (None where there is no such table)."""
     schema, _, name = spec.name.partition(".")
     found = conn.execute(_PARTITION_KEY_QUERY, (schema, name)).fetchone()
     if found is None:
-        return
+        return None
     relkind, strategy, columns, first, key, key_type, expression_uses = found
     if relkind == "p" and strategy == "r" and columns == 1 and first == spec.day_column:
-        return
+        return key_type
     # An expression key, e.g. (at::date), is read by its bounds as before, when it is a time of the day column
     # alone: one of another column's (loaded_at::date) named other days than the rows', one of a number
     # (extract(year ...)) failed every tick reading its bounds as timestamps, with a remedy about rows.
     expression = relkind == "p" and strategy == "r" and columns == 1 and first is None
     if expression and expression_uses == [spec.day_column] and key_type in _TIME_KEYS:
-        return
+        return key_type
     what = (f"partitioned by {_STRATEGIES.get(strategy, strategy)} ({', '.join(key)})" if relkind == "p"
             else "not a partitioned table")
     if expression:
