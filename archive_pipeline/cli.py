@@ -30,8 +30,9 @@ import click
 import psycopg
 from botocore.exceptions import BotoCoreError
 from rich.console import Console
+from rich.cells import cell_len
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from archive_pipeline.core import plan
@@ -311,7 +312,36 @@ class _CliConsole(Console):
     characters escaped (:func:`_printable`)."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(_printable(_for_the_cli(o)) if isinstance(o, str) else o for o in objects), **kwargs)
+        super().print(*(_printable(_for_the_cli(o)) if isinstance(o, str) else
+                        _as_records(o) if isinstance(o, Table) and self._too_narrow(o) else o for o in objects),
+                      **kwargs)
+
+    def _too_narrow(self, table: Table) -> bool:
+        """Whether the terminal is narrower than the table's columns need: rich would then shrink some
+        columns to nothing (a 40-column terminal lost every table's name in ``list``)."""
+        return sum(_least_width(column) for column in table.columns) + 2 * (len(table.columns) - 1) > self.width
+
+
+def _least_width(column: Column) -> int:
+    """The fewest cells a column shows its header and values in: whole for one that does not wrap, else
+    its header's longest word or six characters a line, whichever is wider."""
+    cells = [cell.cell_len if isinstance(cell, Text) else cell_len(str(cell)) for cell in column.cells]
+    header = max(map(cell_len, str(column.header).split() or [""]))
+    return max([header, *cells]) if column.no_wrap else max(header, min(6, max(cells, default=0)))
+
+
+def _as_records(table: Table) -> Text:
+    """The table as one block of ``header: value`` lines per row, for a terminal too narrow for columns."""
+    lines: list[Text] = []
+    for row in range(table.row_count):
+        if row:
+            lines.append(Text(""))
+        for column in table.columns:
+            cell = list(column.cells)[row]
+            text = cell if isinstance(cell, Text) else Text(str(cell))
+            if text.plain:
+                lines.append(Text.assemble((f"{column.header}: ", "bold"), text))
+    return Text("\n").join(lines)
 
 
 class _CliTable(Table):

@@ -76,3 +76,27 @@ def test_a_wall_clock_hour_before_a_fall_back_nights_repeated_hour_can_be_droppe
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = %s::regclass", (f'"{schema}".ev',))}
     assert left == {"ev_2623", "ev_2700", "ev_2702", "ev_2703"}, left
+
+
+@pytest.mark.parametrize("width", [40, 60])
+def test_a_narrow_terminal_shows_every_column_of_a_listing(width):
+    """``archive-pipeline list`` on a 40-column terminal (a phone's SSH client, a split pane). Was: rich shrank
+    the table's name column to nothing, so no row said which table it was. Should: where the columns do not
+    fit, each row prints as ``header: value`` lines, every value whole; where they fit, the table as before."""
+    from rich.text import Text
+
+    from archive_pipeline.cli import _CliConsole, _table
+
+    def listing(columns: int) -> str:
+        console = _CliConsole(width=columns, markup=False, emoji=False, record=True, file=open("/dev/null", "w"))
+        table = _table("table", "day", "state", "rows", "bytes", "archived at", "key", "note")
+        table.add_row("public.événements_2024", "2024-03-10", Text("archived", style="green"), "20", "1.2 kB",
+                      "2024-03-11 00:00", "archive/public.events/2024/03/2024-03-10.jsonl.zst", "")
+        console.print(table)
+        return console.export_text()
+
+    narrow = listing(width)
+    assert "table: public.événements_2024" in narrow and "state: archived" in narrow, narrow
+    assert all(len(line) <= width for line in narrow.splitlines())
+    wide = listing(200)
+    assert wide.splitlines()[0].split() == ["table", "day", "state", "rows", "bytes", "archived", "at", "key", "note"]
