@@ -51,3 +51,37 @@ def test_an_empty_day_after_a_column_was_added_gets_one_verdict(mode, conn, sche
         rerun = f"{type(exc).__name__}: {exc}"
     verdicts = {"compare": comparison.result == "equal", "deep_verify": problems == [], "rerun": rerun == "skipped"}
     assert len(set(verdicts.values())) == 1, (verdicts, comparison.note, problems, rerun)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_day_archived_before_its_enum_type_was_renamed_is_refused_for_removal_with_a_remedy_that_works(
+        fmt, conn, schema, store, temp_dir):
+    """A table with an enum column (``mood``) is archived; then a migration renames the type (``ALTER TYPE mood
+    RENAME TO feeling``): no value changes, and the re-run check (skipped) and ``compare`` (equal) agree the day is
+    still exactly its archive. Then retention's removal (``prune``, the ``source_removed`` asset) and deep
+    verification of every such day fail with a ``RestoreError``: "column 'm' of the manifest: type 'mood' does
+    not exist in this database; create it ... and restore again" -- a restore's remedy for a removal or a proof
+    that restores nothing, and not a ``RemovalRefused``. The day stays in the source forever, each prune a
+    failure. Should: the removal is a typed refusal (``RemovalRefused``) whose remedy works: archive the day
+    again with overwrite, which records the type under its present name (after which the day is proven and
+    removed), or the proof resolves the renamed type."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('ok', 'bad')").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, m {}.mood)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, %s, 'ok'), (2, %s, 'bad')").format(s), (DAY, DAY))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt,
+                     retention={"keep_days": 1, "action": "delete"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("ALTER TYPE {}.mood RENAME TO feeling").format(s))
+    assert compare_days(conn, spec, store, [DAY])[0].result == "equal"
+    try:
+        remove_day(conn, spec, DAY, store)
+    except RemovalRefused as exc:
+        assert "overwrite" in str(exc), str(exc)
+        # and the remedy works: archived again, the day is proven and removed
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
+        assert deep_verify(conn, store, spec, DAY) == []
+    except ArchiveError as exc:
+        pytest.fail(f"{type(exc).__name__} instead of a refusal with a remedy that works: {exc}")
