@@ -56,6 +56,14 @@ class RestoreError(ArchiveError):
     """A restore could not be done as asked; nothing of it was committed."""
 
 
+class TypeMissingError(RestoreError):
+    """A column's recorded type does not exist in the database the rows are to be loaded into."""
+
+    def __init__(self, message: str, type_text: str, where: str, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.type_text, self.where = type_text, where
+
+
 class ArchiveMissingError(RestoreError):
     """The object a manifest names is not in the store (or no longer: replaced by an overwrite meanwhile)."""
 
@@ -671,8 +679,9 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
     except psycopg.Error as exc:
         raise RestoreError(f"{where}: {type_text!r} is not a type name ({exc}); the manifest is damaged") from None
     if not found:
-        raise RestoreError(f"{where}: type {type_text!r} does not exist in this database; create it (e.g. the enum "
-                           "or composite type, or the extension providing it) and restore again")
+        raise TypeMissingError(f"{where}: type {type_text!r} does not exist in this database; create it (e.g. the "
+                               "enum or composite type, or the extension providing it) and restore again",
+                               type_text, where)
     return CatalogText(type_text)
 
 

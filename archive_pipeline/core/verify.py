@@ -318,9 +318,11 @@ def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, mani
     if fingerprint.recorded_algorithm(recorded) is None:
         return ("the manifest has no fingerprint this version can compute (written by an older archive_pipeline): "
                 "archive the day again (overwrite) to prove it")
+    # A day archived without rows has no values a column could differ in: while the source has none
+    # either, its columns (one added by a migration since) are not a change (as compare and re-runs see it).
+    names = None if manifest.get("rows") == 0 else [c["name"] for c in manifest["columns"]]
     try:
-        now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded),
-                                 [c["name"] for c in manifest["columns"]])
+        now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded), names)
     except ColumnsChangedError as exc:
         return str(exc)
     except ArchiveError as exc:
@@ -410,6 +412,12 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             return problems
         temp = None
         try:
+            from archive_pipeline.core.restore import TypeMissingError
+
+            try:  # first: a type renamed or dropped since is no verdict on the archive, and no restore's error
+                _column_types(scratch_conn, manifest)
+            except TypeMissingError as exc:
+                return [_type_missing(exc, scratch_conn is not conn)]
             with scratch_conn.transaction():
                 if algorithm not in fingerprint.CHAINED:
                     temp, columns = _temp_table(scratch_conn, manifest)
@@ -599,6 +607,15 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
         text = text[:300] + "…"
     where_from = "the source has a row the archive lacks" if side == "left" else "the archive has a row the source lacks"
     return f"first difference: {where_from}: {text}"
+
+
+def _type_missing(exc, scratch: bool) -> str:
+    """Why a day whose recorded column type is gone cannot be proven, and what makes it provable."""
+    where = "the scratch database" if scratch else "this database"
+    return (f"{exc.where}: its recorded type {exc.type_text!r} does not exist in {where} (renamed, moved or dropped "
+            "since the day was archived?), so the archived rows cannot be loaded to be proven; archive the day again "
+            "with overwrite to record the column as it is now" + (", or create the type in the scratch database"
+                                                                  if scratch else ""))
 
 
 def _column_types(conn: psycopg.Connection, manifest: dict) -> dict[str, sql.Composable]:
