@@ -1,0 +1,148 @@
+"""Hunt 4 (gg): databases in other encodings (SQL_ASCII, LATIN1, EUC_JP) as sources, restore targets and
+scratch databases. Each test is what a user would do; it fails on the current code because of a bug."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.restore import ArchiveCorruptError, restore_day
+from archive_pipeline.core.verify import deep_verify
+
+DAY = dt.date(2024, 3, 10)
+
+
+@pytest.fixture
+def encoded_db(pg, conn):
+    """A factory of fresh databases in a given encoding (autocommit connections, UTF8 client); dropped afterwards."""
+    made: list[tuple[str, psycopg.Connection]] = []
+
+    def make(encoding: str) -> psycopg.Connection:
+        name = f"hunt4_gg_{encoding.lower()}_{conn.info.backend_pid}_{len(made)}"
+        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+            sql.Identifier(name), sql.Literal(encoding)))
+        db = psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True, client_encoding="UTF8")
+        made.append((name, db))
+        return db
+
+    yield make
+    for name, db in made:
+        db.close()
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _utf8_day(conn, schema: str, column_type: str, value: str, store, temp_dir) -> TableSpec:
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, v {})").format(table, sql.SQL(column_type)))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s), (%s, 'plain')").format(table), (DAY, value, DAY))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 2
+    return spec
+
+
+def test_deep_verification_in_a_latin1_scratch_database_does_not_call_an_intact_archive_corrupt(
+        encoded_db, conn, schema, store, temp_dir):
+    """A user proves a day of a UTF-8 database (a value '日') with ``deep_verify(..., scratch_conn=...)`` pointing at
+    a writable LATIN1 database (README: the scratch database only needs the same column types; "the fingerprint is
+    the same on any server, whatever its encoding"). LATIN1 has no '日', so the rows cannot load there. What
+    happens: ``ArchiveCorruptError`` ("the archive ... does not load ... check ... the object against its manifest
+    (MD5)"): the intact archive is reported corrupt, and so is every retention removal proven that way, which invites
+    deleting or overwriting a good archive. What should happen: an error (or problem) that names the scratch
+    database's encoding, LATIN1, lacking the character as the cause (as restore does for the same failure), not a
+    corrupt archive. Cause: verify._load calls restore.load_into, whose DataError handler (restore.py ~l.278) turns every
+    UntranslatableCharacter into ArchiveCorruptError; only restore's own path (_load/_drift_explained) tells it apart."""
+    spec = _utf8_day(conn, schema, "text", "日", store, temp_dir)
+    latin1 = encoded_db("LATIN1")
+    try:
+        problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir, scratch_conn=latin1)
+    except ArchiveError as exc:
+        assert not isinstance(exc, ArchiveCorruptError), exc
+        assert "LATIN1" in str(exc) and "MD5" not in str(exc), exc
+    else:
+        assert problems and any("LATIN1" in p for p in problems), problems
+
+
+def test_a_restore_into_a_sql_ascii_database_names_its_byte_counted_lengths_not_an_enum(
+        encoded_db, conn, schema, store, temp_dir):
+    """A user restores a day of a UTF-8 database whose ``varchar(5)`` holds '日本語テキ' (5 characters) into a
+    SQL_ASCII database (a legacy server). SQL_ASCII counts a varchar's length in bytes (15 here), so the value
+    does not fit, and the restore is refused: right. What happens: the message blames the target's type ("an enum
+    lacking one of the archived labels, a type changed since the day was archived") and the remedy says to ALTER
+    TYPE ... ADD VALUE. What should happen: the refusal names the column and the cause, the database's encoding
+    SQL_ASCII (which counts lengths in bytes), with a remedy that works (restore into a UTF8 database, or a wider
+    column). Cause: restore._load's DataError branch gives every refused value without a recorded type drift the
+    enum/changed-type explanation; only UntranslatableCharacter is told apart (StringDataRightTruncation is not)."""
+    spec = _utf8_day(conn, schema, "varchar(5)", "日本語テキ", store, temp_dir)
+    legacy = encoded_db("SQL_ASCII")
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(legacy, store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
+    message, remedy = str(refused.value), str(getattr(refused.value, "remedy", ""))
+    assert "SQL_ASCII" in message and "enum" not in message and "ALTER TYPE" not in remedy, (message, remedy)
+
+
+def test_a_restore_from_a_sql_ascii_database_does_not_blame_the_archive_for_char_padding(
+        encoded_db, conn, schema, store, temp_dir):
+    """A user archives a day of a SQL_ASCII database whose ``char(12)`` holds 'é日' (valid UTF-8; README: SQL_ASCII
+    works, and v4 there is the UTF-8 hash) and restores it into a UTF-8 database. SQL_ASCII padded the value to 12
+    *bytes* ('é日' + 7 blanks), UTF-8 pads it to 12 characters (+ 10 blanks), so the restored value differs. What
+    happens: the restore is rolled back with "The archive does not hold the rows it was proven to hold (altered
+    after it was written)": an intact archive is called tampered with, and nothing names the column or the cause.
+    What should happen: the day is refused (or restored) naming the column 'v' and the cause (char(n) lengths
+    counted in bytes in the SQL_ASCII source), not an altered archive. Cause: restore's fingerprint check
+    (restore._check, FingerprintMismatchError) has only the altered-archive explanation when no column
+    is recorded as inexact; the archive does not flag char(n) of a SQL_ASCII source."""
+    legacy = encoded_db("SQL_ASCII")
+    legacy.execute("CREATE TABLE ev (at date, v char(12))")
+    legacy.execute("INSERT INTO ev VALUES (%s, %s), (%s, 'plain')", (DAY, "é日", DAY))
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="csv")
+    archive_partition(legacy, spec, DAY, store, temp_dir=temp_dir)
+    try:
+        restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    except ArchiveError as exc:
+        message = str(exc)
+        assert "altered after it was written" not in message and "'v'" in message, message
+    else:
+        assert restored.fingerprint_checked
+
+
+def test_a_utf8_archive_restored_into_an_euc_jp_database_is_not_called_altered(
+        encoded_db, conn, schema, store, temp_dir):
+    """A user restores a day of a UTF-8 database holding '日本' into an EUC_JP database, which has both characters
+    (README: only a value with a character the target's encoding lacks rolls the day back). What happens: rolled
+    back with "The archive does not hold the rows it was proven to hold (altered after it was written)". What
+    should happen: the day restores and proves, or is refused saying the cause: in an EUC_JP database the
+    fingerprint hashes EUC_JP bytes, so a UTF-8 archive cannot be proven there (restore into a UTF8 database).
+    Cause: fingerprint.row_hash hashes a _MULTIBYTE database's own bytes; restore compares with the manifest's
+    UTF-8 hash and explains any mismatch as alteration (restore._check)."""
+    spec = _utf8_day(conn, schema, "text", "日本", store, temp_dir)
+    euc = encoded_db("EUC_JP")
+    try:
+        restored = restore_day(euc, store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert "EUC_JP" in str(exc) and "altered after it was written" not in str(exc), exc
+    else:
+        assert restored.fingerprint_checked and restored.rows == 2
+
+
+def test_an_euc_jp_archive_restored_into_a_utf8_database_names_the_encoding(encoded_db, conn, schema, store,
+                                                                              temp_dir):
+    """A user archives a day of an EUC_JP database ('日本語') and restores it into a UTF-8 database (the README's
+    usual remedy for encoding trouble). README (Versions) says such an archive proves only in an EUC_JP database.
+    What happens: the restore is rolled back saying the archive was "altered after it was written" (in JSONL it
+    blames an inexact json column instead). What should happen: the refusal says the cause: the day was archived
+    from an EUC_JP database and proves only in a database of that encoding. Cause: the manifest does not record the
+    source's encoding (manifest.py), so restore's FingerprintMismatchError can only guess alteration."""
+    euc = encoded_db("EUC_JP")
+    euc.execute("CREATE TABLE ev (at date, v text)")
+    euc.execute("INSERT INTO ev VALUES (%s, %s), (%s, 'plain')", (DAY, "日本語", DAY))
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="csv")
+    archive_partition(euc, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert "EUC_JP" in str(refused.value) and "altered after it was written" not in str(refused.value), refused.value
