@@ -146,3 +146,28 @@ def test_an_euc_jp_archive_restored_into_a_utf8_database_names_the_encoding(enco
     with pytest.raises(ArchiveError) as refused:
         restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     assert "EUC_JP" in str(refused.value) and "altered after it was written" not in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_sql_ascii_column_name_that_is_not_utf8_is_named_as_the_cause(fmt, encoded_db, store, temp_dir):
+    """A legacy SQL_ASCII database whose table was created by a LATIN1 client: a column ``café`` is stored as the
+    bytes ``caf\\xe9`` (not UTF-8); every value of the day is plain ASCII. A user archives the table. What happens:
+    ``SourceError`` "a value in the day cannot be read or converted (data exception) (CharacterNotInRepertoire ...
+    0xe9)", with the remedy "fix the offending rows, or archive the table in a format that keeps the value as text
+    (jsonl/csv)": no value is at fault, the column is not named, and the suggested formats fail the same way. What
+    should happen (README: a value that is not UTF-8 is refused naming its column and a remedy that works; names are
+    read as UTF-8): a typed error saying a *name* of the table (its column) is not valid UTF-8 and must be renamed
+    (ALTER TABLE ... RENAME COLUMN), with no format switch offered. Cause: the catalog read (source.describe_relation's
+    column query, source.py ~l.435) fails with 22021 before any value is read, and errors.wrap classifies it as
+    _DATA (errors.py); formats.common.explain_value_failure's UTF-8 remedy is only reached for values."""
+    legacy = encoded_db("SQL_ASCII")
+    with psycopg.connect(legacy.info.dsn, password=legacy.info.password, autocommit=True,
+                         client_encoding="SQL_ASCII") as raw:  # as the LATIN1 client that made the table
+        raw.execute(b"CREATE TABLE ev (at date, \"caf\xe9\" text)")
+        raw.execute(b"INSERT INTO ev VALUES ('2024-03-10', 'plain ascii')")
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format=fmt)
+    with pytest.raises(ArchiveError) as refused:
+        archive_partition(legacy, spec, DAY, store, temp_dir=temp_dir)
+    message, remedy = str(refused.value), str(getattr(refused.value, "remedy", ""))
+    assert "a value in the day" not in message and "jsonl/csv" not in remedy, (message, remedy)
+    assert "name" in message and "UTF-8" in message, message
