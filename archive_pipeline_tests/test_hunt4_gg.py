@@ -12,6 +12,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.restore import ArchiveCorruptError, restore_day
 from archive_pipeline.core.verify import deep_verify
 
@@ -171,3 +172,29 @@ def test_a_sql_ascii_column_name_that_is_not_utf8_is_named_as_the_cause(fmt, enc
     message, remedy = str(refused.value), str(getattr(refused.value, "remedy", ""))
     assert "a value in the day" not in message and "jsonl/csv" not in remedy, (message, remedy)
     assert "name" in message and "UTF-8" in message, message
+
+
+def test_compare_and_deep_verification_work_on_a_plain_connection_to_a_sql_ascii_database(encoded_db, pg, store,
+                                                                                            temp_dir):
+    """A user of the Python API opens ``psycopg.connect(dsn)`` to a legacy SQL_ASCII database (whose sessions start
+    in client_encoding SQL_ASCII unless told otherwise) and archives, compares and deep-verifies a day of plain ASCII
+    rows. ``archive_partition`` works on that connection; what happens next: ``compare_days`` says "unreadable"
+    ('invalid value for parameter "TimeZone": "b'Etc/UTC'"', called "a value in the day cannot be read" with the
+    remedy to switch to jsonl/csv) and ``deep_verify`` raises SourceError ('invalid value for parameter
+    "statement_timeout": "b'0'"'). The README says this failure (a session in SQL_ASCII gets text back as bytes, and a
+    setting read and set back became "b'...'") was fixed. What should happen: compare says "equal" and deep
+    verification proves the day, as archiving on the same connection does. Cause: settings read with
+    pg_catalog.current_setting come back as bytes on a SQL_ASCII session and are set back as str(bytes):
+    discovery.pinned_settings's ``before`` (TimeZone, via plan.compare_days/day_statuses) and verify._limits_of
+    (statement_timeout, handed to the second session); archiving switches the session to UTF8 first
+    (source.SNAPSHOT_SETTINGS' client_encoding), these paths do not."""
+    legacy = encoded_db("SQL_ASCII")
+    legacy.execute("CREATE TABLE ev (at date, v text)")
+    legacy.execute("INSERT INTO ev VALUES ('2024-03-10', 'plain'), ('2024-03-10', 'ascii')")
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="csv")
+    with psycopg.connect(pg.dsn_for("postgres", database=legacy.info.dbname), autocommit=True) as plain:
+        assert plain.info.parameter_status("client_encoding") == "SQL_ASCII"
+        assert archive_partition(plain, spec, DAY, store, temp_dir=temp_dir).rows == 2
+        compared = compare_days(plain, spec, store, [DAY])
+        assert [c.result for c in compared] == ["equal"], compared
+        assert deep_verify(plain, store, spec, DAY, temp_dir=temp_dir) == []
