@@ -13,6 +13,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.plan import compare_days
+from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.restore import ArchiveCorruptError, restore_day
 from archive_pipeline.core.verify import deep_verify
 
@@ -198,3 +199,28 @@ def test_compare_and_deep_verification_work_on_a_plain_connection_to_a_sql_ascii
         compared = compare_days(plain, spec, store, [DAY])
         assert [c.result for c in compared] == ["equal"], compared
         assert deep_verify(plain, store, spec, DAY, temp_dir=temp_dir) == []
+
+
+def test_restore_and_removal_work_on_a_plain_connection_to_a_sql_ascii_database(encoded_db, pg, store, temp_dir):
+    """Same setting as above (``psycopg.connect(dsn)`` to a SQL_ASCII database, so the session is in client_encoding
+    SQL_ASCII and psycopg returns text as bytes), the day archived on it. What happens: ``restore_day`` is refused
+    with 'invalid value for parameter "client_encoding": "b'SQL_ASCII'"', explained as "a type of public.back ...
+    refuses it (an enum lacking one of the archived labels ...)"; ``remove_day`` (retention's delete) fails with a
+    bare ``TypeError: normalize() argument 2 must be str, not bytes`` (not even an ArchiveError naming table and
+    day), and ``deep_verify(..., scratch_conn=<that connection>)`` with ``TypeError: SQL identifier parts must be
+    strings, got b'pg_temp_5'``. What should happen: the restore and the removal work, as archiving does on the same
+    connection. Cause: the restore's load reads the session's settings (client_encoding among them, see
+    restore._INPUT_SETTINGS) and sets them back as str(bytes); the removal's name lookup (source.py ~l.295,
+    unicodedata.normalize on a catalog name) and verify's temp-schema name take catalog text as str; none of these
+    paths switch the session to UTF8 first, as archiving does."""
+    legacy = encoded_db("SQL_ASCII")
+    legacy.execute("CREATE TABLE ev (at date, v text)")
+    legacy.execute("INSERT INTO ev VALUES ('2024-03-10', 'plain'), ('2024-03-10', 'ascii')")
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="csv",
+                     retention={"keep_days": 1, "action": "delete"})
+    with psycopg.connect(pg.dsn_for("postgres", database=legacy.info.dbname), autocommit=True) as plain:
+        assert plain.info.parameter_status("client_encoding") == "SQL_ASCII"
+        assert archive_partition(plain, spec, DAY, store, temp_dir=temp_dir).rows == 2
+        restored = restore_day(plain, store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
+        assert restored.fingerprint_checked and restored.rows == 2
+        assert remove_day(plain, spec, DAY, store, temp_dir=temp_dir).rows == 2
