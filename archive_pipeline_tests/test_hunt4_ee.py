@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from psycopg import sql
+
 from archive_pipeline.core import plan
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
@@ -38,3 +40,57 @@ def test_compare_racing_an_overwrite_does_not_call_the_day_different(pg, conn, e
     assert "error" not in outcome, repr(outcome.get("error"))
     [comparison] = outcome["result"]
     assert comparison.result == "equal", comparison
+
+
+def test_a_deep_checked_run_racing_an_overwrite_is_not_called_unproven(pg, conn, schema, archive_env, s3, bucket,
+                                                                       monkeypatch):
+    """A table with deep_check: true (the check blocks). Dagster's run archives 2024-03-10 (generation 1,
+    300 rows) and releases the table-day lock; before its check reads the manifest, a late row arrives and a
+    user's `archive-pipeline archive --overwrite --day 2024-03-10` (or another run with overwrite) commits
+    generation 2 (301 rows). The check then compares the new manifest with what this run recorded, and the
+    run fails, not retryable, as "the archive is NOT proven ... the archive in the bucket is not what was
+    recorded: manifest md5 ..., manifest rows: 301, recorded 300", recording the day as NOT proven (a later
+    re-check of it can never clear that) and telling the user to archive it again, though the bucket holds a
+    whole, proven archive of the day's rows now. It should see that another run replaced the archive meanwhile
+    (as `verify` and deep verification do) and say so (or prove the current one), not call it damaged."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=300, schema=schema)
+    spec_yaml = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+                 "deep_check": True}
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [spec_yaml]})
+    [spec] = config.tables
+    direct = S3Store(s3.client(), bucket, prefix="archive")
+    with FaultProxy(s3.endpoint_url) as proxy, pg.connect() as other:
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        held = proxy.add(Fault(method="GET", path=r"/2024-03-10\.jsonl\.zst\.manifest\.json$", action="hold",
+                               times=1))
+        defs = build_definitions(config)
+        with instance_for_test() as instance:
+            job = defs.resolve_job_def(f"Archive_{schema}_events")
+            thread, outcome = in_thread(lambda: job.execute_in_process(partition_key=DAY.isoformat(),
+                                                                       instance=instance, raise_on_error=False))
+            try:
+                assert proxy.wait_held(1), outcome
+                other.execute(sql.SQL("INSERT INTO {}.events (id, created_at, user_id, event_type) VALUES "
+                                      "(999999, '2024-03-10 12:00+00', 1, 'late')").format(sql.Identifier(schema)))
+                again = archive_partition(other, spec, DAY, direct, overwrite=True)
+                assert again.generation == 2 and not again.skipped and again.rows == 301
+            finally:
+                held.gate.set()
+                thread.join(120)
+    assert "error" not in outcome, repr(outcome.get("error"))
+    result = outcome["result"]
+    failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+    checks = [e.asset_check_evaluation_data for e in result.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    # Now: the check fails as "NOT intact: manifest md5: ..., recorded ...; manifest rows: 301, recorded 300",
+    # the step fails (not retryable) as "the archive is NOT proven ... the archive in the bucket is not what was
+    # recorded", and the materialization records "NOT proven", which no later re-check of the day can clear.
+    assert not any("NOT" in (c.description or "") for c in checks), [c.description for c in checks]
+    assert not any("not what was recorded" in f or "NOT proven" in f for f in failures), failures
