@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from psycopg import sql
 
 from archive_pipeline.core import plan
 from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: F401 - fixture
 from archive_pipeline_tests.test_race_hunt import in_thread, proxied
@@ -94,3 +96,33 @@ def test_a_deep_checked_run_racing_an_overwrite_is_not_called_unproven(pg, conn,
     # recorded", and the materialization records "NOT proven", which no later re-check of the day can clear.
     assert not any("NOT" in (c.description or "") for c in checks), [c.description for c in checks]
     assert not any("not what was recorded" in f or "NOT proven" in f for f in failures), failures
+
+
+@pytest.mark.parametrize("reader", ["compare", "list --check-source"])
+def test_a_reader_racing_a_removal_does_not_call_the_removed_day_changed(pg, conn, events, store, monkeypatch,
+                                                                         reader):
+    """`archive-pipeline compare` (or `list --check-source`) runs while `prune` (or the source_removed asset)
+    removes 2024-03-10 (retention action drop). The reader has read the day's manifest (not yet marked
+    removed) and seen the day's partition; the removal then proves, drops and marks the day `removed: done`;
+    the reader fingerprints the source: 0 rows. compare reports the day `differs` (source 0 rows, archive 300;
+    exit 1) and list `changed` ("source has 0 rows, archive 300"), as if rows had been lost from the source or
+    the archive were wrong, though the day was just removed by retention exactly as designed (run a moment
+    later, both say so: `not-in-source` / archived, "dropped from the source at ..."). A source that no longer
+    matches should make the reader look at the manifest again before calling the day changed. (The removal is
+    run from a hook at the point the reader fingerprints the source: where another process's removal lands.)"""
+    spec = spec_for(events, "drop")
+    archive_partition(conn, spec, DAY, store)
+    fingerprint_source = plan.source_fingerprint
+
+    def removal_lands_first(*args, **kwargs):
+        with pg.connect() as other:
+            remove_day(other, spec, DAY, store)  # another process: prune
+        return fingerprint_source(*args, **kwargs)
+
+    monkeypatch.setattr(plan, "source_fingerprint", removal_lands_first)
+    if reader == "compare":
+        [comparison] = plan.compare_days(conn, spec, store, [DAY])
+        assert comparison.result == "not-in-source", comparison
+    else:
+        [status] = plan.day_statuses(conn, spec, store, [DAY], check_source=True)
+        assert status.state == "archived", status
