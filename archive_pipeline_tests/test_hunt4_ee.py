@@ -126,3 +126,48 @@ def test_a_reader_racing_a_removal_does_not_call_the_removed_day_changed(pg, con
     else:
         [status] = plan.day_statuses(conn, spec, store, [DAY], check_source=True)
         assert status.state == "archived", status
+
+
+def test_verify_archives_racing_an_overwrite_does_not_record_the_day_broken(pg, conn, schema, archive_env, s3,
+                                                                            bucket, monkeypatch):
+    """Dagster's verify_archives (latest_archive_intact, also recorded as the day's archive_intact) re-checks
+    2024-03-10 while a user's `archive-pipeline archive --overwrite --day 2024-03-10` (or a Dagster run with
+    overwrite) archives the same rows again: the check reads the manifest (generation 1), the overwrite commits
+    generation 2 (the same bytes, the same MD5) and deletes generation 1, then the check HEADs generation 1.
+    The check fails, "NOT intact: object ... is missing", and records that on the day, though the day's archive
+    is whole and exactly what the materialization recorded (a re-check a moment later passes). The command
+    line's `verify` looks at the manifest again in this case and checks the current generation; the Dagster
+    check (checks.verify_result) should too."""
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=300, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat()}]})
+    [spec] = config.tables
+    direct = S3Store(s3.client(), bucket, prefix="archive")
+    with instance_for_test() as instance:
+        archived = build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance)
+        assert archived.success
+        with FaultProxy(s3.endpoint_url) as proxy, pg.connect() as other:
+            monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+            held = proxy.add(Fault(method="HEAD", path=r"/2024-03-10\.jsonl\.zst$", action="hold", times=1))
+            job = build_definitions(config).resolve_job_def("verify_archives")
+            thread, outcome = in_thread(lambda: job.execute_in_process(instance=instance, raise_on_error=False))
+            try:
+                assert proxy.wait_held(1), outcome
+                again = archive_partition(other, spec, DAY, direct, overwrite=True)
+                assert again.generation == 2 and again.md5 == archived.get_asset_materialization_events()[
+                    0].materialization.metadata["md5"].value
+            finally:
+                held.gate.set()
+                thread.join(120)
+    assert "error" not in outcome, repr(outcome.get("error"))
+    checks = [e.asset_check_evaluation_data for e in outcome["result"].all_events
+              if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+    assert checks and all(c.passed for c in checks), [c.description for c in checks]
