@@ -216,3 +216,65 @@ def test_source_unchanged_racing_a_removal_does_not_ask_to_archive_the_removed_d
     assert unchanged, "no source_unchanged verdict"
     assert all("archive those days again" not in (c.description or "") for c in unchanged), \
         [c.description for c in unchanged]
+
+
+def test_two_first_archives_of_one_key_from_two_databases_never_leave_a_mix(pg, conn, schema, s3, bucket):
+    """Two deployments archive `<schema>.events` 2024-03-10 to the same bucket and prefix from two databases
+    (the old database and its replacement during a migration with both schedules still on; or a primary and
+    a server that does not share its advisory locks). The README's "Whose archive it is" promises an archive of
+    another database at the key is refused without overwrite, but the two table-day locks do not exclude each
+    other (advisory locks are per database). Both first archives list the day empty and write generation 1.
+    Forced interleaving: B's object (200 rows) is stored, then A's (300 rows) over it, A's manifest, and last
+    B's manifest. Both runs report success, and the store holds B's manifest (200 rows, B's MD5 and
+    fingerprint) naming an object that holds A's 300 rows: an archive that is not what its manifest says,
+    unnoticed. A first archive skips the re-read of the manifest before its commit (`_refuse_replaced`: "a day
+    that had no manifest has no removal to race with"), so a manifest that appeared meanwhile is overwritten
+    silently. The manifest in the store must describe the object it names, or one run must fail (naming the
+    other database's archive)."""
+    import hashlib
+
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.helpers import download
+
+    other_db = f"{schema}_b"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other_db)))
+    try:
+        create_sample_events(conn, [DAY], rows_per_day=300, schema=schema)
+        with pg.connect(dbname=other_db) as b_setup:
+            b_setup.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            create_sample_events(b_setup, [DAY], rows_per_day=200, schema=schema)
+        spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                         partitioning={"mode": "declarative"})
+        data = r"/2024-03-10\.jsonl\.zst$"
+        with FaultProxy(s3.endpoint_url) as proxy_a, FaultProxy(s3.endpoint_url) as proxy_b, \
+                pg.connect() as a_conn, pg.connect(dbname=other_db) as b_conn:
+            a_data = proxy_a.add(Fault(method="PUT", path=data, action="hold", times=1))
+            b_manifest = proxy_b.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+            a_thread, a_outcome = in_thread(lambda: archive_partition(a_conn, spec, DAY, proxied(proxy_a, bucket)))
+            b_thread = None
+            try:
+                assert proxy_a.wait_held(1), a_outcome  # A listed the day empty; its object waits
+                b_thread, b_outcome = in_thread(lambda: archive_partition(b_conn, spec, DAY,
+                                                                          proxied(proxy_b, bucket)))
+                assert proxy_b.wait_held(1), b_outcome  # B listed it empty too, stored its object; its manifest waits
+                a_data.gate.set()
+                a_thread.join(60)
+            finally:
+                a_data.gate.set()
+                b_manifest.gate.set()
+                a_thread.join(60)
+                if b_thread is not None:
+                    b_thread.join(60)
+        store = S3Store(s3.client(), bucket, prefix="archive")
+        manifest = load_manifest(store, f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst")
+        body = download(s3.client(), bucket, manifest["object"]["key"])
+        outcomes = {"A": a_outcome, "B": b_outcome}
+        # Now: both succeed (rows 300 and 200), and the manifest (B's: 200 rows) names an object of A's 300 rows.
+        assert hashlib.md5(body).hexdigest() == manifest["object"]["md5"], (
+            {k: repr(v.get("error")) if "error" in v else (v["result"].rows, v["result"].md5)
+             for k, v in outcomes.items()}, manifest["rows"], manifest["object"]["md5"])
+    finally:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other_db)))
