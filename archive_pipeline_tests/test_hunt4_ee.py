@@ -1,6 +1,6 @@
 """Hunt 4, class: concurrent operations on the same table-day (two runs, a run and a reader, a run and a
-removal or restore), forced into one interleaving by the fault proxy's ``hold`` or a lock the test holds.
-Each test fails on a bug and passes once it is fixed."""
+removal or restore), forced into one interleaving by the fault proxy's ``hold`` or a hook at the point where another
+process's work lands. Each test fails on a bug and passes once it is fixed."""
 
 from __future__ import annotations
 
