@@ -61,7 +61,7 @@ from archive_pipeline.core.manifest import (
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
-from archive_pipeline.core.session_settings import resolved
+from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, hold_day, \
@@ -185,6 +185,7 @@ def resolve_period(spec: TableSpec, day: Period | dt.date | str) -> Period:
         raise ArchiveError(f"{spec.name} {day}: {exc}", table=spec.name, day=str(day), retryable=False) from None
 
 
+@speaks_utf8()
 def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date | str, store: S3Store, *,
                       temp_dir: str | None = None, progress: Progress | None = None, progress_every: float = 10.0,
                       session_settings: dict[str, str] | None = None, overwrite: bool | None = None,

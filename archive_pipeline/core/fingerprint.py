@@ -58,7 +58,25 @@ CHAINED = (ALGORITHM, V3)  # the algorithms that hash each column's text form in
 # Server encodings whose text is UTF-8 bytes already (SQL_ASCII: any bytes, and archived text must be UTF-8),
 # and the multibyte ones other than UTF-8, whose text cannot hold arbitrary UTF-8 bytes (see row_hash).
 _UTF8_ALREADY = frozenset({"UTF8", "SQL_ASCII"})
-_MULTIBYTE = frozenset({"EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004", "MULE_INTERNAL"})
+MULTIBYTE = frozenset({"EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004", "MULE_INTERNAL"})
+
+def encoding_mismatch(recorded: str | None, archived_in: str | None, here: str) -> str | None:
+    """Why a fingerprint ``recorded`` in a database of encoding ``archived_in`` cannot be computed again
+    in one of encoding ``here``, or None (it can, or the archive's encoding is not known): v4 hashes UTF-8
+    bytes except in a multibyte encoding other than UTF-8, where it hashes that encoding's own bytes, as
+    v3 and v2 always do outside UTF-8."""
+    if not archived_in or archived_in == here:
+        return None
+    if algorithm_for(recorded) == ALGORITHM:
+        if archived_in not in MULTIBYTE and here not in MULTIBYTE:
+            return None
+    elif archived_in in _UTF8_ALREADY and here in _UTF8_ALREADY:
+        return None
+    return (f"the day was archived from a {archived_in} database, and its fingerprint ({algorithm_for(recorded)}) "
+            f"cannot be computed again in a {here} one, so its rows cannot be proven here: use a database whose "
+            f"encoding is {archived_in}" + ("" if archived_in in MULTIBYTE or here not in MULTIBYTE
+                                            else " (or UTF8)"))
+
 
 # Output of every type is fixed by these, whatever the server's or role's defaults.
 CANONICAL_SETTINGS = {
@@ -188,7 +206,7 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
         return _v2_row_hash(columns, qualifier)
     if algorithm not in CHAINED:
         raise ValueError(f"unknown fingerprint algorithm {algorithm!r}")
-    as_utf8 = algorithm == ALGORITHM and encoding not in _UTF8_ALREADY and encoding not in _MULTIBYTE
+    as_utf8 = algorithm == ALGORITHM and encoding not in _UTF8_ALREADY and encoding not in MULTIBYTE
     convert = encoding if as_utf8 else None
     chains = [_chain(columns[i:i + _CHAIN], qualifier, convert) for i in range(0, len(columns), _CHAIN)]
     if len(chains) == 1:

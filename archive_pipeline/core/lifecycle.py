@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
@@ -104,6 +105,7 @@ def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
             if p.utc_end <= cutoff.utc_start]
 
 
+@speaks_utf8("conn", "scratch_conn")
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None, temp_dir: str | None = None) -> Removal:
@@ -184,6 +186,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
 
 
+@speaks_utf8()
 def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> str:
     """Raise :class:`RemovalRefused` for what the removal of ``day`` would refuse whatever its archive (a
     partition that is not the day's own, dependents that keep it from being dropped, a publication that
@@ -378,6 +381,7 @@ def _parse_time(text: str | None) -> dt.datetime | None:
         return None
 
 
+@speaks_utf8()
 def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                            store: S3Store, temp_dir: str | None = None) -> Settlement:
     """Settle a pending removal mark left in the day's manifest by a removal that did not finish.

@@ -64,6 +64,7 @@ class SourceIdentity:
     database: str
     system_identifier: str | None
     server_version: str
+    encoding: str = ""  # the database's server_encoding ("" where unknown)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
         "columns": columns,
         "table_definition": definition,
         "source": {"database": source.database, "system_identifier": source.system_identifier,
-                   "server_version": source.server_version, "snapshot_at": result.snapshot_at.isoformat()},
+                   "server_version": source.server_version, "snapshot_at": result.snapshot_at.isoformat(),
+                   **({"encoding": source.encoding} if source.encoding else {})},
         "archiver": {"name": "archive_pipeline", "version": result.archiver_version},
     }
 

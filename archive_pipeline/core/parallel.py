@@ -45,7 +45,7 @@ from psycopg.conninfo import make_conninfo
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings
 from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
@@ -236,9 +236,10 @@ def stream_extractions(extraction: Extraction, plan: StreamPlan,
 
 
 def dsn_of(conn: psycopg.Connection) -> str:
-    """The coordinator's connection string, password included (the streams log in the same way)."""
+    """The coordinator's connection string, password included (the streams log in the same way), in UTF-8
+    whatever the coordinator speaks (a caller's plain connection to a SQL_ASCII database speaks SQL_ASCII)."""
     info = conn.info
-    return make_conninfo(info.dsn, password=info.password) if info.password else info.dsn
+    return make_conninfo(info.dsn, **({"password": info.password} if info.password else {}), **CONNECT_PARAMETERS)
 
 
 _FREE_SESSIONS = """

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint, periods
 from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
 from archive_pipeline.core.config import TableSpec
@@ -319,6 +320,7 @@ def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period], 
     return found, {day: unread(conn, spec, day, exc) for day, exc in failed.items()}
 
 
+@speaks_utf8()
 def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
                  check_source: bool = False) -> list[DayStatus]:
     """Per day: ``archived`` (a manifest), ``missing`` (data in PostgreSQL, no archive), ``empty``
@@ -555,6 +557,7 @@ def _unreadable(spec: TableSpec, day: Period, found: ManifestLookup, why: str) -
                       archived.object_key or found.key, why)
 
 
+@speaks_utf8()
 def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
                  days: Iterable[dt.date]) -> list[Comparison]:
     """Source against archive per day: row counts and content fingerprints (the manifest's

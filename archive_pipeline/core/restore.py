@@ -43,7 +43,7 @@ from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (NUMBER_TYPES, Column, day_filter, describe_relation, inner_types,
                                           lookalike_hint, lookalike_relations, missing_character, prefetch,
                                           relation_name, stored_name_problem)
-from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
+from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -534,6 +534,16 @@ def _require_column_names(conn: psycopg.Connection, manifest: dict) -> None:
                 remedy="restore into a database whose encoding holds every archived name and value (UTF8)")
 
 
+def _require_provable_encoding(conn: psycopg.Connection, manifest: dict) -> None:
+    """Refuse, before anything is loaded, a day whose fingerprint cannot be computed in this database's
+    encoding: the load would be rolled back as if the archive had been altered."""
+    mismatch = fp.encoding_mismatch(manifest.get("fingerprint"), (manifest.get("source") or {}).get("encoding"),
+                                    conn.info.parameter_status("server_encoding") or "")
+    if mismatch:
+        raise RestoreError(f"restoring {manifest.get('table')} for {manifest.get('day')}: {mismatch}; nothing was "
+                           "restored", retryable=False)
+
+
 def encoding_problem(conn: psycopg.Connection, relation: Relation) -> str | None:
     """Why this database cannot hold ``relation``'s name as it is, or None (see
     :func:`~archive_pipeline.core.source.stored_name_problem`)."""
@@ -872,7 +882,16 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
         if not drift and not refused:
             raise
-        if not drift and isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
+        if not drift and isinstance(exc.__cause__, psycopg.errors.StringDataRightTruncation):
+            encoding = conn.info.parameter_status("server_encoding")
+            if encoding == "SQL_ASCII":
+                drift = (". The database's encoding, SQL_ASCII, counts a character(n) or varchar(n) value's length in "
+                         "bytes, not characters: an archived value with characters beyond ASCII takes more bytes")
+                remedy = "restore into a database whose encoding is UTF8, or into a table whose column is text"
+            else:
+                drift = f". A value is longer than {relation}'s column allows"
+                remedy = "restore into a table whose column is wide enough, or text"
+        elif not drift and isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
             encoding = conn.info.parameter_status("server_encoding")
             drift = (f". The database's encoding, {encoding}, has no such character: the value was archived from a "
                      "database whose encoding has it")
@@ -1149,6 +1168,18 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                     "archived (restore into a new table to get the archived values)") if generated else ""
         drift, remedy = _drift_explained(conn, manifest, relation)
         lossy, lossy_remedy = _inexact_explained(manifest)
+        here = conn.info.parameter_status("server_encoding") or ""
+        padded = _byte_padded(conn, manifest, relation, columns, where)
+        if padded:  # the likely cause, found in the rows: not an altered archive
+            raise FingerprintMismatchError(f"restoring {table} for {day}: {scope} have fingerprint {actual} but the "
+                                           f"archive's manifest records {recorded}; the restore was rolled back. "
+                                           f"{padded}", table=table, day=day,
+                                           remedy="restore into a SQL_ASCII database, or into a table whose "
+                                                  "column is text (into='existing')")
+        if here in fp.MULTIBYTE and not (manifest.get("source") or {}).get("encoding"):
+            drift += (f"; or the day was archived from a database of another encoding than this one's, {here}, "
+                      "in which its fingerprint cannot be computed again (restore it into a database of the "
+                      "archived one's encoding)")
         raise FingerprintMismatchError(
             f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
             f"{recorded}; the restore was rolled back.{lossy} {'Otherwise t' if lossy else 'T'}he archive does not "
@@ -1156,6 +1187,26 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
             f"rows of the day{computed}{drift}",
             table=table, day=day, remedy=remedy or lossy_remedy)
     return True, recorded, f"fingerprint {recorded} of {scope} equals the manifest's"
+
+
+def _byte_padded(conn: psycopg.Connection, manifest: dict, relation: Relation, columns: list[Column],
+                 where: sql.Composable | None) -> str | None:
+    """Why ``character(n)`` values of a day archived from a SQL_ASCII database do not come back as archived,
+    or None: SQL_ASCII pads a value to n bytes, any other encoding to n characters, so a value with a
+    character beyond ASCII comes back with other trailing blanks."""
+    archived_in = (manifest.get("source") or {}).get("encoding")
+    if archived_in != "SQL_ASCII" or conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+        return None
+    padded = [c for c in columns if c.type_name.startswith("character(")]
+    found = [c.name for c in padded if conn.execute(sql.SQL(
+        "SELECT EXISTS (SELECT FROM {} WHERE {} AND pg_catalog.octet_length({}) <> pg_catalog.char_length({}))").format(
+            relation.identifier, where if where is not None else sql.SQL("true"), sql.Identifier(c.name),
+            sql.Identifier(c.name))).fetchone()[0]]
+    if not found:
+        return None
+    return (f"Column(s) {', '.join(map(repr, found))} are character(n), and hold characters beyond ASCII: the SQL_ASCII "
+            "database the day was archived from pads such a value to n bytes, this one to n characters, so it "
+            "does not come back with the archived trailing blanks")
 
 
 def _inexact_explained(manifest: dict) -> tuple[str, str | None]:
@@ -1214,6 +1265,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     try:
         relation = None if target is None else _target(conn, target)
         _require_column_names(conn, manifest)
+        _require_provable_encoding(conn, manifest)
         if into in ("new", "existing") and _still_restored(conn, relation, manifest,
                                                           _listed_days(conn, relation, table)):
             return _already_restored(relation, manifest, started)  # nothing to download
@@ -1293,6 +1345,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                            remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc
 
 
+@speaks_utf8()
 def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, **options) -> RestoreResult:
     """Restore ``day`` of the configured table ``spec`` (see :func:`restore_archive` for ``options``)."""
     manifest = find_manifest(store, spec, day)
@@ -1319,6 +1372,7 @@ def _restore_current(conn: psycopg.Connection, store: S3Store, spec: TableSpec, 
         raise
 
 
+@speaks_utf8()
 def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,
                  last: Period | dt.date, *,
                  into: Into = "new", target: str | None = None, **options) -> RangeRestore:

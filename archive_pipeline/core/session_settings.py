@@ -64,3 +64,54 @@ def resolved(conn: psycopg.Connection, settings: dict[str, object]) -> dict[str,
         return settings
     path = conn.execute(sql.SQL("SELECT {}").format(_CATALOG_FIRST_SQL)).fetchone()[0]
     return {**settings, "search_path": path}
+
+
+def _to_utf8(conn: object) -> str | None:
+    """Switch a caller's session that does not speak UTF-8 to it; the encoding to give back, or None."""
+    if not isinstance(conn, psycopg.Connection) or conn.closed:
+        return None
+    before = conn.info.parameter_status("client_encoding")
+    if before in (None, "UTF8") or conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        return None
+    conn.execute("SET client_encoding = 'UTF8'")  # (session-wide even inside a transaction, unless it rolls back)
+    return before
+
+
+def _give_back(conn: psycopg.Connection, encoding: str) -> None:
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+        conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(encoding)))
+
+
+def speaks_utf8(*names: str) -> Callable:
+    """Run the decorated core function with its connections (the parameters ``names``, ``conn`` by default)
+    in client_encoding UTF8, and give each back its own afterwards. A caller's plain ``psycopg.connect`` to a
+    SQL_ASCII database starts in SQL_ASCII, where psycopg returns every text value as bytes: a setting read
+    and put back became "b'Etc/UTC'", a catalog name failed ``normalize()``, and compare, verification,
+    restore and removal failed on such a connection with raw errors (the archive's own sessions set it)."""
+    import functools
+    import inspect
+
+    wanted = names or ("conn",)
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind_partial(*args, **kwargs)
+            switched = []
+            try:
+                for name in wanted:
+                    conn = bound.arguments.get(name)
+                    if conn is not None and all(conn is not c for c, _ in switched):
+                        encoding = _to_utf8(conn)
+                        if encoding is not None:
+                            switched.append((conn, encoding))
+                return function(*args, **kwargs)
+            finally:
+                for conn, encoding in switched:
+                    _give_back(conn, encoding)
+
+        return wrapper
+
+    return decorate

@@ -983,12 +983,14 @@ def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | Non
     return [r[0] for r in rows] or None
 
 
-def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str]:
-    """(database, system identifier or None where the role may not read it, server version)."""
-    database, version, allowed = conn.execute(
+def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str, str]:
+    """(database, system identifier or None where the role may not read it, server version, the database's
+    encoding: a fingerprint taken in a multibyte encoding other than UTF-8 proves only in that encoding)."""
+    database, version, allowed, encoding = conn.execute(
         "SELECT current_database(), current_setting('server_version'), "
-        "has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')").fetchone()
+        "has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), "
+        "pg_catalog.current_setting('server_encoding')").fetchone()
     system = None
     if allowed:
         system = str(conn.execute("SELECT system_identifier FROM pg_catalog.pg_control_system()").fetchone()[0])
-    return database, system, version
+    return database, system, version, encoding

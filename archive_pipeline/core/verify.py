@@ -35,7 +35,7 @@ from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owne
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import SESSION_PINNED, apply_settings
+from archive_pipeline.core.session_settings import SESSION_PINNED, apply_settings, speaks_utf8
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
@@ -230,6 +230,7 @@ class ColumnsChangedError(ArchiveError):
     """The source's columns are not the archive's: renamed, added or dropped since it was archived."""
 
 
+@speaks_utf8()
 def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                        algorithm: str = fingerprint.ALGORITHM,
                        names: Sequence[str] | None = None) -> fingerprint.Fingerprint:
@@ -278,6 +279,7 @@ def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequ
     return columns
 
 
+@speaks_utf8()
 def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict) -> str | None:
     """Why the source's day no longer equals its archive, or None if it does. A database error (a lost
     session, a lock_timeout or statement_timeout, a privilege refused) is no answer either way: an
@@ -338,6 +340,7 @@ def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, mani
     return f"the source's {now.rows:,} rows for {day} differ in content from the archive's (fingerprint {now} vs {then})"
 
 
+@speaks_utf8("conn", "scratch_conn")
 def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date, *,
                 manifest: dict | None = None, scratch_conn: psycopg.Connection | None = None,
                 temp_dir: str | None = None) -> list[str]:
@@ -405,6 +408,14 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                                retryable=False)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
+    mismatch = fingerprint.encoding_mismatch(manifest["fingerprint"], (manifest.get("source") or {}).get("encoding"),
+                                             scratch_conn.info.parameter_status("server_encoding") or "")
+    if mismatch:  # no verdict on the archive: the rows cannot be fingerprinted as archived where they would load
+        raise ArchiveError(f"deep verification of {spec.name} {day} loads the archive into "
+                           f"{'the scratch database' if scratch_conn is not conn else 'the source database'} "
+                           f"{scratch_conn.info.dbname!r}: {mismatch}", table=spec.name, day=day.isoformat(),
+                           retryable=False, remedy="give a scratch database of the archived encoding (scratch_conn; "
+                                                   "ARCHIVE_PG_PRIMARY_DSN for the command line)")
     with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(
             conn, scratch_conn, spec, day, algorithm, [c["name"] for c in manifest["columns"]]) as source:
         problems = _download(store, manifest, sink)
@@ -517,10 +528,21 @@ class _SourceFingerprint:
 
 
 def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> None:
-    from archive_pipeline.core.restore import load_into  # the read path; imported here to keep verify light
+    from archive_pipeline.core.restore import ArchiveCorruptError, load_into  # the read path, imported here
 
     try:
         load_into(conn, path, manifest, target)
+    except ArchiveCorruptError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
+            raise
+        encoding = conn.info.parameter_status("server_encoding")
+        raise ArchiveError(f"the archive {manifest['object']['uri']} holds a character the encoding of database "
+                           f"{conn.info.dbname!r}, {encoding}, lacks ({exc.__cause__}), so it cannot be loaded there "
+                           "to be proven (no verdict on the archive)", table=manifest.get("table"),
+                           day=manifest.get("day"), retryable=False,
+                           remedy="prove the day in a database whose encoding holds every archived value (UTF8): "
+                                  "the scratch database (scratch_conn; ARCHIVE_PG_PRIMARY_DSN for the command "
+                                  "line)") from None
     except (psycopg.Error, ValueError, pa.ArrowInvalid, OSError) as exc:
         # Only a value (22xxx: bad input, too long, out of range) or a constraint of the recorded types (23xxx: a
         # domain's CHECK, NOT NULL) is the archive's doing; anything else is the server's or the session's (terminated,
