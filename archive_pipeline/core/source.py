@@ -428,11 +428,16 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
         raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
                           f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
                           retryable=False, cause="permission denied")
-    inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))
+    try:
+        with conn.transaction():  # (a savepoint inside the caller's: the name's error must not abort it)
+            inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))
+            found = conn.execute(_COLUMNS_QUERY, (oid,)).fetchall()
+    except (psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter) as exc:
+        raise _name_not_utf8(conn, qualified_name, oid, exc) from None
     columns = tuple(Column(*r[1:], inner=tuple(t for t in inner.get(r[0], ()) if t.type in INNER_TYPES),
                            numbers=nested_numbers(inner.get(r[0], ())),
                            unreadable=tuple(t for t in inner.get(r[0], ()) if t.type in UNREADABLE_TYPES))
-                    for r in conn.execute(_COLUMNS_QUERY, (oid,)))
+                    for r in found)
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)
     by_name = {c.name: c for c in columns}
@@ -446,6 +451,21 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
         raise SourceError(f"day_column {day_column!r} of {qualified_name!r} is {day.type_name}; "
                           "it must be date, timestamp or timestamptz", table=qualified_name, retryable=False)
     return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day, oid=oid)
+
+
+def _name_not_utf8(conn: psycopg.Connection, qualified_name: str, oid: int, exc: psycopg.Error) -> SourceError:
+    """A name of the table's columns or of their types that is not valid UTF-8 (a SQL_ASCII database stores
+    the bytes a client of another encoding sent): every name is read as UTF-8, so no format can archive it."""
+    names = [bytes(r[0]).decode("utf-8", "backslashreplace") for r in conn.execute(
+        "SELECT pg_catalog.convert_to(a.attname::text, pg_catalog.current_setting('server_encoding')) FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", (oid,))]
+    bad = [n for n in names if "\\x" in n]
+    what = f"column name(s) {', '.join(bad)}" if bad else "a name of its columns' types"
+    return SourceError(f"table {qualified_name!r}: {what} is not valid UTF-8 in this {conn.info.parameter_status('server_encoding')} "
+                       f"database ({exc.diag.message_primary or exc}); names are read as UTF-8, in every format",
+                       table=qualified_name, retryable=False, cause="a name is not valid UTF-8",
+                       remedy="rename it to valid UTF-8 (ALTER TABLE ... RENAME COLUMN, or ALTER TYPE ... RENAME), "
+                              "from a session whose client_encoding is the one the name was written in")
 
 
 def day_bounds(column: Column, day: Period | dt.date) -> tuple[sql.Literal, sql.Literal]:
