@@ -59,3 +59,34 @@ def test_proof_without_usage_on_the_types_schema_is_not_called_a_damaged_manifes
     said = f"{caught.value} / remedy: {caught.value.remedy}"
     assert "damaged" not in str(caught.value), said
     assert "USAGE" in (caught.value.remedy or "") and types_schema in (caught.value.remedy or ""), said
+
+
+def test_delete_by_a_role_granted_select_column_by_column_is_refused_before_the_proof_or_works(
+        pg, conn, schema, role, store, temp_dir):
+    """A user's removing role has DELETE on the table and SELECT granted on every one of its columns
+    (``GRANT SELECT (id, at, note)``), not on the table: archiving and deep verification work (README:
+    such a role is read with the plain COPY). ``check_removable`` and the dry run say the day would be
+    deleted. The real removal then proves the archive, writes the pending mark, and fails with
+    "permission denied for table ev": its batched DELETE selects ``tableoid, ctid``, system columns a
+    column grant does not cover. README: every action refuses a role that may not carry it out, the dry
+    run alike, before the proof. Either the DELETE must work for this role (it may DELETE and read every
+    column) or ``check_removable`` must refuse it up front, naming the grant."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, check_removable, remove_day
+
+    s, r = sql.Identifier(schema), sql.Identifier(role)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00'::timestamptz + g * interval '1 min', "
+                         "'n' FROM generate_series(1, 10) g").format(s))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT (id, at, note) ON {s}.ev TO {r}; "
+                         "GRANT DELETE ON {s}.ev TO {r}").format(s=s, r=r))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv",
+                     retention={"keep_days": 1, "action": "delete"})
+    with psycopg.connect(pg.dsn_for(role), autocommit=True) as removing:
+        assert archive_partition(removing, spec, DAY, store, temp_dir=temp_dir).rows == 10
+        try:
+            check_removable(removing, spec, DAY)
+        except RemovalRefused:
+            return  # refused up front, before any proof: fine
+        removal = remove_day(removing, spec, DAY, store, temp_dir=temp_dir)  # raised "permission denied for table ev"
+    assert removal.rows == 10
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0] == 0
