@@ -118,3 +118,41 @@ def test_restore_into_a_table_under_row_level_security_says_so(pg, conn, schema,
     said = f"{caught.value} / remedy: {caught.value.remedy}"
     assert "report it" not in said and "rejected the archiver's SQL" not in said, said
     assert "row-level security" in str(caught.value), said
+
+
+def test_a_users_hashtextextended_on_the_path_does_not_replace_the_fingerprint_of_a_wide_table(
+        pg, conn, schema, store, temp_dir):
+    """A table of more than 64 columns (the fingerprint hashes it in chains of 64, then joins the chains
+    with ``hashtextextended(concat_ws(',', ...), 0)``), archived by a role whose search_path lists a schema
+    holding a function ``hashtextextended(text, integer)`` (here one returning 0; a security-definer
+    helper of that name would do the same). The literal 0 is an integer, so that function is an exact
+    match and wins over PostgreSQL's ``hashtextextended(text, bigint)`` wherever it sits on the path,
+    even after pg_catalog (README: "every function ... the archiver's queries use resolves to
+    PostgreSQL's own first"). Every row then hashes to 0: the day's fingerprint is its row count. A value
+    updated after archiving is not seen: deep verification proves the archive, ``compare`` says equal,
+    and retention deletes the updated row, whose new value is in no archive. The proof must see the change."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+    from archive_pipeline.core.plan import compare_days
+
+    s = sql.Identifier(schema)
+    columns = ", ".join(f"c{i} int" for i in range(70))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, " + columns + ")").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev (id, at, c0) SELECT g, %s, g FROM generate_series(1, 10) g").format(s),
+                 (DAY,))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.hashtextextended(text, integer) RETURNS bigint LANGUAGE sql "
+                         "IMMUTABLE AS 'SELECT 0::bigint'").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv",
+                     retention={"keep_days": 1, "action": "delete"})
+    with psycopg.connect(pg.dsn, options=f"-c search_path={schema},public", autocommit=True) as archiving:
+        archive_partition(archiving, spec, DAY, store, temp_dir=temp_dir)
+        archiving.execute(sql.SQL("UPDATE {}.ev SET c0 = -c0 WHERE id = 3").format(s))  # after the archive
+        problems = deep_verify(archiving, store, spec, DAY, temp_dir=temp_dir)
+        comparison = compare_days(archiving, spec, store, [DAY])[0]
+        try:
+            remove_day(archiving, spec, DAY, store, temp_dir=temp_dir)
+        except RemovalRefused:
+            pass
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {}.ev WHERE c0 = -3").format(s)).fetchone()[0]
+    assert problems and comparison.result == "differs" and left == 1, (
+        f"deep verification: {problems}, compare: {comparison.result} ({comparison.source_fingerprint}); "
+        f"the updated row {'is still there' if left else 'was deleted, its new value in no archive'}")
