@@ -156,3 +156,32 @@ def test_a_users_hashtextextended_on_the_path_does_not_replace_the_fingerprint_o
     assert problems and comparison.result == "differs" and left == 1, (
         f"deep verification: {problems}, compare: {comparison.result} ({comparison.source_fingerprint}); "
         f"the updated row {'is still there' if left else 'was deleted, its new value in no archive'}")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_users_cast_to_text_does_not_blind_the_proof(conn, schema, store, temp_dir, fmt):
+    """A user's composite type ``pair (a int, b text)`` has a cast to text of its own (``CREATE CAST
+    (pair AS text) WITH FUNCTION pair_text(pair)``, a display form that shows only ``a``). The archive
+    writes each value by the type's output function, ``(3,x)``; the content fingerprint hashes
+    ``p::text``, which calls the user's cast, so it hashes ``3`` alone. After archiving, a row's ``b`` is
+    updated: deep verification proves the archive equal to the source and ``compare`` says equal, so
+    retention would delete the updated row, whose new value is in no archive. The fingerprint must hash
+    what PostgreSQL's output function prints, never a user's cast."""
+    from archive_pipeline.core.plan import compare_days
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {s}.pair AS (a int, b text); "
+                         "CREATE FUNCTION {s}.pair_text({s}.pair) RETURNS text LANGUAGE sql IMMUTABLE "
+                         "AS 'SELECT ($1).a::text'; "
+                         "CREATE CAST ({s}.pair AS text) WITH FUNCTION {s}.pair_text({s}.pair)").format(s=s))
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev (id int, at date, p {s}.pair)").format(s=s))
+    conn.execute(sql.SQL("INSERT INTO {s}.ev SELECT g, %s, ('(' || g || ',x)')::{s}.pair "
+                         "FROM generate_series(1, 10) g").format(s=s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.commit()
+    conn.execute(sql.SQL("UPDATE {}.ev SET p = '(3,CHANGED)' WHERE id = 3").format(s))  # after the archive
+    conn.commit()
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+    comparison = compare_days(conn, spec, store, [DAY])[0]
+    assert problems and comparison.result == "differs", (problems, comparison.result)
