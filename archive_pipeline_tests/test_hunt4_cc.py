@@ -185,3 +185,25 @@ def test_a_users_cast_to_text_does_not_blind_the_proof(conn, schema, store, temp
     problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
     comparison = compare_days(conn, spec, store, [DAY])[0]
     assert problems and comparison.result == "differs", (problems, comparison.result)
+
+
+def test_proof_refused_for_lack_of_usage_on_a_type_names_the_type_not_select(
+        pg, conn, schema, types_schema, role, store, temp_dir):
+    """A user's enum ``types.mood`` has its USAGE revoked from PUBLIC (``REVOKE USAGE ON TYPE``); the
+    proving role may SELECT the table and create temporary tables. The JSONL archive succeeds, and deep
+    verification (and so the retention removal) fails with "permission denied for type types.mood" and
+    the remedy "GRANT SELECT ON <table> TO <role> (and USAGE on its schema), and TEMPORARY on the
+    database": grants the role already has. The remedy should name what is missing: USAGE on the type."""
+    s, ts, r = sql.Identifier(schema), sql.Identifier(types_schema), sql.Identifier(role)
+    conn.execute(sql.SQL("CREATE TYPE {t}.mood AS ENUM ('sad', 'ok', 'happy'); GRANT USAGE ON SCHEMA {t} TO PUBLIC; "
+                         "REVOKE USAGE ON TYPE {t}.mood FROM PUBLIC").format(t=ts))
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev (id int, at date, m {t}.mood)").format(s=s, t=ts))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'ok' FROM generate_series(1, 10) g").format(s), (DAY,))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON {s}.ev TO {r}").format(s=s, r=r))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+    with psycopg.connect(pg.dsn_for(role), autocommit=True) as proving:
+        assert archive_partition(proving, spec, DAY, store, temp_dir=temp_dir).rows == 10
+        with pytest.raises(ArchiveError) as caught:
+            deep_verify(proving, store, spec, DAY, temp_dir=temp_dir)
+    remedy = caught.value.remedy or ""
+    assert "USAGE ON TYPE" in remedy.upper() or f"{types_schema}.mood" in remedy, f"{caught.value} / remedy: {remedy}"
