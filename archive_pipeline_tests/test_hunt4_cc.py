@@ -207,3 +207,40 @@ def test_proof_refused_for_lack_of_usage_on_a_type_names_the_type_not_select(
             deep_verify(proving, store, spec, DAY, temp_dir=temp_dir)
     remedy = caught.value.remedy or ""
     assert "USAGE ON TYPE" in remedy.upper() or f"{types_schema}.mood" in remedy, f"{caught.value} / remedy: {remedy}"
+
+
+def test_delete_of_a_day_whose_partition_lives_in_a_schema_the_role_may_not_use(
+        pg, conn, schema, role, store, temp_dir):
+    """A user keeps a declarative table's partitions in a schema of their own (``parts.d10``) and gives
+    the removing role SELECT and DELETE on the parent and USAGE on the parent's schema only: PostgreSQL
+    reads and deletes a partition's rows through its parent without USAGE on the partition's schema, and
+    archiving and deep verification work. Retention ``delete`` is refused before the proof with
+    "permission denied for schema parts", and the remedy asks for "GRANT SELECT, DELETE ON ev", which the
+    role has, never naming that schema: the removal's own catalog checks cast the partitions' names to
+    regclass, which needs USAGE on their schema. The removal must work (its DELETE is allowed) or its
+    remedy must name the missing USAGE on the partition's schema."""
+    from archive_pipeline.core.lifecycle import remove_day
+
+    s, r, parts = sql.Identifier(schema), sql.Identifier(role), sql.Identifier(f"{schema}_parts")
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(parts))
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+        conn.execute(sql.SQL("CREATE TABLE {}.d10 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                             "TO ('2024-03-11 00:00+00')").format(parts, s))
+        conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00'::timestamptz + g * interval '1 min' "
+                             "FROM generate_series(1, 10) g").format(s))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT, DELETE ON {s}.ev TO {r}").format(s=s, r=r))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv",
+                         retention={"keep_days": 1, "action": "delete"})
+        with psycopg.connect(pg.dsn_for(role), autocommit=True) as removing:
+            assert archive_partition(removing, spec, DAY, store, temp_dir=temp_dir).rows == 10
+            assert deep_verify(removing, store, spec, DAY, temp_dir=temp_dir) == []
+            try:
+                removal = remove_day(removing, spec, DAY, store, temp_dir=temp_dir)
+            except ArchiveError as exc:
+                remedy = exc.remedy or ""
+                assert "USAGE" in remedy and f"{schema}_parts" in remedy, f"{exc} / remedy: {remedy}"
+                return
+        assert removal.rows == 10
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(parts))
