@@ -244,3 +244,35 @@ def test_delete_of_a_day_whose_partition_lives_in_a_schema_the_role_may_not_use(
         assert removal.rows == 10
     finally:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(parts))
+
+
+def test_retention_delete_of_a_configured_view_is_refused_up_front_or_works(conn, schema, store, temp_dir):
+    """A user archives a view over a table (``CREATE VIEW ev WITH (security_barrier) AS SELECT * FROM
+    base WHERE tenant = 'a'``, auto-updatable; views are archivable) and sets ``retention: delete`` on it.
+    Archive and deep verification pass, ``check_removable`` and the dry run say the day would be
+    deleted. The real removal proves the archive, writes the pending mark, then fails with "the table,
+    column or schema does not exist (any more) (column "tableoid" does not exist); to fix: check the table
+    name and day_column in archive_tables.yaml": the name and column are right. README: what a removal
+    would refuse is refused before the proof, the dry run alike, naming the cause. Either the DELETE
+    through the view works (it removes exactly the archived rows) or the view is refused up front."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, check_removable, remove_day
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.base (id int, at date, tenant text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.base SELECT g, %s, CASE WHEN g %% 2 = 0 THEN 'a' ELSE 'b' END "
+                         "FROM generate_series(1, 10) g").format(s), (DAY,))
+    conn.execute(sql.SQL("CREATE VIEW {s}.ev WITH (security_barrier) AS SELECT * FROM {s}.base WHERE tenant = 'a'")
+                 .format(s=s))
+    conn.commit()
+    conn.autocommit = True
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv",
+                     retention={"keep_days": 1, "action": "delete"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 5
+    assert deep_verify(conn, store, spec, DAY, temp_dir=temp_dir) == []
+    try:
+        check_removable(conn, spec, DAY)
+    except RemovalRefused:
+        return  # refused before any proof: fine
+    removal = remove_day(conn, spec, DAY, store, temp_dir=temp_dir)  # failed: column "tableoid" does not exist
+    assert removal.rows == 5
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.base").format(s)).fetchone()[0] == 5  # tenant b's stay
