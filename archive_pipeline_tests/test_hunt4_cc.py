@@ -276,3 +276,31 @@ def test_retention_delete_of_a_configured_view_is_refused_up_front_or_works(conn
     removal = remove_day(conn, spec, DAY, store, temp_dir=temp_dir)  # failed: column "tableoid" does not exist
     assert removal.rows == 5
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}.base").format(s)).fetchone()[0] == 5  # tenant b's stay
+
+
+def test_a_view_whose_owner_lost_select_on_its_table_is_not_blamed_on_the_archiving_role(
+        pg, conn, schema, role, store, temp_dir):
+    """A user archives a view ``ev`` over ``base``; the view belongs to another role ``vo``, whose SELECT on
+    ``base`` is missing (revoked, or never granted). The archiving role has SELECT on the view and USAGE on the schema. PostgreSQL
+    refuses "permission denied for table base" (it checks ``base`` as the view's owner), and the archive
+    says "to fix: GRANT SELECT ON ev TO <archiving role>", which the role already has: nothing in the
+    remedy points at the view's owner or ``base``. The remedy should name the refused table ``base`` (and
+    that the view's owner needs SELECT on it), not repeat a grant the role holds."""
+    s, r = sql.Identifier(schema), sql.Identifier(role)
+    owner = sql.Identifier(f"{schema}_vo")
+    conn.execute(sql.SQL("CREATE ROLE {}").format(owner))
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {}.base (id int, at date)").format(s))
+        conn.execute(sql.SQL("INSERT INTO {}.base SELECT g, %s FROM generate_series(1, 10) g").format(s), (DAY,))
+        conn.execute(sql.SQL("CREATE VIEW {s}.ev AS SELECT * FROM {s}.base; ALTER VIEW {s}.ev OWNER TO {o}; "
+                             "GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON {s}.ev TO {r}").format(s=s, o=owner, r=r))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+        with psycopg.connect(pg.dsn_for(role), autocommit=True) as archiving:
+            with pytest.raises(ArchiveError) as caught:
+                archive_partition(archiving, spec, DAY, store, temp_dir=temp_dir)
+        remedy = caught.value.remedy or ""
+        assert "base" in remedy and f"GRANT SELECT ON {schema}.ev TO {role}" not in remedy, \
+            f"{caught.value} / remedy: {remedy}"
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(owner))
+        conn.execute(sql.SQL("DROP ROLE {}").format(owner))
