@@ -281,7 +281,8 @@ def test_retention_delete_of_a_configured_view_is_refused_up_front_or_works(conn
 def test_a_view_whose_owner_lost_select_on_its_table_is_not_blamed_on_the_archiving_role(
         pg, conn, schema, role, store, temp_dir):
     """A user archives a view ``ev`` over ``base``; the view belongs to another role ``vo``, whose SELECT on
-    ``base`` is missing (revoked, or never granted). The archiving role has SELECT on the view and USAGE on the schema. PostgreSQL
+    ``base`` is missing (revoked, or never granted). The archiving role has SELECT on the view and USAGE on
+    the schema. PostgreSQL
     refuses "permission denied for table base" (it checks ``base`` as the view's owner), and the archive
     says "to fix: GRANT SELECT ON ev TO <archiving role>", which the role already has: nothing in the
     remedy points at the view's owner or ``base``. The remedy should name the refused table ``base`` (and
