@@ -305,3 +305,35 @@ def test_a_view_whose_owner_lost_select_on_its_table_is_not_blamed_on_the_archiv
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(owner))
         conn.execute(sql.SQL("DROP ROLE {}").format(owner))
+
+
+def test_drop_by_a_noinherit_member_of_the_owner_is_not_told_to_grant_what_it_has(pg, conn, schema, store):
+    """A user's removing role is a member of the table owner's role but NOINHERIT (``CREATE ROLE r LOGIN
+    NOINHERIT; GRANT owner TO r``: a common setup where privileges come only with SET ROLE). Retention
+    ``drop`` is refused before the proof, which is right, but says "the role r is not a member of owner;
+    to fix: ... GRANT owner TO r": r is a member, and that GRANT exists already, so the remedy changes
+    nothing. It should say the membership does not inherit the owner's privileges (ALTER ROLE r INHERIT,
+    or remove as the owner)."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, check_removable
+
+    s = sql.Identifier(schema)
+    removing, owner = f"{schema}_r", f"{schema}_o"
+    r, o = sql.Identifier(removing), sql.Identifier(owner)
+    conn.execute(sql.SQL("CREATE ROLE {o}; CREATE ROLE {r} LOGIN NOINHERIT; GRANT {o} TO {r}").format(o=o, r=r))
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+        conn.execute(sql.SQL("CREATE TABLE {}.d10 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                             "TO ('2024-03-11 00:00+00')").format(s, s))
+        conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g").format(s))
+        conn.execute(sql.SQL("ALTER TABLE {s}.ev OWNER TO {o}; ALTER TABLE {s}.d10 OWNER TO {o}; "
+                             "GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON {s}.ev, {s}.d10 TO {r}")
+                     .format(s=s, o=o, r=r))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv",
+                         partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+        with psycopg.connect(pg.dsn_for(removing), autocommit=True) as c:
+            with pytest.raises(RemovalRefused) as caught:
+                check_removable(c, spec, DAY)
+        said = f"{caught.value} / remedy: {caught.value.remedy}"
+        assert "is not a member" not in said and f"GRANT {owner} TO {removing}" not in said, said
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {o}, {r} CASCADE; DROP ROLE {r}; DROP ROLE {o}").format(o=o, r=r))
