@@ -337,3 +337,31 @@ def test_drop_by_a_noinherit_member_of_the_owner_is_not_told_to_grant_what_it_ha
         assert "is not a member" not in said and f"GRANT {owner} TO {removing}" not in said, said
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {o}, {r} CASCADE; DROP ROLE {r}; DROP ROLE {o}").format(o=o, r=r))
+
+
+def test_a_users_to_json_on_the_path_does_not_write_the_jsonl_archive(pg, conn, schema, store, temp_dir,
+                                                                        s3_client, bucket):
+    """A JSONL table has an array column with a lower bound other than 1 (``'[0:1]={1,2}'``) and a
+    two-dimensional ``int[]`` column; the archiving role's path lists a schema holding a function
+    ``to_json(integer[])`` (a helper of the application's). For such rows the archiver writes each array
+    with ``to_json(<column>)``, unqualified: the user's function is an exact match and wins over
+    PostgreSQL's ``to_json(anyelement)`` wherever it sits on the path, so the archive holds its output
+    ("hijacked") instead of ``[[1,2],[3,4]]``, and the archive is green. (Deep verification then fails to
+    load it.) The archive must hold the values PostgreSQL's own functions print, or fail."""
+    from archive_pipeline_tests.helpers import decompress, download
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, a int[], b int[])").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, '[0:1]={{1,2}}', '{{{{1,2}},{{3,4}}}}' "
+                         "FROM generate_series(1, 3) g").format(s), (DAY,))
+    conn.execute(sql.SQL("CREATE FUNCTION {s}.to_json(integer[]) RETURNS json LANGUAGE sql "
+                         "AS $$SELECT '\"hijacked\"'::json$$").format(s=s))
+    conn.commit()
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+    with psycopg.connect(pg.dsn, options=f"-c search_path={schema},public", autocommit=True) as archiving:
+        try:
+            result = archive_partition(archiving, spec, DAY, store, temp_dir=temp_dir)
+        except ArchiveError:
+            return  # refused: nothing wrong published
+    body = decompress(download(s3_client, bucket, result.key), "zstd")
+    assert b"hijacked" not in body and b"[[1,2],[3,4]]" in body, body[:200]
