@@ -365,3 +365,35 @@ def test_a_users_to_json_on_the_path_does_not_write_the_jsonl_archive(pg, conn, 
             return  # refused: nothing wrong published
     body = decompress(download(s3_client, bucket, result.key), "zstd")
     assert b"hijacked" not in body and b"[[1,2],[3,4]]" in body, body[:200]
+
+
+def test_removal_in_dagster_records_no_failed_proof_for_a_role_without_usage_on_the_types_schema(
+        pg, conn, schema, types_schema, role, store, temp_dir, archive_env, monkeypatch):
+    """Through Dagster: the code location connects as a role that may SELECT and DELETE the table but has
+    no USAGE on the schema of its enum column's type. Materializing ``source_removed`` for an archived day
+    records a FAILED ``archive_proven`` check, "the manifest is damaged": an integrity verdict against an
+    intact archive (README: a privilege refused proves nothing either way; the run fails, and no failed
+    integrity check is recorded). The run should fail naming the missing USAGE, with no check evaluation."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    s, ts, r = sql.Identifier(schema), sql.Identifier(types_schema), sql.Identifier(role)
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('sad', 'ok', 'happy')").format(ts))
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev (id int, at date, m {t}.mood)").format(s=s, t=ts))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'ok' FROM generate_series(1, 10) g").format(s), (DAY,))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT, DELETE ON {s}.ev TO {r}").format(s=s, r=r))
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "csv",
+             "retention": {"keep_days": 1, "action": "delete"}}
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [table]})
+    archive_partition(conn, config.tables[0], DAY, store, temp_dir=temp_dir)
+    monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn_for(role))
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        remove = defs.resolve_job_def(f"Remove_{schema}_ev")
+        failed = remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    assert not failed.success
+    evaluations = failed.get_asset_check_evaluations()
+    assert evaluations == [], [e.description for e in evaluations]
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0] == 10
