@@ -99,15 +99,15 @@ CANONICAL_SETTINGS = {
 # unlike hashint8extended, which folds the high half into the low one); every other type as a
 # 64-bit hash of its text output (timestamps, numeric: their own hashes ignore the sign or fold).
 _PIECES = {
-    "int2": "{c}::text",
-    "int4": "{c}::text",
-    "int8": "{c}::text",
-    "bool": "{c}::text",
-    "text": 'hashtextextended({c} COLLATE "C", 0)::text',
-    "varchar": 'hashtextextended({c}::text COLLATE "C", 0)::text',
-    "uuid": "uuid_hash_extended({c}, 0)::text",
+    "int2": "{c}::pg_catalog.text",
+    "int4": "{c}::pg_catalog.text",
+    "int8": "{c}::pg_catalog.text",
+    "bool": "{c}::pg_catalog.text",
+    "text": 'pg_catalog.hashtextextended({c} COLLATE "C", 0::pg_catalog.int8)::pg_catalog.text',
+    "varchar": 'pg_catalog.hashtextextended({c}::pg_catalog.text COLLATE "C", 0::pg_catalog.int8)::pg_catalog.text',
+    "uuid": "pg_catalog.uuid_hash_extended({c}, 0::pg_catalog.int8)::pg_catalog.text",
 }
-_TEXT_PIECE = 'hashtextextended({c}::text COLLATE "C", 0)::text'
+_TEXT_PIECE = 'pg_catalog.hashtextextended({c}::pg_catalog.text COLLATE "C", 0::pg_catalog.int8)::pg_catalog.text'
 _NULL_PIECE = "N"  # no piece is N: pieces are integers, true/false or hashes
 _ARGS = 90  # concat_ws takes at most 100 arguments: join wide rows in groups
 _CHAIN = 64  # v3 chains at most this many columns in one expression (the parser recurses on nesting)
@@ -163,14 +163,21 @@ def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composa
     if parse_as is not None:
         if column.base_type == "bpchar" and not column.is_array:  # a domain over char(n): blanks and all, below
             return sql.SQL("pg_catalog.concat({}::{})").format(ident, parse_as)
-        return sql.SQL("({}::{})::text").format(ident, parse_as)
+        if getattr(column, "user_type", False):  # by its output function, as the source's side (below)
+            return sql.SQL("pg_catalog.concat(({}::{}))").format(ident, parse_as)
+        return sql.SQL("({}::{})::pg_catalog.text").format(ident, parse_as)
     if column.base_type == "text" and not column.is_array:
         return ident
     if column.base_type == "bpchar" and not column.is_array:
         # ::text strips trailing blanks: 'ab' and 'ab   ' of an unbounded bpchar would hash alike.
         # concat() prints the value with its output function, blanks and all.
         return sql.SQL("pg_catalog.concat({})").format(ident)
-    return sql.SQL("{}::text").format(ident)
+    if "." in column.base_type or getattr(column, "is_enum", False):
+        # A type of the user's (a composite, an enum, an extension's; or an array of one): its owner may
+        # CREATE CAST from it to text, which ::text would run instead of the type's output (a lossy one hid
+        # every change of a field from the proof). concat() prints with the output function, as COPY does.
+        return sql.SQL("pg_catalog.concat({})").format(ident)
+    return sql.SQL("{}::pg_catalog.text").format(ident)
 
 
 def column_is_null(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
@@ -201,7 +208,7 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
     """One 64-bit hash per row (see the module's docstring for each algorithm), for a database whose
     ``encoding`` is given (:func:`server_encoding`)."""
     if not columns:
-        return sql.SQL("0::int8")
+        return sql.SQL("0::pg_catalog.int8")
     if algorithm == V2:
         return _v2_row_hash(columns, qualifier)
     if algorithm not in CHAINED:
@@ -211,19 +218,22 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
     chains = [_chain(columns[i:i + _CHAIN], qualifier, convert) for i in range(0, len(columns), _CHAIN)]
     if len(chains) == 1:
         return chains[0]
-    return sql.SQL("hashtextextended(concat_ws(',', {}), 0)").format(  # at most 1,600 / 64 = 25 chains
-        sql.SQL(", ").join(sql.SQL("({})::text").format(chain) for chain in chains))
+    # (every function qualified and every argument typed exactly: a user's hashtextextended(text, integer)
+    # anywhere on the path matched the literal 0 better than PostgreSQL's (text, int8), first on it or not)
+    return sql.SQL("pg_catalog.hashtextextended(pg_catalog.concat_ws(',', {}), 0::pg_catalog.int8)").format(
+        sql.SQL(", ").join(sql.SQL("({})::pg_catalog.text").format(chain) for chain in chains))
 
 
 def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | None = None) -> sql.Composable:
     """v3, v4: each column's text hashed with the previous link as the seed; NULL flips the seed's low bit.
     ``convert`` (v4 in a database of that single-byte encoding): each text as its UTF-8 bytes first."""
-    link: sql.Composable = sql.SQL("0::int8")
+    link: sql.Composable = sql.SQL("0::pg_catalog.int8")
     for column in columns:
         text = column_text(column, qualifier)
         if convert is not None:
             text = _utf8_bytes(text, convert)
-        link = sql.SQL('hashtextextended(coalesce({text}, \'\') COLLATE "C", {link} # ({is_null})::int::int8)'
+        link = sql.SQL('pg_catalog.hashtextextended(coalesce({text}, \'\') COLLATE "C", '
+                       '{link} OPERATOR(pg_catalog.#) ({is_null})::pg_catalog.int4::pg_catalog.int8)'
                        ).format(text=text, link=link, is_null=column_is_null(column, qualifier))
     return link
 
@@ -233,16 +243,18 @@ def _utf8_bytes(text: sql.Composable, encoding: str) -> sql.Composable:
     converted to UTF-8, then taken back as the database's own encoding, which in a single-byte
     encoding checks no more than that no byte is zero (UTF-8 of a text has none). hashtextextended
     under the "C" collation then hashes exactly the bytes a UTF-8 database would."""
-    return sql.SQL("convert_from(convert_to({}, 'UTF8'), {})").format(text, sql.Literal(encoding))
+    return sql.SQL("pg_catalog.convert_from(pg_catalog.convert_to({}, 'UTF8'), {}::pg_catalog.name)").format(
+        text, sql.Literal(encoding))
 
 
 def _v2_row_hash(columns: Sequence[ColumnLike], qualifier: str | None) -> sql.Composable:
     """v2: one hash of the columns' pieces joined by commas (in column order)."""
     pieces: list[sql.Composable] = [column_piece(c, qualifier) for c in columns]
     while len(pieces) > _ARGS:
-        pieces = [sql.SQL("concat_ws(',', {})").format(sql.SQL(", ").join(pieces[i:i + _ARGS]))
+        pieces = [sql.SQL("pg_catalog.concat_ws(',', {})").format(sql.SQL(", ").join(pieces[i:i + _ARGS]))
                   for i in range(0, len(pieces), _ARGS)]
-    return sql.SQL("hashtextextended(concat_ws(',', {}), 0)").format(sql.SQL(", ").join(pieces))
+    return sql.SQL("pg_catalog.hashtextextended(pg_catalog.concat_ws(',', {}), 0::pg_catalog.int8)").format(
+        sql.SQL(", ").join(pieces))
 
 
 def fingerprint_query(relation: sql.Composable, columns: Sequence[ColumnLike],

@@ -719,6 +719,7 @@ class _TextColumn:
     base_type: str = "text"
     is_array: bool = False
     is_enum: bool = False
+    user_type: bool = False  # parse_as is a type outside pg_catalog: hashed by its output function (fingerprint)
 
 
 # Every type whose text form (what the fingerprint hashes: ``value::text``) is its output function's, as
@@ -789,8 +790,31 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # a parsed domain over char(n) is hashed as bpchar is, by its output with the trailing blanks (``::text``
     # strips them; the source's side keeps them)
     bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
-    return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else "text") if name in parsed
+    users = {name for (name,) in conn.execute(_USER_BASE_COLUMNS, (names, list(oids))).fetchall()}
+    return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else "text",
+                              user_type=name in users) if name in parsed
                   else _TextColumn(name) for name in names]
+
+
+# Columns whose type, through domains and an array to its element (and its domains), as source's column query
+# walks it, is a type outside pg_catalog: the fingerprint hashes those by their output function, not ::text.
+_USER_BASE_COLUMNS = sql.SQL("""
+SELECT u.name FROM unnest(%s::text[], %s::oid[]) AS u(name, oid)  -- (ROWS FROM sugar: not a function to qualify)
+CROSS JOIN LATERAL (
+    WITH RECURSIVE walk(oid, is_array, depth) AS (
+        SELECT u.oid, false, 0
+        UNION ALL
+        SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, w.is_array OR t.typtype <> 'd',
+               w.depth + 1
+        FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+        WHERE t.typtype = 'd' OR (NOT w.is_array AND t.typcategory = 'A' AND t.typelem <> 0 AND EXISTS (
+            SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid))
+    )
+    SELECT oid FROM walk ORDER BY depth DESC LIMIT 1
+) AS b
+JOIN pg_catalog.pg_type base ON base.oid = b.oid
+WHERE base.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace OR base.typtype = 'e'
+""")
 
 
 # A type outside pg_catalog as schema.name, quoted by PostgreSQL (NULL for a built-in type, whose
