@@ -44,7 +44,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
     ident = sql.Identifier(col.name)
     if col.base_type == "xml":
         # the stored text: xml's output drops or rewrites an XML declaration (see xml_text)
-        return (sql.SQL("to_json({})").format(xml_text(col)),
+        return (sql.SQL("pg_catalog.to_json({})").format(xml_text(col)),
                 encoding("string: PostgreSQL array literal of the xml texts as stored" if col.is_array
                          else "string: the xml text as stored", note="read back with xml's input"))
     if col.is_array:
@@ -52,7 +52,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
             # json elements: JSON null and SQL NULL would both be null; composites and unknown types may
             # hold any of the above. PostgreSQL's own array literal is exact and json_populate_record
             # reads it back.
-            return (refuse_ambiguous_names(col, index, sql.SQL("to_json({})").format(output_text(ident))),
+            return (refuse_ambiguous_names(col, index, sql.SQL("pg_catalog.to_json({})").format(output_text(ident))),
                     encoding("string: PostgreSQL array literal", note="read back with the array type's input"))
         # As row_to_json writes it; a row holding an array whose lower bound is not 1 (which row_to_json
         # would drop) is written again with that array as its literal (see JsonLines.copy_statement).
@@ -69,7 +69,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         refuse = raise_in_sql(index, "json_null", ident)
         # jsonb's null is a few bytes: the size test (no detoasting) spares big documents a second
         # decompression
-        return (sql.SQL("CASE WHEN pg_catalog.pg_column_size({c}) < 64 AND jsonb_typeof({c}) = 'null' "
+        return (sql.SQL("CASE WHEN pg_catalog.pg_column_size({c}) < 64 AND pg_catalog.jsonb_typeof({c}) = 'null' "
                         "THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "ELSE {c} END").format(c=ident, r=refuse),
                 encoding("embedded JSON (jsonb's text)", note="the JSON value null is refused: read back "
@@ -91,7 +91,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
             "THEN {n} IS NULL "
             "WHEN (strpos({c}::text, '\\ud') > 0 OR strpos({c}::text, '\\uD') > 0) AND " + _UNPAIRED_SURROGATE
             + " THEN {s} IS NULL ELSE false END").format(c=ident, n=nul, s=surrogate)
-        return (sql.SQL("CASE WHEN json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
+        return (sql.SQL("CASE WHEN pg_catalog.json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "WHEN {e} THEN NULL "
                         "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
                         "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(
@@ -102,7 +102,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
                               "\\u0000 and an unpaired UTF-16 surrogate escape (\\ud800) are refused"))
     if _json_native(col):
         return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
-    return (refuse_ambiguous_names(col, index, sql.SQL("to_json({})").format(output_text(ident))),
+    return (refuse_ambiguous_names(col, index, sql.SQL("pg_catalog.to_json({})").format(output_text(ident))),
             encoding("string: the type's output", note="read back with the type's input function"))
 
 
@@ -135,7 +135,7 @@ class JsonLines(CopyFormat):
         return {c.name: enc for c, (_, enc) in zip(table.columns, self._columns(table), strict=True)}
 
     def probes(self, table: SourceTable) -> list[sql.Composable]:
-        return [sql.SQL("to_json({})").format(expr) for expr, _ in self._columns(table)]
+        return [sql.SQL("pg_catalog.to_json({})").format(expr) for expr, _ in self._columns(table)]
 
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         columns = sql.SQL(", ").join(sql.SQL("{} AS {}").format(expr, sql.Identifier(c.name))
@@ -151,7 +151,7 @@ class JsonLines(CopyFormat):
         cheap as plain row_to_json (two O(1) calls per array, no intermediate JSON per array)."""
         arrays = [c for c in table.columns if c.is_array and _json_native(c)]
         if not arrays:
-            return sql.SQL("row_to_json(r.*)")
+            return sql.SQL("pg_catalog.row_to_json(r.*)")
 
         def ref(col: Column) -> sql.Composable:
             return sql.SQL("r.{}").format(sql.Identifier(col.name))
@@ -162,12 +162,14 @@ class JsonLines(CopyFormat):
         again = sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(
                 sql.SQL("CASE WHEN coalesce(pg_catalog.array_lower({v}, 1), 1) = 1 AND (coalesce(pg_catalog.array_ndims({v}), 1) = 1 "
-                        "OR array_dims({v}) !~ {re}) THEN to_json({v}) ELSE to_json({v}::text) END").format(
+                        "OR pg_catalog.array_dims({v}) !~ {re}) THEN pg_catalog.to_json({v}) "
+                        "ELSE pg_catalog.to_json({v}::text) END").format(
                     v=ref(c), re=sql.Literal(r"\[(?!1:)")) if c in arrays else ref(c),
                 sql.Identifier(c.name))
             for c in table.columns)
-        return sql.SQL("CASE WHEN {plain} THEN row_to_json(r.*) "
-                       "ELSE (SELECT row_to_json(x.*) FROM (SELECT {again}) AS x) END").format(plain=plain, again=again)
+        return sql.SQL("CASE WHEN {plain} THEN pg_catalog.row_to_json(r.*) "
+                       "ELSE (SELECT pg_catalog.row_to_json(x.*) FROM (SELECT {again}) AS x) END").format(
+            plain=plain, again=again)
 
     def output_type(self, col: Column) -> str:
         """The short form of the column's encoding: "number", "array of string", "embedded JSON", ..."""
