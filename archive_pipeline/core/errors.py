@@ -680,6 +680,28 @@ def note_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None
             pass
 
 
+_REFUSED = re.compile(r"permission denied for (schema|type|table|view|materialized view|sequence|foreign table|"
+                      r"function|database) (.+)")
+
+
+def _refused_grant(exc: BaseException, table: str, user: str | None) -> str | None:
+    """The grant that PostgreSQL's "permission denied for <kind> <name>" asks for, where it is not the
+    configured table's SELECT (which the remedies by what failed give): USAGE on a column type's schema or
+    on the type, SELECT on a table a view reads (its owner's privilege, not the archiving role's)."""
+    found = _REFUSED.fullmatch(getattr(getattr(exc, "diag", None), "message_primary", None) or "")
+    if found is None:
+        return None
+    kind, name = found.groups()
+    role = sql_name(user, qualified=False) if user else "<role>"
+    if kind in ("schema", "type"):
+        return f"GRANT USAGE ON {kind.upper()} {name} TO {role}"
+    if kind in ("table", "view", "materialized view", "foreign table") and name != table.rpartition(".")[2]:
+        return (f"the role may not read {kind} {name}, which {table} reads (a view's, or a rule's): GRANT SELECT "
+                f"ON {name} TO the owner of the view that reads it (a view reads with its owner's privileges), or "
+                f"to {role} for a view with security_invoker")
+    return None
+
+
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
          user: str | None = None, database: str | None = None, standby: bool = False,
          doing: str = "archiving") -> ArchiveError:
@@ -701,6 +723,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
         found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table))
                         .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
+    if found.cause == _PERMISSION.cause and (refused := _refused_grant(exc, table, user)):
+        found = replace(found, remedy=refused)
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     if database:

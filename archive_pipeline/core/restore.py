@@ -34,7 +34,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
-from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, classify, note_cancelled, remedy_for
+from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, classify, note_cancelled, remedy_for
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
@@ -685,7 +685,15 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
     a manifest comes from the bucket and must not be able to put SQL into a CREATE TABLE."""
     try:
         with conn.transaction():
-            found = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (type_text,)).fetchone()[0]
+            found = conn.execute("SELECT pg_catalog.to_regtype(%s) IS NOT NULL", (type_text,)).fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege as exc:  # the name is fine; the role may not look into its schema
+        denied = exc.diag.message_primary or str(exc)
+        schema = re.fullmatch(r"permission denied for schema (.+)", denied)
+        grant = (sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema.group(1)),
+                                                                 sql.Identifier(conn.info.user)).as_string(conn)
+                 if schema else f"GRANT USAGE on the schema of {type_text} TO {conn.info.user}")
+        raise SourceError(f"{where}: role {conn.info.user!r} may not use the type {type_text!r} ({denied})",
+                          retryable=False, cause="permission denied", remedy=grant) from None
     except psycopg.Error as exc:
         raise RestoreError(f"{where}: {type_text!r} is not a type name ({exc}); the manifest is damaged") from None
     if not found:
