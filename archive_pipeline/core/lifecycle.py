@@ -241,6 +241,12 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
                                  f"{action} removes whole partitions: use retention action 'delete'",
                                  table=spec.name, day=day.isoformat())
         target = describe_relation(conn, *whole[0].relation(spec), spec.day_column)
+    if target.relkind in ("v", "m"):
+        kind = "a view" if target.relkind == "v" else "a materialized view"
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} is {kind}, and retention "
+                             "removes rows from tables", table=spec.name, day=day.isoformat(),
+                             remedy="archive and remove the days of the table the view reads (configure that table), "
+                                    "or remove them by hand; or drop the table's retention setting")
     if target.relkind == "f":  # LOCK TABLE refuses foreign tables ("not supported for foreign tables")
         raise RemovalRefused(f"{spec.name} {day} stays in the source: its table {target.qualified} is a foreign "
                              f"table (its rows live on another server), which PostgreSQL cannot lock for a {action}; "
@@ -699,10 +705,10 @@ def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, t
 # DELETE triggers (row or statement, enabled, not PostgreSQL's own) and ON DELETE rules of the given tables.
 _DELETE_SIDE_EFFECTS = """
 SELECT DISTINCT format('trigger %%I on %%s', t.tgname, t.tgrelid::regclass) FROM pg_catalog.pg_trigger t
-WHERE t.tgrelid = ANY(%(rels)s::regclass[]) AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 8) <> 0
+WHERE t.tgrelid = ANY(%(rels)s::pg_catalog.oid[]) AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 8) <> 0
 UNION
 SELECT format('rule %%I on %%s', r.rulename, r.ev_class::regclass) FROM pg_catalog.pg_rewrite r
-WHERE r.ev_class = ANY(%(rels)s::regclass[]) AND r.ev_type = '4'
+WHERE r.ev_class = ANY(%(rels)s::pg_catalog.oid[]) AND r.ev_type = '4'
 ORDER BY 1
 """
 
@@ -713,7 +719,9 @@ def _refuse_delete_side_effects(conn: psycopg.Connection, spec: TableSpec, day: 
     refused, naming them, unless ``retention.allow_delete_triggers`` says they are harmless (an audit log)."""
     if spec.retention is not None and spec.retention.allow_delete_triggers:
         return
-    relations = sorted({table.identifier.as_string(conn), *_reached(conn, table, day)})
+    own = table.oid if table.oid is not None else conn.execute(
+        "SELECT %s::pg_catalog.regclass::pg_catalog.oid", (table.identifier.as_string(conn),)).fetchone()[0]
+    relations = sorted({own, *_reached(conn, table, day)})
     found = [r[0] for r in conn.execute(_DELETE_SIDE_EFFECTS, {"rels": relations})]
     if found:
         raise RemovalRefused(
@@ -771,7 +779,7 @@ def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Pe
 # USING INDEX without a valid, unique, immediate, whole-table index to use). Unlogged tables are never published.
 _UNIDENTIFIED = """
 WITH RECURSIVE tree(oid) AS (
-    SELECT pg_catalog.unnest(%(roots)s::text[])::regclass::oid
+    SELECT pg_catalog.unnest(%(roots)s::pg_catalog.oid[])
     UNION
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid),
 leaf(oid, up) AS (
@@ -792,19 +800,27 @@ _SCHEMA_PUBLICATIONS = """
                ON a.relnamespace = s.pnnspid WHERE s.pnpubid = p.oid AND a.oid = ANY (leaf.up))"""
 
 
-def _reached(conn: psycopg.Connection, table: SourceTable, day: Period) -> list[str]:
-    """The tables the day's DELETE FROM the table reaches: those its plan scans, as the planner leaves them after
-    pruning partitions by the day's bounds. PostgreSQL checks each of them when the DELETE starts, holding rows of
-    the day or not (a partition of a table partitioned by another column, or one whose bounds overlap the day
-    while its rows are all of other days, is not pruned)."""
-    found, nodes = [], [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
+def _reached(conn: psycopg.Connection, table: SourceTable, day: Period) -> list[int]:
+    """The OIDs of the tables the day's DELETE FROM the table reaches: those its plan scans, as the planner leaves
+    them after pruning partitions by the day's bounds. PostgreSQL checks each of them when the DELETE starts,
+    holding rows of the day or not (a partition of a table partitioned by another column, or one whose bounds
+    overlap the day while its rows are all of other days, is not pruned). Looked up by name in the catalog, not
+    cast to regclass: a partition may live in a schema the role has no USAGE on, and deleting through the parent
+    needs none."""
+    found, nodes = set(), [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
         table.identifier, day_filter(table, day)))]
     while nodes:
         node = nodes.pop()
         nodes.extend(node.get("Plans", []))
         if "Relation Name" in node:
-            found.append(sql.Identifier(node["Schema"], node["Relation Name"]).as_string(conn))
-    return sorted(set(found))
+            found.add((node["Schema"], node["Relation Name"]))
+    if not found:
+        return []
+    schemas, names = zip(*sorted(found))
+    return sorted(oid for (oid,) in conn.execute(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN unnest(%s::text[], %s::text[]) AS u(s, r) ON n.nspname = u.s AND c.relname = u.r",
+        (list(schemas), list(names))))
 
 
 def _refuse_unidentified(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
@@ -913,19 +929,36 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
     DELETE needs the DELETE privilege: the dry run would say "would drop" and the real run fail with "must be
     owner of table" after the whole proof. Refuse up front, naming the relation, its owner and the remedy."""
     if action == "delete":
-        role, allowed = conn.execute("SELECT current_user::text, has_table_privilege(%s, 'DELETE')",
-                                     (table.identifier.as_string(conn),)).fetchone()
-        if not allowed:
+        # the batched DELETE names rows by (tableoid, ctid): system columns, which only a table-wide SELECT covers
+        role, allowed, reads = conn.execute(
+            "SELECT current_user::text, pg_catalog.has_table_privilege(%(t)s, 'DELETE'), "
+            "pg_catalog.has_column_privilege(%(t)s, 'ctid', 'SELECT') "
+            "AND pg_catalog.has_column_privilege(%(t)s, 'tableoid', 'SELECT')",
+            {"t": table.identifier.as_string(conn)}).fetchone()
+        missing = [p for p, ok in (("DELETE", allowed), ("SELECT", reads)) if not ok]
+        if missing:
+            what = " and ".join(missing)
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: the role {role} may not "
-                                 f"DELETE from {table.qualified}", table=spec.name, day=day.isoformat(),
-                                 cause="permission denied", remedy=f"GRANT DELETE ON {sql_name(table.qualified)} "
-                                                                   f"TO {sql_name(role, qualified=False)}")
+                                 f"{what} {'from' if allowed is False else 'on'} {table.qualified}"
+                                 + (" as a whole (SELECT granted column by column does not cover the system columns "
+                                    "the removal names rows by)" if not reads else ""),
+                                 table=spec.name, day=day.isoformat(), cause="permission denied",
+                                 remedy=f"GRANT {', '.join(missing)} ON {sql_name(table.qualified)} "
+                                        f"TO {sql_name(role, qualified=False)}")
         return
     needed = [table, target] if spec.partitioning.mode == "declarative" else [target]
     for relation in needed:
-        role, owner, member = conn.execute(
-            "SELECT current_user::text, pg_catalog.pg_get_userbyid(relowner)::text, pg_has_role(relowner, 'USAGE') "
+        role, owner, member, noinherit = conn.execute(
+            "SELECT current_user::text, pg_catalog.pg_get_userbyid(relowner)::text, "
+            "pg_catalog.pg_has_role(relowner, 'USAGE'), pg_catalog.pg_has_role(relowner, 'MEMBER') "
             "FROM pg_catalog.pg_class WHERE oid = %s::regclass", (relation.identifier.as_string(conn),)).fetchone()
+        if not member and noinherit:  # a member that does not inherit the owner's privileges (NOINHERIT)
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
+                                 f"{relation.qualified} ({owner}) may {action} it, and the role {role} is a member of "
+                                 f"{owner} that does not inherit its privileges (NOINHERIT)", table=spec.name,
+                                 day=day.isoformat(), cause="permission denied",
+                                 remedy=f"remove the day as {owner}, or as a role that inherits its privileges "
+                                        f"(ALTER ROLE {sql_name(role, qualified=False)} INHERIT)")
         if not member:
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
                                  f"{relation.qualified} ({owner}) may {action} it, and the role {role} is not a member "
