@@ -186,6 +186,10 @@ _ROW_SECURITY = _src(False, "row-level security would hide rows of the table fro
                      "fingerprint and a removal must see every row, so row_security is off in our sessions)",
                      "archive with a role that bypasses row-level security: the table's owner (without FORCE ROW "
                      "LEVEL SECURITY), a role with BYPASSRLS (ALTER ROLE <role> BYPASSRLS), or a superuser")
+_ROW_SECURITY_TARGET = _src(False, "the target table has row-level security, and PostgreSQL loads no COPY into such a "
+                            "table for a role its policies apply to",
+                            "restore as the table's owner (without FORCE ROW LEVEL SECURITY), a role with BYPASSRLS or "
+                            "a superuser; or restore into a new table and copy the rows on from there")
 _UNDEFINED = _src(False, "the table, column or schema does not exist (any more)",
                   "check the table name and day_column in archive_tables.yaml against the database")
 _DATA = _src(False, "a value in the day cannot be read or converted (data exception)",
@@ -328,6 +332,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "28P01": _WRONG_PASSWORD, "3D000": _NO_DATABASE,
         "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
+        **({"0A000": _ROW_SECURITY_TARGET} if "copy from not supported with row-level security" in lowered else {}),
     }
     if code in exact:
         return exact[code]
