@@ -66,7 +66,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, hold_day, \
     primary_key, read_snapshot, reads_foreign_tables, same_members, server_identity
-from archive_pipeline.core.store import DownloadError, S3Store, S3Upload
+from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
 __all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
@@ -311,7 +311,7 @@ class _Archiving:
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
                                       "format": self.spec.format, "compression": self.spec.compression},
-                            stale_uploads=existing.listing is None)
+                            stale_uploads=existing.listing is None, fresh=True)
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
                         stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds,
                                                            estimate)
@@ -751,7 +751,9 @@ class _Archiving:
         data = encode_manifest(manifest)
         self._refuse_replaced(result, existing)
         try:
-            self._put_manifest(data)
+            # a first manifest must find no other there (a run on another server or database, which the lock
+            # does not exclude, may have committed the day meanwhile): If-None-Match, see S3Store.conditions
+            self._put_manifest(data, fresh=existing.raw is None)
         except BaseException as exc:
             if self._stored_manifest() == data:
                 log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key,
@@ -858,20 +860,23 @@ class _Archiving:
         if self._stored_manifest() != previous:
             self.store.put_bytes(self.manifest_key, previous, "application/json")
 
-    def _put_manifest(self, data: bytes) -> None:
+    def _put_manifest(self, data: bytes, fresh: bool = False) -> None:
         """A verified PUT, tried again at once when the store received damaged bytes: the data object
-        is already whole, so only the commit is missing."""
+        is already whole, so only the commit is missing. ``fresh``: no manifest may be there yet."""
+        damaged: str | None = None  # the ETag of a damaged copy of ours in the store: the next try replaces it
         for attempt in range(1, MANIFEST_PUT_ATTEMPTS + 1):
             try:
-                self.store.put_bytes(self.manifest_key, data, "application/json")
+                self.store.put_bytes(self.manifest_key, data, "application/json", fresh=fresh and damaged is None,
+                                     if_match=damaged if fresh else None)
                 return
             except BaseException as exc:  # noqa: BLE001 - re-raised after the last attempt
+                damaged = getattr(exc, "etag", None) or damaged
                 # settled only if every attempt was: one that timed out, or was cancelled on its way, may still land
                 self._manifest_settled = self._manifest_settled and self.store.settled(exc)
                 if is_cancellation(exc):
                     note_cancelled(exc, self.spec.name, self.day.isoformat(), "committing")
                     raise
-                if attempt == MANIFEST_PUT_ATTEMPTS or not is_retryable(exc):
+                if attempt == MANIFEST_PUT_ATTEMPTS or not is_retryable(exc) or isinstance(exc, KeyTakenError):
                     raise
                 log.warning("writing %s failed (%s); trying again", self.manifest_key, exc)
 

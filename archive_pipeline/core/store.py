@@ -92,7 +92,10 @@ class DownloadError(ArchiveError):
 
 class CorruptedWrite(UploadError):
     """A small object's write whose every copy the store answered with an ETag other than our MD5: each
-    attempt was carried out, so nothing of the write is still on its way; the key may hold a damaged copy."""
+    attempt was carried out, so nothing of the write is still on its way; the key may hold a damaged copy
+    (``etag``: its ETag as the store answered, or None)."""
+
+    etag: str | None = None
 
 
 class LocalFileError(ArchiveError):
@@ -340,6 +343,33 @@ def _code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+# A conditional write the store refused: the key is not as the condition said (412), or another conditional
+# write of it is under way (AWS: 409 ConditionalRequestConflict).
+_TAKEN_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412"})
+
+
+def _is_taken(exc: BaseException) -> bool:
+    return _code(exc) in _TAKEN_CODES
+
+
+def _is_unimplemented(exc: BaseException) -> bool:
+    """A store that does not implement a header it was sent (conditional writes: older MinIO, some gateways)."""
+    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _code(exc) in ("NotImplemented", "501") or status == 501
+
+
+class KeyTakenError(UploadError):
+    """A write that must not replace what is at its key found something there: another run wrote it meanwhile."""
+
+
+def _taken(uri: str, exc: BaseException) -> KeyTakenError:
+    return KeyTakenError(f"{uri} was written by another run meanwhile ({_said(exc)}); this run's write did not "
+                         "replace it, and nothing of this run was published", retryable=True,
+                         cause="another run wrote the same key",
+                         remedy="retried automatically: the retry decides on what is stored now; archive each table "
+                                "from one database, and one server, only")
+
+
 def _is_not_found(exc: BaseException) -> bool:
     """A missing key (not a missing bucket, which is a configuration error)."""
     return _code(exc) in ("NoSuchKey", "404", "NotFound")
@@ -410,6 +440,24 @@ class S3Store:
         self.equal_parts = equal_parts
         self.corrupt_attempts = max(1, corrupt_attempts)
         self.abort_timeout = abort_timeout
+        # Writes that must not replace anything (a data object's fresh key, a day's first manifest) carry
+        # If-None-Match: * (S3, MinIO, R2), so two runs that race for one key (two databases or servers, which
+        # the table-day lock does not exclude) never leave one's manifest over the other's object. Off once a
+        # store answers that it does not implement them: such a store behaves as before.
+        self.conditional_writes = True
+
+    def conditions(self, **wanted: str) -> dict[str, str]:
+        """``wanted`` (IfNoneMatch, IfMatch) where the store takes conditional writes, else none."""
+        return wanted if self.conditional_writes else {}
+
+    def unconditional_after(self, exc: BaseException, uri: str) -> bool:
+        """Whether ``exc`` says the store does not implement conditional writes: they are then off (logged)."""
+        if not (self.conditional_writes and _is_unimplemented(exc)):
+            return False
+        log.warning("the store does not implement conditional writes (%s, writing %s): writing without them; two "
+                    "runs of one day on different servers can then race", _said(exc), uri)
+        self.conditional_writes = False
+        return True
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -421,20 +469,21 @@ class S3Store:
 
     def begin(self, key: str, *, content_type: str, content_encoding: str | None = None,
               metadata: dict[str, str] | None = None, expected_size: int | None = None,
-              stale_uploads: bool = True) -> S3Upload:
+              stale_uploads: bool = True, fresh: bool = False) -> S3Upload:
         """Start writing ``key``; feed the upload with ``grow`` and end it with ``finish``/``abort``.
 
         ``expected_size`` (bytes, e.g. estimated from the catalog) sizes the parts; ``metadata``
         values may be any text (non-ASCII is encoded, see ``encode_metadata``). Nothing is sent
         until a whole part is there. ``stale_uploads=False``: the caller has already dealt with
         uploads of the key a killed process may have left (it listed no upload marker, see
-        ``S3Upload``), so a single PUT does not list the store's uploads after it."""
+        ``S3Upload``), so a single PUT does not list the store's uploads after it. ``fresh``: the key
+        holds nothing and must not be replaced (If-None-Match; :class:`KeyTakenError` if it is)."""
         meta = dict(metadata or {})
         headers: dict[str, Any] = {"ContentType": content_type, "Metadata": encode_metadata(meta)}
         if content_encoding:
             headers["ContentEncoding"] = content_encoding
         return S3Upload(self, key, headers, self.plan(expected_size), table=meta.get("table"), day=meta.get("day"),
-                        stale_uploads=stale_uploads)
+                        stale_uploads=stale_uploads, fresh=fresh)
 
     # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
@@ -483,7 +532,8 @@ class S3Store:
         except Exception as exc:
             raise _wrap(exc, f"listing {self.uri(prefix)} (ListObjectsV2)", DownloadError) from exc
 
-    def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
+    def put_bytes(self, key: str, data: bytes, content_type: str, *, fresh: bool = False,
+                  if_match: str | None = None) -> str:
         """Write a small object (a manifest) with Content-MD5 and check the returned ETag against our
         MD5; without ``verify_etags`` a 200 proves nothing, so it is read back and compared (a manifest
         is never reported written when the store kept nothing). A copy that arrived corrupted is sent
@@ -492,17 +542,35 @@ class S3Store:
 
         A write that fails ambiguously (a reset, a timeout, a 5xx: it may have landed, or land later)
         is not withdrawn: a manifest key is never emptied here, since it may hold the previous commit
-        a moment ago; the caller reads the key back and decides (see :func:`refused`)."""
+        a moment ago; the caller reads the key back and decides (see :func:`refused`).
+
+        ``fresh``: the key must hold nothing yet (a day's first manifest): written with If-None-Match, and
+        :class:`KeyTakenError` if another run's is there; a copy of ours that arrived damaged is replaced
+        only while it is still ours (If-Match its ETag; ``if_match`` for a caller's next try after a
+        :class:`CorruptedWrite`, whose ``etag`` it is)."""
         digest = hashlib.md5(data).digest()
+        condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if fresh else {}
+        etag, stored = "", None
         for attempt in range(1, self.corrupt_attempts + 1):
             try:
-                response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                                                  ContentMD5=_md5_header(digest))
+                try:
+                    response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                                      ContentType=content_type, ContentMD5=_md5_header(digest),
+                                                      **self.conditions(**condition))
+                except Exception as exc:
+                    if not (condition and self.unconditional_after(exc, self.uri(key))):
+                        raise
+                    response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                                      ContentType=content_type, ContentMD5=_md5_header(digest))
             except Exception as exc:
                 if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
+                if condition and _is_taken(exc):
+                    raise _taken(self.uri(key), exc) from None
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
-            etag = _etag(response)
+            etag, stored = _etag(response), response.get("ETag") or None
+            if condition:  # only ours, damaged, is replaced (without its ETag, ours is replaced as it is)
+                condition = {"IfMatch": stored} if stored else {}
             if (etag == digest.hex()) if self.verify_etags else (self.get_verified_bytes(key) == data):
                 return etag
             log.warning("%s arrived corrupted (%s), attempt %d of %d", self.uri(key),
@@ -510,10 +578,12 @@ class S3Store:
                         attempt, self.corrupt_attempts)
         # Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago,
         # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
-        raise CorruptedWrite(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
-                          f"our MD5 {digest.hex()}" + ("" if self.verify_etags else ", and it did not read back as "
-                          "written") + "): the network or store alters data", retryable=True,
-                          cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
+        error = CorruptedWrite(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
+                               f"our MD5 {digest.hex()}" + ("" if self.verify_etags else ", and it did not read back "
+                               "as written") + "): the network or store alters data", retryable=True,
+                               cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
+        error.etag = stored  # the damaged copy's, as the store gave it: a next try replaces only that one
+        raise error
 
     @staticmethod
     def refused(exc: BaseException) -> bool:
@@ -866,9 +936,11 @@ class S3Upload:
     """
 
     def __init__(self, store: S3Store, key: str, headers: dict[str, Any], plan: PartPlan, *,
-                 table: str | None = None, day: str | None = None, stale_uploads: bool = True) -> None:
+                 table: str | None = None, day: str | None = None, stale_uploads: bool = True,
+                 fresh: bool = False) -> None:
         self.store = store
         self.key = key
+        self.fresh = fresh  # the key must hold nothing: published with If-None-Match (see S3Store.conditions)
         self.stale_uploads = stale_uploads  # look for a killed process's uploads of the key after a single PUT
         self._marked = False  # the upload marker may be in the store (written, or its write attempted)
         self._leftover = False  # an upload created after abort() could not be aborted
@@ -1025,10 +1097,10 @@ class S3Upload:
         expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{len(parts)}"
         upload_id = self.upload_id
         try:
-            response = self.store.client.complete_multipart_upload(
-                Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
+            response = self._complete(upload_id, parts)
         except Exception as exc:
+            if self.fresh and _is_taken(exc):  # another run's object is there: not ours to withdraw
+                raise self._named(_taken(self.store.uri(self.key), exc)) from None
             error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
             self._withdraw_if_ours(expected, size, error)  # the store may have completed it before failing
             raise self._named(error) from exc
@@ -1043,6 +1115,18 @@ class S3Upload:
         self._finished = True
         self._unmark(None)
         return stored
+
+    def _complete(self, upload_id: str, parts: list[_Part]) -> dict:
+        """CompleteMultipartUpload, conditional on a fresh key where the store takes conditions."""
+        request = {"Bucket": self.store.bucket, "Key": self.key, "UploadId": upload_id,
+                   "MultipartUpload": {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}}
+        condition = self.store.conditions(IfNoneMatch="*") if self.fresh else {}
+        try:
+            return self.store.client.complete_multipart_upload(**request, **condition)
+        except Exception as exc:
+            if not (condition and self.store.unconditional_after(exc, self.store.uri(self.key))):
+                raise
+        return self.store.client.complete_multipart_upload(**request)
 
     def _checked(self, size: int, etag: str, parts: int, part_sizes: tuple[int, ...], started: float,
                  waited: float, completed: float, *, expected_etag: str) -> StoredObject:
@@ -1091,17 +1175,21 @@ class S3Upload:
                                    cause="the temp file changed on the local disk",
                                    remedy="retried automatically; if it persists, check the disk behind temp_dir "
                                           "and the machine's memory")
+        condition = {"IfNoneMatch": "*"} if self.fresh else {}
         for attempt in range(1, store.corrupt_attempts + 1):
             try:
-                response = store.client.put_object(Bucket=store.bucket, Key=self.key, Body=_FileRange(fd, 0, size),
-                                                   ContentLength=size, ContentMD5=_md5_header(digest), **self.headers)
+                response = self._put_whole(fd, size, digest, condition)
             except Exception as exc:
                 if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
+                if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
+                    raise self._named(_taken(store.uri(self.key), exc)) from None
                 error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))
                 self._withdraw_if_ours(md5_hex, size, error)
                 raise error from exc
             etag = _etag(response)
+            if condition:  # a copy that arrived damaged is ours: replaced only while it still is
+                condition = {"IfMatch": response["ETag"]} if response.get("ETag") else {}
             if not store.verify_etags or etag == md5_hex:
                 break
             log.warning("%s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", store.uri(self.key), etag,
@@ -1116,6 +1204,23 @@ class S3Upload:
             store.abort_stale_uploads_quietly(self.key,
                                               initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
+
+    def _put_whole(self, fd: int, size: int, digest: bytes, condition: dict[str, str]) -> dict:
+        """One PutObject of the whole file, with ``condition`` where the store takes conditions."""
+        store = self.store
+
+        def put(**extra: str) -> dict:
+            return store.client.put_object(Bucket=store.bucket, Key=self.key, Body=_FileRange(fd, 0, size),
+                                           ContentLength=size, ContentMD5=_md5_header(digest), **self.headers,
+                                           **extra)
+
+        wanted = store.conditions(**condition)
+        try:
+            return put(**wanted)
+        except Exception as exc:
+            if not (wanted and store.unconditional_after(exc, store.uri(self.key))):
+                raise
+        return put()
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
         self.store._withdraw_if_ours(self.key, expected_etag, size, original)
