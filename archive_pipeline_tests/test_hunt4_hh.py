@@ -1,0 +1,84 @@
+"""Hunt 4 (hh): restore as the round trip users rely on: every format, hostile values, targets that differ
+from the archived table, and faults mid-restore. Each test is what a user would do; it fails on the current
+code because of a bug."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import RestoreConflictError, RestoreError, restore_day
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _day_and_copy(conn, schema: str, store, temp_dir, fmt: str) -> TableSpec:
+    """50 rows of 2024-03-10 archived in ``fmt``, and an empty table ``back`` like the source to restore into."""
+    source = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, v text)").format(source))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', 'v' || g FROM generate_series(1, 50) g").format(source))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 50
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(sql.Identifier(schema, "back"), source))
+    return spec
+
+
+def _trigger(conn, schema: str, body: str) -> None:
+    conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+        sql.Identifier(schema, "on_insert"), sql.Literal(f"BEGIN {body} RETURN NEW; END")))
+    conn.execute(sql.SQL("CREATE TRIGGER audit_it BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        sql.Identifier(schema, "back"), sql.Identifier(schema, "on_insert")))
+
+
+@pytest.mark.parametrize("on_conflict", ["fail", "skip"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_unique_violation_in_another_table_a_trigger_writes_is_not_called_a_conflict_in_the_target(
+        fmt, on_conflict, conn, schema, store, temp_dir):
+    """A user restores a day into an existing, empty table ``back`` (``into='existing'``) whose INSERT trigger writes
+    an audit row into another table, and that audit table's unique key refuses the second row (a bug in the
+    trigger, nothing to do with ``back`` or the archive). What happens: ``RestoreConflictError`` "rows of the archive
+    ... already exist in back (Key (x)=(1) already exists.) ... Use on_conflict='skip' to add only the missing rows"
+    -- ``back`` is empty, the key named is the audit table's, and with ``on_conflict='skip'`` the very same message
+    again tells the user to use skip. What should happen: a ``RestoreError`` that is no conflict with the target's
+    rows, naming the trigger (README: "A restore that fails or is rolled back names ... its INSERT triggers and
+    rules") and not advising ``on_conflict='skip'``. Cause: restore._load maps every UniqueViolation /
+    ExclusionViolation raised during the load to RestoreConflictError without checking which relation it is on
+    (``exc.diag.table_name``) or naming the target's triggers (``_drift_explained``)."""
+    spec = _day_and_copy(conn, schema, store, temp_dir, fmt)
+    conn.execute(sql.SQL("CREATE TABLE {} (x int PRIMARY KEY)").format(sql.Identifier(schema, "audit")))
+    _trigger(conn, schema, f"INSERT INTO {sql.Identifier(schema, 'audit').as_string(conn)} VALUES (1);")
+    with pytest.raises(RestoreError) as raised:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.back", on_conflict=on_conflict,
+                    temp_dir=temp_dir)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == 0
+    error = raised.value
+    said = f"{error} {error.remedy or ''}"
+    assert not isinstance(error, RestoreConflictError), said
+    assert "already exist in" not in said and "on_conflict='skip'" not in said, said
+    assert "audit_it" in said, said
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_restore_a_targets_trigger_refuses_names_the_trigger(fmt, conn, schema, store, temp_dir):
+    """A user restores a day into an existing table whose BEFORE INSERT trigger raises (``RAISE EXCEPTION 'audit
+    service down'``, SQLSTATE P0001). What happens: nothing is loaded (good), but the error says only "the database
+    reported an error (RaiseException: ...); to fix: read the message", without naming the target's INSERT trigger,
+    although a trigger that raises a data error (SQLSTATE 22xxx) is named with the remedy to disable it. What
+    should happen (README, Restoring a day: "A restore that fails or is rolled back names the target's differing
+    column types and its INSERT triggers and rules"): the message names trigger ``audit_it`` on the target and the
+    remedy says to disable it for the restore or restore into a new table. Cause: restore_archive's generic
+    ``except Exception`` (restore.py, end of restore_archive) only classifies the exception; ``_drift_explained`` is
+    consulted only for ArchiveCorruptError (DataError) in ``_load`` and for fingerprint mismatches."""
+    spec = _day_and_copy(conn, schema, store, temp_dir, fmt)
+    _trigger(conn, schema, "RAISE EXCEPTION 'audit service down';")
+    with pytest.raises(RestoreError) as raised:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.back", temp_dir=temp_dir)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == 0
+    error = raised.value
+    said = f"{error} {error.remedy or ''}"
+    assert "trigger audit_it" in said, said
+    assert "DISABLE TRIGGER" in said or "into='new'" in said, said
