@@ -147,12 +147,13 @@ def test_an_empty_target_whose_unique_key_the_archived_rows_break_among_themselv
         assert "altered after it was written" not in said, (on_conflict, said)
 
 
-@pytest.mark.parametrize("base", ["double precision", "double precision[]", "numeric"])
+@pytest.mark.parametrize("base,column", [("double precision", ""), ("double precision[]", ""), ("numeric", ""),
+                                         ("double precision", "[]")])
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-def test_a_domain_named_the_same_over_a_narrower_float_is_refused_not_restored_green(fmt, base, conn, schema,
+def test_a_domain_named_the_same_over_a_narrower_float_is_refused_not_restored_green(fmt, base, column, conn, schema,
                                                                                     store, temp_dir):
     """A table's column has the domain ``amount`` over ``double precision`` (or ``double precision[]``, or
-    ``numeric``), value 0.1. The user archives the day and restores it into a new table in a database whose
+    ``numeric``; or the column is an array of the domain), value 0.1. The user archives the day and restores it into a new table in a database whose
     ``amount`` domain (same name) is over ``real`` (here: the same database, the domain re-created). What
     happens: the restore succeeds, "fingerprint ... equals the manifest's": the new table holds 0.1 as a real,
     0.10000000149011612 as double precision, a different value that prints the same. What should happen
@@ -167,8 +168,8 @@ def test_a_domain_named_the_same_over_a_narrower_float_is_refused_not_restored_g
     narrow = base.replace("double precision", "real").replace("numeric", "real")
     conn.execute(sql.SQL("CREATE DOMAIN {} AS {}").format(domain, sql.SQL(base)))
     source = sql.Identifier(schema, "ev")
-    conn.execute(sql.SQL("CREATE TABLE {} (at date, a {})").format(source, domain))
-    value = "'{0.1}'" if base.endswith("[]") else "0.1"
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, a {}{})").format(source, domain, sql.SQL(column)))
+    value = "'{0.1}'" if base.endswith("[]") or column else "0.1"
     conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', {})").format(source, sql.SQL(value)))
     spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
     assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 1
@@ -180,6 +181,6 @@ def test_a_domain_named_the_same_over_a_narrower_float_is_refused_not_restored_g
         restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     except RestoreError:
         return  # refused: what should happen
-    element = "a[1]" if base.endswith("[]") else "a"
+    element = "a[1]" if base.endswith("[]") or column else "a"
     held = conn.execute(sql.SQL("SELECT ({})::float8::text FROM {}").format(sql.SQL(element), back)).fetchone()[0]
     pytest.fail(f"restored green, but the value is {held} where 0.1 was archived")
