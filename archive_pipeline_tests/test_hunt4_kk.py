@@ -1,0 +1,48 @@
+"""Hunt 4 (kk): the day column and time at their edges, end to end. Real PostgreSQL and S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import existing_days
+from archive_pipeline.core.periods import parse_period
+
+
+def _ident(*names: str) -> sql.Identifier:
+    return sql.Identifier(*names)
+
+
+@pytest.mark.parametrize("zone, edge_day", [("America/New_York", "2024-03-09"), ("Asia/Tokyo", "2024-03-12")])
+def test_declarative_expression_key_in_another_zone_finds_every_day_with_rows(conn, schema, zone, edge_day):
+    """A timestamptz day column can only be range-partitioned by day through an immutable expression, e.g.
+    ``PARTITION BY RANGE (((at AT TIME ZONE 'UTC')::date))`` (``at::date`` is refused by PostgreSQL): children
+    hold UTC days 2024-03-10 and 2024-03-11. The table is configured with its users' zone (``timezone:
+    America/New_York``, or ``Asia/Tokyo``). Discovery reads each child's bound ``'2024-03-10'`` as the local
+    midnight of the table's zone, so it finds local days 03-10 and 03-11 only; but the first child's rows of
+    03-10 00:00..05:00 UTC are New York's 2024-03-09 (the last child's 15:00..24:00 UTC are Tokyo's 03-12).
+    That day has rows, is never requested by the sensor, and stays out of every archive. Discovery should
+    find every local day the children's rows can fall on (or refuse a key whose zone is not the table's,
+    naming it)."""
+    ev = _ident(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL) "
+                         "PARTITION BY RANGE (((at AT TIME ZONE 'UTC')::date))").format(ev))
+    for day in ("2024-03-10", "2024-03-11"):
+        nxt = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            _ident(schema, f"ev_{day.replace('-', '')}"), ev, sql.Literal(day), sql.Literal(nxt)))
+    # a row every hour of both UTC days
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:30+00'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 47) g").format(ev))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", timezone=zone,
+                     partitioning={"mode": "declarative"})
+    candidates = [parse_period("daily", zone, f"2024-03-{d:02d}") for d in range(1, 20)]
+    found = {p.key for p in existing_days(conn, spec, candidates)}
+    # every local day that holds a row of the table
+    with_rows = {r[0] for r in conn.execute(sql.SQL(
+        "SELECT DISTINCT (at AT TIME ZONE {})::date::text FROM {}").format(sql.Literal(zone), ev))}
+    assert edge_day in with_rows
+    assert with_rows <= found, sorted(with_rows - found)
