@@ -46,3 +46,19 @@ def test_declarative_expression_key_in_another_zone_finds_every_day_with_rows(co
         "SELECT DISTINCT (at AT TIME ZONE {})::date::text FROM {}").format(sql.Literal(zone), ev))}
     assert edge_day in with_rows
     assert with_rows <= found, sorted(with_rows - found)
+
+
+def test_hourly_refusal_for_a_zone_moving_by_seconds_says_by_how_much():
+    """A user configures an hourly table in Europe/Amsterdam with ``start_date: 1937-06-01`` (history load):
+    on 1937-07-01 Amsterdam moved from +00:19:32 to +00:20, 28 seconds. The load is refused (rightly), but
+    the message says Amsterdam "moves them by 0 minutes", which contradicts the refusal itself ("need a zone
+    whose clocks move by whole hours"). It should name the real shift (28 seconds, or 0:00:28)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        TableSpec(name="public.ev", day_column="at", start_date="1937-06-01", granularity="hourly",
+                  timezone="Europe/Amsterdam")
+    message = str(caught.value)
+    assert "moves them by" in message
+    assert "by 0 minutes" not in message, message
+    assert "28 seconds" in message or "0:00:28" in message, message
