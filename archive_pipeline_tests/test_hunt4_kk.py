@@ -64,29 +64,33 @@ def test_hourly_refusal_for_a_zone_moving_by_seconds_says_by_how_much():
     assert "28 seconds" in message or "0:00:28" in message, message
 
 
-@pytest.mark.parametrize("forever", ["5874897-12-31", "300000-01-01"])
-def test_a_forever_child_bounded_past_timestamps_range_does_not_break_every_day(conn, schema, store, forever):
+@pytest.mark.parametrize("key_type, zone, forever", [("date", "UTC", "5874897-12-31"), ("date", "UTC", "300000-01-01"),
+                                                     ("timestamp", "America/New_York", "294276-12-31 23:00:00")])
+def test_a_forever_child_bounded_past_timestamps_range_does_not_break_every_day(conn, schema, store, key_type, zone,
+                                                                                forever):
     """A declarative table keyed by a ``date`` column, with a child for 2024-03-10 and a "forever" child
     ``FOR VALUES FROM ('2024-03-11') TO ('5874897-12-31')`` (date's last day; PostgreSQL accepts any date
     there, far past timestamptz's 294276 AD). Discovery reads every bound as ``::timestamptz``, which overflows:
     the sensor's discovery dies with a bare ``DatetimeFieldOverflow: timestamp out of range`` and every archive
     run of every day fails with "a value in the day cannot be read or converted ... fix the offending rows, or
     archive the table in a format that keeps the value as text" (the rows are fine; it is a partition bound).
-    The README says a bound at the calendar's ends (MAXVALUE, infinity, TO ('10000-01-01')) is a catch-all that
-    holds no period; a date bound past timestamp's range should be the same: 2024-03-10 archives its row, and
-    discovery finds the days with rows."""
+    The same with a ``timestamp`` key and a bound a few hours before timestamp's end, read in a zone west of UTC
+    (``'294276-12-31 23:00'`` in America/New_York is past 294276 AD in UTC). The README says a bound at the
+    calendar's ends (MAXVALUE, infinity, TO ('10000-01-01')) is a catch-all that holds no period; a bound past
+    timestamptz's range should be the same: 2024-03-10 archives its row, and discovery finds the days with rows."""
     ev = _ident(schema, "ev")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date NOT NULL) PARTITION BY RANGE (at)").format(ev))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at {} NOT NULL) PARTITION BY RANGE (at)").format(
+        ev, sql.SQL(key_type)))
     conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10') TO ('2024-03-11')").format(
         _ident(schema, "ev_20240310"), ev))
     conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-11') TO ({})").format(
         _ident(schema, "ev_later"), ev, sql.Literal(forever)))
-    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10'), (2, '2024-03-12')").format(ev))
-    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01",
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00'), (2, '2024-03-12 12:00')").format(ev))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", timezone=zone,
                      partitioning={"mode": "declarative"})
     from archive_pipeline.core.archive import archive_partition
 
-    candidates = [parse_period("daily", "UTC", f"2024-03-{d:02d}") for d in range(1, 20)]
+    candidates = [parse_period("daily", zone, f"2024-03-{d:02d}") for d in range(1, 20)]
     found = {p.key for p in existing_days(conn, spec, candidates)}
     assert "2024-03-10" in found, found
     assert archive_partition(conn, spec, "2024-03-10", store).rows == 1
