@@ -94,3 +94,22 @@ def test_a_forever_child_bounded_past_timestamps_range_does_not_break_every_day(
     found = {p.key for p in existing_days(conn, spec, candidates)}
     assert "2024-03-10" in found, found
     assert archive_partition(conn, spec, "2024-03-10", store).rows == 1
+
+
+def test_cli_day_that_the_zone_skipped_is_refused_not_read_as_the_next_day(pg, s3, bucket, conn, schema, tmp_path):
+    """Samoa (Pacific/Apia) skipped 2011-12-30. A user runs ``archive-pipeline archive --day 2011-12-30`` (or
+    ``list``/``compare``/``prune --day 2011-12-30``) on a daily Apia table: the command silently acts on
+    2011-12-31 instead (archives it, exit 0), though that is not the day named. The Dagster run of partition
+    2011-12-30 is refused ("there is no such day in Pacific/Apia"), and so is a skipped hour on the command line
+    ("does not exist in ... (the clocks skip it)"); the command line should refuse the day the same way (exit 2,
+    naming the day and the zone) or select nothing, never another day."""
+    from archive_pipeline_tests.test_hunt_cli import cli, make_env, write_config
+
+    ev = _ident(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL)").format(ev))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2011-12-29 12:00-10'), (2, '2011-12-31 12:00+14')").format(ev))
+    config = write_config(tmp_path, [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2011-12-01",
+                                      "timezone": "Pacific/Apia"}])
+    result = cli(make_env(pg, s3.endpoint_url, bucket, config), "archive", "--day", "2011-12-30")
+    assert "2011-12-31" not in result.stdout, result.stdout
+    assert result.returncode == 2 and "2011-12-30" in result.stdout + result.stderr, (result.stdout, result.stderr)
