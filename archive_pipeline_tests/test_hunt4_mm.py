@@ -1,0 +1,97 @@
+"""Hunt 4 mm: what is in the bucket cannot be trusted. Manifests edited by hand into valid, resealed JSON
+with wrong or hostile values, data objects replaced, stray keys: every reader and writer must refuse with a
+typed error naming table, day and what is wrong, and no run may delete an object it does not own.
+Real PostgreSQL and S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import keys
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+
+DAY = dt.date(2024, 3, 10)
+NEXT = dt.date(2024, 3, 11)
+
+
+def _ev(conn, schema: str, name: str = "ev") -> None:
+    table = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00', 'a'), (2, '2024-03-10 02:00+00', 'b'), "
+                         "(3, '2024-03-10 03:00+00', NULL), (4, '2024-03-11 01:00+00', 'next'), "
+                         "(5, '2024-03-11 02:00+00', 'next2')").format(table))
+
+
+def _spec(schema: str, name: str = "ev", **extra) -> TableSpec:
+    return TableSpec(name=f"{schema}.{name}", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"}, **extra)
+
+
+def _key(store, spec: TableSpec, day: dt.date) -> str:
+    return keys.table_day_key(spec, spec.period(day), store.prefix)
+
+
+def _raw(s3_client, bucket: str, key: str) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _edit(s3_client, bucket: str, key: str, change) -> dict:
+    """Read the manifest at ``key``, let ``change`` edit it, write it back resealed (a hand edit)."""
+    manifest = {k: v for k, v in decode_manifest(_raw(s3_client, bucket, key)).items() if k != "manifest_sha256"}
+    change(manifest)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=encode_manifest(manifest))
+    return manifest
+
+
+def _exists(s3_client, bucket: str, key: str) -> bool:
+    return s3_client.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) > 0 and any(
+        o["Key"] == key for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=key)["Contents"])
+
+
+def test_rerun_of_a_day_whose_manifest_names_another_days_object_deletes_that_object(conn, schema, store, temp_dir,
+                                                                                    s3_client, bucket):
+    """Two days archived. 2024-03-10's manifest is edited by hand (resealed) so that object.key names
+    2024-03-11's object. The user runs 2024-03-10 again (no overwrite). What happens: the run sees the day's
+    object "damaged" (size/ETag differ), archives the day again and retires the object the old manifest
+    named, i.e. DELETES 2024-03-11's data object: 2024-03-11's manifest now names a missing object, its
+    only copy gone. What should happen: a manifest whose object.key is not one of this day's generation
+    keys is refused (typed error naming table, day and the foreign key), and nothing outside the day's
+    own keys is ever deleted."""
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    other = archive_partition(conn, spec, NEXT, store, temp_dir=temp_dir)
+    assert _exists(s3_client, bucket, other.key)
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)),
+          lambda m: m["object"].update(key=other.key))
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError:
+        pass  # a refusal is fine; deleting the other day's object is not
+    assert _exists(s3_client, bucket, other.key), "a run of 2024-03-10 deleted 2024-03-11's data object"
+
+
+def test_overwrite_of_a_day_whose_manifest_lists_another_days_object_as_superseded_deletes_it(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """Two days archived. 2024-03-10's manifest gets 2024-03-11's object key added to its ``superseded``
+    list (hand edit, resealed). The user archives 2024-03-10 again with overwrite. What happens: after the
+    commit the run deletes every key the previous manifest listed as superseded, unchecked, so 2024-03-11's
+    data object is deleted. What should happen: only keys of this day's own generations are ever deleted
+    (the tidying before the run already checks the day's listing; the commit's deletes do not)."""
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    other = archive_partition(conn, spec, NEXT, store, temp_dir=temp_dir)
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)),
+          lambda m: m.update(superseded=[other.key]))
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
+    except ArchiveError:
+        pass
+    assert _exists(s3_client, bucket, other.key), "an overwrite of 2024-03-10 deleted 2024-03-11's data object"
