@@ -95,3 +95,29 @@ def test_overwrite_of_a_day_whose_manifest_lists_another_days_object_as_supersed
     except ArchiveError:
         pass
     assert _exists(s3_client, bucket, other.key), "an overwrite of 2024-03-10 deleted 2024-03-11's data object"
+
+
+def test_restore_into_original_follows_a_hand_edited_source_relation_into_another_table(conn, schema, store,
+                                                                                       temp_dir, s3_client, bucket):
+    """2024-03-10 of ``ev`` archived, then its rows deleted from ``ev`` (retention, say). The manifest's
+    ``source_relation`` is edited by hand (resealed) to name another table of the database, ``victim``, of
+    the same columns. The user restores the day of the configured table ``ev`` into="original". What
+    happens: the rows are inserted into ``victim`` (the fingerprint of victim's day rows equals the
+    manifest's, so it commits), and ``ev`` stays without them. What should happen: "original" is the
+    configured table (or its own partition / day table); a manifest naming an unrelated relation is refused
+    with a typed error naming table, day and the relation, and nothing is written to another table."""
+    from archive_pipeline.core.restore import restore_day
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(sql.Identifier(schema, "victim")))
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE at < '2024-03-11+00'").format(sql.Identifier(schema, "ev")))
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)),
+          lambda m: m.update(source_relation=f"{schema}.victim"))
+    try:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    except ArchiveError:
+        pass
+    victim = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "victim"))).fetchone()[0]
+    assert victim == 0, f"restoring {spec.name} into its original table wrote {victim} rows into {schema}.victim"
