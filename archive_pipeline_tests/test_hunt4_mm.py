@@ -121,3 +121,36 @@ def test_restore_into_original_follows_a_hand_edited_source_relation_into_anothe
         pass
     victim = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "victim"))).fetchone()[0]
     assert victim == 0, f"restoring {spec.name} into its original table wrote {victim} rows into {schema}.victim"
+
+
+def test_a_manifest_naming_another_days_object_with_its_digests_is_skipped_onto_and_verified_green(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """Two days archived. 2024-03-10's manifest is edited by hand (resealed): its object now names
+    2024-03-11's data object, with that object's size, ETag, MD5 and SHA-256 (a bucket "repair" that
+    pointed the day at the wrong file). The day's rows in the source are unchanged. What happens: a re-run
+    of 2024-03-10 skips ("identical archive", a green partition), and ``verify --download`` (verify_archive
+    with the manifest's own expectations, as the command line calls it) finds nothing wrong: the day is
+    green while its archive holds 2024-03-11's rows. What should happen: an object key that is not one of
+    the day's own generation keys is a problem of the manifest (refused by the run, reported by verify),
+    naming table, day and the foreign key."""
+    from archive_pipeline.core import plan
+    from archive_pipeline.core.verify import verify_archive
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (6, '2024-03-11 03:00+00', 'next3')").format(
+        sql.Identifier(schema, "ev")))  # both days hold 3 rows
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    other = archive_partition(conn, spec, NEXT, store, temp_dir=temp_dir)
+    day_key = _key(store, spec, DAY)
+    other_obj = decode_manifest(_raw(s3_client, bucket, other.manifest_key))["object"]
+    _edit(s3_client, bucket, keys.manifest_key(day_key), lambda m: m.update(object=dict(other_obj)))
+    archived = plan.lookup_manifests(store, spec, [DAY])[spec.period(DAY)].archived
+    problems = verify_archive(store, day_key, archived.expected, deep=True, owner=(spec.name, DAY.isoformat()),
+                              temp_dir=temp_dir)
+    skipped = None
+    try:
+        skipped = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).skipped
+    except ArchiveError:
+        pass
+    assert problems and not skipped, (problems, skipped)
