@@ -154,3 +154,32 @@ def test_a_manifest_naming_another_days_object_with_its_digests_is_skipped_onto_
     except ArchiveError:
         pass
     assert problems and not skipped, (problems, skipped)
+
+
+@pytest.mark.parametrize("generation", [0, -4])
+def test_an_absurd_generation_in_the_manifest_makes_an_overwrite_write_over_the_archived_object(
+        conn, schema, store, temp_dir, s3_client, bucket, generation):
+    """2024-03-10 archived (3 rows, generation 1 at the day's key). Its manifest's ``generation`` is edited
+    by hand (resealed) to 0 or a negative number. A row of the day is then deleted in the source and the
+    user archives the day again with overwrite. What happens: the next generation is computed as
+    generation + 1 <= 1, i.e. the day's base key, which is where the archived object lives: the new
+    (smaller) data is uploaded over it before the manifest commits, and since its key equals the new
+    one it is neither kept nor retired, so the archived 3 rows exist nowhere any more (the README: an
+    overwrite that archives fewer rows keeps the previous object). What should happen: a generation that
+    is not a positive integer consistent with ``object.key`` is refused as a bad manifest (or the new data
+    goes past every generation stored), and the archived object is never written over."""
+    import hashlib
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    first = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)), lambda m: m.update(generation=generation))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 3").format(sql.Identifier(schema, "ev")))
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
+    except ArchiveError:
+        pass
+    stored = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=keys.day_prefix(first.key))
+              .get("Contents", [])]
+    digests = {hashlib.md5(_raw(s3_client, bucket, k)).hexdigest() for k in stored}
+    assert first.md5 in digests, "the archived 3-row object of 2024-03-10 was written over by the overwrite"
