@@ -183,3 +183,30 @@ def test_an_absurd_generation_in_the_manifest_makes_an_overwrite_write_over_the_
               .get("Contents", [])]
     digests = {hashlib.md5(_raw(s3_client, bucket, k)).hexdigest() for k in stored}
     assert first.md5 in digests, "the archived 3-row object of 2024-03-10 was written over by the overwrite"
+
+
+def test_a_manifest_edited_to_empty_with_rows_is_proven_and_the_source_rows_removed_with_no_archive(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """2024-03-10 archived (3 rows). Its manifest is edited by hand (resealed) to ``"empty": true,
+    "object": null`` and nothing else: still ``rows: 3`` and the 3 rows' fingerprint. What happens: the
+    manifest decodes (an empty day needs no object), deep verification takes the "empty day" path and
+    compares only the source's fingerprint with the manifest's, finds them equal and calls it proven; the
+    removal (retention, delete) then deletes the 3 source rows: they now exist nowhere, and a restore
+    finds no object to load. What should happen: a manifest that says empty but records rows (or a
+    fingerprint of rows) is inconsistent and refused by decode (a typed error naming table, day and the
+    contradiction); the proof fails and nothing is removed."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.verify import deep_verify
+
+    spec = _spec(schema, retention={"keep_days": 1, "action": "delete"})
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)), lambda m: m.update(empty=True, object=None))
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+    try:
+        remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError:
+        pass
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at < '2024-03-11+00'").format(
+        sql.Identifier(schema, "ev"))).fetchone()[0]
+    assert problems and left == 3, (problems, left)
