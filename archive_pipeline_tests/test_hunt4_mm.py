@@ -210,3 +210,38 @@ def test_a_manifest_edited_to_empty_with_rows_is_proven_and_the_source_rows_remo
     left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at < '2024-03-11+00'").format(
         sql.Identifier(schema, "ev"))).fetchone()[0]
     assert problems and left == 3, (problems, left)
+
+
+@pytest.mark.parametrize("rows", [4, -1])
+def test_a_manifest_whose_rows_disagree_with_its_object_is_proven_then_removed_and_cannot_be_restored(
+        conn, schema, store, temp_dir, s3_client, bucket, rows):
+    """2024-03-10 archived (3 rows). Its manifest's ``rows`` is edited by hand (resealed) to 4, or -1; object,
+    digests and fingerprint untouched. What happens: deep verification (the proof before deletion) calls it
+    proven (it compares fingerprints, never the manifest's row count), the removal deletes the day's 3
+    source rows, and then every restore of the day is refused ("holds 3 rows but its manifest records
+    ..."): the rows exist only in an archive the product itself will not restore. What should happen: a
+    manifest whose rows disagree with its fingerprint's count (or is negative) fails the proof (and decode,
+    naming the field), so nothing is removed."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline.core.verify import deep_verify
+
+    spec = _spec(schema, retention={"keep_days": 1, "action": "delete"})
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)), lambda m: m.update(rows=rows))
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+    try:
+        remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError:
+        pass
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at < '2024-03-11+00'").format(
+        sql.Identifier(schema, "ev"))).fetchone()[0]
+    restored = None
+    if left == 0:
+        try:
+            restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back",
+                                   temp_dir=temp_dir).rows
+        except ArchiveError as exc:
+            restored = f"refused: {exc}"
+    assert problems and left == 3, (problems, left, restored)
