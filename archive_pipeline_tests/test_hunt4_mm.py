@@ -245,3 +245,44 @@ def test_a_manifest_whose_rows_disagree_with_its_object_is_proven_then_removed_a
         except ArchiveError as exc:
             restored = f"refused: {exc}"
     assert problems and left == 3, (problems, left, restored)
+
+
+def _set_definition_columns(m: dict) -> None:
+    m["table_definition"]["columns"] = "id int"
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda m: m.update(fingerprint=5), "fingerprint"),
+    (_set_definition_columns, "table_definition"),
+    (lambda m: m.update(format="parquet"), "format"),
+    (lambda m: m.update(compression="brotli"), "compression"),
+], ids=["fingerprint-int", "definition-columns-str", "format-parquet-on-csv", "compression-unknown"])
+def test_proving_a_sealed_manifest_with_a_mistyped_field_crashes_instead_of_naming_it(
+        conn, schema, store, temp_dir, s3_client, bucket, edit, field):
+    """A manifest edited by hand (resealed) with one field of the wrong type or value: ``fingerprint`` a
+    number, ``table_definition.columns`` a string, ``format`` parquet for a CSV object, ``compression`` a
+    codec that does not exist. The user runs ``verify --download`` and ``verify --deep`` (verify_archive
+    with deep=True, deep_verify). What happens: a bare AttributeError ('int' object has no attribute
+    'rsplit'), TypeError (string indices must be integers), pyarrow's ArrowInvalid, or KeyError 'brotli'
+    escapes, naming neither table, day nor manifest (the command line's per-day handling catches only
+    ArchiveError and database errors). What should happen: a problem, or a typed ArchiveError naming table,
+    day and the manifest's field, like the fields decode already checks (rows, columns, object.md5)."""
+    from archive_pipeline.core.verify import deep_verify, verify_archive
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    key = _key(store, spec, DAY)
+    _edit(s3_client, bucket, keys.manifest_key(key), edit)
+    outcomes = []
+    for name, check in (("verify --download", lambda: verify_archive(
+            store, key, {}, deep=True, owner=(spec.name, DAY.isoformat()), temp_dir=temp_dir)),
+                        ("verify --deep", lambda: deep_verify(conn, store, spec, DAY, temp_dir=temp_dir))):
+        try:
+            problems = check()  # the download check need not look at every field; the proof must not pass
+            outcomes.append((f"{name}: {problems}", bool(problems) or name == "verify --download"))
+        except ArchiveError as exc:
+            outcomes.append((f"{name}: {exc}", exc.table == spec.name and exc.day == DAY.isoformat()))
+        except Exception as exc:  # noqa: BLE001 - the bug: anything untyped
+            outcomes.append((f"{name}: {type(exc).__name__}: {exc}", False))
+    assert all(ok for _, ok in outcomes), outcomes
