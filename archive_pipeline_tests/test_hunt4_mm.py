@@ -286,3 +286,28 @@ def test_proving_a_sealed_manifest_with_a_mistyped_field_crashes_instead_of_nami
         except Exception as exc:  # noqa: BLE001 - the bug: anything untyped
             outcomes.append((f"{name}: {type(exc).__name__}: {exc}", False))
     assert all(ok for _, ok in outcomes), outcomes
+
+
+@pytest.mark.parametrize("edit", [
+    {"kept": ["archive/some/key"]}, {"kept": None}, {"superseded": None}, {"generation": "two"},
+    {"generation": None}, {"removed": "done"},
+], ids=["kept-strings", "kept-null", "superseded-null", "generation-str", "generation-null", "removed-str"])
+def test_a_rerun_over_a_sealed_manifest_with_a_mistyped_field_fails_as_an_unexpected_error(
+        conn, schema, store, temp_dir, s3_client, bucket, edit):
+    """A manifest edited by hand (resealed) with one of the fields the archiver reads on a re-run of the day
+    (``kept``, ``superseded``, ``generation``, ``removed``) of the wrong type. The user runs the
+    day again (overwrite, as after a source fix). What happens: the run fails "an unexpected error
+    (AttributeError: 'str' object has no attribute 'get')" / "(TypeError: 'NoneType' object is not
+    iterable)" / "(ValueError: invalid literal for int() ...)", remedy "read the message": nothing says the
+    manifest is at fault, nor which field. What should happen: the manifest is called unreadable naming the
+    field (as decode does for rows, columns, object.key: "its field kept is None, not a list"), so the day
+    is archived as a new generation past every stored one, or refused with that message."""
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)), lambda m: m.update(edit))
+    (field,) = edit
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
+    except ArchiveError as exc:
+        assert "unexpected error" not in str(exc) and field in str(exc), str(exc)
