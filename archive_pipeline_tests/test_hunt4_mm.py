@@ -311,3 +311,26 @@ def test_a_rerun_over_a_sealed_manifest_with_a_mistyped_field_fails_as_an_unexpe
         archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
     except ArchiveError as exc:
         assert "unexpected error" not in str(exc) and field in str(exc), str(exc)
+
+
+def test_a_manifest_whose_object_key_is_the_manifest_itself_makes_the_rerun_delete_its_own_new_manifest(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """2024-03-10 archived. Its manifest's ``object.key`` is edited by hand (resealed) to the manifest's own
+    key. The user runs the day again. What happens: the stored "object" (the manifest) has the wrong size,
+    so the day is archived again; the commit writes the new manifest and then deletes the keys the previous
+    manifest retired, its "object" among them: the manifest just written. The day is left with data and no
+    manifest: list and restore say it has no archive ("has no archive for 2024-03-10"), though the run
+    succeeded. What should happen: an object key that is not one of the day's data generation keys is
+    refused (named) and never deleted; the committed manifest is never deleted by its own run."""
+    from archive_pipeline.core.restore import find_manifest
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    manifest_key = keys.manifest_key(_key(store, spec, DAY))
+    _edit(s3_client, bucket, manifest_key, lambda m: m["object"].update(key=manifest_key))
+    try:
+        result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError:
+        return  # a refusal is fine
+    assert find_manifest(store, spec, DAY) is not None, f"the run succeeded ({result.key}) but the day has no manifest"
