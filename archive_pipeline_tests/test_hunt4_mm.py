@@ -334,3 +334,38 @@ def test_a_manifest_whose_object_key_is_the_manifest_itself_makes_the_rerun_dele
     except ArchiveError:
         return  # a refusal is fine
     assert find_manifest(store, spec, DAY) is not None, f"the run succeeded ({result.key}) but the day has no manifest"
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"table": ' * 100_000], ids=["nested-arrays", "nested-objects"])
+def test_a_deeply_nested_manifest_crashes_every_reader_with_recursion_error(conn, schema, store, temp_dir, s3_client,
+                                                                           bucket, body):
+    """2024-03-10's manifest replaced by deeply nested JSON (a hostile or runaway writer; 200 kB). What happens:
+    ``decode_manifest`` catches only JSONDecodeError and UnicodeDecodeError, so json's RecursionError escapes:
+    ``list``/``verify`` (plan.lookup_manifests), deep verification and restore crash with a bare
+    RecursionError naming neither table, day nor key, and the re-run fails "an unexpected error
+    (RecursionError ...)" instead of calling the manifest unreadable ("no valid archive": the day is
+    archived again as a new generation). What should happen: the manifest is unreadable, said with its key,
+    by every reader."""
+    from archive_pipeline.core import plan
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline.core.verify import deep_verify
+
+    spec = _spec(schema)
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    s3_client.put_object(Bucket=bucket, Key=keys.manifest_key(_key(store, spec, DAY)), Body=body)
+    outcomes = []
+    for name, check in (
+            ("lookup", lambda: plan.lookup_manifests(store, spec, [DAY])[spec.period(DAY)].problem),
+            ("deep_verify", lambda: deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)),
+            ("restore", lambda: restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back",
+                                            temp_dir=temp_dir)),
+            ("re-run", lambda: archive_partition(conn, spec, DAY, store, temp_dir=temp_dir))):
+        try:
+            check()
+            outcomes.append((name, "ok", True))
+        except ArchiveError as exc:
+            outcomes.append((name, str(exc)[:160], "unexpected error" not in str(exc)))
+        except RecursionError as exc:
+            outcomes.append((name, f"RecursionError: {exc}", False))
+    assert all(ok for *_, ok in outcomes), outcomes
