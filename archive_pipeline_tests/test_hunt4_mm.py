@@ -369,3 +369,24 @@ def test_a_deeply_nested_manifest_crashes_every_reader_with_recursion_error(conn
         except RecursionError as exc:
             outcomes.append((name, f"RecursionError: {exc}", False))
     assert all(ok for *_, ok in outcomes), outcomes
+
+
+@pytest.mark.parametrize("removed", [["done"], "done"], ids=["list", "string"])
+def test_a_removal_over_a_forged_removed_mark_of_the_wrong_type_crashes_with_attribute_error(
+        conn, schema, store, temp_dir, s3_client, bucket, removed):
+    """2024-03-10 archived; its manifest's removal mark is forged by hand (resealed) as ``"removed": ["done"]``
+    or ``"removed": "done"`` (a half-understood edit of the ``{"state": ...}`` object). The user removes the day
+    (retention, ``prune``). What happens: ``removal_state`` calls ``.get`` on it and a bare AttributeError
+    escapes remove_day (which turns only database errors and ArchiveErrors into typed errors), naming
+    neither table, day nor manifest. What should happen: a typed ArchiveError naming table, day and the
+    manifest's ``removed`` field (the day is not removed on the strength of such a manifest)."""
+    from archive_pipeline.core.lifecycle import remove_day
+
+    spec = _spec(schema, retention={"keep_days": 1, "action": "delete"})
+    _ev(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _edit(s3_client, bucket, keys.manifest_key(_key(store, spec, DAY)), lambda m: m.update(removed=removed))
+    try:
+        remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert exc.table == spec.name and exc.day == DAY.isoformat() and "removed" in str(exc), str(exc)
