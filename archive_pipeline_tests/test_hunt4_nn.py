@@ -41,3 +41,65 @@ def test_a_users_operator_on_the_day_columns_domain_does_not_choose_the_days_row
     with psycopg.connect(pg.dsn, options=f"-c search_path={schema},public", autocommit=True) as archiving:
         result = archive_partition(archiving, spec, DAY, store, temp_dir=temp_dir)
     assert result.rows == 10, f"the archive of {DAY} holds {result.rows} rows; the day has 10"
+
+
+@pytest.fixture
+def oracle_path(conn, schema):
+    """A schema like orafce's ``oracle``: a type of its own named ``date`` (a domain over timestamp(0),
+    Oracle's DATE), for roles whose search_path puts it before pg_catalog (as orafce's users do, so that
+    ``date`` means Oracle's date in their SQL). Yields the connection options of such a role's session."""
+    ora = f"{schema}_ora"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(ora)))
+    conn.execute(sql.SQL("CREATE DOMAIN {}.date AS pg_catalog.timestamp(0)").format(sql.Identifier(ora)))
+    yield f"-c search_path={ora},pg_catalog,{schema}"
+    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(ora)))
+
+
+def _dated(conn, schema: str) -> None:
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at pg_catalog.date, due pg_catalog.date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, %s, 'n' FROM generate_series(1, 10) g").format(s),
+                 (DAY, DAY + dt.timedelta(days=30)))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_deep_verification_reads_the_archived_types_as_postgresqls_whatever_the_roles_path(
+        pg, conn, schema, oracle_path, store, temp_dir, fmt):
+    """A database with an Oracle-compatibility schema (orafce's ``oracle``) whose type ``date`` is Oracle's
+    (date and time); the archiving role's search_path lists that schema before pg_catalog. The table's
+    columns are PostgreSQL's ``date`` (``pg_catalog.date``), and the manifest records them as ``date``.
+    Archiving works (its statements run with pg_catalog first). Deep verification by the same role, right
+    after, reads the manifest's ``date`` through the role's path, loads the archived days as the other
+    schema's ``date`` (``2024-03-10 00:00:00``) and reports the intact archive as "the archive's rows are
+    not the ones recorded ... other content", and "the source's columns changed while it was being
+    compared: ['id', 'at', 'due', 'note'] became ['id', 'at', 'due', 'note']": retention refuses the day
+    forever and the operator is sent after a damaged archive that is not. The archived type names must
+    be read as PostgreSQL's own (pg_catalog first, as every other statement of the proof)."""
+    _dated(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY - dt.timedelta(days=5), format=fmt)
+    with psycopg.connect(pg.dsn, options=oracle_path, autocommit=True) as role:
+        assert archive_partition(role, spec, DAY, store, temp_dir=temp_dir).rows == 10
+        problems = deep_verify(role, store, spec, DAY, temp_dir=temp_dir)
+    assert problems == []
+
+
+def test_restore_into_a_new_table_creates_the_archived_types_whatever_the_roles_path(
+        pg, conn, schema, oracle_path, store, temp_dir):
+    """The same database and role as above (a schema with its own ``date`` type before pg_catalog on the
+    role's path). A user restores an archived day into a new table (``--into new``): the restore creates
+    it with the manifest's type names read through the role's path, so its ``date`` columns are the
+    other schema's (date and time); the fingerprint check then fails and the restore is rolled back with
+    "The archive does not hold the rows it was proven to hold (altered after it was written)", and the
+    remedy "restore into a new table (into='new'), created with the archived types" — what the user just
+    did. A new table must get the archived types (``pg_catalog.date``) and the restore must succeed."""
+    from archive_pipeline.core.restore import restore_day
+
+    _dated(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY - dt.timedelta(days=5), format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    with psycopg.connect(pg.dsn, options=oracle_path, autocommit=True) as role:
+        result = restore_day(role, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert result.rows == 10
+    types = conn.execute(sql.SQL("SELECT array_agg(atttypid::regtype::text ORDER BY attnum) FROM pg_attribute "
+                                 "WHERE attrelid = %s::regclass AND attnum > 0"), (f"{schema}.back",)).fetchone()[0]
+    assert types == ["integer", "date", "date", "text"]
