@@ -103,3 +103,21 @@ def test_restore_into_a_new_table_creates_the_archived_types_whatever_the_roles_
     types = conn.execute(sql.SQL("SELECT array_agg(atttypid::regtype::text ORDER BY attnum) FROM pg_attribute "
                                  "WHERE attrelid = %s::regclass AND attnum > 0"), (f"{schema}.back",)).fetchone()[0]
     assert types == ["integer", "date", "date", "text"]
+
+
+def test_compare_of_an_unchanged_day_is_equal_whatever_the_roles_path(pg, conn, schema, oracle_path, store, temp_dir):
+    """The same database and role as above (a schema with its own ``date`` type before pg_catalog on the
+    role's path). A user runs ``compare`` (or ``list --check-source``) on a day archived and not touched
+    since: it says "differs", noting "the source's columns changed while it was being compared: ['id',
+    'at', 'due', 'note'] became ['id', 'at', 'due', 'note']". The table's description is read once under
+    the role's path (the columns print as ``pg_catalog.date``) and again after the fingerprint set
+    pg_catalog first in the same transaction (``date``), and the two spellings are taken for a change. An
+    unchanged day must compare equal."""
+    from archive_pipeline.core.plan import compare_days
+
+    _dated(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY - dt.timedelta(days=5), format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    with psycopg.connect(pg.dsn, options=oracle_path, autocommit=True) as role:
+        comparison = compare_days(role, spec, store, [DAY])[0]
+    assert comparison.result == "equal", (comparison.result, comparison.note)
