@@ -13,6 +13,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.test_hunt4_gg import encoded_db  # noqa: F401 - a fixture: databases in other encodings
 
 DAY = dt.date(2024, 3, 10)
 
@@ -121,3 +122,28 @@ def test_compare_of_an_unchanged_day_is_equal_whatever_the_roles_path(pg, conn, 
     with psycopg.connect(pg.dsn, options=oracle_path, autocommit=True) as role:
         comparison = compare_days(role, spec, store, [DAY])[0]
     assert comparison.result == "equal", (comparison.result, comparison.note)
+
+
+def test_a_users_convert_to_on_the_path_does_not_blind_the_proof_in_a_latin1_database(encoded_db, store, temp_dir):
+    """A LATIN1 database (row-hash-sum-v4 hashes each text as its UTF-8 bytes there, through
+    ``convert_from(convert_to(value, 'UTF8'), 'LATIN1')``) holds a function ``public.convert_to(text, text)``
+    of the user's (any body; here one returning the same bytes for every text). The encoding names are
+    unknown literals, and PostgreSQL prefers text for an unknown argument: the user's ``(text, text)``
+    wins over PostgreSQL's ``convert_to(text, name)`` wherever it sits on the path, even after pg_catalog.
+    Every text column then hashes alike: a note updated after archiving is not seen, deep verification
+    proves the archive and ``compare`` says equal, so retention deletes the updated row, whose new value
+    is in no archive. The fingerprint must call PostgreSQL's own conversion (qualified, with typed
+    arguments) and see the change."""
+    from archive_pipeline.core.plan import compare_days
+
+    db = encoded_db("LATIN1")
+    db.execute("CREATE TABLE public.ev (id int, at date, note text)")
+    db.execute("INSERT INTO public.ev SELECT g, %s, 'n' || g FROM generate_series(1, 10) g", (DAY,))
+    db.execute("CREATE FUNCTION public.convert_to(text, text) RETURNS bytea LANGUAGE sql IMMUTABLE "
+               "AS $$ SELECT 'x'::bytea $$")
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(db, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    db.execute("UPDATE public.ev SET note = 'CHANGED' WHERE id = 3")  # after the archive
+    problems = deep_verify(db, store, spec, DAY, temp_dir=temp_dir)
+    comparison = compare_days(db, spec, store, [DAY])[0]
+    assert problems and comparison.result == "differs", (problems, comparison.result)
