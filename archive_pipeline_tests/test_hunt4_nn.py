@@ -188,3 +188,34 @@ def test_deep_verification_under_an_event_trigger_forcing_row_security_names_it(
     finally:
         conn.execute("DROP EVENT TRIGGER IF EXISTS secure_new_tables")
         conn.execute(sql.SQL("DROP OWNED BY {r} CASCADE; DROP ROLE {r}").format(r=r))
+
+
+def test_restore_skipping_existing_rows_runs_no_drop_table_under_a_drop_guard(conn, schema, store, temp_dir):
+    """A production database guards against dropped tables with an event trigger (``ON ddl_command_start
+    WHEN TAG IN ('DROP TABLE')`` raising "DROP TABLE is blocked in production"), a common safeguard. Half
+    of an archived day's rows were deleted by mistake; the user restores the day into the original table
+    with ``on_conflict='skip'`` (add the missing rows only). The restore loads the archive into a
+    temporary stage table (``ON COMMIT DROP``), inserts from it, and then runs ``DROP TABLE`` on the stage
+    itself: the guard refuses it and the whole restore fails ("the database reported an error
+    (RaiseException: DROP TABLE is blocked in production ...)"): the user learns that a restore drops
+    tables, and the rows cannot be restored without lifting the guard. The stage goes with the
+    transaction anyway (ON COMMIT DROP fires no event trigger): the restore must add the 5 missing rows
+    without running a DROP TABLE."""
+    from archive_pipeline.core.restore import restore_day
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n' FROM generate_series(1, 10) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    conn.execute(sql.SQL("DELETE FROM {}.ev WHERE id > 5").format(s))  # the mistake
+    conn.execute(sql.SQL("CREATE FUNCTION {}.no_drops() RETURNS event_trigger LANGUAGE plpgsql AS "
+                         "$$ BEGIN RAISE EXCEPTION 'DROP TABLE is blocked in production'; END $$").format(s))
+    conn.execute(sql.SQL("CREATE EVENT TRIGGER no_drops ON ddl_command_start WHEN TAG IN ('DROP TABLE') "
+                         "EXECUTE FUNCTION {}.no_drops()").format(s))
+    try:
+        result = restore_day(conn, store, spec, DAY, into="original", on_conflict="skip", temp_dir=temp_dir)
+    finally:
+        conn.execute("DROP EVENT TRIGGER no_drops")
+    assert result.inserted == 5
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0] == 10
