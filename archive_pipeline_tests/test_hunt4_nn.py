@@ -219,3 +219,47 @@ def test_restore_skipping_existing_rows_runs_no_drop_table_under_a_drop_guard(co
         conn.execute("DROP EVENT TRIGGER no_drops")
     assert result.inserted == 5
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0] == 10
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_trigger_an_event_trigger_puts_on_new_tables_does_not_make_an_intact_archive_differ(
+        conn, schema, store, temp_dir, fmt):
+    """A database attaches an ``updated_at`` trigger to every new table that has such a column, from an event
+    trigger (``ON ddl_command_end WHEN TAG IN ('CREATE TABLE')`` running ``CREATE TRIGGER touch BEFORE INSERT
+    OR UPDATE ... SET NEW.updated_at := now()``), a common way to keep ``updated_at`` current. A day of a
+    table with an ``updated_at`` column is archived; the archive is intact and the source unchanged. Deep
+    verification loads the archive into a temporary table of its own, which the event trigger gives the
+    trigger too, so every loaded ``updated_at`` becomes now(): the proof reports "the archive's rows are not
+    the ones recorded ... other content" and "first difference: the source has a row the archive lacks" (a
+    row that is in the archive as it is in the source). Retention refuses the day and the operator is sent
+    after a damaged archive that is not. The proof's own table must load the archived values as they are
+    (no user trigger on it), or the proof must name the trigger as the cause, never call the archive altered."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, note text, updated_at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n', '2024-03-10 05:00+00' FROM generate_series(1, 10) g"
+                         ).format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    touch = sql.Identifier(schema, "touch").as_string(conn)
+    conn.execute(sql.SQL("""
+        CREATE FUNCTION {s}.touch() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$;
+        CREATE FUNCTION {s}.attach_touch() RETURNS event_trigger LANGUAGE plpgsql AS $$
+        DECLARE r record; BEGIN
+        FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
+            IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = r.objid AND attname = 'updated_at') THEN
+                EXECUTE format('CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION """
+                         + touch.replace("%", "%%") + """()', r.object_identity);
+            END IF;
+        END LOOP; END $$""").format(s=s))
+    conn.execute(sql.SQL("CREATE EVENT TRIGGER attach_touch ON ddl_command_end WHEN TAG IN ('CREATE TABLE') "
+                         "EXECUTE FUNCTION {}.attach_touch()").format(s))
+    try:
+        try:
+            problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            assert "trigger" in str(exc) and "altered" not in str(exc), str(exc)
+        else:
+            assert problems == [], problems
+    finally:
+        conn.execute("DROP EVENT TRIGGER attach_touch")
