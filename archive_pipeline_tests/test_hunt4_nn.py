@@ -24,8 +24,8 @@ def test_a_users_operator_on_the_day_columns_domain_does_not_choose_the_days_row
     that also takes the day before). The archiving role's path is the default one (pg_catalog first,
     then the table's schema). The day's filter ``at >= '2024-03-10'::date AND at < ...`` finds that
     operator as an exact match for (bday, date) and uses it instead of PostgreSQL's date >= date, so the
-    archive of 2024-03-10 is green with the 5 rows of 2024-03-09 in it (15 rows; the day has 10); its
-    removal deletes them too, and its restore puts them back twice. The day's rows must be chosen by
+    archive of 2024-03-10 is green with the 5 rows of 2024-03-09 in it (15 rows; the day has 10), which
+    the proof, compare and removal (same filter) then agree with. The day's rows must be chosen by
     PostgreSQL's own comparison of dates (``OPERATOR(pg_catalog.>=)``), whatever the user defined on
     the domain."""
     s = sql.Identifier(schema)
