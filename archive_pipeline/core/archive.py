@@ -53,6 +53,7 @@ from archive_pipeline.core.manifest import (
     decode_manifest,
     encode_manifest,
     foreign_manifest,
+    foreign_objects,
     owned,
     removal_state,
     stored_object_problems,
@@ -146,6 +147,8 @@ def read_existing(store: S3Store, key: str) -> Existing:
                            "replaces it, and wrote nothing", retryable=False, remedy=exc.remedy) from None
     except ManifestError as exc:
         return Existing(None, raw, f"manifest {keys.manifest_key(key)} is unreadable: {exc}", listing)
+    if problem := foreign_objects(manifest, key):  # never skipped onto, nothing retired by it (see _retire)
+        return Existing(manifest, raw, f"manifest {keys.manifest_key(key)} cannot be trusted: {problem}", listing)
     obj = manifest.get("object")
     if obj is None:
         return Existing(manifest, raw, None, listing)  # an empty day: nothing else to check
@@ -761,8 +764,10 @@ class _Archiving:
             else:
                 self._undo_commit(exc, result, existing)
                 raise
-        for key in superseded:
-            self.store.delete_quietly(key)  # after the commit: a failure leaves a stray object, never a wrong archive
+        pattern = keys.generation_pattern(self.key)
+        for key in superseded:  # (only the day's own keys, whatever a manifest listed)
+            if pattern.fullmatch(key) and key != result.key:
+                self.store.delete_quietly(key)  # after the commit: a failure leaves a stray object, never a wrong archive
 
     def _refuse_replaced(self, result: ArchiveResult, existing: Existing) -> None:
         """The manifest this run decided on must still be the one in the store when ours replaces it.
@@ -806,6 +811,8 @@ class _Archiving:
         """Which earlier objects of this day the new manifest retires (deleted after the commit, and
         listed so a later run retries) and which it keeps (an overwrite that lost rows)."""
         previous = existing.manifest  # readable (a damaged object of a removed day never gets here)
+        if previous is not None and foreign_objects(previous, self.key):
+            previous = None  # it names other objects than the day's: nothing it lists is retired or carried
         if previous is None:
             # No manifest to trust (none, or one that could not be read: damaged, or a read the store answered
             # wrongly) while generations are stored: each may be the only copy of rows this day no longer has
@@ -921,7 +928,7 @@ def _loose_manifest(existing: Existing) -> dict | None:
     """The stored manifest's JSON even where it failed its checks (to honour a ``removed`` mark)."""
     if existing.raw is None:
         return None
-    with contextlib.suppress(ValueError, TypeError):
+    with contextlib.suppress(ValueError, TypeError, RecursionError):
         loose = json.loads(existing.raw)
         return loose if isinstance(loose, dict) else None
     return None

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archive_pipeline import __version__
+from archive_pipeline.core import keys
+from archive_pipeline.core.fingerprint import Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import Column
@@ -191,6 +193,8 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"not valid JSON ({exc})") from None
+    except RecursionError:  # JSON nested deeper than Python's recursion limit: no manifest of ours
+        raise ManifestError("not valid JSON (nested too deeply to read)") from None
     if not isinstance(manifest, dict) or "object" not in manifest or "table" not in manifest:
         raise ManifestError("not an archive_pipeline manifest (no 'table' and 'object')")
     version = manifest.get("manifest_version")
@@ -210,9 +214,74 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         raise ManifestError("its manifest_sha256 does not match its content (altered or damaged)")
     if not manifest.get("empty") and not isinstance(manifest["object"], dict):
         raise ManifestError("a non-empty day without an object")
-    if problem := _shape_problem(manifest):
+    if problem := _shape_problem(manifest) or _consistency_problem(manifest):
         raise ManifestError(problem)
     return manifest
+
+
+def _consistency_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a sealed manifest contradict itself, or None. Its checksum proves only that nobody altered
+    it since it was sealed, and anyone can seal an edit: an "empty" day that records rows, or rows the
+    fingerprint does not count, was proven by its source and its source rows removed, with no archive
+    holding them; an absurd generation made an overwrite write over the archived object."""
+    rows, empty, obj = manifest["rows"], manifest.get("empty", False), manifest["object"]
+    if rows < 0:
+        return f"its rows field is {rows}, a negative count"
+    if not isinstance(empty, bool):
+        return f"its field empty is {empty!r}, not true or false"
+    if empty and (rows or obj is not None):
+        return f"it says the day is empty, yet records {rows:,} rows" + (" and an object" if obj is not None else "")
+    recorded = manifest.get("fingerprint")
+    if recorded is not None:
+        if not isinstance(recorded, str):
+            return f"its fingerprint is {recorded!r}, not a string"
+        try:
+            counted = Fingerprint.parse(recorded).rows
+        except (ValueError, TypeError):
+            counted = None
+        if counted is not None and counted != rows:
+            return f"its fingerprint counts {counted:,} rows, its rows field {rows:,}"
+    generation = manifest.get("generation", 1)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1:
+        return f"its generation is {generation!r}, not a number from 1"
+    if manifest.get("format") not in keys.FORMAT_EXTENSIONS:
+        return f"its format {manifest.get('format')!r} is none of {', '.join(keys.FORMAT_EXTENSIONS)}"
+    if manifest.get("compression") not in keys.CODEC_EXTENSIONS:
+        return f"its compression {manifest.get('compression')!r} is none of {', '.join(keys.CODEC_EXTENSIONS)}"
+    for name, kind, item in (("kept", list, dict), ("superseded", list, str)):
+        value = manifest.get(name, [])
+        if not isinstance(value, kind) or not all(isinstance(v, item) and (item is str or isinstance(v.get("key"), str))
+                                                  for v in value):
+            return f"its field {name} is {value!r}, not a list of " + ("keys" if item is str else "objects with a key")
+    removed = manifest.get("removed")
+    if removed is not None and not isinstance(removed, dict):
+        return f"its field removed (the removal mark) is {removed!r}, not an object"
+    definition = manifest.get("table_definition")
+    if definition is not None and not (isinstance(definition, dict) and isinstance(definition.get("columns", []), list)
+                                       and all(isinstance(c, dict) for c in definition.get("columns", []))):
+        return "its table_definition is not an object with a list of columns"
+    return None
+
+
+def foreign_objects(manifest: dict[str, Any], key: str) -> str | None:
+    """Why the objects ``manifest`` (the manifest beside the day's data key ``key``) names are not the day's
+    own, or None: its object, and what it keeps and retires, must be ``key`` or one of its generations, the
+    object the generation the manifest records. A manifest that names another day's object would have that
+    day's rows skipped onto, proven and restored as this day's, or deleted as this day's old generation."""
+    pattern = keys.generation_pattern(key)
+    obj = manifest.get("object")
+    if isinstance(obj, dict):
+        found = pattern.fullmatch(obj.get("key", ""))
+        if found is None:
+            return f"its object {obj.get('key')!r} is not this day's ({key}, or a generation of it)"
+        if int(found.group(1) or 1) != manifest.get("generation", 1):
+            return f"its object {obj['key']!r} is not its generation's ({manifest.get('generation', 1)})"
+    named = [k.get("key") for k in manifest.get("kept", []) if isinstance(k, dict)]
+    named += [k for k in manifest.get("superseded", []) if isinstance(k, str)]
+    strays = [k for k in named if not pattern.fullmatch(k or "")]
+    if strays:
+        return f"it names {', '.join(map(repr, strays))} among the day's objects, which are not this day's ({key})"
+    return None
 
 
 _FIELDS = {"table": str, "day": str, "rows": int, "format": str, "compression": str, "columns": list}
@@ -246,13 +315,16 @@ def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:
             f"{day} (copied from another key, or written by another table or configuration that renders this key)")
 
 
-def owned(manifest: dict, table: str, day: str) -> dict:
+def owned(manifest: dict, table: str, day: str, key: str | None = None) -> dict:
     """``manifest`` if it is the archive of ``table``'s ``day`` (the period's ISO form); else
     :class:`ForeignManifestError`. Every reader that acts on a day's manifest (list, compare, verify,
     restore, prune, the asset checks) asks this, so none proves, restores, marks or removes one
-    table-day on the strength of another's archive."""
+    table-day on the strength of another's archive. With the day's data ``key``, the objects it names
+    must be the day's own too (see :func:`foreign_objects`), else :class:`ManifestError`."""
     if problem := foreign_manifest(manifest, table, day):
         raise ForeignManifestError(problem)
+    if key is not None and (problem := foreign_objects(manifest, key)):
+        raise ManifestError(problem)
     return manifest
 
 
@@ -287,7 +359,7 @@ def decoded_manifest(store, manifest_key: str) -> dict | None:
     if raw is None:
         return None
     try:
-        return decode_manifest(raw)
+        manifest = decode_manifest(raw)
     except ManifestError:
         again = getter(manifest_key)
         if again is not None and again != raw:
@@ -297,3 +369,4 @@ def decoded_manifest(store, manifest_key: str) -> dict | None:
                                 remedy="retried automatically; if it persists, check the network path to the store"
                                 ) from None
         raise
+    return manifest

@@ -431,7 +431,7 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     key = keys.table_day_key(spec, day, store.prefix)
     try:
         manifest = decoded_manifest(store, keys.manifest_key(key))
-        return None if manifest is None else owned(manifest, spec.name, day.isoformat())
+        return None if manifest is None else owned(manifest, spec.name, day.isoformat(), key=key)
     except ArchiveError as exc:
         raise RestoreError(f"reading the manifest of {spec.name} for {day} failed: {exc.message}; nothing was restored",
                            table=spec.name, day=day.isoformat(), retryable=exc.retryable, remedy=exc.remedy,
@@ -1363,10 +1363,32 @@ def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     return _restore_current(conn, store, spec, day, manifest, **options)
 
 
+def _require_original(spec: TableSpec, day: Period | dt.date, manifest: dict) -> None:
+    """Refuse a manifest whose recorded relations are not the configured table's own: the table itself, its
+    day table (naming mode), and a partition of the table. A manifest is sealed, not signed: one edited to
+    name another table of the database had the day's rows inserted there, "proven" and committed."""
+    period = spec.period(day)
+    own = {Relation.configured(spec.name)}
+    if spec.partitioning.mode == "naming":
+        own.add(Relation.configured(f"{spec.schema_name}.{spec.child_table(period)}"))
+    named = manifest.get("source_relation") or manifest["table"]
+    partition = (table_definition(manifest) or {}).get("partition") or {}
+    parent = partition.get("parent")
+    strays = [name for name in (named, parent) if name and Relation.configured(name) not in own]
+    if strays:
+        raise RestoreError(f"restoring {spec.name} for {period} into its original table: its manifest names "
+                           f"{', '.join(map(repr, strays))}, which is not {spec.name} or its day's own table; nothing "
+                           "was restored", table=spec.name, day=period.isoformat(), retryable=False,
+                           remedy="restore into a table you name (into='new' or 'existing'), or archive the day again "
+                                  "(overwrite) if the source holds it")
+
+
 def _restore_current(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date,
                      manifest: dict, **options) -> RestoreResult:
     """Restore ``manifest``'s archive; if its object is gone because an overwrite replaced the archive
     meanwhile (the manifest and object were read before the day's lock), the current archive."""
+    if options.get("into") == "original":
+        _require_original(spec, day, manifest)
     try:
         return restore_archive(conn, store, manifest, **options)
     except ArchiveMissingError:

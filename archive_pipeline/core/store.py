@@ -549,8 +549,8 @@ class S3Store:
         only while it is still ours (If-Match its ETag; ``if_match`` for a caller's next try after a
         :class:`CorruptedWrite`, whose ``etag`` it is)."""
         digest = hashlib.md5(data).digest()
-        condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if fresh else {}
-        etag, stored = "", None
+        first = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if fresh else {}
+        condition, etag = first, ""
         for attempt in range(1, self.corrupt_attempts + 1):
             try:
                 try:
@@ -566,24 +566,48 @@ class S3Store:
                 if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):
+                    if attempt > 1 and self.holds(key, data):  # ours arrived whole after all (a damaged answer)
+                        return digest.hex()
                     raise _taken(self.uri(key), exc) from None
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
-            etag, stored = _etag(response), response.get("ETag") or None
-            if condition:  # only ours, damaged, is replaced (without its ETag, ours is replaced as it is)
-                condition = {"IfMatch": stored} if stored else {}
+            etag = _etag(response)
             if (etag == digest.hex()) if self.verify_etags else (self.get_verified_bytes(key) == data):
                 return etag
             log.warning("%s arrived corrupted (%s), attempt %d of %d", self.uri(key),
                         f"ETag {etag}, MD5 {digest.hex()}" if self.verify_etags else "it does not read back as written",
                         attempt, self.corrupt_attempts)
+            if condition:
+                condition = self.replacing(key, first)
         # Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago,
         # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
         error = CorruptedWrite(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
                                f"our MD5 {digest.hex()}" + ("" if self.verify_etags else ", and it did not read back "
                                "as written") + "): the network or store alters data", retryable=True,
                                cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
-        error.etag = stored  # the damaged copy's, as the store gave it: a next try replaces only that one
+        stored = condition.get("IfMatch")
+        error.etag = stored  # the damaged copy's, as the store has it: a next try replaces only that one
         raise error
+
+    def replacing(self, key: str, first: dict[str, str]) -> dict[str, str]:
+        """The condition for writing ``key`` again after a copy of ours did not arrive whole: replace the copy
+        the store holds (If-Match its ETag, as a HEAD reads it: an answer's ETag may be the damaged thing), or,
+        where it kept nothing, write as the first time (``first``)."""
+        try:
+            head = self.head(key)
+        except Exception:  # noqa: BLE001 - the write that follows says what is wrong, if anything
+            return first
+        return {"IfMatch": head["ETag"]} if head is not None and head.get("ETag") else first
+
+    def holds(self, key: str, data: bytes) -> bool:
+        """Whether ``key`` holds exactly ``data`` (its ETag is our MD5, or without MD5 ETags, it reads back so)."""
+        try:
+            if self.verify_etags:
+                head = self.head(key)
+                return head is not None and _etag(head) == hashlib.md5(data).hexdigest() \
+                    and head.get("ContentLength") == len(data)
+            return self.get_verified_bytes(key) == data
+        except Exception:  # noqa: BLE001 - not known to hold it
+            return False
 
     @staticmethod
     def refused(exc: BaseException) -> bool:
@@ -1175,7 +1199,8 @@ class S3Upload:
                                    cause="the temp file changed on the local disk",
                                    remedy="retried automatically; if it persists, check the disk behind temp_dir "
                                           "and the machine's memory")
-        condition = {"IfNoneMatch": "*"} if self.fresh else {}
+        first = {"IfNoneMatch": "*"} if self.fresh else {}
+        condition = first
         for attempt in range(1, store.corrupt_attempts + 1):
             try:
                 response = self._put_whole(fd, size, digest, condition)
@@ -1183,15 +1208,18 @@ class S3Upload:
                 if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
+                    if attempt > 1 and store.verify_etags and self._holds_ours(md5_hex, size):
+                        etag = md5_hex  # ours arrived whole after all (the answer that said otherwise was damaged)
+                        break
                     raise self._named(_taken(store.uri(self.key), exc)) from None
                 error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))
                 self._withdraw_if_ours(md5_hex, size, error)
                 raise error from exc
             etag = _etag(response)
-            if condition:  # a copy that arrived damaged is ours: replaced only while it still is
-                condition = {"IfMatch": response["ETag"]} if response.get("ETag") else {}
             if not store.verify_etags or etag == md5_hex:
                 break
+            if condition:  # a copy that arrived damaged is ours: replaced only while it still is
+                condition = store.replacing(self.key, first)
             log.warning("%s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", store.uri(self.key), etag,
                         md5_hex, attempt, store.corrupt_attempts)
         else:
@@ -1204,6 +1232,13 @@ class S3Upload:
             store.abort_stale_uploads_quietly(self.key,
                                               initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
+
+    def _holds_ours(self, md5_hex: str, size: int) -> bool:
+        try:
+            head = self.store.head(self.key)
+        except Exception:  # noqa: BLE001 - not known to hold it
+            return False
+        return head is not None and _etag(head) == md5_hex and head.get("ContentLength") == size
 
     def _put_whole(self, fd: int, size: int, digest: bytes, condition: dict[str, str]) -> dict:
         """One PutObject of the whole file, with ``condition`` where the store takes conditions."""

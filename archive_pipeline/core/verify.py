@@ -30,7 +30,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
-from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owned, removal_state, \
+from archive_pipeline.core.manifest import ManifestError, decoded_manifest, foreign_objects, owned, removal_state, \
     stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
@@ -86,7 +86,11 @@ def load_manifest(store: S3Store, key: str, owner: tuple[str, str] | None = None
     manifest = decoded_manifest(store, keys.manifest_key(key))
     if manifest is None:
         return None
-    return owned(manifest, *owner) if owner else manifest
+    if owner:
+        return owned(manifest, *owner, key=key)
+    if problem := foreign_objects(manifest, key):
+        raise ManifestError(problem)
+    return manifest
 
 
 def _manifest_or_problem(store: S3Store, key: str, missing: str,
@@ -698,7 +702,12 @@ def _verbatim_parquet_columns(conn: psycopg.Connection, manifest: dict, path: st
     value must; the restore path reads the same text into the type."""
     types = _column_types(conn, manifest)
     oids = _type_oids(conn, types)
-    schema = pq.read_schema(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):  # not Parquet after all: the load says so, as the archive's problem
+        return set()
+    if any(schema.get_field_index(name) < 0 for name in types):
+        return set()  # a column the file lacks: the load says so
     verbatim = set()
     for name, oid in zip(types, oids, strict=True):
         kind = schema.field(name).type
