@@ -279,7 +279,8 @@ def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: lis
 
     def probe(period: Period) -> sql.Composable:
         lo, hi = day_bounds(table.day_column, period)
-        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} >= {lo} AND {col} < {hi})").format(
+        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} OPERATOR(pg_catalog.>=) {lo} "
+                       "AND {col} OPERATOR(pg_catalog.<) {hi})").format(
             table=table.identifier, col=col, lo=lo, hi=hi)
 
     return _probed(conn, [(period, probe(period)) for period in periods], failed, table.identifier)

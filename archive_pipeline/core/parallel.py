@@ -176,12 +176,12 @@ def _ctid_plan(conn: psycopg.Connection, oid: int, requested: int) -> StreamPlan
 def ctid_ranges(bounds: Sequence[int]) -> Iterator[sql.Composable]:
     """Conditions for pages ``[0, b1)``, ``[b1, b2)``, ..., ``[bn, ∞)``: every tuple id in exactly one."""
     def tid(page: int) -> sql.Composable:
-        return sql.SQL("{}::tid").format(sql.Literal(f"({page},0)"))
+        return sql.SQL("{}::pg_catalog.tid").format(sql.Literal(f"({page},0)"))
 
     edges = [None, *bounds, None]
     for low, high in zip(edges, edges[1:]):
-        parts = ([sql.SQL("ctid >= {}").format(tid(low))] if low is not None else []) + \
-                ([sql.SQL("ctid < {}").format(tid(high))] if high is not None else [])
+        parts = ([sql.SQL("ctid OPERATOR(pg_catalog.>=) {}").format(tid(low))] if low is not None else []) + \
+                ([sql.SQL("ctid OPERATOR(pg_catalog.<) {}").format(tid(high))] if high is not None else [])
         yield sql.SQL(" AND ").join(parts)
 
 
@@ -203,8 +203,8 @@ def _key_plan(table: SourceTable, day: Period | dt.date, requested: int) -> Stre
     edges = [None, *cuts, None]
     conditions = []
     for low, high in zip(edges, edges[1:]):
-        parts = ([sql.SQL("{} >= {}").format(col, low)] if low is not None else []) + \
-                ([sql.SQL("{} < {}").format(col, high)] if high is not None else [])
+        parts = ([sql.SQL("{} OPERATOR(pg_catalog.>=) {}").format(col, low)] if low is not None else []) + \
+                ([sql.SQL("{} OPERATOR(pg_catalog.<) {}").format(col, high)] if high is not None else [])
         conditions.append(sql.SQL(" AND ").join(parts))
     return StreamPlan(tuple(conditions), "key", f"{requested} time slices of the day over the index on "
                       f"{table.day_column.name}")

@@ -497,7 +497,10 @@ def day_filter(table: SourceTable, day: Period | dt.date) -> sql.Composable:
         return sql.SQL("TRUE")
     start, end = day_bounds(table.day_column, day)
     col = sql.Identifier(table.day_column.name)
-    return sql.SQL("{col} >= {start} AND {col} < {end}").format(col=col, start=start, end=end)
+    # PostgreSQL's operators by name: a user's >= on a domain over the column's type (CREATE DOMAIN bday AS date)
+    # matches a domain column exactly, pg_catalog first on the path or not, and chose the day's rows
+    return sql.SQL("{col} OPERATOR(pg_catalog.>=) {start} AND {col} OPERATOR(pg_catalog.<) {end}").format(
+        col=col, start=start, end=end)
 
 
 @contextlib.contextmanager
