@@ -43,7 +43,7 @@ from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (NUMBER_TYPES, Column, day_filter, describe_relation, inner_types,
                                           lookalike_hint, lookalike_relations, missing_character, prefetch,
                                           relation_name, stored_name_problem)
-from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8
+from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
@@ -866,9 +866,12 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
         if on_conflict == "fail" and not generated and not fingerprint_added:
             rows = load_into(conn, path, manifest, target)  # COPY writes identity columns; JSONL's INSERT overrides
             return rows, rows, None
-        stage = sql.Identifier(f"archive_restore_stage_{os.getpid()}_{next(_names)}")
+        # in pg_temp by name (last on the path: a table of the same name elsewhere would be found first); dropped
+        # at COMMIT, so no DROP TABLE that an event trigger guarding against drops would refuse
+        stage = sql.Identifier("pg_temp", f"archive_restore_stage_{os.getpid()}_{next(_names)}")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
             stage, _column_list(names), target))
+        without_user_triggers(conn, stage)
         rows = load_into(conn, path, manifest, stage)
         written = _column_list([n for n in names if n not in generated])
         insert = sql.SQL("INSERT INTO {} ({c}){o} SELECT {c} FROM {}{d}").format(
@@ -882,7 +885,6 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             inserted = added.rows
         else:
             inserted = conn.execute(insert).rowcount
-        conn.execute(sql.SQL("DROP TABLE {}").format(stage))
         return rows, inserted, added
     except ArchiveCorruptError as exc:  # the object matched its manifest's MD5: perhaps the target refused it
         drift, remedy = _drift_explained(conn, manifest, relation)
@@ -1291,6 +1293,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             stack.enter_context(_writable(conn))
             with conn.transaction():
+                # the manifest's type names read as the archive wrote them, under PostgreSQL's names first (a
+                # role's path with an Oracle-compatibility "date" before pg_catalog created the wrong type)
+                apply_settings(conn.execute, {"search_path": CATALOG_FIRST})
                 marked = _marked_days(conn, relation, table) if into in ("new", "existing") else None
                 if marked is not None:  # a target an earlier restore of this table created: resumed, not refused
                     if _still_restored(conn, relation, manifest, marked):

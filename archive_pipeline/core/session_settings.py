@@ -115,3 +115,12 @@ def speaks_utf8(*names: str) -> Callable:
         return wrapper
 
     return decorate
+
+
+def without_user_triggers(conn: psycopg.Connection, table: sql.Composable) -> None:
+    """Disable the triggers a user's event trigger may have put on a table we just created for ourselves (a
+    proof's or a restore's temporary table): an ``updated_at := now()`` BEFORE INSERT trigger on every new
+    table changed the archived rows as they loaded, and an intact archive "differed"."""
+    if conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = %s::pg_catalog.regclass "
+                    "AND NOT tgisinternal)", (table.as_string(conn),)).fetchone()[0]:
+        conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(table))

@@ -28,14 +28,15 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import NO_PERIOD_TABLE, source_table
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
 from archive_pipeline.core.manifest import ManifestError, decoded_manifest, foreign_objects, owned, removal_state, \
     stored_object_problems
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import SESSION_PINNED, apply_settings, speaks_utf8
+from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, apply_settings, speaks_utf8, \
+    without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
@@ -242,13 +243,23 @@ def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | 
     manifest, the one it records: see ``fingerprint.algorithm_for``). With ``names`` (an archive's
     columns) it is computed over the source's columns of those names in that order, and raises
     :class:`ColumnsChangedError` if the source's names are not those."""
-    day = spec.period(day)
+    return _fingerprint_now(conn, spec, spec.period(day), algorithm, names)[2]
+
+
+def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, algorithm: str,
+                     names: Sequence[str] | None) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
+    """(the day's table, its filter, its fingerprint now), in one snapshot (see :func:`source_fingerprint`)."""
     with conn.transaction():
+        # the table's types read as the archive read them, PostgreSQL's names first: the fingerprint's settings
+        # below put that path in force, and a type's name read before them under a role's path ("pg_catalog.date"
+        # where a schema of the role's holds a "date") made the columns "change" within one transaction
+        apply_settings(conn.execute, {"search_path": CATALOG_FIRST})
         table = source_table(conn, spec, day)
+        where = day_filter(table, day)
         columns = archived_order(spec, day, table, names)
-        now = fingerprint.compute(conn, table.identifier, columns, day_filter(table, day), algorithm)
+        now = fingerprint.compute(conn, table.identifier, columns, where, algorithm)
         _columns_unchanged(conn, spec, day, table)
-        return now
+        return table, where, now
 
 
 def _columns_unchanged(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
@@ -370,7 +381,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                                                       f"{store.uri(key)}", owner)
             if manifest is None:
                 return problems
-        problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
+        with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):  # the manifest's type names as written
+            problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
         if problems:
             # An overwrite that committed meanwhile retires the object being proven: "missing" (or rows that
             # are no longer the source's) would then be a verdict on an archive that is no longer the day's.
@@ -380,7 +392,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                 if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256"):
                     log.info("%s %s: its archive was replaced while it was being proven; proving the new one",
                              spec.name, day)
-                    return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
+                    with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):
+                        return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
         return problems
     except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
@@ -506,13 +519,7 @@ class _SourceFingerprint:
             self.outcome = exc
 
     def compute(self, conn: psycopg.Connection) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
-        with conn.transaction():
-            table = source_table(conn, self.spec, self.day)
-            where = day_filter(table, self.day)
-            columns = archived_order(self.spec, self.day, table, self.names)
-            now = fingerprint.compute(conn, table.identifier, columns, where, self.algorithm)
-            _columns_unchanged(conn, self.spec, self.day, table)
-            return table, where, now
+        return _fingerprint_now(conn, self.spec, self.day, self.algorithm, self.names)
 
     def result(self) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
         if self.thread is None:
@@ -667,8 +674,10 @@ def _create_temp(conn: psycopg.Connection, types: dict[str, sql.Composable]) -> 
     identifier and schema.name."""
     name = f"archive_pipeline_verify_{next(_temp_names)}"
     cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), t) for n, t in types.items())
-    conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({})").format(sql.Identifier(name), cols))
-    schema = conn.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = pg_my_temp_schema()").fetchone()[0]
+    conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({})").format(sql.Identifier("pg_temp", name), cols))
+    schema = conn.execute("SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = pg_catalog.pg_my_temp_schema()"
+                          ).fetchone()[0]
+    without_user_triggers(conn, sql.Identifier(schema, name))
     return sql.Identifier(schema, name), f"{schema}.{name}"
 
 
