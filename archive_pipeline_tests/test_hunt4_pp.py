@@ -43,3 +43,46 @@ def test_the_removal_schedule_does_not_request_a_day_whose_removal_a_person_laun
                                                                repository_def=repo))
         requested = [r.partition_key for r in result.run_requests or []]
     assert "2024-01-01" not in requested, f"a day whose removal is running is requested again: {requested}"
+
+
+def _events(schema: str, **table) -> object:
+    return parse_config({"retry": {"max_retries": 0, "delay_seconds": 0},
+                         "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                     "start_date": DAY.isoformat(), **table}]})
+
+
+def _overwrite(schema: str) -> dict:
+    return {"ops": {f"archive__{schema}__events": {"config": {"overwrite": True}}}}
+
+
+def test_the_removal_schedule_requests_a_removed_day_that_is_back_in_the_source_and_archived_again(
+        conn, schema, archive_env):
+    """2024-03-10 is archived and removed by its Remove_ job (retention delete). Then a late row of that day
+    arrives; source_unchanged says so and the person archives the day again with overwrite (the README's
+    remedy): the day is archived (1 row) and in the source again, "an ordinary source day again: the next
+    removal proves and removes it again". The removal schedule, which requests "due days that are archived
+    and still in the source", never requests it: its source_removed partition is still materialized from
+    the first removal, so the late row stays in PostgreSQL for good while the UI shows the day removed."""
+    day = DAY
+    create_sample_events(conn, [day, day + dt.timedelta(days=1)], rows_per_day=5, schema=schema)
+    defs = build_definitions(_events(schema, retention={"keep_days": 30, "action": "delete"}))
+    archive = defs.resolve_job_def(f"Archive_{schema}_events")
+    events = sql.Identifier(schema, "events")
+    with instance_for_test() as instance:
+        assert archive.execute_in_process(partition_key=day.isoformat(), instance=instance).success
+        assert defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key=day.isoformat(), instance=instance).success
+        conn.execute(sql.SQL("CREATE TEMP TABLE late AS SELECT * FROM {} WHERE created_at >= %s LIMIT 1").format(
+            events), (day + dt.timedelta(days=1),))
+        conn.execute("UPDATE late SET id = -1, created_at = created_at - interval '1 day'")
+        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM late").format(events))
+        again = archive.execute_in_process(partition_key=day.isoformat(), instance=instance,
+                                           run_config=_overwrite(schema))
+        assert again.success
+        schedule = defs.get_repository_def().get_schedule_def(f"remove_{schema}_events_daily")
+        when = dt.datetime(2024, 6, 1, 1, 30, tzinfo=dt.UTC)
+        result = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                                               repository_def=defs.get_repository_def()))
+        requested = [r.partition_key for r in result.run_requests or []]
+    assert day.isoformat() in requested, (f"a day archived again and back in the source is never removed again: "
+                                          f"requested {requested}, {result.skip_message}")
