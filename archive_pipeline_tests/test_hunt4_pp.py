@@ -86,3 +86,29 @@ def test_the_removal_schedule_requests_a_removed_day_that_is_back_in_the_source_
         requested = [r.partition_key for r in result.run_requests or []]
     assert day.isoformat() in requested, (f"a day archived again and back in the source is never removed again: "
                                           f"requested {requested}, {result.skip_message}")
+
+
+def _failures(result) -> list[str]:
+    return [e.step_failure_data.error.message for e in result.all_events
+            if e.event_type == DagsterEventType.STEP_FAILURE]
+
+
+def test_a_removal_refused_because_the_day_changed_says_what_to_do(conn, schema, archive_env):
+    """A day is archived, then a row of it is updated in PostgreSQL; the removal job (or its schedule) runs for
+    it. The proof fails (right) and the run fails with "<table> <day> stays in the source: its archive is not
+    proven: the source's rows ... are not the archive's ...": cause only. The README promises every message
+    names the cause and what to do, and the archive job's own failure for the same situation gives the run
+    config (overwrite: true) that archives the day again; the removal's says nothing, and the schedule will
+    simply fail it again every day."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    defs = build_definitions(_events(schema, retention={"keep_days": 30, "action": "delete"}))
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        conn.execute(sql.SQL("UPDATE {} SET event_type = 'edited' WHERE id = (SELECT min(id) FROM {})").format(
+            sql.Identifier(schema, "events"), sql.Identifier(schema, "events")))
+        result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    [failure] = _failures(result)
+    assert not result.success and f"{schema}.events {DAY}" in failure
+    assert "overwrite" in failure or "to fix" in failure or "What to do" in failure, failure
