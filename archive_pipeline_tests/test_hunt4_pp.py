@@ -112,3 +112,61 @@ def test_a_removal_refused_because_the_day_changed_says_what_to_do(conn, schema,
     [failure] = _failures(result)
     assert not result.success and f"{schema}.events {DAY}" in failure
     assert "overwrite" in failure or "to fix" in failure or "What to do" in failure, failure
+
+
+def _unbuildable_store_defs(pg, schema: str, **table):
+    """The factory with another project's resources, whose S3 client cannot be built (an endpoint without
+    its scheme: botocore's ValueError "Invalid endpoint")."""
+    from dagster_aws.s3 import S3Resource
+
+    from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+
+    config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "at", "start_date": "2024-01-01",
+                                       **table}]})
+    resources = {"postgres": PostgresResource(dsn=pg.dsn),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(endpoint_url="minio:9000",
+                                                                     region_name="us-east-1"), bucket="archive")}
+    return build_definitions(config, resources=resources, check_source=False)
+
+
+def _failure_texts(result) -> list[str]:
+    return [e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data
+            else e.step_failure_data.error.message for e in result.all_events
+            if e.event_type == DagsterEventType.STEP_FAILURE]
+
+
+def test_a_removal_whose_store_client_cannot_be_built_fails_at_once_naming_table_and_day(pg, schema):
+    """The same resources make the archive job fail at once with "<table> <day>: ... Invalid endpoint" (see
+    test_operator). The removal job (Remove_<table>) built the client outside its handling: botocore's bare
+    ValueError escaped as a stack trace naming neither table nor day, and Dagster's retry policy retried
+    it with backoff (STEP_UP_FOR_RETRY) although no retry can fix an endpoint without its scheme."""
+    defs = _unbuildable_store_defs(pg, schema, retention={"keep_days": 30, "action": "delete"})
+    with instance_for_test() as instance:
+        run = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key="2024-01-02", instance=instance, raise_on_error=False)
+    kinds = [e.event_type_value for e in run.all_events]
+    [text] = _failure_texts(run)
+    assert not run.success
+    assert f"{schema}.events" in text and "2024-01-02" in text and "Invalid endpoint" in text, text
+    assert "STEP_UP_FOR_RETRY" not in kinds
+
+
+def test_verify_archives_whose_store_client_cannot_be_built_names_the_table_and_is_not_retried(pg, schema):
+    """verify_archives (latest_archive_intact, source_unchanged) with the same resources: each check built the
+    client before its handling (`_unreachable`, which names table, day, cause and remedy), so the bare
+    ValueError escaped as a stack trace naming no table, and was retried with backoff as if transient."""
+    defs = _unbuildable_store_defs(pg, schema)
+    key = AssetKey(["archive", schema, "events"])
+    with instance_for_test() as instance:
+        instance.report_runless_asset_event(AssetMaterialization(
+            asset_key=key, partition="2024-01-02",
+            metadata={"md5": "0" * 32, "compressed_bytes": 1, "dagster/row_count": 1, "format": "jsonl",
+                      "compression": "zstd", "state": "archived"}))
+        run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+    kinds = [e.event_type_value for e in run.all_events]
+    texts = _failure_texts(run)
+    assert not run.success and len(texts) == 2
+    for text in texts:
+        assert f"{schema}.events" in text and "Invalid endpoint" in text, text
+    assert "STEP_UP_FOR_RETRY" not in kinds
