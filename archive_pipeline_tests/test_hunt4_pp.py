@@ -170,3 +170,21 @@ def test_verify_archives_whose_store_client_cannot_be_built_names_the_table_and_
     for text in texts:
         assert f"{schema}.events" in text and "Invalid endpoint" in text, text
     assert "STEP_UP_FOR_RETRY" not in kinds
+
+
+def test_a_removal_of_a_day_never_archived_is_a_failed_run_not_a_failed_proof(conn, schema, archive_env):
+    """A person launches Remove_<table> for a due day that was never archived (its archive partition is
+    missing: the sensor had not got to it yet). The run fails (right), but it also records the day's
+    blocking archive_proven check as failed (ERROR, red: "has no archive"), the colour of an archive
+    proven wrong. Nothing was proven either way: archive_intact says "not archived yet; nothing to check"
+    as a warning for such a day, and the README has a removal that fails before it can prove anything
+    show as a failed run, not as a failed proof."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    defs = build_definitions(_events(schema, retention={"keep_days": 30, "action": "delete"}))
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    assert not result.success
+    red = [(e.partition, e.description) for e in result.get_asset_check_evaluations()
+           if not e.passed and e.severity.value == "ERROR"]
+    assert red == [], f"a day never archived shows a failed proof: {red}"
