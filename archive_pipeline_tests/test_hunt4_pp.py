@@ -188,3 +188,40 @@ def test_a_removal_of_a_day_never_archived_is_a_failed_run_not_a_failed_proof(co
     red = [(e.partition, e.description) for e in result.get_asset_check_evaluations()
            if not e.passed and e.severity.value == "ERROR"]
     assert red == [], f"a day never archived shows a failed proof: {red}"
+
+
+def test_archive_proven_alone_is_not_green_for_a_day_a_refused_removal_left_pending_in_the_source(
+        conn, schema, archive_env, s3_client):
+    """A removal of 2024-03-10 was refused (a late row arrived) and the manifest it had marked "pending" could
+    not be put back (README: "the pending mark stays while every row is still in the source"). A person then
+    runs *Execute* on archive_proven for the day (or the removal job with dry_run: true) to see whether it
+    can go. The check passes, green: "removed from the source (pending, ...) after its archive was proven;
+    the archive is intact". The day was never removed, its source holds a row the archive lacks, and nothing
+    was compared with the source; the real removal run settles the mark and refuses the day as changed. A
+    dry run must not be green where the removal itself is refused."""
+    from archive_pipeline.core.manifest import encode_manifest
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.core.verify import load_manifest
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    defs = build_definitions(_events(schema, retention={"keep_days": 30, "action": "delete"}))
+    store = S3Store(s3_client, archive_env, prefix="archive")
+    key = f"archive/{schema}.events/2024/03/{DAY}.jsonl.zst"
+    removal = AssetKey(["source_removed", schema, "events"])
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        events = sql.Identifier(schema, "events")
+        conn.execute(sql.SQL("CREATE TEMP TABLE late AS SELECT * FROM {} LIMIT 1").format(events))
+        conn.execute(sql.SQL("UPDATE late SET id = -1, event_type = 'late'"))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM late").format(events))
+        # the refused removal's mark, left pending (no transaction of it is known: a source with rows was not removed)
+        marked = {**load_manifest(store, key), "removed": {"at": "2024-05-01T00:00:00+00:00", "action": "delete",
+                                                            "state": "pending"}}
+        store.put_bytes(key + ".manifest.json", encode_manifest(marked), "application/json")
+        prove_only = defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_check_selection={AssetCheckKey(removal, "archive_proven")}, asset_selection=set())
+        run = prove_only.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        [proof] = run.get_asset_check_evaluations()
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 6  # all still there
+    assert not proof.passed, f"green for a day still in the source with a row the archive lacks: {proof.description}"
