@@ -225,3 +225,22 @@ def test_archive_proven_alone_is_not_green_for_a_day_a_refused_removal_left_pend
         [proof] = run.get_asset_check_evaluations()
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 6  # all still there
     assert not proof.passed, f"green for a day still in the source with a row the archive lacks: {proof.description}"
+
+
+def test_a_failed_archive_intact_does_not_say_in_its_metadata_that_everything_matched(conn, schema, archive_env,
+                                                                                       s3_client):
+    """The archived object of 2024-03-10 is replaced in the bucket by 7 bytes; verify_archives re-checks it and
+    records the day's archive_intact as failed: "NOT intact: size: recorded ... bytes, stored 7; ETag ...",
+    right. The same result's metadata says `verified: object, size and manifest match what was recorded`,
+    the sentence of a passing check, beside a red one (the verdict's text is set whatever it found)."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    defs = build_definitions(_events(schema))
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        s3_client.put_object(Bucket=archive_env, Key=f"archive/{schema}.events/2024/03/{DAY}.jsonl.zst", Body=b"damaged")
+        run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+    [intact] = [e for e in run.get_asset_check_evaluations() if e.check_name == "archive_intact"]
+    assert not intact.passed and intact.partition == DAY.isoformat()
+    said = intact.metadata["verified"].value
+    assert "match what was recorded" not in said, f"a failed check's metadata says verified: {said!r}"
