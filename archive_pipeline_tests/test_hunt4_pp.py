@@ -6,9 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-import pytest
 from dagster import (AssetCheckKey, AssetKey, AssetMaterialization, DagsterEventType, DagsterRun, DagsterRunStatus,
-                     build_schedule_context, build_sensor_context, instance_for_test, materialize)
+                     build_schedule_context, instance_for_test)
 from psycopg import sql
 
 from archive_pipeline.core.config import parse_config
