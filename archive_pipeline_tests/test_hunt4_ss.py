@@ -1,0 +1,49 @@
+"""Hunt 4 (ss): a review of the session's own changes (conditional writes, speaks_utf8, fingerprints, ...)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _table(conn, schema, rows=50, blob=1):
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, blob text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, (SELECT string_agg(md5(g::text || x::text), '') "
+                         "FROM generate_series(1, %s) x) FROM generate_series(1, %s) g").format(table),
+                 (DAY, blob, rows))
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+
+
+def test_a_data_put_whose_answer_is_lost_and_retried_is_not_called_another_runs(conn, schema, s3, bucket,
+                                                                                 s3_client, temp_dir):
+    """A user archives a day through a store whose answer to the data object's PUT is lost (the connection
+    resets after the store kept the object); boto3 retries the PUT as it does every request. The retry
+    carries If-None-Match: * and the store answers 412, because the first PUT of this very run landed: the
+    run fails with KeyTakenError "written by another run meanwhile" and leaves its own whole object behind,
+    published by no manifest. It should see that the object at the key is its own (same MD5/size) and
+    commit the day (or at least withdraw it)."""
+    spec = _table(conn, schema)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(), bucket)
+        proxy.add(Fault(method="PUT", path=r"\.csv$", action="reset_after", times=1))
+        try:
+            result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            pytest.fail(f"{type(exc).__name__}: {exc}; left in the bucket: {keys}")
+        assert result.rows == 50
+        assert [r.status for r in proxy.requests(method="PUT", path=r"\.csv$")][:1] == ["reset"]
+    assert deep_verify(conn, S3Store(s3_client, bucket), spec, DAY, temp_dir=temp_dir) == []
+
