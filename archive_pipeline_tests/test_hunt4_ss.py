@@ -47,3 +47,48 @@ def test_a_data_put_whose_answer_is_lost_and_retried_is_not_called_another_runs(
         assert [r.status for r in proxy.requests(method="PUT", path=r"\.csv$")][:1] == ["reset"]
     assert deep_verify(conn, S3Store(s3_client, bucket), spec, DAY, temp_dir=temp_dir) == []
 
+
+
+@pytest.mark.parametrize("written", [r"\.csv$", r"\.manifest\.json$"], ids=["data_object", "first_manifest"])
+def test_a_write_the_store_lost_once_is_sent_again_not_refused_as_a_missing_key(written, conn, schema, s3, bucket,
+                                                                                s3_client, temp_dir):
+    """A user archives a new day; the store acknowledges one PUT (the data object's, or the day's first
+    manifest's) with an ETag that is not our MD5 and keeps nothing (the proxy's ``lose``). Before today's
+    change the write was sent again and the day archived. Now the next attempt carries If-Match: <the ETag of
+    that answer> ("replace only our damaged copy"), the key holds nothing, and the store answers 404 NoSuchKey:
+    the run fails, "not retried: a retry cannot fix this". What should happen: a key the copy never reached is
+    written again (If-None-Match: *, as the first attempt), and the day archives. Cause: store.put_bytes and
+    S3Upload's single PUT switch the condition to IfMatch after any ETag mismatch, assuming a damaged copy of
+    ours is stored."""
+    spec = _table(conn, schema)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(), bucket)
+        proxy.add(Fault(method="PUT", path=written, action="lose", times=1))
+        try:
+            result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            pytest.fail(f"{type(exc).__name__}: {exc}")
+        assert result.rows == 50
+    assert deep_verify(conn, S3Store(s3_client, bucket), spec, DAY, temp_dir=temp_dir) == []
+
+
+def test_a_data_put_answered_with_a_damaged_etag_is_not_called_another_runs(conn, schema, s3, bucket, s3_client,
+                                                                            temp_dir):
+    """A user archives a new day; the store keeps the data object intact but the ETag of its answer arrives
+    altered (a proxy or gateway on the way back). Before today's change the PUT was sent again and the day
+    archived. Now the next attempt carries If-Match: <the altered ETag>, which matches nothing stored, the store
+    answers 412, and the run fails with KeyTakenError "written by another run meanwhile" about its own intact
+    object. What should happen: the day archives (the retry is sent so that it can replace our own copy, which
+    an ETag seen altered does not identify). Cause: S3Upload's single PUT (store.py, ``condition = {"IfMatch":
+    response["ETag"]}``) trusts the answered ETag as the stored copy's, and a 412 then means "another run"."""
+    spec = _table(conn, schema)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(), bucket)
+        proxy.add(Fault(method="PUT", path=r"\.csv$", action="set_header",
+                        header=("ETag", '"0123456789abcdef0123456789abcdef"'), times=1))
+        try:
+            result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            pytest.fail(f"{type(exc).__name__}: {exc}")
+        assert result.rows == 50
+    assert deep_verify(conn, S3Store(s3_client, bucket), spec, DAY, temp_dir=temp_dir) == []
