@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
@@ -92,3 +94,61 @@ def test_a_data_put_answered_with_a_damaged_etag_is_not_called_another_runs(conn
             pytest.fail(f"{type(exc).__name__}: {exc}")
         assert result.rows == 50
     assert deep_verify(conn, S3Store(s3_client, bucket), spec, DAY, temp_dir=temp_dir) == []
+
+
+@pytest.fixture
+def encoded_db(pg, conn):
+    """A factory of fresh databases in a given encoding (autocommit connections, UTF8 client); dropped afterwards."""
+    made: list[tuple[str, psycopg.Connection]] = []
+
+    def make(encoding: str) -> psycopg.Connection:
+        name = f"hunt4_ss_{encoding.lower()}_{conn.info.backend_pid}_{len(made)}"
+        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+            sql.Identifier(name), sql.Literal(encoding)))
+        db = psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True, client_encoding="UTF8")
+        made.append((name, db))
+        return db
+
+    yield make
+    for name, db in made:
+        db.close()
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize("archived_in, restored_in", [("EUC_JP", "UTF8"), ("LATIN1", "EUC_JP"), ("UTF8", "EUC_JP")])
+def test_an_ascii_day_of_another_encoding_still_restores_and_proves(archived_in, restored_in, encoded_db, conn,
+                                                                     store, temp_dir):
+    """A user migrated an EUC_JP database to UTF8 (the usual way off a legacy encoding) and restores an archived
+    day whose values are plain ASCII into the new database (or the reverse pairs). Until today's change the day
+    restored and its fingerprint proved: ASCII hashes alike in every encoding, and the check after loading is
+    what tells a provable day from one that is not. Now ``restore._require_provable_encoding`` (and deep
+    verification's check in ``verify._prove``) refuses up front, from the manifest's new ``source.encoding``
+    alone, "its rows cannot be proven here": no archive of the old database can be restored into the new one
+    at all. What should happen: the day is loaded and checked as before; only a fingerprint that then does not
+    match may be explained by the encodings (as restore._check does for a manifest without source.encoding)."""
+    source = encoded_db(archived_in)
+    target = conn if restored_in == "UTF8" else encoded_db(restored_in)
+    source.execute("CREATE TABLE ev (at date, v text)")
+    source.execute("INSERT INTO ev VALUES (%s, 'plain ascii'), (%s, NULL)", (DAY, DAY))
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(source, spec, DAY, store, temp_dir=temp_dir).rows == 2
+    try:
+        restored = restore_day(target, store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
+    except ArchiveError as exc:
+        pytest.fail(f"{type(exc).__name__}: {exc}")
+    assert restored.fingerprint_checked
+
+
+def test_the_encoding_refusal_does_not_say_utf8_or_utf8(encoded_db, conn, schema, store, temp_dir):
+    """A user restores a day of a UTF8 database holding '日本' into an EUC_JP database; it is refused (its v4
+    fingerprint cannot be computed in EUC_JP). The message's advice reads "use a database whose encoding is UTF8
+    (or UTF8)". Cause: fingerprint.encoding_mismatch appends " (or UTF8)" whenever the target is multibyte,
+    without checking that the archived encoding is not UTF8 itself."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, '日本')").format(table), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(encoded_db("EUC_JP"), store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
+    assert "UTF8 (or UTF8)" not in str(refused.value), str(refused.value)
