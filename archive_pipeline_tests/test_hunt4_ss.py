@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import psycopg
 import pytest
@@ -11,7 +12,8 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.restore import find_manifest, restore_day
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
@@ -152,3 +154,57 @@ def test_the_encoding_refusal_does_not_say_utf8_or_utf8(encoded_db, conn, schema
     with pytest.raises(ArchiveError) as refused:
         restore_day(encoded_db("EUC_JP"), store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
     assert "UTF8 (or UTF8)" not in str(refused.value), str(refused.value)
+
+
+def _events(db, schema: str, rows: int) -> None:
+    db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    db.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text)").format(sql.Identifier(schema, "ev")))
+    db.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 min', 'r' || g "
+                       "FROM generate_series(1, %s) g").format(sql.Identifier(schema, "ev")), (f"{DAY} 00:00+00", rows))
+
+
+def test_a_removals_pending_mark_does_not_replace_a_manifest_committed_meanwhile(encoded_db, conn, schema, s3, bucket,
+                                                                                 s3_client, temp_dir):
+    """A user removes a proven day (retention delete) while an overwrite of the same day commits from another
+    database (or a hot standby: the table-day lock does not exclude it; README: "the removal writes its pending
+    mark only over the very manifest it proved"). The overwrite commits between the removal's read of the
+    manifest and its PUT of the pending mark (held here by the proxy), and retires the proven object. What
+    happens: the pending mark, built from the proven manifest, is PUT unconditionally over the overwrite's
+    manifest; the removal deletes the source's 20 rows and marks the day done, naming the proven object, which
+    the overwrite has deleted: the removed rows exist nowhere any more (and the new generation is orphaned).
+    What should happen: the mark is written only over the manifest that was proven (If-Match its ETag, which
+    the store now supports: today's conditional writes), so the removal refuses, retryable, and removes nothing.
+    Cause: lifecycle._remove reads ``original`` and compares its sha, then ``store.put_bytes(mkey, pending, ...)``
+    without a condition (so do _take_back and _write_manifest)."""
+    _events(conn, schema, 20)
+    other = encoded_db("UTF8")
+    _events(other, schema, 25)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", partitioning={"mode": "column"},
+                     retention={"keep_days": 1, "action": "delete"})
+    plain = S3Store(s3_client, bucket)
+    archive_partition(conn, spec, DAY, plain, temp_dir=temp_dir)
+    gate, outcome = threading.Event(), {}
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"manifest\.json$", action="hold", gate=gate, times=1))
+        store = S3Store(proxy.client(), bucket)
+
+        def remove() -> None:
+            try:
+                outcome["removal"] = remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+            except BaseException as exc:  # noqa: BLE001 - looked at below
+                outcome["removal"] = exc
+
+        thread = threading.Thread(target=remove)
+        thread.start()
+        try:
+            assert proxy.wait_held(1, timeout=30)
+            archive_partition(other, spec, DAY, plain, temp_dir=temp_dir, overwrite=True)
+        finally:
+            gate.set()
+            thread.join(60)
+    manifest = find_manifest(plain, spec, DAY)
+    stored = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0]
+    assert manifest["object"]["key"] in stored, (
+        f"the manifest names {manifest['object']['key']}, which is gone ({sorted(stored)}); removed: "
+        f"{manifest.get('removed')}; source rows left: {left}; removal: {outcome.get('removal')!r}")
