@@ -72,10 +72,11 @@ def encoding_mismatch(recorded: str | None, archived_in: str | None, here: str) 
             return None
     elif archived_in in _UTF8_ALREADY and here in _UTF8_ALREADY:
         return None
-    return (f"the day was archived from a {archived_in} database, and its fingerprint ({algorithm_for(recorded)}) "
-            f"cannot be computed again in a {here} one, so its rows cannot be proven here: use a database whose "
-            f"encoding is {archived_in}" + ("" if archived_in in MULTIBYTE or here not in MULTIBYTE
-                                            else " (or UTF8)"))
+    also = "" if archived_in in MULTIBYTE or archived_in == "UTF8" or here not in MULTIBYTE else " (or UTF8)"
+    return (f"the day was archived from a database whose encoding is {archived_in}, and its fingerprint "
+            f"({algorithm_for(recorded)}) hashes text of other encodings than UTF-8 as their own bytes where either "
+            f"side is a multibyte one: computed in this {here} database it cannot match where a value has characters "
+            f"beyond ASCII; prove or restore it in a database whose encoding is {archived_in}{also}")
 
 
 # Output of every type is fixed by these, whatever the server's or role's defaults.

@@ -534,16 +534,6 @@ def _require_column_names(conn: psycopg.Connection, manifest: dict) -> None:
                 remedy="restore into a database whose encoding holds every archived name and value (UTF8)")
 
 
-def _require_provable_encoding(conn: psycopg.Connection, manifest: dict) -> None:
-    """Refuse, before anything is loaded, a day whose fingerprint cannot be computed in this database's
-    encoding: the load would be rolled back as if the archive had been altered."""
-    mismatch = fp.encoding_mismatch(manifest.get("fingerprint"), (manifest.get("source") or {}).get("encoding"),
-                                    conn.info.parameter_status("server_encoding") or "")
-    if mismatch:
-        raise RestoreError(f"restoring {manifest.get('table')} for {manifest.get('day')}: {mismatch}; nothing was "
-                           "restored", retryable=False)
-
-
 def encoding_problem(conn: psycopg.Connection, relation: Relation) -> str | None:
     """Why this database cannot hold ``relation``'s name as it is, or None (see
     :func:`~archive_pipeline.core.source.stored_name_problem`)."""
@@ -1186,6 +1176,12 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                                            f"{padded}", table=table, day=day,
                                            remedy="restore into a SQL_ASCII database, or into a table whose "
                                                   "column is text (into='existing')")
+        mismatch = fp.encoding_mismatch(recorded, (manifest.get("source") or {}).get("encoding"), here)
+        if mismatch:  # the likely cause, from the manifest: not an altered archive
+            raise FingerprintMismatchError(f"restoring {table} for {day}: {scope} have fingerprint {actual} but the "
+                                           f"archive's manifest records {recorded}; the restore was rolled back: "
+                                           f"{mismatch}", table=table, day=day,
+                                           remedy="restore into a database of the archived encoding")
         if here in fp.MULTIBYTE and not (manifest.get("source") or {}).get("encoding"):
             drift += (f"; or the day was archived from a database of another encoding than this one's, {here}, "
                       "in which its fingerprint cannot be computed again (restore it into a database of the "
@@ -1275,7 +1271,6 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     try:
         relation = None if target is None else _target(conn, target)
         _require_column_names(conn, manifest)
-        _require_provable_encoding(conn, manifest)
         if into in ("new", "existing") and _still_restored(conn, relation, manifest,
                                                           _listed_days(conn, relation, table)):
             return _already_restored(relation, manifest, started)  # nothing to download

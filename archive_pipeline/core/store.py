@@ -566,7 +566,9 @@ class S3Store:
                 if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):
-                    if attempt > 1 and self.holds(key, data):  # ours arrived whole after all (a damaged answer)
+                    # ours arrived whole after all: an answer lost and the PUT retried (by botocore, or by us after
+                    # an answer that said it arrived damaged) finds our own copy there
+                    if self.holds(key, data):
                         return digest.hex()
                     raise _taken(self.uri(key), exc) from None
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
@@ -1123,11 +1125,16 @@ class S3Upload:
         try:
             response = self._complete(upload_id, parts)
         except Exception as exc:
-            if self.fresh and _is_taken(exc):  # another run's object is there: not ours to withdraw
-                raise self._named(_taken(self.store.uri(self.key), exc)) from None
-            error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
-            self._withdraw_if_ours(expected, size, error)  # the store may have completed it before failing
-            raise self._named(error) from exc
+            if self.fresh and _is_taken(exc):
+                if self.store.verify_etags and self._holds_ours(expected, size):
+                    # ours, completed by an earlier try whose answer was lost (botocore retried the complete)
+                    response = {"ETag": f'"{expected}"'}
+                else:  # another run's object is there: not ours to withdraw
+                    raise self._named(_taken(self.store.uri(self.key), exc)) from None
+            else:
+                error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
+                self._withdraw_if_ours(expected, size, error)  # the store may have completed it before failing
+                raise self._named(error) from exc
         # Checked before the upload counts as completed: a store that answered 200 without completing it (a
         # proxy's or gateway's made-up answer) still holds its parts, which finish()'s abort then removes
         # (an upload the store did complete is no longer listed: its abort answers NoSuchUpload).
@@ -1208,8 +1215,8 @@ class S3Upload:
                 if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
-                    if attempt > 1 and store.verify_etags and self._holds_ours(md5_hex, size):
-                        etag = md5_hex  # ours arrived whole after all (the answer that said otherwise was damaged)
+                    if store.verify_etags and self._holds_ours(md5_hex, size):
+                        etag = md5_hex  # ours arrived whole after all (an answer lost and the PUT retried, or damaged)
                         break
                     raise self._named(_taken(store.uri(self.key), exc)) from None
                 error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))

@@ -425,14 +425,6 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                                retryable=False)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
-    mismatch = fingerprint.encoding_mismatch(manifest["fingerprint"], (manifest.get("source") or {}).get("encoding"),
-                                             scratch_conn.info.parameter_status("server_encoding") or "")
-    if mismatch:  # no verdict on the archive: the rows cannot be fingerprinted as archived where they would load
-        raise ArchiveError(f"deep verification of {spec.name} {day} loads the archive into "
-                           f"{'the scratch database' if scratch_conn is not conn else 'the source database'} "
-                           f"{scratch_conn.info.dbname!r}: {mismatch}", table=spec.name, day=day.isoformat(),
-                           retryable=False, remedy="give a scratch database of the archived encoding (scratch_conn; "
-                                                   "ARCHIVE_PG_PRIMARY_DSN for the command line)")
     with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(
             conn, scratch_conn, spec, day, algorithm, [c["name"] for c in manifest["columns"]]) as source:
         problems = _download(store, manifest, sink)
@@ -595,6 +587,14 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     problems = []
     if loaded != recorded:
+        mismatch = fingerprint.encoding_mismatch(manifest["fingerprint"], (manifest.get("source") or {}).get("encoding"),
+                                                 scratch.info.parameter_status("server_encoding") or "")
+        if mismatch:  # no verdict on the archive: its rows cannot be fingerprinted as archived in this database
+            raise ArchiveError(f"deep verification of {manifest.get('table')} {day} loaded the archive into database "
+                               f"{scratch.info.dbname!r}: {mismatch}", table=manifest.get("table"),
+                               day=manifest.get("day"), retryable=False,
+                               remedy="prove it with a scratch database of the archived encoding (scratch_conn; "
+                                      "ARCHIVE_PG_PRIMARY_DSN for the command line)")
         problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
     try:
         table, where, now = source.result()
