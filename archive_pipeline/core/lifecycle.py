@@ -44,7 +44,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, encod
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
                                           pending_detach_error, relation_name, server_identity)
-from archive_pipeline.core.store import CorruptedWrite, S3Store
+from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
 
@@ -295,7 +295,15 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             # the bytes are known before the PUT: a PUT the store did but whose answer was lost is ours to take back
             pending = _encoded({**manifest, "removed": mark})
             marking = True
-            store.put_bytes(mkey, pending, "application/json")
+            try:  # only over the very manifest proven (If-Match its bytes' ETag): an archive run of the day on
+                # another server may commit a new one between the read above and this write
+                store.put_bytes(mkey, pending, "application/json", if_match=store.etag_of(original))
+            except KeyTakenError:
+                marking = False  # not written: nothing of ours to take back
+                raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive {store.uri(mkey)} was "
+                                     "replaced since it was proven (an archive run of the day on another server?); "
+                                     "nothing was removed", table=spec.name, day=day.isoformat(), retryable=True,
+                                     remedy="run the removal again: it proves the archive as it is now") from None
             # (put_bytes checks it arrived: its ETag, or read back without verify_etags; else nothing is removed)
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
@@ -310,8 +318,8 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
         raise
     done_mark = {**mark, "state": "done", "relation": target.qualified, "rows": rows}
     try:
-        current = _marked_by_us(store, mkey, pending, manifest)
-        if current is None:
+        found = _marked_by_us(store, mkey, pending, manifest)
+        if found is None:
             raise RemovalNotRecorded(
                 f"{spec.name} {day}: the removal is committed in the source ({action} of {target.qualified}: its "
                 f"{rows:,} rows are gone from the source), but its archive {store.uri(mkey)} was replaced meanwhile "
@@ -319,8 +327,9 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                 "as it is", table=spec.name, day=day.isoformat(), retryable=False,
                 remedy="compare the archive now in the store with the removed rows' fingerprint "
                        f"{manifest['fingerprint']}; their earlier object may be listed under 'superseded' or 'kept'")
+        current, stored = found
         _write_manifest(store, mkey, {**{k: v for k, v in current.items() if k != "manifest_sha256"},
-                                      "removed": done_mark}, previous=pending)
+                                      "removed": done_mark}, previous=stored)
     except RemovalNotRecorded:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
@@ -342,19 +351,19 @@ def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes
     try:
         current = store.get_verified_bytes(mkey)
         if original is not None and current != original and (current == pending or _sha(current) is None):
-            store.put_bytes(mkey, original, "application/json")
+            store.put_bytes(mkey, original, "application/json", if_match=store.etag_of(current))
     except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
         exc.add_note(f"cleanup: could not take back the pending removal mark in {store.uri(mkey)} "
                      f"({cleanup}); nothing was removed, and the next removal of the day takes it back")
 
 
-def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> dict | None:
-    """The manifest to mark done after the COMMIT: our pending one, as normally; or one an archive run
-    wrote over it meanwhile if it holds exactly the removed rows (same fingerprint, no removal mark);
-    None for any other."""
+def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> tuple[dict, bytes] | None:
+    """The manifest to mark done after the COMMIT, with its bytes as stored: our pending one, as normally;
+    or one an archive run wrote over it meanwhile if it holds exactly the removed rows (same fingerprint,
+    no removal mark); None for any other."""
     raw = store.get_verified_bytes(mkey)
     if raw == pending:
-        return decode_manifest(pending)
+        return decode_manifest(pending), pending
     try:
         current = decode_manifest(raw) if raw is not None else None
     except ManifestError:
@@ -363,7 +372,7 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
             or foreign_manifest(current, manifest["table"], manifest["day"])):
         return None
     log.warning("%s: replaced during the removal by an archive of the same rows; marking that one done", mkey)
-    return current
+    return current, raw
 
 
 def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, action: str, relation: str, rows: int,
@@ -1080,8 +1089,8 @@ def _write_manifest(store: S3Store, mkey: str, manifest: dict, *, previous: byte
     are replaced by ``previous`` (the manifest as it was), so a removed day's manifest never becomes
     unreadable."""
     data = _encoded(manifest)
-    try:
-        store.put_bytes(mkey, data, "application/json")
+    try:  # over ``previous`` only, where given (If-Match its ETag): a manifest written meanwhile is not ours
+        store.put_bytes(mkey, data, "application/json", if_match=store.etag_of(previous))
     except CorruptedWrite as exc:
         if previous is not None:
             _take_back(store, mkey, previous, data, exc)

@@ -590,6 +590,13 @@ class S3Store:
         error.etag = stored  # the damaged copy's, as the store has it: a next try replaces only that one
         raise error
 
+    def etag_of(self, data: bytes | None) -> str | None:
+        """The ETag ``data`` has as a small object written in one PUT, where ETags are MD5s (else None): the
+        condition that replaces exactly those bytes (If-Match) with no further request."""
+        if data is None or not self.verify_etags:
+            return None
+        return f'"{hashlib.md5(data).hexdigest()}"'
+
     def replacing(self, key: str, first: dict[str, str]) -> dict[str, str]:
         """The condition for writing ``key`` again after a copy of ours did not arrive whole: replace the copy
         the store holds (If-Match its ETag, as a HEAD reads it: an answer's ETag may be the damaged thing), or,
