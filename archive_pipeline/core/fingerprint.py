@@ -3,7 +3,12 @@
 The fingerprint is the row count plus the sum, over rows, of a 64-bit hash of each row. A sum is
 order-independent (the archive's row order does not matter) and, unlike XOR, counts duplicate rows.
 
-``row-hash-sum-v4`` (new archives) is v3 over each text form's UTF-8 bytes, whatever the server's
+``row-hash-sum-v5`` (new archives) is v4 with a value of a type outside pg_catalog (a composite, an enum,
+an extension's type, or an array of one) hashed as its output function prints it (``concat()``), not
+through ``::text``: that type's owner may CREATE CAST it to text, and a lossy cast hid every change from
+the proof. For every other type v5 is v4 value for value.
+
+``row-hash-sum-v4`` (archives written before v5) is v3 over each text form's UTF-8 bytes, whatever the server's
 encoding, so a day archived from a LATIN1 database proves in a UTF-8 one and the other way round. In a
 UTF8 (or SQL_ASCII) database it is v3 itself, value for value; in a single-byte encoding each text is
 converted to UTF-8 and hashed as those bytes (see :func:`_utf8_bytes`). A multibyte encoding other than
@@ -50,11 +55,13 @@ from psycopg import sql
 
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
 
-ALGORITHM = "row-hash-sum-v4"
+ALGORITHM = "row-hash-sum-v5"
+V4 = "row-hash-sum-v4"
 V3 = "row-hash-sum-v3"
 V2 = "row-hash-sum-v2"
-ALGORITHMS = (ALGORITHM, V3, V2)  # every algorithm this version computes: an archive recorded with one can be proven
-CHAINED = (ALGORITHM, V3)  # the algorithms that hash each column's text form in a chain (v2 joins pieces)
+ALGORITHMS = (ALGORITHM, V4, V3, V2)  # every algorithm this version computes: an archive recorded with one can be proven
+CHAINED = (ALGORITHM, V4, V3)
+UTF8_HASHED = (ALGORITHM, V4)  # the algorithms that hash every text as its UTF-8 bytes (see row_hash)  # the algorithms that hash each column's text form in a chain (v2 joins pieces)
 # Server encodings whose text is UTF-8 bytes already (SQL_ASCII: any bytes, and archived text must be UTF-8),
 # and the multibyte ones other than UTF-8, whose text cannot hold arbitrary UTF-8 bytes (see row_hash).
 _UTF8_ALREADY = frozenset({"UTF8", "SQL_ASCII"})
@@ -67,7 +74,7 @@ def encoding_mismatch(recorded: str | None, archived_in: str | None, here: str) 
     v3 and v2 always do outside UTF-8."""
     if not archived_in or archived_in == here:
         return None
-    if algorithm_for(recorded) == ALGORITHM:
+    if algorithm_for(recorded) in UTF8_HASHED:
         if archived_in not in MULTIBYTE and here not in MULTIBYTE:
             return None
     elif archived_in in _UTF8_ALREADY and here in _UTF8_ALREADY:
@@ -155,7 +162,7 @@ def _ident(column: ColumnLike, qualifier: str | None) -> sql.Identifier:
     return sql.Identifier(qualifier, column.name) if qualifier else sql.Identifier(column.name)
 
 
-def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
+def column_text(column: ColumnLike, qualifier: str | None = None, algorithm: str = ALGORITHM) -> sql.Composable:
     """A column's text form as v3 hashes it (also what a probe evaluates to find a value PostgreSQL
     cannot convert). A column with a ``parse_as`` type is a text column holding that type's input
     (deep verification's text copy of a CSV archive): its value is read as that type first."""
@@ -164,7 +171,7 @@ def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composa
     if parse_as is not None:
         if column.base_type == "bpchar" and not column.is_array:  # a domain over char(n): blanks and all, below
             return sql.SQL("pg_catalog.concat({}::{})").format(ident, parse_as)
-        if getattr(column, "user_type", False):  # by its output function, as the source's side (below)
+        if getattr(column, "user_type", False) and algorithm == ALGORITHM:  # by its output, as the source's side
             return sql.SQL("pg_catalog.concat(({}::{}))").format(ident, parse_as)
         return sql.SQL("({}::{})::pg_catalog.text").format(ident, parse_as)
     if column.base_type == "text" and not column.is_array:
@@ -173,7 +180,7 @@ def column_text(column: ColumnLike, qualifier: str | None = None) -> sql.Composa
         # ::text strips trailing blanks: 'ab' and 'ab   ' of an unbounded bpchar would hash alike.
         # concat() prints the value with its output function, blanks and all.
         return sql.SQL("pg_catalog.concat({})").format(ident)
-    if "." in column.base_type or getattr(column, "is_enum", False):
+    if algorithm == ALGORITHM and ("." in column.base_type or getattr(column, "is_enum", False)):
         # A type of the user's (a composite, an enum, an extension's; or an array of one): its owner may
         # CREATE CAST from it to text, which ::text would run instead of the type's output (a lossy one hid
         # every change of a field from the proof). concat() prints with the output function, as COPY does.
@@ -214,9 +221,9 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
         return _v2_row_hash(columns, qualifier)
     if algorithm not in CHAINED:
         raise ValueError(f"unknown fingerprint algorithm {algorithm!r}")
-    as_utf8 = algorithm == ALGORITHM and encoding not in _UTF8_ALREADY and encoding not in MULTIBYTE
+    as_utf8 = algorithm in UTF8_HASHED and encoding not in _UTF8_ALREADY and encoding not in MULTIBYTE
     convert = encoding if as_utf8 else None
-    chains = [_chain(columns[i:i + _CHAIN], qualifier, convert) for i in range(0, len(columns), _CHAIN)]
+    chains = [_chain(columns[i:i + _CHAIN], qualifier, convert, algorithm) for i in range(0, len(columns), _CHAIN)]
     if len(chains) == 1:
         return chains[0]
     # (every function qualified and every argument typed exactly: a user's hashtextextended(text, integer)
@@ -225,12 +232,13 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
         sql.SQL(", ").join(sql.SQL("({})::pg_catalog.text").format(chain) for chain in chains))
 
 
-def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | None = None) -> sql.Composable:
+def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | None = None,
+           algorithm: str = ALGORITHM) -> sql.Composable:
     """v3, v4: each column's text hashed with the previous link as the seed; NULL flips the seed's low bit.
     ``convert`` (v4 in a database of that single-byte encoding): each text as its UTF-8 bytes first."""
     link: sql.Composable = sql.SQL("0::pg_catalog.int8")
     for column in columns:
-        text = column_text(column, qualifier)
+        text = column_text(column, qualifier, algorithm)
         if convert is not None:
             text = _utf8_bytes(text, convert)
         link = sql.SQL('pg_catalog.hashtextextended(coalesce({text}, \'\') COLLATE "C", '
