@@ -437,6 +437,17 @@ def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, wha
                              day=day.isoformat())
 
 
+def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
+                              manifest: dict) -> bool:
+    """Whether the removal that left ``manifest``'s pending mark committed, decided as settling decides it but
+    changing nothing (a dry run, a check on its own: the day is then removed, or still the source's to prove)."""
+    try:
+        return _committed(conn, spec, spec.period(day), manifest)[0]
+    except psycopg.Error as exc:
+        raise wrap(exc, spec.name, spec.period(day).isoformat(), conn.info.password, user=conn.info.user,
+                   database=conn.info.dbname, doing="proving") from None
+
+
 def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:
     """Whether the removal that wrote the manifest's pending mark committed, and the evidence.
 

@@ -46,13 +46,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, daily_partitions, freshness_policy,
-                                          retry_policy)
+from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, daily_partitions,
+                                          freshness_policy, job_name, relaunch, retry_policy)
 from archive_pipeline.defs.checks import terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, check_removable, due_days,
-                                              remove_day, settle_pending_removal)
+                                              pending_removal_committed, remove_day, settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
@@ -125,7 +125,8 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
         if day not in due_days(spec, dt.datetime.now(dt.UTC)):  # today in the table's zone
             raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
-                                      "days; nothing removed", allow_retries=False)
+                                      "days; nothing removed. To remove it sooner, lower retention.keep_days for "
+                                      f"the table in {config_path()}", allow_retries=False)
         try:
             yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store)
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
@@ -160,12 +161,20 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # take it back): settled on the primary first, so the proof below is of the day as it is.
                 settled = settle_pending_removal(primary, spec, day, store, temp_dir=archive_store.temp_dir)
                 manifest = settled.manifest
+            elif pending and not pending_removal_committed(primary, spec, day, manifest):
+                # a dry run leaves the mark, but a removal that never committed removed nothing: the day is
+                # still the source's, proven against it (with the source's rows, not the archive's alone)
+                manifest = {k: v for k, v in manifest.items() if k != "removed"}
             if manifest is not None and manifest.get("removed"):
-                # Removed (or pending, in a dry run): the source no longer holds the day, so the
-                # archive itself is checked: manifest, object, digests and rows.
+                # Removed (or pending and committed, in a dry run): the source no longer holds the day, so
+                # the archive itself is checked: manifest, object, digests and rows.
                 removed = manifest["removed"]
                 problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
                                           temp_dir=archive_store.temp_dir)
+            elif manifest is None:  # nothing to prove: a failed run, not a failed proof
+                raise Failure(description=f"{spec.name} {day} has no archive at {store.uri(key)}: nothing is "
+                                          "proven or removed. Archive the day first (partition "
+                                          f"{day} of {job_name(spec)}), then remove it", allow_retries=False)
             else:
                 if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
                     check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
@@ -192,7 +201,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                                       "(its versions, a replica)", allow_retries=False)
         if problems:
             raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
-                                      + "; ".join(problems), allow_retries=False)
+                                      + "; ".join(problems) + ". If the source's rows are the right ones (rows "
+                                      "changed or arrived late), archive the day again, then remove it. "
+                                      + relaunch(spec, day), allow_retries=False)
         try:
             removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
                                  removed_by=f"dagster run {context.run.run_id}", temp_dir=archive_store.temp_dir)
