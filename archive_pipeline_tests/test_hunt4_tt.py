@@ -1,0 +1,105 @@
+"""Hunt 4 (tt): backfills and batched runs (several days of a table in one Dagster run).
+
+Each test drives the archive job through Dagster (the tags a backfill with ``max_days_per_run`` gives its
+ranged runs) against the real PostgreSQL and S3 of the fixtures, and asserts what should happen."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+from dagster import AssetCheckKey, DagsterEventType, instance_for_test
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.defs.assets import asset_key, daily_partitions
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+FIRST = dt.date(2024, 3, 10)
+DAYS = [FIRST + dt.timedelta(days=i) for i in range(4)]
+
+
+def _range(first, last) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)}
+
+
+RANGE = _range(DAYS[0], DAYS[-1])
+
+
+def _config(schema: str, max_retries: int = 1, **table):
+    return parse_config({"retry": {"max_retries": max_retries, "delay_seconds": 0},
+                         "backfill": {"max_days_per_run": 10},
+                         "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                     "start_date": FIRST.isoformat(), **table}]})
+
+
+def _states(instance, run_id):
+    out = {}
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+        event = record.event_log_entry.dagster_event
+        out.setdefault(event.partition, []).append(event.step_materialization_data.materialization.tags["archive/state"])
+    return out
+
+
+def _failures(instance, run_id):
+    out = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is not None and event.is_step_failure:
+            data = event.step_failure_data
+            out.append(data.user_failure_data.description if data.user_failure_data else data.error.message)
+    return out
+
+
+
+
+def _job_from_environment():
+    """The archive job of the table configured in $TT_CONFIG (reconstructable, as a re-execution needs)."""
+    config = parse_config(json.loads(os.environ["TT_CONFIG"]))
+    return build_definitions(config).resolve_job_def(os.environ["TT_JOB"])
+
+
+def test_re_executing_a_failed_overwrite_backfill_run_as_advised_does_not_archive_its_good_days_again(
+        pg, conn, schema, archive_env, s3_client, monkeypatch):
+    """A person backfills 2024-03-10..13 with the launchpad's run config ``overwrite: true`` (the README's way to
+    archive changed days again). Another run holds 2024-03-11's table-day lock, so that day fails and the other
+    three are archived anew. The run's failure says: "re-execute this run (Runs → this run → Re-execute → From
+    failure) ...; days already archived are found identical and not uploaded again". Doing exactly that
+    (Dagster's re-execution keeps the parent's run config and range tags) archives 2024-03-10, 12 and 13 a
+    second time as new generations (``.g2`` objects), because the re-execution still overwrites. Either the
+    re-execution should not redo the days its parent run already archived, or the failure must not promise it."""
+    from dagster import ReexecutionOptions, execute_job, reconstructable
+
+    from archive_pipeline.core.locks import lock_key
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    raw = {"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
+           "tables": [{"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat()}]}
+    monkeypatch.setenv("TT_CONFIG", json.dumps(raw))
+    monkeypatch.setenv("TT_JOB", f"Archive_{schema}_events")
+    spec = parse_config(raw).tables[0]
+    run_config = {"ops": {f"archive__{schema}__events": {"config": {"overwrite": True}}}}
+    locked = DAYS[1]
+    with instance_for_test() as instance, pg.connect() as other:
+        assert other.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, locked)).fetchone()[0]
+        with execute_job(reconstructable(_job_from_environment), instance=instance, run_config=run_config,
+                         tags=RANGE, raise_on_error=False) as first:
+            assert not first.success
+        other.execute("SELECT pg_advisory_unlock_all()")
+        good = [d.isoformat() for d in DAYS if d != locked]
+        assert _states(instance, first.run_id) == dict.fromkeys(good, ["archived"])
+        [message] = _failures(instance, first.run_id)
+        promised = "Re-execute" in message and "not uploaded again" in message
+        # The UI's Re-execute → From failure: the parent's run config and tags (its range), the failed step.
+        with execute_job(reconstructable(_job_from_environment), instance=instance, tags=RANGE,
+                         reexecution_options=ReexecutionOptions.from_failure(first.run_id, instance),
+                         raise_on_error=False) as again:
+            assert again.success
+            states = _states(instance, again.run_id)
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=archive_env).get("Contents", []))
+    uploaded_again = sorted(day for day, st in states.items() if day in good and "archived" in st)
+    assert not (promised and uploaded_again), (
+        f"the failure promised re-execution would not upload the archived days again, yet it archived "
+        f"{uploaded_again} again; objects now: {keys}\n\n{message}")
