@@ -103,3 +103,34 @@ def test_re_executing_a_failed_overwrite_backfill_run_as_advised_does_not_archiv
     assert not (promised and uploaded_again), (
         f"the failure promised re-execution would not upload the archived days again, yet it archived "
         f"{uploaded_again} again; objects now: {keys}\n\n{message}")
+
+
+
+def test_a_backfill_over_a_day_retention_removed_does_not_advise_archiving_that_day_again(
+        conn, schema, archive_env, s3_client):
+    """Retention removed 2024-03-11 (detach) after its archive was proven. A person backfills 2024-03-10..13
+    (to fill gaps). The removed day fails, as the README says ("a removed day is never archived again ...
+    such a run fails and says when the day was removed and where its archive is"), and the message does say
+    there is nothing to archive. But what it tells the person to do is "Fix the cause above, then launch
+    partition 2024-03-11 of Archive_... again", and the run's "Then: re-execute this run ..., or launch a
+    backfill of the failed days": advice that can only fail again, for ever (there is nothing to fix: the
+    archive is the day's only copy). The removed day's advice should say so (restore it if the rows are
+    wanted; the day needs no run), not to launch it again."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.store import S3Store
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    config = _config(schema, max_retries=0, partitioning={"mode": "declarative"},
+                     retention={"keep_days": 1, "action": "detach"})
+    spec = config.tables[0]
+    removed = DAYS[1].isoformat()
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags=RANGE).success
+        remove_day(conn, spec, DAYS[1], S3Store(s3_client, archive_env, prefix="archive"))
+        result = job.execute_in_process(instance=instance, tags=RANGE, raise_on_error=False)
+        assert _states(instance, result.run_id) == {d.isoformat(): ["skipped"] for d in DAYS if d != DAYS[1]}
+        [message] = _failures(instance, result.run_id)
+    assert "was removed from the source" in message and "nothing to archive" in message
+    advice = message.split("nothing to archive", 1)[1]
+    assert f"launch partition {removed}" not in advice and "launch a backfill of the failed days" not in advice, message
