@@ -134,3 +134,30 @@ def test_a_backfill_over_a_day_retention_removed_does_not_advise_archiving_that_
     assert "was removed from the source" in message and "nothing to archive" in message
     advice = message.split("nothing to archive", 1)[1]
     assert f"launch partition {removed}" not in advice and "launch a backfill of the failed days" not in advice, message
+
+
+def test_a_backfill_range_over_apias_skipped_day_still_archives_the_neighbouring_days(conn, schema, archive_env):
+    """Samoa (Pacific/Apia) skipped 2011-12-30 (its clocks went from 2011-12-29 23:59:59 -10 to 2011-12-31
+    00:00 +14), but Dagster's daily partitions still list a partition 2011-12-30. A person backfills December
+    2011 of an Apia table; with ``max_days_per_run`` the UI gives one ranged run of the month. That run is
+    refused as a whole ("not a partition ...: there is no such day"; nothing was archived): 2011-12-28, 29
+    and 31, real days with rows, are never archived, and every backfill of a range that includes the phantom
+    day fails the same way, each of its up to max_days_per_run days shown as failed. One bad partition should
+    fail alone (the README: "A failed day fails alone. The run goes on with the next day"): the neighbouring
+    days archived and materialized, 2011-12-30 named as failed (or recorded)."""
+    from psycopg import sql
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2011-12-27 12:00+00'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(1, 100) g").format(s))
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 50}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": "2011-12-01", "timezone": "Pacific/Apia"}]})
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
+    with instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                        tags=_range("2011-12-28", "2011-12-31"))
+        states = _states(instance, result.run_id)
+        failures = _failures(instance, result.run_id)
+    assert {day: states.get(day) for day in ("2011-12-28", "2011-12-29", "2011-12-31")} == \
+        {"2011-12-28": ["archived"], "2011-12-29": ["archived"], "2011-12-31": ["archived"]}, failures
