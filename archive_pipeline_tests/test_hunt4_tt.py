@@ -161,3 +161,39 @@ def test_a_backfill_range_over_apias_skipped_day_still_archives_the_neighbouring
         failures = _failures(instance, result.run_id)
     assert {day: states.get(day) for day in ("2011-12-28", "2011-12-29", "2011-12-31")} == \
         {"2011-12-28": ["archived"], "2011-12-29": ["archived"], "2011-12-31": ["archived"]}, failures
+
+
+def test_the_sensor_requests_a_tables_new_day_that_a_running_shared_job_backfill_of_other_tables_leaves_out(
+        pg, conn, schema, archive_env):
+    """Three tables share their partitions, so they share the job ``Archives_daily_<start>_UTC``. A person
+    selects two of them (a and c) in the asset graph and backfills the last two days: the UI runs the shared
+    job, ranged, with the asset selection [a, c]. While that run is queued or running, the sensor ticks: table b
+    has rows on both days and no archive, and no run archives b. The sensor counts the run as in flight for
+    every table of the shared job, whatever its asset selection, so b's days are not requested until the
+    backfill (which can be a long queue of ranged runs) is over. Only the tables the run selects are in flight."""
+    import uuid
+
+    from dagster import DagsterRun, DagsterRunStatus, build_sensor_context
+
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline_tests.conftest import utc_today
+    from archive_pipeline_tests.test_hunt3_z5 import plain_table, tables_config
+
+    today = utc_today()
+    days = [today - dt.timedelta(days=2), today - dt.timedelta(days=1)]
+    for name in ("a", "b", "c"):
+        plain_table(conn, schema, name, days)
+    config = tables_config(schema, ["a", "b", "c"], days[0])
+    defs = build_definitions(config)
+    shared = f"Archives_daily_{days[0]:%Y_%m_%d}_UTC"
+    assert defs.resolve_job_def(shared) is not None
+    selected = frozenset(asset_key(spec) for spec in config.tables if spec.name.endswith((".a", ".c")))
+    with instance_for_test() as instance:
+        instance.add_run(DagsterRun(job_name=shared, run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                                    asset_selection=selected,
+                                    tags={"dagster/backfill": "bkfl0002", **_range(days[0], days[-1])}))
+        repo = defs.get_repository_def()
+        result = repo.get_sensor_def("archive_new_days").evaluate_tick(build_sensor_context(
+            instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+    wanted = sorted((r.job_name, r.partition_key) for r in result.run_requests or [])
+    assert wanted == [(f"Archive_{schema}_b", d.isoformat()) for d in days], wanted
