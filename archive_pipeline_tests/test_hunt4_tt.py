@@ -197,3 +197,56 @@ def test_the_sensor_requests_a_tables_new_day_that_a_running_shared_job_backfill
             instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
     wanted = sorted((r.job_name, r.partition_key) for r in result.run_requests or [])
     assert wanted == [(f"Archive_{schema}_b", d.isoformat()) for d in days], wanted
+
+
+def test_a_ranged_run_whose_database_does_not_answer_does_not_wait_out_the_connect_timeout_for_every_day(
+        conn, schema, archive_env):
+    """A backfill's ranged run starts while the source database does not answer (a failover in progress, a
+    host that accepts the connection and never replies): connecting waits ``connect_timeout_s`` and fails. The
+    run then tries to connect again for the next day, and the next, each waiting the full timeout: a run of
+    ``max_days_per_run`` (default 50) days at the default 10 s spends over 8 minutes before it fails (and again
+    on every retry), and its failure repeats the same unreachable-server cause once per day. No day can succeed
+    without the connection (the command line's range stops at a lost connection for this reason: "the next day
+    would fail the same way"); the run should fail once the connection cannot be made, naming the days it did
+    not archive. Here: 2 days, the shortest timeout, a database that accepts and never answers."""
+    import socket
+    import threading
+    import time
+
+    from archive_pipeline.definitions import default_resources
+    from archive_pipeline.defs.resources import PostgresResource
+
+    create_sample_events(conn, DAYS, rows_per_day=3, schema=schema)
+    config = _config(schema, max_retries=0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])  # accepted, never answered
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = server.getsockname()[1]
+    resources = default_resources(config)
+    resources["postgres"] = PostgresResource(dsn=f"host=127.0.0.1 port={port} dbname=x user=x sslmode=disable gssencmode=disable", connect_timeout_s=1)
+    job = build_definitions(config, resources=resources, check_source=False).resolve_job_def(
+        f"Archive_{schema}_events")
+    try:
+        with instance_for_test() as instance:
+            started = time.monotonic()
+            result = job.execute_in_process(instance=instance, tags=_range(DAYS[0], DAYS[1]), raise_on_error=False)
+            took = time.monotonic() - started
+            [message] = _failures(instance, result.run_id)
+    finally:
+        server.close()
+        for sock in held:
+            sock.close()
+    assert not result.success
+    # (libpq waits at least 2 s: a connect_timeout of 1 is read as 2)
+    assert len(held) == 1, (f"the run tried to connect {len(held)} times, waiting out the timeout each time "
+                            f"({took:.1f} s in all):\n{message}")
