@@ -9,13 +9,12 @@ import datetime as dt
 import json
 import os
 
-from dagster import AssetCheckKey, DagsterEventType, instance_for_test
+from dagster import DagsterEventType, instance_for_test
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline.defs.assets import asset_key, daily_partitions
+from archive_pipeline.defs.assets import asset_key
 from archive_pipeline.local.local_stack import create_sample_events
-from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
 FIRST = dt.date(2024, 3, 10)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range(4)]
@@ -51,8 +50,6 @@ def _failures(instance, run_id):
             data = event.step_failure_data
             out.append(data.user_failure_data.description if data.user_failure_data else data.error.message)
     return out
-
-
 
 
 def _job_from_environment():
@@ -250,3 +247,5 @@ def test_a_ranged_run_whose_database_does_not_answer_does_not_wait_out_the_conne
     # (libpq waits at least 2 s: a connect_timeout of 1 is read as 2)
     assert len(held) == 1, (f"the run tried to connect {len(held)} times, waiting out the timeout each time "
                             f"({took:.1f} s in all):\n{message}")
+
+
