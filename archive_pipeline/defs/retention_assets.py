@@ -26,6 +26,7 @@ from dagster import (
     AssetSpec,
     AssetsDefinition,
     Config,
+    DagsterEventType,
     DagsterExecutionInterruptedError,
     DagsterInstance,
     DefaultScheduleStatus,
@@ -285,10 +286,14 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
               description=f"Removes days of {spec.name} older than {spec.retention.keep_days} days, once proven")
     def _daily(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         now = context.scheduled_execution_time.astimezone(dt.UTC)  # today in the table's zone, in due_days
-        archived = context.instance.get_materialized_partitions(asset_key(spec))
-        removed = context.instance.get_materialized_partitions(removal_asset_key(spec))
+        # a day is removed once per archive of it: one archived again after its removal (late rows arrived,
+        # archived with overwrite) is an ordinary source day again, due again
+        latest = context.instance.event_log_storage.get_latest_storage_id_by_partition
+        archived = latest(asset_key(spec), DagsterEventType.ASSET_MATERIALIZATION)
+        removed = latest(removal_asset_key(spec), DagsterEventType.ASSET_MATERIALIZATION)
         due = [d.isoformat() for d in due_days(spec, now)]
-        todo = [d for d in due if d in archived and d not in removed]
+        running = removals_in_flight(context.instance, spec)  # launched from the UI too (no run key)
+        todo = [d for d in due if d in archived and archived[d] > removed.get(d, -1) and d not in running]
         if not todo:
             return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
                               "in the source")
@@ -298,6 +303,17 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
         return [RunRequest(run_key=key, partition_key=d) for key, d in chosen]
 
     return _daily
+
+
+def removals_in_flight(instance: DagsterInstance, spec: TableSpec) -> set[str]:
+    """The days of ``spec`` a queued or running run removes, however it was launched (the schedule, the UI's
+    Materialize, a backfill): requested again, the day would wait for the same lock and be proven twice."""
+    key, days = removal_asset_key(spec), set()
+    for run in instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED))):
+        if run.job_name == removal_job_name(spec) or key in (run.asset_selection or ()):
+            if run.tags.get("dagster/partition"):
+                days.add(run.tags["dagster/partition"])
+    return days
 
 
 def removal_order(instance: DagsterInstance, days: dict[str, str]) -> list[tuple[str, str]]:

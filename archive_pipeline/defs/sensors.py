@@ -218,6 +218,8 @@ def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
     spec, busy = target.spec, set()
     for run in runs:
         selection = run.asset_selection or ()
+        if selection and target.asset_key not in selection:
+            continue  # a shared job's run of other tables (its selection says which)
         if not (run.tags.get(TABLE_TAG) == spec.name or run.job_name in (target.job.name, target.shared_job)
                 or target.asset_key in selection):
             continue
