@@ -119,6 +119,9 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     if conn is not None and not problems:
         problems = verify.deep_verify(conn, store, spec, day, scratch_conn=scratch_conn, temp_dir=temp_dir)
         verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
+    if problems:  # what was checked, not what it would have meant had it passed
+        verified = (f"object, size{', MD5 and row count' if deep else ''} and manifest checked"
+                    + (" and the content compared with the source" if conn is not None else "") + ": NOT as recorded")
     # the object the manifest names (a re-archived day's is a later generation), not the day's first key
     # (an empty day has no object: its manifest)
     return Verdict(day, problems, verified, {"archive": store.uri(expected.get("object_key") or keys.manifest_key(key)),
@@ -383,7 +386,7 @@ def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: Asset
     if not records:
         return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
                                 description=f"{day}: not archived yet; nothing to check")
-    verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store(), deep,
+    verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store_for(spec.name), deep,
                        archive_store.temp_dir)
     return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=verdict.passed,
                             description=verdict.description,
@@ -461,7 +464,8 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey,
             yield AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
                                    description=f"{spec.name}: nothing archived yet; nothing to check")
             return
-        verdict = _recheck(context, spec, key, latest[0], archive_store.store(), config.deep, archive_store.temp_dir)
+        verdict = _recheck(context, spec, key, latest[0], archive_store.store_for(spec.name), config.deep,
+                          archive_store.temp_dir)
         context.op_execution_context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=False))
         yield AssetCheckResult(passed=verdict.passed, description=verdict.description,
                                metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
@@ -517,7 +521,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         if in_archive_run(context, key):
             return _not_compared(context, spec, key)
         source_changed = verify.source_changed
-        store = archive_store.store()
+        store = archive_store.store_for(spec.name)
         changed: dict[str, str] = {}
         untrusted: dict[str, str] = {}
         checked, removed = [], {}
@@ -538,8 +542,9 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     if late:
                         checked.append(event.partition)
                         changed[event.partition] = (
-                            f"{late:,} row{'s' if late != 1 else ''} arrived in the source after retention removed the day ({mark.get('at')}) "
-                            "and are in no archive (the removed rows' archive is kept beside the new one)")
+                            f"{late:,} row{'s' if late != 1 else ''} arrived in the source after retention removed "
+                            f"the day ({mark.get('at')}) and are in no archive (the removed rows' archive is kept "
+                            "beside the new one)")
                     else:
                         removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
                     continue

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 import boto3
 import psycopg
 import psycopg.conninfo
-from dagster import ConfigurableResource, ResourceDependency
+from dagster import ConfigurableResource, Failure, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, field_validator
 
 from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.environment import endpoint_has_credentials
-from archive_pipeline.core.errors import ArchiveError, SourceError, connection_target, describe_connect_error, wrap
+from archive_pipeline.core.errors import (ArchiveError, SourceError, connection_target, describe_connect_error, redact,
+                                          wrap)
 from archive_pipeline.core.store import MiB, S3Store
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings, session_pinned
 
@@ -158,3 +159,14 @@ class ArchiveStoreResource(ConfigurableResource):
         return S3Store(self.s3.get_client(), self.bucket, prefix=self.prefix, part_size=self.part_size_mb * MiB,
                        max_concurrency=self.max_concurrency, verify_etags=self.verify_etags,
                        equal_parts=self.equal_parts)
+
+    def store_for(self, what: str) -> S3Store:
+        """:meth:`store`, or the step's failure naming ``what`` ("<table> <day>") and the setting to fix: a
+        client that cannot be built (an endpoint without its scheme) fails at once, since no retry helps."""
+        try:
+            return self.store()
+        except Exception as exc:  # noqa: BLE001 - botocore's ValueError, our ConfigError: the settings are wrong
+            raise Failure(description=f"{what}: the S3 client cannot be built ({type(exc).__name__}: "
+                                      f"{redact(str(exc))}); fix the archive_store resource's settings (endpoint_url "
+                                      "with its scheme, e.g. http://minio:9000; region; bucket) or the ARCHIVE_S3_* "
+                                      "environment", allow_retries=False) from None

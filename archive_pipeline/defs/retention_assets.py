@@ -139,7 +139,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
 def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_run: bool, postgres: PostgresResource,
               primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
     """Prove the day's archive, then remove the day from the source (or, ``dry_run``, say what would go)."""
-    store = archive_store.store()
+    store = archive_store.store_for(f"{spec.name} {day}")
     key = table_day_key(spec, day, store.prefix)
     settled = None
     with contextlib.ExitStack() as stack:
