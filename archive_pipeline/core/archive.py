@@ -95,6 +95,13 @@ class ForeignArchiveError(ArchiveError):
 class DayRemovedError(ArchiveError):
     """The day was removed from the source after it was proven archived; its archive is the only copy."""
 
+    REMEDY = ("nothing to do for this day: it is archived, and its archive is kept; leave it out of archive runs and "
+              "backfills (running it again fails the same way). Restore it if you need the rows back")
+
+    def __init__(self, message: str, **kwargs) -> None:
+        kwargs.setdefault("remedy", self.REMEDY)
+        super().__init__(message, **kwargs)
+
 
 def object_extension(spec: TableSpec) -> str:
     return keys.extension(spec.format, spec.compression)

@@ -320,6 +320,12 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                              "error": type(exc).__name__})
 
 
+def _removed(failed: Failure) -> bool:
+    """A day's failure that is a day retention removed (nothing to redo: its archive is kept)."""
+    error = failed.metadata.get("error")
+    return getattr(error, "value", error) == "DayRemovedError"
+
+
 def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
     """Overdue in the UI when nothing was archived between midnight UTC and ``freshness_hours`` after
     the schedule's time: "yesterday is not archived by the expected hour".
@@ -467,6 +473,10 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                   primary: PostgresResource | None) -> Iterator[DayEvent]:
     days = run_periods(context, spec)
     done = _recorded_in_run(context, key) if context.retry_number > 0 else set()
+    if context.run.parent_run_id and (config.overwrite or spec.overwrite):
+        # a re-execution (Runs → Re-execute, from failure or all) of an overwrite: the days its run group already
+        # archived again are not archived again once more (without overwrite they are found identical anyway)
+        done |= _recorded_in_run(context, key, _run_group(context))
     todo = [d for d in days if d.isoformat() not in done]
     if done:
         context.log.info(f"{spec.name}: retry of this run; {len(days) - len(todo)} of {len(days)} days were "
@@ -549,12 +559,19 @@ def verdicts_as_they_were(context: AssetExecutionContext, key: AssetKey, days: l
             yield evaluation
 
 
-def _recorded_in_run(context: AssetExecutionContext, key: AssetKey) -> set[str]:
-    """The days of ``key`` this run has already materialized and checked (by an earlier attempt of the
-    step). A day recorded "not verified" (its check could not run: a download failed) is done again:
-    the retry finds its archive identical and checks it, so a blocking check is never bypassed."""
-    records = context.instance.get_records_for_run(context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION,
-                                                   limit=100_000).records
+def _run_group(context: AssetExecutionContext) -> list[str]:
+    """The other runs of this run's re-execution group (its root and every re-execution of it)."""
+    group = context.instance.get_run_group(context.run.run_id)
+    return [run.run_id for run in (group[1] if group else []) if run.run_id != context.run.run_id]
+
+
+def _recorded_in_run(context: AssetExecutionContext, key: AssetKey, run_ids: list[str] | None = None) -> set[str]:
+    """The days of ``key`` this run (or the runs ``run_ids``) has already materialized and checked (by an
+    earlier attempt of the step). A day recorded "not verified" (its check could not run: a download failed)
+    is done again: the retry finds its archive identical and checks it, so a blocking check is never bypassed."""
+    records = [record for run_id in (run_ids if run_ids is not None else [context.run.run_id])
+               for record in context.instance.get_records_for_run(
+                   run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=100_000).records]
     done = set()
     for record in records:
         event = record.event_log_entry.dagster_event
@@ -709,10 +726,13 @@ def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Fail
     retry. The retry does neither the days recorded nor those failed for good (``permanent_days``) again."""
     retryable = any(f.allow_retries for f in failed.values())
     permanent = {d.isoformat(): f.description or "" for d, f in sorted(failed.items()) if not f.allow_retries}
+    redo = {d: f for d, f in failed.items() if not _removed(f)}
+    then = ("" if not redo else
+            f"\n\nThen: re-execute this run (Runs → this run → Re-execute → From failure), or launch a backfill of "
+            f"{_names(redo) if len(redo) < len(failed) else 'the failed days'} of {job_name(spec)}; days already "
+            "archived are not archived again.")
     text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({_names(failed)}); the other "
-            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{_causes(failed)}\n\n"
-            f"Then: re-execute this run (Runs → this run → Re-execute → From failure), or launch a backfill of "
-            f"the failed days of {job_name(spec)}; days already archived are found identical and not uploaded again.")
+            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{_causes(failed)}{then}")
     return Failure(description=text, allow_retries=retryable,
                    metadata={"table": spec.name, "days_in_run": len(days), "retryable": retryable,
                              "failed_days": MetadataValue.json([d.isoformat() for d in sorted(failed)]),
