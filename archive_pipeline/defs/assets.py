@@ -510,7 +510,15 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
             if day in failed and not failed[day].allow_retries:
                 context.log_event(AssetObservation(asset_key=key, partition=day.isoformat(),
                                                    metadata={FAILED_FOR_GOOD: failed[day].description or ""}))
-        raise batch_failure(spec, days, failed)
+        raise batch_failure(spec, days, failed, skipped_keys(context, spec))
+    if phantoms := skipped_keys(context, spec):
+        raise batch_failure(spec, days, {}, phantoms)
+
+
+def skipped_keys(context: AssetExecutionContext, spec: TableSpec) -> list[str]:
+    """The run's partition keys that name no period of the table: a day or hour its zone skipped (Pacific/Apia's
+    2011-12-30), which Dagster lists and reads as the next one."""
+    return [key for key in context.partition_keys if spec.period(key).key != key]
 
 
 def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]:
@@ -536,11 +544,12 @@ def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]
         raise refuse(tag, f"there is no such {UNIT[spec.granularity]} in {spec.timezone} (Dagster would read it as "
                           f"{', '.join(d.key for d in days)})")
     # ... and in a range (Pacific/Apia's 2011-12-30 as 2011-12-31): the next was archived twice and the key
-    # recorded for none, green.
-    for key, day in zip(context.partition_keys, days, strict=True):
-        if day.key != key:
-            raise refuse(key, f"there is no such {UNIT[spec.granularity]} in {spec.timezone} (Dagster would read it "
-                              f"as {day.key}); nothing was archived")
+    # recorded for none, green. Such a key is left out of the range, and the run fails it alone (skipped_keys).
+    phantoms = skipped_keys(context, spec)
+    if phantoms and len(phantoms) == len(days):
+        raise refuse(phantoms[0], f"there is no such {UNIT[spec.granularity]} in {spec.timezone} (Dagster would "
+                                  f"read it as {spec.period(phantoms[0]).key}); nothing was archived")
+    days = [day for key, day in zip(context.partition_keys, days, strict=True) if day.key == key]
     now = dt.datetime.now(dt.UTC)
     for day in days:
         if day.utc_end > now:
@@ -719,7 +728,8 @@ def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Per
                    metadata={**outcome.metadata, "failed_days": MetadataValue.json([d.isoformat() for d in left])})
 
 
-def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Failure]) -> Failure:
+def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Failure],
+                  phantoms: list[str] = ()) -> Failure:
     """The step failure of a ranged run: which days failed and why, that the others are archived, and
     how to redo only the failed ones. Retried (retry: settings) when any failed day may pass on a retry:
     a neighbour's late rows (for a person) no longer kept a day whose lock was held a moment from its
@@ -732,7 +742,12 @@ def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Fail
             f"{_names(redo) if len(redo) < len(failed) else 'the failed days'} of {job_name(spec)}; days already "
             "archived are not archived again.")
     text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({_names(failed)}); the other "
-            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{_causes(failed)}{then}")
+            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{_causes(failed)}{then}"
+            if failed else f"{spec.name}: the {len(days)} days of the run are archived and recorded as materialized.")
+    if phantoms:
+        text += (f"\n\n{', '.join(phantoms)}: not a {UNIT[spec.granularity]} of the table's zone {spec.timezone} (the "
+                 "zone skipped it; Dagster lists it and would read it as the next one): nothing was archived for it, "
+                 "and nothing is to be done")
     return Failure(description=text, allow_retries=retryable,
                    metadata={"table": spec.name, "days_in_run": len(days), "retryable": retryable,
                              "failed_days": MetadataValue.json([d.isoformat() for d in sorted(failed)]),
