@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from psycopg import sql
@@ -48,3 +49,36 @@ def test_a_data_put_whose_answer_was_lost_is_not_taken_for_another_runs_object(c
     plain = S3Store(s3_client, bucket, part_size=MIN_PART_SIZE)
     assert deep_verify(conn, plain, spec, DAY, temp_dir=temp_dir) == []
     assert _keys(s3_client, bucket) == sorted([result.key, result.manifest_key])
+
+
+def test_a_late_landing_overwrite_manifest_does_not_replace_a_later_runs_commit(conn, schema, s3, bucket, s3_client,
+                                                                             temp_dir):
+    """A user re-archives a changed day (overwrite). Its manifest PUT is slow: the first attempt is still on its
+    way when the client's read timeout fires, botocore sends it again, that copy lands, the run commits
+    generation 2 and deletes generation 1. The day changes again and the next run commits generation 3 and
+    deletes generation 2. Then the first, slow attempt of the earlier run reaches the store: it is an
+    unconditional PutObject, so it replaces the newer commit with a manifest naming generation 2, which no
+    longer exists. The archive is broken (verify: "object ... g2 is missing"), and generation 3, committed by
+    another run, is no longer named by any manifest. The README promises that a manifest that lands late never
+    names a missing object, and no run overwrites what another run committed. Expected: a re-archive's
+    manifest replaces only the manifest it decided on (If-Match its ETag, as a first manifest is written with
+    If-None-Match), so the late copy is refused (412) and the store keeps generation 3 and its manifest
+    (``_Archiving._commit`` -> ``_put_manifest`` sends no condition when ``existing.raw`` is not None)."""
+    spec = _small_table(conn, schema).model_copy(update={"overwrite": True})
+    ev = sql.Identifier(schema, "ev")
+    plain = S3Store(s3_client, bucket, part_size=MIN_PART_SIZE)
+    archive_partition(conn, spec, DAY, plain, temp_dir=temp_dir)
+    conn.execute(sql.SQL("UPDATE {} SET v = 'two' WHERE id = 3").format(ev))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        slow = proxy.add(Fault(method="PUT", path=r"manifest\.json$", action="hold", hold_timeout=30))
+        store = S3Store(proxy.client(max_attempts=3, read_timeout=1), bucket, part_size=MIN_PART_SIZE)
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        conn.execute(sql.SQL("UPDATE {} SET v = 'three' WHERE id = 3").format(ev))
+        third = archive_partition(conn, spec, DAY, plain, temp_dir=temp_dir)
+        slow.gate.set()  # the slow first attempt of the earlier run reaches the store now
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proxy.requests(method="PUT", path=r"manifest\.json$")[0].status is None:
+            time.sleep(0.05)
+    assert verify_archive(plain, third.key.replace(".g3.", "."), {}, deep=False) == []
+    assert deep_verify(conn, plain, spec, DAY, temp_dir=temp_dir) == []
+    assert _keys(s3_client, bucket) == sorted([third.key, third.manifest_key])
