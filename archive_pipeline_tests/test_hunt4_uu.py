@@ -11,6 +11,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
@@ -82,3 +83,34 @@ def test_a_late_landing_overwrite_manifest_does_not_replace_a_later_runs_commit(
     assert verify_archive(plain, third.key.replace(".g3.", "."), {}, deep=False) == []
     assert deep_verify(conn, plain, spec, DAY, temp_dir=temp_dir) == []
     assert _keys(s3_client, bucket) == sorted([third.key, third.manifest_key])
+
+
+def test_a_removals_late_pending_mark_does_not_replace_its_done_mark(conn, schema, s3, bucket, s3_client, temp_dir):
+    """A user removes an archived day (retention: delete). The pending mark's PUT is slow: its first attempt is
+    still on its way when the read timeout fires, botocore's second attempt lands, the rows are deleted, the
+    COMMIT succeeds and the "done" mark is written; remove_day reports the day removed. Then the first attempt
+    reaches the store: an unconditional PutObject of the pending manifest, which replaces the done mark. The
+    manifest now says "pending" for a removal that finished and was reported so (status, checks and the next
+    runs see an unfinished removal). The README says the removal writes its pending mark only over the very
+    manifest it proved. Expected: the pending mark is written conditionally (If-Match the proven manifest's
+    ETag), so the late copy is refused and the manifest stays "done" (``lifecycle._remove``:
+    ``store.put_bytes(mkey, pending, ...)`` without a condition; the GET comparison before it cannot stop a copy
+    of the same write that lands later)."""
+    import json
+
+    plain_spec = _small_table(conn, schema)
+    spec = TableSpec(name=plain_spec.name, day_column="at", start_date=DAY, format="csv", compression="none",
+                     retention={"keep_days": 1, "action": "delete"})
+    plain = S3Store(s3_client, bucket, part_size=MIN_PART_SIZE)
+    archived = archive_partition(conn, spec, DAY, plain, temp_dir=temp_dir)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        slow = proxy.add(Fault(method="PUT", path=r"manifest\.json$", action="hold", hold_timeout=30))
+        store = S3Store(proxy.client(max_attempts=3, read_timeout=1), bucket, part_size=MIN_PART_SIZE)
+        removal = remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+        assert removal.rows == 50 and not removal.dry_run
+        slow.gate.set()  # the slow first attempt of the pending mark reaches the store now
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proxy.requests(method="PUT", path=r"manifest\.json$")[0].status is None:
+            time.sleep(0.05)
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=archived.manifest_key)["Body"].read())
+    assert manifest["removed"]["state"] == "done", manifest["removed"]
