@@ -31,20 +31,26 @@ def _keys(s3_client, bucket):
     return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
-def test_a_data_put_whose_answer_was_lost_is_not_taken_for_another_runs_object(conn, schema, s3, bucket, s3_client,
-                                                                            temp_dir):
+LOST_ANSWERS = {"reset_after": dict(action="reset_after"), "500_after": dict(action="error", forward=True),
+                "error_200_after": dict(action="error_200", forward=True)}
+
+
+@pytest.mark.parametrize("lost", sorted(LOST_ANSWERS))
+def test_a_data_put_whose_answer_was_lost_is_not_taken_for_another_runs_object(lost, conn, schema, s3, bucket,
+                                                                            s3_client, temp_dir):
     """A user archives a small day (one PutObject, sent with If-None-Match: *) through a client that retries, as
     every deployed client does. The store stores the object, then the connection is reset before its answer.
     botocore sends the PUT again, and the store answers 412: the key now holds the object the first attempt
     wrote, our own bytes. The run fails with KeyTakenError "written by another run meanwhile" (false: no other
     run exists), leaves its own object behind unnamed, and the retry archives the day as generation 2 and keeps
     the first copy for ever under ``kept`` ("the manifest before this one was missing"), doubling the day's
-    storage. Expected: a 412 after botocore retried a conditional write is checked against the key (HEAD: our
-    MD5 and size) and taken as our write landing, so the run succeeds with one object and its manifest
+    storage. The same for a 5xx or a 200 with an <Error> body sent after the store acted. Expected: a 412 after
+    botocore retried a conditional write is checked against the key (HEAD: our MD5 and size) and taken as our
+    write landing, so the run succeeds with one object and its manifest
     (``_put_single`` only does that check for its own loop's attempt > 1, not for botocore's RetryAttempts)."""
     spec = _small_table(conn, schema)
     with FaultProxy(s3.endpoint_url) as proxy:
-        proxy.add(Fault(method="PUT", path=r"2024-03-10\.csv$", action="reset_after"))
+        proxy.add(Fault(method="PUT", path=r"2024-03-10\.csv$", **LOST_ANSWERS[lost]))
         store = S3Store(proxy.client(max_attempts=3), bucket, part_size=MIN_PART_SIZE)
         result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     plain = S3Store(s3_client, bucket, part_size=MIN_PART_SIZE)
