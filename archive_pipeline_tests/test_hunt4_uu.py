@@ -10,7 +10,6 @@ from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
