@@ -763,7 +763,7 @@ class _Archiving:
         try:
             # a first manifest must find no other there (a run on another server or database, which the lock
             # does not exclude, may have committed the day meanwhile): If-None-Match, see S3Store.conditions
-            self._put_manifest(data, fresh=existing.raw is None)
+            self._put_manifest(data, fresh=existing.raw is None, replacing=existing.raw)
         except BaseException as exc:
             if self._stored_manifest() == data:
                 log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key,
@@ -869,19 +869,32 @@ class _Archiving:
             self.store.delete_quietly(result.key, exc)
 
     def _put_back(self, previous: bytes) -> None:
-        """Restore the previous manifest if a failed write replaced it (damaged, or ours after all);
-        leave it alone if it is still there: rewriting identical bytes would only add a way to fail."""
-        if self._stored_manifest() != previous:
-            self.store.put_bytes(self.manifest_key, previous, "application/json")
+        """Restore the previous manifest where a failed write of ours left a damaged copy over it; leave it
+        alone if it is still there (rewriting identical bytes would only add a way to fail), and leave a
+        whole manifest another run committed meanwhile (a run on another server): it is not ours to undo."""
+        current = self._stored_manifest()
+        if current == previous:
+            return
+        if current is not None:
+            try:
+                decode_manifest(current)
+                return
+            except ManifestError:
+                pass
+        self.store.put_bytes(self.manifest_key, previous, "application/json", fresh=current is None,
+                             if_match=self.store.etag_of(current))
 
-    def _put_manifest(self, data: bytes, fresh: bool = False) -> None:
+    def _put_manifest(self, data: bytes, fresh: bool = False, replacing: bytes | None = None) -> None:
         """A verified PUT, tried again at once when the store received damaged bytes: the data object
-        is already whole, so only the commit is missing. ``fresh``: no manifest may be there yet."""
+        is already whole, so only the commit is missing. ``fresh``: no manifest may be there yet;
+        ``replacing``: the manifest this run decided on, the only one it may replace (If-Match its ETag: a
+        copy of this write that lands late never replaces a later run's commit)."""
         damaged: str | None = None  # the ETag of a damaged copy of ours in the store: the next try replaces it
+        previous = self.store.etag_of(replacing)
         for attempt in range(1, MANIFEST_PUT_ATTEMPTS + 1):
             try:
                 self.store.put_bytes(self.manifest_key, data, "application/json", fresh=fresh and damaged is None,
-                                     if_match=damaged if fresh else None)
+                                     if_match=damaged or previous)
                 return
             except BaseException as exc:  # noqa: BLE001 - re-raised after the last attempt
                 damaged = getattr(exc, "etag", None) or damaged
