@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import psycopg
@@ -328,8 +328,19 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     fingerprint, or row count for a version-1 manifest, differs from the archive's), ``unreadable``
     (a manifest that is not one, or, with ``check_source``, a day whose rows could not be read). Days
     with neither data nor an archive are left out."""
+    used: dict[Period, str | None] = {}
+    out = _day_statuses(conn, spec, store, days, check_source, used)
+    if not check_source:
+        return out
+    return _again_where_replaced(out, used, store, spec, ("changed",),
+                                 lambda again: _day_statuses(conn, spec, store, again, check_source, {}))
+
+
+def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, check_source: bool,
+                  used: dict[Period, str | None]) -> list[DayStatus]:
     statuses = []
     for day, found, present, unknown in _found(conn, spec, store, days):
+        used[day] = found.archived.manifest.get("manifest_sha256") if found.archived is not None else None
         if found.problem or unknown:
             # what the archive holds is still said when only the source could not be read, and whether the source
             # has the day is not known (None), not "no"
@@ -563,9 +574,36 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     """Source against archive per day: row counts and content fingerprints (the manifest's
     ``fingerprint``; a version-1 manifest has none, and then only the counts are compared), and for a
     day found equal, its object's HEAD against the manifest (missing, or another size or ETag: differs)."""
+    used: dict[Period, str | None] = {}
+    out = _compare_days(conn, spec, store, days, used)
+    return _again_where_replaced(out, used, store, spec, ("differs", "not-in-source"),
+                                 lambda again: _compare_days(conn, spec, store, again, {}))
+
+
+def _again_where_replaced(out: list, used: dict, store: S3Store, spec: TableSpec, verdicts: tuple[str, ...],
+                          again: Callable[[list[Period]], list]) -> list:
+    """``out`` with the days whose verdict is one of ``verdicts`` compared again where their manifest changed
+    since it was read (``used``: the manifest_sha256 each day was compared with): an overwrite that committed
+    meanwhile retired the object compared with, and a removal that committed meanwhile emptied the source
+    of a day whose mark came after the read; either made an intact day "differ" or "change"."""
+    suspect = [item.day for item in out if getattr(item, "result", getattr(item, "state", None)) in verdicts]
+    if not suspect:
+        return out
+    now = lookup_manifests(store, spec, suspect)
+    raced = [day for day in suspect if now[day].archived is not None
+             and now[day].archived.manifest.get("manifest_sha256") != used.get(day)]
+    if not raced:
+        return out
+    redone = {item.day: item for item in again(raced)}
+    return [redone.get(item.day, item) for item in out]
+
+
+def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: Iterable[dt.date],
+                  used: dict[Period, str | None]) -> list[Comparison]:
     out = []
     elsewhere = _has_default_partition(conn, spec)
     for day, found, present, unknown in _found(conn, spec, store, days):
+        used[day] = found.archived.manifest.get("manifest_sha256") if found.archived is not None else None
         if found.problem:
             out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, found.problem))
             continue
