@@ -39,7 +39,11 @@ from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_bo
 # unbounded sides (NULL): Python's datetime cannot hold an infinity, so reading one failed every day. So is a
 # bound the period maths cannot hold (Python's years are 1..9999, and a zone moves a day either way): a
 # "forever" child TO ('10000-01-01') failed every day and every discovery with a DataError.
-_SIDE_VALUE = "CASE WHEN {t} IN ('MINVALUE', 'MAXVALUE') THEN NULL ELSE pg_catalog.btrim({t}, '''')::timestamptz END"
+_SIDE_VALUE = ("CASE WHEN {t} IN ('MINVALUE', 'MAXVALUE') THEN NULL "
+               # a year of five digits or more (a date key's 5874897-12-31, a timestamp's 294276 in a zone west of
+               # UTC) is past what timestamptz holds: unbounded, as the kept side below would make it anyway
+               "WHEN pg_catalog.btrim({t}, '''') OPERATOR(pg_catalog.~) '^[0-9]{{5,}}' THEN NULL "
+               "ELSE pg_catalog.btrim({t}, '''')::timestamptz END")
 _SIDE_KEPT = "CASE WHEN {v} >= '0001-01-03 00:00+00' AND {v} < '9999-12-30 00:00+00' THEN {v} END"
 _CHILDREN_QUERY = """
 SELECT relname, bound, nspname, {lo}, {hi}, ranged
