@@ -100,6 +100,17 @@ def _cancellable() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _require_existing_day(spec: TableSpec, given: str) -> None:
+    """A --day/--from/--to that names a date the table's zone skipped (Pacific/Apia's 2011-12-30) is refused: it
+    would be read as the next day and the command would act on that one, exit 0."""
+    if spec.granularity != "daily" or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", given.strip()):
+        return
+    period = spec.period(given)
+    if period.key != given.strip():
+        raise PeriodError(f"there is no day {given.strip()} in {spec.timezone} (its clocks skipped it; the next day is "
+                          f"{period.key})")
+
+
 @dataclass
 class Run:
     """What every command shares: the configuration, the chosen tables and days, the output mode."""
@@ -128,6 +139,8 @@ class Run:
             if self.first and self.last and plan.reversed_range(spec, self.first, self.last):
                 raise click.UsageError(f"--from {self.first} is after --to {self.last} (in {spec.timezone}, the "
                                        f"zone of {spec.name})")
+            for given in {self.first, self.last} - {None}:
+                _require_existing_day(spec, given)
             days = plan.select_days(spec, self.first, self.last)
         except PeriodError as exc:
             raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None

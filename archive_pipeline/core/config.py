@@ -338,7 +338,7 @@ class TableSpec(_Strict):
             odd = sorted({abs(c) for c in offset_changes(self.timezone, first, last) if c % dt.timedelta(hours=1)})
             if odd:
                 raise ValueError(f"granularity: hourly tables need a zone whose clocks move by whole hours; "
-                                 f"{self.timezone} moves them by {int(odd[0].total_seconds() // 60)} minutes between "
+                                 f"{self.timezone} moves them by {_amount(odd[0])} between "
                                  f"{first} and {last}, so its hours after the change would not start on the hour "
                                  "(Dagster then names them 02:30, 03:30, ... and they overlap ours); use UTC or "
                                  "granularity daily")
@@ -757,3 +757,11 @@ def refuse_repeated_settings(node: yaml.Node | None, source: str) -> None:
 def compose_yaml(text: str | bytes) -> list[yaml.Node]:
     """The documents of ``text`` as YAML nodes (with their lines), dates left as text."""
     return list(yaml.compose_all(text, Loader=_PlainSafeLoader))  # noqa: S506 - a SafeLoader subclass
+
+
+def _amount(change: dt.timedelta) -> str:
+    """A clock change in words: "30 minutes", "28 seconds", "19 minutes 32 seconds"."""
+    minutes, seconds = divmod(int(change.total_seconds()), 60)
+    parts = [f"{minutes} minute{'s' if minutes != 1 else ''}"] if minutes else []
+    parts += [f"{seconds} second{'s' if seconds != 1 else ''}"] if seconds else []
+    return " ".join(parts) or "less than a second"
