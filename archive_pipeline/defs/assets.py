@@ -417,6 +417,7 @@ class _Source:
         self.stack = contextlib.ExitStack()
         self.conn: psycopg.Connection | None = None
         self.scratch_conn: psycopg.Connection | None = None
+        self.unreachable: BaseException | None = None  # the connect that failed: the run's other days fail with it
 
     def get(self) -> psycopg.Connection:
         """The run's connection, checked with one round trip when a day before used it: a session the
@@ -430,9 +431,18 @@ class _Source:
                 return self.conn
             except psycopg.OperationalError:
                 pass  # gone: a new session below
+        if self.unreachable is not None:
+            # a database that did not answer a connect a moment ago: each further day would wait out the connect
+            # timeout again (50 days of 10 s), so they fail at once with its cause, and a retry tries them all
+            raise self.unreachable
         self.stack.close()
         self.scratch_conn = None
-        self.conn = self.stack.enter_context(self.postgres.connect())
+        try:
+            self.conn = self.stack.enter_context(self.postgres.connect())
+        except ArchiveError as exc:
+            if exc.retryable:
+                self.unreachable = exc
+            raise
         return self.conn
 
     def scratch(self, conn: psycopg.Connection) -> psycopg.Connection | None:
