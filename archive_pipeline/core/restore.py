@@ -852,6 +852,14 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
     target = relation.identifier
     names = manifest_columns(manifest)
     generated, always_identity = _computed_columns(conn, target, names)
+    # before the load, while the transaction can still ask: whether the target held rows at all, and the tables
+    # its rows may go to (its partitions), to tell a unique violation of the archived rows among themselves, or
+    # of a table a trigger writes, from rows that were already there
+    held = conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target)).fetchone()[0]
+    hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": target.as_string(conn)})]
+    tree = {name for (name,) in conn.execute(
+        "SELECT c.relname::text FROM pg_catalog.pg_partition_tree(%s::pg_catalog.regclass) t "
+        "JOIN pg_catalog.pg_class c ON c.oid = t.relid", (target.as_string(conn),))} | {relation.name}
     try:
         if on_conflict == "fail" and not generated and not fingerprint_added:
             rows = load_into(conn, path, manifest, target)  # COPY writes identity columns; JSONL's INSERT overrides
@@ -909,6 +917,22 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
                            f"restored{drift}",
                            table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
+        detail = exc.diag.message_detail or str(exc)
+        if exc.diag.table_name and exc.diag.table_name not in tree:
+            raise RestoreError(
+                f"restoring {manifest['table']} for {manifest['day']} into {relation}: a row "
+                f"{' or '.join(hooks) or 'an INSERT trigger'} of {relation} writes into table {exc.diag.table_name} "
+                f"was refused by its constraint "
+                f"{exc.diag.constraint_name} ({detail}); nothing was restored", table=manifest["table"],
+                day=manifest["day"], remedy="disable the target's triggers for the restore (ALTER TABLE ... DISABLE "
+                                            "TRIGGER), or restore into a new table (into='new')") from None
+        if not held:
+            raise RestoreError(
+                f"restoring {manifest['table']} for {manifest['day']} into {relation}: {relation} was empty, and "
+                f"the archived rows break its constraint {exc.diag.constraint_name} among themselves ({detail}), "
+                "a constraint the archived table did not have; nothing was restored", table=manifest["table"],
+                day=manifest["day"], remedy="restore into a new table (into='new'), created with the archived "
+                                            "definition, or drop the constraint") from None
         raise RestoreConflictError(
             f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
             f"({exc.diag.message_detail or exc}); nothing was restored. Use on_conflict='skip' to add only the "
@@ -1139,7 +1163,7 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Re
 
 
 def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, rows: int,
-           added: fp.Fingerprint | None = None) -> tuple[bool, str | None, str]:
+           added: fp.Fingerprint | None = None, skipped: int = 0) -> tuple[bool, str | None, str]:
     """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
     the fingerprint of the rows the load inserted, when those are what is compared."""
     table, day = manifest["table"], manifest["day"]
@@ -1169,6 +1193,15 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
         drift, remedy = _drift_explained(conn, manifest, relation)
         lossy, lossy_remedy = _inexact_explained(manifest)
         here = conn.info.parameter_status("server_encoding") or ""
+        if skipped:  # the likely cause, counted by the load: not an altered archive
+            raise FingerprintMismatchError(
+                f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
+                f"{recorded}; the restore was rolled back: skipping the rows whose key was taken left out {skipped:,} "
+                f"archived row(s) whose key {relation} held with other values (a row of the day moved to another day, "
+                "edited since, or archived rows that collide among themselves under a unique constraint of the "
+                "target)", table=table, day=day,
+                remedy=f"find the rows of {relation} whose keys the archived rows have (compare --rows, or restore "
+                       "into a new table with into='new' and join), fix or remove them, and restore again")
         padded = _byte_padded(conn, manifest, relation, columns, where)
         if padded:  # the likely cause, found in the rows: not an altered archive
             raise FingerprintMismatchError(f"restoring {table} for {day}: {scope} have fingerprint {actual} but the "
@@ -1309,7 +1342,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 # Again, now that the load's lock keeps the target's types as they are: a column retyped while
                 # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
                 _refuse_approximation(conn, manifest, relation)
-                checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added)
+                checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
+                                                skipped=rows - inserted if on_conflict == "skip" else 0)
                 if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
@@ -1348,6 +1382,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
             found = replace(found, remedy="the target must have every column the archive has (the manifest's "
                             "columns): add the one named, or restore into a new table (into='new')")
+        hooks = _raising_hooks(conn, exc, relation)
+        if hooks:  # a trigger of the target refused the rows (RAISE EXCEPTION, or an error of its own)
+            found = replace(found, cause=f"{relation}'s {', '.join(hooks)} on INSERT refused the rows",
+                            remedy=f"disable {'it' if len(hooks) == 1 else 'them'} for the restore (ALTER TABLE "
+                                   "... DISABLE TRIGGER), or restore into a new table (into='new')")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc
@@ -1361,6 +1400,19 @@ def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         raise RestoreError(f"{spec.name} has no archive for {day} in {store.uri(store.prefix)}", table=spec.name,
                            day=day.isoformat())
     return _restore_current(conn, store, spec, day, manifest, **options)
+
+
+def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relation | None) -> list[str]:
+    """The target's INSERT triggers, where ``exc`` was raised inside a function (its context names one): the
+    likely cause of a restore refused by something other than the archived values."""
+    context = getattr(getattr(exc, "diag", None), "context", None) or ""
+    if relation is None or not isinstance(exc, psycopg.Error) or "function" not in context:
+        return []
+    try:
+        return [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})
+                if name.startswith("trigger ")]
+    except psycopg.Error:
+        return []
 
 
 def _require_original(spec: TableSpec, day: Period | dt.date, manifest: dict) -> None:
