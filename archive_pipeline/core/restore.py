@@ -1385,8 +1385,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         hooks = _raising_hooks(conn, exc, relation)
         if hooks:  # a trigger of the target refused the rows (RAISE EXCEPTION, or an error of its own)
             found = replace(found, cause=f"{relation}'s {', '.join(hooks)} on INSERT refused the rows",
-                            remedy=f"disable {'it' if len(hooks) == 1 else 'them'} for the restore (ALTER TABLE "
-                                   "... DISABLE TRIGGER), or restore into a new table (into='new')")
+                            remedy="restore into a new table (into='new'), or disable "
+                                   f"{'it' if len(hooks) == 1 else 'them'} for the restore (ALTER TABLE ... DISABLE "
+                                   "TRIGGER) and restore again")
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc
