@@ -360,9 +360,10 @@ def test_time_slices_need_the_day_index_in_every_inheritance_child_too(conn, sch
     conn.execute(sql.SQL("CREATE TABLE {s}.par (id int, at timestamptz); CREATE INDEX ON {s}.par (at); "
                          "CREATE TABLE {s}.kid () INHERITS ({s}.par); CREATE TABLE {s}.grandkid () INHERITS ({s}.kid); "
                          "CREATE INDEX ON {s}.kid (at)").format(s=s))
-    for table in ("par", "grandkid"):
-        conn.execute(sql.SQL("INSERT INTO {}.{} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 s' "
-                             "FROM generate_series(1, 2000) g").format(s, sql.Identifier(table)))
+    for table in ("par", "grandkid"):  # two weeks of rows: the day is a fraction of each (time slices pay)
+        conn.execute(sql.SQL("INSERT INTO {}.{} SELECT g, '2024-03-03 00:00+00'::timestamptz + g * interval '1 min' "
+                             "FROM generate_series(1, 20000) g").format(s, sql.Identifier(table)))
+        conn.execute(sql.SQL("ANALYZE {}.{}").format(s, sql.Identifier(table)))
     assert _plan_kind(conn, f"{schema}.par") == "ctid"
     conn.execute(sql.SQL("CREATE INDEX ON {}.grandkid (at)").format(s))
     assert _plan_kind(conn, f"{schema}.par") == "key"

@@ -46,7 +46,8 @@ from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStat
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings
-from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members
+from archive_pipeline.core.source import SourceTable, estimated_rows, explain, lock_day, reads_foreign_tables, \
+    same_members
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
 # otherwise be read through an index on the day column, i.e. the whole day for a part of it).
@@ -109,10 +110,15 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
                                       "partition on another server), whose rows are not in the exported snapshot: "
                                       "each stream would read them in a snapshot of its own")
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (table.identifier.as_string(conn),)).fetchone()[0]
+    readable = conn.execute("SELECT pg_catalog.has_table_privilege(%s, 'SELECT')", (oid,)).fetchone()[0]
     if (table.relkind != "p" and table.day_column is not None and table.day_column.base_type in _TIMESTAMPS
-            and _day_index(conn, oid, table)):
+            and _day_index(conn, oid, table)
+            # slices of the index where the table holds much more than the day; a table mostly of the day is
+            # read in page ranges (each page once: time slices of rows stored out of time order read every page
+            # once per stream)
+            and (not readable or _index_reads_less(conn, oid, table, where, estimate) is not None)):
         return _key_plan(table, day, requested)
-    if not conn.execute("SELECT pg_catalog.has_table_privilege(%s, 'SELECT')", (oid,)).fetchone()[0]:
+    if not readable:
         # SELECT granted column by column: the system columns (ctid, tableoid) are not among them
         return replace(SINGLE, reason=f"the role may read {table.qualified}'s columns but not its ctid (column "
                                       "privileges only): nothing to split by")
@@ -122,13 +128,35 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         found = row.fetchone()
         if found is None:
             return replace(SINGLE, reason="the day has no rows")
-        oid = found[0]
+        # the largest partition the day's query reads (the ranges apply to each): the first one found may be a
+        # night's few pages, which cut the day's big ones into one range of nearly all their rows
+        oid = _largest_scanned(conn, table, where) or found[0]
     indexed = _index_reads_less(conn, oid, table, where, estimate)
     if indexed is None:
         return _ctid_plan(conn, oid, requested)
     if table.day_column.base_type in _TIMESTAMPS:  # a partition of many days, indexed: slices of the index
         return _key_plan(table, day, requested)
     return replace(SINGLE, reason=indexed)
+
+
+def _largest_scanned(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int | None:
+    """The OID of the largest relation the day's query scans (the partitions left after pruning), or None."""
+    nodes = [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
+        table.identifier, where))]
+    found = set()
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        if "Relation Name" in node:
+            found.add((node["Schema"], node["Relation Name"]))
+    if not found:
+        return None
+    schemas, names = zip(*sorted(found))
+    row = conn.execute(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN unnest(%s::text[], %s::text[]) AS u(s, r) ON n.nspname = u.s AND c.relname = u.r "
+        "ORDER BY pg_catalog.pg_relation_size(c.oid) DESC LIMIT 1", (list(schemas), list(names))).fetchone()
+    return row[0] if row else None
 
 
 def _index_reads_less(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
