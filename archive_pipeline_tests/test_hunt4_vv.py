@@ -1,0 +1,74 @@
+"""Hunt 4 (vv): an adversarial review of the latest product changes (conditional writes, manifest
+validation, re-execution skipping, re-checks)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+from dagster import DagsterEventType, instance_for_test
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.plan import compare_days
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.local.local_stack import create_sample_events
+
+FIRST = dt.date(2024, 3, 10)
+DAYS = [FIRST + dt.timedelta(days=i) for i in range(2)]
+
+
+def _range(first, last) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": str(first), "dagster/asset_partition_range_end": str(last)}
+
+
+def _states(instance, run_id):
+    out = {}
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+        event = record.event_log_entry.dagster_event
+        out.setdefault(event.partition, []).append(event.step_materialization_data.materialization.tags["archive/state"])
+    return out
+
+
+def _job_from_environment():
+    """The archive job of the table configured in $VV_CONFIG (reconstructable, as a re-execution needs)."""
+    config = parse_config(json.loads(os.environ["VV_CONFIG"]))
+    return build_definitions(config).resolve_job_def(os.environ["VV_JOB"])
+
+
+def test_re_executing_a_successful_overwrite_run_after_the_source_changed_archives_the_change(
+        pg, conn, schema, archive_env, s3_client, monkeypatch):
+    """A person archives 2024-03-10..11 again with the launchpad's run config ``overwrite: true`` (the README's
+    way to archive changed days again); the run succeeds. Later the rows of 2024-03-10 are corrected in the
+    source once more, and the person does what Dagster offers for "run that again": Runs → this run →
+    Re-execute (all steps; same run config, same range). The re-execution now finds the days in its run group's
+    earlier run and archives neither: it succeeds, green, while the archive still holds the old rows of
+    2024-03-10 (compare says "differs"). A re-execution of the whole run (not "from failure") of an overwrite
+    must archive the days again, or at least not succeed with the archive no longer the day's rows."""
+    from dagster import ReexecutionOptions, execute_job, reconstructable
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    raw = {"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
+           "tables": [{"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat()}]}
+    monkeypatch.setenv("VV_CONFIG", json.dumps(raw))
+    monkeypatch.setenv("VV_JOB", f"Archive_{schema}_events")
+    spec = parse_config(raw).tables[0]
+    run_config = {"ops": {f"archive__{schema}__events": {"config": {"overwrite": True}}}}
+    tags = _range(DAYS[0], DAYS[-1])
+    with instance_for_test() as instance:
+        with execute_job(reconstructable(_job_from_environment), instance=instance, run_config=run_config,
+                         tags=tags, raise_on_error=False) as first:
+            assert first.success
+        conn.execute(f'UPDATE "{schema}".events SET amount = amount + 1 '
+                     "WHERE created_at >= '2024-03-10' AND created_at < '2024-03-11'")
+        with execute_job(reconstructable(_job_from_environment), instance=instance, tags=tags,
+                         reexecution_options=ReexecutionOptions(parent_run_id=first.run_id),
+                         raise_on_error=False) as again:
+            success = again.success
+            states = _states(instance, again.run_id)
+    store = S3Store(s3_client, archive_env, prefix="archive")
+    verdicts = {c.day.isoformat(): c.result for c in compare_days(conn, spec, store, DAYS)}
+    assert not (success and verdicts["2024-03-10"] != "equal"), (
+        f"the re-executed overwrite run succeeded (materialized: {states}) yet the archive of 2024-03-10 "
+        f"{verdicts['2024-03-10']} from the source it was asked to archive again: {verdicts}")
