@@ -7,13 +7,19 @@ import datetime as dt
 import json
 import os
 
+import pytest
 from dagster import DagsterEventType, instance_for_test
+from psycopg import sql
 
-from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec, parse_config
+from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.definitions import build_definitions
+from archive_pipeline.core.verify import deep_verify
 from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
 FIRST = dt.date(2024, 3, 10)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range(2)]
@@ -72,3 +78,33 @@ def test_re_executing_a_successful_overwrite_run_after_the_source_changed_archiv
     assert not (success and verdicts["2024-03-10"] != "equal"), (
         f"the re-executed overwrite run succeeded (materialized: {states}) yet the archive of 2024-03-10 "
         f"{verdicts['2024-03-10']} from the source it was asked to archive again: {verdicts}")
+
+
+def _table(conn, schema, rows=50):
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, blob text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, md5(g::text) FROM generate_series(1, %s) g").format(table),
+                 (FIRST, rows))
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=FIRST, format="csv", compression="none")
+
+
+def test_a_data_put_whose_answer_is_lost_is_not_called_another_runs_on_a_store_without_md5_etags(
+        conn, schema, s3, bucket, s3_client, temp_dir):
+    """A user archives a day to a store whose ETags are not MD5s, so the README has them set
+    ``verify_etags: false``. The answer to the data object's PUT is lost (the connection resets after the store
+    kept the object) and boto3 sends the PUT again, with If-None-Match: *; the store answers 412, because this
+    very run's first PUT landed. The run fails with KeyTakenError "written by another run meanwhile" and leaves
+    its own whole object behind, named by no manifest. With MD5 ETags the same fault is now recognised as our
+    own object (store.py S3Upload, ``store.verify_etags and self._holds_ours``); without them it should be too
+    (read it back, as put_bytes's ``holds`` does), and the day archive."""
+    spec = _table(conn, schema)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(), bucket, verify_etags=False)
+        proxy.add(Fault(method="PUT", path=r"\.csv$", action="reset_after", times=1))
+        try:
+            result = archive_partition(conn, spec, FIRST, store, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            left = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            pytest.fail(f"{type(exc).__name__}: {exc}; left in the bucket: {left}")
+        assert result.rows == 50
+    assert deep_verify(conn, S3Store(s3_client, bucket, verify_etags=False), spec, FIRST, temp_dir=temp_dir) == []
