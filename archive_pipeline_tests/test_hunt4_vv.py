@@ -108,3 +108,58 @@ def test_a_data_put_whose_answer_is_lost_is_not_called_another_runs_on_a_store_w
             pytest.fail(f"{type(exc).__name__}: {exc}; left in the bucket: {left}")
         assert result.rows == 50
     assert deep_verify(conn, S3Store(s3_client, bucket, verify_etags=False), spec, FIRST, temp_dir=temp_dir) == []
+
+
+def _removed_day(conn, schema, store):
+    """``<schema>.rv`` (column mode, retention delete): 20 rows on FIRST, archived, then removed by retention."""
+    from archive_pipeline.core.lifecycle import remove_day
+
+    table = sql.Identifier(schema, "rv")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 min', 'r' || g "
+                         "FROM generate_series(1, 20) g").format(table), (f"{FIRST} 00:00+00",))
+    spec = TableSpec(name=f"{schema}.rv", day_column="at", start_date="2024-03-01", partitioning={"mode": "column"},
+                     retention={"keep_days": 1, "action": "delete"})
+    archive_partition(conn, spec, FIRST, store)
+    assert remove_day(conn, spec, FIRST, store).rows == 20
+    return spec, table
+
+
+def test_a_removed_day_with_late_rows_is_not_told_there_is_nothing_to_do(conn, schema, store, temp_dir):
+    """Retention removed 2024-03-10 after its archive was proven; then a late row of that day arrives in the
+    source. The next archive run of the day (the schedule, a backfill) refuses it with DayRemovedError, whose
+    message rightly says "to archive the rows there are now as well, set overwrite". But its remedy (the "to
+    fix" a person and the Dagster failure read) is DayRemovedError's new default for every case: "nothing to do
+    for this day: it is archived ...; leave it out of archive runs and backfills (running it again fails the
+    same way)". The late row is in no archive, and a run with overwrite archives it: following the remedy leaves
+    it unarchived for good (and the batch failure leaves the day out of its "Then: re-execute ..." advice). The
+    remedy of a removed day whose source has rows again must say to archive it with overwrite."""
+    spec, table = _removed_day(conn, schema, store)
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (100, %s, 'late')").format(table), (f"{FIRST} 05:00+00",))
+    with pytest.raises(ArchiveError) as caught:
+        archive_partition(conn, spec, FIRST, store, temp_dir=temp_dir)
+    error = caught.value
+    assert "set overwrite" in error.message  # what the message says to do ...
+    assert archive_partition(conn, spec, FIRST, store, temp_dir=temp_dir, overwrite=True).rows == 1  # ... works
+    assert "nothing to do" not in (error.remedy or "") and "fails the same way" not in (error.remedy or ""), (
+        f"{type(error).__name__}: remedy {error.remedy!r} for: {error.message}")
+
+
+def test_a_removed_day_whose_archive_is_damaged_is_not_told_its_archive_is_kept(conn, schema, store, s3_client,
+                                                                               bucket, temp_dir):
+    """Retention removed 2024-03-10 after its archive was proven; later its data object is damaged in the store
+    and a late row arrives. The archive run refuses the day (rightly: "its archive is damaged ...; restore the
+    archive or its manifest from a backup"), but the error's remedy is DayRemovedError's new default: "nothing to
+    do for this day: it is archived, and its archive is kept; leave it out of archive runs". The only copy of the
+    removed rows is damaged: the remedy must say to restore it from a backup, not that nothing is to be done."""
+    from archive_pipeline.core.keys import table_day_key
+
+    spec, table = _removed_day(conn, schema, store)
+    s3_client.put_object(Bucket=bucket, Key=table_day_key(spec, FIRST, store.prefix), Body=b"damaged")
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (100, %s, 'late')").format(table), (f"{FIRST} 05:00+00",))
+    with pytest.raises(ArchiveError) as caught:
+        archive_partition(conn, spec, FIRST, store, temp_dir=temp_dir)
+    error = caught.value
+    assert "damaged" in error.message
+    assert "nothing to do" not in (error.remedy or "") and "archive is kept" not in (error.remedy or ""), (
+        f"{type(error).__name__}: remedy {error.remedy!r} for: {error.message}")
