@@ -92,6 +92,10 @@ class ForeignArchiveError(ArchiveError):
     """The key holds an archive of another table or database: never skipped onto, never overwritten."""
 
 
+_LATE_AFTER_REMOVAL = ("archive the day again with overwrite to archive the rows there are now (the removed rows' "
+                       "archive is kept beside the new one); restore that archive if you need the removed rows back")
+
+
 class DayRemovedError(ArchiveError):
     """The day was removed from the source after it was proven archived; its archive is the only copy."""
 
@@ -593,7 +597,8 @@ class _Archiving:
                 f"{self.spec.name} {self.day}: its removal from the source, archived as {then} at {where}, is "
                 "unfinished, and the table is now configured as "
                 f"{self.spec.format}/{self.spec.compression}. Nothing was written: configure the table as {then} "
-                "again and run the day (or prune) to settle the removal first", retryable=False)
+                "again and run the day (or prune) to settle the removal first", retryable=False,
+                remedy=f"configure the table as {then} again and run prune for the day, then change it back")
         names = [c["name"] for c in manifest.get("columns", [])]
         if manifest.get("fingerprint") == str(fp) and names == [c.name for c in table.columns]:
             return  # the removed rows are back exactly (restored): archiving them again loses nothing
@@ -605,7 +610,8 @@ class _Archiving:
             f"{where} ({then}, the table's format and compression then) was proven, and the source {now}. Nothing "
             "was written: that archive is the day's only copy; restore it (with the table configured as "
             f"{then}) if you need the rows back" + (
-                "; to archive the rows there are now as well, set overwrite" if fp.rows else ""), retryable=False)
+                "; to archive the rows there are now as well, set overwrite" if fp.rows else ""), retryable=False,
+            **({"remedy": _LATE_AFTER_REMOVAL} if fp.rows else {}))
 
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
         """A removed day whose archive is damaged, or whose manifest cannot be read but says it was
@@ -616,7 +622,9 @@ class _Archiving:
             raise DayRemovedError(
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')}, and its archive "
                 f"is damaged ({existing.problem}); archiving the now different source would replace the only "
-                "copy. Nothing was written: restore the archive or its manifest from a backup", retryable=False)
+                "copy. Nothing was written: restore the archive or its manifest from a backup", retryable=False,
+                remedy="restore the archive's object or manifest from a backup of the bucket (its versions, a "
+                       "replica); the day's rows are in no other place")
 
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
               overwrite: bool) -> bool:
@@ -646,7 +654,7 @@ class _Archiving:
                 f"{self._archive_uri(manifest)} was proven, and the source now has other rows ({fp.rows:,}); "
                 "archiving them without overwrite would replace the only copy. Restore the archive if you need the "
                 "removed rows back; to archive the rows there are now, set overwrite (an archive that holds more "
-                "rows than the new one is kept beside it)", retryable=False)
+                "rows than the new one is kept beside it)", retryable=False, remedy=_LATE_AFTER_REMOVAL)
         if overwrite:
             return False
         source = manifest.get("source", {})

@@ -698,7 +698,7 @@ def _refused_grant(exc: BaseException, table: str, user: str | None) -> str | No
         return None
     kind, name = found.groups()
     role = sql_name(user, qualified=False) if user else "<role>"
-    if kind in ("schema", "type"):
+    if kind == "type" or (kind == "schema" and name != table.rpartition(".")[0]):  # not the table's own schema
         return f"GRANT USAGE ON {kind.upper()} {name} TO {role}"
     if kind in ("table", "view", "materialized view", "foreign table") and name != table.rpartition(".")[2]:
         return (f"the role may not read {kind} {name}, which {table} reads (a view's, or a rule's): GRANT SELECT "

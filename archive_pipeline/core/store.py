@@ -1222,7 +1222,7 @@ class S3Upload:
                 if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
-                    if store.verify_etags and self._holds_ours(md5_hex, size):
+                    if self._holds_ours(md5_hex, size, read_back=not store.verify_etags):
                         etag = md5_hex  # ours arrived whole after all (an answer lost and the PUT retried, or damaged)
                         break
                     raise self._named(_taken(store.uri(self.key), exc)) from None
@@ -1247,12 +1247,19 @@ class S3Upload:
                                               initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
 
-    def _holds_ours(self, md5_hex: str, size: int) -> bool:
+    def _holds_ours(self, md5_hex: str, size: int, read_back: bool = False) -> bool:
+        """Whether the key holds exactly our object: its ETag is our MD5 (a single PUT's, or a multipart's
+        ``md5-of-parts-N``), or, ``read_back`` (a store whose ETags are not MD5s; a single PUT's object, no
+        bigger than a part), its bytes hash to our MD5."""
         try:
             head = self.store.head(self.key)
+            if head is None or head.get("ContentLength") != size:
+                return False
+            if not read_back:
+                return _etag(head) == md5_hex
+            return hashlib.md5(self.store.get_bytes(self.key)).hexdigest() == md5_hex
         except Exception:  # noqa: BLE001 - not known to hold it
             return False
-        return head is not None and _etag(head) == md5_hex and head.get("ContentLength") == size
 
     def _put_whole(self, fd: int, size: int, digest: bytes, condition: dict[str, str]) -> dict:
         """One PutObject of the whole file, with ``condition`` where the store takes conditions."""

@@ -315,15 +315,18 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     advice = remedy(exc, spec, day, origin)
     if retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
+    nothing = type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
-                             "error": type(exc).__name__})
+                             "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {})})
+
+
+NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a removed day whose archive is kept
 
 
 def _removed(failed: Failure) -> bool:
-    """A day's failure that is a day retention removed (nothing to redo: its archive is kept)."""
-    error = failed.metadata.get("error")
-    return getattr(error, "value", error) == "DayRemovedError"
+    """A day's failure that is a day retention removed and nothing else (its archive is kept: nothing to redo)."""
+    return bool(getattr(failed.metadata.get(NOTHING_TO_DO), "value", failed.metadata.get(NOTHING_TO_DO)))
 
 
 def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
@@ -483,9 +486,12 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                   primary: PostgresResource | None) -> Iterator[DayEvent]:
     days = run_periods(context, spec)
     done = _recorded_in_run(context, key) if context.retry_number > 0 else set()
-    if context.run.parent_run_id and (config.overwrite or spec.overwrite):
-        # a re-execution (Runs → Re-execute, from failure or all) of an overwrite: the days its run group already
-        # archived again are not archived again once more (without overwrite they are found identical anyway)
+    resumed = any(context.run.tags.get(tag) == "true" for tag in ("dagster/is_resume_retry",
+                                                                   "dagster/is_asset_resume_retry"))
+    if context.run.parent_run_id and resumed and (config.overwrite or spec.overwrite):
+        # a re-execution from failure (Runs → Re-execute → From failure) of an overwrite: the days its run group
+        # already archived again are not archived again once more (without overwrite they are found identical
+        # anyway); "all steps" is a fresh run of the whole range, overwrite and all
         done |= _recorded_in_run(context, key, _run_group(context))
     todo = [d for d in days if d.isoformat() not in done]
     if done:
