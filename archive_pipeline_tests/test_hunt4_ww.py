@@ -67,3 +67,35 @@ def test_a_restore_refused_for_a_renamed_type_names_the_table_and_the_day(pg, s3
     answer = json.loads(done.stdout)
     assert done.returncode == 1 and answer["ok"] is False, (done.returncode, answer)
     assert f"{schema}.e" in answer["error"] and DAYS[0].isoformat() in answer["error"], answer["error"]
+
+
+def test_verify_of_a_damaged_day_says_what_to_do_about_it(pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """A bad day in the bucket: of three archived days, one day's data object was deleted (a lifecycle rule, a
+    hand clean-up) and another's manifest was hand-edited (its `rows` changed). `archive-pipeline verify --from
+    D1 --to D3` rightly exits 1 and lists both, but each line gives only the fact: "s.a D1: object s3://... is
+    missing", "s.a D2: manifest ... is unreadable: its manifest_sha256 does not match its content (altered or
+    damaged)", and nothing on what to do, while `restore` of the same damaged day says "to fix: restore it from a
+    replica or backup of the bucket, or archive the day again if the source still has it" (and `verify --deep`
+    of a renamed type says "archive the day again with overwrite"). Every failing day's line should name the
+    remedy (here: the source still has both days, so archiving them again mends them). Cause: verify_archive /
+    stored_problems / _manifest_or_problem in core/verify.py return bare facts, and cli.verify prints them as
+    they are."""
+    small_table(conn, schema, "a", DAYS)
+    tables = [{"name": f"{schema}.a", "day_column": "at", "start_date": DAYS[0].isoformat()}]
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
+    span = ["--from", DAYS[0].isoformat(), "--to", DAYS[2].isoformat()]
+    assert cli(env, "archive", *span).returncode == 0
+    keys = stored_keys(s3_client, bucket)
+    gone = next(k for k in keys if DAYS[0].isoformat() in k and not k.endswith(".manifest.json"))
+    s3_client.delete_object(Bucket=bucket, Key=gone)
+    edited = next(k for k in keys if DAYS[1].isoformat() in k and k.endswith(".manifest.json"))
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=edited)["Body"].read())
+    manifest["rows"] -= 1
+    s3_client.put_object(Bucket=bucket, Key=edited, Body=json.dumps(manifest).encode())
+
+    done = cli(env, "verify", *span)
+    assert done.returncode == 1, done.stdout
+    for day in DAYS[:2]:
+        lines = [line for line in done.stdout.splitlines() if line.startswith(f"{schema}.a {day}:")]
+        assert lines, done.stdout
+        assert any("to fix" in line or "again" in line for line in lines), (day, lines)
