@@ -99,3 +99,39 @@ def test_verify_of_a_damaged_day_says_what_to_do_about_it(pg, s3, bucket, conn, 
         lines = [line for line in done.stdout.splitlines() if line.startswith(f"{schema}.a {day}:")]
         assert lines, done.stdout
         assert any("to fix" in line or "again" in line for line in lines), (day, lines)
+
+
+def test_archive_dry_run_with_one_day_locked_plans_the_other_days(pg, s3, bucket, conn, schema, tmp_path):
+    """A bad day in the database: a migration holds a lock on one day's partition (`LOCK TABLE ev_0311`, an
+    `ALTER TABLE` on it) while the operator asks what `archive --from D1 --to D3 --dry-run --json` would do.
+    `archive` itself fails that day only ("not checked (retryable): ... lock_timeout ...") and archives the
+    others; `compare`, `list --check-source`, `verify --deep` and `prune --dry-run` list that day as not checked
+    and the others as they are. The dry run ends the whole command instead: exit 3 ("cannot be reached") and one
+    error, "the source database failed (s.ev): lock_timeout ...", with no plan for any day (nor any other
+    table's), and naming no day. It should plan every other day, list the locked day as not checked (or
+    refused) with the cause, and not call a lock an unreachable database. Cause: plan.plan_day /
+    plan_archive in core/plan.py catch nothing around estimate_day and the fingerprint of the day, so the
+    LockNotAvailable escapes to cli.command's psycopg.Error branch."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(
+        sql.Identifier(schema, "ev")))
+    for n, day in enumerate(DAYS):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(schema, f"p{n}"), sql.Identifier(schema, "ev"), sql.Literal(f"{day} 00:00+00"),
+            sql.Literal(f"{day + dt.timedelta(days=1)} 00:00+00")))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 minute' "
+                             "FROM generate_series(1, 20) g").format(sql.Identifier(schema, "ev")), (f"{day} 00:00+00",))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"source": {"lock_timeout_ms": 500}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(),
+         "partitioning": {"mode": "declarative"}}]}))
+    env = make_env(pg, s3.endpoint_url, bucket, config)
+    span = ["--from", DAYS[0].isoformat(), "--to", DAYS[2].isoformat()]
+    assert cli(env, "archive", "--from", DAYS[0].isoformat(), "--to", DAYS[1].isoformat()).returncode == 0
+    with psycopg.connect(pg.dsn) as blocker:
+        blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "p1")))
+        done = cli(env, "archive", "--dry-run", *span, "--json")
+    answer = json.loads(done.stdout)
+    assert done.returncode != 3, answer  # nothing is unreachable: one day's partition is locked
+    planned = {d["day"]: d["action"] for d in answer.get("days", [])}
+    assert planned.get(DAYS[0].isoformat()) == "skip" and planned.get(DAYS[2].isoformat()) == "archive", answer
+    assert DAYS[1].isoformat() in planned, answer
