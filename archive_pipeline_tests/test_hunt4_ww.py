@@ -135,3 +135,62 @@ def test_archive_dry_run_with_one_day_locked_plans_the_other_days(pg, s3, bucket
     planned = {d["day"]: d["action"] for d in answer.get("days", [])}
     assert planned.get(DAYS[0].isoformat()) == "skip" and planned.get(DAYS[2].isoformat()) == "archive", answer
     assert DAYS[1].isoformat() in planned, answer
+
+
+def _partitioned_days(conn, schema: str, days=DAYS) -> None:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(
+        sql.Identifier(schema, "ev")))
+    for n, day in enumerate(days):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(schema, f"p{n}"), sql.Identifier(schema, "ev"), sql.Literal(f"{day} 00:00+00"),
+            sql.Literal(f"{day + dt.timedelta(days=1)} 00:00+00")))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 minute' "
+                             "FROM generate_series(1, 20) g").format(sql.Identifier(schema, "ev")), (f"{day} 00:00+00",))
+
+
+def _wait_for_a_lock_wait(conn, relation: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+                               (relation,)).fetchone()[0]
+        if waiting:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing waited for {relation}")
+
+
+def test_a_cancelled_prune_dry_run_does_not_say_a_removal_may_have_committed(pg, s3, bucket, conn, schema,
+                                                                            tmp_path):
+    """An operator on a bad day runs `archive-pipeline prune --dry-run` ("prove each due day and list what would
+    be removed; remove nothing"); it hangs on a day whose partition a migration holds locked, and they press
+    Ctrl-C. Exit 130, rightly, but the one line says "removing s.ev 2024-03-11 was cancelled by Ctrl-C: the
+    source keeps the day unless the removal had committed; a removal left marked 'pending' is settled by the
+    next run of the day": a dry run removes nothing and marks nothing, yet the operator is told a removal of
+    the day may have committed. It should say the dry run was cancelled and nothing was removed (as a cancelled
+    `verify --deep` says "proving ... was cancelled: nothing was changed"). Cause: lifecycle.remove_day notes
+    every cancel as "removing" (note_cancelled(..., "removing")) whatever dry_run is, and CANCELLED_LEAVES
+    ["removing"] in core/errors.py speaks of a removal."""
+    _partitioned_days(conn, schema)
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(),
+         "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "detach"}}]}))
+    env = make_env(pg, s3.endpoint_url, bucket, config)
+    span = ["--from", DAYS[0].isoformat(), "--to", DAYS[2].isoformat()]
+    assert cli(env, "archive", *span).returncode == 0
+    with psycopg.connect(pg.dsn) as blocker:
+        blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "p1")))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "prune", "--dry-run", *span],
+                                 env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for_a_lock_wait(conn, f"{schema}.p1")
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert child.returncode == 130, (child.returncode, out, err)
+    assert "Traceback" not in err, err
+    assert "removal had committed" not in err and "pending" not in err, err
+    assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = %s::regclass",
+                        (f"{schema}.ev",)).fetchone()[0] == 3  # nothing was removed, as the line should say
