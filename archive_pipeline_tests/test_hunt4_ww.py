@@ -194,3 +194,57 @@ def test_a_cancelled_prune_dry_run_does_not_say_a_removal_may_have_committed(pg,
     assert "removal had committed" not in err and "pending" not in err, err
     assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = %s::regclass",
                         (f"{schema}.ev",)).fetchone()[0] == 3  # nothing was removed, as the line should say
+
+
+def _two_tables_one_unreadable(pg, s3, bucket, conn, schema, tmp_path):
+    """Tables a and b, both archived (as the superuser); a role that may read (and delete from) a, not b."""
+    small_table(conn, schema, "a", DAYS[:2])
+    small_table(conn, schema, "b", DAYS[:2])
+    retention = {"keep_days": 30, "action": "delete"}
+    tables = [{"name": f"{schema}.{name}", "day_column": "at", "start_date": DAYS[0].isoformat(),
+               "retention": retention} for name in ("a", "b")]
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
+    role = f"r_{schema}"
+    dsn = pg.create_password_role(role, "pw")
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT SELECT, DELETE ON {} TO {}").format(sql.Identifier(schema, "a"), sql.Identifier(role)))
+    return env, {**env, "ARCHIVE_PG_DSN": dsn}
+
+
+def test_archive_reports_the_days_it_archived_before_another_table_was_refused(pg, s3, bucket, conn, schema,
+                                                                               s3_client, tmp_path):
+    """An operator runs `archive-pipeline archive --from D1 --to D2 --json` over two configured tables with a
+    role that may read the first (a) but not the second (b: SELECT was never granted). The command archives
+    both days of a (their objects and manifests are in the bucket), then stops at b with exit 2 and the JSON
+    {"ok": false, "error": "role ... may not SELECT from 's.b'; GRANT SELECT ...", ...}: no `days`, so the
+    two days it did archive are reported nowhere (the text output is the error alone too). One table's
+    failure must not hide the work done for the others: the answer should list a's days as archived beside
+    the error (as restore's does: "its answer lists the days committed before it"). Cause: cli.archive
+    collects results in a local list and the SourceError from plan.present_days of b escapes to
+    cli.command's ArchiveError branch, which prints only the error."""
+    _, env = _two_tables_one_unreadable(pg, s3, bucket, conn, schema, tmp_path)
+    done = cli(env, "archive", "--from", DAYS[0].isoformat(), "--to", DAYS[1].isoformat(), "--json")
+    answer = json.loads(done.stdout)
+    assert sum(k.endswith(".manifest.json") and f"/{schema}.a/" in k for k in stored_keys(s3_client, bucket)) == 2
+    assert done.returncode != 0, answer
+    reported = {(d["table"], d["day"], d.get("status")) for d in answer.get("days", [])}
+    assert {(f"{schema}.a", day.isoformat(), "archived") for day in DAYS[:2]} <= reported, answer
+
+
+def test_prune_reports_the_days_it_removed_before_another_table_was_refused(pg, s3, bucket, conn, schema,
+                                                                            tmp_path):
+    """`archive-pipeline prune --json` over two tables past their retention window, run by a role that may read
+    and delete from a but not read b. It removes both days of a from PostgreSQL (proven, deleted, committed),
+    then stops at b with exit 2 and {"ok": false, "error": "role ... may not SELECT from 's.b' ..."}: the two
+    days it deleted from the source are listed nowhere, so the operator does not learn that rows were removed
+    (the README: a prune cancelled after it removed days lists them; a failure should too). The answer should
+    list a's days as removed beside b's error. Cause: cli.prune collects results in a local list; the
+    SourceError of b's plan.present_days escapes _prune_table to cli.command, which prints only the error."""
+    admin, env = _two_tables_one_unreadable(pg, s3, bucket, conn, schema, tmp_path)
+    assert cli(admin, "archive", "--from", DAYS[0].isoformat(), "--to", DAYS[1].isoformat()).returncode == 0
+    done = cli(env, "prune", "--json")
+    answer = json.loads(done.stdout)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "a"))).fetchone()[0] == 0
+    assert done.returncode != 0, answer
+    reported = {(d["table"], d["day"], d.get("status")) for d in answer.get("days", [])}
+    assert {(f"{schema}.a", day.isoformat(), "removed") for day in DAYS[:2]} <= reported, answer
