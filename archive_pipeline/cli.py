@@ -662,7 +662,13 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
     chosen = run.chosen_days("archive")
     with _progress(run) as progress:
         for spec, days in chosen:
-            present, unknown = plan.present_days(run.conn, spec, days)
+            try:
+                present, unknown = plan.present_days(run.conn, spec, days)
+            except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
+                if not results:
+                    raise  # nothing done yet: the command's own error (exit 2 for configuration)
+                results += _table_failed(spec, days, exc)  # what was archived before is still reported
+                continue
             for day in days:
                 if day in unknown:
                     results.append(_unprobed(spec, day, unknown[day]))
@@ -694,6 +700,22 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                          f"{again}")
         raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and run the same command again "
                      "(archived days are skipped)")
+
+
+def _verify_remedy(table: str, day: Period) -> str:
+    """What to do about a day whose archive failed verify."""
+    return (f"if the source still holds the day as it should be (compare --table {table} --day {day}), archive it "
+            f"again: archive --table {table} --day {day} --overwrite (a new generation; the damaged one is kept "
+            "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
+            "backup of the bucket (its versions, a replica) before anything else")
+
+
+def _table_failed(spec: TableSpec, days: list[Period], exc: ArchiveError) -> list[dict[str, Any]]:
+    """A table whose days could not be looked for at all, after other tables' days were done: each of its days
+    failed with the table's error, so the answer still reports what was done before (exit 1)."""
+    message = _for_the_cli(redact(str(exc), *_passwords()))
+    return [{"table": spec.name, "day": day.isoformat(), "status": "failed", "message": message,
+             "retryable": exc.retryable} for day in days]
 
 
 def _unprobed(spec: TableSpec, day: dt.date, why: str) -> dict[str, Any]:
@@ -823,7 +845,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             problems = _day_checked(run, spec.name, day, check)
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
-                            "checked": "deep" if deep else "download" if download else "light"})
+                            "checked": "deep" if deep else "download" if download else "light",
+                            **({"remedy": _verify_remedy(spec.name, day)} if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
     nothing = not results and bool(run.first or run.last)
@@ -836,6 +859,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         for r in bad:
             for problem in r["problems"]:
                 run.out.print(f"{r['table']} {r['day']}: {problem}", markup=False, soft_wrap=True)
+            run.out.print(f"{r['table']} {r['day']}: to fix: {r['remedy']}", markup=False, soft_wrap=True)
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
@@ -1111,8 +1135,13 @@ def prune(run: Run, dry_run: bool) -> None:
     try:
         for spec in run.tables:
             if spec.retention is not None:
-                _prune_table(run, spec, sorted(set(due_days(spec, now)) & set(selected[spec.name])), dry_run,
-                             results)
+                due = sorted(set(due_days(spec, now)) & set(selected[spec.name]))
+                try:
+                    _prune_table(run, spec, due, dry_run, results)
+                except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
+                    if not results:
+                        raise  # nothing done yet: the command's own error
+                    results += _table_failed(spec, due, exc)  # the days removed before are still reported
     except KeyboardInterrupt as exc:
         if not any(r["status"] in REMOVED for r in results):
             raise

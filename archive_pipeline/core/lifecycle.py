@@ -126,7 +126,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
         named(exc, spec.name, spec.period(day).isoformat())
         raise
     except BaseException as exc:  # cancelled: what the removal leaves is settled on the way out (see _remove)
-        note_cancelled(exc, spec.name, spec.period(day).isoformat(), "removing")
+        note_cancelled(exc, spec.name, spec.period(day).isoformat(), "proving" if dry_run else "removing")
         raise
 
 

@@ -512,14 +512,26 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
 def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
                  overwrite: bool) -> list[PlannedDay]:
     days = [spec.period(d) for d in days]
-    in_source = set(existing_days(conn, spec, days)) if days else set()
+    failed: dict[Period, psycopg.Error] = {}  # days whose own probe failed (a lock on the day's partition)
+    in_source = set(existing_days(conn, spec, days, failed=failed)) if days else set()
     if in_source and spec.partitioning.mode == "declarative":
         # the catalog gave the days; a role that may not read the table would fail every one of them, where
         # the plan said "archive" (column mode's discovery reads the table, and refuses the same way)
         describe_table(conn, spec.name, spec.day_column)
     children = child_ranges(conn, spec) if spec.partitioning.mode == "declarative" and in_source else None
-    return [plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source, children=children)
-            for day in days]
+    planned = []
+    for day in days:
+        if day in failed:
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
+                                      unread(conn, spec, day, failed[day]), None))
+            continue
+        try:
+            planned.append(plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source,
+                                    children=children))
+        except psycopg.Error as exc:  # a lock_timeout on the day's partition, a statement_timeout: this day only
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
+                                      unread(conn, spec, day, exc), None))
+    return planned
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
-from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, classify, note_cancelled, remedy_for
+from archive_pipeline.core.errors import (TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
+                                          remedy_for)
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
@@ -1350,6 +1351,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
                              check=check, created=tuple(map(str, to_create)))
     except ArchiveError as exc:
+        if table and day:  # every refusal names the table and the day (a column's type, a target's name...)
+            named(exc, table, day)
         exc.table, exc.day = exc.table or table, exc.day or day
         raise
     except Exception as exc:
