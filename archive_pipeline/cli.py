@@ -822,7 +822,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
-                                "problems": [found.problem]})
+                                "problems": [found.problem], "remedy": _verify_remedy(spec.name, day)})
                 continue
             archived = found.archived
             if archived is None:
