@@ -60,7 +60,12 @@ EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 class Failed(Exception):
-    """A command finished but found differences or failed days (exit code 1)."""
+    """A command finished but found differences or failed days (exit code 1; ``code``: another, such as 2 where
+    a table's configuration stopped it after other tables' days were done and reported)."""
+
+    def __init__(self, message: str = "", code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Terminated(KeyboardInterrupt):
@@ -105,7 +110,10 @@ def _require_existing_day(spec: TableSpec, given: str) -> None:
     would be read as the next day and the command would act on that one, exit 0."""
     if spec.granularity != "daily" or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", given.strip()):
         return
-    period = spec.period(given)
+    try:
+        period = spec.period(given)
+    except (OverflowError, ValueError):  # a date at the calendar's ends: the range's own checks say what is wrong
+        return
     if period.key != given.strip():
         raise PeriodError(f"there is no day {given.strip()} in {spec.timezone} (its clocks skipped it; the next day is "
                           f"{period.key})")
@@ -435,7 +443,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         except Failed as exc:
             if str(exc):
                 click.echo(_printable(str(exc)), err=True)
-            sys.exit(EXIT_DIFFERENCES)
+            sys.exit(exc.code or EXIT_DIFFERENCES)
         except ConfigError as exc:
             _fail(as_json, EXIT_USAGE, str(exc), False)
         except UnreachableError as exc:  # refused for a reason a setting fixes (a wrong password): a usage error
@@ -658,6 +666,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
         _archive_plan(run, overwrite)
         return
     results: list[dict[str, Any]] = []
+    stopped = ""  # why a table's configuration failed it after other days were done (exit 2, as alone)
     settings = session_settings(run.config.source)
     chosen = run.chosen_days("archive")
     with _progress(run) as progress:
@@ -668,6 +677,8 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                 if not results:
                     raise  # nothing done yet: the command's own error (exit 2 for configuration)
                 results += _table_failed(spec, days, exc)  # what was archived before is still reported
+                if _configuration(exc) and not stopped:
+                    stopped = results[-1]["message"]
                 continue
             for day in days:
                 if day in unknown:
@@ -692,7 +703,10 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
         for r in failed:
             run.out.print(f"{r['table']} {r['day']} failed: {r['message']}", markup=False, soft_wrap=True)
 
-    run.emit({"ok": not failed, "days": results}, render)
+    run.emit({"ok": not failed, "days": results, **_stopped_by(stopped)}, render)
+    if stopped:
+        raise Failed(f"{len(failed)} day(s) failed; a table's configuration or privileges stopped it (see its "
+                     "days above): fix what they say and run the same command again", code=EXIT_USAGE)
     if failed:
         if overwrite:  # the same command would archive every day again, as new generations
             again = "; ".join(f"archive --table {r['table']} --day {r['day']} --overwrite" for r in failed)
@@ -710,10 +724,21 @@ def _verify_remedy(table: str, day: Period) -> str:
             "backup of the bucket (its versions, a replica) before anything else")
 
 
+def _stopped_by(message: str) -> dict[str, Any]:
+    """The answer's fields for a command a table's configuration stopped (as the command's own error has them)."""
+    return {"exit_code": EXIT_USAGE, "error": message} if message else {}
+
+
+def _configuration(exc: ArchiveError) -> bool:
+    """Whether ``exc`` is one a setting or a grant fixes (the command's exit 2)."""
+    return getattr(exc, "cause", None) in CONFIGURATION_CAUSES
+
+
 def _table_failed(spec: TableSpec, days: list[Period], exc: ArchiveError) -> list[dict[str, Any]]:
     """A table whose days could not be looked for at all, after other tables' days were done: each of its days
     failed with the table's error, so the answer still reports what was done before (exit 1)."""
     message = _for_the_cli(redact(str(exc), *_passwords()))
+    message = message if spec.name in message else f"{spec.name}: {message}"
     return [{"table": spec.name, "day": day.isoformat(), "status": "failed", "message": message,
              "retryable": exc.retryable} for day in days]
 
@@ -1128,6 +1153,7 @@ def prune(run: Run, dry_run: bool) -> None:
 
     now = dt.datetime.now(dt.UTC)  # each table's today is its own zone's
     results: list[dict[str, Any]] = []
+    stopped = ""  # why a table's configuration failed it after other days were done (exit 2, as alone)
     skipped = [spec.name for spec in run.tables if spec.retention is None]
     # every table's selection first: one a table cannot read (a usage error) must stop the command before it
     # removes anything from the tables before it
@@ -1142,6 +1168,8 @@ def prune(run: Run, dry_run: bool) -> None:
                     if not results:
                         raise  # nothing done yet: the command's own error
                     results += _table_failed(spec, due, exc)  # the days removed before are still reported
+                    if _configuration(exc) and not stopped and results:
+                        stopped = results[-1]["message"]
     except KeyboardInterrupt as exc:
         if not any(r["status"] in REMOVED for r in results):
             raise
@@ -1162,9 +1190,10 @@ def prune(run: Run, dry_run: bool) -> None:
         if dry_run:
             run.out.print("dry run: nothing was removed")
 
-    run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped}, render)
+    run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped,
+              **_stopped_by(stopped)}, render)
     if refused:
-        raise Failed()
+        raise Failed(code=EXIT_USAGE if stopped else None)
 
 
 if __name__ == "__main__":

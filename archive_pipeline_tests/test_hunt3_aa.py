@@ -96,7 +96,7 @@ def test_one_of_four_adbc_streams_terminated_mid_read_fails_the_day_retryable_an
         with pg.connect() as admin:
             while True:  # a later stream (not the first range, which has no lower bound) still sending rows
                 copies = copy_backends(admin, role, "ctid")
-                middle = [pid for pid, query in copies if "ctid >=" in query]
+                middle = [pid for pid, query in copies if "ctid OPERATOR(pg_catalog.>=)" in query]  # (the SQL names PostgreSQL's operator)
                 if middle or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
