@@ -171,8 +171,8 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
 
 def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     schema, _, name = spec.name.partition(".")
-    key_type = _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps to read
-    wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone"
+    key_type, expression = _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps
+    wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone" and not expression
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
                                  ).fetchone()[0]:
@@ -181,8 +181,16 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
-    return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock)
+    # An expression key ((at AT TIME ZONE 'UTC')::date) is in a zone of its own, which need not be the table's: its
+    # bounds are widened by a day and more each way (every zone's offset), so a local day whose rows sit in the
+    # child is among the days it may hold, and each such day is probed for rows (existing_days) before it counts.
+    widen = _EXPRESSION_SLACK if expression else dt.timedelta(0)
+    return [ChildRange(child, _utc(start) - widen if start else None, _utc(end) + widen if end else None,
+                       child_schema, bound, wall_clock)
             for child, bound, child_schema, start, end, ranged in rows if ranged]  # DEFAULT, LIST, HASH: no range
+
+
+_EXPRESSION_SLACK = dt.timedelta(hours=26)  # more than any zone's offset from any other (UTC-12 .. UTC+14)
 
 
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:
@@ -215,25 +223,25 @@ _STRATEGIES = {"r": "RANGE", "l": "LIST", "h": "HASH"}
 _TIME_KEYS = ("date", "timestamp without time zone", "timestamp with time zone")
 
 
-def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> str | None:
+def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> tuple[str | None, bool]:
     """Refuse a table whose children's bounds cannot say which periods hold rows: one not partitioned by
     RANGE, or by RANGE of several columns, or of another column than ``day_column``. Its days were
     never discovered (LIST children have no range; a bound of two columns did not parse) while a day
     archived by hand read the day column's rows, so the sensor and the archives disagreed. Returns the
-    key's type (None where there is no such table)."""
+    key's type (None where there is no such table) and whether the key is an expression of the column."""
     schema, _, name = spec.name.partition(".")
     found = conn.execute(_PARTITION_KEY_QUERY, (schema, name)).fetchone()
     if found is None:
-        return None
+        return None, False
     relkind, strategy, columns, first, key, key_type, expression_uses = found
     if relkind == "p" and strategy == "r" and columns == 1 and first == spec.day_column:
-        return key_type
+        return key_type, False
     # An expression key, e.g. (at::date), is read by its bounds as before, when it is a time of the day column
     # alone: one of another column's (loaded_at::date) named other days than the rows', one of a number
     # (extract(year ...)) failed every tick reading its bounds as timestamps, with a remedy about rows.
     expression = relkind == "p" and strategy == "r" and columns == 1 and first is None
     if expression and expression_uses == [spec.day_column] and key_type in _TIME_KEYS:
-        return key_type
+        return key_type, True
     what = (f"partitioned by {_STRATEGIES.get(strategy, strategy)} ({', '.join(key)})" if relkind == "p"
             else "not a partitioned table")
     if expression:
