@@ -18,15 +18,7 @@ from archive_pipeline.core.verify import load_manifest
 DAY = dt.date(2024, 3, 10)
 
 
-@pytest.fixture
-def ev(conn, schema) -> TableSpec:
-    """Column mode, action delete: 20 rows on DAY (ids 1..20), JSONL/zstd."""
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text)").format(
-        sql.Identifier(schema, "ev")))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 min', 'r' || g "
-                         "FROM generate_series(1, 20) g").format(sql.Identifier(schema, "ev")), (f"{DAY} 00:00+00",))
-    return TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", partitioning={"mode": "column"},
-                     retention={"keep_days": 1, "action": "delete"})
+from archive_pipeline_tests.test_hunt3_bb import ev  # noqa: E402,F401 - the same fixture: 20 rows on DAY, column mode
 
 
 @pytest.mark.parametrize("changed", [{"format": "csv"}, {"compression": "gzip"}, {"format": "parquet"}])

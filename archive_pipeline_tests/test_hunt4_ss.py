@@ -98,23 +98,7 @@ def test_a_data_put_answered_with_a_damaged_etag_is_not_called_another_runs(conn
     assert deep_verify(conn, S3Store(s3_client, bucket), spec, DAY, temp_dir=temp_dir) == []
 
 
-@pytest.fixture
-def encoded_db(pg, conn):
-    """A factory of fresh databases in a given encoding (autocommit connections, UTF8 client); dropped afterwards."""
-    made: list[tuple[str, psycopg.Connection]] = []
-
-    def make(encoding: str) -> psycopg.Connection:
-        name = f"hunt4_ss_{encoding.lower()}_{conn.info.backend_pid}_{len(made)}"
-        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
-            sql.Identifier(name), sql.Literal(encoding)))
-        db = psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True, client_encoding="UTF8")
-        made.append((name, db))
-        return db
-
-    yield make
-    for name, db in made:
-        db.close()
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+from archive_pipeline_tests.test_hunt4_gg import encoded_db  # noqa: E402,F401 - the same fixture (databases by encoding)
 
 
 @pytest.mark.parametrize("archived_in, restored_in", [("EUC_JP", "UTF8"), ("LATIN1", "EUC_JP"), ("UTF8", "EUC_JP")])

@@ -43,7 +43,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, encod
     removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
-                                          pending_detach_error, relation_name, server_identity)
+                                          pending_detach_error, relation_name, scanned_relations, server_identity)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -821,26 +821,11 @@ _SCHEMA_PUBLICATIONS = """
 
 
 def _reached(conn: psycopg.Connection, table: SourceTable, day: Period) -> list[int]:
-    """The OIDs of the tables the day's DELETE FROM the table reaches: those its plan scans, as the planner leaves
-    them after pruning partitions by the day's bounds. PostgreSQL checks each of them when the DELETE starts,
-    holding rows of the day or not (a partition of a table partitioned by another column, or one whose bounds
-    overlap the day while its rows are all of other days, is not pruned). Looked up by name in the catalog, not
-    cast to regclass: a partition may live in a schema the role has no USAGE on, and deleting through the parent
-    needs none."""
-    found, nodes = set(), [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
-        table.identifier, day_filter(table, day)))]
-    while nodes:
-        node = nodes.pop()
-        nodes.extend(node.get("Plans", []))
-        if "Relation Name" in node:
-            found.add((node["Schema"], node["Relation Name"]))
-    if not found:
-        return []
-    schemas, names = zip(*sorted(found))
-    return sorted(oid for (oid,) in conn.execute(
-        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN unnest(%s::text[], %s::text[]) AS u(s, r) ON n.nspname = u.s AND c.relname = u.r",
-        (list(schemas), list(names))))
+    """The OIDs of the tables the day's DELETE FROM the table reaches: those its plan scans (see
+    ``source.scanned_relations``). PostgreSQL checks each of them when the DELETE starts, holding rows of the
+    day or not (a partition of a table partitioned by another column, or one whose bounds overlap the day
+    while its rows are all of other days, is not pruned)."""
+    return scanned_relations(conn, table, day_filter(table, day))
 
 
 def _refuse_unidentified(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:

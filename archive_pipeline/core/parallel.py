@@ -46,8 +46,8 @@ from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStat
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings
-from archive_pipeline.core.source import SourceTable, estimated_rows, explain, lock_day, reads_foreign_tables, \
-    same_members
+from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members, \
+    scanned_relations
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
 # otherwise be read through an index on the day column, i.e. the whole day for a part of it).
@@ -141,22 +141,11 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
 
 def _largest_scanned(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int | None:
     """The OID of the largest relation the day's query scans (the partitions left after pruning), or None."""
-    nodes = [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
-        table.identifier, where))]
-    found = set()
-    while nodes:
-        node = nodes.pop()
-        nodes.extend(node.get("Plans", []))
-        if "Relation Name" in node:
-            found.add((node["Schema"], node["Relation Name"]))
-    if not found:
+    oids = scanned_relations(conn, table, where)
+    if not oids:
         return None
-    schemas, names = zip(*sorted(found))
-    row = conn.execute(
-        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN unnest(%s::text[], %s::text[]) AS u(s, r) ON n.nspname = u.s AND c.relname = u.r "
-        "ORDER BY pg_catalog.pg_relation_size(c.oid) DESC LIMIT 1", (list(schemas), list(names))).fetchone()
-    return row[0] if row else None
+    return conn.execute("SELECT u.oid FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS u(oid) "
+                        "ORDER BY pg_catalog.pg_relation_size(u.oid) DESC LIMIT 1", (oids,)).fetchone()[0]
 
 
 def _index_reads_less(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,

@@ -907,6 +907,26 @@ def explain(conn: psycopg.Connection, query: sql.Composable) -> dict:
         return json.loads(cur.execute(query).fetchone()[0])[0]["Plan"]
 
 
+def scanned_relations(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> list[int]:
+    """The OIDs of the relations the day's query scans, as the planner leaves them after pruning partitions by
+    the day's bounds. Looked up by name in the catalog, not cast to regclass: a partition may live in a schema
+    the role has no USAGE on (reading or deleting through the parent needs none)."""
+    nodes, found = [explain(conn, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT FROM {} WHERE {}").format(
+        table.identifier, where))], set()
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        if "Relation Name" in node:
+            found.add((node["Schema"], node["Relation Name"]))
+    if not found:
+        return []
+    schemas, names = zip(*sorted(found))
+    return sorted(oid for (oid,) in conn.execute(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN unnest(%s::text[], %s::text[]) AS u(s, r) ON n.nspname = u.s AND c.relname = u.r",
+        (list(schemas), list(names))))
+
+
 def reads_foreign_tables(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> bool:
     """Whether the day's query reads a foreign table (the table itself, or a postgres_fdw child or partition,
     as planned now). Its rows come from the remote server's snapshot, one per local transaction, not from
