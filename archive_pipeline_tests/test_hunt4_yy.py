@@ -76,57 +76,8 @@ def old(pg, s3, bucket, spec: dict, ops, tmp, dsn=None):
             time.sleep(0.05)
 
 
-def rich_table(conn, schema):
-    s = sql.Identifier(schema)
-    conn.execute(sql.SQL("""
-        CREATE TYPE {s}.mood AS ENUM ('sad', 'ok', 'happy');
-        CREATE TYPE {s}.pt AS (x int, y numeric, label text);
-        CREATE FUNCTION {s}.pt_text({s}.pt) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT ''pt''';
-        CREATE CAST ({s}.pt AS text) WITH FUNCTION {s}.pt_text({s}.pt);
-        CREATE DOMAIN {s}.amount AS numeric(12, 2) CHECK (VALUE >= 0);
-        CREATE DOMAIN {s}.ratio AS double precision;
-        CREATE TABLE {s}.ev (id int, at date, m {s}.mood, p {s}.pt, ms {s}.mood[], ps {s}.pt[], a {s}.amount,
-                             r {s}.ratio, t text);
-    """).format(s=s))
-    for day in (DAY, DAY2):
-        conn.execute(sql.SQL("""INSERT INTO {s}.ev SELECT g, %s, (ARRAY['sad','ok','happy'])[1 + g %% 3]::{s}.mood,
-            ROW(g, g / 7.0, 'l' || g)::{s}.pt, ARRAY['ok', 'sad']::{s}.mood[], ARRAY[ROW(g, 1.5, 'q')::{s}.pt],
-            g * 1.25, g / 3.0, 'é' || g FROM generate_series(1, 20) g""").format(s=s), (day,))
-
-
-def spec_args(schema, **extra):
-    return {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), **extra}
-
-
 def spec_of(args):
     return TableSpec(**args)
-
-
-def new_ops(conn, spec, store, schema, temp_dir, days):
-    from archive_pipeline.core.archive import archive_partition
-    from archive_pipeline.core.plan import compare_days, day_statuses
-    from archive_pipeline.core.verify import deep_verify, verify_archive
-    from archive_pipeline.core.restore import restore_day
-    from archive_pipeline.core.lifecycle import remove_day, settle_pending_removal
-    out = {}
-    def attempt(name, f):
-        try:
-            out[name] = f()
-        except Exception as exc:
-            out[name] = "EXC " + repr(exc)
-    for day in days:
-        attempt(f"rerun {day}", lambda: archive_partition(conn, spec, day, store, temp_dir=temp_dir).skipped)
-    attempt("compare", lambda: [(c.result, c.note) for c in compare_days(conn, spec, store, days)])
-    attempt("status", lambda: [(c.state, c.note) for c in day_statuses(conn, spec, store, days, check_source=True)])
-    for day in days:
-        attempt(f"deep {day}", lambda: deep_verify(conn, store, spec, day, temp_dir=temp_dir))
-        attempt(f"settle {day}", lambda: settle_pending_removal(conn, spec, day, store, temp_dir=temp_dir))
-        attempt(f"restore new {day}", lambda: restore_day(conn, store, spec, day, into="new", target=f"{schema}.r{day:%d}", temp_dir=temp_dir).rows)
-        attempt(f"remove {day}", lambda: remove_day(conn, spec, day, store, temp_dir=temp_dir))
-        attempt(f"rerun2 {day}", lambda: archive_partition(conn, spec, day, store, temp_dir=temp_dir).skipped)
-    for k, v in out.items():
-        print(k, v)
-    return out
 
 
 @pytest.fixture
