@@ -1216,10 +1216,17 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                                            f"archive's manifest records {recorded}; the restore was rolled back: "
                                            f"{mismatch}", table=table, day=day,
                                            remedy="restore into a database of the archived encoding")
-        if here in fp.MULTIBYTE and not (manifest.get("source") or {}).get("encoding"):
-            drift += (f"; or the day was archived from a database of another encoding than this one's, {here}, "
-                      "in which its fingerprint cannot be computed again (restore it into a database of the "
-                      "archived one's encoding)")
+        if not (manifest.get("source") or {}).get("encoding") and fp.algorithm_for(recorded) != fp.V2:
+            # an older version's manifest records no encoding: say that first, not that the archive was altered
+            raise FingerprintMismatchError(
+                f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
+                f"{recorded}; the restore was rolled back.{lossy} The manifest (written by an older version) does "
+                "not record its source database's encoding: where that was a multibyte encoding other than UTF-8 "
+                f"(EUC_JP, EUC_KR, ...) and this one is {here}, or the other way round, the fingerprint cannot be "
+                "computed again here; else the target already held other rows of the day, or the archive does not "
+                f"hold the rows it was proven to hold{computed}{drift}", table=table, day=day,
+                remedy=remedy or lossy_remedy or "restore into a database of the archived one's encoding; if the "
+                       "encodings are the same, compare the object with its manifest (verify --download)")
         raise FingerprintMismatchError(
             f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
             f"{recorded}; the restore was rolled back.{lossy} {'Otherwise t' if lossy else 'T'}he archive does not "
