@@ -1,0 +1,45 @@
+"""Hunt 4, xx: adversarial review of the last hour's product changes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.verify import load_manifest
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _expression_table(conn, schema: str) -> None:
+    """ev partitioned by (at::date), one child a day (the table's zone is UTC, as is the key's)."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamp) PARTITION BY RANGE ((at::date))").format(s))
+    for n in (9, 10, 11):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(f"ev_202403{n:02d}"), s, sql.Literal(f"2024-03-{n:02d}"),
+            sql.Literal(f"2024-03-{n + 1:02d}")))
+        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES ({}, {})").format(
+            s, sql.Literal(n), sql.Literal(f"2024-03-{n:02d} 12:00")))
+
+
+def test_an_expression_keyed_days_own_partition_is_still_dropped_by_retention(conn, schema, store):
+    """A user partitions ev by RANGE ((at::date)), one child a day, the table's timezone UTC (the key's own),
+    with retention action 'drop'. Since the expression key's children are widened by 26 hours each way
+    (discovery._EXPRESSION_SLACK), day_children(2024-03-10) lists three or more children, none of which
+    ``is_period`` the day: prune refuses with "is not one partition of its own ... use retention action
+    'delete'", and the archive's manifest no longer records the day's partition (partition_of_day None), so a
+    restore cannot re-create it. Before the change the day was dropped. The child that is exactly the day in
+    the table's zone should still count as the day's partition."""
+    _expression_table(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01",
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": "drop"})
+    archive_partition(conn, spec, DAY, store)
+    manifest = load_manifest(store, f"archive/{schema}.ev/2024/03/2024-03-10.jsonl.zst")
+    assert (manifest["table_definition"]["partition"] or {}).get("child_name") == "ev_20240310"
+    done = remove_day(conn, spec, DAY, store, removed_by="test")
+    assert (done.rows, done.action) == (1, "drop")
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.ev_20240310",)).fetchone()[0] is None
