@@ -43,3 +43,26 @@ def test_an_expression_keyed_days_own_partition_is_still_dropped_by_retention(co
     done = remove_day(conn, spec, DAY, store, removed_by="test")
     assert (done.rows, done.action) == (1, "drop")
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.ev_20240310",)).fetchone()[0] is None
+
+
+def test_an_empty_inheritance_parent_over_indexed_children_is_still_read_in_time_slices(conn, schema):
+    """A user archives an inheritance parent that holds no rows of its own (the usual layout: its children,
+    one a week, hold them), every relation indexed on the timestamptz day column, at ``parallel_streams: 4``.
+    What happens since plain tables "mostly of the day" are read in page ranges: ``plan_streams`` asks
+    ``_index_reads_less`` about the parent alone, whose reltuples is 0 (it holds nothing), reads that as
+    "mostly the day", and falls to ``_ctid_plan`` on the parent's 0 pages: one stream ("the relation has 0
+    page(s): nothing to split"), where the day is a seventh of the child and was read in 4 time slices of the
+    index before. Expected: the time slices (or a split of the children), not a single stream."""
+    from archive_pipeline.core.source import day_filter, describe_table, read_snapshot
+    from archive_pipeline.core.parallel import plan_streams
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {s}.par (id int, at timestamptz); CREATE INDEX ON {s}.par (at); "
+                         "CREATE TABLE {s}.week () INHERITS ({s}.par); CREATE INDEX ON {s}.week (at)").format(s=s))
+    conn.execute(sql.SQL("INSERT INTO {}.week SELECT g, '2024-03-07 00:00+00'::timestamptz + g * interval '30 s' "
+                         "FROM generate_series(1, 20000) g").format(s))
+    conn.execute(sql.SQL("ANALYZE {}.par; ANALYZE {}.week").format(s, s))
+    described = describe_table(conn, f"{schema}.par", "at")
+    with read_snapshot(conn):
+        plan = plan_streams(conn, described, day_filter(described, DAY), DAY, 4)
+    assert plan.streams == 4, plan.reason
