@@ -66,3 +66,36 @@ def test_an_empty_inheritance_parent_over_indexed_children_is_still_read_in_time
     with read_snapshot(conn):
         plan = plan_streams(conn, described, day_filter(described, DAY), DAY, 4)
     assert plan.streams == 4, plan.reason
+
+
+def test_a_restore_refused_by_a_check_constraints_function_does_not_blame_a_harmless_trigger(conn, schema, store,
+                                                                                            temp_dir):
+    """A user restores a day into the original table, which since gained a CHECK constraint that calls a
+    PL/pgSQL function (``CHECK (note_ok(note))``, raising "note n is retired"), and has an unrelated
+    AFTER INSERT audit trigger that refuses nothing. The CHECK's function raises; its error's context names
+    "PL/pgSQL function ...", and ``_raising_hooks`` takes any error raised inside a function to be the
+    target's INSERT triggers': the restore error's cause says "...'s trigger audit on INSERT refused the rows"
+    and the remedy is to disable the trigger, which changes nothing. The trigger should be blamed only when
+    the function that raised is a trigger's (the context names the trigger function)."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+    import pytest
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n' FROM generate_series(1, 10) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))
+    conn.execute(sql.SQL(
+        "CREATE FUNCTION {s}.note_ok(n text) RETURNS boolean LANGUAGE plpgsql AS "
+        "$$ BEGIN IF n = 'n' THEN RAISE EXCEPTION 'note n is retired'; END IF; RETURN true; END $$; "
+        "ALTER TABLE {s}.ev ADD CONSTRAINT note_ok CHECK ({s}.note_ok(note)); "
+        "CREATE TABLE {s}.audit_log (at timestamptz); "
+        "CREATE FUNCTION {s}.audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$; "
+        "CREATE TRIGGER audit AFTER INSERT ON {s}.ev FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit()").format(s=s))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    text = f"{caught.value} {getattr(caught.value, 'cause', '')} {getattr(caught.value, 'remedy', '')}"
+    assert "note n is retired" in text
+    assert "trigger audit" not in text and "DISABLE TRIGGER" not in text, text
