@@ -126,3 +126,38 @@ def test_a_skip_restore_whose_skipped_rows_are_identical_does_not_say_they_diffe
     text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
     assert "with other values" not in text, text
     assert "other rows of the day" in text, text
+
+
+def test_a_unique_violation_in_a_same_named_audit_table_a_trigger_writes_is_named_as_the_triggers(conn, schema, store,
+                                                                                                  temp_dir):
+    """A database keeps an audit copy of each table under the same name in schema ``<schema>_audit``, written by
+    an AFTER INSERT trigger; the audit table's primary key already holds id 3 (an earlier insert of the row).
+    The user deletes the day by mistake and restores it into the (now empty) original table. The audit table's
+    key refuses the trigger's insert. What happens: the restore tells the trigger's table from the target's
+    by relation name alone (``exc.diag.table_name not in tree``), and "ev" is the target's name too: the error
+    says the target "was empty, and the archived rows break its constraint ev_pkey among themselves, a
+    constraint the archived table did not have" -- false on every count. Expected: the table the trigger
+    writes (its schema too, ``exc.diag.schema_name``) is named, with the trigger."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+    import pytest
+
+    s, a = sql.Identifier(schema), sql.Identifier(f"{schema}_audit")
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n' FROM generate_series(1, 10) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))  # the mistake
+    conn.execute(sql.SQL("CREATE SCHEMA {a}; CREATE TABLE {a}.ev (id int PRIMARY KEY); INSERT INTO {a}.ev VALUES (3); "
+                         "CREATE FUNCTION {s}.keep_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$ BEGIN INSERT INTO {a}.ev VALUES (NEW.id); RETURN NULL; END $$; "
+                         "CREATE TRIGGER keep_audit AFTER INSERT ON {s}.ev FOR EACH ROW "
+                         "EXECUTE FUNCTION {s}.keep_audit()").format(s=s, a=a))
+    try:
+        with pytest.raises(ArchiveError) as caught:
+            restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(a))
+    text = str(caught.value)
+    assert "among themselves" not in text and "was empty" not in text, text
+    assert "keep_audit" in text and f"{schema}_audit" in text, text
