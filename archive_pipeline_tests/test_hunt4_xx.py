@@ -161,3 +161,21 @@ def test_a_unique_violation_in_a_same_named_audit_table_a_trigger_writes_is_name
     text = str(caught.value)
     assert "among themselves" not in text and "was empty" not in text, text
     assert "keep_audit" in text and f"{schema}_audit" in text, text
+
+
+def test_an_expression_keyed_days_catalog_estimate_is_its_own_partitions(conn, schema):
+    """A user runs ``archive --dry-run`` on a table partitioned by RANGE ((at::date)), one child a day, analyzed:
+    the estimate comes from the catalog (each day's own partition). Since the expression key's children are
+    widened by 26 hours each way, each child counts as holding five days and every day overlaps five children:
+    the day's estimate is a fifth of each of five neighbours' rows (~1,000 for a day of 5,000 rows next to
+    empty days). Expected: the day's own partition's 5,000."""
+    from archive_pipeline.core.plan import catalog_estimate
+
+    _expression_table(conn, schema)
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 00:00'::timestamp + g * interval '10 s' "
+                         "FROM generate_series(1, 4999) g").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("ANALYZE {}.ev").format(sql.Identifier(schema)))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01",
+                     partitioning={"mode": "declarative"})
+    estimate = catalog_estimate(conn, spec, DAY)
+    assert estimate is not None and estimate.rows == 5000, estimate
