@@ -179,3 +179,25 @@ def test_an_expression_keyed_days_catalog_estimate_is_its_own_partitions(conn, s
                      partitioning={"mode": "declarative"})
     estimate = catalog_estimate(conn, spec, DAY)
     assert estimate is not None and estimate.rows == 5000, estimate
+
+
+def test_a_never_analyzed_history_table_indexed_on_the_day_is_not_read_whole_by_page_ranges(conn, schema):
+    """A user archives one day of a plain history table (two weeks of rows, a btree index on the timestamptz
+    day column) that was never analyzed (autovacuum off for it, or just loaded), at ``parallel_streams: 4``.
+    What happens since plain tables "mostly of the day" are read in page ranges: ``_index_reads_less`` cannot
+    tell (reltuples -1) and answers None, which ``plan_streams`` now reads as "mostly the day": 4 ctid ranges,
+    i.e. the whole table's pages read for a fourteenth of its rows, where the index's time slices read the day
+    alone before. Expected: where the statistics cannot say, the time slices over the index, as before."""
+    from archive_pipeline.core.source import day_filter, describe_table, read_snapshot
+    from archive_pipeline.core.parallel import plan_streams
+
+    table = sql.Identifier(schema, "hist")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz) WITH (autovacuum_enabled = false)").format(table))
+    conn.execute(sql.SQL("CREATE INDEX ON {} (at)").format(table))  # before the rows: CREATE INDEX sets reltuples
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-03 00:00+00'::timestamptz + g * interval '1 min' "
+                         "FROM generate_series(1, 20000) g").format(table))
+    assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (f"{schema}.hist",)).fetchone()[0] < 0
+    described = describe_table(conn, f"{schema}.hist", "at")
+    with read_snapshot(conn):
+        plan = plan_streams(conn, described, day_filter(described, DAY), DAY, 4)
+    assert plan.kind == "key", plan.reason
