@@ -201,3 +201,38 @@ def test_a_never_analyzed_history_table_indexed_on_the_day_is_not_read_whole_by_
     with read_snapshot(conn):
         plan = plan_streams(conn, described, day_filter(described, DAY), DAY, 4)
     assert plan.kind == "key", plan.reason
+
+
+def test_restoring_a_day_does_not_wait_for_a_lock_on_another_days_partition(pg, conn, schema, store, temp_dir):
+    """A user restores 2024-03-10 into its original partitioned table (daily children) while a maintenance
+    session holds an ACCESS EXCLUSIVE lock on the 2024-03-09 partition (a VACUUM FULL, an ALTER of an old
+    partition, a DETACH). The restore loads and checks the day's partition only, and went through. What happens
+    now: before the load it asks whether the target holds any row (``SELECT EXISTS (SELECT FROM parent)``,
+    which opens every partition) and lists its partition tree: it waits behind the other day's lock and fails
+    on lock_timeout (or queues every reader behind it). Expected: the restore touches only what it loads."""
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline.core.errors import ArchiveError
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev (id int, at timestamptz) PARTITION BY RANGE (at); "
+                         "CREATE TABLE {s}.ev_0309 PARTITION OF {s}.ev FOR VALUES FROM ('2024-03-09 00:00+00') "
+                         "TO ('2024-03-10 00:00+00'); "
+                         "CREATE TABLE {s}.ev_0310 PARTITION OF {s}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00'); "
+                         "INSERT INTO {s}.ev SELECT g, '2024-03-09 00:00+00'::timestamptz + g * interval '1 h' "
+                         "FROM generate_series(0, 47) g").format(s=s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01",
+                     partitioning={"mode": "declarative"}, format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 24
+    conn.execute(sql.SQL("DELETE FROM {}.ev_0310").format(s))
+    conn.execute("SET lock_timeout = '1s'")
+    with pg.connect() as other:
+        other.autocommit = False
+        other.execute(sql.SQL("LOCK TABLE {}.ev_0309 IN ACCESS EXCLUSIVE MODE").format(s))
+        try:
+            result = restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+        except ArchiveError as exc:
+            raise AssertionError(f"the restore waited for another day's partition: {exc}") from None
+        finally:
+            other.rollback()
+    assert result.inserted == 24
