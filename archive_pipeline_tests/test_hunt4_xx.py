@@ -236,3 +236,62 @@ def test_restoring_a_day_does_not_wait_for_a_lock_on_another_days_partition(pg, 
         finally:
             other.rollback()
     assert result.inserted == 24
+
+
+def test_a_refused_connect_does_not_fail_the_runs_later_days_once_the_database_is_back(pg):
+    """A backfill run of many days: the database restarts between two days (its port refuses connections for a
+    moment; a refused connect costs no time). The next day fails with the retryable connect error, as it
+    should. What happens to every later day of the run: ``_Source.unreachable`` remembers that error for the
+    rest of the run and raises it at once, without trying to connect, though the database answers again
+    (here: the next connect would succeed). With ``retry: max_retries: 0`` the whole range fails; with retries,
+    each retry's first refused connect fails all its remaining days again. The fail-fast is meant for connects
+    that wait out connect_timeout (50 days of 10 s); a connect refused at once should be tried again for the
+    next day."""
+    import socket
+    import threading
+
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.defs.assets import _Source
+    from archive_pipeline.defs.resources import PostgresResource
+    import pytest
+
+    gate = socket.socket()
+    gate.bind(("127.0.0.1", 0))  # bound, not listening: a connect is refused
+    port = gate.getsockname()[1]
+    resource = PostgresResource(dsn=pg.dsn.replace(f":{pg.port}/", f":{port}/"), connect_timeout_s=2)
+    source = _Source(resource)
+    with pytest.raises(ArchiveError) as caught:
+        source.get()
+    assert caught.value.retryable
+
+    def pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = gate.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", pg.port))
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    gate.listen(8)  # the database is back
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        conn = source.get()
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        source.close()
+        gate.close()
