@@ -295,3 +295,39 @@ def test_a_refused_connect_does_not_fail_the_runs_later_days_once_the_database_i
     finally:
         source.close()
         gate.close()
+
+
+def test_verify_does_not_tell_to_archive_again_a_day_whose_manifest_read_merely_failed(pg, s3, bucket, conn, schema,
+                                                                                       store, tmp_path):
+    """An operator runs `archive-pipeline verify --day D --json` with store credentials that may not read the
+    manifests (403 AccessDenied on the day's manifest GET; a 503 SlowDown for a while is the same). verify rightly
+    reports the day "not checked (...): reading manifest ... failed" and exits 1. Its new remedy, though, is the
+    one for a damaged archive: "archive it again: archive --table ... --day D --overwrite (a new generation; the
+    damaged one is kept ...)", or "restore the object or its manifest from a backup of the bucket" -- for an
+    archive nothing is known to be wrong with: an operator following it writes a needless new generation (or
+    restores over a good manifest). A day that was not checked should be told what the read's error says (the
+    grant, or to verify again), not to mend an archive (cli._verify_remedy is given to every problem alike)."""
+    import json as _json
+    import subprocess
+    import sys
+
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from archive_pipeline_tests.test_hunt_cli import ROOT, make_env, small_table
+    from archive_pipeline_tests.test_hunt4_ww import write_config
+
+    small_table(conn, schema, "a", [DAY])
+    config = write_config(tmp_path, [{"name": f"{schema}.a", "day_column": "at", "start_date": DAY.isoformat()}])
+
+    def cli(env, *args):
+        return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    assert archive_partition(conn, TableSpec(name=f"{schema}.a", day_column="at", start_date=DAY), DAY, store).rows
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="error", status=403,
+                        code="AccessDenied", times=None))
+        done = cli(make_env(pg, proxy.url, bucket, config), "verify", "--day", DAY.isoformat(), "--json")
+    answer = _json.loads(done.stdout)
+    day = answer["days"][0]
+    assert "not checked" in day["problems"][0], day
+    assert "--overwrite" not in day.get("remedy", "") and "backup" not in day.get("remedy", ""), day
