@@ -19,7 +19,7 @@ import bisect
 import contextlib
 import datetime as dt
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
@@ -85,6 +85,9 @@ class ChildRange:
     # The key is wall-clock time (``timestamp`` or ``date``): the bounds are labels in the table's zone, which
     # the server read as instants; where a label is ambiguous (a fall-back night) the instant is one of two.
     wall_clock: bool = False
+    # The key is an expression of the day column (((at AT TIME ZONE 'UTC')::date)): its bounds are in a zone of
+    # its own, which need not be the table's (see catalog_days).
+    expression: bool = False
 
     def relation(self, spec: TableSpec) -> tuple[str, str]:
         """(schema, name) of the child, kept apart: its schema's name may hold a dot."""
@@ -181,12 +184,7 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
-    # An expression key ((at AT TIME ZONE 'UTC')::date) is in a zone of its own, which need not be the table's: its
-    # bounds are widened by a day and more each way (every zone's offset), so a local day whose rows sit in the
-    # child is among the days it may hold, and each such day is probed for rows (existing_days) before it counts.
-    widen = _EXPRESSION_SLACK if expression else dt.timedelta(0)
-    return [ChildRange(child, _utc(start) - widen if start else None, _utc(end) + widen if end else None,
-                       child_schema, bound, wall_clock)
+    return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock, expression)
             for child, bound, child_schema, start, end, ranged in rows if ranged]  # DEFAULT, LIST, HASH: no range
 
 
@@ -386,10 +384,20 @@ def catalog_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
     wanted = {spec.period(c) for c in candidates}
     if spec.partitioning.mode == "declarative":
         return memo.ranges(conn, spec).held(wanted) if memo is not None \
-            else held_periods(child_ranges(conn, spec), wanted)
+            else held_periods(candidate_ranges(conn, spec), wanted)
     if spec.partitioning.mode == "naming":
         return [d for d in naming_days(conn, spec) if d in wanted]
     return sorted(wanted)
+
+
+def candidate_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
+    """The children's ranges as discovery asks which days may hold rows: an expression key may be in another zone
+    than the table's (((at AT TIME ZONE 'UTC')::date) for a New York table), so a local day whose rows sit at a
+    child's edge is held by the child widened by a day each way (every zone's offset); such candidates are probed
+    for rows before they count (existing_days). Retention and restore use the children as they are."""
+    return [replace(c, start=c.start - _EXPRESSION_SLACK if c.start else None,
+                    end=c.end + _EXPRESSION_SLACK if c.end else None) if c.expression else c
+            for c in child_ranges(conn, spec)]
 
 
 def held_periods(children: list[ChildRange], periods: Iterable[Period]) -> list[Period]:
@@ -460,7 +468,7 @@ class ChildrenMemo:
         kept = self._kept.get(key)
         if fingerprint is not None and kept is not None and kept[0] == fingerprint:
             return kept[1]
-        ranges = HeldRanges.of(child_ranges(conn, spec))
+        ranges = HeldRanges.of(candidate_ranges(conn, spec))
         if fingerprint is not None:  # read before the children: a change in between is seen next time
             self._kept[key] = (tuple(fingerprint), ranges)
         return ranges

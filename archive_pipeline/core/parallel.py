@@ -116,7 +116,7 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
             # slices of the index where the table holds much more than the day; a table mostly of the day is
             # read in page ranges (each page once: time slices of rows stored out of time order read every page
             # once per stream)
-            and (not readable or _index_reads_less(conn, oid, table, where, estimate) is not None)):
+            and (not readable or not _mostly_the_day(conn, oid, table, where, estimate))):
         return _key_plan(table, day, requested)
     if not readable:
         # SELECT granted column by column: the system columns (ctid, tableoid) are not among them
@@ -146,6 +146,17 @@ def _largest_scanned(conn: psycopg.Connection, table: SourceTable, where: sql.Co
         return None
     return conn.execute("SELECT u.oid FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS u(oid) "
                         "ORDER BY pg_catalog.pg_relation_size(u.oid) DESC LIMIT 1", (oids,)).fetchone()[0]
+
+
+def _mostly_the_day(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
+                    estimate: int | None) -> bool:
+    """Whether the planner's statistics say at least half of the relation's own rows are the day's. Not known
+    (never analyzed; an inheritance parent whose rows are its children's): no."""
+    tuples = conn.execute("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = %s", (oid,)).fetchone()[0]
+    if tuples <= 0:
+        return False
+    rows = estimated_rows(conn, table, where) if estimate is None else estimate
+    return rows * 2 >= tuples
 
 
 def _index_reads_less(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
