@@ -716,8 +716,10 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                      "(archived days are skipped)")
 
 
-def _verify_remedy(table: str, day: Period) -> str:
-    """What to do about a day whose archive failed verify."""
+def _verify_remedy(table: str, day: Period, problem: str = "") -> str:
+    """What to do about a day whose archive failed verify (one whose manifest could not even be read: again)."""
+    if problem.startswith("not checked") or "(retryable)" in problem:
+        return f"verify the day again once the store answers (verify --table {table} --day {day}): it was not checked"
     return (f"if the source still holds the day as it should be (compare --table {table} --day {day}), archive it "
             f"again: archive --table {table} --day {day} --overwrite (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
@@ -847,7 +849,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
-                                "problems": [found.problem], "remedy": _verify_remedy(spec.name, day)})
+                                "problems": [found.problem], "remedy": _verify_remedy(spec.name, day, found.problem)})
                 continue
             archived = found.archived
             if archived is None:

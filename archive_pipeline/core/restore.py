@@ -853,14 +853,6 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
     target = relation.identifier
     names = manifest_columns(manifest)
     generated, always_identity = _computed_columns(conn, target, names)
-    # before the load, while the transaction can still ask: whether the target held rows at all, and the tables
-    # its rows may go to (its partitions), to tell a unique violation of the archived rows among themselves, or
-    # of a table a trigger writes, from rows that were already there
-    held = conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target)).fetchone()[0]
-    hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": target.as_string(conn)})]
-    tree = {name for (name,) in conn.execute(
-        "SELECT c.relname::text FROM pg_catalog.pg_partition_tree(%s::pg_catalog.regclass) t "
-        "JOIN pg_catalog.pg_class c ON c.oid = t.relid", (target.as_string(conn),))} | {relation.name}
     try:
         if on_conflict == "fail" and not generated and not fingerprint_added:
             rows = load_into(conn, path, manifest, target)  # COPY writes identity columns; JSONL's INSERT overrides
@@ -918,26 +910,62 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
                            f"restored{drift}",
                            table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
-        detail = exc.diag.message_detail or str(exc)
-        if exc.diag.table_name and exc.diag.table_name not in tree:
-            raise RestoreError(
-                f"restoring {manifest['table']} for {manifest['day']} into {relation}: a row "
-                f"{' or '.join(hooks) or 'an INSERT trigger'} of {relation} writes into table {exc.diag.table_name} "
-                f"was refused by its constraint "
-                f"{exc.diag.constraint_name} ({detail}); nothing was restored", table=manifest["table"],
-                day=manifest["day"], remedy="disable the target's triggers for the restore (ALTER TABLE ... DISABLE "
-                                            "TRIGGER), or restore into a new table (into='new')") from None
-        if not held:
-            raise RestoreError(
-                f"restoring {manifest['table']} for {manifest['day']} into {relation}: {relation} was empty, and "
-                f"the archived rows break its constraint {exc.diag.constraint_name} among themselves ({detail}), "
-                "a constraint the archived table did not have; nothing was restored", table=manifest["table"],
-                day=manifest["day"], remedy="restore into a new table (into='new'), created with the archived "
-                                            "definition, or drop the constraint") from None
-        raise RestoreConflictError(
-            f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in {relation} "
-            f"({exc.diag.message_detail or exc}); nothing was restored. Use on_conflict='skip' to add only the "
-            "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"]) from None
+        raise _UniqueViolation(exc, relation, manifest) from None
+
+
+class _UniqueViolation(RestoreConflictError):
+    """A unique or exclusion constraint refused the load; which rows it was, and so what to do, is told once
+    the day's transaction is rolled back (:func:`_unique_violation`): asking before the load would lock every
+    partition of the target, and a lock on another day's partition held up every restore."""
+
+    def __init__(self, exc: psycopg.Error, relation: Relation, manifest: dict) -> None:
+        self.detail = exc.diag.message_detail or str(exc)
+        self.constraint, self.where = exc.diag.constraint_name, (exc.diag.schema_name, exc.diag.table_name)
+        self.relation = relation
+        super().__init__(f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in "
+                         f"{relation} ({self.detail}); nothing was restored. Use on_conflict='skip' to add only the "
+                         "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"])
+
+
+def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest: dict) -> RestoreError:
+    """``exc`` told as what it was: rows already in the target (as said), the archived rows colliding among
+    themselves in a target that held none, or a table one of the target's triggers writes."""
+    relation, table, day = exc.relation, manifest["table"], manifest["day"]
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '2s'")  # (asked after the rollback: never wait long for it)
+            tree = {tuple(r) for r in conn.execute(_TREE, (relation.identifier.as_string(conn),))}
+            if exc.where[1] and exc.where not in tree and (None, exc.where[1]) not in tree:
+                hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})
+                         if name.startswith("trigger ")]
+                return RestoreError(
+                    f"restoring {table} for {day} into {relation}: a row {' or '.join(hooks) or 'an INSERT trigger'} "
+                    f"of {relation} writes into table {'.'.join(filter(None, exc.where))} was refused by its "
+                    f"constraint {exc.constraint} ({exc.detail}); nothing was restored", table=table, day=day,
+                    remedy="restore into a new table (into='new'), or disable the target's triggers for the "
+                           "restore (ALTER TABLE ... DISABLE TRIGGER) and restore again")
+            held = tree and conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
+                relation.identifier)).fetchone()[0]
+    except psycopg.Error:
+        return exc
+    if held:
+        return exc
+    return RestoreError(
+        f"restoring {table} for {day} into {relation}: {relation} held no rows, and the archived rows break its "
+        f"constraint {exc.constraint} among themselves ({exc.detail}), a constraint the archived table did not "
+        "have; nothing was restored", table=table, day=day,
+        remedy="restore into a new table (into='new'), created with the archived definition, or drop the constraint")
+
+
+# The target and every table below it (partitions, inheritance children), from pg_inherits: no lock taken.
+_TREE = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT n.nspname::text, c.relname::text FROM tree
+JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+"""
 
 
 def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, manifest: dict,
@@ -1194,15 +1222,17 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
         drift, remedy = _drift_explained(conn, manifest, relation)
         lossy, lossy_remedy = _inexact_explained(manifest)
         here = conn.info.parameter_status("server_encoding") or ""
-        if skipped:  # the likely cause, counted by the load: not an altered archive
+        if skipped:  # a cause the load counted, named before an altered archive
             raise FingerprintMismatchError(
                 f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
-                f"{recorded}; the restore was rolled back: skipping the rows whose key was taken left out {skipped:,} "
-                f"archived row(s) whose key {relation} held with other values (a row of the day moved to another day, "
-                "edited since, or archived rows that collide among themselves under a unique constraint of the "
-                "target)", table=table, day=day,
-                remedy=f"find the rows of {relation} whose keys the archived rows have (compare --rows, or restore "
-                       "into a new table with into='new' and join), fix or remove them, and restore again")
+                f"{recorded}; the restore was rolled back. Skipping the rows whose key was taken left out "
+                f"{skipped:,} archived row(s): where the rows holding those keys in {relation} have other values (a "
+                "row of the day moved to another day or edited since, or archived rows that collide among "
+                "themselves under a unique constraint of the target), that is the difference; else the target "
+                "already held other rows of the day", table=table, day=day,
+                remedy=f"find the rows of {relation} whose keys the archived rows have, or the day's rows the "
+                       "archive lacks (compare --rows, or restore into a new table with into='new' and compare), "
+                       "fix or remove them, and restore again")
         padded = _byte_padded(conn, manifest, relation, columns, where)
         if padded:  # the likely cause, found in the rows: not an altered archive
             raise FingerprintMismatchError(f"restoring {table} for {day}: {scope} have fingerprint {actual} but the "
@@ -1358,10 +1388,12 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
                              check=check, created=tuple(map(str, to_create)))
     except ArchiveError as exc:
+        if isinstance(exc, _UniqueViolation):  # the day's transaction is rolled back: now it can be told
+            exc = _unique_violation(conn, exc, manifest)
         if table and day:  # every refusal names the table and the day (a column's type, a target's name...)
             named(exc, table, day)
         exc.table, exc.day = exc.table or table, exc.day or day
-        raise
+        raise exc from exc.__cause__
     except Exception as exc:
         found = classify(exc)
         if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "must be owner" in str(exc):
@@ -1417,11 +1449,15 @@ def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relat
     """The target's INSERT triggers, where ``exc`` was raised inside a function (its context names one): the
     likely cause of a restore refused by something other than the archived values."""
     context = getattr(getattr(exc, "diag", None), "context", None) or ""
-    if relation is None or not isinstance(exc, psycopg.Error) or "function" not in context:
+    functions = {name.rpartition(".")[2].strip('"') for name in re.findall(r"function ([^\s(]+)\(", context)}
+    if relation is None or not isinstance(exc, psycopg.Error) or not functions:
         return []
-    try:
-        return [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})
-                if name.startswith("trigger ")]
+    try:  # only the triggers that run one of those functions (a CHECK constraint's function is not a trigger's)
+        return [f"trigger {name}" for (name,) in conn.execute(
+            "SELECT pg_catalog.quote_ident(t.tgname) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p "
+            "ON p.oid = t.tgfoid WHERE t.tgrelid = pg_catalog.to_regclass(%s) AND NOT t.tgisinternal "
+            "AND t.tgenabled <> 'D' AND p.proname = ANY(%s) ORDER BY 1",
+            (relation.identifier.as_string(conn), sorted(functions)))]
     except psycopg.Error:
         return []
 

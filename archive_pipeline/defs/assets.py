@@ -443,7 +443,9 @@ class _Source:
         try:
             self.conn = self.stack.enter_context(self.postgres.connect())
         except ArchiveError as exc:
-            if exc.retryable:
+            # only a connect that waited out its timeout (a server that does not answer): a refused one costs
+            # nothing to try again, and the next day's may find the server back
+            if exc.retryable and "timeout" in str(exc).lower():
                 self.unreachable = exc
             raise
         return self.conn
