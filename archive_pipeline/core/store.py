@@ -27,6 +27,7 @@ import base64
 import binascii
 import datetime as dt
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, classify, is_cancellation, redact
@@ -450,6 +451,17 @@ class S3Store:
         """``wanted`` (IfNoneMatch, IfMatch) where the store takes conditional writes, else none."""
         return wanted if self.conditional_writes else {}
 
+    def with_conditions(self, call: Callable[..., dict], condition: dict[str, str], uri: str) -> dict:
+        """``call(**condition)``, or ``call()`` once the store says it does not implement conditions (see
+        :meth:`unconditional_after`)."""
+        wanted = self.conditions(**condition)
+        try:
+            return call(**wanted)
+        except Exception as exc:
+            if not (wanted and self.unconditional_after(exc, uri)):
+                raise
+        return call()
+
     def unconditional_after(self, exc: BaseException, uri: str) -> bool:
         """Whether ``exc`` says the store does not implement conditional writes: they are then off (logged)."""
         if not (self.conditional_writes and _is_unimplemented(exc)):
@@ -553,15 +565,9 @@ class S3Store:
         condition, etag = first, ""
         for attempt in range(1, self.corrupt_attempts + 1):
             try:
-                try:
-                    response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                                      ContentType=content_type, ContentMD5=_md5_header(digest),
-                                                      **self.conditions(**condition))
-                except Exception as exc:
-                    if not (condition and self.unconditional_after(exc, self.uri(key))):
-                        raise
-                    response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                                      ContentType=content_type, ContentMD5=_md5_header(digest))
+                response = self.with_conditions(functools.partial(
+                    self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                    ContentMD5=_md5_header(digest)), condition, self.uri(key))
             except Exception as exc:
                 if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
@@ -1156,15 +1162,11 @@ class S3Upload:
 
     def _complete(self, upload_id: str, parts: list[_Part]) -> dict:
         """CompleteMultipartUpload, conditional on a fresh key where the store takes conditions."""
-        request = {"Bucket": self.store.bucket, "Key": self.key, "UploadId": upload_id,
-                   "MultipartUpload": {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}}
-        condition = self.store.conditions(IfNoneMatch="*") if self.fresh else {}
-        try:
-            return self.store.client.complete_multipart_upload(**request, **condition)
-        except Exception as exc:
-            if not (condition and self.store.unconditional_after(exc, self.store.uri(self.key))):
-                raise
-        return self.store.client.complete_multipart_upload(**request)
+        complete = functools.partial(
+            self.store.client.complete_multipart_upload, Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
+        return self.store.with_conditions(complete, {"IfNoneMatch": "*"} if self.fresh else {},
+                                          self.store.uri(self.key))
 
     def _checked(self, size: int, etag: str, parts: int, part_sizes: tuple[int, ...], started: float,
                  waited: float, completed: float, *, expected_etag: str) -> StoredObject:
@@ -1265,18 +1267,12 @@ class S3Upload:
         """One PutObject of the whole file, with ``condition`` where the store takes conditions."""
         store = self.store
 
-        def put(**extra: str) -> dict:
+        def put(**extra: str) -> dict:  # (a fresh range of the file for every try)
             return store.client.put_object(Bucket=store.bucket, Key=self.key, Body=_FileRange(fd, 0, size),
                                            ContentLength=size, ContentMD5=_md5_header(digest), **self.headers,
                                            **extra)
 
-        wanted = store.conditions(**condition)
-        try:
-            return put(**wanted)
-        except Exception as exc:
-            if not (wanted and store.unconditional_after(exc, store.uri(self.key))):
-                raise
-        return put()
+        return store.with_conditions(put, condition, store.uri(self.key))
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
         self.store._withdraw_if_ours(self.key, expected_etag, size, original)
