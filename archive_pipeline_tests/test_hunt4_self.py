@@ -92,3 +92,21 @@ def test_a_narrow_terminal_shows_every_column_of_a_listing(width):
     assert all(len(line) <= width for line in narrow.splitlines())
     wide = listing(200)
     assert wide.splitlines()[0].split() == ["table", "day", "state", "rows", "bytes", "archived", "at", "key", "note"]
+
+
+def test_a_store_without_conditional_writes_is_written_to_without_them(conn, schema, ev, s3, bucket, store, temp_dir):
+    """A store that answers 501 NotImplemented to If-None-Match (an older MinIO, a gateway): the first write that
+    carries the condition is sent again without it, conditions stay off for the store, and the day is archived
+    whole (its manifest names an object holding exactly the recorded bytes)."""
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.core.verify import verify_archive
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    with FaultProxy(s3.endpoint_url) as proxy:
+        faulty = S3Store(proxy.client(max_attempts=1), bucket, prefix=store.prefix)
+        refused = proxy.add(Fault(method="PUT", path=r"\.jsonl\.zst$", action="error", status=501,
+                                  code="NotImplemented", times=1))
+        result = archive_partition(conn, ev, DAY, faulty, temp_dir=temp_dir)
+        assert refused.hits == 1 and not faulty.conditional_writes
+    assert result.rows == 20
+    assert verify_archive(store, table_day_key(ev, DAY, store.prefix), {}, deep=True) == []
