@@ -43,3 +43,86 @@ def test_a_unique_violation_in_the_partition_the_restore_recreated_is_not_blamed
     text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
     assert "trigger" not in text.lower(), text
     assert "among themselves" in text, text
+
+
+def _plain_day(conn, schema: str, store, temp_dir) -> TableSpec:
+    """ev (plain), ten rows of DAY archived, then deleted (the mistake a restore repairs)."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n' FROM generate_series(1, 10) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))
+    return spec
+
+
+def test_a_raising_trigger_of_the_days_partition_is_named(conn, schema, store, temp_dir):
+    """A user's day partition ev_20240310 (of ev, partitioned by day) got a BEFORE INSERT trigger ``guard`` that
+    raises ("frozen partition"). The user restores the day into='original'. What happens: ``_raising_hooks``
+    now looks up only the triggers whose tgrelid is the target ev itself, so the partition's trigger -- the one
+    that refused every row -- is not named (before, the target's INSERT hooks, its partitions' included, were).
+    Expected: the error names trigger guard as the likely cause, with the remedy to disable it."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev (id int, at date, note text) PARTITION BY RANGE (at); "
+                         "CREATE TABLE {s}.ev_20240310 PARTITION OF {s}.ev FOR VALUES FROM ('2024-03-10') "
+                         "TO ('2024-03-11')").format(s=s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n' FROM generate_series(1, 10) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv",
+                     partitioning={"mode": "declarative"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))
+    conn.execute(sql.SQL("CREATE FUNCTION {s}.guard() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$ BEGIN RAISE EXCEPTION 'frozen partition'; END $$; "
+                         "CREATE TRIGGER guard BEFORE INSERT ON {s}.ev_20240310 FOR EACH ROW "
+                         "EXECUTE FUNCTION {s}.guard()").format(s=s))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
+    assert "trigger guard" in text, text
+
+
+def test_a_raising_trigger_whose_function_name_is_quoted_with_a_space_is_named(conn, schema, store, temp_dir):
+    """A user's ev has a BEFORE INSERT trigger ``guard`` running function "guard rows"() (a quoted name, as
+    some tools generate), which raises. The user restores a day into='original'. What happens: the error's
+    context reads ``PL/pgSQL function <schema>."guard rows"() line 1 at RAISE``; ``_raising_hooks`` parses
+    function names with ``function ([^\\s(]+)\\(``, which cannot match a quoted name holding a space: no
+    function found, so no trigger is named (before the change, any function in the context named the target's
+    triggers). Expected: trigger guard named as the cause."""
+    s = sql.Identifier(schema)
+    spec = _plain_day(conn, schema, store, temp_dir)
+    conn.execute(sql.SQL("CREATE FUNCTION {s}.\"guard rows\"() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$ BEGIN RAISE EXCEPTION 'no inserts'; END $$; "
+                         "CREATE TRIGGER guard BEFORE INSERT ON {s}.ev FOR EACH ROW "
+                         "EXECUTE FUNCTION {s}.\"guard rows\"()").format(s=s))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
+    assert "trigger guard" in text, text
+
+
+def test_a_check_constraints_function_is_not_blamed_on_a_trigger_whose_function_has_its_name(conn, schema, store,
+                                                                                             temp_dir):
+    """A user's ev has a CHECK constraint calling ``<schema>_rules.valid(note)``, a function that raises on a
+    note it refuses, and an AFTER INSERT trigger ``audit`` running ``<schema>.valid()`` -- another function in
+    another schema, merely of the same name -- which does nothing wrong. The archived notes are refused by the
+    CHECK's function. What happens: ``_raising_hooks`` compares function names without their schema
+    (``p.proname = ANY(...)`` after ``rpartition('.')``), so the error says ev's trigger audit refused the rows
+    and tells to disable it, which changes nothing. Expected: no trigger blamed (the function that raised is
+    not a trigger's)."""
+    s, r = sql.Identifier(schema), sql.Identifier(f"{schema}_rules")
+    spec = _plain_day(conn, schema, store, temp_dir)
+    conn.execute(sql.SQL("CREATE SCHEMA {r}; "
+                         "CREATE FUNCTION {r}.valid(t text) RETURNS boolean LANGUAGE plpgsql AS "
+                         "$$ BEGIN IF t = 'n' THEN RAISE EXCEPTION 'note n is retired'; END IF; RETURN true; END $$; "
+                         "ALTER TABLE {s}.ev ADD CONSTRAINT ev_note CHECK ({r}.valid(note)) NOT VALID; "
+                         "CREATE FUNCTION {s}.valid() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$ BEGIN RETURN NULL; END $$; "
+                         "CREATE TRIGGER audit AFTER INSERT ON {s}.ev FOR EACH ROW "
+                         "EXECUTE FUNCTION {s}.valid()").format(s=s, r=r))
+    try:
+        with pytest.raises(ArchiveError) as caught:
+            restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(r))
+    text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
+    assert "trigger audit" not in text, text
