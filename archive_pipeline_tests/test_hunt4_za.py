@@ -126,3 +126,65 @@ def test_a_check_constraints_function_is_not_blamed_on_a_trigger_whose_function_
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(r))
     text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
     assert "trigger audit" not in text, text
+
+
+_OLD = "/work/wt-old"  # the previous version (its manifests record no source.encoding)
+_OLD_ARCHIVE = r"""
+import datetime as dt, json, sys
+import boto3, psycopg
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import S3Store, MIN_PART_SIZE
+args = json.loads(sys.argv[1])
+client = boto3.client("s3", endpoint_url=args["endpoint"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+store = S3Store(client, args["bucket"], prefix="archive", part_size=MIN_PART_SIZE)
+with psycopg.connect(args["dsn"], autocommit=True) as conn:
+    archive_partition(conn, TableSpec(**args["spec"]), dt.date.fromisoformat(args["day"]), store,
+                      temp_dir=args["tmp"])
+"""
+
+
+def test_an_altered_older_archive_restored_into_its_own_database_is_not_blamed_on_the_encoding(
+        pg, s3, s3_client, conn, schema, bucket, store, temp_dir):
+    """A user archived a day with the previous version (a v4 manifest with no ``source.encoding``), in a UTF8
+    database. The object and its digests were later rewritten (one row's note changed). The user restores the
+    day (into='new') into that very database -- the manifest's source database, same system identifier.
+    What happens: since the latest fix every fingerprint mismatch of a manifest without ``source.encoding``
+    is told as "the manifest (written by an older version) does not record its source database's encoding:
+    where that was a multibyte encoding ... the fingerprint cannot be computed again here; else ...", with the
+    remedy "restore into a database of the archived one's encoding" -- though the restore runs in the archived
+    database itself, whose encoding is therefore known (verify's ``_archived_encoding`` knows it by the same
+    name and system identifier). Before the fix a UTF8 target got the plain verdict. Expected: the archive is
+    said to be altered, with no hint of another encoding and no remedy to find another database."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import zstandard
+
+    from archive_pipeline_tests.helpers import decompress, download, forge_object
+
+    s = sql.Identifier(schema)
+    assert conn.info.parameter_status("server_encoding") == "UTF8"
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n' || g FROM generate_series(1, 10) g").format(s), (DAY,))
+    args = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "csv"}
+    done = subprocess.run([sys.executable, "-c", _OLD_ARCHIVE, json.dumps(
+        {"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": args,
+         "day": DAY.isoformat(), "tmp": str(temp_dir)})], env={**os.environ, "PYTHONPATH": _OLD},
+        capture_output=True, text=True, timeout=120, cwd="/tmp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    manifest_key = next(k for k in keys if k.endswith(".manifest.json"))
+    manifest = json.loads(download(s3_client, bucket, manifest_key))
+    assert not manifest["source"].get("encoding") and manifest["fingerprint"].startswith("row-hash-sum-v4")
+    key = next(k for k in keys if k.startswith(manifest_key.removesuffix(".manifest.json")) and k != manifest_key)
+    body = decompress(download(s3_client, bucket, key), manifest["compression"]).replace(b"n7", b"n8")
+    forge_object(s3_client, bucket, key, manifest_key, zstandard.ZstdCompressor().compress(body))
+    spec = TableSpec(**args)
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    text = f"{caught.value} remedy: {getattr(caught.value, 'remedy', '')}"
+    assert "encoding" not in text, text
