@@ -211,3 +211,37 @@ def test_a_unique_violation_in_the_new_table_the_restore_created_is_not_blamed_o
         restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
     assert "trigger" not in text.lower(), text
+
+
+def test_verify_does_not_tell_to_verify_again_a_day_whose_manifest_read_was_refused_for_good(pg, s3, bucket, conn,
+                                                                                               schema, store,
+                                                                                               tmp_path):
+    """An operator runs `archive-pipeline verify --day D --json` with store credentials that may not read the
+    manifests (403 AccessDenied). The day's problem rightly says "not checked (not retryable): ... the object store
+    refused access ...; not retried: a retry cannot fix this; to fix: grant ... s3:GetObject ...". The day's
+    remedy, though (``cli._verify_remedy``: every problem starting "not checked" alike), is "verify the day again
+    once the store answers ...: it was not checked" -- the store did answer, and verifying again will be refused
+    again, forever. Expected: a non-retryable read failure's remedy is the read error's own (the grant), not to
+    wait and verify again."""
+    import json as _json
+    import subprocess
+    import sys
+
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from archive_pipeline_tests.test_hunt_cli import ROOT, make_env, small_table
+    from archive_pipeline_tests.test_hunt4_ww import write_config
+
+    small_table(conn, schema, "a", [DAY])
+    config = write_config(tmp_path, [{"name": f"{schema}.a", "day_column": "at", "start_date": DAY.isoformat()}])
+    assert archive_partition(conn, TableSpec(name=f"{schema}.a", day_column="at", start_date=DAY), DAY, store).rows
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="error", status=403,
+                        code="AccessDenied", times=None))
+        done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "verify", "--day", DAY.isoformat(),
+                               "--json"], env=make_env(pg, proxy.url, bucket, config), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    day = _json.loads(done.stdout)["days"][0]
+    assert "not checked (not retryable)" in day["problems"][0], day
+    remedy = day.get("remedy", "")
+    assert "once the store answers" not in remedy, day
+    assert "GetObject" in remedy or "grant" in remedy.lower(), day
