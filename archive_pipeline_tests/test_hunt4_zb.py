@@ -1,0 +1,77 @@
+"""Hunt zb: archiving from a hot standby, with the primary as scratch and as the place of writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from archive_pipeline.local.local_stack import LocalPostgres, create_sample_events, start_postgres, start_replica, wait_for_replay
+
+ROOT = Path(__file__).resolve().parents[1]
+DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
+
+
+@pytest.fixture(scope="module")
+def primary() -> Iterator[LocalPostgres]:
+    server = start_postgres({"autovacuum": "off"})
+    with server.connect() as conn:
+        create_sample_events(conn, DAYS, 200)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def replica(primary: LocalPostgres) -> Iterator[LocalPostgres]:
+    server = start_replica(primary)
+    yield server
+    server.stop()
+
+
+def env_for(primary, replica, s3, bucket, tmp_path, **table) -> dict[str, str]:
+    import os
+    config = tmp_path / "tables.yaml"
+    spec = {"name": "public.events", "day_column": "created_at", "start_date": DAYS[0].isoformat(), **table}
+    config.write_text(yaml.safe_dump({"tables": [spec]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=replica.dsn,
+               ARCHIVE_PG_PRIMARY_DSN=primary.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX="archive", ARCHIVE_S3_ENDPOINT_URL=s3.endpoint_url,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="200")
+    return env
+
+
+def cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_verify_deep_on_a_standby_without_a_primary_does_not_tell_to_mend_an_intact_archive(primary, replica, s3,
+                                                                                             bucket, tmp_path):
+    """An operator whose ARCHIVE_PG_DSN is a hot standby (archiving from it works) runs `archive-pipeline verify
+    --deep --day D --json` without ARCHIVE_PG_PRIMARY_DSN. The proof cannot run there (a standby allows no
+    temporary tables) and the day is rightly reported "not checked (not retryable): ... set ARCHIVE_PG_PRIMARY_DSN
+    ...". But its remedy is the one for a damaged archive: "archive it again: archive ... --overwrite (a new
+    generation; the damaged one is kept ...)" or "restore the object or its manifest from a backup of the bucket"
+    -- for an intact archive nothing was checked of. Following it writes a needless generation or restores over
+    a good manifest. A day not checked should be told what its error says (set the primary, verify again).
+    Cause: cli.verify's per-day results call `_verify_remedy(spec.name, day)` without the problem (only the
+    manifest-read path passes it), so the "not checked" branch of _verify_remedy is never taken there."""
+    env = env_for(primary, replica, s3, bucket, tmp_path)
+    with primary.connect() as p:
+        p.execute("DROP TABLE IF EXISTS events CASCADE")
+        create_sample_events(p, DAYS, 200)
+    wait_for_replay(primary, replica)
+    done = cli(env, "archive", "--day", DAYS[0].isoformat())
+    assert done.returncode == 0, done.stdout + done.stderr
+    del env["ARCHIVE_PG_PRIMARY_DSN"]
+    done = cli(env, "verify", "--deep", "--day", DAYS[0].isoformat(), "--json")
+    day = json.loads(done.stdout)["days"][0]
+    assert day["problems"][0].startswith("not checked"), day  # the proof could not run: nothing is known wrong
+    assert "--overwrite" not in day.get("remedy", "") and "backup" not in day.get("remedy", ""), day
