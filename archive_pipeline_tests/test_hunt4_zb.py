@@ -75,3 +75,59 @@ def test_verify_deep_on_a_standby_without_a_primary_does_not_tell_to_mend_an_int
     day = json.loads(done.stdout)["days"][0]
     assert day["problems"][0].startswith("not checked"), day  # the proof could not run: nothing is known wrong
     assert "--overwrite" not in day.get("remedy", "") and "backup" not in day.get("remedy", ""), day
+
+
+def _removal_defs():
+    from archive_pipeline import definitions
+    from archive_pipeline.core.config import parse_config
+
+    return definitions.build_definitions(parse_config({"retry": {"max_retries": 1, "delay_seconds": 0}, "tables": [{
+        "name": "public.events", "day_column": "created_at", "start_date": DAYS[0].isoformat(),
+        "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}]}))
+
+
+def _failures(run) -> list[str]:
+    out = []
+    for event in run.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            out.append(str(data.user_failure_data.description if data.user_failure_data else data.error))
+    return out
+
+
+def test_removal_asset_on_a_standby_without_a_primary_refuses_before_writing_there(primary, replica, s3, bucket,
+                                                                                  store, temp_dir, monkeypatch):
+    """A code location whose ARCHIVE_PG_DSN is a hot standby (archiving from it works) and no
+    ARCHIVE_PG_PRIMARY_DSN materializes the retention asset of a due, archived day. `archive-pipeline prune`
+    in the same setting refuses at once: "removing ... must run on the primary, and this connection is a hot
+    standby: set ARCHIVE_PG_PRIMARY_DSN". The asset instead passes the standby itself as the proof's scratch
+    (``scratch_conn=primary if standby``, primary being the same standby session), which bypasses
+    deep_verify's own standby guard, and runs CREATE TEMPORARY TABLE on the standby: the run fails with
+    "proving ... failed: ... cannot execute CREATE TABLE in a read-only transaction" and the remedy "ALTER ROLE
+    postgres RESET default_transaction_read_only", a setting that is not the cause. It should refuse before any
+    write, as prune does (retention_assets._removing: check_removable/_require_primary before the proof, or no
+    scratch when the primary is the source)."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+
+    with primary.connect() as p:
+        p.execute("DROP TABLE IF EXISTS events CASCADE")
+        create_sample_events(p, DAYS, 200)
+    wait_for_replay(primary, replica)
+    with replica.connect() as r:
+        archive_partition(r, TableSpec(name="public.events", day_column="created_at", start_date=DAYS[0]), DAYS[0],
+                          store, temp_dir=str(temp_dir))
+    monkeypatch.setenv("ARCHIVE_PG_DSN", replica.dsn)
+    monkeypatch.delenv("ARCHIVE_PG_PRIMARY_DSN", raising=False)
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("ARCHIVE_S3_PREFIX", store.prefix)
+    with instance_for_test() as instance:
+        run = _removal_defs().resolve_job_def("Remove_public_events").execute_in_process(
+            partition_key=DAYS[0].isoformat(), instance=instance, raise_on_error=False)
+    assert not run.success
+    text = _failures(run)[-1]
+    assert "hot standby" in text and "ARCHIVE_PG_PRIMARY_DSN" in text, text
+    assert "CREATE" not in text and "default_transaction_read_only" not in text, text  # nothing tried on the standby
