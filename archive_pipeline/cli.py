@@ -718,8 +718,12 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
 
 def _verify_remedy(table: str, day: Period, problem: str = "") -> str:
     """What to do about a day whose archive failed verify (one whose manifest could not even be read: again)."""
-    if problem.startswith("not checked") or "(retryable)" in problem:
-        return f"verify the day again once the store answers (verify --table {table} --day {day}): it was not checked"
+    if "not checked" in problem:  # nothing was checked: what kept it from being checked says what to do
+        if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
+            own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
+            return f"{own}; then verify the day again (it was not checked)"
+        return f"verify the day again (verify --table {table} --day {day}) once the database and store answer: it " \
+               "was not checked"
     return (f"if the source still holds the day as it should be (compare --table {table} --day {day}), archive it "
             f"again: archive --table {table} --day {day} --overwrite (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
@@ -873,7 +877,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(spec.name, day)} if problems else {})})
+                            **({"remedy": _verify_remedy(spec.name, day, "; ".join(problems))} if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
     nothing = not results and bool(run.first or run.last)

@@ -22,7 +22,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.fingerprint import Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import Column
+from archive_pipeline.core.source import Column, server_identity
 
 MANIFEST_VERSION = 2
 _CHECKSUM_FIELD = "manifest_sha256"
@@ -370,3 +370,15 @@ def decoded_manifest(store, manifest_key: str) -> dict | None:
                                 ) from None
         raise
     return manifest
+
+
+def archived_encoding(conn, manifest: dict) -> str | None:
+    """The encoding of the database the day was archived from: the manifest's, or (a manifest an older version
+    wrote records none) ``conn``'s, where ``conn`` is that very database (its name and system identifier)."""
+    source = manifest.get("source") or {}
+    if source.get("encoding"):
+        return source["encoding"]
+    database, system, _, encoding = server_identity(conn)
+    same = source.get("database") == database and (not source.get("system_identifier") or not system
+                                                    or source["system_identifier"] == system)
+    return encoding if same else None

@@ -37,7 +37,7 @@ from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES,
 from archive_pipeline.core.errors import (TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
                                           remedy_for)
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decoded_manifest, owned
+from archive_pipeline.core.manifest import ManifestError, archived_encoding, decoded_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -927,14 +927,18 @@ class _UniqueViolation(RestoreConflictError):
                          "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"])
 
 
-def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest: dict) -> RestoreError:
+def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest: dict,
+                      created: Iterable[Relation] = ()) -> RestoreError:
     """``exc`` told as what it was: rows already in the target (as said), the archived rows colliding among
     themselves in a target that held none, or a table one of the target's triggers writes."""
     relation, table, day = exc.relation, manifest["table"], manifest["day"]
     try:
         with conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '2s'")  # (asked after the rollback: never wait long for it)
+            exists = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                                  (relation.identifier.as_string(conn),)).fetchone()[0]
             tree = {tuple(r) for r in conn.execute(_TREE, (relation.identifier.as_string(conn),))}
+            tree |= {(r.schema, r.name) for r in (relation, *created)}  # (what the rolled-back restore created too)
             if exc.where[1] and exc.where not in tree and (None, exc.where[1]) not in tree:
                 hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})
                          if name.startswith("trigger ")]
@@ -944,7 +948,7 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
                     f"constraint {exc.constraint} ({exc.detail}); nothing was restored", table=table, day=day,
                     remedy="restore into a new table (into='new'), or disable the target's triggers for the "
                            "restore (ALTER TABLE ... DISABLE TRIGGER) and restore again")
-            held = tree and conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
+            held = exists and conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
                 relation.identifier)).fetchone()[0]
     except psycopg.Error:
         return exc
@@ -1240,13 +1244,14 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                                            f"{padded}", table=table, day=day,
                                            remedy="restore into a SQL_ASCII database, or into a table whose "
                                                   "column is text (into='existing')")
-        mismatch = fp.encoding_mismatch(recorded, (manifest.get("source") or {}).get("encoding"), here)
+        known = archived_encoding(conn, manifest)  # the manifest's, or this database's where it is the source
+        mismatch = fp.encoding_mismatch(recorded, known, here)
         if mismatch:  # the likely cause, from the manifest: not an altered archive
             raise FingerprintMismatchError(f"restoring {table} for {day}: {scope} have fingerprint {actual} but the "
                                            f"archive's manifest records {recorded}; the restore was rolled back: "
                                            f"{mismatch}", table=table, day=day,
                                            remedy="restore into a database of the archived encoding")
-        if not (manifest.get("source") or {}).get("encoding") and fp.algorithm_for(recorded) != fp.V2:
+        if not known and fp.algorithm_for(recorded) != fp.V2:
             # an older version's manifest records no encoding: say that first, not that the archive was altered
             raise FingerprintMismatchError(
                 f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
@@ -1339,6 +1344,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     require_autocommit(conn, "restoring a day")
     started = time.perf_counter()
     table, day = manifest.get("table"), manifest.get("day")
+    to_create: list[Relation] = []
     try:
         relation = None if target is None else _target(conn, target)
         _require_column_names(conn, manifest)
@@ -1389,7 +1395,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                              check=check, created=tuple(map(str, to_create)))
     except ArchiveError as exc:
         if isinstance(exc, _UniqueViolation):  # the day's transaction is rolled back: now it can be told
-            exc = _unique_violation(conn, exc, manifest)
+            exc = _unique_violation(conn, exc, manifest, to_create)
         if table and day:  # every refusal names the table and the day (a column's type, a target's name...)
             named(exc, table, day)
         exc.table, exc.day = exc.table or table, exc.day or day
@@ -1449,17 +1455,43 @@ def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relat
     """The target's INSERT triggers, where ``exc`` was raised inside a function (its context names one): the
     likely cause of a restore refused by something other than the archived values."""
     context = getattr(getattr(exc, "diag", None), "context", None) or ""
-    functions = {name.rpartition(".")[2].strip('"') for name in re.findall(r"function ([^\s(]+)\(", context)}
+    functions = [_function_name(m) for m in _CONTEXT_FUNCTION.finditer(context)]
     if relation is None or not isinstance(exc, psycopg.Error) or not functions:
         return []
-    try:  # only the triggers that run one of those functions (a CHECK constraint's function is not a trigger's)
-        return [f"trigger {name}" for (name,) in conn.execute(
-            "SELECT pg_catalog.quote_ident(t.tgname) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p "
-            "ON p.oid = t.tgfoid WHERE t.tgrelid = pg_catalog.to_regclass(%s) AND NOT t.tgisinternal "
-            "AND t.tgenabled <> 'D' AND p.proname = ANY(%s) ORDER BY 1",
-            (relation.identifier.as_string(conn), sorted(functions)))]
+    try:  # only the triggers (of the target or its partitions) that run one of those functions, by schema and name
+        found = conn.execute(_RAISING_TRIGGERS, {"t": relation.identifier.as_string(conn),
+                                                 "schemas": [s for s, _ in functions],
+                                                 "names": [n for _, n in functions]}).fetchall()
     except psycopg.Error:
         return []
+    return [f"trigger {name}" for (name,) in found]
+
+
+# A function as PostgreSQL's error context names it ("PL/pgSQL function s_rules.valid(text) line 3 at RAISE",
+# "function \"guard rows\"()"): qualified where it is not visible on the path, each part quoted as needed.
+_IDENT = r'(?:"(?:[^"]|"")+"|[^\s."(]+)'
+_CONTEXT_FUNCTION = re.compile(rf"function ({_IDENT})(?:\.({_IDENT}))?\(")
+
+
+def _function_name(match: re.Match) -> tuple[str | None, str]:
+    """(schema or None, name) of a context's function, unquoted."""
+    def unquoted(part: str) -> str:
+        return part[1:-1].replace('""', '"') if part.startswith('"') else part
+
+    first, second = match.group(1), match.group(2)
+    return (unquoted(first), unquoted(second)) if second else (None, unquoted(first))
+
+
+_RAISING_TRIGGERS = """
+SELECT DISTINCT pg_catalog.quote_ident(t.tgname) FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS f(s, r)  -- (ROWS FROM sugar: not a function to qualify)
+  ON p.proname = f.r AND (n.nspname = f.s OR (f.s IS NULL AND pg_catalog.pg_function_is_visible(p.oid)))
+WHERE (t.tgrelid = pg_catalog.to_regclass(%(t)s)
+       OR t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(t)s))))
+  AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+ORDER BY 1
+"""
 
 
 def _require_original(spec: TableSpec, day: Period | dt.date, manifest: dict) -> None:

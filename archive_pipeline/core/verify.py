@@ -30,8 +30,8 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
-from archive_pipeline.core.manifest import ManifestError, decoded_manifest, foreign_objects, owned, removal_state, \
-    stored_object_problems
+from archive_pipeline.core.manifest import (ManifestError, archived_encoding, decoded_manifest, foreign_objects, owned,
+                                            removal_state, stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
@@ -581,27 +581,13 @@ def _loaded_fingerprint(scratch: psycopg.Connection, manifest: dict, temp: sql.C
                            "(overwrite) if the source still holds it") from None
 
 
-def _archived_encoding(conn: psycopg.Connection, manifest: dict) -> str | None:
-    """The encoding of the database the day was archived from: the manifest's, or (a manifest an older version
-    wrote records none) the source's, where ``conn`` is that very database (its name and system identifier)."""
-    source = manifest.get("source") or {}
-    if source.get("encoding"):
-        return source["encoding"]
-    from archive_pipeline.core.source import server_identity
-
-    database, system, _, encoding = server_identity(conn)
-    same = source.get("database") == database and (not source.get("system_identifier") or not system
-                                                    or source["system_identifier"] == system)
-    return encoding if same else None
-
-
 def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
              temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint,
              loaded: fingerprint.Fingerprint) -> list[str]:
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     problems = []
     if loaded != recorded:
-        mismatch = fingerprint.encoding_mismatch(manifest["fingerprint"], _archived_encoding(conn, manifest),
+        mismatch = fingerprint.encoding_mismatch(manifest["fingerprint"], archived_encoding(conn, manifest),
                                                  scratch.info.parameter_status("server_encoding") or "")
         if mismatch:  # no verdict on the archive: its rows cannot be fingerprinted as archived in this database
             raise ArchiveError(f"deep verification of {manifest.get('table')} {day} loaded the archive into database "

@@ -152,6 +152,11 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         except psycopg.Error as exc:  # a session lost right after it opened: classified like any other
             error = wrap(exc, spec.name, day.isoformat(), postgres.password, doing="proving")
             raise Failure(description=_naming(error, spec, day), allow_retries=error.retryable) from None
+        if standby and primary is source:  # before any proof: it loads the archive where the removal runs
+            raise Failure(description=f"{spec.name} {day} stays in the source: the database the code location "
+                                      "reads (ARCHIVE_PG_DSN) is a hot standby, and a removal runs on the primary "
+                                      "(the proof loads the archive there too). Set ARCHIVE_PG_PRIMARY_DSN to the "
+                                      "primary", allow_retries=False)
         proven_sha: str | bool = False
         removed: dict | None = None  # the removal mark of a day the source no longer holds
         try:
