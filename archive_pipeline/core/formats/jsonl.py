@@ -163,7 +163,7 @@ class JsonLines(CopyFormat):
             sql.SQL("{} AS {}").format(
                 sql.SQL("CASE WHEN coalesce(pg_catalog.array_lower({v}, 1), 1) = 1 AND (coalesce(pg_catalog.array_ndims({v}), 1) = 1 "
                         "OR pg_catalog.array_dims({v}) !~ {re}) THEN pg_catalog.to_json({v}) "
-                        "ELSE pg_catalog.to_json({v}::text) END").format(
+                        "ELSE pg_catalog.to_json({t}) END").format(t=output_text(ref(c)),
                     v=ref(c), re=sql.Literal(r"\[(?!1:)")) if c in arrays else ref(c),
                 sql.Identifier(c.name))
             for c in table.columns)
