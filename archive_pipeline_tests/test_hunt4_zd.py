@@ -43,3 +43,31 @@ def test_a_unique_violation_in_the_recreated_partition_of_a_table_holding_other_
     text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
     assert "on_conflict='skip'" not in text, text
     assert "among themselves" in text, text
+
+
+def test_a_raising_trigger_whose_function_sets_its_own_search_path_is_named(conn, schema, store, temp_dir):
+    """A user's ev has a BEFORE INSERT trigger ``guard`` running ``<schema>_fn.guard()``, a function declared,
+    as PostgreSQL's security advice has it, with ``SET search_path = <schema>_fn, pg_temp``; it raises. The
+    user restores a day into='original'. What happens: the function is compiled under its own path, so the
+    error's context names it unqualified (``PL/pgSQL function guard() line 1 at RAISE``); ``_RAISING_TRIGGERS``
+    takes an unqualified name only where ``pg_function_is_visible`` -- on the restoring session's path, which
+    does not hold ``<schema>_fn`` -- so no trigger is named (before the last change, any function of that
+    name was). Expected: trigger guard named as the cause, with the remedy to disable it."""
+    s, f = sql.Identifier(schema), sql.Identifier(f"{schema}_fn")
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'n' FROM generate_series(1, 10) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 10
+    conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))
+    conn.execute(sql.SQL("CREATE SCHEMA {f}; "
+                         "CREATE FUNCTION {f}.guard() RETURNS trigger LANGUAGE plpgsql "
+                         "SET search_path = {f}, pg_temp AS $$ BEGIN RAISE EXCEPTION 'no inserts'; END $$; "
+                         "CREATE TRIGGER guard BEFORE INSERT ON {s}.ev FOR EACH ROW "
+                         "EXECUTE FUNCTION {f}.guard()").format(s=s, f=f))
+    try:
+        with pytest.raises(ArchiveError) as caught:
+            restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(f))
+    text = f"{caught.value} {getattr(caught.value, 'remedy', '')}"
+    assert "trigger guard" in text, text
