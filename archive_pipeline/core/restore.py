@@ -935,8 +935,6 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
     try:
         with conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '2s'")  # (asked after the rollback: never wait long for it)
-            exists = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
-                                  (relation.identifier.as_string(conn),)).fetchone()[0]
             tree = {tuple(r) for r in conn.execute(_TREE, (relation.identifier.as_string(conn),))}
             tree |= {(r.schema, r.name) for r in (relation, *created)}  # (what the rolled-back restore created too)
             if exc.where[1] and exc.where not in tree and (None, exc.where[1]) not in tree:
@@ -948,8 +946,15 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
                     f"constraint {exc.constraint} ({exc.detail}); nothing was restored", table=table, day=day,
                     remedy="restore into a new table (into='new'), or disable the target's triggers for the "
                            "restore (ALTER TABLE ... DISABLE TRIGGER) and restore again")
-            held = exists and conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
-                relation.identifier)).fetchone()[0]
+            # whether the relation that refused held rows before: one the restore created (a re-created partition,
+            # a new table) held none, whatever the other partitions hold
+            refusing = (exc.where[0] or relation.schema, exc.where[1]) if exc.where[1] else (relation.schema,
+                                                                                                relation.name)
+            created_here = refusing in {(r.schema, r.name) for r in created}
+            held = not created_here and conn.execute(
+                "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (sql.Identifier(*refusing).as_string(conn),)
+            ).fetchone()[0] and conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
+                sql.Identifier(*refusing))).fetchone()[0]
     except psycopg.Error:
         return exc
     if held:
@@ -1486,7 +1491,7 @@ _RAISING_TRIGGERS = """
 SELECT DISTINCT pg_catalog.quote_ident(t.tgname) FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS f(s, r)  -- (ROWS FROM sugar: not a function to qualify)
-  ON p.proname = f.r AND (n.nspname = f.s OR (f.s IS NULL AND pg_catalog.pg_function_is_visible(p.oid)))
+  ON p.proname = f.r AND (n.nspname = f.s OR f.s IS NULL)  -- (a function compiled under a path of its own: no schema)
 WHERE (t.tgrelid = pg_catalog.to_regclass(%(t)s)
        OR t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(t)s))))
   AND NOT t.tgisinternal AND t.tgenabled <> 'D'
