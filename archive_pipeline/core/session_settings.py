@@ -12,6 +12,8 @@ from its current value, idempotently (applying it twice gives the same path).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 
 import psycopg
@@ -88,9 +90,6 @@ def speaks_utf8(*names: str) -> Callable:
     SQL_ASCII database starts in SQL_ASCII, where psycopg returns every text value as bytes: a setting read
     and put back became "b'Etc/UTC'", a catalog name failed ``normalize()``, and compare, verification,
     restore and removal failed on such a connection with raw errors (the archive's own sessions set it)."""
-    import functools
-    import inspect
-
     wanted = names or ("conn",)
 
     def decorate(function: Callable) -> Callable:
