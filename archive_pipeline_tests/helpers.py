@@ -180,3 +180,35 @@ def refused_everywhere(conn, spec, store, key: str, pattern: str, day) -> None:
             remove_day(conn, spec, day, store, dry_run=dry_run)
         assert (caught.value.table, caught.value.day) == (spec.name, day.isoformat()), dry_run
     assert store.get_verified_bytes(f"{key}.manifest.json") == before
+
+
+PREVIOUS_VERSION = "dcddb3a859412d7a751e365c948c780b4ae9c03e"  # the last commit before row-hash-sum-v5 and source.encoding
+
+
+def previous_version_code(commit: str = PREVIOUS_VERSION) -> str:
+    """A directory holding the ``archive_pipeline`` package as ``commit`` had it (``git archive`` of this
+    repository, once per process), for a subprocess that writes archives as that version did
+    (``PYTHONPATH=<it>``): today's code must read, skip, prove, restore and remove them."""
+    import atexit
+    import io
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    cached = _PREVIOUS.get(commit)
+    if cached:
+        return cached
+    root = Path(__file__).resolve().parents[1]
+    tar = subprocess.run(["git", "-C", str(root), "archive", commit, "archive_pipeline"], capture_output=True,
+                         check=True).stdout
+    dest = tempfile.mkdtemp(prefix=f"archive-pipeline-{commit[:8]}-")
+    atexit.register(shutil.rmtree, dest, True)  # gone with the test process
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(dest, filter="data")
+    _PREVIOUS[commit] = dest
+    return dest
+
+
+_PREVIOUS: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""Hunt 4 (yy): archives written by the previous version (dcddb3a, checked out at /work/wt-old) must still
+"""Hunt 4 (yy): archives written by the previous version (dcddb3a, extracted by helpers.previous_version_code) must still
 work with today's code. Each test archives with the OLD code in a subprocess and operates with the new one."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
 
-OLD = "/work/wt-old"
+from archive_pipeline_tests.helpers import previous_version_code  # noqa: E402 - the previous version, extracted
 DAY = dt.date(2024, 3, 10)
 DAY2 = dt.date(2024, 3, 11)
 
@@ -60,7 +60,7 @@ with psycopg.connect(args["dsn"], autocommit=True) as conn:
 
 def old(pg, s3, bucket, spec: dict, ops, tmp, dsn=None):
     """Run ``ops`` [(op, day)] with the previous version's code."""
-    env = {**os.environ, "PYTHONPATH": OLD}
+    env = {**os.environ, "PYTHONPATH": previous_version_code()}
     args = {"dsn": dsn or pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": spec,
             "ops": [(o, d.isoformat() if d else "2000-01-01") for o, d in ops], "tmp": str(tmp)}
     done = subprocess.run([sys.executable, "-c", _OLD_SCRIPT, json.dumps(args, default=str)], env=env,

@@ -11,6 +11,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.restore import restore_day
+from archive_pipeline_tests.helpers import previous_version_code
 
 DAY = dt.date(2024, 3, 10)
 
@@ -128,7 +129,6 @@ def test_a_check_constraints_function_is_not_blamed_on_a_trigger_whose_function_
     assert "trigger audit" not in text, text
 
 
-_OLD = "/work/wt-old"  # the previous version (its manifests record no source.encoding)
 _OLD_ARCHIVE = r"""
 import datetime as dt, json, sys
 import boto3, psycopg
@@ -173,7 +173,7 @@ def test_an_altered_older_archive_restored_into_its_own_database_is_not_blamed_o
     args = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "csv"}
     done = subprocess.run([sys.executable, "-c", _OLD_ARCHIVE, json.dumps(
         {"dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": args,
-         "day": DAY.isoformat(), "tmp": str(temp_dir)})], env={**os.environ, "PYTHONPATH": _OLD},
+         "day": DAY.isoformat(), "tmp": str(temp_dir)})], env={**os.environ, "PYTHONPATH": previous_version_code()},
         capture_output=True, text=True, timeout=120, cwd="/tmp")
     assert done.returncode == 0, done.stderr[-3000:]
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
