@@ -110,3 +110,22 @@ def test_a_store_without_conditional_writes_is_written_to_without_them(conn, sch
         assert refused.hits == 1 and not faulty.conditional_writes
     assert result.rows == 20
     assert verify_archive(store, table_day_key(ev, DAY, store.prefix), {}, deep=True) == []
+
+
+def test_a_recursion_past_the_stack_depth_limit_is_not_called_a_value_too_big(conn, schema):
+    """A user's function that calls itself (or a trigger that fires itself, reached from any of our statements):
+    PostgreSQL stops it with "stack depth limit exceeded" (SQLSTATE 54001). Was: classified as "a value, row or
+    query exceeds a PostgreSQL limit", with the remedy to archive as parquet or split the values. Should: the
+    recursion named as the cause, no value blamed, no format change advised."""
+    import psycopg
+
+    from archive_pipeline.core.errors import wrap
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE FUNCTION {}.deeper(n int) RETURNS int LANGUAGE plpgsql AS "
+                         "$$BEGIN RETURN {}.deeper(n + 1); END$$").format(s, s))
+    with pytest.raises(psycopg.errors.StatementTooComplex) as raised:
+        conn.execute(sql.SQL("SELECT {}.deeper(1)").format(s))
+    error = wrap(raised.value, f"{schema}.ev", "2024-03-10")
+    said = f"{error} {error.remedy}"
+    assert "recursed" in said and "parquet" not in said and not error.retryable, said

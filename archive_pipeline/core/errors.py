@@ -194,6 +194,10 @@ _UNDEFINED = _src(False, "the table, column or schema does not exist (any more)"
                   "check the table name and day_column in archive_tables.yaml against the database")
 _DATA = _src(False, "a value in the day cannot be read or converted (data exception)",
              "fix the offending rows, or archive the table in a format that keeps the value as text (jsonl/csv)")
+_STACK_DEPTH = _src(False, "a function or trigger recursed past PostgreSQL's stack depth limit (a trigger that "
+                           "fires itself, a recursive function or view); no value is at fault",
+                    "find the recursion in the function or trigger the message's context names and end it; "
+                    "raising max_stack_depth only helps for deep but finite nesting")
 _PROGRAM_LIMIT = _src(False, "a value, row or query exceeds a PostgreSQL limit (e.g. a value over 1 GB as "
                       "text or JSON)", "a retry cannot help: archive this table as parquet (binary COPY, no "
                       "1 GB text value) or csv (no per-row JSON), or shorten/split the oversized values")
@@ -333,6 +337,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
         **({"0A000": _ROW_SECURITY_TARGET} if "copy from not supported with row-level security" in lowered else {}),
+        **({"54001": _STACK_DEPTH} if "stack depth limit exceeded" in lowered else {}),
     }
     if code in exact:
         return exact[code]
