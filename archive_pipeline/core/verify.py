@@ -434,20 +434,19 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         try:
             from archive_pipeline.core.restore import TypeMissingError
 
-            try:  # first: a type renamed or dropped since is no verdict on the archive, and no restore's error
-                _column_types(scratch_conn, manifest)
-            except TypeMissingError as exc:
+            try:
+                with scratch_conn.transaction():
+                    if algorithm not in fingerprint.CHAINED:
+                        temp, columns = _temp_table(scratch_conn, manifest)
+                    elif manifest["format"] == "csv":
+                        temp, columns = _text_table(scratch_conn, manifest)
+                    else:
+                        temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
+                            scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
+                    _load(scratch_conn, str(sink.path), manifest, temp)
+                    loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
+            except TypeMissingError as exc:  # a type renamed or dropped since: no verdict, and no restore's error
                 return [_type_missing(exc, scratch_conn is not conn)]
-            with scratch_conn.transaction():
-                if algorithm not in fingerprint.CHAINED:
-                    temp, columns = _temp_table(scratch_conn, manifest)
-                elif manifest["format"] == "csv":
-                    temp, columns = _text_table(scratch_conn, manifest)
-                else:
-                    temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
-                        scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
-                _load(scratch_conn, str(sink.path), manifest, temp)
-                loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
             # Committed before the wait for the source's fingerprint, which often takes longer than the load:
             # waiting inside the transaction, the session would sit idle in it, and the role's or the
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
