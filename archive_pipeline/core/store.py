@@ -574,7 +574,7 @@ class S3Store:
                 if condition and _is_taken(exc):
                     # ours arrived whole after all: an answer lost and the PUT retried (by botocore, or by us after
                     # an answer that said it arrived damaged) finds our own copy there
-                    if self.holds(key, data):
+                    if self.holds(key, digest.hex(), len(data)):
                         return digest.hex()
                     raise _taken(self.uri(key), exc) from None
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
@@ -613,14 +613,18 @@ class S3Store:
             return first
         return {"IfMatch": head["ETag"]} if head is not None and head.get("ETag") else first
 
-    def holds(self, key: str, data: bytes) -> bool:
-        """Whether ``key`` holds exactly ``data`` (its ETag is our MD5, or without MD5 ETags, it reads back so)."""
+    def holds(self, key: str, md5_hex: str, size: int) -> bool:
+        """Whether ``key`` holds exactly the object of MD5 ``md5_hex`` and ``size`` bytes: a write whose answer was
+        lost, retried and refused (412), was ours after all. By its ETag (a single PUT's MD5, or a multipart's
+        ``md5-of-parts-N``); without MD5 ETags (``verify_etags`` off) by reading it back, which only single-PUT
+        objects ask for (no bigger than a part)."""
         try:
+            head = self.head(key)
+            if head is None or head.get("ContentLength") != size:
+                return False
             if self.verify_etags:
-                head = self.head(key)
-                return head is not None and _etag(head) == hashlib.md5(data).hexdigest() \
-                    and head.get("ContentLength") == len(data)
-            return self.get_verified_bytes(key) == data
+                return _etag(head) == md5_hex
+            return hashlib.md5(self.get_bytes(key)).hexdigest() == md5_hex
         except Exception:  # noqa: BLE001 - not known to hold it
             return False
 
@@ -1139,7 +1143,7 @@ class S3Upload:
             response = self._complete(upload_id, parts)
         except Exception as exc:
             if self.fresh and _is_taken(exc):
-                if self.store.verify_etags and self._holds_ours(expected, size):
+                if self.store.verify_etags and self.store.holds(self.key, expected, size):
                     # ours, completed by an earlier try whose answer was lost (botocore retried the complete)
                     response = {"ETag": f'"{expected}"'}
                 else:  # another run's object is there: not ours to withdraw
@@ -1224,7 +1228,7 @@ class S3Upload:
                 if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
-                    if self._holds_ours(md5_hex, size, read_back=not store.verify_etags):
+                    if store.holds(self.key, md5_hex, size):
                         etag = md5_hex  # ours arrived whole after all (an answer lost and the PUT retried, or damaged)
                         break
                     raise self._named(_taken(store.uri(self.key), exc)) from None
@@ -1248,20 +1252,6 @@ class S3Upload:
             store.abort_stale_uploads_quietly(self.key,
                                               initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
-
-    def _holds_ours(self, md5_hex: str, size: int, read_back: bool = False) -> bool:
-        """Whether the key holds exactly our object: its ETag is our MD5 (a single PUT's, or a multipart's
-        ``md5-of-parts-N``), or, ``read_back`` (a store whose ETags are not MD5s; a single PUT's object, no
-        bigger than a part), its bytes hash to our MD5."""
-        try:
-            head = self.store.head(self.key)
-            if head is None or head.get("ContentLength") != size:
-                return False
-            if not read_back:
-                return _etag(head) == md5_hex
-            return hashlib.md5(self.store.get_bytes(self.key)).hexdigest() == md5_hex
-        except Exception:  # noqa: BLE001 - not known to hold it
-            return False
 
     def _put_whole(self, fd: int, size: int, digest: bytes, condition: dict[str, str]) -> dict:
         """One PutObject of the whole file, with ``condition`` where the store takes conditions."""
