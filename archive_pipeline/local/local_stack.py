@@ -154,11 +154,20 @@ class LocalPostgres:
         while True:
             try:
                 psycopg.connect(self.dsn_for(role), connect_timeout=2, passfile=str(self.root / "no-such-pgpass")).close()
-            except psycopg.OperationalError:
-                return
+            except psycopg.OperationalError as exc:
+                if "password" in str(exc) or "rejects" in str(exc):  # refused by the new lines: in effect
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"pg_hba.conf lines {lines} did not take effect")
             time.sleep(0.05)
+        # A probe let in before the reload counts against the role's CONNECTION LIMIT until its backend has
+        # exited, a moment after the client closed it: a test of that limit must not meet it.
+        with self.connect() as conn:
+            while conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s",
+                               (role,)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a probe session of {role} did not end")
+                time.sleep(0.02)
 
     def stop(self, keep_root: bool = False) -> None:
         """Immediate shutdown (SIGQUIT: no checkpoint for a throwaway cluster) of the whole process
