@@ -37,13 +37,14 @@ def _to_glacier(s3_client, bucket, key):
                           MetadataDirective="COPY")
 
 
-@pytest.mark.parametrize("doing", ["deep_verify", "restore"])
+@pytest.mark.parametrize("doing", ["deep_verify", "restore", "rerun_with_the_manifest_moved_too"])
 def test_an_archive_moved_to_glacier_is_not_called_an_access_refusal(doing, conn, schema, store, s3_client, bucket,
                                                                      temp_dir):
     """A user keeps archives cheap with a bucket lifecycle rule that moves objects to GLACIER after 30 days (the
     usual setup for an archive bucket). Later they run ``verify --deep`` (or the removal's proof), or ``restore``,
     on such a day. S3 refuses the GET with 403 ``InvalidObjectState`` ("not valid for the object's storage
-    class"), and the archiver reports it as "the object store refused access", not retryable, with the remedy
+    class"), and the archiver reports it (the same for a rule that also moved the manifest: every re-run of the
+    day, and every light verify, then fails so) as "the object store refused access", not retryable, with the remedy
     "grant s3:PutObject, s3:GetObject, s3:DeleteObject, ... to these credentials": the user goes hunting for a
     missing permission the credentials already have. Expected: the error says the object is in an archive
     storage class (GLACIER) and must be restored (RestoreObject, then wait) before it can be read, naming table
@@ -54,7 +55,10 @@ def test_an_archive_moved_to_glacier_is_not_called_an_access_refusal(doing, conn
     _to_glacier(s3_client, bucket, result.key)
     assert verify_archive(store, result.key, {}) == []  # intact: HEAD still answers
     with pytest.raises(ArchiveError) as caught:
-        if doing == "deep_verify":
+        if doing == "rerun_with_the_manifest_moved_too":
+            _to_glacier(s3_client, bucket, result.manifest_key)
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        elif doing == "deep_verify":
             deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
         else:
             restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
@@ -89,3 +93,51 @@ def test_a_listing_refused_for_want_of_s3_listbucket_names_that_permission(conn,
     assert "ListObjectsV2" in str(exc)
     assert re.search(r"s3:ListBucket(?![A-Za-z])", exc.remedy or ""), exc.remedy
     assert _keys(s3_client, bucket) == []
+
+
+
+
+@pytest.mark.parametrize(("code", "status"), [("KMS.DisabledException", 400), ("KMS.NotFoundException", 400),
+                                              ("KMS.AccessDeniedException", 403)])
+def test_a_write_refused_by_the_buckets_kms_key_says_so(code, status, conn, schema, s3, bucket, s3_client, temp_dir):
+    """A bucket with default encryption SSE-KMS (the usual compliance setup) whose KMS key was disabled, deleted,
+    or whose key policy does not let the archiver's role use it. S3 refuses the archive's PutObject with
+    ``KMS.DisabledException`` / ``KMS.NotFoundException`` (400) or ``KMS.AccessDeniedException``. The archiver knows
+    these codes (``errors._S3_ACCESS_CODES``) but reports them as "the object store refused access", remedy "grant
+    s3:PutObject, s3:GetObject, s3:DeleteObject, s3:ListBucketMultipartUploads and s3:AbortMultipartUpload on the
+    bucket to these credentials": S3 permissions the role already has, and nothing about the key. Expected: the
+    cause or remedy names the bucket's KMS key (enable it, or allow kms:GenerateDataKey / kms:Decrypt to the
+    role), with table and day named and nothing left in the bucket. (``errors._s3_code`` maps the KMS codes to
+    ``_S3_ACCESS``, whose remedy is about S3 permissions only.)"""
+    spec = _small_table(conn, schema)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.csv$", action="error", status=status, code=code, times=None))
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    exc = caught.value
+    assert exc.table == spec.name and exc.day == DAY.isoformat() and not exc.retryable
+    assert "kms" in f"{exc.cause} {exc.remedy}".lower(), (exc.cause, exc.remedy)
+    assert _keys(s3_client, bucket) == []
+
+
+def test_a_bucket_check_refused_for_want_of_s3_listbucket_names_that_permission(s3, bucket, monkeypatch):
+    """The command line (and the code location's store) first asks for the bucket (HeadBucket). A least-privilege
+    role that has every object permission but not s3:ListBucket (HeadBucket's permission; the archiver's own
+    remedy for a refused request does not name it either) gets 403, and the load fails with "bucket ... refuses
+    these credentials ...: check $ARCHIVE_S3_BUCKET and the S3 credentials": the user checks credentials that are
+    right. Expected: the error says the bucket refused HeadBucket and names s3:ListBucket as the permission to
+    grant. (``environment.store_from_env``: ``{403: "refuses these credentials"}``.)"""
+    import re
+
+    from archive_pipeline.core.environment import store_from_env
+
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="HEAD", path=rf"^/{bucket}/?$", action="error", status=403, code="AccessDenied",
+                        times=None))
+        monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        with pytest.raises(Exception) as caught:
+            store_from_env()
+    assert re.search(r"s3:ListBucket(?![A-Za-z])", f"{caught.value} {getattr(caught.value, 'remedy', '')}"), \
+        str(caught.value)
