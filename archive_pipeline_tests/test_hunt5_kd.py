@@ -185,3 +185,30 @@ def test_the_command_line_can_read_an_sse_kms_bucket_the_code_location_writes(co
                               env=env, cwd=root, capture_output=True, text=True, timeout=60)
     out = done.stdout + done.stderr
     assert done.returncode == 0 or "verify_etags" in out.lower(), out
+
+
+
+@pytest.mark.parametrize("prefix", [pytest.param("p" * 1000, id="keys-over-1024-bytes"),
+                                    pytest.param("team/../other", id="a-dot-dot-part")])
+def test_the_archive_store_resources_own_prefix_is_checked_at_load_as_the_variables_is(prefix):
+    """The README: "The store's knobs are fields of ArchiveStoreResource ...; to change them ... pass your own
+    resources to build_definitions(config, resources)", and ArchiveStoreResource has a ``prefix`` field. The load
+    refuses an ARCHIVE_S3_PREFIX under which a table's keys would pass S3's 1,024 bytes (a day's data object
+    written and its manifest refused) or that holds a '..' part; with the user's own resources it checks the
+    keys under an empty prefix instead (``check_keys_fit(config, ... if resources is None else "")``) and the
+    resource's prefix not at all, so the code location loads and every run of every day fails on AWS
+    (KeyTooLongError), or writes outside the prefix's folder. Expected: the load refuses the resource's prefix as
+    it refuses the variable's, naming the table / the prefix. (``definitions.build_definitions``.)"""
+    from dagster_aws.s3 import S3Resource
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.environment import ConfigError
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+
+    config = parse_config({"tables": [{"name": "public.events", "day_column": "created_at",
+                                       "start_date": "2024-01-01"}]}, "tables.yaml")
+    resources = {"postgres": PostgresResource(dsn="postgresql://nobody@127.0.0.1:1/x"),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(), bucket="b", prefix=prefix)}
+    with pytest.raises(ConfigError):
+        build_definitions(config, resources, check_source=False)
