@@ -38,7 +38,8 @@ from archive_pipeline.defs.checks import (
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
-from archive_pipeline.core.environment import check_bucket_name, check_endpoint_url, check_key_pair, check_keys_fit, check_s3_settings
+from archive_pipeline.core.environment import (check_bucket_name, check_endpoint_url, check_key_pair, check_keys_fit,
+                                              check_prefix, check_s3_settings, verify_etags)
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, ArchiveS3Resource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
@@ -77,6 +78,23 @@ def require_environment(origin: str | None = None) -> None:
     check_s3_settings(os.environ)
 
 
+def _store_prefix(resources: dict[str, object] | None) -> str:
+    """The key prefix the archives are written under: $ARCHIVE_S3_PREFIX's, or the user's own
+    ``archive_store`` resource's (checked as the variable is: a '..' part or keys past S3's 1,024 bytes
+    failed every run of every day instead of the load)."""
+    if resources is None:
+        return os.environ.get("ARCHIVE_S3_PREFIX", "").strip()
+    store = resources.get("archive_store")
+    prefix = getattr(store, "prefix", None)
+    if isinstance(prefix, EnvVar):
+        prefix = os.environ.get(prefix.env_var_name, "")
+    if not isinstance(prefix, str):
+        return ""
+    prefix = prefix.strip()
+    check_prefix(prefix, "the archive_store resource's prefix")
+    return prefix
+
+
 def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
     source = config.source if config else SourceSettings()
     s3 = ArchiveS3Resource(
@@ -91,7 +109,8 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
         "primary_postgres": PostgresResource(dsn=_optional_env("ARCHIVE_PG_PRIMARY_DSN") or EnvVar("ARCHIVE_PG_DSN"),
                                              **source.model_dump()),
         "archive_store": ArchiveStoreResource(s3=s3, bucket=EnvVar("ARCHIVE_S3_BUCKET"),
-                                              prefix=_optional_env("ARCHIVE_S3_PREFIX") or ""),
+                                              prefix=_optional_env("ARCHIVE_S3_PREFIX") or "",
+                                              verify_etags=verify_etags()),
     }
 
 
@@ -164,7 +183,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     config = config or load_config()
     if resources is None:
         require_environment(config.origin)
-    check_keys_fit(config, os.environ.get("ARCHIVE_S3_PREFIX", "").strip() if resources is None else "")
+    check_keys_fit(config, _store_prefix(resources))
     children = ChildrenMemo()  # the declarative tables' children: read by the checks, kept for the sensor
     if check_source and os.environ.get("ARCHIVE_PG_DSN", "").strip():
         check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"].strip(), children)

@@ -18,7 +18,7 @@ import psycopg
 import psycopg.conninfo
 
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
-from archive_pipeline.core.errors import describe_connect_error, password_of, redact, scrub_parse_error
+from archive_pipeline.core.errors import S3_PERMISSIONS, describe_connect_error, password_of, redact, scrub_parse_error
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
 from archive_pipeline.core.store import S3Store
 
@@ -30,6 +30,7 @@ ENDPOINT_VAR = "ARCHIVE_S3_ENDPOINT_URL"
 REGION_VAR = "ARCHIVE_S3_REGION"
 KEY_ID_VAR = "ARCHIVE_S3_ACCESS_KEY_ID"
 SECRET_VAR = "ARCHIVE_S3_SECRET_ACCESS_KEY"
+VERIFY_ETAGS_VAR = "ARCHIVE_S3_VERIFY_ETAGS"
 
 
 class UnreachableError(Exception):
@@ -157,19 +158,37 @@ def check_s3_settings(env: Mapping[str, str]) -> None:
     """The prefix must read back as written at the front of every key (no '.'/'..' part, no control
     character), and the region and access key id can hold no white space inside: a :class:`ConfigError`
     naming the variable, at load, instead of keys written under another folder or every run retried."""
-    prefix = s3_setting(env, PREFIX_VAR)
-    if prefix:
-        from archive_pipeline.core.keys import prefix_problem
-
-        problem = prefix_problem(prefix)
-        if problem:
-            raise ConfigError(f"${PREFIX_VAR} {_quoted(prefix)} cannot begin the archives' keys: it holds {problem}; "
-                              "set it to a plain folder name such as archive or team/archive")
+    check_prefix(s3_setting(env, PREFIX_VAR), f"${PREFIX_VAR}")
+    verify_etags(env)
     for name in (REGION_VAR, KEY_ID_VAR):
         value = s3_setting(env, name)
         if value and any(c.isspace() or not c.isprintable() for c in value):
             raise ConfigError(f"${name} {_quoted(value)} holds white space or a control character: write the "
                               "value alone")
+
+
+def verify_etags(env: Mapping[str, str] | None = None) -> bool:
+    """$ARCHIVE_S3_VERIFY_ETAGS: false for a store whose ETags are not MD5s (SSE-KMS), as the archive_store
+    resource's ``verify_etags`` (which the default resources take from it): the command line could not read
+    such a bucket at all. Anything but true/false fails the load naming the variable."""
+    env = os.environ if env is None else env
+    value = (s3_setting(env, VERIFY_ETAGS_VAR) or "true").lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ConfigError(f"${VERIFY_ETAGS_VAR} {_quoted(value)} is not true or false: set it to false for a store "
+                          "whose ETags are not MD5s (SSE-KMS), or unset it")
+    return value in ("true", "1", "yes", "on")
+
+
+def check_prefix(prefix: str | None, setting: str) -> None:
+    """A key prefix that reads back as written at the front of every key, or a :class:`ConfigError` naming
+    ``setting`` (the variable, or the resource's field) that holds it."""
+    if prefix:
+        from archive_pipeline.core.keys import prefix_problem
+
+        problem = prefix_problem(prefix)
+        if problem:
+            raise ConfigError(f"{setting} {_quoted(prefix)} cannot begin the archives' keys: it holds {problem}; "
+                              "set it to a plain folder name such as archive or team/archive")
 
 
 def check_keys_fit(config: ArchiveConfig, prefix: str) -> None:
@@ -233,7 +252,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']), env)} is not a region name: set it to "
                           "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \
             from None
-    store = S3Store(client, bucket, prefix=s3_setting(env, PREFIX_VAR) or "")
+    store = S3Store(client, bucket, prefix=s3_setting(env, PREFIX_VAR) or "", verify_etags=verify_etags(env))
     if check:
         try:
             client.head_bucket(Bucket=bucket)
@@ -244,9 +263,14 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                 from None
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            reason = {404: "does not exist", 403: "refuses these credentials"}.get(status, f"answered {status}")
-            raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: "
-                                   f"check ${BUCKET_VAR} and the S3 credentials",
+            reason, remedy = {
+                404: ("does not exist", f"check ${BUCKET_VAR} (or create the bucket)"),
+                # HeadBucket is allowed by s3:ListBucket; right keys without it are refused alike
+                403: ("refused HeadBucket (403)", "grant s3:ListBucket on the bucket to these credentials (HeadBucket "
+                      f"needs it; the archiver needs {', '.join(S3_PERMISSIONS)}), and check ${BUCKET_VAR} and "
+                      "the S3 credentials"),
+            }.get(status, (f"answered {status}", f"check ${BUCKET_VAR} and the S3 credentials"))
+            raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: {remedy}",
                                    retryable=status not in (400, 403, 404)) from None
         except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
             # not the store: no request was signed; the same on every retry

@@ -268,8 +268,25 @@ _S3_THROTTLED = _store(True, "the object store is throttling or temporarily fail
 _S3_CORRUPTED = _store(True, "an upload arrived corrupted (BadDigest / checksum mismatch)",
                        f"{_RETRIED}; if it recurs, check proxies between Dagster and the store")
 _S3_GONE = _store(True, "the multipart upload disappeared or conflicted with another writer", _RETRIED)
-_S3_ACCESS = _store(False, "the object store refused access", "grant s3:PutObject, s3:GetObject, s3:DeleteObject, "
-                    "s3:ListBucketMultipartUploads and s3:AbortMultipartUpload on the bucket to these credentials")
+# What the archiver asks of a bucket (README, "Permissions"): a refused request names the one its operation needs.
+S3_PERMISSIONS = ("s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucketMultipartUploads",
+                  "s3:AbortMultipartUpload")
+_PERMISSION_OF = {"ListObjectsV2": "s3:ListBucket", "HeadBucket": "s3:ListBucket", "GetObject": "s3:GetObject",
+                  "HeadObject": "s3:GetObject (and s3:ListBucket, without which S3 answers 403 for a missing key)",
+                  "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
+                  "CompleteMultipartUpload": "s3:PutObject", "CopyObject": "s3:GetObject and s3:PutObject",
+                  "DeleteObject": "s3:DeleteObject", "DeleteObjects": "s3:DeleteObject",
+                  "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+                  "AbortMultipartUpload": "s3:AbortMultipartUpload"}
+_S3_ACCESS = _store(False, "the object store refused access", f"grant {', '.join(S3_PERMISSIONS)} on the bucket to "
+                    "these credentials")
+_S3_KMS = _store(False, "the bucket's KMS key refused the request (disabled, deleted, or not usable by these "
+                 "credentials)", "enable the bucket's KMS key, or allow kms:GenerateDataKey and kms:Decrypt on it to "
+                 "these credentials (the key's policy or the role's)")
+_S3_ARCHIVED = _store(False, "the object is in an archive storage class (GLACIER, DEEP_ARCHIVE or an archive access "
+                      "tier) and cannot be read until it is restored",
+                      "restore it first (aws s3api restore-object --bucket <bucket> --key <key> --restore-request "
+                      "Days=7, or the console's Initiate restore), wait until the restore has completed, then run again")
 _S3_BAD_KEY = _store(False, "the object store rejected the credentials",
                      "check ARCHIVE_S3_ACCESS_KEY_ID / ARCHIVE_S3_SECRET_ACCESS_KEY (and the region)")
 _S3_NO_BUCKET = _store(False, "the bucket does not exist", "check ARCHIVE_S3_BUCKET (or create the bucket)")
@@ -285,13 +302,14 @@ _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expir
                            "session duration, token refresh)")
 
 _S3_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-                   "RequestThrottled", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
+                   "RequestThrottled", "KMS.ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 _S3_CORRUPT_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 _S3_GONE_CODES = {"NoSuchUpload", "InvalidPart", "InvalidPartOrder", "PreconditionFailed", "ConditionalRequestConflict",
                   "OperationAborted"}
 _S3_TOKEN_CODES = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired"}
-_S3_ACCESS_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403",
-                    "KMS.DisabledException", "KMS.NotFoundException", "KMS.AccessDeniedException"}
+_S3_ACCESS_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"}
+_S3_KMS_CODES = {"KMS.DisabledException", "KMS.NotFoundException", "KMS.AccessDeniedException",
+                 "KMS.KMSInvalidStateException", "KMS.InvalidKeyUsageException", "KMS.KeyUnavailableException"}
 _S3_KEY_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "AuthorizationHeaderMalformed",
                  "InvalidSecurity", "UnrecognizedClientException"}
 _S3_BUCKET_CODES = {"NoSuchBucket", "InvalidBucketName"}
@@ -500,6 +518,18 @@ def _classify_boto(exc: BaseException) -> Classification | None:
     return None
 
 
+def for_operation(found: Classification, what: str) -> Classification:
+    """``found`` for a request described by ``what`` ("listing s3://... (ListObjectsV2)"): a refused access
+    names the permission that operation needs (a least-privilege role lacking only s3:ListBucket was told
+    to grant five others it had)."""
+    operation = re.search(r"\((\w+)\)\s*$", what)
+    needed = _PERMISSION_OF.get(operation.group(1)) if operation else None
+    if found != _S3_ACCESS or needed is None:
+        return found
+    return replace(found, remedy=f"grant {needed} on the bucket to these credentials ({operation.group(1)} needs it; "
+                                 f"the archiver needs {', '.join(S3_PERMISSIONS)})")
+
+
 def _s3_code(code: str, status: int) -> Classification:
     if code in _S3_CORRUPT_CODES:
         return _S3_CORRUPTED
@@ -517,6 +547,10 @@ def _s3_code(code: str, status: int) -> Classification:
         return _S3_GONE
     if code in _S3_KEY_CODES:
         return _S3_BAD_KEY
+    if code in _S3_KMS_CODES:
+        return _S3_KMS
+    if code == "InvalidObjectState":  # a 403 for an object in GLACIER / DEEP_ARCHIVE: no permission is missing
+        return _S3_ARCHIVED
     if code in _S3_ACCESS_CODES or status == 403:
         return _S3_ACCESS
     if code in _S3_BUCKET_CODES:

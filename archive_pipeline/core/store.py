@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from archive_pipeline.core.errors import ArchiveError, UploadError, classify, is_cancellation, redact
+from archive_pipeline.core.errors import ArchiveError, UploadError, classify, for_operation, is_cancellation, redact
 from archive_pipeline.core.keys import upload_marker_key
 
 KiB = 1 << 10
@@ -64,8 +64,10 @@ _S3_TOO_LARGE = "the day is larger than S3's object limit"
 _CORRUPTED = "the object's checksum did not match on the way"
 _RETRIED = ("retried automatically; if it persists, check the network path to the store (proxies, gateways) and the "
             "store's health")
-_CORRUPTED_REMEDY = (f"{_RETRIED}; if every run fails so, the store's ETags are not the MD5 of the bytes (SSE-KMS, "
-                     "some gateways): turn off the archive_store resource's verify_etags")
+_NOT_MD5_ETAGS = ("if every run fails so, the store's ETags are not the MD5 of the bytes (SSE-KMS, some gateways): turn "
+                  "off the archive_store resource's verify_etags (ARCHIVE_S3_VERIFY_ETAGS=false for the default "
+                  "resources and the command line)")
+_CORRUPTED_REMEDY = f"{_RETRIED}; {_NOT_MD5_ETAGS}"
 
 log = logging.getLogger(__name__)
 
@@ -730,11 +732,12 @@ class S3Store:
                 return data
             problem = f"body hashes to {hashlib.md5(data).hexdigest()}, ETag is {etag}"
             log.warning("%s read corrupted: %s", self.uri(key), problem)
+        etags = f"; {_NOT_MD5_ETAGS}" if problem.startswith("body hashes to") else ""
         raise DownloadError(f"{self.uri(key)} came back corrupted or as an error {attempts} times ({problem}); the "
                             "run will be retried", retryable=True,
                             cause="the object came back corrupted in transit, or the store answered with an error",
                             remedy="retried automatically; if it persists, check the network path to the store "
-                                   "(proxies, TLS-terminating gateways) and the store's health")
+                                   f"(proxies, TLS-terminating gateways) and the store's health{etags}")
 
     def download_to(self, key: str, sink: BinaryIO | Any, expected_md5: str | None = None, *,
                     expected_size: int | None = None, chunk_size: int = 4 * MiB) -> Downloaded | None:
@@ -792,7 +795,7 @@ class S3Store:
         vouched = self.verify_etags and bool(_PLAIN_MD5.match(etag))
         if vouched and digest != etag:
             raise DownloadError(f"{uri} came back corrupted (MD5 {digest}, the store's ETag {etag}); "
-                                "the download will be retried", retryable=True)
+                                "the download will be retried", retryable=True, remedy=_CORRUPTED_REMEDY)
         if expected_md5 is not None and digest != expected_md5:
             if vouched and not self._same_version(key, etag):
                 # the bytes are whole, but another version's than the object's now (a cache, a replica behind)
@@ -948,6 +951,8 @@ def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError)
     if found.where == "unknown":
         found = replace(found, cause="the request failed", remedy="retried automatically" if retryable else
                         "check the bucket, its permissions and the store's credentials and endpoint")
+    else:
+        found = for_operation(found, what)
     return kind(f"{what} failed: {found.cause} ({_said(exc)}); "
                 f"{'transient, retried' if retryable else 'not retried: a retry cannot fix this'}",
                 retryable=retryable, remedy=found.remedy, cause=found.cause)
