@@ -39,3 +39,35 @@ def test_a_killed_range_restore_into_the_original_table_is_finished_by_running_i
     assert again.returncode == 0, again.stdout + again.stderr
     after = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(sql.Identifier(schema, "events"))).fetchall()
     assert after == before
+
+
+def test_a_prune_killed_before_its_commit_is_not_listed_as_a_day_dropped_and_restored(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """`prune --day D` (retention drop) is SIGKILLed right after the manifest's "pending" mark was written, before
+    the removing transaction committed: the drop was rolled back, D's partition and rows are all still in the
+    source, nothing was ever restored. The user then runs `list --day D` to see where things stand: it says
+    "back in the source (restored after its drop at …)": a drop and a restore that never happened (killed after
+    the COMMIT, the same `list` says "dropped from the source at … (pending)"). Expected: `list` does not claim
+    the day was dropped and restored; it shows the removal as unfinished ("pending"), which the next run of the
+    day settles."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, DAYS, rows_per_day=30, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAYS[0].isoformat(),
+             "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": "drop"}}
+    spec, _ = _archived(conn, [table], s3_client, bucket)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
+    key = render_key(spec, DAYS[1], "archive")
+    day = ["--day", DAYS[1].isoformat()]
+    # the first PutObject of the manifest is the "pending" mark, written inside the removing transaction
+    killing_cli(env, ["after-call", "PutObject", 1, re.escape(key) + r"\.manifest\.json$"], "prune", *day)
+    gone(conn)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "events_20240311"))
+                        ).fetchone()[0] == 30  # nothing was removed
+    listed = cli(env, "list", "--json", *day)
+    assert listed.returncode == 0, listed.stderr
+    note = json.loads(listed.stdout)["days"][0].get("note") or ""
+    assert "restored" not in note, note
+    assert "pending" in note, note
