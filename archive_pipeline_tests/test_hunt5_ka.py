@@ -16,9 +16,14 @@ from archive_pipeline_tests.test_hunt3_o import (DAYS, _archived, cli, gone, kil
 def test_a_killed_range_restore_into_the_original_table_is_finished_by_running_it_again(
         pg, s3, bucket, conn, schema, s3_client, tmp_path):
     """After `prune` removed D1..D3, a user runs `restore --from D1 --to D3 --into original` and the process is
-    SIGKILLed while D2 downloads (D1 committed). The README says of `restore --from/--to`: "the same command run
-    again resumes". Expected: the same command again ends with the table holding exactly the archived rows of
-    D1..D3 (D1 reported already restored or left alone, D2 and D3 loaded)."""
+    SIGKILLed while D2 downloads (D1 committed; SIGKILL prints nothing, unlike Ctrl-C, which names the command
+    that restores the rest). The same command again loads D1 a second time, fails its check and stops the range
+    there ("the archive does not hold the rows it was proven to hold (altered after it was written), or the target
+    already held other rows of the day"; a keyed table fails on a duplicate key): no re-run of the range ever
+    brings back D2 and D3, and the message first blames the archive. The README says of `restore --from/--to`:
+    "the same command run again resumes". Expected: the same command again ends with the table holding exactly
+    the archived rows of D1..D3 (D1, whose rows the table holds exactly as archived, reported already restored;
+    D2 and D3 loaded)."""
     from archive_pipeline.local.local_stack import create_sample_events
 
     create_sample_events(conn, DAYS, rows_per_day=40, schema=schema)
