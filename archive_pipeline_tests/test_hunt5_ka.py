@@ -19,7 +19,7 @@ def test_a_killed_range_restore_into_the_original_table_is_finished_by_running_i
     SIGKILLed while D2 downloads (D1 committed; SIGKILL prints nothing, unlike Ctrl-C, which names the command
     that restores the rest). The same command again loads D1 a second time, fails its check and stops the range
     there ("the archive does not hold the rows it was proven to hold (altered after it was written), or the target
-    already held other rows of the day"; a keyed table fails on a duplicate key): no re-run of the range ever
+    already held other rows of the day"): no re-run of the range ever
     brings back D2 and D3, and the message first blames the archive. The README says of `restore --from/--to`:
     "the same command run again resumes". Expected: the same command again ends with the table holding exactly
     the archived rows of D1..D3 (D1, whose rows the table holds exactly as archived, reported already restored;
