@@ -245,14 +245,17 @@ def test_original_refuses_a_detached_partition_that_may_still_hold_the_day(conn,
 def test_conflict_policies(conn, schema, events, store, temp_dir):
     archive_partition(conn, events, DAY, store, temp_dir=temp_dir)
     before = _day_fingerprint(conn, events, DAY)
+    # the day holds exactly its archived rows (restored before, or never removed): nothing to load, nothing refused
+    done = restore_day(conn, store, events, DAY, into="original", on_conflict="fail", temp_dir=temp_dir)
+    assert (done.inserted, done.check) == (0, f"already restored: {events.name} holds exactly its archived rows")
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id % 5 = 0 AND created_at < {}").format(
+        sql.Identifier(schema, "events"), sql.Literal(dt.datetime(2024, 3, 11, tzinfo=dt.UTC))))
+    partial = _day_fingerprint(conn, events, DAY)
+    assert partial.rows == 400
     with pytest.raises(RestoreConflictError, match="already exist in .*on_conflict='skip'") as failure:
         restore_day(conn, store, events, DAY, into="original", on_conflict="fail", temp_dir=temp_dir)
     assert failure.value.table == events.name and failure.value.day == DAY.isoformat()
-    assert _day_fingerprint(conn, events, DAY) == before  # nothing half restored
-
-    conn.execute(sql.SQL("DELETE FROM {} WHERE id % 5 = 0 AND created_at < {}").format(
-        sql.Identifier(schema, "events"), sql.Literal(dt.datetime(2024, 3, 11, tzinfo=dt.UTC))))
-    assert _day_fingerprint(conn, events, DAY).rows == 400
+    assert _day_fingerprint(conn, events, DAY) == partial  # nothing half restored
     result = restore_day(conn, store, events, DAY, into="original", on_conflict="skip", temp_dir=temp_dir)
     assert (result.rows, result.inserted, result.created) == (500, 100, ())
     assert result.fingerprint_checked and _day_fingerprint(conn, events, DAY) == before

@@ -168,7 +168,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
                                    completed=True)
                 manifest = settled.manifest  # taken back: proven and removed from scratch below
-        if removal_state(manifest) == "done" and (_detached(conn, spec, day, manifest)
+        if removal_state(manifest) == "done" and (still_detached(conn, spec, day, manifest)
                                                   or not _has_rows(conn, spec, day)):
             # (rows of a removed day that are back, restored into the original table, are proven and
             # removed again below, as on the first removal)
@@ -477,7 +477,7 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
         else:
             unknown = "too old for PostgreSQL to remember"
         if status == "committed":
-            if not _detached(conn, spec, day, manifest) and _holds_archived_rows(conn, spec, day, manifest):
+            if not still_detached(conn, spec, day, manifest) and _holds_archived_rows(conn, spec, day, manifest):
                 # A transaction that wrote nothing durable before a crash leaves its id to be handed out again
                 # (the removal takes its id before it locks and removes): "committed" is then another's.
                 return False, (f"its transaction id {xid} reads as committed, but the source still holds "
@@ -494,7 +494,7 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
         why = f"its transaction {xid} is unknown ({unknown}); "
     else:
         why = "the mark names no transaction; "
-    if _detached(conn, spec, day, manifest):
+    if still_detached(conn, spec, day, manifest):
         return True, why + "its day table inherits from no table any more"
     rows = _source_rows(conn, spec, day, manifest)
     if rows == 0:
@@ -521,7 +521,7 @@ def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
             table.identifier, day_filter(table, day))).fetchone()[0]
 
 
-def _detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
+def still_detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
     """Whether a naming-mode day table that a done removal detached is still detached: it keeps its rows
     (that is what detach means) and its name, so the source still shows the day, but it inherits from no
     table any more, as the removal left it. Detaching it again would be refused ("inherits from no

@@ -23,7 +23,8 @@ from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalo
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
-from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity, manifest_key, owned
+from archive_pipeline.core.lifecycle import still_detached
+from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity, manifest_key, owned, removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
@@ -375,10 +376,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
                         else "same row count, different content (fingerprint)")
-        elif archived.removed and present:  # restored since (restore --into original): the source has it again
-            mark = archived.manifest.get("removed") or {}
-            note = (f"back in the source (restored after its {mark.get('action', 'removal')} at "
-                    f"{mark.get('at', '?')[:19]})")
+        elif archived.removed and present:
+            note = _removed_yet_present(conn, spec, day, archived)
         elif check_source or archived.removed:
             note = archived.removed or "no longer in the source"
         if state == "empty" and not note:
@@ -386,6 +385,21 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
                                   archived.bytes, archived.archived_at, source_rows, note))
     return statuses
+
+
+def _removed_yet_present(conn: psycopg.Connection, spec: TableSpec, day: Period, archived) -> str:
+    """What a day the source shows again after its removal is: a removal still marked pending (killed before or
+    after its COMMIT: the next run of the day settles it; a drop rolled back is no drop and restore), a
+    naming-mode day table a detach left in place (it keeps its name and rows, detached), or restored since
+    (restore --into original)."""
+    mark = archived.manifest.get("removed") or {}
+    action, at = mark.get("action", "removal"), mark.get("at", "?")[:19]
+    if removal_state(archived.manifest) == "pending":
+        return (f"{action} begun at {at} not finished (marked pending): the source still shows the day; the next "
+                "archive run or prune of the day settles it")
+    if still_detached(conn, spec, day, archived.manifest):
+        return archived.removed
+    return f"back in the source (restored after its {action} at {at})"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -591,22 +591,43 @@ def _still_restored(conn: psycopg.Connection, relation: Relation, manifest: dict
     where = _day_where(conn, relation, manifest, whole=False)
     if where is None:
         return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(relation.identifier)).fetchone()[0]
-    held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(relation.identifier, where)).fetchone()[0]
+    # (a version 1 manifest has no fingerprint: with the mark, its count is all there is)
+    return _holds_archived_rows(conn, relation, manifest, where, count_will_do=True)
+
+
+def _holds_archived_rows(conn: psycopg.Connection, relation: Relation, manifest: dict, where: sql.Composable | None,
+                         *, count_will_do: bool = False) -> bool:
+    """Whether the rows of ``relation`` matching ``where`` (all of them for None) are the archive's: as many,
+    and with its fingerprint (a day archived again since, with corrected rows, is not the one restored)."""
+    held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+        relation.identifier, where if where is not None else sql.SQL("TRUE"))).fetchone()[0]
     if held != int(manifest.get("rows") or 0) or held == 0:
         return False
     recorded = manifest.get("fingerprint")
-    if fp.recorded_algorithm(recorded) is None:  # (a version 1 manifest: the count is all there is)
-        return True
-    # the rows themselves: a day archived again since (an overwrite with corrected rows) is not the one restored
+    if fp.recorded_algorithm(recorded) is None:
+        return count_will_do
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     return str(fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))) == recorded
 
 
-def _already_restored(relation: Relation, manifest: dict, started: float) -> RestoreResult:
+def _loaded_before(conn: psycopg.Connection, relation: Relation, manifest: dict, whole: bool) -> bool:
+    """Into the original table or one of the user's: whether its day already holds exactly the archived rows,
+    i.e. an earlier run of the same restore committed this day (a range restore killed on a later day, then run
+    again, loaded it twice, failed its check and stopped there for ever). Needs a day column, or the day's own
+    table (naming mode), to tell the day's rows apart; and a fingerprint."""
+    if not whole and not manifest.get("day_column"):
+        return False
+    return _holds_archived_rows(conn, relation, manifest, _day_where(conn, relation, manifest, whole))
+
+
+def _already_restored(relation: Relation, manifest: dict, started: float, *, proven: bool = False) -> RestoreResult:
+    """A day found restored: listed by the target's restore mark, or ``proven`` (its rows there carry the
+    archive's fingerprint)."""
     table, day = manifest.get("table"), manifest.get("day")
+    why = f"{relation} holds exactly its archived rows" if proven else f"{relation}'s restore mark lists {day}"
     return RestoreResult(table=table, day=day, target=str(relation), rows=int(manifest["rows"]), inserted=0,
-                         seconds=time.perf_counter() - started, fingerprint_checked=False, fingerprint=None,
-                         check=f"already restored: {relation}'s restore mark lists {day}")
+                         seconds=time.perf_counter() - started, fingerprint_checked=proven,
+                         fingerprint=manifest.get("fingerprint") if proven else None, check=f"already restored: {why}")
 
 
 def _mark_restored(conn: psycopg.Connection, relation: Relation, table: str, days: set[str]) -> None:
@@ -1380,11 +1401,13 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     into = "existing"
                 relation, to_create = _resolve_target(conn, manifest, into, relation)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
+                # the day is the whole target: a new table, or the day's own table (naming mode)
+                whole = into == "new" or (into == "original" and not manifest.get("day_column"))
+                if into != "new" and not to_create and _loaded_before(conn, relation, manifest, whole):
+                    return _already_restored(relation, manifest, started, proven=True)
                 _refuse_approximation(conn, manifest, relation)
                 if on_conflict == "skip":
                     _require_key(conn, manifest, relation)
-                # the day is the whole target: a new table, or the day's own table (naming mode)
-                whole = into == "new" or (into == "original" and not manifest.get("day_column"))
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
                 rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
                                               fingerprint_added=by_added)
