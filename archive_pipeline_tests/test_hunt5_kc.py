@@ -68,3 +68,37 @@ def test_compare_by_a_read_only_serializable_deferrable_role_does_not_wait_behin
         assert [c.result for c in compared] == ["equal"], compared[0].note
     finally:
         _drop(conn, role)
+
+
+def test_a_delete_removal_that_overflows_the_lock_table_names_max_locks_per_transaction(store, temp_dir):
+    """A table partitioned by day keeps ~2 years of partitions, and its retention action is `delete`.
+    The removal's `LOCK TABLE <parent> IN SHARE MODE` locks every partition, which overflows a server
+    whose lock table (max_locks_per_transaction x connections) is smaller than the partition count:
+    PostgreSQL says "out of shared memory", HINT "You might need to increase max_locks_per_transaction".
+    The removal fails as 'the database server ran out of memory or another resource', transient and
+    retried (each retry needs the same locks and fails the same way), with the remedy 'lower the pool
+    limit in dagster.yaml or work_mem', which cannot help. The error should name the setting to raise,
+    max_locks_per_transaction (or the removal should lock only the day's own partitions)."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.local.local_stack import start_postgres
+
+    server = start_postgres({"max_locks_per_transaction": "10", "max_connections": "10", "autovacuum": "off"})
+    try:
+        with server.connect() as conn:
+            conn.execute("CREATE TABLE ev (id int, at timestamptz, v text) PARTITION BY RANGE (at)")
+            first = DAY - dt.timedelta(days=300)
+            for batch in range(0, 600, 100):  # (100 per transaction: creating them locks them too)
+                conn.execute(f"DO $$ BEGIN FOR i IN {batch}..{batch + 99} LOOP EXECUTE format('CREATE TABLE %I "
+                             f"PARTITION OF ev FOR VALUES FROM (%L) TO (%L)', 'ev_' || i, ('{first}'::date + i)::text "
+                             f"|| '+00', ('{first}'::date + i + 1)::text || '+00'); END LOOP; END $$")
+            conn.execute("INSERT INTO ev SELECT g, %s::timestamptz + g * interval '1 second', 'x' "
+                         "FROM generate_series(1, 100) g", (f"{DAY}+00",))
+            spec = TableSpec(name="public.ev", day_column="at", start_date=first, partitioning={"mode": "declarative"},
+                             retention={"keep_days": 30, "action": "delete"})
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+            with pytest.raises(ArchiveError) as caught:
+                remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
+            assert "max_locks_per_transaction" in (caught.value.remedy or ""), str(caught.value)
+    finally:
+        server.stop()
