@@ -70,6 +70,38 @@ def test_compare_by_a_read_only_serializable_deferrable_role_does_not_wait_behin
         _drop(conn, role)
 
 
+def test_an_archive_run_by_a_read_only_serializable_deferrable_role_does_not_wait_behind_a_serializable_writer(
+        conn, schema, pg, store, temp_dir, archived_day):
+    """The same role as above (read-only, serializable, deferrable by default: a reporting role a DBA hands
+    the archiver, which only reads) archives a day the way a Dagster run does, through PostgresResource.
+    While any application session has a serializable read-write transaction open, the resource's connect
+    (its `SELECT set_config(...)` of the session's timeouts) waits for a safe snapshot: with the role's
+    statement_timeout it escapes as a raw psycopg QueryCanceled (no table, day, cause or remedy, retryable
+    unknown), and without one every run hangs until that writer ends. The plain connection's archive fails
+    too, blamed on "reading the day took longer than allowed" (it was waiting on its lock statement). The
+    archive's read is REPEATABLE READ READ ONLY and needs no safe snapshot; the session's other statements
+    should not wait for one either (SET the transaction defaults, as the load's table check does)."""
+    from archive_pipeline.defs.resources import PostgresResource
+
+    spec = archived_day.model_copy(update={"key_template": "again/" + archived_day.key_template})
+    role, dsn = _role(conn, pg, schema, "ro", [("default_transaction_isolation", "serializable"),
+                                               ("default_transaction_read_only", "on"),
+                                               ("default_transaction_deferrable", "on"),
+                                               ("statement_timeout", "500ms")])
+    try:
+        with psycopg.connect(pg.dsn) as writer:
+            writer.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            writer.execute(sql.SQL("CREATE TABLE {} (i int)").format(sql.Identifier(schema, "w")))
+            try:
+                with PostgresResource(dsn=dsn).connect() as ro:
+                    result = archive_partition(ro, spec, DAY, store, temp_dir=temp_dir)
+            finally:
+                writer.rollback()
+        assert result.rows == 50
+    finally:
+        _drop(conn, role)
+
+
 def test_a_delete_removal_that_overflows_the_lock_table_names_max_locks_per_transaction(store, temp_dir):
     """A table partitioned by day keeps ~2 years of partitions, and its retention action is `delete`.
     The removal's `LOCK TABLE <parent> IN SHARE MODE` locks every partition, which overflows a server
