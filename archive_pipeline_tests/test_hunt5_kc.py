@@ -134,3 +134,26 @@ def test_a_delete_removal_that_overflows_the_lock_table_names_max_locks_per_tran
             assert "max_locks_per_transaction" in (caught.value.remedy or ""), str(caught.value)
     finally:
         server.stop()
+
+
+def test_a_role_whose_valid_until_has_passed_is_not_only_told_to_check_its_password(conn, schema, pg):
+    """A DBA sets the archiving role's password to expire (ALTER ROLE ... VALID UNTIL) and the date passes.
+    Every run then fails with 'wrong password (password authentication failed)' and the remedy 'check the
+    password in ARCHIVE_PG_DSN (and that the role's password was not rotated)': the password is right, and
+    PostgreSQL tells the client the same words for an expired one (the reason is in the server log only).
+    The remedy should name the other cause it may be, the role's VALID UNTIL having passed (and where to
+    look: pg_roles.rolvaliduntil, ALTER ROLE ... VALID UNTIL), so nobody rotates a correct password."""
+    from archive_pipeline.core.errors import SourceError
+    from archive_pipeline.defs.resources import PostgresResource
+
+    role = f"{schema}_expired"
+    dsn = pg.create_password_role(role, "pw-right-kc")
+    try:
+        conn.execute(sql.SQL("ALTER ROLE {} VALID UNTIL '2001-01-01'").format(sql.Identifier(role)))
+        with pytest.raises(SourceError) as caught:
+            with PostgresResource(dsn=dsn).connect():
+                pass
+        assert not caught.value.retryable and "pw-right-kc" not in str(caught.value)
+        assert "valid until" in (caught.value.remedy or "").lower(), str(caught.value)
+    finally:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
