@@ -157,3 +157,40 @@ def test_a_role_whose_valid_until_has_passed_is_not_only_told_to_check_its_passw
         assert "valid until" in (caught.value.remedy or "").lower(), str(caught.value)
     finally:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_role_with_serializable_default_archives_and_compares_on_a_hot_standby(store, temp_dir):
+    """A DBA makes SERIALIZABLE the default for the application's role (ALTER ROLE ... SET
+    default_transaction_isolation = 'serializable', a common way to get SSI everywhere), and the archiver
+    uses that role against a hot standby (ARCHIVE_PG_DSN = the replica, as the README supports). A standby
+    allows no serializable transaction, and every statement that does not say its isolation fails with
+    "cannot use serializable mode in a hot standby" (0A000; its HINT: SET default_transaction_isolation =
+    'repeatable read'). The archive's own read is REPEATABLE READ, but PostgresResource.connect's SELECT of
+    the session settings fails first, raising a raw psycopg FeatureNotSupported (no table, day, cause or
+    remedy); on a plain connection the archive fails with 'the server rejected the archiver's SQL ... check the
+    table definition; if it looks right, report it', existing_days and plan_archive raise raw, and compare
+    calls the day 'unreadable'. The same role archives fine on the primary. The sessions should not depend on
+    the default isolation (SET it, or say it on every transaction), so the day is archived and compares equal."""
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline.local.local_stack import start_postgres, start_replica, wait_for_replay
+
+    primary = start_postgres({"autovacuum": "off"})
+    try:
+        with primary.connect() as conn:
+            create_sample_events(conn, [DAY], 50)
+            conn.execute("CREATE ROLE archiver LOGIN SUPERUSER")
+        replica = start_replica(primary)
+        try:
+            with primary.connect() as conn:
+                conn.execute("ALTER ROLE archiver SET default_transaction_isolation = 'serializable'")
+            wait_for_replay(primary, replica)
+            spec = TableSpec(name="public.events", day_column="created_at", start_date=DAY,
+                             partitioning={"mode": "declarative"})
+            with PostgresResource(dsn=replica.dsn_for("archiver")).connect() as standby:
+                assert archive_partition(standby, spec, DAY, store, temp_dir=temp_dir).rows == 50
+                compared = compare_days(standby, spec, store, [DAY])
+                assert [c.result for c in compared] == ["equal"], compared[0].note
+        finally:
+            replica.stop()
+    finally:
+        primary.stop()
