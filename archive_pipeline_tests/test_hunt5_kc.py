@@ -194,3 +194,35 @@ def test_a_role_with_serializable_default_archives_and_compares_on_a_hot_standby
             replica.stop()
     finally:
         primary.stop()
+
+
+def test_a_restore_refused_by_the_roles_default_tablespace_names_the_tablespace_grant(conn, schema, pg, store,
+                                                                                     temp_dir, archived_day):
+    """A DBA puts the restoring role's new tables on a tablespace by default (ALTER ROLE ... SET
+    default_tablespace) without granting it CREATE there. A restore into a new table (or into the original
+    table, re-creating the dropped day's partition) fails 'permission denied for tablespace <ts>', typed and
+    not retried, but its remedy says to GRANT INSERT, SELECT on the target and CREATE on its schema, which
+    the role has: the grant it lacks is CREATE ON TABLESPACE <ts> (or the role's default_tablespace is to be
+    reset). The remedy should name the tablespace and that grant, as a refused schema or type is named."""
+    from archive_pipeline.core.restore import RestoreError
+    import pathlib
+    import shutil
+    import tempfile
+
+    from archive_pipeline.local.local_stack import _chown_for_server
+
+    location = pathlib.Path(tempfile.mkdtemp(prefix="kc-tablespace-"))  # (where the server's user may reach it)
+    _chown_for_server(location)
+    space = f"{schema}_ts"
+    conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(space), sql.Literal(str(location))))
+    role, dsn = _role(conn, pg, schema, "restorer", [("default_tablespace", space)])
+    try:
+        with psycopg.connect(dsn, autocommit=True) as restorer:
+            with pytest.raises(RestoreError) as caught:
+                restore_day(restorer, store, archived_day, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+        assert not caught.value.retryable
+        assert "tablespace" in (caught.value.remedy or "").lower(), str(caught.value)
+    finally:
+        _drop(conn, role)
+        conn.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(space)))
+        shutil.rmtree(location, ignore_errors=True)
