@@ -51,7 +51,7 @@ from archive_pipeline.core.environment import (
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
 from archive_pipeline.core.periods import Period, PeriodError
-from archive_pipeline.core.session_settings import apply_settings, session_pinned
+from archive_pipeline.core.session_settings import session_pinned, set_session
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
@@ -209,7 +209,7 @@ class Run:
     def _configured(self, conn: psycopg.Connection) -> psycopg.Connection:
         # timeouts for every statement (prune's LOCK gives up after lock_timeout_ms instead of queueing
         # every reader of the table behind it)
-        apply_settings(conn.execute, {**session_settings(self.config.source), **session_pinned(conn)}, local=False)
+        set_session(conn, {**session_settings(self.config.source), **session_pinned(conn)})  # SET: no snapshot
         return conn
 
     @property

@@ -45,7 +45,7 @@ from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResour
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.defs.schedules import build_daily_schedule
 from archive_pipeline.defs.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, SESSION_PINNED
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, SESSION_PINNED, set_session
 from archive_pipeline.core.source import describe_table
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo |
     """
     try:
         conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True, **CONNECT_PARAMETERS)
-        for name, value in SESSION_PINNED.items():  # SET: no snapshot (a serializable deferrable role's waits)
-            conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        set_session(conn, SESSION_PINNED)  # SET: no snapshot (a serializable deferrable role's waits)
     except psycopg.Error as exc:
         log.warning("could not reach the source database to check the tables of %s: %s; the code location "
                     "loads anyway and runs will fail until it is reachable", config.origin,

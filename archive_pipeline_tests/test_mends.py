@@ -59,9 +59,10 @@ def test_skip_restore_of_a_naming_day_refuses_an_existing_row_that_differs(conn,
 
 
 def test_a_database_error_while_checking_tables_at_load_warns_and_loads(conn, schema, pg, caplog):
-    """The load's table check is a courtesy: a role's statement_timeout firing (a real one, while the
-    check waits for a safe snapshot behind a serializable writer) warns naming the table and cause, with
-    no password, and lets the location load, as an unreachable database does; it does not escape raw."""
+    """The load's table check is a courtesy: a role's lock_timeout firing (a real one, while the check waits
+    for a lock an application holds on the table) warns naming the table and cause, with no password, and
+    lets the location load, as an unreachable database does; it does not escape raw. (The role's serializable
+    deferrable default makes the check wait for nothing: our sessions pin read committed.)"""
     import logging
 
     import psycopg
@@ -70,25 +71,30 @@ def test_a_database_error_while_checking_tables_at_load_warns_and_loads(conn, sc
     from archive_pipeline.definitions import check_tables_exist
 
     role = f"{schema}_checker"
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(sql.Identifier(schema, "t")))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz) PARTITION BY RANGE (at)").format(
+        sql.Identifier(schema, "t")))
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-Zq81x'").format(sql.Identifier(role)))
     for setting, value in [("default_transaction_isolation", "serializable"), ("default_transaction_read_only", "on"),
-                           ("default_transaction_deferrable", "on"), ("statement_timeout", "300")]:
+                           ("default_transaction_deferrable", "on"), ("lock_timeout", "300")]:
         conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(sql.Identifier(role), sql.Identifier(setting),
                                                                   sql.Literal(value)))
     dsn = psycopg.conninfo.make_conninfo(pg.dsn, user=role, password="pw-Zq81x")
-    config = parse_config({"tables": [{"name": f"{schema}.t", "day_column": "at", "start_date": DAY.isoformat()}]})
+    config = parse_config({"tables": [{"name": f"{schema}.t", "day_column": "at", "start_date": DAY.isoformat(),
+                                       "partitioning": {"mode": "declarative"}}]})
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}; GRANT SELECT ON {} TO {}").format(
+        sql.Identifier(schema), sql.Identifier(role), sql.Identifier(schema, "t"), sql.Identifier(role)))
     with psycopg.connect(pg.dsn) as writer:
         writer.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-        writer.execute(sql.SQL("INSERT INTO {} VALUES (1, now())").format(sql.Identifier(schema, "t")))
+        # the catalog the check reads a partitioned table's partitions from
+        writer.execute("LOCK TABLE pg_catalog.pg_inherits IN ACCESS EXCLUSIVE MODE")
         with caplog.at_level(logging.WARNING, logger="archive_pipeline.definitions"):
             check_tables_exist(config, dsn)
         writer.rollback()
     [record] = caplog.records
     text = record.getMessage()
-    assert f"{schema}.t" in text and config.origin in text and "statement_timeout" in text.lower()
+    assert f"{schema}.t" in text and config.origin in text and "lock_timeout" in text.lower()
     assert "pw-Zq81x" not in text
-    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
 
 
 def test_session_timeouts_are_set_by_pg_catalog_whatever_the_roles_search_path(conn, schema, pg):

@@ -164,7 +164,9 @@ _LOST_ON_STANDBY = _src(True, "the database connection was lost; on a hot standb
                         "\"conflict with recovery\", crashes or restarts, and the network")
 _SERIALIZATION = _src(True, "serialization failure or deadlock", _RETRIED)
 _WRONG_PASSWORD = _src(False, "wrong password (password authentication failed)",
-                       f"check the password in {_DSN} (and that the role's password was not rotated)")
+                       f"check the password in {_DSN} (and that the role's password was not rotated); PostgreSQL "
+                       "says the same when the role's VALID UNTIL has passed (see pg_roles.rolvaliduntil; ALTER ROLE "
+                       "... VALID UNTIL 'infinity' or a later date)")
 _NO_PASSWORD = _src(False, "the server wants a password and none was given", f"add the password to {_DSN}")
 _NO_HBA = _src(False, "pg_hba.conf has no entry allowing this host, user and database",
                "add a pg_hba.conf line for this client address, user and database on the server (or set "
@@ -205,6 +207,10 @@ _DISK_FULL_SERVER = _src(False, "the database server ran out of disk space",
                          "free space on the server (temp_tablespaces, pg_wal), then archive again")
 _OUT_OF_MEMORY = _src(True, "the database server ran out of memory or another resource",
                       f"{_RETRIED}; if it persists, lower the pool limit in dagster.yaml or work_mem")
+_LOCK_TABLE = _src(False, "the server's lock table is full (out of shared memory for locks): the statement needs "
+                   "more locks than max_locks_per_transaction allows (a LOCK or query on a partitioned table locks "
+                   "every partition)", "raise max_locks_per_transaction on the server (postgresql.conf; a restart) "
+                   "above the table's partition count, or keep fewer partitions")
 _CONFIG_LIMIT = _src(False, "a server configuration limit was exceeded",
                      "raise the limit named in the message on the server")
 _DROPPED = _src(False, "the database was dropped", f"check {_DSN}")
@@ -350,7 +356,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "57P01": _TERMINATED, "57P02": _TERMINATED, "57P03": _STARTING, "57P04": _DROPPED,
         "53300": (_ROLE_LIMIT if "for role" in lowered else _DB_LIMIT if "for database" in lowered
                   else _MAX_CONNECTIONS),
-        "53100": _DISK_FULL_SERVER, "53200": _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
+        "53100": _DISK_FULL_SERVER, "53200": _LOCK_TABLE if "max_locks_per_transaction" in text else _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
         "28P01": _WRONG_PASSWORD, "3D000": _NO_DATABASE,
         "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
@@ -725,10 +731,10 @@ def note_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None
 
 
 _REFUSED = re.compile(r"permission denied for (schema|type|table|view|materialized view|sequence|foreign table|"
-                      r"function|database) (.+)")
+                      r"function|database|tablespace) (.+)")
 
 
-def _refused_grant(exc: BaseException, table: str, user: str | None) -> str | None:
+def refused_grant(exc: BaseException, table: str, user: str | None) -> str | None:
     """The grant that PostgreSQL's "permission denied for <kind> <name>" asks for, where it is not the
     configured table's SELECT (which the remedies by what failed give): USAGE on a column type's schema or
     on the type, SELECT on a table a view reads (its owner's privilege, not the archiving role's)."""
@@ -737,6 +743,9 @@ def _refused_grant(exc: BaseException, table: str, user: str | None) -> str | No
         return None
     kind, name = found.groups()
     role = sql_name(user, qualified=False) if user else "<role>"
+    if kind == "tablespace":  # where the role's new tables go (default_tablespace): a restore's table, a partition
+        return (f"GRANT CREATE ON TABLESPACE {name} TO {role}, or give the role a tablespace it may use (ALTER ROLE "
+                f"{role} RESET default_tablespace)")
     if kind == "type" or (kind == "schema" and name != table.rpartition(".")[0]):  # not the table's own schema
         return f"GRANT USAGE ON {kind.upper()} {name} TO {role}"
     if kind in ("table", "view", "materialized view", "foreign table") and name != table.rpartition(".")[2]:
@@ -767,7 +776,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
         found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table))
                         .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
-    if found.cause == _PERMISSION.cause and (refused := _refused_grant(exc, table, user)):
+    if found.cause == _PERMISSION.cause and (refused := refused_grant(exc, table, user)):
         found = replace(found, remedy=refused)
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)

@@ -40,12 +40,12 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings, pinned_options
 from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members, \
     scanned_relations
 
@@ -267,7 +267,9 @@ def dsn_of(conn: psycopg.Connection) -> str:
     """The coordinator's connection string, password included (the streams log in the same way), in UTF-8
     whatever the coordinator speaks (a caller's plain connection to a SQL_ASCII database speaks SQL_ASCII)."""
     info = conn.info
-    return make_conninfo(info.dsn, **({"password": info.password} if info.password else {}), **CONNECT_PARAMETERS)
+    own = conninfo_to_dict(info.dsn).get("options") or os.environ.get("PGOPTIONS", "")
+    return make_conninfo(info.dsn, **({"password": info.password} if info.password else {}), **CONNECT_PARAMETERS,
+                         options=pinned_options(own))
 
 
 _FREE_SESSIONS = """

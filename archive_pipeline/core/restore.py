@@ -35,7 +35,7 @@ from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.errors import (TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
-                                          remedy_for)
+                                          refused_grant, remedy_for)
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, archived_encoding, decoded_manifest, owned
 from archive_pipeline.core.memory import bound_allocator
@@ -1434,6 +1434,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, remedy="re-creating and attaching the day's partition (or table) takes ownership "
                             "of the table: restore as its owner (or GRANT the owner's role TO the restoring role), or "
                             "restore into a new table (into='new')")
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "tablespace" in str(exc) and \
+                (refused := refused_grant(exc, table or "", conn.info.user)):
+            found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy="the restoring role needs INSERT and SELECT on the target (GRANT INSERT, "
                             "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "

@@ -30,7 +30,26 @@ CONNECT_PARAMETERS = {"client_encoding": "UTF8"}
 # Set for the whole of every session we open, before it reads the catalog: with quote_all_identifiers on
 # (a role set up for pg_dump), format_type printed "text" and regproc names quoted, so a table's types
 # read in one session differed from another's (compare said "differs"), and ADBC misread every type.
-SESSION_PINNED = {"quote_all_identifiers": "off"}
+# default_transaction_isolation too: a role set to serializable (with read only and deferrable, a reporting role)
+# made every statement we run outside our own REPEATABLE READ transactions wait for a safe snapshot behind any
+# serializable writer, and on a hot standby fail ("cannot use serializable mode in a hot standby").
+SESSION_PINNED = {"quote_all_identifiers": "off", "default_transaction_isolation": "read committed"}
+
+
+def pinned_options(own: str | None) -> str:
+    """libpq ``options`` that set :data:`SESSION_PINNED` from the session's start (before the first statement,
+    which under a serializable default would already wait or fail), after the connection's ``own``."""
+    pinned = " ".join(f"-c {name}={value.replace(' ', chr(92) + ' ')}" for name, value in SESSION_PINNED.items())
+    own = (own or "").strip()
+    return own if own.endswith(pinned) else f"{own} {pinned}".strip()  # (a DSN of a session we opened has them)
+
+
+def set_session(conn: psycopg.Connection, settings: dict[str, object]) -> None:
+    """Set ``settings`` for the session with SET, which takes no snapshot (``set_config`` in a SELECT does: under a
+    role's serializable deferrable default it waited behind any serializable writer, and on a standby failed)."""
+    if settings:
+        conn.execute(sql.SQL("; ").join(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(str(value)))
+                                        for name, value in settings.items()))
 
 
 def session_pinned(conn: psycopg.Connection) -> dict[str, str]:
@@ -68,25 +87,38 @@ def resolved(conn: psycopg.Connection, settings: dict[str, object]) -> dict[str,
     return {**settings, "search_path": path}
 
 
-def _to_utf8(conn: object) -> str | None:
-    """Switch a caller's session that does not speak UTF-8 to it; the encoding to give back, or None."""
+def _to_ours(conn: object) -> dict[str, str] | None:
+    """Switch a caller's session that does not speak UTF-8 to it, and one whose transactions are serializable
+    by default to read committed (see :data:`SESSION_PINNED`); the settings to give back, or None. (SHOW and SET
+    take no snapshot; a transaction the caller has open keeps its own isolation.)"""
     if not isinstance(conn, psycopg.Connection) or conn.closed:
         return None
-    before = conn.info.parameter_status("client_encoding")
-    if before in (None, "UTF8") or conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
         return None
-    conn.execute("SET client_encoding = 'UTF8'")  # (session-wide even inside a transaction, unless it rolls back)
+    before = {}
+    encoding = conn.info.parameter_status("client_encoding")
+    if encoding not in (None, "UTF8"):
+        before["client_encoding"] = encoding
+    isolation = conn.execute("SHOW default_transaction_isolation").fetchone()[0]
+    if isolation == "serializable":
+        before["default_transaction_isolation"] = isolation
+    if not before:
+        return None
+    # (session-wide even inside a transaction, unless it rolls back)
+    ours = {"client_encoding": "UTF8", **SESSION_PINNED}
+    set_session(conn, {name: ours[name] for name in before})
     return before
 
 
-def _give_back(conn: psycopg.Connection, encoding: str) -> None:
+def _give_back(conn: psycopg.Connection, settings: dict[str, str]) -> None:
     if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-        conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(encoding)))
+        set_session(conn, settings)
 
 
 def speaks_utf8(*names: str) -> Callable:
     """Run the decorated core function with its connections (the parameters ``names``, ``conn`` by default)
-    in client_encoding UTF8, and give each back its own afterwards. A caller's plain ``psycopg.connect`` to a
+    in client_encoding UTF8 and read committed by default (see :func:`_to_ours`), and give each back its own
+    afterwards. A caller's plain ``psycopg.connect`` to a
     SQL_ASCII database starts in SQL_ASCII, where psycopg returns every text value as bytes: a setting read
     and put back became "b'Etc/UTC'", a catalog name failed ``normalize()``, and compare, verification,
     restore and removal failed on such a connection with raw errors (the archive's own sessions set it)."""
@@ -103,13 +135,13 @@ def speaks_utf8(*names: str) -> Callable:
                 for name in wanted:
                     conn = bound.arguments.get(name)
                     if conn is not None and all(conn is not c for c, _ in switched):
-                        encoding = _to_utf8(conn)
-                        if encoding is not None:
-                            switched.append((conn, encoding))
+                        before = _to_ours(conn)
+                        if before is not None:
+                            switched.append((conn, before))
                 return function(*args, **kwargs)
             finally:
-                for conn, encoding in switched:
-                    _give_back(conn, encoding)
+                for conn, before in switched:
+                    _give_back(conn, before)
 
         return wrapper
 

@@ -17,10 +17,10 @@ from pydantic import Field, field_validator
 
 from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.environment import endpoint_has_credentials
-from archive_pipeline.core.errors import (ArchiveError, SourceError, connection_target, describe_connect_error, redact,
+from archive_pipeline.core.errors import (ArchiveError, SourceError, classify, connection_target, describe_connect_error, redact,
                                           wrap)
 from archive_pipeline.core.store import MiB, S3Store
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings, session_pinned
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, session_pinned, set_session
 
 
 class PostgresResource(ConfigurableResource):
@@ -61,7 +61,12 @@ class PostgresResource(ConfigurableResource):
         try:
             # the source: timeouts for everything the session does (an archive's snapshot sets them again,
             # locally); a removal's LOCK must give up after lock_timeout_ms, not queue every reader behind it
-            apply_settings(conn.execute, {**self.session_settings(), **session_pinned(conn)}, local=False)
+            try:  # SET: no snapshot, which a role's serializable deferrable default waited for (see set_session)
+                set_session(conn, {**self.session_settings(), **session_pinned(conn)})
+            except psycopg.Error as exc:
+                raise SourceError(f"setting up the session failed: {type(exc).__name__}: {redact(str(exc), self.password)}",
+                                  retryable=classify(exc).retryable, cause=classify(exc).cause,
+                                  remedy=classify(exc).remedy) from None
             yield conn
         finally:
             conn.close()

@@ -60,7 +60,7 @@ from archive_pipeline.core.formats.common import (
     refused_column,
     xml_text,
 )
-from archive_pipeline.core.session_settings import SESSION_PINNED, apply_settings
+from archive_pipeline.core.session_settings import apply_settings, pinned_options
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch
 
@@ -461,23 +461,13 @@ def _may_be_value_failure(exc: BaseException) -> bool:
 
 
 def _adbc_connect(adbc, dsn: str):
-    """ADBC's connection. ADBC reads every type's receive function by name when it connects, and a role
-    with quote_all_identifiers on (see session_settings.SESSION_PINNED) prints those names quoted: ADBC
-    then knew no type (an interval column failed with ArrowInvalid). Such a session is opened again with
-    the setting off from its start (libpq ``options``, after the DSN's own); others pay one query."""
-    conn = adbc.connect(dsn, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_catalog.current_setting('quote_all_identifiers')")
-            if cur.fetchone()[0] not in ("on", b"on"):  # bytes: ADBC knew not even text
-                return conn
-    except BaseException:
-        conn.close()
-        raise
-    conn.close()
+    """ADBC's connection, with :data:`SESSION_PINNED` set from its start (libpq ``options``, after the DSN's
+    own): ADBC reads every type's receive function by name when it connects, and a role with
+    quote_all_identifiers on printed those names quoted (ADBC then knew no type: an interval column failed with
+    ArrowInvalid); and it reads them in a transaction of the role's default isolation, which a serializable
+    default made wait for a safe snapshot, or fail on a hot standby."""
     own = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS", "")
-    pinned = " ".join(f"-c {name}={value}" for name, value in SESSION_PINNED.items())
-    return adbc.connect(make_conninfo(dsn, options=f"{own} {pinned}".strip()), autocommit=True)
+    return adbc.connect(make_conninfo(dsn, options=pinned_options(own)), autocommit=True)
 
 
 # Connection options of libpq 17 and 18 (psycopg's) that the libpq 16 inside adbc-driver-postgresql refuses
