@@ -1,0 +1,87 @@
+"""Hunt 5 (kb): extreme sizes and shapes of data, and memory staying flat.
+
+Peak memory is measured as the README's benchmarks measure it: in a fresh child process, the peak
+RSS (VmHWM) above the RSS right after imports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from psycopg import sql
+
+DAY = dt.date(2024, 3, 10)
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = r'''
+import datetime as dt, json, sys
+from pathlib import Path
+
+def mb(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+import adbc_driver_postgresql.dbapi, boto3, psycopg, pyarrow.parquet  # import cost is not the operation's
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.verify import deep_verify
+
+a = json.loads(sys.argv[1])
+client = boto3.client("s3", endpoint_url=a["endpoint"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+store = S3Store(client, a["bucket"], prefix="archive")
+spec, day = TableSpec(**a["spec"]), dt.date.fromisoformat(a["day"])
+with psycopg.connect(a["dsn"], autocommit=True) as conn:
+    base = mb("VmRSS")
+    if a["op"] == "archive":
+        out = archive_partition(conn, spec, day, store, temp_dir=a["temp_dir"]).rows
+    elif a["op"] == "verify":
+        out = deep_verify(conn, store, spec, day, temp_dir=a["temp_dir"])
+    else:
+        out = restore_day(conn, store, spec, day, into="new", target=a["target"], temp_dir=a["temp_dir"]).rows
+print(json.dumps({"out": out, "peak_mb": mb("VmHWM") - base}))
+'''
+
+
+def peak_mb(pg, s3, bucket, temp_dir, spec: dict, day: dt.date, op: str, **extra) -> tuple[object, float]:
+    """Run ``op`` (archive, verify, restore) of ``day`` in a fresh process: its result and its peak RSS
+    above imports, in MB."""
+    args = dict(dsn=pg.dsn, endpoint=s3.endpoint_url, bucket=bucket, spec=spec, day=day.isoformat(), op=op,
+                temp_dir=str(temp_dir), **extra)
+    done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["out"], result["peak_mb"]
+
+
+def test_parquet_memory_of_a_wide_table_does_not_grow_with_the_day(pg, s3, conn, schema, bucket, temp_dir):
+    """A user archives a wide table (1,500 bigint columns, mostly NULL, as such tables are) in Parquet.
+    Each ~4 MiB Arrow batch becomes its own row group, and with 1,500 columns a batch holds only ~700
+    rows, so a day's file has a row group per ~700 rows, each carrying 1,500 column chunks of metadata
+    that the writer keeps until the file is closed. The archiver's peak memory then grows with the
+    day's row count: measured +65 MB for 5,000 rows, +117 MB for 20,000, +188 MB for 40,000 (and so
+    several GB for a day of a million rows: an OOM kill). The README promises memory that does not
+    grow with the day ("At most a few 4 MiB chunks (or 4 MiB Arrow batches) ... are in memory at
+    once"; 200,000 -> 2,000,000 rows: 60 -> 63 MB in Parquet). Expected: a day four times as long
+    peaks within a few MB of the shorter one (e.g. row groups cut by rows or bytes of the file, not
+    one per Arrow batch, or the writer's metadata kept bounded)."""
+    table = sql.Identifier(schema, "wide")
+    columns = sql.SQL(", ").join(sql.SQL("{} int8").format(sql.Identifier(f"c{i}")) for i in range(1500))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, {})").format(table, columns))
+    short, long = DAY - dt.timedelta(days=1), DAY
+    for day, rows in ((short, 4000), (long, 16000)):
+        conn.execute(sql.SQL("INSERT INTO {} (id, at, c0, c749, c1499) SELECT g, {}, g, g * 7, -g "
+                             "FROM generate_series(1, {}) g").format(table, sql.Literal(day), sql.Literal(rows)))
+    spec = dict(name=f"{schema}.wide", day_column="at", start_date="2024-03-01", format="parquet", compression="zstd")
+    rows_short, peak_short = peak_mb(pg, s3, bucket, temp_dir, spec, short, "archive")
+    rows_long, peak_long = peak_mb(pg, s3, bucket, temp_dir, spec, long, "archive")
+    assert (rows_short, rows_long) == (4000, 16000)
+    assert peak_long - peak_short < 15, (peak_short, peak_long)
