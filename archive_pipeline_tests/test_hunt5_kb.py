@@ -127,3 +127,23 @@ def test_restoring_a_big_text_value_from_parquet_stays_within_the_memory_goal(pg
     rows, peak = peak_mb(pg, s3, bucket, temp_dir, spec, DAY, "restore", target=f"{schema}.back")
     assert rows == 1
     assert peak < 3 * value_mb + 100, peak
+
+
+def test_jsonl_memory_of_a_text_value_that_escaping_inflates_stays_within_the_goal(pg, s3, conn, schema,
+                                                                                     bucket, temp_dir):
+    """A user archives in JSONL a day whose one row holds a 32 MiB text value made of control
+    characters (a binary-ish log blob stored as text: every byte below 0x20 is legal text).
+    row_to_json escapes each one as \\u00XX, six bytes, so PostgreSQL sends one 192 MiB COPY
+    message, which libpq holds twice (its input buffer and PQgetCopyData's copy) plus the archiver's
+    chunk: measured +514 MB for 40 MiB (12.2x the value; CSV +114 MB, Parquet +136 MB for the same
+    row). That is the trap the README describes for bytea's hex form (one message per row, held
+    twice), which got a sliced path of its own, while escaped text has none. Expected: within the
+    README's goal for one big value, 3x the value + 100 MB (or a clear refusal naming the column and
+    suggesting CSV/Parquet, rather than an OOM kill for a larger value)."""
+    table = sql.Identifier(schema, "logs")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT 1, {}, repeat(chr(1), 32 << 20)").format(table, sql.Literal(DAY)))
+    spec = dict(name=f"{schema}.logs", day_column="at", start_date="2024-03-01", format="jsonl", compression="zstd")
+    rows, peak = peak_mb(pg, s3, bucket, temp_dir, spec, DAY, "archive")
+    assert rows == 1
+    assert peak < 3 * 32 + 100, peak
