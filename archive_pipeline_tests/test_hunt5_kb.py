@@ -88,8 +88,8 @@ def test_parquet_memory_of_a_wide_table_does_not_grow_with_the_day(pg, s3, conn,
 
 
 def test_restoring_a_big_array_from_parquet_stays_within_the_memory_goal(pg, s3, conn, schema, bucket, temp_dir):
-    """A user archives a day whose one row holds a bigint[] of 4,000,000 elements (~32 MB as Arrow
-    list<int64>, ~55 MB as PostgreSQL text) in Parquet, then restores it (or deep-verifies it). The
+    """A user archives a day whose one row holds a bigint[] of 3,000,000 elements (~24 MB as Arrow
+    list<int64>, ~40 MB as PostgreSQL text) in Parquet, then restores it (or deep-verifies it). The
     archive itself peaks at ~3x the value; CSV's restore at +11 MB and JSONL's at ~4x the text; but
     Parquet's restore peaks at ~9x the text (~15x the Arrow value; measured +597 MB for 5,000,000
     elements): readers.py's _list_text casts every element to large_string, quotes each one with a
@@ -100,7 +100,7 @@ def test_restoring_a_big_array_from_parquet_stays_within_the_memory_goal(pg, s3,
     table = sql.Identifier(schema, "arr")
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, v int8[])").format(table))
     conn.execute(sql.SQL("INSERT INTO {} SELECT 1, {}, (SELECT array_agg(i::int8 * 1000003) "
-                         "FROM generate_series(1, 4000000) i)").format(table, sql.Literal(DAY)))
+                         "FROM generate_series(1, 3000000) i)").format(table, sql.Literal(DAY)))
     text_mb = conn.execute(sql.SQL("SELECT length(v::text) FROM {}").format(table)).fetchone()[0] / 2**20
     spec = dict(name=f"{schema}.arr", day_column="at", start_date="2024-03-01", format="parquet", compression="zstd")
     assert peak_mb(pg, s3, bucket, temp_dir, spec, DAY, "archive")[0] == 1
