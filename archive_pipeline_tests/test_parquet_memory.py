@@ -55,23 +55,24 @@ def _spec(name: str, streams: int = 1) -> TableSpec:
 
 
 def record_events(monkeypatch) -> list[tuple[str, int]]:
-    """("close", stream) when a reader's session ends, ("write", rows) when the writer writes a batch:
+    """("close", stream) when a reader's session ends, ("write", rows) when the writer writes a row group:
     spies that call the real methods."""
     events: list[tuple[str, int]] = []
-    close, write_batch = parquet._Readers.close, pq.ParquetWriter.write_batch
+    close, write_table = parquet._Readers.close, pq.ParquetWriter.write_table
 
     def spy_close(self, i):
         if self.is_open(i):
             events.append(("close", i))
         return close(self, i)
 
-    def spy_write(self, batch, *args, **kwargs):
-        events.append(("write", batch.num_rows))
-        return write_batch(self, batch, *args, **kwargs)
+    def spy_write(self, table, *args, **kwargs):  # (each row group is written as a table of its batches)
+        events.append(("write", table.num_rows))
+        return write_table(self, table, *args, **kwargs)
 
     monkeypatch.setattr(parquet._Readers, "close", spy_close)
-    monkeypatch.setattr(pq.ParquetWriter, "write_batch", spy_write)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", spy_write)
     monkeypatch.setattr(parquet, "BATCH_BYTES", 64 << 10)  # several batches from a small day
+    monkeypatch.setattr(parquet, "row_group_bytes", lambda schema: 1)  # each batch its own row group, at once
     return events
 
 
