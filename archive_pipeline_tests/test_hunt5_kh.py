@@ -1,0 +1,92 @@
+"""Hunt 5 (kh): the physical layout of a partitioned source table differing from what the archiver assumes
+(multi-level partitioning, inheritance, DEFAULT partitions, day tables that are partitions). Each test asserts
+the correct behaviour and fails on the current code because of a bug. Real PostgreSQL and S3 over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.verify import load_manifest
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _count(conn, schema: str, table: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+
+
+def _naming_day_table(conn, schema: str, layout: str) -> None:
+    """``log`` and its day table ``log_20240310`` (10 rows), a child of ``log``: by INHERITS (a legacy
+    one-table-per-day layout), or a declarative partition of it named by the day."""
+    s = sql.Identifier(schema)
+    if layout == "inherits":
+        conn.execute(sql.SQL("CREATE TABLE {}.log (id int, at timestamptz NOT NULL)").format(s))
+        conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 () INHERITS ({}.log)").format(s, s))
+    else:
+        conn.execute(sql.SQL("CREATE TABLE {}.log (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(s))
+        conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 PARTITION OF {}.log FOR VALUES FROM ('2024-03-10 00:00+00') "
+                             "TO ('2024-03-11 00:00+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g"
+                         ).format(s))
+
+
+def _naming_spec(schema: str, action: str) -> TableSpec:
+    return TableSpec(name=f"{schema}.log", start_date=DAY, partitioning={"mode": "naming", "pattern": "log_%Y%m%d"},
+                     retention={"keep_days": 1, "action": action})
+
+
+def test_naming_mode_detach_of_a_day_table_that_is_a_declarative_partition_is_refused_only_after_the_proof(
+        conn, schema, store):
+    """A naming-mode table whose day tables are declarative partitions of the parent (``log_20240310 PARTITION OF
+    log``, named by the day; README: naming mode is "legacy one-table-per-day (inheritance or not)"), with
+    retention action ``detach``. The user runs the removal's dry run: it says it would detach log_20240310. The
+    real removal then proves the archive and fails on PostgreSQL's "cannot change inheritance of a partition"
+    (42809), wrapped as "the server rejected the archiver's SQL ... report it": detach in naming mode is done
+    with ``ALTER TABLE ... NO INHERIT``, which PostgreSQL refuses for a partition. Should: either detach it
+    (``ALTER TABLE log DETACH PARTITION log_20240310``), or refuse up front (the dry run too, before the proof)
+    with a RemovalRefused naming the partition and what to do; never a dry run promising what the run fails on."""
+    _naming_day_table(conn, schema, "partition")
+    spec = _naming_spec(schema, "detach")
+    archive_partition(conn, spec, DAY, store)
+    try:
+        planned = remove_day(conn, spec, DAY, store, dry_run=True)
+    except RemovalRefused:
+        return  # refused up front, as the dry run should when the run would be refused
+    assert planned.relation == f"{schema}.log_20240310"
+    try:
+        removal = remove_day(conn, spec, DAY, store)
+    except ArchiveError as exc:
+        pytest.fail(f"the dry run said it would detach {planned.relation}; the removal failed: "
+                    f"{type(exc).__name__}: {exc}")
+    assert removal.rows == 10 and _count(conn, schema, "log") == 0 and _count(conn, schema, "log_20240310") == 10
+
+
+@pytest.mark.parametrize("layout", ["inherits", "partition"])
+def test_naming_mode_restore_into_original_after_drop_puts_the_day_table_back_under_its_parent(
+        conn, schema, store, layout):
+    """A naming-mode table whose day table ``log_20240310`` is a child of ``log`` (INHERITS, the legacy layout; or
+    a declarative partition of it), so the application reads every day through ``log``. Retention (``drop``)
+    proves and drops the day's table; later the user restores the day with ``restore --into original`` ("back
+    where it came from"). Was: the day table is created again from the manifest's definition as a table of its
+    own, inheriting from nothing (and attached to nothing): the restore reports 10 rows restored into
+    log_20240310, yet ``SELECT ... FROM log`` finds none of them; the day is not back where it was. Should: the
+    re-created day table is a child of ``log`` again (INHERIT / ATTACH PARTITION, as the restore already does for
+    a declarative day's dropped partition), so the day's rows read through ``log`` as before the removal."""
+    _naming_day_table(conn, schema, layout)
+    spec = _naming_spec(schema, "drop")
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    assert _count(conn, schema, "log") == 0
+    result = restore_day(conn, store, spec, DAY, into="original")
+    assert result.rows == 10 and _count(conn, schema, "log_20240310") == 10
+    assert _count(conn, schema, "log") == 10, (
+        f"restored into {result.target}, but {schema}.log reads none of the day's rows: the re-created day table "
+        "is no longer its child")
