@@ -90,3 +90,69 @@ def test_naming_mode_restore_into_original_after_drop_puts_the_day_table_back_un
     assert _count(conn, schema, "log") == 10, (
         f"restored into {result.target}, but {schema}.log reads none of the day's rows: the re-created day table "
         "is no longer its child")
+
+
+def test_restore_into_original_of_a_dropped_day_whose_late_rows_sit_in_the_default_partition_names_them(
+        conn, schema, store):
+    """A declarative table with a DEFAULT partition (README: DEFAULT partitions add no days), retention action
+    ``drop``. The day is archived and its partition dropped; then a late row of the day arrives and lands in
+    the DEFAULT partition. The user restores the day with ``restore --into original``. PostgreSQL refuses to
+    re-create the day's partition ("updated partition constraint for default partition ... would be violated by
+    some row"). Was: a RestoreError whose cause is "a value breaks a constraint (a CHECK, NOT NULL, unique key or
+    domain constraint, perhaps added since the day was archived)" and whose remedy is "load into a table without
+    that constraint ... or relax the constraint": no archived value breaks anything, and there is no constraint
+    to relax; the cause is the DEFAULT partition holding rows of the day (rows in no archive). Should: the error
+    says that the DEFAULT partition (named) holds rows of the day, so the day's partition cannot be created
+    again, and what to do with them (archive them with overwrite, or move/delete them) before restoring."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_0310 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00')").format(s, s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_default PARTITION OF {}.ev DEFAULT").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, partitioning={"mode": "declarative"},
+                     retention={"keep_days": 1, "action": "drop"})
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (99, '2024-03-10 05:00+00')").format(s))
+    with pytest.raises(ArchiveError) as raised:
+        restore_day(conn, store, spec, DAY, into="original")
+    exc = raised.value
+    told = f"{exc.cause} / {exc.remedy}"
+    assert "relax the constraint" not in told and "ev_default" in told and "default partition" in told.lower(), (
+        f"cause / remedy: {told}")
+    assert _count(conn, schema, "ev") == 1  # nothing restored, the late row kept
+
+
+def test_restore_into_original_of_a_trigger_routed_inheritance_table_puts_the_rows_back_in_their_child(
+        conn, schema, store):
+    """Classic (pre-declarative) partitioning: ``ev`` with a child per day (``ev_0310 (CHECK ...) INHERITS (ev)``)
+    and a BEFORE INSERT trigger on ``ev`` that routes each row into its child and returns NULL; the table is
+    configured in column mode (it is not declaratively partitioned), retention action ``delete``. The day is
+    archived (read through ``ev``, the child's rows included) and removed. The user restores it with ``restore
+    --into original``. Was: rolled back, "the load added 0 rows to ev, but the archive's manifest records 10 ...
+    it has trigger route on INSERT, which may change, drop or redirect rows", though the trigger put every row
+    into ``ev_0310``, exactly where it was, and the day's rows read through ``ev`` have the manifest's fingerprint
+    (COPY counts the rows a BEFORE trigger redirects as not inserted). The remedy offered, disabling the trigger,
+    would put the rows into ``ev`` itself, not their child. Should: the restore succeeds, proven by the day's
+    fingerprint in ``ev`` (its children included, as the archive read it), the rows back in ``ev_0310``."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz NOT NULL)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_0310 (CHECK (at >= '2024-03-10 00:00+00' AND at < '2024-03-11 00:00+00')) "
+                         "INHERITS ({}.ev)").format(s, s))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.route() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         "INSERT INTO {}.ev_0310 VALUES (NEW.*); RETURN NULL; END $$").format(s, s))
+    conn.execute(sql.SQL("CREATE TRIGGER route BEFORE INSERT ON {}.ev FOR EACH ROW EXECUTE FUNCTION {}.route()"
+                         ).format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, partitioning={"mode": "column"},
+                     retention={"keep_days": 1, "action": "delete"})
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    try:
+        result = restore_day(conn, store, spec, DAY, into="original")
+    except ArchiveError as exc:
+        pytest.fail(f"restore into the original refused: {exc}")
+    assert result.rows == 10 and result.fingerprint_checked
+    held = conn.execute(sql.SQL("SELECT tableoid::regclass::text, count(*) FROM {}.ev GROUP BY 1").format(s)).fetchall()
+    assert held == [(f"{schema}.ev_0310", 10)]
