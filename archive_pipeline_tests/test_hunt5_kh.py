@@ -156,3 +156,31 @@ def test_restore_into_original_of_a_trigger_routed_inheritance_table_puts_the_ro
     assert result.rows == 10 and result.fingerprint_checked
     held = conn.execute(sql.SQL("SELECT tableoid::regclass::text, count(*) FROM {}.ev GROUP BY 1").format(s)).fetchall()
     assert held == [(f"{schema}.ev_0310", 10)]
+
+
+def test_restore_into_original_of_a_dropped_partition_whose_schema_is_gone_says_to_create_the_schema(
+        conn, schema, store):
+    """A declarative table whose day partitions live in another schema than the parent (``old.ev_0310 PARTITION
+    OF app.ev``; README: "the partition may live in another schema than its parent"), retention action
+    ``drop``. The day is archived and its partition dropped; once the old schema is empty the DBA drops it. Later
+    the user restores the day with ``restore --into original``, which re-creates the day's partition where it
+    was. Was: a RestoreError whose remedy is "check the table name and day_column in archive_tables.yaml against
+    the database": the configuration is right (the parent exists, the column too); what is missing is the
+    partition's schema. Should: the error names the missing schema of the day's partition and says to create it
+    (CREATE SCHEMA) or restore into a new table."""
+    s, old = sql.Identifier(schema), sql.Identifier(f"{schema}_old")
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(old))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_0310 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00')").format(old, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, partitioning={"mode": "declarative"},
+                     retention={"keep_days": 1, "action": "drop"})
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    conn.execute(sql.SQL("DROP SCHEMA {}").format(old))
+    with pytest.raises(ArchiveError) as raised:
+        restore_day(conn, store, spec, DAY, into="original")
+    remedy = raised.value.remedy or ""
+    assert "archive_tables.yaml" not in remedy and "CREATE SCHEMA" in remedy and f"{schema}_old" in remedy, (
+        f"remedy: {remedy}")
