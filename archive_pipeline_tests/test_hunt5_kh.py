@@ -14,7 +14,6 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
 from archive_pipeline.core.restore import restore_day
-from archive_pipeline.core.verify import load_manifest
 
 DAY = dt.date(2024, 3, 10)
 
