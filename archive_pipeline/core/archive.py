@@ -27,7 +27,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
+from archive_pipeline.core.discovery import day_children, day_table_parents, partition_of_day, source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
                                           note_cancelled, wrap)
 from archive_pipeline.core.formats.common import (
@@ -305,7 +305,8 @@ class _Archiving:
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
                     definition = table_definition(table.columns, primary_key(self.conn, table),
-                                                  partition_of_day(self.spec, children))
+                                                  partition_of_day(self.spec, children),
+                                                  day_table_parents(self.conn, self.spec, table))
                     generation = self._generation(existing, fp)
                     data_key = keys.generation_key(self.key, generation)
                     encodings = fmt.encodings(table)

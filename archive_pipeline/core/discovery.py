@@ -500,6 +500,20 @@ def day_children(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
             if (c.start is None or c.start < end) and (c.end is None or c.end > start)]
 
 
+def day_table_parents(conn: psycopg.Connection, spec: TableSpec, table: SourceTable) -> list[dict] | None:
+    """Naming mode: the tables the day's own table inherits from, or is a partition of (with its bound as the
+    server prints it), so a restore of a dropped day table puts it back under them (re-created alone, its
+    rows were no longer read through the parent). None in the other modes."""
+    if spec.partitioning.mode != "naming" or table.oid is None:
+        return None
+    rows = conn.execute(
+        "SELECT n.nspname, p.relname, CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) "
+        "END FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_catalog.pg_class p ON p.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE i.inhrelid = %s ORDER BY i.inhseqno", (table.oid,)).fetchall()
+    return [{"schema": schema, "name": name, "bound": bound} for schema, name, bound in rows]
+
+
 def partition_of_day(spec: TableSpec, children: list[ChildRange]) -> dict | None:
     """Declarative mode: the one child holding the period (of the period's ``children``, from
     :func:`day_children`), and its bound as the server prints it, so a restore can re-create and attach

@@ -625,8 +625,12 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                     "re-point the referencing rows (or the foreign key), then remove the day again",
                     table=spec.name, day=day.isoformat()) from None
         elif action == "detach":
-            for parent in _parents(conn, spec, target):
-                conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
+            for parent, partition in _parents(conn, spec, target):
+                if partition:  # a day table that is a declarative partition: NO INHERIT is refused for those
+                    conn.execute(sql.SQL("ALTER TABLE ") + sql.SQL(parent) +
+                                 sql.SQL(" DETACH PARTITION {}").format(target.identifier))
+                else:
+                    conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
         if action == "drop":
             conn.execute(sql.SQL("DROP TABLE {}").format(target.identifier))
         return now.rows
@@ -1062,11 +1066,13 @@ def _refuse_extension_members(conn: psycopg.Connection, spec: TableSpec, day: Pe
                                     "retention action 'detach' (which keeps the table)")
 
 
-def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[str]:
-    """The tables a naming-mode day table inherits from (what detaching it ends); none is refused."""
-    parents = [parent for (parent,) in conn.execute(
-        "SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhparent "
-        "WHERE i.inhrelid = %s::regclass", (target.identifier.as_string(conn),))]
+def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:
+    """The tables a naming-mode day table inherits from or is a partition of (what detaching it ends), each with
+    whether it is a partition's parent; none is refused."""
+    parents = conn.execute(
+        "SELECT p.oid::pg_catalog.regclass::pg_catalog.text, c.relispartition FROM pg_catalog.pg_inherits i "
+        "JOIN pg_catalog.pg_class p ON p.oid = i.inhparent JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhrelid = %s::pg_catalog.regclass", (target.identifier.as_string(conn),)).fetchall()
     if not parents:
         raise RemovalRefused(f"{target.qualified} inherits from no table, so there is nothing to detach it from: "
                              "use retention action 'drop'", table=spec.name)

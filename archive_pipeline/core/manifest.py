@@ -126,10 +126,11 @@ class ArchiveResult:
 
 
 def table_definition(columns: tuple[Column, ...], primary_key: list[str] | None,
-                     partition: dict | None) -> dict[str, Any]:
-    """Enough of the table's definition to re-create it for a restore."""
+                     partition: dict | None, parents: list[dict] | None = None) -> dict[str, Any]:
+    """Enough of the table's definition to re-create it for a restore (``parents``: a naming-mode day table's,
+    see :func:`~archive_pipeline.core.discovery.day_table_parents`)."""
     return {"columns": [{"name": c.name, "type": c.type_name, "not_null": c.not_null} for c in columns],
-            "primary_key": primary_key, "partition": partition}
+            "primary_key": primary_key, "partition": partition, **({"parents": parents} if parents else {})}
 
 
 def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: dict[str, Any]) -> dict[str, Any]:

@@ -863,6 +863,23 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
     return True
 
 
+def _put_under_parents(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """A naming-mode day table re-created by a restore into the original goes back under the tables it
+    inherited from or was a partition of (``parents``, recorded since this version), as the source had it:
+    created alone, its rows were no longer read through the parent. A parent gone since is left out."""
+    for parent in table_definition(manifest).get("parents") or []:
+        above = Relation(parent["schema"], parent["name"])
+        if not _exists(conn, above):
+            log.info("%s %s: %s, which %s was under, is gone: restored on its own", manifest.get("table"),
+                     manifest.get("day"), above, relation)
+            continue
+        if parent.get("bound"):
+            conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+                above.identifier, relation.identifier, partition_bound(parent["bound"])))
+        else:
+            conn.execute(sql.SQL("ALTER TABLE {} INHERIT {}").format(relation.identifier, above.identifier))
+
+
 def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
     """The name of ``parent``'s DEFAULT partition (or "its default partition" where none is found)."""
     found = conn.execute("SELECT t.partdefid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_partitioned_table t "
@@ -1468,6 +1485,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 else:
                     checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
                                                     skipped=rows - inserted if on_conflict == "skip" else 0)
+                if into == "original" and relation in to_create:
+                    _put_under_parents(conn, manifest, relation)
                 if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
