@@ -270,7 +270,7 @@ def test_parquet_reader_that_fails_to_start_leaves_no_connection(pg, source, sto
             holder.execute("ROLLBACK")
     assert err.retryable
     with superuser(pg) as admin:
-        left = role_backends(admin, role, timeout=2)
+        left = role_backends(admin, role, timeout=30)  # its own session closed just before, too
     del err  # its traceback holds the leaked connection; collect it here, not inside pytest's reporting
     gc.collect()
     assert left == 0
@@ -342,41 +342,45 @@ def client_sessions(server: LocalPostgres) -> int | None:
 
 
 @contextlib.contextmanager
-def every_slot_taken(server: LocalPostgres) -> Iterator[None]:
-    """Open connections until the server says it has no slot left; afterwards close them and wait
+def every_slot_taken(server: LocalPostgres, own: int = 0) -> Iterator[None]:
+    """Open connections until every slot of max_connections is one of ours: the ``own`` sessions the
+    caller holds open and those opened here. A backend of a closed session (an earlier test's, a probe's)
+    holds its slot a moment after its client has gone, so a refusal alone does not mean full: the server
+    is full of our sessions only once they number max_connections. Afterwards close them and wait
     (bounded) until their backends have exited, so the next test finds the slots free again."""
-    before = client_sessions(server)
-    assert before is not None
     held: list[psycopg.Connection] = []
     try:
-        refused = 0
-        for _ in range(40):
+        deadline = time.monotonic() + 60
+        limit = None
+        while limit is None or own + len(held) < limit:
             try:
                 held.append(server.connect())
-                refused = 0
             except psycopg.OperationalError as exc:
                 assert "too many clients" in str(exc), exc
-                # a backend of an earlier test may still be exiting and free its slot a moment later: full
-                # only once the server refuses again after a pause
-                refused += 1
-                if refused == 2:
-                    break
-                time.sleep(0.3)
-        else:
-            raise AssertionError("max_connections never reached")
+                # a backend exiting still holds its slot: it frees it a moment later
+                assert time.monotonic() < deadline, f"max_connections ({limit}) never reached by our {own} + " \
+                                                    f"{len(held)} sessions"
+                time.sleep(0.05)
+                continue
+            if limit is None:
+                settings = held[0].execute("SELECT current_setting('max_connections')::int - "
+                                           "current_setting('superuser_reserved_connections')::int").fetchone()[0]
+                limit = settings
+        with pytest.raises(psycopg.OperationalError, match="too many clients"):
+            server.connect().close()  # full now
         yield
     finally:
         for conn in held:
             conn.close()
-        deadline = time.monotonic() + 10
-        while (now := client_sessions(server)) is None or now > before:
-            assert time.monotonic() < deadline, f"{now} sessions still open, {before} before"
+        deadline = time.monotonic() + 30
+        while (now := client_sessions(server)) is None or now > own:
+            assert time.monotonic() < deadline, f"{now} sessions still open, {own} wanted"
             time.sleep(0.05)
 
 
 def test_parquet_reader_when_max_connections_is_reached_is_retried(small_pg, store, temp_dir):
     spec = TableSpec(name="public.events", day_column="created_at", start_date=DAY, format="parquet")
-    with small_pg.connect() as conn, every_slot_taken(small_pg):
+    with small_pg.connect() as conn, every_slot_taken(small_pg, own=1):
         err = archive_fails(conn, spec, store, temp_dir)
     assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
     assert "too many clients" in str(err)
