@@ -173,16 +173,20 @@ def test_an_interrupt_while_the_streams_are_awaited_stops_them_before_run_return
     """A run's termination arrives as SIGINT in the main thread, usually while it waits for the other
     streams (stream 0 is done): the streams still reading are cancelled and have ended when ``run``
     raises, since its caller closes the sessions and spools they use."""
-    stop, returned = threading.Event(), threading.Event()
+    stop, returned, reading_started = threading.Event(), threading.Event(), threading.Event()
     group = StreamGroup([lambda: None, stop.set])
 
     def reading() -> None:
-        stop.wait(10)  # a stream reading until cancelled
+        reading_started.set()
+        stop.wait(60)  # a stream reading until cancelled
         time.sleep(0.05)  # then closing its cursor: run() must wait for that too
         returned.set()
 
     def interrupt_once_waiting() -> None:
-        time.sleep(0.2)  # stream 0 returned at once: the main thread is in the join
+        # run() has started the stream (a loaded machine may take longer than any fixed pause to get there);
+        # stream 0 returns at once: a moment later the main thread is in the join
+        reading_started.wait(60)
+        time.sleep(0.2)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     threading.Thread(target=interrupt_once_waiting).start()
