@@ -88,7 +88,7 @@ def cancelled_when_held(proxy: FaultProxy, child: subprocess.Popen, conn, signal
         assert our_sessions(conn), "the check for sessions left behind would see ours"
         for signum in signals:
             child.send_signal(signum)
-        out, err = child.communicate(timeout=15)  # ends promptly (a stalled part no longer holds it 10 s)
+        out, err = child.communicate(timeout=45)  # ends before the held request is let go (60 s): it does not wait for it
     finally:
         held.gate.set()
         child.kill()

@@ -102,7 +102,7 @@ def test_a_cancelled_restore_of_a_range_into_a_new_table_can_be_finished_as_the_
         try:
             assert proxy.wait_held(1, timeout=30), child.poll()
             child.send_signal(signal.SIGINT)
-            out, err = child.communicate(timeout=20)
+            out, err = child.communicate(timeout=45)  # before the hold (60 s) ends
         finally:
             held.gate.set()
             child.kill()

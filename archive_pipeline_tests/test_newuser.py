@@ -199,7 +199,7 @@ def test_verify_deep_gives_up_on_a_locked_day_after_lock_timeout_and_says_which(
             sql.Identifier(schema, f"events_{day:%Y%m%d}")))
         try:
             done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "verify", "--deep", "--json"],
-                                  env=env, cwd=ROOT, capture_output=True, text=True, timeout=20)
+                                  env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)  # the lock is held till then
         except subprocess.TimeoutExpired:
             pytest.fail("verify --deep waited for the lock past lock_timeout_ms")
         # compare and list --check-source said "lost the source database: canceling statement due to lock

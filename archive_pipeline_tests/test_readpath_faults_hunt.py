@@ -425,9 +425,9 @@ def test_cli_prune_honours_the_configured_lock_timeout(setup, pg, conn, days):
             sql.Identifier(spec.schema_name, f"events_{days[0]:%Y%m%d}")))
         try:
             done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "prune", "--json"], env=env,
-                                  cwd=ROOT, capture_output=True, text=True, timeout=8)
-        except subprocess.TimeoutExpired:
-            pytest.fail("prune waited 8 s for a lock although source.lock_timeout_ms is 300")
+                                  cwd=ROOT, capture_output=True, text=True, timeout=90)
+        except subprocess.TimeoutExpired:  # the reader holds the lock until then: a wait for it never ends
+            pytest.fail("prune waited 90 s for a lock although source.lock_timeout_ms is 300")
     finally:
         reader.execute("ROLLBACK")
         reader.close()
