@@ -130,7 +130,7 @@ def test_a_manifest_read_answered_200_with_an_empty_body_never_gets_the_previous
 def test_a_create_whose_answer_times_out_and_that_lands_later_is_never_left_unannounced(attempts, conn, schema, s3,
                                                                                         bucket, s3_client, temp_dir):
     """A first archive of a day of two parts; the store is slow to answer CreateMultipartUpload: the client's
-    read timeout (1 s here) passes and the store creates the upload a moment later (the request was on its
+    read timeout (3 s here) passes and the store creates the upload a moment later (the request was on its
     way). Without retries the run fails (retryable); with botocore's retries (its default) the retried create
     is answered at once and the run succeeds. Was: the listing that should find an upload botocore created
     before retrying (or the abort's) runs before the late create lands, finds none, counts the key as settled
@@ -141,8 +141,9 @@ def test_a_create_whose_answer_times_out_and_that_lands_later_is_never_left_unan
     manifest write that timed out counts as one that may still land) and the next run of the day aborts it."""
     spec = _big_day(conn, schema)
     with FaultProxy(s3.endpoint_url) as proxy:
-        proxy.add(Fault(**CREATE, action="delay", delay=4.0, times=1))
-        flaky = S3Store(proxy.client(max_attempts=attempts, read_timeout=1.0), bucket, part_size=MIN_PART_SIZE,
+        proxy.add(Fault(**CREATE, action="delay", delay=8.0, times=1))
+        # read timeout 3 s: every other request answers within it, also without retries on a loaded machine
+        flaky = S3Store(proxy.client(max_attempts=attempts, read_timeout=3.0), bucket, part_size=MIN_PART_SIZE,
                         max_concurrency=2)
         try:
             archive_partition(conn, spec, DAY, flaky, temp_dir=temp_dir)

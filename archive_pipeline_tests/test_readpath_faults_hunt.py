@@ -550,8 +550,9 @@ def test_restore_whose_manifest_read_times_out_names_table_and_day(s3, conn, eve
     spec = spec_for(events)
     archive_partition(conn, spec, DAY, store)
     with FaultProxy(s3.endpoint_url) as proxy:
-        proxy.add(Fault(method="GET", path=MANIFEST, action="delay", delay=2, times=None))
-        faulty = _store(proxy.client(max_attempts=1, read_timeout=0.5), bucket)
+        proxy.add(Fault(method="GET", path=MANIFEST, action="delay", delay=6, times=None))
+        # read timeout 2 s: every other request (no retries) answers within it on a loaded machine too
+        faulty = _store(proxy.client(max_attempts=1, read_timeout=2), bucket)
         with pytest.raises(ArchiveError) as caught:
             restore_day(conn, faulty, spec, DAY, into="new", target=f"{events}.back", temp_dir=temp_dir)
     error = caught.value
