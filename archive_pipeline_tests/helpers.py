@@ -57,7 +57,7 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
                                          session_settings: dict | None = None):
     """Archive ``day`` while the store holds its first part, and check that meanwhile every row was read
     and every read transaction ended: the archiving session (application ``name``; ``archiving``, else one
-    opened here) is the only one left, idle, past a 1 s idle_in_transaction_session_timeout (or the
+    opened here) is the only one left, idle, past a 3 s idle_in_transaction_session_timeout (or the
     ``session_settings`` given) that would kill a session waiting in a transaction. Returns the
     ArchiveResult once the part is let go."""
     import threading
@@ -73,7 +73,9 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
         outcome: dict = {}
         own = archiving is None
         archiving = pg.connect(application_name=name) if own else archiving
-        settings = {"idle_in_transaction_session_timeout": "1000"} if session_settings is None else session_settings
+        # 3 s, not less: before the hold the archive has gaps between statements in its transactions (connecting
+        # its stream sessions, say) that a loaded machine stretches; the wait below outlasts it all the same
+        settings = {"idle_in_transaction_session_timeout": "3000"} if session_settings is None else session_settings
 
         def run() -> None:
             try:
@@ -94,7 +96,7 @@ def archive_while_the_store_holds_a_part(pg, s3, conn, bucket: str, spec, day, n
                 "SELECT pid, state, wait_event_type, wait_event, xact_start, state_change, left(query, 300) "
                 "FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchall())
             assert thread.is_alive() and proxy.held() == 1
-            time.sleep(1.5)  # past the idle timeout: a session idle in a transaction would be killed now
+            time.sleep(3.5)  # past the idle timeout: a session idle in a transaction would be killed now
         finally:
             held.gate.set()
             thread.join(120)

@@ -48,31 +48,32 @@ def test_the_read_transaction_does_not_idle_while_the_fingerprint_alongside_fini
     for CSV, i.e. the fingerprint outlasts the read), the first session has read every row and then waits,
     *idle in its REPEATABLE READ transaction*, for the other one. Under idle_in_transaction_session_timeout
     (source.idle_in_transaction_timeout_ms, or the role's/server's) the server kills it and the day fails,
-    "retryable", at every retry alike. Here one row of a view costs the fingerprint 3 s, so the wait is
-    certain; the timeout is 1 s. Should: the first session ends its read transaction once its rows are read
-    (the second one holds the snapshot and the day's locks itself), as the parallel streams and the Parquet
-    reader already make it do."""
+    "retryable", at every retry alike. Here one row of a view costs the fingerprint 5 s, so the wait is
+    certain; the timeout is 2.5 s (not less: a loaded machine stretches the short gaps between the archive's
+    statements). Should: the first session ends its read transaction once its rows are read (the second one
+    holds the snapshot and the day's locks itself), as the parallel streams and the Parquet reader already
+    make it do."""
     _events(conn, schema)
     # NULL whatever the query (a value that depended on it would make the archive differ from its fingerprint)
     conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT e.*, CASE WHEN e.id = 1500 AND current_query() LIKE "
-                         "'%%hashtextextended%%' AND pg_sleep(3) IS NULL THEN 'never' END AS slow FROM {t} e").format(
+                         "'%%hashtextextended%%' AND pg_sleep(5) IS NULL THEN 'never' END AS slow FROM {t} e").format(
         v=sql.Identifier(schema, "ev_view"), t=sql.Identifier(schema, "ev")))
     monkeypatch.setattr(archive, "FINGERPRINT_ALONGSIDE_ROWS", 1)  # this small day takes the alongside path
     spec = _spec(f"{schema}.ev_view", fmt)
     with pg.connect() as archiving:
         result = archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir),
-                                   session_settings={"idle_in_transaction_session_timeout": "1000"})
+                                   session_settings={"idle_in_transaction_session_timeout": "2500"})
     assert result.rows == 3000 and not result.skipped
 
 
 # ---- deep verification: the loading session waits for the source's fingerprint, inside its transaction ----
 
 def _slow_view(conn, schema: str) -> str:
-    """``<schema>.ev_view``: the day's 3,000 rows, one of which costs a fingerprint (a query hashing rows) 3 s."""
+    """``<schema>.ev_view``: the day's 3,000 rows, one of which costs a fingerprint (a query hashing rows) 5 s."""
     _events(conn, schema)
     # NULL whatever the query (a value that depended on it would make the archive differ from its fingerprint)
     conn.execute(sql.SQL("CREATE VIEW {v} AS SELECT e.*, CASE WHEN e.id = 1500 AND current_query() LIKE "
-                         "'%%hashtextextended%%' AND pg_sleep(3) IS NULL THEN 'never' END AS slow FROM {t} e").format(
+                         "'%%hashtextextended%%' AND pg_sleep(5) IS NULL THEN 'never' END AS slow FROM {t} e").format(
         v=sql.Identifier(schema, "ev_view"), t=sql.Identifier(schema, "ev")))
     return f"{schema}.ev_view"
 
@@ -91,7 +92,7 @@ def test_deep_verification_does_not_idle_in_its_load_transaction_while_the_sourc
     spec = _spec(name, "csv")
     archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))  # (fingerprinted first: a small day)
     with pg.connect() as proving:
-        proving.execute("SET idle_in_transaction_session_timeout = 1000")
+        proving.execute("SET idle_in_transaction_session_timeout = 2500")
         assert deep_verify(proving, store, spec, DAY, temp_dir=str(temp_dir)) == []
 
 

@@ -2,7 +2,7 @@
 
 The store holds the first part until the test lets it go. Meanwhile the rows must all be read and
 the read transaction ended: the temp file is the buffer, the upload lags behind the read and never
-the other way round. A 1 s idle_in_transaction_session_timeout would kill any session that waits
+the other way round. A 3 s idle_in_transaction_session_timeout would kill any session that waits
 inside its transaction, so the archive succeeding after the hold is the proof; pg_stat_activity
 shows the state directly.
 """

@@ -247,7 +247,7 @@ def test_one_terminated_stream_fails_the_day_and_leaves_nothing(pg, conn, schema
 def test_no_stream_waits_in_a_transaction_while_the_store_holds_a_part(pg, s3, conn, schema, bucket):
     """issue 11 §2 with four streams: the coordinator ends its transaction once the streams imported
     the snapshot, each stream as soon as its rows are read, so with the first part held by the store
-    only the coordinator is left, idle, under a 1 s idle_in_transaction_session_timeout."""
+    only the coordinator is left, idle, under a 3 s idle_in_transaction_session_timeout."""
     table = sql.Identifier(schema, "big")
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(table))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) "
