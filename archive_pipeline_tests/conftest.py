@@ -80,7 +80,7 @@ def _s3_environment(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def utc_today(margin: float = 120.0) -> dt.date:
+def utc_today(margin: float = 300.0) -> dt.date:
     """Today in UTC, for tests whose days are counted back from today while the code under test (a
     subprocess, a Dagster run) reads the clock again: within ``margin`` seconds of midnight it waits
     for the new day first, so both see the same date (a test that ran across midnight disagreed)."""

@@ -571,6 +571,7 @@ class BackgroundDemo:
     home: Path
     log: Path
     backfill: subprocess.CompletedProcess
+    today: dt.date  # the day the demo started on (its days and the backfill's are counted back from it)
 
 
 @pytest.fixture(scope="module")
@@ -579,6 +580,9 @@ def background_demo(tmp_path_factory) -> Iterator[BackgroundDemo]:
     beside it. Module-scoped: the Ctrl-C test runs while this demo's daemon picks the backfill up (its
     backfill iterations are 30 s apart) and runs it, instead of each test waiting on its own."""
     tmp_path = tmp_path_factory.mktemp("background_demo")
+    # The demo, the backfill command and the tests' expectations each read the clock, minutes apart on a loaded
+    # machine: no midnight within ten minutes of the start, so all of them count back from the same day.
+    today = utc_today(margin=600)
     process, port, home, log = _start_demo(tmp_path, background=True, days=3)
     try:
         # The README's commands pasted into a fresh shell in the project directory (the demo's instance
@@ -587,7 +591,7 @@ def background_demo(tmp_path_factory) -> Iterator[BackgroundDemo]:
         fresh = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
         backfill = subprocess.run(["bash", "--noprofile", "--norc", "-e", "-c", commands], cwd=REPO, env=fresh,
                                   capture_output=True, text=True, timeout=180)
-        yield BackgroundDemo(process, port, home, log, backfill)
+        yield BackgroundDemo(process, port, home, log, backfill, today)
     finally:
         if process.poll() is None:  # the test that stops it did not get that far
             with contextlib.suppress(ProcessLookupError):
@@ -620,7 +624,7 @@ def test_demo_in_the_background_stops_on_sigterm_and_readme_backfill_works_besid
         assert backfill.returncode == 0, backfill.stdout + backfill.stderr
         runs_query = "{ runsOrError { ... on Runs { results { status tags { key value } } } } }"
 
-        today = utc_today()
+        today = background_demo.today
         expected = [(today - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
 
         def days_of(run):  # a run of one day, or of a range (backfill.max_days_per_run)
