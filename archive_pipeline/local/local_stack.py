@@ -207,24 +207,54 @@ def _new_root(prefix: str) -> Path:
 
 
 def _launch(root: Path, settings: dict[str, str] | None) -> LocalPostgres:
-    """Start the server of ``root/data`` on a free port and wait until it accepts connections."""
-    port = free_port()
+    """Start the server of ``root/data`` on a free port and wait until it accepts connections. The port
+    is free when chosen but may be taken before the server binds it (another server starting, a
+    client's outgoing connection): the server then exits at once, and is started again on another port."""
+    for attempt in range(3):
+        try:
+            return _launch_on(root, settings, free_port())
+        except _PortTaken:
+            if attempt == 2:
+                raise RuntimeError(f"PostgreSQL did not start; see {root / 'server.log'}") from None
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(Exception):
+    """The server could not bind the port chosen for it."""
+
+
+def _launch_on(root: Path, settings: dict[str, str] | None, port: int) -> LocalPostgres:
     conf = {**_BASE_SETTINGS, "port": str(port), "unix_socket_directories": str(root), **(settings or {})}
     args = [a for key, value in conf.items() for a in ("-c", f"{key}={value}")]
     log = open(root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+    logged = log.tell()
     process = subprocess.Popen(_as_server_user([_pg_bin("postgres"), "-D", str(root / "data"), *args]),
                                stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     server = LocalPostgres(port=port, root=root, process=process, settings=settings)
     deadline = time.monotonic() + 30
     while True:
         try:
-            psycopg.connect(server.dsn, connect_timeout=2).close()
-            return server
+            with psycopg.connect(server.dsn, connect_timeout=2) as conn:
+                # the port's server is ours, not one that took the port first (ours then fails to bind it)
+                if _same_path(conn.execute("SHOW data_directory").fetchone()[0], root / "data"):
+                    return server
+            raise psycopg.OperationalError("another server listens on the port")
         except psycopg.OperationalError:
             if process.poll() is not None or time.monotonic() > deadline:
                 server.stop(keep_root=True)
+                with open(root / "server.log", "rb") as f:
+                    f.seek(logged)
+                    if b"could not bind" in f.read():
+                        raise _PortTaken(port) from None
                 raise RuntimeError(f"PostgreSQL did not start; see {root / 'server.log'}") from None
             time.sleep(0.1)
+
+
+def _same_path(a: str, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def start_postgres(settings: dict[str, str] | None = None, *, hba_lines: list[str] | None = None) -> LocalPostgres:
