@@ -37,9 +37,9 @@ def role(pg, conn, schema):
                                                                           r=sql.Identifier(name)))
     yield name, dsn
     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-    for _ in range(100):
-        if not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (name,)).fetchone()[0]:
-            break
+    deadline = time.monotonic() + 30  # the terminated backends exit a moment later (seconds on a loaded machine)
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (name,)).fetchone()[0] \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     conn.execute(sql.SQL("REASSIGN OWNED BY {r} TO postgres; DROP OWNED BY {r}; DROP ROLE {r}").format(
         r=sql.Identifier(name)))

@@ -70,9 +70,9 @@ def old(pg, s3, bucket, spec: dict, ops, tmp, dsn=None):
 
     import psycopg
     with psycopg.connect(dsn or pg.dsn, autocommit=True) as c:  # a killed run's backend lets go of its locks
-        for _ in range(100):
-            if not c.execute("SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory'").fetchone():
-                break
+        deadline = time.monotonic() + 30  # (5 s was not always enough for a loaded machine)
+        while c.execute("SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory'").fetchone() \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
