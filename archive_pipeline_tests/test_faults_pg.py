@@ -364,9 +364,8 @@ def every_slot_taken(server: LocalPostgres, own: int = 0) -> Iterator[None]:
                 time.sleep(0.05)
                 continue
             if limit is None:
-                settings = held[0].execute("SELECT current_setting('max_connections')::int - "
-                                           "current_setting('superuser_reserved_connections')::int").fetchone()[0]
-                limit = settings
+                limit = held[0].execute("SELECT current_setting('max_connections')::int - "
+                                        "current_setting('superuser_reserved_connections')::int").fetchone()[0]
         with pytest.raises(psycopg.OperationalError, match="too many clients"):
             server.connect().close()  # full now
         yield
