@@ -1,0 +1,60 @@
+"""Hunt 5 (kg): naming-mode tables (one table per day, `events_%Y%m%d`) through the whole round trip: archive,
+list, compare, verify, prune with each action, restore, and archive again; every command must treat a naming-mode
+day in each state as it treats a declarative or column-mode day."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from archive_pipeline_tests.test_hunt3_o import DAYS, cli, make_env, write_config
+
+
+def day_tables(conn, schema: str, inherit: bool = True, rows: int = 20, name: str = "ev") -> None:
+    """``schema.ev`` (when ``inherit``) and one table a day, ``ev_YYYYMMDD``, inheriting from it, ``rows`` each."""
+    if inherit:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(
+            sql.Identifier(schema, name)))
+    for n, day in enumerate(DAYS):
+        child = sql.Identifier(schema, f"{name}_{day:%Y%m%d}")
+        if inherit:
+            conn.execute(sql.SQL("CREATE TABLE {} (PRIMARY KEY (id)) INHERITS ({})").format(
+                child, sql.Identifier(schema, name)))
+        else:
+            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(
+                child))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT %s * 1000 + g, %s::timestamptz + g * interval '1 minute', "
+                             "md5(g::text) FROM generate_series(1, %s) g").format(child),
+                     (n, f"{day} 00:00+00", rows))
+
+
+def naming_env(pg, s3, bucket, schema, tmp_path, action: str = "drop", inherit: bool = True):
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(),
+             "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"},
+             "retention": {"keep_days": 1, "action": action}}
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    return make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
+
+
+def archived_and_pruned(env) -> None:
+    archived = cli(env, "archive", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat())
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    pruned = cli(env, "prune", "--day", DAYS[1].isoformat())
+    assert pruned.returncode == 0 and "removed" in pruned.stdout, pruned.stdout + pruned.stderr
+
+
+def test_verify_deep_proves_a_naming_mode_day_that_prune_dropped_by_its_archive_alone(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """A user with a naming-mode table (one table a day) and `retention: {action: drop}` runs `prune --day D`:
+    D's table is dropped, its manifest marked removed. Then `verify --deep --day D` (the README: a day removed
+    from the source by retention is proven by its archive alone; for a declarative table whose partition was
+    dropped the same command says `ok`): it exits 1, `FAILED`, "not checked (not retryable): no table for D of
+    schema.ev: table 'schema.ev_D' does not exist … check the table's name in the YAML configuration", sending
+    the user to fix a configuration that is right, and the only copy of the day is never proven. Expected: exit
+    0, the day `ok`, proven by its archive (object, digests, rows loaded back against the manifest)."""
+    env = naming_env(pg, s3, bucket, schema, tmp_path, "drop")
+    day_tables(conn, schema)
+    archived_and_pruned(env)
+    verified = cli(env, "verify", "--deep", "--day", DAYS[1].isoformat())
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "does not exist" not in verified.stdout + verified.stderr
