@@ -76,3 +76,32 @@ def test_restore_into_original_puts_a_dropped_naming_mode_day_table_back_under_i
     restored = cli(env, "restore", "--day", DAYS[1].isoformat(), "--into", "original")
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0] == 60
+
+
+def test_a_detached_naming_mode_day_restored_as_the_restore_error_says_is_a_source_day_again(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Retention `detach` (naming mode) took `ev_D` out of `schema.ev`. The user runs `restore --day D --into
+    original`; it refuses: "ev_D … no longer inherits from schema.ev (detached by retention) …: attach it again
+    (ALTER TABLE … INHERIT …), or drop it and restore again". The user takes the second way: `DROP TABLE ev_D`,
+    then the same restore, which succeeds (`created: schema.ev_D`). The day is still not back: the new `ev_D`
+    inherits from nothing, so `list` still says "detached from the source at …", `prune` calls the day "already
+    removed", and the very same restore now refuses again with the same message (drop and restore again: an
+    endless loop). The README: a day restored into the original table after retention removed it is an ordinary
+    source day again, which the next removal proves and removes again. Expected: after the drop and restore, the
+    day is back under `schema.ev` (its 20 rows seen through it), `list` calls it back in the source, and `prune
+    --dry-run` would remove it again rather than call it already removed."""
+    env = naming_env(pg, s3, bucket, schema, tmp_path, "detach")
+    day_tables(conn, schema)
+    archived_and_pruned(env)
+    day = ["--day", DAYS[1].isoformat()]
+    refused = cli(env, "restore", *day, "--into", "original")
+    assert refused.returncode == 1 and "or drop it and restore again" in refused.stdout + refused.stderr
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, f"ev_{DAYS[1]:%Y%m%d}")))
+    restored = cli(env, "restore", *day, "--into", "original")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= %s AND at < %s").format(
+        sql.Identifier(schema, "ev")), (f"{DAYS[1]} 00:00+00", f"{DAYS[2]} 00:00+00")).fetchone()[0] == 20
+    listed = cli(env, "list", *day)
+    assert "detached from the source" not in listed.stdout, listed.stdout
+    dry = cli(env, "prune", "--dry-run", *day)
+    assert "already removed" not in dry.stdout and "would remove" in dry.stdout, dry.stdout + dry.stderr
