@@ -105,3 +105,25 @@ def test_a_detached_naming_mode_day_restored_as_the_restore_error_says_is_a_sour
     assert "detached from the source" not in listed.stdout, listed.stdout
     dry = cli(env, "prune", "--dry-run", *day)
     assert "already removed" not in dry.stdout and "would remove" in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_the_restore_refusal_after_a_naming_mode_detach_names_the_table_the_day_was_detached_from(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """A naming-mode table configured as `schema.ev` whose day tables `ev_YYYYMMDD` inherit from a parent of
+    another name, `schema.base` (naming mode needs no table called `schema.ev`: the README's legacy layout,
+    "inheritance or not"). Retention `detach` takes `ev_D` out of `schema.base` (NO INHERIT of the tables it
+    inherits from). Then `restore --day D --into original` refuses, as the README says, "with the `INHERIT`" to
+    run: "attach it again (ALTER TABLE "schema"."ev_D" INHERIT "schema"."ev")". That statement names a table
+    that does not exist: running it fails ("relation … does not exist") and the day is never attached again.
+    Expected: the statement the refusal gives names the table the day table was detached from (`schema.base`),
+    so running it puts the day back where it was."""
+    env = naming_env(pg, s3, bucket, schema, tmp_path, "detach")
+    day_tables(conn, schema)
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO base").format(sql.Identifier(schema, "ev")))
+    archived_and_pruned(env)
+    refused = cli(env, "restore", "--day", DAYS[1].isoformat(), "--into", "original")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    message = refused.stdout + refused.stderr
+    statement = message[message.index("ALTER TABLE"):message.index(")", message.index("ALTER TABLE"))]
+    conn.execute(statement)  # what the user is told to run
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "base"))).fetchone()[0] == 60
