@@ -127,3 +127,30 @@ def test_the_restore_refusal_after_a_naming_mode_detach_names_the_table_the_day_
     statement = message[message.index("ALTER TABLE"):message.index(")", message.index("ALTER TABLE"))]
     conn.execute(statement)  # what the user is told to run
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "base"))).fetchone()[0] == 60
+
+
+def test_list_calls_a_naming_mode_day_deleted_by_prune_deleted_when_its_table_holds_another_days_row(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """A naming-mode table with a `day_column` (the README: optional, it "adds a filter"), whose day table `ev_D`
+    also holds one row of D+1 (a legacy app that named its tables by its local date, a late insert into the wrong
+    table): archiving D takes D's 20 rows only. `prune --day D` with action `delete` deletes those 20 rows and
+    leaves the row of D+1, as it should (`compare` then says `not-in-source`, "deleted from the source at …",
+    and `prune` "already removed"). But `list --day D` says "back in the source (restored after its delete at …)"
+    (nothing was restored), `list --check-source` calls the day `changed` ("source has 0 rows, archive 20") and
+    exits 1, and `archive --dry-run` counts it "refused (changed since archived)". For a declarative or
+    column-mode table the same delete leaves the day "deleted from the source". Expected: both `list`s say the
+    day was deleted from the source and exit 0, as `compare` does: a naming-mode day is in the source when its
+    table holds a row of the day, not any row."""
+    env = naming_env(pg, s3, bucket, schema, tmp_path, "delete")
+    day_tables(conn, schema)
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (5555, %s, 'of the next day')").format(
+        sql.Identifier(schema, f"ev_{DAYS[1]:%Y%m%d}")), (f"{DAYS[2]} 05:00+00",))
+    archived_and_pruned(env)
+    day = ["--day", DAYS[1].isoformat()]
+    compared = cli(env, "compare", *day)
+    assert compared.returncode == 0 and "deleted from the source" in compared.stdout  # (as it should)
+    listed = cli(env, "list", *day)
+    assert listed.returncode == 0 and "deleted from the source" in listed.stdout, listed.stdout + listed.stderr
+    checked = cli(env, "list", "--check-source", *day)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "deleted from the source" in checked.stdout, checked.stdout
