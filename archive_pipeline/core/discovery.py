@@ -28,8 +28,8 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError
 from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_bounds, describe_table, relation_name,
-                                          unquoted_hint)
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_bounds, day_filter, describe_relation,
+                                          describe_table, relation_name, unquoted_hint)
 
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
 # the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery.
@@ -342,9 +342,24 @@ def _table_locked(conn: psycopg.Connection, table: sql.Identifier) -> bool:
 
 def _day_tables_with_rows(conn: psycopg.Connection, spec: TableSpec, periods: list[Period],
                           failed: dict[Period, psycopg.Error] | None) -> list[Period]:
-    """Naming mode: which of ``periods`` have a table holding at least one row (the table is the day)."""
-    return _probed(conn, [(period, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-        sql.Identifier(spec.schema_name, spec.child_table(period)))) for period in periods], failed)
+    """Naming mode: which of ``periods`` have a table holding at least one row of the period (the table is the
+    day; with a day_column, its rows of the day: a day table holding only another day's stray row is not the
+    day's data, as the archive and the removal read it)."""
+    return _probed(conn, [(period, _day_table_probe(conn, spec, period)) for period in periods], failed)
+
+
+def _day_table_probe(conn: psycopg.Connection, spec: TableSpec, period: Period) -> sql.Composable:
+    """The EXISTS probe of a naming-mode period's table: filtered by the day column where there is one."""
+    name = spec.child_table(period)
+    relation = sql.Identifier(spec.schema_name, name)
+    if spec.day_column is None:
+        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)
+    try:
+        with conn.transaction():  # (a savepoint inside the caller's transaction: a failure leaves it usable)
+            table = describe_relation(conn, spec.schema_name, name, spec.day_column)
+    except (SourceError, psycopg.Error):  # no such column there (or no table): the probe says what it finds
+        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(relation, day_filter(table, period))
 
 
 def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,

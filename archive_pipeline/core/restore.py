@@ -803,15 +803,28 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
     """Retention's ``detach`` of a naming-mode day table (``NO INHERIT``) leaves it whole: loading the day into
     it again doubled its rows and was rolled back, saying the archive "does not hold the rows it was proven to
     hold". It is refused as a detached partition is, with the statement that attaches it again."""
-    parent = Relation.configured(manifest["table"])
-    if (manifest.get("removed") or {}).get("action") != "detach" or relation == parent or conn.execute(
+    configured = Relation.configured(manifest["table"])
+    if (manifest.get("removed") or {}).get("action") != "detach" or relation == configured or conn.execute(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = %s::pg_catalog.regclass)",
             (relation.identifier.as_string(conn),)).fetchone()[0]:
         return
-    inherit = sql.SQL("ALTER TABLE {} INHERIT {}").format(relation.identifier, parent.identifier).as_string(conn)
-    raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but no longer inherits from "
-                       f"{parent} (detached by retention); it still holds the day: attach it again ({inherit}), or "
-                       "drop it and restore again", table=manifest["table"], day=manifest["day"], retryable=False)
+    # the tables it was under, as the archive recorded them (a manifest written before: the configured table)
+    parents = table_definition(manifest).get("parents") or [{"schema": configured.schema, "name": configured.name}]
+    statements = "; ".join(_attach_statement(conn, relation, parent).as_string(conn) for parent in parents)
+    under = ", ".join(str(Relation(p["schema"], p["name"])) for p in parents)
+    raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but is no longer under {under} "
+                       f"(detached by retention); it still holds the day: attach it again ({statements}), or drop it "
+                       "and restore again", table=manifest["table"], day=manifest["day"], retryable=False)
+
+
+def _attach_statement(conn: psycopg.Connection, relation: Relation, parent: dict) -> sql.Composable:
+    """The statement that puts ``relation`` back under ``parent`` (a manifest's ``parents`` entry): ATTACH
+    PARTITION with its recorded bound (rebuilt from its literals), else INHERIT."""
+    above = Relation(parent["schema"], parent["name"])
+    if parent.get("bound"):
+        return sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(above.identifier, relation.identifier,
+                                                                      partition_bound(parent["bound"]))
+    return sql.SQL("ALTER TABLE {} INHERIT {}").format(relation.identifier, above.identifier)
 
 
 def _lookalike(conn: psycopg.Connection, target: Relation) -> str:
@@ -873,11 +886,7 @@ def _put_under_parents(conn: psycopg.Connection, manifest: dict, relation: Relat
             log.info("%s %s: %s, which %s was under, is gone: restored on its own", manifest.get("table"),
                      manifest.get("day"), above, relation)
             continue
-        if parent.get("bound"):
-            conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
-                above.identifier, relation.identifier, partition_bound(parent["bound"])))
-        else:
-            conn.execute(sql.SQL("ALTER TABLE {} INHERIT {}").format(relation.identifier, above.identifier))
+        conn.execute(_attach_statement(conn, relation, parent))
 
 
 def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:

@@ -601,6 +601,10 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
         if removal_state(manifest) in ("done", "pending") and rows_after_removal(conn, source.spec, day) == 0:
             return problems  # removed, and a column added since: nothing of the day left to compare with
         return [*problems, str(exc)]
+    except ArchiveError as exc:
+        if getattr(exc, "cause", None) == NO_PERIOD_TABLE and removal_state(manifest) in ("done", "pending"):
+            return problems  # its day table dropped by the removal (naming mode): the archive, proven by itself
+        raise
     if now.rows == 0 and removal_state(manifest) in ("done", "pending"):
         # removed from the source after it was proven (or being removed: a pending mark the next removal or
         # archive run settles): the archive is the day's only copy, proven by itself
