@@ -812,7 +812,7 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
     parents = table_definition(manifest).get("parents") or [{"schema": configured.schema, "name": configured.name}]
     statements = "; ".join(_attach_statement(conn, relation, parent).as_string(conn) for parent in parents)
     under = ", ".join(str(Relation(p["schema"], p["name"])) for p in parents)
-    raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but is no longer under {under} "
+    raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but no longer inherits from {under} "
                        f"(detached by retention); it still holds the day: attach it again ({statements}), or drop it "
                        "and restore again", table=manifest["table"], day=manifest["day"], retryable=False)
 
