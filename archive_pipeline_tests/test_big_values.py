@@ -25,6 +25,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.formats import big_values
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify
@@ -313,3 +314,145 @@ def test_a_role_with_column_privileges_only_keeps_the_plain_copy(pg, conn, schem
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# Every byte below 0x20 (each escaped by row_to_json, most as \u00XX), quotes, backslashes, DEL, U+2028,
+# and characters of 2, 3 and 4 bytes (a 10-byte slice of the escaped string splits some of them).
+_ESCAPED = "".join(chr(i) for i in range(1, 32)) + '"\\/\x7f\u2028é日本\U0001f600 plain'
+
+
+def _text(size: int | None, seed: int) -> sql.Composable:
+    """A text of ``size`` characters cycling through :data:`_ESCAPED` from an offset that differs per seed."""
+    if size is None:
+        return sql.NULL
+    return sql.SQL("substring(repeat({t}, {n}), {s}, {n})").format(
+        t=sql.Literal(_ESCAPED), n=sql.Literal(size), s=sql.Literal(seed % len(_ESCAPED) + 1))
+
+
+# (id, t text, v varchar(2000), c char(300), d domain over text): sizes in characters around the threshold
+_TEXT_ROWS = [
+    (1, None, None, None, None),
+    (2, 0, 0, 0, 0),
+    (3, THRESHOLD // 4, THRESHOLD // 4, 3, 5),
+    (4, THRESHOLD, 2, None, 1),
+    (5, 1000, 3 * SLICE, 250, None),
+    (6, 205, 777, 1, 20),
+    (7, 5, None, 3, 1900),
+    (8, 10, 11, None, 12),  # nothing big: after the big rows in the table, before them in the object
+]
+
+
+def _create_texts(conn, schema: str) -> str:
+    conn.execute(sql.SQL("CREATE DOMAIN {}.memo AS text CHECK (VALUE <> 'x')").format(sql.Identifier(schema)))
+    table = sql.Identifier(schema, "texts")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, id int, t text, v varchar(2000), c char(300), d {}.memo, "
+                         "b bytea, j jsonb, a text[])").format(table, sql.Identifier(schema)))
+    for row_id, *sizes in _TEXT_ROWS:
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, {}, {}, {}, {}, {}, {}, {}, ARRAY[{}, NULL])").format(
+            table, sql.Literal(DAY), sql.Literal(row_id), *(_text(n, row_id * 10 + i) for i, n in enumerate(sizes)),
+            _value(300 if row_id == 6 else 3, row_id), sql.Literal('{"k": "\\u0001é"}'), sql.Literal(_ESCAPED)))
+    conn.execute(sql.SQL("INSERT INTO {} (at, id, t) VALUES ({}, 99, {})").format(
+        table, sql.Literal(DAY - dt.timedelta(days=1)), _text(500, 1)))
+    return f"{schema}.texts"
+
+
+def test_big_text_values_in_jsonl_are_written_as_the_copy_writes_them(conn, schema, s3_client, bucket, temp_dir,
+                                                                      monkeypatch):
+    """A text value whose JSON string escaping may inflate six times (control characters as \\u00XX) is
+    read in slices too in JSONL: text, varchar, char (its padding kept) and a domain over text, beside a
+    big bytea in the same row; the lines are row_to_json's own (compared with the plain COPY's), and
+    the day restores to the same values."""
+    name = _create_texts(conn, schema)
+    plain, plain_body = _archive(conn, s3_client, bucket, name, "jsonl", "plain", temp_dir)
+    monkeypatch.setattr(big_values, "BIG_BYTES", THRESHOLD)
+    monkeypatch.setattr(big_values, "SLICE_BYTES", SLICE)
+    written = []
+    write_text = big_values._write_text
+    monkeypatch.setattr(big_values, "_write_text", lambda conn, row, column, write: written.append(column.name)
+                        or write_text(conn, row, column, write))
+    split, split_body = _archive(conn, s3_client, bucket, name, "jsonl", "split", temp_dir)
+    big = conn.execute(sql.SQL("SELECT {} FROM {} WHERE at = {}").format(
+        sql.SQL(", ").join(sql.SQL("count(*) FILTER (WHERE octet_length({}) > {})").format(
+            sql.Identifier(c), sql.Literal(THRESHOLD)) for c in "tvcd"),
+        sql.Identifier(schema, "texts"), sql.Literal(DAY))).fetchone()
+    assert [written.count(c) for c in "tvcd"] == list(big) and min(big) > 0, (written, big)
+    assert split.rows == plain.rows == len(_TEXT_ROWS)
+    assert split.fingerprint == plain.fingerprint
+    assert split.uncompressed_bytes == plain.uncompressed_bytes == len(plain_body)
+    assert sorted(_records(split_body, "jsonl")) == sorted(_records(plain_body, "jsonl"))
+    assert split_body != plain_body  # the rows with big values came last: the split path was taken
+    spec = TableSpec(name=name, day_column="at", start_date="2024-01-01", format="jsonl", compression="zstd")
+    restored = restore_day(conn, S3Store(s3_client, bucket, prefix="split"), spec, DAY, into="new",
+                           target=f"{schema}.texts_back", temp_dir=str(temp_dir))
+    assert restored.rows == len(_TEXT_ROWS)
+    source, back = sql.Identifier(schema, "texts"), sql.Identifier(schema, "texts_back")
+    differ = conn.execute(sql.SQL("SELECT count(*) FROM ((SELECT * FROM {s} WHERE at = {d} EXCEPT ALL SELECT * FROM {b}) "
+                                  "UNION ALL (SELECT * FROM {b} EXCEPT ALL SELECT * FROM {s} WHERE at = {d})) AS x"
+                                  ).format(s=source, b=back, d=sql.Literal(DAY))).fetchone()[0]
+    assert differ == 0
+
+
+def test_big_text_values_in_csv_keep_the_plain_copy(conn, schema, s3_client, bucket, temp_dir, tiny_threshold):
+    """CSV's quoting at most doubles a text: only bytea values are split off there."""
+    name = _create_texts(conn, schema)
+    calls = []
+    monkeypatch = pytest.MonkeyPatch()
+    write_text = big_values._write_text
+    monkeypatch.setattr(big_values, "_write_text", lambda *a: calls.append(1) or write_text(*a))
+    try:
+        result, body = _archive(conn, s3_client, bucket, name, "csv", "csv", temp_dir)
+    finally:
+        monkeypatch.undo()
+    assert calls == [] and result.rows == len(_TEXT_ROWS)
+    ids = [r.split(b",", 2)[1] for r in _records(body, "csv")[1:]]
+    assert ids[-1] == b"6"  # the row with a big bytea came last, the others in the table's order
+
+
+def test_a_row_whose_escaped_text_nears_the_text_limit_goes_through_the_plain_copy(conn, schema, s3_client, bucket,
+                                                                                   temp_dir, tiny_threshold,
+                                                                                   monkeypatch):
+    """A text's JSON string is at most six times its bytes; where that bound reaches the limit its exact
+    length is asked, and a row that would pass the limit is COPYed whole (PostgreSQL decides)."""
+    name = _create_texts(conn, schema)
+    _, plain = _archive(conn, s3_client, bucket, name, "jsonl", "plain", temp_dir)
+    # the rows' lines: 2: 600 bytes, 3: 677, 4: 560, 5: 5,768, 6: 5,433, 7: 8,606 (8 and 1 hold no big value)
+    monkeypatch.setattr(big_values, "TEXT_LIMIT", 5600)
+    calls, texts = [], []
+    one_row_text = big_values._one_row_text
+    monkeypatch.setattr(big_values, "_one_row_text", lambda *a: calls.append(1) or one_row_text(*a))
+    write_text = big_values._write_text
+    monkeypatch.setattr(big_values, "_write_text", lambda *a: texts.append(a[2].name) or write_text(*a))
+    _, split = _archive(conn, s3_client, bucket, name, "jsonl", "near", temp_dir)
+    assert sorted(_records(split, "jsonl")) == sorted(_records(plain, "jsonl"))
+    # rows 2 to 7 marked; 5, 6 and 7 bound over the limit, 5 and 7 over it, copied whole; 6 split
+    assert len(calls) == 6 + 2, len(calls)
+    assert sorted(texts) == sorted(["c", "c", "t", "t", "v", "c"]), texts
+
+
+def test_a_session_lost_while_a_text_is_sliced_is_retried_and_leaves_nothing(pg, conn, schema, s3_client, bucket,
+                                                                             temp_dir, tiny_threshold, monkeypatch):
+    """Losing the read's session between a text's slices (read through a cursor) fails the day as
+    elsewhere: retried, nothing left."""
+    name = _create_texts(conn, schema)
+    write_text = big_values._write_text
+    calls = []
+
+    def terminated_on_the_second(reader, row, column, write):
+        calls.append(1)
+
+        def write_then_terminate(piece):
+            write(piece)
+            if len(calls) == 2:
+                with pg.connect() as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (reader.info.backend_pid,))
+        return write_text(reader, row, column, write_then_terminate)
+
+    monkeypatch.setattr(big_values, "_write_text", terminated_on_the_second)
+    spec = TableSpec(name=name, day_column="at", start_date="2024-01-01", format="jsonl", compression="zstd")
+    store = S3Store(s3_client, bucket, prefix="lost")
+    with psycopg.connect(pg.dsn, autocommit=True) as archiving, pytest.raises(ArchiveError) as failed:
+        archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+    assert failed.value.retryable, failed.value
+    assert "terminated" in str(failed.value)
+    assert len(calls) == 2
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)

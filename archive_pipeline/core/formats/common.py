@@ -476,6 +476,9 @@ class CopyFormat:
     extension: str
     content_type: str
     compresses_internally = False
+    # whether the COPY writes JSON, where a text value's escaping (\u00XX per control character) may make
+    # its row's message six times its size: big text values then take big_values' sliced path as bytea's do
+    json_text = False
 
     def header(self, table: SourceTable) -> bytes:
         return b""
@@ -503,7 +506,8 @@ class CopyFormat:
         # A savepoint, so that after PostgreSQL fails on a value the snapshot is still there to find the column.
         conn.execute("SAVEPOINT archive_copy")
         try:
-            big = find_big_rows(conn, table, extraction.where)  # written after the others (see big_values)
+            # written after the others (see big_values)
+            big = find_big_rows(conn, table, extraction.where, self.json_text)
             where = extraction.where if big is None else without_big_rows(extraction.where, big)
             statement = self.copy_statement(table, where)
             head = self.header(table) if extraction.header else b""

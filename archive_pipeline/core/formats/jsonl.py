@@ -125,6 +125,8 @@ def json_type(base_type: str) -> str:
 
 
 class JsonLines(CopyFormat):
+    json_text = True  # a big text value's JSON string is read in slices (see big_values)
+
     def __init__(self) -> None:
         super().__init__("jsonl", "jsonl", "application/x-ndjson")
 
