@@ -123,3 +123,40 @@ def test_naming_mode_restore_into_original_whose_day_partition_cannot_be_attache
         if since == "default_partition_holds_late_rows":  # (as the declarative mode's same case says it)
             advice = f"{exc.cause} / {exc.remedy}"
             assert "relax the constraint" not in advice and "log_default" in advice, advice
+
+
+_KMS_DENIED = ("User: arn:aws:sts::123456789012:assumed-role/archiver/run is not authorized to perform: {action} on "
+               "resource: arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab because no "
+               "identity-based policy allows the {action} action")
+
+
+def test_a_write_refused_by_s3_for_want_of_kms_generate_data_key_says_kms(conn, schema, s3, bucket, s3_client,
+                                                                           temp_dir, monkeypatch):
+    """A bucket with default encryption SSE-KMS (README, Production notes: with SSE-KMS the role also needs
+    kms:GenerateDataKey and kms:Decrypt; "a refusal by the KMS key says so"). The archiver's role lacks
+    kms:GenerateDataKey. AWS S3 answers the PutObject with ``403 AccessDenied`` whose message is "User: ... is not
+    authorized to perform: kms:GenerateDataKey on resource: arn:aws:kms:..." (S3 uses the KMS.* codes only for a
+    disabled or missing key). Was: classified by its code alone as "the object store refused access", remedy
+    "grant s3:PutObject on the bucket ... (PutObject needs it ...)", a permission the role has. Should: cause or
+    remedy name the KMS key / kms:GenerateDataKey, not tell the user to grant s3:PutObject.
+    (``errors._s3_code`` looks at the code only; ``for_operation`` then names the S3 permission.)"""
+    from archive_pipeline_tests import fault_proxy
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    original = fault_proxy.error_xml
+    monkeypatch.setattr(fault_proxy, "error_xml", lambda code, message=None: original(
+        code, _KMS_DENIED.format(action="kms:GenerateDataKey")))
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, md5(g::text) FROM generate_series(1, 50) g").format(table),
+                 (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.csv$", action="error", status=403, code="AccessDenied", times=None))
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    exc = caught.value
+    assert "kms:GenerateDataKey" in str(exc)  # S3's words reached the error: the classification missed them
+    assert "kms" in f"{exc.cause} {exc.remedy}".lower(), (exc.cause, exc.remedy)
