@@ -160,3 +160,33 @@ def test_a_write_refused_by_s3_for_want_of_kms_generate_data_key_says_kms(conn, 
     exc = caught.value
     assert "kms:GenerateDataKey" in str(exc)  # S3's words reached the error: the classification missed them
     assert "kms" in f"{exc.cause} {exc.remedy}".lower(), (exc.cause, exc.remedy)
+
+
+def test_restore_into_original_refuses_a_manifest_whose_parents_name_another_table(conn, schema, store, s3_client,
+                                                                                    bucket):
+    """README: "``original`` is the configured table itself (or its day's table, or a partition of it): a
+    manifest naming any other relation is refused, nothing written" (a manifest is sealed, not signed: anyone
+    with write access to the bucket can seal an edit). Naming mode, ``log_20240310 INHERITS (log)``, dropped by
+    retention. The manifest is edited so that ``table_definition.parents`` (new in this version) names another
+    table of the database, ``audit`` (same columns), and resealed. The user runs ``restore --into original``.
+    Was: the day table is re-created and put under ``audit`` (``ALTER TABLE log_20240310 INHERIT audit``): the
+    day's rows now read through ``audit``, a table the configuration never named, and the restore reports success.
+    Should: refused before anything is written, as a manifest whose ``source_relation`` or partition ``parent``
+    names another table is (``restore._require_original`` checks those, not ``parents``)."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+
+    _log(conn, schema, "inherits")
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.audit (id int, at timestamptz NOT NULL)").format(s))
+    spec = _naming_spec(schema, "drop")
+    result = archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=result.manifest_key)["Body"].read())
+    assert manifest["table_definition"]["parents"] == [{"schema": schema, "name": "log", "bound": None}]
+    manifest["table_definition"]["parents"] = [{"schema": schema, "name": "audit", "bound": None}]
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    try:
+        restore_day(conn, store, spec, DAY, into="original")
+    except ArchiveError:
+        pass
+    assert _count(conn, schema, "audit") == 0, "the restore put the day's rows under a table no configuration names"
