@@ -190,3 +190,58 @@ def test_restore_into_original_refuses_a_manifest_whose_parents_name_another_tab
     except ArchiveError:
         pass
     assert _count(conn, schema, "audit") == 0, "the restore put the day's rows under a table no configuration names"
+
+
+def test_naming_mode_detach_of_a_day_partition_locks_the_parent_first_and_kills_no_insert(conn, schema, store, pg):
+    """Naming mode, day tables declarative partitions of ``log``, retention ``detach`` (now by ``ALTER TABLE log
+    DETACH PARTITION log_20240310``). The application inserts through ``log`` in a transaction (a row of 03-11,
+    then a late row of 03-10) while the removal runs. Was: the removal locks the day table ACCESS EXCLUSIVE first
+    and only then, at DETACH PARTITION, the parent: the application's transaction holds ``log`` and waits for the
+    day table, the removal holds the day table and waits for ``log``: a deadlock, which PostgreSQL breaks by
+    aborting one of them (the removal fails with "deadlock detected"; it could as well be the application's
+    transaction). The declarative mode's detach takes the parent first ("parent first, as inserting sessions
+    take them, so the two cannot deadlock"). Should: no deadlock: the removal waits for the application's
+    transaction, then proves the day again (now changed: refused) or detaches it."""
+    import threading
+    import time
+
+    from archive_pipeline.core.lifecycle import RemovalRefused
+
+    _log(conn, schema, "partition")
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log_20240311 PARTITION OF {}.log FOR VALUES FROM ('2024-03-11 00:00+00') "
+                         "TO ('2024-03-12 00:00+00')").format(s, s))
+    spec = _naming_spec(schema, "detach")
+    archive_partition(conn, spec, DAY, store)
+    pid = conn.info.backend_pid
+    outcome: dict[str, BaseException | None] = {}
+    with psycopg.connect(pg.dsn) as app:
+        app.execute(sql.SQL("INSERT INTO {}.log VALUES (100, '2024-03-11 01:00+00')").format(s))  # holds log
+
+        def removal() -> None:
+            try:
+                remove_day(conn, spec, DAY, store)
+                outcome["removal"] = None
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                outcome["removal"] = exc
+
+        worker = threading.Thread(target=removal)
+        worker.start()
+        deadline = time.monotonic() + 20
+        parent = f"{schema}.log"
+        with psycopg.connect(pg.dsn, autocommit=True) as watcher:
+            while not watcher.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted AND "
+                                      "relation = %s::regclass)", (pid, parent)).fetchone()[0]:
+                assert worker.is_alive() and time.monotonic() < deadline, outcome
+                time.sleep(0.02)
+        try:
+            app.execute(sql.SQL("INSERT INTO {}.log VALUES (101, '2024-03-10 02:00+00')").format(s))
+            app.commit()
+            outcome["app"] = None
+        except psycopg.Error as exc:
+            outcome["app"] = exc
+            app.rollback()
+        worker.join(30)
+    assert outcome["app"] is None, f"the application's transaction was aborted: {outcome['app']}"
+    failed = outcome["removal"]
+    assert failed is None or isinstance(failed, RemovalRefused), f"the removal failed: {type(failed).__name__}: {failed}"
