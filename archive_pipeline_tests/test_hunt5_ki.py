@@ -245,3 +245,50 @@ def test_naming_mode_detach_of_a_day_partition_locks_the_parent_first_and_kills_
     assert outcome["app"] is None, f"the application's transaction was aborted: {outcome['app']}"
     failed = outcome["removal"]
     assert failed is None or isinstance(failed, RemovalRefused), f"the removal failed: {type(failed).__name__}: {failed}"
+
+
+def test_a_restore_refused_by_a_mixed_case_tablespace_gives_a_grant_that_works(conn, schema, pg, store, temp_dir):
+    """A DBA puts the restoring role's new tables on the tablespace ``"FastDisk"`` (a name with capitals, created
+    quoted) by default, without granting it CREATE there. A restore into a new table is refused, and the remedy
+    (new in this version) says ``GRANT CREATE ON TABLESPACE FastDisk TO <role>``: the name pasted as PostgreSQL's
+    message prints it, unquoted. The DBA runs it: "tablespace "fastdisk" does not exist" (SQL folds it).
+    Should: the statement quotes the name as SQL needs (``"FastDisk"``), as it quotes the role; run as written,
+    it grants what the restore lacks. (``errors.refused_grant``, kind ``tablespace``.)"""
+    import pathlib
+    import re
+    import shutil
+    import tempfile
+
+    from archive_pipeline.local.local_stack import _chown_for_server
+
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 5) g").format(table), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    location = pathlib.Path(tempfile.mkdtemp(prefix="ki-tablespace-"))
+    _chown_for_server(location)
+    space = f"FastDisk_{schema}"
+    role = f"{schema}_restorer"
+    conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(space), sql.Literal(str(location))))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-ki'").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+    conn.execute(sql.SQL("ALTER ROLE {} SET default_tablespace = {}").format(sql.Identifier(role), sql.Literal(space)))
+    dsn = psycopg.conninfo.make_conninfo(pg.dsn, user=role, password="pw-ki")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as restorer:
+            with pytest.raises(ArchiveError) as caught:
+                restore_day(restorer, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+        remedy = caught.value.remedy or ""
+        grant = re.search(r"GRANT CREATE ON TABLESPACE .+? TO \S+", remedy)
+        assert grant, remedy
+        try:
+            with conn.transaction():
+                conn.execute(grant.group(0).rstrip(","))
+        except psycopg.Error as exc:
+            pytest.fail(f"the remedy's {grant.group(0)!r} fails: {exc}")
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(space)))
+        shutil.rmtree(location, ignore_errors=True)
