@@ -292,3 +292,40 @@ def test_a_restore_refused_by_a_mixed_case_tablespace_gives_a_grant_that_works(c
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(space)))
         shutil.rmtree(location, ignore_errors=True)
+
+
+@pytest.mark.parametrize("doing", ["archive", "restore"])
+def test_a_lost_session_handed_to_the_api_fails_typed_not_from_the_decorators_show(conn, schema, store, pg, temp_dir,
+                                                                                 doing):
+    """A caller keeps a long-lived connection (a pool's, a script's) and hands it to ``archive_partition`` /
+    ``restore_day``; meanwhile the server ended its session (a restart, a failover,
+    ``pg_terminate_backend``, idle_session_timeout). Before this version such a call failed with the API's typed
+    error naming table, day and cause (the database connection was lost, retryable). Was: the ``speaks_utf8``
+    decorator now sends ``SHOW default_transaction_isolation`` on every call (``session_settings._to_ours``),
+    before the function's own error handling: a raw ``psycopg.OperationalError`` escapes, naming no table or day
+    (a Dagster run or a caller's retry logic that goes by ArchiveError.retryable sees an unknown crash). Should:
+    the typed ArchiveError the function raises for a lost session."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 5) g").format(table), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    victim = psycopg.connect(pg.dsn, autocommit=True)
+    try:
+        pid = victim.info.backend_pid
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        while conn.execute("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)", (pid,)).fetchone()[0]:
+            pass
+        try:
+            if doing == "archive":
+                archive_partition(victim, spec, DAY, store, temp_dir=temp_dir, overwrite=True)
+            else:
+                restore_day(victim, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+        except ArchiveError as exc:
+            assert exc.retryable, exc
+        except psycopg.Error as exc:
+            pytest.fail(f"{doing} on a lost session raised a raw {type(exc).__name__}: {exc}")
+        else:
+            pytest.fail(f"{doing} on a lost session succeeded")
+    finally:
+        victim.close()
