@@ -42,9 +42,10 @@ def _log(conn, schema: str, layout: str, parent_extra: str = "") -> None:
                          ).format(s))
 
 
+@pytest.mark.parametrize("since", ["check_constraint", "column_added_since"])
 @pytest.mark.parametrize("layout", ["inherits", "partition"])
-def test_naming_mode_restore_into_original_of_a_dropped_day_table_whose_parent_has_a_check_constraint(
-        conn, schema, store, layout):
+def test_naming_mode_restore_into_original_of_a_dropped_day_table_whose_parent_has_a_check_or_a_new_column(
+        conn, schema, store, layout, since):
     """A naming-mode table ``log`` with a CHECK constraint (``CHECK (id > 0)``), its day tables children of it
     (INHERITS, or declarative partitions). Retention ``drop`` proves and drops ``log_20240310``; the user then
     runs ``restore --into original``. Was (new in this version, which puts the re-created day table back under
@@ -53,11 +54,15 @@ def test_naming_mode_restore_into_original_of_a_dropped_day_table_whose_parent_h
     / "table is missing constraint"): the whole restore is rolled back with a raw server error, where the
     previous version restored the day (as a table of its own). Should: the day is restored and back under
     ``log`` (e.g. the table created with the parent's constraints, ``INHERITS``/``PARTITION OF``, or LIKE ...
-    INCLUDING CONSTRAINTS), its 10 rows read through ``log``."""
-    _log(conn, schema, layout, ", CONSTRAINT positive CHECK (id > 0)")
+    INCLUDING CONSTRAINTS), its 10 rows read through ``log``. The same when a column was added to ``log`` since
+    the day was archived (``ALTER TABLE log ADD COLUMN note text``, schema evolution): "child table is missing
+    column "note"" rolls the restore back."""
+    _log(conn, schema, layout, ", CONSTRAINT positive CHECK (id > 0)" if since == "check_constraint" else "")
     spec = _naming_spec(schema, "drop")
     archive_partition(conn, spec, DAY, store)
     assert remove_day(conn, spec, DAY, store).rows == 10
+    if since == "column_added_since":
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(sql.Identifier(schema, "log")))
     try:
         result = restore_day(conn, store, spec, DAY, into="original")
     except ArchiveError as exc:
