@@ -511,6 +511,8 @@ def _classify_boto(exc: BaseException) -> Classification | None:
     if isinstance(exc, bx.ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if "kms:" in str(error.get("Message", "")).lower():  # AccessDenied "... not authorized to perform: kms:..."
+            return _S3_KMS
         return _s3_code(str(error.get("Code", "")), int(status))
     if isinstance(exc, bx.BotoCoreError):
         return _S3_CONFIG
@@ -744,10 +746,12 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
     kind, name = found.groups()
     role = sql_name(user, qualified=False) if user else "<role>"
     if kind == "tablespace":  # where the role's new tables go (default_tablespace): a restore's table, a partition
-        return (f"GRANT CREATE ON TABLESPACE {name} TO {role}, or give the role a tablespace it may use (ALTER ROLE "
-                f"{role} RESET default_tablespace)")
-    if kind == "type" or (kind == "schema" and name != table.rpartition(".")[0]):  # not the table's own schema
-        return f"GRANT USAGE ON {kind.upper()} {name} TO {role}"
+        return (f"GRANT CREATE ON TABLESPACE {sql_name(name, qualified=False)} TO {role}, or give the role a "
+                f"tablespace it may use (ALTER ROLE {role} RESET default_tablespace)")
+    if kind == "schema" and name != table.rpartition(".")[0]:  # not the table's own schema
+        return f"GRANT USAGE ON SCHEMA {sql_name(name, qualified=False)} TO {role}"  # (as printed: unquoted)
+    if kind == "type":
+        return f"GRANT USAGE ON TYPE {name} TO {role}"
     if kind in ("table", "view", "materialized view", "foreign table") and name != table.rpartition(".")[2]:
         return (f"the role may not read {kind} {name}, which {table} reads (a view's, or a rule's): GRANT SELECT "
                 f"ON {name} TO the owner of the view that reads it (a view reads with its owner's privileges), or "

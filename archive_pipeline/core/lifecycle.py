@@ -594,6 +594,12 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     else:  # parent first, as inserting sessions take them, so the two cannot deadlock
         if spec.partitioning.mode == "declarative":
             conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
+        elif spec.partitioning.mode == "naming":  # a day table that is a partition: its parent is locked by the DDL
+            for (parent,) in conn.execute(
+                    "SELECT i.inhparent::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_inherits i "
+                    "JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhrelid = %s AND c.relispartition",
+                    (target.oid,)).fetchall():
+                conn.execute(sql.SQL("LOCK TABLE ONLY ") + sql.SQL(parent) + sql.SQL(" IN ACCESS EXCLUSIVE MODE"))
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target.identifier))
     table, target = _described_again(conn, spec, day, target, action)
     where = day_filter(table, day)

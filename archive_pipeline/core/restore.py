@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
@@ -715,7 +715,8 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
     return CatalogText(type_text)
 
 
-def _create_table(conn: psycopg.Connection, target: Relation, definition: dict) -> None:
+def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
+                  inherits: Sequence[Relation] = ()) -> None:
     items = []
     for column in definition["columns"]:
         items.append(sql.SQL("{} {}{}").format(
@@ -723,7 +724,9 @@ def _create_table(conn: psycopg.Connection, target: Relation, definition: dict) 
             sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL("")))
     if definition.get("primary_key"):
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
-    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target.identifier, sql.SQL(", ").join(items)))
+    parents = sql.SQL(" INHERITS ({})").format(sql.SQL(", ").join(p.identifier for p in inherits)) if inherits \
+        else sql.SQL("")
+    conn.execute(sql.SQL("CREATE TABLE {} ({}){}").format(target.identifier, sql.SQL(", ").join(items), parents))
 
 
 _RANGE_BOUND = re.compile(r"FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)", re.S)
@@ -836,13 +839,42 @@ def _lookalike(conn: psycopg.Connection, target: Relation) -> str:
 
 def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> bool:
     """Create ``relation``; False if it is the day's partition and another partition of the parent covers
-    its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent."""
+    its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent. A
+    naming-mode day table is created under the configured table where it was under it when archived (see
+    :func:`_own_parents`): as its partition, or inheriting from it (with the parent's columns and CHECKs, so
+    one added since is no reason to fail)."""
     definition = table_definition(manifest)
     partition = _partition(definition, conn)
-    if partition is None or partition[1] != relation:
-        _create_table(conn, relation, definition)
-        return True
-    parent, child, bound = partition
+    if partition is not None and partition[1] == relation:
+        return _create_partition(conn, manifest, *partition, overlap_into_parent=True)
+    parents = _own_parents(conn, manifest, relation)
+    if len(parents) == 1 and parents[0][1]:
+        return _create_partition(conn, manifest, parents[0][0], relation, parents[0][1], overlap_into_parent=False)
+    _create_table(conn, relation, definition, inherits=[parent for parent, _ in parents])
+    return True
+
+
+def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation) -> list[tuple[Relation, str | None]]:
+    """The tables a naming-mode day table was under when archived (``parents``, with a partition's bound) that
+    it is put back under: the configured table only, if it exists (a manifest is sealed, not signed: one edited
+    to name another table must not hang the day's rows under it)."""
+    configured = Relation.configured(manifest["table"])
+    own = []
+    for parent in table_definition(manifest).get("parents") or []:
+        above = Relation(str(parent.get("schema", "")), str(parent.get("name", "")))
+        if above != configured or not _exists(conn, above):
+            log.info("%s %s: %s was under %s when archived; restored without it", manifest.get("table"),
+                     manifest.get("day"), relation, above)
+            continue
+        own.append((above, parent.get("bound") or None))
+    return own
+
+
+def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation, child: Relation, bound: str | None,
+                      *, overlap_into_parent: bool) -> bool:
+    """``CREATE TABLE child PARTITION OF parent <bound>``; False where another partition covers the bound now
+    and the rows may go there through the parent (``overlap_into_parent``), else a refusal saying so."""
+    table, day = manifest.get("table"), manifest.get("day")
     try:
         with conn.transaction():
             conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
@@ -851,42 +883,33 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
         # "updated partition constraint for default partition ... would be violated": rows of the day (late
         # ones, in no archive) sit in the DEFAULT partition, which PostgreSQL will not let the new one take
         raise RestoreError(
-            f"restoring {manifest.get('table')} for {manifest.get('day')} into its original table: its partition "
-            f"{child} cannot be created again ({exc.diag.message_primary}): the default partition holds rows of "
-            "the day that no archive has (late rows written after the partition was removed); nothing was "
-            "restored", table=manifest.get("table"), day=manifest.get("day"), retryable=False,
-            cause="the default partition holds rows of the day",
+            f"restoring {table} for {day} into its original table: its partition {child} cannot be created again "
+            f"({exc.diag.message_primary}): the default partition holds rows of the day that no archive has (late "
+            "rows written after the partition was removed); nothing was restored", table=table, day=day,
+            retryable=False, cause="the default partition holds rows of the day",
             remedy=f"look at those rows in the default partition ({_default_partition(conn, parent)}): archive "
                    "them first (archive the day again with overwrite, which reads them through the parent), or move "
                    "or delete them, then restore again; or restore into a new table (into='new')") from None
     except psycopg.errors.InvalidSchemaName as exc:
         raise RestoreError(
-            f"restoring {manifest.get('table')} for {manifest.get('day')} into its original table: its partition "
-            f"{child} cannot be created again: {exc.diag.message_primary}; nothing was restored",
-            table=manifest.get("table"), day=manifest.get("day"), retryable=False,
+            f"restoring {table} for {day} into its original table: its partition {child} cannot be created again: "
+            f"{exc.diag.message_primary}; nothing was restored", table=table, day=day, retryable=False,
             cause="the schema the day's partition lived in is gone",
-            remedy=f"create the schema again (CREATE SCHEMA {sql_name(child.schema, qualified=False)}) and restore again, or restore "
-                   "into a new table (into='new')") from None
+            remedy=f"create the schema again (CREATE SCHEMA {sql_name(child.schema, qualified=False)}) and restore "
+                   "again, or restore into a new table (into='new')") from None
     except psycopg.errors.InvalidObjectDefinition as exc:
         if "would overlap" not in (exc.diag.message_primary or ""):
             raise
-        log.info("%s %s: %s; restoring into %s", manifest.get("table"), manifest.get("day"), exc.diag.message_primary,
-                 parent)
+        if not overlap_into_parent:
+            raise RestoreError(
+                f"restoring {table} for {day} into its original table: its day table {child} cannot be created again "
+                f"as a partition of {parent} ({exc.diag.message_primary}): another partition covers the day now; "
+                "nothing was restored", table=table, day=day, retryable=False,
+                cause="another partition of the table covers the day now",
+                remedy="restore into a new table (into='new') and move the rows where they belong now") from None
+        log.info("%s %s: %s; restoring into %s", table, day, exc.diag.message_primary, parent)
         return False
     return True
-
-
-def _put_under_parents(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
-    """A naming-mode day table re-created by a restore into the original goes back under the tables it
-    inherited from or was a partition of (``parents``, recorded since this version), as the source had it:
-    created alone, its rows were no longer read through the parent. A parent gone since is left out."""
-    for parent in table_definition(manifest).get("parents") or []:
-        above = Relation(parent["schema"], parent["name"])
-        if not _exists(conn, above):
-            log.info("%s %s: %s, which %s was under, is gone: restored on its own", manifest.get("table"),
-                     manifest.get("day"), above, relation)
-            continue
-        conn.execute(_attach_statement(conn, relation, parent))
 
 
 def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
@@ -1494,8 +1517,6 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 else:
                     checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
                                                     skipped=rows - inserted if on_conflict == "skip" else 0)
-                if into == "original" and relation in to_create:
-                    _put_under_parents(conn, manifest, relation)
                 if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,

@@ -99,7 +99,10 @@ def _to_ours(conn: object) -> dict[str, str] | None:
     encoding = conn.info.parameter_status("client_encoding")
     if encoding not in (None, "UTF8"):
         before["client_encoding"] = encoding
-    isolation = conn.execute("SHOW default_transaction_isolation").fetchone()[0]
+    try:
+        isolation = conn.execute("SHOW default_transaction_isolation").fetchone()[0]
+    except psycopg.OperationalError:  # a session lost meanwhile: the call's own handling says so, typed
+        return None
     if isolation == "serializable":
         before["default_transaction_isolation"] = isolation
     if not before:
