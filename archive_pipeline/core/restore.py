@@ -32,7 +32,7 @@ from psycopg.types.json import Json
 from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
-from archive_pipeline.core.formats.common import OTHER_FORMATS
+from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.errors import (TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
                                           refused_grant, remedy_for, sql_name)
@@ -121,13 +121,14 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
-def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[pa.Buffer | bytes],
-          depth: int = 2) -> int:
+def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[pa.Buffer | bytes | memoryview],
+          depth: int = 2, max_bytes: int | None = None) -> int:
     """Feed ``chunks`` to ``COPY ... FROM STDIN``; a reader thread decodes the next chunk meanwhile
-    (at most ``depth`` wait in memory)."""
+    (at most ``depth`` wait in memory; with ``max_bytes``, none is decoded while that much is in
+    flight, so a big value is not in memory along with the next batch)."""
     with conn.cursor() as cur:
         with cur.copy(statement) as copy:
-            for chunk in prefetch(chunks, depth=depth):
+            for chunk in prefetch(chunks, depth=depth, max_bytes=max_bytes, size=len):
                 copy.write(memoryview(chunk))
         return cur.rowcount
 
@@ -269,7 +270,8 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 return _copy(conn, statement, readers.decompressed_chunks(archive_path, compression))
             if fmt == "parquet":
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
-                return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1)
+                return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1,
+                             max_bytes=READ_AHEAD_BYTES)
             if fmt == "jsonl":
                 statement = with_params(_jsonl_insert(conn, target, columns), conn)
                 rows = 0

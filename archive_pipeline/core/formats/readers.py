@@ -16,7 +16,8 @@ functions read, in bounded batches, without a Python object per row or value.
   in Arrow's ISO form for years 1..9999 and as Julian day numbers outside them
   (``J1705428 12:30:00.000001``: ``J`` input covers 4714 BC to 294276 AD), the ±infinity sentinels
   as ``infinity``, intervals as ISO 8601 with PostgreSQL's three fields kept apart, binary as
-  ``\\x`` hex, uuid as hex, lists as array literals with every element quoted.
+  ``\\x`` hex, uuid as hex, lists as array literals with every element quoted but numbers and
+  booleans (bare).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import pyarrow.parquet as pq
 READ_BYTES = 1 << 20  # decompressed bytes per read
 JSON_BATCH_BYTES = 1 << 20  # JSON text per INSERT (4 MB: the set function's rows spill past work_mem; measured slower)
 PARQUET_BATCH_ROWS = 16_384  # rows per Arrow batch read from a row group
+BIG_LIST_BYTES = 16 << 20  # a list column's elements this big are turned into text with the system allocator
+BIG_ROW_BYTES = 1 << 20  # a row's text this long skips Arrow's CSV writer (two whole copies of it)
 
 _CODECS = {"zstd": "zstd", "gzip": "gzip", "lz4": "lz4"}
 _UNIX_EPOCH_JULIAN_DAY = 2_440_588  # Julian day number of 1970-01-01
@@ -92,12 +95,12 @@ def _lpad(values: pa.Array, width: int) -> pa.Array:
     return pc.utf8_lpad(pc.cast(values, pa.string()), width=width, padding="0")
 
 
-def _join(*parts: pa.Array | str) -> pa.Array:
+def _join(*parts: pa.Array | str, pool: pa.MemoryPool | None = None) -> pa.Array:
     """Concatenate strings element-wise (a null part makes the result null)."""
     large = any(not isinstance(p, str) and pa.types.is_large_string(p.type) for p in parts)
     kind = pa.large_string() if large else pa.string()
-    items = [pa.scalar(p, kind) if isinstance(p, str) else pc.cast(p, kind) for p in parts]
-    return pc.binary_join_element_wise(*items, pa.scalar("", kind))
+    items = [pa.scalar(p, kind) if isinstance(p, str) else pc.cast(p, kind, memory_pool=pool) for p in parts]
+    return pc.binary_join_element_wise(*items, pa.scalar("", kind), memory_pool=pool)
 
 
 def _floor_divmod(values: pa.Array, divisor: int) -> tuple[pa.Array, pa.Array]:
@@ -213,19 +216,50 @@ def _hex_text(array: pa.Array, prefix: str) -> pa.Array:
     return pc.if_else(array.is_valid(), text, pa.scalar(None, pa.large_string()))
 
 
-def _quote_elements(values: pa.Array) -> pa.Array:
-    """Array-literal elements: every value double-quoted with ``\\`` and ``"`` escaped; NULL bare."""
-    if pc.any(pc.or_(pc.match_substring(values, "\\"), pc.match_substring(values, '"'))).as_py():
-        values = pc.replace_substring_regex(values, r'([\\"])', r"\\\1")  # one pass, only when needed
-    return pc.fill_null(_join('"', values, '"'), "NULL")
+def _list_pool(values: pa.Array) -> pa.MemoryPool:
+    """Where a list column's text is built: the system allocator for a big one. Its intermediates
+    grow a buffer at a time and are freed in turn; glibc (tuned by memory.py) grows a big buffer in
+    place and hands it back to the OS when freed, where mimalloc copies it to grow it and keeps what
+    was freed (a 3,000,000-element int8[]: +190 MB of RSS against +148 MB). Small lists, the common
+    case, stay with the default pool."""
+    return pa.system_memory_pool() if values.nbytes >= BIG_LIST_BYTES else pa.default_memory_pool()
+
+
+def _quoted_elements(values: pa.Array, pool: pa.MemoryPool) -> pa.Array:
+    """Array-literal elements: every value double-quoted with ``\\`` and ``"`` escaped; NULL bare.
+    Each step rebinds ``text`` so only two copies of the elements are alive at a time."""
+    text = pc.cast(pg_text(values), pa.large_string(), memory_pool=pool)
+    if pc.any(pc.or_(pc.match_substring(text, "\\"), pc.match_substring(text, '"'))).as_py():
+        text = pc.replace_substring_regex(text, r'([\\"])', r"\\\1", memory_pool=pool)  # only when needed
+    text = _join('"', text, '"', pool=pool)
+    return pc.coalesce(text, pa.scalar("NULL", pa.large_string()), memory_pool=pool)
+
+
+def _element_text(values: pa.Array, pool: pa.MemoryPool) -> pa.Array:
+    """A list's elements as array-literal items. Numbers and booleans go bare: their text (digits,
+    sign, point, exponent, nan, inf, true, false) holds nothing array input treats specially, and
+    quoting them cost a copy and two bytes per element (a 3,000,000-element int8[] peaked at ~9x its
+    text); everything else is quoted."""
+    kind = values.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+            or pa.types.is_boolean(kind)):
+        return _quoted_elements(values, pool)
+    text = pc.cast(values, pa.large_string(), memory_pool=pool)  # large: may pass 2 GiB of text
+    if not text.null_count:
+        return text
+    return pc.coalesce(text, pa.scalar("NULL", pa.large_string()), memory_pool=pool)
 
 
 def _list_text(array: pa.ListArray | pa.LargeListArray) -> pa.Array:
-    """A PostgreSQL array literal per list: ``{"a",NULL,"c,d"}``; an empty list is ``{}``."""
-    elements = pc.cast(pg_text(array.values), pa.large_string())
-    quoted = _quote_elements(elements)
-    rebuilt = type(array).from_arrays(array.offsets, quoted, mask=array.is_null())
-    return _join("{", pc.binary_join(rebuilt, pa.scalar(",", pa.large_string())), "}")
+    """A PostgreSQL array literal per list: ``{"a",NULL,"c,d"}``, ``{1,NULL,3}``; an empty list is
+    ``{}``. Each intermediate is let go as soon as the next is built (two alive at the peak)."""
+    pool = _list_pool(array.values)
+    elements = _element_text(array.values, pool)
+    lists = type(array).from_arrays(array.offsets, elements, mask=array.is_null())
+    del elements
+    joined = pc.binary_join(lists, pa.scalar(",", pa.large_string()), memory_pool=pool)
+    del lists
+    return _join("{", joined, "}", pool=pool)
 
 
 def pg_text(array: pa.Array) -> pa.Array:
@@ -261,23 +295,101 @@ def pg_text(array: pa.Array) -> pa.Array:
     raise ArchiveDecodeError(f"Arrow type {kind} is not one the archiver writes")
 
 
+def _group_batches(file: pq.ParquetFile, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The file's batches, one reader per row group (a single reader over the whole file keeps
+    buffers of the row groups it has passed: measured +85 MB over a 1M-row file, against +25 MB row
+    group by row group). A group's reader is closed before its last batch is handed on: it keeps the
+    column chunk's decompressed page and dictionary until then (2x an 80 MiB text value, measured)."""
+    for group in range(file.metadata.num_row_groups):
+        left = file.metadata.row_group(group).num_rows
+        reader = file.iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False)
+        for batch in reader:
+            left -= batch.num_rows
+            if left <= 0:
+                reader.close()  # its memory goes back to the OS with the caller's release_unused
+            yield batch
+            del batch  # not held while the next one is read
+
+
+def _big_rows(text: list[pa.Array]) -> list[int]:
+    """The rows whose text reaches :data:`BIG_ROW_BYTES` (a few vectorized passes per batch)."""
+    if sum(array.nbytes for array in text) < BIG_ROW_BYTES:
+        return []
+    sizes = None
+    for array in text:
+        size = pc.fill_null(pc.cast(pc.binary_length(array), pa.int64()), 0)
+        sizes = size if sizes is None else pc.add(sizes, size)
+    return pc.indices_nonzero(pc.greater_equal(sizes, BIG_ROW_BYTES)).to_pylist()
+
+
+def _csv(text: list[pa.Array], start: int, stop: int) -> pa.Buffer:
+    """Rows ``start:stop`` as CSV through Arrow's writer: NULL an unquoted empty field, every string
+    quoted (a quote doubled), so '' stays apart from NULL."""
+    rows = pa.RecordBatch.from_arrays([array.slice(start, stop - start) for array in text],
+                                      names=[f"c{i}" for i in range(len(text))])
+    out = pa.BufferOutputStream()
+    pacsv.write_csv(rows, out, write_options=_CSV_OPTIONS)
+    return out.getvalue()
+
+
+def _value_bytes(array: pa.Array, row: int) -> memoryview:
+    """The bytes of a string value where the array holds them (no copy)."""
+    kind = pa.int64() if pa.types.is_large_string(array.type) else pa.int32()
+    _, offsets, data = array.buffers()
+    bounds = pa.Array.from_buffers(kind, 2, [None, offsets], offset=array.offset + row).to_pylist()
+    return memoryview(data)[bounds[0]:bounds[1]] if data is not None else memoryview(b"")
+
+
+def _quoted_field(array: pa.Array, row: int) -> Iterator[bytes | memoryview]:
+    """One value as a quoted CSV field, as Arrow's writer spells it: handed on as it is when it holds
+    no quote, else escaped a slice at a time (never a whole copy of a big value)."""
+    value = _value_bytes(array, row)
+    if not pc.any(pc.match_substring(array.slice(row, 1), '"')).as_py():
+        yield value
+        return
+    for start in range(0, len(value), READ_BYTES):
+        yield bytes(value[start:start + READ_BYTES]).replace(b'"', b'""')
+
+
+def _big_row_pieces(text: list[pa.Array], row: int) -> Iterator[bytes | memoryview]:
+    """One row as CSV in pieces, big values by reference: Arrow's writer would copy the row into its
+    own buffer and that into the output stream (2 more copies of an 80 MiB value, measured)."""
+    head = b""
+    for column, array in enumerate(text):
+        head += b"," if column else b""
+        if array.slice(row, 1).null_count:
+            continue
+        yield head + b'"'
+        yield from _quoted_field(array, row)
+        head = b'"'
+    yield head + b"\n"
+
+
+def _csv_pieces(text: list[pa.Array]) -> Iterator[pa.Buffer | bytes | memoryview]:
+    """A batch's rows as CSV: runs of ordinary rows through Arrow's writer, big rows in pieces."""
+    start = 0
+    for row in _big_rows(text):
+        if row > start:
+            yield _csv(text, start, row)
+        yield from _big_row_pieces(text, row)
+        start = row + 1
+    if start < len(text[0]):
+        yield _csv(text, start, len(text[0]))
+
+
 def parquet_csv_chunks(path: str | os.PathLike, columns: list[str],
-                       batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[pa.Buffer]:
+                       batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[pa.Buffer | bytes | memoryview]:
     """The Parquet file's rows as CSV (no header) for ``COPY ... FROM STDIN (FORMAT csv)``: NULL an
-    unquoted empty field, every string quoted, so '' stays apart from NULL."""
+    unquoted empty field, every string quoted, so '' stays apart from NULL. A row's text may come in
+    several pieces (a big value is handed on by reference); COPY does not care where chunks break."""
     file = pq.ParquetFile(os.fspath(path))
     names = file.schema_arrow.names
     if names != columns:
         raise ArchiveDecodeError(f"the Parquet file's columns {names} are not the manifest's {columns}")
-    # One reader per row group: a single reader over the whole file keeps buffers of the row groups
-    # it has passed (measured: +85 MB over a 1M-row file, against +25 MB row group by row group).
-    batches = (batch for group in range(file.metadata.num_row_groups)
-               for batch in file.iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False))
     pool = pa.default_memory_pool()
-    for batch in batches:
+    for batch in _group_batches(file, batch_rows):
         pool.release_unused()  # mimalloc keeps freed batches otherwise (measured: 69 -> 49 MB over 1M rows)
-        text = pa.RecordBatch.from_arrays([pg_text(batch.column(i)) for i in range(batch.num_columns)],
-                                          names=[f"c{i}" for i in range(batch.num_columns)])
-        out = pa.BufferOutputStream()
-        pacsv.write_csv(text, out, write_options=_CSV_OPTIONS)
-        yield out.getvalue()
+        text = [pg_text(batch.column(i)) for i in range(batch.num_columns)]
+        del batch  # its values live on in ``text`` only where they are needed
+        yield from _csv_pieces(text)
+        del text  # not held while the next batch is read
