@@ -45,7 +45,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings, pinned_options
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings, pinned_options, unpinned_defaults
 from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members, \
     scanned_relations
 
@@ -269,7 +269,7 @@ def dsn_of(conn: psycopg.Connection) -> str:
     info = conn.info
     own = conninfo_to_dict(info.dsn).get("options") or os.environ.get("PGOPTIONS", "")
     return make_conninfo(info.dsn, **({"password": info.password} if info.password else {}), **CONNECT_PARAMETERS,
-                         options=pinned_options(own))
+                         options=pinned_options(own, unpinned_defaults(conn)))
 
 
 _FREE_SESSIONS = """

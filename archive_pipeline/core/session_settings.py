@@ -36,12 +36,23 @@ CONNECT_PARAMETERS = {"client_encoding": "UTF8"}
 SESSION_PINNED = {"quote_all_identifiers": "off", "default_transaction_isolation": "read committed"}
 
 
-def pinned_options(own: str | None) -> str:
-    """libpq ``options`` that set :data:`SESSION_PINNED` from the session's start (before the first statement,
-    which under a serializable default would already wait or fail), after the connection's ``own``."""
-    pinned = " ".join(f"-c {name}={value.replace(' ', chr(92) + ' ')}" for name, value in SESSION_PINNED.items())
+def unpinned_defaults(conn: psycopg.Connection) -> dict[str, str]:
+    """The :data:`SESSION_PINNED` settings a new session logged in as ``conn`` was would start with otherwise
+    (``conn``'s own start values, ``reset_val``: its role's, database's and connection string's), with the
+    values to pin them to. Usually none: only then do the sessions we open send libpq ``options`` (a pooler
+    such as PgBouncer refuses that startup parameter unless told to ignore it)."""
+    rows = conn.execute("SELECT name, reset_val FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
+                        (list(SESSION_PINNED),)).fetchall()
+    return {name: SESSION_PINNED[name] for name, value in rows if value != SESSION_PINNED[name]}
+
+
+def pinned_options(own: str | None, settings: dict[str, str]) -> str:
+    """libpq ``options`` that set ``settings`` (see :func:`unpinned_defaults`) from the session's start
+    (before the first statement, which under a serializable default would already wait or fail), after the
+    connection's ``own``."""
+    pinned = " ".join(f"-c {name}={value.replace(' ', chr(92) + ' ')}" for name, value in settings.items())
     own = (own or "").strip()
-    return own if own.endswith(pinned) else f"{own} {pinned}".strip()  # (a DSN of a session we opened has them)
+    return own if not pinned or own.endswith(pinned) else f"{own} {pinned}".strip()
 
 
 def set_session(conn: psycopg.Connection, settings: dict[str, object]) -> None:

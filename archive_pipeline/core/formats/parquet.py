@@ -60,7 +60,7 @@ from archive_pipeline.core.formats.common import (
     refused_column,
     xml_text,
 )
-from archive_pipeline.core.session_settings import apply_settings, pinned_options
+from archive_pipeline.core.session_settings import apply_settings, pinned_options, unpinned_defaults
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch
 
@@ -460,14 +460,14 @@ def _may_be_value_failure(exc: BaseException) -> bool:
     return ("error:" in text or "readrecord failed" in text) and not any(w in text for w in _TRANSIENT_WORDS)
 
 
-def _adbc_connect(adbc, dsn: str):
-    """ADBC's connection, with :data:`SESSION_PINNED` set from its start (libpq ``options``, after the DSN's
-    own): ADBC reads every type's receive function by name when it connects, and a role with
-    quote_all_identifiers on printed those names quoted (ADBC then knew no type: an interval column failed with
-    ArrowInvalid); and it reads them in a transaction of the role's default isolation, which a serializable
-    default made wait for a safe snapshot, or fail on a hot standby."""
+def _adbc_connect(adbc, dsn: str, pinned: dict[str, str]):
+    """ADBC's connection, with ``pinned`` (:func:`~archive_pipeline.core.session_settings.unpinned_defaults`)
+    set from its start (libpq ``options``, after the DSN's own): ADBC reads every type's receive function by
+    name when it connects, and a role with quote_all_identifiers on printed those names quoted (ADBC then knew
+    no type: an interval column failed with ArrowInvalid); and it reads them in a transaction of the role's
+    default isolation, which a serializable default made wait for a safe snapshot, or fail on a hot standby."""
     own = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS", "")
-    return adbc.connect(make_conninfo(dsn, options=pinned_options(own)), autocommit=True)
+    return adbc.connect(make_conninfo(dsn, options=pinned_options(own, pinned)), autocommit=True)
 
 
 # Connection options of libpq 17 and 18 (psycopg's) that the libpq 16 inside adbc-driver-postgresql refuses
@@ -514,7 +514,7 @@ class Parquet:
         secret = {"password": info.password} if info.password else {}
         dsn = make_conninfo(_for_adbc_libpq(info.dsn, extraction.table), client_encoding="UTF8", **secret)
         query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
-        conn = _adbc_connect(adbc, dsn)
+        conn = _adbc_connect(adbc, dsn, unpinned_defaults(extraction.conn))
         cur = conn.cursor()
         try:
             # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
