@@ -619,7 +619,11 @@ def _loaded_before(conn: psycopg.Connection, relation: Relation, manifest: dict,
     table (naming mode), to tell the day's rows apart; and a fingerprint."""
     if not whole and not manifest.get("day_column"):
         return False
-    return _holds_archived_rows(conn, relation, manifest, _day_where(conn, relation, manifest, whole))
+    try:
+        with conn.transaction():  # (a savepoint: what fails here is said by the load's own checks after it)
+            return _holds_archived_rows(conn, relation, manifest, _day_where(conn, relation, manifest, whole))
+    except (ArchiveError, psycopg.errors.UndefinedColumn, psycopg.errors.DatatypeMismatch):
+        return False  # a target without the day column or an archived column (or of another type): not the day
 
 
 def _already_restored(relation: Relation, manifest: dict, started: float, *, proven: bool = False) -> RestoreResult:

@@ -110,18 +110,28 @@ def _to_ours(conn: object) -> dict[str, str] | None:
     encoding = conn.info.parameter_status("client_encoding")
     if encoding not in (None, "UTF8"):
         before["client_encoding"] = encoding
-    try:
-        isolation = conn.execute("SHOW default_transaction_isolation").fetchone()[0]
-    except psycopg.OperationalError:  # a session lost meanwhile: the call's own handling says so, typed
-        return None
-    if isolation == "serializable":
-        before["default_transaction_isolation"] = isolation
+    if _serializable_may_hurt(conn):
+        try:
+            isolation = conn.execute("SHOW default_transaction_isolation").fetchone()[0]
+        except psycopg.OperationalError:  # a session lost meanwhile: the call's own handling says so, typed
+            return None
+        if isolation == "serializable":
+            before["default_transaction_isolation"] = isolation
     if not before:
         return None
     # (session-wide even inside a transaction, unless it rolls back)
     ours = {"client_encoding": "UTF8", **SESSION_PINNED}
     set_session(conn, {name: ours[name] for name in before})
     return before
+
+
+def _serializable_may_hurt(conn: psycopg.Connection) -> bool:
+    """Where a serializable default hurts our statements outside our own transactions: a hot standby (refused
+    there) or a read-only session (with deferrable, each waits for a safe snapshot). Both are reported by the
+    server (14 and later), so an ordinary session costs no round trip, and a lost one meets its first query
+    in the call's own error handling."""
+    return "on" in (conn.info.parameter_status("in_hot_standby"), conn.info.parameter_status(
+        "default_transaction_read_only"))
 
 
 def _give_back(conn: psycopg.Connection, settings: dict[str, str]) -> None:
