@@ -14,20 +14,9 @@ from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_hunt4_uu import _keys, _small_table
 
 DAY = dt.date(2024, 3, 10)
-
-
-def _small_table(conn, schema, rows=50):
-    table = sql.Identifier(schema, "ev")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, v text)").format(table))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, md5(g::text) FROM generate_series(1, %s) g").format(table),
-                 (DAY, rows))
-    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
-
-
-def _keys(s3_client, bucket):
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
 def _to_glacier(s3_client, bucket, key):
