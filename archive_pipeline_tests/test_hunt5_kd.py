@@ -8,7 +8,6 @@ import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
