@@ -93,3 +93,73 @@ def test_restore_racing_a_naming_mode_detach_is_not_called_already_restored(pg, 
     # Now: RestoreResult check "already restored: ...log_20240310 holds exactly its archived rows", log shows 0.
     assert result is None or shown == 10, (result and result.check, shown)
     assert result is not None or isinstance(outcome.get("error"), ArchiveError), outcome
+
+
+def _block_commits(conn, schema: str, table: str, key: int) -> None:
+    """A deferred constraint trigger on ``table``: a transaction that inserted into it waits at COMMIT for the
+    advisory lock ``key`` (which the test holds), after everything it checked."""
+    conn.execute(sql.SQL(
+        "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock({k}); "
+        "RETURN NULL; END $$").format(fn=sql.Identifier(schema, "wait_at_commit"), k=sql.Literal(key)))
+    conn.execute(sql.SQL(
+        "CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT ON {t} DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION {fn}()").format(t=sql.Identifier(schema, table),
+                                                         fn=sql.Identifier(schema, "wait_at_commit")))
+
+
+def _waiting_on(conn, key: int) -> int:
+    return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+                        (key,)).fetchone()[0]
+
+
+def _wait_until(predicate, timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_retry_of_a_naming_mode_restore_that_met_another_into_the_same_table_does_not_load_the_day_twice(
+        pg, conn, schema, store):
+    """A naming-mode table ``log`` (no day column). Two restores of 2024-03-10 into the same existing table
+    ``copy`` (``CREATE TABLE copy (LIKE log)``, the user's) start at once (two operators, or a range restore and
+    a single-day one). The first loads the day; the second meets the target's lock and fails, retryable ("...
+    is being archived, removed or restored by another run right now ... run this again"). Once the first has
+    committed, the second is run again as told: it loads the day a second time and succeeds ("fingerprint ... of
+    the day's rows the restore loaded into copy equals the manifest's"), and ``copy`` holds the day twice (20
+    rows for 10). README: into ``existing``, a day whose rows the target already holds exactly as archived is
+    reported ``already restored``, so running again finishes the work. Should: the retry reports the day
+    already restored (``copy`` holds exactly the archived rows), or is refused: never the day loaded twice (a
+    retryable error is one whose retry is safe)."""
+    _log(conn, schema, "inherits")
+    spec = _naming_spec(schema, "drop")
+    archive_partition(conn, spec, DAY, store)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.copy (LIKE {}.log)").format(s, s))
+    key = 4243
+    _block_commits(conn, schema, "copy", key)
+    target = f"{schema}.copy"
+    with pg.connect() as holder, pg.connect() as first, pg.connect() as second:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        t1, o1 = _in_thread(lambda: restore_day(first, store, spec, DAY, into="existing", target=target))
+        try:
+            assert _wait_until(lambda: _waiting_on(conn, key) == 1), o1
+            with pytest.raises(ArchiveError) as met:
+                restore_day(second, store, spec, DAY, into="existing", target=target)
+            assert met.value.retryable, met.value
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            t1.join(60)
+        assert "result" in o1, o1
+        conn.execute(sql.SQL("DROP TRIGGER wait_at_commit ON {}.copy").format(s))
+        try:
+            retried = restore_day(second, store, spec, DAY, into="existing", target=target)
+        except ArchiveError:
+            retried = None  # refused: acceptable, nothing loaded twice
+    held = _count(conn, schema, "copy")
+    # Now: the retry "succeeds" with inserted=10 and copy holds 20 rows.
+    assert held == 10, (held, retried and (retried.inserted, retried.check))
