@@ -563,6 +563,14 @@ def _marked_days(conn: psycopg.Connection, relation: Relation | None, table: str
     return _listed_days(conn, relation, table)
 
 
+def _uncommented(conn: psycopg.Connection, relation: Relation) -> bool:
+    """Whether the table has no comment: an existing table without a day column (which cannot tell a day's rows
+    apart) gets the restore mark then, so the same restore run again, or retried after meeting another
+    restore into it, reports the day already restored instead of loading it twice."""
+    return conn.execute("SELECT pg_catalog.obj_description(%s::pg_catalog.regclass, 'pg_class') IS NULL",
+                        (relation.identifier.as_string(conn),)).fetchone()[0]
+
+
 def _owns(conn: psycopg.Connection, relation: Relation) -> bool:
     """Whether the restoring role may write the table's comment (it owns the table, or is a member of its owner)."""
     found = conn.execute(
@@ -813,12 +821,16 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
     it again doubled its rows and was rolled back, saying the archive "does not hold the rows it was proven to
     hold". It is refused as a detached partition is, with the statement that attaches it again."""
     configured = Relation.configured(manifest["table"])
-    if (manifest.get("removed") or {}).get("action") != "detach" or relation == configured or conn.execute(
+    recorded = table_definition(manifest).get("parents") or []
+    # detached by retention as the manifest says, or (a detach that ran while this restore downloaded, its mark
+    # written after the manifest was read) a day table the archive found under a parent and that is under none
+    detached = (manifest.get("removed") or {}).get("action") == "detach" or bool(recorded)
+    if not detached or relation == configured or conn.execute(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = %s::pg_catalog.regclass)",
             (relation.identifier.as_string(conn),)).fetchone()[0]:
         return
     # the tables it was under, as the archive recorded them (a manifest written before: the configured table)
-    parents = table_definition(manifest).get("parents") or [{"schema": configured.schema, "name": configured.name}]
+    parents = recorded or [{"schema": configured.schema, "name": configured.name}]
     statements = "; ".join(_attach_statement(conn, relation, parent).as_string(conn) for parent in parents)
     under = ", ".join(str(Relation(p["schema"], p["name"])) for p in parents)
     raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but no longer inherits from {under} "
@@ -1315,9 +1327,18 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
         return None
     where = _day_where(conn, relation, manifest, whole)
     columns = _columns_of(conn, relation, manifest_columns(manifest))
-    if str(fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))) != recorded:
-        return None
+    now = fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))
     scope = relation if where is None else f"the rows of {manifest['day']} in {relation} and the tables under it"
+    if str(now) != recorded:
+        if now.rows > int(manifest["rows"]):  # the trigger put every row in, beside rows the day had already
+            raise FingerprintMismatchError(
+                f"restoring {manifest['table']} for {manifest['day']}: {scope} are {now.rows:,} rows with the "
+                f"restored ones, {manifest['rows']:,} archived: the target already held other rows of the day (late "
+                "rows written after it was removed?); the restore was rolled back", table=manifest["table"],
+                day=manifest["day"], retryable=False,
+                remedy="archive the day's rows there first (archive the day again with overwrite), or move or delete "
+                       "them, then restore again; or restore into a new table (into='new')")
+        return None
     return (f"fingerprint {recorded} of {scope} equals the manifest's (a trigger of {relation} put the rows there: "
             "COPY counted fewer)")
 
@@ -1523,7 +1544,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 else:
                     checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
                                                     skipped=rows - inserted if on_conflict == "skip" else 0)
-                if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
+                # (a comment is the owner's; one of the user's own is never replaced)
+                if (into == "new" or marked is not None or (by_added and _uncommented(conn, relation))) and \
+                        _owns(conn, relation):
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
