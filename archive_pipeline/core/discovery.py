@@ -345,21 +345,22 @@ def _day_tables_with_rows(conn: psycopg.Connection, spec: TableSpec, periods: li
     """Naming mode: which of ``periods`` have a table holding at least one row of the period (the table is the
     day; with a day_column, its rows of the day: a day table holding only another day's stray row is not the
     day's data, as the archive and the removal read it)."""
-    return _probed(conn, [(period, _day_table_probe(conn, spec, period)) for period in periods], failed)
+    shape = _day_table_shape(conn, spec, periods)
+    return _probed(conn, [(period, sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+        sql.Identifier(spec.schema_name, spec.child_table(period)),
+        day_filter(shape, period) if shape is not None else sql.SQL("TRUE"))) for period in periods], failed)
 
 
-def _day_table_probe(conn: psycopg.Connection, spec: TableSpec, period: Period) -> sql.Composable:
-    """The EXISTS probe of a naming-mode period's table: filtered by the day column where there is one."""
-    name = spec.child_table(period)
-    relation = sql.Identifier(spec.schema_name, name)
-    if spec.day_column is None:
-        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)
+def _day_table_shape(conn: psycopg.Connection, spec: TableSpec, periods: list[Period]) -> SourceTable | None:
+    """The first period's day table, described with its day column (one catalog lookup for all of them: day
+    tables share their columns), or None without a day column, where the whole table is the day."""
+    if spec.day_column is None or not periods:
+        return None
     try:
         with conn.transaction():  # (a savepoint inside the caller's transaction: a failure leaves it usable)
-            table = describe_relation(conn, spec.schema_name, name, spec.day_column)
+            return describe_relation(conn, spec.schema_name, spec.child_table(periods[0]), spec.day_column)
     except (SourceError, psycopg.Error):  # no such column there (or no table): the probe says what it finds
-        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)
-    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(relation, day_filter(table, period))
+        return None
 
 
 def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
