@@ -1,0 +1,72 @@
+"""Hunt 5 (km): what the README promises a user, tried as a user would (the command line with the README's
+environment variables, the shipped deployment files), where it changed recently; and the remedies of this
+session's new error messages, followed literally."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from psycopg import sql
+
+from archive_pipeline_tests.test_hunt3_o import cli, make_env, small_table, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_production_run_launcher_passes_archive_s3_verify_etags_to_run_containers():
+    """README, Production notes: "``ARCHIVE_S3_VERIFY_ETAGS=false`` sets it for the default resources and the
+    command line alike", and "Every name in the Docker launcher's ``env_vars`` must be set in the daemon's
+    environment ... the optional ``ARCHIVE_S3_*`` names are commented out for that reason". A user on an SSE-KMS
+    bucket deploys with docs/dagster.production.yaml, sets ARCHIVE_S3_VERIFY_ETAGS=false beside the other
+    ARCHIVE_S3_* variables, and uncomments the optional names the launcher block lists. The block lists every
+    other ARCHIVE_* variable the code location reads, but not ARCHIVE_S3_VERIFY_ETAGS: the DockerRunLauncher does
+    not copy it into the run containers, whose code location then builds ``default_resources()`` with
+    ``verify_etags`` true, so every run fails on that bucket (ETags that are not MD5s) while the code server,
+    the sensor and the command line work. Expected: the launcher's ``env_vars`` (commented, as an optional
+    name) list ARCHIVE_S3_VERIFY_ETAGS too, as every variable ``core/environment.py`` reads. (docs/
+    dagster.production.yaml, run-launcher block.)"""
+    from archive_pipeline.core import environment
+
+    text = (ROOT / "docs" / "dagster.production.yaml").read_text()
+    block = re.search(r"# BEGIN run-launcher\n(.*?)# END run-launcher", text, flags=re.S).group(1)
+    listed = set(re.findall(r"^\s*#?\s*- (ARCHIVE_\w+)", block, flags=re.M))
+    read = {value for name, value in vars(environment).items() if name.endswith("_VAR") and
+            isinstance(value, str) and value.startswith("ARCHIVE_")}
+    assert "ARCHIVE_S3_VERIFY_ETAGS" in read
+    assert read <= listed, f"not passed to run containers: {sorted(read - listed)}"
+
+
+def test_the_expired_role_remedy_is_a_statement_that_runs_as_given(conn, schema, pg, s3, bucket, tmp_path):
+    """New this session: a login refused as "password authentication failed" now adds "PostgreSQL says the same
+    when the role's VALID UNTIL has passed (see pg_roles.rolvaliduntil; ALTER ROLE ... VALID UNTIL 'infinity' or
+    a later date)". A DBA whose archiving role ``Archiver`` expired runs the command line, reads that remedy and
+    runs it as given: ``ALTER ROLE ... VALID UNTIL 'infinity'`` is a syntax error, and with the role's name typed
+    in as the message prints it (``as user 'Archiver t1_0'``: unquoted) it is a syntax error too, or another role
+    (SQL folds ``Archiver`` to ``archiver``). The message knows the user (it names it), and every other remedy
+    of the kind spells its statement with the names quoted (``GRANT ... TO "role"``, the ATTACH/INHERIT of a
+    detached day). Expected: the remedy names the statement with the role quoted as an identifier, so running it
+    as printed lets the same command run. (``errors._WRONG_PASSWORD``, built in ``describe_connect_error``.)"""
+    small_table(conn, schema)
+    role = f"Archiver {schema}"
+    dsn = pg.create_password_role(role, "pw")
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema),
+                                                                                 sql.Identifier(role)))
+    conn.execute(sql.SQL("ALTER ROLE {} VALID UNTIL '2020-01-01'").format(sql.Identifier(role)))
+    config = write_config(tmp_path, [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-10",
+                                      "format": "csv", "compression": "none"}])
+
+    class Source:  # make_env takes the DSN from a LocalPostgres
+        pass
+
+    source = Source()
+    source.dsn = dsn
+    env = make_env(source, s3.endpoint_url, bucket, config, tmp_path)
+    refused = cli(env, "list", "--day", "2024-03-10")
+    assert refused.returncode == 2 and "VALID UNTIL" in refused.stderr, refused.stderr
+    statement = re.search(r"(ALTER ROLE .*? VALID UNTIL 'infinity')", refused.stderr).group(1)
+    conn.execute(statement)  # as the message gives it
+    done = cli(env, "list", "--day", "2024-03-10")
+    assert done.returncode in (0, 1), done.stdout + done.stderr
