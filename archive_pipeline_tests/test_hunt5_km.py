@@ -70,3 +70,49 @@ def test_the_expired_role_remedy_is_a_statement_that_runs_as_given(conn, schema,
     conn.execute(statement)  # as the message gives it
     done = cli(env, "list", "--day", "2024-03-10")
     assert done.returncode in (0, 1), done.stdout + done.stderr
+
+
+def test_a_dropped_naming_mode_day_of_a_sub_partitioned_table_is_restored_back_under_its_parent(
+        conn, schema, pg, s3, bucket, tmp_path):
+    """README, Restoring a day: "a dropped day table (naming mode) is created from the definition and put back
+    under the tables it inherited from or was a partition of (with its bound), as recorded at archive time".
+    A user's legacy layout: ``events`` partitioned by month, each month (``month_202403``) partitioned by day
+    into ``events_20240310`` ..., archived in naming mode (pattern ``events_%Y%m%d``) with ``retention: drop``.
+    ``prune`` drops the day's table; later the user needs the day back and runs ``restore --into original --day
+    2024-03-10``. It reports success ("created: ...events_20240310", the fingerprint equal), ``list`` says the
+    day is "back in the source" and ``compare`` says equal, but the table was created on its own, under nothing:
+    ``SELECT ... FROM events`` for that day finds no row. The manifest recorded the day table's parent
+    (``month_202403``, with its bound), yet restore puts a table back only under the configured table itself
+    (``restore._own_parents`` skips every recorded parent that is not ``events``), though ``month_202403`` is
+    one of ``events``' own partitions. Expected: the re-created day table is a partition of ``month_202403``
+    again (so the configured table holds the day's rows), or the restore refuses, naming the parent it cannot
+    put the table back under; never a success that leaves the day outside the table."""
+    s = schema
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, note text) PARTITION BY RANGE (at)")
+                 .format(sql.Identifier(s, "events")))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-01 00:00+00') TO "
+                         "('2024-04-01 00:00+00') PARTITION BY RANGE (at)").format(
+        sql.Identifier(s, "month_202403"), sql.Identifier(s, "events")))
+    for day in ("2024-03-10", "2024-03-11"):
+        table = sql.Identifier(s, f"events_{day.replace('-', '')}")
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}::timestamptz) TO "
+                             "({}::timestamptz + interval '1 day')").format(
+            table, sql.Identifier(s, "month_202403"), sql.Literal(f"{day} 00:00+00"), sql.Literal(f"{day} 00:00+00")))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute', md5(g::text) "
+                             "FROM generate_series(1, 50) g").format(table, sql.Literal(f"{day} 00:00+00")))
+    config = write_config(tmp_path, [{"name": f"{s}.events", "day_column": "at", "start_date": "2024-03-10",
+                                      "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"},
+                                      "retention": {"keep_days": 30, "action": "drop"}}])
+    env = make_env(pg, s3.endpoint_url, bucket, config, tmp_path)
+    for args in (["archive", "--from", "2024-03-10", "--to", "2024-03-11"], ["prune", "--day", "2024-03-10"]):
+        done = cli(env, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert conn.execute(sql.SQL("SELECT to_regclass({})").format(
+        sql.Literal(f"{s}.events_20240310"))).fetchone()[0] is None  # dropped
+    restored = cli(env, "restore", "--into", "original", "--day", "2024-03-10")
+    parent = conn.execute("SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s::regclass",
+                          (f"{s}.events_20240310",)).fetchone() if restored.returncode == 0 else None
+    held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= '2024-03-10 00:00+00' AND at < "
+                                "'2024-03-11 00:00+00'").format(sql.Identifier(s, "events"))).fetchone()[0]
+    assert restored.returncode != 0 or (parent == (f"{s}.month_202403",) and held == 50), (
+        restored.stdout, parent, held)
