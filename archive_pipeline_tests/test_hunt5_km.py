@@ -116,3 +116,46 @@ def test_a_dropped_naming_mode_day_of_a_sub_partitioned_table_is_restored_back_u
                                 "'2024-03-11 00:00+00'").format(sql.Identifier(s, "events"))).fetchone()[0]
     assert restored.returncode != 0 or (parent == (f"{s}.month_202403",) and held == 50), (
         restored.stdout, parent, held)
+
+
+def test_the_default_partition_remedy_followed_literally_brings_the_archived_rows_back(conn, schema, pg, s3, bucket,
+                                                                                      tmp_path):
+    """New this session: ``restore --into original`` of a dropped declarative day whose late rows now sit in the
+    DEFAULT partition is refused with "to fix: look at those rows in the default partition (<name>): archive them
+    first (archive the day again with overwrite, which reads them through the parent), or move or delete them,
+    then restore again". A user follows the first way literally: ``archive --day D --overwrite`` (it archives the
+    one late row, as generation 2, and keeps the dropped day's 50-row archive under ``kept``), then ``restore
+    --into original --day D`` again. The restore now reads the new manifest (1 row), finds that row in the table
+    and answers "already restored: ... holds exactly its archived rows", exit 0: the 50 rows the user wanted back
+    are not in the table, and the command line offers no way to restore a ``kept`` archive. Expected: after the
+    remedy as written, the day's archived rows are back in the table (with the late row), or the remedy does not
+    send the user that way. (``restore._create_partition``'s CheckViolation remedy.)"""
+    s = schema
+    events = sql.Identifier(s, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, note text) PARTITION BY RANGE (at)")
+                 .format(events))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(s, "ev_default"), events))
+    for day in ("2024-03-10", "2024-03-11"):
+        child = sql.Identifier(s, f"events_{day.replace('-', '')}")
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}::timestamptz) TO "
+                             "({}::timestamptz + interval '1 day')").format(
+            child, events, sql.Literal(f"{day} 00:00+00"), sql.Literal(f"{day} 00:00+00")))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute', md5(g::text) "
+                             "FROM generate_series(1, 50) g").format(child, sql.Literal(f"{day} 00:00+00")))
+    config = write_config(tmp_path, [{"name": f"{s}.events", "day_column": "at", "start_date": "2024-03-10",
+                                      "partitioning": {"mode": "declarative"},
+                                      "retention": {"keep_days": 30, "action": "drop"}}])
+    env = make_env(pg, s3.endpoint_url, bucket, config, tmp_path)
+    for args in (["archive", "--from", "2024-03-10", "--to", "2024-03-11"], ["prune", "--day", "2024-03-10"]):
+        done = cli(env, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (999, '2024-03-10 23:00+00', 'late')").format(events))
+    refused = cli(env, "restore", "--into", "original", "--day", "2024-03-10")
+    assert refused.returncode != 0 and "archive the day again with overwrite" in refused.stderr, refused.stderr
+    for args in (["archive", "--day", "2024-03-10", "--overwrite"],  # "archive them first ... with overwrite"
+                 ["restore", "--into", "original", "--day", "2024-03-10"]):  # "then restore again"
+        done = cli(env, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    back = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= '2024-03-10 00:00+00' AND at < "
+                                "'2024-03-11 00:00+00'").format(events)).fetchone()[0]
+    assert back == 51, (back, done.stdout)
