@@ -202,3 +202,41 @@ def test_a_dropped_naming_mode_day_restored_under_a_parent_whose_column_was_wide
     else:
         told = restored.stderr
         assert "report it" not in told and "quantity" in told and "bigint" in told, told
+
+
+def test_a_restore_into_a_naming_mode_partition_whose_parent_lost_a_column_says_where_to_add_it(
+        conn, schema, pg, s3, bucket, tmp_path):
+    """New this session: a dropped naming-mode day table that was a partition of ``events`` is re-created as
+    ``CREATE TABLE events_20240310 PARTITION OF events ...`` (README: "put back under the tables it ... was a
+    partition of (with its bound)"), so it has the parent's columns now. The team dropped ``events.extra`` since.
+    ``restore --into original --day 2024-03-10`` is refused: 'column "extra" of relation "events_20240310" does
+    not exist ...; to fix: the target must have every column the archive has (the manifest's columns): add the one
+    named, or restore into a new table'. The user does what it says, ``ALTER TABLE events_20240310 ADD COLUMN
+    extra int``: "relation events_20240310 does not exist" (the restore rolled its creation back), and a partition
+    cannot have a column its parent lacks anyway. Expected: the remedy names the table the column must be added
+    to, the partitioned parent ``events`` (or the restore creates the day in a way that loads). (``restore``'s
+    UndefinedColumn remedy, for a target it creates as a partition.)"""
+    s = schema
+    events = sql.Identifier(s, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, note text, extra int) PARTITION BY "
+                         "RANGE (at)").format(events))
+    for day in ("2024-03-10", "2024-03-11"):
+        table = sql.Identifier(s, f"events_{day.replace('-', '')}")
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}::timestamptz) TO "
+                             "({}::timestamptz + interval '1 day')").format(
+            table, events, sql.Literal(f"{day} 00:00+00"), sql.Literal(f"{day} 00:00+00")))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute', md5(g::text), g "
+                             "FROM generate_series(1, 50) g").format(table, sql.Literal(f"{day} 00:00+00")))
+    config = write_config(tmp_path, [{"name": f"{s}.events", "day_column": "at", "start_date": "2024-03-10",
+                                      "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"},
+                                      "retention": {"keep_days": 30, "action": "drop"}}])
+    env = make_env(pg, s3.endpoint_url, bucket, config, tmp_path)
+    for args in (["archive", "--from", "2024-03-10", "--to", "2024-03-11"], ["prune", "--day", "2024-03-10"]):
+        done = cli(env, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN extra").format(events))
+    refused = cli(env, "restore", "--into", "original", "--day", "2024-03-10")
+    if refused.returncode == 0:
+        return  # restored after all: fine
+    remedy = refused.stderr.partition("to fix:")[2]
+    assert re.search(rf'(?:\b{s}\.|"{s}"\.)"?events\b(?!_)', remedy), refused.stderr
