@@ -240,3 +240,32 @@ def test_a_restore_into_a_naming_mode_partition_whose_parent_lost_a_column_says_
         return  # restored after all: fine
     remedy = refused.stderr.partition("to fix:")[2]
     assert re.search(rf'(?:\b{s}\.|"{s}"\.)"?events\b(?!_)', remedy), refused.stderr
+
+
+def test_a_refused_primary_login_tells_to_check_the_primary_dsn(conn, schema, pg, s3, bucket, tmp_path):
+    """README, Configuration: ``ARCHIVE_PG_PRIMARY_DSN`` is the primary when ``ARCHIVE_PG_DSN`` is a hot standby,
+    and the command line's ``restore`` and ``prune`` run there. A user sets both; the primary's DSN carries an old
+    password. ``restore`` exits 2 with "cannot connect to PostgreSQL at ... as user ...: wrong password ...
+    ($ARCHIVE_PG_PRIMARY_DSN); to fix: check the password in ARCHIVE_PG_DSN (and that the role's password was
+    not rotated); PostgreSQL says the same when the role's VALID UNTIL has passed ...". The user follows the
+    remedy: ARCHIVE_PG_DSN's password is right (``archive`` works with it), so nothing there to fix; the wrong one
+    is in the variable the remedy does not name. Expected: the remedy names the variable whose login was refused,
+    ARCHIVE_PG_PRIMARY_DSN (as the message already does in parentheses). (``errors._WRONG_PASSWORD``'s fixed
+    ``_DSN`` in the remedy; ``environment._connect`` knows the variable.)"""
+    small_table(conn, schema)
+    role = f"primary_{schema}"
+    right = pg.create_password_role(role, "pw-current-7")
+    stale = pg.dsn_for(role, "pw-previous-3")
+    conn.execute(sql.SQL("GRANT ALL ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema),
+                                                                             sql.Identifier(role)))
+    config = write_config(tmp_path, [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-10",
+                                      "format": "csv", "compression": "none"}])
+    env = make_env(pg, s3.endpoint_url, bucket, config, tmp_path, ARCHIVE_PG_PRIMARY_DSN=stale)
+    env["ARCHIVE_PG_DSN"] = right
+    archived = cli(env, "archive", "--day", "2024-03-10")
+    assert archived.returncode == 0, archived.stdout + archived.stderr  # ARCHIVE_PG_DSN's password is right
+    refused = cli(env, "restore", "--day", "2024-03-10", "--into", "new", "--target", f"{schema}.back")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    remedy = refused.stderr.partition("to fix:")[2]
+    assert "ARCHIVE_PG_PRIMARY_DSN" in remedy, refused.stderr
