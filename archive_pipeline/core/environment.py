@@ -107,7 +107,8 @@ def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connectio
                                application_name="archive_pipeline_cli", **CONNECT_PARAMETERS)
     except psycopg.Error as exc:
         described = describe_connect_error(exc, dsn)  # host, port, database, user, cause; no password
-        raise UnreachableError(f"{described.message} (${variable}); to fix: {described.remedy}",
+        remedy = (described.remedy or "").replace(DSN_VAR, variable)  # (the primary's DSN, where that one failed)
+        raise UnreachableError(f"{described.message} (${variable}); to fix: {remedy}",
                                retryable=described.retryable) from None
 
 

@@ -165,8 +165,8 @@ _LOST_ON_STANDBY = _src(True, "the database connection was lost; on a hot standb
 _SERIALIZATION = _src(True, "serialization failure or deadlock", _RETRIED)
 _WRONG_PASSWORD = _src(False, "wrong password (password authentication failed)",
                        f"check the password in {_DSN} (and that the role's password was not rotated); PostgreSQL "
-                       "says the same when the role's VALID UNTIL has passed (see pg_roles.rolvaliduntil; ALTER ROLE "
-                       "... VALID UNTIL 'infinity' or a later date)")
+                       "says the same when the role's VALID UNTIL has passed (see pg_roles.rolvaliduntil): ALTER ROLE "
+                       "<role> VALID UNTIL 'infinity' (or a later date)")
 _NO_PASSWORD = _src(False, "the server wants a password and none was given", f"add the password to {_DSN}")
 _NO_HBA = _src(False, "pg_hba.conf has no entry allowing this host, user and database",
                "add a pg_hba.conf line for this client address, user and database on the server (or set "

@@ -740,6 +740,12 @@ def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
     parents = sql.SQL(" INHERITS ({})").format(sql.SQL(", ").join(p.identifier for p in inherits)) if inherits \
         else sql.SQL("")
+    if inherits:  # the parents' columns come with them, with the parents' types (a column widened since: bigint)
+        inherited = {name for (name,) in conn.execute(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY(%s::pg_catalog.regclass[]) "
+            "AND a.attnum > 0 AND NOT a.attisdropped", ([p.identifier.as_string(conn) for p in inherits],))}
+        items = [item for item, column in zip(items, definition["columns"]) if column["name"] not in inherited] + \
+            items[len(definition["columns"]):]
     conn.execute(sql.SQL("CREATE TABLE {} ({}){}").format(target.identifier, sql.SQL(", ").join(items), parents))
 
 
@@ -880,12 +886,31 @@ def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation) -
     own = []
     for parent in table_definition(manifest).get("parents") or []:
         above = Relation(str(parent.get("schema", "")), str(parent.get("name", "")))
-        if above != configured or not _exists(conn, above):
+        if not _exists(conn, above) or (above != configured and not _partition_below(conn, above, configured)):
             log.info("%s %s: %s was under %s when archived; restored without it", manifest.get("table"),
                      manifest.get("day"), relation, above)
             continue
         own.append((above, parent.get("bound") or None))
     return own
+
+
+def _partition_below(conn: psycopg.Connection, relation: Relation, table: Relation) -> bool:
+    """Whether ``relation`` is a partition of ``table`` at any depth (a month partition of a table partitioned
+    by month, then by day)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_partition_tree(%s::pg_catalog.regclass) "
+        "WHERE relid = %s::pg_catalog.regclass AND level > 0)",
+        (table.identifier.as_string(conn), relation.identifier.as_string(conn))).fetchone()[0]
+
+
+def _created_under(conn: psycopg.Connection, manifest: dict, created: Sequence[Relation]) -> Relation | None:
+    """The table a partition this restore created (and rolled back) was created under, or None."""
+    definition = table_definition(manifest)
+    partition = _partition(definition, conn)
+    if partition is not None and partition[1] in created:
+        return partition[0]
+    bounded = [p for p in definition.get("parents") or [] if p.get("bound")]
+    return Relation(bounded[0]["schema"], bounded[0]["name"]) if bounded and created else None
 
 
 def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation, child: Relation, bound: str | None,
@@ -905,9 +930,10 @@ def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation
             f"({exc.diag.message_primary}): the default partition holds rows of the day that no archive has (late "
             "rows written after the partition was removed); nothing was restored", table=table, day=day,
             retryable=False, cause="the default partition holds rows of the day",
-            remedy=f"look at those rows in the default partition ({_default_partition(conn, parent)}): archive "
-                   "them first (archive the day again with overwrite, which reads them through the parent), or move "
-                   "or delete them, then restore again; or restore into a new table (into='new')") from None
+            remedy=f"move those rows out of the default partition ({_default_partition(conn, parent)}) into a table "
+                   "of your own (INSERT ... SELECT, then DELETE them there), restore again, then insert them back "
+                   "through the parent (they go into the re-created partition); or restore into a new table "
+                   "(into='new')") from None
     except psycopg.errors.InvalidSchemaName as exc:
         raise RestoreError(
             f"restoring {table} for {day} into its original table: its partition {child} cannot be created again: "
@@ -1589,8 +1615,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="restore the referenced rows first (the referenced table's days), or restore into a "
                                    "new table (into='new'), which has no foreign keys")
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
+            above = _created_under(conn, manifest, to_create)
+            where = f" to {above} (the day's partition, created under it, takes its columns)" if above else ""
             found = replace(found, remedy="the target must have every column the archive has (the manifest's "
-                            "columns): add the one named, or restore into a new table (into='new')")
+                            f"columns): add the one named{where}, or restore into a new table (into='new')")
         hooks = _raising_hooks(conn, exc, relation)
         if hooks:  # a trigger of the target refused the rows (RAISE EXCEPTION, or an error of its own)
             found = replace(found, cause=f"{relation}'s {', '.join(hooks)} on INSERT refused the rows",
