@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -71,3 +72,36 @@ def test_jsonl_memory_of_a_row_of_several_escaped_texts_each_at_the_threshold_st
     rows, peak = peak_mb(pg, s3, bucket, temp_dir, spec, DAY, "archive")
     assert rows == 1
     assert peak < 3 * 32 + 100, peak
+
+
+def test_a_big_text_in_jsonl_needs_no_server_temp_file_the_plain_copy_did_not_need(pg, conn, schema, s3_client,
+                                                                                   bucket, temp_dir):
+    """A DBA caps temporary files for the archiving role (ALTER ROLE ... SET temp_file_limit = '20MB',
+    a common guard). A day whose one row holds a 9 MiB text of control characters is archived in
+    JSONL. Before e4a43d2 the plain COPY wrote it (a 7 MiB value, which still takes that path,
+    archives fine under the same cap). What happens now: the day fails, not retried, "temporary file
+    size exceeds temp_file_limit (20480kB)": big_values._write_text's cursor query ends in
+    ``ORDER BY g``, so PostgreSQL sorts every 8 MiB slice of the value's escaped JSON string (54 MiB
+    here; 6x the text at most) before the first FETCH, spilling it all to a temporary file on the
+    server (each big text value costs the server disk of its whole JSON string). What should happen:
+    the slices come out in order without a sort (generate_series is already ordered), no temp file,
+    and the day is archived as before."""
+    table = sql.Identifier(schema, "logs")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, v text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, {}, repeat(chr(1), 9 << 20)), (2, {}, repeat(chr(1), 7 << 20))"
+                         ).format(table, sql.Literal(DAY), sql.Literal(DAY - dt.timedelta(days=1))))
+    role = f"{schema}_capped"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER ROLE {} SET temp_file_limit = '20MB'").format(sql.Identifier(role)))
+        store = S3Store(s3_client, bucket, prefix="capped")
+        with psycopg.connect(pg.dsn_for(role), autocommit=True) as reader:
+            for day in (DAY - dt.timedelta(days=1), DAY):  # 7 MiB (plain COPY), then 9 MiB (sliced)
+                spec = TableSpec(name=f"{schema}.logs", day_column="at", start_date="2024-01-01", format="jsonl",
+                                 compression="zstd")
+                assert archive_partition(reader, spec, day, store, temp_dir=str(temp_dir)).rows == 1
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
