@@ -47,6 +47,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.source import Column, SourceTable, copy_chunks
+from archive_pipeline.core.sqltext import with_params
 
 BIG_BYTES = 8 << 20  # a bytea value above this is read in slices: its row's message would be over 16 MiB
 SLICE_BYTES = 8 << 20
@@ -176,7 +177,8 @@ def write_big_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
     written = 0
     for tableoid, ctid, sizes in big.rows:
         row = _Row(table, where, tableoid, ctid)
-        marked = [(c, size) for c, size in zip(big.columns, sizes, strict=True) if size is not None and size > BIG_BYTES]
+        marked = [(c, size) for c, size in zip(big.columns, sizes, strict=True)
+                  if size is not None and size > BIG_BYTES]
         written += _write_row(conn, row, marked, copy_statement, write)
     return len(big.rows), written
 
@@ -279,8 +281,8 @@ def _find(text: memoryview, needle: bytes, start: int) -> int:
 def _write_value(conn: psycopg.Connection, row: _Row, column: Column, size: int,
                  write: Callable[[bytes | bytearray | memoryview], object]) -> int:
     """The value's hex, slice by slice (bytea's output in hex, without its ``\\x``, which the marker's kept)."""
-    query = sql.SQL("SELECT pg_catalog.substring(r.{c}, %s::int4, %s::int4) FROM {t} AS r WHERE {at}").format(
-        c=sql.Identifier(column.name), t=row.table.identifier, at=row.condition())
+    query = with_params(sql.SQL("SELECT pg_catalog.substring(r.{c}, %s::int4, %s::int4) FROM {t} AS r WHERE {at}").format(
+        c=sql.Identifier(column.name), t=row.table.identifier, at=row.condition()), conn)  # (a '%' in a name)
     sent = 0
     while sent < size:
         found = conn.execute(query, (sent + 1, SLICE_BYTES), binary=True).fetchall()
@@ -302,11 +304,13 @@ def _write_text(conn: psycopg.Connection, row: _Row, column: Column,
     (``to_json``: PostgreSQL's own escaping, so the bytes are the COPY's), read in byte slices of one
     copy through a cursor (the subquery is computed once; ``OFFSET 0`` keeps it from being inlined into
     each slice's expression)."""
+    # No ORDER BY: the slices come in generate_series's order (checked below), where a sort spilled the whole
+    # escaped value to a temporary file first (a role's temp_file_limit refused the day)
     query = sql.SQL(
-        "SELECT pg_catalog.octet_length(v.b), "
+        "SELECT pg_catalog.octet_length(v.b), g, "
         "pg_catalog.substring(v.b, g, least({n}, pg_catalog.octet_length(v.b) - g)) "
         "FROM (SELECT {b} AS b FROM {t} AS r WHERE {at} OFFSET 0) AS v, "
-        "LATERAL pg_catalog.generate_series(2, pg_catalog.octet_length(v.b) - 1, {n}) AS g ORDER BY g").format(
+        "LATERAL pg_catalog.generate_series(2, pg_catalog.octet_length(v.b) - 1, {n}) AS g").format(
         b=_json_bytes(column), t=row.table.identifier, at=row.condition(), n=sql.Literal(SLICE_BYTES))
     sent = 0
     total = None
@@ -314,8 +318,11 @@ def _write_text(conn: psycopg.Connection, row: _Row, column: Column,
         cursor.itersize = 1
         cursor.execute(query)
         while (found := cursor.fetchone()) is not None:
-            total, piece = found
+            total, at, piece = found
             del found
+            if at != 2 + sent:  # never written out of order
+                raise RuntimeError(f"{row.table.qualified}: column {column.name!r}'s slices came out of order (at "
+                                   f"{at:,} after {sent:,} bytes); please report this")
             write(piece)
             sent += len(piece)
             del piece
