@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from dagster import DagsterEventType, instance_for_test
 from psycopg import sql
 
@@ -98,3 +99,61 @@ def test_source_unchanged_refused_select_tells_what_to_do_about_the_privilege(co
     advice = text.split("What to do:", 1)[-1]
     assert "GRANT SELECT" in advice, text
     assert "reachable" not in advice, text
+
+
+def _checks(instance, run_id: str) -> list[tuple[str, str, bool]]:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return [(d.check_name, d.partition, d.passed) for d in
+            (r.event_log_entry.dagster_event.event_specific_data for r in records)]
+
+
+def _leave_a_pending_mark(s3_client, bucket: str, manifest_key: str) -> None:
+    """What a removal killed between writing its pending mark and its COMMIT leaves (an older version's mark,
+    without a transaction id): the source still holds the day, so the next removal takes the mark back."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline_tests.helpers import download
+
+    manifest = decode_manifest(download(s3_client, bucket, manifest_key))
+    manifest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    manifest["removed"] = {"at": "2024-05-01T00:00:00+00:00", "action": "delete", "state": "pending", "by": "a test"}
+    s3_client.put_object(Bucket=bucket, Key=manifest_key, Body=encode_manifest(manifest))
+
+
+@pytest.mark.parametrize(("code", "status"), [("AccessDenied", 403), ("KMS.DisabledException", 400)])
+def test_a_removal_whose_pending_mark_cannot_be_taken_back_is_no_failed_proof(code, status, conn, schema, s3,
+                                                                              s3_client, archive_env, monkeypatch):
+    """A removal of 2024-03-10 was killed after it marked the day's manifest 'pending' and before its COMMIT
+    (the README: "a removal left marked 'pending' is settled by the next run of the day"). The next removal run
+    (Remove_<table>, the schedule's) finds the mark, sees the source still holds the day, and puts the manifest
+    back without it; the store refuses that PUT for good: the role lost s3:PutObject (AccessDenied), or the
+    bucket's KMS key was disabled. The store's error says so (not retried, grant s3:PutObject / enable the
+    key). But the removal asset records the day's blocking archive_proven check as FAILED ("NOT proven", red,
+    as for an archive whose rows are not the source's), and fails "<table> <day> stays in the source: its
+    archive is not proven: ... If the source's rows are the right ones (rows changed or arrived late), archive
+    the day again, then remove it" with the overwrite run config: nothing was proven or compared, the archive is
+    intact, and archiving it again cannot help. ``retention_assets._removing`` turns every non-retryable
+    ArchiveError that is not a DownloadError, LocalFileError, RemovalNotRecorded, RemovalRefused or SourceError
+    into proof problems, and the store's refused write is an UploadError. Expected: the run fails, not retried,
+    naming table, day and the store's cause and remedy, and no failed archive_proven is recorded for the day
+    (as for a refused download)."""
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    config = _config(schema, retention={"keep_days": 30, "action": "delete"})
+    with instance_for_test() as instance:
+        archived = build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=FIRST.isoformat())
+        [event] = archived.get_asset_materialization_events()
+        _leave_a_pending_mark(s3_client, archive_env, event.materialization.metadata["manifest_key"].value)
+        with FaultProxy(s3.endpoint_url) as proxy:
+            monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+            proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="error", status=status, code=code,
+                            times=None))
+            result = build_definitions(config).resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+                instance=instance, partition_key=FIRST.isoformat(), raise_on_error=False)
+        checks = _checks(instance, result.run_id)
+    text, retries = _failure(result)
+    assert not result.success and retries == 0
+    assert f"{schema}.events {FIRST}" in text and code in text, text
+    assert "not proven" not in text and "archive the day again" not in text, text
+    assert ("archive_proven", FIRST.isoformat(), False) not in checks, checks
