@@ -157,3 +157,42 @@ def test_a_removal_whose_pending_mark_cannot_be_taken_back_is_no_failed_proof(co
     assert f"{schema}.events {FIRST}" in text and code in text, text
     assert "not proven" not in text and "archive the day again" not in text, text
     assert ("archive_proven", FIRST.isoformat(), False) not in checks, checks
+
+
+def test_archive_intact_over_days_retries_the_day_it_says_is_retried(conn, schema, s3, archive_env, monkeypatch):
+    """Two archived days; the person executes archive_intact for both (the check alone over a range of
+    partitions, as the UI's Execute of the check or a pure asset backfill's run does). The store throttles the
+    first day's HEAD (503 SlowDown past botocore's own attempts: transient) and refuses the second's (403: for
+    good). The step fails naming both days; the first is described as "...; transient, retried ... What to do:
+    retried automatically", but Dagster does not retry the step at all (no STEP_UP_FOR_RETRY): the range
+    check's Failure is ``allow_retries=all(...)`` of its days (``checks._build_intact_check``), so one day that
+    no retry can fix keeps the day a retry would fix from being retried, while its text says it is. The archive
+    asset's ranged runs do the opposite (``batch_failure``: retried when any day may pass). Expected: the
+    step is retried by the tables' retry settings (the transient day checked again), or at least the failure
+    does not tell the person that day is retried automatically."""
+    from archive_pipeline.defs.assets import asset_key
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from dagster import AssetCheckKey
+
+    days = {"dagster/asset_partition_range_start": DAYS[0].isoformat(),
+            "dagster/asset_partition_range_end": DAYS[1].isoformat()}
+    create_sample_events(conn, DAYS[:2], rows_per_day=5, schema=schema)
+    config = _config(schema)
+    with instance_for_test() as instance:
+        assert build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, tags=days).success
+        with FaultProxy(s3.endpoint_url) as proxy:
+            monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+            proxy.add(Fault(method="HEAD", path=rf"{DAYS[0]}\.jsonl\.zst$", action="slow_down", times=None))
+            proxy.add(Fault(method="HEAD", path=rf"{DAYS[1]}\.jsonl\.zst$", action="error", status=403,
+                            code="AccessDenied", times=None))
+            defs = build_definitions(config)
+            check_only = defs.get_implicit_global_asset_job_def().get_subset(
+                asset_check_selection={AssetCheckKey(asset_key(config.tables[0]), "archive_intact")},
+                asset_selection=set())
+            result = check_only.execute_in_process(instance=instance, tags=days, raise_on_error=False,
+                                                   resources=defs.resources)
+    text, retries = _failure(result)
+    assert not result.success
+    said_retried = "transient, retried" in text or "retried automatically" in text
+    assert retries > 0 or not said_retried, (retries, text)
