@@ -196,3 +196,35 @@ def test_archive_intact_over_days_retries_the_day_it_says_is_retried(conn, schem
     assert not result.success
     said_retried = "transient, retried" in text or "retried automatically" in text
     assert retries > 0 or not said_retried, (retries, text)
+
+
+def test_a_removal_refused_by_the_primarys_login_names_the_primarys_variable(conn, schema, pg, archive_env,
+                                                                             monkeypatch):
+    """The code location archives from a replica (ARCHIVE_PG_DSN) and removes on the primary
+    (ARCHIVE_PG_PRIMARY_DSN, as the README's configuration table says), each with its own role. The primary role's
+    password expires (ALTER ROLE ... VALID UNTIL in the past; PostgreSQL then says "password authentication
+    failed", as for a wrong password). Every removal (Remove_<table>) fails at once, not retried (right), with
+    the primary's host and user, and "to fix: check the password in ARCHIVE_PG_DSN ...": the variable whose
+    password is right; the one to fix is ARCHIVE_PG_PRIMARY_DSN. The connect errors' remedies
+    (``errors._WRONG_PASSWORD``, ``_NO_DATABASE``, ``_CONNECT_FAILED``, ... through ``describe_connect_error``)
+    always name ARCHIVE_PG_DSN, whichever resource connected (``retention_assets._connect(primary_postgres)``).
+    Expected: the failure tells the person to check ARCHIVE_PG_PRIMARY_DSN (the primary's connection), not
+    ARCHIVE_PG_DSN."""
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    config = _config(schema, retention={"keep_days": 30, "action": "delete"})
+    role = f"{schema}_primary"
+    primary_dsn = pg.create_password_role(role, "right-pw-ko")
+    try:
+        conn.execute(sql.SQL("ALTER ROLE {} VALID UNTIL '2001-01-01'").format(sql.Identifier(role)))
+        with instance_for_test() as instance:
+            assert build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+                instance=instance, partition_key=FIRST.isoformat()).success
+            monkeypatch.setenv("ARCHIVE_PG_PRIMARY_DSN", primary_dsn)
+            result = build_definitions(config).resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+                instance=instance, partition_key=FIRST.isoformat(), raise_on_error=False)
+        text, retries = _failure(result)
+    finally:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert not result.success and retries == 0
+    assert f"{schema}.events {FIRST}" in text and "right-pw-ko" not in text, text
+    assert "ARCHIVE_PG_PRIMARY_DSN" in text, text
