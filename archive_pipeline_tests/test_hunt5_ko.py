@@ -228,3 +228,43 @@ def test_a_removal_refused_by_the_primarys_login_names_the_primarys_variable(con
     assert not result.success and retries == 0
     assert f"{schema}.events {FIRST}" in text and "right-pw-ko" not in text, text
     assert "ARCHIVE_PG_PRIMARY_DSN" in text, text
+
+
+def test_a_naming_mode_day_table_refused_select_tells_what_to_do_about_the_privilege(conn, schema, pg,
+                                                                                    archive_env, monkeypatch):
+    """A naming-mode table (one table per day, ``ev_%Y%m%d``): the code location's role was granted SELECT on
+    the day tables that existed, and a new day's table was created afterwards by another role without the grant
+    (no ALTER DEFAULT PRIVILEGES: the usual way this happens). The day's archive fails at once, not retried
+    (right), "no table for 2024-03-11 of s.ev: role 'x' may not SELECT from 's.ev_20240311'; GRANT SELECT ...",
+    and "What to do: Check table 's.ev' in <file>: its name, day_column (at) and partitioning mode (naming) must
+    match the database": nothing about the grant. ``discovery.source_table`` (naming mode) re-raises the
+    day table's SourceError as a new one without its remedy (whatever the inner one said), so Dagster's failure
+    falls back to the generic advice; its words, "no table for <day>", also say the day's table is missing while
+    it is there. Expected: the failure's "What to do" names the grant on the day's table (GRANT SELECT ON
+    s.ev_20240311 TO the role), not a check of name, day_column and mode, and nothing says the table is missing."""
+    for day in DAYS[:2]:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(
+            sql.Identifier(schema, f"ev_{day:%Y%m%d}")))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s)").format(sql.Identifier(schema, f"ev_{day:%Y%m%d}")),
+                     (f"{day} 12:00+00",))
+    role, dsn = _reader_without_select(conn, pg, schema)
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(schema, f"ev_{DAYS[0]:%Y%m%d}"),
+                                                            sql.Identifier(role)))
+    config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": FIRST.isoformat(),
+         "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}}]})
+    try:
+        monkeypatch.setenv("ARCHIVE_PG_DSN", dsn)
+        with instance_for_test() as instance:
+            job = build_definitions(config, check_source=False).resolve_job_def(f"Archive_{schema}_ev")
+            assert job.execute_in_process(instance=instance, partition_key=DAYS[0].isoformat()).success
+            result = job.execute_in_process(instance=instance, partition_key=DAYS[1].isoformat(),
+                                            raise_on_error=False)
+        text, retries = _failure(result)
+    finally:
+        _drop_role(conn, role)
+    assert not result.success and retries == 0
+    assert f"{schema}.ev" in text and DAYS[1].isoformat() in text, text
+    advice = text.split("What to do:", 1)[-1]
+    assert "GRANT SELECT" in advice, text
+    assert "day_column" not in advice and "no table for" not in text, text
