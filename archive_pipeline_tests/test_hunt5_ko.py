@@ -268,3 +268,40 @@ def test_a_naming_mode_day_table_refused_select_tells_what_to_do_about_the_privi
     advice = text.split("What to do:", 1)[-1]
     assert "GRANT SELECT" in advice, text
     assert "day_column" not in advice and "no table for" not in text, text
+
+
+def test_a_ranged_run_refused_its_login_does_not_log_in_again_for_every_day(conn, schema, pg, archive_env,
+                                                                            monkeypatch):
+    """A backfill runs 3 days per run (backfill.max_days_per_run; 50 by default). The role's password has
+    expired (VALID UNTIL passed; PostgreSQL says "password authentication failed"). The run fails, not retried
+    (right), but it logs in again for each day of its range: 3 failed logins here, 50 for a default run, each
+    repeating the same cause and remedy in the failure. A login the server refused for good is no less final
+    than one that timed out, which fails the run's later days at once (README, Backfills: "A database that
+    does not answer a connect ... fails the run's later days at once with the same cause"); a failed login
+    costs more than a refused TCP connect: servers delay each (auth_delay), count them (an LDAP or RADIUS
+    backend locks the account after a few), and alert on them. ``assets._Source.get`` keeps only a connect
+    that timed out (``unreachable``) and connects again for every day after any other connect failure.
+    Expected: one failed login per run (the later days fail at once with the first one's cause)."""
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    role = f"{schema}_expired"
+    dsn = pg.create_password_role(role, "right-pw-ko")
+    log = pg.root / "server.log"
+    try:
+        conn.execute(sql.SQL("ALTER ROLE {} VALID UNTIL '2001-01-01'").format(sql.Identifier(role)))
+        monkeypatch.setenv("ARCHIVE_PG_DSN", dsn)
+        before = log.stat().st_size
+        with instance_for_test() as instance:
+            result = build_definitions(_config(schema), check_source=False).resolve_job_def(
+                f"Archive_{schema}_events").execute_in_process(
+                    instance=instance, raise_on_error=False,
+                    tags={"dagster/asset_partition_range_start": DAYS[0].isoformat(),
+                          "dagster/asset_partition_range_end": DAYS[-1].isoformat()})
+        text, retries = _failure(result)
+        with open(log, "rb") as f:
+            f.seek(before)
+            refused = f.read().decode(errors="replace").count(f'password authentication failed for user "{role}"')
+    finally:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert not result.success and retries == 0
+    assert all(d.isoformat() in text for d in DAYS) and "right-pw-ko" not in text, text
+    assert refused == 1, f"{refused} failed logins for one run of {len(DAYS)} days"
