@@ -305,3 +305,39 @@ def test_a_ranged_run_refused_its_login_does_not_log_in_again_for_every_day(conn
     assert not result.success and retries == 0
     assert all(d.isoformat() in text for d in DAYS) and "right-pw-ko" not in text, text
     assert refused == 1, f"{refused} failed logins for one run of {len(DAYS)} days"
+
+
+def test_a_removal_meeting_a_newer_versions_manifest_is_no_failed_proof(conn, schema, s3_client, archive_env):
+    """The bucket is shared with a newer archive_pipeline (the command line upgraded first, or a second code
+    location), which archived 2024-03-10 again with its manifest_version 3. The README: such a manifest "is not
+    damaged: every command and asset names the version that wrote it and says to upgrade, and archiving leaves it as
+    it is". The removal of the day (Remove_<table>) fails, not retried (right), but records the day's blocking
+    archive_proven check as FAILED ("NOT proven", red, as for rows that are not the source's), and its failure
+    says, after the manifest's own "to fix: upgrade archive_pipeline ...", "If the source's rows are the right
+    ones (rows changed or arrived late), archive the day again, then remove it. To archive 2024-03-10 again ...
+    overwrite: true": the advice the README says this version must not follow (archiving leaves the newer
+    manifest as it is). ``retention_assets._removing`` turns every ValueError of ``load_manifest`` (a
+    NewerManifestError too) into proof problems. Expected: the run fails saying to upgrade, without a failed
+    archive_proven verdict and without the advice to archive the day again."""
+    import json
+
+    from archive_pipeline_tests.helpers import download
+
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    config = _config(schema, retention={"keep_days": 30, "action": "delete"})
+    with instance_for_test() as instance:
+        archived = build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=FIRST.isoformat())
+        [event] = archived.get_asset_materialization_events()
+        manifest_key = event.materialization.metadata["manifest_key"].value
+        manifest = json.loads(download(s3_client, archive_env, manifest_key))
+        manifest.update(manifest_version=3, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
+        s3_client.put_object(Bucket=archive_env, Key=manifest_key, Body=json.dumps(manifest).encode())
+        result = build_definitions(config).resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            instance=instance, partition_key=FIRST.isoformat(), raise_on_error=False)
+        checks = _checks(instance, result.run_id)
+    text, retries = _failure(result)
+    assert not result.success and retries == 0
+    assert f"{schema}.events {FIRST}" in text and "upgrade" in text, text
+    assert "archive the day again" not in text and "overwrite: true" not in text, text
+    assert ("archive_proven", FIRST.isoformat(), False) not in checks, checks
