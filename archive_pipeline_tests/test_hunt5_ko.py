@@ -161,10 +161,10 @@ def test_a_removal_whose_pending_mark_cannot_be_taken_back_is_no_failed_proof(co
 
 def test_archive_intact_over_days_retries_the_day_it_says_is_retried(conn, schema, s3, archive_env, monkeypatch):
     """Two archived days; the person executes archive_intact for both (the check alone over a range of
-    partitions, as the UI's Execute of the check or a pure asset backfill's run does). The store throttles the
-    first day's HEAD (503 SlowDown past botocore's own attempts: transient) and refuses the second's (403: for
-    good). The step fails naming both days; the first is described as "...; transient, retried ... What to do:
-    retried automatically", but Dagster does not retry the step at all (no STEP_UP_FOR_RETRY): the range
+    partitions, as the UI's Execute of the check or a pure asset backfill's run does). The store answers the
+    first day's manifest GET with ExpiredToken (temporary credentials that expired: transient, a retry gets fresh
+    ones) and refuses the second's (403 AccessDenied: for good). The step fails naming both days; the first is
+    described as "...; transient, retried ... What to do: retried automatically", but Dagster does not retry the step at all (no STEP_UP_FOR_RETRY): the range
     check's Failure is ``allow_retries=all(...)`` of its days (``checks._build_intact_check``), so one day that
     no retry can fix keeps the day a retry would fix from being retried, while its text says it is. The archive
     asset's ranged runs do the opposite (``batch_failure``: retried when any day may pass). Expected: the
@@ -183,8 +183,9 @@ def test_archive_intact_over_days_retries_the_day_it_says_is_retried(conn, schem
             instance=instance, tags=days).success
         with FaultProxy(s3.endpoint_url) as proxy:
             monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
-            proxy.add(Fault(method="HEAD", path=rf"{DAYS[0]}\.jsonl\.zst$", action="slow_down", times=None))
-            proxy.add(Fault(method="HEAD", path=rf"{DAYS[1]}\.jsonl\.zst$", action="error", status=403,
+            proxy.add(Fault(method="GET", path=rf"{DAYS[0]}\.jsonl\.zst\.manifest\.json$", action="error", status=400,
+                            code="ExpiredToken", times=None))
+            proxy.add(Fault(method="GET", path=rf"{DAYS[1]}\.jsonl\.zst\.manifest\.json$", action="error", status=403,
                             code="AccessDenied", times=None))
             defs = build_definitions(config)
             check_only = defs.get_implicit_global_asset_job_def().get_subset(
