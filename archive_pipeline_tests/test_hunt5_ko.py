@@ -165,11 +165,11 @@ def test_archive_intact_over_days_retries_the_day_it_says_is_retried(conn, schem
     first day's manifest GET with ExpiredToken (temporary credentials that expired: transient, a retry gets fresh
     ones) and refuses the second's (403 AccessDenied: for good). The step fails naming both days; the first is
     described as "...; transient, retried ... What to do: retried automatically", but Dagster does not retry the
-    step at all (no STEP_UP_FOR_RETRY): the range check's Failure is ``allow_retries=all(...)`` of its days (``checks._build_intact_check``), so one day that
-    no retry can fix keeps the day a retry would fix from being retried, while its text says it is. The archive
-    asset's ranged runs do the opposite (``batch_failure``: retried when any day may pass). Expected: the
-    step is retried by the tables' retry settings (the transient day checked again), or at least the failure
-    does not tell the person that day is retried automatically."""
+    step at all (no STEP_UP_FOR_RETRY): the range check's Failure is ``allow_retries=all(...)`` of its days
+    (``checks._build_intact_check``), so one day that no retry can fix keeps the day a retry would fix from being
+    retried, while its text says it is. The archive asset's ranged runs do the opposite (``batch_failure``:
+    retried when any day may pass). Expected: the step is retried by the tables' retry settings (the transient
+    day checked again), or at least the failure does not tell the person that day is retried automatically."""
     from archive_pipeline.defs.assets import asset_key
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
     from dagster import AssetCheckKey
