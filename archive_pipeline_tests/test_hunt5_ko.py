@@ -342,3 +342,34 @@ def test_a_removal_meeting_a_newer_versions_manifest_is_no_failed_proof(conn, sc
     assert f"{schema}.events {FIRST}" in text and "upgrade" in text, text
     assert "archive the day again" not in text and "overwrite: true" not in text, text
     assert ("archive_proven", FIRST.isoformat(), False) not in checks, checks
+
+
+def test_verify_archives_does_not_call_a_newer_versions_archive_not_intact(conn, schema, s3_client, archive_env):
+    """The bucket is shared with a newer archive_pipeline (the command line upgraded first), which archived
+    2024-03-10 again with its manifest_version 3. The person runs verify_archives on the code location. The README:
+    such a manifest "is not damaged: every command and asset names the version that wrote it and says to upgrade"
+    (the core's removal, restore, plan and archive were fixed so, test_readleft). latest_archive_intact records
+    the day's archive_intact as FAILED, "2024-03-10: NOT intact: manifest ... unreadable: it was written by a
+    newer archive_pipeline ...": red, the verdict of a damaged archive (what a person restores from a backup),
+    for an archive nothing is wrong with; this version only cannot read it. ``core.verify.verify_archive`` turns
+    the NewerManifestError into a problem and ``checks.verify_result`` makes it a verdict. Expected: no failed
+    archive_intact verdict for the day; the check fails to run (as when the store cannot be read), saying to
+    upgrade."""
+    import json
+
+    from archive_pipeline_tests.helpers import download
+
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    config = _config(schema)
+    with instance_for_test() as instance:
+        archived = build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=FIRST.isoformat())
+        [event] = archived.get_asset_materialization_events()
+        manifest_key = event.materialization.metadata["manifest_key"].value
+        manifest = json.loads(download(s3_client, archive_env, manifest_key))
+        manifest.update(manifest_version=3, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
+        s3_client.put_object(Bucket=archive_env, Key=manifest_key, Body=json.dumps(manifest).encode())
+        result = build_definitions(config).resolve_job_def("verify_archives").execute_in_process(
+            instance=instance, raise_on_error=False)
+        checks = _checks(instance, result.run_id)
+    assert ("archive_intact", FIRST.isoformat(), False) not in checks, checks
