@@ -352,9 +352,9 @@ def test_verify_archives_does_not_call_a_newer_versions_archive_not_intact(conn,
     the day's archive_intact as FAILED, "2024-03-10: NOT intact: manifest ... unreadable: it was written by a
     newer archive_pipeline ...": red, the verdict of a damaged archive (what a person restores from a backup),
     for an archive nothing is wrong with; this version only cannot read it. ``core.verify._manifest_or_problem``
-    (under ``verify_archive``) turns the NewerManifestError into a problem and ``checks.verify_result`` makes it a verdict. Expected: no failed
-    archive_intact verdict for the day; the check fails to run (as when the store cannot be read), saying to
-    upgrade."""
+    (under ``verify_archive``) turns the NewerManifestError into a problem and ``checks.verify_result`` makes it
+    a verdict. Expected: no failed archive_intact verdict for the day; the check fails to run (as when the store
+    cannot be read), saying to upgrade."""
     import json
 
     from archive_pipeline_tests.helpers import download
