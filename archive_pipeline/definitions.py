@@ -107,6 +107,8 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
         "postgres": PostgresResource(dsn=EnvVar("ARCHIVE_PG_DSN"), **source.model_dump()),
         # Removing days from the source (retention) writes: it needs the primary, when archiving reads a replica.
         "primary_postgres": PostgresResource(dsn=_optional_env("ARCHIVE_PG_PRIMARY_DSN") or EnvVar("ARCHIVE_PG_DSN"),
+                                             dsn_setting="ARCHIVE_PG_PRIMARY_DSN" if _optional_env(
+                                                 "ARCHIVE_PG_PRIMARY_DSN") else "ARCHIVE_PG_DSN",
                                              **source.model_dump()),
         "archive_store": ArchiveStoreResource(s3=s3, bucket=EnvVar("ARCHIVE_S3_BUCKET"),
                                               prefix=_optional_env("ARCHIVE_S3_PREFIX") or "",

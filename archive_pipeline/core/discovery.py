@@ -502,9 +502,11 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
         try:
             return describe_table(conn, child, spec.day_column, lookalikes=False)
         except SourceError as exc:
-            cause = NO_PERIOD_TABLE if exc.cause == TABLE_MISSING else exc.cause
+            if exc.cause != TABLE_MISSING:  # the day's table is there: what is wrong with it, and its remedy
+                raise SourceError(f"the table of {day} of {spec.name}: {exc}", table=spec.name,
+                                  retryable=exc.retryable, cause=exc.cause, remedy=exc.remedy) from None
             raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,
-                              cause=cause) from None
+                              cause=NO_PERIOD_TABLE) from None
     return describe_table(conn, spec.name, spec.day_column)
 
 

@@ -106,9 +106,8 @@ def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connectio
         return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
                                application_name="archive_pipeline_cli", **CONNECT_PARAMETERS)
     except psycopg.Error as exc:
-        described = describe_connect_error(exc, dsn)  # host, port, database, user, cause; no password
-        remedy = (described.remedy or "").replace(DSN_VAR, variable)  # (the primary's DSN, where that one failed)
-        raise UnreachableError(f"{described.message} (${variable}); to fix: {remedy}",
+        described = describe_connect_error(exc, dsn, variable)  # host, port, database, user, cause; no password
+        raise UnreachableError(f"{described.message} (${variable}); to fix: {described.remedy}",
                                retryable=described.retryable) from None
 
 

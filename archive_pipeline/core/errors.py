@@ -867,9 +867,17 @@ def _reason(text: str) -> str:
     return " ".join(line.split())
 
 
-def describe_connect_error(exc: BaseException, dsn: str) -> SourceError:
+def describe_connect_error(exc: BaseException, dsn: str, setting: str = "ARCHIVE_PG_DSN") -> SourceError:
     """A connect failure as a :class:`SourceError` saying host, port, database, user, the reason and
-    what to do; never the password, whatever libpq echoed (a malformed URI comes back whole)."""
+    what to do, naming ``setting`` (where the DSN came from: ARCHIVE_PG_PRIMARY_DSN for the primary's)
+    in the remedy; never the password, whatever libpq echoed (a malformed URI comes back whole)."""
+    described = _connect_error(exc, dsn)
+    if setting != "ARCHIVE_PG_DSN" and described.remedy:
+        described.remedy = described.remedy.replace("ARCHIVE_PG_DSN", setting)
+    return described
+
+
+def _connect_error(exc: BaseException, dsn: str) -> SourceError:
     params = _conninfo(dsn) or {}
     if _slash_in_password(dsn, params):  # libpq's reason names what it took for host, port or database
         return SourceError(f"cannot connect to PostgreSQL: {_BAD_DSN.cause} (a '/' in the user or password of the "

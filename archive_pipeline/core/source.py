@@ -425,11 +425,13 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
                                                        sql.Identifier(conn.info.user)).as_string(conn)
     if not can_select:
         raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; {grant}",
-                          table=qualified_name, retryable=False, cause="permission denied")
+                          table=qualified_name, retryable=False, cause="permission denied",
+                          remedy=f"{grant} (as the table's owner or a superuser)")
     if unreadable:  # SELECT granted on some columns only: every column is archived
         raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
                           f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
-                          retryable=False, cause="permission denied")
+                          retryable=False, cause="permission denied",
+                          remedy=f"{grant} (or SELECT on those columns), as the table's owner or a superuser")
     try:
         with conn.transaction():  # (a savepoint inside the caller's: the name's error must not abort it)
             inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))

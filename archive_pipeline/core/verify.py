@@ -30,7 +30,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
-from archive_pipeline.core.manifest import (ManifestError, archived_encoding, decoded_manifest, foreign_objects, owned,
+from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, archived_encoding, decoded_manifest, foreign_objects, owned,
                                             removal_state, stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
@@ -99,6 +99,8 @@ def _manifest_or_problem(store: S3Store, key: str, missing: str,
     """The manifest beside ``key``, or why there is none to check against."""
     try:
         manifest = load_manifest(store, key, owner)
+    except NewerManifestError:  # not damaged: no verdict here either way (upgrade, its remedy says)
+        raise
     except ManifestError as exc:
         return None, [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
     return manifest, ([] if manifest is not None else [missing])

@@ -443,9 +443,11 @@ class _Source:
         try:
             self.conn = self.stack.enter_context(self.postgres.connect())
         except ArchiveError as exc:
-            # only a connect that waited out its timeout (a server that does not answer): a refused one costs
-            # nothing to try again, and the next day's may find the server back
-            if exc.retryable and "timeout" in str(exc).lower():
+            # a connect that waited out its timeout (a server that does not answer), or a login refused for good
+            # (a wrong password, no pg_hba line, no such role or database: each further try is one more failed
+            # login, which auth_delay or an account lockout punishes); a connect refused for now (the server
+            # starting, full) costs nothing to try again, and the next day's may find the server back
+            if not exc.retryable or "timeout" in str(exc).lower():
                 self.unreachable = exc
             raise
         return self.conn

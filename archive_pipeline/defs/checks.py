@@ -287,8 +287,8 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
     retried where that can help; anything else is a store or database that could not be reached."""
     if isinstance(exc, ArchiveError):
         cause, remedy, retryable = redact(exc.message, password), exc.remedy, exc.retryable
-    else:
-        cause, remedy, retryable = redact(f"{type(exc).__name__}: {exc}", password), None, False
+    else:  # (a manifest of a newer version carries the remedy: upgrade)
+        cause, remedy, retryable = redact(f"{type(exc).__name__}: {exc}", password), getattr(exc, "remedy", None), False
     remedy = remedy or ("check that the store (ARCHIVE_S3_ENDPOINT_URL, ARCHIVE_S3_BUCKET, credentials) and the "
                         "database are reachable from this code location, then run the check again")
     cause = f"{spec.name} {day}: could not check the archive: {cause}"
@@ -465,7 +465,7 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
             raise Failure(description=f"{spec.name}: {len(unchecked)} of {len(context.partition_keys)} days could not "
                                       f"be checked ({names}); the others were.\n\n"
                                       + "\n\n".join(f.description or "" for _, f in sorted(unchecked.items())),
-                          allow_retries=all(f.allow_retries for f in unchecked.values()),
+                          allow_retries=any(f.allow_retries for f in unchecked.values()),  # (a retry re-checks them all)
                           metadata={"table": spec.name, "unchecked_days": MetadataValue.json(sorted(unchecked))})
 
     return _intact

@@ -32,6 +32,8 @@ class PostgresResource(ConfigurableResource):
     lock_timeout_ms: int = Field(default=30_000, ge=0, description="how long to wait for a lock; 0 = forever")
     idle_in_transaction_timeout_ms: int = Field(default=600_000, ge=0)
     connect_timeout_s: int = Field(default=10, ge=1)
+    dsn_setting: str = Field(default="ARCHIVE_PG_DSN", description="where the DSN is set, named by the remedies of "
+                             "a refused login (ARCHIVE_PG_PRIMARY_DSN for the primary's)")
     application_name: str = "archive_pipeline"
 
     @field_validator("dsn")
@@ -55,7 +57,7 @@ class PostgresResource(ConfigurableResource):
             conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
                                    application_name=self.application_name, **CONNECT_PARAMETERS)
         except psycopg.Error as exc:
-            failure = describe_connect_error(exc, self.dsn)
+            failure = describe_connect_error(exc, self.dsn, self.dsn_setting)
         if failure is not None:  # raised outside the except block: no chained driver error holding the DSN
             raise failure
         try:

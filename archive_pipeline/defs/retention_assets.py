@@ -51,7 +51,8 @@ from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value,
                                           freshness_policy, job_name, relaunch, retry_policy)
 from archive_pipeline.defs.checks import terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
-from archive_pipeline.core.errors import ArchiveError, SourceError, wrap
+from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
+from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, check_removable, due_days,
                                               pending_removal_committed, remove_day, settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -190,13 +191,15 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 proven_sha = (manifest or {}).get("manifest_sha256", False)
         except ArchiveError as exc:
             if exc.retryable or isinstance(exc, (DownloadError, LocalFileError, RemovalNotRecorded,
-                                                 RemovalRefused, SourceError)):
+                                                 RemovalRefused, SourceError, UploadError)):
                 # Nothing was proven either way (the store failed or refused a request, the temp dir
                 # is full, the database refused a session, a privilege or a write, a removal is not
                 # settled): the run fails, retried where that can help, and no integrity check is
                 # recorded as failed.
                 raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
             manifest, problems = None, [str(exc)]
+        except NewerManifestError as exc:  # not damaged: written by a newer version, which can prove it
+            raise Failure(description=_naming(exc, spec, day), allow_retries=False) from None
         except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
             manifest, problems = None, [str(exc)]
         yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
@@ -255,7 +258,8 @@ def _connect(stack: contextlib.ExitStack, postgres: PostgresResource, spec: Tabl
 
 def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
     text = str(exc)
-    return text if spec.name in text and day.isoformat() in text else f"{spec.name} {day}: {text}"
+    named = (f"{spec.name} {day.isoformat()}", f"{spec.name} for {day.isoformat()}")  # (not inside an object's key)
+    return text if any(n in text for n in named) else f"{spec.name} {day}: {text}"
 
 
 def _proven_text(day, manifest: dict | None) -> str:
