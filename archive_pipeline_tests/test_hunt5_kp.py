@@ -1,0 +1,60 @@
+"""Hunt 5 (kp): regressions and holes in the last hour's product fixes (restore's naming-mode day table created
+under the configured table, the restore mark on a user's table, ...). Each test asserts the correct behaviour
+and fails on the current code because of a bug. Real PostgreSQL and S3 over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.restore import restore_day
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _count(conn, schema: str, table: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+
+
+def _naming_spec(schema: str, action: str = "drop") -> TableSpec:
+    return TableSpec(name=f"{schema}.log", start_date=DAY, partitioning={"mode": "naming", "pattern": "log_%Y%m%d"},
+                     retention={"keep_days": 1, "action": action})
+
+
+def _inherited_log(conn, schema: str, parent_columns: str = "id int, at timestamptz NOT NULL") -> None:
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log (" + parent_columns + ")").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 () INHERITS ({}.log)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 (id, at) SELECT g, '2024-03-10 01:00+00' "
+                         "FROM generate_series(1, 10) g").format(s))
+
+
+def test_naming_restore_into_original_run_again_after_the_parent_was_dropped(conn, schema, store):
+    """A naming-mode table ``log`` whose day tables inherit from it; retention ``drop`` proves and drops
+    ``log_20240310``; later ``log`` itself is dropped (the table retired). The user restores the day into the
+    original: the day table is re-created on its own (``restore._own_parents`` leaves out the gone parent) and
+    loaded, fine. The same command run again (a range restore re-run after a kill, as README says is safe):
+    refused, "log_20240310 ... exists but no longer inherits from log ... attach it again (ALTER TABLE ...
+    INHERIT log)", a statement that cannot work since ``log`` is gone. Should: "already restored" (the table
+    holds exactly the archived rows), as before this version. (``_refuse_detached_day_table`` now refuses any
+    naming day table with recorded ``parents`` that is under none of them, even one the restore itself created
+    alone because the parent is gone.)"""
+    _inherited_log(conn, schema)
+    spec = _naming_spec(schema)
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "log")))
+    first = restore_day(conn, store, spec, DAY, into="original")
+    assert first.rows == 10 and _count(conn, schema, "log_20240310") == 10
+    try:
+        again = restore_day(conn, store, spec, DAY, into="original")
+    except ArchiveError as exc:
+        pytest.fail(f"the same restore run again is refused: {exc} / {exc.remedy}")
+    assert again.inserted == 0 and _count(conn, schema, "log_20240310") == 10
