@@ -58,3 +58,28 @@ def test_naming_restore_into_original_run_again_after_the_parent_was_dropped(con
     except ArchiveError as exc:
         pytest.fail(f"the same restore run again is refused: {exc} / {exc.remedy}")
     assert again.inserted == 0 and _count(conn, schema, "log_20240310") == 10
+
+
+def test_restore_into_new_still_refuses_a_users_table_after_restoring_into_it_as_existing(conn, schema, store):
+    """A naming-mode table (no day column). The user restores day 2024-03-10 into their own table ``mine``
+    (``into="existing"``; created by hand, no day column, no comment): new in this version, the restore writes
+    its restore mark on ``mine`` ("archive_pipeline: rows of ... restored here for 2024-03-10"). Later the user
+    restores 2024-03-11 with ``into="new" --target mine`` by mistake (meaning a fresh table). Was: loaded into
+    ``mine`` as if it were a table an earlier restore created (the mark read as ours: ``into`` switched to
+    "existing"). README: "A table the restore did not create is refused by `new`". Should: refused, "mine
+    already exists", nothing loaded."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log (id int, at timestamptz NOT NULL)").format(s))
+    for day in ("20240310", "20240311"):
+        conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({}.log)").format(sql.Identifier(schema, f"log_{day}"), s))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz FROM generate_series(1, 3) g").format(
+            sql.Identifier(schema, f"log_{day}")), (f"{day} 01:00+00",))
+    spec = _naming_spec(schema)
+    archive_partition(conn, spec, DAY, store)
+    archive_partition(conn, spec, DAY + dt.timedelta(days=1), store)
+    conn.execute(sql.SQL("CREATE TABLE {}.mine (id int, at timestamptz)").format(s))
+    assert restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.mine").rows == 3
+    with pytest.raises(ArchiveError, match="already exists"):
+        restore_day(conn, store, spec, DAY + dt.timedelta(days=1), into="new", target=f"{schema}.mine")
+    assert _count(conn, schema, "mine") == 3
+
