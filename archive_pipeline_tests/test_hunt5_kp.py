@@ -83,3 +83,42 @@ def test_restore_into_new_still_refuses_a_users_table_after_restoring_into_it_as
         restore_day(conn, store, spec, DAY + dt.timedelta(days=1), into="new", target=f"{schema}.mine")
     assert _count(conn, schema, "mine") == 3
 
+
+
+@pytest.mark.parametrize("was", ["inherits_now_partitioned", "partition_now_inherits"])
+def test_naming_restore_into_original_after_the_parent_changed_from_inheritance_to_partitioning_or_back(
+        conn, schema, store, was):
+    """A naming-mode table ``log`` whose day tables were children of it by INHERITS (or declarative partitions);
+    retention ``drop`` proves and drops ``log_20240310``. Since then the user migrated ``log`` to declarative
+    partitioning (``PARTITION BY RANGE (at)``; or back from it to plain inheritance), keeping naming mode.
+    ``restore --into original`` of the day: was, ``restore._create`` puts the table back under ``log`` as the
+    manifest's ``parents`` recorded it (``INHERITS (log)``, or ``PARTITION OF log`` with the recorded bound),
+    which PostgreSQL refuses: "cannot inherit from partitioned table" reported as "the target is not a table
+    ... restore into a table (into='new' creates one)", or '"log" is not partitioned' as "the server rejected
+    the archiver's SQL ... report it". Should: the day restored (its table created on its own, as for a parent
+    gone or another table's, and logged), or a refusal saying that ``log`` is laid out otherwise now and what
+    to do; not an internal error nor "the target is not a table"."""
+    s = sql.Identifier(schema)
+    partitioned = sql.SQL("CREATE TABLE {}.log (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(s)
+    plain = sql.SQL("CREATE TABLE {}.log (id int, at timestamptz NOT NULL)").format(s)
+    if was == "inherits_now_partitioned":
+        conn.execute(plain)
+        conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 () INHERITS ({}.log)").format(s, s))
+    else:
+        conn.execute(partitioned)
+        conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 PARTITION OF {}.log FOR VALUES FROM "
+                             "('2024-03-10 00:00+00') TO ('2024-03-11 00:00+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g"
+                         ).format(s))
+    spec = _naming_spec(schema)
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    conn.execute(sql.SQL("DROP TABLE {}.log").format(s))
+    conn.execute(partitioned if was == "inherits_now_partitioned" else plain)
+    try:
+        result = restore_day(conn, store, spec, DAY, into="original")
+    except ArchiveError as exc:
+        assert "report it" not in (exc.remedy or "") and not (exc.cause or "").startswith("the target is not a table"), \
+            f"{exc} / cause={exc.cause} / remedy={exc.remedy}"
+        return
+    assert result.rows == 10 and _count(conn, schema, "log_20240310") == 10
