@@ -122,3 +122,24 @@ def test_naming_restore_into_original_after_the_parent_changed_from_inheritance_
             f"{exc} / cause={exc.cause} / remedy={exc.remedy}"
         return
     assert result.rows == 10 and _count(conn, schema, "log_20240310") == 10
+
+
+def test_naming_restore_into_original_of_day_tables_inheriting_from_a_parent_of_another_name(conn, schema, store):
+    """A legacy naming-mode layout (README: "one-table-per-day (inheritance or not)"): configured as ``log`` with
+    pattern ``log_%Y%m%d``, the day tables inherit from a table named ``base``; no table ``log`` exists. Archiving
+    works; retention ``drop`` proves and drops ``log_20240310``; the user restores the day into the original.
+    Was: the restore fails, "the table, column or schema does not exist (any more) (UndefinedTable: relation
+    "...log" does not exist) ... check the table name and day_column in archive_tables.yaml", nothing restored
+    (``restore._own_parents`` calls ``_partition_below(conn, base, log)``, whose
+    ``pg_partition_tree('log'::regclass)`` fails when the configured table does not exist). Should: the day
+    table re-created (on its own, or under ``base``) with its 10 rows."""
+    _inherited_log(conn, schema)
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO base").format(sql.Identifier(schema, "log")))
+    spec = _naming_spec(schema)
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 10
+    try:
+        result = restore_day(conn, store, spec, DAY, into="original")
+    except ArchiveError as exc:
+        pytest.fail(f"restore into the original failed: {exc} / {exc.remedy}")
+    assert result.rows == 10 and _count(conn, schema, "log_20240310") == 10
