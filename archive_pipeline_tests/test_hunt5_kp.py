@@ -143,3 +143,28 @@ def test_naming_restore_into_original_of_day_tables_inheriting_from_a_parent_of_
     except ArchiveError as exc:
         pytest.fail(f"restore into the original failed: {exc} / {exc.remedy}")
     assert result.rows == 10 and _count(conn, schema, "log_20240310") == 10
+
+
+def test_restore_into_an_existing_updatable_view_without_a_day_column_is_not_rolled_back_by_the_mark(
+        conn, schema, store):
+    """A naming-mode table (no day column). The user restores 2024-03-10 with ``into="existing"`` into
+    ``mine``, an automatically updatable view over their table ``kept`` (the rows go through it into ``kept``),
+    which worked in the previous version. Was (new in this version): after loading and checking the rows, the
+    restore writes its restore mark on the target because it has no day column and no comment
+    (``restore._uncommented``), with ``COMMENT ON TABLE`` on a view: "\\"mine\\" is not a table" rolls the whole
+    day back, reported as "the target is not a table ... restore into a table". Should: the 3 rows restored
+    (into ``kept``), the mark left out where the target is not a table (or written with the view's own COMMENT
+    ON VIEW)."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 3) g"
+                         ).format(s))
+    spec = TableSpec(name=f"{schema}.log", start_date=DAY, partitioning={"mode": "naming", "pattern": "log_%Y%m%d"})
+    archive_partition(conn, spec, DAY, store)
+    conn.execute(sql.SQL("CREATE TABLE {}.kept (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("CREATE VIEW {}.mine AS SELECT * FROM {}.kept").format(s, s))
+    try:
+        result = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.mine")
+    except ArchiveError as exc:
+        pytest.fail(f"{exc} / {exc.remedy}")
+    assert result.rows == 3 and _count(conn, schema, "kept") == 3
