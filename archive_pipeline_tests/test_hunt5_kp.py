@@ -168,3 +168,26 @@ def test_restore_into_an_existing_updatable_view_without_a_day_column_is_not_rol
     except ArchiveError as exc:
         pytest.fail(f"{exc} / {exc.remedy}")
     assert result.rows == 3 and _count(conn, schema, "kept") == 3
+
+
+def test_restore_into_a_users_table_again_after_the_restored_rows_were_deleted_loads_them_again(conn, schema, store):
+    """A naming-mode table (no day column). The user's own table ``mine`` (no day column, no comment) holds 5
+    rows of their own. They restore 2024-03-10 (3 rows) into it with ``into="existing"``; new in this version the
+    restore marks ``mine`` as holding that day. They find the rows wrong there and delete those 3 (their own 5
+    stay), then run the same restore again. Was: "already restored: mine's restore mark lists 2024-03-10",
+    nothing loaded (``restore._still_restored`` takes any row of a table without a day column for the day's,
+    which holds for a table the restore created, not for the user's own that had rows before). README: "a
+    listed day whose rows were deleted since ... loads again". Should: the 3 rows loaded again (8 in all)."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 3) g"
+                         ).format(s))
+    spec = TableSpec(name=f"{schema}.log", start_date=DAY, partitioning={"mode": "naming", "pattern": "log_%Y%m%d"})
+    archive_partition(conn, spec, DAY, store)
+    conn.execute(sql.SQL("CREATE TABLE {}.mine (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.mine SELECT g, '2020-01-01 00:00+00' FROM generate_series(100, 104) g"
+                         ).format(s))
+    assert restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.mine").inserted == 3
+    conn.execute(sql.SQL("DELETE FROM {}.mine WHERE id < 100").format(s))
+    again = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.mine")
+    assert again.inserted == 3 and _count(conn, schema, "mine") == 8, again.check
