@@ -563,12 +563,19 @@ def _marked_days(conn: psycopg.Connection, relation: Relation | None, table: str
     return _listed_days(conn, relation, table)
 
 
-def _uncommented(conn: psycopg.Connection, relation: Relation) -> bool:
-    """Whether the table has no comment: an existing table without a day column (which cannot tell a day's rows
-    apart) gets the restore mark then, so the same restore run again, or retried after meeting another
-    restore into it, reports the day already restored instead of loading it twice."""
-    return conn.execute("SELECT pg_catalog.obj_description(%s::pg_catalog.regclass, 'pg_class') IS NULL",
-                        (relation.identifier.as_string(conn),)).fetchone()[0]
+def _unsure_after_another(conn: psycopg.Connection, exc: ArchiveError, manifest: dict, into: Into,
+                          relation: Relation | None, original: set[Relation]) -> None:
+    """Another restore of the day into the same table of the user's is running: where nothing tells the day's
+    rows apart there (no day column, no restore mark), a retry could not tell whether that one loaded the day
+    and would load it twice: not retryable, and the remedy says to look first."""
+    if into != "existing" or relation is None or relation in original or manifest.get("day_column") or \
+            _listed_days(conn, relation, manifest.get("table") or "") is not None:
+        return
+    exc.retryable = False
+    exc.remedy = (f"another restore into {relation} is running; {relation} has no day column, so running this again "
+                  f"cannot tell whether that one loaded {manifest.get('day')}: look at {relation} once it has ended, "
+                  "and run this again only if it did not (or restore into a new table, into='new', which keeps "
+                  "track of its days)")
 
 
 def _owns(conn: psycopg.Connection, relation: Relation) -> bool:
@@ -829,8 +836,9 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
     configured = Relation.configured(manifest["table"])
     recorded = table_definition(manifest).get("parents") or []
     # detached by retention as the manifest says, or (a detach that ran while this restore downloaded, its mark
-    # written after the manifest was read) a day table the archive found under a parent and that is under none
-    detached = (manifest.get("removed") or {}).get("action") == "detach" or bool(recorded)
+    # written after the manifest was read) a day table the archive found under a parent it would be put back
+    # under (one that exists, of the configured table) and that is under none
+    detached = (manifest.get("removed") or {}).get("action") == "detach" or bool(_own_parents(conn, manifest, relation))
     if not detached or relation == configured or conn.execute(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = %s::pg_catalog.regclass)",
             (relation.identifier.as_string(conn),)).fetchone()[0]:
@@ -886,12 +894,23 @@ def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation) -
     own = []
     for parent in table_definition(manifest).get("parents") or []:
         above = Relation(str(parent.get("schema", "")), str(parent.get("name", "")))
-        if not _exists(conn, above) or (above != configured and not _partition_below(conn, above, configured)):
+        if not _exists(conn, above) or (above != configured and not (
+                _exists(conn, configured) and _partition_below(conn, above, configured))):
             log.info("%s %s: %s was under %s when archived; restored without it", manifest.get("table"),
                      manifest.get("day"), relation, above)
             continue
+        partitioned = _is_partitioned(conn, above)
+        if partitioned != bool(parent.get("bound")):  # the parent changed its kind since: nothing to put it back as
+            log.info("%s %s: %s is %s a partitioned table now; %s restored on its own", manifest.get("table"),
+                     manifest.get("day"), above, "" if partitioned else "not", relation)
+            continue
         own.append((above, parent.get("bound") or None))
     return own
+
+
+def _is_partitioned(conn: psycopg.Connection, relation: Relation) -> bool:
+    return conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_partitioned_table "
+                        "WHERE partrelid = %s::pg_catalog.regclass)", (relation.identifier.as_string(conn),)).fetchone()[0]
 
 
 def _partition_below(conn: psycopg.Connection, relation: Relation, table: Relation) -> bool:
@@ -1536,7 +1555,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             original = {Relation.configured(name) for name in (table, manifest.get("source_relation")) if name} | \
                 ({partition[1]} if partition else set())
             lock_name = table if into == "original" or relation in original else f"restore into {relation}"
-            stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
+            try:
+                stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
+            except ArchiveError as exc:
+                _unsure_after_another(conn, exc, manifest, into, relation, original)
+                raise
             stack.enter_context(_writable(conn))
             with conn.transaction():
                 # the manifest's type names read as the archive wrote them, under PostgreSQL's names first (a
@@ -1570,9 +1593,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 else:
                     checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
                                                     skipped=rows - inserted if on_conflict == "skip" else 0)
-                # (a comment is the owner's; one of the user's own is never replaced)
-                if (into == "new" or marked is not None or (by_added and _uncommented(conn, relation))) and \
-                        _owns(conn, relation):
+                if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
                              seconds=time.perf_counter() - started, fingerprint_checked=checked, fingerprint=proven,
