@@ -11,14 +11,16 @@ import json
 import pytest
 import yaml
 from click.testing import CliRunner
+from dagster import DagsterEventType, instance_for_test
 from psycopg import sql
 
 from archive_pipeline.cli import main
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.config import TableSpec, parse_config
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.restore import restore_day
+from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
 
 DAY = dt.date(2024, 3, 10)
@@ -66,6 +68,39 @@ def test_cli_verify_does_not_call_a_newer_versions_archive_damaged(conn, schema,
     remedy = day.get("remedy", "")
     assert "upgrade" in remedy, day
     assert "--overwrite" not in remedy and "backup" not in remedy and "damaged" not in remedy, day
+
+
+def test_source_unchanged_does_not_fail_a_newer_versions_archive_as_untrusted(conn, schema, s3_client, archive_env):
+    """The bucket is shared with a newer archive_pipeline (the command line upgraded first), which archived
+    2024-03-10 again with its manifest_version 3. The person runs verify_archives on the code location. The last
+    commit made latest_archive_intact fail to run for that day, saying to upgrade, instead of recording a failed
+    verdict ("a newer version's archive unchecked, not damaged"). source_unchanged, in the same job, records a
+    FAILED verdict: "not compared, 2024-03-10: its manifest cannot be trusted: it was written by a newer
+    archive_pipeline ...": red, in the words of a damaged manifest, for an archive nothing is wrong with
+    (``checks.build_source_unchanged_check`` catches every ``verify.ManifestError``, NewerManifestError
+    included, as "cannot be trusted" and fails the check on it). Expected: no failed source_unchanged verdict
+    calling the manifest untrusted: the check fails to run saying to upgrade (as latest_archive_intact now does),
+    or leaves the day out as not compared without failing."""
+    from archive_pipeline_tests.helpers import download
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat()}]})
+    with instance_for_test() as instance:
+        archived = build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=DAY.isoformat())
+        [event] = archived.get_asset_materialization_events()
+        key = event.materialization.metadata["manifest_key"].value
+        manifest = json.loads(download(s3_client, archive_env, key))
+        manifest.update(manifest_version=3, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
+        s3_client.put_object(Bucket=archive_env, Key=key, Body=json.dumps(manifest).encode())
+        result = build_definitions(config).resolve_job_def("verify_archives").execute_in_process(
+            instance=instance, raise_on_error=False)
+        verdicts = [r.event_log_entry.dagster_event.event_specific_data for r in instance.get_records_for_run(
+            result.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records]
+    failed = [v.description for v in verdicts if v.check_name == "source_unchanged" and not v.passed]
+    assert not failed, failed
 
 
 def _count(conn, schema: str, table: str) -> int:
