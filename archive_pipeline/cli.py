@@ -50,6 +50,7 @@ from archive_pipeline.core.environment import (
 )
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
+from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.session_settings import session_pinned, set_session
 from archive_pipeline.core.source import lookalike_hint
@@ -718,6 +719,8 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
 
 def _verify_remedy(table: str, day: Period, problem: str = "") -> str:
     """What to do about a day whose archive failed verify (one whose manifest could not even be read: again)."""
+    if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
+        return NewerManifestError.remedy
     if "not checked" in problem:  # nothing was checked: what kept it from being checked says what to do
         if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
             own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"

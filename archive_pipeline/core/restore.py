@@ -834,17 +834,21 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
     it again doubled its rows and was rolled back, saying the archive "does not hold the rows it was proven to
     hold". It is refused as a detached partition is, with the statement that attaches it again."""
     configured = Relation.configured(manifest["table"])
-    recorded = table_definition(manifest).get("parents") or []
-    # detached by retention as the manifest says, or (a detach that ran while this restore downloaded, its mark
-    # written after the manifest was read) a day table the archive found under a parent it would be put back
-    # under (one that exists, of the configured table) and that is under none
-    detached = (manifest.get("removed") or {}).get("action") == "detach" or bool(_own_parents(conn, manifest, relation))
-    if not detached or relation == configured or conn.execute(
+    if relation == configured or conn.execute(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = %s::pg_catalog.regclass)",
             (relation.identifier.as_string(conn),)).fetchone()[0]:
         return
-    # the tables it was under, as the archive recorded them (a manifest written before: the configured table)
-    parents = recorded or [{"schema": configured.schema, "name": configured.name}]
+    # Under none: detached from the parents it would be put back under (recorded, existing, of the configured
+    # table and of the same kind now): by retention, as the manifest says, or by a detach that ran while this
+    # restore downloaded (its mark written after the manifest was read). A manifest written before this version
+    # records none: the configured table, for a detach it records. A parent gone or changed since is no reason.
+    parents = [{"schema": above.schema, "name": above.name, "bound": bound}  # (a statement for the user to run)
+               for above, bound in _own_parents(conn, manifest, relation, configured_only=False)]
+    if not parents and not table_definition(manifest).get("parents") and _exists(conn, configured) and \
+            (manifest.get("removed") or {}).get("action") == "detach":
+        parents = [{"schema": configured.schema, "name": configured.name}]
+    if not parents:
+        return
     statements = "; ".join(_attach_statement(conn, relation, parent).as_string(conn) for parent in parents)
     under = ", ".join(str(Relation(p["schema"], p["name"])) for p in parents)
     raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but no longer inherits from {under} "
@@ -886,7 +890,8 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
     return True
 
 
-def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation) -> list[tuple[Relation, str | None]]:
+def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation, *,
+                 configured_only: bool = True) -> list[tuple[Relation, str | None]]:
     """The tables a naming-mode day table was under when archived (``parents``, with a partition's bound) that
     it is put back under: the configured table only, if it exists (a manifest is sealed, not signed: one edited
     to name another table must not hang the day's rows under it)."""
@@ -894,7 +899,7 @@ def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation) -
     own = []
     for parent in table_definition(manifest).get("parents") or []:
         above = Relation(str(parent.get("schema", "")), str(parent.get("name", "")))
-        if not _exists(conn, above) or (above != configured and not (
+        if not _exists(conn, above) or (configured_only and above != configured and not (
                 _exists(conn, configured) and _partition_below(conn, above, configured))):
             log.info("%s %s: %s was under %s when archived; restored without it", manifest.get("table"),
                      manifest.get("day"), relation, above)

@@ -581,6 +581,8 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     continue
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest)
+            except verify.NewerManifestError as exc:  # not damaged, not a verdict: upgrade (its remedy says)
+                raise _unreachable(spec, day, exc, postgres.password) from None
             except verify.ManifestError as exc:  # damaged, or another table-day's: nothing to compare with
                 untrusted[event.partition] = f"its manifest cannot be trusted: {exc}"
                 continue
