@@ -139,7 +139,6 @@ def test_naming_restore_of_a_detached_day_table_whose_parent_is_gone_or_changed_
         assert first.inserted == 0, first
     except ArchiveError as exc:
         assert "attach it again" not in str(exc), exc  # no statement naming a parent that cannot take it
-    refused = None
     conn.execute(sql.SQL("DROP TABLE {}.log_20240310").format(s))  # its other way out: drop it, restore again
     assert restore_day(conn, store, spec, DAY, into="original").inserted == 10
     try:
