@@ -168,8 +168,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
                                    completed=True)
                 manifest = settled.manifest  # taken back: proven and removed from scratch below
-        if removal_state(manifest) == "done" and (still_detached(conn, spec, day, manifest)
-                                                  or not _has_rows(conn, spec, day)):
+        if removal_state(manifest) == "done" and (still_detached(conn, spec, day, manifest) or (
+                not _has_rows(conn, spec, day) and not _relation_back(conn, spec, day, manifest))):
             # (rows of a removed day that are back, restored into the original table, are proven and
             # removed again below, as on the first removal)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
@@ -508,6 +508,20 @@ def _day_table_gone(conn: psycopg.Connection, spec: TableSpec, day: Period) -> b
         return False
     child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
     return conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]
+
+
+def _relation_back(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
+    """Whether the partition or day table a done drop or detach removed is in the source again (an empty day
+    restored into the original table: no rows tell it apart, but it is an ordinary source day again, and the
+    next removal removes it again, not "already removed")."""
+    mark = manifest.get("removed") or {}
+    if mark.get("action") not in ("drop", "detach"):
+        return False
+    if spec.partitioning.mode == "naming":
+        return not _day_table_gone(conn, spec, day) and not still_detached(conn, spec, day, manifest)
+    if spec.partitioning.mode == "declarative":
+        return any(relation_name(*child.relation(spec)) == mark.get("relation") for child in day_children(conn, spec, day))
+    return False
 
 
 def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
