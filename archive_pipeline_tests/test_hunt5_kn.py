@@ -7,7 +7,6 @@ by the fault proxy's ``hold`` (a request kept until the test lets it go) or by l
 from __future__ import annotations
 
 import datetime as dt
-import threading
 
 import pytest
 from psycopg import sql
@@ -17,28 +16,11 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.restore import restore_day
-from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_race_hunt import in_thread as _in_thread
+from archive_pipeline_tests.test_race_hunt import proxied as _proxied
 
 DAY = dt.date(2024, 3, 10)
-
-
-def _proxied(proxy: FaultProxy, bucket: str) -> S3Store:
-    return S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
-
-
-def _in_thread(fn) -> tuple[threading.Thread, dict]:
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def _count(conn, schema: str, table: str) -> int:
