@@ -609,11 +609,9 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         if spec.partitioning.mode == "declarative":
             conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
         elif spec.partitioning.mode == "naming":  # a day table that is a partition: its parent is locked by the DDL
-            for (parent,) in conn.execute(
-                    "SELECT i.inhparent::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_inherits i "
-                    "JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhrelid = %s AND c.relispartition",
-                    (target.oid,)).fetchall():
-                conn.execute(sql.SQL("LOCK TABLE ONLY ") + sql.SQL(parent) + sql.SQL(" IN ACCESS EXCLUSIVE MODE"))
+            for parent, partition in _parent_rows(conn, target):
+                if partition:
+                    conn.execute(sql.SQL("LOCK TABLE ONLY ") + sql.SQL(parent) + sql.SQL(" IN ACCESS EXCLUSIVE MODE"))
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target.identifier))
     table, target = _described_again(conn, spec, day, target, action)
     where = day_filter(table, day)
@@ -1086,13 +1084,19 @@ def _refuse_extension_members(conn: psycopg.Connection, spec: TableSpec, day: Pe
                                     "retention action 'detach' (which keeps the table)")
 
 
-def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:
-    """The tables a naming-mode day table inherits from or is a partition of (what detaching it ends), each with
-    whether it is a partition's parent; none is refused."""
-    parents = conn.execute(
+def _parent_rows(conn: psycopg.Connection, target: SourceTable) -> list[tuple[str, bool]]:
+    """The tables ``target`` inherits from or is a partition of (as SQL names), each with whether it is a
+    partition's parent."""
+    return conn.execute(
         "SELECT p.oid::pg_catalog.regclass::pg_catalog.text, c.relispartition FROM pg_catalog.pg_inherits i "
         "JOIN pg_catalog.pg_class p ON p.oid = i.inhparent JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhrelid = %s::pg_catalog.regclass", (target.identifier.as_string(conn),)).fetchall()
+
+
+def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:
+    """The tables a naming-mode day table inherits from or is a partition of (what detaching it ends), each with
+    whether it is a partition's parent; none is refused."""
+    parents = _parent_rows(conn, target)
     if not parents:
         raise RemovalRefused(f"{target.qualified} inherits from no table, so there is nothing to detach it from: "
                              "use retention action 'drop'", table=spec.name)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
@@ -267,9 +267,8 @@ def dsn_of(conn: psycopg.Connection) -> str:
     """The coordinator's connection string, password included (the streams log in the same way), in UTF-8
     whatever the coordinator speaks (a caller's plain connection to a SQL_ASCII database speaks SQL_ASCII)."""
     info = conn.info
-    own = conninfo_to_dict(info.dsn).get("options") or os.environ.get("PGOPTIONS", "")
     return make_conninfo(info.dsn, **({"password": info.password} if info.password else {}), **CONNECT_PARAMETERS,
-                         options=pinned_options(own, unpinned_defaults(conn)))
+                         options=pinned_options(info.dsn, unpinned_defaults(conn)))
 
 
 _FREE_SESSIONS = """

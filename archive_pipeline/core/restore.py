@@ -738,21 +738,19 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
 
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
                   inherits: Sequence[Relation] = ()) -> None:
-    items = []
-    for column in definition["columns"]:
-        items.append(sql.SQL("{} {}{}").format(
-            sql.Identifier(column["name"]), checked_type_sql(conn, column["type"], f"column {column['name']!r}"),
-            sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL("")))
+    # the parents' columns come with them, with the parents' types (a column widened since: bigint)
+    inherited = {name for (name,) in conn.execute(
+        "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY(%s::pg_catalog.regclass[]) "
+        "AND a.attnum > 0 AND NOT a.attisdropped", ([p.identifier.as_string(conn) for p in inherits],))} \
+        if inherits else set()
+    items = [sql.SQL("{} {}{}").format(
+        sql.Identifier(column["name"]), checked_type_sql(conn, column["type"], f"column {column['name']!r}"),
+        sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL(""))
+        for column in definition["columns"] if column["name"] not in inherited]
     if definition.get("primary_key"):
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
     parents = sql.SQL(" INHERITS ({})").format(sql.SQL(", ").join(p.identifier for p in inherits)) if inherits \
         else sql.SQL("")
-    if inherits:  # the parents' columns come with them, with the parents' types (a column widened since: bigint)
-        inherited = {name for (name,) in conn.execute(
-            "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY(%s::pg_catalog.regclass[]) "
-            "AND a.attnum > 0 AND NOT a.attisdropped", ([p.identifier.as_string(conn) for p in inherits],))}
-        items = [item for item, column in zip(items, definition["columns"]) if column["name"] not in inherited] + \
-            items[len(definition["columns"]):]
     conn.execute(sql.SQL("CREATE TABLE {} ({}){}").format(target.identifier, sql.SQL(", ").join(items), parents))
 
 
@@ -954,10 +952,8 @@ def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation
             f"({exc.diag.message_primary}): the default partition holds rows of the day that no archive has (late "
             "rows written after the partition was removed); nothing was restored", table=table, day=day,
             retryable=False, cause="the default partition holds rows of the day",
-            remedy=f"move those rows out of the default partition ({_default_partition(conn, parent)}) into a table "
-                   "of your own (INSERT ... SELECT, then DELETE them there), restore again, then insert them back "
-                   "through the parent (they go into the re-created partition); or restore into a new table "
-                   "(into='new')") from None
+            remedy=_late_rows_aside(f"the default partition ({_default_partition(conn, parent)})",
+                                    "the parent (they go into the re-created partition)")) from None
     except psycopg.errors.InvalidSchemaName as exc:
         raise RestoreError(
             f"restoring {table} for {day} into its original table: its partition {child} cannot be created again: "
@@ -978,6 +974,15 @@ def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation
         log.info("%s %s: %s; restoring into %s", table, day, exc.diag.message_primary, parent)
         return False
     return True
+
+
+def _late_rows_aside(held_in: str, back_through: str) -> str:
+    """What to do about late rows of a removed day where the restore would put the archive's: set them aside and
+    put them back after. (Archiving the day again with overwrite would archive them alone, keep the archive's
+    rows only as an earlier generation, and the restore would then find the day already restored.)"""
+    return (f"move those rows out of {held_in} into a table of your own (INSERT ... SELECT, then DELETE them there), "
+            f"restore again, then insert them back through {back_through}; or restore into a new table "
+            "(into='new')")
 
 
 def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
@@ -1385,9 +1390,7 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
                 f"restoring {manifest['table']} for {manifest['day']}: {scope} are {now.rows:,} rows with the "
                 f"restored ones, {manifest['rows']:,} archived: the target already held other rows of the day (late "
                 "rows written after it was removed?); the restore was rolled back", table=manifest["table"],
-                day=manifest["day"], retryable=False,
-                remedy="archive the day's rows there first (archive the day again with overwrite), or move or delete "
-                       "them, then restore again; or restore into a new table (into='new')")
+                day=manifest["day"], retryable=False, remedy=_late_rows_aside(str(relation), str(relation)))
         return None
     return (f"fingerprint {recorded} of {scope} equals the manifest's (a trigger of {relation} put the rows there: "
             "COPY counted fewer)")

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 CATALOG_FIRST = "pg_catalog, <the session's path>, pg_temp"  # the value that asks for the composed path
 
@@ -46,12 +48,12 @@ def unpinned_defaults(conn: psycopg.Connection) -> dict[str, str]:
     return {name: SESSION_PINNED[name] for name, value in rows if value != SESSION_PINNED[name]}
 
 
-def pinned_options(own: str | None, settings: dict[str, str]) -> str:
-    """libpq ``options`` that set ``settings`` (see :func:`unpinned_defaults`) from the session's start
-    (before the first statement, which under a serializable default would already wait or fail), after the
-    connection's ``own``."""
+def pinned_options(dsn: str, settings: dict[str, str]) -> str:
+    """libpq ``options`` for a session opened with ``dsn`` that set ``settings`` (see :func:`unpinned_defaults`)
+    from its start (before the first statement, which under a serializable default would already wait or fail),
+    after the DSN's own options (or $PGOPTIONS, which an explicit ``options`` would otherwise replace)."""
+    own = (conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS", "")).strip()
     pinned = " ".join(f"-c {name}={value.replace(' ', chr(92) + ' ')}" for name, value in settings.items())
-    own = (own or "").strip()
     return own if not pinned or own.endswith(pinned) else f"{own} {pinned}".strip()
 
 

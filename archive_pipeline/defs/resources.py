@@ -66,9 +66,9 @@ class PostgresResource(ConfigurableResource):
             try:  # SET: no snapshot, which a role's serializable deferrable default waited for (see set_session)
                 set_session(conn, {**self.session_settings(), **session_pinned(conn)})
             except psycopg.Error as exc:
+                found = classify(exc)
                 raise SourceError(f"setting up the session failed: {type(exc).__name__}: {redact(str(exc), self.password)}",
-                                  retryable=classify(exc).retryable, cause=classify(exc).cause,
-                                  remedy=classify(exc).remedy) from None
+                                  retryable=found.retryable, cause=found.cause, remedy=found.remedy) from None
             yield conn
         finally:
             conn.close()

@@ -466,8 +466,7 @@ def _adbc_connect(adbc, dsn: str, pinned: dict[str, str]):
     name when it connects, and a role with quote_all_identifiers on printed those names quoted (ADBC then knew
     no type: an interval column failed with ArrowInvalid); and it reads them in a transaction of the role's
     default isolation, which a serializable default made wait for a safe snapshot, or fail on a hot standby."""
-    own = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS", "")
-    return adbc.connect(make_conninfo(dsn, options=pinned_options(own, pinned)), autocommit=True)
+    return adbc.connect(make_conninfo(dsn, options=pinned_options(dsn, pinned)), autocommit=True)
 
 
 # Connection options of libpq 17 and 18 (psycopg's) that the libpq 16 inside adbc-driver-postgresql refuses
