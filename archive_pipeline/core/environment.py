@@ -18,7 +18,7 @@ import psycopg
 import psycopg.conninfo
 
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
-from archive_pipeline.core.errors import S3_PERMISSIONS, describe_connect_error, password_of, redact, scrub_parse_error
+from archive_pipeline.core.errors import describe_connect_error, permission_remedy, password_of, redact, scrub_parse_error
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
 from archive_pipeline.core.store import S3Store
 
@@ -266,9 +266,8 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             reason, remedy = {
                 404: ("does not exist", f"check ${BUCKET_VAR} (or create the bucket)"),
                 # HeadBucket is allowed by s3:ListBucket; right keys without it are refused alike
-                403: ("refused HeadBucket (403)", "grant s3:ListBucket on the bucket to these credentials (HeadBucket "
-                      f"needs it; the archiver needs {', '.join(S3_PERMISSIONS)}), and check ${BUCKET_VAR} and "
-                      "the S3 credentials"),
+                403: ("refused HeadBucket (403)",
+                      f"{permission_remedy('HeadBucket')}, and check ${BUCKET_VAR} and the S3 credentials"),
             }.get(status, (f"answered {status}", f"check ${BUCKET_VAR} and the S3 credentials"))
             raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: {remedy}",
                                    retryable=status not in (400, 403, 404)) from None

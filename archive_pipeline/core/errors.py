@@ -531,11 +531,17 @@ def for_operation(found: Classification, what: str) -> Classification:
     names the permission that operation needs (a least-privilege role lacking only s3:ListBucket was told
     to grant five others it had)."""
     operation = re.search(r"\((\w+)\)\s*$", what)
-    needed = _PERMISSION_OF.get(operation.group(1)) if operation else None
-    if found != _S3_ACCESS or needed is None:
-        return found
-    return replace(found, remedy=f"grant {needed} on the bucket to these credentials ({operation.group(1)} needs it; "
-                                 f"the archiver needs {', '.join(S3_PERMISSIONS)})")
+    remedy = permission_remedy(operation.group(1)) if operation else None
+    return replace(found, remedy=remedy) if found == _S3_ACCESS and remedy else found
+
+
+def permission_remedy(operation: str) -> str | None:
+    """The grant an S3 ``operation`` ("ListObjectsV2", "HeadBucket") refused for want of a permission needs."""
+    needed = _PERMISSION_OF.get(operation)
+    if needed is None:
+        return None
+    return (f"grant {needed} on the bucket to these credentials ({operation} needs it; the archiver needs "
+            f"{', '.join(S3_PERMISSIONS)})")
 
 
 def _s3_code(code: str, status: int) -> Classification:
