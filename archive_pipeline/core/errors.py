@@ -38,10 +38,22 @@ def redact(text: str, *secrets: str | None) -> str:
     for secret in secrets:
         if secret:
             for form in {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret)}:
-                text = text.replace(form, "***")
+                text = _hide(text, form)
     text = _URI_CREDENTIALS.sub(r"\1***@", text)
     text = _QUERY_PASSWORD.sub(r"\1***", text)
     return _KV_PASSWORD.sub(r"\1***", text)
+
+
+_SHORT_SECRET = 4  # a secret shorter than this is hidden only where it stands alone (see _hide)
+
+
+def _hide(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced by ``***``. A secret of a few characters (a demo role's "pw") is
+    in countless words: replacing it inside them mangles every message and hides nothing a reader could
+    not guess, so it is replaced only where no letter or digit adjoins it (as in a DSN or after "password=")."""
+    if len(secret) >= _SHORT_SECRET:
+        return text.replace(secret, "***")
+    return re.sub(rf"(?<![^\W_]){re.escape(secret)}(?![^\W_])", "***", text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,6 +212,12 @@ _STACK_DEPTH = _src(False, "a function or trigger recursed past PostgreSQL's sta
                            "fires itself, a recursive function or view); no value is at fault",
                     "find the recursion in the function or trigger the message's context names and end it; "
                     "raising max_stack_depth only helps for deep but finite nesting")
+_STACK_NESTING = _src(False, "a value nests (JSON, arrays, composite values) deeper than PostgreSQL's stack depth "
+                      "limit lets it be read where this statement reads it (a JSONL line is read as JSON, a level or "
+                      "two deeper than the values it holds)",
+                      "raise max_stack_depth for the role that runs this (a superuser: ALTER ROLE <role> SET "
+                      "max_stack_depth = '6MB', within the server's ulimit -s) and run it again; a table holding "
+                      "such values archives as csv or parquet, which read each value by itself")
 _PROGRAM_LIMIT = _src(False, "a value, row or query exceeds a PostgreSQL limit (e.g. a value over 1 GB as "
                       "text or JSON)", "a retry cannot help: archive this table as parquet (binary COPY, no "
                       "1 GB text value) or csv (no per-row JSON), or shorten/split the oversized values")
@@ -361,7 +379,6 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
         **({"0A000": _ROW_SECURITY_TARGET} if "copy from not supported with row-level security" in lowered else {}),
-        **({"54001": _STACK_DEPTH} if "stack depth limit exceeded" in lowered else {}),
     }
     if code in exact:
         return exact[code]
@@ -473,6 +490,13 @@ def _by_message(text: str) -> Classification | None:
     return None
 
 
+def _stack_depth(exc: BaseException) -> Classification:
+    """A recursion where the error's context names a function or trigger (PL/pgSQL, SQL), else a value
+    nested too deeply for where it is read (no function on the stack: the JSON or array parser's own)."""
+    context = (getattr(getattr(exc, "diag", None), "context", None) or "").lower()
+    return _STACK_DEPTH if "function" in context or "trigger" in context else _STACK_NESTING
+
+
 def _with_sqlstate(c: Classification, code: str | None) -> Classification:
     return Classification(c.retryable, c.cause, c.remedy, c.where, code)
 
@@ -480,6 +504,8 @@ def _with_sqlstate(c: Classification, code: str | None) -> Classification:
 def _classify_database(exc: BaseException, text: str, *, connection_error: bool) -> Classification | None:
     """psycopg, adbc_driver_manager or an Arrow ``OSError`` from libpq: SQLSTATE, then message, then type."""
     code = _sqlstate(exc, text)
+    if code == "54001" and "stack depth limit exceeded" in _fixed_part(text):
+        return _with_sqlstate(_stack_depth(exc), code)
     if code is not None:
         return _with_sqlstate(_by_sqlstate(code, text), code)
     found = _by_message(text)

@@ -1,0 +1,64 @@
+"""This session's own checks of its changes (hunt 6)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError, redact
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.store import S3Store
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _deepest_jsonb(conn) -> int:
+    """The deepest array nesting jsonb_in reads under this server's max_stack_depth (a bisection)."""
+    low, high = 1, 1 << 17
+    while low < high:
+        middle = (low + high + 1) // 2
+        try:
+            with conn.transaction():
+                conn.execute("SELECT %s::jsonb IS NULL", ("[" * middle + "]" * middle,))
+            low = middle
+        except psycopg.errors.StatementTooComplex:
+            high = middle - 1
+    return low
+
+
+def test_a_value_nested_too_deep_for_a_jsonl_line_is_named_as_such(conn, schema, s3_client, bucket, temp_dir):
+    """A jsonb nested almost as deep as PostgreSQL reads it archives as JSONL (the text is exact), but each JSONL
+    line is read back as JSON a level or two deeper than the value, past the server's stack depth limit. Was:
+    "a function or trigger recursed ...; no value is at fault", pointing the user at a recursion that is not
+    there. Should: the nesting named as the cause, with max_stack_depth as what to raise."""
+    depth = _deepest_jsonb(conn)
+    table = sql.Identifier(schema, "nested")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, v jsonb)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, %s::jsonb)").format(table, sql.Literal(DAY)),
+                 ("[" * depth + "]" * depth,))
+    spec = TableSpec(name=f"{schema}.nested", day_column="at", start_date="2024-01-01", format="jsonl",
+                     compression="zstd")
+    store = S3Store(s3_client, bucket, prefix="deep")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 1
+    with pytest.raises(ArchiveError) as raised:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
+    said = f"{raised.value} {raised.value.remedy}"
+    assert "nest" in said and "max_stack_depth" in said and "recursed" not in said, said
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.back",)).fetchone()[0] is None
+
+
+@pytest.mark.parametrize("password", ["p", "ab", "xyz"])
+def test_a_short_password_is_hidden_without_mangling_the_message(password):
+    """A password of one to three characters (a test or demo role's) was replaced wherever its letters stood in
+    any word: "permission denied for table apples" with password "p" read "***ermission denied for table
+    a******les". Should: the words stay readable; the password is hidden where it stands alone, as in a DSN."""
+    message = f"permission denied for table apples; connecting to postgresql://u:{password}@db/x password={password}"
+    shown = redact(message, password)
+    assert shown.startswith("permission denied for table apples;"), shown
+    assert f":{password}@" not in shown and f"password={password}" not in shown, shown
+    assert redact(f"the password is {password}.", password) == "the password is ***."
