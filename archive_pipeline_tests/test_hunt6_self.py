@@ -62,3 +62,27 @@ def test_a_short_password_is_hidden_without_mangling_the_message(password):
     assert shown.startswith("permission denied for table apples;"), shown
     assert f":{password}@" not in shown and f"password={password}" not in shown, shown
     assert redact(f"the password is {password}.", password) == "the password is ***."
+
+
+def test_the_glacier_remedy_names_the_object_to_restore(conn, schema, s3_client, bucket, temp_dir):
+    """An archive moved to GLACIER by a lifecycle rule is restored first with ``aws s3api restore-object``. Was:
+    the remedy showed ``--bucket <bucket> --key <key>``, leaving the user to find the key. Should: the command
+    names the bucket and the very key the refused GET read, ready to paste."""
+    import shlex
+
+    from archive_pipeline.core.restore import restore_day
+
+    conn.execute(sql.SQL("CREATE TABLE {} (at date, id int)").format(sql.Identifier(schema, "cold rows")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ({}, 1)").format(sql.Identifier(schema, "cold rows"),
+                                                                sql.Literal(DAY)))
+    spec = TableSpec(name=f"{schema}.cold rows", day_column="at", start_date="2024-01-01", format="csv",
+                     compression="zstd")
+    store = S3Store(s3_client, bucket, prefix="cold")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    s3_client.copy_object(Bucket=bucket, Key=result.key, CopySource={"Bucket": bucket, "Key": result.key},
+                          StorageClass="GLACIER", MetadataDirective="COPY")
+    with pytest.raises(ArchiveError) as raised:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
+    remedy = raised.value.remedy or ""
+    assert f"--bucket {shlex.quote(bucket)} --key {shlex.quote(result.key)} " in remedy, remedy
+    assert "<key>" not in str(raised.value), str(raised.value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import re
+import shlex
 from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus, unquote
 
@@ -557,6 +558,12 @@ def for_operation(found: Classification, what: str) -> Classification:
     names the permission that operation needs (a least-privilege role lacking only s3:ListBucket was told
     to grant five others it had)."""
     operation = re.search(r"\((\w+)\)\s*$", what)
+    if found == _S3_ARCHIVED:  # the restore-object command for the object the request read
+        uri = re.search(r"\bs3://([^/\s]+)/(.+?) \(\w+\)\s*$", what)
+        if uri:
+            return replace(found, remedy=found.remedy.replace("<bucket>", shlex.quote(uri.group(1))).replace(
+                "<key>", shlex.quote(uri.group(2))))
+        return found
     remedy = permission_remedy(operation.group(1)) if operation else None
     return replace(found, remedy=remedy) if found == _S3_ACCESS and remedy else found
 
