@@ -86,3 +86,33 @@ def test_the_glacier_remedy_names_the_object_to_restore(conn, schema, s3_client,
     remedy = raised.value.remedy or ""
     assert f"--bucket {shlex.quote(bucket)} --key {shlex.quote(result.key)} " in remedy, remedy
     assert "<key>" not in str(raised.value), str(raised.value)
+
+
+def test_with_retries_off_a_transient_failure_does_not_say_it_is_retried(conn, schema, archive_env, monkeypatch):
+    """A user sets ``retry: max_retries: 0`` (they retry by hand) and the store is unreachable when the day runs.
+    Was: the step failure said "transient, retried" and "This looked transient and was retried", though Dagster
+    retried nothing. Should: it says the failure looked transient but retries are off, and where to turn them on."""
+    import socket
+
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat()}]})
+    with instance_for_test() as instance:
+        result = build_definitions(config, check_source=False).resolve_job_def(
+            f"Archive_{schema}_events").execute_in_process(instance=instance, partition_key=DAY.isoformat(),
+                                                           raise_on_error=False)
+    [failed] = [e.step_failure_data for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    text = failed.user_failure_data.description
+    assert "retries are off" in text and "max_retries: 0" in text, text
+    assert "transient, retried" not in text and "was retried" not in text and "retried automatically" not in text, text

@@ -302,9 +302,10 @@ def relaunch(spec: TableSpec, day: dt.date, origin: str | None = None) -> str:
 
 
 def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None,
-            origin: str | None = None) -> Failure:
+            origin: str | None = None, retries: int | None = None) -> Failure:
     """The step failure a person reads: table, day, cause (never a secret), what to do; no stack trace of
-    ours, because the cause is in the message."""
+    ours, because the cause is in the message. ``retries``: the step's max_retries, where known (with 0 a
+    transient failure is not retried, and the message must not say it is)."""
     if isinstance(exc, ArchiveError):
         cause = redact(exc.message, password)
     else:
@@ -313,12 +314,29 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
         cause = f"{spec.name} {day}: {cause}"
     retryable = is_retryable(exc)
     advice = remedy(exc, spec, day, origin)
-    if retryable and "retried" not in advice:
+    if retryable and retries == 0:
+        cause, advice = _retries_off(cause, origin), _retries_off(advice, origin)
+    elif retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
     nothing = type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
                              "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {})})
+
+
+def _retries_off(text: str, origin: str | None) -> str:
+    """``text`` saying what happens to a transient failure when the step's retry policy retries nothing
+    (``retry: max_retries: 0``): the core's words say "retried" for every transient cause."""
+    off = f"retries are off (retry: max_retries: 0 in {origin or config_path()})"
+    text = text.replace("transient, retried", f"transient, but not retried: {off}")
+    text = text.replace("This looked transient and was retried", f"This looked transient, but {off}")
+    return re.sub(r"\bretried automatically\b", f"not retried: {off}; launch it again", text)
+
+
+def step_retries(context: AssetExecutionContext) -> int | None:
+    """The step's max_retries (its op's retry policy), or None where the op has none."""
+    policy = getattr(getattr(context, "op_def", None), "retry_policy", None)
+    return getattr(policy, "max_retries", None)
 
 
 NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a removed day whose archive is kept
@@ -505,7 +523,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
         store = archive_store.store()
     except Exception as exc:  # a client that cannot be built (an endpoint without its scheme): no retry helps
         yield from verdicts_as_they_were(context, key, todo)
-        raise failure(exc, spec, days[0], postgres.password, origin) from None
+        raise failure(exc, spec, days[0], postgres.password, origin, step_retries(context)) from None
     source = _Source(postgres, primary)
     failed = _failed_for_good(context, spec) if context.retry_number > 0 else {}
     todo = [d for d in todo if d not in failed]
@@ -682,7 +700,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc
     except Exception as exc:
-        raise failure(exc, spec, day, postgres.password, origin) from None
+        raise failure(exc, spec, day, postgres.password, origin, step_retries(context)) from None
     state = archive_state(result)
     if alone:  # in a range, the summary is the materialization's description: one event a day fewer
         context.log.info(summary(result, state))
@@ -704,7 +722,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
                                                description=summary(result, state), metadata=metadata,
                                                tags={STATE_TAG: state}))
     if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
-        raise failure(unverified, spec, day, postgres.password, origin) from None
+        raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     evaluation = check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
     if alone:
         yield evaluation
