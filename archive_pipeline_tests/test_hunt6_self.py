@@ -116,3 +116,28 @@ def test_with_retries_off_a_transient_failure_does_not_say_it_is_retried(conn, s
     text = failed.user_failure_data.description
     assert "retries are off" in text and "max_retries: 0" in text, text
     assert "transient, retried" not in text and "was retried" not in text and "retried automatically" not in text, text
+
+
+def test_a_failed_removal_carries_the_metadata_an_archive_failure_does(conn, schema, archive_env):
+    """A removal (Remove_<table>) of a due day that was never archived fails, not retried. Was: its Failure carried
+    no metadata, while the archive step's failures carry table, day, retryable and error, which is what a person
+    filters failed runs by. Should: the same four keys."""
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat(),
+                                       "retention": {"keep_days": 30, "action": "delete"}}]})
+    with instance_for_test() as instance:
+        result = build_definitions(config).resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+    [failed] = [e.step_failure_data for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    metadata = {k: getattr(v, "value", v) for k, v in failed.user_failure_data.metadata.items()}
+    assert metadata["table"] == f"{schema}.events" and metadata["day"] == DAY.isoformat(), metadata
+    assert metadata["retryable"] is False and metadata["error"], metadata
+    assert "has no archive" in failed.user_failure_data.description

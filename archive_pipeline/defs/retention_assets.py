@@ -126,9 +126,9 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         # archive_proven executed alone (the check without its asset): prove, remove nothing, as a dry run
         dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
         if day not in due_days(spec, dt.datetime.now(dt.UTC)):  # today in the table's zone
-            raise Failure(description=f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
+            raise _failed(f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
                                       "days; nothing removed. To remove it sooner, lower retention.keep_days for "
-                                      f"the table in {config_path()}", allow_retries=False)
+                                      f"the table in {config_path()}", spec, day, False)
         try:
             yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store)
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
@@ -152,12 +152,12 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         except psycopg.Error as exc:  # a session lost right after it opened: classified like any other
             error = wrap(exc, spec.name, day.isoformat(), postgres.password, doing="proving")
-            raise Failure(description=_naming(error, spec, day), allow_retries=error.retryable) from None
+            raise _failed(_naming(error, spec, day), spec, day, error.retryable, error) from None
         if standby and primary is source:  # before any proof: it loads the archive where the removal runs
-            raise Failure(description=f"{spec.name} {day} stays in the source: the database the code location "
+            raise _failed(f"{spec.name} {day} stays in the source: the database the code location "
                                       "reads (ARCHIVE_PG_DSN) is a hot standby, and a removal runs on the primary "
                                       "(the proof loads the archive there too). Set ARCHIVE_PG_PRIMARY_DSN to the "
-                                      "primary", allow_retries=False)
+                                      "primary", spec, day, False)
         proven_sha: str | bool = False
         removed: dict | None = None  # the removal mark of a day the source no longer holds
         try:
@@ -179,9 +179,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
                                           temp_dir=archive_store.temp_dir)
             elif manifest is None:  # nothing to prove: a failed run, not a failed proof
-                raise Failure(description=f"{spec.name} {day} has no archive at {store.uri(key)}: nothing is "
+                raise _failed(f"{spec.name} {day} has no archive at {store.uri(key)}: nothing is "
                                           "proven or removed. Archive the day first (partition "
-                                          f"{day} of {job_name(spec)}), then remove it", allow_retries=False)
+                                          f"{day} of {job_name(spec)}), then remove it", spec, day, False)
             else:
                 if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
                     check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
@@ -196,28 +196,28 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # is full, the database refused a session, a privilege or a write, a removal is not
                 # settled): the run fails, retried where that can help, and no integrity check is
                 # recorded as failed.
-                raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
+                raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
             manifest, problems = None, [str(exc)]
         except NewerManifestError as exc:  # not damaged: written by a newer version, which can prove it
-            raise Failure(description=_naming(exc, spec, day), allow_retries=False) from None
+            raise _failed(_naming(exc, spec, day), spec, day, False, exc) from None
         except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
             manifest, problems = None, [str(exc)]
         yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
         if problems and removed:
-            raise Failure(description=f"{spec.name} {day} was removed from the source ({removed.get('state')}, "
+            raise _failed(f"{spec.name} {day} was removed from the source ({removed.get('state')}, "
                                       f"{removed.get('at')}), and its archive, the only copy, is NOT intact: "
                                       + "; ".join(problems) + "; restore the object from a backup of the bucket "
-                                      "(its versions, a replica)", allow_retries=False)
+                                      "(its versions, a replica)", spec, day, False)
         if problems:
-            raise Failure(description=f"{spec.name} {day} stays in the source: its archive is not proven: "
+            raise _failed(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                       + "; ".join(problems) + ". If the source's rows are the right ones (rows "
                                       "changed or arrived late), archive the day again, then remove it. "
-                                      + relaunch(spec, day), allow_retries=False)
+                                      + relaunch(spec, day), spec, day, False)
         try:
             removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
                                  removed_by=f"dagster run {context.run.run_id}", temp_dir=archive_store.temp_dir)
         except ArchiveError as exc:
-            raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
+            raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
     if removal.dry_run:
         context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
                          f"archive {removal.archive}")
@@ -253,7 +253,15 @@ def _connect(stack: contextlib.ExitStack, postgres: PostgresResource, spec: Tabl
     try:
         return stack.enter_context(postgres.connect())
     except ArchiveError as exc:
-        raise Failure(description=_naming(exc, spec, day), allow_retries=exc.retryable) from None
+        raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
+
+
+def _failed(description: str, spec: TableSpec, day, retryable: bool, exc: BaseException | None = None) -> Failure:
+    """The removal step's failure: its description, and the metadata the archive step's failures carry (table,
+    day, whether a retry may help, the error's type), so a failed removal is found and filtered the same way."""
+    return Failure(description=description, allow_retries=retryable,
+                   metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
+                             "error": type(exc).__name__ if exc is not None else "RemovalRefused"})
 
 
 def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
