@@ -141,3 +141,18 @@ def test_a_failed_removal_carries_the_metadata_an_archive_failure_does(conn, sch
     assert metadata["table"] == f"{schema}.events" and metadata["day"] == DAY.isoformat(), metadata
     assert metadata["retryable"] is False and metadata["error"], metadata
     assert "has no archive" in failed.user_failure_data.description
+
+
+def test_a_check_that_could_not_check_names_table_and_day_once():
+    """An on-demand check whose comparison failed (the core's error already says "comparing <table> for <day>
+    failed: ..."). Was: "<table> <day>: could not check the archive: comparing <table> for <day> failed: ...",
+    table and day twice. Should: once; and still once where the core's message names neither."""
+    from archive_pipeline.core.config import TableSpec as Spec
+    from archive_pipeline.core.errors import SourceError
+    from archive_pipeline.defs.checks import _unreachable
+
+    spec = Spec(name="s.events", day_column="at", start_date="2024-01-01")
+    named = _unreachable(spec, DAY, SourceError(f"comparing s.events for {DAY} failed: the session was lost"))
+    bare = _unreachable(spec, DAY, SourceError("the session was lost"))
+    for failed in (named, bare):
+        assert failed.description.count("s.events") == 1 and failed.description.count(str(DAY)) == 1, failed.description

@@ -291,7 +291,8 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
         cause, remedy, retryable = redact(f"{type(exc).__name__}: {exc}", password), getattr(exc, "remedy", None), False
     remedy = remedy or ("check that the store (ARCHIVE_S3_ENDPOINT_URL, ARCHIVE_S3_BUCKET, credentials) and the "
                         "database are reachable from this code location, then run the check again")
-    cause = f"{spec.name} {day}: could not check the archive: {cause}"
+    named = any(f"{spec.name}{between}{day}" in cause for between in (" ", " for "))
+    cause = f"could not check the archive: {cause}" if named else f"{spec.name} {day}: could not check the archive: {cause}"
     return Failure(description=f"{cause}\n\nWhat to do: {redact(remedy, password)}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": str(day), "retryable": retryable})
 
