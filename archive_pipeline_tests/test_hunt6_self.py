@@ -156,3 +156,27 @@ def test_a_check_that_could_not_check_names_table_and_day_once():
     bare = _unreachable(spec, DAY, SourceError("the session was lost"))
     for failed in (named, bare):
         assert failed.description.count("s.events") == 1 and failed.description.count(str(DAY)) == 1, failed.description
+
+
+@pytest.mark.parametrize("action", ["drop", "detach"])
+def test_a_day_under_a_month_partition_is_refused_saying_what_the_partition_holds(conn, schema, store, temp_dir,
+                                                                                   action):
+    """Daily archives of a table partitioned by month, retention action drop/detach: the day's removal is refused
+    (dropping the month would remove the other days). Was: "is not one partition of its own (partitions:
+    ['ev_202403'])", which reads as if the day had a partition list. Should: the month partition named with its
+    range, saying it holds other days' rows too; and nothing removed."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+    from archive_pipeline_tests.helpers import range_partitioned_events
+
+    range_partitioned_events(conn, schema, [("ev_202403", "2024-03-01", "2024-04-01")])
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-11 12:00+00')").format(
+        sql.Identifier(schema, "ev")))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01", format="csv",
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": action})
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    with pytest.raises(RemovalRefused) as raised:
+        remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    said = str(raised.value)
+    assert f"{schema}.ev_202403" in said and "FOR VALUES FROM" in said and "other days" in said, said
+    assert "partitions: [" not in said and "'delete'" in said, said
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0] == 2

@@ -41,7 +41,7 @@ from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sq
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
                                           pending_detach_error, relation_name, scanned_relations, server_identity)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
@@ -236,8 +236,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
         children = day_children(conn, spec, day)
         whole = [c for c in children if c.is_period(day)]
         if len(children) != 1 or not whole:
-            names = [c.name for c in children] or ["none"]
-            raise RemovalRefused(f"{spec.name} {day} is not one partition of its own (partitions: {names}); "
+            raise RemovalRefused(f"{spec.name} {day} is not one partition of its own: {_not_own(spec, children)}; "
                                  f"{action} removes whole partitions: use retention action 'delete'",
                                  table=spec.name, day=day.isoformat())
         target = describe_relation(conn, *whole[0].relation(spec), spec.day_column)
@@ -254,6 +253,19 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
                              + f"{action} it by hand", table=spec.name, day=day.isoformat())
     _refuse_unprivileged(conn, spec, day, table, target, action)  # before the real run's lock, which needs them too
     return target
+
+
+def _not_own(spec: TableSpec, children: list) -> str:
+    """Why the period's rows are not one partition of their own, in words: no partition holds them (the
+    default's, or none), one holds more than the period (a month's partition under daily archives), or several
+    share them."""
+    if not children:
+        return "no range partition holds its rows (a default partition may)"
+    if len(children) == 1:
+        child = children[0]
+        return (f"its partition {child.qualified(spec)} ({child.bound or 'its range'}) also holds rows of other "
+                f"{UNIT[spec.granularity]}s, which dropping or detaching it would remove with them")
+    return "its rows are split across the partitions " + ", ".join(c.qualified(spec) for c in children)
 
 
 def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,

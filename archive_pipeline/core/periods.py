@@ -44,6 +44,9 @@ class PeriodError(ValueError):
     """A partition key or time zone that names no period of the table; the message says which and why."""
 
 
+UNIT = {"hourly": "hour", "daily": "day", "monthly": "month"}  # a period of each granularity, in words
+
+
 @functools.lru_cache(maxsize=256)
 def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name`` (``UTC``, ``Europe/Berlin``), or a :class:`PeriodError` saying so."""

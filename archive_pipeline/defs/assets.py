@@ -56,7 +56,7 @@ from archive_pipeline.core.config import (BackfillSettings, RetrySettings, Sched
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import S3Store
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
@@ -122,9 +122,6 @@ def asset_tag_value(name: str) -> str:
         spelled = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         return spelled if len(spelled) <= 63 else f"{spelled[:54]}_{name_digest(name)}"
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', ascii_spelling(name))[:54]}_{name_digest(name)}"
-
-
-UNIT = {"hourly": "hour", "daily": "day", "monthly": "month"}
 
 
 def daily_partitions(spec: TableSpec) -> TimeWindowPartitionsDefinition:
