@@ -111,3 +111,43 @@ def test_restore_into_a_new_table_named_as_an_index_or_sequence_does_not_say_to_
     said = f"{caught.value} / remedy: {caught.value.remedy}"
     assert "into='existing'" not in said, said
     assert caught.value.remedy and ("index" in said or "sequence" in said), said
+
+
+_RAISING_TARGETS = {
+    "check": ("CREATE TABLE {s}.tg (id int, at date, v text CONSTRAINT ratio CHECK (100 / (id - 3) <> 7))",
+              ("ratio", "CHECK")),
+    "generated": ("CREATE TABLE {s}.tg (id int, at date, v text, g int GENERATED ALWAYS AS (100 / (id - 3)) STORED)",
+                  ("generated",)),
+    "default": ("CREATE TABLE {s}.tg (id int, at date, v text, d int DEFAULT (1 / 0))", ("default", "DEFAULT")),
+}
+
+
+@pytest.mark.parametrize("on_conflict", ["fail", "skip"])
+@pytest.mark.parametrize("kind", list(_RAISING_TARGETS))
+def test_a_targets_own_expression_that_raises_is_named_not_a_type_or_the_archive_format(
+        conn, schema, store, temp_dir, kind, on_conflict):
+    """A user restores a day into a table of theirs (``into="existing"``) whose own expression raises a data
+    error on the archived rows: a CHECK constraint ``CHECK (100 / (id - 3) <> 7)``, a column the target
+    computes itself (``GENERATED ALWAYS AS (100 / (id - 3)) STORED``, not an archived column) or a column
+    DEFAULT that fails; the archived row id=3 (or every row) makes it divide by zero. Nothing is restored,
+    rightly, but with ``on_conflict="fail"`` the restore says "a type of tg as this database defines it refuses
+    it (an enum lacking one of the archived labels ...)", remedy "ALTER TYPE ... ADD VALUE, or restore into a
+    table whose column has the type's base type or text", and with ``"skip"`` "a value in the day cannot be read
+    or converted", remedy "fix the offending rows, or archive the table in a format that keeps the value as
+    text": archive-time advice; neither names the constraint, the generated column or the default that
+    raised. It should name the target's expression as the cause (its CHECK constraint / generated column /
+    default) and say to restore into a new table or change that expression, as a raising trigger is named
+    (``_load``'s ArchiveCorruptError branch reads any DataError as a type refusing a value; the stage path's
+    INSERT error reaches ``classify``'s source-side wording)."""
+    spec = _archived(conn, schema, store, temp_dir)
+    ddl, named = _RAISING_TARGETS[kind]
+    conn.execute(sql.SQL(ddl).format(s=sql.Identifier(schema)))
+    if on_conflict == "skip":
+        conn.execute(sql.SQL("CREATE UNIQUE INDEX ON {}.tg (id)").format(sql.Identifier(schema)))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.tg", on_conflict=on_conflict,
+                    temp_dir=temp_dir)
+    said = f"{caught.value} / remedy: {caught.value.remedy}"
+    assert _count(conn, schema, "tg") == 0, said
+    assert "ALTER TYPE" not in said and "archive the table in a format" not in said, said
+    assert any(word in str(caught.value) for word in named), said
