@@ -53,3 +53,60 @@ def test_a_views_table_truncated_right_after_the_snapshot_is_not_archived_as_an_
         return
     # Now: green, rows 0, empty; the view shows 3 rows of the day before and after.
     assert (result.rows, result.empty) == (3, False), result
+
+
+def _loopback_foreign_table(conn, schema: str) -> None:
+    """``far``: a postgres_fdw foreign table over ``far_src`` of this very database (skipped where the extension
+    is not available), 3 rows of the day."""
+    if not conn.execute("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'postgres_fdw')").fetchone()[0]:
+        pytest.skip("postgres_fdw is not installed on this server")
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.far_src (id int, at date, body text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.far_src SELECT g, %s, 'original' FROM generate_series(1, 3) g").format(s),
+                 (DAY,))
+    server = sql.Identifier(f"{schema}_loop")
+    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA {}").format(s))
+    conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, dbname {})"
+                         ).format(server, sql.Literal(conn.info.host), sql.Literal(str(conn.info.port)),
+                                  sql.Literal(conn.info.dbname)))
+    conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS (user {})").format(
+        server, sql.Literal(conn.info.user)))
+    conn.execute(sql.SQL("CREATE FOREIGN TABLE {}.far (id int, at date, body text) SERVER {} OPTIONS (schema_name {}, "
+                         "table_name 'far_src')").format(s, server, sql.Literal(schema)))
+
+
+def test_a_foreign_table_archived_as_parquet_is_read_in_the_fingerprints_remote_snapshot(pg, conn, schema, store,
+                                                                                        temp_dir, monkeypatch):
+    """A foreign table (postgres_fdw) archived as Parquet. A day read from a foreign table is fingerprinted
+    first, on the archive's own session, so that the fingerprint and the read share one remote transaction
+    (test_hunt_parallel2). But Parquet reads on a second connection (ADBC) that imports only the local
+    snapshot: postgres_fdw opens a remote transaction of its own there, with a later remote snapshot. A row
+    updated on the remote side in between (here: committed just before ADBC connects) is archived as
+    updated while the manifest records the fingerprint of the row as it was: the run is green, and its
+    object is not the day its manifest describes (every restore and proof of it then fails as "altered").
+    Should: the object holds the fingerprinted rows, or the run fails retryable."""
+    from archive_pipeline.core.formats import parquet
+    from archive_pipeline.core.restore import restore_day
+
+    _loopback_foreign_table(conn, schema)
+    original = parquet._adbc_connect
+
+    def remote_row_updated_first(*args, **kwargs):  # another session, after the fingerprint, before the read
+        with pg.connect() as other:
+            other.execute(sql.SQL("UPDATE {} SET body = 'changed' WHERE id = 2").format(
+                sql.Identifier(schema, "far_src")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(parquet, "_adbc_connect", remote_row_updated_first)
+    spec = TableSpec(name=f"{schema}.far", day_column="at", start_date=DAY, format="parquet", compression="zstd",
+                     partitioning={"mode": "column"})
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert exc.retryable, str(exc)
+        return
+    monkeypatch.undo()
+    # Now: green; the object holds 'changed', the manifest's fingerprint is of 'original', so a restore of the
+    # day into a new table is rolled back ("the archive does not hold the rows it was proven to hold").
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.far_back", temp_dir=temp_dir)
+    assert restored.fingerprint_checked, restored
