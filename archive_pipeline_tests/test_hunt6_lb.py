@@ -110,3 +110,43 @@ def test_a_foreign_table_archived_as_parquet_is_read_in_the_fingerprints_remote_
     # day into a new table is rolled back ("the archive does not hold the rows it was proven to hold").
     restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.far_back", temp_dir=temp_dir)
     assert restored.fingerprint_checked, restored
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_an_enum_label_renamed_between_the_fingerprint_and_the_read_is_not_archived_green(pg, conn, schema, store,
+                                                                                         temp_dir, monkeypatch, fmt):
+    """A user renames an enum label (`ALTER TYPE status RENAME VALUE 'pending' TO 'waiting'`) while a day of a
+    table with such a column is being archived: after the snapshot's fingerprint, before the rows are read.
+    Labels are catalog rows, which PostgreSQL does not read in the run's REPEATABLE READ snapshot: the
+    fingerprint hashed 'pending', the read (a new statement, or ADBC's new session for Parquet) writes
+    'waiting'. The run is green, yet its object does not hold the rows its manifest's fingerprint describes:
+    every restore of the day is rolled back as "altered", and deep verification fails it. Should: the run
+    fails retryable (the column's type changed under the read, as for a retyped column), or archives what it
+    fingerprinted; never a green archive that contradicts its own manifest."""
+    from archive_pipeline.core import archive
+    from archive_pipeline.core.restore import restore_day
+
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.status AS ENUM ('new', 'pending', 'done')")
+    conn.execute(f"CREATE TABLE {s}.jobs (id int, at timestamptz, state {s}.status)")
+    conn.execute(f"INSERT INTO {s}.jobs SELECT g, '2024-03-10 01:00+00', 'pending' FROM generate_series(1, 5) g")
+    original = archive.write_day
+
+    def renamed_first(*args, **kwargs):  # another session, after the fingerprint, before the read
+        with pg.connect() as other:
+            other.execute(f"ALTER TYPE {s}.status RENAME VALUE 'pending' TO 'waiting'")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "write_day", renamed_first)
+    spec = TableSpec(name=f"{schema}.jobs", day_column="at", start_date=DAY, format=fmt, compression="zstd",
+                     partitioning={"mode": "column"})
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert exc.retryable, str(exc)
+        return
+    monkeypatch.undo()
+    # Now: green; the manifest's fingerprint hashes 'pending', the object holds 'waiting': the restore into a new
+    # table (the labels as they are now) is rolled back, "the archive does not hold the rows it was proven to hold".
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.jobs_back", temp_dir=temp_dir)
+    assert restored.fingerprint_checked, restored
