@@ -17,7 +17,7 @@ DAY = dt.date(2024, 3, 10)
 
 @pytest.mark.parametrize("change", ["TRUNCATE {base}", "ALTER TABLE {base} ALTER COLUMN amount TYPE float8",
                                     "ALTER TABLE {base} DETACH PARTITION {day}"])
-def test_a_views_table_truncated_right_after_the_snapshot_is_not_archived_as_an_empty_day(pg, conn, schema, store,
+def test_a_views_base_table_rewritten_right_after_the_snapshot_is_not_archived_as_an_empty_day(pg, conn, schema, store,
                                                                                          monkeypatch, change):
     """A configured table that is a view (`CREATE VIEW ev AS SELECT id, at FROM ev_base`, ev_base partitioned
     by day): the run's snapshot is taken by its first statement, the base table is locked only by the first
