@@ -65,8 +65,8 @@ from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snap
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, hold_day, \
-    primary_key, read_snapshot, reads_foreign_tables, same_members, server_identity
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, enum_labels, estimated_rows, \
+    hold_day, primary_key, read_snapshot, reads_foreign_tables, same_enum_labels, same_members, server_identity
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
@@ -286,6 +286,7 @@ class _Archiving:
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
                     hold_day(self.conn, table, where)
+                    labels = enum_labels(self.conn, table)
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
@@ -343,6 +344,7 @@ class _Archiving:
                             upload.abort()
                             upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
+                same_enum_labels(self.conn, table, labels)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
                 upload, published = None, stored.key if stored is not None else None
@@ -479,6 +481,15 @@ class _Archiving:
         def write() -> WriteStats:
             return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)
 
+        if fmt.reads_in_own_session and reads_foreign_tables(self.conn, table, where):
+            # the reader's session sees the foreign rows in a remote transaction of its own, later than this
+            # session's: the fingerprint that describes what it reads is taken there (one taken first decided
+            # only whether to read; the remote rows may have changed since)
+            log.info("%s %s: fingerprinting in the reader's session: the day reads a foreign table", self.spec.name,
+                     self.day)
+            extraction.fingerprint_in_reader = True
+            stats = write()
+            return stats, extraction.fingerprint, extraction.fingerprint_seconds
         if fp is None and free - readers < 1:  # no room for a fingerprint session beside the readers
             log.info("%s %s: fingerprinting before the read: %d free session(s), %d reader(s)", self.spec.name,
                      self.day, free, readers)

@@ -212,7 +212,7 @@ INNER_TYPES = (*sorted(WRITE_ONLY_TYPES), "regproc", "regoper")
 # A composite cannot contain itself (PostgreSQL refuses it), so the walk ends; the depth bound is a guard.
 # The route's steps are joined here, not in SQL: the statement stays ASCII, which a database whose encoding
 # has no arrow (LATIN1) can read (an arrow in it failed every archive there: UntranslatableCharacter).
-_INNER_QUERY = """
+_TYPE_WALK = """
 WITH RECURSIVE walk(attnum, oid, steps, route, depth) AS (
     SELECT a.attnum, a.atttypid, ARRAY[]::text[], ARRAY[pg_catalog.format_type(a.atttypid, NULL)], 0
     FROM pg_catalog.pg_attribute a
@@ -235,11 +235,17 @@ WITH RECURSIVE walk(attnum, oid, steps, route, depth) AS (
         {multirange}
     ) AS c(oid, step, label)
     WHERE w.depth < 64
-)
+)"""
+_INNER_QUERY = _TYPE_WALK + """
 SELECT w.attnum, t.typname::text, w.steps, w.route
 FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
 WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typname::text = ANY(%(types)s)
 ORDER BY w.attnum, w.depth, w.route
+"""
+# The labels of every enum type inside the columns' types, as the statement's snapshot has them.
+_ENUM_LABELS = _TYPE_WALK + """
+SELECT DISTINCT e.enumtypid, e.oid, e.enumlabel::text FROM walk w JOIN pg_catalog.pg_enum e ON e.enumtypid = w.oid
+ORDER BY 1, 2
 """
 _MULTIRANGE_STEP = """UNION ALL
         SELECT r.rngtypid, 'multirange', 'range ' FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"""
@@ -269,6 +275,38 @@ def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INN
     for attnum, name, steps, route in conn.execute(query, {"oid": oid, "types": list(types)}):
         found.setdefault(attnum, []).append(InnerType(name, tuple(steps), " → ".join(route)))
     return {attnum: tuple(types) for attnum, types in found.items()}
+
+
+EnumLabels = tuple[tuple[int, int, str], ...]
+
+
+def enum_labels(conn: psycopg.Connection, table: SourceTable) -> EnumLabels:
+    """The labels of the enum types inside the day's columns, as ``conn``'s snapshot has them (see
+    :func:`same_enum_labels`)."""
+    if table.oid is None:
+        return ()
+    query = _ENUM_LABELS.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
+    return tuple(conn.execute(query, {"oid": table.oid}).fetchall())
+
+
+def same_enum_labels(conn: psycopg.Connection, table: SourceTable, labels: EnumLabels) -> None:
+    """Fail (retryable) if an enum label of the day's columns was renamed since the snapshot that read
+    ``labels``. Asked once the rows are read, in a new statement outside that snapshot. A value prints its
+    label through the catalog as committed when the statement runs, not as the snapshot sees it, so a
+    RENAME VALUE committed during a run made the fingerprint print the old label and the read the new one
+    (or the other way round): a green archive whose rows its own manifest did not describe."""
+    if not labels:
+        return
+    types = sorted({oid for oid, _, _ in labels})
+    now = tuple(conn.execute("SELECT enumtypid, oid, enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = "
+                             "ANY(%s) ORDER BY 1, 2", (types,)).fetchall())
+    if {(oid, label) for _, oid, label in now} >= {(oid, label) for _, oid, label in labels}:
+        return  # (a label added meanwhile prints no value the day held)
+    raise SourceError(f"an enum label of {table.qualified}'s columns was renamed (ALTER TYPE ... RENAME VALUE) "
+                      "while the day was read: its fingerprint and its rows may print different labels; nothing "
+                      "was published", retryable=True, cause="an enum label was renamed during the run",
+                      remedy="retried automatically (the retry reads the labels as they are then); rename enum "
+                             "labels outside the table's archive runs")
 
 
 def unquoted_hint(schema: str, name: str) -> str:
@@ -778,7 +816,7 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     renamed or added, or the table renamed or replaced (a new table renamed into its place, whose rows
     the snapshot cannot see) in between would read other columns than those described, or none."""
     _same_relation(conn, table, where)  # its first query takes the day's locks
-    found = conn.execute(_CHANGED_SINCE_SNAPSHOT, (table.identifier.as_string(conn),)).fetchall()
+    found = conn.execute(_CHANGED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn)}).fetchall()
     read = _relations_read(conn, table, where) if found else set()
     changed = [relation_name(schema, name) for schema, name, gone in found
                if gone or ((schema, name) in read and not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})")
@@ -961,10 +999,22 @@ def _relations_read(conn: psycopg.Connection, table: SourceTable, where: sql.Com
 
 # Every relation of the table's tree as the snapshot sees it whose file is no longer the one the
 # snapshot sees (NULL: the relation is gone). Partitioned tables have no file of their own.
+# The relation and, where it is a view, every relation it reads, through views in views (their rewrite rules'
+# dependencies): a TRUNCATE or DETACH of a view's base table is what the snapshot does not isolate.
+_ROOTS = """
+roots(oid) AS (
+    SELECT %(rel)s::pg_catalog.regclass::pg_catalog.oid
+    UNION
+    SELECT d.refobjid FROM roots JOIN pg_catalog.pg_class v ON v.oid = roots.oid AND v.relkind = 'v'
+    JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> v.oid AND d.deptype = 'n')"""
+
 _CHANGED_SINCE_SNAPSHOT = """
-WITH RECURSIVE tree(oid) AS (
-    SELECT %s::regclass::oid
-    UNION ALL
+WITH RECURSIVE""" + _ROOTS + """,
+tree(oid) AS (
+    SELECT oid FROM roots
+    UNION
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
 SELECT n.nspname, c.relname, pg_catalog.pg_relation_filenode(c.oid) IS NULL
 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -976,15 +1026,15 @@ WHERE c.relkind IN ('r', 'm') AND c.relfilenode IS DISTINCT FROM pg_catalog.pg_r
 # pg_partition_ancestors reads pg_inherits as it is committed (like the planner's partition
 # descriptor), not as the snapshot sees it, and locks nothing.
 _DETACHED_SINCE_SNAPSHOT = """
-WITH RECURSIVE root(oid) AS (SELECT %(rel)s::pg_catalog.regclass::pg_catalog.oid),
-tree(oid) AS (
-    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN root ON i.inhparent = root.oid
-    UNION ALL
-    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
-SELECT n.nspname, c.relname
-FROM tree CROSS JOIN root JOIN pg_catalog.pg_class c ON c.oid = tree.oid
+WITH RECURSIVE""" + _ROOTS + """,
+tree(root, oid) AS (
+    SELECT roots.oid, i.inhrelid FROM pg_catalog.pg_inherits i JOIN roots ON i.inhparent = roots.oid
+    UNION
+    SELECT tree.root, i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT DISTINCT n.nspname, c.relname
+FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relispartition AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(c.oid) a WHERE a.relid = root.oid)
+WHERE c.relispartition AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(c.oid) a WHERE a.relid = tree.root)
 """
 
 

@@ -79,6 +79,12 @@ class Extraction:
     # stream has ended, so its buffers (libpq's grows to the largest row and never shrinks) are freed
     # before that row is written.
     expected_rows: int | None = None
+    # Set by the archive for a format whose reader is a session of its own (Parquet's ADBC) when the day reads a
+    # foreign table: postgres_fdw gives each session its own remote transaction, so only the reader's session sees
+    # the remote rows it reads; it takes the day's fingerprint there (``fingerprint``, ``fingerprint_seconds``).
+    fingerprint_in_reader: bool = False
+    fingerprint: object | None = None
+    fingerprint_seconds: float = 0.0
     _last_report: float = field(default_factory=time.monotonic)
 
     def report(self, stats: WriteStats) -> None:
@@ -460,6 +466,7 @@ class Format(Protocol):
     extension: str
     content_type: str
     compresses_internally: bool
+    reads_in_own_session: bool  # the rows are read by another session than the archive's (see Extraction)
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
@@ -476,6 +483,7 @@ class CopyFormat:
     extension: str
     content_type: str
     compresses_internally = False
+    reads_in_own_session = False
     # whether the COPY writes JSON, where a text value's escaping (\u00XX per control character) may make
     # its row's message six times its size: big text values then take big_values' sliced path as bytea's do
     json_text = False

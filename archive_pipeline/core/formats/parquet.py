@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import psycopg
@@ -40,6 +41,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archive_pipeline import __version__
+from archive_pipeline.core import fingerprint
 from archive_pipeline.core.errors import UnsupportedTypeError
 from archive_pipeline.core.formats.big_values import holding_big_values
 from archive_pipeline.core.formats.common import REFUSALS as COPY_REFUSALS
@@ -460,6 +462,23 @@ def _may_be_value_failure(exc: BaseException) -> bool:
     return ("error:" in text or "readrecord failed" in text) and not any(w in text for w in _TRANSIENT_WORDS)
 
 
+def _fingerprint_here(cur, extraction: Extraction) -> None:
+    """The day's fingerprint in the reader's own transaction (see ``Extraction.fingerprint_in_reader``), under
+    the fingerprint's settings in a savepoint whose rollback restores the read's (postgres_fdw keeps its remote
+    transaction, and so its snapshot, across a savepoint's rollback)."""
+    conn, table = extraction.conn, extraction.table
+    started = time.perf_counter()
+    cur.execute("SAVEPOINT archive_fingerprint")
+    apply_settings(lambda statement: cur.execute(statement.as_string(conn)), fingerprint.CANONICAL_SETTINGS)
+    cur.execute(fingerprint.fingerprint_query(table.identifier, table.columns, extraction.where,
+                                              encoding=fingerprint.server_encoding(conn)).as_string(conn))
+    rows, hash_sum = cur.fetchone()
+    cur.execute("ROLLBACK TO SAVEPOINT archive_fingerprint")
+    extraction.fingerprint = fingerprint.Fingerprint(rows=int(rows), hash_sum=str(hash_sum))
+    extraction.fingerprint_seconds = time.perf_counter() - started
+    extraction.expected_rows = extraction.fingerprint.rows
+
+
 def _adbc_connect(adbc, dsn: str, pinned: dict[str, str]):
     """ADBC's connection, with ``pinned`` (:func:`~archive_pipeline.core.session_settings.unpinned_defaults`)
     set from its start (libpq ``options``, after the DSN's own): ADBC reads every type's receive function by
@@ -498,6 +517,7 @@ class Parquet:
     extension = "parquet"
     content_type = "application/vnd.apache.parquet"
     compresses_internally = True
+    reads_in_own_session = True  # ADBC's connection, which imports the archive's snapshot
 
     def __init__(self, compression: str = "zstd", level: int | None = None) -> None:
         self.compression = compression
@@ -527,6 +547,8 @@ class Parquet:
             # it does not sit idle in transaction for the whole read (idle_in_transaction_session_timeout).
             extraction.snapshot.release()
             apply_settings(lambda statement: cur.execute(statement.as_string(extraction.conn)), extraction.settings)
+            if extraction.fingerprint_in_reader:
+                _fingerprint_here(cur, extraction)
             cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
             return conn, cur, cur.fetch_record_batch()
         except BaseException:
