@@ -32,19 +32,26 @@ class _ListingHandler(fault_proxy._Handler):
     def _handle(self) -> None:
         proxy = self.server.proxy
         split = urllib.parse.urlsplit(self.path)
-        self._page = None
+        self._page = self._upload_page = None
         if self.command == "GET" and "list-type=2" in split.query and proxy.page_size:
             query = re.sub(r"(^|&)max-keys=\d+", "", split.query) + f"&max-keys={proxy.page_size}"
             self.path = urllib.parse.urlunsplit(split._replace(query=query))
             with proxy._lock:
                 proxy.pages += 1
                 self._page = proxy.pages
+        elif self.command == "GET" and re.search(r"(^|&)uploads(=|&|$)", split.query):
+            with proxy._lock:
+                proxy.upload_pages += 1
+                self._upload_page = proxy.upload_pages
         super()._handle()
 
     def _answer(self, status, headers, payload, method, rate=None):
         if self._page is not None and status == 200:
             for rewrite in list(self.server.proxy.rewrites):
                 payload = rewrite(self._page, payload)
+        if self._upload_page is not None and status == 200:
+            for rewrite in list(self.server.proxy.upload_rewrites):
+                payload = rewrite(self._upload_page, payload)
         super()._answer(status, headers, payload, method, rate)
 
 
@@ -53,7 +60,9 @@ class ListingProxy(FaultProxy):
         super().__init__(*args, **kwargs)
         self.page_size = page_size
         self.pages = 0
-        self.rewrites: list = []
+        self.rewrites: list = []  # ListObjectsV2 answers
+        self.upload_pages = 0
+        self.upload_rewrites: list = []  # ListMultipartUploads answers
 
     def start(self) -> ListingProxy:
         self._server = fault_proxy._Server(("127.0.0.1", 0), _ListingHandler)
@@ -107,3 +116,41 @@ def test_listing_page_that_says_truncated_without_a_continuation_token_does_not_
         assert proxy.pages >= 2, "the listing was not paged (test's premise)"
     missing = [day for day, lookup in found.items() if lookup.archived is None]
     assert missing == [], f"archived days reported as missing after a listing page without its token: {missing}"
+
+
+def test_upload_listing_cut_short_without_its_markers_does_not_delete_the_upload_marker(
+        s3, conn, five_days, store, bucket, s3_client):
+    """A killed run left two multipart uploads of a day's next generation and the day's upload marker.
+    The next run sees the marker and lists the day's uploads; the store's (or a gateway's) answer is cut
+    short: it shows the first upload and IsTruncated=true, but no NextKeyMarker/NextUploadIdMarker to go
+    on with. botocore's paginator stops there; the run aborts the one upload it saw, counts the listing as
+    settled and deletes the marker, so the second upload stays forever (its parts billed) and no later
+    run ever looks for it (nothing half written or left behind). A page that says more follows but
+    gives no way to it should count as a failed listing: the marker stays for the next run (or the
+    listing is done again), and no upload is left without a marker."""
+    spec = five_days
+    day = DAYS[0]
+    first = archive_partition(conn, spec, day, store)
+    stale_key = first.key.replace(".jsonl", ".g2.jsonl")
+    for _ in range(2):
+        s3_client.create_multipart_upload(Bucket=bucket, Key=stale_key)
+    s3_client.put_object(Bucket=bucket, Key=first.key + ".uploading", Body=b"x")
+
+    def cut_after_first(page: int, body: bytes) -> bytes:
+        if page != 1:
+            return body
+        uploads = re.findall(rb"<Upload>.*?</Upload>", body, flags=re.S)
+        assert len(uploads) == 2, body  # (test's premise)
+        body = body.replace(uploads[1], b"", 1)
+        body = re.sub(rb"<IsTruncated>false</IsTruncated>", b"<IsTruncated>true</IsTruncated>", body)
+        return re.sub(rb"<Next(KeyMarker|UploadIdMarker)>[^<]*</Next\1>|<Next(KeyMarker|UploadIdMarker)\s*/>", b"",
+                      body)
+
+    with ListingProxy(s3.endpoint_url, page_size=0) as proxy:
+        proxy.upload_rewrites.append(cut_after_first)
+        assert archive_partition(conn, spec, day, _store(proxy.client(max_attempts=1), bucket)).skipped
+        assert proxy.upload_pages >= 1, "the run did not list the uploads (test's premise)"
+    left = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    marker_kept = "Contents" in s3_client.list_objects_v2(Bucket=bucket, Prefix=first.key + ".uploading")
+    assert not left or marker_kept, (f"{len(left)} multipart upload(s) of {stale_key} left behind and the day's "
+                                     "upload marker deleted: no run will look for them again")
