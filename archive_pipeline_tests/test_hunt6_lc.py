@@ -154,3 +154,42 @@ def test_upload_listing_cut_short_without_its_markers_does_not_delete_the_upload
     marker_kept = "Contents" in s3_client.list_objects_v2(Bucket=bucket, Prefix=first.key + ".uploading")
     assert not left or marker_kept, (f"{len(left)} multipart upload(s) of {stale_key} left behind and the day's "
                                      "upload marker deleted: no run will look for them again")
+
+
+def test_listing_that_hands_back_the_token_it_was_given_is_a_failed_listing_not_a_misconfigured_client(
+        s3, conn, five_days, store, bucket):
+    """A re-run of an archived day lists the day's keys first. The store's second listing page hands back,
+    as its NextContinuationToken, the very token it was asked with (a page repeated by a caching gateway,
+    a store's listing loop): botocore's paginator raises PaginationError ("The same next token was
+    received twice"). The run fails NOT retried, blaming our configuration: "the object store client is
+    misconfigured (region, endpoint or parameters) ... to fix: check ARCHIVE_S3_REGION and
+    ARCHIVE_S3_ENDPOINT_URL", neither of which is wrong. It is the store's answer that is not a
+    listing, like a page out of order or shorter than its KeyCount (which the store refuses as a
+    retryable failed read, "the store's answer was not a listing"): it should be reported so, naming
+    table and day, retryable, without sending the user to the region and endpoint settings."""
+    spec = five_days
+    day = DAYS[0]
+    archive_partition(conn, spec, day, store)
+
+    given: list[bytes] = []
+
+    def echo_token(page: int, body: bytes) -> bytes:
+        if page == 1:
+            given.extend(re.findall(rb"<NextContinuationToken>([^<]*)</NextContinuationToken>", body))
+        if page != 2 or not given:
+            return body
+        body = re.sub(rb"<IsTruncated>false</IsTruncated>", b"<IsTruncated>true</IsTruncated>", body)
+        body = re.sub(rb"<NextContinuationToken>[^<]*</NextContinuationToken>", b"", body)
+        return body.replace(b"</IsTruncated>", b"</IsTruncated><NextContinuationToken>" + given[0]
+                            + b"</NextContinuationToken>", 1)
+
+    with ListingProxy(s3.endpoint_url, page_size=1) as proxy:
+        proxy.rewrites.append(echo_token)
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, spec, day, _store(proxy.client(max_attempts=1), bucket))
+        assert proxy.pages >= 2, "the listing was not paged (test's premise)"
+    error = caught.value
+    assert "PaginationError" in str(error), error  # (test's premise: the loop was seen)
+    assert (error.table, error.day) == (spec.name, day.isoformat()), error
+    assert error.retryable, f"a listing that loops is a failed read of the store's, reported not retryable: {error}"
+    assert "ARCHIVE_S3_REGION" not in str(error) and "misconfigured" not in str(error), error
