@@ -193,3 +193,48 @@ def test_listing_that_hands_back_the_token_it_was_given_is_a_failed_listing_not_
     assert (error.table, error.day) == (spec.name, day.isoformat()), error
     assert error.retryable, f"a listing that loops is a failed read of the store's, reported not retryable: {error}"
     assert "ARCHIVE_S3_REGION" not in str(error) and "misconfigured" not in str(error), error
+
+
+# =====================================================================================================
+# Object reads: a multipart object (its ETag is no MD5) corrupted on the way, differently each time
+# =====================================================================================================
+
+@pytest.fixture
+def big_day(conn, schema):
+    """One day whose CSV object (no compression) is over 5 MiB: uploaded in parts, so its ETag is no MD5."""
+    conn.execute(f'CREATE TABLE "{schema}".big (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, '
+                 "payload text NOT NULL)")
+    conn.execute(f'INSERT INTO "{schema}".big SELECT g, timestamptz \'2024-03-10 00:00:00+00\' + g * interval '
+                 "'1 second', repeat(md5(g::text), 24) FROM generate_series(1, 7000) g")
+    conn.commit()
+    return TableSpec(name=f"{schema}.big", day_column="created_at", start_date=DAYS[0], format="csv",
+                     compression="none")
+
+
+def test_restore_of_a_multipart_object_corrupted_differently_on_each_download_is_no_damaged_archive(
+        s3, conn, big_day, store, bucket, temp_dir):
+    """Restoring a day whose object was uploaded in parts (its ETag is no MD5, so only the manifest's MD5
+    can catch a byte flipped on the way). The network flips a byte of the first download and another
+    byte of the second: two downloads that disagree with each other say the way is at fault, not the
+    store, and deep verification reports exactly that (a retryable DownloadError, no verdict). The
+    restore instead raises ArchiveCorruptError, "the archive ... does not match ... (corrupted in transit
+    or damaged in the store; if it repeats, the stored object is damaged)", after the second download
+    merely differed too: a damaged-archive error for an intact archive. It should be a RestoreError
+    that is not ArchiveCorruptError (the download failed), retryable, as deep verification decides."""
+    from archive_pipeline.core.restore import ArchiveCorruptError, RestoreError, restore_day
+    from archive_pipeline_tests.fault_proxy import Fault
+
+    spec = big_day
+    result = archive_partition(conn, spec, DAYS[0], store)
+    assert result.parts > 1, "the object was not uploaded in parts (test's premise)"
+    obj = rf"/{DAYS[0]}\.csv$"
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=obj, action="flip_response_byte", offset=1000, times=1))
+        proxy.add(Fault(method="GET", path=obj, action="flip_response_byte", offset=2000, times=1))
+        with pytest.raises(RestoreError) as caught:
+            restore_day(conn, _store(proxy.client(max_attempts=1), bucket), spec, DAYS[0], into="new",
+                        target=f"{spec.schema_name}.big_restored", temp_dir=temp_dir)
+        assert len(proxy.requests(method="GET", path=obj)) == 2
+    assert not isinstance(caught.value, ArchiveCorruptError), \
+        f"two downloads that differ from each other were taken for a damaged archive: {caught.value!r}"
+    assert caught.value.retryable
