@@ -238,3 +238,44 @@ def test_restore_of_a_multipart_object_corrupted_differently_on_each_download_is
     assert not isinstance(caught.value, ArchiveCorruptError), \
         f"two downloads that differ from each other were taken for a damaged archive: {caught.value!r}"
     assert caught.value.retryable
+
+
+# =====================================================================================================
+# Secrets in what a failed upload listing logs
+# =====================================================================================================
+
+def test_a_failed_listing_of_a_killed_runs_uploads_logs_no_credentials_of_the_endpoint(
+        s3, conn, five_days, store, bucket, s3_client, caplog):
+    """An S3Store built in code (archive_partition's API) whose endpoint carries a user and secret
+    (http://AKID:<secret>@host: botocore quotes that URL whole in every error). A killed run left an
+    upload marker beside a day; the next run sees it and lists the day's multipart uploads, and the
+    connection is reset. The run goes on (leftovers cost storage), logging a warning; the store's own
+    warnings redact botocore's text (_said), but this one is logged with exc_info=True: the whole
+    traceback, whose ConnectionClosedError quotes the endpoint URL with the secret, lands in the log.
+    No secret may reach a message or a log line."""
+    import logging
+
+    import boto3
+    from botocore.config import Config
+
+    from archive_pipeline_tests.fault_proxy import Fault
+
+    secret = "Sup3rS3cretV4lue"
+    spec = five_days
+    day = DAYS[0]
+    first = archive_partition(conn, spec, day, store)
+    s3_client.put_object(Bucket=bucket, Key=first.key + ".uploading", Body=b"x")
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", query="uploads", action="reset_before", times=None))
+        port = proxy.url.rsplit(":", 1)[1]
+        client = boto3.client("s3", endpoint_url=f"http://AKID:{secret}@127.0.0.1:{port}", region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing",
+                              config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1,
+                                                                                      "mode": "legacy"}))
+        with caplog.at_level(logging.WARNING):
+            result = archive_partition(conn, spec, day, _store(client, bucket))
+        assert proxy.requests(method="GET", query="uploads"), "the run did not list the uploads (test's premise)"
+    assert result.skipped
+    assert "stale multipart uploads" in caplog.text  # (test's premise: the warning was logged)
+    assert secret not in caplog.text, [r.getMessage() + (r.exc_text or "") for r in caplog.records
+                                       if secret in (r.exc_text or "") + r.getMessage()]
