@@ -29,7 +29,7 @@ from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_of_day, source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
-                                          note_cancelled, wrap)
+                                          note_cancelled, redact, wrap)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -396,9 +396,11 @@ class _Archiving:
         try:
             _, settled = self.store.abort_stale_uploads_under(keys.day_prefix(self.key),
                                                               keys.generation_pattern(self.key))
-        except Exception:  # noqa: BLE001 - see _tidy's docstring
-            log.warning("%s %s: could not list or abort stale multipart uploads; a bucket lifecycle rule "
-                        "(AbortIncompleteMultipartUpload) will remove them", self.spec.name, self.day, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - see _tidy's docstring
+            # the cause, redacted, not a traceback: botocore quotes the endpoint URL, credentials and all
+            log.warning("%s %s: could not list or abort stale multipart uploads (%s); a bucket lifecycle rule "
+                        "(AbortIncompleteMultipartUpload) will remove them", self.spec.name, self.day,
+                        redact(f"{type(exc).__name__}: {exc}"))
             return
         if not settled:  # an upload listed under the day's prefix that is no generation of it: damaged, or
             return       # another table's; the markers stay and the next run looks again

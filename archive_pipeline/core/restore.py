@@ -381,10 +381,20 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
                         raise
                     # a multipart object's ETag is no MD5, so a wrong MD5 may be the way, not the store:
                     # downloaded again, the same wrong MD5 says the stored object is damaged
+                    first_md5 = sink.md5
                     file.seek(0)
                     file.truncate()
                     sink = _HashingWriter(file)
-                    found = _fetch(store, obj, sink)
+                    try:
+                        found = _fetch(store, obj, sink)
+                    except DownloadError as again:
+                        if again.damaged is None and sink.md5 != first_md5:  # two downloads, two digests: the way
+                            raise DownloadError(f"{again.message} (two downloads gave two different wrong digests: "
+                                                "the bytes were corrupted on the way, not in the store)", damaged=False,
+                                                retryable=True, remedy="retried automatically; if it persists, check "
+                                                "the network path to the store", cause="corrupted in transit"
+                                                ) from again
+                        raise
             except DownloadError as exc:
                 if exc.damaged is not False:  # bytes that differ from the manifest's: damaged (or, None, perhaps)
                     raise ArchiveCorruptError(f"the archive of {table} for {day}: {exc}; nothing was loaded",

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, classify, for_operation, is_cancellation, redact
@@ -280,6 +280,30 @@ def _require_in_order(page: dict, contents: list[dict], last: str | None, doing:
                             f"({'keys out of order or repeated' if not ordered else 'KeyCount differs from the keys'}); "
                             "the run will be retried", retryable=True, cause="the store's answer was not a listing",
                             remedy="retried automatically; if it persists, check the network path to the store")
+
+
+def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
+    """The pages of a paginated listing, refusing one that says more follows (IsTruncated) without the
+    ``way_on`` field to fetch it by (botocore's paginator then just stops, and the pages never fetched
+    looked like nothing stored: archived days listed as missing, an upload left without its marker), and
+    a page that hands back the token it was given (botocore's PaginationError, which reads as a client
+    misconfigured): either is an answer that is not a listing, retried."""
+    from botocore.exceptions import PaginationError
+
+    try:
+        for page in pages:
+            if page.get("IsTruncated") and not page.get(way_on):
+                raise DownloadError(f"{doing} failed: a page of the store's listing says more follows but gives no "
+                                    f"{way_on} to fetch it by; the run will be retried", retryable=True,
+                                    cause="the store's answer was not a listing",
+                                    remedy="retried automatically; if it persists, check the network path to the store")
+            yield page
+    except PaginationError as exc:
+        raise DownloadError(f"{doing} failed: the store's listing went round in a loop ({type(exc).__name__}: "
+                            f"{_said(exc)}); the run will be retried", retryable=True,
+                            cause="the store's answer was not a listing",
+                            remedy="retried automatically; if it persists, check the network path to the store"
+                            ) from None
 
 
 def _etag(response: dict) -> str:
@@ -531,7 +555,8 @@ class S3Store:
         doing = f"listing {self.uri(prefix)} (ListObjectsV2)"
         try:
             last = None
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in _pages(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix),
+                               doing, "NextContinuationToken"):
                 _require_listing(page, ("Name", "KeyCount"), doing)
                 contents = page.get("Contents", [])
                 _require_in_order(page, contents, last, doing)
@@ -895,8 +920,11 @@ class S3Store:
     def _uploads_under(self, prefix: str) -> list[dict]:
         """Every open multipart upload whose key starts with ``prefix`` (all pages of the listing)."""
         uploads = []
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
-            _require_listing(page, ("Bucket",), f"listing the uploads under {self.uri(prefix)} (ListMultipartUploads)")
+        doing = f"listing the uploads under {self.uri(prefix)} (ListMultipartUploads)"
+        for page in _pages(self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                          Prefix=prefix),
+                           doing, "NextKeyMarker"):
+            _require_listing(page, ("Bucket",), doing)
             uploads += page.get("Uploads", [])
         return uploads
 
