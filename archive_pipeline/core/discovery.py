@@ -125,6 +125,18 @@ class ChildRange:
         a, b = first.start.date(), last.start.date()
         return (b.year - a.year) * 12 + b.month - a.month + 1 if spec.granularity == "monthly" else (b - a).days + 1
 
+    def overlaps(self, period: Period) -> bool:
+        """True when the child may hold rows of ``period``. A wall-clock child (a ``date`` or ``timestamp`` key)
+        is compared by its labels, as the period's rows are read: where a fall-back night repeats midnight
+        (America/Havana), the server reads the bound '2024-11-03 00:00' as its second occurrence, an hour
+        after the day's first instant, and the day before's child seemed to reach into the day."""
+        if self.wall_clock and not self.expression and self.start is not None and self.end is not None:
+            zone = period.start.tzinfo
+            first, last = period.wall_bounds
+            return (self.start.astimezone(zone).replace(tzinfo=None) < last
+                    and self.end.astimezone(zone).replace(tzinfo=None) > first)
+        return (self.start is None or self.start < period.utc_end) and (self.end is None or self.end > period.utc_start)
+
     def is_period(self, period: Period) -> bool:
         """True when the child holds exactly ``period`` (it can be detached or dropped as the period). A
         wall-clock child is compared by its labels too: the hour before a fall-back night's repeated hour,
@@ -513,9 +525,7 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
 def day_children(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> list[ChildRange]:
     """Declarative mode: the child partitions whose range overlaps the period."""
     day = spec.period(day)
-    start, end = day.utc_start, day.utc_end
-    return [c for c in child_ranges(conn, spec)
-            if (c.start is None or c.start < end) and (c.end is None or c.end > start)]
+    return [c for c in child_ranges(conn, spec) if c.overlaps(day)]
 
 
 def day_table_parents(conn: psycopg.Connection, spec: TableSpec, table: SourceTable) -> list[dict] | None:
