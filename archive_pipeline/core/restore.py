@@ -672,6 +672,25 @@ def _exists(conn: psycopg.Connection, relation: Relation) -> bool:
         "WHERE n.nspname = %s AND c.relname = %s", relation).fetchone() is not None
 
 
+_TABLE_KINDS = frozenset("rpf")  # what rows are restored into: a table, a partitioned table, a foreign table
+_KIND_WORDS = {"r": "a table", "p": "a partitioned table", "f": "a foreign table", "v": "a view",
+               "m": "a materialized view", "S": "a sequence", "i": "an index", "I": "a partitioned index",
+               "c": "a composite type", "t": "a type (an enum, a domain or another)"}
+
+
+def _kind(conn: psycopg.Connection, relation: Relation) -> str | None:
+    """What ``relation``'s name is in its schema: a relation's relkind, ``t`` for a type that is no relation's
+    row type (an enum, a domain: they share the namespace of tables' row types), or None (free)."""
+    found = conn.execute(
+        "SELECT c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s UNION ALL "
+        "SELECT 't' FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
+        "WHERE n.nspname = %s AND t.typname = %s AND t.typrelid = 0 "
+        "AND NOT EXISTS (SELECT FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)",  # (an array type is moved aside)
+        (*relation, *relation)).fetchone()
+    return found[0] if found else None
+
+
 def _is_partition(conn: psycopg.Connection, relation: Relation) -> bool:
     return bool(conn.execute(
         "SELECT c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
@@ -806,14 +825,27 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
     if into == "new":
         if target is None:
             raise RestoreError("restoring into a new table needs its name (target='schema.table')")
-        if _exists(conn, target):
+        kind = _kind(conn, target)
+        if kind in _TABLE_KINDS:
             raise RestoreError(f"{target} already exists; restore into it with into='existing', or choose a new name")
+        if kind is not None:  # a type shares a table's name (its row type): CREATE TABLE would be refused
+            raise RestoreError(f"{target} is the name of {_KIND_WORDS[kind]} of that schema, not a table: a new table "
+                               "needs a name no table, view, index, sequence or type of the schema has",
+                               remedy="choose another name for the new table (target='schema.other_name')")
         return target, [target]
     if into == "existing":
-        if target is None or not _exists(conn, target):
+        kind = _kind(conn, target) if target is not None else None
+        if kind is None:
             raise RestoreError(f"table {str(target) if target else None!r} does not exist"
                                f"{_lookalike(conn, target) if target else ''}; create it or restore with into='new'",
                                cause=TABLE_MISSING)
+        if kind not in _TABLE_KINDS:
+            view = kind == "v"
+            raise RestoreError(f"the target is not a table: {target} is {_KIND_WORDS[kind]}"
+                               + (" (a view shows what its query selects, not every row inserted through it)"
+                                  if view else ""),
+                               remedy=("restore into the view's base table, or " if view else "restore into a table, or ")
+                               + "into a new one (into='new')")
         return target, []
     if into != "original":
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
