@@ -1082,13 +1082,17 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             target, stage, c=written, o=_overriding(always_identity),
             d=sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict == "skip" else ""))
         added = None
-        if fingerprint_added and on_conflict == "skip":
-            inserted, added = _insert_contained(conn, insert, stage, manifest, relation)
-        elif fingerprint_added:
-            added = _insert_fingerprinted(conn, insert, manifest, relation)
-            inserted = added.rows
-        else:
-            inserted = conn.execute(insert).rowcount
+        try:
+            with conn.transaction():  # (a savepoint: its failure is looked into below, in this transaction)
+                if fingerprint_added and on_conflict == "skip":
+                    inserted, added = _insert_contained(conn, insert, stage, manifest, relation)
+                elif fingerprint_added:
+                    added = _insert_fingerprinted(conn, insert, manifest, relation)
+                    inserted = added.rows
+                else:
+                    inserted = conn.execute(insert).rowcount
+        except psycopg.DataError as exc:  # every archived value went into the stage: the target's own doing
+            raise _own_expression_refused(conn, manifest, relation, exc) from exc
         return rows, inserted, added
     except ArchiveCorruptError as exc:  # the object matched its manifest's MD5: perhaps the target refused it
         drift, remedy = _drift_explained(conn, manifest, relation)
@@ -1096,6 +1100,8 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
         if not drift and not refused:
             raise
+        if not drift and _loads_into_bare_columns(conn, path, manifest, target):
+            raise _own_expression_refused(conn, manifest, relation, exc.__cause__) from exc
         if not drift and isinstance(exc.__cause__, psycopg.errors.StringDataRightTruncation):
             encoding = conn.info.parameter_status("server_encoding")
             if encoding == "SQL_ASCII":
@@ -1311,6 +1317,59 @@ def _target_drift(conn: psycopg.Connection, manifest: dict, relation: Relation,
     return types, [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})]
 
 
+def _loads_into_bare_columns(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> bool:
+    """Whether the archive loads into a temporary table of the target's column types alone (no constraint,
+    default, generated column or trigger of the target's): then a value its load refused was refused by one
+    of the target's own expressions, not by a column's type. Rolled back either way (a savepoint)."""
+    probe = sql.Identifier("pg_temp", f"archive_restore_probe_{os.getpid()}_{next(_names)}")
+
+    class _Loaded(Exception):
+        pass
+
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+                probe, _column_list(manifest_columns(manifest)), target))
+            load_into(conn, path, manifest, probe)
+            raise _Loaded
+    except _Loaded:
+        return True
+    except (ArchiveError, psycopg.Error):
+        return False
+
+
+_OWN_EXPRESSIONS = """
+SELECT 'its CHECK constraint ' || pg_catalog.quote_ident(c.conname) FROM pg_catalog.pg_constraint c
+WHERE c.conrelid = %(rel)s::pg_catalog.regclass AND c.contype = 'c'
+UNION ALL
+SELECT 'its generated column ' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = %(rel)s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
+UNION ALL
+SELECT 'the DEFAULT of its column ' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attrdef d
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+WHERE d.adrelid = %(rel)s::pg_catalog.regclass AND NOT a.attisdropped AND a.attgenerated = ''
+  AND NOT a.attname::text = ANY(%(archived)s)
+"""
+
+
+def _own_expression_refused(conn: psycopg.Connection, manifest: dict, relation: Relation,
+                            exc: BaseException) -> RestoreError:
+    """The error for archived rows that the target's column types accept but one of its own expressions
+    refused as they went in (a CHECK, a generated column, a default of a column the archive lacks, or a
+    trigger): named, with what to do, instead of blaming a type or the archive's format."""
+    with contextlib.suppress(psycopg.Error), conn.transaction():
+        found = [row[0] for row in conn.execute(_OWN_EXPRESSIONS, {"rel": relation.identifier.as_string(conn),
+                                                                   "archived": manifest_columns(manifest)})]
+    hooks = _raising_hooks(conn, exc, relation)
+    named_ = ", ".join([*(f"its {hook}" for hook in hooks), *found]) or "an expression of its own"
+    return RestoreError(f"restoring {manifest['table']} for {manifest['day']}: the archived rows do not load into "
+                        f"{relation} ({type(exc).__name__}: {str(exc).splitlines()[0]}); nothing was restored. Its "
+                        f"column types take every archived value, so the target's own expressions refused a row as "
+                        f"it went in: {named_}", table=manifest["table"], day=manifest["day"],
+                        remedy="restore into a new table (into='new'), or change that expression of the target (or "
+                               "disable it for the restore) and restore again")
+
+
 def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: Relation) -> tuple[str, str | None]:
     """(" <what of the target may have changed or refused the rows>", a remedy), or ("", None)."""
     with conn.transaction():  # (a savepoint: a failing catalog query here must not end the caller's transaction)
@@ -1469,6 +1528,12 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
         drift, remedy = _drift_explained(conn, manifest, relation)
         lossy, lossy_remedy = _inexact_explained(manifest)
         here = conn.info.parameter_status("server_encoding") or ""
+        if skipped and drift:  # rows not inserted, and the target has hooks or other types: those first
+            raise FingerprintMismatchError(
+                f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
+                f"{recorded}; the restore was rolled back. {skipped:,} archived row(s) were not inserted: dropped or "
+                f"changed by what follows, or left out because a row of {relation} already had their key{drift}",
+                table=table, day=day, remedy=remedy)
         if skipped:  # a cause the load counted, named before an altered archive
             raise FingerprintMismatchError(
                 f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
