@@ -5,10 +5,13 @@ exits with is what it did and what the README promises."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from archive_pipeline_tests.test_hunt_cli import DAYS, cli, make_env, small_table, write_config
+from archive_pipeline_tests.test_hunt_cli import DAYS, ROOT, cli, make_env, small_table, write_config
 
 
 @pytest.mark.parametrize(("command", "column"), [("list", "nosuch"), ("archive", "note")])
@@ -29,3 +32,54 @@ def test_a_day_column_that_is_missing_or_not_a_date_is_a_configuration_error_exi
     assert "day_column" in done.stdout + done.stderr, done.stderr
     answer = json.loads(done.stdout)
     assert (done.returncode, answer["exit_code"]) == (2, 2), done.stdout + done.stderr
+
+
+def _closing(fd: int):
+    """A ``preexec_fn`` that starts the command with file descriptor ``fd`` closed (a shell's ``>&-`` or
+    ``2>&-``, as cron lines and service units sometimes have)."""
+    def close() -> None:
+        os.close(fd)
+    return close
+
+
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout", "stderr"])
+def test_archive_with_stdout_or_stderr_closed_still_archives_the_day(pg, s3, bucket, conn, schema, tmp_path,
+                                                                      s3_client, closed):
+    """A cron line `archive-pipeline archive --day D >&- 2>>archive.log` (or `2>&-`) starts the command with
+    stdout (stderr) closed. Python then has no sys.stdout (None), and `_Commands.main` died before running
+    anything: `AttributeError: 'NoneType' object has no attribute 'flush'` (it registers
+    `sys.stdout.flush` / `sys.stderr.flush` callbacks unconditionally), exit 1, which reads as "a day failed";
+    the day was never archived. Output that cannot be shown should go nowhere, as the README says of a pipe
+    closed early, and the command should do its work and keep its own exit code (0 here)."""
+    small_table(conn, schema)
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}]))
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "archive", "--day", DAYS[0].isoformat()],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE if closed == 2 else None,
+                          stderr=subprocess.PIPE if closed == 1 else None, text=True, timeout=60,
+                          preexec_fn=_closing(closed))
+    said = (done.stdout or "") + (done.stderr or "")
+    assert "Traceback" not in said, said
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert any(k.endswith(f"{DAYS[0].isoformat()}.jsonl.zst") for k in keys), (done.returncode, said, keys)
+    assert done.returncode == 0, said
+
+
+def test_a_report_that_cannot_be_written_for_a_full_disk_is_not_called_a_bug_nor_a_traceback(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """`archive-pipeline list --json > /mnt/full/report.json` on a full disk (here /dev/full): writing the answer
+    fails with ENOSPC. The command said "unexpected error (...): OSError: [Errno 28] No space left on device;
+    this is a bug in archive_pipeline: report it", then, writing that error as JSON to the same stdout, died
+    with a second traceback. A full disk is the machine's state, not a bug: it should say that its output could
+    not be written (no space left), without a traceback, with a non-zero exit code."""
+    small_table(conn, schema)
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}]))
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "list", "--day", DAYS[0].isoformat(),
+                               "--json"], env=env, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "this is a bug" not in done.stderr, done.stderr
+    assert "No space left" in done.stderr or "no space left" in done.stderr, done.stderr
