@@ -83,3 +83,27 @@ def test_a_report_that_cannot_be_written_for_a_full_disk_is_not_called_a_bug_nor
     assert "Traceback" not in done.stderr, done.stderr
     assert "this is a bug" not in done.stderr, done.stderr
     assert "No space left" in done.stderr or "no space left" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("args", "dsn", "code"), [
+    (["list", "--day", "2024-99-01"], None, 2),  # a malformed day: usage error
+    (["list", "--day", "2024-03-10"], "postgresql://postgres@127.0.0.1:1/postgres", 3),  # the database is down
+], ids=["usage", "unreachable"])
+def test_stderr_on_a_full_disk_does_not_change_the_exit_code(pg, s3, bucket, conn, schema, tmp_path, args, dsn,
+                                                             code):
+    """A cron line `archive-pipeline list ... 2>>/var/log/archive.log` whose log disk is full (here stderr is
+    /dev/full): the error message cannot be written (ENOSPC), and the command exits 1 with an uncaught
+    OSError instead of its own code, 2 (usage) or 3 (unreachable, retry later). 1 means "differences found or a
+    day failed", so the script alarms about data instead of retrying. The README's exit codes are the contract
+    for scripts; output that cannot be written (a pipe closed early: "the command keeps its own exit code")
+    must not change them. (`_ClosedPipeSafe` takes only BrokenPipeError; `_fail` and `exc.show()` write to
+    stderr and let any other OSError escape.)"""
+    small_table(conn, schema)
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}]))
+    if dsn:
+        env["ARCHIVE_PG_DSN"] = dsn
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=full, text=True, timeout=60)
+    assert done.returncode == code, done.stdout
