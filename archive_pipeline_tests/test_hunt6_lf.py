@@ -107,3 +107,22 @@ def test_stderr_on_a_full_disk_does_not_change_the_exit_code(pg, s3, bucket, con
         done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=full, text=True, timeout=60)
     assert done.returncode == code, done.stdout
+
+
+@pytest.mark.parametrize(("first", "last"), [("2024-03-11", "2024-03"), ("2024-03-11-05:00", "2024-03-11")])
+def test_a_range_ending_with_a_longer_period_that_holds_its_start_is_not_refused_as_reversed(
+        pg, s3, bucket, conn, schema, tmp_path, first, last):
+    """`--to` takes "the last day, hour or month of a range", and `--day 2024-03` (or `--from 2024-03-01 --to
+    2024-03`) selects every day of March. A user who wants the rest of March from the 11th writes `list --from
+    2024-03-11 --to 2024-03`; one who names an hour to begin with writes `--from 2024-03-11-05:00 --to
+    2024-03-11`. Both were refused as a usage error: "--from 2024-03-11 is after --to 2024-03". The range
+    [start of --from, end of --to] is not empty: it holds 2024-03-11 and 2024-03-12 (first case) and
+    2024-03-11 (second), which is what `select_days` itself selects. (`plan.reversed_range` compares the start
+    of --from with the *start* of --to, where select_days reads --to up to its end.)"""
+    small_table(conn, schema)
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}]))
+    done = cli(env, "list", "--from", first, "--to", last, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    wanted = ["2024-03-11", "2024-03-12"] if last == "2024-03" else ["2024-03-11"]
+    assert [d["day"] for d in json.loads(done.stdout)["days"]] == wanted
