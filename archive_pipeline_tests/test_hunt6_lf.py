@@ -4,6 +4,7 @@ exits with is what it did and what the README promises."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 
+from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.test_hunt_cli import DAYS, ROOT, cli, make_env, small_table, write_config
 
 
@@ -126,3 +128,22 @@ def test_a_range_ending_with_a_longer_period_that_holds_its_start_is_not_refused
     assert done.returncode == 0, done.stdout + done.stderr
     wanted = ["2024-03-11", "2024-03-12"] if last == "2024-03" else ["2024-03-11"]
     assert [d["day"] for d in json.loads(done.stdout)["days"]] == wanted
+
+
+def test_this_month_selects_its_ended_days_of_a_daily_table(pg, s3, bucket, conn, schema, tmp_path):
+    """On 2026-12-04 a user archives what December has so far of a daily table: `archive --day 2026-12` (or
+    `--from 2026-11-28 --to 2026-12`). Refused as a usage error: "2026-12 is this month or later (UTC): a month is
+    archived once it has ended". That is true of a monthly table, not of a daily one, whose December 1..3 have
+    ended and are archived day by day; `--day` takes a month to mean "the table's periods that overlap it",
+    and the README refuses a selection whose period has not ended only "when no chosen table has a period in
+    it". (`cli._not_over` refuses every month from this one on, whatever the tables' granularity.)"""
+    today = utc_today()
+    if today.day == 1:
+        pytest.skip("on the 1st no day of this month has ended yet")
+    yesterday = today - dt.timedelta(days=1)
+    small_table(conn, schema, days=[yesterday])
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": yesterday.isoformat()}]))
+    done = cli(env, "archive", "--day", f"{today:%Y-%m}", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(d["day"], d["status"]) for d in json.loads(done.stdout)["days"]] == [(yesterday.isoformat(), "archived")]
