@@ -253,13 +253,15 @@ class PeriodArg(click.ParamType):
 
 
 def _not_over(text: str, now: dt.datetime) -> str | None:
-    """Why ``text`` cannot have ended yet (a day: today or later, UTC; a month: this one or later)."""
+    """Why ``text`` cannot have ended yet (a day: today or later, UTC; a month: a later one than this). This
+    month is no refusal: a daily table's ended days of it are selected (a monthly table's month is not, and the
+    selection says so; see ``Run.days``)."""
     today = now.date()
     if len(text) == 10 and text >= today.isoformat():
         return (f"{text} is today or later (UTC): a day is archived once it has ended; the last complete day "
                 f"is {today - dt.timedelta(days=1)}")
-    if len(text) == 7 and text >= f"{today:%Y-%m}":
-        return f"{text} is this month or later (UTC): a month is archived once it has ended"
+    if len(text) == 7 and text > f"{today:%Y-%m}":
+        return f"{text} is a month after this one (UTC): a period is archived once it has ended"
     return None
 
 
@@ -499,23 +501,31 @@ class _Command(click.Command):
 class _ClosedPipeSafe:
     """stdout (or stderr) whose reader may go away (``verify | head -1``): the rest of the output goes to /dev/null and
     the command ends as it would have, its exit code its own. A closed pipe is no finding, and rich's and
-    Click's own handling exited 1, which the exit codes read as "differences found or a day failed"."""
+    Click's own handling exited 1, which the exit codes read as "differences found or a day failed". Output
+    that cannot be written for another reason (a full disk, an I/O error) goes the same way, and is kept in
+    ``lost``: the command still does its work and keeps its exit code, and says what was lost at the end."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self.lost: OSError | None = None
 
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._to_devnull()
+        except OSError as exc:
+            self._gone(exc)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._to_devnull()
+        except OSError as exc:
+            self._gone(exc)
+
+    def _gone(self, exc: OSError) -> None:
+        if not isinstance(exc, BrokenPipeError) and self.lost is None:
+            self.lost = exc
+        self._to_devnull()
 
     def _to_devnull(self) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -526,6 +536,19 @@ class _ClosedPipeSafe:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _output_lost(safe: _ClosedPipeSafe | None, code: int | str | None) -> None:
+    """Say so when the command's output could not be written (a full disk behind ``> report.json``), and
+    exit 1 where the command itself would have exited 0: a script must not read a report never written
+    as a success. A closed pipe (``| head``) is no loss (see :class:`_ClosedPipeSafe`)."""
+    if safe is None or safe.lost is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(f"error: the command's output could not be written to stdout ({safe.lost.strerror or safe.lost}); "
+              "to fix: write it where there is room (another file, or a pipe)", file=sys.__stderr__ or sys.stderr)
+    if not code:
+        sys.exit(1)
 
 
 class _Commands(click.Group):
@@ -540,27 +563,37 @@ class _Commands(click.Group):
             if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
                 with contextlib.suppress(AttributeError, ValueError):  # not a reconfigurable text stream
                     stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+        # started with stdout or stderr closed (a cron line's `>&-`): Python has None there; the output goes nowhere
+        sys.stdout = sys.stdout or open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - the process's own
+        sys.stderr = sys.stderr or open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
         stdout, stderr = sys.stdout, sys.stderr
         if hasattr(stdout, "fileno"):
             sys.stdout = _ClosedPipeSafe(stdout)
         if hasattr(stderr, "fileno"):  # (`archive ... 2>&1 | head`: a note on stderr ended the command)
             sys.stderr = _ClosedPipeSafe(stderr)
-        with _cancellable(), contextlib.ExitStack() as restore:
-            restore.callback(setattr, sys, "stdout", stdout)
-            restore.callback(setattr, sys, "stderr", stderr)
-            restore.callback(sys.stderr.flush)
-            restore.callback(sys.stdout.flush)  # (runs first) while the safe stdout is there to take a closed pipe
-            try:
-                return super().main(argv, standalone_mode=False, **kwargs)
-            except click.ClickException as exc:
-                if "--json" in argv:
-                    click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
-                                           "retryable": False}, indent=2))
-                exc.show()
-                sys.exit(exc.exit_code)
-            except click.Abort:
-                click.echo("Aborted!", err=True)
-                sys.exit(1)
+        safe = sys.stdout if isinstance(sys.stdout, _ClosedPipeSafe) else None
+        try:
+            with _cancellable(), contextlib.ExitStack() as restore:
+                restore.callback(setattr, sys, "stdout", stdout)
+                restore.callback(setattr, sys, "stderr", stderr)
+                restore.callback(sys.stderr.flush)
+                restore.callback(sys.stdout.flush)  # (runs first) while the safe stdout is there to take a closed pipe
+                try:
+                    returned = super().main(argv, standalone_mode=False, **kwargs)
+                except click.ClickException as exc:
+                    if "--json" in argv:
+                        click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
+                                               "retryable": False}, indent=2))
+                    exc.show()
+                    sys.exit(exc.exit_code)
+                except click.Abort:
+                    click.echo("Aborted!", err=True)
+                    sys.exit(1)
+        except SystemExit as exc:
+            _output_lost(safe, exc.code)
+            raise
+        _output_lost(safe, 0)
+        return returned
 
     command_class = _Command
 

@@ -79,9 +79,11 @@ def not_ended(spec: TableSpec, first: dt.date | str | None, last: dt.date | str 
 
 
 def reversed_range(spec: TableSpec, first: dt.date | str, last: dt.date | str) -> bool:
-    """Whether ``first`` begins after ``last`` in the table's zone: text cannot tell for the hour a clock
-    turned back repeats (``2024-10-27-02:00+0100`` is the hour after ``2024-10-27-02:00`` in Berlin)."""
-    return _bound(spec, first, 0) > _bound(spec, last, 0)
+    """Whether the range from ``first`` to ``last`` is empty: ``first`` begins when ``last`` has ended, in the
+    table's zone. Text cannot tell for the hour a clock turned back repeats (``2024-10-27-02:00+0100`` is the hour
+    after ``2024-10-27-02:00`` in Berlin); ``last`` is taken to its end (``--from 2024-03-11 --to 2024-03`` is
+    the rest of March, as ``select_days`` reads it)."""
+    return _bound(spec, first, 0) >= _bound(spec, last, 1)
 
 
 def _bound(spec: TableSpec, value: dt.date | str, end: int) -> dt.datetime:

@@ -488,10 +488,13 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
         raise SourceError(f"table {qualified_name!r} has no column {day_column!r} (day_column); "
                           f"columns are {[c.name for c in columns]}{_stored_hint(conn, day_column)}"
                           f"{lookalike_hint(day_column, [c.name for c in columns], 'column')}",
-                          table=qualified_name, retryable=False)
+                          table=qualified_name, retryable=False, cause=SETTING_MISFITS,
+                          remedy="set the table's day_column in the YAML configuration to one of its columns")
     if day.base_type not in DAY_COLUMN_TYPES or day.is_array:
         raise SourceError(f"day_column {day_column!r} of {qualified_name!r} is {day.type_name}; "
-                          "it must be date, timestamp or timestamptz", table=qualified_name, retryable=False)
+                          "it must be date, timestamp or timestamptz", table=qualified_name, retryable=False,
+                          cause=SETTING_MISFITS, remedy="set the table's day_column in the YAML configuration to a "
+                                                        "date, timestamp or timestamptz column")
     return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day, oid=oid)
 
 
