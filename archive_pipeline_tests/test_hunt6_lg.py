@@ -94,3 +94,36 @@ def test_the_removal_schedule_requests_a_removed_day_restored_into_the_original_
         requested = [r.partition_key for r in result.run_requests or []]
     assert DAY.isoformat() in requested, (f"a removed day restored into the source is never requested for removal "
                                           f"again: requested {requested}, {result.skip_message}")
+
+
+def _source_unchanged(instance, run_id):
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
+        evaluation = record.event_log_entry.dagster_event.asset_check_evaluation_data
+        if evaluation.check_name == "source_unchanged":
+            return evaluation
+    return None
+
+
+def test_source_unchanged_does_not_call_a_removed_day_restored_into_the_original_table_rows_in_no_archive(
+        conn, schema, store, temp_dir, archive_env):
+    """2024-03-10 (5 rows) is archived and removed by its Remove_ job (retention delete). The person restores it
+    into the original table (``restore --into original``): the source holds exactly the archive's 5 rows again,
+    "an ordinary source day again". Then they run verify_archives. source_unchanged fails red: "5 rows arrived in
+    the source after retention removed the day ... and are in no archive", and tells them to archive the day
+    again with overwrite. Those rows are the archive's own (the restore proved their fingerprint equals the
+    manifest's): the day should compare equal (or be listed as restored), not be reported as changed."""
+    from archive_pipeline.core.restore import restore_day
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = _events(schema, retention={"keep_days": 30, "action": "delete"})
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        assert defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        restore_day(conn, store, config.tables[0], DAY, into="original", temp_dir=temp_dir)
+        result = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        evaluation = _source_unchanged(instance, result.run_id)
+    assert evaluation is not None
+    assert evaluation.passed, evaluation.description
