@@ -127,3 +127,35 @@ def test_source_unchanged_does_not_call_a_removed_day_restored_into_the_original
         evaluation = _source_unchanged(instance, result.run_id)
     assert evaluation is not None
     assert evaluation.passed, evaluation.description
+
+
+def test_source_unchanged_does_not_call_a_naming_mode_day_that_retention_detached_rows_in_no_archive(
+        conn, schema, archive_env):
+    """A legacy naming-mode table (``log`` with one INHERITS child per day, ``log_20240310``) with retention
+    ``detach``: the README says detach "takes the day's table out of the tables it inherits from (NO INHERIT): it
+    keeps its name and rows, and later removals of the day find it removed while it inherits from nothing".
+    2024-03-10 is archived and removed by the Remove_ job, which detaches log_20240310 (10 rows, as intended).
+    The weekly verify_archives then fails source_unchanged red: "10 rows arrived in the source after retention
+    removed the day ... and are in no archive", with the run config to archive the day again; but no row
+    arrived: the detached table holds exactly the removed rows (the ones in the archive), as detach means to
+    keep them. The day should be listed as removed, not as changed."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log (id int, at timestamptz NOT NULL)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 () INHERITS ({}.log)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 10) g"
+                         ).format(s))
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0}, "tables": [
+        {"name": f"{schema}.log", "start_date": DAY.isoformat(),
+         "partitioning": {"mode": "naming", "pattern": "log_%Y%m%d"},
+         "retention": {"keep_days": 30, "action": "detach"}}]})
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_log").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        assert defs.resolve_job_def(f"Remove_{schema}_log").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}.log").format(s)).fetchone()[0] == 0
+        result = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        evaluation = _source_unchanged(instance, result.run_id)
+    assert evaluation is not None
+    assert evaluation.passed, evaluation.description
