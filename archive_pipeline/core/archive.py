@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -203,7 +203,7 @@ def resolve_period(spec: TableSpec, day: Period | dt.date | str) -> Period:
 def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date | str, store: S3Store, *,
                       temp_dir: str | None = None, progress: Progress | None = None, progress_every: float = 10.0,
                       session_settings: dict[str, str] | None = None, overwrite: bool | None = None,
-                      stream_slots: StreamSlots | None = None) -> ArchiveResult:
+                      stream_slots: StreamSlots | None = None, former_keys: Sequence[str] = ()) -> ArchiveResult:
     """Archive ``day`` of ``spec`` to ``store`` and describe what was stored.
 
     The rows, their fingerprint and the table's description are read in one REPEATABLE READ
@@ -215,6 +215,10 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
 
     ``stream_slots`` (the Dagster layer's: slots of the table's pool) is asked for a slot for each stream
     beyond the first before the streams start; the day reads with as many streams as it grants.
+
+    ``former_keys``: keys the day was archived under before, where the configuration no longer renders them (the
+    Dagster layer's: the key its last materialization of the day recorded, before a change of key_template or
+    prefix); a removal marked there is honoured as one at the day's own key is (see ``_removed_elsewhere``).
     """
     overwrite = spec.overwrite if overwrite is None else overwrite
     day = resolve_period(spec, day)  # a partition key, date or period: resolved once, handed down
@@ -224,7 +228,8 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         with table_day_lock(conn, spec.name, day):
             return _Archiving(conn, spec, day, store, temp_dir=temp_dir, progress=progress,
                               progress_every=progress_every, stream_slots=stream_slots,
-                              settings=resolved(conn, {**SNAPSHOT_SETTINGS, **(session_settings or {})})).run(overwrite)
+                              settings=resolved(conn, {**SNAPSHOT_SETTINGS, **(session_settings or {})}),
+                              former_keys=former_keys).run(overwrite)
     except ArchiveError as exc:
         named(exc, spec.name, day.isoformat(), conn.info.password)
         raise
@@ -254,12 +259,14 @@ class _Archiving:
 
     def __init__(self, conn: psycopg.Connection, spec: TableSpec, day: dt.date, store: S3Store, *,
                  temp_dir: str | None, progress: Progress | None, progress_every: float,
-                 settings: dict[str, str], stream_slots: StreamSlots | None = None) -> None:
+                 settings: dict[str, str], stream_slots: StreamSlots | None = None,
+                 former_keys: Sequence[str] = ()) -> None:
         self.conn, self.spec, self.day, self.store = conn, spec, day, store
         self.stream_slots = stream_slots
         self.temp_dir, self.progress, self.progress_every, self.settings = temp_dir, progress, progress_every, settings
         self.key = render_key(spec, day, store.prefix)
         self.manifest_key = keys.manifest_key(self.key)
+        self.former_keys = [k for k in dict.fromkeys(former_keys) if k != self.key]
         self._manifest_settled = True  # no manifest write so far can still land (see _put_manifest)
         self.started = time.perf_counter()
         self.streams = ""  # how the day was split among parallel_streams (see _streams_note)
@@ -578,11 +585,10 @@ class _Archiving:
         would be archived as an empty day, beside the removed rows' archive that no run would look at
         again. The day's listing shows such keys where the template's ``{ext}`` follows the day's name
         (as in the default); a key whose directory holds ``{ext}`` or ``{format}`` is not looked for."""
-        if existing.raw is not None or not existing.listing or self._stored_generations(existing.listing):
+        if existing.raw is not None or (existing.listing and self._stored_generations(existing.listing)):
             return None
-        for other in self._other_extension_keys():
-            if keys.manifest_key(other) not in existing.listing:
-                continue
+        listed = [k for k in self._other_extension_keys() if keys.manifest_key(k) in (existing.listing or {})]
+        for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
             raw = _get_manifest_bytes(self.store, keys.manifest_key(other))
             loose = _loose_manifest(Existing(None, raw, None, None))
             if loose is not None and loose.get("removed") and not foreign_manifest(loose, self.spec.name,
@@ -605,13 +611,14 @@ class _Archiving:
         manifest = elsewhere.manifest
         removed = manifest["removed"]
         then = f"{manifest.get('format')}/{manifest.get('compression')}"
+        if (manifest.get("format"), manifest.get("compression")) == (self.spec.format, self.spec.compression):
+            then += " under the key_template and prefix it had then"  # (the key moved, not the format)
         where = self._archive_uri(manifest)
         if removal_state(manifest) == "pending":
             raise DayRemovedError(
                 f"{self.spec.name} {self.day}: its removal from the source, archived as {then} at {where}, is "
-                "unfinished, and the table is now configured as "
-                f"{self.spec.format}/{self.spec.compression}. Nothing was written: configure the table as {then} "
-                "again and run the day (or prune) to settle the removal first", retryable=False,
+                "unfinished, and the table is now configured otherwise. Nothing was written: configure the table "
+                f"as {then} again and run the day (or prune) to settle the removal first", retryable=False,
                 remedy=f"configure the table as {then} again and run prune for the day, then change it back")
         names = [c["name"] for c in manifest.get("columns", [])]
         if manifest.get("fingerprint") == str(fp) and names == [c.name for c in table.columns]:

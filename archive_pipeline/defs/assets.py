@@ -18,6 +18,7 @@ from typing import Literal
 import psycopg
 from dagster import (
     AssetCheckEvaluation,
+    AssetRecordsFilter,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -51,12 +52,14 @@ from pydantic import Field
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, on_demand_as_they_were,
-                                          terminated, verdict_as_it_was, verify_result, written_verdict)
+                                          recorded_day_key, terminated, verdict_as_it_was, verify_result,
+                                          written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.periods import UNIT, Period
+from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import S3Store
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
@@ -668,6 +671,20 @@ def _limited_per_step(storage, pool: str) -> bool:
     return any(limit.name == pool for limit in storage.get_pool_limits())
 
 
+def former_day_keys(context: AssetExecutionContext, key: AssetKey, spec: TableSpec, day: Period,
+                    store: S3Store) -> list[str]:
+    """The key the day's last materialization recorded, where the configuration renders another now (its
+    key_template or the store's prefix changed since): a removal marked there must stop the day being
+    archived again from its emptied source (the core looks at the keys the configuration renders)."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[day.key]), limit=1).records
+    if not records:
+        return []
+    recorded = records[0].asset_materialization.metadata.get("manifest_key")
+    former = recorded_day_key(spec, day, store, getattr(recorded, "value", None))
+    return [former] if former != table_day_key(spec, day, store.prefix) else []
+
+
 def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: Period,
                     config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
                     store: S3Store, *, alone: bool, origin: str | None = None
@@ -687,7 +704,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
                                    progress=progress, session_settings=postgres.session_settings(),
                                    overwrite=spec.overwrite or config.overwrite,
-                                   stream_slots=pool_stream_slots(context, spec.pool))
+                                   stream_slots=pool_stream_slots(context, spec.pool),
+                                   former_keys=former_day_keys(context, key, spec, day, store))
         try:
             verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
                                      conn=conn if spec.deep_check else None,

@@ -48,6 +48,7 @@ from pydantic import Field
 from archive_pipeline.core import verify
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
+from archive_pipeline.core.lifecycle import still_detached
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
 from archive_pipeline.core.periods import Period
@@ -562,10 +563,17 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                         if verify.rows_after_removal(conn, spec, day):
                             mark = None
                 if mark:  # retention took the day out of the source: its rows are meant to be gone
-                    late = 0
+                    late, restored = 0, False
                     if mark.get("state") == "done":
                         with postgres.connect() as conn:
-                            late = verify.rows_after_removal(conn, spec, day)
+                            # a naming-mode day table a detach left in place keeps the removed rows, as detach means
+                            late = 0 if still_detached(conn, spec, day, manifest) else \
+                                verify.rows_after_removal(conn, spec, day)
+                            # exactly the archive's rows again: restored into the original table, a source day again
+                            restored = bool(late) and source_changed(conn, spec, day, manifest) is None
+                    if restored:
+                        checked.append(event.partition)
+                        continue
                     if late:
                         checked.append(event.partition)
                         changed[event.partition] = (
