@@ -1,0 +1,75 @@
+"""Hunt 6 (lp): the lifecycle of a day across its states (archived, overwritten, removed by drop / detach /
+delete, restored, archived and removed again, left half-way by an interruption), and every command in each."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import yaml
+from click.testing import CliRunner
+from psycopg import sql
+
+from archive_pipeline.cli import main
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _day_partitions(conn, schema: str, *, default: bool = False) -> None:
+    """``<schema>.t`` partitioned by day: t_20240309..t_20240311 (24 rows each), optionally a DEFAULT partition."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.t (id int, at timestamptz NOT NULL, v text, PRIMARY KEY (id, at)) "
+                         "PARTITION BY RANGE (at)").format(s))
+    for d in (9, 10, 11):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.t FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(f"t_202403{d:02d}"), s, sql.Literal(f"2024-03-{d:02d} 00:00+00"),
+            sql.Literal(f"2024-03-{d + 1:02d} 00:00+00")))
+    if default:
+        conn.execute(sql.SQL("CREATE TABLE {}.t_default PARTITION OF {}.t DEFAULT").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.t SELECT g, '2024-03-09 00:00+00'::timestamptz + g * interval '1 hour', "
+                         "'v' || g FROM generate_series(0, 71) g").format(s))
+
+
+def _env(pg, s3, bucket: str, tmp_path, schema: str, *, partitioning: dict, action: str) -> dict[str, str]:
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [{
+        "name": f"{schema}.t", "day_column": "at", "start_date": "2024-03-09", "format": "jsonl",
+        "partitioning": partitioning, "retention": {"keep_days": 30, "action": action}}]}))
+    return {"ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
+            "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_PREFIX": "archive", "COLUMNS": "250",
+            "ARCHIVE_S3_ACCESS_KEY_ID": "testing", "ARCHIVE_S3_SECRET_ACCESS_KEY": "testing"}
+
+
+def _cli(env: dict[str, str], *args: str) -> tuple[int, dict]:
+    done = CliRunner(env=env).invoke(main, [*args, "--json"])
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    return done.exit_code, json.loads(done.stdout)
+
+
+def test_archive_dry_run_calls_a_removed_day_with_late_rows_in_the_default_partition_a_day_without_data(
+        pg, s3, conn, schema, bucket, tmp_path):
+    """A declaratively partitioned table with a DEFAULT partition, retention ``drop``. 2024-03-10 is archived and
+    pruned (its partition dropped). Then a late row of 2024-03-10 is written: it lands in the DEFAULT partition (the
+    state the README names: "rows of it have arrived since (back-dated into a DEFAULT partition ...)"). The user
+    asks ``archive --dry-run --day 2024-03-10`` what archiving would do: it answers ``no-data``, "no data for this
+    day in PostgreSQL". But ``archive --day 2024-03-10`` (which the dry run claims to decide "with the archiver's own
+    rule") finds the row and fails the day as removed with other rows now (add --overwrite), and ``compare`` calls
+    the day ``differs`` (1 source row). After ``archive --overwrite`` the dry run still says ``no-data`` where a
+    real run skips the identical archive. The dry run should plan the day as the run does (refuse here, skip
+    after the overwrite): it probes only the catalog's partitions, not the DEFAULT partition the run reads."""
+    _day_partitions(conn, schema, default=True)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="drop")
+    day = ["--day", DAY.isoformat()]
+    assert _cli(env, "archive", *day)[0] == 0
+    code, pruned = _cli(env, "prune", "--from", DAY.isoformat(), "--to", DAY.isoformat())
+    assert code == 0 and [d["status"] for d in pruned["days"]] == ["removed"]
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, '2024-03-10 05:30+00', 'late')").format(
+        sql.Identifier(schema, "t")))
+    code, compared = _cli(env, "compare", *day)
+    assert code == 1 and compared["days"][0]["result"] == "differs" and compared["days"][0]["source_rows"] == 1
+    code, planned = _cli(env, "archive", "--dry-run", *day)
+    code_run, ran = _cli(env, "archive", *day)
+    assert code_run == 1 and ran["days"][0]["status"] == "failed", ran  # removed, with other rows now
+    assert planned["days"][0]["action"] == "refuse", (
+        f"the dry run plans {planned['days'][0]['action']!r} ({planned['days'][0]['reason']}) for a day the run "
+        f"refuses: {ran['days'][0]['message'][:200]}")
