@@ -73,3 +73,34 @@ def test_archive_dry_run_calls_a_removed_day_with_late_rows_in_the_default_parti
     assert planned["days"][0]["action"] == "refuse", (
         f"the dry run plans {planned['days'][0]['action']!r} ({planned['days'][0]['reason']}) for a day the run "
         f"refuses: {ran['days'][0]['message'][:200]}")
+
+
+def test_prune_passes_over_a_due_archived_day_whose_late_rows_sit_in_the_default_partition(
+        pg, s3, conn, schema, bucket, tmp_path):
+    """The same table (DEFAULT partition), retention ``drop``: 2024-03-10 archived and pruned, then a late row of the
+    day lands in the DEFAULT partition. The user follows the README: archives it again with ``--overwrite`` (the
+    archive now holds exactly that row; ``compare`` says ``equal``), and, since ``drop`` cannot remove rows that are
+    not a partition of their own, switches the table's retention to ``delete`` ("delete works in every mode"). Then
+    ``prune`` (and ``prune --dry-run``) lists no day at all and exits 0: the due, archived, proven row stays in the
+    source for good, with nothing said. The core ``remove_day`` on the same day deletes it (1 row). prune should
+    remove the day (or at least list it): it looks for due days in the catalog only (``present_days(catalog=True)``),
+    which sees partitions, not the DEFAULT partition's rows that ``archive``, ``list`` and ``compare`` find."""
+    _day_partitions(conn, schema, default=True)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="drop")
+    day, span = ["--day", DAY.isoformat()], ["--from", DAY.isoformat(), "--to", DAY.isoformat()]
+    assert _cli(env, "archive", *day)[0] == 0
+    assert [d["status"] for d in _cli(env, "prune", *span)[1]["days"]] == ["removed"]
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, '2024-03-10 05:30+00', 'late')").format(
+        sql.Identifier(schema, "t")))
+    code, again = _cli(env, "archive", "--overwrite", *day)
+    assert code == 0 and again["days"][0]["rows"] == 1
+    code, compared = _cli(env, "compare", *day)
+    assert code == 0 and compared["days"][0]["result"] == "equal"
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="delete")
+    code, dry = _cli(env, "prune", "--dry-run", *span)
+    code, pruned = _cli(env, "prune", *span)
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= '2024-03-10' AND at < '2024-03-11'").format(
+        sql.Identifier(schema, "t"))).fetchone()[0]
+    assert dry["days"] and pruned["days"] and left == 0, (
+        f"prune --dry-run listed {dry['days']}, prune listed {pruned['days']} (exit {code}); "
+        f"{left} archived row(s) of the due day are still in the source")
