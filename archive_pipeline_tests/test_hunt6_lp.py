@@ -104,3 +104,45 @@ def test_prune_passes_over_a_due_archived_day_whose_late_rows_sit_in_the_default
     assert dry["days"] and pruned["days"] and left == 0, (
         f"prune --dry-run listed {dry['days']}, prune listed {pruned['days']} (exit {code}); "
         f"{left} archived row(s) of the due day are still in the source")
+
+
+def test_archive_dry_run_takes_a_pending_mark_of_a_rolled_back_removal_for_a_removed_day(
+        pg, s3, conn, schema, bucket, tmp_path, store):
+    """2024-03-10 (24 rows) is archived; a removal (retention ``drop``) wrote its pending mark and was then rolled
+    back (a late row, a lost session) and the mark could not be taken back: the manifest says ``pending`` with the
+    id of a transaction PostgreSQL reports aborted, while every row is still in the source (the README: the next run
+    of the day settles it; "one that did not commit is taken back ... and the day is an ordinary archived day
+    again"). The user asks ``archive --dry-run --overwrite``: the plan says ``skip`` ("identical archive exists"),
+    but ``archive --overwrite`` settles the mark first (taken back) and archives the day again as a new generation.
+    With a row of the day edited, ``archive --dry-run`` refuses it saying the day "was removed from the source ...
+    the archive is the only copy ... restore the archive if you need the removed rows back", where the run says the
+    day changed since it was archived: no row was ever removed. The dry run should decide as the run does (the
+    mark's transaction rolled back: an ordinary archived day), as ``lifecycle.pending_removal_committed`` allows
+    without writing; ``plan.plan_day`` reads any removal mark, pending or not, as a removal."""
+    from archive_pipeline.core.manifest import encode_manifest, manifest_key
+    from archive_pipeline.core.verify import load_manifest
+
+    _day_partitions(conn, schema)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="drop")
+    day = ["--day", DAY.isoformat()]
+    code, archived = _cli(env, "archive", *day)
+    assert code == 0
+    key = archived["days"][0]["key"]
+    manifest = load_manifest(store, key)
+    conn.execute("BEGIN")
+    xid = conn.execute("SELECT txid_current()").fetchone()[0]
+    conn.execute("ROLLBACK")  # the removal's transaction, rolled back; its mark stayed
+    mark = {"at": "2024-05-01T00:00:00+00:00", "action": "drop", "state": "pending", "xid": str(xid),
+            "relation": f"{schema}.t_20240310"}
+    store.put_bytes(manifest_key(key), encode_manifest(
+        {**{k: v for k, v in manifest.items() if k != "manifest_sha256"}, "removed": mark}), "application/json")
+    planned_overwrite = _cli(env, "archive", "--dry-run", "--overwrite", *day)[1]["days"][0]
+    row = sql.SQL("UPDATE {} SET v = {} WHERE id = 30").format(sql.Identifier(schema, "t"), sql.Placeholder())
+    conn.execute(row, ("edited",))
+    planned_edited = _cli(env, "archive", "--dry-run", *day)[1]["days"][0]
+    conn.execute(row, ("v30",))
+    code, ran = _cli(env, "archive", "--overwrite", *day)
+    assert code == 0 and ran["days"][0]["status"] == "archived", ran  # the mark taken back, archived again
+    assert planned_overwrite["action"] == "overwrite" and "removed from the source" not in planned_edited["reason"], (
+        f"dry run --overwrite: {planned_overwrite['action']} ({planned_overwrite['reason']}), the run archived the "
+        f"day again; dry run of the edited day: {planned_edited['reason'][:160]}")
