@@ -146,3 +146,31 @@ def test_archive_dry_run_takes_a_pending_mark_of_a_rolled_back_removal_for_a_rem
     assert planned_overwrite["action"] == "overwrite" and "removed from the source" not in planned_edited["reason"], (
         f"dry run --overwrite: {planned_overwrite['action']} ({planned_overwrite['reason']}), the run archived the "
         f"day again; dry run of the edited day: {planned_edited['reason'][:160]}")
+
+
+def test_restore_and_list_lose_a_removed_days_only_archive_once_the_tables_format_changes(
+        pg, s3, conn, schema, bucket, tmp_path):
+    """2024-03-10 is archived as JSONL and pruned (retention ``delete``): the archive is the day's only copy. Later the
+    team switches the table to ``format: csv`` (the README: with ``{ext}`` in the key template this "moves the day's
+    key", and an archive run "looks at the day's keys under every other format and codec ... and refuses a day
+    removed there just the same"). Now they need the day back: ``restore --day 2024-03-10 --into new`` answers "no
+    archive for: ... 2024-03-10 ... some requested days have no archive (see `archive-pipeline list`)", exit 1, and
+    ``list`` does not show the day at all: the removed rows' only copy, still at its ``.jsonl.zst`` key, is
+    reported as not existing, with a remedy that shows nothing. Restore (and list) should find the removed day's
+    archive under the former format as the archiver does, or at least name where it is."""
+    _day_partitions(conn, schema)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="delete")
+    day, span = ["--day", DAY.isoformat()], ["--from", DAY.isoformat(), "--to", DAY.isoformat()]
+    code, archived = _cli(env, "archive", *day)
+    assert code == 0
+    old_key = archived["days"][0]["key"]
+    assert [d["status"] for d in _cli(env, "prune", *span)[1]["days"]] == ["removed"]
+    config = tmp_path / "tables.yaml"
+    tables = yaml.safe_load(config.read_text())
+    tables["tables"][0]["format"] = "csv"
+    config.write_text(yaml.safe_dump(tables))
+    listed = _cli(env, "list", *day)[1]
+    code, restored = _cli(env, "restore", "--into", "new", "--target", f"{schema}.back", *day)
+    told = json.dumps(restored)
+    assert (code == 0 and restored["days"] and restored["days"][0]["rows"] == 24) or old_key in told, (
+        f"restore exit {code}: {told[:300]}; list shows {listed['days']}")
