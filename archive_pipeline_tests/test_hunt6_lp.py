@@ -174,3 +174,24 @@ def test_restore_and_list_lose_a_removed_days_only_archive_once_the_tables_forma
     told = json.dumps(restored)
     assert (code == 0 and restored["days"] and restored["days"][0]["rows"] == 24) or old_key in told, (
         f"restore exit {code}: {told[:300]}; list shows {listed['days']}")
+
+
+def test_list_calls_late_rows_of_a_removed_day_a_restore_of_its_archive(pg, s3, conn, schema, bucket, tmp_path):
+    """2024-03-10 (24 rows) is archived and pruned (retention ``delete``). Nobody restores it, but two late rows of
+    the day arrive (a back-dated batch). ``list --day 2024-03-10`` shows the day ``archived`` with the note "back in
+    the source (restored after its delete at ...)": it tells the user the source holds the archive's rows put back,
+    while it holds 2 rows that are in no archive (``compare`` says ``differs``, 2 source rows against 24; the
+    archive run refuses them as a removed day with other rows now). ``plan._removed_yet_present`` takes any row of a
+    removed day for a restore. list should not claim a restore it did not see: say the day has rows again
+    (restored, or rows arrived since) and how to tell (``--check-source``), or check what it claims."""
+    _day_partitions(conn, schema)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="delete")
+    day, span = ["--day", DAY.isoformat()], ["--from", DAY.isoformat(), "--to", DAY.isoformat()]
+    assert _cli(env, "archive", *day)[0] == 0
+    assert [d["status"] for d in _cli(env, "prune", *span)[1]["days"]] == ["removed"]
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, '2024-03-10 05:30+00', 'late'), "
+                         "(1001, '2024-03-10 06:30+00', 'late')").format(sql.Identifier(schema, "t")))
+    code, compared = _cli(env, "compare", *day)
+    assert code == 1 and compared["days"][0]["result"] == "differs"
+    listed = _cli(env, "list", *day)[1]["days"][0]
+    assert "restored after" not in listed["note"], (listed["state"], listed["note"])
