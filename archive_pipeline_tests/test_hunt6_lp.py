@@ -195,3 +195,30 @@ def test_list_calls_late_rows_of_a_removed_day_a_restore_of_its_archive(pg, s3, 
     assert code == 1 and compared["days"][0]["result"] == "differs"
     listed = _cli(env, "list", *day)[1]["days"][0]
     assert "restored after" not in listed["note"], (listed["state"], listed["note"])
+
+
+def test_archive_dry_run_plans_a_removed_day_archived_under_the_former_format_as_never_archived(
+        pg, s3, conn, schema, bucket, tmp_path):
+    """2024-03-10 is archived as JSONL and pruned (retention ``delete``); the table is then switched to ``format:
+    csv``, and a late row of the day arrives. ``archive --day 2024-03-10`` refuses the day as the README says ("a
+    run that finds nothing at the new key looks at the day's keys under every other format and codec ... and
+    refuses a day removed there just the same"): removed, its JSONL archive the only copy. But ``archive --dry-run``
+    (with or without ``--overwrite``) plans ``archive``, reason "not archived yet": it tells the user the day was
+    never archived and that a run would archive it, where the run refuses. ``plan.plan_day`` reads only the
+    day's key under the current format; it should apply the archiver's rule for a removed day found under another
+    format or codec (``_removed_elsewhere``), as it claims to decide "with the archiver's own rule"."""
+    _day_partitions(conn, schema)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="delete")
+    day, span = ["--day", DAY.isoformat()], ["--from", DAY.isoformat(), "--to", DAY.isoformat()]
+    assert _cli(env, "archive", *day)[0] == 0
+    assert [d["status"] for d in _cli(env, "prune", *span)[1]["days"]] == ["removed"]
+    config = tmp_path / "tables.yaml"
+    tables = yaml.safe_load(config.read_text())
+    tables["tables"][0]["format"] = "csv"
+    config.write_text(yaml.safe_dump(tables))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, '2024-03-10 05:30+00', 'late')").format(
+        sql.Identifier(schema, "t")))
+    planned = _cli(env, "archive", "--dry-run", *day)[1]["days"][0]
+    code, ran = _cli(env, "archive", *day)
+    assert code == 1 and ran["days"][0]["status"] == "failed" and "was removed" in ran["days"][0]["message"], ran
+    assert planned["action"] == "refuse", (planned["action"], planned["reason"])
