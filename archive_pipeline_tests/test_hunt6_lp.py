@@ -222,3 +222,26 @@ def test_archive_dry_run_plans_a_removed_day_archived_under_the_former_format_as
     code, ran = _cli(env, "archive", *day)
     assert code == 1 and ran["days"][0]["status"] == "failed" and "was removed" in ran["days"][0]["message"], ran
     assert planned["action"] == "refuse", (planned["action"], planned["reason"])
+
+
+def test_restore_into_existing_naming_the_original_table_bypasses_the_detached_partition_refusal(
+        pg, s3, conn, schema, bucket, tmp_path):
+    """A declaratively partitioned table with a DEFAULT partition, retention ``detach``: 2024-03-10 is archived and
+    pruned, so t_20240310 is detached and still holds the day's 24 rows (what detach means). ``restore --into
+    original`` refuses the day, as the README says ("a partition that exists but is detached ... may still hold the
+    day and is refused with the ATTACH to run"). The same restore spelled ``--into existing --target <schema>.t``
+    (the archived table itself, which the restore otherwise treats as the original: same lock) loads the 24 rows
+    through the parent into the DEFAULT partition and succeeds. The day's rows now exist twice (the detached
+    partition and the table), and the ATTACH the refusal recommends can never run again (the DEFAULT partition
+    holds rows of its range). Naming the archived table as an ``existing`` target should meet the same refusal."""
+    _day_partitions(conn, schema, default=True)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="detach")
+    day, span = ["--day", DAY.isoformat()], ["--from", DAY.isoformat(), "--to", DAY.isoformat()]
+    assert _cli(env, "archive", *day)[0] == 0
+    assert [d["status"] for d in _cli(env, "prune", *span)[1]["days"]] == ["removed"]
+    code, original = _cli(env, "restore", "--into", "original", *day)
+    assert code == 1 and "not attached" in original["error"]  # refused, with the ATTACH to run
+    code, existing = _cli(env, "restore", "--into", "existing", "--target", f"{schema}.t", *day)
+    where = conn.execute(sql.SQL("SELECT tableoid::regclass::text, count(*) FROM {} GROUP BY 1 ORDER BY 1").format(
+        sql.Identifier(schema, "t_default"))).fetchall()
+    assert code != 0, f"restored into the table while its detached partition holds the day: {existing['days']}, {where}"
