@@ -245,3 +245,31 @@ def test_restore_into_existing_naming_the_original_table_bypasses_the_detached_p
     where = conn.execute(sql.SQL("SELECT tableoid::regclass::text, count(*) FROM {} GROUP BY 1 ORDER BY 1").format(
         sql.Identifier(schema, "t_default"))).fetchall()
     assert code != 0, f"restored into the table while its detached partition holds the day: {existing['days']}, {where}"
+
+
+def test_prune_refuses_for_ever_a_dropped_day_whose_partition_was_created_again_empty(
+        pg, s3, conn, schema, bucket, tmp_path):
+    """Retention ``drop``: 2024-03-10 (24 rows) is archived and pruned (its partition dropped). Later its partition is
+    created again, empty (a partition-maintenance job that creates missing partitions, or a DBA; the README names
+    "a re-created child"). ``prune --dry-run`` now says ``would remove`` 24 rows; ``prune`` refuses the day, exit 1:
+    "its rows changed since they were archived and proven (0 rows now, 24 archived); archive the day again
+    (--overwrite), then remove it". That remedy cannot work: ``archive --overwrite`` finds no data for the day (and
+    an archive run of a removed day with no rows is refused by design), so every prune fails again, for ever.
+    Nothing of the day is in the source: the removal should call the day already removed (or drop the empty
+    partition again), and the dry run should agree with the run. ``lifecycle._relation_back`` takes the empty
+    re-created partition for a restored day, then the in-transaction re-check refuses 0 rows against 24."""
+    _day_partitions(conn, schema)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="drop")
+    day, span = ["--day", DAY.isoformat()], ["--from", DAY.isoformat(), "--to", DAY.isoformat()]
+    assert _cli(env, "archive", *day)[0] == 0
+    assert [d["status"] for d in _cli(env, "prune", *span)[1]["days"]] == ["removed"]
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.t_20240310 PARTITION OF {}.t FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00')").format(s, s))
+    dry = _cli(env, "prune", "--dry-run", *span)[1]["days"]
+    code, first = _cli(env, "prune", *span)
+    remedy = _cli(env, "archive", "--overwrite", *day)[1]["days"]  # what the refusal says to do
+    code_again, again = _cli(env, "prune", *span)
+    assert code_again == 0, (f"prune --dry-run: {[(d['status'], d.get('rows')) for d in dry]}; prune: exit {code}, "
+                             f"{first['days']}; archive --overwrite as told: {[d['status'] for d in remedy]}; "
+                             f"prune again: exit {code_again}, {[d['status'] for d in again['days']]}")
