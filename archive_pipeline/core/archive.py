@@ -249,9 +249,23 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
     day = resolve_period(spec, day)
     archiving = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
     archiving._refuse_foreign(existing, overwrite)
+    if existing.manifest is None and existing.problem is None:
+        elsewhere = archiving._removed_elsewhere(existing)
+        if elsewhere is not None:  # removed under the table's former format or codec: the same rule there
+            archiving._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
+        return False
     if existing.manifest is None or existing.problem is not None:
         return False
     return archiving._keep(existing.manifest, identity, table, fp, overwrite)
+
+
+def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
+                      existing: Existing) -> bool:
+    """Whether a day with nothing at its key was removed under another format's or codec's key (a run would
+    then apply that removal's rule, see :func:`keeps_existing`), for callers that only plan."""
+    archiving = _Archiving(conn, spec, resolve_period(spec, day), store, temp_dir=None, progress=None,
+                           progress_every=0, settings={})
+    return archiving._removed_elsewhere(existing) is not None
 
 
 class _Archiving:
@@ -598,10 +612,7 @@ class _Archiving:
 
     def _other_extension_keys(self) -> list[str]:
         """The day's key as every other format and codec would render it (the same key once: no ``{ext}``)."""
-        rendered = {keys.render(self.spec.key_template, prefix=self.store.prefix, schema=self.spec.schema_name,
-                                table=self.spec.table_name, day=self.day, fmt=fmt, compression=codec)
-                    for fmt in keys.FORMAT_EXTENSIONS for codec in keys.CODEC_EXTENSIONS}
-        return sorted(rendered - {self.key})
+        return [k for k in keys.other_extension_keys(self.spec, self.day, self.store.prefix) if k != self.key]
 
     def _refuse_removed_elsewhere(self, elsewhere: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
                                   overwrite: bool) -> None:

@@ -264,6 +264,15 @@ def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], pre
     return problems
 
 
+def other_extension_keys(spec, day: Period | dt.date | str, prefix: str = "") -> list[str]:
+    """The period's key as every other format and codec would render it (none where the template has no
+    ``{ext}`` or ``{format}``: the same key): where its archive was before the table's format or codec changed."""
+    period = as_period(spec.granularity, spec.timezone, day)
+    rendered = {render(spec.key_template, prefix=prefix, schema=spec.schema_name, table=spec.table_name, day=period,
+                       fmt=fmt, compression=codec) for fmt in FORMAT_EXTENSIONS for codec in CODEC_EXTENSIONS}
+    return sorted(rendered - {table_day_key(spec, period, prefix)})
+
+
 def day_prefix(key: str) -> str:
     """What every generation of the day's data ``key`` and its manifest start with:
     ``<dir>/<name up to its first dot>`` (one LIST finds them all)."""

@@ -169,9 +169,12 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                    completed=True)
                 manifest = settled.manifest  # taken back: proven and removed from scratch below
         if removal_state(manifest) == "done" and (still_detached(conn, spec, day, manifest) or (
-                not _has_rows(conn, spec, day) and not _relation_back(conn, spec, day, manifest))):
+                not _has_rows(conn, spec, day) and not (manifest.get("rows") == 0
+                                                        and _relation_back(conn, spec, day, manifest)))):
             # (rows of a removed day that are back, restored into the original table, are proven and
-            # removed again below, as on the first removal)
+            # removed again below, as on the first removal; an empty partition or day table is such a restore
+            # only of a day archived without rows: one created again empty, by a maintenance job, holds none
+            # of the archived rows, and the day stays removed)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
         target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
@@ -523,9 +526,9 @@ def _day_table_gone(conn: psycopg.Connection, spec: TableSpec, day: Period) -> b
 
 
 def _relation_back(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
-    """Whether the partition or day table a done drop or detach removed is in the source again (an empty day
-    restored into the original table: no rows tell it apart, but it is an ordinary source day again, and the
-    next removal removes it again, not "already removed")."""
+    """Whether the partition or day table a done drop or detach removed is in the source again (for a day archived
+    without rows: its restore into the original table re-creates it empty, no rows tell it apart, but it is an
+    ordinary source day again, and the next removal removes it again, not "already removed")."""
     mark = manifest.get("removed") or {}
     if mark.get("action") not in ("drop", "detach"):
         return False

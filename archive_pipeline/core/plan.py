@@ -10,20 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint, periods
-from archive_pipeline.core.archive import keeps_existing, read_existing, render_key
+from archive_pipeline.core.archive import keeps_existing, read_existing, removed_elsewhere, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
-from archive_pipeline.core.lifecycle import still_detached
+from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
 from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity, manifest_key, owned, removal_state
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
@@ -302,11 +302,12 @@ def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period], 
     it deleted, its partition left, is settled as "already removed")."""
     if not days:
         return set(), {}
-    if catalog and spec.partitioning.mode != "column":
-        return set(catalog_days(conn, spec, days)), {}
     failed: dict[Period, psycopg.Error] = {}
     try:
-        found = set(existing_days(conn, spec, days, failed=failed))
+        if catalog and spec.partitioning.mode != "column":
+            found = set(catalog_days(conn, spec, days))
+        else:
+            found = set(existing_days(conn, spec, days, failed=failed))
         rest = [d for d in days if d not in found and d not in failed]
         if rest and _has_default_partition(conn, spec):
             # a day with no partition of its own may still have rows in the DEFAULT partition (late rows after
@@ -401,7 +402,8 @@ def _removed_yet_present(conn: psycopg.Connection, spec: TableSpec, day: Period,
                 "archive run or prune of the day settles it")
     if still_detached(conn, spec, day, archived.manifest):
         return archived.removed
-    return f"back in the source (restored after its {action} at {at})"
+    return (f"rows of the day are in the source again after its {action} at {at} (restored, or rows arrived since: "
+            "compare, or list --check-source, tells which)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,15 +500,32 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
         if exc.retryable:
             raise
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
-    if existing.manifest is None:
+    if existing.manifest is None and (existing.problem or not removed_elsewhere(conn, spec, day, store, existing)):
         reason = existing.problem or "not archived yet"
         return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)
+    if existing.manifest is None:  # removed under the table's former format or codec: the run's rule for it
+        with read_snapshot(conn):
+            table, where = _source(conn, spec, day)
+            current = fingerprint.compute(conn, table.identifier, table.columns, where)
+            identity = SourceIdentity(*server_identity(conn))
+        try:
+            keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
+        except ArchiveError as exc:
+            return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+        return PlannedDay(spec.name, day, key, "archive", "removed under the table's former format or codec; the "
+                          "source's rows are archived here (overwrite, or the removed rows exactly)", estimate)
     try:
         owned(existing.manifest, spec.name, day.isoformat())
     except ForeignManifestError as exc:  # before reading the source: it decides nothing here
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if existing.problem:
         return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
+    if removal_state(existing.manifest) == "pending" and \
+            not pending_removal_committed(conn, spec, day, existing.manifest):
+        # a removal that never committed: the run takes its mark back first, and the day is an ordinary
+        # archived day again (see lifecycle.settle_pending_removal)
+        existing = replace(existing, manifest={k: v for k, v in existing.manifest.items()
+                                                           if k != "removed"})
     with read_snapshot(conn):
         table, where = _source(conn, spec, day)
         current = fingerprint.compute(conn, table.identifier, table.columns, where,
@@ -528,8 +547,9 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
 def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
                  overwrite: bool) -> list[PlannedDay]:
     days = [spec.period(d) for d in days]
-    failed: dict[Period, psycopg.Error] = {}  # days whose own probe failed (a lock on the day's partition)
-    in_source = set(existing_days(conn, spec, days, failed=failed)) if days else set()
+    # the days the source has rows for, a DEFAULT partition's included (late rows of a day whose partition was
+    # dropped: the run reads them), and the days whose own probe failed (a lock on the day's partition)
+    in_source, unreadable = present_days(conn, spec, days)
     if in_source and spec.partitioning.mode == "declarative":
         # the catalog gave the days; a role that may not read the table would fail every one of them, where
         # the plan said "archive" (column mode's discovery reads the table, and refuses the same way)
@@ -537,9 +557,9 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     children = child_ranges(conn, spec) if spec.partitioning.mode == "declarative" and in_source else None
     planned = []
     for day in days:
-        if day in failed:
+        if day in unreadable:
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
-                                      unread(conn, spec, day, failed[day]), None))
+                                      unreadable[day], None))
             continue
         try:
             planned.append(plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source,

@@ -439,11 +439,16 @@ def _local_error(exc: OSError, table: str | None, day: str | None, temp_dir) -> 
 
 
 def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) -> dict | None:
-    """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none."""
+    """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none. With
+    nothing there, the day's keys under the table's other formats and codecs are looked for (one listing): an
+    archive written before the table's format changed (a removed day's only copy, say) is still the day's, and
+    its manifest says how to read it."""
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
     try:
         manifest = decoded_manifest(store, keys.manifest_key(key))
+        if manifest is None:
+            key, manifest = _under_another_format(store, spec, day, key)
         return None if manifest is None else owned(manifest, spec.name, day.isoformat(), key=key)
     except ArchiveError as exc:
         raise RestoreError(f"reading the manifest of {spec.name} for {day} failed: {exc.message}; nothing was restored",
@@ -454,6 +459,21 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
                            f"trusted ({exc.message}); nothing was restored", table=spec.name, day=day.isoformat(),
                            remedy=exc.remedy or "restore it from a replica or backup of the bucket, or archive the "
                                                 "day again if the source still has it") from None
+
+
+def _under_another_format(store: S3Store, spec: TableSpec, day: Period, key: str) -> tuple[str, dict | None]:
+    """(key, manifest) of the day's archive under another format's or codec's key, the latest archived where
+    there are several; (``key``, None) if there is none."""
+    others = keys.other_extension_keys(spec, day, store.prefix)
+    if not others:
+        return key, None
+    listed = {item["Key"] for prefix in {keys.day_prefix(k) for k in others} for item in store.list_keys(prefix)}
+    found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in others
+             if keys.manifest_key(other) in listed]
+    found = [(other, manifest) for other, manifest in found if manifest is not None]
+    if not found:
+        return key, None
+    return max(found, key=lambda pair: str(pair[1].get("archived_at") or ""))
 
 
 class Relation(NamedTuple):
@@ -846,18 +866,13 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
                                   if view else ""),
                                remedy=("restore into the view's base table, or " if view else "restore into a table, or ")
                                + "into a new one (into='new')")
+        if target == Relation.configured(manifest.get("source_relation") or manifest["table"]):
+            _refuse_detached_partition(conn, manifest)  # the archived table itself: as into="original" is
         return target, []
     if into != "original":
         raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
     relation = target or Relation.configured(manifest.get("source_relation") or manifest["table"])
-    partition = _partition(table_definition(manifest), conn)
-    parent, child, bound = partition or (None, None, None)
-    if child and _exists(conn, child) and not _is_partition(conn, child):
-        attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
-            parent.identifier, child.identifier).as_string(conn) + str(bound)
-        raise RestoreError(
-            f"{child}, the partition that held {manifest['day']}, exists but is not attached to {parent} (detached by "
-            f"retention?); it may still hold the day: attach it again ({attach}), or drop it and restore again")
+    parent, child, bound = _refuse_detached_partition(conn, manifest)
     if child and bound and not _exists(conn, child):
         if not _exists(conn, parent):
             raise RestoreError(f"the partitioned table {parent} does not exist; create it (or restore into a new "
@@ -867,6 +882,20 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
         return relation, [relation]  # a dropped table (naming mode's day table): re-created from the definition
     _refuse_detached_day_table(conn, manifest, relation)
     return relation, []
+
+
+def _refuse_detached_partition(conn: psycopg.Connection, manifest: dict) -> tuple:
+    """(parent, child, bound) of the day's recorded partition, or Nones; refused where that partition exists but
+    is detached (by retention's detach): it may still hold the day, and loading the day through the parent (into a
+    DEFAULT partition, or a partition created again) would hold it twice and keep the ATTACH from ever working."""
+    parent, child, bound = _partition(table_definition(manifest), conn) or (None, None, None)
+    if child and _exists(conn, child) and not _is_partition(conn, child):
+        attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
+            parent.identifier, child.identifier).as_string(conn) + str(bound)
+        raise RestoreError(
+            f"{child}, the partition that held {manifest['day']}, exists but is not attached to {parent} (detached by "
+            f"retention?); it may still hold the day: attach it again ({attach}), or drop it and restore again")
+    return parent, child, bound
 
 
 def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
