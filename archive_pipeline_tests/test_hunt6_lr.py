@@ -1,0 +1,76 @@
+"""Hunt 6 (lr): regressions and holes in this session's own fixes (f83c5f1..): each test asserts the correct
+behaviour and fails on the current code because of a bug the fix left or made."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.restore import restore_day
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _archived(conn, schema: str, store, temp_dir, fmt: str = "csv") -> TableSpec:
+    """``<schema>.src (id int, at date, v text)``: six rows of DAY, archived."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.src (id int, at date, v text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.src SELECT g, %s, 'v' || g FROM generate_series(1, 6) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.src", day_column="at", start_date=DAY, format=fmt)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 6
+    return spec
+
+
+def _count(conn, schema: str, table: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+
+
+@pytest.mark.parametrize("on_conflict", ["fail", "skip"])
+def test_a_raising_expression_index_of_the_target_is_named_not_an_innocent_check_constraint(
+        conn, schema, store, temp_dir, on_conflict):
+    """A user restores a day ``into="existing"`` into a table of theirs with a harmless ``CHECK (id > 0)`` and an
+    expression index ``CREATE INDEX ... ((100 / (id - 3)))`` (an application's computed lookup); the archived row
+    id=3 makes the index expression divide by zero. Nothing is restored, rightly, but the error (the new
+    ``_own_expression_refused``) says "the target's own expressions refused a row as it went in: its CHECK
+    constraint tg_id_check", remedy "change that expression of the target (or disable it for the restore) and
+    restore again": the user drops the CHECK, which every archived row satisfies, restores again, and it fails
+    the same way. It should name the expression that can refuse (the index ``tg_expr_idx``), or at least not
+    blame only a constraint that accepts every row. (``_OWN_EXPRESSIONS`` lists CHECKs, generated columns and
+    defaults, never index expressions or predicates, and names every CHECK whether it refused or not.)"""
+    spec = _archived(conn, schema, store, temp_dir)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.tg (id int CHECK (id > 0), at date, v text)").format(s))
+    conn.execute(sql.SQL("CREATE INDEX tg_expr_idx ON {}.tg ((100 / (id - 3)))").format(s))
+    if on_conflict == "skip":
+        conn.execute(sql.SQL("CREATE UNIQUE INDEX ON {}.tg (id)").format(s))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.tg", on_conflict=on_conflict,
+                    temp_dir=temp_dir)
+    said = f"{caught.value} / remedy: {caught.value.remedy}"
+    assert _count(conn, schema, "tg") == 0, said
+    assert "tg_expr_idx" in said or "index" in str(caught.value).split("refused a row")[-1], said
+
+
+def test_a_raising_check_of_a_partition_of_the_target_is_named(conn, schema, store, temp_dir):
+    """A user restores a day ``into="existing"`` into a partitioned table of theirs whose day partition has a
+    CHECK constraint of its own (``ALTER TABLE tg_d ADD CONSTRAINT guard CHECK (100 / (id - 3) <> 7)``); the
+    archived row id=3 makes it divide by zero. Nothing is restored, rightly, and the error says the target's own
+    expressions refused a row, "an expression of its own", naming nothing: ``_OWN_EXPRESSIONS`` reads the
+    constraints, generated columns and defaults of the named table only, not of its partitions, where the rows
+    go. It should name the partition's constraint (``guard``), as it names a CHECK of a plain table."""
+    spec = _archived(conn, schema, store, temp_dir)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.tg (id int, at date, v text) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.tg_d PARTITION OF {}.tg FOR VALUES FROM (%s) TO (%s)").format(s, s),
+                 (DAY, DAY + dt.timedelta(days=1)))
+    conn.execute(sql.SQL("ALTER TABLE {}.tg_d ADD CONSTRAINT guard CHECK (100 / (id - 3) <> 7)").format(s))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.tg", temp_dir=temp_dir)
+    said = f"{caught.value} / remedy: {caught.value.remedy}"
+    assert _count(conn, schema, "tg") == 0, said
+    assert "guard" in said, said
