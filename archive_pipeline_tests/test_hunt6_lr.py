@@ -66,8 +66,8 @@ def test_a_raising_check_of_a_partition_of_the_target_is_named(conn, schema, sto
     spec = _archived(conn, schema, store, temp_dir)
     s = sql.Identifier(schema)
     conn.execute(sql.SQL("CREATE TABLE {}.tg (id int, at date, v text) PARTITION BY RANGE (at)").format(s))
-    conn.execute(sql.SQL("CREATE TABLE {}.tg_d PARTITION OF {}.tg FOR VALUES FROM (%s) TO (%s)").format(s, s),
-                 (DAY, DAY + dt.timedelta(days=1)))
+    conn.execute(sql.SQL("CREATE TABLE {}.tg_d PARTITION OF {}.tg FOR VALUES FROM ({}) TO ({})").format(
+        s, s, sql.Literal(DAY.isoformat()), sql.Literal((DAY + dt.timedelta(days=1)).isoformat())))
     conn.execute(sql.SQL("ALTER TABLE {}.tg_d ADD CONSTRAINT guard CHECK (100 / (id - 3) <> 7)").format(s))
     with pytest.raises(ArchiveError) as caught:
         restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.tg", temp_dir=temp_dir)
