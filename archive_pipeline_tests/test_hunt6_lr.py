@@ -74,3 +74,34 @@ def test_a_raising_check_of_a_partition_of_the_target_is_named(conn, schema, sto
     said = f"{caught.value} / remedy: {caught.value.remedy}"
     assert _count(conn, schema, "tg") == 0, said
     assert "guard" in said, said
+
+
+def test_a_foreign_table_target_whose_remote_column_is_narrower_is_not_blamed_on_its_own_expressions(
+        conn, schema, store, temp_dir):
+    """A user restores a day ``into="existing"`` into a postgres_fdw foreign table ``tg (id int, at date, v text)``
+    whose remote table has ``v varchar(1)``; the archived values 'v1'..'v6' are too long there. Nothing is
+    restored, rightly. Before f83c5f1 the error said "A value is longer than tg's column allows", remedy "restore
+    into a table whose column is wide enough, or text" (the remote column is the one); now it says "Its column
+    types take every archived value, so the target's own expressions refused a row as it went in: an expression
+    of its own", remedy "change that expression of the target": the foreign table has no expression at all.
+    (``_loads_into_bare_columns`` copies the foreign table's local column types, which take the values, and
+    concludes an expression refused them; a foreign table's rows are checked by the remote table.)"""
+    if not conn.execute("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'postgres_fdw')").fetchone()[0]:
+        pytest.skip("postgres_fdw is not installed on this server")
+    spec = _archived(conn, schema, store, temp_dir)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.far_src (id int, at date, v varchar(1))").format(s))
+    server = sql.Identifier(f"{schema}_loop")
+    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA {}").format(s))
+    conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, dbname {})"
+                         ).format(server, sql.Literal(conn.info.host), sql.Literal(str(conn.info.port)),
+                                  sql.Literal(conn.info.dbname)))
+    conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS (user {})").format(
+        server, sql.Literal(conn.info.user)))
+    conn.execute(sql.SQL("CREATE FOREIGN TABLE {}.tg (id int, at date, v text) SERVER {} OPTIONS (schema_name {}, "
+                         "table_name 'far_src')").format(s, server, sql.Literal(schema)))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.tg", temp_dir=temp_dir)
+    said = f"{caught.value} / remedy: {caught.value.remedy}"
+    assert _count(conn, schema, "far_src") == 0, said
+    assert "own expressions" not in said and "an expression of its own" not in said, said
