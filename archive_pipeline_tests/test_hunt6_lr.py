@@ -105,3 +105,70 @@ def test_a_foreign_table_target_whose_remote_column_is_narrower_is_not_blamed_on
     said = f"{caught.value} / remedy: {caught.value.remedy}"
     assert _count(conn, schema, "far_src") == 0, said
     assert "own expressions" not in said and "an expression of its own" not in said, said
+
+
+def _renamed_during_read(pg, conn, store, temp_dir, monkeypatch, spec, rename: str, restore_into: str):
+    """Archive ``spec`` with ``rename`` committed by another session after the fingerprint, before the read; then
+    (if the run was green) restore the day into a new table: its fingerprint check says whether the object holds
+    the rows the manifest describes."""
+    from archive_pipeline.core import archive
+
+    original = archive.write_day
+
+    def renamed_first(*args, **kwargs):  # another session, after the fingerprint, before the read
+        with pg.connect() as other:
+            other.execute(rename)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "write_day", renamed_first)
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert exc.retryable, str(exc)
+        return
+    monkeypatch.undo()
+    # green: the object must hold the rows its manifest's fingerprint describes (else every restore is rolled back)
+    restore_day(conn, store, spec, DAY, into="new", target=restore_into, temp_dir=temp_dir)
+
+
+def test_an_enum_label_renamed_during_the_read_of_a_view_that_casts_it_to_text_is_not_archived_green(
+        pg, conn, schema, store, temp_dir, monkeypatch):
+    """The same race the enum-label fix (8837c34) closed for a table, through a view: a user archives ``jobs_v``
+    (``CREATE VIEW jobs_v AS SELECT id, at, state::text AS state FROM jobs``, the usual way to expose an enum to
+    consumers) while another session renames a label (``ALTER TYPE status RENAME VALUE 'pending' TO
+    'waiting'``) after the fingerprint and before the read. The view's column is text, so ``enum_labels`` (which
+    walks the view's column types) finds no enum and ``same_enum_labels`` checks nothing, yet the cast prints the
+    label through the catalog as committed when each statement runs: the fingerprint hashed 'pending', the object
+    holds 'waiting'. The run is green, and the restore of the day is rolled back ("the archive does not hold the
+    rows it was proven to hold"). It should fail retryable, as it does for the table itself (the labels to watch
+    are those of the enums the view's query reads, not only of its output columns)."""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.status AS ENUM ('new', 'pending', 'done')")
+    conn.execute(f"CREATE TABLE {s}.jobs (id int, at timestamptz, state {s}.status)")
+    conn.execute(f"INSERT INTO {s}.jobs SELECT g, '2024-03-10 01:00+00', 'pending' FROM generate_series(1, 5) g")
+    conn.execute(f"CREATE VIEW {s}.jobs_v AS SELECT id, at, state::text AS state FROM {s}.jobs")
+    spec = TableSpec(name=f"{schema}.jobs_v", day_column="at", start_date=DAY, format="csv",
+                     partitioning={"mode": "column"})
+    _renamed_during_read(pg, conn, store, temp_dir, monkeypatch, spec,
+                         f"ALTER TYPE {s}.status RENAME VALUE 'pending' TO 'waiting'", f"{schema}.jobs_back")
+
+
+def test_a_table_renamed_during_the_read_of_a_regclass_column_is_not_archived_green(
+        pg, conn, schema, store, temp_dir, monkeypatch):
+    """The class of the enum-label fix (8837c34: a value printed through the catalog as committed when each
+    statement runs, not as the run's snapshot sees it), for the other such types: an audit table ``audit (id int,
+    at timestamptz, rel regclass)`` (``tableoid::regclass`` recorded by a trigger, a common pattern) is archived
+    while another session renames a table it names (``ALTER TABLE orders RENAME TO orders_old``) after the
+    fingerprint and before the read. The fingerprint hashed 'orders', the object holds 'orders_old': a green
+    archive whose restore is rolled back as altered. It should fail retryable (as a renamed enum label does), or
+    archive what it fingerprinted. (``same_enum_labels`` watches pg_enum only; regclass, regtype, regproc ...
+    print pg_class / pg_type / pg_proc names the same way.)"""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TABLE {s}.orders (id int)")
+    conn.execute(f"CREATE TABLE {s}.audit (id int, at timestamptz, rel regclass)")
+    conn.execute(f"INSERT INTO {s}.audit SELECT g, '2024-03-10 01:00+00', '{s}.orders'::regclass "
+                 "FROM generate_series(1, 5) g")
+    spec = TableSpec(name=f"{schema}.audit", day_column="at", start_date=DAY, format="csv",
+                     partitioning={"mode": "column"})
+    _renamed_during_read(pg, conn, store, temp_dir, monkeypatch, spec,
+                         f"ALTER TABLE {s}.orders RENAME TO orders_old", f"{schema}.audit_back")
