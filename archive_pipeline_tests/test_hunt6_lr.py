@@ -172,3 +172,40 @@ def test_a_table_renamed_during_the_read_of_a_regclass_column_is_not_archived_gr
                      partitioning={"mode": "column"})
     _renamed_during_read(pg, conn, store, temp_dir, monkeypatch, spec,
                          f"ALTER TABLE {s}.orders RENAME TO orders_old", f"{schema}.audit_back")
+
+
+@pytest.mark.parametrize("change", ["ATTACH PARTITION", "INHERIT", "NO INHERIT"])
+def test_a_relation_joining_or_leaving_a_views_base_table_while_the_archive_waits_is_no_mix_of_two_moments(
+        pg, conn, schema, store, temp_dir, change):
+    """The view counterpart of test_hunt3_s's relation joining or leaving a table, left by the view fix (8837c34,
+    which checks a view's base tables for TRUNCATE, rewrite and DETACH): the configured table is a view ``evv``
+    (``CREATE VIEW evv AS SELECT * FROM ev``). A migration, in one transaction, deletes row 1 of ``ev`` and adds a
+    relation holding 5 rows of the day to it (``ATTACH PARTITION`` / ``INHERIT``), or takes an inheritance child
+    out (``NO INHERIT``), while the archive waits for its first lock on ``ev``, its snapshot taken. The plan
+    reads the relations as committed now, the snapshot the rows as they were: the archive holds a day ``ev``
+    never had (row 1 and the joined rows; or row 1 without the child's), green. For ``ev`` itself the day fails
+    retryable (``source.same_members``), but ``same_members`` returns at once for a view (``relkind not in
+    ('r', 'p')``). Correct: the day fails, retryable, nothing published, or the archive holds one moment's rows."""
+    from archive_pipeline_tests.test_hunt3_s import _inheriting, _one_moment, _regions, _while_the_run_waits
+
+    if change == "ATTACH PARTITION":
+        ev, other_rel = _regions(conn, schema)
+        statement = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ('us')").format(ev, other_rel)
+    else:
+        ev, other_rel = _inheriting(conn, schema, child_inherits=change == "NO INHERIT")
+        statement = sql.SQL(f"ALTER TABLE {{}} {change} {{}}").format(other_rel, ev)
+    view = sql.Identifier(schema, "evv")
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(view, ev))
+    before = sql.Identifier(schema, "before_change")
+    conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(before, view))
+    spec = TableSpec(name=f"{schema}.evv", day_column="created_at", start_date="2024-03-01", format="csv",
+                     partitioning={"mode": "column"})
+
+    def delete_and_change(other) -> None:
+        other.execute(sql.SQL("DELETE FROM ONLY {} WHERE id = 1").format(ev) if change != "ATTACH PARTITION"
+                      else sql.SQL("DELETE FROM {} WHERE id = 1").format(ev))
+        other.execute(statement)
+
+    outcome = _while_the_run_waits(pg, ev, lambda running: archive_partition(
+        running, spec, DAY, store, temp_dir=str(temp_dir)), delete_and_change)
+    _one_moment(conn, schema, spec, store, temp_dir, outcome, before, view)
