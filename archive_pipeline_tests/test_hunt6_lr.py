@@ -209,3 +209,32 @@ def test_a_relation_joining_or_leaving_a_views_base_table_while_the_archive_wait
     outcome = _while_the_run_waits(pg, ev, lambda running: archive_partition(
         running, spec, DAY, store, temp_dir=str(temp_dir)), delete_and_change)
     _one_moment(conn, schema, spec, store, temp_dir, outcome, before, view)
+
+
+@pytest.mark.parametrize("action", ["drop", "detach"])
+def test_a_day_only_partly_in_one_range_partition_is_not_said_to_share_it_with_other_days(conn, schema, store,
+                                                                                        temp_dir, action):
+    """Daily archives of a table whose range partition ``ev_am`` holds only the morning of 2024-03-10 (``FROM
+    ('2024-03-10 00:00+00') TO ('2024-03-10 12:00+00')``), the afternoon being in the DEFAULT partition;
+    retention action drop/detach. The removal is refused, rightly, but the new wording (7c1dff0,
+    ``lifecycle._not_own``) says "its partition ev_am (FOR VALUES FROM ... TO ...) also holds rows of other days,
+    which dropping or detaching it would remove with them": ev_am holds rows of no other day; the day's rows are
+    split between it and the default partition. ``_not_own`` takes any single overlapping child that is not
+    exactly the period for one that reaches beyond it. It should say the partition holds only part of the day
+    (or that the day's rows are not all in one range partition), not that other days' rows would be removed."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+    from archive_pipeline_tests.helpers import range_partitioned_events
+
+    range_partitioned_events(conn, schema, [])
+    ev = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-10 12:00+00')").format(sql.Identifier(schema, "ev_am"), ev))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, "ev_rest"), ev))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 06:00+00'), (2, '2024-03-10 18:00+00')").format(ev))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01", format="csv",
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": action})
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    with pytest.raises(RemovalRefused) as raised:
+        remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    said = str(raised.value)
+    assert "other days" not in said, said
