@@ -11,6 +11,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.restore import restore_day
 
 DAY = dt.date(2024, 3, 10)
@@ -238,3 +239,38 @@ def test_a_day_only_partly_in_one_range_partition_is_not_said_to_share_it_with_o
         remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
     said = str(raised.value)
     assert "other days" not in said, said
+
+
+@pytest.mark.parametrize("key_type,values", [
+    ("date", "(1, '2024-04-25'), (2, '2024-04-26'), (3, '2024-04-27')"),
+    ("timestamp", "(1, '2024-04-25 23:59:59.999999'), (2, '2024-04-26 00:30'), (3, '2024-04-26 12:00'), "
+                  "(4, '2024-04-27 00:00')"),
+])
+def test_drop_of_the_day_whose_midnight_a_spring_forward_skips_finds_its_own_partition(conn, schema, store, temp_dir,
+                                                                                     key_type, values):
+    """The mirror of test_hunt6_la's America/Havana fix (cd85091), which now compares a wall-clock child by its
+    labels (``ChildRange.overlaps``): a user in Egypt partitions a table by day on a ``date`` (or wall-clock
+    ``timestamp``) column, one child per local day, and configures ``timezone: Africa/Cairo`` with ``retention:
+    {action: drop}``. Cairo's clocks jump from 00:00 to 01:00 on 2024-04-26. The day before's child, ``FROM
+    ('2024-04-25') TO ('2024-04-26')``, is read back by PostgreSQL with its end at 01:00 local (midnight does
+    not exist), so its end *label* is 01:00 on the 26th and the label comparison takes it to reach an hour into
+    2024-04-26 (the instant comparison before cd85091 did not: its end is the 26th's first instant). The drop of
+    2024-04-26 is refused, "its rows are split across the partitions d25, d26", though d26 holds exactly the
+    day's rows. Every spring DST day of such a table stays in the source for good. It should drop d26 alone."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at {}) PARTITION BY RANGE (at)").format(
+        s, sql.SQL(key_type)))
+    for name, lo, hi in (("d25", "2024-04-25", "2024-04-26"), ("d26", "2024-04-26", "2024-04-27"),
+                         ("d27", "2024-04-27", "2024-04-28")):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(name), s, sql.Literal(lo), sql.Literal(hi)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES " + values).format(s))
+    table = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01", timezone="Africa/Cairo",
+                      partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+    before = conn.execute(sql.SQL("SELECT array_agg(id ORDER BY id) FROM {}.d26").format(s)).fetchone()[0]
+    result = archive_partition(conn, table, "2024-04-26", store)
+    assert result.rows == len(before)
+    remove_day(conn, table, "2024-04-26", store, temp_dir=str(temp_dir))
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.d26",)).fetchone()[0] is None
+    total = conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0]
+    assert total == len(values.split("), (")) - len(before)
