@@ -274,3 +274,39 @@ def test_drop_of_the_day_whose_midnight_a_spring_forward_skips_finds_its_own_par
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.d26",)).fetchone()[0] is None
     total = conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0]
     assert total == len(values.split("), (")) - len(before)
+
+
+def test_with_retries_off_a_removal_that_failed_transiently_does_not_say_it_is_retried(conn, schema, archive_env,
+                                                                                      monkeypatch):
+    """The retries-off fix (b4aed8a) for the other step the ``retry:`` settings govern: a user sets ``retry:
+    max_retries: 0`` (they retry by hand) and the store is unreachable when ``Remove_<table>`` runs for a due day.
+    Dagster retries nothing (the removal asset's policy has max_retries 0), yet the step failure says the cause
+    was "transient, retried" / "retried automatically". It should say the failure looked transient but retries
+    are off, and where to turn them on, as the archive step now does (``retention_assets._failed`` /
+    ``_naming`` pass the core's words on; only ``assets.failure`` rewrites them with ``_retries_off``)."""
+    import socket
+
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=3, schema=schema)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat(),
+                                       "retention": {"keep_days": 30, "action": "delete"}}]})
+    with instance_for_test() as instance:
+        result = build_definitions(config, check_source=False).resolve_job_def(
+            f"Remove_{schema}_events").execute_in_process(instance=instance, partition_key=DAY.isoformat(),
+                                                          raise_on_error=False)
+    [failed] = [e.step_failure_data for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    text = failed.user_failure_data.description
+    metadata = {k: getattr(v, "value", v) for k, v in failed.user_failure_data.metadata.items()}
+    assert metadata.get("retryable") is True, (metadata, text)  # the cause is transient: the case in question
+    assert "transient, retried" not in text and "was retried" not in text and "retried automatically" not in text, text
