@@ -310,3 +310,43 @@ def test_with_retries_off_a_removal_that_failed_transiently_does_not_say_it_is_r
     metadata = {k: getattr(v, "value", v) for k, v in failed.user_failure_data.metadata.items()}
     assert metadata.get("retryable") is True, (metadata, text)  # the cause is transient: the case in question
     assert "transient, retried" not in text and "was retried" not in text and "retried automatically" not in text, text
+
+
+@pytest.mark.parametrize("language", ["sql", "plpgsql"])
+def test_a_base_table_read_through_a_function_of_a_view_truncated_right_after_the_snapshot_is_not_archived_empty(
+        pg, conn, schema, store, monkeypatch, language):
+    """The view fix (8837c34) checks the relations a view's rewrite rule depends on (pg_depend) for a TRUNCATE or
+    rewrite committed between the snapshot and the first lock. A view that reads its base table through a
+    function (``CREATE VIEW ev AS SELECT id, at FROM ev_rows()``, ``ev_rows()`` a SQL or PL/pgSQL function
+    ``SELECT id, at FROM ev_base``: a common way to put a security barrier or a computed set behind a view) has no
+    dependency on ``ev_base``: a ``TRUNCATE ev_base`` committed in that window is not seen, the snapshot sees the
+    new, empty file, and the day (3 rows at the snapshot) is published green as an empty archive (rows 0),
+    which the snapshot never showed. The same TRUNCATE of a view reading
+    ``ev_base`` directly fails the day, retryable. Should: the 3 rows, or a retryable failure."""
+    from archive_pipeline.core import archive
+
+    s = sql.Identifier(schema)
+    base = sql.Identifier(schema, "ev_base")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL)").format(base))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00'), (2, '2024-03-10 02:00+00'), "
+                         "(3, '2024-03-10 03:00+00')").format(base))
+    body = (sql.SQL("SELECT b.id, b.at FROM {} b").format(base) if language == "sql"
+            else sql.SQL("BEGIN RETURN QUERY SELECT b.id, b.at FROM {} b; END").format(base))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.ev_rows() RETURNS TABLE (id int, at timestamptz) LANGUAGE {} STABLE "
+                         "AS {}").format(s, sql.SQL(language), sql.Literal(body.as_string(conn))))
+    conn.execute(sql.SQL("CREATE VIEW {}.ev AS SELECT id, at FROM {}.ev_rows()").format(s, s))
+    original = archive.source_table
+
+    def truncate_commits_in_the_window(*args, **kwargs):  # another session, between snapshot and first lock
+        with pg.connect() as other:
+            other.execute(sql.SQL("TRUNCATE {}").format(base))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "source_table", truncate_commits_in_the_window)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, partitioning={"mode": "column"})
+    try:
+        result = archive_partition(conn, spec, DAY, store)
+    except ArchiveError as exc:
+        assert exc.retryable, str(exc)
+        return
+    assert (result.rows, result.empty) == (3, False), result
