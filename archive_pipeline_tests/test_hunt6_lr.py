@@ -350,3 +350,23 @@ def test_a_base_table_read_through_a_function_of_a_view_truncated_right_after_th
         assert exc.retryable, str(exc)
         return
     assert (result.rows, result.empty) == (3, False), result
+
+
+def test_a_restore_target_whose_day_column_is_text_is_not_told_to_change_the_yaml_day_column(conn, schema, store,
+                                                                                            temp_dir):
+    """A user restores a day ``into="existing"`` into a staging table of theirs whose columns are text (``tg (id
+    int, at text, v text)``: text takes every archived value). The restore fails: the day's rows of the target
+    are read by its day column, which must be a date or timestamp. The new remedy of that error (8ae3026, for a
+    configured table's misconfigured ``day_column``) now says "set the table's day_column in the YAML
+    configuration to a date, timestamp or timestamptz column" (and the CLI exits 2, a configuration error):
+    the configured table and its day_column are right; the restore target is what does not fit. It should say
+    that the target's column ``at`` is text where the archive's day column is date, and to restore into a table
+    whose ``at`` is a date/timestamp (or into='new'). (``restore._day_where`` calls ``describe_relation``, whose
+    day-column errors now carry the configuration's cause and remedy.)"""
+    spec = _archived(conn, schema, store, temp_dir)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.tg (id int, at text, v text)").format(s))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.tg", temp_dir=temp_dir)
+    said = f"{caught.value} / remedy: {caught.value.remedy}"
+    assert "YAML" not in said and "configuration" not in said, said
