@@ -1,0 +1,37 @@
+"""Hunt 6 (lq): false verdicts of the proofs (deep_verify, verify_archive, compare and compare --rows, the
+fingerprint, the Dagster checks), built on real PostgreSQL and S3. Each test fails on a bug."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.plan import compare_days
+from archive_pipeline.core.verify import deep_verify
+
+DAY = dt.date(2024, 3, 10)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_deep_verify_fingerprints_the_source_under_the_callers_search_path(fmt, conn, schema, store, temp_dir):
+    """A user's session sets its path (``SET search_path TO app, public``) and archives a table with a
+    ``regclass`` column naming tables of ``app`` (``audit_log``: a value prints as ``audit_log`` under that
+    path, as ``app.audit_log`` without it). ``archive_partition`` and ``compare_days`` on that connection
+    agree: equal. ``deep_verify`` on the same connection says "the source's rows for 2024-03-10 are not the
+    archive's": it fingerprints the source in a second session (``_SourceFingerprint``) opened from the DSN,
+    which gets the caller's limits (``_LIMITS``) but not its path, so the source's values print otherwise than
+    the archive's, which were loaded and hashed on the caller's session. session_settings.resolved says the
+    other sessions of the same work use the caller's path; the proof should say proven ([])."""
+    s = schema
+    conn.execute(f"CREATE TABLE {s}.audit_log (x int)")
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date, rel regclass)")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, '{DAY}', '{s}.audit_log'), (2, '{DAY}', 'pg_class')")
+    conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(s)))
+    spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert [c.result for c in compare_days(conn, spec, store, [DAY])] == ["equal"]
+    assert deep_verify(conn, store, spec, DAY, temp_dir=temp_dir) == []
