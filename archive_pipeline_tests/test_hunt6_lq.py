@@ -66,3 +66,42 @@ def test_an_event_trigger_that_adds_a_column_to_new_tables_does_not_fail_an_inta
         assert deep_verify(conn, store, spec, DAY, temp_dir=temp_dir) == []
     finally:
         conn.execute(f"DROP EVENT TRIGGER {s}_audit")
+
+
+def _reseal(s3_client, bucket: str, manifest_key: str, **changes) -> None:
+    """The manifest at ``manifest_key`` with ``changes``, sealed again as archive_pipeline seals one."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+
+    manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    manifest.update(changes)
+    manifest.pop("manifest_sha256")
+    s3_client.put_object(Bucket=bucket, Key=manifest_key, Body=encode_manifest(manifest))
+
+
+@pytest.mark.parametrize("command", ["compare", "list --check-source"])
+def test_a_fingerprint_of_an_algorithm_this_version_cannot_compute_is_not_called_different_content(
+        command, conn, schema, store, s3_client, bucket, temp_dir):
+    """The fingerprint algorithm changes without a new manifest_version (v3, v4 and v5 are all manifest
+    version 2), so a deployment whose code location is upgraded writes manifests with a fingerprint the command
+    line of the previous release cannot compute (here ``row-hash-sum-v6:2:…``, of the same 2 rows). The user runs
+    ``compare`` (``list --check-source``): the day is "differs" ("changed") with the note "same row count,
+    different content (fingerprint)": the manifest's string was compared with a v5 fingerprint of the source
+    (``plan.matches_source``), so nothing was compared at all, and the verdict says the source's rows changed.
+    Deep verification of the same day knows better ("the manifest has no fingerprint this version can
+    compute"), and the README says such a manifest "cannot be proven". Should: not a claim of different
+    content (a day that could not be compared, saying why)."""
+    from archive_pipeline.core.plan import day_statuses
+
+    s = schema
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date, v text)")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, '{DAY}', 'a'), (2, '{DAY}', 'b')")
+    spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _reseal(s3_client, bucket, result.manifest_key, fingerprint="row-hash-sum-v6:2:1234567890123456789")
+    if command == "compare":
+        [day] = compare_days(conn, spec, store, [DAY])
+        verdict, note = day.result, day.note
+    else:
+        [day] = day_statuses(conn, spec, store, [DAY], check_source=True)
+        verdict, note = day.state, day.note
+    assert "different content" not in note, (verdict, note)
