@@ -105,3 +105,27 @@ def test_a_fingerprint_of_an_algorithm_this_version_cannot_compute_is_not_called
         [day] = day_statuses(conn, spec, store, [DAY], check_source=True)
         verdict, note = day.state, day.note
     assert "different content" not in note, (verdict, note)
+
+
+def test_a_row_deleted_after_the_snapshot_is_not_blamed_on_the_archive_by_the_blocking_check(conn, schema, store,
+                                                                                              temp_dir):
+    """A table with ``deep_check: true``: a day is archived, and a row of it is deleted late (after the
+    snapshot, before the blocking proof ran). The proof rightly fails: "the source's rows ... are not the
+    archive's" and "first difference: the archive has a row the source lacks: (…)". The run's failure
+    (``assets.unproven``) then says "the archive in the bucket is not what was recorded": a verdict of damage on
+    an archive that holds exactly the snapshot's rows. ``unproven`` counts as the source's doing only the
+    problems that start "the source's rows" or "first difference: the source has", so a source that lost (or
+    changed, half the time, by hash order) a row is blamed on the bucket. Should: the cause is the source
+    that changed after the snapshot."""
+    from archive_pipeline.defs.assets import unproven
+
+    s = schema
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date, v text)")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, '{DAY}', 'a'), (2, '{DAY}', 'b'), (3, '{DAY}', 'c')")
+    spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY, deep_check=True)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"DELETE FROM {s}.ev WHERE id = 2")
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+    assert any(p.startswith("first difference: the archive has a row the source lacks") for p in problems), problems
+    said = unproven(spec, spec.period(DAY), problems, None).description
+    assert "not what was recorded" not in said and "source changed after the snapshot" in said, said
