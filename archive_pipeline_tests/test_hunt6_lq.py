@@ -129,3 +129,32 @@ def test_a_row_deleted_after_the_snapshot_is_not_blamed_on_the_archive_by_the_bl
     assert any(p.startswith("first difference: the archive has a row the source lacks") for p in problems), problems
     said = unproven(spec, spec.period(DAY), problems, None).description
     assert "not what was recorded" not in said and "source changed after the snapshot" in said, said
+
+
+def test_verify_archives_does_not_show_a_day_archived_before_deep_check_was_set_as_proven(conn, schema,
+                                                                                          archive_env):
+    """A table is archived for a while, then the team sets ``deep_check: true`` on it (the check becomes
+    blocking and its description promises "its content equals the source's (deep_check)"). The weekly
+    ``verify_archives`` re-checks the latest archived day, archived before the setting: its materialization
+    says ``verified: object, size and manifest match what was recorded``, no content proof ever ran. It is
+    recorded as ``archive_intact`` SUCCEEDED, with no content proven. The README: "a ``deep_check`` day whose
+    content proof never ran is not shown intact". ``checks._recheck`` refuses only a proof that failed ("NOT
+    proven") or could not run ("not verified"), not one that was never asked for. Should: not SUCCEEDED (or
+    the content proven then)."""
+    from archive_pipeline_tests.test_hunt3_t import DAYS, _config, _job, _verdicts
+    from dagster import instance_for_test
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    before = _config(schema, max_retries=0, compression="none")
+    after = _config(schema, max_retries=0, compression="none", deep_check=True)
+    day = DAYS[0].isoformat()
+    with instance_for_test() as instance:
+        assert _job(build_definitions(before), schema).execute_in_process(instance=instance, partition_key=day).success
+        build_definitions(after).resolve_job_def("verify_archives").execute_in_process(instance=instance,
+                                                                                       raise_on_error=False)
+        verdicts = _verdicts(instance, after.tables[0])
+    latest = verdicts[0]
+    assert latest[:2] != (day, "SUCCEEDED") or "content proven" in (latest[2] or ""), \
+        f"a deep_check day whose content was never proven is shown intact: {verdicts}"
