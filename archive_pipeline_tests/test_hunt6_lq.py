@@ -158,3 +158,32 @@ def test_verify_archives_does_not_show_a_day_archived_before_deep_check_was_set_
     latest = verdicts[0]
     assert latest[:2] != (day, "SUCCEEDED") or "content proven" in (latest[2] or ""), \
         f"a deep_check day whose content was never proven is shown intact: {verdicts}"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_lossy_cast_of_a_builtin_type_to_text_does_not_hide_a_change_from_the_proofs(fmt, conn, schema, store,
+                                                                                       temp_dir):
+    """A database carries a DBA's compatibility cast from a built-in type to text (the kind legacy applications
+    got when PostgreSQL 8.3 dropped the implicit casts: ``CREATE CAST (timestamptz AS text) WITH FUNCTION
+    ts_text(timestamptz)``, formatting with ``to_char`` to whole seconds). A day is archived; then a timestamp of
+    it is changed by half a second. ``compare`` says "equal" and ``deep_verify`` proves the day ([]): the
+    fingerprint hashes a built-in type's value through ``::pg_catalog.text`` (``fingerprint.column_text``), which
+    runs that cast instead of the type's output function, so every sub-second change is invisible (to the re-run
+    skip and the restore's check as well). v5 stopped this for types outside pg_catalog only. Should: the
+    fingerprint hashes what the value prints as (its output function), and both see the change."""
+    s = schema
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date, ts timestamptz)")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, '{DAY}', '2024-03-10 12:00:00.25+00'), "
+                 f"(2, '{DAY}', '2024-03-10 13:00:00+00')")
+    spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"CREATE FUNCTION {s}.ts_text(timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS "
+                 "$$ SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') $$")
+    conn.execute(f"CREATE CAST (timestamptz AS text) WITH FUNCTION {s}.ts_text(timestamptz)")
+    try:
+        conn.execute(f"UPDATE {s}.ev SET ts = ts + interval '0.5 second' WHERE id = 1")
+        compared = [c.result for c in compare_days(conn, spec, store, [DAY])]
+        proven = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+    finally:
+        conn.execute("DROP CAST IF EXISTS (timestamptz AS text)")
+    assert compared == ["differs"] and proven != [], (compared, proven)
