@@ -169,18 +169,19 @@ def test_a_lossy_cast_of_a_builtin_type_to_text_does_not_hide_a_change_from_the_
     it is changed by half a second. ``compare`` says "equal" and ``deep_verify`` proves the day ([]): the
     fingerprint hashes a built-in type's value through ``::pg_catalog.text`` (``fingerprint.column_text``), which
     runs that cast instead of the type's output function, so every sub-second change is invisible (to the re-run
-    skip and the restore's check as well). v5 stopped this for types outside pg_catalog only. Should: the
+    skip and the restore's check as well). (Created only after a day was archived, the same cast makes that unchanged day "differ".) v5 stopped this for
+    types outside pg_catalog only. Should: the
     fingerprint hashes what the value prints as (its output function), and both see the change."""
     s = schema
     conn.execute(f"CREATE TABLE {s}.ev (id int, at date, ts timestamptz)")
     conn.execute(f"INSERT INTO {s}.ev VALUES (1, '{DAY}', '2024-03-10 12:00:00.25+00'), "
                  f"(2, '{DAY}', '2024-03-10 13:00:00+00')")
-    spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY, format=fmt)
-    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     conn.execute(f"CREATE FUNCTION {s}.ts_text(timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS "
                  "$$ SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') $$")
     conn.execute(f"CREATE CAST (timestamptz AS text) WITH FUNCTION {s}.ts_text(timestamptz)")
+    spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY, format=fmt)
     try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
         conn.execute(f"UPDATE {s}.ev SET ts = ts + interval '0.5 second' WHERE id = 1")
         compared = [c.result for c in compare_days(conn, spec, store, [DAY])]
         proven = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
