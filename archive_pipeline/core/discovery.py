@@ -126,16 +126,20 @@ class ChildRange:
         return (b.year - a.year) * 12 + b.month - a.month + 1 if spec.granularity == "monthly" else (b - a).days + 1
 
     def overlaps(self, period: Period) -> bool:
-        """True when the child may hold rows of ``period``. A wall-clock child (a ``date`` or ``timestamp`` key)
-        is compared by its labels, as the period's rows are read: where a fall-back night repeats midnight
-        (America/Havana), the server reads the bound '2024-11-03 00:00' as its second occurrence, an hour
-        after the day's first instant, and the day before's child seemed to reach into the day."""
-        if self.wall_clock and not self.expression and self.start is not None and self.end is not None:
+        """True when the child may hold rows of ``period``: its range overlaps the period's as instants and, for a
+        wall-clock child (a ``date`` or ``timestamp`` key, whose rows are labels), as labels too. Where a fall-back
+        night repeats midnight (America/Havana), the server reads the bound '2024-11-03 00:00' as its second
+        occurrence, an hour after the day's first instant, and the day before's child seemed to reach into the
+        day by instants; where a spring-forward night skips midnight (Africa/Cairo), the bound reads as 01:00,
+        and the day before's child seemed to reach into the day by labels."""
+        by_instants = ((self.start is None or self.start < period.utc_end)
+                       and (self.end is None or self.end > period.utc_start))
+        if by_instants and self.wall_clock and not self.expression and self.start is not None and self.end is not None:
             zone = period.start.tzinfo
             first, last = period.wall_bounds
             return (self.start.astimezone(zone).replace(tzinfo=None) < last
                     and self.end.astimezone(zone).replace(tzinfo=None) > first)
-        return (self.start is None or self.start < period.utc_end) and (self.end is None or self.end > period.utc_start)
+        return by_instants
 
     def is_period(self, period: Period) -> bool:
         """True when the child holds exactly ``period`` (it can be detached or dropped as the period). A

@@ -34,7 +34,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
-from archive_pipeline.core.errors import (TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
+from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
                                           refused_grant, remedy_for, sql_name)
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, archived_encoding, decoded_manifest, owned
@@ -1075,7 +1075,25 @@ def _columns_of(conn: psycopg.Connection, relation: Relation, names: list[str]) 
 def _day_where(conn: psycopg.Connection, relation: Relation, manifest: dict, whole: bool) -> sql.Composable | None:
     if whole or not manifest.get("day_column"):
         return None
-    return day_filter(describe_relation(conn, *relation, manifest["day_column"]), manifest_period(manifest))
+    try:
+        described = describe_relation(conn, *relation, manifest["day_column"])
+    except SourceError as exc:
+        if exc.cause != SETTING_MISFITS:
+            raise
+        # the target's day column, not the configuration's: the archived table's is right
+        raise RestoreError(f"{relation} cannot hold the day's rows as archived: {exc.message}; the archive's day "
+                           f"column {manifest['day_column']!r} is a {_archived_type(manifest)}",
+                           remedy=f"restore into a table whose column {manifest['day_column']!r} has the archived type "
+                                  "(a date, timestamp or timestamptz), or into a new table (into='new')") from None
+    return day_filter(described, manifest_period(manifest))
+
+
+def _archived_type(manifest: dict) -> str:
+    """The archived day column's type as the manifest records it (or "date, timestamp or timestamptz")."""
+    for column in manifest.get("columns", []):
+        if column.get("name") == manifest.get("day_column"):
+            return str(column.get("type") or "date, timestamp or timestamptz")
+    return "date, timestamp or timestamptz"
 
 
 def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: Relation, on_conflict: OnConflict, *,
@@ -1121,6 +1139,8 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
                 else:
                     inserted = conn.execute(insert).rowcount
         except psycopg.DataError as exc:  # every archived value went into the stage: the target's own doing
+            if _kind(conn, relation) == "f":  # (a foreign table's remote columns refuse what its local ones took)
+                raise
             raise _own_expression_refused(conn, manifest, relation, exc) from exc
         return rows, inserted, added
     except ArchiveCorruptError as exc:  # the object matched its manifest's MD5: perhaps the target refused it
@@ -1129,7 +1149,7 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
         if not drift and not refused:
             raise
-        if not drift and _loads_into_bare_columns(conn, path, manifest, target):
+        if not drift and _kind(conn, relation) != "f" and _loads_into_bare_columns(conn, path, manifest, target):
             raise _own_expression_refused(conn, manifest, relation, exc.__cause__) from exc
         if not drift and isinstance(exc.__cause__, psycopg.errors.StringDataRightTruncation):
             encoding = conn.info.parameter_status("server_encoding")
@@ -1367,17 +1387,30 @@ def _loads_into_bare_columns(conn: psycopg.Connection, path: str, manifest: dict
         return False
 
 
+# The target's own expressions a row meets on its way in: CHECK constraints, generated columns, defaults of the
+# columns the archive lacks, expression indexes and partial indexes' predicates; of the target and, for a
+# partitioned one, of its partitions (where the rows land).
 _OWN_EXPRESSIONS = """
-SELECT 'its CHECK constraint ' || pg_catalog.quote_ident(c.conname) FROM pg_catalog.pg_constraint c
-WHERE c.conrelid = %(rel)s::pg_catalog.regclass AND c.contype = 'c'
+WITH tree AS (SELECT %(rel)s::pg_catalog.regclass AS relid  -- (a table in no partition tree: no row below)
+              UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(%(rel)s::pg_catalog.regclass) t)
+SELECT 'the CHECK constraint ' || pg_catalog.quote_ident(c.conname)
+       || CASE WHEN c.conrelid <> %(rel)s::pg_catalog.regclass THEN ' of ' || c.conrelid::pg_catalog.regclass::text
+               ELSE '' END
+FROM pg_catalog.pg_constraint c JOIN tree ON tree.relid = c.conrelid WHERE c.contype = 'c' AND c.conislocal
 UNION ALL
-SELECT 'its generated column ' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attribute a
+SELECT 'the generated column ' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = %(rel)s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
 UNION ALL
-SELECT 'the DEFAULT of its column ' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attrdef d
+SELECT 'the DEFAULT of column ' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attrdef d
 JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
 WHERE d.adrelid = %(rel)s::pg_catalog.regclass AND NOT a.attisdropped AND a.attgenerated = ''
   AND NOT a.attname::text = ANY(%(archived)s)
+UNION ALL
+SELECT CASE WHEN i.indexprs IS NOT NULL THEN 'the expression index ' ELSE 'the partial index ' END
+       || i.indexrelid::pg_catalog.regclass::text
+FROM pg_catalog.pg_index i JOIN tree ON tree.relid = i.indrelid
+JOIN pg_catalog.pg_class r ON r.oid = i.indrelid AND r.relkind IN ('r', 'm')
+WHERE i.indexprs IS NOT NULL OR i.indpred IS NOT NULL
 """
 
 
@@ -1391,10 +1424,11 @@ def _own_expression_refused(conn: psycopg.Connection, manifest: dict, relation: 
                                                                    "archived": manifest_columns(manifest)})]
     hooks = _raising_hooks(conn, exc, relation)
     named_ = ", ".join([*(f"its {hook}" for hook in hooks), *found]) or "an expression of its own"
+    which = "" if len(hooks) + len(found) == 1 else "one of "
     return RestoreError(f"restoring {manifest['table']} for {manifest['day']}: the archived rows do not load into "
                         f"{relation} ({type(exc).__name__}: {str(exc).splitlines()[0]}); nothing was restored. Its "
                         f"column types take every archived value, so the target's own expressions refused a row as "
-                        f"it went in: {named_}", table=manifest["table"], day=manifest["day"],
+                        f"it went in: {which}{named_}", table=manifest["table"], day=manifest["day"],
                         remedy="restore into a new table (into='new'), or change that expression of the target (or "
                                "disable it for the restore) and restore again")
 
