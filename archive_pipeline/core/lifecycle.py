@@ -239,7 +239,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
         children = day_children(conn, spec, day)
         whole = [c for c in children if c.is_period(day)]
         if len(children) != 1 or not whole:
-            raise RemovalRefused(f"{spec.name} {day} is not one partition of its own: {_not_own(spec, children)}; "
+            raise RemovalRefused(f"{spec.name} {day} is not one partition of its own: {_not_own(spec, day, children)}; "
                                  f"{action} removes whole partitions: use retention action 'delete'",
                                  table=spec.name, day=day.isoformat())
         target = describe_relation(conn, *whole[0].relation(spec), spec.day_column)
@@ -258,16 +258,20 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
     return target
 
 
-def _not_own(spec: TableSpec, children: list) -> str:
+def _not_own(spec: TableSpec, day: Period, children: list) -> str:
     """Why the period's rows are not one partition of their own, in words: no partition holds them (the
-    default's, or none), one holds more than the period (a month's partition under daily archives), or several
-    share them."""
+    default's, or none), one holds more than the period (a month's partition under daily archives), one holds
+    only part of it (the rest in a default partition, or nowhere), or several share them."""
     if not children:
         return "no range partition holds its rows (a default partition may)"
     if len(children) == 1:
         child = children[0]
-        return (f"its partition {child.qualified(spec)} ({child.bound or 'its range'}) also holds rows of other "
-                f"{UNIT[spec.granularity]}s, which dropping or detaching it would remove with them")
+        whole = (child.start is None or child.start <= day.utc_start) and (child.end is None or child.end >= day.utc_end)
+        if whole:
+            return (f"its partition {child.qualified(spec)} ({child.bound or 'its range'}) also holds rows of other "
+                    f"{UNIT[spec.granularity]}s, which dropping or detaching it would remove with them")
+        return (f"its partition {child.qualified(spec)} ({child.bound or 'its range'}) holds only part of it (the "
+                f"rest of the {UNIT[spec.granularity]} is in a default partition, or in none)")
     return "its rows are split across the partitions " + ", ".join(c.qualified(spec) for c in children)
 
 

@@ -315,7 +315,7 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     retryable = is_retryable(exc)
     advice = remedy(exc, spec, day, origin)
     if retryable and retries == 0:
-        cause, advice = _retries_off(cause, origin), _retries_off(advice, origin)
+        cause, advice = retries_off(cause, origin), retries_off(advice, origin)
     elif retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
     nothing = type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
@@ -324,7 +324,7 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                              "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {})})
 
 
-def _retries_off(text: str, origin: str | None) -> str:
+def retries_off(text: str, origin: str | None) -> str:
     """``text`` saying what happens to a transient failure when the step's retry policy retries nothing
     (``retry: max_retries: 0``): the core's words say "retried" for every transient cause."""
     off = f"retries are off (retry: max_retries: 0 in {origin or config_path()})"

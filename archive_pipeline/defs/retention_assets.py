@@ -47,8 +47,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, daily_partitions,
-                                          freshness_policy, job_name, relaunch, retry_policy)
+from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, retries_off,
+                                          daily_partitions, freshness_policy, job_name, relaunch, retry_policy,
+                                          step_retries)
 from archive_pipeline.defs.checks import terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
@@ -133,6 +134,12 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
             yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store)
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
             raise terminated(context, exc, spec, day, "removing", removal_job_name(spec)) from None
+        except Failure as failed:
+            if not (failed.allow_retries and step_retries(context) == 0):
+                raise
+            # the core's words say "retried" of every transient cause; with max_retries 0 nothing is
+            raise Failure(description=retries_off(failed.description or "", None), allow_retries=True,
+                          metadata=failed.metadata) from None
 
     return remove
 
