@@ -65,8 +65,9 @@ from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snap
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, enum_labels, estimated_rows, \
-    hold_day, primary_key, read_snapshot, reads_foreign_tables, same_enum_labels, same_members, server_identity
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, \
+    hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, same_printed_names, \
+    server_identity
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
@@ -307,7 +308,7 @@ class _Archiving:
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
                     hold_day(self.conn, table, where)
-                    labels = enum_labels(self.conn, table)
+                    labels = printed_names(self.conn, table)
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
@@ -365,7 +366,7 @@ class _Archiving:
                             upload.abort()
                             upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
-                same_enum_labels(self.conn, table, labels)
+                same_printed_names(self.conn, table, labels)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
                 upload, published = None, stored.key if stored is not None else None

@@ -242,11 +242,6 @@ FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
 WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typname::text = ANY(%(types)s)
 ORDER BY w.attnum, w.depth, w.route
 """
-# The labels of every enum type inside the columns' types, as the statement's snapshot has them.
-_ENUM_LABELS = _TYPE_WALK + """
-SELECT DISTINCT e.enumtypid, e.oid, e.enumlabel::text FROM walk w JOIN pg_catalog.pg_enum e ON e.enumtypid = w.oid
-ORDER BY 1, 2
-"""
 _MULTIRANGE_STEP = """UNION ALL
         SELECT r.rngtypid, 'multirange', 'range ' FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"""
 
@@ -277,36 +272,110 @@ def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INN
     return {attnum: tuple(types) for attnum, types in found.items()}
 
 
-EnumLabels = tuple[tuple[int, int, str], ...]
+# Types whose values print names read from the catalog as committed when the statement runs (not as the snapshot
+# sees them), and the catalog rows those names come from: (oid, name, namespace) of each.
+_NAMED_BY_CATALOG = {
+    "regclass": "SELECT oid, relname::text, relnamespace FROM pg_catalog.pg_class",
+    "regtype": "SELECT oid, typname::text, typnamespace FROM pg_catalog.pg_type",
+    "regproc": "SELECT oid, proname::text, pronamespace FROM pg_catalog.pg_proc",
+    "regprocedure": "SELECT oid, proname::text, pronamespace FROM pg_catalog.pg_proc",
+    "regoper": "SELECT oid, oprname::text, oprnamespace FROM pg_catalog.pg_operator",
+    "regoperator": "SELECT oid, oprname::text, oprnamespace FROM pg_catalog.pg_operator",
+    "regnamespace": "SELECT oid, nspname::text, 0::pg_catalog.oid FROM pg_catalog.pg_namespace",
+    "regrole": "SELECT oid, rolname::text, 0::pg_catalog.oid FROM pg_catalog.pg_roles",
+    "regconfig": "SELECT oid, cfgname::text, cfgnamespace FROM pg_catalog.pg_ts_config",
+    "regdictionary": "SELECT oid, dictname::text, dictnamespace FROM pg_catalog.pg_ts_dict",
+    "regcollation": "SELECT oid, collname::text, collnamespace FROM pg_catalog.pg_collation",
+}
+
+# Every type a day's values may print through: the columns' types of the relation and, for a view, of the
+# relations it reads (and the types its query casts to), walked into domains, arrays, composites and ranges;
+# of those, the enum types' labels and the names of the pg_catalog types in _NAMED_BY_CATALOG.
+_PRINTED_TYPES = """
+WITH RECURSIVE {roots},
+seeds(oid) AS (
+    SELECT a.atttypid FROM pg_catalog.pg_attribute a JOIN roots ON a.attrelid = roots.oid
+    WHERE a.attnum > 0 AND NOT a.attisdropped
+    UNION
+    SELECT d.refobjid FROM roots JOIN pg_catalog.pg_rewrite r ON r.ev_class = roots.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass),
+types(oid) AS (
+    SELECT oid FROM seeds
+    UNION
+    SELECT c.oid FROM types JOIN pg_catalog.pg_type t ON t.oid = types.oid
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL
+        SELECT t.typelem WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
+        UNION ALL
+        SELECT f.atttypid FROM pg_catalog.pg_attribute f
+        WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
+        UNION ALL
+        SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
+        {multirange}
+    ) AS c(oid))
+SELECT 'enum', e.enumtypid::text || ':' || e.oid::text, e.enumlabel::text
+FROM types JOIN pg_catalog.pg_enum e ON e.enumtypid = types.oid
+UNION ALL
+SELECT 'named', t.typname::text, '' FROM types JOIN pg_catalog.pg_type t ON t.oid = types.oid
+WHERE t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND t.typname::text = ANY(%(named)s)
+ORDER BY 1, 2
+"""
+
+PrintedNames = tuple[tuple[str, str, str], ...]
 
 
-def enum_labels(conn: psycopg.Connection, table: SourceTable) -> EnumLabels:
-    """The labels of the enum types inside the day's columns, as ``conn``'s snapshot has them (see
-    :func:`same_enum_labels`)."""
+def printed_names(conn: psycopg.Connection, table: SourceTable) -> PrintedNames:
+    """What the day's values print from the catalog, as ``conn``'s snapshot has it: the labels of the enum
+    types inside its columns' types (a view's: of the relations it reads, and the types its query casts to),
+    and a digest of the names of each kind of catalog object a reg* value names (see
+    :func:`same_printed_names`)."""
     if table.oid is None:
         return ()
-    query = _ENUM_LABELS.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
-    return tuple(conn.execute(query, {"oid": table.oid}).fetchall())
+    multirange = ("UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"
+                  if conn.info.server_version >= 140000 else "")
+    query = _PRINTED_TYPES.format(roots=_ROOTS, multirange=multirange)
+    found = conn.execute(query, {"rel": table.identifier.as_string(conn), "also": [],
+                                 "named": list(_NAMED_BY_CATALOG)}).fetchall()
+    return tuple(row if row[0] == "enum" else ("named", row[1], _names_digest(conn, row[1])) for row in found)
 
 
-def same_enum_labels(conn: psycopg.Connection, table: SourceTable, labels: EnumLabels) -> None:
-    """Fail (retryable) if an enum label of the day's columns was renamed since the snapshot that read
-    ``labels``. Asked once the rows are read, in a new statement outside that snapshot. A value prints its
-    label through the catalog as committed when the statement runs, not as the snapshot sees it, so a
-    RENAME VALUE committed during a run made the fingerprint print the old label and the read the new one
-    (or the other way round): a green archive whose rows its own manifest did not describe."""
-    if not labels:
+def _names_digest(conn: psycopg.Connection, type_name: str) -> str:
+    """A digest of the names a ``type_name`` value may print (its catalog's, and the schemas'): one renamed
+    changes it."""
+    return conn.execute(f"SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(x.oid::text || ':' || x.n || ':' || "
+                        f"x.ns::text, ',' ORDER BY x.oid), '') || (SELECT pg_catalog.string_agg(nspname::text, ',' "
+                        f"ORDER BY oid) FROM pg_catalog.pg_namespace)) FROM ({_NAMED_BY_CATALOG[type_name]}) "
+                        "AS x(oid, n, ns)").fetchone()[0]
+
+
+def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: PrintedNames) -> None:
+    """Fail (retryable) if a name the day's values print was changed since the snapshot that read ``names``: an
+    enum label renamed, or a relation, type, function ... renamed that a reg* value names. Asked once the rows are
+    read, in a new statement outside that snapshot. A value prints such a name from the catalog as committed when
+    the statement runs, not as the snapshot sees it, so a rename committed during a run made the fingerprint
+    print the old name and the read the new one (or the other way round): a green archive whose rows its own
+    manifest did not describe."""
+    if not names:
         return
-    types = sorted({oid for oid, _, _ in labels})
-    now = tuple(conn.execute("SELECT enumtypid, oid, enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = "
-                             "ANY(%s) ORDER BY 1, 2", (types,)).fetchall())
-    if {(oid, label) for _, oid, label in now} >= {(oid, label) for _, oid, label in labels}:
-        return  # (a label added meanwhile prints no value the day held)
-    raise SourceError(f"an enum label of {table.qualified}'s columns was renamed (ALTER TYPE ... RENAME VALUE) "
-                      "while the day was read: its fingerprint and its rows may print different labels; nothing "
-                      "was published", retryable=True, cause="an enum label was renamed during the run",
-                      remedy="retried automatically (the retry reads the labels as they are then); rename enum "
-                             "labels outside the table's archive runs")
+    labels = {(key, label) for kind, key, label in names if kind == "enum"}
+    changed = []
+    if labels:
+        types = sorted({int(key.split(":")[0]) for key, _ in labels})
+        now = {(f"{t}:{o}", label) for t, o, label in conn.execute(
+            "SELECT enumtypid, oid, enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = ANY(%s)", (types,))}
+        if not labels <= now:  # (a label added meanwhile prints no value the day held)
+            changed.append("an enum label (ALTER TYPE ... RENAME VALUE)")
+    for kind, type_name, digest in names:
+        if kind == "named" and _names_digest(conn, type_name) != digest:
+            changed.append(f"a name a {type_name} value prints (a relation, type, function or schema renamed)")
+    if changed:
+        raise SourceError(f"{' and '.join(changed)} of {table.qualified}'s values was changed while the day was "
+                          "read: its fingerprint and its rows may print different names; nothing was published",
+                          retryable=True, cause="a name the day's values print was renamed during the run",
+                          remedy="retried automatically (the retry reads the names as they are then); rename enum "
+                                 "labels and the objects reg* columns name outside the table's archive runs")
 
 
 def unquoted_hint(schema: str, name: str) -> str:
@@ -819,7 +888,8 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     renamed or added, or the table renamed or replaced (a new table renamed into its place, whose rows
     the snapshot cannot see) in between would read other columns than those described, or none."""
     _same_relation(conn, table, where)  # its first query takes the day's locks
-    found = conn.execute(_CHANGED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn)}).fetchall()
+    also = view_reads(conn, table, where)
+    found = conn.execute(_CHANGED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn), "also": also}).fetchall()
     read = _relations_read(conn, table, where) if found else set()
     changed = [relation_name(schema, name) for schema, name, gone in found
                if gone or ((schema, name) in read and not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})")
@@ -830,7 +900,8 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
             f"dropped or detached) just after this run took its snapshot of {table.qualified}; reading on would "
             "see the day as it was not", retryable=True, cause="the table changed while the run was starting",
             remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs")
-    detached = conn.execute(_DETACHED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn)}).fetchall()
+    detached = conn.execute(_DETACHED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn), "also": also}
+                            ).fetchall()
     pending = [(relation, parent) for relation, parent in
                (((s, n), detaching(conn, sql.Identifier(s, n))) for s, n in detached) if parent]
     if pending:
@@ -843,16 +914,55 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     same_members(conn, table, where)
 
 
-# The table and every relation under it, as the snapshot's catalog has them, and whether each is a partition.
+# The relation and, where it is a view, every relation it reads: through views in views (their rewrite rules'
+# dependencies), and those its day query reads as planned (``also``: an inlined SQL function's tables): a
+# TRUNCATE, DETACH or ATTACH on a view's base table is what the snapshot does not isolate.
+_ROOTS = """
+roots(oid) AS (
+    SELECT %(rel)s::pg_catalog.regclass::pg_catalog.oid
+    UNION
+    SELECT pg_catalog.unnest(%(also)s::pg_catalog.regclass[])::pg_catalog.oid
+    UNION
+    SELECT d.refobjid FROM roots JOIN pg_catalog.pg_class v ON v.oid = roots.oid AND v.relkind = 'v'
+    JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> v.oid AND d.deptype = 'n')"""
+
+
+# The table and every relation under it (a view: the relations it reads and theirs), as the snapshot's catalog has
+# them, whether each is a partition, and whether it is one of the roots.
 _SNAPSHOT_TREE = """
-WITH RECURSIVE tree(oid) AS (
-    SELECT %s::pg_catalog.regclass::pg_catalog.oid
-    UNION ALL
+WITH RECURSIVE""" + _ROOTS + """,
+tree(oid) AS (
+    SELECT oid FROM roots
+    UNION
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
-SELECT n.nspname, c.relname, c.relispartition
+SELECT n.nspname, c.relname, c.relispartition, tree.oid IN (SELECT oid FROM roots)
 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relpersistence <> 't' OR c.relnamespace = pg_catalog.pg_my_temp_schema()  -- (others' temp children: never read)
 """
+
+
+# Whether a view (or a view it reads) calls a function of the user's: its rules depend on one (built-in
+# functions are pinned, with no dependency recorded).
+_VIEW_CALLS_FUNCTIONS = """
+WITH RECURSIVE""" + _ROOTS + """
+SELECT EXISTS (SELECT FROM roots JOIN pg_catalog.pg_rewrite r ON r.ev_class = roots.oid
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass)
+"""
+
+
+def view_reads(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> list[str]:
+    """For a view that calls a function of the user's, the relations its day query reads as planned (an inlined
+    SQL function's tables, which no dependency records; regclass text, see :data:`_ROOTS`); none for any other
+    relation, whose roots its rules' dependencies give exactly (a relation that joined a base table since the
+    snapshot is then told from them, see :func:`same_members`). A PL/pgSQL function's tables are in no plan: a
+    view reading through one is held by the function's own locks only, when it runs."""
+    if table.relkind != "v" or not conn.execute(_VIEW_CALLS_FUNCTIONS, {"rel": table.identifier.as_string(conn),
+                                                                          "also": []}).fetchone()[0]:
+        return []
+    return [sql.Identifier(schema, name).as_string(conn) for schema, name in _relations_read(conn, table, where)]
 
 
 def same_members(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
@@ -864,16 +974,18 @@ def same_members(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
     the session that fingerprints the day alongside the read once it is done: an ATTACH takes no lock the
     readers hold, so one committed after the locks is still planned into a later session's query.
     (A partition detached is :data:`_DETACHED_SINCE_SNAPSHOT`.)"""
-    if table.relkind not in ("r", "p"):
+    if table.relkind not in ("r", "p", "v"):
         return
-    tree = {(schema, name): partition for schema, name, partition in
-            conn.execute(_SNAPSHOT_TREE, (table.identifier.as_string(conn),)).fetchall()}
+    found = conn.execute(_SNAPSHOT_TREE, {"rel": table.identifier.as_string(conn),
+                                          "also": view_reads(conn, table, where)}).fetchall()
+    tree = {(schema, name): partition for schema, name, partition, _ in found}
+    roots = {(schema, name) for schema, name, _, root in found if root}
     read = _relations_read(conn, table, where)
     joined = sorted(read - set(tree))
     if joined:
         raise _changed_under_snapshot(table, f"{', '.join(relation_name(s, n) for s, n in joined)} joined it (ATTACH "
                                              "PARTITION or INHERIT) after the snapshot, which sees its rows")
-    children = {member for member, partition in tree.items() if not partition} - {(table.schema, table.name)} - read
+    children = {member for member, partition in tree.items() if not partition} - roots - read
     if children:  # inheritance children the day's plan does not read: excluded by their constraints, or gone
         everything = _relations_read(conn, table, sql.SQL("TRUE"))
         left = sorted(children - everything)
@@ -1002,17 +1114,6 @@ def _relations_read(conn: psycopg.Connection, table: SourceTable, where: sql.Com
 
 # Every relation of the table's tree as the snapshot sees it whose file is no longer the one the
 # snapshot sees (NULL: the relation is gone). Partitioned tables have no file of their own.
-# The relation and, where it is a view, every relation it reads, through views in views (their rewrite rules'
-# dependencies): a TRUNCATE or DETACH of a view's base table is what the snapshot does not isolate.
-_ROOTS = """
-roots(oid) AS (
-    SELECT %(rel)s::pg_catalog.regclass::pg_catalog.oid
-    UNION
-    SELECT d.refobjid FROM roots JOIN pg_catalog.pg_class v ON v.oid = roots.oid AND v.relkind = 'v'
-    JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
-     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> v.oid AND d.deptype = 'n')"""
-
 _CHANGED_SINCE_SNAPSHOT = """
 WITH RECURSIVE""" + _ROOTS + """,
 tree(oid) AS (
