@@ -240,9 +240,22 @@ def _has_default_partition(conn: psycopg.Connection, spec: TableSpec) -> bool:
 def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:
     """Whether the archive holds what the source holds now: the fingerprint when the manifest has one
     (version 2), otherwise only the row count (version 1 recorded nothing finer)."""
-    if archived.fingerprint:
+    if archived.fingerprint and fingerprint.recorded_algorithm(archived.fingerprint) is not None:
         return archived.fingerprint == str(current)
-    return archived.rows == current.rows
+    return archived.rows == current.rows  # (or a fingerprint of a newer version's algorithm: see uncomputable)
+
+
+def uncomputable(archived: Archived) -> str:
+    """Why the archive's content cannot be compared here ("" if it can): a manifest of version 1 records no
+    fingerprint; one written by a newer archive_pipeline may record a fingerprint of an algorithm this version
+    does not know. Row counts are compared alone then, and nothing is said of the content."""
+    if not archived.fingerprint:
+        return "manifest version 1 has no fingerprint: row counts compared only"
+    if fingerprint.recorded_algorithm(archived.fingerprint) is None:
+        algorithm = archived.fingerprint.rsplit(":", 2)[0]
+        return (f"its fingerprint ({algorithm}) is of an algorithm this version cannot compute (written by a newer "
+                "archive_pipeline): row counts compared only; upgrade to compare the content")
+    return ""
 
 
 def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.Error) -> str:
@@ -379,6 +392,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
                         else "same row count, different content (fingerprint)")
+            elif uncomputable(archived) and archived.fingerprint:
+                note = uncomputable(archived)
         elif archived.removed and present:
             note = _removed_yet_present(conn, spec, day, archived)
         elif check_source or archived.removed:
@@ -696,10 +711,12 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         if current is None:
             out.append(_absent(spec, day, archived, found.key))
             continue
-        note = "" if archived.fingerprint else "manifest version 1 has no fingerprint: row counts compared only"
+        note = uncomputable(archived)
         result = "equal" if matches_source(archived, current) else "differs"
         if result == "differs" and current.rows == archived.rows:
             note = "same row count, different content"
+        elif result == "differs" and note:
+            note = f"source has {current.rows:,} rows, archive {archived.rows:,}; {note}"
         # "equal" says the bucket holds the day: its object is there as the manifest describes it (one HEAD);
         # a manifest alone, its object deleted or replaced, was called equal
         try:

@@ -83,6 +83,9 @@ class Column:
     # output function (an enum's owner may create one: it is the user's function, not the value)
     json_cast: bool = False
     text_cast: bool = False  # ... and a cast to text, which ``::text`` calls instead of its output function
+    # ... a cast to text a user created (a built-in type's pinned casts cannot be replaced, but one without a
+    # cast to text may be given one: a DBA's compatibility cast, which the fingerprint must not hash through)
+    user_text_cast: bool = False
     # the types of :data:`INNER_TYPES` anywhere inside the column's type (see :func:`inner_types`)
     inner: tuple[InnerType, ...] = ()
     # the numbers (:data:`NUMBER_TYPES`) inside a composite or range of the column's type: what a
@@ -177,7 +180,10 @@ SELECT a.attnum, a.attname,
        EXISTS (SELECT FROM pg_catalog.pg_cast c
                WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype),
        EXISTS (SELECT FROM pg_catalog.pg_cast c
-               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype)
+               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype),
+       EXISTS (SELECT FROM pg_catalog.pg_cast c  -- (16384: FirstNormalObjectId, the first OID not PostgreSQL's own)
+               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype
+                 AND c.oid >= 16384)
 FROM pg_catalog.pg_attribute a
 CROSS JOIN LATERAL (
     WITH RECURSIVE walk(oid, typmod, is_array, depth) AS (

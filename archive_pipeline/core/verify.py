@@ -464,7 +464,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
 # (not in the connection string): the proof's second session keeps to them too, so a lock held on the
 # table ends its wait after lock_timeout, as it ends the removal's, instead of never; and it reads the
 # table's types as the caller's does (session_settings.SESSION_PINNED).
-_LIMITS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", *SESSION_PINNED)
+# what the second session takes over from the caller's: its limits, its pinned settings, and its search_path (a
+# regclass value prints its name as the path finds it: the fingerprint must print it as the caller's session does)
+_LIMITS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "search_path", *SESSION_PINNED)
 
 
 def _limits_of(conn: psycopg.Connection) -> dict[str, str]:
@@ -692,7 +694,9 @@ def _temp_table(conn: psycopg.Connection, manifest: dict,
     ``as_text`` are text (their archived text is what the fingerprint hashes: no parsing needed)."""
     types = {name: sql.SQL("text") if name in as_text else kind for name, kind in _column_types(conn, manifest).items()}
     temp, qualified = _create_temp(conn, types)
-    return temp, describe_table(conn, qualified, None).columns
+    # the manifest's columns only, in its order: an event trigger may add a column of its own to every new table
+    described = {c.name: c for c in describe_table(conn, qualified, None).columns}
+    return temp, [described[name] for name in types]
 
 
 # PostgreSQL types whose v3 hashed text (``::text``) is exactly what the Parquet reader gives back for
@@ -743,6 +747,7 @@ class _TextColumn:
     is_array: bool = False
     is_enum: bool = False
     user_type: bool = False  # parse_as is a type outside pg_catalog: hashed by its output function (fingerprint)
+    user_text_cast: bool = False  # parse_as has a cast to text a user created: hashed by its output function too
 
 
 # Every type whose text form (what the fingerprint hashes: ``value::text``) is its output function's, as
@@ -814,9 +819,21 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # strips them; the source's side keeps them)
     bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
     users = {name for (name,) in conn.execute(_USER_BASE_COLUMNS, (names, list(oids))).fetchall()}
+    cast = {name for (name,) in conn.execute(_USER_TEXT_CAST_COLUMNS, (names, list(oids))).fetchall()}
     return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else "text",
-                              user_type=name in users) if name in parsed
+                              user_type=name in users, user_text_cast=name in cast) if name in parsed
                   else _TextColumn(name) for name in names]
+
+
+# Columns whose type (through domains; not an array) has a cast to text a user created (see source.Column)
+_USER_TEXT_CAST_COLUMNS = sql.SQL("""
+WITH RECURSIVE base(name, oid) AS (
+    SELECT * FROM unnest(%s::text[], %s::oid[])
+    UNION ALL
+    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
+SELECT DISTINCT base.name FROM base JOIN pg_catalog.pg_cast c ON c.castsource = base.oid
+WHERE c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.oid >= 16384
+""")
 
 
 # Columns whose type, through domains and an array to its element (and its domains), as source's column query

@@ -752,7 +752,10 @@ def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | No
     bare "1 blocking asset check failed", and never retried: a step retry would find the day recorded and
     end the run green, past the check that was to block it. A source that changed since its snapshot (a
     late row) is not a damaged archive: the archive holds the snapshot, and archiving again takes the new rows."""
-    source_only = all(p.startswith(("the source's rows", "first difference: the source has")) for p in problems)
+    # (the first difference, either way, is named only beside "the source's rows ... are not the archive's",
+    # after the archive's own rows proved equal to its manifest: a row the archive has and the source lacks was
+    # deleted or changed in the source)
+    source_only = all(p.startswith(("the source's rows", "first difference: ")) for p in problems)
     cause = ("the source changed after the snapshot the archive was read from (rows arrived, changed or went "
              "late)" if source_only else "the archive in the bucket is not what was recorded")
     text = (f"{spec.name} {day}: the archive is NOT proven, so the run fails (deep_check is blocking): {cause}: "
