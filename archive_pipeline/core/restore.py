@@ -776,8 +776,16 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
                  if schema else f"GRANT USAGE on the schema of {type_text} TO {conn.info.user}")
         raise SourceError(f"{where}: role {conn.info.user!r} may not use the type {type_text!r} ({denied})",
                           retryable=False, cause="permission denied", remedy=grant) from None
-    except psycopg.Error as exc:
+    except (psycopg.errors.SyntaxError, psycopg.errors.InvalidTextRepresentation, psycopg.errors.InvalidName,
+            psycopg.errors.NameTooLong, psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue,
+            psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter) as exc:
+        # what the type-name parser says of text that is no type name: the manifest's, damaged
         raise RestoreError(f"{where}: {type_text!r} is not a type name ({exc}); the manifest is damaged") from None
+    except psycopg.Error as exc:  # the session's fate (terminated, a timeout, a lost connection), not the name's
+        found_ = classify(exc, user=conn.info.user)
+        raise RestoreError(f"{where}: checking the type name {type_text!r} failed: {found_.cause} "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                           retryable=found_.retryable, remedy=found_.remedy, cause=found_.cause) from exc
     if not found:
         raise TypeMissingError(f"{where}: type {type_text!r} does not exist in this database; create it (e.g. the "
                                "enum or composite type, or the extension providing it) and restore again",

@@ -394,6 +394,12 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
         # never ran (its download failed, say)
         return Verdict(day, [f"its content was never proven ({proof}); a re-check of the object cannot prove it: "
                              "archive the day again (overwrite: true in the launchpad's run config)"], "")
+    if spec.deep_check and not proof.startswith("content proven") and not meta.get("empty"):
+        # archived before deep_check was set (its record says what was checked then: the object alone)
+        return Verdict(day, [f"its content was never proven against the source (archived before deep_check was set: "
+                             f"{proof or 'no proof recorded'}); a re-check of the object cannot prove it: run "
+                             "verify --deep for the day, or archive it again (overwrite: true in the launchpad's run "
+                             "config)"], "")
     try:
         return verify_result(store, spec, day, expected_from(meta), deep=deep, temp_dir=temp_dir)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
