@@ -101,3 +101,45 @@ def test_a_session_terminated_while_the_manifests_types_are_checked_is_not_a_dam
     with pg.connect() as again:
         done = run(again)
     assert done == [] if operation == "deep_verify" else done.rows == ROWS
+
+
+@contextlib.contextmanager
+def settings_view_locked(pg):
+    """Another session holds ACCESS EXCLUSIVE on pg_catalog.pg_settings: a session reading that view waits, and
+    under its lock_timeout fails there with LockNotAvailable ("canceling statement due to lock timeout")."""
+    with psycopg.connect(pg.dsn) as holder:
+        holder.execute("LOCK TABLE pg_catalog.pg_settings IN ACCESS EXCLUSIVE MODE")
+        yield
+        holder.rollback()
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_lock_timeout_while_the_second_session_is_prepared_is_retryable_not_an_aborted_transaction(
+        pg, conn, schema, store, temp_dir, streams):
+    """A first archive of a day the planner expects to hold 50,000 rows or more (or with parallel_streams 2) opens
+    a second session beside the archiving one, and to build its connection string asks the archiving session,
+    inside the day's REPEATABLE READ transaction, `SELECT name, reset_val FROM pg_catalog.pg_settings ...`
+    (parallel.dsn_of -> session_settings.unpinned_defaults). That statement meets the session's lock_timeout
+    (source.lock_timeout_ms; a statement_timeout or a cancel does the same). The error is a QueryCanceled /
+    LockNotAvailable, i.e. a psycopg.OperationalError, which archive.py catches as "no second session could be
+    opened" and then fingerprints on the archiving session, whose transaction is aborted: the day fails with
+    "InFailedSqlTransaction SQLSTATE 25P02: current transaction is aborted ... not retried: a retry cannot fix
+    this". Should: the lock timeout itself, named as the cause, retryable (as the same timeout at every other
+    statement of the archive says), and the next run archives the day."""
+    table = sql.Identifier(schema, "big")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + (g % 86000) * interval '1 second' "
+                         "FROM generate_series(1, 60000) g").format(table, sql.Literal(DAY.isoformat())))
+    conn.execute(sql.SQL("ANALYZE {}").format(table))
+    spec = TableSpec(name=f"{schema}.big", day_column="created_at", start_date=DAY, format="csv",
+                     compression="zstd", parallel_streams=streams)
+    with pg.connect() as archiving, settings_view_locked(pg), pytest.raises(ArchiveError) as caught:
+        archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir), session_settings={"lock_timeout": "300"})
+    err = caught.value
+    assert (err.table, err.day) == (spec.name, DAY.isoformat()), str(err)
+    assert "aborted" not in str(err), str(err)
+    assert "lock" in str(err) and err.retryable, str(err)
+    assert list(temp_dir.iterdir()) == []
+    assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+    with pg.connect() as again:
+        assert archive_partition(again, spec, DAY, store, temp_dir=str(temp_dir)).rows == 60000
