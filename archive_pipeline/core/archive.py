@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
@@ -529,6 +530,8 @@ class _Archiving:
             side = open_snapshot_sessions(self.conn, extraction.snapshot.snapshot_id, 1,
                                           {**self.settings, **ALONGSIDE_SETTINGS}, table, where)[0]
         except psycopg.OperationalError as exc:
+            if self.conn.broken or self.conn.info.transaction_status == TransactionStatus.INERROR:
+                raise  # the snapshot's own session failed (a timeout on its statement, a cancel), not a connect
             log.info("%s %s: fingerprinting before the read, no second session: %s", self.spec.name, self.day, exc)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
             extraction.expected_rows = fp.rows
