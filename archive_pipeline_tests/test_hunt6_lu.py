@@ -17,6 +17,7 @@ from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline.local.local_stack import start_postgres
+from archive_pipeline_tests.test_hunt4_gg import encoded_db  # noqa: F401 - a fixture: databases in other encodings
 
 DAY = dt.date(2024, 3, 10)
 FORMATS = ("jsonl", "csv", "parquet")
@@ -291,3 +292,31 @@ def test_a_view_whose_owner_may_not_read_its_table_on_a_german_server_names_that
         de.execute(sql.SQL("DROP VIEW IF EXISTS {}.v").format(s))
         de.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(owner)))
         de.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
+
+
+@pytest.mark.parametrize("encoding, value", [("LATIN1", '{"a": "\\u65e5"}'), ("WIN1252", '["\\u65e5"]'),
+                                             ("SQL_ASCII", '{"a": "\\u00e9"}')])
+def test_a_jsonl_day_of_json_with_a_unicode_escape_restores_into_its_own_database(encoding, value, encoded_db,
+                                                                                  store, temp_dir):
+    """A LATIN1 (or WIN1252, or SQL_ASCII) database holds a ``json`` value with a Unicode escape of a character
+    the encoding lacks, ``{"a": "\\u65e5"}`` (json keeps its text: PostgreSQL accepts it in any encoding). The
+    day is archived as JSONL: green, the escape kept in the object. What happens: the day can never be restored
+    into its own database (nor deep-verified there): json_populate_recordset parses the escapes into the
+    server's encoding and fails ("character with byte sequence 0xe6 0x97 0xa5 in encoding UTF8 has no
+    equivalent in encoding LATIN1"), and the refusal says the value "was archived from a database whose encoding
+    has it" -- this very database. What should happen: a green archive restores into the database it came
+    from with the value exact (CSV and Parquet do), or the archive refuses the day up front naming the column,
+    the encoding and a format that works."""
+    db = encoded_db(encoding)
+    db.execute("CREATE TABLE ev (id int, at date, j json)")
+    db.execute("INSERT INTO ev VALUES (1, '2024-03-10', %s::json), (2, '2024-03-10', '[1]')", (value,))
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="jsonl", compression="zstd")
+    try:
+        archive_partition(db, spec, DAY, store, temp_dir=str(temp_dir))
+    except ArchiveError as exc:  # a refusal up front is fine if it names the column and the encoding
+        assert "column j" in str(exc) or "'j'" in str(exc), exc
+        assert encoding in str(exc), exc
+        return
+    restored = restore_day(db, store, spec, DAY, into="new", target="public.back", temp_dir=str(temp_dir))
+    assert restored.rows == 2 and restored.fingerprint_checked
+    assert db.execute("SELECT j::text FROM back WHERE id = 1").fetchone()[0] == value
