@@ -1,0 +1,41 @@
+"""Hunt 6 (lv): parallel extraction and batched backfill runs under hostile data and faults."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from psycopg import sql
+
+from archive_pipeline.core.parallel import plan_streams
+from archive_pipeline.core.source import day_filter, describe_table, read_snapshot
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _plan(conn, name, streams=4):
+    described = describe_table(conn, name, "at")
+    where = day_filter(described, DAY)
+    with read_snapshot(conn):
+        return plan_streams(conn, described, where, DAY, streams), where
+
+
+def test_an_inheritance_parent_over_unindexed_children_is_split_by_its_childrens_pages(conn, schema):
+    """A user archives an inheritance parent that holds no rows itself (the classic layout: children
+    hold the rows), no index on the day column, at ``parallel_streams: 4``. What happens: ``plan_streams``
+    cuts page ranges by the size of the parent alone (relkind 'r': only a declarative parent, 'p', looks
+    at the relations the day's query scans, ``_largest_scanned``): 0 pages, so one stream reads the whole
+    day and the day's ``streams`` metadata says "the relation has 0 page(s): nothing to split", though the
+    day is 8,000 rows over ~2,000 pages of its children. Expected: as for a partitioned table, the
+    relations the query reads decide the ranges (4 streams, none with more than about its share)."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {s}.par (id int, at timestamptz, body text); "
+                         "CREATE TABLE {s}.k1 () INHERITS ({s}.par) WITH (fillfactor = 10); "
+                         "CREATE TABLE {s}.k2 () INHERITS ({s}.par) WITH (fillfactor = 10)").format(s=s))
+    for k in ("k1", "k2"):
+        conn.execute(sql.SQL("INSERT INTO {}.{} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '10 s', "
+                             "md5(g::text) FROM generate_series(1, 4000) g").format(s, sql.Identifier(k)))
+    conn.execute(sql.SQL("ANALYZE {}.par").format(s))
+    plan, where = _plan(conn, f"{schema}.par")
+    shares = [conn.execute(sql.SQL("SELECT count(*) FROM {}.par WHERE ({}) AND ({})").format(s, where, c)).fetchone()[0]
+              for c in plan.conditions]
+    assert plan.streams == 4 and max(shares) <= 4000, (plan.reason, shares)
