@@ -39,3 +39,24 @@ def test_an_inheritance_parent_over_unindexed_children_is_split_by_its_childrens
     shares = [conn.execute(sql.SQL("SELECT count(*) FROM {}.par WHERE ({}) AND ({})").format(s, where, c)).fetchone()[0]
               for c in plan.conditions]
     assert plan.streams == 4 and max(shares) <= 4000, (plan.reason, shares)
+
+
+def test_a_parent_with_a_few_rows_of_its_own_over_an_indexed_history_child_is_read_in_time_slices(conn, schema):
+    """A user archives an inheritance parent holding a few rows itself (20 of the day) over a child with
+    two weeks of history (60,000 rows), every relation indexed on the timestamptz day column, at
+    ``parallel_streams: 4``. What happens: ``_mostly_the_day`` (and then ``_index_reads_less``) compare the
+    planner's estimate for the day over the whole tree (~2,900 rows) with the parent's *own* reltuples
+    (20), so the history table counts as "mostly the day"; the plan falls to page ranges cut by the
+    parent's size: one stream, "the relation has 1 page(s): nothing to split" (with a parent of a few
+    more pages, ranges over the child's whole history with index scans off, each stream scanning history
+    the index skips). Expected: the tree's rows decide, so the day is read in 4 time slices of the index."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {s}.par (id int, at timestamptz, body text); CREATE INDEX ON {s}.par (at); "
+                         "CREATE TABLE {s}.old () INHERITS ({s}.par); CREATE INDEX ON {s}.old (at)").format(s=s))
+    conn.execute(sql.SQL("INSERT INTO {}.par SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 h', "
+                         "repeat('x', 200) FROM generate_series(1, 20) g").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.old SELECT g, '2024-02-25 00:00+00'::timestamptz + g * interval '30 s', "
+                         "md5(g::text) FROM generate_series(1, 60000) g").format(s))
+    conn.execute(sql.SQL("ANALYZE {}.par; ANALYZE {}.old").format(s, s))
+    plan, where = _plan(conn, f"{schema}.par")
+    assert plan.kind == "key" and plan.streams == 4, plan.reason
