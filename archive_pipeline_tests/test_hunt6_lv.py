@@ -60,3 +60,54 @@ def test_a_parent_with_a_few_rows_of_its_own_over_an_indexed_history_child_is_re
     conn.execute(sql.SQL("ANALYZE {}.par; ANALYZE {}.old").format(s, s))
     plan, where = _plan(conn, f"{schema}.par")
     assert plan.kind == "key" and plan.streams == 4, plan.reason
+
+
+def test_a_ranged_run_terminated_while_a_day_is_recorded_does_not_say_that_day_was_not_published(
+        conn, schema, archive_env, s3_client, monkeypatch):
+    """A backfill's ranged run of 2024-03-10..13 is terminated from the UI right after 2024-03-10 was archived,
+    while its materialization is stored (in a ranged run the day is recorded with ``context.log_event``, inside
+    the asset's code). What happens: the interrupt surfaces in ``archive_one_day`` after the day's object and
+    manifest are in the bucket and its materialization is recorded, and ``_archive_days`` reports it as the day
+    cut off: "2024-03-10: cancelled while archiving: ... nothing of the day was published (an earlier archive
+    of it stays as it was)", though the day is published and shows as materialized; its ``archive_intact``
+    result is never recorded (a materialized day without its check: half recorded). Expected: a day whose
+    materialization is recorded is either completed (its check result logged) or at least not described as
+    unpublished; the run's message tells the truth about every day."""
+    import os
+    import signal
+
+    from dagster import AssetCheckKey, DagsterRunStatus, RunsFilter, instance_for_test
+
+    from archive_pipeline.defs.assets import asset_key
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.test_hunt2_n import (DAYS, RANGE, _config, _failures, _is_materialization_of, _job,
+                                                     _on_event, _states)
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    config = _config(schema)
+    spec = config.tables[0]
+    job = _job(config, schema)
+    with instance_for_test() as instance:
+        fired: list = []
+
+        def terminate(event) -> None:
+            if not fired and _is_materialization_of(event, DAYS[0]):
+                fired.append(event)
+                [run] = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+                instance.report_run_canceling(run)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        _on_event(instance, monkeypatch, terminate)
+        result = job.execute_in_process(instance=instance, tags=RANGE, raise_on_error=False)
+        assert fired
+        assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
+        assert sorted(_states(instance, result.run_id)) == [DAYS[0].isoformat()]  # recorded as materialized
+        listed = s3_client.list_objects_v2(Bucket=archive_env, Prefix="archive/").get("Contents", [])
+        assert any(DAYS[0].isoformat() in o["Key"] for o in listed)  # and published
+        [message] = _failures(instance, result.run_id)
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset_key(spec), "archive_intact"), limit=10)
+        # now: no check result for the materialized day, and the message says nothing of it was published
+        assert [c.partition for c in checks] == [DAYS[0].isoformat()], [(c.partition, c.status) for c in checks]
+        said = f"{DAYS[0]}: cancelled while archiving"
+        assert not (said in message and "nothing of the day was published" in message), message
