@@ -176,3 +176,25 @@ def test_a_restore_with_on_conflict_skip_refused_temp_names_temporary_not_grants
                         temp_dir=temp_dir)
     remedy = refused.value.remedy or ""
     assert "TEMPORARY" in remedy and db.name in remedy, remedy
+
+
+# ---- removal by a role that may read the table ---------------------------------------------------------------------
+
+def test_a_detach_by_a_role_that_does_not_own_the_table_names_the_owner_first(db, store, temp_dir):
+    """The archiving role (SELECT on ``s.events``, which reads every partition through the parent) is given
+    ``retention: {action: detach}`` and runs the removal (a dry run, as ``prune --dry-run`` does). It is refused,
+    not retried (right), but with "role ... may not SELECT from 's.events_20240310'; to fix: GRANT SELECT ON
+    "s"."events_20240310" TO ...". The user runs that GRANT, runs the removal again, and only then learns the
+    real obstacle: "only the owner of s.events (postgres) may detach it ... GRANT postgres TO ...". (A role
+    that is a member of pg_read_all_data gets that answer at once.) Expected: the first refusal names what the
+    detach needs, the owner's role, not a SELECT grant that cannot make the detach possible."""
+    from archive_pipeline.core.lifecycle import remove_day
+
+    spec = _spec(retention={"keep_days": 1, "action": "detach"})
+    with psycopg.connect(db.owner.info.dsn, autocommit=True) as owning:
+        archive_partition(owning, spec, DAY, store, temp_dir=temp_dir)
+    with psycopg.connect(db.dsn, autocommit=True) as removing:
+        with pytest.raises(ArchiveError) as refused:
+            remove_day(removing, spec, DAY, store, dry_run=True, temp_dir=temp_dir)
+    remedy = refused.value.remedy or ""
+    assert "owner" in remedy and "GRANT SELECT" not in remedy, remedy
