@@ -124,6 +124,25 @@ def test_deep_verification_by_a_role_that_may_not_read_pg_settings_proves_the_da
         assert deep_verify(reading, store, _spec(), DAY, temp_dir=temp_dir) == []
 
 
+def test_an_archive_by_a_role_that_may_not_read_pg_locks_is_not_retried_as_a_lost_connection(db, store, temp_dir):
+    """A DBA revokes ``SELECT ON pg_catalog.pg_locks FROM PUBLIC``. Every archive of every day then reads the
+    whole day, uploads it, and at the commit point fails *retryable* with "the connection holding the table-day
+    lock was lost before the archive was committed (InsufficientPrivilege: permission denied for view
+    pg_locks)": ``locks.require_lock_held`` takes any database error of its pg_locks query for a lost session.
+    Nothing was lost; the refusal is permanent, so Dagster's retries read and upload the day again and again
+    (a retry storm on a permanent refusal), and the message sends the user looking for network trouble.
+    Expected: the day is archived (the session can tell it still holds its lock without pg_locks), or at worst
+    the day fails not retried, naming pg_locks and the GRANT that lets the role read it."""
+    db.owner.execute("REVOKE SELECT ON pg_catalog.pg_locks FROM PUBLIC")
+    with psycopg.connect(db.dsn, autocommit=True) as reading:
+        try:
+            result = archive_partition(reading, _spec(), DAY, store, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            assert not exc.retryable and "pg_locks" in (exc.remedy or ""), (exc.retryable, str(exc))
+        else:
+            assert result.rows == 500
+
+
 def test_an_archive_refused_pg_export_snapshot_names_that_function_not_a_select_grant(db, store, temp_dir):
     """A DBA revokes ``EXECUTE ON FUNCTION pg_catalog.pg_export_snapshot() FROM PUBLIC``. Every archive of the
     table fails, not retried (right), with "permission denied for function pg_export_snapshot; to fix: GRANT
