@@ -217,3 +217,34 @@ def test_a_detach_by_a_role_that_does_not_own_the_table_names_the_owner_first(db
             remove_day(removing, spec, DAY, store, dry_run=True, temp_dir=temp_dir)
     remedy = refused.value.remedy or ""
     assert "owner" in remedy and "GRANT SELECT" not in remedy, remedy
+
+
+# ---- a login the database refuses --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("refusal, expected", [
+    ("REVOKE CONNECT ON DATABASE {db} FROM PUBLIC", r'GRANT CONNECT ON DATABASE "?{db}"? TO "?{role}'),
+    ("ALTER DATABASE {db} ALLOW_CONNECTIONS false", r'ALTER DATABASE "?{db}"? (WITH )?ALLOW_CONNECTIONS'),
+    ("ALTER DATABASE {db} CONNECTION LIMIT 0", r'ALTER DATABASE "?{db}"? CONNECTION LIMIT'),
+], ids=["connect-revoked", "allow-connections-false", "database-connection-limit"])
+def test_a_login_the_database_refuses_names_the_statement_that_lets_the_role_in(db, conn, refusal, expected):
+    """A DBA restricts who may connect to the database: ``REVOKE CONNECT ON DATABASE ... FROM PUBLIC`` (the
+    common hardening step; the archiving role was never granted CONNECT itself), or the database is closed to
+    connections (``ALLOW_CONNECTIONS false``) or given ``CONNECTION LIMIT 0``. Every command and run fails with
+    the connect error (``errors.describe_connect_error``, as the code location's resource and the command line
+    report it), whose remedy is "read the message; fix the cause and archive again" for the first two, and
+    "ALTER DATABASE <database> CONNECTION LIMIT <n>" (a placeholder for a name it knows) for the third, while a
+    refused role login gets "ALTER ROLE reader LOGIN". Expected: the remedy is the statement that lets the role
+    in, with the database (and role) named: GRANT CONNECT ON DATABASE lw_... TO lw_..._reader, ALTER DATABASE
+    lw_... ALLOW_CONNECTIONS true, ALTER DATABASE lw_... CONNECTION LIMIT <n>."""
+    from archive_pipeline.core.errors import describe_connect_error
+
+    conn.execute(refusal.format(db=db.name))
+    try:
+        with pytest.raises(psycopg.OperationalError) as refused:
+            psycopg.connect(db.dsn, connect_timeout=5).close()
+        described = describe_connect_error(refused.value, db.dsn)
+    finally:
+        conn.execute(f"ALTER DATABASE {db.name} ALLOW_CONNECTIONS true")
+        conn.execute(f"ALTER DATABASE {db.name} CONNECTION LIMIT -1")
+    assert PASSWORD not in str(described)
+    assert re.search(expected.format(db=db.name, role=db.role), described.remedy or ""), described.remedy
