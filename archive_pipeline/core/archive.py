@@ -228,6 +228,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
     bound_allocator()
     try:
         with table_day_lock(conn, spec.name, day):
+            require_lock_held(conn, spec.name, day)  # at once: a role that may not read pg_locks fails before any work
             return _Archiving(conn, spec, day, store, temp_dir=temp_dir, progress=progress,
                               progress_every=progress_every, stream_slots=stream_slots,
                               settings=resolved(conn, {**SNAPSHOT_SETTINGS, **(session_settings or {})}),

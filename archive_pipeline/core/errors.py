@@ -187,6 +187,11 @@ _NO_HBA = _src(False, "pg_hba.conf has no entry allowing this host, user and dat
 _NO_ROLE = _src(False, "the database role does not exist", f"check the user in {_DSN} or CREATE ROLE it")
 _NO_LOGIN = _src(False, "the role may not log in", "ALTER ROLE <role> LOGIN, or use a role that may")
 _NO_DATABASE = _src(False, "the database does not exist", f"check the database name in {_DSN}")
+_NO_CONNECT = _src(False, "the role may not connect to the database (no CONNECT privilege: a DBA's REVOKE CONNECT ... "
+                   "FROM PUBLIC)", "GRANT CONNECT ON DATABASE <database> TO <role> (as the database's owner)")
+_CLOSED_DATABASE = _src(False, "the database accepts no connections (ALLOW_CONNECTIONS false)",
+                        "ALTER DATABASE <database> ALLOW_CONNECTIONS true (as a superuser), or connect to another "
+                        f"database in {_DSN}")
 _AUTH = _src(False, "authentication was refused", f"check the user, password and sslmode in {_DSN}")
 _BAD_DSN = _src(False, "the connection string is malformed",
                 f"fix {_DSN} (libpq URI postgresql://user:password@host:port/db, special characters "
@@ -419,6 +424,8 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
         (r"role \"[^\"]*\" does not exist", _NO_ROLE),
         (r"is not permitted to log in", _NO_LOGIN),
         (r"database \"[^\"]*\" does not exist", _NO_DATABASE),
+        (r"permission denied for database|does not have CONNECT privilege", _NO_CONNECT),
+        (r"is not currently accepting connections", _CLOSED_DATABASE),
         (r"authentication failed|authentication method \S+ not supported", _AUTH),
         (r"too many connections for role", _ROLE_LIMIT),
         (r"too many connections for database", _DB_LIMIT),
@@ -791,6 +798,8 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
         return f"GRANT USAGE ON SCHEMA {sql_name(name, qualified=False)} TO {role}"  # (as printed: unquoted)
     if kind == "type":
         return f"GRANT USAGE ON TYPE {name} TO {role}"
+    if kind == "function":  # (a DBA's REVOKE EXECUTE ... FROM PUBLIC of a function we call: pg_export_snapshot, say)
+        return f"GRANT EXECUTE ON FUNCTION {name} TO {role} (as a superuser or the function's owner)"
     if kind in ("table", "view", "materialized view", "foreign table") and name != table.rpartition(".")[2]:
         return (f"the role may not read {kind} {name}, which {table} reads (a view's, or a rule's): GRANT SELECT "
                 f"ON {name} TO the owner of the view that reads it (a view reads with its owner's privileges), or "
@@ -925,6 +934,8 @@ def _connect_error(exc: BaseException, dsn: str) -> SourceError:
                            cause=_BAD_DSN.cause)
     target = connection_target(dsn)
     found = classify(exc, user=target.get("user"))
+    if target.get("database"):  # the remedy's statement with the database it is about
+        found = replace(found, remedy=found.remedy.replace("<database>", sql_name(target["database"], qualified=False)))
     password = password_of(dsn)
     stray = _stray_in_host(params)
     if stray:

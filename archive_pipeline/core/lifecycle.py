@@ -242,6 +242,9 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
             raise RemovalRefused(f"{spec.name} {day} is not one partition of its own: {_not_own(spec, day, children)}; "
                                  f"{action} removes whole partitions: use retention action 'delete'",
                                  table=spec.name, day=day.isoformat())
+        # the parent's owner first: describing the partition needs SELECT on it, and a role told to grant that
+        # learned only afterwards that the detach or drop needs the owner's role
+        _refuse_unprivileged(conn, spec, day, table, table, action)
         target = describe_relation(conn, *whole[0].relation(spec), spec.day_column)
     if target.relkind in ("v", "m"):
         kind = "a view" if target.relkind == "v" else "a materialized view"

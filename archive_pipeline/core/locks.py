@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 
 import psycopg
+from psycopg import sql
 
 from archive_pipeline.core.errors import ArchiveError, is_cancellation
 
@@ -91,6 +92,14 @@ def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> Non
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
             "AND pid = pg_catalog.pg_backend_pid() AND classid = pg_catalog.hashtext(%s)::oid AND objid = %s::oid AND objsubid = 2)",
             key).fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege:
+        grant = sql.SQL("GRANT SELECT ON pg_catalog.pg_locks TO {}").format(
+            sql.Identifier(conn.info.user)).as_string(conn)
+        raise ArchiveError(f"{table} {day}: role {conn.info.user!r} may not read pg_catalog.pg_locks, where a run "
+                           "checks that it still holds its table-day lock before it publishes (without it, two runs "
+                           "of one day could both publish); nothing was done", table=table, day=day.isoformat(),
+                           retryable=False, cause="permission denied",
+                           remedy=f"{grant} (as a superuser), or archive with a role that may read it") from None
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ArchiveError(f"{table} {day}: the connection holding the table-day lock was lost before the "

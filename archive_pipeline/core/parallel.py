@@ -289,8 +289,13 @@ def free_sessions(conn: psycopg.Connection) -> int:
     database's and the server's connection limits, less the sessions counted against each. A day
     that needs more than this would fail at every attempt, the retries included. The role is the
     one that logs in (``session_user``), which PostgreSQL limits, not one it switched to (``-c
-    role=...``, ALTER ROLE ... SET role)."""
-    return int(conn.execute(_FREE_SESSIONS).fetchone()[0])
+    role=...``, ALTER ROLE ... SET role). 0 where the role may not count them (a DBA revoked
+    pg_stat_activity): the day is then read by this session alone, as at a connection limit."""
+    try:
+        with conn.transaction():  # (a savepoint inside the snapshot: a refusal must not abort it)
+            return int(conn.execute(_FREE_SESSIONS).fetchone()[0])
+    except psycopg.errors.InsufficientPrivilege:
+        return 0
 
 
 def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, count: int,

@@ -1806,9 +1806,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 (refused := refused_grant(exc, table or "", conn.info.user)):
             found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
-            found = replace(found, remedy="the restoring role needs INSERT and SELECT on the target (GRANT INSERT, "
-                            "SELECT ON <target> TO <role>), and CREATE on its schema to create a new table or a "
-                            "partition (GRANT CREATE ON SCHEMA <schema> TO <role>)")
+            found = replace(found, remedy=_restore_grant(conn, exc, relation))
         if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
             found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
                             "restore into a table of a schema that exists")
@@ -1850,6 +1848,25 @@ def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
         raise RestoreError(f"{spec.name} has no archive for {day} in {store.uri(store.prefix)}", table=spec.name,
                            day=day.isoformat())
     return _restore_current(conn, store, spec, day, manifest, **options)
+
+
+def _restore_grant(conn: psycopg.Connection, exc: BaseException, relation: Relation | None) -> str:
+    """The statement a refused restore asks for, names filled in: TEMPORARY on the database (the staging table of
+    on_conflict="skip", a generated column's), CREATE on the schema (a new table, a re-created partition), or
+    INSERT and SELECT on the target."""
+    message = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
+    role = sql_name(conn.info.user, qualified=False)
+    temp = re.fullmatch(r"permission denied to create temporary tables in database \"?(.+?)\"?", message)
+    if temp:
+        return (f"GRANT TEMPORARY ON DATABASE {sql_name(temp.group(1), qualified=False)} TO {role} (the restore stages "
+                "the day in a temporary table), or restore with on_conflict='fail' into a table without generated "
+                "columns")
+    schema = re.fullmatch(r"permission denied for schema (.+)", message)
+    if schema:
+        return (f"GRANT CREATE ON SCHEMA {sql_name(schema.group(1), qualified=False)} TO {role} (and USAGE, if it "
+                "lacks that too), to create a new table or a partition there")
+    target = str(relation) if relation is not None else "<target>"
+    return f"GRANT INSERT, SELECT ON {target} TO {role} (the restoring role needs both on the target)"
 
 
 def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relation | None) -> list[str]:

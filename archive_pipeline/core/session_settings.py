@@ -43,8 +43,12 @@ def unpinned_defaults(conn: psycopg.Connection) -> dict[str, str]:
     (``conn``'s own start values, ``reset_val``: its role's, database's and connection string's), with the
     values to pin them to. Usually none: only then do the sessions we open send libpq ``options`` (a pooler
     such as PgBouncer refuses that startup parameter unless told to ignore it)."""
-    rows = conn.execute("SELECT name, reset_val FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
-                        (list(SESSION_PINNED),)).fetchall()
+    try:
+        with conn.transaction():  # (a savepoint inside the caller's snapshot: a refusal must not abort it)
+            rows = conn.execute("SELECT name, reset_val FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
+                                (list(SESSION_PINNED),)).fetchall()
+    except psycopg.errors.InsufficientPrivilege:  # a DBA revoked pg_settings: pin them all, whatever they are
+        return dict(SESSION_PINNED)
     return {name: SESSION_PINNED[name] for name, value in rows if value != SESSION_PINNED[name]}
 
 
