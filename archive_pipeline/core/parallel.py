@@ -92,7 +92,8 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
                  requested: int | str, estimate: int | None = None) -> StreamPlan:
     """How ``requested`` streams (or ``"auto"``: see :func:`auto_streams`) split the day, read inside
     the coordinator's snapshot (cheap: catalog lookups, the relation's size, for a partitioned table
-    one row of the day, which names the partition holding it, and for ``auto`` or a relation indexed
+    one row of the day, which names the partition holding it, for a plain table the relations the day's query
+    reads (one EXPLAIN: an inheritance parent's children), and for ``auto`` or a relation indexed
     on the day column the planner's ``estimate`` of the day's rows: one EXPLAIN unless the caller has
     it already)."""
     if requested == "auto":
@@ -131,9 +132,15 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         # the largest partition the day's query reads (the ranges apply to each): the first one found may be a
         # night's few pages, which cut the day's big ones into one range of nearly all their rows
         oid = _largest_scanned(conn, table, where) or found[0]
+    paged = oid
+    if table.relkind == "r":
+        # an inheritance parent's rows are mostly (often all) its children's: the ranges apply to every relation
+        # the query reads, so they are cut by the largest of them, as for a partitioned table (the parent's own
+        # size is often 0 pages). A table without children: itself.
+        paged = _largest_scanned(conn, table, where) or oid
     indexed = _index_reads_less(conn, oid, table, where, estimate)
     if indexed is None:
-        return _ctid_plan(conn, oid, requested)
+        return _ctid_plan(conn, paged, requested)
     if table.day_column.base_type in _TIMESTAMPS:  # a partition of many days, indexed: slices of the index
         return _key_plan(table, day, requested)
     return replace(SINGLE, reason=indexed)
@@ -150,9 +157,10 @@ def _largest_scanned(conn: psycopg.Connection, table: SourceTable, where: sql.Co
 
 def _mostly_the_day(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
                     estimate: int | None) -> bool:
-    """Whether the planner's statistics say at least half of the relation's own rows are the day's. Not known
-    (never analyzed; an inheritance parent whose rows are its children's): no."""
-    tuples = conn.execute("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = %s", (oid,)).fetchone()[0]
+    """Whether the planner's statistics say at least half of the rows the query reads (the relation's and its
+    inheritance children's: the estimate is of the day over all of them) are the day's. Not known (one of them
+    never analyzed): no."""
+    tuples = _tree_tuples(conn, oid)
     if tuples <= 0:
         return False
     rows = estimated_rows(conn, table, where) if estimate is None else estimate
@@ -163,16 +171,28 @@ def _index_reads_less(conn: psycopg.Connection, oid: int, table: SourceTable, wh
                       estimate: int | None) -> str | None:
     """Why ctid ranges would read far more than the day: the relation holds more than twice the
     day's rows (the planner's estimates) and an index on the day column reads the day alone.
-    Ranges of pages cover the whole relation, its history included, with index scans off."""
+    Ranges of pages cover the whole relation, its history included, with index scans off. The relation's rows
+    are its own and its inheritance children's (the query reads them all, and the estimate is of all of them)."""
     if table.day_column is None or not _day_index(conn, oid, table):
         return None
-    name, tuples = conn.execute("SELECT %s::pg_catalog.regclass::text, reltuples FROM pg_catalog.pg_class "
-                                "WHERE oid = %s", (oid, oid)).fetchone()
+    name = conn.execute("SELECT %s::pg_catalog.regclass::text", (oid,)).fetchone()[0]
+    tuples = _tree_tuples(conn, oid)
     rows = estimated_rows(conn, table, where) if estimate is None else estimate
     if tuples <= 0 or rows * 2 >= tuples:  # never analyzed (-1), or mostly the day
         return None
     return (f"ctid ranges would read all of {name} (~{tuples:,.0f} rows) for the day's ~{rows:,}, which the index "
             f"on {table.day_column.name} reads alone (a {table.day_column.base_type} day cannot be cut in time slices)")
+
+
+def _tree_tuples(conn: psycopg.Connection, oid: int) -> float:
+    """The planner's count of rows (reltuples) of the relation and its inheritance children, all levels: what a
+    query of it reads, as the day's estimate counts it (a parent's own reltuples leaves out its children's rows,
+    and is 0 for the usual parent holding none). -1 (not known) if one of them was never analyzed."""
+    return conn.execute(
+        "WITH RECURSIVE tree(oid) AS (SELECT %s::pg_catalog.oid UNION ALL SELECT h.inhrelid FROM "
+        "pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid) "
+        "SELECT CASE WHEN pg_catalog.bool_or(c.reltuples < 0) THEN -1 ELSE pg_catalog.sum(c.reltuples) END "
+        "FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid", (oid,)).fetchone()[0]
 
 
 def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
