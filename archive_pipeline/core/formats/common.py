@@ -544,8 +544,10 @@ class CopyFormat:
         if refused is not None and refused[0] < len(table.columns) and refused[1] in REFUSALS:
             index, reason = refused
             col = table.columns[index]
+            encoding = extraction.conn.info.parameter_status("server_encoding") or "?"
             return UnsupportedTypeError(
-                f"{refused_column(col, reason)} of {table.qualified} {REFUSALS[reason]} in {self.name}; "
+                f"{refused_column(col, reason)} of {table.qualified} "
+                f"{REFUSALS[reason].replace('{encoding}', encoding)} in {self.name}; "
                 f"{refusal_remedy(reason, self.name)}", table=table.qualified, retryable=False)
         if not is_value_failure(exc):
             return exc
@@ -576,6 +578,10 @@ REFUSALS = {
                  "reads both as NULL)",
     "json_nul": "holds the escape \\u0000, which json_populate_record cannot read back (PostgreSQL text cannot "
                 "hold NUL)",
+    "json_escape_encoding": "holds a \\u escape of a character beyond ASCII in a database whose encoding is not "
+                            "UTF8 but {encoding}: json_populate_record (any de-escaping JSON parse) turns it into the database's "
+                            "encoding, which may not have the character (SQL_ASCII converts none), and a restore of "
+                            "the day would fail on the whole line",
     "json_surrogate": "holds a \\u escape of an unpaired UTF-16 surrogate (such as \\ud800 without the low half "
                       "that must follow it), which the json type stores but json_populate_record cannot read back "
                       "(it fails on the whole line)",

@@ -39,6 +39,11 @@ _UNPAIRED_SURROGATE = ("regexp_replace(" + _REAL_ESCAPES + r", "
                        r"~ '\\u[dD][89a-fA-F][0-9a-fA-F]{{2}}'")
 
 
+# ... and holding a \u escape of a code point beyond ASCII (\u0080 and up)
+_BEYOND_ASCII_ESCAPE = (_REAL_ESCAPES + r" ~ '\\u(00[89a-fA-F][0-9a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]{{2}}|"
+                        r"[1-9a-fA-F][0-9a-fA-F]{{3}})'")
+
+
 def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
     """(expression fed to row_to_json, encoding) of one column in JSONL."""
     ident = sql.Identifier(col.name)
@@ -81,6 +86,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         # order, duplicate keys, number spelling) is kept as written.
         nul = raise_in_sql(index, "json_nul", ident)
         surrogate = raise_in_sql(index, "json_surrogate", ident)
+        beyond = raise_in_sql(index, "json_escape_encoding", ident)
         # \u0000 and unpaired surrogate escapes: one search for \u in every value (LIKE: a byte loop, faster
         # than strpos for a needle this short); only a value holding one is searched further, and the
         # backslash-exact test runs only on a suspect. The inner CASE raises (the refusal) or is false,
@@ -90,7 +96,11 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
             "WHEN strpos({c}::text, '\\u0000') > 0 AND strpos(" + _REAL_ESCAPES + ", '\\u0000') > 0 "
             "THEN {n} IS NULL "
             "WHEN (strpos({c}::text, '\\ud') > 0 OR strpos({c}::text, '\\uD') > 0) AND " + _UNPAIRED_SURROGATE
-            + " THEN {s} IS NULL ELSE false END").format(c=ident, n=nul, s=surrogate)
+            + " THEN {s} IS NULL "
+            # outside UTF8, every JSON parse turns such an escape into the database's encoding (and a restore's
+            # of the whole line fails where it has no such character; SQL_ASCII converts none)
+            "WHEN pg_catalog.current_setting('server_encoding') <> 'UTF8' AND " + _BEYOND_ASCII_ESCAPE
+            + " THEN {b} IS NULL ELSE false END").format(c=ident, n=nul, s=surrogate, b=beyond)
         return (sql.SQL("CASE WHEN pg_catalog.json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "WHEN {e} THEN NULL "
                         "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
@@ -99,7 +109,8 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
                 encoding("embedded JSON (the json text as stored)", exact=False,
                          note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
                               "and json_populate_record re-escapes a top-level string; the JSON value null, "
-                              "\\u0000 and an unpaired UTF-16 surrogate escape (\\ud800) are refused"))
+                              "\\u0000, an unpaired UTF-16 surrogate escape (\\ud800), and in a database whose encoding is "
+                              "not UTF8 an escape of a character beyond ASCII, are refused"))
     if _json_native(col):
         return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
     return (refuse_ambiguous_names(col, index, sql.SQL("pg_catalog.to_json({})").format(output_text(ident))),
