@@ -157,6 +157,11 @@ _STATEMENT_TIMEOUT = _src(True, "statement_timeout: reading the day took longer 
                           "SET statement_timeout = ...); a day that always takes longer will time out on every retry")
 _CANCELED = _src(True, "the query was cancelled (pg_cancel_backend or a client cancel)",
                  f"{_RETRIED}; if it recurs, look for a job that cancels long queries")
+# 57014 whose message is not PostgreSQL's English (lc_messages in another language): which of the two it was
+_CANCELED_UNTOLD = _src(True, "the statement was cancelled: by statement_timeout, or by a cancel request (the "
+                        "server's message, in another language than English, does not say which)",
+                        f"{_RETRIED}; if it recurs, raise source.statement_timeout_ms (0 = no limit) in the archive "
+                        "config, or look for a job that cancels long queries")
 _LOCK_TIMEOUT = _src(True, "lock_timeout: another session holds a conflicting lock on the table "
                      "(ALTER TABLE, TRUNCATE, VACUUM FULL, REINDEX, LOCK ...)",
                      f"{_RETRIED}; if it persists, find the blocker with pg_blocking_pids() / pg_locks, or raise "
@@ -375,7 +380,8 @@ def _by_sqlstate(code: str, text: str) -> Classification:
     if code in ("40001", "40P01", "57P01", "57014") and "conflict with recovery" in lowered:
         return _RECOVERY_CONFLICT
     exact: dict[str, Classification] = {
-        "57014": _STATEMENT_TIMEOUT if "statement timeout" in lowered else _CANCELED,
+        "57014": (_STATEMENT_TIMEOUT if "statement timeout" in lowered else _CANCELED if "canceling statement" in lowered
+                  else _CANCELED_UNTOLD),
         "55P03": _LOCK_TIMEOUT, "25P03": _IDLE_TIMEOUT, "57P05": _IDLE_TIMEOUT,
         "57P01": _TERMINATED, "57P02": _TERMINATED, "57P03": _STARTING, "57P04": _DROPPED,
         "53300": (_ROLE_LIMIT if "for role" in lowered else _DB_LIMIT if "for database" in lowered
@@ -399,6 +405,21 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "XX": _CORRUPTED, "0A": _SQL_REJECTED, "23": _CONSTRAINT,
     }
     return by_class.get(klass, _SOURCE_OTHER)
+
+
+def snapshot_gone(exc: BaseException) -> BaseException:
+    """``exc``, raised by our own ``SET TRANSACTION SNAPSHOT``, as the retryable error it is where its SQLSTATE
+    says the snapshot could not be imported (22023, 55000: the exporting session ended), whatever language the
+    server's messages are in; any other error as it is."""
+    state = getattr(exc, "sqlstate", None)
+    if state is None:  # ADBC's errors carry it in their text
+        found = re.search(r"SQLSTATE: ([0-9A-Z]{5})", str(exc))
+        state = found.group(1) if found else None
+    if state not in ("22023", "55000"):
+        return exc
+    return SourceError(f"{_SNAPSHOT_GONE.cause} ({type(exc).__name__} SQLSTATE {state}: "
+                       f"{(str(exc).strip().splitlines() or [''])[0]})", retryable=True,
+                       cause=_SNAPSHOT_GONE.cause, remedy=_SNAPSHOT_GONE.remedy)
 
 
 def _match_auth(lowered: str) -> Classification | None:

@@ -42,6 +42,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from archive_pipeline.core.errors import snapshot_gone
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
@@ -332,7 +333,10 @@ def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, co
             conn = psycopg.connect(dsn, autocommit=True)
             opened.append(conn)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            try:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            except psycopg.Error as exc:
+                raise snapshot_gone(exc) from None
             lock_day(conn.execute, table, where, coordinator)
             apply_settings(conn.execute, settings)
     except BaseException:

@@ -1037,8 +1037,8 @@ def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation
             remedy=f"create the schema again (CREATE SCHEMA {sql_name(child.schema, qualified=False)}) and restore "
                    "again, or restore into a new table (into='new')") from None
     except psycopg.errors.InvalidObjectDefinition as exc:
-        if "would overlap" not in (exc.diag.message_primary or ""):
-            raise
+        # (42P17 here: the bound, recorded from this very table, overlaps another partition's: "would overlap" in
+        # English, and whatever words the server's lc_messages give it)
         if not overlap_into_parent:
             raise RestoreError(
                 f"restoring {table} for {day} into its original table: its day table {child} cannot be created again "
@@ -1813,8 +1813,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.WrongObjectType):  # a view, a materialized view, a sequence ...
             found = replace(found, cause=f"the target is not a table ({str(exc).splitlines()[0]})",
                             remedy="restore into a table (into='new' creates one)")
-        if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and \
-                exc.diag.message_primary.startswith("no partition of relation"):
+        if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and (
+                exc.diag.message_primary.startswith("no partition of relation")
+                or (exc.diag.constraint_name is None and exc.diag.table_name is not None)):  # (any lc_messages)
             found = replace(found, cause=f"the target has no partition for the rows of {day} "
                                          f"({exc.diag.message_primary})",
                             remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "

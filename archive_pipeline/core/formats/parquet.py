@@ -42,7 +42,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archive_pipeline import __version__
 from archive_pipeline.core import fingerprint
-from archive_pipeline.core.errors import UnsupportedTypeError
+from archive_pipeline.core.errors import ArchiveError, UnsupportedTypeError, snapshot_gone
 from archive_pipeline.core.formats.big_values import holding_big_values
 from archive_pipeline.core.formats.common import REFUSALS as COPY_REFUSALS
 from archive_pipeline.core.formats.common import (
@@ -541,7 +541,13 @@ class Parquet:
             cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
-            cur.execute(literal.as_string(extraction.conn))
+            try:
+                cur.execute(literal.as_string(extraction.conn))
+            except Exception as exc:  # noqa: BLE001 - ADBC's error types: decided by the SQLSTATE it carries
+                gone = snapshot_gone(exc)
+                if gone is exc:
+                    raise
+                raise gone from None
             lock_day(cur.execute, extraction.table, extraction.where, extraction.conn)
             # This transaction now holds the snapshot and the day's locks itself: end the exporting one, so
             # it does not sit idle in transaction for the whole read (idle_in_transaction_session_timeout).
@@ -574,7 +580,7 @@ class Parquet:
             refuse_inexact(self.name, table, encodings)
         try:
             return self._write(extraction, parts, out, encodings, temp_dir)
-        except UnsupportedTypeError:
+        except ArchiveError:  # ours, typed already (a refusal, a snapshot gone before a reader imported it)
             raise
         except Exception as exc:
             if not (is_value_failure(exc) or _may_be_value_failure(exc)):
