@@ -779,6 +779,8 @@ def is_cancellation(exc: BaseException | None) -> bool:
 # What a day is left as when its work is cancelled, by what was interrupted (the words of note_cancelled)
 CANCELLED_LEAVES = {
     "archiving": "nothing of the day was published (an earlier archive of it stays as it was)",
+    "recording": "the day is archived (its object and manifest are in the bucket) and was being recorded in "
+                 "Dagster; a run of the day finds it identical and records it again without uploading anything",
     "committing": "its manifest was on its way to the store and may still land: the day is then archived, else it "
                   "stays as it was; the next run of the day finds which",
     "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "

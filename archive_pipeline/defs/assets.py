@@ -733,16 +733,29 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         # Logged here, not yielded: Dagster stores a yielded event outside the asset's code and raises a
         # termination that came meanwhile when it resumes it, past our handling (a bare
         # DagsterExecutionInterruptedError, no table, no days, the session left open).
-        context.log_event(AssetMaterialization(asset_key=key, partition=day.isoformat(),
-                                               description=summary(result, state), metadata=metadata,
-                                               tags={STATE_TAG: state}))
+        try:
+            context.log_event(AssetMaterialization(asset_key=key, partition=day.isoformat(),
+                                                   description=summary(result, state), metadata=metadata,
+                                                   tags={STATE_TAG: state}))
+        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+            # terminated while the day was recorded: it is published (and, its event stored, shown materialized);
+            # its check is recorded too, so the day is not left half recorded, and the run ends saying so
+            if unverified is None:
+                with contextlib.suppress(Exception):
+                    context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check))
+            exc.interrupted = "recording"
+            raise
     if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
         raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     evaluation = check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
     if alone:
         yield evaluation
     else:
-        context.log_event(evaluation)
+        try:
+            context.log_event(evaluation)
+        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+            exc.interrupted = "recording"
+            raise
     if spec.deep_check and not verdict.passed:
         raise unproven(spec, day, verdict.problems, origin)
 
