@@ -1,0 +1,40 @@
+"""Hunt 6 (ly): what the README promises, tried literally, against real PostgreSQL and S3 over HTTP. Each test
+fails on a claim of the README that does not hold (in the code or in the README, as its docstring says)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import restore_day
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+DAY = dt.date(2024, 3, 10)
+
+
+def test_the_restore_output_the_readme_shows_names_the_fingerprint_a_new_archive_records(pg, conn, schema, store,
+                                                                                          temp_dir):
+    """A new user archives a day and runs the README's restore example (Restoring a day:
+    ``print(r.rows, r.inserted, r.check)   # 20000 20000 fingerprint row-hash-sum-v4:20000:… of … equals the
+    manifest's``), or `make demo`, whose output the README prints under "Two commands" (`restore ... check:
+    fingerprint row-hash-sum-v4:20000:… of public.events_restored equals the manifest's`). What is printed is
+    ``row-hash-sum-v5:…``: new archives record v5 since 2026-12-04 (README, Versions), and the CLI session under
+    Command line already shows v5. The two outputs the README presents as what the code prints are stale.
+    Should: every output line the README shows for a restore of a new archive names the algorithm it records
+    (README fix: v4 -> v5 in the demo's output and the example's comment)."""
+    with pg.connect() as setup:
+        setup.execute(f"CREATE TABLE {schema}.ev (id int, at date, v text)")
+        setup.execute(f"INSERT INTO {schema}.ev VALUES (1, '{DAY}', 'a'), (2, '{DAY}', 'b')")
+    conn.autocommit = True
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    r = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    printed = re.match(r"fingerprint (row-hash-sum-v\d+):", r.check).group(1)
+    shown = {line.strip()[:90]: algorithm for line in README.splitlines()
+             if "equals the manifest's" in line and "fingerprint row-hash-sum-v" in line
+             for algorithm in re.findall(r"fingerprint (row-hash-sum-v\d+):", line)}
+    assert len(shown) >= 3, shown  # the demo's output, the CLI session's, the Python example's comment
+    assert {line: a for line, a in shown.items() if a != printed} == {}, f"the code prints {printed}"
