@@ -41,7 +41,7 @@ def test_the_restore_output_the_readme_shows_names_the_fingerprint_a_new_archive
 
 
 def test_a_name_differing_in_case_in_a_schema_whose_name_holds_a_dot_is_not_told_to_be_written_as_in_the_catalog(
-        conn, schema, archive_env):
+        conn, schema, archive_env, request):
     """README, Configuration: a table that does not exist is refused at load, and "one the catalog spells otherwise
     only in case ..., or in a schema whose name holds a dot, is named". The team's table is ``"<s>.x".ev`` (a schema
     whose name holds a dot) and the configuration says ``<s>.x.EV``. The load says "the catalog has the table
@@ -58,6 +58,7 @@ def test_a_name_differing_in_case_in_a_schema_whose_name_holds_a_dot_is_not_told
 
     dotted = f"{schema}.x"
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(dotted)))
+    request.addfinalizer(lambda: conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(dotted))))
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(sql.Identifier(dotted, "ev")))
 
     def refusal(name: str) -> str:
