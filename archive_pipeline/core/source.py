@@ -441,7 +441,10 @@ def _table_lookalikes(conn: psycopg.Connection, qualified_name: str) -> str:
     """A hint naming the relation the configuration probably means: one whose name differs in case or
     normal form, or one whose schema holds a dot (the configuration splits a name at its first dot)."""
     found = lookalike_relations(conn, qualified_name)
-    split = next(((schema, name) for schema, name in found if f"{schema}.{name}" == qualified_name), None)
+    # the lookalike itself (the same name, or one differing in case or normal form) may be one whose schema holds a
+    # dot: written as the catalog spells it, it would still be split at its first dot
+    split = next(((schema, name) for schema, name in found if f"{schema}.{name}" == qualified_name), None) or \
+        next(((schema, name) for schema, name in found if "." in schema), None)
     if split:
         return (f"; the catalog has the table {split[1]!r} in the schema {split[0]!r}, and a name is split at its "
                 "first dot: a table of a schema whose name holds a dot cannot be archived (rename the schema)")
