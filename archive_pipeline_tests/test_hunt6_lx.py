@@ -32,3 +32,53 @@ def test_a_latin1_json_escape_of_a_latin1_character_is_archived_and_restored(enc
     restored = restore_day(db, store, spec, DAY, into="new", target="public.back", temp_dir=str(temp_dir))
     assert restored.rows == 2 and restored.fingerprint_checked
     assert db.execute("SELECT j::text FROM back WHERE id = 1").fetchone()[0] == value
+
+
+
+def _archived_day_and_view(conn, schema, store, temp_dir, view: str) -> TableSpec:
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at date, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10', 'x' FROM generate_series(1, 5) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    conn.execute(sql.SQL("CREATE TABLE {}.base (id int PRIMARY KEY, at date, note text)").format(s))
+    conn.execute(sql.SQL("CREATE VIEW {}.v AS " + view).format(s, s))
+    return spec
+
+
+def test_restore_into_a_view_that_takes_no_insert_names_the_view_not_the_archivers_sql(conn, schema, store,
+                                                                                        temp_dir):
+    """A user restores a JSONL day with ``into='existing', target=<schema>.v``, where ``v`` is a view whose column
+    ``note`` is computed (``note || ''``): not updatable. Before 70c2613 a view target was refused up front ("the
+    target is not a table: ... is a view ... restore into the view's base table"). Now that updatable views are
+    JSONL targets, this one reaches the INSERT and the failure reads "the server rejected the archiver's SQL
+    (FeatureNotSupported: cannot insert into column "note" of view "v") ...; to fix: check the table definition;
+    if it looks right, report it with this message" -- blaming the archiver and asking for a bug report. What
+    should happen: the refusal says the target is a view that does not take the rows (not updatable) and sends
+    the user to the view's base table or a new table."""
+    from archive_pipeline.core.restore import RestoreError
+
+    spec = _archived_day_and_view(conn, schema, store, temp_dir, "SELECT id, at, note || '' AS note FROM {}.base")
+    with pytest.raises(RestoreError) as raised:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.v", temp_dir=str(temp_dir))
+    text = f"{raised.value} {getattr(raised.value, 'remedy', '')}"
+    assert "archiver's SQL" not in text and "report it" not in text, text
+    assert "base table" in text or "into='new'" in text, text
+
+
+def test_restore_skip_into_an_updatable_view_is_not_told_to_add_a_primary_key_to_the_view(conn, schema, store,
+                                                                                          temp_dir):
+    """A user restores a JSONL day with ``on_conflict='skip'`` into an updatable view ``v`` (``SELECT * FROM base``,
+    ``base`` with a primary key on ``id``). The restore refuses: "... needs a primary key or unique constraint on
+    <schema>.v ... and it has none ...; to fix: ... or add a primary key to the target". A view cannot have a
+    primary key (ALTER TABLE v ADD PRIMARY KEY fails), and its base table has one. Before 70c2613 the view was
+    refused as a view with the remedy to restore into its base table. What should happen: the remedy is one that
+    works: restore into the view's base table (or skip through the base table's key)."""
+    from archive_pipeline.core.restore import RestoreError
+
+    spec = _archived_day_and_view(conn, schema, store, temp_dir, "SELECT * FROM {}.base")
+    with pytest.raises(RestoreError) as raised:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.v", temp_dir=str(temp_dir),
+                    on_conflict="skip")
+    text = f"{raised.value} {getattr(raised.value, 'remedy', '')}"
+    assert "add a primary key to the target" not in text, text
