@@ -82,3 +82,40 @@ def test_restore_skip_into_an_updatable_view_is_not_told_to_add_a_primary_key_to
                     on_conflict="skip")
     text = f"{raised.value} {getattr(raised.value, 'remedy', '')}"
     assert "add a primary key to the target" not in text, text
+
+
+def test_a_restore_refused_usage_on_a_targets_sequence_names_the_sequence_not_grants_the_role_has(pg, conn, store,
+                                                                                                   temp_dir):
+    """A role with INSERT and SELECT on an existing table ``s.target`` restores a day into it. The target has a
+    column the archive lacks, ``n bigserial`` (its default calls nextval of ``s.target_n_seq``), and the role has no
+    USAGE on that sequence. The restore is refused, not retried (right), with "permission denied for sequence
+    target_n_seq; to fix: GRANT INSERT, SELECT ON s.target TO <role> (the restoring role needs both on the
+    target)" (ba14397's _restore_grant): the role has both already, and pasting the statement changes nothing.
+    What should happen: the remedy names the privilege that is missing (GRANT USAGE ON SEQUENCE ... TO the role),
+    as errors.refused_grant does for a type or a schema."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline_tests.test_hunt6_lw import PASSWORD
+
+    name = f"lx_{conn.info.backend_pid}"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    role = f"{name}_r"
+    owner = psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True)
+    try:
+        owner.execute("CREATE SCHEMA s")
+        owner.execute("CREATE TABLE s.ev (id int, at date, note text)")
+        owner.execute("INSERT INTO s.ev SELECT g, '2024-03-10', 'x' FROM generate_series(1, 5) g")
+        owner.execute("CREATE TABLE s.target (id int, at date, note text, n bigserial)")
+        pg.create_password_role(role, PASSWORD)
+        owner.execute(sql.SQL("GRANT USAGE ON SCHEMA s TO {}").format(sql.Identifier(role)))
+        owner.execute(sql.SQL("GRANT SELECT, INSERT ON s.target TO {}").format(sql.Identifier(role)))
+        spec = TableSpec(name="s.ev", day_column="at", start_date=DAY, format="csv")
+        archive_partition(owner, spec, DAY, store, temp_dir=str(temp_dir))
+        with psycopg.connect(pg.dsn_for(role, PASSWORD, database=name), autocommit=True) as restoring:
+            with pytest.raises(ArchiveError) as refused:
+                restore_day(restoring, store, spec, DAY, into="existing", target="s.target", temp_dir=str(temp_dir))
+        remedy = refused.value.remedy or ""
+        assert "SEQUENCE" in remedy and "target_n_seq" in remedy, f"{refused.value}\nremedy: {remedy}"
+    finally:
+        owner.close()
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
