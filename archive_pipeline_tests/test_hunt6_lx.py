@@ -173,3 +173,32 @@ def test_a_view_over_only_an_inheritance_parent_is_archived(conn, schema, store,
     spec = TableSpec(name=f"{schema}.ev_current", day_column="at", start_date=DAY, format="csv",
                      partitioning={"mode": "column"})
     assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 5
+
+
+def test_an_empty_day_archived_before_deep_check_was_set_is_not_failed_as_never_proven(conn, schema, archive_env):
+    """A table is archived for a while; one day had no rows (archived as ``empty``: a manifest and no object).
+    Then the team sets ``deep_check: true``. The weekly ``verify_archives`` re-checks that day. a8f0bc8's
+    ``checks._recheck`` means to exempt empty days from its new "never proven" verdict (``not meta.get("empty")``),
+    but the materialization's metadata records ``state: empty``, never a key ``empty``: the day's check FAILS
+    ("its content was never proven against the source (archived before deep_check was set ...): run verify --deep
+    for the day, or archive it again"), for a day with no content. What should happen: an empty day is re-checked
+    by its manifest, as the exemption intends (SUCCEEDED)."""
+    from archive_pipeline_tests.test_hunt3_t import DAYS, _config, _job, _verdicts
+    from dagster import instance_for_test
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, DAYS[:1], rows_per_day=0, schema=schema)
+    before = _config(schema, max_retries=0, compression="none")
+    after = _config(schema, max_retries=0, compression="none", deep_check=True)
+    day = DAYS[0].isoformat()
+    with instance_for_test() as instance:
+        ran = _job(build_definitions(before), schema).execute_in_process(instance=instance, partition_key=day)
+        assert ran.success
+        states = [e.event_specific_data.materialization.metadata["state"].value
+                  for e in ran.get_asset_materialization_events()]
+        assert states == ["empty"], states
+        build_definitions(after).resolve_job_def("verify_archives").execute_in_process(instance=instance,
+                                                                                       raise_on_error=False)
+        verdicts = _verdicts(instance, after.tables[0])
+    assert verdicts[0][:2] == (day, "SUCCEEDED"), verdicts
