@@ -202,3 +202,43 @@ def test_an_empty_day_archived_before_deep_check_was_set_is_not_failed_as_never_
                                                                                        raise_on_error=False)
         verdicts = _verdicts(instance, after.tables[0])
     assert verdicts[0][:2] == (day, "SUCCEEDED"), verdicts
+
+
+def test_a_refused_function_of_another_schema_is_named_by_a_grant_that_works_when_pasted(pg, conn, store, temp_dir):
+    """A view ``s.events_masked`` shows ``util.mask(note)``; the DBA revoked EXECUTE on ``util.mask(text)`` from
+    PUBLIC. The archiving role (USAGE on ``s`` and ``util``, SELECT on the view) archives the view's day. It is
+    refused, not retried (right), with the remedy ba14397 added: "GRANT EXECUTE ON FUNCTION mask TO <role> (as a
+    superuser or the function's owner)". Pasted by the DBA, whose search_path is the default one, it fails:
+    ERROR: function mask does not exist (PostgreSQL's message names the function without its schema, and the
+    remedy copies that). What should happen: the remedy names the function so that it resolves
+    (``util.mask`` or ``util.mask(text)``)."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline_tests.test_hunt6_lw import PASSWORD
+
+    name = f"lxf_{conn.info.backend_pid}"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    role = f"{name}_r"
+    owner = psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True)
+    try:
+        owner.execute("CREATE SCHEMA s")
+        owner.execute("CREATE SCHEMA util")
+        owner.execute("CREATE FUNCTION util.mask(t text) RETURNS text LANGUAGE sql AS $$ SELECT left(t, 1) $$")
+        owner.execute("REVOKE EXECUTE ON FUNCTION util.mask(text) FROM PUBLIC")
+        owner.execute("CREATE TABLE s.ev (id int, at date, note text)")
+        owner.execute("INSERT INTO s.ev SELECT g, '2024-03-10', 'secret' FROM generate_series(1, 5) g")
+        owner.execute("CREATE VIEW s.events_masked AS SELECT id, at, util.mask(note) AS note FROM s.ev")
+        pg.create_password_role(role, PASSWORD)
+        owner.execute(sql.SQL("GRANT USAGE ON SCHEMA s, util TO {}").format(sql.Identifier(role)))
+        owner.execute(sql.SQL("GRANT SELECT ON s.events_masked TO {}").format(sql.Identifier(role)))
+        spec = TableSpec(name="s.events_masked", day_column="at", start_date=DAY, format="csv")
+        with psycopg.connect(pg.dsn_for(role, PASSWORD, database=name), autocommit=True) as archiving:
+            with pytest.raises(ArchiveError) as refused:
+                archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir))
+        remedy = refused.value.remedy or ""
+        statement = remedy.split(" (as a superuser")[0]
+        assert statement.startswith("GRANT EXECUTE ON FUNCTION"), f"{refused.value}\nremedy: {remedy}"
+        owner.execute(statement)  # the DBA pastes it (default search_path)
+    finally:
+        owner.close()
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
