@@ -242,3 +242,28 @@ def test_a_refused_function_of_another_schema_is_named_by_a_grant_that_works_whe
         owner.close()
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("base, value", [("bool", "true"), ("inet", "10.0.0.1")])
+def test_deep_verify_of_a_domain_column_with_an_ignored_cast_to_text_proves_an_intact_csv_archive(
+        conn, schema, store, temp_dir, base, value):
+    """A column of a domain ``d`` over ``bool`` (or ``inet``); someone once ran ``CREATE CAST (d AS text) WITH FUNCTION
+    ...``, which PostgreSQL stores but ignores ("cast will be ignored because the source data type is a domain":
+    ``d::text`` still runs bool's cast to text, 'true'). The day is archived as CSV, green. ``deep_verify`` (and
+    with it the removal's proof and ``verify --deep``) now says the archive's rows are not the ones recorded:
+    24232f4's ``verify._USER_TEXT_CAST_COLUMNS`` walks the domain chain and counts the ignored cast on the domain,
+    so the proof hashes the archived text by bool's output function ('t'), while the archive's fingerprint (source
+    side: ``source._COLUMNS_QUERY`` looks at the base type's casts only) hashed ``::text`` ('true'). Before 24232f4
+    the same archive was proven. What should happen: the proof hashes what the archive's fingerprint hashed; the
+    day is proven."""
+    from archive_pipeline.core.verify import deep_verify
+
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE DOMAIN {s}.d AS {base}")
+    conn.execute(f"CREATE FUNCTION {s}.d_text({s}.d) RETURNS text LANGUAGE sql AS $$ SELECT 'X' $$")
+    conn.execute(f"CREATE CAST ({s}.d AS text) WITH FUNCTION {s}.d_text({s}.d)")
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date, v {s}.d)")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, '2024-03-10', %s)", (value,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
