@@ -187,7 +187,7 @@ def column_text(column: ColumnLike, qualifier: str | None = None, algorithm: str
         # CREATE CAST from it to text, which ::text would run instead of the type's output (a lossy one hid
         # every change of a field from the proof). concat() prints with the output function, as COPY does.
         return sql.SQL("pg_catalog.concat({})").format(ident)
-    if getattr(column, "user_text_cast", False) and not column.is_array and "." not in column.base_type:
+    if getattr(column, "user_text_cast", False) and "." not in column.base_type:
         # A built-in type a user gave a cast to text (CREATE CAST (timestamptz AS text) WITH FUNCTION ...: a
         # compatibility cast to whole seconds hid every sub-second change): printed by its output function, which
         # is what ::text ran before there was such a cast (an I/O conversion), so every algorithm's value stays

@@ -870,6 +870,15 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
         if kind not in _TABLE_KINDS and kind != "v":  # (an updatable view takes a JSONL restore's INSERT)
             raise RestoreError(f"the target is not a table: {target} is {_KIND_WORDS[kind]}",
                                remedy="restore into a table, or into a new one (into='new')")
+        if kind == "v" and not conn.execute(  # 8: INSERT's bit (1 << CMD_INSERT) in pg_relation_is_updatable
+                "SELECT pg_catalog.pg_relation_is_updatable(%(v)s::pg_catalog.regclass, false) & 8 = 8 AND coalesce(("
+                "SELECT bool_and(pg_catalog.pg_column_is_updatable(%(v)s::pg_catalog.regclass, a.attnum, false)) "
+                "FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(v)s::pg_catalog.regclass "
+                "AND a.attname::text = ANY(%(c)s)), true)",
+                {"v": target.identifier.as_string(conn), "c": manifest_columns(manifest)}).fetchone()[0]:
+            raise RestoreError(f"the target is not a table: {target} is a view that takes no INSERT (not automatically "
+                               "updatable, and no INSTEAD trigger or rule)",
+                               remedy="restore into the view's base table, or into a new table (into='new')")
         if target == Relation.configured(manifest.get("source_relation") or manifest["table"]):
             _refuse_detached_partition(conn, manifest)  # the archived table itself: as into="original" is
         return target, []
@@ -1319,6 +1328,13 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -
             "restored", table=manifest["table"], day=manifest["day"], retryable=False,
             remedy="restore into a new table (into='new'), or with on_conflict='fail' into a table that "
                    "lacks the day's rows, or make the constraint NOT DEFERRABLE (ALTER TABLE ... ALTER CONSTRAINT)")
+    if not has_key and _kind(conn, relation) == "v":  # (no key of its own to skip taken rows by)
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' needs the target's unique "
+            f"keys to tell existing rows by, and {relation} is a view; nothing was restored", table=manifest["table"],
+            day=manifest["day"], retryable=False,
+            remedy="restore into the view's base table with on_conflict='skip', or with on_conflict='fail' into the "
+                   "view")
     if not has_key:
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' needs a "
@@ -1396,7 +1412,12 @@ def _loads_into_bare_columns(conn: psycopg.Connection, path: str, manifest: dict
 # partitioned one, of its partitions (where the rows land).
 _OWN_EXPRESSIONS = """
 WITH tree AS (SELECT %(rel)s::pg_catalog.regclass AS relid  -- (a table in no partition tree: no row below)
-              UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(%(rel)s::pg_catalog.regclass) t)
+              UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(%(rel)s::pg_catalog.regclass) t
+              UNION  -- (a view's: the tables it writes into)
+              SELECT d.refobjid::pg_catalog.regclass FROM pg_catalog.pg_rewrite r
+              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+               AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+              WHERE r.ev_class = %(rel)s::pg_catalog.regclass AND d.refobjid <> r.ev_class)
 SELECT 'the CHECK constraint ' || pg_catalog.quote_ident(c.conname)
        || CASE WHEN c.conrelid <> %(rel)s::pg_catalog.regclass THEN ' of ' || c.conrelid::pg_catalog.regclass::text
                ELSE '' END
@@ -1441,11 +1462,6 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: Relatio
     """(" <what of the target may have changed or refused the rows>", a remedy), or ("", None)."""
     with conn.transaction():  # (a savepoint: a failing catalog query here must not end the caller's transaction)
         types, hooks = _target_drift(conn, manifest, relation)
-        view = _kind(conn, relation) == "v"
-    if view:  # rows inserted through a view are not all the view shows (a WHERE hides some): the check reads the view
-        return (f". {relation} is a view: it shows what its query selects, not every row inserted through it, so the "
-                "rows loaded through it are not all read back by the check",
-                "restore into the view's base table, or into a new table (into='new')")
     if not types and not hooks:
         return "", None
     said, mends = [], []
@@ -1642,10 +1658,12 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                 f"hold the rows it was proven to hold{computed}{drift}", table=table, day=day,
                 remedy=remedy or lossy_remedy or "restore into a database of the archived one's encoding; if the "
                        "encodings are the same, compare the object with its manifest (verify --download)")
-        if drift.startswith(f". {relation} is a view"):  # the likely cause: named alone, the archive is not blamed
+        if _kind(conn, relation) == "v":  # rows inserted through a view are not all it shows (a WHERE hides some)
             raise FingerprintMismatchError(
                 f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
-                f"{recorded}; the restore was rolled back{drift}", table=table, day=day, remedy=remedy)
+                f"{recorded}; the restore was rolled back. {relation} is a view: it shows what its query selects, not "
+                "every row inserted through it, so the rows loaded through it are not all read back by the check",
+                table=table, day=day, remedy="restore into the view's base table, or into a new table (into='new')")
         raise FingerprintMismatchError(
             f"restoring {table} for {day}: {scope} have fingerprint {actual} but the archive's manifest records "
             f"{recorded}; the restore was rolled back.{lossy} {'Otherwise t' if lossy else 'T'}he archive does not "
@@ -1862,6 +1880,10 @@ def _restore_grant(conn: psycopg.Connection, exc: BaseException, relation: Relat
         return (f"GRANT TEMPORARY ON DATABASE {sql_name(temp.group(1), qualified=False)} TO {role} (the restore stages "
                 "the day in a temporary table), or restore with on_conflict='fail' into a table without generated "
                 "columns")
+    sequence = re.fullmatch(r"permission denied for sequence (.+)", message)
+    if sequence:  # a serial or identity column's sequence, which a row without that column takes a value from
+        name = sql_name(f"{relation.schema}.{sequence.group(1)}") if relation is not None else sequence.group(1)
+        return f"GRANT USAGE ON SEQUENCE {name} TO {role} (a column of the target takes its default from it)"
     schema = re.fullmatch(r"permission denied for schema (.+)", message)
     if schema:
         return (f"GRANT CREATE ON SCHEMA {sql_name(schema.group(1), qualified=False)} TO {role} (and USAGE, if it "

@@ -182,8 +182,9 @@ SELECT a.attnum, a.attname,
        EXISTS (SELECT FROM pg_catalog.pg_cast c
                WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype),
        EXISTS (SELECT FROM pg_catalog.pg_cast c  -- (16384: FirstNormalObjectId, the first OID not PostgreSQL's own)
-               WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype
-                 AND c.oid >= 16384)
+               JOIN pg_catalog.pg_type s ON s.oid = c.castsource AND s.typtype <> 'd'  -- (a domain's: ignored)
+               WHERE c.castsource IN (base.oid, a.atttypid)  -- (the element's, or the array type's own)
+                 AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.oid >= 16384)
 FROM pg_catalog.pg_attribute a
 CROSS JOIN LATERAL (
     WITH RECURSIVE walk(oid, typmod, is_array, depth) AS (
@@ -335,7 +336,7 @@ PrintedNames = tuple[tuple[str, str, str], ...]
 def printed_names(conn: psycopg.Connection, table: SourceTable) -> PrintedNames:
     """What the day's values print from the catalog, as ``conn``'s snapshot has it: the labels of the enum
     types inside its columns' types (a view's: of the relations it reads, and the types its query casts to),
-    and a digest of the names of each kind of catalog object a reg* value names (see
+    and the names of each kind of catalog object a reg* value names, with their schemas' (see
     :func:`same_printed_names`)."""
     if table.oid is None:
         return ()
@@ -344,37 +345,41 @@ def printed_names(conn: psycopg.Connection, table: SourceTable) -> PrintedNames:
     query = _PRINTED_TYPES.format(roots=_ROOTS, multirange=multirange)
     found = conn.execute(query, {"rel": table.identifier.as_string(conn), "also": [],
                                  "named": list(_NAMED_BY_CATALOG)}).fetchall()
-    return tuple(row if row[0] == "enum" else ("named", row[1], _names_digest(conn, row[1])) for row in found)
+    names: list[tuple[str, str, str]] = [row for row in found if row[0] == "enum"]
+    for type_name in sorted({row[1] for row in found if row[0] == "named"}):
+        names += [(f"named:{type_name}", key, name) for key, name in _catalog_names(conn, type_name)]
+    return tuple(names)
 
 
-def _names_digest(conn: psycopg.Connection, type_name: str) -> str:
-    """A digest of the names a ``type_name`` value may print (its catalog's, and the schemas'): one renamed
-    changes it."""
-    return conn.execute(f"SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(x.oid::text || ':' || x.n || ':' || "
-                        f"x.ns::text, ',' ORDER BY x.oid), '') || (SELECT pg_catalog.string_agg(nspname::text, ',' "
-                        f"ORDER BY oid) FROM pg_catalog.pg_namespace)) FROM ({_NAMED_BY_CATALOG[type_name]}) "
-                        "AS x(oid, n, ns)").fetchone()[0]
+def _catalog_names(conn: psycopg.Connection, type_name: str) -> list[tuple[str, str]]:
+    """(oid, name and schema) of every object a ``type_name`` value may name, and of every schema."""
+    return conn.execute(f"SELECT x.oid::text, x.n || ' in ' || x.ns::text FROM ({_NAMED_BY_CATALOG[type_name]}) "
+                        "AS x(oid, n, ns) UNION ALL SELECT 'schema ' || oid::text, nspname::text "
+                        "FROM pg_catalog.pg_namespace").fetchall()
 
 
 def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: PrintedNames) -> None:
     """Fail (retryable) if a name the day's values print was changed since the snapshot that read ``names``: an
-    enum label renamed, or a relation, type, function ... renamed that a reg* value names. Asked once the rows are
-    read, in a new statement outside that snapshot. A value prints such a name from the catalog as committed when
-    the statement runs, not as the snapshot sees it, so a rename committed during a run made the fingerprint
-    print the old name and the read the new one (or the other way round): a green archive whose rows its own
-    manifest did not describe."""
+    enum label renamed, or a relation, type, function ... (or its schema) renamed that a reg* value names. Asked
+    once the rows are read, in a new statement outside that snapshot. A value prints such a name from the catalog
+    as committed when the statement runs, not as the snapshot sees it, so a rename committed during a run made the
+    fingerprint print the old name and the read the new one (or the other way round): a green archive whose rows
+    its own manifest did not describe. Objects created or dropped meanwhile are no rename (a new table, another
+    session's temporary one)."""
     if not names:
         return
-    labels = {(key, label) for kind, key, label in names if kind == "enum"}
     changed = []
+    labels = {(key, label) for kind, key, label in names if kind == "enum"}
     if labels:
         types = sorted({int(key.split(":")[0]) for key, _ in labels})
         now = {(f"{t}:{o}", label) for t, o, label in conn.execute(
             "SELECT enumtypid, oid, enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = ANY(%s)", (types,))}
         if not labels <= now:  # (a label added meanwhile prints no value the day held)
             changed.append("an enum label (ALTER TYPE ... RENAME VALUE)")
-    for kind, type_name, digest in names:
-        if kind == "named" and _names_digest(conn, type_name) != digest:
+    for type_name in sorted({kind.split(":", 1)[1] for kind, _, _ in names if kind.startswith("named:")}):
+        then = {key: name for kind, key, name in names if kind == f"named:{type_name}"}
+        now = dict(_catalog_names(conn, type_name))
+        if any(key in now and now[key] != name for key, name in then.items()):
             changed.append(f"a name a {type_name} value prints (a relation, type, function or schema renamed)")
     if changed:
         raise SourceError(f"{' and '.join(changed)} of {table.qualified}'s values was changed while the day was "
@@ -994,8 +999,11 @@ def same_members(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
     if joined:
         raise _changed_under_snapshot(table, f"{', '.join(relation_name(s, n) for s, n in joined)} joined it (ATTACH "
                                              "PARTITION or INHERIT) after the snapshot, which sees its rows")
-    children = {member for member, partition in tree.items() if not partition} - roots - read
-    if children:  # inheritance children the day's plan does not read: excluded by their constraints, or gone
+    # inheritance children the day's plan does not read: excluded by their constraints, or gone (a view's query may
+    # read its tables with ONLY, and a child it never reads is none of its rows: a view is held to the joined test)
+    children = set() if table.relkind == "v" else \
+        {member for member, partition in tree.items() if not partition} - roots - read
+    if children:
         everything = _relations_read(conn, table, sql.SQL("TRUE"))
         left = sorted(children - everything)
         if left:

@@ -831,8 +831,10 @@ WITH RECURSIVE base(name, oid) AS (
     SELECT * FROM unnest(%s::text[], %s::oid[])
     UNION ALL
     SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
-SELECT DISTINCT base.name FROM base JOIN pg_catalog.pg_cast c ON c.castsource = base.oid
-WHERE c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.oid >= 16384
+SELECT DISTINCT base.name FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
+JOIN pg_catalog.pg_cast c ON c.castsource = base.oid
+WHERE t.typtype <> 'd'  -- (a cast of a domain is ignored by PostgreSQL: its base type's casts apply)
+  AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.oid >= 16384
 """)
 
 

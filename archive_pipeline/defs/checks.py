@@ -394,7 +394,7 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
         # never ran (its download failed, say)
         return Verdict(day, [f"its content was never proven ({proof}); a re-check of the object cannot prove it: "
                              "archive the day again (overwrite: true in the launchpad's run config)"], "")
-    if spec.deep_check and not proof.startswith("content proven") and not meta.get("empty"):
+    if spec.deep_check and not proof.startswith("content proven") and meta.get("state") != "empty":
         # archived before deep_check was set (its record says what was checked then: the object alone)
         return Verdict(day, [f"its content was never proven against the source (archived before deep_check was set: "
                              f"{proof or 'no proof recorded'}); a re-check of the object cannot prove it: run "

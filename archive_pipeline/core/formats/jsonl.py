@@ -39,9 +39,12 @@ _UNPAIRED_SURROGATE = ("regexp_replace(" + _REAL_ESCAPES + r", "
                        r"~ '\\u[dD][89a-fA-F][0-9a-fA-F]{{2}}'")
 
 
-# ... and holding a \u escape of a code point beyond ASCII (\u0080 and up)
-_BEYOND_ASCII_ESCAPE = (_REAL_ESCAPES + r" ~ '\\u(00[89a-fA-F][0-9a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]{{2}}|"
-                        r"[1-9a-fA-F][0-9a-fA-F]{{3}})'")
+# ... and holding a \u escape of a code point the database's encoding may lack: beyond ASCII (\u0080 and up), or in
+# LATIN1, whose 256 characters are U+0000..U+00FF, beyond those (\u0100 and up)
+_BEYOND_ASCII_ESCAPE = ("CASE WHEN pg_catalog.current_setting('server_encoding') = 'LATIN1' THEN " + _REAL_ESCAPES
+                        + r" ~ '\\u(0[1-9a-fA-F][0-9a-fA-F]{{2}}|[1-9a-fA-F][0-9a-fA-F]{{3}})' ELSE " + _REAL_ESCAPES
+                        + r" ~ '\\u(00[89a-fA-F][0-9a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]{{2}}|[1-9a-fA-F][0-9a-fA-F]{{3}})' "
+                        "END")
 
 
 def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
