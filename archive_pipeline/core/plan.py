@@ -582,6 +582,11 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
         except psycopg.Error as exc:  # a lock_timeout on the day's partition, a statement_timeout: this day only
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
                                       unread(conn, spec, day, exc), None))
+        except ArchiveError as exc:  # (a pending mark's settling check, say: already wrapped) this day only
+            if conn.closed:
+                raise
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
+                                      f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}", None))
     return planned
 
 

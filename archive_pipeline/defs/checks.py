@@ -397,9 +397,8 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
     if spec.deep_check and not proof.startswith("content proven") and meta.get("state") != "empty":
         # archived before deep_check was set (its record says what was checked then: the object alone)
         return Verdict(day, [f"its content was never proven against the source (archived before deep_check was set: "
-                             f"{proof or 'no proof recorded'}); a re-check of the object cannot prove it: run "
-                             "verify --deep for the day, or archive it again (overwrite: true in the launchpad's run "
-                             "config)"], "")
+                             f"{proof or 'no proof recorded'}); a re-check of the object cannot prove it: archive "
+                             "it again (overwrite: true in the launchpad's run config), which proves it"], "")
     try:
         return verify_result(store, spec, day, expected_from(meta), deep=deep, temp_dir=temp_dir)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
