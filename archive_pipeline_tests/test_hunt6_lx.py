@@ -280,4 +280,33 @@ def test_a_lossy_cast_of_a_builtin_array_type_to_text_does_not_hide_a_change_fro
 
 
 # Left (see the closing note): a refused function of another schema is named without its schema (PostgreSQL's
-# message leaves it out), and list and verify do not look for a removed day's archive under a former format.
+# message leaves it out).
+
+
+
+def test_list_and_verify_see_a_removed_days_only_archive_under_the_former_format(pg, s3, conn, schema, bucket,
+                                                                                  tmp_path):
+    """2024-03-10 is archived as JSONL and pruned (retention ``delete``): its archive is the day's only copy. The team
+    switches the table to ``format: csv``. b9a3c1f made ``restore`` find the day under its former format (README:
+    "``restore`` finds the day's archive there when nothing is at the new key"), and the restore works. But ``list
+    --day 2024-03-10`` shows no day at all (neither archived nor removed), and ``verify --day 2024-03-10`` exits 1
+    with nothing verified: the removed rows' only copy is invisible to the commands that check it, while restore
+    restores it. What should happen: list shows the day archived (removed from the source) at its former key, and
+    verify checks that archive."""
+    import yaml
+
+    from archive_pipeline_tests.test_hunt6_lp import DAY as LP_DAY, _cli, _day_partitions, _env
+
+    _day_partitions(conn, schema)
+    env = _env(pg, s3, bucket, tmp_path, schema, partitioning={"mode": "declarative"}, action="delete")
+    day, span = ["--day", LP_DAY.isoformat()], ["--from", LP_DAY.isoformat(), "--to", LP_DAY.isoformat()]
+    assert _cli(env, "archive", *day)[0] == 0
+    assert [d["status"] for d in _cli(env, "prune", *span)[1]["days"]] == ["removed"]
+    config = tmp_path / "tables.yaml"
+    tables = yaml.safe_load(config.read_text())
+    tables["tables"][0]["format"] = "csv"
+    config.write_text(yaml.safe_dump(tables))
+    listed = _cli(env, "list", *day)[1]
+    verified = _cli(env, "verify", *day)
+    assert [d["day"] for d in listed["days"]] == [LP_DAY.isoformat()], f"list: {listed}; verify: {verified}"
+    assert verified[0] == 0, f"verify: {verified}"

@@ -387,3 +387,19 @@ def archived_encoding(conn, manifest: dict) -> str | None:
     same = source.get("database") == database and (not source.get("system_identifier") or not system
                                                     or source["system_identifier"] == system)
     return encoding if same else None
+
+
+def under_another_format(store, spec, day, listed: set[str] | None = None) -> tuple[str, dict] | None:
+    """(key, manifest) of ``spec``'s archive of ``day`` under another format's or codec's key (written before the
+    table's format or compression changed; with ``{ext}`` in the template that moves the day's key), the latest
+    archived where there are several; None if there is none. ``listed``: the keys a listing already found (one
+    LIST of the day's prefix otherwise)."""
+    others = keys.other_extension_keys(spec, day, store.prefix)
+    if not others:
+        return None
+    if listed is None:
+        listed = {item["Key"] for prefix in {keys.day_prefix(k) for k in others} for item in store.list_keys(prefix)}
+    found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in others
+             if keys.manifest_key(other) in listed]
+    found = [(other, manifest) for other, manifest in found if manifest is not None]
+    return max(found, key=lambda pair: str(pair[1].get("archived_at") or "")) if found else None

@@ -24,7 +24,8 @@ from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalo
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
-from archive_pipeline.core.manifest import ForeignManifestError, SourceIdentity, manifest_key, owned, removal_state
+from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, manifest_key, owned, removal_state,
+                                             under_another_format)
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
@@ -201,6 +202,10 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             continue
         try:
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
+            if manifest is None:  # nothing at the key the configuration renders: written under a former format?
+                key, manifest = under_another_format(store, spec, day, present) or (key, None)
+                if manifest is not None:
+                    manifest = load_manifest(store, key, (spec.name, day.isoformat()))
         except ValueError as exc:
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
             continue

@@ -37,7 +37,8 @@ from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES,
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
                                           refused_grant, remedy_for, sql_name)
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, archived_encoding, decoded_manifest, owned
+from archive_pipeline.core.manifest import (ManifestError, archived_encoding, decoded_manifest, owned,
+                                             under_another_format)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -448,7 +449,7 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     try:
         manifest = decoded_manifest(store, keys.manifest_key(key))
         if manifest is None:
-            key, manifest = _under_another_format(store, spec, day, key)
+            key, manifest = under_another_format(store, spec, day) or (key, None)
         return None if manifest is None else owned(manifest, spec.name, day.isoformat(), key=key)
     except ArchiveError as exc:
         raise RestoreError(f"reading the manifest of {spec.name} for {day} failed: {exc.message}; nothing was restored",
@@ -459,21 +460,6 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
                            f"trusted ({exc.message}); nothing was restored", table=spec.name, day=day.isoformat(),
                            remedy=exc.remedy or "restore it from a replica or backup of the bucket, or archive the "
                                                 "day again if the source still has it") from None
-
-
-def _under_another_format(store: S3Store, spec: TableSpec, day: Period, key: str) -> tuple[str, dict | None]:
-    """(key, manifest) of the day's archive under another format's or codec's key, the latest archived where
-    there are several; (``key``, None) if there is none."""
-    others = keys.other_extension_keys(spec, day, store.prefix)
-    if not others:
-        return key, None
-    listed = {item["Key"] for prefix in {keys.day_prefix(k) for k in others} for item in store.list_keys(prefix)}
-    found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in others
-             if keys.manifest_key(other) in listed]
-    found = [(other, manifest) for other, manifest in found if manifest is not None]
-    if not found:
-        return key, None
-    return max(found, key=lambda pair: str(pair[1].get("archived_at") or ""))
 
 
 class Relation(NamedTuple):
