@@ -203,8 +203,12 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
         try:
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
             if manifest is None:  # nothing at the key the configuration renders: written under a former format?
-                key, manifest = under_another_format(store, spec, day, present) or (key, None)
-                if manifest is not None:
+                try:
+                    former = under_another_format(store, spec, day, present)
+                except ArchiveError:  # its listing failed: the day is told by its own key, as before the fallback
+                    former = None
+                if former is not None:
+                    key = former[0]
                     manifest = load_manifest(store, key, (spec.name, day.isoformat()))
         except ValueError as exc:
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
