@@ -411,10 +411,7 @@ def snapshot_gone(exc: BaseException) -> BaseException:
     """``exc``, raised by our own ``SET TRANSACTION SNAPSHOT``, as the retryable error it is where its SQLSTATE
     says the snapshot could not be imported (22023, 55000: the exporting session ended), whatever language the
     server's messages are in; any other error as it is."""
-    state = getattr(exc, "sqlstate", None)
-    if state is None:  # ADBC's errors carry it in their text
-        found = re.search(r"SQLSTATE: ([0-9A-Z]{5})", str(exc))
-        state = found.group(1) if found else None
+    state = _sqlstate(exc, str(exc))  # (ADBC's errors carry it in their text)
     if state not in ("22023", "55000"):
         return exc
     return SourceError(f"{_SNAPSHOT_GONE.cause} ({type(exc).__name__} SQLSTATE {state}: "
