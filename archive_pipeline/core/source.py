@@ -128,6 +128,7 @@ class SourceTable:
     columns: tuple[Column, ...]
     day_column: Column | None  # None: the whole table is the day (naming mode)
     oid: int | None = None  # the relation the catalog lookup found (in the caller's snapshot)
+    encoding: str | None = None  # the database's server_encoding (what a JSON \u escape can become in it)
 
     @property
     def qualified(self) -> str:
@@ -564,7 +565,8 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
                            unreadable=tuple(t for t in inner.get(r[0], ()) if t.type in UNREADABLE_TYPES))
                     for r in found)
     if day_column is None:
-        return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid)
+        return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid,
+                           encoding=conn.info.parameter_status("server_encoding"))
     by_name = {c.name: c for c in columns}
     day = by_name.get(day_column)
     if day is None:
@@ -578,7 +580,8 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
                           "it must be date, timestamp or timestamptz", table=qualified_name, retryable=False,
                           cause=SETTING_MISFITS, remedy="set the table's day_column in the YAML configuration to a "
                                                         "date, timestamp or timestamptz column")
-    return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day, oid=oid)
+    return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day, oid=oid,
+                       encoding=conn.info.parameter_status("server_encoding"))
 
 
 def _name_not_utf8(conn: psycopg.Connection, qualified_name: str, oid: int, exc: psycopg.Error) -> SourceError:

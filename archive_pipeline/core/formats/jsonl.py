@@ -4,6 +4,7 @@ and delimiter (JSON text never holds raw control bytes, so CSV mode passes it th
 from __future__ import annotations
 
 from psycopg import sql
+from psycopg._encodings import pg2pyenc  # (psycopg's own table of PostgreSQL encodings)
 
 from archive_pipeline.core.formats.common import (
     CopyFormat,
@@ -39,16 +40,58 @@ _UNPAIRED_SURROGATE = ("regexp_replace(" + _REAL_ESCAPES + r", "
                        r"~ '\\u[dD][89a-fA-F][0-9a-fA-F]{{2}}'")
 
 
-# ... and holding a \u escape of a code point the database's encoding may lack: beyond ASCII (\u0080 and up), or in
-# LATIN1, whose 256 characters are U+0000..U+00FF, beyond those (\u0100 and up)
+# ... and holding a \u escape of a character beyond ASCII (\u0080 and up: ~* so any case of hex digits)
+_BEYOND_ASCII = r"'\\u(00[89a-f][0-9a-f]|0[1-9a-f][0-9a-f]{{2}}|[1-9a-f][0-9a-f]{{3}})'"
+# The database's encoding unknown (a table not described by this version): beyond LATIN1's 256 characters in
+# LATIN1, else beyond ASCII
 _BEYOND_ASCII_ESCAPE = ("CASE WHEN pg_catalog.current_setting('server_encoding') = 'LATIN1' THEN " + _REAL_ESCAPES
                         + r" ~ '\\u(0[1-9a-fA-F][0-9a-fA-F]{{2}}|[1-9a-fA-F][0-9a-fA-F]{{3}})' ELSE " + _REAL_ESCAPES
-                        + r" ~ '\\u(00[89a-fA-F][0-9a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]{{2}}|[1-9a-fA-F][0-9a-fA-F]{{3}})' "
-                        "END")
+                        + " ~* " + _BEYOND_ASCII + " END")
 
 
-def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
-    """(expression fed to row_to_json, encoding) of one column in JSONL."""
+def _repertoire_escapes(encoding: str) -> str | None:
+    r"""The hex digits of every \u escape beyond ASCII that a database of the single-byte ``encoding`` holds
+    a character for, as a regular expression's alternatives grouped by their first three digits
+    ("00a[0-9a-f]|20a[c]|..."), or None for an encoding without a single-byte table here (UTF8 has every
+    character; SQL_ASCII converts none; a multibyte one has too many to list). Python's codecs come from the
+    same Unicode mapping tables as PostgreSQL's conversions (a byte neither maps, such as WIN1252's 0x81,
+    has no character in either)."""
+    if encoding not in _SINGLE_BYTE:
+        return None
+    codec = pg2pyenc(encoding.encode())
+    kept: dict[str, list[str]] = {}
+    for byte in range(0x80, 0x100):
+        try:
+            char = bytes([byte]).decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if len(char) == 1 and ord(char) >= 0x80:
+            digits = f"{ord(char):04x}"
+            kept.setdefault(digits[:3], []).append(digits[3])
+    return "|".join(f"{head}[{''.join(sorted(tails))}]" for head, tails in sorted(kept.items())) or None
+
+
+# PostgreSQL's single-byte server encodings (SQL_ASCII apart), each with a Python codec (psycopg's table)
+_SINGLE_BYTE = frozenset({*(f"LATIN{n}" for n in range(1, 11)), *(f"WIN{n}" for n in range(1250, 1259)),
+                          "WIN866", "WIN874", "KOI8R", "KOI8U", "ISO_8859_5", "ISO_8859_6", "ISO_8859_7",
+                          "ISO_8859_8"})
+
+
+def _escape_beyond_encoding(encoding: str | None) -> str | None:
+    r"""SQL (a template over ``{c}``) true when a json value holds a real \u escape of a character the
+    database's ``encoding`` lacks; None in UTF8, which has them all. Every JSON parse there (restore's
+    json_populate_record) turns such an escape into that encoding, and fails on the whole line without it."""
+    if encoding is None:
+        return "pg_catalog.current_setting('server_encoding') <> 'UTF8' AND " + _BEYOND_ASCII_ESCAPE
+    if encoding == "UTF8":
+        return None
+    kept = _repertoire_escapes(encoding)
+    text = _REAL_ESCAPES if kept is None else f"regexp_replace({_REAL_ESCAPES}, '\\\\u({kept})', '', 'gi')"
+    return text + " ~* " + _BEYOND_ASCII
+
+
+def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tuple[sql.Composable, dict]:
+    """(expression fed to row_to_json, encoding) of one column in JSONL, in a database of ``db_encoding``."""
     ident = sql.Identifier(col.name)
     if col.base_type == "xml":
         # the stored text: xml's output drops or rewrites an XML declaration (see xml_text)
@@ -90,6 +133,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
         nul = raise_in_sql(index, "json_nul", ident)
         surrogate = raise_in_sql(index, "json_surrogate", ident)
         beyond = raise_in_sql(index, "json_escape_encoding", ident)
+        beyond_test = _escape_beyond_encoding(db_encoding)
         # \u0000 and unpaired surrogate escapes: one search for \u in every value (LIKE: a byte loop, faster
         # than strpos for a needle this short); only a value holding one is searched further, and the
         # backslash-exact test runs only on a suspect. The inner CASE raises (the refusal) or is false,
@@ -102,8 +146,8 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
             + " THEN {s} IS NULL "
             # outside UTF8, every JSON parse turns such an escape into the database's encoding (and a restore's
             # of the whole line fails where it has no such character; SQL_ASCII converts none)
-            "WHEN pg_catalog.current_setting('server_encoding') <> 'UTF8' AND " + _BEYOND_ASCII_ESCAPE
-            + " THEN {b} IS NULL ELSE false END").format(c=ident, n=nul, s=surrogate, b=beyond)
+            + ("" if beyond_test is None else "WHEN " + beyond_test + " THEN {b} IS NULL ")
+            + "ELSE false END").format(c=ident, n=nul, s=surrogate, b=beyond)
         return (sql.SQL("CASE WHEN pg_catalog.json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "WHEN {e} THEN NULL "
                         "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
@@ -113,7 +157,7 @@ def jsonl_column(col: Column, index: int) -> tuple[sql.Composable, dict]:
                          note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
                               "and json_populate_record re-escapes a top-level string; the JSON value null, "
                               "\\u0000, an unpaired UTF-16 surrogate escape (\\ud800), and in a database whose encoding is "
-                              "not UTF8 an escape of a character beyond ASCII, are refused"))
+                              "not UTF8 an escape of a character that encoding lacks, are refused"))
     if _json_native(col):
         return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
     return (refuse_ambiguous_names(col, index, sql.SQL("pg_catalog.to_json({})").format(output_text(ident))),
@@ -145,7 +189,7 @@ class JsonLines(CopyFormat):
         super().__init__("jsonl", "jsonl", "application/x-ndjson")
 
     def _columns(self, table: SourceTable) -> list[tuple[sql.Composable, dict]]:
-        return [jsonl_column(c, i) for i, c in enumerate(table.columns)]
+        return [jsonl_column(c, i, table.encoding) for i, c in enumerate(table.columns)]
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         return {c.name: enc for c, (_, enc) in zip(table.columns, self._columns(table), strict=True)}
