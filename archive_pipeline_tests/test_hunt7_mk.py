@@ -61,3 +61,61 @@ def test_archive_into_a_full_tmpdir_names_the_directory_and_tmpdir(pg, s3, bucke
     _nothing_in_the_bucket(s3_client, bucket)
     assert str(tiny) in day["message"], day["message"]
     assert "TMPDIR" in day["message"], day["message"]
+
+
+def test_a_clock_skewed_against_the_store_is_not_reported_as_a_missing_grant(pg, s3, bucket, conn, schema,
+                                                                             tmp_path, s3_client):
+    """A VM whose clock drifted 20 minutes (NTP stopped) runs `archive-pipeline archive --day D`: the store refuses
+    every request with 403 RequestTimeTooSkewed. The first request is the bucket check (HeadBucket), whose answer
+    has no body, so the command says "bucket ... refused HeadBucket (403): grant s3:ListBucket on the bucket to these
+    credentials ..., and check $ARCHIVE_S3_BUCKET and the S3 credentials" (exit 2): the operator goes off to
+    change an IAM policy that is fine, and nothing mentions the clock. The README lists clock skew as "a 403 that
+    no permission fixes", and the same fault on a later request (a manifest PUT, a GET) is reported right:
+    "this machine's clock is too far off the store's ...; to fix: synchronise the clock (NTP)". A 403 to the
+    bucket check should be told apart from a refused grant before blaming one (a request whose answer carries the
+    error code, such as a one-key listing, or the response's Date header against the local clock).
+    (`environment.store_from_env`, the ClientError branch of the head_bucket check.)"""
+    env = _day_table(pg, s3, bucket, conn, schema, tmp_path, rows=100)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(action="error", status=403, code="RequestTimeTooSkewed"))
+        env["ARCHIVE_S3_ENDPOINT_URL"] = proxy.url
+        done = _cli(env, "archive", "--day", DAY, "--json")
+    answer = json.loads(done.stdout)
+    assert answer["ok"] is False and answer["retryable"] is False, done.stdout
+    _nothing_in_the_bucket(s3_client, bucket)
+    assert "clock" in answer["error"], answer["error"]
+    assert "grant" not in answer["error"], answer["error"]
+
+
+@pytest.mark.parametrize("command", [["archive"], ["restore", "--into", "new", "--target", "{schema}.restored"]],
+                         ids=["archive", "restore"])
+def test_a_temp_file_over_the_file_size_limit_is_a_named_local_fault_not_an_unexpected_error(
+        pg, s3, bucket, conn, schema, tmp_path, s3_client, command):
+    """The archiver runs under a file-size limit (`ulimit -f` in a cron wrapper, systemd's LimitFSIZE=, or a temp
+    dir on a file system with a maximum file size such as FAT32's 4 GiB): writing the staged archive (or restore's
+    download) past it fails with EFBIG, "[Errno 27] File too large". The day fails with "an unexpected error
+    (OSError: [Errno 27] File too large); ... to fix: read the message; it is not retried because nothing says a
+    retry would help": the generic verdict for a cause nobody recognised, naming neither the temp directory nor
+    the limit. It is a local fault of the host like a full disk (not retryable, never the store's or the
+    archive's): the message should say the temp file outgrew the file-size limit and name the temp directory
+    (here $TMPDIR) and what to change (raise the limit, or a temp dir on a volume that allows the day's object).
+    (`errors._classify_os` knows ENOSPC/EDQUOT, EROFS/EACCES/EPERM, ENOENT/ENOTDIR and EIO only; EFBIG falls
+    through to `_UNKNOWN`.)"""
+    env = _day_table(pg, s3, bucket, conn, schema, tmp_path)
+    if command != ["archive"]:
+        assert _cli(env, "archive", "--day", DAY).returncode == 0
+    temp = tmp_path / "scratch"
+    temp.mkdir()
+    env["TMPDIR"] = str(temp)
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    done = _cli(env, *[part.format(schema=schema) for part in command], "--day", DAY, "--json",
+                preexec_fn=limited)
+    answer = json.loads(done.stdout)
+    message = answer["days"][0]["message"] if command == ["archive"] else answer["error"]
+    assert done.returncode == 1 and "File too large" in message, done.stdout
+    assert "unexpected error" not in message, message
+    assert str(temp) in message, message
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
