@@ -77,7 +77,7 @@ def test_a_clock_skewed_against_the_store_is_not_reported_as_a_missing_grant(pg,
     (`environment.store_from_env`, the ClientError branch of the head_bucket check.)"""
     env = _day_table(pg, s3, bucket, conn, schema, tmp_path, rows=100)
     with FaultProxy(s3.endpoint_url) as proxy:
-        proxy.add(Fault(action="error", status=403, code="RequestTimeTooSkewed"))
+        proxy.add(Fault(action="error", status=403, code="RequestTimeTooSkewed", times=None))  # every request
         env["ARCHIVE_S3_ENDPOINT_URL"] = proxy.url
         done = _cli(env, "archive", "--day", DAY, "--json")
     answer = json.loads(done.stdout)

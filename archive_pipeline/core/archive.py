@@ -16,6 +16,8 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -238,7 +240,8 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                   standby=standby) from None
+                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+                   ) from None
     except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): cleaned up on the way out
         note_cancelled(exc, spec.name, day.isoformat(), "archiving")
         raise

@@ -9,16 +9,20 @@ DSN's password or a secret key.
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 import psycopg.conninfo
 
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
-from archive_pipeline.core.errors import describe_connect_error, permission_remedy, password_of, redact, scrub_parse_error
+from archive_pipeline.core.errors import (classify, describe_connect_error, password_of, permission_remedy, redact,
+                                         scrub_parse_error)
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
 from archive_pipeline.core.store import S3Store
 
@@ -263,6 +267,11 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                 from None
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 403 and (other := _refused_for_another_cause(client, bucket, exc)) is not None:
+                cause, remedy, retryable = other
+                raise UnreachableError(f"bucket {bucket!r} refused HeadBucket (403) at "
+                                       f"{env.get(ENDPOINT_VAR) or 'AWS S3'}: {cause}: {remedy}",
+                                       retryable=retryable) from None
             reason, remedy = {
                 404: ("does not exist", f"check ${BUCKET_VAR} (or create the bucket)"),
                 # HeadBucket is allowed by s3:ListBucket; right keys without it are refused alike
@@ -281,6 +290,36 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                                    f"{redact(str(exc), env.get(SECRET_VAR))}): check ${ENDPOINT_VAR} "
                                    "and the network") from None
     return store
+
+
+_SKEW_ALLOWED = dt.timedelta(minutes=15)  # S3 refuses a request signed further off its clock (RequestTimeTooSkewed)
+
+
+def _refused_for_another_cause(client: Any, bucket: str, refused: Any) -> tuple[str, str, bool] | None:
+    """(cause, remedy, retryable) of a HeadBucket 403 that no grant fixes, or None (a missing grant, as far as
+    can be told). A HEAD's answer has no body, so no error code: the store's Date header says whether this
+    machine's clock is off, and a one-key listing (which s3:ListBucket allows, as it does HeadBucket) answers
+    with the code (RequestTimeTooSkewed, InvalidAccessKeyId, SignatureDoesNotMatch, an expired token)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    said = refused.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        skew = abs(email.utils.parsedate_to_datetime(said) - dt.datetime.now(dt.timezone.utc)) if said else None
+    except (TypeError, ValueError):
+        skew = None
+    if skew is not None and skew > _SKEW_ALLOWED:
+        return (f"this machine's clock is {skew.total_seconds() / 60:.0f} minutes off the store's (its Date header "
+                f"says {said})", "synchronise the clock (NTP); no permission is missing", False)
+    try:
+        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "AllAccessDisabled", None, ""):
+            return None
+        found = classify(exc)
+        return f"{found.cause} ({exc.response['Error']['Code']})", found.remedy, found.retryable
+    except BotoCoreError:
+        return None
+    return None
 
 
 def session_settings(source: SourceSettings) -> dict[str, str]:

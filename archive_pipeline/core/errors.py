@@ -277,6 +277,13 @@ _TEMP_NOT_WRITABLE = Classification(False, "the temp directory is not writable",
 _TEMP_MISSING = Classification(False, "the temp directory does not exist or is not a directory",
                                "create it, or point temp_dir at a directory that exists", "local")
 _LOCAL_IO = Classification(False, "an I/O error on the local disk", "check the disk behind temp_dir", "local")
+_FILE_TOO_LARGE_LOCAL = Classification(
+    False, "the temp file outgrew the process's file-size limit", "raise the limit (ulimit -f, systemd's "
+    "LimitFSIZE=) or point temp_dir at a file system that allows a file as large as the day's object (it is staged "
+    "whole); an immediate retry would fail the same way", "local")
+# What the one local file of an operation (its temp file) can meet: the message names its directory
+_TEMP_FILE_CAUSES = frozenset(c.cause for c in (_DISK_FULL_LOCAL, _TEMP_NOT_WRITABLE, _TEMP_MISSING, _LOCAL_IO,
+                                                _FILE_TOO_LARGE_LOCAL))
 _LOCAL_NETWORK = Classification(True, "a network connection was reset or timed out",
                                 f"{_RETRIED}; if it persists, check the network", "unknown")
 _OUT_OF_MEMORY_LOCAL = Classification(False, "the archiving process ran out of memory",
@@ -641,6 +648,8 @@ def _classify_os(exc: OSError, text: str) -> Classification:
         return _TEMP_MISSING
     if exc.errno == errno.EIO:
         return _LOCAL_IO
+    if exc.errno == errno.EFBIG:
+        return _FILE_TOO_LARGE_LOCAL
     if isinstance(exc, ConnectionError | TimeoutError) or exc.errno in (
             errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
             errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN):
@@ -829,12 +838,13 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
          user: str | None = None, database: str | None = None, standby: bool = False,
-         doing: str = "archiving") -> ArchiveError:
+         doing: str = "archiving", temp_dir: str | None = None) -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
     ``doing``: what failed, as the message begins ("archiving", "removing", "proving"). ``user`` and
     ``database`` fill in the remedy's statements (``GRANT ... TO <role>``, ``ON DATABASE <database>``).
+    ``temp_dir``: the directory of the operation's temp file, named where that file failed (full, too large).
 
     An :class:`ArchiveError` is returned itself, with table and day filled in. Raise the result
     ``from None``: a chained driver exception may hold the DSN.
@@ -854,6 +864,10 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     if database:
         found = replace(found, remedy=found.remedy.replace("<database>", sql_name(database, qualified=False)))
+    if temp_dir is not None and found.cause in _TEMP_FILE_CAUSES:
+        found = replace(found, cause=f"{found.cause} (the temp directory {temp_dir})",
+                        remedy=f"{found.remedy} (temp_dir is the archive_store resource's setting; TMPDIR sets the "
+                               f"default, and the command line's)")
     error_type = {"source": SourceError, "store": UploadError}.get(found.where, ArchiveError)
     detail = redact(_detail(exc), password)
     if found.cause == _BAD_DSN.cause:  # libpq quotes pieces of the string, perhaps of the password
