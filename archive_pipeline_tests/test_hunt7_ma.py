@@ -59,3 +59,55 @@ def test_a_changed_declaration_in_a_composites_xml_field_is_not_skipped_as_uncha
     conn.execute(sql.SQL("UPDATE {} SET d = ROW(1, %s)").format(table), (DECLARED,))
     with pytest.raises(ArchiveError, match="changed since it was archived"):
         archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+
+
+def _display_cast_of_numeric(conn, schema: str) -> None:
+    """A DBA's display cast of numeric to text (two decimals, as reports want them): numeric has no cast to
+    text of PostgreSQL's own (``::text`` is an I/O conversion), so CREATE CAST may give it one."""
+    conn.execute(f"CREATE FUNCTION {schema}.n_text(numeric) RETURNS text LANGUAGE sql IMMUTABLE "
+                 "AS $$ SELECT to_char($1, 'FM999999999990.00') $$")
+    conn.execute(f"CREATE CAST (numeric AS text) WITH FUNCTION {schema}.n_text(numeric)")
+
+
+def test_a_users_cast_of_numeric_to_text_does_not_make_every_fingerprint_alike(conn, schema, store, temp_dir):
+    """A database carries a DBA's cast ``CREATE CAST (numeric AS text) WITH FUNCTION n_text(numeric)``
+    (``to_char(n, 'FM999999999990.00')``). A day of a table with no numeric column at all is archived, then a
+    value of it changes. The re-run skips the day as unchanged: the fingerprint's sum of row hashes is a numeric
+    printed with ``::text`` (``fingerprint.fingerprint_query``: ``coalesce(sum(h), 0)::text``), which runs the
+    DBA's cast, so the manifest records ``row-hash-sum-v5:2:############.##`` and every day of the same row count
+    and sign has "the same" fingerprint. The sum should be printed by numeric's output function (or the cast
+    qualified away), so the change is "changed since it was archived"."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, t text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'before'), (2, %s, 'other')").format(table), (DAY, DAY))
+    _display_cast_of_numeric(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        conn.execute(sql.SQL("UPDATE {} SET t = 'later' WHERE id = 1").format(table))
+        with pytest.raises(ArchiveError, match="changed since it was archived"):
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    finally:
+        conn.execute("DROP CAST IF EXISTS (numeric AS text)")
+
+
+def test_parquet_does_not_write_numeric_through_a_users_cast_to_text(conn, schema, store, temp_dir):
+    """With the same DBA's cast of numeric to text, a user archives a day with an unconstrained ``numeric``
+    column (1.255) and a ``numeric[]`` as Parquet, then restores it: the archive is green, the restore's
+    fingerprint check passes, and the restored values are 1.26 and {1.26,NULL}. The Parquet reader reads
+    numeric as ``col::text`` (``formats.parquet._read_expression``; money as ``::numeric::text``), which runs
+    the user's cast instead of numeric's output. It should read the exact digits (numeric_out), as the
+    fingerprint's own column text already does for such a cast (``user_text_cast``)."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, n numeric, na numeric[])").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 1.255, '{{1.255,NULL}}')").format(table), (DAY,))
+    _display_cast_of_numeric(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="parquet")
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    finally:
+        conn.execute("DROP CAST IF EXISTS (numeric AS text)")
+    back = conn.execute(sql.SQL("SELECT concat(n), concat(na) FROM {}").format(
+        sql.Identifier(schema, "back"))).fetchone()
+    assert back == ("1.255", "{1.255,NULL}")
