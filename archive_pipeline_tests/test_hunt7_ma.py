@@ -111,3 +111,31 @@ def test_parquet_does_not_write_numeric_through_a_users_cast_to_text(conn, schem
     back = conn.execute(sql.SQL("SELECT concat(n), concat(na) FROM {}").format(
         sql.Identifier(schema, "back"))).fetchone()
     assert back == ("1.255", "{1.255,NULL}")
+
+
+@pytest.mark.parametrize("column", ["xml[]", "{s}.label[]", "money[]"])
+def test_deep_verification_of_a_csv_archive_reads_null_elements_whatever_the_sessions_array_nulls(
+        column, conn, schema, store, temp_dir):
+    """A user archives a day as CSV whose array column (xml[], an array of a domain over text, money[]) has a
+    NULL element, then proves it with ``deep_verify`` on a connection where ``array_nulls`` is off (a role's
+    setting; README: restore reads "with array_nulls on (a role's off would read an array's NULL element as the
+    string "NULL")"). The CSV proof parses such columns from their text (``verify._text_table``: money and xml
+    arrays, arrays of domains) without setting ``array_nulls``: the xml[] and domain array's NULL element is read
+    as the string 'NULL' and the exact archive is reported as a fingerprint mismatch; money[] fails with "does
+    not read back as its columns' types now ... a type or domain of the table changed". It should prove the
+    archive ([]), as the restore path does by setting array_nulls on."""
+    from archive_pipeline.core.verify import deep_verify
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE DOMAIN {}.label AS text").format(s))
+    table = sql.Identifier(schema, "ev")
+    kind = sql.SQL(column.replace("{s}", s.as_string(conn)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, a {})").format(table, kind))
+    first = "'1.50'" if column == "money[]" else "'a'"
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, ARRAY[{}, NULL]::{})").format(table, sql.SQL(first), kind),
+                 (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute("SET array_nulls = off")
+    conn.commit()
+    assert deep_verify(conn, store, spec, DAY, temp_dir=temp_dir) == []
