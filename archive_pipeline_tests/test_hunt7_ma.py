@@ -113,7 +113,7 @@ def test_parquet_does_not_write_numeric_through_a_users_cast_to_text(conn, schem
     assert back == ("1.255", "{1.255,NULL}")
 
 
-@pytest.mark.parametrize("column", ["xml[]", "{s}.label[]", "money[]"])
+@pytest.mark.parametrize("column", ["xml[]", "{s}.label[]", "money[]"], ids=["xml", "domain", "money"])
 def test_deep_verification_of_a_csv_archive_reads_null_elements_whatever_the_sessions_array_nulls(
         column, conn, schema, store, temp_dir):
     """A user archives a day as CSV whose array column (xml[], an array of a domain over text, money[]) has a
