@@ -12,6 +12,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import ConfigError, TableSpec, parse_config
 from archive_pipeline.core.keys import MANIFEST_SUFFIX, S3_KEY_LIMIT, manifest_key, table_day_key
 from archive_pipeline.core.locks import table_day_lock
+from archive_pipeline.core.plan import compare_days, day_statuses
 
 DAY = dt.date(2024, 3, 10)
 
@@ -80,3 +81,31 @@ def test_the_key_length_check_counts_the_repeated_autumn_hours_longer_key(archiv
     with pytest.raises(ConfigError) as refused:
         build_definitions(parse_config({"tables": [_hourly(template)]}, "tables.yaml"), check_source=False)
     assert "public.events" in str(refused.value) and "key_template" in str(refused.value)
+
+
+# --- a day archived under the table's former format, found by the day and lost in a range -------------------------
+
+def test_list_and_compare_of_a_range_find_days_archived_under_a_former_format_in_another_folder(conn, schema, store,
+                                                                                              temp_dir):
+    """A user keeps each format in its own folder (``key_template: {prefix}/{format}/{schema}.{table}/{date}.{ext}``),
+    archives four days as jsonl, then switches the table to csv. The README: "restore, list, compare and verify
+    find the day's archive there when nothing is at the new key". What happens: ``list --day 2024-03-10`` and
+    ``compare --day 2024-03-10`` find it (archived, equal), but the same commands over the four days call every
+    day ``missing`` / ``not-archived``: for more than three days the plan lists the common folder of the new
+    keys once (``archive/csv/...``) and takes a day whose folder shows nothing as having no archive, never
+    looking under the former format's keys. What should happen: a range gives each day the answer the day
+    alone gets (archived, equal)."""
+    days = [DAY + dt.timedelta(days=i) for i in range(4)]
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, date '2024-03-10' + g % 4 FROM generate_series(1, 20) g").format(table))
+    entry = {"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-01",
+             "key_template": "{prefix}/{format}/{schema}.{table}/{date}.{ext}"}
+    before = parse_config({"tables": [entry | {"format": "jsonl"}]}).tables[0]
+    for day in days:
+        archive_partition(conn, before, day, store, temp_dir=str(temp_dir))
+    now = parse_config({"tables": [entry | {"format": "csv"}]}).tables[0]
+    assert [s.state for s in day_statuses(conn, now, store, days[:1])] == ["archived"]  # the day alone: found
+    assert [c.result for c in compare_days(conn, now, store, days[:1])] == ["equal"]
+    assert [s.state for s in day_statuses(conn, now, store, days)] == ["archived"] * 4
+    assert [c.result for c in compare_days(conn, now, store, days)] == ["equal"] * 4
