@@ -109,3 +109,37 @@ def test_list_and_compare_of_a_range_find_days_archived_under_a_former_format_in
     assert [c.result for c in compare_days(conn, now, store, days[:1])] == ["equal"]
     assert [s.state for s in day_statuses(conn, now, store, days)] == ["archived"] * 4
     assert [c.result for c in compare_days(conn, now, store, days)] == ["equal"] * 4
+
+
+# --- a dropped partition's name taken by another table since ---------------------------------------------------
+
+def test_restore_of_a_dropped_partition_whose_name_another_table_took_does_not_ask_to_attach_or_drop_that_table(
+        conn, schema, store, temp_dir):
+    """A declarative table's day is archived and removed by retention's ``drop`` (the manifest records
+    ``removed.action: drop``). Later someone creates a table of their own under the freed name ``ev_20240310``
+    (another table, other columns). The user restores the day with ``into='original'``. What happens: the restore
+    takes that table for the day's partition "detached by retention?": "it may still hold the day: attach it again
+    (ALTER TABLE ... ATTACH PARTITION ...), or drop it and restore again": the ATTACH cannot work (other
+    columns) and the other remedy destroys a table that has nothing to do with the archive. The manifest says the
+    partition was dropped, so this table is not it. What should happen: a refusal saying the day's partition was
+    dropped and its name is now another table's (rename that table, or restore into a new table), never an
+    ATTACH or a DROP of that table."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz NOT NULL) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_20240310 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10+00') "
+                         "TO ('2024-03-11+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00' FROM generate_series(1, 5) g").format(s))
+    spec = parse_config({"tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-01",
+                                     "partitioning": {"mode": "declarative"},
+                                     "retention": {"keep_days": 1, "action": "drop"}}]}).tables[0]
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    assert remove_day(conn, spec, DAY, store).rows == 5
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_20240310 (note text)").format(s))  # someone else's table
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=str(temp_dir))
+    message = str(refused.value)
+    assert "ev_20240310" in message
+    assert "ATTACH PARTITION" not in message and "drop it" not in message, message
