@@ -78,7 +78,7 @@ def test_a_failed_day_fails_alone_and_a_retry_does_not_redo_its_neighbours(conn,
     defs = build_definitions(config)
     with instance_for_test() as instance, pg.connect() as other:
         # Another session holds bad's table-day lock: that day fails (retryably) in both attempts.
-        assert other.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, bad)).fetchone()[0]
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, bad)).fetchone()[0]
         result = defs.resolve_job_def(job_name(schema)).execute_in_process(instance=instance, tags=RANGE,
                                                                            raise_on_error=False)
         assert not result.success

@@ -113,8 +113,8 @@ def assert_left_clean(conn, s3_client, bucket: str, spec, temp: Path, keys: dict
     while our_sessions(conn) and time.monotonic() < deadline:  # a closed socket ends its backend at once
         time.sleep(0.05)
     assert our_sessions(conn) == []
-    assert conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, DAY)).fetchone()[0]
-    conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", lock_key(spec.name, DAY))
+    assert conn.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, DAY)).fetchone()[0]
+    conn.execute("SELECT pg_advisory_unlock(%s)", lock_key(spec.name, DAY))
 
 
 def test_cli_cancelled_while_archiving_and_proving(setup, proxy, pg, conn, s3_client, bucket):
@@ -302,11 +302,11 @@ def test_interrupted_while_waiting_for_a_lock_leaves_no_query_running(pg, conn, 
         assert waiting() == []
         # the interrupted session was closed: its backend lets the table-day lock go as it exits, a moment after
         deadline = time.monotonic() + 30
-        while not (free := conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)",
+        while not (free := conn.execute("SELECT pg_try_advisory_lock(%s)",
                                         lock_key(spec.name, DAY)).fetchone()[0]) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert free
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", lock_key(spec.name, DAY))
+        conn.execute("SELECT pg_advisory_unlock(%s)", lock_key(spec.name, DAY))
 
 
 def test_a_read_stopped_early_cancels_the_query_it_waits_on():

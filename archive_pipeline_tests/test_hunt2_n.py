@@ -16,7 +16,7 @@ from dagster import AssetCheckKey, DagsterEventType, DagsterRunStatus, RunsFilte
 from psycopg import sql
 
 from archive_pipeline.core.config import parse_config
-from archive_pipeline.core.locks import lock_key
+from archive_pipeline.core.locks import _lock_row, lock_key
 from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.definitions import build_definitions
@@ -149,7 +149,7 @@ def test_a_ranged_run_cancelled_mid_day_names_every_day_it_leaves_unarchived(pg,
     job = _job(config, schema)
     with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance, pg.connect() as other:
         monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
-        assert other.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, DAYS[0])).fetchone()[0]
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, DAYS[0])).fetchone()[0]
         status, [message] = terminated_when_held(instance, job, proxy, None, tags=RANGE, method="PUT",
                                                  path=rf"/{DAYS[1]}\.jsonl\.zst$")
         other.execute("SELECT pg_advisory_unlock_all()")
@@ -210,7 +210,7 @@ def test_a_neighbours_late_rows_do_not_deny_a_locked_day_its_retry(pg, conn, sch
         assert job.execute_in_process(instance=instance, partition_key=late.isoformat()).success
         conn.execute(sql.SQL("INSERT INTO {} (id, created_at, user_id, event_type) VALUES (999999, %s, 1, 'late')")
                      .format(sql.Identifier(schema, "events")), (dt.datetime.combine(late, dt.time(12), dt.UTC),))
-        assert other.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, locked)).fetchone()[0]
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, locked)).fetchone()[0]
 
         def other_run_ends(event) -> None:  # the other run lets the day go once this one has moved past it
             if _is_materialization_of(event, DAYS[3]):
@@ -248,8 +248,8 @@ def test_the_lock_sessions_termination_fails_only_that_day_and_the_retry_redoes_
                 if proxy.wait_held(1, timeout=60):
                     with pg.connect() as admin:
                         assert admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
-                                             "'advisory' AND classid = hashtext(%s)::oid AND objid = %s::oid",
-                                             lock_key(spec.name, DAYS[1])).fetchall() == [(True,)]
+                                             "'advisory' AND classid = %s::oid AND objid = %s::oid AND objsubid = 1",
+                                             _lock_row(lock_key(spec.name, DAYS[1]))).fetchall() == [(True,)]
             finally:
                 held.gate.set()
 

@@ -132,11 +132,11 @@ def test_after_a_failed_day_of_an_overwrite_the_message_does_not_say_archived_da
     args = ["archive", "--from", DAYS[0].isoformat(), "--to", DAYS[1].isoformat(), "--overwrite"]
     assert cli(env, *args).returncode == 0
     key = lock_key(spec.name, DAYS[1])
-    assert conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", key).fetchone()[0]
+    assert conn.execute("SELECT pg_try_advisory_lock(%s)", key).fetchone()[0]
     try:
         done = cli(env, *args)
     finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", key)
+        conn.execute("SELECT pg_advisory_unlock(%s)", key)
     assert done.returncode == 1, done.stderr
     told = done.stderr.strip().splitlines()[-1]
     assert DAYS[1].isoformat() in told and "--overwrite" in told, told  # the command for the failed day alone

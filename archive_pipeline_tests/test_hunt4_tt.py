@@ -80,7 +80,7 @@ def test_re_executing_a_failed_overwrite_backfill_run_as_advised_does_not_archiv
     run_config = {"ops": {f"archive__{schema}__events": {"config": {"overwrite": True}}}}
     locked = DAYS[1]
     with instance_for_test() as instance, pg.connect() as other:
-        assert other.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", lock_key(spec.name, locked)).fetchone()[0]
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, locked)).fetchone()[0]
         with execute_job(reconstructable(_job_from_environment), instance=instance, run_config=run_config,
                          tags=RANGE, raise_on_error=False) as first:
             assert not first.success

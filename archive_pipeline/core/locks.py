@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import sys
 from collections.abc import Iterator
 
@@ -17,15 +18,25 @@ from psycopg import sql
 from archive_pipeline.core.errors import ArchiveError, is_cancellation
 
 
-def lock_key(table: str, day: dt.date) -> tuple[str, int]:
-    return f"archive_pipeline:{table}", day.toordinal()
+def lock_key(table: str, day: dt.date) -> tuple[int]:
+    """The (table, day)'s advisory lock: one 64-bit key, a hash of the table's name and the day's number. A
+    32-bit hash of the name alone (the lock's first key until 2026-12) met another table's among a few
+    hundred tables often enough to lock unrelated runs out; 64 bits of name and day together do not."""
+    digest = hashlib.blake2b(f"archive_pipeline:{table}\0{day.toordinal()}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big", signed=True),)
+
+
+def _lock_row(key: tuple[int]) -> tuple[int, int]:
+    """(classid, objid) of the key's row in pg_locks (whose objsubid is 1 for a 64-bit key)."""
+    unsigned = key[0] & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
 
 
 @contextlib.contextmanager
 def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterator[None]:
     """Hold the (table, day) session lock for the block, or fail at once (retryable) if another holds it."""
     key = lock_key(table, day)
-    got = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext(%s), %s)", key).fetchone()[0]
+    got = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s::pg_catalog.int8)", key).fetchone()[0]
     if not got:
         raise ArchiveError(f"{table} {day} is being archived, removed or restored by another run right now"
                            f"{_holder(conn, key)}", table=table, day=day.isoformat(), retryable=True,
@@ -39,7 +50,7 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
         end_interrupted_query(conn, sys.exc_info()[1])
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext(%s), %s)", key)
+                conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s::pg_catalog.int8)", key)
 
 
 def end_interrupted_query(conn: psycopg.Connection, exc: BaseException | None) -> None:
@@ -56,13 +67,14 @@ def end_interrupted_query(conn: psycopg.Connection, exc: BaseException | None) -
     conn.close()
 
 
-def _holder(conn: psycopg.Connection, key: tuple[str, int]) -> str:
+def _holder(conn: psycopg.Connection, key: tuple[int]) -> str:
     """Who holds the lock, as far as this role may see (pg_stat_activity hides other roles' queries)."""
     try:
         found = conn.execute(
             "SELECT l.pid, a.application_name, a.backend_start FROM pg_catalog.pg_locks l "
             "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.classid = pg_catalog.hashtext(%s)::oid AND l.objid = %s::oid AND l.objsubid = 2 LIMIT 1", key).fetchone()
+            "AND l.classid = %s::pg_catalog.oid AND l.objid = %s::pg_catalog.oid AND l.objsubid = 1 LIMIT 1",
+            _lock_row(key)).fetchone()
     except psycopg.Error:
         return ""
     if found is None:
@@ -90,8 +102,8 @@ def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> Non
     try:
         held = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND pid = pg_catalog.pg_backend_pid() AND classid = pg_catalog.hashtext(%s)::oid AND objid = %s::oid AND objsubid = 2)",
-            key).fetchone()[0]
+            "AND pid = pg_catalog.pg_backend_pid() AND classid = %s::pg_catalog.oid AND objid = %s::pg_catalog.oid "
+            "AND objsubid = 1)", _lock_row(key)).fetchone()[0]
     except psycopg.errors.InsufficientPrivilege:
         grant = sql.SQL("GRANT SELECT ON pg_catalog.pg_locks TO {}").format(
             sql.Identifier(conn.info.user)).as_string(conn)
