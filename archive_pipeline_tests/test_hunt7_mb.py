@@ -1,0 +1,38 @@
+"""Hunt 7 (mb): regressions and holes in the previous session's product changes (f83c5f1..)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline_tests.test_hunt4_gg import encoded_db  # noqa: F401 - a fixture: databases in other encodings
+
+DAY = dt.date(2024, 3, 10)
+
+
+@pytest.mark.parametrize("encoding, value", [("WIN1252", '{"name": "Ren\\u00e9", "price": "5 \\u20ac"}'),
+                                             ("LATIN9", '{"price": "5 \\u20ac"}'),
+                                             ("LATIN2", '{"name": "\\u0141\\u00f3d\\u017a"}')])
+def test_a_json_escape_of_a_character_the_databases_encoding_has_is_archived(encoded_db, store, temp_dir,
+                                                                             encoding, value):
+    """A WIN1252 (or LATIN9, LATIN2) database holds ``json`` written by a serializer that escapes everything beyond
+    ASCII (Python's json.dumps default): ``"Ren\\u00e9"``, ``"5 \\u20ac"``, ``"\\u0141\\u00f3d\\u017a"``. Every one of
+    those characters is in the database's encoding, so json_populate_record reads them back there. Before 58893b2
+    the day archived as JSONL and restored exactly. What happens now: the archive refuses the day ("a \\u escape of
+    a character beyond ASCII in a database whose encoding is not UTF8 but WIN1252"); 7bc322f let only LATIN1's
+    own characters through (a regex of U+0000..U+00FF), not any other encoding's. What should happen: only an
+    escape of a character the database's encoding lacks is refused; this day archives and restores exactly."""
+    db = encoded_db(encoding)
+    db.execute("CREATE TABLE ev (id int, at date, j json)")
+    db.execute("INSERT INTO ev VALUES (1, '2024-03-10', %s::json), (2, '2024-03-10', '[1]')", (value,))
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="jsonl")
+    assert archive_partition(db, spec, DAY, store, temp_dir=str(temp_dir)).rows == 2
+    restored = restore_day(db, store, spec, DAY, into="new", target="public.back", temp_dir=str(temp_dir))
+    assert restored.rows == 2 and restored.fingerprint_checked
+    assert db.execute("SELECT j::text FROM back WHERE id = 1").fetchone()[0] == value
