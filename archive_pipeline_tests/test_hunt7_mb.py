@@ -70,3 +70,43 @@ def test_a_regclass_day_is_not_failed_by_an_unrelated_rename_during_its_read(pg,
         assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 5
     finally:
         other.close()
+
+
+def test_a_restore_refused_usage_on_a_sequence_of_another_schema_names_a_grant_that_works(pg, conn, store,
+                                                                                          temp_dir):
+    """A role with INSERT and SELECT on an existing table ``s.target`` restores a day into it. The target has a
+    column the archive lacks, ``n bigint DEFAULT nextval('ids.global_seq')`` (a shared id sequence kept in its own
+    schema ``ids``), and the role has USAGE on schema ``ids`` but not on the sequence. What happens: the restore is
+    refused with the remedy "GRANT USAGE ON SEQUENCE s.global_seq TO ..." (restore._restore_grant qualifies the
+    sequence named by the message with the *target's* schema): pasted, it fails (relation "s.global_seq" does not
+    exist). What should happen: the remedy names the sequence that refused, in its own schema
+    (GRANT USAGE ON SEQUENCE ids.global_seq ...)."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline_tests.test_hunt6_lw import PASSWORD
+
+    name = f"mb_{conn.info.backend_pid}"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    role = f"{name}_r"
+    owner = psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True)
+    try:
+        owner.execute("CREATE SCHEMA s")
+        owner.execute("CREATE SCHEMA ids")
+        owner.execute("CREATE SEQUENCE ids.global_seq")
+        owner.execute("CREATE TABLE s.ev (id int, at date, note text)")
+        owner.execute("INSERT INTO s.ev SELECT g, '2024-03-10', 'x' FROM generate_series(1, 5) g")
+        owner.execute("CREATE TABLE s.target (id int, at date, note text, n bigint DEFAULT nextval('ids.global_seq'))")
+        pg.create_password_role(role, PASSWORD)
+        owner.execute(sql.SQL("GRANT USAGE ON SCHEMA s, ids TO {}").format(sql.Identifier(role)))
+        owner.execute(sql.SQL("GRANT SELECT, INSERT ON s.target TO {}").format(sql.Identifier(role)))
+        spec = TableSpec(name="s.ev", day_column="at", start_date=DAY, format="csv")
+        archive_partition(owner, spec, DAY, store, temp_dir=str(temp_dir))
+        with psycopg.connect(pg.dsn_for(role, PASSWORD, database=name), autocommit=True) as restoring:
+            with pytest.raises(ArchiveError) as refused:
+                restore_day(restoring, store, spec, DAY, into="existing", target="s.target", temp_dir=str(temp_dir))
+        remedy = refused.value.remedy or ""
+        assert "ids.global_seq" in remedy and "s.global_seq" not in remedy.replace("ids.global_seq", ""), \
+            f"{refused.value}\nremedy: {remedy}"
+    finally:
+        owner.close()
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
