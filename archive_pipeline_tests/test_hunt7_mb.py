@@ -13,6 +13,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.restore import restore_day
 from archive_pipeline_tests.test_hunt4_gg import encoded_db  # noqa: F401 - a fixture: databases in other encodings
+from archive_pipeline_tests.test_hunt6_lu import german  # noqa: F401 - a fixture: a server whose messages are German
 
 DAY = dt.date(2024, 3, 10)
 
@@ -134,3 +135,38 @@ def test_today_selects_the_ended_hours_of_an_hourly_table(pg, s3, bucket, conn, 
     assert done.returncode == 0, done.stdout + done.stderr
     archived = [d for d in json.loads(done.stdout)["days"] if d["status"] == "archived"]
     assert archived, done.stdout
+
+
+def test_a_restore_refused_create_on_the_schema_on_a_german_server_names_create(german, store, temp_dir):
+    """A user's server speaks German (lc_messages = 'de_DE.UTF-8'). A role that may read ``s.ev`` restores a day
+    with ``into='new', target='s.back'``, but has no CREATE on schema ``s``. What happens: refused with the remedy
+    "GRANT INSERT, SELECT ON s.back TO <role> (the restoring role needs both on the target)" -- a table that does
+    not exist, and privileges that are not what is missing: restore._restore_grant (ba14397) tells TEMPORARY,
+    CREATE on a schema and USAGE on a sequence by the English words of the message ("permission denied for
+    schema ..."), which a German server words "keine Berechtigung für Schema s". On an English server the same
+    restore is told "GRANT CREATE ON SCHEMA s TO <role>". What should happen: the same remedy whatever the
+    server's language (the refused object's kind is in the SQLSTATE's context, or can be asked of the catalog)."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline_tests.test_hunt6_lw import PASSWORD
+
+    with german.connect() as owner:
+        role = f"mb_de_{owner.info.backend_pid}"
+        owner.execute("CREATE SCHEMA IF NOT EXISTS s")
+        owner.execute("DROP TABLE IF EXISTS s.ev, s.back")
+        owner.execute("CREATE TABLE s.ev (id int, at date, note text)")
+        owner.execute("INSERT INTO s.ev SELECT g, '2024-03-10', 'x' FROM generate_series(1, 5) g")
+        german.create_password_role(role, PASSWORD)
+        try:
+            owner.execute(sql.SQL("GRANT USAGE ON SCHEMA s TO {}").format(sql.Identifier(role)))
+            owner.execute(sql.SQL("GRANT SELECT ON s.ev TO {}").format(sql.Identifier(role)))
+            spec = TableSpec(name="s.ev", day_column="at", start_date=DAY, format="csv")
+            archive_partition(owner, spec, DAY, store, temp_dir=str(temp_dir))
+            with psycopg.connect(german.dsn_for(role, PASSWORD), autocommit=True) as restoring:
+                with pytest.raises(ArchiveError) as refused:
+                    restore_day(restoring, store, spec, DAY, into="new", target="s.back", temp_dir=str(temp_dir))
+            remedy = refused.value.remedy or ""
+            assert "Berechtigung" in str(refused.value), refused.value  # the server speaks German
+            assert "CREATE ON SCHEMA" in remedy, f"{refused.value}\nremedy: {remedy}"
+        finally:
+            owner.execute("DROP SCHEMA s CASCADE")
+            owner.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
