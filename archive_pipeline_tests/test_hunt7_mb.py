@@ -170,3 +170,34 @@ def test_a_restore_refused_create_on_the_schema_on_a_german_server_names_create(
         finally:
             owner.execute("DROP SCHEMA s CASCADE")
             owner.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_lossy_cast_of_a_builtin_array_type_does_not_hide_a_change_of_a_domain_over_it(fmt, conn, schema, store,
+                                                                                        temp_dir):
+    """7bc322f hashes a built-in array type a DBA gave a cast to text (``CREATE CAST (timestamptz[] AS text) WITH
+    FUNCTION tss_text(...)``, whole seconds) by its output function, for a column of that array type. A column of a
+    domain over it (``CREATE DOMAIN stamps AS timestamptz[]``) gets the same cast from ``::text`` (a domain takes its
+    base type's casts). A day is archived; then one element changes by half a second. What happens: ``compare`` says
+    "equal": source's user_text_cast test looks for the cast on the column's own type (the domain, ignored) and on
+    the walked element type (timestamptz), never on the domain's base array type. What should happen: compare says
+    "differs"."""
+    from archive_pipeline.core.plan import compare_days
+
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE DOMAIN {s}.stamps AS timestamptz[]")
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date, ts {s}.stamps)")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, '{DAY}', ARRAY['2024-03-10 12:00:00.25+00'::timestamptz]), "
+                 f"(2, '{DAY}', ARRAY['2024-03-10 13:00:00+00'::timestamptz])")
+    conn.execute(f"CREATE FUNCTION {s}.tss_text(timestamptz[]) RETURNS text LANGUAGE sql IMMUTABLE AS "
+                 "$$ SELECT array_to_string(ARRAY(SELECT to_char(x AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') "
+                 "FROM unnest($1) x), ',') $$")
+    conn.execute(f"CREATE CAST (timestamptz[] AS text) WITH FUNCTION {s}.tss_text(timestamptz[])")
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+        conn.execute(f"UPDATE {s}.ev SET ts = ARRAY[ts[1] + interval '0.5 second'] WHERE id = 1")
+        compared = [c.result for c in compare_days(conn, spec, store, [DAY])]
+    finally:
+        conn.execute("DROP CAST IF EXISTS (timestamptz[] AS text)")
+    assert compared == ["differs"], compared
