@@ -39,7 +39,11 @@ def test_an_xml_field_of_a_composite_keeps_its_declaration_through_a_restore(fmt
     refused naming the column)."""
     table = _composite_xml_table(conn, schema)
     spec = TableSpec(name=f"{schema}.docs", day_column="at", start_date=DAY, format=fmt)
-    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:  # (fixed by refusing it: every format writes a composite by its output)
+        assert "column 'd'" in str(exc) and "declaration" in str(exc) and not exc.retryable, exc
+        return
     restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     back = conn.execute(sql.SQL("SELECT (d).x::text, (ds[1]).x::text FROM {}").format(
         sql.Identifier(schema, "back"))).fetchone()

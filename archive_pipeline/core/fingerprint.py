@@ -54,6 +54,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
+from archive_pipeline.core.source import found_inside, xml_rewritten
 
 ALGORITHM = "row-hash-sum-v5"
 V4 = "row-hash-sum-v4"
@@ -95,6 +96,7 @@ CANONICAL_SETTINGS = {
     "bytea_output": "hex",
     "lc_monetary": "C",
     "xmloption": "content",  # input only: xml read back (deep verification's text copy) may be a fragment
+    "array_nulls": "on",  # input only: an unquoted NULL in an array literal read back is a NULL element
     "row_security": "off",  # every row or an error: a fingerprint of the rows a policy lets through proves nothing
     # PostgreSQL's own hashtextextended, concat, # and casts, never a user's of the same name earlier on
     # the path; then the session's path, so reg* values print as in the session (see session_settings)
@@ -186,13 +188,26 @@ def column_text(column: ColumnLike, qualifier: str | None = None, algorithm: str
         # A type of the user's (a composite, an enum, an extension's; or an array of one): its owner may
         # CREATE CAST from it to text, which ::text would run instead of the type's output (a lossy one hid
         # every change of a field from the proof). concat() prints with the output function, as COPY does.
-        return sql.SQL("pg_catalog.concat({})").format(ident)
+        return sql.SQL("pg_catalog.concat({}{})").format(ident, _rewritten_xml_mark(column, ident))
     if getattr(column, "user_text_cast", False) and "." not in column.base_type:
         # A built-in type a user gave a cast to text (CREATE CAST (timestamptz AS text) WITH FUNCTION ...: a
         # compatibility cast to whole seconds hid every sub-second change): printed by its output function, which
         # is what ::text ran before there was such a cast (an I/O conversion), so every algorithm's value stays
         return sql.SQL("pg_catalog.concat({})").format(ident)
     return sql.SQL("{}::pg_catalog.text").format(ident)
+
+
+def _rewritten_xml_mark(column: ColumnLike, ident: sql.Composable) -> sql.Composable:
+    """For a composite column with an xml field (at any depth), a text added to its printed form where such a
+    field's stored text is not what xml's output prints (an XML declaration it drops): the output alone would
+    hash a changed declaration as unchanged. No archive holds such a value (every format refuses it), so an
+    archived day and its source hash alike exactly when neither has one; nothing for any other column."""
+    marks = [found_inside(ident, inner, xml_rewritten) for inner in getattr(column, "unreadable", ())
+             if inner.type == "xml" and any(step.startswith(".") for step in inner.steps)]
+    if not marks:
+        return sql.SQL("")
+    return sql.SQL(", CASE WHEN {} THEN ' (an xml field whose output rewrites its text)' END").format(
+        sql.SQL(" OR ").join(marks))
 
 
 def column_is_null(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
@@ -236,7 +251,7 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
     # (every function qualified and every argument typed exactly: a user's hashtextextended(text, integer)
     # anywhere on the path matched the literal 0 better than PostgreSQL's (text, int8), first on it or not)
     return sql.SQL("pg_catalog.hashtextextended(pg_catalog.concat_ws(',', {}), 0::pg_catalog.int8)").format(
-        sql.SQL(", ").join(sql.SQL("({})::pg_catalog.text").format(chain) for chain in chains))
+        sql.SQL(", ").join(sql.SQL("pg_catalog.concat({})").format(chain) for chain in chains))
 
 
 def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | None = None,
@@ -273,11 +288,17 @@ def _v2_row_hash(columns: Sequence[ColumnLike], qualifier: str | None) -> sql.Co
         sql.SQL(", ").join(pieces))
 
 
+def hash_sum(row_hashes: sql.Composable) -> sql.Composed:
+    """The sum of the rows' hashes as exact decimal text, printed by numeric's output function (``concat``),
+    never through ``::text``, which would run a cast of numeric to text a DBA created (a display format)."""
+    return sql.SQL("pg_catalog.concat(coalesce(pg_catalog.sum({}), 0::pg_catalog.numeric))").format(row_hashes)
+
+
 def fingerprint_query(relation: sql.Composable, columns: Sequence[ColumnLike],
                       where: sql.Composable | None = None, algorithm: str = ALGORITHM,
                       encoding: str = "UTF8") -> sql.Composed:
-    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0)::text FROM {rel} WHERE {where}").format(
-        h=row_hash(columns, algorithm=algorithm, encoding=encoding), rel=relation,
+    return sql.SQL("SELECT count(*), {total} FROM {rel} WHERE {where}").format(
+        total=hash_sum(row_hash(columns, algorithm=algorithm, encoding=encoding)), rel=relation,
         where=where if where is not None else sql.SQL("TRUE"))
 
 

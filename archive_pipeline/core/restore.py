@@ -1251,9 +1251,9 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     restored into a table holding other days), these are exactly the restored rows, hashed once."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _columns_of(conn, relation, manifest_columns(manifest))
-    query = sql.SQL("WITH ins AS ({insert} RETURNING {cols}) SELECT count(*), coalesce(sum({h}), 0)::text FROM ins").format(
+    query = sql.SQL("WITH ins AS ({insert} RETURNING {cols}) SELECT count(*), {total} FROM ins").format(
         insert=insert, cols=_column_list(manifest_columns(manifest)),
-        h=fp.row_hash(columns, "ins", algorithm, fp.server_encoding(conn)))
+        total=fp.hash_sum(fp.row_hash(columns, "ins", algorithm, fp.server_encoding(conn))))
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)

@@ -110,6 +110,37 @@ class InnerType:
     route: str  # e.g. "public.c[] → element public.c → field t pg_node_tree"
 
 
+# How a step of an InnerType's way reaches the values one level down, as a LATERAL source of v(v) (unnest
+# in a subquery: in FROM, a set of composites would be expanded to its fields).
+_STEP_SOURCES = {"[]": "(SELECT pg_catalog.unnest({v}))", "multirange": "(SELECT pg_catalog.unnest({v}))",
+                 "range": "(VALUES (pg_catalog.lower({v})), (pg_catalog.upper({v})))"}
+
+
+def found_inside(column: sql.Composable, inner: InnerType, test: Callable[[sql.Composable], sql.Composable]
+                 ) -> sql.Composed:
+    """Whether ``test`` (of one value) is true of any value at the end of ``inner``'s way through the value of
+    ``column`` (an expression: the column's name, qualified or not): each step a LATERAL join (an array's
+    elements, a field, a range's bounds)."""
+    sources, value = [], sql.SQL("s0.v")
+    for depth, step in enumerate(inner.steps, start=1):
+        if step == "domain":
+            continue
+        if step.startswith("."):
+            source = sql.SQL("(SELECT ({v}).{f})").format(v=value, f=sql.Identifier(step[1:]))
+        else:
+            source = sql.SQL(_STEP_SOURCES[step]).format(v=value)
+        sources.append(sql.SQL("CROSS JOIN LATERAL {} AS {}(v)").format(source, sql.Identifier(f"s{depth}")))
+        value = sql.SQL("{}.v").format(sql.Identifier(f"s{depth}"))
+    return sql.SQL("EXISTS (SELECT FROM (SELECT {c}) AS s0(v) {sources} WHERE {t})").format(
+        c=column, sources=sql.SQL(" ").join(sources), t=test(value))
+
+
+def xml_rewritten(value: sql.Composable) -> sql.Composed:
+    """Whether an xml ``value``'s stored text is not what xml's output prints (an XML declaration it drops or
+    rewrites): where only the output is written (a composite's field), that text would be lost."""
+    return sql.SQL("{v} IS NOT NULL AND {v}::pg_catalog.text <> pg_catalog.concat({v})").format(v=value)
+
+
 def relation_name(schema: str, name: str) -> str:
     """A relation as messages and results name it: ``schema.name``, the form configured names take (split at
     the first dot), unless the schema holds a dot (a partition may live in any schema: ``"old.data".events``
@@ -184,7 +215,8 @@ SELECT a.attnum, a.attname,
                WHERE c.castsource = base.oid AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype),
        EXISTS (SELECT FROM pg_catalog.pg_cast c  -- (16384: FirstNormalObjectId, the first OID not PostgreSQL's own)
                JOIN pg_catalog.pg_type s ON s.oid = c.castsource AND s.typtype <> 'd'  -- (a domain's: ignored)
-               WHERE c.castsource IN (base.oid, a.atttypid)  -- (the element's, or the array type's own)
+               -- (the element's, the column's array type's own, or the array type a domain is over)
+               WHERE c.castsource IN (base.oid, a.atttypid, CASE WHEN b.is_array THEN base.typarray END)
                  AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.oid >= 16384)
 FROM pg_catalog.pg_attribute a
 CROSS JOIN LATERAL (

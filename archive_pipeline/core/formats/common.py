@@ -39,8 +39,11 @@ from archive_pipeline.core.source import (
     Snapshot,
     SourceTable,
     copy_chunks,
+    found_inside,
     prefetch,
+    xml_rewritten,
 )
+
 
 class ByteSink(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
@@ -162,7 +165,7 @@ def refuse_unreadable(conn: psycopg.Connection, table: SourceTable, where: sql.C
         if not col.unreadable:
             continue
         holds = sql.SQL(" OR ").join(
-            _found_inside(col.name, inner, lambda v, test=UNREADABLE_VALUES[inner.type][0]: sql.SQL(test).format(e=v))
+            found_inside(sql.Identifier(col.name), inner, lambda v, test=UNREADABLE_VALUES[inner.type][0]: sql.SQL(test).format(e=v))
             for inner in col.unreadable)
         query = sql.SQL("SELECT EXISTS (SELECT FROM {table} WHERE ({where}) AND ({holds}))").format(
             table=table.identifier, where=where, holds=holds)
@@ -372,56 +375,55 @@ def _name_does_not_read_back(function: str, value: sql.Composable) -> sql.Compos
                    "{e}::oid").format(f=sql.Identifier(function), e=value)
 
 
-# How a step of an InnerType's way reaches the values one level down, as a LATERAL source of v(v) (unnest
-# in a subquery: in FROM, a set of composites would be expanded to its fields).
-_STEP_SOURCES = {"[]": "(SELECT pg_catalog.unnest({v}))", "multirange": "(SELECT pg_catalog.unnest({v}))",
-                 "range": "(VALUES (pg_catalog.lower({v})), (pg_catalog.upper({v})))"}
-
-
 def _ambiguous_inside(column: str, inner: InnerType) -> sql.Composed:
     """Whether any regproc or regoper value at the end of ``inner``'s way through the column's value
     does not read back."""
-    return _found_inside(column, inner, lambda value: _name_does_not_read_back(NAME_INPUT[inner.type], value))
-
-
-def _found_inside(column: str, inner: InnerType, test) -> sql.Composed:
-    """Whether ``test`` (of one value) is true of any value at the end of ``inner``'s way through the column's
-    value: each step a LATERAL join (an array's elements, a field, a range's bounds)."""
-    sources, value = [], sql.SQL("s0.v")
-    for depth, step in enumerate(inner.steps, start=1):
-        if step == "domain":
-            continue
-        if step.startswith("."):
-            source = sql.SQL("(SELECT ({v}).{f})").format(v=value, f=sql.Identifier(step[1:]))
-        else:
-            source = sql.SQL(_STEP_SOURCES[step]).format(v=value)
-        sources.append(sql.SQL("CROSS JOIN LATERAL {} AS {}(v)").format(source, sql.Identifier(f"s{depth}")))
-        value = sql.SQL("{}.v").format(sql.Identifier(f"s{depth}"))
-    return sql.SQL("EXISTS (SELECT FROM (SELECT {c}) AS s0(v) {sources} WHERE {t})").format(
-        c=sql.Identifier(column), sources=sql.SQL(" ").join(sources), t=test(value))
+    return found_inside(sql.Identifier(column), inner, lambda value: _name_does_not_read_back(NAME_INPUT[inner.type], value))
 
 
 def refused_column(col: Column, reason: str) -> str:
     """How a refusal names its column: with the way to the refused values when they sit inside its type
     (a regproc field of a composite), which the column's type name alone does not show."""
-    ways = [t.route for t in col.inner if t.type in NAME_INPUT] \
-        if reason == "reg_ambiguous" and col.base_type not in NAME_INPUT else []
+    if reason == "xml_rewritten":
+        ways = [t.route for t in col.unreadable if t.type == "xml" and any(s.startswith(".") for s in t.steps)]
+    else:
+        ways = [t.route for t in col.inner if t.type in NAME_INPUT] \
+            if reason == "reg_ambiguous" and col.base_type not in NAME_INPUT else []
     return f"column {col.name!r} ({col.type_name}{', at ' + '; '.join(ways) if ways else ''})"
 
 
+def rewritten_xml_inside(col: Column) -> sql.Composable | None:
+    """For a column holding xml inside a composite's field (at any depth, through arrays and domains), a condition
+    true where such a value's stored text is not what xml's output prints (an XML declaration it drops or
+    rewrites): every format writes a composite by its output, so that text would be lost. None for other columns
+    (an xml column and an array of xml are written as their stored text: see :func:`xml_text`)."""
+    inside = [found_inside(sql.Identifier(col.name), t, xml_rewritten) for t in col.unreadable
+              if t.type == "xml" and any(step.startswith(".") for step in t.steps)]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(inside)) if inside else None
+
+
+
+
+def inside_refusals(col: Column) -> list[tuple[sql.Composable, str]]:
+    """(condition, reason) of each refusal of values inside the column's type, in every format: a regproc or
+    regoper name that does not read back (:func:`ambiguous_name`), a composite's xml field whose text its output
+    rewrites (:func:`rewritten_xml_inside`)."""
+    found = [(ambiguous_name(col), "reg_ambiguous"), (rewritten_xml_inside(col), "xml_rewritten")]
+    return [(condition, reason) for condition, reason in found if condition is not None]
+
+
 def refuse_ambiguous_names(col: Column, index: int, expr: sql.Composable) -> sql.Composable:
-    """``expr`` (the column's value as a format writes it), failing the query where the value is a
-    regproc or regoper name that does not read back (see :func:`ambiguous_name`)."""
-    ambiguous = ambiguous_name(col)
-    if ambiguous is None:
-        return expr
-    return sql.SQL("CASE WHEN {a} THEN CASE WHEN {r} IS NULL THEN {e} END ELSE {e} END").format(
-        a=ambiguous, r=raise_in_sql(index, "reg_ambiguous", sql.Identifier(col.name)), e=expr)
+    """``expr`` (the column's value as a format writes it), failing the query where a value inside it cannot be
+    written exactly by any format (see :func:`inside_refusals`)."""
+    for condition, reason in inside_refusals(col):
+        expr = sql.SQL("CASE WHEN {a} THEN CASE WHEN {r} IS NULL THEN {e} END ELSE {e} END").format(
+            a=condition, r=raise_in_sql(index, reason, sql.Identifier(col.name)), e=expr)
+    return expr
 
 
 def csv_expression(col: Column, index: int) -> sql.Composable:
     ident = sql.Identifier(col.name)
-    if col.base_type in NAME_INPUT or col.inner:
+    if col.base_type in NAME_INPUT or col.inner or col.unreadable:
         return refuse_ambiguous_names(col, index, ident)
     if col.base_type == "xml":
         return xml_text(col)
@@ -568,20 +570,26 @@ def refusal_remedy(reason: str, format_name: str) -> str:
 REMEDIES = {
     "reg_ambiguous": "no format can archive it (every one holds its text): change the column's type (or the type "
                      "inside it that is regproc or regoper) to regprocedure or regoperator, which print the argument types, then archive the day again",
+    "xml_rewritten": "no format can archive it exactly (each writes a composite by its output): keep the XML "
+                     "declaration out of the value (xml's output drops a version-only one), or make the field text "
+                     "(or the document a column of its own, which every format writes as stored), then archive the "
+                     "day again",
 }
 
 
 REFUSALS = {
     "reg_ambiguous": "holds a function or operator that is not the only one of its name, which regproc and regoper "
                      "print as a name their input cannot read back (more than one matches it)",
+    "xml_rewritten": "holds an xml value inside a composite whose stored text has an XML declaration that xml's "
+                     "output drops or rewrites, and a composite is written by its output",
     "json_null": "holds the JSON value null, which JSONL cannot keep apart from SQL NULL (json_populate_record "
                  "reads both as NULL)",
     "json_nul": "holds the escape \\u0000, which json_populate_record cannot read back (PostgreSQL text cannot "
                 "hold NUL)",
-    "json_escape_encoding": "holds a \\u escape of a character beyond ASCII in a database whose encoding is not "
-                            "UTF8 but {encoding}: json_populate_record (any de-escaping JSON parse) turns it into the database's "
-                            "encoding, which may not have the character (SQL_ASCII converts none), and a restore of "
-                            "the day would fail on the whole line",
+    "json_escape_encoding": "holds a \\u escape of a character that this database's encoding, {encoding}, does "
+                            "not have: json_populate_record (any de-escaping JSON parse) turns it into that encoding "
+                            "(SQL_ASCII converts none beyond ASCII), and a restore of the day would fail on the whole "
+                            "line",
     "json_surrogate": "holds a \\u escape of an unpaired UTF-16 surrogate (such as \\ud800 without the low half "
                       "that must follow it), which the json type stores but json_populate_record cannot read back "
                       "(it fails on the whole line)",

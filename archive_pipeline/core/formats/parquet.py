@@ -50,7 +50,7 @@ from archive_pipeline.core.formats.common import (
     ByteSink,
     Extraction,
     WriteStats,
-    ambiguous_name,
+    inside_refusals,
     day_query,
     encoding,
     explain_value_failure,
@@ -104,8 +104,9 @@ REFUSALS = {
     "time_24": "holds time '24:00:00', which Arrow's time64 reads back as 00:00:00",
     "decimal_special": "holds NaN or Infinity, which a Parquet decimal cannot hold",
     "reg_ambiguous": COPY_REFUSALS["reg_ambiguous"],
+    "xml_rewritten": COPY_REFUSALS["xml_rewritten"],
 }
-_REASON_CODES = {"array_shape": 0, "interval_range": 1, "reg_ambiguous": 2}
+_REASON_CODES = {"array_shape": 0, "interval_range": 1, "reg_ambiguous": 2, "xml_rewritten": 3}
 
 
 def _listed_as_text(col: Column) -> bool:
@@ -115,27 +116,28 @@ def _listed_as_text(col: Column) -> bool:
 
 def _expression(col: Column) -> sql.Composable:
     expr = _read_expression(col)
-    refusal = _refusal_condition(col)
-    if refusal is None:
+    refusals = _refusal_conditions(col)
+    if not refusals:
         return expr
     # ADBC itself fails on some of these values (a lower bound other than 0 or 1, an interval beyond
     # its nanoseconds) before the flag column could be seen: read them as NULL, the flag refuses the day.
-    return sql.SQL("CASE WHEN {} THEN NULL ELSE {} END").format(refusal[0], expr)
+    return sql.SQL("CASE WHEN {} THEN NULL ELSE {} END").format(
+        sql.SQL(" OR ").join(condition for condition, _ in refusals), expr)
 
 
 def _read_expression(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
-    if col.base_type == "money":
-        return sql.SQL("{}::{}::{}").format(ident, sql.SQL(col.cast_name("numeric")), sql.SQL(col.cast_name("text")))
+    if col.base_type == "money":  # as numeric, printed by numeric's output (never a DBA's numeric-to-text cast)
+        return _printed_elements(ident, "::pg_catalog.numeric") if col.is_array else \
+            output_text(sql.SQL("{}::pg_catalog.numeric").format(ident))
     if col.base_type == "xml":
         return xml_text(col)  # the stored text, XML declaration and all (xml's output drops or rewrites it)
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
-    if col.is_enum and col.text_cast:  # the owner's cast to text is not the label: enum_out, element by element
-        return output_text(ident) if not col.is_array else sql.SQL(
-            "CASE WHEN {c} IS NOT NULL THEN ARRAY(SELECT CASE WHEN e IS NOT NULL THEN pg_catalog.concat(e) END "
-            "FROM pg_catalog.unnest({c}) WITH ORDINALITY AS u(e, i) ORDER BY i) END").format(c=ident)
+    if (col.is_enum and col.text_cast) or (col.base_type == "numeric" and col.user_text_cast):
+        # the owner's (a DBA's) cast to text is not the value's text: enum_out / numeric_out, element by element
+        return output_text(ident) if not col.is_array else _printed_elements(ident)
     if col.base_type == "numeric" or col.is_enum:
         # numeric_out / enum_out: the exact text (element by element for an array: list<string>)
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
@@ -144,19 +146,26 @@ def _read_expression(col: Column) -> sql.Composable:
     return output_text(ident)
 
 
-def _refusal_condition(col: Column) -> tuple[sql.Composable, str] | None:
-    """A per-row condition under which ``col``'s value cannot be archived exactly in Parquet."""
+def _printed_elements(array: sql.Composable, cast: str = "") -> sql.Composed:
+    """An array as the list of its elements' texts by their output function (``cast`` applied to each first),
+    NULL elements kept: what ``::text[]`` gives unless a cast to text replaces the output function."""
+    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN ARRAY(SELECT CASE WHEN e IS NOT NULL THEN pg_catalog.concat(e{cast}) "
+                   "END FROM pg_catalog.unnest({c}) WITH ORDINALITY AS u(e, i) ORDER BY i) END").format(
+        c=array, cast=sql.SQL(cast))
+
+
+def _refusal_conditions(col: Column) -> list[tuple[sql.Composable, str]]:
+    """The per-row conditions (with their reasons) under which ``col``'s value cannot be archived exactly in
+    Parquet."""
     ident = sql.Identifier(col.name)
     if col.is_array and (col.base_type in _NATIVE_IN_ARRAYS or _listed_as_text(col)):
         # a list has neither bounds nor dimensions: ADBC would silently flatten such an array
-        return (sql.SQL("pg_catalog.array_ndims({c}) > 1 OR pg_catalog.array_lower({c}, 1) <> 1").format(c=ident), "array_shape")
+        return [(sql.SQL("pg_catalog.array_ndims({c}) > 1 OR pg_catalog.array_lower({c}, 1) <> 1").format(c=ident),
+                 "array_shape")]
     if col.base_type == "interval" and not col.is_array:
-        return (sql.SQL("({c} - pg_catalog.date_trunc('day', {c})) NOT BETWEEN -{m} AND {m}").format(c=ident, m=_INTERVAL_MAX),
-                "interval_range")
-    ambiguous = ambiguous_name(col)
-    if ambiguous is not None:
-        return ambiguous, "reg_ambiguous"
-    return None
+        return [(sql.SQL("({c} - pg_catalog.date_trunc('day', {c})) NOT BETWEEN -{m} AND {m}").format(c=ident, m=_INTERVAL_MAX),
+                 "interval_range")]
+    return inside_refusals(col)
 
 
 def refusal_flag(table: SourceTable) -> sql.Composable | None:
@@ -165,9 +174,7 @@ def refusal_flag(table: SourceTable) -> sql.Composable | None:
     1,600 columns stays within PostgreSQL's 1,664 target entries."""
     cases = []
     for i, col in enumerate(table.columns):
-        found = _refusal_condition(col)
-        if found is not None:
-            condition, reason = found
+        for condition, reason in _refusal_conditions(col):
             cases.append(sql.SQL("CASE WHEN {} THEN {} END").format(
                 condition, sql.Literal(4 * i + _REASON_CODES[reason])))
     if not cases:
