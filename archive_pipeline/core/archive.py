@@ -313,7 +313,7 @@ class _Archiving:
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
                     hold_day(self.conn, table, where)
-                    labels = printed_names(self.conn, table)
+                    labels = printed_names(self.conn, table, where)
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0

@@ -121,6 +121,14 @@ def found_inside(column: sql.Composable, inner: InnerType, test: Callable[[sql.C
     """Whether ``test`` (of one value) is true of any value at the end of ``inner``'s way through the value of
     ``column`` (an expression: the column's name, qualified or not): each step a LATERAL join (an array's
     elements, a field, a range's bounds)."""
+    sources, value = walk_inside(inner)
+    return sql.SQL("EXISTS (SELECT FROM (SELECT {c}) AS s0(v) {sources} WHERE {t})").format(
+        c=column, sources=sources, t=test(value))
+
+
+def walk_inside(inner: InnerType) -> tuple[sql.Composed, sql.Composable]:
+    """(LATERAL joins, value) that reach every value at the end of ``inner``'s way from ``s0.v`` (a column's
+    value): an array's elements, a composite's field, a range's bounds, a multirange's ranges."""
     sources, value = [], sql.SQL("s0.v")
     for depth, step in enumerate(inner.steps, start=1):
         if step == "domain":
@@ -131,8 +139,7 @@ def found_inside(column: sql.Composable, inner: InnerType, test: Callable[[sql.C
             source = sql.SQL(_STEP_SOURCES[step]).format(v=value)
         sources.append(sql.SQL("CROSS JOIN LATERAL {} AS {}(v)").format(source, sql.Identifier(f"s{depth}")))
         value = sql.SQL("{}.v").format(sql.Identifier(f"s{depth}"))
-    return sql.SQL("EXISTS (SELECT FROM (SELECT {c}) AS s0(v) {sources} WHERE {t})").format(
-        c=column, sources=sql.SQL(" ").join(sources), t=test(value))
+    return sql.SQL(" ").join(sources), value
 
 
 def xml_rewritten(value: sql.Composable) -> sql.Composed:
@@ -366,11 +373,13 @@ ORDER BY 1, 2
 PrintedNames = tuple[tuple[str, str, str], ...]
 
 
-def printed_names(conn: psycopg.Connection, table: SourceTable) -> PrintedNames:
+def printed_names(conn: psycopg.Connection, table: SourceTable, where: sql.Composable | None = None) -> PrintedNames:
     """What the day's values print from the catalog, as ``conn``'s snapshot has it: the labels of the enum
     types inside its columns' types (a view's: of the relations it reads, and the types its query casts to),
-    and the names of each kind of catalog object a reg* value names, with their schemas' (see
-    :func:`same_printed_names`)."""
+    and the names of the catalog objects its reg* values name, with their schemas' (see
+    :func:`same_printed_names`). With the day's ``where``, those are the objects the day's values name (read
+    in the snapshot); without it, or for a view (whose query may print names it does not return), every
+    object of each kind: a rename of any then fails the run."""
     if table.oid is None:
         return ()
     multirange = ("UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"
@@ -379,16 +388,51 @@ def printed_names(conn: psycopg.Connection, table: SourceTable) -> PrintedNames:
     found = conn.execute(query, {"rel": table.identifier.as_string(conn), "also": [],
                                  "named": list(_NAMED_BY_CATALOG)}).fetchall()
     names: list[tuple[str, str, str]] = [row for row in found if row[0] == "enum"]
-    for type_name in sorted({row[1] for row in found if row[0] == "named"}):
-        names += [(f"named:{type_name}", key, name) for key, name in _catalog_names(conn, type_name)]
+    kinds = sorted({row[1] for row in found if row[0] == "named"})
+    named = _named_in_day(conn, table, where, kinds) if kinds else {}
+    for type_name in kinds:
+        names += [(f"named:{type_name}", key, name)
+                  for key, name in _catalog_names(conn, type_name, None if named is None else named[type_name])]
     return tuple(names)
 
 
-def _catalog_names(conn: psycopg.Connection, type_name: str) -> list[tuple[str, str]]:
-    """(oid, name and schema) of every object a ``type_name`` value may name, and of every schema."""
-    return conn.execute(f"SELECT x.oid::text, x.n || ' in ' || x.ns::text FROM ({_NAMED_BY_CATALOG[type_name]}) "
-                        "AS x(oid, n, ns) UNION ALL SELECT 'schema ' || oid::text, nspname::text "
-                        "FROM pg_catalog.pg_namespace").fetchall()
+def _named_in_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable | None,
+                  kinds: list[str]) -> dict[str, list[int]] | None:
+    """Per reg* type of ``kinds``, the oids the day's values name anywhere in its columns (an array's elements,
+    a composite's fields ...), read in the caller's snapshot; None where they cannot all be found there (no day
+    given, or a view: its query may print names through casts it does not return)."""
+    if where is None or table.relkind == "v" or table.oid is None:
+        return None
+    columns = dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
+                                "AND attnum > 0 AND NOT attisdropped", (table.oid,)).fetchall())
+    selects = []
+    for attnum, inners in inner_types(conn, table.oid, tuple(kinds)).items():
+        for inner in inners:
+            sources, value = walk_inside(inner)
+            selects.append(sql.SQL("SELECT {kind}::text, {v}::pg_catalog.oid FROM (SELECT {c} FROM {rel} WHERE {where}) "
+                                   "AS d(c) CROSS JOIN LATERAL (SELECT d.c) AS s0(v) {sources}").format(
+                kind=sql.Literal(inner.type), v=value, c=sql.Identifier(columns[attnum]), rel=table.identifier,
+                where=where, sources=sources))
+    named: dict[str, list[int]] = {kind: [] for kind in kinds}
+    if selects:
+        for kind, oid in conn.execute(sql.SQL("SELECT DISTINCT * FROM ({}) AS u(k, o) WHERE o IS NOT NULL").format(
+                sql.SQL(" UNION ALL ").join(selects))):
+            named[kind].append(oid)
+    return named
+
+
+def _catalog_names(conn: psycopg.Connection, type_name: str, oids: list[int] | None = None) -> list[tuple[str, str]]:
+    """(oid, name and schema) of every object a ``type_name`` value may name (or of those of ``oids``), and of
+    every schema (of theirs)."""
+    if oids is None:
+        return conn.execute(f"SELECT x.oid::text, x.n || ' in ' || x.ns::text FROM ({_NAMED_BY_CATALOG[type_name]}) "
+                            "AS x(oid, n, ns) UNION ALL SELECT 'schema ' || oid::text, nspname::text "
+                            "FROM pg_catalog.pg_namespace").fetchall()
+    return conn.execute(f"WITH x(oid, n, ns) AS (SELECT * FROM ({_NAMED_BY_CATALOG[type_name]}) AS c(oid, n, ns) "
+                        "WHERE c.oid = ANY(%s::pg_catalog.oid[])) "
+                        "SELECT x.oid::text, x.n || ' in ' || x.ns::text FROM x UNION ALL SELECT 'schema ' || "
+                        "n.oid::text, n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.oid IN (SELECT ns FROM x)",
+                        (oids,)).fetchall()
 
 
 def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: PrintedNames) -> None:
@@ -411,7 +455,7 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
             changed.append("an enum label (ALTER TYPE ... RENAME VALUE)")
     for type_name in sorted({kind.split(":", 1)[1] for kind, _, _ in names if kind.startswith("named:")}):
         then = {key: name for kind, key, name in names if kind == f"named:{type_name}"}
-        now = dict(_catalog_names(conn, type_name))
+        now = dict(_catalog_names(conn, type_name, [int(key) for key in then if not key.startswith("schema ")]))
         if any(key in now and now[key] != name for key, name in then.items()):
             changed.append(f"a name a {type_name} value prints (a relation, type, function or schema renamed)")
     if changed:

@@ -423,10 +423,10 @@ def refuse_ambiguous_names(col: Column, index: int, expr: sql.Composable) -> sql
 
 def csv_expression(col: Column, index: int) -> sql.Composable:
     ident = sql.Identifier(col.name)
-    if col.base_type in NAME_INPUT or col.inner or col.unreadable:
-        return refuse_ambiguous_names(col, index, ident)
     if col.base_type == "xml":
         return xml_text(col)
+    if col.base_type in NAME_INPUT or col.inner or col.unreadable:
+        return refuse_ambiguous_names(col, index, ident)
     if col.base_type == "money":
         # money's text form depends on lc_monetary ("$1,234.56"); numeric is exact and portable.
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric")))
