@@ -11,6 +11,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import LateRowsError, archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import declarative_days, existing_days, naming_days
+from archive_pipeline.core.locks import lock_key
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline_tests.helpers import decompress, download, range_partitioned_events, read_jsonl
 
@@ -141,7 +142,7 @@ def test_a_damaged_archive_is_written_again(conn, small, store, s3_client, bucke
 
 def test_two_runs_never_archive_the_same_day_at_once(pg, conn, small, store, s3_client, bucket):
     with pg.connect() as other:
-        other.execute("SELECT pg_advisory_lock(hashtext(%s), %s)", (f"archive_pipeline:{small.name}", D.toordinal()))
+        other.execute("SELECT pg_advisory_lock(%s)", lock_key(small.name, D))
         with pytest.raises(ArchiveError, match="being archived, removed or restored by another run") as failure:
             archive_partition(conn, small, D, store)
         assert failure.value.retryable is True
