@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import instance_for_test
+from dagster import DagsterEventType, instance_for_test
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
@@ -36,3 +36,32 @@ def test_a_removal_refused_as_not_due_names_where_the_tables_were_configured(con
         [message] = _failures(instance, result.run_id)
     assert "keep_days" in message
     assert ORIGIN in message and "archive_tables.yaml" not in message, message
+
+
+def test_the_on_demand_checks_after_a_granularity_change_neither_crash_unnamed_nor_retry(conn, schema, archive_env):
+    """README (Periods and time zones): a table's ``granularity`` may be changed later; it gets new partitions,
+    and Dagster keeps the old ones' materializations. A daily table with 2024-03-10 archived is made hourly; the
+    person runs ``verify_archives``. Both on-demand checks read the latest materialized partition keys, which are
+    the old daily ones, and parse them as hourly keys outside their error handling: each check's step dies with
+    a bare ``PeriodError`` ("'2024-03-10' is not an hourly partition key"), which the RetryPolicy retries as if
+    transient (by default 3 times over 3.5 minutes) and Dagster finally reports as "Exceeded max_retries of N":
+    no table, no remedy. Should: the old daily partition is not read as one of the table's hours (left out, or
+    named as a partition of the former granularity), and the checks give a verdict or a non-retried failure
+    naming the table."""
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day], rows_per_day=3, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat()}
+    retry = {"max_retries": 1, "delay_seconds": 0}
+    daily = parse_config({"retry": retry, "tables": [table]})
+    hourly = parse_config({"retry": retry, "tables": [{**table, "granularity": "hourly"}]})
+    with instance_for_test() as instance:
+        assert build_definitions(daily).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day.isoformat()).success
+        result = build_definitions(hourly).resolve_job_def("verify_archives").execute_in_process(
+            instance=instance, raise_on_error=False)
+        retried = [e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+        failures = {e.step_key: (e.step_failure_data.user_failure_data.description
+                                 if e.step_failure_data.user_failure_data else e.step_failure_data.error.message)
+                    for e in result.all_events if e.is_step_failure}
+    assert not retried, (retried, failures)
+    assert all(f"{schema}.events" in text for text in failures.values()), failures
