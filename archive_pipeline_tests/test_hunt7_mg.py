@@ -11,7 +11,7 @@ from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
-from archive_pipeline_tests.test_hunt4_tt import _failures
+from archive_pipeline_tests.test_hunt4_tt import _failures, _range
 
 ORIGIN = "attributes of /srv/project/defs/archive/defs.yaml"
 
@@ -65,3 +65,34 @@ def test_the_on_demand_checks_after_a_granularity_change_neither_crash_unnamed_n
                     for e in result.all_events if e.is_step_failure}
     assert not retried, (retried, failures)
     assert all(f"{schema}.events" in text for text in failures.values()), failures
+
+
+def test_source_unchanged_of_an_hourly_table_compares_the_latest_days_not_the_latest_seven_hours(
+        conn, schema, archive_env):
+    """README (checks): ``source_unchanged`` "compares the source's fingerprint of the latest archived days (run
+    config ``days``, default 7)"; its run config says "how many of the latest archived days to compare". An hourly
+    table has 2024-03-10 and the first two hours of 2024-03-11 archived (one ranged backfill run). A row is then
+    loaded late into 2024-03-10's 05:00 hour, the day before the latest archived one. The person runs
+    ``verify_archives`` with the defaults: the check passes ("the source of 7 archived days still matches"),
+    because it took the 7 latest *partitions*: 7 hours, 2024-03-10 19:00 to 2024-03-11 01:00 (and ``days`` is
+    capped at 366, 15 days of hours). Should: the latest 7 days' hours are compared, and the changed hour
+    fails the check, named."""
+    from psycopg import sql
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz NOT NULL)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 00:30+00'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 25) g").format(s))
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 50}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-10", "granularity": "hourly"}]})
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_ev").execute_in_process(
+            instance=instance, tags=_range("2024-03-10-00:00", "2024-03-11-01:00")).success
+        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (999, '2024-03-10 05:10+00')").format(s))
+        result = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [evaluation] = [e.event_specific_data for e in result.all_events
+                        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                        and e.event_specific_data.check_name == "source_unchanged"]
+    assert not evaluation.passed, evaluation.description
+    assert "2024-03-10-05:00" in evaluation.description, evaluation.description
