@@ -96,3 +96,29 @@ def test_source_unchanged_of_an_hourly_table_compares_the_latest_days_not_the_la
                         and e.event_specific_data.check_name == "source_unchanged"]
     assert not evaluation.passed, evaluation.description
     assert "2024-03-10-05:00" in evaluation.description, evaluation.description
+
+
+def test_source_unchanged_after_a_timezone_change_does_not_report_rows_changed_in_postgresql(
+        conn, schema, archive_env):
+    """README (Periods and time zones): a table's ``timezone`` may be changed later; a daily table keeps
+    ``2024-03-10`` as partition key, and an archive run then "finds the old period's archive at the new period's
+    key and refuses it, naming both (... holds the daily period 2024-03-10 in UTC, and the table is now
+    configured as daily in Europe/Berlin ...)". A UTC table with 2024-03-10 archived (24 rows, one an hour) is
+    moved to Europe/Berlin; nothing in PostgreSQL changes. ``verify_archives``: ``source_unchanged`` fails saying
+    "1 of 1 archived days changed in PostgreSQL after archiving: 2024-03-10: the source has 23 rows for
+    2024-03-10 now, the archive 24", an untrue cause (the rows are all there; the archive holds another period),
+    which sends the person looking for who edited the table. The manifest records its granularity, zone and
+    period: the check should say, as the archive run does, that the archive holds the UTC period and the table is
+    now configured in Europe/Berlin."""
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day, day + dt.timedelta(days=1)], rows_per_day=24, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat()}
+    with instance_for_test() as instance:
+        assert build_definitions(parse_config({"tables": [table]})).resolve_job_def(
+            f"Archive_{schema}_events").execute_in_process(instance=instance, partition_key=day.isoformat()).success
+        berlin = build_definitions(parse_config({"tables": [{**table, "timezone": "Europe/Berlin"}]}))
+        result = berlin.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [evaluation] = [e.event_specific_data for e in result.all_events
+                        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                        and e.event_specific_data.check_name == "source_unchanged"]
+    assert "Europe/Berlin" in evaluation.description, evaluation.description
