@@ -122,3 +122,34 @@ def test_source_unchanged_after_a_timezone_change_does_not_report_rows_changed_i
                         if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
                         and e.event_specific_data.check_name == "source_unchanged"]
     assert "Europe/Berlin" in evaluation.description, evaluation.description
+
+
+def test_executing_archive_proven_alone_proves_a_day_retention_still_keeps(conn, schema, archive_env):
+    """README (retention): "*Execute* on ``archive_proven`` alone proves the day and removes nothing". A table with
+    ``retention: {keep_days: 30}``; yesterday is archived. Before trusting retention, the person executes
+    ``archive_proven`` alone for yesterday (the check's *Execute*, no removal). The run fails before proving
+    anything: "... is kept: retention keeps the last 30 days; nothing removed. To remove it sooner, lower
+    retention.keep_days" (advice to delete data sooner, for a request to prove), and the check, planned and never
+    evaluated, is left as "Execution failed" for the day: red, like a failed proof, on an archive nobody proved.
+    Nothing is removed either way, so the due-date refusal belongs to the removal: the proof should run and
+    record its verdict for the day (here: proven)."""
+    from dagster import AssetCheckKey
+
+    from archive_pipeline.defs.retention_assets import removal_asset_key
+
+    day = utc_today() - dt.timedelta(days=1)
+    create_sample_events(conn, [day], rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
+         "retention": {"keep_days": 30, "action": "delete"}}]})
+    defs = build_definitions(config)
+    check = AssetCheckKey(removal_asset_key(config.tables[0]), "archive_proven")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day.isoformat()).success
+        prove_only = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={check},
+                                                                            asset_selection=set())
+        result = prove_only.execute_in_process(instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        failures = _failures(instance, result.run_id)
+        evaluations = result.get_asset_check_evaluations()
+    assert [(e.partition, e.passed) for e in evaluations] == [(day.isoformat(), True)], failures
