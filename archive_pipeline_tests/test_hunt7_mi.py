@@ -63,3 +63,32 @@ def test_a_csv_proof_of_a_domain_nested_in_an_array_or_range_applies_its_check_a
         assert not proven, f"deep verification proved the archive, and its restore then fails: {exc}"
         return
     assert restored.fingerprint_checked
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])  # CSV already says so
+def test_deep_verification_after_a_nested_composite_gained_an_attribute_does_not_call_the_archive_corrupt(
+        fmt, conn, schema, store, temp_dir):
+    """A column ``m`` of composite ``mid`` holds an array of composite ``leaf``; the day is archived, then
+    ``ALTER TYPE leaf ADD ATTRIBUTE z int``. The archived ``(abc,1)`` no longer reads as ``leaf`` and deep
+    verification cannot prove the day: CSV says so (the archive does not read back as its columns' types now;
+    put the type back or archive again with overwrite). JSONL and Parquet raise ``ArchiveCorruptError`` ("does
+    not load ...; check ... the object against its manifest (MD5)"), blaming an archive whose object was just
+    checked against its manifest and is exact. Expected: no corrupt verdict; the error names the column and
+    says that a type changed since the day was archived, with the remedy."""
+    from archive_pipeline.core.restore import ArchiveCorruptError
+
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.leaf AS (t text, j jsonb)")
+    conn.execute(f"CREATE TYPE {s}.mid AS (n int, leaves {s}.leaf[])")
+    conn.execute(f"CREATE TABLE {s}.n (id int, at date, m {s}.mid)")
+    conn.execute(f"INSERT INTO {s}.n VALUES (1, %s, ROW(1, ARRAY[ROW('abc', '1')::{s}.leaf]))", (DAY,))
+    spec = _spec(schema, "n", fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"ALTER TYPE {s}.leaf ADD ATTRIBUTE z int")
+    with pytest.raises(ArchiveError) as failure:
+        deep_verify(conn, store, spec, DAY)
+    message = str(failure.value)
+    assert not isinstance(failure.value, ArchiveCorruptError), message
+    assert "MD5" not in message, message
+    assert f"{schema}.n" in message and "2024-03-10" in message, message
+    assert "type" in message and "changed since the day was archived" in message, message
