@@ -153,3 +153,33 @@ def test_a_real_field_nested_in_an_array_of_composites_widened_to_double_precisi
     restored = conn.execute(f"SELECT ((m).leaves[1]).f FROM {s}.n_back").fetchone()[0]
     pytest.fail(f"restored: the archived real {archived!r} came back as the double {restored!r}")
 
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_restore_after_two_nested_fields_swapped_names_does_not_put_values_under_the_other_name(
+        fmt, conn, schema, store, temp_dir):
+    """A column ``m`` (composite ``mid``) holds an array of composite ``person (first_name text, last_name
+    text)``; the day (Ada Lovelace) is archived and the table dropped (retention). The type's two fields then
+    swap names (``ALTER TYPE person RENAME ATTRIBUTE``, three times; or the type is defined so in the database
+    restored into). A restore into a new table reads the archived literal by position: first_name is now
+    'Lovelace' and last_name 'Ada', and the fingerprint (text by position) proves it. For top-level columns
+    two swapping names is a change everywhere and a restore goes by name; inside a composite the manifest
+    records no field names, so nothing sees it. Expected: the restore is refused naming the column and the
+    fields (or the values land under their archived names)."""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.person AS (first_name text, last_name text)")
+    conn.execute(f"CREATE TYPE {s}.mid AS (n int, people {s}.person[])")
+    conn.execute(f"CREATE TABLE {s}.n (id int, at date, m {s}.mid)")
+    conn.execute(f"INSERT INTO {s}.n VALUES (1, %s, ROW(1, ARRAY[ROW('Ada', 'Lovelace')::{s}.person]))", (DAY,))
+    spec = _spec(schema, "n", fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"DROP TABLE {s}.n")
+    for old, new in (("first_name", "tmp"), ("last_name", "first_name"), ("tmp", "last_name")):
+        conn.execute(f"ALTER TYPE {s}.person RENAME ATTRIBUTE {old} TO {new}")
+    try:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.n_back", temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert "m" in str(exc), str(exc)
+        return
+    first = conn.execute(f"SELECT ((m).people[1]).first_name FROM {s}.n_back").fetchone()[0]
+    assert first == "Ada", f"restored with first_name {first!r}: the archived 'Ada' is now under last_name"
