@@ -183,3 +183,26 @@ def test_a_restore_after_two_nested_fields_swapped_names_does_not_put_values_und
         return
     first = conn.execute(f"SELECT ((m).people[1]).first_name FROM {s}.n_back").fetchone()[0]
     assert first == "Ada", f"restored with first_name {first!r}: the archived 'Ada' is now under last_name"
+
+
+def test_a_rerun_after_a_nested_composite_gained_an_attribute_names_the_type_not_updated_rows(
+        conn, schema, store, temp_dir):
+    """A column ``m`` holds an array of composite ``leaf``; the day is archived, then ``ALTER TYPE leaf ADD
+    ATTRIBUTE z int`` (no row is touched). The re-run rightly does not skip (every value now prints with one
+    more field), but its error says "its content changed with the same 1 rows (rows updated, or inserted and
+    deleted ...)": the user goes looking for writes to an archived day that nobody made. A column added to
+    the table is named as such ("its columns changed from [...] to [...]"); an attribute added to a type
+    inside a column is the same kind of change. Expected: the error names column m and its type leaf as
+    changed since the day was archived, not rows updated."""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.leaf AS (t text, j jsonb)")
+    conn.execute(f"CREATE TABLE {s}.n (id int, at date, m {s}.leaf[])")
+    conn.execute(f"INSERT INTO {s}.n VALUES (1, %s, ARRAY[ROW('abc', '1')::{s}.leaf])", (DAY,))
+    spec = _spec(schema, "n", "csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"ALTER TYPE {s}.leaf ADD ATTRIBUTE z int")
+    with pytest.raises(ArchiveError) as failure:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    message = str(failure.value)
+    assert "rows updated" not in message, message
+    assert "leaf" in message, message
