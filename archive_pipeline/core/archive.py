@@ -609,7 +609,7 @@ class _Archiving:
         (as in the default); a key whose directory holds ``{ext}`` or ``{format}`` is not looked for."""
         if existing.raw is not None or (existing.listing and self._stored_generations(existing.listing)):
             return None
-        listed = [k for k in self._other_extension_keys() if keys.manifest_key(k) in (existing.listing or {})]
+        listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
             raw = _get_manifest_bytes(self.store, keys.manifest_key(other))
             loose = _loose_manifest(Existing(None, raw, None, None))

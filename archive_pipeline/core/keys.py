@@ -273,6 +273,13 @@ def other_extension_keys(spec, day: Period | dt.date | str, prefix: str = "") ->
     return sorted(rendered - {table_day_key(spec, period, prefix)})
 
 
+def listed_under(day_keys: list[str], listed) -> list[str]:
+    """Of ``day_keys`` (a day's keys under other formats), those a listing shows anything of: the manifest, the
+    data object or one of its generations. Any of them, not the manifest alone: a listing is an answer that may
+    arrive damaged (one byte of a key flipped), and the manifest it hides must still be read, not taken for none."""
+    return [key for key in day_keys if any(name.startswith(key) for name in listed)]
+
+
 def day_prefix(key: str) -> str:
     """What every generation of the day's data ``key`` and its manifest start with:
     ``<dir>/<name up to its first dot>`` (one LIST finds them all)."""
