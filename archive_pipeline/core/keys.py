@@ -11,7 +11,7 @@ import functools
 import re
 from collections.abc import Iterable, Iterator
 
-from archive_pipeline.core.periods import Period, as_period, parse_period, periods_overlapping
+from archive_pipeline.core.periods import Period, as_period, has_dst, parse_period, periods_overlapping
 
 MANIFEST_SUFFIX = ".manifest.json"
 UPLOAD_MARKER_SUFFIX = ".uploading"
@@ -69,12 +69,24 @@ def key_length_problem(spec, prefix: str) -> str | None:
     """Why the table's keys under ``prefix`` would be refused by S3 for their length, or None: a day's data
     object written and its manifest (14 bytes longer) refused would leave the day half written."""
     key = table_day_key(spec, spec.first_period, prefix)
-    longest = len(key.encode()) + _SUFFIX_ROOM
+    longest = len(key.encode()) + _SUFFIX_ROOM + _repeated_hour_room(spec)
     if longest <= S3_KEY_LIMIT:
         return None
     return (f"{spec.name}: key_template renders keys of {len(key.encode()):,} bytes (e.g. {key[:60]!r}…), "
             f"{longest:,} with a later generation's and the manifest's suffixes, and S3 refuses keys over "
             f"{S3_KEY_LIMIT:,} bytes: shorten key_template (or ARCHIVE_S3_PREFIX, {prefix!r})")
+
+
+def _repeated_hour_room(spec) -> int:
+    """How much longer than the first hour's a key of an hourly table gets in the repeated hour of a fall-back
+    night: ``{hour}`` and ``{period}`` carry its UTC offset there (``02+0100``, Dagster's partition key rule),
+    once per such placeholder in the template; 0 for other tables and zones without such a night."""
+    if spec.granularity != "hourly":
+        return 0
+    first = spec.first_period.start
+    if not has_dst(spec.timezone, first.year, max(first.year, dt.date.today().year) + 1):
+        return 0
+    return len(f"{first:%z}") * sum(spec.key_template.count(field) for field in ("{hour}", "{period}"))
 
 
 def check_key_lengths(tables: Iterable, prefix: str) -> None:

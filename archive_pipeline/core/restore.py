@@ -889,6 +889,13 @@ def _refuse_detached_partition(conn: psycopg.Connection, manifest: dict) -> tupl
     DEFAULT partition, or a partition created again) would hold it twice and keep the ATTACH from ever working."""
     parent, child, bound = _partition(table_definition(manifest), conn) or (None, None, None)
     if child and _exists(conn, child) and not _is_partition(conn, child):
+        if (manifest.get("removed") or {}).get("action") == "drop":  # so the table under its name is another one
+            raise RestoreError(
+                f"{child}, the partition that held {manifest['day']}, was dropped by retention, and its name is now "
+                f"another table's, which is not a partition of {parent}: restoring into the original table would "
+                "create the day's partition under that name again. Rename that table, or restore the day into a "
+                "new table (into='new')", table=manifest["table"], day=manifest["day"], retryable=False,
+                remedy=f"rename {child} (ALTER TABLE ... RENAME TO ...), or restore with --into new")
         attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
             parent.identifier, child.identifier).as_string(conn) + str(bound)
         raise RestoreError(
