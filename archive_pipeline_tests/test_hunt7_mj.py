@@ -69,3 +69,62 @@ def test_prune_that_loses_the_database_exits_3_and_does_not_go_on_with_a_closed_
                                                    if d.get("status") == "failed"], done.stdout
     again = cli_json(env, "prune", "--from", first, "--to", second)
     assert [d["status"] for d in again["days"]] == ["removed", "removed"], again
+
+
+def _read_only_owner(pg, conn, schema: str, days_: list) -> tuple[str, str]:
+    """A password role owning the sample table and its partitions, whose sessions are read-only by default
+    (ALTER ROLE ... SET default_transaction_read_only = on: a DBA's safety net for a reporting role); its DSN."""
+    role = f"ro_{schema}"
+    dsn = pg.create_password_role(role, "mj-read-only")
+    conn.execute(sql.SQL("GRANT ALL ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+    for name in ["events", *(f"events_{d:%Y%m%d}" for d in days_)]:
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(schema, name), sql.Identifier(role)))
+    conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(sql.Identifier(role)))
+    return role, dsn
+
+
+def test_a_restore_on_a_read_only_role_exits_2_as_a_configuration_error(pg, conn, setup, days):
+    """A user runs `archive-pipeline restore --day D --into new --target s.back` with ARCHIVE_PG_DSN of a role
+    whose sessions are read-only by default (default_transaction_read_only = on). The restore is refused at once,
+    not retryable, and its message names the setting to change (ALTER ROLE ... RESET
+    default_transaction_read_only). What happens: exit 1 ("a check found differences, or a day failed"). What
+    should happen (README, Exit codes: 2 "usage or configuration error (the message names the setting or
+    variable)"; a restore refused for a missing grant, a permission denied, already exits 2): exit 2.
+    Cause: cli.restore decides exit 2 by errors.CONFIGURATION_CAUSES, which lacks the read-only session's
+    cause (_READ_ONLY)."""
+    env, spec = setup
+    schema = spec.name.split(".")[0]
+    day = days[0].isoformat()
+    cli_json(env, "archive", "--day", day)
+    _role, dsn = _read_only_owner(pg, conn, schema, days)
+    done = cli(dict(env, ARCHIVE_PG_DSN=dsn), "restore", "--day", day, "--into", "new", "--target", f"{schema}.back",
+               "--json")
+    answer = json.loads(done.stdout)
+    assert answer["retryable"] is False and "default_transaction_read_only" in answer["error"], answer
+    assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.back",)).fetchone()[0] is None
+    assert done.returncode == 2 and answer["exit_code"] == 2, (done.returncode, answer)
+
+
+def test_a_restore_refused_by_a_read_only_role_names_that_role_in_its_remedy(pg, conn, setup, days, store):
+    """The same refusal through the API (restore_day on a connection of the read-only role). Its remedy says
+    `ALTER ROLE <role> RESET default_transaction_read_only`, the placeholder left in, though the connection's
+    user is known (README, Retries and errors: "the role is named where the connection's user is known"; the
+    removal and the proof refused on the same role say `ALTER ROLE ro_... RESET ...`). Should: the role's name
+    in the statement. Cause: restore_archive's error path builds its remedy from classify() without filling in
+    conn.info.user (errors.wrap does that for the others)."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    _env, spec = setup
+    schema = spec.name.split(".")[0]
+    archive_partition(conn, spec, days[0], store)
+    role, dsn = _read_only_owner(pg, conn, schema, days)
+    with psycopg.connect(dsn, autocommit=True) as restoring:
+        try:
+            restore_day(restoring, store, spec, days[0], into="new", target=f"{schema}.back")
+        except RestoreError as exc:
+            err = exc
+        else:
+            raise AssertionError("a read-only session restored a day")
+    assert not err.retryable and "default_transaction_read_only" in str(err), str(err)
+    assert "<role>" not in str(err) and f"ALTER ROLE {role} RESET default_transaction_read_only" in str(err), str(err)
