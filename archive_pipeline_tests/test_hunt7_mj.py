@@ -128,3 +128,58 @@ def test_a_restore_refused_by_a_read_only_role_names_that_role_in_its_remedy(pg,
             raise AssertionError("a read-only session restored a day")
     assert not err.retryable and "default_transaction_read_only" in str(err), str(err)
     assert "<role>" not in str(err) and f"ALTER ROLE {role} RESET default_transaction_read_only" in str(err), str(err)
+
+
+def test_a_lock_timeout_inside_the_targets_audit_trigger_is_told_as_a_lock_timeout_not_a_refusing_trigger(
+        pg, conn, schema, store, temp_dir):
+    """A user restores a day into an existing table (into="existing") that has an ordinary audit trigger (AFTER
+    INSERT: one row per insert into an audit table). Meanwhile a maintenance job holds the audit table (here: an
+    open transaction that ran LOCK TABLE audit), and the restoring session has lock_timeout = 200ms, so the
+    trigger's INSERT gives up: SQLSTATE 55P03, a transient fault (README, Retries and errors: lock_timeout is
+    retried). What happens: the RestoreError says "<target>'s trigger audit_rows on INSERT refused the rows" with
+    the remedy "restore into a new table (into='new'), or disable it for the restore (ALTER TABLE ... DISABLE
+    TRIGGER)": a wrong cause and a remedy that loses the audit rows, for a lock a retry gets. Should: the cause is
+    the lock_timeout (another session holds a conflicting lock), retryable, with its remedy (find the blocker, or
+    raise lock_timeout); nothing restored; run again once the lock is gone, it succeeds. Cause:
+    restore._raising_hooks blames the target's triggers for any psycopg.Error raised inside a function, whatever its
+    SQLSTATE (restore_archive's except Exception branch)."""
+    import datetime as dt
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    day = dt.date(2024, 3, 10)
+    events, target, audit = (sql.Identifier(schema, n) for n in ("ev", "tgt", "audit"))
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, note text)").format(events))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10'::timestamptz + g * interval '1 minute', 'n' || g "
+                         "FROM generate_series(1, 200) g").format(events))
+    spec = TableSpec(name=f"{schema}.ev", day_column="created_at", start_date=day, format="csv", compression="zstd")
+    archive_partition(conn, spec, day, store, temp_dir=str(temp_dir))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(target, events))
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, at timestamptz DEFAULT now())").format(audit))
+    conn.execute(sql.SQL("CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         "INSERT INTO {a} (id) VALUES (NEW.id); RETURN NULL; END $$").format(
+        f=sql.Identifier(schema, "audit_row"), a=audit))
+    conn.execute(sql.SQL("CREATE TRIGGER audit_rows AFTER INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        target, sql.Identifier(schema, "audit_row")))
+    holder = psycopg.connect(pg.dsn)  # the maintenance job's open transaction
+    try:
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(audit))
+        with pg.connect() as restoring:
+            restoring.execute("SET lock_timeout = '200ms'")
+            try:
+                restore_day(restoring, store, spec, day, into="existing", target=f"{schema}.tgt",
+                            temp_dir=str(temp_dir))
+            except RestoreError as exc:
+                err = exc
+            else:
+                raise AssertionError("restored through a locked audit table")
+    finally:
+        holder.close()
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0] == 0
+    assert err.retryable and (err.table, err.day) == (spec.name, day.isoformat()), str(err)
+    assert "lock_timeout" in (err.cause or "") and "DISABLE TRIGGER" not in str(err), str(err)
+    with pg.connect() as again:
+        assert restore_day(again, store, spec, day, into="existing", target=f"{schema}.tgt",
+                           temp_dir=str(temp_dir)).rows == 200
