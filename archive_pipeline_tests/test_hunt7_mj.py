@@ -8,7 +8,6 @@ statement (made to wait there by a lock another session holds, so the moment is 
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 
