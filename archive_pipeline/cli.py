@@ -1156,12 +1156,19 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
             results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
                             "message": _for_the_cli(redact(str(exc), *_passwords())),
                             "retryable": exc.retryable})
+            if run.lost:  # the next days would fail the same way, and not for their own reasons
+                raise _DatabaseLost(f"lost the database while removing {spec.name} {day}: "
+                                    f"{_for_the_cli(redact(str(exc), *_passwords()))}") from None
             continue
         status = ("no data" if removal.nothing else "removal completed" if removal.completed
                   else "already removed" if removal.already_removed else "would remove" if dry_run else "removed")
         results.append({"table": spec.name, "day": day.isoformat(), "status": status,
                         "action": removal.action, "relation": removal.relation, "rows": removal.rows,
                         "archive": removal.archive})
+
+
+class _DatabaseLost(Exception):
+    """prune's database connection was lost: the days after the one it was on are not tried (exit 3)."""
 
 
 def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, Any]]) -> None:
@@ -1216,6 +1223,10 @@ def prune(run: Run, dry_run: bool) -> None:
         if not any(r["status"] in REMOVED for r in results):
             raise
         _prune_cancelled(run, exc, results)
+    except _DatabaseLost as exc:
+        lost = str(exc)
+    else:
+        lost = ""
     refused = [r for r in results if r["status"] in ("refused", "failed")]
 
     def render() -> None:
@@ -1232,8 +1243,12 @@ def prune(run: Run, dry_run: bool) -> None:
         if dry_run:
             run.out.print("dry run: nothing was removed")
 
-    run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped,
-              **_stopped_by(stopped)}, render)
+    ended = {"exit_code": EXIT_UNREACHABLE, "error": f"{lost}; the days after it were not tried: run prune again",
+             "retryable": True} if lost else _stopped_by(stopped)
+    run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped, **ended}, render)
+    if lost:
+        click.echo(f"error: {_printable(ended['error'])}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
     if refused:
         raise Failed(code=EXIT_USAGE if stopped else None)
 

@@ -261,7 +261,7 @@ TABLE_MISSING = "the configured table does not exist"  # the cause of a SourceEr
 # Causes that a setting or a grant fixes, not a retry (the CLI exits 2 for them, as for a bad setting).
 SETTING_MISFITS = "a setting does not fit the table"  # (hourly granularity over a date day_column, say)
 CONFIGURATION_CAUSES = frozenset({TABLE_MISSING, _UNDEFINED.cause, _PERMISSION.cause,
-                                  _ROW_SECURITY.cause, SETTING_MISFITS})
+                                  _ROW_SECURITY.cause, SETTING_MISFITS, _READ_ONLY.cause})
 _CONSTRAINT = _src(False, "a value breaks a constraint (a CHECK, NOT NULL, unique key or domain constraint, perhaps "
                    "added since the day was archived)", "load into a table without that constraint (a new table, or a "
                    "column of the domain's base type), or relax the constraint while the day is restored")

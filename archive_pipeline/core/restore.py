@@ -1847,9 +1847,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="restore into a new table (into='new'), or disable "
                                    f"{'it' if len(hooks) == 1 else 'them'} for the restore (ALTER TABLE ... DISABLE "
                                    "TRIGGER) and restore again")
+        remedy = remedy_for(found.remedy, "restoring").replace("<role>", sql_name(conn.info.user, qualified=False)) \
+            .replace("<database>", sql_name(conn.info.dbname, qualified=False))
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
-                           remedy=remedy_for(found.remedy, "restoring"), cause=found.cause) from exc
+                           remedy=remedy, cause=found.cause) from exc
 
 
 @speaks_utf8()
@@ -1890,8 +1892,8 @@ def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relat
     likely cause of a restore refused by something other than the archived values."""
     context = getattr(getattr(exc, "diag", None), "context", None) or ""
     functions = [_function_name(m) for m in _CONTEXT_FUNCTION.finditer(context)]
-    if relation is None or not isinstance(exc, psycopg.Error) or not functions:
-        return []
+    if relation is None or not isinstance(exc, psycopg.Error) or not functions or classify(exc).retryable:
+        return []  # (a lock or statement timeout, a deadlock met inside a trigger: not the trigger's refusal)
     try:  # only the triggers (of the target or its partitions) that run one of those functions, by schema and name
         found = conn.execute(_RAISING_TRIGGERS, {"t": relation.identifier.as_string(conn),
                                                  "schemas": [s for s, _ in functions],
