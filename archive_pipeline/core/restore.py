@@ -1870,6 +1870,9 @@ def _restore_grant(conn: psycopg.Connection, exc: BaseException, relation: Relat
     INSERT and SELECT on the target."""
     message = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
     role = sql_name(conn.info.user, qualified=False)
+    lacking = _lacking_privilege(conn, message, relation)
+    if lacking:
+        return f"{lacking} TO {role}"
     temp = re.fullmatch(r"permission denied to create temporary tables in database \"?(.+?)\"?", message)
     if temp:
         return (f"GRANT TEMPORARY ON DATABASE {sql_name(temp.group(1), qualified=False)} TO {role} (the restore stages "
@@ -1885,6 +1888,48 @@ def _restore_grant(conn: psycopg.Connection, exc: BaseException, relation: Relat
                 "lacks that too), to create a new table or a partition there")
     target = str(relation) if relation is not None else "<target>"
     return f"GRANT INSERT, SELECT ON {target} TO {role} (the restoring role needs both on the target)"
+
+
+# What a restore may be refused, as the catalog tells it in any lc_messages: (the name the refusal's message holds,
+# the grant) of each sequence a target's column takes its default from that the role may not use, of the target's
+# schema where the role may not create (a new table, a re-created partition), and of the database where the role
+# may not create temporary tables (the staging table)
+_LACKING = """
+SELECT s.relname::text, 'GRANT USAGE ON SEQUENCE ' || pg_catalog.quote_ident(n.nspname) || '.'
+       || pg_catalog.quote_ident(s.relname)
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+JOIN pg_catalog.pg_class s ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND s.oid = d.refobjid
+ AND s.relkind = 'S'
+JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+WHERE ad.adrelid = pg_catalog.to_regclass(%(target)s)  -- (the CASE: the planner may test rows of other kinds first)
+  AND NOT CASE WHEN s.relkind = 'S' THEN pg_catalog.has_sequence_privilege(s.oid, 'USAGE') ELSE true END
+UNION ALL
+SELECT n.nspname::text, 'GRANT CREATE ON SCHEMA ' || pg_catalog.quote_ident(n.nspname)
+FROM pg_catalog.pg_namespace n
+WHERE n.nspname = %(schema)s AND NOT pg_catalog.has_schema_privilege(n.oid, 'CREATE')
+UNION ALL
+SELECT pg_catalog.current_database()::text, 'GRANT TEMPORARY ON DATABASE '
+       || pg_catalog.quote_ident(pg_catalog.current_database())
+WHERE NOT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')
+"""
+
+
+def _lacking_privilege(conn: psycopg.Connection, message: str, relation: Relation | None) -> str | None:
+    """The grant a refused restore needs, found in the catalog (which privilege the role lacks on an object the
+    refusal's message names), not in the message's words: a server speaking German says "keine Berechtigung für
+    Schema s". None where the catalog shows none of those lacking (then the target's own INSERT or SELECT)."""
+    if relation is None:
+        return None
+    try:
+        found = conn.execute(_LACKING, {"target": relation.identifier.as_string(conn),
+                                        "schema": relation.schema}).fetchall()
+    except psycopg.Error:
+        return None
+    for name, grant in found:  # the name as a word of the message: "... für Sequenz global_seq", "... schema s"
+        if re.search(rf'(?<![\w"]){re.escape(name)}(?![\w"])|"{re.escape(name)}"', message):
+            return grant
+    return None
 
 
 def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relation | None) -> list[str]:
