@@ -51,7 +51,7 @@ from archive_pipeline.core.environment import (
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
 from archive_pipeline.core.manifest import NewerManifestError
-from archive_pipeline.core.periods import Period, PeriodError
+from archive_pipeline.core.periods import Period, PeriodError, zone
 from archive_pipeline.core.session_settings import session_pinned, set_session
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
@@ -155,7 +155,9 @@ class Run:
             raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None
         if not days and (self.first or self.last):
             if plan.not_ended(spec, self.first, self.last):
-                unended = f"the {spec.granularity} period selected has not ended yet (in {spec.timezone})"
+                here = dt.datetime.now(dt.UTC).astimezone(zone(spec.timezone)).date()
+                unended = (f"the {spec.granularity} period selected has not ended yet (in {spec.timezone}, where "
+                           f"today is {here})")
                 if not any(plan.select_days(other, self.first, self.last) for other in self.tables):
                     raise click.UsageError(f"{spec.name}: {unended}: a period is archived once it has ended")
                 self.err.print(f"{spec.name}: {unended}", markup=False, soft_wrap=True)
@@ -253,12 +255,13 @@ class PeriodArg(click.ParamType):
 
 
 def _not_over(text: str, now: dt.datetime) -> str | None:
-    """Why ``text`` cannot have ended yet (a day: today or later, UTC; a month: a later one than this). This
-    month is no refusal: a daily table's ended days of it are selected (a monthly table's month is not, and the
-    selection says so; see ``Run.days``)."""
+    """Why ``text`` cannot have ended yet in any zone (a day after today, UTC; a month after this one). Today
+    and this month are no refusal: an hourly table's ended hours of today, a daily table's ended days of this
+    month, a day already over in a zone ahead of UTC are selected (a period not over is not, and the selection
+    says so; see ``Run.days``)."""
     today = now.date()
-    if len(text) == 10 and text >= today.isoformat():
-        return (f"{text} is today or later (UTC): a day is archived once it has ended; the last complete day "
+    if len(text) == 10 and text > today.isoformat():
+        return (f"{text} is after today (UTC): a day is archived once it has ended; the last complete day "
                 f"is {today - dt.timedelta(days=1)}")
     if len(text) == 7 and text > f"{today:%Y-%m}":
         return f"{text} is a month after this one (UTC): a period is archived once it has ended"

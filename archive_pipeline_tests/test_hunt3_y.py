@@ -111,7 +111,7 @@ def test_a_period_that_has_not_ended_is_refused_as_such_not_blamed_on_start_date
               {"name": f"{schema}.h", "day_column": "at", "start_date": DAYS[0].isoformat(), "granularity": "hourly"}]
     env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, tables))
     plain = cli(env, "list", "--table", f"{schema}.d", "--day", today.isoformat())
-    assert plain.returncode == 2 and "today or later" in plain.stderr, plain.stderr  # as the README says
+    assert plain.returncode == 2 and "not ended" in plain.stderr, plain.stderr  # as the README says
     for table, period in ((f"{schema}.d", f"{today}-00:00"), (f"{schema}.h", f"{today}-23:00")):
         done = cli(env, "list", "--table", table, "--day", period)
         assert "start_date" not in done.stderr, (period, done.stderr)
