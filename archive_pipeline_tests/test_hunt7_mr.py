@@ -47,3 +47,28 @@ def test_a_day_apia_skipped_is_refused_for_an_hourly_table_not_read_as_the_next_
     assert "2011-12-30" in answer["error"], answer
     code, listed = cli("list")
     assert code == 0 and {d["state"] for d in listed["days"]} == {"missing"}, listed
+
+
+def test_a_monthly_naming_table_with_a_table_per_day_is_not_archived_as_its_first_days_table(
+        conn, schema, archive_env, tmp_path, monkeypatch):
+    """A legacy schema keeps one table per day (``ev_20240301``, ``ev_20240302``, ``ev_20240315``, two rows
+    each). A user wants monthly archives and configures ``granularity: monthly``, naming mode, ``pattern:
+    ev_%Y%m%d``. The configuration loads (the pattern has the ``%Y`` and ``%m`` a monthly table needs, and
+    reads back), ``list`` shows March as missing, and ``archive --day 2024-03`` reports March ``archived``,
+    exit 0, green, with 2 rows: the month's "table" is ``period.start.strftime(pattern)``, ``ev_20240301``,
+    and the tables of the other 30 days are never read (nor ever listed as missing). Promise: a green
+    partition holds exactly that period's rows. Either such a pattern (a code finer than the granularity) is
+    refused at load naming the table and the pattern, or the month's archive holds all six rows."""
+    s = sql.Identifier(schema)
+    for day in ("20240301", "20240302", "20240315"):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} (id int, at timestamptz)").format(s, sql.Identifier(f"ev_{day}")))
+        conn.execute(sql.SQL("INSERT INTO {}.{} VALUES (1, %s::date), (2, %s::date)").format(
+            s, sql.Identifier(f"ev_{day}")), (day, day))
+    configure(tmp_path, monkeypatch, {"name": f"{schema}.ev", "granularity": "monthly", "timezone": "Europe/Berlin",
+                                      "start_date": "2024-03-01",
+                                      "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}})
+    code, answer = cli("archive", "--day", "2024-03")
+    if code == 2:
+        assert f"{schema}.ev" in answer["error"] and "pattern" in answer["error"], answer
+    else:
+        assert code == 0 and [d["rows"] for d in answer["days"]] == [6], answer
