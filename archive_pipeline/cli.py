@@ -51,7 +51,7 @@ from archive_pipeline.core.environment import (
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
 from archive_pipeline.core.manifest import NewerManifestError
-from archive_pipeline.core.periods import Period, PeriodError, zone
+from archive_pipeline.core.periods import Period, PeriodError, parse_period, zone
 from archive_pipeline.core.session_settings import session_pinned, set_session
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
@@ -109,10 +109,10 @@ def _cancellable() -> Iterator[None]:
 def _require_existing_day(spec: TableSpec, given: str) -> None:
     """A --day/--from/--to that names a date the table's zone skipped (Pacific/Apia's 2011-12-30) is refused: it
     would be read as the next day and the command would act on that one, exit 0."""
-    if spec.granularity != "daily" or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", given.strip()):
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", given.strip()):
         return
-    try:
-        period = spec.period(given)
+    try:  # (as a day of the zone, whatever the table's granularity: an hourly table's day is its 24 hours)
+        period = parse_period("daily", spec.timezone, given.strip())
     except (OverflowError, ValueError):  # a date at the calendar's ends: the range's own checks say what is wrong
         return
     if period.key != given.strip():

@@ -327,6 +327,14 @@ class TableSpec(_Strict):
                                  f"{', '.join(codes[:-1])} and {codes[-1]} (a {self.granularity} table; missing "
                                  f"{', '.join(missing)})")
             self._pattern_reads_back()
+            period = self.first_period
+            names = {(period.start + moment).strftime(self.partitioning.pattern)
+                     for moment in (dt.timedelta(0), period.end - period.start - dt.timedelta(microseconds=1))}
+            if len(names) > 1:  # a code finer than the period (%d of a monthly table): its other tables unread
+                raise ValueError(f"partitioning: pattern {self.partitioning.pattern!r} names more than one table per "
+                                 f"{self.granularity} period ({' and '.join(sorted(names))} in {period}): a "
+                                 f"{self.granularity} table's pattern may hold only "
+                                 f"{', '.join(PATTERN_CODES[self.granularity])} (one table per period)")
             first, last = self.zone_years
             if self.granularity == "hourly" and has_dst(self.timezone, first, last):
                 raise ValueError(f"granularity: hourly tables in naming mode need a zone without daylight saving "
