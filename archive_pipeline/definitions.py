@@ -210,7 +210,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
         table_nodes = [archive_asset, intact, latest, unchanged]
         if spec.retention is not None:
-            assets.append(build_removal_asset(spec, config.schedule, config.retry))
+            assets.append(build_removal_asset(spec, config.schedule, config.retry, config.origin))
             schedules.append(build_retention_schedule(spec, config.schedule.hour))
             table_nodes.append(assets[-1])
         _claim_op_names(owners, spec, table_nodes, config.origin)

@@ -94,11 +94,13 @@ def removal_freshness_policy(schedule: ScheduleSettings, granularity: str = "dai
 
 
 def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = None,
-                        retry: RetrySettings | None = None) -> AssetsDefinition:
+                        retry: RetrySettings | None = None, origin: str | None = None) -> AssetsDefinition:
     """The day-removal asset of a table with ``retention`` (see lifecycle.py for the guarantees);
     ``schedule`` (the archive schedule's settings) places its freshness deadline, ``retry`` (the
     ``retry:`` settings; their defaults when not given) retries what is transient (a store that
-    throttled a download, a "done" mark that could not be written), like the archive asset."""
+    throttled a download, a "done" mark that could not be written), like the archive asset. ``origin``:
+    where the tables were configured (a file, a component's defs.yaml), named by messages that send the user
+    to a setting."""
     key = removal_asset_key(spec)
     retention = spec.retention
 
@@ -126,27 +128,31 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         day = spec.period(context.partition_key)
         # archive_proven executed alone (the check without its asset): prove, remove nothing, as a dry run
         dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
-        if day not in due_days(spec, dt.datetime.now(dt.UTC)):  # today in the table's zone
+        kept = day not in due_days(spec, dt.datetime.now(dt.UTC))  # today in the table's zone
+        if kept and not dry_run:
             raise _failed(f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
                                       "days; nothing removed. To remove it sooner, lower retention.keep_days for "
-                                      f"the table in {config_path()}", spec, day, False)
-        try:
-            yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store)
+                                      f"the table in {origin or config_path()}", spec, day, False)
+        try:  # (a day still kept is proven by a dry run, archive_proven alone, and nothing more)
+            yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store, origin,
+                                 kept)
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
             raise terminated(context, exc, spec, day, "removing", removal_job_name(spec)) from None
         except Failure as failed:
             if not (failed.allow_retries and step_retries(context) == 0):
                 raise
             # the core's words say "retried" of every transient cause; with max_retries 0 nothing is
-            raise Failure(description=retries_off(failed.description or "", None), allow_retries=True,
+            raise Failure(description=retries_off(failed.description or "", origin), allow_retries=True,
                           metadata=failed.metadata) from None
 
     return remove
 
 
 def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_run: bool, postgres: PostgresResource,
-              primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
-    """Prove the day's archive, then remove the day from the source (or, ``dry_run``, say what would go)."""
+              primary_postgres: PostgresResource, archive_store: ArchiveStoreResource, origin: str | None = None,
+              kept: bool = False) -> Iterator:
+    """Prove the day's archive, then remove the day from the source (or, ``dry_run``, say what would go;
+    ``kept``: a day retention still keeps, which a dry run proves and says nothing of removing)."""
     store = archive_store.store_for(f"{spec.name} {day}")
     key = table_day_key(spec, day, store.prefix)
     settled = None
@@ -219,7 +225,11 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             raise _failed(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                       + "; ".join(problems) + ". If the source's rows are the right ones (rows "
                                       "changed or arrived late), archive the day again, then remove it. "
-                                      + relaunch(spec, day), spec, day, False)
+                                      + relaunch(spec, day, origin), spec, day, False)
+        if kept:
+            context.log.info(f"{spec.name} {day} is proven; retention keeps it (the last "
+                             f"{spec.retention.keep_days} days): nothing would be removed yet")
+            return
         try:
             removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
                                  removed_by=f"dagster run {context.run.run_id}", temp_dir=archive_store.temp_dir)
