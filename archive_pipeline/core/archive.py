@@ -52,6 +52,7 @@ from archive_pipeline.core.manifest import (
     ManifestError,
     NewerManifestError,
     SourceIdentity,
+    another_period,
     build_manifest,
     decode_manifest,
     encode_manifest,
@@ -583,14 +584,12 @@ class _Archiving:
         except ForeignManifestError as exc:  # the readers' refusal, in the same words
             raise ForeignArchiveError(f"{self.store.uri(self.key)}: {exc.message}; this run neither skips nor "
                                       "overwrites it", retryable=False, remedy=exc.remedy) from None
-        period = (manifest.get("granularity"), manifest.get("timezone"))
-        if None not in period and period != (self.spec.granularity, self.spec.timezone) and not overwrite:
+        other = another_period(manifest, self.spec.granularity, self.spec.timezone)
+        if other is not None and not overwrite:
             # the same key for another period (a day in another zone, a month's first day): other rows, not
             # this period's changed ones
             raise ForeignArchiveError(
-                f"{self.store.uri(self.key)} holds the {period[0]} period {manifest.get('day')} in {period[1]}, and "
-                f"the table is now configured as {self.spec.granularity} in {self.spec.timezone}: another period "
-                "with the same key, not this one's rows; set overwrite to replace it, or give the table a "
+                f"{self.store.uri(self.key)}: {other}; set overwrite to replace it, or give the table a "
                 "key_template (another prefix, say) that keeps the new periods apart from the old", retryable=False)
         then = (manifest.get("format"), manifest.get("compression"))
         if then != (self.spec.format, self.spec.compression) and not overwrite:

@@ -316,6 +316,17 @@ def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:
             f"{day} (copied from another key, or written by another table or configuration that renders this key)")
 
 
+def another_period(manifest: dict, granularity: str, timezone: str) -> str | None:
+    """How the period ``manifest`` holds differs from the table's configured one (its granularity or time zone
+    changed since: the same partition key, another period's rows), or None (the same, or a manifest that does
+    not record it)."""
+    then = (manifest.get("granularity"), manifest.get("timezone"))
+    if None in then or then == (granularity, timezone):
+        return None
+    return (f"its archive holds the {then[0]} period {manifest.get('day')} in {then[1]}, and the table is now "
+            f"configured as {granularity} in {timezone}: another period with the same key, not this one's rows")
+
+
 def owned(manifest: dict, table: str, day: str, key: str | None = None) -> dict:
     """``manifest`` if it is the archive of ``table``'s ``day`` (the period's ISO form); else
     :class:`ForeignManifestError`. Every reader that acts on a day's manifest (list, compare, verify,

@@ -49,6 +49,7 @@ from archive_pipeline.core import verify
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.lifecycle import still_detached
+from archive_pipeline.core.manifest import another_period
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
 from archive_pipeline.core.periods import Period
@@ -310,11 +311,24 @@ def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
     return any(r.event_log_entry.dagster_event.asset_key == key for r in planned)
 
 
-def _latest(instance, key: AssetKey, limit: int = 1) -> list:
-    """The latest archived days of ``key`` (by partition, not by when they were recorded: a backfill of old
-    days records them last, and the newest day, where late rows land, must not drop out), each day's
-    latest materialization, newest day first."""
-    days = sorted(instance.get_materialized_partitions(key), key=_partition_order, reverse=True)[:limit]
+def _latest(instance, key: AssetKey, spec: TableSpec, limit: int = 1) -> list:
+    """The latest archived periods of ``key`` (by partition, not by when they were recorded: a backfill of old
+    days records them last, and the newest day, where late rows land, must not drop out), each one's latest
+    materialization, newest first: ``limit`` periods, or of an hourly table the hours of the ``limit`` latest
+    days. Only partitions of the table's granularity now (a key archived before it changed, "2024-03-10" of a
+    table now hourly, is not one of its periods)."""
+    periods = []
+    for partition in instance.get_materialized_partitions(key):
+        try:
+            periods.append((spec.period(partition), partition))
+        except ValueError:  # (PeriodError) another granularity's key
+            continue
+    periods.sort(key=lambda found: _partition_order(found[1]), reverse=True)
+    if spec.granularity == "hourly":
+        latest_days = sorted({period.day for period, _ in periods}, reverse=True)[:limit]
+        days = [partition for period, partition in periods if period.day in latest_days]
+    else:
+        days = [partition for _, partition in periods[:limit]]
     out = []
     for day in days:
         records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[day]),
@@ -488,7 +502,7 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey,
                              "size, MD5, row count and manifest, and records the result for that day.")
     def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
-        latest = _latest(context.instance, key)
+        latest = _latest(context.instance, key, spec)
         if not latest:
             yield AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
                                    description=f"{spec.name}: nothing archived yet; nothing to check")
@@ -532,7 +546,8 @@ def _not_compared(context: AssetCheckExecutionContext, spec: TableSpec, key: Ass
 
 
 class ChangedCheckConfig(Config):
-    days: int = Field(default=7, ge=1, le=366, description="how many of the latest archived days to compare")
+    days: int = Field(default=7, ge=1, le=366, description="how many of the latest archived days to compare (of an "
+                                                          "hourly table, their hours; of a monthly one, months)")
 
 
 def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: str,
@@ -554,7 +569,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         changed: dict[str, str] = {}
         untrusted: dict[str, str] = {}
         checked, removed = [], {}
-        for event in _latest(context.instance, key, config.days):
+        for event in _latest(context.instance, key, spec, config.days):
             day = spec.period(event.partition)
             try:
                 recorded = event.metadata.get("manifest_key")
@@ -592,6 +607,10 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     gone_uri = store.uri(keys.manifest_key(day_key))
                     untrusted[event.partition] = (f"its manifest {gone_uri} is missing from the store (archive the "
                                                   "day again)")
+                    continue
+                other = another_period(manifest, spec.granularity, spec.timezone)
+                if other is not None:  # the table's zone or granularity changed: not a change in PostgreSQL
+                    untrusted[event.partition] = f"{other} (archive it again with overwrite for the new period)"
                     continue
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest)
