@@ -1498,12 +1498,9 @@ def _base_type(conn: psycopg.Connection, type_text: str) -> str:
     return plain.removesuffix("[]")
 
 
-_NARROWER = {"float8": ("float4",), "numeric": ("float4", "float8")}
-
-
 def _nested_narrowing(conn: psycopg.Connection, manifest: dict, relation: Relation) -> list[str]:
     """The numbers inside a column's composite, range or array (the manifest's ``columns[].numbers``) that
-    the target's type now holds as a binary float narrower than archived: the type named the same (a
+    the target's type now holds as another binary float than archived: the type named the same (a
     composite, re-created or ALTER TYPE ... ALTER ATTRIBUTE since) reads 0.1 as another value."""
     recorded = {c["name"]: c["numbers"] for c in manifest.get("columns", []) if c.get("numbers")}
     if not recorded:
@@ -1523,7 +1520,8 @@ def _nested_narrowing(conn: psycopg.Connection, manifest: dict, relation: Relati
     for name, numbers in recorded.items():
         for number in numbers:
             now = here.get(name, {}).get(path(number["steps"]))
-            if now is not None and now.type in _NARROWER.get(number["type"], ()):
+            # (as at the top: any other binary float than archived, the wider one too: real's 0.1 is not double's)
+            if now is not None and now.type != number["type"] and now.type in ("float4", "float8"):
                 changed.append(f"{name}: {now.route} here, {number['type']} there when archived")
     return changed
 

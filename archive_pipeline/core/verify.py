@@ -775,14 +775,30 @@ WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = '
 """)
 
 
-# Columns of a domain type (or arrays of one): read as the domain, so its constraints as they are now
+# Columns of a domain type, or holding one anywhere (an array's element, a composite's field, a range's subtype,
+# a multirange's range): read as their type, so the domain's constraints as they are now
 # apply to the archived values as they would on restore (a CHECK added NOT VALID since the day was
 # archived fails the proof, instead of a proof whose archive then does not restore).
-_DOMAIN_COLUMNS = sql.SQL("""
-SELECT u.name FROM unnest(%s::text[], %s::oid[]) AS u(name, oid) JOIN pg_catalog.pg_type t ON t.oid = u.oid
-WHERE t.typtype = 'd'
-   OR (t.typcategory = 'A' AND EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typtype = 'd'))
-""")
+_DOMAIN_COLUMNS = """
+WITH RECURSIVE walk(name, oid, depth) AS (
+    SELECT u.name, u.oid, 0 FROM unnest(%s::text[], %s::oid[]) AS u(name, oid)
+    UNION ALL
+    SELECT w.name, c.oid, w.depth + 1 FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL
+        SELECT t.typelem WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
+        UNION ALL
+        SELECT f.atttypid FROM pg_catalog.pg_attribute f
+        WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
+        UNION ALL
+        SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
+        {multirange}
+    ) AS c(oid)
+    WHERE w.depth < 64)
+SELECT DISTINCT w.name FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid WHERE t.typtype = 'd'
+"""
+_MULTIRANGE_RANGES = "UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"
 
 
 # Columns whose type is a domain over bpchar (at any depth): read as the domain in the text copy, and
@@ -808,7 +824,8 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     names = list(types)
     oids = _type_oids(conn, types)
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
-    parsed |= {name for (name,) in conn.execute(_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
+    domains = _DOMAIN_COLUMNS.format(multirange=_MULTIRANGE_RANGES if conn.info.server_version >= 140000 else "")
+    parsed |= {name for (name,) in conn.execute(domains, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
     # a type of the user's is named with its schema, so it is found whatever the path of this session
     # (a manifest names it as the archiving session's path showed it)
