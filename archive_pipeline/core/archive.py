@@ -71,7 +71,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, \
     hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, same_printed_names, \
-    server_identity
+    server_identity, shape_changes
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload
 from archive_pipeline.core.streams import StreamGroup
 
@@ -736,6 +736,8 @@ class _Archiving:
             what = f"its columns changed from {then} to {now}" + (f" (types: {', '.join(retyped)})" if retyped else "")
         elif retyped:
             what = f"column types changed: {', '.join(retyped)}"
+        elif shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
+            what = f"a type inside its columns changed (not its rows): {'; '.join(shapes)}"
         elif archived.rows != fp.rows:
             what = f"it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were deleted late)"
         else:

@@ -147,7 +147,9 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
                             c.name, "text")), "exact": bool(encoding.get("exact", True)),
                         **({"note": encoding["note"]} if encoding.get("note") else {}),
                         **({"numbers": [{"steps": list(n.steps), "type": n.type} for n in c.numbers]}
-                           if getattr(c, "numbers", ()) else {})})
+                           if getattr(c, "numbers", ()) else {}),
+                        **({"shape": [{"at": at, "type": kind, **({"fields": list(fields)} if fields is not None else {})}
+                                      for at, kind, fields, _ in c.shape]} if getattr(c, "shape", ()) else {})})
     return {
         "manifest_version": MANIFEST_VERSION,
         "table": result.table,

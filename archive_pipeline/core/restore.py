@@ -44,7 +44,7 @@ from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (NUMBER_TYPES, Column, day_filter, describe_relation, inner_types,
                                           lookalike_hint, lookalike_relations, missing_character, prefetch,
-                                          relation_name, stored_name_problem)
+                                          relation_name, relation_shapes, shape_changes, stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
@@ -1532,6 +1532,14 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Re
     still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
     compares text, would prove a restore that changed it. Such a target is refused before anything is loaded,
     and once more after the load (which rolls it back), in case the target was retyped meanwhile."""
+    shapes = shape_changes(manifest.get("columns", []), relation_shapes(conn, relation.identifier.as_string(conn)))
+    if shapes:  # a composite's text is positional: the archived values would go into other fields, or fail
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} into {relation}: a type inside its columns is not "
+            f"the one the day was archived with: {'; '.join(shapes)}; nothing was restored", table=manifest["table"],
+            day=manifest["day"], retryable=False,
+            remedy="put the type back as it was archived (ALTER TYPE; the manifest's columns[].shape records it), or "
+                   "restore in a database whose type is as archived, then convert the values on as you choose")
     types, _ = _target_drift(conn, manifest, relation, hooks=False)
     changed = []
     for name, here, archived in types:

@@ -65,6 +65,13 @@ SNAPSHOT_SETTINGS = {
 }
 
 
+# One node of a column's type, as a composite's values depend on it: (its way from the column: steps as in
+# InnerType joined by spaces, "" for the column's own type; the type: a built-in type's name, or the kind of a
+# user's, whose name may change harmlessly; a composite's field names in order, else None; the type's name now,
+# for messages)
+ShapeNode = tuple[str, str, tuple[str, ...] | None, str]
+
+
 @dataclass(frozen=True)
 class Column:
     """A column as the catalog describes it; ``base_type`` sees through domains and arrays."""
@@ -93,6 +100,8 @@ class Column:
     numbers: tuple[InnerType, ...] = ()
     # the :data:`UNREADABLE_TYPES` anywhere in the column's type (its own, an array's element, a field...)
     unreadable: tuple[InnerType, ...] = ()
+    # of a column holding a composite anywhere: its type's shape (see :func:`composite_shapes`)
+    shape: tuple[ShapeNode, ...] = ()
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
@@ -289,6 +298,18 @@ FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
 WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typname::text = ANY(%(types)s)
 ORDER BY w.attnum, w.depth, w.route
 """
+_SHAPE_QUERY = _TYPE_WALK + """
+SELECT w.attnum, w.steps,
+       CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN pg_catalog.format_type(w.oid, NULL)
+            ELSE CASE t.typtype WHEN 'c' THEN 'a composite' WHEN 'e' THEN 'an enum' WHEN 'd' THEN 'a domain'
+                                WHEN 'r' THEN 'a range' WHEN 'm' THEN 'a multirange' ELSE 'a base type' END END,
+       CASE WHEN t.typtype = 'c' THEN ARRAY(SELECT f.attname::text FROM pg_catalog.pg_attribute f
+                                            WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
+                                            ORDER BY f.attnum) END,
+       pg_catalog.format_type(w.oid, NULL)
+FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+ORDER BY w.attnum, w.depth, w.steps
+"""
 _MULTIRANGE_STEP = """UNION ALL
         SELECT r.rngtypid, 'multirange', 'range ' FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"""
 
@@ -306,6 +327,71 @@ def nested_numbers(found: tuple[InnerType, ...]) -> tuple[InnerType, ...]:
     ``amount`` over double precision there and over real here read 0.1 as another value, proven green."""
     return tuple(t for t in found if t.type in NUMBER_TYPES
                  and any(step.startswith(".") or step in ("range", "multirange", "domain") for step in t.steps))
+
+
+def composite_shapes(conn: psycopg.Connection, oid: int) -> dict[int, tuple[ShapeNode, ...]]:
+    """Per column number of relation ``oid``, the shape of a column whose type holds a composite anywhere (itself,
+    an array's element, a field's, a range's subtype): every node of its type tree with its way from the column,
+    and each composite's field names in order. A composite's text is positional, so a field added, dropped,
+    retyped or renamed since the day was archived reads the archived values into other fields, or fails:
+    recorded in the manifest, it is compared with the target's (see :func:`shape_changes`)."""
+    query = _SHAPE_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
+    found: dict[int, list[ShapeNode]] = {}
+    for attnum, steps, kind, fields, name in conn.execute(query, {"oid": oid}):
+        found.setdefault(attnum, []).append((" ".join(steps), kind, tuple(fields) if fields is not None else None,
+                                             name))
+    return {attnum: tuple(nodes) for attnum, nodes in found.items() if any(n[2] is not None for n in nodes)}
+
+
+def _way(at: str) -> str:
+    """A shape node's way from its column in words: "field leaves → element → field f"."""
+    words = {"[]": "element", "domain": "base type", "range": "subtype", "multirange": "range"}
+    return " → ".join(f"field {step[1:]}" if step.startswith(".") else words.get(step, step) for step in at.split())
+
+
+def relation_shapes(conn: psycopg.Connection, relation: str) -> dict[str, tuple[ShapeNode, ...]]:
+    """Every column of ``relation`` (a name as SQL writes it) by name, with its shape (empty: no composite in
+    it); nothing for a relation that is not there."""
+    oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (relation,)).fetchone()[0]
+    if oid is None:
+        return {}
+    names = dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
+                              "AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+    shapes = composite_shapes(conn, oid)
+    return {name: shapes.get(attnum, ()) for attnum, name in names.items()}
+
+
+def shape_changes(recorded: Sequence[dict], now_by_name: dict[str, tuple[ShapeNode, ...]]) -> list[str]:
+    """How the composites inside the columns (their shapes now, by name) differ from the shapes a manifest recorded
+    (its ``columns[].shape``; a column it records none for, or not at all, is not compared): a composite's fields
+    renamed, added, dropped or reordered, a node's type changed. Empty where they are the same."""
+    changes = []
+    for entry in recorded:
+        shape = entry.get("shape")
+        if not shape or entry.get("name") not in now_by_name:
+            continue
+        if not now_by_name[entry["name"]]:  # no composite in it any more (a column retyped: said where columns are)
+            continue
+        then = {n["at"]: (n["type"], tuple(n["fields"]) if n.get("fields") is not None else None) for n in shape}
+        here = {at: (kind, fields) for at, kind, fields, _ in now_by_name[entry["name"]]}
+        names = {at: name for at, _, _, name in now_by_name[entry["name"]]}
+        told: list[str] = []  # ways whose difference is said: nothing below them is said again
+        for at in sorted(then.keys() | here.keys(), key=lambda way: (len(way.split()), way)):
+            if any(at == way or at.startswith(way + " ") for way in told if way) or "" in told:
+                continue
+            was, now = then.get(at), here.get(at)
+            where = f"at {_way(at)}" if at else "itself"
+            if was is None or now is None:
+                changes.append(f"column {entry['name']!r}: {where} {'was added' if was is None else 'is gone'}")
+            elif was[1] != now[1]:
+                changes.append(f"column {entry['name']!r}: the composite {names[at]} {where} has the fields "
+                               f"({', '.join(now[1] or ())}) now, ({', '.join(was[1] or ())}) when archived")
+            elif was[0] != now[0]:
+                changes.append(f"column {entry['name']!r}: {where} is {now[0]} now, {was[0]} when archived")
+            else:
+                continue
+            told.append(at)
+    return changes
 
 
 def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INNER_TYPES
@@ -633,12 +719,14 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
     try:
         with conn.transaction():  # (a savepoint inside the caller's: the name's error must not abort it)
             inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))
+            shapes = composite_shapes(conn, oid)
             found = conn.execute(_COLUMNS_QUERY, (oid,)).fetchall()
     except (psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter) as exc:
         raise _name_not_utf8(conn, qualified_name, oid, exc) from None
     columns = tuple(Column(*r[1:], inner=tuple(t for t in inner.get(r[0], ()) if t.type in INNER_TYPES),
                            numbers=nested_numbers(inner.get(r[0], ())),
-                           unreadable=tuple(t for t in inner.get(r[0], ()) if t.type in UNREADABLE_TYPES))
+                           unreadable=tuple(t for t in inner.get(r[0], ()) if t.type in UNREADABLE_TYPES),
+                           shape=shapes.get(r[0], ()))
                     for r in found)
     if day_column is None:
         return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=None, oid=oid,

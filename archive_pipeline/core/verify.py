@@ -38,7 +38,8 @@ from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, apply_settings, speaks_utf8, \
     without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
-from archive_pipeline.core.source import Column, SourceTable, columns_as_archived, describe_table, day_filter
+from archive_pipeline.core.source import (Column, SourceTable, columns_as_archived, day_filter, describe_table,
+                                          relation_shapes, shape_changes)
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 
 log = logging.getLogger(__name__)
@@ -240,16 +241,19 @@ class ColumnsChangedError(ArchiveError):
 @speaks_utf8()
 def source_fingerprint(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                        algorithm: str = fingerprint.ALGORITHM,
-                       names: Sequence[str] | None = None) -> fingerprint.Fingerprint:
+                       names: Sequence[str] | None = None,
+                       recorded: Sequence[dict] = ()) -> fingerprint.Fingerprint:
     """The day's fingerprint in the source now (one snapshot), by ``algorithm`` (to compare with a
     manifest, the one it records: see ``fingerprint.algorithm_for``). With ``names`` (an archive's
     columns) it is computed over the source's columns of those names in that order, and raises
-    :class:`ColumnsChangedError` if the source's names are not those."""
-    return _fingerprint_now(conn, spec, spec.period(day), algorithm, names)[2]
+    :class:`ColumnsChangedError` if the source's names are not those, or if a composite inside a column is not
+    as ``recorded`` (the manifest's ``columns``) says it was."""
+    return _fingerprint_now(conn, spec, spec.period(day), algorithm, names, recorded)[2]
 
 
 def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, algorithm: str,
-                     names: Sequence[str] | None) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
+                     names: Sequence[str] | None, recorded: Sequence[dict] = ()
+                     ) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
     """(the day's table, its filter, its fingerprint now), in one snapshot (see :func:`source_fingerprint`)."""
     with conn.transaction():
         # the table's types read as the archive read them, PostgreSQL's names first: the fingerprint's settings
@@ -259,6 +263,14 @@ def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, alg
         table = source_table(conn, spec, day)
         where = day_filter(table, day)
         columns = archived_order(spec, day, table, names)
+        changes = shape_changes(recorded, {c.name: c.shape for c in table.columns})
+        if changes:  # a composite's text is positional: its values would be read as other fields' (or not at all)
+            raise ColumnsChangedError(
+                f"{spec.name} {day}: a type inside the source's columns changed since the day was archived: "
+                f"{'; '.join(changes)}", table=spec.name, day=day.isoformat(), retryable=False,
+                remedy="put the type back as it was (ALTER TYPE) to prove or compare the day, or archive the day "
+                       "again (overwrite) if the new type is right; the previous archive stays until the new one is "
+                       "complete")
         now = fingerprint.compute(conn, table.identifier, columns, where, algorithm)
         _columns_unchanged(conn, spec, day, table)
         return table, where, now
@@ -341,7 +353,8 @@ def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, mani
     # either, its columns (one added by a migration since) are not a change (as compare and re-runs see it).
     names = None if manifest.get("rows") == 0 else [c["name"] for c in manifest["columns"]]
     try:
-        now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded), names)
+        now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded), names,
+                                 manifest["columns"] if names is not None else ())
     except ColumnsChangedError as exc:
         return str(exc)
     except ArchiveError as exc:
@@ -428,7 +441,8 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
     with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(
-            conn, scratch_conn, spec, day, algorithm, [c["name"] for c in manifest["columns"]]) as source:
+            conn, scratch_conn, spec, day, algorithm, [c["name"] for c in manifest["columns"]],
+            manifest["columns"]) as source:
         problems = _download(store, manifest, sink)
         if problems:
             return problems
@@ -483,9 +497,10 @@ class _SourceFingerprint:
     (e.g. a connection limit), it is computed when asked for. Leaving the block early cancels it."""
 
     def __init__(self, conn: psycopg.Connection, scratch: psycopg.Connection, spec: TableSpec, day: Period,
-                 algorithm: str, names: Sequence[str]) -> None:
+                 algorithm: str, names: Sequence[str], recorded: Sequence[dict] = ()) -> None:
         self.conn, self.scratch, self.spec, self.day, self.algorithm = conn, scratch, spec, day, algorithm
         self.names = names
+        self.recorded = recorded
         self.side: psycopg.Connection | None = None
         self.thread: threading.Thread | None = None
         self.outcome: tuple | BaseException | None = None
@@ -514,7 +529,7 @@ class _SourceFingerprint:
             self.outcome = exc
 
     def compute(self, conn: psycopg.Connection) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
-        return _fingerprint_now(conn, self.spec, self.day, self.algorithm, self.names)
+        return _fingerprint_now(conn, self.spec, self.day, self.algorithm, self.names, self.recorded)
 
     def result(self) -> tuple[SourceTable, sql.Composable, fingerprint.Fingerprint]:
         if self.thread is None:
@@ -533,12 +548,30 @@ class _SourceFingerprint:
             self.side.close()
 
 
+def _types_changed(conn: psycopg.Connection, manifest: dict, target: sql.Composable) -> list[str]:
+    """How the composites inside ``target``'s columns differ from those the manifest recorded (see
+    :func:`~archive_pipeline.core.source.shape_changes`); empty where they do not, or cannot be read."""
+    try:
+        with conn.transaction():
+            return shape_changes(manifest.get("columns", []), relation_shapes(conn, target.as_string(conn)))
+    except psycopg.Error:
+        return []
+
+
 def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> None:
     from archive_pipeline.core.restore import ArchiveCorruptError, load_into  # the read path, imported here
 
     try:
         load_into(conn, path, manifest, target)
     except ArchiveCorruptError as exc:
+        changes = _types_changed(conn, manifest, target)
+        if changes:  # not the archive's doing: the types it is loaded into are not those it was archived with
+            raise ColumnsChangedError(
+                f"the archive {manifest['object']['uri']} does not load into its columns' types now: a type inside "
+                f"them changed since the day was archived: {'; '.join(changes)}", table=manifest.get("table"),
+                day=manifest.get("day"), retryable=False,
+                remedy="put the type back as it was (ALTER TYPE) to prove the day, or archive the day again "
+                       "(overwrite) if the source still holds it") from None
         if not isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
             raise
         encoding = conn.info.parameter_status("server_encoding")
