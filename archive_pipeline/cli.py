@@ -746,7 +746,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                      "days above): fix what they say and run the same command again", code=EXIT_USAGE)
     if failed:
         if overwrite:  # the same command would archive every day again, as new generations
-            again = "; ".join(f"archive --table {r['table']} --day {r['day']} --overwrite" for r in failed)
+            again = "; ".join(f"archive --table {shlex.quote(r['table'])} --day {r['day']} --overwrite" for r in failed)
             raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and archive those days again: "
                          f"{again}")
         raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and run the same command again "
@@ -761,10 +761,10 @@ def _verify_remedy(table: str, day: Period, problem: str = "") -> str:
         if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
             own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
             return f"{own}; then verify the day again (it was not checked)"
-        return f"verify the day again (verify --table {table} --day {day}) once the database and store answer: it " \
+        return f"verify the day again (verify --table {shlex.quote(table)} --day {day}) once the database and store answer: it " \
                "was not checked"
-    return (f"if the source still holds the day as it should be (compare --table {table} --day {day}), archive it "
-            f"again: archive --table {table} --day {day} --overwrite (a new generation; the damaged one is kept "
+    return (f"if the source still holds the day as it should be (compare --table {shlex.quote(table)} --day {day}), archive "
+            f"it again: archive --table {shlex.quote(table)} --day {day} --overwrite (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
             "backup of the bucket (its versions, a replica) before anything else")
 

@@ -289,6 +289,10 @@ _LOCAL_NETWORK = Classification(True, "a network connection was reset or timed o
 _OUT_OF_MEMORY_LOCAL = Classification(False, "the archiving process ran out of memory",
                                       "give the run more memory or lower chunk_size / the store's max_concurrency",
                                       "local")
+_NO_THREAD_LOCAL = Classification(False, "the archiving process could not start a thread (its limit of threads or "
+                                  "of memory is reached)", "give the run more memory or a higher thread limit "
+                                  "(ulimit -u, a container's pids limit), or lower the store's max_concurrency",
+                                  "local")
 _UNKNOWN = Classification(False, "an unexpected error", "read the message; it is not retried because nothing "
                           "says a retry would help", "unknown")
 
@@ -679,6 +683,8 @@ def _classify_one(exc: BaseException) -> Classification | None:
         return _classify_boto(exc)
     if isinstance(exc, MemoryError):
         return _OUT_OF_MEMORY_LOCAL
+    if isinstance(exc, RuntimeError) and "can't start new thread" in text:  # (CPython's words, any locale)
+        return _NO_THREAD_LOCAL
     if isinstance(exc, OSError):
         return _classify_os(exc, text)
     if module.startswith("pyarrow") and "[libpq]" in text:

@@ -1354,8 +1354,13 @@ class S3Upload:
                 self.upload_id = upload_id
                 for n in range(1, store.max_concurrency):
                     worker = threading.Thread(target=self._work, name=f"s3-upload-{n}", daemon=True)
+                    try:
+                        worker.start()
+                    except RuntimeError as exc:  # no thread to be had (a thread or memory limit): fewer workers
+                        log.warning("%s uploads with %d of %d threads: %s", store.uri(self.key), n,
+                                    store.max_concurrency, exc)
+                        break
                     self._threads.append(worker)
-                    worker.start()
         if orphan:  # aborted while we were creating it (abort() left the marker for this thread to settle)
             self._leftover = not self._abort_quietly(upload_id, None)
             if not self._leftover:

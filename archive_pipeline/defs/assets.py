@@ -178,7 +178,7 @@ def human_size(n: float) -> str:
         return f"{int(n):,} B"
     for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-        if n < 1024 or unit == "TiB":
+        if round(n, 1) < 1024 or unit == "TiB":  # (1023.96 KiB is 1.0 MiB, not "1,024.0 KiB")
             return f"{n:,.1f} {unit}"
     raise AssertionError("unreachable")
 
