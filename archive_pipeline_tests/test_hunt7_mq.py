@@ -38,3 +38,83 @@ def test_a_run_of_the_previous_version_holding_the_day_keeps_this_version_out(pg
             archive_partition(conn, spec, DAY, store)
         assert failure.value.retryable is True
         assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def _rename_during_read(pg, monkeypatch, statement: str):
+    """Run ``statement`` in another session once the day's fingerprint is taken, just before its rows are read."""
+    from archive_pipeline.core import archive
+
+    original = archive.write_day
+    other = pg.connect()
+    other.autocommit = True
+
+    def meanwhile(*args, **kwargs):
+        other.execute(statement)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "write_day", meanwhile)
+    return other
+
+
+def test_a_regprocedure_day_fails_when_an_argument_type_it_prints_is_renamed_during_its_read(pg, conn, schema, store,
+                                                                                          temp_dir, monkeypatch):
+    """An audit table ``audit (id int, at timestamptz, fn regprocedure)`` whose values name
+    ``s.price(s.money_amount)`` (regprocedure prints the argument types) is archived while a migration renames that
+    type (``ALTER TYPE s.money_amount RENAME TO amount``). What happens: the day is archived green; the fingerprint
+    hashed ``price(money_amount)``, the rows say ``price(amount)``: the manifest does not describe its own rows.
+    source.printed_names (a4b0355) tracks only the oids the day's values name, in pg_proc, with their schemas, not
+    the types a regprocedure (or regoperator) value prints inside its parentheses. What should happen: as for a
+    renamed function or schema, the run fails, retryable, "a name a regprocedure value prints ... was changed
+    while the day was read", nothing published."""
+    from archive_pipeline.core.errors import SourceError
+
+    s = f'"{schema}"'
+    conn.execute(f"CREATE DOMAIN {s}.money_amount AS numeric")
+    conn.execute(f"CREATE FUNCTION {s}.price(a {s}.money_amount) RETURNS numeric LANGUAGE sql AS 'SELECT a'")
+    conn.execute(f"CREATE TABLE {s}.audit (id int, at timestamptz, fn regprocedure)")
+    conn.execute(f"INSERT INTO {s}.audit SELECT g, '2024-03-10 01:00+00', '{s}.price({s}.money_amount)'::regprocedure "
+                 "FROM generate_series(1, 5) g")
+    spec = TableSpec(name=f"{schema}.audit", day_column="at", start_date=DAY, format="csv",
+                     partitioning={"mode": "column"})
+    other = _rename_during_read(pg, monkeypatch, f"ALTER DOMAIN {s}.money_amount RENAME TO amount")
+    try:
+        with pytest.raises(SourceError, match="was changed while the day was read") as failure:
+            archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+        assert failure.value.retryable is True
+    finally:
+        other.close()
+
+
+def test_a_regclass_day_fails_when_a_rename_hides_the_relation_its_values_name_unqualified(pg, conn, schema, store,
+                                                                                         temp_dir, monkeypatch):
+    """A role whose search_path is ``front, s`` archives ``s.audit (id int, at timestamptz, rel regclass)``, every
+    value ``s.orders``, which prints as ``orders`` (visible on the path). During the read a migration renames
+    ``front.staging`` to ``front.orders``: ``s.orders`` is no longer visible and prints ``s.orders``. What happens
+    (a regression of a4b0355): the day is archived green, its fingerprint over ``orders``, its rows ``s.orders``.
+    Before, any rename in pg_class failed the run (retryable); now only a rename of an oid the day's values name
+    does, and this rename changes how those values print without renaming them. What should happen: the run
+    fails, retryable, "a name a regclass value prints ... was changed while the day was read"."""
+    from archive_pipeline.core.errors import SourceError
+
+    front = f"{schema}_front"
+    conn.execute(f'CREATE SCHEMA "{front}"')
+    try:
+        conn.execute(f'CREATE TABLE "{front}".staging (id int)')
+        conn.execute(f'CREATE TABLE "{schema}".orders (id int)')
+        conn.execute(f'CREATE TABLE "{schema}".audit (id int, at timestamptz, rel regclass)')
+        conn.execute(f"INSERT INTO \"{schema}\".audit SELECT g, '2024-03-10 01:00+00', '\"{schema}\".orders'::regclass "
+                     "FROM generate_series(1, 5) g")
+        conn.execute(f'SET search_path = "{front}", "{schema}"')
+        assert conn.execute(f"SELECT rel::text FROM \"{schema}\".audit LIMIT 1").fetchone()[0] == "orders"
+        spec = TableSpec(name=f"{schema}.audit", day_column="at", start_date=DAY, format="csv",
+                         partitioning={"mode": "column"})
+        other = _rename_during_read(pg, monkeypatch, f'ALTER TABLE "{front}".staging RENAME TO orders')
+        try:
+            with pytest.raises(SourceError, match="was changed while the day was read") as failure:
+                archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+            assert failure.value.retryable is True
+        finally:
+            other.close()
+    finally:
+        conn.execute("RESET search_path")
+        conn.execute(f'DROP SCHEMA "{front}" CASCADE')
