@@ -9,6 +9,8 @@ import pytest
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline_tests.test_hunt4_gg import encoded_db  # noqa: F401 - a fixture: databases in other encodings
 
 DAY = dt.date(2024, 3, 10)
 
@@ -118,3 +120,27 @@ def test_a_regclass_day_fails_when_a_rename_hides_the_relation_its_values_name_u
     finally:
         conn.execute("RESET search_path")
         conn.execute(f'DROP SCHEMA "{front}" CASCADE')
+
+
+@pytest.mark.parametrize("encoding, value", [("EUC_JP", '{"name": "\\u3042\\u308a\\u304c\\u3068\\u3046"}'),
+                                             ("EUC_KR", '{"name": "\\ud55c\\uad6d"}'),
+                                             ("EUC_CN", '{"name": "\\u4e2d\\u6587"}')])
+def test_a_json_escape_of_a_character_a_multibyte_databases_encoding_has_is_archived(encoded_db, store, temp_dir,
+                                                                                    encoding, value):
+    """An EUC_JP (or EUC_KR, EUC_CN) database holds ``json`` written by a serializer that escapes everything beyond
+    ASCII (Python's json.dumps default): ``"\\u3042..."`` (hiragana), ``"\\ud55c\\uad6d"``, ``"\\u4e2d\\u6587"``,
+    characters each of those encodings has, which json_populate_record reads back there. What happens: JSONL
+    refuses the day ("a \\u escape of a character that this database's encoding, EUC_JP, does not have"):
+    05fd29b checks the repertoire only of single-byte encodings (jsonl._repertoire_escapes returns None for a
+    multibyte one, and every escape beyond ASCII is refused), the same false refusal test_hunt7_mb reported for
+    WIN1252, left in place for every multibyte server encoding. What should happen: only an escape of a character
+    the encoding lacks is refused (PostgreSQL's own conversion can be asked); this day archives and restores."""
+    db = encoded_db(encoding)
+    db.execute("CREATE TABLE ev (id int, at date, j json)")
+    db.execute("INSERT INTO ev VALUES (1, '2024-03-10', %s::json), (2, '2024-03-10', '[1]')", (value,))
+    assert db.execute("SELECT (j->>'name') IS NOT NULL FROM ev WHERE id = 1").fetchone()[0]  # the encoding has them
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="jsonl")
+    assert archive_partition(db, spec, DAY, store, temp_dir=str(temp_dir)).rows == 2
+    restored = restore_day(db, store, spec, DAY, into="new", target="public.back", temp_dir=str(temp_dir))
+    assert restored.rows == 2 and restored.fingerprint_checked
+    assert db.execute("SELECT j::text FROM back WHERE id = 1").fetchone()[0] == value
