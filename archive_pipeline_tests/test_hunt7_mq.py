@@ -144,3 +144,29 @@ def test_a_json_escape_of_a_character_a_multibyte_databases_encoding_has_is_arch
     restored = restore_day(db, store, spec, DAY, into="new", target="public.back", temp_dir=str(temp_dir))
     assert restored.rows == 2 and restored.fingerprint_checked
     assert db.execute("SELECT j::text FROM back WHERE id = 1").fetchone()[0] == value
+
+
+def test_deep_verification_whose_temp_dir_is_missing_names_table_day_and_directory(conn, schema, store, temp_dir,
+                                                                                    tmp_path):
+    """A user proves a day with ``deep_verify(conn, store, spec, day, temp_dir="/scratch/verify")`` (the Dagster
+    blocking check and ``verify --deep`` do the same with their temp_dir / TMPDIR) where that directory does not
+    exist (a volume not mounted yet, a typo). What happens: a bare ``FileNotFoundError: [Errno 2] No such file or
+    directory: '/scratch/verify/archive-pipeline-....verify'`` escapes deep_verify: no ArchiveError, no table, no
+    day, no remedy, not typed as local (verify's handlers catch psycopg.Error and ArchiveError only; the temp file
+    is created by sink.temp_archive_file before any of them). bbc1f9a made the archive name the temp directory
+    and restore already does ("no temp file for the download: the temp directory does not exist ... create it,
+    or point temp_dir at a directory that exists"); deep verification was left out. What should happen: a
+    non-retryable local ArchiveError naming the table, the day and the directory, as archive and restore give."""
+    s = f'"{schema}"'
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date)")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, '2024-03-10')")
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY)
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    from archive_pipeline.core.verify import deep_verify
+
+    missing = tmp_path / "not-mounted"
+    with pytest.raises(ArchiveError) as failure:
+        deep_verify(conn, store, spec, DAY, temp_dir=str(missing))
+    assert failure.value.retryable is False
+    assert spec.name in str(failure.value) and DAY.isoformat() in str(failure.value)
+    assert str(missing) in str(failure.value)
