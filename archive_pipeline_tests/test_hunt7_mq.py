@@ -63,7 +63,8 @@ def test_a_regprocedure_day_fails_when_an_argument_type_it_prints_is_renamed_dur
     """An audit table ``audit (id int, at timestamptz, fn regprocedure)`` whose values name
     ``s.price(s.money_amount)`` (regprocedure prints the argument types) is archived while a migration renames that
     type (``ALTER TYPE s.money_amount RENAME TO amount``). What happens: the day is archived green; the fingerprint
-    hashed ``price(money_amount)``, the rows say ``price(amount)``: the manifest does not describe its own rows.
+    hashed ``price(money_amount)``, the rows say ``price(amount)``: the manifest does not describe its own rows
+    (deep_verify then says "the archive's rows are not the ones recorded" of an archive nobody touched).
     source.printed_names (a4b0355) tracks only the oids the day's values name, in pg_proc, with their schemas, not
     the types a regprocedure (or regoperator) value prints inside its parentheses. What should happen: as for a
     renamed function or schema, the run fails, retryable, "a name a regprocedure value prints ... was changed
