@@ -125,7 +125,7 @@ def test_a_regclass_day_fails_when_a_rename_hides_the_relation_its_values_name_u
 
 @pytest.mark.parametrize("encoding, value", [("EUC_JP", '{"name": "\\u3042\\u308a\\u304c\\u3068\\u3046"}'),
                                              ("EUC_KR", '{"name": "\\ud55c\\uad6d"}'),
-                                             ("EUC_CN", '{"name": "\\u4e2d\\u6587"}')])
+                                             ("EUC_CN", '{"name": "\\u4e2d\\u6587"}')], ids=["EUC_JP", "EUC_KR", "EUC_CN"])
 def test_a_json_escape_of_a_character_a_multibyte_databases_encoding_has_is_archived(encoded_db, store, temp_dir,
                                                                                     encoding, value):
     """An EUC_JP (or EUC_KR, EUC_CN) database holds ``json`` written by a serializer that escapes everything beyond
