@@ -508,17 +508,14 @@ def _named_in_day(conn: psycopg.Connection, table: SourceTable, where: sql.Compo
 
 
 def _catalog_names(conn: psycopg.Connection, type_name: str, oids: list[int] | None = None) -> list[tuple[str, str]]:
-    """(oid, name and schema) of every object a ``type_name`` value may name (or of those of ``oids``), and of
-    every schema (of theirs)."""
+    """(oid, the name a ``type_name`` value of it prints now) of every object such a value may name (or of those
+    of ``oids``): printed by the type's own output in this session, so all a value's text depends on is in it (a
+    function's argument types, the schema a relation is qualified with where the path no longer finds it first)."""
+    query = (f"SELECT x.oid::text, pg_catalog.concat(x.oid::pg_catalog.{type_name}) "
+             f"FROM ({_NAMED_BY_CATALOG[type_name]}) AS x(oid, n, ns)")
     if oids is None:
-        return conn.execute(f"SELECT x.oid::text, x.n || ' in ' || x.ns::text FROM ({_NAMED_BY_CATALOG[type_name]}) "
-                            "AS x(oid, n, ns) UNION ALL SELECT 'schema ' || oid::text, nspname::text "
-                            "FROM pg_catalog.pg_namespace").fetchall()
-    return conn.execute(f"WITH x(oid, n, ns) AS (SELECT * FROM ({_NAMED_BY_CATALOG[type_name]}) AS c(oid, n, ns) "
-                        "WHERE c.oid = ANY(%s::pg_catalog.oid[])) "
-                        "SELECT x.oid::text, x.n || ' in ' || x.ns::text FROM x UNION ALL SELECT 'schema ' || "
-                        "n.oid::text, n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.oid IN (SELECT ns FROM x)",
-                        (oids,)).fetchall()
+        return conn.execute(query).fetchall()
+    return conn.execute(query + " WHERE x.oid = ANY(%s::pg_catalog.oid[])", (oids,)).fetchall()
 
 
 def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: PrintedNames) -> None:
@@ -541,7 +538,7 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
             changed.append("an enum label (ALTER TYPE ... RENAME VALUE)")
     for type_name in sorted({kind.split(":", 1)[1] for kind, _, _ in names if kind.startswith("named:")}):
         then = {key: name for kind, key, name in names if kind == f"named:{type_name}"}
-        now = dict(_catalog_names(conn, type_name, [int(key) for key in then if not key.startswith("schema ")]))
+        now = dict(_catalog_names(conn, type_name, [int(key) for key in then]))
         if any(key in now and now[key] != name for key, name in then.items()):
             changed.append(f"a name a {type_name} value prints (a relation, type, function or schema renamed)")
     if changed:
