@@ -37,3 +37,18 @@ def test_a_very_long_timezone_is_a_config_error(tmp_path):
         load_config(path)
     message = str(info.value)
     assert str(path) in message and "public.events" in message and "timezone" in message
+
+
+@pytest.mark.parametrize("typo", ["day column", "'day_column '", "dáy_column"])
+def test_a_mistyped_setting_with_a_space_or_accent_gets_the_nearest_name(tmp_path, typo):
+    """A user writes `day column:` (a space for the underscore), `'day_column ':` (a trailing space inside
+    quotes) or `dáy_column:` (a dead key). The load says "a setting of 10 characters: unknown setting (not
+    shown: is this the YAML file of the tables?)", with no nearest valid name, and suggests the file is the
+    wrong one. A typo of a known setting should get the nearest valid name ('day_column'), as `day-column`
+    and `Day_Column` do (the key itself need not be quoted)."""
+    path = _write(tmp_path, f"tables:\n  - name: public.events\n    {typo}: created_at\n"
+                            "    start_date: 2024-01-01\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "public.events" in message and "did you mean 'day_column'" in message, message
