@@ -52,3 +52,39 @@ def test_a_mistyped_setting_with_a_space_or_accent_gets_the_nearest_name(tmp_pat
         load_config(path)
     message = str(info.value)
     assert "public.events" in message and "did you mean 'day_column'" in message, message
+
+
+def _exception_chain(error: BaseException | None) -> list[BaseException]:
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+@pytest.mark.parametrize("typo", ["tabels", "schedul", "asset_key_prefx"])
+def test_a_mistyped_component_attribute_gets_the_nearest_name(tmp_path, monkeypatch, typo):
+    """A user writes the component's inline settings in defs.yaml (README: "Both forms are validated by the
+    same code and fail the load with the same messages as the file") and mistypes a section: `tabels:`.
+    In archive_tables.yaml that is "setting 'tabels': unknown setting; did you mean 'tables'?"; in the
+    component's attributes the load fails with pydantic's bare "Extra inputs are not permitted" for
+    ArchiveTablesComponentModel, no nearest valid name. It should name the setting and suggest the nearest
+    valid one as the file does."""
+    from dagster import load_from_defs_folder
+
+    from archive_pipeline_tests.test_deploy import _make_project
+
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "host=127.0.0.1 port=1 dbname=x")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+    sections = {"tables": "tables:\n    - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n",
+                "schedule": "schedule: {hour: 2}\n", "asset_key_prefix": "asset_key_prefix: [eu]\n"}
+    right = {"tabels": "tables", "schedul": "schedule", "asset_key_prefx": "asset_key_prefix"}[typo]
+    attributes = "".join(f"  {text.replace(right + ':', typo + ':', 1) if name == right else text}"
+                         for name, text in sections.items())
+    _make_project(tmp_path, "type: archive_pipeline.defs.component.ArchiveTablesComponent\nattributes:\n"
+                            + attributes)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Exception) as info:
+        load_from_defs_folder(path_within_project=tmp_path)
+    text = "\n".join(str(e) for e in _exception_chain(info.value))
+    assert typo in text and f"did you mean '{right}'" in text, text
