@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from psycopg import sql
 
-from archive_pipeline.core.config import ConfigError, load_config
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import ConfigError, TableSpec, load_config
 
 
 def _write(tmp_path, text: str):
@@ -88,3 +90,24 @@ def test_a_mistyped_component_attribute_gets_the_nearest_name(tmp_path, monkeypa
         load_from_defs_folder(path_within_project=tmp_path)
     text = "\n".join(str(e) for e in _exception_chain(info.value))
     assert typo in text and f"did you mean '{right}'" in text, text
+
+
+@pytest.mark.parametrize("before,after", [("Europe/Kiev", "Europe/Kyiv"), ("UTC", "Etc/UTC"),
+                                          ("Asia/Calcutta", "Asia/Kolkata")])
+def test_renaming_a_zone_to_its_canonical_name_keeps_the_archived_days(conn, schema, store, before, after):
+    """A table archived with `timezone: Europe/Kiev` is later written with the zone's current IANA name,
+    `Europe/Kyiv` (tzdata 2022b renamed it; Kiev is a link to it, the very same rules), or `UTC` as
+    `Etc/UTC`. Re-running an archived day with unchanged rows now fails with ForeignArchiveError: "holds the
+    daily period 2024-03-10 in Europe/Kiev, and the table is now configured as daily in Europe/Kyiv: another
+    period with the same key, not this one's rows; set overwrite" — but it is the same period and the same
+    rows. The change should be handled (the period compared by its instants, not the zone's spelling): the
+    day is found identical and skipped."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-10 13:00+00')").format(table))
+    first = archive_partition(conn, TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                                              timezone=before), "2024-03-10", store)
+    assert first.rows == 2 and not first.skipped
+    again = archive_partition(conn, TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                                              timezone=after), "2024-03-10", store)
+    assert again.skipped and again.rows == 2
