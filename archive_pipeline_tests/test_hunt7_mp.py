@@ -111,3 +111,31 @@ def test_renaming_a_zone_to_its_canonical_name_keeps_the_archived_days(conn, sch
     again = archive_partition(conn, TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
                                               timezone=after), "2024-03-10", store)
     assert again.skipped and again.rows == 2
+
+
+@pytest.mark.parametrize("given", ["settings", "path"])
+def test_the_factory_given_the_settings_or_the_file_path_says_what_it_takes(tmp_path, given):
+    """A Python user calls the factory with what they have at hand: `build_definitions({"tables": [...]})`
+    (the settings dict the README shows parse_config taking) or `build_definitions("archive_tables.yaml")`.
+    The factory fails with a bare `AttributeError: 'dict' object has no attribute 'origin'` (with resources
+    given: '... no attribute 'tables''; 'str' for the path), from deep inside; an empty dict is taken as "no
+    config" and ./archive_tables.yaml is read instead. It should either take them (parse/load them) or refuse with a message that says what it
+    takes: an ArchiveConfig from load_config(path) or parse_config(dict)."""
+    from dagster_aws.s3 import S3Resource
+
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+
+    settings = {"tables": [{"name": "public.events", "day_column": "created_at", "start_date": "2024-01-01"}]}
+    path = _write(tmp_path, "tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n")
+    resources = {"postgres": PostgresResource(dsn="postgresql://nobody@127.0.0.1:1/x"),
+                 "archive_store": ArchiveStoreResource(s3=S3Resource(), bucket="b")}
+    try:
+        defs = build_definitions(settings if given == "settings" else str(path), resources, check_source=False)
+    except Exception as exc:  # noqa: BLE001
+        text = str(exc)
+        assert not isinstance(exc, AttributeError) and ("parse_config" in text or "load_config" in text), (
+            f"{type(exc).__name__}: {text}")
+    else:
+        assert [key.path for key in defs.resolve_asset_graph().get_all_asset_keys()
+                if key.path[0] == "archive"] == [["archive", "public", "events"]]
