@@ -139,3 +139,21 @@ def test_the_factory_given_the_settings_or_the_file_path_says_what_it_takes(tmp_
     else:
         assert [key.path for key in defs.resolve_asset_graph().get_all_asset_keys()
                 if key.path[0] == "archive"] == [["archive", "public", "events"]]
+
+
+@pytest.mark.parametrize("padding", ["\n", " "])
+def test_a_config_variable_with_white_space_around_it_finds_the_file(tmp_path, monkeypatch, padding):
+    """A deployment sets ARCHIVE_PIPELINE_CONFIG from a mounted file or a templated manifest, and the value
+    ends in a newline (or starts with a space). Every other variable is read without the white space around
+    it (ARCHIVE_PG_DSN, ARCHIVE_S3_*: "a value mounted from a file ends in a newline"), but this one fails the
+    load with "archive configuration /path/tables.yaml\\n not found ($ARCHIVE_PIPELINE_CONFIG names it ...)",
+    naming a file that exists, the white space invisible in the message. It should load the file (or at
+    least say that the variable's value holds white space)."""
+    path = _write(tmp_path, "tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n")
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", f"{path}{padding}" if padding == "\n" else f"{padding}{path}")
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        assert "white space" in str(exc) or "whitespace" in str(exc), str(exc)
+    else:
+        assert [spec.name for spec in config.tables] == ["public.events"]
