@@ -157,3 +157,24 @@ def test_a_config_variable_with_white_space_around_it_finds_the_file(tmp_path, m
         assert "white space" in str(exc) or "whitespace" in str(exc), str(exc)
     else:
         assert [spec.name for spec in config.tables] == ["public.events"]
+
+
+def test_a_component_key_template_with_double_braces_does_not_lose_the_prefix_silently():
+    """In a component's defs.yaml, where Dagster users write templates as `{{ ... }}`, a user writes the
+    inline key_template `"{{ prefix }}/{schema}.{table}/{date}.{ext}"`. Dagster renders the attributes as
+    Jinja first, `prefix` is no name in its scope and becomes the empty string, and the table loads with
+    key_template '/{schema}.{table}/{date}.{ext}': every archive is written outside ARCHIVE_S3_PREFIX, at
+    the bucket's root, and nothing says so. The same line in archive_tables.yaml is taken as written. The
+    value should not be dropped silently: the load should refuse it (naming key_template / the unknown name
+    'prefix') or keep it as written."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    attributes = ("tables:\n  - name: public.events\n    day_column: created_at\n    start_date: 2024-01-01\n"
+                  '    key_template: "{{ prefix }}/{schema}.{table}/{date}.{ext}"\n')
+    try:
+        component = ArchiveTablesComponent.resolve_from_yaml(attributes)
+        template = component.archive_config().tables[0].key_template
+    except Exception as exc:  # noqa: BLE001 - refused: it must say what
+        assert "prefix" in str(exc), f"{type(exc).__name__}: {exc}"
+    else:
+        assert "prefix" in template, template
