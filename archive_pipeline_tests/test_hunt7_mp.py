@@ -178,3 +178,25 @@ def test_a_component_key_template_with_double_braces_does_not_lose_the_prefix_si
         assert "prefix" in str(exc), f"{type(exc).__name__}: {exc}"
     else:
         assert "prefix" in template, template
+
+
+def test_a_changed_day_column_is_named_when_an_archived_day_is_refused(conn, schema, store):
+    """A user archives a table by `day_column: created_at`, then edits the YAML to `day_column: updated_at`
+    (the column they meant) and re-runs an archived day. The run is refused as "changed since it was
+    archived ...: it has 1 rows now, the archive holds 2 (rows arrived or were deleted late)": blaming late
+    rows in the database for what is a change of the table's configuration (the manifest records
+    day_column 'created_at'). The refusal should say that the day_column changed (created_at → updated_at),
+    so the user knows the archive holds other rows by design and what overwrite would replace."""
+    from archive_pipeline.core.errors import ArchiveError
+
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, created_at timestamptz, updated_at timestamptz)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00', '2024-03-10 13:00+00'), "
+                         "(2, '2024-03-10 12:00+00', '2024-03-12 09:00+00')").format(table))
+    archive_partition(conn, TableSpec(name=f"{schema}.ev", day_column="created_at", start_date="2024-01-01"),
+                      "2024-03-10", store)
+    with pytest.raises(ArchiveError) as info:
+        archive_partition(conn, TableSpec(name=f"{schema}.ev", day_column="updated_at", start_date="2024-01-01"),
+                          "2024-03-10", store)
+    message = str(info.value)
+    assert "day_column" in message and "created_at" in message and "updated_at" in message, message
