@@ -200,3 +200,22 @@ def test_a_changed_day_column_is_named_when_an_archived_day_is_refused(conn, sch
                           "2024-03-10", store)
     message = str(info.value)
     assert "day_column" in message and "created_at" in message and "updated_at" in message, message
+
+
+@pytest.mark.parametrize("region", ["eu_west_1", "eu-west-1.", "-eu-west-1"])
+def test_a_region_botocore_refuses_fails_the_load_as_on_the_command_line(tmp_path, monkeypatch, region):
+    """ARCHIVE_S3_REGION=eu_west_1 (underscores for hyphens). The command line refuses it before anything runs:
+    "$ARCHIVE_S3_REGION 'eu_west_1' is not a region name: set it to the store's region ...". The code
+    location loads it without a word (only white space and control characters are checked), and then every
+    run, check and retention step fails building the S3 client (botocore's InvalidRegionError). The load
+    should fail naming the variable, as a bucket name botocore refuses does."""
+    from archive_pipeline.definitions import build_definitions
+
+    path = _write(tmp_path, "tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n")
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(path))
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "host=127.0.0.1 port=1 dbname=x")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+    monkeypatch.setenv("ARCHIVE_S3_REGION", region)
+    with pytest.raises(ConfigError) as info:
+        build_definitions(check_source=False)
+    assert "ARCHIVE_S3_REGION" in str(info.value)
