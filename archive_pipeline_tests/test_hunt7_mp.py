@@ -219,3 +219,25 @@ def test_a_region_botocore_refuses_fails_the_load_as_on_the_command_line(tmp_pat
     with pytest.raises(ConfigError) as info:
         build_definitions(check_source=False)
     assert "ARCHIVE_S3_REGION" in str(info.value)
+
+
+@pytest.mark.parametrize("variable", ["ARCHIVE_PG_DSN", "ARCHIVE_PG_PRIMARY_DSN"])
+@pytest.mark.parametrize("dsn", ["postgresql://archiver:s3cr3t@127.0.0.1:54x32/db",
+                                 "host=127.0.0.1 dbname=db user=archiver pasword=s3cr3t"])
+def test_a_connection_string_libpq_cannot_parse_fails_the_load(tmp_path, monkeypatch, variable, dsn):
+    """The DSN variable holds a connection string libpq cannot even parse (a mistyped port, a misspelled
+    key such as `pasword=`). The command line refuses it before anything runs ("$ARCHIVE_PG_DSN is not a
+    valid connection string: ..."). The code location loads: ARCHIVE_PG_DSN with a warning that it "could not
+    reach the source database ... runs will fail until it is reachable" (no wait fixes a malformed string),
+    ARCHIVE_PG_PRIMARY_DSN without a word, its first removal or deep check failing. The load should fail
+    with a ConfigError naming the variable (and not the password)."""
+    from archive_pipeline.definitions import build_definitions
+
+    path = _write(tmp_path, "tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n")
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(path))
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "host=127.0.0.1 port=1 dbname=x connect_timeout=1")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+    monkeypatch.setenv(variable, dsn)
+    with pytest.raises(ConfigError) as info:
+        build_definitions()
+    assert variable in str(info.value) and "s3cr3t" not in str(info.value)
