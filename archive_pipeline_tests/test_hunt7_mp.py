@@ -241,3 +241,24 @@ def test_a_connection_string_libpq_cannot_parse_fails_the_load(tmp_path, monkeyp
     with pytest.raises(ConfigError) as info:
         build_definitions()
     assert variable in str(info.value) and "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize("setting,value,nearest", [
+    ("key_template", '"{prefix}/{schema}.{tabel}/{date}.{ext}"', "table"),
+    ("key_template", '"{prefix}/{schema}.{table}/{dat}.{ext}"', "date"),
+    ("timezone", "Europe/Berln", "Europe/Berlin"),
+    ("timezone", "America/New York", "America/New_York"),
+])
+def test_a_misspelled_placeholder_or_zone_gets_the_nearest_valid_name(tmp_path, setting, value, nearest):
+    """A user mistypes a key_template placeholder (`{tabel}`, `{dat}`) or a zone (`Europe/Berln`, `America/New
+    York`). The load is refused naming the table and setting, but with no nearest valid name: "uses unknown
+    field(s) ['tabel']; allowed: [...eleven names...]", "unknown time zone 'Europe/Berln'; use an IANA name such
+    as 'UTC' or 'Europe/Berlin'". The promise for a typo is the nearest valid name, as an unknown setting gets
+    ("did you mean 'day_column'?"): here 'table', 'date', 'Europe/Berlin', 'America/New_York'."""
+    path = _write(tmp_path, f"tables:\n  - name: public.events\n    day_column: created_at\n"
+                            f"    start_date: 2024-01-01\n    {setting}: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert setting in message and "did you mean" in message and repr(nearest) in message.split("did you mean")[1], \
+        message
