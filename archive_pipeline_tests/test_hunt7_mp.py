@@ -262,3 +262,19 @@ def test_a_misspelled_placeholder_or_zone_gets_the_nearest_valid_name(tmp_path, 
     message = str(info.value)
     assert setting in message and "did you mean" in message and repr(nearest) in message.split("did you mean")[1], \
         message
+
+
+def test_the_same_table_listed_twice_is_called_a_duplicate_not_a_name_clash(tmp_path):
+    """A user lists public.events twice (a copy-paste, or a second entry meant to archive it as parquet too).
+    The load is refused with "tables 'public.events' and 'public.events' map to the same asset name
+    'public/events' (Dagster names keep lower-case letters, digits and '_'); rename one of them in the
+    database, or archive it from a second code location": advice for two different tables whose names
+    meet, telling the user to rename a production table. It should say the table is listed twice (entries
+    1 and 2) and to keep one entry."""
+    path = _write(tmp_path, "tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n"
+                            "  - {name: public.events, day_column: created_at, start_date: 2024-01-01, "
+                            "format: parquet}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "twice" in message and "rename one of them in the database" not in message, message
