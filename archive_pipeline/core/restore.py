@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import hashlib
 import itertools
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -47,7 +45,7 @@ from archive_pipeline.core.source import (NUMBER_TYPES, Column, day_filter, desc
                                           relation_name, relation_shapes, shape_changes, stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
-from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
+from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 _names = itertools.count()
 
@@ -370,7 +368,7 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
     try:  # nameless (see sink.py): gone with the process however it ends, SIGKILL included
         fd, path, name = open_nameless(temp_dir, ".archive")
     except OSError as exc:
-        raise _local_error(exc, table, day, temp_dir) from exc
+        raise temp_file_refused(exc, table, day, temp_dir, "restoring", "the download") from exc
     try:
         with os.fdopen(fd, "wb", buffering=0, closefd=False) as file:
             sink = _HashingWriter(file)
@@ -423,20 +421,6 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
         os.close(fd)
         if name is not None:
             name.unlink(missing_ok=True)
-
-
-def _local_error(exc: OSError, table: str | None, day: str | None, temp_dir) -> ArchiveError:
-    """The temp file for the download could not be created: a local problem, named as one."""
-    directory = os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
-    found = classify(exc)
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    cause = f"the temp directory {directory} is full" if full else f"{found.cause} ({directory})"
-    remedy = (f"free space in {directory}, or pass temp_dir (TMPDIR for the default) on a volume that holds the "
-              "whole object" if full else f"{found.remedy} (the temp directory: {directory})")
-    return LocalFileError(f"restoring {table} for {day}: no temp file for the download: {cause} "
-                          f"({type(exc).__name__}: {exc}); a local problem, not the store's or the archive's; "
-                          "nothing was loaded", table=table, day=day, retryable=False, remedy=remedy, cause=cause,
-                          directory=directory)
 
 
 def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) -> dict | None:

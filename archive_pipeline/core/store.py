@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -935,6 +936,25 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001 - leftovers cost storage, not correctness; a lifecycle rule also helps
             log.warning("could not abort stale multipart uploads of %s (%s); a bucket lifecycle rule "
                         "(AbortIncompleteMultipartUpload) will remove them", self.uri(key), _said(exc))
+
+
+def temp_file_refused(exc: OSError, table: str | None, day: str | None, temp_dir: str | os.PathLike | None,
+                      doing: str, what: str) -> LocalFileError:
+    """The temp file of ``what`` (the download, the proof's copy) could not be created: a local problem of the
+    directory, named as one, with the setting that moves it."""
+    from archive_pipeline.core.errors import classify
+
+    directory = os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+    found = classify(exc)
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    cause = f"the temp directory {directory} is full" if full else f"{found.cause} ({directory})"
+    remedy = (f"free space in {directory}, or pass temp_dir (TMPDIR for the default) on a volume that holds the "
+              "whole object" if full else f"{found.remedy} (the temp directory: {directory}; temp_dir sets it, "
+              "TMPDIR the default)")
+    return LocalFileError(f"{doing} {table} for {day}: no temp file for {what}: {cause} "
+                          f"({type(exc).__name__}: {exc}); a local problem, not the store's or the archive's; "
+                          "nothing was loaded", table=table, day=day, retryable=False, remedy=remedy, cause=cause,
+                          directory=directory)
 
 
 def _local_write_error(exc: OSError, uri: str, sink: Any) -> LocalFileError:

@@ -17,7 +17,8 @@ import io
 import itertools
 import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import psycopg
@@ -40,7 +41,7 @@ from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, SourceTable, columns_as_archived, day_filter, describe_table,
                                           relation_shapes, shape_changes)
-from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
+from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,21 @@ def object_problems(store: S3Store, manifest: dict) -> list[str]:
     return stored_problems(store, manifest) and stored_problems(store, manifest)
 
 
+@contextlib.contextmanager
+def _proof_file(manifest: dict, temp_dir: str | None) -> Iterator[Any]:
+    """The temp file a proof downloads the object into; one that cannot be created (the directory missing, full,
+    not writable) is a local error naming table, day and directory, not a bare OSError."""
+    with contextlib.ExitStack() as stack:
+        try:
+            sink = stack.enter_context(temp_archive_file(temp_dir, suffix=".verify"))
+        except OSError as exc:
+            raise temp_file_refused(exc, manifest.get("table"), manifest.get("day"), temp_dir, "proving",
+                                    "the downloaded object") from None
+        yield sink
+
+
 def _download_problems(store: S3Store, manifest: dict, expected: dict, temp_dir: str | None = None) -> list[str]:
-    with temp_archive_file(suffix=".verify", temp_dir=temp_dir) as sink:
+    with _proof_file(manifest, temp_dir) as sink:
         problems = _download(store, manifest, sink)
         if problems:
             return problems
@@ -440,7 +454,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                                retryable=False)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
-    with temp_archive_file(temp_dir, suffix=".verify") as sink, _SourceFingerprint(
+    with _proof_file(manifest, temp_dir) as sink, _SourceFingerprint(
             conn, scratch_conn, spec, day, algorithm, [c["name"] for c in manifest["columns"]],
             manifest["columns"]) as source:
         problems = _download(store, manifest, sink)
