@@ -65,3 +65,19 @@ def test_a_json_escape_the_encoding_holds_archives_and_restores_one_it_lacks_is_
     with pytest.raises(ArchiveError) as refused:
         archive_partition(db, spec, DAY + dt.timedelta(days=1), store, temp_dir=str(temp_dir))
     assert "'j'" in str(refused.value) and encoding in str(refused.value), refused.value
+
+
+def test_a_json_escape_an_euc_jp_database_lacks_is_refused_naming_the_column(encoded_db, store, temp_dir):  # noqa: F811
+    """In an EUC_JP database a json value holds the escape of an emoji (a surrogate pair: U+1F600, which EUC_JP has
+    no character for). JSONL archives a value holding such an escape only where the database can parse it back,
+    as a restore will (it converts the escape into EUC_JP): here the day is refused, naming the column, and
+    nothing is stored."""
+    db = encoded_db("EUC_JP")
+    db.execute("CREATE TABLE ev (id int, at date, j json)")
+    db.execute("INSERT INTO ev VALUES (1, '2024-03-10', %s::json)", ('{"a": "\\ud83d\\ude00"}',))
+    spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="jsonl", compression="zstd")
+    with pytest.raises(ArchiveError) as refused:
+        archive_partition(db, spec, DAY, store, temp_dir=str(temp_dir))
+    assert "'j'" in str(refused.value) and not refused.value.retryable, refused.value
+    assert "EUC_JP" in str(refused.value) and "csv or parquet" in str(refused.value), refused.value
+    assert store.client.list_objects_v2(Bucket=store.bucket).get("KeyCount", 0) == 0

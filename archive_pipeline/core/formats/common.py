@@ -558,7 +558,14 @@ class CopyFormat:
         except psycopg.Error:
             return exc
         culprits, failure = failing_columns(extraction.conn, table, extraction.where, self.probes(table))
-        return explain_value_failure(self.name, table, failure or exc, culprits)
+        return self.refused_by_parse(table, failure or exc, culprits) or \
+            explain_value_failure(self.name, table, failure or exc, culprits)
+
+    def refused_by_parse(self, table: SourceTable, exc: BaseException, culprits: list[int] | None
+                         ) -> UnsupportedTypeError | None:
+        """A value failure the format's own check raised by parsing a value as its restore will (JSONL's json
+        escapes in a multibyte database), as the refusal it is; None for any other."""
+        return None
 
 
 def refusal_remedy(reason: str, format_name: str) -> str:

@@ -6,13 +6,18 @@ from __future__ import annotations
 from psycopg import sql
 from psycopg._encodings import pg2pyenc  # (psycopg's own table of PostgreSQL encodings)
 
+from archive_pipeline.core.errors import UnsupportedTypeError
 from archive_pipeline.core.formats.common import (
+    REFUSALS,
     CopyFormat,
     day_query,
     encoding,
     output_text,
     raise_in_sql,
     refuse_ambiguous_names,
+    refusal_remedy,
+    refused_column,
+    sqlstate_of,
     xml_text,
 )
 from archive_pipeline.core.source import Column, SourceTable
@@ -71,6 +76,8 @@ def _repertoire_escapes(encoding: str) -> str | None:
     return "|".join(f"{head}[{''.join(sorted(tails))}]" for head, tails in sorted(kept.items())) or None
 
 
+# PostgreSQL's multibyte server encodings other than UTF8
+_MULTIBYTE = frozenset({"EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004", "MULE_INTERNAL"})
 # PostgreSQL's single-byte server encodings (SQL_ASCII apart), each with a Python codec (psycopg's table)
 _SINGLE_BYTE = frozenset({*(f"LATIN{n}" for n in range(1, 11)), *(f"WIN{n}" for n in range(1250, 1259)),
                           "WIN866", "WIN874", "KOI8R", "KOI8U", "ISO_8859_5", "ISO_8859_6", "ISO_8859_7",
@@ -85,6 +92,10 @@ def _escape_beyond_encoding(encoding: str | None) -> str | None:
         return "pg_catalog.current_setting('server_encoding') <> 'UTF8' AND " + _BEYOND_ASCII_ESCAPE
     if encoding == "UTF8":
         return None
+    if encoding in _MULTIBYTE:
+        # too many characters to list: a value holding such an escape is parsed as the restore will parse it, which
+        # converts each escape into the database's encoding and fails (22P05, naming the value) where it lacks one
+        return _REAL_ESCAPES + " ~* " + _BEYOND_ASCII + " AND {c}::text::pg_catalog.jsonb IS NULL"
     kept = _repertoire_escapes(encoding)
     text = _REAL_ESCAPES if kept is None else f"regexp_replace({_REAL_ESCAPES}, '\\\\u({kept})', '', 'gi')"
     return text + " ~* " + _BEYOND_ASCII
@@ -230,6 +241,20 @@ class JsonLines(CopyFormat):
         return sql.SQL("CASE WHEN {plain} THEN pg_catalog.row_to_json(r.*) "
                        "ELSE (SELECT pg_catalog.row_to_json(x.*) FROM (SELECT {again}) AS x) END").format(
             plain=plain, again=again)
+
+    def refused_by_parse(self, table: SourceTable, exc: BaseException, culprits: list[int] | None
+                         ) -> UnsupportedTypeError | None:
+        """A json value's \\u escape of a character a multibyte database's encoding lacks: its parse (see
+        ``_escape_beyond_encoding``) fails 22P05, which is the json_escape_encoding refusal."""
+        if sqlstate_of(exc) != "22P05" or table.encoding not in _MULTIBYTE or not culprits or len(culprits) != 1:
+            return None
+        col = table.columns[culprits[0]]
+        if col.base_type != "json" or col.is_array:
+            return None
+        reason = "json_escape_encoding"
+        return UnsupportedTypeError(
+            f"{refused_column(col, reason)} of {table.qualified} {REFUSALS[reason].replace('{encoding}', table.encoding)} "
+            f"in {self.name}; {refusal_remedy(reason, self.name)}", table=table.qualified, retryable=False)
 
     def output_type(self, col: Column) -> str:
         """The short form of the column's encoding: "number", "array of string", "embedded JSON", ..."""
