@@ -181,7 +181,13 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     it ends up in, including the implicit asset job that UI backfills use; pass ``None`` when
     merging into a project that sets its own. This project's jobs run in-process either way.
     """
-    config = config or load_config()
+    if config is None:
+        config = load_config()
+    elif not isinstance(config, ArchiveConfig):  # a dict of the YAML's settings, a path: say what it takes
+        given = type(config).__name__
+        raise TypeError(f"build_definitions takes an ArchiveConfig, not a {given}: build one with "
+                        "archive_pipeline.core.config.parse_config(settings) from a dict of the YAML file's settings, "
+                        "or load_config(path) from a file")
     if resources is None:
         require_environment(config.origin)
     check_keys_fit(config, _store_prefix(resources))

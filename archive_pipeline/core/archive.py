@@ -584,7 +584,7 @@ class _Archiving:
         except ForeignManifestError as exc:  # the readers' refusal, in the same words
             raise ForeignArchiveError(f"{self.store.uri(self.key)}: {exc.message}; this run neither skips nor "
                                       "overwrites it", retryable=False, remedy=exc.remedy) from None
-        other = another_period(manifest, self.spec.granularity, self.spec.timezone)
+        other = another_period(manifest, self.day)
         if other is not None and not overwrite:
             # the same key for another period (a day in another zone, a month's first day): other rows, not
             # this period's changed ones

@@ -265,7 +265,10 @@ class TableSpec(_Strict):
         fields = {name for name, _, _ in parsed}
         unknown = fields - KEY_FIELDS
         if unknown:
-            raise ValueError(f"uses unknown field(s) {sorted(unknown)}; allowed: {sorted(KEY_FIELDS)}")
+            near = [f"{{{name}}}: did you mean {{{close[0]}}}?" for name in sorted(unknown)
+                    if (close := difflib.get_close_matches(name, sorted(KEY_FIELDS), n=1, cutoff=0.6))]
+            raise ValueError(f"uses unknown field(s) {sorted(unknown)}{' (' + '; '.join(near) + ')' if near else ''}; "
+                             f"allowed: {sorted(KEY_FIELDS)}")
         return value
 
     @model_validator(mode="before")
@@ -606,6 +609,19 @@ def _unknown(loc: list) -> str:
     return f"unknown setting{hint}"
 
 
+def _nearest_setting(loc: list) -> str | None:
+    """The known setting a key that is no setting's name was meant to be, where it is plainly one written with
+    a space, an accent, another case or white space around it (``day column``, ``dáy_column``); else None."""
+    model = _model_at(loc)
+    key = str(loc[-1])
+    if model is None or len(key) > 64:
+        return None
+    plain = "".join(c for c in unicodedata.normalize("NFKD", key) if not unicodedata.combining(c))
+    plain = re.sub(r"[\s-]+", "_", plain.strip()).lower()
+    close = difflib.get_close_matches(plain, sorted(model.model_fields), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def _describe(error: ValidationError, raw: dict) -> str:
     lines = []
     for item in error.errors():
@@ -625,7 +641,10 @@ def _describe(error: ValidationError, raw: dict) -> str:
                 where = f"setting {where!r}"
         if item["type"] == "extra_forbidden":
             message = _unknown(loc)
-            if not _SETTING_LIKE.fullmatch(str(loc[-1])):  # a file that is not a table list: never quote its lines
+            near = _nearest_setting(loc)
+            if near is not None and not _SETTING_LIKE.fullmatch(str(loc[-1])):  # a typo: a space, an accent
+                message = f"unknown setting {str(loc[-1])!r}; did you mean {near!r}?"
+            elif not _SETTING_LIKE.fullmatch(str(loc[-1])):  # a file that is not a table list: never quote its lines
                 shown = ".".join(str(p) for p in loc[:-1])
                 where = (where.rsplit(", setting ", 1)[0] + f", a setting of {len(str(loc[-1]))} characters"
                          if where.startswith("table ") else
@@ -716,7 +735,10 @@ def parse_config(raw: object, source: str = "<config>") -> ArchiveConfig:
 
 
 def config_path() -> Path:
-    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    """The tables' YAML file: ``$ARCHIVE_PIPELINE_CONFIG`` (white space around it taken off, as every ARCHIVE_*
+    variable's: a trailing newline from a secret or an env file named a file that is not there), else the
+    default."""
+    return Path((os.environ.get(CONFIG_ENV_VAR) or "").strip() or DEFAULT_CONFIG_PATH)
 
 
 def load_config(path: str | os.PathLike | None = None, given_by: str | None = None) -> ArchiveConfig:

@@ -318,15 +318,26 @@ def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:
             f"{day} (copied from another key, or written by another table or configuration that renders this key)")
 
 
-def another_period(manifest: dict, granularity: str, timezone: str) -> str | None:
-    """How the period ``manifest`` holds differs from the table's configured one (its granularity or time zone
-    changed since: the same partition key, another period's rows), or None (the same, or a manifest that does
-    not record it)."""
+def another_period(manifest: dict, period: Period) -> str | None:
+    """How the period ``manifest`` holds differs from ``period``, the table's for the same key now (its granularity
+    or time zone changed since: another period's rows), or None (the same, or a manifest that does not record it).
+    A zone renamed to another name of the same zone (Europe/Kiev, Europe/Kyiv) keeps the period: compared by its
+    instants where the manifest records them."""
     then = (manifest.get("granularity"), manifest.get("timezone"))
-    if None in then or then == (granularity, timezone):
+    if None in then or then == (period.granularity, period.timezone):
+        return None
+    bounds = manifest.get("period") or {}
+    try:
+        same = then[0] == period.granularity and bounds and (
+            dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])) == (
+            period.start, period.end)
+    except (KeyError, TypeError, ValueError):
+        same = False
+    if same:
         return None
     return (f"its archive holds the {then[0]} period {manifest.get('day')} in {then[1]}, and the table is now "
-            f"configured as {granularity} in {timezone}: another period with the same key, not this one's rows")
+            f"configured as {period.granularity} in {period.timezone}: another period with the same key, not this "
+            "one's rows")
 
 
 def owned(manifest: dict, table: str, day: str, key: str | None = None) -> dict:

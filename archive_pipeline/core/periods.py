@@ -23,8 +23,10 @@ Time zones, read once here and documented in the README ("Periods and time zones
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import functools
 import re
+import zoneinfo
 from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -52,8 +54,18 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name`` (``UTC``, ``Europe/Berlin``), or a :class:`PeriodError` saying so."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise PeriodError(f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # (OSError: a tzdata folder, a name too long)
+        shown = name if len(str(name)) <= 80 else f"{str(name)[:60]}… ({len(str(name))} characters)"
+        close = difflib.get_close_matches(str(name).replace(" ", "_"), _zone_names(), n=1, cutoff=0.8) \
+            if isinstance(name, str) and len(name) <= 80 else []
+        hint = f"; did you mean {close[0]!r}?" if close else "; use an IANA name such as 'UTC' or 'Europe/Berlin'"
+        raise PeriodError(f"unknown time zone {shown!r}{hint}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _zone_names() -> list[str]:
+    """Every IANA zone name this machine knows (for a misspelled one's nearest)."""
+    return sorted(zoneinfo.available_timezones())
 
 
 @functools.lru_cache(maxsize=256)

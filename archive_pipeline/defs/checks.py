@@ -608,7 +608,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     untrusted[event.partition] = (f"its manifest {gone_uri} is missing from the store (archive the "
                                                   "day again)")
                     continue
-                other = another_period(manifest, spec.granularity, spec.timezone)
+                other = another_period(manifest, day)
                 if other is not None:  # the table's zone or granularity changed: not a change in PostgreSQL
                     untrusted[event.partition] = f"{other} (archive it again with overwrite for the new period)"
                     continue

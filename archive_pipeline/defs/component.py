@@ -23,6 +23,7 @@ Connection settings still come only from the environment (``ARCHIVE_PG_DSN``, ``
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,7 +42,7 @@ from dagster.components import (
     scaffold_with,
 )
 from dagster.components.component.component import ComponentTypeSpec
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from archive_pipeline.core.config import (ArchiveConfig, ConfigError, compose_yaml, load_config, parse_config,
                                           refuse_repeated_settings)
@@ -87,6 +88,9 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
     ] = None
     tables: Annotated[
         list[dict[str, Any]] | None,
+        # taken as written, as in the file: a key_template's "{{ prefix }}" is no template of Dagster's to render
+        # (it became "", and the archives went outside ARCHIVE_S3_PREFIX)
+        Resolver.passthrough(description="inline table list, each entry as in archive_tables.yaml's tables"),
         Field(description="inline table list, each entry as in archive_tables.yaml's tables"),
     ] = None
     source: dict[str, Any] | None = Field(default=None, description="inline: session timeouts (source:)")
@@ -98,6 +102,27 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
                                                      "key (asset_key_prefix:)")
     check_source: bool = Field(default=True, description="check at load that the tables exist "
                                "(only when ARCHIVE_PG_DSN is set and the database answers)")
+
+    @classmethod
+    def model(cls) -> type[BaseModel]:
+        """Dagster's model of the attributes, whose unknown keys are named with the nearest known one ("tabels: did
+        you mean 'tables'?"), as the file's are: pydantic alone says only "Extra inputs are not permitted"."""
+        derived = super().model()
+        known = sorted(derived.model_fields)
+
+        class Attributes(derived):  # type: ignore[misc,valid-type]
+            @model_validator(mode="before")
+            @classmethod
+            def _known_keys(cls, data: Any) -> Any:
+                for key in data if isinstance(data, dict) else ():
+                    if key not in known:
+                        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+                        raise ValueError(f"unknown attribute {key!r} of ArchiveTablesComponent; {hint}")
+                return data
+
+        Attributes.__name__ = Attributes.__qualname__ = derived.__name__
+        return Attributes
 
     @model_validator(mode="after")
     def _one_source_of_tables(self) -> ArchiveTablesComponent:
