@@ -38,7 +38,7 @@ from archive_pipeline.defs.checks import (
 )
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
-from archive_pipeline.core.environment import (check_bucket_name, check_endpoint_url, check_key_pair, check_keys_fit,
+from archive_pipeline.core.environment import (check_bucket_name, check_dsn, check_endpoint_url, check_key_pair, check_keys_fit,
                                               check_prefix, check_s3_settings, verify_etags)
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, ArchiveS3Resource
@@ -72,6 +72,9 @@ def require_environment(origin: str | None = None) -> None:
         raise ConfigError(f"environment variable(s) not set for the archive_pipeline code location "
                           f"(configured by {origin or config_path()}):\n{lines}\nSet them where the code location runs "
                           "(see the README, Configuration), or pass resources to build_definitions().")
+    for variable in ("ARCHIVE_PG_DSN", "ARCHIVE_PG_PRIMARY_DSN"):
+        if os.environ.get(variable, "").strip():
+            check_dsn(os.environ[variable].strip(), variable)
     check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
     check_bucket_name(os.environ["ARCHIVE_S3_BUCKET"].strip())
     check_key_pair(os.environ)

@@ -732,7 +732,11 @@ class _Archiving:
         recorded = {c["name"]: c.get("pg_type") for c in manifest.get("columns", [])}
         retyped = [f"{c.name} {recorded[c.name]} → {c.type_name}" for c in table.columns
                    if recorded.get(c.name) not in (None, c.type_name)]
-        if then != now:
+        moved = manifest.get("day_column") not in (None, self.spec.day_column)
+        if moved:  # the configuration's, not the rows': another column picks the day's rows now
+            what = (f"the table's day_column is {self.spec.day_column!r} now and was {manifest['day_column']!r} "
+                    f"when archived, so other rows are the day's ({fp.rows:,} now, {archived.rows:,} archived)")
+        elif then != now:
             what = f"its columns changed from {then} to {now}" + (f" (types: {', '.join(retyped)})" if retyped else "")
         elif retyped:
             what = f"column types changed: {', '.join(retyped)}"

@@ -554,7 +554,12 @@ class ArchiveConfig(_Strict):
         seen: dict[tuple[str, str], str] = {}
         labels: dict[str, str] = {}
         ops: dict[str, str] = {}
-        for spec in self.tables:
+        listed: dict[str, int] = {}
+        for position, spec in enumerate(self.tables, start=1):
+            if spec.name in listed:
+                raise ValueError(f"table {spec.name!r} is listed twice (entries {listed[spec.name]} and {position} of "
+                                 "tables): keep one entry per table")
+            listed[spec.name] = position
             if spec.asset_path in seen:
                 raise ValueError(f"tables {seen[spec.asset_path]!r} and {spec.name!r} map to the same asset name "
                                  f"{'/'.join(spec.asset_path)!r} (Dagster names keep lower-case letters, digits and "

@@ -100,12 +100,22 @@ def connect_primary(env: Mapping[str, str] | None = None, *, connect_timeout: in
     return _connect(dsn, PRIMARY_DSN_VAR, connect_timeout) if dsn else None
 
 
-def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connection:
+def check_dsn(dsn: str, variable: str) -> None:
+    """A connection string libpq can parse, with a number for every port, or a :class:`ConfigError` naming the
+    variable (never the password): a string no connection can be made with is a setting to fix, at load."""
     try:
-        psycopg.conninfo.conninfo_to_dict(dsn)
+        options = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:  # libpq quotes the piece it stumbled on: a URI whole, or the password's
         reason = scrub_parse_error(redact(str(exc).strip(), dsn))
         raise ConfigError(f"${variable} is not a valid connection string: {reason}") from None
+    ports = [p.strip() for p in str(options.get("port") or "").split(",")]
+    bad = [p for p in ports if p and not p.isdigit()]
+    if bad:
+        raise ConfigError(f"${variable} is not a valid connection string: its port {bad[0]!r} is not a number")
+
+
+def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connection:
+    check_dsn(dsn, variable)
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
                                application_name="archive_pipeline_cli", **CONNECT_PARAMETERS)
@@ -169,6 +179,16 @@ def check_s3_settings(env: Mapping[str, str]) -> None:
         if value and any(c.isspace() or not c.isprintable() for c in value):
             raise ConfigError(f"${name} {_quoted(value)} holds white space or a control character: write the "
                               "value alone")
+    region = s3_setting(env, REGION_VAR)
+    if region:  # botocore's own check, which every run's client would fail (the command line refuses it up front)
+        from botocore.exceptions import InvalidRegionError
+        from botocore.utils import validate_region_name
+
+        try:
+            validate_region_name(region)
+        except InvalidRegionError:
+            raise ConfigError(f"${REGION_VAR} {_quoted(region, env)} is not a region name: set it to the store's "
+                              "region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") from None
 
 
 def verify_etags(env: Mapping[str, str] | None = None) -> bool:
