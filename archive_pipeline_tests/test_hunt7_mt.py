@@ -1,0 +1,76 @@
+"""Hunt 7, class: concurrent operations on the same table, day or bucket, forced into one interleaving by the
+fault proxy's ``hold``, a PostgreSQL lock held by another session, or a trigger waiting on an advisory lock.
+Each test fails on a bug and passes once it is fixed."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.verify import load_manifest, verify_archive
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_race_hunt import in_thread, proxied
+
+DAY = dt.date(2024, 3, 10)
+
+
+@contextlib.contextmanager
+def two_databases(pg, conn, schema: str, rows_a: int, rows_b: int):
+    """``<schema>.events`` with the day in this database (``rows_a`` rows) and in another one (``rows_b``)."""
+    other_db = f"{schema}_b"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other_db)))
+    try:
+        create_sample_events(conn, [DAY], rows_per_day=rows_a, schema=schema)
+        with pg.connect(dbname=other_db) as b_setup:
+            b_setup.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            create_sample_events(b_setup, [DAY], rows_per_day=rows_b, schema=schema)
+        yield other_db
+    finally:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other_db)))
+
+
+def test_a_run_from_another_database_does_not_delete_the_generation_an_overwrite_is_about_to_commit(
+        pg, conn, schema, s3, bucket):
+    """Two deployments archive ``<schema>.events`` to one bucket and prefix from two databases (an old database
+    and its replacement during a migration, both schedules on; advisory locks are per database, so the two
+    table-day locks do not exclude each other). The day is archived from A (generation 1). A user runs
+    ``archive --overwrite --day 2024-03-10`` on A: it uploads generation 2 (``.g2``) and is about to write the
+    manifest. Meanwhile B's schedule runs the day: its ``_tidy`` lists the day, finds ``.g2``, which no manifest
+    names yet, takes it for a leftover of a killed run and deletes it; then B refuses the day as another
+    database's archive. A then commits its manifest, naming ``.g2``: the run is green, and the day's archive is a
+    manifest whose object does not exist (verify: "object ... is missing"; the previous generation was retired).
+    The code already guards the commit against the other database (``_refuse_replaced``, If-Match), but the
+    tidying deletes what it cannot own: a generation that is not yet committed must not be deleted by a run that
+    the lock does not exclude, or the run that committed a manifest naming a missing object must fail."""
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"})
+    direct = S3Store(s3.client(), bucket, prefix="archive")
+    key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+    with two_databases(pg, conn, schema, 300, 200) as other_db:
+        assert archive_partition(conn, spec, DAY, direct).generation == 1
+        with FaultProxy(s3.endpoint_url) as proxy, pg.connect() as a_conn, pg.connect(dbname=other_db) as b_conn:
+            commit = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+            a_thread, a_outcome = in_thread(lambda: archive_partition(a_conn, spec, DAY, proxied(proxy, bucket),
+                                                                      overwrite=True))
+            try:
+                assert proxy.wait_held(1), a_outcome  # A stored .g2; its manifest waits
+                assert direct.head(key.replace(".jsonl", ".g2.jsonl")) is not None
+                b_error = None
+                try:
+                    archive_partition(b_conn, spec, DAY, direct)
+                except Exception as exc:  # noqa: BLE001 - B refuses A's database's archive (expected)
+                    b_error = exc
+            finally:
+                commit.gate.set()
+                a_thread.join(60)
+    manifest = load_manifest(direct, key)
+    problems = verify_archive(direct, key, {})
+    # Now: B fails (ForeignArchiveError, as it should), A succeeds with generation 2, and the manifest in the store
+    # names ...2024-03-10.g2.jsonl.zst, which B's tidying deleted: ['object s3://.../2024-03-10.g2.jsonl.zst is missing'].
+    assert problems == [], (problems, manifest["object"]["key"], repr(a_outcome.get("error")), repr(b_error))
