@@ -7,14 +7,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 
+import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import load_manifest, verify_archive
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: F401 - fixture: two days of 300 rows
 from archive_pipeline_tests.test_race_hunt import in_thread, proxied
 
 DAY = dt.date(2024, 3, 10)
@@ -74,3 +77,39 @@ def test_a_run_from_another_database_does_not_delete_the_generation_an_overwrite
     # Now: B fails (ForeignArchiveError, as it should), A succeeds with generation 2, and the manifest in the store
     # names ...2024-03-10.g2.jsonl.zst, which B's tidying deleted: ['object s3://.../2024-03-10.g2.jsonl.zst is missing'].
     assert problems == [], (problems, manifest["object"]["key"], repr(a_outcome.get("error")), repr(b_error))
+
+
+@pytest.mark.parametrize("check_source", [False, True])
+@pytest.mark.parametrize("action", ["drop", "delete"])
+def test_list_racing_a_removal_does_not_say_the_removed_rows_are_back(pg, conn, events, store, s3, bucket,
+                                                                     check_source, action):
+    """`archive-pipeline list` (with or without --check-source) runs while `prune` (or the source_removed asset)
+    removes 2024-03-10 (drop or delete). list first asks the source which days have rows (the day has), then reads
+    the day's manifest; the removal commits and writes its `removed: done` mark in between. Without
+    --check-source, list shows the day with the note "rows of the day are in the source again after its drop at
+    ... (restored, or rows arrived since ...)", although no row of it is in the source. With --check-source it
+    fingerprints the emptied source against the archive and reports the day `changed` ("source has 0 rows,
+    archive 300"; exit 1), as if rows were lost, and the re-check for a manifest replaced meanwhile
+    (`_again_where_replaced`) does not catch it: the manifest it read already was the removed one. Run a moment
+    later list says "dropped from the source at ...". The opposite order (manifest read first) was fixed in hunt 4
+    (test_hunt4_ee); this one, where the source was probed before the manifest was read, must be told as a removed
+    day too (probe the source again for a removed day, or read the manifests before probing the source)."""
+    from archive_pipeline.core import plan
+
+    spec = spec_for(events, action)
+    archive_partition(conn, spec, DAY, store)
+    with FaultProxy(s3.endpoint_url) as proxy, pg.connect() as other:
+        held = proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="hold", times=1))
+        thread, outcome = in_thread(lambda: plan.day_statuses(conn, spec, proxied(proxy, bucket), [DAY],
+                                                              check_source=check_source))
+        try:
+            assert proxy.wait_held(1), outcome  # the source was probed (the day has rows); the manifest waits
+            assert remove_day(other, spec, DAY, store, removed_by="prune").rows == 300
+        finally:
+            held.gate.set()
+            thread.join(60)
+    assert "error" not in outcome, repr(outcome.get("error"))
+    [status] = outcome["result"]
+    # Now: without --check-source, state 'archived' with the note "rows of the day are in the source again after its
+    # drop at ..."; with it, state 'changed', note "source has 0 rows, archive 300".
+    assert "in the source again" not in status.note and status.state == "archived", status
