@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 from psycopg import sql
 
-from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.archive import DayRemovedError, archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.store import S3Store
@@ -161,3 +161,38 @@ def test_source_unchanged_reading_the_manifest_just_before_a_removal_does_not_as
     # the archive 300 ... archive those days again".
     assert all("archive those days again" not in (c.description or "") for c in unchanged), \
         [c.description for c in unchanged]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_archive_dry_run_racing_a_removal_does_not_plan_to_overwrite_the_removed_day(pg, conn, events, store,
+                                                                                    monkeypatch, overwrite):
+    """`archive-pipeline archive --dry-run [--overwrite] --day 2024-03-10` runs while `prune` removes the day
+    (retention delete). The dry run reads the day's manifest (no removal mark yet); the removal proves, deletes the
+    day's rows, commits and marks the manifest done; the dry run then fingerprints the emptied source against the
+    manifest it read. It plans "overwrite" ("overwrite requested": an empty day over the only copy of 300 removed
+    rows), or without --overwrite refuses the day as changed ("it has 0 rows now, the archive holds 300 ... set
+    overwrite to archive the day again"), advice that the real run refuses at once: the day was removed by
+    retention, and its archive is the only copy (DayRemovedError). The README promises the dry run decides "with
+    the archiver's own rule"; a source that no longer matches should make it look at the manifest again, as
+    compare and list do. (The removal is run from a hook at the point the dry run opens its snapshot of the
+    source: where another process's removal lands.)"""
+    from archive_pipeline.core import plan
+
+    spec = spec_for(events, "delete")
+    archive_partition(conn, spec, DAY, store)
+    snapshot = plan.read_snapshot
+
+    def removal_lands_first(*args, **kwargs):
+        monkeypatch.setattr(plan, "read_snapshot", snapshot)
+        with pg.connect() as other:
+            assert remove_day(other, spec, DAY, store, removed_by="prune").rows == 300
+        return snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(plan, "read_snapshot", removal_lands_first)
+    [planned] = plan.plan_archive(conn, spec, store, [DAY], overwrite=overwrite)
+    with pytest.raises(DayRemovedError):  # what the run the dry run plans does
+        archive_partition(conn, spec, DAY, store, overwrite=overwrite)
+    # Now: action 'overwrite' ("overwrite requested") with --overwrite; without it 'refuse' with "changed since it
+    # was archived ... it has 0 rows now, the archive holds 300 ...; set overwrite to archive the day again".
+    assert planned.action == "refuse" and "removed" in planned.reason and "set overwrite" not in planned.reason, \
+        planned
