@@ -79,6 +79,58 @@ def test_a_run_from_another_database_does_not_delete_the_generation_an_overwrite
     assert problems == [], (problems, manifest["object"]["key"], repr(a_outcome.get("error")), repr(b_error))
 
 
+
+def test_two_overwrites_from_two_databases_never_commit_a_manifest_over_the_other_runs_object(pg, conn, schema, s3,
+                                                                                             bucket):
+    """The same two deployments as above; this time both run ``archive --overwrite`` of 2024-03-10 (A's database
+    has 300 rows of it, B's 200). A uploads generation 2 and its manifest write waits; B lists the day, deletes
+    A's ``.g2`` as an uncommitted leftover (``_tidy``), picks generation 2 as well (the manifest it read is
+    generation 1) and stores its own 200 rows at the same key; its manifest write waits. A's manifest lands first
+    (If-Match the generation-1 manifest: granted), B's is then refused and B fails, keeping ``.g2`` because the
+    manifest now names that key. Result: A reports success, and the store's manifest (A's: 300 rows, A's MD5 and
+    fingerprint) names an object that holds B's 200 rows, an archive that is not what its manifest says (found
+    only by a verify that downloads). A run must never commit a manifest over an object it did not store: the
+    tidying must not delete a generation another run may be committing, and a generation's object must not be
+    written where another run's may be."""
+    import hashlib
+
+    from archive_pipeline_tests.helpers import download
+
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"})
+    direct = S3Store(s3.client(), bucket, prefix="archive")
+    key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+    with two_databases(pg, conn, schema, 300, 200) as other_db:
+        assert archive_partition(conn, spec, DAY, direct).generation == 1
+        with FaultProxy(s3.endpoint_url) as proxy_a, FaultProxy(s3.endpoint_url) as proxy_b, \
+                pg.connect() as a_conn, pg.connect(dbname=other_db) as b_conn:
+            a_commit = proxy_a.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+            b_commit = proxy_b.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+            a_thread, a_outcome = in_thread(lambda: archive_partition(a_conn, spec, DAY, proxied(proxy_a, bucket),
+                                                                      overwrite=True))
+            b_thread = None
+            try:
+                assert proxy_a.wait_held(1), a_outcome  # A stored .g2; its manifest waits
+                b_thread, b_outcome = in_thread(lambda: archive_partition(b_conn, spec, DAY, proxied(proxy_b, bucket),
+                                                                          overwrite=True))
+                assert proxy_b.wait_held(1), b_outcome  # B deleted A's .g2, stored its own there; its manifest waits
+                a_commit.gate.set()
+                a_thread.join(60)
+            finally:
+                a_commit.gate.set()
+                b_commit.gate.set()
+                a_thread.join(60)
+                if b_thread is not None:
+                    b_thread.join(60)
+    manifest = load_manifest(direct, key)
+    body = download(s3.client(), bucket, manifest["object"]["key"])
+    outcomes = {name: repr(o.get("error")) if "error" in o else (o["result"].rows, o["result"].md5)
+                for name, o in (("A", a_outcome), ("B", b_outcome))}
+    # Now: A succeeds (300 rows), B fails; the manifest (A's, 300 rows) names .g2, which holds B's 200 rows.
+    assert hashlib.md5(body).hexdigest() == manifest["object"]["md5"], (outcomes, manifest["rows"],
+                                                                        manifest["object"]["key"])
+
+
 @pytest.mark.parametrize("check_source", [False, True])
 @pytest.mark.parametrize("action", ["drop", "delete"])
 def test_list_racing_a_removal_does_not_say_the_removed_rows_are_back(pg, conn, events, store, s3, bucket,
