@@ -289,6 +289,7 @@ class _Archiving:
         self.manifest_key = keys.manifest_key(self.key)
         self.former_keys = [k for k in dict.fromkeys(former_keys) if k != self.key]
         self._manifest_settled = True  # no manifest write so far can still land (see _put_manifest)
+        self._tidied: set[str] = set()  # the stray generations _tidy deleted (free to be written again)
         self.started = time.perf_counter()
         self.streams = ""  # how the day was split among parallel_streams (see _streams_note)
 
@@ -409,11 +410,16 @@ class _Archiving:
         manifest = existing.manifest
         if manifest is None or existing.problem is not None or not existing.listing:
             return
+        if not _same_source(manifest, _identity(self.conn)):
+            # archived from another database, whose runs this day's lock does not exclude (an advisory lock is
+            # the database's own): an object its manifest does not name yet may be its run's, about to commit
+            return
         keep = {_manifest_object_key(manifest), *(k.get("key") for k in manifest.get("kept", []))}
         stray = [keys.generation_key(self.key, g) for g in self._stored_generations(existing.listing)]
         stray += [k for k in manifest.get("superseded", []) if k in existing.listing]  # e.g. another extension
         for key in dict.fromkeys(stray):
             if key not in keep and self.store.delete_quietly(key):
+                self._tidied.add(key)
                 log.info("%s %s: removed %s, a generation no manifest names", self.spec.name, self.day,
                          self.store.uri(key))
 
@@ -697,9 +703,7 @@ class _Archiving:
         if overwrite:
             return False
         source = manifest.get("source", {})
-        other_cluster = (source.get("system_identifier") and identity.system_identifier
-                         and source["system_identifier"] != identity.system_identifier)
-        if other_cluster or (source.get("database") and source["database"] != identity.database):
+        if not _same_source(manifest, identity):
             raise ForeignArchiveError(
                 f"{self._archive_uri(manifest)} was archived from database {source.get('database')!r} "
                 f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
@@ -964,9 +968,12 @@ class _Archiving:
         """The generation the new data is written as: never the key of an object that might be the
         only copy of something. With a trustworthy manifest that is the next one (an object already
         there is an uncommitted leftover); without one, past every generation found in the store."""
+        found = [g for g in self._stored_generations(existing.listing)
+                 if keys.generation_key(self.key, g) not in self._tidied]
         if existing.manifest is not None and existing.problem is None:
-            return existing.generation + 1
-        found = self._stored_generations(existing.listing)
+            # past any object still there: one this run's tidying left (another database's run's, say) is not
+            # this run's to write over
+            return max(existing.generation, *found) + 1
         if found and fp is not None and fp.rows == 0:  # (None only where nothing was found: _decided_by_fingerprint)
             raise ArchiveError(
                 f"{self.store.uri(self.key)} has archived data ({len(found)} object(s)) but "
@@ -986,6 +993,15 @@ class _Archiving:
 
 
 _IDENTITIES: weakref.WeakKeyDictionary[psycopg.Connection, SourceIdentity] = weakref.WeakKeyDictionary()
+
+
+def _same_source(manifest: dict, identity: SourceIdentity) -> bool:
+    """Whether ``manifest`` was archived from the database ``identity`` names (its name, and its system where both
+    record one): the only database whose runs of the day this run's table-day lock excludes."""
+    source = manifest.get("source") or {}
+    other_cluster = (source.get("system_identifier") and identity.system_identifier
+                     and source["system_identifier"] != identity.system_identifier)
+    return not (other_cluster or (source.get("database") and source["database"] != identity.database))
 
 
 def _identity(conn: psycopg.Connection) -> SourceIdentity:
