@@ -389,6 +389,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             continue
         state = "empty" if archived.empty else "archived"
         source_rows, note = None, ""
+        if archived.removed and present:  # the source probed before this manifest was read: a removal that
+            present = day in present_days(conn, spec, [day])[0]  # committed in between emptied it since (asked again)
         if check_source and present:
             try:
                 current = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(archived.fingerprint),
@@ -518,7 +520,25 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
              in_source: bool, children: list[ChildRange] | None = None) -> PlannedDay:
     """What :func:`archive_pipeline.core.archive.archive_partition` would do with ``day``, decided by the
     archiver's own rule (``read_existing`` and the same keep-or-refuse decision on the content
-    fingerprint) but only reading: no lock, no upload, no manifest."""
+    fingerprint) but only reading: no lock, no upload, no manifest. A decision against the archive (refuse,
+    overwrite) is made once more where its manifest changed meanwhile: a removal that committed between the
+    manifest's read and the source's emptied the source of a day whose mark came later."""
+    read: dict[str, bytes | None] = {}
+    planned = _plan_day(conn, spec, store, day, overwrite=overwrite, in_source=in_source, children=children, read=read)
+    if planned.action in ("refuse", "overwrite") and read.get("raw") is not None:
+        try:
+            moved = read_existing(store, render_key(spec, spec.period(day), store.prefix)).raw != read["raw"]
+        except ArchiveError:
+            moved = False
+        if moved:
+            return _plan_day(conn, spec, store, day, overwrite=overwrite, in_source=in_source, children=children)
+    return planned
+
+
+def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Period, *, overwrite: bool,
+              in_source: bool, children: list[ChildRange] | None = None,
+              read: dict[str, bytes | None] | None = None) -> PlannedDay:
+    """:func:`plan_day` once; ``read`` is given the manifest's bytes it decided on."""
     day = spec.period(day)
     key = render_key(spec, day, store.prefix)
     if not in_source:
@@ -530,6 +550,8 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
         if exc.retryable:
             raise
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+    if read is not None:
+        read["raw"] = existing.raw
     if existing.manifest is None and (existing.problem or not removed_elsewhere(conn, spec, day, store, existing)):
         reason = existing.problem or "not archived yet"
         return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)

@@ -614,6 +614,14 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     continue
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest)
+                    if difference:  # read once more: a removal or overwrite that committed meanwhile is no change
+                        again = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
+                        if again is not None and again != manifest:
+                            mark = again.get("removed")
+                            if mark:
+                                removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
+                                continue
+                            difference = source_changed(conn, spec, day, again)
             except verify.NewerManifestError as exc:  # not damaged, not a verdict: upgrade (its remedy says)
                 raise _unreachable(spec, day, exc, postgres.password) from None
             except verify.ManifestError as exc:  # damaged, or another table-day's: nothing to compare with
