@@ -6,6 +6,7 @@ that no two table-days can ever render the same key (one would be taken for the 
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 import re
@@ -289,7 +290,13 @@ def listed_under(day_keys: list[str], listed) -> list[str]:
     """Of ``day_keys`` (a day's keys under other formats), those a listing shows anything of: the manifest, the
     data object or one of its generations. Any of them, not the manifest alone: a listing is an answer that may
     arrive damaged (one byte of a key flipped), and the manifest it hides must still be read, not taken for none."""
-    return [key for key in day_keys if any(name.startswith(key) for name in listed)]
+    names = listed if isinstance(listed, list) else sorted(listed)  # (a list is taken as sorted: a range's, once)
+    found = []
+    for key in day_keys:
+        at = bisect.bisect_left(names, key)  # the first name not before the key: it starts with it, if any does
+        if at < len(names) and names[at].startswith(key):
+            found.append(key)
+    return found
 
 
 def day_prefix(key: str) -> str:

@@ -23,7 +23,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
-from archive_pipeline.core.keys import day_prefix, listed_under, other_extension_keys
+from archive_pipeline.core.keys import day_prefix, other_extension_keys
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, manifest_key, owned, removal_state,
                                              under_another_format)
@@ -189,28 +189,33 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
     days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
-    # the days' keys under the table's other formats too: a template with {format} in a folder puts a day
-    # archived before a change of format elsewhere, and the listing must cover it
-    others = {day: other_extension_keys(spec, day, store.prefix) for day in days}
+    # the days' keys under the table's other formats too, where a template with {format} or {ext} in a folder puts
+    # a day archived before a change of format elsewhere (the listing must cover it); in the file name, as by
+    # default, they share the day's folder and its day prefix (rendered for every day, they cost a range 20 times
+    # its own keys)
+    folder = spec.key_template.rpartition("/")[0]
+    elsewhere = "{format}" in folder or "{ext}" in folder
+    others = {day: other_extension_keys(spec, day, store.prefix) if elsewhere else [] for day in days}
     try:
         present = _existing_keys(store, [manifest_key(k) for k in [*keys.values(), *itertools.chain(*others.values())]]
                                  ) if len(days) > 3 else None
     except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
         present = None
     listed_days = {day_prefix(k) for k in present} if present is not None else set()
+    in_order = sorted(present) if present is not None else None  # (for the former formats' lookups, once)
     result: dict[dt.date, ManifestLookup] = {}
     for day, key in keys.items():
         # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
         # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
         if present is not None and manifest_key(key) not in present and day_prefix(key) not in listed_days \
-                and not listed_under(others[day], present):
+                and not any(day_prefix(other) in listed_days for other in others[day]):
             result[day] = ManifestLookup(key, None)
             continue
         try:
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
             if manifest is None:  # nothing at the key the configuration renders: written under a former format?
                 try:
-                    former = under_another_format(store, spec, day, present)
+                    former = under_another_format(store, spec, day, in_order)
                 except ArchiveError:  # its listing failed: the day is told by its own key, as before the fallback
                     former = None
                 if former is not None:
