@@ -52,7 +52,7 @@ from archive_pipeline.core.lifecycle import still_detached
 from archive_pipeline.core.manifest import another_period
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.store import S3Store
 
@@ -638,11 +638,13 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                        for d, why in sorted(removed.items()))
         gone += "".join(f"; not compared, {d}: {why}" for d, why in sorted(untrusted.items()))
         if changed:
-            description = (f"{spec.name}: {len(changed)} of {len(checked)} archived days changed in PostgreSQL after "
+            description = (f"{spec.name}: {len(changed)} of {len(checked)} archived {UNIT[spec.granularity]}s changed "
+                           "in PostgreSQL after "
                            f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items())) + gone
                            + f"\n\nWhat to do: archive those days again with run config\n{rerun_config}")
         else:
-            description = (f"{spec.name}: the source of {len(checked)} archived days still matches their manifests"
+            description = (f"{spec.name}: the source of {len(checked)} archived {UNIT[spec.granularity]}s still "
+                           "matches their manifests"
                            + gone)
         return AssetCheckResult(passed=not changed and not untrusted, description=description,
                                 metadata={"changed_days": MetadataValue.json(sorted(changed)),
