@@ -437,17 +437,7 @@ types(oid) AS (
     SELECT oid FROM seeds
     UNION
     SELECT c.oid FROM types JOIN pg_catalog.pg_type t ON t.oid = types.oid
-    CROSS JOIN LATERAL (
-        SELECT t.typbasetype WHERE t.typtype = 'd'
-        UNION ALL
-        SELECT t.typelem WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
-        UNION ALL
-        SELECT f.atttypid FROM pg_catalog.pg_attribute f
-        WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
-        UNION ALL
-        SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
-        {multirange}
-    ) AS c(oid))
+    CROSS JOIN LATERAL ({parts}) AS c(oid))
 SELECT 'enum', e.enumtypid::text || ':' || e.oid::text, e.enumlabel::text
 FROM types JOIN pg_catalog.pg_enum e ON e.enumtypid = types.oid
 UNION ALL
@@ -457,6 +447,25 @@ ORDER BY 1, 2
 """
 
 PrintedNames = tuple[tuple[str, str, str], ...]
+
+# The types a type ``t`` (a row of pg_type) is made of, one level down, as a LATERAL source of c(oid): a domain's
+# base type, an array's element type, a composite's fields' types, a range's subtype, a multirange's range (14+)
+_TYPE_PARTS = """
+        SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL
+        SELECT t.typelem WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
+        UNION ALL
+        SELECT f.atttypid FROM pg_catalog.pg_attribute f
+        WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
+        UNION ALL
+        SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
+        {multirange}"""
+
+
+def type_parts(conn: psycopg.Connection) -> str:
+    """:data:`_TYPE_PARTS` for ``conn``'s server (multiranges from PostgreSQL 14 on)."""
+    return _TYPE_PARTS.format(multirange="UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE "
+                                         "r.rngmultitypid = t.oid" if conn.info.server_version >= 140000 else "")
 
 
 def printed_names(conn: psycopg.Connection, table: SourceTable, where: sql.Composable | None = None) -> PrintedNames:
@@ -468,9 +477,7 @@ def printed_names(conn: psycopg.Connection, table: SourceTable, where: sql.Compo
     object of each kind: a rename of any then fails the run."""
     if table.oid is None:
         return ()
-    multirange = ("UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"
-                  if conn.info.server_version >= 140000 else "")
-    query = _PRINTED_TYPES.format(roots=_ROOTS, multirange=multirange)
+    query = _PRINTED_TYPES.format(roots=_ROOTS, parts=type_parts(conn))
     found = conn.execute(query, {"rel": table.identifier.as_string(conn), "also": [],
                                  "named": list(_NAMED_BY_CATALOG)}).fetchall()
     names: list[tuple[str, str, str]] = [row for row in found if row[0] == "enum"]

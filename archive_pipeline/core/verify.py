@@ -40,7 +40,7 @@ from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED
     without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, SourceTable, columns_as_archived, day_filter, describe_table,
-                                          relation_shapes, shape_changes)
+                                          relation_shapes, shape_changes, type_parts)
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
@@ -831,21 +831,10 @@ WITH RECURSIVE walk(name, oid, depth) AS (
     SELECT u.name, u.oid, 0 FROM unnest(%s::text[], %s::oid[]) AS u(name, oid)
     UNION ALL
     SELECT w.name, c.oid, w.depth + 1 FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
-    CROSS JOIN LATERAL (
-        SELECT t.typbasetype WHERE t.typtype = 'd'
-        UNION ALL
-        SELECT t.typelem WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
-        UNION ALL
-        SELECT f.atttypid FROM pg_catalog.pg_attribute f
-        WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
-        UNION ALL
-        SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
-        {multirange}
-    ) AS c(oid)
+    CROSS JOIN LATERAL ({parts}) AS c(oid)
     WHERE w.depth < 64)
 SELECT DISTINCT w.name FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid WHERE t.typtype = 'd'
 """
-_MULTIRANGE_RANGES = "UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"
 
 
 # Columns whose type is a domain over bpchar (at any depth): read as the domain in the text copy, and
@@ -871,7 +860,7 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     names = list(types)
     oids = _type_oids(conn, types)
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
-    domains = _DOMAIN_COLUMNS.format(multirange=_MULTIRANGE_RANGES if conn.info.server_version >= 140000 else "")
+    domains = _DOMAIN_COLUMNS.format(parts=type_parts(conn))
     parsed |= {name for (name,) in conn.execute(domains, (names, list(oids))).fetchall()}
     temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
     # a type of the user's is named with its schema, so it is found whatever the path of this session
