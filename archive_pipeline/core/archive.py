@@ -774,7 +774,9 @@ class _Archiving:
             content_encoding=obj.get("content_encoding"), day_column=self.spec.day_column,
             source_relation=table.qualified, manifest_key=self.manifest_key,
             snapshot_at=dt.datetime.fromisoformat(manifest["source"]["snapshot_at"]),
-            server_version=snapshot.server_version, extract_seconds=elapsed, duration_seconds=elapsed,
+            # the archive's server (the skip read nothing but the fingerprint: no extraction to time)
+            server_version=(manifest.get("source") or {}).get("server_version") or snapshot.server_version,
+            extract_seconds=0.0, duration_seconds=elapsed,
             upload_wait_seconds=0.0, complete_seconds=0.0, fingerprint=manifest["fingerprint"],
             fingerprint_seconds=fp_seconds, empty=bool(manifest.get("empty")),
             generation=int(manifest.get("generation", 1)),

@@ -238,9 +238,10 @@ def materialization_metadata(result: ArchiveResult, link: str, verified: str, ur
         "compression": result.compression,
         "parts": result.parts,
         "duration_seconds": round(result.duration_seconds, 3),
-        "extract_seconds": round(result.extract_seconds, 3),
-        "upload_wait_seconds": round(result.upload_wait_seconds, 3),
-        "rows_per_second": round(result.rows_per_second),
+        # a skip reads no rows: no extraction, upload or rate of its own to report
+        **({} if result.skipped else {"extract_seconds": round(result.extract_seconds, 3),
+                                      "upload_wait_seconds": round(result.upload_wait_seconds, 3),
+                                      "rows_per_second": round(result.rows_per_second)}),
         "snapshot_at": MetadataValue.timestamp(result.snapshot_at),
         "source_server_version": result.server_version,
         "archiver_version": result.archiver_version,
