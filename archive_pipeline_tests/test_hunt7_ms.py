@@ -78,3 +78,67 @@ def test_list_after_a_naming_mode_detach_killed_after_its_commit_does_not_call_t
     note = json.loads(listed.stdout)["days"][0].get("note") or ""
     assert "not finished" not in note, note
     assert "detached" in note, note
+
+
+def test_a_restore_killed_during_a_long_statement_does_not_keep_the_day_locked_after_it(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """After `prune` dropped day D, a user runs `restore --day D --into original`; the process is SIGKILLed (OOM
+    killer, a CI timeout) while its session runs a long statement (here a slow INSERT trigger stands in for any:
+    the check's fingerprint of a big day, an INSERT from the staging table). PostgreSQL notices the dead client
+    only when the statement ends (the sessions set no ``client_connection_check_interval``; no statement_timeout by
+    default), so the killed run's backend goes on: it keeps the table-day lock and the re-created partition's
+    locks, and the same command run again is refused ("… is being archived, removed or restored by another run
+    right now"), though no run exists any more, for as long as that statement takes. Expected: the session of a
+    killed run ends within a few seconds (PostgreSQL 14+: ``client_connection_check_interval``), and the same
+    command again restores the day."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.test_hunt3_o import ROOT
+
+    create_sample_events(conn, DAYS, rows_per_day=30, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAYS[0].isoformat(),
+             "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 1, "action": "drop"}}
+    _archived(conn, [table], s3_client, bucket)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
+    day = ["--day", DAYS[1].isoformat()]
+    assert cli(env, "prune", *day).returncode == 0
+    events, flag = sql.Identifier(schema, "events"), sql.Identifier(schema, "slow_flag")
+    conn.execute(sql.SQL("CREATE TABLE {} (on_ boolean)").format(flag))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (true)").format(flag))
+    conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF EXISTS (SELECT FROM {}) "
+                         "THEN PERFORM pg_sleep(25); END IF; RETURN NEW; END $$").format(
+        sql.Identifier(schema, "slow"), flag))
+    conn.execute(sql.SQL("CREATE TRIGGER slow BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        events, sql.Identifier(schema, "slow")))
+    args = ["restore", *day, "--into", "original"]
+    child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'archive_pipeline_cli' "
+                               "AND wait_event = 'PgSleep'").fetchone()[0]:
+            assert child.poll() is None and time.monotonic() < deadline
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        conn.execute(sql.SQL("DELETE FROM {}").format(flag))  # the next run's INSERT is not slowed down
+        deadline = time.monotonic() + 5  # a few seconds for the server to see the client gone
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'archive_pipeline_cli'"
+                           ).fetchone()[0] and time.monotonic() < deadline:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            time.sleep(0.1)
+        again = cli(env, *args)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 90
+    finally:
+        if child.poll() is None:
+            child.kill()
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+                     "'archive_pipeline_cli' AND pid <> pg_backend_pid()")
