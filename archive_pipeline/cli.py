@@ -52,7 +52,7 @@ from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES
                                          note_cancelled, redact, wrap)
 from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.periods import Period, PeriodError, parse_period, zone
-from archive_pipeline.core.session_settings import session_pinned, set_session
+from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import deep_verify, verify_archive
@@ -213,6 +213,7 @@ class Run:
         # timeouts for every statement (prune's LOCK gives up after lock_timeout_ms instead of queueing
         # every reader of the table behind it)
         set_session(conn, {**session_settings(self.config.source), **session_pinned(conn)})  # SET: no snapshot
+        watch_client(conn)
         return conn
 
     @property

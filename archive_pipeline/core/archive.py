@@ -886,8 +886,11 @@ class _Archiving:
             # deletes what no manifest names).
             stored = [keys.generation_key(self.key, g) for g in self._stored_generations(existing.listing or {})]
             why = "could not be read" if existing.raw is not None or existing.problem is not None else "was missing"
-            return [], [{"key": key, "rows": None, "note": f"kept: the manifest before this one {why}"}
-                        for key in stored if key != result.key]
+            # one with the new object's ETag and size holds its very bytes (a killed first run's, of the same
+            # rows): no only copy of anything, retired like a superseded object instead of kept for ever
+            same = [key for key in stored if key != result.key and self._same_bytes(existing.listing, key, result)]
+            return same, [{"key": key, "rows": None, "note": f"kept: the manifest before this one {why}"}
+                          for key in stored if key != result.key and key not in same]
         superseded = [k for k in previous.get("superseded", []) if k != result.key]
         kept = list(previous.get("kept", []))
         obj = previous.get("object")
@@ -901,6 +904,13 @@ class _Archiving:
             else:
                 superseded.append(obj["key"])
         return superseded[-10:], kept
+
+    @staticmethod
+    def _same_bytes(listing: dict[str, dict] | None, key: str, result: ArchiveResult) -> bool:
+        """Whether the listed object ``key`` has the new object's ETag and size (the same bytes, in the same parts)."""
+        listed = (listing or {}).get(key) or {}
+        return bool(result.etag) and listed.get("ContentLength") == result.bytes and \
+            str(listed.get("ETag", "")).strip('"') == result.etag.strip('"')
 
     def _stored_manifest(self) -> bytes | None:
         try:

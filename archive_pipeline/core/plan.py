@@ -434,11 +434,11 @@ def _removed_yet_present(conn: psycopg.Connection, spec: TableSpec, day: Period,
     (restore --into original)."""
     mark = archived.manifest.get("removed") or {}
     action, at = mark.get("action", "removal"), mark.get("at", "?")[:19]
+    if still_detached(conn, spec, day, archived.manifest):  # (committed, its "done" mark perhaps still to come)
+        return archived.removed
     if removal_state(archived.manifest) == "pending":
         return (f"{action} begun at {at} not finished (marked pending): the source still shows the day; the next "
                 "archive run or prune of the day settles it")
-    if still_detached(conn, spec, day, archived.manifest):
-        return archived.removed
     return (f"rows of the day are in the source again after its {action} at {at} (restored, or rows arrived since: "
             "compare, or list --check-source, tells which)")
 

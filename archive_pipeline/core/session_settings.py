@@ -12,6 +12,7 @@ from its current value, idempotently (applying it twice gives the same path).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -74,6 +75,18 @@ def session_pinned(conn: psycopg.Connection) -> dict[str, str]:
     ``idle_session_timeout`` (set to reap idle connections) ended the session that holds the table-day lock
     while the day's parts were still uploading, and every retry of the day failed the same way."""
     return {**SESSION_PINNED, **({"idle_session_timeout": "0"} if conn.info.server_version >= 140000 else {})}
+
+def watch_client(conn: psycopg.Connection) -> None:
+    """Have the server check every second, during a long statement, that this client is still there (PostgreSQL
+    14 and later; elsewhere, or where the platform has no such check, nothing). A process killed in the middle of
+    a statement that sends nothing back (a fingerprint, a restore's check, a removal's re-check) otherwise left
+    its backend running to the statement's end, holding the table-day lock, and every run of the day was refused
+    as "another run" meanwhile. Asked alone: a refusal must not undo the session's other settings."""
+    if conn.info.server_version < 140000 or not conn.autocommit:
+        return
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("SET client_connection_check_interval = 1000")
+
 
 _CATALOG_FIRST_SQL = sql.SQL(
     "pg_catalog.concat_ws(', ', 'pg_catalog', NULLIF(pg_catalog.regexp_replace("

@@ -20,7 +20,7 @@ from archive_pipeline.core.environment import endpoint_has_credentials
 from archive_pipeline.core.errors import (ArchiveError, SourceError, classify, connection_target, describe_connect_error, redact,
                                           wrap)
 from archive_pipeline.core.store import MiB, S3Store
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, session_pinned, set_session
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, session_pinned, set_session, watch_client
 
 
 class PostgresResource(ConfigurableResource):
@@ -65,6 +65,7 @@ class PostgresResource(ConfigurableResource):
             # locally); a removal's LOCK must give up after lock_timeout_ms, not queue every reader behind it
             try:  # SET: no snapshot, which a role's serializable deferrable default waited for (see set_session)
                 set_session(conn, {**self.session_settings(), **session_pinned(conn)})
+                watch_client(conn)
             except psycopg.Error as exc:
                 found = classify(exc)
                 raise SourceError(f"setting up the session failed: {type(exc).__name__}: {redact(str(exc), self.password)}",
