@@ -985,7 +985,7 @@ class _Archiving:
         if existing.manifest is not None and existing.problem is None:
             # past any object still there: one this run's tidying left (another database's run's, say) is not
             # this run's to write over
-            return max(existing.generation, *found) + 1
+            return max([existing.generation, *found]) + 1
         if found and fp is not None and fp.rows == 0:  # (None only where nothing was found: _decided_by_fingerprint)
             raise ArchiveError(
                 f"{self.store.uri(self.key)} has archived data ({len(found)} object(s)) but "
