@@ -62,14 +62,19 @@ def killed_at(proxy: FaultProxy, fault: Fault, env: dict[str, str], *args: str) 
     assert child.returncode == -signal.SIGKILL
 
 
-def gone(conn, application: str = "archive-pipeline") -> None:
+# The names the archiver's sessions go by: the command line's, the Dagster resources' (and an older spelling)
+ARCHIVER_APPLICATIONS = ["archive_pipeline_cli", "archive_pipeline", "archive-pipeline"]
+
+
+def gone(conn, application: str | None = None) -> None:
     """Wait until the killed client's backends have ended (they notice the closed socket)."""
     import time
+    names = [application] if application else ARCHIVER_APPLICATIONS
     deadline = time.monotonic() + 30
-    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND pid <> "
-                       "pg_backend_pid()", (application,)).fetchone()[0]:
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) AND pid <> "
+                       "pg_backend_pid() AND datname = current_database()", (names,)).fetchone()[0]:
         assert time.monotonic() < deadline, conn.execute("SELECT pid, state, query FROM pg_stat_activity WHERE "
-                                                         "application_name = %s", (application,)).fetchall()
+                                                         "application_name = ANY(%s)", (names,)).fetchall()
         time.sleep(0.05)
         conn.execute("SELECT pg_stat_clear_snapshot()")
 
