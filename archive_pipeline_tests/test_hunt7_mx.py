@@ -1,0 +1,68 @@
+"""Hunt 7 (mx): regressions and holes in the latest product changes (d259b19..f39bb20)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.restore import restore_day
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _spec(schema: str, table: str, fmt: str) -> TableSpec:
+    return TableSpec(name=f"{schema}.{table}", day_column="at", start_date=DAY, format=fmt, compression="zstd")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("was, now, value", [("numeric(10,2)", "numeric(10,0)", "12.34"),
+                                             ("timestamptz(6)", "timestamptz(0)", "2024-03-10 01:00:00.25+00")],
+                         ids=["numeric-scale", "timestamptz-precision"])
+def test_a_restore_after_a_nested_fields_typmod_changed_names_the_type_not_an_altered_archive(
+        fmt, was, now, value, conn, schema, store, temp_dir):
+    """A column ``m`` holds an array of composite ``leaf`` whose field ``v`` is ``numeric(10,2)`` (or
+    ``timestamptz(6)``); the day is archived and the table dropped (retention), then ``ALTER TYPE leaf ALTER
+    ATTRIBUTE v TYPE numeric(10,0)`` (or ``timestamptz(0)``; the same as restoring into another database whose
+    ``leaf`` is declared so). A restore into a new table rounds 12.34 to 12, its fingerprint check rolls it back,
+    and the error says "The archive does not hold the rows it was proven to hold (altered after it was
+    written)". 58e11ce records each composite's shape to name exactly this kind of change ("a type inside its
+    columns is not the one the day was archived with"), but the shape keeps a node's type without its modifier
+    (``format_type(oid, NULL)``), so a field's scale, length or precision changed is invisible to it. (The same
+    change at the top level is named: a column's recorded pg_type holds its modifier.) Expected: refused before
+    loading, naming column m's field v and that its type changed since the day was archived, not the archive."""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TYPE {s}.leaf AS (t text, v {was})")
+    conn.execute(f"CREATE TABLE {s}.n (id int, at date, m {s}.leaf[])")
+    conn.execute(f"INSERT INTO {s}.n VALUES (1, %s, ARRAY[ROW('abc', %s)::{s}.leaf])", (DAY, value))
+    spec = _spec(schema, "n", fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"DROP TABLE {s}.n")
+    conn.execute(f"ALTER TYPE {s}.leaf ALTER ATTRIBUTE v TYPE {now}")
+    with pytest.raises(ArchiveError) as failure:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.n_back", temp_dir=temp_dir)
+    message = str(failure.value)
+    assert "altered after it was written" not in message, message
+    assert "field v" in message, message
+
+
+def test_a_component_table_entry_written_with_dagsters_env_template_still_renders(monkeypatch):
+    """A user's defs.yaml for ArchiveTablesComponent names a table with Dagster's env templating, as every
+    component attribute may be written: ``tables: [{name: "{{ env.ARCHIVE_SCHEMA }}.events", ...}]`` with
+    ARCHIVE_SCHEMA=sales. Up to d259b19 the entry rendered to ``sales.events``. Since 6afba88 ``tables`` is
+    ``Resolver.passthrough`` (to keep a key_template's ``{{ prefix }}``), so the name is taken as the literal
+    ``{{ env.ARCHIVE_SCHEMA }}.events``: the code location loads (without a DSN at load) a table named with
+    braces, whose every run then fails "table does not exist"; the other attributes (source:, retry: ...)
+    still render, so only the tables stopped. Expected: ``{{ env.X }}`` in a table entry renders as before
+    (only a name Dagster's scope lacks, like ``prefix``, kept or refused)."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    monkeypatch.setenv("ARCHIVE_SCHEMA", "sales")
+    attributes = ('tables:\n  - name: "{{ env.ARCHIVE_SCHEMA }}.events"\n    day_column: created_at\n'
+                  "    start_date: 2024-01-01\ncheck_source: false\n")
+    component = ArchiveTablesComponent.resolve_from_yaml(attributes)
+    assert [spec.name for spec in component.archive_config().tables] == ["sales.events"]
