@@ -66,3 +66,35 @@ def test_a_component_table_entry_written_with_dagsters_env_template_still_render
                   "    start_date: 2024-01-01\ncheck_source: false\n")
     component = ArchiveTablesComponent.resolve_from_yaml(attributes)
     assert [spec.name for spec in component.archive_config().tables] == ["sales.events"]
+
+
+
+def test_x_grant(pg, conn, store, temp_dir):
+    import psycopg
+    from archive_pipeline_tests.test_hunt6_lw import PASSWORD
+
+    name = f"mx_{conn.info.backend_pid}"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    role = f"{name}_r"
+    owner = psycopg.connect(pg.dsn_for("postgres", database=name), autocommit=True)
+    try:
+        owner.execute("CREATE SCHEMA audit")
+        owner.execute("CREATE TABLE audit.audit (id int, at date, note text)")
+        owner.execute("INSERT INTO audit.audit SELECT g, '2024-03-10', 'x' FROM generate_series(1, 5) g")
+        spec = TableSpec(name="audit.audit", day_column="at", start_date=DAY, format="csv")
+        archive_partition(owner, spec, DAY, store, temp_dir=str(temp_dir))
+        owner.execute("CREATE TABLE audit.copy (LIKE audit.audit)")
+        pg.create_password_role(role, PASSWORD)
+        owner.execute(sql.SQL("GRANT USAGE ON SCHEMA audit TO {}").format(sql.Identifier(role)))
+        owner.execute(sql.SQL("GRANT SELECT ON audit.audit TO {}").format(sql.Identifier(role)))
+        owner.execute("DELETE FROM audit.audit")
+        with psycopg.connect(pg.dsn_for(role, PASSWORD, database=name), autocommit=True) as restoring:
+            with pytest.raises(ArchiveError) as refused:
+                restore_day(restoring, store, spec, DAY, into="original", temp_dir=str(temp_dir))
+        remedy = refused.value.remedy or ""
+        print(refused.value, remedy)
+        assert "GRANT INSERT" in remedy, f"{refused.value}\nremedy: {remedy}"
+    finally:
+        owner.close()
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
