@@ -132,3 +132,18 @@ def test_a_reg_column_archives_in_a_session_whose_quote_all_identifiers_is_on(co
         assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 1
     finally:
         conn.execute("RESET quote_all_identifiers")
+
+
+def test_overwriting_a_day_archived_empty_after_its_rows_arrived_archives_them(conn, schema, store, temp_dir):
+    """A day is archived while its table holds no row of it (an empty day: a manifest, no data object). Rows of
+    that day arrive late; the re-run is rightly refused ("it has 1 rows now, the archive holds 0 ... set overwrite
+    to archive the day again"), and the user sets overwrite as told. What happens: the run fails "an unexpected
+    error (TypeError: 'int' object is not iterable); not retried: a retry cannot fix this", every time. 3141038
+    made ``_Archiving._generation`` return ``max(existing.generation, *found) + 1``, where ``found`` (the day's
+    data objects in the listing) is empty for a day archived empty: ``max`` of one int. Expected: the day is
+    archived with its row (a new generation), as before 3141038."""
+    conn.execute(f'CREATE TABLE "{schema}".ev (id int, at date)')
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 0
+    conn.execute(f'INSERT INTO "{schema}".ev VALUES (1, %s)', (DAY,))
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir), overwrite=True).rows == 1
