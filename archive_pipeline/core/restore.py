@@ -1885,7 +1885,12 @@ def _restore_grant(conn: psycopg.Connection, exc: BaseException, relation: Relat
 # schema where the role may not create (a new table, a re-created partition), and of the database where the role
 # may not create temporary tables (the staging table)
 _LACKING = """
-SELECT s.relname::text, 'GRANT USAGE ON SEQUENCE ' || pg_catalog.quote_ident(n.nspname) || '.'
+SELECT 0, NULL::text, 'GRANT INSERT, SELECT ON ' || %(target)s  -- the target's own first: no name to look for
+WHERE pg_catalog.to_regclass(%(target)s) IS NOT NULL
+  AND NOT (pg_catalog.has_table_privilege(pg_catalog.to_regclass(%(target)s), 'INSERT')
+           AND pg_catalog.has_table_privilege(pg_catalog.to_regclass(%(target)s), 'SELECT'))
+UNION ALL
+SELECT 1, s.relname::text, 'GRANT USAGE ON SEQUENCE ' || pg_catalog.quote_ident(n.nspname) || '.'
        || pg_catalog.quote_ident(s.relname)
 FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
@@ -1895,13 +1900,14 @@ JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
 WHERE ad.adrelid = pg_catalog.to_regclass(%(target)s)  -- (the CASE: the planner may test rows of other kinds first)
   AND NOT CASE WHEN s.relkind = 'S' THEN pg_catalog.has_sequence_privilege(s.oid, 'USAGE') ELSE true END
 UNION ALL
-SELECT n.nspname::text, 'GRANT CREATE ON SCHEMA ' || pg_catalog.quote_ident(n.nspname)
+SELECT 2, n.nspname::text, 'GRANT CREATE ON SCHEMA ' || pg_catalog.quote_ident(n.nspname)
 FROM pg_catalog.pg_namespace n
 WHERE n.nspname = %(schema)s AND NOT pg_catalog.has_schema_privilege(n.oid, 'CREATE')
 UNION ALL
-SELECT pg_catalog.current_database()::text, 'GRANT TEMPORARY ON DATABASE '
+SELECT 3, pg_catalog.current_database()::text, 'GRANT TEMPORARY ON DATABASE '
        || pg_catalog.quote_ident(pg_catalog.current_database())
 WHERE NOT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')
+ORDER BY 1
 """
 
 
@@ -1916,7 +1922,9 @@ def _lacking_privilege(conn: psycopg.Connection, message: str, relation: Relatio
                                         "schema": relation.schema}).fetchall()
     except psycopg.Error:
         return None
-    for name, grant in found:  # the name as a word of the message: "... für Sequenz global_seq", "... schema s"
+    for _, name, grant in found:  # the name as a word of the message: "... für Sequenz global_seq", "... schema s"
+        if name is None:  # the target's INSERT or SELECT lacking: what any refusal of it needs first
+            return grant
         if re.search(rf'(?<![\w"]){re.escape(name)}(?![\w"])|"{re.escape(name)}"', message):
             return grant
     return None

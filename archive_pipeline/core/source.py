@@ -269,27 +269,28 @@ INNER_TYPES = (*sorted(WRITE_ONLY_TYPES), "regproc", "regoper")
 # The route's steps are joined here, not in SQL: the statement stays ASCII, which a database whose encoding
 # has no arrow (LATIN1) can read (an arrow in it failed every archive there: UntranslatableCharacter).
 _TYPE_WALK = """
-WITH RECURSIVE walk(attnum, oid, steps, route, depth) AS (
-    SELECT a.attnum, a.atttypid, ARRAY[]::text[], ARRAY[pg_catalog.format_type(a.atttypid, NULL)], 0
+WITH RECURSIVE walk(attnum, oid, typmod, steps, route, depth) AS (
+    SELECT a.attnum, a.atttypid, a.atttypmod, ARRAY[]::text[], ARRAY[pg_catalog.format_type(a.atttypid, NULL)], 0
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
     UNION ALL
-    SELECT w.attnum, c.oid, w.steps || (c.step COLLATE "default"),
+    SELECT w.attnum, c.oid, c.typmod, w.steps || (c.step COLLATE "default"),
            w.route || ((c.label COLLATE "default") || pg_catalog.format_type(c.oid, NULL)),
            w.depth + 1
     FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
-    CROSS JOIN LATERAL (
-        SELECT t.typbasetype, 'domain', 'base type ' WHERE t.typtype = 'd'
+    CROSS JOIN LATERAL (  -- (the type modifier: a domain's own, a field's, an array's for its elements)
+        SELECT t.typbasetype, t.typtypmod, 'domain', 'base type ' WHERE t.typtype = 'd'
         UNION ALL
-        SELECT t.typelem, '[]', 'element ' WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
+        SELECT t.typelem, w.typmod, '[]', 'element ' WHERE t.typtype <> 'd' AND t.typcategory = 'A' AND t.typelem <> 0
             AND EXISTS (SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid)
         UNION ALL
-        SELECT f.atttypid, '.' || f.attname::text, 'field ' || f.attname::text || ' ' FROM pg_catalog.pg_attribute f
+        SELECT f.atttypid, f.atttypmod, '.' || f.attname::text, 'field ' || f.attname::text || ' '
+        FROM pg_catalog.pg_attribute f
         WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
         UNION ALL
-        SELECT r.rngsubtype, 'range', 'subtype ' FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
+        SELECT r.rngsubtype, -1, 'range', 'subtype ' FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
         {multirange}
-    ) AS c(oid, step, label)
+    ) AS c(oid, typmod, step, label)
     WHERE w.depth < 64
 )"""
 _INNER_QUERY = _TYPE_WALK + """
@@ -300,7 +301,7 @@ ORDER BY w.attnum, w.depth, w.route
 """
 _SHAPE_QUERY = _TYPE_WALK + """
 SELECT w.attnum, w.steps,
-       CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN pg_catalog.format_type(w.oid, NULL)
+       CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN pg_catalog.format_type(w.oid, w.typmod)
             ELSE CASE t.typtype WHEN 'c' THEN 'a composite' WHEN 'e' THEN 'an enum' WHEN 'd' THEN 'a domain'
                                 WHEN 'r' THEN 'a range' WHEN 'm' THEN 'a multirange' ELSE 'a base type' END END,
        CASE WHEN t.typtype = 'c' THEN ARRAY(SELECT f.attname::text FROM pg_catalog.pg_attribute f
@@ -311,7 +312,7 @@ FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
 ORDER BY w.attnum, w.depth, w.steps
 """
 _MULTIRANGE_STEP = """UNION ALL
-        SELECT r.rngtypid, 'multirange', 'range ' FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"""
+        SELECT r.rngtypid, -1, 'multirange', 'range ' FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"""
 
 
 NUMBER_TYPES = ("float4", "float8", "numeric")
@@ -545,7 +546,10 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
             changed.append("an enum label (ALTER TYPE ... RENAME VALUE)")
     for type_name in sorted({kind.split(":", 1)[1] for kind, _, _ in names if kind.startswith("named:")}):
         then = {key: name for kind, key, name in names if kind == f"named:{type_name}"}
-        now = dict(_catalog_names(conn, type_name, [int(key) for key in then]))
+        with conn.transaction():  # printed as the snapshot printed them: its path and quoting, not the session's
+            apply_settings(conn.execute, {name: SNAPSHOT_SETTINGS[name]
+                                          for name in ("search_path", "quote_all_identifiers")})
+            now = dict(_catalog_names(conn, type_name, [int(key) for key in then]))
         if any(key in now and now[key] != name for key, name in then.items()):
             changed.append(f"a name a {type_name} value prints (a relation, type, function or schema renamed)")
     if changed:

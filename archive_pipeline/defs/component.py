@@ -24,6 +24,8 @@ Connection settings still come only from the environment (``ARCHIVE_PG_DSN``, ``
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +79,32 @@ class ArchiveTablesScaffolder(Scaffolder):
             tables.write_text(STARTER_TABLES)
 
 
+_TEMPLATE_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _resolved_tables(context, tables: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The inline tables with Dagster's templates rendered, after refusing one whose name Dagster's scope lacks
+    (Jinja would render it as nothing, silently): a key_template's fields are single braces, ``{prefix}``."""
+    def strings(value: Any) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+
+    known = set(getattr(context, "scope", {}) or {})
+    for text in strings(tables):
+        for name in _TEMPLATE_NAME.findall(text):
+            if name not in known:
+                raise ValueError(f"tables: {text!r} holds the template {{{{ {name} }}}}, a name Dagster's templates "
+                                 f"do not know ({', '.join(sorted(known))}), which would render as nothing; a "
+                                 "key_template's own fields take single braces: {prefix}, {schema}, {table}, {date}")
+    return context.resolve_value(tables)
+
+
 @scaffold_with(ArchiveTablesScaffolder)
 class ArchiveTablesComponent(Component, Resolvable, Model):
     """Archive date-partitioned PostgreSQL tables to S3-compatible storage, one daily partition per UTC day."""
@@ -88,9 +116,10 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
     ] = None
     tables: Annotated[
         list[dict[str, Any]] | None,
-        # taken as written, as in the file: a key_template's "{{ prefix }}" is no template of Dagster's to render
-        # (it became "", and the archives went outside ARCHIVE_S3_PREFIX)
-        Resolver.passthrough(description="inline table list, each entry as in archive_tables.yaml's tables"),
+        # Dagster's templates render ("{{ env.SCHEMA }}.events"), but one of a name its templates do not know is
+        # refused: a key_template's "{{ prefix }}" became "", and the archives went outside ARCHIVE_S3_PREFIX
+        Resolver(_resolved_tables, model_field_type=list[dict[str, Any]] | None, inject_before_resolve=False,
+                 description="inline table list, each entry as in archive_tables.yaml's tables"),
         Field(description="inline table list, each entry as in archive_tables.yaml's tables"),
     ] = None
     source: dict[str, Any] | None = Field(default=None, description="inline: session timeouts (source:)")
