@@ -109,9 +109,9 @@ def check_dsn(dsn: str, variable: str) -> None:
         reason = scrub_parse_error(redact(str(exc).strip(), dsn))
         raise ConfigError(f"${variable} is not a valid connection string: {reason}") from None
     ports = [p.strip() for p in str(options.get("port") or "").split(",")]
-    bad = [p for p in ports if p and not p.isdigit()]
-    if bad:
-        raise ConfigError(f"${variable} is not a valid connection string: its port {bad[0]!r} is not a number")
+    if any(p and not p.isdigit() for p in ports):  # never quoted: it may be a password's piece (a '/' in it)
+        raise ConfigError(f"${variable} is malformed: its port is not a number; in a URI a password (or user) "
+                          "holding '/', '@', ':' or '?' must be percent-encoded (%2F, %40, %3A, %3F)")
 
 
 def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connection:
