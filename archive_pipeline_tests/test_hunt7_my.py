@@ -85,7 +85,8 @@ def test_a_day_archived_before_shapes_kept_type_modifiers_still_compares_and_res
     source's type changed ("column 'm': at field amount is numeric(10,2) now, numeric when archived") and
     ``restore`` refuses the day ("a type inside its columns is not the one the day was archived with"): the
     manifest's shape recorded ``format_type(oid, NULL)`` then and today's shapes are ``format_type(oid, typmod)``,
-    so every such day archived before the upgrade reads as changed. What should happen: a shape recorded without
+    so every such day archived before the upgrade reads as changed (a re-run after a late row likewise says "a type
+    inside its columns changed (not its rows)"). What should happen: a shape recorded without
     type modifiers (by an older version) is compared without
     them, and the unchanged day is proven and restores."""
     from archive_pipeline.core.restore import restore_day
