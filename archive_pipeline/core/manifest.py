@@ -149,7 +149,8 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
                         **({"numbers": [{"steps": list(n.steps), "type": n.type} for n in c.numbers]}
                            if getattr(c, "numbers", ()) else {}),
                         **({"shape": [{"at": at, "type": kind, **({"fields": list(fields)} if fields is not None else {})}
-                                      for at, kind, fields, _ in c.shape]} if getattr(c, "shape", ()) else {})})
+                                      for at, kind, fields, _ in c.shape], "shape_modifiers": True}
+                           if getattr(c, "shape", ()) else {})})
     return {
         "manifest_version": MANIFEST_VERSION,
         "table": result.table,

@@ -189,12 +189,12 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
     days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
-    # the days' keys under the table's other formats too, where a template with {format} or {ext} in a folder puts
-    # a day archived before a change of format elsewhere (the listing must cover it); in the file name, as by
-    # default, they share the day's folder and its day prefix (rendered for every day, they cost a range 20 times
-    # its own keys)
-    folder = spec.key_template.rpartition("/")[0]
-    elsewhere = "{format}" in folder or "{ext}" in folder
+    # the days' keys under the table's other formats too, where the template puts a day archived before a change
+    # of format under another day prefix ({format} or {ext} in a folder, or before the file name's first dot): the
+    # listing must cover them; after it, as by default, they share the day's prefix (rendered for every day, they
+    # cost a range 20 times its own keys: asked of the first day, which shows it for all)
+    elsewhere = bool(days) and any(day_prefix(other) != day_prefix(keys[days[0]])
+                                   for other in other_extension_keys(spec, days[0], store.prefix))
     others = {day: other_extension_keys(spec, day, store.prefix) if elsewhere else [] for day in days}
     try:
         present = _existing_keys(store, [manifest_key(k) for k in [*keys.values(), *itertools.chain(*others.values())]]

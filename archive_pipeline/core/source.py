@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import queue
+import re
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
@@ -344,6 +345,9 @@ def composite_shapes(conn: psycopg.Connection, oid: int) -> dict[int, tuple[Shap
     return {attnum: tuple(nodes) for attnum, nodes in found.items() if any(n[2] is not None for n in nodes)}
 
 
+_TYPMOD = re.compile(r"\(\d+(?:,\d+)?\)")  # a type modifier as format_type prints it: (10,2), (3), (0)
+
+
 def _way(at: str) -> str:
     """A shape node's way from its column in words: "field leaves → element → field f"."""
     words = {"[]": "element", "domain": "base type", "range": "subtype", "multirange": "range"}
@@ -387,7 +391,8 @@ def shape_changes(recorded: Sequence[dict], now_by_name: dict[str, tuple[ShapeNo
             elif was[1] != now[1]:
                 changes.append(f"column {entry['name']!r}: the composite {names[at]} {where} has the fields "
                                f"({', '.join(now[1] or ())}) now, ({', '.join(was[1] or ())}) when archived")
-            elif was[0] != now[0]:
+            elif was[0] != now[0] and (entry.get("shape_modifiers") or _TYPMOD.sub("", now[0]) != was[0]):
+                # (a shape recorded before it held type modifiers: compared without them)
                 changes.append(f"column {entry['name']!r}: {where} is {now[0]} now, {was[0]} when archived")
             else:
                 continue
