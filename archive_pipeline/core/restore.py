@@ -1510,20 +1510,28 @@ def _nested_narrowing(conn: psycopg.Connection, manifest: dict, relation: Relati
     return changed
 
 
-def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
-    """A value archived as numeric, double precision or real, read into a column of another of these that is
-    binary floating point, becomes the nearest value of that type, which may print as the archived text and
-    still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
-    compares text, would prove a restore that changed it. Such a target is refused before anything is loaded,
-    and once more after the load (which rolls it back), in case the target was retyped meanwhile."""
+def _refuse_changed_shapes(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """A target whose composites are not those the day was archived with (a field added, dropped, retyped, renamed
+    or moved: see ``source.shape_changes``) is refused: a composite's text is positional, so the archived values
+    would go into other fields, or fail to load and be blamed on the archive."""
     shapes = shape_changes(manifest.get("columns", []), relation_shapes(conn, relation.identifier.as_string(conn)))
-    if shapes:  # a composite's text is positional: the archived values would go into other fields, or fail
+    if shapes:
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} into {relation}: a type inside its columns is not "
             f"the one the day was archived with: {'; '.join(shapes)}; nothing was restored", table=manifest["table"],
             day=manifest["day"], retryable=False,
             remedy="put the type back as it was archived (ALTER TYPE; the manifest's columns[].shape records it), or "
                    "restore in a database whose type is as archived, then convert the values on as you choose")
+
+
+def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """A value archived as numeric, double precision or real, read into a column of another of these that is
+    binary floating point, becomes the nearest value of that type, which may print as the archived text and
+    still not be the archived value (0.1 as real is not 0.1 as double precision): the fingerprint, which
+    compares text, would prove a restore that changed it. Such a target is refused before anything is loaded,
+    and once more after the load (which rolls it back), in case the target was retyped meanwhile; so is one whose
+    composites changed (:func:`_refuse_changed_shapes`)."""
+    _refuse_changed_shapes(conn, manifest, relation)
     types, _ = _target_drift(conn, manifest, relation, hooks=False)
     changed = []
     for name, here, archived in types:
