@@ -1,0 +1,46 @@
+"""Hunt 7 (mz): composite-shape records across databases and at scale."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.plan import compare_days, day_statuses
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _composite_table(conn, schema: str, columns: int = 1) -> TableSpec:
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.pt AS (a numeric(10,2), b text)").format(s))
+    cols = sql.SQL(", ").join(sql.SQL("{} {}.pt").format(sql.Identifier(f"c{i}"), s) for i in range(columns))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, {})").format(s, cols))
+    conn.execute(sql.SQL("INSERT INTO {}.ev (id, at, c0) SELECT g, date '2024-03-10', ROW(g * 1.5, 'x')::{}.pt "
+                         "FROM generate_series(1, 5) g").format(s, s))
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+
+
+def test_compare_and_status_name_a_composite_that_gained_a_field_instead_of_calling_the_rows_changed(
+        conn, schema, store, temp_dir):
+    """A user archives a day of a table with a composite column (``CREATE TYPE pt AS (a numeric(10,2), b text)``),
+    then a migration runs ``ALTER TYPE pt ADD ATTRIBUTE z int``; no row is touched. ``compare`` (compare_days) then
+    says "differs: same row count, different content" and ``status`` (day_statuses) says "changed: same row count,
+    different content (fingerprint)": both read as if the day's rows were updated since, although deep verification
+    and a re-run say "a type inside the source's columns changed since the day was archived: column 'c0': the
+    composite ... has the fields (a, b, z) now, (a, b) when archived". The README promises that "deep verification,
+    `compare` and a re-run name such a type change instead of calling the archive damaged or the rows updated".
+    Expected: compare's and status's notes name the type change (the manifest's columns[].shape), not "different
+    content". Cause: plan.py calls source_fingerprint(..., archived.column_names) without the manifest's
+    ``columns`` (``recorded``), so shape_changes never runs there."""
+    spec = _composite_table(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    conn.execute(sql.SQL("ALTER TYPE {}.pt ADD ATTRIBUTE z int").format(sql.Identifier(schema)))
+    status = day_statuses(conn, spec, store, [DAY], check_source=True)[0]
+    note = " ".join(str(v) for v in vars(status).values() if isinstance(v, str))
+    assert "different content" not in note and "(a, b, z)" in note, note
+    compared = compare_days(conn, spec, store, [DAY])[0]
+    assert "different content" not in compared.note and "(a, b, z)" in compared.note, compared.note
