@@ -86,3 +86,37 @@ def test_deep_verify_in_a_scratch_database_whose_composite_field_has_another_sca
         problems = [str(exc)]
     told = "; ".join(problems)
     assert "numeric(10,0)" in told and "not the ones recorded" not in told, told
+
+
+def test_deep_verify_in_a_scratch_database_whose_enum_lacks_a_label_does_not_call_the_archive_corrupt(
+        conn, schema, store, temp_dir, other_db):
+    """A user proves a day of a table whose composite column holds an enum (``CREATE TYPE mood AS ENUM ('sad',
+    'ok')``, ``CREATE TYPE pt AS (a numeric(10,2), m mood)``) in a scratch database (deep_verify with
+    ``scratch_conn``; the source is a hot standby) where the enum was created without the label 'ok'. What
+    happens: deep verification raises ArchiveCorruptError ("the archive of ... does not load into ...: invalid input
+    value for enum ...mood: "ok"; check ... the object against its manifest (MD5)"): the intact archive is called
+    corrupt. A restore into that database says it right ("The object matches its manifest ..., a type ... as this
+    database defines it refuses it (an enum lacking one of the archived labels ...)"). Expected: no ArchiveCorruptError
+    for an object that matches its manifest; a typed error (or problem) naming the scratch database's type as the
+    cause, no verdict on the archive. Cause: verify._load re-raises restore's ArchiveCorruptError unless the shapes
+    differ (a shape records an enum only as "an enum", not its labels) or the encoding lacks a character."""
+    from archive_pipeline.core.restore import ArchiveCorruptError
+    from archive_pipeline.core.verify import deep_verify
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('sad', 'ok')").format(s))
+    conn.execute(sql.SQL("CREATE TYPE {}.pt AS (a numeric(10,2), m {}.mood)").format(s, s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, c0 {}.pt)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, date '2024-03-10', ROW(g * 1.5, 'ok')::{}.pt "
+                         "FROM generate_series(1, 5) g").format(s, s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    other_db.execute(sql.SQL("CREATE SCHEMA {}").format(s))
+    other_db.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('sad')").format(s))
+    other_db.execute(sql.SQL("CREATE TYPE {}.pt AS (a numeric(10,2), m {}.mood)").format(s, s))
+    try:
+        deep_verify(conn, store, spec, DAY, scratch_conn=other_db, temp_dir=str(temp_dir))
+    except ArchiveCorruptError as exc:
+        pytest.fail(f"an intact archive called corrupt: {exc}")
+    except Exception:
+        pass
