@@ -120,3 +120,24 @@ def test_deep_verify_in_a_scratch_database_whose_enum_lacks_a_label_does_not_cal
         pytest.fail(f"an intact archive called corrupt: {exc}")
     except Exception:
         pass
+
+
+def test_one_composite_type_change_in_a_wide_table_is_told_once_not_once_per_column(conn, schema, store, temp_dir):
+    """A user has a wide table (1,000 columns of one composite type ``pt``, a layout some event tables use), archives
+    a day, then a migration adds a field to ``pt``. What happens: the restore's refusal (and a re-run's, deep
+    verification's) message repeats "column 'cN': the composite ....pt itself has the fields (a, b, z) now, (a, b)
+    when archived" for every one of the 1,000 columns: one change of one type becomes a message of about 100,000
+    characters in the run's failure event, the command line's output and the logs. Expected: the message names the
+    change (the type, its fields now and when archived) and which columns hold it, in a bounded size (the same change
+    said once, or the columns listed up to a few and counted). Cause: source.shape_changes appends one sentence per
+    column, and restore/verify/archive join them all into the message."""
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    spec = _composite_table(conn, schema, columns=1000)
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    conn.execute(sql.SQL("ALTER TYPE {}.pt ADD ATTRIBUTE z int").format(sql.Identifier(schema)))
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back")
+    message = str(refused.value)
+    assert "(a, b, z)" in message
+    assert len(message) < 10_000, f"{len(message):,} characters: {message[:400]} ..."
