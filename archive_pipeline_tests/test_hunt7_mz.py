@@ -165,5 +165,6 @@ def test_a_day_archived_before_shapes_kept_modifiers_with_an_interval_field_rest
     entry = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY, "format": "jsonl"}
     _archive_with_the_version_before(pg, s3, bucket, entry, DAY, temp_dir)
     spec = parse_config({"tables": [entry | {"start_date": "2024-03-01"}]}).tables[0]
-    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+    assert problems == [], "; ".join(problems)
     assert restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.ev_back").rows == 5
