@@ -399,7 +399,7 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         if check_source and present:
             try:
                 current = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(archived.fingerprint),
-                                             archived.column_names)
+                                             archived.column_names, archived.manifest.get("columns") or ())
             except ColumnsChangedError as exc:
                 statuses.append(DayStatus(spec.name, day, "changed", archived.object_key or found.key, present,
                                           archived.rows, archived.bytes, archived.archived_at, None, exc.message))
@@ -730,7 +730,8 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
             # An archived day the catalog shows no partition for is still looked for where it can be: its
             # rows may sit in a DEFAULT partition (a late row after the day's partition was dropped).
-            current = source_fingerprint(conn, spec, day, algorithm, archived.column_names if archived else None)
+            current = source_fingerprint(conn, spec, day, algorithm, archived.column_names if archived else None,
+                                         (archived.manifest.get("columns") or ()) if archived else ())
         except ColumnsChangedError as exc:
             if archived.removed and rows_after_removal(conn, spec, day) == 0:  # a column added since: no rows to differ
                 out.append(_absent(spec, day, archived, found.key))

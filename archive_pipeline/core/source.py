@@ -345,9 +345,6 @@ def composite_shapes(conn: psycopg.Connection, oid: int) -> dict[int, tuple[Shap
     return {attnum: tuple(nodes) for attnum, nodes in found.items() if any(n[2] is not None for n in nodes)}
 
 
-_TYPMOD = re.compile(r"\(\d+(?:,\d+)?\)")  # a type modifier as format_type prints it: (10,2), (3), (0)
-
-
 def _way(at: str) -> str:
     """A shape node's way from its column in words: "field leaves → element → field f"."""
     words = {"[]": "element", "domain": "base type", "range": "subtype", "multirange": "range"}
@@ -370,7 +367,7 @@ def shape_changes(recorded: Sequence[dict], now_by_name: dict[str, tuple[ShapeNo
     """How the composites inside the columns (their shapes now, by name) differ from the shapes a manifest recorded
     (its ``columns[].shape``; a column it records none for, or not at all, is not compared): a composite's fields
     renamed, added, dropped or reordered, a node's type changed. Empty where they are the same."""
-    changes = []
+    changes: dict[str, list[str]] = {}  # what changed: the columns it changed in (one sentence for a wide table)
     for entry in recorded:
         shape = entry.get("shape")
         if not shape or entry.get("name") not in now_by_name:
@@ -387,17 +384,25 @@ def shape_changes(recorded: Sequence[dict], now_by_name: dict[str, tuple[ShapeNo
             was, now = then.get(at), here.get(at)
             where = f"at {_way(at)}" if at else "itself"
             if was is None or now is None:
-                changes.append(f"column {entry['name']!r}: {where} {'was added' if was is None else 'is gone'}")
+                what = f"{where} {'was added' if was is None else 'is gone'}"
             elif was[1] != now[1]:
-                changes.append(f"column {entry['name']!r}: the composite {names[at]} {where} has the fields "
-                               f"({', '.join(now[1] or ())}) now, ({', '.join(was[1] or ())}) when archived")
-            elif was[0] != now[0] and (entry.get("shape_modifiers") or _TYPMOD.sub("", now[0]) != was[0]):
-                # (a shape recorded before it held type modifiers: compared without them)
-                changes.append(f"column {entry['name']!r}: {where} is {now[0]} now, {was[0]} when archived")
+                what = (f"the composite {names[at]} {where} has the fields ({', '.join(now[1] or ())}) now, "
+                        f"({', '.join(was[1] or ())}) when archived")
+            elif was[0] != now[0] and (entry.get("shape_modifiers") or was[0] != names[at]):
+                # (a shape recorded before it held type modifiers: compared with the type's name without them)
+                what = f"{where} is {now[0]} now, {was[0]} when archived"
             else:
                 continue
+            changes.setdefault(what, []).append(entry["name"])
             told.append(at)
-    return changes
+    return [f"{_columns_named(columns)}: {what}" for what, columns in changes.items()]
+
+
+def _columns_named(names: list[str]) -> str:
+    """"column 'a'", "columns 'a', 'b'", "columns 'a', 'b', 'c' and 997 more" (a wide table's change said once)."""
+    shown = ", ".join(repr(name) for name in names[:3])
+    return (f"column {shown}" if len(names) == 1 else
+            f"columns {shown}" + (f" and {len(names) - 3:,} more" if len(names) > 3 else ""))
 
 
 def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INNER_TYPES

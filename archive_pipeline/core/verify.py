@@ -575,17 +575,29 @@ def _types_changed(conn: psycopg.Connection, manifest: dict, target: sql.Composa
 def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> None:
     from archive_pipeline.core.restore import ArchiveCorruptError, load_into  # the read path, imported here
 
+    changes = _types_changed(conn, manifest, target)  # before loading: values read into other fields prove nothing
+    if changes:  # not the archive's doing: the types it is loaded into are not those it was archived with
+        raise ColumnsChangedError(
+            f"the archive {manifest['object']['uri']} does not load into its columns' types now: a type inside "
+            f"them changed since the day was archived: {'; '.join(changes)}", table=manifest.get("table"),
+            day=manifest.get("day"), retryable=False,
+            remedy="put the type back as it was (ALTER TYPE) to prove the day, or archive the day again "
+                   "(overwrite) if the source still holds it")
     try:
         load_into(conn, path, manifest, target)
     except ArchiveCorruptError as exc:
-        changes = _types_changed(conn, manifest, target)
-        if changes:  # not the archive's doing: the types it is loaded into are not those it was archived with
-            raise ColumnsChangedError(
-                f"the archive {manifest['object']['uri']} does not load into its columns' types now: a type inside "
-                f"them changed since the day was archived: {'; '.join(changes)}", table=manifest.get("table"),
-                day=manifest.get("day"), retryable=False,
-                remedy="put the type back as it was (ALTER TYPE) to prove the day, or archive the day again "
-                       "(overwrite) if the source still holds it") from None
+        if isinstance(exc.__cause__, (psycopg.DataError, psycopg.IntegrityError)) and \
+                not isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
+            # the object matched its manifest's MD5 on the way down: a value this database's types refuse (an enum
+            # without the label, a range's collation, a domain's constraint) is no damage of the archive
+            raise ArchiveError(f"the archive {manifest['object']['uri']}, which matches its manifest (MD5), holds a "
+                               f"value the types of database {conn.info.dbname!r} refuse ({exc.__cause__}), so it "
+                               "cannot be loaded there to be proven (no verdict on the archive)",
+                               table=manifest.get("table"), day=manifest.get("day"), retryable=False,
+                               remedy="prove the day in a database whose types are as they were when it was "
+                                      "archived (scratch_conn; ARCHIVE_PG_PRIMARY_DSN for the command line), or "
+                                      "make this one's types hold the value (ALTER TYPE ... ADD VALUE, the "
+                                      "collation)") from None
         if not isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
             raise
         encoding = conn.info.parameter_status("server_encoding")
