@@ -54,7 +54,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
-from archive_pipeline.core.source import found_inside, xml_rewritten
+from archive_pipeline.core.source import rewritten_xml_inside
 
 ALGORITHM = "row-hash-sum-v5"
 V4 = "row-hash-sum-v4"
@@ -202,12 +202,10 @@ def _rewritten_xml_mark(column: ColumnLike, ident: sql.Composable) -> sql.Compos
     field's stored text is not what xml's output prints (an XML declaration it drops): the output alone would
     hash a changed declaration as unchanged. No archive holds such a value (every format refuses it), so an
     archived day and its source hash alike exactly when neither has one; nothing for any other column."""
-    marks = [found_inside(ident, inner, xml_rewritten) for inner in getattr(column, "unreadable", ())
-             if inner.type == "xml" and any(step.startswith(".") for step in inner.steps)]
-    if not marks:
+    rewritten = rewritten_xml_inside(column, ident)
+    if rewritten is None:
         return sql.SQL("")
-    return sql.SQL(", CASE WHEN {} THEN ' (an xml field whose output rewrites its text)' END").format(
-        sql.SQL(" OR ").join(marks))
+    return sql.SQL(", CASE WHEN {} THEN ' (an xml field whose output rewrites its text)' END").format(rewritten)
 
 
 def column_is_null(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:

@@ -40,8 +40,8 @@ from archive_pipeline.core.manifest import (ManifestError, archived_encoding, de
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import (NUMBER_TYPES, Column, day_filter, describe_relation, inner_types,
-                                          lookalike_hint, lookalike_relations, missing_character, prefetch,
+from archive_pipeline.core.source import (NUMBER_TYPES, Column, column_names, day_filter, describe_relation,
+                                          inner_types, lookalike_hint, lookalike_relations, missing_character, prefetch,
                                           relation_name, relation_shapes, shape_changes, stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
@@ -1492,8 +1492,7 @@ def _nested_narrowing(conn: psycopg.Connection, manifest: dict, relation: Relati
     oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::oid", (relation.identifier.as_string(conn),)).fetchone()[0]
     if oid is None:
         return []
-    names = dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
-                              "AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+    names = column_names(conn, oid)
 
     def path(steps) -> tuple[str, ...]:
         return tuple(step for step in steps if step != "domain")

@@ -152,6 +152,20 @@ def walk_inside(inner: InnerType) -> tuple[sql.Composed, sql.Composable]:
     return sql.SQL(" ").join(sources), value
 
 
+def xml_in_fields(column) -> list[InnerType]:
+    """The xml values a column holds inside a composite's field (at any depth, through arrays and domains): written
+    by the composite's output, which drops or rewrites an XML declaration (an xml column and an array of xml are
+    written as their stored text)."""
+    return [t for t in getattr(column, "unreadable", ()) if t.type == "xml" and any(s.startswith(".") for s in t.steps)]
+
+
+def rewritten_xml_inside(column, value: sql.Composable) -> sql.Composable | None:
+    """A condition true where an xml value inside a composite's field of ``column`` (whose value ``value`` is)
+    has a stored text its output does not print (see :func:`xml_in_fields`); None for a column without one."""
+    inside = [found_inside(value, inner, xml_rewritten) for inner in xml_in_fields(column)]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(inside)) if inside else None
+
+
 def xml_rewritten(value: sql.Composable) -> sql.Composed:
     """Whether an xml ``value``'s stored text is not what xml's output prints (an XML declaration it drops or
     rewrites): where only the output is written (a composite's field), that text would be lost."""
@@ -351,14 +365,19 @@ def _way(at: str) -> str:
     return " → ".join(f"field {step[1:]}" if step.startswith(".") else words.get(step, step) for step in at.split())
 
 
+def column_names(conn: psycopg.Connection, oid: int) -> dict[int, str]:
+    """The columns of relation ``oid`` by number (dropped ones left out)."""
+    return dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
+                             "AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+
+
 def relation_shapes(conn: psycopg.Connection, relation: str) -> dict[str, tuple[ShapeNode, ...]]:
     """Every column of ``relation`` (a name as SQL writes it) by name, with its shape (empty: no composite in
     it); nothing for a relation that is not there."""
     oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (relation,)).fetchone()[0]
     if oid is None:
         return {}
-    names = dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
-                              "AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+    names = column_names(conn, oid)
     shapes = composite_shapes(conn, oid)
     return {name: shapes.get(attnum, ()) for attnum, name in names.items()}
 
@@ -417,19 +436,11 @@ def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INN
 
 
 # Types whose values print names read from the catalog as committed when the statement runs (not as the snapshot
-# sees them), and the catalog rows those names come from: (oid, name, namespace) of each.
+# sees them), and the catalog relation of the objects each names.
 _NAMED_BY_CATALOG = {
-    "regclass": "SELECT oid, relname::text, relnamespace FROM pg_catalog.pg_class",
-    "regtype": "SELECT oid, typname::text, typnamespace FROM pg_catalog.pg_type",
-    "regproc": "SELECT oid, proname::text, pronamespace FROM pg_catalog.pg_proc",
-    "regprocedure": "SELECT oid, proname::text, pronamespace FROM pg_catalog.pg_proc",
-    "regoper": "SELECT oid, oprname::text, oprnamespace FROM pg_catalog.pg_operator",
-    "regoperator": "SELECT oid, oprname::text, oprnamespace FROM pg_catalog.pg_operator",
-    "regnamespace": "SELECT oid, nspname::text, 0::pg_catalog.oid FROM pg_catalog.pg_namespace",
-    "regrole": "SELECT oid, rolname::text, 0::pg_catalog.oid FROM pg_catalog.pg_roles",
-    "regconfig": "SELECT oid, cfgname::text, cfgnamespace FROM pg_catalog.pg_ts_config",
-    "regdictionary": "SELECT oid, dictname::text, dictnamespace FROM pg_catalog.pg_ts_dict",
-    "regcollation": "SELECT oid, collname::text, collnamespace FROM pg_catalog.pg_collation",
+    "regclass": "pg_class", "regtype": "pg_type", "regproc": "pg_proc", "regprocedure": "pg_proc",
+    "regoper": "pg_operator", "regoperator": "pg_operator", "regnamespace": "pg_namespace", "regrole": "pg_roles",
+    "regconfig": "pg_ts_config", "regdictionary": "pg_ts_dict", "regcollation": "pg_collation",
 }
 
 # Every type a day's values may print through: the columns' types of the relation and, for a view, of the
@@ -482,7 +493,7 @@ def type_parts(conn: psycopg.Connection) -> str:
 def printed_names(conn: psycopg.Connection, table: SourceTable, where: sql.Composable | None = None) -> PrintedNames:
     """What the day's values print from the catalog, as ``conn``'s snapshot has it: the labels of the enum
     types inside its columns' types (a view's: of the relations it reads, and the types its query casts to),
-    and the names of the catalog objects its reg* values name, with their schemas' (see
+    and, for the catalog objects its reg* values name, each one's name as such a value prints it (see
     :func:`same_printed_names`). With the day's ``where``, those are the objects the day's values name (read
     in the snapshot); without it, or for a view (whose query may print names it does not return), every
     object of each kind: a rename of any then fails the run."""
@@ -507,8 +518,7 @@ def _named_in_day(conn: psycopg.Connection, table: SourceTable, where: sql.Compo
     given, or a view: its query may print names through casts it does not return)."""
     if where is None or table.relkind == "v" or table.oid is None:
         return None
-    columns = dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
-                                "AND attnum > 0 AND NOT attisdropped", (table.oid,)).fetchall())
+    columns = column_names(conn, table.oid)
     selects = []
     for attnum, inners in inner_types(conn, table.oid, tuple(kinds)).items():
         for inner in inners:
@@ -530,7 +540,7 @@ def _catalog_names(conn: psycopg.Connection, type_name: str, oids: list[int] | N
     of ``oids``): printed by the type's own output in this session, so all a value's text depends on is in it (a
     function's argument types, the schema a relation is qualified with where the path no longer finds it first)."""
     query = (f"SELECT x.oid::text, pg_catalog.concat(x.oid::pg_catalog.{type_name}) "
-             f"FROM ({_NAMED_BY_CATALOG[type_name]}) AS x(oid, n, ns)")
+             f"FROM pg_catalog.{_NAMED_BY_CATALOG[type_name]} AS x")
     if oids is None:
         return conn.execute(query).fetchall()
     return conn.execute(query + " WHERE x.oid = ANY(%s::pg_catalog.oid[])", (oids,)).fetchall()

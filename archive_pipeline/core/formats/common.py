@@ -41,7 +41,8 @@ from archive_pipeline.core.source import (
     copy_chunks,
     found_inside,
     prefetch,
-    xml_rewritten,
+    rewritten_xml_inside,
+    xml_in_fields,
 )
 
 
@@ -385,30 +386,19 @@ def refused_column(col: Column, reason: str) -> str:
     """How a refusal names its column: with the way to the refused values when they sit inside its type
     (a regproc field of a composite), which the column's type name alone does not show."""
     if reason == "xml_rewritten":
-        ways = [t.route for t in col.unreadable if t.type == "xml" and any(s.startswith(".") for s in t.steps)]
+        ways = [t.route for t in xml_in_fields(col)]
     else:
         ways = [t.route for t in col.inner if t.type in NAME_INPUT] \
             if reason == "reg_ambiguous" and col.base_type not in NAME_INPUT else []
     return f"column {col.name!r} ({col.type_name}{', at ' + '; '.join(ways) if ways else ''})"
 
 
-def rewritten_xml_inside(col: Column) -> sql.Composable | None:
-    """For a column holding xml inside a composite's field (at any depth, through arrays and domains), a condition
-    true where such a value's stored text is not what xml's output prints (an XML declaration it drops or
-    rewrites): every format writes a composite by its output, so that text would be lost. None for other columns
-    (an xml column and an array of xml are written as their stored text: see :func:`xml_text`)."""
-    inside = [found_inside(sql.Identifier(col.name), t, xml_rewritten) for t in col.unreadable
-              if t.type == "xml" and any(step.startswith(".") for step in t.steps)]
-    return sql.SQL("({})").format(sql.SQL(" OR ").join(inside)) if inside else None
-
-
-
-
 def inside_refusals(col: Column) -> list[tuple[sql.Composable, str]]:
     """(condition, reason) of each refusal of values inside the column's type, in every format: a regproc or
     regoper name that does not read back (:func:`ambiguous_name`), a composite's xml field whose text its output
     rewrites (:func:`rewritten_xml_inside`)."""
-    found = [(ambiguous_name(col), "reg_ambiguous"), (rewritten_xml_inside(col), "xml_rewritten")]
+    found = [(ambiguous_name(col), "reg_ambiguous"),
+             (rewritten_xml_inside(col, sql.Identifier(col.name)), "xml_rewritten")]
     return [(condition, reason) for condition, reason in found if condition is not None]
 
 
