@@ -1,0 +1,96 @@
+"""Hunt 8 (nd): upgrades and mixed versions. Archives, manifests and locks of the version at d5e3cd4 (the start of
+the previous session, extracted by helpers.previous_version_code) meet today's code, in a subprocess."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+from psycopg import sql
+
+from archive_pipeline_tests.helpers import previous_version_code
+
+OLD = "d5e3cd4"
+DAY = dt.date(2024, 3, 10)
+
+_OLD_SCRIPT = r"""
+import datetime as dt, json, sys
+import boto3, psycopg
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import S3Store, MIN_PART_SIZE
+args = json.loads(sys.argv[1])
+client = boto3.client("s3", endpoint_url=args["endpoint"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+store = S3Store(client, args["bucket"], prefix="archive", part_size=MIN_PART_SIZE)
+spec = TableSpec(**args["spec"])
+out = []
+with psycopg.connect(args["dsn"], autocommit=True) as conn:
+    for op, day in args["ops"]:
+        day = dt.date.fromisoformat(day)
+        if op == "archive":
+            r = archive_partition(conn, spec, day, store, temp_dir=args["tmp"])
+            out.append(getattr(r, "status", None) or str(r))
+        elif op == "overwrite":
+            r = archive_partition(conn, spec, day, store, temp_dir=args["tmp"], overwrite=True)
+            out.append(getattr(r, "status", None) or str(r))
+        elif op.startswith("py:"):
+            exec(op[3:])
+print(json.dumps(out, default=str))
+"""
+
+
+def run_old(pg, s3, bucket, spec: dict, ops, tmp, commit=OLD, dsn=None) -> subprocess.CompletedProcess:
+    """Run ``ops`` [(op, day)] with the code of ``commit`` in a subprocess; its outcome, whatever it is."""
+    env = {**os.environ, "PYTHONPATH": previous_version_code(commit)}
+    args = {"dsn": dsn or pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": spec,
+            "ops": [(o, (d or DAY).isoformat()) for o, d in ops], "tmp": str(tmp)}
+    return subprocess.run([sys.executable, "-c", _OLD_SCRIPT, json.dumps(args, default=str)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd="/tmp")
+
+
+def _colliding_names(conn, schema: str) -> tuple[str, str]:
+    """Two table names whose legacy lock keys (hashtext of ``archive_pipeline:<name>``) are the same."""
+    prefix = f"archive_pipeline:{schema}.nd_"
+    a, b = conn.execute(
+        "SELECT min(g), max(g) FROM generate_series(1, 400000) g GROUP BY pg_catalog.hashtext(%s || g) "
+        "HAVING count(*) > 1 LIMIT 1", (prefix,)).fetchone()
+    return f"{schema}.nd_{a}", f"{schema}.nd_{b}"
+
+
+def test_old_run_gets_into_a_day_a_new_run_holds_after_a_colliding_tables_run_ends(
+        pg, s3, conn, schema, bucket, store, temp_dir):
+    """A rolling upgrade: runs of today's version and of the previous one (legacy lock only: hashtext of the
+    name, the day's number) go on at once. Today's run of table X, day D holds its 64-bit key and the legacy
+    key, which table Y's name shares (hashtext is 32 bits). Today's run of Y, day D starts: its 64-bit key is
+    free, the legacy key is held by a run of this version, so it goes on WITHOUT the legacy key (locks.py
+    ``took_legacy`` False). X's run ends and lets the legacy key go. Now a run of the previous version of Y, day D
+    starts (a Dagster retry still on the old image): it takes the legacy key, which nobody holds any more, and
+    archives Y's day while today's run of Y's day is still working on it: two runs write one table-day at once,
+    what the lock exists to prevent (README: "a run of the previous version still going during an upgrade keeps
+    this one out of its day"). The old run should be refused ("is being archived ... by another run")."""
+    from archive_pipeline.core.locks import table_day_lock
+
+    x, y = _colliding_names(conn, schema)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(sql.Identifier(*y.split("."))))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 10) g").format(
+        sql.Identifier(*y.split("."))), (DAY,))
+    with pg.connect() as conn_x, pg.connect() as conn_y:
+        conn_x.autocommit = conn_y.autocommit = True
+        with table_day_lock(conn_y, y, DAY):  # today's run of Y, D, while today's run of X, D ...
+            pass  # (just checking the setup: Y alone gets both keys)
+        with table_day_lock(conn_x, x, DAY):
+            y_lock = table_day_lock(conn_y, y, DAY)
+            y_lock.__enter__()  # today's run of Y, day D: under way
+        try:  # ... X's run has ended; Y's is still working on its day
+            done = run_old(pg, s3, bucket, {"name": y, "day_column": "at", "start_date": DAY.isoformat(),
+                                            "format": "csv"}, [("archive", DAY)], temp_dir)
+            wrote = [o["Key"] for o in store.list_keys("")] if hasattr(store, "list_keys") else []
+        finally:
+            y_lock.__exit__(None, None, None)
+    assert done.returncode != 0 and "being archived" in done.stderr, (
+        f"the previous version archived {y} {DAY} while today's run held the day, writing {wrote}")
