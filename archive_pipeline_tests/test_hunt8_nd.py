@@ -94,3 +94,75 @@ def test_old_run_gets_into_a_day_a_new_run_holds_after_a_colliding_tables_run_en
             y_lock.__exit__(None, None, None)
     assert done.returncode != 0 and "being archived" in done.stderr, (
         f"the previous version archived {y} {DAY} while today's run held the day, writing {wrote}")
+
+
+_OLD_RESTORE_PAUSED = r"""
+import json, os, sys, time, boto3, psycopg
+from archive_pipeline.core import restore
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import S3Store, MIN_PART_SIZE
+a = json.loads(sys.argv[1])
+client = boto3.client("s3", endpoint_url=a["endpoint"], region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+store = S3Store(client, a["bucket"], prefix="archive", part_size=MIN_PART_SIZE)
+real = restore._marked_days
+def paused(*args, **kwargs):  # inside the restore's transaction, its locks held: wait for the test to go on
+    found = real(*args, **kwargs)
+    open(a["reached"], "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(a["go"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+restore._marked_days = paused
+with psycopg.connect(a["dsn"], autocommit=True) as conn:
+    r = restore.restore_day(conn, store, TableSpec(**a["spec"]), a["day"], into="existing", target=a["target"],
+                            on_conflict="skip", temp_dir=a["tmp"])
+    print(r.rows, r.inserted)
+"""
+
+
+def test_new_run_enters_a_day_an_old_restore_into_the_table_holds(pg, s3, conn, schema, bucket, store, temp_dir):
+    """A rolling upgrade: with the previous version, a user restores a day of public table T into T itself
+    (``restore --into existing --target T``: the archived table, so the restore takes the table-day lock of T, the
+    legacy key, as archiving does). Inside its transaction that restore also holds a transaction-level advisory
+    lock of the target (``_marked_days``: pg_advisory_xact_lock of one bigint key, objsubid 1 in pg_locks).
+    Meanwhile today's version archives the same day again (overwrite; a removal goes the same way): its 64-bit key
+    is free, the legacy key is held, and ``_LEGACY_HOLDER_IS_NEW`` (locks.py) takes any objsubid-1 advisory lock
+    of the holder's session for "a run of this version of another table", so it goes on WITHOUT the legacy key,
+    archiving the day while the old restore loads rows into it. It should be refused as held by another run."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.errors import ArchiveError
+
+    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at date)")
+    conn.execute(f"INSERT INTO {schema}.ev SELECT g, %s FROM generate_series(1, 10) g", (DAY,))
+    args = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "csv"}
+    done = run_old(pg, s3, bucket, args, [("archive", DAY)], temp_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reached, go = temp_dir.parent / "reached", temp_dir.parent / "go"
+    env = {**os.environ, "PYTHONPATH": previous_version_code(OLD)}
+    old = subprocess.Popen([sys.executable, "-c", _OLD_RESTORE_PAUSED, json.dumps({
+        "dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "spec": args, "day": DAY.isoformat(),
+        "target": f"{schema}.ev", "tmp": str(temp_dir), "reached": str(reached), "go": str(go)})],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/tmp")
+    try:
+        import time
+        deadline = time.monotonic() + 60
+        while not reached.exists() and old.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reached.exists(), old.communicate()[1][-2000:]
+        from archive_pipeline.core.config import TableSpec
+        held = conn.execute(  # the old restore holds the day's legacy key (and a transaction's advisory lock)
+            "SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted AND pid <> "
+            "pg_catalog.pg_backend_pid() AND ((objsubid = 2 AND classid = pg_catalog.hashtext(%s)::oid AND objid = %s)"
+            " OR objsubid = 1)", (f"archive_pipeline:{args['name']}", DAY.toordinal())).fetchone()[0]
+        assert held == 2, held
+        try:
+            result = archive_partition(conn, TableSpec(**args), DAY, store, temp_dir=temp_dir, overwrite=True)
+        except ArchiveError as exc:
+            assert "another run" in str(exc), exc
+        else:
+            raise AssertionError(f"today's run archived {args['name']} {DAY} (generation {result.generation}) while "
+                                 "the previous version's restore into the table held the day")
+    finally:
+        go.touch()
+        out, err = old.communicate(timeout=60)
