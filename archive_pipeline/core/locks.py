@@ -37,17 +37,6 @@ def _legacy_key(table: str, day: dt.date) -> tuple[str, int]:
     return f"archive_pipeline:{table}", day.toordinal()
 
 
-# Whether the session holding the legacy key also holds a lock of this version (a 64-bit key): then it is a run of
-# this version, of another table whose name hashtext maps alike (this version's key for this day was free)
-_LEGACY_HOLDER_IS_NEW = """
-SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_locks n ON n.pid = l.pid
-               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                 AND l.classid = pg_catalog.hashtext(%s)::pg_catalog.oid AND l.objid = %s::pg_catalog.oid
-                 AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-                 AND n.locktype = 'advisory' AND n.granted AND n.objsubid = 1)
-"""
-
-
 def _held(table: str, day: dt.date, holder: str) -> ArchiveError:
     return ArchiveError(f"{table} {day} is being archived, removed or restored by another run right now{holder}",
                         table=table, day=day.isoformat(), retryable=True, cause="another run holds the table-day lock",
@@ -59,20 +48,23 @@ def _held(table: str, day: dt.date, holder: str) -> ArchiveError:
 def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterator[None]:
     """Hold the (table, day) session lock for the block, or fail at once (retryable) if another holds it.
 
-    The lock before 2026-12 (:func:`_legacy_key`) is taken too, so a run of that version, still going while a
-    deployment is upgraded, and a run of this one never work on one day at once. Its key is a 32-bit hash of the
-    name, which another table's may share: held by a run of this version (which holds a key of its own too), it
-    is that other table's, and no reason to wait."""
+    The lock before 2026-12 (:func:`_legacy_key`) is taken too, *shared*: versions before it take that key
+    exclusively, so a run of such a version, still going while a deployment is upgraded, and a run of this one
+    never work on one day at once, while runs of this version never wait for each other on it (its 32-bit hash
+    of the name alone is shared by other tables'). A shared hold keeps an older run out however long this run
+    lasts, whoever else shares it; telling an older holder from a run of this version by pg_locks could not
+    (an older restore holds 64-bit keys of its own)."""
     key = lock_key(table, day)
     got = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s::pg_catalog.int8)", key).fetchone()[0]
     if not got:
         raise _held(table, day, _holder(conn, key))
     legacy = _legacy_key(table, day)
     try:
-        took_legacy = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext(%s), %s)",
+        took_legacy = conn.execute("SELECT pg_catalog.pg_try_advisory_lock_shared(pg_catalog.hashtext(%s), %s)",
                                    legacy).fetchone()[0]
-        if not took_legacy and not _legacy_held_by_this_version(conn, legacy):
-            raise _held(table, day, " (a run of archive_pipeline from before 2026-12)")
+        if not took_legacy:
+            raise _held(table, day, " (a run of an earlier archive_pipeline version, or of another table whose name "
+                                    "that version's lock hashed alike)")
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
@@ -85,18 +77,7 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s::pg_catalog.int8)", key)
-                if took_legacy:
-                    conn.execute("SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext(%s), %s)", legacy)
-
-
-def _legacy_held_by_this_version(conn: psycopg.Connection, legacy: tuple[str, int]) -> bool:
-    """Whether the session holding the legacy key is a run of this version (of another table whose name hashes
-    alike); False where pg_locks cannot say (then it may be an older run of this very day)."""
-    try:
-        with conn.transaction():
-            return bool(conn.execute(_LEGACY_HOLDER_IS_NEW, legacy).fetchone()[0])
-    except psycopg.Error:
-        return False
+                conn.execute("SELECT pg_catalog.pg_advisory_unlock_shared(pg_catalog.hashtext(%s), %s)", legacy)
 
 
 def end_interrupted_query(conn: psycopg.Connection, exc: BaseException | None) -> None:

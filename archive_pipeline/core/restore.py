@@ -40,9 +40,10 @@ from archive_pipeline.core.manifest import (ManifestError, archived_encoding, de
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import (NUMBER_TYPES, Column, column_names, day_filter, describe_relation,
-                                          inner_types, lookalike_hint, lookalike_relations, missing_character, prefetch,
-                                          relation_name, relation_shapes, shape_changes, stored_name_problem)
+from archive_pipeline.core.source import (NUMBER_TYPES, Column, altered_composites, column_names, day_filter,
+                                          describe_relation, inner_types, lookalike_hint, lookalike_relations,
+                                          missing_character, prefetch, relation_name, relation_shapes, shape_changes,
+                                          stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
@@ -1513,7 +1514,10 @@ def _refuse_changed_shapes(conn: psycopg.Connection, manifest: dict, relation: R
     """A target whose composites are not those the day was archived with (a field added, dropped, retyped, renamed
     or moved: see ``source.shape_changes``) is refused: a composite's text is positional, so the archived values
     would go into other fields, or fail to load and be blamed on the archive."""
-    shapes = shape_changes(manifest.get("columns", []), relation_shapes(conn, relation.identifier.as_string(conn)))
+    now = relation_shapes(conn, relation.identifier.as_string(conn))
+    shapes = shape_changes(manifest.get("columns", []), now)
+    if not shapes:
+        _refuse_unrecorded_shapes(conn, manifest, relation, now)
     if shapes:
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} into {relation}: a type inside its columns is not "
@@ -1521,6 +1525,29 @@ def _refuse_changed_shapes(conn: psycopg.Connection, manifest: dict, relation: R
             day=manifest["day"], retryable=False,
             remedy="put the type back as it was archived (ALTER TYPE; the manifest's columns[].shape records it), or "
                    "restore in a database whose type is as archived, then convert the values on as you choose")
+
+
+def _refuse_unrecorded_shapes(conn: psycopg.Connection, manifest: dict, relation: Relation,
+                              now: dict[str, tuple]) -> None:
+    """A manifest written before shapes were recorded cannot say whether a composite's fields moved since; where
+    the target's composite has lost a field (the fields after it may have moved: ``DROP ATTRIBUTE a, ADD
+    ATTRIBUTE a``), its positional text could load into other fields and still print as archived, proven. Such
+    a target is refused. JSONL names each field, so it loads by name and is not refused."""
+    if manifest.get("format") == "jsonl":
+        return
+    unrecorded = [c["name"] for c in manifest.get("columns", [])
+                  if isinstance(c, dict) and not c.get("shape") and now.get(c.get("name"))]
+    altered = [name for name in unrecorded if name in altered_composites(conn, relation.identifier.as_string(conn))]
+    if altered:
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} into {relation}: its column(s) "
+            f"{', '.join(repr(n) for n in altered)} hold a composite that has lost a field since it was created, so "
+            "its fields may have moved, and the archive (written before archive_pipeline recorded composite shapes) "
+            "does not say in which order it wrote them; a composite's text is positional, so its values could load "
+            "into other fields and still print as archived. Nothing was restored", table=manifest["table"],
+            day=manifest["day"], retryable=False,
+            remedy="restore into a table (into='existing') whose composite type has the fields in the order they "
+                   "had when the day was archived, created afresh (CREATE TYPE ... AS (...)), then convert on")
 
 
 def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:

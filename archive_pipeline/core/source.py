@@ -359,6 +359,25 @@ def composite_shapes(conn: psycopg.Connection, oid: int) -> dict[int, tuple[Shap
     return {attnum: tuple(nodes) for attnum, nodes in found.items() if any(n[2] is not None for n in nodes)}
 
 
+_ALTERED_QUERY = _TYPE_WALK + """
+SELECT DISTINCT w.attnum FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+WHERE t.typtype = 'c' AND EXISTS (SELECT FROM pg_catalog.pg_attribute f
+                                  WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND f.attisdropped)
+"""
+
+
+def altered_composites(conn: psycopg.Connection, relation: str) -> set[str]:
+    """The columns of ``relation`` whose type holds, anywhere, a composite that has lost a field since it was
+    created (a dropped attribute stays in the catalog): the fields after it may have moved. What a manifest
+    without a recorded shape (written before shapes were) can still be checked by."""
+    oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (relation,)).fetchone()[0]
+    if oid is None:
+        return set()
+    query = _ALTERED_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
+    names = column_names(conn, oid)
+    return {names[attnum] for (attnum,) in conn.execute(query, {"oid": oid}) if attnum in names}
+
+
 def _way(at: str) -> str:
     """A shape node's way from its column in words: "field leaves → element → field f"."""
     words = {"[]": "element", "domain": "base type", "range": "subtype", "multirange": "range"}
