@@ -61,7 +61,17 @@ def app_db(pg, conn):
 
 def test_a_restore_refused_temp_in_a_database_named_like_its_schema_names_temporary_not_create(app_db, store,
                                                                                               temp_dir):
-    """probe"""
+    """The schema is named like its database (database ``na_…``, schema ``na_…``: a common layout). The DBA revoked
+    TEMPORARY on the database from PUBLIC; the app role has INSERT and SELECT on an existing table and no CREATE on
+    the schema (it needs none: the table exists). It restores a day into it with ``on_conflict='skip'``, which
+    stages the rows in a temporary table, and is refused (right) with "permission denied to create temporary
+    tables in database "na_…"". What happens: the remedy is "GRANT CREATE ON SCHEMA na_… TO the role", a
+    privilege the restore does not need; the user grants it and the restore fails the same way. f51a041's
+    ``restore._lacking_privilege`` lists every privilege the role lacks (the schema's CREATE ordered before the
+    database's TEMPORARY) and takes the first whose object's *name* is a word of the message: the database's
+    name is the schema's. Before f51a041 the remedy named TEMPORARY (the message's own kind; with schema ``s``
+    it still does). What should happen: the remedy names GRANT TEMPORARY ON DATABASE (match the object's kind
+    with its name)."""
     schema = app_db.name
     spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY, format="jsonl",
                      partitioning={"mode": "declarative"})
