@@ -25,7 +25,16 @@ _counter = itertools.count()
 
 def test_a_json_value_with_a_big_number_and_an_escape_the_encoding_has_archives_in_euc_jp(encoded_db, store,
                                                                                           temp_dir):
-    """probe"""
+    """An EUC_JP database holds ``json`` whose escape is of a character EUC_JP has (``"\\u3042"``, hiragana: what
+    f51a041 archives, see test_hunt7_mq) next to a number jsonb cannot hold (``1e1000000``: the json type checks
+    only its syntax, and json_populate_record reads it back into a json column as written). A user archives the
+    day as JSONL. What happens: the day fails, not retried, with "column 'j' (json) ... cannot be converted by
+    PostgreSQL (SQLSTATE 22003: value overflows numeric format) in jsonl; archive this table as csv or parquet,
+    or fix the value": the multibyte test (``jsonl._escape_beyond_encoding``) parses the whole value as *jsonb*
+    (``{c}::text::pg_catalog.jsonb IS NULL``) to have PostgreSQL convert its escapes, and jsonb also turns every
+    number into numeric; ``refused_by_parse`` recognises only 22P05. The same day archives in UTF8, and in EUC_JP
+    without the escape. What should happen: only the escapes are put to the test (a parse that keeps numbers as
+    text, e.g. of the escapes alone); the day archives and restores as stored."""
     db = encoded_db("EUC_JP")
     value = '{"n": 1e1000000, "name": "\\u3042"}'
     db.execute("CREATE TABLE ev (id int, at date, j json)")
