@@ -1956,12 +1956,23 @@ def _lacking_privilege(conn: psycopg.Connection, message: str, relation: Relatio
                                         "schema": relation.schema}).fetchall()
     except psycopg.Error:
         return None
-    for _, name, grant in found:  # the name as a word of the message: "... für Sequenz global_seq", "... schema s"
+    named = []
+    for rank, name, grant in found:  # the name as a word of the message: "... für Sequenz global_seq", "... schema s"
         if name is None:  # the target's INSERT or SELECT lacking: what any refusal of it needs first
             return grant
         if re.search(rf'(?<![\w"]){re.escape(name)}(?![\w"])|"{re.escape(name)}"', message):
-            return grant
-    return None
+            named.append((rank, grant))
+    if len(named) > 1:  # one name for several objects (a schema named as its database): the message's kind decides
+        kind = next((rank for rank, pattern in _REFUSED_KINDS if re.search(pattern, message)), None)
+        role = sql_name(conn.info.user, qualified=False)  # (the caller adds "TO <role>" after the last)
+        return next((grant for rank, grant in named if rank == kind), f" TO {role}, or ".join(g for _, g in named))
+    return named[0][1] if named else None
+
+
+# The kind of object an English refusal names (the _LACKING rank), where one name is several objects' (another
+# language's refusal then gets each grant the name may mean)
+_REFUSED_KINDS = ((3, r"to create temporary tables in database"), (2, r"permission denied for schema"),
+                  (1, r"permission denied for sequence"))
 
 
 def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relation | None) -> list[str]:

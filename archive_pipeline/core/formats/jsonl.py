@@ -93,9 +93,13 @@ def _escape_beyond_encoding(encoding: str | None) -> str | None:
     if encoding == "UTF8":
         return None
     if encoding in _MULTIBYTE:
-        # too many characters to list: a value holding such an escape is parsed as the restore will parse it, which
-        # converts each escape into the database's encoding and fails (22P05, naming the value) where it lacks one
-        return _REAL_ESCAPES + " ~* " + _BEYOND_ASCII + " AND {c}::text::pg_catalog.jsonb IS NULL"
+        # too many characters to list: the value's escapes alone (in order, so a surrogate pair stays one) are
+        # de-escaped as the restore's parse will, which converts each into the database's encoding and fails
+        # (22P05, naming the value) where it lacks one. Only the escapes: a parse of the whole value would also
+        # read its numbers, and fail on one beyond numeric's range (legal JSON) for another reason.
+        return (_REAL_ESCAPES + " ~* " + _BEYOND_ASCII + " AND (SELECT ('\"' || pg_catalog.string_agg(m.e[1], '' "
+                "ORDER BY m.n) || '\"')::pg_catalog.json #>> '{{}}' FROM pg_catalog.regexp_matches(" + _REAL_ESCAPES
+                + r", '(\\u[0-9a-fA-F]{{4}})', 'g') WITH ORDINALITY AS m(e, n)) IS NULL")
     kept = _repertoire_escapes(encoding)
     text = _REAL_ESCAPES if kept is None else f"regexp_replace({_REAL_ESCAPES}, '\\\\u({kept})', '', 'gi')"
     return text + " ~* " + _BEYOND_ASCII
