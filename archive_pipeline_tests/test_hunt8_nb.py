@@ -160,3 +160,69 @@ def test_a_store_that_writes_its_md5_etags_in_upper_case_is_not_called_corruptin
         result = archive_partition(conn, ev, DAY, upper, temp_dir=temp_dir)
         assert result.rows == 20
         assert verify_archive(upper, table_day_key(ev, DAY, store.prefix), {}, deep=True, temp_dir=temp_dir) == []
+
+
+class R2Parts:
+    """Cloudflare R2's (and Mega S4's) multipart rule: every part but the last the same size, checked at
+    CompleteMultipartUpload (400 InvalidPart "All non-trailing parts must have the same length.")."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, dict[int, int]] = {}
+
+    def before(self, handler, method, body):
+        import urllib.parse
+
+        query = urllib.parse.parse_qs(_query(handler), keep_blank_values=True)
+        upload = (query.get("uploadId") or [None])[0]
+        if method == "PUT" and upload and "partNumber" in query:
+            self.sizes.setdefault(upload, {})[int(query["partNumber"][0])] = len(body)
+        elif method == "POST" and upload:
+            sizes = [size for _, size in sorted(self.sizes.get(upload, {}).items())]
+            if len(set(sizes[:-1])) > 1 or (len(sizes) > 1 and sizes[-1] > sizes[0]):
+                return _xml_error(400, "InvalidPart", "All non-trailing parts must have the same length.")
+        return None
+
+
+def test_r2s_refusal_of_grown_parts_names_equal_parts_and_is_not_retried(s3, bucket, temp_dir):
+    """A user archives to Cloudflare R2 without ``equal_parts`` (the README: R2 needs it), and a day outgrows its
+    estimate: past the 1,000th part the parts grow (0.1 % a part), so they are no longer all the same size. R2
+    refuses the CompleteMultipartUpload with 400 InvalidPart "All non-trailing parts must have the same length."
+    (here the growth is brought forward to the second part, by the plan a day past its 1,000th part follows, so
+    the test sends 12 MiB instead of 8 GB). Was: InvalidPart is read as "the multipart upload disappeared or
+    conflicted with another writer", retryable: every retry re-reads and re-sends the whole (very large) day and
+    is refused again, and nothing mentions equal_parts. Should: not retryable, the cause and remedy naming the
+    store's equal-size rule and ``equal_parts`` (ArchiveStoreResource.equal_parts: true)."""
+    import hashlib
+    import os
+
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.store import MIN_PART_SIZE, MiB, PartPlan
+
+    class PastThousandParts(PartPlan):  # the plan's own rule, with its growth from the second part on
+        def size_at(self, offset: int) -> int:
+            return self.first if offset == 0 else self.first + MiB
+
+    class Store(S3Store):
+        def plan(self, expected_size=None):
+            return PastThousandParts(first=MIN_PART_SIZE, equal=False)
+
+    r2 = R2Parts()
+    data = os.urandom(2 * MIN_PART_SIZE + 2 * MiB)
+    path = temp_dir / "day"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with DialectProxy(s3.endpoint_url, before=[r2.before]) as proxy:
+            store = Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+            upload = store.begin("archive/big.jsonl.zst", content_type="application/zstd", fresh=True,
+                                 metadata={"table": "public.events", "day": "2024-03-10"})
+            upload.grow(fd, len(data))
+            with pytest.raises(ArchiveError) as caught:
+                upload.finish(fd, len(data), hashlib.md5(data).hexdigest())
+            assert proxy.requests(method="POST", query="uploadId="), "(premise: the upload was completed)"
+    finally:
+        os.close(fd)
+    said = f"{caught.value} {caught.value.remedy}"
+    assert "same length" in said  # (the premise: R2 refused the parts)
+    assert not caught.value.retryable, said
+    assert "equal_parts" in said, said
