@@ -164,7 +164,7 @@ def test_a_store_that_refuses_boto3s_checksum_headers_with_400_is_named_with_the
     assert "x-amz-checksum-crc32" in said  # (the premise: the store refused the header)
     assert "AWS_REQUEST_CHECKSUM_CALCULATION" in said, said
     assert not caught.value.retryable
-    assert store.head(table_day_key(ev, DAY, store.prefix) + ".manifest.json") is None
+    assert store.head(manifest_key(table_day_key(ev, DAY, store.prefix))) is None
 
 
 def test_a_store_that_writes_its_md5_etags_in_upper_case_is_not_called_corrupting(conn, schema, ev, s3, bucket, store,
