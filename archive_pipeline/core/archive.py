@@ -72,7 +72,7 @@ from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, \
     hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, same_printed_names, \
     server_identity, shape_changes
-from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload
+from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
 __all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
@@ -910,7 +910,7 @@ class _Archiving:
         """Whether the listed object ``key`` has the new object's ETag and size (the same bytes, in the same parts)."""
         listed = (listing or {}).get(key) or {}
         return bool(result.etag) and listed.get("ContentLength") == result.bytes and \
-            str(listed.get("ETag", "")).strip('"') == result.etag.strip('"')
+            etag_text(listed.get("ETag")) == etag_text(result.etag)
 
     def _stored_manifest(self) -> bytes | None:
         try:

@@ -343,6 +343,10 @@ _S3_REJECTED = _store(False, "the object store rejected the request", "read the 
 _S3_UNSUPPORTED = _store(False, "the object store does not implement a request or header the archiver sent",
                          "on an S3-compatible store, set AWS_REQUEST_CHECKSUM_CALCULATION=when_required and "
                          "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, and check that it supports multipart uploads")
+_S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads whose parts (but the last) are all "
+                           "the same size (Cloudflare R2's rule), and this day's object grew past the parts of its "
+                           "first size", "set ArchiveStoreResource.equal_parts: true (the README: Cloudflare R2), "
+                           "then run the day again")
 _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expired",
                            f"{_RETRIED} with fresh credentials; if it persists, check the credential source (role "
                            "session duration, token refresh)")
@@ -574,8 +578,13 @@ def _classify_boto(exc: BaseException) -> Classification | None:
     if isinstance(exc, bx.ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        if "kms:" in str(error.get("Message", "")).lower():  # AccessDenied "... not authorized to perform: kms:..."
+        said = str(error.get("Message", "")).lower()
+        if "kms:" in said:  # AccessDenied "... not authorized to perform: kms:..."
             return _S3_KMS
+        if "x-amz-checksum" in said or "x-amz-sdk-checksum" in said:  # B2's 400 for botocore's default CRC32 headers
+            return _S3_UNSUPPORTED
+        if error.get("Code") == "InvalidPart" and "same length" in said:  # R2's rule of equal parts
+            return _S3_UNEQUAL_PARTS
         return _s3_code(str(error.get("Code", "")), int(status))
     if isinstance(exc, bx.BotoCoreError):
         return _S3_CONFIG

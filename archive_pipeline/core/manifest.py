@@ -23,6 +23,7 @@ from archive_pipeline.core.fingerprint import Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import Column, server_identity
+from archive_pipeline.core.store import etag_text
 
 MANIFEST_VERSION = 2
 _CHECKSUM_FIELD = "manifest_sha256"
@@ -362,11 +363,11 @@ def stored_object_problems(head: dict, manifest: dict) -> list[str]:
     if head["ContentLength"] != recorded:  # a number as the other sizes print; anything else as it is
         shown = f"{recorded:,}" if isinstance(recorded, int) and not isinstance(recorded, bool) else repr(recorded)
         problems.append(f"size: recorded {shown} bytes, stored {head['ContentLength']:,}")
-    stored = head["ETag"].strip('"')
+    stored = etag_text(head["ETag"])
     # a multipart object copied onto itself (a storage class changed: the console, a Batch Operations job) is
     # stored again as one part, whose ETag is then its MD5: the recorded MD5 itself, the same bytes
     copied = stored == obj.get("md5") and head["ContentLength"] == recorded
-    if obj.get("etag") and stored != obj["etag"] and not copied:
+    if obj.get("etag") and stored != etag_text(obj["etag"]) and not copied:
         problems.append(f"ETag: stored {head['ETag']}, manifest {obj['etag']} (object replaced?)")
     return problems
 

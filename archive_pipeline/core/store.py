@@ -275,7 +275,8 @@ def _require_in_order(page: dict, contents: list[dict], last: str | None, doing:
     keys_listed = [item["Key"] for item in contents]
     ordered = all(a < b for a, b in zip(keys_listed, keys_listed[1:])) and \
         (last is None or not keys_listed or last < keys_listed[0])
-    counted = int(page.get("KeyCount", -1)) == len(contents) + len(page.get("CommonPrefixes", []))
+    # (a store that sends no KeyCount, as OpenStack Swift's S3 layer and some gateways: nothing to count against)
+    counted = "KeyCount" not in page or int(page["KeyCount"]) == len(contents) + len(page.get("CommonPrefixes", []))
     if not (ordered and counted):
         raise DownloadError(f"{doing} failed: the store's listing is not in order or not as long as it says "
                             f"({'keys out of order or repeated' if not ordered else 'KeyCount differs from the keys'}); "
@@ -307,8 +308,18 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
                             ) from None
 
 
+_HEX_ETAG = re.compile(r"[0-9A-Fa-f]{32}(-[0-9]+)?")
+
+
+def etag_text(etag: object) -> str:
+    """An ETag without its quotes, an MD5's hex digits (a multipart's ``md5-N`` too) in lower case: some stores
+    answer them in upper case, and a digest's case means nothing."""
+    text = str(etag or "").strip('"')
+    return text.lower() if _HEX_ETAG.fullmatch(text) else text
+
+
 def _etag(response: dict) -> str:
-    return str(response.get("ETag", "")).strip('"')
+    return etag_text(response.get("ETag", ""))
 
 
 def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
@@ -437,6 +448,21 @@ def _note(original: BaseException | None, text: str) -> None:
         original.add_note(text)
 
 
+def _accept_stored_encoding(request: Any, **_: Any) -> None:
+    request.headers["Accept-Encoding"] = "gzip"
+
+
+def _read_as_stored(client: Any) -> None:
+    """Ask for objects as stored: an archive written with ``Content-Encoding: gzip`` is served decompressed by
+    Google Cloud Storage's S3 interop to a GET that does not accept gzip (botocore's says ``identity``), under the
+    stored bytes' ETag, so every read would look corrupted. S3 and the stores like it send the stored bytes
+    either way (botocore never decodes a body). Registered once per client (its event system is the client's)."""
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is not None:
+        events.register("before-sign.s3.GetObject", _accept_stored_encoding,
+                        unique_id="archive_pipeline-accept-stored-encoding")
+
+
 class S3Store:
     """Where archives go: a bucket of any S3-compatible endpoint (AWS, MinIO, R2, moto).
 
@@ -473,6 +499,7 @@ class S3Store:
         # the table-day lock does not exclude) never leave one's manifest over the other's object. Off once a
         # store answers that it does not implement them: such a store behaves as before.
         self.conditional_writes = True
+        _read_as_stored(client)
 
     def conditions(self, **wanted: str) -> dict[str, str]:
         """``wanted`` (IfNoneMatch, IfMatch) where the store takes conditional writes, else none."""
@@ -520,7 +547,8 @@ class S3Store:
         meta = dict(metadata or {})
         headers: dict[str, Any] = {"ContentType": content_type, "Metadata": encode_metadata(meta)}
         if content_encoding:
-            headers["ContentEncoding"] = content_encoding
+            # no-transform: served as stored to every reader, whatever it accepts (see _read_as_stored)
+            headers.update(ContentEncoding=content_encoding, CacheControl="no-transform")
         return S3Upload(self, key, headers, self.plan(expected_size), table=meta.get("table"), day=meta.get("day"),
                         stale_uploads=stale_uploads, fresh=fresh)
 
@@ -558,7 +586,7 @@ class S3Store:
             last = None
             for page in _pages(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix),
                                doing, "NextContinuationToken"):
-                _require_listing(page, ("Name", "KeyCount"), doing)
+                _require_listing(page, ("Name",), doing)
                 contents = page.get("Contents", [])
                 _require_in_order(page, contents, last, doing)
                 if contents:
