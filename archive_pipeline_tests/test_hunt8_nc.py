@@ -75,3 +75,60 @@ def test_verify_deep_after_a_domain_was_renamed_does_not_call_the_archive_damage
     entry = json.loads(done.stdout)["days"][0]
     said = json.dumps(entry)
     assert "damaged" not in said and "backup of the bucket" not in said, said
+
+
+
+def test_a_killed_verify_deep_leaves_no_backend_going_on_for_nobody(pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """README (Concurrency): "Those sessions also ... set `client_connection_check_interval` to 1 s (14+: a process
+    killed in the middle of a long statement left its backend running to the statement's end, holding the day's
+    lock)", among them "deep verification's second session, which fingerprints the source while the archive
+    loads".
+
+    An operator's `verify --deep --day D` (cron, a CI job with a timeout) is SIGKILLed while the source's
+    fingerprint runs on the proof's second session (here it waits for a lock another session holds on the table,
+    standing in for a long fingerprint of a big day). The main session notices the dead client within a second
+    and ends; the second session, opened in verify._SourceFingerprint with only the caller's timeouts and pinned
+    settings (verify._LIMITS), has no client check: 4 s after the kill it is still there, and it goes on to
+    wait out lock_timeout and then scan the whole day for nobody, holding the day's locks (a `prune` of the day
+    meanwhile gives up after lock_timeout_ms). Expected: no session of the killed command is left after a few
+    seconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from archive_pipeline_tests.test_hunt3_o import ROOT, _archived, small_table
+
+    small_table(conn, schema)
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat()}
+    _archived(conn, [table], s3_client, bucket, days=DAYS[:1])
+    env = _env(pg, s3, bucket, tmp_path, [table])
+    apps = "SELECT pid, wait_event_type, left(query, 60) FROM pg_stat_activity WHERE application_name = 'archive_pipeline_cli'"
+    with psycopg.connect(pg.dsn, autocommit=True) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "ev")))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "verify", "--deep", "--day",
+                                  DAYS[0].isoformat()], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                conn.execute("SELECT pg_stat_clear_snapshot()")
+                seen = conn.execute(apps).fetchall()
+                if any(w == "Lock" for _, w, _ in seen):
+                    break
+                assert child.poll() is None and time.monotonic() < deadline, (seen, child.communicate())
+                time.sleep(0.05)
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+            time.sleep(4)
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            left = conn.execute(apps).fetchall()
+        finally:
+            if child.poll() is None:
+                child.kill()
+            blocker.execute("ROLLBACK")
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+                         "'archive_pipeline_cli' AND pid <> pg_backend_pid()")
+    assert left == [], left
