@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from psycopg import sql
 
-from archive_pipeline_tests.test_hunt3_o import DAYS, cli, make_env, write_config
+from archive_pipeline_tests.test_hunt3_o import DAYS, cli, make_env, small_table, write_config
 
 
 def _env(pg, s3, bucket, tmp_path, tables):
@@ -132,3 +134,25 @@ def test_a_killed_verify_deep_leaves_no_backend_going_on_for_nobody(pg, s3, buck
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
                          "'archive_pipeline_cli' AND pid <> pg_backend_pid()")
     assert left == [], left
+
+
+
+
+def test_verify_json_of_a_selection_with_no_archived_day_says_why_it_failed(pg, s3, bucket, conn, schema, tmp_path):
+    """README (Command line): "`verify` ... A `--day` or range in which no day is archived exits 1: nothing was
+    verified", and "`--json` output is one object ... a command that fails as a whole answers `ok: false` with
+    `exit_code`, `error` and `retryable`."
+
+    A script runs `verify --day D --json` for a day not archived yet (a typo in the day, the archive run not
+    done). It exits 1 and its JSON answer is ``{"ok": false, "days": []}``: no ``error``, no ``exit_code``, no
+    ``retryable`` — the reason ("nothing was verified: no day in the selection is archived") goes to stderr
+    only, so the script cannot tell this from a verification that found damage. Expected: the JSON answer
+    names the failure (``error``, ``exit_code`` 1, ``retryable``) as every other whole-command failure does."""
+    small_table(conn, schema)
+    env = _env(pg, s3, bucket, tmp_path, [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-10"}])
+    done = cli(env, "verify", "--day", DAYS[0].isoformat(), "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["ok"] is False
+    assert "nothing was verified" in (answer.get("error") or ""), answer
+    assert answer.get("exit_code") == 1 and "retryable" in answer, answer
