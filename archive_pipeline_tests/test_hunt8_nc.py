@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from psycopg import sql
 
 from archive_pipeline_tests.test_hunt3_o import DAYS, cli, make_env, small_table, write_config
