@@ -161,3 +161,4 @@ def test_verify_json_of_a_selection_with_no_archived_day_says_why_it_failed(pg, 
 
 
 
+
