@@ -154,11 +154,3 @@ def test_verify_json_of_a_selection_with_no_archived_day_says_why_it_failed(pg, 
     assert answer["ok"] is False
     assert "nothing was verified" in (answer.get("error") or ""), answer
     assert answer.get("exit_code") == 1 and "retryable" in answer, answer
-
-
-
-
-
-
-
-
