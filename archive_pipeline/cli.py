@@ -934,9 +934,12 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
-    run.emit({"ok": not bad and not nothing, "days": results}, render)
+    unverified = "nothing was verified: no day in the selection is archived (see `archive-pipeline list`)"
+    # (a script reads why in the answer itself, as for any failed command)
+    run.emit({"ok": not bad and not nothing, "days": results,
+              **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
     if nothing:
-        raise Failed("nothing was verified: no day in the selection is archived (see `archive-pipeline list`)")
+        raise Failed(unverified)
     if bad:
         raise Failed()
 

@@ -46,7 +46,8 @@ from archive_pipeline.core.errors import snapshot_gone
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, apply_settings, pinned_options, unpinned_defaults
+from archive_pipeline.core.session_settings import (CONNECT_PARAMETERS, apply_settings, pinned_options, unpinned_defaults,
+                                                    watch_client)
 from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members, \
     scanned_relations
 
@@ -332,6 +333,7 @@ def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, co
         for _ in range(count):
             conn = psycopg.connect(dsn, autocommit=True)
             opened.append(conn)
+            watch_client(conn)  # killed mid-read, the server notices and ends the session (see watch_client)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))

@@ -36,8 +36,8 @@ from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, a
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, apply_settings, speaks_utf8, \
-    without_user_triggers
+from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, apply_settings, session_pinned, \
+    set_session, speaks_utf8, watch_client, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, SourceTable, columns_as_archived, day_filter, describe_table,
                                           relation_shapes, shape_changes, type_parts)
@@ -476,7 +476,8 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                     _load(scratch_conn, str(sink.path), manifest, temp)
                     loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
             except TypeMissingError as exc:  # a type renamed or dropped since: no verdict, and no restore's error
-                return [_type_missing(exc, scratch_conn is not conn)]
+                raise ArchiveError(_type_missing(exc, scratch_conn is not conn), table=manifest.get("table"),
+                                   day=manifest.get("day"), retryable=False) from None
             # Committed before the wait for the source's fingerprint, which often takes longer than the load:
             # waiting inside the transaction, the session would sit idle in it, and the role's or the
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
@@ -529,6 +530,9 @@ class _SourceFingerprint:
                 return self  # no second session: computed on conn when asked for
             try:
                 apply_settings(self.side.execute, limits, local=False)
+                # as the caller's session: killed mid-fingerprint, the server notices and ends it (no scan for nobody)
+                set_session(self.side, session_pinned(self.side))
+                watch_client(self.side)
             except BaseException:
                 self.side.close()
                 raise
@@ -712,9 +716,9 @@ def _type_missing(exc, scratch: bool) -> str:
     """Why a day whose recorded column type is gone cannot be proven, and what makes it provable."""
     where = "the scratch database" if scratch else "this database"
     return (f"{exc.where}: its recorded type {exc.type_text!r} does not exist in {where} (renamed, moved or dropped "
-            "since the day was archived?), so the archived rows cannot be loaded to be proven; archive the day again "
-            "with overwrite to record the column as it is now" + (", or create the type in the scratch database"
-                                                                  if scratch else ""))
+            "since the day was archived?), so the archived rows cannot be loaded to be proven (no verdict on the "
+            "archive); archive the day again with overwrite to record the column as it is now"
+            + (", or create the type in the scratch database" if scratch else ""))
 
 
 def _column_types(conn: psycopg.Connection, manifest: dict) -> dict[str, sql.Composable]:
