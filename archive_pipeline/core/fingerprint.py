@@ -102,6 +102,7 @@ CANONICAL_SETTINGS = {
     # the path; then the session's path, so reg* values print as in the session (see session_settings)
     "search_path": CATALOG_FIRST,
     "quote_all_identifiers": "off",  # reg* values and names print as the catalog spells them
+    "jit": "off",  # (see source.SNAPSHOT_SETTINGS: the catalog walks around the proof paid for compiling)
 }
 
 # v2: each column becomes a short piece of text that differs exactly when the value prints differently:

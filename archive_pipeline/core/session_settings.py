@@ -74,7 +74,8 @@ def session_pinned(conn: psycopg.Connection) -> dict[str, str]:
     """:data:`SESSION_PINNED`, and no idle_session_timeout where the server has one (14 and later): a role's
     ``idle_session_timeout`` (set to reap idle connections) ended the session that holds the table-day lock
     while the day's parts were still uploading, and every retry of the day failed the same way."""
-    return {**SESSION_PINNED, **({"idle_session_timeout": "0"} if conn.info.server_version >= 140000 else {})}
+    return {**SESSION_PINNED, "jit": "off",  # (see source.SNAPSHOT_SETTINGS: catalog walks paid ~24 ms to compile)
+            **({"idle_session_timeout": "0"} if conn.info.server_version >= 140000 else {})}
 
 def watch_client(conn: psycopg.Connection) -> None:
     """Have the server check every second, during a long statement, that this client is still there (PostgreSQL

@@ -63,6 +63,10 @@ SNAPSHOT_SETTINGS = {
     # "text" quoted, types were misread (a Parquet column failed with ArrowInvalid) and a manifest's
     # types differed from the same table's read in another session.
     "quote_all_identifiers": "off",
+    # Our catalog queries are recursive walks whose row estimates (thousands) exceed jit_above_cost: compiling them
+    # took ~24 ms a query, half the fixed cost of a small day, for plans that run in under a millisecond. The
+    # day's own read and its fingerprint run no faster with it (measured on the 1M-row benchmark day).
+    "jit": "off",
 }
 
 
