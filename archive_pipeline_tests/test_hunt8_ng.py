@@ -1,0 +1,113 @@
+"""Hunt 8 (ng): S3-compatible stores whose semantics differ silently (no error) from AWS's on the read, lifecycle and
+concurrency paths: conditional writes accepted and ignored, If-Match compared case-sensitively against the store's
+own ETag form. Each store is emulated by a proxy between boto3 and moto that rewrites requests and answers as that
+store does. Real PostgreSQL and S3 over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import threading
+
+import pytest
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.keys import manifest_key, table_day_key
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import load_manifest, verify_archive
+from archive_pipeline_tests import fault_proxy
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy, error_xml
+from archive_pipeline_tests.test_hunt3_bb import ev  # noqa: F401 - 20 rows on DAY, column mode
+from archive_pipeline_tests.test_hunt7_mt import two_databases
+from archive_pipeline_tests.test_race_hunt import in_thread
+
+DAY = dt.date(2024, 3, 10)
+
+
+# --- a proxy that speaks a store's dialect (after test_hunt8_nb's DialectProxy) ---------------------
+
+class _DialectHandler(fault_proxy._Handler):
+    def _forward(self, method: str, body: bytes):
+        proxy = self.server.proxy
+        for before in proxy.before:
+            answer = before(self, method, body)
+            if answer is not None:
+                return answer
+        status, headers, payload = super()._forward(method, body)
+        for after in proxy.after:
+            status, headers, payload = after(self, method, status, headers, payload)
+        return status, headers, payload
+
+
+class DialectProxy(FaultProxy):
+    """A FaultProxy whose ``before`` hooks may answer a request themselves or change its headers, and whose
+    ``after`` hooks rewrite forwarded answers. Faults (hold, ...) apply first, as in FaultProxy."""
+
+    def __init__(self, target_url: str, *, before=(), after=()) -> None:
+        super().__init__(target_url)
+        self.before, self.after = list(before), list(after)
+
+    def start(self) -> DialectProxy:
+        self._server = fault_proxy._Server(("127.0.0.1", 0), _DialectHandler)
+        self._server.proxy = self
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+
+def _xml_error(status: int, code: str, message: str):
+    return status, [("Content-Type", "application/xml")], error_xml(code, message)
+
+
+def ignore_conditions(handler, method, body):
+    """A store that accepts If-None-Match / If-Match on a write and ignores them (older MinIO, Ceph RGW before
+    conditional writes, many gateways): the write goes through whatever the key holds, answered 200."""
+    for name in ("If-None-Match", "If-Match"):
+        while name in handler.headers:
+            del handler.headers[name]
+    return None
+
+
+def upper_etags(handler, method, status, headers, payload):
+    """ETags in upper-case hex, in headers and listings alike."""
+    headers = [(k, v.upper() if k.lower() == "etag" else v) for k, v in headers]
+    payload = re.sub(rb"<ETag>([^<]*)</ETag>", lambda m: b"<ETag>" + m.group(1).upper() + b"</ETag>", payload)
+    return status, headers, payload
+
+
+def case_sensitive_if_match(handler, method, body):
+    """The store compares If-Match byte for byte with its own (upper-case) ETag: a lower-case MD5 matches nothing."""
+    value = handler.headers.get("If-Match")
+    if value is None:
+        return None
+    if value != value.upper():
+        return _xml_error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    handler.headers.replace_header("If-Match", value.lower())  # (moto's own form)
+    return None
+
+
+def _store(proxy, bucket: str) -> S3Store:
+    return S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+
+
+# --- If-Match compared case-sensitively --------------------------------------------------------------
+
+def test_an_overwrite_on_a_store_with_upper_case_etags_is_not_refused_as_another_runs(conn, schema, ev, s3, bucket,
+                                                                                     store, temp_dir):
+    """A user's store answers its MD5 ETags in upper-case hex (archiving there works since test_hunt8_nb), and
+    compares an If-Match header byte for byte with that form, as an opaque string (RFC 9110: strong comparison of
+    the opaque tag). The user archives a day, then archives it again with ``overwrite`` (or a removal writes its
+    pending mark). What happens: the manifest replacement is sent with ``If-Match: "<md5 in lower case>"``
+    (``S3Store.etag_of`` computes it from the bytes), the store answers 412, and the run fails "... was written by
+    another run meanwhile", retryable: every retry fails the same way, no other run exists, and the day can never
+    be archived again (a removal is refused the same way, for ever). What should happen: the condition is the
+    store's own ETag of the manifest (as its HEAD or PUT answered it), so the overwrite commits."""
+    with DialectProxy(s3.endpoint_url, before=[case_sensitive_if_match], after=[upper_etags]) as proxy:
+        upper = S3Store(proxy.client(max_attempts=1), bucket, prefix=store.prefix)
+        first = archive_partition(conn, ev, DAY, upper, temp_dir=temp_dir)
+        again = archive_partition(conn, ev, DAY, upper, temp_dir=temp_dir, overwrite=True)
+        assert again.generation == first.generation + 1
+        assert verify_archive(upper, table_day_key(ev, DAY, store.prefix), {}, deep=True, temp_dir=temp_dir) == []
