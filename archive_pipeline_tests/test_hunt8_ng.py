@@ -169,3 +169,49 @@ def test_two_first_archives_from_two_databases_on_a_store_that_ignores_condition
     for name, outcome in (("A", a_outcome), ("B", b_outcome)):
         if "result" in outcome:  # a green run's archive is the one in the store
             assert outcome["result"].md5 == manifest["object"]["md5"], (name, outcomes, manifest["rows"])
+
+
+def test_a_removals_pending_mark_on_a_store_that_ignores_if_match_does_not_bring_back_a_retired_object(
+        pg, conn, schema, s3, bucket):
+    """The day 2024-03-10 of ``<schema>.events`` is archived from database A (300 rows, generation 1) to a store
+    that accepts ``If-Match`` and ignores it. Retention (``drop``) removes the day on A: it proves the archive,
+    reads the manifest again (unchanged) and sends its pending mark. Meanwhile a deployment on database B (a
+    migration; no lock is shared) archives the day with ``overwrite``: it commits generation 2 (B's 350 rows) and, as
+    the README says an overwrite does, deletes generation 1. The pending mark (the proven generation-1 manifest
+    plus ``removed: pending``) then lands over B's manifest (AWS would refuse it, 412, and the removal would stop:
+    "replaced since it was proven"); the removal re-checks A's rows against that manifest, drops the partition,
+    commits, finds its own pending mark and marks it done. What happens: the removal succeeds; A's 300 rows are
+    gone from the source, and the manifest (``removed: done``) names generation 1, which no longer exists: the
+    rows exist nowhere (``verify``: the object is missing), and generation 2 is named by no manifest. What should
+    happen: the removal never drops rows whose proven object is gone (check the object is still there, and the
+    manifest still the pending mark it wrote, after the mark and before the DROP), and fails saying the archive
+    was replaced."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline_tests.test_race_hunt import day_rows
+
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": "drop"})
+    direct = S3Store(s3.client(), bucket, prefix="archive")
+    key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+    with two_databases(pg, conn, schema, 300, 350) as other_db:
+        assert archive_partition(conn, spec, DAY, direct).generation == 1
+        with DialectProxy(s3.endpoint_url, before=[ignore_conditions]) as proxy, \
+                pg.connect() as r_conn, pg.connect(dbname=other_db) as b_conn:
+            mark = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+            thread, outcome = in_thread(lambda: remove_day(r_conn, spec, DAY, _store(proxy, bucket),
+                                                           removed_by="prune"))
+            try:
+                assert proxy.wait_held(1), outcome  # proven, manifest read again; the pending mark waits
+                b = archive_partition(b_conn, spec, DAY, direct, overwrite=True)  # B's generation 2; g1 retired
+                assert b.generation == 2 and direct.head(key) is None, b
+            finally:
+                mark.gate.set()
+                thread.join(60)
+        left = day_rows(conn, schema)
+    problems = verify_archive(direct, key, {})
+    manifest = load_manifest(direct, key)
+    # Now: the removal succeeds (300 rows dropped), the manifest is marked done and names the deleted generation 1:
+    # ['object s3://.../2024-03-10.jsonl.zst is missing'].
+    assert left == 300 or problems == [], (repr(outcome.get("error") or outcome.get("result")), left,
+                                           manifest["object"]["key"], (manifest.get("removed") or {}).get("state"),
+                                           problems)
