@@ -269,3 +269,62 @@ def test_a_multipart_archive_on_a_store_whose_head_lags_its_complete_is_not_with
             assert lag.lagged, "(premise: the store was asked right after a CompleteMultipartUpload)"
         assert result.parts >= 2 and result.rows == 75000
         assert verify_archive(lagging, table_day_key(spec, DAY, "archive"), {}, temp_dir=temp_dir) == []
+
+
+# --- deletes that take a moment ----------------------------------------------------------------------
+
+class LaggingDeletes:
+    """A store whose DeleteObject answers 204 at once and removes the object a moment later (Ceph RGW with
+    asynchronous garbage collection of multisite deletes, eventually consistent gateways): until ``settle``, a
+    deleted key still holds its object (HEAD, GET and conditional writes see it)."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+
+    def before(self, handler, method, body):
+        if method == "DELETE" and "uploadId=" not in handler.path:
+            self.pending.append(handler.path)
+            return 204, [], b""
+        return None
+
+    def settle(self, client, bucket: str) -> None:
+        import urllib.parse
+
+        for path in self.pending:
+            key = urllib.parse.unquote(path.partition("?")[0]).removeprefix(f"/{bucket}/")
+            client.delete_object(Bucket=bucket, Key=key)
+        self.pending.clear()
+
+
+@pytest.mark.parametrize("conditions", ["kept", "ignored"])
+def test_an_overwrite_after_tidying_a_leftover_on_a_store_with_lagging_deletes_does_not_write_at_the_deleted_key(
+        conn, schema, ev, s3, bucket, s3_client, temp_dir, conditions):
+    """A day is archived (generation 1); a run killed after its upload left generation 2's object behind, which no
+    manifest names. On a store whose deletes take a moment (204 at once, the object gone a little later), the user
+    archives the day again with ``overwrite``. The run's tidying deletes the leftover ``.g2`` and then writes its
+    new data at that very key (``_tidied``: "free to be written again"), with ``If-None-Match: *``; the store still
+    holds the leftover and answers 412. What happens: the run fails "….g2.jsonl.zst was written by another run
+    meanwhile ...; archive each table from one database, and one server, only": there is no other run, and the
+    message sends the user hunting for one. On such a store that also ignores conditional writes (older Ceph RGW)
+    the write goes through, the manifest commits naming ``.g2``, and then the leftover's delete takes effect and
+    removes the new object: the run is green, ``verify`` says the object is missing, and generation 1 was retired
+    as well, so the day has no archive at all. What should happen: the new data goes past every generation still
+    listed or just deleted (a key deleted a moment ago is not free), so the overwrite archives the day and its
+    archive survives the delete."""
+    direct = S3Store(s3_client, bucket, prefix="archive")
+    first = archive_partition(conn, ev, DAY, direct, temp_dir=temp_dir)
+    key = table_day_key(ev, DAY, "archive")
+    leftover = key.replace(".jsonl", ".g2.jsonl")
+    s3_client.put_object(Bucket=bucket, Key=leftover, Body=b"a killed run's upload")
+    lag = LaggingDeletes()
+    hooks = [lag.before] + ([ignore_conditions] if conditions == "ignored" else [])
+    with DialectProxy(s3.endpoint_url, before=hooks) as proxy:
+        lagging = _store(proxy, bucket)
+        try:
+            again = archive_partition(conn, ev, DAY, lagging, temp_dir=temp_dir, overwrite=True)
+        finally:
+            lag.settle(s3_client, bucket)  # the deletes take effect
+    assert again.generation > first.generation
+    # Now: kept: KeyTakenError "...g2.jsonl.zst was written by another run meanwhile"; ignored: green, then
+    # ['object s3://.../2024-03-10.g2.jsonl.zst is missing'].
+    assert verify_archive(direct, key, {}, deep=True, temp_dir=temp_dir) == []
