@@ -14,7 +14,7 @@ import pytest
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.keys import manifest_key, table_day_key
+from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import load_manifest, verify_archive
 from archive_pipeline_tests import fault_proxy
