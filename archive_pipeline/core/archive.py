@@ -982,12 +982,13 @@ class _Archiving:
         """The generation the new data is written as: never the key of an object that might be the
         only copy of something. With a trustworthy manifest that is the next one (an object already
         there is an uncommitted leftover); without one, past every generation found in the store."""
-        found = [g for g in self._stored_generations(existing.listing)
-                 if keys.generation_key(self.key, g) not in self._tidied]
+        listed = self._stored_generations(existing.listing)
+        found = [g for g in listed if keys.generation_key(self.key, g) not in self._tidied]
         if existing.manifest is not None and existing.problem is None:
-            # past any object still there: one this run's tidying left (another database's run's, say) is not
-            # this run's to write over
-            return max([existing.generation, *found]) + 1
+            # past any object still there (one this run's tidying left, another database's run's, say, is not this
+            # run's to write over), and past those it just deleted: a store whose deletes land a moment after their
+            # answer would take the new object with them
+            return max([existing.generation, *listed]) + 1
         if found and fp is not None and fp.rows == 0:  # (None only where nothing was found: _decided_by_fingerprint)
             raise ArchiveError(
                 f"{self.store.uri(self.key)} has archived data ({len(found)} object(s)) but "
@@ -995,7 +996,7 @@ class _Archiving:
                 "for the day now: it may have been removed from the source after it was archived. Nothing was "
                 "written; inspect the objects (restore the manifest from a backup or versioning) before archiving "
                 "this day again", retryable=False)
-        return max(found, default=0) + 1
+        return max(listed, default=0) + 1
 
     def _stored_generations(self, listing: dict[str, dict] | None = None) -> list[int]:
         """Generations of this day's data in the store, from ``listing`` (read under this day's lock by

@@ -44,7 +44,7 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, encod
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
                                           pending_detach_error, relation_name, scanned_relations, server_identity)
-from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
+from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
 
@@ -327,6 +327,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                                      "nothing was removed", table=spec.name, day=day.isoformat(), retryable=True,
                                      remedy="run the removal again: it proves the archive as it is now") from None
             # (put_bytes checks it arrived: its ETag, or read back without verify_etags; else nothing is removed)
+            _require_proven_object(store, spec, day, manifest)
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
@@ -357,6 +358,24 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
         raise _not_recorded(spec, day, store, mkey, action, target.qualified, rows, exc) from exc
     return Removal(spec.name, day, action, target.qualified, rows, archive, now)
+
+
+def _require_proven_object(store: S3Store, spec: TableSpec, day: Period, manifest: dict) -> None:
+    """Refuse (retryable) to remove rows whose proven object is no longer stored as proven. The conditional writes
+    keep an overwrite from another server from retiring it meanwhile, but some S3-compatible stores accept
+    If-Match and ignore it: then only the object itself, asked once the mark is written, tells."""
+    obj = manifest.get("object")
+    if not obj:
+        return
+    head = store.head(obj["key"])
+    if head is not None and head.get("ContentLength") == obj.get("bytes") and (
+            not store.verify_etags or etag_text(head.get("ETag")) == etag_text(obj.get("etag"))):
+        return
+    raise RemovalRefused(f"{spec.name} {day} stays in the source: its proven archive {obj.get('uri')} is "
+                         f"{'gone' if head is None else 'replaced'} (an archive run of the day on another server, on "
+                         "a store that ignores conditional writes?); nothing was removed", table=spec.name,
+                         day=day.isoformat(), retryable=True,
+                         remedy="run the removal again: it proves the archive as it is now")
 
 
 def _sha(raw: bytes | None) -> str | None:

@@ -308,6 +308,7 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
                             ) from None
 
 
+_READ_AFTER_WRITE_PAUSES = (0.2, 0.8, 2.0)
 _HEX_ETAG = re.compile(r"[0-9A-Fa-f]{32}(-[0-9]+)?")
 
 
@@ -318,8 +319,6 @@ def etag_text(etag: object) -> str:
     return text.lower() if _HEX_ETAG.fullmatch(text) else text
 
 
-def _etag(response: dict) -> str:
-    return etag_text(response.get("ETag", ""))
 
 
 def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
@@ -499,6 +498,7 @@ class S3Store:
         # the table-day lock does not exclude) never leave one's manifest over the other's object. Off once a
         # store answers that it does not implement them: such a store behaves as before.
         self.conditional_writes = True
+        self.upper_etags = False  # the store answers MD5 ETags in upper case (see etag_in)
         _read_as_stored(client)
 
     def conditions(self, **wanted: str) -> dict[str, str]:
@@ -565,6 +565,18 @@ class S3Store:
             raise DownloadError(f"checking {self.uri(key)} (HeadObject): the store answered without the object's "
                                 "size or ETag, so that answer was not the object's; the run will be retried",
                                 retryable=True, cause=_NOT_THE_OBJECT, remedy=_RETRIED)
+        return head
+
+    def head_after_write(self, key: str) -> dict | None:
+        """The HEAD of an object just written, asked again a few times (about 3 s in all) while the store says it
+        does not exist: a store whose reads lag its writes answers 404 right after a completed upload, and the
+        run would call its own object missing and delete it."""
+        head = self._head(key)
+        for pause in _READ_AFTER_WRITE_PAUSES:
+            if head is not None:
+                break
+            time.sleep(pause)
+            head = self._head(key)
         return head
 
     def _head(self, key: str) -> dict | None:
@@ -634,7 +646,7 @@ class S3Store:
                         return digest.hex()
                     raise _taken(self.uri(key), exc) from None
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
-            etag = _etag(response)
+            etag = self.etag_in(response)
             if (etag == digest.hex()) if self.verify_etags else (self.get_verified_bytes(key) == data):
                 return etag
             log.warning("%s arrived corrupted (%s), attempt %d of %d", self.uri(key),
@@ -652,12 +664,21 @@ class S3Store:
         error.etag = stored  # the damaged copy's, as the store has it: a next try replaces only that one
         raise error
 
+    def etag_in(self, response: dict) -> str:
+        """The ETag of a store's answer (see :func:`etag_text`), noting whether the store writes MD5s in upper case:
+        it may compare an If-Match with its own form only."""
+        raw = str(response.get("ETag", "")).strip('"')
+        if _HEX_ETAG.fullmatch(raw) and raw != raw.lower():
+            self.upper_etags = True
+        return etag_text(raw)
+
     def etag_of(self, data: bytes | None) -> str | None:
-        """The ETag ``data`` has as a small object written in one PUT, where ETags are MD5s (else None): the
-        condition that replaces exactly those bytes (If-Match) with no further request."""
+        """The ETag ``data`` has as a small object written in one PUT, where ETags are MD5s (else None), in the
+        store's case: the condition that replaces exactly those bytes (If-Match) with no further request."""
         if data is None or not self.verify_etags:
             return None
-        return f'"{hashlib.md5(data).hexdigest()}"'
+        digest = hashlib.md5(data).hexdigest()
+        return f'"{digest.upper() if self.upper_etags else digest}"'
 
     def replacing(self, key: str, first: dict[str, str]) -> dict[str, str]:
         """The condition for writing ``key`` again after a copy of ours did not arrive whole: replace the copy
@@ -679,7 +700,7 @@ class S3Store:
             if head is None or head.get("ContentLength") != size:
                 return False
             if self.verify_etags:
-                return _etag(head) == md5_hex
+                return self.etag_in(head) == md5_hex
             return hashlib.md5(self.get_bytes(key)).hexdigest() == md5_hex
         except Exception:  # noqa: BLE001 - not known to hold it
             return False
@@ -740,7 +761,7 @@ class S3Store:
             _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
                             f"({_said(exc)}); the next archive of this day replaces it")
             return
-        if head is not None and _etag(head) in etags - {""} and head.get("ContentLength") == size:
+        if head is not None and self.etag_in(head) in etags - {""} and head.get("ContentLength") == size:
             self.delete_quietly(key, original)
 
     def get_bytes(self, key: str) -> bytes:
@@ -773,7 +794,7 @@ class S3Store:
                     raise _wrap(exc, f"reading {self.uri(key)} (GetObject)", DownloadError) from exc
                 problem = _said(exc)
                 continue
-            etag = _etag(response)
+            etag = self.etag_in(response)
             if not data:  # what we read this way is never empty: a 200 without its body (a proxy's, a gateway's)
                 problem = "the store answered 200 with an empty body"
                 log.warning("%s read failed: %s", self.uri(key), problem)
@@ -842,7 +863,7 @@ class S3Store:
                 raise DownloadError(f"{uri} came back corrupted ({_said(exc)}); "
                                     "the download will be retried", retryable=True) from exc
             raise _wrap(exc, f"downloading {uri} (GetObject)", DownloadError) from exc
-        etag, digest = _etag(response), md5.hexdigest()
+        etag, digest = self.etag_in(response), md5.hexdigest()
         if length is not None and length != size:
             raise DownloadError(f"{uri}: got {size:,} bytes of {length:,}; the download will be retried",
                                 retryable=True)
@@ -872,7 +893,7 @@ class S3Store:
             head = self.head(key)
         except Exception:  # noqa: BLE001 - asked only to tell a damaged object from a stale answer
             return False
-        return head is not None and _etag(head) == etag
+        return head is not None and self.etag_in(head) == etag
 
     def _confirm_missing(self, key: str) -> None:
         """After a GET answered 404: raise a retryable :class:`DownloadError` unless the object's HEAD
@@ -1236,7 +1257,7 @@ class S3Upload:
         # Checked before the upload counts as completed: a store that answered 200 without completing it (a
         # proxy's or gateway's made-up answer) still holds its parts, which finish()'s abort then removes
         # (an upload the store did complete is no longer listed: its abort answers NoSuchUpload).
-        stored = self._checked(size, _etag(response), len(parts), tuple(p.size for p in parts), started, waited,
+        stored = self._checked(size, self.store.etag_in(response), len(parts), tuple(p.size for p in parts), started, waited,
                                time.perf_counter(), expected_etag=expected)
         with self._cond:
             self.upload_id = None  # completed: nothing left to abort
@@ -1274,7 +1295,7 @@ class S3Upload:
         if store.verify_etags and parts == 1 and not part_sizes:
             return stored_object
         try:
-            head = store._head(self.key)
+            head = store.head_after_write(self.key)
         except Exception as exc:
             error = self._named(_wrap(exc, f"checking {store.uri(self.key)} (HeadObject)"))
             store.delete_quietly(self.key, error)
@@ -1316,7 +1337,7 @@ class S3Upload:
                 error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))
                 self._withdraw_if_ours(md5_hex, size, error)
                 raise error from exc
-            etag = _etag(response)
+            etag = self.store.etag_in(response)
             if not store.verify_etags or etag == md5_hex:
                 break
             if condition:  # a copy that arrived damaged is ours: replaced only while it still is
@@ -1474,7 +1495,7 @@ class S3Upload:
                     continue
                 raise self._named(_wrap(exc, f"uploading part {number} of {store.uri(self.key)} (UploadPart)")) \
                     from exc
-            etag = _etag(response)
+            etag = self.store.etag_in(response)
             if not store.verify_etags or etag == digest.hex():
                 return _Part(number, f'"{etag}"', digest, length)
             log.warning("part %d of %s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", number,
