@@ -9,6 +9,7 @@ import datetime as dt
 import gzip
 
 from archive_pipeline_tests.test_hunt8_nb import _CHUNKED, DialectProxy
+from archive_pipeline_tests.test_hunt3_bb import ev  # noqa: F401 - 20 rows on DAY
 from archive_pipeline_tests.test_hunt8_nd import run_old
 
 DAY = dt.date(2024, 3, 10)
@@ -43,3 +44,65 @@ def test_old_jsonl_archive_restored_into_a_composite_whose_fields_moved_is_not_p
         return  # refused: nothing loaded into the wrong fields
     restored = conn.execute(f"SELECT id, (p).a, (p).b FROM {schema}.back ORDER BY id").fetchall()
     assert restored == [(g, g, 100 + g) for g in (1, 2, 3)], f"restored as proven, fields swapped: {restored}"
+
+
+def gzip_on_the_fly(handler, method, status, headers, payload):
+    """A reverse proxy in front of the store with ``gzip on; gzip_types application/json text/csv ...`` (nginx,
+    a gateway, a CDN): a 200 GET whose client accepts gzip and whose body has no Content-Encoding of its own is
+    sent gzip-compressed (Content-Encoding: gzip, chunked, the ETag made weak), as nginx does. A client that
+    accepts only ``identity`` (botocore's default) gets the body as stored."""
+    kinds = ("application/json", "text/", "application/x-ndjson")
+    got = {k.lower(): v for k, v in headers}
+    if method != "GET" or status != 200 or "gzip" not in (handler.headers.get("Accept-Encoding") or "") or \
+            "content-encoding" in got or not got.get("content-type", "").startswith(kinds):
+        return status, headers, payload
+    headers = [(k, f"W/{v}" if k.lower() == "etag" else v) for k, v in headers
+               if k.lower() != "content-length"] + [("Content-Encoding", "gzip"), (_CHUNKED, "1")]
+    return status, headers, gzip.compress(payload)
+
+
+def test_an_archive_behind_a_proxy_that_gzips_on_the_fly_still_verifies(conn, schema, ev, s3, bucket, store,
+                                                                         temp_dir):
+    """A user's store sits behind a reverse proxy that compresses responses for clients that accept gzip (nginx
+    ``gzip on`` with application/json among its gzip_types: a common setup in front of MinIO or Ceph RGW).
+    botocore asks for ``Accept-Encoding: identity``, so until 5986e35 every read got the stored bytes. Now the
+    store registers a handler on the client that sends ``Accept-Encoding: gzip`` on every GetObject
+    (store._read_as_stored), for GCS's sake, and botocore never decodes a body: the manifest (application/json,
+    no Content-Encoding of its own) comes back as gzip bytes, so verify (and restore, and a re-run that reads the
+    manifest) takes an intact archive for an unreadable or damaged one. Should: an object the archiver wrote
+    without a Content-Encoding is read as stored (ask for gzip only where the object is stored gzip-encoded, or
+    decode a Content-Encoding the object was not written with); the day verifies clean."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.keys import table_day_key
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline.core.verify import verify_archive
+
+    with DialectProxy(s3.endpoint_url, after=[gzip_on_the_fly]) as proxy:
+        behind = S3Store(proxy.client(max_attempts=1), bucket, prefix=store.prefix)
+        assert archive_partition(conn, ev, DAY, behind, temp_dir=temp_dir).rows == 20
+        assert verify_archive(behind, table_day_key(ev, DAY, store.prefix), {}, deep=True, temp_dir=temp_dir) == []
+
+
+def test_the_users_own_client_still_presigns_urls_a_browser_can_fetch(s3, bucket, store):
+    """A user builds the store over their own boto3 client (``S3Store(client, bucket)``, as the README's Python API
+    and environment.py do) and uses that client for other work too, e.g. handing out presigned download links
+    (``client.generate_presigned_url("get_object", ...)``, SigV4). Since 5986e35 the store's constructor registers
+    an event handler on the *user's* client (store._read_as_stored: ``before-sign.s3.GetObject`` sets
+    ``Accept-Encoding: gzip``), and presigning goes through before-sign too: the URL now signs
+    ``X-Amz-SignedHeaders=accept-encoding;host``, so any browser, curl or wget that does not send exactly
+    ``Accept-Encoding: gzip`` gets 403 SignatureDoesNotMatch from S3 (moto checks no signature, so the test reads
+    the URL). Should: the store leaves the client it is given as it was (register on a copy, or only on the
+    archiver's own requests, and never on presigning); the link signs ``host`` alone, as before."""
+    import boto3
+    from botocore.config import Config
+
+    from archive_pipeline.core.store import S3Store
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          config=Config(signature_version="s3v4"))
+    before = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "report.csv"})
+    assert "X-Amz-SignedHeaders=host&" in before  # (the premise)
+    S3Store(client, bucket, prefix=store.prefix)
+    after = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "report.csv"})
+    assert "X-Amz-SignedHeaders=host&" in after, after
