@@ -106,3 +106,59 @@ def test_the_users_own_client_still_presigns_urls_a_browser_can_fetch(s3, bucket
     S3Store(client, bucket, prefix=store.prefix)
     after = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "report.csv"})
     assert "X-Amz-SignedHeaders=host&" in after, after
+
+
+def test_a_store_with_upper_case_etags_gets_its_part_etags_back_as_it_answered_them(s3, bucket, temp_dir):
+    """A user's store answers ETags in upper-case hex (the dialect test_hunt8_nb emulates) and, as S3 does,
+    checks CompleteMultipartUpload's part list against the parts' ETags as it answered them (an ETag is an
+    opaque string: a mismatch is 400 InvalidPart). Until 5986e35 such a user ran with ``verify_etags: false``
+    (the remedy the archiver gave for it), and every part's ETag went back to the store exactly as answered,
+    so multipart uploads (every day bigger than one part) completed. Now etag_text lower-cases any 32-hex ETag
+    before it is kept (store._etag, used for the part list too: ``_Part(number, f'"{etag}"', ...)``), so the
+    store is sent ETags it never gave and refuses every Complete: every big day fails, verify_etags or not.
+    Should: compare ETags case-insensitively, but send the store back the ETag it answered."""
+    import hashlib
+    import os
+    import re
+
+    from archive_pipeline.core.store import MIN_PART_SIZE, MiB, S3Store
+    from archive_pipeline_tests import fault_proxy
+    from archive_pipeline_tests.test_hunt8_nb import _DialectHandler, upper_etags
+
+    class StrictParts(_DialectHandler):
+        def _forward(self, method, body):
+            if method == "POST" and "uploadId=" in self.path:
+                sent = re.findall(rb"<ETag>([^<]*)</ETag>", body)
+                if any(etag != etag.upper() for etag in sent):  # not an ETag this store answered
+                    return 400, [("Content-Type", "application/xml")], fault_proxy.error_xml(
+                        "InvalidPart", "One or more of the specified parts could not be found. The part may not "
+                        "have been uploaded, or the specified entity tag may not match the part's entity tag.")
+                body = re.sub(rb"<ETag>([^<]*)</ETag>", lambda m: b"<ETag>" + m.group(1).lower() + b"</ETag>", body)
+            return super()._forward(method, body)
+
+    class Proxy(DialectProxy):
+        def start(self):
+            import threading
+
+            self._server = fault_proxy._Server(("127.0.0.1", 0), StrictParts)
+            self._server.proxy = self
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                            daemon=True)
+            self._thread.start()
+            return self
+
+    data = os.urandom(2 * MIN_PART_SIZE + MiB)
+    path = temp_dir / "day"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with Proxy(s3.endpoint_url, after=[upper_etags]) as proxy:
+            store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
+                            verify_etags=False)
+            upload = store.begin("archive/big.jsonl.zst", content_type="application/zstd", fresh=True,
+                                 metadata={"table": "public.events", "day": "2024-03-10"})
+            upload.grow(fd, len(data))
+            upload.finish(fd, len(data), hashlib.md5(data).hexdigest())
+            assert [r.status for r in proxy.requests(method="POST", query="uploadId=")] == [200]
+    finally:
+        os.close(fd)
