@@ -357,7 +357,8 @@ def _fetch(store: S3Store, obj: dict, sink: _HashingWriter) -> bool:
     """Stream the object into ``sink``; False if it does not exist. The store refuses a stored size
     other than the manifest's before any byte arrives, tells corruption in transit (retryable) from
     an object damaged in the store (not retryable), and checks the MD5 against the manifest's."""
-    return store.download_to(obj["key"], sink, expected_md5=obj["md5"], expected_size=obj["bytes"]) is not None
+    return store.download_to(obj["key"], sink, expected_md5=obj["md5"], expected_size=obj["bytes"],
+                             content_encoding=obj.get("content_encoding")) is not None
 
 
 @contextlib.contextmanager
@@ -1531,10 +1532,8 @@ def _refuse_unrecorded_shapes(conn: psycopg.Connection, manifest: dict, relation
                               now: dict[str, tuple]) -> None:
     """A manifest written before shapes were recorded cannot say whether a composite's fields moved since; where
     the target's composite has lost a field (the fields after it may have moved: ``DROP ATTRIBUTE a, ADD
-    ATTRIBUTE a``), its positional text could load into other fields and still print as archived, proven. Such
-    a target is refused. JSONL names each field, so it loads by name and is not refused."""
-    if manifest.get("format") == "jsonl":
-        return
+    ATTRIBUTE a``), its positional text (in every format: JSONL too writes a composite as its text) could load
+    into other fields and still print as archived, proven. Such a target is refused."""
     unrecorded = [c["name"] for c in manifest.get("columns", [])
                   if isinstance(c, dict) and not c.get("shape") and now.get(c.get("name"))]
     altered = [name for name in unrecorded if name in altered_composites(conn, relation.identifier.as_string(conn))]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import datetime as dt
 import errno
 import functools
@@ -447,15 +448,24 @@ def _note(original: BaseException | None, text: str) -> None:
         original.add_note(text)
 
 
+# The Content-Encoding a GetObject of ours asks for, only while we read an object stored with one (see
+# _read_as_stored): a context variable, so nothing else the client sends (a user's own GETs, presigned URLs) and
+# no other thread's request carries it.
+_ACCEPT_STORED: contextvars.ContextVar[str | None] = contextvars.ContextVar("archive_pipeline_accept", default=None)
+
+
 def _accept_stored_encoding(request: Any, **_: Any) -> None:
-    request.headers["Accept-Encoding"] = "gzip"
+    encoding = _ACCEPT_STORED.get()
+    if encoding:
+        request.headers["Accept-Encoding"] = encoding
 
 
 def _read_as_stored(client: Any) -> None:
-    """Ask for objects as stored: an archive written with ``Content-Encoding: gzip`` is served decompressed by
-    Google Cloud Storage's S3 interop to a GET that does not accept gzip (botocore's says ``identity``), under the
-    stored bytes' ETag, so every read would look corrupted. S3 and the stores like it send the stored bytes
-    either way (botocore never decodes a body). Registered once per client (its event system is the client's)."""
+    """Let :meth:`S3Store.download_to` ask for an object as stored: an archive written with ``Content-Encoding:
+    gzip`` (before ``Cache-Control: no-transform`` was set on it) is served decompressed by Google Cloud Storage's
+    S3 interop to a GET that does not accept gzip (botocore's says ``identity``), under the stored bytes' ETag, so
+    every read of it looked corrupted. The handler, registered once on the client, adds the header only inside
+    such a read (:data:`_ACCEPT_STORED`); botocore never decodes a body."""
     events = getattr(getattr(client, "meta", None), "events", None)
     if events is not None:
         events.register("before-sign.s3.GetObject", _accept_stored_encoding,
@@ -815,7 +825,8 @@ class S3Store:
                                    f"(proxies, TLS-terminating gateways) and the store's health{etags}")
 
     def download_to(self, key: str, sink: BinaryIO | Any, expected_md5: str | None = None, *,
-                    expected_size: int | None = None, chunk_size: int = 4 * MiB) -> Downloaded | None:
+                    expected_size: int | None = None, chunk_size: int = 4 * MiB,
+                    content_encoding: str | None = None) -> Downloaded | None:
         """Stream ``key`` into ``sink`` (anything with ``write``) in ``chunk_size`` pieces (1-8 MiB),
         hashing as it goes, and check the whole object; None (nothing written) when the key does not
         exist.
@@ -824,12 +835,17 @@ class S3Store:
         the bytes received against ContentLength, their MD5 against the ETag when that is a plain
         MD5 (corruption in transit: retryable ``DownloadError``), then against ``expected_md5``
         (a mismatch the ETag confirms means the stored object is damaged: ``DownloadError`` with
-        ``damaged=True``, not retryable). On any error the sink holds bad bytes: discard it."""
+        ``damaged=True``, not retryable). On any error the sink holds bad bytes: discard it.
+        ``content_encoding``: the one the object was stored with, asked for (see :func:`_read_as_stored`)."""
         chunk_size = min(max(chunk_size, MiB), 8 * MiB)
         md5, size = hashlib.md5(), 0
         uri = self.uri(key)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            accepting = _ACCEPT_STORED.set(content_encoding)
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+            finally:
+                _ACCEPT_STORED.reset(accepting)
             length = response.get("ContentLength")
             if expected_size is not None and length is not None and length != expected_size:
                 response["Body"].close()
@@ -1497,7 +1513,8 @@ class S3Upload:
                     from exc
             etag = self.store.etag_in(response)
             if not store.verify_etags or etag == digest.hex():
-                return _Part(number, f'"{etag}"', digest, length)
+                # sent back in the completion as the store answered it (a store may compare them exactly)
+                return _Part(number, '"{}"'.format(str(response.get("ETag", "")).strip('"')), digest, length)
             log.warning("part %d of %s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", number,
                         store.uri(self.key), etag, digest.hex(), attempt, store.corrupt_attempts)
         raise self._error_here(f"part {number} arrived corrupted {store.corrupt_attempts} times (ETag {etag}, our "

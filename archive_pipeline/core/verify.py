@@ -188,7 +188,8 @@ def _download(store: S3Store, manifest: dict, sink) -> list[str]:
     obj = manifest["object"]
     table, day = manifest.get("table"), manifest.get("day")
     try:
-        found = store.download_to(obj["key"], sink, obj["md5"], expected_size=obj["bytes"])
+        found = store.download_to(obj["key"], sink, obj["md5"], expected_size=obj["bytes"],
+                                   content_encoding=obj.get("content_encoding"))
     except DownloadError as exc:
         if exc.damaged is True:  # the store's own size or MD5 says the stored object is not the archived one
             return [str(exc)]
@@ -231,7 +232,7 @@ def _stored_bytes_differ(store: S3Store, obj: dict, first_md5: str) -> bool:
     a proof of damage."""
     second = _Md5Sink()
     try:
-        store.download_to(obj["key"], second, expected_size=obj["bytes"])
+        store.download_to(obj["key"], second, expected_size=obj["bytes"], content_encoding=obj.get("content_encoding"))
     except ArchiveError:
         return False
     return second.md5 == first_md5 != obj["md5"]
