@@ -195,6 +195,9 @@ class SourceTable:
     day_column: Column | None  # None: the whole table is the day (naming mode)
     oid: int | None = None  # the relation the catalog lookup found (in the caller's snapshot)
     encoding: str | None = None  # the database's server_encoding (what a JSON \u escape can become in it)
+    # a partitioned table's key, where it is one expression of the day column that only converts, truncates or
+    # shifts it (see pruning_key): as pg_get_expr prints it
+    key_expression: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -784,6 +787,7 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
                            encoding=conn.info.parameter_status("server_encoding"))
     by_name = {c.name: c for c in columns}
     day = by_name.get(day_column)
+    key = _key_expression(conn, oid, day_column) if relkind == "p" and day is not None else None
     if day is None:
         raise SourceError(f"table {qualified_name!r} has no column {day_column!r} (day_column); "
                           f"columns are {[c.name for c in columns]}{_stored_hint(conn, day_column)}"
@@ -796,7 +800,68 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
                           cause=SETTING_MISFITS, remedy="set the table's day_column in the YAML configuration to a "
                                                         "date, timestamp or timestamptz column")
     return SourceTable(schema=schema, name=name, relkind=relkind, columns=columns, day_column=day, oid=oid,
-                       encoding=conn.info.parameter_status("server_encoding"))
+                       encoding=conn.info.parameter_status("server_encoding"), key_expression=key)
+
+
+# A RANGE key of one expression (partattrs 0); pg_get_expr (which locks the parent, as the day's read does anyway)
+# only then
+_KEY_EXPRESSION = """
+SELECT CASE WHEN pt.partstrat = 'r' AND pt.partnatts = 1 AND pt.partattrs[0] = 0
+            THEN pg_catalog.pg_get_expr(pt.partexprs, pt.partrelid) END
+FROM pg_catalog.pg_partitioned_table pt WHERE pt.partrelid = %s
+"""
+# The pieces a key expression that only converts, truncates or shifts a time is printed with
+_KEY_TOKEN = re.compile(r"""\s*('(?:[^']|'')*'|::\s*(?:date|timestamp(?:\(\d\))? without time zone|text)\b|"""
+                        r"""AT TIME ZONE\b|[(),]|"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)""")
+_KEY_FUNCTIONS = {"date_trunc", "timezone"}
+
+
+def _key_expression(conn: psycopg.Connection, oid: int, day_column: str) -> str | None:
+    """The partition key of a table partitioned by RANGE of one expression of its day column, where that
+    expression is made only of casts to date or timestamp, ``date_trunc`` and ``timezone`` (``AT TIME ZONE``):
+    a time that never goes back by more than a clock change as the column's goes forward, which the day's
+    filter can then bound (see :func:`day_filter`). None for any other table."""
+    found = conn.execute(_KEY_EXPRESSION, (oid,)).fetchone()
+    text = found[0] if found else None
+    if not text:
+        return None
+    quoted = '"' + day_column.replace('"', '""') + '"'
+    position, tokens = 0, []
+    while position < len(text.rstrip()):
+        match = _KEY_TOKEN.match(text, position)
+        if match is None:
+            return None
+        tokens.append(match.group(1))
+        position = match.end()
+    for i, token in enumerate(tokens):
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token != "AT TIME ZONE" and (token[0].isalpha() or token[0] == "_" or token[0] == '"'):
+            if following == "(":
+                if token not in _KEY_FUNCTIONS:
+                    return None
+            elif token not in (day_column, quoted):
+                return None
+    return text if any(t in (day_column, quoted) for t in tokens) else None
+
+
+def key_at(table: SourceTable, moment: sql.Composable) -> sql.Composable:
+    """The table's key expression (:attr:`SourceTable.key_expression`) of ``moment`` (a literal of the day
+    column's type) instead of the column: constant, so the planner prunes the partitions by it."""
+    quoted = '"' + table.day_column.name.replace('"', '""') + '"'
+    pieces, position = [], 0
+    text = table.key_expression
+    tokens = list(_KEY_TOKEN.finditer(text))
+    for i, match in enumerate(tokens):
+        token = match.group(1)
+        following = tokens[i + 1].group(1) if i + 1 < len(tokens) else ""
+        pieces.append(sql.SQL(text[position:match.start(1)]))
+        if token in (table.day_column.name, quoted) and following != "(":
+            pieces.append(sql.SQL("({})").format(moment))
+        else:
+            pieces.append(sql.SQL(token))
+        position = match.end(1)
+    pieces.append(sql.SQL(text[position:]))
+    return sql.Composed(pieces)
 
 
 def _name_not_utf8(conn: psycopg.Connection, qualified_name: str, oid: int, exc: psycopg.Error) -> SourceError:
@@ -815,6 +880,12 @@ def _name_not_utf8(conn: psycopg.Connection, qualified_name: str, oid: int, exc:
 
 
 def day_bounds(column: Column, day: Period | dt.date) -> tuple[sql.Literal, sql.Literal]:
+    """Typed literals for the period [start, end) (see :func:`_bound_values`)."""
+    start, end = _bound_values(column, day)
+    return sql.Literal(start), sql.Literal(end)
+
+
+def _bound_values(column: Column, day: Period | dt.date) -> tuple[dt.date | dt.datetime, dt.date | dt.datetime]:
     """Typed literals for the period [start, end), so the planner can prune partitions up front.
 
     What the bounds mean per column type (a plain date is a UTC day, as before periods existed):
@@ -830,23 +901,35 @@ def day_bounds(column: Column, day: Period | dt.date) -> tuple[sql.Literal, sql.
             raise SourceError(f"setting 'granularity': hourly needs a timestamp or timestamptz day_column, and "
                               f"{column.name!r} is a date, which cannot hold hours; use granularity daily or monthly",
                               retryable=False, cause=SETTING_MISFITS)
-        return sql.Literal(day.start.date()), sql.Literal(day.end.date())
+        return day.start.date(), day.end.date()
     if column.base_type == "timestamptz":
-        return sql.Literal(day.start), sql.Literal(day.end)
-    start, end = day.wall_bounds
-    return sql.Literal(start), sql.Literal(end)
+        return day.start, day.end
+    return day.wall_bounds
 
 
 def day_filter(table: SourceTable, day: Period | dt.date) -> sql.Composable:
     """The WHERE condition that selects the period's rows (TRUE when the whole relation is the period)."""
     if table.day_column is None:
         return sql.SQL("TRUE")
-    start, end = day_bounds(table.day_column, day)
+    start, end = _bound_values(table.day_column, day)
     col = sql.Identifier(table.day_column.name)
     # PostgreSQL's operators by name: a user's >= on a domain over the column's type (CREATE DOMAIN bday AS date)
     # matches a domain column exactly, pg_catalog first on the path or not, and chose the day's rows
-    return sql.SQL("{col} OPERATOR(pg_catalog.>=) {start} AND {col} OPERATOR(pg_catalog.<) {end}").format(
-        col=col, start=start, end=end)
+    where = sql.SQL("{col} OPERATOR(pg_catalog.>=) {start} AND {col} OPERATOR(pg_catalog.<) {end}").format(
+        col=col, start=sql.Literal(start), end=sql.Literal(end))
+    if table.key_expression is None:
+        return where
+    # A key expression of the column ((at::date)) cannot be pruned by from the column's bounds: every partition
+    # would be planned, scanned and locked (a lock table of a few thousand fills up). Bounded too, by its values at
+    # the bounds widened by more than any clock change, it prunes to the day's partitions and drops no row of it.
+    # (bounds moved in Python: literals, so the key's immutable functions of them fold into constants when planned)
+    low, high = (sql.Literal(bound + shift) for bound, shift in ((start, -_KEY_SLACK), (end, _KEY_SLACK)))
+    key = sql.SQL("({})").format(sql.SQL(table.key_expression))
+    return sql.SQL("{} AND {key} OPERATOR(pg_catalog.>=) ({low}) AND {key} OPERATOR(pg_catalog.<=) ({high})").format(
+        where, key=key, low=key_at(table, low), high=key_at(table, high))
+
+
+_KEY_SLACK = dt.timedelta(hours=26)  # more than any clock change, and than any zone's offset from another's
 
 
 @contextlib.contextmanager
