@@ -923,7 +923,10 @@ def day_filter(table: SourceTable, day: Period | dt.date) -> sql.Composable:
     # would be planned, scanned and locked (a lock table of a few thousand fills up). Bounded too, by its values at
     # the bounds widened by more than any clock change, it prunes to the day's partitions and drops no row of it.
     # (bounds moved in Python: literals, so the key's immutable functions of them fold into constants when planned)
-    low, high = (sql.Literal(bound + shift) for bound, shift in ((start, -_KEY_SLACK), (end, _KEY_SLACK)))
+    try:
+        low, high = (sql.Literal(bound + shift) for bound, shift in ((start, -_KEY_SLACK), (end, _KEY_SLACK)))
+    except OverflowError:  # a day at the end of Python's calendar (year 1 or 9999): unbounded, as before
+        return where
     key = sql.SQL("({})").format(sql.SQL(table.key_expression))
     return sql.SQL("{} AND {key} OPERATOR(pg_catalog.>=) ({low}) AND {key} OPERATOR(pg_catalog.<=) ({high})").format(
         where, key=key, low=key_at(table, low), high=key_at(table, high))
