@@ -191,7 +191,10 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
 def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     schema, _, name = spec.name.partition(".")
     key_type, expression = _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps
-    wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone" and not expression
+    # An expression key of a date or timestamp column giving a date or timestamp ((at::date), date_trunc('hour', at))
+    # keeps the column's wall-clock labels; one of a timestamptz column is in the zone it converts by
+    wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone" and (
+        not expression or not _zoned_day_column(conn, spec))
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
                                  ).fetchone()[0]:
@@ -205,6 +208,18 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
 
 
 _EXPRESSION_SLACK = dt.timedelta(hours=26)  # more than any zone's offset from any other (UTC-12 .. UTC+14)
+
+
+def _zoned_day_column(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Whether the table's day column is a timestamptz (through domains at any depth)."""
+    schema, _, name = spec.name.partition(".")
+    return bool(conn.execute(
+        "WITH RECURSIVE t(oid) AS (SELECT a.atttypid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c "
+        "ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+        "AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped UNION ALL SELECT y.typbasetype FROM t "
+        "JOIN pg_catalog.pg_type y ON y.oid = t.oid WHERE y.typtype = 'd') "
+        "SELECT EXISTS (SELECT FROM t WHERE t.oid = 'pg_catalog.timestamptz'::pg_catalog.regtype)",
+        (schema, name, spec.day_column)).fetchone()[0])
 
 
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:

@@ -36,15 +36,15 @@ from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import day_children, source_table
+from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
-    removal_state
+    removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
                                           pending_detach_error, relation_name, scanned_relations, server_identity)
-from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
+from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
 
@@ -311,6 +311,12 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             xid = conn.execute("SELECT txid_current()").fetchone()[0]
             mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
                     "relation": target.qualified, "xid": str(xid)}
+            if target is not table and spec.partitioning.mode == "declarative":
+                # the partition as it is removed (the table may have been laid out anew since the day was
+                # archived): what a restore into the original table creates again
+                partition = partition_of_day(spec, day_children(conn, spec, day))
+                if partition:
+                    mark["partition"] = partition
             system = server_identity(conn)[1]  # whose transaction ids these are (None: the role may not read it)
             if system is not None:
                 mark["system"] = system
@@ -368,8 +374,7 @@ def _require_proven_object(store: S3Store, spec: TableSpec, day: Period, manifes
     if not obj:
         return
     head = store.head(obj["key"])
-    if head is not None and head.get("ContentLength") == obj.get("bytes") and (
-            not store.verify_etags or etag_text(head.get("ETag")) == etag_text(obj.get("etag"))):
+    if head is not None and not stored_object_problems(head, manifest):  # (a copy onto itself is the same object)
         return
     raise RemovalRefused(f"{spec.name} {day} stays in the source: its proven archive {obj.get('uri')} is "
                          f"{'gone' if head is None else 'replaced'} (an archive run of the day on another server, on "

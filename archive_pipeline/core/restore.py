@@ -704,6 +704,17 @@ def _partition(definition: dict,
     return Relation.configured(partition["parent"]), child, partition.get("bound")
 
 
+def _recorded_partition(manifest: dict,
+                        conn: psycopg.Connection | None = None) -> tuple[Relation, Relation, str | None] | None:
+    """The day's partition (see :func:`_partition`): the one its removal dropped or detached, as its mark records
+    it, else the one it was archived from. The table may have been laid out anew in between (a week's partition
+    split into days, a day moved out of the DEFAULT partition): the removed one is the one to put back."""
+    removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
+    if isinstance(removed.get("partition"), dict) and removed["partition"].get("child"):
+        return _partition({"partition": removed["partition"]}, conn)
+    return _partition(table_definition(manifest), conn)
+
+
 def _older_child(conn: psycopg.Connection, child: str) -> Relation:
     """An older manifest's child, "schema.name" as one string: split at its first dot, as it always was, unless
     no schema of that name exists and one named up to a later dot does (a schema holding a dot). Where schemas
@@ -873,7 +884,7 @@ def _refuse_detached_partition(conn: psycopg.Connection, manifest: dict) -> tupl
     """(parent, child, bound) of the day's recorded partition, or Nones; refused where that partition exists but
     is detached (by retention's detach): it may still hold the day, and loading the day through the parent (into a
     DEFAULT partition, or a partition created again) would hold it twice and keep the ATTACH from ever working."""
-    parent, child, bound = _partition(table_definition(manifest), conn) or (None, None, None)
+    parent, child, bound = _recorded_partition(manifest, conn) or (None, None, None)
     if child and _exists(conn, child) and not _is_partition(conn, child):
         if (manifest.get("removed") or {}).get("action") == "drop":  # so the table under its name is another one
             raise RestoreError(
@@ -941,7 +952,7 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
     :func:`_own_parents`): as its partition, or inheriting from it (with the parent's columns and CHECKs, so
     one added since is no reason to fail)."""
     definition = table_definition(manifest)
-    partition = _partition(definition, conn)
+    partition = _recorded_partition(manifest, conn)
     if partition is not None and partition[1] == relation:
         return _create_partition(conn, manifest, *partition, overlap_into_parent=True)
     parents = _own_parents(conn, manifest, relation)
@@ -991,7 +1002,7 @@ def _partition_below(conn: psycopg.Connection, relation: Relation, table: Relati
 def _created_under(conn: psycopg.Connection, manifest: dict, created: Sequence[Relation]) -> Relation | None:
     """The table a partition this restore created (and rolled back) was created under, or None."""
     definition = table_definition(manifest)
-    partition = _partition(definition, conn)
+    partition = _recorded_partition(manifest, conn)
     if partition is not None and partition[1] in created:
         return partition[0]
     bounded = [p for p in definition.get("parents") or [] if p.get("bound")]
@@ -1776,7 +1787,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             # never twice at once into the same one (two restores of one day would each check only their
             # own uncommitted rows, and both load them), whatever runs on the source meanwhile.
             # The archived table, its day's partition or its day table named as a target are the original too.
-            partition = _partition(table_definition(manifest))
+            partition = _recorded_partition(manifest)
             original = {Relation.configured(name) for name in (table, manifest.get("source_relation")) if name} | \
                 ({partition[1]} if partition else set())
             lock_name = table if into == "original" or relation in original else f"restore into {relation}"
@@ -2027,8 +2038,10 @@ def _require_original(spec: TableSpec, day: Period | dt.date, manifest: dict) ->
         own.add(Relation.configured(f"{spec.schema_name}.{spec.child_table(period)}"))
     named = manifest.get("source_relation") or manifest["table"]
     partition = (table_definition(manifest) or {}).get("partition") or {}
-    parent = partition.get("parent")
-    strays = [name for name in (named, parent) if name and Relation.configured(name) not in own]
+    removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
+    dropped = removed.get("partition") if isinstance(removed.get("partition"), dict) else {}
+    strays = [name for name in (named, partition.get("parent"), dropped.get("parent"))
+              if name and Relation.configured(name) not in own]
     if strays:
         raise RestoreError(f"restoring {spec.name} for {period} into its original table: its manifest names "
                            f"{', '.join(map(repr, strays))}, which is not {spec.name} or its day's own table; nothing "

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import queue
+import functools
 import re
 import threading
 import unicodedata
@@ -814,6 +815,17 @@ FROM pg_catalog.pg_partitioned_table pt WHERE pt.partrelid = %s
 _KEY_TOKEN = re.compile(r"""\s*('(?:[^']|'')*'|::\s*(?:date|timestamp(?:\(\d\))? without time zone|text)\b|"""
                         r"""AT TIME ZONE\b|[(),]|"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)""")
 _KEY_FUNCTIONS = {"date_trunc", "timezone"}
+_TRUNC_UNITS = {"microseconds", "milliseconds", "second", "minute", "hour", "day", "week", "month", "quarter", "year",
+                "decade", "century", "millennium"}
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    """The IANA zone names (whose clocks never go back by more than a day): the zones a key expression may shift
+    by and still be bounded (see :func:`_key_expression`)."""
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
 def _key_expression(conn: psycopg.Connection, oid: int, day_column: str) -> str | None:
@@ -835,6 +847,8 @@ def _key_expression(conn: psycopg.Connection, oid: int, day_column: str) -> str 
         position = match.end()
     for i, token in enumerate(tokens):
         following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token[0] == "'" and token[1:-1].lower() not in _TRUNC_UNITS and token[1:-1] not in _zone_names():
+            return None  # a POSIX rule ('AAA+0BBB-100,M3.2.0,M11.1.0') may go back days at its clock change
         if token != "AT TIME ZONE" and (token[0].isalpha() or token[0] == "_" or token[0] == '"'):
             if following == "(":
                 if token not in _KEY_FUNCTIONS:
