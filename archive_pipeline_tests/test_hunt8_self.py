@@ -58,3 +58,22 @@ def test_an_expression_keyed_day_is_read_whole_and_only_its_partitions_planned(c
     assert planned.count("Scan on") <= 6, planned
     result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     assert result.rows == expected
+
+
+def test_equal_parts_is_set_by_its_variable_for_the_command_line_and_the_default_resources(s3, bucket, monkeypatch):
+    """R2's refusal of unequal parts names ARCHIVE_S3_EQUAL_PARTS: the command line's store and the default code
+    location's archive_store take it, and a value that is not true or false fails the load naming it."""
+    from archive_pipeline.core.config import ConfigError
+    from archive_pipeline.core.environment import equal_parts, store_from_env
+    from archive_pipeline.definitions import default_resources
+
+    env = {"ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_ACCESS_KEY_ID": "x",
+           "ARCHIVE_S3_SECRET_ACCESS_KEY": "x", "ARCHIVE_S3_EQUAL_PARTS": "true"}
+    assert store_from_env(env, check=False).equal_parts is True
+    assert store_from_env({**env, "ARCHIVE_S3_EQUAL_PARTS": "false"}, check=False).equal_parts is False
+    with pytest.raises(ConfigError, match="ARCHIVE_S3_EQUAL_PARTS"):
+        equal_parts({"ARCHIVE_S3_EQUAL_PARTS": "maybe"})
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://u@127.0.0.1:1/db")
+    assert default_resources()["archive_store"].equal_parts is True

@@ -134,7 +134,7 @@ class ChildRange:
         and the day before's child seemed to reach into the day by labels."""
         by_instants = ((self.start is None or self.start < period.utc_end)
                        and (self.end is None or self.end > period.utc_start))
-        if by_instants and self.wall_clock and not self.expression and self.start is not None and self.end is not None:
+        if by_instants and self.wall_clock and self.start is not None and self.end is not None:
             zone = period.start.tzinfo
             first, last = period.wall_bounds
             return (self.start.astimezone(zone).replace(tzinfo=None) < last

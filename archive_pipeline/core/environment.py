@@ -35,6 +35,7 @@ REGION_VAR = "ARCHIVE_S3_REGION"
 KEY_ID_VAR = "ARCHIVE_S3_ACCESS_KEY_ID"
 SECRET_VAR = "ARCHIVE_S3_SECRET_ACCESS_KEY"
 VERIFY_ETAGS_VAR = "ARCHIVE_S3_VERIFY_ETAGS"
+EQUAL_PARTS_VAR = "ARCHIVE_S3_EQUAL_PARTS"
 
 
 class UnreachableError(Exception):
@@ -174,6 +175,7 @@ def check_s3_settings(env: Mapping[str, str]) -> None:
     naming the variable, at load, instead of keys written under another folder or every run retried."""
     check_prefix(s3_setting(env, PREFIX_VAR), f"${PREFIX_VAR}")
     verify_etags(env)
+    equal_parts(env)
     for name in (REGION_VAR, KEY_ID_VAR):
         value = s3_setting(env, name)
         if value and any(c.isspace() or not c.isprintable() for c in value):
@@ -195,11 +197,22 @@ def verify_etags(env: Mapping[str, str] | None = None) -> bool:
     """$ARCHIVE_S3_VERIFY_ETAGS: false for a store whose ETags are not MD5s (SSE-KMS), as the archive_store
     resource's ``verify_etags`` (which the default resources take from it): the command line could not read
     such a bucket at all. Anything but true/false fails the load naming the variable."""
-    env = os.environ if env is None else env
-    value = (s3_setting(env, VERIFY_ETAGS_VAR) or "true").lower()
+    return _flag(os.environ if env is None else env, VERIFY_ETAGS_VAR, True,
+                 "set it to false for a store whose ETags are not MD5s (SSE-KMS), or unset it")
+
+
+def equal_parts(env: Mapping[str, str] | None = None) -> bool:
+    """$ARCHIVE_S3_EQUAL_PARTS: true for a store that takes only parts of one size (Cloudflare R2), as the
+    archive_store resource's ``equal_parts`` (which the default resources and the command line take from it)."""
+    return _flag(os.environ if env is None else env, EQUAL_PARTS_VAR, False,
+                 "set it to true for a store that takes only parts of one size (Cloudflare R2), or unset it")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool, advice: str) -> bool:
+    """A true/false variable; anything else fails the load naming it."""
+    value = (s3_setting(env, name) or str(default)).lower()
     if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        raise ConfigError(f"${VERIFY_ETAGS_VAR} {_quoted(value)} is not true or false: set it to false for a store "
-                          "whose ETags are not MD5s (SSE-KMS), or unset it")
+        raise ConfigError(f"${name} {_quoted(value)} is not true or false: {advice}")
     return value in ("true", "1", "yes", "on")
 
 
@@ -276,7 +289,8 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']), env)} is not a region name: set it to "
                           "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \
             from None
-    store = S3Store(client, bucket, prefix=s3_setting(env, PREFIX_VAR) or "", verify_etags=verify_etags(env))
+    store = S3Store(client, bucket, prefix=s3_setting(env, PREFIX_VAR) or "", verify_etags=verify_etags(env),
+                    equal_parts=equal_parts(env))
     if check:
         try:
             client.head_bucket(Bucket=bucket)

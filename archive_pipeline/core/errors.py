@@ -345,7 +345,8 @@ _S3_UNSUPPORTED = _store(False, "the object store does not implement a request o
                          "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, and check that it supports multipart uploads")
 _S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads whose parts (but the last) are all "
                            "the same size (Cloudflare R2's rule), and this day's object grew past the parts of its "
-                           "first size", "set ArchiveStoreResource.equal_parts: true (the README: Cloudflare R2), "
+                           "first size", "set ARCHIVE_S3_EQUAL_PARTS=true (ArchiveStoreResource.equal_parts: true; the README: "
+                           "Cloudflare R2), "
                            "then run the day again")
 _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expired",
                            f"{_RETRIED} with fresh credentials; if it persists, check the credential source (role "

@@ -478,7 +478,10 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                     loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
             except TypeMissingError as exc:  # a type renamed or dropped since: no verdict, and no restore's error
                 raise ArchiveError(_type_missing(exc, scratch_conn is not conn), table=manifest.get("table"),
-                                   day=manifest.get("day"), retryable=False) from None
+                                   day=manifest.get("day"), retryable=False, cause=TYPE_GONE,
+                                   remedy="archive the day again with overwrite, to record its columns as they are "
+                                          "now" + (", or create the type in the scratch database"
+                                                   if scratch_conn is not conn else "")) from None
             # Committed before the wait for the source's fingerprint, which often takes longer than the load:
             # waiting inside the transaction, the session would sit idle in it, and the role's or the
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
@@ -711,6 +714,9 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
         text = text[:300] + "…"
     where_from = "the source has a row the archive lacks" if side == "left" else "the archive has a row the source lacks"
     return f"first difference: {where_from}: {text}"
+
+
+TYPE_GONE = "a type the archive records is gone (renamed, moved or dropped since)"  # (no verdict on the archive)
 
 
 def _type_missing(exc, scratch: bool) -> str:

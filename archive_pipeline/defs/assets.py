@@ -61,6 +61,7 @@ from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResour
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.verify import TYPE_GONE
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped
@@ -279,6 +280,9 @@ def remedy(exc: BaseException, spec: TableSpec, day: dt.date, origin: str | None
     where = origin or str(config_path())
     if type(exc).__name__ == "LateRowsError":
         return "The source changed after it was archived. " + relaunch(spec, day, origin)
+    if getattr(exc, "cause", None) == TYPE_GONE:  # no verdict, and none until the day is archived as it is now
+        return "Nothing is known to be wrong with the archive, but it cannot be proven here. " + relaunch(spec, day,
+                                                                                                        origin)
     own = getattr(exc, "remedy", None)
     if own:
         return own
@@ -346,6 +350,11 @@ NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a remov
 def _removed(failed: Failure) -> bool:
     """A day's failure that is a day retention removed and nothing else (its archive is kept: nothing to redo)."""
     return bool(getattr(failed.metadata.get(NOTHING_TO_DO), "value", failed.metadata.get(NOTHING_TO_DO)))
+
+
+def _needs_overwrite(failed: Failure) -> bool:
+    """A day's failure that only an archive with overwrite ends (the source changed since it was archived)."""
+    return getattr(failed.metadata.get("error"), "value", failed.metadata.get("error")) == "LateRowsError"
 
 
 def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
@@ -717,6 +726,10 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
             unverified = exc
     except Exception as exc:
         raise failure(exc, spec, day, postgres.password, origin, step_retries(context)) from None
+    if unverified is not None and result.skipped:
+        # the archive recorded before is the one still there: its record (and the proof it holds) stands; a new
+        # one saying "not verified" over it would turn an archive proven then into one never proven
+        raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     state = archive_state(result)
     if alone:  # in a range, the summary is the materialization's description: one event a day fewer
         context.log.info(summary(result, state))
@@ -806,7 +819,9 @@ def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Fail
     retry. The retry does neither the days recorded nor those failed for good (``permanent_days``) again."""
     retryable = any(f.allow_retries for f in failed.values())
     permanent = {d.isoformat(): f.description or "" for d, f in sorted(failed.items()) if not f.allow_retries}
-    redo = {d: f for d, f in failed.items() if not _removed(f)}
+    # (a removed day has nothing to redo; a changed one fails the same way until archived with overwrite, as its
+    # own advice above says: re-executing the run would not help it)
+    redo = {d: f for d, f in failed.items() if not _removed(f) and not _needs_overwrite(f)}
     then = ("" if not redo else
             f"\n\nThen: re-execute this run (Runs → this run → Re-execute → From failure), or launch a backfill of "
             f"{_names(redo) if len(redo) < len(failed) else 'the failed days'} of {job_name(spec)}; days already "
