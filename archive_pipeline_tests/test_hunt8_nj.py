@@ -70,14 +70,16 @@ def _dropped(conn, schema, store, temp_dir, days, default=False):
     return spec
 
 
+@pytest.mark.parametrize("bound", ["FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2025-01-01 00:00:00+00')",
+                                   "DEFAULT"])
 def test_restore_into_original_creates_no_partition_wider_than_the_day_from_a_resealed_removal_mark(
-        conn, schema, store, s3_client, bucket, temp_dir):
+        conn, schema, store, s3_client, bucket, temp_dir, bound):
     """README: what is in the bucket cannot be trusted (a manifest is sealed, not signed). ``ev`` is partitioned
     by RANGE (at) a day a child; retention 'drop' proved 2024-03-10 and dropped ev_0310, its mark recording the
     partition (``removed.partition``, bound FROM ('2024-03-10') TO ('2024-03-11')). Someone with write access to
-    the bucket edits the mark's bound to the whole year 2024 and reseals the manifest. The user runs ``restore
+    the bucket edits the mark's bound to the whole year 2024 (or to DEFAULT) and reseals the manifest. The user runs ``restore
     --into original``. What happens: ev_0310 is created FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') and the
-    restore reports success: every row of 2024 inserted from now on lands in the "day's" partition, and the next
+    restore reports success (with DEFAULT: ev_0310 becomes the table's DEFAULT partition): every row of 2024 inserted from now on lands in the "day's" partition, and the next
     removal of the day is refused (its partition holds other days). A retention removal only ever drops a
     partition that holds exactly the period (``lifecycle._target``: ``is_period``), so a recorded removed
     partition whose bound is not the day's is no partition the removal dropped. Should: refused before anything
@@ -85,8 +87,7 @@ def test_restore_into_original_creates_no_partition_wider_than_the_day_from_a_re
     (Cause: ``restore._recorded_partition`` takes ``removed.partition`` as it is; nothing compares its bound with
     the manifest's period.)"""
     spec = _dropped(conn, schema, store, temp_dir, days=(10,))
-    _edit(s3_client, bucket, _mkey(store, spec, DAY), lambda m: m["removed"]["partition"].update(
-        bound="FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2025-01-01 00:00:00+00')"))
+    _edit(s3_client, bucket, _mkey(store, spec, DAY), lambda m: m["removed"]["partition"].update(bound=bound))
     try:
         restore_day(conn, store, spec, DAY, into="original")
     except ArchiveError:
