@@ -697,6 +697,12 @@ def _partition(definition: dict,
     partition = definition.get("partition") or {}
     if not partition.get("child"):
         return None
+    if not isinstance(partition.get("parent"), str) or not partition["parent"] or (
+            partition.get("child_name") and not isinstance(partition.get("child_schema"), str)):
+        raise RestoreError(f"the manifest records the day's partition {partition.get('child')!r} without its parent "
+                           "table and schema (the manifest was edited?); nothing was restored", retryable=False,
+                           cause="the manifest's partition record is incomplete",
+                           remedy="restore into a table you name (into='new' or 'existing')")
     if partition.get("child_name"):
         child = Relation(partition["child_schema"], partition["child_name"])
     else:
@@ -954,7 +960,10 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
     definition = table_definition(manifest)
     partition = _recorded_partition(manifest, conn)
     if partition is not None and partition[1] == relation:
-        return _create_partition(conn, manifest, *partition, overlap_into_parent=True)
+        created = _create_partition(conn, manifest, *partition, overlap_into_parent=True)
+        if created:
+            _refuse_created_bound(conn, manifest, partition[1])
+        return created
     parents = _own_parents(conn, manifest, relation)
     if len(parents) == 1 and parents[0][1]:
         return _create_partition(conn, manifest, parents[0][0], relation, parents[0][1], overlap_into_parent=False)
@@ -1007,6 +1016,35 @@ def _created_under(conn: psycopg.Connection, manifest: dict, created: Sequence[R
         return partition[0]
     bounded = [p for p in definition.get("parents") or [] if p.get("bound")]
     return Relation(bounded[0]["schema"], bounded[0]["name"]) if bounded and created else None
+
+
+def _refuse_created_bound(conn: psycopg.Connection, manifest: dict, child: Relation) -> None:
+    """Refuse (the restore rolls back) a re-created day partition whose bound, read back as discovery reads every
+    child's, does not hold the day, or, for the one a removal recorded (which removed only a partition of exactly
+    the day), is not exactly the day: a manifest is sealed, not signed, and a bound edited wider (a year, DEFAULT)
+    would route other days' rows into it from then on."""
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.discovery import child_ranges
+
+    period = manifest_period(manifest)
+    spec = TableSpec(name=manifest["table"], day_column=manifest.get("day_column"), start_date=period.start.date()
+                     if period.granularity != "monthly" else period.start.date().replace(day=1),
+                     granularity=period.granularity, timezone=manifest.get("timezone") or "UTC",
+                     partitioning={"mode": "declarative"})
+    found = [c for c in child_ranges(conn, spec) if c.relation(spec) == (child.schema, child.name)]
+    removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
+    exact = isinstance(removed.get("partition"), dict) and bool(removed["partition"].get("child"))
+    if found and (found[0].is_period(period) if exact else found[0].holds(period)):
+        return
+    bound = found[0].bound if found else "not a range"
+    raise RestoreError(
+        f"restoring {manifest['table']} for {manifest['day']} into its original table: the partition {child} its "
+        f"manifest records would be created with the bound {bound!r}, which is not "
+        f"{'exactly ' if exact else ''}the day's (the manifest was edited?); nothing was restored",
+        table=manifest["table"], day=manifest["day"], retryable=False,
+        cause="the manifest's partition bound is not the day's",
+        remedy="create the day's partition by hand and restore into the original table again, or restore into a "
+               "table you name (into='new')")
 
 
 def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation, child: Relation, bound: str | None,

@@ -821,11 +821,11 @@ _TRUNC_UNITS = {"microseconds", "milliseconds", "second", "minute", "hour", "day
 
 @functools.cache
 def _zone_names() -> frozenset[str]:
-    """The IANA zone names (whose clocks never go back by more than a day): the zones a key expression may shift
+    """The IANA zone names, in lower case (whose clocks never go back by more than a day): the zones a key expression may shift
     by and still be bounded (see :func:`_key_expression`)."""
     import zoneinfo
 
-    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+    return frozenset(name.lower() for name in zoneinfo.available_timezones()) | {"utc"}  # (PostgreSQL ignores case)
 
 
 def _key_expression(conn: psycopg.Connection, oid: int, day_column: str) -> str | None:
@@ -847,7 +847,7 @@ def _key_expression(conn: psycopg.Connection, oid: int, day_column: str) -> str 
         position = match.end()
     for i, token in enumerate(tokens):
         following = tokens[i + 1] if i + 1 < len(tokens) else ""
-        if token[0] == "'" and token[1:-1].lower() not in _TRUNC_UNITS and token[1:-1] not in _zone_names():
+        if token[0] == "'" and token[1:-1].lower() not in _TRUNC_UNITS and token[1:-1].lower() not in _zone_names():
             return None  # a POSIX rule ('AAA+0BBB-100,M3.2.0,M11.1.0') may go back days at its clock change
         if token != "AT TIME ZONE" and (token[0].isalpha() or token[0] == "_" or token[0] == '"'):
             if following == "(":
