@@ -1,0 +1,64 @@
+"""Hunt 8 (nk): locks, waits and real PostgreSQL faults around the reads added for expression-keyed tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+from psycopg import sql
+
+from archive_pipeline.core.config import TableSpec
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _connect(pg, **settings):
+    conn = psycopg.connect(pg.dsn, autocommit=True)
+    for name, value in settings.items():
+        conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+    return conn
+
+
+def _daily_table(conn, schema: str, key: str, first: dt.date, count: int) -> None:
+    """ev partitioned by RANGE (key), one child a day from ``first``, ten rows in each."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamp, v text) PARTITION BY RANGE ({})").format(
+        sql.Identifier(schema, "ev"), sql.SQL(key)))
+    for i in range(count):
+        day = first + dt.timedelta(days=i)
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(schema, f"ev_{day:%Y%m%d}"), sql.Identifier(schema, "ev"), sql.Literal(str(day)),
+            sql.Literal(str(day + dt.timedelta(days=1)))))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamp + g * interval '1 hour', 'x' "
+                         "FROM generate_series(0, %s) g").format(sql.Identifier(schema, "ev")),
+                 (str(first), count * 24 - 1))
+
+
+def test_a_locked_old_partition_of_an_expression_keyed_table_holds_back_no_other_day(pg, conn, schema):
+    """A user partitions ev by RANGE ((at::date)), one child a day (the README's example of an expression key),
+    and runs VACUUM FULL (or an ALTER) on the partition of a day a month ago, which holds it ACCESS EXCLUSIVE.
+    Meanwhile the sensor (or ``list --check-source``, ``compare``, ``archive --dry-run``) looks for the last
+    week's days without an archive: each missing day gets one EXISTS probe through the parent, bounded by the
+    day column only, which cannot prune by the expression key, so every probe plans and locks every partition,
+    the month-old one too. Every day's probe waits out lock_timeout (one lock_timeout per day: a tick over a
+    week of days at the default 30 s is three and a half minutes, past the daemon's tick timeout) and every day
+    is listed "not inspected"; the same table keyed by RANGE (at) loses no day. The README promises that a read
+    of a day bounds the key too ("plans, scans and locks only the partitions around the day") and that "a lock
+    on one partition holds back its day only": the week's days should all be found, none failed."""
+    from archive_pipeline.core.discovery import existing_days
+
+    first = DAY - dt.timedelta(days=40)
+    _daily_table(conn, schema, "(at::date)", first, 44)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=first, partitioning={"mode": "declarative"})
+    week = [spec.period(DAY - dt.timedelta(days=i)) for i in range(6, -1, -1)]
+    old = DAY - dt.timedelta(days=30)
+    with _connect(pg) as vacuum, _connect(pg, lock_timeout="200ms") as sensor:
+        vacuum.execute("BEGIN")
+        vacuum.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.Identifier(schema, f"ev_{old:%Y%m%d}")))
+        failed = {}
+        try:
+            found = existing_days(sensor, spec, week, failed=failed)
+        finally:
+            vacuum.execute("ROLLBACK")
+    assert {p.isoformat(): type(e).__name__ for p, e in failed.items()} == {}
+    assert found == week
