@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import psycopg
 from psycopg import sql
@@ -62,3 +64,41 @@ def test_a_locked_old_partition_of_an_expression_keyed_table_holds_back_no_other
             vacuum.execute("ROLLBACK")
     assert {p.isoformat(): type(e).__name__ for p, e in failed.items()} == {}
     assert found == week
+
+
+def test_the_code_location_loads_while_a_migration_holds_an_expression_keyed_table(pg, conn, schema, archive_env):
+    """A user partitions ev by RANGE ((at::date)) (the README's example of an expression key) with
+    ``source: {lock_timeout_ms: 300}``, and a migration (ALTER TABLE ev ..., a long one) holds ev ACCESS
+    EXCLUSIVE while the code location (re)loads: a deploy, ``dagster dev``, the code server's reload. The load
+    checks each table: describing ev prints its key with pg_get_expr(partexprs), which locks the parent, on a
+    session with no lock_timeout at all, so the load waits for the migration to commit (Dagster's code server
+    gives up on it: no sensor, schedule or run of any table meanwhile). The same table keyed by RANGE (at)
+    loads at once (its check reads the catalog only). The load should give up on that table within the
+    configured lock_timeout (a warning, as for a database that cannot be reached) and load."""
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    _daily_table(conn, schema, "(at::date)", DAY, 1)
+    config = parse_config({"source": {"lock_timeout_ms": 300},
+                           "tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-01",
+                                       "partitioning": {"mode": "declarative"}}]})
+    outcome: dict = {}
+    with _connect(pg) as migration:
+        migration.execute("BEGIN")
+        migration.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "ev")))
+
+        def load() -> None:
+            try:
+                outcome["definitions"] = build_definitions(config)
+            except BaseException as exc:  # noqa: BLE001
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=load)
+        started = time.monotonic()
+        thread.start()
+        thread.join(4)
+        took = time.monotonic() - started
+        migration.execute("ROLLBACK")  # the migration ends: a load still waiting goes on
+        thread.join(30)
+    assert took < 4, "the code location's load waited for the migration's lock (no lock_timeout on its session)"
+    assert "error" not in outcome, outcome.get("error")
