@@ -102,3 +102,55 @@ def test_the_code_location_loads_while_a_migration_holds_an_expression_keyed_tab
         thread.join(30)
     assert took < 4, "the code location's load waited for the migration's lock (no lock_timeout on its session)"
     assert "error" not in outcome, outcome.get("error")
+
+
+def test_a_removal_ended_by_the_idle_timeout_while_the_store_is_slow_names_that_wait(pg, conn, schema, s3, bucket,
+                                                                                      temp_dir):
+    """Retention action 'drop' on an expression-keyed table; the removal's transaction writes its pending mark
+    and asks the store for the proven object (HEAD) before it locks and drops, waiting idle in its transaction
+    meanwhile. The store is slow (throttled, a stalled connection retried) past the session's
+    idle_in_transaction_session_timeout (source.idle_in_transaction_timeout_ms, or the role's), so PostgreSQL
+    ends the session. The removal fails, retryable, its mark taken back (right), but the message says
+    "idle_in_transaction_session_timeout ended the snapshot's session" and explains it by "the day's other
+    sessions, for the fingerprint, parallel streams or the Parquet reader, connect and import its snapshot": a
+    removal has no snapshot and no such sessions, so a DBA looks for the wrong thing. It should say that the
+    removal's transaction waited on the object store (its pending mark / the object check) past that timeout."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    _daily_table(conn, schema, "(at::date)", DAY, 1)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY - dt.timedelta(days=5),
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": "drop"})
+    outcome: dict = {}
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        gate = proxy.add(Fault(method="HEAD", path=r"\.jsonl\.zst$", action="hold", times=1)).gate
+        remover = _connect(pg, idle_in_transaction_session_timeout="500ms")
+        pid = remover.info.backend_pid
+
+        def remove() -> None:
+            try:
+                outcome["removal"] = remove_day(remover, spec, DAY, store, proven=True)
+            except BaseException as exc:  # noqa: BLE001
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=remove)
+        thread.start()
+        try:
+            assert proxy.wait_held(1, timeout=20)
+            deadline = time.monotonic() + 10
+            while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            gate.set()
+            thread.join(30)
+            remover.close()
+    error = outcome.get("error")
+    assert isinstance(error, ArchiveError) and error.retryable, outcome
+    assert "snapshot" not in str(error), str(error)
+    assert "idle_in_transaction_timeout_ms" in (error.remedy or ""), error.remedy
