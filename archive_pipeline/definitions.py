@@ -39,13 +39,14 @@ from archive_pipeline.defs.checks import (
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
 from archive_pipeline.core.environment import (check_bucket_name, check_dsn, check_endpoint_url, check_key_pair, check_keys_fit,
-                                              check_prefix, check_s3_settings, equal_parts, verify_etags)
+                                              check_prefix, check_s3_settings, equal_parts, session_settings,
+                                              verify_etags)
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, ArchiveS3Resource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.defs.schedules import build_daily_schedule
 from archive_pipeline.defs.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
-from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, SESSION_PINNED, set_session
+from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, session_pinned, set_session
 from archive_pipeline.core.source import describe_table
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ def check_table(conn: psycopg.Connection, spec: TableSpec, children: ChildrenMem
             child_ranges(conn, spec)  # refuses a table not range-partitioned by its day column
 
 
+_LOAD_LOCK_WAIT_MS = 2000  # how long the load's check of a table waits for a lock a migration holds
+
+
 def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo | None = None) -> None:
     """Fail the load on a table or day column that does not exist, naming it.
 
@@ -152,7 +156,10 @@ def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo |
     """
     try:
         conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True, **CONNECT_PARAMETERS)
-        set_session(conn, SESSION_PINNED)  # SET: no snapshot (a serializable deferrable role's waits)
+        # SET: no snapshot (a serializable deferrable role's waits). A table a migration holds (describing an
+        # expression-keyed parent reads its key, which locks it) is given up on quickly: the load goes on
+        set_session(conn, {**session_settings(config.source), **session_pinned(conn), "lock_timeout": str(
+            min(config.source.lock_timeout_ms or _LOAD_LOCK_WAIT_MS, _LOAD_LOCK_WAIT_MS))})
     except psycopg.Error as exc:
         log.warning("could not reach the source database to check the tables of %s: %s; the code location "
                     "loads anyway and runs will fail until it is reachable", config.origin,

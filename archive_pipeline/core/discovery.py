@@ -316,13 +316,11 @@ def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: lis
     with the typed bounds the archive's own query uses. With ``failed``, a period whose probe fails (its
     partition locked past lock_timeout by a VACUUM FULL or an ALTER) is recorded there and the others
     are probed on; without it, the error is raised."""
-    col = sql.Identifier(table.day_column.name)
-
     def probe(period: Period) -> sql.Composable:
-        lo, hi = day_bounds(table.day_column, period)
-        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} OPERATOR(pg_catalog.>=) {lo} "
-                       "AND {col} OPERATOR(pg_catalog.<) {hi})").format(
-            table=table.identifier, col=col, lo=lo, hi=hi)
+        # the day's own filter: an expression-keyed table's key bounded too, so only the day's partitions are
+        # planned and locked (one locked partition a month old held back every day's probe)
+        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {where})").format(
+            table=table.identifier, where=day_filter(table, period))
 
     return _probed(conn, [(period, probe(period)) for period in periods], failed, table.identifier)
 

@@ -876,6 +876,12 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
                         .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
     if found.cause == _PERMISSION.cause and (refused := refused_grant(exc, table, user)):
         found = replace(found, remedy=refused)
+    if found.cause == _IDLE_TIMEOUT.cause and doing == "removing":  # a removal has no snapshot sessions: it waited on the store
+        found = replace(found, cause="idle_in_transaction_session_timeout ended the removal's transaction while it "
+                                     "waited for the store (its pending mark's PUT, the proven object's HEAD)",
+                        remedy="retried automatically; if the store is that slow, raise the role's or the server's "
+                               "idle_in_transaction_session_timeout (or source.idle_in_transaction_timeout_ms) above "
+                               "the store's slowest answer")
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     if database:
