@@ -1,0 +1,55 @@
+"""Hunt 8 (nm): adversarial review of ae0f4bb..f01d213 (Dagster advice for days needing overwrite, the skipped
+day's record, the restore's read-back of a re-created partition's bound)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import instance_for_test
+from psycopg import sql
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline_tests.test_hunt4_tt import _failures, _range
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _domain_table(conn, schema, days):
+    """ev (id pos, at date): ``pos`` a domain over int; 5 rows a day."""
+    conn.execute(sql.SQL("CREATE DOMAIN {} AS int CHECK (VALUE > 0)").format(sql.Identifier(schema, "pos")))
+    conn.execute(sql.SQL("CREATE TABLE {} (id {}, at date)").format(
+        sql.Identifier(schema, "ev"), sql.Identifier(schema, "pos")))
+    for day in days:
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 5) g").format(
+            sql.Identifier(schema, "ev")), (day,))
+
+
+def test_a_backfill_of_days_without_verdict_does_not_advise_re_executing_it(conn, schema, archive_env):
+    """A table with ``deep_check: true``; 2024-03-10 and 11 are archived (and proven) by one backfill run. A
+    migration renames the domain of the ``id`` column (``ALTER DOMAIN pos RENAME TO pos2``): nothing changed in
+    any row. The person backfills the two days again: each day is found identical, its proof has no verdict (the
+    recorded type is gone), and each day's cause says "... cannot be proven here. To archive 2024-03-10 again,
+    open the job ... in the launchpad ... overwrite: true" (this commit's advice: only overwrite ends it). The
+    run's failure then ends with "Then: re-execute this run (Runs → this run → Re-execute → From failure), or
+    launch a backfill of the failed days of Archive_...; days already archived are not archived again": both
+    redo the run without overwrite, which fails again the same way, for ever. The commit left out of that advice
+    the days refused as changed (LateRowsError) but not the days without verdict, whose own advice is the same
+    overwrite. Should: not advise re-executing (or a backfill of) days whose only remedy is overwrite.
+    (Cause: ``defs/assets.py`` ``_needs_overwrite`` knows only ``LateRowsError``, not ``verify.TYPE_GONE``.)"""
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    _domain_table(conn, schema, days)
+    config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0}, "backfill": {"max_days_per_run": 10},
+                           "tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
+                                       "deep_check": True}]})
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
+    tags = _range(days[0], days[-1])
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags=tags).success
+        conn.execute(sql.SQL("ALTER DOMAIN {} RENAME TO pos2").format(sql.Identifier(schema, "pos")))
+        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        failures = _failures(instance, result.run_id)
+    message = failures[-1]
+    assert "no verdict" in message and "overwrite: true" in message, failures  # (the premise)
+    last = message.rsplit("would re-archive every changed day).", 1)[1]
+    assert "Re-execute" not in last and "launch a backfill of the failed days" not in last, last
