@@ -4,6 +4,7 @@ day's record, the restore's read-back of a re-created partition's bound)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from dagster import instance_for_test
 from psycopg import sql
@@ -86,3 +87,43 @@ def test_restore_into_original_re_creates_the_open_ended_partition_the_day_was_a
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "ev_old")))
     restore_day(conn, store, spec, DAY, into="original")
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev_old"))).fetchone()[0] == 24
+
+
+from archive_pipeline_tests.test_cancelhunt import dagster_env, proxy, terminated_when_held  # noqa: E402,F401
+
+
+def test_a_cancelled_backfill_does_not_advise_redoing_a_changed_day_without_overwrite(
+        conn, schema, pg, bucket, proxy, dagster_env):  # noqa: F811
+    """2024-03-10 of ``ev`` is archived; a late row then arrives in it. A backfill of 2024-03-10 .. 12 runs: 03-10 is
+    refused as changed since archived (LateRowsError: "To archive 2024-03-10 again, open the job ... in the
+    launchpad ... overwrite: true"), then the person terminates the run while 03-11 uploads. The run's failure
+    ends: "Then: launch a backfill of 2024-03-10, 2024-03-12 (or re-execute this run from failure) of Archive_...
+    with the day cut off; days already archived are found identical and not uploaded again": a backfill (or re-execution)
+    without overwrite fails 03-10 again the same way. This commit left the changed days out of that advice in
+    ``batch_failure`` (the run's failure when no one terminates it) but not in the cancelled run's.
+    Should: not list a day refused as changed among the days to backfill or re-execute without overwrite.
+    (Cause: ``defs/assets.py`` ``cancelled_batch`` lists every failed day, without ``_needs_overwrite``.)"""
+    from archive_pipeline.core.archive import render_key
+    from dagster import DagsterRunStatus
+
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, v text)").format(sql.Identifier(schema, "ev")))
+    for day in days:
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'x' FROM generate_series(1, 5) g").format(
+            sql.Identifier(schema, "ev")), (day,))
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
+                           "tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
+                                       "compression": "none"}]})
+    spec = config.tables[0]
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (99, %s, 'late')").format(sql.Identifier(schema, "ev")), (DAY,))
+        key = render_key(spec, days[1], "archive")
+        status, failures = terminated_when_held(instance, job, proxy, None, tags=_range(days[0], days[-1]),
+                                                method="PUT", path=".*" + re.escape(key.split("/")[-1]))
+    assert status == DagsterRunStatus.CANCELED, failures
+    message = failures[-1]
+    assert "overwrite: true" in message and "Never started" in message, message  # (the premise)
+    then = message.rsplit("Then:", 1)[1]
+    assert DAY.isoformat() not in then, then
