@@ -58,3 +58,35 @@ def test_a_composite_field_added_while_the_day_is_read_is_not_archived_green(fmt
     body = decompress(download(s3_client, bucket, result.key), "none")
     rows = read_jsonl(body) if fmt == "jsonl" else read_csv(body)
     pytest.fail(f"archived green with values {[r['c'] for r in rows]} under a fingerprint and shape of (a, b)")
+
+
+def test_a_composite_field_added_between_the_removals_proof_and_its_lock_is_named_not_called_changed_rows(
+        pg, conn, schema, store, temp_dir, monkeypatch):
+    """Retention action 'drop' on ``ev`` (RANGE ((at::date)), composite column ``c``): the day is archived and its
+    removal proves the archive. Between that proof and the removal's lock (while the pending mark is written), a
+    migration commits ``ALTER TYPE comp ADD ATTRIBUTE z int``; no row is touched. The re-check under the lock
+    then refuses with "its rows changed since they were archived and proven (3 rows now, 3 archived); archive the
+    day again (overwrite)": the user is told the day's rows were updated, which they were not. The proof itself,
+    deep verification, compare and a re-run all name the cause ("a type inside the source's columns changed ...
+    the composite comp has the fields (a, b, z) now, (a, b) when archived") and its remedy (put the type back, or
+    archive again). The refusal should name the composite type that changed, as they do."""
+    from archive_pipeline.core import lifecycle
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none",
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 30, "action": "drop"})
+    _expression_keyed(conn, schema)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 3
+    real = lifecycle._require_proven_object
+
+    def migrate_then(*args):  # after the proof and the pending mark, before the removal's locks
+        with pg.connect() as other:
+            other.execute(f"ALTER TYPE {schema}.comp ADD ATTRIBUTE z int")
+        return real(*args)
+
+    monkeypatch.setattr(lifecycle, "_require_proven_object", migrate_then)
+    with pytest.raises(RemovalRefused) as refused:
+        remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    message = str(refused.value)
+    assert "rows changed" not in message and "comp" in message, message
+    assert conn.execute(f"SELECT count(*) FROM {schema}.ev").fetchone()[0] == 3
