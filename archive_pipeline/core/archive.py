@@ -71,6 +71,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, \
     hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, same_printed_names, \
+    same_shapes, snapshot_open, \
     server_identity, shape_changes
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
@@ -361,19 +362,24 @@ class _Archiving:
                         stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds,
                                                            estimate)
                         if stats.rows != fp.rows:
+                            # a relation that joined the table since (an ATTACH takes no lock the day's read holds)
+                            # is the likeliest cause the catalog can still name: said as such where it can
+                            if snapshot_open(self.conn):
+                                same_members(self.conn, table, where)
                             raise ArchiveError(
                                 f"read {stats.rows:,} rows but the snapshot's fingerprint counts {fp.rows:,}; "
                                 "nothing was published", retryable=True,
                                 cause="the table changed under the read in a way snapshots do not isolate",
                                 remedy="retried automatically; TRUNCATE, ALTER TABLE that rewrites it, or "
-                                       "dropping or detaching the day's partition during a run causes this: run "
-                                       "such changes outside the table's archive runs (if none ran, please report "
-                                       "this)")
+                                       "dropping, detaching or attaching a partition of the day during a run causes "
+                                       "this: run such changes outside the table's archive runs (if none ran, please "
+                                       "report this)")
                         if fp.rows == 0:  # fingerprinted alongside: an empty day after all, nothing to publish
                             upload.abort()
                             upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
+                same_shapes(self.conn, table)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
                 upload, published = None, stored.key if stored is not None else None

@@ -43,7 +43,8 @@ from archive_pipeline.core.manifest import ManifestError, decode_manifest, encod
     removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
-                                          pending_detach_error, relation_name, scanned_relations, server_identity)
+                                          pending_detach_error, relation_name, scanned_relations, server_identity,
+                                          shape_changes)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -672,6 +673,12 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day),
                               fingerprint.algorithm_for(manifest["fingerprint"]))
     if str(now) != manifest["fingerprint"]:
+        if shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
+            # a composite altered since the proof prints its rows otherwise: no row changed (as compare says)
+            raise RemovalRefused(
+                f"{spec.name} {day} stays in the source: a type inside its columns changed since the day was archived "
+                f"and proven (not its rows): {'; '.join(shapes)}; archive the day again (overwrite), then remove it",
+                table=spec.name, day=day.isoformat())
         raise RemovalRefused(
             f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "
             f"({now.rows:,} rows now, {fingerprint.Fingerprint.parse(manifest['fingerprint']).rows:,} archived); "

@@ -1034,7 +1034,7 @@ def _refuse_created_bound(conn: psycopg.Connection, manifest: dict, child: Relat
     found = [c for c in child_ranges(conn, spec) if c.relation(spec) == (child.schema, child.name)]
     removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
     exact = isinstance(removed.get("partition"), dict) and bool(removed["partition"].get("child"))
-    if found and (found[0].is_period(period) if exact else found[0].holds(period)):
+    if found and (found[0].is_period(period) if exact else found[0].overlaps(period)):  # (overlaps: open ends too)
         return
     bound = found[0].bound if found else "not a range"
     raise RestoreError(

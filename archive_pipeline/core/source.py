@@ -573,6 +573,31 @@ def _catalog_names(conn: psycopg.Connection, type_name: str, oids: list[int] | N
     return conn.execute(query + " WHERE x.oid = ANY(%s::pg_catalog.oid[])", (oids,)).fetchall()
 
 
+def snapshot_open(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` is still in a transaction (the day's snapshot, before the read released it)."""
+    return not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def same_shapes(conn: psycopg.Connection, table: SourceTable) -> None:
+    """Fail (retryable) if a composite inside the columns was altered (a field added, dropped, retyped) since the
+    snapshot described it. Asked once the rows are read, outside the snapshot: a composite's output reads its type
+    as committed when the statement runs, and ALTER TYPE takes no lock the day's read holds, so a field added
+    during a run wrote rows the fingerprint and the recorded shape did not describe, published green."""
+    if table.oid is None or not any(c.shape for c in table.columns):
+        return
+    names = column_names(conn, table.oid)
+    now = {names[attnum]: nodes for attnum, nodes in composite_shapes(conn, table.oid).items() if attnum in names}
+    altered = [c.name for c in table.columns
+               if [n[:3] for n in c.shape] != [n[:3] for n in now.get(c.name, ())]]
+    if altered:
+        raise SourceError(f"a composite type inside column(s) {', '.join(map(repr, altered))} of {table.qualified} was "
+                          "altered (ALTER TYPE ... ADD, DROP or ALTER ATTRIBUTE) while the day was read: its rows may "
+                          "print other fields than its fingerprint and recorded shape; nothing was published",
+                          retryable=True, cause="a composite type was altered during the run",
+                          remedy="retried automatically (the retry reads the type as it is then); alter types "
+                                 "outside the table's archive runs")
+
+
 def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: PrintedNames) -> None:
     """Fail (retryable) if a name the day's values print was changed since the snapshot that read ``names``: an
     enum label renamed, or a relation, type, function ... (or its schema) renamed that a reg* value names. Asked

@@ -324,9 +324,11 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     elif retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
     nothing = type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
+    overwrite = type(exc).__name__ == "LateRowsError" or getattr(exc, "cause", None) == TYPE_GONE
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
-                             "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {})})
+                             "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {}),
+                             **({NEEDS_OVERWRITE: True} if overwrite else {})})
 
 
 def retries_off(text: str, origin: str | None) -> str:
@@ -345,6 +347,7 @@ def step_retries(context: AssetExecutionContext) -> int | None:
 
 
 NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a removed day whose archive is kept
+NEEDS_OVERWRITE = "needs_overwrite"  # a day's failure that only archiving it again with overwrite ends
 
 
 def _removed(failed: Failure) -> bool:
@@ -353,8 +356,9 @@ def _removed(failed: Failure) -> bool:
 
 
 def _needs_overwrite(failed: Failure) -> bool:
-    """A day's failure that only an archive with overwrite ends (the source changed since it was archived)."""
-    return getattr(failed.metadata.get("error"), "value", failed.metadata.get("error")) == "LateRowsError"
+    """A day's failure that only an archive with overwrite ends (the source changed since it was archived, or a
+    type its archive records is gone: see :func:`failure`)."""
+    return bool(getattr(failed.metadata.get(NEEDS_OVERWRITE), "value", failed.metadata.get(NEEDS_OVERWRITE)))
 
 
 def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
@@ -804,9 +808,12 @@ def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Per
     if unstarted:
         parts.append(f"Never started, so not archived: {', '.join(d.isoformat() for d in unstarted)}.")
     left = sorted({*failed, *unstarted})
-    parts.append(f"Then: launch a backfill of {', '.join(d.isoformat() for d in left)} (or re-execute this run "
-                 f"from failure) of {job_name(spec)} with the day cut off; days already archived are found "
-                 "identical and not uploaded again.")
+    # (days removed, or changed since archived, are not redone by launching them again: their advice says what is)
+    redo = sorted({*(d for d, f in failed.items() if not _removed(f) and not _needs_overwrite(f)), *unstarted})
+    if redo:
+        parts.append(f"Then: launch a backfill of {', '.join(d.isoformat() for d in redo)} (or re-execute this run "
+                     f"from failure) of {job_name(spec)} with the day cut off; days already archived are found "
+                     "identical and not uploaded again.")
     return Failure(description="\n\n".join(parts), allow_retries=False,
                    metadata={**outcome.metadata, "failed_days": MetadataValue.json([d.isoformat() for d in left])})
 
