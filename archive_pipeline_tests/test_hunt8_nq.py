@@ -1,0 +1,67 @@
+"""Hunt 8 (nq): adversarial review of f01d213..176c233 (same_shapes after the day's read, same_members on a row-count
+mismatch, the removal's type-change refusal, the restore's open-ended bound, NEEDS_OVERWRITE advice)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from archive_pipeline.core import archive as archive_module
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _table(conn, schema: str, b_type: str = "text") -> None:
+    """ev(id int, at timestamp, c comp) with comp (a int, b <b_type>), three rows on DAY, b = 'q'."""
+    conn.execute(f"CREATE TYPE {schema}.comp AS (a int, b {b_type})")
+    conn.execute(f"CREATE TABLE {schema}.ev (id int, at timestamp, c {schema}.comp)")
+    conn.execute(f"INSERT INTO {schema}.ev SELECT g, %s::timestamp + g * interval '1 hour', "
+                 f"ROW(g, 'q')::{schema}.comp FROM generate_series(1, 3) g", (f"{DAY}",))
+
+
+@pytest.mark.parametrize("fmt,setup,change", [
+    ("csv", "", "DROP ATTRIBUTE b, ADD ATTRIBUTE b text"),
+    ("jsonl", "", "DROP ATTRIBUTE b, ADD ATTRIBUTE b text"),
+    # b retyped from one enum to another (ALTER ATTRIBUTE ... TYPE is refused while a column uses the type)
+    ("csv", "CREATE TYPE {s}.e1 AS ENUM ('q'); CREATE TYPE {s}.e2 AS ENUM ('q', 'r')",
+     "DROP ATTRIBUTE b, ADD ATTRIBUTE b {s}.e2"),
+])
+def test_a_composite_field_dropped_and_added_again_while_the_day_is_read_is_not_archived_green(
+        fmt, setup, change, pg, conn, schema, store, s3_client, bucket, temp_dir, monkeypatch):
+    """A user archives a day of ``ev`` (a column ``c`` of composite type ``comp (a int, b text)``, b = 'q' in every
+    row). While the run is between its fingerprint and its COPY, a migration in another session commits
+    ``ALTER TYPE comp DROP ATTRIBUTE b, ADD ATTRIBUTE b text`` (the only way to retype a field of a composite a
+    table uses: ALTER ATTRIBUTE ... TYPE is refused; here to the same type, or from enum e1 to enum e2). Every
+    stored value loses b (it reads NULL under the new attribute): the fingerprint hashed ``(1,q)``, the COPY writes
+    ``(1,)``. The new ``same_shapes`` check compares only the field names and a user type's kind ('a composite',
+    'an enum'), which are the same before and after, so the run publishes green an archive whose rows are not the
+    snapshot's (nor what its fingerprint describes). It should fail the day, retryable, naming the composite, as it
+    does for ``ADD ATTRIBUTE`` or ``DROP ATTRIBUTE`` alone. (Cause: ``source.same_shapes`` compares ShapeNode
+    ``[:3]`` — way, kind, field names — not the composite's attributes themselves: attnums/dropped attributes, or
+    each field's type oid.)"""
+    if setup:
+        for statement in setup.format(s=schema).split("; "):
+            conn.execute(statement)
+    _table(conn, schema, f"{schema}.e1" if setup else "text")
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt, compression="none")
+    real = archive_module.refuse_unrestorable
+
+    def migrate_then(table):  # called after the fingerprint, before the day's rows are read
+        with pg.connect() as other:
+            other.execute(f"ALTER TYPE {schema}.comp {change.format(s=schema)}")
+        return real(table)
+
+    monkeypatch.setattr(archive_module, "refuse_unrestorable", migrate_then)
+    try:
+        result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert exc.retryable and "comp" in str(exc), str(exc)
+        return
+    body = decompress(download(s3_client, bucket, result.key), "none")
+    rows = read_jsonl(body) if fmt == "jsonl" else read_csv(body)
+    pytest.fail(f"archived green with values {[r['c'] for r in rows]} under a fingerprint of (1,q), (2,q), (3,q)")
