@@ -65,3 +65,21 @@ def test_a_composite_field_dropped_and_added_again_while_the_day_is_read_is_not_
     body = decompress(download(s3_client, bucket, result.key), "none")
     rows = read_jsonl(body) if fmt == "jsonl" else read_csv(body)
     pytest.fail(f"archived green with values {[r['c'] for r in rows]} under a fingerprint of (1,q), (2,q), (3,q)")
+
+
+def test_a_composite_column_archives_under_a_path_that_shadows_pg_catalogs_operators(conn, schema, store, temp_dir):
+    """A role whose search_path lists a schema of its own before pg_catalog (``SET search_path = s, pg_catalog``),
+    that schema holding an operator of its own with the signature of one of PostgreSQL's (here ``>`` on smallint and
+    integer). The archive promises PostgreSQL's own operators are what its SQL resolves to on such a path (see
+    session_settings, test_writepath), and a table without a composite column archives there. A table with one
+    (``c comp``) now fails every run, "a composite type inside column(s) 'c' ... was altered (ALTER TYPE ...) while
+    the day was read", retried for ever: nothing was altered. (Cause: ``source.same_shapes`` runs
+    ``column_names``/``composite_shapes`` after the snapshot's transaction ended, under the session's own path, not
+    the snapshot's pg_catalog-first one as ``same_printed_names`` sets; ``attnum > 0`` calls the user's ``>``.)"""
+    _table(conn, schema)
+    s = schema
+    conn.execute(f"CREATE FUNCTION {s}.never(smallint, integer) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT false'")
+    conn.execute(f"CREATE OPERATOR {s}.> (LEFTARG = smallint, RIGHTARG = integer, FUNCTION = {s}.never)")
+    conn.execute(f'SET search_path = "{s}", pg_catalog')
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 3
