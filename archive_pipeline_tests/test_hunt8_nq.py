@@ -83,3 +83,33 @@ def test_a_composite_column_archives_under_a_path_that_shadows_pg_catalogs_opera
     conn.execute(f'SET search_path = "{s}", pg_catalog')
     spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
     assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 3
+
+
+@pytest.mark.parametrize("migration", ["ALTER TABLE {t} RENAME COLUMN c TO c2", "ALTER TABLE {t} DROP COLUMN c"])
+def test_a_column_migration_waiting_for_the_read_is_not_blamed_on_a_composite(migration, pg, conn, schema, store,
+                                                                             temp_dir, monkeypatch):
+    """A user archives a day of ``ev`` (a column ``c`` of composite type ``comp``). A migration,
+    ``ALTER TABLE ev RENAME COLUMN c TO c2`` (or ``DROP COLUMN c``), is issued during the read: it waits for the
+    read's lock and commits the moment the read's transaction ends. The day's rows were read consistently (as for
+    a table without a composite column, whose run is green). The run instead fails: "a composite type inside
+    column(s) 'c' of ev was altered (ALTER TYPE ... ADD, DROP or ALTER ATTRIBUTE) while the day was read ...
+    alter types outside the table's archive runs": no type was altered. It should not fail the day over a change
+    committed after the read (or, at least, not name a type alteration that never happened). (Cause:
+    ``source.same_shapes`` looks the columns up by name after the snapshot ended, so a column renamed or dropped
+    since reads as a composite whose shape is gone.)"""
+    _table(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    real = archive_module.same_printed_names
+
+    def migrated_then(*args):  # the read's transaction has ended: the waiting migration commits first
+        with pg.connect() as other:
+            other.execute(migration.format(t=f"{schema}.ev"))
+        return real(*args)
+
+    monkeypatch.setattr(archive_module, "same_printed_names", migrated_then)
+    try:
+        result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert "ALTER TYPE" not in str(exc) and "composite" not in str(exc), str(exc)
+        return
+    assert result.rows == 3
