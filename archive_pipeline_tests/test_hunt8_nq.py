@@ -147,3 +147,44 @@ def test_a_removal_refused_for_a_type_change_and_deleted_rows_does_not_say_no_ro
     message = str(refused.value)
     assert conn.execute(f"SELECT count(*) FROM {schema}.ev").fetchone()[0] == 2
     assert "not its rows" not in message, message
+
+
+def test_a_retried_backfill_does_not_advise_redoing_a_changed_day_failed_in_its_first_attempt(pg, conn, schema,
+                                                                                              archive_env):
+    """A backfill of 2024-03-10..12 (retry: max_retries 1). 2024-03-10 was archived before and a row of it was
+    updated since (LateRowsError: only an overwrite ends it); another run holds 2024-03-11's lock (transient). The
+    first attempt fails both (its failure rightly leaves 2024-03-10 out of 'Then:'); Dagster retries the step,
+    which does not try 2024-03-10 again (failed for good) but names it from the first attempt's observation. The
+    final failure then says "Then: re-execute this run ... or launch a backfill of the failed days ...; days
+    already archived are not archived again": for 2024-03-10 that fails the same way for ever; this commit's
+    NEEDS_OVERWRITE was meant to keep such a day out of 'Then:'. (Cause: ``defs/assets._failed_for_good`` rebuilds
+    the earlier attempt's days as ``Failure``s without metadata, so ``_needs_overwrite`` (and ``_removed``) are
+    False for them in ``batch_failure``.)"""
+    from psycopg import sql
+
+    from archive_pipeline.core.locks import lock_key
+    from archive_pipeline_tests.test_hunt4_tt import _failures, _range
+    from archive_pipeline.local.local_stack import create_sample_events
+    from dagster import instance_for_test
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    create_sample_events(conn, days, rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 0}, "backfill": {"max_days_per_run": 10},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat()}]})
+    spec = config.tables[0]
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance, pg.connect() as other:
+        assert job.execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        conn.execute(sql.SQL("UPDATE {} SET created_at = created_at + interval '1 second' WHERE created_at = "
+                             "(SELECT min(created_at) FROM {} WHERE created_at >= %s AND created_at < %s)").format(
+            sql.Identifier(schema, "events"), sql.Identifier(schema, "events")), (DAY, days[1]))
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, days[1])).fetchone()[0]
+        result = job.execute_in_process(instance=instance, tags=_range(days[0], days[-1]), raise_on_error=False)
+        failures = _failures(instance, result.run_id)
+    message = failures[-1]
+    assert "from the earlier attempt" in message and "changed since it was archived" in message, failures  # premise
+    last = message.rsplit("Then:", 1)
+    assert len(last) == 1 or ("the failed days" not in last[1] and DAY.isoformat() not in last[1]), last[-1]
