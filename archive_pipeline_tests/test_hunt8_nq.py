@@ -188,3 +188,36 @@ def test_a_retried_backfill_does_not_advise_redoing_a_changed_day_failed_in_its_
     assert "from the earlier attempt" in message and "changed since it was archived" in message, failures  # premise
     last = message.rsplit("Then:", 1)
     assert len(last) == 1 or ("the failed days" not in last[1] and DAY.isoformat() not in last[1]), last[-1]
+
+
+def test_a_composite_field_renamed_between_the_removals_proof_and_its_lock_keeps_the_day(pg, conn, schema, store,
+                                                                                         temp_dir, monkeypatch):
+    """Retention action 'delete' on ``ev`` (a composite column ``c`` of ``comp (a int, b text)``, CSV). The day is
+    archived and its removal proves the archive. Between that proof and the removal's lock, a migration commits
+    ``ALTER TYPE comp RENAME ATTRIBUTE b TO b2``. The re-check under the lock compares only the fingerprint (a
+    composite prints positionally: the same text) and deletes the day's rows. A restore of the day into the
+    original table is then refused ("a type inside its columns is not the one the day was archived with ... (a,
+    b2) now, (a, b) when archived"). Archiving calls this change "changed" (``_keep``), the proof refuses it, and
+    this commit made the re-check name a type change: it should refuse the removal here too, rows kept. (Cause:
+    ``lifecycle._recheck_and_remove`` asks ``shape_changes`` only when the fingerprint differs.)"""
+    from archive_pipeline.core import lifecycle
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+
+    _table(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none",
+                     retention={"keep_days": 30, "action": "delete"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 3
+    real = lifecycle._require_proven_object
+
+    def migrate_then(*args):  # after the proof, before the removal's lock
+        with pg.connect() as other:
+            other.execute(f"ALTER TYPE {schema}.comp RENAME ATTRIBUTE b TO b2")
+        return real(*args)
+
+    monkeypatch.setattr(lifecycle, "_require_proven_object", migrate_then)
+    try:
+        remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    except RemovalRefused as refused:
+        assert "comp" in str(refused), str(refused)
+    assert conn.execute(f"SELECT count(*) FROM {schema}.ev").fetchone()[0] == 3, \
+        "the day's rows were deleted under an archive that no longer restores into the table"
