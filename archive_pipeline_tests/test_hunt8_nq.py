@@ -221,3 +221,42 @@ def test_a_composite_field_renamed_between_the_removals_proof_and_its_lock_keeps
         assert "comp" in str(refused), str(refused)
     assert conn.execute(f"SELECT count(*) FROM {schema}.ev").fetchone()[0] == 3, \
         "the day's rows were deleted under an archive that no longer restores into the table"
+
+
+def test_a_backfill_over_a_removed_day_with_rows_back_does_not_advise_re_executing_it(conn, schema, archive_env,
+                                                                                      s3_client):
+    """Retention removed 2024-03-10 (delete) after its archive was proven; late rows for that day arrive in the
+    source afterwards. A person backfills 2024-03-10..11: the day fails, "was removed from the source ... and the
+    source now has other rows (…); archiving them without overwrite would replace the only copy ... to archive
+    the rows there are now, set overwrite" (its remedy: archive the day again with overwrite). The run's failure
+    still ends "Then: re-execute this run ... or launch a backfill of the failed days ...": that fails the same way
+    for ever, the case this commit's NEEDS_OVERWRITE was made for. (Cause: ``defs/assets.failure`` sets
+    NEEDS_OVERWRITE only for LateRowsError and TYPE_GONE, not a DayRemovedError whose remedy is
+    ``_LATE_AFTER_REMOVAL``; it is not NOTHING_TO_DO either.)"""
+    from psycopg import sql
+
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline_tests.test_hunt4_tt import _failures, _range
+    from archive_pipeline.local.local_stack import create_sample_events
+    from dagster import instance_for_test
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    create_sample_events(conn, days, rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat(),
+                                       "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags=_range(*days)).success
+        remove_day(conn, spec, DAY, S3Store(s3_client, archive_env, prefix="archive"))
+        create_sample_events(conn, [DAY], rows_per_day=2, schema=schema)  # late rows of the removed day
+        result = job.execute_in_process(instance=instance, tags=_range(*days), raise_on_error=False)
+        [message] = _failures(instance, result.run_id)
+    assert "set overwrite" in message, message  # (the premise)
+    last = message.rsplit("Then:", 1)
+    assert len(last) == 1 or ("the failed days" not in last[1] and DAY.isoformat() not in last[1]), last[-1]
