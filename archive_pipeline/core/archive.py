@@ -71,7 +71,7 @@ from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, \
     hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, same_printed_names, \
-    same_shapes, snapshot_open, \
+    same_shapes, snapshot_open, composite_signature, \
     server_identity, shape_changes
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
@@ -317,6 +317,7 @@ class _Archiving:
                     where = day_filter(table, self.day)
                     hold_day(self.conn, table, where)
                     labels = printed_names(self.conn, table, where)
+                    composites = composite_signature(self.conn, table)
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
@@ -379,7 +380,7 @@ class _Archiving:
                             upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
-                same_shapes(self.conn, table)
+                same_shapes(self.conn, table, composites)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
                 upload, published = None, stored.key if stored is not None else None

@@ -672,13 +672,16 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              day=day.isoformat()) from None
     now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day),
                               fingerprint.algorithm_for(manifest["fingerprint"]))
+    archived_rows = fingerprint.Fingerprint.parse(manifest["fingerprint"]).rows
+    if shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
+        # a composite altered since the proof (a field renamed prints the same fingerprint): its archive would not
+        # restore into the table any more, so the rows stay, as compare and a re-run call the day changed
+        raise RemovalRefused(
+            f"{spec.name} {day} stays in the source: a type inside its columns changed since the day was archived "
+            f"and proven: {'; '.join(shapes)} ({now.rows:,} rows now, {archived_rows:,} archived"
+            + ("" if str(now) == manifest["fingerprint"] else ", and the fingerprint differs") + "); archive the day "
+            "again (overwrite), then remove it", table=spec.name, day=day.isoformat())
     if str(now) != manifest["fingerprint"]:
-        if shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
-            # a composite altered since the proof prints its rows otherwise: no row changed (as compare says)
-            raise RemovalRefused(
-                f"{spec.name} {day} stays in the source: a type inside its columns changed since the day was archived "
-                f"and proven (not its rows): {'; '.join(shapes)}; archive the day again (overwrite), then remove it",
-                table=spec.name, day=day.isoformat())
         raise RemovalRefused(
             f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "
             f"({now.rows:,} rows now, {fingerprint.Fingerprint.parse(manifest['fingerprint']).rows:,} archived); "

@@ -578,21 +578,48 @@ def snapshot_open(conn: psycopg.Connection) -> bool:
     return not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
 
 
-def same_shapes(conn: psycopg.Connection, table: SourceTable) -> None:
-    """Fail (retryable) if a composite inside the columns was altered (a field added, dropped, retyped) since the
-    snapshot described it. Asked once the rows are read, outside the snapshot: a composite's output reads its type
-    as committed when the statement runs, and ALTER TYPE takes no lock the day's read holds, so a field added
-    during a run wrote rows the fingerprint and the recorded shape did not describe, published green."""
+_SIGNATURE_QUERY = _TYPE_WALK + """
+SELECT w.attnum, pg_catalog.array_agg(pg_catalog.concat_ws(' ', pg_catalog.array_to_string(w.steps, ' '), t.oid,
+           (SELECT pg_catalog.string_agg(f.attnum::text || ':' || f.atttypid::text, ',' ORDER BY f.attnum)
+            FROM pg_catalog.pg_attribute f WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped))
+       ORDER BY w.depth, w.steps)
+FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+WHERE t.typtype = 'c'
+GROUP BY w.attnum
+"""
+
+CompositeSignature = dict[int, tuple[str, ...]]
+
+
+def composite_signature(conn: psycopg.Connection, table: SourceTable) -> CompositeSignature:
+    """Per column number, every composite inside the column's type with its fields' numbers and types, as
+    ``conn``'s snapshot sees them (none for a table without composites: nothing read). A field dropped and added
+    again (the way to retype one a table uses) keeps its name and kind but not its number: what the described
+    shape cannot tell."""
     if table.oid is None or not any(c.shape for c in table.columns):
+        return {}
+    with conn.transaction():  # under PostgreSQL's operators first, as the snapshot's reads (a user's > on int2)
+        apply_settings(conn.execute, {"search_path": SNAPSHOT_SETTINGS["search_path"]})
+        query = _SIGNATURE_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
+        return {attnum: tuple(nodes) for attnum, nodes in conn.execute(query, {"oid": table.oid})}
+
+
+def same_shapes(conn: psycopg.Connection, table: SourceTable, then: CompositeSignature) -> None:
+    """Fail (retryable) if a composite inside the columns was altered (a field added, dropped, or dropped and added
+    again) since the snapshot read ``then``. Asked once the rows are read, outside the snapshot: a composite's output
+    reads its type as committed when the statement runs, and ALTER TYPE takes no lock the day's read holds, so a
+    field added during a run wrote rows the fingerprint and the recorded shape did not describe, published green.
+    By column number: a column renamed or dropped by a migration that waited for the read is no such change."""
+    if not then:
         return
-    names = column_names(conn, table.oid)
-    now = {names[attnum]: nodes for attnum, nodes in composite_shapes(conn, table.oid).items() if attnum in names}
-    altered = [c.name for c in table.columns
-               if [n[:3] for n in c.shape] != [n[:3] for n in now.get(c.name, ())]]
+    now = composite_signature(conn, table)
+    altered = sorted(attnum for attnum, nodes in then.items() if attnum in now and now[attnum] != nodes)
     if altered:
-        raise SourceError(f"a composite type inside column(s) {', '.join(map(repr, altered))} of {table.qualified} was "
-                          "altered (ALTER TYPE ... ADD, DROP or ALTER ATTRIBUTE) while the day was read: its rows may "
-                          "print other fields than its fingerprint and recorded shape; nothing was published",
+        names = column_names(conn, table.oid)
+        shown = ", ".join(repr(names.get(attnum, f"#{attnum}")) for attnum in altered)
+        raise SourceError(f"a composite type inside column(s) {shown} of {table.qualified} was altered (ALTER TYPE ... "
+                          "ADD, DROP or ALTER ATTRIBUTE) while the day was read: its rows may print other fields than "
+                          "its fingerprint and recorded shape; nothing was published",
                           retryable=True, cause="a composite type was altered during the run",
                           remedy="retried automatically (the retry reads the type as it is then); alter types "
                                  "outside the table's archive runs")

@@ -324,7 +324,9 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     elif retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
     nothing = type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
-    overwrite = type(exc).__name__ == "LateRowsError" or getattr(exc, "cause", None) == TYPE_GONE
+    # (a removed day whose rows are back: its own advice is overwrite too, as is a changed or unprovable day's)
+    overwrite = type(exc).__name__ == "LateRowsError" or getattr(exc, "cause", None) == TYPE_GONE or (
+        type(exc).__name__ == "DayRemovedError" and "with overwrite" in (getattr(exc, "remedy", None) or ""))
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
                              "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {}),
@@ -560,8 +562,10 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
     if failed:
         for day in todo:  # what a retry of this step reads back (a retried step records no STEP_FAILURE)
             if day in failed and not failed[day].allow_retries:
+                flags = {k: True for k in (NOTHING_TO_DO, NEEDS_OVERWRITE)
+                         if getattr(failed[day].metadata.get(k), "value", failed[day].metadata.get(k))}
                 context.log_event(AssetObservation(asset_key=key, partition=day.isoformat(),
-                                                   metadata={FAILED_FOR_GOOD: failed[day].description or ""}))
+                                                   metadata={FAILED_FOR_GOOD: failed[day].description or "", **flags}))
         raise batch_failure(spec, days, failed, skipped_keys(context, spec))
     if phantoms := skipped_keys(context, spec):
         raise batch_failure(spec, days, {}, phantoms)
@@ -873,7 +877,9 @@ def _failed_for_good(context: AssetExecutionContext, spec: TableSpec) -> dict[Pe
         observation = event.event_specific_data.asset_observation if event.step_key == step else None
         text = observation.metadata.get(FAILED_FOR_GOOD) if observation is not None else None
         if text is not None and observation.partition:
+            flags = {k: True for k in (NOTHING_TO_DO, NEEDS_OVERWRITE)
+                     if getattr(observation.metadata.get(k), "value", False)}  # (what its advice says to do)
             found[spec.period(observation.partition)] = Failure(
                 description=f"{text.value}\n(from the earlier attempt of this run, not tried again: a retry cannot "
-                            "fix it)", allow_retries=False)
+                            "fix it)", allow_retries=False, metadata=flags)
     return found
