@@ -83,3 +83,35 @@ def test_a_view_with_a_whole_row_column_is_not_failed_by_a_column_added_to_its_t
         assert "ALTER TYPE" not in str(exc), str(exc)
         return
     assert result.rows == 3
+
+
+def test_a_composite_field_added_during_the_read_and_dropped_again_is_not_archived_green(
+        pg, conn, schema, store, s3_client, bucket, temp_dir, monkeypatch):
+    """A user archives a day of ``ev`` (a column ``c`` of composite type ``comp (a int, b text)``). While the day is
+    read, a deploy commits ``ALTER TYPE comp ADD ATTRIBUTE z int`` (ALTER TYPE takes no lock the read holds) and,
+    before the run's check after the read, its rollback commits ``ALTER TYPE comp DROP ATTRIBUTE z``. The
+    fingerprint hashed ``(1,q)``, the COPY wrote ``(1,q,)`` (three fields); the run publishes green an archive whose
+    rows are not the snapshot's, under a recorded shape of (a, b): restoring it fails (a malformed record: too
+    many columns). It should fail the day, retryable, as it does when the field is still there after the read.
+    (Cause: ``source.composite_signature`` lists only the live fields' ``attnum:atttypid``; a field added and
+    dropped again leaves the same live fields, only a dropped attribute (or a higher ``relnatts``) behind.)"""
+    from archive_pipeline_tests.helpers import decompress, download, read_csv
+
+    _table(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    real_read = archive_module.refuse_unrestorable
+
+    def added(table):  # after the fingerprint, before the day's rows are read
+        with pg.connect() as other:
+            other.execute(f"ALTER TYPE {schema}.comp ADD ATTRIBUTE z int")
+        return real_read(table)
+
+    monkeypatch.setattr(archive_module, "refuse_unrestorable", added)
+    _after_read(monkeypatch, pg, f"ALTER TYPE {schema}.comp DROP ATTRIBUTE z")
+    try:
+        result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert exc.retryable and "comp" in str(exc), str(exc)
+        return
+    values = [r["c"] for r in read_csv(decompress(download(s3_client, bucket, result.key), "none"))]
+    assert values == ["(1,q)", "(2,q)", "(3,q)"], f"archived green with {values} under a fingerprint of (1,q) ..."
