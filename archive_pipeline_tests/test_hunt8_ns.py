@@ -115,3 +115,31 @@ def test_a_composite_field_added_during_the_read_and_dropped_again_is_not_archiv
         return
     values = [r["c"] for r in read_csv(decompress(download(s3_client, bucket, result.key), "none"))]
     assert values == ["(1,q)", "(2,q)", "(3,q)"], f"archived green with {values} under a fingerprint of (1,q) ..."
+
+
+def test_a_removal_under_a_path_that_shadows_a_builtin_type_name_is_not_refused_as_a_type_change(
+        conn, schema, store, temp_dir):
+    """A role whose search_path lists its own schema before pg_catalog (``SET search_path = s, pg_catalog``), that
+    schema holding a domain named ``inet`` (the archive promises PostgreSQL's own names on such a path). ``ev`` has
+    a column ``c`` of ``comp (a int, b pg_catalog.inet)``; retention action 'delete'. The day is archived (its
+    shape records field b as ``inet``) and nothing changes afterwards. The removal is refused: "a type inside its
+    columns changed since the day was archived and proven: column 'c': at field b is pg_catalog.inet now, inet
+    when archived (3 rows now, 3 archived)" and advises archiving again with overwrite, which records the same
+    shape (the archive reads it pg_catalog first): the day can never be removed. It should be removed (no type and
+    no row changed). (Cause: since this commit ``lifecycle._recheck_and_remove`` asks ``shape_changes`` whatever
+    the fingerprint says, against ``table.columns`` described under the session's own path, where
+    ``format_type`` qualifies a shadowed built-in type; the archive described it pg_catalog first.)"""
+    from archive_pipeline.core.lifecycle import remove_day
+
+    s = schema
+    conn.execute(f"CREATE TYPE {s}.comp AS (a int, b pg_catalog.inet)")
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at timestamp, c {s}.comp)")
+    conn.execute(f"INSERT INTO {s}.ev SELECT g, %s::timestamp + g * interval '1 hour', "
+                 f"ROW(g, '10.0.0.1')::{s}.comp FROM generate_series(1, 3) g", (f"{DAY}",))
+    conn.execute(f"CREATE DOMAIN {s}.inet AS text")
+    conn.execute(f'SET search_path = "{s}", pg_catalog')
+    spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY, format="csv", compression="none",
+                     retention={"keep_days": 30, "action": "delete"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 3
+    remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    assert conn.execute(f"SELECT count(*) FROM {s}.ev").fetchone()[0] == 0
