@@ -36,15 +36,15 @@ from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import day_children, partition_of_day, source_table
+from archive_pipeline.core.discovery import day_children, partition_of_day, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
-from archive_pipeline.core.source import (SourceTable, day_filter, describe_relation, detaching, explain,
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching, explain,
                                           pending_detach_error, relation_name, scanned_relations, server_identity,
-                                          shape_changes)
+                                          relation_shapes, shape_changes)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
@@ -673,7 +673,10 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day),
                               fingerprint.algorithm_for(manifest["fingerprint"]))
     archived_rows = fingerprint.Fingerprint.parse(manifest["fingerprint"]).rows
-    if shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
+    # (the types named as the archive's snapshot named them: PostgreSQL's first on the path, whatever the session's)
+    with pinned_settings(conn, search_path=SNAPSHOT_SETTINGS["search_path"]):
+        described = relation_shapes(conn, table.identifier.as_string(conn))
+    if shapes := shape_changes(manifest.get("columns", []), described):
         # a composite altered since the proof (a field renamed prints the same fingerprint): its archive would not
         # restore into the table any more, so the rows stay, as compare and a re-run call the day changed
         raise RemovalRefused(

@@ -579,29 +579,31 @@ def snapshot_open(conn: psycopg.Connection) -> bool:
 
 
 _SIGNATURE_QUERY = _TYPE_WALK + """
-SELECT w.attnum, pg_catalog.array_agg(pg_catalog.concat_ws(' ', pg_catalog.array_to_string(w.steps, ' '), t.oid,
+SELECT DISTINCT w.attnum, t.oid::pg_catalog.int8, r.relnatts::pg_catalog.text || ' ' || coalesce(
            (SELECT pg_catalog.string_agg(f.attnum::text || ':' || f.atttypid::text, ',' ORDER BY f.attnum)
-            FROM pg_catalog.pg_attribute f WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped))
-       ORDER BY w.depth, w.steps)
-FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
-WHERE t.typtype = 'c'
-GROUP BY w.attnum
+            FROM pg_catalog.pg_attribute f WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped), '')
+FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid JOIN pg_catalog.pg_class r ON r.oid = t.typrelid
+WHERE t.typtype = 'c' AND r.relkind = 'c'
 """
 
-CompositeSignature = dict[int, tuple[str, ...]]
+CompositeSignature = dict[int, dict[int, str]]
 
 
 def composite_signature(conn: psycopg.Connection, table: SourceTable) -> CompositeSignature:
-    """Per column number, every composite inside the column's type with its fields' numbers and types, as
-    ``conn``'s snapshot sees them (none for a table without composites: nothing read). A field dropped and added
-    again (the way to retype one a table uses) keeps its name and kind but not its number: what the described
-    shape cannot tell."""
+    """Per column number, every free-standing composite type inside the column's type (by oid) with its count of
+    attributes ever made and its fields' numbers and types, as ``conn``'s snapshot sees them (none for a table
+    without composites: nothing read). A field dropped and added again (the way to retype one a table uses) keeps its
+    name and kind but not its number, and one added and dropped again still counts: what the described shape cannot
+    tell. A table's own row type is left out: only ALTER TABLE changes it, which waits for the day's read."""
     if table.oid is None or not any(c.shape for c in table.columns):
         return {}
     with conn.transaction():  # under PostgreSQL's operators first, as the snapshot's reads (a user's > on int2)
         apply_settings(conn.execute, {"search_path": SNAPSHOT_SETTINGS["search_path"]})
         query = _SIGNATURE_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
-        return {attnum: tuple(nodes) for attnum, nodes in conn.execute(query, {"oid": table.oid})}
+        found: CompositeSignature = {}
+        for attnum, oid, fields in conn.execute(query, {"oid": table.oid}):
+            found.setdefault(attnum, {})[oid] = fields
+        return found
 
 
 def same_shapes(conn: psycopg.Connection, table: SourceTable, then: CompositeSignature) -> None:
@@ -612,8 +614,11 @@ def same_shapes(conn: psycopg.Connection, table: SourceTable, then: CompositeSig
     By column number: a column renamed or dropped by a migration that waited for the read is no such change."""
     if not then:
         return
+    # (by column number and type oid: a column renamed, dropped or retyped by ALTER TABLE, which waited for the
+    # read's locks, and a type renamed, are no alteration during the read)
     now = composite_signature(conn, table)
-    altered = sorted(attnum for attnum, nodes in then.items() if attnum in now and now[attnum] != nodes)
+    altered = sorted(attnum for attnum, types in then.items() if attnum in now
+                     and any(now[attnum][oid] != fields for oid, fields in types.items() if oid in now[attnum]))
     if altered:
         names = column_names(conn, table.oid)
         shown = ", ".join(repr(names.get(attnum, f"#{attnum}")) for attnum in altered)
