@@ -1,0 +1,47 @@
+"""Hunt 8 (nr): the command line as an operator uses it (a subprocess, real PostgreSQL, moto's S3 over HTTP) for
+this session's new or changed behaviours: exit codes, --json answers and whether each message names table, day,
+cause and a remedy that works when followed literally."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import psycopg
+import pytest
+import yaml
+
+from archive_pipeline_tests.test_hunt8_nk import _daily_table
+from archive_pipeline_tests.test_hunt_cli import cli, make_env
+
+
+def test_a_locked_partition_of_an_expression_keyed_table_holds_back_only_its_own_day_in_compare_and_list(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """A user's ev is partitioned by RANGE ((at::date)) (at a timestamp), one child a day: the README's example of
+    an expression key. A VACUUM FULL (or an ALTER) holds the partition of 2024-03-01 ACCESS EXCLUSIVE while the
+    operator runs `compare --from 2024-02-29 --to 2024-03-04` (or `list --check-source`). Every day from
+    2024-02-29 to 2024-03-03 is `unreadable`, "lock_timeout: another session holds a conflicting lock on the
+    table", though only 03-01's partition is locked: the operator looks for a lock on ev_20240303 and finds none.
+    The same table keyed by RANGE (at) loses 03-01 only. The README: "a lock on one partition holds back its day
+    only". Cause: every read bounds the key by its values at the day's bounds widened by 26 h (for AT TIME ZONE's
+    clock changes), also for a plain cast or date_trunc of a wall-clock column, whose key at the day's exact
+    bounds already bounds every row of the day (the functions are monotonic), so each day plans and locks the
+    two partitions on either side too. Should: only 2024-03-01 unreadable; the other days compared equal."""
+    first = dt.date(2024, 2, 29)
+    _daily_table(conn, schema, "(at::date)", first, 6)
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"source": {"lock_timeout_ms": 200}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": first.isoformat(),
+         "partitioning": {"mode": "declarative"}}]}))
+    env = make_env(pg, s3.endpoint_url, bucket, config)
+    span = ["--from", first.isoformat(), "--to", "2024-03-04"]
+    assert cli(env, "archive", *span, "--json").returncode == 0
+    with psycopg.connect(pg.dsn, autocommit=True) as vacuum:
+        vacuum.execute("BEGIN")
+        vacuum.execute(f"LOCK TABLE {schema}.ev_20240301 IN ACCESS EXCLUSIVE MODE")
+        compared = json.loads(cli(env, "compare", *span, "--json").stdout)
+        listed = json.loads(cli(env, "list", "--check-source", *span, "--json").stdout)
+        vacuum.execute("ROLLBACK")
+    assert {d["day"] for d in compared["days"] if d["result"] != "equal"} == {"2024-03-01"}, compared
+    assert {d["day"] for d in listed["days"] if d["state"] != "archived"} == {"2024-03-01"}, listed
+
