@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from archive_pipeline_tests.test_hunt8_nk import _daily_table
-from archive_pipeline_tests.test_hunt_cli import cli, make_env
+from archive_pipeline_tests.test_hunt_cli import cli, make_env, write_config
 
 
 def test_a_locked_partition_of_an_expression_keyed_table_holds_back_only_its_own_day_in_compare_and_list(
@@ -45,3 +45,35 @@ def test_a_locked_partition_of_an_expression_keyed_table_holds_back_only_its_own
     assert {d["day"] for d in compared["days"] if d["result"] != "equal"} == {"2024-03-01"}, compared
     assert {d["day"] for d in listed["days"] if d["state"] != "archived"} == {"2024-03-01"}, listed
 
+
+
+def test_verify_deep_of_a_removed_day_whose_enum_was_renamed_does_not_send_the_operator_to_archive_it_again(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Retention ('delete') removed 2024-03-10 of ev from PostgreSQL after proving its archive; the archive is
+    now the only copy. Later a migration renames the enum of column m (ALTER TYPE mood RENAME TO mood2). The
+    operator runs `verify --deep --day 2024-03-10`: "not checked (not retryable): ... its recorded type 's.mood'
+    does not exist in this database ..., so the archived rows cannot be loaded to be proven (no verdict on the
+    archive); ... to fix: archive the day again with overwrite, to record its columns as they are now". Followed
+    literally, `archive --overwrite --day 2024-03-10` answers "no-data: no data for this day in PostgreSQL" and
+    exits 0 (the rows are gone: retention removed them), and `verify --deep` says the same again: the remedy
+    cannot work for a removed day. (The composite-shape variant of the same message knows this: "put the type
+    back as it was (ALTER TYPE) to prove the day, or archive the day again (--overwrite) if the source still
+    holds it".) Should: for a day retention removed (its manifest says so), name what does work: give the type
+    its recorded name back (or create it) to prove the day, not archiving a day the source no longer has."""
+    conn.execute(f"CREATE TYPE {schema}.mood AS ENUM ('a', 'b')")
+    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at timestamptz NOT NULL, m {schema}.mood)")
+    conn.execute(f"INSERT INTO {schema}.ev SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 minute', "
+                 "'a' FROM generate_series(1, 20) g")
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-10",
+         "retention": {"keep_days": 30, "action": "delete"}}]))
+    day = ["--day", "2024-03-10", "--json"]
+    assert cli(env, "archive", *day).returncode == 0
+    assert json.loads(cli(env, "prune", *day).stdout)["days"][0]["status"] == "removed"
+    conn.execute(f"ALTER TYPE {schema}.mood RENAME TO mood2")
+    verified = json.loads(cli(env, "verify", "--deep", *day).stdout)["days"][0]
+    assert "no verdict" in " ".join(verified["problems"])  # (the premise)
+    again = json.loads(cli(env, "archive", "--overwrite", *day).stdout)["days"][0]
+    assert again["status"] == "no-data"  # (the premise: the remedy, followed, does nothing for a removed day)
+    assert f"{schema}.mood" in verified["remedy"] and not verified["remedy"].startswith("archive the day again"), \
+        verified["remedy"]
