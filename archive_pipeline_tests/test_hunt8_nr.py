@@ -77,3 +77,29 @@ def test_verify_deep_of_a_removed_day_whose_enum_was_renamed_does_not_send_the_o
     assert again["status"] == "no-data"  # (the premise: the remedy, followed, does nothing for a removed day)
     assert f"{schema}.mood" in verified["remedy"] and not verified["remedy"].startswith("archive the day again"), \
         verified["remedy"]
+
+
+def test_a_range_archive_whose_day_was_refused_as_changed_names_the_overwrite_of_that_day_not_the_same_command(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """2024-03-10 of ev was archived; then a migration renames a field of the composite in column p (ALTER TYPE pt
+    RENAME ATTRIBUTE y TO z). The nightly `archive --from 2024-03-10 --to 2024-03-12` archives 03-11 and 03-12 and
+    refuses 03-10 as changed ("a type inside its columns changed (not its rows) ...; add --overwrite to archive the
+    day again") and ends: "1 day(s) failed; fix what the messages say and run the same command again (archived
+    days are skipped)". Run again, the same command fails the same day again, forever (a changed day is never
+    skipped); with --overwrite added, as the day's message says, it archives 03-11 and 03-12 all over again as
+    new generations. (The Dagster side leaves such days out of a ranged run's 'Then:' and names overwrite; with
+    --overwrite the command line already names each failed day's own command.) Should: the summary names the
+    command that fixes the changed day, `archive --table <t> --day 2024-03-10 --overwrite`."""
+    conn.execute(f"CREATE TYPE {schema}.pt AS (x int, y text)")
+    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at timestamptz NOT NULL, p {schema}.pt)")
+    for n, day in enumerate(("2024-03-10", "2024-03-11", "2024-03-12")):
+        conn.execute(f"INSERT INTO {schema}.ev SELECT %s * 1000 + g, %s::timestamptz + g * interval '1 minute', "
+                     f"row(g, 'v')::{schema}.pt FROM generate_series(1, 20) g", (n, f"{day} 00:00+00"))
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-10"}]))
+    assert cli(env, "archive", "--day", "2024-03-10").returncode == 0
+    conn.execute(f"ALTER TYPE {schema}.pt RENAME ATTRIBUTE y TO z")
+    done = cli(env, "archive", "--from", "2024-03-10", "--to", "2024-03-12")
+    assert done.returncode == 1
+    assert "a type inside its columns changed" in done.stdout  # (the premise)
+    assert "--day 2024-03-10 --overwrite" in done.stderr, done.stderr
