@@ -750,8 +750,15 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
             again = "; ".join(f"archive --table {shlex.quote(r['table'])} --day {r['day']} --overwrite" for r in failed)
             raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and archive those days again: "
                          f"{again}")
-        raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and run the same command again "
-                     "(archived days are skipped)")
+        changed = [r for r in failed if r.get("needs_overwrite")]
+        again = "; ".join(f"archive --table {shlex.quote(r['table'])} --day {r['day']} --overwrite" for r in changed)
+        rest = len(failed) - len(changed)
+        raise Failed(f"{len(failed)} day(s) failed; "
+                     + (f"fix what the messages say and run the same command again (archived days are skipped)"
+                        if rest else "")
+                     + ("; " if rest and changed else "")
+                     + (f"the day(s) changed since they were archived are archived again only with overwrite: {again}"
+                        if changed else ""))
 
 
 def _verify_remedy(table: str, day: Period, problem: str = "") -> str:
@@ -817,8 +824,11 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
     except ArchiveError as exc:
         if run.conn.closed:  # the connection itself went: the next day would fail the same way
             raise UnreachableError(f"lost the source database while archiving {spec.name} {day}: {exc}") from None
+        # (a day changed since archived, or a removed day whose rows are back: archived again only with --overwrite)
+        changed = type(exc).__name__ == "LateRowsError" or (type(exc).__name__ == "DayRemovedError"
+                                                             and "with overwrite" in (exc.remedy or ""))
         return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _for_the_cli(str(exc)),
-                "retryable": exc.retryable}
+                "retryable": exc.retryable, **({"needs_overwrite": True} if changed else {})}
     finally:
         if progress is not None and task is not None:
             progress.remove_task(task)

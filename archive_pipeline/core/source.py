@@ -994,8 +994,14 @@ def day_filter(table: SourceTable, day: Period | dt.date) -> sql.Composable:
     # would be planned, scanned and locked (a lock table of a few thousand fills up). Bounded too, by its values at
     # the bounds widened by more than any clock change, it prunes to the day's partitions and drops no row of it.
     # (bounds moved in Python: literals, so the key's immutable functions of them fold into constants when planned)
+    # A key that only casts or truncates the column never goes back as it goes forward: its values at the day's first
+    # and last moments bound the day's rows exactly (no neighbour's partition is planned, locked or waited for). One
+    # that shifts it by a zone (AT TIME ZONE, timezone()) may go back at a clock change: widened by 26 hours.
+    zoned = "AT TIME ZONE" in table.key_expression or "timezone(" in table.key_expression
+    last = dt.timedelta(days=1) if table.day_column.base_type == "date" else dt.timedelta(microseconds=1)
     try:
-        low, high = (sql.Literal(bound + shift) for bound, shift in ((start, -_KEY_SLACK), (end, _KEY_SLACK)))
+        low, high = (sql.Literal(start - _KEY_SLACK), sql.Literal(end + _KEY_SLACK)) if zoned else \
+            (sql.Literal(start), sql.Literal(end - last))
     except OverflowError:  # a day at the end of Python's calendar (year 1 or 9999): unbounded, as before
         return where
     key = sql.SQL("({})").format(sql.SQL(table.key_expression))

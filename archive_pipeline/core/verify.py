@@ -477,11 +477,11 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                     _load(scratch_conn, str(sink.path), manifest, temp)
                     loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
             except TypeMissingError as exc:  # a type renamed or dropped since: no verdict, and no restore's error
-                raise ArchiveError(_type_missing(exc, scratch_conn is not conn), table=manifest.get("table"),
+                scratch = scratch_conn is not conn
+                removed = bool(manifest.get("removed"))  # (its rows are gone from the source: nothing to archive)
+                raise ArchiveError(_type_missing(exc, scratch, removed), table=manifest.get("table"),
                                    day=manifest.get("day"), retryable=False, cause=TYPE_GONE,
-                                   remedy="archive the day again with overwrite, to record its columns as they are "
-                                          "now" + (", or create the type in the scratch database"
-                                                   if scratch_conn is not conn else "")) from None
+                                   remedy=_type_missing_remedy(exc, scratch, removed)) from None
             # Committed before the wait for the source's fingerprint, which often takes longer than the load:
             # waiting inside the transaction, the session would sit idle in it, and the role's or the
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
@@ -719,12 +719,22 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
 TYPE_GONE = "a type the archive records is gone (renamed, moved or dropped since)"  # (no verdict on the archive)
 
 
-def _type_missing(exc, scratch: bool) -> str:
-    """Why a day whose recorded column type is gone cannot be proven, and what makes it provable."""
+def _type_missing(exc, scratch: bool, removed: bool = False) -> str:
+    """Why a day whose recorded column type is gone cannot be proven."""
     where = "the scratch database" if scratch else "this database"
     return (f"{exc.where}: its recorded type {exc.type_text!r} does not exist in {where} (renamed, moved or dropped "
             "since the day was archived?), so the archived rows cannot be loaded to be proven (no verdict on the "
-            "archive); archive the day again with overwrite to record the column as it is now"
+            "archive)")
+
+
+def _type_missing_remedy(exc, scratch: bool, removed: bool) -> str:
+    """What makes such a day provable: for a day retention removed (nothing left to archive again), the type back
+    under its recorded name; else archiving the day again with overwrite, which records the column as it is now."""
+    if removed:
+        return (f"give the type its recorded name {exc.type_text!r} back (ALTER TYPE ... RENAME TO), or create it"
+                + (" in the scratch database" if scratch else "") + ", then verify the day again (the day was removed "
+                "from the source: archiving it again has nothing to archive)")
+    return ("archive the day again with overwrite, to record its columns as they are now"
             + (", or create the type in the scratch database" if scratch else ""))
 
 
