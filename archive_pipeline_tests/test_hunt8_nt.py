@@ -3,7 +3,18 @@ final message naming --overwrite commands, verify's remedy for a removed day who
 
 from __future__ import annotations
 
+import datetime as dt
+
+import pytest
+
+from archive_pipeline.core import archive as archive_module
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline_tests.helpers import decompress, download, read_csv, read_jsonl
 from archive_pipeline_tests.test_hunt_cli import cli, make_env, write_config
+
+DAY = dt.date(2024, 3, 10)
 
 
 def test_a_range_archive_refusing_a_day_archived_in_another_format_names_its_overwrite_not_the_same_command(
@@ -31,3 +42,42 @@ def test_a_range_archive_refusing_a_day_archived_in_another_format_names_its_ove
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "add --overwrite to replace it" in done.stdout, done.stdout  # (the premise)
     assert "--day 2024-03-10 --overwrite" in done.stderr, done.stderr
+
+
+
+@pytest.mark.parametrize("fmt,change", [("csv", "ADD COLUMN z int"), ("jsonl", "ADD COLUMN z int"),
+                                        ("csv", "DROP COLUMN b")])
+def test_a_column_of_another_tables_row_type_altered_while_the_day_is_read_is_not_archived_green(
+        fmt, change, pg, conn, schema, store, s3_client, bucket, temp_dir, monkeypatch):
+    """ev has a column ``c`` whose type is the row type of another TABLE, ``pt (a int, b text)`` (PostgreSQL
+    allows any table's row type as a column type). While a run of ev's day is between its fingerprint and its COPY,
+    a migration in another session commits ``ALTER TABLE pt ADD COLUMN z int``: it locks pt only, which the day's
+    read never locks, so it does not wait (PostgreSQL allows it: no rewrite). The composite's output reads the row
+    type as committed: the fingerprint and the recorded shape are ``(1,q)`` / (a, b), the object holds ``(1,q,)``.
+    The run publishes that day green. Cause: 439da81's re-check (source._SIGNATURE_QUERY, ``r.relkind = 'c'``)
+    looks at free-standing composite types only, assuming a table's row type changes only by an ALTER TABLE that
+    waits for the day's read -- true of ev's own row type, not of another table's used as a column type. Should:
+    fail the day, retryable, naming the type that changed (as for ALTER TYPE ... ADD ATTRIBUTE)."""
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt, compression="none")
+    conn.execute(f"CREATE TABLE {schema}.pt (a int, b text)")
+    conn.execute(f"CREATE TABLE {schema}.ev (id int, at timestamp, c {schema}.pt)")
+    conn.execute(f"INSERT INTO {schema}.ev SELECT g, %s::timestamp + g * interval '1 hour', ROW(g, 'q')::{schema}.pt "
+                 "FROM generate_series(1, 3) g", (f"{DAY}",))
+    real = archive_module.refuse_unrestorable
+
+    def migrate_then(table):  # called after the fingerprint, before the day's rows are read
+        with pg.connect() as other:
+            other.execute("SET lock_timeout = '2s'")
+            other.execute(f"ALTER TABLE {schema}.pt {change}")
+        return real(table)
+
+    monkeypatch.setattr(archive_module, "refuse_unrestorable", migrate_then)
+    try:
+        result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert exc.retryable and "pt" in str(exc), str(exc)
+        return
+    body = decompress(download(s3_client, bucket, result.key), "none")
+    rows = read_jsonl(body) if fmt == "jsonl" else read_csv(body)
+    pytest.fail(f"archived green with values {[r['c'] for r in rows]} under a fingerprint and shape of (a, b) "
+                f"and values (1,q), (2,q), (3,q)")
