@@ -824,9 +824,11 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
     except ArchiveError as exc:
         if run.conn.closed:  # the connection itself went: the next day would fail the same way
             raise UnreachableError(f"lost the source database while archiving {spec.name} {day}: {exc}") from None
-        # (a day changed since archived, or a removed day whose rows are back: archived again only with --overwrite)
-        changed = type(exc).__name__ == "LateRowsError" or (type(exc).__name__ == "DayRemovedError"
-                                                             and "with overwrite" in (exc.remedy or ""))
+        # (a day changed since archived, a removed day whose rows are back, an archive of another format, codec or
+        # database: what only --overwrite archives again, as the day's own message says)
+        said = f"{exc.message} {exc.remedy or ''}"
+        changed = not exc.retryable and (type(exc).__name__ == "LateRowsError" or any(
+            way in said for way in ("set overwrite", "with overwrite", "--overwrite", "add overwrite")))
         return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _for_the_cli(str(exc)),
                 "retryable": exc.retryable, **({"needs_overwrite": True} if changed else {})}
     finally:

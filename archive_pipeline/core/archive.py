@@ -380,7 +380,7 @@ class _Archiving:
                             upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
-                same_shapes(self.conn, table, composites)
+                same_shapes(self.conn, table, composites, where)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
                 upload, published = None, stored.key if stored is not None else None

@@ -581,50 +581,68 @@ def snapshot_open(conn: psycopg.Connection) -> bool:
 _SIGNATURE_QUERY = _TYPE_WALK + """
 SELECT DISTINCT w.attnum, t.oid::pg_catalog.int8, r.relnatts::pg_catalog.text || ' ' || coalesce(
            (SELECT pg_catalog.string_agg(f.attnum::text || ':' || f.atttypid::text, ',' ORDER BY f.attnum)
-            FROM pg_catalog.pg_attribute f WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped), '')
+            FROM pg_catalog.pg_attribute f WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped), ''),
+       CASE WHEN r.relkind <> 'c' THEN n.nspname::pg_catalog.text END, r.relname::pg_catalog.text
 FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid JOIN pg_catalog.pg_class r ON r.oid = t.typrelid
-WHERE t.typtype = 'c' AND r.relkind = 'c'
+JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+WHERE t.typtype = 'c'
 """
 
-CompositeSignature = dict[int, dict[int, str]]
+# per column number: per composite type oid, (its attributes, the (schema, name) of the relation whose row type it
+# is, or None for a free-standing composite type)
+CompositeSignature = dict[int, dict[int, tuple[str, tuple[str, str] | None, str]]]
 
 
 def composite_signature(conn: psycopg.Connection, table: SourceTable) -> CompositeSignature:
-    """Per column number, every free-standing composite type inside the column's type (by oid) with its count of
-    attributes ever made and its fields' numbers and types, as ``conn``'s snapshot sees them (none for a table
-    without composites: nothing read). A field dropped and added again (the way to retype one a table uses) keeps its
-    name and kind but not its number, and one added and dropped again still counts: what the described shape cannot
-    tell. A table's own row type is left out: only ALTER TABLE changes it, which waits for the day's read."""
+    """Per column number, every composite type inside the column's type (by oid) with its count of attributes ever
+    made and its fields' numbers and types, as ``conn``'s snapshot sees them (none for a table without composites:
+    nothing read). A field dropped and added again (the way to retype one a table uses) keeps its name and kind but
+    not its number, and one added and dropped again still counts: what the described shape cannot tell."""
     if table.oid is None or not any(c.shape for c in table.columns):
         return {}
     with conn.transaction():  # under PostgreSQL's operators first, as the snapshot's reads (a user's > on int2)
         apply_settings(conn.execute, {"search_path": SNAPSHOT_SETTINGS["search_path"]})
         query = _SIGNATURE_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
         found: CompositeSignature = {}
-        for attnum, oid, fields in conn.execute(query, {"oid": table.oid}):
-            found.setdefault(attnum, {})[oid] = fields
+        for attnum, oid, fields, schema, name in conn.execute(query, {"oid": table.oid}):
+            found.setdefault(attnum, {})[oid] = (fields, (schema, name) if schema is not None else None, name)
         return found
 
 
-def same_shapes(conn: psycopg.Connection, table: SourceTable, then: CompositeSignature) -> None:
+def same_shapes(conn: psycopg.Connection, table: SourceTable, then: CompositeSignature,
+                where: sql.Composable) -> None:
     """Fail (retryable) if a composite inside the columns was altered (a field added, dropped, or dropped and added
     again) since the snapshot read ``then``. Asked once the rows are read, outside the snapshot: a composite's output
     reads its type as committed when the statement runs, and ALTER TYPE takes no lock the day's read holds, so a
     field added during a run wrote rows the fingerprint and the recorded shape did not describe, published green.
-    By column number: a column renamed or dropped by a migration that waited for the read is no such change."""
+    By column number and type oid: a column renamed, dropped or retyped by ALTER TABLE, which waited for the read's
+    locks, and a type renamed, are no alteration during the read; nor is the row type of a relation the day's read
+    locked (the table's, or a view's tables': only ALTER TABLE, which waited for the read, changes it). Another
+    table's row type used as a column's type is altered by an ALTER TABLE of that table, which does not wait."""
     if not then:
         return
     # (by column number and type oid: a column renamed, dropped or retyped by ALTER TABLE, which waited for the
     # read's locks, and a type renamed, are no alteration during the read)
     now = composite_signature(conn, table)
-    altered = sorted(attnum for attnum, types in then.items() if attnum in now
-                     and any(now[attnum][oid] != fields for oid, fields in types.items() if oid in now[attnum]))
+    changed = {attnum: [(relation, name) for oid, (fields, relation, name) in types.items()
+                        if oid in now[attnum] and now[attnum][oid][0] != fields]
+               for attnum, types in then.items() if attnum in now}
+    locked: set[tuple[str, str]] | None = None
+    altered, types = [], set()
+    for attnum, found in sorted(changed.items()):
+        if found and any(relation is not None for relation, _ in found) and locked is None:
+            locked = _relations_read(conn, table, where) | {(table.schema, table.name)}  # (one more plan, only here)
+        moved = [name for relation, name in found if relation is None or relation not in locked]
+        if moved:
+            altered.append(attnum)
+            types.update(moved)
     if altered:
         names = column_names(conn, table.oid)
         shown = ", ".join(repr(names.get(attnum, f"#{attnum}")) for attnum in altered)
-        raise SourceError(f"a composite type inside column(s) {shown} of {table.qualified} was altered (ALTER TYPE ... "
-                          "ADD, DROP or ALTER ATTRIBUTE) while the day was read: its rows may print other fields than "
-                          "its fingerprint and recorded shape; nothing was published",
+        raise SourceError(f"the composite type(s) {', '.join(sorted(types))} inside column(s) {shown} of "
+                          f"{table.qualified} were altered (ALTER TYPE ... ADD, DROP or ALTER ATTRIBUTE, or ALTER TABLE "
+                          "of the table whose row type it is) while the day was read: its rows may print other fields "
+                          "than its fingerprint and recorded shape; nothing was published",
                           retryable=True, cause="a composite type was altered during the run",
                           remedy="retried automatically (the retry reads the type as it is then); alter types "
                                  "outside the table's archive runs")
