@@ -28,7 +28,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import TABLE_MISSING, SourceError
 from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_bounds, day_filter, describe_relation,
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
                                           describe_table, relation_name, unquoted_hint)
 
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks

@@ -345,8 +345,8 @@ _S3_UNSUPPORTED = _store(False, "the object store does not implement a request o
                          "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, and check that it supports multipart uploads")
 _S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads whose parts (but the last) are all "
                            "the same size (Cloudflare R2's rule), and this day's object grew past the parts of its "
-                           "first size", "set ARCHIVE_S3_EQUAL_PARTS=true (ArchiveStoreResource.equal_parts: true; the README: "
-                           "Cloudflare R2), "
+                           "first size", "set ARCHIVE_S3_EQUAL_PARTS=true (ArchiveStoreResource.equal_parts: true; "
+                           "the README: Cloudflare R2), "
                            "then run the day again")
 _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expired",
                            f"{_RETRIED} with fresh credentials; if it persists, check the credential source (role "
@@ -876,7 +876,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
                         .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
     if found.cause == _PERMISSION.cause and (refused := refused_grant(exc, table, user)):
         found = replace(found, remedy=refused)
-    if found.cause == _IDLE_TIMEOUT.cause and doing == "removing":  # a removal has no snapshot sessions: it waited on the store
+    if found.cause == _IDLE_TIMEOUT.cause and doing == "removing":  # no snapshot sessions: it waited on the store
         found = replace(found, cause="idle_in_transaction_session_timeout ended the removal's transaction while it "
                                      "waited for the store (its pending mark's PUT, the proven object's HEAD)",
                         remedy="retried automatically; if the store is that slow, raise the role's or the server's "

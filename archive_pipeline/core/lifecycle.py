@@ -42,9 +42,9 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
     removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
-from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching, explain,
-                                          pending_detach_error, relation_name, scanned_relations, server_identity,
-                                          relation_shapes, shape_changes)
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
+                                          explain, pending_detach_error, relation_name, relation_shapes,
+                                          scanned_relations, server_identity, shape_changes)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive

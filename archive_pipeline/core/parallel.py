@@ -46,8 +46,8 @@ from archive_pipeline.core.errors import snapshot_gone
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import (CONNECT_PARAMETERS, apply_settings, pinned_options, unpinned_defaults,
-                                                    watch_client)
+from archive_pipeline.core.session_settings import (CONNECT_PARAMETERS, apply_settings, pinned_options,
+                                                    unpinned_defaults, watch_client)
 from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members, \
     scanned_relations
 

@@ -32,6 +32,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
+from archive_pipeline.core.discovery import child_ranges
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
                                           refused_grant, remedy_for, sql_name)
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
@@ -1023,9 +1024,6 @@ def _refuse_created_bound(conn: psycopg.Connection, manifest: dict, child: Relat
     child's, does not hold the day, or, for the one a removal recorded (which removed only a partition of exactly
     the day), is not exactly the day: a manifest is sealed, not signed, and a bound edited wider (a year, DEFAULT)
     would route other days' rows into it from then on."""
-    from archive_pipeline.core.config import TableSpec
-    from archive_pipeline.core.discovery import child_ranges
-
     period = manifest_period(manifest)
     spec = TableSpec(name=manifest["table"], day_column=manifest.get("day_column"), start_date=period.start.date()
                      if period.granularity != "monthly" else period.start.date().replace(day=1),

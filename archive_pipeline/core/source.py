@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import queue
-import functools
 import re
 import threading
 import unicodedata
@@ -197,7 +197,7 @@ class SourceTable:
     oid: int | None = None  # the relation the catalog lookup found (in the caller's snapshot)
     encoding: str | None = None  # the database's server_encoding (what a JSON \u escape can become in it)
     # a partitioned table's key, where it is one expression of the day column that only converts, truncates or
-    # shifts it (see pruning_key): as pg_get_expr prints it
+    # shifts it (see _key_expression and day_filter): as pg_get_expr prints it
     key_expression: str | None = None
 
     @property
@@ -621,8 +621,6 @@ def same_shapes(conn: psycopg.Connection, table: SourceTable, then: CompositeSig
     table's row type used as a column's type is altered by an ALTER TABLE of that table, which does not wait."""
     if not then:
         return
-    # (by column number and type oid: a column renamed, dropped or retyped by ALTER TABLE, which waited for the
-    # read's locks, and a type renamed, are no alteration during the read)
     now = composite_signature(conn, table)
     changed = {attnum: [(relation, name) for oid, (fields, relation, name) in types.items()
                         if oid in now[attnum] and now[attnum][oid][0] != fields]
@@ -896,8 +894,8 @@ _TRUNC_UNITS = {"microseconds", "milliseconds", "second", "minute", "hour", "day
 
 @functools.cache
 def _zone_names() -> frozenset[str]:
-    """The IANA zone names, in lower case (whose clocks never go back by more than a day): the zones a key expression may shift
-    by and still be bounded (see :func:`_key_expression`)."""
+    """The IANA zone names, in lower case (whose clocks never go back by more than a day): the zones a key
+    expression may shift by and still be bounded (see :func:`_key_expression`)."""
     import zoneinfo
 
     return frozenset(name.lower() for name in zoneinfo.available_timezones()) | {"utc"}  # (PostgreSQL ignores case)
@@ -912,14 +910,11 @@ def _key_expression(conn: psycopg.Connection, oid: int, day_column: str) -> str 
     text = found[0] if found else None
     if not text:
         return None
-    quoted = '"' + day_column.replace('"', '""') + '"'
-    position, tokens = 0, []
-    while position < len(text.rstrip()):
-        match = _KEY_TOKEN.match(text, position)
-        if match is None:
-            return None
-        tokens.append(match.group(1))
-        position = match.end()
+    quoted = _quoted_identifier(day_column)
+    matches = _key_tokens(text)
+    if matches is None:
+        return None
+    tokens = [match.group(1) for match in matches]
     for i, token in enumerate(tokens):
         following = tokens[i + 1] if i + 1 < len(tokens) else ""
         if token[0] == "'" and token[1:-1].lower() not in _TRUNC_UNITS and token[1:-1].lower() not in _zone_names():
@@ -933,13 +928,29 @@ def _key_expression(conn: psycopg.Connection, oid: int, day_column: str) -> str 
     return text if any(t in (day_column, quoted) for t in tokens) else None
 
 
+def _quoted_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _key_tokens(text: str) -> list[re.Match[str]] | None:
+    """The pieces of a key expression (see :data:`_KEY_TOKEN`), or None where one is not such a piece."""
+    position, matches = 0, []
+    while position < len(text.rstrip()):
+        match = _KEY_TOKEN.match(text, position)
+        if match is None:
+            return None
+        matches.append(match)
+        position = match.end()
+    return matches
+
+
 def key_at(table: SourceTable, moment: sql.Composable) -> sql.Composable:
     """The table's key expression (:attr:`SourceTable.key_expression`) of ``moment`` (a literal of the day
     column's type) instead of the column: constant, so the planner prunes the partitions by it."""
-    quoted = '"' + table.day_column.name.replace('"', '""') + '"'
+    quoted = _quoted_identifier(table.day_column.name)
     pieces, position = [], 0
     text = table.key_expression
-    tokens = list(_KEY_TOKEN.finditer(text))
+    tokens = _key_tokens(text) or []
     for i, match in enumerate(tokens):
         token = match.group(1)
         following = tokens[i + 1].group(1) if i + 1 < len(tokens) else ""
@@ -968,14 +979,8 @@ def _name_not_utf8(conn: psycopg.Connection, qualified_name: str, oid: int, exc:
                               "from a session whose client_encoding is the one the name was written in")
 
 
-def day_bounds(column: Column, day: Period | dt.date) -> tuple[sql.Literal, sql.Literal]:
-    """Typed literals for the period [start, end) (see :func:`_bound_values`)."""
-    start, end = _bound_values(column, day)
-    return sql.Literal(start), sql.Literal(end)
-
-
 def _bound_values(column: Column, day: Period | dt.date) -> tuple[dt.date | dt.datetime, dt.date | dt.datetime]:
-    """Typed literals for the period [start, end), so the planner can prune partitions up front.
+    """The values of the period [start, end) in the column's type, so the planner can prune partitions up front.
 
     What the bounds mean per column type (a plain date is a UTC day, as before periods existed):
     ``timestamptz``: the zone's boundaries as instants with their offset (``2024-03-31 00:00+01`` to
@@ -1009,12 +1014,11 @@ def day_filter(table: SourceTable, day: Period | dt.date) -> sql.Composable:
     if table.key_expression is None:
         return where
     # A key expression of the column ((at::date)) cannot be pruned by from the column's bounds: every partition
-    # would be planned, scanned and locked (a lock table of a few thousand fills up). Bounded too, by its values at
-    # the bounds widened by more than any clock change, it prunes to the day's partitions and drops no row of it.
-    # (bounds moved in Python: literals, so the key's immutable functions of them fold into constants when planned)
-    # A key that only casts or truncates the column never goes back as it goes forward: its values at the day's first
-    # and last moments bound the day's rows exactly (no neighbour's partition is planned, locked or waited for). One
-    # that shifts it by a zone (AT TIME ZONE, timezone()) may go back at a clock change: widened by 26 hours.
+    # would be planned, scanned and locked (a lock table of a few thousand fills up). A key that only casts or
+    # truncates the column never goes back as it goes forward: its values at the day's first and last moments bound
+    # the day's rows exactly (no neighbour's partition is planned, locked or waited for). One that shifts it by a
+    # zone (AT TIME ZONE, timezone()) may go back at a clock change: its bounds are widened by 26 hours. (Moved in
+    # Python: literals, so the key's immutable functions of them fold into constants when planned.)
     zoned = "AT TIME ZONE" in table.key_expression or "timezone(" in table.key_expression
     last = dt.timedelta(days=1) if table.day_column.base_type == "date" else dt.timedelta(microseconds=1)
     try:

@@ -1273,8 +1273,8 @@ class S3Upload:
         # Checked before the upload counts as completed: a store that answered 200 without completing it (a
         # proxy's or gateway's made-up answer) still holds its parts, which finish()'s abort then removes
         # (an upload the store did complete is no longer listed: its abort answers NoSuchUpload).
-        stored = self._checked(size, self.store.etag_in(response), len(parts), tuple(p.size for p in parts), started, waited,
-                               time.perf_counter(), expected_etag=expected)
+        stored = self._checked(size, self.store.etag_in(response), len(parts), tuple(p.size for p in parts), started,
+                               waited, time.perf_counter(), expected_etag=expected)
         with self._cond:
             self.upload_id = None  # completed: nothing left to abort
         self._close_fd()

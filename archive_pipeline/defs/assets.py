@@ -354,15 +354,25 @@ NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a remov
 NEEDS_OVERWRITE = "needs_overwrite"  # a day's failure that only archiving it again with overwrite ends
 
 
+def _flag(metadata: dict, key: str) -> bool:
+    """A true/false entry of a failure's or an observation's metadata (a plain value, or a MetadataValue's)."""
+    return bool(getattr(metadata.get(key), "value", metadata.get(key)))
+
+
+def _flags(metadata: dict) -> dict[str, bool]:
+    """What a failed day's advice is (nothing to redo, overwrite), carried to a retried step's observation."""
+    return {key: True for key in (NOTHING_TO_DO, NEEDS_OVERWRITE) if _flag(metadata, key)}
+
+
 def _removed(failed: Failure) -> bool:
     """A day's failure that is a day retention removed and nothing else (its archive is kept: nothing to redo)."""
-    return bool(getattr(failed.metadata.get(NOTHING_TO_DO), "value", failed.metadata.get(NOTHING_TO_DO)))
+    return _flag(failed.metadata, NOTHING_TO_DO)
 
 
 def _needs_overwrite(failed: Failure) -> bool:
     """A day's failure that only an archive with overwrite ends (the source changed since it was archived, or a
     type its archive records is gone: see :func:`failure`)."""
-    return bool(getattr(failed.metadata.get(NEEDS_OVERWRITE), "value", failed.metadata.get(NEEDS_OVERWRITE)))
+    return _flag(failed.metadata, NEEDS_OVERWRITE)
 
 
 def freshness_policy(settings: ScheduleSettings, granularity: str = "daily") -> FreshnessPolicy:
@@ -564,10 +574,8 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
     if failed:
         for day in todo:  # what a retry of this step reads back (a retried step records no STEP_FAILURE)
             if day in failed and not failed[day].allow_retries:
-                flags = {k: True for k in (NOTHING_TO_DO, NEEDS_OVERWRITE)
-                         if getattr(failed[day].metadata.get(k), "value", failed[day].metadata.get(k))}
-                context.log_event(AssetObservation(asset_key=key, partition=day.isoformat(),
-                                                   metadata={FAILED_FOR_GOOD: failed[day].description or "", **flags}))
+                context.log_event(AssetObservation(asset_key=key, partition=day.isoformat(), metadata={
+                    FAILED_FOR_GOOD: failed[day].description or "", **_flags(failed[day].metadata)}))
         raise batch_failure(spec, days, failed, skipped_keys(context, spec))
     if phantoms := skipped_keys(context, spec):
         raise batch_failure(spec, days, {}, phantoms)
@@ -879,9 +887,7 @@ def _failed_for_good(context: AssetExecutionContext, spec: TableSpec) -> dict[Pe
         observation = event.event_specific_data.asset_observation if event.step_key == step else None
         text = observation.metadata.get(FAILED_FOR_GOOD) if observation is not None else None
         if text is not None and observation.partition:
-            flags = {k: True for k in (NOTHING_TO_DO, NEEDS_OVERWRITE)
-                     if getattr(observation.metadata.get(k), "value", False)}  # (what its advice says to do)
             found[spec.period(observation.partition)] = Failure(
                 description=f"{text.value}\n(from the earlier attempt of this run, not tried again: a retry cannot "
-                            "fix it)", allow_retries=False, metadata=flags)
+                            "fix it)", allow_retries=False, metadata=_flags(observation.metadata))
     return found
