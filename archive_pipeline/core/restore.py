@@ -716,10 +716,16 @@ def _recorded_partition(manifest: dict,
     """The day's partition (see :func:`_partition`): the one its removal dropped or detached, as its mark records
     it, else the one it was archived from. The table may have been laid out anew in between (a week's partition
     split into days, a day moved out of the DEFAULT partition): the removed one is the one to put back."""
-    removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
-    if isinstance(removed.get("partition"), dict) and removed["partition"].get("child"):
-        return _partition({"partition": removed["partition"]}, conn)
+    dropped = _removed_partition(manifest)
+    if dropped.get("child"):
+        return _partition({"partition": dropped}, conn)
     return _partition(table_definition(manifest), conn)
+
+
+def _removed_partition(manifest: dict) -> dict:
+    """The partition the day's removal recorded dropping or detaching (``removed.partition``), or {} where none."""
+    removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
+    return removed["partition"] if isinstance(removed.get("partition"), dict) else {}
 
 
 def _older_child(conn: psycopg.Connection, child: str) -> Relation:
@@ -1025,13 +1031,11 @@ def _refuse_created_bound(conn: psycopg.Connection, manifest: dict, child: Relat
     the day), is not exactly the day: a manifest is sealed, not signed, and a bound edited wider (a year, DEFAULT)
     would route other days' rows into it from then on."""
     period = manifest_period(manifest)
-    spec = TableSpec(name=manifest["table"], day_column=manifest.get("day_column"), start_date=period.start.date()
-                     if period.granularity != "monthly" else period.start.date().replace(day=1),
+    spec = TableSpec(name=manifest["table"], day_column=manifest.get("day_column"), start_date=period.start.date(),
                      granularity=period.granularity, timezone=manifest.get("timezone") or "UTC",
                      partitioning={"mode": "declarative"})
     found = [c for c in child_ranges(conn, spec) if c.relation(spec) == (child.schema, child.name)]
-    removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
-    exact = isinstance(removed.get("partition"), dict) and bool(removed["partition"].get("child"))
+    exact = bool(_removed_partition(manifest).get("child"))
     if found and (found[0].is_period(period) if exact else found[0].overlaps(period)):  # (overlaps: open ends too)
         return
     bound = found[0].bound if found else "not a range"
@@ -1583,7 +1587,8 @@ def _refuse_unrecorded_shapes(conn: psycopg.Connection, manifest: dict, relation
     into other fields and still print as archived, proven. Such a target is refused."""
     unrecorded = [c["name"] for c in manifest.get("columns", [])
                   if isinstance(c, dict) and not c.get("shape") and now.get(c.get("name"))]
-    altered = [name for name in unrecorded if name in altered_composites(conn, relation.identifier.as_string(conn))]
+    lost = altered_composites(conn, relation.identifier.as_string(conn)) if unrecorded else set()  # (one query)
+    altered = [name for name in unrecorded if name in lost]
     if altered:
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} into {relation}: its column(s) "
@@ -2074,8 +2079,7 @@ def _require_original(spec: TableSpec, day: Period | dt.date, manifest: dict) ->
         own.add(Relation.configured(f"{spec.schema_name}.{spec.child_table(period)}"))
     named = manifest.get("source_relation") or manifest["table"]
     partition = (table_definition(manifest) or {}).get("partition") or {}
-    removed = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
-    dropped = removed.get("partition") if isinstance(removed.get("partition"), dict) else {}
+    dropped = _removed_partition(manifest)
     strays = [name for name in (named, partition.get("parent"), dropped.get("parent"))
               if name and Relation.configured(name) not in own]
     if strays:
