@@ -69,10 +69,9 @@ from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snap
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, day_filter, estimated_rows, \
-    hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, same_printed_names, \
-    same_shapes, snapshot_open, composite_signature, \
-    server_identity, shape_changes
+from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
+    estimated_rows, hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, \
+    same_printed_names, same_shapes, server_identity, shape_changes, snapshot_open
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 

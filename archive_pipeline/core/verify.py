@@ -479,7 +479,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             except TypeMissingError as exc:  # a type renamed or dropped since: no verdict, and no restore's error
                 scratch = scratch_conn is not conn
                 removed = bool(manifest.get("removed"))  # (its rows are gone from the source: nothing to archive)
-                raise ArchiveError(_type_missing(exc, scratch, removed), table=manifest.get("table"),
+                raise ArchiveError(_type_missing(exc, scratch), table=manifest.get("table"),
                                    day=manifest.get("day"), retryable=False, cause=TYPE_GONE,
                                    remedy=_type_missing_remedy(exc, scratch, removed)) from None
             # Committed before the wait for the source's fingerprint, which often takes longer than the load:
@@ -719,7 +719,7 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
 TYPE_GONE = "a type the archive records is gone (renamed, moved or dropped since)"  # (no verdict on the archive)
 
 
-def _type_missing(exc, scratch: bool, removed: bool = False) -> str:
+def _type_missing(exc, scratch: bool) -> str:
     """Why a day whose recorded column type is gone cannot be proven."""
     where = "the scratch database" if scratch else "this database"
     return (f"{exc.where}: its recorded type {exc.type_text!r} does not exist in {where} (renamed, moved or dropped "
