@@ -139,6 +139,13 @@ class Run:
     _standby: bool | None = None  # whether the source is a hot standby, asked once
     _store: S3Store | None = None
     table: str | None = None  # the table being worked on
+    config_path: str | None = None  # the --config given, repeated in the commands a message suggests
+
+    def suggest(self, verb: str, table: str, day: Period | str, *options: str) -> str:
+        """The command that does ``verb`` for one table's day, as a user pastes it: with the --config this run
+        was given (else it would read another table list, or none)."""
+        config = f" --config {shlex.quote(self.config_path)}" if self.config_path else ""
+        return " ".join((f"{verb}{config} --table {shlex.quote(table)} --day {day}", *options))
 
     def days(self, spec: TableSpec) -> list[Period]:
         """The table's periods in the selection (its hours, days or months that overlap it). Every
@@ -441,7 +448,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
                 raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
                                        f"{sorted(by_name)}{hints}")
             tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
-            run = Run(config, tables, first, last, as_json)
+            run = Run(config, tables, first, last, as_json, config_path=config_path)
             fn(run, **kwargs)
         except click.ClickException:
             raise
@@ -747,11 +754,11 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                      "days above): fix what they say and run the same command again", code=EXIT_USAGE)
     if failed:
         if overwrite:  # the same command would archive every day again, as new generations
-            again = "; ".join(f"archive --table {shlex.quote(r['table'])} --day {r['day']} --overwrite" for r in failed)
+            again = "; ".join(run.suggest("archive", r["table"], r["day"], "--overwrite") for r in failed)
             raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and archive those days again: "
                          f"{again}")
         changed = [r for r in failed if r.get("needs_overwrite")]
-        again = "; ".join(f"archive --table {shlex.quote(r['table'])} --day {r['day']} --overwrite" for r in changed)
+        again = "; ".join(run.suggest("archive", r["table"], r["day"], "--overwrite") for r in changed)
         rest = len(failed) - len(changed)
         raise Failed(f"{len(failed)} day(s) failed; "
                      + (f"fix what the messages say and run the same command again (archived days are skipped)"
@@ -761,7 +768,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                         if changed else ""))
 
 
-def _verify_remedy(table: str, day: Period, problem: str = "") -> str:
+def _verify_remedy(run: Run, table: str, day: Period, problem: str = "") -> str:
     """What to do about a day whose archive failed verify (one whose manifest could not even be read: again)."""
     if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
         return NewerManifestError.remedy
@@ -769,10 +776,10 @@ def _verify_remedy(table: str, day: Period, problem: str = "") -> str:
         if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
             own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
             return f"{own}; then verify the day again (it was not checked)"
-        return f"verify the day again (verify --table {shlex.quote(table)} --day {day}) once the database and store answer: it " \
+        return f"verify the day again ({run.suggest('verify', table, day)}) once the database and store answer: it " \
                "was not checked"
-    return (f"if the source still holds the day as it should be (compare --table {shlex.quote(table)} --day {day}), archive "
-            f"it again: archive --table {shlex.quote(table)} --day {day} --overwrite (a new generation; the damaged one is kept "
+    return (f"if the source still holds the day as it should be ({run.suggest('compare', table, day)}), archive "
+            f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
             "backup of the bucket (its versions, a replica) before anything else")
 
@@ -905,7 +912,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
-                                "problems": [found.problem], "remedy": _verify_remedy(spec.name, day, found.problem)})
+                                "problems": [found.problem], "remedy": _verify_remedy(run, spec.name, day, found.problem)})
                 continue
             archived = found.archived
             if archived is None:
@@ -929,7 +936,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(spec.name, day, "; ".join(problems))} if problems else {})})
+                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems))} if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
     nothing = not results and bool(run.first or run.last)

@@ -119,7 +119,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                            removed_by=removed_by, temp_dir=temp_dir)
     except psycopg.Error as exc:
         error = wrap(exc, spec.name, spec.period(day).isoformat(), conn.info.password, user=conn.info.user,
-                    database=conn.info.dbname, doing="removing")
+                     database=conn.info.dbname, doing="proving" if dry_run else "removing")  # a dry run removes nothing
         for note in getattr(exc, "__notes__", []):
             error.add_note(note)
         raise error from None

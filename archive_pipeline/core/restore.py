@@ -905,7 +905,8 @@ def _refuse_detached_partition(conn: psycopg.Connection, manifest: dict) -> tupl
                 f"another table's, which is not a partition of {parent}: restoring into the original table would "
                 "create the day's partition under that name again. Rename that table, or restore the day into a "
                 "new table (into='new')", table=manifest["table"], day=manifest["day"], retryable=False,
-                remedy=f"rename {child} (ALTER TABLE ... RENAME TO ...), or restore with --into new")
+                remedy=f"rename {child} (ALTER TABLE ... RENAME TO ...), or restore with --into new --target "
+                       "SCHEMA.TABLE (a table that does not exist yet)")
         attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(  # quoted: a statement to paste as it is
             parent.identifier, child.identifier).as_string(conn) + str(bound)
         raise RestoreError(

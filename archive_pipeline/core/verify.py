@@ -731,7 +731,8 @@ def _type_missing_remedy(exc, scratch: bool, removed: bool) -> str:
     """What makes such a day provable: for a day retention removed (nothing left to archive again), the type back
     under its recorded name; else archiving the day again with overwrite, which records the column as it is now."""
     if removed:
-        return (f"give the type its recorded name {exc.type_text!r} back (ALTER TYPE ... RENAME TO), or create it"
+        return (f"give the type its recorded name {exc.type_text!r} back (ALTER TYPE ... RENAME TO, or ALTER TYPE ... "
+                "SET SCHEMA where it moved to another schema), or create it"
                 + (" in the scratch database" if scratch else "") + ", then verify the day again (the day was removed "
                 "from the source: archiving it again has nothing to archive)")
     return ("archive the day again with overwrite, to record its columns as they are now"
