@@ -185,9 +185,9 @@ def _existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
     return found
 
 
-def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period, ManifestLookup]:
-    """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
-    days = [spec.period(d) for d in days]
+def _listed(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[set[Period], list[str] | None]:
+    """The days a bucket listing shows to have no archive (none when it could not be listed), and the listed
+    keys in order (None then) for the former formats' lookups."""
     keys = {day: render_key(spec, day, store.prefix) for day in days}
     # the days' keys under the table's other formats too, where the template puts a day archived before a change
     # of format under another day prefix ({format} or {ext} in a folder, or before the file name's first dot): the
@@ -201,14 +201,32 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
                                  ) if len(days) > 3 else None
     except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
         present = None
-    listed_days = {day_prefix(k) for k in present} if present is not None else set()
-    in_order = sorted(present) if present is not None else None  # (for the former formats' lookups, once)
+    if present is None:
+        return set(), None
+    listed_days = {day_prefix(k) for k in present}
+    # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
+    # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
+    absent = {day for day, key in keys.items()
+              if manifest_key(key) not in present and day_prefix(key) not in listed_days
+              and not any(day_prefix(other) in listed_days for other in others[day])}
+    return absent, sorted(present)
+
+
+def unarchived_days(store: S3Store, spec: TableSpec, days: list) -> set[Period]:
+    """The days of ``days`` a bucket listing shows to have no archive at all (one listing, no GET): a range
+    of years mostly never archived is told in a few requests, not three per day. Empty where the bucket
+    could not be listed that way (each day is then read on its own)."""
+    return _listed(store, spec, [spec.period(d) for d in days])[0]
+
+
+def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period, ManifestLookup]:
+    """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
+    days = [spec.period(d) for d in days]
+    keys = {day: render_key(spec, day, store.prefix) for day in days}
+    absent, in_order = _listed(store, spec, days)
     result: dict[dt.date, ManifestLookup] = {}
     for day, key in keys.items():
-        # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
-        # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
-        if present is not None and manifest_key(key) not in present and day_prefix(key) not in listed_days \
-                and not any(day_prefix(other) in listed_days for other in others[day]):
+        if day in absent:
             result[day] = ManifestLookup(key, None)
             continue
         try:

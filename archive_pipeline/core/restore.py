@@ -40,6 +40,7 @@ from archive_pipeline.core.manifest import (ManifestError, archived_encoding, de
                                              under_another_format)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
+from archive_pipeline.core.plan import unarchived_days
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (NUMBER_TYPES, Column, altered_composites, column_names, day_filter,
                                           describe_relation, inner_types, lookalike_hint, lookalike_relations,
@@ -2123,6 +2124,16 @@ def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, firs
     return RangeRestore(tuple(results), tuple(missing))
 
 
+_LISTED_DAYS = 1000  # days told absent by one listing: a range of years never archived costs a few requests, not 3 a day
+
+
+def _periods(first: Period, last: Period) -> Iterator[Period]:
+    """``first`` to ``last``, inclusive, in order."""
+    while first <= last:
+        yield first
+        first = first.next()
+
+
 def iter_restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,
                       last: Period | dt.date, *, into: Into = "new", target: str | None = None,
                       **options) -> Iterator[RestoreResult | Period]:
@@ -2130,8 +2141,12 @@ def iter_restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec,
     it has no archive, so a caller can say which days were restored before one failed."""
     restored = False
     day, last = spec.period(first), spec.period(last)
+    listed_to, unarchived = None, set()
     while day <= last:
-        manifest = find_manifest(store, spec, day)
+        if listed_to is None or day > listed_to:  # the next stretch's days without an archive, told by one listing
+            stretch = list(itertools.islice(_periods(day, last), _LISTED_DAYS))
+            listed_to, unarchived = stretch[-1], unarchived_days(store, spec, stretch)
+        manifest = None if day in unarchived else find_manifest(store, spec, day)
         if manifest is None:
             yield day
         else:
