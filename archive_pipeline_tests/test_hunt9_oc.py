@@ -10,7 +10,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.restore import RestoreConflictError, RestoreError, restore_day
 
 DAY = dt.date(2024, 3, 10)
 
@@ -50,3 +50,59 @@ def test_a_deferred_constraint_trigger_that_changes_the_restored_rows_at_commit_
         assert _rows(conn, f"{schema}.copy") == []
         return
     assert _rows(conn, f"{schema}.copy") == expected, result.check
+
+
+@pytest.mark.parametrize("into", ["existing", "original"])
+def test_a_target_whose_double_column_is_real_is_not_reported_already_restored_exactly(
+        into, conn, schema, store, temp_dir):
+    """ev (x double precision) is archived for 2024-03-10 (x = 0.1, 0.2, ... 0.5). Since then either the user made a
+    copy ``copy (x real)`` of the day (``INSERT ... SELECT`` from ev), or a migration retyped ev.x to ``real``. The
+    user restores the day into that table (``into='existing'`` / ``'original'``) to get the archived values back.
+    The restore answers "already restored: ... holds exactly its archived rows" with fingerprint_checked=True and
+    loads nothing, yet the table holds 0.10000000149011612 where the archive holds 0.1. README (Where to): a
+    numeric/double value read into a column of another binary floating-point type "may print the same and still
+    differ ... so such a target is refused before anything is loaded". Cause: restore_archive asks _loaded_before
+    (a text fingerprint, which prints real 0.1 and double 0.1 alike) before _refuse_approximation. Should: refuse
+    the target naming column x, as a load into it is refused; never claim it holds the archived rows exactly."""
+    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at date NOT NULL, x double precision)")
+    conn.execute(f"INSERT INTO {schema}.ev SELECT g, %s, g / 10.0 FROM generate_series(1, 5) g", (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    if into == "existing":
+        conn.execute(f"CREATE TABLE {schema}.copy (id int PRIMARY KEY, at date NOT NULL, x real)")
+        conn.execute(f"INSERT INTO {schema}.copy SELECT * FROM {schema}.ev")
+        target = f"{schema}.copy"
+    else:
+        conn.execute(f"ALTER TABLE {schema}.ev ALTER COLUMN x TYPE real")
+        target = None
+    with pytest.raises(RestoreError) as caught:
+        result = restore_day(conn, store, spec, DAY, into=into, target=target, temp_dir=temp_dir)
+        pytest.fail(f"restored: {result.check} (fingerprint_checked={result.fingerprint_checked})")
+    assert "x" in str(caught.value)
+
+
+def test_a_deferrable_key_that_finds_the_days_rows_already_there_is_a_conflict_not_a_constraint_to_relax(
+        conn, schema, store, temp_dir):
+    """A user restores 2024-03-10 of ev into ``copy``, whose primary key is ``DEFERRABLE INITIALLY DEFERRED`` (common
+    where rows are moved around in one transaction), and which holds row 3 already, moved to 2024-03-11 since the
+    day was archived. With an immediate key the restore fails as RestoreConflictError ("rows of the archive ...
+    already exist in copy (Key (id)=(3) already exists.) ..."). With the deferred key the check passes (the day's
+    rows are the archive's), the violation surfaces at COMMIT, outside the load's handling (_load's
+    UniqueViolation branch, _unique_violation), and the user is told "a value breaks a constraint (a CHECK, NOT
+    NULL, unique key or domain constraint, perhaps added since the day was archived)", remedy "load into a table
+    without that constraint ... or relax the constraint while the day is restored": following it (dropping the
+    key) puts id 3 in twice. Should: a RestoreConflictError saying rows of the archive already exist in copy,
+    without suggesting to relax the key (checking deferred constraints before the day's check, SET CONSTRAINTS ALL
+    IMMEDIATE, would route it through the existing handling)."""
+    spec = _day_table(conn, schema)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"CREATE TABLE {schema}.copy (id int, at timestamptz NOT NULL, v text, "
+                 "PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED)")
+    conn.execute(f"INSERT INTO {schema}.copy VALUES (3, '2024-03-11 00:03+00', 'Value3')")
+    before = _rows(conn, f"{schema}.copy")
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.copy", temp_dir=temp_dir)
+    assert _rows(conn, f"{schema}.copy") == before
+    said = f"{caught.value} / remedy: {caught.value.remedy}"
+    assert isinstance(caught.value, RestoreConflictError), said
+    assert "relax the constraint" not in said, said
