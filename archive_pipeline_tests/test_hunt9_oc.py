@@ -200,3 +200,38 @@ def test_a_jsonl_restore_into_a_table_under_row_security_says_restore_as_not_arc
         assert "restore" in (caught.value.remedy or ""), said
     finally:
         conn.execute(f"DROP OWNED BY {role} CASCADE; DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_naming_mode_day_restored_into_a_table_whose_after_trigger_rewrites_rows_is_not_proven(
+        fmt, conn, schema, store, temp_dir):
+    """A naming-mode table ``log`` (day tables ``log_YYYYMMDD``, no day column). The user restores 2024-03-10 into
+    ``all_logs``, an existing table of theirs that holds other days, which has an ordinary ``AFTER INSERT ... FOR
+    EACH ROW`` trigger rewriting the inserted row (``UPDATE all_logs SET note = upper(note) WHERE id = NEW.id``, a
+    normalising trigger). Without a day column the check is the fingerprint of the INSERT's RETURNING rows
+    (_insert_fingerprinted), and RETURNING shows each row before AFTER triggers ran: the restore reports
+    "fingerprint ... of the day's rows the restore loaded into all_logs equals the manifest's" and commits rows
+    whose note differs from the archive's. Should: the rows checked as the target holds them after the statement
+    (its AFTER triggers included), so the restore is rolled back naming the trigger, all_logs as it was."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log (id int, note text)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 () INHERITS ({}.log)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 SELECT g, 'note ' || g FROM generate_series(1, 10) g").format(s))
+    spec = TableSpec(name=f"{schema}.log", start_date=DAY, format=fmt, compression="none",
+                     partitioning={"mode": "naming", "pattern": "log_%Y%m%d"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    expected = conn.execute(sql.SQL("SELECT id, note FROM {}.log_20240310 ORDER BY id").format(s)).fetchall()
+    conn.execute(sql.SQL("CREATE TABLE {}.all_logs (id int, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.all_logs VALUES (100, 'an older day')").format(s))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.shout() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         "UPDATE {}.all_logs SET note = upper(note) WHERE id = NEW.id AND note <> upper(note); "
+                         "RETURN NULL; END $$").format(s, s))
+    conn.execute(sql.SQL("CREATE TRIGGER shout AFTER INSERT ON {}.all_logs FOR EACH ROW EXECUTE FUNCTION {}.shout()"
+                         ).format(s, s))
+    try:
+        result = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.all_logs", temp_dir=temp_dir)
+    except ArchiveError:
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}.all_logs").format(s)).fetchone()[0] == 1
+        return
+    held = conn.execute(sql.SQL("SELECT id, note FROM {}.all_logs WHERE id < 100 ORDER BY id").format(s)).fetchall()
+    assert held == expected, result.check
