@@ -1,0 +1,51 @@
+"""Two operations at once on one table-day (hunt 9, od): each with its own PostgreSQL connections and the
+real S3 over HTTP, forced into one interleaving by PostgreSQL locks the test holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: F401 - fixture
+from archive_pipeline_tests.test_race_hunt import _block_commits, _waiting_on, day_rows, in_thread, wait_until
+
+DAY = dt.date(2024, 3, 10)
+
+
+def test_two_restores_of_one_day_into_a_table_and_its_own_partition_do_not_both_load_it(pg, conn, events, store):
+    """Two people restore 2024-03-10 at once into the same existing (partitioned, keyless) table: one names
+    the table (`restore --into existing --target s.copy`), the other the day's partition of it
+    (`--target s.copy_d`). Rows loaded into either land in the same partition. The restore lock is taken
+    on the target's *name* ("restore into s.copy" vs "restore into s.copy_d"), so the two do not exclude
+    each other; each checks "the day's rows in my target equal the manifest's" in its own transaction,
+    sees only its own uncommitted rows, and both commit: the table holds the day twice, both reported as
+    proven. Expected: the second meets the lock (or is refused because the day is already there), and
+    the table holds the day once."""
+    from archive_pipeline.core.restore import restore_day
+
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {}) PARTITION BY RANGE (created_at)").format(
+        sql.Identifier(events, "copy"), sql.Identifier(events, "events")))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10+00') TO ('2024-03-11+00')"
+                         ).format(sql.Identifier(events, "copy_d"), sql.Identifier(events, "copy")))
+    key = 4343
+    _block_commits(conn, events, "copy_d", key)
+    with pg.connect() as holder, pg.connect() as first, pg.connect() as second:
+        first.autocommit = second.autocommit = True
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        t1, o1 = in_thread(lambda: restore_day(first, store, spec, DAY, into="existing", target=f"{events}.copy",
+                                               on_conflict="fail"))
+        assert wait_until(lambda: _waiting_on(conn, key) == 1), o1
+        t2, o2 = in_thread(lambda: restore_day(second, store, spec, DAY, into="existing",
+                                               target=f"{events}.copy_d", on_conflict="fail"))
+        assert wait_until(lambda: _waiting_on(conn, key) == 2 or not t2.is_alive()), o2
+        holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        t1.join(60)
+        t2.join(60)
+    succeeded = [o["result"] for o in (o1, o2) if "result" in o]
+    rows = day_rows(conn, events, "copy")
+    assert rows == 300, (rows, [(r.target, r.inserted, r.check) for r in succeeded],
+                         [o.get("error") for o in (o1, o2)])
