@@ -96,3 +96,43 @@ def test_two_restores_into_the_original_of_two_days_of_one_dropped_partition_bot
     retryable = all(e is None or getattr(e, "retryable", False) for e in errors)
     assert retryable and (rows == 1500 or any(errors)), (rows, errors)
     assert not any(e is not None and "duplicate key" in str(e) for e in errors), errors
+
+
+def test_two_delete_removals_of_two_days_of_one_table_at_once_do_not_deadlock(pg, conn, events, store):
+    """Retention `action: delete` on a table; its removal schedule (or `prune` beside a Dagster removal run)
+    removes 2024-03-10 and 2024-03-11 at once, in two sessions (two table-day locks, so nothing keeps them
+    apart). Each takes `LOCK TABLE … IN SHARE MODE` on the table, re-checks its day, then DELETEs, which needs
+    ROW EXCLUSIVE on the same table: each waits for the other's SHARE lock, a lock upgrade deadlock, and
+    PostgreSQL aborts one with "deadlock detected". Expected: the two removals of different days both
+    complete (a self-exclusive lock such as SHARE ROW EXCLUSIVE makes the second wait for the first), never
+    a deadlock."""
+    from archive_pipeline.core.lifecycle import remove_day
+
+    spec = spec_for(events, "delete")
+    second_day = DAY + dt.timedelta(days=1)
+    for day in (DAY, second_day):
+        archive_partition(conn, spec, day, store)
+    # a third, empty partition the test locks, so both removals stop inside their LOCK TABLE (recursing to the
+    # partitions) with the SHARE lock on the table itself already taken
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-20+00') TO ('2024-03-21+00')"
+                         ).format(sql.Identifier(events, "events_later"), sql.Identifier(events, "events")))
+    with pg.connect() as holder, pg.connect() as first, pg.connect() as second:
+        first.autocommit = second.autocommit = True
+
+        def waiting(c) -> bool:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                                (c.info.backend_pid,)).fetchone()[0] == 1
+
+        holder.execute(sql.SQL("BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.Identifier(events, "events_later")))
+        t1, o1 = in_thread(lambda: remove_day(first, spec, DAY, store, removed_by="first"))
+        t2, o2 = in_thread(lambda: remove_day(second, spec, second_day, store, removed_by="second"))
+        assert wait_until(lambda: (waiting(first) or not t1.is_alive()) and (waiting(second) or not t2.is_alive()))
+        holder.execute("COMMIT")
+        t1.join(60)
+        t2.join(60)
+    errors = [o.get("error") for o in (o1, o2)]
+    assert errors == [None, None], errors
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE created_at < '2024-03-12+00'").format(
+        sql.Identifier(events, "events"))).fetchone()[0]
+    assert left == 0
