@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
@@ -136,3 +137,28 @@ def test_two_delete_removals_of_two_days_of_one_table_at_once_do_not_deadlock(pg
     left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE created_at < '2024-03-12+00'").format(
         sql.Identifier(events, "events"))).fetchone()[0]
     assert left == 0
+
+
+def test_a_day_removed_under_another_formats_key_is_not_archived_empty_over_this_formats_archive(pg, conn, events,
+                                                                                              store):
+    """Two configurations of one table point at the same bucket and prefix, one archiving JSONL, the other CSV
+    (two code locations, or the table's format switched to CSV and later back): both archived 2024-03-10, each
+    under its own key. The CSV one's retention then removes the day (its manifest marks it removed). The JSONL
+    one's next run finds its own manifest, 300 rows, and the source empty: it says "changed since it was
+    archived ... (rows arrived or were deleted late); set overwrite", and with overwrite it archives the
+    removed day as an empty day (a green partition of 0 rows; README: "A removed day is never archived again
+    from its now-empty source — not by ... overwrite ... The same holds after the table's format or compression
+    changed"). Expected: refused as removed (DayRemovedError naming where the removal is recorded), with
+    overwrite too."""
+    from archive_pipeline.core.archive import DayRemovedError
+    from archive_pipeline.core.lifecycle import remove_day
+
+    jsonl = spec_for(events, "drop")
+    csv = spec_for(events, "drop", format="csv", compression="gzip")
+    archive_partition(conn, jsonl, DAY, store)
+    archive_partition(conn, csv, DAY, store)
+    with pg.connect() as remover:
+        remover.autocommit = True
+        remove_day(remover, csv, DAY, store)
+    with pytest.raises(DayRemovedError):
+        archive_partition(conn, jsonl, DAY, store, overwrite=True)
