@@ -100,7 +100,8 @@ def test_two_restores_into_the_original_of_two_days_of_one_dropped_partition_bot
 
 
 def test_two_delete_removals_of_two_days_of_one_table_at_once_do_not_deadlock(pg, conn, events, store):
-    """Retention `action: delete` on a table; its removal schedule (or `prune` beside a Dagster removal run)
+    """Retention `action: delete` on a table; its removal schedule (`remove_<schema>_<table>_daily` requests up
+    to 50 due days, one run each, and dagster.yaml runs 8 at a time), or `prune` beside a Dagster removal run,
     removes 2024-03-10 and 2024-03-11 at once, in two sessions (two table-day locks, so nothing keeps them
     apart). Each takes `LOCK TABLE … IN SHARE MODE` on the table, re-checks its day, then DELETEs, which needs
     ROW EXCLUSIVE on the same table: each waits for the other's SHARE lock, a lock upgrade deadlock, and
