@@ -263,6 +263,9 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
         return False
     if existing.manifest is None or existing.problem is not None:
         return False
+    elsewhere = archiving._removed_elsewhere(existing)
+    if elsewhere is not None and not _same_rows(existing.manifest, table, fp):  # (as the run does: see run)
+        archiving._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
     return archiving._keep(existing.manifest, identity, table, fp, overwrite)
 
 
@@ -274,6 +277,14 @@ def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | d
                            progress_every=0, settings={})
     return archiving._removed_elsewhere(existing) is not None
 
+
+
+def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
+    """Whether ``manifest`` records exactly the rows ``fp`` fingerprints now."""
+    # the same values under other column names (two of one type that swapped names) are not the same rows
+    names = [c["name"] for c in manifest.get("columns", [])]
+    # (a day of no rows has no values a column could differ in: an empty day stays empty after a migration)
+    return manifest.get("fingerprint") == str(fp) and (names == [c.name for c in table.columns] or fp.rows == 0)
 
 class _Archiving:
     """One archive attempt of one table-day; ``run`` is the sequence of steps in order."""
@@ -329,6 +340,8 @@ class _Archiving:
                         fp, fp_seconds = self._timed_fingerprint(self.conn, table, where,
                                                                  self._algorithm(elsewhere or existing, decides))
                         if existing.manifest is not None and existing.problem is None:
+                            if elsewhere is not None and not _same_rows(existing.manifest, table, fp):
+                                self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
                             if self._keep(existing.manifest, identity, table, fp, overwrite):
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
                         else:
@@ -614,11 +627,15 @@ class _Archiving:
         """The day's archive under another format's or codec's key (one before the table's configuration
         changed), where its manifest marks the day removed from the source; None if there is none.
 
-        Only where this key holds nothing: the day is then new here, and without this an emptied source
-        would be archived as an empty day, beside the removed rows' archive that no run would look at
-        again. The day's listing shows such keys where the template's ``{ext}`` follows the day's name
-        (as in the default); a key whose directory holds ``{ext}`` or ``{format}`` is not looked for."""
-        if existing.raw is not None or (existing.listing and self._stored_generations(existing.listing)):
+        Where this key holds nothing (the day is then new here), or an archive not marked removed (written
+        before the removal under the other format, by another configuration of the table or before its
+        format changed and changed back): without this an emptied source would be archived as an empty day
+        (with overwrite), beside the removed rows' archive that no run would look at again. The day's
+        listing shows such keys where the template's ``{ext}`` follows the day's name (as in the default); a
+        key whose directory holds ``{ext}`` or ``{format}`` is not looked for."""
+        if existing.raw is not None and (existing.manifest is None or existing.manifest.get("removed")):
+            return None  # this key's own removal mark, or its damaged manifest, decides (see _keep, _refuse_removed)
+        if existing.raw is None and existing.listing and self._stored_generations(existing.listing):
             return None
         listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
@@ -680,11 +697,7 @@ class _Archiving:
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
               overwrite: bool) -> bool:
         """True to skip: the archive is this day's rows exactly. Raises if it must not be replaced."""
-        recorded = manifest.get("fingerprint")
-        # the same values under other column names (two of one type that swapped names) are not the same rows
-        names = [c["name"] for c in manifest.get("columns", [])]
-        # (a day of no rows has no values a column could differ in: an empty day stays empty after a migration)
-        same = recorded == str(fp) and (names == [c.name for c in table.columns] or fp.rows == 0)
+        same = _same_rows(manifest, table, fp)
         removed = manifest.get("removed")
         if removed:
             if same:

@@ -650,8 +650,10 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
 def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
                         target: SourceTable, manifest: dict, action: str) -> int:
     """Lock out writers, prove the source still equals the archive, then remove: one transaction."""
-    if action == "delete":  # SHARE: readers go on, no writer may change the day meanwhile
-        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(target.identifier))
+    if action == "delete":  # readers go on, no writer may change the day meanwhile; SHARE ROW EXCLUSIVE, not SHARE:
+        # it conflicts with itself, so a removal of another day waits here, where two SHARE locks each
+        # waited for the other's to take their DELETE's ROW EXCLUSIVE (a deadlock, one removal aborted)
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(target.identifier))
     else:  # parent first, as inserting sessions take them, so the two cannot deadlock
         if spec.partitioning.mode == "declarative":
             conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
