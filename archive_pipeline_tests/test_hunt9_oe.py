@@ -173,3 +173,60 @@ def test_an_endpoint_url_with_a_query_is_refused_at_load_naming_the_variable(cli
     monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", endpoint)
     with pytest.raises(ConfigError, match="ARCHIVE_S3_ENDPOINT_URL"):
         build_definitions(config, check_source=False)
+
+
+def test_a_component_asset_key_prefix_yaml_reads_as_a_boolean_is_named_as_written_with_the_fix(tmp_path, monkeypatch):
+    """The same ``asset_key_prefix: [eu, no]`` (Norway) in a component's defs.yaml, loaded by Dagster's
+    ``load_from_defs_folder``: the load fails with pydantic's "Input should be a valid string
+    [input_value=False]" for Dagster's attribute model. It should say that YAML read ``no`` as a boolean and
+    to quote it, as for every setting of the file."""
+    from dagster import load_from_defs_folder
+
+    from archive_pipeline_tests.test_deploy import _make_project
+    from archive_pipeline_tests.test_hunt7_mp import _exception_chain
+
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "host=127.0.0.1 port=1 dbname=x connect_timeout=1")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+    _make_project(tmp_path, "type: archive_pipeline.defs.component.ArchiveTablesComponent\nattributes:\n"
+                            "  asset_key_prefix: [eu, no]\n"
+                            "  tables:\n    - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Exception) as info:
+        load_from_defs_folder(path_within_project=tmp_path)
+    text = "\n".join(str(e) for e in _exception_chain(info.value))
+    assert "asset_key_prefix" in text and "'no'" in text and "quote" in text.lower(), text
+
+
+# ------------------------------------------------------------------------------------------------
+# Values with the quotes of an env file around them (docker --env-file and systemd keep them)
+
+
+def test_a_dsn_with_the_quotes_of_an_env_file_around_it_is_refused_saying_so(cli_env, pg):
+    """A user puts ``ARCHIVE_PG_DSN="postgresql://..."`` in a file for ``docker run --env-file``, which keeps
+    the quotes in the value. The command line says only "$ARCHIVE_PG_DSN is not a valid connection string:
+    missing "=" after "***" in connection info string" (the piece hidden, rightly, as it may hold the
+    password): nothing tells the user what is wrong. It should say the value is wrapped in quotes and to
+    remove them."""
+    done = cli({**cli_env, "ARCHIVE_PG_DSN": f'"{pg.dsn}"'}, "list", "--day", "2024-03-10")
+    said = done.stderr + done.stdout
+    assert done.returncode == 2, said
+    assert "ARCHIVE_PG_DSN" in said and "quote" in said.lower(), said
+
+
+def test_a_key_prefix_with_the_quotes_of_an_env_file_around_it_is_refused(cli_env, monkeypatch, s3_client, bucket):
+    """The same env file holds ``ARCHIVE_S3_PREFIX="archive"``: the bucket, region and endpoint with such
+    quotes are refused naming their variable, but the prefix is taken as ``'archive'`` with its quotes, and
+    every day is archived under a folder ``"archive"/`` beside the real ``archive/`` (whose archived days are
+    then not found, and archived again). It should be refused at load and by the command line, naming
+    ARCHIVE_S3_PREFIX and the quotes."""
+    done = cli({**cli_env, "ARCHIVE_S3_PREFIX": '"archive"'}, "archive", "--day", "2024-03-10")
+    said = done.stderr + done.stdout
+    stored = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert done.returncode == 2 and "ARCHIVE_S3_PREFIX" in said, (said, stored)
+    assert stored == [], stored
+    config = load_config(Path(cli_env["ARCHIVE_PIPELINE_CONFIG"]))
+    for name in ("ARCHIVE_PG_DSN", "ARCHIVE_S3_BUCKET", "ARCHIVE_S3_ENDPOINT_URL"):
+        monkeypatch.setenv(name, cli_env[name])
+    monkeypatch.setenv("ARCHIVE_S3_PREFIX", '"archive"')
+    with pytest.raises(ConfigError, match="ARCHIVE_S3_PREFIX"):
+        build_definitions(config, check_source=False)
