@@ -213,12 +213,14 @@ def test_a_dsn_with_the_quotes_of_an_env_file_around_it_is_refused_saying_so(cli
     assert "ARCHIVE_PG_DSN" in said and "quote" in said.lower(), said
 
 
-def test_a_key_prefix_with_the_quotes_of_an_env_file_around_it_is_refused(cli_env, monkeypatch, s3_client, bucket):
+def test_a_key_prefix_with_the_quotes_of_an_env_file_around_it_is_refused(cli_env, monkeypatch, s3_client, bucket, conn,
+                                                                          schema):
     """The same env file holds ``ARCHIVE_S3_PREFIX="archive"``: the bucket, region and endpoint with such
     quotes are refused naming their variable, but the prefix is taken as ``'archive'`` with its quotes, and
     every day is archived under a folder ``"archive"/`` beside the real ``archive/`` (whose archived days are
     then not found, and archived again). It should be refused at load and by the command line, naming
     ARCHIVE_S3_PREFIX and the quotes."""
+    conn.execute(f"INSERT INTO \"{schema}\".events VALUES (1, '2024-03-10 12:00+00')")
     done = cli({**cli_env, "ARCHIVE_S3_PREFIX": '"archive"'}, "archive", "--day", "2024-03-10")
     said = done.stderr + done.stdout
     stored = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
