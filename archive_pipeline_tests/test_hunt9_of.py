@@ -159,3 +159,34 @@ def test_compare_and_list_after_a_timezone_change_name_the_zone_not_rows_changed
     listed = cli(env, "list", "--check-source", "--day", day.isoformat())
     assert "Europe/Berlin" in compared.stdout + compared.stderr, compared.stdout
     assert "Europe/Berlin" in listed.stdout + listed.stderr, listed.stdout
+
+
+def _evaluations(result, name: str) -> list:
+    return [e.event_specific_data for e in result.all_events
+            if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == name]
+
+
+def test_latest_archive_intact_after_a_timezone_change_does_not_record_another_periods_archive_green(
+        conn, schema, archive_env):
+    """A daily UTC table has 2024-03-10 archived through Dagster (rows up to 23:00 UTC). The user sets ``timezone:
+    Europe/Berlin``; the partition key stays 2024-03-10, now the Berlin day (23:00 UTC of 03-09 to 23:00 UTC of
+    03-10), and the UI still shows it materialized (README). Then ``verify_archives`` runs: ``source_unchanged``
+    rightly says the archive holds another period ("the daily period 2024-03-10 in UTC ... archive it again with
+    overwrite for the new period"), yet ``latest_archive_intact`` re-checks the object against its record and records
+    a fresh, green ``archive_intact`` for partition 2024-03-10 ("object, size and manifest match what was
+    recorded"): a new green verdict for a partition whose archive does not hold its rows. Cause: ``checks.
+    verify_result`` checks the manifest's owner (table, day key) but not its period (``manifest.another_period``,
+    which the archive run and ``source_unchanged`` use). Should: the verdict for the day is not a pass (it names the
+    period/zone change and the overwrite)."""
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day, day + dt.timedelta(days=1)], rows_per_day=24, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat()}
+    with instance_for_test() as instance:
+        assert build_definitions(parse_config({"tables": [table]})).resolve_job_def(
+            f"Archive_{schema}_events").execute_in_process(instance=instance, partition_key=day.isoformat()).success
+        berlin = build_definitions(parse_config({"tables": [{**table, "timezone": "Europe/Berlin"}]}))
+        result = berlin.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+    [changed] = _evaluations(result, "source_unchanged")
+    assert "Europe/Berlin" in changed.description, changed.description  # (the premise: the period change is known)
+    intact = [(e.partition, e.passed, e.description) for e in _evaluations(result, "archive_intact")]
+    assert intact and not any(passed for _, passed, _ in intact), intact
