@@ -325,7 +325,7 @@ class _Archiving:
                     children = day_children(self.conn, self.spec, self.day) if declarative else []
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
-                    hold_day(self.conn, table, where)
+                    hold_day(self.conn, table, where, {c.relation(self.spec) for c in children} if declarative else None)
                     labels = printed_names(self.conn, table, where)
                     composites = composite_signature(self.conn, table)
                     identity = _identity(self.conn)
@@ -728,7 +728,7 @@ class _Archiving:
                 f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
                 f"{identity.system_identifier}); if this database replaced that one, set overwrite to archive "
                 "the day again", retryable=False)
-        if fingerprint.recorded_algorithm(recorded) is None:
+        if fingerprint.recorded_algorithm(manifest.get("fingerprint")) is None:
             return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         # a composite's field renamed prints the same text (the same fingerprint), but a restore of the archive
         # would be refused for it: the day is changed, as compare and list call it

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.errors import TABLE_MISSING, SourceError
+from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError
 from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
@@ -264,7 +264,14 @@ def _require_day_range_key(conn: psycopg.Connection, spec: TableSpec) -> tuple[s
         return None, False
     relkind, strategy, columns, first, key, key_type, expression_uses = found
     if relkind == "p" and strategy == "r" and columns == 1 and first == spec.day_column:
-        return key_type, False
+        if key_type in _TIME_KEYS:
+            return key_type, False
+        # (a yyyymmdd integer's bounds read as unbounded sides, so no day was ever found, silently; a text's
+        # failed as rows that cannot be converted)
+        raise SourceError(f"day_column {spec.day_column!r} of {spec.name!r} is {key_type}; it must be date, "
+                          "timestamp or timestamptz", table=spec.name, retryable=False, cause=SETTING_MISFITS,
+                          remedy="set the table's day_column in the YAML configuration to a date, timestamp or "
+                                 "timestamptz column (its RANGE partition key)")
     # An expression key, e.g. (at::date), is read by its bounds as before, when it is a time of the day column
     # alone: one of another column's (loaded_at::date) named other days than the rows', one of a number
     # (extract(year ...)) failed every tick reading its bounds as timestamps, with a remedy about rows.

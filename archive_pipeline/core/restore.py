@@ -582,6 +582,22 @@ def _unsure_after_another(conn: psycopg.Connection, exc: ArchiveError, manifest:
                   "track of its days)")
 
 
+def _tree_root(conn: psycopg.Connection, relation: Relation | None) -> Relation | None:
+    """The table at the top of ``relation``'s partition or inheritance tree (itself if none): the rows of a
+    restore into a partition land in its parent too, so two restores of one day, one naming the table and one
+    its partition, must take one lock (else each proves only its own uncommitted rows, and both load the day)."""
+    if relation is None:
+        return None
+    found = conn.execute(
+        "WITH RECURSIVE up(oid, depth) AS (SELECT to_regclass(%s)::oid, 0 UNION ALL SELECT i.inhparent, up.depth + 1 "
+        "FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.oid WHERE up.depth < 100) "
+        "SELECT n.nspname, c.relname FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid = up.oid) ORDER BY up.oid LIMIT 1",
+        (relation.identifier.as_string(conn),)).fetchone()
+    return Relation(*found) if found else relation
+
+
 def _owns(conn: psycopg.Connection, relation: Relation) -> bool:
     """Whether the restoring role may write the table's comment (it owns the table, or is a member of its owner)."""
     found = conn.execute(
@@ -624,6 +640,9 @@ def _holds_archived_rows(conn: psycopg.Connection, relation: Relation, manifest:
         relation.identifier, where if where is not None else sql.SQL("TRUE"))).fetchone()[0]
     if held != int(manifest.get("rows") or 0) or held == 0:
         return False
+    # a target of narrower types (real for double precision) or changed composites prints rounded or swapped
+    # values as the archive's: refused as a load into it is, never "already restored"
+    _refuse_approximation(conn, manifest, relation)
     recorded = manifest.get("fingerprint")
     if fp.recorded_algorithm(recorded) is None:
         return count_will_do
@@ -1070,6 +1089,15 @@ def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation
             retryable=False, cause="the default partition holds rows of the day",
             remedy=_late_rows_aside(f"the default partition ({_default_partition(conn, parent)})",
                                     "the parent (they go into the re-created partition)")) from None
+    except psycopg.errors.DuplicateTable as exc:  # created meanwhile: by a restore of another day of it, say
+        if _is_partition(conn, child):  # (then the rows go in through the parent, as into any partition there)
+            log.info("%s %s: %s was created meanwhile; restoring into %s", table, day, child, parent)
+            return False
+        raise RestoreError(
+            f"restoring {table} for {day} into its original table: its partition {child} cannot be created again: "
+            f"{exc.diag.message_primary} (created by another session meanwhile); nothing was restored", table=table,
+            day=day, retryable=True, cause="a table of the partition's name was created meanwhile",
+            remedy="restore again: the day is loaded into the table there if it is the day's partition") from None
     except psycopg.errors.InvalidSchemaName as exc:
         raise RestoreError(
             f"restoring {table} for {day} into its original table: its partition {child} cannot be created again: "
@@ -1226,6 +1254,16 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
         raise _UniqueViolation(exc, relation, manifest) from None
 
 
+def _fire_deferred(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """The target's deferred constraints and constraint triggers, run now rather than at COMMIT: a deferred
+    trigger rewriting the rows ran after the proof, and a deferrable key finding a row already there
+    failed at COMMIT as a constraint "to relax", not as the conflict it is."""
+    try:
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
+        raise _UniqueViolation(exc, relation, manifest) from None
+
+
 class _UniqueViolation(RestoreConflictError):
     """A unique or exclusion constraint refused the load; which rows it was, and so what to do, is told once
     the day's transaction is rolled back (:func:`_unique_violation`): asking before the load would lock every
@@ -1297,9 +1335,23 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     restored into a table holding other days), these are exactly the restored rows, hashed once."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _columns_of(conn, relation, manifest_columns(manifest))
-    query = sql.SQL("WITH ins AS ({insert} RETURNING {cols}) SELECT count(*), {total} FROM ins").format(
-        insert=insert, cols=_column_list(manifest_columns(manifest)),
-        total=fp.hash_sum(fp.row_hash(columns, "ins", algorithm, fp.server_encoding(conn))))
+    total = fp.hash_sum(fp.row_hash(columns, "t", algorithm, fp.server_encoding(conn)))
+    if _kind(conn, relation) not in ("r", "p"):  # (a foreign table's or a view's rows have no ctid to be read by)
+        query = sql.SQL("WITH t AS ({insert} RETURNING {cols}) SELECT count(*), {total} FROM t").format(
+            insert=insert, cols=_column_list(manifest_columns(manifest)), total=total)
+        with fp.canonical_settings(conn):
+            rows, hash_sum = conn.execute(query).fetchone()
+        return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
+    # The rows are read back by where the INSERT put them once it ended, its AFTER triggers fired: RETURNING shows
+    # them before those ran, and a trigger rewriting each row was proven as the archive. A row a trigger updated
+    # has a new ctid: not found, so the count differs and the restore is rolled back.
+    at = sql.Identifier("pg_temp", f"archive_restore_rows_{os.getpid()}_{next(_names)}")
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (t oid, c tid) ON COMMIT DROP").format(at))
+    conn.execute(sql.SQL("WITH ins AS ({insert} RETURNING tableoid, ctid) INSERT INTO {at} SELECT * FROM ins").format(
+        insert=insert, at=at))
+    conn.execute(sql.SQL("SET CONSTRAINTS ALL IMMEDIATE"))  # (deferred constraint triggers too: see _fire_deferred)
+    query = sql.SQL("SELECT count(*), {total} FROM {target} t JOIN {at} a ON t.tableoid = a.t AND t.ctid = a.c").format(
+        total=total, target=relation.identifier, at=at)
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
@@ -1833,7 +1885,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             partition = _recorded_partition(manifest)
             original = {Relation.configured(name) for name in (table, manifest.get("source_relation")) if name} | \
                 ({partition[1]} if partition else set())
-            lock_name = table if into == "original" or relation in original else f"restore into {relation}"
+            lock_name = table if into == "original" or relation in original else \
+                f"restore into {_tree_root(conn, relation)}"
             try:
                 stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             except ArchiveError as exc:
@@ -1861,6 +1914,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
                 rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
                                               fingerprint_added=by_added)
+                _fire_deferred(conn, manifest, relation)
                 # Again, now that the load's lock keeps the target's types as they are: a column retyped while
                 # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
                 _refuse_approximation(conn, manifest, relation)
@@ -1895,6 +1949,16 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy=_restore_grant(conn, exc, relation))
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege):  # row security (the archive's words otherwise)
+            found = replace(found, cause=f"{relation} has row-level security whose policies apply to this role, so "
+                            "the restored rows cannot all be seen to be proven (row_security is off in the check)",
+                            remedy="restore as the table's owner (without FORCE ROW LEVEL SECURITY), a role with "
+                                   "BYPASSRLS or a superuser; or restore into a new table (into='new') and copy the "
+                                   "rows on from there")
+        if isinstance(exc, psycopg.errors.WithCheckOptionViolation):
+            found = replace(found, cause=f"{relation} is a view WITH CHECK OPTION, and archived rows are outside what "
+                            "it shows, so it refused them",
+                            remedy="restore into the view's base table, or into a new table (into='new')")
         if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
             found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
                             "restore into a table of a schema that exists")

@@ -1286,7 +1286,8 @@ def columns_as_archived(columns: Sequence[Column], names: Sequence[str]) -> list
     return list(columns) if [c.name for c in columns] == list(names) else None
 
 
-def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
+def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
+             day_partitions: set[tuple[str, str]] | None = None) -> None:
     """Take the day's locks in the session that took the snapshot, then check that no change the
     snapshot does not isolate committed between the snapshot and the locks.
 
@@ -1303,7 +1304,12 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     The columns and the relation itself are checked the same way (:func:`_same_relation`): the
     snapshot described them, but every query is planned on the current catalog, so a column dropped,
     renamed or added, or the table renamed or replaced (a new table renamed into its place, whose rows
-    the snapshot cannot see) in between would read other columns than those described, or none."""
+    the snapshot cannot see) in between would read other columns than those described, or none.
+
+    ``day_partitions`` (declarative mode: the (schema, name) of the partitions whose range overlaps the day):
+    a partition pending detach refuses the day only where it or its parent is one of them; another day's,
+    left pending by an interrupted ``DETACH ... CONCURRENTLY``, holds none of this day's rows (every day
+    failed, retried for ever). None: any partition pending detach refuses the day."""
     _same_relation(conn, table, where)  # its first query takes the day's locks
     also = view_reads(conn, table, where)
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn), "also": also}).fetchall()
@@ -1321,6 +1327,10 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
                             ).fetchall()
     pending = [(relation, parent) for relation, parent in
                (((s, n), detaching(conn, sql.Identifier(s, n))) for s, n in detached) if parent]
+    if day_partitions is not None:
+        detached = [d for d in detached if d not in {relation for relation, _ in pending}]  # told apart here
+        pending = [(relation, parent) for relation, parent in pending
+                   if relation in day_partitions or _parent_of(conn, relation) in day_partitions]
     if pending:
         raise pending_detach_error(table.qualified, *pending[0])
     if detached:
@@ -1560,6 +1570,13 @@ FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relispartition AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(c.oid) a WHERE a.relid = tree.root)
 """
+
+
+def _parent_of(conn: psycopg.Connection, relation: tuple[str, str]) -> tuple[str, str] | None:
+    """(schema, name) of the table ``relation`` is a partition of (pending detach or not), or None."""
+    return conn.execute("SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON "
+                        "c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE i.inhrelid "
+                        "= %s::pg_catalog.regclass", (sql.Identifier(*relation).as_string(conn),)).fetchone()
 
 
 def detaching(conn: psycopg.Connection, relation: sql.Identifier) -> str | None:
