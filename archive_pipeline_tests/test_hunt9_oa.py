@@ -40,3 +40,36 @@ def test_a_strict_tables_inexact_archive_is_not_summarised_as_fixed_by_overwrite
     if named in done.stderr:
         again = cli(env, "archive", "--table", f"{schema}.ev", "--day", str(DAY), "--overwrite")
         assert again.returncode == 0, ("the summary named " + named, again.stdout[-600:])
+
+
+def test_an_upload_the_store_says_arrived_with_another_crc32_is_called_corrupted_not_unsupported(
+        conn, schema, s3, bucket, temp_dir, monkeypatch):
+    """A store checks boto3's default CRC32 header and, for a body damaged on the way, answers PutObject ``400
+    BadDigest`` "The X-Amz-Checksum-Crc32 you specified did not match what we received." (VK Cloud's, MinIO-based
+    stores' words). The run retries it, and where every attempt is damaged fails the day. What happens: the error
+    says "the object store does not implement a request or header the archiver sent" with the remedy "on an
+    S3-compatible store, set AWS_REQUEST_CHECKSUM_CALCULATION=when_required ..." -- turning off the very check that
+    caught the corruption. Cause: errors._classify_boto now tests the message for "x-amz-checksum" (meant for B2's
+    400 refusing the header) before the code, so BadDigest never reaches _s3_code's corrupt codes. Should: the
+    cause is the corruption on the way (BadDigest / checksum mismatch), with its remedy (the network path)."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline_tests import fault_proxy
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    said = "The X-Amz-Checksum-Crc32 you specified did not match what we received."
+    real = fault_proxy.error_xml
+    monkeypatch.setattr(fault_proxy, "error_xml", lambda code, message=None: real(code, said))
+    conn.execute(f"CREATE TABLE {schema}.ev (id int, at date)")
+    conn.execute(f"INSERT INTO {schema}.ev VALUES (1, %s)", (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.zst$", action="error", status=400, code="BadDigest", times=None))
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive")
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    error = caught.value
+    assert proxy.requests(method="PUT", path=r"\.zst$"), "the premise: the object's PUT was answered BadDigest"
+    assert "does not implement" not in str(error) and "AWS_REQUEST_CHECKSUM_CALCULATION" not in (error.remedy or ""), \
+        (str(error), error.remedy)
+    assert "corrupt" in str(error).lower() or "checksum" in (error.cause or "").lower(), (str(error), error.cause)
