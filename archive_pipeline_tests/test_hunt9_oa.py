@@ -73,3 +73,32 @@ def test_an_upload_the_store_says_arrived_with_another_crc32_is_called_corrupted
     assert "does not implement" not in str(error) and "AWS_REQUEST_CHECKSUM_CALCULATION" not in (error.remedy or ""), \
         (str(error), error.remedy)
     assert "corrupt" in str(error).lower() or "checksum" in (error.cause or "").lower(), (str(error), error.cause)
+
+
+def test_an_old_archive_whose_composite_lost_only_its_last_field_before_it_was_archived_still_restores(
+        pg, s3, conn, schema, bucket, store, temp_dir):
+    """A column is of a composite type ``trip (a int, b int, c int)`` whose last field was dropped long ago
+    (``ALTER TYPE trip DROP ATTRIBUTE c``: now ``(a, b)``, nothing added since). A day is archived by the previous
+    version (its manifest records no ``columns[].shape``), and today the user restores it into a new table. What
+    happens: refused, "its column(s) 'p' hold a composite that has lost a field since it was created, so its fields
+    may have moved ... Nothing was restored", with the remedy of creating the type afresh -- though no field can
+    have moved: a dropped LAST field moves nothing (a day archived before the drop holds one field too many, and
+    its load fails loudly). Cause: restore._refuse_unrecorded_shapes / source._ALTERED_QUERY refuse any composite
+    with a dropped attribute, not only one with a live field after a dropped one (what its docstring says moves).
+    Should: the day restores, as it did before the refusal was added, with a=1, b=101."""
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline_tests.test_hunt8_nd import run_old
+
+    conn.execute(f"CREATE TYPE {schema}.trip AS (a int, b int, c int)")
+    conn.execute(f"ALTER TYPE {schema}.trip DROP ATTRIBUTE c")
+    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at date, p {schema}.trip)")
+    conn.execute(f"INSERT INTO {schema}.ev SELECT g, %s, ROW(g, 100 + g)::{schema}.trip "
+                 "FROM generate_series(1, 3) g", (DAY,))
+    args = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(), "format": "csv"}
+    done = run_old(pg, s3, bucket, args, [("archive", DAY)], temp_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    restored = restore_day(conn, store, TableSpec(**args), DAY, into="new", target=f"{schema}.back",
+                           temp_dir=temp_dir)
+    assert restored.rows == 3
+    assert conn.execute(f"SELECT id, (p).a, (p).b FROM {schema}.back ORDER BY id").fetchall() == \
+        [(g, g, 100 + g) for g in (1, 2, 3)]
