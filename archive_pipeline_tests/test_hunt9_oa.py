@@ -102,3 +102,43 @@ def test_an_old_archive_whose_composite_lost_only_its_last_field_before_it_was_a
     assert restored.rows == 3
     assert conn.execute(f"SELECT id, (p).a, (p).b FROM {schema}.back ORDER BY id").fetchall() == \
         [(g, g, 100 + g) for g in (1, 2, 3)]
+
+
+def test_a_backfill_of_days_archived_in_another_format_does_not_advise_re_executing_it(conn, schema, archive_env):
+    """``ev``'s key_template has no ``{ext}``; 2024-03-10 and 11 are archived as csv by one backfill run. The person
+    then configures the table as jsonl and backfills the two days again. Each day is refused: "... holds this day
+    archived as csv/zstd, and the table is now configured as jsonl/zstd; set overwrite to replace it" -- only
+    overwrite ends it. The run's failure then ends "Then: re-execute this run (Runs → this run → Re-execute → From
+    failure), or launch a backfill of the failed days ...; days already archived are not archived again", which
+    redoes the run without overwrite and fails the same way for ever. The command line names ``--overwrite`` for
+    such a day (cli._archive_day's needs_overwrite); the Dagster advice left this refusal out. Cause:
+    defs/assets.failure sets NEEDS_OVERWRITE only for LateRowsError, a removed day's DayRemovedError and TYPE_GONE,
+    not for ForeignArchiveError's "set overwrite to replace it". Should: not advise re-executing (or a backfill of)
+    days whose only remedy is overwrite; name overwrite instead."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline_tests.test_hunt4_tt import _failures, _range
+
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(sql.Identifier(schema, "ev")))
+    for day in days:
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 5) g").format(
+            sql.Identifier(schema, "ev")), (day,))
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
+             "key_template": "{prefix}/{schema}.{table}/{date}"}
+
+    def job(fmt: str):
+        config = parse_config({"retry": {"max_retries": 2, "delay_seconds": 0}, "backfill": {"max_days_per_run": 10},
+                               "tables": [{**table, "format": fmt}]})
+        return build_definitions(config).resolve_job_def(f"Archive_{schema}_ev")
+
+    tags = _range(days[0], days[-1])
+    with instance_for_test() as instance:
+        assert job("csv").execute_in_process(instance=instance, tags=tags).success
+        result = job("jsonl").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        failures = _failures(instance, result.run_id)
+    message = failures[-1]
+    assert "set overwrite to replace it" in message, failures  # (the premise)
+    assert "Re-execute" not in message and "launch a backfill of the failed days" not in message, message
