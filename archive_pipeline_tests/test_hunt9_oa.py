@@ -142,3 +142,38 @@ def test_a_backfill_of_days_archived_in_another_format_does_not_advise_re_execut
     message = failures[-1]
     assert "set overwrite to replace it" in message, failures  # (the premise)
     assert "Re-execute" not in message and "launch a backfill of the failed days" not in message, message
+
+
+def test_the_removal_asset_records_no_failed_proof_for_a_day_whose_recorded_type_is_gone(conn, schema, store,
+                                                                                         archive_env):
+    """``ev (id pos, at date)`` with ``pos`` a domain over int, retention ``delete``; 2024-03-10 is archived. A
+    migration renames the domain (``ALTER DOMAIN pos RENAME TO pos2``): no row changed. The removal job for the day
+    proves its archive first: the proof cannot load the archived rows (their recorded type ``pos`` is gone), which
+    verify now raises as "no verdict on the archive" (verify.TYPE_GONE, a plain ArchiveError). What happens: the
+    removal asset takes that error for a failed proof and records ``archive_proven`` FAILED for the day ("its
+    archive is not proven"), red in the UI like a damaged archive, though nothing is known to be wrong with it.
+    Cause: defs/retention_assets.py catches ArchiveError and turns any non-retryable one not of its listed kinds
+    into ``problems`` (a verdict). Should: fail the step with the cause and remedy (no verdict), recording no
+    failed proof, as it does for the other errors that prove nothing either way."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    conn.execute(sql.SQL("CREATE DOMAIN {} AS int CHECK (VALUE > 0)").format(sql.Identifier(schema, "pos")))
+    conn.execute(sql.SQL("CREATE TABLE {} (id {}, at date)").format(sql.Identifier(schema, "ev"),
+                                                                   sql.Identifier(schema, "pos")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 5) g").format(
+        sql.Identifier(schema, "ev")), (DAY,))
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY.isoformat(),
+             "retention": {"keep_days": 30, "action": "delete"}}
+    archive_partition(conn, TableSpec(**table), DAY, store)
+    conn.execute(sql.SQL("ALTER DOMAIN {} RENAME TO pos2").format(sql.Identifier(schema, "pos")))
+    defs = build_definitions(parse_config({"retry": {"max_retries": 0, "delay_seconds": 0}, "tables": [table]}))
+    with instance_for_test() as instance:
+        run = defs.resolve_job_def(f"Remove_{schema}_ev").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    assert not run.success
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0] == 5
+    failed_proofs = [e.description for e in run.get_asset_check_evaluations() if not e.passed]
+    assert failed_proofs == [], failed_proofs
