@@ -22,7 +22,7 @@ def test_a_strict_tables_inexact_archive_is_not_summarised_as_fixed_by_overwrite
     says "the day(s) changed since they were archived are archived again only with overwrite: archive --table ...
     --day 2024-03-10 --overwrite". The user runs exactly that command: it fails again (the strict table still
     cannot hold the value exactly in jsonl), and nothing changed in the source either. Cause: cli._archive_day
-    flags needs_overwrite on any non-retryable message containing "with overwrite" (here "... as csv with
+    flags needs_overwrite on any non-retryable message containing "with overwrite" (here "... as csv or parquet with
     overwrite"), and cli.archive's summary then names plain --overwrite as the fix. Should: the command the
     summary names for the day works (or the summary does not offer --overwrite alone for it)."""
     conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at date, v json)")
