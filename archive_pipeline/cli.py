@@ -833,9 +833,7 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
             raise UnreachableError(f"lost the source database while archiving {spec.name} {day}: {exc}") from None
         # (a day changed since archived, a removed day whose rows are back, an archive of another format, codec or
         # database: what only --overwrite archives again, as the day's own message says)
-        said = f"{exc.message} {exc.remedy or ''}"
-        changed = not exc.retryable and (type(exc).__name__ == "LateRowsError" or any(
-            way in said for way in ("set overwrite", "with overwrite", "--overwrite", "add overwrite")))
+        changed = not exc.retryable and exc.needs_overwrite
         return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _for_the_cli(str(exc)),
                 "retryable": exc.retryable, **({"needs_overwrite": True} if changed else {})}
     finally:

@@ -92,6 +92,8 @@ log = logging.getLogger(__name__)
 class LateRowsError(ArchiveError):
     """The day changed in PostgreSQL after it was archived."""
 
+    OVERWRITES = True
+
 
 class ForeignArchiveError(ArchiveError):
     """The key holds an archive of another table or database: never skipped onto, never overwritten."""
@@ -615,13 +617,14 @@ class _Archiving:
             # this period's changed ones
             raise ForeignArchiveError(
                 f"{self.store.uri(self.key)}: {other}; set overwrite to replace it, or give the table a "
-                "key_template (another prefix, say) that keeps the new periods apart from the old", retryable=False)
+                "key_template (another prefix, say) that keeps the new periods apart from the old", retryable=False,
+                needs_overwrite=True)
         then = (manifest.get("format"), manifest.get("compression"))
         if then != (self.spec.format, self.spec.compression) and not overwrite:
             raise ForeignArchiveError(
                 f"{self.store.uri(self.key)} holds this day archived as {then[0]}/{then[1]}, and the table is now "
                 f"configured as {self.spec.format}/{self.spec.compression}; set overwrite to replace it",
-                retryable=False)
+                retryable=False, needs_overwrite=True)
 
     def _removed_elsewhere(self, existing: Existing) -> Existing | None:
         """The day's archive under another format's or codec's key (one before the table's configuration
@@ -679,7 +682,7 @@ class _Archiving:
             "was written: that archive is the day's only copy; restore it (with the table configured as "
             f"{then}) if you need the rows back" + (
                 "; to archive the rows there are now as well, set overwrite" if fp.rows else ""), retryable=False,
-            **({"remedy": _LATE_AFTER_REMOVAL} if fp.rows else {}))
+            **({"remedy": _LATE_AFTER_REMOVAL, "needs_overwrite": True} if fp.rows else {}))
 
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
         """A removed day whose archive is damaged, or whose manifest cannot be read but says it was
@@ -718,7 +721,8 @@ class _Archiving:
                 f"{self._archive_uri(manifest)} was proven, and the source now has other rows ({fp.rows:,}); "
                 "archiving them without overwrite would replace the only copy. Restore the archive if you need the "
                 "removed rows back; to archive the rows there are now, set overwrite (an archive that holds more "
-                "rows than the new one is kept beside it)", retryable=False, remedy=_LATE_AFTER_REMOVAL)
+                "rows than the new one is kept beside it)", retryable=False, remedy=_LATE_AFTER_REMOVAL,
+                needs_overwrite=True)
         if overwrite:
             return False
         source = manifest.get("source", {})
@@ -727,7 +731,7 @@ class _Archiving:
                 f"{self._archive_uri(manifest)} was archived from database {source.get('database')!r} "
                 f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
                 f"{identity.system_identifier}); if this database replaced that one, set overwrite to archive "
-                "the day again", retryable=False)
+                "the day again", retryable=False, needs_overwrite=True)
         if fingerprint.recorded_algorithm(manifest.get("fingerprint")) is None:
             return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         # a composite's field renamed prints the same text (the same fingerprint), but a restore of the archive

@@ -68,8 +68,16 @@ class ArchiveError(Exception):
     advice reaches the Dagster UI and logs with no extra plumbing.
     """
 
+    OVERWRITES = False  # a class whose every error only archiving the day again with overwrite ends
+
     def __init__(self, message: str, *, table: str | None = None, day: str | None = None,
-                 retryable: bool = False, remedy: str | None = None, cause: str | None = None) -> None:
+                 retryable: bool = False, remedy: str | None = None, cause: str | None = None,
+                 needs_overwrite: bool = False) -> None:
+        # needs_overwrite: only archiving the day again with overwrite ends it (a day changed since it was archived,
+        # an archive of another format or database at its key): what the command line and Dagster advise, told by
+        # the error itself rather than by its words (a strict table's refusal also says "with overwrite", and
+        # overwrite alone does not end it)
+        self.needs_overwrite = needs_overwrite or self.OVERWRITES
         self.message = message
         self.table = table
         self.day = day
@@ -582,7 +590,9 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         said = str(error.get("Message", "")).lower()
         if "kms:" in said:  # AccessDenied "... not authorized to perform: kms:..."
             return _S3_KMS
-        if "x-amz-checksum" in said or "x-amz-sdk-checksum" in said:  # B2's 400 for botocore's default CRC32 headers
+        if ("x-amz-checksum" in said or "x-amz-sdk-checksum" in said) \
+                and error.get("Code") not in _S3_CORRUPT_CODES:  # B2's 400 for botocore's default CRC32 headers
+            # (a checksum the store computed otherwise, BadDigest, is the upload damaged on the way: retried)
             return _S3_UNSUPPORTED
         if error.get("Code") == "InvalidPart" and "same length" in said:  # R2's rule of equal parts
             return _S3_UNEQUAL_PARTS

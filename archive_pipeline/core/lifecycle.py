@@ -338,6 +338,9 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             rows = _recheck_and_remove(conn, spec, day, table, target, manifest, action)
             committing = True  # from here the COMMIT is sent: if its answer is lost, it may have happened
     except BaseException as exc:
+        if committing and isinstance(exc, psycopg.Error) and exc.sqlstate and not conn.closed:
+            committing = False  # the server answered the COMMIT with an error (a deferred trigger's lock_timeout,
+            # a serialization failure): it rolled the transaction back, and the mark is taken back as before it
         if committing:
             exc.add_note(f"the removal's COMMIT got no answer: it may have happened. {store.uri(mkey)} stays marked "
                          "'pending', so the day is never archived again from an emptied source; run the removal "

@@ -370,13 +370,15 @@ def composite_shapes(conn: psycopg.Connection, oid: int) -> dict[int, tuple[Shap
 _ALTERED_QUERY = _TYPE_WALK + """
 SELECT DISTINCT w.attnum FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
 WHERE t.typtype = 'c' AND EXISTS (SELECT FROM pg_catalog.pg_attribute f
-                                  WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND f.attisdropped)
-"""
+                                  WHERE f.attrelid = t.typrelid AND f.attnum > 0 AND f.attisdropped
+                                  AND EXISTS (SELECT FROM pg_catalog.pg_attribute l WHERE l.attrelid = t.typrelid
+                                              AND l.attnum > f.attnum AND NOT l.attisdropped))
+"""  # (a dropped field with a live one after it: a last field dropped moved nothing)
 
 
 def altered_composites(conn: psycopg.Connection, relation: str) -> set[str]:
     """The columns of ``relation`` whose type holds, anywhere, a composite that has lost a field since it was
-    created (a dropped attribute stays in the catalog): the fields after it may have moved. What a manifest
+    created, a field after it still there (a dropped attribute stays in the catalog): those may have moved. What a manifest
     without a recorded shape (written before shapes were) can still be checked by."""
     oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (relation,)).fetchone()[0]
     if oid is None:

@@ -481,7 +481,8 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                 removed = bool(manifest.get("removed"))  # (its rows are gone from the source: nothing to archive)
                 raise ArchiveError(_type_missing(exc, scratch), table=manifest.get("table"),
                                    day=manifest.get("day"), retryable=False, cause=TYPE_GONE,
-                                   remedy=_type_missing_remedy(exc, scratch, removed)) from None
+                                   remedy=_type_missing_remedy(exc, scratch, removed),
+                                   needs_overwrite=not removed) from None
             # Committed before the wait for the source's fingerprint, which often takes longer than the load:
             # waiting inside the transaction, the session would sit idle in it, and the role's or the
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).

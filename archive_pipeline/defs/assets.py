@@ -280,13 +280,15 @@ def remedy(exc: BaseException, spec: TableSpec, day: dt.date, origin: str | None
     where = origin or str(config_path())
     if type(exc).__name__ == "LateRowsError":
         return "The source changed after it was archived. " + relaunch(spec, day, origin)
-    if getattr(exc, "cause", None) == TYPE_GONE and "with overwrite" in (getattr(exc, "remedy", None) or ""):
+    if getattr(exc, "cause", None) == TYPE_GONE and getattr(exc, "needs_overwrite", False):
         # no verdict, and none until the day is archived as it is now (a removed day's remedy is the type's name)
         return "Nothing is known to be wrong with the archive, but it cannot be proven here. " + relaunch(spec, day,
                                                                                                         origin)
     own = getattr(exc, "remedy", None)
     if own:
         return own
+    if getattr(exc, "needs_overwrite", False):  # an archive of another format, period or database at the day's key
+        return relaunch(spec, day, origin)
     if isinstance(exc, UnsupportedTypeError):
         return (f"Choose another format for table {spec.name!r} in {where} (jsonl keeps every type as "
                 "PostgreSQL prints it), or change the column's type.")
@@ -326,9 +328,7 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
         advice += f" (retried as set by retry: in {origin or config_path()})"
     nothing = type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
     # (a removed day whose rows are back: its own advice is overwrite too, as is a changed or unprovable day's)
-    overwrite = type(exc).__name__ == "LateRowsError" or (
-        (type(exc).__name__ == "DayRemovedError" or getattr(exc, "cause", None) == TYPE_GONE)
-        and "with overwrite" in (getattr(exc, "remedy", None) or ""))
+    overwrite = not retryable and getattr(exc, "needs_overwrite", False)
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
                              "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {}),

@@ -61,7 +61,7 @@ from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
-from archive_pipeline.core.verify import deep_verify, load_manifest, verify_archive
+from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, verify_archive
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -203,11 +203,11 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # proven names the manifest just proved: under the lock, a different one is proved again
                 proven_sha = (manifest or {}).get("manifest_sha256", False)
         except ArchiveError as exc:
-            if exc.retryable or isinstance(exc, (DownloadError, LocalFileError, RemovalNotRecorded,
-                                                 RemovalRefused, SourceError, UploadError)):
+            if exc.retryable or exc.cause == TYPE_GONE or isinstance(
+                    exc, (DownloadError, LocalFileError, RemovalNotRecorded, RemovalRefused, SourceError, UploadError)):
                 # Nothing was proven either way (the store failed or refused a request, the temp dir
                 # is full, the database refused a session, a privilege or a write, a removal is not
-                # settled): the run fails, retried where that can help, and no integrity check is
+                # settled, a recorded type is gone so the archive cannot be loaded): the run fails, retried where that can help, and no integrity check is
                 # recorded as failed.
                 raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
             manifest, problems = None, [str(exc)]
