@@ -690,6 +690,25 @@ def _misread_number(node: yaml.Node) -> str | None:
     return None
 
 
+# Settings that are text (names, a column, a zone): a plain YAML 1.1 scalar there may read as a boolean or a number
+_TEXT_SETTINGS = frozenset({"name", "day_column", "timezone", "pool", "key_template", "format", "compression",
+                            "granularity", "asset_key_prefix", "partitioning.mode", "partitioning.pattern",
+                            "retention.action"})
+
+
+def _not_text(node: yaml.Node) -> str | None:
+    """Why a text setting (or an item of a list of them) is not the text it shows: YAML 1.1 reads a plain ``no``,
+    ``off`` or ``on`` as a boolean and ``2024.10`` as the number 2024.1, so the error named another value."""
+    if isinstance(node, yaml.SequenceNode):
+        return next((why for why in map(_not_text, node.value) if why), None)
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None or node.tag not in (
+            "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        return None
+    value = yaml.load(node.value, Loader=yaml.SafeLoader)  # noqa: S506 - the plain SafeLoader
+    kind = "the boolean" if isinstance(value, bool) else "the number"
+    return f"{node.value} reads as {kind} {value!r} in YAML 1.1, not as text: quote it ('{node.value}')"
+
+
 def _misleading_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str | None = None,
                          seen: set[int] | None = None) -> list[str]:
     """What a YAML reader would take otherwise than a person reads it, each as "table 'x', setting 'y':
@@ -720,7 +739,7 @@ def _misleading_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str
                 found.append(f"{where} is given twice (lines {lines[key.value]} and {line}); YAML would keep the "
                              "last value silently: keep the one you mean and remove the other")
             lines.setdefault(key.value, line)
-            misread = _misread_number(value)
+            misread = _misread_number(value) or (_not_text(value) if setting in _TEXT_SETTINGS else None)
             if misread:
                 found.append(f"{where} (line {value.start_mark.line + 1}): {misread}")
             found += _misleading_settings(value, (*path, key.value), table, seen)

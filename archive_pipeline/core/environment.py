@@ -101,9 +101,19 @@ def connect_primary(env: Mapping[str, str] | None = None, *, connect_timeout: in
     return _connect(dsn, PRIMARY_DSN_VAR, connect_timeout) if dsn else None
 
 
+def _env_file_quotes(value: str) -> bool:
+    """Whether ``value`` is wrapped in the quotes of an env file that a tool kept (``docker --env-file``,
+    systemd's EnvironmentFile without quoting): ``"postgresql://..."`` or ``'archive'``."""
+    return len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+
+
 def check_dsn(dsn: str, variable: str) -> None:
     """A connection string libpq can parse, with a number for every port, or a :class:`ConfigError` naming the
     variable (never the password): a string no connection can be made with is a setting to fix, at load."""
+    if _env_file_quotes(dsn.strip()):
+        raise ConfigError(f"${variable} is wrapped in quotes ({dsn.strip()[0]}...{dsn.strip()[0]}), which the tool that set "
+                          "it kept (docker --env-file and systemd's EnvironmentFile take quotes literally): remove the "
+                          "quotes around the value")
     try:
         options = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:  # libpq quotes the piece it stumbled on: a URI whole, or the password's
@@ -155,6 +165,10 @@ def check_endpoint_url(url: str | None) -> None:
     if not usable:
         raise ConfigError(f"{ENDPOINT_VAR} {shown} is not an http(s) URL: write it with its scheme and host, "
                           "e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com (unset it for AWS)")
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):  # botocore: "not a valid URI", every run
+        raise ConfigError(f"{ENDPOINT_VAR} {shown} has a query or fragment ('?...' or '#...'), which an endpoint "
+                          "cannot have: write the scheme, host and port alone, e.g. http://minio:9000 (the region "
+                          f"goes in ${REGION_VAR})")
     if endpoint_has_credentials(url):  # boto3 signs with the keys, never these: they only reached its messages and logs
         raise ConfigError(f"{ENDPOINT_VAR} {shown}: boto3 ignores a user or secret in the URL (it signs with "
                           f"${KEY_ID_VAR} and ${SECRET_VAR}, or its usual chain) and would show them in its error "
@@ -176,6 +190,7 @@ def check_s3_settings(env: Mapping[str, str]) -> None:
     check_prefix(s3_setting(env, PREFIX_VAR), f"${PREFIX_VAR}")
     verify_etags(env)
     equal_parts(env)
+    _check_botocore_settings(env)
     for name in (REGION_VAR, KEY_ID_VAR):
         value = s3_setting(env, name)
         if value and any(c.isspace() or not c.isprintable() for c in value):
@@ -223,6 +238,9 @@ def check_prefix(prefix: str | None, setting: str) -> None:
         from archive_pipeline.core.keys import prefix_problem
 
         problem = prefix_problem(prefix)
+        if _env_file_quotes(prefix):  # a folder named "archive" in quotes: the days under archive/ never found
+            problem = ("the quotes of an env file, which the tool that set it kept (docker --env-file takes quotes "
+                       "literally): remove the quotes around the value")
         if problem:
             raise ConfigError(f"{setting} {_quoted(prefix)} cannot begin the archives' keys: it holds {problem}; "
                               "set it to a plain folder name such as archive or team/archive")
@@ -260,6 +278,39 @@ def check_bucket_name(bucket: str) -> None:
                       f"digits, dots and hyphens): set it to the archive bucket's name{hint}")
 
 
+_CHECKSUM_VARS = ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")  # (the README's advice)
+
+
+def _check_botocore_settings(env: Mapping[str, str]) -> None:
+    """The AWS_* variables botocore reads that no client can be built with (a checksum setting it does not know,
+    a profile not defined): refused at load naming them, where every run failed as a store "lost"."""
+    for name in _CHECKSUM_VARS:
+        value = env.get(name)
+        if value is not None and value.strip().lower() not in ("when_supported", "when_required"):
+            raise ConfigError(f"${name} {_quoted(value)} is not when_supported or when_required (botocore's two "
+                              "values; note the underscore): set one of them, or unset it")
+    profile = env.get("AWS_PROFILE")
+    if profile:
+        import botocore.session
+
+        session = botocore.session.Session()
+        for name, variable in (("config_file", "AWS_CONFIG_FILE"), ("credentials_file", "AWS_SHARED_CREDENTIALS_FILE")):
+            if env.get(variable):  # (the env given, which may not be os.environ)
+                session.set_config_variable(name, env[variable])
+        if profile not in session.available_profiles:
+            raise ConfigError(_botocore_setting(f"the config profile ({profile}) could not be found"))
+
+
+def _botocore_setting(exc: Exception | str) -> str:
+    """A botocore setting from the environment that no client can be built with, named with its fix."""
+    if isinstance(exc, str) or type(exc).__name__ == "ProfileNotFound":
+        return (f"$AWS_PROFILE names a profile that is not in the AWS config or credentials file ({exc}): set it to "
+                "one defined there (aws configure list-profiles), or unset it and set the keys in "
+                f"${KEY_ID_VAR} and ${SECRET_VAR}")
+    return (f"an AWS checksum setting is not one botocore knows ({exc}): set $AWS_REQUEST_CHECKSUM_CALCULATION and "
+            "$AWS_RESPONSE_CHECKSUM_VALIDATION to when_supported or when_required (or unset them)")
+
+
 def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) -> S3Store:
     """The archive bucket as an :class:`S3Store`, with boto3 built from the environment.
 
@@ -268,8 +319,9 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     """
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import (BotoCoreError, ClientError, CredentialRetrievalError, InvalidRegionError,
-                                     NoCredentialsError, ParamValidationError, PartialCredentialsError)
+    from botocore.exceptions import (BotoCoreError, ClientError, CredentialRetrievalError,
+                                     InvalidChecksumConfigError, InvalidRegionError, NoCredentialsError,
+                                     ParamValidationError, PartialCredentialsError, ProfileNotFound)
 
     env = os.environ if env is None else env
     bucket = _required(env, BUCKET_VAR, "the name of the archive bucket")
@@ -285,6 +337,8 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     try:
         client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
                                                   retries={"max_attempts": 3, "mode": "standard"}), **options)
+    except (ProfileNotFound, InvalidChecksumConfigError) as exc:  # a setting of botocore's own chain: name it
+        raise ConfigError(_botocore_setting(exc)) from None
     except InvalidRegionError:
         raise ConfigError(f"${REGION_VAR} {_quoted(str(options['region_name']), env)} is not a region name: set it to "
                           "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \

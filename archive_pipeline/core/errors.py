@@ -209,6 +209,9 @@ _AUTH = _src(False, "authentication was refused", f"check the user, password and
 _BAD_DSN = _src(False, "the connection string is malformed",
                 f"fix {_DSN} (libpq URI postgresql://user:password@host:port/db, special characters "
                 "percent-encoded, or key=value form)")
+_BAD_SERVICE = _src(False, "the connection service the connection string names is not defined (or its file is missing "
+                    "or malformed)", f"check the service name in {_DSN} (service=...) or $PGSERVICE against the "
+                    "service file: $PGSERVICEFILE, ~/.pg_service.conf or pg_service.conf in $PGSYSCONFDIR")
 _BAD_HOST = _src(False, "the database host name does not resolve", f"check the host in {_DSN} (and DNS)")
 _DNS_TEMPORARY = _src(True, "temporary DNS failure resolving the database host",
                       f"{_RETRIED}; if it persists, check the resolver")
@@ -489,6 +492,8 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
          r"failed to resolve host|no address associated with hostname", _BAD_HOST),
         (r"certificate verify failed|ssl error|server does not support ssl|sslmode value|"
          r"certificate (has expired|is not yet valid)|could not load (private key|certificate)", _TLS),
+        (r"definition of service \"[^\"]*\" not found|service file \"[^\"]*\" not found|"
+         r"syntax error in service file", _BAD_SERVICE),
         (r"invalid connection option|invalid uri|invalid percent-encoded|missing \"=\" after|"
          r"unterminated quoted string|invalid integer value .* for connection option|"
          r"end of string reached when looking for matching|unexpected character .* in uri|"
@@ -939,6 +944,7 @@ def connection_target(dsn: str) -> dict[str, str]:
     params = _conninfo(dsn)
     if params is None or _slash_in_password(dsn, params):  # malformed, or misread: say so, echo nothing
         return {}
+    params = {**_service(params.get("service") or os.environ.get("PGSERVICE")), **params}  # the DSN's own win
     user = params.get("user") or os.environ.get("PGUSER") or _os_user()
     host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost (socket)"
     if _stray_in_host(params):
@@ -947,6 +953,29 @@ def connection_target(dsn: str) -> dict[str, str]:
             "port": params.get("port") or os.environ.get("PGPORT") or "5432",
             "database": params.get("dbname") or os.environ.get("PGDATABASE") or user,
             "user": user}
+
+
+def _service(name: str | None) -> dict[str, str]:
+    """The settings of connection service ``name`` as libpq reads them (the user's service file, then the
+    system's), without its password; empty if there is none: a DSN ``service=archive`` named localhost and
+    the OS user, which are nowhere in the settings."""
+    import configparser
+    import os
+
+    if not name:
+        return {}
+    files = [os.environ.get("PGSERVICEFILE") or os.path.expanduser("~/.pg_service.conf")]
+    if os.environ.get("PGSYSCONFDIR"):
+        files.append(os.path.join(os.environ["PGSYSCONFDIR"], "pg_service.conf"))
+    for path in files:
+        parser = configparser.RawConfigParser(strict=False, interpolation=None)
+        try:
+            parser.read(path)
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        if parser.has_section(name):
+            return {k: v for k, v in parser.items(name) if k != "password"}
+    return {}
 
 
 def _stray_in_host(params: dict[str, str]) -> str | None:
