@@ -917,14 +917,14 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                 continue
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
                 problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                          owner=(spec.name, day.isoformat()))
+                                          owner=(spec.name, day.isoformat()), period=day)
                 if problems:  # the day archived again meanwhile (a new generation)? then that one is checked
                     now = plan.lookup_manifests(run.store, spec, [day])[day].archived
                     if now is not None and now.manifest.get("manifest_sha256") != \
                             archived.manifest.get("manifest_sha256"):
                         archived = now
                         problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                                  owner=(spec.name, day.isoformat()))
+                                                  owner=(spec.name, day.isoformat()), period=day)
                 if deep and not problems:
                     problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
                                             scratch_conn=run.scratch)

@@ -262,13 +262,24 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
         elsewhere = archiving._removed_elsewhere(existing)
         if elsewhere is not None:  # removed under the table's former format or codec: the same rule there
             archiving._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
-        return False
+            return False
+        before = None if overwrite else archiving._archived_elsewhere(existing)  # (as the run: see run)
+        return before is not None and archiving._keep(before[1].manifest, identity, table, fp, overwrite)
     if existing.manifest is None or existing.problem is not None:
         return False
     elsewhere = archiving._removed_elsewhere(existing)
     if elsewhere is not None and not _same_rows(existing.manifest, table, fp):  # (as the run does: see run)
         archiving._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
     return archiving._keep(existing.manifest, identity, table, fp, overwrite)
+
+
+def archived_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
+                       existing: Existing) -> tuple[str, Existing] | None:
+    """(key, what is there) of the day's archive under the table's former format or codec where nothing is at
+    its key now (see ``_Archiving._archived_elsewhere``): what a run decides on, for a plan."""
+    day = resolve_period(spec, day)
+    return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0,
+                      settings={})._archived_elsewhere(existing)
 
 
 def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
@@ -334,13 +345,16 @@ class _Archiving:
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
                     elsewhere = self._removed_elsewhere(existing)
-                    decides = elsewhere is not None or self._decided_by_fingerprint(existing, overwrite)
+                    before = None if elsewhere is not None or overwrite else self._archived_elsewhere(existing)
+                    decides = elsewhere is not None or before is not None or \
+                        self._decided_by_fingerprint(existing, overwrite)
                     estimate = None if decides else estimated_rows(self.conn, table, where)
                     if decides or estimate < FINGERPRINT_ALONGSIDE_ROWS:
                         # first: it decides whether the day is read at all, or the day is too small to pay
                         # for a second session (otherwise ``_read`` takes it while the rows stream)
-                        fp, fp_seconds = self._timed_fingerprint(self.conn, table, where,
-                                                                 self._algorithm(elsewhere or existing, decides))
+                        fp, fp_seconds = self._timed_fingerprint(
+                            self.conn, table, where, self._algorithm(elsewhere or (before or (None, existing))[1],
+                                                                     decides))
                         if existing.manifest is not None and existing.problem is None:
                             if elsewhere is not None and not _same_rows(existing.manifest, table, fp):
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
@@ -350,6 +364,10 @@ class _Archiving:
                             self._refuse_removed(existing, fp)
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
+                            elif before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
+                                # the day's archive under its former format or key holds these rows: archived
+                                return self._skipped(before[1].manifest, table, snapshot, fp_seconds,
+                                                     keys.manifest_key(before[0]))
                     definition = table_definition(table.columns, primary_key(self.conn, table),
                                                   partition_of_day(self.spec, children),
                                                   day_table_parents(self.conn, self.spec, table))
@@ -649,6 +667,23 @@ class _Archiving:
                 return Existing(loose, raw, None, existing.listing)
         return None
 
+    def _archived_elsewhere(self, existing: Existing) -> tuple[str, Existing] | None:
+        """(key, what is there) of the day's archive, not marked removed, under another format's or codec's key or
+        a key it was archived under before (``former_keys``), where this key holds nothing; the latest archived
+        where there are several. Such a day is archived (list, verify, compare and restore find it there): a run
+        skips it where it holds the day's rows, refuses it as changed where it does not, and archives it again
+        only with overwrite, not as a new day beside its archive."""
+        if existing.raw is not None or (existing.listing and self._stored_generations(existing.listing)):
+            return None
+        listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
+        found = []
+        for other in [*listed, *self.former_keys]:
+            there = read_existing(self.store, other)
+            if there.manifest is not None and there.problem is None and not there.manifest.get("removed") \
+                    and not foreign_manifest(there.manifest, self.spec.name, self.day.isoformat()):
+                found.append((other, there))
+        return max(found, key=lambda pair: str(pair[1].manifest.get("archived_at") or "")) if found else None
+
     def _other_extension_keys(self) -> list[str]:
         """The day's key as every other format and codec would render it (the same key once: no ``{ext}``)."""
         return [k for k in keys.other_extension_keys(self.spec, self.day, self.store.prefix) if k != self.key]
@@ -786,7 +821,8 @@ class _Archiving:
 
     # --- results and the commit -----------------------------------------------------------------
 
-    def _skipped(self, manifest: dict, table: SourceTable, snapshot, fp_seconds: float) -> ArchiveResult:
+    def _skipped(self, manifest: dict, table: SourceTable, snapshot, fp_seconds: float,
+                 manifest_key: str | None = None) -> ArchiveResult:
         obj = manifest.get("object") or {}
         elapsed = time.perf_counter() - self.started
         return ArchiveResult(
@@ -797,7 +833,7 @@ class _Archiving:
             output_types={c["name"]: c["output_type"] for c in manifest["columns"]}, parts=obj.get("parts", 0),
             etag=obj.get("etag", ""), content_type=obj.get("content_type", ""),
             content_encoding=obj.get("content_encoding"), day_column=self.spec.day_column,
-            source_relation=table.qualified, manifest_key=self.manifest_key,
+            source_relation=table.qualified, manifest_key=manifest_key or self.manifest_key,
             snapshot_at=dt.datetime.fromisoformat(manifest["source"]["snapshot_at"]),
             # the archive's server (the skip read nothing but the fingerprint: no extraction to time)
             server_version=(manifest.get("source") or {}).get("server_version") or snapshot.server_version,

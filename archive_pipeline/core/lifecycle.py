@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -39,8 +40,8 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, encode_manifest, foreign_manifest, \
-    removal_state, stored_object_problems
+from archive_pipeline.core.manifest import ManifestError, decode_manifest, decoded_manifest, encode_manifest, \
+    foreign_manifest, removal_state, stored_object_problems, under_another_format
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
                                           explain, pending_detach_error, relation_name, relation_shapes,
@@ -109,14 +110,15 @@ def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
 @speaks_utf8("conn", "scratch_conn")
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
-               removed_by: str | None = None, temp_dir: str | None = None) -> Removal:
-    """See :func:`_remove_day` (``temp_dir``: where the proof downloads the object); a database error (a lock_timeout, a lost session) comes out as an
+               removed_by: str | None = None, temp_dir: str | None = None, former_keys: Sequence[str] = ()) -> Removal:
+    """See :func:`_remove_day` (``temp_dir``: where the proof downloads the object; ``former_keys``: see
+    :func:`archive_key`); a database error (a lock_timeout, a lost session) comes out as an
     :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept. ``conn``
     must be in autocommit mode (the removal commits its own transaction before it marks the manifest done)."""
     require_autocommit(conn, "removing a day")
     try:
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
-                           removed_by=removed_by, temp_dir=temp_dir)
+                           removed_by=removed_by, temp_dir=temp_dir, former_keys=former_keys)
     except psycopg.Error as exc:
         error = wrap(exc, spec.name, spec.period(day).isoformat(), conn.info.password, user=conn.info.user,
                      database=conn.info.dbname, doing="proving" if dry_run else "removing")  # a dry run removes nothing
@@ -133,7 +135,8 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
 
 def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                 dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
-                removed_by: str | None = None, temp_dir: str | None = None) -> Removal:
+                removed_by: str | None = None, temp_dir: str | None = None,
+                former_keys: Sequence[str] = ()) -> Removal:
     """Remove ``day`` of ``spec`` from the source (``conn`` must be the primary), if and only if proven.
 
     The deep verification runs here, under the table-day lock, so what is proven is what is removed.
@@ -150,6 +153,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
+        if manifest is None and (other := archive_key(store, spec, day, former_keys)) != key:
+            key, manifest = other, _trusted_manifest(store, spec, day, other)
         if manifest is None:
             if not _has_rows(conn, spec, day):  # an empty partition made ahead, a repeated hour's first occurrence
                 return Removal(spec.name, day, action, "", 0, "", None, dry_run, nothing=True)
@@ -216,6 +221,20 @@ def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: s
         target = _target(conn, spec, day, table, action)
         _refuse_unremovable(conn, spec, day, table, target, action)
     return target
+
+
+def archive_key(store: S3Store, spec: TableSpec, day: Period, former_keys: Sequence[str] = ()) -> str:
+    """The key of the day's archive: the one the configuration renders, else (nothing there) the day's key under
+    another format or codec (the table's format changed since) or one of ``former_keys`` (where the day's last
+    materialization recorded it: the key_template or prefix changed since), else the rendered one. list, verify,
+    compare and restore find the day there: a removal called such a day unarchived, and told to archive it again."""
+    key = keys.table_day_key(spec, day, store.prefix)
+    if decoded_manifest(store, keys.manifest_key(key)) is not None:
+        return key
+    found = under_another_format(store, spec, day)
+    if found is not None:
+        return found[0]
+    return next((k for k in former_keys if decoded_manifest(store, keys.manifest_key(k)) is not None), key)
 
 
 def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) -> dict | None:

@@ -342,6 +342,21 @@ def another_period(manifest: dict, period: Period) -> str | None:
             "one's rows")
 
 
+def layout_change(manifest: dict, period: Period, day_column: str | None) -> str | None:
+    """How the configuration changed since ``manifest`` was archived so that its rows are not this period's
+    rows as the table is configured now (another zone or granularity: :func:`another_period`; another
+    day_column: other rows pick the day), or None: what a comparison with the source must say, rather than
+    "rows changed in PostgreSQL", which sends the operator looking for an edit nobody made."""
+    other = another_period(manifest, period)
+    if other is not None:
+        return other
+    then = manifest.get("day_column")
+    if then is not None and day_column is not None and then != day_column:
+        return (f"its archive holds the rows whose {then!r} falls in {manifest.get('day')}, and the table's "
+                f"day_column is {day_column!r} now: other rows are the day's, not rows changed in the source")
+    return None
+
+
 def owned(manifest: dict, table: str, day: str, key: str | None = None) -> dict:
     """``manifest`` if it is the archive of ``table``'s ``day`` (the period's ISO form); else
     :class:`ForeignManifestError`. Every reader that acts on a day's manifest (list, compare, verify,

@@ -18,15 +18,16 @@ from psycopg import sql
 
 from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint, periods
-from archive_pipeline.core.archive import keeps_existing, read_existing, removed_elsewhere, render_key
+from archive_pipeline.core.archive import (archived_elsewhere, keeps_existing, read_existing, removed_elsewhere,
+                                           render_key)
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
 from archive_pipeline.core.keys import day_prefix, other_extension_keys
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
-from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, manifest_key, owned, removal_state,
-                                             under_another_format)
+from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, layout_change, manifest_key, owned,
+                                             removal_state, under_another_format)
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
 from archive_pipeline.core.store import S3Store
@@ -432,6 +433,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
                         else "same row count, different content (fingerprint)")
+                if other := layout_change(archived.manifest, day, spec.day_column):
+                    note = f"{note}: {other}"
             elif uncomputable(archived) and archived.fingerprint:
                 note = uncomputable(archived)
         elif archived.removed and present:
@@ -575,20 +578,31 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if read is not None:
         read["raw"] = existing.raw
-    if existing.manifest is None and (existing.problem or not removed_elsewhere(conn, spec, day, store, existing)):
+    removed = existing.manifest is None and not existing.problem and removed_elsewhere(conn, spec, day, store,
+                                                                                        existing)
+    before = None if existing.manifest is not None or existing.problem or removed or overwrite else \
+        archived_elsewhere(conn, spec, day, store, existing)
+    if existing.manifest is None and not removed and before is None:
         reason = existing.problem or "not archived yet"
         return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)
-    if existing.manifest is None:  # removed under the table's former format or codec: the run's rule for it
+    if existing.manifest is None:  # removed, or archived, under the table's former format or codec: the run's rule
         with read_snapshot(conn):
             table, where = _source(conn, spec, day)
-            current = fingerprint.compute(conn, table.identifier, table.columns, where)
+            current = fingerprint.compute(conn, table.identifier, table.columns, where, fingerprint.algorithm_for(
+                before[1].manifest.get("fingerprint")) if before else fingerprint.ALGORITHM)
             identity = SourceIdentity(*server_identity(conn))
         try:
-            keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
+            keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
         except ArchiveError as exc:
             return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
-        return PlannedDay(spec.name, day, key, "archive", "removed under the table's former format or codec; the "
-                          "source's rows are archived here (overwrite, or the removed rows exactly)", estimate)
+        if keep:
+            stored = (before[1].manifest.get("object") or {}).get("key") or before[0]
+            return PlannedDay(spec.name, day, stored, "skip", f"identical archive exists under the table's former "
+                              f"format ({current.rows:,} rows, same content fingerprint)", estimate)
+        return PlannedDay(spec.name, day, key, "archive", (
+            "archived under the table's former format, by a manifest that cannot prove its content: archived again "
+            "here" if before else "removed under the table's former format or codec; the source's rows are archived "
+            "here (overwrite, or the removed rows exactly)"), estimate)
     try:
         owned(existing.manifest, spec.name, day.isoformat())
     except ForeignManifestError as exc:  # before reading the source: it decides nothing here
@@ -787,6 +801,8 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             note = "same row count, different content"
         elif result == "differs" and note:
             note = f"source has {current.rows:,} rows, archive {archived.rows:,}; {note}"
+        if result == "differs" and (other := layout_change(archived.manifest, day, spec.day_column)):
+            note = f"{note}; {other}" if note else other
         # "equal" says the bucket holds the day: its object is there as the manifest describes it (one HEAD);
         # a manifest alone, its object deleted or replaced, was called equal
         try:

@@ -31,7 +31,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
-from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, archived_encoding, decoded_manifest, foreign_objects, owned,
+from archive_pipeline.core.manifest import (ManifestError, another_period, NewerManifestError, archived_encoding, decoded_manifest, foreign_objects, owned,
                                             removal_state, stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
@@ -109,17 +109,22 @@ def _manifest_or_problem(store: S3Store, key: str, missing: str,
 
 
 def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = False,
-                   owner: tuple[str, str] | None = None, temp_dir: str | None = None) -> list[str]:
+                   owner: tuple[str, str] | None = None, temp_dir: str | None = None,
+                   period: Period | None = None) -> list[str]:
     """What differs between the stored archive and ``expected`` (``bytes``, ``md5``, ``rows``,
     ``format``, ``compression``, optionally ``fingerprint``); an empty list means it is intact.
 
     ``key`` is the rendered key of the day; the data object is the one the manifest names. ``owner``
     (table, period): a manifest of another table-day there is a problem, however intact its object.
-    ``deep`` downloads the object (into ``temp_dir``, default the system's) and counts its rows.
+    ``deep`` downloads the object (into ``temp_dir``, default the system's) and counts its rows. ``period``:
+    the day as the table is configured now; an archive of another period at its key (the table's zone or
+    granularity changed since) is a problem, however intact: it does not hold this period's rows.
     """
     manifest, problems = _manifest_or_problem(store, key, f"manifest {keys.manifest_key(key)} is missing", owner)
     if manifest is None:
         return problems
+    if period is not None and (other := another_period(manifest, period)):
+        problems.append(f"{other}: archive the day again with overwrite for the period as the table is now")
     obj = manifest.get("object") or {}
     recorded = {"md5": obj.get("md5", ""), "bytes": obj.get("bytes", 0), "rows": manifest.get("rows")}
     if "fingerprint" in expected:

@@ -49,7 +49,7 @@ from archive_pipeline.core import verify
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.lifecycle import still_detached
-from archive_pipeline.core.manifest import another_period
+from archive_pipeline.core.manifest import layout_change
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
 from archive_pipeline.core.periods import UNIT, Period
@@ -129,7 +129,8 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     """
     key = recorded_day_key(spec, day, store, expected.get("manifest_key"))
     owner = (spec.name, spec.period(day).isoformat())
-    problems = verify.verify_archive(store, key, expected, deep=deep, owner=owner, temp_dir=temp_dir)
+    problems = verify.verify_archive(store, key, expected, deep=deep, owner=owner, temp_dir=temp_dir,
+                                     period=spec.period(day))
     if expected.get("rows") == 0 and expected.get("empty"):
         verified = "no rows that day; its manifest records it as empty"
     else:
@@ -608,9 +609,9 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     untrusted[event.partition] = (f"its manifest {gone_uri} is missing from the store (archive the "
                                                   "day again)")
                     continue
-                other = another_period(manifest, day)
-                if other is not None:  # the table's zone or granularity changed: not a change in PostgreSQL
-                    untrusted[event.partition] = f"{other} (archive it again with overwrite for the new period)"
+                other = layout_change(manifest, day, spec.day_column)
+                if other is not None:  # the table's zone, granularity or day column changed: not a change in PostgreSQL
+                    untrusted[event.partition] = f"{other} (archive it again with overwrite as the table is now)"
                     continue
                 with postgres.connect() as conn:
                     difference = source_changed(conn, spec, day, manifest)

@@ -47,18 +47,17 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, retries_off,
-                                          daily_partitions, freshness_policy, job_name, relaunch, retry_policy,
-                                          step_retries)
+from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, daily_partitions,
+                                          former_day_keys, freshness_policy, job_name, relaunch, retries_off,
+                                          retry_policy, step_retries)
 from archive_pipeline.defs.checks import terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
-from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, check_removable, due_days,
-                                              pending_removal_committed, remove_day, settle_pending_removal)
+from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
+                                              due_days, pending_removal_committed, remove_day, settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
-from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
 from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, verify_archive
@@ -154,7 +153,10 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
     """Prove the day's archive, then remove the day from the source (or, ``dry_run``, say what would go;
     ``kept``: a day retention still keeps, which a dry run proves and says nothing of removing)."""
     store = archive_store.store_for(f"{spec.name} {day}")
-    key = table_day_key(spec, day, store.prefix)
+    # where the day's archive is: its key now, else under the table's former format, or the key the day's last
+    # materialization recorded (the key_template or prefix changed since): not "no archive" for a green day
+    former = former_day_keys(context, asset_key(spec), spec, day, store)
+    key = archive_key(store, spec, day, former)
     settled = None
     with contextlib.ExitStack() as stack:
         # Without a separate primary (ARCHIVE_PG_PRIMARY_DSN unset) one session does both: a role whose
@@ -232,7 +234,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             return
         try:
             removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
-                                 removed_by=f"dagster run {context.run.run_id}", temp_dir=archive_store.temp_dir)
+                                 removed_by=f"dagster run {context.run.run_id}", temp_dir=archive_store.temp_dir,
+                                 former_keys=[key])
         except ArchiveError as exc:
             raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
     if removal.dry_run:
