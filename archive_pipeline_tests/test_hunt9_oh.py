@@ -118,3 +118,97 @@ def test_a_resealed_manifest_with_a_mistyped_field_is_refused_not_an_unexpected_
     assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
     assert "unexpected error" not in done.output and "bug in archive_pipeline" not in done.output, done.output
     assert "2024-03-10" in done.output and done.exit_code != 0, done.output
+
+
+def _zstd_of(fill: bytes, size: int, tail: bytes = b"") -> bytes:
+    """A zstd frame of ``size`` bytes of ``fill`` (then ``tail``), compressed a block at a time (a few KB)."""
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=19).stream_writer(out, closefd=False) as writer:
+        block = fill * (1 << 20)
+        for _ in range(size >> 20):
+            writer.write(block)
+        writer.write(tail)
+    return out.getvalue()
+
+
+def test_a_jsonl_object_that_decompresses_to_one_huge_line_does_not_blow_the_restores_memory(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """Someone who can write to the bucket replaces a day's JSONL archive (20 rows, about 2 KB decompressed, as its
+    manifest's uncompressed_bytes says) with a 1.3 KB zstd frame that expands to 40 MB of one line without a
+    newline, and reseals the manifest's size and digests to match. A user restores the day into a new table.
+    readers.jsonl_arrays keeps appending to its buffer until it sees a newline, _as_array copies the whole line
+    four times, and the line is sent to PostgreSQL as one json parameter: the restore's Python heap peaks at about
+    360 MB for a 1.3 KB object (1.35 GB for 150 MB; a few GB of zeros, which zstd writes in a few KB, kill the
+    process). Should: memory stays flat, as the README promises: the decompressed stream is bounded by what
+    the manifest recorded (``uncompressed_bytes``) or a line by a limit, and the archive is refused as damaged
+    naming the table, the day and the object."""
+    _ev(conn, schema)
+    spec = _spec(schema, "jsonl")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    forge_object(s3_client, bucket, result.key, result.manifest_key, _zstd_of(b"x", 40 << 20))
+    from archive_pipeline.core.restore import restore_day
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError) as refused:
+            restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"peak {peak / 2**20:.0f} MB restoring a {len(download(s3_client, bucket, result.key))} " \
+                            f"byte object"
+    assert refused.value.day == "2024-03-10"
+
+
+def test_a_jsonl_line_that_is_not_json_is_named_damaged_in_a_message_of_sane_length(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day's JSONL archive is replaced (its manifest's digests resealed) by one whose line is 2 MB of ``x``, not
+    JSON. A user restores the day. The RestoreError's message is over 2,000,000 characters: PostgreSQL's DETAIL
+    (Token "xxxx...") is pasted in whole, so the terminal, the Dagster event log and any alert receive the entire
+    line; and it blames "column id" and says the target's type refuses it ("an enum lacking one of the archived
+    labels, a type changed since the day was archived; ... ALTER TYPE ... ADD VALUE"): _name_refused_column
+    probes each column's reading of the block, and the first probe fails on the block itself, not on that column.
+    Should: a message of a few hundred characters naming the table, the day and the object, saying the object
+    does not decode as JSONL (damaged or altered), as a CSV archive that does not parse is named."""
+    _ev(conn, schema)
+    spec = _spec(schema, "jsonl")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    forge_object(s3_client, bucket, result.key, result.manifest_key, _zstd_of(b"x", 2 << 20, b"\n"))
+    from archive_pipeline.core.restore import restore_day
+
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    message = str(refused.value)
+    assert len(message) < 5000, f"{len(message):,} characters: {message[:400]}"
+    assert result.key in message and "column id" not in message, message[:2000]
+
+
+def test_a_manifest_of_a_hundred_megabytes_is_not_read_whole_by_every_reader(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """Someone who can write to the bucket pads a day's manifest with a 100 MB field and reseals it (or a tool
+    writes a huge object at the manifest's key). ``list`` (day_statuses), ``verify --deep`` and the archive's
+    re-run each read it whole with one GetObject (S3Store.get_verified_bytes: ``Body.read()``), decode the bytes
+    and parse the JSON: about 400 MB of Python heap for each (and decoded_manifest reads it a second time when
+    it does not decode); a manifest of a few GB, written in one PUT, takes the code location or the command
+    down. A manifest of ours is a few KB (a wide table's, with shapes, well under a MB). Should: a manifest
+    larger than a sane bound is refused as not a manifest by its Content-Length, before its body is read, naming
+    the table, the day and the key; memory stays flat."""
+    from archive_pipeline.core.plan import day_statuses
+    from archive_pipeline.core.verify import deep_verify
+
+    _ev(conn, schema)
+    spec = _spec(schema, "csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _reseal(s3_client, bucket, result.manifest_key, lambda m: m.update(padding="x" * (100 << 20)))
+    for name, read in (("list", lambda: day_statuses(conn, spec, store, [DAY])),
+                       ("verify --deep", lambda: deep_verify(conn, store, spec, DAY))):
+        tracemalloc.start()
+        try:
+            try:
+                read()
+            except ArchiveError:
+                pass
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 32 << 20, f"{name}: peak {peak / 2**20:.0f} MB reading a 100 MB manifest"
