@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import tracemalloc
 
 import pytest
@@ -212,3 +213,42 @@ def test_a_manifest_of_a_hundred_megabytes_is_not_read_whole_by_every_reader(
         finally:
             tracemalloc.stop()
         assert peak < 32 << 20, f"{name}: peak {peak / 2**20:.0f} MB reading a 100 MB manifest"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_damaged_manifest_whose_fingerprint_is_no_string_does_not_leave_the_day_stuck(
+        overwrite, conn, schema, store, temp_dir, s3_client, bucket):
+    """The object at a day's manifest key is not a valid manifest (no manifest_version, no checksum: damaged, or
+    written by a tool) but is JSON whose ``fingerprint`` is a list. The README: a damaged manifest "is 'no valid
+    archive', so the day is simply archived again; it is never trusted, and never leaves the day stuck". Every
+    archive run of the day, with or without overwrite, fails instead: "an unexpected error (AttributeError: 'list'
+    object has no attribute 'rsplit'); not retried". Cause: Archiver._fingerprint_algorithm reads the fingerprint
+    of _loose_manifest (the unverified JSON, kept to honour a removal mark) and hands it to
+    fingerprint.algorithm_for unchecked. Should: the day is archived again as a new generation."""
+    _ev(conn, schema)
+    spec = _spec(schema, "csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=json.dumps(
+        {"table": spec.name, "day": "2024-03-10", "object": None, "fingerprint": [1]}).encode())
+    again = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=overwrite)
+    assert again.rows == 20 and again.key != result.key
+
+
+@pytest.mark.parametrize("mark", ["yes", ["done"]])
+def test_a_damaged_manifest_whose_removal_mark_is_no_object_is_refused_clearly_not_a_crash(
+        mark, conn, schema, store, temp_dir, s3_client, bucket):
+    """The object at a day's manifest key is not a valid manifest (damaged, or written by hand) but is JSON whose
+    ``removed`` is a string or a list. Every archive run of the day fails with "an unexpected error
+    (AttributeError: 'str' object has no attribute 'get')". Cause: Archiver._refuse_removed takes the removal mark of
+    _loose_manifest (the unverified JSON) and calls ``removed.get('at')`` on it. Should: the run either archives
+    the day again (no removal mark it can read) or refuses it as a possibly removed day (DayRemovedError), naming
+    the table, the day and the manifest; never an unexpected error."""
+    _ev(conn, schema)
+    spec = _spec(schema, "csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=json.dumps(
+        {"table": spec.name, "day": "2024-03-10", "object": None, "removed": mark}).encode())
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert "unexpected error" not in str(exc) and exc.day == "2024-03-10", str(exc)
