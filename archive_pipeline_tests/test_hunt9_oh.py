@@ -252,3 +252,29 @@ def test_a_damaged_manifest_whose_removal_mark_is_no_object_is_refused_clearly_n
         archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     except ArchiveError as exc:
         assert "unexpected error" not in str(exc) and exc.day == "2024-03-10", str(exc)
+
+
+@pytest.mark.parametrize("command", [["restore", "--into", "new", "--target", "{schema}.back"], ["prune", "--dry-run"],
+                                     ["archive"]])
+def test_a_manifest_holding_a_number_of_5000_digits_is_unreadable_not_an_unexpected_error(
+        command, pg, s3, conn, schema, store, temp_dir, s3_client, bucket, tmp_path):
+    """The object at a day's manifest key is JSON holding an integer of 5,000 digits (``"rows": 111...``; damaged,
+    or written by someone who can write to the bucket). ``list``, ``compare`` and ``verify`` call the manifest
+    unreadable; ``restore`` and ``prune`` fail with "unexpected error (...): ValueError: Exceeds the limit (4300
+    digits) for integer string conversion ...; this is a bug in archive_pipeline", and ``archive`` does not archive
+    the day again (a damaged manifest is "no valid archive"). Cause: manifest.decode_manifest catches
+    UnicodeDecodeError, JSONDecodeError and RecursionError from json.loads, not the ValueError Python raises for
+    an integer longer than sys.get_int_max_str_digits(), so it escapes as a bare ValueError, not a ManifestError.
+    Should: a ManifestError like any other undecodable manifest (restore and prune refuse the day naming it,
+    archive archives the day again)."""
+    _ev(conn, schema)
+    spec = _spec(schema, "csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key,
+                         Body=b'{"manifest_version": 2, "table": "x", "object": null, "rows": ' + b"1" * 5000 + b"}")
+    args = [a.format(schema=schema) for a in command] + ["--day", DAY.isoformat()]
+    done = CliRunner(env=_cli_env(pg, s3, bucket, tmp_path, schema, "csv")).invoke(main, args)
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    assert "unexpected error" not in done.output and "Exceeds the limit" not in done.output, done.output
+    if command == ["archive"]:
+        assert done.exit_code == 0, done.output
