@@ -278,3 +278,25 @@ def test_a_manifest_holding_a_number_of_5000_digits_is_unreadable_not_an_unexpec
     assert "unexpected error" not in done.output and "Exceeds the limit" not in done.output, done.output
     if command == ["archive"]:
         assert done.exit_code == 0, done.output
+
+
+def test_a_manifest_whose_content_encoding_holds_a_line_break_is_not_called_a_transient_store_failure(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day's manifest is resealed with ``object.content_encoding`` = ``"gzip\\r\\nX-Evil: 1"``. S3Store.download_to
+    sends the manifest's content_encoding as the GET's Accept-Encoding header; http.client refuses the header value
+    (good: no header is injected), and the refusal is then classified as the store's: restore fails with "the
+    object store's response broke off or arrived incomplete (HTTPClientError: ... Invalid header value ...);
+    transient; to fix: run the command again", retryable (Dagster retries it with backoff, verify says "verify the
+    day again once the database and store answer"), and so do verify --download/--deep and prune. Nothing the
+    store does will ever make it pass. Should: the manifest is refused as unreadable (its content_encoding is no
+    HTTP token), not retryable, naming the table, the day and the field."""
+    from archive_pipeline.core.restore import restore_day
+
+    _ev(conn, schema)
+    spec = _spec(schema, "csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _reseal(s3_client, bucket, result.manifest_key, lambda m: m["object"].update(content_encoding="gzip\r\nX-Evil: 1"))
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert not refused.value.retryable and "broke off" not in str(refused.value), str(refused.value)
+    assert refused.value.day == "2024-03-10"
