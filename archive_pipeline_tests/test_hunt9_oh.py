@@ -300,3 +300,40 @@ def test_a_manifest_whose_content_encoding_holds_a_line_break_is_not_called_a_tr
         restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     assert not refused.value.retryable and "broke off" not in str(refused.value), str(refused.value)
     assert refused.value.day == "2024-03-10"
+
+
+def _more_columns(count: int):
+    def edit(manifest):
+        manifest["columns"] += [{"name": f"c{i}", "pg_type": "integer", "output_type": "int", "nullable": True,
+                                 "encoding": "int", "exact": True} for i in range(count)]
+        manifest["table_definition"]["columns"] += [{"name": f"c{i}", "type": "integer", "not_null": False}
+                                                    for i in range(count)]
+    return edit
+
+
+def test_a_manifest_recording_more_columns_than_a_table_can_have_is_not_blamed_on_oversized_values(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day's manifest is resealed with 1,700 more columns (1,703 in all; PostgreSQL allows 1,600). A user restores
+    the day into a new table, or proves it (verify --deep, and so prune). Each fails with "... exceeds a PostgreSQL
+    limit (e.g. a value over 1 GB as text or JSON) (TooManyColumns: tables can have at most 1600 columns) ... to
+    fix: a retry cannot help: archive this table as parquet (binary COPY, no 1 GB text value) or csv (no per-row
+    JSON), or shorten/split the oversized values": a remedy for another problem, sending the user to reconfigure
+    the table's format. Cause: the CREATE TABLE from the manifest's columns reaches PostgreSQL, and errors.classify
+    takes every SQLSTATE class 54 (program limit exceeded) for an oversized value. Should: the manifest is refused
+    as unreadable before any DDL (no table has more than 1,600 columns), naming the table, the day and the
+    manifest."""
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline.core.verify import deep_verify
+
+    _ev(conn, schema)
+    spec = _spec(schema, "csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _reseal(s3_client, bucket, result.manifest_key, _more_columns(1700))
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    try:
+        proof = " ".join(deep_verify(conn, store, spec, DAY))
+    except ArchiveError as exc:
+        proof = str(exc)
+    for said in (str(refused.value), proof):
+        assert "oversized values" not in said and "archive this table as parquet" not in said, said[-600:]
