@@ -337,3 +337,22 @@ def test_a_manifest_recording_more_columns_than_a_table_can_have_is_not_blamed_o
         proof = str(exc)
     for said in (str(refused.value), proof):
         assert "oversized values" not in said and "archive this table as parquet" not in said, said[-600:]
+
+
+def test_a_manifest_recording_twenty_thousand_columns_gives_a_message_of_sane_length(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day's manifest is resealed with 20,000 more columns (a sealed manifest of about 2 MB). The user's next
+    archive run of the day fails (the columns changed since archived, rightly) with a message of about 190,000
+    characters: every one of the 20,003 recorded column names, quoted ("changed from ['id', 'at', 'note', 'c0',
+    ... 'c19999'] to ['id', 'at', 'note']"); ``list --check-source`` prints about 470,000 characters. That is the
+    run's failure event, the command line's output and every alert. Should: the message names the change in a
+    bounded size (the first names and how many more), as the one for a composite type changed in many columns
+    (test_hunt7_mz), or the manifest is refused as unreadable (more columns than any table can have)."""
+    _ev(conn, schema)
+    spec = _spec(schema, "csv")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    _reseal(s3_client, bucket, result.manifest_key, _more_columns(20000))
+    with pytest.raises(ArchiveError) as refused:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    message = str(refused.value)
+    assert len(message) < 10_000, f"{len(message):,} characters: {message[:300]} ..."
