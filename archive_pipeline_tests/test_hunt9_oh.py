@@ -351,7 +351,8 @@ def test_a_manifest_recording_twenty_thousand_columns_gives_a_message_of_sane_le
     _ev(conn, schema)
     spec = _spec(schema, "csv")
     result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
-    _reseal(s3_client, bucket, result.manifest_key, _more_columns(20000))
+    # (1,500: a wide table's legitimately; more than PostgreSQL's 1,600 columns is refused as no manifest of ours)
+    _reseal(s3_client, bucket, result.manifest_key, _more_columns(1500))
     with pytest.raises(ArchiveError) as refused:
         archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     message = str(refused.value)

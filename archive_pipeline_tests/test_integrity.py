@@ -186,15 +186,16 @@ def test_a_csv_proof_reads_as_their_type_the_fields_whose_text_is_not_hashed_as_
 
 def test_deep_verification_catches_an_archive_that_decodes_but_holds_other_rows(conn, schema, table, store,
                                                                                  s3_client, bucket):
-    """A consistent forgery (object and manifest digests updated together) still fails on the fingerprint."""
+    """A consistent forgery (object and manifest digests updated together, the decompressed size kept: one that
+    expands past the manifest's ``uncompressed_bytes`` is refused before it is read) still fails on the fingerprint."""
     result = archive_partition(conn, table, D, store)
     body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(download(s3_client, bucket, result.key))).read()
-    forged = zstandard.ZstdCompressor().compress(body.replace(b'"id":42,', b'"id":4242,', 1))
+    forged = zstandard.ZstdCompressor().compress(body.replace(b'"id":42,', b'"id":-2,', 1))
     forge_object(s3_client, bucket, result.key, result.manifest_key, forged)
     problems = deep_verify(conn, store, table, D)
     assert any("the archive's rows are not the ones recorded" in p for p in problems)
     assert any("first difference: the source has a row the archive lacks: (42," in p
-               or "first difference: the archive has a row the source lacks: (4242," in p for p in problems)
+               or "first difference: the archive has a row the source lacks: (-2," in p for p in problems)
 
 
 def test_deep_verification_of_a_missing_or_damaged_object(conn, table, store, s3_client, bucket):

@@ -70,7 +70,7 @@ from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
-    estimated_rows, hold_day, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, \
+    estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, \
     same_printed_names, same_shapes, server_identity, shape_changes, snapshot_open
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
@@ -801,7 +801,8 @@ class _Archiving:
             what = (f"the table's day_column is {self.spec.day_column!r} now and was {manifest['day_column']!r} "
                     f"when archived, so other rows are the day's ({fp.rows:,} now, {archived.rows:,} archived)")
         elif then != now:
-            what = f"its columns changed from {then} to {now}" + (f" (types: {', '.join(retyped)})" if retyped else "")
+            what = f"its columns changed from {names_brief(then)} to {names_brief(now)}" + (
+                f" (types: {', '.join(retyped[:12])}{' ...' if len(retyped) > 12 else ''})" if retyped else "")
         elif retyped:
             what = f"column types changed: {', '.join(retyped)}"
         elif shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
@@ -1093,7 +1094,11 @@ def _loose_manifest(existing: Existing) -> dict | None:
         return None
     with contextlib.suppress(ValueError, TypeError, RecursionError):
         loose = json.loads(existing.raw)
-        return loose if isinstance(loose, dict) else None
+        if not isinstance(loose, dict):
+            return None
+        if loose.get("removed") and not isinstance(loose["removed"], dict):  # a mark itself damaged: still a mark
+            loose["removed"] = {"at": "an unknown time (its removal mark is damaged)", "state": "done"}
+        return loose
     return None
 
 

@@ -152,7 +152,9 @@ class Fingerprint:
 def recorded_algorithm(recorded: str | None) -> str | None:
     """The algorithm of a recorded fingerprint if this version can compute it (else None: an older
     manifest, or none at all)."""
-    algorithm = (recorded or "").rsplit(":", 2)[0]
+    if not isinstance(recorded, str):  # (a damaged manifest's, read loosely for its removal mark)
+        return None
+    algorithm = recorded.rsplit(":", 2)[0]
     return algorithm if algorithm in ALGORITHMS and recorded and recorded.count(":") == 2 else None
 
 

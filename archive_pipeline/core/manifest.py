@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,9 @@ from archive_pipeline import __version__
 from archive_pipeline.core import keys
 from archive_pipeline.core.fingerprint import Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.source import Column, server_identity
-from archive_pipeline.core.store import etag_text
+from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, etag_text
 
 MANIFEST_VERSION = 2
 _CHECKSUM_FIELD = "manifest_sha256"
@@ -194,10 +195,15 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     Version 1 manifests (written before the checksum and fingerprint existed) are accepted as they
     are; their ``fingerprint`` is missing, which callers treat as "cannot prove content".
     """
+    if raw.startswith(OVERSIZED):
+        raise ManifestError(f"{int(raw[len(OVERSIZED):]):,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} "
+                            "bytes at most): not read")
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"not valid JSON ({exc})") from None
+        raise ManifestError(f"not valid JSON ({str(exc)[:200]})") from None
+    except ValueError:  # a number of more digits than Python converts (4,300): no manifest of ours
+        raise ManifestError("not valid JSON (a number too long to read)") from None
     except RecursionError:  # JSON nested deeper than Python's recursion limit: no manifest of ours
         raise ManifestError("not valid JSON (nested too deeply to read)") from None
     if not isinstance(manifest, dict) or "object" not in manifest or "table" not in manifest:
@@ -292,6 +298,8 @@ def foreign_objects(manifest: dict[str, Any], key: str) -> str | None:
 _FIELDS = {"table": str, "day": str, "rows": int, "format": str, "compression": str, "columns": list}
 _OBJECT_FIELDS = {"key": str, "bytes": int, "md5": str}
 _KINDS = {str: "a string", int: "an integer", list: "a list"}
+MAX_COLUMNS = 1600  # PostgreSQL's limit of columns in a table (MaxHeapAttributeNumber)
+_KIND_NAMES = {**_KINDS, dict: "an object"}
 
 
 def _shape_problem(manifest: dict[str, Any]) -> str | None:
@@ -307,6 +315,44 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
                 return f"its field {where}{name} is {value!r}, not {_KINDS[kind]}"
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in manifest["columns"]):
         return "its columns are not each an object with a name"
+    if len(manifest["columns"]) > MAX_COLUMNS:  # (every reader's DDL and messages would be built from them)
+        return f"it records {len(manifest['columns']):,} columns, more than a PostgreSQL table can have ({MAX_COLUMNS:,})"
+    return _optional_shape_problem(manifest)
+
+
+def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
+    """:func:`_shape_problem` for the fields an older manifest may lack, where present: each reader indexes them
+    as written (list reads the snapshot's time, restore the definition's partition and parents, the proof the
+    columns by name), and a resealed manifest with one of another type failed as "a bug in archive_pipeline"."""
+    for name, kind in (("source", dict), ("archived_at", str), ("source_relation", str), ("table_definition", dict),
+                       ("timezone", str), ("granularity", str), ("day_column", str)):
+        if manifest.get(name) is not None and not isinstance(manifest[name], kind):
+            return f"its field {name} is {manifest[name]!r}, not {_KIND_NAMES[kind]}"
+    encoding = (manifest.get("object") or {}).get("content_encoding")
+    if encoding is not None and not (isinstance(encoding, str) and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+",
+                                                                               encoding)):
+        return f"its field object.content_encoding is {encoding!r}, not an HTTP token (it is sent as a header)"
+    snapshot = (manifest.get("source") or {}).get("snapshot_at")
+    if snapshot is not None and not isinstance(snapshot, str):
+        return f"its field source.snapshot_at is {snapshot!r}, not a string"
+    definition = manifest.get("table_definition") or {}
+    for name, kind in (("columns", list), ("partition", dict), ("parents", list)):
+        if definition.get(name) is not None and not isinstance(definition[name], kind):
+            return f"its field table_definition.{name} is {definition[name]!r}, not {_KIND_NAMES[kind]}"
+    columns = [*manifest["columns"], *(definition.get("columns") or [])]
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "\x00" not in c["name"] for c in columns):
+        return "its columns (or its table definition's) are not each an object with a name (without NUL)"
+    for column in manifest["columns"]:
+        numbers = column.get("numbers")
+        if numbers is not None and not (isinstance(numbers, list) and all(
+                isinstance(n, dict) and isinstance(n.get("steps"), list) and isinstance(n.get("type"), str)
+                for n in numbers)):
+            return f"its field columns[{column['name']!r}].numbers is {numbers!r}, not a list of steps and types"
+    if manifest.get("timezone") is not None or manifest.get("granularity") is not None:
+        try:
+            manifest_period(manifest)
+        except (ValueError, KeyError, TypeError) as exc:  # (a PeriodError is a ValueError)
+            return f"its period cannot be read ({exc})"
     return None
 
 

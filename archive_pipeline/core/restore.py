@@ -175,7 +175,17 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
                          exc: psycopg.DataError) -> None:
     """Add to ``exc`` the column whose value the target's type refused: json_to_recordset's errors name no
     column (COPY's do), so a JSONL restore refused by an enum label renamed since archiving said only
-    'invalid input value for enum ... "pending"'. Each column's reading of the block is tried alone."""
+    'invalid input value for enum ... "pending"'. Each column's reading of the block is tried alone, once the
+    block is known to be JSON at all (else the object does not decode, and no column is to blame)."""
+    try:
+        with conn.transaction():
+            conn.execute(with_params(sql.SQL("SELECT json_typeof(%s)"), conn), (Json(block, dumps=_as_is),),
+                         prepare=False)
+    except psycopg.DataError:
+        exc.not_json = True
+        return
+    except psycopg.Error:
+        return
     _, pieces = _jsonl_pieces(conn, target, columns)
     for name, definition, value in pieces:
         probe = with_params(sql.SQL("SELECT count({v}) FROM json_to_recordset(%s) AS x({d})").format(
@@ -262,6 +272,10 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
     bound_allocator()
     fmt, compression = manifest["format"], manifest["compression"]
     columns = manifest_columns(manifest)
+    # a text object never decompresses to more than its manifest records: one that does (a few KB of zstd can
+    # expand to GBs) is not the archive, and is refused before it is held in memory
+    recorded = manifest.get("uncompressed_bytes")
+    limit = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0 else None
     cols = _column_list(columns)
     try:
         with conn.transaction(), _input_settings(conn):
@@ -269,7 +283,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 match = "MATCH" if conn.info.server_version >= 150000 else "true"
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER {})").format(
                     target, cols, sql.SQL(match))
-                return _copy(conn, statement, readers.decompressed_chunks(archive_path, compression))
+                return _copy(conn, statement, readers.decompressed_chunks(archive_path, compression, limit))
             if fmt == "parquet":
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
                 return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1,
@@ -277,7 +291,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
             if fmt == "jsonl":
                 statement = with_params(_jsonl_insert(conn, target, columns), conn)
                 rows = 0
-                for block in prefetch(readers.jsonl_arrays(archive_path, compression), depth=1):
+                for block in prefetch(readers.jsonl_arrays(archive_path, compression, limit=limit), depth=1):
                     # sent as it is, typed json: no decode, no re-encode (PostgreSQL validates it)
                     try:
                         with conn.transaction():
@@ -289,10 +303,13 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
     except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, psycopg.DataError) as exc:
         # DataError (SQLSTATE class 22) covers a bad CSV/header line, invalid JSON, a value its type rejects
+        said = str(exc) if len(str(exc)) <= 600 else f"{str(exc)[:600]} ... ({len(str(exc)):,} characters)"
+        if getattr(exc, "not_json", False):
+            said = f"its lines are not JSON ({said}): the object is damaged or was altered"
         raise ArchiveCorruptError(
             f"the archive of {manifest.get('table')} for {manifest.get('day')} ({fmt}/{compression}, "
             f"{(manifest.get('object') or {}).get('key')}) does not load into {target.as_string(conn)}: "
-            f"{type(exc).__name__}: {exc}; check that the table has the manifest's column types, and the object "
+            f"{type(exc).__name__}: {said}; check that the table has the manifest's column types, and the object "
             "against its manifest (MD5)", table=manifest.get("table"), day=manifest.get("day"),
             retryable=False) from exc
 

@@ -446,6 +446,15 @@ def shape_changes(recorded: Sequence[dict], now_by_name: dict[str, tuple[ShapeNo
     return [f"{_columns_named(columns)}: {what}" for what, columns in changes.items()]
 
 
+def names_brief(names: Sequence[str], shown: int = 12) -> str:
+    """A list of column names as a message shows it: whole up to ``shown`` names, else the first ones and how many
+    more (a table of 1,600 columns, or a manifest recording 20,000, made a failure of 190,000 characters)."""
+    names = list(names)
+    if len(names) <= shown:
+        return repr(names)
+    return f"{names[:shown]!r} and {len(names) - shown:,} more"
+
+
 def _columns_named(names: list[str]) -> str:
     """"column 'a'", "columns 'a', 'b'", "columns 'a', 'b', 'c' and 997 more" (a wide table's change said once)."""
     shown = ", ".join(repr(name) for name in names[:3])

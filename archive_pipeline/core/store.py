@@ -451,6 +451,12 @@ def _note(original: BaseException | None, text: str) -> None:
 # The Content-Encoding a GetObject of ours asks for, only while we read an object stored with one (see
 # _read_as_stored): a context variable, so nothing else the client sends (a user's own GETs, presigned URLs) and
 # no other thread's request carries it.
+# What get_verified_bytes reads whole (a manifest: a few KB, a 1,600-column table's with its shapes well under a MB):
+# anything larger is answered by OVERSIZED and its size, never read, so a huge object written at a manifest's key
+# (by whoever may write to the bucket) cannot take the process's memory; decode_manifest refuses it as no manifest.
+MAX_SMALL_OBJECT_BYTES = 16 * MiB
+OVERSIZED = b"\x00archive_pipeline:oversized:"
+
 _ACCEPT_STORED: contextvars.ContextVar[str | None] = contextvars.ContextVar("archive_pipeline_accept", default=None)
 
 
@@ -795,6 +801,10 @@ class S3Store:
         for _ in range(max(1, attempts)):
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=key)
+                length = response.get("ContentLength") or 0
+                if length > MAX_SMALL_OBJECT_BYTES:  # no manifest of ours: not read into memory (the bucket's say)
+                    response["Body"].close()
+                    return OVERSIZED + str(length).encode()
                 data = response["Body"].read()
             except Exception as exc:
                 if _is_not_found(exc):

@@ -40,7 +40,7 @@ from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED
     set_session, speaks_utf8, watch_client, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, SourceTable, columns_as_archived, day_filter, describe_table,
-                                          relation_shapes, shape_changes, type_parts)
+                                          names_brief, relation_shapes, shape_changes, type_parts)
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
@@ -320,8 +320,9 @@ def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequ
     columns = columns_as_archived(table.columns, names)
     if columns is None:
         raise ColumnsChangedError(
-            f"{spec.name} {day}: the source's columns are now {[c.name for c in table.columns]}, the archive's "
-            f"{list(names)} (renamed, added, dropped or reordered since it was archived), so its rows are not the archive's",
+            f"{spec.name} {day}: the source's columns are now {names_brief([c.name for c in table.columns])}, the "
+            f"archive's {names_brief(names)} (renamed, added, dropped or reordered since it was archived), so its rows "
+            "are not the archive's",
             table=spec.name, day=day.isoformat(), retryable=False,
             remedy="archive the day again (overwrite) if the new columns are right; the previous archive stays "
                    "until the new one is complete")

@@ -58,6 +58,7 @@ from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused,
                                               due_days, pending_removal_committed, remove_day, settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
+from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
 from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, verify_archive
@@ -153,10 +154,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
     """Prove the day's archive, then remove the day from the source (or, ``dry_run``, say what would go;
     ``kept``: a day retention still keeps, which a dry run proves and says nothing of removing)."""
     store = archive_store.store_for(f"{spec.name} {day}")
-    # where the day's archive is: its key now, else under the table's former format, or the key the day's last
-    # materialization recorded (the key_template or prefix changed since): not "no archive" for a green day
     former = former_day_keys(context, asset_key(spec), spec, day, store)
-    key = archive_key(store, spec, day, former)
+    key = table_day_key(spec, day, store.prefix)
     settled = None
     with contextlib.ExitStack() as stack:
         # Without a separate primary (ARCHIVE_PG_PRIMARY_DSN unset) one session does both: a role whose
@@ -176,6 +175,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         proven_sha: str | bool = False
         removed: dict | None = None  # the removal mark of a day the source no longer holds
         try:
+            # where the day's archive is: its key now, else under the table's former format, or the key the day's
+            # last materialization recorded (the key_template or prefix changed since): not "no archive" for a green day
+            key = archive_key(store, spec, day, former)
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
             pending = (manifest or {}).get("removed", {}).get("state") == "pending"
             if pending and not dry_run:

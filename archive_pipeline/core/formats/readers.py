@@ -57,21 +57,28 @@ def open_decompressed(path: str | os.PathLike, compression: str) -> pa.NativeFil
     return pa.CompressedInputStream(raw, _CODECS[compression]) if compression in _CODECS else raw
 
 
-def decompressed_chunks(path: str | os.PathLike, compression: str) -> Iterator[pa.Buffer]:
-    """The decompressed bytes in chunks of about :data:`READ_BYTES`."""
+def decompressed_chunks(path: str | os.PathLike, compression: str, limit: int | None = None) -> Iterator[pa.Buffer]:
+    """The decompressed bytes in chunks of about :data:`READ_BYTES`; :class:`ArchiveDecodeError` past ``limit``
+    bytes (what the manifest records: an object that expands to more is not the archive)."""
+    total = 0
     with open_decompressed(path, compression) as stream:
         while chunk := stream.read_buffer(READ_BYTES):
+            total += chunk.size
+            if limit is not None and total > limit:
+                raise ArchiveDecodeError(f"the object decompresses to more than the {limit:,} bytes its manifest "
+                                         "records: it is damaged or was altered")
             yield chunk
 
 
-def jsonl_arrays(path: str | os.PathLike, compression: str, batch_bytes: int = JSON_BATCH_BYTES) -> Iterator[bytes]:
+def jsonl_arrays(path: str | os.PathLike, compression: str, batch_bytes: int = JSON_BATCH_BYTES,
+                 limit: int | None = None) -> Iterator[bytes]:
     """Blocks of whole JSONL lines, each as the UTF-8 text of one JSON array of the lines' objects.
 
     A JSON text holds no raw newline (row_to_json escapes it), so replacing the newlines between
     whole lines by commas is exact; one bytes operation per block, none per row.
     """
     pending = bytearray()
-    for chunk in decompressed_chunks(path, compression):
+    for chunk in decompressed_chunks(path, compression, limit):
         pending += memoryview(chunk)
         if len(pending) >= batch_bytes:
             cut = pending.rfind(b"\n")
