@@ -217,3 +217,44 @@ def test_parallel_streams_over_the_open_file_limit_fail_as_a_named_local_fault(p
     _nothing_in_the_bucket(s3_client, bucket)
     assert "unexpected error" not in day["message"], day["message"]
     assert "open files" in day["message"] or "descriptor" in day["message"], day["message"]
+
+
+@pytest.mark.parametrize(("command", "kind"), [("archive", "missing"), ("archive", "read-only"),
+                                               ("verify --deep", "missing"), ("restore", "missing")])
+def test_a_tmpdir_that_cannot_be_used_is_reported_not_silently_replaced_by_tmp(pg, s3, bucket, conn, schema,
+                                                                               tmp_path, store, command, kind):
+    """An operator points the command line's temp files at a big scratch volume (`TMPDIR=/scratch archive-pipeline
+    archive ...`, as the README advises: "give the run containers disk for the largest day in `$TMPDIR`"), but
+    the volume is not mounted (the directory is missing) or is mounted read-only. Every command still succeeds:
+    Python's `tempfile.gettempdir()` quietly skips a TMPDIR it cannot write to and falls back to /tmp (then
+    /var/tmp, then the working directory), so the whole day's object, restore's download and the deep check's
+    copy are staged on the root disk (or a RAM tmpfs) the operator meant to keep free, and a day too big for it
+    later fails naming /tmp, a directory nobody configured. The product reports a missing or unwritable
+    `temp_dir` clearly ("the temp directory does not exist ... create it, or point temp_dir at a directory that
+    exists"); the TMPDIR the README tells operators to set should be held to the same: used, or refused naming
+    TMPDIR and the directory. (`sink.open_nameless`, `store`'s download and `archive.py` call
+    `tempfile.gettempdir()` when no temp_dir is given, which never reports an unusable TMPDIR.)"""
+    _day(conn, schema, 1000)
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [_spec(schema, format="csv")]))
+    if command != "archive":
+        archive_partition(conn, TableSpec(**_spec(schema, format="csv")), DAY, store, temp_dir=tmp_path)
+    scratch = tmp_path / "scratch-volume"
+    mounted = False
+    if kind == "read-only":
+        scratch.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(scratch)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+        mounted = True
+    env["TMPDIR"] = str(scratch)
+    extra = ["--into", "new", "--target", f"{schema}.back"] if command == "restore" else []
+    try:
+        done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *command.split(), "--day",
+                               DAY.isoformat(), *extra, "--json"], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(scratch)], check=True)
+    assert done.returncode != 0, f"{command} succeeded with TMPDIR={scratch} ({kind}), staging elsewhere"
+    assert str(scratch) in done.stdout and "TMPDIR" in done.stdout, done.stdout
