@@ -260,25 +260,32 @@ def test_a_tmpdir_that_cannot_be_used_is_reported_not_silently_replaced_by_tmp(p
     assert str(scratch) in done.stdout and "TMPDIR" in done.stdout, done.stdout
 
 
-@pytest.mark.parametrize("op", ["restore", "deep"])
-def test_reading_back_a_jsonl_text_that_escaping_inflates_stays_within_the_memory_goal(pg, s3, bucket, conn, schema,
-                                                                                        tmp_path, store, op):
+@pytest.mark.parametrize(("op", "column", "value", "mib"), [
+    ("restore", "text", "repeat(E'\\x01', 16 << 20)", 16),
+    ("deep", "text", "repeat(E'\\x01', 16 << 20)", 16),
+    ("restore", "bytea", "convert_to(repeat(md5('a'), 1 << 20), 'UTF8')", 32),
+], ids=["restore-text", "deep-text", "restore-bytea"])
+def test_reading_back_a_jsonl_value_that_json_inflates_stays_within_the_memory_goal(pg, s3, bucket, conn, schema,
+                                                                                     tmp_path, store, op, column,
+                                                                                     value, mib):
     """A user archives in JSONL a day whose one row holds a 16 MiB text of control characters (binary-ish data in
-    a text column, a log with escape codes). Archiving it now peaks at +58 MB above imports (the big-value path
-    of hunt 5 kb), but restoring it (`archive-pipeline restore`) or proving it (`verify --deep`, the removal's
-    proof) peaks at about +395 MB, 25x the value (+780 MB for 32 MiB, so ~2.4 GB for 100 MiB): row_to_json wrote
-    each control character as a six-byte \\u00XX escape, so the line is a 96 MiB JSON text, and the reader holds
-    several whole copies of it at once (the pending bytearray, `bytes(lines)`, `.strip()`, `.translate()` and the
-    `b"[" + ... + b"]"` concatenation). The README's memory promise: "Memory is bounded by the largest value, not
-    the day", with the goal for one big value of 3x the value + 100 MB (148 MB here), which a 40 MiB md5 text
-    meets (+171 MB). (`formats/readers.jsonl_arrays` / `_as_array`.)"""
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, t text)").format(
+    a text column, a log with escape codes), or a 32 MiB bytea. Archiving them peaks at +58 MB / +82 MB above
+    imports (the big-value path of hunt 5 kb), but restoring the day (`archive-pipeline restore`) or proving it
+    (`verify --deep`, the removal's proof) peaks at about +395 MB for the text, 25x the value (+780 MB for 32 MiB,
+    so ~2.4 GB for 100 MiB), and +267 MB for the bytea: row_to_json wrote each control character as a six-byte
+    \\u00XX escape (a bytea as hex, twice its size), so the line is a 96 MiB (64 MiB) JSON text, and the reader
+    holds several whole copies of it at once (the pending bytearray, `bytes(lines)`, `.strip()`, `.translate()`
+    and the `b"[" + ... + b"]"` concatenation). The README's memory promise: "Memory is bounded by the largest
+    value, not the day", with the goal for one big value of 3x the value + 100 MB (148 MB / 196 MB here), which a
+    40 MiB md5 text meets (+171 MB) and CSV meets for all three (+14 MB). (`formats/readers.jsonl_arrays` /
+    `_as_array`.)"""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v " + column + ")").format(
         sql.Identifier(schema, "ev")))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 second', CASE WHEN g = 7 "
-                         "THEN repeat(E'\\x01', 16 << 20) ELSE md5(g::text) END FROM generate_series(1, 1000) g").format(
+                         "THEN " + value + " END FROM generate_series(1, 1000) g").format(
         sql.Identifier(schema, "ev")), (f"{DAY} 00:00+00",))
     spec = _spec(schema, format="jsonl")
     archive_partition(conn, TableSpec(**spec), DAY, store, temp_dir=tmp_path)
     out = _run(tmp_path, pg, s3, bucket, op, spec, target=f"{schema}.back")
     assert out["ok"], out
-    assert out["peak_mb"] < 3 * 16 + 100, f"{op} of a 16 MiB escaped text peaked {out['peak_mb']:.0f} MB above imports"
+    assert out["peak_mb"] < 3 * mib + 100, f"{op} of a {mib} MiB {column} peaked {out['peak_mb']:.0f} MB above imports"
