@@ -59,3 +59,42 @@ def test_the_removal_asset_settles_a_pending_mark_left_on_an_archive_under_the_f
     left = conn.execute(sql.SQL("SELECT count(*) FROM {}.events WHERE created_at::date = %s").format(
         sql.Identifier(schema)), (day,)).fetchone()[0]
     assert left == 0
+
+
+def test_a_days_partition_two_levels_down_left_pending_detach_is_not_archived_as_an_empty_day(
+        pg, conn, schema, store, temp_dir):
+    """``ev`` is partitioned by year, each year by month, each month by day (``ev`` > ``y2024`` > ``m03`` >
+    ``d10``), all RANGE on ``at``. An operator's ``ALTER TABLE m03 DETACH PARTITION d10 CONCURRENTLY`` is
+    interrupted: d10, holding 2024-03-10's 24 rows, is left pending detach, so ``ev`` no longer reads them. The
+    archive of 2024-03-10 used to refuse this ("d10 is pending detach ... ev no longer reads its rows", retried);
+    since the filter by the day's partitions it archives the day as empty: 0 rows, a green partition whose
+    archive holds none of the day's rows (a later removal would find nothing to keep). Should: refused as
+    before, as a partition of the day is pending detach. (Cause: hold_day's ``day_partitions`` are the top-level
+    children whose range overlaps the day (``day_children``: y2024); a pending partition counts only where it or
+    its direct parent is one of them -- d10's parent is m03, a level below.)"""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline_tests.test_mends import _interrupted_detach
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.y2024 PARTITION OF {}.ev FOR VALUES FROM ('2024-01-01 00:00+00') TO "
+                         "('2025-01-01 00:00+00') PARTITION BY RANGE (at)").format(s, s))
+    conn.execute(sql.SQL("CREATE TABLE {}.m03 PARTITION OF {}.y2024 FOR VALUES FROM ('2024-03-01 00:00+00') TO "
+                         "('2024-04-01 00:00+00') PARTITION BY RANGE (at)").format(s, s))
+    for d in (10, 11):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.m03 FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(f"d{d}"), s, sql.Literal(f"2024-03-{d:02d} 00:00+00"),
+            sql.Literal(f"2024-03-{d + 1:02d} 00:00+00")))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 00:30+00'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 30) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="jsonl",
+                     compression="none", partitioning={"mode": "declarative"})
+    _interrupted_detach(pg, conn, f"{schema}.m03", f"{schema}.d10")
+    try:
+        result = archive_partition(conn, spec, dt.date(2024, 3, 10), store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert "pending detach" in str(exc), str(exc)
+        return
+    raise AssertionError(f"2024-03-10 archived with {result.rows} rows while d10 (its 24 rows) is pending detach")
