@@ -98,3 +98,39 @@ def test_a_days_partition_two_levels_down_left_pending_detach_is_not_archived_as
         assert "pending detach" in str(exc), str(exc)
         return
     raise AssertionError(f"2024-03-10 archived with {result.rows} rows while d10 (its 24 rows) is pending detach")
+
+
+def test_the_removal_asset_records_a_failed_proof_for_a_days_damaged_manifest_not_a_raw_exception(
+        conn, schema, archive_env, s3_client):
+    """A day (40 days ago) is archived through Dagster; its table has ``retention: {keep_days: 30, action:
+    delete}``. Its manifest is then damaged in the bucket (a broken write by a tool, a bit rot: not JSON, the same
+    bytes at every read). The removal schedule runs the day. It used to prove the day and record the failed proof:
+    ``archive_proven`` failed ("manifest ... unreadable"), the step failed "stays in the source: its archive is not
+    proven ... archive the day again" -- the README's promise for a damaged archive. Now the run dies before
+    proving anything, on a bare ``ManifestError`` with a Python stack trace and no ``archive_proven`` result: the
+    new lookup of where the archive is (``lifecycle.archive_key``, called first, outside the try that turns a
+    damaged or newer manifest into a failed proof or a named failure) raises it. Should: the failed proof is
+    recorded and the failure says what to do, as before. (Cause: retention_assets._removing calls
+    archive_key -> decoded_manifest before its ``try``; a NewerManifestError or a store error escapes the same way.)"""
+    day = utc_today() - dt.timedelta(days=40)
+    create_sample_events(conn, [day], rows_per_day=3, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
+             "retention": {"keep_days": 30, "action": "delete"}}
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [table]})
+    from dagster import DagsterEventType
+
+    with instance_for_test() as instance:
+        definitions = build_definitions(config)
+        assert definitions.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day.isoformat()).success
+        [mkey] = _manifest_keys(s3_client, archive_env)
+        s3_client.put_object(Bucket=archive_env, Key=mkey, Body=b"{ this is no manifest")
+        removal = definitions.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        failures = _failures(instance, removal.run_id)
+        proofs = [e.event_specific_data for e in removal.all_events
+                  if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and e.event_specific_data.check_name == "archive_proven"]
+    assert not removal.success
+    assert [p.passed for p in proofs] == [False], (proofs, failures)
+    assert any("stays in the source" in f for f in failures), failures
