@@ -134,3 +134,46 @@ def test_the_removal_asset_records_a_failed_proof_for_a_days_damaged_manifest_no
     assert not removal.success
     assert [p.passed for p in proofs] == [False], (proofs, failures)
     assert any("stays in the source" in f for f in failures), failures
+
+
+def test_a_naming_mode_day_restored_with_skip_is_not_proven_before_a_deferred_trigger_rewrites_it(
+        conn, schema, store, temp_dir):
+    """A naming-mode table ``log`` (day tables ``log_YYYYMMDD``, no day column). The user restores 2024-03-10 with
+    ``on_conflict='skip'`` into ``all_logs (id PRIMARY KEY, note)``, an existing table holding other days, which has a
+    DEFERRABLE INITIALLY DEFERRED constraint trigger ``AFTER INSERT ... FOR EACH ROW`` rewriting the inserted row
+    (``UPDATE all_logs SET note = upper(note)``). The fix fires deferred triggers before the proof (SET CONSTRAINTS
+    ALL IMMEDIATE) for the 'fail' load, but the 'skip' load of a day without a day column proves first
+    (_insert_contained: every archived row is in the target as archived) and fires them after (_fire_deferred):
+    the restore reports the day proven and commits rows whose note is not the archive's. Should: the proof sees the
+    rows as they will be committed, so the restore is rolled back, ``all_logs`` as it was. (Cause: restore._load's
+    skip branch calls _insert_contained, which proves right after the INSERT; restore_archive's _fire_deferred
+    runs after _load returns.)"""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+
+    day = dt.date(2024, 3, 10)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.log (id int, note text)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.log_20240310 () INHERITS ({}.log)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.log_20240310 SELECT g, 'note ' || g FROM generate_series(1, 10) g").format(s))
+    spec = TableSpec(name=f"{schema}.log", start_date=day, format="csv", compression="none",
+                     partitioning={"mode": "naming", "pattern": "log_%Y%m%d"})
+    archive_partition(conn, spec, day, store, temp_dir=temp_dir)
+    expected = conn.execute(sql.SQL("SELECT id, note FROM {}.log_20240310 ORDER BY id").format(s)).fetchall()
+    conn.execute(sql.SQL("CREATE TABLE {}.all_logs (id int PRIMARY KEY, note text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.all_logs VALUES (100, 'an older day')").format(s))
+    conn.execute(sql.SQL("CREATE FUNCTION {}.shout() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         "UPDATE {}.all_logs SET note = upper(note) WHERE id = NEW.id; RETURN NULL; END $$"
+                         ).format(s, s))
+    conn.execute(sql.SQL("CREATE CONSTRAINT TRIGGER shout AFTER INSERT ON {}.all_logs DEFERRABLE INITIALLY DEFERRED "
+                         "FOR EACH ROW EXECUTE FUNCTION {}.shout()").format(s, s))
+    try:
+        result = restore_day(conn, store, spec, day, into="existing", target=f"{schema}.all_logs",
+                             on_conflict="skip", temp_dir=temp_dir)
+    except ArchiveError:
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}.all_logs").format(s)).fetchone()[0] == 1
+        return
+    held = conn.execute(sql.SQL("SELECT id, note FROM {}.all_logs WHERE id < 100 ORDER BY id").format(s)).fetchall()
+    assert held == expected, result.check
