@@ -177,3 +177,61 @@ def test_a_naming_mode_day_restored_with_skip_is_not_proven_before_a_deferred_tr
         return
     held = conn.execute(sql.SQL("SELECT id, note FROM {}.all_logs WHERE id < 100 ORDER BY id").format(s)).fetchall()
     assert held == expected, result.check
+
+
+def test_two_restores_of_one_day_into_the_archived_table_and_its_parent_do_not_both_load_it(pg, conn, schema, store):
+    """``s.legacy`` (a table the configuration archives by ``created_at``) is a partition of ``s.allev`` (it holds
+    2024). 2024-03-10 is archived, then deleted from it. Two people restore the day at once: one into the archived
+    table (``restore --into existing --target s.legacy``), the other into its parent (``--target s.allev``), whose
+    rows land in s.legacy too. The fix made two restores into a table and its partition take one lock, the tree's
+    root -- except where one of them names the archived table: that one takes the table's own lock
+    ("s.legacy"), the other "restore into s.allev". Neither waits for the other; each proves only its own
+    uncommitted rows, and both commit: s.legacy holds the day twice, both reported proven. Should: the second
+    waits for the first (then finds the day there) and the day is held once. (Cause: restore_archive's lock_name
+    is the table's name for a target in ``original`` and ``restore into <_tree_root>`` for any other, so one tree
+    is locked under two names.) (The test holds both restores between their proof and their COMMIT: both targets
+    carry the restore mark of an earlier restore, so each writes the mark after its proof (COMMENT ON TABLE, SHARE
+    UPDATE EXCLUSIVE), which the test's lock holds up.)"""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import _RESTORE_MARK, restore_day
+    from archive_pipeline_tests.test_race_hunt import in_thread, wait_until
+
+    day = dt.date(2024, 3, 10)
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.allev (id int, created_at timestamptz NOT NULL, v text) "
+                         "PARTITION BY RANGE (created_at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.legacy PARTITION OF {}.allev FOR VALUES FROM ('2024-01-01+00') TO "
+                         "('2025-01-01+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.allev SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min', "
+                         "'v' || g FROM generate_series(1, 50) g").format(s))
+    spec = TableSpec(name=f"{schema}.legacy", day_column="created_at", start_date=day, format="csv",
+                     compression="none")
+    archive_partition(conn, spec, day, store)
+    conn.execute(sql.SQL("DELETE FROM {}.legacy").format(s))
+    mark = _RESTORE_MARK.format(table=spec.name) + " 2024-03-01"
+    for name in ("allev", "legacy"):
+        conn.execute(sql.SQL("COMMENT ON TABLE {}.{} IS {}").format(s, sql.Identifier(name), sql.Literal(mark)))
+
+    def held() -> int:
+        return conn.execute(sql.SQL("SELECT count(*) FROM {}.legacy").format(s)).fetchone()[0]
+
+    def waiting(locktype: str) -> int:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = %s AND NOT granted",
+                            (locktype,)).fetchone()[0]
+
+    with pg.connect() as holder, pg.connect() as first, pg.connect() as second:
+        first.autocommit = second.autocommit = True
+        holder.execute("BEGIN")
+        holder.execute(sql.SQL("LOCK TABLE {}.allev IN SHARE UPDATE EXCLUSIVE MODE").format(s))  # (and legacy)
+        t1, o1 = in_thread(lambda: restore_day(first, store, spec, day, into="existing", target=f"{schema}.legacy",
+                                               on_conflict="fail"))
+        assert wait_until(lambda: waiting("relation") == 1), o1
+        t2, o2 = in_thread(lambda: restore_day(second, store, spec, day, into="existing", target=f"{schema}.allev",
+                                               on_conflict="fail"))
+        wait_until(lambda: waiting("relation") == 2 or waiting("advisory") == 1 or not t2.is_alive(), timeout=10)
+        holder.execute("ROLLBACK")
+        t1.join(60)
+        t2.join(60)
+    proven = [o["result"].check for o in (o1, o2) if "result" in o]
+    assert held() == 50, (held(), proven, [o.get("error") for o in (o1, o2)])
