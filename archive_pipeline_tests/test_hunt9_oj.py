@@ -235,3 +235,27 @@ def test_two_restores_of_one_day_into_the_archived_table_and_its_parent_do_not_b
         t2.join(60)
     proven = [o["result"].check for o in (o1, o2) if "result" in o]
     assert held() == 50, (held(), proven, [o.get("error") for o in (o1, o2)])
+
+
+def test_aws_profile_with_a_malformed_aws_config_file_is_a_config_error_at_load(tmp_path, bucket, s3):
+    """The deployment sets ``AWS_PROFILE=archive`` and ``AWS_CONFIG_FILE`` to a file an edit broke (a section
+    header without its closing bracket). The new load-time check of AWS_PROFILE (``_check_botocore_settings``)
+    asks botocore for the available profiles, which parses the file and raises botocore's own
+    ``ConfigParseError`` -- it escapes ``check_s3_settings`` (the code location's load, the command line's start)
+    as a bare botocore exception with a stack trace, not the ConfigError naming the setting the check exists for.
+    Should: a ConfigError naming the AWS config file (and AWS_PROFILE) to fix. (Cause:
+    environment._check_botocore_settings catches nothing around ``session.available_profiles``.)"""
+    from archive_pipeline.core.environment import check_s3_settings
+    from archive_pipeline.core.config import ConfigError
+
+    broken = tmp_path / "aws_config"
+    broken.write_text("[profile archive\nregion = us-east-1\n")
+    env = {"ARCHIVE_S3_BUCKET": bucket, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "AWS_PROFILE": "archive",
+           "AWS_CONFIG_FILE": str(broken), "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    try:
+        check_s3_settings(env)
+    except ConfigError as exc:
+        assert "AWS_CONFIG_FILE" in str(exc) or str(broken) in str(exc), str(exc)
+        return
+    except Exception as exc:  # noqa: BLE001
+        raise AssertionError(f"{type(exc).__module__}.{type(exc).__name__}: {exc}") from None
