@@ -259,3 +259,49 @@ def test_aws_profile_with_a_malformed_aws_config_file_is_a_config_error_at_load(
         return
     except Exception as exc:  # noqa: BLE001
         raise AssertionError(f"{type(exc).__module__}.{type(exc).__name__}: {exc}") from None
+
+
+def test_an_unchanged_day_archived_under_both_formats_once_removed_under_the_other_is_skipped_not_called_changed(
+        conn, schema, store, s3_client, bucket):
+    """2024-03-10 of ``events`` was archived as csv by the previous version (a v4 fingerprint). The user switched the
+    table to jsonl and archived the day with overwrite (jsonl, v5 fingerprint); switched back to csv a while,
+    when prune removed the day (the csv manifest marked removed); then restored the day into the original table
+    (its rows are back, exactly) and set jsonl again -- the back-and-forth ``_removed_elsewhere``'s docstring names.
+    Nothing changes any more; the next run of the day without overwrite fails: LateRowsError "changed since it was
+    archived ... set overwrite". The run now looks for a removal under another format also where this key holds
+    an archive, computes the source's fingerprint with the removed csv archive's algorithm (v4), finds it equal to
+    that archive's (the removed rows are back) and then compares the same v4 value with the jsonl manifest's v5
+    fingerprint (``_keep``): never equal. Should: the unchanged day is skipped (the jsonl archive holds it
+    exactly). (Cause: archive._Archiving.run picks the fingerprint algorithm by ``elsewhere`` first --
+    ``_algorithm(elsewhere or ...)`` -- and compares the one result with both manifests; before the fix,
+    _removed_elsewhere looked only where this key held nothing.)"""
+    from archive_pipeline.core import fingerprint
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline.core.verify import source_fingerprint
+
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day], rows_per_day=40, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day,
+             "partitioning": {"mode": "declarative"}}
+    as_csv, as_jsonl = TableSpec(**table, format="csv"), TableSpec(**table, format="jsonl")
+
+    def rewrite(key: str, **changes) -> None:
+        manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        manifest.update(changes)
+        manifest.pop("manifest_sha256")
+        s3_client.put_object(Bucket=bucket, Key=key, Body=encode_manifest(manifest))
+
+    first = archive_partition(conn, as_csv, day, store)
+    rewrite(first.manifest_key, fingerprint=str(source_fingerprint(conn, as_csv, day, fingerprint.V4)))  # (v4 era)
+    second = archive_partition(conn, as_jsonl, day, store, overwrite=True)
+    assert second.fingerprint.startswith(fingerprint.ALGORITHM + ":") and second.key.endswith(".jsonl.zst"), second
+    rewrite(first.manifest_key, removed={"at": "2024-05-01T00:00:00+00:00", "action": "delete", "state": "done",
+                                         "by": "prune", "relation": f"{schema}.events_20240310", "rows": 40})
+    try:
+        third = archive_partition(conn, as_jsonl, day, store)  # nothing changed: the rows are the archives' exactly
+    except ArchiveError as exc:
+        raise AssertionError(f"{type(exc).__name__}: {exc}") from None
+    assert third.skipped, third
