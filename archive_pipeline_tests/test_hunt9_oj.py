@@ -305,3 +305,36 @@ def test_an_unchanged_day_archived_under_both_formats_once_removed_under_the_oth
     except ArchiveError as exc:
         raise AssertionError(f"{type(exc).__name__}: {exc}") from None
     assert third.skipped, third
+
+
+def test_a_deep_checked_day_skipped_under_its_former_format_is_not_checked_red(conn, schema, archive_env, s3_client):
+    """A table with ``deep_check: true`` is archived through Dagster as jsonl (2024-03-10, archive_intact passed).
+    The user sets ``format: csv``; a backfill runs the day again. The run now recognises the day as archived under
+    the jsonl key and skips it (nothing uploaded, the materialization records the jsonl manifest) -- and then its
+    deep check loads "the day's archive" from the key the configuration renders now (the csv key, empty):
+    ``archive_intact`` FAILED "... has no archive at s3://.../2024-03-10.csv.zst", the day red, for an archive the
+    same run just read and found to hold the day's rows exactly (before the fix the day was archived again as
+    new, and the check found that). Should: the deep check proves the archive the run skipped onto (its recorded
+    manifest key), and passes. (Cause: checks.verify_result calls verify.deep_verify(conn, store, spec, day)
+    without the manifest or its key; deep_verify reads keys.table_day_key only.)"""
+    from dagster import DagsterEventType
+
+    day = dt.date(2024, 3, 10)
+    create_sample_events(conn, [day], rows_per_day=3, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
+             "deep_check": True}
+    before = parse_config({"retry": {"max_retries": 0}, "tables": [{**table, "format": "jsonl"}]})
+    after = parse_config({"retry": {"max_retries": 0}, "tables": [{**table, "format": "csv"}]})
+    with instance_for_test() as instance:
+        assert build_definitions(before).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day.isoformat()).success
+        again = build_definitions(after).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        failures = _failures(instance, again.run_id)
+        checks = [e.event_specific_data for e in again.all_events
+                  if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and e.event_specific_data.check_name == "archive_intact"]
+        states = [e.event_specific_data.materialization.metadata["state"].value for e in again.all_events
+                  if e.event_type == DagsterEventType.ASSET_MATERIALIZATION]
+    assert [c.passed for c in checks] == [True], (states, [c.description for c in checks], failures)
+    assert again.success, failures
