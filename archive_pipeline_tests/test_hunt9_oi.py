@@ -137,11 +137,11 @@ def test_zstd_out_of_memory_is_the_out_of_memory_fault_not_an_unexpected_error(p
     store's max_concurrency" (`errors._OUT_OF_MEMORY_LOCAL`). A zstd allocation failure is that same local fault
     and should say so (and, for a high `compression_level`, that the level costs memory). (`errors._classify_one`
     knows MemoryError and "can't start new thread" only; zstandard's ZstdError falls through to `_UNKNOWN`.)
-    Here the cap leaves 256 MB above the process's size after its imports, which every stage of the archive
+    Here the cap leaves 24 MB above the process's size after its imports, which every stage of the archive
     fits in at level 3, and the table asks for level 22."""
     _day(conn, schema)
     out = _run(tmp_path, pg, s3, bucket, "archive", _spec(schema, format="csv", compression="zstd",
-                                                            compression_level=22), headroom_mb=256)
+                                                            compression_level=22), headroom_mb=24)
     _nothing_in_the_bucket(s3_client, bucket)
     assert not out["ok"], out
     assert out["typed"], out

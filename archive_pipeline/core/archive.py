@@ -269,7 +269,10 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
         return False
     elsewhere = archiving._removed_elsewhere(existing)
     if elsewhere is not None and not _same_rows(existing.manifest, table, fp):  # (as the run does: see run)
-        archiving._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
+        algorithm = archiving._algorithm(elsewhere, True)
+        there = fp if algorithm == fp.algorithm else fingerprint.compute(  # (an older version's archive: its own)
+            conn, table.identifier, table.columns, day_filter(table, day), algorithm)
+        archiving._refuse_removed_elsewhere(elsewhere, table, there, overwrite)
     return archiving._keep(existing.manifest, identity, table, fp, overwrite)
 
 
@@ -352,12 +355,15 @@ class _Archiving:
                     if decides or estimate < FINGERPRINT_ALONGSIDE_ROWS:
                         # first: it decides whether the day is read at all, or the day is too small to pay
                         # for a second session (otherwise ``_read`` takes it while the rows stream)
+                        # (this key's archive decides first; the other's, below, in its own algorithm)
+                        here = existing if existing.manifest is not None and existing.problem is None else None
                         fp, fp_seconds = self._timed_fingerprint(
-                            self.conn, table, where, self._algorithm(elsewhere or (before or (None, existing))[1],
-                                                                     decides))
-                        if existing.manifest is not None and existing.problem is None:
+                            self.conn, table, where,
+                            self._algorithm(here or elsewhere or (before or (None, existing))[1], decides))
+                        if here is not None:
                             if elsewhere is not None and not _same_rows(existing.manifest, table, fp):
-                                self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
+                                self._refuse_removed_elsewhere(elsewhere, table, self._in_algorithm_of(
+                                    elsewhere, table, where, fp), overwrite)
                             if self._keep(existing.manifest, identity, table, fp, overwrite):
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
                         else:
@@ -479,6 +485,13 @@ class _Archiving:
             return       # another table's; the markers stay and the next run looks again
         for marker in markers:
             self.store.delete_quietly(marker)
+
+    def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
+                         ) -> fingerprint.Fingerprint:
+        """``fp``, or the day's fingerprint again in the algorithm ``other``'s manifest records (an archive under
+        another key written by an older version): a fingerprint compares only with one of its algorithm."""
+        algorithm = self._algorithm(other, True)
+        return fp if algorithm == fp.algorithm else self._timed_fingerprint(self.conn, table, where, algorithm)[0]
 
     def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable, where,
                            algorithm: str = fingerprint.ALGORITHM) -> tuple[fingerprint.Fingerprint, float]:

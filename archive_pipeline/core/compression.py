@@ -47,6 +47,20 @@ class _Unclosable(io.RawIOBase):
         pass
 
 
+# zstd's "ultra" levels (20-22) size their window and match tables for the whole input when its size is unknown, as
+# ours is: level 22 took ~700 MB per stream. Above level 19 they are capped (a 4 MiB window, tables of 4M entries:
+# ~40 MB), where the extra search of those levels still helps; levels up to 19 are zstd's own.
+_ULTRA = 20
+_ULTRA_LOGS = {"window_log": 22, "chain_log": 22, "hash_log": 22}
+
+
+def zstd_parameters(level: int | None) -> zstandard.ZstdCompressionParameters:
+    """The compressor's parameters for ``level`` (zstd's default where None), memory bounded at every level."""
+    level = 3 if level is None else level
+    caps = _ULTRA_LOGS if level >= _ULTRA else {}
+    return zstandard.ZstdCompressionParameters.from_level(level, threads=1, write_checksum=1, **caps)
+
+
 class _Compressing:
     """Context manager: a writer that compresses into ``sink`` and ends the frame on exit."""
 
@@ -57,7 +71,7 @@ class _Compressing:
     def __enter__(self) -> StreamWriter:
         name = self.codec.name
         if name == "zstd":
-            compressor = zstandard.ZstdCompressor(level=self.level, threads=1, write_checksum=True)
+            compressor = zstandard.ZstdCompressor(compression_params=zstd_parameters(self.level))
             self._writer = compressor.stream_writer(self.sink, closefd=False, write_size=1 << 20)
         elif name == "gzip":
             self._writer = gzip.GzipFile(fileobj=self.sink, mode="wb", compresslevel=self.level, mtime=0)

@@ -293,11 +293,18 @@ def _check_botocore_settings(env: Mapping[str, str]) -> None:
     if profile:
         import botocore.session
 
+        import botocore.exceptions
+
         session = botocore.session.Session()
         for name, variable in (("config_file", "AWS_CONFIG_FILE"), ("credentials_file", "AWS_SHARED_CREDENTIALS_FILE")):
             if env.get(variable):  # (the env given, which may not be os.environ)
                 session.set_config_variable(name, env[variable])
-        if profile not in session.available_profiles:
+        try:
+            profiles = session.available_profiles
+        except botocore.exceptions.BotoCoreError as exc:  # a config file botocore cannot parse
+            raise ConfigError(f"the AWS config or credentials file cannot be read ({exc}): fix it, or point "
+                              "$AWS_CONFIG_FILE / $AWS_SHARED_CREDENTIALS_FILE at a valid one") from None
+        if profile not in profiles:
             raise ConfigError(_botocore_setting(f"the config profile ({profile}) could not be found"))
 
 

@@ -304,6 +304,10 @@ _NO_THREAD_LOCAL = Classification(False, "the archiving process could not start 
                                   "of memory is reached)", "give the run more memory or a higher thread limit "
                                   "(ulimit -u, a container's pids limit), or lower the store's max_concurrency",
                                   "local")
+_TOO_MANY_FILES_LOCAL = Classification(
+    False, "the process reached its limit of open files (each parallel stream holds a connection, a socket to the "
+    "store and a temp file)", "raise the limit (ulimit -n, systemd's LimitNOFILE, a container's nofile), or lower "
+    "the table's parallel_streams", "local")
 _UNKNOWN = Classification(False, "an unexpected error", "read the message; it is not retried because nothing "
                           "says a retry would help", "unknown")
 
@@ -677,6 +681,8 @@ def _classify_os(exc: OSError, text: str) -> Classification:
         return _TEMP_MISSING
     if exc.errno == errno.EIO:
         return _LOCAL_IO
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return _TOO_MANY_FILES_LOCAL
     if exc.errno == errno.EFBIG:
         return _FILE_TOO_LARGE_LOCAL
     if isinstance(exc, ConnectionError | TimeoutError) or exc.errno in (
@@ -706,9 +712,11 @@ def _classify_one(exc: BaseException) -> Classification | None:
         return _classify_database(exc, text, connection_error=isinstance(exc, adbc_driver_manager.OperationalError))
     if module.startswith(("botocore", "boto3")):
         return _classify_boto(exc)
-    if isinstance(exc, MemoryError):
-        return _OUT_OF_MEMORY_LOCAL
-    if isinstance(exc, RuntimeError) and "can't start new thread" in text:  # (CPython's words, any locale)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ArrowMemoryError" or (
+            module.startswith("zstandard") and ("Allocation error" in text or "not enough memory" in text)):
+        return _OUT_OF_MEMORY_LOCAL  # (Python's, Arrow's "malloc of size ... failed", zstd's allocation error)
+    if (isinstance(exc, RuntimeError) and "can't start new thread" in text) or (  # (CPython's words, any locale)
+            module.startswith("pyarrow") and "Failed to launch worker thread" in text):  # (Arrow's pool)
         return _NO_THREAD_LOCAL
     if isinstance(exc, OSError):
         return _classify_os(exc, text)

@@ -467,7 +467,7 @@ def _parse_time(text: str | None) -> dt.datetime | None:
 
 @speaks_utf8()
 def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
-                           store: S3Store, temp_dir: str | None = None) -> Settlement:
+                           store: S3Store, temp_dir: str | None = None, key: str | None = None) -> Settlement:
     """Settle a pending removal mark left in the day's manifest by a removal that did not finish.
 
     Under the (table, day) lock, on the primary (``conn``): if the removing transaction committed,
@@ -477,13 +477,14 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     a pending mark is left as it is (``outcome="none"``); one that is not the day's (another table-day's,
     see ``manifest.owned``) is never settled: :class:`RemovalRefused`. Raises :class:`RemovalNotRecorded` when the
     removal committed but the archive no longer checks out (the mark stays pending); a database error (a
-    lost session, a timeout) comes out as an :class:`ArchiveError` naming table, day, cause and remedy."""
+    lost session, a timeout) comes out as an :class:`ArchiveError` naming table, day, cause and remedy. ``key``:
+    the day's archive where it is not at the key the configuration renders (see :func:`archive_key`)."""
     require_autocommit(conn, "settling a pending removal")
     day = spec.period(day)
     try:
         _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
         with table_day_lock(conn, spec.name, day):
-            key = keys.table_day_key(spec, day, store.prefix)
+            key = key or keys.table_day_key(spec, day, store.prefix)
             manifest = _trusted_manifest(store, spec, day, key)
             if removal_state(manifest) != "pending":
                 return Settlement("none", manifest)

@@ -1384,6 +1384,7 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     the day: the proof is that the stage holds the archive (its fingerprint, compared by the caller) and
     that the target holds each of its rows, counted by row hash, so a skipped row with other values fails."""
     inserted = conn.execute(insert).rowcount
+    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred triggers rewrite rows now, before the proof (see _fire_deferred)
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     encoding = fp.server_encoding(conn)
@@ -1902,8 +1903,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             partition = _recorded_partition(manifest)
             original = {Relation.configured(name) for name in (table, manifest.get("source_relation")) if name} | \
                 ({partition[1]} if partition else set())
-            lock_name = table if into == "original" or relation in original else \
-                f"restore into {_tree_root(conn, relation)}"
+            # (one lock per partition tree: a partition and its parent hold the same rows)
+            root = _tree_root(conn, relation)
+            lock_name = table if into == "original" or relation in original or (
+                root is not None and root == _tree_root(conn, Relation.configured(table))) else f"restore into {root}"
             try:
                 stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             except ArchiveError as exc:

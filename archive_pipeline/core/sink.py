@@ -111,13 +111,29 @@ class HashingFile(AppendOnlyFile):
         return self._sha256.hexdigest()
 
 
+def default_temp_dir() -> str:
+    """Where temp files go when no temp_dir is given: ``$TMPDIR`` where set, refused (an :class:`OSError` naming it)
+    where it cannot be used: :func:`tempfile.gettempdir` passes over such a TMPDIR silently to /tmp, often a small
+    tmpfs, the very disk an operator sized TMPDIR to avoid. Unset, tempfile's choice."""
+    chosen = os.environ.get("TMPDIR")
+    if not chosen:
+        return tempfile.gettempdir()
+    if not os.path.isdir(chosen):
+        raise OSError(errno.ENOENT, f"$TMPDIR {chosen} does not exist or is not a directory: create it, or set TMPDIR "
+                                    "(or temp_dir) to a directory that exists", chosen)
+    if not os.access(chosen, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"$TMPDIR {chosen} is not writable (a read-only mount, or its permissions): set "
+                                    "TMPDIR (or temp_dir) to a writable directory", chosen)
+    return chosen
+
+
 def open_nameless(temp_dir: str | os.PathLike | None = None, suffix: str = "") -> tuple[int, Path, Path | None]:
     """A new private read-write file in ``temp_dir`` that no name points to.
 
     Returns ``(fd, path, name)``: ``path`` reopens it (``/proc/self/fd/<fd>``), ``name`` is its
     directory entry on systems without ``/proc`` (where it cannot be unlinked early and must be
     removed by the caller), else None."""
-    directory = os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+    directory = os.fspath(temp_dir) if temp_dir is not None else default_temp_dir()
     proc = _PROC_FD.is_dir()
     if proc and hasattr(os, "O_TMPFILE"):
         try:

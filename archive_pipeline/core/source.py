@@ -1341,7 +1341,7 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     if day_partitions is not None:
         detached = [d for d in detached if d not in {relation for relation, _ in pending}]  # told apart here
         pending = [(relation, parent) for relation, parent in pending
-                   if relation in day_partitions or _parent_of(conn, relation) in day_partitions]
+                   if _may_hold_day(conn, relation, where, day_partitions)]
     if pending:
         raise pending_detach_error(table.qualified, *pending[0])
     if detached:
@@ -1583,11 +1583,23 @@ WHERE c.relispartition AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ances
 """
 
 
-def _parent_of(conn: psycopg.Connection, relation: tuple[str, str]) -> tuple[str, str] | None:
-    """(schema, name) of the table ``relation`` is a partition of (pending detach or not), or None."""
-    return conn.execute("SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON "
-                        "c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE i.inhrelid "
-                        "= %s::pg_catalog.regclass", (sql.Identifier(*relation).as_string(conn),)).fetchone()
+def _may_hold_day(conn: psycopg.Connection, relation: tuple[str, str], where: sql.Composable,
+                  day_partitions: set[tuple[str, str]]) -> bool:
+    """Whether a partition pending detach may hold rows of the day: it is one of the day's partitions, or lies
+    under one (a year's, a month's) and holds a row the day's filter selects (its rows are read by neither
+    the parent nor the day); one outside the day's partitions holds none of its rows."""
+    if relation in day_partitions:
+        return True
+    ancestors = conn.execute(
+        "WITH RECURSIVE up(oid, depth) AS (SELECT %s::pg_catalog.regclass::pg_catalog.oid, 0 UNION ALL "
+        "SELECT i.inhparent, up.depth + 1 FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.oid "
+        "WHERE up.depth < 100) SELECT n.nspname, c.relname FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE up.depth > 0",
+        (sql.Identifier(*relation).as_string(conn),)).fetchall()
+    if not any(tuple(a) in day_partitions for a in ancestors):
+        return False
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+        sql.Identifier(*relation), where)).fetchone()[0]
 
 
 def detaching(conn: psycopg.Connection, relation: sql.Identifier) -> str | None:

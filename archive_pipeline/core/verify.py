@@ -437,6 +437,14 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     except ArchiveError as exc:  # the store's (a download that failed): no verdict either, and it names the day
         named(exc, spec.name, day.isoformat())
         raise
+    except Exception as exc:
+        # a local fault (memory, a thread, open files; Arrow's and zstd's words for them): no verdict, and it names
+        # the day with its cause and remedy (errors.classify), where it went out bare ("a bug in archive_pipeline")
+        if isinstance(exc, MemoryError | RuntimeError | OSError) or \
+                (type(exc).__module__ or "").startswith(("pyarrow", "zstandard")):
+            raise wrap(exc, spec.name, day.isoformat(), conn.info.password, doing="proving", temp_dir=temp_dir) \
+                from None
+        raise
     except BaseException as exc:  # cancelled: the proof's temporary table and download go with it
         note_cancelled(exc, spec.name, day.isoformat(), "proving")
         raise

@@ -142,7 +142,10 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
         verified = f"archived again since this was recorded ({replaced}); that archive checked as its manifest says"
     if conn is not None and not problems:
-        problems = verify.deep_verify(conn, store, spec, day, scratch_conn=scratch_conn, temp_dir=temp_dir)
+        # the manifest at the day's recorded key (its archive under a former format or key_template is there)
+        recorded = verify.load_manifest(store, key, owner)
+        problems = verify.deep_verify(conn, store, spec, day, manifest=recorded, scratch_conn=scratch_conn,
+                                      temp_dir=temp_dir)
         verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
     if problems:  # what was checked, not what it would have meant had it passed
         verified = (f"object, size{', MD5 and row count' if deep else ''} and manifest checked"

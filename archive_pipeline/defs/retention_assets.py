@@ -183,7 +183,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             if pending and not dry_run:
                 # An earlier removal left its mark (its "done" mark failed, or a refused one could not
                 # take it back): settled on the primary first, so the proof below is of the day as it is.
-                settled = settle_pending_removal(primary, spec, day, store, temp_dir=archive_store.temp_dir)
+                settled = settle_pending_removal(primary, spec, day, store, temp_dir=archive_store.temp_dir, key=key)
                 manifest = settled.manifest
             elif pending and not pending_removal_committed(primary, spec, day, manifest):
                 # a dry run leaves the mark, but a removal that never committed removed nothing: the day is
