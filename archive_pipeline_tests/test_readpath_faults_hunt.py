@@ -173,11 +173,11 @@ def test_deep_verification_whose_object_body_arrives_cut_short_is_no_verdict(s3,
 # =====================================================================================================
 
 def _terminate_at_first_block(monkeypatch, pg, pid_of):
-    """Make the JSONL reader terminate the backend ``pid_of()`` (from another session) before it hands
-    over its first block: the load's statement then meets a dead session."""
+    """Make the archive's reader terminate the backend ``pid_of()`` (from another session) before it hands
+    over its first block (of the JSONL lines staged by COPY): the load's statement then meets a dead session."""
     from archive_pipeline.core.formats import readers
 
-    original = readers.jsonl_arrays
+    original = readers.decompressed_chunks
     done = []
 
     def reader(*args, **kwargs):
@@ -188,7 +188,7 @@ def _terminate_at_first_block(monkeypatch, pg, pid_of):
                 done.append(True)
             yield block
 
-    monkeypatch.setattr(readers, "jsonl_arrays", reader)
+    monkeypatch.setattr(readers, "decompressed_chunks", reader)
     return done
 
 

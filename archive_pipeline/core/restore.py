@@ -25,7 +25,6 @@ from typing import Literal, NamedTuple
 import psycopg
 import pyarrow as pa
 from psycopg import sql
-from psycopg.types.json import Json
 
 from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
@@ -47,7 +46,7 @@ from archive_pipeline.core.source import (NUMBER_TYPES, Column, altered_composit
                                           missing_character, prefetch, relation_name, relation_shapes, shape_changes,
                                           stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
-from archive_pipeline.core.sqltext import CatalogText, with_params
+from archive_pipeline.core.sqltext import CatalogText
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 _names = itertools.count()
@@ -119,10 +118,6 @@ def _input_settings(conn: psycopg.Connection) -> Iterator[None]:
             apply_settings(conn.execute, dict(zip(names, previous, strict=True)))
 
 
-def _as_is(data: bytes) -> bytes:
-    return data
-
-
 def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[pa.Buffer | bytes | memoryview],
           depth: int = 2, max_bytes: int | None = None) -> int:
     """Feed ``chunks`` to ``COPY ... FROM STDIN``; a reader thread decodes the next chunk meanwhile
@@ -171,16 +166,15 @@ def _overriding(always_identity: bool) -> sql.Composable:
     return sql.SQL(" OVERRIDING SYSTEM VALUE") if always_identity else sql.SQL("")
 
 
-def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, columns: list[str], block: bytes,
-                         exc: psycopg.DataError) -> None:
-    """Add to ``exc`` the column whose value the target's type refused: json_to_recordset's errors name no
+def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
+                         lines: sql.Identifier, exc: psycopg.DataError) -> None:
+    """Add to ``exc`` the column whose value the target's type refused: json_to_record's errors name no
     column (COPY's do), so a JSONL restore refused by an enum label renamed since archiving said only
-    'invalid input value for enum ... "pending"'. Each column's reading of the block is tried alone, once the
-    block is known to be JSON at all (else the object does not decode, and no column is to blame)."""
+    'invalid input value for enum ... "pending"'. Each column's reading of the staged ``lines`` is tried
+    alone, once they are known to be JSON at all (else the object does not decode: no column is to blame)."""
     try:
         with conn.transaction():
-            conn.execute(with_params(sql.SQL("SELECT json_typeof(%s)"), conn), (Json(block, dumps=_as_is),),
-                         prepare=False)
+            conn.execute(sql.SQL("SELECT count(json_typeof(s.line::json)) FROM {} s").format(lines))
     except psycopg.DataError:
         exc.not_json = True
         return
@@ -188,11 +182,11 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
         return
     _, pieces = _jsonl_pieces(conn, target, columns)
     for name, definition, value in pieces:
-        probe = with_params(sql.SQL("SELECT count({v}) FROM json_to_recordset(%s) AS x({d})").format(
-            v=value, d=definition), conn)
+        probe = sql.SQL("SELECT count({v}) FROM {s} s CROSS JOIN LATERAL json_to_record(s.line::json) AS x({d}) "
+                        "WHERE s.line IS NOT NULL").format(v=value, s=lines, d=definition)
         try:
             with conn.transaction():
-                conn.execute(probe, (Json(block, dumps=_as_is),), prepare=False)
+                conn.execute(probe)
         except psycopg.DataError:
             exc.refused_column = name
             return
@@ -200,10 +194,12 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
             return
 
 
-def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: list[str]) -> sql.Composable:
-    """``INSERT INTO target (columns) SELECT ... FROM json_to_recordset(%s) AS x(<the target's columns>)``.
+def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
+                  lines: sql.Identifier) -> sql.Composable:
+    """``INSERT INTO target (columns) SELECT ... FROM lines s, json_to_record(s.line::json) AS x(<the target's
+    columns>)``: the archive's lines, staged by COPY (see :func:`_staged_lines`), each read as its row.
 
-    json_to_recordset reads each value as json_populate_recordset does (the column type's input
+    json_to_record reads each value as json_populate_record does (the column type's input
     function on the value's text), except for the two kinds of column where that path is slow (measured:
     together 40% of the server's time on the sample events table) and a cheaper one is exactly equal:
 
@@ -222,9 +218,25 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
     """
     always_identity, pieces = _jsonl_pieces(conn, target, columns)
     definitions, values = [d for _, d, _ in pieces], [v for _, _, v in pieces]
-    return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM json_to_recordset(%s) AS x({d})").format(
+    return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM {s} s CROSS JOIN LATERAL json_to_record(s.line::json) "
+                   "AS x({d}) WHERE s.line IS NOT NULL").format(
         t=target, c=_column_list(columns), o=_overriding(always_identity), v=sql.SQL(", ").join(values),
-        d=sql.SQL(", ").join(definitions))
+        s=lines, d=sql.SQL(", ").join(definitions))
+
+
+def _staged_lines(conn: psycopg.Connection, path: str | os.PathLike, compression: str, limit: int | None
+                  ) -> sql.Identifier:
+    """A temporary table of the archive's JSONL lines (one text column), filled by one COPY of the decompressed
+    bytes as they come: nothing of the day is held in memory here, whatever its longest line (a 16 MiB text of
+    control characters is a 96 MiB line, which the JSON blocks held five times over). CSV with a delimiter and a
+    quote character that a JSON text never holds raw (every control character is escaped in JSON) reads each
+    line as it is, backslashes and quotes and all; no line of a JSON object is COPY's end marker. Dropped at
+    COMMIT, in pg_temp by name (a table of the same name elsewhere on the path is never found first)."""
+    lines = sql.Identifier("pg_temp", f"archive_restore_lines_{os.getpid()}_{next(_names)}")
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (line text) ON COMMIT DROP").format(lines))
+    _copy(conn, sql.SQL("COPY {} (line) FROM STDIN (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')").format(lines),
+          readers.decompressed_chunks(path, compression, limit))
+    return lines
 
 
 def _jsonl_pieces(conn: psycopg.Connection, target: sql.Composable, columns: list[str]
@@ -289,17 +301,13 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1,
                              max_bytes=READ_AHEAD_BYTES)
             if fmt == "jsonl":
-                statement = with_params(_jsonl_insert(conn, target, columns), conn)
-                rows = 0
-                for block in prefetch(readers.jsonl_arrays(archive_path, compression, limit=limit), depth=1):
-                    # sent as it is, typed json: no decode, no re-encode (PostgreSQL validates it)
-                    try:
-                        with conn.transaction():
-                            rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
-                    except psycopg.DataError as exc:
-                        _name_refused_column(conn, target, columns, block, exc)
-                        raise
-                return rows
+                lines = _staged_lines(conn, archive_path, compression, limit)
+                try:
+                    with conn.transaction():
+                        return conn.execute(_jsonl_insert(conn, target, columns, lines)).rowcount
+                except psycopg.DataError as exc:
+                    _name_refused_column(conn, target, columns, lines, exc)
+                    raise
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
     except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, psycopg.DataError) as exc:
         # DataError (SQLSTATE class 22) covers a bad CSV/header line, invalid JSON, a value its type rejects

@@ -3,10 +3,10 @@ functions read, in bounded batches, without a Python object per row or value.
 
 - CSV is PostgreSQL's own ``COPY ... (FORMAT csv)`` output: it goes back through ``COPY FROM``
   byte for byte (:func:`decompressed_chunks`).
-- JSONL is one ``row_to_json`` object per line and JSON text never holds a raw newline, so a block
-  of whole lines becomes a JSON array by replacing its newlines with commas
-  (:func:`jsonl_arrays`); PostgreSQL's ``json_populate_recordset`` then applies each column's own
-  input function to the value's text (a string for the types the writer spells as their own text:
+- JSONL is one ``row_to_json`` object per line and JSON text never holds a raw newline or control
+  character, so the lines go into a one-column table by ``COPY ... (FORMAT csv)`` with a delimiter and
+  quote no JSON text holds (:func:`decompressed_chunks`, see ``restore._staged_lines``); PostgreSQL's
+  ``json_to_record`` then applies each column's own input function to the value's text (a string for the types the writer spells as their own text:
   array literals, composites, ranges), exact for what the writer produces. Two things JSONL cannot
   carry (white space around a json value, line breaks inside one) come back without it, and the
   restore's fingerprint check refuses them.
@@ -31,7 +31,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 READ_BYTES = 1 << 20  # decompressed bytes per read
-JSON_BATCH_BYTES = 1 << 20  # JSON text per INSERT (4 MB: the set function's rows spill past work_mem; measured slower)
 PARQUET_BATCH_ROWS = 16_384  # rows per Arrow batch read from a row group
 BIG_LIST_BYTES = 16 << 20  # a list column's elements this big are turned into text with the system allocator
 BIG_ROW_BYTES = 1 << 20  # a row's text this long skips Arrow's CSV writer (two whole copies of it)
@@ -68,32 +67,6 @@ def decompressed_chunks(path: str | os.PathLike, compression: str, limit: int | 
                 raise ArchiveDecodeError(f"the object decompresses to more than the {limit:,} bytes its manifest "
                                          "records: it is damaged or was altered")
             yield chunk
-
-
-def jsonl_arrays(path: str | os.PathLike, compression: str, batch_bytes: int = JSON_BATCH_BYTES,
-                 limit: int | None = None) -> Iterator[bytes]:
-    """Blocks of whole JSONL lines, each as the UTF-8 text of one JSON array of the lines' objects.
-
-    A JSON text holds no raw newline (row_to_json escapes it), so replacing the newlines between
-    whole lines by commas is exact; one bytes operation per block, none per row.
-    """
-    pending = bytearray()
-    for chunk in decompressed_chunks(path, compression, limit):
-        pending += memoryview(chunk)
-        if len(pending) >= batch_bytes:
-            cut = pending.rfind(b"\n")
-            if cut >= 0:
-                yield _as_array(pending[:cut])
-                del pending[:cut + 1]
-    if pending.strip():
-        yield _as_array(pending)
-
-
-_NEWLINE_TO_COMMA = bytes.maketrans(b"\n", b",")
-
-
-def _as_array(lines: bytearray) -> bytes:
-    return b"[" + bytes(lines).strip(b"\n").translate(_NEWLINE_TO_COMMA) + b"]"
 
 
 # --- Parquet -> PostgreSQL text ------------------------------------------------------------------
