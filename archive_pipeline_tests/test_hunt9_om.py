@@ -49,3 +49,42 @@ def test_a_zone_shifted_expression_partition_pending_detach_is_not_left_out_of_t
     rows = read_jsonl(decompress(download(s3_client, bucket, result.key), "none"))
     assert sorted(int(r["id"]) for r in rows) == expected, f"archived {result.rows} rows of 24 while p10 is pending"
 
+
+
+def _events(conn, schema: str, instants: list[str]) -> None:
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id serial PRIMARY KEY, at timestamptz NOT NULL)").format(s))
+    for at in instants:
+        conn.execute(sql.SQL("INSERT INTO {}.ev (at) VALUES (%s)").format(s), (at,))
+
+
+def test_archive_after_a_zone_and_format_change_names_the_zone_not_rows_arrived_late(conn, schema, store, temp_dir):
+    """A daily UTC table (the default key_template, with ``{ext}``) has 2024-03-10 archived as jsonl. The user
+    changes the table to ``timezone: Europe/Berlin`` and ``format: csv`` at once; no row changes. Archiving 2024-03-10
+    now refuses it as a LateRowsError "changed since it was archived ...: its content changed with the same 2 rows
+    (rows updated, or inserted and deleted ...)" -- sending the operator to hunt an edit nobody made. With the format
+    unchanged the same run names the zone change ("its archive holds the daily period 2024-03-10 in UTC, and the
+    table is now configured as daily in Europe/Berlin: another period with the same key"). Should: the same naming
+    of the zone change for the archive found under the former format. (Cause: archive._Archiving._archived_elsewhere
+    hands the former format's manifest to ``_keep`` without ``another_period``, which only ``_refuse_foreign`` (the
+    day's own key) asks.)"""
+    from archive_pipeline.core.errors import ArchiveError
+
+    _events(conn, schema, ["2024-03-10 12:00+00", "2024-03-10 23:30+00", "2024-03-09 23:30+00"])
+    base = dict(name=f"{schema}.ev", day_column="at", start_date="2024-03-01")
+    first = archive_partition(conn, TableSpec(**base, format="jsonl"), dt.date(2024, 3, 10), store, temp_dir=temp_dir)
+    assert first.rows == 2
+    # (the premise: with the format unchanged the zone change is named)
+    try:
+        archive_partition(conn, TableSpec(**base, format="jsonl", timezone="Europe/Berlin"), dt.date(2024, 3, 10),
+                          store, temp_dir=temp_dir)
+        raise AssertionError("the UTC day's archive was skipped onto as the Berlin day")
+    except ArchiveError as exc:
+        assert "Europe/Berlin" in str(exc) and "another period" in str(exc), str(exc)
+    try:
+        result = archive_partition(conn, TableSpec(**base, format="csv", timezone="Europe/Berlin"),
+                                   dt.date(2024, 3, 10), store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        assert "Europe/Berlin" in str(exc) and "another period" in str(exc), str(exc)
+        return
+    raise AssertionError(f"archived: {result}")
