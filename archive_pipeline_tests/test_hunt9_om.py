@@ -88,3 +88,29 @@ def test_archive_after_a_zone_and_format_change_names_the_zone_not_rows_arrived_
         assert "Europe/Berlin" in str(exc) and "another period" in str(exc), str(exc)
         return
     raise AssertionError(f"archived: {result}")
+
+
+def test_a_removal_after_a_zone_change_names_the_zone_not_an_unproven_archive_of_changed_rows(
+        conn, schema, store, temp_dir):
+    """A daily UTC table with ``retention: {action: delete}`` has 2024-03-10 archived (rows at 12:00Z and 23:30Z).
+    The user sets ``timezone: Europe/Berlin``; no row changes. The removal of 2024-03-10 (prune, or the removal
+    asset) is refused "stays in the source: its archive is not proven: ..." with a row/fingerprint difference, as
+    if rows had changed in PostgreSQL, while list/compare/verify name the cause: "its archive holds the daily
+    period 2024-03-10 in UTC, and the table is now configured as daily in Europe/Berlin: another period with the
+    same key". Should: the removal names the zone change too (archive the day again with overwrite), never rows
+    changed. (Cause: lifecycle._remove_day proves with verify.deep_verify, which never asks
+    manifest.another_period / layout_change.)"""
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+
+    _events(conn, schema, ["2024-03-10 12:00+00", "2024-03-10 23:30+00", "2024-03-09 23:30+00"])
+    base = dict(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="jsonl",
+                retention={"keep_days": 1, "action": "delete"})
+    archive_partition(conn, TableSpec(**base), dt.date(2024, 3, 10), store, temp_dir=temp_dir)
+    berlin = TableSpec(**base, timezone="Europe/Berlin")
+    for dry_run in (True, False):
+        try:
+            remove_day(conn, berlin, dt.date(2024, 3, 10), store, dry_run=dry_run, temp_dir=temp_dir)
+        except RemovalRefused as exc:
+            assert "Europe/Berlin" in str(exc) and "another period" in str(exc), str(exc)
+            continue
+        raise AssertionError("removed")
