@@ -114,3 +114,37 @@ def test_a_removal_after_a_zone_change_names_the_zone_not_an_unproven_archive_of
             assert "Europe/Berlin" in str(exc) and "another period" in str(exc), str(exc)
             continue
         raise AssertionError("removed")
+
+
+def test_restoring_a_month_after_a_daily_table_became_monthly_does_not_restore_its_first_day_as_the_month(
+        conn, schema, store, temp_dir):
+    """A daily UTC table with ``key_template: {prefix}/{schema}.{table}/{date}.{ext}`` has 2024-03-01 (23 rows) and
+    2024-03-02 (24 rows) archived. The user switches it to ``granularity: monthly`` (the template is valid for
+    months too; the month 2024-03's key is the day 2024-03-01's). ``restore --from 2024-03 --to 2024-03`` then
+    reports the month 2024-03 restored, "fingerprint ... equals the manifest's", with 23 rows: only March 1st's
+    archive, taken for the month; March 2nd's 24 archived rows are neither restored nor reported missing, and the
+    granularity change is named nowhere (list, compare and verify name it: "its archive holds the daily period
+    2024-03-01 in UTC, and the table is now configured as monthly ..."). Should: the restore names the archive as
+    another period (refuses it, saying so), never restores one day as the month. (Cause: restore.find_manifest /
+    iter_restore_days accept any manifest ``owned`` by the table and the key string, without
+    manifest.another_period.)"""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_days
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id serial PRIMARY KEY, at timestamptz NOT NULL)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev (at) SELECT generate_series('2024-03-01 01:00+00'::timestamptz, "
+                         "'2024-03-02 23:00+00', '1 hour')").format(s))
+    base = dict(name=f"{schema}.ev", day_column="at", start_date="2024-01-01",
+                key_template="{prefix}/{schema}.{table}/{date}.{ext}")
+    for d in (1, 2):
+        archive_partition(conn, TableSpec(**base), dt.date(2024, 3, d), store, temp_dir=temp_dir)
+    monthly = TableSpec(**base, granularity="monthly")
+    march = monthly.period("2024-03")
+    try:
+        result = restore_days(conn, store, monthly, march, march, into="new", target=f"{schema}.back")
+    except ArchiveError as exc:
+        assert "daily" in str(exc) and "monthly" in str(exc), str(exc)
+        return
+    restored = conn.execute(sql.SQL("SELECT count(*) FROM {}.back").format(s)).fetchone()[0]
+    assert restored == 47, f"the month restored as {restored} rows (its first day's archive): {result}"
