@@ -148,3 +148,31 @@ def test_restoring_a_month_after_a_daily_table_became_monthly_does_not_restore_i
         return
     restored = conn.execute(sql.SQL("SELECT count(*) FROM {}.back").format(s)).fetchone()[0]
     assert restored == 47, f"the month restored as {restored} rows (its first day's archive): {result}"
+
+
+def test_compare_and_list_after_a_zone_change_that_empties_the_local_day_name_the_zone_not_rows_gone(
+        conn, schema, store, temp_dir):
+    """A daily UTC table has 2024-03-10 archived: its rows are late in the UTC day (23:10Z, 23:40Z). The user sets
+    ``timezone: Europe/Berlin``; no row changes (in Berlin those rows are 2024-03-11 00:10 and 00:40). ``compare``
+    of 2024-03-10 says "not-in-source: archived; the source no longer has this day", and ``list --check-source``
+    says "no longer in the source" -- as if the rows had been deleted from PostgreSQL -- where, when the Berlin day
+    still had some rows, both name the change ("its archive holds the daily period 2024-03-10 in UTC, and the
+    table is now configured as daily in Europe/Berlin: another period with the same key"). Should: the zone change
+    is named here too, never "the source no longer has this day". (Cause: plan._compare_days -> _absent and
+    plan._day_statuses's not-present branch never ask manifest.layout_change; only the "differs"/"changed" ones
+    do.)"""
+    from archive_pipeline.core.plan import compare_days, day_statuses
+
+    _events(conn, schema, ["2024-03-10 23:10+00", "2024-03-10 23:40+00"])
+    base = dict(name=f"{schema}.ev", day_column="at", start_date="2024-03-01")
+    assert archive_partition(conn, TableSpec(**base), dt.date(2024, 3, 10), store, temp_dir=temp_dir).rows == 2
+    berlin = TableSpec(**base, timezone="Europe/Berlin")
+    day = berlin.period("2024-03-10")
+    [compared] = compare_days(conn, berlin, store, [day])
+    [listed] = day_statuses(conn, berlin, store, [day], check_source=True)
+    problems = []
+    if "Europe/Berlin" not in compared.note:
+        problems.append(f"compare: {compared.result}: {compared.note}")
+    if "Europe/Berlin" not in listed.note:
+        problems.append(f"list --check-source: {listed.state}: {listed.note}")
+    assert not problems, problems
