@@ -135,7 +135,9 @@ def _restore_once(manifest_path: Path, target: str, pg, s3, workdir: Path) -> di
     out = subprocess.run([sys.executable, __file__, "--child", "restore", "--manifest", str(manifest_path),
                           "--target", target,
                           "--dsn", pg.dsn, "--endpoint", s3.endpoint_url, "--temp-dir", str(workdir)],
-                         check=True, capture_output=True, text=True)
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"restore of {manifest_path.name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -151,7 +153,8 @@ def _prepare(day: dt.date, formats: list[str], pg, s3, workdir: Path) -> dict[st
     manifests = {}
     with pg.connect() as conn:
         for fmt in formats:
-            result = archive_partition(conn, _spec(fmt), day, store, temp_dir=str(workdir))
+            # (overwrite: each format's own archive of the day, not the one another format's run already wrote)
+            result = archive_partition(conn, _spec(fmt), day, store, temp_dir=str(workdir), overwrite=True)
             path = workdir / f"{day}.{fmt}.manifest.json"
             path.write_text(json.dumps(decode_manifest(store.get_bytes(result.manifest_key))))
             manifests[fmt] = path
