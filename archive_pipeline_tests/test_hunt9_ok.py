@@ -1,0 +1,60 @@
+"""Hunt 9 (ok): what a Dagster operator sees after this session's changes (a day archived under the table's former
+format or key_template, needs_overwrite from the error, retries), through Dagster's own APIs in process against
+the real PostgreSQL and S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import DagsterEventType, instance_for_test
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.defs.assets import op_name
+from archive_pipeline_tests.test_hunt4_tt import _failures
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _keys(s3_client, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _job(table: dict, name: str):
+    return build_definitions(parse_config({"retry": {"max_retries": 0}, "tables": [table]})).resolve_job_def(name)
+
+
+def test_the_ui_advice_for_a_strict_tables_inexact_archive_works_once_followed(conn, schema, archive_env, s3_client):
+    """A JSONL day whose json value holds a line break was archived through Dagster; the user then makes the table
+    ``strict: true``. The next run of the day fails: the core says "records column 'v' ... as not exact in jsonl ...;
+    archive the day again as csv or parquet with overwrite", and the UI's "What to do" says "Choose another format
+    for table ... (jsonl keeps every type as PostgreSQL prints it), or change the column's type" -- it recommends
+    jsonl, the very format the column is inexact in, and names no overwrite. The user follows it: ``format: csv``,
+    launch the partition again. It fails exactly as before: since this session a run finds the day's archive under
+    the table's former format (``_Archiving._archived_elsewhere``) and ``_keep`` refuses that inexact jsonl archive
+    again (before, the csv key was new and the day was archived exactly). Cause: ``assets.remedy`` answers every
+    UnsupportedTypeError with the "choose another format" advice (meant for a column the format cannot hold), and
+    the error carries neither a remedy of its own nor needs_overwrite. Should: the advice the UI gives for the day
+    works when followed (another format with the overwrite run config, or the new format's archive written)."""
+    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at date, v json)")
+    conn.execute(f"INSERT INTO {schema}.ev VALUES (1, %s, %s)", (DAY, '{"a":\n1}'))
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": str(DAY), "format": "jsonl",
+             "compression": "none"}
+    name = f"Archive_{schema}_ev"
+    with instance_for_test() as instance:
+        assert _job(table, name).execute_in_process(instance=instance, partition_key=str(DAY)).success
+        strict = _job({**table, "strict": True}, name).execute_in_process(
+            instance=instance, partition_key=str(DAY), raise_on_error=False)
+        [failed] = _failures(instance, strict.run_id)
+        assert "not exact in jsonl" in failed, failed  # (the premise)
+        advice = failed.split("What to do:", 1)[1]
+        assert "jsonl keeps every type" not in advice, advice  # the column is the one jsonl does not keep
+        config = None
+        if "overwrite" in advice:  # as the advice says: another format, archived again with overwrite
+            op = op_name(parse_config({"tables": [table]}).tables[0])
+            config = {"ops": {op: {"config": {"overwrite": True}}}}
+        again = _job({**table, "strict": True, "format": "csv"}, name).execute_in_process(
+            instance=instance, partition_key=str(DAY), raise_on_error=False, run_config=config)
+        failures = _failures(instance, again.run_id)
+    assert again.success, (advice, failures)
+    assert any(k.endswith("2024-03-10.csv") for k in _keys(s3_client, archive_env)), _keys(s3_client, archive_env)
