@@ -58,3 +58,33 @@ def test_the_ui_advice_for_a_strict_tables_inexact_archive_works_once_followed(c
         failures = _failures(instance, again.run_id)
     assert again.success, (advice, failures)
     assert any(k.endswith("2024-03-10.csv") for k in _keys(s3_client, archive_env)), _keys(s3_client, archive_env)
+
+
+def test_a_day_whose_manifest_key_holds_an_oversized_object_is_not_retried_as_another_runs_write(
+        conn, schema, archive_env, s3_client):
+    """A day is archived through Dagster; then something writes a 17 MiB object at the day's manifest key (a bad
+    copy job, anyone with write access). The day's next run (the schedule, a backfill; with retries on) reads
+    it as "larger than any manifest: not read" -- a damaged manifest, which a run replaces by a new generation
+    (a small damaged manifest is, and that run succeeds). Here every attempt fails instead with "...manifest.json
+    was written by another run meanwhile (PreconditionFailed) ... retried automatically", no other run exists,
+    and Dagster retries the step, each attempt failing the same way: a retry that cannot succeed, behind an
+    untrue cause. Cause: ``store.get_verified_bytes`` answers an oversized object with the OVERSIZED sentinel,
+    ``read_existing`` keeps that sentinel as ``Existing.raw``, and the commit's If-Match is the ETag of those
+    sentinel bytes (``_put_manifest(replacing=existing.raw)`` -> ``store.etag_of``), which never matches the
+    stored object. Should: the run replaces the damaged manifest as it does any other, or refuses the day once
+    (not retried) saying what is at the key and what to do -- never "another run" and never a retry loop."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=3, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat()}
+    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 0}, "tables": [table]})
+    job = build_definitions(config).resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        [manifest] = [k for k in _keys(s3_client, archive_env) if k.endswith(".manifest.json")]
+        s3_client.put_object(Bucket=archive_env, Key=manifest, Body=b"{" + b" " * (17 * 1024 * 1024) + b"}")
+        again = job.execute_in_process(instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        failures = _failures(instance, again.run_id)
+        retries = [e for e in again.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+    assert not any("another run" in f for f in failures), failures
+    assert again.success or not retries, (len(retries), failures)
