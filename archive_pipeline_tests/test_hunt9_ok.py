@@ -88,3 +88,39 @@ def test_a_day_whose_manifest_key_holds_an_oversized_object_is_not_retried_as_an
         retries = [e for e in again.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     assert not any("another run" in f for f in failures), failures
     assert again.success or not retries, (len(retries), failures)
+
+
+def test_a_key_template_that_keeps_a_new_zones_periods_apart_as_advised_lets_the_day_be_archived(
+        conn, schema, archive_env, s3_client):
+    """A daily UTC table has 2024-03-10 archived through Dagster (24 rows, one an hour). The user sets ``timezone:
+    Europe/Berlin``; the next run of the day is refused, rightly: "its archive holds the daily period 2024-03-10 in
+    UTC ... another period with the same key; set overwrite to replace it, or give the table a key_template
+    (another prefix, say) that keeps the new periods apart from the old". The user takes the second way, to keep
+    the UTC archives as they are: ``key_template: {prefix}/berlin/{schema}.{table}/{date}.{ext}``, and launches the
+    day again. It fails: "... 2024-03-10 changed since it was archived to s3://.../2024-03-10.jsonl.zst: it has 23
+    rows now, the archive holds 24 (rows arrived or were deleted late); set overwrite ..." -- no row changed, and
+    the advice just followed does not work. Cause: since this session the run looks for the day under the key its
+    last materialization recorded (``assets.former_day_keys`` -> ``_Archiving._archived_elsewhere``) and holds the
+    Berlin day's rows against that UTC period's archive in ``_keep``, which never asks ``another_period`` (only
+    ``_refuse_foreign`` does, for the rendered key). Should: an archive of another period at a former key is not
+    the day's archive (the day is archived at the new key, as the advice promises), or at least the refusal names
+    the zone change and not late rows."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY, DAY + dt.timedelta(days=1)], rows_per_day=24, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat()}
+    name = f"Archive_{schema}_events"
+    berlin = {**table, "timezone": "Europe/Berlin"}
+    with instance_for_test() as instance:
+        assert _job(table, name).execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        refused = _job(berlin, name).execute_in_process(instance=instance, partition_key=DAY.isoformat(),
+                                                        raise_on_error=False)
+        [said] = _failures(instance, refused.run_id)
+        assert "give the table a key_template" in said, said  # (the premise: the advice)
+        apart = {**berlin, "key_template": "{prefix}/berlin/{schema}.{table}/{date}.{ext}"}
+        again = _job(apart, name).execute_in_process(instance=instance, partition_key=DAY.isoformat(),
+                                                     raise_on_error=False)
+        failures = _failures(instance, again.run_id)
+    assert not any("rows arrived or were deleted late" in f for f in failures), failures
+    assert again.success, failures
+    assert any("/berlin/" in k for k in _keys(s3_client, archive_env)), _keys(s3_client, archive_env)
