@@ -124,3 +124,31 @@ def test_a_key_template_that_keeps_a_new_zones_periods_apart_as_advised_lets_the
     assert not any("rows arrived or were deleted late" in f for f in failures), failures
     assert again.success, failures
     assert any("/berlin/" in k for k in _keys(s3_client, archive_env)), _keys(s3_client, archive_env)
+
+
+def test_the_first_month_of_a_table_moved_from_daily_to_monthly_is_not_refused_as_changed(
+        conn, schema, archive_env, s3_client):
+    """A daily table has 2024-03-01 archived through Dagster (24 rows) at the daily default key
+    ``.../2024/03/2024-03-01.jsonl.zst``. The user sets ``granularity: monthly``; the monthly default template puts
+    March at ``.../2024/2024-03.jsonl.zst``, a key nothing is at, and the month's partition key is ``2024-03-01``
+    (README: "a monthly one's first month key is its first day's"). Launching March fails: "... 2024-03-01 changed
+    since it was archived to s3://.../2024/03/2024-03-01.jsonl.zst: it has 48 rows now, the archive holds 24 (rows
+    arrived or were deleted late); set overwrite" -- nothing changed in PostgreSQL; the archive named is the old
+    daily period's, at another key. Cause: the day's last materialization (partition ``2024-03-01``, the daily one)
+    hands its key to the run as a former key (``assets.former_day_keys``), ``_Archiving._archived_elsewhere``
+    accepts that manifest (same table, same ``day`` text) and ``_keep`` compares the month's rows with the day's,
+    never asking ``another_period``. Should: the month is archived at its own key (an archive of another period is
+    not the month's), or the refusal names the granularity change, not late rows."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    first = dt.date(2024, 3, 1)
+    create_sample_events(conn, [first, first + dt.timedelta(days=1)], rows_per_day=24, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": first.isoformat()}
+    name = f"Archive_{schema}_events"
+    with instance_for_test() as instance:
+        assert _job(table, name).execute_in_process(instance=instance, partition_key=first.isoformat()).success
+        month = _job({**table, "granularity": "monthly"}, name).execute_in_process(
+            instance=instance, partition_key=first.isoformat(), raise_on_error=False)
+        failures = _failures(instance, month.run_id)
+    assert not any("rows arrived or were deleted late" in f for f in failures), failures
+    assert month.success, failures
