@@ -103,8 +103,7 @@ def test_a_key_template_that_keeps_a_new_zones_periods_apart_as_advised_lets_the
     last materialization recorded (``assets.former_day_keys`` -> ``_Archiving._archived_elsewhere``) and holds the
     Berlin day's rows against that UTC period's archive in ``_keep``, which never asks ``another_period`` (only
     ``_refuse_foreign`` does, for the rendered key). Should: an archive of another period at a former key is not
-    the day's archive (the day is archived at the new key, as the advice promises), or at least the refusal names
-    the zone change and not late rows."""
+    the day's archive: the day is archived at the new key, as the advice promises (and nothing says late rows)."""
     from archive_pipeline.local.local_stack import create_sample_events
 
     create_sample_events(conn, [DAY, DAY + dt.timedelta(days=1)], rows_per_day=24, schema=schema)
@@ -137,8 +136,8 @@ def test_the_first_month_of_a_table_moved_from_daily_to_monthly_is_not_refused_a
     daily period's, at another key. Cause: the day's last materialization (partition ``2024-03-01``, the daily one)
     hands its key to the run as a former key (``assets.former_day_keys``), ``_Archiving._archived_elsewhere``
     accepts that manifest (same table, same ``day`` text) and ``_keep`` compares the month's rows with the day's,
-    never asking ``another_period``. Should: the month is archived at its own key (an archive of another period is
-    not the month's), or the refusal names the granularity change, not late rows."""
+    never asking ``another_period``. Should: the month is archived at its own key, nothing being there (an archive of
+    another period at a former key is not the month's; README: a refusal only where the keys are the same)."""
     from archive_pipeline.local.local_stack import create_sample_events
 
     first = dt.date(2024, 3, 1)
