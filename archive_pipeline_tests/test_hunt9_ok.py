@@ -151,3 +151,30 @@ def test_the_first_month_of_a_table_moved_from_daily_to_monthly_is_not_refused_a
         failures = _failures(instance, month.run_id)
     assert not any("rows arrived or were deleted late" in f for f in failures), failures
     assert month.success, failures
+
+
+def test_a_day_archived_empty_under_the_former_format_is_refused_naming_the_archive_that_exists(
+        conn, schema, archive_env, s3_client):
+    """2024-03-10 of ``ev`` had no rows when it was archived through Dagster as jsonl (an empty day: a manifest
+    alone, ``.../2024-03-10.jsonl.zst.manifest.json``). The user sets ``format: csv``; then a row for that day
+    arrives late. The day's next run is refused, rightly, but says "... 2024-03-10 changed since it was archived to
+    s3://.../2024-03-10.csv.zst.manifest.json ...: it has 1 rows now, the archive holds 0" -- a key where nothing
+    is stored; the operator who looks there (or lists it) finds no archive at all, and the archive the refusal is
+    about is the jsonl one. Cause: since this session the run holds the day against its archive under the
+    former format (``_Archiving._archived_elsewhere``), and ``_archive_uri`` names an empty day's archive by
+    ``self.manifest_key`` -- the key the configuration renders now -- instead of the key the manifest was read
+    from (the same for the refusals of another database and of a removed day there). Should: the failure names
+    the archive that exists (the jsonl manifest's key)."""
+    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at date)")
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": str(DAY), "format": "jsonl"}
+    name = f"Archive_{schema}_ev"
+    with instance_for_test() as instance:
+        assert _job(table, name).execute_in_process(instance=instance, partition_key=str(DAY)).success
+        [stored] = _keys(s3_client, archive_env)
+        conn.execute(f"INSERT INTO {schema}.ev VALUES (1, %s)", (DAY,))
+        again = _job({**table, "format": "csv"}, name).execute_in_process(
+            instance=instance, partition_key=str(DAY), raise_on_error=False)
+        [failed] = _failures(instance, again.run_id)
+    assert "changed since it was archived" in failed, failed  # (the premise: refused as changed)
+    cause = failed.split("What to do:", 1)[0]
+    assert stored in cause and ".csv.zst.manifest.json" not in cause, (stored, cause)
