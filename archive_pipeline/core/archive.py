@@ -315,6 +315,7 @@ class _Archiving:
         self.key = render_key(spec, day, store.prefix)
         self.manifest_key = keys.manifest_key(self.key)
         self.former_keys = [k for k in dict.fromkeys(former_keys) if k != self.key]
+        self._read_from: dict[int, str] = {}  # id of a manifest read at another key than this one -> its manifest key
         self._manifest_settled = True  # no manifest write so far can still land (see _put_manifest)
         self._tidied: set[str] = set()  # the stray generations _tidy deleted (free to be written again)
         self.started = time.perf_counter()
@@ -692,9 +693,17 @@ class _Archiving:
         found = []
         for other in [*listed, *self.former_keys]:
             there = read_existing(self.store, other)
-            if there.manifest is not None and there.problem is None and not there.manifest.get("removed") \
-                    and not foreign_manifest(there.manifest, self.spec.name, self.day.isoformat()):
-                found.append((other, there))
+            if there.manifest is None or there.problem is not None or there.manifest.get("removed") \
+                    or foreign_manifest(there.manifest, self.spec.name, self.day.isoformat()):
+                continue
+            if (period := another_period(there.manifest, self.day)) is not None:
+                if other in self.former_keys:  # a key_template changed to keep the new periods apart, as advised:
+                    continue  # that archive is another period's, and this one is new here
+                raise ForeignArchiveError(  # the day's key under its former format holds another period
+                    f"{self.store.uri(other)}: {period}; set overwrite to archive this period as the table is now "
+                    "configured (that archive stays where it is)", retryable=False, needs_overwrite=True)
+            found.append((other, there))
+            self._read_from[id(there.manifest)] = keys.manifest_key(other)
         return max(found, key=lambda pair: str(pair[1].manifest.get("archived_at") or "")) if found else None
 
     def _other_extension_keys(self) -> list[str]:
@@ -797,10 +806,14 @@ class _Archiving:
             return
         said = "; ".join(f"{c['name']!r} ({c.get('encoding')}: {c.get('note')})" for c in inexact)
         fmt = manifest.get("format", self.spec.format)
+        other = OTHER_FORMATS.get(fmt, "another format")
         raise UnsupportedTypeError(
             f"its archive {self._archive_uri(manifest)} records column(s) {said} as not exact in {fmt}, and the "
-            f"table is strict; archive the day again as {OTHER_FORMATS.get(fmt, 'another format')} with overwrite, "
-            "or set strict: false to accept it", table=self.spec.name, retryable=False)
+            f"table is strict; archive the day again as {other} with overwrite, or set strict: false to accept it",
+            table=self.spec.name, retryable=False,
+            remedy=f"set the table's format to {other} (not {fmt}) and archive the day again with overwrite (both: "
+                   "overwrite alone archives it as it is configured, and a changed format alone finds this archive "
+                   "again), or set strict: false to accept the archive as it is")
 
     def _change_message(self, manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> str:
         archived = fingerprint.Fingerprint.parse(manifest["fingerprint"])
@@ -830,8 +843,12 @@ class _Archiving:
                 "the day again (the previous archive stays until the new one is complete)")
 
     def _archive_uri(self, manifest: dict) -> str:
+        """Where ``manifest``'s archive is: its object, or (an empty day's) the manifest at the key it was read
+        from (this key's, or another format's or a former key's: see ``_archived_elsewhere``)."""
         obj = manifest.get("object")
-        return obj["uri"] if obj else self.store.uri(self.manifest_key)
+        if obj:
+            return obj["uri"]
+        return self.store.uri(self._read_from.get(id(manifest), self.manifest_key))
 
     # --- results and the commit -----------------------------------------------------------------
 

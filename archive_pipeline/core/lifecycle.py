@@ -41,7 +41,7 @@ from archive_pipeline.core.discovery import day_children, partition_of_day, pinn
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, decode_manifest, decoded_manifest, encode_manifest, \
-    foreign_manifest, removal_state, stored_object_problems, under_another_format
+    foreign_manifest, layout_change, removal_state, stored_object_problems, under_another_format
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
                                           explain, pending_detach_error, relation_name, relation_shapes,
@@ -183,6 +183,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             # of the archived rows, and the day stays removed)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
+        refuse_layout_change(spec, day, manifest)
         target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
         if proven is not True and proven != manifest.get("manifest_sha256"):
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn,
@@ -221,6 +222,17 @@ def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: s
         target = _target(conn, spec, day, table, action)
         _refuse_unremovable(conn, spec, day, table, target, action)
     return target
+
+
+def refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
+    """:class:`RemovalRefused` where the table's zone, granularity or day column changed since the day was
+    archived: its archive holds another period's (or column's) rows, which the proof would call "changed"
+    (naming a first difference nobody made); said as what it is, before any proof."""
+    if (change := layout_change(manifest, day, spec.day_column)) is not None:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {change}; archive the day again with overwrite "
+                             "as the table is now configured, then remove it", table=spec.name, day=day.isoformat(),
+                             remedy="archive the day again with overwrite (its rows as the table is now configured), "
+                                    "or configure the table as it was when archived")
 
 
 def archive_key(store: S3Store, spec: TableSpec, day: Period, former_keys: Sequence[str] = ()) -> str:

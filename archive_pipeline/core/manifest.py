@@ -196,8 +196,9 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     are; their ``fingerprint`` is missing, which callers treat as "cannot prove content".
     """
     if raw.startswith(OVERSIZED):
-        raise ManifestError(f"{int(raw[len(OVERSIZED):]):,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} "
-                            "bytes at most): not read")
+        size = int(raw[len(OVERSIZED):].split(b":", 1)[0])
+        raise ManifestError(f"{size:,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} bytes at most): "
+                            "not read")
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

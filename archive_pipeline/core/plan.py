@@ -440,7 +440,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         elif archived.removed and present:
             note = _removed_yet_present(conn, spec, day, archived)
         elif check_source or archived.removed:
-            note = archived.removed or "no longer in the source"
+            note = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
+                "no longer in the source"
         if state == "empty" and not note:
             note = "no rows: a manifest and no object"
         statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
@@ -580,8 +581,11 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
         read["raw"] = existing.raw
     removed = existing.manifest is None and not existing.problem and removed_elsewhere(conn, spec, day, store,
                                                                                         existing)
-    before = None if existing.manifest is not None or existing.problem or removed or overwrite else \
-        archived_elsewhere(conn, spec, day, store, existing)
+    try:
+        before = None if existing.manifest is not None or existing.problem or removed or overwrite else \
+            archived_elsewhere(conn, spec, day, store, existing)
+    except ArchiveError as exc:  # another period's archive under the day's former format: what the run refuses
+        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
     if existing.manifest is None and not removed and before is None:
         reason = existing.problem or "not archived yet"
         return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)
@@ -697,8 +701,10 @@ def _absent(spec: TableSpec, day: Period, archived: Archived, key: str) -> Compa
     if archived.rows == 0 and not archived.removed:
         return Comparison(spec.name, day, "equal", 0, 0, archived.fingerprint, archived.fingerprint,
                           archived.object_key or key, "archived as empty; the source still has no rows")
+    said = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
+        "archived; the source no longer has this day"  # (a zone, granularity or day column changed: not rows gone)
     return Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
-                      archived.object_key or key, archived.removed or "archived; the source no longer has this day")
+                      archived.object_key or key, said)
 
 
 def _unreadable(spec: TableSpec, day: Period, found: ManifestLookup, why: str) -> Comparison:

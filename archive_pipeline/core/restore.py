@@ -35,8 +35,8 @@ from archive_pipeline.core.discovery import child_ranges
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
                                           refused_grant, remedy_for, sql_name)
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import (ManifestError, archived_encoding, decoded_manifest, owned,
-                                             under_another_format)
+from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
+                                             owned, under_another_format)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.plan import unarchived_days
@@ -463,7 +463,9 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
         manifest = decoded_manifest(store, keys.manifest_key(key))
         if manifest is None:
             key, manifest = under_another_format(store, spec, day) or (key, None)
-        return None if manifest is None else owned(manifest, spec.name, day.isoformat(), key=key)
+        if manifest is None:
+            return None
+        owned(manifest, spec.name, day.isoformat(), key=key)
     except ArchiveError as exc:
         raise RestoreError(f"reading the manifest of {spec.name} for {day} failed: {exc.message}; nothing was restored",
                            table=spec.name, day=day.isoformat(), retryable=exc.retryable, remedy=exc.remedy,
@@ -473,6 +475,11 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
                            f"trusted ({exc.message}); nothing was restored", table=spec.name, day=day.isoformat(),
                            remedy=exc.remedy or "restore it from a replica or backup of the bucket, or archive the "
                                                 "day again if the source still has it") from None
+    if (other := another_period(manifest, day)) is not None:  # (daily to monthly: the month's first day's archive)
+        raise RestoreError(f"{spec.name} {day}: {other}; nothing was restored", table=spec.name, day=day.isoformat(),
+                           retryable=False, remedy=f"configure the table as it was archived ({manifest.get('granularity')} "
+                                                   f"in {manifest.get('timezone')}) to restore that period")
+    return manifest
 
 
 class Relation(NamedTuple):

@@ -691,6 +691,8 @@ class S3Store:
     def etag_of(self, data: bytes | None) -> str | None:
         """The ETag ``data`` has as a small object written in one PUT, where ETags are MD5s (else None), in the
         store's case: the condition that replaces exactly those bytes (If-Match) with no further request."""
+        if data is not None and data.startswith(OVERSIZED):  # not read: the ETag the store answered for it
+            return data[len(OVERSIZED):].decode().split(":", 1)[1] or None
         if data is None or not self.verify_etags:
             return None
         digest = hashlib.md5(data).hexdigest()
@@ -803,8 +805,8 @@ class S3Store:
                 response = self.client.get_object(Bucket=self.bucket, Key=key)
                 length = response.get("ContentLength") or 0
                 if length > MAX_SMALL_OBJECT_BYTES:  # no manifest of ours: not read into memory (the bucket's say)
-                    response["Body"].close()
-                    return OVERSIZED + str(length).encode()
+                    response["Body"].close()  # (its ETag kept: a new manifest replaces exactly it, If-Match)
+                    return OVERSIZED + f"{length}:{response.get('ETag') or ''}".encode()
                 data = response["Body"].read()
             except Exception as exc:
                 if _is_not_found(exc):

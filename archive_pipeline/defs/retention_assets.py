@@ -55,7 +55,8 @@ from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableS
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
-                                              due_days, pending_removal_committed, remove_day, settle_pending_removal)
+                                              due_days, pending_removal_committed, refuse_layout_change, remove_day,
+                                              settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
@@ -200,6 +201,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                                           "proven or removed. Archive the day first (partition "
                                           f"{day} of {job_name(spec)}), then remove it", spec, day, False)
             else:
+                refuse_layout_change(spec, day, manifest)  # another period's archive: no proof, no verdict
                 if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
                     check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
                 problems = deep_verify(source, store, spec, day, manifest=manifest,
