@@ -910,7 +910,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
-                                "problems": [found.problem], "remedy": _verify_remedy(run, spec.name, day, found.problem)})
+                                "problems": [found.problem],
+                                "remedy": _verify_remedy(run, spec.name, day, found.problem)})
                 continue
             archived = found.archived
             if archived is None:
@@ -934,7 +935,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems))} if problems else {})})
+                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems))}
+                               if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
     nothing = not results and bool(run.first or run.last)

@@ -70,8 +70,8 @@ from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
-    estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, same_members, \
-    same_printed_names, same_shapes, server_identity, shape_changes, snapshot_open
+    estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
+    same_members, same_printed_names, same_shapes, server_identity, shape_changes, snapshot_open
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
@@ -294,13 +294,13 @@ def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | d
     return archiving._removed_elsewhere(existing) is not None
 
 
-
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
     """Whether ``manifest`` records exactly the rows ``fp`` fingerprints now."""
     # the same values under other column names (two of one type that swapped names) are not the same rows
     names = [c["name"] for c in manifest.get("columns", [])]
     # (a day of no rows has no values a column could differ in: an empty day stays empty after a migration)
     return manifest.get("fingerprint") == str(fp) and (names == [c.name for c in table.columns] or fp.rows == 0)
+
 
 class _Archiving:
     """One archive attempt of one table-day; ``run`` is the sequence of steps in order."""
@@ -342,7 +342,8 @@ class _Archiving:
                     children = day_children(self.conn, self.spec, self.day) if declarative else []
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
-                    hold_day(self.conn, table, where, {c.relation(self.spec) for c in children} if declarative else None)
+                    hold_day(self.conn, table, where,
+                             {c.relation(self.spec) for c in children} if declarative else None)
                     labels = printed_names(self.conn, table, where)
                     composites = composite_signature(self.conn, table)
                     identity = _identity(self.conn)

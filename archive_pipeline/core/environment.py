@@ -111,7 +111,8 @@ def check_dsn(dsn: str, variable: str) -> None:
     """A connection string libpq can parse, with a number for every port, or a :class:`ConfigError` naming the
     variable (never the password): a string no connection can be made with is a setting to fix, at load."""
     if _env_file_quotes(dsn.strip()):
-        raise ConfigError(f"${variable} is wrapped in quotes ({dsn.strip()[0]}...{dsn.strip()[0]}), which the tool that set "
+        quote = dsn.strip()[0]
+        raise ConfigError(f"${variable} is wrapped in quotes ({quote}...{quote}), which the tool that set "
                           "it kept (docker --env-file and systemd's EnvironmentFile take quotes literally): remove the "
                           "quotes around the value")
     try:

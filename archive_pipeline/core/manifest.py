@@ -317,7 +317,8 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in manifest["columns"]):
         return "its columns are not each an object with a name"
     if len(manifest["columns"]) > MAX_COLUMNS:  # (every reader's DDL and messages would be built from them)
-        return f"it records {len(manifest['columns']):,} columns, more than a PostgreSQL table can have ({MAX_COLUMNS:,})"
+        return (f"it records {len(manifest['columns']):,} columns, more than a PostgreSQL table can have "
+                f"({MAX_COLUMNS:,})")
     return _optional_shape_problem(manifest)
 
 

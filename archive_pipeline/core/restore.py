@@ -477,8 +477,9 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
                                                 "day again if the source still has it") from None
     if (other := another_period(manifest, day)) is not None:  # (daily to monthly: the month's first day's archive)
         raise RestoreError(f"{spec.name} {day}: {other}; nothing was restored", table=spec.name, day=day.isoformat(),
-                           retryable=False, remedy=f"configure the table as it was archived ({manifest.get('granularity')} "
-                                                   f"in {manifest.get('timezone')}) to restore that period")
+                           retryable=False, remedy=f"configure the table as it was archived "
+                                                   f"({manifest.get('granularity')} in {manifest.get('timezone')}) "
+                                                   "to restore that period")
     return manifest
 
 
@@ -1399,7 +1400,7 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     the day: the proof is that the stage holds the archive (its fingerprint, compared by the caller) and
     that the target holds each of its rows, counted by row hash, so a skipped row with other values fails."""
     inserted = conn.execute(insert).rowcount
-    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred triggers rewrite rows now, before the proof (see _fire_deferred)
+    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred triggers rewrite rows now, before the proof
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     encoding = fp.server_encoding(conn)
@@ -2223,7 +2224,7 @@ def restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, firs
     return RangeRestore(tuple(results), tuple(missing))
 
 
-_LISTED_DAYS = 1000  # days told absent by one listing: a range of years never archived costs a few requests, not 3 a day
+_LISTED_DAYS = 1000  # days told absent by one listing: years never archived cost a few requests, not 3 a day
 
 
 def _periods(first: Period, last: Period) -> Iterator[Period]:

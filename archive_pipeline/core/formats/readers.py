@@ -6,7 +6,8 @@ functions read, in bounded batches, without a Python object per row or value.
 - JSONL is one ``row_to_json`` object per line and JSON text never holds a raw newline or control
   character, so the lines go into a one-column table by ``COPY ... (FORMAT csv)`` with a delimiter and
   quote no JSON text holds (:func:`decompressed_chunks`, see ``restore._staged_lines``); PostgreSQL's
-  ``json_to_record`` then applies each column's own input function to the value's text (a string for the types the writer spells as their own text:
+  ``json_to_record`` then applies each column's own input function to the value's text (a string for
+  the types the writer spells as their own text:
   array literals, composites, ranges), exact for what the writer produces. Two things JSONL cannot
   carry (white space around a json value, line breaks inside one) come back without it, and the
   restore's fingerprint check refuses them.
