@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
@@ -112,3 +113,37 @@ def test_restore_of_a_day_after_a_zone_change_does_not_load_the_utc_day_archived
         return
     ids = sorted(r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(schema, "back"))))
     raise AssertionError(f"restored the UTC day's rows {ids} as Berlin's 2024-03-10 ({result.rows} rows)")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl"])
+def test_a_jsonl_restore_needs_no_temporary_privilege_as_a_csv_restore_needs_none(pg, conn, schema, store, request,
+                                                                                  fmt):
+    """A hardened database revokes TEMPORARY from PUBLIC (a common CIS step); the restore role has CREATE on the
+    schema it restores into. ``archive-pipeline restore --day 2024-03-10 --into new --target public.back`` works
+    for a CSV archive (the README: a temporary table only for on_conflict="skip" or a generated column), but a
+    JSONL archive now fails "permission denied to create temporary tables in database ...": the JSONL lines are
+    staged by COPY into a temporary table since the last fix, where they went to json_to_recordset as a
+    parameter before. Should: restored, as a CSV archive is (or the README and the up-front privilege check
+    say a JSONL restore needs TEMPORARY). (Cause: restore._staged_lines' CREATE TEMP TABLE in load_into.)"""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-10 13:00+00')").format(table))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-01-01", format=fmt, compression="zstd")
+    archive_partition(conn, spec, dt.date(2024, 3, 10), store)
+    database, role = f"notemp_{schema}", f"restorer_{schema}"
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+
+    def drop() -> None:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    request.addfinalizer(drop)
+    with psycopg.connect(pg.dsn_for("postgres", database=database), autocommit=True) as admin:
+        admin.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
+        admin.execute(sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+    from archive_pipeline.core.restore import restore_day
+
+    with psycopg.connect(pg.dsn_for(role, database=database), autocommit=True) as restorer:
+        result = restore_day(restorer, store, spec, dt.date(2024, 3, 10), into="new", target="public.back")
+        assert result.rows == 2
+        assert sorted(r[0] for r in restorer.execute("SELECT id FROM public.back")) == [1, 2]
