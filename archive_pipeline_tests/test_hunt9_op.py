@@ -4,6 +4,7 @@ limits, TMPDIR, zstd levels, pending detach, former formats and periods, layout 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import psycopg
 import pytest
@@ -147,3 +148,31 @@ def test_a_jsonl_restore_needs_no_temporary_privilege_as_a_csv_restore_needs_non
         result = restore_day(restorer, store, spec, dt.date(2024, 3, 10), into="new", target="public.back")
         assert result.rows == 2
         assert sorted(r[0] for r in restorer.execute("SELECT id FROM public.back")) == [1, 2]
+
+
+def test_an_unusable_tmpdir_is_named_as_the_temp_directory_not_tmp(pg, s3, bucket, conn, schema, tmp_path):
+    """``TMPDIR=/scratch archive-pipeline archive --day 2024-03-10`` with /scratch not mounted (the directory is
+    missing) now fails, as it should -- but the message says "the temp directory does not exist or is not a
+    directory (the temp directory /tmp) ...: create it, or point temp_dir at a directory that exists": it names
+    /tmp, which exists and was never configured, as the directory to create, beside the OSError's own "$TMPDIR
+    /scratch does not exist". Should: the temp directory named is the TMPDIR refused (and not /tmp). (Cause:
+    archive.archive_partition passes ``tempfile.gettempdir()`` to errors.wrap as the temp_dir, which skips the
+    unusable TMPDIR silently -- what sink.default_temp_dir was made to stop; store.temp_file_refused does the
+    same.)"""
+    import subprocess
+    import sys
+
+    from archive_pipeline_tests.test_hunt_cli import ROOT, make_env, write_config
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00')").format(sql.Identifier(schema, "ev")))
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [dict(
+        name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="csv")]))
+    scratch = tmp_path / "scratch-volume"
+    env["TMPDIR"] = str(scratch)
+    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", "archive", "--day", "2024-03-10", "--json"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0, done.stdout
+    assert str(scratch) in done.stdout, done.stdout
+    message = json.loads(done.stdout)["days"][0]["message"]
+    assert "(the temp directory /tmp)" not in message and f"the temp directory {scratch}" in message, message
