@@ -24,13 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import day_children, day_table_parents, partition_of_day, source_table
+from archive_pipeline.core.discovery import candidate_ranges, day_children, day_table_parents, partition_of_day, \
+    source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
                                           note_cancelled, redact, wrap)
 from archive_pipeline.core.formats.common import (
@@ -342,8 +344,7 @@ class _Archiving:
                     children = day_children(self.conn, self.spec, self.day) if declarative else []
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
-                    hold_day(self.conn, table, where,
-                             {c.relation(self.spec) for c in children} if declarative else None)
+                    hold_day(self.conn, table, where, self._may_hold_day if declarative else None)
                     labels = printed_names(self.conn, table, where)
                     composites = composite_signature(self.conn, table)
                     identity = _identity(self.conn)
@@ -487,6 +488,26 @@ class _Archiving:
             return       # another table's; the markers stay and the next run looks again
         for marker in markers:
             self.store.delete_quietly(marker)
+
+    def _may_hold_day(self, relation: tuple[str, str]) -> bool:
+        """Whether a partition of the table (at any depth) may hold rows of the day by its bound, as discovery reads
+        bounds (an expression key's widened by a day each way: it may be in another zone than the table's); where
+        its bound cannot be read (a DEFAULT or LIST partition, a sub-partition by another key), it may."""
+        found = self.conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c "
+            "ON c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE i.inhrelid = %s::pg_catalog.regclass",
+            (sql.Identifier(*relation).as_string(self.conn),)).fetchone()
+        if found is None or "." in found[0]:  # (a parent whose schema's name holds a dot: no spec names it)
+            return True
+        parent = self.spec if tuple(found) == (self.spec.schema_name, self.spec.table_name) else \
+            self.spec.model_copy(update={"name": f"{found[0]}.{found[1]}"})
+        try:
+            with self.conn.transaction():  # (a savepoint: a parent partitioned by another key refuses its bounds)
+                ranges = [c for c in candidate_ranges(self.conn, parent) if c.relation(parent) == relation]
+        except (ArchiveError, psycopg.Error):
+            return True
+        return not ranges or any(c.overlaps(self.day) for c in ranges)
 
     def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
                          ) -> fingerprint.Fingerprint:

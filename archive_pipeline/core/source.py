@@ -1298,7 +1298,7 @@ def columns_as_archived(columns: Sequence[Column], names: Sequence[str]) -> list
 
 
 def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
-             day_partitions: set[tuple[str, str]] | None = None) -> None:
+             may_hold_day: Callable[[tuple[str, str]], bool] | None = None) -> None:
     """Take the day's locks in the session that took the snapshot, then check that no change the
     snapshot does not isolate committed between the snapshot and the locks.
 
@@ -1317,10 +1317,10 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     renamed or added, or the table renamed or replaced (a new table renamed into its place, whose rows
     the snapshot cannot see) in between would read other columns than those described, or none.
 
-    ``day_partitions`` (declarative mode: the (schema, name) of the partitions whose range overlaps the day):
-    a partition pending detach refuses the day only where it or its parent is one of them; another day's,
-    left pending by an interrupted ``DETACH ... CONCURRENTLY``, holds none of this day's rows (every day
-    failed, retried for ever). None: any partition pending detach refuses the day."""
+    ``may_hold_day`` (declarative mode: whether a partition, by its bound, may hold rows of the day): a
+    partition pending detach refuses the day only where it may; another day's, left pending by an interrupted
+    ``DETACH ... CONCURRENTLY``, holds none of this day's rows (every day failed, retried for ever). None: any
+    partition pending detach refuses the day."""
     _same_relation(conn, table, where)  # its first query takes the day's locks
     also = view_reads(conn, table, where)
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn), "also": also}).fetchall()
@@ -1338,10 +1338,9 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
                             ).fetchall()
     pending = [(relation, parent) for relation, parent in
                (((s, n), detaching(conn, sql.Identifier(s, n))) for s, n in detached) if parent]
-    if day_partitions is not None:
+    if may_hold_day is not None:
         detached = [d for d in detached if d not in {relation for relation, _ in pending}]  # told apart here
-        pending = [(relation, parent) for relation, parent in pending
-                   if _may_hold_day(conn, relation, where, day_partitions)]
+        pending = [(relation, parent) for relation, parent in pending if may_hold_day(relation)]
     if pending:
         raise pending_detach_error(table.qualified, *pending[0])
     if detached:
@@ -1581,19 +1580,6 @@ FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relispartition AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(c.oid) a WHERE a.relid = tree.root)
 """
-
-
-def _may_hold_day(conn: psycopg.Connection, relation: tuple[str, str], where: sql.Composable,
-                  day_partitions: set[tuple[str, str]]) -> bool:
-    """Whether a partition pending detach may hold rows of the day: it is one of the day's partitions, or holds
-    a row the day's filter selects (its rows are read by neither the parent nor the day: left out, the day would
-    be archived short). Its range is not asked: the day's partitions are read by their bounds in the table's zone
-    (a zone-shifted expression key's partition holds hours of two local days), and one under a month's partition
-    may be another day's. (One partition, read only while a DETACH ... CONCURRENTLY is unfinished.)"""
-    if relation in day_partitions:
-        return True
-    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
-        sql.Identifier(*relation), where)).fetchone()[0]
 
 
 def detaching(conn: psycopg.Connection, relation: sql.Identifier) -> str | None:

@@ -31,6 +31,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
+from archive_pipeline.core.formats import readers
 from archive_pipeline.core.manifest import (ManifestError, another_period, NewerManifestError, archived_encoding, decoded_manifest, foreign_objects, owned,
                                             removal_state, stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file
@@ -497,6 +498,12 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                                    day=manifest.get("day"), retryable=False, cause=TYPE_GONE,
                                    remedy=_type_missing_remedy(exc, scratch, removed),
                                    needs_overwrite=not removed) from None
+            except ArchiveError as exc:  # an object that matched its MD5 but does not decode as recorded: altered
+                if not isinstance(exc.__cause__, readers.ArchiveDecodeError):
+                    raise
+                return [f"the archive {manifest['object']['uri']} matches its manifest's size and MD5 but does not "
+                        f"decode as the manifest records ({exc.__cause__}): it was altered (and its manifest with it) "
+                        "or written wrong; its rows are NOT proven the source's"]
             # Committed before the wait for the source's fingerprint, which often takes longer than the load:
             # waiting inside the transaction, the session would sit idle in it, and the role's or the
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
