@@ -245,11 +245,17 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else _temp_dir_named()
                    ) from None
     except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): cleaned up on the way out
         note_cancelled(exc, spec.name, day.isoformat(), "archiving")
         raise
+
+
+def _temp_dir_named() -> str:
+    """The temp directory a message names where none was given: $TMPDIR as set (even where it cannot be used:
+    tempfile would name /tmp instead), else tempfile's."""
+    return os.environ.get("TMPDIR") or tempfile.gettempdir()
 
 
 def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, existing: Existing,

@@ -373,8 +373,9 @@ def another_period(manifest: dict, period: Period) -> str | None:
     or time zone changed since: another period's rows), or None (the same, or a manifest that does not record it).
     A zone renamed to another name of the same zone (Europe/Kiev, Europe/Kyiv) keeps the period: compared by its
     instants where the manifest records them."""
-    then = (manifest.get("granularity"), manifest.get("timezone"))
-    if None in then or then == (period.granularity, period.timezone):
+    # (a manifest written before periods were recorded is a UTC day, as manifest_period reads it)
+    then = (manifest.get("granularity") or "daily", manifest.get("timezone") or "UTC")
+    if then == (period.granularity, period.timezone):
         return None
     bounds = manifest.get("period") or {}
     try:

@@ -25,6 +25,7 @@ from typing import Literal, NamedTuple
 import psycopg
 import pyarrow as pa
 from psycopg import sql
+from psycopg.types.json import Json
 
 from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
@@ -46,7 +47,7 @@ from archive_pipeline.core.source import (NUMBER_TYPES, Column, altered_composit
                                           missing_character, prefetch, relation_name, relation_shapes, shape_changes,
                                           stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
-from archive_pipeline.core.sqltext import CatalogText
+from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 _names = itertools.count()
@@ -167,14 +168,18 @@ def _overriding(always_identity: bool) -> sql.Composable:
 
 
 def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
-                         lines: sql.Identifier, exc: psycopg.DataError) -> None:
+                         lines: sql.Identifier | None, block: bytes | None, exc: psycopg.DataError) -> None:
     """Add to ``exc`` the column whose value the target's type refused: json_to_record's errors name no
     column (COPY's do), so a JSONL restore refused by an enum label renamed since archiving said only
-    'invalid input value for enum ... "pending"'. Each column's reading of the staged ``lines`` is tried
-    alone, once they are known to be JSON at all (else the object does not decode: no column is to blame)."""
+    'invalid input value for enum ... "pending"'. Each column's reading of the staged ``lines`` (or of the
+    ``block``) is tried alone, once they are known to be JSON at all (else the object does not decode: no
+    column is to blame)."""
+    params = () if lines is not None else (Json(block, dumps=_as_is),)
+    json_check = sql.SQL("SELECT count(json_typeof(s.line::json)) FROM {} s").format(lines) if lines is not None \
+        else sql.SQL("SELECT json_typeof(%s)")
     try:
         with conn.transaction():
-            conn.execute(sql.SQL("SELECT count(json_typeof(s.line::json)) FROM {} s").format(lines))
+            conn.execute(with_params(json_check, conn) if params else json_check, params, prepare=False)
     except psycopg.DataError:
         exc.not_json = True
         return
@@ -182,11 +187,10 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
         return
     _, pieces = _jsonl_pieces(conn, target, columns)
     for name, definition, value in pieces:
-        probe = sql.SQL("SELECT count({v}) FROM {s} s CROSS JOIN LATERAL json_to_record(s.line::json) AS x({d}) "
-                        "WHERE s.line IS NOT NULL").format(v=value, s=lines, d=definition)
+        probe = sql.SQL("SELECT count({v}) FROM {f}").format(v=value, f=_jsonl_from(lines, definition))
         try:
             with conn.transaction():
-                conn.execute(probe)
+                conn.execute(with_params(probe, conn) if params else probe, params, prepare=False)
         except psycopg.DataError:
             exc.refused_column = name
             return
@@ -194,10 +198,24 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
             return
 
 
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def _jsonl_from(lines: sql.Identifier | None, definitions: sql.Composable) -> sql.Composable:
+    """The rows a JSONL load reads: the staged ``lines``, each by json_to_record, or (None) one block of lines as a
+    JSON array parameter, by json_to_recordset (the same reading of each value)."""
+    if lines is None:
+        return sql.SQL("json_to_recordset(%s) AS x({})").format(definitions)
+    return sql.SQL("{} s CROSS JOIN LATERAL json_to_record(s.line::json) AS x({}) WHERE s.line IS NOT NULL").format(
+        lines, definitions)
+
+
 def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
-                  lines: sql.Identifier) -> sql.Composable:
+                  lines: sql.Identifier | None) -> sql.Composable:
     """``INSERT INTO target (columns) SELECT ... FROM lines s, json_to_record(s.line::json) AS x(<the target's
-    columns>)``: the archive's lines, staged by COPY (see :func:`_staged_lines`), each read as its row.
+    columns>)``: the archive's lines, staged by COPY (see :func:`_staged_lines`), each read as its row; or, with
+    ``lines`` None, ``... FROM json_to_recordset(%s)`` of one block of them (see :func:`_jsonl_from`).
 
     json_to_record reads each value as json_populate_record does (the column type's input
     function on the value's text), except for the two kinds of column where that path is slow (measured:
@@ -218,10 +236,37 @@ def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: lis
     """
     always_identity, pieces = _jsonl_pieces(conn, target, columns)
     definitions, values = [d for _, d, _ in pieces], [v for _, _, v in pieces]
-    return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM {s} s CROSS JOIN LATERAL json_to_record(s.line::json) "
-                   "AS x({d}) WHERE s.line IS NOT NULL").format(
+    return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {v} FROM {f}").format(
         t=target, c=_column_list(columns), o=_overriding(always_identity), v=sql.SQL(", ").join(values),
-        s=lines, d=sql.SQL(", ").join(definitions))
+        f=_jsonl_from(lines, sql.SQL(", ").join(definitions)))
+
+
+def _load_jsonl(conn: psycopg.Connection, path: str | os.PathLike, compression: str, limit: int | None,
+                target: sql.Composable, columns: list[str]) -> int:
+    """A JSONL archive into ``target``: its lines staged in a temporary table (flat memory whatever the longest
+    line); where the role may not create one (TEMPORARY revoked from PUBLIC, a common hardening), in blocks of
+    lines sent as JSON arrays, which hold a line in memory a few times over, as before the staging."""
+    staged = conn.execute("SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), "
+                          "'TEMPORARY')").fetchone()[0]
+    if staged:
+        lines = _staged_lines(conn, path, compression, limit)
+        try:
+            with conn.transaction():
+                return conn.execute(_jsonl_insert(conn, target, columns, lines)).rowcount
+        except psycopg.DataError as exc:
+            _name_refused_column(conn, target, columns, lines, None, exc)
+            raise
+    statement = with_params(_jsonl_insert(conn, target, columns, None), conn)
+    rows = 0
+    for block in prefetch(readers.jsonl_arrays(path, compression, limit=limit), depth=1):
+        # sent as it is, typed json: no decode, no re-encode (PostgreSQL validates it)
+        try:
+            with conn.transaction():
+                rows += conn.execute(statement, (Json(block, dumps=_as_is),), prepare=False).rowcount
+        except psycopg.DataError as exc:
+            _name_refused_column(conn, target, columns, None, block, exc)
+            raise
+    return rows
 
 
 def _staged_lines(conn: psycopg.Connection, path: str | os.PathLike, compression: str, limit: int | None
@@ -301,13 +346,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1,
                              max_bytes=READ_AHEAD_BYTES)
             if fmt == "jsonl":
-                lines = _staged_lines(conn, archive_path, compression, limit)
-                try:
-                    with conn.transaction():
-                        return conn.execute(_jsonl_insert(conn, target, columns, lines)).rowcount
-                except psycopg.DataError as exc:
-                    _name_refused_column(conn, target, columns, lines, exc)
-                    raise
+                return _load_jsonl(conn, archive_path, compression, limit, target, columns)
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
     except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, psycopg.DataError) as exc:
         # DataError (SQLSTATE class 22) covers a bad CSV/header line, invalid JSON, a value its type rejects

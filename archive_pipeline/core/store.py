@@ -1021,7 +1021,7 @@ def temp_file_refused(exc: OSError, table: str | None, day: str | None, temp_dir
     directory, named as one, with the setting that moves it."""
     from archive_pipeline.core.errors import classify
 
-    directory = os.fspath(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+    directory = os.fspath(temp_dir) if temp_dir is not None else os.environ.get("TMPDIR") or tempfile.gettempdir()
     found = classify(exc)
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     cause = f"the temp directory {directory} is full" if full else f"{found.cause} ({directory})"
