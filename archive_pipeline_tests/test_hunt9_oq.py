@@ -1,0 +1,43 @@
+"""Hunt 9 (oq): the JSONL restore path as rewritten by ff62245 (a day's lines staged by one COPY into a temporary
+table, then INSERT ... SELECT ... FROM lines CROSS JOIN LATERAL json_to_record(line::json))."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import restore_day
+from archive_pipeline_tests.test_hunt8_na import app_db  # noqa: F401 - a fixture: a database and an app role
+
+DAY = dt.date(2024, 3, 10)
+
+
+def test_a_jsonl_day_restores_into_an_existing_table_for_a_role_without_temporary(app_db, store, temp_dir):
+    """The DBA revoked TEMPORARY on the database from PUBLIC (a common hardening); the app role has INSERT and
+    SELECT on an existing table ``target`` without generated columns. It restores a JSONL day into it with the
+    default ``on_conflict='fail'``. README: only ``on_conflict='skip'`` and a target's generated columns stage the
+    day in a temporary table (and the refusal's own remedy says "or restore with on_conflict='fail' into a table
+    without generated columns"); the same day archived as CSV or Parquet restores this way, and so did JSONL
+    before ff62245. What happens: refused, "permission denied to create temporary tables in database ...
+    CREATE TEMP TABLE pg_temp.archive_restore_lines_...": the new JSONL reader stages every day's lines in a
+    temporary table (restore._staged_lines), so a JSONL restore now needs TEMPORARY whatever its options. What
+    should happen: the 50 rows are restored, as for CSV (stage without a temporary table where the role may not
+    create one, e.g. fall back to streaming the lines in blocks)."""
+    schema = app_db.name
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY, format="jsonl",
+                     partitioning={"mode": "declarative"})
+    app_db.owner.execute(sql.SQL("CREATE TABLE {}.target (LIKE {}.events INCLUDING ALL)").format(
+        sql.Identifier(schema), sql.Identifier(schema)))
+    app_db.owner.execute(sql.SQL("GRANT SELECT, INSERT ON {}.target TO {}").format(sql.Identifier(schema),
+                                                                                   sql.Identifier(app_db.role)))
+    app_db.owner.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(app_db.name)))
+    with psycopg.connect(app_db.owner.info.dsn, autocommit=True) as owning:
+        archive_partition(owning, spec, DAY, store, temp_dir=temp_dir)
+    with psycopg.connect(app_db.dsn, autocommit=True) as restoring:
+        restored = restore_day(restoring, store, spec, DAY, into="existing", target=f"{schema}.target",
+                               temp_dir=temp_dir)
+    assert restored.rows == 50 and restored.fingerprint_checked
