@@ -41,3 +41,35 @@ def test_a_jsonl_day_restores_into_an_existing_table_for_a_role_without_temporar
         restored = restore_day(restoring, store, spec, DAY, into="existing", target=f"{schema}.target",
                                temp_dir=temp_dir)
     assert restored.rows == 50 and restored.fingerprint_checked
+
+
+def test_a_jsonl_day_restores_into_an_existing_table_under_an_event_trigger_refusing_app_ddl(app_db, store, temp_dir):
+    """A database guards its schema with an event trigger that refuses DDL by anyone but a superuser (``ON
+    ddl_command_start``: RAISE 'DDL (%) is reserved to migrations'; a common production guard). The app role has
+    INSERT and SELECT on an existing table ``target`` without generated columns and restores a JSONL day into it
+    with the default ``on_conflict='fail'``, which needs no DDL: the same day as CSV restores there, and so did
+    JSONL before ff62245. What happens: RestoreError "the database reported an error (RaiseException: DDL (CREATE
+    TABLE) is reserved to migrations ...); to fix: read the message": the JSONL reader now runs CREATE TEMP TABLE
+    pg_temp.archive_restore_lines_... for every day (restore._staged_lines), and nothing says why a restore into
+    an existing table creates a table. What should happen: the 50 rows are restored, as for CSV (the same cause as
+    test_a_jsonl_day_restores_into_an_existing_table_for_a_role_without_temporary: the plain path does DDL)."""
+    schema = app_db.name
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY, format="jsonl",
+                     partitioning={"mode": "declarative"})
+    app_db.owner.execute(sql.SQL("CREATE TABLE {}.target (LIKE {}.events INCLUDING ALL)").format(
+        sql.Identifier(schema), sql.Identifier(schema)))
+    app_db.owner.execute(sql.SQL("GRANT SELECT, INSERT ON {}.target TO {}").format(sql.Identifier(schema),
+                                                                                   sql.Identifier(app_db.role)))
+    with psycopg.connect(app_db.owner.info.dsn, autocommit=True) as owning:
+        archive_partition(owning, spec, DAY, store, temp_dir=temp_dir)
+    app_db.owner.execute("""CREATE FUNCTION public.no_app_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+            RAISE EXCEPTION 'DDL (%) is reserved to migrations', tg_tag;
+          END IF;
+        END $$""")
+    app_db.owner.execute("CREATE EVENT TRIGGER no_app_ddl ON ddl_command_start EXECUTE FUNCTION public.no_app_ddl()")
+    with psycopg.connect(app_db.dsn, autocommit=True) as restoring:
+        restored = restore_day(restoring, store, spec, DAY, into="existing", target=f"{schema}.target",
+                               temp_dir=temp_dir)
+    assert restored.rows == 50 and restored.fingerprint_checked
