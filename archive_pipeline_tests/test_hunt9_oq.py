@@ -112,3 +112,29 @@ def test_a_jsonl_day_refused_by_one_value_is_not_read_once_per_column_to_say_whi
         restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.bad", temp_dir=temp_dir)
     refusing = time.monotonic() - started
     assert refusing < 4 * restoring + 1.0, (f"the refusal took {refusing:.1f} s, restoring the day {restoring:.1f} s")
+
+
+def test_a_refused_jsonl_day_names_the_column_of_the_value_refused_not_another_rows(conn, schema, store, temp_dir):
+    """A user restores a JSONL day (20,000 rows) into an existing table that differs from the archived one in two
+    ways: its enum ``m`` lacks the label ``'b'`` that the first row holds, and its ``code`` is ``varchar(5)``
+    where the last row's code has 12 characters. The INSERT stops at the first row, on ``m``: "invalid input
+    value for enum ...: "b"". What happens: the error says ``(InvalidTextRepresentation, column code: invalid
+    input value for enum ... "b")``, the enum's message next to the varchar column's name:
+    restore._name_refused_column now probes each column over the whole day (``SELECT count(x.code) FROM lines
+    ...`` finds the long code 20,000 rows further on) and names the first column refused anywhere, not the one
+    whose value the INSERT refused (before ff62245 it probed only the failing 1 MiB block, and said ``column
+    m``). What should happen: the column named is the one the message is about, ``m``."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('a', 'b')").format(s))
+    conn.execute(sql.SQL("CREATE TYPE {}.narrow AS ENUM ('a')").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, code text, pad text, m {}.mood)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, CASE WHEN g = 20000 THEN 'twelve chars' ELSE 'ok' END, "
+                         "md5(g::text) || md5((-g)::text), CASE WHEN g = 1 THEN 'b' ELSE 'a' END::{}.mood "
+                         "FROM generate_series(1, 20000) g").format(s, s), (DAY,))
+    conn.execute(sql.SQL("CREATE TABLE {}.bad (id int, at date, code varchar(5), pad text, m {}.narrow)").format(s, s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.bad", temp_dir=temp_dir)
+    message = str(refused.value)
+    assert "enum" in message and "column m:" in message and "column code" not in message, message
