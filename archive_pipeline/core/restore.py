@@ -168,7 +168,7 @@ def _overriding(always_identity: bool) -> sql.Composable:
 
 
 def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
-                         lines: sql.Identifier | None, block: bytes | None, exc: psycopg.DataError) -> None:
+                         lines: sql.Composable | None, block: bytes | None, exc: psycopg.DataError) -> None:
     """Add to ``exc`` the column whose value the target's type refused: json_to_record's errors name no
     column (COPY's do), so a JSONL restore refused by an enum label renamed since archiving said only
     'invalid input value for enum ... "pending"'. Each column's reading of the staged ``lines`` (or of the
@@ -186,23 +186,61 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
     except psycopg.Error:
         return
     _, pieces = _jsonl_pieces(conn, target, columns)
+    if lines is not None:  # the page of the first line refused, found by halving: the day is read about twice,
+        lines = _refused_page(conn, lines, pieces)  # not once per column, and only that line's columns are tried
+        if lines is None:
+            return
+    said = exc.diag.message_primary
     for name, definition, value in pieces:
         probe = sql.SQL("SELECT count({v}) FROM {f}").format(v=value, f=_jsonl_from(lines, definition))
         try:
             with conn.transaction():
                 conn.execute(with_params(probe, conn) if params else probe, params, prepare=False)
-        except psycopg.DataError:
-            exc.refused_column = name
-            return
+        except psycopg.DataError as refused:
+            if refused.diag.message_primary == said:  # the column of the value the load refused, not another's
+                exc.refused_column = name
+                return
         except psycopg.Error:
             return
+
+
+def _refused_page(conn: psycopg.Connection, lines: sql.Identifier, pieces: list) -> sql.Composable | None:
+    """The staged lines of the first heap page holding a line the load refuses (as a relation to read from), found
+    by halving the pages (PostgreSQL's TID range scans read only the half asked); None if none is refused."""
+    definitions = sql.SQL(", ").join(d for _, d, _ in pieces)
+    values = sql.SQL(", ").join(v for _, _, v in pieces)
+    pages = conn.execute(sql.SQL("SELECT pg_catalog.pg_relation_size({}::pg_catalog.regclass) / "
+                                 "pg_catalog.current_setting('block_size')::int").format(
+        sql.Literal(lines.as_string(conn)))).fetchone()[0]
+
+    def within(first: int, last: int) -> sql.Composable:
+        return sql.SQL("(SELECT * FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid)").format(
+            lines, sql.Literal(f"({first},0)"), sql.Literal(f"({last},0)"))
+
+    def refused(first: int, last: int) -> bool:
+        probe = sql.SQL("SELECT count(ROW({v})) FROM {f}").format(v=values, f=_jsonl_from(within(first, last),
+                                                                                          definitions))
+        try:
+            with conn.transaction():
+                conn.execute(probe)
+        except psycopg.DataError:
+            return True
+        return False
+
+    first, last = 0, max(int(pages), 1)
+    if not refused(first, last):
+        return None
+    while last - first > 1:
+        middle = (first + last) // 2
+        first, last = (first, middle) if refused(first, middle) else (middle, last)
+    return within(first, last)
 
 
 def _as_is(data: bytes) -> bytes:
     return data
 
 
-def _jsonl_from(lines: sql.Identifier | None, definitions: sql.Composable) -> sql.Composable:
+def _jsonl_from(lines: sql.Composable | None, definitions: sql.Composable) -> sql.Composable:
     """The rows a JSONL load reads: the staged ``lines``, each by json_to_record, or (None) one block of lines as a
     JSON array parameter, by json_to_recordset (the same reading of each value)."""
     if lines is None:
@@ -246,10 +284,8 @@ def _load_jsonl(conn: psycopg.Connection, path: str | os.PathLike, compression: 
     """A JSONL archive into ``target``: its lines staged in a temporary table (flat memory whatever the longest
     line); where the role may not create one (TEMPORARY revoked from PUBLIC, a common hardening), in blocks of
     lines sent as JSON arrays, which hold a line in memory a few times over, as before the staging."""
-    staged = conn.execute("SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), "
-                          "'TEMPORARY')").fetchone()[0]
-    if staged:
-        lines = _staged_lines(conn, path, compression, limit)
+    lines = _staged_lines(conn, path, compression, limit)
+    if lines is not None:
         try:
             with conn.transaction():
                 return conn.execute(_jsonl_insert(conn, target, columns, lines)).rowcount
@@ -270,15 +306,24 @@ def _load_jsonl(conn: psycopg.Connection, path: str | os.PathLike, compression: 
 
 
 def _staged_lines(conn: psycopg.Connection, path: str | os.PathLike, compression: str, limit: int | None
-                  ) -> sql.Identifier:
+                  ) -> sql.Identifier | None:
     """A temporary table of the archive's JSONL lines (one text column), filled by one COPY of the decompressed
     bytes as they come: nothing of the day is held in memory here, whatever its longest line (a 16 MiB text of
     control characters is a 96 MiB line, which the JSON blocks held five times over). CSV with a delimiter and a
     quote character that a JSON text never holds raw (every control character is escaped in JSON) reads each
     line as it is, backslashes and quotes and all; no line of a JSON object is COPY's end marker. Dropped at
-    COMMIT, in pg_temp by name (a table of the same name elsewhere on the path is never found first)."""
+    COMMIT, in pg_temp by name (a table of the same name elsewhere on the path is never found first). None where
+    the role may not create it (no TEMPORARY, an event trigger refusing its DDL): the lines go in blocks then."""
     lines = sql.Identifier("pg_temp", f"archive_restore_lines_{os.getpid()}_{next(_names)}")
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} (line text) ON COMMIT DROP").format(lines))
+    if not conn.execute("SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), "
+                        "'TEMPORARY')").fetchone()[0]:
+        return None
+    try:
+        with conn.transaction():  # (a savepoint: an event trigger refusing a role's DDL refuses it too)
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} (line text) ON COMMIT DROP").format(lines))
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.RaiseException,
+            psycopg.errors.ReadOnlySqlTransaction):
+        return None
     _copy(conn, sql.SQL("COPY {} (line) FROM STDIN (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')").format(lines),
           readers.decompressed_chunks(path, compression, limit))
     return lines
