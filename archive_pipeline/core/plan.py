@@ -8,8 +8,6 @@ fingerprints from PostgreSQL in READ ONLY transactions. No lock is taken and not
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -24,8 +22,8 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
-from archive_pipeline.core.keys import day_prefix, other_extension_keys
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
+from archive_pipeline.core.listing import listed_absent
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, layout_change, manifest_key, owned,
                                              removal_state, under_another_format)
 from archive_pipeline.core.periods import Period
@@ -170,61 +168,11 @@ class ManifestLookup:
     problem: str | None = None  # the manifest exists but cannot be read
 
 
-def _existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
-    """Every key in the bucket under the common prefix of ``keys`` (a listing); None
-    when that would list much more than the keys themselves (a key template that puts the date
-    before the table, or no common directory), where one GET per key costs less."""
-    common = os.path.commonprefix(keys)
-    if "/" not in common:
-        return None
-    prefix = common[: common.rindex("/") + 1]
-    found: set[str] = set()
-    for item in store.list_keys(prefix):
-        found.add(item["Key"])
-        if len(found) > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
-            return None
-    return found
-
-
-def _listed(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[set[Period], list[str] | None]:
-    """The days a bucket listing shows to have no archive (none when it could not be listed), and the listed
-    keys in order (None then) for the former formats' lookups."""
-    keys = {day: render_key(spec, day, store.prefix) for day in days}
-    # the days' keys under the table's other formats too, where the template puts a day archived before a change
-    # of format under another day prefix ({format} or {ext} in a folder, or before the file name's first dot): the
-    # listing must cover them; after it, as by default, they share the day's prefix (rendered for every day, they
-    # cost a range 20 times its own keys: asked of the first day, which shows it for all)
-    elsewhere = bool(days) and any(day_prefix(other) != day_prefix(keys[days[0]])
-                                   for other in other_extension_keys(spec, days[0], store.prefix))
-    others = {day: other_extension_keys(spec, day, store.prefix) if elsewhere else [] for day in days}
-    try:
-        present = _existing_keys(store, [manifest_key(k) for k in [*keys.values(), *itertools.chain(*others.values())]]
-                                 ) if len(days) > 3 else None
-    except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
-        present = None
-    if present is None:
-        return set(), None
-    listed_days = {day_prefix(k) for k in present}
-    # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
-    # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
-    absent = {day for day, key in keys.items()
-              if manifest_key(key) not in present and day_prefix(key) not in listed_days
-              and not any(day_prefix(other) in listed_days for other in others[day])}
-    return absent, sorted(present)
-
-
-def unarchived_days(store: S3Store, spec: TableSpec, days: list) -> set[Period]:
-    """The days of ``days`` a bucket listing shows to have no archive at all (one listing, no GET): a range
-    of years mostly never archived is told in a few requests, not three per day. Empty where the bucket
-    could not be listed that way (each day is then read on its own)."""
-    return _listed(store, spec, [spec.period(d) for d in days])[0]
-
-
 def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period, ManifestLookup]:
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
     days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
-    absent, in_order = _listed(store, spec, days)
+    absent, in_order = listed_absent(store, spec, days)
     result: dict[dt.date, ManifestLookup] = {}
     for day, key in keys.items():
         if day in absent:

@@ -40,7 +40,7 @@ from archive_pipeline.core.manifest import (ManifestError, another_period, archi
                                              owned, under_another_format)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
-from archive_pipeline.core.plan import unarchived_days
+from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (NUMBER_TYPES, Column, altered_composites, column_names, day_filter,
                                           describe_relation, inner_types, lookalike_hint, lookalike_relations,

@@ -1,0 +1,66 @@
+"""What one bucket listing tells of a table's days: which keys are stored, and which days have no archive at all.
+
+Below plan (list, compare, verify) and restore (a range's days), which both ask it: one LIST of the days' common
+prefix instead of a GET, a HEAD and a LIST per day.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.keys import day_prefix, manifest_key, other_extension_keys, table_day_key
+from archive_pipeline.core.periods import Period
+from archive_pipeline.core.store import S3Store
+
+
+def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
+    """Every key in the bucket under the common prefix of ``keys`` (a listing); None
+    when that would list much more than the keys themselves (a key template that puts the date
+    before the table, or no common directory), where one GET per key costs less."""
+    common = os.path.commonprefix(keys)
+    if "/" not in common:
+        return None
+    prefix = common[: common.rindex("/") + 1]
+    found: set[str] = set()
+    for item in store.list_keys(prefix):
+        found.add(item["Key"])
+        if len(found) > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
+            return None
+    return found
+
+
+def listed_absent(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[set[Period], list[str] | None]:
+    """The days a bucket listing shows to have no archive (none when it could not be listed), and the listed
+    keys in order (None then) for the former formats' lookups."""
+    keys = {day: table_day_key(spec, day, store.prefix) for day in days}
+    # the days' keys under the table's other formats too, where the template puts a day archived before a change
+    # of format under another day prefix ({format} or {ext} in a folder, or before the file name's first dot): the
+    # listing must cover them; after it, as by default, they share the day's prefix (rendered for every day, they
+    # cost a range 20 times its own keys: asked of the first day, which shows it for all)
+    elsewhere = bool(days) and any(day_prefix(other) != day_prefix(keys[days[0]])
+                                   for other in other_extension_keys(spec, days[0], store.prefix))
+    others = {day: other_extension_keys(spec, day, store.prefix) if elsewhere else [] for day in days}
+    try:
+        present = existing_keys(store, [manifest_key(k) for k in [*keys.values(), *itertools.chain(*others.values())]]
+                                ) if len(days) > 3 else None
+    except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
+        present = None
+    if present is None:
+        return set(), None
+    listed_days = {day_prefix(k) for k in present}
+    # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
+    # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
+    absent = {day for day, key in keys.items()
+              if manifest_key(key) not in present and day_prefix(key) not in listed_days
+              and not any(day_prefix(other) in listed_days for other in others[day])}
+    return absent, sorted(present)
+
+
+def unarchived_days(store: S3Store, spec: TableSpec, days: list) -> set[Period]:
+    """The days of ``days`` a bucket listing shows to have no archive at all (one listing, no GET): a range
+    of years mostly never archived is told in a few requests, not three per day. Empty where the bucket
+    could not be listed that way (each day is then read on its own)."""
+    return listed_absent(store, spec, [spec.period(d) for d in days])[0]
