@@ -42,3 +42,36 @@ def test_a_refused_jsonl_value_is_named_by_its_own_column_not_another_column_of_
         restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.bad", temp_dir=temp_dir)
     message = str(refused.value)
     assert "column before" not in message, message
+
+
+def test_a_hash_subpartition_of_another_month_left_pending_detach_does_not_fail_every_day(
+        pg, conn, schema, store, temp_dir, s3_client, bucket):
+    """``ev`` is range-partitioned by month on ``at`` (``m02``, ``m03``); February's partition is sub-partitioned
+    by HASH of ``id`` (``m02_h0``, ``m02_h1``: a tenant spread). An interrupted ``ALTER TABLE m02 DETACH PARTITION
+    m02_h0 CONCURRENTLY`` leaves m02_h0 pending detach. The sensor asks for 2024-03-10 (24 rows, all in m03,
+    untouched). What happens: refused "m02_h0 is pending detach ...", retried, and so is every day of every month,
+    for as long as the detach stays unfinished: archive._Archiving._may_hold_day reads the bounds of m02_h0's
+    parent only (m02, by hash: no range, so "it may"), never that m02 -- its ancestor -- holds only February.
+    Before c661ba5 the partition's rows were asked and March was archived. What should happen: 2024-03-10 is
+    archived with its 24 rows (m02_h0 cannot hold a row of March: its parent's range is February)."""
+    from archive_pipeline_tests.test_mends import _interrupted_detach
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.m02 PARTITION OF {}.ev FOR VALUES FROM ('2024-02-01 00:00+00') TO "
+                         "('2024-03-01 00:00+00') PARTITION BY HASH (id)").format(s, s))
+    for r in (0, 1):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.m02 FOR VALUES WITH (MODULUS 2, REMAINDER {})"
+                             ).format(s, sql.Identifier(f"m02_h{r}"), s, sql.Literal(r)))
+    conn.execute(sql.SQL("CREATE TABLE {}.m03 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-01 00:00+00') TO "
+                         "('2024-04-01 00:00+00')").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 00:30+00'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 30) g").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT 100 + g, '2024-02-05 05:00+00' FROM generate_series(0, 9) g"
+                         ).format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-02-01", format="jsonl",
+                     compression="none", partitioning={"mode": "declarative"})
+    _interrupted_detach(pg, conn, f"{schema}.m02", f"{schema}.m02_h0")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    rows = read_jsonl(decompress(download(s3_client, bucket, result.key), "none"))
+    assert result.rows == 24 and sorted(int(r["id"]) for r in rows) == list(range(24))
