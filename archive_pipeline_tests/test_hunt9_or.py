@@ -75,3 +75,27 @@ def test_a_hash_subpartition_of_another_month_left_pending_detach_does_not_fail_
     result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     rows = read_jsonl(decompress(download(s3_client, bucket, result.key), "none"))
     assert result.rows == 24 and sorted(int(r["id"]) for r in rows) == list(range(24))
+
+
+def test_a_refused_jsonl_value_is_named_when_an_earlier_column_name_holds_a_percent_sign(
+        conn, schema, store, temp_dir):
+    """A table has a column ``share_%`` (a percentage; a legal quoted name) before an enum column ``m``. The user
+    restores a JSONL day into an existing table whose enum lacks the label ``'b'`` the rows hold. What happens:
+    the error names no column at all ('(InvalidTextRepresentation: invalid input value for enum ...: "b")'):
+    restore._name_refused_column now runs each staged-lines probe as ``conn.execute(probe, (), ...)`` -- an
+    empty parameter tuple, so psycopg parses the probe for placeholders and refuses the ``%`` in the quoted
+    name (a ProgrammingError, taken as "stop probing"). Before f0f0ceb the probe ran without parameters and
+    the error said ``column m``. What should happen: ``column m`` is named, whatever the other columns' names."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('a', 'b')").format(s))
+    conn.execute(sql.SQL("CREATE TYPE {}.narrow AS ENUM ('a')").format(s))
+    conn.execute(sql.SQL('CREATE TABLE {}.ev (id int, at date, "share_%" numeric, m {}.mood)').format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, g / 10.0, 'b' FROM generate_series(1, 5) g").format(s),
+                 (DAY,))
+    conn.execute(sql.SQL('CREATE TABLE {}.bad (id int, at date, "share_%" numeric, m {}.narrow)').format(s, s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.bad", temp_dir=temp_dir)
+    message = str(refused.value)
+    assert "enum" in message and "column m:" in message, message
