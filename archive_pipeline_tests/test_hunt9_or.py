@@ -134,3 +134,59 @@ def test_a_day_partition_of_another_day_pending_detach_under_a_month_in_a_dotted
         assert result.rows == 24 and sorted(int(r["id"]) for r in rows) == list(range(24))
     finally:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(parts))
+
+
+def _forge_jsonl_line(conn, schema, store, temp_dir, s3_client, bucket, line: bytes):
+    """A 50-row JSONL day archived, then its object's 4th line replaced by ``line`` and the manifest's digests
+    resealed to match (a consistent forgery, or a tool that rewrote the object and its manifest)."""
+    from archive_pipeline_tests.helpers import forge_object
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, t text)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, 'x' FROM generate_series(1, 50) g").format(s), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    lines = download(s3_client, bucket, result.key).split(b"\n")
+    lines[3] = line
+    forge_object(s3_client, bucket, result.key, result.manifest_key, b"\n".join(lines))
+    return spec
+
+
+def test_a_restored_jsonl_line_that_is_json_but_no_object_is_named_damaged_not_blamed_on_column_id(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day's JSONL object is rewritten (its manifest resealed) so that one line is ``[1, 2]``: JSON, but no
+    row object. The user restores the day into a copy of the table. What happens: "(InvalidParameterValue,
+    column id: cannot call populate_composite on an array) ... a type of <table> as this database defines it
+    refuses it (an enum lacking one of the archived labels ...); to fix: ... ALTER TYPE ... ADD VALUE": the line is
+    JSON, so restore._name_refused_column probes the columns, and every single-column probe of the refused page
+    fails with the very same message (it is the line, not a value) -- the first column, ``id``, is blamed.
+    What should happen: no column named and no type blamed; the object said not to decode as JSONL rows
+    (damaged or altered), as a line that is not JSON at all is (test_hunt9_oh)."""
+    spec = _forge_jsonl_line(conn, schema, store, temp_dir, s3_client, bucket, b"[1, 2]")
+    conn.execute(sql.SQL("CREATE TABLE {}.back (LIKE {}.ev)").format(sql.Identifier(schema), sql.Identifier(schema)))
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.back", temp_dir=temp_dir)
+    message = str(refused.value)
+    assert "column id" not in message and "ALTER TYPE" not in message, message
+
+
+def test_deep_verify_of_a_jsonl_object_whose_lines_are_not_json_is_a_failed_proof_not_a_type_refusal(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day's JSONL object is rewritten with a line that is not JSON (``{not json``) and its manifest resealed
+    (size, MD5, SHA-256 match). ``verify --deep`` (and the removal's proof) runs. What happens: it raises "the
+    archive ..., which matches its manifest (MD5), holds a value the types of database 'postgres' refuse
+    (invalid input syntax for type json ...), so it cannot be loaded there to be proven (no verdict on the
+    archive); to fix: prove the day in a database whose types are as they were ... ALTER TYPE ... ADD VALUE":
+    verify._load takes every DataError of the load for a type of this database, even the one the restore path
+    itself marks as the object's (``not_json``: "its lines are not JSON ...: the object is damaged or was
+    altered"). c661ba5 made an object that matches its MD5 but does not decode as recorded a failed proof
+    ("altered"); lines that are not JSON do not decode either. What should happen: a failed proof (a returned
+    problem naming the object as altered or damaged), no remedy about types."""
+    from archive_pipeline.core.verify import deep_verify
+
+    spec = _forge_jsonl_line(conn, schema, store, temp_dir, s3_client, bucket, b"{not json")
+    try:
+        problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        raise AssertionError(f"no verdict: {exc}") from None
+    assert problems and ("altered" in problems[0] or "damaged" in problems[0]), problems
