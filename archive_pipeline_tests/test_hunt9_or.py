@@ -190,3 +190,57 @@ def test_deep_verify_of_a_jsonl_object_whose_lines_are_not_json_is_a_failed_proo
     except ArchiveError as exc:
         raise AssertionError(f"no verdict: {exc}") from None
     assert problems and ("altered" in problems[0] or "damaged" in problems[0]), problems
+
+
+def test_a_manifest_written_before_periods_restores_into_a_table_configured_in_etc_utc(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day was archived before periods were recorded (its manifest has no ``granularity``, ``timezone`` or
+    ``period``: a UTC day, as manifest_period reads it). Since, the operator wrote ``timezone: Etc/UTC`` in the
+    table's YAML (the name most containers and hosts report for UTC; the same zone, the same keys and days). The
+    user restores the day. What happens: RestoreError "its archive holds the daily period 2024-03-10 in UTC, and
+    the table is now configured as daily in Etc/UTC: another period with the same key, not this one's rows;
+    ... configure the table as it was archived (None in None)": manifest.another_period (a72e9ef) now reads the
+    missing fields as ('daily', 'UTC') and compares zone *names*; the instants, which would tell the same zone,
+    are compared only where the manifest records its period bounds -- which a pre-period manifest never does.
+    Before a72e9ef such a manifest was "the same". What should happen: the day is restored (a UTC day in
+    Etc/UTC is the same period); likewise the archive's re-run and compare must not call it another period."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 00:30+00'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 23) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    manifest = {k: v for k, v in decode_manifest(download(s3_client, bucket, result.manifest_key)).items()
+                if k not in ("manifest_sha256", "granularity", "timezone", "period")}
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    assert restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back0", temp_dir=temp_dir).rows == 24
+    now = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none",
+                    timezone="Etc/UTC")
+    restored = restore_day(conn, store, now, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert restored.rows == 24
+
+
+def test_a_manifest_written_before_periods_refused_as_another_period_names_the_period_to_configure(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day was archived before periods were recorded (no ``granularity``/``timezone`` in its manifest: a UTC
+    day); the table is now configured ``timezone: Europe/Berlin``. The user restores the day. It is refused, rightly
+    (another period: a72e9ef), but the remedy says "configure the table as it was archived (None in None) to
+    restore that period": restore reads the manifest's raw fields for the remedy, not the period it was just
+    judged to hold. What should happen: the remedy names what to configure, "daily in UTC"."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-03-10 12:00+00')").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    manifest = {k: v for k, v in decode_manifest(download(s3_client, bucket, result.manifest_key)).items()
+                if k not in ("manifest_sha256", "granularity", "timezone", "period")}
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    berlin = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl", compression="none",
+                       timezone="Europe/Berlin")
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, berlin, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert "None" not in str(refused.value) and "daily in UTC" in str(refused.value), str(refused.value)
