@@ -65,3 +65,30 @@ def test_a_component_asset_key_prefix_of_one_word_yaml_misreads_is_named_as_writ
         load_from_defs_folder(path_within_project=tmp_path)
     text = "\n".join(str(e) for e in _exception_chain(info.value))
     assert "asset_key_prefix" in text and f"'{written}'" in text and "quote" in text.lower(), text
+
+
+def test_verify_deep_names_a_day_column_change_not_rows_changed_or_damage(pg, s3, bucket, conn, schema, tmp_path):
+    """The README: "A zone, granularity or day_column changed since a day was archived is named as that by
+    compare, list --check-source, verify, restore, a removal and source_unchanged, never as rows changed in the
+    source". A user archives a day by ``day_column: at``, then sets ``day_column: at2`` (another timestamp of
+    the same rows). ``compare``, ``list --check-source`` and ``prune`` name the day_column change; ``verify
+    --deep`` says "the source's rows for 2024-03-10 are not the archive's: 19 rows against 50" and advises
+    archiving again or restoring the object "from a backup of the bucket": rows changed, or a damaged archive.
+    It should name the day_column change (verify.py checks only ``another_period``, not
+    ``manifest.layout_change``)."""
+    small_table(conn, schema)
+    conn.execute(f'ALTER TABLE "{schema}".ev ADD COLUMN at2 timestamptz')
+    conn.execute(f"UPDATE \"{schema}\".ev SET at2 = at + interval '23 hours 40 minutes'")
+    base = {"name": f"{schema}.ev", "start_date": DAYS[0].isoformat()}
+    day = DAYS[0].isoformat()
+    done = cli(make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [{**base, "day_column": "at"}])),
+               "archive", "--day", day)
+    assert done.returncode == 0, done.stderr
+    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [{**base, "day_column": "at2"}]))
+    compared = cli(env, "compare", "--day", day)
+    assert "day_column" in compared.stdout, compared.stdout  # (as the README says)
+    done = cli(env, "verify", "--day", day, "--deep")
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert "day_column" in said, said
+    assert "backup" not in said, said
