@@ -92,3 +92,67 @@ def test_verify_deep_names_a_day_column_change_not_rows_changed_or_damage(pg, s3
     assert done.returncode == 1, said
     assert "day_column" in said, said
     assert "backup" not in said, said
+
+
+@pytest.mark.parametrize("recorded", ["2048", 2048.0], ids=["a-string", "a-float"])
+def test_a_manifests_uncompressed_bytes_of_another_type_is_refused_not_skipped(conn, schema, store, temp_dir,
+                                                                               s3_client, bucket, recorded):
+    """The README: "What the bucket says is checked before it is used, sealed or not ...: every field a reader
+    uses must have its type, ... and a CSV or JSONL object that decompresses to more than the manifest's
+    ``uncompressed_bytes`` is refused as altered before it is held." Someone who can write to the bucket replaces a
+    day's JSONL object with a small zstd frame that expands to 8 MB of one line, reseals the manifest's digests,
+    and writes its ``uncompressed_bytes`` as ``"2048"`` (or ``2048.0``). restore.load_into uses the field only
+    when it is an int, so the manifest passes the shape check and the object's size is not bounded at all: the
+    whole 8 MB line is decompressed and staged (held in memory, for a role without TEMPORARY) and the restore
+    fails later on the JSON. The manifest should be refused for its field's type (or the object as decompressing
+    to more than recorded), naming uncompressed_bytes."""
+    import datetime as dt
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline_tests.helpers import forge_object
+    from archive_pipeline_tests.test_hunt9_oh import _ev, _reseal, _zstd_of
+
+    day = dt.date(2024, 3, 10)
+    _ev(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=day, format="jsonl", compression="zstd")
+    result = archive_partition(conn, spec, day, store, temp_dir=temp_dir)
+    forge_object(s3_client, bucket, result.key, result.manifest_key, _zstd_of(b"x", 8 << 20))
+    _reseal(s3_client, bucket, result.manifest_key, lambda m: m.update(uncompressed_bytes=recorded))
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, day, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    message = str(refused.value)
+    assert "uncompressed_bytes" in message or "decompresses to more than" in message, message[:300]
+
+
+def test_a_jsonl_object_of_non_json_lines_within_its_recorded_size_is_named_damaged_briefly(
+        conn, schema, store, temp_dir, s3_client, bucket):
+    """A day's JSONL object is replaced by 2 MB of ``x`` and a newline, its manifest resealed to match, its
+    ``uncompressed_bytes`` too (a consistent forgery, or a tool that rewrote the object). A user restores the day.
+    The RestoreError's message is over 2,000,000 characters (PostgreSQL's DETAIL and CONTEXT quote the whole
+    line) and blames the target's types: "a type of <target> as this database defines it refuses it (an enum
+    lacking one of the archived labels ...); to fix: ... ALTER TYPE ... ADD VALUE". (test_hunt9_oh's test of this
+    passes only because its forged object is refused earlier for decompressing past uncompressed_bytes.) It should
+    be a message of sane length naming the object as not JSONL (damaged or altered)."""
+    import datetime as dt
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline_tests.helpers import forge_object
+    from archive_pipeline_tests.test_hunt9_oh import _ev, _reseal, _zstd_of
+
+    day = dt.date(2024, 3, 10)
+    _ev(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=day, format="jsonl", compression="zstd")
+    result = archive_partition(conn, spec, day, store, temp_dir=temp_dir)
+    forge_object(s3_client, bucket, result.key, result.manifest_key, _zstd_of(b"x", 2 << 20, b"\n"))
+    _reseal(s3_client, bucket, result.manifest_key, lambda m: m.update(uncompressed_bytes=(2 << 20) + 1))
+    with pytest.raises(ArchiveError) as refused:
+        restore_day(conn, store, spec, day, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    message = str(refused.value)
+    assert len(message) < 5000, f"{len(message):,} characters: {message[:300]} ... {message[-500:]}"
+    assert "ALTER TYPE" not in message, message[-500:]
