@@ -156,3 +156,32 @@ def test_a_jsonl_object_of_non_json_lines_within_its_recorded_size_is_named_dama
     message = str(refused.value)
     assert len(message) < 5000, f"{len(message):,} characters: {message[:300]} ... {message[-500:]}"
     assert "ALTER TYPE" not in message, message[-500:]
+
+
+@pytest.mark.parametrize("value", ["when_required ", "when_required\r"], ids=["trailing-space", "crlf-env-file"])
+def test_a_checksum_variable_the_load_passes_is_one_the_runs_can_use(monkeypatch, tmp_path, value):
+    """The README: ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` for older stores; "another value
+    (``when-required``) fails the load naming the variable". A user's env file has a trailing blank or CRLF line
+    ends (``when_required\\r``). The load's check strips the value and passes it (environment._check_botocore_
+    settings), but botocore does not strip: every run's store (store_from_env) fails with "an AWS checksum setting
+    is not one botocore knows (... got when_required )". The load and the runs should agree: refused at load naming
+    the variable, or used as the load read it."""
+    from archive_pipeline.core.config import ConfigError, load_config
+    from archive_pipeline.core.environment import store_from_env
+    from archive_pipeline.definitions import build_definitions
+
+    config = tmp_path / "tables.yaml"
+    config.write_text("tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-03-10}\n")
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "ARCHIVE_S3_PREFIX", "ARCHIVE_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "host=127.0.0.1 port=1 dbname=x")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+    monkeypatch.setenv("ARCHIVE_S3_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("ARCHIVE_S3_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", value)
+    try:
+        build_definitions(load_config(config), check_source=False)
+    except ConfigError as exc:
+        assert "AWS_REQUEST_CHECKSUM_CALCULATION" in str(exc), str(exc)
+        return
+    store_from_env()  # loaded: then every run's store must be buildable from the same environment
