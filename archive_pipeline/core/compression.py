@@ -48,10 +48,10 @@ class _Unclosable(io.RawIOBase):
 
 
 # zstd's "ultra" levels (20-22) size their window and match tables for the whole input when its size is unknown, as
-# ours is: level 22 took ~700 MB per stream. Above level 19 they are capped (a 4 MiB window, tables of 4M entries:
-# ~40 MB), where the extra search of those levels still helps; levels up to 19 are zstd's own.
+# ours is: level 22 took ~700 MB per stream. Above level 19 they keep level 19's window (8 MiB) with tables of 4M
+# entries (~50 MB in all), where the extra search of those levels still helps; levels up to 19 are zstd's own.
 _ULTRA = 20
-_ULTRA_LOGS = {"window_log": 22, "chain_log": 22, "hash_log": 22}
+_ULTRA_LOGS = {"window_log": 23, "chain_log": 22, "hash_log": 22}
 
 
 def zstd_parameters(level: int | None) -> zstandard.ZstdCompressionParameters:

@@ -287,7 +287,7 @@ def _check_botocore_settings(env: Mapping[str, str]) -> None:
     a profile not defined): refused at load naming them, where every run failed as a store "lost"."""
     for name in _CHECKSUM_VARS:
         value = env.get(name)
-        if value is not None and value.strip().lower() not in ("when_supported", "when_required"):
+        if value is not None and value.lower() not in ("when_supported", "when_required"):  # (as botocore reads it)
             raise ConfigError(f"${name} {_quoted(value)} is not when_supported or when_required (botocore's two "
                               "values; note the underscore): set one of them, or unset it")
     profile = env.get("AWS_PROFILE")

@@ -330,6 +330,9 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
                        ("timezone", str), ("granularity", str), ("day_column", str)):
         if manifest.get(name) is not None and not isinstance(manifest[name], kind):
             return f"its field {name} is {manifest[name]!r}, not {_KIND_NAMES[kind]}"
+    size = manifest.get("uncompressed_bytes")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        return f"its field uncompressed_bytes is {size!r}, not a whole number of bytes"
     encoding = (manifest.get("object") or {}).get("content_encoding")
     if encoding is not None and not (isinstance(encoding, str) and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+",
                                                                                encoding)):
@@ -378,10 +381,10 @@ def another_period(manifest: dict, period: Period) -> str | None:
     if then == (period.granularity, period.timezone):
         return None
     bounds = manifest.get("period") or {}
-    try:
-        same = then[0] == period.granularity and bounds and (
-            dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])) == (
-            period.start, period.end)
+    try:  # by instants: the bounds it records, or (written before they were) its day in its zone (Etc/UTC is UTC)
+        held = (dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])) if bounds \
+            else (manifest_period(manifest).start, manifest_period(manifest).end)
+        same = then[0] == period.granularity and held == (period.start, period.end)
     except (KeyError, TypeError, ValueError):
         same = False
     if same:

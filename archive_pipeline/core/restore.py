@@ -169,21 +169,36 @@ def _overriding(always_identity: bool) -> sql.Composable:
 
 def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
                          lines: sql.Composable | None, block: bytes | None, exc: psycopg.DataError) -> None:
+    """See :func:`_told_refused_column`; whatever goes wrong telling it leaves the load's own error as it is."""
+    try:
+        with conn.transaction():
+            _told_refused_column(conn, target, columns, lines, block, exc)
+    except psycopg.Error:
+        return
+
+
+def _told_refused_column(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
+                         lines: sql.Composable | None, block: bytes | None, exc: psycopg.DataError) -> None:
     """Add to ``exc`` the column whose value the target's type refused: json_to_record's errors name no
     column (COPY's do), so a JSONL restore refused by an enum label renamed since archiving said only
     'invalid input value for enum ... "pending"'. Each column's reading of the staged ``lines`` (or of the
     ``block``) is tried alone, once they are known to be JSON at all (else the object does not decode: no
     column is to blame)."""
     params = () if lines is not None else (Json(block, dumps=_as_is),)
-    json_check = sql.SQL("SELECT count(json_typeof(s.line::json)) FROM {} s").format(lines) if lines is not None \
-        else sql.SQL("SELECT json_typeof(%s)")
+    # every line a JSON object, as every line the writer writes is (else the object does not decode)
+    json_check = sql.SQL("SELECT count(*) FROM {} s WHERE s.line IS NOT NULL AND json_typeof(s.line::json) <> "
+                         "'object'").format(lines) if lines is not None else \
+        sql.SQL("SELECT count(*) FROM json_array_elements(%s) e WHERE json_typeof(e) <> 'object'")
     try:
         with conn.transaction():
-            conn.execute(with_params(json_check, conn) if params else json_check, params, prepare=False)
+            others = conn.execute(with_params(json_check, conn) if params else json_check, params or None,
+                                  prepare=False).fetchone()[0]
     except psycopg.DataError:
-        exc.not_json = True
-        return
+        others = 1
     except psycopg.Error:
+        return
+    if others:
+        exc.not_json = True
         return
     _, pieces = _jsonl_pieces(conn, target, columns)
     if lines is not None:  # the page of the first line refused, found by halving: the day is read about twice,
@@ -195,7 +210,7 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
         probe = sql.SQL("SELECT count({v}) FROM {f}").format(v=value, f=_jsonl_from(lines, definition))
         try:
             with conn.transaction():
-                conn.execute(with_params(probe, conn) if params else probe, params, prepare=False)
+                conn.execute(with_params(probe, conn) if params else probe, params or None, prepare=False)
         except psycopg.DataError as refused:
             if refused.diag.message_primary == said:  # the column of the value the load refused, not another's
                 exc.refused_column = name
@@ -205,8 +220,9 @@ def _name_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
 
 
 def _refused_page(conn: psycopg.Connection, lines: sql.Identifier, pieces: list) -> sql.Composable | None:
-    """The staged lines of the first heap page holding a line the load refuses (as a relation to read from), found
-    by halving the pages (PostgreSQL's TID range scans read only the half asked); None if none is refused."""
+    """The first staged line the load refuses (as a relation to read from): its heap page found by halving the
+    pages (PostgreSQL's TID range scans read only the half asked), then the line in it; None if none is refused.
+    One line, so two columns of one type are told apart by which of them refuses it."""
     definitions = sql.SQL(", ").join(d for _, d, _ in pieces)
     values = sql.SQL(", ").join(v for _, _, v in pieces)
     pages = conn.execute(sql.SQL("SELECT pg_catalog.pg_relation_size({}::pg_catalog.regclass) / "
@@ -233,6 +249,16 @@ def _refused_page(conn: psycopg.Connection, lines: sql.Identifier, pieces: list)
     while last - first > 1:
         middle = (first + last) // 2
         first, last = (first, middle) if refused(first, middle) else (middle, last)
+    for (ctid,) in conn.execute(sql.SQL("SELECT ctid::text FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid "
+                                        "ORDER BY ctid").format(lines, sql.Literal(f"({first},0)"),
+                                                                sql.Literal(f"({last},0)"))).fetchall():
+        line = sql.SQL("(SELECT * FROM {} WHERE ctid = {}::tid)").format(lines, sql.Literal(ctid))
+        probe = sql.SQL("SELECT count(ROW({v})) FROM {f}").format(v=values, f=_jsonl_from(line, definitions))
+        try:
+            with conn.transaction():
+                conn.execute(probe)
+        except psycopg.DataError:
+            return line
     return within(first, last)
 
 
@@ -562,8 +588,8 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
     if (other := another_period(manifest, day)) is not None:  # (daily to monthly: the month's first day's archive)
         raise RestoreError(f"{spec.name} {day}: {other}; nothing was restored", table=spec.name, day=day.isoformat(),
                            retryable=False, remedy=f"configure the table as it was archived "
-                                                   f"({manifest.get('granularity')} in {manifest.get('timezone')}) "
-                                                   "to restore that period")
+                                                   f"({manifest.get('granularity') or 'daily'} in "
+                                                   f"{manifest.get('timezone') or 'UTC'}) to restore that period")
     return manifest
 
 
@@ -1334,6 +1360,8 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             raise _own_expression_refused(conn, manifest, relation, exc) from exc
         return rows, inserted, added
     except ArchiveCorruptError as exc:  # the object matched its manifest's MD5: perhaps the target refused it
+        if getattr(exc.__cause__, "not_json", False):  # the object's lines are no JSON objects: not the target's doing
+            raise
         drift, remedy = _drift_explained(conn, manifest, relation)
         refused = isinstance(exc.__cause__, psycopg.DataError) and \
             not isinstance(exc.__cause__, psycopg.errors.BadCopyFileFormat)  # a value its type's input rejects
@@ -1364,11 +1392,17 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
         column = getattr(exc.__cause__, "refused_column", None)  # COPY names it in its own message
         where = f", column {column}" if column else ""
         raise RestoreError(f"restoring {manifest['table']} for {manifest['day']}: the archived rows do not load into "
-                           f"{relation} ({type(exc.__cause__).__name__}{where}: {exc.__cause__}); nothing was "
-                           f"restored{drift}",
+                           f"{relation} ({type(exc.__cause__).__name__}{where}: {_bounded(exc.__cause__)}); nothing "
+                           f"was restored{drift}",
                            table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
         raise _UniqueViolation(exc, relation, manifest) from None
+
+
+def _bounded(exc: BaseException | None, most: int = 600) -> str:
+    """An error's text as a message quotes it: PostgreSQL's DETAIL and CONTEXT quote a value whole (a 2 MB line)."""
+    text = str(exc)
+    return text if len(text) <= most else f"{text[:most]} ... ({len(text):,} characters)"
 
 
 def _fire_deferred(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:

@@ -32,8 +32,9 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
 from archive_pipeline.core.formats import readers
-from archive_pipeline.core.manifest import (ManifestError, another_period, NewerManifestError, archived_encoding, decoded_manifest, foreign_objects, owned,
-                                            removal_state, stored_object_problems)
+from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, another_period, archived_encoding,
+                                            decoded_manifest, foreign_objects, layout_change, owned, removal_state,
+                                            stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
@@ -418,6 +419,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                                                       f"{store.uri(key)}", owner)
             if manifest is None:
                 return problems
+        _refuse_layout_change(spec, day, manifest)
         with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):  # the manifest's type names as written
             problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
         if problems:
@@ -449,6 +451,20 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     except BaseException as exc:  # cancelled: the proof's temporary table and download go with it
         note_cancelled(exc, spec.name, day.isoformat(), "proving")
         raise
+
+
+def _refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
+    """No verdict where the table's zone, granularity or day column changed since the day was archived (and it is
+    still in the source): the source's day is other rows than the archive's, which the proof would call "not the
+    archive's" (and advise a backup): an :class:`ArchiveError` saying what changed, ended by an overwrite."""
+    if manifest.get("removed"):  # (a removed day is proven by its archive alone)
+        return
+    if (change := layout_change(manifest, day, spec.day_column)) is not None:
+        raise ArchiveError(f"{spec.name} {day}: {change}, so its archive cannot be proven against the source as the "
+                           "table is now configured (no verdict on the archive)", table=spec.name, day=day.isoformat(),
+                           retryable=False, needs_overwrite=True,
+                           remedy="archive the day again with overwrite as the table is now configured, or configure "
+                                  "the table as it was when the day was archived")
 
 
 def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,
@@ -499,7 +515,8 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                                    remedy=_type_missing_remedy(exc, scratch, removed),
                                    needs_overwrite=not removed) from None
             except ArchiveError as exc:  # an object that matched its MD5 but does not decode as recorded: altered
-                if not isinstance(exc.__cause__, readers.ArchiveDecodeError):
+                if not isinstance(exc.__cause__, readers.ArchiveDecodeError) and \
+                        not getattr(exc.__cause__, "not_json", False):
                     raise
                 return [f"the archive {manifest['object']['uri']} matches its manifest's size and MD5 but does not "
                         f"decode as the manifest records ({exc.__cause__}): it was altered (and its manifest with it) "
@@ -616,6 +633,8 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
     try:
         load_into(conn, path, manifest, target)
     except ArchiveCorruptError as exc:
+        if getattr(exc.__cause__, "not_json", False):  # its lines are no JSON objects: altered, a verdict (see _prove)
+            raise
         if isinstance(exc.__cause__, (psycopg.DataError, psycopg.IntegrityError)) and \
                 not isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
             # the object matched its manifest's MD5 on the way down: a value this database's types refuse (an enum

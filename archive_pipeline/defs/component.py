@@ -129,7 +129,7 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
     backfill: dict[str, Any] | None = Field(default=None, description="inline: days per backfill run (backfill:)")
     # (items YAML reads as booleans or numbers, `[eu, no]`, pass here to be named as written, with the fix, by
     # refuse_repeated_inline_settings: pydantic's own error showed `input_value=False`)
-    asset_key_prefix: str | list[str | bool | int | float] | None = Field(
+    asset_key_prefix: str | bool | int | float | list[str | bool | int | float] | None = Field(
         default=None, description="inline: put before every asset key (asset_key_prefix:)")
     check_source: bool = Field(default=True, description="check at load that the tables exist "
                                "(only when ARCHIVE_PG_DSN is set and the database answers)")
