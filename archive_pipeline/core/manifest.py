@@ -384,7 +384,10 @@ def another_period(manifest: dict, period: Period) -> str | None:
     try:  # by instants: the bounds it records, or (written before they were) its day in its zone (Etc/UTC is UTC)
         held = (dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])) if bounds \
             else (manifest_period(manifest).start, manifest_period(manifest).end)
-        same = then[0] == period.granularity and held == (period.start, period.end)
+        # as UTC instants: aware times of two zones never compare equal at an ambiguous wall time (PEP 495), so
+        # Europe/Kiev's repeated autumn hour was "another period" of Europe/Kyiv's
+        same = then[0] == period.granularity and tuple(t.astimezone(dt.UTC) for t in held) == (
+            period.start.astimezone(dt.UTC), period.end.astimezone(dt.UTC))
     except (KeyError, TypeError, ValueError):
         same = False
     if same:

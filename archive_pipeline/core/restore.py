@@ -205,6 +205,9 @@ def _told_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
         lines = _refused_page(conn, lines, pieces)  # not once per column, and only that line's columns are tried
         if lines is None:
             return
+    else:  # the block's first line refused, alone: two columns of one type are told apart by which refuses it
+        block = _refused_element(conn, block, pieces) or block
+        params = (Json(block, dumps=_as_is),)
     said = exc.diag.message_primary
     for name, definition, value in pieces:
         probe = sql.SQL("SELECT count({v}) FROM {f}").format(v=value, f=_jsonl_from(lines, definition))
@@ -217,6 +220,39 @@ def _told_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
                 return
         except psycopg.Error:
             return
+
+
+def _refused_element(conn: psycopg.Connection, block: bytes, pieces: list) -> bytes | None:
+    """The block's first line the load refuses, as a block of that one line, found by halving its elements; None
+    if none is refused (the refusal was not a value's)."""
+    definitions = sql.SQL(", ").join(d for _, d, _ in pieces)
+    values = sql.SQL(", ").join(v for _, _, v in pieces)
+    param = (Json(block, dumps=_as_is),)
+    count = conn.execute("SELECT json_array_length(%s)", param, prepare=False).fetchone()[0]
+
+    def elements(first: int, last: int) -> sql.Composable:
+        return sql.SQL("(SELECT t.e::text AS line FROM json_array_elements(%s) WITH ORDINALITY AS t(e, n) "
+                       "WHERE t.n >= {} AND t.n < {})").format(sql.Literal(first), sql.Literal(last))
+
+    def refused(first: int, last: int) -> bool:
+        probe = sql.SQL("SELECT count(ROW({v})) FROM {f}").format(v=values, f=_jsonl_from(elements(first, last),
+                                                                                          definitions))
+        try:
+            with conn.transaction():
+                conn.execute(with_params(probe, conn), param, prepare=False)
+        except psycopg.DataError:
+            return True
+        return False
+
+    first, last = 1, count + 1
+    if count < 1 or not refused(first, last):
+        return None
+    while last - first > 1:
+        middle = (first + last) // 2
+        first, last = (first, middle) if refused(first, middle) else (middle, last)
+    line = conn.execute("SELECT (json_array_elements(%s))::text LIMIT 1 OFFSET %s", (*param, first - 1),
+                        prepare=False).fetchone()[0]
+    return b"[" + line.encode() + b"]"
 
 
 def _refused_page(conn: psycopg.Connection, lines: sql.Identifier, pieces: list) -> sql.Composable | None:
