@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
@@ -222,6 +222,15 @@ def _told_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
             return
 
 
+def _first_refused(first: int, last: int, refused: Callable[[int, int], bool]) -> int:
+    """The first index of [first, last) whose one-wide range is ``refused``, the whole range being refused: by
+    halving (the refusal is the load's first, so it lies in the first refused half)."""
+    while last - first > 1:
+        middle = (first + last) // 2
+        first, last = (first, middle) if refused(first, middle) else (middle, last)
+    return first
+
+
 def _refused_element(conn: psycopg.Connection, block: bytes, pieces: list) -> bytes | None:
     """The block's first line the load refuses, as a block of that one line, found by halving its elements; None
     if none is refused (the refusal was not a value's)."""
@@ -244,12 +253,9 @@ def _refused_element(conn: psycopg.Connection, block: bytes, pieces: list) -> by
             return True
         return False
 
-    first, last = 1, count + 1
-    if count < 1 or not refused(first, last):
+    if count < 1 or not refused(1, count + 1):
         return None
-    while last - first > 1:
-        middle = (first + last) // 2
-        first, last = (first, middle) if refused(first, middle) else (middle, last)
+    first = _first_refused(1, count + 1, refused)
     line = conn.execute("SELECT (json_array_elements(%s))::text LIMIT 1 OFFSET %s", (*param, first - 1),
                         prepare=False).fetchone()[0]
     return b"[" + line.encode() + b"]"
@@ -279,12 +285,11 @@ def _refused_page(conn: psycopg.Connection, lines: sql.Identifier, pieces: list)
             return True
         return False
 
-    first, last = 0, max(int(pages), 1)
-    if not refused(first, last):
+    pages = max(int(pages), 1)
+    if not refused(0, pages):
         return None
-    while last - first > 1:
-        middle = (first + last) // 2
-        first, last = (first, middle) if refused(first, middle) else (middle, last)
+    first = _first_refused(0, pages, refused)
+    last = first + 1
     for (ctid,) in conn.execute(sql.SQL("SELECT ctid::text FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid "
                                         "ORDER BY ctid").format(lines, sql.Literal(f"({first},0)"),
                                                                 sql.Literal(f"({last},0)"))).fetchall():
