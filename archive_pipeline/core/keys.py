@@ -294,9 +294,33 @@ def listed_under(day_keys: list[str], listed) -> list[str]:
     found = []
     for key in day_keys:
         at = bisect.bisect_left(names, key)  # the first name not before the key: it starts with it, if any does
-        if at < len(names) and names[at].startswith(key):
-            found.append(key)
+        while at < len(names) and names[at].startswith(key):
+            if _of_key(names[at], key):
+                found.append(key)
+                break
+            at += 1
+        else:
+            if any(_of_key(name, key) for name in _names_from(names, day_prefix(key) + ".g")):
+                found.append(key)
     return found
+
+
+def _of_key(name: str, key: str) -> bool:
+    """Whether ``name`` is ``key``'s: the key, its manifest, its upload marker or one of its generations, not another
+    format's key that merely starts with it (``x.jsonl.zst`` starts with ``x.jsonl``, uncompressed JSONL's key)."""
+    if name in (key, key + MANIFEST_SUFFIX, key + UPLOAD_MARKER_SUFFIX):
+        return True
+    head, slash, base = key.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return re.fullmatch(re.escape(f"{head}{slash}{stem}.g") + r"\d+" + re.escape(f"{dot}{ext}"), name) is not None
+
+
+def _names_from(names: list[str], prefix: str) -> Iterator[str]:
+    """The sorted ``names`` that start with ``prefix``."""
+    at = bisect.bisect_left(names, prefix)
+    while at < len(names) and names[at].startswith(prefix):
+        yield names[at]
+        at += 1
 
 
 def day_prefix(key: str) -> str:
