@@ -35,12 +35,12 @@ from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES,
 from archive_pipeline.core.discovery import child_ranges
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
                                           refused_grant, remedy_for, sql_name)
+from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
                                              owned, under_another_format)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
-from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (NUMBER_TYPES, Column, altered_composites, column_names, day_filter,
                                           describe_relation, inner_types, lookalike_hint, lookalike_relations,
