@@ -13,6 +13,7 @@ so at every point either the previous object+manifest or the new pair is whole.
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime as dt
 import json
 import logging
@@ -24,14 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import candidate_ranges, day_children, day_table_parents, partition_of_day, \
+from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
                                           note_cancelled, redact, wrap)
@@ -350,7 +350,8 @@ class _Archiving:
                     children = day_children(self.conn, self.spec, self.day) if declarative else []
                     table = source_table(self.conn, self.spec, self.day)
                     where = day_filter(table, self.day)
-                    hold_day(self.conn, table, where, self._may_hold_day if declarative else None)
+                    hold_day(self.conn, table, where, functools.partial(partition_may_hold, self.conn, self.spec,
+                                                                        self.day) if declarative else None)
                     labels = printed_names(self.conn, table, where)
                     composites = composite_signature(self.conn, table)
                     identity = _identity(self.conn)
@@ -494,41 +495,6 @@ class _Archiving:
             return       # another table's; the markers stay and the next run looks again
         for marker in markers:
             self.store.delete_quietly(marker)
-
-    def _may_hold_day(self, relation: tuple[str, str]) -> bool:
-        """Whether a partition of the table (at any depth) may hold rows of the day by its bound, as discovery reads
-        bounds (an expression key's widened by a day each way: it may be in another zone than the table's). Where
-        its own bound cannot be read (a HASH or LIST sub-partition, a parent in a schema whose name holds a dot),
-        its parent's is asked, and so on up: a month's range rules out every partition under it."""
-        while True:
-            found = self.conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c "
-                "ON c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE i.inhrelid = %s::pg_catalog.regclass",
-                (sql.Identifier(*relation).as_string(self.conn),)).fetchone()
-            if found is None:
-                return True
-            parent = tuple(found)
-            ranges = self._child_ranges_of(parent, relation)
-            if ranges:
-                return any(c.overlaps(self.day) for c in ranges)
-            relation = parent
-
-    def _child_ranges_of(self, parent: tuple[str, str], child: tuple[str, str]) -> list:
-        """``child``'s range among ``parent``'s RANGE partitions (as discovery reads them), or [] where it cannot be
-        read: a parent partitioned otherwise, a DEFAULT partition, a parent no configured name can spell."""
-        if parent == (self.spec.schema_name, self.spec.table_name):
-            spec = self.spec
-        elif "." in parent[0]:
-            return []
-        else:
-            spec = self.spec.model_copy(update={"name": f"{parent[0]}.{parent[1]}"})
-        try:
-            with self.conn.transaction():  # (a savepoint: a parent partitioned by another key refuses its bounds)
-                return [c for c in candidate_ranges(self.conn, spec) if c.relation(spec) == child
-                        and (c.start is not None or c.end is not None)]
-        except (ArchiveError, psycopg.Error):
-            return []
 
     def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
                          ) -> fingerprint.Fingerprint:

@@ -452,6 +452,42 @@ def candidate_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRan
             for c in child_ranges(conn, spec)]
 
 
+def partition_may_hold(conn: psycopg.Connection, spec: TableSpec, day: Period, relation: tuple[str, str]) -> bool:
+    """Whether a partition of ``spec``'s table (at any depth; one pending detach, say) may hold rows of ``day`` by its
+    bound, read as discovery reads bounds (an expression key's widened by a day each way: it may be in another zone
+    than the table's). Where its own bound cannot be read (a HASH or LIST sub-partition, a parent in a schema whose
+    name holds a dot), its parent's is asked, and so on up: a month's range rules out every partition under it."""
+    while True:
+        found = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c "
+            "ON c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE i.inhrelid = %s::pg_catalog.regclass",
+            (sql.Identifier(*relation).as_string(conn),)).fetchone()
+        if found is None:
+            return True
+        parent = tuple(found)
+        ranges = _child_ranges_of(conn, spec, parent, relation)
+        if ranges:
+            return any(c.overlaps(day) for c in ranges)
+        relation = parent
+
+
+def _child_ranges_of(conn: psycopg.Connection, spec: TableSpec, parent: tuple[str, str],
+                     child: tuple[str, str]) -> list[ChildRange]:
+    """``child``'s range among ``parent``'s RANGE partitions (``spec``'s table, or a partition of it), or [] where it
+    cannot be read: a parent partitioned otherwise, a DEFAULT partition, a parent no configured name can spell."""
+    if parent != (spec.schema_name, spec.table_name):
+        if "." in parent[0]:
+            return []
+        spec = spec.model_copy(update={"name": f"{parent[0]}.{parent[1]}"})
+    try:
+        with conn.transaction():  # (a savepoint: a parent partitioned by another key refuses its bounds)
+            return [c for c in candidate_ranges(conn, spec) if c.relation(spec) == child
+                    and (c.start is not None or c.end is not None)]
+    except (SourceError, psycopg.Error):
+        return []
+
+
 def held_periods(children: list[ChildRange], periods: Iterable[Period]) -> list[Period]:
     """The ``periods`` some child holds rows of (:meth:`ChildRange.holds`), in order."""
     return HeldRanges.of(children).held(periods)
