@@ -295,7 +295,7 @@ def listed_under(day_keys: list[str], listed) -> list[str]:
     for key in day_keys:
         at = bisect.bisect_left(names, key)  # the first name not before the key: it starts with it, if any does
         while at < len(names) and names[at].startswith(key):
-            if _of_key(names[at], key):
+            if not _another_codecs(names[at], key):
                 found.append(key)
                 break
             at += 1
@@ -305,9 +305,20 @@ def listed_under(day_keys: list[str], listed) -> list[str]:
     return found
 
 
+# what follows a key in the names of the same key with a codec's extension added (``x.jsonl`` → ``x.jsonl.zst``)
+_CODEC_NAME_TAIL = re.compile(r"\.(?:" + "|".join(sorted({e for e in CODEC_EXTENSIONS.values() if e})) +
+                              r")(?:" + re.escape(MANIFEST_SUFFIX) + "|" + re.escape(UPLOAD_MARKER_SUFFIX) + r")?")
+
+
+def _another_codecs(name: str, key: str) -> bool:
+    """Whether ``name``, which starts with ``key``, is exactly a name of another codec's key of the same format
+    (``x.jsonl.zst`` or its manifest, for uncompressed JSONL's ``x.jsonl``): not ``key``'s. Any other name starting
+    with it counts as ``key``'s, a damaged one too (``x.jsonl.lanifest.json``): its manifest is then read."""
+    return _CODEC_NAME_TAIL.fullmatch(name[len(key):]) is not None
+
+
 def _of_key(name: str, key: str) -> bool:
-    """Whether ``name`` is ``key``'s: the key, its manifest, its upload marker or one of its generations, not another
-    format's key that merely starts with it (``x.jsonl.zst`` starts with ``x.jsonl``, uncompressed JSONL's key)."""
+    """Whether ``name`` is one of ``key``'s generations (``<stem>.g<N>.<ext>``), or the key, its manifest or marker."""
     if name in (key, key + MANIFEST_SUFFIX, key + UPLOAD_MARKER_SUFFIX):
         return True
     head, slash, base = key.rpartition("/")
