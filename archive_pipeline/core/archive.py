@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import logging
 import os
-import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -69,7 +68,7 @@ from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
-from archive_pipeline.core.sink import temp_archive_file
+from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
     estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
@@ -245,17 +244,11 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else _temp_dir_named()
+                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else temp_dir_named()
                    ) from None
     except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): cleaned up on the way out
         note_cancelled(exc, spec.name, day.isoformat(), "archiving")
         raise
-
-
-def _temp_dir_named() -> str:
-    """The temp directory a message names where none was given: $TMPDIR as set (even where it cannot be used:
-    tempfile would name /tmp instead), else tempfile's."""
-    return os.environ.get("TMPDIR") or tempfile.gettempdir()
 
 
 def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, existing: Existing,
@@ -264,7 +257,7 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
     True = skip (identical), False = archive (again); raises what ``archive_partition`` would raise
     (another table's or day's archive, changed content, a removed day)."""
     day = resolve_period(spec, day)
-    archiving = _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
+    archiving = _planning(conn, spec, day, store)
     archiving._refuse_foreign(existing, overwrite)
     if existing.manifest is None and existing.problem is None:
         elsewhere = archiving._removed_elsewhere(existing)
@@ -288,18 +281,19 @@ def archived_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | 
                        existing: Existing) -> tuple[str, Existing] | None:
     """(key, what is there) of the day's archive under the table's former format or codec where nothing is at
     its key now (see ``_Archiving._archived_elsewhere``): what a run decides on, for a plan."""
-    day = resolve_period(spec, day)
-    return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0,
-                      settings={})._archived_elsewhere(existing)
+    return _planning(conn, spec, resolve_period(spec, day), store)._archived_elsewhere(existing)
 
 
 def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
                       existing: Existing) -> bool:
     """Whether a day with nothing at its key was removed under another format's or codec's key (a run would
     then apply that removal's rule, see :func:`keeps_existing`), for callers that only plan."""
-    archiving = _Archiving(conn, spec, resolve_period(spec, day), store, temp_dir=None, progress=None,
-                           progress_every=0, settings={})
-    return archiving._removed_elsewhere(existing) is not None
+    return _planning(conn, spec, resolve_period(spec, day), store)._removed_elsewhere(existing) is not None
+
+
+def _planning(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store) -> _Archiving:
+    """An archive attempt that only decides (a plan's questions of what a run would do), never runs."""
+    return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
 
 
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:

@@ -127,6 +127,12 @@ def default_temp_dir() -> str:
     return chosen
 
 
+def temp_dir_named() -> str:
+    """The temp directory a message names where none was given: $TMPDIR as set (even where it cannot be used:
+    tempfile would name /tmp instead), else tempfile's."""
+    return os.environ.get("TMPDIR") or tempfile.gettempdir()
+
+
 def open_nameless(temp_dir: str | os.PathLike | None = None, suffix: str = "") -> tuple[int, Path, Path | None]:
     """A new private read-write file in ``temp_dir`` that no name points to.
 

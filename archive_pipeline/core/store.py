@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -43,6 +42,7 @@ from typing import Any, BinaryIO
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, classify, for_operation, is_cancellation, redact
 from archive_pipeline.core.keys import upload_marker_key
+from archive_pipeline.core.sink import temp_dir_named
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -1021,7 +1021,7 @@ def temp_file_refused(exc: OSError, table: str | None, day: str | None, temp_dir
     directory, named as one, with the setting that moves it."""
     from archive_pipeline.core.errors import classify
 
-    directory = os.fspath(temp_dir) if temp_dir is not None else os.environ.get("TMPDIR") or tempfile.gettempdir()
+    directory = os.fspath(temp_dir) if temp_dir is not None else temp_dir_named()
     found = classify(exc)
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     cause = f"the temp directory {directory} is full" if full else f"{found.cause} ({directory})"
