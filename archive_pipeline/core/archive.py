@@ -317,7 +317,8 @@ class _Archiving:
         self.key = render_key(spec, day, store.prefix)
         self.manifest_key = keys.manifest_key(self.key)
         self.former_keys = [k for k in dict.fromkeys(former_keys) if k != self.key]
-        self._read_from: dict[int, str] = {}  # id of a manifest read at another key than this one -> its manifest key
+        # a manifest read at another key than this one -> its manifest key (held with the manifest, so its id is its own)
+        self._read_from: dict[int, tuple[dict, str]] = {}
         self._manifest_settled = True  # no manifest write so far can still land (see _put_manifest)
         self._tidied: set[str] = set()  # the stray generations _tidy deleted (free to be written again)
         self.started = time.perf_counter()
@@ -706,7 +707,7 @@ class _Archiving:
                     f"{self.store.uri(other)}: {period}; set overwrite to archive this period as the table is now "
                     "configured (that archive stays where it is)", retryable=False, needs_overwrite=True)
             found.append((other, there))
-            self._read_from[id(there.manifest)] = keys.manifest_key(other)
+            self._read_from[id(there.manifest)] = (there.manifest, keys.manifest_key(other))
         return max(found, key=lambda pair: str(pair[1].manifest.get("archived_at") or "")) if found else None
 
     def _other_extension_keys(self) -> list[str]:
@@ -851,7 +852,8 @@ class _Archiving:
         obj = manifest.get("object")
         if obj:
             return obj["uri"]
-        return self.store.uri(self._read_from.get(id(manifest), self.manifest_key))
+        read, key = self._read_from.get(id(manifest), (None, self.manifest_key))
+        return self.store.uri(key if read is manifest else self.manifest_key)
 
     # --- results and the commit -----------------------------------------------------------------
 
