@@ -89,3 +89,88 @@ def test_an_enum_label_renamed_while_a_restore_loads_is_not_blamed_on_an_altered
     finally:
         other.close()
     assert "altered after it was written" not in str(failure.value), failure.value
+
+
+def test_source_unchanged_while_a_pending_removal_commits_does_not_call_the_day_changed(pg, conn, schema, store,
+                                                                                       archive_env, monkeypatch):
+    """A user runs the ``verify_archives`` job (its ``source_unchanged`` check) while the removal of an archived
+    day (retention action ``delete``) is on its way: its pending mark is written, its DELETE not yet committed.
+    The check reads the pending mark, finds the day's rows still in the source (``rows_after_removal``: the DELETE
+    is not committed), so compares the day; the removal commits just then, and the comparison finds no rows. What
+    happens: the check fails, "1 of 1 archived days changed in PostgreSQL after archiving: the source has 0 rows
+    for ... now, the archive 5", and tells the user to archive the day again with overwrite (which a removed day
+    refuses). Its re-read of the manifest after a difference ("a removal or overwrite that committed meanwhile is
+    no change") sees nothing new: the mark is still the same pending one until the "done" mark lands. What should
+    happen: as for a pending mark whose rows are gone when the check starts, the day is not compared ("removed
+    from the source by retention"), and the check does not call it changed."""
+    import threading
+
+    from dagster import instance_for_test
+
+    from archive_pipeline.core import lifecycle, verify
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat(), "partitioning": {"mode": "column"},
+                                       "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    go_commit, committed, go_done = threading.Event(), threading.Event(), threading.Event()
+    recheck, marked_by_us, rows_after = lifecycle._recheck_and_remove, lifecycle._marked_by_us, \
+        verify.rows_after_removal
+
+    def held_before_commit(*args, **kwargs):
+        out = recheck(*args, **kwargs)
+        assert go_commit.wait(30)
+        return out
+
+    def held_before_done(*args, **kwargs):
+        committed.set()
+        assert go_done.wait(30)
+        return marked_by_us(*args, **kwargs)
+
+    def then_commit(*args, **kwargs):
+        out = rows_after(*args, **kwargs)
+        if not go_commit.is_set():
+            go_commit.set()
+            assert committed.wait(30)
+        return out
+
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        monkeypatch.setattr(lifecycle, "_recheck_and_remove", held_before_commit)
+        monkeypatch.setattr(lifecycle, "_marked_by_us", held_before_done)
+        monkeypatch.setattr(verify, "rows_after_removal", then_commit)
+        outcome: dict = {}
+
+        def remove() -> None:
+            with pg.connect() as removing:
+                try:
+                    outcome["result"] = lifecycle.remove_day(removing, spec, DAY, store)
+                except BaseException as exc:  # noqa: BLE001
+                    outcome["error"] = exc
+
+        remover = threading.Thread(target=remove, daemon=True)
+        remover.start()
+        try:
+            # the removal's transaction is open with its pending mark written once it waits before its COMMIT
+            from archive_pipeline_tests.test_race_hunt import wait_until
+            assert wait_until(lambda: (verify.load_manifest(store, f"archive/{schema}.events/2024/03/2024-03-10"
+                                                                   ".jsonl.zst") or {}).get("removed") is not None
+                              or "error" in outcome), outcome
+            run = defs.resolve_job_def("verify_archives").execute_in_process(
+                instance=instance, raise_on_error=False, run_config={"ops": {
+                    f"archive__{schema}__events_source_unchanged": {"config": {"days": 1}}}})
+        finally:
+            go_commit.set()
+            go_done.set()
+            remover.join(60)
+        assert "error" not in outcome, outcome  # the removal itself went through
+        [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        assert evaluation.passed or "changed in PostgreSQL" not in (evaluation.description or ""), \
+            evaluation.description
