@@ -174,3 +174,71 @@ def test_source_unchanged_while_a_pending_removal_commits_does_not_call_the_day_
         [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
         assert evaluation.passed or "changed in PostgreSQL" not in (evaluation.description or ""), \
             evaluation.description
+
+
+def test_list_check_source_while_a_pending_removal_commits_does_not_call_the_day_changed(pg, conn, schema, store,
+                                                                                        monkeypatch):
+    """A user runs ``list --check-source`` (plan.day_statuses) while the removal of an archived day (retention
+    action ``delete``) is on its way: its pending mark written, its DELETE not yet committed. ``list`` reads the
+    pending mark, asks again whether the source has the day ("a removal that committed in between emptied it
+    since (asked again)"): it has (the DELETE is not committed); the removal commits just before the day is
+    fingerprinted. What happens: the day is listed ``changed``, "source has 0 rows, archive 5", and ``list`` exits
+    1; its second look for a replaced manifest sees the same pending mark (the "done" mark is still on its way).
+    What should happen: a day with a removal mark whose source has no rows left is listed as removed (as when the
+    removal committed a moment earlier, and as ``compare`` does), not as changed."""
+    import threading
+
+    from archive_pipeline.core import lifecycle, plan
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.test_race_hunt import wait_until
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    spec = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                     "start_date": DAY.isoformat(), "partitioning": {"mode": "column"},
+                                     "retention": {"keep_days": 1, "action": "delete"}}]}).tables[0]
+    archive_partition(conn, spec, DAY, store)
+    go_commit, committed, go_done = threading.Event(), threading.Event(), threading.Event()
+    recheck, marked_by_us, fingerprinted = lifecycle._recheck_and_remove, lifecycle._marked_by_us, \
+        plan.source_fingerprint
+
+    def held_before_commit(*args, **kwargs):
+        out = recheck(*args, **kwargs)
+        assert go_commit.wait(30)
+        return out
+
+    def held_before_done(*args, **kwargs):
+        committed.set()
+        assert go_done.wait(30)
+        return marked_by_us(*args, **kwargs)
+
+    def commit_first(*args, **kwargs):
+        go_commit.set()
+        assert committed.wait(30)
+        return fingerprinted(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "_recheck_and_remove", held_before_commit)
+    monkeypatch.setattr(lifecycle, "_marked_by_us", held_before_done)
+    outcome: dict = {}
+
+    def remove() -> None:
+        with pg.connect() as removing:
+            try:
+                outcome["result"] = lifecycle.remove_day(removing, spec, DAY, store)
+            except BaseException as exc:  # noqa: BLE001
+                outcome["error"] = exc
+
+    remover = threading.Thread(target=remove, daemon=True)
+    remover.start()
+    try:
+        key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+        assert wait_until(lambda: (load_manifest(store, key) or {}).get("removed") is not None or "error" in outcome)
+        monkeypatch.setattr(plan, "source_fingerprint", commit_first)
+        [status] = plan.day_statuses(conn, spec, store, [DAY], check_source=True)
+    finally:
+        go_commit.set()
+        go_done.set()
+        remover.join(60)
+    assert "error" not in outcome, outcome  # the removal itself went through
+    assert status.state != "changed", status
