@@ -141,11 +141,14 @@ class Run:
     table: str | None = None  # the table being worked on
     config_path: str | None = None  # the --config given, repeated in the commands a message suggests
 
-    def suggest(self, verb: str, table: str, day: Period | str, *options: str) -> str:
-        """The command that does ``verb`` for one table's day, as a user pastes it: with the --config this run
+    def command(self, verb: str) -> list[str]:
+        """The command ``verb`` as a user pastes it into a shell: the program's name, and the --config this run
         was given (else it would read another table list, or none)."""
-        config = f" --config {shlex.quote(self.config_path)}" if self.config_path else ""
-        return " ".join((f"{verb}{config} --table {shlex.quote(table)} --day {day}", *options))
+        return ["archive-pipeline", verb, *(["--config", self.config_path] if self.config_path else [])]
+
+    def suggest(self, verb: str, table: str, day: Period | str, *options: str) -> str:
+        """The command that does ``verb`` for one table's day, as a user pastes it (see :meth:`command`)."""
+        return shlex.join([*self.command(verb), "--table", table, "--day", str(day), *options])
 
     def days(self, spec: TableSpec) -> list[Period]:
         """The table's periods in the selection (its hours, days or months that overlap it). Every
@@ -268,6 +271,10 @@ def _not_over(text: str, now: dt.datetime) -> str | None:
     month, a day already over in a zone ahead of UTC are selected (a period not over is not, and the selection
     says so; see ``Run.days``)."""
     today = now.date()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}\D.*", text) and text[:10] > (today + dt.timedelta(days=1)).isoformat():
+        # an hour (YYYY-MM-DD-HH:00) of a day after tomorrow (UTC): in a zone 14 hours ahead, tomorrow's may be over
+        return (f"{text} is an hour of {text[:10]}, a day after today (UTC): a period is archived once it has ended; "
+                f"the last complete day (UTC) is {today - dt.timedelta(days=1)}")
     if len(text) == 10 and text > today.isoformat():
         return (f"{text} is after today (UTC): a day is archived once it has ended; the last complete day "
                 f"is {today - dt.timedelta(days=1)}")
@@ -953,7 +960,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
-    unverified = "nothing was verified: no day in the selection is archived (see `archive-pipeline list`)"
+    unverified = f"nothing was verified: no day in the selection is archived (see `{shlex.join(run.command('list'))}`)"
     # (a script reads why in the answer itself, as for any failed command)
     run.emit({"ok": not bad and not nothing, "days": results,
               **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
@@ -1096,7 +1103,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         click.echo(f"error: {_printable(payload['error'])}{kept}", err=True)
         sys.exit(payload["exit_code"])
     if missing:
-        raise Failed("some requested days have no archive (see `archive-pipeline list`)")
+        raise Failed(f"some requested days have no archive (see `{shlex.join(run.command('list'))}`)")
 
 
 def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing: list, chosen: list, into: str,
@@ -1109,7 +1116,7 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     last = results[-1]
     spec = next(s for s, _ in chosen if s.name == last.table)
     rest = [d for s, days in chosen if s.name == last.table for d in days if d.isoformat() > last.day]
-    again = ["archive-pipeline", "restore", "--table", spec.name]
+    again = [*run.command("restore"), "--table", spec.name]
     if rest:
         again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]
     again += ["--into", "existing" if into == "new" else into]

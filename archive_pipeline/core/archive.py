@@ -285,10 +285,15 @@ def archived_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | 
 
 
 def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
-                      existing: Existing) -> bool:
-    """Whether a day with nothing at its key was removed under another format's or codec's key (a run would
-    then apply that removal's rule, see :func:`keeps_existing`), for callers that only plan."""
-    return _planning(conn, spec, resolve_period(spec, day), store)._removed_elsewhere(existing) is not None
+                      existing: Existing) -> Existing | None:
+    """What is under another format's or codec's key where a day with nothing at its key was removed there (a run
+    would then apply that removal's rule, see :func:`keeps_existing`), or None: for callers that only plan."""
+    return _planning(conn, spec, resolve_period(spec, day), store)._removed_elsewhere(existing)
+
+
+def compared_algorithm(existing: Existing) -> str:
+    """The fingerprint algorithm a run compares ``existing`` (an archive found elsewhere) in: its own."""
+    return _Archiving._algorithm(existing, True)
 
 
 def _planning(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store) -> _Archiving:
@@ -866,7 +871,7 @@ class _Archiving:
             bytes=obj.get("bytes", 0), uncompressed_bytes=manifest.get("uncompressed_bytes", 0),
             md5=obj.get("md5", ""), sha256=obj.get("sha256", ""), format=manifest["format"],
             compression=manifest["compression"], columns=table.columns,
-            output_types={c["name"]: c["output_type"] for c in manifest["columns"]}, parts=obj.get("parts", 0),
+            output_types={c["name"]: c.get("output_type", "text") for c in manifest["columns"]}, parts=obj.get("parts", 0),
             etag=obj.get("etag", ""), content_type=obj.get("content_type", ""),
             content_encoding=obj.get("content_encoding"), day_column=self.spec.day_column,
             source_relation=table.qualified, manifest_key=manifest_key or self.manifest_key,

@@ -153,7 +153,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
-        if manifest is None and (other := archive_key(store, spec, day, former_keys)) != key:
+        if manifest is None and (other := _archive_key_trusted(store, spec, day, key, former_keys)) != key:
             key, manifest = other, _trusted_manifest(store, spec, day, other)
         if manifest is None:
             if not _has_rows(conn, spec, day):  # an empty partition made ahead, a repeated hour's first occurrence
@@ -247,6 +247,19 @@ def archive_key(store: S3Store, spec: TableSpec, day: Period, former_keys: Seque
     if found is not None:
         return found[0]
     return next((k for k in former_keys if decoded_manifest(store, keys.manifest_key(k)) is not None), key)
+
+
+def _archive_key_trusted(store: S3Store, spec: TableSpec, day: Period, key: str, former_keys: Sequence[str]) -> str:
+    """:func:`archive_key`, where a damaged manifest under the day's other format's key refuses the removal, as
+    one at its own key does (see :func:`_trusted_manifest`)."""
+    try:
+        return archive_key(store, spec, day, former_keys)
+    except ManifestError as exc:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: nothing is at {store.uri(key)}, and a manifest "
+                             f"of the day under the table's former format or codec in {store.uri(keys.day_prefix(key))} "
+                             f"cannot be trusted ({exc.message})", table=spec.name, day=day.isoformat(),
+                             remedy=exc.remedy or "archive the day again (overwrite) or restore that manifest from a "
+                                                  "backup of the bucket") from None
 
 
 def _trusted_manifest(store: S3Store, spec: TableSpec, day: Period, key: str) -> dict | None:
@@ -404,13 +417,14 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
 def _require_proven_object(store: S3Store, spec: TableSpec, day: Period, manifest: dict) -> None:
     """Refuse (retryable) to remove rows whose proven object is no longer stored as proven. The conditional writes
     keep an overwrite from another server from retiring it meanwhile, but some S3-compatible stores accept
-    If-Match and ignore it: then only the object itself, asked once the mark is written, tells."""
+    If-Match and ignore it: then only the object itself, asked once the mark is written, tells (twice alike)."""
     obj = manifest.get("object")
     if not obj:
         return
-    head = store.head(obj["key"])
-    if head is not None and not stored_object_problems(head, manifest):  # (a copy onto itself is the same object)
-        return
+    for _ in range(2):  # asked again before refusing: one answer damaged on the way, or a 404 lagging, is no verdict
+        head = store.head(obj["key"])
+        if head is not None and not stored_object_problems(head, manifest):  # (a copy onto itself: the same object)
+            return
     raise RemovalRefused(f"{spec.name} {day} stays in the source: its proven archive {obj.get('uri')} is "
                          f"{'gone' if head is None else 'replaced'} (an archive run of the day on another server, on "
                          "a store that ignores conditional writes?); nothing was removed", table=spec.name,

@@ -20,7 +20,7 @@ from typing import Any
 
 from archive_pipeline import __version__
 from archive_pipeline.core import keys
-from archive_pipeline.core.fingerprint import Fingerprint
+from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.source import Column, server_identity
@@ -251,6 +251,9 @@ def _consistency_problem(manifest: dict[str, Any]) -> str | None:
             counted = Fingerprint.parse(recorded).rows
         except (ValueError, TypeError):
             counted = None
+        if recorded.rsplit(":", 2)[0] in ALGORITHMS and not re.fullmatch(r"[^:]+:[0-9]+:-?[0-9]+", recorded):
+            # (an algorithm this version does not know is a newer version's, read as it wrote it)
+            return f"its fingerprint {recorded[:100]!r} is not <algorithm>:<rows>:<sum of hashes>"
         if counted is not None and counted != rows:
             return f"its fingerprint counts {counted:,} rows, its rows field {rows:,}"
     generation = manifest.get("generation", 1)
@@ -340,14 +343,28 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
     snapshot = (manifest.get("source") or {}).get("snapshot_at")
     if snapshot is not None and not isinstance(snapshot, str):
         return f"its field source.snapshot_at is {snapshot!r}, not a string"
+    uri = (manifest.get("object") or {}).get("uri")
+    if uri is not None and not isinstance(uri, str):
+        return f"its field object.uri is {uri!r}, not a string"
+    mark = manifest.get("removed")
+    if isinstance(mark, dict):  # (its type is _consistency_problem's)
+        for name in ("state", "at", "action", "relation"):
+            if mark.get(name) is not None and not isinstance(mark[name], str):
+                return f"its removal mark's field {name} is {mark[name]!r}, not a string"
     definition = manifest.get("table_definition") or {}
     for name, kind in (("columns", list), ("partition", dict), ("parents", list)):
         if definition.get(name) is not None and not isinstance(definition[name], kind):
             return f"its field table_definition.{name} is {definition[name]!r}, not {_KIND_NAMES[kind]}"
+    key = definition.get("primary_key")
+    if key is not None and not (isinstance(key, list) and all(isinstance(name, str) for name in key)):
+        return f"its field table_definition.primary_key is {key!r}, not a list of column names"
     columns = [*manifest["columns"], *(definition.get("columns") or [])]
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "\x00" not in c["name"] for c in columns):
         return "its columns (or its table definition's) are not each an object with a name (without NUL)"
     for column in manifest["columns"]:
+        for name in ("output_type", "pg_type"):  # (read by name where present: the run's metadata, the proof's types)
+            if name in column and not isinstance(column[name], str):
+                return f"its field columns[{column['name']!r}].{name} is {column[name]!r}, not a string"
         numbers = column.get("numbers")
         if numbers is not None and not (isinstance(numbers, list) and all(
                 isinstance(n, dict) and isinstance(n.get("steps"), list) and isinstance(n.get("type"), str)
@@ -380,6 +397,8 @@ def another_period(manifest: dict, period: Period) -> str | None:
     then = (manifest.get("granularity") or "daily", manifest.get("timezone") or "UTC")
     if then == (period.granularity, period.timezone):
         return None
+    if then[0] == period.granularity and manifest.get("day") == period.isoformat() and _dated_by_calendar(manifest):
+        return None  # a date day column: a period's rows are its calendar dates, in any zone (source._bound_values)
     bounds = manifest.get("period") or {}
     try:  # by instants: the bounds it records, or (written before they were) its day in its zone (Etc/UTC is UTC)
         held = (dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])) if bounds \
@@ -395,6 +414,12 @@ def another_period(manifest: dict, period: Period) -> str | None:
     return (f"its archive holds the {then[0]} period {manifest.get('day')} in {then[1]}, and the table is now "
             f"configured as {period.granularity} in {period.timezone}: another period with the same key, not this "
             "one's rows")
+
+
+def _dated_by_calendar(manifest: dict) -> bool:
+    """Whether the archived day column is a ``date`` (as the manifest records its type)."""
+    return any(isinstance(c, dict) and c.get("name") == manifest.get("day_column") and c.get("pg_type") == "date"
+               for c in manifest.get("columns") or ())
 
 
 def layout_change(manifest: dict, period: Period, day_column: str | None) -> str | None:

@@ -16,8 +16,8 @@ from psycopg import sql
 
 from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint, periods
-from archive_pipeline.core.archive import (archived_elsewhere, keeps_existing, read_existing, removed_elsewhere,
-                                           render_key)
+from archive_pipeline.core.archive import (archived_elsewhere, compared_algorithm, keeps_existing, read_existing,
+                                           removed_elsewhere, render_key)
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
                                              days_read_with_rows, existing_days, source_table)
@@ -377,7 +377,10 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                                           unread(conn, spec, day, exc)))
                 continue
             source_rows = current.rows
-            if not matches_source(archived, current):
+            if archived.removed and current.rows == 0:  # its removal committed since it was asked again (as compare)
+                present, source_rows = False, None
+                note = archived.removed
+            elif not matches_source(archived, current):
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
                         else "same row count, different content (fingerprint)")
@@ -540,8 +543,9 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
     if existing.manifest is None:  # removed, or archived, under the table's former format or codec: the run's rule
         with read_snapshot(conn):
             table, where = _source(conn, spec, day)
-            current = fingerprint.compute(conn, table.identifier, table.columns, where, fingerprint.algorithm_for(
-                before[1].manifest.get("fingerprint")) if before else fingerprint.ALGORITHM)
+            # in the algorithm the run compares in: the former archive's, or the removed one's (an older version's)
+            current = fingerprint.compute(conn, table.identifier, table.columns, where,
+                                          compared_algorithm(before[1] if before else removed))
             identity = SourceIdentity(*server_identity(conn))
         try:
             keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)

@@ -42,9 +42,10 @@ from archive_pipeline.core.manifest import (ManifestError, another_period, archi
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import (NUMBER_TYPES, Column, altered_composites, column_names, day_filter,
-                                          describe_relation, inner_types, lookalike_hint, lookalike_relations,
-                                          missing_character, prefetch, relation_name, relation_shapes, shape_changes,
+from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, altered_composites, column_names,
+                                          day_filter, describe_relation, inner_types, lookalike_hint,
+                                          lookalike_relations, missing_character, prefetch, printed_names_changed,
+                                          relation_name, relation_printed_names, relation_shapes, shape_changes,
                                           stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
@@ -1900,6 +1901,21 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
             "COPY counted fewer)")
 
 
+def _renamed_meanwhile(conn: psycopg.Connection, manifest: dict, relation: Relation, names: PrintedNames) -> None:
+    """Raise (retryable) if a name the restored values print was renamed while the restore ran (an enum label:
+    ALTER TYPE ... RENAME VALUE takes no lock the restore holds; an object a reg* value names): the rows loaded
+    before it print the new name, so the check found them not the archive's, which is no altered archive."""
+    with conn.transaction():  # (a savepoint: the caller's error is what ends the transaction)
+        changed = printed_names_changed(conn, names)
+    if changed:
+        raise RestoreError(f"{' and '.join(changed)} of {relation}'s column types was changed while the day was "
+                           "restored, so the restored rows printed other names than the archive holds; the restore "
+                           "was rolled back", table=manifest["table"], day=manifest["day"], retryable=True,
+                           cause="a name the day's values print was renamed during the restore",
+                           remedy="restore again (a retry names a label the archive holds that the type lacks now); "
+                                  "rename enum labels and the objects reg* columns name outside restores")
+
+
 def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, rows: int,
            added: fp.Fingerprint | None = None, skipped: int = 0) -> tuple[bool, str | None, str]:
     """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
@@ -2107,6 +2123,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 if on_conflict == "skip":
                     _require_key(conn, manifest, relation)
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
+                names = relation_printed_names(conn, relation.identifier)  # (see _renamed_meanwhile)
                 rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
                                               fingerprint_added=by_added)
                 _fire_deferred(conn, manifest, relation)
@@ -2119,8 +2136,12 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     rows = inserted = int(manifest["rows"])
                     checked, proven, check = True, manifest["fingerprint"], routed
                 else:
-                    checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
-                                                    skipped=rows - inserted if on_conflict == "skip" else 0)
+                    try:
+                        checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
+                                                        skipped=rows - inserted if on_conflict == "skip" else 0)
+                    except FingerprintMismatchError:
+                        _renamed_meanwhile(conn, manifest, relation, names)
+                        raise
                 if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,

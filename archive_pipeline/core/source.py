@@ -657,16 +657,25 @@ def same_shapes(conn: psycopg.Connection, table: SourceTable, then: CompositeSig
                                  "outside the table's archive runs")
 
 
-def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: PrintedNames) -> None:
-    """Fail (retryable) if a name the day's values print was changed since the snapshot that read ``names``: an
-    enum label renamed, or a relation, type, function ... (or its schema) renamed that a reg* value names. Asked
-    once the rows are read, in a new statement outside that snapshot. A value prints such a name from the catalog
-    as committed when the statement runs, not as the snapshot sees it, so a rename committed during a run made the
-    fingerprint print the old name and the read the new one (or the other way round): a green archive whose rows
-    its own manifest did not describe. Objects created or dropped meanwhile are no rename (a new table, another
-    session's temporary one)."""
+def relation_printed_names(conn: psycopg.Connection, relation: sql.Composable) -> PrintedNames:
+    """:func:`printed_names` of a relation that is no configured table (a restore's target, a proof's temporary
+    table), taken before rows are loaded into it: every label of the enums inside its columns' types, and every
+    name of each kind its reg* values may print. Asked again by :func:`printed_names_changed` after the loaded
+    rows were fingerprinted, it tells a rename meanwhile from an altered archive."""
+    oid, relkind, schema, name = conn.execute(
+        "SELECT c.oid, c.relkind::text, n.nspname::text, c.relname::text FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::pg_catalog.regclass",
+        (relation.as_string(conn),)).fetchone()
+    return printed_names(conn, SourceTable(schema=schema, name=name, relkind=relkind, columns=(), day_column=None,
+                                           oid=oid))
+
+
+def printed_names_changed(conn: psycopg.Connection, names: PrintedNames) -> list[str]:
+    """What of ``names`` (see :func:`printed_names`) was renamed since they were read: an enum label (ALTER TYPE
+    ... RENAME VALUE), or a name a reg* value prints; empty where nothing was. Objects created or dropped
+    meanwhile are no rename (a new table, another session's temporary one), nor is a label added."""
     if not names:
-        return
+        return []
     changed = []
     labels = {(key, label) for kind, key, label in names if kind == "enum"}
     if labels:
@@ -683,6 +692,18 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
             now = dict(_catalog_names(conn, type_name, [int(key) for key in then]))
         if any(key in now and now[key] != name for key, name in then.items()):
             changed.append(f"a name a {type_name} value prints (a relation, type, function or schema renamed)")
+    return changed
+
+
+def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: PrintedNames) -> None:
+    """Fail (retryable) if a name the day's values print was changed since the snapshot that read ``names``: an
+    enum label renamed, or a relation, type, function ... (or its schema) renamed that a reg* value names. Asked
+    once the rows are read, in a new statement outside that snapshot. A value prints such a name from the catalog
+    as committed when the statement runs, not as the snapshot sees it, so a rename committed during a run made the
+    fingerprint print the old name and the read the new one (or the other way round): a green archive whose rows
+    its own manifest did not describe. Objects created or dropped meanwhile are no rename (a new table, another
+    session's temporary one)."""
+    changed = printed_names_changed(conn, names)
     if changed:
         raise SourceError(f"{' and '.join(changed)} of {table.qualified}'s values was changed while the day was "
                           "read: its fingerprint and its rows may print different names; nothing was published",

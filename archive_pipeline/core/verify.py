@@ -41,8 +41,9 @@ from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, apply_settings, session_pinned, \
     set_session, speaks_utf8, watch_client, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
-from archive_pipeline.core.source import (Column, SourceTable, columns_as_archived, day_filter, describe_table,
-                                          names_brief, relation_shapes, shape_changes, type_parts)
+from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, columns_as_archived, day_filter,
+                                          describe_table, names_brief, printed_names_changed, relation_printed_names,
+                                          relation_shapes, shape_changes, type_parts)
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
@@ -505,6 +506,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                     else:
                         temp, columns = _temp_table(scratch_conn, manifest, _verbatim_parquet_columns(
                             scratch_conn, manifest, str(sink.path)) if manifest["format"] == "parquet" else ())
+                    names = relation_printed_names(scratch_conn, temp)  # (see _renamed_meanwhile)
                     _load(scratch_conn, str(sink.path), manifest, temp)
                     loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
             except TypeMissingError as exc:  # a type renamed or dropped since: no verdict, and no restore's error
@@ -526,10 +528,29 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
             # The temporary table lives on in the session, for naming the first difference, and is dropped
             # below (or with the session, however the process ends).
-            return _compare(conn, scratch_conn, day, manifest, temp, columns, source, loaded)
+            problems = _compare(conn, scratch_conn, day, manifest, temp, columns, source, loaded)
+            if problems:
+                _renamed_meanwhile(scratch_conn, manifest, names)
+            return problems
         finally:
             if temp is not None:
                 _drop_quietly(scratch_conn, temp)
+
+
+def _renamed_meanwhile(conn: psycopg.Connection, manifest: dict, names: PrintedNames) -> None:
+    """Raise (retryable, no verdict) if a name the loaded values print was renamed while the proof ran: an enum
+    label (ALTER TYPE ... RENAME VALUE takes no lock a proof holds) or an object a reg* value names. The values
+    loaded before it print the new name from the catalog, so the archive's rows seemed altered, and the source's
+    seemed not the archive's, where only the catalog's words for them changed."""
+    changed = printed_names_changed(conn, names)
+    if changed:
+        raise ArchiveError(f"{' and '.join(changed)} of the types {manifest.get('table')}'s archived rows were loaded "
+                           f"into was changed while its day {manifest.get('day')} was proven, so its rows printed other "
+                           "names than when they were read: no verdict on the archive",
+                           table=manifest.get("table"), day=manifest.get("day"), retryable=True,
+                           cause="a name the day's values print was renamed during the proof",
+                           remedy="prove the day again (a retry reads the names as they are then); rename enum labels "
+                                  "and the objects reg* columns name outside the table's proofs")
 
 
 # The caller's limits on its session, which PostgresResource and the command line set after connecting

@@ -626,6 +626,11 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                                 removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
                                 continue
                             difference = source_changed(conn, spec, day, again)
+                        elif manifest.get("removed") and not verify.rows_after_removal(conn, spec, day):
+                            # its pending removal committed meanwhile (the done mark still on its way): removed
+                            pending = manifest["removed"]
+                            removed[event.partition] = f"{pending.get('state')}, {pending.get('at')}"
+                            continue
             except verify.NewerManifestError as exc:  # not damaged, not a verdict: upgrade (its remedy says)
                 raise _unreachable(spec, day, exc, postgres.password) from None
             except verify.ManifestError as exc:  # damaged, or another table-day's: nothing to compare with

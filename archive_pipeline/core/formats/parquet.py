@@ -432,7 +432,7 @@ def _codecs(schema: pa.Schema, codec: str, level: int | None,
     if not uncompressed or codec == "none":
         return codec, level
     empty = pa.BufferOutputStream()
-    pq.write_table(schema.empty_table(), empty)
+    pq.write_table(pa.Table.from_batches([], schema), empty)  # (an extension list type has no empty_table)
     leaves = [leaf.path for leaf in pq.ParquetFile(pa.BufferReader(empty.getvalue())).schema]
     compressed = [path for path in leaves if path not in uncompressed]
     return ({path: codec if path in compressed else "none" for path in leaves},
