@@ -11,10 +11,13 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from archive_pipeline.cli import main
+from archive_pipeline.core import fingerprint
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import source_table
 from archive_pipeline.core.lifecycle import remove_day
-from archive_pipeline.core.plan import compare_days
+from archive_pipeline.core.plan import compare_days, plan_day
+from archive_pipeline.core.source import day_filter
 from archive_pipeline_tests.test_hunt9_oh import _cli_env, _ev, _reseal, _spec
 
 DAY = dt.date(2024, 3, 10)
@@ -79,3 +82,35 @@ def test_a_zone_change_of_a_date_column_table_refuses_the_removal_of_a_day_compa
     removal = remove_day(conn, berlin, DAY, store)
     assert removal.rows == 1
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "t"))).fetchone()[0] == 1
+
+
+def test_dry_run_refuses_a_day_removed_under_the_former_format_by_an_older_version_that_the_run_archives(
+        conn, schema, store, s3_client, bucket):
+    """A day was archived as JSONL by an older version (its manifest records a row-hash-sum-v4 fingerprint) and
+    removed by retention; the user restored its rows into the table (``restore --into original``) and changed the
+    table's format to CSV. ``archive --dry-run`` plans the day "refuse": "was removed ... and the source now has
+    other rows (20) ... set overwrite" -- the rows are exactly the removed ones. The run itself (``archive``)
+    computes the fingerprint in the removed archive's algorithm (_Archiving._algorithm(elsewhere)), finds the
+    removed rows back exactly and archives the day as CSV. Should: the dry run plans what the run does (archive),
+    not a refusal with a wrong reason. Cause: plan._plan_day computes ``current`` in the former archive's algorithm
+    only for ``before`` (archived elsewhere), and for a day removed elsewhere in fingerprint.ALGORITHM (v5), which
+    keeps_existing/_refuse_removed_elsewhere then compares with the v4 fingerprint."""
+    _ev(conn, schema)
+    table_settings = dict(name=f"{schema}.ev", day_column="at", start_date=DAY, compression="zstd")
+    jsonl = TableSpec(**table_settings, format="jsonl")
+    result = archive_partition(conn, jsonl, DAY, store)
+    day = jsonl.period(DAY)
+    table = source_table(conn, jsonl, day)
+    v4 = fingerprint.compute(conn, table.identifier, table.columns, day_filter(table, day), fingerprint.V4)
+
+    def older_and_removed(manifest: dict) -> None:  # as an older version wrote it, then its removal marked it
+        manifest["fingerprint"] = str(v4)
+        manifest["removed"] = {"state": "done", "at": "2024-04-01T00:00:00+00:00", "action": "delete",
+                               "relation": f"{schema}.ev", "rows": 20}
+
+    _reseal(s3_client, bucket, result.manifest_key, older_and_removed)  # (the rows are back in the source as they were)
+    csv = TableSpec(**table_settings, format="csv")
+    planned = plan_day(conn, csv, store, csv.period(DAY), overwrite=False, in_source=True)
+    ran = archive_partition(conn, csv, DAY, store)
+    assert ran.rows == 20 and not ran.skipped and ran.key.endswith(".csv.zst")  # (the premise: the run archives it)
+    assert planned.action == "archive", planned.reason
