@@ -114,3 +114,25 @@ def test_dry_run_refuses_a_day_removed_under_the_former_format_by_an_older_versi
     ran = archive_partition(conn, csv, DAY, store)
     assert ran.rows == 20 and not ran.skipped and ran.key.endswith(".csv.zst")  # (the premise: the run archives it)
     assert planned.action == "archive", planned.reason
+
+
+@pytest.mark.parametrize("command", [["prune"], ["prune", "--dry-run"]])
+def test_prune_of_a_day_whose_former_format_manifest_is_damaged_is_no_unexpected_error(
+        command, pg, s3, conn, schema, store, s3_client, bucket, tmp_path):
+    """A day was archived as JSONL; its manifest is damaged since (not JSON); the table's format is now CSV, and
+    nothing is at the day's CSV key. ``archive-pipeline prune`` (or ``prune --dry-run``) for the day fails with
+    "unexpected error (...): ManifestError: not valid JSON (...); this is a bug in archive_pipeline". (The archive
+    run treats the damaged manifest as no archive and archives the day again; at the day's own key a damaged
+    manifest refuses the removal, naming it.) Should: the removal is refused (or the day reported) naming the
+    table, the day and the damaged manifest, as for one at the day's own key. Cause: lifecycle.archive_key, new in
+    _remove_day, reads the former format's manifest through manifest.under_another_format -> decoded_manifest,
+    whose ManifestError (a ValueError) nothing between it and the command catches (_trusted_manifest, which turns
+    it into RemovalRefused, is only called after it)."""
+    _ev(conn, schema)
+    result = archive_partition(conn, _spec(schema, "jsonl"), DAY, store)
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=b"{not json")
+    done = CliRunner(env=_cli_env(pg, s3, bucket, tmp_path, schema, "csv")).invoke(
+        main, [*command, "--day", DAY.isoformat()])
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    assert "unexpected error" not in done.output and "bug in archive_pipeline" not in done.output, done.output
+    assert "2024-03-10" in done.output, done.output
