@@ -27,9 +27,9 @@ def test_parquet_list_of_extension_type_beside_a_big_bytea(conn, schema, store, 
     and restore into a new table with the same rows, and prove by deep verification."""
     t = sql.Identifier(schema, "t")
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, tags {}, blob bytea)").format(t, sql.SQL(list_type)))
-    value = "'{00000000-0000-0000-0000-000000000000,NULL}'" if list_type == "uuid[]" else "ARRAY['{\"a\": 1}', NULL]"
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00', " + value + ", '\\x00ff' "
-                         "FROM generate_series(1, 20) g").format(t))
+    value = "{00000000-0000-0000-0000-000000000000,NULL}" if list_type == "uuid[]" else '{"{\\"a\\": 1}",NULL}'
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00', %s::{}, '\\x00ff' "
+                         "FROM generate_series(1, 20) g").format(t, sql.SQL(list_type)), (value,))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (21, '2024-03-10 13:00+00', NULL, "
                          "decode(repeat('00ff', 4200000), 'hex'))").format(t))  # 8.4 MB: over the 8 MiB
     spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, format="parquet")
