@@ -119,3 +119,44 @@ def test_the_command_an_archive_failure_suggests_is_a_command_a_shell_runs(pg, s
     told = re.search(r"only with overwrite: (.*)$", done.stderr.strip())
     assert told, done.stderr
     assert shlex.split(told[1])[0] == "archive-pipeline", told[1]
+
+
+def _hourly(conn, schema: str, tmp_path: Path) -> Path:
+    small_table(conn, schema)
+    return write_config(tmp_path, [{"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(),
+                                    "granularity": "hourly"}])
+
+
+def test_an_hour_of_a_day_after_today_as_to_is_refused_as_that_day_is(pg, s3, bucket, conn, schema, tmp_path):
+    """README: "a day after today UTC is refused". On an hourly table a user types `archive-pipeline archive --from
+    2024-03-10 --to <in two days>-03:00` (an hour, the form the table's partitions have): the command runs, exit
+    0, archiving up to the last complete hour as if the range were right, where `--to <in two days>` (the same day
+    as a date) is refused, exit 2, "... is after today (UTC): a day is archived once it has ended". Cause:
+    cli._not_over looks only at texts of 10 (a day) or 7 (a month) characters, so an hour's text
+    (YYYY-MM-DD-HH:00) is never checked, and plan.select_days clips it to now. Should: refused the same way
+    (exit 2, "after today"), as the day it is on."""
+    config = _hourly(conn, schema, tmp_path)
+    env = make_env(pg, s3.endpoint_url, bucket)
+    later = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)).isoformat()
+    as_day = cli(env, "list", "--config", str(config), "--from", DAYS[0].isoformat(), "--to", later, "--json")
+    assert as_day.returncode == 2 and "after today" in as_day.stderr, as_day.stderr  # (the premise)
+    as_hour = cli(env, "list", "--config", str(config), "--from", DAYS[0].isoformat(), "--to", f"{later}-03:00",
+                  "--json")
+    assert as_hour.returncode == 2, (as_hour.returncode, as_hour.stderr[-400:])
+    assert "after today" in as_hour.stderr, as_hour.stderr
+
+
+def test_a_from_hour_after_today_is_not_blamed_on_start_date(pg, s3, bucket, conn, schema, tmp_path):
+    """On an hourly table a user runs `archive-pipeline archive --from <in two days>-03:00` (a slip of the date).
+    It is refused (exit 2), but stderr says "s.ev: no hourly period of the table in the selection (its first day,
+    start_date, is 2024-03-10)": the user looks at start_date, which is years before the date they gave. The
+    same slip as a day (`--from <in two days>`) says "... is after today (UTC): a day is archived once it has
+    ended". Cause: cli._not_over skips an hour's text, and plan.not_ended, with no --to, takes now as the
+    selection's end, finds nothing between a start after now and now, and answers False (so Run.days blames
+    start_date). Should: the message says the hour is after today / not over, and never blames start_date."""
+    config = _hourly(conn, schema, tmp_path)
+    env = make_env(pg, s3.endpoint_url, bucket)
+    later = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)).isoformat()
+    done = cli(env, "archive", "--config", str(config), "--from", f"{later}-03:00")
+    assert done.returncode == 2, done.stderr
+    assert "start_date" not in done.stderr.split("Usage:")[0], done.stderr
