@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import build_schedule_context
+from dagster import build_schedule_context, build_sensor_context, instance_for_test
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.assets import asset_key
+from archive_pipeline.defs.resources import PostgresResource
+from archive_pipeline_tests.conftest import utc_today
 
 
 def _repo(monkeypatch, tables: list[dict]):
@@ -58,3 +60,24 @@ def test_schedule_description_of_a_monthly_table_does_not_say_yesterday(monkeypa
         scheduled_execution_time=dt.datetime(2024, 3, 1, 1, 0, tzinfo=dt.UTC), repository_def=repo))
     assert mid.run_requests == [] and [r.partition_key for r in start.run_requests] == ["2024-02-01"]
     assert "yesterday" not in schedule.description, schedule.description
+
+
+def test_sensor_tick_counts_an_hourly_tables_hours_as_hours(pg, conn, schema, archive_env):
+    """An hourly column-mode table with sensor.lookback_days 2 has no new rows. The sensor's tick in the UI says
+    "probed each day for rows; 48 day(s) <yesterday-1>-00:00..<yesterday>-23:00, 48 without an archive": 48
+    hours counted and named as days, so an operator reads that 48 days were looked at (and 48 of them lack an archive). The
+    account of what was inspected (issue #13: "the skip reason names what was inspected") should count the
+    table's periods as what they are: 48 hours (probed each hour)."""
+    today = utc_today()
+    conn.execute(f"CREATE TABLE {schema}.hr (id int, at timestamptz)")
+    config = parse_config({"sensor": {"lookback_days": 2}, "tables": [
+        {"name": f"{schema}.hr", "day_column": "at", "granularity": "hourly",
+         "start_date": (today - dt.timedelta(days=5)).isoformat()}]})
+    repo = build_definitions(config).get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    with instance_for_test() as instance:
+        result = sensor.evaluate_tick(build_sensor_context(
+            instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+    assert result.run_requests == []
+    assert "48 day(s)" not in result.skip_message and "each day" not in result.skip_message, result.skip_message
+    assert "48 hour" in result.skip_message, result.skip_message
