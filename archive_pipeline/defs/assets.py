@@ -408,6 +408,17 @@ def backfill_policy(settings: BackfillSettings) -> BackfillPolicy | None:
         return BackfillPolicy.multi_run(max_partitions_per_run=settings.max_days_per_run)
 
 
+def _asset_description(spec: TableSpec, example_key: str) -> str:
+    """What the asset's page says a partition holds: the rows of its period by the day column, or (naming mode
+    without one) the period's own table archived whole; one object per period."""
+    unit = UNIT[spec.granularity]
+    held = (f"the rows with `{spec.day_column}` in that {unit} ({spec.timezone})" if spec.day_column else
+            f"the {unit}'s own table (`{spec.partitioning.pattern}`), archived whole")
+    return (f"{spec.granularity.capitalize()} archive of PostgreSQL table `{spec.name}`: each partition holds {held}, "
+            f"as {spec.format} ({spec.compression}) at `{example_key}` (one object per {unit}; an empty {unit} is a "
+            "manifest alone). A missing partition has not been archived yet.")
+
+
 def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: ScheduleSettings | None = None,
                         backfill: BackfillSettings | None = None, origin: str | None = None) -> AssetsDefinition:
     """The partitioned asset that archives ``spec``, one UTC day per partition.
@@ -431,17 +442,14 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
         # The UI labels a node with the key's last part ("events"): one group per schema keeps
         # public.events and sales.events apart at a glance, without changing keys or history.
         group_name=f"archive_{spec.asset_path[0]}",
-        description=(f"{spec.granularity.capitalize()} archive of PostgreSQL table `{spec.name}`: each partition "
-                     f"holds the rows with `{spec.day_column}` in that {UNIT[spec.granularity]} "
-                     f"({spec.timezone}), as {spec.format} ({spec.compression}) at "
-                     f"`{example_key}` (one object per day; an empty day is a manifest alone). A missing "
-                     "partition has not been archived yet."),
+        description=_asset_description(spec, example_key),
         retry_policy=retry_policy(retry),
         kinds={"postgres", "s3"},
         pool=spec.pool,
         tags={TABLE_TAG: asset_tag_value(spec.name)},
         freshness_policy=freshness_policy(schedule or ScheduleSettings(), spec.granularity),
-        metadata={"source_table": spec.name, "day_column": spec.day_column, "format": spec.format,
+        metadata={"source_table": spec.name, "day_column": spec.day_column or "(none: the day's own table)",
+                  "format": spec.format,
                   "compression": spec.compression, "key_template": spec.key_template,
                   "partitioning": spec.partitioning.mode, "deep_check": spec.deep_check},
     )

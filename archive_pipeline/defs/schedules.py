@@ -17,11 +17,22 @@ if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagste
 
 from archive_pipeline.defs.assets import TABLE_TAG, schedule_name
 from archive_pipeline.core.config import ScheduleSettings, TableSpec
+from archive_pipeline.core.periods import UNIT
 from archive_pipeline.core.plan import select_days
 
 
 def previous_utc_day(moment: dt.datetime) -> dt.date:
     return moment.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def _description(spec: TableSpec, settings: ScheduleSettings) -> str:
+    """What a tick requests, as its page says: yesterday (UTC), or every period of the table that ended then."""
+    at = f"{settings.hour:02d}:{settings.minute:02d} UTC"
+    if spec.granularity == "daily" and spec.timezone == "UTC":
+        return f"Archives yesterday's rows of {spec.name} at {at}."
+    unit = UNIT[spec.granularity]
+    return (f"Archives, at {at}, every {unit} of {spec.name} ({spec.timezone}) that ended during the UTC day before"
+            + (" (on most days, none)." if spec.granularity == "monthly" else "."))
 
 
 def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
@@ -32,7 +43,7 @@ def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
         execution_timezone="UTC",
         job=job,
         default_status=DefaultScheduleStatus.RUNNING if settings.running else DefaultScheduleStatus.STOPPED,
-        description=f"Archives yesterday's rows of {spec.name} at {settings.hour:02d}:{settings.minute:02d} UTC.",
+        description=_description(spec, settings),
     )
     def _daily(context: ScheduleEvaluationContext) -> RunRequest | list[RunRequest] | SkipReason:
         day = previous_utc_day(context.scheduled_execution_time)

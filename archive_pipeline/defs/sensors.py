@@ -40,7 +40,7 @@ from archive_pipeline.defs.assets import TABLE_TAG
 from archive_pipeline.core.config import SensorSettings, TableSpec
 from archive_pipeline.core.discovery import ChildrenMemo, existing_days
 from archive_pipeline.core.errors import ArchiveError, redact
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.plan import select_days
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.defs.resources import PostgresResource
@@ -108,9 +108,10 @@ def _span(days: list[dt.date]) -> str:
 
 def inspected(spec: TableSpec, days: list[dt.date], missing: int, found: int) -> str:
     """One table's part of the tick's account: mode, days considered, how many lack an archive."""
-    how = ("probed each day for rows" if spec.partitioning.mode == "column"
-           else "read the days from the catalog, probed each missing one for rows")
-    return (f"{spec.name} ({spec.partitioning.mode}: {how}; {len(days)} day(s) {_span(days)}, "
+    unit = UNIT[spec.granularity]
+    how = (f"probed each {unit} for rows" if spec.partitioning.mode == "column"
+           else f"read the {unit}s from the catalog, probed each missing one for rows")
+    return (f"{spec.name} ({spec.partitioning.mode}: {how}; {len(days)} {unit}(s) {_span(days)}, "
             f"{missing} without an archive, {found} of them with data)")
 
 
@@ -283,10 +284,10 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
         jobs=[t.job for t in targets],
         minimum_interval_seconds=settings.interval_seconds,
         default_status=DefaultSensorStatus.RUNNING if settings.running else DefaultSensorStatus.STOPPED,
-        description="Requests archive runs for days that have data in PostgreSQL but no materialization yet: "
-                    "every day since start_date for declarative and naming tables (read from the catalog, each "
-                    f"missing one probed for a row), the last {settings.lookback_days} days for column tables (one "
-                    "probe per day).",
+        description="Requests archive runs for periods (days; an hourly table's hours, a monthly one's months) that "
+                    "have data in PostgreSQL but no materialization yet: every period since start_date for declarative "
+                    "and naming tables (read from the catalog, each missing one probed for a row), those of the last "
+                    f"{settings.lookback_days} days for column tables (one probe per period).",
     )
     def archive_new_days(context: SensorEvaluationContext, postgres: PostgresResource) -> SensorResult | SkipReason:
         today = dt.datetime.now(dt.UTC).date()
