@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline_tests.helpers import download
+from archive_pipeline.local.local_stack import LocalPostgres, start_postgres, start_replica, wait_for_replay
+from archive_pipeline_tests.helpers import assert_nothing_left, download
 
 DAY = dt.date(2024, 3, 10)
 
@@ -62,3 +64,48 @@ def test_a_parquet_day_read_while_a_partition_is_attached_is_not_published_short
     ids = sorted(pq.read_table(io.BytesIO(download(store.client, store.bucket, result.key))).column("id").to_pylist())
     # Now: published green with 300 rows, ids 1-295 and 1001-1005.
     assert ids in (list(range(1, 301)), [*range(1, 301), *range(1001, 1006)]), (result.rows, ids[290:])
+
+
+@pytest.fixture(scope="module")
+def standby() -> Iterator[tuple[LocalPostgres, LocalPostgres]]:
+    """A primary with an UNLOGGED table holding a day, and its hot-standby streaming replica."""
+    primary = start_postgres({"autovacuum": "off"})
+    try:
+        with primary.connect() as conn:
+            conn.execute("CREATE UNLOGGED TABLE scratch_events (id int, created_at timestamptz, body text)")
+            conn.execute("INSERT INTO scratch_events SELECT g, '2024-03-10'::timestamptz + g * interval '1 second', "
+                         "md5(g::text) FROM generate_series(1, 3000) g")
+        replica = start_replica(primary)
+        try:
+            wait_for_replay(primary, replica)
+            yield primary, replica
+        finally:
+            replica.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.mark.parametrize(("fmt", "streams"), [("jsonl", 1), ("parquet", 4)])
+def test_an_unlogged_table_archived_from_a_standby_is_refused_as_such_not_as_the_archivers_sql(
+        standby, store, temp_dir, fmt, streams):
+    """A user archives from a hot-standby replica, as the README advises for production, a table that is
+    UNLOGGED on the primary (a staging or scratch table, say). A standby has no data of an unlogged table:
+    PostgreSQL refuses every read of it (0A000 "cannot access temporary or unlogged relations during
+    recovery"). The day fails, not retried, as "the server rejected the archiver's SQL", with the remedy
+    "check the table definition; if it looks right, report it with this message": a bug of ours, to be
+    reported, while nothing in the archiver is wrong and no table definition needs fixing to archive it.
+    Correct: a typed, non-retryable refusal naming the table as UNLOGGED, which a standby cannot read,
+    with the remedy (archive it from the primary, or ALTER TABLE ... SET LOGGED), nothing left behind."""
+    _, replica = standby
+    spec = TableSpec(name="public.scratch_events", day_column="created_at", start_date="2024-03-01", format=fmt,
+                     compression="zstd", parallel_streams=streams)
+    with replica.connect() as conn:
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    err = str(caught.value)
+    assert "public.scratch_events" in err and DAY.isoformat() in err and not caught.value.retryable, err
+    assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+    # Now: "the server rejected the archiver's SQL ...; to fix: check the table definition; if it looks right,
+    # report it with this message".
+    assert "rejected the archiver's SQL" not in err and "report it" not in err, err
+    assert "primary" in err, err
