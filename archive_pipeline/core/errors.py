@@ -254,6 +254,11 @@ _LOCK_TABLE = _src(False, "the server's lock table is full (out of shared memory
 _CONFIG_LIMIT = _src(False, "a server configuration limit was exceeded",
                      "raise the limit named in the message on the server")
 _DROPPED = _src(False, "the database was dropped", f"check {_DSN}")
+# A hot standby has no data of an UNLOGGED table (nor of a temporary one): every read of it is refused there.
+_UNLOGGED_ON_STANDBY = _src(False, "the table (or a partition of it) is UNLOGGED, and a hot standby holds no data of "
+                            "an unlogged table: it cannot be read there",
+                            "archive it from the primary (point ARCHIVE_PG_DSN, or the connection you pass, at the "
+                            "primary for this table), or make it logged on the primary (ALTER TABLE ... SET LOGGED)")
 # An archive only reads; restores, removals and deep verification (its temporary table) write. Where the
 # server refuses a write, the session is read-only: a hot standby, or default_transaction_read_only set
 # for the role, the database or the connection (a pooler's read-only route).
@@ -422,6 +427,8 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
         **({"0A000": _ROW_SECURITY_TARGET} if "copy from not supported with row-level security" in lowered else {}),
+        **({"0A000": _UNLOGGED_ON_STANDBY} if lowered.startswith("cannot access temporary or unlogged relations "
+                                                                 "during recovery") else {}),
     }
     if code in exact:
         return exact[code]

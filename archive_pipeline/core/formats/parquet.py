@@ -64,7 +64,7 @@ from archive_pipeline.core.formats.common import (
 )
 from archive_pipeline.core.session_settings import apply_settings, pinned_options, unpinned_defaults
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
-from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch
+from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch, same_members
 
 # Types ADBC maps to an Arrow type that keeps their meaning.
 _NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "date",
@@ -556,9 +556,6 @@ class Parquet:
                     raise
                 raise gone from None
             lock_day(cur.execute, extraction.table, extraction.where, extraction.conn)
-            # This transaction now holds the snapshot and the day's locks itself: end the exporting one, so
-            # it does not sit idle in transaction for the whole read (idle_in_transaction_session_timeout).
-            extraction.snapshot.release()
             apply_settings(lambda statement: cur.execute(statement.as_string(extraction.conn)), extraction.settings)
             if extraction.fingerprint_in_reader:
                 _fingerprint_here(cur, extraction)
@@ -606,12 +603,18 @@ class Parquet:
 
     def _write(self, extraction: Extraction, parts: list[Extraction], out: ByteSink, encodings: dict[str, dict],
                temp_dir: str | None) -> WriteStats:
-        # in the coordinator's snapshot, which the first reader releases once it holds it
+        # in the coordinator's snapshot, which it lets go once every reader holds it and the day's locks
         uncompressed = {c.name for c in holding_big_values(extraction.conn, extraction.table, extraction.where)}
         readers = _Readers()
         try:
             for part in parts:  # every reader imports the snapshot before the coordinator lets it go
                 readers.add(*self._open_reader(part))
+            if extraction.expected_rows is not None:
+                # The readers planned the day in sessions of their own, after the day's locks, and the first stops
+                # at the fingerprint's count (_until_expected): a partition attached meanwhile (ATTACH takes no lock
+                # they wait for) was read in place of the day's last rows, the count agreeing. Asked in the
+                # snapshot, before it is let go, so its own session does not sit idle in it for the whole read.
+                same_members(extraction.conn, extraction.table, extraction.where)
             extraction.snapshot.release()
             converter = _Converter(extraction.table, readers.streams[0].schema)
             stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema}, encodings=encodings)
