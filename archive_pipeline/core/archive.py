@@ -33,7 +33,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
-                                          note_cancelled, redact, wrap)
+                                          note_cancelled, wrap)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -45,6 +45,7 @@ from archive_pipeline.core.formats.common import (
     refuse_unreadable,
     refuse_unrestorable,
 )
+from archive_pipeline.core.leftovers import day_listing, same_source, stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
@@ -145,7 +146,7 @@ def read_existing(store: S3Store, key: str) -> Existing:
     whether there is a manifest to read at all, gives the stored object's size and ETag without a
     HEAD, and the generations already stored, so a new day costs one request instead of a GET that
     finds nothing plus a LIST, and a kept day no HEAD (S3, MinIO and R2 list consistently)."""
-    listing = _listing(store, key)
+    listing = day_listing(store, key)
     listed = listing is not None and keys.manifest_key(key) in listing
     if listing == {}:  # nothing of this day is stored
         return Existing(None, None, None, listing)
@@ -183,15 +184,6 @@ def read_existing(store: S3Store, key: str) -> Existing:
             return Existing(manifest, raw, f"object {obj['key']} is missing", listing)
         problems = stored_object_problems(head, manifest)
     return Existing(manifest, raw, "; ".join(problems) or None, listing)
-
-
-def _listing(store: S3Store, key: str) -> dict[str, dict] | None:
-    """Size and ETag of every key that starts like ``key``'s generations (None: a store that cannot list)."""
-    client = getattr(store, "client", None)
-    if client is None or not hasattr(client, "get_paginator"):
-        return None
-    return {item["Key"]: {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
-            for item in store.list_keys(keys.day_prefix(key))}
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
@@ -446,55 +438,11 @@ class _Archiving:
             raise
 
     def _tidy(self, existing: Existing) -> None:
-        """Remove what earlier runs of this day left behind, before anything else: multipart uploads
-        a killed run never finished, data objects of generations no manifest committed (a run killed
-        between its upload and its manifest), and retired generations whose delete failed.
-
-        Uploads are looked for only where the day's listing shows an upload marker (see ``S3Upload``):
-        every multipart upload announces itself with one first, and deletes it only once no upload of
-        its key can be left (its own completed or aborted, any other it listed aborted), so a day without
-        a marker has no upload left to find, and a small day is spared a listing of uploads.
-        They are never anyone's data, and this run holds the day's lock: all of the day's are aborted.
-        Objects are deleted only with a trustworthy manifest, which names every object of the day worth
-        keeping (its object and ``kept``); anything else of the day is garbage, since the manifest is the
-        commit point. Without one, stored data might be the only copy of something and stays. A failure
-        here is logged, never fatal: leftovers cost storage, not correctness."""
-        markers = keys.upload_markers(self.key, existing.listing or {})
-        if markers:
-            self._abort_stale_uploads(markers)
-        manifest = existing.manifest
-        if manifest is None or existing.problem is not None or not existing.listing:
-            return
-        if not _same_source(manifest, _identity(self.conn)):
-            # archived from another database, whose runs this day's lock does not exclude (an advisory lock is
-            # the database's own): an object its manifest does not name yet may be its run's, about to commit
-            return
-        keep = {_manifest_object_key(manifest), *(k.get("key") for k in manifest.get("kept", []))}
-        stray = [keys.generation_key(self.key, g) for g in self._stored_generations(existing.listing)]
-        stray += [k for k in manifest.get("superseded", []) if k in existing.listing]  # e.g. another extension
-        for key in dict.fromkeys(stray):
-            if key not in keep and self.store.delete_quietly(key):
-                self._tidied.add(key)
-                log.info("%s %s: removed %s, a generation no manifest names", self.spec.name, self.day,
-                         self.store.uri(key))
-
-    def _abort_stale_uploads(self, markers: list[str]) -> None:
-        """Abort every multipart upload of the day's generations, then delete the ``markers`` that
-        announced them (kept if the uploads could not be listed or aborted, or the listing showed an
-        upload it cannot account for, so the next run tries again)."""
-        try:
-            _, settled = self.store.abort_stale_uploads_under(keys.day_prefix(self.key),
-                                                              keys.generation_pattern(self.key))
-        except Exception as exc:  # noqa: BLE001 - see _tidy's docstring
-            # the cause, redacted, not a traceback: botocore quotes the endpoint URL, credentials and all
-            log.warning("%s %s: could not list or abort stale multipart uploads (%s); a bucket lifecycle rule "
-                        "(AbortIncompleteMultipartUpload) will remove them", self.spec.name, self.day,
-                        redact(f"{type(exc).__name__}: {exc}"))
-            return
-        if not settled:  # an upload listed under the day's prefix that is no generation of it: damaged, or
-            return       # another table's; the markers stay and the next run looks again
-        for marker in markers:
-            self.store.delete_quietly(marker)
+        """Remove what earlier runs of this day left behind, before anything else (see
+        :func:`leftovers.tidy_day`): a manifest that fails its checks names nothing worth keeping."""
+        manifest = existing.manifest if existing.problem is None else None
+        self._tidied |= tidy_day(self.store, self.key, existing.listing, manifest, _identity(self.conn),
+                                 f"{self.spec.name} {self.day}")
 
     def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
                          ) -> fingerprint.Fingerprint:
@@ -792,7 +740,7 @@ class _Archiving:
         if overwrite:
             return False
         source = manifest.get("source", {})
-        if not _same_source(manifest, identity):
+        if not same_source(manifest, identity):
             raise ForeignArchiveError(
                 f"{self._archive_uri(manifest)} was archived from database {source.get('database')!r} "
                 f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
@@ -1101,22 +1049,10 @@ class _Archiving:
     def _stored_generations(self, listing: dict[str, dict] | None = None) -> list[int]:
         """Generations of this day's data in the store, from ``listing`` (read under this day's lock by
         ``read_existing``) or a LIST of their own."""
-        pattern = keys.generation_pattern(self.key)
-        if listing is None:
-            listing = _listing(self.store, self.key) or {}
-        return [int(m.group(1) or 1) for key in listing if (m := pattern.fullmatch(key))]
+        return stored_generations(self.key, (day_listing(self.store, self.key) or {}) if listing is None else listing)
 
 
 _IDENTITIES: weakref.WeakKeyDictionary[psycopg.Connection, SourceIdentity] = weakref.WeakKeyDictionary()
-
-
-def _same_source(manifest: dict, identity: SourceIdentity) -> bool:
-    """Whether ``manifest`` was archived from the database ``identity`` names (its name, and its system where both
-    record one): the only database whose runs of the day this run's table-day lock excludes."""
-    source = manifest.get("source") or {}
-    other_cluster = (source.get("system_identifier") and identity.system_identifier
-                     and source["system_identifier"] != identity.system_identifier)
-    return not (other_cluster or (source.get("database") and source["database"] != identity.database))
 
 
 def _identity(conn: psycopg.Connection) -> SourceIdentity:

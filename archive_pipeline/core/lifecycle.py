@@ -39,9 +39,10 @@ from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
+from archive_pipeline.core.leftovers import day_listing, tidy_day
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, decode_manifest, decoded_manifest, encode_manifest, \
-    foreign_manifest, layout_change, removal_state, stored_object_problems, under_another_format
+from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, decoded_manifest, \
+    encode_manifest, foreign_manifest, layout_change, removal_state, stored_object_problems, under_another_format
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
                                           explain, pending_detach_error, relation_name, relation_shapes,
@@ -193,7 +194,12 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
         if dry_run:
             return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
-        return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
+        removal = _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
+        # what killed archive runs of the day left (an overwrite's upload, its uncommitted generation): no archive
+        # run of a removed day comes to remove it. (Marking changes neither the object nor what is kept.)
+        tidy_day(store, key, day_listing(store, key), manifest, SourceIdentity(*server_identity(conn)),
+                 f"{spec.name} {day}")
+        return removal
 
 
 @speaks_utf8()
@@ -574,6 +580,9 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
             unknown = "too old for PostgreSQL to remember"
         if status == "committed":
             if not still_detached(conn, spec, day, manifest) and _holds_archived_rows(conn, spec, day, manifest):
+                if _written_after(conn, spec, day, int(xid)):  # a restore into the original table since
+                    return True, (f"its transaction {xid} committed; the day's rows in the source were written "
+                                  "after it (restored since)")
                 # A transaction that wrote nothing durable before a crash leaves its id to be handed out again
                 # (the removal takes its id before it locks and removes): "committed" is then another's.
                 return False, (f"its transaction id {xid} reads as committed, but the source still holds "
@@ -650,6 +659,21 @@ def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifes
         return 0
     algorithm = fingerprint.algorithm_for(manifest.get("fingerprint") or "")
     return source_fingerprint(conn, spec, day, algorithm).rows
+
+
+def _written_after(conn: psycopg.Connection, spec: TableSpec, day: Period, xid: int) -> bool:
+    """Whether a row of the day was written after the transaction ``xid`` (its xmin is younger): rows restored
+    after a removal that committed, where an id handed out again after a crash would find the rows it never
+    removed, all older than it. False where it cannot be told (a view, a foreign table: no xmin)."""
+    try:
+        with conn.transaction():
+            table = source_table(conn, spec, day)
+            younger = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {} AND pg_catalog.age(xmin) < "
+                              "pg_catalog.age(%s::pg_catalog.text::pg_catalog.xid))").format(
+                table.identifier, day_filter(table, day))
+            return bool(conn.execute(younger, (str(xid % 2**32),)).fetchone()[0])
+    except (psycopg.Error, ArchiveError):
+        return False
 
 
 def _holds_archived_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
