@@ -38,3 +38,21 @@ def test_a_zone_change_of_a_table_whose_day_column_is_a_domain_over_date_refuses
     assert compared.result == "equal", compared  # (the premise: the same rows, by fingerprint)
     removal = remove_day(conn, berlin, DAY, store)
     assert removal.rows == 1
+
+
+def test_a_from_hour_of_tomorrow_is_not_blamed_on_start_date(pg, s3, bucket, conn, schema, tmp_path):
+    """On an hourly UTC table a user runs `archive-pipeline archive --from <tomorrow>-03:00` (a slip of the date;
+    in UTC that hour has not begun). It is refused (exit 2), but stderr says "s.ev: no hourly period of the table
+    in the selection (its first day, start_date, is 2024-03-10)": the user looks at start_date, years before the
+    date given. Today's fix (cli._not_over) refuses only hours of a day after tomorrow (in a zone 14 hours ahead
+    tomorrow's may be over) and leaves the rest to plan.not_ended, which with no --to takes now as the selection's
+    end, finds nothing between a start after now and now, and answers False, so Run.days blames start_date (the
+    cause test_hunt10_pe named). Should: says the hour has not ended yet / is after today, never start_date."""
+    from archive_pipeline_tests.test_hunt10_pe import _hourly, cli, make_env
+
+    config = _hourly(conn, schema, tmp_path)
+    env = make_env(pg, s3.endpoint_url, bucket)
+    tomorrow = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
+    done = cli(env, "archive", "--config", str(config), "--from", f"{tomorrow}-03:00")
+    assert done.returncode == 2, done.stderr
+    assert "start_date" not in done.stderr.split("Usage:")[0], done.stderr
