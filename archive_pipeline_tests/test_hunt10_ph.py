@@ -56,3 +56,74 @@ def test_a_from_hour_of_tomorrow_is_not_blamed_on_start_date(pg, s3, bucket, con
     done = cli(env, "archive", "--config", str(config), "--from", f"{tomorrow}-03:00")
     assert done.returncode == 2, done.stderr
     assert "start_date" not in done.stderr.split("Usage:")[0], done.stderr
+
+
+def test_list_check_source_while_a_naming_mode_drop_commits_is_no_unexpected_error(pg, conn, schema, store,
+                                                                                   monkeypatch):
+    """A naming-mode table (one table per day, ``ev_%Y%m%d``) with retention action ``drop``. A user runs ``list
+    --check-source`` (plan.day_statuses) while retention removes an archived day: its pending mark is written, its
+    DROP TABLE not yet run. ``list`` reads the pending mark, asks again whether the source has the day (it has),
+    and the DROP commits just before the day is fingerprinted. What happens: the listing fails with SourceError
+    "no table for 2024-03-10 of s.ev: table 's.ev_20240310' does not exist ...; to fix: check the table's name in
+    the YAML configuration": nothing is wrong with the configuration. Today's fix for this very race (a pending
+    removal committing before the fingerprint, plan._day_statuses: ``archived.removed and current.rows == 0``)
+    covers a DELETE only; for a drop, source_fingerprint raises NO_PERIOD_TABLE, which _day_statuses does not
+    catch (only ColumnsChangedError and psycopg.Error), where ``compare`` (plan.compare_days) does for a removed
+    day. Should: the day is listed as removed (dropped), as when the drop committed a moment earlier."""
+    import threading
+
+    from archive_pipeline.core import keys, lifecycle, plan
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline_tests.test_race_hunt import wait_until
+
+    day_table = sql.Identifier(schema, f"ev_{DAY:%Y%m%d}")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(day_table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, md5(g::text) FROM generate_series(1, 5) g").format(day_table))
+    spec = TableSpec(name=f"{schema}.ev", start_date=DAY, partitioning={"mode": "naming", "pattern": "ev_%Y%m%d"},
+                     retention={"keep_days": 1, "action": "drop"})
+    archive_partition(conn, spec, DAY, store)
+    go_commit, committed, go_done = threading.Event(), threading.Event(), threading.Event()
+    recheck, marked_by_us, probed = lifecycle._recheck_and_remove, lifecycle._marked_by_us, plan.present_days
+    calls = []
+
+    def held_before_drop(*args, **kwargs):  # (the DROP's lock would hold list's reads until it commits)
+        assert go_commit.wait(30)
+        return recheck(*args, **kwargs)
+
+    def held_before_done(*args, **kwargs):
+        committed.set()
+        assert go_done.wait(30)
+        return marked_by_us(*args, **kwargs)
+
+    def commit_after_the_second_probe(*args, **kwargs):  # (the first is _found's, the second asks again)
+        out = probed(*args, **kwargs)
+        calls.append(out)
+        if len(calls) == 2:
+            go_commit.set()
+            assert committed.wait(30), outcome
+        return out
+
+    monkeypatch.setattr(lifecycle, "_recheck_and_remove", held_before_drop)
+    monkeypatch.setattr(lifecycle, "_marked_by_us", held_before_done)
+    outcome: dict = {}
+
+    def remove() -> None:
+        with pg.connect() as removing:
+            try:
+                outcome["result"] = lifecycle.remove_day(removing, spec, DAY, store)
+            except BaseException as exc:  # noqa: BLE001
+                outcome["error"] = exc
+
+    remover = threading.Thread(target=remove, daemon=True)
+    remover.start()
+    try:
+        key = keys.table_day_key(spec, spec.period(DAY), store.prefix)
+        assert wait_until(lambda: (load_manifest(store, key) or {}).get("removed") is not None or "error" in outcome)
+        monkeypatch.setattr(plan, "present_days", commit_after_the_second_probe)
+        [status] = plan.day_statuses(conn, spec, store, [DAY], check_source=True)
+    finally:
+        go_commit.set()
+        go_done.set()
+        remover.join(60)
+    assert "error" not in outcome, outcome  # the removal itself went through
+    assert status.state != "changed", status
