@@ -5,6 +5,7 @@ descriptions, Parquet's snapshot). Real PostgreSQL and moto S3 over HTTP."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from psycopg import sql
@@ -127,3 +128,38 @@ def test_list_check_source_while_a_naming_mode_drop_commits_is_no_unexpected_err
         remover.join(60)
     assert "error" not in outcome, outcome  # the removal itself went through
     assert status.state != "changed", status
+
+
+def test_the_command_a_deep_verify_not_checked_suggests_proves_the_day_again(pg, s3, conn, schema, bucket, tmp_path,
+                                                                            monkeypatch):
+    """A user runs `archive-pipeline verify --deep --day 2024-03-10` on a table with an enum column while a
+    migration renames one of its labels: the proof gives no verdict (today's verify._renamed_meanwhile: retryable,
+    "prove the day again"), and the CLI's remedy says "verify the day again (archive-pipeline verify --config ...
+    --table s.ev --day 2024-03-10) once the database and store answer". Pasted (as today's change made suggestions
+    whole commands to paste), that command has no --deep: it checks only the object's size and ETag and answers
+    "ok", while the day's rows were never proven against the source. Cause: cli._verify_remedy -> Run.suggest
+    ('verify', table, day) never passes the options the failed check ran with (--deep, --download). Should: the
+    suggested command verifies the way the one that failed did (with --deep)."""
+    import json
+    import shlex
+
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+    from archive_pipeline_tests.test_hunt10_pc import _after_load, _enum_table
+    from archive_pipeline_tests.test_hunt9_oh import _cli_env
+
+    _enum_table(conn, schema)
+    env = _cli_env(pg, s3, bucket, tmp_path, schema, "jsonl")
+    archived = CliRunner(env=env).invoke(main, ["archive", "--day", DAY.isoformat()])
+    assert archived.exit_code == 0, archived.output
+    other = _after_load(pg, monkeypatch, f'ALTER TYPE "{schema}".mood RENAME VALUE \'ok\' TO \'fine\'')
+    try:
+        done = CliRunner(env=env).invoke(main, ["verify", "--deep", "--day", DAY.isoformat(), "--json"])
+    finally:
+        other.close()
+    [day] = json.loads(done.stdout)["days"]
+    assert not day["ok"] and "not checked (retryable)" in day["problems"][0], day  # (the premise)
+    suggested = re.search(r"\((archive-pipeline verify [^)]*)\)", day["remedy"])
+    assert suggested, day["remedy"]
+    assert "--deep" in shlex.split(suggested[1]), day["remedy"]
