@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import ConfigError, TableSpec, parse_config
+from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.verify import load_manifest
 
@@ -85,3 +87,35 @@ def test_a_foreign_partition_whose_remote_table_name_holds_ctid_is_deleted_by_it
     removal = remove_day(conn, spec, DAY, store)
     assert removal.rows == 20
     assert _count(conn, remote) == 0
+
+
+@pytest.fixture
+def role(conn, schema):
+    """A LOGIN role that owns nothing (the archiving role of a deployment)."""
+    name = f"{schema}_pj"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    yield name
+    conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize("base_name", ["Secret Data", "Events"])
+def test_the_grant_named_for_a_table_a_view_reads_works_pasted_as_it_is(base_name, pg, conn, schema, role, store,
+                                                                         temp_dir):
+    """A user archives the view ``ev`` (security_invoker) over the table ``"Secret Data"`` (or ``"Events"``) and
+    forgot the archiving role's SELECT on that table. The run fails, and its remedy says "GRANT SELECT ON Secret
+    Data TO ... or to <role> for a view with security_invoker": the table's name as PostgreSQL's message prints it,
+    unquoted and without its schema. Pasted, it is a syntax error, and ``GRANT SELECT ON Events`` grants on another
+    table (``events``, folded to lower case) or none. Should: the statement names the table as SQL reads it back
+    (``<schema>."Secret Data"``), as every other grant a remedy names does."""
+    s, r, base = sql.Identifier(schema), sql.Identifier(role), sql.Identifier(schema, base_name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(base))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 10) g").format(base), (DAY,))
+    conn.execute(sql.SQL("CREATE VIEW {s}.ev WITH (security_invoker = true) AS SELECT * FROM {b}").format(s=s, b=base))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON {s}.ev TO {r}").format(s=s, r=r))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+    with psycopg.connect(pg.dsn_for(role), autocommit=True) as archiving:
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(archiving, spec, DAY, store, temp_dir=temp_dir)
+    remedy = caught.value.remedy or ""
+    assert f'GRANT SELECT ON {base_name} ' not in remedy and f'"{base_name}"' in remedy, remedy
