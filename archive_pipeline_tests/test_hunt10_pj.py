@@ -13,6 +13,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import ConfigError, TableSpec, parse_config
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import load_manifest
 
 DAY = dt.date(2024, 3, 10)
@@ -119,3 +120,28 @@ def test_the_grant_named_for_a_table_a_view_reads_works_pasted_as_it_is(base_nam
             archive_partition(archiving, spec, DAY, store, temp_dir=temp_dir)
     remedy = caught.value.remedy or ""
     assert f'GRANT SELECT ON {base_name} ' not in remedy and f'"{base_name}"' in remedy, remedy
+
+
+def test_a_restore_refused_insert_on_a_target_whose_name_holds_tablespace_asks_for_insert(pg, conn, schema, role,
+                                                                                         store, temp_dir):
+    """A user restores a day into the existing table ``tablespace_usage`` (a DBA's monitoring table) as a role that
+    may SELECT it but not INSERT into it. Was: the refusal "permission denied for table tablespace_usage" holds the
+    word ``tablespace``, so it is taken for a refusal of the role's default tablespace, and the remedy says "the
+    role may not read table tablespace_usage, which <table> reads (a view's, or a rule's): GRANT SELECT ON
+    tablespace_usage TO the owner of the view": no view is involved and SELECT is there. The same refusal of a target
+    named ``usage`` says "GRANT INSERT, SELECT ON <schema>.usage TO <role>". Should: that remedy, whatever the
+    target's name holds."""
+    s, r, target = sql.Identifier(schema), sql.Identifier(role), sql.Identifier(schema, "tablespace_usage")
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, {} FROM generate_series(1, 10) g").format(s, sql.Literal(DAY)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(target))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON {t} TO {r}").format(s=s, r=r, t=target))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with psycopg.connect(pg.dsn_for(role), autocommit=True) as restoring:
+        with pytest.raises(ArchiveError) as caught:
+            restore_day(restoring, store, spec, DAY, into="existing", target=f"{schema}.tablespace_usage",
+                        temp_dir=temp_dir)
+    remedy = caught.value.remedy or ""
+    assert "GRANT INSERT" in remedy and "view" not in remedy, remedy
+    assert _count(conn, target) == 0
