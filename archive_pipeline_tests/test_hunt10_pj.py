@@ -33,8 +33,9 @@ def test_a_naming_pattern_whose_names_pass_63_bytes_in_some_months_is_refused_at
     as the README allows any pattern that reads back). The load checks the names' length on 2024-12-31 only
     ("December", "Tuesday"), so a pattern that is exactly 63 bytes there loads, and September's (one letter longer)
     and Wednesday's (two) day tables are named 64 and 65 bytes: PostgreSQL cuts such a name to 63 when the table is
-    created (``..._2024091``, one name for ten days), so the configured day table of those days is never found,
-    and their rows are never archived. Should: refused at load, naming the pattern and the 63 bytes."""
+    created (``..._2024091``, one name for ten days), so the day table the pattern names for those days is never
+    found (naming mode looks them up by the uncut name: the days look absent, and their rows go unarchived).
+    Should: refused at load, naming the pattern and the 63 bytes (checked on the longest month and weekday names)."""
     fixed = len(dt.date(2024, 12, 31).strftime(f"_{code}_%Y%m%d"))
     pattern = "e" * (63 - fixed) + f"_{code}_%Y%m%d"
     assert len(dt.date(2024, 12, 31).strftime(pattern).encode()) == 63
