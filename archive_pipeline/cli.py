@@ -775,15 +775,16 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                         if changed else ""))
 
 
-def _verify_remedy(run: Run, table: str, day: Period, problem: str = "") -> str:
-    """What to do about a day whose archive failed verify (one whose manifest could not even be read: again)."""
+def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tuple[str, ...] = ()) -> str:
+    """What to do about a day whose archive failed verify (one whose manifest could not even be read: again);
+    ``how``: the options it was verified with (--deep, --download), which verifying it again needs."""
     if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
         return NewerManifestError.remedy
     if "not checked" in problem:  # nothing was checked: what kept it from being checked says what to do
         if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
             own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
             return f"{own}; then verify the day again (it was not checked)"
-        return f"verify the day again ({run.suggest('verify', table, day)}) once the database and store answer: it " \
+        return f"verify the day again ({run.suggest('verify', table, day, *how)}) once the database and store answer: it " \
                "was not checked"
     return (f"if the source still holds the day as it should be ({run.suggest('compare', table, day)}), archive "
             f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
@@ -942,7 +943,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems))}
+                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems),
+                                                         ("--deep",) if deep else ("--download",) if download else ())}
                                if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified

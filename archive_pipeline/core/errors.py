@@ -857,6 +857,12 @@ _REFUSED = re.compile(r"permission denied for (schema|type|table|view|materializ
                       r"function|database|tablespace) (.+)")
 
 
+def refused_kind(exc: BaseException) -> str | None:
+    """The kind of object PostgreSQL's "permission denied for <kind> <name>" names (table, tablespace ...), or None."""
+    found = _REFUSED.fullmatch(getattr(getattr(exc, "diag", None), "message_primary", None) or "")
+    return found.group(1) if found else None
+
+
 def refused_grant(exc: BaseException, table: str, user: str | None) -> str | None:
     """The grant that PostgreSQL's "permission denied for <kind> <name>" asks for, where it is not the
     configured table's SELECT (which the remedies by what failed give): USAGE on a column type's schema or
@@ -873,12 +879,15 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
         return f"GRANT USAGE ON SCHEMA {sql_name(name, qualified=False)} TO {role}"  # (as printed: unquoted)
     if kind == "type":
         return f"GRANT USAGE ON TYPE {name} TO {role}"
+    # (a function's and a relation's name are printed bare, unquoted and unqualified: quoted here as SQL reads them)
     if kind == "function":  # (a DBA's REVOKE EXECUTE ... FROM PUBLIC of a function we call: pg_export_snapshot, say)
-        return f"GRANT EXECUTE ON FUNCTION {name} TO {role} (as a superuser or the function's owner)"
+        return (f"GRANT EXECUTE ON FUNCTION {sql_name(name, qualified=False)} TO {role} (as a superuser or the "
+                "function's owner)")
     if kind in ("table", "view", "materialized view", "foreign table") and name != table.rpartition(".")[2]:
-        return (f"the role may not read {kind} {name}, which {table} reads (a view's, or a rule's): GRANT SELECT "
-                f"ON {name} TO the owner of the view that reads it (a view reads with its owner's privileges), or "
-                f"to {role} for a view with security_invoker")
+        quoted = sql_name(name, qualified=False)
+        return (f"the role may not read {kind} {quoted}, which {table} reads (a view's, or a rule's): GRANT SELECT "
+                f"ON {quoted} (in its schema) TO the owner of the view that reads it (a view reads with its owner's "
+                f"privileges), or to {role} for a view with security_invoker")
     return None
 
 

@@ -148,6 +148,8 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
                         "nullable": not c.not_null, "encoding": encoding.get("encoding", result.output_types.get(
                             c.name, "text")), "exact": bool(encoding.get("exact", True)),
                         **({"note": encoding["note"]} if encoding.get("note") else {}),
+                        # the day column's type through its domains: what picks a day's rows (see _dated_by_calendar)
+                        **({"base_type": c.base_type} if c.name == result.day_column else {}),
                         **({"numbers": [{"steps": list(n.steps), "type": n.type} for n in c.numbers]}
                            if getattr(c, "numbers", ()) else {}),
                         **({"shape": [{"at": at, "type": kind, **({"fields": list(fields)} if fields is not None else {})}
@@ -362,7 +364,7 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "\x00" not in c["name"] for c in columns):
         return "its columns (or its table definition's) are not each an object with a name (without NUL)"
     for column in manifest["columns"]:
-        for name in ("output_type", "pg_type"):  # (read by name where present: the run's metadata, the proof's types)
+        for name in ("output_type", "pg_type", "base_type"):  # (read by name where present: the run's metadata, the proof's types)
             if name in column and not isinstance(column[name], str):
                 return f"its field columns[{column['name']!r}].{name} is {column[name]!r}, not a string"
         numbers = column.get("numbers")
@@ -417,9 +419,9 @@ def another_period(manifest: dict, period: Period) -> str | None:
 
 
 def _dated_by_calendar(manifest: dict) -> bool:
-    """Whether the archived day column is a ``date`` (as the manifest records its type)."""
-    return any(isinstance(c, dict) and c.get("name") == manifest.get("day_column") and c.get("pg_type") == "date"
-               for c in manifest.get("columns") or ())
+    """Whether the archived day column is a ``date``, or a domain over one (as the manifest records its type)."""
+    return any(isinstance(c, dict) and c.get("name") == manifest.get("day_column")
+               and "date" in (c.get("pg_type"), c.get("base_type")) for c in manifest.get("columns") or ())
 
 
 def layout_change(manifest: dict, period: Period, day_column: str | None) -> str | None:

@@ -71,7 +71,8 @@ def not_ended(spec: TableSpec, first: dt.date | str | None, last: dt.date | str 
     than lying before ``start_date``."""
     now = now or dt.datetime.now(dt.UTC)
     lo = _bound(spec, first, 0) if first else spec.first_period.utc_start
-    hi = _bound(spec, last, 1) if last else now
+    # (without --to: at least to the end of the first period named, which may lie after now)
+    hi = _bound(spec, last, 1) if last else max(now, _bound(spec, first, 1)) if first else now
     if hi <= spec.first_period.utc_start:
         return False
     return any(p.utc_end > now for p in periods.periods_overlapping(spec.granularity, spec.timezone,
@@ -371,13 +372,18 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                 statuses.append(DayStatus(spec.name, day, "changed", archived.object_key or found.key, present,
                                           archived.rows, archived.bytes, archived.archived_at, None, exc.message))
                 continue
+            except SourceError as exc:
+                if exc.cause != NO_PERIOD_TABLE or not archived.removed:
+                    raise
+                current = None  # its day table dropped by the removal since it was asked again (as compare)
             except psycopg.Error as exc:
                 statuses.append(DayStatus(spec.name, day, "unreadable", archived.object_key or found.key, present,
                                           archived.rows, archived.bytes, archived.archived_at, None,
                                           unread(conn, spec, day, exc)))
                 continue
-            source_rows = current.rows
-            if archived.removed and current.rows == 0:  # its removal committed since it was asked again (as compare)
+            source_rows = current.rows if current is not None else None
+            if archived.removed and (current is None or current.rows == 0):  # its removal committed since it was
+                # asked again (as compare says)
                 present, source_rows = False, None
                 note = archived.removed
             elif not matches_source(archived, current):

@@ -34,7 +34,7 @@ from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.discovery import child_ranges
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
-                                          refused_grant, remedy_for, sql_name)
+                                          refused_grant, refused_kind, remedy_for, sql_name)
 from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
@@ -2160,7 +2160,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, remedy="re-creating and attaching the day's partition (or table) takes ownership "
                             "of the table: restore as its owner (or GRANT the owner's role TO the restoring role), or "
                             "restore into a new table (into='new')")
-        elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "tablespace" in str(exc) and \
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and refused_kind(exc) == "tablespace" and \
                 (refused := refused_grant(exc, table or "", conn.info.user)):
             found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):

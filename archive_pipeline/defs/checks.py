@@ -51,6 +51,7 @@ from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.lifecycle import still_detached
 from archive_pipeline.core.manifest import layout_change
 from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -617,7 +618,14 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                     untrusted[event.partition] = f"{other} (archive it again with overwrite as the table is now)"
                     continue
                 with postgres.connect() as conn:
-                    difference = source_changed(conn, spec, day, manifest)
+                    try:
+                        difference = source_changed(conn, spec, day, manifest)
+                    except ArchiveError as exc:  # its day table dropped by a pending removal committing meanwhile
+                        if exc.cause != NO_PERIOD_TABLE or not manifest.get("removed"):
+                            raise
+                        pending = manifest["removed"]
+                        removed[event.partition] = f"{pending.get('state')}, {pending.get('at')}"
+                        continue
                     if difference:  # read once more: a removal or overwrite that committed meanwhile is no change
                         again = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
                         if again is not None and again != manifest:
