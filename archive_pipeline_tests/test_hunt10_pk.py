@@ -63,3 +63,42 @@ def test_a_removal_that_committed_and_marked_done_is_not_failed_by_the_tidy_afte
     assert removal.rows == 50
     assert _count(conn, table) == 0
     assert load_manifest(store, key)["removed"]["state"] == "done"
+
+
+def _pending_mark_of(conn, store, s3_client, spec: TableSpec, key: str, xid: int) -> None:
+    """The manifest at ``key`` marked as a removal leaves it once its pending mark's PUT is done (lifecycle._remove),
+    with the transaction id ``xid``."""
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline.core.source import server_identity
+
+    mkey = key + ".manifest.json"
+    manifest = decode_manifest(s3_client.get_object(Bucket=store.bucket, Key=mkey)["Body"].read())
+    manifest["removed"] = {"at": dt.datetime.now(dt.UTC).isoformat(), "action": "delete", "state": "pending",
+                           "by": None, "relation": spec.name, "xid": str(xid), "system": server_identity(conn)[1]}
+    s3_client.put_object(Bucket=store.bucket, Key=mkey, Body=encode_manifest(manifest))
+
+
+def test_a_pending_removal_that_never_took_effect_is_not_completed_because_rows_were_rewritten_unchanged(
+        conn, schema, store, s3_client):
+    """The state a server crash leaves (test_hunt_pgfaults: the removal's transaction had its id and wrote its
+    pending mark, then the server went down before it deleted anything): every row of D is still in the source,
+    the mark's id was handed out again after recovery to the cluster's next transaction, which committed. Then the
+    day's rows are written again unchanged: the ingestion re-delivers D's events and upserts them (INSERT ... ON
+    CONFLICT DO UPDATE with the same values), an ORM saves them unchanged. The next removal settles the mark:
+    txid_status says committed, the source holds exactly the archived rows, and lifecycle._written_after now sees
+    rows whose xmin is younger than the id and decides "restored since": the removal is reported completed
+    (Removal.completed) and the manifest marked done, while all 50 rows are still in the source, never removed
+    (the README: a changed day of a removed day is refused as removed). Should: taken back (the rows were never
+    removed) and the day proven and removed, as without the rewrite: a younger xmin is no proof of a restore."""
+    table = _events(conn, schema)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(table))
+    spec = TableSpec(name=f"{schema}.ev", day_column="created_at", start_date=DAY,
+                     retention={"keep_days": 1, "action": "delete"})
+    key = archive_partition(conn, spec, DAY, store).key
+    reused = conn.execute("SELECT txid_current()").fetchone()[0]  # the next committed transaction after the crash
+    _pending_mark_of(conn, store, s3_client, spec, key, reused)
+    conn.execute(sql.SQL("INSERT INTO {t} SELECT * FROM {t} WHERE id <= 5 ON CONFLICT (id) DO UPDATE SET "
+                         "note = EXCLUDED.note").format(t=table))  # the same rows delivered again
+    removal = remove_day(conn, spec, DAY, store)
+    assert _count(conn, table) == 0, (f"the removal says {removal} and the manifest "
+                                      f"{load_manifest(store, key)['removed']}, but the rows were never removed")
