@@ -102,3 +102,55 @@ def test_a_pending_removal_that_never_took_effect_is_not_completed_because_rows_
     removal = remove_day(conn, spec, DAY, store)
     assert _count(conn, table) == 0, (f"the removal says {removal} and the manifest "
                                       f"{load_manifest(store, key)['removed']}, but the rows were never removed")
+
+
+def test_the_removal_s_tidy_keeps_the_object_of_the_replacement_it_marked_done(conn, schema, store, s3_client):
+    """An archive run of D on another server (a hot standby) overwrites D while the primary's removal of D runs, on
+    a store that ignores If-Match: it uploads generation 2 (the same rows) and writes its manifest over the
+    removal's pending mark. The removal foresees this (lifecycle._marked_by_us): the replacement holds exactly the
+    removed rows, so the "done" mark is written onto it, and the day's manifest names generation 2 as its object.
+    Then the removal's new tidy (leftovers.tidy_day) decides what to keep from the manifest it *proved* (naming
+    generation 1), not the one it just marked done: generation 2 is "a generation no manifest names" and is deleted.
+    The day's rows are gone from the source and its manifest names a deleted object (once the other run retires
+    generation 1 as its manifest says, nothing of D is left). Should: the tidy keeps what the manifest as marked
+    done names (generation 2)."""
+    from archive_pipeline.core import keys
+
+    _events(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="created_at", start_date=DAY,
+                     retention={"keep_days": 1, "action": "delete"})
+    first = archive_partition(conn, spec, DAY, store)
+    g1, mkey = first.key, first.manifest_key
+    proven_manifest = s3_client.get_object(Bucket=store.bucket, Key=mkey)["Body"].read()
+    g1_bytes = s3_client.get_object(Bucket=store.bucket, Key=g1)["Body"].read()
+    # the other server's overwrite, as it lands: generation 2 and a manifest naming it (same rows)
+    second = archive_partition(conn, spec, DAY, store, overwrite=True)
+    g2 = second.key
+    assert g2 == keys.generation_key(g1, 2)
+    replacement = s3_client.get_object(Bucket=store.bucket, Key=mkey)["Body"].read()
+    # back to the moment before it committed: generation 1 proven and named, generation 2 uploaded
+    s3_client.put_object(Bucket=store.bucket, Key=g1, Body=g1_bytes)
+    s3_client.put_object(Bucket=store.bucket, Key=mkey, Body=proven_manifest)
+    state = {"marked": False, "replaced": False}
+
+    def pending_marked(params, **_) -> None:
+        if params["Key"] == mkey:
+            state["marked"] = True
+
+    def other_run_commits(**_) -> None:  # while the removal checks its proven object (before its COMMIT)
+        if state["marked"] and not state["replaced"]:
+            state["replaced"] = True
+            s3_client.put_object(Bucket=store.bucket, Key=mkey, Body=replacement)
+
+    events = s3_client.meta.events
+    events.register("before-parameter-build.s3.PutObject", pending_marked)
+    events.register("before-call.s3.HeadObject", other_run_commits)
+    try:
+        removal = remove_day(conn, spec, DAY, store, proven=True)
+    finally:
+        events.unregister("before-parameter-build.s3.PutObject", pending_marked)
+        events.unregister("before-call.s3.HeadObject", other_run_commits)
+    assert state["replaced"] and removal.rows == 50
+    manifest = load_manifest(store, g1)
+    assert manifest["removed"]["state"] == "done" and manifest["object"]["key"] == g2
+    assert store.head(g2) is not None, "the object the day's manifest names was deleted by the removal's tidy"
