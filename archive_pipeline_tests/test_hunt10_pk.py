@@ -154,3 +154,39 @@ def test_the_removal_s_tidy_keeps_the_object_of_the_replacement_it_marked_done(c
     manifest = load_manifest(store, g1)
     assert manifest["removed"]["state"] == "done" and manifest["object"]["key"] == g2
     assert store.head(g2) is not None, "the object the day's manifest names was deleted by the removal's tidy"
+
+
+def test_verify_deep_s_retry_suggestion_for_a_manifest_it_could_not_read_keeps_deep(pg, s3, conn, schema, bucket,
+                                                                                    tmp_path):
+    """A user runs `archive-pipeline verify --deep --day D --json` while the store answers the day's manifest GET
+    with 500s: the day is "not checked (retryable): reading manifest ... failed", and its remedy says "verify the
+    day again (archive-pipeline verify ... --table s.ev --day D) once the database and store answer". The ph fix
+    passes --deep/--download to the suggestion only where the object was checked; a day whose manifest could not
+    be read (cli.verify's found.problem branch) still gets the command without --deep, which, pasted, checks the
+    object's size and ETag and answers ok: the day's rows are never proven against the source. Should: the
+    suggested command keeps --deep, as for a day whose proof was not checked."""
+    import json
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from archive_pipeline_tests.test_hunt9_oh import _cli_env
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 10) g").format(
+        sql.Identifier(schema, "ev")), (DAY,))
+    env = _cli_env(pg, s3, bucket, tmp_path, schema, "jsonl")
+    archived = CliRunner(env=env).invoke(main, ["archive", "--day", DAY.isoformat()])
+    assert archived.exit_code == 0, archived.output
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", path=r"\.manifest\.json$", action="error", status=500, times=None))
+        done = CliRunner(env={**env, "ARCHIVE_S3_ENDPOINT_URL": proxy.url}).invoke(
+            main, ["verify", "--deep", "--day", DAY.isoformat(), "--json"])
+    [day] = json.loads(done.stdout)["days"]
+    assert not day["ok"] and "not checked (retryable)" in day["problems"][0], day  # (the premise)
+    suggested = re.search(r"\((archive-pipeline verify [^)]*)\)", day["remedy"])
+    assert suggested, day["remedy"]
+    assert "--deep" in shlex.split(suggested[1]), day["remedy"]
