@@ -190,3 +190,26 @@ def test_verify_deep_s_retry_suggestion_for_a_manifest_it_could_not_read_keeps_d
     suggested = re.search(r"\((archive-pipeline verify [^)]*)\)", day["remedy"])
     assert suggested, day["remedy"]
     assert "--deep" in shlex.split(suggested[1]), day["remedy"]
+
+
+def test_a_naming_pattern_with_weekday_and_month_names_past_63_bytes_on_a_september_wednesday_is_refused():
+    """A user names day tables with both the weekday's and the month's name (``<prefix>_%A_%B_%Y%m%d``; strptime
+    reads it back). The pj fix checks the pattern's length on each month's 28th and on the first seven days of
+    January, so weekday and month are never at their longest together: no September 28th (2024) is a Wednesday. A
+    pattern that is 63 bytes at the longest of those loads, and the day table of every Wednesday in September
+    (2024-09-11, 2025-09-24...) is named 64 bytes, which PostgreSQL cuts to 63 (naming mode then never finds it:
+    the day looks absent). Should: refused at load (the longest weekday and month name together)."""
+    from archive_pipeline.core.config import ConfigError, parse_config
+
+    moments = [dt.datetime(2024, month, 28, 23) for month in range(1, 13)]
+    moments += [dt.datetime(2024, 1, day, 23) for day in range(1, 8)] + [dt.datetime(2024, 12, 31, 23)]
+    tail = "_%A_%B_%Y%m%d"
+    pattern = "e" * (63 - max(len(m.strftime(tail)) for m in moments)) + tail
+    entry = {"name": "public.ev", "start_date": "2024-01-01", "partitioning": {"mode": "naming", "pattern": pattern}}
+    try:
+        spec = parse_config({"tables": [entry]}, "tables.yaml").tables[0]
+    except ConfigError as exc:
+        assert "63" in str(exc)
+        return
+    name = spec.child_table("2025-09-24")
+    pytest.fail(f"pattern {pattern!r} loaded, and it names the day table {name!r} of {len(name.encode())} bytes")
