@@ -246,3 +246,37 @@ def test_list_check_source_while_a_whole_naming_mode_drop_runs_after_the_manifes
     [status] = plan.day_statuses(conn, spec, store, [DAY], check_source=True)
     assert removed and removed[0].rows == 5
     assert status.state != "changed", status
+
+
+def test_a_killed_overwrite_s_leftovers_do_not_outlive_a_removal_completed_by_its_next_run(
+        pg, s3, conn, schema, store, bucket, s3_client, tmp_path):
+    """As test_hunt10_pi: a user's `archive --overwrite --day D` is SIGKILLed mid-upload (an open multipart upload of
+    generation 2 and its marker are left). Then retention's removal of D is SIGKILLed too, after its transaction
+    committed and before its "done" mark (the manifest stays "pending"). The next removal of D (the next `prune`)
+    settles the mark: the removal committed, so it is completed, and lifecycle._remove_day returns at once
+    ("completed"): the new tidy runs only after a removal that proves and removes here, so the killed overwrite's
+    open upload and marker stay in the store for good (no archive run of a removed day comes to tidy it).
+    Should: the day's keys are exactly what its manifest names, and no multipart upload is open, however the
+    removal ended."""
+    from archive_pipeline_tests.test_integrity import _killed_child, _open_uploads, stored_keys
+    from archive_pipeline_tests.test_letgo import _killed
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
+                         "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
+    spec = {"name": f"{schema}.big", "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
+    first = archive_partition(conn, TableSpec(**spec), DAY, store)
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    _killed_child(pg, s3, bucket, spec, True, temp, ("after-call", "UploadPart", 1))
+    assert _open_uploads(s3_client, bucket)  # (the premise: the killed overwrite's upload)
+    removing = {**spec, "retention": {"keep_days": 1, "action": "delete"}}
+    _killed(pg, s3, bucket, conn, {"do": "remove", "spec": removing, "day": DAY.isoformat(),
+                                   "kill": ["before-call", "PutObject", 2]})  # committed, not marked done
+    assert load_manifest(store, first.key)["removed"]["state"] == "pending"
+    removal = remove_day(conn, TableSpec(**removing), DAY, store)
+    assert removal.completed
+    assert load_manifest(store, first.key)["removed"]["state"] == "done"
+    assert _open_uploads(s3_client, bucket) == [], "the killed overwrite's multipart upload is left open"
+    assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key]), \
+        "the killed overwrite's leftovers outlive the day's removal"
