@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -280,3 +281,51 @@ def test_a_killed_overwrite_s_leftovers_do_not_outlive_a_removal_completed_by_it
     assert _open_uploads(s3_client, bucket) == [], "the killed overwrite's multipart upload is left open"
     assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key]), \
         "the killed overwrite's leftovers outlive the day's removal"
+
+
+@pytest.mark.parametrize("remote_schema, remote_table", [("ctid", "{schema}_sales"), ("{schema}", "sales-ctid-eu")])
+def test_a_foreign_partition_whose_remote_name_holds_ctid_as_a_word_is_deleted_by_its_pushed_down_delete(
+        conn, schema, store, remote_schema, remote_table):
+    """As test_hunt10_pj's ``sales_by_productid``: the day's partition is a postgres_fdw foreign table, and its
+    DELETE is pushed down whole (``DELETE FROM ctid.t_sales WHERE ...``, or ``... "sales-ctid-eu" WHERE ...``):
+    safe. The pj fix looks for ``ctid`` as a word (not after a letter, digit, ``"``, ``.`` or ``$``, nor before a
+    letter, digit, ``"`` or ``$``), and a remote schema named ``ctid`` (followed by its ``.``) or a quoted remote
+    name holding ``-ctid-`` is such a word: the day is refused ("row by row (by ctid) it would take rows of other
+    days") though nothing goes by ctid. Should: the day's 20 rows are deleted (postgres_fdw's own ctid is only
+    ever ``ctid = $1`` / ``SELECT ... ctid`` outside a quoted or qualified name)."""
+    from archive_pipeline_tests.test_hunt10_pj import _ident
+
+    if not conn.execute("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'postgres_fdw')").fetchone()[0]:
+        pytest.skip("postgres_fdw is not installed on this server")
+    rs, rt = remote_schema.format(schema=schema), remote_table.format(schema=schema)
+    server = _ident(f"{schema}_loop")
+    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA {}").format(_ident(schema)))
+    conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, dbname {})"
+                         ).format(server, sql.Literal(conn.info.host), sql.Literal(str(conn.info.port)),
+                                  sql.Literal(conn.info.dbname)))
+    conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS (user {})").format(
+        server, sql.Literal(conn.info.user)))
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_ident(rs)))
+    ev, remote = _ident(schema, "ev"), _ident(rs, rt)
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text) PARTITION BY RANGE (at)").format(ev))
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(remote))
+        conn.execute(sql.SQL("CREATE FOREIGN TABLE {} PARTITION OF {} FOR VALUES FROM ('2024-03-10 00:00+00') TO "
+                             "('2024-03-11 00:00+00') SERVER {} OPTIONS (schema_name {}, table_name {})").format(
+            _ident(schema, "ev_20240310"), ev, server, sql.Literal(rs), sql.Literal(rt)))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 min', "
+                             "'r' || g FROM generate_series(1, 20) g").format(remote))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01",
+                         partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "delete"})
+        assert archive_partition(conn, spec, DAY, store).rows == 20
+        removal = remove_day(conn, spec, DAY, store)
+        assert removal.rows == 20
+        assert _count(conn, remote) == 0
+    finally:
+        conn.execute(sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(server))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(remote))
+        if rs != schema:
+            try:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(_ident(rs)))  # (only if left empty)
+            except psycopg.Error:
+                pass
