@@ -4,14 +4,17 @@ hooks in front of moto): a bucket in another region, ..."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
+from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.test_hunt3_bb import ev  # noqa: F401 - 20 rows on DAY, column mode
 from archive_pipeline_tests.test_hunt8_nb import DialectProxy
+from archive_pipeline_tests.test_hunt_cli import cli, make_env, write_config
 
 DAY = dt.date(2024, 3, 10)
 OTHER_REGION = "eu-west-1"
@@ -75,3 +78,41 @@ def test_an_archive_into_a_bucket_in_another_region_names_the_region(conn, schem
     said = f"{error} {error.remedy or ''} {error.cause or ''}"
     assert not error.retryable, error
     assert "ARCHIVE_S3_REGION" in said or "region" in (error.remedy or ""), said
+
+
+
+def keys_encoded_unannounced(handler, method, status, headers, payload):
+    """A store that URL-encodes the keys of every listing but never says so (no <EncodingType> element in its
+    answer), as Apache Ozone's S3 gateway did before HDDS-7710: botocore then leaves the keys encoded."""
+    if method == "GET" and "list-type=2" in handler.path and status == 200:
+        payload = re.sub(rb"<EncodingType>url</EncodingType>", b"", payload)
+    return status, headers, payload
+
+
+def test_archived_days_of_a_table_with_a_non_ascii_name_are_not_listed_missing_by_a_store_that_encodes_keys(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """A table named ``événements`` (the README's own example of a non-ASCII name) on a store whose listings give
+    keys URL-encoded without saying so (no <EncodingType>, Ozone's S3 gateway before 1.4): every key comes back
+    as ``archive/<schema>.%C3%A9v%C3%A9nements/...``. The days archive fine (a re-run reads each manifest and
+    skips the day). But ``list`` calls all five archived days "missing", ``verify`` of the range checks nothing
+    ("no day in the selection is archived", exit 1) and ``restore --from/--to`` refuses with "no archive for" every
+    day: the range's one listing shows keys under the table's prefix, none of them the days' own, and each day is
+    taken for never archived, against the listing's own rule that a day is absent only when the listing shows
+    nothing else of it. Should: the days are read (or the keys decoded) and reported archived; list, verify and
+    restore agree with archive. (`listing.listed_absent` takes keys it cannot match for proof of absence.)"""
+    table = "événements"
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(
+        sql.Identifier(schema, table)))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 119) g").format(sql.Identifier(schema, table)), (f"{DAY} 00:00+00",))
+    first, last = DAY.isoformat(), (DAY + dt.timedelta(days=4)).isoformat()
+    with DialectProxy(s3.endpoint_url, after=[keys_encoded_unannounced]) as proxy:
+        env = make_env(pg, proxy.url, bucket, write_config(tmp_path, [
+            {"name": f"{schema}.{table}", "day_column": "at", "start_date": first}]))
+        archived = cli(env, "archive", "--from", first, "--to", last)
+        assert archived.returncode == 0 and archived.stdout.count(" archived ") == 5, archived.stdout  # (premise)
+        listed = cli(env, "list", "--from", first, "--to", last)
+        restored = cli(env, "restore", "--from", first, "--to", last, "--into", "new", "--target", f"{schema}.back")
+    assert "missing" not in listed.stdout and len(re.findall(r" archived +\d", listed.stdout)) == 5, listed.stdout
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == 120
