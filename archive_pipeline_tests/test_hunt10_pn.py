@@ -12,6 +12,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.test_hunt3_bb import ev  # noqa: F401 - 20 rows on DAY, column mode
 from archive_pipeline_tests.test_hunt8_nb import DialectProxy
 from archive_pipeline_tests.test_hunt_cli import cli, make_env, write_config
@@ -116,3 +117,25 @@ def test_archived_days_of_a_table_with_a_non_ascii_name_are_not_listed_missing_b
     assert "missing" not in listed.stdout and len(re.findall(r" archived +\d", listed.stdout)) == 5, listed.stdout
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == 120
+
+
+def test_a_store_without_list_objects_v2_is_not_sent_to_the_checksum_settings(conn, schema, ev, s3, bucket, temp_dir):
+    """A store that implements only the first version of ListObjects and answers ``list-type=2`` with 501
+    NotImplemented (some gateways and older S3 layers). Every run lists the day's keys first (ListObjectsV2), so
+    every day fails, rightly not retried, with "the object store does not implement a request or header the
+    archiver sent ... to fix: on an S3-compatible store, set AWS_REQUEST_CHECKSUM_CALCULATION=when_required and
+    AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, and check that it supports multipart uploads": the user sets two
+    variables that change nothing for a listing (a GET with no body) and looks at multipart uploads, which work.
+    Should: the remedy names what the store lacks, the operation that was refused (ListObjectsV2, which the
+    archiver needs), not the checksum settings. (`errors._S3_UNSUPPORTED` has one remedy for every operation;
+    `errors.for_operation` specialises only a refused access.)"""
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="GET", query="list-type=2", action="error", status=501, code="NotImplemented",
+                        times=None))
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, ev, DAY, store, temp_dir=temp_dir)
+    error = caught.value
+    assert (error.table, error.day, error.retryable) == (ev.name, DAY.isoformat(), False), error
+    assert "ListObjectsV2" in (error.remedy or ""), error.remedy
+    assert "CHECKSUM" not in (error.remedy or ""), error.remedy
