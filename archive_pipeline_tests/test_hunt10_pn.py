@@ -139,3 +139,28 @@ def test_a_store_without_list_objects_v2_is_not_sent_to_the_checksum_settings(co
     assert (error.table, error.day, error.retryable) == (ev.name, DAY.isoformat(), False), error
     assert "ListObjectsV2" in (error.remedy or ""), error.remedy
     assert "CHECKSUM" not in (error.remedy or ""), error.remedy
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "SlowDown"), (429, "TooManyRequests")])
+def test_a_throttled_bucket_check_is_not_blamed_on_the_bucket_name_and_credentials(s3, bucket, monkeypatch, status,
+                                                                                    code):
+    """A busy S3-compatible store (a MinIO under load, Ceph RGW's rate limits, S3's 503 SlowDown with Retry-After)
+    throttles the command line's first request, the bucket check (HeadBucket), past botocore's retries. The load
+    fails, rightly retryable, with "bucket '...' answered 503 at ...: check $ARCHIVE_S3_BUCKET and the S3
+    credentials": the operator goes to check a bucket name and keys that are right, while the store only asked to
+    slow down. Every other request throttled so says "the object store is throttling or temporarily failing (5xx,
+    SlowDown) ... retried automatically". Should: a 5xx/429 to the bucket check says the store is throttling or
+    failing for the moment and is retried, without sending the user to the bucket name and credentials.
+    (`environment.store_from_env`: any status but 403/404 gets "check $ARCHIVE_S3_BUCKET and the S3 credentials".)"""
+    from archive_pipeline.core.environment import store_from_env
+
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="HEAD", path=rf"^/{bucket}/?$", action="error", status=status, code=code, times=None))
+        monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        with pytest.raises(Exception) as caught:
+            store_from_env()
+    error = caught.value
+    said = f"{error} {getattr(error, 'remedy', '') or ''}"
+    assert getattr(error, "retryable", None) is True, repr(error)
+    assert "credentials" not in said and "ARCHIVE_S3_BUCKET" not in said, said
