@@ -50,7 +50,7 @@ from archive_pipeline.core.environment import (
 )
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
-from archive_pipeline.core.manifest import NewerManifestError
+from archive_pipeline.core.manifest import ForeignManifestError, NewerManifestError
 from archive_pipeline.core.periods import Period, PeriodError, parse_period, zone
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
@@ -780,6 +780,8 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
     ``how``: the options it was verified with (--deep, --download), which verifying it again needs."""
     if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
         return NewerManifestError.remedy
+    if "does not replace another table-day's archive" in problem:  # another table-day's, intact (its own remedy)
+        return ForeignManifestError.remedy
     if "not checked" in problem:  # nothing was checked: what kept it from being checked says what to do
         if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
             own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
@@ -914,12 +916,13 @@ def verify(run: Run, download: bool, deep: bool) -> None:
     SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem,
     or when a --day or range holds no archived day (nothing was verified)."""
     results = []
+    how = (*(("--download",) if download else ()), *(("--deep",) if deep else ()))  # (what verifying again needs)
     for spec in run.tables:
         for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
                                 "problems": [found.problem],
-                                "remedy": _verify_remedy(run, spec.name, day, found.problem)})
+                                "remedy": _verify_remedy(run, spec.name, day, found.problem, how)})
                 continue
             archived = found.archived
             if archived is None:
@@ -943,8 +946,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems),
-                                                         ("--deep",) if deep else ("--download",) if download else ())}
+                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems), how)}
                                if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified

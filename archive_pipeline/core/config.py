@@ -160,9 +160,8 @@ class Partitioning(_Strict):
                 raise ValueError("mode 'naming' needs a pattern such as 'events_%Y%m%d'")
             if not all(code in self.pattern for code in ("%Y", "%m")):
                 raise ValueError(f"pattern {self.pattern!r} must contain %Y and %m (and %d for days, %H for hours)")
-            # every month's and weekday's name (%B, %A: September, Wednesday are the longest), and day 31
-            moments = [dt.datetime(2024, month, 28, 23) for month in range(1, 13)]
-            moments += [dt.datetime(2024, 1, day, 23) for day in range(1, 8)] + [dt.datetime(2024, 12, 31, 23)]
+            # every day of a leap year: every month's name with every weekday's (%B %A: a Wednesday in September)
+            moments = [dt.datetime(2024, 1, 1, 23) + dt.timedelta(days=n) for n in range(366)]
             longest = max(moments, key=lambda moment: len(moment.strftime(self.pattern).encode()))
             if len(longest.strftime(self.pattern).encode()) > MAX_IDENTIFIER_BYTES:
                 raise ValueError(f"pattern {self.pattern!r} makes names longer than PostgreSQL's 63 bytes "

@@ -368,14 +368,29 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                 raise UnreachableError(f"bucket {bucket!r} refused HeadBucket (403) at "
                                        f"{env.get(ENDPOINT_VAR) or 'AWS S3'}: {cause}: {remedy}",
                                        retryable=retryable) from None
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            region = headers.get("x-amz-bucket-region")
+            if status in (301, 307, 400) and region and region != client.meta.region_name:
+                # a HEAD's answer has no body: the bucket's region, in a header, says it (a redirect, or a request
+                # signed for another region); the same on every retry
+                raise UnreachableError(f"bucket {bucket!r} is in region {region!r}, not {client.meta.region_name!r} "
+                                       f"(HeadBucket answered {status}): set ${REGION_VAR}={region}",
+                                       retryable=False) from None
+            if status in (429, 503):  # throttled (SlowDown): not the bucket's name or the credentials
+                raise UnreachableError(f"bucket {bucket!r} at {env.get(ENDPOINT_VAR) or 'AWS S3'} answered {status} "
+                                       "(the store is throttling requests, or busy): retried automatically; if it "
+                                       "persists, lower the runs' concurrency against the store", retryable=True) \
+                    from None
             reason, remedy = {
                 404: ("does not exist", f"check ${BUCKET_VAR} (or create the bucket)"),
                 # HeadBucket is allowed by s3:ListBucket; right keys without it are refused alike
                 403: ("refused HeadBucket (403)",
                       f"{permission_remedy('HeadBucket')}, and check ${BUCKET_VAR} and the S3 credentials"),
+                301: ("is elsewhere (301: another region or endpoint)",
+                      f"set ${REGION_VAR} to the bucket's region (or ${ENDPOINT_VAR} to its endpoint)"),
             }.get(status, (f"answered {status}", f"check ${BUCKET_VAR} and the S3 credentials"))
             raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: {remedy}",
-                                   retryable=status not in (400, 403, 404)) from None
+                                   retryable=status not in (301, 400, 403, 404)) from None
         except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
             # not the store: no request was signed; the same on every retry
             raise ConfigError(f"no S3 credentials ({type(exc).__name__}: {redact(str(exc), env.get(SECRET_VAR))}): set "

@@ -363,6 +363,12 @@ _S3_REJECTED = _store(False, "the object store rejected the request", "read the 
 _S3_UNSUPPORTED = _store(False, "the object store does not implement a request or header the archiver sent",
                          "on an S3-compatible store, set AWS_REQUEST_CHECKSUM_CALCULATION=when_required and "
                          "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, and check that it supports multipart uploads")
+# the requests that carry the checksum headers botocore adds by default (what the unsupported's remedy is about)
+_CHECKSUMMED = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
+_S3_REGION = _store(False, "the bucket is in another region (or behind another endpoint) than the requests are sent "
+                    "to (a 301 PermanentRedirect, or a request signed for the wrong region)",
+                    "set ARCHIVE_S3_REGION to the bucket's region (the store's answer names it: x-amz-bucket-region "
+                    "or the message), or ARCHIVE_S3_ENDPOINT_URL to its endpoint")
 _S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads whose parts (but the last) are all "
                            "the same size (Cloudflare R2's rule), and this day's object grew past the parts of its "
                            "first size", "set ARCHIVE_S3_EQUAL_PARTS=true (ArchiveStoreResource.equal_parts: true; "
@@ -636,6 +642,10 @@ def for_operation(found: Classification, what: str) -> Classification:
             return replace(found, remedy=found.remedy.replace("<bucket>", shlex.quote(uri.group(1))).replace(
                 "<key>", shlex.quote(uri.group(2))))
         return found
+    if found == _S3_UNSUPPORTED and operation and operation.group(1) not in _CHECKSUMMED:  # no checksum header sent
+        return replace(found, cause=f"the object store does not implement {operation.group(1)}",
+                       remedy=f"the archiver needs {operation.group(1)} (S3's API): use a store or gateway that "
+                              "implements it (or a newer version of it)")
     remedy = permission_remedy(operation.group(1)) if operation else None
     return replace(found, remedy=remedy) if found == _S3_ACCESS and remedy else found
 
@@ -660,6 +670,8 @@ def _s3_code(code: str, status: int) -> Classification:
         return _S3_STREAM
     if code == "NotImplemented" or status == 501:  # a 5xx that no retry fixes
         return _S3_UNSUPPORTED
+    if code in ("PermanentRedirect", "AuthorizationHeaderMalformed") or status == 301:
+        return _S3_REGION
     if code in _S3_RETRY_CODES or status >= 500 or status == 429:
         return _S3_THROTTLED
     if code in _S3_GONE_CODES:

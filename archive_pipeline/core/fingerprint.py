@@ -158,6 +158,20 @@ def recorded_algorithm(recorded: str | None) -> str | None:
     return algorithm if algorithm in ALGORITHMS and recorded and recorded.count(":") == 2 else None
 
 
+def why_uncomputable(recorded: str | None) -> tuple[str, str] | None:
+    """(why a recorded fingerprint cannot be computed by this version, what to do), or None where it can: none
+    recorded (a manifest of version 1, by an older archive_pipeline: archive the day again), or one of an
+    algorithm this version does not know (a newer archive_pipeline's: upgrade)."""
+    if recorded_algorithm(recorded) is not None:
+        return None
+    if not recorded:
+        return ("the manifest records no fingerprint (version 1, written by an older archive_pipeline)",
+                "archive the day again (overwrite)")
+    algorithm = str(recorded).rsplit(":", 2)[0][:60]
+    return (f"its fingerprint ({algorithm}) is of an algorithm this version cannot compute (written by a newer "
+            "archive_pipeline)", "upgrade archive_pipeline")
+
+
 def algorithm_for(recorded: str | None) -> str:
     """What to compute to compare with ``recorded``: its own algorithm, or the current one."""
     return recorded_algorithm(recorded) or ALGORITHM

@@ -39,7 +39,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, pinned_settings, source_table
-from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
+from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, redact, sql_name, wrap
 from archive_pipeline.core.leftovers import day_listing, tidy_day
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, decoded_manifest, \
@@ -171,6 +171,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             if not dry_run:
                 settled = _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
                 if settled.outcome == "completed":
+                    _tidy_after_removal(conn, spec, day, store, key)
                     mark = settled.manifest["removed"]
                     return Removal(spec.name, day, mark.get("action", action), mark.get("relation", ""),
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
@@ -196,11 +197,23 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         if dry_run:
             return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         removal = _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
-        # what killed archive runs of the day left (an overwrite's upload, its uncommitted generation): no archive
-        # run of a removed day comes to remove it. (Marking changes neither the object nor what is kept.)
-        tidy_day(store, key, day_listing(store, key), manifest, SourceIdentity(*server_identity(conn)),
-                 f"{spec.name} {day}")
+        _tidy_after_removal(conn, spec, day, store, key)
         return removal
+
+
+def _tidy_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str) -> None:
+    """Remove what killed archive runs of the removed day left (an overwrite's upload, its uncommitted generation):
+    no archive run of a removed day comes to do it. By the day's manifest as it is now, the one the removal
+    marked done (an archive run elsewhere may have replaced the proven one meanwhile: its object is kept).
+    Never fatal: the day is removed, and leftovers cost storage, not correctness."""
+    try:
+        manifest = decoded_manifest(store, keys.manifest_key(key))
+        if manifest is not None and removal_state(manifest) == "done":
+            tidy_day(store, key, day_listing(store, key), manifest, SourceIdentity(*server_identity(conn)),
+                     f"{spec.name} {day}")
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("%s %s: removed; what killed runs of the day left in the store was not looked at (%s)",
+                    spec.name, day, redact(f"{type(exc).__name__}: {exc}"))
 
 
 @speaks_utf8()
@@ -663,14 +676,15 @@ def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifes
 
 
 def _written_after(conn: psycopg.Connection, spec: TableSpec, day: Period, xid: int) -> bool:
-    """Whether a row of the day was written after the transaction ``xid`` (its xmin is younger): rows restored
-    after a removal that committed, where an id handed out again after a crash would find the rows it never
-    removed, all older than it. False where it cannot be told (a view, a foreign table: no xmin)."""
+    """Whether every row of the day was written after the transaction ``xid`` (its xmin younger): rows restored
+    after a removal that committed, where an id handed out again after a crash finds the rows it never removed,
+    older than it (some perhaps rewritten since). False where it cannot be told (a view, a foreign table)."""
     try:
         with conn.transaction():
             table = source_table(conn, spec, day)
-            younger = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {} AND pg_catalog.age(xmin) < "
-                              "pg_catalog.age(%s::pg_catalog.text::pg_catalog.xid))").format(
+            # every row (a restore writes them all; rows an upsert rewrote unchanged leave the others as they were)
+            younger = sql.SQL("SELECT count(*) > 0 AND bool_and(pg_catalog.age(xmin) < "
+                              "pg_catalog.age(%s::pg_catalog.text::pg_catalog.xid)) FROM {} WHERE {}").format(
                 table.identifier, day_filter(table, day))
             return bool(conn.execute(younger, (str(xid % 2**32),)).fetchone()[0])
     except (psycopg.Error, ArchiveError):
@@ -827,9 +841,9 @@ def _foreign_delete(conn: psycopg.Connection, spec: TableSpec, day: Period, tabl
                 foreign.add(relation_name(node.get("Schema", ""), node["Relation Name"]))
     if not remote:
         return None
-    # the system column itself (WHERE ctid = $1, SELECT ctid ...), not a name that holds the letters: postgres_fdw
-    # qualifies every relation (public.ctid) and quotes what needs quoting
-    if any(re.search(r'(?<![\w".$])ctid(?![\w"$])', text) for text in remote):
+    # the system column itself (WHERE ctid = $1, SELECT ctid ..., an alias's r1.ctid), not a name that holds the
+    # letters: postgres_fdw qualifies every relation (ctid.t, public.ctid) and quotes what needs quoting
+    if any(re.search(r"(?<![\w.$])ctid(?![\w.$])|\br\d+\.ctid(?![\w.$])", _unquoted(text)) for text in remote):
         raise RemovalRefused(
             f"{spec.name} {day} stays in the source: its DELETE reaches foreign table(s) {sorted(foreign)} that the "
             "foreign data wrapper cannot delete from on the remote server in one statement; row by row (by ctid) it "
@@ -837,6 +851,11 @@ def _foreign_delete(conn: psycopg.Connection, spec: TableSpec, day: Period, tabl
             "server, or use retention action 'detach' or 'drop' (which leave the remote rows)",
             table=spec.name, day=day.isoformat())
     return conn.execute(statement).rowcount
+
+
+def _unquoted(remote_sql: str) -> str:
+    """``remote_sql`` with its quoted names and string literals emptied (a name holding the letters ctid)."""
+    return re.sub(r"'(?:[^']|'')*'", "''", re.sub(r'"(?:[^"]|"")*"', '""', remote_sql))
 
 
 def _described_again(conn: psycopg.Connection, spec: TableSpec, day: Period, locked: SourceTable,

@@ -19,13 +19,16 @@ from archive_pipeline.core.store import S3Store
 def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
     """Every key in the bucket under the common prefix of ``keys`` (a listing); None
     when that would list much more than the keys themselves (a key template that puts the date
-    before the table, or no common directory), where one GET per key costs less."""
+    before the table, or no common directory), where one GET per key costs less, or when the store
+    answers keys that do not start with the prefix asked for (a listing not to be read by name)."""
     common = os.path.commonprefix(keys)
     if "/" not in common:
         return None
     prefix = common[: common.rindex("/") + 1]
     found: set[str] = set()
     for item in store.list_keys(prefix):
+        if not item["Key"].startswith(prefix):  # keys not as asked (a store URL-encoding them unannounced): the
+            return None                         # listing tells nothing of the days, each is read on its own
         found.add(item["Key"])
         if len(found) > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
             return None

@@ -373,29 +373,33 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                                           archived.rows, archived.bytes, archived.archived_at, None, exc.message))
                 continue
             except SourceError as exc:
-                if exc.cause != NO_PERIOD_TABLE or not archived.removed:
+                if exc.cause != NO_PERIOD_TABLE:
                     raise
-                current = None  # its day table dropped by the removal since it was asked again (as compare)
+                current = None  # its day table dropped since it was asked again (by a removal: as compare says)
             except psycopg.Error as exc:
                 statuses.append(DayStatus(spec.name, day, "unreadable", archived.object_key or found.key, present,
                                           archived.rows, archived.bytes, archived.archived_at, None,
                                           unread(conn, spec, day, exc)))
                 continue
             source_rows = current.rows if current is not None else None
-            if archived.removed and (current is None or current.rows == 0):  # its removal committed since it was
-                # asked again (as compare says)
-                present, source_rows = False, None
-                note = archived.removed
+            other = layout_change(archived.manifest, day, spec.day_column)
+            if current is None or archived.removed and current.rows == 0:  # its removal (or a drop) committed since
+                present, source_rows = False, None  # it was asked again (as compare says)
+                note = archived.removed or other or "no longer in the source"
             elif not matches_source(archived, current):
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
                         else "same row count, different content (fingerprint)")
-                if other := layout_change(archived.manifest, day, spec.day_column):
+                if other:
                     note = f"{note}: {other}"
+            elif other:  # the same rows, yet an archive run, the proof and the removal refuse it: said
+                note = other + _LAYOUT_EQUAL
             elif uncomputable(archived) and archived.fingerprint:
                 note = uncomputable(archived)
         elif archived.removed and present:
             note = _removed_yet_present(conn, spec, day, archived)
+        elif check_source and archived.empty and not archived.removed:  # (compare's words for it)
+            note = "archived as empty; the source still has no rows"
         elif check_source or archived.removed:
             note = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
                 "no longer in the source"
@@ -404,6 +408,11 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
                                   archived.bytes, archived.archived_at, source_rows, note))
     return statuses
+
+
+# what a layout change means for a day whose rows are the archive's all the same
+_LAYOUT_EQUAL = ("; its rows are the archive's all the same, but the proof and retention (and, after a zone or "
+                 "granularity change, archive runs) refuse it until it is archived again with overwrite")
 
 
 def _removed_yet_present(conn: psycopg.Connection, spec: TableSpec, day: Period, archived) -> str:
@@ -590,8 +599,10 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
         stored = (existing.manifest.get("object") or {}).get("key") or key
         return PlannedDay(spec.name, day, stored, "skip", f"identical archive exists ({current.rows:,} rows, same "
                           "content fingerprint)", estimate)
+    unknown = fingerprint.why_uncomputable(existing.manifest.get("fingerprint"))
     reason = ("overwrite requested" if overwrite else
-              "manifest version 1 cannot prove its content: archived again as a new generation")
+              f"{unknown[0] if unknown else 'its manifest cannot prove its content'}: archived again as a new "
+              "generation")
     return PlannedDay(spec.name, day, key, "overwrite", reason, estimate)
 
 
@@ -765,8 +776,10 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             note = "same row count, different content"
         elif result == "differs" and note:
             note = f"source has {current.rows:,} rows, archive {archived.rows:,}; {note}"
-        if result == "differs" and (other := layout_change(archived.manifest, day, spec.day_column)):
-            note = f"{note}; {other}" if note else other
+        if other := layout_change(archived.manifest, day, spec.day_column):  # (equal rows too: an archive run,
+            note = f"{note}; {other}" if note else other  # the proof and the removal refuse it, so it is said)
+            if result == "equal":
+                note += _LAYOUT_EQUAL
         # "equal" says the bucket holds the day: its object is there as the manifest describes it (one HEAD);
         # a manifest alone, its object deleted or replaced, was called equal
         try:

@@ -370,9 +370,8 @@ def rows_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | 
 def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> str | None:
     """:func:`source_changed`, letting a database error through (a proof wraps it as its own)."""
     recorded = manifest.get("fingerprint")
-    if fingerprint.recorded_algorithm(recorded) is None:
-        return ("the manifest has no fingerprint this version can compute (written by an older archive_pipeline): "
-                "archive the day again (overwrite) to prove it")
+    if (unknown := fingerprint.why_uncomputable(recorded)) is not None:
+        return f"{unknown[0]}: {unknown[1]} to prove it"
     # A day archived without rows has no values a column could differ in: while the source has none
     # either, its columns (one added by a migration since) are not a change (as compare and re-runs see it).
     names = None if manifest.get("rows") == 0 else [c["name"] for c in manifest["columns"]]
@@ -471,9 +470,8 @@ def _refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
 def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,
            scratch_conn: psycopg.Connection | None, temp_dir: str | None) -> list[str]:
     """deep_verify of the archive ``manifest`` describes."""
-    if fingerprint.recorded_algorithm(manifest.get("fingerprint")) is None:
-        return ["the manifest has no fingerprint this version can compute (written by an older archive_pipeline): archive "
-                "the day again (overwrite) before proving it"]
+    if (unknown := fingerprint.why_uncomputable(manifest.get("fingerprint"))) is not None:
+        return [f"{unknown[0]}: {unknown[1]} before proving it"]
     if manifest.get("empty"):
         changed = _source_changed(conn, spec, day, manifest)
         return [changed] if changed else []
