@@ -392,7 +392,7 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                         else "same row count, different content (fingerprint)")
                 if other:
                     note = f"{note}: {other}"
-            elif other:  # the same rows, yet an archive run, the proof and the removal refuse it: said
+            elif other:  # the same rows, yet the proof and the removal refuse it: said
                 note = other + _LAYOUT_EQUAL
             elif uncomputable(archived) and archived.fingerprint:
                 note = uncomputable(archived)
