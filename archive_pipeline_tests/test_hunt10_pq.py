@@ -99,3 +99,28 @@ def test_a_failing_bucket_check_is_not_blamed_on_the_bucket_name_and_credentials
     said = f"{error} {getattr(error, 'remedy', '') or ''}"
     assert getattr(error, "retryable", None) is True, repr(error)
     assert "credentials" not in said and "ARCHIVE_S3_BUCKET" not in said, said
+
+
+@pytest.mark.parametrize(("tail", "zone"), [("_%Y%m%d%z", "Europe/Berlin"), ("_%Y%m%d%Z", "UTC")])
+def test_a_naming_pattern_with_the_zone_past_63_bytes_is_refused(tail, zone):
+    """A user names day tables with the zone's offset or name (``<prefix>_%Y%m%d%z``: ``ev_20240310+0100``, which
+    strptime reads back, so the pattern loads). The pk fix measures the pattern's names on every day of 2024, but
+    on naive datetimes, where %z and %Z are empty, while every table name is rendered from the period's start in
+    the table's zone (``TableSpec.child_table``), where they are 5 (``+0100``) or 3 (``UTC``) bytes. A pattern
+    whose names are 63 bytes as checked loads, and every day's table is named 68 (``%z``) or 66 (``%Z``) bytes,
+    which PostgreSQL cuts to 63: naming mode never finds a day table, every day looks absent. Should: the length is
+    measured as the names are rendered (aware, in the table's zone), so the pattern is refused at load.
+    (`config.Partitioning._pattern`: naive moments.)"""
+    from archive_pipeline.core.config import ConfigError, parse_config
+
+    naive = len(dt.datetime(2024, 3, 10, 23).strftime(tail))
+    pattern = "e" * (63 - naive) + tail
+    entry = {"name": "public.ev", "start_date": "2024-01-01", "timezone": zone,
+             "partitioning": {"mode": "naming", "pattern": pattern}}
+    try:
+        spec = parse_config({"tables": [entry]}, "tables.yaml").tables[0]
+    except ConfigError as exc:
+        assert "63" in str(exc)
+        return
+    name = spec.child_table("2024-03-10")
+    pytest.fail(f"pattern {pattern!r} loaded, and it names the day table {name!r} of {len(name.encode())} bytes")
