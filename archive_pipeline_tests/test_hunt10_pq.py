@@ -7,6 +7,8 @@ import datetime as dt
 import pytest
 
 from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.plan import compare_days, day_statuses
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
@@ -124,3 +126,26 @@ def test_a_naming_pattern_with_the_zone_past_63_bytes_is_refused(tail, zone):
         return
     name = spec.child_table("2024-03-10")
     pytest.fail(f"pattern {pattern!r} loaded, and it names the day table {name!r} of {len(name.encode())} bytes")
+
+
+def test_an_empty_archived_day_s_zone_change_is_named_by_compare_and_list_as_the_archive_run_refuses_it(
+        conn, schema, store):
+    """As test_hunt10_pm's zone change, for a day archived as empty (no rows in the UTC day, a manifest and no
+    object). The user then sets the table's ``timezone: Europe/Berlin``; Berlin's day has no rows either. The next
+    ``archive`` run of the day refuses it ("its archive holds the daily period 2024-03-10 in UTC, and the table is
+    now configured as daily in Europe/Berlin: another period ..."), and so do the proof and the removal; yet
+    ``compare`` says "equal: archived as empty; the source still has no rows" (exit 0) and ``list --check-source``
+    "archived as empty; the source still has no rows", nothing about the zone: the pm fix names a layout change
+    of an equal day only where the source has rows. Should: compare and list name the zone change for this day
+    too (README: a zone change "is named as that by compare, list --check-source ..."). (`plan._absent` and the
+    empty day's note in `plan._day_statuses` come before any layout_change.)"""
+    from archive_pipeline_tests.test_hunt10_pm import _table
+
+    table = _table(conn, schema, rows=0)
+    archive_partition(conn, TableSpec(**table), DAY, store)
+    berlin = TableSpec(**{**table, "timezone": "Europe/Berlin"})
+    with pytest.raises(ArchiveError, match="another period"):  # (the premise: the next run refuses the day)
+        archive_partition(conn, berlin, DAY, store)
+    [compared] = compare_days(conn, berlin, store, [DAY])
+    [listed] = day_statuses(conn, berlin, store, [DAY], check_source=True)
+    assert "Europe/Berlin" in compared.note and "Europe/Berlin" in listed.note, (compared.note, listed.note)
