@@ -140,6 +140,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def too_long(pattern: str, timezone: str) -> None:
+    """Refuse a naming pattern whose names pass PostgreSQL's 63 bytes on some day (PostgreSQL would cut them, and
+    days of one month or week would share a table name): on every day of a leap year, so every month's name meets
+    every weekday's (%B %A: a Wednesday in September), in the table's zone (%z +0100, %Z CEST)."""
+    here = zone(timezone)
+    moments = [dt.datetime(2024, 1, 1, 23, tzinfo=here) + dt.timedelta(days=n) for n in range(366)]
+    longest = max((moment.strftime(pattern) for moment in moments), key=lambda name: len(name.encode()))
+    if len(longest.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"pattern {pattern!r} makes names longer than PostgreSQL's 63 bytes ({longest!r}): PostgreSQL "
+                         "would cut them, and periods of one month or week would share one table name")
+
+
 class Partitioning(_Strict):
     """How the days of a table exist in PostgreSQL (see the README, "Three ways a day exists").
 
@@ -160,13 +172,7 @@ class Partitioning(_Strict):
                 raise ValueError("mode 'naming' needs a pattern such as 'events_%Y%m%d'")
             if not all(code in self.pattern for code in ("%Y", "%m")):
                 raise ValueError(f"pattern {self.pattern!r} must contain %Y and %m (and %d for days, %H for hours)")
-            # every day of a leap year: every month's name with every weekday's (%B %A: a Wednesday in September)
-            moments = [dt.datetime(2024, 1, 1, 23) + dt.timedelta(days=n) for n in range(366)]
-            longest = max(moments, key=lambda moment: len(moment.strftime(self.pattern).encode()))
-            if len(longest.strftime(self.pattern).encode()) > MAX_IDENTIFIER_BYTES:
-                raise ValueError(f"pattern {self.pattern!r} makes names longer than PostgreSQL's 63 bytes "
-                                 f"({longest.strftime(self.pattern)!r}): PostgreSQL would cut them, and days of "
-                                 "the same month or week would share one table name")
+            too_long(self.pattern, "UTC")  # (again in the table's zone, which a %z or %Z prints: see TableSpec)
         elif self.pattern:
             raise ValueError("pattern is only for mode 'naming'")
         return self
@@ -335,6 +341,7 @@ class TableSpec(_Strict):
                                  f"{', '.join(codes[:-1])} and {codes[-1]} (a {self.granularity} table; missing "
                                  f"{', '.join(missing)})")
             self._pattern_reads_back()
+            too_long(self.partitioning.pattern, self.timezone)
             period = self.first_period
             names = {(period.start + moment).strftime(self.partitioning.pattern)
                      for moment in (dt.timedelta(0), period.end - period.start - dt.timedelta(microseconds=1))}

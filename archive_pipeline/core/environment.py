@@ -376,10 +376,12 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                 raise UnreachableError(f"bucket {bucket!r} is in region {region!r}, not {client.meta.region_name!r} "
                                        f"(HeadBucket answered {status}): set ${REGION_VAR}={region}",
                                        retryable=False) from None
-            if status in (429, 503):  # throttled (SlowDown): not the bucket's name or the credentials
+            if status == 429 or status >= 500 and status != 501:  # throttled (SlowDown), failing for the moment:
+                # not the bucket's name or the credentials
                 raise UnreachableError(f"bucket {bucket!r} at {env.get(ENDPOINT_VAR) or 'AWS S3'} answered {status} "
-                                       "(the store is throttling requests, or busy): retried automatically; if it "
-                                       "persists, lower the runs' concurrency against the store", retryable=True) \
+                                       "(the store is throttling requests, busy or failing for the moment): retried "
+                                       "automatically; if it persists, check the store's health and lower the runs' "
+                                       "concurrency against it", retryable=True) \
                     from None
             reason, remedy = {
                 404: ("does not exist", f"check ${BUCKET_VAR} (or create the bucket)"),

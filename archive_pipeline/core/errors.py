@@ -364,7 +364,8 @@ _S3_UNSUPPORTED = _store(False, "the object store does not implement a request o
                          "on an S3-compatible store, set AWS_REQUEST_CHECKSUM_CALCULATION=when_required and "
                          "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, and check that it supports multipart uploads")
 # the requests that carry the checksum headers botocore adds by default (what the unsupported's remedy is about)
-_CHECKSUMMED = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
+_CHECKSUMMED = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload",
+                "GetObject")  # (its x-amz-checksum-mode header)
 _S3_REGION = _store(False, "the bucket is in another region (or behind another endpoint) than the requests are sent "
                     "to (a 301 PermanentRedirect, or a request signed for the wrong region)",
                     "set ARCHIVE_S3_REGION to the bucket's region (the store's answer names it: x-amz-bucket-region "
@@ -618,6 +619,9 @@ def _classify_boto(exc: BaseException) -> Classification | None:
             return _S3_UNSUPPORTED
         if error.get("Code") == "InvalidPart" and "same length" in said:  # R2's rule of equal parts
             return _S3_UNEQUAL_PARTS
+        if error.get("Code") == "AuthorizationHeaderMalformed" and re.search(r"\bregion '[^']*' is wrong", said):
+            # "the region 'us-east-1' is wrong; expecting 'eu-west-1'": signed for another region
+            return _S3_REGION  # (else a malformed credential: the keys' settings)
         return _s3_code(str(error.get("Code", "")), int(status))
     if isinstance(exc, bx.BotoCoreError):
         return _S3_CONFIG
@@ -670,7 +674,7 @@ def _s3_code(code: str, status: int) -> Classification:
         return _S3_STREAM
     if code == "NotImplemented" or status == 501:  # a 5xx that no retry fixes
         return _S3_UNSUPPORTED
-    if code in ("PermanentRedirect", "AuthorizationHeaderMalformed") or status == 301:
+    if code == "PermanentRedirect" or status == 301:
         return _S3_REGION
     if code in _S3_RETRY_CODES or status >= 500 or status == 429:
         return _S3_THROTTLED

@@ -399,7 +399,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         elif archived.removed and present:
             note = _removed_yet_present(conn, spec, day, archived)
         elif check_source and archived.empty and not archived.removed:  # (compare's words for it)
-            note = "archived as empty; the source still has no rows"
+            other = layout_change(archived.manifest, day, spec.day_column)
+            note = other + _LAYOUT_EQUAL if other else "archived as empty; the source still has no rows"
         elif check_source or archived.removed:
             note = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
                 "no longer in the source"
@@ -668,8 +669,10 @@ def _absent(spec: TableSpec, day: Period, archived: Archived, key: str) -> Compa
     """A day the source has no rows of: equal to an archive of no rows (archived as empty, and still
     empty), else the archive's rows are no longer in the source (removed by retention, or gone)."""
     if archived.rows == 0 and not archived.removed:
+        other = layout_change(archived.manifest, day, spec.day_column)
         return Comparison(spec.name, day, "equal", 0, 0, archived.fingerprint, archived.fingerprint,
-                          archived.object_key or key, "archived as empty; the source still has no rows")
+                          archived.object_key or key,
+                          other + _LAYOUT_EQUAL if other else "archived as empty; the source still has no rows")
     said = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
         "archived; the source no longer has this day"  # (a zone, granularity or day column changed: not rows gone)
     return Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
