@@ -1,0 +1,105 @@
+"""Hunt 10 (ps): Dagster runs with failures, taken as an operator would."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import AssetCheckKey, DagsterEventType, instance_for_test
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.defs.assets import asset_key, daily_partitions
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+FIRST = dt.date(2024, 3, 10)
+DAYS = [FIRST + dt.timedelta(days=i) for i in range(4)]
+RANGE = {"dagster/asset_partition_range_start": DAYS[0].isoformat(),
+         "dagster/asset_partition_range_end": DAYS[-1].isoformat()}
+
+
+def _config(schema, retry=1, **table):
+    return parse_config({"retry": {"max_retries": retry, "delay_seconds": 0}, "backfill": {"max_days_per_run": 10},
+                         "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                     "start_date": FIRST.isoformat(), **table}]})
+
+
+def _mats(instance, run_id):
+    return [r.event_log_entry.dagster_event for r in
+            instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records]
+
+
+def _failure_text(result):
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    data = failures[-1].step_failure_data
+    return (data.user_failure_data.description if data.user_failure_data else None), data.error
+
+
+def _checks(instance, spec, name="archive_intact"):
+    return instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(asset_key(spec), name), limit=50)
+
+
+def _job_from_environment():
+    """The archive job of the table configured in $PS_CONFIG (reconstructable, as a re-execution needs)."""
+    import json
+    import os
+
+    return build_definitions(parse_config(json.loads(os.environ["PS_CONFIG"]))).resolve_job_def(os.environ["PS_JOB"])
+
+
+def test_a_ranged_run_whose_blocking_proof_found_the_source_changed_does_not_advise_a_re_execution_that_cannot_help(
+        pg, conn, schema, archive_env, s3, monkeypatch):
+    """A table sets ``deep_check: true`` (the blocking content proof) and a person backfills 2024-03-10..13 in one
+    ranged run. While 2024-03-12 is being proven, an application corrects a row of that day in PostgreSQL. The
+    proof fails for that day alone; the day's own text rightly says the source changed after the snapshot and
+    that the day is archived again with ``overwrite: true`` from the launchpad. But the run's failure then adds
+    "Then: re-execute this run (Runs → this run → Re-execute → From failure) ...". Doing that fails again on the
+    same day ("changed since it was archived ... overwrite"): a re-execution cannot help, as the code already
+    knows for a day that changed (``_needs_overwrite`` days are left out of that advice). The run's failure
+    should not send the person to re-execute for that day (the unproven day's failure should carry
+    NEEDS_OVERWRITE like the other changed-day failures)."""
+    import json
+    import threading
+
+    from dagster import ReexecutionOptions, execute_job, reconstructable
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    raw = {"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
+           "tables": [{"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat(),
+                       "deep_check": True}]}
+    monkeypatch.setenv("PS_CONFIG", json.dumps(raw))
+    monkeypatch.setenv("PS_JOB", f"Archive_{schema}_events")
+    changed = DAYS[2]
+    gate = threading.Event()
+    with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        # the proof's first download of the day's object waits until the source was corrected meanwhile
+        proxy.add(Fault(method="GET", path=rf"/{changed}\.jsonl\.zst$", action="hold", gate=gate, times=1))
+
+        def correct() -> None:
+            try:
+                if proxy.wait_held(1, timeout=30):
+                    with pg.connect() as other:
+                        other.execute(f'UPDATE "{schema}".events SET amount = amount + 1 WHERE created_at >= %s '
+                                      "AND created_at < %s", (changed, changed + dt.timedelta(days=1)))
+                        other.commit()
+            finally:
+                gate.set()
+
+        worker = threading.Thread(target=correct)
+        worker.start()
+        with execute_job(reconstructable(_job_from_environment), instance=instance, tags=RANGE,
+                         raise_on_error=False) as first:
+            assert not first.success
+            message, _ = _failure_text(first)
+        worker.join()
+        assert f"1 of 4 days failed ({changed})" in message and "source changed" in message, message
+        with execute_job(reconstructable(_job_from_environment), instance=instance, tags=RANGE,
+                         reexecution_options=ReexecutionOptions.from_failure(first.run_id, instance),
+                         raise_on_error=False) as again:
+            redone = again.success
+            again_message, _ = _failure_text(again) if not redone else (None, None)
+    advised = "Re-execute" in message
+    assert redone or not advised, (
+        f"the failure advised re-executing the run, which fails again on {changed}:\n\n{again_message}\n\n"
+        f"--- the advice was:\n{message}")
