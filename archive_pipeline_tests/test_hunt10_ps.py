@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 
 from dagster import AssetCheckKey, DagsterEventType, instance_for_test
 
@@ -41,10 +43,48 @@ def _checks(instance, spec, name="archive_intact"):
 
 def _job_from_environment():
     """The archive job of the table configured in $PS_CONFIG (reconstructable, as a re-execution needs)."""
-    import json
-    import os
-
     return build_definitions(parse_config(json.loads(os.environ["PS_CONFIG"]))).resolve_job_def(os.environ["PS_JOB"])
+
+
+def _proof_meets_a_correction(pg, conn, schema, s3, monkeypatch, proxy, instance, changed):
+    """A ranged run of DAYS (table with deep_check) during which ``changed`` is corrected in PostgreSQL while
+    its archive is being proven (the proof's download of its object is held until the UPDATE committed)."""
+    import threading
+
+    from dagster import execute_job, reconstructable
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    raw = {"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
+           "tables": [{"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat(),
+                       "deep_check": True}]}
+    monkeypatch.setenv("PS_CONFIG", json.dumps(raw))
+    monkeypatch.setenv("PS_JOB", f"Archive_{schema}_events")
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+    gate = threading.Event()
+    proxy.add(Fault(method="GET", path=rf"/{changed}\.jsonl\.zst$", action="hold", gate=gate, times=1))
+
+    def correct() -> None:
+        try:
+            if proxy.wait_held(1, timeout=30):
+                with pg.connect() as other:
+                    other.execute(f'UPDATE "{schema}".events SET amount = amount + 1 WHERE created_at >= %s '
+                                  "AND created_at < %s", (changed, changed + dt.timedelta(days=1)))
+                    other.commit()
+        finally:
+            gate.set()
+
+    worker = threading.Thread(target=correct)
+    worker.start()
+    try:
+        with execute_job(reconstructable(_job_from_environment), instance=instance, tags=RANGE,
+                         raise_on_error=False) as first:
+            assert not first.success
+            message, _ = _failure_text(first)
+            run_id = first.run_id
+    finally:
+        worker.join()
+    assert f"1 of 4 days failed ({changed})" in message and "source changed" in message, message
+    return run_id, message
 
 
 def test_a_ranged_run_whose_blocking_proof_found_the_source_changed_does_not_advise_a_re_execution_that_cannot_help(
@@ -58,44 +98,13 @@ def test_a_ranged_run_whose_blocking_proof_found_the_source_changed_does_not_adv
     knows for a day that changed (``_needs_overwrite`` days are left out of that advice). The run's failure
     should not send the person to re-execute for that day (the unproven day's failure should carry
     NEEDS_OVERWRITE like the other changed-day failures)."""
-    import json
-    import threading
-
     from dagster import ReexecutionOptions, execute_job, reconstructable
 
-    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
-    raw = {"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
-           "tables": [{"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat(),
-                       "deep_check": True}]}
-    monkeypatch.setenv("PS_CONFIG", json.dumps(raw))
-    monkeypatch.setenv("PS_JOB", f"Archive_{schema}_events")
     changed = DAYS[2]
-    gate = threading.Event()
     with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
-        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
-        # the proof's first download of the day's object waits until the source was corrected meanwhile
-        proxy.add(Fault(method="GET", path=rf"/{changed}\.jsonl\.zst$", action="hold", gate=gate, times=1))
-
-        def correct() -> None:
-            try:
-                if proxy.wait_held(1, timeout=30):
-                    with pg.connect() as other:
-                        other.execute(f'UPDATE "{schema}".events SET amount = amount + 1 WHERE created_at >= %s '
-                                      "AND created_at < %s", (changed, changed + dt.timedelta(days=1)))
-                        other.commit()
-            finally:
-                gate.set()
-
-        worker = threading.Thread(target=correct)
-        worker.start()
+        run_id, message = _proof_meets_a_correction(pg, conn, schema, s3, monkeypatch, proxy, instance, changed)
         with execute_job(reconstructable(_job_from_environment), instance=instance, tags=RANGE,
-                         raise_on_error=False) as first:
-            assert not first.success
-            message, _ = _failure_text(first)
-        worker.join()
-        assert f"1 of 4 days failed ({changed})" in message and "source changed" in message, message
-        with execute_job(reconstructable(_job_from_environment), instance=instance, tags=RANGE,
-                         reexecution_options=ReexecutionOptions.from_failure(first.run_id, instance),
+                         reexecution_options=ReexecutionOptions.from_failure(run_id, instance),
                          raise_on_error=False) as again:
             redone = again.success
             again_message, _ = _failure_text(again) if not redone else (None, None)
@@ -103,3 +112,24 @@ def test_a_ranged_run_whose_blocking_proof_found_the_source_changed_does_not_adv
     assert redone or not advised, (
         f"the failure advised re-executing the run, which fails again on {changed}:\n\n{again_message}\n\n"
         f"--- the advice was:\n{message}")
+
+
+def test_a_blocking_proof_that_found_the_source_changed_does_not_call_the_archive_not_intact(
+        pg, conn, schema, archive_env, s3, monkeypatch):
+    """Same ranged run as above: 2024-03-12 is corrected in PostgreSQL while its archive is proven. The run's
+    failure says it plainly: "the source changed after the snapshot the archive was read from" (the archive holds
+    exactly the snapshot's rows; ``unproven`` keeps "a changed source is not a damaged archive" apart). The day's
+    ``archive_intact`` result, which is what the UI shows on the asset's check tab, says instead
+    "2024-03-12: NOT intact: the source's rows ... are not the archive's": red and worded as a damaged archive.
+    An operator reading the check looks for corruption in the bucket. The check's description should say that the
+    source changed after the snapshot (not proven against the source), not that the archive is not intact."""
+    changed = DAYS[2]
+    with FaultProxy(s3.endpoint_url) as proxy, instance_for_test() as instance:
+        run_id, message = _proof_meets_a_correction(pg, conn, schema, s3, monkeypatch, proxy, instance, changed)
+        spec = parse_config(json.loads(os.environ["PS_CONFIG"])).tables[0]
+        [record] = [c for c in _checks(instance, spec) if c.partition == changed.isoformat()]
+        evaluation = record.event.dagster_event.asset_check_evaluation_data
+    assert not evaluation.passed
+    assert "NOT intact" not in (evaluation.description or ""), (
+        f"the check of {changed} reads as a damaged archive, while the run says the source changed:\n"
+        f"{evaluation.description}\n\n--- the run:\n{message}")
