@@ -133,3 +133,33 @@ def test_a_blocking_proof_that_found_the_source_changed_does_not_call_the_archiv
     assert "NOT intact" not in (evaluation.description or ""), (
         f"the check of {changed} reads as a damaged archive, while the run says the source changed:\n"
         f"{evaluation.description}\n\n--- the run:\n{message}")
+
+
+def test_a_removal_run_of_a_range_of_days_fails_with_a_message_naming_table_days_and_what_to_do(
+        conn, schema, archive_env):
+    """A person archived 2024-03-10..13 in one ranged run (a backfill), then launches the removal job
+    ``Remove_<schema>_events`` for the same range the same way: with the range tags
+    (``dagster/asset_partition_range_start``/``_end``) the backfill's run carried, as the launchpad's tags or
+    ``dagster job launch --tags`` let them. The archive job takes such a run day by day (and refuses a bad key
+    with its own message, run_periods); the removal run instead fails on Dagster's
+    ``DagsterInvariantViolationError: Cannot access partition_key for a partitioned run with a range of
+    partitions``, with Dagster's stack trace and neither the table, the days nor what to do. It should fail
+    (or work) with a Failure that names the table and the range and says how to remove those days (one
+    partition per run: a backfill of Remove_<schema>_events, or the schedule)."""
+    from archive_pipeline.defs.retention_assets import removal_job_name
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    config = _config(schema, retention={"keep_days": 1, "action": "delete"})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(instance=instance,
+                                                                                  tags=RANGE).success
+        result = defs.resolve_job_def(removal_job_name(spec)).execute_in_process(instance=instance, tags=RANGE,
+                                                                                  raise_on_error=False)
+    if result.success:
+        return
+    description, error = _failure_text(result)
+    assert description is not None and spec.name in description, (
+        f"the removal run of {DAYS[0]}..{DAYS[-1]} failed with Dagster's own error, no table, days or remedy:\n"
+        f"{error.cls_name}: {error.message}\n{''.join(error.stack[-3:])}")
