@@ -163,3 +163,29 @@ def test_a_removal_run_of_a_range_of_days_fails_with_a_message_naming_table_days
     assert description is not None and spec.name in description, (
         f"the removal run of {DAYS[0]}..{DAYS[-1]} failed with Dagster's own error, no table, days or remedy:\n"
         f"{error.cls_name}: {error.message}\n{''.join(error.stack[-3:])}")
+
+
+def test_a_ranged_run_with_the_database_down_names_the_cause_once_not_once_per_day(schema, archive_env, monkeypatch):
+    """A person backfills 30 days of a table (``backfill.max_days_per_run`` is 50 by default, so one ranged run)
+    while PostgreSQL is down (the connection is refused). The run fails, rightly, and each day's connect fails
+    with the same cause. The run's failure, what the UI shows for the run, repeats the same two paragraphs
+    ("cannot connect to PostgreSQL at ...", "What to do: ...") once per day: 30 identical copies, ~20 KB, a wall
+    the operator must scroll through to find that the days all failed for one reason ("30 of 30 days failed ...;
+    the other 0 are archived" then the same text over and over). Days that failed with the same cause and advice
+    should be named together, with the cause and what to do said once."""
+    days = [FIRST + dt.timedelta(days=i) for i in range(30)]
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 50},
+                           "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": FIRST.isoformat()}]})
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://archiver:pw@127.0.0.1:9/postgres?connect_timeout=2")
+    with instance_for_test() as instance:
+        result = build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": days[0].isoformat(),
+                  "dagster/asset_partition_range_end": days[-1].isoformat()})
+    assert not result.success
+    description, _ = _failure_text(result)
+    assert "30 of 30 days failed" in description, description
+    copies = description.count("cannot connect to PostgreSQL")
+    assert copies <= 1, (f"the run's failure says the same cause {copies} times ({len(description):,} characters):\n"
+                         f"{description[:1500]}\n...")
