@@ -10,7 +10,7 @@ from dagster import AssetCheckKey, DagsterEventType, instance_for_test
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline.defs.assets import asset_key, daily_partitions
+from archive_pipeline.defs.assets import asset_key
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
@@ -24,11 +24,6 @@ def _config(schema, retry=1, **table):
     return parse_config({"retry": {"max_retries": retry, "delay_seconds": 0}, "backfill": {"max_days_per_run": 10},
                          "tables": [{"name": f"{schema}.events", "day_column": "created_at",
                                      "start_date": FIRST.isoformat(), **table}]})
-
-
-def _mats(instance, run_id):
-    return [r.event_log_entry.dagster_event for r in
-            instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records]
 
 
 def _failure_text(result):
