@@ -52,7 +52,7 @@ from pydantic import Field
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, on_demand_as_they_were,
-                                          recorded_day_key, terminated, verdict_as_it_was, verify_result,
+                                          recorded_day_key, source_only, terminated, verdict_as_it_was, verify_result,
                                           written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
@@ -805,16 +805,13 @@ def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | No
     bare "1 blocking asset check failed", and never retried: a step retry would find the day recorded and
     end the run green, past the check that was to block it. A source that changed since its snapshot (a
     late row) is not a damaged archive: the archive holds the snapshot, and archiving again takes the new rows."""
-    # (the first difference, either way, is named only beside "the source's rows ... are not the archive's",
-    # after the archive's own rows proved equal to its manifest: a row the archive has and the source lacks was
-    # deleted or changed in the source)
-    source_only = all(p.startswith(("the source's rows", "first difference: ")) for p in problems)
     cause = ("the source changed after the snapshot the archive was read from (rows arrived, changed or went "
-             "late)" if source_only else "the archive in the bucket is not what was recorded")
+             "late)" if source_only(problems) else "the archive in the bucket is not what was recorded")
     text = (f"{spec.name} {day}: the archive is NOT proven, so the run fails (deep_check is blocking): {cause}: "
             + "; ".join(problems) + "\n\nWhat to do: " + relaunch(spec, day, origin))
+    # (either way only archiving the day again with overwrite ends it: re-executing the run proves it again)
     return Failure(description=text, allow_retries=False,
-                   metadata={"table": spec.name, "day": day.isoformat(), "retryable": False})
+                   metadata={"table": spec.name, "day": day.isoformat(), "retryable": False, NEEDS_OVERWRITE: True})
 
 
 def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Period],
@@ -855,8 +852,10 @@ def batch_failure(spec: TableSpec, days: list[Period], failed: dict[Period, Fail
             f"\n\nThen: re-execute this run (Runs → this run → Re-execute → From failure), or launch a backfill of "
             f"{_names(redo) if len(redo) < len(failed) else 'the failed days'} of {job_name(spec)}; days already "
             "archived are not archived again.")
-    text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({_names(failed)}); the other "
-            f"{len(days) - len(failed)} are archived and recorded as materialized.\n\n{_causes(failed)}{then}"
+    archived = (f"the other {len(days) - len(failed)} are archived and recorded as materialized"
+                if len(failed) < len(days) else "none is archived")
+    text = (f"{spec.name}: {len(failed)} of {len(days)} days failed ({_names(failed)}); {archived}.\n\n"
+            f"{_causes(failed)}{then}"
             if failed else f"{spec.name}: the {len(days)} days of the run are archived and recorded as materialized.")
     if phantoms:
         text += (f"\n\n{', '.join(phantoms)}: not a {UNIT[spec.granularity]} of the table's zone {spec.timezone} (the "
@@ -873,7 +872,14 @@ def _names(failed: dict[Period, Failure]) -> str:
 
 
 def _causes(failed: dict[Period, Failure]) -> str:
-    return "\n\n".join(f.description or "" for _, f in sorted(failed.items()))
+    """Each failed day's cause and advice; days that failed alike (the database down for the whole run) once,
+    named together: thirty copies of one cause were a wall of text, not a cause."""
+    alike: dict[str, list[Period]] = {}
+    for day, failure_ in sorted(failed.items()):
+        alike.setdefault((failure_.description or "").replace(day.isoformat(), "\x00"), []).append(day)
+    return "\n\n".join(text.replace("\x00", days[0].isoformat()) if len(days) == 1 else
+                       f"{len(days)} days failed alike ({', '.join(d.isoformat() for d in days)}), each as follows:\n"
+                       + text.replace("\x00", "<day>") for text, days in alike.items())
 
 
 PERMANENT_DAYS = "permanent_days"  # a batch failure's days that no retry can fix, each with its cause

@@ -83,9 +83,20 @@ class Verdict:
 
     @property
     def description(self) -> str:
+        if self.problems and source_only(self.problems):  # the archive proved its manifest's rows: no damage
+            return (f"{self.day}: the archive holds its snapshot as recorded, but the source changed since (rows "
+                    "arrived, changed or went late): " + "; ".join(self.problems))
         if self.problems:
             return f"{self.day}: NOT intact: " + "; ".join(self.problems)
         return f"{self.day}: {self.verified}"
+
+
+def source_only(problems: list[str]) -> bool:
+    """Whether a deep proof's ``problems`` are all the source's: its rows are not the archive's (and the first
+    difference), after the archive's own rows proved equal to its manifest. Not a damaged archive: archiving the
+    day again with overwrite takes the new rows."""
+    # (the first difference, either way, is named only beside "the source's rows ... are not the archive's")
+    return bool(problems) and all(p.startswith(("the source's rows", "first difference: ")) for p in problems)
 
 
 def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") -> str:

@@ -60,7 +60,7 @@ from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused,
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
 from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, verify_archive
 
@@ -92,6 +92,21 @@ def removal_freshness_policy(schedule: ScheduleSettings, granularity: str = "dai
     the asset's freshness as unknown, not overdue, so a table whose schedule was never started (the
     default) is not flagged."""
     return freshness_policy(schedule.model_copy(update={"minute": REMOVAL_MINUTE}), granularity)
+
+
+def _one_day(context: AssetExecutionContext, spec: TableSpec) -> Period:
+    """The run's one day: a removal proves and removes one day per run (Dagster's backfills launch it so); a run
+    given a range of partitions (a backfill's range tags set by hand) is refused naming the table and the days,
+    where Dagster's own error named neither."""
+    keys = context.partition_keys
+    if len(keys) != 1:
+        unit = UNIT[spec.granularity]
+        raise Failure(description=f"{spec.name}: a removal run removes one {unit}, and this run was given {len(keys)} "
+                                  f"({keys[0]} to {keys[-1]}); nothing was removed.\n\nWhat to do: launch one run "
+                                  f"per {unit} (a backfill of the range does so), without range tags",
+                      allow_retries=False, metadata={"table": spec.name, "day": f"{keys[0]}..{keys[-1]}",
+                                                     "retryable": False, "error": "RemovalRefused"})
+    return spec.period(keys[0])
 
 
 def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = None,
@@ -126,7 +141,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
     )
     def remove(context: AssetExecutionContext, config: RemovalRunConfig, postgres: PostgresResource,
                primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator:
-        day = spec.period(context.partition_key)
+        day = _one_day(context, spec)
         # archive_proven executed alone (the check without its asset): prove, remove nothing, as a dry run
         dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
         kept = day not in due_days(spec, dt.datetime.now(dt.UTC))  # today in the table's zone
