@@ -1,0 +1,56 @@
+"""Two operations on one table-day at once (hunt 10, pr): each with its own sessions, real PostgreSQL and the
+real S3 over HTTP, forced into one interleaving by the fault proxy's ``hold``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.verify import deep_verify, load_manifest
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_letgo import standby  # noqa: F401 - fixture: a hot standby of pg
+from archive_pipeline_tests.test_race_hunt import in_thread, proxied
+
+DAY = dt.date(2024, 3, 10)
+
+
+def test_a_rerun_on_the_primary_does_not_delete_the_object_an_overwrite_from_the_standby_is_committing(
+        pg, standby, conn, schema, s3, bucket, store, s3_client):  # noqa: F811
+    """The README's production setup: ARCHIVE_PG_DSN on a hot standby, so archive runs read there, while
+    another deployment (or the command line with ARCHIVE_PG_DSN on the primary) archives the same table too.
+    The table-day lock is an advisory lock, the server's own: a run on the standby and one on the primary
+    never exclude each other. A user re-archives 2024-03-10 from the standby (`archive --overwrite`); its
+    generation-2 object is uploaded and its manifest is about to be written. Meanwhile an ordinary run of the
+    day on the primary (the schedule, a backfill) starts: its tidy-up of "what killed runs of the day left"
+    takes the standby's uploaded generation for a leftover (same system identifier and database name, so
+    `same_source` says this lock excluded it) and deletes it; it then skips the day (identical archive).
+    The overwrite then commits its manifest (the manifest did not change, so its If-Match holds) naming the
+    deleted object, and retires generation 1: the day's manifest names an object that is not there, and no
+    object holds the day's rows. Expected: the primary run leaves an object it cannot know is abandoned (a run
+    on a standby is not excluded by the primary's lock), or the overwrite fails instead of committing a
+    manifest naming a missing object; the day's archive stays whole and provable."""
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    create_sample_events(conn, [DAY], rows_per_day=100, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"})
+    first = archive_partition(conn, spec, DAY, store)
+    wait_for_replay(pg, standby)
+    with FaultProxy(s3.endpoint_url) as proxy, standby.connect() as replica:
+        held = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+        thread, outcome = in_thread(lambda: archive_partition(replica, spec, DAY, proxied(proxy, bucket),
+                                                              overwrite=True))
+        try:
+            assert proxy.wait_held(1), outcome  # the standby's overwrite: its object stored, its manifest waits
+            again = archive_partition(conn, spec, DAY, store)  # the primary's ordinary run of the day
+            assert again.skipped, again
+        finally:
+            held.gate.set()
+            thread.join(60)
+    manifest = load_manifest(store, first.key)
+    named = manifest["object"]["key"]
+    listed = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    # Now: the overwrite succeeded (generation 2) and its manifest names an object the primary run deleted.
+    assert named in listed, (outcome, named, sorted(listed))
+    assert deep_verify(conn, store, spec, DAY) == []
