@@ -54,3 +54,49 @@ def test_a_rerun_on_the_primary_does_not_delete_the_object_an_overwrite_from_the
     # Now: the overwrite succeeded (generation 2) and its manifest names an object the primary run deleted.
     assert named in listed, (outcome, named, sorted(listed))
     assert deep_verify(conn, store, spec, DAY) == []
+
+
+def test_an_archive_run_on_the_standby_meeting_a_removal_in_progress_is_told_to_wait_not_to_configure_the_primary(
+        pg, standby, conn, schema, s3, bucket, store):  # noqa: F811
+    """The README's production setup: ARCHIVE_PG_DSN on a hot standby, ARCHIVE_PG_PRIMARY_DSN on the primary,
+    where the removal (prune, source_removed) of 2024-03-10 is running: its pending mark is written and its
+    transaction is open. An archive run of the same day (a re-run, a backfill) reads the standby, finds the
+    pending mark and settles it on its own connection, the standby: it fails, NOT retryable, saying "settling
+    the removal ... must run on the primary ...: set ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal
+    of the day", although the primary is configured and that very removal is running right now (its own table-day
+    lock, the primary's, does not exclude a run on the standby). The same run on the primary is told, retryable,
+    that the day is being removed by another run right now. Expected: a retryable error saying a removal of the
+    day is in progress (or the mark settled on the primary), never the advice to configure what is configured
+    and start a second removal of the day."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    create_sample_events(conn, [DAY], rows_per_day=100, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+    archive_partition(conn, spec, DAY, store)
+    wait_for_replay(pg, standby)
+    with FaultProxy(s3.endpoint_url) as proxy, standby.connect() as replica, pg.connect() as removing:
+        removing.autocommit = True
+        # the removal's check of the proven object, after its pending mark, inside its open transaction
+        held = proxy.add(Fault(method="HEAD", path=r"2024-03-10\.jsonl\.zst$", action="hold", times=1))
+        thread, outcome = in_thread(lambda: remove_day(removing, spec, DAY, proxied(proxy, bucket)))
+        try:
+            assert proxy.wait_held(1), outcome
+            assert load_manifest(store, f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+                                 )["removed"]["state"] == "pending"
+            try:
+                archive_partition(replica, spec, DAY, store)
+            except ArchiveError as exc:
+                error = exc
+            else:
+                error = None
+        finally:
+            held.gate.set()
+            thread.join(60)
+    assert outcome.get("result") is not None and outcome["result"].rows == 100, outcome  # the removal went on
+    assert error is not None
+    # Now: RemovalRefused, retryable=False, "... must run on the primary, and this connection is a hot standby:
+    # set ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal of the day ..."
+    assert error.retryable and "ARCHIVE_PG_PRIMARY_DSN" not in str(error), (error.retryable, str(error))
