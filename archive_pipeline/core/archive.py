@@ -880,6 +880,8 @@ class _Archiving:
             else:
                 self._undo_commit(exc, result, existing)
                 raise
+        if existing.raw is not None and result.key:
+            self._refuse_lost_object(result, existing, data)
         pattern = keys.generation_pattern(self.key)
         for key in superseded:  # (only the day's own keys, whatever a manifest listed)
             if pattern.fullmatch(key) and key != result.key:
@@ -967,6 +969,27 @@ class _Archiving:
             return _get_manifest_bytes(self.store, self.manifest_key)
         except Exception:  # noqa: BLE001 - unreadable: not ours
             return None
+
+    def _refuse_lost_object(self, result: ArchiveResult, existing: Existing, data: bytes) -> None:
+        """An overwrite's new object must still be stored once the manifest naming it replaced the previous one
+        (which still names its own object: nothing is retired yet). A run of the day on another server (a hot
+        standby and its primary: the table-day lock is each server's own) tidies every generation no manifest
+        names yet, this one's among them, and the day's manifest then named no object. Asked twice, a moment
+        apart (a HEAD lagging a completed upload is no loss); a lost object puts the previous manifest back
+        (If-Match ours) and fails the run, retryable."""
+        for attempt in range(2):
+            if self.store.head(result.key) is not None:
+                return
+            if attempt == 0:
+                time.sleep(1.0)
+        error = ArchiveError(f"{self.spec.name} {self.day}: the new object {self.store.uri(result.key)} was gone once "
+                             "its manifest was written (a run of the day on another server removed it as a "
+                             "leftover); the previous archive was put back", table=self.spec.name,
+                             day=self.day.isoformat(), retryable=True,
+                             remedy="retried automatically; archive each table from one server only")
+        _quietly(error, f"put back the previous manifest {self.manifest_key}", lambda: self.store.put_bytes(
+            self.manifest_key, existing.raw, "application/json", if_match=self.store.etag_of(data)))
+        raise error
 
     def _undo_commit(self, exc: BaseException, result: ArchiveResult, existing: Existing) -> None:
         if existing.raw is not None:

@@ -528,6 +528,8 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     require_autocommit(conn, "settling a pending removal")
     day = spec.period(day)
     try:
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            _still_removing(conn, spec, day, store, key)  # (the primary's removal, which this lock does not see)
         _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
         with table_day_lock(conn, spec.name, day):
             key = key or keys.table_day_key(spec, day, store.prefix)
@@ -542,6 +544,28 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     except ArchiveError as exc:  # the store's (a manifest read that failed) or a refusal: it names the day
         named(exc, spec.name, day.isoformat())
         raise
+
+
+def _still_removing(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str | None) -> None:
+    """On a hot standby, refuse (retryable) to settle a pending mark whose removal is still running on the primary
+    (its transaction in progress, as the standby has replayed it): the table-day lock is the primary's, so that
+    removal was not seen, and "run it on the primary" told to configure what is configured."""
+    manifest = _trusted_manifest(store, spec, day, key or keys.table_day_key(spec, day, store.prefix))
+    mark = (manifest or {}).get("removed") or {}
+    xid = mark.get("xid") if removal_state(manifest) == "pending" else None
+    if xid is None or mark.get("system") and mark["system"] != server_identity(conn)[1]:  # (another cluster's id)
+        return
+    try:
+        with conn.transaction():
+            status = conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
+    except psycopg.Error as exc:  # "in the future": the primary gave it out, and the standby has not replayed it yet
+        status = "in progress" if "in the future" in str(exc) else None
+    except ValueError:
+        return
+    if status == "in progress":
+        raise RemovalRefused(f"{spec.name} {day} is being removed by a run on the primary right now (its transaction "
+                             f"{xid} is still open); nothing was archived", table=spec.name, day=day.isoformat(),
+                             retryable=True, remedy="retried automatically, once that removal has ended")
 
 
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:
