@@ -990,10 +990,13 @@ def compare(run: Run, show_rows: bool) -> None:
         specs = {spec.name: spec for spec in run.tables}
         for c in results:
             if c.result == "differs":
-                manifest = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived.manifest
-                details[(c.table, c.day.isoformat())] = _day_checked(
-                    run, c.table, c.day, lambda c=c, manifest=manifest: deep_verify(
-                        run.conn, run.store, specs[c.table], c.day, manifest=manifest, scratch_conn=run.scratch))
+                def prove(c=c) -> list[str]:  # (the manifest read again inside: a failed read is this day's alone)
+                    archived = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived
+                    return deep_verify(run.conn, run.store, specs[c.table], c.day,
+                                       manifest=archived.manifest if archived is not None else None,
+                                       scratch_conn=run.scratch)
+
+                details[(c.table, c.day.isoformat())] = _day_checked(run, c.table, c.day, prove)
     differing = [c for c in results if c.differs]
 
     def render() -> None:
