@@ -1,0 +1,71 @@
+"""Review of the hunt-10 fixes (pt): real PostgreSQL and the real S3 over HTTP, forced into one interleaving by the
+fault proxy's ``hold``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify, load_manifest
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_letgo import standby  # noqa: F401 - fixture: a hot standby of pg
+from archive_pipeline_tests.test_race_hunt import in_thread
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_lost_object_s_put_back_never_replaces_a_later_run_s_commit_on_a_store_without_md5_etags(
+        pg, standby, conn, schema, s3, bucket, store, s3_client):  # noqa: F811
+    """A store whose ETags are not MD5s (SSE-KMS, ARCHIVE_S3_VERIFY_ETAGS=false: the README's setting for it),
+    ARCHIVE_PG_DSN on a hot standby, and the same table archived from the primary too. A user re-archives
+    2024-03-10 from the standby (`archive --overwrite`): its generation-2 manifest is written; just then an
+    overwrite of the day on the primary runs to the end (its tidy removes the standby's object as a leftover, it
+    commits generation 3 and retires what it superseded). The standby's run then finds its object gone and "puts
+    the previous manifest back": with ``etag_of`` None (no MD5 ETags) that PUT has no If-Match at all, so it
+    replaces the primary's later commit with the generation-1 manifest, whose object is no longer stored. The day
+    is then recorded as archived while no object holds its rows. Expected: the put-back is conditional on the
+    manifest still being ours (read back and compared, as ``_put_back`` does) and leaves a later commit alone; the
+    day's manifest names a stored object and the archive proves."""
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    create_sample_events(conn, [DAY], rows_per_day=100, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"})
+    first = archive_partition(conn, spec, DAY, store)
+    wait_for_replay(pg, standby)
+    with FaultProxy(s3.endpoint_url) as proxy, standby.connect() as replica:
+        kms = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
+                      verify_etags=False)
+        put = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+        thread, outcome = in_thread(lambda: archive_partition(replica, spec, DAY, kms, overwrite=True))
+        head = None
+        try:
+            assert proxy.wait_held(1), outcome  # the standby's generation 2 stored, its manifest about to land
+            head = proxy.add(Fault(method="HEAD", path=r"\.jsonl\.zst$", action="hold", times=1))
+            put.gate.set()
+            assert _until(lambda: head.hits >= 1 or not thread.is_alive()), outcome  # its check of its object
+            later = archive_partition(conn, spec, DAY, store, overwrite=True)  # the primary's overwrite, whole
+        finally:
+            put.gate.set()
+            if head is not None:
+                head.gate.set()
+            thread.join(60)
+    manifest = load_manifest(store, first.key)
+    listed = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    # Now: the standby's put-back (no If-Match) replaced generation 3's manifest with generation 1's, whose
+    # object the primary's run had tidied away.
+    assert manifest["object"]["key"] == later.key and later.key in listed, (outcome, manifest["object"]["key"],
+                                                                            later.key, sorted(listed))
+    assert deep_verify(conn, store, spec, DAY) == []
