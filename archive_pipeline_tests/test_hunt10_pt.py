@@ -69,3 +69,44 @@ def test_a_lost_object_s_put_back_never_replaces_a_later_run_s_commit_on_a_store
     assert manifest["object"]["key"] == later.key and later.key in listed, (outcome, manifest["object"]["key"],
                                                                             later.key, sorted(listed))
     assert deep_verify(conn, store, spec, DAY) == []
+
+
+def test_an_archive_run_on_the_standby_is_not_told_forever_to_wait_for_a_removal_whose_transaction_never_comes(
+        pg, standby, conn, schema, s3, bucket, store, s3_client):  # noqa: F811
+    """The README's production setup: ARCHIVE_PG_DSN on a hot standby. A week ago a removal of 2024-03-10 wrote its
+    pending mark (transaction id N, the cluster's system identifier) and its primary crashed before that
+    transaction's WAL reached the standby, which was promoted (a promoted standby keeps the system identifier): the
+    new cluster has not handed out N, and may not for months. On the primary such a mark is settled from the source
+    (txid_status says "in the future": ``_committed`` falls back to the rows, still there, so the mark is taken
+    back). An archive run of the day on a standby of it is refused, RETRYABLE, "is being removed by a run on the
+    primary right now (its transaction N is still open)" - no removal is running, and every retry says the same
+    until the cluster reaches N: a day that never archives, retried forever. Expected: an id in the future of a mark
+    written long ago (its "at") is not taken for a removal running right now: the run is told to settle the day on
+    the primary (not retryable), as for any other pending mark a standby meets."""
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline.core.source import server_identity
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+
+    create_sample_events(conn, [DAY], rows_per_day=100, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+    first = archive_partition(conn, spec, DAY, store)
+    mkey = first.key + ".manifest.json"
+    manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
+    never = conn.execute("SELECT txid_current()").fetchone()[0] + 50_000_000  # given out on the lost timeline
+    manifest["removed"] = {"at": (dt.datetime.now(dt.UTC) - dt.timedelta(days=7)).isoformat(), "action": "drop",
+                           "state": "pending", "by": "dagster run x", "relation": f"{schema}.events",
+                           "xid": str(never), "system": server_identity(conn)[1]}
+    s3_client.put_object(Bucket=bucket, Key=mkey, Body=encode_manifest(manifest))
+    wait_for_replay(pg, standby)
+    with standby.connect() as replica:
+        try:
+            archive_partition(replica, spec, DAY, store)
+        except ArchiveError as exc:
+            error = exc
+        else:
+            error = None
+    # Now: RemovalRefused, retryable=True, "... is being removed by a run on the primary right now (its transaction
+    # N is still open)", on every retry.
+    assert error is None or not error.retryable, (type(error).__name__, error.retryable, str(error))
