@@ -6,11 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import pytest
+
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_hunt3_bb import ev  # noqa: F401 - 20 rows on DAY, column mode
+from archive_pipeline_tests.test_hunt8_nb import DialectProxy, _xml_error
 from archive_pipeline_tests.test_letgo import standby  # noqa: F401 - fixture: a hot standby of pg
 from archive_pipeline_tests.test_race_hunt import in_thread
 
@@ -110,3 +115,27 @@ def test_an_archive_run_on_the_standby_is_not_told_forever_to_wait_for_a_removal
     # Now: RemovalRefused, retryable=True, "... is being removed by a run on the primary right now (its transaction
     # N is still open)", on every retry.
     assert error is None or not error.retryable, (type(error).__name__, error.retryable, str(error))
+
+
+def minio_wrong_region(handler, method, body):
+    """MinIO's (and RustFS's, Garage-alikes') answer to a request signed for another region than the server's: its
+    own words, which name the expected region only (not the wrong one in quotes, as AWS does)."""
+    return _xml_error(400, "AuthorizationHeaderMalformed",
+                      "The authorization header is malformed; the region is wrong; expecting 'eu-central-1'.")
+
+
+def test_a_minio_bucket_in_another_region_is_still_told_as_the_region(conn, schema, ev, s3, bucket, temp_dir):
+    """A user archives to a MinIO server configured with region eu-central-1 (MINIO_SITE_REGION) while
+    ARCHIVE_S3_REGION is unset (us-east-1). MinIO answers every request 400 AuthorizationHeaderMalformed "The
+    authorization header is malformed; the region is wrong; expecting 'eu-central-1'." Before the pq fix this was
+    told as the region (set ARCHIVE_S3_REGION). The fix now takes only "region '<r>' is wrong" (AWS's wording) for
+    the region, so MinIO's "the region is wrong" falls to the other AuthorizationHeaderMalformed: the
+    credentials' remedy; the user checks keys that are right. Should: any "region ... is wrong" / "expecting
+    '<region>'" answer is the region's (`errors._classify_boto`: the regex `region '[^']*' is wrong`)."""
+    with DialectProxy(s3.endpoint_url, before=[minio_wrong_region]) as proxy:
+        store = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        with pytest.raises(ArchiveError) as caught:
+            archive_partition(conn, ev, DAY, store, temp_dir=temp_dir)
+    error = caught.value
+    said = f"{error.cause} {error.remedy}"
+    assert "ARCHIVE_S3_REGION" in (error.remedy or ""), said
