@@ -987,8 +987,13 @@ class _Archiving:
                              "leftover); the previous archive was put back", table=self.spec.name,
                              day=self.day.isoformat(), retryable=True,
                              remedy="retried automatically; archive each table from one server only")
-        _quietly(error, f"put back the previous manifest {self.manifest_key}", lambda: self.store.put_bytes(
-            self.manifest_key, existing.raw, "application/json", if_match=self.store.etag_of(data)))
+        def put_back() -> None:  # only over ours (If-Match where ETags are MD5s; read back first either way: a
+            current = self._stored_manifest()  # later run's commit is never replaced)
+            if current == data:
+                self.store.put_bytes(self.manifest_key, existing.raw, "application/json",
+                                     if_match=self.store.etag_of(current))
+
+        _quietly(error, f"put back the previous manifest {self.manifest_key}", put_back)
         raise error
 
     def _undo_commit(self, exc: BaseException, result: ArchiveResult, existing: Existing) -> None:

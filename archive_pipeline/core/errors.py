@@ -619,8 +619,9 @@ def _classify_boto(exc: BaseException) -> Classification | None:
             return _S3_UNSUPPORTED
         if error.get("Code") == "InvalidPart" and "same length" in said:  # R2's rule of equal parts
             return _S3_UNEQUAL_PARTS
-        if error.get("Code") == "AuthorizationHeaderMalformed" and re.search(r"\bregion '[^']*' is wrong", said):
-            # "the region 'us-east-1' is wrong; expecting 'eu-west-1'": signed for another region
+        if error.get("Code") == "AuthorizationHeaderMalformed" and re.search(r"\bregion (?:'[^']*' )?is wrong", said):
+            # "the region 'us-east-1' is wrong; expecting 'eu-west-1'" (AWS), "the region is wrong; expecting
+            # 'eu-central-1'" (MinIO): signed for another region
             return _S3_REGION  # (else a malformed credential: the keys' settings)
         return _s3_code(str(error.get("Code", "")), int(status))
     if isinstance(exc, bx.BotoCoreError):

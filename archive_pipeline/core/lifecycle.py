@@ -558,8 +558,12 @@ def _still_removing(conn: psycopg.Connection, spec: TableSpec, day: Period, stor
     try:
         with conn.transaction():
             status = conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
-    except psycopg.Error as exc:  # "in the future": the primary gave it out, and the standby has not replayed it yet
-        status = "in progress" if "in the future" in str(exc) else None
+    except psycopg.Error as exc:  # "in the future": the primary gave it out a moment ago, and the standby has not
+        # replayed it yet; a mark older than that is a lost timeline's (a promoted standby keeps the system id)
+        marked = _parse_time(mark.get("at"))
+        recent = marked is not None and marked.tzinfo is not None and \
+            dt.datetime.now(dt.UTC) - marked < dt.timedelta(minutes=10)
+        status = "in progress" if "in the future" in str(exc) and recent else None
     except ValueError:
         return
     if status == "in progress":
