@@ -782,6 +782,9 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
         return NewerManifestError.remedy
     if "does not replace another table-day's archive" in problem:  # another table-day's, intact (its own remedy)
         return ForeignManifestError.remedy
+    if "another period with the same key" in problem:  # the table's zone or granularity changed: intact, not ours
+        return ("archive the day again with overwrite as the table is now configured, or configure the table as it "
+                "was when the day was archived (its archive is intact: it holds that other period's rows)")
     if "not checked" in problem:  # nothing was checked: what kept it from being checked says what to do
         if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
             own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
@@ -928,15 +931,16 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if archived is None:
                 continue
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
+                # (with --deep, another period's archive is the proof's to refuse: no verdict, as it says)
                 problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                          owner=(spec.name, day.isoformat()), period=day)
+                                          owner=(spec.name, day.isoformat()), period=None if deep else day)
                 if problems:  # the day archived again meanwhile (a new generation)? then that one is checked
                     now = plan.lookup_manifests(run.store, spec, [day])[day].archived
                     if now is not None and now.manifest.get("manifest_sha256") != \
                             archived.manifest.get("manifest_sha256"):
                         archived = now
                         problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                                  owner=(spec.name, day.isoformat()), period=day)
+                                                  owner=(spec.name, day.isoformat()), period=None if deep else day)
                 if deep and not problems:
                     problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
                                             scratch_conn=run.scratch)
