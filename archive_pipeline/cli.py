@@ -995,9 +995,13 @@ def compare(run: Run, show_rows: bool) -> None:
         for c in results:
             if c.result == "differs":
                 def prove(c=c) -> list[str]:  # (the manifest read again inside: a failed read is this day's alone)
-                    archived = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day].archived
-                    return deep_verify(run.conn, run.store, specs[c.table], c.day,
-                                       manifest=archived.manifest if archived is not None else None,
+                    found = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day]
+                    if found.problem:  # ("not checked (retryable): reading manifest ... failed", or damaged since)
+                        return [found.problem]
+                    if found.archived is None:
+                        return [f"not checked: no archive of the day was found again at {run.store.uri(found.key)} "
+                                "(removed or replaced meanwhile): compare again"]
+                    return deep_verify(run.conn, run.store, specs[c.table], c.day, manifest=found.archived.manifest,
                                        scratch_conn=run.scratch)
 
                 details[(c.table, c.day.isoformat())] = _day_checked(run, c.table, c.day, prove)

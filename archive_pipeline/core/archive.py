@@ -982,19 +982,22 @@ class _Archiving:
                 return
             if attempt == 0:
                 time.sleep(1.0)
-        error = ArchiveError(f"{self.spec.name} {self.day}: the new object {self.store.uri(result.key)} was gone once "
-                             "its manifest was written (a run of the day on another server removed it as a "
-                             "leftover); the previous archive was put back", table=self.spec.name,
-                             day=self.day.isoformat(), retryable=True,
-                             remedy="retried automatically; archive each table from one server only")
-        def put_back() -> None:  # only over ours (If-Match where ETags are MD5s; read back first either way: a
-            current = self._stored_manifest()  # later run's commit is never replaced)
+        gone = (f"{self.spec.name} {self.day}: the new object {self.store.uri(result.key)} was gone once its manifest "
+                "was written (a run of the day on another server removed it as a leftover)")
+        remedy = "retried automatically; archive each table from one server only"
+        try:  # only over ours (If-Match where ETags are MD5s, and read back first either way: a later run's
+            current = _get_manifest_bytes(self.store, self.manifest_key)  # commit is never replaced)
             if current == data:
                 self.store.put_bytes(self.manifest_key, existing.raw, "application/json",
                                      if_match=self.store.etag_of(current))
-
-        _quietly(error, f"put back the previous manifest {self.manifest_key}", put_back)
-        raise error
+                said = "the previous archive was put back"
+            else:
+                said = "another run's manifest is there now, and was left as it is"
+        except Exception as exc:  # noqa: BLE001 - said as it is: the retry finds the object missing and archives again
+            said = (f"putting the previous archive back failed ({getattr(exc, 'message', exc)}): the day's manifest "
+                    "names the missing object until the retry archives the day again")
+        raise ArchiveError(f"{gone}; {said}", table=self.spec.name, day=self.day.isoformat(), retryable=True,
+                           remedy=remedy)
 
     def _undo_commit(self, exc: BaseException, result: ArchiveResult, existing: Existing) -> None:
         if existing.raw is not None:
