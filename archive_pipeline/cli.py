@@ -1109,6 +1109,13 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     if failure is not None:
         lost = run.lost or isinstance(failure, psycopg.OperationalError)
         message = _for_the_cli(redact(str(failure), *_passwords()))
+        failed_table, failed_day = getattr(failure, "table", None), getattr(failure, "day", None)
+        if not lost and failed_table and failed_day and getattr(failure, "retryable", None) is False:
+            # a day that fails for good stops the range: the days after it (and the tables after) are named,
+            # with the command that restores them (the same command again would stop at the same day)
+            created = next((r.target for r in results if r.table == failed_table), None)
+            message += "; then: " + _the_rest(run, chosen, failed_table, failed_day, into, target or created,
+                                               on_conflict, skipped=failed_day)
         configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES  # a target that is not there
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
@@ -1121,6 +1128,29 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         raise Failed(f"some requested days have no archive (see `{shlex.join(run.command('list'))}`)")
 
 
+def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target: str | None, on_conflict: str,
+              skipped: str = "") -> str:
+    """What restores the rest of a range stopped after ``after`` (a day of ``table``; ``skipped``: the day that failed,
+    left out): the command for the table's later days (into the target the run created or was given: existing, not
+    new, which would refuse it), then the tables not reached. Running the same command again would load the
+    committed days a second time, or stop at the same failed day."""
+    names = [s.name for s, _ in chosen]
+    rest = [d for s, days in chosen if s.name == table for d in days if d.isoformat() > after]
+    again = [*run.command("restore"), "--table", table]
+    if rest:
+        again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]
+    again += ["--into", "existing" if into == "new" else into]
+    if into != "original" and target:
+        again += ["--target", target]
+    if on_conflict != "fail":
+        again += ["--on-conflict", on_conflict]
+    others = names[names.index(table) + 1:] if table in names else []
+    left = (f"run {shlex.join(again)} to restore the rest of {table} ({', '.join(d.isoformat() for d in rest[:5])}"
+            f"{', ...' if len(rest) > 5 else ''}{', without ' + skipped if skipped else ''})" if rest
+            else f"{table} is done" + (f" but for {skipped}" if skipped else ""))
+    return left + (f", then the other tables ({', '.join(others)})" if others else "")
+
+
 def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing: list, chosen: list, into: str,
                        target: str | None, on_conflict: str) -> None:
     """A restore of several days stopped by Ctrl-C or SIGTERM after some were committed: those are listed (they
@@ -1129,21 +1159,10 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     terminated = isinstance(exc, Terminated)
     code = 143 if terminated else 130
     last = results[-1]
-    spec = next(s for s, _ in chosen if s.name == last.table)
-    rest = [d for s, days in chosen if s.name == last.table for d in days if d.isoformat() > last.day]
-    again = [*run.command("restore"), "--table", spec.name]
-    if rest:
-        again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]
-    again += ["--into", "existing" if into == "new" else into]
-    if into != "original":
-        again += ["--target", target or last.target]
-    if on_conflict != "fail":
-        again += ["--on-conflict", on_conflict]
-    others = [s.name for s, _ in chosen][[s.name for s, _ in chosen].index(spec.name) + 1:]
-    left = (f"run {shlex.join(again)} to restore the rest of {spec.name}" if rest else f"{spec.name} is done")
-    left += f", then the other tables ({', '.join(others)})" if others else ""
+    left = _the_rest(run, chosen, last.table, last.day, into, target or last.target, on_conflict)
+    spec_name = last.table
     how = "by SIGTERM" if terminated else "by Ctrl-C"
-    message = (f"restoring {spec.name} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
+    message = (f"restoring {spec_name} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
                f"stay restored); the day being restored was rolled back; to fix: {left}")
     if run.as_json:
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,

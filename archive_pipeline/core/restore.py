@@ -994,6 +994,21 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
     return CatalogText(type_text)
 
 
+def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """Add to a table an earlier restore of this table created (``into='new'``: it carries the restore mark) the
+    archived columns it lacks, nullable, of their recorded types: the source gained them between the days a range
+    restores, and the table made from the first day's definition refused every later day ("column does not
+    exist"), however often the range was restored again. Only such a table: any other target is the user's."""
+    oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (relation.identifier.as_string(conn),)
+                       ).fetchone()[0]
+    have = set(column_names(conn, oid).values())
+    for column in table_definition(manifest)["columns"]:
+        if column["name"] not in have:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                relation.identifier, sql.Identifier(column["name"]),
+                checked_type_sql(conn, column["type"], f"column {column['name']!r}")))
+
+
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
                   inherits: Sequence[Relation] = ()) -> None:
     # the parents' columns come with them, with the parents' types (a column widened since: bigint)
@@ -2114,6 +2129,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                         return _already_restored(relation, manifest, started)
                     into = "existing"
                 relation, to_create = _resolve_target(conn, manifest, into, relation)
+                if marked is not None and not to_create and _owns(conn, relation):
+                    _widen_own(conn, manifest, relation)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
                 # the day is the whole target: a new table, or the day's own table (naming mode)
                 whole = into == "new" or (into == "original" and not manifest.get("day_column"))
