@@ -79,5 +79,5 @@ def test_a_range_restore_into_new_whose_first_day_fails_for_good_names_a_command
     assert "then: run " in error, error
     suggested = shlex.split(error.split("then: run ", 1)[1].split(" to restore the rest", 1)[0])
     assert suggested[:2] == ["archive-pipeline", "restore"], suggested
-    again = cli(env, *suggested[2:], "--json")
+    again = cli(env, *suggested[1:], "--json")
     assert again.returncode == 0, again.stdout + again.stderr
