@@ -81,3 +81,62 @@ def test_a_range_restore_into_new_whose_first_day_fails_for_good_names_a_command
     assert suggested[:2] == ["archive-pipeline", "restore"], suggested
     again = cli(env, *suggested[1:], "--json")
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def _ev_range(pg, conn, schema, s3, bucket, tmp_path, change: str):
+    """ev archived D0, D1; `change` applied to the source; D2, D3 archived; the rows deleted (retention)."""
+    days = [utc_today() - dt.timedelta(days=n) for n in range(6, 2, -1)]
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at timestamptz NOT NULL, note text NOT NULL, "
+                         "extra int)").format(s))
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": days[0].isoformat()}
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    env = _env(pg, s3, bucket, config)
+
+    def fill(i: int) -> None:
+        conn.execute(sql.SQL("INSERT INTO {}.ev (id, at) SELECT g, %s::timestamptz + g * interval '1 minute' "
+                             "FROM generate_series(%s::int, %s::int) g").format(s) if i >= 2 else
+                     sql.SQL("INSERT INTO {}.ev (id, at, note) SELECT g, %s::timestamptz + g * interval '1 minute', "
+                             "'n' || g FROM generate_series(%s::int, %s::int) g").format(s),
+                     (days[i].isoformat(), i * 100, i * 100 + 4))
+
+    fill(0), fill(1)
+    cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[1].isoformat())
+    conn.execute(sql.SQL(change).format(s))
+    fill(2), fill(3)
+    cli_json(env, "archive", "--from", days[2].isoformat(), "--to", days[3].isoformat())
+    conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))
+    return env, days
+
+
+def test_a_range_restored_into_a_new_table_across_a_not_null_column_dropped_from_the_source_is_not_refused(
+        pg, conn, schema, s3, bucket, tmp_path):
+    """The mirror of the fixed case (a column added mid-range): the source DROPPED a NOT NULL column mid-month
+    (`ALTER TABLE ev DROP COLUMN note`). D0, D1 were archived with it, D2, D3 without. The user recovers the
+    range: `restore --from D0 --to D3 --into new --target T`. T is created from D0's definition (note text NOT
+    NULL), D1 loads, D2 fails for good: `null value in column "note" ... violates not-null constraint`, and
+    running it again (T carries the mark: resumed) fails at D2 the same way, forever. The restore's own table
+    refuses a day of the range; as _widen_own takes later days' added columns, a column a later day lacks must
+    not refuse it (its NOT NULL dropped on the table the restore created), so every day restores."""
+    env, days = _ev_range(pg, conn, schema, s3, bucket, tmp_path, "ALTER TABLE {}.ev DROP COLUMN note")
+    done = cli(env, "restore", "--from", days[0].isoformat(), "--to", days[3].isoformat(), "--into", "new",
+               "--target", f"{schema}.back", "--json")
+    answer = _json(done)
+    assert done.returncode == 0 and "error" not in answer, answer.get("error")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.back").format(sql.Identifier(schema))).fetchone()[0] == 20
+
+
+def test_a_range_restored_into_a_new_table_across_a_renamed_column_is_not_refused(
+        pg, conn, schema, s3, bucket, tmp_path):
+    """The source RENAMED a NOT NULL column mid-month (`ALTER TABLE ev RENAME note TO label`, then rows with a
+    label). `restore --from D0 --to D3 --into new --target T`: T is created with `note NOT NULL`; for D2
+    _widen_own adds `label` (nullable) but `note` stays NOT NULL, so D2 fails for good (not-null violation), on
+    every run again. The restore's own table should take D2 (it holds D2's columns; the one D2 lacks no longer
+    refuses it)."""
+    env, days = _ev_range(pg, conn, schema, s3, bucket, tmp_path,
+                          "ALTER TABLE {0}.ev RENAME note TO label; ALTER TABLE {0}.ev ALTER label SET DEFAULT 'x'")
+    done = cli(env, "restore", "--from", days[0].isoformat(), "--to", days[3].isoformat(), "--into", "new",
+               "--target", f"{schema}.back", "--json")
+    answer = _json(done)
+    assert done.returncode == 0 and "error" not in answer, answer.get("error")
