@@ -931,16 +931,17 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if archived is None:
                 continue
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
-                # (with --deep, another period's archive is the proof's to refuse: no verdict, as it says)
+                # (with --deep, another period's archive is the proof's to refuse: no verdict, as it says; a removed
+                # day's proof is by its archive alone, so its period is checked here)
                 problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                          owner=(spec.name, day.isoformat()), period=None if deep else day)
+                                          owner=(spec.name, day.isoformat()), period=None if deep and not archived.removed else day)
                 if problems:  # the day archived again meanwhile (a new generation)? then that one is checked
                     now = plan.lookup_manifests(run.store, spec, [day])[day].archived
                     if now is not None and now.manifest.get("manifest_sha256") != \
                             archived.manifest.get("manifest_sha256"):
                         archived = now
                         problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                                  owner=(spec.name, day.isoformat()), period=None if deep else day)
+                                                  owner=(spec.name, day.isoformat()), period=None if deep and not archived.removed else day)
                 if deep and not problems:
                     problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
                                             scratch_conn=run.scratch)
@@ -1115,7 +1116,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
             # with the command that restores them (the same command again would stop at the same day)
             created = next((r.target for r in results if r.table == failed_table), None)
             message += "; then: " + _the_rest(run, chosen, failed_table, failed_day, into, target or created,
-                                               on_conflict, skipped=failed_day)
+                                               on_conflict, skipped=failed_day, created=created is not None)
         configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES  # a target that is not there
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
@@ -1129,17 +1130,17 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
 
 def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target: str | None, on_conflict: str,
-              skipped: str = "") -> str:
+              skipped: str = "", created: bool = True) -> str:
     """What restores the rest of a range stopped after ``after`` (a day of ``table``; ``skipped``: the day that failed,
-    left out): the command for the table's later days (into the target the run created or was given: existing, not
-    new, which would refuse it), then the tables not reached. Running the same command again would load the
+    left out): the command for the table's later days (into the target the run ``created`` or was given: existing,
+    not new, which would refuse it), then the tables not reached. Running the same command again would load the
     committed days a second time, or stop at the same failed day."""
     names = [s.name for s, _ in chosen]
     rest = [d for s, days in chosen if s.name == table for d in days if d.isoformat() > after]
     again = [*run.command("restore"), "--table", table]
     if rest:
         again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]
-    again += ["--into", "existing" if into == "new" else into]
+    again += ["--into", "existing" if into == "new" and created else into]  # (new: if nothing created it yet)
     if into != "original" and target:
         again += ["--target", target]
     if on_conflict != "fail":

@@ -996,17 +996,25 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
 
 def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
     """Add to a table an earlier restore of this table created (``into='new'``: it carries the restore mark) the
-    archived columns it lacks, nullable, of their recorded types: the source gained them between the days a range
-    restores, and the table made from the first day's definition refused every later day ("column does not
-    exist"), however often the range was restored again. Only such a table: any other target is the user's."""
+    archived columns it lacks, nullable, of their recorded types, and let those the day lacks take NULL: the
+    source gained, dropped or renamed them between the days a range restores, and the table made from the first
+    day's definition refused every later day ("column does not exist", a NOT NULL), however often the range was
+    restored again. Only such a table: any other target is the user's."""
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (relation.identifier.as_string(conn),)
                        ).fetchone()[0]
     have = set(column_names(conn, oid).values())
+    archived = [column["name"] for column in table_definition(manifest)["columns"]]
     for column in table_definition(manifest)["columns"]:
         if column["name"] not in have:
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 relation.identifier, sql.Identifier(column["name"]),
                 checked_type_sql(conn, column["type"], f"column {column['name']!r}")))
+    # a column the day lacks (dropped or renamed in the source since an earlier day) takes NULL for its rows
+    for name in sorted(have - set(archived)):
+        if conn.execute("SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attname = %s",
+                        (oid, name)).fetchone()[0]:
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+                relation.identifier, sql.Identifier(name)))
 
 
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
