@@ -789,8 +789,8 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
         if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
             own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
             return f"{own}; then verify the day again (it was not checked)"
-        return f"verify the day again ({run.suggest('verify', table, day, *how)}) once the database and store answer: it " \
-               "was not checked"
+        return (f"verify the day again ({run.suggest('verify', table, day, *how)}) once the database and store "
+                "answer: it was not checked")
     return (f"if the source still holds the day as it should be ({run.suggest('compare', table, day)}), archive "
             f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
@@ -931,17 +931,20 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if archived is None:
                 continue
             def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
-                # (with --deep, another period's archive is the proof's to refuse: no verdict, as it says; a removed
-                # day's proof is by its archive alone, so its period is checked here)
-                problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                          owner=(spec.name, day.isoformat()), period=None if deep and not archived.removed else day)
+                def stored(archived) -> list[str]:
+                    # (with --deep, another period's archive is the proof's to refuse: no verdict, as it says; a
+                    # removed day's proof is by its archive alone, so its period is checked here)
+                    return verify_archive(run.store, found.key, archived.expected, deep=download,
+                                          owner=(spec.name, day.isoformat()),
+                                          period=None if deep and not archived.removed else day)
+
+                problems = stored(archived)
                 if problems:  # the day archived again meanwhile (a new generation)? then that one is checked
                     now = plan.lookup_manifests(run.store, spec, [day])[day].archived
                     if now is not None and now.manifest.get("manifest_sha256") != \
                             archived.manifest.get("manifest_sha256"):
                         archived = now
-                        problems = verify_archive(run.store, found.key, archived.expected, deep=download,
-                                                  owner=(spec.name, day.isoformat()), period=None if deep and not archived.removed else day)
+                        problems = stored(archived)
                 if deep and not problems:
                     problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
                                             scratch_conn=run.scratch)
@@ -969,7 +972,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
-    unverified = f"nothing was verified: no day in the selection is archived (see `{shlex.join(run.command('list'))}`)"
+    unverified = ("nothing was verified: no day in the selection is archived "
+                  f"(see `{shlex.join(run.command('list'))}`)")
     # (a script reads why in the answer itself, as for any failed command)
     run.emit({"ok": not bad and not nothing, "days": results,
               **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
@@ -1161,9 +1165,8 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     code = 143 if terminated else 130
     last = results[-1]
     left = _the_rest(run, chosen, last.table, last.day, into, target or last.target, on_conflict)
-    spec_name = last.table
     how = "by SIGTERM" if terminated else "by Ctrl-C"
-    message = (f"restoring {spec_name} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
+    message = (f"restoring {last.table} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
                f"stay restored); the day being restored was rolled back; to fix: {left}")
     if run.as_json:
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
