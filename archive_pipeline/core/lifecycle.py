@@ -528,9 +528,9 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     require_autocommit(conn, "settling a pending removal")
     day = spec.period(day)
     try:
-        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        if _in_recovery(conn):
             _still_removing(conn, spec, day, store, key)  # (the primary's removal, which this lock does not see)
-        _require_primary(conn, spec, day, f"settling the removal of {spec.name} {day}")
+            raise _primary_needed(spec, day, f"settling the removal of {spec.name} {day}")
         with table_day_lock(conn, spec.name, day):
             key = key or keys.table_day_key(spec, day, store.prefix)
             manifest = _trusted_manifest(store, spec, day, key)
@@ -556,8 +556,7 @@ def _still_removing(conn: psycopg.Connection, spec: TableSpec, day: Period, stor
     if xid is None or mark.get("system") and mark["system"] != server_identity(conn)[1]:  # (another cluster's id)
         return
     try:
-        with conn.transaction():
-            status = conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
+        status = _transaction_status(conn, xid)
     except psycopg.Error as exc:  # "in the future": the primary gave it out a moment ago, and the standby has not
         # replayed it yet; a mark older than that is a lost timeline's (a promoted standby keeps the system id)
         marked = _parse_time(mark.get("at"))
@@ -574,11 +573,26 @@ def _still_removing(conn: psycopg.Connection, spec: TableSpec, day: Period, stor
 
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:
     """Removals write to the source: a hot standby refuses them, so say where to run them instead."""
-    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-        raise RemovalRefused(f"{what} must run on the primary, and this connection is a hot standby: set "
-                             "ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal of the day (the code "
-                             "location's and the command line's removals run there)", table=spec.name,
-                             day=day.isoformat())
+    if _in_recovery(conn):
+        raise _primary_needed(spec, day, what)
+
+
+def _in_recovery(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` is a hot standby."""
+    return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+
+
+def _primary_needed(spec: TableSpec, day: Period, what: str) -> RemovalRefused:
+    return RemovalRefused(f"{what} must run on the primary, and this connection is a hot standby: set "
+                          "ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal of the day (the code "
+                          "location's and the command line's removals run there)", table=spec.name,
+                          day=day.isoformat())
+
+
+def _transaction_status(conn: psycopg.Connection, xid: object) -> str | None:
+    """PostgreSQL's txid_status of a removal mark's transaction (raises where the id is in the future, ...)."""
+    with conn.transaction():
+        return conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
 
 
 def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
@@ -614,8 +628,7 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
         why = f"its transaction {xid} ran on another cluster (system {mark['system']}, this one is {here}); "
     elif xid is not None:
         try:
-            with conn.transaction():
-                status = conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
+            status = _transaction_status(conn, xid)
         except (psycopg.Error, ValueError) as exc:  # e.g. "in the future": another cluster's transaction
             status, unknown = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
         else:
