@@ -28,6 +28,7 @@ from typing import Any
 
 import click
 import psycopg
+from psycopg.pq import TransactionStatus
 from botocore.exceptions import BotoCoreError
 from rich.console import Console
 from rich.cells import cell_len
@@ -213,6 +214,25 @@ class Run:
         if self._standby is None:
             self._standby = self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         return self.primary if self._standby else None
+
+    def between_days(self) -> None:
+        """Check with one round trip each session a day before used, and forget those the server ended while
+        they sat idle (terminated, the server restarted): such a loss shows only at the next query, which was
+        the next day's, so that day failed (and the range stopped) for its neighbour's idle session. Dagster's
+        ranged runs do the same (defs/assets._Source.get)."""
+        for name in ("_conn", "_primary"):
+            conn = getattr(self, name)
+            if conn is None or conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                continue  # (none yet; lost by a day, which said so; inside a transaction, not ours to end)
+            try:
+                conn.execute("SELECT 1")
+                continue
+            except psycopg.OperationalError:
+                pass  # gone: the next use opens a new one
+            conn.close()
+            setattr(self, name, None)
+            if name == "_conn":
+                self._standby = None
 
     @property
     def lost(self) -> bool:
@@ -834,6 +854,7 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
             elapsed = max(time.monotonic() - started, 1e-6)
             progress.update(task, completed=rows, size=_size(size), rate=f"{rows / elapsed:,.0f} rows/s")
 
+    run.between_days()
     if progress is not None:  # a bar with an end where the catalog knows the day's size for free
         estimate = plan.catalog_estimate(run.conn, spec, day)
         task = progress.add_task(f"{spec.name} {day}", total=estimate.rows if estimate and estimate.rows else None,
@@ -895,6 +916,7 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     download, say) is a problem of that day, and the other days are still checked. A lost database
     connection ends the command (exit 3): the next day would fail the same way."""
     try:
+        run.between_days()
         return check()
     except (ArchiveError, psycopg.Error) as exc:
         if run.lost:
@@ -1218,6 +1240,7 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
             continue
         if day not in present and day not in pending:
             continue
+        run.between_days()
         try:
             removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
         except RemovalRefused as exc:
