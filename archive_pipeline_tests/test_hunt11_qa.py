@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from psycopg import sql
+
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.verify import load_manifest
@@ -91,3 +93,47 @@ def test_an_archive_run_on_the_standby_meeting_a_removal_between_its_commit_and_
     # Now: RemovalRefused, retryable=False, "settling the removal ... must run on the primary, and this connection
     # is a hot standby: set ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal of the day ..."
     assert error.retryable and "ARCHIVE_PG_PRIMARY_DSN" not in str(error), (error.retryable, str(error))
+
+
+def test_a_range_restored_into_a_new_table_across_a_renamed_primary_key_column_is_not_refused(
+        pg, conn, schema, s3, bucket, tmp_path):
+    """A plain table `ev (id int PRIMARY KEY, at timestamptz NOT NULL, note text)` (column mode) whose key column
+    was renamed mid-month (`ALTER TABLE ev RENAME id TO event_id`): D0, D1 archived before, D2, D3 after. The
+    user recovers the range: `restore --from D0 --to D3 --into new --target T`. T is created from D0's definition,
+    with its PRIMARY KEY (id). For D2 the hunt-10 fix (restore._widen_own) adds `event_id` and then drops NOT NULL
+    on the column D2 lacks, `id`: PostgreSQL refuses (`column "id" is in a primary key`), so D2 fails, not
+    retryable, on every run again - the same dead end the fix was for (a renamed column), now for the most
+    commonly renamed column of all. Expected: the restore's own table takes every day of the range (a key
+    column the day lacks cannot stay the table's key: the restore-created table's primary key is dropped, or
+    widened to the columns both days have). Fix idea: in _widen_own, drop the restore-created table's PRIMARY
+    KEY constraint when it holds a column the day lacks (before DROP NOT NULL)."""
+    from archive_pipeline_tests.test_hunt10_px import _env
+    from archive_pipeline_tests.conftest import utc_today
+    from archive_pipeline_tests.test_cli import cli_json
+    import yaml
+
+    days = [utc_today() - dt.timedelta(days=n) for n in range(6, 2, -1)]
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(s))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [{"name": f"{schema}.ev", "day_column": "at",
+                                                  "start_date": days[0].isoformat()}]}))
+    env = _env(pg, s3, bucket, config)
+
+    def fill(i: int, key: str) -> None:
+        conn.execute(sql.SQL("INSERT INTO {}.ev ({}, at, note) SELECT g, %s::timestamptz + g * interval '1 minute', "
+                             "'n' || g FROM generate_series(%s::int, %s::int) g").format(s, sql.Identifier(key)),
+                     (days[i].isoformat(), i * 100, i * 100 + 4))
+
+    fill(0, "id"), fill(1, "id")
+    cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[1].isoformat())
+    conn.execute(sql.SQL("ALTER TABLE {}.ev RENAME id TO event_id").format(s))
+    fill(2, "event_id"), fill(3, "event_id")
+    cli_json(env, "archive", "--from", days[2].isoformat(), "--to", days[3].isoformat())
+    conn.execute(sql.SQL("DELETE FROM {}.ev").format(s))
+    done = cli(env, "restore", "--from", days[0].isoformat(), "--to", days[3].isoformat(), "--into", "new",
+               "--target", f"{schema}.back", "--json")
+    answer = json.loads(done.stdout)
+    # Now: D0, D1 restored; D2 fails: 'column "id" is in a primary key' (not retryable), every run again
+    assert done.returncode == 0 and "error" not in answer, answer.get("error")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.back").format(s)).fetchone()[0] == 20
