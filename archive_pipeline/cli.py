@@ -1082,8 +1082,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import RestoreResult, encoding_problem, iter_restore_days, name_problem, \
-        parse_relation
+    from archive_pipeline.core.restore import RestoreResult, TargetError, encoding_problem, iter_restore_days, \
+        name_problem, parse_relation
 
     target = _utf8(target) if target else target
 
@@ -1139,10 +1139,14 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         failed_table, failed_day = getattr(failure, "table", None), getattr(failure, "day", None)
         if not lost and failed_table and failed_day and getattr(failure, "retryable", None) is False:
             # a day that fails for good stops the range: the days after it (and the tables after) are named,
-            # with the command that restores them (the same command again would stop at the same day)
+            # with the command that restores them (the same command again would stop at the same day); a target
+            # refusing every day alike (missing, already there) stopped at the day, which is restored with them
             created = next((r.target for r in results if r.table == failed_table), None)
-            message += "; then: " + _the_rest(run, chosen, failed_table, failed_day, into, target or created,
-                                               on_conflict, skipped=failed_day, created=created is not None)
+            of_target = isinstance(failure, TargetError)
+            if results or not of_target:  # (nothing restored yet and the target's fault: the same command again)
+                message += "; then: " + _the_rest(run, chosen, failed_table, failed_day, into, target or created,
+                                                   on_conflict, skipped="" if of_target else failed_day,
+                                                   created=created is not None, inclusive=of_target)
         configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES  # a target that is not there
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
@@ -1156,13 +1160,14 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
 
 def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target: str | None, on_conflict: str,
-              skipped: str = "", created: bool = True) -> str:
+              skipped: str = "", created: bool = True, inclusive: bool = False) -> str:
     """What restores the rest of a range stopped after ``after`` (a day of ``table``; ``skipped``: the day that failed,
-    left out): the command for the table's later days (into the target the run ``created`` or was given: existing,
+    left out; ``inclusive``: ``after`` itself is restored with them): the command for the table's later days (into the target the run ``created`` or was given: existing,
     not new, which would refuse it), then the tables not reached. Running the same command again would load the
     committed days a second time, or stop at the same failed day."""
     names = [s.name for s, _ in chosen]
-    rest = [d for s, days in chosen if s.name == table for d in days if d.isoformat() > after]
+    rest = [d for s, days in chosen if s.name == table for d in days
+            if d.isoformat() > after or (inclusive and d.isoformat() == after)]
     again = [*run.command("restore"), "--table", table]
     if rest:
         again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]

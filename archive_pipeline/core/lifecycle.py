@@ -548,20 +548,21 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
 
 def _still_removing(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str | None) -> None:
     """On a hot standby, refuse (retryable) to settle a pending mark whose removal is still running on the primary
-    (its transaction in progress, as the standby has replayed it): the table-day lock is the primary's, so that
-    removal was not seen, and "run it on the primary" told to configure what is configured."""
+    (its transaction in progress, as the standby has replayed it, or committed moments ago: its done mark on the
+    way): the table-day lock is the primary's, so that removal was not seen, and "run it on the primary" told to
+    configure what is configured.""",
     manifest = _trusted_manifest(store, spec, day, key or keys.table_day_key(spec, day, store.prefix))
     mark = (manifest or {}).get("removed") or {}
     xid = mark.get("xid") if removal_state(manifest) == "pending" else None
     if xid is None or mark.get("system") and mark["system"] != server_identity(conn)[1]:  # (another cluster's id)
         return
+    marked = _parse_time(mark.get("at"))
+    recent = marked is not None and marked.tzinfo is not None and \
+        dt.datetime.now(dt.UTC) - marked < dt.timedelta(minutes=10)
     try:
         status = _transaction_status(conn, xid)
     except psycopg.Error as exc:  # "in the future": the primary gave it out a moment ago, and the standby has not
         # replayed it yet; a mark older than that is a lost timeline's (a promoted standby keeps the system id)
-        marked = _parse_time(mark.get("at"))
-        recent = marked is not None and marked.tzinfo is not None and \
-            dt.datetime.now(dt.UTC) - marked < dt.timedelta(minutes=10)
         status = "in progress" if "in the future" in str(exc) and recent else None
     except ValueError:
         return
@@ -569,6 +570,12 @@ def _still_removing(conn: psycopg.Connection, spec: TableSpec, day: Period, stor
         raise RemovalRefused(f"{spec.name} {day} is being removed by a run on the primary right now (its transaction "
                              f"{xid} is still open); nothing was archived", table=spec.name, day=day.isoformat(),
                              retryable=True, remedy="retried automatically, once that removal has ended")
+    if status == "committed" and recent:  # committed, its "done" mark on its way to the store (a run that died
+        # here leaves the mark pending for good: after a while, the removal run on the primary settles it)
+        raise RemovalRefused(f"{spec.name} {day} was removed by a run on the primary moments ago (its transaction "
+                             f"{xid} committed), which is writing its done mark now; nothing was archived",
+                             table=spec.name, day=day.isoformat(), retryable=True,
+                             remedy="retried automatically, once that removal has marked the day done")
 
 
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:

@@ -60,6 +60,11 @@ class RestoreError(ArchiveError):
     """A restore could not be done as asked; nothing of it was committed."""
 
 
+class TargetError(RestoreError):
+    """The target refuses every day alike (missing, already there, not a table): nothing of the day's own, so
+    what restores the rest of a range once it is mended starts at the day it stopped at, not after it."""
+
+
 class TypeMissingError(RestoreError):
     """A column's recorded type does not exist in the database the rows are to be loaded into."""
 
@@ -999,7 +1004,8 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
     archived columns it lacks, nullable, of their recorded types, and let those the day lacks take NULL: the
     source gained, dropped or renamed them between the days a range restores, and the table made from the first
     day's definition refused every later day ("column does not exist", a NOT NULL), however often the range was
-    restored again. Only such a table: any other target is the user's."""
+    restored again (and its primary key, over a column the day lacks). Only such a table: any other target is the
+    user's."""
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (relation.identifier.as_string(conn),)
                        ).fetchone()[0]
     have = set(column_names(conn, oid).values())
@@ -1009,8 +1015,17 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 relation.identifier, sql.Identifier(column["name"]),
                 checked_type_sql(conn, column["type"], f"column {column['name']!r}")))
-    # a column the day lacks (dropped or renamed in the source since an earlier day) takes NULL for its rows
-    for name in sorted(have - set(archived)):
+    # a column the day lacks (dropped or renamed in the source since an earlier day) takes NULL for its rows; a
+    # primary key over it (the first day's, `id` renamed `event_id` since) cannot hold such rows: it goes, as
+    # the day's rows have no value for it (and the days before keep theirs)
+    lacking = have - set(archived)
+    for name, key in conn.execute(
+            "SELECT c.conname, ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.conrelid "
+            "AND a.attnum = ANY(c.conkey)) FROM pg_catalog.pg_constraint c WHERE c.conrelid = %s AND c.contype = 'p'",
+            (oid,)).fetchall():
+        if lacking.intersection(key):
+            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(relation.identifier, sql.Identifier(name)))
+    for name in sorted(lacking):
         if conn.execute("SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attname = %s",
                         (oid, name)).fetchone()[0]:
             conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
@@ -1076,23 +1091,23 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
     """(the relation rows go into, the relations to create first, in order) — creation is done by the caller."""
     if into == "new":
         if target is None:
-            raise RestoreError("restoring into a new table needs its name (target='schema.table')")
+            raise TargetError("restoring into a new table needs its name (target='schema.table')")
         kind = _kind(conn, target)
         if kind in _TABLE_KINDS:
-            raise RestoreError(f"{target} already exists; restore into it with into='existing', or choose a new name")
+            raise TargetError(f"{target} already exists; restore into it with into='existing', or choose a new name")
         if kind is not None:  # a type shares a table's name (its row type): CREATE TABLE would be refused
-            raise RestoreError(f"{target} is the name of {_KIND_WORDS[kind]} of that schema, not a table: a new table "
+            raise TargetError(f"{target} is the name of {_KIND_WORDS[kind]} of that schema, not a table: a new table "
                                "needs a name no table, view, index, sequence or type of the schema has",
                                remedy="choose another name for the new table (target='schema.other_name')")
         return target, [target]
     if into == "existing":
         kind = _kind(conn, target) if target is not None else None
         if kind is None:
-            raise RestoreError(f"table {str(target) if target else None!r} does not exist"
+            raise TargetError(f"table {str(target) if target else None!r} does not exist"
                                f"{_lookalike(conn, target) if target else ''}; create it or restore with into='new'",
                                cause=TABLE_MISSING)
         if kind not in _TABLE_KINDS and kind != "v":  # (an updatable view takes a JSONL restore's INSERT)
-            raise RestoreError(f"the target is not a table: {target} is {_KIND_WORDS[kind]}",
+            raise TargetError(f"the target is not a table: {target} is {_KIND_WORDS[kind]}",
                                remedy="restore into a table, or into a new one (into='new')")
         if kind == "v" and not conn.execute(  # 8: INSERT's bit (1 << CMD_INSERT) in pg_relation_is_updatable
                 "SELECT pg_catalog.pg_relation_is_updatable(%(v)s::pg_catalog.regclass, false) & 8 = 8 AND coalesce(("
@@ -1100,19 +1115,19 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
                 "FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(v)s::pg_catalog.regclass "
                 "AND a.attname::text = ANY(%(c)s)), true)",
                 {"v": target.identifier.as_string(conn), "c": manifest_columns(manifest)}).fetchone()[0]:
-            raise RestoreError(f"the target is not a table: {target} is a view that takes no INSERT (not automatically "
+            raise TargetError(f"the target is not a table: {target} is a view that takes no INSERT (not automatically "
                                "updatable, and no INSTEAD trigger or rule)",
                                remedy="restore into the view's base table, or into a new table (into='new')")
         if target == Relation.configured(manifest.get("source_relation") or manifest["table"]):
             _refuse_detached_partition(conn, manifest)  # the archived table itself: as into="original" is
         return target, []
     if into != "original":
-        raise RestoreError(f"into must be 'new', 'existing' or 'original', not {into!r}")
+        raise TargetError(f"into must be 'new', 'existing' or 'original', not {into!r}")
     relation = target or Relation.configured(manifest.get("source_relation") or manifest["table"])
     parent, child, bound = _refuse_detached_partition(conn, manifest)
     if child and bound and not _exists(conn, child):
         if not _exists(conn, parent):
-            raise RestoreError(f"the partitioned table {parent} does not exist; create it (or restore into a new "
+            raise TargetError(f"the partitioned table {parent} does not exist; create it (or restore into a new "
                                "table) and restore again")
         return parent, [child]
     if not _exists(conn, relation):
