@@ -70,3 +70,29 @@ def test_a_schema_named_with_a_line_feed_or_a_tab_is_printed_escaped_by_list_and
         for name in (lf, tab):
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
+
+def test_a_name_with_a_bidi_override_does_not_reverse_the_rest_of_its_row(pg, s3, bucket, conn, schema, tmp_path):
+    """A schema whose name holds U+202E RIGHT-TO-LEFT OVERRIDE (``t1<RLO>live``; pasted from RTL text, or
+    planted). What happens now: ``list`` prints it raw, and a terminal then renders the rest of the line right to
+    left: the row reads ``… 1ve.evil  01-30-4202  devihcra  1 …`` — the day, the state, the row count and the key
+    shown reversed (``2024-03-10`` as ``01-30-4202``), and the name itself looks like another one. The CLI
+    escapes C0/C1 controls for exactly this reason (a name must not change how the terminal shows the output);
+    the Unicode bidi controls (U+202A..U+202E, U+2066..U+2069, U+200E/U+200F, U+061C) do the same and are left raw.
+    What should happen: shown escaped (``\\u202e``) as a control character is; ``--json`` keeps the name exact.
+    Fix idea: add the bidi format characters to the CLI's ``_CONTROL``."""
+    rlo = f"{schema}\u202elive"
+    entries = _one_row_tables(conn, [(rlo, "ev1")])
+    try:
+        config = tmp_path / "tables.yaml"
+        config.write_text(yaml.safe_dump({"tables": entries}, allow_unicode=True), encoding="utf-8")
+        env = _env(pg, s3, bucket, config)
+        assert _cli(env, "archive", "--day", DAY.isoformat()).exit_code == 0
+        for args in (("list",), ("verify",)):
+            shown = _cli(env, *args)
+            assert shown.exit_code == 0, shown.stdout + shown.stderr
+            assert "\u202e" not in shown.stdout, (args, ascii(shown.stdout))
+            assert f"{schema}\\u202elive.ev1" in shown.stdout, (args, ascii(shown.stdout))
+        as_json = _cli(env, "list", "--json")
+        assert "\u202e" in as_json.stdout or "\\u202e" in as_json.stdout  # exact there
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(rlo)))
