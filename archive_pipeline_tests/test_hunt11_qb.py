@@ -96,3 +96,37 @@ def test_a_name_with_a_bidi_override_does_not_reverse_the_rest_of_its_row(pg, s3
         assert "\u202e" in as_json.stdout or "\\u202e" in as_json.stdout  # exact there
     finally:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(rlo)))
+
+
+def test_restore_into_an_existing_table_whose_column_differs_only_in_normal_form_names_that_column(
+        conn, schema, store, temp_dir):
+    """A table with a column ``café`` spelled NFD (``e`` + U+0301, as macOS file names give it) is archived; the
+    user restores the day into an existing table they created by hand, typing ``café`` (NFC). What happens now:
+    ``RestoreError: ... the table, column or schema does not exist (any more) (UndefinedColumn: column "café" of
+    relation "tgt" does not exist ...); to fix: ... add the one named``: the column it names looks exactly like
+    the target's own, and ``ALTER TABLE tgt ADD COLUMN "café"`` typed by the user says it already exists. Missing
+    tables and configured columns name such a lookalike (``_differs``: "differs from it only in how its letters
+    are encoded (Unicode NFC against NFD: 'caf\\xe9' against 'cafe\\u0301')"); the restore's missing column does
+    not. What should happen: the message names the target's column that differs only in normal form, with both
+    spellings told apart (``ascii()``), so the user renames it. Fix idea: on UndefinedColumn, look the archived
+    names up among the target's columns with source.lookalike_hint."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    nfc, nfd = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz, {} text)").format(
+        sql.Identifier(schema, "ev"), sql.Identifier(nfd)))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00', 'x')").format(sql.Identifier(schema, "ev")))
+    spec = parse_config({"tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-01"}]}).tables[0]
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz, {} text)").format(
+        sql.Identifier(schema, "tgt"), sql.Identifier(nfc)))
+    try:
+        restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.tgt", temp_dir=temp_dir)
+    except RestoreError as exc:
+        said = f"{exc} {exc.remedy}"
+    else:
+        raise AssertionError("restored into a table that lacks the archived column")
+    assert ascii(nfd) in said and ascii(nfc) in said, said  # the two spellings told apart
+    assert "NFC" in said or "normal form" in said, said
