@@ -130,3 +130,28 @@ def test_restore_into_an_existing_table_whose_column_differs_only_in_normal_form
         raise AssertionError("restored into a table that lacks the archived column")
     assert ascii(nfd) in said and ascii(nfc) in said, said  # the two spellings told apart
     assert "NFC" in said or "normal form" in said, said
+
+
+def test_a_table_name_is_printed_as_it_is_not_reworded_as_a_core_message(pg, s3, bucket, conn, schema, tmp_path):
+    """Tables named ``imports (overwrite)`` and ``retrying later`` (PostgreSQL takes any text as a quoted name).
+    What happens now: the command line passes every string it prints, table names and keys included, through
+    ``_for_the_cli``, which rewords the core's Dagster phrasing for the command line: ``list`` and ``verify`` show
+    the tables as ``imports (--overwrite)`` and ``try again later``, and the keys likewise, names that do not
+    exist (pasted into ``--table`` they are refused). What should happen: names and keys are printed as they are;
+    only the core's own messages are reworded. Fix idea: apply ``_for_the_cli`` to messages (errors, notes,
+    remedies), not to cells and lines that hold names or keys."""
+    entries = []
+    for name in ("imports (overwrite)", "retrying later"):
+        table = sql.Identifier(schema, name)
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(table))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00')").format(table))
+        entries.append({"name": f"{schema}.{name}", "day_column": "at", "start_date": DAY.isoformat()})
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": entries}), encoding="utf-8")
+    env = _env(pg, s3, bucket, config)
+    assert _cli(env, "archive", "--day", DAY.isoformat()).exit_code == 0
+    for args in (("list",), ("verify",)):
+        shown = _cli(env, *args)
+        assert shown.exit_code == 0, shown.stdout + shown.stderr
+        assert f"{schema}.imports (overwrite)" in shown.stdout and "(--overwrite)" not in shown.stdout, shown.stdout
+        assert f"{schema}.retrying later" in shown.stdout and "try again later" not in shown.stdout, shown.stdout
