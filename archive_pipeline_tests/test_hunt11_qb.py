@@ -7,11 +7,14 @@ import datetime as dt
 import re
 import unicodedata
 
+import psycopg
+import pytest
 import yaml
 from click.testing import CliRunner
 from psycopg import sql
 
 from archive_pipeline.cli import main
+from archive_pipeline_tests.test_namehunt import encoded_databases  # noqa: F401 (a fixture)
 
 DAY = dt.date(2024, 3, 10)
 
@@ -155,3 +158,41 @@ def test_a_table_name_is_printed_as_it_is_not_reworded_as_a_core_message(pg, s3,
         assert shown.exit_code == 0, shown.stdout + shown.stderr
         assert f"{schema}.imports (overwrite)" in shown.stdout and "(--overwrite)" not in shown.stdout, shown.stdout
         assert f"{schema}.retrying later" in shown.stdout and "try again later" not in shown.stdout, shown.stdout
+
+
+@pytest.mark.parametrize("columns", [["Ü" * 35 + "_a"], ["Ü" * 35 + "_a", "Ü" * 35 + "_b"]],
+                         ids=["one-long-column", "two-that-meet-when-cut"])
+def test_an_archived_column_name_longer_than_63_bytes_in_the_targets_encoding_is_refused_naming_it(
+        columns, encoded_databases, conn, schema, store, temp_dir):  # noqa: F811
+    """A LATIN1 database's table has a column ``ÜÜ…Ü_a`` (35 ``Ü``: 37 bytes there, a valid name); its day is
+    restored into a UTF-8 database, where the same name is 72 bytes and PostgreSQL cuts it to 63 (31 ``Ü``).
+    ``_require_column_names`` checks only that the target's encoding has every character, not the length.
+    What happens now, ``into='new'``: with one such column the restore creates the table (the name cut short)
+    and then refuses it: "t.back has no column(s) ['ÜÜ…_a']" — about a table it created itself, with no
+    remedy; with two (``…_a``, ``…_b``) that meet when cut: "the server rejected the archiver's SQL
+    (DuplicateColumn: column "ÜÜ…Ü" specified more than once) … report it with this message", a bug report for
+    a name PostgreSQL cannot hold. The restore target's own name is counted in the database's encoding
+    (README: "a name is checked in the database's own encoding before anything is done: PostgreSQL keeps 63 bytes
+    of it there"); its archived columns are not. What should happen: refused before anything is downloaded or
+    created, naming the column and that it is longer than 63 bytes in this database's encoding (the remedy:
+    restore into a database whose encoding holds it, e.g. LATIN1), as a missing character already is.
+    Fix idea: _require_column_names uses source.stored_name_problem (characters and bytes), not only
+    missing_character."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    with psycopg.connect(encoded_databases["LATIN1"], autocommit=True) as latin:
+        latin.execute("DROP TABLE IF EXISTS ev")
+        latin.execute(sql.SQL("CREATE TABLE ev (id int, at timestamptz, {})").format(
+            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns)))
+        latin.execute(sql.SQL("INSERT INTO ev VALUES (1, '2024-03-10 01:00+00', {})").format(
+            sql.SQL(", ").join(sql.Literal(c[-1]) for c in columns)))
+        spec = parse_config({"tables": [{"name": "public.ev", "day_column": "at", "start_date": "2024-03-01"}]}).tables[0]
+        archive_partition(latin, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    said = f"{refused.value} {refused.value.remedy}"
+    assert columns[0] in said and "63 bytes" in said, said
+    assert "report it" not in said and "has no column" not in said, said
+    assert conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{schema}.back",)).fetchone()[0] is None
