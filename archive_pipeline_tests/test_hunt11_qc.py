@@ -1,0 +1,52 @@
+"""Hunt 11 (qc): the process killed (SIGKILL) between two steps of a multi-step operation, and the next run."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.verify import load_manifest
+from archive_pipeline_tests.test_integrity import _killed_child, _open_uploads, stored_keys
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _big(conn, schema) -> dict:
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "big")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10', repeat(md5(g::text), 6) "
+                         "FROM generate_series(1, 30000) g").format(sql.Identifier(schema, "big")))
+    return {"name": f"{schema}.big", "day_column": "at", "start_date": "2024-03-01", "compression": "none"}
+
+
+def test_a_removal_killed_after_its_done_mark_leaves_a_killed_overwrite_s_upload_open_for_good(
+        pg, s3, conn, schema, store, bucket, s3_client, tmp_path):
+    """A user's `archive --overwrite --day D` is SIGKILLed mid-upload (an open multipart upload of generation 2
+    and its `.uploading` marker are left). Then retention's removal of D (`prune`) is SIGKILLed right after its
+    "done" mark landed, before lifecycle._tidy_after_removal looked at the day's keys. The next removal of D
+    (the next `prune`) finds the mark done and the source empty and returns "already removed" at once, without
+    tidying; no archive run of a removed day comes either. Now: the killed overwrite's multipart upload and
+    its marker stay in the store for good (the README: "What a killed run leaves in the store is removed by the
+    next run of the day ... or by the day's removal"). Should: a removal that finds the day already removed
+    tidies it too (fix idea: call _tidy_after_removal on the already_removed path, or tidy before the done mark)."""
+    from archive_pipeline_tests.test_letgo import _killed
+
+    spec = _big(conn, schema)
+    first = archive_partition(conn, TableSpec(**spec), DAY, store)
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    _killed_child(pg, s3, bucket, spec, True, temp, ("after-call", "UploadPart", 1))
+    assert _open_uploads(s3_client, bucket)  # (the premise: the killed overwrite's upload)
+    removing = {**spec, "retention": {"keep_days": 1, "action": "delete"}}
+    _killed(pg, s3, bucket, conn, {"do": "remove", "spec": removing, "day": DAY.isoformat(),
+                                   "kill": ["after-call", "PutObject", 2]})  # committed and marked done
+    assert load_manifest(store, first.key)["removed"]["state"] == "done"
+    removal = remove_day(conn, TableSpec(**removing), DAY, store)  # the next prune of the day
+    assert removal.already_removed
+    assert _open_uploads(s3_client, bucket) == [], "the killed overwrite's multipart upload is left open for good"
+    assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key]), \
+        "the killed overwrite's leftovers outlive the day's removal"
