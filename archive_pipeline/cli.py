@@ -351,7 +351,11 @@ def _for_the_cli(text: str) -> str:
     return text
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but line feed and tab, DEL, C1
+# the Unicode bidi controls (embeddings, overrides, isolates, marks) change how a terminal lays the rest of a line
+# out: a name holding U+202E showed its row's day, state and key reversed
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_BIDI}]")  # C0 but line feed and tab, DEL, C1, bidi
+_ANY_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_BIDI}]")  # and line feed and tab: in a name, never ours
 _C1 = re.compile(r"[\x7f-\x9f]")  # DEL and C1: what json.dumps leaves raw
 
 
@@ -367,6 +371,22 @@ def _printable(text: str) -> str:
     the database, and a table named ``ev\\x1b[2J`` cleared the screen of whoever listed it (rich drops a
     carriage return or a bell, not an escape)."""
     return _CONTROL.sub(lambda found: ascii(found[0])[1:-1], text)
+
+
+def _verbatim(name: object) -> Text:
+    """A name or key as it is (a table may be called ``imports (overwrite)``: never reworded by
+    :func:`_for_the_cli`), every control character escaped, line feeds and tabs too: a name's line feed split
+    its cell and the summary line, the second half naming a table that does not exist."""
+    return Text(_ANY_CONTROL.sub(lambda found: ascii(found[0])[1:-1], str(name)))
+
+
+def _said(*parts: Text | str) -> Text:
+    """A line of names (:func:`_verbatim`) and the command's or the core's words (reworded, escaped)."""
+    return Text.assemble(*(p if isinstance(p, Text) else _printable(_for_the_cli(p)) for p in parts))
+
+
+def _names(names: Iterable[object]) -> Text:
+    return Text(", ").join(_verbatim(n) for n in names)
 
 
 class _CliConsole(Console):
@@ -406,11 +426,16 @@ def _as_records(table: Table) -> Text:
     return Text("\n").join(lines)
 
 
+_NAMED = frozenset({"table", "key", "target", "relation", "archive"})  # columns of names and keys: verbatim
+
+
 class _CliTable(Table):
-    """A table whose cells (a note, a reason) are core messages in the command line's words too."""
+    """A table whose cells (a note, a reason) are core messages in the command line's words too, and whose
+    names and keys are printed as they are (:func:`_verbatim`)."""
 
     def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-        super().add_row(*(_printable(_for_the_cli(r)) if isinstance(r, str) else r for r in renderables), **kwargs)
+        super().add_row(*((_verbatim(r) if self.columns[i].header in _NAMED else _printable(_for_the_cli(r)))
+                          if isinstance(r, str) else r for i, r in enumerate(renderables)), **kwargs)
 
 
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
@@ -701,7 +726,8 @@ def list_days(run: Run, check_source: bool) -> None:
                           _size(s.bytes), (s.archived_at or "")[:19], s.key, s.note)
         run.out.print(table)
         for name, counts in summary.items():
-            run.out.print(f"{name}: " + (", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no days"))
+            run.out.print(_said(_verbatim(name), ": " + (", ".join(f"{n} {state}" for state, n in counts.items() if n)
+                                                         or "no days")))
 
     bad = any(s.state in ("changed", "unreadable") for s in statuses)
     run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary}, render)
@@ -770,10 +796,11 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
             table.add_row(r["table"], r["day"], _styled(r["status"], style),
                           _num(r.get("rows")), _size(r.get("bytes")),
                           f"{r['seconds']:.2f}" if "seconds" in r else "",
-                          r.get("key") or ("see below" if r["status"] == "failed" else r.get("message") or ""))
+                          _verbatim(r["key"]) if r.get("key") else
+                          ("see below" if r["status"] == "failed" else r.get("message") or ""))
         run.out.print(table)
         for r in failed:
-            run.out.print(f"{r['table']} {r['day']} failed: {r['message']}", markup=False, soft_wrap=True)
+            run.out.print(_said(_verbatim(r["table"]), f" {r['day']} failed: {r['message']}"), soft_wrap=True)
 
     run.emit({"ok": not failed, "days": results, **_stopped_by(stopped)}, render)
     if stopped:
@@ -899,7 +926,7 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
         run.out.print(table)
         for p in planned:
             if p.action == "refuse":
-                run.out.print(f"{p.table} {p.day} would be refused: {p.reason}", markup=False, soft_wrap=True)
+                run.out.print(_said(_verbatim(p.table), f" {p.day} would be refused: {p.reason}"), soft_wrap=True)
         run.out.print(f"dry run, nothing written: {totals['archive'] + totals['overwrite']} day(s) to archive "
                       f"(~{est_rows:,} rows, ~{_size(est_bytes)} in PostgreSQL), {totals['skip']} identical, "
                       f"{totals['refuse']} refused (changed since archived), {totals['no-data']} without data")
@@ -989,8 +1016,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         run.out.print(table)
         for r in bad:
             for problem in r["problems"]:
-                run.out.print(f"{r['table']} {r['day']}: {problem}", markup=False, soft_wrap=True)
-            run.out.print(f"{r['table']} {r['day']}: to fix: {r['remedy']}", markup=False, soft_wrap=True)
+                run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {problem}"), soft_wrap=True)
+            run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: to fix: {r['remedy']}"), soft_wrap=True)
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
@@ -1043,7 +1070,7 @@ def compare(run: Run, show_rows: bool) -> None:
                           _num(c.archive_rows), _short(c.source_fingerprint), _short(c.archive_fingerprint), c.note)
         run.out.print(table)
         for (name, day), lines in details.items():
-            run.out.print(f"{name} {day}:")
+            run.out.print(_said(_verbatim(name), f" {day}:"))
             for line in lines:
                 run.out.print(f"  {line}", markup=False, soft_wrap=True)
         run.out.print(f"{len(results)} day(s) compared, {len(differing)} differ")
@@ -1127,9 +1154,10 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
             run.out.print(table)
         created = sorted({name for r in results for name in r.created})
         if created:
-            run.out.print(f"created: {', '.join(created)}")
+            run.out.print(_said("created: ", _names(created)))
         if missing:
-            run.out.print("no archive for: " + ", ".join(f"{name} {day}" for name, day in missing))
+            run.out.print(_said("no archive for: ", Text(", ").join(_said(_verbatim(name), f" {day}")
+                                                                    for name, day in missing)))
 
     payload = {"ok": not missing and failure is None, "days": [dataclasses.asdict(r) for r in results],
                "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
@@ -1202,8 +1230,8 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
         click.echo(_for_the_cli(_json_text(payload)))
     else:
         for r in results:
-            run.out.print(f"{r.table} {r.day} -> {r.target}: {r.rows:,} rows, {r.check}", markup=False,
-                          soft_wrap=True)
+            run.out.print(_said(_verbatim(r.table), f" {r.day} -> ", _verbatim(r.target), f": {r.rows:,} rows, "
+                                f"{r.check}"), soft_wrap=True)
     click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(code)
 
@@ -1282,8 +1310,9 @@ def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, A
                                             "days": results})))
     else:
         for r in removed:
-            run.out.print(f"{r['table']} {r['day']}: {r['status']} ({r.get('relation', '')}, {_num(r.get('rows'))} "
-                          f"rows; archive {r.get('archive', '')})", markup=False, soft_wrap=True)
+            run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {r['status']} (", _verbatim(r.get("relation", "")),
+                                f", {_num(r.get('rows'))} rows; archive ", _verbatim(r.get("archive", "")), ")"),
+                          soft_wrap=True)
     click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(code)
 
@@ -1336,9 +1365,9 @@ def prune(run: Run, dry_run: bool) -> None:
                           r.get("action", ""), r.get("relation", ""), _num(r.get("rows")), r.get("archive", ""))
         run.out.print(table)
         for r in refused:
-            run.out.print(f"{r['table']} {r['day']}: {r['message']}", markup=False, soft_wrap=True)
+            run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {r['message']}"), soft_wrap=True)
         if skipped:
-            run.out.print(f"no retention setting, nothing pruned: {', '.join(skipped)}")
+            run.out.print(_said("no retention setting, nothing pruned: ", _names(skipped)))
         if dry_run:
             run.out.print("dry run: nothing was removed")
 

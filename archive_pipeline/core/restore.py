@@ -729,6 +729,16 @@ def _require_column_names(conn: psycopg.Connection, manifest: dict) -> None:
                 f"of this database: {missing}; nothing was restored", table=manifest["table"], day=manifest["day"],
                 retryable=False, cause="an archived name has a character the database's encoding lacks",
                 remedy="restore into a database whose encoding holds every archived name and value (UTF8)")
+        too_long = stored_name_problem(conn, name)  # (longer than PostgreSQL keeps: a LATIN1 name's 'Ü' is 2 bytes here)
+        if too_long:
+            raise RestoreError(
+                f"restoring {manifest['table']} for {manifest['day']}: the archived column {too_long}, so it cannot be "
+                "a column of this database as it is (two such names cut short could even meet); nothing was restored",
+                table=manifest["table"], day=manifest["day"], retryable=False,
+                cause="an archived name is longer than this database's encoding lets a name be",
+                remedy="restore into a database whose encoding is the source's "
+                       f"({(manifest.get('source') or {}).get('encoding') or 'as archived'}), where the name is short "
+                       "enough")
 
 
 def encoding_problem(conn: psycopg.Connection, relation: Relation) -> str | None:
@@ -2236,7 +2246,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
             above = _created_under(conn, manifest, to_create)
             where = f" to {above} (the day's partition, created under it, takes its columns)" if above else ""
-            found = replace(found, remedy="the target must have every column the archive has (the manifest's "
+            found = replace(found, cause=found.cause + _column_lookalike(conn, manifest, relation),
+                            remedy="the target must have every column the archive has (the manifest's "
                             f"columns): add the one named{where}, or restore into a new table (into='new')")
         hooks = _raising_hooks(conn, exc, relation)
         if hooks:  # a trigger of the target refused the rows (RAISE EXCEPTION, or an error of its own)
@@ -2249,6 +2260,25 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy, cause=found.cause) from exc
+
+
+def _column_lookalike(conn: psycopg.Connection, manifest: dict, relation: Relation | None) -> str:
+    """" (the archive's column ..., which the target has spelled otherwise ...)" where the target lacks an archived
+    column but has one a reader takes for it (case, Unicode NFC against NFD): "add the one named" was advice the
+    user could not follow, both names looking the same."""
+    try:
+        oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid",
+                           (relation.identifier.as_string(conn),)).fetchone()[0] if relation is not None else None
+        have = list(column_names(conn, oid).values()) if oid is not None else []
+    except psycopg.Error:
+        return ""  # (a hint only)
+    for name in manifest_columns(manifest):
+        if name not in have:
+            hint = lookalike_hint(name, have, "column", str(relation),
+                                  advice=f"rename it to the archive's {ascii(name)} (ALTER TABLE ... RENAME COLUMN)")
+            if hint:
+                return f" (the archive's column {ascii(name)}{hint})"
+    return ""
 
 
 @speaks_utf8()

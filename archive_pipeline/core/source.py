@@ -744,13 +744,15 @@ def _differs(wanted: str, found: str) -> str | None:
     return how[0].format(f"{ascii(found)} against {ascii(wanted)}") if how else None
 
 
-def lookalike_hint(wanted: str, names: Sequence[str], what: str, where: str = "the catalog") -> str:
+def lookalike_hint(wanted: str, names: Sequence[str], what: str, where: str = "the catalog",
+                   advice: str | None = None) -> str:
     """"; the catalog has the <what> <name>, which differs from it only in case" for a name in ``names``
-    that is ``wanted`` to a reader, else ""."""
+    that is ``wanted`` to a reader, else "" (``advice``: what to do, if not to write it as ``where`` does)."""
     for name in names:
         how = _differs(wanted, name)
         if how:
-            return f"; {where} has the {what} {name!r}, which differs from it {how}: write it as {where} spells it"
+            return f"; {where} has the {what} {name!r}, which differs from it {how}: " + \
+                (advice or f"write it as {where} spells it")
     return ""
 
 
