@@ -778,11 +778,16 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                 if _configuration(exc) and not stopped:
                     stopped = results[-1]["message"]
                 continue
+            # a day gone from the source whose manifest holds a pending removal mark (a prune killed after its
+            # COMMIT) is archived, which settles the mark, not passed over as "no data" (the recent ones: each
+            # costs a GET, and a table's years of removed days were settled long ago)
+            pending, _ = _pending_removals(run.store, spec, [d for d in days if d not in present
+                                                            and d not in unknown][-_RECENT_ABSENT:])
             for day in days:
                 if day in unknown:
                     results.append(_unprobed(spec, day, unknown[day]))
                     continue
-                if day not in present:
+                if day not in present and day not in pending:
                     results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
                                     "message": "no data for this day in PostgreSQL"})
                     continue
@@ -1234,6 +1239,9 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
                                 f"{r.check}"), soft_wrap=True)
     click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(code)
+
+
+_RECENT_ABSENT = 62  # the days gone from the source whose manifests archive reads for a pending removal mark
 
 
 def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[set[Period], dict[Period, str]]:

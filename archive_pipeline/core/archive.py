@@ -442,7 +442,8 @@ class _Archiving:
         :func:`leftovers.tidy_day`): a manifest that fails its checks names nothing worth keeping."""
         manifest = existing.manifest if existing.problem is None else None
         self._tidied |= tidy_day(self.store, self.key, existing.listing, manifest, _identity(self.conn),
-                                 f"{self.spec.name} {self.day}")
+                                 f"{self.spec.name} {self.day}",
+                                 others=keys.other_extension_keys(self.spec, self.day, self.store.prefix))
 
     def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
                          ) -> fingerprint.Fingerprint:

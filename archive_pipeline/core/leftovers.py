@@ -9,6 +9,8 @@ removes both before it starts; so does the day's removal, after which no archive
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 
 from archive_pipeline.core import keys
 from archive_pipeline.core.errors import redact
@@ -43,7 +45,7 @@ def same_source(manifest: dict, identity: SourceIdentity) -> bool:
 
 
 def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest: dict | None,
-             identity: SourceIdentity, label: str) -> set[str]:
+             identity: SourceIdentity, label: str, others: Sequence[str] = ()) -> set[str]:
     """Remove what earlier runs of the day at ``key`` left behind (the caller holds the day's lock): multipart
     uploads a killed run never finished, data objects of generations no manifest committed (a run killed
     between its upload and its manifest), and retired generations whose delete failed; the keys deleted.
@@ -55,10 +57,13 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
     that fails its checks), which names every object of the day worth keeping (its object and ``kept``);
     anything else of the day is garbage, since the manifest is the commit point. Without one, stored data
     might be the only copy of something and stays. A failure here is logged, never fatal: leftovers cost
-    storage, not correctness. ``label``: the table-day, for the log."""
-    markers = keys.upload_markers(key, listing or {})
+    storage, not correctness. ``label``: the table-day, for the log. ``others``: the day's keys under the table's
+    other formats and codecs (:func:`keys.other_extension_keys`), whose uploads a run killed before the format
+    changed left: those beside ``key`` (the same listing shows them) are aborted too."""
+    beside = [key, *(k for k in dict.fromkeys(others) if k != key and keys.day_prefix(k) == keys.day_prefix(key))]
+    markers = [m for k in beside for m in keys.upload_markers(k, listing or {})]
     if markers:
-        _abort_stale_uploads(store, key, markers, label)
+        _abort_stale_uploads(store, beside, markers, label)
     if manifest is None or not listing:
         return set()
     if not same_source(manifest, identity):
@@ -76,12 +81,14 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
     return tidied
 
 
-def _abort_stale_uploads(store: S3Store, key: str, markers: list[str], label: str) -> None:
-    """Abort every multipart upload of the day's generations, then delete the ``markers`` that announced them
-    (kept if the uploads could not be listed or aborted, or the listing showed an upload it cannot account
-    for, so the next run tries again)."""
+def _abort_stale_uploads(store: S3Store, day_keys: list[str], markers: list[str], label: str) -> None:
+    """Abort every multipart upload of the generations of the day's keys (one prefix: the first's), then delete
+    the ``markers`` that announced them (kept if the uploads could not be listed or aborted, or the listing
+    showed an upload it cannot account for, so the next run tries again)."""
+    patterns = [keys.generation_pattern(k) for k in day_keys]
+    generations = re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
     try:
-        _, settled = store.abort_stale_uploads_under(keys.day_prefix(key), keys.generation_pattern(key))
+        _, settled = store.abort_stale_uploads_under(keys.day_prefix(day_keys[0]), generations)
     except Exception as exc:  # noqa: BLE001 - see tidy_day's docstring
         # the cause, redacted, not a traceback: botocore quotes the endpoint URL, credentials and all
         log.warning("%s: could not list or abort stale multipart uploads (%s); a bucket lifecycle rule "

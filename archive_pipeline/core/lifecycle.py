@@ -171,7 +171,6 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             if not dry_run:
                 settled = _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
                 if settled.outcome == "completed":
-                    _tidy_after_removal(conn, spec, day, store, key)
                     mark = settled.manifest["removed"]
                     return Removal(spec.name, day, mark.get("action", action), mark.get("relation", ""),
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
@@ -184,6 +183,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             # removed again below, as on the first removal; an empty partition or day table is such a restore
             # only of a day archived without rows: one created again empty, by a maintenance job, holds none
             # of the archived rows, and the day stays removed)
+            if not dry_run:
+                _tidy_removed(conn, spec, day, store, key, manifest)
             return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
                            None, dry_run, already_removed=True)
         refuse_layout_change(spec, day, manifest)
@@ -196,21 +197,21 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
         if dry_run:
             return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
-        removal = _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
-        _tidy_after_removal(conn, spec, day, store, key)
-        return removal
+        return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
 
 
-def _tidy_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str) -> None:
-    """Remove what killed archive runs of the removed day left (an overwrite's upload, its uncommitted generation):
-    no archive run of a removed day comes to do it. By the day's manifest as it is now, the one the removal
-    marked done (an archive run elsewhere may have replaced the proven one meanwhile: its object is kept).
-    Never fatal: the day is removed, and leftovers cost storage, not correctness."""
+def _tidy_removed(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str,
+                  manifest: dict) -> None:
+    """Remove what killed archive runs of the removed day left (an overwrite's upload, its uncommitted generation,
+    also under a former format's key): no archive run of a removed day comes to do it. Called with the day's
+    manifest as it is when the removal marks it done, just before (an archive run elsewhere may have replaced the
+    proven one meanwhile: its object is kept), and by a removal that finds the day removed already: a removal
+    killed past its "done" mark left them otherwise for good. Never fatal: the day is removed, and leftovers
+    cost storage, not correctness."""
     try:
-        manifest = decoded_manifest(store, keys.manifest_key(key))
-        if manifest is not None and removal_state(manifest) == "done":
-            tidy_day(store, key, day_listing(store, key), manifest, SourceIdentity(*server_identity(conn)),
-                     f"{spec.name} {day}")
+        day_keys = [keys.table_day_key(spec, day, store.prefix), *keys.other_extension_keys(spec, day, store.prefix)]
+        tidy_day(store, key, day_listing(store, key), manifest, SourceIdentity(*server_identity(conn)),
+                 f"{spec.name} {day}", others=day_keys)
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.warning("%s %s: removed; what killed runs of the day left in the store was not looked at (%s)",
                     spec.name, day, redact(f"{type(exc).__name__}: {exc}"))
@@ -425,6 +426,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                 remedy="compare the archive now in the store with the removed rows' fingerprint "
                        f"{manifest['fingerprint']}; their earlier object may be listed under 'superseded' or 'kept'")
         current, stored = found
+        _tidy_removed(conn, spec, day, store, key, current)
         _write_manifest(store, mkey, {**{k: v for k, v in current.items() if k != "manifest_sha256"},
                                       "removed": done_mark}, previous=stored)
     except RemovalNotRecorded:
@@ -774,6 +776,7 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     done = {**{k: v for k, v in manifest.items() if k != "manifest_sha256"},
             "removed": {**mark, "state": "done", "relation": mark.get("relation") or "", "rows": manifest["rows"],
                         "settled_at": dt.datetime.now(dt.UTC).isoformat(), "settled_because": why}}
+    _tidy_removed(conn, spec, day, store, key, manifest)
     try:
         _write_manifest(store, mkey, done, previous=marked)
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
