@@ -56,3 +56,45 @@ def test_a_second_removal_run_of_a_removed_day_does_not_claim_the_removal(conn, 
             # the run that removed the day, and when: not the run that found it removed
             assert again["run_id"] == first.run_id, again
             assert again["removed_at"] == removed["removed_at"], again
+
+
+def test_the_sensors_skip_reason_names_the_days_with_data_it_did_not_request(pg, conn, schema, archive_env):
+    """Scenario: a column table has rows on two days without an archive: D1 is being archived right now by a
+    run launched from the UI (STARTED, ``dagster/partition`` D1), D2's sensor run failed earlier (its run key is
+    used). The sensor ticks.
+
+    Now: the tick is skipped with "no new days to archive; inspected ... 5 day(s) ..., 5 without an archive,
+    2 of them with data; 1 day(s) already have a run (failed, queued or running) under their run key ...:
+    re-run a failed day ... with `archive-pipeline archive --table <table> --day <day>`". Two days with data
+    and "no new days"; one of them (D1, in flight) is not accounted for at all, and neither is named: the
+    operator cannot tell which day failed (the command even keeps the placeholders <table> and <day>, though
+    the sensor knows both) nor that the other is being archived.
+
+    Expected (issue 13, "the skip reason names what was inspected"): each day found with data and not
+    requested is named with why (D1: a run is archiving it; D2: its sensor run failed: re-run it).
+    Fix idea: keep the busy and tried days per table and list them (capped) in the skip reason."""
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline_tests.conftest import utc_today
+
+    today = utc_today()
+    d1, d2 = today - dt.timedelta(days=3), today - dt.timedelta(days=2)
+    create_sample_events(conn, [d1, d2], rows_per_day=3, schema=schema)
+    config = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": (today - dt.timedelta(days=5)).isoformat()}]})
+    spec = config.tables[0]
+    repo = build_definitions(config).get_repository_def()
+    with instance_for_test() as instance:
+        create_run_for_test(instance, job_name=job_name(spec), status=DagsterRunStatus.STARTED,
+                            tags={"dagster/partition": d1.isoformat(), "archive/table": spec.name})
+        create_run_for_test(instance, job_name=job_name(spec), status=DagsterRunStatus.FAILURE,
+                            tags={"dagster/run_key": f"{job_name(spec)}:{d2.isoformat()}",
+                                  "dagster/sensor_name": "archive_new_days", "dagster/partition": d2.isoformat()})
+        result = repo.get_sensor_def("archive_new_days").evaluate_tick(build_sensor_context(
+            instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+    assert result.run_requests == []
+    message = result.skip_message
+    assert d1.isoformat() in message, message  # in flight: being archived by a running run
+    assert d2.isoformat() in message, message  # its sensor run failed: the day to re-run
