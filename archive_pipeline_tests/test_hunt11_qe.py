@@ -146,3 +146,20 @@ def test_an_archive_run_with_an_s3_endpoint_without_scheme_names_the_setting(pg,
     assert "endpoint_url" in data.description, data.description
     assert "read the message" not in data.description, data.description
 
+
+
+def test_a_ranged_run_whose_store_cannot_be_built_names_every_day_it_left(pg, conn, schema, archive_env):
+    """Scenario: a ranged backfill run of three days (range tags, backfill.max_days_per_run 10) whose S3 client
+    cannot be built (the resource's endpoint_url without its scheme).
+
+    Now: the step failure says "archiving <table> for 2024-03-10 failed ... launch partition 2024-03-10 of
+    Archive_<...> again", metadata ``day: 2024-03-10``: the run's other two days, equally unarchived, are not
+    named, so the person fixes the setting and relaunches one day of three. Every other failure of a ranged
+    run names its days (batch_failure's ``failed_days``, "Never started").
+
+    Expected: the failure names all the run's days (2024-03-10..2024-03-12, or each), e.g. in ``failed_days``
+    and the text. Fix idea: raise it through batch_failure with every day of the run."""
+    data = _bad_endpoint_run(conn, schema, pg, ranged=True)
+    text = data.description + " " + str({k: getattr(v, "value", v) for k, v in data.metadata.items()})
+    for day in RANGE_DAYS:
+        assert day.isoformat() in text, text
