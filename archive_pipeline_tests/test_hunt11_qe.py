@@ -163,3 +163,42 @@ def test_a_ranged_run_whose_store_cannot_be_built_names_every_day_it_left(pg, co
     text = data.description + " " + str({k: getattr(v, "value", v) for k, v in data.metadata.items()})
     for day in RANGE_DAYS:
         assert day.isoformat() in text, text
+
+
+def test_the_sensor_requests_an_hourly_tables_hours_that_ended_today(pg, conn, schema, archive_env, monkeypatch):
+    """Scenario: an hourly column table (UTC) has rows in the hour 09:00 of the current UTC day; the sensor
+    ticks at 21:30 UTC, twelve hours after that hour ended (its partition is listed by Dagster, missing).
+
+    Now: the tick requests nothing: "no new days to archive; inspected ... 168 hour(s)
+    <7 days ago>-00:00..<yesterday>-23:00": candidate_days cuts at midnight UTC (select_days(today=...)), as if
+    every hour of the UTC day were still being written, so an hourly table's hours wait up to a day for the
+    sensor (and a zone ahead of UTC's day, over at 15:00 UTC in Tokyo, nine hours).
+
+    Expected: the sensor, which "requests archive runs for periods (days; an hourly table's hours ...) that
+    have data in PostgreSQL but no materialization yet", requests the ended hour 09:00 (only periods not over
+    yet are left out). Fix idea: candidate_days passes now= (the tick's time) to select_days instead of
+    today=. The sensor's clock is fixed here (2024-03-10 21:30 UTC) so the test does not depend on the hour it
+    runs at."""
+    from archive_pipeline.defs import sensors
+    from archive_pipeline.defs.resources import PostgresResource
+
+    now = dt.datetime(2024, 3, 10, 21, 30, tzinfo=dt.UTC)
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return now if tz is not None else now.replace(tzinfo=None)
+
+    monkeypatch.setattr(sensors, "dt", type("dt", (), {"datetime": Clock, "date": dt.date, "time": dt.time,
+                                                      "timedelta": dt.timedelta, "UTC": dt.UTC}))
+    conn.execute(f'CREATE TABLE "{schema}".clicks (id int, at timestamptz)')
+    conn.execute(f"INSERT INTO \"{schema}\".clicks VALUES (1, '2024-03-10 09:15+00'), (2, '2024-03-09 09:15+00')")
+    config = parse_config({"tables": [{"name": f"{schema}.clicks", "day_column": "at", "granularity": "hourly",
+                                       "start_date": "2024-03-08"}]})
+    repo = build_definitions(config).get_repository_def()
+    with instance_for_test() as instance:
+        result = repo.get_sensor_def("archive_new_days").evaluate_tick(build_sensor_context(
+            instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+    requested = sorted(r.partition_key for r in result.run_requests or [])
+    assert "2024-03-09-09:00" in requested, (requested, result.skip_message)  # (yesterday's: found today too)
+    assert "2024-03-10-09:00" in requested, (requested, result.skip_message)
