@@ -202,3 +202,39 @@ def test_the_sensor_requests_an_hourly_tables_hours_that_ended_today(pg, conn, s
     requested = sorted(r.partition_key for r in result.run_requests or [])
     assert "2024-03-09-09:00" in requested, (requested, result.skip_message)  # (yesterday's: found today too)
     assert "2024-03-10-09:00" in requested, (requested, result.skip_message)
+
+
+def test_latest_archive_intact_is_recorded_against_the_day_it_checked(conn, schema, archive_env):
+    """Scenario: 2024-03-12 is archived, then an older day, 2024-03-10, is backfilled; verify_archives runs.
+    latest_archive_intact re-checks "the latest archived day" (by partition): 2024-03-12.
+
+    Now: its result is recorded with Dagster's default target, the asset's latest materialization by time:
+    2024-03-10's (storage id, run id of the backfill). The UI shows the verdict "2024-03-12: ... match what was
+    recorded" beside the materialization of 2024-03-10, a day it never looked at; after a failed re-check, the
+    backfilled day's archive is the one shown as damaged.
+
+    Expected: the evaluation targets the materialization it checked (2024-03-12's), as the archive_intact
+    evaluation it records for that day does (checks._target). Fix idea: log latest_archive_intact's verdict as an
+    AssetCheckEvaluation with target_materialization_data=_target(instance, key, day) (the check's output made
+    optional, as archive_intact's multi-check does)."""
+    from dagster import AssetCheckKey
+
+    from archive_pipeline.defs.assets import asset_key
+
+    later = DAY + dt.timedelta(days=2)
+    create_sample_events(conn, [DAY, later], rows_per_day=3, schema=schema)
+    config = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat()}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        job = defs.resolve_job_def(job_name(spec))
+        newest = job.execute_in_process(instance=instance, partition_key=later.isoformat())
+        job.execute_in_process(instance=instance, partition_key=DAY.isoformat())  # the backfilled older day
+        assert defs.resolve_job_def("verify_archives").execute_in_process(instance=instance).success
+        [record] = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset_key(spec), "latest_archive_intact"), limit=1)
+        evaluation = record.event.dagster_event.asset_check_evaluation_data
+        assert later.isoformat() in evaluation.description
+        assert evaluation.target_materialization_data is not None
+        assert evaluation.target_materialization_data.run_id == newest.run_id, evaluation.target_materialization_data
