@@ -81,3 +81,65 @@ def test_a_206_partial_answer_to_a_whole_manifest_get_is_no_verdict_on_the_archi
             assert exc.retryable
             return
     pytest.fail(f"a 206 answer of 100 bytes was taken for the whole manifest; verdict: {problems}")
+
+
+class _UnannouncedEncodingHandler(fault_proxy._Handler):
+    """Drops ``<EncodingType>url</EncodingType>`` from every ListObjectsV2 answer: the keys stay URL-encoded (as
+    botocore asked for), but the answer does not say so, and botocore then leaves them encoded."""
+
+    def _forward(self, method, body):
+        status, headers, payload = super()._forward(method, body)
+        if method == "GET" and "list-type=2" in self.path:
+            payload = payload.replace(b"<EncodingType>url</EncodingType>", b"")
+        return status, headers, payload
+
+
+class _UnannouncedEncodingProxy(FaultProxy):
+    def start(self) -> FaultProxy:
+        self._server = fault_proxy._Server(("127.0.0.1", 0), _UnannouncedEncodingHandler)
+        self._server.proxy = self
+        self._thread = fault_proxy.threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                                    daemon=True)
+        self._thread.start()
+        return self
+
+
+def test_restore_range_through_a_store_that_url_encodes_listed_keys_unannounced_skips_no_archived_day(
+        conn, schema, s3, bucket, store):
+    """A table whose name holds a space (``my events``), with a key template that puts the date before the table
+    (``{prefix}/{date}/{table}.{ext}``, which the README allows). Its four days are archived. The store
+    URL-encodes the keys of a listing, as botocore's ``encoding-type=url`` asks, but its answer does not carry
+    ``<EncodingType>url</EncodingType>`` (a store's dialect; listing.existing_keys names it: "a store URL-encoding
+    them unannounced"), so botocore hands back ``archive/2024-03-10/my%20events.jsonl.zst.manifest.json``.
+
+    What happens: existing_keys guards against such a listing only by checking that each key starts with the
+    prefix asked for; here the prefix (``archive/2024-03-1``'s directory, ``archive/``) holds no character that
+    gets encoded, so the encoded keys pass; no manifest key, and no key of a day's prefix
+    (``archive/2024-03-10/my events``) is found among them, and listed_absent calls every day unarchived: ``restore_days`` restores nothing and reports all four archived days as having no archive
+    (the same listing makes ``list``/``verify``/``compare`` call them missing).
+
+    What should happen: every archived day is restored (a listing whose keys are not as stored tells nothing of
+    the days: each is read by its own key, as existing_keys does when the prefix is encoded). Fix idea: in
+    existing_keys also refuse (return None) when a listed key holds a ``%XX`` escape, or compare with the keys
+    the listing should show decoded; or send ``EncodingType`` explicitly and decode keys whenever it was sent."""
+    from psycopg import sql
+
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import restore_days
+
+    days = [DAYS[0] + __import__("datetime").timedelta(days=i) for i in range(4)]
+    table = sql.Identifier(schema, "my events")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, created_at timestamptz NOT NULL)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, timestamptz '2024-03-10 00:00+00' + g * interval '1 hour' "
+                         "FROM generate_series(0, 95) g").format(table))
+    spec = TableSpec(name=f"{schema}.my events", day_column="created_at", start_date=days[0],
+                     key_template="{prefix}/{date}/{table}.{ext}")
+    for day in days:
+        archive_partition(conn, spec, day, store)
+    with _UnannouncedEncodingProxy(s3.endpoint_url) as proxy:
+        behind = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        done = restore_days(conn, behind, spec, days[0], days[-1], into="new", target=f"{schema}.restored")
+        listed = [r for r in proxy.requests(method="GET") if "list-type=2" in r.query]
+    assert listed, "the range was not listed at all"
+    assert not done.missing, f"archived days reported without an archive: {[str(d) for d in done.missing]}"
+    assert len(done.results) == 4
