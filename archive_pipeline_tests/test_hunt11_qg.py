@@ -143,3 +143,55 @@ def test_restore_range_through_a_store_that_url_encodes_listed_keys_unannounced_
     assert listed, "the range was not listed at all"
     assert not done.missing, f"archived days reported without an archive: {[str(d) for d in done.missing]}"
     assert len(done.results) == 4
+
+
+class _GatewayPageHandler(fault_proxy._Handler):
+    """Answers every GET of a manifest with what a gateway in maintenance sends: 200, text/html, its own page,
+    no ETag (the store behind it is not asked)."""
+
+    PAGE = (b"<!DOCTYPE html>\n<html><head><title>Maintenance</title></head><body><h1>Service temporarily "
+            b"unavailable</h1><p>Please try again in a few minutes.</p></body></html>\n")
+
+    def _forward(self, method, body):
+        path = fault_proxy.urllib.parse.urlsplit(self.path).path
+        if method == "GET" and path.endswith(".manifest.json"):
+            return 200, [("Content-Type", "text/html; charset=utf-8")], self.PAGE
+        return super()._forward(method, body)
+
+
+class _GatewayPageProxy(FaultProxy):
+    def start(self) -> FaultProxy:
+        self._server = fault_proxy._Server(("127.0.0.1", 0), _GatewayPageHandler)
+        self._server.proxy = self
+        self._thread = fault_proxy.threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                                    daemon=True)
+        self._thread.start()
+        return self
+
+
+def test_a_manifest_get_answered_without_an_etag_is_not_taken_for_the_manifest(conn, schema, s3, bucket, store):
+    """An intact archive, a store with MD5 ETags (``verify_etags`` on, the default). A gateway in front of the
+    store is in maintenance and answers the manifest's GET with its own page: 200, ``text/html``, no ETag.
+
+    What happens: get_verified_bytes checks the body against the ETag only "when the ETag is a plain MD5"; an
+    answer without any ETag passes unverified, the page does not decode, the second read gives the same page, and
+    ``verify`` reports "manifest ... unreadable: not valid JSON" for the intact archive (the archive run's skip
+    check likewise takes it as damaged: a verdict, where the store was never asked).
+
+    What should happen: with ``verify_etags`` on, every GET answer of the store carries the object's ETag; one
+    without it is not the object's answer (as S3Store.head already refuses a HEAD without size or ETag): a
+    retryable DownloadError, no verdict on the archive. Fix idea: in get_verified_bytes, when verify_etags is on
+    and the answer has no ETag, treat it like the error-document answer (read again, then retryable)."""
+    create_sample_events(conn, DAYS, rows_per_day=50, schema=schema)
+    spec = spec_for(schema, "drop")
+    archive_partition(conn, spec, DAYS[0], store)
+    key = f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst"
+    assert verify_archive(store, key, {"rows": 50}) == []
+    with _GatewayPageProxy(s3.endpoint_url) as proxy:
+        behind = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        try:
+            problems = verify_archive(behind, key, {"rows": 50})
+        except DownloadError as exc:
+            assert exc.retryable
+            return
+    pytest.fail(f"a gateway's page without an ETag was taken for the manifest; verdict: {problems}")
