@@ -195,3 +195,60 @@ def test_a_manifest_get_answered_without_an_etag_is_not_taken_for_the_manifest(c
             assert exc.retryable
             return
     pytest.fail(f"a gateway's page without an ETag was taken for the manifest; verdict: {problems}")
+
+
+class _TokenRefusedHandler(fault_proxy._Handler):
+    """Pages every ListObjectsV2 one key at a time (``max-keys=1``, as a store with a small page size does), and
+    answers the request for a next page as AWS answers a continuation token it does not take: 400 InvalidArgument
+    "The continuation token provided is incorrect" (a token damaged on the way, or one the node that answers did
+    not issue)."""
+
+    def _handle(self):
+        if self.command == "GET" and "list-type=2" in self.path:
+            if "continuation-token=" in self.path:
+                self.server.proxy._record(None, fault_proxy.Record("GET", self.path, "continuation-token", 400,
+                                                                   "error"))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer(400, [("Content-Type", "application/xml")], fault_proxy.error_xml(
+                    "InvalidArgument", "The continuation token provided is incorrect"), "GET")
+                return
+            self.path += "&max-keys=1"
+        super()._handle()
+
+
+class _TokenRefusedProxy(FaultProxy):
+    def start(self) -> FaultProxy:
+        self._server = fault_proxy._Server(("127.0.0.1", 0), _TokenRefusedHandler)
+        self._server.proxy = self
+        self._thread = fault_proxy.threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                                    daemon=True)
+        self._thread.start()
+        return self
+
+
+def test_a_refused_continuation_token_is_a_failed_listing_retried_not_a_refused_request(
+        conn, schema, s3, bucket, store):
+    """An archived day is archived again (the daily schedule's re-run: the skip-check lists the day's keys). The
+    store pages its listing (one key a page here) and refuses the continuation token of its own first page with
+    400 InvalidArgument "The continuation token provided is incorrect" (the token damaged on the way, or a
+    load-balanced store whose other node did not issue it).
+
+    What happens: the 400 goes through _wrap's generic classification: "the object store rejected the request
+    ... not retried: a retry cannot fix this", remedy "read the error code in the message": a permanent failure
+    of the day, whose Dagster step is not retried, for a listing that a new LIST from its start would read.
+
+    What should happen: as for the other broken pagings list_keys already refuses (a page that hands back its
+    own token, IsTruncated without a token: "the store's answer was not a listing", retried), a next page that
+    the store refuses for its token is a failed listing: a retryable DownloadError naming the listing. Fix idea:
+    in list_keys/_uploads_under, catch an InvalidArgument/400 on a request that carried a ContinuationToken
+    (not the first page) and raise the retryable "not a listing" DownloadError."""
+    create_sample_events(conn, DAYS, rows_per_day=50, schema=schema)
+    spec = spec_for(schema, "drop")
+    archive_partition(conn, spec, DAYS[0], store)
+    with _TokenRefusedProxy(s3.endpoint_url) as proxy:
+        behind = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        with pytest.raises(Exception) as caught:
+            archive_partition(conn, spec, DAYS[0], behind)
+        assert any(r.query == "continuation-token" for r in proxy.records), "no second page was asked for"
+    exc = caught.value
+    assert getattr(exc, "retryable", False), f"a refused continuation token failed the day for good: {exc}"
