@@ -1,0 +1,75 @@
+"""Hunt 11, class: the source changing while an operation runs (and between operations). Each test makes the
+change happen at a fixed seam of the operation (a core function monkeypatched to run it on a second connection
+first) and fails on the current code because of a bug."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import archive as archive_mod
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.verify import deep_verify
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _swap_schemas(pg, schema: str) -> None:
+    """On another session: the table's schema renamed away and another schema renamed into its name. ALTER
+    SCHEMA ... RENAME takes no lock on the tables in it, so it does not wait for a run holding the day's locks."""
+    with pg.connect() as other:
+        other.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(schema),
+                                                                     sql.Identifier(schema + "_was")))
+        other.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(schema + "_new"),
+                                                                     sql.Identifier(schema)))
+
+
+def test_schema_swapped_after_the_locks_archives_the_other_tables_rows_green(pg, conn, schema, store, temp_dir,
+                                                                              s3_client, bucket):
+    """A migration swaps schemas (ALTER SCHEMA app RENAME TO app_old; ALTER SCHEMA app_new RENAME TO app) while
+    the day of app.t is being archived, after the run took its snapshot and the day's locks and fingerprinted the
+    day, before it reads the rows (parallel_streams 1). Schema renames take no lock on the tables, so nothing waits. Now the run's
+    COPY (and each parallel stream's) resolves app.t by name again and reads the other table (its rows were
+    committed before the snapshot, so the snapshot sees them): as many rows as the fingerprint counted, so the
+    archive is published green with a manifest whose fingerprint is the locked table's rows, over an object
+    holding the other table's rows (deep verification then calls the archive altered). It should fail,
+    retryable, naming the table and day (the relation the name resolves to is not the one locked and
+    fingerprinted), and publish nothing. Fix idea: read by the locked relation's OID (or check, after the read,
+    that the name still resolves to the OID hold_day saw, as _same_relation does before it)."""
+    other = schema + "_new"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other)))
+    try:
+        for s, value in ((schema, "original"), (other, "impostor")):
+            t = sql.Identifier(s, "t")
+            conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(t))
+            conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00'::timestamptz + g * interval '1 s', "
+                                 "%s FROM generate_series(1, 2000) g").format(t), (value,))
+            conn.execute(sql.SQL("ANALYZE {}").format(t))
+        spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, format="jsonl",
+                         parallel_streams=1)
+        real = archive_mod.write_day
+
+        def swapped_then_read(*args, **kwargs):
+            _swap_schemas(pg, schema)
+            return real(*args, **kwargs)
+
+        archive_mod.write_day = swapped_then_read
+        try:
+            with pytest.raises(ArchiveError) as caught:
+                result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+                problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+                raise AssertionError(f"published green ({result.rows} rows, {result.key}); its deep verification "
+                                     f"now says: {problems}")
+        finally:
+            archive_mod.write_day = real
+        assert "2024-03-10" in str(caught.value)
+        assert not s3_client.list_objects_v2(Bucket=bucket).get("Contents")  # nothing published
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema + "_was")))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(other)))
+        # the fixture drops the schema of the test's name (the impostor's now)
