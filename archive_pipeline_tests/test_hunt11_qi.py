@@ -73,3 +73,51 @@ def test_schema_swapped_after_the_locks_archives_the_other_tables_rows_green(pg,
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema + "_was")))
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(other)))
         # the fixture drops the schema of the test's name (the impostor's now)
+
+
+def test_schema_swapped_after_the_removals_recheck_deletes_the_other_tables_unarchived_rows(pg, conn, schema, store,
+                                                                                             temp_dir):
+    """A day of app.t is archived and proven; retention (action delete) removes it. While the removal runs —
+    after it locked app.t (SHARE ROW EXCLUSIVE) and re-fingerprinted the day equal to the archive, before its
+    DELETE — a migration swaps schemas (ALTER SCHEMA app RENAME TO app_old; ALTER SCHEMA app_new RENAME TO app),
+    which takes no lock on the tables. The DELETE resolves app.t by name again and deletes the day's rows of the
+    OTHER table, which no archive holds: as many as were archived, so the count check passes, and the removal
+    commits and reports the day removed, while the archived rows are still in app_old.t and the other table's
+    rows are gone for good. It should refuse (retryable, naming table and day) and delete nothing: the relation
+    the DELETE reaches must be the one locked and proven. Fix idea: after the DELETE (inside the transaction),
+    check the name still resolves to the locked OID (or DELETE by the OID's regclass resolved once, under lock)."""
+    from archive_pipeline.core import lifecycle
+
+    other = schema + "_new"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other)))
+    try:
+        for s, value in ((schema, "archived"), (other, "never archived")):
+            t = sql.Identifier(s, "t")
+            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz, v text)").format(t))
+            conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00'::timestamptz + g * interval '1 s', "
+                                 "%s FROM generate_series(1, 50) g").format(t), (value,))
+        spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, format="jsonl",
+                         retention={"keep_days": 1, "action": "delete"})
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        real = lifecycle._foreign_delete
+
+        def swapped_then_go_on(*args, **kwargs):
+            _swap_schemas(pg, schema)
+            return real(*args, **kwargs)
+
+        lifecycle._foreign_delete = swapped_then_go_on
+        try:
+            try:
+                removal = lifecycle.remove_day(conn, spec, DAY, store, removed_by="test", temp_dir=str(temp_dir))
+            except ArchiveError as exc:
+                assert "2024-03-10" in str(exc)
+                removal = None
+        finally:
+            lifecycle._foreign_delete = real
+        never_archived = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(schema, "t"))).fetchone()[0]  # (the other table, under the name now)
+        assert never_archived == 50, (f"the removal ({removal}) deleted {50 - never_archived} rows of a table no "
+                                      "archive holds")
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema + "_was")))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(other)))
