@@ -161,3 +161,53 @@ def test_view_function_replaced_between_the_fingerprint_and_the_read_is_archived
     finally:
         archive_mod.write_day = real
     assert "2024-03-10" in str(caught.value)
+
+
+def test_schema_swapped_after_the_removals_recheck_drops_the_other_schemas_day_table(pg, conn, schema, store,
+                                                                                      temp_dir):
+    """As the DELETE above, for retention action ``drop`` in naming mode (one table per day, log_20240310): the
+    removal locks app.log_20240310 (ACCESS EXCLUSIVE), re-fingerprints it equal to the archive, and then — a
+    migration having swapped schemas meanwhile (ALTER SCHEMA app RENAME TO app_old; ALTER SCHEMA app_new RENAME
+    TO app; no table lock, so nothing waits) — runs DROP TABLE app.log_20240310 by name: it drops the OTHER
+    schema's day table, whose rows no archive holds, and reports the day removed (its rows counted from the
+    locked table), while the archived table lives on in app_old. Separate from the DELETE's case: a fix that
+    re-checks the DELETE's rows would not cover the DDL of drop/detach. It should refuse (retryable, naming table
+    and day) and drop nothing. Fix idea: DROP/DETACH the locked relation by its OID (regclass of the OID taken
+    under the lock), or check inside the transaction, right before the DDL, that the name resolves to it."""
+    import inspect
+
+    from archive_pipeline.core import lifecycle
+
+    other = schema + "_new"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other)))
+    try:
+        for s, n in ((schema, 10), (other, 30)):
+            day_table = sql.Identifier(s, "log_20240310")
+            conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(day_table))
+            conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, %s)").format(day_table), (n,))
+        spec = TableSpec(name=f"{schema}.log", start_date=DAY, format="jsonl",
+                         partitioning={"mode": "naming", "pattern": "log_%Y%m%d"},
+                         retention={"keep_days": 1, "action": "drop"})
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        real = lifecycle._refuse_unremovable
+
+        def swapped_in_the_recheck(*args, **kwargs):
+            if inspect.stack()[1].function == "_recheck_and_remove":  # (not the proof's call before the lock)
+                _swap_schemas(pg, schema)
+            return real(*args, **kwargs)
+
+        lifecycle._refuse_unremovable = swapped_in_the_recheck
+        try:
+            try:
+                removal = lifecycle.remove_day(conn, spec, DAY, store, removed_by="test", temp_dir=str(temp_dir))
+            except ArchiveError as exc:
+                assert "2024-03-10" in str(exc)
+                removal = None
+        finally:
+            lifecycle._refuse_unremovable = real
+        left = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                            (sql.Identifier(schema, "log_20240310").as_string(conn),)).fetchone()[0]
+        assert left, f"the removal ({removal}) dropped the other schema's day table of 30 rows no archive holds"
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema + "_was")))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(other)))
