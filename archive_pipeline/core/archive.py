@@ -73,7 +73,8 @@ from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
     estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
-    same_members, same_printed_names, same_shapes, server_identity, shape_changes, snapshot_open
+    read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
+    shape_changes, snapshot_open
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
@@ -345,6 +346,7 @@ class _Archiving:
                     hold_day(self.conn, table, where, functools.partial(partition_may_hold, self.conn, self.spec,
                                                                         self.day) if declarative else None)
                     labels = printed_names(self.conn, table, where)
+                    read = read_relations(self.conn, table)
                     composites = composite_signature(self.conn, table)
                     identity = _identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
@@ -420,6 +422,7 @@ class _Archiving:
                             upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
+                same_read_relations(self.conn, table, read)
                 same_shapes(self.conn, table, composites, where)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None

@@ -851,6 +851,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                     conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
         if action == "drop":
             conn.execute(sql.SQL("DROP TABLE {}").format(target.identifier))
+        _removed_the_locked(conn, spec, day, table, target, action)
         return now.rows
     deleted = _foreign_delete(conn, spec, day, table, where)
     if deleted is None:  # no foreign table reached: in batches
@@ -872,7 +873,35 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         raise RemovalRefused(f"{spec.name} {day} stays in the source: DELETE reported {deleted:,} rows removed, but "
                              f"{left:,} rows of the day are still there (an INSTEAD rule or a trigger?); rolled back",
                              table=spec.name, day=day.isoformat())
+    _removed_the_locked(conn, spec, day, table, target, action)
     return deleted
+
+
+def _removed_the_locked(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
+                        target: SourceTable, action: str) -> None:
+    """Refuse (retryable; the transaction rolls back) a removal whose statements, each resolving the names again,
+    reached relations other than the ones locked and proven: ALTER SCHEMA ... RENAME takes no lock on the tables
+    in it, so a migration swapping two schemas went through the removal's locks, and its DELETE (or DROP) removed
+    another table's rows, which no archive holds. Asked inside the removal's transaction, after its statements."""
+    named = {} if action == "drop" and table.oid == target.oid else {table.qualified: (table.identifier, table.oid)}
+    if action == "delete":  # (the dropped table names nothing now: it is looked for by its oid below)
+        named[target.qualified] = (target.identifier, target.oid)
+    moved = [name for name, (identifier, oid) in named.items() if oid is not None and conn.execute(
+        "SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (identifier.as_string(conn),)).fetchone()[0] != oid]
+    if action == "drop" and target.oid is not None and conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = %s)", (target.oid,)).fetchone()[0]:
+        moved.append(target.qualified)  # (the DROP dropped another table: the one locked is still there)
+    if action == "detach" and target.oid is not None and conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = %s)", (target.oid,)).fetchone()[0]:
+        moved.append(target.qualified)
+    if moved:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {', '.join(sorted(set(moved)))} came to name "
+                             "another relation while the day was being removed (it, or its schema, renamed: ALTER "
+                             f"TABLE/SCHEMA ... RENAME, a migration swapping schemas), so the {action} reached a "
+                             "relation that was not the one proven; rolled back", table=spec.name,
+                             day=day.isoformat(), retryable=True,
+                             remedy="run the removal again once the renaming is done: it proves the day as it is "
+                                    "then; rename tables and schemas outside removal runs")
 
 
 def _foreign_delete(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
@@ -918,7 +947,7 @@ def _described_again(conn: psycopg.Connection, spec: TableSpec, day: Period, loc
     (a partition replaced meanwhile) is refused."""
     table = source_table(conn, spec, day)
     target = _target(conn, spec, day, table, action)
-    if target.qualified != locked.qualified:
+    if target.qualified != locked.qualified or (locked.oid is not None and target.oid != locked.oid):
         raise RemovalRefused(f"{spec.name} {day} stays in the source: its partition changed while it was being "
                              f"removed ({locked.qualified} was locked, {target.qualified} holds the day now)",
                              table=spec.name, day=day.isoformat(), retryable=True,

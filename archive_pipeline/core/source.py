@@ -712,6 +712,72 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
                                  "labels and the objects reg* columns name outside the table's archive runs")
 
 
+# The user's functions a view's query calls (as the caller's snapshot has them: oid, row version), through the views
+# it reads and the functions whose bodies pg_depend records (BEGIN ATOMIC): CREATE OR REPLACE FUNCTION takes no lock
+# a read holds, and a query runs a function as committed when it runs, not as its snapshot sees it.
+_VIEW_FUNCTIONS = """
+WITH RECURSIVE o(classid, objid) AS (
+    SELECT 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid, r.oid
+    FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %(rel)s
+    UNION
+    SELECT CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refclassid
+                ELSE 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid END,
+           coalesce(r.oid, d.refobjid)
+    FROM o JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
+    LEFT JOIN pg_catalog.pg_rewrite r ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+        AND r.ev_class = d.refobjid AND r.ev_class <> %(rel)s
+    WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass OR r.oid IS NOT NULL)
+SELECT p.oid::pg_catalog.text, p.xmin::pg_catalog.text FROM o JOIN pg_catalog.pg_proc p
+    ON o.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = o.objid
+WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
+"""
+
+ReadRelations = tuple[int | None, tuple[tuple[str, str], ...]]
+
+
+def read_relations(conn: psycopg.Connection, table: SourceTable) -> ReadRelations:
+    """What the day's read depends on beyond its locks, in the caller's snapshot: the relation the table's name
+    resolves to, and (a view) the user's functions its query calls, with their row versions. See
+    :func:`same_read_relations`."""
+    if table.oid is None:
+        return None, ()
+    functions = conn.execute(_VIEW_FUNCTIONS, {"rel": table.oid}).fetchall() if table.relkind == "v" else []
+    return table.oid, tuple((oid, version) for oid, version in functions)
+
+
+def same_read_relations(conn: psycopg.Connection, table: SourceTable, then: ReadRelations) -> None:
+    """Fail (retryable) if, since ``then`` (:func:`read_relations`), the table's name came to name another relation
+    or a function its view calls was replaced. Asked once the rows are read: ALTER SCHEMA ... RENAME takes no lock
+    on the tables in it, so a migration swapping two schemas went through a run's locks, and the read, resolving
+    the name again, archived the other table's rows under the fingerprint of the locked one's; CREATE OR REPLACE
+    FUNCTION likewise, and the read printed what the fingerprint had not."""
+    oid, functions = then
+    if oid is None:
+        return
+    now = conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (table.identifier.as_string(conn),)
+                       ).fetchone()[0]
+    if now != oid:
+        raise SourceError(f"{table.qualified} came to name another relation while the day was read (it, or its "
+                          "schema, renamed: ALTER TABLE/SCHEMA ... RENAME, a migration swapping schemas): the rows "
+                          "read may be another table's; nothing was published", retryable=True,
+                          cause="the table was renamed or replaced under its name during the run",
+                          remedy="retried automatically (the retry archives the table its name names then); rename "
+                                 "tables and schemas outside the table's archive runs")
+    if functions:
+        current = dict(conn.execute("SELECT oid::pg_catalog.text, xmin::pg_catalog.text FROM pg_catalog.pg_proc "
+                                    "WHERE oid = ANY(%s::pg_catalog.oid[])", ([int(o) for o, _ in functions],)))
+        replaced = [int(o) for o, version in functions if current.get(o) != version]
+        if replaced:
+            names = [n for (n,) in conn.execute("SELECT pg_catalog.concat(o::pg_catalog.regprocedure) FROM "
+                                                "pg_catalog.unnest(%s::pg_catalog.oid[]) AS u(o)", (replaced,))]
+            raise SourceError(f"{', '.join(names)}, called by the view {table.qualified}, was replaced (CREATE OR "
+                              "REPLACE FUNCTION) while the day was read: its rows and its fingerprint may hold "
+                              "different values; nothing was published", retryable=True,
+                              cause="a function the view calls was replaced during the run",
+                              remedy="retried automatically (the retry reads the function as it is then); replace "
+                                     "the view's functions outside the table's archive runs")
+
+
 def unquoted_hint(schema: str, name: str) -> str:
     """For a name written with SQL's double quotes ('"Mixed Case"."Events"'): names are given as the
     catalog spells them, so the quotes became part of the name looked for."""
