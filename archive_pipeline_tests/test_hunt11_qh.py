@@ -25,3 +25,29 @@ def test_day_in_the_year_1_of_a_zone_east_of_utc_is_not_called_a_reversed_range(
     said = result.stdout + result.stderr
     assert "is after --to" not in said, said
     assert "2024-01-01" in said, said  # the start_date the day lies before
+
+
+def test_a_component_attribute_naming_an_unset_environment_variable_is_refused_not_rendered_as_none(monkeypatch):
+    """A defs.yaml of ArchiveTablesComponent writes ``key_template: "{{ env.ARCHIVE_KEY_ROOT }}/{prefix}/{schema}.
+    {table}/{date}.{ext}"`` (Dagster's env templating, which the component renders since hunt 7), and the code
+    location starts where ARCHIVE_KEY_ROOT is not set (a forgotten line of the deployment's env file). What
+    happens: Dagster's ``env`` gives None, Jinja renders it as the text "None", and the configuration loads with
+    the key template ``None/{prefix}/...``: every archive of the table is written under ``None/archive/...``,
+    outside ARCHIVE_S3_PREFIX, silently (a table ``name: "{{ env.ARCHIVE_SCHEMA }}.events"`` likewise becomes
+    ``None.events``, and its runs fail "table does not exist"). Expected: the load fails with a ConfigError naming
+    the table, the setting and the environment variable that is not set. Fix idea: in _resolved_tables, refuse
+    an ``env.X`` / ``env('X')`` whose variable is unset (or render with jinja2.StrictUndefined semantics)."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    monkeypatch.delenv("ARCHIVE_KEY_ROOT", raising=False)
+    attributes = ('tables:\n  - name: public.events\n    day_column: created_at\n    start_date: 2024-01-01\n'
+                  '    key_template: "{{ env.ARCHIVE_KEY_ROOT }}/{prefix}/{schema}.{table}/{date}.{ext}"\n'
+                  "check_source: false\n")
+    templates = None
+    try:
+        component = ArchiveTablesComponent.resolve_from_yaml(attributes)
+        templates = [spec.key_template for spec in component.archive_config().tables]
+    except Exception as exc:  # noqa: BLE001 - refused at load (Dagster may wrap it): it must name the variable
+        assert "ARCHIVE_KEY_ROOT" in str(exc), exc
+        return
+    raise AssertionError(f"loaded with the key template(s) {templates}: an unset variable rendered as text")
