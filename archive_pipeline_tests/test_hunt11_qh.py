@@ -51,3 +51,24 @@ def test_a_component_attribute_naming_an_unset_environment_variable_is_refused_n
         assert "ARCHIVE_KEY_ROOT" in str(exc), exc
         return
     raise AssertionError(f"loaded with the key template(s) {templates}: an unset variable rendered as text")
+
+
+def test_a_deeply_nested_yaml_value_fails_the_load_as_a_config_error_naming_the_file(tmp_path):
+    """A table list whose one value is nested 600 levels deep (``retention: [[[[...]]]]``: a generated file gone
+    wrong, a hostile one) is loaded. What happens: PyYAML's composer recurses once per level, and load_config
+    dies with a bare RecursionError ("maximum recursion depth exceeded"), naming neither the file nor the
+    setting; the CLI and the code location's load show a Python crash. (300 levels load and are refused properly
+    as a setting of the wrong type.) Expected: a ConfigError naming the file, as for any other YAML it cannot
+    read. Fix idea: catch RecursionError beside yaml.YAMLError in load_config (and compose_yaml) and say the
+    file nests too deeply."""
+    import pytest
+
+    from archive_pipeline.core.config import ConfigError, load_config
+
+    depth = 600
+    path = tmp_path / "tables.yaml"
+    path.write_text("tables:\n  - name: public.ev\n    day_column: at\n    start_date: 2024-01-01\n"
+                    f"    retention: {'[' * depth}{']' * depth}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(path) in str(refused.value), refused.value
