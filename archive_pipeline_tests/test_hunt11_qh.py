@@ -72,3 +72,26 @@ def test_a_deeply_nested_yaml_value_fails_the_load_as_a_config_error_naming_the_
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert str(path) in str(refused.value), refused.value
+
+
+def test_a_setting_key_yaml_reads_as_a_boolean_is_named_as_written_not_as_1(tmp_path):
+    """A table entry holds a key YAML 1.1 reads as a boolean (``on: true``, ``yes: ...``, ``off: ...``; e.g. a
+    block pasted from a CI file, or a setting meant as ``running: on`` written one level too far out). What
+    happens: the load fails with "table 'public.ev', setting '1': Keys should be strings": the file holds no
+    setting '1', and the message says neither what was written (``on``) nor why it is not a string, nor on
+    which line; the user looks for a '1' that is not there. (A value that YAML reads as a boolean is named as
+    written, with the line and the fix: ``day_column: off`` "reads as the boolean False ... quote it".)
+    Expected: the key named as written (``on``), with its line, saying YAML 1.1 reads it as a boolean.
+    Fix idea: in _misleading_settings, report a plain key node tagged bool/int/float/null like _not_text does
+    for values."""
+    import pytest
+
+    from archive_pipeline.core.config import ConfigError, load_config
+
+    path = tmp_path / "tables.yaml"
+    path.write_text("tables:\n  - name: public.ev\n    day_column: at\n    start_date: 2024-01-01\n    on: true\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    message = str(refused.value)
+    assert "'1'" not in message, message
+    assert "'on'" in message or "on:" in message, message
