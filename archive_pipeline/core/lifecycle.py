@@ -87,6 +87,7 @@ class Removal:
     already_removed: bool = False
     completed: bool = False  # an earlier run's committed removal, whose "done" mark this run wrote
     nothing: bool = False  # neither archived nor holding a row (an empty partition created ahead): nothing to remove
+    removed_by: str | None = None  # who removed it, as its mark says ("dagster run <id>", "archive-pipeline")
 
 
 def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
@@ -185,8 +186,9 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             # of the archived rows, and the day stays removed)
             if not dry_run:
                 _tidy_removed(conn, spec, day, store, key, manifest)
-            return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"], archive,
-                           None, dry_run, already_removed=True)
+            mark = manifest["removed"]  # (when and by whom: this run removed nothing)
+            return Removal(spec.name, day, action, mark.get("relation", ""), manifest["rows"], archive,
+                           _parse_time(mark.get("at")), dry_run, already_removed=True, removed_by=mark.get("by"))
         refuse_layout_change(spec, day, manifest)
         target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
         if proven is not True and proven != manifest.get("manifest_sha256"):

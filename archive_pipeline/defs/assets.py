@@ -555,11 +555,14 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
     if done:
         context.log.info(f"{spec.name}: retry of this run; {len(days) - len(todo)} of {len(days)} days were "
                          "archived by an earlier attempt and are not done again")
-    try:
-        store = archive_store.store()
-    except Exception as exc:  # a client that cannot be built (an endpoint without its scheme): no retry helps
+    try:  # a client that cannot be built (an endpoint without its scheme): the setting named, no retry helps
+        store = archive_store.store_for(f"archiving {spec.name} {days[0]}" if len(days) == 1 else
+                                        f"archiving {spec.name} {days[0]}..{days[-1]}")
+    except Failure as exc:
         yield from verdicts_as_they_were(context, key, todo)
-        raise failure(exc, spec, days[0], postgres.password, origin, step_retries(context)) from None
+        if len(days) == 1:
+            raise
+        raise batch_failure(spec, days, dict.fromkeys(todo, exc)) from None
     source = _Source(postgres, primary)
     failed = _failed_for_good(context, spec) if context.retry_number > 0 else {}
     todo = [d for d in todo if d not in failed]

@@ -513,21 +513,30 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey,
     """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``
     (``retry``: see :func:`build_source_unchanged_check`)."""
 
-    @asset_check(asset=key, name=STORED_CHECK, blocking=False, retry_policy=retry,
-                 description="On demand: re-checks the archive of the latest archived day against its recorded "
-                             "size, MD5, row count and manifest, and records the result for that day.")
+    check = AssetCheckSpec(STORED_CHECK, asset=key, blocking=False,
+                           description="On demand: re-checks the archive of the latest archived day against its "
+                                       "recorded size, MD5, row count and manifest, and records the result for that "
+                                       "day.")
+
+    # A multi-check of one check for its optional output: the verdict is logged against the materialization of
+    # the day it checked (the latest by partition); an AssetCheckResult is Dagster's against the latest by time,
+    # a backfilled older day's
+    @multi_asset_check(specs=[check], can_subset=True, name=f"{key.to_python_identifier()}_{STORED_CHECK}",
+                       retry_policy=retry)
     def _check(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
         latest = _latest(context.instance, key, spec)
         if not latest:
-            yield AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+            yield AssetCheckResult(check_name=STORED_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
                                    description=f"{spec.name}: nothing archived yet; nothing to check")
             return
         verdict = _recheck(context, spec, key, latest[0], archive_store.store_for(spec.name), config.deep,
                           archive_store.temp_dir)
         context.op_execution_context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=False))
-        yield AssetCheckResult(passed=verdict.passed, description=verdict.description,
-                               metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
+        context.op_execution_context.log_event(AssetCheckEvaluation(
+            asset_key=key, check_name=STORED_CHECK, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
+            description=verdict.description, metadata={**verdict.metadata, "partition": verdict.day.isoformat()},
+            blocking=False, target_materialization_data=_target(context.instance, key, verdict.day.isoformat())))
 
     return _check
 

@@ -263,10 +263,14 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         return
     if settled is not None and settled.outcome != "none":
         context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
+    # a day found removed already says when and by whom it was (its mark), not this run, which removed nothing
+    by = (removal.removed_by or "") if removal.already_removed else f"dagster run {context.run.run_id}"
     yield MaterializeResult(metadata={
         "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
         "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
-        "already_removed": removal.already_removed, "archive": removal.archive, "run_id": context.run.run_id,
+        "already_removed": removal.already_removed, "archive": removal.archive,
+        **({"run_id": by.removeprefix("dagster run ")} if by.startswith("dagster run ") else
+           {"removed_by": by or "unknown"}),
         **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
     })
 

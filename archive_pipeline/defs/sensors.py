@@ -9,8 +9,10 @@ DSN's password.
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime as dt
 import itertools
+import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -80,24 +82,53 @@ def describe_connect_failure(exc: BaseException, dsn: str) -> str:
     return f"{where}: {reason}"
 
 
-def candidate_days(spec: TableSpec, today: dt.date, lookback_days: int,
+def candidate_days(spec: TableSpec, today: dt.date | dt.datetime, lookback_days: int,
                    memo: dict[tuple, list[Period]] | None = None) -> list[Period]:
     """The table's complete periods (hours, days, months) worth looking at, never before its start_date:
     all of them where the catalog lists them (declarative, naming), those of the lookback window where
     each is a probe. ``memo`` keeps the lists already worked out, by what decides them: tables of the same
     granularity, zone and start share one (three years of days are ~25 ms of period maths), until ``today``
-    changes. The lists are shared: callers must not change them."""
+    changes. The lists are shared: callers must not change them.
+
+    ``today``: the tick's moment (periods that ended before it, to the quarter hour every zone's periods end
+    on: an hourly table's hours that ended today, a day of a zone ahead of UTC, waited for the UTC midnight),
+    or a UTC date whose midnight is the cutoff."""
+    if hasattr(today, "hour"):  # (a datetime)
+        cutoff = today.astimezone(dt.UTC).replace(minute=today.minute // 15 * 15, second=0, microsecond=0)
+        date = cutoff.date()
+    else:
+        cutoff, date = None, today
     first = spec.start_date
     if spec.partitioning.mode == "column":
-        first = max(first, today - dt.timedelta(days=lookback_days))
+        first = max(first, date - dt.timedelta(days=lookback_days))
+    select = functools.partial(select_days, spec, first, None, **({"now": cutoff} if cutoff else {"today": date}))
     if memo is None:
-        return select_days(spec, first, None, today=today)
-    key = (spec.granularity, spec.timezone, spec.start_date, first, today)
+        return select()
+    mark = cutoff or date
+    key = (spec.granularity, spec.timezone, spec.start_date, first, mark)
     if key not in memo:
-        if any(kept[-1] != today for kept in list(memo)):  # a new day: yesterday's lists are not asked for again
+        if any(kept[-1] != mark for kept in list(memo)):  # a later moment: the lists before are not asked for again
             memo.clear()
-        memo[key] = select_days(spec, first, None, today=today)
+        memo[key] = select()
     return memo[key]
+
+
+def _listed(keys: list[str], most: int = 5) -> str:
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def _tried(tried: list) -> str:
+    """The days a tick left out for their run keys' runs, named by table (the first few of each)."""
+    by_table: dict[str, list[str]] = {}
+    for wanted in tried:
+        by_table.setdefault(wanted.tags.get(TABLE_TAG, "") if isinstance(wanted, RunRequest) else wanted.table,
+                            []).append(wanted.partition_key)
+    return "; ".join(f"{table}: {_listed(keys)}" for table, keys in by_table.items())
+
+
+def _rerun(wanted) -> str:
+    table = wanted.tags.get(TABLE_TAG, "") if isinstance(wanted, RunRequest) else wanted.table
+    return "`" + shlex.join(["archive-pipeline", "archive", "--table", table, "--day", wanted.partition_key]) + "`"
 
 
 def _span(days: list[dt.date]) -> str:
@@ -238,9 +269,9 @@ def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
 
 
 def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, location: str | None = None,
-            repository: str | None = None) -> tuple[list[Keyed], int]:
-    """The first ``cap`` of ``requests`` whose run key has no run yet, and how many were left out because
-    theirs has one.
+            repository: str | None = None) -> tuple[list[Keyed], list[Keyed]]:
+    """The first ``cap`` of ``requests`` whose run key has no run yet, and those left out because theirs has
+    one (of the batches looked at).
 
     The daemon never launches a run key twice, so a day whose run failed (or is queued or running) stays
     requested and dropped on every tick; counted against ``sensor.max_runs_per_tick``, such days fill the
@@ -249,7 +280,7 @@ def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, loca
     never built).
     """
     chosen: list[Keyed] = []
-    tried = 0
+    tried: list[Keyed] = []
     size = max(cap, 100)
     pending = iter(requests)
     while len(chosen) < cap:
@@ -264,7 +295,7 @@ def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, loca
                 and (run.tags.get(SENSOR_NAME_TAG) == SENSOR_NAME or run.status in UNFINISHED)}
         for request in batch:
             if request.run_key in used:
-                tried += 1
+                tried.append(request)
             elif len(chosen) < cap:
                 chosen.append(request)
     return chosen, tried
@@ -290,7 +321,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                     f"{settings.lookback_days} days for column tables (one probe per period).",
     )
     def archive_new_days(context: SensorEvaluationContext, postgres: PostgresResource) -> SensorResult | SkipReason:
-        today = dt.datetime.now(dt.UTC).date()
+        now = dt.datetime.now(dt.UTC)
         found_days: list[tuple[SensorTarget, list[Period]]] = []
         problems: list[str] = []
         report: list[str] = []
@@ -302,7 +333,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                                       context.repository_name)
             for target in targets:
                 spec = target.spec
-                days = candidate_days(spec, today, settings.lookback_days, candidates)
+                days = candidate_days(spec, now, settings.lookback_days, candidates)
                 done = context.instance.get_materialized_partitions(target.asset_key)
                 missing = [d for d in days if d.isoformat() not in done]
                 found: list[dt.date] = []
@@ -334,6 +365,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                 busy = days_in_flight(running, target)
                 report.append(inspected(spec, days, len(missing), len(found)))
                 found_days.append((target, [d for d in found if spec.period(d).isoformat() not in busy]))
+                archiving = [spec.period(d).isoformat() for d in found if spec.period(d).isoformat() in busy]
+                if archiving:
+                    report[-1] += f", {_listed(archiving)} being archived by a queued or running run"
         cap = settings.max_runs_per_tick
         origin = context.code_location_origin
         # the turn goes on from tick to tick: the table after the one served first last tick starts this one, so a
@@ -345,9 +379,9 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
         chosen, tried = untried(context.instance, wanted_runs(found_days), cap,
                                 origin.location_name if origin else None, context.repository_name)
         wanted = sum(len(days) for _, days in found_days)
-        already = (f"{tried} day(s) already have a run (failed, queued or running) under their run key and are "
-                   "not requested again: re-run a failed day from the asset's partitions in the UI or with "
-                   "`archive-pipeline archive --table <table> --day <day>`") if tried else ""
+        already = (f"{len(tried)} day(s) already have a run (failed, queued or running) under their run key and are "
+                   f"not requested again ({_tried(tried)}): re-run a failed day from the asset's partitions in the UI "
+                   f"or with {_rerun(tried[0])}") if tried else ""
         if already:
             context.log.info(already)
         if not chosen:
@@ -358,8 +392,8 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                 raise RuntimeError(f"archive_new_days could not inspect {'; '.join(problems)}; requested nothing "
                                    f"this tick ({text})")
             return SkipReason(text)
-        if wanted - tried > cap:
-            context.log.info(f"up to {wanted - tried} days to archive; requesting {cap} this tick "
+        if wanted - len(tried) > cap:
+            context.log.info(f"up to {wanted - len(tried)} days to archive; requesting {cap} this tick "
                              "(sensor.max_runs_per_tick), the rest on the next ticks")
         return SensorResult(run_requests=[wanted.request() for wanted in chosen], cursor=chosen[0].table)
 
