@@ -45,3 +45,31 @@ def test_a_name_value_too_long_in_utf8_is_refused_naming_the_column_not_blamed_o
     assert "'nm'" in said and "63" in said, said
     assert "altered after it was written" not in said, said
     assert conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{schema}.back",)).fetchone()[0] is None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_tsvector_lexeme_over_its_byte_limit_in_utf8_is_not_called_a_1gb_value_to_archive_as_parquet(
+        fmt, encoded_databases, conn, schema, store, temp_dir):  # noqa: F811
+    """A LATIN1 database's ``tsvector`` column holds a lexeme of 1,500 ``é`` (1,500 bytes there, under tsvector's
+    2,046-byte limit for a word); the day is archived in csv or parquet, green. Restored into a UTF-8 database
+    (which the README says works for a LATIN1 day) the lexeme is 3,000 bytes and tsvector's input refuses it
+    (54000 "word is too long"). What happens now: RestoreError "a value, row or query exceeds a PostgreSQL limit
+    (e.g. a value over 1 GB as text or JSON) … to fix: a retry cannot help: archive this table as parquet (binary
+    COPY, no 1 GB text value) or csv (no per-row JSON), or shorten/split the oversized values": the cause is not a
+    1 GB value, the archive already is parquet/csv, and re-archiving in any format cannot help (the source may even
+    be gone after retention). What should happen: the refusal names the column ``v`` and says the value does not
+    fit this database's encoding (its byte length grew from LATIN1 to UTF8), with the remedy that works: restore
+    into a database whose encoding is LATIN1.
+    Fix idea: at restore, classify 54000 against the manifest's source encoding: when it differs from the
+    target's, probe the columns (as the archive side does) and name the encoding, not the format."""
+    with psycopg.connect(encoded_databases["LATIN1"], autocommit=True) as latin:
+        latin.execute("DROP TABLE IF EXISTS ev")
+        latin.execute("CREATE TABLE ev (id int, at date, v tsvector)")
+        latin.execute("INSERT INTO ev VALUES (1, %s, repeat('é', 1500)::tsvector), (2, %s, 'a b')", (DAY, DAY))
+        spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format=fmt)
+        archive_partition(latin, spec, DAY, store, temp_dir=temp_dir)
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    said = f"{refused.value} {refused.value.remedy}"
+    assert "archive this table as" not in said and "1 GB" not in said, said
+    assert "'v'" in said and "LATIN1" in said, said
