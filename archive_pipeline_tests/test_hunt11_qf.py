@@ -73,3 +73,32 @@ def test_a_tsvector_lexeme_over_its_byte_limit_in_utf8_is_not_called_a_1gb_value
     said = f"{refused.value} {refused.value.remedy}"
     assert "archive this table as" not in said and "1 GB" not in said, said
     assert "'v'" in said and "LATIN1" in said, said
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_char_n_value_restored_into_sql_ascii_is_not_blamed_on_the_archive(
+        fmt, encoded_databases, conn, schema, store, temp_dir):  # noqa: F811
+    """A UTF-8 database's ``char(3)`` column holds ``'é'`` (stored padded to three characters: ``'é  '``); the day
+    is archived, green. Restored into a SQL_ASCII database (which the README says works: its text is UTF-8
+    bytes), char(3)'s input counts bytes as characters there: ``é`` is two, so it pads to ``'é '`` (one blank) and
+    the restored value differs. What happens now, in every format: FingerprintMismatchError "… The archive does
+    not hold the rows it was proven to hold (altered after it was written), or the target already held other
+    rows of the day", no remedy — it blames a sound archive. The same restore of a ``varchar(3)`` value ``'ééé'``
+    is already explained ("The database's encoding, SQL_ASCII, counts a character(n) or varchar(n) value's
+    length in bytes, not characters …; to fix: restore into a database whose encoding is UTF8, or into a table
+    whose column is text"); a char(n) value short enough to be padded gets no such explanation. What should
+    happen: the same RestoreError naming the column ``v``, the SQL_ASCII byte counting and that remedy.
+    Fix idea: when the target's encoding is SQL_ASCII and a char(n) column (or a domain/array of one) holds
+    characters beyond ASCII, refuse before loading (or explain the mismatch) as for the varchar overflow."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, v char(3))").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'é'), (2, %s, 'ab')").format(sql.Identifier(schema, "ev")),
+                 (DAY, DAY))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    with psycopg.connect(encoded_databases["SQL_ASCII"], autocommit=True) as target:
+        target.execute("DROP TABLE IF EXISTS back")
+        with pytest.raises(RestoreError) as refused:
+            restore_day(target, store, spec, DAY, into="new", target="public.back", temp_dir=temp_dir)
+    said = f"{refused.value} {refused.value.remedy}"
+    assert "altered after it was written" not in said, said
+    assert "SQL_ASCII" in said and "text" in str(refused.value.remedy), said
