@@ -102,3 +102,39 @@ def test_a_char_n_value_restored_into_sql_ascii_is_not_blamed_on_the_archive(
     said = f"{refused.value} {refused.value.remedy}"
     assert "altered after it was written" not in said, said
     assert "SQL_ASCII" in said and "text" in str(refused.value.remedy), said
+
+
+@pytest.mark.parametrize("column", ["v char(3)[]", "v code"])
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_sql_ascii_days_char_n_array_or_domain_restored_into_utf8_is_explained_as_a_plain_char_n_is(
+        fmt, column, encoded_databases, conn, schema, store, temp_dir):  # noqa: F811
+    """A SQL_ASCII database (its text UTF-8 bytes) has a ``char(3)[]`` column, or one of a domain ``code`` over
+    ``char(3)``, holding ``é``: SQL_ASCII counted its two bytes as two characters and padded it with one blank.
+    The day is archived, green, and restored into a UTF-8 database, where char(3)'s input pads to three
+    characters. A plain ``char(3)`` column is explained (``_byte_padded``: "Column(s) 'v' are character(n), and
+    hold characters beyond ASCII: the SQL_ASCII database the day was archived from pads such a value to n bytes
+    …; to fix: restore into a SQL_ASCII database, or into a table whose column is text"). What happens now: for the
+    array, ``_byte_padded`` (its type name starts with ``character(``) runs ``octet_length`` on the array and the
+    restore crashes with "the server rejected the archiver's SQL (UndefinedFunction: function
+    pg_catalog.octet_length(character[]) does not exist) … report it with this message"; for the domain (its type
+    name is ``code``) it is not looked at, and the refusal is FingerprintMismatchError "… The archive does not hold
+    the rows it was proven to hold (altered after it was written) …", no remedy. What should happen: the same explanation naming ``v``, and its remedy.
+    Fix idea: in _byte_padded, find char(n) through domains and arrays (the column's base type and typmod, as
+    the archive side walks types), and test the elements (``unnest``) of an array."""
+    with psycopg.connect(encoded_databases["SQL_ASCII"], autocommit=True, client_encoding="utf8") as source:
+        source.execute("DROP TABLE IF EXISTS ev; DROP DOMAIN IF EXISTS code; CREATE DOMAIN code AS char(3)")
+        source.execute(f"CREATE TABLE ev (id int, at date, {column})")
+        value = "{é}" if "[]" in column else "é"
+        source.execute("INSERT INTO ev VALUES (1, %s, %s), (2, %s, NULL)", (DAY, value, DAY))
+        spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format=fmt)
+        archive_partition(source, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute("DROP DOMAIN IF EXISTS public.code CASCADE")
+    conn.execute("CREATE DOMAIN public.code AS char(3)")
+    try:
+        with pytest.raises(RestoreError) as refused:
+            restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    finally:
+        conn.execute("DROP DOMAIN IF EXISTS public.code CASCADE")
+    said = f"{refused.value} {refused.value.remedy}"
+    assert "altered after it was written" not in said, said
+    assert "'v'" in said and "SQL_ASCII" in said, said
