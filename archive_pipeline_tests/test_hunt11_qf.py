@@ -138,3 +138,57 @@ def test_a_sql_ascii_days_char_n_array_or_domain_restored_into_utf8_is_explained
     said = f"{refused.value} {refused.value.remedy}"
     assert "altered after it was written" not in said, said
     assert "'v'" in said and "SQL_ASCII" in said, said
+
+
+@pytest.fixture
+def win1252_database(pg):
+    """A WIN1252 database (a single-byte encoding with bytes it leaves undefined, e.g. 0x81)."""
+    with pg.connect() as admin:
+        admin.autocommit = True
+        name = f"qf_win1252_{admin.info.backend_pid}"
+        admin.execute(sql.SQL("CREATE DATABASE {} ENCODING 'WIN1252' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+            sql.Identifier(name)))
+        try:
+            yield pg.dsn_for("postgres", database=name)
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_an_untranslatable_byte_in_a_win1252_database_is_not_given_a_sql_ascii_recipe_that_fails_there(
+        win1252_database, store, temp_dir):
+    """A WIN1252 database's text holds the byte 0x81, which WIN1252 leaves undefined (a client in WIN1252 wrote it;
+    the server stores any non-zero byte of a single-byte encoding). The day cannot be sent as UTF-8, and is
+    refused, rightly, naming the column (22P05). What happens now: the message's remedy is written for a SQL_ASCII
+    database: "Fix the value in the source (in a SQL_ASCII database, which stores any bytes, convert it from the
+    encoding it was written in, e.g. from LATIN1: convert_from(convert(convert_to(value, 'SQL_ASCII'), 'LATIN1',
+    'UTF8'), 'SQL_ASCII')), then archive the day again" — in this WIN1252 database that statement runs but keeps
+    the 0x81 byte (and adds an ``Â`` before it: it reads the value as LATIN1 and stores UTF-8 bytes as WIN1252),
+    so the day is refused again, now with a mangled value. What should happen: the remedy fits the database (WIN1252, a byte
+    it leaves undefined), and any SQL it offers works there (e.g. replace the byte: ``convert_from(pg_catalog.replace(convert_to(v, 'SQL_ASCII')…``
+    or ``translate(v, E'\\x81', '')``), so that after it the day archives.
+    Fix idea: in the 22P05/22021 probe's message, branch on the server encoding: SQL_ASCII gets today's recipe,
+    a single-byte encoding gets "the byte 0x.. is undefined in <enc>; replace it" with a statement tested there."""
+    import re
+
+    from archive_pipeline.core.errors import UnsupportedTypeError
+
+    with psycopg.connect(win1252_database, autocommit=True) as c:
+        c.execute("CREATE TABLE ev (id int, at date, v text)")
+        c.execute("SET client_encoding = 'WIN1252'")
+        c.execute(b"INSERT INTO ev VALUES (1, '2024-03-10', 'x\x81y'), (2, '2024-03-10', 'fine')")
+        c.execute("RESET client_encoding")
+        spec = TableSpec(name="public.ev", day_column="at", start_date=DAY, format="csv")
+        with pytest.raises(UnsupportedTypeError) as refused:
+            archive_partition(c, spec, DAY, store, temp_dir=temp_dir)
+        said = f"{refused.value} {getattr(refused.value, 'remedy', '') or ''}"
+        assert "'v'" in said, said
+        recipe = re.search(r"(convert_from\(.*\))\), then archive", said)
+        if recipe:  # whatever SQL the message offers must work in this database
+            try:
+                c.execute(sql.SQL("UPDATE ev SET v = {}").format(sql.SQL(recipe.group(1).replace("value", "v"))))
+            except psycopg.Error as exc:
+                pytest.fail(f"the remedy's SQL fails in this WIN1252 database ({exc!r}): {said}")
+            try:
+                assert archive_partition(c, spec, DAY, store, temp_dir=temp_dir).rows == 2
+            except UnsupportedTypeError as again:
+                pytest.fail(f"after the remedy's SQL the day is refused again: {again}")
