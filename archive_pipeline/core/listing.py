@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import urllib.parse
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
@@ -20,15 +21,20 @@ def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
     """Every key in the bucket under the common prefix of ``keys`` (a listing); None
     when that would list much more than the keys themselves (a key template that puts the date
     before the table, or no common directory), where one GET per key costs less, or when the store
-    answers keys that do not start with the prefix asked for (a listing not to be read by name)."""
+    answers keys not as stored (a listing not to be read by name): ones that do not start with the prefix asked
+    for, or a key asked for URL-encoded (``my%20events``: a store encoding keys without saying so)."""
     common = os.path.commonprefix(keys)
     if "/" not in common:
         return None
     prefix = common[: common.rindex("/") + 1]
     found: set[str] = set()
+    asked = set(keys)
     for item in store.list_keys(prefix):
         if not item["Key"].startswith(prefix):  # keys not as asked (a store URL-encoding them unannounced): the
             return None                         # listing tells nothing of the days, each is read on its own
+        if "%" in item["Key"] and item["Key"] not in asked and \
+                asked.intersection((urllib.parse.unquote(item["Key"]), urllib.parse.unquote_plus(item["Key"]))):
+            return None  # the same, where the prefix has nothing to encode: a key asked for, listed encoded
         found.add(item["Key"])
         if len(found) > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
             return None

@@ -291,10 +291,12 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
     looked like nothing stored: archived days listed as missing, an upload left without its marker), and
     a page that hands back the token it was given (botocore's PaginationError, which reads as a client
     misconfigured): either is an answer that is not a listing, retried."""
-    from botocore.exceptions import PaginationError
+    from botocore.exceptions import ClientError, PaginationError
 
+    first = True
     try:
         for page in pages:
+            first = False
             if page.get("IsTruncated") and not page.get(way_on):
                 raise DownloadError(f"{doing} failed: a page of the store's listing says more follows but gives no "
                                     f"{way_on} to fetch it by; the run will be retried", retryable=True,
@@ -307,6 +309,18 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
                             cause="the store's answer was not a listing",
                             remedy="retried automatically; if it persists, check the network path to the store"
                             ) from None
+    except ClientError as exc:
+        refused = (exc.response.get("Error") or {}).get("Code") in ("InvalidArgument", "InvalidToken") or \
+            (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") == 400
+        if first or not refused:
+            raise
+        # a next page refused for the token the store's own last page gave (damaged on the way, or another node's
+        # behind a load balancer): a listing to read again from its start, not a request refused for good
+        raise DownloadError(f"{doing} failed: the store refused the token of its own listing's next page "
+                            f"({_said(exc)}); the run will be retried", retryable=True,
+                            cause="the store's answer was not a listing",
+                            remedy="retried automatically; if it persists, check the network path to the store "
+                                   "(proxies, load balancers in front of several store nodes)") from None
 
 
 _READ_AFTER_WRITE_PAUSES = (0.2, 0.8, 2.0)
@@ -817,6 +831,17 @@ class S3Store:
                 problem = _said(exc)
                 continue
             etag = self.etag_in(response)
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if status == 206 or response.get("ContentRange") or (length and len(data) != length):
+                # a part of the object (a gateway's 206 to a whole GET, a body cut short): not the manifest
+                problem = (f"the store answered {status} with {len(data)} bytes of the object "
+                           f"({response.get('ContentRange') or f'Content-Length {length}'}), not all of it")
+                log.warning("%s read failed: %s", self.uri(key), problem)
+                continue
+            if self.verify_etags and not etag:  # every S3 answer to a GET has an ETag: a gateway's page has none
+                problem = f"the store answered {status} without an ETag (not the object: a gateway's own page?)"
+                log.warning("%s read failed: %s", self.uri(key), problem)
+                continue
             if not data:  # what we read this way is never empty: a 200 without its body (a proxy's, a gateway's)
                 problem = "the store answered 200 with an empty body"
                 log.warning("%s read failed: %s", self.uri(key), problem)
