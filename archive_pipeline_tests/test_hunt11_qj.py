@@ -92,3 +92,35 @@ def test_prune_cancelled_after_the_second_days_removal_committed_does_not_say_th
     said = answer["error"]
     assert "left as it was" not in said, said
     assert second in listed or second in said, answer
+
+
+def test_archive_cancelled_after_its_manifest_was_written_does_not_say_nothing_was_published(
+        setup, days, tmp_path, s3_client, bucket):
+    """`archive --day D --overwrite` of an archived day, stopped by SIGTERM right after the new manifest was
+    written (the commit point), while the superseded generation is deleted / the day's lock released. Now: exit 143
+    and `archiving <table> D was cancelled by SIGTERM: nothing of the day was published (an earlier archive of it
+    stays as it was)`. But the new generation IS published (the manifest names it, `list` shows it archived at
+    the new time) and the earlier one is retired: both halves of the sentence are false, and a user who restores
+    "the earlier archive" or re-runs expecting a first publication is misled.
+    Should: say the day was archived (or may have been: "the next run of the day finds which", as a cancel
+    during the manifest's PUT says), never "nothing of the day was published".
+    (Fix idea: note_cancelled(..., "committing") / a "committed" state once _commit's PUT returned, which
+    archive_partition's outer note does not overwrite.)"""
+    env, name = setup
+    day = days[0].isoformat()
+    cli_json(env, "archive", "--day", day)
+    before = cli_json(env, "list", "--day", day)["days"][0]
+    seam = """
+        import archive_pipeline.core.archive as A
+        original = A._Archiving._commit
+        def commit(self, *args, **kwargs):
+            original(self, *args, **kwargs)  # the manifest is written: the day is published
+            os.kill(os.getpid(), signal.SIGTERM)
+        A._Archiving._commit = commit
+    """
+    done = _with_seam(env, tmp_path, seam, "archive", "--day", day, "--overwrite")
+    assert done.returncode == 143, done.stdout + done.stderr
+    after = cli_json(env, "list", "--day", day)["days"][0]
+    assert after["state"] == "archived" and after["archived_at"] != before["archived_at"], (before, after)  # premise
+    assert "nothing of the day was published" not in done.stderr, done.stderr
+
