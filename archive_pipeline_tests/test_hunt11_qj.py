@@ -124,3 +124,31 @@ def test_archive_cancelled_after_its_manifest_was_written_does_not_say_nothing_w
     assert after["state"] == "archived" and after["archived_at"] != before["archived_at"], (before, after)  # premise
     assert "nothing of the day was published" not in done.stderr, done.stderr
 
+
+def test_restore_cancelled_after_the_days_transaction_committed_does_not_say_it_was_rolled_back(
+        setup, conn, days, tmp_path, schema):
+    """`restore --day D --into new --target s.r`, stopped by SIGTERM after the day's transaction COMMITTED, while
+    the day's lock is released. Now: exit 143 and `restoring <table> D was cancelled by SIGTERM: the day's restore
+    was rolled back; to fix: run the same command again`. But s.r exists and holds all the day's rows (proven):
+    a user told "rolled back" drops nothing and re-runs, or worse, trusts that s.r does not exist and loads the
+    rows elsewhere twice. Should: say the day was restored (committed) — or that it may have been and the same
+    command finds which — never that it was rolled back.
+    (Fix idea: a "committed" note once restore_archive's transaction block exits, kept by _restore_current.)"""
+    env, name = setup
+    day = days[0].isoformat()
+    cli_json(env, "archive", "--day", day)
+    seam = """
+        import archive_pipeline.core.restore as R
+        original = R.table_day_lock
+        @contextlib.contextmanager
+        def lock(*args, **kwargs):
+            with original(*args, **kwargs):
+                yield
+            os.kill(os.getpid(), signal.SIGTERM)  # the day's transaction has committed; its lock is released
+        R.table_day_lock = lock
+    """
+    done = _with_seam(env, tmp_path, seam, "restore", "--day", day, "--into", "new", "--target", f"{schema}.r")
+    assert done.returncode == 143, done.stdout + done.stderr
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "r"))).fetchone()[0]
+    assert rows == ROWS  # (the premise: the day is restored)
+    assert "rolled back" not in done.stderr, done.stderr
