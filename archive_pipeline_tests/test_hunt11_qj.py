@@ -152,3 +152,23 @@ def test_restore_cancelled_after_the_days_transaction_committed_does_not_say_it_
     rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "r"))).fetchone()[0]
     assert rows == ROWS  # (the premise: the day is restored)
     assert "rolled back" not in done.stderr, done.stderr
+
+
+def test_compare_of_a_day_before_start_date_does_not_answer_ok_with_nothing_compared(setup, days):
+    """A script guards a manual DROP of an old partition with `archive-pipeline compare --day D --json` (exit 0 and
+    "ok": true = the archive equals the source). D holds 200 rows in PostgreSQL but lies before the table's
+    start_date (the configuration was started later), so it was never archived. Now: exit 0, `{"ok": true, "days":
+    []}` ("0 day(s) compared, 0 differ" in text; only a stderr note says D is before start_date): the script drops
+    rows that exist nowhere else. `verify --day D` refuses exactly this case ("nothing was verified", exit 1), and a
+    day from start_date on that is not archived is a difference (`not-archived`, exit 1).
+    Should: not ok and a non-zero exit (1 as verify, or 2 as a usage error like archive/restore's "nothing to
+    ..."), saying nothing was compared."""
+    env, name = setup
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    raw = yaml.safe_load(config.read_text())
+    raw["tables"][0]["start_date"] = days[1].isoformat()
+    config.write_text(yaml.safe_dump(raw))
+    cli_json(env, "archive", "--day", days[1].isoformat())
+    done = cli(env, "compare", "--day", days[0].isoformat(), "--json")
+    answer = json.loads(done.stdout)
+    assert (done.returncode, answer["ok"]) != (0, True), (done.returncode, answer, done.stderr)
