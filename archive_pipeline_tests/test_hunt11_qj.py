@@ -172,3 +172,44 @@ def test_compare_of_a_day_before_start_date_does_not_answer_ok_with_nothing_comp
     done = cli(env, "compare", "--day", days[0].isoformat(), "--json")
     answer = json.loads(done.stdout)
     assert (done.returncode, answer["ok"]) != (0, True), (done.returncode, answer, done.stderr)
+
+
+def test_restore_of_two_tables_cancelled_in_the_second_names_that_table_and_the_command_for_the_rest(
+        setup, conn, days, tmp_path, schema):
+    """`restore --from D0 --to D1 --into original` of two configured tables (the README: "Cancelled after some
+    days were committed, it lists them too and names the command that restores the rest"), stopped by SIGTERM
+    while the second table's first day is restored. Now: exit 143 and `restoring <first table> was cancelled by
+    SIGTERM after 2 day(s) were committed ...; to fix: <first table> is done, then the other tables (<second
+    table>)`: it names the wrong table as the one being restored, and no command at all for the rest (the user
+    must work out `--table`, `--from`, `--to` and `--into` by hand).
+    Should: name the second table as the one cancelled, and give the pasteable command that restores it
+    (`archive-pipeline restore --table <second> --from D0 --to D1 --into original`).
+    (Fix idea: _restore_cancelled / _the_rest take the day being restored from exc.interrupted, and for the
+    tables not reached print `restore --table T --from .. --to .. --into ..` each.)"""
+    env, first = setup
+    second = f"{schema}.ev2"
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(
+        sql.Identifier(schema, "ev2")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 hour' FROM "
+                         "generate_series(0, 47) g").format(sql.Identifier(schema, "ev2")), (days[0],))
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    raw = yaml.safe_load(config.read_text())
+    raw["tables"].append({"name": second, "day_column": "at", "start_date": days[0].isoformat(),
+                          "partitioning": {"mode": "column"}, "format": "jsonl"})
+    config.write_text(yaml.safe_dump(raw))
+    d0, d1 = days[0].isoformat(), days[1].isoformat()
+    cli_json(env, "archive", "--from", d0, "--to", d1)
+    seam = f"""
+        import archive_pipeline.core.restore as R
+        original = R._restore_current
+        def current(conn, store, spec, day, *args, **kwargs):
+            if spec.name == {second!r}:
+                os.kill(os.getpid(), signal.SIGTERM)  # the second table's first day
+            return original(conn, store, spec, day, *args, **kwargs)
+        R._restore_current = current
+    """
+    done = _with_seam(env, tmp_path, seam, "restore", "--from", d0, "--to", d1, "--into", "original")
+    assert done.returncode == 143, done.stdout + done.stderr
+    said = done.stderr
+    assert f"restoring {second}" in said, said
+    assert f"archive-pipeline restore --table {second} --from {d0} --to {d1} --into original" in said, said
