@@ -213,3 +213,20 @@ def test_restore_of_two_tables_cancelled_in_the_second_names_that_table_and_the_
     said = done.stderr
     assert f"restoring {second}" in said, said
     assert f"archive-pipeline restore --table {second} --from {d0} --to {d1} --into original" in said, said
+
+
+def test_a_config_given_by_option_that_cannot_be_read_is_not_told_to_set_the_environment_variable(setup, tmp_path):
+    """`archive-pipeline list --config deploy/tables.yaml` where `deploy` is a file, not a directory (a path
+    pasted wrong; an unreadable path behaves alike: ELOOP, EIO). Now: exit 2 and `archive configuration
+    deploy/tables.yaml cannot be read (Not a directory); set $ARCHIVE_PIPELINE_CONFIG to the YAML file's path,
+    readable by the user the code location runs as`: --config wins over the variable, so doing what it says and
+    running the same command again fails the same way (and there is no code location here). A missing file given
+    by --config is told "--config names it: point it at the YAML file of the tables".
+    Should: name --config as what to correct (as the not-found message does)."""
+    env, _ = setup
+    (tmp_path / "deploy").write_text("not a directory\n")
+    done = cli(env, "list", "--config", str(tmp_path / "deploy" / "tables.yaml"), "--json")
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert "cannot be read" in error  # (the premise)
+    assert "$ARCHIVE_PIPELINE_CONFIG" not in error and "--config" in error, error
