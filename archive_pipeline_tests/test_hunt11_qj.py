@@ -230,3 +230,20 @@ def test_a_config_given_by_option_that_cannot_be_read_is_not_told_to_set_the_env
     error = json.loads(done.stdout)["error"]
     assert "cannot be read" in error  # (the premise)
     assert "$ARCHIVE_PIPELINE_CONFIG" not in error and "--config" in error, error
+
+
+def test_prune_of_a_chosen_day_inside_the_retention_window_says_why_nothing_was_removed(setup, days):
+    """`archive-pipeline prune --day D` for a day D still inside the table's retention window (keep_days 1, D =
+    yesterday), archived. Now: exit 0, the text output is a bare header line (`table  day  status  action  relation
+    rows  archive`) and nothing else; --json answers `{"ok": true, "days": []}`. The user asked for D to be removed
+    and is told nothing: not that D is not due yet, nor when it will be, nor that nothing was removed (a script
+    reads `ok: true` as "pruned"). `archive`/`restore` make a selection that holds nothing to do a usage error, and
+    `verify` says "nothing was verified". Should: name D and say it is within the retention window (due from
+    <date>), nothing removed — in text and in JSON (a note, or a `not due` day entry)."""
+    env, _ = setup
+    day = days[2].isoformat()
+    cli_json(env, "archive", "--day", day)
+    done = cli(env, "prune", "--day", day)
+    assert day in done.stdout + done.stderr, (done.returncode, done.stdout, done.stderr)
+    answer = json.loads(cli(env, "prune", "--day", day, "--json").stdout)
+    assert answer["days"] or answer.get("error") or answer.get("note"), answer
