@@ -708,6 +708,10 @@ _TEXT_SETTINGS = frozenset({"name", "day_column", "timezone", "pool", "key_templ
                             "retention.action"})
 
 
+_NOT_TEXT_TAGS = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                  "tag:yaml.org,2002:null")
+
+
 def _not_text(node: yaml.Node) -> str | None:
     """Why a text setting (or an item of a list of them) is not the text it shows: YAML 1.1 reads a plain ``no``,
     ``off`` or ``on`` as a boolean and ``2024.10`` as the number 2024.1, so the error named another value."""
@@ -743,6 +747,12 @@ def _misleading_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str
         lines: dict[str, int] = {}
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key.style is None and key.tag in _NOT_TEXT_TAGS:  # on:, yes:, 1:, null: read as no text
+                where = f"table {table!r}" if table else "the configuration"
+                why = _not_text(key) or f"{key.value} reads as null in YAML 1.1, not as text: quote it ('{key.value}')"
+                found.append(f"{where}, line {key.start_mark.line + 1}: the setting {why}, or remove it if it is no "
+                             "setting")
                 continue
             setting = ".".join((*path, key.value))
             where = f"table {table!r}, setting {setting!r}" if table else f"setting {setting!r}"
@@ -800,8 +810,13 @@ def load_config(path: str | os.PathLike | None = None, given_by: str | None = No
             hint = f"set ${CONFIG_ENV_VAR} to the YAML file of the tables, or run where {DEFAULT_CONFIG_PATH} is"
         raise ConfigError(f"archive configuration {file} not found ({hint})") from None
     except OSError as exc:  # a directory, no permission: the path is there but is not a readable file
-        raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); set ${CONFIG_ENV_VAR} "
-                          "to the YAML file's path, readable by the user the code location runs as") from None
+        named = (f"point {given_by} at" if path and given_by else "give the path of" if path
+                 else f"set ${CONFIG_ENV_VAR} to")  # ($ARCHIVE_PIPELINE_CONFIG is not read where a path is given)
+        raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); {named} the YAML "
+                          "file of the tables, readable by the user the code location runs as") from None
+    except RecursionError:  # PyYAML composes one level a call: a value nested hundreds deep
+        raise ConfigError(f"{file} is not a configuration to read: a value in it is nested too deeply (hundreds "
+                          "of levels of lists or mappings: a generated file gone wrong?)") from None
     except (yaml.YAMLError, ValueError) as exc:
         for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
             if mark is not None:  # line and column only: PyYAML quotes the line, which may hold a DSN pasted there

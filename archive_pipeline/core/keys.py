@@ -202,6 +202,8 @@ def prefix_problem(prefix: str) -> str | None:
     """Why ARCHIVE_S3_PREFIX (surrounding white space already stripped) cannot begin every key, or None."""
     if "\x00" in prefix:
         return "a NUL character: S3 lists keys in XML, which cannot carry it"
+    if not prefix.strip("/"):  # ("/": the keys of no prefix, as render and the store strip its slashes)
+        return None
     if "" in prefix.strip("/").split("/"):
         return "an empty part between two slashes ('//'), which MinIO refuses and tools that read keys as paths collapse"
     return _unsafe(prefix, remedy=False)

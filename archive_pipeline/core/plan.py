@@ -85,7 +85,10 @@ def reversed_range(spec: TableSpec, first: dt.date | str, last: dt.date | str) -
     table's zone. Text cannot tell for the hour a clock turned back repeats (``2024-10-27-02:00+0100`` is the hour
     after ``2024-10-27-02:00`` in Berlin); ``last`` is taken to its end (``--from 2024-03-11 --to 2024-03`` is
     the rest of March, as ``select_days`` reads it)."""
-    return _bound(spec, first, 0) >= _bound(spec, last, 1)
+    lo, hi = _bound(spec, first, 0), _bound(spec, last, 1)
+    # (both ends past the calendar's edge, clamped to the same instant: a range before any start_date, or after
+    # now, which the selection says as such, not a reversed one)
+    return lo >= hi and not (lo == hi and lo.replace(tzinfo=None) in (dt.datetime.min, dt.datetime.max))
 
 
 def _bound(spec: TableSpec, value: dt.date | str, end: int) -> dt.datetime:

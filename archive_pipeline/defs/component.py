@@ -24,6 +24,7 @@ Connection settings still come only from the environment (``ARCHIVE_PG_DSN``, ``
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,7 @@ class ArchiveTablesScaffolder(Scaffolder):
             tables.write_text(STARTER_TABLES)
 
 
+_ENV_REFERENCE = re.compile(r"\{\{\s*env(?:\.(\w+)|\(\s*['\"]([^'\"]+)['\"]\s*\))")  # {{ env.X }}, {{ env('X') }}
 _TEMPLATE_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -97,6 +99,11 @@ def _resolved_tables(context, tables: list[dict[str, Any]] | None) -> list[dict[
 
     known = set(getattr(context, "scope", {}) or {})
     for text in strings(tables):
+        for found in _ENV_REFERENCE.finditer(text):
+            name = found[1] or found[2]
+            if name not in os.environ:  # Dagster's env gives None, rendered as the text "None" (None/archive/...)
+                raise ValueError(f"tables: {text!r} names the environment variable {name}, which is not set here "
+                                 "(it would render as the text 'None'): set it in the code location's environment")
         for name in _TEMPLATE_NAME.findall(text):
             if name not in known:
                 raise ValueError(f"tables: {text!r} holds the template {{{{ {name} }}}}, a name Dagster's templates "
@@ -198,7 +205,7 @@ def refuse_repeated_inline_settings(defs_yaml: Path, where: str) -> None:
     nobody reviewed. (A component built in Python has no defs.yaml: nothing to check.)"""
     try:
         documents = compose_yaml(defs_yaml.read_bytes())
-    except (OSError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError, RecursionError):
         return  # Dagster has read (or reported) the file itself
     for document in documents:
         fields = {k.value: v for k, v in getattr(document, "value", []) if isinstance(k, yaml.ScalarNode)
