@@ -948,7 +948,8 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     download, say) is a problem of that day, and the other days are still checked. A lost database
     connection ends the command (exit 3): the next day would fail the same way."""
     try:
-        run.between_days()
+        if run is not None:
+            run.between_days()
         return check()
     except (ArchiveError, psycopg.Error) as exc:
         if run.lost:
@@ -1082,7 +1083,14 @@ def compare(run: Run, show_rows: bool) -> None:
 
     payload = [c.as_dict() | ({"differences": details[(c.table, c.day.isoformat())]}
                               if (c.table, c.day.isoformat()) in details else {}) for c in results]
-    run.emit({"ok": not differing, "days": payload}, render)
+    # a --day or range that holds no day of a table (before start_date): nothing compared, never "ok" (a script
+    # guarding a DROP with compare read it as equal), as verify says nothing was verified
+    nothing = not results and bool(run.first or run.last)
+    uncompared = "nothing was compared: no day of the selection is a day of the tables (before start_date?)"
+    run.emit({"ok": not differing and not nothing, "days": payload,
+              **({"exit_code": EXIT_DIFFERENCES, "error": uncompared, "retryable": False} if nothing else {})}, render)
+    if nothing:
+        raise Failed(uncompared)
     if differing:
         raise Failed()
 
@@ -1224,10 +1232,17 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     terminated = isinstance(exc, Terminated)
     code = 143 if terminated else 130
     last = results[-1]
-    left = _the_rest(run, chosen, last.table, last.day, into, target or last.target, on_conflict)
+    on = getattr(exc, "cancelled_at", None)  # (doing, table, day) the core noted: the table it was on
+    if on is not None and on[1] != last.table:  # cancelled in a later table, before any day of it committed
+        table, left = on[1], _the_rest(run, chosen, on[1], "", into, target, on_conflict, created=False)
+    else:
+        table, left = last.table, _the_rest(run, chosen, last.table, last.day, into, target or last.target,
+                                            on_conflict)
     how = "by SIGTERM" if terminated else "by Ctrl-C"
-    message = (f"restoring {last.table} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
-               f"stay restored); the day being restored was rolled back; to fix: {left}")
+    being = (CANCELLED_LEAVES["finishing"] if on is not None and on[0] == "finishing"
+             else "the day being restored was rolled back")
+    message = (f"restoring {table} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
+               f"stay restored); {being}; to fix: {left}")
     if run.as_json:
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
                    "days": [dataclasses.asdict(r) for r in results],
@@ -1311,8 +1326,14 @@ def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, A
     source, their archives proven), then the day it was on, left as it was."""
     code = 143 if isinstance(exc, Terminated) else 130
     removed = [r for r in results if r["status"] in REMOVED]
+    on = getattr(exc, "cancelled_at", None)  # (doing, table, day): what the day it was on is left as
+    if on is not None:
+        results = [*results, {"table": on[1], "day": on[2], "status": "cancelled", "message": CANCELLED_LEAVES[on[0]]}]
+        left = f"it was {on[0]} {on[1]} {on[2]}: {CANCELLED_LEAVES[on[0]]}"
+    else:
+        left = "the day it was on was left as it was"
     message = (f"pruning was cancelled {'by SIGTERM' if code == 143 else 'by Ctrl-C'} after {len(removed)} day(s) were "
-               "removed from the source (listed); the day it was on was left as it was; to fix: run prune again")
+               f"removed from the source (listed); {left}; to fix: run prune again")
     if run.as_json:
         click.echo(_for_the_cli(_json_text({"ok": False, "exit_code": code, "error": message, "retryable": True,
                                             "days": results})))
@@ -1347,6 +1368,11 @@ def prune(run: Run, dry_run: bool) -> None:
         for spec in run.tables:
             if spec.retention is not None:
                 due = sorted(set(due_days(spec, now)) & set(selected[spec.name]))
+                if run.first or run.last:  # days asked for by name that are not due yet: said, not passed over
+                    results += [{"table": spec.name, "day": day.isoformat(), "status": "not due",
+                                 "message": f"within the retention window (keep_days {spec.retention.keep_days}): "
+                                            "nothing removed; due once that many days have passed after it"}
+                                for day in selected[spec.name] if day not in set(due)]
                 try:
                     _prune_table(run, spec, due, dry_run, results)
                 except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
@@ -1368,9 +1394,10 @@ def prune(run: Run, dry_run: bool) -> None:
     def render() -> None:
         table = _table("table", "day", "status", "action", "relation", "rows", "archive")
         for r in results:
-            style = {"refused": "red", "failed": "red", "would remove": "yellow"}.get(r["status"])
+            style = {"refused": "red", "failed": "red", "would remove": "yellow", "not due": "dim"}.get(r["status"])
             table.add_row(r["table"], r["day"], _styled(r["status"], style),
-                          r.get("action", ""), r.get("relation", ""), _num(r.get("rows")), r.get("archive", ""))
+                          r.get("action", ""), r.get("relation", ""), _num(r.get("rows")),
+                          r.get("archive", "") or r.get("message", ""))
         run.out.print(table)
         for r in refused:
             run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {r['message']}"), soft_wrap=True)

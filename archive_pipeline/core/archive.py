@@ -434,6 +434,8 @@ class _Archiving:
             self._commit(result, identity, definition, existing)
             return result
         except BaseException as exc:
+            if getattr(self, "_committed", False):  # its manifest is written: cancelled while tidying after it
+                note_cancelled(exc, self.spec.name, self.day.isoformat(), "tidying")
             if upload is not None:
                 upload.abort()
             if published is not None:  # complete, but never named by a manifest: withdraw it
@@ -884,6 +886,7 @@ class _Archiving:
             else:
                 self._undo_commit(exc, result, existing)
                 raise
+        self._committed = True  # a cancellation from here on leaves the day archived (see the run's handler)
         if existing.raw is not None and result.key:
             self._refuse_lost_object(result, existing, data)
         pattern = keys.generation_pattern(self.key)

@@ -854,7 +854,10 @@ CANCELLED_LEAVES = {
                   "stays as it was; the next run of the day finds which",
     "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
                 "settled by the next run of the day",
+    "tidying": "the day is archived (its new manifest is in the bucket); what the run was tidying after it (the "
+               "generation it replaced) is left for the next run of the day",
     "restoring": "the day's restore was rolled back",
+    "finishing": "the day's restore had committed: the day is restored (the same command finds it restored)",
     "proving": "nothing was changed",
     "checking": "nothing was changed",
 }
@@ -866,6 +869,7 @@ def note_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None
     if is_cancellation(exc) and getattr(exc, "interrupted", None) is None:
         try:
             exc.interrupted = f"{doing} {table} {day}"  # type: ignore[attr-defined]
+            exc.cancelled_at = (doing, table, day)  # type: ignore[attr-defined]  # (the same, its parts)
         except (AttributeError, TypeError):  # an exception type without a __dict__
             pass
 

@@ -2126,6 +2126,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     started = time.perf_counter()
     table, day = manifest.get("table"), manifest.get("day")
     to_create: list[Relation] = []
+    finished: list[bool] = []  # the day's transaction committed: a cancellation after it leaves the day restored
     try:
         relation = None if target is None else _target(conn, target)
         _require_column_names(conn, manifest)
@@ -2152,7 +2153,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 _unsure_after_another(conn, exc, manifest, into, relation, original)
                 raise
             stack.enter_context(_writable(conn))
-            with conn.transaction():
+            with _committed(conn, finished):  # (its transaction)
                 # the manifest's type names read as the archive wrote them, under PostgreSQL's names first (a
                 # role's path with an Oracle-compatibility "date" before pg_catalog created the wrong type)
                 apply_settings(conn.execute, {"search_path": CATALOG_FIRST})
@@ -2260,6 +2261,18 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                            "was restored", table=table, day=day, retryable=found.retryable,
                            remedy=remedy, cause=found.cause) from exc
+    except BaseException as exc:  # cancelled: after the commit (releasing the day's lock), the day is restored
+        if finished and table and day:
+            note_cancelled(exc, table, day, "finishing")
+        raise
+
+
+@contextlib.contextmanager
+def _committed(conn: psycopg.Connection, finished: list[bool]) -> Iterator[None]:
+    """``conn.transaction()``, noting in ``finished`` that it committed."""
+    with conn.transaction():
+        yield
+    finished.append(True)
 
 
 def _column_lookalike(conn: psycopg.Connection, manifest: dict, relation: Relation | None) -> str:
@@ -2501,6 +2514,11 @@ def iter_restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec,
             yield day
         else:
             mode = "existing" if into == "new" and restored else into
-            yield _restore_current(conn, store, spec, day, manifest, into=mode, target=target, **options)
+            try:
+                done = _restore_current(conn, store, spec, day, manifest, into=mode, target=target, **options)
+            except BaseException as exc:  # (cancelled before the day's own steps: still this day's)
+                note_cancelled(exc, spec.name, day.isoformat(), "restoring")
+                raise
+            yield done
             restored = True
         day = day.next()
