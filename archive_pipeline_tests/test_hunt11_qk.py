@@ -55,3 +55,52 @@ def test_json_output_gives_a_table_name_and_its_key_as_they_are_not_reworded(pg,
         day = json.loads(done.stdout)["days"][0]
         assert day["table"] == f"{schema}.{name}", day
         assert name in day["key"] and "(--overwrite)" not in day["key"], day
+
+
+def test_view_operators_function_replaced_during_the_read_is_archived_green(pg, conn, schema, store, temp_dir):
+    """A day of a view that labels its rows with a user operator (``SELECT id, at, v ### 0 AS v FROM t``, the
+    operator ``###`` implemented by the user's SQL function ``label(int, int)``) is archived; after the run took its
+    snapshot and fingerprinted the day, before its COPY, a deploy runs CREATE OR REPLACE FUNCTION label(...) with
+    a new body. The fix of hunt 11 qi (source.read_relations / same_read_relations) records the functions the
+    view's query calls through pg_depend: the view's rule depends on the operator (pg_operator), not on its
+    function, so the function is not recorded, its change is not seen, and the archive is published green with a
+    fingerprint that is not its object's rows (deep verification then calls the archive altered). The same holds
+    for an aggregate's transition function and a cast's function. What should happen: fail, retryable, naming
+    table and day, publishing nothing — as the same function called by name now does. Fix idea: in
+    _VIEW_FUNCTIONS, follow pg_operator (oprcode), pg_aggregate (aggtransfn/aggfinalfn/...) and pg_cast
+    (castfunc) references of the rules to their functions too."""
+    from archive_pipeline.core import archive as archive_mod
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.verify import deep_verify
+
+    t, v, f = (sql.Identifier(schema, n) for n in ("t", "v", "label"))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v int)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00'::timestamptz + g * interval '1 s', g "
+                         "FROM generate_series(1, 200) g").format(t))
+    conn.execute(sql.SQL("CREATE FUNCTION {}(int, int) RETURNS text LANGUAGE sql IMMUTABLE "
+                         "AS $$ SELECT 'old ' || $1 $$").format(f))
+    conn.execute(sql.SQL("CREATE OPERATOR {}.### (LEFTARG = int, RIGHTARG = int, FUNCTION = {})").format(
+        sql.Identifier(schema), f))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT id, at, v OPERATOR({}.###) 0 AS v FROM {}").format(
+        v, sql.Identifier(schema), t))
+    spec = TableSpec(name=f"{schema}.v", day_column="at", start_date=DAY, format="jsonl")
+    real = archive_mod.write_day
+
+    def replaced_then_read(*args, **kwargs):
+        with pg.connect() as other:
+            other.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}(int, int) RETURNS text LANGUAGE sql IMMUTABLE "
+                                  "AS $$ SELECT 'new ' || $1 $$").format(f))
+        return real(*args, **kwargs)
+
+    archive_mod.write_day = replaced_then_read
+    try:
+        with pytest.raises(ArchiveError) as caught:
+            result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+            problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+            raise AssertionError(f"published green ({result.rows} rows, {result.key}); its deep verification "
+                                 f"now says: {problems}")
+    finally:
+        archive_mod.write_day = real
+    assert "2024-03-10" in str(caught.value)
