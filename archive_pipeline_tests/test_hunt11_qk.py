@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from archive_pipeline.cli import main
+from archive_pipeline_tests.test_letgo import standby  # noqa: F401 - fixture: a hot standby of pg
 
 DAY = dt.date(2024, 3, 10)
 
@@ -134,3 +135,66 @@ def test_range_restore_into_a_target_whose_schema_is_missing_names_a_rest_that_l
     said = restored.stdout + restored.stderr
     assert restored.exit_code != 0, said
     assert "without 2024-03-10" not in said and "--from 2024-03-11" not in said, said
+
+
+def test_a_standby_archive_meeting_a_long_removal_between_its_commit_and_done_mark_is_not_told_to_configure_the_primary(
+        pg, standby, conn, schema, s3, bucket, store):  # noqa: F811
+    """As hunt 11 qa's case (an archive run on the hot standby finds the day's pending mark while the removal on
+    the primary has committed and is writing its "done" mark), but the removal took a while: its DELETE (retention
+    action delete, in batches, of a big day; here its clock shifted 20 minutes back) began more than 10 minutes
+    before its COMMIT. The fix (lifecycle._still_removing's "committed moments ago") measures "moments ago" from
+    the mark's ``at``, which is when the removal BEGAN (written before the DELETE), not when it committed: so the
+    run is told, not retryable, "settling the removal ... must run on the primary, and this connection is a hot
+    standby: set ARCHIVE_PG_PRIMARY_DSN to the primary and run the removal of the day" - the advice the fix was
+    made to stop giving while that very removal is finishing (a user following it starts a second removal).
+    What should happen: retryable, "being removed / removed moments ago", as for a short removal. Fix idea: time
+    the window from the commit (pg_xact_commit_timestamp where track_commit_timestamp is on, or the moment the
+    standby replayed it), or from a time the removal records just before its COMMIT; or call any committed xid of
+    a pending mark on a standby "finishing" and retryable."""
+    from archive_pipeline.core import lifecycle
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline_tests.test_race_hunt import in_thread, proxied
+    import types
+
+    class Earlier(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.now(tz) - dt.timedelta(minutes=20)
+
+    create_sample_events(conn, [DAY], rows_per_day=100, schema=schema)
+    spec = TableSpec(name=f"{schema}.events", day_column="created_at", start_date=DAY,
+                     retention={"keep_days": 1, "action": "delete"})
+    archive_partition(conn, spec, DAY, store)
+    wait_for_replay(pg, standby)
+    real_dt = lifecycle.dt
+    with FaultProxy(s3.endpoint_url) as proxy, standby.connect() as replica, pg.connect() as removing:
+        removing.autocommit = True
+        held = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", skip=1, times=1))
+        lifecycle.dt = types.SimpleNamespace(**{**{k: getattr(dt, k) for k in dir(dt) if not k.startswith("__")},
+                                                "datetime": Earlier})  # the removal began 20 minutes ago
+        thread, outcome = in_thread(lambda: remove_day(removing, spec, DAY, proxied(proxy, bucket)))
+        try:
+            assert proxy.wait_held(1), outcome
+            lifecycle.dt = real_dt
+            mark = load_manifest(store, f"archive/{schema}.events/2024/03/2024-03-10.jsonl.zst")["removed"]
+            assert mark["state"] == "pending", mark
+            wait_for_replay(pg, standby)  # the DELETE's commit replayed
+            try:
+                archive_partition(replica, spec, DAY, store)
+            except ArchiveError as exc:
+                error = exc
+            else:
+                error = None
+        finally:
+            lifecycle.dt = real_dt
+            held.gate.set()
+            thread.join(60)
+    assert outcome.get("result") is not None and outcome["result"].rows == 100, outcome
+    assert error is not None
+    assert error.retryable and "ARCHIVE_PG_PRIMARY_DSN" not in str(error), (error.retryable, str(error))
