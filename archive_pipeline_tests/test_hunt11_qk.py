@@ -198,3 +198,63 @@ def test_a_standby_archive_meeting_a_long_removal_between_its_commit_and_done_ma
     assert outcome.get("result") is not None and outcome["result"].rows == 100, outcome
     assert error is not None
     assert error.retryable and "ARCHIVE_PG_PRIMARY_DSN" not in str(error), (error.retryable, str(error))
+
+
+def test_cli_archive_on_a_standby_of_a_day_whose_prune_died_after_its_commit_is_not_told_to_set_the_primary(
+        pg, standby, conn, schema, s3, bucket, store, tmp_path):  # noqa: F811
+    """The README's production setup: ARCHIVE_PG_DSN on a hot standby, ARCHIVE_PG_PRIMARY_DSN on the primary. A
+    prune of 2024-03-10 died an hour ago after its COMMIT, before its "done" mark (the day is gone from the source, its manifest
+    marked "pending"). The hunt 11 qc fix makes the CLI ``archive`` of a recent day gone from the source archive it
+    anyway when its manifest holds a pending mark (_RECENT_ABSENT), "which settles the mark" — but the CLI archives
+    on ``run.conn``, the standby, where settling is refused: before the fix that day was "no-data" (exit 0); now
+    the daily ``archive --from ... --to ...`` fails it, exit 1, not retryable, with "settling the removal ... must
+    run on the primary, and this connection is a hot standby: set ARCHIVE_PG_PRIMARY_DSN to the primary and run
+    the removal of the day" - a setting that is set, to the primary the command has. What should happen: the
+    command settles the mark through its primary connection (as prune does: run.primary), so the day ends
+    "done" and the run exits 0; at the least it never tells the user to set what is set. (Within 10 minutes of
+    the mark it is told instead that "a run on the primary ... is writing its done mark now" - a run that died.)
+    Fix idea: in
+    cli.archive, settle the pending days on run.primary (lifecycle.settle_pending_removal) instead of archiving
+    them on the standby."""
+    from archive_pipeline.core import lifecycle
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.local.local_stack import create_sample_events, wait_for_replay
+    import types
+
+    create_sample_events(conn, [DAY], rows_per_day=50, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+             "retention": {"keep_days": 1, "action": "delete"}}
+    spec = TableSpec(**table)
+    archived = archive_partition(conn, spec, DAY, store)
+    real = lifecycle._tidy_removed
+
+    def killed(*args, **kwargs):  # past the COMMIT, before the "done" mark: the process dies here
+        raise KeyboardInterrupt
+
+    class Earlier(dt.datetime):  # the prune died an hour ago (last night's run)
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.now(tz) - dt.timedelta(hours=1)
+
+    real_dt = lifecycle.dt
+    lifecycle._tidy_removed = killed
+    lifecycle.dt = types.SimpleNamespace(**{**{k: getattr(dt, k) for k in dir(dt) if not k.startswith("__")},
+                                            "datetime": Earlier})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lifecycle.remove_day(conn, spec, DAY, store, removed_by="test")
+    finally:
+        lifecycle._tidy_removed = real
+        lifecycle.dt = real_dt
+    assert load_manifest(store, archived.key)["removed"]["state"] == "pending"
+    wait_for_replay(pg, standby)
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}), encoding="utf-8")
+    env = {**_env(pg, s3, bucket, config), "ARCHIVE_PG_DSN": standby.dsn, "ARCHIVE_PG_PRIMARY_DSN": pg.dsn}
+    run = _cli(env, "archive", "--day", DAY.isoformat())
+    said = run.stdout + run.stderr
+    assert "ARCHIVE_PG_PRIMARY_DSN" not in said, said
+    assert run.exit_code == 0, said
+    assert load_manifest(store, archived.key)["removed"]["state"] == "done", said
