@@ -258,3 +258,43 @@ def test_cli_archive_on_a_standby_of_a_day_whose_prune_died_after_its_commit_is_
     assert "ARCHIVE_PG_PRIMARY_DSN" not in said, said
     assert run.exit_code == 0, said
     assert load_manifest(store, archived.key)["removed"]["state"] == "done", said
+
+
+def test_cli_restore_range_whose_session_is_terminated_between_two_days_restores_every_day(
+        pg, s3, bucket, conn, schema, tmp_path, monkeypatch):
+    """``restore --from 2024-03-10 --to 2024-03-12 --into new --target <schema>.back``; between the first and the
+    second day the command's idle session is ended from outside (an idle-connection reaper's pg_terminate_backend,
+    idle_session_timeout while the next day's object downloads, a server restart). The hunt 11 qd fix
+    (cli.Run.between_days) checks the sessions before each day of archive, verify, compare and prune and replaces
+    one the server ended, so the next day does not fail for its neighbour's idle session - but not restore's: the
+    second day meets the dead session and the range stops, exit 3 "lost the database", 2024-03-11 and 03-12 not
+    restored, for no fault of theirs. What should happen: as the other ranged commands, the session is replaced and
+    all three days are restored (exit 0). Fix idea: call run.between_days() before each day of restore (the
+    loop over iter_restore_days, with run.primary read per day)."""
+    from archive_pipeline.core import restore as restore_module
+
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10'::timestamptz + g * interval '1 hour' "
+                         "FROM generate_series(0, 71) g").format(table))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [dict(name=f"{schema}.ev", day_column="at", start_date="2024-03-10",
+                                                      format="csv")]}))
+    env = _env(pg, s3, bucket, config)
+    archived = _cli(env, "archive", "--from", "2024-03-10", "--to", "2024-03-12")
+    assert archived.exit_code == 0, archived.stdout + archived.stderr
+    real, done = restore_module._restore_current, []
+
+    def then_terminated(session, *args, **kwargs):
+        result = real(session, *args, **kwargs)
+        done.append(result)
+        if len(done) == 1:  # the first day restored: its session ended while idle, before the second day
+            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (session.info.backend_pid,))
+        return result
+
+    monkeypatch.setattr(restore_module, "_restore_current", then_terminated)
+    restored = _cli(env, "restore", "--from", "2024-03-10", "--to", "2024-03-12", "--into", "new",
+                    "--target", f"{schema}.back", "--json")
+    said = restored.stdout + restored.stderr
+    assert restored.exit_code == 0, said
+    assert [d["rows"] for d in json.loads(restored.stdout)["days"]] == [24, 24, 24], said
