@@ -234,6 +234,11 @@ class Run:
             if name == "_conn":
                 self._standby = None
 
+    def fresh_primary(self) -> psycopg.Connection:
+        """:attr:`primary`, its idle sessions checked first (:meth:`between_days`): asked before each day."""
+        self.between_days()
+        return self.primary
+
     @property
     def lost(self) -> bool:
         """Whether a database connection of the command was lost (the next day would fail the same way)."""
@@ -261,7 +266,7 @@ class Run:
 
     def emit(self, payload: dict[str, Any], render: Callable[[], None]) -> None:
         if self.as_json:
-            click.echo(_for_the_cli(_json_text(payload)))
+            click.echo(_json_text(_worded(payload)))
         else:
             render()
 
@@ -357,6 +362,19 @@ _BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_BIDI}]")  # C0 but line feed and tab, DEL, C1, bidi
 _ANY_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_BIDI}]")  # and line feed and tab: in a name, never ours
 _C1 = re.compile(r"[\x7f-\x9f]")  # DEL and C1: what json.dumps leaves raw
+
+
+_WORDED = frozenset({"message", "error", "note", "remedy", "problems", "check", "differences", "reason"})
+
+
+def _worded(value: Any, worded: bool = False) -> Any:
+    """``value`` (a JSON answer) with the core's messages in the command line's words (:func:`_for_the_cli`): the
+    strings under the keys of messages, never names and keys (a table ``imports (overwrite)``)."""
+    if isinstance(value, dict):
+        return {k: _worded(v, worded or k in _WORDED) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_worded(v, worded) for v in value]
+    return _for_the_cli(value) if worded and isinstance(value, str) else value
 
 
 def _json_text(payload: dict[str, Any]) -> str:
@@ -787,7 +805,10 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                 if day in unknown:
                     results.append(_unprobed(spec, day, unknown[day]))
                     continue
-                if day not in present and day not in pending:
+                if day in pending:
+                    results.append(_settle_day(run, spec, day))
+                    continue
+                if day not in present:
                     results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
                                     "message": "no data for this day in PostgreSQL"})
                     continue
@@ -868,6 +889,22 @@ def _table_failed(spec: TableSpec, days: list[Period], exc: ArchiveError) -> lis
              "retryable": exc.retryable} for day in days]
 
 
+def _settle_day(run: Run, spec: TableSpec, day: Period) -> dict[str, Any]:
+    """A day gone from the source whose manifest holds a pending removal mark (a prune killed after its COMMIT):
+    the mark settled on the primary, where removals run (a standby cannot), and said; nothing to archive."""
+    from archive_pipeline.core.lifecycle import settle_pending_removal
+
+    run.between_days()
+    try:
+        settled = settle_pending_removal(run.primary, spec, day, run.store)
+    except ArchiveError as exc:
+        return {"table": spec.name, "day": day.isoformat(), "status": "failed",
+                "message": _for_the_cli(redact(str(exc), *_passwords())), "retryable": exc.retryable}
+    return {"table": spec.name, "day": day.isoformat(), "status": "settled",
+            "message": f"nothing to archive: a removal of the day (killed before it marked the day done) left its "
+                       f"mark pending, which was {settled.outcome} ({settled.why})"}
+
+
 def _unprobed(spec: TableSpec, day: dt.date, why: str) -> dict[str, Any]:
     """A day of a table whose days could not be looked for (see ``plan.present_days``): it failed, alone."""
     return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _for_the_cli(why),
@@ -913,10 +950,16 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
 
 
 def _archive_plan(run: Run, overwrite: bool) -> None:
-    planned = [p for spec, days in run.chosen_days("archive")
-               for p in plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite)]
+    planned = []
+    for spec, days in run.chosen_days("archive"):
+        found = plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite)
+        # a day without data whose removal left its mark pending: the run settles it (see archive)
+        pending, _ = _pending_removals(run.store, spec, [p.day for p in found if p.action == "no-data"][-_RECENT_ABSENT:])
+        planned += [dataclasses.replace(p, action="settle", reason="no data in PostgreSQL: a removal of the day left "
+                                        "its mark pending, which the run settles") if p.day in pending else p
+                    for p in found]
     totals = {action: sum(1 for p in planned if p.action == action)
-              for action in ("archive", "overwrite", "skip", "refuse", "no-data")}
+              for action in ("archive", "overwrite", "skip", "refuse", "no-data", "settle")}
     work = [p for p in planned if p.action in ("archive", "overwrite") and p.estimate]
     est_rows, est_bytes = sum(p.estimate.rows for p in work), sum(p.estimate.bytes for p in work)
 
@@ -1146,8 +1189,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     chosen = run.chosen_days("restore")
     try:
         for spec, days in chosen:
-            for done in iter_restore_days(run.primary, run.store, spec, days[0], days[-1], into=into, target=target,
-                                          on_conflict=on_conflict) if days else ():
+            for done in iter_restore_days(run.fresh_primary, run.store, spec, days[0], days[-1], into=into,
+                                          target=target, on_conflict=on_conflict) if days else ():
                 if isinstance(done, RestoreResult):
                     results.append(done)
                 else:
@@ -1247,7 +1290,7 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
                    "days": [dataclasses.asdict(r) for r in results],
                    "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
-        click.echo(_for_the_cli(_json_text(payload)))
+        click.echo(_json_text(_worded(payload)))
     else:
         for r in results:
             run.out.print(_said(_verbatim(r.table), f" {r.day} -> ", _verbatim(r.target), f": {r.rows:,} rows, "
@@ -1335,7 +1378,7 @@ def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, A
     message = (f"pruning was cancelled {'by SIGTERM' if code == 143 else 'by Ctrl-C'} after {len(removed)} day(s) were "
                f"removed from the source (listed); {left}; to fix: run prune again")
     if run.as_json:
-        click.echo(_for_the_cli(_json_text({"ok": False, "exit_code": code, "error": message, "retryable": True,
+        click.echo(_json_text(_worded({"ok": False, "exit_code": code, "error": message, "retryable": True,
                                             "days": results})))
     else:
         for r in removed:

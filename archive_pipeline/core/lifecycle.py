@@ -574,12 +574,13 @@ def _still_removing(conn: psycopg.Connection, spec: TableSpec, day: Period, stor
         raise RemovalRefused(f"{spec.name} {day} is being removed by a run on the primary right now (its transaction "
                              f"{xid} is still open); nothing was archived", table=spec.name, day=day.isoformat(),
                              retryable=True, remedy="retried automatically, once that removal has ended")
-    if status == "committed" and recent:  # committed, its "done" mark on its way to the store (a run that died
-        # here leaves the mark pending for good: after a while, the removal run on the primary settles it)
-        raise RemovalRefused(f"{spec.name} {day} was removed by a run on the primary moments ago (its transaction "
-                             f"{xid} committed), which is writing its done mark now; nothing was archived",
-                             table=spec.name, day=day.isoformat(), retryable=True,
-                             remedy="retried automatically, once that removal has marked the day done")
+    if status == "committed":  # committed, its "done" mark on its way to the store (however long the removal
+        # took: its mark's time is when it began), or a removal that died here, whose mark a removal run settles
+        raise RemovalRefused(f"{spec.name} {day} was removed by a run on the primary (its transaction {xid} "
+                             "committed) that has not marked the day done yet: it is finishing, or it was killed "
+                             "before; nothing was archived", table=spec.name, day=day.isoformat(), retryable=True,
+                             remedy="retried automatically; if no removal of the day runs on the primary, run the "
+                                    "removal of the day there (prune, or the day's removal job): it settles the mark")
 
 
 def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, what: str) -> None:

@@ -502,7 +502,7 @@ class PlannedDay:
     table: str
     day: Period
     key: str
-    action: str  # archive | overwrite | skip | refuse | no-data
+    action: str  # archive | overwrite | skip | refuse | no-data (| settle: the command line's)
     reason: str
     estimate: Estimate | None
 

@@ -2258,9 +2258,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                                    "TRIGGER) and restore again")
         remedy = remedy_for(found.remedy, "restoring").replace("<role>", sql_name(conn.info.user, qualified=False)) \
             .replace("<database>", sql_name(conn.info.dbname, qualified=False))
-        raise RestoreError(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
-                           "was restored", table=table, day=day, retryable=found.retryable,
-                           remedy=remedy, cause=found.cause) from exc
+        # a target whose schema is missing refuses every day alike: the target's, not the day's
+        kind = TargetError if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original" else RestoreError
+        raise kind(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
+                   "was restored", table=table, day=day, retryable=found.retryable,
+                   remedy=remedy, cause=found.cause) from exc
     except BaseException as exc:  # cancelled: after the commit (releasing the day's lock), the day is restored
         if finished and table and day:
             note_cancelled(exc, table, day, "finishing")
@@ -2497,11 +2499,13 @@ def _periods(first: Period, last: Period) -> Iterator[Period]:
         first = first.next()
 
 
-def iter_restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec, first: Period | dt.date,
-                      last: Period | dt.date, *, into: Into = "new", target: str | None = None,
-                      **options) -> Iterator[RestoreResult | Period]:
+def iter_restore_days(conn: psycopg.Connection | Callable[[], psycopg.Connection], store: S3Store, spec: TableSpec,
+                      first: Period | dt.date, last: Period | dt.date, *, into: Into = "new",
+                      target: str | None = None, **options) -> Iterator[RestoreResult | Period]:
     """:func:`restore_days` one day at a time: each day's result as it commits, or the day itself when
-    it has no archive, so a caller can say which days were restored before one failed."""
+    it has no archive, so a caller can say which days were restored before one failed. ``conn`` may be a
+    callable, asked for the connection before each day (one that replaces a session the server ended while it
+    sat idle between days)."""
     restored = False
     day, last = spec.period(first), spec.period(last)
     listed_to, unarchived = None, set()
@@ -2515,7 +2519,8 @@ def iter_restore_days(conn: psycopg.Connection, store: S3Store, spec: TableSpec,
         else:
             mode = "existing" if into == "new" and restored else into
             try:
-                done = _restore_current(conn, store, spec, day, manifest, into=mode, target=target, **options)
+                done = _restore_current(conn() if callable(conn) else conn, store, spec, day, manifest, into=mode,
+                                        target=target, **options)
             except BaseException as exc:  # (cancelled before the day's own steps: still this day's)
                 note_cancelled(exc, spec.name, day.isoformat(), "restoring")
                 raise

@@ -713,20 +713,22 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
 
 
 # The user's functions a view's query calls (as the caller's snapshot has them: oid, row version), through the views
-# it reads and the functions whose bodies pg_depend records (BEGIN ATOMIC): CREATE OR REPLACE FUNCTION takes no lock
+# it reads, the operators and casts it uses, and the functions whose bodies pg_depend records (BEGIN ATOMIC): CREATE OR REPLACE FUNCTION takes no lock
 # a read holds, and a query runs a function as committed when it runs, not as its snapshot sees it.
 _VIEW_FUNCTIONS = """
 WITH RECURSIVE o(classid, objid) AS (
     SELECT 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid, r.oid
     FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %(rel)s
     UNION
-    SELECT CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refclassid
-                ELSE 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid END,
+    SELECT CASE WHEN r.oid IS NULL THEN d.refclassid ELSE 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid
+                END,
            coalesce(r.oid, d.refobjid)
     FROM o JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
     LEFT JOIN pg_catalog.pg_rewrite r ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
         AND r.ev_class = d.refobjid AND r.ev_class <> %(rel)s
-    WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass OR r.oid IS NOT NULL)
+    -- a function, an operator (its function: oprcode), a cast (its function), or a view read (its rules)
+    WHERE d.refclassid IN ('pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass,
+                           'pg_catalog.pg_cast'::pg_catalog.regclass) OR r.oid IS NOT NULL)
 SELECT p.oid::pg_catalog.text, p.xmin::pg_catalog.text FROM o JOIN pg_catalog.pg_proc p
     ON o.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = o.objid
 WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
