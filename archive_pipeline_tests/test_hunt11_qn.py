@@ -1,0 +1,65 @@
+"""Hunt 11 qn: dropping archive_pipeline into existing Dagster projects and deployments (factory, Component,
+several code locations on one instance, schedules, pools). Each test asserts the right behaviour and fails on
+the code as it was when written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from dagster import AssetMaterialization, build_schedule_context, instance_for_test
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+
+
+def _env(monkeypatch) -> None:
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "host=127.0.0.1 port=1 dbname=x")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "archive")
+
+
+def _other_locations_run(instance, job: str, day: str, table: str, run_key: str, status) -> None:
+    from dagster import DagsterRun
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("other_database"), "__repository__"),
+                             job)
+    instance.add_run(DagsterRun(job_name=job, run_id=str(uuid.uuid4()), status=status, remote_job_origin=origin,
+                                tags={"dagster/partition": day, "dagster/run_key": run_key, "archive/table": table}))
+
+
+def test_a_removal_in_another_code_location_does_not_hold_back_this_locations_day(monkeypatch):
+    """Tables whose Dagster names collide (``a.b_c`` here, ``a_b.c`` in the other database) are told to go to a
+    second code location (README; config's "archive it from a second code location"); both locations share the
+    instance (one webserver and daemon). There the removal job is ``Remove_a_b_c`` too, and the retention
+    schedule's run keys are ``remove_a_b_c:<day>`` too. What happens: while the *other* location removes its
+    table ``a_b.c``'s day 2024-01-05, this location's retention schedule skips ``a.b_c``'s archived, due
+    2024-01-05, saying "no archived day of a.b_c older than 30 days is left in the source" (false: it is archived,
+    due and still there): removals_in_flight matches runs by job name
+    alone and removal_order by run key alone, across every location, so another table's run hides this one's
+    day (the new-days sensor was fixed for the same collision: _same_repository). Expected: the day is requested.
+    Fix idea: match a run to the table by its ``archive/table`` tag or its asset selection (the removal asset
+    key, which differs), not by job name / run key only."""
+    from dagster import DagsterRunStatus
+
+    from archive_pipeline.defs.assets import asset_key
+
+    _env(monkeypatch)
+    config = parse_config({"tables": [{"name": "a.b_c", "day_column": "at", "start_date": "2024-01-01",
+                                       "retention": {"keep_days": 30, "action": "delete"}}]}, "here")
+    repo = build_definitions(config, check_source=False).get_repository_def()
+    schedule = repo.get_schedule_def("remove_a_b_c_daily")
+    day = "2024-01-05"
+    with instance_for_test() as instance:
+        instance.report_runless_asset_event(AssetMaterialization(asset_key=asset_key(config.tables[0]),
+                                                                 partition=day))
+        tick = dt.datetime(2024, 3, 1, 2, 30, tzinfo=dt.UTC)
+        before = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick,
+                                                                                repository_def=repo))
+        assert [r.partition_key for r in before.run_requests or []] == [day], before  # the setup is right
+        # the other location's table a_b.c, the same day, its removal running now
+        _other_locations_run(instance, "Remove_a_b_c", day, "a_b.c", f"remove_a_b_c:{day}", DagsterRunStatus.STARTED)
+        after = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick,
+                                                                                repository_def=repo))
+        assert [r.partition_key for r in after.run_requests or []] == [day], after.skip_message
