@@ -63,3 +63,26 @@ def test_a_removal_in_another_code_location_does_not_hold_back_this_locations_da
         after = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick,
                                                                                 repository_def=repo))
         assert [r.partition_key for r in after.run_requests or []] == [day], after.skip_message
+
+
+@pytest.mark.parametrize("written", ['"{{ env.ARCHIVE_TABLES_FILE }}"', '"{{ env.ARCHIVE_TABLES_FILE }}/tables.yaml"'])
+def test_a_component_config_path_naming_an_unset_environment_variable_says_so(monkeypatch, written):
+    """A defs.yaml of ArchiveTablesComponent gives ``config_path: "{{ env.ARCHIVE_TABLES_FILE }}"`` (Dagster's
+    env templating, so each deployment mounts its own table list), and the code location starts where the
+    variable is not set. What happens: Dagster renders it as None and the load fails "give config_path (a YAML
+    table list) or an inline tables list": the user did give config_path, and nothing names the variable; with
+    ``"{{ env.ARCHIVE_TABLES_FILE }}/tables.yaml"`` the path becomes ``<defs folder>/None/tables.yaml`` and the
+    load fails "archive configuration .../None/tables.yaml not found". Expected: the load fails naming
+    ARCHIVE_TABLES_FILE as not set (as the inline tables' templates are expected to). Fix idea: in
+    _relative_to_defs_yaml, refuse a template whose env variable is unset (or a rendered value of None / one
+    holding "None" where the template had ``env.X``), naming X."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    monkeypatch.delenv("ARCHIVE_TABLES_FILE", raising=False)
+    try:
+        component = ArchiveTablesComponent.resolve_from_yaml(f"config_path: {written}\ncheck_source: false\n")
+        component.archive_config()
+    except Exception as exc:  # noqa: BLE001 - refused at load: it must name the variable that is not set
+        assert "ARCHIVE_TABLES_FILE" in str(exc), exc
+        return
+    raise AssertionError("loaded a table list from a path whose variable is not set")
