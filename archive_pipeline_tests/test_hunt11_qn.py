@@ -86,3 +86,31 @@ def test_a_component_config_path_naming_an_unset_environment_variable_says_so(mo
         assert "ARCHIVE_TABLES_FILE" in str(exc), exc
         return
     raise AssertionError("loaded a table list from a path whose variable is not set")
+
+
+@pytest.mark.parametrize("written", ['"{{ env.ARCHIVE_REGION }}"', '"{{ env.ARCHIVE_REGION }}_archive"'])
+def test_a_component_asset_key_prefix_from_an_unset_variable_does_not_load_without_its_prefix(monkeypatch, written):
+    """Two deployments (eu, us) of one dg project archive the same tables from two databases, told apart by
+    ``asset_key_prefix: "{{ env.ARCHIVE_REGION }}"`` in the component's defs.yaml (Dagster's env templating;
+    README: the inline form takes ``asset_key_prefix:``). One location starts without ARCHIVE_REGION (a line
+    missing from its env file). What happens: Dagster renders the template as None, the attribute is taken as
+    "no prefix", and the location loads silently with the keys ``archive/public/events``: a second location
+    doing the same shares every asset key, so each sees the other's materializations as its own archived days
+    (its sensor never requests them) and the UI mixes the two databases' archives; ``"{{ env.ARCHIVE_REGION
+    }}_archive"`` loads as the prefix ``None_archive``. (Not the tables' templates of test_hunt11_qh: this
+    attribute goes through Dagster's default resolver, not _resolved_tables.) Expected: the load fails naming
+    ARCHIVE_REGION as not set. Fix idea: a Resolver for asset_key_prefix (and the other inline sections) that
+    refuses an ``env.X`` whose variable is unset, as for the tables."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    _env(monkeypatch)
+    monkeypatch.delenv("ARCHIVE_REGION", raising=False)
+    attributes = ("tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n"
+                  f"asset_key_prefix: {written}\ncheck_source: false\n")
+    try:
+        component = ArchiveTablesComponent.resolve_from_yaml(attributes)
+        prefix = component.archive_config().tables[0].key_prefix
+    except Exception as exc:  # noqa: BLE001 - refused at load: it must name the variable that is not set
+        assert "ARCHIVE_REGION" in str(exc), exc
+        return
+    raise AssertionError(f"loaded with the asset key prefix {prefix!r}: an unset variable's prefix, silently")
