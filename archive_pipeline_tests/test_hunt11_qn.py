@@ -114,3 +114,22 @@ def test_a_component_asset_key_prefix_from_an_unset_variable_does_not_load_witho
         assert "ARCHIVE_REGION" in str(exc), exc
         return
     raise AssertionError(f"loaded with the asset key prefix {prefix!r}: an unset variable's prefix, silently")
+
+
+def test_a_component_with_an_empty_inline_tables_list_is_told_the_list_is_empty(monkeypatch):
+    """A defs.yaml gives ``tables: []`` (every table commented out while the database is migrated; a generated
+    list that came out empty). README: both ways "validate exactly as the YAML file is validated (same
+    messages)"; a file with ``tables: []`` fails "setting 'tables': List should have at least 1 item". What
+    happens: the component fails "give config_path (a YAML table list) or an inline tables list", which tells
+    the user to add what is already there (``not self.tables`` takes the empty list for a missing one).
+    Expected: the message says the tables list is empty (names ``tables`` and that it needs at least one
+    table), as the file's does. Fix idea: in _one_source_of_tables test ``self.tables is None``, and let
+    parse_config refuse the empty list with the file's message."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    _env(monkeypatch)
+    with pytest.raises(Exception) as refused:
+        ArchiveTablesComponent.resolve_from_yaml("tables: []\ncheck_source: false\n").archive_config()
+    message = str(refused.value)
+    assert "give config_path" not in message, message
+    assert "tables" in message and "at least 1" in message, message
