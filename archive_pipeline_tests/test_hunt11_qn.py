@@ -133,3 +133,31 @@ def test_a_component_with_an_empty_inline_tables_list_is_told_the_list_is_empty(
     message = str(refused.value)
     assert "give config_path" not in message, message
     assert "tables" in message and "at least 1" in message, message
+
+
+def test_the_factorys_table_check_reads_the_database_of_the_resources_it_is_given(pg, conn, schema, monkeypatch):
+    """A host project passes its own resources to the factory (README: "or pass your own ``resources=`` to the
+    factory"): ``postgres`` reads ``EnvVar("ORDERS_PG_DSN")``, the database the tables are in. The deployment
+    also has ARCHIVE_PG_DSN set, for the command line of another database (or left over from a shared env
+    file). What happens: build_definitions' load-time check (check_source, on by default) reads
+    ``os.environ["ARCHIVE_PG_DSN"]`` whatever resources it was given, so the load fails "table ... does not
+    exist" for a table that exists in the database the runs will read (and with ARCHIVE_PG_DSN unset it checks
+    nothing, silently). Expected: the check reads the ``postgres`` resource's database (here the load
+    succeeds). Fix idea: take the DSN to check from ``resources["postgres"].dsn`` (an EnvVar read from the
+    environment) when resources are given."""
+    from dagster import EnvVar
+    from psycopg import sql
+
+    from archive_pipeline.defs.resources import ArchiveS3Resource, ArchiveStoreResource, PostgresResource
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, created_at timestamptz)").format(
+        sql.Identifier(schema, "orders")))
+    monkeypatch.setenv("ORDERS_PG_DSN", pg.dsn)
+    monkeypatch.setenv("ARCHIVE_PG_DSN", pg.dsn_for("postgres", database="template1"))  # another database
+    config = parse_config({"tables": [{"name": f"{schema}.orders", "day_column": "created_at",
+                                       "start_date": "2024-01-01"}]}, "host project")
+    resources = {"postgres": PostgresResource(dsn=EnvVar("ORDERS_PG_DSN")),
+                 "archive_store": ArchiveStoreResource(s3=ArchiveS3Resource(region_name="us-east-1"),
+                                                       bucket="orders-archive")}
+    defs = build_definitions(config, resources=resources, executor=None)
+    assert defs.get_repository_def().get_job(f"Archive_{schema}_orders")
