@@ -161,3 +161,24 @@ def test_the_factorys_table_check_reads_the_database_of_the_resources_it_is_give
                                                        bucket="orders-archive")}
     defs = build_definitions(config, resources=resources, executor=None)
     assert defs.get_repository_def().get_job(f"Archive_{schema}_orders")
+
+
+def test_a_relative_table_list_path_the_factory_cannot_find_names_the_directory_it_looked_in(tmp_path,
+                                                                                         monkeypatch):
+    """The README's factory example, ``build_definitions(load_config("archive_tables.yaml"), executor=None)`` in
+    ``my_project/definitions.py``, loaded by a code server or ``dagster dev`` started from another directory
+    (the repository root, a container's WORKDIR, a daemon's working_directory), where the file is not. What
+    happens: the load fails "archive configuration archive_tables.yaml not found (check the path given (a
+    component's config_path is relative to its defs.yaml))": it names neither the directory the relative path
+    was read from (the process's working directory, not the module's folder) nor says it is relative to it, so
+    the user looks beside definitions.py, where the file is. Expected: the message names the absolute path
+    looked at (or the working directory), so the user sees where it looked. Fix idea: in load_config, name
+    ``file.resolve()`` (and "relative to the working directory ...") for a relative path not found."""
+    from archive_pipeline.core.config import ConfigError, load_config
+
+    elsewhere = tmp_path / "launched_from_here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError) as refused:
+        load_config("archive_tables.yaml")
+    assert str(elsewhere) in str(refused.value), refused.value
