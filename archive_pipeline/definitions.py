@@ -202,8 +202,11 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         require_environment(config.origin)
     check_keys_fit(config, _store_prefix(resources))
     children = ChildrenMemo()  # the declarative tables' children: read by the checks, kept for the sensor
-    if check_source and os.environ.get("ARCHIVE_PG_DSN", "").strip():
-        check_tables_exist(config, os.environ["ARCHIVE_PG_DSN"].strip(), children)
+    # the tables are looked for where the runs will read them: the postgres resource given, else the environment's
+    given = getattr((resources or {}).get("postgres"), "dsn", None)
+    dsn = given if isinstance(given, str) and given.strip() else os.environ.get("ARCHIVE_PG_DSN", "").strip()
+    if check_source and dsn:
+        check_tables_exist(config, dsn.strip(), children)
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     owners: dict[str, str] = {}  # op name -> the table whose asset or check it runs
     for spec in config.tables:

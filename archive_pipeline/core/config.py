@@ -808,7 +808,8 @@ def load_config(path: str | os.PathLike | None = None, given_by: str | None = No
             hint = f"${CONFIG_ENV_VAR} names it: point it at the YAML file of the tables"
         else:
             hint = f"set ${CONFIG_ENV_VAR} to the YAML file of the tables, or run where {DEFAULT_CONFIG_PATH} is"
-        raise ConfigError(f"archive configuration {file} not found ({hint})") from None
+        shown = file if file.is_absolute() else f"{file} ({file.absolute()}: relative to the working directory)"
+        raise ConfigError(f"archive configuration {shown} not found ({hint})") from None
     except OSError as exc:  # a directory, no permission: the path is there but is not a readable file
         named = (f"point {given_by} at" if path and given_by else "give the path of" if path
                  else f"set ${CONFIG_ENV_VAR} to")  # ($ARCHIVE_PIPELINE_CONFIG is not read where a path is given)

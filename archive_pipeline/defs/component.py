@@ -84,6 +84,24 @@ _ENV_REFERENCE = re.compile(r"\{\{\s*env(?:\.(\w+)|\(\s*['\"]([^'\"]+)['\"]\s*\)
 _TEMPLATE_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
+def _refuse_unset_variables(attribute: str, value: Any) -> None:
+    """Refuse an attribute whose template names an environment variable that is not set: Dagster's ``env`` gives
+    None, rendered as the text "None" (a config_path "None", an asset_key_prefix "None_archive") or as nothing
+    (no prefix: two regional locations sharing every asset key), silently."""
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_unset_variables(attribute, item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_unset_variables(attribute, item)
+    elif isinstance(value, str):
+        for found in _ENV_REFERENCE.finditer(value):
+            if (found[1] or found[2]) not in os.environ:
+                raise ValueError(f"{attribute}: {value!r} names the environment variable {found[1] or found[2]}, which "
+                                 "is not set here (it would render as the text 'None', or as nothing): set it in the "
+                                 "code location's environment")
+
+
 def _resolved_tables(context, tables: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
     """The inline tables with Dagster's templates rendered, after refusing one whose name Dagster's scope lacks
     (Jinja would render it as nothing, silently): a key_template's fields are single braces, ``{prefix}``."""
@@ -157,6 +175,7 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
                         close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
                         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
                         raise ValueError(f"unknown attribute {key!r} of ArchiveTablesComponent; {hint}")
+                    _refuse_unset_variables(key, data[key])
                 return data
 
         Attributes.__name__ = Attributes.__qualname__ = derived.__name__
@@ -167,7 +186,7 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
         inline = {k: v for k, v in self._inline().items() if v is not None}
         if self.config_path and inline:
             raise ValueError(f"give either config_path or inline settings ({', '.join(inline)}), not both")
-        if not self.config_path and not self.tables:
+        if not self.config_path and self.tables is None:  # (an empty list is told as the file's is, at the load)
             raise ValueError("give config_path (a YAML table list) or an inline tables list")
         return self
 
