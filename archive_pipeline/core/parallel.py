@@ -302,7 +302,10 @@ SELECT least(
                  ELSE d.datconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid) END
      FROM pg_catalog.pg_database d WHERE d.datname = current_database()),
     current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
-      - (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'))
+      - (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'
+         -- another role's session shows no backend_type without pg_read_all_stats: counted by its user (a
+         -- background worker of one counts too: fewer streams, never more than the server takes)
+         OR (backend_type IS NULL AND usesysid IS NOT NULL)))
 """
 
 
