@@ -422,9 +422,9 @@ class _Archiving:
                             upload, stats = None, no_rows
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
-                same_read_relations(self.conn, table, read)
                 same_shapes(self.conn, table, composites, where)
                 require_lock_held(self.conn, self.spec.name, self.day)
+                same_read_relations(self.conn, table, read)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
                 upload, published = None, stored.key if stored is not None else None
                 result = self._result(table, snapshot, fmt, codec, stats, sink, stored, fp, fp_seconds, generation,

@@ -2012,13 +2012,14 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                 remedy=f"find the rows of {relation} whose keys the archived rows have, or the day's rows the "
                        "archive lacks (compare --rows, or restore into a new table with into='new' and compare), "
                        "fix or remove them, and restore again")
-        padded = _byte_padded(conn, manifest, relation, columns, where)
+        padded = _byte_padded(conn, manifest, relation, columns, where) or _byte_limited(conn, manifest, columns)
         if padded:  # the likely cause, found in the rows: not an altered archive
             raise FingerprintMismatchError(f"restoring {table} for {day}: {scope} have fingerprint {actual} but the "
                                            f"archive's manifest records {recorded}; the restore was rolled back. "
                                            f"{padded}", table=table, day=day,
-                                           remedy="restore into a SQL_ASCII database, or into a table whose "
-                                                  "column is text (into='existing')")
+                                           remedy=f"restore into a database of the archived encoding "
+                                                  f"({(manifest.get('source') or {}).get('encoding')}), or into a "
+                                                  "table whose column is text (into='existing')")
         known = archived_encoding(conn, manifest)  # the manifest's, or this database's where it is the source
         mismatch = fp.encoding_mismatch(recorded, known, here)
         if mismatch:  # the likely cause, from the manifest: not an altered archive
@@ -2060,7 +2061,7 @@ def _byte_padded(conn: psycopg.Connection, manifest: dict, relation: Relation, c
     archived_in = (manifest.get("source") or {}).get("encoding")
     if archived_in != "SQL_ASCII" or conn.info.parameter_status("server_encoding") == "SQL_ASCII":
         return None
-    padded = [c for c in columns if c.type_name.startswith("character(")]
+    padded = [c for c in columns if re.fullmatch(r"character\(\d+\)", c.type_name)]  # (arrays, domains: _byte_limited)
     found = [c.name for c in padded if conn.execute(sql.SQL(
         "SELECT EXISTS (SELECT FROM {} WHERE {} AND pg_catalog.octet_length({}) <> pg_catalog.char_length({}))").format(
             relation.identifier, where if where is not None else sql.SQL("true"), sql.Identifier(c.name),
@@ -2070,6 +2071,39 @@ def _byte_padded(conn: psycopg.Connection, manifest: dict, relation: Relation, c
     return (f"Column(s) {', '.join(map(repr, found))} are character(n), and hold characters beyond ASCII: the SQL_ASCII "
             "database the day was archived from pads such a value to n bytes, this one to n characters, so it "
             "does not come back with the archived trailing blanks")
+
+
+_NAME_TYPE = re.compile(r"(?:pg_catalog\.)?name(?:\[\])*")
+_CHAR_TYPE = re.compile(r"(?:pg_catalog\.)?(?:character|bpchar|char)(?:\(\d+\))?(?:\[\])*")
+
+
+def _byte_limited(conn: psycopg.Connection, manifest: dict, columns: Sequence[Column] = ()) -> str | None:
+    """Why values of a day archived in a database of another encoding may not come back as archived, or None:
+    a ``name`` keeps 63 bytes (a LATIN1 'é' is one, two in UTF-8: a longer value is cut), and where either
+    database is SQL_ASCII a ``character(n)`` is padded to n bytes there, n characters elsewhere (through a domain
+    or in an array too)."""
+    archived_in, here = (manifest.get("source") or {}).get("encoding"), conn.info.parameter_status("server_encoding")
+    if not archived_in or archived_in == here:
+        return None
+
+    bases = {c.name: c.base_type for c in columns}  # (the target's, through domains and arrays)
+
+    def typed(pattern: re.Pattern[str]) -> list[str]:
+        return [c["name"] for c in manifest.get("columns", [])
+                if any(pattern.fullmatch(str(t or "")) for t in (c.get("pg_type"), c.get("base_type"),
+                                                                   bases.get(c["name"])))]
+    said = []
+    if names := typed(_NAME_TYPE):
+        said.append(f"column(s) {', '.join(map(repr, names))} are of type name, which keeps 63 bytes of a value: one "
+                    f"longer than that in {here} (its characters take more bytes here than in {archived_in}) is cut")
+    if "SQL_ASCII" in (archived_in, here) and (padded := typed(_CHAR_TYPE)):
+        said.append(f"column(s) {', '.join(map(repr, padded))} are character(n) (or hold it): SQL_ASCII pads a value "
+                    "to n bytes, any other encoding to n characters, so one with characters beyond ASCII comes back "
+                    "with other trailing blanks")
+    if not said:
+        return None
+    return (f"The day was archived from a {archived_in} database and restored into a {here} one: "
+            + "; ".join(said) + ".")
 
 
 def _inexact_explained(manifest: dict) -> tuple[str, str | None]:
@@ -2240,6 +2274,20 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "
                                    "VALUES FROM ... TO ...) or a DEFAULT partition, or restore into a new table "
                                    "(into='new')")
+        archived_in = (manifest.get("source") or {}).get("encoding")
+        here = conn.info.parameter_status("server_encoding")
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded) and archived_in and archived_in != here:
+            # a limit PostgreSQL counts in bytes (a tsvector's word, a btree entry): the archived value is longer
+            # in this database's encoding than in the one it was archived from, not a value of over 1 GB
+            in_context = re.search(r"column (\w+)", exc.diag.context or "")
+            columns_ = [in_context[1]] if in_context else [c["name"] for c in manifest.get("columns", [])
+                                                  if re.fullmatch(r"(?:pg_catalog\.)?(?:tsvector|tsquery|name)(?:\[\])*",
+                                                                  str(c.get("base_type") or c.get("pg_type") or ""))]
+            found = replace(found, cause=f"a value of column(s) {', '.join(map(repr, columns_)) or '?'} is over a "
+                            f"limit PostgreSQL counts in bytes once in this database's encoding ({here}), where its "
+                            f"characters take more bytes than in the {archived_in} database it was archived from "
+                            f"({exc.diag.message_primary})", retryable=False,
+                            remedy=f"restore into a database of the archived encoding ({archived_in})")
         if isinstance(exc, psycopg.errors.ForeignKeyViolation):
             found = replace(found, cause="an archived row references a row its foreign key's table lacks",
                             remedy="restore the referenced rows first (the referenced table's days), or restore into a "

@@ -315,10 +315,16 @@ def explain_value_failure(format_name: str, table: SourceTable, exc: BaseExcepti
         remedy = _too_big_remedy(format_name, [table.columns[i] for i in culprits or []])
     elif state in _ENCODING_STATES or any(marker in str(exc) for marker in _ENCODING_MARKERS):
         cause = f"cannot be sent as UTF-8 (SQLSTATE {state}: {first_line(exc)})"
-        remedy = ("no format can archive it as it is: every format reads text as UTF-8. Fix the value in the source "
-                  "(in a SQL_ASCII database, which stores any bytes, convert it from the encoding it was written "
-                  "in, e.g. from LATIN1: convert_from(convert(convert_to(value, 'SQL_ASCII'), 'LATIN1', 'UTF8'), "
-                  "'SQL_ASCII')), then archive the day again")
+        if getattr(table, "encoding", None) in (None, "", "SQL_ASCII"):
+            remedy = ("no format can archive it as it is: every format reads text as UTF-8. Fix the value in the "
+                      "source (in a SQL_ASCII database, which stores any bytes, convert it from the encoding it was "
+                      "written in, e.g. from LATIN1: convert_from(convert(convert_to(value, 'SQL_ASCII'), 'LATIN1', "
+                      "'UTF8'), 'SQL_ASCII')), then archive the day again")
+        else:  # a byte the database's own encoding leaves undefined (WIN1252's 0x81): SQL_ASCII's recipe mangles it
+            remedy = (f"no format can archive it as it is: every format reads text as UTF-8, and the value holds a "
+                      f"byte that {table.encoding}, the database's encoding, leaves undefined (the byte the message "
+                      "names, written by a client in another encoding). Replace or remove that byte in the source "
+                      "value, then archive the day again")
     else:
         cause = f"cannot be converted by PostgreSQL (SQLSTATE {state}: {first_line(exc)})"
         remedy = f"archive this table as {OTHER_FORMATS.get(format_name, 'another format')}, or fix the value"
