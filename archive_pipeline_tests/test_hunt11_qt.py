@@ -1,0 +1,66 @@
+"""Hunt 11, qt: S3-compatible stores that behave unlike AWS, in the write paths (archive, overwrite with
+generations, manifest commits with If-None-Match / If-Match, upload markers, removal marks, settle, tidy), emulated
+by the fault proxy in front of moto. Each test fails on the current code because of a bug."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_lifecycle import DAYS, spec_for
+from archive_pipeline_tests.test_race_hunt import in_thread
+
+DAY = DAYS[0]
+
+
+def test_an_overwrite_commit_without_md5_etags_does_not_replace_a_removals_pending_mark_written_meanwhile(
+        conn, schema, s3, bucket, store, s3_client):
+    """A bucket with SSE-KMS (ETags are not MD5s: the README's ``verify_etags: false``) on AWS, which does take
+    If-Match. ``archive --overwrite`` of 2024-03-10 has uploaded its generation 2, read the day's manifest again
+    and is about to commit; just then a removal of the day on another server (ARCHIVE_PG_DSN on a standby, the
+    README's own case) writes its pending mark over that manifest.
+
+    What happens: with ``verify_etags`` off ``S3Store.etag_of`` answers None, so the commit's PUT carries no
+    If-Match at all: it replaces the removal's pending mark with the new generation's manifest (read back and
+    found as written: success). The mark that keeps an emptied source from being archived again is gone, while
+    the removal goes on dropping the rows.
+
+    What should happen (README: "every replacement of a manifest (a re-archive's commit, ...) with If-Match of
+    the very manifest it decided on"; the store does take conditions, only its ETags are not MD5s): the commit
+    is refused (412), the run replaces nothing, withdraws its new object and fails, retryable; the pending mark
+    stays. Fix idea: keep the ETag the store answered for the manifest bytes read (get_verified_bytes) and
+    use it for If-Match where ``etag_of`` cannot compute one (a HEAD's ETag would race; the GET's does not)."""
+    create_sample_events(conn, [DAY], rows_per_day=40, schema=schema)
+    spec = spec_for(schema, "drop")
+    plain = S3Store(store.client, bucket, prefix="archive", part_size=MIN_PART_SIZE, verify_etags=False)
+    first = archive_partition(conn, spec, DAY, plain)
+    mkey = first.key + ".manifest.json"
+    manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
+    manifest["removed"] = {"at": dt.datetime.now(dt.UTC).isoformat(), "action": "drop", "state": "pending",
+                           "by": "removal on the other server", "relation": f"{schema}.events_2024_03_10",
+                           "xid": "12345"}
+    pending = encode_manifest(manifest)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        kms = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE,
+                      verify_etags=False)
+        commit = proxy.add(Fault(method="PUT", path=r"\.manifest\.json$", action="hold", times=1))
+        thread, outcome = in_thread(lambda: archive_partition(conn, spec, DAY, kms, overwrite=True))
+        try:
+            assert proxy.wait_held(1), outcome
+            s3_client.put_object(Bucket=bucket, Key=mkey, Body=pending)  # the removal's pending mark, meanwhile
+        finally:
+            commit.gate.set()
+            thread.join(60)
+        sent = [r for r in proxy.requests(method="PUT", path=r"\.manifest\.json$")]
+    stored = s3_client.get_object(Bucket=bucket, Key=mkey)["Body"].read()
+    # Now: the commit (no If-Match) replaced the pending mark; the run succeeded.
+    assert stored == pending, ("the removal's pending mark was replaced by the overwrite's commit; the run "
+                               f"{outcome.get('error') or 'succeeded'}; manifest PUTs {sent}")
+    assert isinstance(outcome.get("error"), ArchiveError) and outcome["error"].retryable, outcome
