@@ -5,6 +5,7 @@ by the fault proxy in front of moto. Each test fails on the current code because
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -14,6 +15,8 @@ from archive_pipeline.core.manifest import decode_manifest, encode_manifest
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_hunt3_bb import ev  # noqa: F401 - 20 rows on DAY, column mode
+from archive_pipeline_tests.test_hunt8_nb import DialectProxy, _xml_error
 from archive_pipeline_tests.test_lifecycle import DAYS, spec_for
 from archive_pipeline_tests.test_race_hunt import in_thread
 
@@ -64,3 +67,42 @@ def test_an_overwrite_commit_without_md5_etags_does_not_replace_a_removals_pendi
     assert stored == pending, ("the removal's pending mark was replaced by the overwrite's commit; the run "
                                f"{outcome.get('error') or 'succeeded'}; manifest PUTs {sent}")
     assert isinstance(outcome.get("error"), ArchiveError) and outcome["error"].retryable, outcome
+
+
+def unquoted_etags(handler, method, status, headers, payload):
+    """ETags without their double quotes, in headers and listings alike (SeaweedFS, some gateways)."""
+    headers = [(k, v.strip('"') if k.lower() == "etag" else v) for k, v in headers]
+    payload = re.sub(rb"<ETag>(?:&quot;|\")?([^<&\"]*)(?:&quot;|\")?</ETag>", rb"<ETag>\1</ETag>", payload)
+    return status, headers, payload
+
+
+def literal_if_match(handler, method, body):
+    """The store compares If-Match byte for byte with its own (unquoted) ETag, as an opaque string."""
+    value = handler.headers.get("If-Match")
+    if value is not None and value.startswith('"'):
+        return _xml_error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    return None
+
+
+def test_an_overwrite_on_a_store_whose_etags_have_no_quotes_is_not_refused_as_another_runs(
+        conn, schema, ev, s3, bucket, store, temp_dir):  # noqa: F811
+    """A store that answers its (MD5) ETags without the double quotes (``ETag: 9f86d0...``: SeaweedFS, several
+    gateways) and compares an If-Match header with that form, as the opaque string it answered (what the README
+    says of upper-case ETags: "part ETags go back to the store as it answered them"; the hunt-8 fix keeps the
+    store's case for the same reason). The user archives a day, then archives it again with ``overwrite``.
+
+    What happens: the commit's condition is computed by ``S3Store.etag_of`` as ``"<md5>"`` (always quoted), which
+    is not the store's ETag; the store answers 412 and the run fails "... was written by another run meanwhile",
+    retryable: no other run exists, every retry fails the same, and the day can never be archived again (nor
+    removed: the pending mark is refused the same way).
+
+    What should happen: the condition is the store's own form of the manifest's ETag (note whether its answers
+    quote ETags, as ``etag_in`` notes upper case, or use the ETag its GET answered), so the overwrite commits."""
+    with DialectProxy(s3.endpoint_url, before=[literal_if_match], after=[unquoted_etags]) as proxy:
+        bare = S3Store(proxy.client(max_attempts=1), bucket, prefix=store.prefix)
+        first = archive_partition(conn, ev, DAY, bare, temp_dir=temp_dir)
+        try:
+            again = archive_partition(conn, ev, DAY, bare, temp_dir=temp_dir, overwrite=True)
+        except ArchiveError as exc:
+            pytest.fail(f"the overwrite was refused: {type(exc).__name__} retryable={exc.retryable}: {exc}")
+        assert again.generation == first.generation + 1
