@@ -106,3 +106,40 @@ def test_an_overwrite_on_a_store_whose_etags_have_no_quotes_is_not_refused_as_an
         except ArchiveError as exc:
             pytest.fail(f"the overwrite was refused: {type(exc).__name__} retryable={exc.retryable}: {exc}")
         assert again.generation == first.generation + 1
+
+
+def refuse_conditions_400(handler, method, body):
+    """A store that refuses an unsupported header with 400 InvalidArgument, as Backblaze B2 does (its words for
+    botocore's checksum headers): here If-None-Match / If-Match on writes."""
+    for name in ("If-None-Match", "If-Match"):
+        if method in ("PUT", "POST") and name in handler.headers:
+            return _xml_error(400, "InvalidArgument", f"Unsupported header '{name.lower()}' received for this API "
+                                                      "call.")
+    return None
+
+
+def test_a_store_that_refuses_conditional_headers_with_400_is_archived_to_as_one_answering_501(
+        conn, schema, ev, s3, bucket, store, temp_dir):  # noqa: F811
+    """A store without conditional writes that says so with a 400 InvalidArgument "Unsupported header
+    'if-none-match' received for this API call." (Backblaze B2's way of refusing a header it does not implement,
+    as it refuses botocore's checksum headers) instead of a 501 NotImplemented.
+
+    What happens: ``_is_unimplemented`` knows only 501 / NotImplemented, so the first archive's fresh data PUT
+    (If-None-Match: *) fails "the object store rejected the request ... not retried", remedy "read the error code
+    in the message": no day can ever be archived to this store, and no setting turns conditional writes off.
+
+    What should happen: a refusal that names the condition header is the store saying it does not implement it,
+    as its 501 would: written without (logged once), as the README says of a 501; the day is archived and
+    verifies. Fix idea: in ``_is_unimplemented`` also take a 400 (InvalidArgument / InvalidRequest /
+    NotImplemented) whose message names If-None-Match / If-Match / conditional; or offer a
+    ``conditional_writes: false`` setting and name it in the error."""
+    from archive_pipeline.core.keys import table_day_key
+    from archive_pipeline.core.verify import verify_archive
+
+    with DialectProxy(s3.endpoint_url, before=[refuse_conditions_400]) as proxy:
+        b2 = S3Store(proxy.client(max_attempts=1), bucket, prefix=store.prefix)
+        try:
+            archive_partition(conn, ev, DAY, b2, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            pytest.fail(f"the day could not be archived: {type(exc).__name__} retryable={exc.retryable}: {exc}")
+        assert verify_archive(b2, table_day_key(ev, DAY, store.prefix), {}, deep=True, temp_dir=temp_dir) == []
