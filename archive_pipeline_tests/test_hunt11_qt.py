@@ -143,3 +143,41 @@ def test_a_store_that_refuses_conditional_headers_with_400_is_archived_to_as_one
         except ArchiveError as exc:
             pytest.fail(f"the day could not be archived: {type(exc).__name__} retryable={exc.retryable}: {exc}")
         assert verify_archive(b2, table_day_key(ev, DAY, store.prefix), {}, deep=True, temp_dir=temp_dir) == []
+
+
+def not_modified_for_if_none_match(handler, method, status, headers, payload):
+    """MinIO before its conditional writes (minio/minio#19442): a PUT whose If-None-Match holds no more (the key
+    exists) is answered ``304 Not Modified``, empty, not 412 (the object is left as it was)."""
+    if method == "PUT" and status == 412 and "If-None-Match" in handler.headers:
+        return 304, [(k, v) for k, v in headers if k.lower() not in ("content-type", "etag")], b""
+    return status, headers, payload
+
+
+def test_a_lost_answer_to_a_fresh_put_on_a_store_answering_304_is_recognised_as_ours(
+        conn, schema, ev, s3, bucket, store, temp_dir):  # noqa: F811
+    """A MinIO release that answers a PUT whose ``If-None-Match: *`` no longer holds with ``304 Not Modified``
+    (minio/minio#19442: RFC 7232's answer for GET applied to PUT) instead of 412. The first archive of a day: the
+    data object's PUT (If-None-Match: *) is stored, but its answer is lost (the connection reset), and botocore
+    sends it again: the store answers 304, since the key now holds our own object.
+
+    What happens: botocore raises ClientError code "304"; ``_is_taken`` knows only 412 / PreconditionFailed /
+    ConditionalRequestConflict, so the refusal is neither recognised as our own earlier try (``holds``) nor as
+    another run's write: the run fails "the object store rejected the request ... not retried: a retry cannot fix
+    this", remedy "read the error code in the message" (our object is withdrawn; a retry would have worked). The
+    same 304 for another run's object (a real race) is told as a setting, never retried, not as KeyTakenError.
+
+    What should happen: a 304 to a conditional PUT is the condition failing, as a 412 is: ``holds`` finds our
+    own bytes there and the archive commits (or at worst a retryable KeyTakenError and nothing left behind). Fix
+    idea: add "304" / NotModified to ``_TAKEN_CODES`` (for writes)."""
+    from archive_pipeline.core.keys import table_day_key
+    from archive_pipeline.core.verify import verify_archive
+
+    with DialectProxy(s3.endpoint_url, after=[not_modified_for_if_none_match]) as proxy:
+        proxy.add(Fault(method="PUT", path=r"\.jsonl\.zst$", action="reset_after", times=1))
+        minio = S3Store(proxy.client(max_attempts=3), bucket, prefix=store.prefix)
+        try:
+            archive_partition(conn, ev, DAY, minio, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            puts = [(r.path.rsplit("/", 1)[-1], r.status) for r in proxy.requests(method="PUT")]
+            pytest.fail(f"{type(exc).__name__} retryable={exc.retryable}: {exc}; PUTs {puts}")
+        assert verify_archive(minio, table_day_key(ev, DAY, store.prefix), {}, deep=True, temp_dir=temp_dir) == []
