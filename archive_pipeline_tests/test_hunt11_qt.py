@@ -229,3 +229,49 @@ def test_an_overwrite_refused_412_condition_not_met_by_gcs_is_a_retryable_race_n
     error = outcome.get("error")
     assert isinstance(error, ArchiveError), outcome
     assert error.retryable, f"{type(error).__name__} retryable={error.retryable}: {error}"
+
+
+def literal_part_etags(handler, method, body):
+    """CompleteMultipartUpload compares each part's ETag byte for byte with the (unquoted) one the store answered
+    for it: a part ETag sent back with quotes names no part the store knows."""
+    if method == "POST" and "uploadId=" in handler.path and re.search(rb"<ETag>(\"|&quot;)", body):
+        return _xml_error(400, "InvalidPart", "One or more of the specified parts could not be found. The part may "
+                                              "not have been uploaded, or the specified entity tag may not match the "
+                                              "part's entity tag.")
+    return None
+
+
+def test_a_multipart_day_on_a_store_whose_etags_have_no_quotes_sends_its_part_etags_back_as_answered(
+        conn, schema, s3, bucket, temp_dir):
+    """A store that answers ETags without their double quotes (UploadPart's ``ETag: 5d41...``) and, in
+    CompleteMultipartUpload, takes a part's ETag only in the form it answered. The README (Production notes): "part
+    ETags go back to the store as it answered them". A user archives a day big enough for two parts.
+
+    What happens: ``_send_part`` keeps ``'"{}"'.format(etag.strip('"'))``: every part ETag goes back WITH quotes,
+    not as answered; the store refuses the completion (400 InvalidPart), which is classified "the multipart upload
+    disappeared or conflicted with another writer", retryable: every retry re-reads and re-uploads the day to
+    fail the same way; no multipart day can ever be archived to this store.
+
+    What should happen: the parts go back exactly as the store answered them (quoted only if it quoted them), and
+    the day archives. Fix idea: keep ``response["ETag"]`` verbatim in ``_Part``."""
+    from psycopg import sql
+
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.keys import table_day_key
+    from archive_pipeline.core.verify import verify_archive
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text)").format(
+        sql.Identifier(schema, "big")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 ms', md5(g::text) || "
+                         "md5((g + 1)::text) FROM generate_series(1, 75000) g").format(sql.Identifier(schema, "big")),
+                 (f"{DAY} 00:00+00",))
+    spec = TableSpec(name=f"{schema}.big", day_column="at", start_date="2024-03-01", partitioning={"mode": "column"},
+                     compression="none")
+    with DialectProxy(s3.endpoint_url, before=[literal_part_etags], after=[unquoted_etags]) as proxy:
+        bare = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        try:
+            result = archive_partition(conn, spec, DAY, bare, temp_dir=temp_dir)
+        except ArchiveError as exc:
+            pytest.fail(f"{type(exc).__name__} retryable={exc.retryable}: {exc}")
+        assert result.parts >= 2 and result.rows == 75000
+        assert verify_archive(bare, table_day_key(spec, DAY, "archive"), {}, temp_dir=temp_dir) == []
