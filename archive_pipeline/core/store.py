@@ -402,13 +402,23 @@ _TAKEN_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "4
 
 
 def _is_taken(exc: BaseException) -> bool:
-    return _code(exc) in _TAKEN_CODES
+    """A conditional write refused for its condition: by code, or by status (GCS's 412 ConditionNotMet; an older
+    MinIO's 304 to a failed If-None-Match)."""
+    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _code(exc) in _TAKEN_CODES or status in (304, 412)
+
+
+_CONDITION_NAMED = re.compile(r"if-none-match|if-match|conditional|unsupported header", re.I)
 
 
 def _is_unimplemented(exc: BaseException) -> bool:
-    """A store that does not implement a header it was sent (conditional writes: older MinIO, some gateways)."""
-    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return _code(exc) in ("NotImplemented", "501") or status == 501
+    """A store that does not implement a header it was sent (conditional writes: older MinIO, some gateways; B2
+    answers 400 InvalidArgument "Unsupported header 'If-None-Match'")."""
+    response = getattr(exc, "response", None) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if _code(exc) in ("NotImplemented", "501") or status == 501:
+        return True
+    return status == 400 and bool(_CONDITION_NAMED.search(str((response.get("Error") or {}).get("Message", ""))))
 
 
 class KeyTakenError(UploadError):
@@ -529,6 +539,8 @@ class S3Store:
         # store answers that it does not implement them: such a store behaves as before.
         self.conditional_writes = True
         self.upper_etags = False  # the store answers MD5 ETags in upper case (see etag_in)
+        self.unquoted_etags = False  # ... or without their quotes
+        self._answered_etags: dict[str, str] = {}  # MD5 of a manifest's bytes -> the ETag answered (see etag_of)
         _read_as_stored(client)
 
     def conditions(self, **wanted: str) -> dict[str, str]:
@@ -678,6 +690,7 @@ class S3Store:
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
             etag = self.etag_in(response)
             if (etag == digest.hex()) if self.verify_etags else (self.get_verified_bytes(key) == data):
+                self._note_answered(data, response)
                 return etag
             log.warning("%s arrived corrupted (%s), attempt %d of %d", self.uri(key),
                         f"ETag {etag}, MD5 {digest.hex()}" if self.verify_etags else "it does not read back as written",
@@ -695,22 +708,37 @@ class S3Store:
         raise error
 
     def etag_in(self, response: dict) -> str:
-        """The ETag of a store's answer (see :func:`etag_text`), noting whether the store writes MD5s in upper case:
-        it may compare an If-Match with its own form only."""
-        raw = str(response.get("ETag", "")).strip('"')
+        """The ETag of a store's answer (see :func:`etag_text`), noting whether the store writes MD5s in upper case
+        or without quotes: it may compare an If-Match with its own form only."""
+        answered = str(response.get("ETag", ""))
+        raw = answered.strip('"')
         if _HEX_ETAG.fullmatch(raw) and raw != raw.lower():
             self.upper_etags = True
+        if raw and not answered.startswith('"'):
+            self.unquoted_etags = True
         return etag_text(raw)
+
+    def _note_answered(self, data: bytes, response: dict) -> None:
+        """Keep the ETag the store answered for ``data`` (a manifest read or written): without MD5 ETags
+        (``verify_etags`` off) it is the only If-Match that replaces exactly those bytes."""
+        if response.get("ETag"):
+            answered = self._answered_etags
+            answered[hashlib.md5(data).hexdigest()] = str(response["ETag"])
+            while len(answered) > 256:
+                answered.pop(next(iter(answered)))
 
     def etag_of(self, data: bytes | None) -> str | None:
         """The ETag ``data`` has as a small object written in one PUT, where ETags are MD5s (else None), in the
         store's case: the condition that replaces exactly those bytes (If-Match) with no further request."""
         if data is not None and data.startswith(OVERSIZED):  # not read: the ETag the store answered for it
             return data[len(OVERSIZED):].decode().split(":", 1)[1] or None
-        if data is None or not self.verify_etags:
+        if data is None:
             return None
+        if not self.verify_etags:  # the ETag the store answered for these bytes, if it was seen
+            return self._answered_etags.get(hashlib.md5(data).hexdigest())
         digest = hashlib.md5(data).hexdigest()
-        return f'"{digest.upper() if self.upper_etags else digest}"'
+        digest = digest.upper() if self.upper_etags else digest
+        return digest if self.unquoted_etags else f'"{digest}"'
 
     def replacing(self, key: str, first: dict[str, str]) -> dict[str, str]:
         """The condition for writing ``key`` again after a copy of ours did not arrive whole: replace the copy
@@ -851,6 +879,7 @@ class S3Store:
                 log.warning("%s read failed: %s", self.uri(key), problem)
                 continue
             if not self.verify_etags or not _PLAIN_MD5.match(etag) or hashlib.md5(data).hexdigest() == etag:
+                self._note_answered(data, response)
                 return data
             problem = f"body hashes to {hashlib.md5(data).hexdigest()}, ETag is {etag}"
             log.warning("%s read corrupted: %s", self.uri(key), problem)
@@ -1550,8 +1579,9 @@ class S3Upload:
                     from exc
             etag = self.store.etag_in(response)
             if not store.verify_etags or etag == digest.hex():
-                # sent back in the completion as the store answered it (a store may compare them exactly)
-                return _Part(number, '"{}"'.format(str(response.get("ETag", "")).strip('"')), digest, length)
+                # sent back in the completion as the store answered it (a store may compare them exactly: one
+                # answering them without quotes refused quoted ones as InvalidPart)
+                return _Part(number, str(response.get("ETag", "")), digest, length)
             log.warning("part %d of %s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", number,
                         store.uri(self.key), etag, digest.hex(), attempt, store.corrupt_attempts)
         raise self._error_here(f"part {number} arrived corrupted {store.corrupt_attempts} times (ETag {etag}, our "
