@@ -42,3 +42,51 @@ def test_the_factorys_table_check_reads_an_envvar_dsn_of_the_given_postgres_reso
                                                        bucket="orders-archive")}
     with pytest.raises(ConfigError, match="no_such_table"):
         build_definitions(config, resources=resources, executor=None)
+
+
+def _other_locations_run(instance, job: str, day: str, table: str, run_key: str, status, selection=None) -> None:
+    from dagster import DagsterRun
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("archive_eu"), "__repository__"),
+                             job)
+    instance.add_run(DagsterRun(job_name=job, run_id=str(uuid.uuid4()), status=status, remote_job_origin=origin,
+                                asset_selection=selection,
+                                tags={"dagster/partition": day, "dagster/run_key": run_key, "archive/table": table}))
+
+
+def test_a_regional_locations_removal_does_not_hold_back_the_same_table_of_another_region(monkeypatch):
+    """README: "asset_key_prefix: ... give each code location its own when two archive tables of the same name
+    from two databases". Two regional locations (``eu`` and ``us``) share one Dagster instance, each archiving
+    its own database's ``public.events`` with retention. The eu location is removing its day 2024-01-05 now.
+    What happens: the us location's retention schedule skips its own archived, due 2024-01-05 ("no archived
+    day of public.events older than 30 days is left in the source": false): the qn fix matches another
+    location's run by its ``archive/table`` tag, which is the same table name in both regions, and the job name
+    ``Remove_public_events`` and run key ``remove_public_events:2024-01-05`` carry no prefix either. Expected:
+    the us day is requested. Fix idea: match a run to this location by its origin (as the sensor's
+    _same_repository does) or by its asset selection (the prefixed removal asset key), not by table name."""
+    from dagster import DagsterRunStatus
+
+    from archive_pipeline.defs.assets import asset_key
+    from archive_pipeline.defs.retention_assets import removal_asset_key
+
+    _env(monkeypatch)
+    table = {"name": "public.events", "day_column": "at", "start_date": "2024-01-01",
+             "retention": {"keep_days": 30, "action": "delete"}}
+    us = parse_config({"asset_key_prefix": ["us"], "tables": [table]}, "us")
+    eu = parse_config({"asset_key_prefix": ["eu"], "tables": [table]}, "eu")
+    repo = build_definitions(us, check_source=False).get_repository_def()
+    schedule = repo.get_schedule_def("remove_public_events_daily")
+    day = "2024-01-05"
+    with instance_for_test() as instance:
+        instance.report_runless_asset_event(AssetMaterialization(asset_key=asset_key(us.tables[0]), partition=day))
+        tick = dt.datetime(2024, 3, 1, 2, 30, tzinfo=dt.UTC)
+        before = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick,
+                                                                                repository_def=repo))
+        assert [r.partition_key for r in before.run_requests or []] == [day], before  # the setup is right
+        _other_locations_run(instance, "Remove_public_events", day, "public.events",
+                             f"remove_public_events:{day}", DagsterRunStatus.STARTED,
+                             selection=frozenset({removal_asset_key(eu.tables[0])}))
+        after = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick,
+                                                                                repository_def=repo))
+        assert [r.partition_key for r in after.run_requests or []] == [day], after.skip_message
