@@ -90,3 +90,25 @@ def test_a_regional_locations_removal_does_not_hold_back_the_same_table_of_anoth
         after = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick,
                                                                                 repository_def=repo))
         assert [r.partition_key for r in after.run_requests or []] == [day], after.skip_message
+
+
+@pytest.mark.parametrize("written", ["\"{{ env.ARCHIVE_REGION or 'eu' }}\"",
+                                     "\"{{ env.ARCHIVE_REGION | default('eu', true) }}\""])
+def test_a_component_template_with_a_default_for_an_unset_variable_loads(monkeypatch, written):
+    """A defs.yaml gives ``asset_key_prefix: "{{ env.ARCHIVE_REGION or 'eu' }}"``: Dagster's env templating with
+    a Jinja default, so the location that sets no ARCHIVE_REGION gets ``eu`` (the usual way to give a template a
+    fallback; Dagster's own ``env('X')`` without a default refuses an unset variable, with one it does not).
+    What happens (since the qh/qn fixes "a component attribute naming an unset environment variable fails the
+    load"): _refuse_unset_variables matches any ``{{ env.X`` and refuses the load, "names the environment
+    variable ARCHIVE_REGION, which is not set here (it would render as the text 'None', or as nothing)",
+    which is false here: the template renders ``eu``. Expected: the component loads with the prefix ``eu``.
+    Fix idea: refuse only a template that *is* the variable (``{{ env.X }}`` alone, no operator or filter), or
+    render the template and refuse a None / "None" result."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    _env(monkeypatch)
+    monkeypatch.delenv("ARCHIVE_REGION", raising=False)
+    attributes = ("tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n"
+                  f"asset_key_prefix: {written}\ncheck_source: false\n")
+    component = ArchiveTablesComponent.resolve_from_yaml(attributes)
+    assert component.archive_config().tables[0].key_prefix == ("eu",)
