@@ -4,13 +4,21 @@ fails on the code as it was when written."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+import shlex
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 from dagster import AssetMaterialization, build_schedule_context, instance_for_test
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
+from archive_pipeline_tests.test_cli import cli, cli_json
+from archive_pipeline_tests.test_hunt11_qj import _with_seam, days, setup  # noqa: F401 - fixtures
+from psycopg import sql
+from archive_pipeline_tests.test_namehunt import encoded_databases  # noqa: F401 - a fixture
 
 
 def _env(monkeypatch) -> None:
@@ -112,3 +120,33 @@ def test_a_component_template_with_a_default_for_an_unset_variable_loads(monkeyp
                   f"asset_key_prefix: {written}\ncheck_source: false\n")
     component = ArchiveTablesComponent.resolve_from_yaml(attributes)
     assert component.archive_config().tables[0].key_prefix == ("eu",)
+
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_tsvector_word_over_its_byte_limit_names_a_column_whose_name_has_a_space(
+        fmt, encoded_databases, conn, schema, store, temp_dir):  # noqa: F811
+    """The qf fix's case (a LATIN1 day's tsvector word of 1,500 ``é``, 3,000 bytes in UTF-8, over tsvector's
+    limit), in a column named ``search words`` (the README: names with spaces and quotes work). What happens:
+    the refusal says "a value of column(s) 'search' is over a limit PostgreSQL counts in bytes": restore.py takes
+    the column from COPY's error context with ``column (\\w+)``, which stops at the space, and names a column
+    that does not exist. Expected: the column named whole, ``'search words'``. Fix idea: match the context's
+    column up to the colon (``column (.+?): ``), or check it against the manifest's column names."""
+    import psycopg
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    day = dt.date(2024, 3, 10)
+    with psycopg.connect(encoded_databases["LATIN1"], autocommit=True) as latin:
+        latin.execute("DROP TABLE IF EXISTS ev")
+        latin.execute('CREATE TABLE ev (id int, at date, "search words" tsvector)')
+        latin.execute("INSERT INTO ev VALUES (1, %s, repeat('é', 1500)::tsvector), (2, %s, 'a b')", (day, day))
+        spec = TableSpec(name="public.ev", day_column="at", start_date=day, format=fmt)
+        archive_partition(latin, spec, day, store, temp_dir=temp_dir)
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, day, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    said = f"{refused.value} {refused.value.remedy}"
+    assert "LATIN1" in said, said  # (the qf fix's explanation: the premise)
+    assert "'search words'" in said, said
