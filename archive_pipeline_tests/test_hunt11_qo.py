@@ -150,3 +150,39 @@ def test_a_tsvector_word_over_its_byte_limit_names_a_column_whose_name_has_a_spa
     said = f"{refused.value} {refused.value.remedy}"
     assert "LATIN1" in said, said  # (the qf fix's explanation: the premise)
     assert "'search words'" in said, said
+
+
+def test_an_index_entry_too_big_in_an_existing_target_is_not_blamed_on_the_archived_encoding(
+        encoded_databases, conn, schema, store, temp_dir):  # noqa: F811
+    """A LATIN1 database's day holds a plain ASCII text value of 6,400 characters (the same 6,400 bytes in every
+    encoding); it is restored ``into='existing'`` into a UTF-8 database's table that has a btree index on that
+    column, whose entries PostgreSQL caps at 2,704 bytes (54000 "index row size ... exceeds btree version 4
+    maximum"). What happens (since the qf fix "ProgramLimitExceeded across encodings"): any 54000 of a day whose
+    archived encoding differs from the target's is explained as "a value ... over a limit PostgreSQL counts in
+    bytes once in this database's encoding (UTF8), where its characters take more bytes than in the LATIN1
+    database", remedy "restore into a database of the archived encoding (LATIN1)": false (the value is ASCII,
+    no byte longer here), and the remedy fails the same way there (the index is the target's). Expected: the
+    cause is not put on the encoding where the value's byte length did not grow (the index is named, or the
+    general limit's wording). Fix idea: only blame the encoding when the failing value is longer in bytes
+    here than in the archived encoding (or the context is a tsvector/name input), not for every 54000."""
+    import psycopg
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    day = dt.date(2024, 3, 10)
+    with psycopg.connect(encoded_databases["LATIN1"], autocommit=True) as latin:
+        latin.execute("DROP TABLE IF EXISTS ev")
+        latin.execute("CREATE TABLE ev (id int, at date, body text)")
+        latin.execute("INSERT INTO ev SELECT 1, %s, string_agg(md5(g::text), '') FROM generate_series(1, 200) g",
+                      (day,))
+        spec = TableSpec(name="public.ev", day_column="at", start_date=day, format="csv")
+        archive_partition(latin, spec, day, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text)").format(sql.Identifier(schema, "back")))
+    conn.execute(sql.SQL("CREATE INDEX ON {} (body)").format(sql.Identifier(schema, "back")))
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, day, into="existing", target=f"{schema}.back", temp_dir=temp_dir)
+    said = f"{refused.value} {refused.value.remedy}"
+    assert "index row size" in said, said  # (the premise: the target's index refused it)
+    assert "database of the archived encoding" not in said and "take more bytes" not in said, said
