@@ -186,3 +186,43 @@ def test_an_index_entry_too_big_in_an_existing_target_is_not_blamed_on_the_archi
     said = f"{refused.value} {refused.value.remedy}"
     assert "index row size" in said, said  # (the premise: the target's index refused it)
     assert "database of the archived encoding" not in said and "take more bytes" not in said, said
+
+
+def test_a_fingerprint_mismatch_from_a_targets_trigger_is_not_blamed_on_a_short_name_column(
+        encoded_databases, conn, schema, store, temp_dir):  # noqa: F811
+    """A LATIN1 database's day has a ``name`` column of short ASCII values ('ab', 'cd': 2 bytes in every
+    encoding) and a text column; it is restored ``into='existing'`` into a UTF-8 database's table whose BEFORE
+    INSERT trigger upper-cases the text (a hook the target has). The restored rows differ from the archive's,
+    so the fingerprint check refuses the day, rightly. What happens (since the qf fix's _byte_limited): the
+    refusal says "The day was archived from a LATIN1 database and restored into a UTF8 one: column(s) 'nm' are
+    of type name, which keeps 63 bytes of a value: one longer than that in UTF8 ... is cut", remedy "restore into
+    a database of the archived encoding (LATIN1)": _byte_limited looks at the column types only, never at the
+    rows (unlike _byte_padded), and runs before the target's hooks are considered, so the true cause (the
+    trigger, which _drift_explained names) is never said and the remedy cannot help. Expected: the refusal does
+    not blame the name column (no value is anywhere near 63 bytes) and names the trigger. Fix idea: in
+    _byte_limited, check the rows (``octet_length(nm) >= 63`` in the target) as _byte_padded does, and return
+    None when no value is at the limit."""
+    import psycopg
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import RestoreError, restore_day
+
+    day = dt.date(2024, 3, 10)
+    with psycopg.connect(encoded_databases["LATIN1"], autocommit=True) as latin:
+        latin.execute("DROP TABLE IF EXISTS ev")
+        latin.execute("CREATE TABLE ev (id int, at date, nm name, t text)")
+        latin.execute("INSERT INTO ev VALUES (1, %s, 'ab', 'x'), (2, %s, 'cd', 'y')", (day, day))
+        spec = TableSpec(name="public.ev", day_column="at", start_date=day, format="csv")
+        archive_partition(latin, spec, day, store, temp_dir=temp_dir)
+    back = sql.Identifier(schema, "back")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, nm name, t text)").format(back))
+    conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$BEGIN NEW.t := upper(NEW.t); RETURN NEW; END$$").format(sql.Identifier(schema, "up")))
+    conn.execute(sql.SQL("CREATE TRIGGER up BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        back, sql.Identifier(schema, "up")))
+    with pytest.raises(RestoreError) as refused:
+        restore_day(conn, store, spec, day, into="existing", target=f"{schema}.back", temp_dir=temp_dir)
+    said = f"{refused.value} {refused.value.remedy}"
+    assert "keeps 63 bytes" not in said and "database of the archived encoding" not in said, said
+    assert "trigger" in said, said
