@@ -4,19 +4,13 @@ fails on the code as it was when written."""
 from __future__ import annotations
 
 import datetime as dt
-import re
-import shlex
 import uuid
-from pathlib import Path
 
 import pytest
-import yaml
 from dagster import AssetMaterialization, build_schedule_context, instance_for_test
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline_tests.test_cli import cli, cli_json
-from archive_pipeline_tests.test_hunt11_qj import _with_seam, days, setup  # noqa: F401 - fixtures
 from psycopg import sql
 from archive_pipeline_tests.test_namehunt import encoded_databases  # noqa: F401 - a fixture
 
