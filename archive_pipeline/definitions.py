@@ -204,6 +204,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     children = ChildrenMemo()  # the declarative tables' children: read by the checks, kept for the sensor
     # the tables are looked for where the runs will read them: the postgres resource given, else the environment's
     given = getattr((resources or {}).get("postgres"), "dsn", None)
+    if isinstance(given, EnvVar):  # (its value is the variable's name: the DSN is in the environment)
+        given = given.get_value()
     dsn = given if isinstance(given, str) and given.strip() else os.environ.get("ARCHIVE_PG_DSN", "").strip()
     if check_source and dsn:
         check_tables_exist(config, dsn.strip(), children)

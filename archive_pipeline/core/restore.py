@@ -2012,7 +2012,8 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                 remedy=f"find the rows of {relation} whose keys the archived rows have, or the day's rows the "
                        "archive lacks (compare --rows, or restore into a new table with into='new' and compare), "
                        "fix or remove them, and restore again")
-        padded = _byte_padded(conn, manifest, relation, columns, where) or _byte_limited(conn, manifest, columns)
+        padded = _byte_padded(conn, manifest, relation, columns, where) or \
+            _byte_limited(conn, manifest, relation, columns, where)
         if padded:  # the likely cause, found in the rows: not an altered archive
             raise FingerprintMismatchError(f"restoring {table} for {day}: {scope} have fingerprint {actual} but the "
                                            f"archive's manifest records {recorded}; the restore was rolled back. "
@@ -2077,26 +2078,30 @@ _NAME_TYPE = re.compile(r"(?:pg_catalog\.)?name(?:\[\])*")
 _CHAR_TYPE = re.compile(r"(?:pg_catalog\.)?(?:character|bpchar|char)(?:\(\d+\))?(?:\[\])*")
 
 
-def _byte_limited(conn: psycopg.Connection, manifest: dict, columns: Sequence[Column] = ()) -> str | None:
+def _byte_limited(conn: psycopg.Connection, manifest: dict, relation: Relation, columns: Sequence[Column],
+                  where: sql.Composable | None) -> str | None:
     """Why values of a day archived in a database of another encoding may not come back as archived, or None:
     a ``name`` keeps 63 bytes (a LATIN1 'é' is one, two in UTF-8: a longer value is cut), and where either
     database is SQL_ASCII a ``character(n)`` is padded to n bytes there, n characters elsewhere (through a domain
-    or in an array too)."""
+    or in an array too). Only where the restored rows hold such values (beyond ASCII; a name near 63 bytes): a
+    type alone blamed a short name for what a trigger of the target did."""
     archived_in, here = (manifest.get("source") or {}).get("encoding"), conn.info.parameter_status("server_encoding")
     if not archived_in or archived_in == here:
         return None
 
-    bases = {c.name: c.base_type for c in columns}  # (the target's, through domains and arrays)
+    by_name = {c.name: c for c in columns}  # (the target's, through domains and arrays)
+    beyond_ascii = "x::pg_catalog.text ~ '[^\\x01-\\x7F]'"
 
-    def typed(pattern: re.Pattern[str]) -> list[str]:
+    def typed(pattern: re.Pattern[str], condition: str) -> list[str]:
         return [c["name"] for c in manifest.get("columns", [])
                 if any(pattern.fullmatch(str(t or "")) for t in (c.get("pg_type"), c.get("base_type"),
-                                                                   bases.get(c["name"])))]
+                                                                   getattr(by_name.get(c["name"]), "base_type", None)))
+                and _holds(conn, relation, where, by_name.get(c["name"]), c["name"], condition)]
     said = []
-    if names := typed(_NAME_TYPE):
+    if names := typed(_NAME_TYPE, f"pg_catalog.octet_length(x::pg_catalog.text) >= 61 AND {beyond_ascii}"):
         said.append(f"column(s) {', '.join(map(repr, names))} are of type name, which keeps 63 bytes of a value: one "
                     f"longer than that in {here} (its characters take more bytes here than in {archived_in}) is cut")
-    if "SQL_ASCII" in (archived_in, here) and (padded := typed(_CHAR_TYPE)):
+    if "SQL_ASCII" in (archived_in, here) and (padded := typed(_CHAR_TYPE, beyond_ascii)):
         said.append(f"column(s) {', '.join(map(repr, padded))} are character(n) (or hold it): SQL_ASCII pads a value "
                     "to n bytes, any other encoding to n characters, so one with characters beyond ASCII comes back "
                     "with other trailing blanks")
@@ -2104,6 +2109,22 @@ def _byte_limited(conn: psycopg.Connection, manifest: dict, columns: Sequence[Co
         return None
     return (f"The day was archived from a {archived_in} database and restored into a {here} one: "
             + "; ".join(said) + ".")
+
+
+def _holds(conn: psycopg.Connection, relation: Relation, where: sql.Composable | None, column: Column | None,
+           name: str, condition: str) -> bool:
+    """Whether a restored row holds a value of column ``name`` (an element, for an array) meeting ``condition``
+    on ``x``; False where it cannot be asked (a column the target names otherwise)."""
+    rows = sql.SQL("SELECT r.{c} AS x FROM {rel} r WHERE {w}") if column is None or not column.is_array else \
+        sql.SQL("SELECT u.x FROM {rel} r CROSS JOIN LATERAL pg_catalog.unnest(r.{c}) AS u(x) WHERE {w}")
+    query = sql.SQL("SELECT EXISTS (SELECT FROM ({rows}) s WHERE {cond})").format(
+        rows=rows.format(c=sql.Identifier(name), rel=relation.identifier,
+                         w=where if where is not None else sql.SQL("true")), cond=sql.SQL(condition))
+    try:
+        with conn.transaction():
+            return bool(conn.execute(query).fetchone()[0])
+    except psycopg.Error:
+        return False
 
 
 def _inexact_explained(manifest: dict) -> tuple[str, str | None]:
@@ -2276,13 +2297,16 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                                    "(into='new')")
         archived_in = (manifest.get("source") or {}).get("encoding")
         here = conn.info.parameter_status("server_encoding")
+        columns_: list[str] = []
         if isinstance(exc, psycopg.errors.ProgramLimitExceeded) and archived_in and archived_in != here:
             # a limit PostgreSQL counts in bytes (a tsvector's word, a btree entry): the archived value is longer
             # in this database's encoding than in the one it was archived from, not a value of over 1 GB
-            in_context = re.search(r"column (\w+)", exc.diag.context or "")
-            columns_ = [in_context[1]] if in_context else [c["name"] for c in manifest.get("columns", [])
-                                                  if re.fullmatch(r"(?:pg_catalog\.)?(?:tsvector|tsquery|name)(?:\[\])*",
-                                                                  str(c.get("base_type") or c.get("pg_type") or ""))]
+            archived_names = sorted(manifest_columns(manifest), key=len, reverse=True)  # (one with a space: whole)
+            in_context = [n for n in archived_names if f"column {n}:" in (exc.diag.context or "")][:1]
+            columns_ = in_context or [c["name"] for c in manifest.get("columns", [])
+                                      if re.fullmatch(r"(?:pg_catalog\.)?(?:tsvector|tsquery|name)(?:\[\])*",
+                                                      str(c.get("base_type") or c.get("pg_type") or ""))]
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded) and archived_in and archived_in != here and columns_:
             found = replace(found, cause=f"a value of column(s) {', '.join(map(repr, columns_)) or '?'} is over a "
                             f"limit PostgreSQL counts in bytes once in this database's encoding ({here}), where its "
                             f"characters take more bytes than in the {archived_in} database it was archived from "

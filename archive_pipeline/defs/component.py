@@ -80,7 +80,8 @@ class ArchiveTablesScaffolder(Scaffolder):
             tables.write_text(STARTER_TABLES)
 
 
-_ENV_REFERENCE = re.compile(r"\{\{\s*env(?:\.(\w+)|\(\s*['\"]([^'\"]+)['\"]\s*\))")  # {{ env.X }}, {{ env('X') }}
+# {{ env.X }}, {{ env('X') }} alone in their braces: one with a fallback ({{ env.X or 'eu' }}, | default) renders it
+_ENV_REFERENCE = re.compile(r"\{\{\s*env(?:\.(\w+)|\(\s*['\"]([^'\"]+)['\"]\s*\))\s*\}\}")
 _TEMPLATE_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 

@@ -357,7 +357,7 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
         if not todo:
             return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
                               "in the source")
-        chosen = removal_order(context.instance, {f"{former}:{d}": d for d in todo}, spec.name)[:max_runs]
+        chosen = removal_order(context.instance, {f"{former}:{d}": d for d in todo}, spec)[:max_runs]
         if not chosen:
             return SkipReason(f"every due day of {spec.name} left in the source has a removal queued or running")
         return [RunRequest(run_key=key, partition_key=d) for key, d in chosen]
@@ -370,15 +370,25 @@ def removals_in_flight(instance: DagsterInstance, spec: TableSpec) -> set[str]:
     Materialize, a backfill): requested again, the day would wait for the same lock and be proven twice."""
     key, days = removal_asset_key(spec), set()
     for run in instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED))):
-        if run.tags.get(TABLE_TAG, spec.name) != spec.name:
-            continue  # another table's, of the same Dagster name (a.b_c and a_b.c: another code location's)
+        if not _this_tables(run, spec):
+            continue
         if run.job_name == removal_job_name(spec) or key in (run.asset_selection or ()):
             if run.tags.get("dagster/partition"):
                 days.add(run.tags["dagster/partition"])
     return days
 
 
-def removal_order(instance: DagsterInstance, days: dict[str, str], table: str | None = None) -> list[tuple[str, str]]:
+def _this_tables(run, spec: TableSpec) -> bool:
+    """Whether ``run`` removes ``spec``'s days, not another table's of the same Dagster name (``a.b_c`` and ``a_b.c``,
+    or one table name in two regional code locations told apart by their asset key prefix): by the removal asset
+    in its selection, where it has one, else by its table tag."""
+    if run.asset_selection:
+        return removal_asset_key(spec) in run.asset_selection
+    return run.tags.get(TABLE_TAG, spec.name) == spec.name
+
+
+def removal_order(instance: DagsterInstance, days: dict[str, str], spec: TableSpec | None = None
+                  ) -> list[tuple[str, str]]:
     """(run key, day) of the due ``days`` (by run key, oldest first) in the order to request them: days
     never tried first, then days whose removal ended (failed) before, never one queued or running.
 
@@ -388,7 +398,7 @@ def removal_order(instance: DagsterInstance, days: dict[str, str], table: str | 
     keys = list(days)  # a batch at a time: an hourly table has thousands of due hours, more than SQL parameters
     runs = [run for start in range(0, len(keys), 1000)
             for run in instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: keys[start:start + 1000]}))
-            if table is None or run.tags.get(TABLE_TAG, table) == table]  # (not another table's of the same run key)
+            if spec is None or _this_tables(run, spec)]  # (not another table's of the same run key)
     busy = {r.tags.get(RUN_KEY_TAG) for r in runs if r.status in UNFINISHED}
     tried = {r.tags.get(RUN_KEY_TAG) for r in runs}
     fresh = [(k, d) for k, d in days.items() if k not in tried]
