@@ -1,0 +1,90 @@
+"""Hunt 11 (qp): the round trip back into the original table after the source moved on: a day archived, removed by
+retention, the source evolved, ``restore --into original``, ``compare``, then ``prune`` again. Real PostgreSQL and
+moto S3 over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.plan import compare_days
+from archive_pipeline.core.restore import restore_day
+
+DAY = dt.date(2024, 3, 10)
+DAYS = [dt.date(2024, 3, 9), DAY, dt.date(2024, 3, 11)]
+
+
+def _run(conn, schema: str, statement: str) -> None:
+    """``statement`` with ``S.`` standing for the test's schema."""
+    conn.execute(statement.replace("S.", sql.Identifier(schema).as_string(conn) + "."))
+
+
+def _table(conn, schema: str, mode: str) -> None:
+    """``S.ev (id, at, note varchar(10), n)``, 5 rows on each of DAYS: a plain table with a primary key
+    (column mode), daily range partitions ``ev_YYYYMMDD`` (declarative) or day tables ``ev_YYYYMMDD`` inheriting
+    from ``S.ev`` (naming)."""
+    if mode == "declarative":
+        _run(conn, schema, "CREATE TABLE S.ev (id int, at timestamptz NOT NULL, note varchar(10), n int) "
+                           "PARTITION BY RANGE (at)")
+    else:
+        _run(conn, schema, f"CREATE TABLE S.ev (id int {'PRIMARY KEY' if mode == 'column' else ''}, "
+                           "at timestamptz NOT NULL, note varchar(10), n int)")
+    for i, day in enumerate(DAYS):
+        child = f"S.ev_{day:%Y%m%d}"
+        if mode == "declarative":
+            _run(conn, schema, f"CREATE TABLE {child} PARTITION OF S.ev FOR VALUES FROM ('{day} 00:00+00') "
+                               f"TO ('{day + dt.timedelta(1)} 00:00+00')")
+        elif mode == "naming":
+            _run(conn, schema, f"CREATE TABLE {child} () INHERITS (S.ev)")
+        into = child if mode == "naming" else "S.ev"
+        _run(conn, schema, f"INSERT INTO {into} SELECT {i} * 100 + g, '{day} 00:00+00'::timestamptz + g * "
+                           "interval '1 min', 'n' || g, g FROM generate_series(1, 5) g")
+
+
+def _spec(schema: str, mode: str, action: str) -> TableSpec:
+    partitioning = {"mode": mode, **({"pattern": "ev_%Y%m%d"} if mode == "naming" else {})}
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAYS[0], format="jsonl",
+                     partitioning=partitioning, retention={"keep_days": 1, "action": action})
+
+
+def _day_rows(conn, schema: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= '2024-03-10' AND at < '2024-03-11'").format(
+        sql.Identifier(schema, "ev"))).fetchone()[0]
+
+
+@pytest.mark.parametrize("mode", ["column", "declarative"])
+def test_restore_into_original_of_a_removed_day_that_got_late_rows_names_them_not_an_altered_archive(
+        mode, conn, schema, store):
+    """A day is archived and removed by retention (column mode: delete; declarative: its partition dropped and,
+    as a maintenance job does, created again). Afterwards a late row of that day is written into the source (a
+    straggler from a queue). The user needs the day back and runs ``restore --day D --into original``. It is
+    rolled back (right: the day would hold 6 rows, the archive has 5) with "the rows of D in S.ev have fingerprint
+    …:6:… but the archive's manifest records …:5:…; … The archive does not hold the rows it was proven to hold
+    (altered after it was written), or the target already held other rows of the day" and no remedy: the first
+    cause it offers (a damaged archive, which loaded exactly its 5 recorded rows) is not the cause, and nothing says
+    what to do. The restore knows better: the target held 1 row of the day before it loaded anything, and the
+    manifest says the day was removed. For the same late rows in a DEFAULT partition the restore names them and
+    says to move them aside, restore, and put them back (restore._late_rows_aside). Expected: the error names the
+    row(s) of the day the target already held (late rows, in no archive) and carries that remedy, not "altered".
+    Fix idea: count the day's rows in the target before the load (into original/existing, not on_conflict=skip) and,
+    where some were there, raise with that count and _late_rows_aside as the remedy."""
+    _table(conn, schema, mode)
+    spec = _spec(schema, mode, "delete" if mode == "column" else "drop")
+    archive_partition(conn, spec, DAY, store)
+    remove_day(conn, spec, DAY, store)
+    if mode == "declarative":
+        _run(conn, schema, "CREATE TABLE S.ev_20240310 PARTITION OF S.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                           "TO ('2024-03-11 00:00+00')")
+    _run(conn, schema, "INSERT INTO S.ev VALUES (999, '2024-03-10 12:00+00', 'late', 1)")
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="original")
+    assert _day_rows(conn, schema) == 1  # (rolled back: right)
+    error = caught.value
+    assert error.remedy, str(error)  # what to do about the late row
+    assert "altered after it was written" not in error.message, error.message  # the archive loaded as recorded
