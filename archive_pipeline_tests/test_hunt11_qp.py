@@ -7,14 +7,17 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from dagster import DagsterEventType, instance_for_test
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.config import TableSpec, parse_config
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.restore import restore_day
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.local.local_stack import create_sample_events
 
 DAY = dt.date(2024, 3, 10)
 DAYS = [dt.date(2024, 3, 9), DAY, dt.date(2024, 3, 11)]
@@ -120,3 +123,42 @@ def test_naming_mode_restore_into_original_after_a_column_rename_is_refused_not_
     hidden = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= '2024-03-10' AND at < '2024-03-11' "
                                   "AND remark IS NULL").format(sql.Identifier(schema, "ev"))).fetchone()[0]
     assert hidden == 0, f"restored, but the day's {hidden} rows show remark NULL through {schema}.ev"
+
+
+def test_the_removal_job_of_a_restored_day_whose_archive_is_damaged_does_not_call_the_archive_the_only_copy(
+        conn, schema, store, temp_dir, archive_env, s3_client):
+    """2024-03-10 (5 rows) is archived and removed by its ``Remove_`` job (retention delete). The person restores
+    it into the original table (``restore --into original``): the source holds the day's 5 rows again, "an
+    ordinary source day again" (README). Later the archive's data object is damaged (replaced by other bytes),
+    and the person launches the day's partition of ``Remove_`` again, as the README says to remove a restored
+    day. The run fails with "… was removed from the source (done, …), and its archive, the only copy, is NOT
+    intact: …; restore the object from a backup of the bucket": both false: the source holds all 5 rows (they are
+    not lost), and the remedy is to archive the day again (overwrite) from the source, not to go looking for a
+    bucket backup. ``prune`` (core remove_day) says it right: "stays in the source: its archive is not proven".
+    Cause: retention_assets._removing takes a manifest with a ``removed`` mark for a day out of the source and
+    proves the archive alone, without looking whether the rows are back. Expected: the failure says the day stays
+    in the source and to archive it again; never "the only copy". Fix idea: where the mark is "done" but the
+    source holds the day again (lifecycle's _has_rows / still_detached test), prove it against the source as
+    deep_verify does for any source day."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0}, "tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+         "retention": {"keep_days": 30, "action": "delete"}}]})
+    defs = build_definitions(config)
+    remove = defs.resolve_job_def(f"Remove_{schema}_events")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        assert remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance).success
+        restore_day(conn, store, config.tables[0], DAY, into="original", temp_dir=temp_dir)
+        data = next(o["Key"] for o in s3_client.list_objects_v2(Bucket=archive_env)["Contents"]
+                    if not o["Key"].endswith(".manifest.json"))
+        s3_client.put_object(Bucket=archive_env, Key=data, Body=b"other bytes")
+        again = remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        failures = [e.step_failure_data for e in again.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        sql.Identifier(schema, "events"))).fetchone()[0] == 5  # (the premise: the day is in the source)
+    assert not again.success and failures
+    said = failures[0].user_failure_data.description if failures[0].user_failure_data else failures[0].error.message
+    assert "the only copy" not in said and "from a backup" not in said, said
+    assert "archive the day again" in said, said
