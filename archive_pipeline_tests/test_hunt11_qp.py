@@ -162,3 +162,29 @@ def test_the_removal_job_of_a_restored_day_whose_archive_is_damaged_does_not_cal
     said = failures[0].user_failure_data.description if failures[0].user_failure_data else failures[0].error.message
     assert "the only copy" not in said and "from a backup" not in said, said
     assert "archive the day again" in said, said
+
+
+def test_naming_mode_restore_after_drop_into_an_empty_day_table_made_since_does_not_say_detached_holding_the_day(
+        conn, schema, store):
+    """A naming-mode table (day tables ``ev_YYYYMMDD`` inheriting from ``S.ev``); retention ``drop`` dropped
+    ``ev_20240310`` (its manifest: ``removed.action: drop``). A maintenance job that makes day tables ahead then
+    creates ``ev_20240310`` again, empty and on its own (``CREATE TABLE … (LIKE S.ev)``). ``restore --day D --into
+    original`` refuses: "S.ev_20240310, the table that held 2024-03-10, exists but no longer inherits from S.ev
+    (detached by retention); it still holds the day: attach it again (… INHERIT …), or drop it and restore
+    again". Every part of the cause is false: retention dropped the day's table (it detached nothing), this table
+    is another one created since, and it holds no row of the day. A user who believes it keeps a table he thinks
+    holds the only other copy of the day. The declarative counterpart says it right ("the partition that held D,
+    was dropped by retention, and its name is now another table's …"). Expected: a refusal (or a load into the
+    empty table) that does not claim the table was detached by retention or still holds the day. Fix idea: in
+    restore._refuse_detached_day_table, where the manifest's removal action is drop (or the table holds no row of
+    the day), say the table of the day's name was created since the drop and is not under S.ev."""
+    _table(conn, schema, "naming")
+    spec = _spec(schema, "naming", "drop")
+    archive_partition(conn, spec, DAY, store)
+    remove_day(conn, spec, DAY, store)
+    _run(conn, schema, "CREATE TABLE S.ev_20240310 (LIKE S.ev)")
+    try:
+        restore_day(conn, store, spec, DAY, into="original")
+    except ArchiveError as exc:
+        said = str(exc)
+        assert "detached by retention" not in said and "still holds the day" not in said, said
