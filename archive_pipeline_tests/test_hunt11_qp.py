@@ -188,3 +188,45 @@ def test_naming_mode_restore_after_drop_into_an_empty_day_table_made_since_does_
     except ArchiveError as exc:
         said = str(exc)
         assert "detached by retention" not in said and "still holds the day" not in said, said
+
+
+def _restored_then_edited(conn, schema, store, temp_dir, instance):
+    """2024-03-10 (5 rows of the sample events) archived and removed by the Dagster jobs (retention delete),
+    restored into the original table, then one of its rows edited; the definitions returned."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0}, "tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+         "retention": {"keep_days": 30, "action": "delete"}}]})
+    defs = build_definitions(config)
+    assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+        partition_key=DAY.isoformat(), instance=instance).success
+    assert defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+        partition_key=DAY.isoformat(), instance=instance).success
+    restore_day(conn, store, config.tables[0], DAY, into="original", temp_dir=temp_dir)
+    conn.execute(sql.SQL("UPDATE {} SET amount = amount + 1 WHERE id = (SELECT min(id) FROM {})").format(
+        sql.Identifier(schema, "events"), sql.Identifier(schema, "events")))
+    return defs
+
+
+def _evaluations(result, name: str) -> list:
+    return [e.event_specific_data for e in result.all_events
+            if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == name]
+
+
+def test_archive_proven_is_not_green_for_a_restored_day_whose_source_rows_differ_from_the_archive(
+        conn, schema, store, temp_dir, archive_env):
+    """A day archived and removed by the Dagster jobs, restored into the original table (an ordinary source day
+    again, README), then one of its rows edited. The user launches the day's partition of ``Remove_``: the step
+    fails, rightly, "stays in the source: its archive is not proven: the source's rows … are not the archive's".
+    But the same run records the day's ``archive_proven`` check as PASSED: "2024-03-10: removed from the source
+    (done, …) after its archive was proven; the archive is intact": green for a proof that failed, describing a
+    day that is in the source as removed. Cause (as for the damaged archive above): retention_assets._removing
+    takes the manifest's ``removed`` mark for the truth and proves the archive alone. Expected: the check fails
+    (or is not reported) for that day, never passes saying it was removed."""
+    with instance_for_test() as instance:
+        defs = _restored_then_edited(conn, schema, store, temp_dir, instance)
+        again = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    assert not again.success  # (the premise: the removal refuses the edited day)
+    proven = _evaluations(again, "archive_proven")
+    assert not any(e.passed for e in proven), [e.description for e in proven]
