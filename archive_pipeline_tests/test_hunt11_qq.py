@@ -1,0 +1,78 @@
+"""Hunt 11 (qq): letting the source go, end to end through Dagster and the command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+from dagster import DagsterEventType, build_schedule_context, instance_for_test
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.defs import retention_assets
+from archive_pipeline.defs.assets import job_name
+from archive_pipeline.defs.retention_assets import PROVEN_CHECK, removal_job_name
+from archive_pipeline.local.local_stack import create_sample_events
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _checks(instance, run_id: str) -> list:
+    """The archive_proven evaluations a run recorded."""
+    return [e.dagster_event.event_specific_data for e in instance.all_logs(run_id)
+            if e.dagster_event is not None and e.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+            and e.dagster_event.event_specific_data.check_name == PROVEN_CHECK]
+
+
+def _failure(result) -> str:
+    return "\n".join(str(e.event_specific_data.error.message) for e in result.all_events
+                     if e.event_type == DagsterEventType.STEP_FAILURE)
+
+
+
+
+def _tick(defs, spec, instance, when: dt.datetime) -> list[str]:
+    repo = defs.get_repository_def()
+    schedule = repo.get_schedule_def(f"remove_{'_'.join(spec.asset_path)}_daily")
+    tick = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                                         repository_def=repo))
+    return [r.partition_key for r in tick.run_requests or []]
+
+
+def test_a_day_archived_empty_without_a_partition_is_not_a_removal_that_fails_every_day(
+        pg, conn, schema, archive_env):
+    """Scenario: a declaratively partitioned table with ``retention: {action: drop}`` whose ``start_date``
+    (2024-03-09) precedes its first partition (2024-03-10): day 2024-03-09 has no partition and no rows. Its
+    archive run succeeds ("no rows that day; its manifest records it as empty", archive_intact passed).
+    The retention schedule then requests its removal, as the day is archived and due.
+
+    Now: every removal run of 2024-03-09 fails, before its proof, with "is not one partition of its own:
+    no range partition holds its rows ...: use retention action 'delete'", and the schedule requests it
+    again on every tick (archived, never materialized as removed), forever: a red run per empty day each
+    day, and a remedy (change the whole table's action to delete) for a day that holds nothing to remove.
+    ``prune`` on the command line passes the same day over (nothing in the source), and ``remove_day`` says
+    ``nothing`` for a day with no archive and no rows: the Dagster path alone calls it a failure. The README
+    says the schedule requests "days that are archived and still in the source"; this day is not in it.
+
+    Expected: a day archived empty whose source holds neither a partition nor a row is nothing to remove:
+    the run succeeds (records the day as removed with 0 rows, or as nothing to remove), and the next tick
+    does not request it again.
+    Fix idea: in ``_target``/``check_removable``, a day with no partition whose archive holds 0 rows (and no
+    row in the source) is ``Removal(nothing=True)``; the asset materializes it (rows 0) so the schedule stops."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    empty = "2024-03-09"
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": empty,
+        "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        archived = defs.resolve_job_def(job_name(spec)).execute_in_process(instance=instance, partition_key=empty)
+        assert archived.success
+        when = dt.datetime(2024, 6, 1, 1, 30, tzinfo=dt.UTC)
+        assert _tick(defs, spec, instance, when) == [empty]
+        result = defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=empty, raise_on_error=False)
+        assert result.success, _failure(result)
+        assert _tick(defs, spec, instance, when + dt.timedelta(days=1)) == []
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 5
