@@ -76,3 +76,48 @@ def test_a_day_archived_empty_without_a_partition_is_not_a_removal_that_fails_ev
         assert result.success, _failure(result)
         assert _tick(defs, spec, instance, when + dt.timedelta(days=1)) == []
         assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 5
+
+
+
+
+def test_a_removed_day_back_in_the_source_with_other_rows_does_not_record_a_passed_proof(pg, conn, schema,
+                                                                                         archive_env, store):
+    """Scenario: a table with retention (delete); its day (5 rows) is archived and removed by
+    Remove_<schema>_events. The day is restored into the original table (``restore --into original``) and a
+    late row of the day arrives (6 rows now). The day's removal is run again (the UI's Materialize).
+
+    Now: the run records ``archive_proven`` PASSED for the day, described "2024-03-10: removed from the
+    source (done, ...) after its archive was proven; the archive is intact", while the source holds the
+    day's 6 rows again, and the same run then fails with "stays in the source: its archive is not proven:
+    ... 6 rows against 5". The partition's check, the one the UI shows, is green and says the day is gone
+    from the source; the removal's own proof (under the lock) failed. (The asset checked the archive alone,
+    as for a day the source no longer holds, because the manifest says "done".)
+
+    Expected: a day whose manifest says removed but whose rows are back in the source is proven against the
+    source, as ``remove_day`` does: ``archive_proven`` is recorded failed (6 rows against 5), never passed with
+    "removed from the source".
+    Fix idea: in ``_removing``, take the "removed" branch (verify_archive) only when the source holds no rows
+    of the day (or ``still_detached``); otherwise prove with ``deep_verify`` like an ordinary day."""
+    from archive_pipeline.core.restore import restore_day
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    table = f'"{schema}".events'
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        remove = defs.resolve_job_def(removal_job_name(spec))
+        assert remove.execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        with psycopg.connect(pg.dsn, autocommit=True) as other:
+            restore_day(other, store, spec, DAY, into="original")
+        conn.execute(f"INSERT INTO {table} SELECT id + 1000, created_at, user_id, event_type, amount, session_id, "
+                     f"is_mobile, tags, payload FROM {table} ORDER BY id LIMIT 1")
+        again = remove.execute_in_process(instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        assert not again.success and "not proven" in _failure(again)
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 6  # (nothing lost: the removal held)
+        [proof] = _checks(instance, again.run_id)
+        assert not proof.passed, proof.description
+        assert "removed from the source" not in proof.description, proof.description
