@@ -121,3 +121,40 @@ def test_a_removed_day_back_in_the_source_with_other_rows_does_not_record_a_pass
         [proof] = _checks(instance, again.run_id)
         assert not proof.passed, proof.description
         assert "removed from the source" not in proof.description, proof.description
+
+
+
+
+def test_a_removal_of_a_day_kept_at_the_smallest_keep_days_does_not_say_to_lower_keep_days(pg, conn, schema,
+                                                                                          archive_env):
+    """Scenario: a table with ``retention: {keep_days: 1, action: delete}``, the smallest window the
+    configuration accepts (``keep_days: 0`` is refused at load: "greater than or equal to 1"). Yesterday is
+    archived, and its removal is launched from the UI (Materialize of source_removed for yesterday).
+
+    Now: the run fails with "... is kept: retention keeps the last 1 days; nothing removed. To remove it
+    sooner, lower retention.keep_days for the table in <file>": keep_days cannot be lowered below 1, so the
+    remedy given cannot be carried out (following it, the code location no longer loads).
+
+    Expected: at the smallest keep_days the refusal says when the day becomes due (at the local midnight that
+    ends today) instead of advising a value the configuration refuses.
+    Fix idea: in ``remove`` (retention_assets.py), give the 'lower retention.keep_days' advice only when
+    keep_days > 1, and say when the day becomes due (due_days's cutoff plus one day) in every case."""
+    from archive_pipeline_tests.conftest import utc_today
+    today = utc_today(margin=120)
+    day = today - dt.timedelta(days=1)
+    create_sample_events(conn, [day], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
+        "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(spec)).execute_in_process(
+            instance=instance, partition_key=day.isoformat()).success
+        result = defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        assert not result.success
+        said = _failure(result)
+        assert "is kept" in said, said
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 5
+        assert "lower retention.keep_days" not in said, said
