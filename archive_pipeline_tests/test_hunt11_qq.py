@@ -158,3 +158,52 @@ def test_a_removal_of_a_day_kept_at_the_smallest_keep_days_does_not_say_to_lower
         assert "is kept" in said, said
         assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 5
         assert "lower retention.keep_days" not in said, said
+
+
+def test_a_removal_run_under_a_former_format_whose_day_another_removal_took_meanwhile_records_no_failed_proof(
+        pg, conn, schema, archive_env, store, monkeypatch):
+    """Scenario: a table with retention (delete) archived as JSON lines; its ``format`` is then changed to csv
+    (with ``{ext}`` in the default key_template, old days stay at their .jsonl.zst keys, where removals find
+    them). Two removals of an old day run at once (the UI's Materialize beside ``prune``): run B reads the
+    day's manifest (at the former format's key, not removed yet) and checks the day is removable; run A,
+    meanwhile, proves and removes the day and marks it done. B's proof then runs against the emptied source.
+
+    Now: B records ``archive_proven`` FAILED for the day ("the source's rows ... are not the archive's: 0 rows
+    against 5") and fails saying the day "stays in the source: its archive is not proven ... archive the day
+    again, then remove it": false on both counts (the day was removed after a passing proof; the archive, now
+    the only copy, is intact). At the day's current-format key the same race is told right: ``deep_verify``
+    reads the manifest again after a failed proof, but only at ``table_day_key`` (the configured format's),
+    where nothing is, so the removal mark at the former format's key is never seen.
+
+    Expected: as for a day at its current key: B finds the day removed (no failed proof recorded; the run
+    records the removal done before, or fails retryably).
+    Fix idea: ``deep_verify`` re-reads the manifest at the key it was given (pass the key, or take it from the
+    manifest's object), not at the key the configuration renders now."""
+    from archive_pipeline.core.lifecycle import remove_day
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+             "retention": {"keep_days": 30, "action": "delete"}}
+    before = parse_config({"retry": {"max_retries": 0}, "tables": [{**table, "format": "jsonl"}]})
+    now = parse_config({"retry": {"max_retries": 0}, "tables": [{**table, "format": "csv"}]})
+    spec = now.tables[0]
+    original = retention_assets.check_removable
+    done = []
+
+    def meanwhile(primary, spec_, day):  # run A removes the day between B's manifest read and B's proof
+        if not done:
+            done.append(1)
+            with psycopg.connect(pg.dsn, autocommit=True) as other:
+                assert remove_day(other, spec, DAY, store).rows == 5
+        return original(primary, spec_, day)
+
+    with instance_for_test() as instance:
+        assert build_definitions(before).resolve_job_def(job_name(before.tables[0])).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        monkeypatch.setattr(retention_assets, "check_removable", meanwhile)
+        result = build_definitions(now).resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        assert done
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 0
+        failed = [c for c in _checks(instance, result.run_id) if not c.passed]
+        assert not failed, (failed[0].description, _failure(result))
+        assert "not proven" not in _failure(result), _failure(result)
