@@ -207,3 +207,50 @@ def test_a_removal_run_under_a_former_format_whose_day_another_removal_took_mean
         failed = [c for c in _checks(instance, result.run_id) if not c.passed]
         assert not failed, (failed[0].description, _failure(result))
         assert "not proven" not in _failure(result), _failure(result)
+
+
+
+def test_a_removed_days_damaged_manifest_is_not_told_as_a_day_that_stays_in_the_source(pg, conn, schema,
+                                                                                     archive_env, s3_client, bucket):
+    """Scenario: a table with retention (delete); its day is archived and removed by Remove_<schema>_events
+    (materialized: 5 rows deleted, manifest marked done). Later the day's manifest is edited in the bucket
+    (``"rows": 5`` made ``6``, its manifest_sha256 left as it was). The day's removal (or archive_proven
+    alone) is run again, to check the removed day's archive.
+
+    Now: archive_proven is recorded failed (right), but the run fails with "<table> <day> stays in the
+    source: its archive is not proven: its manifest_sha256 does not match its content. If the source's rows
+    are the right ones (rows changed or arrived late), archive the day again, then remove it. To archive ...
+    again ... use this run config: overwrite: true": the day is NOT in the source (it was removed; the source
+    holds none of its rows), the archive is the only copy, and the advice is to overwrite it. (The archive
+    run itself refuses rightly: "was removed from the source ..., and its archive is damaged ...; restore the
+    archive or its manifest from a backup".)
+
+    Expected: the removal run says what the archive run says: the day was removed from the source and its
+    archive, the only copy, is damaged; restore the manifest (or object) from a backup of the bucket; no
+    "stays in the source", no overwrite advice.
+    Fix idea: in ``_removing``'s ``except ValueError`` (ManifestError) branch, tell a removed day (the source
+    holds no rows of it, or its last source_removed materialization / the raw manifest says ``removed``) as
+    the "NOT intact" case, with the backup remedy."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        remove = defs.resolve_job_def(removal_job_name(spec))
+        assert remove.execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        [key] = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]
+                 if o["Key"].endswith(".manifest.json")]
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert b'"state": "done"' in body
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body.replace(b'"rows": 5', b'"rows": 6', 1))
+        again = remove.execute_in_process(instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        assert not again.success
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 0
+        said = _failure(again)
+        assert "stays in the source" not in said, said
+        assert "overwrite: true" not in said, said
+        assert "removed" in said and "backup" in said, said
