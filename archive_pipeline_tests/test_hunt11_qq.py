@@ -254,3 +254,45 @@ def test_a_removed_days_damaged_manifest_is_not_told_as_a_day_that_stays_in_the_
         assert "stays in the source" not in said, said
         assert "overwrite: true" not in said, said
         assert "removed" in said and "backup" in said, said
+
+
+
+def test_a_removed_day_whose_manifest_was_deleted_is_not_told_to_be_archived_first(pg, conn, schema, archive_env,
+                                                                                  s3_client, bucket):
+    """Scenario: a table with retention (delete); its day is archived and removed by Remove_<schema>_events
+    (materialized: 5 rows deleted). Later the day's manifest is deleted from the bucket (a cleanup script, a
+    lifecycle rule on ``*.json``); the data object stays. The day's removal is run again (to check it).
+
+    Now: the run fails "<table> <day> has no archive at ...: nothing is proven or removed. Archive the day first
+    (partition <day> of Archive_...), then remove it": the day WAS removed (this asset's own last
+    materialization says so, and the source holds none of its rows), its data object is still in the store,
+    and the advice cannot work (the archive run refuses rightly: "has archived data (1 object(s)) but no
+    manifest, and the source has no rows for the day now: it may have been removed ... restore the manifest
+    from a backup or versioning before archiving this day again").
+
+    Expected: the removal run says the day was removed from the source (when, by which run: its last
+    source_removed materialization) and its archive's manifest is missing, the object being the only copy:
+    restore the manifest from a backup or the bucket's versions; not "archive the day first".
+    Fix idea: in ``_removing``'s ``manifest is None`` branch, look at the day's last source_removed
+    materialization (and the source's rows, and the data objects at the key) before advising an archive."""
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        remove = defs.resolve_job_def(removal_job_name(spec))
+        assert remove.execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        [key] = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]
+                 if o["Key"].endswith(".manifest.json")]
+        s3_client.delete_object(Bucket=bucket, Key=key)
+        again = remove.execute_in_process(instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        assert not again.success
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 0
+        said = _failure(again)
+        assert "Archive the day first" not in said, said
+        assert "nothing is proven or removed" not in said, said
+        assert "removed" in said and "manifest" in said, said
