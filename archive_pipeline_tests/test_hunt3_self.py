@@ -107,7 +107,8 @@ def test_rows_that_arrive_after_retention_removed_a_day_turn_source_unchanged_re
         evaluation = verdict()
         assert not evaluation.passed, evaluation.description
         assert DAY.isoformat() in evaluation.metadata["changed_days"].value
-        assert "1 row arrived" in evaluation.description and "overwrite" in evaluation.description
+        assert "1 row of the day is in the source again" in evaluation.description and \
+            "overwrite" in evaluation.description
         rerun = job.execute_in_process(instance=instance, partition_key=DAY.isoformat(),
                                        run_config={"ops": {f"archive__{schema}__events": {"config": {
                                            "overwrite": True}}}}, raise_on_error=False)

@@ -1190,6 +1190,16 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
         return
     statements = "; ".join(_attach_statement(conn, relation, parent).as_string(conn) for parent in parents)
     under = ", ".join(str(Relation(p["schema"], p["name"])) for p in parents)
+    if (manifest.get("removed") or {}).get("action") != "detach":  # dropped by retention: this one is made since
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(relation.identifier)).fetchone()[0]
+        raise RestoreError(
+            f"{relation}, the name of the table that held {manifest['day']} (dropped by retention), is a table made "
+            f"since that is not under {under}, holding {rows:,} row(s): restoring the day into the original table "
+            "would put its rows into that table, which is none of the configured table's", table=manifest["table"],
+            day=manifest["day"], retryable=False,
+            remedy=f"if it is meant to hold the day, attach it ({statements}) and restore again (its rows, if any, "
+                   "are then the day's); else rename or drop it and restore again, or restore into a new table "
+                   "(into='new')")
     raise RestoreError(f"{relation}, the table that held {manifest['day']}, exists but no longer inherits from {under} "
                        f"(detached by retention); it still holds the day: attach it again ({statements}), or drop it "
                        "and restore again", table=manifest["table"], day=manifest["day"], retryable=False)
@@ -1228,8 +1238,33 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
     parents = _own_parents(conn, manifest, relation)
     if len(parents) == 1 and parents[0][1]:
         return _create_partition(conn, manifest, parents[0][0], relation, parents[0][1], overlap_into_parent=False)
+    _refuse_hidden_columns(conn, manifest, relation, [parent for parent, _ in parents])
     _create_table(conn, relation, definition, inherits=[parent for parent, _ in parents])
     return True
+
+
+def _refuse_hidden_columns(conn: psycopg.Connection, manifest: dict, relation: Relation,
+                           parents: list[Relation]) -> None:
+    """Refuse to put a day table back under ``parents`` that lack an archived column (renamed or dropped there
+    since): the column would be the day table's own, its values out of sight where the application reads (the
+    parent), the parent's column NULL for every row, and the day reported restored."""
+    if not parents:
+        return
+    have = set()
+    for parent in parents:
+        oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (parent.identifier.as_string(conn),)
+                           ).fetchone()[0]
+        have |= set(column_names(conn, oid).values())
+    missing = [c["name"] for c in table_definition(manifest)["columns"] if c["name"] not in have]
+    if missing:
+        under = ", ".join(map(str, parents))
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} into the original table: the day table {relation} "
+            f"goes back under {under}, which has no column(s) {missing} the archive has (renamed or dropped since): "
+            f"their values would not show through {under}; nothing was restored", table=manifest["table"],
+            day=manifest["day"], retryable=False,
+            remedy=f"give {under} the column(s) {missing} again (ALTER TABLE ... RENAME COLUMN back, or ADD COLUMN), "
+                   "or restore into a new table (into='new')")
 
 
 def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation, *,
@@ -2012,6 +2047,14 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                 remedy=f"find the rows of {relation} whose keys the archived rows have, or the day's rows the "
                        "archive lacks (compare --rows, or restore into a new table with into='new' and compare), "
                        "fix or remove them, and restore again")
+        if added is None and where is not None and not skipped and actual.rows > int(manifest["rows"]):
+            # every archived row went in, beside rows of the day the target held already (late rows of a removed
+            # day, written after its removal): those are the difference, not the archive
+            raise FingerprintMismatchError(
+                f"restoring {table} for {day}: {scope} are {actual.rows:,} rows with the restored ones, "
+                f"{manifest['rows']:,} archived: the target already held {actual.rows - int(manifest['rows']):,} other "
+                "row(s) of the day (rows written after it was removed?); the restore was rolled back", table=table,
+                day=day, retryable=False, remedy=_late_rows_aside(str(relation), str(relation)))
         padded = _byte_padded(conn, manifest, relation, columns, where) or \
             _byte_limited(conn, manifest, relation, columns, where)
         if padded:  # the likely cause, found in the rows: not an altered archive

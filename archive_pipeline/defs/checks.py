@@ -608,23 +608,25 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                         if verify.rows_after_removal(conn, spec, day):
                             mark = None
                 if mark:  # retention took the day out of the source: its rows are meant to be gone
-                    late, restored = 0, False
+                    late, difference = 0, None
                     if mark.get("state") == "done":
                         with postgres.connect() as conn:
                             # a naming-mode day table a detach left in place keeps the removed rows, as detach means
                             late = 0 if still_detached(conn, spec, day, manifest) else \
                                 verify.rows_after_removal(conn, spec, day)
                             # exactly the archive's rows again: restored into the original table, a source day again
-                            restored = bool(late) and source_changed(conn, spec, day, manifest) is None
-                    if restored:
+                            difference = source_changed(conn, spec, day, manifest) if late else None
+                    if late and difference is None:
                         checked.append(event.partition)
                         continue
-                    if late:
+                    if late:  # back (restored, then edited; or written since): compared with the archive as any day
                         checked.append(event.partition)
                         changed[event.partition] = (
-                            f"{late:,} row{'s' if late != 1 else ''} arrived in the source after retention removed "
-                            f"the day ({mark.get('at')}) and are in no archive (the removed rows' archive is kept "
-                            "beside the new one)")
+                            f"{late:,} row{'s' if late != 1 else ''} of the day {'are' if late != 1 else 'is'} in the "
+                            f"source again since retention removed it ({mark.get('at')}: written since, or restored "
+                            f"into the table and changed since), and not the archive's rows ({difference}); archive "
+                            "the day again with overwrite to keep them (the removed rows' archive is kept beside the "
+                            "new one)")
                     else:
                         removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
                     continue

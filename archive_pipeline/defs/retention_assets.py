@@ -62,7 +62,7 @@ from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
-from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, verify_archive
+from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, rows_after_removal, verify_archive
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -205,7 +205,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # a dry run leaves the mark, but a removal that never committed removed nothing: the day is
                 # still the source's, proven against it (with the source's rows, not the archive's alone)
                 manifest = {k: v for k, v in manifest.items() if k != "removed"}
-            if manifest is not None and manifest.get("removed"):
+            back = manifest is not None and bool(manifest.get("removed")) and \
+                rows_after_removal(source, spec, day) > 0  # (restored into the original table, or late rows)
+            if manifest is not None and manifest.get("removed") and not back:
                 # Removed (or pending and committed, in a dry run): the source no longer holds the day, so
                 # the archive itself is checked: manifest, object, digests and rows.
                 removed = manifest["removed"]
