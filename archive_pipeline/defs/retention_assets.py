@@ -33,6 +33,7 @@ from dagster import (
     Failure,
     FreshnessPolicy,
     MaterializeResult,
+    AssetRecordsFilter,
     MetadataValue,
     PreviewWarning,
     RunRequest,
@@ -59,6 +60,7 @@ from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused,
                                               settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
+from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
@@ -146,9 +148,12 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         dry_run = config.dry_run or removal_asset_key(spec) not in context.selected_asset_keys
         kept = day not in due_days(spec, dt.datetime.now(dt.UTC))  # today in the table's zone
         if kept and not dry_run:
+            sooner = (f"To remove it sooner, lower retention.keep_days for the table in {origin or config_path()}"
+                      if retention.keep_days > 1 else  # (1 is the least the configuration takes)
+                      "It is due once the day after it has ended in the table's zone: launch it again then (the "
+                      "retention schedule does)")
             raise _failed(f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
-                                      "days; nothing removed. To remove it sooner, lower retention.keep_days for "
-                                      f"the table in {origin or config_path()}", spec, day, False)
+                          f"days; nothing removed. {sooner}", spec, day, False)
         try:  # (a day still kept is proven by a dry run, archive_proven alone, and nothing more)
             yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store, origin,
                                  kept)
@@ -214,15 +219,30 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
                                           temp_dir=archive_store.temp_dir)
             elif manifest is None:  # nothing to prove: a failed run, not a failed proof
+                if (record := _removed_before(context, spec, day, source)) is not None:
+                    raise _failed(f"{spec.name} {day} was removed from the source ({record}), and its archive's "
+                                  f"manifest {store.uri(keys.manifest_key(key))} is missing from the store: what is "
+                                  "stored of the day is its only copy. Restore the manifest from a backup of the "
+                                  "bucket (its versions, a replica); archiving the day again has nothing to archive",
+                                  spec, day, False)
                 raise _failed(f"{spec.name} {day} has no archive at {store.uri(key)}: nothing is "
                                           "proven or removed. Archive the day first (partition "
                                           f"{day} of {job_name(spec)}), then remove it", spec, day, False)
             else:
                 refuse_layout_change(spec, day, manifest)  # another period's archive: no proof, no verdict
-                if not dry_run:  # what the removal would refuse whatever the archive: before the proof's work
-                    check_removable(primary, spec, day)  # (a dry run, the check alone, proves, then says it)
+                if not dry_run and int(manifest.get("rows") or 0) > 0:
+                    # what the removal would refuse whatever the archive: before the proof's work (a dry run, the
+                    # check alone, proves, then says it; an empty day's removal may find nothing to remove)
+                    check_removable(primary, spec, day)
                 problems = deep_verify(source, store, spec, day, manifest=manifest,
                                        scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
+                again = load_manifest(store, key, (spec.name, day.isoformat())) if problems else None
+                if again is not None and again.get("removed") and rows_after_removal(source, spec, day) == 0:
+                    # removed by another run while this one proved it (at the key it proved: a former format's
+                    # too): the source's rows are gone for that reason, and the archive is proven on its own
+                    manifest, removed = again, again["removed"]
+                    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
+                                              temp_dir=archive_store.temp_dir)
                 # proven names the manifest just proved: under the lock, a different one is proved again
                 proven_sha = (manifest or {}).get("manifest_sha256", False)
         except ArchiveError as exc:
@@ -238,6 +258,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             raise _failed(_naming(exc, spec, day), spec, day, False, exc) from None
         except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
             manifest, problems = None, [str(exc)]
+            if (record := _removed_before(context, spec, day, source)) is not None:  # the damaged one: the only copy
+                removed = {"state": f"recorded by Dagster: {record}", "at": "see there"}
         yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
         if problems and removed:
             raise _failed(f"{spec.name} {day} was removed from the source ({removed.get('state')}, "
@@ -378,6 +400,26 @@ def removals_in_flight(instance: DagsterInstance, spec: TableSpec) -> set[str]:
             if run.tags.get("dagster/partition"):
                 days.add(run.tags["dagster/partition"])
     return days
+
+
+def _removed_before(context: AssetExecutionContext, spec: TableSpec, day: Period,
+                    conn: psycopg.Connection) -> str | None:
+    """When and by which run the day's last ``source_removed`` materialization says it was removed, where the
+    source holds none of its rows now; None otherwise. What tells a removed day whose manifest is gone or damaged
+    from a day never archived: the advice to archive it first, or to archive it again with overwrite, would
+    replace the only copy's record by an archive of nothing."""
+    try:
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=removal_asset_key(spec), asset_partitions=[day.isoformat()]), limit=1).records
+        if not records or rows_after_removal(conn, spec, day) > 0:
+            return None
+    except Exception:  # noqa: BLE001 - a hint only: the run's own message stands without it
+        return None
+    event = records[0].event_log_entry.asset_materialization
+    meta = {k: getattr(v, "value", v) for k, v in (event.metadata if event else {}).items()}
+    at = meta.get("removed_at")
+    when = dt.datetime.fromtimestamp(at, dt.UTC).isoformat() if isinstance(at, int | float) else str(at or "?")
+    return f"{meta.get('action', 'removed')} at {when}, run {meta.get('run_id') or records[0].run_id}"
 
 
 def _this_tables(run, spec: TableSpec) -> bool:
