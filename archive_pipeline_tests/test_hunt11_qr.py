@@ -1,0 +1,69 @@
+"""Hunt 11 (qr): a review of the newest fixes (store ETags, retention_assets' removal proof, lifecycle's empty-day
+removal, restore's refusals). Real PostgreSQL and moto S3 over HTTP. Each test fails on the current code because of
+a bug."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import DagsterEventType, instance_for_test
+from psycopg import sql
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+
+DAY = dt.date(2024, 3, 10)
+DAYS = [dt.date(2024, 3, 9), DAY, dt.date(2024, 3, 11)]
+
+
+def _run(conn, schema: str, statement: str) -> None:
+    conn.execute(statement.replace("S.", sql.Identifier(schema).as_string(conn) + "."))
+
+
+def _naming_table(conn, schema: str) -> None:
+    """``S.ev`` with day tables ``ev_YYYYMMDD`` inheriting from it, 5 rows on each of DAYS."""
+    _run(conn, schema, "CREATE TABLE S.ev (id int, at timestamptz NOT NULL, note text)")
+    for i, day in enumerate(DAYS):
+        _run(conn, schema, f"CREATE TABLE S.ev_{day:%Y%m%d} () INHERITS (S.ev)")
+        _run(conn, schema, f"INSERT INTO S.ev_{day:%Y%m%d} SELECT {i} * 100 + g, '{day} 00:00+00'::timestamptz + g * "
+                           "interval '1 min', 'n' || g FROM generate_series(1, 5) g")
+
+
+def _failures(result) -> list[str]:
+    said = []
+    for event in result.all_events:
+        if event.event_type == DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            said.append(data.user_failure_data.description if data.user_failure_data else data.error.message)
+    return said
+
+
+def test_the_removal_job_of_a_naming_mode_day_it_detached_already_is_not_refused_as_inheriting_from_nothing(
+        conn, schema, archive_env):
+    """A naming-mode table (day tables ``ev_YYYYMMDD`` inheriting from ``S.ev``), retention ``detach``. The
+    ``Remove_`` job removes 2024-03-10: ``ev_20240310`` is detached (it keeps its rows, "that is what detach
+    means", and the manifest is marked done). The same partition of ``Remove_`` is launched again (a backfill over a
+    range, a re-execution of the run).
+
+    What happens: ``_removing`` (hunt-11 qp fix) takes a "done" day whose source shows rows again
+    (``rows_after_removal`` > 0: the detached day table's own rows) for a day restored into the source, so it calls
+    ``check_removable``, which fails "… inherits from no table, so there is nothing to detach it from: use retention
+    action 'drop'": a removal already done is told as a configuration to change (core ``remove_day``, ``prune``,
+    says "already removed").
+
+    What should happen: the run succeeds as the day's removal already done (already_removed), as before the fix.
+    Fix idea: in ``_removing`` compute ``back`` as lifecycle does: not for a day table ``still_detached``."""
+    _naming_table(conn, schema)
+    config = parse_config({"retry": {"max_retries": 0, "delay_seconds": 0}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": DAYS[0].isoformat(), "format": "jsonl",
+         "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"},
+         "retention": {"keep_days": 1, "action": "detach"}}]})
+    defs = build_definitions(config)
+    remove = defs.resolve_job_def(f"Remove_{schema}_ev")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_ev").execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance).success
+        first = remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        assert first.success, _failures(first)
+        again = remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+    assert again.success, _failures(again)
