@@ -67,3 +67,43 @@ def test_the_removal_job_of_a_naming_mode_day_it_detached_already_is_not_refused
         assert first.success, _failures(first)
         again = remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
     assert again.success, _failures(again)
+
+
+def test_an_empty_days_own_partition_that_a_view_keeps_from_being_dropped_is_not_removed_as_nothing(
+        conn, schema, store):
+    """A declaratively partitioned table, retention ``drop``; 2024-03-10 has its own partition ``ev_20240310``,
+    empty (no event that day), and archived empty (0 rows). A report view reads that partition
+    (``CREATE VIEW S.day_report AS SELECT * FROM S.ev_20240310``). ``prune`` (``remove_day``) of the day.
+
+    What happens: ``_removable`` refuses the drop (a view depends on the partition: the error a day with rows
+    gets, naming the view and what to do), but the hunt-11 qq fix turns ANY refusal of an empty archived day into
+    ``Removal(nothing=True)``: ``prune`` lists the day "no data", the Dagster removal materializes it as removed
+    (0 rows, relation ''), the retention schedule never asks again, and the partition stays for good, nobody told
+    why.
+
+    What should happen: "nothing to remove" only where the day has no partition (or table) of its own; a
+    partition that exists is dropped, or its drop is refused with the usual RemovalRefused naming the view.
+    Fix idea: in lifecycle._remove_day take the ``nothing`` path only for the refusal of ``_target`` that says no
+    partition holds the day (no children), not for every RemovalRefused."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.lifecycle import RemovalRefused
+    from archive_pipeline.core.lifecycle import remove_day
+
+    _run(conn, schema, "CREATE TABLE S.ev (id int, at timestamptz NOT NULL, note text) PARTITION BY RANGE (at)")
+    for day in DAYS:
+        _run(conn, schema, f"CREATE TABLE S.ev_{day:%Y%m%d} PARTITION OF S.ev FOR VALUES FROM ('{day} 00:00+00') "
+                           f"TO ('{day + dt.timedelta(1)} 00:00+00')")
+    _run(conn, schema, "INSERT INTO S.ev VALUES (1, '2024-03-09 10:00+00', 'a'), (2, '2024-03-11 10:00+00', 'b')")
+    _run(conn, schema, "CREATE VIEW S.day_report AS SELECT * FROM S.ev_20240310")
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAYS[0], format="jsonl",
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": "drop"})
+    assert archive_partition(conn, spec, DAY, store).rows == 0
+    try:
+        removal = remove_day(conn, spec, DAY, store)
+    except RemovalRefused as exc:
+        assert "day_report" in str(exc), exc  # refused, naming the view: right
+        return
+    left = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".ev_20240310',)).fetchone()[0]
+    assert not left, (f"the day's partition was neither dropped nor its drop refused: remove_day answered "
+                      f"nothing={removal.nothing} relation={removal.relation!r} rows={removal.rows}")
