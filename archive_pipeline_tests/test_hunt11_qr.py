@@ -107,3 +107,44 @@ def test_an_empty_days_own_partition_that_a_view_keeps_from_being_dropped_is_not
     left = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".ev_20240310',)).fetchone()[0]
     assert not left, (f"the day's partition was neither dropped nor its drop refused: remove_day answered "
                       f"nothing={removal.nothing} relation={removal.relation!r} rows={removal.rows}")
+
+
+def test_naming_mode_restore_into_original_of_a_day_table_with_a_column_of_its_own_is_not_refused(
+        conn, schema, store, temp_dir):
+    """A naming-mode table ``S.ev (id, at, note)``; the day table ``ev_20240310`` was created with a column of its
+    own (``CREATE TABLE S.ev_20240310 (batch int) INHERITS (S.ev)``: a loader's bookkeeping, never part of
+    ``S.ev``), 5 rows. Archived, removed by retention ``drop``; the user then restores the day with
+    ``restore --day 2024-03-10 --into original``. Nothing was renamed or dropped since.
+
+    What happens: ``_refuse_hidden_columns`` (hunt-11 qp fix) checks every archived column against the parent's
+    columns and refuses "the day table … goes back under S.ev, which has no column(s) ['batch'] the archive has
+    (renamed or dropped since): their values would not show through S.ev; nothing was restored", remedy "give
+    S.ev the column(s) ['batch'] again": false (S.ev never had it, and ``batch`` never showed through S.ev), and
+    the remedy would change the application's table. The same for a day table under a second parent
+    (``INHERITS (S.ev, S.tagged)``): the second parent's columns are "missing" too.
+
+    What should happen: the day table is re-created as it was (``batch`` its own column again, under S.ev) and the
+    5 rows restored. Fix idea: only refuse a column the parent had when archived (record the inherited columns,
+    attinhcount > 0, in the manifest's table definition), or one whose values the day table did show through it."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.restore import restore_day
+
+    _run(conn, schema, "CREATE TABLE S.ev (id int, at timestamptz NOT NULL, note text)")
+    _run(conn, schema, "CREATE TABLE S.ev_20240310 (batch int) INHERITS (S.ev)")
+    _run(conn, schema, "INSERT INTO S.ev_20240310 SELECT g, '2024-03-10 00:00+00'::timestamptz + g * "
+                       "interval '1 min', 'n' || g, 7 FROM generate_series(1, 5) g")
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="jsonl",
+                     partitioning={"mode": "naming", "pattern": "ev_%Y%m%d"},
+                     retention={"keep_days": 1, "action": "drop"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 5
+    remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert conn.execute("SELECT to_regclass(%s)", (f'"{schema}".ev_20240310',)).fetchone()[0] is None
+    try:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    except ArchiveError as exc:
+        raise AssertionError(f"restore into original refused: {exc}") from None
+    assert conn.execute(sql.SQL("SELECT count(*), min(batch) FROM {}").format(
+        sql.Identifier(schema, "ev_20240310"))).fetchone() == (5, 7)
