@@ -148,3 +148,41 @@ def test_naming_mode_restore_into_original_of_a_day_table_with_a_column_of_its_o
         raise AssertionError(f"restore into original refused: {exc}") from None
     assert conn.execute(sql.SQL("SELECT count(*), min(batch) FROM {}").format(
         sql.Identifier(schema, "ev_20240310"))).fetchone() == (5, 7)
+
+
+def test_restore_into_original_beside_a_day_table_detached_outside_retention_does_not_say_dropped_by_retention(
+        conn, schema, store, temp_dir):
+    """A naming-mode table (day tables ``ev_YYYYMMDD`` inheriting from ``S.ev``), retention ``detach`` configured
+    but 2024-03-10 never removed: its manifest has no ``removed`` mark. Its day table ``ev_20240310`` (5 rows, the
+    archived ones) is detached from ``S.ev`` by other means (a DBA's ``ALTER TABLE … NO INHERIT``; or a removal
+    run of the day that detaches it while this restore downloads, the race ``_refuse_detached_day_table``'s own
+    comment names). The user runs ``restore --day 2024-03-10 --into original``.
+
+    What happens: the hunt-11 qp fix says "made since" of every day table whose manifest's mark is not a detach,
+    the mark-less manifest too: "… ev_20240310, the name of the table that held 2024-03-10 (dropped by
+    retention), is a table made since that is not under S.ev, holding 5 row(s) …": false (the day was never
+    dropped; this is the very table that held it, with its rows), and it points the user at renaming or dropping
+    the day's only rows in the source.
+
+    What should happen: the "dropped by retention … made since" wording only where the manifest records a drop
+    (``removed.action == 'drop'``); otherwise the detached-table refusal (the day table still holds the day:
+    attach it again, with the statement). Fix idea: test ``== 'drop'`` instead of ``!= 'detach'``."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+
+    _naming_table(conn, schema)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAYS[0], format="jsonl",
+                     partitioning={"mode": "naming", "pattern": "ev_%Y%m%d"},
+                     retention={"keep_days": 1, "action": "detach"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 5
+    _run(conn, schema, "ALTER TABLE S.ev_20240310 NO INHERIT S.ev")
+    try:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    except ArchiveError as exc:
+        said = str(exc)
+    else:
+        raise AssertionError("restored into a detached day table beside its own 5 rows")
+    assert "dropped by retention" not in said and "made since" not in said, said
+    assert "ATTACH" in said.upper() or "INHERIT" in said.upper(), said
