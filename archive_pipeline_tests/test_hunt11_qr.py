@@ -186,3 +186,33 @@ def test_restore_into_original_beside_a_day_table_detached_outside_retention_doe
         raise AssertionError("restored into a detached day table beside its own 5 rows")
     assert "dropped by retention" not in said and "made since" not in said, said
     assert "ATTACH" in said.upper() or "INHERIT" in said.upper(), said
+
+
+def test_a_component_prefix_template_filtering_an_unset_variable_is_still_refused(monkeypatch):
+    """A defs.yaml gives ``asset_key_prefix: "{{ env.ARCHIVE_REGION | lower }}"`` (each regional location sets its
+    region; one forgot to). Since the qh/qn fixes an attribute naming an unset variable fails the load ("it would
+    render as the text 'None'"). The hunt-11 qo fix narrowed the check to a bare ``{{ env.X }}``, to let
+    ``{{ env.X or 'eu' }}`` through.
+
+    What happens: a filter or an operator that is no fallback (``| lower``, ``| upper``, ``~ '_eu'``, and
+    ``| default('eu')`` without ``true``, which keeps None) is not refused any more: the location loads with the
+    asset key prefix ``none`` (Jinja renders None through ``lower``), silently sharing every asset key with any
+    other location that forgot its region: the very case the check exists for.
+
+    What should happen: the load is refused naming ARCHIVE_REGION, as for ``{{ env.ARCHIVE_REGION }}``. Fix idea:
+    render the template and refuse a result that holds None/'None'/'none' where the variable is unset, or exempt
+    only the fallback forms (``or``, ``default(…, true)``, ``env('X', 'eu')``)."""
+    from archive_pipeline.defs.component import ArchiveTablesComponent
+
+    monkeypatch.setenv("ARCHIVE_PG_DSN", "postgresql://u@127.0.0.1:1/db")
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", "b")
+    monkeypatch.delenv("ARCHIVE_REGION", raising=False)
+    attributes = ("tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-01-01}\n"
+                  "asset_key_prefix: \"{{ env.ARCHIVE_REGION | lower }}\"\ncheck_source: false\n")
+    try:
+        component = ArchiveTablesComponent.resolve_from_yaml(attributes)
+    except Exception as exc:  # noqa: BLE001 - refused: right, if it names the variable
+        assert "ARCHIVE_REGION" in str(exc), exc
+        return
+    prefix = component.archive_config().tables[0].key_prefix
+    raise AssertionError(f"loaded with asset key prefix {prefix!r} for an unset ARCHIVE_REGION")
