@@ -193,7 +193,9 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         try:
             target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
         except RemovalRefused:
-            if int(manifest.get("rows") or 0) == 0 and not manifest.get("removed") and not _has_rows(conn, spec, day):
+            if int(manifest.get("rows") or 0) == 0 and not manifest.get("removed") and \
+                    spec.partitioning.mode == "declarative" and not day_children(conn, spec, day) and \
+                    not _has_rows(conn, spec, day):
                 # archived empty, and nothing of it to remove (no partition of its own: a start_date before the
                 # first partition, a repeated hour's first occurrence): not a removal that fails every day
                 return Removal(spec.name, day, action, "", 0, archive, None, dry_run, nothing=True)

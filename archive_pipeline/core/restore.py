@@ -1190,7 +1190,7 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
         return
     statements = "; ".join(_attach_statement(conn, relation, parent).as_string(conn) for parent in parents)
     under = ", ".join(str(Relation(p["schema"], p["name"])) for p in parents)
-    if (manifest.get("removed") or {}).get("action") != "detach":  # dropped by retention: this one is made since
+    if (manifest.get("removed") or {}).get("action") == "drop":  # dropped by retention: this one is made since
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(relation.identifier)).fetchone()[0]
         raise RestoreError(
             f"{relation}, the name of the table that held {manifest['day']} (dropped by retention), is a table made "
@@ -1255,8 +1255,11 @@ def _refuse_hidden_columns(conn: psycopg.Connection, manifest: dict, relation: R
         oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (parent.identifier.as_string(conn),)
                            ).fetchone()[0]
         have |= set(column_names(conn, oid).values())
-    missing = [c["name"] for c in table_definition(manifest)["columns"] if c["name"] not in have]
-    if missing:
+    archived = [c["name"] for c in table_definition(manifest)["columns"]]
+    missing = [name for name in archived if name not in have]
+    # a rename (the parent has a column the archive lacks, and lacks one it has): not a day table's column of its
+    # own, nor one the parent dropped on purpose, which stay the day table's as they were
+    if missing and have - set(archived):
         under = ", ".join(map(str, parents))
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} into the original table: the day table {relation} "

@@ -80,8 +80,10 @@ class ArchiveTablesScaffolder(Scaffolder):
             tables.write_text(STARTER_TABLES)
 
 
-# {{ env.X }}, {{ env('X') }} alone in their braces: one with a fallback ({{ env.X or 'eu' }}, | default) renders it
-_ENV_REFERENCE = re.compile(r"\{\{\s*env(?:\.(\w+)|\(\s*['\"]([^'\"]+)['\"]\s*\))\s*\}\}")
+# a template's env.X or env('X'), and the fallbacks that render something for an unset one (`or`, default(..., true))
+_ENV_REFERENCE = re.compile(r"\benv(?:\.(\w+)|\(\s*['\"]([^'\"]+)['\"]\s*\))")
+_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_FALLBACK = re.compile(r"\bor\b|default\([^)]*,\s*(?:true|True)\s*\)")
 _TEMPLATE_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -96,8 +98,12 @@ def _refuse_unset_variables(attribute: str, value: Any) -> None:
         for item in value:
             _refuse_unset_variables(attribute, item)
     elif isinstance(value, str):
-        for found in _ENV_REFERENCE.finditer(value):
-            if (found[1] or found[2]) not in os.environ:
+        for template in _TEMPLATE.findall(value):
+            if _FALLBACK.search(template):
+                continue  # ({{ env.X or 'eu' }}: renders the fallback)
+            for found in _ENV_REFERENCE.finditer(template):
+                if (found[1] or found[2]) in os.environ:
+                    continue
                 raise ValueError(f"{attribute}: {value!r} names the environment variable {found[1] or found[2]}, which "
                                  "is not set here (it would render as the text 'None', or as nothing): set it in the "
                                  "code location's environment")
@@ -117,12 +123,8 @@ def _resolved_tables(context, tables: list[dict[str, Any]] | None) -> list[dict[
                 yield from strings(item)
 
     known = set(getattr(context, "scope", {}) or {})
+    _refuse_unset_variables("tables", tables)  # (as the attributes' validator does: a component built in Python)
     for text in strings(tables):
-        for found in _ENV_REFERENCE.finditer(text):
-            name = found[1] or found[2]
-            if name not in os.environ:  # Dagster's env gives None, rendered as the text "None" (None/archive/...)
-                raise ValueError(f"tables: {text!r} names the environment variable {name}, which is not set here "
-                                 "(it would render as the text 'None'): set it in the code location's environment")
         for name in _TEMPLATE_NAME.findall(text):
             if name not in known:
                 raise ValueError(f"tables: {text!r} holds the template {{{{ {name} }}}}, a name Dagster's templates "

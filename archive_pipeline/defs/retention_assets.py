@@ -56,6 +56,7 @@ from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableS
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
+                                              still_detached,
                                               due_days, pending_removal_committed, refuse_layout_change, remove_day,
                                               settle_pending_removal)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
@@ -211,6 +212,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # still the source's, proven against it (with the source's rows, not the archive's alone)
                 manifest = {k: v for k, v in manifest.items() if k != "removed"}
             back = manifest is not None and bool(manifest.get("removed")) and \
+                not still_detached(source, spec, day, manifest) and \
                 rows_after_removal(source, spec, day) > 0  # (restored into the original table, or late rows)
             if manifest is not None and manifest.get("removed") and not back:
                 # Removed (or pending and committed, in a dry run): the source no longer holds the day, so
