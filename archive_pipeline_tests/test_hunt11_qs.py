@@ -76,3 +76,45 @@ def test_counting_a_parquet_day_s_rows_stays_flat_whatever_its_row_groups(tmp_pa
     rows_long, peak_long = _count_peak(long)
     assert (rows_short, rows_long) == (120_000, 4_800_000)
     assert peak_long - peak_short < 30, (peak_short, peak_long)
+
+
+def test_a_day_s_archive_run_lists_only_its_own_day_under_a_flat_key_template(conn, schema, s3_client, bucket,
+                                                                                 temp_dir, monkeypatch):
+    """A user keeps a table's archives flat, one file per day: key_template
+    "{prefix}/{schema}.{table}.{date}.{ext}" (accepted: it holds the date). keys.day_prefix, the prefix
+    of "every generation of the day", is the key's name up to its FIRST dot: here "archive/<schema>",
+    which covers every day of every table of the schema. So read_existing's day_listing (and tidy_day's
+    in a removal) lists the whole history for each day archived, and holds it in a dict: with 1,600
+    days already stored, archiving one new day reads every one of their keys (2 LIST pages); a
+    ten-year backfill of an hourly table lists ~10^5 keys per period, O(days^2) requests and a dict
+    growing with the bucket. Expected: one day's run lists about its own keys only (a prefix that
+    ends at the day's own part of the key, or the listing capped as listing.existing_keys caps it,
+    falling back to a GET when it would list much more than the day)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from psycopg import sql
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.store import S3Store
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s FROM generate_series(1, 10) g").format(
+        sql.Identifier(schema, "ev")), (DAY,))
+    others = [f"archive/{schema}.ev.{DAY - dt.timedelta(days=n)}.jsonl.zst" for n in range(1, 1601)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: s3_client.put_object(Bucket=bucket, Key=key, Body=b"x"), others))
+    listed: list[str] = []
+    original = S3Store.list_keys
+
+    def spy(self, prefix):
+        for item in original(self, prefix):
+            listed.append(item["Key"])
+            yield item
+
+    monkeypatch.setattr(S3Store, "list_keys", spy)
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2019-01-01",
+                     key_template="{prefix}/{schema}.{table}.{date}.{ext}")
+    store = S3Store(s3_client, bucket, prefix="archive")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
+    assert len([k for k in listed if f".{DAY}." not in k]) <= 10, (len(listed), listed[:3])
