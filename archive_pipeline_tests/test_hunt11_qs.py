@@ -118,3 +118,53 @@ def test_a_day_s_archive_run_lists_only_its_own_day_under_a_flat_key_template(co
     store = S3Store(s3_client, bucket, prefix="archive")
     assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
     assert len([k for k in listed if f".{DAY}." not in k]) <= 10, (len(listed), listed[:3])
+
+
+def test_a_parquet_object_that_decodes_to_a_gigabyte_is_refused_within_bounded_memory(pg, s3, conn, schema, bucket,
+                                                                                      s3_client, tmp_path):
+    """Someone who may write to the bucket replaces a Parquet day's object by a 15 KB Parquet file of the
+    same columns whose text column is dictionary-encoded: one 256 KiB value, 4,000 rows in one row
+    group, and updates the manifest's digests to match (a consistent forgery, as the README considers:
+    "whoever may write to the bucket cannot make a reader run their SQL, crash, or take its memory").
+    The archiver itself never writes such a row group (its row groups gather at most ~32 MiB of Arrow
+    data), but a restore reads it with ``iter_batches(batch_size=16384)``: one batch of 4,000
+    materialized 256 KiB strings (1 GB), then its text and CSV copies; CSV and JSONL objects are
+    refused past the manifest's ``uncompressed_bytes``, Parquet has no such bound. Measured without a
+    cap: peak RSS +2.5 GB for the 15 KB object (then 4,000 rows loaded and a FingerprintMismatchError
+    blaming "late rows" in a new table); under a cap of 800 MB above imports: "the archiving process
+    ran out of memory (ArrowMemoryError ...); to fix: give the run more memory", a remedy that feeds
+    the bomb (a 60 KB object decodes to 16 GB just as easily). Expected: the
+    restore refuses the object as damaged or altered (ArchiveCorruptError, naming table and day) within
+    bounded memory, e.g. by bounding a batch in bytes (read text columns as dictionaries, or rows by
+    the row group's decoded size) or refusing a row group that decodes past what the manifest
+    records."""
+    from psycopg import sql
+
+    from archive_pipeline.core import keys
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline_tests.helpers import forge_object
+    from archive_pipeline_tests.test_hunt9_oi import _run
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, note text)").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'one')").format(sql.Identifier(schema, "ev")), (DAY,))
+    spec = dict(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="parquet", compression="zstd")
+    store = S3Store(s3_client, bucket, prefix="archive")
+    assert archive_partition(conn, TableSpec(**spec), DAY, store, temp_dir=str(tmp_path)).rows == 1
+    key = keys.table_day_key(TableSpec(**spec), TableSpec(**spec).period(DAY), "archive")
+    rows = 4000
+    note = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * (256 << 10)]))
+    bomb = pa.table({"id": pa.array(range(rows), pa.int32()), "at": pa.array([DAY] * rows, pa.date32()),
+                     "note": note})
+    sink = pa.BufferOutputStream()
+    pq.write_table(bomb, sink, compression="zstd", store_schema=False, dictionary_pagesize_limit=1 << 30,
+                   row_group_size=rows)
+    body = sink.getvalue().to_pybytes()
+    assert len(body) < 100_000
+    forge_object(s3_client, bucket, key, keys.manifest_key(key), body)
+    out = _run(tmp_path, pg, s3, bucket, "restore", spec, headroom_mb=800, target=f"{schema}.back")
+    assert not out["ok"], out
+    assert out["typed"] and "memory" not in out["message"], out  # not "give the run more memory"
+    assert "altered" in out["message"] or "damaged" in out["message"], out
+    assert out["peak_mb"] < 800, out
