@@ -168,3 +168,90 @@ def test_a_parquet_object_that_decodes_to_a_gigabyte_is_refused_within_bounded_m
     assert out["typed"] and "memory" not in out["message"], out  # not "give the run more memory"
     assert "altered" in out["message"] or "damaged" in out["message"], out
     assert out["peak_mb"] < 800, out
+
+
+_CLI_PEAK = r'''
+import atexit, json, sys
+from pathlib import Path
+
+def mb(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+from archive_pipeline import cli  # noqa: E402
+import boto3, psycopg, pyarrow.parquet  # noqa: E402,F401 (import cost is not the command's)
+base = mb("VmRSS")
+atexit.register(lambda: print("@@" + json.dumps({"peak_mb": mb("VmHWM") - base}), file=sys.stderr))
+sys.argv = ["archive-pipeline", *sys.argv[1:]]
+cli.main()
+'''
+
+
+def _cli_peak(env: dict, *args: str) -> tuple[dict, float]:
+    done = subprocess.run([sys.executable, "-c", _CLI_PEAK, *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    marks = [line for line in done.stderr.splitlines() if line.startswith("@@")]
+    assert marks, done.stderr[-3000:]
+    return json.loads(done.stdout), json.loads(marks[-1][2:])["peak_mb"]
+
+
+def test_prune_does_not_hold_every_removed_day_s_manifest(pg, s3, conn, schema, bucket, store, s3_client, temp_dir,
+                                                          tmp_path):
+    """A table with retention (delete, keep_days 1) whose old days were archived and removed long ago: the
+    source holds none of them, every manifest says removed "done". Each `prune` (daily, for years) asks
+    cli._pending_removals which of ALL the due days not in the source still carry a "pending" mark:
+    plan.lookup_manifests GETs every removed day's manifest and keeps every parsed manifest in one dict
+    until the table is done, although only their pending flag is wanted. A 300-column table's manifest
+    is ~80 KB (columns and definition); measured here, prune's peak RSS above imports grows from 29 MB
+    with 40 removed days to 173 MB with 600 (~0.25 MB a day), and so on for every day of history (an
+    hourly table adds 8,760 manifests a year): the command's memory grows with the table's history,
+    nothing bounds it (the same dict serves list/compare/verify over a range). Expected: prune's peak stays within a few tens of MB whatever the number of removed days (read
+    the manifests one at a time and keep only the days whose mark is pending)."""
+    import yaml
+    from concurrent.futures import ThreadPoolExecutor
+
+    from psycopg import sql
+
+    from archive_pipeline.core import keys
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline_tests.helpers import download
+    from archive_pipeline_tests.test_hunt_cli import make_env
+
+    first = dt.date(2020, 1, 1)
+    cols = sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"column_{i}")) for i in range(300))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, {})").format(sql.Identifier(schema, "ev"), cols))
+    conn.execute(sql.SQL("INSERT INTO {} (id, at) VALUES (1, %s)").format(sql.Identifier(schema, "ev")), (first,))
+    table = dict(name=f"{schema}.ev", day_column="at", start_date=first.isoformat(),
+                 retention={"keep_days": 1, "action": "delete"})
+    spec = TableSpec(**table)
+    archive_partition(conn, spec, first, store, temp_dir=str(temp_dir))
+    assert remove_day(conn, spec, first, store).rows == 1
+    key = keys.table_day_key(spec, spec.period(first), store.prefix)
+    text = json.dumps(decode_manifest(download(s3_client, bucket, keys.manifest_key(key))))
+
+    def removed_day(n: int) -> None:  # the same removed archive, as another day's
+        day = first + dt.timedelta(days=n)
+        copy = (text.replace(f"{first + dt.timedelta(days=1)}T", f"{day + dt.timedelta(days=1)}T")
+                .replace(f"{first:%Y/%m}/{first}", f"{day:%Y/%m}/{day}").replace(f'"{first}"', f'"{day}"')
+                .replace(f"{first}T", f"{day}T"))
+        manifest = json.loads(copy)
+        manifest.pop("manifest_sha256")
+        day_key = keys.table_day_key(spec, spec.period(day), store.prefix)
+        assert manifest["object"]["key"].endswith(f"{day}.jsonl.zst"), manifest["object"]
+        s3_client.put_object(Bucket=bucket, Key=keys.manifest_key(day_key), Body=encode_manifest(manifest))
+
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    env = make_env(pg, s3.endpoint_url, bucket, config)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(removed_day, range(1, 40)))
+    few, peak_few = _cli_peak(env, "prune", "--json")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(removed_day, range(40, 400)))
+    many, peak_many = _cli_peak(env, "prune", "--json")
+    assert few["ok"] and many["ok"] and not few["days"] and not many["days"], (few, many)  # nothing left to do
+    assert peak_many - peak_few < 40, (peak_few, peak_many)
