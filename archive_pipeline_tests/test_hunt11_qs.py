@@ -255,3 +255,44 @@ def test_prune_does_not_hold_every_removed_day_s_manifest(pg, s3, conn, schema, 
     many, peak_many = _cli_peak(env, "prune", "--json")
     assert few["ok"] and many["ok"] and not few["days"] and not many["days"], (few, many)  # nothing left to do
     assert peak_many - peak_few < 40, (peak_few, peak_many)
+
+
+def test_verify_download_refuses_a_jsonl_object_that_decompresses_past_its_manifest(conn, schema, store, s3_client,
+                                                                                    bucket, temp_dir):
+    """Someone who may write to the bucket appends to a JSONL day's object a zstd frame of 64 MB of blanks
+    (a few KB; a few KB more make it GBs) after the last line, and reseals the manifest's size and digests
+    (uncompressed_bytes left as recorded: ~1 KB). `restore` refuses the object ("decompresses to more
+    than the ... bytes its manifest records: it is damaged or was altered", readers.decompressed_chunks'
+    limit). But `verify --download` (verify_archive deep=True, also the Dagster check with download and
+    the removal's download proof) counts the rows with verify.count_rows, which reads the whole stream
+    with no limit: it decompresses every byte of the bomb (CPU and time without bound) and, the newline
+    count being the manifest's, answers "intact" for an object the restore refuses. Expected: the same
+    bound as the restore (stop past uncompressed_bytes) and a problem naming it, never a pass."""
+    import zstandard
+    from psycopg import sql
+
+    from archive_pipeline.core import keys
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline.core.verify import verify_archive
+    from archive_pipeline_tests.helpers import decompress, download, forge_object
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, note text)").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, md5(g::text) FROM generate_series(1, 20) g").format(
+        sql.Identifier(schema, "ev")), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="jsonl")
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    plain = decompress(download(s3_client, bucket, result.key), "zstd")
+    bomb = zstandard.ZstdCompressor(level=3).compress(plain + b" " * (64 << 20))
+    assert len(bomb) < 64 << 10
+    forge_object(s3_client, bucket, result.key, result.manifest_key, bomb)
+    try:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
+        raise AssertionError("the restore loaded the altered object")
+    except ArchiveError as exc:  # (the premise: the restore refuses it as altered)
+        assert "decompresses to more" in str(exc), exc
+    key = keys.table_day_key(spec, spec.period(DAY), store.prefix)
+    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, DAY.isoformat()), temp_dir=str(temp_dir))
+    assert problems, "verify --download passed an object the restore refuses as altered"
