@@ -296,3 +296,63 @@ def test_verify_download_refuses_a_jsonl_object_that_decompresses_past_its_manif
     key = keys.table_day_key(spec, spec.period(DAY), store.prefix)
     problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, DAY.isoformat()), temp_dir=str(temp_dir))
     assert problems, "verify --download passed an object the restore refuses as altered"
+
+
+def _twenty_rows(conn, schema: str, fmt: str, store, temp_dir):
+    from psycopg import sql
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, note text)").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, md5(g::text) FROM generate_series(1, 20) g").format(
+        sql.Identifier(schema, "ev")), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format=fmt)
+    return spec, archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+
+
+def test_a_manifest_with_uncompressed_bytes_zero_does_not_lift_the_decompression_bound(conn, schema, store, s3_client,
+                                                                                        bucket, temp_dir, monkeypatch):
+    """Someone who may write to the bucket replaces a 20-row JSONL day's object by a 6.6 KB zstd frame that
+    expands to 64 MB of copies of its last line, reseals the digests, and sets the manifest's
+    ``uncompressed_bytes`` to 0 (the shape check accepts any whole number >= 0). restore.load_into takes a
+    recorded size of 0 as "no limit" (``recorded > 0 else None``), so the decompression bound the README
+    promises ("a CSV or JSONL object that decompresses to more than the manifest's uncompressed_bytes is
+    refused as altered before it is held") is off: the restore streams all 64 MB into PostgreSQL
+    (958,718 rows staged and inserted, 6 s; a 60 KB object would fill the server's disk with GBs) and only
+    then fails on the fingerprint. A non-empty object never decompresses to 0 bytes. Expected: refused
+    before the bomb is read (the manifest refused as altered, or 0 taken as the bound it says), after at
+    most a few KB. Fix idea: ``limit = recorded if recorded is not None`` (and refuse 0 for an object)."""
+    import zstandard
+
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.formats import readers
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline_tests.helpers import decompress, download, forge_object
+
+    spec, result = _twenty_rows(conn, schema, "jsonl", store, temp_dir)
+    plain = decompress(download(s3_client, bucket, result.key), "zstd")
+    last = plain.rstrip(b"\n").rsplit(b"\n", 1)[-1] + b"\n"
+    forge_object(s3_client, bucket, result.key, result.manifest_key,
+                 zstandard.ZstdCompressor(level=3).compress(plain + last * ((64 << 20) // len(last))))
+    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
+    manifest["uncompressed_bytes"] = 0
+    manifest.pop("manifest_sha256")
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    read = [0]
+    chunks = readers.decompressed_chunks
+
+    def counted(*args, **kwargs):
+        for chunk in chunks(*args, **kwargs):
+            read[0] += chunk.size
+            yield chunk
+
+    monkeypatch.setattr(readers, "decompressed_chunks", counted)
+    try:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
+        raise AssertionError("the altered object was restored")
+    except ArchiveError:
+        pass
+    assert read[0] < 1 << 20, f"{read[0]:,} decompressed bytes read from a {result.uncompressed_bytes:,}-byte day"
+
