@@ -356,3 +356,36 @@ def test_a_manifest_with_uncompressed_bytes_zero_does_not_lift_the_decompression
         pass
     assert read[0] < 1 << 20, f"{read[0]:,} decompressed bytes read from a {result.uncompressed_bytes:,}-byte day"
 
+
+def test_a_restore_into_a_new_table_of_an_object_holding_extra_rows_blames_the_archive_not_the_new_table(
+        conn, schema, store, s3_client, bucket, temp_dir):
+    """Someone who may write to the bucket replaces a 20-row Parquet day's object by one holding those rows
+    twice (40; a Parquet bomb holds millions), resealing the digests (Parquet has no uncompressed_bytes
+    bound). The user restores the day into a NEW table (into='new'). The load puts 40 rows in and the
+    fingerprint check refuses them, rolled back (right), but the message says "<schema>.back are 40 rows
+    with the restored ones, 20 archived: the target already held other rows of the day (late rows written
+    after it was removed?)" with the remedy "move those rows out of <schema>.back into a table of your
+    own ... restore again; or restore into a new table (into='new')": the table was created by this very
+    restore and held nothing; the archive is what holds rows its manifest does not record. (The late-rows
+    diagnosis of restore._verify_restored applies to into='original'/'existing', where the target may hold
+    rows of the day before the load.) Expected: an error that names the object as damaged or altered (it
+    holds more rows than its manifest records), no advice to move rows out of the new table."""
+    import pyarrow as pa_
+    import pyarrow.parquet as pq_
+
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline_tests.helpers import download, forge_object
+
+    spec, result = _twenty_rows(conn, schema, "parquet", store, temp_dir)
+    original = pq_.read_table(pa_.BufferReader(download(s3_client, bucket, result.key)))
+    sink = pa_.BufferOutputStream()
+    pq_.write_table(pa_.concat_tables([original, original]), sink, compression="zstd")
+    forge_object(s3_client, bucket, result.key, result.manifest_key, sink.getvalue().to_pybytes())
+    try:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
+        raise AssertionError("the altered object was restored")
+    except ArchiveError as exc:
+        told = f"{exc.message} {exc.remedy}"
+    assert "move those rows out" not in told and "already held" not in told, told
+    assert "altered" in told or "damaged" in told, told
