@@ -1307,14 +1307,20 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> tu
     archived day), and the days whose manifest could not be read, with why: each may hold such a mark."""
     from archive_pipeline.core.manifest import removal_state
 
-    try:
-        found = plan.lookup_manifests(store, spec, days) if days else {}
-    except ArchiveError as exc:  # the listing failed: each of those days unread, the days in the source still run
-        why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"
-        return set(), {day: why for day in days}
-    pending = {day for day, lookup in found.items()
-               if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
-    return pending, {day: lookup.problem for day, lookup in found.items() if lookup.problem}
+    pending: set[Period] = set()
+    unread: dict[Period, str] = {}
+    for start in range(0, len(days), 31):  # a month at a time: a table's years of removed days' manifests are
+        chunk = days[start:start + 31]     # not all held at once, only which marks are pending
+        try:
+            found = plan.lookup_manifests(store, spec, chunk)
+        except ArchiveError as exc:  # the listing failed: each of those days unread, the days in the source still run
+            why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"
+            unread.update({day: why for day in chunk})
+            continue
+        pending |= {day for day, lookup in found.items()
+                    if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
+        unread.update({day: lookup.problem for day, lookup in found.items() if lookup.problem})
+    return pending, unread
 
 
 REMOVED = ("removed", "removal completed")  # prune's statuses of a day taken out of the source by this run

@@ -449,8 +449,7 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
     columns = manifest_columns(manifest)
     # a text object never decompresses to more than its manifest records: one that does (a few KB of zstd can
     # expand to GBs) is not the archive, and is refused before it is held in memory
-    recorded = manifest.get("uncompressed_bytes")
-    limit = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0 else None
+    limit = readers.decompression_limit(manifest)
     cols = _column_list(columns)
     try:
         with conn.transaction(), _input_settings(conn):
@@ -1976,7 +1975,8 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
     now = fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))
     scope = relation if where is None else f"the rows of {manifest['day']} in {relation} and the tables under it"
     if str(now) != recorded:
-        if now.rows > int(manifest["rows"]):  # the trigger put every row in, beside rows the day had already
+        if now.rows > int(manifest["rows"]) and not whole:  # the trigger put every row in, beside rows the day had
+            # already (a table this restore made, or the day's own, held none: there the object holds more rows)
             raise FingerprintMismatchError(
                 f"restoring {manifest['table']} for {manifest['day']}: {scope} are {now.rows:,} rows with the "
                 f"restored ones, {manifest['rows']:,} archived: the target already held other rows of the day (late "
@@ -2012,9 +2012,13 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
         drift, remedy = _drift_explained(conn, manifest, relation)
         said = (f"the load added {rows:,} rows to {relation}, but the archive's manifest records {manifest['rows']:,}"
                 if drift else f"the archive of {table} for {day} holds {rows:,} rows but its manifest records "
-                f"{manifest['rows']:,}")
+                f"{manifest['rows']:,}: it was altered or damaged after it was written (its object and manifest no "
+                "longer agree)")
         raise FingerprintMismatchError(f"restoring {table} for {day}: {said}; the restore was rolled back{drift}",
-                                       table=table, day=day, remedy=remedy)
+                                       table=table, day=day,
+                                       remedy=remedy or "restore the object and its manifest from a backup of the "
+                                                        "bucket, or archive the day again (overwrite) if the source "
+                                                        "still holds it")
     if fp.recorded_algorithm(recorded) is None:
         why = "its manifest (version 1) records no fingerprint" if not recorded else \
             f"its fingerprint {recorded!r} is none of {', '.join(fp.ALGORITHMS)}"

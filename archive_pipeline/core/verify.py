@@ -54,34 +54,34 @@ __all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "sourc
 _temp_names = itertools.count()
 
 
-def _open_decompressed(path: str, compression: str, fmt: str):
-    if fmt == "parquet" or compression == "none":
-        return pa.OSFile(path, "rb")
-    codec = {"zstd": "zstd", "gzip": "gzip", "lz4": "lz4"}[compression]
-    return pa.CompressedInputStream(pa.OSFile(path, "rb"), codec)
 
 
-def count_rows(path: str, fmt: str, compression: str) -> int:
-    """Rows in an archive file, read the way a user would read it."""
+def count_rows(path: str, fmt: str, compression: str, limit: int | None = None) -> int:
+    """Rows in an archive file, read the way a user would read it, in flat memory: a Parquet file a row group
+    at a time, one column of it (the whole file in one pass of batches held every row group's pages), a text
+    file no further than ``limit`` decompressed bytes (its manifest's: a bomb is not counted to its end)."""
     if fmt == "parquet":
         file = pq.ParquetFile(path)
-        return sum(batch.num_rows for batch in file.iter_batches(batch_size=65536))
+        first = [file.schema_arrow.names[0]] if file.schema_arrow.names else []
+        rows = 0
+        for group in range(file.num_row_groups):
+            rows += file.read_row_group(group, columns=first).num_rows
+            pa.default_memory_pool().release_unused()
+        return rows
     if fmt == "jsonl":  # one record per line: JSON text never holds a raw newline
         rows = 0
-        with _open_decompressed(path, compression, fmt) as stream:
-            while chunk := stream.read(1 << 20):
-                rows += chunk.count(b"\n")
+        for chunk in readers.decompressed_chunks(path, compression, limit):
+            rows += chunk.to_pybytes().count(b"\n")
         return rows
     # CSV: its line ends outside quotes, less the header. A quote inside a value is doubled (""), which turns
     # the state twice. Arrow's reader needed each row in one 1 MiB block (a 3 MB value was "undecodable") and
     # skipped the empty lines of a one-column table's NULLs (rows "missing").
     ends, quoted = 0, False
-    with _open_decompressed(path, compression, fmt) as stream:
-        while chunk := stream.read(1 << 20):
-            for i, piece in enumerate(chunk.split(b'"')):
-                quoted = quoted != (i > 0)
-                if not quoted:
-                    ends += piece.count(b"\n")
+    for chunk in readers.decompressed_chunks(path, compression, limit):
+        for i, piece in enumerate(chunk.to_pybytes().split(b'"')):
+            quoted = quoted != (i > 0)
+            if not quoted:
+                ends += piece.count(b"\n")
     return max(ends - 1, 0)
 
 
@@ -175,8 +175,9 @@ def _download_problems(store: S3Store, manifest: dict, expected: dict, temp_dir:
         if problems:
             return problems
         try:
-            rows = count_rows(str(sink.path), manifest["format"], manifest["compression"])
-        except (pa.ArrowInvalid, OSError, io.UnsupportedOperation) as exc:
+            rows = count_rows(str(sink.path), manifest["format"], manifest["compression"],
+                              readers.decompression_limit(manifest))
+        except (pa.ArrowInvalid, OSError, io.UnsupportedOperation, readers.ArchiveDecodeError) as exc:
             return [f"object does not decode as {manifest['format']}/{manifest['compression']}: {exc}"]
         if rows != manifest["rows"]:
             return [f"rows: recorded {manifest['rows']:,}, object holds {rows:,}"]

@@ -60,6 +60,15 @@ def open_decompressed(path: str | os.PathLike, compression: str) -> pa.NativeFil
 JSON_BATCH_BYTES = 1 << 20  # JSON text per INSERT (4 MB: the set function's rows spill past work_mem; measured slower)
 
 
+def decompression_limit(manifest: dict) -> int | None:
+    """What a text object may decompress to: its manifest's ``uncompressed_bytes`` (a few KB of zstd can expand to
+    GBs: one that does is not the archive, refused before it is held in memory or loaded). 0 is a limit too (a
+    manifest saying so of an object that has bytes, edited or damaged, does not lift it); None where the manifest
+    records none (an older version's)."""
+    recorded = manifest.get("uncompressed_bytes")
+    return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0 else None
+
+
 def decompressed_chunks(path: str | os.PathLike, compression: str, limit: int | None = None) -> Iterator[pa.Buffer]:
     """The decompressed bytes in chunks of about :data:`READ_BYTES`; :class:`ArchiveDecodeError` past ``limit``
     bytes (what the manifest records: an object that expands to more is not the archive)."""
