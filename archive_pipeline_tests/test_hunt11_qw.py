@@ -1,0 +1,68 @@
+"""Hunt 11 (qw): an auditor's view — can anything call a wrong archive good? The bucket altered with s3_client
+directly (a careless tool, a bad sync, a partial restore, an insider) and every verdict asked."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+
+import zstandard
+from psycopg import sql
+
+from archive_pipeline.core import fingerprint
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+from archive_pipeline.core.verify import deep_verify, source_fingerprint
+from archive_pipeline_tests.helpers import download
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _reseal(s3_client, bucket, key, manifest_key, body, **fields):
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    manifest = decode_manifest(download(s3_client, bucket, manifest_key))
+    head = s3_client.head_object(Bucket=bucket, Key=key)
+    manifest["object"].update(bytes=len(body), md5=hashlib.md5(body).hexdigest(),
+                              sha256=hashlib.sha256(body).hexdigest(), etag=head["ETag"].strip('"'))
+    manifest.update(fields)
+    manifest.pop("manifest_sha256", None)
+    s3_client.put_object(Bucket=bucket, Key=manifest_key, Body=encode_manifest(manifest))
+
+
+def test_a_v5_archive_resealed_as_v2_is_proven_and_its_source_removed_though_its_rows_differ(
+        conn, schema, store, s3_client, bucket):
+    """An archive written now records row-hash-sum-v5. Someone with write access to the bucket alone replaces
+    its object with rows whose unbounded bpchar values lost their trailing blanks ('x  ' -> 'x'), and reseals
+    the manifest: digests of the new object and the fingerprint downgraded to row-hash-sum-v2 (which the README
+    says cannot tell an unbounded bpchar's trailing blanks apart) of the source's own rows. Now the removal's
+    proof computes v2 on both sides, finds them equal, and DELETEs the day's rows from PostgreSQL: the only
+    copy left is an archive whose values are not the source's ('x' where the row held 'x  ').
+    Expected: a proof before deletion never rests on a weaker algorithm than this version writes — the loaded
+    archive and the source are both in PostgreSQL and can be compared by v5 whatever the manifest records
+    (compare loaded-vs-manifest by the manifest's algorithm, loaded-vs-source by the strongest), or a manifest
+    whose archiver version writes v5 yet records v2 is refused as altered. Either way the rows stay."""
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, code bpchar)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00', 'x' || repeat(' ', g % 3) "
+                         "FROM generate_series(1, 6) g").format(t))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date="2024-03-01",
+                     retention={"keep_days": 1, "action": "delete"})
+    result = archive_partition(conn, spec, DAY, store)
+    body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(download(s3_client, bucket, result.key))).read()
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert any(r["code"] != "x" for r in lines)  # (the premise: trailing blanks archived)
+    altered = b"".join(json.dumps({**r, "code": r["code"].rstrip()}).encode() + b"\n" for r in lines)
+    weak = str(source_fingerprint(conn, spec, DAY, fingerprint.V2))
+    _reseal(s3_client, bucket, result.key, result.manifest_key, zstandard.ZstdCompressor().compress(altered),
+            fingerprint=weak, uncompressed_bytes=len(altered))
+    problems = deep_verify(conn, store, spec, DAY)
+    try:
+        remove_day(conn, spec, DAY, store, removed_by="test")
+    except Exception as exc:  # noqa: BLE001 - a refusal is the right answer
+        print("refused:", exc)
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0]
+    assert left == 6, f"the source's rows were removed on the strength of an archive without their blanks ({problems})"
