@@ -66,3 +66,49 @@ def test_a_v5_archive_resealed_as_v2_is_proven_and_its_source_removed_though_its
         print("refused:", exc)
     left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0]
     assert left == 6, f"the source's rows were removed on the strength of an archive without their blanks ({problems})"
+
+
+def _other_days_archive_at(s3_client, bucket, src, dst):
+    """Copy ``src`` (an ArchiveResult) archive's object and manifest onto ``dst``'s keys, the manifest saying it is
+    ``dst``'s day (table, day, period, object key and uri): a restore from backup that put the wrong file back."""
+    body = download(s3_client, bucket, src.key)
+    s3_client.put_object(Bucket=bucket, Key=dst.key, Body=body)
+    theirs = decode_manifest(download(s3_client, bucket, src.manifest_key))
+    ours = decode_manifest(download(s3_client, bucket, dst.manifest_key))
+    head = s3_client.head_object(Bucket=bucket, Key=dst.key)
+    forged = {**theirs, **{k: ours[k] for k in ("day", "table") if k in ours},
+              **{k: ours[k] for k in ("period", "removed") if k in ours}}
+    forged["object"] = {**theirs["object"], "key": ours["object"]["key"], "uri": ours["object"]["uri"],
+                        "etag": head["ETag"].strip('"')}
+    forged.pop("manifest_sha256", None)
+    s3_client.put_object(Bucket=bucket, Key=dst.manifest_key, Body=encode_manifest(forged))
+
+
+def _two_days(conn, schema):
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 hour', "
+                         "md5(g::text) FROM generate_series(1, 40) g").format(t))
+    return t, TableSpec(name=f"{schema}.t", day_column="at", start_date="2024-03-01",
+                        retention={"keep_days": 1, "action": "delete"})
+
+
+def test_verify_deep_proves_a_removed_day_whose_archive_holds_the_next_days_rows(conn, schema, store, s3_client,
+                                                                                 bucket):
+    """Day D was archived, proven and removed from the source by retention (delete): its archive is all there is.
+    Then a restore of the bucket from backup (or a careless copy) puts day D+1's object at D's key, with D+1's
+    manifest edited to be D's (table, day, object key; sizes, MD5, SHA-256, rows and fingerprint all D+1's, so
+    everything is consistent). `verify --deep` (deep_verify) now returns no problem: a removed day "is proven by
+    its archive alone", i.e. the loaded rows against the manifest's own fingerprint, and every one of the 17 rows
+    it calls D's archive is dated 2024-03-11. The 23 rows of 2024-03-10 exist nowhere, and the proof says ok.
+    Expected: a problem (the archive's rows are not the day's: N rows have a day column outside 2024-03-10).
+    Fix idea: where the proof has no source to compare with, also count the loaded rows whose day_column falls
+    outside the manifest's period (day_filter over the temporary table); any is a failed proof."""
+    t, spec = _two_days(conn, schema)
+    d, e = DAY, DAY + dt.timedelta(days=1)
+    ours, theirs = archive_partition(conn, spec, d, store), archive_partition(conn, spec, e, store)
+    assert (ours.rows, theirs.rows) == (23, 17)
+    remove_day(conn, spec, d, store, removed_by="test")
+    _other_days_archive_at(s3_client, bucket, theirs, ours)
+    problems = deep_verify(conn, store, spec, d)
+    assert problems, "2024-03-10's archive holding only rows of 2024-03-11 is proven as 2024-03-10's"
