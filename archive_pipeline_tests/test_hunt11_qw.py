@@ -112,3 +112,30 @@ def test_verify_deep_proves_a_removed_day_whose_archive_holds_the_next_days_rows
     _other_days_archive_at(s3_client, bucket, theirs, ours)
     problems = deep_verify(conn, store, spec, d)
     assert problems, "2024-03-10's archive holding only rows of 2024-03-11 is proven as 2024-03-10's"
+
+
+def test_restore_of_a_removed_day_whose_archive_holds_the_next_days_rows_restores_them_as_the_day(
+        conn, schema, store, s3_client, bucket):
+    """As above: day D archived and removed; a bucket restore from backup put D+1's object (and its manifest,
+    edited consistently to be D's) at D's key. `restore --day D --into new --target back` restores 17 rows, every
+    one dated 2024-03-11, reports "fingerprint ... equals the manifest's" and commits: the user who recovers the
+    lost day gets another day's rows under its name (and into original, where D+1 was removed too, they would go
+    in beside D+1's own restore as duplicates).
+    Expected: restore refuses (nothing created) naming the day and the cause: the archive's rows are not the
+    day's (N rows whose day column falls outside 2024-03-10); the README promises a restore of exactly the
+    day's rows. Fix idea: in the restore's check transaction, count the loaded rows outside the manifest's
+    period (day_filter) where the manifest has a day_column, and roll back if any."""
+    from archive_pipeline.core.restore import restore_day
+    t, spec = _two_days(conn, schema)
+    d, e = DAY, DAY + dt.timedelta(days=1)
+    ours, theirs = archive_partition(conn, spec, d, store), archive_partition(conn, spec, e, store)
+    remove_day(conn, spec, d, store, removed_by="test")
+    _other_days_archive_at(s3_client, bucket, theirs, ours)
+    try:
+        restore_day(conn, store, spec, d, into="new", target=f"{schema}.back")
+    except Exception as exc:  # noqa: BLE001 - a refusal is the right answer
+        assert "2024-03-10" in str(exc), exc
+    outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at >= '2024-03-11+00' OR at < '2024-03-10+00'")
+                           .format(sql.Identifier(schema, "back"))).fetchone()[0] \
+        if conn.execute("SELECT to_regclass(%s)", (f"{schema}.back",)).fetchone()[0] else 0
+    assert outside == 0, f"{outside} rows of another day were restored as 2024-03-10's"
