@@ -139,3 +139,42 @@ def test_restore_of_a_removed_day_whose_archive_holds_the_next_days_rows_restore
                            .format(sql.Identifier(schema, "back"))).fetchone()[0] \
         if conn.execute("SELECT to_regclass(%s)", (f"{schema}.back",)).fetchone()[0] else 0
     assert outside == 0, f"{outside} rows of another day were restored as 2024-03-10's"
+
+
+def test_latest_archive_intact_passes_an_archive_rolled_back_to_an_older_generation(conn, schema, archive_env,
+                                                                                     s3_client):
+    """Day D was archived (generation 1), then a row changed and it was archived again with overwrite (generation
+    2, `<key>.g2`, the materialization records its object and MD5). Then the bucket is partly restored from a
+    backup taken before the overwrite: generation 1's manifest and object are put back at their keys. The
+    `verify_archives` job's `latest_archive_intact` passes: the recorded object is no longer the manifest's,
+    and `_archived_again` takes any other object the manifest names for "archived again since (generation 1,
+    ...)" and checks it against its own manifest only. Nobody archived it again: the generation went backwards,
+    and the day's archive now holds the rows as they were before the change.
+    Expected: the check fails, naming the day and that the manifest now names an older generation (1) than the
+    one recorded (2): rolled back, e.g. by a restore from backup; remedy: archive the day again (overwrite).
+    Fix idea: in _archived_again, only a later generation (or a later archived_at) is "archived again since"."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.test_dagster import _check_results, events_config, job_name
+
+    create_sample_events(conn, [DAY], rows_per_day=50, schema=schema)
+    defs = build_definitions(events_config(schema, DAY))
+    job = defs.resolve_job_def(job_name(schema))
+    key = f"archive/{schema}.events/2024/03/{DAY.isoformat()}.jsonl.zst"
+    mkey = key + ".manifest.json"
+    with instance_for_test() as instance:
+        assert job.execute_in_process(partition_key=DAY.isoformat(), instance=instance).success
+        backup = {k: download(s3_client, archive_env, k) for k in (key, mkey)}
+        conn.execute(sql.SQL("UPDATE {} SET user_id = user_id + 1 WHERE id = (SELECT min(id) FROM {})").format(
+            sql.Identifier(schema, "events"), sql.Identifier(schema, "events")))
+        again = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, run_config={
+            "ops": {f"archive__{schema}__events": {"config": {"overwrite": True}}}})
+        [event] = again.get_asset_materialization_events()
+        assert event.materialization.metadata["object_key"].value.endswith(".g2.jsonl.zst")  # (the premise)
+        for k, body in backup.items():  # the partial restore from a backup taken before the overwrite
+            s3_client.put_object(Bucket=archive_env, Key=k, Body=body)
+        verdict = _check_results(defs.resolve_job_def("verify_archives").execute_in_process(
+            instance=instance, raise_on_error=False))["latest_archive_intact"]
+    assert not verdict.passed, verdict.description
