@@ -178,3 +178,60 @@ def test_latest_archive_intact_passes_an_archive_rolled_back_to_an_older_generat
         verdict = _check_results(defs.resolve_job_def("verify_archives").execute_in_process(
             instance=instance, raise_on_error=False))["latest_archive_intact"]
     assert not verdict.passed, verdict.description
+
+
+def _multipart_day(conn, schema, store):
+    """A day whose archive is stored in several parts (over the 5 MiB part size), its spec and result."""
+    t = sql.Identifier(schema, "big")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, body text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 12:00+00', md5(g || 'a') || md5(g || 'b') || "
+                         "md5(g || 'c') || md5(g || 'd') || md5(g || 'e') || md5(g || 'f') || md5(g || 'g') || "
+                         "md5(g || 'h') FROM generate_series(1, 60000) g").format(t))
+    spec = TableSpec(name=f"{schema}.big", day_column="at", start_date="2024-03-01",
+                     retention={"keep_days": 1, "action": "delete"})
+    result = archive_partition(conn, spec, DAY, store)
+    assert result.parts > 1, result  # (the premise: a multipart object, whose ETag is no MD5)
+    return t, spec, result
+
+
+def _copy_onto_itself_in_other_parts(s3_client, bucket, key):
+    """What `aws s3 cp s3://b/k s3://b/k --metadata-directive REPLACE --metadata reviewed=yes` (or a storage
+    class change, a replication or a migration tool) does to an object over its multipart threshold: the very
+    same bytes, copied in parts of its own size (here 6 MiB), so the ETag is another "<md5 of md5s>-N"."""
+    head = s3_client.head_object(Bucket=bucket, Key=key)
+    extra = {k: head[k] for k in ("ContentType", "ContentEncoding") if head.get(k)}
+    upload = s3_client.create_multipart_upload(Bucket=bucket, Key=key, Metadata={"reviewed": "yes"}, **extra)
+    size, step, parts = head["ContentLength"], 6 * 1024 * 1024, []
+    for number, start in enumerate(range(0, size, step), 1):
+        part = s3_client.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number,
+                                          CopySource={"Bucket": bucket, "Key": key},
+                                          CopySourceRange=f"bytes={start}-{min(start + step, size) - 1}")
+        parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
+    s3_client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                        MultipartUpload={"Parts": parts})
+    after = s3_client.head_object(Bucket=bucket, Key=key)
+    assert after["ContentLength"] == size and after["ETag"] != head["ETag"], (head["ETag"], after["ETag"])
+
+
+def test_a_multipart_archive_copied_onto_itself_in_other_parts_can_never_be_removed(conn, schema, store, s3_client,
+                                                                                     bucket):
+    """A day archived as a multipart object (ETag "<md5 of parts>-2"). An operator adds a metadata tag with
+    `aws s3 cp s3://b/k s3://b/k --metadata-directive REPLACE` (or a migration tool copies the bucket): the CLI
+    copies an object over its threshold in parts of its own size, so the bytes are the same and the ETag is
+    another multipart ETag. The removal's proof downloads the object and proves it (size, MD5, SHA-256 and the
+    rows' fingerprint all match), then `_require_proven_object` compares the HEAD's ETag with the manifest's and
+    refuses: "its proven archive ... is replaced ...; run the removal again: it proves the archive as it is now"
+    (retryable). Every run proves the whole day again and refuses again, for ever.
+    Expected: the day is removed: an object the proof just downloaded and found to hold exactly the recorded
+    bytes is the proven object. Fix idea: where the ETag differs but the size matches and neither ETag is an MD5,
+    compare a checksum the proof saw (or the proven download's ETag/VersionId/LastModified) instead of the
+    manifest's upload-time ETag; or record the proven HEAD's ETag in the proof and compare with that."""
+    t, spec, result = _multipart_day(conn, schema, store)
+    _copy_onto_itself_in_other_parts(s3_client, bucket, result.key)
+    assert deep_verify(conn, store, spec, DAY) == []  # (the proof: the same bytes, the same rows)
+    from archive_pipeline.core.lifecycle import RemovalRefused
+    try:  # (as its remedy says: run the removal again; the second run refuses the same way)
+        remove_day(conn, spec, DAY, store, removed_by="test")
+    except RemovalRefused:
+        remove_day(conn, spec, DAY, store, removed_by="test")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0] == 0
