@@ -486,8 +486,12 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                                retryable=False)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
+    # The archive against the manifest: by the manifest's algorithm. The archive against the source: by the
+    # strongest, whatever the manifest records: both sides are at hand, and a manifest resealed with an older
+    # algorithm's fingerprint of the source (v2 cannot see a bpchar's trailing blanks) proved an archive that
+    # lost them, and the source was removed.
     with _proof_file(manifest, temp_dir) as sink, _SourceFingerprint(
-            conn, scratch_conn, spec, day, algorithm, [c["name"] for c in manifest["columns"]],
+            conn, scratch_conn, spec, day, fingerprint.ALGORITHM, [c["name"] for c in manifest["columns"]],
             manifest["columns"]) as source:
         problems = _download(store, manifest, sink)
         if problems:
@@ -527,7 +531,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             # code location's idle_in_transaction_session_timeout end it (and with it every retry's proof).
             # The temporary table lives on in the session, for naming the first difference, and is dropped
             # below (or with the session, however the process ends).
-            problems = _compare(conn, scratch_conn, day, manifest, temp, columns, source, loaded)
+            loaded_now = loaded if algorithm == fingerprint.ALGORITHM else \
+                _loaded_fingerprint(scratch_conn, manifest, temp, columns, fingerprint.ALGORITHM)
+            problems = _compare(conn, scratch_conn, day, manifest, temp, columns, source, loaded, loaded_now)
             if problems:
                 _renamed_meanwhile(scratch_conn, manifest, names)
             return problems
@@ -698,11 +704,12 @@ def _drop_quietly(conn: psycopg.Connection, temp: sql.Composable) -> None:
 
 
 def _loaded_fingerprint(scratch: psycopg.Connection, manifest: dict, temp: sql.Composable,
-                        columns: Sequence[Column]) -> fingerprint.Fingerprint:
-    """The fingerprint of the archive's rows as loaded into ``temp``, by the manifest's algorithm."""
+                        columns: Sequence[Column], algorithm: str | None = None) -> fingerprint.Fingerprint:
+    """The fingerprint of the archive's rows as loaded into ``temp``, by the manifest's algorithm (or
+    ``algorithm``)."""
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     try:  # a CSV field read as its column's type now (see _text_table) may no longer be one
-        return fingerprint.compute(scratch, temp, columns, algorithm=recorded.algorithm)
+        return fingerprint.compute(scratch, temp, columns, algorithm=algorithm or recorded.algorithm)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not read back as its columns' types now: "
                            f"{type(exc).__name__}: {str(exc).strip()}", table=manifest.get("table"),
@@ -714,7 +721,9 @@ def _loaded_fingerprint(scratch: psycopg.Connection, manifest: dict, temp: sql.C
 
 def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
              temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint,
-             loaded: fingerprint.Fingerprint) -> list[str]:
+             loaded: fingerprint.Fingerprint, loaded_now: fingerprint.Fingerprint) -> list[str]:
+    """What differs: the loaded rows against the manifest (``loaded``, by its algorithm), the source against the
+    loaded rows (``loaded_now``, by the source's: the strongest)."""
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     problems = []
     if loaded != recorded:
@@ -741,13 +750,13 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
         # removed from the source after it was proven (or being removed: a pending mark the next removal or
         # archive run settles): the archive is the day's only copy, proven by itself
         return problems
-    if now != loaded:
-        problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded)}")
+    if now != loaded_now:
+        problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded_now)}")
         in_order = columns_as_archived(table.columns, [c.name for c in columns]) or table.columns
         try:
             with conn.transaction():  # both row streams in one transaction where conn is the scratch session too
                 problems.append(_name_first_difference(conn, table.identifier, in_order, where, scratch, temp,
-                                                       columns, recorded.algorithm))
+                                                       columns, now.algorithm))
         except psycopg.Error as exc:
             if conn.closed or scratch.closed:
                 raise  # the session itself went: what fails the proof, as anywhere else
