@@ -1431,6 +1431,29 @@ def _day_where(conn: psycopg.Connection, relation: Relation, manifest: dict, who
     return day_filter(described, manifest_period(manifest))
 
 
+def rows_outside_period(conn: psycopg.Connection, relation: sql.Composable, manifest: dict) -> int:
+    """How many rows of ``relation`` (the archive's rows, loaded) have a day column value outside the manifest's
+    period, or none: another day's archive put in this one's place with its manifest resealed holds them, and a
+    proof by the archive alone (a removed day's) or a restore into a new table took them for the day's. 0 where
+    the manifest names no day column or no type of it to read."""
+    column = manifest.get("day_column")
+    entry = next((c for c in manifest.get("columns", []) if c.get("name") == column), None) if column else None
+    kind = str((entry or {}).get("base_type") or (entry or {}).get("pg_type") or "")
+    period = manifest_period(manifest)
+    if kind in ("timestamp with time zone", "timestamptz"):
+        cast, bounds = "timestamptz", (period.utc_start, period.utc_end)
+    elif kind in ("timestamp without time zone", "timestamp"):
+        cast, bounds = "timestamp", (period.start.replace(tzinfo=None), period.end.replace(tzinfo=None))
+    elif kind == "date":
+        cast, bounds = "date", (period.start.date(), period.end.date())
+    else:
+        return 0
+    value = sql.SQL("{}::pg_catalog.{}").format(sql.Identifier(column), sql.SQL(cast))
+    query = sql.SQL("SELECT count(*) FROM {} WHERE ({v} >= %s AND {v} < %s) IS NOT TRUE").format(relation, v=value)
+    with conn.transaction():  # (a savepoint: a value that does not read as its type is the proof's to tell)
+        return int(conn.execute(query, bounds).fetchone()[0])
+
+
 def _archived_type(manifest: dict) -> str:
     """The archived day column's type as the manifest records it (or "date, timestamp or timestamptz")."""
     for column in manifest.get("columns", []):
@@ -2025,6 +2048,14 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
         return False, None, f"row count only ({rows:,} rows as recorded): {why}"
     columns = _columns_of(conn, relation, manifest_columns(manifest))
     where = _day_where(conn, relation, manifest, whole)
+    if whole and manifest.get("day_column") and (outside := rows_outside_period(conn, relation.identifier, manifest)):
+        # a table this restore made holds only the archive's rows: one of another period is not this day's archive
+        raise FingerprintMismatchError(
+            f"restoring {table} for {day}: {outside:,} of the archive's rows have a {manifest['day_column']} outside "
+            f"{day}: it is not this day's archive (another day's put in its place, its manifest altered with it); the "
+            "restore was rolled back", table=table, day=day, retryable=False,
+            remedy="restore the day's object and manifest from a backup of the bucket (its versions, a replica), "
+                   "or archive the day again (overwrite) if the source still holds it")
     if added is not None:
         actual, scope = added, f"the day's rows the restore loaded into {relation}"
     else:

@@ -726,6 +726,15 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
     loaded rows (``loaded_now``, by the source's: the strongest)."""
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     problems = []
+    from archive_pipeline.core.restore import rows_outside_period  # (restore's, as the load)
+
+    try:
+        outside = rows_outside_period(scratch, temp, manifest)
+    except psycopg.DataError:
+        outside = 0  # (a value that does not read as its type: the fingerprints tell)
+    if outside:  # the rows of another period: the archive is not this day's, whatever its manifest says
+        problems.append(f"{outside:,} of the archive's rows have a {manifest.get('day_column')} outside {day}: it "
+                        "holds another period's rows (put in this day's place, its manifest altered with it)")
     if loaded != recorded:
         mismatch = fingerprint.encoding_mismatch(manifest["fingerprint"], archived_encoding(conn, manifest),
                                                  scratch.info.parameter_status("server_encoding") or "")
