@@ -48,7 +48,7 @@ from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
                                           explain, pending_detach_error, relation_name, relation_shapes,
                                           scanned_relations, server_identity, shape_changes)
-from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store
+from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, verify_archive
 
@@ -454,10 +454,14 @@ def _require_proven_object(store: S3Store, spec: TableSpec, day: Period, manifes
     obj = manifest.get("object")
     if not obj:
         return
+    proven = getattr(store, "proven_etag", lambda key: None)(obj["key"])  # (the proof's download saw its bytes)
     for _ in range(2):  # asked again before refusing: one answer damaged on the way, or a 404 lagging, is no verdict
         head = store.head(obj["key"])
         if head is not None and not stored_object_problems(head, manifest):  # (a copy onto itself: the same object)
             return
+        if head is not None and proven and etag_text(head["ETag"]) == etag_text(proven) and \
+                head["ContentLength"] == obj.get("bytes"):
+            return  # another ETag, the bytes the proof downloaded and checked (copied onto itself in other parts)
     raise RemovalRefused(f"{spec.name} {day} stays in the source: its proven archive {obj.get('uri')} is "
                          f"{'gone' if head is None else 'replaced'} (an archive run of the day on another server, on "
                          "a store that ignores conditional writes?); nothing was removed", table=spec.name,

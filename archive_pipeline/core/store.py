@@ -541,6 +541,7 @@ class S3Store:
         self.upper_etags = False  # the store answers MD5 ETags in upper case (see etag_in)
         self.unquoted_etags = False  # ... or without their quotes
         self._answered_etags: dict[str, str] = {}  # MD5 of a manifest's bytes -> the ETag answered (see etag_of)
+        self._proven_etags: dict[str, str] = {}  # key -> the ETag its verified download's bytes had
         _read_as_stored(client)
 
     def conditions(self, **wanted: str) -> dict[str, str]:
@@ -966,7 +967,14 @@ class S3Store:
             raise DownloadError(f"{uri} does not match: MD5 {digest}, expected {expected_md5} (corrupted in transit "
                                 "or damaged in the store; if it repeats, the stored object is damaged)",
                                 retryable=True, damaged=None)
+        if expected_md5 is not None:  # its bytes are the expected ones, stored under this ETag (see proven_etag)
+            self._proven_etags[key] = etag
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
+
+    def proven_etag(self, key: str) -> str | None:
+        """The ETag under which a download of ``key`` got exactly the expected bytes (this store object's last):
+        a multipart object copied onto itself in other parts has the same bytes under another ETag."""
+        return self._proven_etags.get(key)
 
     def _same_version(self, key: str, etag: str) -> bool:
         """Whether the object's HEAD names the version a GET answered with (``etag``); a HEAD that fails is no

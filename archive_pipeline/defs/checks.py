@@ -124,6 +124,9 @@ def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, 
     now = (current or {}).get("object") or {}
     if current is None or now.get("key") == recorded:
         return None
+    then = expected.get("generation")
+    if isinstance(then, int) and not isinstance(then, bool) and int(current.get("generation", 1) or 1) <= then:
+        return None  # an older (or the same) generation back in its place: not archived again, rolled back
     return f"generation {current.get('generation', 1)}, {now.get('key') or 'no object: an empty day'}"
 
 
@@ -390,6 +393,8 @@ def expected_from(meta: dict) -> dict:
         expected["object_key"] = meta["object_key"]
     if meta.get("manifest_key"):
         expected["manifest_key"] = meta["manifest_key"]
+    if isinstance(meta.get("generation"), int):
+        expected["generation"] = meta["generation"]
     return expected
 
 
