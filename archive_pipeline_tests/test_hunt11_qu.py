@@ -134,3 +134,50 @@ def test_a_ranged_run_terminated_while_it_waits_to_retry_names_the_day_it_leaves
         said = final.user_failure_data.description if final.user_failure_data else final.error.to_string()
     assert spec.name in said and locked in said, (
         f"the terminated run's step failure names neither the table nor the day it left unarchived:\n{said[:600]}")
+
+
+def test_re_executing_from_failure_an_overwrite_run_redoes_the_day_it_failed_though_an_older_run_archived_it(
+        conn, schema, archive_env, pg, store, monkeypatch):
+    """Run R1 archives 2024-03-10..14 with run config ``overwrite: true`` (one ranged run) and succeeds. Later a row
+    of 2024-03-13 is corrected in PostgreSQL, so the person re-executes R1 (Runs → R1 → Re-execute → All steps: "a
+    fresh run of the range, overwrite and all", README). That run R2 archives four days again, but 2024-03-13
+    fails, retryably (another session holds its table-day lock; retries are off here), and its failure says "Then:
+    re-execute this run (Runs → this run → Re-execute → From failure) ...". The person does so (R3, which Dagster
+    tags ``dagster/is_resume_retry``). Now: R3 counts every day that any run of the re-execution group ever
+    materialized as done, R1's 2024-03-13 (archived before the correction) among them; it logs "retry of this
+    run; 5 of 5 days were archived by an earlier attempt and are not done again", archives nothing and ends
+    SUCCESS; the partition shows MATERIALIZED, while its archive still holds the old row (the next plain run of the
+    day fails "changed since it was archived"). The overwrite the person asked for twice is never applied.
+    Expected: the re-execution from failure archives 2024-03-13 again with overwrite (only R2's recorded days are
+    R2's done). Fix idea: in ``_archive_days`` count as done only days materialized by the parent chain since the
+    day was last planned (e.g. the parent run and its own resumed ancestors, not an earlier "all steps" run)."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.locks import lock_key
+
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    spec = _use(monkeypatch, _raw(schema, retry=0), schema)
+    config = {"ops": {f"archive__{schema}__events": {"config": {"overwrite": True}}}}
+    job = reconstructable(_job_from_environment)
+    changed = DAYS[3]
+    with instance_for_test() as instance:
+        with execute_job(job, instance=instance, tags=RANGE, run_config=config) as r1:
+            assert r1.success
+            r1_id = r1.run_id
+        conn.execute(f'UPDATE "{schema}".events SET amount = amount + 1 WHERE created_at >= %s AND created_at < %s',
+                     (changed, changed + dt.timedelta(days=1)))
+        with pg.connect() as other:
+            assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, changed)).fetchone()[0]
+            with execute_job(job, instance=instance, tags=RANGE, run_config=config,
+                             reexecution_options=ReexecutionOptions(parent_run_id=r1_id), raise_on_error=False) as r2:
+                assert not r2.success
+                r2_id = r2.run_id
+            other.execute("SELECT pg_advisory_unlock_all()")
+        [message] = _failures(instance, r2_id)
+        assert f"1 of 5 days failed ({changed})" in message and "From failure" in message, message  # (the premise)
+        # Runs → R2 → Re-execute → From failure (the UI's re-execution tags the run as a resume retry)
+        with execute_job(job, instance=instance, tags={**RANGE, "dagster/is_resume_retry": "true"},
+                         run_config=config, reexecution_options=ReexecutionOptions.from_failure(r2_id, instance),
+                         raise_on_error=False) as r3:
+            redone = [p for p, _ in _materialized(instance, r3.run_id)]
+    assert changed.isoformat() in redone, f"the re-execution from failure archived {redone} only"
+    assert archive_partition(conn, spec, changed, store).skipped  # the archive holds the corrected row
