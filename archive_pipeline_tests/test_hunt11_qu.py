@@ -181,3 +181,49 @@ def test_re_executing_from_failure_an_overwrite_run_redoes_the_day_it_failed_tho
             redone = [p for p, _ in _materialized(instance, r3.run_id)]
     assert changed.isoformat() in redone, f"the re-execution from failure archived {redone} only"
     assert archive_partition(conn, spec, changed, store).skipped  # the archive holds the corrected row
+
+
+def test_a_one_day_run_terminated_while_its_materialization_is_stored_names_table_and_day_and_records_the_check(
+        conn, schema, archive_env, monkeypatch):
+    """The schedule's run of 2024-03-10 (one day, retry on) archives the day; the person clicks Terminate just as
+    Dagster stores the day's materialization (the step's output, a yielded MaterializeResult). Now: Dagster raises
+    the deferred interrupt at the step's boundary when it resumes the asset's generator, past the asset's own
+    handling: the run ends CANCELED with a bare ``DagsterExecutionInterruptedError`` (no table, no day, nothing on
+    what the day is left as), and the day stays materialized (published) with no ``archive_intact`` result at all:
+    half recorded. A ranged run handles exactly this (its days are logged with ``context.log_event`` inside the
+    asset's code, "so a termination while one is stored is handled as any other ... its check is recorded too, so
+    the day is not left half recorded"), and the README promises that a terminated run's archive step "fails
+    naming table, day and what the day is left as". Expected: the step failure names the table and the day, and
+    the day's archive_intact is recorded for it. Fix idea: for a one-day run too, record the day's events inside
+    the asset's code (``log_event`` under the same try/except), or yield the check with the materialization
+    (``MaterializeResult(check_results=...)``) so no resume point falls between them."""
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    raw = _raw(schema, retry=2)
+    spec = _use(monkeypatch, raw, schema)
+    defs = build_definitions(parse_config(raw))
+    day = DAYS[0].isoformat()
+    with instance_for_test() as instance:
+        storage = instance.event_log_storage
+        real = storage.store_event
+        fired = []
+
+        def store_event(event):  # the UI's Terminate, arriving while the day's materialization is stored
+            real(event)
+            dagster_event = event.dagster_event
+            if dagster_event is not None and dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION \
+                    and not fired:
+                fired.append(event)
+                instance.report_run_canceling(instance.get_run_by_id(event.run_id))
+                os.kill(os.getpid(), signal.SIGINT)
+
+        monkeypatch.setattr(storage, "store_event", store_event)
+        result = defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=day, instance=instance, raise_on_error=False)
+        assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
+        assert [p for p, _ in _materialized(instance, result.run_id)] == [day]  # published and recorded
+        final = [e.dagster_event.step_failure_data for e in instance.all_logs(result.run_id)
+                 if e.dagster_event and e.dagster_event.is_step_failure][-1]
+        said = final.user_failure_data.description if final.user_failure_data else final.error.to_string()
+        checks = [(c.partition, c.status.value) for c in _checks(instance, spec)]
+    assert spec.name in said and day in said, f"the step failure names neither table nor day:\n{said[:400]}"
+    assert checks == [(day, "SUCCEEDED")], f"the archived day's archive_intact was not recorded: {checks}"
