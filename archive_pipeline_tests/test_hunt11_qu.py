@@ -227,3 +227,45 @@ def test_a_one_day_run_terminated_while_its_materialization_is_stored_names_tabl
         checks = [(c.partition, c.status.value) for c in _checks(instance, spec)]
     assert spec.name in said and day in said, f"the step failure names neither table nor day:\n{said[:400]}"
     assert checks == [(day, "SUCCEEDED")], f"the archived day's archive_intact was not recorded: {checks}"
+
+
+def test_a_removal_terminated_while_its_proof_is_stored_names_table_and_day(conn, schema, archive_env, monkeypatch):
+    """2024-03-10 is archived; its removal run (retention, one day) proves the archive and yields the day's
+    ``archive_proven`` verdict; the person clicks Terminate just as Dagster stores that verdict. Now: the deferred
+    interrupt is raised at the step's boundary when Dagster resumes the removal's generator, past its
+    ``except (DagsterExecutionInterruptedError, KeyboardInterrupt)`` (which words a termination "cancelled while
+    removing ...; nothing was changed"): the run ends CANCELED with a bare ``DagsterExecutionInterruptedError``,
+    no table, no day, nothing on whether the source was touched. README: a terminated run's "archive, removal or
+    check step fails naming table, day and what the day is left as". Expected: the step failure names the table
+    and the day (and that nothing was removed; the rows are all still there). Fix idea: log the verdict with
+    ``context.log_event`` inside the guarded code instead of yielding it, as the ranged archive run does."""
+    create_sample_events(conn, DAYS[:1], rows_per_day=5, schema=schema)
+    raw = _raw(schema, retry=2, retention={"keep_days": 30, "action": "delete"})
+    spec = _use(monkeypatch, raw, schema)
+    defs = build_definitions(parse_config(raw))
+    day = DAYS[0].isoformat()
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=day, instance=instance).success
+        storage = instance.event_log_storage
+        real = storage.store_event
+        fired = []
+
+        def store_event(event):  # the UI's Terminate, arriving while the removal's proof is stored
+            real(event)
+            dagster_event = event.dagster_event
+            if dagster_event is not None and dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION \
+                    and event.run_id != "" and not fired and dagster_event.job_name.startswith("Remove_"):
+                fired.append(event)
+                instance.report_run_canceling(instance.get_run_by_id(event.run_id))
+                os.kill(os.getpid(), signal.SIGINT)
+
+        monkeypatch.setattr(storage, "store_event", store_event)
+        result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key=day, instance=instance, raise_on_error=False)
+        assert fired and instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
+        final = [e.dagster_event.step_failure_data for e in instance.all_logs(result.run_id)
+                 if e.dagster_event and e.dagster_event.is_step_failure][-1]
+        said = final.user_failure_data.description if final.user_failure_data else final.error.to_string()
+    assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 5  # nothing removed
+    assert spec.name in said and day in said, f"the removal's step failure names neither table nor day:\n{said[:400]}"
