@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import signal
 import threading
 
@@ -14,9 +13,8 @@ from dagster import (AssetCheckKey, DagsterEventType, DagsterRunStatus, Reexecut
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
-from archive_pipeline.defs.assets import asset_key, daily_partitions
+from archive_pipeline.defs.assets import asset_key
 from archive_pipeline.local.local_stack import create_sample_events
-from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
 FIRST = dt.date(2024, 3, 10)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range(5)]
@@ -56,29 +54,6 @@ def _materialized(instance, run_id):
 def _checks(instance, spec, name="archive_intact"):
     return instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(asset_key(spec), name),
                                                                         limit=50)
-
-
-def _status(instance, spec):
-    found = instance.get_status_by_partition(asset_key(spec), [d.isoformat() for d in DAYS], daily_partitions(spec))
-    return {day: status.value if status else None for day, status in found.items()}
-
-
-def _terminate_when_held(instance, proxy, **match):
-    held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
-
-    def terminate() -> None:
-        if proxy.wait_held(1, timeout=60):
-            [run] = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-            instance.report_run_canceling(run)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    worker = threading.Thread(target=terminate)
-    worker.start()
-    return worker, held
-
-
-def _keys(s3_client, bucket):
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
 def test_a_ranged_run_terminated_while_it_waits_to_retry_names_the_day_it_leaves_unarchived(
