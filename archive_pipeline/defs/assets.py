@@ -646,9 +646,18 @@ def verdicts_as_they_were(context: AssetExecutionContext, key: AssetKey, days: l
 
 
 def _run_group(context: AssetExecutionContext) -> list[str]:
-    """The other runs of this run's re-execution group (its root and every re-execution of it)."""
-    group = context.instance.get_run_group(context.run.run_id)
-    return [run.run_id for run in (group[1] if group else []) if run.run_id != context.run.run_id]
+    """The runs a re-execution from failure resumes: its parent, and that one's parents as long as each was itself
+    resumed from failure (up to the run that planned the days, a fresh run or one of all steps). Not the whole
+    group: an older run's archive of a day, from before an all-steps re-execution that failed on it, is stale."""
+    resumed = ("dagster/is_resume_retry", "dagster/is_asset_resume_retry")
+    chain, parent = [], context.run.parent_run_id
+    while parent and parent not in chain:
+        chain.append(parent)
+        run = context.instance.get_run_by_id(parent)
+        if run is None or not any(run.tags.get(tag) == "true" for tag in resumed):
+            break
+        parent = run.parent_run_id
+    return chain
 
 
 def _recorded_in_run(context: AssetExecutionContext, key: AssetKey, run_ids: list[str] | None = None) -> set[str]:
