@@ -1442,8 +1442,8 @@ def rows_outside_period(conn: psycopg.Connection, relation: sql.Composable, mani
     period = manifest_period(manifest)
     if kind in ("timestamp with time zone", "timestamptz"):
         cast, bounds = "timestamptz", (period.utc_start, period.utc_end)
-    elif kind in ("timestamp without time zone", "timestamp"):
-        cast, bounds = "timestamp", (period.start.replace(tzinfo=None), period.end.replace(tzinfo=None))
+    elif kind in ("timestamp without time zone", "timestamp"):  # wall-clock bounds, as the archive selected them
+        cast, bounds = "timestamp", period.wall_bounds
     elif kind == "date":
         cast, bounds = "date", (period.start.date(), period.end.date())
     else:
