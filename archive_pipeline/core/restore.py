@@ -1451,7 +1451,7 @@ def rows_outside_period(conn: psycopg.Connection, relation: sql.Composable, mani
     value = sql.SQL("{}::pg_catalog.{}").format(sql.Identifier(column), sql.SQL(cast))
     query = sql.SQL("SELECT count(*) FROM {} WHERE ({v} >= %s AND {v} < %s) IS NOT TRUE").format(relation, v=value)
     with conn.transaction():  # (a savepoint: a value that does not read as its type is the proof's to tell)
-        return int(conn.execute(query, bounds).fetchone()[0])
+        return int(conn.execute(with_params(query, conn), bounds).fetchone()[0])  # (a name may hold a '%')
 
 
 def _archived_type(manifest: dict) -> str:
