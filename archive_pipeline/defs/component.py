@@ -123,7 +123,6 @@ def _resolved_tables(context, tables: list[dict[str, Any]] | None) -> list[dict[
                 yield from strings(item)
 
     known = set(getattr(context, "scope", {}) or {})
-    _refuse_unset_variables("tables", tables)  # (as the attributes' validator does: a component built in Python)
     for text in strings(tables):
         for name in _TEMPLATE_NAME.findall(text):
             if name not in known:

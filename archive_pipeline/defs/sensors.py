@@ -117,18 +117,21 @@ def _listed(keys: list[str], most: int = 5) -> str:
     return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
+def _table_of(wanted: RunRequest | WantedRun) -> str:
+    return wanted.tags.get(TABLE_TAG, "") if isinstance(wanted, RunRequest) else wanted.table
+
+
 def _tried(tried: list) -> str:
     """The days a tick left out for their run keys' runs, named by table (the first few of each)."""
     by_table: dict[str, list[str]] = {}
     for wanted in tried:
-        by_table.setdefault(wanted.tags.get(TABLE_TAG, "") if isinstance(wanted, RunRequest) else wanted.table,
-                            []).append(wanted.partition_key)
+        by_table.setdefault(_table_of(wanted), []).append(wanted.partition_key)
     return "; ".join(f"{table}: {_listed(keys)}" for table, keys in by_table.items())
 
 
-def _rerun(wanted) -> str:
-    table = wanted.tags.get(TABLE_TAG, "") if isinstance(wanted, RunRequest) else wanted.table
-    return "`" + shlex.join(["archive-pipeline", "archive", "--table", table, "--day", wanted.partition_key]) + "`"
+def _rerun(wanted: RunRequest | WantedRun) -> str:
+    return "`" + shlex.join(["archive-pipeline", "archive", "--table", _table_of(wanted), "--day",
+                             wanted.partition_key]) + "`"
 
 
 def _span(days: list[dt.date]) -> str:
