@@ -161,7 +161,6 @@ def test_re_executing_from_failure_an_overwrite_run_redoes_the_day_it_failed_tho
     assert archive_partition(conn, spec, changed, store).skipped  # the archive holds the corrected row
 
 
-@pytest.mark.xfail(strict=True, reason="known, left open: a one-day run yields its materialization as the step's output, which Dagster stores outside the asset's termination handling (ranged runs log theirs inside it)")
 def test_a_one_day_run_terminated_while_its_materialization_is_stored_names_table_and_day_and_records_the_check(
         conn, schema, archive_env, monkeypatch):
     """The schedule's run of 2024-03-10 (one day, retry on) archives the day; the person clicks Terminate just as
@@ -208,7 +207,6 @@ def test_a_one_day_run_terminated_while_its_materialization_is_stored_names_tabl
     assert checks == [(day, "SUCCEEDED")], f"the archived day's archive_intact was not recorded: {checks}"
 
 
-@pytest.mark.xfail(strict=True, reason="known, left open: the removal's verdict is stored by Dagster outside the asset's termination handling")
 def test_a_removal_terminated_while_its_proof_is_stored_names_table_and_day(conn, schema, archive_env, monkeypatch):
     """2024-03-10 is archived; its removal run (retention, one day) proves the archive and yields the day's
     ``archive_proven`` verdict; the person clicks Terminate just as Dagster stores that verdict. Now: the deferred

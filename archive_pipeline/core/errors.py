@@ -854,6 +854,8 @@ CANCELLED_LEAVES = {
                   "stays as it was; the next run of the day finds which",
     "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
                 "settled by the next run of the day",
+    "recording the removal": "the day was removed from the source (its removal committed) and was being recorded "
+                             "in Dagster; a run of the day finds it removed and records it again",
     "tidying": "the day is archived (its new manifest is in the bucket); what the run was tidying after it (the "
                "generation it replaced) is left for the next run of the day",
     "restoring": "the day's restore was rolled back",

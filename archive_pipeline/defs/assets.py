@@ -69,7 +69,7 @@ STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped
 State = Literal["archived", "empty", "skipped"]
 # What a run yields for each day: the day's materialization (the step's output when it is the run's
 # only day), then its archive_intact result.
-DayEvent = MaterializeResult | AssetMaterialization | AssetCheckEvaluation
+DayEvent = MaterializeResult | AssetCheckEvaluation
 
 
 class ArchiveRunConfig(Config):
@@ -735,10 +735,10 @@ def former_day_keys(context: AssetExecutionContext, key: AssetKey, spec: TableSp
 
 def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: Period,
                     config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
-                    store: S3Store, *, alone: bool, origin: str | None = None
-                    ) -> Iterator[DayEvent]:
+                    store: S3Store, *, alone: bool, origin: str | None = None) -> Iterator[DayEvent]:
     """Archive one day and record it: its materialization (own metadata), then its ``archive_intact``
-    result; ``alone``: the run's only day, recorded as the step's output. Raises the :class:`Failure`
+    result; ``alone``: the run's only day, its summary logged too (and recorded as the step's output where another
+    step of the run reads it). Raises the :class:`Failure`
     a person reads when the day could not be archived or checked."""
     postgres = source.postgres
     deep = spec.deep_check or config.deep_check
@@ -779,37 +779,53 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         verified = "NOT proven: " + "; ".join(verdict.problems)
     metadata = materialization_metadata(result, object_link(archive_store, result), verified,
                                         store.uri(result.stored_key))
-    if alone:  # the step's output, as before batching: checks and assets downstream in the run see it
-        yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
-    else:  # one day of a range: its own event, so a failed neighbour is not marked materialized with it.
-        # Logged here, not yielded: Dagster stores a yielded event outside the asset's code and raises a
-        # termination that came meanwhile when it resumes it, past our handling (a bare
-        # DagsterExecutionInterruptedError, no table, no days, the session left open).
-        try:
-            context.log_event(AssetMaterialization(asset_key=key, partition=day.isoformat(),
-                                                   description=summary(result, state), metadata=metadata,
-                                                   tags={STATE_TAG: state}))
-        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-            # terminated while the day was recorded: it is published (and, its event stored, shown materialized);
-            # its check is recorded too, so the day is not left half recorded, and the run ends saying so
-            if unverified is None:
-                with contextlib.suppress(Exception):
-                    context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check))
-            exc.interrupted = "recording"
-            raise
-    if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
-        raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     evaluation = check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
-    if alone:
+    if alone and output_read_downstream(context):  # the step's output: the run's checks and assets read it
+        yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
+        if unverified is not None:
+            raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
         yield evaluation
     else:
+        _log_day(context, AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata,
+                                               description=summary(result, state), tags={STATE_TAG: state}),
+                 None if unverified is not None else evaluation)
+        if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
+            raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
+    if spec.deep_check and not verdict.passed:
+        raise unproven(spec, day, verdict.problems, origin)
+
+
+def output_read_downstream(context: AssetExecutionContext) -> bool:
+    """Whether another step of the run reads the asset's output (``materialize`` with the asset's checks, a job
+    of the user's with assets downstream): only a yielded result is that output."""
+    try:
+        readers = context.job_def.dependency_structure.output_to_downstream_inputs_for_node(context.op.name)
+    except Exception:  # noqa: BLE001 - a Dagster without this structure: yield, as Dagster expects
+        return True
+    return any(readers.values())
+
+
+def _log_day(context: AssetExecutionContext, materialization: AssetMaterialization,
+             evaluation: AssetCheckEvaluation | None) -> None:
+    """Record a day from the asset's own code: Dagster stores a yielded event outside it and raises a termination
+    that came meanwhile when it resumes the asset, past its handling (a bare DagsterExecutionInterruptedError: no
+    table, no day, the check never recorded). Terminated while the day is recorded, it is published (and, its event
+    stored, shown materialized): its check is recorded too, so it is not left half recorded, and the run ends
+    saying so."""
+    try:
+        context.log_event(materialization)
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        if evaluation is not None:
+            with contextlib.suppress(Exception):
+                context.log_event(evaluation)
+        exc.interrupted = "recording"
+        raise
+    if evaluation is not None:
         try:
             context.log_event(evaluation)
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
             exc.interrupted = "recording"
             raise
-    if spec.deep_check and not verdict.passed:
-        raise unproven(spec, day, verdict.problems, origin)
 
 
 def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | None) -> Failure:

@@ -375,7 +375,8 @@ def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc:
     run = context.instance.get_run_by_id(context.run.run_id)
     if run is None or run.status not in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
         return exc
-    doing = (getattr(exc, "interrupted", None) or doing).split(" ", 1)[0]  # the core's own word, where it said
+    doing = getattr(exc, "interrupted", None) or doing
+    doing = doing if doing in CANCELLED_LEAVES else doing.split(" ", 1)[0]  # the core's own word, where it said
     again = f"launch partition {day} of {job}" if job else "run the check"
     return Failure(description=f"{spec.name} {day}: cancelled while {doing}: the run was terminated; "
                                f"{CANCELLED_LEAVES[doing]}.\n\nWhat to do: {again} again when it should run.",

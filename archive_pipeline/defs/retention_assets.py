@@ -32,7 +32,7 @@ from dagster import (
     DefaultScheduleStatus,
     Failure,
     FreshnessPolicy,
-    MaterializeResult,
+    AssetMaterialization,
     AssetRecordsFilter,
     MetadataValue,
     PreviewWarning,
@@ -262,7 +262,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             manifest, problems = None, [str(exc)]
             if (record := _removed_before(context, spec, day, source)) is not None:  # the damaged one: the only copy
                 removed = {"state": f"recorded by Dagster: {record}", "at": "see there"}
-        yield _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
+        yield from _recorded(context, _proof(context, spec, day, problems,
+                                             "; ".join(problems) or _proven_text(day, manifest)), "proving")
         if problems and removed:
             raise _failed(f"{spec.name} {day} was removed from the source ({removed.get('state')}, "
                                       f"{removed.get('at')}), and its archive, the only copy, is NOT intact: "
@@ -291,14 +292,31 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
     # a day found removed already says when and by whom it was (its mark), not this run, which removed nothing
     by = (removal.removed_by or "") if removal.already_removed else f"dagster run {context.run.run_id}"
-    yield MaterializeResult(metadata={
+    metadata = {
         "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
         "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
         "already_removed": removal.already_removed, "archive": removal.archive,
         **({"run_id": by.removeprefix("dagster run ")} if by.startswith("dagster run ") else
            {"removed_by": by or "unknown"}),
         **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
-    })
+    }
+    yield from _recorded(context, AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
+                                                       metadata=metadata), "recording the removal")
+
+
+def _recorded(context: AssetExecutionContext, event: object, doing: str) -> Iterator:
+    """``event`` logged from the removal's own code (a check result its run planned is yielded: only as the
+    check's output does it count). Dagster stores a yielded event outside that code and raises a termination
+    that came meanwhile when it resumes it, past the removal's handling: a bare interrupt, no table, no day,
+    nothing on whether the source was touched; logged here, the termination is the removal's to word."""
+    if isinstance(event, AssetCheckResult):
+        yield event
+        return
+    try:
+        context.log_event(event)
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        exc.interrupted = doing
+        raise
 
 
 def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[str],
