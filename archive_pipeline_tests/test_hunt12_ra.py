@@ -53,3 +53,58 @@ def test_restore_into_original_of_a_day_table_with_its_own_column_after_the_pare
         raise AssertionError(f"restore into original refused: {exc}") from None
     assert conn.execute(sql.SQL("SELECT count(*), min(batch), count(region) FROM {}").format(
         sql.Identifier(schema, "ev_20240310"))).fetchone() == (5, 7, 0)
+
+
+def _cli(env: dict[str, str], *args: str):
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+
+    done = CliRunner(env=env).invoke(main, list(args))
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    return done
+
+
+def _env(pg, s3, bucket, config) -> dict[str, str]:
+    return {"ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
+            "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_PREFIX": "archive", "COLUMNS": "250"}
+
+
+def test_a_table_name_inside_a_failure_message_is_not_reworded_by_the_cli(pg, s3, bucket, conn, schema, s3_client,
+                                                                         tmp_path):
+    """A table called ``imports (overwrite)`` (hunt-11 qb: PostgreSQL takes any text as a quoted name), its day
+    archived; then its data object is lost from the bucket. ``archive-pipeline verify`` (and ``--json``) reports the
+    day's problems, which name the object's key and so the table.
+
+    What happens: the qb fix prints the table *column* verbatim, but the problem lines and remedies (core messages)
+    still go through ``_for_the_cli`` whole, names and keys inside them included: the key is shown as
+    ``.../imports (--overwrite)/...``, a key that does not exist in the bucket (pasted into ``aws s3 ls`` it finds
+    nothing), and the remedy's pasteable commands become ``archive-pipeline compare --table
+    '<schema>.imports (--overwrite)' ...`` and ``archive --table '<schema>.imports (--overwrite)' ... --overwrite``,
+    which name a table that does not exist (refused when pasted); ``--json``'s ``problems`` and ``remedy`` carry the
+    same altered names (``_worded`` rewords every string under those keys).
+
+    What should happen: names and keys are printed as they are wherever they appear, inside messages too; only the
+    core's own phrasing is reworded. Fix idea: reword the core's message templates (or a message with its names
+    masked out: substitute the table names and keys the message was built with by placeholders, reword, put them
+    back), never a finished message's names."""
+    import yaml
+
+    name = "imports (overwrite)"
+    table = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00')").format(table))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [{"name": f"{schema}.{name}", "day_column": "at",
+                                                  "start_date": DAY.isoformat()}]}), encoding="utf-8")
+    env = _env(pg, s3, bucket, config)
+    assert _cli(env, "archive", "--day", DAY.isoformat()).exit_code == 0
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="archive/")["Contents"]
+    data = [o["Key"] for o in listed if not o["Key"].endswith(".manifest.json")]
+    assert len(data) == 1 and name in data[0], listed
+    s3_client.delete_object(Bucket=bucket, Key=data[0])
+    for args in (("verify", "--day", DAY.isoformat()), ("--json", "verify", "--day", DAY.isoformat())):
+        shown = _cli(env, *args)
+        assert shown.exit_code != 0, shown.stdout
+        assert name in shown.stdout, shown.stdout
+        assert "(--overwrite)" not in shown.stdout, shown.stdout
