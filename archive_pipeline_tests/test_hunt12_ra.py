@@ -108,3 +108,45 @@ def test_a_table_name_inside_a_failure_message_is_not_reworded_by_the_cli(pg, s3
         assert shown.exit_code != 0, shown.stdout
         assert name in shown.stdout, shown.stdout
         assert "(--overwrite)" not in shown.stdout, shown.stdout
+
+
+def test_a_schema_name_with_a_line_feed_inside_a_failure_message_does_not_split_its_line(pg, s3, bucket, conn, s3_client,
+                                                                                         tmp_path):
+    """A schema called ``ops\\nlegacy`` (a line feed in it; hunt-11 qb), its table ``t`` keyed by the table alone
+    (``{prefix}/{table}/{date}.{ext}``), the day archived; then its data object is lost. ``verify`` reports it.
+
+    What happens: the qb fix escapes control characters, line feeds and tabs too, only in the cells and lines that
+    are names (``_verbatim``); a core message goes through ``_printable``, which leaves line feeds and tabs raw. The
+    remedy line "to fix: ... archive-pipeline compare --table 'ops<LF>legacy.t' ..." is split in two: the second
+    line starts with ``legacy.t' --day ...``, a line that reads as another table's, and the pasteable command is
+    broken across lines.
+
+    What should happen: a name's line feed is shown escaped (``ops\\nlegacy``, and a command quoted so a shell reads
+    it back: ``$'ops\\nlegacy.t'``) wherever the name is printed, inside messages too. Fix idea: escape the names a
+    message is built with (or every control character but the message's own line breaks) before printing."""
+    import yaml
+
+    schema_name = "ops\nlegacy"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
+    table = sql.Identifier(schema_name, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00')").format(table))
+    try:
+        config = tmp_path / "tables.yaml"
+        config.write_text(yaml.safe_dump({"tables": [{"name": f"{schema_name}.t", "day_column": "at",
+                                                      "start_date": DAY.isoformat(),
+                                                      "key_template": "{prefix}/{table}/{date}.{ext}"}]}),
+                          encoding="utf-8")
+        env = _env(pg, s3, bucket, config)
+        assert _cli(env, "archive", "--day", DAY.isoformat()).exit_code == 0
+        listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="archive/")["Contents"]
+        data = [o["Key"] for o in listed if not o["Key"].endswith(".manifest.json")]
+        assert len(data) == 1, listed
+        s3_client.delete_object(Bucket=bucket, Key=data[0])
+        shown = _cli(env, "verify", "--day", DAY.isoformat())
+        assert shown.exit_code != 0, shown.stdout
+        assert "to fix" in shown.stdout, shown.stdout
+        split = [line for line in shown.stdout.splitlines() if line.startswith("legacy")]
+        assert not split, shown.stdout
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema_name)))
