@@ -150,3 +150,65 @@ def test_a_schema_name_with_a_line_feed_inside_a_failure_message_does_not_split_
         assert not split, shown.stdout
     finally:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema_name)))
+
+
+def test_the_removal_jobs_proof_of_a_removed_day_refuses_an_archive_holding_the_next_days_rows(
+        conn, schema, archive_env, store, s3_client, bucket):
+    """Day D was archived, proven and removed by retention (delete): its archive is the only copy. Then a restore
+    of the bucket from backup puts day D+1's object at D's key with D+1's manifest edited to be D's (everything
+    consistent: sizes, digests, rows, fingerprint). The hunt-11 qw fix (f64b26a) makes ``deep_verify`` (CLI
+    ``verify --deep``) and restore refuse it: 17 rows dated 2024-03-11 are not 2024-03-10's archive.
+
+    What happens: the day's removal job (Dagster, ``Remove_``, the retention schedule's run of a removed day) proves
+    a removed day with ``verify_archive(..., deep=True)``, digests and row count only, not ``deep_verify``: it
+    records ``archive_proven`` PASSED ("removed from the source") for an archive that holds none of the day's rows.
+    The sibling path of the fix (Dagster vs the command line) was left out.
+
+    What should happen: ``archive_proven`` is recorded failed, naming the rows outside the day (as ``verify
+    --deep`` says). Fix idea: the removed day's proof in retention_assets._removing also loads the downloaded
+    object and counts rows_outside_period (or calls deep_verify, whose removed-day path does)."""
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.retention_assets import PROVEN_CHECK, removal_job_name
+    from archive_pipeline_tests.helpers import download
+
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '1 hour', "
+                         "md5(g::text) FROM generate_series(1, 40) g").format(t))
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.t", "day_column": "at", "start_date": "2024-03-01",
+        "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    d, e = DAY, DAY + dt.timedelta(days=1)
+    ours, theirs = archive_partition(conn, spec, d, store), archive_partition(conn, spec, e, store)
+    assert (ours.rows, theirs.rows) == (23, 17)
+    remove_day(conn, spec, d, store, removed_by="test")
+    # day D+1's object and manifest put at D's keys, the manifest saying it is D's (hunt-11 qw's forgery)
+    body = download(s3_client, bucket, theirs.key)
+    s3_client.put_object(Bucket=bucket, Key=ours.key, Body=body)
+    their_manifest = decode_manifest(download(s3_client, bucket, theirs.manifest_key))
+    our_manifest = decode_manifest(download(s3_client, bucket, ours.manifest_key))
+    head = s3_client.head_object(Bucket=bucket, Key=ours.key)
+    forged = {**their_manifest, **{k: our_manifest[k] for k in ("day", "table", "period", "removed")
+                                   if k in our_manifest}}
+    forged["object"] = {**their_manifest["object"], "key": our_manifest["object"]["key"],
+                        "uri": our_manifest["object"]["uri"], "etag": head["ETag"].strip('"')}
+    forged.pop("manifest_sha256", None)
+    s3_client.put_object(Bucket=bucket, Key=ours.manifest_key, Body=encode_manifest(forged))
+
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=d.isoformat(), raise_on_error=False)
+        proofs = [ev.dagster_event.event_specific_data for ev in instance.all_logs(result.run_id)
+                  if ev.dagster_event is not None
+                  and ev.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and ev.dagster_event.event_specific_data.check_name == PROVEN_CHECK]
+    assert proofs, "no archive_proven verdict recorded"
+    assert not any(p.passed for p in proofs), [p.description for p in proofs]
