@@ -1,0 +1,71 @@
+"""Hunt 12 (rd): ambiguous outcomes on the object store: the store carried out a write, the client never
+got its answer (a reset after the store acted, a 5xx sent after the write took effect), and botocore sent
+the request again. The second attempt then meets what the first one did (a completed upload is gone:
+NoSuchUpload; a conditional write finds the key taken: 412)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+DAY = dt.date(2024, 3, 10)
+COMPLETE = dict(method="POST", query="uploadId=")
+
+
+def _table(conn, schema, *, big: bool, **extra) -> TableSpec:
+    """ev(id, at, blob): 50 rows (one PUT) or 2,000 rows of ~3.2 kB of incompressible text (~6.5 MB: two
+    parts of 5 MiB, CSV without compression)."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, blob text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, (SELECT string_agg(md5(g::text || x::text), '') "
+                         "FROM generate_series(1, 100) x) FROM generate_series(1, %s) g").format(table),
+                 (DAY, 2000 if big else 50))
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none", **extra)
+
+
+def _keys(s3_client, bucket) -> list[str]:
+    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _uploads(s3_client, bucket) -> list[dict]:
+    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new_day", "overwrite"])
+def test_a_completed_upload_whose_retried_complete_says_nosuchupload_is_not_withdrawn(
+        overwrite, conn, schema, s3, bucket, s3_client, temp_dir):
+    """A user archives a day big enough for a multipart upload (a new day, or an overwrite of a changed day)
+    through a client that retries, as every deployed one does. The store completes the upload, then the
+    connection is reset before its answer; botocore sends CompleteMultipartUpload again and the store answers
+    404 NoSuchUpload (S3: "the upload ID might be invalid, or the multipart upload might have been aborted or
+    completed": a completed upload is no longer one). Now: the run reports UploadError "the multipart upload
+    disappeared or conflicted with another writer", HEADs the key, finds exactly its own object there
+    (our md5-of-parts ETag, our size) and DELETES it, so a day whose write landed whole fails and must upload
+    its gigabytes again (the overwrite keeps the stale archive). Expected: a NoSuchUpload to a Complete that
+    botocore retried (RetryAttempts > 0) is checked against the key, as a 412 already is (``store.holds``:
+    the expected ``md5-of-parts-N`` ETag and the size); when the key holds our object the upload counts as
+    completed and the run commits it. Fix idea: in ``S3Upload._finish``, treat ``_code(exc) == "NoSuchUpload"``
+    like ``_is_taken`` when ``holds(key, expected, size)``."""
+    spec = _table(conn, schema, big=True, overwrite=overwrite)
+    plain = S3Store(s3_client, bucket, part_size=MIN_PART_SIZE)
+    if overwrite:
+        archive_partition(conn, spec, DAY, plain, temp_dir=temp_dir)
+        conn.execute(sql.SQL("UPDATE {} SET blob = blob || 'x' WHERE id = 7").format(sql.Identifier(schema, "ev")))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(**COMPLETE, action="reset_after", times=1))  # the store completed it; the answer is lost
+        proxy.add(Fault(**COMPLETE, action="error", status=404, code="NoSuchUpload", times=1))  # botocore's retry
+        store = S3Store(proxy.client(max_attempts=3), bucket, part_size=MIN_PART_SIZE)
+        result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        assert [r.status for r in proxy.requests(**COMPLETE)] == ["reset", 404]
+    assert result.parts == 2
+    assert deep_verify(conn, plain, spec, DAY, temp_dir=temp_dir) == []
+    assert _keys(s3_client, bucket) == sorted([result.key, result.manifest_key])
+    assert _uploads(s3_client, bucket) == []
