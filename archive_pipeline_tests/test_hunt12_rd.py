@@ -12,7 +12,7 @@ from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+from archive_pipeline.core.store import MIN_PART_SIZE, S3Store, UploadError
 from archive_pipeline.core.verify import deep_verify
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
@@ -96,3 +96,27 @@ def test_a_retried_conditional_complete_refused_412_is_not_another_runs_without_
     assert deep_verify(conn, plain, spec, DAY, temp_dir=temp_dir) == []
     assert _keys(s3_client, bucket) == sorted([result.key, result.manifest_key])
     assert _uploads(s3_client, bucket) == []
+
+
+def test_a_failed_put_the_store_carried_out_leaves_no_object_without_md5_etags(conn, schema, s3, bucket, s3_client,
+                                                                               temp_dir):
+    """A store whose ETags are not MD5s (SSE-KMS: ``verify_etags: false``), a new small day (one PutObject with
+    If-None-Match: *). The store stores the object every time but answers 500 (a gateway failing after the
+    backend acted); botocore's attempts all get 500 and the run fails, retryably, as it should. Now: the object
+    stays under the day's key with no manifest naming it: the README's "nothing half written, nothing left
+    behind" is not kept. With MD5 ETags the same failure withdraws it (``_withdraw_if_ours`` HEADs the key and
+    deletes our ETag), but without them ``S3Store._withdraw_if_ours`` returns at once. The next run then finds
+    a generation and no manifest, writes generation 2 and records the leftover under ``kept`` ("the manifest
+    before this one was missing") unless its listed ETag happens to equal the new object's, which SSE-KMS ETags
+    do not: the day's storage doubles for good. Expected: after the failed run the key holds nothing of it.
+    Fix idea: without MD5 ETags, decide "ours" as ``S3Store.holds`` already does for a single PUT (the size,
+    then the bytes read back and hashed), and delete it then."""
+    spec = _table(conn, schema, big=False)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method="PUT", path=r"2024-03-10\.csv$", action="error", forward=True, times=None))
+        store = S3Store(proxy.client(max_attempts=3), bucket, part_size=MIN_PART_SIZE, verify_etags=False)
+        with pytest.raises(UploadError) as failure:
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+        assert proxy.requests(method="PUT", path=r"2024-03-10\.csv$")[0].status == 500
+    assert failure.value.retryable and "InternalError" in str(failure.value)
+    assert _keys(s3_client, bucket) == [], "the failed run left its object behind, named by no manifest"
