@@ -120,3 +120,44 @@ def test_a_failed_put_the_store_carried_out_leaves_no_object_without_md5_etags(c
         assert proxy.requests(method="PUT", path=r"2024-03-10\.csv$")[0].status == 500
     assert failure.value.retryable and "InternalError" in str(failure.value)
     assert _keys(s3_client, bucket) == [], "the failed run left its object behind, named by no manifest"
+
+
+def test_a_late_copy_of_a_taken_back_pending_mark_does_not_land(conn, schema, s3, bucket, s3_client, temp_dir):
+    """A user removes an archived day (retention: delete). The pending mark's PutObject (If-Match the proven
+    manifest's ETag) is slow: its first attempt is still on its way when the client's read timeout fires;
+    botocore's second attempt lands. Then the removal fails before anything is removed (here the HEAD of the
+    proven object fails, 503), and the pending mark is taken back as it should be: the proven manifest's very
+    bytes are written back over it. The run reports a clean, retryable failure ("nothing was removed"). Then the
+    slow first attempt reaches the store: its condition, If-Match the proven manifest's ETag, holds again (the
+    same bytes, the same ETag), so the pending mark lands after the run that took it back has ended: the day's
+    manifest says "removal pending" for a removal that never happened (an ABA on the ETag), until some later
+    run settles it. Expected: a taken-back mark stays taken back; no copy of the pending write lands after the
+    failed run. Fix idea: take back with bytes whose ETag differs from the proven manifest's (e.g. a
+    ``taken_back`` note in the manifest), so any late copy conditioned on the proven ETag is refused (412)."""
+    import json
+    import time
+
+    from archive_pipeline.core.lifecycle import remove_day
+
+    spec = _table(conn, schema, big=False, retention={"keep_days": 1, "action": "delete"})
+    plain = S3Store(s3_client, bucket, part_size=MIN_PART_SIZE)
+    archived = archive_partition(conn, spec, DAY, plain, temp_dir=temp_dir)
+    manifest_put = dict(method="PUT", path=r"manifest\.json$")
+    with FaultProxy(s3.endpoint_url) as proxy:
+        slow = proxy.add(Fault(**manifest_put, action="hold", hold_timeout=30, times=1))
+        proxy.add(Fault(method="HEAD", path=r"2024-03-10\.csv$", action="error", status=503, code="SlowDown",
+                        times=None))
+        store = S3Store(proxy.client(max_attempts=3, read_timeout=1), bucket, part_size=MIN_PART_SIZE)
+        with pytest.raises(Exception) as failure:
+            remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+        assert "cleanup: could not take back" not in " ".join(getattr(failure.value, "__notes__", []))
+        taken_back = json.loads(s3_client.get_object(Bucket=bucket, Key=archived.manifest_key)["Body"].read())
+        assert "removed" not in taken_back  # taken back by the failed run, as it should be
+        slow.gate.set()  # the slow first attempt of the pending mark reaches the store now
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proxy.requests(**manifest_put)[0].status is None:
+            time.sleep(0.05)
+        assert proxy.requests(**manifest_put)[0].status is not None
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0] == 50
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=archived.manifest_key)["Body"].read())
+    assert "removed" not in manifest, f"a pending mark landed after the failed removal: {manifest['removed']}"
