@@ -161,3 +161,34 @@ def test_a_late_copy_of_a_taken_back_pending_mark_does_not_land(conn, schema, s3
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0] == 50
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=archived.manifest_key)["Body"].read())
     assert "removed" not in manifest, f"a pending mark landed after the failed removal: {manifest['removed']}"
+
+
+def test_a_done_mark_the_store_wrote_but_answered_5xx_is_not_reported_missing(conn, schema, s3, bucket, s3_client,
+                                                                             temp_dir):
+    """A user removes an archived day (retention: delete). The removal commits; its "done" mark's PutObject is
+    carried out by the store, which answers 500 each time (a gateway failing after the backend acted; botocore
+    tries 3 times, the first attempt landed, the others find it there and are answered 500 as well). Now:
+    RemovalNotRecorded "writing the 'done' mark ... failed ...; the manifest stays marked 'pending', so the day
+    is never archived again" while the manifest in the store is marked done: a removal that is complete and
+    recorded fails (the Dagster step / ``prune`` reports an error, alerting someone to settle a mark that is
+    settled), and its message is false. The archive commit reads its manifest back after a failed write and
+    counts it committed when it is there (``_Archiving._commit``: ``self._stored_manifest() == data``); the done
+    mark is not read back. Expected: remove_day reads the manifest after the failed write and, finding its done
+    mark there, returns the removal (rows 50), as it does when the write answers 200. Fix idea: in
+    ``lifecycle._remove`` (and ``_settle``), on a failed ``_write_manifest`` compare
+    ``store.get_verified_bytes(mkey)`` with the bytes written before raising ``RemovalNotRecorded``."""
+    import json
+
+    from archive_pipeline.core.lifecycle import remove_day
+
+    spec = _table(conn, schema, big=False, retention={"keep_days": 1, "action": "delete"})
+    plain = S3Store(s3_client, bucket, part_size=MIN_PART_SIZE)
+    archived = archive_partition(conn, spec, DAY, plain, temp_dir=temp_dir)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        # the pending mark goes through; every attempt of the done mark is carried out, then answered 500
+        proxy.add(Fault(method="PUT", path=r"manifest\.json$", action="error", forward=True, skip=1, times=None))
+        store = S3Store(proxy.client(max_attempts=3), bucket, part_size=MIN_PART_SIZE)
+        removal = remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert removal.rows == 50
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=archived.manifest_key)["Body"].read())
+    assert manifest["removed"]["state"] == "done"
