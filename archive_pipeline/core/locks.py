@@ -98,7 +98,9 @@ def _holder(conn: psycopg.Connection, key: tuple[int]) -> str:
     """Who holds the lock, as far as this role may see (pg_stat_activity hides other roles' queries)."""
     try:
         found = conn.execute(
-            "SELECT l.pid, a.application_name, a.backend_start FROM pg_catalog.pg_locks l "
+            # backend_start as text: psycopg parses a timestamptz only in DateStyle ISO (a role's German fails)
+            "SELECT l.pid, a.application_name, "
+            "pg_catalog.to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM pg_catalog.pg_locks l "
             "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.classid = %s::pg_catalog.oid AND l.objid = %s::pg_catalog.oid AND l.objsubid = 1 AND l.database = "
             "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) LIMIT 1",
@@ -109,7 +111,7 @@ def _holder(conn: psycopg.Connection, key: tuple[int]) -> str:
         return ""
     pid, application, started = found
     return (f" (held by PostgreSQL backend {pid}" + (f", {application}" if application else "")
-            + (f", connected since {started:%Y-%m-%d %H:%M:%S %Z}" if started else "") + ")")
+            + (f", connected since {started} UTC" if started else "") + ")")
 
 
 def require_autocommit(conn: psycopg.Connection, what: str) -> None:

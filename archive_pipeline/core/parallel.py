@@ -193,7 +193,9 @@ def _tree_tuples(conn: psycopg.Connection, oid: int) -> float:
     return conn.execute(
         "WITH RECURSIVE tree(oid) AS (SELECT %s::pg_catalog.oid UNION ALL SELECT h.inhrelid FROM "
         "pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid) "
-        "SELECT CASE WHEN pg_catalog.bool_or(c.reltuples < 0) THEN -1 ELSE pg_catalog.sum(c.reltuples) END "
+        "SELECT CASE WHEN pg_catalog.bool_or(c.reltuples < 0) THEN -1 "
+        "ELSE pg_catalog.sum(c.reltuples::pg_catalog.int8)::pg_catalog.int8 END "  # whole: a role's extra_float_digits
+        # (-15) prints a float with one digit
         "FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid", (oid,)).fetchone()[0]
 
 

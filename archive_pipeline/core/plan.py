@@ -447,13 +447,14 @@ class Estimate:
 
 
 _RELATION_STATS = """
-SELECT c.reltuples, pg_relation_size(c.oid)
+SELECT c.reltuples::pg_catalog.int8, pg_catalog.pg_relation_size(c.oid)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
 
 
 def _catalog_estimate(conn: psycopg.Connection, schema: str, name: str, share: int) -> Estimate | None:
+    """reltuples read whole (a float printed under a role's extra_float_digits -15 keeps one digit: 1234 as 1000)."""
     row = conn.execute(_RELATION_STATS, (schema, name)).fetchone()
     if row is None or row[0] < 0:  # never analyzed or vacuumed: the catalog does not know
         return None
