@@ -181,7 +181,7 @@ def refused_everywhere(conn, spec, store, key: str, pattern: str, day) -> None:
         with pytest.raises(RemovalRefused, match=pattern) as caught:
             remove_day(conn, spec, day, store, dry_run=dry_run)
         assert (caught.value.table, caught.value.day) == (spec.name, day.isoformat()), dry_run
-    assert store.get_verified_bytes(f"{key}.manifest.json") == before
+    assert (store.get_verified_bytes(f"{key}.manifest.json") or b'').rstrip() == before.rstrip()
 
 
 PREVIOUS_VERSION = "dcddb3a859412d7a751e365c948c780b4ae9c03e"  # the last commit before row-hash-sum-v5 and source.encoding
@@ -219,3 +219,20 @@ def previous_version_code(commit: str = PREVIOUS_VERSION) -> str:
 
 
 _PREVIOUS: dict[str, str] = {}
+
+
+def run_check_evaluations(instance, run_id: str) -> list:
+    """The check evaluations a run recorded, as the UI reads them (the instance's event log: an asset's logged
+    events are there, not in execute_in_process's result)."""
+    from dagster import DagsterEventType
+
+    return [e.dagster_event.asset_check_evaluation_data
+            for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)]
+
+
+def run_materializations(instance, run_id: str) -> list:
+    """The materializations a run recorded (the instance's event log, see :func:`run_check_evaluations`)."""
+    from dagster import DagsterEventType
+
+    return [e.dagster_event.event_specific_data.materialization
+            for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)]

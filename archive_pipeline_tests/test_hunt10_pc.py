@@ -10,6 +10,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAY = dt.date(2024, 3, 10)
 
@@ -171,7 +172,7 @@ def test_source_unchanged_while_a_pending_removal_commits_does_not_call_the_day_
             go_done.set()
             remover.join(60)
         assert "error" not in outcome, outcome  # the removal itself went through
-        [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        [evaluation] = [e for e in run_check_evaluations(instance, run.run_id) if e.check_name == "source_unchanged"]
         assert evaluation.passed or "changed in PostgreSQL" not in (evaluation.description or ""), \
             evaluation.description
 

@@ -21,7 +21,7 @@ from archive_pipeline.core.errors import ArchiveError, SourceError
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline.local.local_stack import create_sample_events
-from archive_pipeline_tests.helpers import tiny_tmpfs
+from archive_pipeline_tests.helpers import tiny_tmpfs, run_check_evaluations
 from archive_pipeline_tests.test_lifecycle import DAYS, events, spec_for  # noqa: F401 - the fixture
 
 DAY = DAYS[0]
@@ -136,9 +136,10 @@ def test_removal_asset_whose_proof_meets_a_full_server_disk_records_no_failed_pr
         with instance_for_test() as instance:
             run = _removal_defs(spec).resolve_job_def(f"Remove_{schema}_events").execute_in_process(
                 partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+            run_checks = run_check_evaluations(instance, run.run_id)
         conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(sql.Identifier(name)))
     assert not run.success and _day_rows(conn, schema) == 8000
-    failed_proofs = [e.description for e in run.get_asset_check_evaluations() if not e.passed]
+    failed_proofs = [e.description for e in run_checks if not e.passed]
     assert failed_proofs == [], failed_proofs
     text = _failures(run)[-1]
     assert "disk" in text and "does not load back" not in text and PASSWORD not in text, text

@@ -21,6 +21,7 @@ from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline_tests.test_parallel import DAY, _spec, partitioned  # noqa: F401 - fixture: one 3,000-row day
 from archive_pipeline_tests.test_race_hunt import in_thread, wait_until
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 
 def _waiting_for_a_lock(watcher, application_name: str) -> bool:
@@ -302,7 +303,7 @@ def test_a_day_whose_refused_removal_left_its_mark_is_still_compared_by_source_u
         assert isinstance(outcome.get("error"), RemovalRefused), outcome  # refused, as it must be
         assert load_manifest(store, key)["removed"]["state"] == "pending"  # the mark stayed
         run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
-        unchanged = {e.check_name: e for e in run.get_asset_check_evaluations()}["source_unchanged"]
+        unchanged = {e.check_name: e for e in run_check_evaluations(instance, run.run_id)}["source_unchanged"]
     # Now: passed, "the source of 0 archived days still matches their manifests; not compared, 2024-03-10:
     # removed from the source by retention (pending, ...)", with 21 rows of the day in the source, 20 archived.
     # Should: fail, naming 2024-03-10 as changed (the late row), or settle the mark and then compare.

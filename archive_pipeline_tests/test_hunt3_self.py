@@ -9,6 +9,7 @@ from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import existing_days
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAY = dt.date(2024, 3, 1)
 DAYS = [DAY + dt.timedelta(days=i) for i in range(12)]
@@ -101,7 +102,7 @@ def test_rows_that_arrive_after_retention_removed_a_day_turn_source_unchanged_re
         def verdict():
             run = defs.resolve_job_def("verify_archives").execute_in_process(
                 instance=instance, raise_on_error=False, run_config={"ops": {check_op: {"config": {"days": 2}}}})
-            [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+            [evaluation] = [e for e in run_check_evaluations(instance, run.run_id) if e.check_name == "source_unchanged"]
             return evaluation
 
         evaluation = verdict()

@@ -30,6 +30,7 @@ from archive_pipeline.defs.resources import PostgresResource
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 FIRST = dt.date(2024, 3, 10)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range(4)]
@@ -265,7 +266,7 @@ def test_a_removal_run_over_a_removed_day_with_a_damaged_archive_does_not_say_it
         s3_client.put_object(Bucket=archive_env, Key=f"archive/{schema}.events/2024/03/{day}.jsonl.zst", Body=b"damaged")
         result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
             instance=instance, partition_key=day.isoformat(), raise_on_error=False)
-        [proof] = result.get_asset_check_evaluations()
+        [proof] = run_check_evaluations(instance, result.run_id)
         [failure] = _step_failures(result)
     assert not result.success and not proof.passed  # the archive is damaged: right
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.events_{day:%Y%m%d}",)).fetchone()[0] is None

@@ -28,7 +28,7 @@ from archive_pipeline.core.verify import deep_verify
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.resources import ArchiveS3Resource, ArchiveStoreResource, PostgresResource
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
-from archive_pipeline_tests.helpers import download, tiny_tmpfs
+from archive_pipeline_tests.helpers import download, tiny_tmpfs, run_check_evaluations
 
 DAY = dt.date(2024, 3, 10)
 GiB = 1 << 30
@@ -130,7 +130,7 @@ def test_a_deep_check_downloads_into_the_store_resources_temp_dir(pg, s3, conn, 
         assert list(small.iterdir()) == []
     failures = [str(e.step_failure_data.error) for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
     assert run.success, failures
-    assert [e.passed for e in run.get_asset_check_evaluations()] == [True]
+    assert [e.passed for e in run_check_evaluations(instance, run.run_id)] == [True]
     assert list(large.iterdir()) == []
 
 

@@ -13,6 +13,7 @@ from psycopg import sql
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAY = dt.date(2024, 3, 10)
 
@@ -183,8 +184,9 @@ def test_a_removal_of_a_day_never_archived_is_a_failed_run_not_a_failed_proof(co
     with instance_for_test() as instance:
         result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        result_checks = run_check_evaluations(instance, result.run_id)
     assert not result.success
-    red = [(e.partition, e.description) for e in result.get_asset_check_evaluations()
+    red = [(e.partition, e.description) for e in result_checks
            if not e.passed and e.severity.value == "ERROR"]
     assert red == [], f"a day never archived shows a failed proof: {red}"
 
@@ -221,7 +223,7 @@ def test_archive_proven_alone_is_not_green_for_a_day_a_refused_removal_left_pend
         prove_only = defs.resolve_implicit_global_asset_job_def().get_subset(
             asset_check_selection={AssetCheckKey(removal, "archive_proven")}, asset_selection=set())
         run = prove_only.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
-        [proof] = run.get_asset_check_evaluations()
+        [proof] = run_check_evaluations(instance, run.run_id)
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(events)).fetchone()[0] == 6  # all still there
     assert not proof.passed, f"green for a day still in the source with a row the archive lacks: {proof.description}"
 
@@ -239,7 +241,8 @@ def test_a_failed_archive_intact_does_not_say_in_its_metadata_that_everything_ma
             partition_key=DAY.isoformat(), instance=instance).success
         s3_client.put_object(Bucket=archive_env, Key=f"archive/{schema}.events/2024/03/{DAY}.jsonl.zst", Body=b"damaged")
         run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
-    [intact] = [e for e in run.get_asset_check_evaluations() if e.check_name == "archive_intact"]
+        run_checks = run_check_evaluations(instance, run.run_id)
+    [intact] = [e for e in run_checks if e.check_name == "archive_intact"]
     assert not intact.passed and intact.partition == DAY.isoformat()
     said = intact.metadata["verified"].value
     assert "match what was recorded" not in said, f"a failed check's metadata says verified: {said!r}"

@@ -12,6 +12,7 @@ from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.test_hunt4_tt import _failures, _range
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 ORIGIN = "attributes of /srv/project/defs/archive/defs.yaml"
 
@@ -151,5 +152,5 @@ def test_executing_archive_proven_alone_proves_a_day_retention_still_keeps(conn,
                                                                             asset_selection=set())
         result = prove_only.execute_in_process(instance=instance, partition_key=day.isoformat(), raise_on_error=False)
         failures = _failures(instance, result.run_id)
-        evaluations = result.get_asset_check_evaluations()
+        evaluations = run_check_evaluations(instance, result.run_id)
     assert [(e.partition, e.passed) for e in evaluations] == [(day.isoformat(), True)], failures

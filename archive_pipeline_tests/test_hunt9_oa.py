@@ -10,6 +10,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline_tests.test_hunt_cli import cli, make_env, write_config
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAY = dt.date(2024, 3, 10)
 
@@ -173,7 +174,8 @@ def test_the_removal_asset_records_no_failed_proof_for_a_day_whose_recorded_type
     with instance_for_test() as instance:
         run = defs.resolve_job_def(f"Remove_{schema}_ev").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        run_checks = run_check_evaluations(instance, run.run_id)
     assert not run.success
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev"))).fetchone()[0] == 5
-    failed_proofs = [e.description for e in run.get_asset_check_evaluations() if not e.passed]
+    failed_proofs = [e.description for e in run_checks if not e.passed]
     assert failed_proofs == [], failed_proofs

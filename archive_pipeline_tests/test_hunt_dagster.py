@@ -12,6 +12,7 @@ from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.assets import asset_key, daily_partitions
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 FIRST = dt.date(2024, 3, 10)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range(3)]
@@ -406,7 +407,7 @@ def test_source_unchanged_compares_the_latest_days_not_the_last_backfilled(conn,
         verify = defs.resolve_job_def("verify_archives").execute_in_process(
             instance=instance, raise_on_error=False, run_config={"ops": {
                 f"archive__{schema}__events_source_unchanged": {"config": {"days": 2}}}})
-        [evaluation] = [e for e in verify.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        [evaluation] = [e for e in run_check_evaluations(instance, verify.run_id) if e.check_name == "source_unchanged"]
         compared = evaluation.metadata["checked_days"].value
         assert newest.isoformat() in compared and not evaluation.passed, (compared, evaluation.description)
 

@@ -23,6 +23,7 @@ from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline_tests.test_exactness import COLUMNS as EDGE_COLUMNS
 from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAY = dt.date(2024, 3, 10)
 
@@ -438,7 +439,7 @@ def test_a_deep_checked_table_archived_from_a_standby_is_proven_through_the_prim
         job = defs.resolve_job_def(f"Archive_{schema}_events")
         done = job.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
         assert done.success, [e.message for e in done.all_events if e.is_failure]
-        [evaluation] = done.get_asset_check_evaluations()
+        [evaluation] = run_check_evaluations(instance, done.run_id)
         assert evaluation.passed and "content proven" in evaluation.description, evaluation.description
 
 

@@ -13,6 +13,7 @@ from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import RemovalRefused, due_days, remove_day
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline.core.verify import deep_verify, load_manifest
+from archive_pipeline_tests.helpers import run_check_evaluations, run_materializations
 
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
 
@@ -134,18 +135,18 @@ def test_removal_in_dagster_is_blocked_by_its_proof_and_shows_what_was_removed(c
         s3_client.put_object(Bucket=archive_env, Key=key, Body=b"damaged")
         failed = remove.execute_in_process(partition_key="2024-03-11", instance=instance, raise_on_error=False)
         assert not failed.success
-        [evaluation] = failed.get_asset_check_evaluations()
+        [evaluation] = run_check_evaluations(instance, failed.run_id)
         assert not evaluation.passed and "is damaged: the store holds 7 bytes" in evaluation.description
         assert evaluation.partition == "2024-03-11"
         assert table_exists(conn, events, "events_20240311")
         # A dry run proves and removes nothing.
         dry = remove.execute_in_process(partition_key="2024-03-10", instance=instance, run_config={
             "ops": {removal_key.to_python_identifier(): {"config": {"dry_run": True}}}})
-        assert dry.success and dry.get_asset_check_evaluations()[0].passed
+        assert dry.success and run_check_evaluations(instance, dry.run_id)[0].passed
         assert table_exists(conn, events, "events_20240310")
         done = remove.execute_in_process(partition_key="2024-03-10", instance=instance)
         assert done.success and not table_exists(conn, events, "events_20240310")
-        [materialization] = done.asset_materializations_for_node(removal_key.to_python_identifier())
+        [materialization] = run_materializations(instance, done.run_id)
         meta = {k: v.value for k, v in materialization.metadata.items()}
         assert (meta["action"], meta["dagster/row_count"], meta["run_id"]) == ("drop", 300, done.run_id)
         assert instance.get_materialized_partitions(removal_key) == {"2024-03-10"}
@@ -452,15 +453,15 @@ def test_removal_in_dagster_completes_a_removal_whose_done_mark_failed(conn, eve
         assert not failed.success
         assert _step_events(instance, failed.run_id).count(DagsterEventType.STEP_UP_FOR_RETRY) == 1
         assert "the removal is committed in the source" in _failure_text(failed, events)
-        assert [e.passed for e in failed.get_asset_check_evaluations()] == [True]  # proven, before the removal
+        assert [e.passed for e in run_check_evaluations(instance, failed.run_id)] == [True]  # proven, before the removal
         assert not table_exists(conn, events, "events_20240310")
         assert load_manifest(store, result.key)["removed"]["state"] == "pending"
         proxy.clear()  # the store answers again: the next run settles the day
         done = remove.execute_in_process(partition_key="2024-03-10", instance=instance)
         assert done.success
-        [evaluation] = done.get_asset_check_evaluations()
+        [evaluation] = run_check_evaluations(instance, done.run_id)
         assert evaluation.passed and "the archive is intact" in evaluation.description
-        [materialization] = done.asset_materializations_for_node(removal_key.to_python_identifier())
+        [materialization] = run_materializations(instance, done.run_id)
         meta = {k: v.value for k, v in materialization.metadata.items()}
         assert (meta["pending_mark"], meta["dagster/row_count"], meta["relation"]) == (
             "completed", 300, f"{events}.events_20240310")
@@ -491,7 +492,7 @@ def test_removal_in_dagster_records_no_failed_proof_when_a_download_fails(conn, 
         fault = proxy.add(Fault(method="GET", path=path, action="error", status=status, code=code, times=None))
         failed = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
         assert not failed.success and fault.hits >= 1
-        assert failed.get_asset_check_evaluations() == []
+        assert run_check_evaluations(instance, failed.run_id) == []
         assert _step_events(instance, failed.run_id).count(DagsterEventType.STEP_UP_FOR_RETRY) == (1 if retried else 0)
         text = _failure_text(failed, events)
         assert f"{events}.events" in text and "2024-03-10" in text and code in text

@@ -26,6 +26,7 @@ from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResour
 from archive_pipeline.defs.retention_assets import build_retention_schedule
 from archive_pipeline.local.local_stack import create_sample_events, free_port
 from archive_pipeline_tests.test_dagster import events_config, job_name
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 
 def _config(*tables: dict, **top) -> object:
@@ -346,13 +347,13 @@ def test_archive_proven_is_reported_for_its_day_by_the_job_and_executing_the_che
         prove_only = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={check},
                                                                                asset_selection=set())
         alone = prove_only.execute_in_process(partition_key=day.isoformat(), instance=instance)
-        assert alone.success and [(e.partition, e.passed) for e in alone.get_asset_check_evaluations()] == [
+        assert alone.success and [(e.partition, e.passed) for e in run_check_evaluations(instance, alone.run_id)] == [
             (day.isoformat(), True)]
         assert rows(day) == 10 and alone.get_asset_materialization_events() == []
         removed = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
             partition_key=day.isoformat(), instance=instance)
         assert removed.success and rows(day) == 0 and rows(day + dt.timedelta(days=1)) == 10
-        [evaluation] = removed.get_asset_check_evaluations()
+        [evaluation] = run_check_evaluations(instance, removed.run_id)
         assert (evaluation.check_name, evaluation.partition, evaluation.passed) == ("archive_proven",
                                                                                      day.isoformat(), True)
         assert sorted((r.partition, r.status.value)
@@ -447,7 +448,7 @@ def test_archive_intact_executed_without_a_day_says_to_choose_one_and_records_no
             run = job.execute_in_process(instance=instance, raise_on_error=False)
             [failure] = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
             assert "no day was chosen" in failure.step_failure_data.user_failure_data.description
-            assert run.get_asset_check_evaluations() == []
+            assert run_check_evaluations(instance, run.run_id) == []
         assert [r.partition for r in instance.event_log_storage.get_asset_check_execution_history(check, limit=10)
                 if r.status.value != "PLANNED"] == [day.isoformat()]
 
@@ -487,7 +488,7 @@ def test_source_unchanged_does_not_flag_a_day_that_retention_removed_from_the_so
         assert defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(partition_key=day.isoformat(),
                                                                                   instance=instance).success
         run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
-        [unchanged] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        [unchanged] = [e for e in run_check_evaluations(instance, run.run_id) if e.check_name == "source_unchanged"]
         assert unchanged.passed, unchanged.description
         assert unchanged.metadata["checked_days"].value == [kept.isoformat()]
         assert f"{day}: removed from the source" in unchanged.description
@@ -495,7 +496,7 @@ def test_source_unchanged_does_not_flag_a_day_that_retention_removed_from_the_so
         conn.execute(sql.SQL("UPDATE {}.events SET event_type = 'edited' WHERE created_at >= %s").format(
             sql.Identifier(schema)), (kept,))
         run = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
-        [changed] = [e for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+        [changed] = [e for e in run_check_evaluations(instance, run.run_id) if e.check_name == "source_unchanged"]
         assert not changed.passed and changed.metadata["changed_days"].value == [kept.isoformat()]
 
 

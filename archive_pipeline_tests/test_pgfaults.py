@@ -20,6 +20,7 @@ from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.restore import RestoreError, restore_day
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline_tests.test_lifecycle import DAYS, events, spec_for  # noqa: F401 - the fixture
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAY = DAYS[0]
 READ_ONLY = "-c default_transaction_read_only=on"
@@ -192,10 +193,11 @@ def test_removal_asset_on_a_read_only_source_fails_at_once_naming_the_day_and_re
     with instance_for_test() as instance:
         run = defs.resolve_job_def(f"Remove_{events}_events").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
+        run_checks = run_check_evaluations(instance, run.run_id)
         kinds = [e.dagster_event.event_type for e in instance.all_logs(run.run_id) if e.dagster_event]
         failures = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
     assert not run.success and kinds.count(DagsterEventType.STEP_UP_FOR_RETRY) == 0
-    assert [e for e in run.get_asset_check_evaluations() if not e.passed] == []
+    assert [e for e in run_checks if not e.passed] == []
     text = str(failures[-1].step_failure_data.user_failure_data.description)
     assert spec.name in text and DAY.isoformat() in text and "read-only" in text, text
     assert _exists(conn, f"{events}.events_20240310") and _day_rows(conn, events) == 300

@@ -23,6 +23,7 @@ from archive_pipeline.defs.checks import verify_result
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.test_dagster import job_name
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAY = dt.date(2024, 3, 10)
 NEXT = dt.date(2024, 3, 11)
@@ -269,7 +270,7 @@ def test_the_on_demand_checks_refuse_a_copied_manifest_and_say_why_a_comparison_
                               CopySource={"Bucket": bucket, "Key": _manifest_key(store, spec, NEXT)})
         verify = defs.resolve_job_def("verify_archives")
         run = verify.execute_in_process(instance=instance, raise_on_error=False)
-        checks = {e.check_name: e for e in run.get_asset_check_evaluations()}
+        checks = {e.check_name: e for e in run_check_evaluations(instance, run.run_id)}
         owner = f"it is the manifest of table '{schema}.events' for 2024-03-11, not of '{schema}.events' for 2024-03-10"
         latest, unchanged = checks["latest_archive_intact"], checks["source_unchanged"]
         assert not latest.passed and owner in latest.description, latest.description

@@ -20,6 +20,7 @@ from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline_tests import fault_proxy
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
 DAY = DAYS[0]
@@ -242,7 +243,7 @@ def test_removal_in_dagster_records_no_failed_proof_when_the_verifying_session_i
         remove = defs.resolve_job_def(f"Remove_{events}_events")
         run = remove.execute_in_process(partition_key="2024-03-10", instance=instance, raise_on_error=False)
         assert killed
-        evaluations = run.get_asset_check_evaluations()
+        evaluations = run_check_evaluations(instance, run.run_id)
         retried = [e.dagster_event.event_type for e in instance.all_logs(run.run_id)
                    if e.dagster_event].count(DagsterEventType.STEP_UP_FOR_RETRY)
     assert [(e.passed, e.description) for e in evaluations if not e.passed] == [], "a failed proof was recorded"

@@ -479,11 +479,15 @@ def _sha(raw: bytes | None) -> str | None:
 
 def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes, exc: BaseException) -> None:
     """Put the proven manifest back over our pending mark after a removal that did not commit; a
-    manifest someone else wrote meanwhile is left alone (it may name the only whole object)."""
+    manifest someone else wrote meanwhile is left alone (it may name the only whole object).
+
+    Put back with one more byte of trailing white space (the same manifest, read and checksummed alike, with
+    another ETag): a copy of the pending mark still on its way (an attempt whose answer timed out) is
+    conditioned on the proven manifest's ETag, and would land over the very same bytes put back."""
     try:
         current = store.get_verified_bytes(mkey)
         if original is not None and current != original and (current == pending or _sha(current) is None):
-            store.put_bytes(mkey, original, "application/json", if_match=store.etag_of(current))
+            store.put_bytes(mkey, original + b" ", "application/json", if_match=store.etag_of(current))
     except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise
         exc.add_note(f"cleanup: could not take back the pending removal mark in {store.uri(mkey)} "
                      f"({cleanup}); nothing was removed, and the next removal of the day takes it back")
@@ -1355,6 +1359,14 @@ def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> 
     return parents
 
 
+def _reads_back(store: S3Store, mkey: str, data: bytes) -> bool:
+    """Whether the store holds exactly ``data`` under ``mkey`` (read once more; False if it cannot say)."""
+    try:
+        return store.get_verified_bytes(mkey) == data
+    except Exception:  # noqa: BLE001 - not known to be there: the write's own failure is raised
+        return False
+
+
 def _encoded(manifest: dict) -> bytes:
     data = encode_manifest(manifest)
     decode_manifest(data)  # never write a manifest we could not read back
@@ -1373,3 +1385,7 @@ def _write_manifest(store: S3Store, mkey: str, manifest: dict, *, previous: byte
         if previous is not None:
             _take_back(store, mkey, previous, data, exc)
         raise
+    except Exception as exc:
+        # a write the store carried out but answered with an error (a 5xx after it acted, a reset): ours is there
+        if S3Store.refused(exc) or not _reads_back(store, mkey, data):
+            raise

@@ -751,20 +751,32 @@ class S3Store:
             return first
         return {"IfMatch": head["ETag"]} if head is not None and head.get("ETag") else first
 
-    def holds(self, key: str, md5_hex: str, size: int) -> bool:
-        """Whether ``key`` holds exactly the object of MD5 ``md5_hex`` and ``size`` bytes: a write whose answer was
-        lost, retried and refused (412), was ours after all. By its ETag (a single PUT's MD5, or a multipart's
-        ``md5-of-parts-N``); without MD5 ETags (``verify_etags`` off) by reading it back, which only single-PUT
-        objects ask for (no bigger than a part)."""
+    def holds(self, key: str, md5_hex: str, size: int, content_md5: str | None = None) -> bool:
+        """Whether ``key`` holds exactly the object of ETag ``md5_hex`` and ``size`` bytes: a write whose answer was
+        lost, retried and refused (412, or NoSuchUpload for a multipart Complete), was ours after all. By its ETag
+        (a single PUT's MD5, or a multipart's ``md5-of-parts-N``); without MD5 ETags (``verify_etags`` off) by
+        reading it back and hashing it against ``content_md5`` (the whole object's MD5; a single PUT's is its
+        ETag): a rare path, after an answer was lost, so a big object is read back whole rather than guessed."""
         try:
             head = self.head(key)
             if head is None or head.get("ContentLength") != size:
                 return False
             if self.verify_etags:
                 return self.etag_in(head) == md5_hex
-            return hashlib.md5(self.get_bytes(key)).hexdigest() == md5_hex
+            return self._content_md5(key) == (content_md5 or md5_hex)
         except Exception:  # noqa: BLE001 - not known to hold it
             return False
+
+    def _content_md5(self, key: str) -> str:
+        """The MD5 of the object's bytes, read back in chunks (flat memory whatever its size)."""
+        digest = hashlib.md5()
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            for chunk in body.iter_chunks(1 << 20):
+                digest.update(chunk)
+        finally:
+            body.close()
+        return digest.hexdigest()
 
     @staticmethod
     def refused(exc: BaseException) -> bool:
@@ -809,20 +821,23 @@ class S3Store:
             _note(original, text)
             return False
 
-    def _withdraw_if_ours(self, key: str, expected_etag: str | set[str], size: int, original: BaseException) -> None:
+    def _withdraw_if_ours(self, key: str, expected_etag: str | set[str], size: int, original: BaseException,
+                          content_md5: str | None = None) -> None:
         """After a write that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
         delete the object under ``key`` only if it is the one we sent (one of our ETags, our size):
-        an older archive that is still there must survive. Needs MD5 ETags (``verify_etags``)."""
+        an older archive that is still there must survive. Without MD5 ETags (``verify_etags`` off), by
+        reading it back against ``content_md5`` (the object's MD5; a single PUT's is its ETag)."""
         etags = {expected_etag} if isinstance(expected_etag, str) else set(expected_etag)
-        if not self.verify_etags:
-            return
         try:
             head = self.head(key)
+            ours = head is not None and head.get("ContentLength") == size and (
+                self.etag_in(head) in etags - {""} if self.verify_etags else
+                self._content_md5(key) == (content_md5 or next(iter(etags))))
         except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
             _note(original, f"cleanup: could not check whether {self.uri(key)} was written "
                             f"({_said(exc)}); the next archive of this day replaces it")
             return
-        if head is not None and self.etag_in(head) in etags - {""} and head.get("ContentLength") == size:
+        if ours:
             self.delete_quietly(key, original)
 
     def get_bytes(self, key: str) -> bytes:
@@ -1334,15 +1349,17 @@ class S3Upload:
         try:
             response = self._complete(upload_id, parts)
         except Exception as exc:
-            if self.fresh and _is_taken(exc):
-                if self.store.verify_etags and self.store.holds(self.key, expected, size):
-                    # ours, completed by an earlier try whose answer was lost (botocore retried the complete)
-                    response = {"ETag": f'"{expected}"'}
-                else:  # another run's object is there: not ours to withdraw
-                    raise self._named(_taken(self.store.uri(self.key), exc)) from None
+            # a retried Complete meets a 412 (fresh key) or NoSuchUpload (a completed upload is no longer one)
+            # when an earlier try, whose answer was lost, completed it: the key then holds our object
+            lost = (self.fresh and _is_taken(exc)) or _code(exc) == "NoSuchUpload"
+            if lost and self.store.holds(self.key, expected, size, content_md5=md5_hex):
+                response = {"ETag": f'"{expected}"'} if self.store.verify_etags else self._head_etag(expected)
+            elif self.fresh and _is_taken(exc):  # another run's object is there: not ours to withdraw
+                raise self._named(_taken(self.store.uri(self.key), exc)) from None
             else:
                 error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
-                self._withdraw_if_ours(expected, size, error)  # the store may have completed it before failing
+                # the store may have completed it before failing
+                self._withdraw_if_ours(expected, size, error, content_md5=md5_hex)
                 raise self._named(error) from exc
         # Checked before the upload counts as completed: a store that answered 200 without completing it (a
         # proxy's or gateway's made-up answer) still holds its parts, which finish()'s abort then removes
@@ -1355,6 +1372,15 @@ class S3Upload:
         self._finished = True
         self._unmark(None)
         return stored
+
+    def _head_etag(self, fallback: str) -> dict:
+        """The key's ETag as the store gives it (a store's own, not an MD5), for the record of an upload found
+        completed after its answer was lost."""
+        try:
+            head = self.store.head(self.key)
+        except Exception:  # noqa: BLE001 - only recorded; the object was just read back whole
+            head = None
+        return {"ETag": (head or {}).get("ETag") or f'"{fallback}"'}
 
     def _complete(self, upload_id: str, parts: list[_Part]) -> dict:
         """CompleteMultipartUpload, conditional on a fresh key where the store takes conditions."""
@@ -1456,8 +1482,9 @@ class S3Upload:
 
         return store.with_conditions(put, condition, store.uri(self.key))
 
-    def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException) -> None:
-        self.store._withdraw_if_ours(self.key, expected_etag, size, original)
+    def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException,
+                          content_md5: str | None = None) -> None:
+        self.store._withdraw_if_ours(self.key, expected_etag, size, original, content_md5)
 
     # --- the upload's threads ------------------------------------------------------------------
     def _lead(self) -> None:

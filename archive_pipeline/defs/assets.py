@@ -779,7 +779,8 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         verified = "NOT proven: " + "; ".join(verdict.problems)
     metadata = materialization_metadata(result, object_link(archive_store, result), verified,
                                         store.uri(result.stored_key))
-    evaluation = check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
+    evaluation = (None if unverified is not None else  # nothing was judged
+                  check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check))
     if alone and output_read_downstream(context):  # the step's output: the run's checks and assets read it
         yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
         if unverified is not None:
@@ -788,7 +789,7 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     else:
         _log_day(context, AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata,
                                                description=summary(result, state), tags={STATE_TAG: state}),
-                 None if unverified is not None else evaluation)
+                 evaluation)
         if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
             raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     if spec.deep_check and not verdict.passed:
