@@ -1,0 +1,58 @@
+"""Hunt 12 (re): real PostgreSQL faults in the round-trip commands (restore, compare, verify --deep, removal) at
+each of their steps: another session's statement between two of the product's steps, a session ended or a
+statement cancelled at a chosen statement. Each test says what happens now and what should."""
+
+from __future__ import annotations
+
+import re  # noqa: F401 - used by the tests below
+
+import pytest
+
+from archive_pipeline.core import lifecycle
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.lifecycle import remove_day
+from archive_pipeline.core.verify import load_manifest
+from archive_pipeline_tests.test_lifecycle import DAYS, events, spec_for  # noqa: F401 - the fixture
+
+DAY = DAYS[0]
+
+
+def _after_the_proof(monkeypatch, pg, statement: str) -> None:
+    """Run ``statement`` from another session right after the removal's proof (deep_verify) returns, before the
+    removal's own transaction: someone else's work landing between the product's two steps."""
+    proved = lifecycle.deep_verify
+
+    def then_meddle(*args, **kwargs):
+        problems = proved(*args, **kwargs)
+        with pg.connect() as other:
+            other.execute(statement)
+        return problems
+
+    monkeypatch.setattr(lifecycle, "deep_verify", then_meddle)
+
+
+@pytest.mark.parametrize("action", ["delete", "drop"])
+def test_a_day_truncated_by_someone_else_after_its_proof_is_not_told_to_be_archived_again(
+        pg, conn, events, store, monkeypatch, action):
+    """The removal proves the day (300 rows, archive equal), then another session TRUNCATEs the day's partition
+    (a cleanup job, a mistaken maintenance script) before the removal's transaction re-checks it.
+
+    Now: RemovalRefused "its rows changed since they were archived and proven (0 rows now, 300 archived);
+    archive the day again (overwrite), then remove it". Following that remedy archives the emptied day over the
+    proven archive: the manifest then says the day is empty and a restore brings back nothing (the 300 rows
+    survive only as a 'kept' object no command restores), and the removal that follows removes nothing.
+
+    Should: a refusal that says the day's rows are gone from the source (0 of the 300 archived rows left) and that
+    the archive is now their only copy: restore it if the rows were not meant to go; never "overwrite".
+    (Fix idea: in _recheck_and_remove, a re-check finding no rows where the archive has some says so, with a
+    restore remedy, instead of the 'changed rows' wording.)"""
+    spec = spec_for(events, action)
+    result = archive_partition(conn, spec, DAY, store)
+    _after_the_proof(monkeypatch, pg, f'TRUNCATE "{events}".events_20240310')
+    with pg.connect() as removing, pytest.raises(lifecycle.RemovalRefused) as caught:
+        remove_day(removing, spec, DAY, store)
+    message = f"{caught.value} {caught.value.remedy or ''}"
+    assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
+    assert "overwrite" not in message, message
+    assert "restore" in message and "only copy" in message, message
+    assert "removed" not in load_manifest(store, result.key)
