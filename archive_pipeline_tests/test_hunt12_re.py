@@ -4,7 +4,7 @@ statement cancelled at a chosen statement. Each test says what happens now and w
 
 from __future__ import annotations
 
-import re  # noqa: F401 - used by the tests below
+import re
 
 import pytest
 
@@ -55,4 +55,33 @@ def test_a_day_truncated_by_someone_else_after_its_proof_is_not_told_to_be_archi
     assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
     assert "overwrite" not in message, message
     assert "restore" in message and "only copy" in message, message
+    assert "removed" not in load_manifest(store, result.key)
+
+
+@pytest.mark.parametrize("meddling", ["ALTER TABLE {s}.events DETACH PARTITION {s}.events_20240310",
+                                      "DROP TABLE {s}.events_20240310"], ids=["detached", "dropped"])
+def test_a_day_partition_taken_away_by_someone_else_after_its_proof_is_not_blamed_on_the_retention_action(
+        pg, conn, events, store, monkeypatch, meddling):
+    """Retention action drop. The removal proves the day, then another session detaches (pg_partman's own
+    retention, a DBA) or drops the day's partition before the removal's transaction takes its locks.
+
+    Now: RemovalRefused, not retryable: "is not one partition of its own: no range partition holds its rows (a
+    default partition may); drop removes whole partitions: use retention action 'delete'". Neither is true:
+    the day was one partition of its own a moment ago and no default partition exists; switching the table to
+    action 'delete' deletes nothing (the rows are not in the table any more) and changes every later day's
+    removal.
+
+    Should: say that the day's partition was detached or dropped while the removal ran (the day holds no rows in
+    the table now; nothing was removed by this run), without advising another retention action.
+    (Fix idea: _target's "not one partition" refusal first asks whether the day has any rows left or any
+    partition at all, and names a partition that went away meanwhile as such.)"""
+    spec = spec_for(events, "drop")
+    result = archive_partition(conn, spec, DAY, store)
+    _after_the_proof(monkeypatch, pg, meddling.format(s=f'"{events}"'))
+    with pg.connect() as removing, pytest.raises(lifecycle.RemovalRefused) as caught:
+        remove_day(removing, spec, DAY, store)
+    message = f"{caught.value} {caught.value.remedy or ''}"
+    assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
+    assert "use retention action 'delete'" not in message and "a default partition may" not in message, message
+    assert re.search(r"detached|dropped|no longer|gone", message), message
     assert "removed" not in load_manifest(store, result.key)
