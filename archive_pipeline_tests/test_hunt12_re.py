@@ -85,3 +85,45 @@ def test_a_day_partition_taken_away_by_someone_else_after_its_proof_is_not_blame
     assert "use retention action 'delete'" not in message and "a default partition may" not in message, message
     assert re.search(r"detached|dropped|no longer|gone", message), message
     assert "removed" not in load_manifest(store, result.key)
+
+
+def test_verify_deep_of_a_day_whose_source_rows_were_deleted_by_someone_else_does_not_call_the_archive_damaged(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """A column-mode table; the day is archived (2 rows), then someone else deletes the day's rows from the source
+    (a cleanup script; no removal ran, so the manifest has no removal mark). `verify --deep` downloads the
+    archive, loads it, finds it equal to its manifest, then finds the source empty.
+
+    Now: the day is FAILED, and the remedy is "... archive it again: ... --overwrite (a new generation; the
+    damaged one is kept ...); if the source no longer holds it, restore the object or its manifest from a backup
+    of the bucket (its versions, a replica) before anything else". The archive is not damaged (it matched its
+    manifest, size, MD5, fingerprint): it is the only copy of rows the source lost, and a bucket backup changes
+    nothing. (`compare` meanwhile calls the same day "not-in-source", exit 0.)
+
+    Should: the problem says the source no longer holds the day's rows (0 of 2), the archive checks out and is
+    their only copy; the remedy is to restore it (restore --into original) if the rows were not meant to go —
+    never "damaged", never a bucket backup. (Fix idea: cli._verify_remedy tells a source-side difference, the
+    archive's rows equal to the manifest's, from an archive-side one.)"""
+    import json
+
+    import yaml
+    from psycopg import sql
+
+    from archive_pipeline_tests.test_cli import cli
+    from archive_pipeline_tests.test_hunt10_px import _env
+
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-10 23:30+00')").format(t))
+    table = dict(name=f"{schema}.t", day_column="at", start_date="2024-03-10", format="jsonl",
+                 partitioning={"mode": "column"})
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    env = _env(pg, s3, bucket, config)
+    archived = cli(env, "archive", "--day", "2024-03-10")
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    conn.execute(sql.SQL("DELETE FROM {}").format(t))  # someone else's
+    deep = cli(env, "verify", "--deep", "--day", "2024-03-10", "--json")
+    [day] = json.loads(deep.stdout)["days"]
+    said = json.dumps(day)
+    assert "damaged" not in said and "backup of the bucket" not in said, said
+    assert "restore" in said and "--into original" in said, said
