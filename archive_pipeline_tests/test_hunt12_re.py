@@ -127,3 +127,27 @@ def test_verify_deep_of_a_day_whose_source_rows_were_deleted_by_someone_else_doe
     said = json.dumps(day)
     assert "damaged" not in said and "backup of the bucket" not in said, said
     assert "restore" in said and "--into original" in said, said
+
+
+def test_a_removal_of_a_day_someone_emptied_before_it_ran_blames_the_source_and_says_what_to_do(
+        pg, conn, events, store):
+    """Retention action drop. After the day was archived (300 rows), someone TRUNCATEs its partition; then the
+    removal runs (prune finds the partition present, so it tries every run).
+
+    Now: RemovalRefused "... stays in the source: its archive is not proven: the source's rows for 2024-03-10 are
+    not the archive's: 0 rows against 300; first difference: ...", with no remedy at all (no "to fix:"). The
+    archive was downloaded, loaded and found equal to its manifest: it is proven; what changed is the source,
+    which lost every row. The user is left to think the archive is bad (and prune repeats it every run).
+
+    Should: a refusal whose cause is the source (the day's partition holds none of the 300 archived rows now) and
+    whose remedy says the archive is their only copy: restore it into the original table if the rows were not
+    meant to go (or drop the empty partition by hand)."""
+    spec = spec_for(events, "drop")
+    archive_partition(conn, spec, DAY, store)
+    conn.execute(f'TRUNCATE "{events}".events_20240310')
+    with pg.connect() as removing, pytest.raises(lifecycle.RemovalRefused) as caught:
+        remove_day(removing, spec, DAY, store)
+    said = str(caught.value)
+    assert (caught.value.table, caught.value.day) == (spec.name, DAY.isoformat())
+    assert "archive is not proven" not in said, said
+    assert "to fix:" in said and "restore" in said.split("to fix:", 1)[1], said
