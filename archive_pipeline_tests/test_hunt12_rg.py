@@ -35,3 +35,27 @@ def test_restoring_a_big_bytea_from_parquet_stays_within_the_memory_goal(pg, s3,
     rows, peak = peak_mb(pg, s3, bucket, temp_dir, spec, DAY, "restore", target=f"{schema}.back")
     assert rows == 1
     assert peak < 3 * value_mb + 100, (value_mb, peak)
+
+
+def test_restoring_a_bytea_array_with_one_big_element_from_parquet_stays_within_the_memory_goal(pg, s3, conn, schema,
+                                                                                               bucket, temp_dir):
+    """A day whose one row holds a bytea[] with a single 32 MiB element of incompressible bytes (attachments
+    kept as an array), archived in Parquet (list<binary>: +152 MB, within the goal), then restored. The
+    restore peaks at ~10x the value (+333 MB measured), where the README's goal for a Parquet restore is
+    3x the value + 100 MB (196 MB here); a text[] of the same size restores in +119 MB. In readers._list_text
+    every bytea element is spelled `\\x` + hex (2x), and since that prefix holds a backslash
+    _quoted_elements always runs the regex escape over the whole hex (another copy), then quotes it
+    (another), joins the list (another) and wraps it in braces (another), in large_string buffers alive
+    together. Expected: within 3x the value + 100 MB. Fix idea: write a binary element as `"\\\\x<hex>"`
+    directly (its hex needs no escaping: only the fixed prefix does), and hand a big list's elements to
+    COPY in pieces as big scalar values are."""
+    table = sql.Identifier(schema, "arr")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, v bytea[])").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT 1, {}, ARRAY[(SELECT string_agg(decode(md5(i::text), 'hex'), "
+                         "''::bytea) FROM generate_series(1, 32 * 65536) i)]").format(table, sql.Literal(DAY)))
+    value_mb = 32
+    spec = dict(name=f"{schema}.arr", day_column="at", start_date="2024-03-01", format="parquet", compression="zstd")
+    assert peak_mb(pg, s3, bucket, temp_dir, spec, DAY, "archive")[0] == 1
+    rows, peak = peak_mb(pg, s3, bucket, temp_dir, spec, DAY, "restore", target=f"{schema}.back")
+    assert rows == 1
+    assert peak < 3 * value_mb + 100, (value_mb, peak)
