@@ -78,3 +78,54 @@ def test_a_restore_meeting_another_restore_into_the_same_table_names_the_archive
     assert error.retryable, error.__dict__
     assert error.table == spec.name, error.__dict__
     assert not str(error).startswith("restore into"), str(error)
+
+
+def test_a_run_that_lost_its_lock_never_deletes_the_object_the_next_run_committed(pg, conn, events, store, s3_client,
+                                                                                 bucket, monkeypatch):
+    """Run A archives events 2024-03-10 again (overwrite, generation 2). Its rows are read and its last check
+    passes; then, while it is about to publish (parked after ``same_read_relations``), its session is ended
+    (a server restart, an idle-session reaper, pg_terminate_backend): the table-day lock goes with it. Run B
+    (the Dagster retry, or a CLI archive --overwrite) takes the day, decides generation 2 too (A's upload is
+    not an object yet), commits its manifest naming ``...2024-03-10.g2.jsonl.zst`` and retires generation 1.
+    A then publishes to the same key, finds its lock gone ("nothing was published", retryable) and withdraws
+    "its" object: the very object B's manifest names. Now: the day's only manifest names a missing object,
+    generation 1 is deleted too (deep_verify: "object ... is missing"): the archive is lost.
+    Should: a run that lost its lock deletes nothing another run's manifest names (B's archive stays whole).
+    Fix idea: write each run's new generation under a key no other run can pick (a run nonce in the key, or
+    reserve the generation with an If-None-Match marker before uploading), or read the manifest before the
+    withdrawal and keep the object it names, as _refuse_replaced does."""
+    from archive_pipeline.core import archive as archive_mod
+    from archive_pipeline.core.verify import deep_verify, load_manifest
+
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    original = archive_mod.same_read_relations
+    gate, parked = threading.Event(), threading.Event()
+
+    def then_park(*args, **kwargs):
+        checked = original(*args, **kwargs)
+        if threading.current_thread().name == "A":
+            parked.set()
+            gate.wait(30)
+        return checked
+
+    monkeypatch.setattr(archive_mod, "same_read_relations", then_park)
+    with pg.connect() as run_a, pg.connect() as run_b:
+        thread, outcome = _in_thread("A", lambda: archive_partition(run_a, spec, DAY, store, overwrite=True))
+        try:
+            assert parked.wait(30), outcome
+            conn.execute("SELECT pg_terminate_backend(%s)", (run_a.info.backend_pid,))
+            assert wait_until(lambda: conn.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
+                                                   (run_a.info.backend_pid,)).fetchone()[0])
+            committed = archive_partition(run_b, spec, DAY, store, overwrite=True)
+            assert committed.generation == 2 and not committed.skipped  # (the premise: B committed the day)
+        finally:
+            gate.set()
+            thread.join(60)
+    assert isinstance(outcome.get("error"), ArchiveError) and outcome["error"].retryable, outcome
+    manifest = load_manifest(store, f"archive/{events}.events/2024/03/2024-03-10.jsonl.zst")
+    assert manifest is not None and manifest["object"]["key"] == committed.key, manifest
+    stored = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    # Now: only the manifest is left; B's object (and generation 1, which B retired) is gone.
+    assert committed.key in stored, stored
+    assert deep_verify(conn, store, spec, DAY) == []
