@@ -129,3 +129,42 @@ def test_a_run_that_lost_its_lock_never_deletes_the_object_the_next_run_committe
     # Now: only the manifest is left; B's object (and generation 1, which B retired) is gone.
     assert committed.key in stored, stored
     assert deep_verify(conn, store, spec, DAY) == []
+
+
+def test_a_removal_whose_session_died_after_its_commit_is_not_told_its_archive_was_replaced(pg, conn, events, store,
+                                                                                           monkeypatch):
+    """Removal A (retention drop) of events 2024-03-10 commits; before it writes its 'done' mark (parked before
+    ``_marked_by_us``) its session ends (a server restart, a reaper): its table-day lock goes with it. Removal B
+    (the retention schedule's run, or prune) takes the day, finds A's pending mark, sees A's transaction
+    committed and completes the mark: the manifest is A's own removal, marked done, same rows, same xid.
+    A then reads the manifest back and raises RemovalNotRecorded, NOT retryable: "its archive ... was replaced
+    meanwhile by one that does not hold those rows (an archive run of the day on another server?) ... compare
+    the archive now in the store with the removed rows' fingerprint": a false alarm that sends the operator
+    hunting for a lost archive. Should: A recognises its own removal completed (the done mark carries its xid
+    and the archive's fingerprint) and returns, or at worst fails retryable saying another run completed it.
+    Fix idea: in _marked_by_us accept a 'done' manifest whose removed.xid (and system) are this removal's."""
+    from archive_pipeline.core import lifecycle
+    from archive_pipeline.core.lifecycle import RemovalNotRecorded, remove_day
+    from archive_pipeline.core.verify import load_manifest
+
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    gate, parked = _park(monkeypatch, lifecycle, "_marked_by_us", "A")
+    with pg.connect() as run_a, pg.connect() as run_b:
+        thread, outcome = _in_thread("A", lambda: remove_day(run_a, spec, DAY, store, removed_by="A"))
+        try:
+            assert parked.wait(30), outcome
+            conn.execute("SELECT pg_terminate_backend(%s)", (run_a.info.backend_pid,))
+            assert wait_until(lambda: conn.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
+                                                   (run_a.info.backend_pid,)).fetchone()[0])
+            settled = remove_day(run_b, spec, DAY, store, removed_by="B")
+            assert settled.completed, settled  # (the premise: B completed A's committed removal)
+        finally:
+            gate.set()
+            thread.join(60)
+    manifest = load_manifest(store, f"archive/{events}.events/2024/03/2024-03-10.jsonl.zst")
+    assert manifest["removed"]["state"] == "done" and manifest["removed"]["by"] == "A"  # A's removal, done
+    error = outcome.get("error")
+    # Now: RemovalNotRecorded("... was replaced meanwhile by one that does not hold those rows ...", retryable=False)
+    assert not (isinstance(error, RemovalNotRecorded) and "does not hold those rows" in str(error)), str(error)
+    assert error is None or error.retryable, (str(error), error.__dict__)
