@@ -168,3 +168,55 @@ def test_a_removal_whose_session_died_after_its_commit_is_not_told_its_archive_w
     # Now: RemovalNotRecorded("... was replaced meanwhile by one that does not hold those rows ...", retryable=False)
     assert not (isinstance(error, RemovalNotRecorded) and "does not hold those rows" in str(error)), str(error)
     assert error is None or error.retryable, (str(error), error.__dict__)
+
+
+def test_a_restore_through_a_view_of_the_archived_table_takes_the_tables_day_lock(pg, conn, events, store,
+                                                                                  monkeypatch):
+    """Retention (delete) removed events 2024-03-10. Two restores of that day at once: one into the original
+    table, one into an updatable view over it (``events_v AS SELECT * FROM events``, a target the README
+    accepts: "an updatable view takes a JSONL restore's INSERT"). The restore into the original takes the
+    table-day lock of events; the one into the view locks "restore into events_v" instead (_tree_root sees no
+    parent of a view), so they do not exclude each other. Each checks the day's rows in its own transaction,
+    sees only its own, and both succeed: events then holds the day twice (600 rows, 300 archived) while both
+    results say "fingerprint ... equals the manifest's". Should: the restore into the view takes the lock of
+    the table the view writes into (the second then fails retryable, or finds the day restored), and events
+    ends with the day's 300 rows once. Fix idea: in restore_archive resolve an updatable view to its base
+    relation (pg_rewrite / pg_depend, recursively) before _tree_root and the `original` comparison."""
+    from psycopg import sql as _sql
+
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline_tests.test_race_hunt import day_rows
+
+    spec = spec_for(events, "delete")
+    archive_partition(conn, spec, DAY, store)
+    assert remove_day(conn, spec, DAY, store).rows == 300
+    conn.execute(_sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(_sql.Identifier(events, "events_v"),
+                                                                        _sql.Identifier(events, "events")))
+    original = restore_mod._check
+    gate, parked = threading.Event(), threading.Event()
+
+    def checked_then_park(*args, **kwargs):  # the first restore has proven its rows and is about to commit
+        proven = original(*args, **kwargs)
+        if threading.current_thread().name == "original":
+            parked.set()
+            gate.wait(30)
+        return proven
+
+    monkeypatch.setattr(restore_mod, "_check", checked_then_park)
+    outcomes = {}
+    with pg.connect() as first, pg.connect() as second:
+        thread, outcome = _in_thread("original", lambda: restore_mod.restore_day(first, store, spec, DAY,
+                                                                                  into="original"))
+        try:
+            assert parked.wait(30), outcome
+            try:
+                outcomes["view"] = restore_mod.restore_day(second, store, spec, DAY, into="existing",
+                                                           target=f"{events}.events_v")
+            except ArchiveError as exc:
+                outcomes["view"] = exc
+        finally:
+            gate.set()
+            thread.join(60)
+    outcomes["original"] = outcome.get("result", outcome.get("error"))
+    # Now: both RestoreResults ("fingerprint ... equals the manifest's"), and 600 rows of the day in events.
+    assert day_rows(conn, events) == 300, outcomes
