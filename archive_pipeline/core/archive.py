@@ -438,9 +438,29 @@ class _Archiving:
                 note_cancelled(exc, self.spec.name, self.day.isoformat(), "tidying")
             if upload is not None:
                 upload.abort()
-            if published is not None:  # complete, but never named by a manifest: withdraw it
-                self.store.delete_quietly(published, exc)
+            if published is not None:  # complete, but never named by a manifest of ours: withdraw it
+                self._withdraw_unnamed(published, exc)
             raise
+
+    def _withdraw_unnamed(self, key: str, exc: BaseException) -> None:
+        """Delete the object this run published but did not commit, unless the day's manifest names it: a run
+        that took the day after this one lost its lock may have written the very same bytes at the same key
+        (the same rows, the same generation), found there by this one as its own, and committed them."""
+        try:
+            raw = _get_manifest_bytes(self.store, self.manifest_key)
+        except Exception:  # noqa: BLE001 - the store cannot say: left for the next run's tidy
+            exc.add_note(f"cleanup: {self.store.uri(key)} is left for the next run of the day (the day's manifest "
+                         "could not be read to tell whether another run committed it)")
+            return
+        try:
+            named = raw is not None and (decode_manifest(raw).get("object") or {}).get("key") == key
+        except Exception:  # noqa: BLE001 - a manifest that cannot be read names nothing
+            named = False
+        if named:
+            exc.add_note(f"{self.store.uri(key)} is left as it is: the day's manifest names it (another run "
+                         "committed the same object)")
+        else:
+            self.store.delete_quietly(key, exc)
 
     def _tidy(self, existing: Existing) -> None:
         """Remove what earlier runs of this day left behind, before anything else (see
@@ -989,6 +1009,8 @@ class _Archiving:
                 return
             if attempt == 0:
                 time.sleep(1.0)
+        if self._superseded_since(result.key, data):
+            return
         gone = (f"{self.spec.name} {self.day}: the new object {self.store.uri(result.key)} was gone once its manifest "
                 "was written (a run of the day on another server removed it as a leftover)")
         remedy = "retried automatically; archive each table from one server only"
@@ -1005,6 +1027,20 @@ class _Archiving:
                     "names the missing object until the retry archives the day again")
         raise ArchiveError(f"{gone}; {said}", table=self.spec.name, day=self.day.isoformat(), retryable=True,
                            remedy=remedy)
+
+    def _superseded_since(self, key: str, data: bytes) -> bool:
+        """Whether a later run's manifest, committed over ours, lists our object as superseded: our commit stood,
+        and that run retired our object as it should (a run that took the day once this one's session ended)."""
+        try:
+            current = _get_manifest_bytes(self.store, self.manifest_key)
+            later = decode_manifest(current) if current is not None and current != data else None
+        except Exception:  # noqa: BLE001 - not known: the object counts as lost
+            return False
+        if later is None or key not in (later.get("superseded") or []):
+            return False
+        log.info("%s %s: committed, then superseded by a later run's archive of the day (%s)", self.spec.name,
+                 self.day, (later.get("object") or {}).get("key"))
+        return True
 
     def _undo_commit(self, exc: BaseException, result: ArchiveResult, existing: Existing) -> None:
         if existing.raw is not None:

@@ -428,6 +428,10 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     done_mark = {**mark, "state": "done", "relation": target.qualified, "rows": rows}
     try:
         found = _marked_by_us(store, mkey, pending, manifest)
+        if found is None and _completed_for_us(store, mkey, mark):
+            # this session ended after the COMMIT, and another run of the day settled our mark as committed
+            log.info("%s %s: the removal's mark was completed by another run", spec.name, day)
+            return Removal(spec.name, day, action, target.qualified, rows, archive, now)
         if found is None:
             raise RemovalNotRecorded(
                 f"{spec.name} {day}: the removal is committed in the source ({action} of {target.qualified}: its "
@@ -509,6 +513,18 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
         return None
     log.warning("%s: replaced during the removal by an archive of the same rows; marking that one done", mkey)
     return current, raw
+
+
+def _completed_for_us(store: S3Store, mkey: str, mark: dict) -> bool:
+    """Whether the manifest is marked done for this very removal (its transaction: ``xid`` and ``system``), by
+    another run that found our pending mark and our transaction committed."""
+    try:
+        raw = store.get_verified_bytes(mkey)
+        removed = decode_manifest(raw).get("removed") if raw is not None else None
+    except Exception:  # noqa: BLE001 - not known to be ours
+        return False
+    return (isinstance(removed, dict) and removed.get("state") == "done" and removed.get("xid") == mark["xid"]
+            and removed.get("system") == mark.get("system"))
 
 
 def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, action: str, relation: str, rows: int,

@@ -781,12 +781,25 @@ def _unsure_after_another(conn: psycopg.Connection, exc: ArchiveError, manifest:
                   "track of its days)")
 
 
+def _another_restore_into(exc: ArchiveError, table: str, manifest: dict, root: Relation | None) -> ArchiveError:
+    """The table-day lock of a restore into ``root`` held by another run, said of the archived table and day."""
+    day = manifest.get("day")
+    holder = str(exc).split(" right now", 1)[1] if " right now" in str(exc) else ""
+    return ArchiveError(f"{table} {day}: another restore of the day into {root} is running right now{holder}",
+                        table=table, day=day, retryable=True, cause="another restore holds the target's day",
+                        remedy=f"wait for that restore to end, then run this again (it finds the day restored into "
+                               f"{root} if that one committed)")
+
+
 def _tree_root(conn: psycopg.Connection, relation: Relation | None) -> Relation | None:
-    """The table at the top of ``relation``'s partition or inheritance tree (itself if none): the rows of a
-    restore into a partition land in its parent too, so two restores of one day, one naming the table and one
-    its partition, must take one lock (else each proves only its own uncommitted rows, and both load the day)."""
+    """The table at the top of ``relation``'s partition or inheritance tree (itself if none), through the views
+    it is a simple view of (an updatable view writes into its base table): the rows of a restore into a
+    partition or a view land in the table too, so two restores of one day, one naming the table and one its
+    partition or a view of it, must take one lock (else each proves only its own uncommitted rows, and both
+    load the day)."""
     if relation is None:
         return None
+    relation = _view_base(conn, relation)
     found = conn.execute(
         "WITH RECURSIVE up(oid, depth) AS (SELECT to_regclass(%s)::oid, 0 UNION ALL SELECT i.inhparent, up.depth + 1 "
         "FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.oid WHERE up.depth < 100) "
@@ -795,6 +808,26 @@ def _tree_root(conn: psycopg.Connection, relation: Relation | None) -> Relation 
         "WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid = up.oid) ORDER BY up.oid LIMIT 1",
         (relation.identifier.as_string(conn),)).fetchone()
     return Relation(*found) if found else relation
+
+
+def _view_base(conn: psycopg.Connection, relation: Relation) -> Relation:
+    """The one table a (chain of) view(s) reads, where ``relation`` is a view reading exactly one relation
+    (what an automatically updatable view is); else ``relation`` itself."""
+    for _ in range(100):  # (a chain of views, never a cycle: PostgreSQL refuses one)
+        found = conn.execute(
+            "SELECT pg_catalog.array_agg(DISTINCT d.refobjid) FROM pg_catalog.pg_class v "
+            "JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid "
+            "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid "
+            "AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> v.oid "
+            "JOIN pg_catalog.pg_class t ON t.oid = d.refobjid AND t.relkind IN ('r', 'p', 'v', 'f') "
+            "WHERE v.oid = pg_catalog.to_regclass(%s) AND v.relkind = 'v'",
+            (relation.identifier.as_string(conn),)).fetchone()
+        if not found or not found[0] or len(found[0]) != 1:
+            return relation
+        named = conn.execute("SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                             "ON n.oid = c.relnamespace WHERE c.oid = %s", (found[0][0],)).fetchone()
+        relation = Relation(*named)
+    return relation
 
 
 def _owns(conn: psycopg.Connection, relation: Relation) -> bool:
@@ -2286,8 +2319,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             try:
                 stack.enter_context(table_day_lock(conn, lock_name, manifest_period(manifest)))
             except ArchiveError as exc:
+                if lock_name != table and exc.table == lock_name:  # the lock's own name is no table of anyone's
+                    exc = _another_restore_into(exc, table, manifest, root)
                 _unsure_after_another(conn, exc, manifest, into, relation, original)
-                raise
+                raise exc from None
             stack.enter_context(_writable(conn))
             with _committed(conn, finished):  # (its transaction)
                 # the manifest's type names read as the archive wrote them, under PostgreSQL's names first (a
