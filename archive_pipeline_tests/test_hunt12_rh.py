@@ -49,3 +49,36 @@ def test_a_day_archived_under_the_former_format_is_not_called_missing_when_the_l
     answer = json.loads(verified.stdout)
     assert answer.get("retryable") is not False and "no day in the selection is archived" not in \
         answer.get("error", ""), answer
+
+
+def _manifest(s3_client, bucket: str, day: str) -> dict:
+    [key] = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]
+             if o["Key"].endswith(f"{day}.jsonl.zst.manifest.json")]
+    return json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_prune_whose_pending_mark_cannot_be_taken_back_says_the_mark_is_left_pending(
+        pg, s3, bucket, conn, schema, tmp_path, s3_client):
+    """`prune --day D --json` on a due day: the store applies the pending removal mark's PUT but every answer is
+    lost (reset after forwarding), so the removal stops before removing anything and takes the mark back; the
+    store refuses that take-back (500 on each attempt). The manifest is left marked `pending` (rows still in
+    the source). The core notes this on the error ("cleanup: could not take back the pending removal mark ...;
+    nothing was removed, and the next removal of the day takes it back"), but the command line prints
+    `str(exc)`, which drops every `__notes__`: the day's message only says the PUT failed, "run the command
+    again". The user is not told that the bucket now holds a pending removal mark (what `list` then shows as
+    "delete begun ... not finished"), nor that nothing was removed. The day's message should carry the
+    cleanup's note (say that the manifest stays marked pending and that nothing was removed).
+    Fix idea: the CLI's messages (prune, archive, restore, verify) append the exception's __notes__."""
+    table = {"retention": {"keep_days": 1, "action": "delete"}}
+    _, config, env0 = _archived(pg, s3, bucket, conn, schema, tmp_path, **table)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = make_env(pg, proxy.url, bucket, config)
+        mark = proxy.add(Fault(method="PUT", path=DAY + r"\.jsonl\.zst\.manifest\.json$", action="reset_after", times=4))
+        proxy.add(Fault(method="PUT", path=DAY + r"\.jsonl\.zst\.manifest\.json$", action="error", times=None))
+        done = cli(env, "prune", "--day", DAY, "--json")
+    assert mark.hits == 4 and _manifest(s3_client, bucket, DAY)["removed"]["state"] == "pending"  # (the premise)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE at::date = %s").format(
+        sql.Identifier(schema, "ev")), (DAY,)).fetchone()[0] == 50  # (nothing removed)
+    [day] = json.loads(done.stdout)["days"]
+    assert done.returncode == 1 and day["status"] == "failed", day
+    assert "pending" in day["message"], day["message"]
