@@ -82,3 +82,28 @@ def test_prune_whose_pending_mark_cannot_be_taken_back_says_the_mark_is_left_pen
     [day] = json.loads(done.stdout)["days"]
     assert done.returncode == 1 and day["status"] == "failed", day
     assert "pending" in day["message"], day["message"]
+
+
+def test_archive_dry_run_does_not_call_a_day_whose_manifest_read_failed_refused_as_changed(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Three days archived and unchanged; `archive --dry-run --from D0 --to D2` while the store answers the GET of
+    D1's manifest 503 SlowDown on every attempt (a transient read fault). Now D1 is planned with action `refuse`
+    ("would be refused: not checked (retryable): reading ... failed") and the summary line says "1 refused
+    (changed since archived)", `ok: true`, exit 0. Nothing says D1 changed: the real run would not refuse it
+    (it fails retryably, or skips it once the store answers), and a user reading "refused (changed since
+    archived)" would go looking for a change or reach for --overwrite. A day the dry run could not check should
+    be planned as not checked (its own action/count, retryable), as the README says of a day a lock holds, never
+    counted among days refused as changed. Fix idea: plan a lookup problem that starts "not checked" under its
+    own action (e.g. "not-checked"), counted apart in the totals and the summary line."""
+    _, config, _ = _archived(pg, s3, bucket, conn, schema, tmp_path)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = make_env(pg, proxy.url, bucket, config)
+        proxy.add(Fault(method="GET", path=DAY + r"\.jsonl\.zst\.manifest\.json$", action="error", status=503,
+                        code="SlowDown", times=None))
+        text = cli(env, "archive", "--dry-run", "--from", "2024-03-10", "--to", "2024-03-12")
+        answer = json.loads(cli(env, "archive", "--dry-run", "--from", "2024-03-10", "--to", "2024-03-12",
+                                "--json").stdout)
+    [day] = [d for d in answer["days"] if d["day"] == DAY]
+    assert day["reason"].startswith("not checked (retryable)"), day  # (the premise: a read fault, not a change)
+    assert "1 refused (changed since archived)" not in text.stdout, text.stdout[-400:]
+    assert day["action"] != "refuse", day
