@@ -107,3 +107,25 @@ def test_archive_dry_run_does_not_call_a_day_whose_manifest_read_failed_refused_
     assert day["reason"].startswith("not checked (retryable)"), day  # (the premise: a read fault, not a change)
     assert "1 refused (changed since archived)" not in text.stdout, text.stdout[-400:]
     assert day["action"] != "refuse", day
+
+
+def test_compare_does_not_count_a_day_whose_manifest_read_failed_as_a_difference(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Three days archived and unchanged; `compare --from D0 --to D2` while the store answers the GET of D1's
+    manifest 503 SlowDown on every attempt. D1's row says "not checked (retryable)" in its note, but its result is
+    `unreadable` (the README's word for a day whose rows the role may not read, "a difference") and the summary
+    says "3 day(s) compared, 1 differ". Nothing was compared for D1 and nothing differs: the README says such a
+    day is listed `not checked`, with whether a retry may help. The summary should not count it among the days
+    that differ (say "1 not checked"), and its result should not be a difference's. Fix idea: a ManifestLookup
+    problem starting "not checked" gives result "not-checked", counted apart from `differing`."""
+    _, config, _ = _archived(pg, s3, bucket, conn, schema, tmp_path)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = make_env(pg, proxy.url, bucket, config)
+        proxy.add(Fault(method="GET", path=DAY + r"\.jsonl\.zst\.manifest\.json$", action="error", status=503,
+                        code="SlowDown", times=None))
+        text = cli(env, "compare", "--from", "2024-03-10", "--to", "2024-03-12")
+        answer = json.loads(cli(env, "compare", "--from", "2024-03-10", "--to", "2024-03-12", "--json").stdout)
+    [day] = [d for d in answer["days"] if d["day"] == DAY]
+    assert day["note"].startswith("not checked (retryable)"), day  # (the premise: a read fault)
+    assert "1 differ" not in text.stdout.splitlines()[-1], text.stdout.splitlines()[-1]
+    assert day["result"] not in ("unreadable", "differs"), day
