@@ -864,10 +864,25 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
             return f"{own}; then verify the day again (it was not checked)"
         return (f"verify the day again ({run.suggest('verify', table, day, *how)}) once the database and store "
                 "answer: it was not checked")
+    if _source_side_only(problem):  # the archive held exactly the rows recorded: the source is what differs
+        return (f"the archive checks out (its rows are the ones recorded): the source differs. If the source's rows "
+                f"are the right ones (late rows, edits), archive the day again: "
+                f"{run.suggest('archive', table, day, '--overwrite')}; if rows were lost from the source, the archive "
+                f"is their only copy: restore them into the table ({run.suggest('restore', table, day, '--into', 'original')})")
     return (f"if the source still holds the day as it should be ({run.suggest('compare', table, day)}), archive "
             f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
             "backup of the bucket (its versions, a replica) before anything else")
+
+
+_SOURCE_SIDE = ("the source's rows for ", "first difference: ", "first difference not named: ")
+
+
+def _source_side_only(problem: str) -> bool:
+    """Whether a deep verification's problems (joined by "; ") are all the source's: its rows against the
+    archive's, which were loaded and found to be the ones recorded (an archive-side problem is said first)."""
+    return problem.startswith(_SOURCE_SIDE[0]) and all(
+        part.startswith(_SOURCE_SIDE) or not part[:1].islower() for part in problem.split("; "))
 
 
 def _stopped_by(message: str) -> dict[str, Any]:

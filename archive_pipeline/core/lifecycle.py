@@ -203,6 +203,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         if proven is not True and proven != manifest.get("manifest_sha256"):
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn,
                                    temp_dir=temp_dir)
+            if problems and int(manifest.get("rows") or 0) and not _has_rows(conn, spec, day):
+                raise _rows_lost(spec, day, int(manifest["rows"]), 0, action)  # the source's loss, not the archive's
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
@@ -315,6 +317,14 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
         day = spec.period(day)
         children = day_children(conn, spec, day)
         whole = [c for c in children if c.is_period(day)]
+        if not children and not _has_rows(conn, spec, day):
+            raise RemovalRefused(
+                f"{spec.name} {day} stays as it is: no partition of {table.qualified} holds the day now (its partition "
+                "was detached or dropped since the day was archived, by someone else: pg_partman's retention, a "
+                "DBA); this run removed nothing", table=spec.name, day=day.isoformat(),
+                remedy="if the partition went on purpose, the day is out of the table already (a detached partition "
+                       "is a table of its own now); if not, restore the day from its archive into the table "
+                       f"(restore --into original: it creates the day's partition again)")
         if len(children) != 1 or not whole:
             raise RemovalRefused(f"{spec.name} {day} is not one partition of its own: {_not_own(spec, day, children)}; "
                                  f"{action} removes whole partitions: use retention action 'delete'",
@@ -513,6 +523,20 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
         return None
     log.warning("%s: replaced during the removal by an archive of the same rows; marking that one done", mkey)
     return current, raw
+
+
+def _rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: str) -> RemovalRefused:
+    """The source lost the day's rows since they were archived (a TRUNCATE or DELETE of someone else's): the
+    archive is proven on its own; archiving the day again would replace it by the emptied day."""
+    left = ("drop the emptied partition by hand" if action == "drop" else
+            "detach the emptied partition by hand" if action == "detach" else "nothing is left to remove")
+    return RemovalRefused(
+        f"{spec.name} {day} stays as it is: the source holds {now:,} of the day's {archived:,} archived rows now "
+        "(deleted or truncated by someone else since the day was archived); the archive is their only copy, and "
+        "this run removed nothing", table=spec.name, day=day.isoformat(),
+        remedy=f"if the rows were not meant to go, restore them from the archive into the table (restore --into "
+               f"original); if they were, {left} (never archive the day again: that would replace the archive of "
+               "the rows by one of the emptied day)")
 
 
 def _completed_for_us(store: S3Store, mkey: str, mark: dict) -> bool:
@@ -861,6 +885,8 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
             f"and proven: {'; '.join(shapes)} ({now.rows:,} rows now, {archived_rows:,} archived"
             + ("" if str(now) == manifest["fingerprint"] else ", and the fingerprint differs") + "); archive the day "
             "again (overwrite), then remove it", table=spec.name, day=day.isoformat())
+    if str(now) != manifest["fingerprint"] and now.rows == 0 and archived_rows:
+        raise _rows_lost(spec, day, archived_rows, now.rows, action)
     if str(now) != manifest["fingerprint"]:
         raise RemovalRefused(
             f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "
