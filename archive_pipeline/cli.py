@@ -11,6 +11,7 @@ configuration error; 3 the source database or the object store cannot be reached
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import functools
@@ -142,6 +143,10 @@ class Run:
     table: str | None = None  # the table being worked on
     config_path: str | None = None  # the --config given, repeated in the commands a message suggests
 
+    def __post_init__(self) -> None:
+        # the configured names a message may hold, kept as they are by the rewording (see _for_the_cli)
+        _KEPT.set(_kept_names(self.config.tables))
+
     def command(self, verb: str) -> list[str]:
         """The command ``verb`` as a user pastes it into a shell: the program's name, and the --config this run
         was given (else it would read another table list, or none)."""
@@ -149,7 +154,7 @@ class Run:
 
     def suggest(self, verb: str, table: str, day: Period | str, *options: str) -> str:
         """The command that does ``verb`` for one table's day, as a user pastes it (see :meth:`command`)."""
-        return shlex.join([*self.command(verb), "--table", table, "--day", str(day), *options])
+        return _shell_join([*self.command(verb), "--table", table, "--day", str(day), *options])
 
     def days(self, spec: TableSpec) -> list[Period]:
         """The table's periods in the selection (its hours, days or months that overlap it). Every
@@ -348,12 +353,47 @@ _CLI_WORDING = [  # what the core says of a Dagster run, and what it means for o
 ]
 
 
-def _for_the_cli(text: str) -> str:
-    """A core message as the command line means it: the CLI tries once, where a Dagster run is retried, and
-    its options are spelled as options. Applied to everything a command prints (see :class:`_CliConsole`)."""
+# The configured names (tables, schemas) that the rewording would alter (a table "imports (overwrite)") or that
+# hold control characters (a schema "ops\nlegacy"): set by each command's Run, for the messages it prints.
+_KEPT: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("archive_pipeline_cli_kept", default=())
+
+
+def _kept_names(tables: Iterable[TableSpec]) -> tuple[str, ...]:
+    names = {name for spec in tables for name in (spec.name, spec.schema_name, spec.table_name)}
+    kept = [name for name in names if name and (_reworded(name) != name or _ANY_CONTROL.search(name))]
+    return tuple(sorted(kept, key=len, reverse=True))  # the longest first: a table's name holds its schema's
+
+
+def _reworded(text: str) -> str:
     for said, meant in _CLI_WORDING:
         text = said.sub(meant, text)
     return text
+
+
+def _for_the_cli(text: str) -> str:
+    """A core message as the command line means it: the CLI tries once, where a Dagster run is retried, and
+    its options are spelled as options. Applied to everything a command prints (see :class:`_CliConsole`).
+    The configured names in it are kept as they are (never reworded) and their control characters escaped
+    (a schema's line feed split a remedy's command over two lines)."""
+    kept = [name for name in _KEPT.get() if name in text]
+    for i, name in enumerate(kept):
+        text = text.replace(name, f"\ue000{i}\ue001")
+    text = _reworded(text)
+    for i, name in enumerate(kept):
+        text = text.replace(f"\ue000{i}\ue001", _ANY_CONTROL.sub(lambda found: ascii(found[0])[1:-1], name))
+    return text
+
+
+def _shell_join(args: list[str]) -> str:
+    """``args`` as a shell reads them back; an argument holding a control character (a schema's line feed) in
+    bash's $'...' quoting, its characters escaped, so the command stays on one line."""
+    return " ".join(_ansi_c_quoted(arg) if _ANY_CONTROL.search(arg) else shlex.quote(arg) for arg in args)
+
+
+def _ansi_c_quoted(arg: str) -> str:
+    inner = arg.replace("\\", "\\\\").replace("'", "\\'")
+    return "$'" + _ANY_CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}" if ord(found[0]) < 0x100 else
+                                   f"\\u{ord(found[0]):04x}", inner) + "'"
 
 
 # the Unicode bidi controls (embeddings, overrides, isolates, marks) change how a terminal lays the rest of a line

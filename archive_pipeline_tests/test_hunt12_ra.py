@@ -103,7 +103,7 @@ def test_a_table_name_inside_a_failure_message_is_not_reworded_by_the_cli(pg, s3
     data = [o["Key"] for o in listed if not o["Key"].endswith(".manifest.json")]
     assert len(data) == 1 and name in data[0], listed
     s3_client.delete_object(Bucket=bucket, Key=data[0])
-    for args in (("verify", "--day", DAY.isoformat()), ("--json", "verify", "--day", DAY.isoformat())):
+    for args in (("verify", "--day", DAY.isoformat()), ("verify", "--json", "--day", DAY.isoformat())):
         shown = _cli(env, *args)
         assert shown.exit_code != 0, shown.stdout
         assert name in shown.stdout, shown.stdout

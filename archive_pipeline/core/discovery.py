@@ -596,10 +596,14 @@ def day_table_parents(conn: psycopg.Connection, spec: TableSpec, table: SourceTa
         return None
     rows = conn.execute(
         "SELECT n.nspname, p.relname, CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) "
-        "END FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
+        "END, ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = p.oid AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY a.attnum) FROM pg_catalog.pg_inherits i "
+        "JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
         "JOIN pg_catalog.pg_class p ON p.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace "
         "WHERE i.inhrelid = %s ORDER BY i.inhseqno", (table.oid,)).fetchall()
-    return [{"schema": schema, "name": name, "bound": bound} for schema, name, bound in rows]
+    # the parent's columns then: a restore tells a column it lost since (renamed, dropped) from the day table's own
+    return [{"schema": schema, "name": name, "bound": bound, "columns": columns}
+            for schema, name, bound, columns in rows]
 
 
 def partition_of_day(spec: TableSpec, children: list[ChildRange]) -> dict | None:

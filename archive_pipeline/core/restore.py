@@ -1288,10 +1288,18 @@ def _refuse_hidden_columns(conn: psycopg.Connection, manifest: dict, relation: R
                            ).fetchone()[0]
         have |= set(column_names(conn, oid).values())
     archived = [c["name"] for c in table_definition(manifest)["columns"]]
-    missing = [name for name in archived if name not in have]
-    # a rename (the parent has a column the archive lacks, and lacks one it has): not a day table's column of its
-    # own, nor one the parent dropped on purpose, which stay the day table's as they were
-    if missing and have - set(archived):
+    recorded = {(str(p.get("schema")), str(p.get("name"))): p.get("columns")
+                for p in table_definition(manifest).get("parents") or [] if isinstance(p, dict)}
+    then = [recorded.get((parent.schema, parent.name)) for parent in parents]
+    if then and all(isinstance(columns, list) for columns in then):  # the parents' columns when archived: exact
+        inherited = {name for columns in then for name in columns}
+        missing = [name for name in archived if name in inherited and name not in have]
+        lost = bool(missing)
+    else:  # (an older manifest) a rename: the parent has a column the archive lacks, and lacks one it has; not a
+        # day table's column of its own, nor one the parent dropped on purpose, which stay the day table's as they were
+        missing = [name for name in archived if name not in have]
+        lost = bool(missing and have - set(archived))
+    if lost:
         under = ", ".join(map(str, parents))
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} into the original table: the day table {relation} "

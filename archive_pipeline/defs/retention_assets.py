@@ -65,7 +65,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
-from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, rows_after_removal, verify_archive
+from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, rows_after_removal
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -218,8 +218,10 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # Removed (or pending and committed, in a dry run): the source no longer holds the day, so
                 # the archive itself is checked: manifest, object, digests and rows.
                 removed = manifest["removed"]
-                problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
-                                          temp_dir=archive_store.temp_dir)
+                # loaded back, as verify --deep proves it: its rows must be the day's (an archive of another day
+                # put in its place, its manifest edited to match, has every digest right)
+                problems = deep_verify(source, store, spec, day, manifest=manifest,
+                                       scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
             elif manifest is None:  # nothing to prove: a failed run, not a failed proof
                 if (record := _removed_before(context, spec, day, source)) is not None:
                     raise _failed(f"{spec.name} {day} was removed from the source ({record}), and its archive's "
@@ -243,8 +245,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                     # removed by another run while this one proved it (at the key it proved: a former format's
                     # too): the source's rows are gone for that reason, and the archive is proven on its own
                     manifest, removed = again, again["removed"]
-                    problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
-                                              temp_dir=archive_store.temp_dir)
+                    problems = deep_verify(source, store, spec, day, manifest=again,
+                                           scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
                 # proven names the manifest just proved: under the lock, a different one is proved again
                 proven_sha = (manifest or {}).get("manifest_sha256", False)
         except ArchiveError as exc:
