@@ -59,3 +59,29 @@ def test_restore_of_a_regclass_value_whose_relation_was_dropped_names_the_column
     message = str(caught.value)
     assert _YAML_REMEDY not in message, message
     assert "'rel'" in message or '"rel"' in message or "column rel" in message, message
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_deep_verify_of_a_regclass_value_whose_relation_was_dropped_reports_a_difference(
+        conn, schema, store, temp_dir, fmt):
+    """Same day as above (a regclass value naming `<schema>.lookup`, archived green, `lookup` dropped
+    since: the source's value now prints as a bare OID). `deep_verify` of the CSV archive reports it
+    as it should: a list of problems, "the source's rows ... are not the archive's ... first difference:
+    the archive has a row the source lacks: (1,2024-03-10,<schema>.lookup)". For JSONL and Parquet
+    it raises instead: SourceError "proving ... failed: the table, column or schema does not exist
+    (any more) (UndefinedTable ... relation "<schema>.lookup" does not exist); not retried ...; to fix:
+    check the table name and day_column in archive_tables.yaml against the database": a removal or the
+    Dagster check shows a configuration error for a table that exists, and the user never learns the
+    source changed. Expected: as with CSV, deep verification returns problems (the archive's rows do
+    not match the source any more, or the archived value of column `rel` no longer reads back), and
+    no remedy pointing at archive_tables.yaml.
+    Fix idea: the JSONL/Parquet loaders should classify a reg* input failure while loading the archive
+    as "the archived value no longer reads back" (a problem), like the CSV path ends up doing.
+    """
+    spec = _reg_day_whose_relation_is_dropped(conn, schema, fmt, store, temp_dir)
+    try:
+        problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+    except ArchiveError as exc:
+        raise AssertionError(f"deep verification raised instead of reporting the difference: {exc}") from exc
+    assert problems, "deep verification passed a source whose regclass value changed"
+    assert not any(_YAML_REMEDY in p for p in problems), problems
