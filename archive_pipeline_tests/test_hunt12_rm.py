@@ -85,3 +85,46 @@ def test_deep_verify_of_a_regclass_value_whose_relation_was_dropped_reports_a_di
         raise AssertionError(f"deep verification raised instead of reporting the difference: {exc}") from exc
     assert problems, "deep verification passed a source whose regclass value changed"
     assert not any(_YAML_REMEDY in p for p in problems), problems
+
+
+@pytest.mark.parametrize("kind", ["regnamespace", "regtype", "regprocedure"])
+def test_restore_of_a_reg_value_whose_schema_type_or_function_was_dropped_gives_a_true_remedy(
+        conn, schema, store, temp_dir, kind):
+    """A JSONL day whose column `v` is a `regnamespace` (a schema `<s>_x`), a `regtype` (`<s>.gt`) or a
+    `regprocedure` (`<s>.gf(int)`); archived green, then that object is dropped and the day restored
+    into a new table of the (existing) schema. Now the remedies are false:
+    - regnamespace: TargetError "... (InvalidSchemaName: schema "<s>_x" does not exist) ...; to fix:
+      create the schema of the target <s>.back first (CREATE SCHEMA), or restore into a table of a
+      schema that exists": the target's schema exists; the missing schema is an archived VALUE;
+    - regtype / regprocedure: "the server rejected the archiver's SQL (UndefinedObject / UndefinedFunction
+      ...); to fix: check the table definition; if it looks right, report it with this message": it
+      is not the archiver's SQL, and no column is named.
+    Expected: the error names column `v` and its type, says the archived value names an object that
+    does not exist in this database, and gives a remedy that helps (create the object, or restore into
+    a table whose column is text) — not "CREATE SCHEMA" for the target nor "report it".
+    Fix idea: one classifier for SQLSTATEs 3F000/42704/42883/42P01 raised by a reg* column's input while
+    loading, naming the reg* column(s) (as the enum case already does: "a type of ... refuses it").
+    """
+    s = sql.Identifier(schema).as_string(conn)
+    other = sql.Identifier(f"{schema}_x").as_string(conn)
+    value, drop = {
+        "regnamespace": (f"'{other}'", f"DROP SCHEMA {other}"),
+        "regtype": (f"'{s}.gt'", f"DROP TYPE {s}.gt"),
+        "regprocedure": (f"'{s}.gf(int)'", f"DROP FUNCTION {s}.gf(int)"),
+    }[kind]
+    conn.execute(f"CREATE SCHEMA {other}")
+    conn.execute(f"CREATE TYPE {s}.gt AS (x int)")
+    conn.execute(f"CREATE FUNCTION {s}.gf(int) RETURNS int LANGUAGE sql AS 'select 1'")
+    conn.execute(f"CREATE TABLE {s}.ev (id int, at date, v {kind})")
+    conn.execute(f"INSERT INTO {s}.ev VALUES (1, %s, {value})", (DAY,))
+    spec = _spec(schema, "ev", "jsonl")
+    archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    conn.execute(drop)
+    try:
+        with pytest.raises(ArchiveError) as caught:
+            restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
+    finally:
+        conn.execute(f"DROP SCHEMA IF EXISTS {other}")
+    message = str(caught.value)
+    assert "CREATE SCHEMA" not in message and "report it" not in message, message
+    assert "'v'" in message or '"v"' in message or "column v" in message, message
