@@ -61,3 +61,36 @@ def test_an_archived_day_shows_its_archive_intact_check_succeeded_in_the_partiti
             [DAYS[0].isoformat()]
         assert after_archiving[AssetCheckExecutionResolvedStatus.SUCCEEDED.value] == \
             [d.isoformat() for d in DAYS], after_archiving
+
+
+def test_a_removed_day_shows_its_archive_proven_check_succeeded_in_the_partition_status(conn, schema, archive_env):
+    """Scenario: a table with retention (delete); 2024-03-10 is archived, then removed by a run of
+    Remove_<schema>_events, which proves the archive equal to the source first and records archive_proven (passed)
+    for the day, then the day's source_removed materialization.
+
+    Now: the proof is logged as an AssetCheckEvaluation with no target_materialization_data, and the removal's
+    materialization after it. Dagster reads a partitioned check's status as current only when it targets the day's
+    latest materialization (AssetCheckPartitionInfo.is_current), so the UI's partition status of archive_proven
+    has no day succeeded: the day whose archive was proven before its rows were deleted shows as never proven.
+
+    Expected: 2024-03-10 in archive_proven's SUCCEEDED subset after the removal. Fix idea: log the removal's
+    materialization first and the proof with target_materialization_data naming it (checks._target), or give
+    the proof the target when it is logged after the materialization."""
+    from archive_pipeline.defs.retention_assets import removal_asset_key, removal_job_name
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    check = AssetCheckKey(removal_asset_key(spec), "archive_proven")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        assert defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        assert conn.execute(f"SELECT count(*) FROM {schema}.events").fetchone()[0] == 0  # removed indeed
+        partitions = defs.resolve_assets_def(removal_asset_key(spec)).partitions_def
+        status = _check_status(instance, spec, check, partitions)
+        assert status[AssetCheckExecutionResolvedStatus.SUCCEEDED.value] == [DAY.isoformat()], status
