@@ -94,3 +94,42 @@ def test_a_removed_day_shows_its_archive_proven_check_succeeded_in_the_partition
         partitions = defs.resolve_assets_def(removal_asset_key(spec)).partitions_def
         status = _check_status(instance, spec, check, partitions)
         assert status[AssetCheckExecutionResolvedStatus.SUCCEEDED.value] == [DAY.isoformat()], status
+
+
+def test_a_users_asset_downstream_of_the_archive_runs_in_a_ranged_run_of_its_job(conn, schema, archive_env):
+    """Scenario (README "Using it from another Dagster project"): the user merges build_definitions into their
+    project and adds ``daily_report``, partitioned like the table, ``deps=[<the archive asset>]`` (it reads the
+    archived day from the bucket), and a job selecting both. They launch a backfill of 2024-03-10..12 of that job
+    (one ranged run: the archive asset has a backfill policy).
+
+    Now: the three days are archived and each recorded as materialized (logged per day from the asset's code), but
+    the archive step yields no output for a range (output_required=False), so Dagster SKIPS daily_report's step:
+    "not materialized: upstream output not yielded". The run succeeds and the report is silently missing for the
+    three archived days; the README says nothing of downstream assets being skipped (only that a failed blocking
+    deep_check keeps them from reading an unproven archive).
+
+    Expected: daily_report is materialized for 2024-03-10..12 in that run (its upstream days were all archived).
+    Fix idea: where another step reads the asset's output (output_read_downstream), also yield the step's output
+    once the range is done when every day was recorded (a MaterializeResult with no metadata is one more
+    materialization per range; an Output without materializing, or yield the last day's result)."""
+    import dagster as dg
+
+    create_sample_events(conn, DAYS, rows_per_day=3, schema=schema)
+    config = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat()}]})
+    spec = config.tables[0]
+    archive = asset_key(spec)
+
+    @dg.asset(partitions_def=daily_partitions(spec), deps=[archive])
+    def daily_report(context) -> None:
+        context.log.info(f"report of {context.partition_keys}")
+
+    mine = dg.define_asset_job("archive_and_report", selection=dg.AssetSelection.assets(archive, daily_report.key))
+    defs = dg.Definitions.merge(build_definitions(config), dg.Definitions(assets=[daily_report], jobs=[mine]))
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def("archive_and_report").execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": DAYS[0].isoformat(),
+            "dagster/asset_partition_range_end": DAYS[-1].isoformat()})
+        assert result.success
+        assert sorted(instance.get_materialized_partitions(archive)) == [d.isoformat() for d in DAYS]
+        assert sorted(instance.get_materialized_partitions(daily_report.key)) == [d.isoformat() for d in DAYS]
