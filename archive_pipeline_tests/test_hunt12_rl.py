@@ -133,3 +133,44 @@ def test_a_users_asset_downstream_of_the_archive_runs_in_a_ranged_run_of_its_job
         assert result.success
         assert sorted(instance.get_materialized_partitions(archive)) == [d.isoformat() for d in DAYS]
         assert sorted(instance.get_materialized_partitions(daily_report.key)) == [d.isoformat() for d in DAYS]
+
+
+def test_a_skipped_days_column_schema_is_the_archives_not_the_tables_now(conn, schema, archive_env, s3_client):
+    """Scenario: 2024-03-10 is archived (user_id integer NOT NULL, event_type text NOT NULL). A migration then runs
+    ``ALTER COLUMN user_id TYPE bigint`` and ``ALTER COLUMN event_type DROP NOT NULL``; every row prints the same,
+    so the day's content fingerprint is unchanged, and a second run of the day (the sensor's, a backfill's)
+    finds the archive identical and records ``state: skipped`` ("already archived, nothing uploaded").
+
+    Now: that materialization's ``dagster/column_schema`` (the Columns tab of the day's latest materialization) is
+    built from the table as it is now (ArchiveResult.columns = the source's columns): user_id ``bigint``,
+    event_type nullable. The archive in the bucket holds what its manifest records (integer, NOT NULL), and a
+    restore creates those types: the UI's latest record of the day describes an archive that does not exist.
+
+    Expected: a skipped day's column schema is the archive's (its manifest's column types and nullability), as
+    the rest of its metadata (rows, bytes, MD5, snapshot_at, server version) already is. Fix idea: in
+    ArchiveResult for a skip (_Archiving._skipped), build columns from manifest["columns"] (type, not_null)."""
+    import json
+
+    from archive_pipeline_tests.helpers import download, run_materializations
+
+    create_sample_events(conn, [DAY], rows_per_day=3, schema=schema)
+    config = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                       "start_date": DAY.isoformat()}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        job = defs.resolve_job_def(job_name(spec))
+        first = job.execute_in_process(instance=instance, partition_key=DAY.isoformat())
+        [archived] = run_materializations(instance, first.run_id)
+        conn.execute(f"ALTER TABLE {schema}.events ALTER COLUMN user_id TYPE bigint")
+        conn.execute(f"ALTER TABLE {schema}.events ALTER COLUMN event_type DROP NOT NULL")
+        again = job.execute_in_process(instance=instance, partition_key=DAY.isoformat())
+        assert again.success
+        [skipped] = run_materializations(instance, again.run_id)
+        assert skipped.metadata["state"].value == "skipped"
+        manifest = json.loads(download(s3_client, archive_env, skipped.metadata["manifest_key"].value))
+        recorded = {c["name"]: c for c in manifest["columns"]}
+        then = {c.name: (c.type, c.constraints.nullable) for c in archived.metadata["dagster/column_schema"].value.columns}
+        now = {c.name: (c.type, c.constraints.nullable) for c in skipped.metadata["dagster/column_schema"].value.columns}
+        assert now["user_id"] == then["user_id"], (now["user_id"], then["user_id"], recorded["user_id"])
+        assert now["event_type"] == then["event_type"], (now["event_type"], then["event_type"], recorded["event_type"])
