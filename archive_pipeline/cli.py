@@ -935,6 +935,14 @@ def _configuration(exc: ArchiveError) -> bool:
     return getattr(exc, "cause", None) in CONFIGURATION_CAUSES
 
 
+def _told(exc: BaseException) -> str:
+    """A day's error as the command prints it: its message with the notes the core added on its way out (what
+    a cleanup could not do: "could not take back the pending removal mark ..."), passwords redacted, in the
+    command line's words."""
+    notes = [str(note) for note in getattr(exc, "__notes__", ()) or ()]
+    return _for_the_cli(redact("; ".join([str(exc), *notes]), *_passwords()))
+
+
 def _table_failed(spec: TableSpec, days: list[Period], exc: ArchiveError) -> list[dict[str, Any]]:
     """A table whose days could not be looked for at all, after other tables' days were done: each of its days
     failed with the table's error, so the answer still reports what was done before (exit 1)."""
@@ -954,7 +962,7 @@ def _settle_day(run: Run, spec: TableSpec, day: Period) -> dict[str, Any]:
         settled = settle_pending_removal(run.primary, spec, day, run.store)
     except ArchiveError as exc:
         return {"table": spec.name, "day": day.isoformat(), "status": "failed",
-                "message": _for_the_cli(redact(str(exc), *_passwords())), "retryable": exc.retryable}
+                "message": _told(exc), "retryable": exc.retryable}
     return {"table": spec.name, "day": day.isoformat(), "status": "settled",
             "message": f"nothing to archive: a removal of the day (killed before it marked the day done) left its "
                        f"mark pending, which was {settled.outcome} ({settled.why})"}
@@ -992,7 +1000,7 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
         # (a day changed since archived, a removed day whose rows are back, an archive of another format, codec or
         # database: what only --overwrite archives again, as the day's own message says)
         changed = not exc.retryable and exc.needs_overwrite
-        return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _for_the_cli(str(exc)),
+        return {"table": spec.name, "day": day.isoformat(), "status": "failed", "message": _told(exc),
                 "retryable": exc.retryable, **({"needs_overwrite": True} if changed else {})}
     finally:
         if progress is not None and task is not None:
@@ -1014,14 +1022,14 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
                                         "its mark pending, which the run settles") if p.day in pending else p
                     for p in found]
     totals = {action: sum(1 for p in planned if p.action == action)
-              for action in ("archive", "overwrite", "skip", "refuse", "no-data", "settle")}
+              for action in ("archive", "overwrite", "skip", "refuse", "not-checked", "no-data", "settle")}
     work = [p for p in planned if p.action in ("archive", "overwrite") and p.estimate]
     est_rows, est_bytes = sum(p.estimate.rows for p in work), sum(p.estimate.bytes for p in work)
 
     def render() -> None:
         table = _table("table", "day", "action", "est. rows", "est. bytes", "estimate", "key", "reason")
         for p in planned:
-            style = {"refuse": "red", "skip": "dim", "no-data": "dim"}.get(p.action)
+            style = {"refuse": "red", "not-checked": "yellow", "skip": "dim", "no-data": "dim"}.get(p.action)
             est = p.estimate
             table.add_row(p.table, p.day.isoformat(), _styled(p.action, style),
                           _num(est and est.rows), _size(est and est.bytes), est.method if est else "", p.key,
@@ -1032,7 +1040,8 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
                 run.out.print(_said(_verbatim(p.table), f" {p.day} would be refused: {p.reason}"), soft_wrap=True)
         run.out.print(f"dry run, nothing written: {totals['archive'] + totals['overwrite']} day(s) to archive "
                       f"(~{est_rows:,} rows, ~{_size(est_bytes)} in PostgreSQL), {totals['skip']} identical, "
-                      f"{totals['refuse']} refused (changed since archived), {totals['no-data']} without data")
+                      f"{totals['refuse']} refused (changed since archived), {totals['no-data']} without data"
+                      + (f", {totals['not-checked']} not checked (see their reason)" if totals["not-checked"] else ""))
 
     run.emit({"ok": True, "dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
               "estimated_rows": est_rows, "estimated_bytes": est_bytes}, render)
@@ -1164,6 +1173,7 @@ def compare(run: Run, show_rows: bool) -> None:
 
                 details[(c.table, c.day.isoformat())] = _day_checked(run, c.table, c.day, prove)
     differing = [c for c in results if c.differs]
+    unchecked = [c for c in results if c.result == "not-checked"]  # nothing known to differ: never "ok" either
 
     def render() -> None:
         table = _table("table", "day", "result", "source rows", "archive rows", "source fingerprint",
@@ -1177,7 +1187,8 @@ def compare(run: Run, show_rows: bool) -> None:
             run.out.print(_said(_verbatim(name), f" {day}:"))
             for line in lines:
                 run.out.print(f"  {line}", markup=False, soft_wrap=True)
-        run.out.print(f"{len(results)} day(s) compared, {len(differing)} differ")
+        run.out.print(f"{len(results)} day(s) compared, {len(differing)} differ"
+                      + (f", {len(unchecked)} not checked" if unchecked else ""))
 
     payload = [c.as_dict() | ({"differences": details[(c.table, c.day.isoformat())]}
                               if (c.table, c.day.isoformat()) in details else {}) for c in results]
@@ -1185,11 +1196,11 @@ def compare(run: Run, show_rows: bool) -> None:
     # guarding a DROP with compare read it as equal), as verify says nothing was verified
     nothing = not results and bool(run.first or run.last)
     uncompared = "nothing was compared: no day of the selection is a day of the tables (before start_date?)"
-    run.emit({"ok": not differing and not nothing, "days": payload,
+    run.emit({"ok": not differing and not unchecked and not nothing, "days": payload,
               **({"exit_code": EXIT_DIFFERENCES, "error": uncompared, "retryable": False} if nothing else {})}, render)
     if nothing:
         raise Failed(uncompared)
-    if differing:
+    if differing or unchecked:
         raise Failed()
 
 
@@ -1274,7 +1285,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
     if failure is not None:
         lost = run.lost or isinstance(failure, psycopg.OperationalError)
-        message = _for_the_cli(redact(str(failure), *_passwords()))
+        message = _told(failure)
         failed_table, failed_day = getattr(failure, "table", None), getattr(failure, "day", None)
         if not lost and failed_table and failed_day and getattr(failure, "retryable", None) is False:
             # a day that fails for good stops the range: the days after it (and the tables after) are named,
@@ -1404,12 +1415,11 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
         try:
             removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
         except RemovalRefused as exc:
-            results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": str(exc)})
+            results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": _told(exc)})
             continue
         except ArchiveError as exc:  # e.g. removed but the "done" mark not written: the next days still run
             results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                            "message": _for_the_cli(redact(str(exc), *_passwords())),
-                            "retryable": exc.retryable})
+                            "message": _told(exc), "retryable": exc.retryable})
             if run.lost:  # the next days would fail the same way, and not for their own reasons
                 raise _DatabaseLost(f"lost the database while removing {spec.name} {day}: "
                                     f"{_for_the_cli(redact(str(exc), *_passwords()))}") from None

@@ -211,9 +211,9 @@ def test_verify_deep_gives_up_on_a_locked_day_after_lock_timeout_and_says_which(
     assert result["ok"] is False and done.returncode == 1, done.stdout + done.stderr
     [problem] = result["problems"]
     assert problem.startswith("not checked (retryable)") and "lock_timeout" in problem, problem
-    for answer, verdict in ((compared, "result"), (listed, "state")):
+    for answer, verdict, said in ((compared, "result", "not-checked"), (listed, "state", "unreadable")):
         [found] = json.loads(answer.stdout)["days"]
-        assert (answer.returncode, found[verdict]) == (1, "unreadable"), answer.stdout + answer.stderr
+        assert (answer.returncode, found[verdict]) == (1, said), answer.stdout + answer.stderr
         problem = found["note"]
     for problem in (result["problems"][0], problem):
         assert f"{spec.name} for {day}" in problem and "lock_timeout" in problem and "to fix:" in problem, problem

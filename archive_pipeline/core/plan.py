@@ -185,10 +185,9 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
         try:
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
             if manifest is None:  # nothing at the key the configuration renders: written under a former format?
-                try:
-                    former = under_another_format(store, spec, day, in_order)
-                except ArchiveError:  # its listing failed: the day is told by its own key, as before the fallback
-                    former = None
+                # (its listing failing is a day not checked, below: not a day missing, a day archived under its
+                # former format may be there)
+                former = under_another_format(store, spec, day, in_order)
                 if former is not None:
                     key = former[0]
                     manifest = load_manifest(store, key, (spec.name, day.isoformat()))
@@ -625,21 +624,28 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     planned = []
     for day in days:
         if day in unreadable:
-            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
-                                      unreadable[day], None))
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix),
+                                      _unplanned_action(unreadable[day]), unreadable[day], None))
             continue
         try:
             planned.append(plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source,
                                     children=children))
         except psycopg.Error as exc:  # a lock_timeout on the day's partition, a statement_timeout: this day only
-            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
-                                      unread(conn, spec, day, exc), None))
+            why = unread(conn, spec, day, exc)
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), _unplanned_action(why),
+                                      why, None))
         except ArchiveError as exc:  # (a pending mark's settling check, say: already wrapped) this day only
             if conn.closed:
                 raise
-            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "not-checked",
                                       f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}", None))
     return planned
+
+
+def _unplanned_action(why: str) -> str:
+    """A day the dry run could not plan: ``not-checked`` where a fault kept it from looking (not a day refused as
+    changed), else ``refuse``."""
+    return "not-checked" if why.startswith("not checked") else "refuse"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -650,7 +656,7 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
 class Comparison:
     table: str
     day: Period
-    result: str  # equal | differs | not-archived | not-in-source | unreadable
+    result: str  # equal | differs | not-archived | not-in-source | unreadable | not-checked
     source_rows: int | None
     archive_rows: int | None
     source_fingerprint: str | None
@@ -687,9 +693,16 @@ def _unreadable(spec: TableSpec, day: Period, found: ManifestLookup, why: str) -
     """A day whose source could not be read, with what its archive says."""
     archived = found.archived
     if archived is None:
-        return Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, why)
-    return Comparison(spec.name, day, "unreadable", None, archived.rows, None, archived.fingerprint,
+        return Comparison(spec.name, day, _unread_result(why), None, None, None, None, found.key, why)
+    return Comparison(spec.name, day, _unread_result(why), None, archived.rows, None, archived.fingerprint,
                       archived.object_key or found.key, why)
+
+
+def _unread_result(why: str) -> str:
+    """``not-checked`` for a day a passing fault kept from being compared (a read that failed, a lock held past
+    lock_timeout_ms: nothing is known to differ), ``unreadable`` (a difference) for rows the role may not read
+    and whatever else no retry helps."""
+    return "not-checked" if why.startswith("not checked (retryable)") else "unreadable"
 
 
 @speaks_utf8()
@@ -729,7 +742,8 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
     for day, found, present, unknown in _found(conn, spec, store, days):
         used[day] = found.archived.manifest.get("manifest_sha256") if found.archived is not None else None
         if found.problem:
-            out.append(Comparison(spec.name, day, "unreadable", None, None, None, None, found.key, found.problem))
+            out.append(Comparison(spec.name, day, _unread_result(found.problem), None, None, None, None, found.key,
+                                  found.problem))
             continue
         if unknown:
             out.append(_unreadable(spec, day, found, unknown))
