@@ -21,7 +21,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -185,6 +185,15 @@ def read_existing(store: S3Store, key: str) -> Existing:
             return Existing(manifest, raw, f"object {obj['key']} is missing", listing)
         problems = stored_object_problems(head, manifest)
     return Existing(manifest, raw, "; ".join(problems) or None, listing)
+
+
+def _as_archived(columns: tuple, recorded: list[dict]) -> tuple:
+    """The table's columns as the archive recorded them (its type and nullability): a skipped day is described
+    as the archive holds it, not as the table is since (a column widened or made nullable prints the same rows)."""
+    by_name = {c.get("name"): c for c in recorded if isinstance(c, dict)}
+    return tuple(replace(c, type_name=by_name[c.name].get("pg_type") or c.type_name,
+                             not_null=not by_name[c.name].get("nullable", not c.not_null))
+                 if c.name in by_name else c for c in columns)
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
@@ -844,7 +853,7 @@ class _Archiving:
             table=self.spec.name, day=self.day, key=obj.get("key", ""), uri=obj.get("uri", ""), rows=manifest["rows"],
             bytes=obj.get("bytes", 0), uncompressed_bytes=manifest.get("uncompressed_bytes", 0),
             md5=obj.get("md5", ""), sha256=obj.get("sha256", ""), format=manifest["format"],
-            compression=manifest["compression"], columns=table.columns,
+            compression=manifest["compression"], columns=_as_archived(table.columns, manifest["columns"]),
             output_types={c["name"]: c.get("output_type", "text") for c in manifest["columns"]}, parts=obj.get("parts", 0),
             etag=obj.get("etag", ""), content_type=obj.get("content_type", ""),
             content_encoding=obj.get("content_encoding"), day_column=self.spec.day_column,

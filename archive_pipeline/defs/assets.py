@@ -779,13 +779,15 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         verified = "NOT proven: " + "; ".join(verdict.problems)
     metadata = materialization_metadata(result, object_link(archive_store, result), verified,
                                         store.uri(result.stored_key))
-    evaluation = (None if unverified is not None else  # nothing was judged
-                  check_evaluation(context, key, INTACT_CHECK, verdict, blocking=spec.deep_check))
+    # built once the materialization is stored: it targets that one (Dagster shows a check result as the day's
+    # status only when it targets the day's latest materialization); None: nothing was judged
+    evaluation = None if unverified is not None else functools.partial(
+        check_evaluation, context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
     if alone and output_read_downstream(context):  # the step's output: the run's checks and assets read it
         yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
         if unverified is not None:
             raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
-        yield evaluation
+        yield evaluation()
     else:
         _log_day(context, AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata,
                                                description=summary(result, state), tags={STATE_TAG: state}),
@@ -807,7 +809,7 @@ def output_read_downstream(context: AssetExecutionContext) -> bool:
 
 
 def _log_day(context: AssetExecutionContext, materialization: AssetMaterialization,
-             evaluation: AssetCheckEvaluation | None) -> None:
+             evaluation: Callable[[], AssetCheckEvaluation] | None) -> None:
     """Record a day from the asset's own code: Dagster stores a yielded event outside it and raises a termination
     that came meanwhile when it resumes the asset, past its handling (a bare DagsterExecutionInterruptedError: no
     table, no day, the check never recorded). Terminated while the day is recorded, it is published (and, its event
@@ -818,12 +820,12 @@ def _log_day(context: AssetExecutionContext, materialization: AssetMaterializati
     except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
         if evaluation is not None:
             with contextlib.suppress(Exception):
-                context.log_event(evaluation)
+                context.log_event(evaluation())
         exc.interrupted = "recording"
         raise
     if evaluation is not None:
         try:
-            context.log_event(evaluation)
+            context.log_event(evaluation())
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
             exc.interrupted = "recording"
             raise

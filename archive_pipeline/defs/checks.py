@@ -186,7 +186,7 @@ def written_verdict(result: "ArchiveResult", uri: str) -> Verdict:
     return Verdict(result.day, [], verified, {"archive": uri, "deep": False, "problems": 0})
 
 
-def _target(instance, key: AssetKey, partition: str):
+def latest_materialization(instance, key: AssetKey, partition: str):
     """The materialization a check result is about, so the UI shows it against that materialization."""
     # Dagster builds this itself for results it plans; it has no public constructor.
     from dagster._core.definitions.asset_checks.asset_check_evaluation import (
@@ -209,7 +209,7 @@ def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContex
         asset_key=key, check_name=check_name, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
         description=verdict.description, blocking=blocking, partition=partition,
         metadata={**verdict.metadata, "partition": partition, "verified": verdict.verified},
-        target_materialization_data=_target(context.instance, key, partition),
+        target_materialization_data=latest_materialization(context.instance, key, partition),
     )
 
 
@@ -502,7 +502,7 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
             context.op_execution_context.log_event(AssetCheckEvaluation(
                 asset_key=key, check_name=INTACT_CHECK, passed=result.passed, severity=result.severity,
                 description=result.description, metadata=result.metadata, partition=day,
-                blocking=spec.deep_check, target_materialization_data=_target(context.instance, key, day)))
+                blocking=spec.deep_check, target_materialization_data=latest_materialization(context.instance, key, day)))
         if unchecked:
             names = ", ".join(sorted(unchecked))
             raise Failure(description=f"{spec.name}: {len(unchecked)} of {len(context.partition_keys)} days could not "
@@ -542,7 +542,7 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey,
         context.op_execution_context.log_event(AssetCheckEvaluation(
             asset_key=key, check_name=STORED_CHECK, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
             description=verdict.description, metadata={**verdict.metadata, "partition": verdict.day.isoformat()},
-            blocking=False, target_materialization_data=_target(context.instance, key, verdict.day.isoformat())))
+            blocking=False, target_materialization_data=latest_materialization(context.instance, key, verdict.day.isoformat())))
 
     return _check
 

@@ -51,7 +51,7 @@ from pydantic import Field
 from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, daily_partitions,
                                           former_day_keys, freshness_policy, job_name, relaunch, retries_off,
                                           retry_policy, step_retries)
-from archive_pipeline.defs.checks import terminated
+from archive_pipeline.defs.checks import latest_materialization, terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
@@ -264,8 +264,12 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             manifest, problems = None, [str(exc)]
             if (record := _removed_before(context, spec, day, source)) is not None:  # the damaged one: the only copy
                 removed = {"state": f"recorded by Dagster: {record}", "at": "see there"}
-        yield from _recorded(context, _proof(context, spec, day, problems,
-                                             "; ".join(problems) or _proven_text(day, manifest)), "proving")
+        proof = _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
+        # A passed proof followed by a removal is recorded after the removal's materialization, targeting it:
+        # Dagster shows a check result as the day's status only when it targets its latest materialization
+        deferred = isinstance(proof, AssetCheckEvaluation) and not problems and not kept and not dry_run
+        if not deferred:
+            yield from _recorded(context, proof, "proving")
         if problems and removed:
             raise _failed(f"{spec.name} {day} was removed from the source ({removed.get('state')}, "
                                       f"{removed.get('at')}), and its archive, the only copy, is NOT intact: "
@@ -284,8 +288,13 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             removal = remove_day(primary, spec, day, store, dry_run=dry_run, proven=proven_sha,
                                  removed_by=f"dagster run {context.run.run_id}", temp_dir=archive_store.temp_dir,
                                  former_keys=[key])
-        except ArchiveError as exc:
-            raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
+        except BaseException as exc:
+            if deferred:  # proven all the same: recorded before the failure is raised
+                with contextlib.suppress(Exception):
+                    context.log_event(proof)
+            if isinstance(exc, ArchiveError):
+                raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
+            raise
     if removal.dry_run:
         context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
                          f"archive {removal.archive}")
@@ -304,6 +313,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
     }
     yield from _recorded(context, AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
                                                        metadata=metadata), "recording the removal")
+    if deferred:
+        yield from _recorded(context, _proof(context, spec, day, [], proof.description, targeted=True),
+                             "recording the removal")
 
 
 def _recorded(context: AssetExecutionContext, event: object, doing: str) -> Iterator:
@@ -322,7 +334,7 @@ def _recorded(context: AssetExecutionContext, event: object, doing: str) -> Iter
 
 
 def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[str],
-           description: str) -> AssetCheckResult | AssetCheckEvaluation:
+           description: str, *, targeted: bool = False) -> AssetCheckResult | AssetCheckEvaluation:
     """The day's ``archive_proven`` verdict. The removal job runs the asset without its check step (a run
     that fails before proving anything must not leave the day's check "Execution failed", red like a
     failed proof), so the asset reports it for its day; where a run did plan the check (Dagster's
@@ -332,6 +344,8 @@ def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[
                "metadata": {"day": day.isoformat()}}
     if AssetCheckKey(key, PROVEN_CHECK) in context.selected_asset_check_keys:
         return AssetCheckResult(check_name=PROVEN_CHECK, **verdict)
+    if targeted:  # about the day's materialization just recorded
+        verdict["target_materialization_data"] = latest_materialization(context.instance, key, day.isoformat())
     return AssetCheckEvaluation(asset_key=key, check_name=PROVEN_CHECK, partition=day.isoformat(), blocking=True,
                                 **verdict)
 
