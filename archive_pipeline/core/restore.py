@@ -89,6 +89,38 @@ class RestoreConflictError(RestoreError):
     """Restored rows collide with rows already in the target (primary key or unique constraint)."""
 
 
+# a reg* value is archived by name ("public.lookup", "int4", "f(integer)"): it reads back only while what it
+# names exists, and its input fails with the error of a name that does not exist
+_NAME_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject, psycopg.errors.UndefinedFunction,
+              psycopg.errors.InvalidSchemaName)
+_REG_TYPE = re.compile(r"(?:pg_catalog\.)?(reg(?:class|type|proc|procedure|oper|operator|namespace|role|config|"
+                       r"dictionary|collation))(?:\[\])*")
+
+
+def gone_by_name(exc: BaseException, manifest: dict, *, besides: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """The archived columns of a reg* type, (name, type), when ``exc`` is the error of a name that does not
+    exist (none of ``besides``: the target's own names): a value of theirs names an object dropped or renamed
+    since the day was archived. Empty otherwise."""
+    if not isinstance(exc, _NAME_GONE):
+        return []
+    named = re.findall(r'"([^"]*)"', str(exc).splitlines()[0] if str(exc) else "")
+    if any(name in besides for name in named):
+        return []
+    found = []
+    for column in manifest.get("columns") or []:
+        typed = _REG_TYPE.fullmatch(str(column.get("base_type") or column.get("pg_type") or ""))
+        if isinstance(column, dict) and typed:
+            found.append((str(column.get("name")), typed[1]))
+    return found
+
+
+def name_gone_cause(columns: list[tuple[str, str]], exc: BaseException) -> str:
+    said = ", ".join(f"{name!r} ({kind})" for name, kind in columns)
+    return (f"an archived value of column(s) {said} names an object that does not exist in this database (dropped or "
+            f"renamed since the day was archived: a reg* value is archived by its name): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
 def manifest_columns(manifest: dict) -> list[str]:
     return [c["name"] for c in manifest["columns"]]
 
@@ -2405,7 +2437,14 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, cause=f"{relation} is a view WITH CHECK OPTION, and archived rows are outside what "
                             "it shows, so it refused them",
                             remedy="restore into the view's base table, or into a new table (into='new')")
-        if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
+        gone = gone_by_name(exc, manifest, besides=tuple(filter(None, (*(relation or ()), *(
+            Relation.configured(table) if table else ())))))
+        if gone:  # a value's, not the target's nor the configuration's
+            found = replace(found, cause=name_gone_cause(gone, exc), retryable=False,
+                            remedy="create the object the value names again (as it was named), or restore into a "
+                                   "table whose column is text (into='existing'), which takes the name as it was "
+                                   "archived")
+        elif isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original":  # not the configuration's
             found = replace(found, remedy=f"create the schema of the target {target} first (CREATE SCHEMA), or "
                             "restore into a table of a schema that exists")
         if isinstance(exc, psycopg.errors.WrongObjectType):  # a view, a materialized view, a sequence ...
@@ -2455,7 +2494,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         remedy = remedy_for(found.remedy, "restoring").replace("<role>", sql_name(conn.info.user, qualified=False)) \
             .replace("<database>", sql_name(conn.info.dbname, qualified=False))
         # a target whose schema is missing refuses every day alike: the target's, not the day's
-        kind = TargetError if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original" else RestoreError
+        kind = TargetError if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original" and not gone \
+            else RestoreError
         raise kind(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                    "was restored", table=table, day=day, retryable=found.retryable,
                    remedy=remedy, cause=found.cause) from exc

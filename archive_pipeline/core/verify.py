@@ -518,6 +518,8 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
                     names = relation_printed_names(scratch_conn, temp)  # (see _renamed_meanwhile)
                     _load(scratch_conn, str(sink.path), manifest, temp)
                     loaded = _loaded_fingerprint(scratch_conn, manifest, temp, columns)
+            except NameGone as exc:  # (the CSV path loads such values as text, and finds the difference so)
+                return [f"the source's rows for {day} are not the archive's: {exc}"]
             except TypeMissingError as exc:  # a type renamed or dropped since: no verdict, and no restore's error
                 scratch = scratch_conn is not conn
                 removed = bool(manifest.get("removed"))  # (its rows are gone from the source: nothing to archive)
@@ -651,6 +653,11 @@ def _types_changed(conn: psycopg.Connection, manifest: dict, target: sql.Composa
         return []
 
 
+class NameGone(Exception):
+    """A reg* value of the archive names an object that no longer exists: the archive matched its digests and
+    cannot be loaded into its types here; the source's value (printed as a bare OID now) is not the archive's."""
+
+
 def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> None:
     from archive_pipeline.core.restore import ArchiveCorruptError, load_into  # the read path, imported here
 
@@ -690,6 +697,10 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
                                   "the scratch database (scratch_conn; ARCHIVE_PG_PRIMARY_DSN for the command "
                                   "line)") from None
     except (psycopg.Error, ValueError, pa.ArrowInvalid, OSError) as exc:
+        from archive_pipeline.core.restore import gone_by_name, name_gone_cause
+
+        if gone := gone_by_name(exc, manifest):  # the source's side: what a value names was dropped since
+            raise NameGone(name_gone_cause(gone, exc)) from None
         # Only a value (22xxx: bad input, too long, out of range) or a constraint of the recorded types (23xxx: a
         # domain's CHECK, NOT NULL) is the archive's doing; anything else is the server's or the session's (terminated,
         # timed out, disk full, out of memory, a privilege): no verdict on the archive either way.
