@@ -39,6 +39,7 @@ from archive_pipeline.local.local_stack import create_sample_events, free_port
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.test_dagster import events_config, job_name
+from archive_pipeline_tests.helpers import run_check_evaluations, run_materializations
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 10)
@@ -447,7 +448,7 @@ def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schem
             assert proxy.requests(method="GET", path=r"\.jsonl\.zst$")  # the proof did read the object
             # the first attempt judged nothing; its retry does the day again (its check had not run), finds
             # the archive identical and proves it
-            attempts = [e.materialization.metadata["verified"].value for e in result.get_asset_materialization_events()]
+            attempts = [m.metadata["verified"].value for m in run_materializations(instance, result.run_id)]
             assert len(attempts) == 2 and attempts[0].startswith("not verified: "), attempts
             assert "nothing was proven" in attempts[0] and attempts[1].startswith("content proven"), attempts
             assert DagsterEventType.STEP_UP_FOR_RETRY in [e.event_type for e in result.all_events]
@@ -472,11 +473,11 @@ def test_a_failed_deep_check_blocks_and_marks_the_archive_not_proven(conn, schem
                 run.join(120)
             result = outcome["result"]
             assert not result.success
-            [check] = [e.asset_check_evaluation_data for e in result.all_events
-                       if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
+            [check] = run_check_evaluations(instance, result.run_id)
             assert not check.passed and check.blocking and "md5" in check.description.lower()
             assert "is damaged" in check.description
-            assert _meta(result)["verified"].startswith("NOT proven: ")
+            [materialization] = run_materializations(instance, result.run_id)
+            assert materialization.metadata["verified"].value.startswith("NOT proven: ")
             error = result.failure_data_for_node(op_name(events_config(schema, DAY).tables[0])).error
             assert "NOT proven, so the run fails (deep_check is blocking)" in error.message and "2024-03-10" in error.message
             assert [(r.partition, r.status.value) for r in _check_records(instance, schema)] == [

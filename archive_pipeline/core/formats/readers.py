@@ -270,12 +270,22 @@ def _element_text(values: pa.Array, pool: pa.MemoryPool) -> pa.Array:
     return pc.coalesce(text, pa.scalar("NULL", pa.large_string()), memory_pool=pool)
 
 
+def _own_values(array: pa.ListArray | pa.LargeListArray) -> tuple[pa.Array, pa.Array]:
+    """A (sliced) list array's own elements and its offsets into them: ``values`` is the whole child array,
+    whatever the slice (a run of rows between big ones turned every row's elements into text again)."""
+    offsets = array.offsets
+    first, last = offsets[0].as_py(), offsets[len(array)].as_py()
+    return array.values.slice(first, last - first), pc.subtract(offsets, offsets[0])
+
+
 def _list_text(array: pa.ListArray | pa.LargeListArray) -> pa.Array:
     """A PostgreSQL array literal per list: ``{"a",NULL,"c,d"}``, ``{1,NULL,3}``; an empty list is
     ``{}``. Each intermediate is let go as soon as the next is built (two alive at the peak)."""
-    pool = _list_pool(array.values)
-    elements = _element_text(array.values, pool)
-    lists = type(array).from_arrays(array.offsets, elements, mask=array.is_null())
+    values, offsets = _own_values(array)
+    pool = _list_pool(values)
+    elements = _element_text(values, pool)
+    del values
+    lists = type(array).from_arrays(offsets, elements, mask=array.is_null())
     del elements
     joined = pc.binary_join(lists, pa.scalar(",", pa.large_string()), memory_pool=pool)
     del lists
@@ -331,32 +341,58 @@ def _group_batches(file: pq.ParquetFile, batch_rows: int) -> Iterator[pa.RecordB
             del batch  # not held while the next one is read
 
 
-def _big_rows(text: list[pa.Array]) -> list[int]:
+def _binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def _deferred(array: pa.Array) -> bool:
+    """A column turned into text only where needed: binary (bytea) and lists of it, whose text (``\\x`` and
+    hex) is twice the value and more, built for a whole batch at once (a 48 MiB bytea peaked at 8x)."""
+    kind = array.type
+    return _binary(kind) or ((pa.types.is_list(kind) or pa.types.is_large_list(kind)) and _binary(kind.value_type))
+
+
+def _text_sizes(array: pa.Array, deferred: bool) -> pa.Array:
+    """Each row's text length in bytes, about (a deferred column's from its bytes: hex is twice them)."""
+    if not deferred:
+        return pc.fill_null(pc.cast(pc.binary_length(array), pa.int64()), 0)
+    if _binary(array.type):
+        return pc.multiply(pc.fill_null(pc.cast(pc.binary_length(array), pa.int64()), 0), 2)
+    values, offsets = _own_values(array)
+    elements = pc.fill_null(pc.cast(pc.binary_length(values), pa.int64()), 0)
+    sums = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(elements)])
+    bounds = pc.take(sums, offsets)
+    return pc.multiply(pc.subtract(bounds.slice(1), bounds.slice(0, len(array))), 2)
+
+
+def _big_rows(columns: list[pa.Array], deferred: list[bool]) -> list[int]:
     """The rows whose text reaches :data:`BIG_ROW_BYTES` (a few vectorized passes per batch)."""
-    if sum(array.nbytes for array in text) < BIG_ROW_BYTES:
+    if sum(array.nbytes for array in columns) < BIG_ROW_BYTES // 2:
         return []
     sizes = None
-    for array in text:
-        size = pc.fill_null(pc.cast(pc.binary_length(array), pa.int64()), 0)
+    for array, later in zip(columns, deferred):
+        size = _text_sizes(array, later)
         sizes = size if sizes is None else pc.add(sizes, size)
     return pc.indices_nonzero(pc.greater_equal(sizes, BIG_ROW_BYTES)).to_pylist()
 
 
-def _csv(text: list[pa.Array], start: int, stop: int) -> pa.Buffer:
+def _csv(columns: list[pa.Array], deferred: list[bool], start: int, stop: int) -> pa.Buffer:
     """Rows ``start:stop`` as CSV through Arrow's writer: NULL an unquoted empty field, every string
     quoted (a quote doubled), so '' stays apart from NULL."""
-    rows = pa.RecordBatch.from_arrays([array.slice(start, stop - start) for array in text],
-                                      names=[f"c{i}" for i in range(len(text))])
+    text = [pg_text(array.slice(start, stop - start)) if later else array.slice(start, stop - start)
+            for array, later in zip(columns, deferred)]
+    rows = pa.RecordBatch.from_arrays(text, names=[f"c{i}" for i in range(len(text))])
     out = pa.BufferOutputStream()
     pacsv.write_csv(rows, out, write_options=_CSV_OPTIONS)
     return out.getvalue()
 
 
 def _value_bytes(array: pa.Array, row: int) -> memoryview:
-    """The bytes of a string value where the array holds them (no copy)."""
-    kind = pa.int64() if pa.types.is_large_string(array.type) else pa.int32()
+    """The bytes of a string or binary value where the array holds them (no copy)."""
+    large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
     _, offsets, data = array.buffers()
-    bounds = pa.Array.from_buffers(kind, 2, [None, offsets], offset=array.offset + row).to_pylist()
+    bounds = pa.Array.from_buffers(pa.int64() if large else pa.int32(), 2, [None, offsets],
+                                   offset=array.offset + row).to_pylist()
     return memoryview(data)[bounds[0]:bounds[1]] if data is not None else memoryview(b"")
 
 
@@ -371,30 +407,56 @@ def _quoted_field(array: pa.Array, row: int) -> Iterator[bytes | memoryview]:
         yield bytes(value[start:start + READ_BYTES]).replace(b'"', b'""')
 
 
-def _big_row_pieces(text: list[pa.Array], row: int) -> Iterator[bytes | memoryview]:
+def _hex_pieces(value: memoryview) -> Iterator[bytes]:
+    """A binary value's hex, a slice at a time (no quote or backslash to escape in it)."""
+    for start in range(0, len(value), READ_BYTES // 2):
+        yield value[start:start + READ_BYTES // 2].hex().encode("ascii")
+
+
+def _binary_field(array: pa.Array, row: int) -> Iterator[bytes | memoryview]:
+    """A deferred value's field content: ``\\x`` and hex for bytea; for a list of bytea the array literal
+    ``{""\\\\x0a"",NULL}`` (each element quoted, its backslash escaped, the quotes doubled for CSV)."""
+    if _binary(array.type):
+        yield b"\\x"
+        yield from _hex_pieces(_value_bytes(array, row))
+        return
+    values = array.slice(row, 1).flatten()
+    yield b"{"
+    for i in range(len(values)):
+        yield b"," if i else b""
+        if not values[i].is_valid:
+            yield b"NULL"
+            continue
+        yield b'""\\\\x'
+        yield from _hex_pieces(_value_bytes(values, i))
+        yield b'""'
+    yield b"}"
+
+
+def _big_row_pieces(columns: list[pa.Array], deferred: list[bool], row: int) -> Iterator[bytes | memoryview]:
     """One row as CSV in pieces, big values by reference: Arrow's writer would copy the row into its
     own buffer and that into the output stream (2 more copies of an 80 MiB value, measured)."""
     head = b""
-    for column, array in enumerate(text):
+    for column, (array, later) in enumerate(zip(columns, deferred)):
         head += b"," if column else b""
         if array.slice(row, 1).null_count:
             continue
         yield head + b'"'
-        yield from _quoted_field(array, row)
+        yield from (_binary_field(array, row) if later else _quoted_field(array, row))
         head = b'"'
     yield head + b"\n"
 
 
-def _csv_pieces(text: list[pa.Array]) -> Iterator[pa.Buffer | bytes | memoryview]:
+def _csv_pieces(columns: list[pa.Array], deferred: list[bool]) -> Iterator[pa.Buffer | bytes | memoryview]:
     """A batch's rows as CSV: runs of ordinary rows through Arrow's writer, big rows in pieces."""
     start = 0
-    for row in _big_rows(text):
+    for row in _big_rows(columns, deferred):
         if row > start:
-            yield _csv(text, start, row)
-        yield from _big_row_pieces(text, row)
+            yield _csv(columns, deferred, start, row)
+        yield from _big_row_pieces(columns, deferred, row)
         start = row + 1
-    if start < len(text[0]):
-        yield _csv(text, start, len(text[0]))
+    if start < len(columns[0]):
+        yield _csv(columns, deferred, start, len(columns[0]))
 
 
 def parquet_csv_chunks(path: str | os.PathLike, columns: list[str],
@@ -409,7 +471,8 @@ def parquet_csv_chunks(path: str | os.PathLike, columns: list[str],
     pool = pa.default_memory_pool()
     for batch in _group_batches(file, batch_rows):
         pool.release_unused()  # mimalloc keeps freed batches otherwise (measured: 69 -> 49 MB over 1M rows)
-        text = [pg_text(batch.column(i)) for i in range(batch.num_columns)]
-        del batch  # its values live on in ``text`` only where they are needed
-        yield from _csv_pieces(text)
-        del text  # not held while the next batch is read
+        deferred = [_deferred(batch.column(i)) for i in range(batch.num_columns)]
+        columns = [batch.column(i) if later else pg_text(batch.column(i)) for i, later in enumerate(deferred)]
+        del batch  # its values live on in ``columns`` only where they are needed
+        yield from _csv_pieces(columns, deferred)
+        del columns  # not held while the next batch is read
