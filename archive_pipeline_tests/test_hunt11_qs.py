@@ -80,9 +80,6 @@ def test_counting_a_parquet_day_s_rows_stays_flat_whatever_its_row_groups(tmp_pa
     assert peak_long - peak_short < 30, (peak_short, peak_long)
 
 
-@pytest.mark.xfail(strict=True, reason="known, left open: a flat key_template puts a day's generations beside "
-                   "every other day's under the first dot of the file name (keys.day_prefix, generation_key); "
-                   "listing one day's alone would change where existing archives' generations are")
 def test_a_day_s_archive_run_lists_only_its_own_day_under_a_flat_key_template(conn, schema, s3_client, bucket,
                                                                                  temp_dir, monkeypatch):
     """A user keeps a table's archives flat, one file per day: key_template

@@ -336,6 +336,22 @@ def _names_from(names: list[str], prefix: str) -> Iterator[str]:
         at += 1
 
 
+def day_listing_prefixes(key: str) -> list[str]:
+    """The prefixes one listing each of which shows every generation of the day's data ``key``, its manifest,
+    its upload marker and its keys under other formats: :func:`day_prefix` alone for the usual layout (the name
+    is the day's, then its extension). A flat layout (``{schema}.{table}.{date}.{ext}``) has the whole schema
+    under its first dot: there, the key up to its extension (the day's own keys) and its generations' prefix
+    (``<schema>.g``), not every day of every table of the schema for each day archived."""
+    head, slash, name = key.rpartition("/")
+    stem, dot, rest = name.partition(".")
+    extensions = sorted({f"{f}.{c}" if c else f for f in FORMAT_EXTENSIONS.values() for c in CODEC_EXTENSIONS.values()},
+                        key=len, reverse=True)
+    ext = next((e for e in extensions if rest.endswith("." + e)), None)
+    if not dot or ext is None:  # the usual layout (rest is the extension), or no extension to tell the day by
+        return [day_prefix(key)]
+    return [key[:len(key) - len(ext)], f"{head}{slash}{stem}.g"]
+
+
 def day_prefix(key: str) -> str:
     """What every generation of the day's data ``key`` and its manifest start with:
     ``<dir>/<name up to its first dot>`` (one LIST finds them all)."""

@@ -26,7 +26,7 @@ def day_listing(store: S3Store, key: str) -> dict[str, dict] | None:
     if client is None or not hasattr(client, "get_paginator"):
         return None
     return {item["Key"]: {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
-            for item in store.list_keys(keys.day_prefix(key))}
+            for prefix in keys.day_listing_prefixes(key) for item in store.list_keys(prefix)}
 
 
 def stored_generations(key: str, listing: dict[str, dict]) -> list[int]:

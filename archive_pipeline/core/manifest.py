@@ -521,7 +521,8 @@ def under_another_format(store, spec, day, listed: set[str] | None = None) -> tu
     if not others:
         return None
     if listed is None:
-        listed = {item["Key"] for prefix in {keys.day_prefix(k) for k in others} for item in store.list_keys(prefix)}
+        listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
+                  for item in store.list_keys(prefix)}
     found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in keys.listed_under(others, listed)]
     found = [(other, manifest) for other, manifest in found if manifest is not None]
     return max(found, key=lambda pair: str(pair[1].get("archived_at") or "")) if found else None
