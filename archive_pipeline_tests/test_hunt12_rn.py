@@ -1,0 +1,71 @@
+"""Hunt 12 (rn): a review of this session's fixes: their sibling cases and the edges of their new checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _removal_run(config, spec, day):
+    """Run the day's removal job (Dagster); the run's failure description and its archive_proven verdicts."""
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.retention_assets import PROVEN_CHECK, removal_job_name
+
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        events = [ev.dagster_event for ev in instance.all_logs(result.run_id) if ev.dagster_event is not None]
+        proofs = [e.event_specific_data for e in events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and e.event_specific_data.check_name == PROVEN_CHECK]
+        failures = [e.event_specific_data.error.message for e in events
+                    if e.event_type == DagsterEventType.STEP_FAILURE]
+    return result, proofs, "\n".join(failures)
+
+
+def _table(conn, schema: str, rows: int = 30):
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '30 minutes', "
+                         "md5(g::text) FROM generate_series(1, %s) g").format(t), (rows,))
+    return t
+
+
+def test_the_removal_job_of_a_day_someone_emptied_is_not_told_to_archive_it_again(conn, schema, archive_env, store):
+    """Sibling of the hunt-12 re fixes (302f0cf: "a day whose rows someone else deleted or truncated since it was
+    archived ... is refused saying the source lost them and the archive is their only copy, with a restore remedy
+    (never 'archive again with overwrite')"), which changed lifecycle (the command line's prune) only.
+
+    Scenario: day 2024-03-10 of a table with retention (delete) is archived (its 30 rows, proven); then someone
+    else DELETEs the day's rows. The retention schedule's run of Remove_<table> for that day proves the archive
+    first (retention_assets._removing, its own deep_verify).
+
+    Now: the proof's difference (0 source rows against 30 archived) is reported as "its archive is not proven ...
+    If the source's rows are the right ones (rows changed or arrived late), archive the day again, then remove it"
+    (with the archive job's overwrite relaunch), and archive_proven is recorded FAILED: red on an archive that
+    holds exactly the rows recorded, whose only copy the advice would replace by the emptied day.
+
+    Should: as prune says it: the day stays, the source lost its rows (0 of 30), the archive is their only copy:
+    restore it if the rows were not meant to go; never "archive the day again". (Fix idea: in _removing, a proof
+    failing while the source holds no row of a day the manifest records rows for raises lifecycle._rows_lost's
+    wording, and records no failed archive_proven.)"""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import parse_config
+
+    t = _table(conn, schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.t", "day_column": "at", "start_date": "2024-03-01",
+        "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    assert archive_partition(conn, spec, DAY, store).rows == 30
+    conn.execute(sql.SQL("DELETE FROM {} WHERE at >= '2024-03-10 00:00+00' AND at < '2024-03-11 00:00+00'").format(t))
+    result, proofs, failure = _removal_run(config, spec, DAY)
+    assert not result.success
+    assert "archive the day again" not in failure, failure
+    assert "only copy" in failure and "restore" in failure, failure
