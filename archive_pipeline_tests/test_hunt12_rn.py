@@ -69,3 +69,41 @@ def test_the_removal_job_of_a_day_someone_emptied_is_not_told_to_archive_it_agai
     assert not result.success
     assert "archive the day again" not in failure, failure
     assert "only copy" in failure and "restore" in failure, failure
+
+
+def test_a_removal_of_an_emptied_day_whose_archive_is_damaged_does_not_call_the_archive_their_only_copy(
+        conn, schema, store, s3_client, bucket):
+    """Edge of 302f0cf (lifecycle._remove_day: "problems and manifest rows and not _has_rows -> _rows_lost"): the
+    new branch reads ANY failed proof of a day the source holds no row of as the source's loss, without looking at
+    what the proof found.
+
+    Scenario: day 2024-03-10 (30 rows) is archived; later its data object is damaged in the bucket (here: replaced
+    by other bytes of the same size, a bit rot or a bad restore of the bucket), and someone DELETEs the day's rows
+    from the source. ``prune`` (remove_day) proves the day first.
+
+    Now: RemovalRefused "the source holds 0 of the day's 30 archived rows now ...; the archive is their only copy",
+    remedy "restore them from the archive into the table (restore --into original)". The proof's own finding (the
+    object's MD5/SHA-256 do not match: the archive is damaged) is dropped from the message: the user is told the
+    archive is a good copy and sent to restore from an object that cannot be restored.
+
+    Should: the refusal says the archive is NOT proven (what the proof found) as well as the source's loss, and
+    does not send the user to restore from it as a sound copy. (Fix idea: take the _rows_lost branch only when the
+    problems are all the source's (as cli._source_side_only tells them); else keep the proof's problems in the
+    message and say both copies are in doubt.)"""
+    from archive_pipeline.core import lifecycle
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import parse_config
+
+    t = _table(conn, schema)
+    config = parse_config({"tables": [{"name": f"{schema}.t", "day_column": "at", "start_date": "2024-03-01",
+                                       "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    result = archive_partition(conn, spec, DAY, store)
+    assert result.rows == 30
+    size = s3_client.head_object(Bucket=bucket, Key=result.key)["ContentLength"]
+    s3_client.put_object(Bucket=bucket, Key=result.key, Body=b"\0" * size)  # damaged in the bucket
+    conn.execute(sql.SQL("DELETE FROM {} WHERE at >= '2024-03-10 00:00+00' AND at < '2024-03-11 00:00+00'").format(t))
+    with pytest.raises(lifecycle.RemovalRefused) as caught:
+        lifecycle.remove_day(conn, spec, DAY, store)
+    message = f"{caught.value} {caught.value.remedy or ''}"
+    assert "not proven" in message or "damaged" in message or "MD5" in message, message
