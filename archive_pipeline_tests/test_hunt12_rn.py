@@ -107,3 +107,52 @@ def test_a_removal_of_an_emptied_day_whose_archive_is_damaged_does_not_call_the_
         lifecycle.remove_day(conn, spec, DAY, store)
     message = f"{caught.value} {caught.value.remedy or ''}"
     assert "not proven" in message or "damaged" in message or "MD5" in message, message
+
+
+def test_a_remedy_command_for_a_name_with_a_c1_control_reads_back_as_that_name_in_bash(pg, s3, bucket, conn, s3_client,
+                                                                                      tmp_path):
+    """Edge of 5dcdfe3 (cli._ansi_c_quoted: a name with a control character is quoted $'...' in the commands a
+    message suggests). _ANY_CONTROL covers C1 controls (U+0080..U+009F, e.g. U+0085 NEXT LINE), and
+    _ansi_c_quoted writes every character below U+0100 as ``\\xNN``.
+
+    Scenario: a schema named ``ops<U+0085>legacy`` (PostgreSQL takes it quoted), table ``t``; its day is archived,
+    then its data object is lost; ``verify`` prints a remedy whose command names the table.
+
+    Now: the command says ``--table $'ops\\x85legacy.t'``. In bash (a UTF-8 locale), ``\\x85`` is the single BYTE
+    0x85, not the character U+0085 (bytes C2 85): the pasted command names a table that does not exist (an
+    invalid UTF-8 argument), so the remedy cannot be followed as printed.
+
+    Should: the quoted argument reads back in bash as the exact configured name. (Fix idea: ``\\xNN`` only below
+    0x80; ``\\u00NN`` for U+0080..U+00FF, as for the bidi controls.)"""
+    import re
+    import subprocess
+
+    import yaml
+
+    from archive_pipeline_tests.test_hunt12_ra import _cli, _env
+
+    schema_name = "ops\u0085legacy"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
+    table = sql.Identifier(schema_name, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00')").format(table))
+    try:
+        config = tmp_path / "tables.yaml"
+        config.write_text(yaml.safe_dump({"tables": [{"name": f"{schema_name}.t", "day_column": "at",
+                                                      "start_date": DAY.isoformat(),
+                                                      "key_template": "{prefix}/{table}/{date}.{ext}"}]}),
+                          encoding="utf-8")  # (NEL escaped: raw, YAML reads it as a line break)
+        env = _env(pg, s3, bucket, config)
+        assert _cli(env, "archive", "--day", DAY.isoformat()).exit_code == 0
+        listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="archive/")["Contents"]
+        data = [o["Key"] for o in listed if not o["Key"].endswith(".manifest.json")]
+        s3_client.delete_object(Bucket=bucket, Key=data[0])
+        shown = _cli(env, "verify", "--day", DAY.isoformat())
+        assert shown.exit_code != 0, shown.stdout
+        quoted = re.findall(r"--table (\$'(?:[^'\\]|\\.)*')", shown.stdout)
+        assert quoted, shown.stdout
+        back = subprocess.run(["bash", "-c", f"printf %s {quoted[0]}"], capture_output=True,
+                              env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}).stdout
+        assert back == f"{schema_name}.t".encode(), (quoted[0], back)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema_name)))
