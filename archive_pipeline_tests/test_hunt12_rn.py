@@ -156,3 +156,68 @@ def test_a_remedy_command_for_a_name_with_a_c1_control_reads_back_as_that_name_i
         assert back == f"{schema_name}.t".encode(), (quoted[0], back)
     finally:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema_name)))
+
+
+def test_a_removal_terminated_while_its_materialization_is_stored_still_records_the_proof_it_passed(
+        conn, schema, archive_env, monkeypatch):
+    """Edge of a7e5ef4 (retention_assets._removing: a passed proof is "deferred", recorded only after the
+    removal's materialization, to target it) together with abc8be2 (the removal logs its events itself, so a
+    termination meanwhile is worded).
+
+    Scenario: 2024-03-10 is archived; its removal run proves the archive (passed), deletes the day's rows
+    (committed), then the person clicks Terminate just as Dagster stores the removal's source_removed
+    materialization.
+
+    Now: _recorded raises the interrupt from the materialization's log_event, and the deferred proof is never
+    logged: the day shows removed (its materialization was stored) with NO archive_proven result at all, though
+    its archive was proven before its rows were deleted. The archive step handles exactly this case (_log_day:
+    "terminated while the day is recorded ... its check is recorded too, so it is not left half recorded"); the
+    removal's own except-branch logs the deferred proof only around remove_day, not around its recording.
+
+    Should: the day's archive_proven (passed) is recorded in that run. (Fix idea: in _removing, on an interrupt
+    from recording the removal's materialization, log the deferred proof (suppressing errors) before re-raising,
+    as _log_day does.)"""
+    import os
+    import signal
+
+    from dagster import DagsterEventType, DagsterRunStatus, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.retention_assets import PROVEN_CHECK, removal_asset_key
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], rows_per_day=5, schema=schema)
+    raw = {"retry": {"max_retries": 0}, "tables": [{"name": f"{schema}.events", "day_column": "created_at",
+                                                     "start_date": DAY.isoformat(),
+                                                     "retention": {"keep_days": 30, "action": "delete"}}]}
+    spec = parse_config(raw).tables[0]
+    defs = build_definitions(parse_config(raw))
+    day = DAY.isoformat()
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            partition_key=day, instance=instance).success
+        storage = instance.event_log_storage
+        real = storage.store_event
+        fired = []
+
+        def store_event(event):  # the UI's Terminate, arriving while the removal's materialization is stored
+            real(event)
+            dagster_event = event.dagster_event
+            if dagster_event is not None and dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION \
+                    and not fired and dagster_event.job_name.startswith("Remove_"):
+                fired.append(event)
+                instance.report_run_canceling(instance.get_run_by_id(event.run_id))
+                os.kill(os.getpid(), signal.SIGINT)
+
+        monkeypatch.setattr(storage, "store_event", store_event)
+        result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+            partition_key=day, instance=instance, raise_on_error=False)
+        assert fired and instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
+        assert instance.get_materialized_partitions(removal_asset_key(spec)) == {day}  # recorded removed
+        proofs = [e.dagster_event.event_specific_data for e in instance.all_logs(result.run_id)
+                  if e.dagster_event is not None
+                  and e.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and e.dagster_event.event_specific_data.check_name == PROVEN_CHECK]
+    assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 0  # removed indeed
+    assert [p.passed for p in proofs] == [True], "the removed day's passed proof was never recorded"
