@@ -221,3 +221,53 @@ def test_a_removal_terminated_while_its_materialization_is_stored_still_records_
                   and e.dagster_event.event_specific_data.check_name == PROVEN_CHECK]
     assert conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()[0] == 0  # removed indeed
     assert [p.passed for p in proofs] == [True], "the removed day's passed proof was never recorded"
+
+
+def test_a_put_found_ours_after_a_lost_answer_records_the_stores_etag_without_md5_etags(
+        conn, schema, s3, bucket, s3_client, temp_dir):
+    """Sibling of c7e5422 (store: a retried CompleteMultipartUpload found completed by an earlier try records the
+    key's own ETag where ETags are not MD5s: S3Upload._head_etag), missed for a single PutObject.
+
+    Scenario: a store whose ETags are not MD5s (SSE-KMS; ``verify_etags: false`` as the README says), simulated
+    by the fault proxy rewriting the data object's ETag to ``"kms-0001"`` in every answer. A new small day (one
+    PutObject with If-None-Match: *): the store stores it but its answer is lost (500 after forwarding);
+    botocore's retry is refused 412 (the key holds the first try's object). S3Upload._put_single asks
+    ``holds`` (size, bytes read back and hashed): ours, so the archive goes on, as it should.
+
+    Now: _put_single then sets ``etag = md5_hex``: the manifest records the object's MD5 as its ETag, while the
+    store's ETag is ``kms-0001``. Every later ``verify`` (HEAD against the manifest) reports "ETag: stored
+    "kms-0001", manifest <md5> (object replaced?)" for an intact archive, for good (and the proof, restore and
+    removal read the same object record). The same run without the lost answer records ``kms-0001`` and verifies
+    clean (the control below).
+
+    Should: the manifest records the store's ETag for the object (as the multipart path now does), so the day
+    verifies clean. (Fix idea: in _put_single's 412 branch, without verify_etags, take the ETag from a HEAD of
+    the key, as S3Upload._head_etag does.)"""
+    from archive_pipeline.core import keys
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline.core.verify import verify_archive
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    t = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date, note text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, DATE '2024-03-10' + g / 100, md5(g::text) "
+                         "FROM generate_series(1, 199) g").format(t))  # 2024-03-10 and 2024-03-11
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none")
+    control, day = DAY + dt.timedelta(days=1), DAY
+    kms = ("ETag", '"kms-0001"')
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = S3Store(proxy.client(max_attempts=3), bucket, part_size=MIN_PART_SIZE, verify_etags=False)
+        for method in ("HEAD", "GET"):  # the store's own ETags, as SSE-KMS gives them
+            proxy.add(Fault(method=method, path=r"\.csv$", action="set_header", header=kms, times=None))
+        proxy.add(Fault(method="PUT", path=r"2024-03-11\.csv$", action="set_header", header=kms, times=None))
+        archive_partition(conn, spec, control, store, temp_dir=temp_dir)  # no fault on the way: verifies clean
+        assert verify_archive(store, keys.table_day_key(spec, spec.period(control), store.prefix), {}) == []
+        proxy.add(Fault(method="PUT", path=r"2024-03-10\.csv$", action="error", forward=True, times=1))  # lost answer
+        proxy.add(Fault(method="PUT", path=r"2024-03-10\.csv$", action="error", status=412,
+                        code="PreconditionFailed", times=1))  # botocore's retry: the key holds the first try's
+        result = archive_partition(conn, spec, day, store, temp_dir=temp_dir)
+        assert [r.status for r in proxy.requests(method="PUT", path=r"2024-03-10\.csv$")] == [500, 412]
+        problems = verify_archive(store, keys.table_day_key(spec, spec.period(day), store.prefix), {})
+    assert problems == [], (result.etag, problems)
