@@ -57,6 +57,39 @@ def _main_killing() -> None:
     main()
 
 
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_killed_overwrite_s_whole_generation_outlives_the_next_run_after_the_format_changed(
+        pg, s3, conn, schema, store, bucket, s3_client, tmp_path, overwrite):
+    """A day archived in JSONL; `archive --overwrite --day D` is SIGKILLed right after its CompleteMultipartUpload
+    answered, before its manifest: a whole uncommitted generation `D.g2.jsonl` (and its `.uploading` marker) is
+    left. The user then switches the table to CSV (the default key_template has {ext}) and runs the day again:
+    without overwrite it is skipped (the former JSONL archive holds the rows), with overwrite it is written as
+    `D.csv`. Either way archive._tidy -> leftovers.tidy_day aborts the JSONL marker (the former-format uploads are
+    looked at since hunt 11) but deletes stray generations only of the new key, with the manifest at the new key
+    (none): `D.g2.jsonl`, which no manifest names, stays in the store for good. README: "What a killed run leaves in
+    the store is removed by the next run of the day, whatever that run does". Should: the run removes the killed
+    run's uncommitted generation under the former format too (fix idea: tidy the former key's stray generations
+    against the former key's trustworthy manifest, which the run reads anyway for its skip/overwrite decision)."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline_tests.test_hunt11_qc import DAY, _big
+    from archive_pipeline_tests.test_integrity import _killed_child
+
+    spec = _big(conn, schema)
+    first = archive_partition(conn, TableSpec(**spec), DAY, store)
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    _killed_child(pg, s3, bucket, spec, True, temp, ("after-call", "CompleteMultipartUpload", 1))
+    stray = first.key.replace("2024-03-10.jsonl", "2024-03-10.g2.jsonl")
+    assert stray in stored_keys(s3_client, bucket)  # (the premise: the killed run's whole generation)
+    result = archive_partition(conn, TableSpec(**{**spec, "format": "csv"}), DAY, store, overwrite=overwrite)
+    assert result.skipped is not overwrite
+    left = stored_keys(s3_client, bucket)
+    assert stray not in left, f"the killed overwrite's uncommitted generation is left for good: {left}"
+    assert not [k for k in left if k.endswith(".uploading")]
+
+
 if __name__ == "__main__":
     _main_killing()
 
