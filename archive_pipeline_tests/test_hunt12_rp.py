@@ -90,6 +90,36 @@ def test_a_killed_overwrite_s_whole_generation_outlives_the_next_run_after_the_f
     assert not [k for k in left if k.endswith(".uploading")]
 
 
+
+
+
+def test_archive_after_a_killed_prune_and_a_format_change_says_settled_but_leaves_the_mark_pending(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """Declarative table in JSONL, retention drop. `prune --day D` is SIGKILLed after the DROP committed, before the
+    "done" mark: D's manifest (at `D.jsonl.zst.manifest.json`) says "pending". The user then switches the table to
+    CSV (the default key_template has {ext}, so the day's key moves) and the daily `archive --day D` runs. cli's
+    plan finds the pending mark under the former format (plan.lookup_manifests looks there) and calls _settle_day,
+    but that calls settle_pending_removal(...) without ``key=``: it looks at the new CSV key, finds no manifest and
+    returns outcome "none". The run exits 0 with status "settled" and the message "... left its mark pending,
+    which was none ()" (a sentence with nothing in it), and the mark stays "pending". Should: the mark is settled
+    where it is (completed: "done"), and the message says what was done. Fix idea: pass the key lookup_manifests
+    found (the former-format key) to settle_pending_removal, as remove_day does via archive_key()."""
+    from archive_pipeline.core.archive import render_key
+
+    table, spec, store, env = _declarative(conn, schema, s3_client, bucket, tmp_path, pg, s3, "drop")
+    key = render_key(spec, DAYS[1], "archive")
+    day = ["--day", DAYS[1].isoformat()]
+    killing_cli(env, ["before-call", "PutObject", 2, re.escape(key) + r"\.manifest\.json$"], "prune", *day)
+    gone(conn)
+    assert load_manifest(store, key)["removed"]["state"] == "pending"  # (the premise)
+    env["ARCHIVE_PIPELINE_CONFIG"] = str(write_config(tmp_path, [{**table, "format": "csv"}]))
+    run = cli(env, "archive", *day)
+    said = run.stdout + run.stderr
+    assert run.returncode == 0, said
+    assert "which was none" not in said, said
+    assert load_manifest(store, key)["removed"]["state"] == "done", said
+
+
 if __name__ == "__main__":
     _main_killing()
 
