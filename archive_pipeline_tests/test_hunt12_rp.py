@@ -120,6 +120,35 @@ def test_archive_after_a_killed_prune_and_a_format_change_says_settled_but_leave
     assert load_manifest(store, key)["removed"]["state"] == "done", said
 
 
+
+
+def test_archive_dry_run_after_a_killed_prune_and_a_format_change_counts_the_day_as_changed_since_archived(
+        pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """Declarative table in JSONL, retention drop. `prune --day D` is SIGKILLed right after its "pending" mark
+    landed, before the DROP committed: D's 100 rows are all still in the source, exactly as archived. The user
+    switches the table to CSV and plans the day with `archive --dry-run --day D`. The day is rightly refused
+    ("its removal ... is unfinished, and the table is now configured otherwise ... configure the table as
+    jsonl/zstd again and run the day (or prune) to settle the removal first"), but the summary line counts it as
+    "1 refused (changed since archived)": the day did not change (its rows are the archive's), and the summary
+    sends the user looking for changed rows / --overwrite. Should: the summary does not call such a refusal a
+    change (say "refused (see below)", or count refusals by their cause). Fix idea: cli._archive_plan's summary
+    words 'refused' without a cause, or plan records whether a refusal is a change of rows."""
+    from archive_pipeline.core.archive import render_key
+
+    table, spec, store, env = _declarative(conn, schema, s3_client, bucket, tmp_path, pg, s3, "drop")
+    key = render_key(spec, DAYS[1], "archive")
+    day = ["--day", DAYS[1].isoformat()]
+    killing_cli(env, ["after-call", "PutObject", 1, re.escape(key) + r"\.manifest\.json$"], "prune", *day)
+    gone(conn)
+    assert load_manifest(store, key)["removed"]["state"] == "pending"  # (the premise: marked, not committed)
+    assert _day_rows(conn, schema, DAYS[1]) == 100
+    env["ARCHIVE_PIPELINE_CONFIG"] = str(write_config(tmp_path, [{**table, "format": "csv"}]))
+    run = cli(env, "archive", "--dry-run", *day)
+    said = " ".join((run.stdout + run.stderr).split())
+    assert "is unfinished" in said, said  # (the refusal itself is right)
+    assert "changed since archived" not in said, said
+
+
 if __name__ == "__main__":
     _main_killing()
 
