@@ -149,6 +149,40 @@ def test_archive_dry_run_after_a_killed_prune_and_a_format_change_counts_the_day
     assert "changed since archived" not in said, said
 
 
+
+
+@pytest.mark.parametrize("point", ["UploadPart", "CompleteMultipartUpload"])
+def test_a_killed_overwrite_s_leftovers_at_the_former_key_outlive_a_run_after_the_key_template_changed(
+        pg, s3, conn, schema, store, bucket, s3_client, tmp_path, point):
+    """A day archived (Dagster materialized it, recording its key). An overwrite of the day is SIGKILLed mid-upload
+    (an open multipart upload of `D.g2.jsonl` and its `.uploading` marker are left) or right after its
+    CompleteMultipartUpload (a whole uncommitted generation `D.g2.jsonl` and its marker). The user then changes the
+    table's key_template; the next Dagster run of the day passes the recorded key as ``former_keys``
+    (defs/assets.former_day_keys), finds the day's archive there and skips the day. But archive._tidy only looks at
+    the new key's day prefix (tidy_day's ``others`` are kept only where they share it), so the killed run's open
+    upload, its marker and its uncommitted generation at the former key stay in the store for good (no later run
+    looks under the former template again). README: "What a killed run leaves in the store is removed by the next
+    run of the day, whatever that run does". Should: the run that reads the day's archive at a former key tidies
+    that key's day too (fix idea: run tidy_day for the former key with its listing and trustworthy manifest, as
+    _tidy_removed does for the key a removal found)."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline_tests.test_hunt11_qc import DAY, _big
+    from archive_pipeline_tests.test_integrity import _killed_child
+
+    spec = _big(conn, schema)
+    first = archive_partition(conn, TableSpec(**spec), DAY, store)
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    _killed_child(pg, s3, bucket, spec, True, temp, ("after-call", point, 1))
+    assert [k for k in stored_keys(s3_client, bucket) if k.endswith(".uploading")]  # (the premise: leftovers)
+    moved = TableSpec(**{**spec, "key_template": "{prefix}/{schema}.{table}/{date}.{ext}"})
+    result = archive_partition(conn, moved, DAY, store, former_keys=[first.key])
+    assert result.skipped  # the former key's archive holds the day's rows
+    assert _open_uploads(s3_client, bucket) == [], "the killed overwrite's multipart upload is left open for good"
+    assert stored_keys(s3_client, bucket) == sorted([first.key, first.manifest_key]), \
+        "the killed overwrite's marker / uncommitted generation at the former key is left for good"
+
+
 if __name__ == "__main__":
     _main_killing()
 
