@@ -57,7 +57,7 @@ from archive_pipeline.core.periods import Period, PeriodError, parse_period, zon
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import deep_verify, verify_archive
+from archive_pipeline.core.verify import deep_verify, source_side_only, verify_archive
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -391,8 +391,10 @@ def _shell_join(args: list[str]) -> str:
 
 
 def _ansi_c_quoted(arg: str) -> str:
+    """bash's $'...' of ``arg``: \\xNN for an ASCII control (one byte), \\uNNNN from U+0080 on (a character,
+    in the locale's encoding: $'\\x85' is the lone byte 0x85, not U+0085)."""
     inner = arg.replace("\\", "\\\\").replace("'", "\\'")
-    return "$'" + _ANY_CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}" if ord(found[0]) < 0x100 else
+    return "$'" + _ANY_CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}" if ord(found[0]) < 0x80 else
                                    f"\\u{ord(found[0]):04x}", inner) + "'"
 
 
@@ -888,7 +890,8 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                         if changed else ""))
 
 
-def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tuple[str, ...] = ()) -> str:
+def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tuple[str, ...] = (),
+                   problems: list[str] | None = None) -> str:
     """What to do about a day whose archive failed verify (one whose manifest could not even be read: again);
     ``how``: the options it was verified with (--deep, --download), which verifying it again needs."""
     if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
@@ -904,7 +907,7 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
             return f"{own}; then verify the day again (it was not checked)"
         return (f"verify the day again ({run.suggest('verify', table, day, *how)}) once the database and store "
                 "answer: it was not checked")
-    if _source_side_only(problem):  # the archive held exactly the rows recorded: the source is what differs
+    if source_side_only(problems or []):  # the archive held exactly the rows recorded: the source is what differs
         return (f"the archive checks out (its rows are the ones recorded): the source differs. If the source's rows "
                 f"are the right ones (late rows, edits), archive the day again: "
                 f"{run.suggest('archive', table, day, '--overwrite')}; if rows were lost from the source, the archive "
@@ -913,16 +916,6 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
             f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
             "backup of the bucket (its versions, a replica) before anything else")
-
-
-_SOURCE_SIDE = ("the source's rows for ", "first difference: ", "first difference not named: ")
-
-
-def _source_side_only(problem: str) -> bool:
-    """Whether a deep verification's problems (joined by "; ") are all the source's: its rows against the
-    archive's, which were loaded and found to be the ones recorded (an archive-side problem is said first)."""
-    return problem.startswith(_SOURCE_SIDE[0]) and all(
-        part.startswith(_SOURCE_SIDE) or not part[:1].islower() for part in problem.split("; "))
 
 
 def _stopped_by(message: str) -> dict[str, Any]:
@@ -1116,7 +1109,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems), how)}
+                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems), how, problems)}
                                if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified

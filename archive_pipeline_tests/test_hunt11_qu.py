@@ -10,8 +10,8 @@ import os
 import signal
 import threading
 
-from dagster import (AssetCheckKey, DagsterEventType, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job,
-                     instance_for_test, reconstructable)
+from dagster import (AssetCheckKey, AssetKey, DagsterEventType, DagsterRunStatus, ReexecutionOptions, RunsFilter,
+                     execute_job, instance_for_test, reconstructable)
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
@@ -239,8 +239,10 @@ def test_a_removal_terminated_while_its_proof_is_stored_names_table_and_day(conn
                 os.kill(os.getpid(), signal.SIGINT)
 
         monkeypatch.setattr(storage, "store_event", store_event)
-        result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
-            partition_key=day, instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(  # a dry run: the proof is
+            partition_key=day, instance=instance, raise_on_error=False, run_config={  # recorded before anything else
+                "ops": {AssetKey(["source_removed", schema, "events"]).to_python_identifier(): {
+                    "config": {"dry_run": True}}}})
         assert fired and instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
         final = [e.dagster_event.step_failure_data for e in instance.all_logs(result.run_id)
                  if e.dagster_event and e.dagster_event.is_step_failure][-1]

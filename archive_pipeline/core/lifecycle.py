@@ -50,7 +50,7 @@ from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_fi
                                           scanned_relations, server_identity, shape_changes)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
-    source_fingerprint, verify_archive
+    source_fingerprint, source_side_only, verify_archive
 
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         if proven is not True and proven != manifest.get("manifest_sha256"):
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn,
                                    temp_dir=temp_dir)
-            if problems and int(manifest.get("rows") or 0) and not _has_rows(conn, spec, day):
-                raise _rows_lost(spec, day, int(manifest["rows"]), 0, action)  # the source's loss, not the archive's
+            if source_side_only(problems) and int(manifest.get("rows") or 0) and not _has_rows(conn, spec, day):
+                raise rows_lost(spec, day, int(manifest["rows"]), 0, action)  # the source's loss, not the archive's
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
@@ -525,7 +525,7 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
     return current, raw
 
 
-def _rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: str) -> RemovalRefused:
+def rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: str) -> RemovalRefused:
     """The source lost the day's rows since they were archived (a TRUNCATE or DELETE of someone else's): the
     archive is proven on its own; archiving the day again would replace it by the emptied day."""
     left = ("drop the emptied partition by hand" if action == "drop" else
@@ -535,8 +535,8 @@ def _rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: st
         "(deleted or truncated by someone else since the day was archived); the archive is their only copy, and "
         "this run removed nothing", table=spec.name, day=day.isoformat(),
         remedy=f"if the rows were not meant to go, restore them from the archive into the table (restore --into "
-               f"original); if they were, {left} (never archive the day again: that would replace the archive of "
-               "the rows by one of the emptied day)")
+               f"original); if they were, {left} (an archive run of the day now would replace the archive of the "
+               "rows by one of the emptied day)")
 
 
 def _completed_for_us(store: S3Store, mkey: str, mark: dict) -> bool:
@@ -886,7 +886,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
             + ("" if str(now) == manifest["fingerprint"] else ", and the fingerprint differs") + "); archive the day "
             "again (overwrite), then remove it", table=spec.name, day=day.isoformat())
     if str(now) != manifest["fingerprint"] and now.rows == 0 and archived_rows:
-        raise _rows_lost(spec, day, archived_rows, now.rows, action)
+        raise rows_lost(spec, day, archived_rows, now.rows, action)
     if str(now) != manifest["fingerprint"]:
         raise RemovalRefused(
             f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "

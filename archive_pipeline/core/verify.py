@@ -653,6 +653,17 @@ def _types_changed(conn: psycopg.Connection, manifest: dict, target: sql.Composa
         return []
 
 
+_SOURCE_SIDE = ("the source's rows for ", "first difference: ", "first difference not named: ")
+
+
+def source_side_only(problems: list[str]) -> bool:
+    """Whether a deep verification's problems are all the source's: its rows against the archive's, which were
+    loaded and found to be the ones recorded (an archive-side problem, damage or rows not the recorded ones, is
+    said apart and first)."""
+    return bool(problems) and problems[0].startswith(_SOURCE_SIDE[0]) and all(p.startswith(_SOURCE_SIDE)
+                                                                              for p in problems)
+
+
 class NameGone(Exception):
     """A reg* value of the archive names an object that no longer exists: the archive matched its digests and
     cannot be loaded into its types here; the source's value (printed as a bare OID now) is not the archive's."""

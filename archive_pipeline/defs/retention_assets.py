@@ -56,16 +56,15 @@ from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableS
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
-                                              still_detached,
                                               due_days, pending_removal_committed, refuse_layout_change, remove_day,
-                                              settle_pending_removal)
+                                              rows_lost, settle_pending_removal, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
-from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, rows_after_removal
+from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, rows_after_removal, source_side_only
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -264,6 +263,10 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             manifest, problems = None, [str(exc)]
             if (record := _removed_before(context, spec, day, source)) is not None:  # the damaged one: the only copy
                 removed = {"state": f"recorded by Dagster: {record}", "at": "see there"}
+        if not removed and source_side_only(problems) and int((manifest or {}).get("rows") or 0) and \
+                rows_after_removal(source, spec, day) == 0:  # the source lost the rows, not the archive: no verdict
+            lost = rows_lost(spec, day, int(manifest["rows"]), 0, spec.retention.action)
+            raise _failed(_naming(lost, spec, day), spec, day, False, lost)
         proof = _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
         # A passed proof followed by a removal is recorded after the removal's materialization, targeting it:
         # Dagster shows a check result as the day's status only when it targets its latest materialization
@@ -311,8 +314,15 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
            {"removed_by": by or "unknown"}),
         **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
     }
-    yield from _recorded(context, AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
-                                                       metadata=metadata), "recording the removal")
+    try:
+        yield from _recorded(context, AssetMaterialization(asset_key=removal_asset_key(spec),
+                                                           partition=day.isoformat(), metadata=metadata),
+                             "recording the removal")
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+        if deferred:  # terminated while the removal was recorded: its proof is recorded all the same
+            with contextlib.suppress(Exception):
+                context.log_event(_proof(context, spec, day, [], proof.description, targeted=True))
+        raise
     if deferred:
         yield from _recorded(context, _proof(context, spec, day, [], proof.description, targeted=True),
                              "recording the removal")
