@@ -848,7 +848,7 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                     results.append(_unprobed(spec, day, unknown[day]))
                     continue
                 if day in pending:
-                    results.append(_settle_day(run, spec, day))
+                    results.append(_settle_day(run, spec, day, pending[day]))
                     continue
                 if day not in present:
                     results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
@@ -945,14 +945,14 @@ def _table_failed(spec: TableSpec, days: list[Period], exc: ArchiveError) -> lis
              "retryable": exc.retryable} for day in days]
 
 
-def _settle_day(run: Run, spec: TableSpec, day: Period) -> dict[str, Any]:
+def _settle_day(run: Run, spec: TableSpec, day: Period, key: str) -> dict[str, Any]:
     """A day gone from the source whose manifest holds a pending removal mark (a prune killed after its COMMIT):
     the mark settled on the primary, where removals run (a standby cannot), and said; nothing to archive."""
     from archive_pipeline.core.lifecycle import settle_pending_removal
 
     run.between_days()
     try:
-        settled = settle_pending_removal(run.primary, spec, day, run.store)
+        settled = settle_pending_removal(run.primary, spec, day, run.store, key=key)  # (a former format's, too)
     except ArchiveError as exc:
         return {"table": spec.name, "day": day.isoformat(), "status": "failed",
                 "message": _told(exc), "retryable": exc.retryable}
@@ -1033,7 +1033,7 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
                 run.out.print(_said(_verbatim(p.table), f" {p.day} would be refused: {p.reason}"), soft_wrap=True)
         run.out.print(f"dry run, nothing written: {totals['archive'] + totals['overwrite']} day(s) to archive "
                       f"(~{est_rows:,} rows, ~{_size(est_bytes)} in PostgreSQL), {totals['skip']} identical, "
-                      f"{totals['refuse']} refused (changed since archived), {totals['no-data']} without data"
+                      f"{totals['refuse']} refused (why: see above), {totals['no-data']} without data"
                       + (f", {totals['not-checked']} not checked (see their reason)" if totals["not-checked"] else ""))
 
     run.emit({"ok": True, "dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
@@ -1361,12 +1361,14 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
 _RECENT_ABSENT = 62  # the days gone from the source whose manifests archive reads for a pending removal mark
 
 
-def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[set[Period], dict[Period, str]]:
-    """Which of ``days`` have a manifest whose removal mark is still pending (one listing, then a GET per
-    archived day), and the days whose manifest could not be read, with why: each may hold such a mark."""
+def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]
+                      ) -> tuple[dict[Period, str], dict[Period, str]]:
+    """Which of ``days`` have a manifest whose removal mark is still pending, with the key it was found at (under a
+    former format's key too; one listing, then a GET per archived day), and the days whose manifest could not be
+    read, with why: each may hold such a mark."""
     from archive_pipeline.core.manifest import removal_state
 
-    pending: set[Period] = set()
+    pending: dict[Period, str] = {}
     unread: dict[Period, str] = {}
     for start in range(0, len(days), 31):  # a month at a time: a table's years of removed days' manifests are
         chunk = days[start:start + 31]     # not all held at once, only which marks are pending
@@ -1376,7 +1378,7 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]) -> tu
             why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"
             unread.update({day: why for day in chunk})
             continue
-        pending |= {day for day, lookup in found.items()
+        pending |= {day: lookup.archived.key for day, lookup in found.items()
                     if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
         unread.update({day: lookup.problem for day, lookup in found.items() if lookup.problem})
     return pending, unread

@@ -341,6 +341,7 @@ class _Archiving:
             existing = read_existing(self.store, self.key)
             self._refuse_foreign(existing, overwrite)
         self._tidy(existing)
+        self._tidy_former(existing)
         fmt = get_format(self.spec.format, self.spec.compression, self.spec.compression_level)
         codec = get_codec("none" if fmt.compresses_internally else self.spec.compression)
         upload: S3Upload | None = None
@@ -478,6 +479,20 @@ class _Archiving:
         self._tidied |= tidy_day(self.store, self.key, existing.listing, manifest, _identity(self.conn),
                                  f"{self.spec.name} {self.day}",
                                  others=keys.other_extension_keys(self.spec, self.day, self.store.prefix))
+
+    def _tidy_former(self, existing: Existing) -> None:
+        """Tidy the day's keys under the table's former formats, codecs or key_template too (the listing shows them
+        beside its key, or ``former_keys`` names them): a run killed there before the table changed left its
+        upload, marker or uncommitted generation, and no run of the day comes to that key again."""
+        former = [*keys.listed_under(self._other_extension_keys(), existing.listing or ()), *self.former_keys]
+        for other in dict.fromkeys(k for k in former if k != self.key):
+            try:
+                there = read_existing(self.store, other)
+            except Exception:  # noqa: BLE001 - leftovers cost storage, not correctness: the next run looks again
+                continue
+            manifest = there.manifest if there.problem is None else None
+            self._tidied |= tidy_day(self.store, other, there.listing, manifest, _identity(self.conn),
+                                     f"{self.spec.name} {self.day}")
 
     def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
                          ) -> fingerprint.Fingerprint:

@@ -171,15 +171,15 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                archive, None, True, already_removed=True)
             if not dry_run:
                 settled = _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
-                if settled.outcome == "completed":
+                if settled.outcome == "completed" and _nothing_back(conn, spec, day, settled.manifest):
                     mark = settled.manifest["removed"]
                     return Removal(spec.name, day, mark.get("action", action), mark.get("relation", ""),
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
                                    completed=True)
-                manifest = settled.manifest  # taken back: proven and removed from scratch below
-        if removal_state(manifest) == "done" and (still_detached(conn, spec, day, manifest) or (
-                not _has_rows(conn, spec, day) and not (manifest.get("rows") == 0
-                                                        and _relation_back(conn, spec, day, manifest)))):
+                # taken back: proven and removed from scratch below; or completed, and the rows are back since
+                # (restored into the table after the removal was killed past its COMMIT): removed again below
+                manifest = settled.manifest
+        if removal_state(manifest) == "done" and _nothing_back(conn, spec, day, manifest):
             # (rows of a removed day that are back, restored into the original table, are proven and
             # removed again below, as on the first removal; an empty partition or day table is such a restore
             # only of a day archived without rows: one created again empty, by a maintenance job, holds none
@@ -211,6 +211,14 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         if dry_run:
             return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
+
+
+def _nothing_back(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
+    """Whether a removed day is still out of the source: detached still, or no rows of it (an empty partition or
+    day table is the day back only for a day archived without rows: one created again empty, by a maintenance
+    job, holds none of the archived rows)."""
+    return still_detached(conn, spec, day, manifest) or (
+        not _has_rows(conn, spec, day) and not (manifest.get("rows") == 0 and _relation_back(conn, spec, day, manifest)))
 
 
 def _tidy_removed(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str,
