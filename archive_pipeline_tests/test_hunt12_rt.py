@@ -63,3 +63,50 @@ def test_a_store_refusing_checksum_headers_with_sha256_mismatch_names_the_checks
     said = f"{error} | remedy: {error.remedy}"
     assert "AWS_REQUEST_CHECKSUM_CALCULATION" in said, said
     assert _objects(s3_client, bucket) == ([], [])
+
+
+def no_list_bucket(handler, method, body):
+    """Credentials without s3:ListBucket: AWS refuses the listing (403 AccessDenied)."""
+    if method == "GET" and "list-type=2" in handler.path:
+        return _xml_error(403, "AccessDenied", "Access Denied")
+    return None
+
+
+def missing_key_403(handler, method, status, headers, payload):
+    """... and, without s3:ListBucket, AWS answers a GET or HEAD of a key that does not exist with 403 AccessDenied,
+    not 404 (so as not to tell who may not list whether the key exists)."""
+    if status == 404 and method in ("HEAD", "GET") and "list-type" not in handler.path:
+        status, headers, body = _xml_error(403, "AccessDenied", "Access Denied")
+        return status, headers, body if method == "GET" else b""
+    return status, headers, payload
+
+
+def test_a_403_for_a_missing_manifest_without_list_bucket_names_list_bucket_not_get_object(
+        conn, schema, ev, s3, bucket, store, temp_dir):  # noqa: F811
+    """A restore role with s3:GetObject but without s3:ListBucket, on AWS: a listing is refused, and a GET or HEAD of a
+    key that does not exist is answered ``403 AccessDenied`` (AWS's documented behaviour without s3:ListBucket),
+    never 404. 2024-03-10 is archived, 2024-03-11 never was. The same credentials restore 2024-03-10 fine (so they
+    can read); the user then restores 2024-03-11.
+
+    What happens: the manifest's GET is refused 403 and the error is "the object store refused access ... to fix:
+    grant s3:GetObject on the bucket to these credentials (GetObject needs it ...)": the credentials have
+    s3:GetObject (the day before restored with them); the real causes (the day has no archive, and without
+    s3:ListBucket the store cannot say so) are not named. The HeadObject refusal already says "s3:GetObject (and
+    s3:ListBucket, without which S3 answers 403 for a missing key)"; the GetObject one does not.
+
+    What should happen: the refusal of a GET names s3:ListBucket alongside s3:GetObject and says that S3 answers 403
+    for a key that does not exist without it (the day may simply not be archived). Fix idea: _PERMISSION_OF
+    GetObject = the HeadObject wording; or on a 403 of a manifest GET, say the key may be missing."""
+    from archive_pipeline.core.restore import restore_day
+
+    archive_partition(conn, ev, DAY, store, temp_dir=temp_dir)
+    other = DAY + dt.timedelta(days=1)
+    with DialectProxy(s3.endpoint_url, before=[no_list_bucket], after=[missing_key_403]) as proxy:
+        reader = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        assert restore_day(conn, reader, ev, DAY, into="new", target=f"{schema}.back").rows == 20
+        with pytest.raises(ArchiveError) as caught:
+            restore_day(conn, reader, ev, other, into="new", target=f"{schema}.back2")
+    error = caught.value
+    said = f"{error} | remedy: {error.remedy}"
+    asked = (error.remedy or "").split("the archiver needs")[0]
+    assert "s3:ListBucket" in asked, f"the remedy asks only for a permission the role has: {said}"
