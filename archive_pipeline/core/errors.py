@@ -332,12 +332,16 @@ _S3_CONFIG = _store(False, "the object store client is misconfigured (region, en
 _S3_THROTTLED = _store(True, "the object store is throttling or temporarily failing (5xx, SlowDown)",
                        f"{_RETRIED}; if it persists, lower the pool limit or the store's max_concurrency")
 _S3_CORRUPTED = _store(True, "an upload arrived corrupted (BadDigest / checksum mismatch)",
-                       f"{_RETRIED}; if it recurs, check proxies between Dagster and the store")
+                       f"{_RETRIED}; if it recurs, check proxies between Dagster and the store; if every upload "
+                       "fails so, the store may refuse the checksum headers botocore 1.36 and later sends: set "
+                       "AWS_REQUEST_CHECKSUM_CALCULATION=when_required")
 _S3_GONE = _store(True, "the multipart upload disappeared or conflicted with another writer", _RETRIED)
 # What the archiver asks of a bucket (README, "Permissions"): a refused request names the one its operation needs.
 S3_PERMISSIONS = ("s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucketMultipartUploads",
                   "s3:AbortMultipartUpload")
-_PERMISSION_OF = {"ListObjectsV2": "s3:ListBucket", "HeadBucket": "s3:ListBucket", "GetObject": "s3:GetObject",
+_PERMISSION_OF = {"ListObjectsV2": "s3:ListBucket", "HeadBucket": "s3:ListBucket",
+                  "GetObject": "s3:GetObject (and s3:ListBucket, without which S3 answers 403 for a missing key: the "
+                               "day may simply not be archived)",
                   "HeadObject": "s3:GetObject (and s3:ListBucket, without which S3 answers 403 for a missing key)",
                   "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
                   "CompleteMultipartUpload": "s3:PutObject", "CopyObject": "s3:GetObject and s3:PutObject",

@@ -811,7 +811,13 @@ class S3Store:
         return isinstance(exc, CorruptedWrite) or S3Store.refused(exc)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=key)
+        """Delete ``key``; one that is not there counts as deleted (S3 answers 204 either way; GCS's XML API
+        answers 404 NoSuchKey)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _code(exc) != "NoSuchKey" and not (_status(exc) == 404 and _code(exc) in ("", "NotFound")):
+                raise
 
     def delete_quietly(self, key: str, original: BaseException | None = None) -> bool:
         """Delete ``key`` as cleanup after ``original`` failed: a failure to delete is logged and added
