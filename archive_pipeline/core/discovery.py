@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as dt
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -193,8 +194,9 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
     key_type, expression = _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps
     # An expression key of a date or timestamp column giving a date or timestamp ((at::date), date_trunc('hour', at))
     # keeps the column's wall-clock labels; one of a timestamptz column is in the zone it converts by
+    # (or in the table's own zone: (at AT TIME ZONE 'Europe/London') of a London table is its wall clock)
     wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone" and (
-        not expression or not _zoned_day_column(conn, spec))
+        not expression or not _zoned_day_column(conn, spec) or _converts_by_table_zone(conn, spec))
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
                                  ).fetchone()[0]:
@@ -220,6 +222,18 @@ def _zoned_day_column(conn: psycopg.Connection, spec: TableSpec) -> bool:
         "JOIN pg_catalog.pg_type y ON y.oid = t.oid WHERE y.typtype = 'd') "
         "SELECT EXISTS (SELECT FROM t WHERE t.oid = 'pg_catalog.timestamptz'::pg_catalog.regtype)",
         (schema, name, spec.day_column)).fetchone()[0])
+
+
+def _converts_by_table_zone(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Whether the partition key's expression converts the day column by the table's own zone, and by no other
+    (``AT TIME ZONE 'Europe/London'`` for a Europe/London table): its bounds are then wall-clock labels there."""
+    schema, _, name = spec.name.partition(".")
+    found = conn.execute("SELECT pg_catalog.pg_get_expr(pt.partexprs, pt.partrelid) FROM pg_catalog.pg_partitioned_table "
+                         "pt WHERE pt.partrelid = pg_catalog.to_regclass(%s)",
+                         (sql.Identifier(schema, name).as_string(conn),)).fetchone()
+    zones = {z.replace("''", "'") for z in re.findall(r"AT TIME ZONE '((?:[^']|'')*)'", found[0] or "")} \
+        if found else set()
+    return zones == {spec.timezone}
 
 
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:
