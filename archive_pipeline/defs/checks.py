@@ -215,7 +215,8 @@ def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContex
 
 def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str) -> AssetCheckEvaluation | None:
     """The day's last ``archive_intact`` verdict, recorded again by this run, which planned the check for
-    that day and failed before checking it; None when the run did not plan it or the day has no verdict.
+    that day and failed before checking it (a warning, not a failure, for a day no run has checked); None when
+    the run did not plan it.
 
     The archive jobs plan no check (the asset reports it). Dagster 1.13's pure asset backfill (tables with
     different partitions materialized together) and ``materialize`` with the checks plan every check of
@@ -226,8 +227,14 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
     check it, the UI shows that day's check as not evaluated, not as the old archive's verdict.
     """
     planned, last = _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK), PartitionKeyFilter(key=day))
-    if not planned or last is None:
+    if not planned:
         return None
+    if last is None:  # never checked (never archived): said as a warning, as the on-demand checks say it, not red
+        return AssetCheckEvaluation(
+            asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.WARN, partition=day,
+            description=f"{day}: not checked: this run failed before archiving and checking it, and no run has yet "
+                        "checked an archive of the day (none is recorded)", metadata={"partition": day},
+            blocking=False)
     was = last.evaluation
     return AssetCheckEvaluation(
         asset_key=key, check_name=INTACT_CHECK, passed=was.passed, severity=was.severity, partition=day,
