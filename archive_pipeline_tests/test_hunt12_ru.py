@@ -75,3 +75,27 @@ def test_verify_deep_remedy_for_rows_lost_from_the_source_is_a_restore_that_cann
     compared = cli_json(env, "compare", "--day", day)
     assert [d["result"] for d in compared["days"]] == ["equal"]
 
+
+def test_list_check_source_calls_a_day_whose_rows_are_locked_unreadable_not_not_checked(setup, pg, conn, days):
+    """README (Command line): "`verify` and `compare` (and `list --check-source`) check every day even when one
+    cannot be checked (its download failing, its rows locked past `lock_timeout_ms`, say): that day is listed `not
+    checked`, with whether a retry may help". `compare` does (result `not-checked`, counted apart). But `list
+    --check-source` with one day's partition locked by another session lists that day as state `unreadable`,
+    counted in the summary's `unreadable` (the state the README gives a manifest that cannot be trusted or rows
+    the role may not read: a difference to act on), though its note says "not checked (retryable)". A script reading
+    `state`/`summary` sees an unreadable archive where nothing is wrong but a passing lock.
+    Should: the day's state is `not-checked` (JSON and text), counted apart in the summary, as `compare` does.
+    (Fix idea: the list command maps a retryable 'not checked' failure of the source fingerprint to a state of its
+    own, not to `unreadable`.)"""
+    env, name = setup
+    cli_json(env, "archive")
+    child = conn.execute("SELECT i.inhrelid::regclass::text FROM pg_inherits i WHERE i.inhparent = %s::regclass "
+                         "ORDER BY 1 LIMIT 1", (name,)).fetchone()[0]
+    with psycopg.connect(pg.dsn) as other:
+        other.execute(f"LOCK TABLE {child} IN ACCESS EXCLUSIVE MODE")
+        answer = cli_json(env, "list", "--check-source", code=1)
+        other.rollback()
+    first = answer["days"][0]
+    assert first["day"] == days[0].isoformat() and "not checked (retryable)" in first["note"], first
+    assert first["state"] == "not-checked", first
+    assert answer["summary"][name].get("unreadable", 0) == 0, answer["summary"]
