@@ -99,3 +99,42 @@ def test_list_check_source_calls_a_day_whose_rows_are_locked_unreadable_not_not_
     assert first["day"] == days[0].isoformat() and "not checked (retryable)" in first["note"], first
     assert first["state"] == "not-checked", first
     assert answer["summary"][name].get("unreadable", 0) == 0, answer["summary"]
+
+
+def test_compare_with_one_column_mode_table_the_role_may_not_read_reports_nothing_of_the_other_tables(
+        pg, conn, schema, s3, bucket, tmp_path, days):
+    """README (Command line, `compare`): "A day whose rows the role may not read is `unreadable` (a difference),
+    never 'not in the source'", and `compare` "check[s] every day even when one cannot be checked". Two tables, both
+    archived; the read-only role `compare` runs as may read the declarative `events` but not the column-mode
+    `plain` (a REVOKE, a new table not yet granted). With `events` alone unreadable, compare lists each of its days
+    `unreadable`, as promised. But with `plain` unreadable, `compare --json` answers only `{"ok": false,
+    "exit_code": 2, "error": "role … may not SELECT from 'plain' …"}`: not one day is listed, neither `plain`'s
+    archived day (as `unreadable`) nor `events`' three days, which it could compare (all equal). A nightly
+    `compare` loses its whole report to one table's grant.
+    Should: `events`' days compared and listed (`equal`), `plain`'s archived day listed `unreadable` with the GRANT
+    to run, exit 1 (or 2 for the grant), as the declarative table's days are.
+    (Fix idea: compare catches the table's failure to look for its days (plan.present_days in column mode) like the
+    lock_timeout case, and lists the table's archived days `unreadable` with that error.)"""
+    create_sample_events(conn, days, ROWS, schema=schema)
+    conn.execute(f"CREATE TABLE {schema}.plain (id int, created_at timestamptz)")
+    conn.execute(f"INSERT INTO {schema}.plain VALUES (1, %s)",
+                 (dt.datetime.combine(days[0], dt.time(1), dt.timezone.utc),))
+    start = days[0].isoformat()
+    tables = [{"name": f"{schema}.events", "day_column": "created_at", "start_date": start,
+               "partitioning": {"mode": "declarative"}},
+              {"name": f"{schema}.plain", "day_column": "created_at", "start_date": start}]
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}))
+    env = _env(pg, s3, bucket, config)
+    cli_json(env, "archive")
+    role = f"ru_ro_{schema}"
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Ro-pass-7f3a'")
+    conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+                 f"REVOKE SELECT ON {schema}.plain FROM {role}")
+    ro = dict(env, ARCHIVE_PG_DSN=f"postgresql://{role}:Ro-pass-7f3a@{pg.dsn.split('@', 1)[1]}")
+    done = cli(ro, "compare", "--json")
+    answer = json.loads(done.stdout)
+    assert done.returncode in (1, 2), done.stderr
+    results = {(d["table"], d["day"]): d["result"] for d in answer.get("days", [])}
+    assert results == {**{(f"{schema}.events", d.isoformat()): "equal" for d in days},
+                       (f"{schema}.plain", start): "unreadable"}, answer
