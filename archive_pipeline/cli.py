@@ -770,9 +770,9 @@ def _table(*columns: str) -> Table:
               "changed since they were archived (scans every archived day)")
 @command
 def list_days(run: Run, check_source: bool) -> None:
-    """Per table and day: archived, missing, empty, changed or unreadable; rows, bytes and when.
+    """Per table and day: archived, missing, empty, changed, unreadable or not-checked; rows, bytes and when.
 
-    Exits 1 when --check-source finds a changed day or a manifest is unreadable."""
+    Exits 1 when --check-source finds a changed day, a manifest is unreadable, or a day could not be checked."""
     statuses = [s for spec in run.tables
                 for s in plan.day_statuses(run.conn, spec, run.store, run.days(spec), check_source=check_source)]
     summary = {spec.name: {state: sum(1 for s in statuses if s.table == spec.name and s.state == state)
@@ -781,7 +781,7 @@ def list_days(run: Run, check_source: bool) -> None:
     def render() -> None:
         table = _table("table", "day", "state", "rows", "bytes", "archived at", "key", "note")
         for s in statuses:
-            style = {"missing": "yellow", "changed": "red", "unreadable": "red"}.get(s.state)
+            style = {"missing": "yellow", "changed": "red", "unreadable": "red", "not-checked": "yellow"}.get(s.state)
             table.add_row(s.table, s.day.isoformat(), _styled(s.state, style), _num(s.rows),
                           _size(s.bytes), (s.archived_at or "")[:19], s.key, s.note)
         run.out.print(table)
@@ -789,7 +789,7 @@ def list_days(run: Run, check_source: bool) -> None:
             run.out.print(_said(_verbatim(name), ": " + (", ".join(f"{n} {state}" for state, n in counts.items() if n)
                                                          or "no days")))
 
-    bad = any(s.state in ("changed", "unreadable") for s in statuses)
+    bad = any(s.state in ("changed", "unreadable", "not-checked") for s in statuses)  # (not-checked: run it again)
     run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary}, render)
     if bad:
         raise Failed()
@@ -1148,7 +1148,7 @@ def compare(run: Run, show_rows: bool) -> None:
     """Source against archive per day: row counts and content fingerprints.
 
     Exits 1 when a day differs, is not archived, or has an unreadable manifest."""
-    results = [c for spec in run.tables for c in plan.compare_days(run.conn, spec, run.store, run.days(spec))]
+    results = [c for spec in run.tables for c in _compared(run, spec)]
     details: dict[tuple[str, str], list[str]] = {}
     if show_rows:
         specs = {spec.name: spec for spec in run.tables}
@@ -1195,6 +1195,23 @@ def compare(run: Run, show_rows: bool) -> None:
         raise Failed(uncompared)
     if differing or unchecked:
         raise Failed()
+
+
+def _compared(run: Run, spec: TableSpec) -> list[plan.Comparison]:
+    """One table's days compared; a table whose days cannot even be looked for in the source (a role without
+    SELECT on a column-mode table) has its archived days listed ``unreadable`` with why, and the other tables
+    are still compared."""
+    days = run.days(spec)
+    try:
+        return plan.compare_days(run.conn, spec, run.store, days)
+    except ArchiveError as exc:
+        if run.conn.closed or run.lost:
+            raise
+        why = _told(exc)
+        found = plan.lookup_manifests(run.store, spec, days)
+        return [plan.Comparison(spec.name, day, "unreadable", None, lookup.archived.rows, None,
+                                lookup.archived.fingerprint, lookup.archived.object_key or lookup.key, why)
+                for day, lookup in found.items() if lookup.archived is not None]
 
 
 def _short(fp: str | None) -> str:

@@ -101,7 +101,8 @@ def test_dry_run_writes_nothing_then_archive_list_and_skip(setup, conn, s3_clien
         (days[0].isoformat(), "archived", ROWS), (days[1].isoformat(), "missing", None),
         (days[2].isoformat(), "missing", None)]
     assert listed["days"][0]["bytes"] == head["ContentLength"]
-    assert listed["summary"] == {spec.name: {"archived": 1, "missing": 2, "empty": 0, "changed": 0, "unreadable": 0}}
+    assert listed["summary"] == {spec.name: {"archived": 1, "missing": 2, "empty": 0, "changed": 0, "unreadable": 0,
+                                             "not-checked": 0}}
 
     done = cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[2].isoformat())
     assert [d["status"] for d in done["days"]] == ["skipped", "archived", "archived"]

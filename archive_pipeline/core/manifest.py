@@ -521,8 +521,14 @@ def under_another_format(store, spec, day, listed: set[str] | None = None) -> tu
     if not others:
         return None
     if listed is None:
-        listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
-                  for item in store.list_keys(prefix)}
-    found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in keys.listed_under(others, listed)]
+        from archive_pipeline.core.errors import ArchiveError  # (the listing's failure, as the store raises it)
+
+        try:
+            listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
+                      for item in store.list_keys(prefix)}
+        except ArchiveError:  # the listing only saves requests: each former key's manifest is asked for instead
+            listed = None
+    candidates = keys.listed_under(others, listed) if listed is not None else others
+    found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in candidates]
     found = [(other, manifest) for other, manifest in found if manifest is not None]
     return max(found, key=lambda pair: str(pair[1].get("archived_at") or "")) if found else None

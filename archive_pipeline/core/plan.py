@@ -282,7 +282,7 @@ class DayStatus:
                 "archived_at": self.archived_at, "source_rows": self.source_rows, "note": self.note}
 
 
-STATES = ("archived", "missing", "empty", "changed", "unreadable")
+STATES = ("archived", "missing", "empty", "changed", "unreadable", "not-checked")
 
 
 def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
@@ -352,7 +352,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             # what the archive holds is still said when only the source could not be read, and whether the source
             # has the day is not known (None), not "no"
             held = found.archived if not found.problem else None
-            statuses.append(DayStatus(spec.name, day, "unreadable", (held.object_key if held else None) or found.key,
+            statuses.append(DayStatus(spec.name, day, _unread_result(found.problem or unknown),
+                                      (held.object_key if held else None) or found.key,
                                       None if unknown else present, held.rows if held else None,
                                       held.bytes if held else None, held.archived_at if held else None,
                                       note=found.problem or unknown))
@@ -379,9 +380,9 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                     raise
                 current = None  # its day table dropped since it was asked again (by a removal: as compare says)
             except psycopg.Error as exc:
-                statuses.append(DayStatus(spec.name, day, "unreadable", archived.object_key or found.key, present,
-                                          archived.rows, archived.bytes, archived.archived_at, None,
-                                          unread(conn, spec, day, exc)))
+                why = unread(conn, spec, day, exc)
+                statuses.append(DayStatus(spec.name, day, _unread_result(why), archived.object_key or found.key,
+                                          present, archived.rows, archived.bytes, archived.archived_at, None, why))
                 continue
             source_rows = current.rows if current is not None else None
             other = layout_change(archived.manifest, day, spec.day_column)
