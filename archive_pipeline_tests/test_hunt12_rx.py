@@ -1,0 +1,134 @@
+"""Hunt 12 (rx): retention over a long history of mixed states: one table whose due days are in every state at
+once (archived, never archived, archived empty, removed, pending marks committed or not, damaged or missing
+objects, unreadable manifests, a former format, rows back after removal, changed days), run through `prune
+--dry-run`, `prune`, `list --check-source`, `verify`, `compare` and the Dagster retention schedule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core import keys
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.store import S3Store
+from archive_pipeline.local.local_stack import create_sample_events
+from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.test_cli import cli, cli_json, edit_config
+from archive_pipeline_tests.test_hunt11_qj import PREFIX
+
+ROWS = 5
+KEEP = 5
+
+
+@pytest.fixture
+def days() -> list[dt.date]:
+    today = utc_today()
+    return [today - dt.timedelta(days=n) for n in range(20, 0, -1)]  # days[0..13] due with keep_days 5
+
+
+@pytest.fixture
+def mixed(pg, conn, schema, s3, bucket, s3_client, tmp_path, days, monkeypatch):
+    import os
+    import yaml
+
+    from archive_pipeline_tests.test_cli import ROOT
+    create_sample_events(conn, days, ROWS, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": days[0].isoformat(),
+             "partitioning": {"mode": "declarative"}, "format": "jsonl", "compression": "zstd",
+             "retention": {"keep_days": KEEP, "action": "drop"}}
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
+               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX=PREFIX, ARCHIVE_S3_ENDPOINT_URL=s3.endpoint_url,
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="250")
+    store = S3Store(s3_client, bucket, prefix=PREFIX)
+
+    def spec_now():
+        from pathlib import Path
+        return parse_config(yaml.safe_load(Path(config).read_text()), "t").tables[0]
+    return env, f"{schema}.events", store, spec_now
+
+
+def _child(schema, day):
+    return sql.Identifier(schema, f"events_{day:%Y%m%d}")
+
+
+def spec_jsonl(spec_now):
+    return spec_now().model_copy(update={"format": "jsonl"})
+
+
+def _boom(*a, **k):
+    raise RuntimeError("injected")
+
+
+import contextlib
+
+
+@contextlib.contextmanager
+def pg_primary(conn):
+    import psycopg
+    with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+        yield c
+
+
+def _recreate(conn, schema, day):
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {c} PARTITION OF {t} FOR VALUES FROM ({lo}) TO ({hi})").format(
+        c=_child(schema, day), t=sql.Identifier(schema, "events"),
+        lo=sql.Literal(dt.datetime.combine(day, dt.time(), dt.UTC)),
+        hi=sql.Literal(dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC))))
+
+
+def _late_row(conn, schema, day, id_=999):
+    conn.execute(sql.SQL("INSERT INTO {} (id, created_at, user_id, event_type, amount) VALUES ({}, {}, 1, 'late', 1)")
+                 .format(sql.Identifier(schema, "events"), sql.Literal(id_),
+                         sql.Literal(dt.datetime.combine(day, dt.time(3), dt.UTC))))
+
+
+def _statuses(out):
+    return {r["day"]: (r["status"], (r.get("message") or "")[:160]) for r in out["days"]}
+
+
+def _pending_committed(conn, spec, store, monkeypatch, *days_):
+    """Each day removed by a removal whose COMMIT happened and whose 'done' mark was never written (the process
+    killed after the COMMIT: here the step right after it fails): its manifest stays 'pending'."""
+    from archive_pipeline.core import lifecycle as L
+    with pg_primary(conn) as c, monkeypatch.context() as m:
+        m.setattr(L, "_tidy_removed", _boom)
+        for day in days_:
+            with pytest.raises(Exception, match="committed"):
+                L.remove_day(c, spec, day, store)
+
+
+def test_prune_dry_run_calls_a_committed_pending_day_whose_rows_are_back_already_removed(
+        mixed, conn, schema, days, monkeypatch):
+    """Two due days whose removal committed but whose 'done' mark was never written (a prune killed after its
+    COMMIT: manifest left 'pending'); then the day's rows are back in the source: on the first, a late row arrived
+    (its partition created again); the second was restored with `restore --into original`. Now `prune --dry-run`
+    lists both `already removed` (rows 5, exit 0), while the real `prune` right after refuses the first (its rows
+    are not the archive's, exit 1) and removes the second's 5 restored rows again (`removed`). The dry run does
+    not predict the real run (README: `--dry-run` proves and lists them; a day back in the source is "an
+    ordinary source day again: the next removal proves and removes it again instead of calling it 'already
+    removed'"), and says a day is removed while the source holds its rows.
+    Should: the dry run lists each as the real run does: the late-row day refused (changed since archived), the
+    restored day `would remove`; the exit codes agree.
+    Fix idea: in _remove_day's dry-run branch for a committed pending mark, return already_removed only when
+    _nothing_back(...) holds; otherwise go on to the proof, as the real run does after settling."""
+    env, name, store, spec_now = mixed
+    cli_json(env, "archive", "--from", days[0].isoformat(), "--to", days[2].isoformat())
+    _pending_committed(conn, spec_now(), store, monkeypatch, days[0], days[1])
+    _recreate(conn, schema, days[0])
+    _late_row(conn, schema, days[0])
+    restored = cli(env, "restore", "--day", days[1].isoformat(), "--into", "original")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    rng = ("--from", days[0].isoformat(), "--to", days[1].isoformat(), "--json")
+    dry = cli(env, "prune", "--dry-run", *rng)
+    real = cli(env, "prune", *rng)
+    planned = {r["day"]: r["status"] for r in json.loads(dry.stdout)["days"]}
+    done = {r["day"]: r["status"] for r in json.loads(real.stdout)["days"]}
+    assert done == {days[0].isoformat(): "refused", days[1].isoformat(): "removed"}, real.stdout  # the setup
+    assert planned == {days[0].isoformat(): "refused", days[1].isoformat(): "would remove"}, dry.stdout
+    assert dry.returncode == real.returncode == 1
