@@ -132,3 +132,27 @@ def test_prune_dry_run_calls_a_committed_pending_day_whose_rows_are_back_already
     assert done == {days[0].isoformat(): "refused", days[1].isoformat(): "removed"}, real.stdout  # the setup
     assert planned == {days[0].isoformat(): "refused", days[1].isoformat(): "would remove"}, dry.stdout
     assert dry.returncode == real.returncode == 1
+
+
+def test_prune_refusing_a_day_changed_since_archived_says_what_to_do(mixed, conn, schema, days):
+    """A due, archived day whose rows were updated after archiving (and a removed day a late row came back to: the
+    same refusal). Now `prune` refuses it (right) with only: "<table> <day> stays in the source: its archive is not
+    proven: the source's rows for <day> are not the archive's: the same 5 rows in number but other content
+    (fingerprint …); first difference: …" — no remedy at all, and it blames the archive ("not proven") for what
+    is the source's change (`verify` calls the same archive ok). Every other refusal of the run names what to do
+    (archive it first; restore it from a replica or archive the day again); the `source_removed` asset's failure
+    for the same day adds "If the source's rows are the right ones (rows changed or arrived late), archive the
+    day again, then remove it", and `archive --dry-run` says "add --overwrite". The most common refusal of a long
+    history (a day edited after archiving) leaves the command-line user without the step that unblocks it.
+    Should: the refusal names the cause as the source's change and the remedy: archive the day again with
+    --overwrite, then prune. Fix idea: in _remove_day, when source_side_only(problems), raise RemovalRefused with
+    remedy="archive the day again with overwrite (…), then remove it" (the CLI words it as --overwrite)."""
+    env, name, store, spec_now = mixed
+    cli_json(env, "archive", "--day", days[0].isoformat())
+    conn.execute(sql.SQL("UPDATE {} SET amount = 42 WHERE created_at >= {} AND created_at < {}").format(
+        sql.Identifier(schema, "events"), sql.Literal(dt.datetime.combine(days[0], dt.time(), dt.UTC)),
+        sql.Literal(dt.datetime.combine(days[1], dt.time(), dt.UTC))))
+    out = cli_json(env, "prune", "--day", days[0].isoformat(), code=1)
+    [day] = out["days"]
+    assert day["status"] == "refused", day
+    assert "--overwrite" in day["message"], day["message"]
