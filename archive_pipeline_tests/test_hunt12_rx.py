@@ -156,3 +156,31 @@ def test_prune_refusing_a_day_changed_since_archived_says_what_to_do(mixed, conn
     [day] = out["days"]
     assert day["status"] == "refused", day
     assert "--overwrite" in day["message"], day["message"]
+
+
+def test_prune_dry_run_calls_a_committed_pending_day_whose_only_copy_is_damaged_already_removed(
+        mixed, conn, days, bucket, s3_client, monkeypatch):
+    """A due day whose removal committed but whose 'done' mark was never written (a prune killed after its COMMIT:
+    manifest 'pending', rows gone); since then its archive object, now the only copy, was damaged (bytes changed
+    in the store). Now `prune --dry-run` lists it `already removed` (exit 0, nothing said), while the real `prune`
+    right after fails it ("was removed from the source ..., but its archive no longer checks out: ... damaged ...;
+    stays marked 'pending'; to fix: restore the archive's object ...", exit 1): the dry run neither predicts the
+    real run nor warns that the only copy of removed rows is damaged (README: the settling completes a committed
+    removal "once the archive still checks out ...; a damaged one keeps the mark pending and says so").
+    Should: the dry run reports the day as the real run will (failed/refused, naming the damaged object), exit 1.
+    Fix idea: in _remove_day's dry-run branch for a committed pending mark, run the settlement's archive check
+    (verify_archive deep) and report its problems instead of returning already_removed unconditionally."""
+    env, name, store, spec_now = mixed
+    cli_json(env, "archive", "--day", days[0].isoformat())
+    spec = spec_now()
+    _pending_committed(conn, spec, store, monkeypatch, days[0])
+    key = keys.table_day_key(spec, days[0], PREFIX)
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body[:-3] + b"xyz")
+    dry = cli(env, "prune", "--dry-run", "--day", days[0].isoformat(), "--json")
+    real = cli(env, "prune", "--day", days[0].isoformat(), "--json")
+    [done] = json.loads(real.stdout)["days"]
+    assert done["status"] == "failed" and "damaged" in done["message"], done  # the setup
+    [planned] = json.loads(dry.stdout)["days"]
+    assert planned["status"] in ("failed", "refused") and "damaged" in planned.get("message", ""), planned
+    assert dry.returncode == real.returncode == 1
