@@ -184,3 +184,36 @@ def test_prune_dry_run_calls_a_committed_pending_day_whose_only_copy_is_damaged_
     [planned] = json.loads(dry.stdout)["days"]
     assert planned["status"] in ("failed", "refused") and "damaged" in planned.get("message", ""), planned
     assert dry.returncode == real.returncode == 1
+
+
+def _pending_not_committed(conn, spec, store, monkeypatch, day):
+    """A removal of ``day`` that wrote its pending mark, then was refused/rolled back, and whose taking back of the
+    mark was lost (the store failed that PUT): the manifest stays 'pending' while every row is in the source."""
+    from archive_pipeline.core import lifecycle as L
+    with pg_primary(conn) as c, monkeypatch.context() as m:
+        m.setattr(L, "_recheck_and_remove", _boom)
+        m.setattr(L, "_take_back", lambda *a, **k: None)
+        with pytest.raises(RuntimeError):
+            L.remove_day(c, spec, day, store)
+
+
+def test_list_check_source_drops_the_pending_removal_note_that_plain_list_shows(mixed, conn, days, monkeypatch):
+    """A due, archived day whose removal was refused after it wrote its pending mark, and the mark could not be
+    taken back (README: "the pending mark stays while every row is still in the source"). Plain `list` says so:
+    "drop begun at … not finished (marked pending): the source still shows the day; the next archive run or prune
+    of the day settles it". `list --check-source`, the deeper look, lists the same day `archived` with an EMPTY
+    note: the pending mark (which keeps the day from being archived over and that a prune must settle) vanishes
+    from the report exactly when the user asked for the source to be checked; the same holds for a day whose
+    committed removal's rows were restored into the table (plain list: "rows of the day are in the source again
+    after its drop"; --check-source: nothing).
+    Should: --check-source keeps what plain list says of a removed/pending day present in the source (and adds
+    its fingerprint verdict). Fix idea: in plan.list_status's check_source branch, when archived.removed and the
+    source matches, set note = _removed_yet_present(conn, spec, day, archived)."""
+    env, name, store, spec_now = mixed
+    day = days[0].isoformat()
+    cli_json(env, "archive", "--day", day)
+    _pending_not_committed(conn, spec_now(), store, monkeypatch, days[0])
+    [plain] = cli_json(env, "list", "--day", day)["days"]
+    assert "pending" in json.dumps(plain), plain  # the setup: plain list says the mark is pending
+    [checked] = cli_json(env, "list", "--check-source", "--day", day)["days"]
+    assert "pending" in json.dumps(checked), checked
