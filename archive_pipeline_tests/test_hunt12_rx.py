@@ -217,3 +217,30 @@ def test_list_check_source_drops_the_pending_removal_note_that_plain_list_shows(
     assert "pending" in json.dumps(plain), plain  # the setup: plain list says the mark is pending
     [checked] = cli_json(env, "list", "--check-source", "--day", day)["days"]
     assert "pending" in json.dumps(checked), checked
+
+
+def test_prune_calls_a_day_already_removed_not_due_after_keep_days_was_raised(mixed, conn, days):
+    """A long history: an old day was pruned (dropped, manifest 'removed: done') under keep_days 5; later the
+    table's keep_days is raised to 30 (a new compliance rule), so that day is inside the window again. Now `prune
+    --from … --to …` over the history lists it `not due`: "within the retention window (keep_days 30): nothing
+    removed; due once that many days have passed after it" — the day is not in the source at all (`list` says
+    "dropped from the source at …", `compare` "not-in-source"), and it will never be "due" for anything: the
+    report tells the user the source still holds rows it removed long ago, and that they will go later.
+    Should: a day of the selection already removed is reported as such (`already removed`, or `not due` saying it
+    was dropped already, with its relation and
+    archive, as prune reports a due removed day), whatever the window says now; `not due` only for days the source
+    still holds. Fix idea: in prune, read the manifests of the not-due selected days not in the source (as for
+    the due ones, _pending_removals' lookup) and list removed ones as `already removed`."""
+    env, name, store, spec_now = mixed
+    day = days[0].isoformat()
+    cli_json(env, "archive", "--day", day)
+    [pruned] = cli_json(env, "prune", "--day", day)["days"]
+    assert pruned["status"] == "removed", pruned  # the setup
+    edit_config(env, {"retention": {"keep_days": 30, "action": "drop"}})
+    [listed] = cli_json(env, "list", "--day", day)["days"]
+    assert "dropped from the source" in listed["note"], listed  # the setup: list knows it was removed
+    [again] = cli_json(env, "prune", "--day", day)["days"]
+    # (README lists a day inside the window `not due`; the status may stay, but not the false promise of a removal
+    # to come for a day that is gone: it must say the day was removed already)
+    said = again.get("message", "")
+    assert again["status"] == "already removed" or ("due once" not in said and "dropped" in said), again
