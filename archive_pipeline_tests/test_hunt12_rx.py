@@ -244,3 +244,30 @@ def test_prune_calls_a_day_already_removed_not_due_after_keep_days_was_raised(mi
     # to come for a day that is gone: it must say the day was removed already)
     said = again.get("message", "")
     assert again["status"] == "already removed" or ("due once" not in said and "dropped" in said), again
+
+
+def test_prune_failing_a_removed_day_whose_manifest_is_unreadable_says_what_it_is_and_what_to_do(
+        mixed, conn, days, bucket, s3_client):
+    """A day pruned long ago (dropped; the archive is the only copy of its rows) whose manifest has since become
+    unreadable (bytes damaged in the store). Every later `prune` over the history fails that day (exit 1, each run)
+    with only: "manifest cli/…/<day>.jsonl.zst.manifest.json is unreadable: not valid JSON (…)" — it does not say
+    the day is gone from the source (the damaged manifest is the only record of the only copy), nor what to do; a
+    user following the advice prune gives for the same damage on a day still in the source ("archive the day again
+    (--overwrite)") gets `no-data` and the same failure on the next prune, forever. The `source_removed` asset says
+    of the like case: "was removed from the source …: what is stored of the day is its only copy. Restore the
+    manifest from a backup of the bucket (its versions, a replica)".
+    Should: the failure names the state (no longer in the source: the archive may be its only copy) and the remedy
+    (restore the manifest from a backup / the bucket's versions), and is not retryable.
+    Fix idea: in _prune_table, word an unread manifest of a day absent from the source like the asset's
+    _removed_before message (or RemovalRefused with that remedy)."""
+    env, name, store, spec_now = mixed
+    day = days[0].isoformat()
+    cli_json(env, "archive", "--day", day)
+    cli_json(env, "prune", "--day", day)
+    key = keys.table_day_key(spec_now(), days[0], PREFIX)
+    s3_client.put_object(Bucket=bucket, Key=keys.manifest_key(key), Body=b"{not json")
+    [failed] = cli_json(env, "prune", "--day", day, code=1)["days"]
+    assert failed["status"] in ("failed", "refused"), failed  # the setup
+    message = failed["message"]
+    assert "backup" in message or "versions" in message, message  # the remedy
+    assert "source" in message, message  # the state: the day is no longer in the source
