@@ -74,3 +74,36 @@ def test_a_session_token_ending_in_a_newline_is_not_quoted_by_the_store_error(cl
         code, output = run_cli(env, *args)
         assert code in (2, 3), output
         assert SECRET not in output, output
+
+
+def test_a_run_with_a_session_token_ending_in_a_newline_never_records_the_token(conn, schema, archive_env,
+                                                                                 monkeypatch, caplog):
+    """The code location's store takes AWS_SESSION_TOKEN from boto3's chain (ArchiveS3Resource strips its own
+    aws_session_token, the default resources leave it unset), so a token mounted with its newline reaches the
+    X-Amz-Security-Token header; http.client refuses it and botocore's HTTPClientError quotes it. The store's
+    error (`_said` redacts only URI credentials) carried it into the step's Failure ('listing s3://... failed:
+    ... Invalid header value b'FwoG...Hunter2Sekret...\\n''), each STEP_UP_FOR_RETRY and the STEP_FAILURE's
+    cause chain in the instance's event log, and the captured log lines. Expected: the run fails with none of
+    them holding the token. Fix idea: redact the _SECRET_VARS' values (and the client's own credentials) in
+    store._said, and raise without the botocore exception chained (or scrub it)."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.test_dagster import events_config
+
+    token = f"FwoGZXIvYXdzE{SECRET}TokenABCDEFGHIJKLMNOP"
+    create_sample_events(conn, [DAY], 3, schema=schema)
+    for name in ("ARCHIVE_S3_ACCESS_KEY_ID", "ARCHIVE_S3_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token + "\n")
+    defs = build_definitions(events_config(schema, DAY), check_source=False)
+    job = defs.resolve_job_def(f"Archive_{schema}_events")
+    with instance_for_test() as instance, caplog.at_level(logging.DEBUG):
+        result = job.execute_in_process(instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        recorded = [repr(record) for record in instance.all_logs(result.run_id)]
+    assert not result.success
+    leaked = [text[:300] for text in [*map(repr, result.all_events), *recorded, caplog.text] if SECRET in text]
+    assert not leaked, leaked
