@@ -107,3 +107,30 @@ def test_a_run_with_a_session_token_ending_in_a_newline_never_records_the_token(
     assert not result.success
     leaked = [text[:300] for text in [*map(repr, result.all_events), *recorded, caplog.text] if SECRET in text]
     assert not leaked, leaked
+
+
+def test_a_password_that_is_also_the_tables_name_does_not_blank_the_table_and_disclose_itself(
+        tmp_path, s3, bucket, pg, conn, schema):
+    """The role's password is a plain word the messages also hold: here 'events', the archived table's name.
+    The role may not read the table, and the command line said: "role ... may not SELECT from 't.***';
+    GRANT SELECT ON "t"."***" TO ...; to fix: GRANT SELECT ON "t"."***" ..." - every occurrence of the word
+    redacted (wrap redacts an ArchiveError's whole message, the command line the whole text again). The remedy
+    is a statement that names no table, the README's "every message names the table" is broken, and the
+    '***' standing where the configured table name belongs tells any reader of the log what the password is.
+    Expected: the message names the table and its GRANT statement as usual (no password was in it to hide).
+    Fix idea: redact only the text that came from outside (the driver's message, libpq's echo of the DSN),
+    before our own words (table, day, remedy) are put around it."""
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    create_sample_events(conn, [DAY], 3, schema=schema)
+    role = f"r_{schema}"
+    dsn = pg.create_password_role(role, "events")
+    config = tmp_path / "tables.yaml"
+    config.write_text(f"tables:\n  - {{name: {schema}.events, day_column: created_at, start_date: 2024-03-10}}\n")
+    env = {"ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_S3_BUCKET": bucket,
+           "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url, "ARCHIVE_S3_ACCESS_KEY_ID": "testing",
+           "ARCHIVE_S3_SECRET_ACCESS_KEY": "testing", "ARCHIVE_PG_PRIMARY_DSN": "", "ARCHIVE_PG_DSN": dsn}
+    code, output = run_cli(env, "archive", "--day", DAY.isoformat())
+    assert code in (1, 2), output
+    assert "SELECT" in output, output  # the refusal, as for any password
+    assert f'GRANT SELECT ON "{schema}"."events"' in output and "***" not in output, output
