@@ -134,3 +134,31 @@ def test_a_password_that_is_also_the_tables_name_does_not_blank_the_table_and_di
     assert code in (1, 2), output
     assert "SELECT" in output, output  # the refusal, as for any password
     assert f'GRANT SELECT ON "{schema}"."events"' in output and "***" not in output, output
+
+
+@pytest.mark.parametrize("password", [f"pa@ss:{SECRET}", f"pa@{SECRET}:1"])
+def test_a_uri_password_with_an_unencoded_at_and_colon_is_not_shown_as_host_and_port(schema, caplog, password):
+    """A password holding an unencoded '@' and, after it, a ':' (pa@ss:Hunter2Sekret): libpq ends the password at
+    the first '@', reads the rest up to ':' as the host and the rest up to '/' as the port ('Hunter2Sekret@127.0.0.1').
+    _stray_in_host only looks for an '@' in the host, so a connect failure (PostgresResource.connect: every run
+    and check; the sensor's tick; the load's table check) said "cannot connect to PostgreSQL at
+    ss:Hunter2Sekret@127.0.0.1 ... failed to resolve host 'ss'" - the password's second half, as host and port.
+    (check_dsn refuses the environment's such DSN for its non-numeric port; a resource built in code, as the
+    README's build_definitions(config, resources) allows, still connects with it.) Expected: malformed, how to
+    encode it (%40), and no piece of the password, as for an '@' alone or a '/'.
+    Fix idea: treat a port holding an '@' (or any non-numeric port of a URI) like _slash_in_password: echo nothing."""
+    from archive_pipeline.core.errors import SourceError
+    from archive_pipeline.definitions import check_tables_exist
+    from archive_pipeline.defs.resources import PostgresResource
+    from archive_pipeline.defs.sensors import describe_connect_failure
+    from archive_pipeline_tests.test_dagster import events_config
+
+    dsn = f"postgresql://archiver:{password}@127.0.0.1:5432/db?connect_timeout=2"
+    with pytest.raises(SourceError) as raised, PostgresResource(dsn=dsn, connect_timeout_s=2).connect():
+        pass
+    with caplog.at_level(logging.WARNING, logger="archive_pipeline.definitions"):
+        check_tables_exist(events_config(schema, DAY), dsn)
+    texts = [str(raised.value), caplog.text, describe_connect_failure(raised.value, dsn)]
+    for text in texts:
+        assert "malformed" in text and "%40" in text, text
+        assert SECRET not in text, text
