@@ -118,7 +118,7 @@ def check_dsn(dsn: str, variable: str) -> None:
     try:
         options = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:  # libpq quotes the piece it stumbled on: a URI whole, or the password's
-        reason = scrub_parse_error(redact(str(exc).strip(), dsn))
+        reason = scrub_parse_error(redact(str(exc).strip(), dsn, password_of(dsn)))  # (the password, as guessed)
         raise ConfigError(f"${variable} is not a valid connection string: {reason}") from None
     ports = [p.strip() for p in str(options.get("port") or "").split(",")]
     if any(p and not p.isdigit() for p in ports):  # never quoted: it may be a password's piece (a '/' in it)

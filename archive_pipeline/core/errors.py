@@ -28,16 +28,25 @@ from urllib.parse import quote, quote_plus, unquote
 # scheme://user:password@ and scheme://:password@ (user optional), whatever the password holds
 _URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/?#]*@")  # to the last @
 # password=... as a URI query parameter (ends at & or #)
-_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#\s'\"]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:(?:ssl)?password|oauth_client_secret)=)[^&#\s'\"]*", re.IGNORECASE)
 # password=value / password = 'quoted \' value' in libpq key=value form (also PGPASSWORD=, sslpassword=)
-_KV_PASSWORD = re.compile(r"(\b(?:pg|ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(\b(?:(?:pg|ssl)?password|oauth_client_secret)\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)",
+                          re.IGNORECASE)  # (libpq 18 takes an OAuth client's secret in the string too)
+
+
+# The environment's secrets, hidden wherever a message quotes them (a session token ending in a newline, mounted
+# from a file, was quoted whole by Python's HTTP client refusing the header): the store's client reads them itself
+ENV_SECRETS = ("ARCHIVE_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` without the given secrets (also percent-encoded) or any password written in a URI or
-    as ``password=...``, safe for logs, Dagster event logs and metadata."""
-    for secret in secrets:
-        if secret:
+    """``text`` without the given secrets (also percent-encoded), the environment's S3 secrets, or any password
+    written in a URI or as ``password=...``, safe for logs, Dagster event logs and metadata."""
+    import os
+
+    from_env = [os.environ.get(name) for name in ENV_SECRETS]
+    for secret in dict.fromkeys([*secrets, *from_env, *(v.strip() for v in from_env if v)]):
+        if secret and secret.strip():
             for form in {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret)}:
                 text = _hide(text, form)
     text = _URI_CREDENTIALS.sub(r"\1***@", text)
@@ -984,7 +993,18 @@ def scrub_parse_error(text: str) -> str:
     """libpq's conninfo parse errors quote pieces of the string, which may be pieces of a password:
     keep quoted option names (and the "=" of 'missing "=" after ...'), replace every other quoted token."""
     keywords = _libpq_keywords() | {"="}
-    return re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in keywords else '"***"', text)
+    kept: list[str] = []
+
+    def keep(found: re.Match) -> str:  # an option name quoted whole: set aside, so it is not taken for a bound
+        kept.append(found.group(0))
+        return f"\x00{len(kept) - 1}\x00"
+
+    text = re.sub(r'"([^"\n]*)"', lambda m: keep(m) if m.group(1) in keywords else m.group(0), text)
+    # everything else from a line's first quote to its last: a password may hold quotes itself (pa"ss), and a
+    # quote of its own must not be taken for the end of libpq's quoted piece
+    lines = [re.sub(r'"[^\n]*"', '"***"', line) if line.count('"') > 1 else  # (an unpaired one: to the end)
+             re.sub(r'"[^\n]*$', '"***', line) for line in text.split("\n")]
+    return re.sub(r"\x00(\d+)\x00", lambda m: kept[int(m.group(1))], "\n".join(lines))
 
 
 def connection_target(dsn: str) -> dict[str, str]:
@@ -1041,7 +1061,9 @@ def _slash_in_password(dsn: str, params: dict[str, str]) -> bool:
     the first '/', so ``postgresql://u:pa/ss@host/db`` is host 'u', port 'pa' and database 'ss@host/db'
     (an '@' before the '/' makes the next piece the host): host, port and database are never shown."""
     database = params.get("dbname") or ""
-    return bool(re.match(r"postgres(?:ql)?://", dsn.lstrip(), re.IGNORECASE)) and "@" in database
+    # (and an '@' then ':' in the password: its second half read as host and port, "ss:secret@host")
+    return bool(re.match(r"postgres(?:ql)?://", dsn.lstrip(), re.IGNORECASE)) and (
+        "@" in database or "@" in str(params.get("port") or ""))
 
 
 def _os_user() -> str:
@@ -1074,10 +1096,11 @@ def describe_connect_error(exc: BaseException, dsn: str, setting: str = "ARCHIVE
 def _connect_error(exc: BaseException, dsn: str) -> SourceError:
     params = _conninfo(dsn) or {}
     if _slash_in_password(dsn, params):  # libpq's reason names what it took for host, port or database
-        return SourceError(f"cannot connect to PostgreSQL: {_BAD_DSN.cause} (a '/' in the user or password of the "
-                           "URI ends them there; libpq read the rest as host, port and database)", retryable=False,
-                           remedy=f"percent-encode each '/' in the password (or user) of {_DSN} as %2F",
-                           cause=_BAD_DSN.cause)
+        return SourceError(f"cannot connect to PostgreSQL: {_BAD_DSN.cause} (a '/', or an '@' and then a ':', in the "
+                           "user or password of the URI ends them there; libpq read the rest as host, port and "
+                           "database)", retryable=False,
+                           remedy=f"percent-encode each '/', '@' and ':' in the password (or user) of {_DSN} as %2F, "
+                                  "%40 and %3A", cause=_BAD_DSN.cause)
     target = connection_target(dsn)
     found = classify(exc, user=target.get("user"))
     if target.get("database"):  # the remedy's statement with the database it is about
