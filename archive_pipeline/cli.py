@@ -1401,6 +1401,32 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]
     return pending, unread
 
 
+def _not_due(run: Run, spec: TableSpec, days: list[Period]) -> list[dict[str, Any]]:
+    """Days asked for by name within the retention window: not due, or removed already (before keep_days was
+    raised: their removal is not one to come)."""
+    from archive_pipeline.core.manifest import removal_state
+
+    try:
+        found = plan.lookup_manifests(run.store, spec, days) if days else {}
+    except ArchiveError:  # (not known: said as not due, as before it was asked)
+        found = {}
+    results = []
+    for day in days:
+        lookup = found.get(day)
+        manifest = lookup.archived.manifest if lookup is not None and lookup.archived is not None else {}
+        if removal_state(manifest) == "done":
+            mark = manifest["removed"]
+            results.append({"table": spec.name, "day": day.isoformat(), "status": "already removed",
+                            "message": f"removed from the source before ({mark.get('action')} of "
+                                       f"{mark.get('relation') or '?'} at {mark.get('at') or '?'}); within the "
+                                       f"retention window now (keep_days {spec.retention.keep_days})"})
+            continue
+        results.append({"table": spec.name, "day": day.isoformat(), "status": "not due",
+                        "message": f"within the retention window (keep_days {spec.retention.keep_days}): nothing "
+                                   "removed; due once that many days have passed after it"})
+    return results
+
+
 REMOVED = ("removed", "removal completed")  # prune's statuses of a day taken out of the source by this run
 
 
@@ -1417,9 +1443,14 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
             results.append(_unprobed(spec, day, unknown[day]))
             continue
         if day in unread:  # its manifest may hold a pending mark: said, not passed over
+            retryable = "(retryable)" in unread[day]
+            gone = "" if retryable else (
+                f"; the source no longer holds {day}: if it was removed, its archive is the day's only copy, and its "
+                "manifest must be put back from a backup of the bucket (its versions, a replica); archiving the day "
+                "again has nothing to archive")
             results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                            "message": _for_the_cli(redact(unread[day], *_passwords())),
-                            "retryable": "(retryable)" in unread[day]})
+                            "message": _for_the_cli(redact(unread[day], *_passwords())) + gone,
+                            "retryable": retryable})
             continue
         if day not in present and day not in pending:
             continue
@@ -1495,10 +1526,7 @@ def prune(run: Run, dry_run: bool) -> None:
             if spec.retention is not None:
                 due = sorted(set(due_days(spec, now)) & set(selected[spec.name]))
                 if run.first or run.last:  # days asked for by name that are not due yet: said, not passed over
-                    results += [{"table": spec.name, "day": day.isoformat(), "status": "not due",
-                                 "message": f"within the retention window (keep_days {spec.retention.keep_days}): "
-                                            "nothing removed; due once that many days have passed after it"}
-                                for day in selected[spec.name] if day not in set(due)]
+                    results += _not_due(run, spec, [day for day in selected[spec.name] if day not in set(due)])
                 try:
                     _prune_table(run, spec, due, dry_run, results)
                 except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)

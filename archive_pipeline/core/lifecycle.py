@@ -167,8 +167,20 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         if removal_state(manifest) == "pending":  # an earlier removal left its mark: settle it first
             committed, why = _committed(conn, spec, day, manifest)
             if dry_run and committed:
-                return Removal(spec.name, day, action, manifest["removed"].get("relation", ""), manifest["rows"],
-                               archive, None, True, already_removed=True)
+                # what the real run's settling checks first: the archive, now the day's only copy
+                problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
+                                          temp_dir=temp_dir)
+                if problems:
+                    raise RemovalNotRecorded(
+                        f"{spec.name} {day} was removed from the source ({why}), but its archive no longer checks "
+                        f"out: {'; '.join(problems)}; a removal would leave it marked 'pending'",
+                        table=spec.name, day=day.isoformat(), retryable=False,
+                        remedy="restore the archive's object from a replica or backup of the bucket, then run the "
+                               "removal again")
+                if _nothing_back(conn, spec, day, manifest):
+                    return Removal(spec.name, day, action, manifest["removed"].get("relation", ""),
+                                   manifest["rows"], archive, None, True, already_removed=True)
+                # its rows are back since (restored, or late rows): proven and removed below, as the real run does
             if not dry_run:
                 settled = _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
                 if settled.outcome == "completed" and _nothing_back(conn, spec, day, settled.manifest):
@@ -205,6 +217,13 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                    temp_dir=temp_dir)
             if source_side_only(problems) and int(manifest.get("rows") or 0) and not _has_rows(conn, spec, day):
                 raise rows_lost(spec, day, int(manifest["rows"]), 0, action)  # the source's loss, not the archive's
+            if source_side_only(problems):  # the archive checks out: the source's rows are what changed
+                raise RemovalRefused(
+                    f"{spec.name} {day} stays in the source: its rows are not the archive's any more (changed, or "
+                    "rows arrived late, since it was archived): " + "; ".join(problems), table=spec.name,
+                    day=day.isoformat(), needs_overwrite=True,
+                    remedy="if the source's rows are the right ones, archive the day again (overwrite), "
+                           "then remove it; if rows were lost from the source, restore them from the archive first")
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())

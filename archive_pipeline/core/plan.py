@@ -399,6 +399,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                 note = other + _LAYOUT_EQUAL
             elif uncomputable(archived) and archived.fingerprint:
                 note = uncomputable(archived)
+            elif archived.removed:  # in the source and equal: a removal begun and not finished, or rows restored
+                note = _removed_yet_present(conn, spec, day, archived)
         elif archived.removed and present:
             note = _removed_yet_present(conn, spec, day, archived)
         elif check_source and archived.empty and not archived.removed:  # (compare's words for it)
