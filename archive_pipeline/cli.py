@@ -911,11 +911,34 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
         return (f"the archive checks out (its rows are the ones recorded): the source differs. If the source's rows "
                 f"are the right ones (late rows, edits), archive the day again: "
                 f"{run.suggest('archive', table, day, '--overwrite')}; if rows were lost from the source, the archive "
-                f"is their only copy: restore them into the table ({run.suggest('restore', table, day, '--into', 'original')})")
+                f"is their only copy: {_put_back(run, table, day, problems or [])}")
     return (f"if the source still holds the day as it should be ({run.suggest('compare', table, day)}), archive "
             f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
             "backup of the bucket (its versions, a replica) before anything else")
+
+
+def _put_back(run: Run, table: str, day: Period, problems: list[str]) -> str:
+    """How to put back the rows a source lost of an archived day: restore into the table where it holds none of
+    the day (restore refuses a day whose table holds some of it: it could not tell them apart); else restore into
+    a new table and insert the rows the table lacks (EXCEPT ALL: a multiset difference, so rows that are there
+    are not doubled; a row of another day never equals one of this day)."""
+    counted = re.search(r"not the archive's: ([\d,]+) rows against", problems[0] if problems else "")
+    if counted and counted.group(1).replace(",", "") == "0":
+        return f"restore them into the table ({run.suggest('restore', table, day, '--into', 'original')})"
+    from psycopg import sql
+
+    from archive_pipeline.core.restore import parse_relation
+
+    relation = parse_relation(table)
+    schema, name = (relation.schema, relation.name) if relation else table.split(".", 1)
+    aside = f"{name[:40]}_restored_{day.isoformat().replace('-', '')[:12]}"
+    target = sql.Identifier(schema, aside).as_string(run.conn)
+    quoted = sql.Identifier(schema, name).as_string(run.conn)
+    return (f"put back the rows the table lacks (it holds some of the day): restore the day into a new table "
+            f"({run.suggest('restore', table, day, '--into', 'new', '--target', target)}), then run "
+            f"INSERT INTO {quoted} SELECT * FROM {target} EXCEPT ALL SELECT * FROM {quoted}; "
+            "(columns of a type without equality, json or xml, compare by their text)")
 
 
 def _stopped_by(message: str) -> dict[str, Any]:
