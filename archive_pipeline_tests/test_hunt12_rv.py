@@ -44,3 +44,39 @@ def test_an_s3_secret_that_is_a_common_word_does_not_blank_table_names_in_messag
     output = done.stdout + done.stderr
     assert done.returncode != 0, output  # (the premise: the table is missing)
     assert "***" not in output and f"{schema}.test_results" in output, output
+
+
+def test_the_hour_before_a_repeated_hour_is_removable_with_the_zone_spelled_by_another_name(conn, schema, store,
+                                                                                             temp_dir):
+    """As test_hunt12_rs's first test, an hourly Europe/London table partitioned by one wall-clock hour a child on
+    the fall-back night 2024-10-27, but its key written ``(at AT TIME ZONE 'GB')`` - the same zone, by the alias
+    PostgreSQL and the tz database accept (or 'europe/london', which PostgreSQL matches case-insensitively). What
+    happens: _converts_by_table_zone compares the key's zone string with spec.timezone literally, so the key is
+    not taken as wall-clock; the child ev_00's upper bound (the ambiguous 01:00) is read as an instant, and the
+    hour 00:00, alone in ev_00, is refused: "is not one partition of its own". Expected: ev_00 dropped, the
+    other hours' rows left. Fix idea: compare zones by what they are, e.g. ask PostgreSQL whether the key's zone
+    and the table's give the same offsets (or zoneinfo's canonical names, with case folded), not by spelling."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE TABLE {s}.ev (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE ((at AT TIME ZONE 'GB'))")
+    for h in range(4):
+        a = dt.datetime(2024, 10, 27, h)
+        conn.execute(f"CREATE TABLE {s}.ev_{h:02d} PARTITION OF {s}.ev FOR VALUES FROM ('{a}') TO "
+                     f"('{a + dt.timedelta(hours=1)}')")
+    for i, moment in enumerate([dt.datetime(2024, 10, 26, 23, 30, tzinfo=UTC), dt.datetime(2024, 10, 27, 0, 30, tzinfo=UTC),
+                                dt.datetime(2024, 10, 27, 1, 30, tzinfo=UTC), dt.datetime(2024, 10, 27, 2, 0, tzinfo=UTC)]):
+        conn.execute(f"INSERT INTO {s}.ev VALUES (%s, %s)", (i, moment))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=dt.date(2024, 10, 27), granularity="hourly",
+                     timezone="Europe/London", partitioning={"mode": "declarative"}, format="jsonl",
+                     retention={"keep_days": 1, "action": "drop"})
+    hour = spec.period("2024-10-27-00:00")
+    assert archive_partition(conn, spec, hour, store, temp_dir=str(temp_dir)).rows == 1
+    conn.autocommit = True
+    try:
+        removal = remove_day(conn, spec, hour, store, dry_run=True, temp_dir=str(temp_dir))
+    except RemovalRefused as exc:
+        raise AssertionError(f"the hour's own partition was refused: {exc}") from None
+    assert removal.relation.endswith("ev_00"), removal
