@@ -80,3 +80,40 @@ def test_the_hour_before_a_repeated_hour_is_removable_with_the_zone_spelled_by_a
     except RemovalRefused as exc:
         raise AssertionError(f"the hour's own partition was refused: {exc}") from None
     assert removal.relation.endswith("ev_00"), removal
+
+
+def test_compare_does_not_pass_a_table_it_cannot_read_that_has_nothing_archived_yet(pg, conn, schema, s3, bucket,
+                                                                                    tmp_path):
+    """Two tables: `events` (declarative, three days, archived) and a new column-mode table `plain` with a row,
+    added to the configuration but not archived yet, which the read-only role `compare` runs as may not SELECT
+    (not granted yet). Since the fix of test_hunt12_ru's compare, a table whose days cannot be looked for lists
+    its *archived* days `unreadable`; `plain` has none, so it vanishes from the report: `compare --json` answers
+    ok: true, exit 0, `events`' days equal and not one word of `plain` (whose day is in fact not archived, a
+    difference compare exists to report). Expected: a failing exit (1, or 2 for the grant) and `plain` named
+    (its error with the GRANT to run). Fix idea: a table whose days cannot be looked for and that lists no
+    archived day is reported as the table's error (a row with the table and the cause), never dropped."""
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.conftest import utc_today
+    from archive_pipeline_tests.test_cli import cli_json
+
+    days = [utc_today() - dt.timedelta(days=n) for n in (3, 2, 1)]
+    create_sample_events(conn, days, 20, schema=schema)
+    conn.execute(f"CREATE TABLE {schema}.plain (id int, created_at timestamptz)")
+    conn.execute(f"INSERT INTO {schema}.plain VALUES (1, %s)", (dt.datetime.combine(days[0], dt.time(1), UTC),))
+    start = days[0].isoformat()
+    events = {"name": f"{schema}.events", "day_column": "created_at", "start_date": start,
+              "partitioning": {"mode": "declarative"}}
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [events]}))
+    env = _env(pg, s3, bucket, config)
+    cli_json(env, "archive")
+    config.write_text(yaml.safe_dump({"tables": [events, {"name": f"{schema}.plain", "day_column": "created_at",
+                                                          "start_date": start}]}))
+    role = f"rv_ro_{schema}"
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Ro-pass-7f3a'")
+    conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+                 f"REVOKE SELECT ON {schema}.plain FROM {role}")
+    ro = dict(env, ARCHIVE_PG_DSN=f"postgresql://{role}:Ro-pass-7f3a@{pg.dsn.split('@', 1)[1]}")
+    done = cli(ro, "compare", "--json")
+    assert done.returncode in (1, 2), done.stdout + done.stderr
+    assert "plain" in done.stdout, done.stdout
