@@ -117,3 +117,44 @@ def test_compare_does_not_pass_a_table_it_cannot_read_that_has_nothing_archived_
     done = cli(ro, "compare", "--json")
     assert done.returncode in (1, 2), done.stdout + done.stderr
     assert "plain" in done.stdout, done.stdout
+
+
+def test_list_check_source_with_one_table_the_role_may_not_read_still_reports_the_other_tables(pg, conn, schema, s3,
+                                                                                              bucket, tmp_path):
+    """The case test_hunt12_ru fixed for `compare`, for `list --check-source`: two tables archived, the role the
+    command runs as may not SELECT the column-mode `plain` (a REVOKE, a new grant missing). `compare --json` now
+    lists plain's day `unreadable` with the GRANT and events' three days `equal`; `list --check-source --json`
+    still answers only `{"ok": false, "exit_code": 2, "error": "role ... may not SELECT from '...plain'"}`: not
+    one day of `events` (which it can check) is listed. README: "`compare` (and `list --check-source`) check
+    every day even when one cannot be checked", and a table whose days cannot be looked for "fails those days
+    only, and the other tables' work is done and reported". Expected: events' days listed (archived), plain's
+    archived day listed `unreadable` (or not-checked) with the cause, exit 1 or 2. Fix idea: list_days catches
+    a table's failure as compare's _compared does (the table's archived days with why)."""
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.conftest import utc_today
+    from archive_pipeline_tests.test_cli import cli_json
+
+    days = [utc_today() - dt.timedelta(days=n) for n in (3, 2, 1)]
+    create_sample_events(conn, days, 20, schema=schema)
+    conn.execute(f"CREATE TABLE {schema}.plain (id int, created_at timestamptz)")
+    conn.execute(f"INSERT INTO {schema}.plain VALUES (1, %s)", (dt.datetime.combine(days[0], dt.time(1), UTC),))
+    start = days[0].isoformat()
+    tables = [{"name": f"{schema}.events", "day_column": "created_at", "start_date": start,
+               "partitioning": {"mode": "declarative"}},
+              {"name": f"{schema}.plain", "day_column": "created_at", "start_date": start}]
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}))
+    env = _env(pg, s3, bucket, config)
+    cli_json(env, "archive")
+    role = f"rv_ro_{schema}"
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Ro-pass-7f3a'")
+    conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+                 f"REVOKE SELECT ON {schema}.plain FROM {role}")
+    ro = dict(env, ARCHIVE_PG_DSN=f"postgresql://{role}:Ro-pass-7f3a@{pg.dsn.split('@', 1)[1]}")
+    done = cli(ro, "list", "--check-source", "--json")
+    answer = json.loads(done.stdout)
+    assert done.returncode in (1, 2), done.stderr
+    states = {(d["table"], d["day"]): d["state"] for d in answer.get("days", [])}
+    assert {k: v for k, v in states.items() if k[0].endswith(".events")} == {
+        (f"{schema}.events", d.isoformat()): "archived" for d in days}, answer
+    assert states.get((f"{schema}.plain", start)) in ("unreadable", "not-checked"), answer
