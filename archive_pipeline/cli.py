@@ -773,8 +773,8 @@ def list_days(run: Run, check_source: bool) -> None:
     """Per table and day: archived, missing, empty, changed, unreadable or not-checked; rows, bytes and when.
 
     Exits 1 when --check-source finds a changed day, a manifest is unreadable, or a day could not be checked."""
-    statuses = [s for spec in run.tables
-                for s in plan.day_statuses(run.conn, spec, run.store, run.days(spec), check_source=check_source)]
+    failed_tables: dict[str, str] = {}
+    statuses = [s for spec in run.tables for s in _listed(run, spec, check_source, failed_tables)]
     summary = {spec.name: {state: sum(1 for s in statuses if s.table == spec.name and s.state == state)
                            for state in plan.STATES} for spec in run.tables}
 
@@ -788,11 +788,28 @@ def list_days(run: Run, check_source: bool) -> None:
         for name, counts in summary.items():
             run.out.print(_said(_verbatim(name), ": " + (", ".join(f"{n} {state}" for state, n in counts.items() if n)
                                                          or "no days")))
+        for name, why in failed_tables.items():
+            run.out.print(_said(_verbatim(name), f": not listed: {why}"), soft_wrap=True)
 
-    bad = any(s.state in ("changed", "unreadable", "not-checked") for s in statuses)  # (not-checked: run it again)
-    run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary}, render)
+    bad = any(s.state in ("changed", "unreadable", "not-checked") for s in statuses) or bool(failed_tables)
+    run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary,
+              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                 if failed_tables else {})}, render)
     if bad:
         raise Failed()
+
+
+def _listed(run: Run, spec: TableSpec, check_source: bool, failed_tables: dict[str, str]) -> list[plan.DayStatus]:
+    """One table's days listed, or its archived days ``unreadable`` where it cannot be read (see
+    :func:`_unreadable_table`); the other tables are still listed."""
+    days = run.days(spec)
+    try:
+        return plan.day_statuses(run.conn, spec, run.store, days, check_source=check_source)
+    except ArchiveError as exc:
+        unread = _unreadable_table(run, spec, days, exc, failed_tables)
+    return [plan.DayStatus(spec.name, day, "unreadable", lookup.archived.object_key or lookup.key, None,
+                           lookup.archived.rows, lookup.archived.bytes, lookup.archived.archived_at, None, why)
+            for day, (lookup, why) in unread.items()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1171,7 +1188,8 @@ def compare(run: Run, show_rows: bool) -> None:
     """Source against archive per day: row counts and content fingerprints.
 
     Exits 1 when a day differs, is not archived, or has an unreadable manifest."""
-    results = [c for spec in run.tables for c in _compared(run, spec)]
+    failed_tables: dict[str, str] = {}  # a table that could not be read and has nothing archived: its error
+    results = [c for spec in run.tables for c in _compared(run, spec, failed_tables)]
     details: dict[tuple[str, str], list[str]] = {}
     if show_rows:
         specs = {spec.name: spec for spec in run.tables}
@@ -1205,6 +1223,8 @@ def compare(run: Run, show_rows: bool) -> None:
                 run.out.print(f"  {line}", markup=False, soft_wrap=True)
         run.out.print(f"{len(results)} day(s) compared, {len(differing)} differ"
                       + (f", {len(unchecked)} not checked" if unchecked else ""))
+        for name, why in failed_tables.items():
+            run.out.print(_said(_verbatim(name), f": not compared: {why}"), soft_wrap=True)
 
     payload = [c.as_dict() | ({"differences": details[(c.table, c.day.isoformat())]}
                               if (c.table, c.day.isoformat()) in details else {}) for c in results]
@@ -1212,29 +1232,42 @@ def compare(run: Run, show_rows: bool) -> None:
     # guarding a DROP with compare read it as equal), as verify says nothing was verified
     nothing = not results and bool(run.first or run.last)
     uncompared = "nothing was compared: no day of the selection is a day of the tables (before start_date?)"
-    run.emit({"ok": not differing and not unchecked and not nothing, "days": payload,
+    run.emit({"ok": not differing and not unchecked and not nothing and not failed_tables, "days": payload,
+              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                 if failed_tables else {}),
               **({"exit_code": EXIT_DIFFERENCES, "error": uncompared, "retryable": False} if nothing else {})}, render)
     if nothing:
         raise Failed(uncompared)
-    if differing or unchecked:
+    if differing or unchecked or failed_tables:
         raise Failed()
 
 
-def _compared(run: Run, spec: TableSpec) -> list[plan.Comparison]:
-    """One table's days compared; a table whose days cannot even be looked for in the source (a role without
-    SELECT on a column-mode table) has its archived days listed ``unreadable`` with why, and the other tables
-    are still compared."""
+def _unreadable_table(run: Run, spec: TableSpec, days: list[Period], exc: ArchiveError,
+                      failed_tables: dict[str, str]) -> dict[Period, tuple[plan.ManifestLookup, str]]:
+    """A table whose days cannot even be looked for in the source (a role without SELECT on a column-mode
+    table): its archived days, each with why, to be listed ``unreadable``; one with none archived is named in
+    ``failed_tables`` instead (never passed over as if it had nothing to say)."""
+    if run.conn.closed or run.lost:
+        raise exc
+    why = _told(exc)
+    found = {day: (lookup, why) for day, lookup in plan.lookup_manifests(run.store, spec, days).items()
+             if lookup.archived is not None}
+    if not found:
+        failed_tables[spec.name] = why
+    return found
+
+
+def _compared(run: Run, spec: TableSpec, failed_tables: dict[str, str]) -> list[plan.Comparison]:
+    """One table's days compared, or its archived days ``unreadable`` where it cannot be read (see
+    :func:`_unreadable_table`); the other tables are still compared."""
     days = run.days(spec)
     try:
         return plan.compare_days(run.conn, spec, run.store, days)
     except ArchiveError as exc:
-        if run.conn.closed or run.lost:
-            raise
-        why = _told(exc)
-        found = plan.lookup_manifests(run.store, spec, days)
-        return [plan.Comparison(spec.name, day, "unreadable", None, lookup.archived.rows, None,
-                                lookup.archived.fingerprint, lookup.archived.object_key or lookup.key, why)
-                for day, lookup in found.items() if lookup.archived is not None]
+        unread = _unreadable_table(run, spec, days, exc, failed_tables)
+    return [plan.Comparison(spec.name, day, "unreadable", None, lookup.archived.rows, None,
+                            lookup.archived.fingerprint, lookup.archived.object_key or lookup.key, why)
+            for day, (lookup, why) in unread.items()]
 
 
 def _short(fp: str | None) -> str:

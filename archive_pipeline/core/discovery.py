@@ -231,9 +231,40 @@ def _converts_by_table_zone(conn: psycopg.Connection, spec: TableSpec) -> bool:
     found = conn.execute("SELECT pg_catalog.pg_get_expr(pt.partexprs, pt.partrelid) FROM pg_catalog.pg_partitioned_table "
                          "pt WHERE pt.partrelid = pg_catalog.to_regclass(%s)",
                          (sql.Identifier(schema, name).as_string(conn),)).fetchone()
-    zones = {z.replace("''", "'") for z in re.findall(r"AT TIME ZONE '((?:[^']|'')*)'", found[0] or "")} \
-        if found else set()
-    return zones == {spec.timezone}
+    text = (found[0] or "") if found else ""
+    zones = {z.replace("''", "'") for z in re.findall(r"AT TIME ZONE '((?:[^']|'')*)'", text)
+             + re.findall(r"timezone\('((?:[^']|'')*)'(?:::text)?,", text)}  # (as PostgreSQL prints timezone(z, at))
+    return bool(zones) and all(_same_zone(conn, zone, spec.timezone) for zone in zones)
+
+
+def _same_zone(conn: psycopg.Connection, one: str, other: str) -> bool:
+    """Whether two zone names are one zone (spelled in another case, or a link: 'GB' is 'Europe/London'): the
+    server takes names in any case, and its zone files of one zone are the same bytes."""
+    if one.lower() == other.lower():
+        return True
+    named = [conn.execute("SELECT name FROM pg_catalog.pg_timezone_names WHERE lower(name) = lower(%s) LIMIT 1",
+                          (zone,)).fetchone() for zone in (one, other)]
+    if not all(named):
+        return False
+    first, second = (_zone_bytes(row[0]) for row in named)
+    return first is not None and first == second
+
+
+def _zone_bytes(name: str) -> bytes | None:
+    """The zone's compiled file (the system's, else the tzdata package's); None where neither has it."""
+    import importlib.resources
+    import os
+    import zoneinfo
+
+    for base in zoneinfo.TZPATH:
+        path = os.path.join(base, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as compiled:
+                return compiled.read()
+    try:
+        return importlib.resources.files("tzdata.zoneinfo").joinpath(*name.split("/")).read_bytes()
+    except Exception:  # noqa: BLE001 - not known: told apart
+        return None
 
 
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:

@@ -44,8 +44,10 @@ def redact(text: str, *secrets: str | None) -> str:
     written in a URI or as ``password=...``, safe for logs, Dagster event logs and metadata."""
     import os
 
-    from_env = [os.environ.get(name) for name in ENV_SECRETS]
-    for secret in dict.fromkeys([*secrets, *from_env, *(v.strip() for v in from_env if v)]):
+    # (only values long enough to be real keys or tokens: AWS's are 40 characters and more; a test stack's
+    # "test" or "testing" is in table names and our own words, and hiding it there would mangle and disclose it)
+    from_env = [v for name in ENV_SECRETS if len((v := os.environ.get(name) or "").strip()) >= _ENV_SECRET_MIN]
+    for secret in dict.fromkeys([*secrets, *from_env, *(v.strip() for v in from_env)]):
         if secret and secret.strip():
             for form in {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret)}:
                 text = _hide(text, form)
@@ -55,6 +57,7 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 _SHORT_SECRET = 4  # a secret shorter than this is hidden only where it stands alone (see _hide)
+_ENV_SECRET_MIN = 16  # an environment S3 secret shorter than this is not hidden in every message (see redact)
 
 
 def _hide(text: str, secret: str) -> str:
