@@ -14,6 +14,7 @@ from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.test_hunt4_tt import _failures
+from archive_pipeline_tests.helpers import run_check_evaluations
 
 
 def _manifest_keys(s3_client, bucket: str) -> list[str]:
@@ -117,7 +118,6 @@ def test_the_removal_asset_records_a_failed_proof_for_a_days_damaged_manifest_no
     table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(),
              "retention": {"keep_days": 30, "action": "delete"}}
     config = parse_config({"retry": {"max_retries": 0}, "tables": [table]})
-    from dagster import DagsterEventType
 
     with instance_for_test() as instance:
         definitions = build_definitions(config)
@@ -128,9 +128,7 @@ def test_the_removal_asset_records_a_failed_proof_for_a_days_damaged_manifest_no
         removal = definitions.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
             instance=instance, partition_key=day.isoformat(), raise_on_error=False)
         failures = _failures(instance, removal.run_id)
-        proofs = [e.event_specific_data for e in removal.all_events
-                  if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
-                  and e.event_specific_data.check_name == "archive_proven"]
+        proofs = [e for e in run_check_evaluations(instance, removal.run_id) if e.check_name == "archive_proven"]
     assert not removal.success
     assert [p.passed for p in proofs] == [False], (proofs, failures)
     assert any("stays in the source" in f for f in failures), failures

@@ -90,7 +90,7 @@ def test_a_pending_mark_whose_put_answer_is_lost_is_taken_back_when_the_removal_
             remove_day(conn, spec, DAY, S3Store(proxy.client(max_attempts=1), bucket, prefix="archive"))
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0] == 2  # nothing removed
     now = download(s3_client, bucket, result.manifest_key)
-    assert "removed" not in decode_manifest(now) and now == proven
+    assert "removed" not in decode_manifest(now) and now.rstrip() == proven.rstrip()  # (a take-back adds white space: another ETag)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
