@@ -1,0 +1,61 @@
+"""Hunt 12 (rw): a review of the newest fixes (4b88364, 1786c75, 93e7547, 46d5646) at their edges: prune's dry
+run of a committed pending mark, prune's refusal of a changed day, prune's `already removed` for days not due,
+verify --deep's restore-aside remedy, compare/list `tables_failed`, the partition key's zone comparison."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import yaml
+from psycopg import sql
+
+from archive_pipeline_tests.test_cli import cli
+from archive_pipeline_tests.test_hunt10_px import _env
+
+DAY = "2024-03-10"
+
+
+def _two_row_table(pg, s3, bucket, conn, schema, tmp_path, name="t", **extra):
+    t = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00', 'kept'), "
+                         "(2, '2024-03-10 23:30+00', 'lost later')").format(t))
+    table = dict(name=f"{schema}.{name}", day_column="at", start_date=DAY, format="jsonl",
+                 partitioning={"mode": "column"}, **extra)
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}, allow_unicode=True), encoding="utf-8")
+    env = _env(pg, s3, bucket, config)
+    archived = cli(env, "archive", "--day", DAY)
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    return t, env
+
+
+def test_verify_deep_restore_aside_remedy_of_a_non_ascii_table_names_a_target_restore_refuses(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Edge of 93e7547 (cli._put_back: verify --deep of a day whose source lost some of its rows tells to
+    `restore --into new --target "schema"."<name>_restored_<day>"` then INSERT ... EXCEPT ALL). The aside name is
+    ``name[:40] + "_restored_" + 8 digits``: 40 *characters*, not bytes.
+
+    Scenario: a table named with 21 CJK characters (63 bytes in UTF-8, a legal name); day 2024-03-10 archived (2
+    rows); someone DELETEs one row; `verify --deep --json`.
+
+    Now: the remedy's target is 21 CJK characters + "_restored_20240310" = 81 bytes; pasting the suggested restore
+    command fails: restore refuses a target longer than PostgreSQL's 63 bytes. The remedy the fix added to put
+    the rows back does not work for the very names the product promises to handle (and cut to 63 bytes, as
+    PostgreSQL would keep it, the aside name IS the source table's name).
+
+    Should: the suggested command works as pasted: the aside name cut to fit 63 bytes in the database's encoding
+    (cut by bytes at a character boundary, e.g. ``name.encode()[:40].decode(errors="ignore")``)."""
+    name = "事" * 21
+    t, env = _two_row_table(pg, s3, bucket, conn, schema, tmp_path, name=name)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(t))
+    deep = cli(env, "verify", "--deep", "--day", DAY, "--json")
+    said = json.dumps(json.loads(deep.stdout), ensure_ascii=False)
+    command = re.search(r"(archive-pipeline|\S*archive_pipeline\S*) restore [^)]*--into new --target '[^']*'", said)
+    assert command, said
+    args = shlex.split(command.group(0).replace('\\"', '"'))
+    args = args[args.index("restore"):]
+    restored = cli(env, *args)
+    assert restored.returncode == 0, (args, restored.stdout + restored.stderr)
