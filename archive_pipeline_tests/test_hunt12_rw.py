@@ -59,3 +59,33 @@ def test_verify_deep_restore_aside_remedy_of_a_non_ascii_table_names_a_target_re
     args = args[args.index("restore"):]
     restored = cli(env, *args)
     assert restored.returncode == 0, (args, restored.stdout + restored.stderr)
+
+
+def test_prune_refusing_a_day_that_lost_some_rows_tells_a_restore_that_restore_refuses(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Edge of 1786c75 (lifecycle: prune's refusal of a day whose rows are not the archive's, every deep-verify
+    problem the source's, says "if the source's rows are the right ones, archive the day again (overwrite), then
+    remove it; if rows were lost from the source, restore them from the archive first") against 93e7547 (verify
+    --deep learnt that restore --into original refuses a day the table holds some of, and tells to restore aside
+    and INSERT ... EXCEPT ALL).
+
+    Scenario: a table with retention (delete, keep_days 1); day 2024-03-10 archived (2 rows); someone DELETEs one
+    of its rows; `prune --day 2024-03-10 --json`.
+
+    Now: the day is refused with the remedy "restore them from the archive first"; the only restore there is,
+    `restore --into original`, refuses the day (the table holds one of its rows). The remedy prune gives for lost
+    rows does not work; its first choice, archive again with overwrite, makes the new generation lack the lost row.
+
+    Should: the refusal's remedy for lost rows is one that works, as verify --deep's: restore the day into a new
+    table (`--into new --target ...`) and INSERT the rows the table lacks (EXCEPT ALL). (Fix idea: share
+    cli._put_back with the refusal, or give RemovalRefused the counts so the CLI words the remedy.)"""
+    t, env = _two_row_table(pg, s3, bucket, conn, schema, tmp_path, retention={"keep_days": 1, "action": "delete"})
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(t))
+    pruned = cli(env, "prune", "--day", DAY, "--json")
+    assert pruned.returncode == 1, pruned.stdout + pruned.stderr
+    [day] = json.loads(pruned.stdout)["days"]
+    assert day["status"] == "refused", day
+    original = cli(env, "restore", "--day", DAY, "--into", "original")
+    assert original.returncode != 0, original.stdout  # (the remedy's restore: refused, the table holds some rows)
+    said = json.dumps(day)
+    assert "--into new" in said or "EXCEPT ALL" in said, said
