@@ -89,3 +89,39 @@ def test_prune_refusing_a_day_that_lost_some_rows_tells_a_restore_that_restore_r
     assert original.returncode != 0, original.stdout  # (the remedy's restore: refused, the table holds some rows)
     said = json.dumps(day)
     assert "--into new" in said or "EXCEPT ALL" in said, said
+
+
+def test_prune_of_a_not_due_day_whose_removal_committed_and_stayed_pending_says_nothing_was_removed(
+        pg, s3, bucket, s3_client, conn, schema, tmp_path, monkeypatch):
+    """Edge of 1786c75 (cli._not_due: a day asked for by name within the retention window is `already removed`
+    when its manifest says its removal is done, not `not due`). It looks only at a "done" mark.
+
+    Scenario: a table with retention (delete, keep_days 1); day 2024-03-10 archived; its removal's DELETE commits
+    and the process dies before the "done" mark (manifest left `removed: pending`, the source holds none of the
+    day); the operator then raises keep_days (36500: the day is within the window); `prune --day 2024-03-10`.
+
+    Now: the day is listed `not due` with "within the retention window (keep_days 36500): nothing removed; due
+    once that many days have passed after it" (exit 0): false (its rows are gone from the source, the archive is
+    their only copy), and the pending mark stays for good (nothing settles it before the day is due again).
+
+    Should: as for a "done" mark: `already removed` (or settled to done: `removal completed`), never "nothing
+    removed"; a committed pending mark is a removal that happened. (Fix idea: in _not_due, a "pending" mark whose
+    transaction committed (lifecycle._committed) is said as removed, and settled as _prune_table settles one.)"""
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.store import S3Store
+    from archive_pipeline_tests.test_hunt10_px import PREFIX
+    from archive_pipeline_tests.test_hunt12_rx import _pending_committed
+
+    t, env = _two_row_table(pg, s3, bucket, conn, schema, tmp_path, retention={"keep_days": 1, "action": "delete"})
+    config = tmp_path / "tables.yaml"
+    spec = parse_config(yaml.safe_load(config.read_text()), "t").tables[0]
+    store = S3Store(s3_client, bucket, prefix=PREFIX)
+    import datetime as dt
+    _pending_committed(conn, spec, store, monkeypatch, dt.date(2024, 3, 10))
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0] == 0  # removed, mark pending
+    raw = yaml.safe_load(config.read_text())
+    raw["tables"][0]["retention"]["keep_days"] = 36500
+    config.write_text(yaml.safe_dump(raw))
+    pruned = cli(env, "prune", "--day", DAY, "--json")
+    [day] = json.loads(pruned.stdout)["days"]
+    assert day["status"] != "not due" and "nothing removed" not in day.get("message", ""), day
