@@ -125,3 +125,34 @@ def test_prune_of_a_not_due_day_whose_removal_committed_and_stayed_pending_says_
     pruned = cli(env, "prune", "--day", DAY, "--json")
     [day] = json.loads(pruned.stdout)["days"]
     assert day["status"] != "not due" and "nothing removed" not in day.get("message", ""), day
+
+
+def test_prune_of_a_removed_day_whose_manifest_a_newer_version_wrote_is_told_to_restore_it_from_a_backup(
+        pg, s3, bucket, s3_client, conn, schema, tmp_path):
+    """Edge of 1786c75 (cli._prune_table: a removed day whose manifest cannot be read, not retryably, now adds "the
+    source no longer holds <day>: if it was removed, its archive is the day's only copy, and its manifest must be
+    put back from a backup of the bucket (its versions, a replica)"). Every non-retryable read is taken for damage.
+
+    Scenario: a table with retention (delete, keep_days 1); day 2024-03-10 archived and removed by `prune`; then a
+    newer archive_pipeline rewrites the day's manifest (manifest_version 99: this version raises
+    NewerManifestError, "written by a newer archive_pipeline ... upgrade"); `prune --day 2024-03-10 --json`.
+
+    Now: the day fails with "... written by a newer archive_pipeline ...; the source no longer holds 2024-03-10: ...
+    its manifest must be put back from a backup of the bucket": told to replace an intact manifest, the newer
+    version's record of the removal, with an older copy.
+
+    Should: a newer version's manifest is not damaged: the remedy is NewerManifestError's (upgrade archive_pipeline),
+    never "put back from a backup" (as cli._verify_remedy special-cases it). (Fix idea: add the backup words only
+    to a manifest that is damaged (lookup problem from a plain ManifestError), not to a newer/foreign one or a
+    read refused (403 AccessDenied is also "not retryable", and a grant is its fix).)"""
+    t, env = _two_row_table(pg, s3, bucket, conn, schema, tmp_path, retention={"keep_days": 1, "action": "delete"})
+    removed = cli(env, "prune", "--day", DAY, "--json")
+    assert removed.returncode == 0 and json.loads(removed.stdout)["days"][0]["status"] == "removed", removed.stdout
+    [mkey] = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"] if "manifest" in o["Key"]]
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
+    manifest["manifest_version"] = 99
+    s3_client.put_object(Bucket=bucket, Key=mkey, Body=json.dumps(manifest).encode())
+    pruned = cli(env, "prune", "--day", DAY, "--json")
+    [day] = json.loads(pruned.stdout)["days"]
+    assert "newer archive_pipeline" in day["message"], day  # (the scenario as described)
+    assert "backup" not in day["message"] and "upgrade" in day["message"], day
