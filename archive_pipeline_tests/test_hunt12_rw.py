@@ -156,3 +156,39 @@ def test_prune_of_a_removed_day_whose_manifest_a_newer_version_wrote_is_told_to_
     [day] = json.loads(pruned.stdout)["days"]
     assert "newer archive_pipeline" in day["message"], day  # (the scenario as described)
     assert "backup" not in day["message"] and "upgrade" in day["message"], day
+
+
+def test_the_removal_job_of_a_day_that_lost_some_rows_is_told_only_to_archive_it_again(conn, schema, archive_env,
+                                                                                      store):
+    """Edge of 1786c75, whose refusal of a changed day (lifecycle: "its rows are not the archive's any more ...;
+    if rows were lost from the source, restore them from the archive first") was made for the command line's
+    prune only; the Dagster removal job (retention_assets._removing) words the same case its own, older way.
+
+    Scenario: a table with retention (delete, keep_days 1); day 2024-03-10 archived (30 rows, proven); someone
+    DELETEs 10 of its rows; the removal job Remove_<table> runs for the day.
+
+    Now: the run fails with "its archive is not proven: the source's rows ... 20 rows against 30 ...; If the
+    source's rows are the right ones (rows changed or arrived late), archive the day again, then remove it":
+    the archive (which checks out, and is now the only copy of the 10 lost rows) is called not proven, and the
+    only remedy offered, archiving again, makes a new generation without them. Nothing says rows may have been
+    lost and that the archive holds them.
+
+    Should: as prune says it since 1786c75: the archive checks out, the source's rows changed; if they were lost,
+    put them back from the archive (restore aside + INSERT ... EXCEPT ALL, as verify --deep says), else archive
+    the day again with overwrite. (Fix idea: in _removing, a proof whose problems are all the source's
+    (source_side_only) raises lifecycle's changed-day wording and remedy.)"""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline_tests.test_hunt12_rn import DAY as RN_DAY, _removal_run, _table
+
+    t = _table(conn, schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.t", "day_column": "at", "start_date": "2024-03-01",
+        "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    assert archive_partition(conn, spec, RN_DAY, store).rows == 30
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id <= 10").format(t))
+    result, proofs, failure = _removal_run(config, spec, RN_DAY)
+    assert not result.success
+    assert "20 rows against 30" in failure, failure  # (the scenario as described)
+    assert "lost" in failure and "restore" in failure, failure
