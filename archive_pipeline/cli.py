@@ -949,7 +949,11 @@ def _put_back(run: Run, table: str, day: Period, problems: list[str]) -> str:
 
     relation = parse_relation(table)
     schema, name = (relation.schema, relation.name) if relation else table.split(".", 1)
-    aside = f"{name[:40]}_restored_{day.isoformat().replace('-', '')[:12]}"
+    suffix = "_restored_" + re.sub(r"\W", "", day.isoformat())  # (a repeated hour's two periods told apart)
+    budget = 63 - len(suffix.encode())  # PostgreSQL keeps 63 bytes of a name, in the database's encoding
+    encoding = run.conn.info.encoding or "utf-8"
+    head = name.encode(encoding, "replace")[:max(budget, 1)].decode(encoding, "ignore")
+    aside = head + suffix
     target = sql.Identifier(schema, aside).as_string(run.conn)
     quoted = sql.Identifier(schema, name).as_string(run.conn)
     return (f"put back the rows the table lacks (it holds some of the day): restore the day into a new table "
@@ -1457,9 +1461,10 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]
     return pending, unread
 
 
-def _not_due(run: Run, spec: TableSpec, days: list[Period]) -> list[dict[str, Any]]:
+def _not_due(run: Run, spec: TableSpec, days: list[Period], dry_run: bool) -> list[dict[str, Any]]:
     """Days asked for by name within the retention window: not due, or removed already (before keep_days was
-    raised: their removal is not one to come)."""
+    raised: their removal is not one to come), a removal whose mark was left pending settled as a due day's is."""
+    from archive_pipeline.core.lifecycle import pending_removal_committed
     from archive_pipeline.core.manifest import removal_state
 
     try:
@@ -1470,6 +1475,11 @@ def _not_due(run: Run, spec: TableSpec, days: list[Period]) -> list[dict[str, An
     for day in days:
         lookup = found.get(day)
         manifest = lookup.archived.manifest if lookup is not None and lookup.archived is not None else {}
+        if removal_state(manifest) == "pending" and pending_removal_committed(run.primary, spec, day, manifest):
+            results.append(_settle_day(run, spec, day, lookup.archived.key) if not dry_run else {
+                "table": spec.name, "day": day.isoformat(), "status": "already removed",
+                "message": "removed from the source before; its mark was left pending, which prune settles"})
+            continue
         if removal_state(manifest) == "done":
             mark = manifest["removed"]
             results.append({"table": spec.name, "day": day.isoformat(), "status": "already removed",
@@ -1500,7 +1510,9 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
             continue
         if day in unread:  # its manifest may hold a pending mark: said, not passed over
             retryable = "(retryable)" in unread[day]
-            gone = "" if retryable else (
+            newer = "newer archive_pipeline" in unread[day]  # not damaged: this version cannot read it
+            damaged = "unreadable" in unread[day] and not newer
+            gone = f"; to fix: {NewerManifestError.remedy}" if newer else "" if retryable or not damaged else (
                 f"; the source no longer holds {day}: if it was removed, its archive is the day's only copy, and its "
                 "manifest must be put back from a backup of the bucket (its versions, a replica); archiving the day "
                 "again has nothing to archive")
@@ -1582,7 +1594,8 @@ def prune(run: Run, dry_run: bool) -> None:
             if spec.retention is not None:
                 due = sorted(set(due_days(spec, now)) & set(selected[spec.name]))
                 if run.first or run.last:  # days asked for by name that are not due yet: said, not passed over
-                    results += _not_due(run, spec, [day for day in selected[spec.name] if day not in set(due)])
+                    results += _not_due(run, spec, [day for day in selected[spec.name] if day not in set(due)],
+                                        dry_run)
                 try:
                     _prune_table(run, spec, due, dry_run, results)
                 except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)

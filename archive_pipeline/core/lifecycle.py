@@ -218,12 +218,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             if source_side_only(problems) and int(manifest.get("rows") or 0) and not _has_rows(conn, spec, day):
                 raise rows_lost(spec, day, int(manifest["rows"]), 0, action)  # the source's loss, not the archive's
             if source_side_only(problems):  # the archive checks out: the source's rows are what changed
-                raise RemovalRefused(
-                    f"{spec.name} {day} stays in the source: its rows are not the archive's any more (changed, or "
-                    "rows arrived late, since it was archived): " + "; ".join(problems), table=spec.name,
-                    day=day.isoformat(), needs_overwrite=True,
-                    remedy="if the source's rows are the right ones, archive the day again (overwrite), "
-                           "then remove it; if rows were lost from the source, restore them from the archive first")
+                raise source_differs(spec, day, problems)
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
@@ -550,6 +545,19 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
         return None
     log.warning("%s: replaced during the removal by an archive of the same rows; marking that one done", mkey)
     return current, raw
+
+
+def source_differs(spec: TableSpec, day: Period, problems: list[str]) -> RemovalRefused:
+    """The refusal of a day whose archive checks out and whose source's rows are not the archive's any more
+    (rows changed, arrived late, or were deleted while the day still holds others): what to do either way."""
+    return RemovalRefused(
+        f"{spec.name} {day} stays in the source: its rows are not the archive's any more (rows changed, arrived late "
+        "or were deleted since it was archived; the archive checks out): " + "; ".join(problems),
+        table=spec.name, day=day.isoformat(), needs_overwrite=True,
+        remedy="if the source's rows are the right ones, archive the day again (overwrite), then remove it; if rows "
+               "were lost from the source, put them back first: restore the day into a new table (into='new') and "
+               f"insert the rows the table lacks (INSERT INTO {spec.name} SELECT * FROM <that table> EXCEPT ALL "
+               f"SELECT * FROM {spec.name}), then remove it")
 
 
 def rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: str) -> RemovalRefused:

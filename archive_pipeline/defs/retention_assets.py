@@ -57,7 +57,7 @@ from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError,
 from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
                                               due_days, pending_removal_committed, refuse_layout_change, remove_day,
-                                              rows_lost, settle_pending_removal, still_detached)
+                                              rows_lost, settle_pending_removal, source_differs, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core import keys
@@ -278,6 +278,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                                       f"{removed.get('at')}), and its archive, the only copy, is NOT intact: "
                                       + "; ".join(problems) + "; restore the object from a backup of the bucket "
                                       "(its versions, a replica)", spec, day, False)
+        if problems and source_side_only(problems):  # the archive checks out; the source's rows differ
+            differs = source_differs(spec, day, problems)
+            raise _failed(_naming(differs, spec, day) + " " + relaunch(spec, day, origin), spec, day, False, differs)
         if problems:
             raise _failed(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                       + "; ".join(problems) + ". If the source's rows are the right ones (rows "
