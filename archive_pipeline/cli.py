@@ -142,6 +142,7 @@ class Run:
     _store: S3Store | None = None
     table: str | None = None  # the table being worked on
     config_path: str | None = None  # the --config given, repeated in the commands a message suggests
+    stopped: str = ""  # a table a setting or grant keeps from being read, after the others were reported: exit 2
 
     def __post_init__(self) -> None:
         # the configured names a message may hold, kept as they are by the rewording (see _for_the_cli)
@@ -794,7 +795,9 @@ def list_days(run: Run, check_source: bool) -> None:
     bad = any(s.state in ("changed", "unreadable", "not-checked") for s in statuses) or bool(failed_tables)
     run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary,
               **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
-                 if failed_tables else {})}, render)
+                 if failed_tables else {}), **_stopped_by(run.stopped)}, render)
+    if run.stopped:
+        raise Failed(code=EXIT_USAGE)
     if bad:
         raise Failed()
 
@@ -1234,14 +1237,16 @@ def compare(run: Run, show_rows: bool) -> None:
                               if (c.table, c.day.isoformat()) in details else {}) for c in results]
     # a --day or range that holds no day of a table (before start_date): nothing compared, never "ok" (a script
     # guarding a DROP with compare read it as equal), as verify says nothing was verified
-    nothing = not results and bool(run.first or run.last)
+    nothing = not results and not failed_tables and bool(run.first or run.last)
     uncompared = "nothing was compared: no day of the selection is a day of the tables (before start_date?)"
     run.emit({"ok": not differing and not unchecked and not nothing and not failed_tables, "days": payload,
               **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
-                 if failed_tables else {}),
+                 if failed_tables else {}), **_stopped_by(run.stopped),
               **({"exit_code": EXIT_DIFFERENCES, "error": uncompared, "retryable": False} if nothing else {})}, render)
     if nothing:
         raise Failed(uncompared)
+    if run.stopped:
+        raise Failed(code=EXIT_USAGE)
     if differing or unchecked or failed_tables:
         raise Failed()
 
@@ -1250,10 +1255,14 @@ def _unreadable_table(run: Run, spec: TableSpec, days: list[Period], exc: Archiv
                       failed_tables: dict[str, str]) -> dict[Period, tuple[plan.ManifestLookup, str]]:
     """A table whose days cannot even be looked for in the source (a role without SELECT on a column-mode
     table): its archived days, each with why, to be listed ``unreadable``; one with none archived is named in
-    ``failed_tables`` instead (never passed over as if it had nothing to say)."""
-    if run.conn.closed or run.lost:
+    ``failed_tables`` instead (never passed over as if it had nothing to say). The command's only table: its
+    error is the command's (exit 2 where a setting or grant fixes it), as before any day is looked at."""
+    if run.conn.closed or run.lost or len(run.tables) == 1:
         raise exc
     why = _told(exc)
+    if _configuration(exc) or getattr(exc.__cause__, "cause", None) in CONFIGURATION_CAUSES:
+        # the others are still reported; the command then exits 2, naming the table
+        run.stopped = run.stopped or (why if spec.name in why else f"{spec.name}: {why}")
     found = {day: (lookup, why) for day, lookup in plan.lookup_manifests(run.store, spec, days).items()
              if lookup.archived is not None}
     if not found:

@@ -302,7 +302,7 @@ def test_a_refused_removal_whose_mark_could_not_be_taken_back_is_not_a_removed_d
     assert load_manifest(store, result.key)["removed"]["state"] == "pending"
     # The next removal recognises the leftover mark (its transaction was rolled back, the rows are all
     # there), puts back the manifest as it was, and proves the day from scratch: changed, so refused.
-    with pytest.raises(RemovalRefused, match="not proven: .*first difference: the source has a row the archive "
+    with pytest.raises(RemovalRefused, match="(?:not proven|not the archive.s any more).*first difference: the source has a row the archive "
                                              "lacks: \\(999999"):
         remove_day(conn, spec, DAYS[0], store)
     assert s3.client().get_object(Bucket=bucket, Key=result.manifest_key)["Body"].read() == original
@@ -363,7 +363,7 @@ def test_a_pending_mark_without_a_transaction_is_settled_by_the_source(conn, eve
     else:
         conn.execute(sql.SQL("UPDATE {} SET event_type = 'edited' WHERE id = (SELECT min(id) FROM {})").format(
             events_table, events_table))
-        with pytest.raises(RemovalRefused, match="not proven: .*the same 300 rows in number but other content"):
+        with pytest.raises(RemovalRefused, match="(?:not proven|not the archive.s any more).*the same 300 rows in number but other content"):
             remove_day(conn, spec, DAYS[0], store)
         assert load_manifest(store, result.key) == manifest  # the mark taken back, nothing else changed
         assert _day_rows(conn, events) == 300

@@ -344,9 +344,12 @@ _S3_CONFIG = _store(False, "the object store client is misconfigured (region, en
 _S3_THROTTLED = _store(True, "the object store is throttling or temporarily failing (5xx, SlowDown)",
                        f"{_RETRIED}; if it persists, lower the pool limit or the store's max_concurrency")
 _S3_CORRUPTED = _store(True, "an upload arrived corrupted (BadDigest / checksum mismatch)",
-                       f"{_RETRIED}; if it recurs, check proxies between Dagster and the store; if every upload "
-                       "fails so, the store may refuse the checksum headers botocore 1.36 and later sends: set "
-                       "AWS_REQUEST_CHECKSUM_CALCULATION=when_required")
+                       f"{_RETRIED}; if it recurs, check proxies between Dagster and the store")
+# A SHA-256 mismatch is also how some stores refuse the checksum headers botocore 1.36 and later sends
+_S3_SHA_MISMATCH = _store(True, "an upload arrived corrupted (XAmzContentSHA256Mismatch)",
+                          f"{_RETRIED}; if it recurs, check proxies between Dagster and the store; if every upload "
+                          "fails so, the store may refuse the checksum headers botocore 1.36 and later sends: set "
+                          "AWS_REQUEST_CHECKSUM_CALCULATION=when_required")
 _S3_GONE = _store(True, "the multipart upload disappeared or conflicted with another writer", _RETRIED)
 # What the archiver asks of a bucket (README, "Permissions"): a refused request names the one its operation needs.
 S3_PERMISSIONS = ("s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucketMultipartUploads",
@@ -681,6 +684,8 @@ def permission_remedy(operation: str) -> str | None:
 
 
 def _s3_code(code: str, status: int) -> Classification:
+    if code == "XAmzContentSHA256Mismatch":
+        return _S3_SHA_MISMATCH
     if code in _S3_CORRUPT_CODES:
         return _S3_CORRUPTED
     if code == "RequestTimeTooSkewed":  # a 403, but no permission is missing

@@ -512,11 +512,13 @@ def archived_encoding(conn, manifest: dict) -> str | None:
     return encoding if same else None
 
 
-def under_another_format(store, spec, day, listed: set[str] | None = None) -> tuple[str, dict] | None:
+def under_another_format(store, spec, day, listed: set[str] | None = None, *,
+                         asked_one_by_one: bool = True) -> tuple[str, dict] | None:
     """(key, manifest) of ``spec``'s archive of ``day`` under another format's or codec's key (written before the
     table's format or compression changed; with ``{ext}`` in the template that moves the day's key), the latest
     archived where there are several; None if there is none. ``listed``: the keys a listing already found (one
-    LIST of the day's prefix otherwise)."""
+    LIST of the day's prefix otherwise; where that fails, each former key's manifest is asked for, unless
+    ``asked_one_by_one`` is off: the listing's error is raised)."""
     others = keys.other_extension_keys(spec, day, store.prefix)
     if not others:
         return None
@@ -527,6 +529,8 @@ def under_another_format(store, spec, day, listed: set[str] | None = None) -> tu
             listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
                       for item in store.list_keys(prefix)}
         except ArchiveError:  # the listing only saves requests: each former key's manifest is asked for instead
+            if not asked_one_by_one:  # (a dozen GETs a day: for a few days, not a range of years)
+                raise
             listed = None
     candidates = keys.listed_under(others, listed) if listed is not None else others
     found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in candidates]

@@ -187,7 +187,7 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             if manifest is None:  # nothing at the key the configuration renders: written under a former format?
                 # (its listing failing is a day not checked, below: not a day missing, a day archived under its
                 # former format may be there)
-                former = under_another_format(store, spec, day, in_order)
+                former = under_another_format(store, spec, day, in_order, asked_one_by_one=len(days) <= 10)
                 if former is not None:
                     key = former[0]
                     manifest = load_manifest(store, key, (spec.name, day.isoformat()))
