@@ -551,8 +551,8 @@ def source_differs(spec: TableSpec, day: Period, problems: list[str]) -> Removal
     """The refusal of a day whose archive checks out and whose source's rows are not the archive's any more
     (rows changed, arrived late, or were deleted while the day still holds others): what to do either way."""
     return RemovalRefused(
-        f"{spec.name} {day} stays in the source: its rows are not the archive's any more (rows changed, arrived late "
-        "or were deleted since it was archived; the archive checks out): " + "; ".join(problems),
+        f"{spec.name} {day} stays in the source, not proven: its rows are not the archive's any more (rows changed, "
+        "arrived late or were deleted since it was archived; the archive checks out): " + "; ".join(problems),
         table=spec.name, day=day.isoformat(), needs_overwrite=True,
         remedy="if the source's rows are the right ones, archive the day again (overwrite), then remove it; if rows "
                "were lost from the source, put them back first: restore the day into a new table (into='new') and "
