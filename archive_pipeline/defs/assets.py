@@ -51,9 +51,9 @@ from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
-from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, object_link, on_demand_as_they_were,
-                                          recorded_day_key, source_only, terminated, verdict_as_it_was, verify_result,
-                                          written_verdict)
+from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, log_guarded, object_link,
+                                          on_demand_as_they_were, recorded_day_key, source_only, terminated,
+                                          verdict_as_it_was, verify_result, written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
@@ -810,25 +810,12 @@ def output_read_downstream(context: AssetExecutionContext) -> bool:
 
 def _log_day(context: AssetExecutionContext, materialization: AssetMaterialization,
              evaluation: Callable[[], AssetCheckEvaluation] | None) -> None:
-    """Record a day from the asset's own code: Dagster stores a yielded event outside it and raises a termination
-    that came meanwhile when it resumes the asset, past its handling (a bare DagsterExecutionInterruptedError: no
-    table, no day, the check never recorded). Terminated while the day is recorded, it is published (and, its event
-    stored, shown materialized): its check is recorded too, so it is not left half recorded, and the run ends
-    saying so."""
-    try:
-        context.log_event(materialization)
-    except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-        if evaluation is not None:
-            with contextlib.suppress(Exception):
-                context.log_event(evaluation())
-        exc.interrupted = "recording"
-        raise
+    """Record a day from the asset's own code (see :func:`log_guarded`). Terminated while the day is recorded, it is
+    published (and, its event stored, shown materialized): its check is recorded too, so it is not left half
+    recorded, and the run ends saying so."""
+    log_guarded(context, materialization, "recording", evaluation)
     if evaluation is not None:
-        try:
-            context.log_event(evaluation())
-        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-            exc.interrupted = "recording"
-            raise
+        log_guarded(context, evaluation(), "recording")
 
 
 def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | None) -> Failure:

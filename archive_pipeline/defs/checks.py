@@ -11,9 +11,10 @@
 """
 
 
+import contextlib
 import datetime as dt
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -368,6 +369,23 @@ def _partition_order(key: str) -> tuple[str, str]:
     """A partition key's place in time: its date and hour, then its offset (the repeated hour of a clock
     turned back, ``2024-10-27-02:00+0100``, comes after ``2024-10-27-02:00``)."""
     return key[:16], key[16:]
+
+
+def log_guarded(context: "AssetExecutionContext", event: object, doing: str,
+                then: Callable[[], object] | None = None) -> None:
+    """Record ``event`` from the asset's own code: Dagster stores a yielded event outside it and raises a termination
+    that came meanwhile when it resumes the asset, past its handling (a bare DagsterExecutionInterruptedError: no
+    table, no day). Terminated while it is stored, the interrupt says what it cut off (``doing``, see
+    :func:`terminated`), and ``then`` (what must not be left unrecorded with it: the day's check) is recorded all the
+    same, quietly."""
+    try:
+        context.log_event(event)
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        if then is not None:
+            with contextlib.suppress(Exception):
+                context.log_event(then())
+        exc.interrupted = doing  # type: ignore[union-attr]
+        raise
 
 
 def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc: BaseException, spec: TableSpec,

@@ -51,7 +51,7 @@ from pydantic import Field
 from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, daily_partitions,
                                           former_day_keys, freshness_policy, job_name, relaunch, retries_off,
                                           retry_policy, step_retries)
-from archive_pipeline.defs.checks import latest_materialization, terminated
+from archive_pipeline.defs.checks import latest_materialization, log_guarded, terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
@@ -317,15 +317,10 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
            {"removed_by": by or "unknown"}),
         **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
     }
-    try:
-        yield from _recorded(context, AssetMaterialization(asset_key=removal_asset_key(spec),
-                                                           partition=day.isoformat(), metadata=metadata),
-                             "recording the removal")
-    except (DagsterExecutionInterruptedError, KeyboardInterrupt):
-        if deferred:  # terminated while the removal was recorded: its proof is recorded all the same
-            with contextlib.suppress(Exception):
-                context.log_event(_proof(context, spec, day, [], proof.description, targeted=True))
-        raise
+    # terminated while the removal is recorded, its passed proof is recorded all the same
+    targeted = (lambda: _proof(context, spec, day, [], proof.description, targeted=True)) if deferred else None
+    log_guarded(context, AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
+                                              metadata=metadata), "recording the removal", targeted)
     if deferred:
         yield from _recorded(context, _proof(context, spec, day, [], proof.description, targeted=True),
                              "recording the removal")
@@ -339,11 +334,7 @@ def _recorded(context: AssetExecutionContext, event: object, doing: str) -> Iter
     if isinstance(event, AssetCheckResult):
         yield event
         return
-    try:
-        context.log_event(event)
-    except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-        exc.interrupted = doing
-        raise
+    log_guarded(context, event, doing)
 
 
 def _proof(context: AssetExecutionContext, spec: TableSpec, day, problems: list[str],
