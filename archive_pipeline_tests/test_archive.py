@@ -91,7 +91,7 @@ def test_day_without_rows_is_an_empty_manifest_and_no_object(conn, events, store
     assert keys == [f"archive/{events}.events/2024/03/2024-03-09.jsonl.zst.manifest.json"]
     manifest = json.loads(download(s3_client, bucket, keys[0]))
     assert (manifest["empty"], manifest["rows"], manifest["object"]) == (True, 0, None)
-    assert manifest["fingerprint"] == "row-hash-sum-v5:0:0"
+    assert manifest["fingerprint"] == "row-hash-sum-v6:0:0"
     again = archive_partition(conn, events_spec(events), day, store)
     assert again.skipped and again.empty
 

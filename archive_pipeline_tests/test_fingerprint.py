@@ -139,6 +139,10 @@ def test_wide_table_and_row_diff(conn, schema, pg):
 # high half into the low one, hash_numeric_extended ignores the sign, NaN and ±Infinity share a scale.
 FOLDED = [
     ("int8", "1", "4294967296"),
+    ("int8", "0", "-4294967296"),  # hashint8extended folds a negative's high half inverted
+    ("int8", "-2", "-4294967297"),
+    ("int8", "-9223372036854775808", "9223372036854775807"),
+    ("int8", "4294967297", "0"),  # folds to 0 with a high half of 1: the seed's NULL bit must stay apart
     ("int8", "5", "5"),  # control: equal values must fingerprint alike (checked below)
     ("timestamptz", "2024-03-10 00:00:00+00", "2024-03-10 01:11:34.967297+00"),
     ("numeric", "10.00", "-10.00"),
@@ -178,6 +182,40 @@ def test_the_algorithms_differ_and_a_recorded_one_is_computed_again(conn, schema
     for unknown in (None, "", "row-hash-sum-v1:3:12", "row-hash-sum-v9:3:12", "garbage"):
         assert fingerprint.recorded_algorithm(unknown) is None
         assert fingerprint.algorithm_for(unknown) == fingerprint.ALGORITHM
+
+
+@pytest.mark.parametrize(("typ", "values"), [
+    ("int8", ["0", "4294967297", "-4294967296", "1", "2", "-1"]),
+    ("int2", ["0", "1", "-1", "-32768", "32767"]),
+    ("bool", ["false", "true"]),
+    ("uuid", ["00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-000000000001"]),
+])
+def test_null_and_every_value_of_a_type_hashed_by_value_differ_in_every_position(conn, schema, typ, values):
+    """v6 hashes integers, booleans and uuids by value, a NULL as the zero value with the seed's lowest bit
+    flipped: a NULL differs from every value, zero above all, in the first, a middle and the last column."""
+    table = sql.Identifier(schema, "tv")
+    conn.execute(sql.SQL("CREATE TABLE {} (a {t}, b {t}, c {t})").format(table, t=sql.SQL(typ)))
+    cols = describe_table(conn, f"{schema}.tv", None).columns
+    seen = {}
+    for position in range(3):
+        for value in [None, *values]:
+            row = [values[0]] * 3
+            row[position] = value
+            conn.execute(sql.SQL("DELETE FROM {}").format(table))
+            conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(table), row)
+            seen.setdefault(str(compute(conn, table, cols)), set()).add(tuple(row))
+    assert all(len(rows) == 1 for rows in seen.values()), [rows for rows in seen.values() if len(rows) > 1]
+
+
+def test_integers_of_every_width_and_their_domains_hash_alike(conn, schema, algorithm):
+    """An integer's text is the same at every width (and through a domain): so is its hash, in v6 as in v5, so
+    a column widened from integer to bigint since the day was archived is not taken for changed rows."""
+    conn.execute(sql.SQL("CREATE DOMAIN {} AS int4 CHECK (VALUE > -100)").format(sql.Identifier(schema, "small")))
+    fingerprints = set()
+    for number, typ in enumerate(("int2", "int4", "int8", sql.Identifier(schema, "small").as_string(conn))):
+        table, cols = make(conn, schema, f"w{number}", typ, ["7", None, "-3"])
+        fingerprints.add(compute(conn, table, cols).hash_sum)
+    assert len(fingerprints) == 1, fingerprints
 
 
 def test_null_and_empty_text_differ_in_every_position(conn, schema, algorithm):

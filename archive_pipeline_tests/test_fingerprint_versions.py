@@ -39,11 +39,13 @@ def _spec(schema: str, fmt: str = "jsonl", **extra) -> TableSpec:
                      partitioning={"mode": "declarative"}, **extra)
 
 
-def _archive_as_v2(conn, spec: TableSpec, store, s3_client, bucket: str) -> str:
-    """Archive the day, then give its manifest the v2 fingerprint, as the previous version wrote it."""
+def _archive_as_v2(conn, spec: TableSpec, store, s3_client, bucket: str, algorithm: str = fingerprint.V2) -> str:
+    """Archive the day, then give its manifest the fingerprint of an older algorithm (v2 unless said), as the
+    version that wrote it did."""
     result = archive_partition(conn, spec, DAY, store)
     assert result.fingerprint.startswith(fingerprint.ALGORITHM + ":")
-    v2 = str(source_fingerprint(conn, spec, DAY, fingerprint.V2))
+    v2 = str(source_fingerprint(conn, spec, DAY, algorithm))
+    assert v2 != result.fingerprint
     manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=result.manifest_key)["Body"].read())
     manifest["fingerprint"] = v2
     manifest.pop("manifest_sha256")
@@ -51,11 +53,13 @@ def _archive_as_v2(conn, spec: TableSpec, store, s3_client, bucket: str) -> str:
     return v2
 
 
+@pytest.mark.parametrize("algorithm", [fingerprint.V2, fingerprint.V5])
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_a_v2_archive_is_skipped_proven_compared_and_restored(conn, schema, events, store, s3_client, bucket,
-                                                             temp_dir, fmt):
+                                                             temp_dir, fmt, algorithm):
+    """(And a v5 one: v6 hashes integers, booleans and uuids by value, v5 by their text.)"""
     spec = _spec(events, fmt)
-    v2 = _archive_as_v2(conn, spec, store, s3_client, bucket)
+    v2 = _archive_as_v2(conn, spec, store, s3_client, bucket, algorithm)
     again = archive_partition(conn, spec, DAY, store)
     assert again.skipped and again.fingerprint == v2
     assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
@@ -63,7 +67,7 @@ def test_a_v2_archive_is_skipped_proven_compared_and_restored(conn, schema, even
     assert status.state == "archived", status
     [compared] = compare_days(conn, spec, store, [DAY])
     assert compared.source_fingerprint == compared.archive_fingerprint == v2, compared
-    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.restored_{fmt}",
+    restored = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.restored_{fmt}_{algorithm[-2:]}",
                            temp_dir=str(temp_dir))
     assert restored.fingerprint_checked and v2 in restored.check, restored.check
 

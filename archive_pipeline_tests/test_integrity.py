@@ -107,7 +107,7 @@ def test_manifest_records_identity_definition_and_fingerprint(conn, schema, tabl
     manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))
     assert manifest["table"] == table.name and manifest["day"] == "2024-03-10"
     assert manifest["source"]["database"] == "postgres"
-    assert manifest["fingerprint"] == result.fingerprint and manifest["fingerprint"].startswith("row-hash-sum-v5:200:")
+    assert manifest["fingerprint"] == result.fingerprint and manifest["fingerprint"].startswith("row-hash-sum-v6:200:")
     assert manifest["table_definition"]["primary_key"] == ["id"]
     assert [(c["name"], c["type"], c["not_null"]) for c in manifest["table_definition"]["columns"]] == [
         ("id", "integer", True), ("at", "timestamp with time zone", True), ("body", "text", False)]

@@ -306,7 +306,7 @@ def test_tampered_but_decodable_archive_is_rolled_back(conn, schema, events, sto
         restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.restored", temp_dir=temp_dir)
     message = str(failure.value)
     assert archived.fingerprint in message and "rolled back" in message
-    assert message.count("row-hash-sum-v5:500:") == 2  # both fingerprints, same row count
+    assert message.count("row-hash-sum-v6:500:") == 2  # both fingerprints, same row count
     assert conn.execute("SELECT to_regclass(%s)", (f"{schema}.restored",)).fetchone()[0] is None
 
 

@@ -894,17 +894,16 @@ def _temp_table(conn: psycopg.Connection, manifest: dict,
     return temp, [described[name] for name in types]
 
 
-# PostgreSQL types whose v3 hashed text (``::text``) is exactly what the Parquet reader gives back for
+# PostgreSQL types whose hashed text (``::text``) is exactly what the Parquet reader gives back for
 # the Arrow type the archiver writes them as: text, varchar, json and jsonb as strings (jsonb as its
-# output, which ADBC's binary COPY carries), integers in decimal, booleans as "true"/"false" (the cast
-# to text, not the output's t/f). Domains and everything else are parsed into their type.
+# output, which ADBC's binary COPY carries). Domains and everything else are parsed into their type,
+# integers and booleans too: v6 hashes them by value, which costs less than hashing their text.
 def _is_string(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 _VERBATIM_IN_PARQUET = {  # built-in type OIDs (fixed) -> the Arrow type the archiver writes them as
     25: _is_string, 1043: _is_string, 114: _is_string, 3802: _is_string,  # text, varchar, json, jsonb
-    21: pa.types.is_int16, 23: pa.types.is_int32, 20: pa.types.is_int64, 16: pa.types.is_boolean,
 }
 
 
@@ -1019,11 +1018,26 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # a parsed domain over char(n) is hashed as bpchar is, by its output with the trailing blanks (``::text``
     # strips them; the source's side keeps them)
     bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
+    # the columns v6 hashes by their value (integers, booleans, uuids: see fingerprint._typed_link), read as their
+    # type; their text form is the field's, so the older algorithms' hash of them is the same
+    typed = dict(conn.execute(_TYPED_HASH_COLUMNS, (names, list(oids), sorted(fingerprint.TYPED_HASHED))).fetchall())
+    parsed |= set(typed)
     users = {name for (name,) in conn.execute(_USER_BASE_COLUMNS, (names, list(oids))).fetchall()}
     cast = {name for (name,) in conn.execute(_USER_TEXT_CAST_COLUMNS, (names, list(oids))).fetchall()}
-    return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else "text",
+    return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else typed.get(name, "text"),
                               user_type=name in users, user_text_cast=name in cast) if name in parsed
                   else _TextColumn(name) for name in names]
+
+
+# Columns whose type, through domains, is one v6 hashes by its value (fingerprint.TYPED_HASHED), with that type's name
+_TYPED_HASH_COLUMNS = sql.SQL("""
+WITH RECURSIVE base(name, oid) AS (
+    SELECT * FROM unnest(%s::text[], %s::oid[])
+    UNION ALL
+    SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
+SELECT base.name, t.typname::text FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
+WHERE t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND t.typname::text = ANY(%s::text[])
+""")
 
 
 # Columns whose type (through domains; not an array) has a cast to text a user created (see source.Column)
