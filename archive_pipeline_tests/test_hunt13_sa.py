@@ -1,0 +1,73 @@
+"""Hunt 13 (sa): a review of session 27's newest fixes (lifecycle's source_differs/rows_lost remedies, cli._put_back,
+checks.log_guarded, store.holds(content_md5=), restore's _view_base, keys.day_listing_prefixes) at their edges."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import yaml
+from psycopg import sql
+
+from archive_pipeline_tests.test_cli import cli
+from archive_pipeline_tests.test_hunt10_px import _env
+
+DAY = "2024-03-10"
+
+
+def _table(pg, s3, bucket, conn, schema, tmp_path, name, columns, rows, **extra):
+    t = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (" + columns + ")").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} " + rows).format(t))
+    table = dict(name=f"{schema}.{name}", day_column="at", start_date=DAY, format="jsonl",
+                 partitioning={"mode": "column"}, **extra)
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}, allow_unicode=True), encoding="utf-8")
+    env = _env(pg, s3, bucket, config)
+    archived = cli(env, "archive", "--day", DAY)
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    return t, env
+
+
+def _lost_one_row(pg, s3, bucket, conn, schema, tmp_path, name="t", **extra):
+    t, env = _table(pg, s3, bucket, conn, schema, tmp_path, name,
+                    "id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL, n int, "
+                    "twice int GENERATED ALWAYS AS (n * 2) STORED",
+                    "(at, n) VALUES ('2024-03-10 12:00+00', 1), ('2024-03-10 23:30+00', 2)", **extra)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE n = 2").format(t))
+    return t, env
+
+
+def test_verify_deep_put_back_remedy_fails_on_a_table_with_generated_or_identity_columns(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Edge of 93e7547 / a664acb (cli._put_back): verify --deep of a day whose source lost some rows tells to restore
+    the day aside (`restore --into new --target "<schema>"."<name>_restored_<day>"`), then run
+    `INSERT INTO <table> SELECT * FROM <aside> EXCEPT ALL SELECT * FROM <table>`. The fix assumed every column
+    of the table takes an inserted value.
+
+    Scenario: a table `(id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz, n int, twice int
+    GENERATED ALWAYS AS (n * 2) STORED)` (ordinary PostgreSQL columns the product archives and restores); day
+    2024-03-10 archived (2 rows); someone DELETEs one row; `verify --deep --json`; the user pastes the remedy's
+    restore (works), then its INSERT.
+
+    Now: the INSERT fails: "cannot insert a non-DEFAULT value into column "id"" (an identity ALWAYS column wants
+    OVERRIDING SYSTEM VALUE; a stored generated column takes no value at all). The only remedy given to put the
+    lost row back does not work; the row stays lost from the source.
+
+    Should: the suggested statement works as pasted: name the columns that take values (not the generated ones) on
+    both sides, `INSERT INTO t (id, at, n) OVERRIDING SYSTEM VALUE SELECT id, at, n FROM aside EXCEPT ALL SELECT
+    id, at, n FROM t`; the lost row is back."""
+    t, env = _lost_one_row(pg, s3, bucket, conn, schema, tmp_path)
+    deep = cli(env, "verify", "--deep", "--day", DAY, "--json")
+    [day] = json.loads(deep.stdout)["days"]
+    remedy = day["remedy"]
+    command = re.search(r"archive-pipeline restore [^)]*--into new --target '[^']*'", remedy)
+    assert command, remedy
+    args = shlex.split(command.group(0))
+    restored = cli(env, *args[args.index("restore"):])
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    insert = re.search(r"INSERT INTO .*? EXCEPT ALL SELECT \S+ FROM \S+", remedy)
+    assert insert, remedy
+    conn.execute(insert.group(0))  # now: psycopg.errors.GeneratedAlways
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0] == 2
