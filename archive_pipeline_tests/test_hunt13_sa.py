@@ -147,3 +147,48 @@ def test_restore_rest_command_of_a_name_with_a_line_feed_names_another_table(pg,
     said = subprocess.run(["bash", "-c", "printf '%s\\0' " + rest.group(1)], capture_output=True, text=True,
                           check=True).stdout.split("\0")
     assert said[said.index("--table") + 1] == f"{schema}.{name}", (rest.group(1), said)
+
+
+def test_compare_drops_an_unreadable_tables_day_whose_manifest_is_damaged(pg, s3, bucket, s3_client, conn, schema,
+                                                                        tmp_path):
+    """Edge of a1d35a0/04ecba6 (cli._unreadable_table: a table whose days cannot be looked for in the source, among
+    several, has its archived days listed `unreadable`, from plan.lookup_manifests, "never passed over as if it had
+    nothing to say"). It keeps only the lookups with a manifest read (``lookup.archived is not None``): a day whose
+    manifest exists but cannot be read (damaged, or its GET failing) has ``archived`` None and its ``problem`` set.
+
+    Scenario: two column-mode tables `a` and `b`, days 2024-03-10 and 2024-03-11 archived for `a`, 2024-03-10 for
+    `b`; the role compare runs as may read `b` but not `a`; then `a`'s 2024-03-11 manifest is overwritten with
+    garbage (a damaged manifest); `compare --json` as that role.
+
+    Now: `a` 2024-03-10 is listed `unreadable` (the grant), `b` is `equal`, and `a` 2024-03-11 is not listed at all:
+    the one day whose archive is damaged (a day compare lists `unreadable` with "manifest ... is unreadable" when the
+    table can be read) vanishes from the report.
+
+    Should: every archived day of `a` is listed, the damaged one `unreadable` naming its manifest (lookups with a
+    `problem` kept, as _compare_days keeps them)."""
+    tables = []
+    for name in ("a", "b"):
+        conn.execute(f"CREATE TABLE {schema}.{name} (id int, at timestamptz NOT NULL)")
+        conn.execute(f"INSERT INTO {schema}.{name} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-11 12:00+00')")
+        tables.append({"name": f"{schema}.{name}", "day_column": "at", "start_date": DAY,
+                       "partitioning": {"mode": "column"}})
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}))
+    env = _env(pg, s3, bucket, config)
+    for args in (("--day", DAY), ("--table", f"{schema}.a", "--day", "2024-03-11")):
+        archived = cli(env, "archive", *args)
+        assert archived.returncode == 0, archived.stdout + archived.stderr
+    damaged = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]
+               if f"{schema}.a/" in o["Key"] and "2024-03-11" in o["Key"] and o["Key"].endswith("manifest.json")]
+    assert len(damaged) == 1, damaged
+    s3_client.put_object(Bucket=bucket, Key=damaged[0], Body=b"{not a manifest")
+    role = f"sa_ro_{schema}"
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Ro-pass-7f3a'")
+    conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+                 f"REVOKE SELECT ON {schema}.a FROM {role}")
+    ro = dict(env, ARCHIVE_PG_DSN=f"postgresql://{role}:Ro-pass-7f3a@{pg.dsn.split('@', 1)[1]}")
+    done = cli(ro, "compare", "--from", DAY, "--to", "2024-03-11", "--json")
+    answer = json.loads(done.stdout)
+    results = {(d["table"], d["day"]): d["result"] for d in answer.get("days", [])}
+    assert results.get((f"{schema}.a", DAY)) == "unreadable", answer  # (the fix's own case: holds)
+    assert results.get((f"{schema}.a", "2024-03-11")) == "unreadable", answer
