@@ -192,3 +192,46 @@ def test_compare_drops_an_unreadable_tables_day_whose_manifest_is_damaged(pg, s3
     results = {(d["table"], d["day"]): d["result"] for d in answer.get("days", [])}
     assert results.get((f"{schema}.a", DAY)) == "unreadable", answer  # (the fix's own case: holds)
     assert results.get((f"{schema}.a", "2024-03-11")) == "unreadable", answer
+
+
+def test_verify_deep_put_back_remedy_of_a_naming_mode_day_inserts_into_a_table_that_is_not_the_days(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Edge of 93e7547 (cli._put_back): the restore-aside remedy's statement is `INSERT INTO <configured table> SELECT
+    * FROM <aside> EXCEPT ALL SELECT * FROM <configured table>`. It assumed the configured name is the table that
+    holds the day's rows (column and declarative modes). In naming mode (README: "legacy one-table-per-day,
+    matched by `pattern`") the day's rows live in the day's own table (`ev_20240310`); the configured name `ev`
+    is only the pattern's stem (a parent, or no table at all).
+
+    Scenario: naming mode, pattern `ev_%Y%m%d`, no parent table; `ev_20240310` holds 2 rows; day archived; one row
+    DELETEd; `verify --deep --json`; the user runs the remedy's restore (works) and then its INSERT.
+
+    Now: the INSERT names `"<schema>"."ev"`, which does not exist (UndefinedTable); with an inheritance parent it
+    would insert into the parent itself, not the day's table, and the day would still lack the row.
+
+    Should: the statement inserts into the day's own table (`"<schema>"."ev_20240310"`), comparing against it;
+    the lost row is back there."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL)").format(
+        sql.Identifier(schema, "ev_20240310")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-10 13:00+00')").format(
+        sql.Identifier(schema, "ev_20240310")))
+    table = {"name": f"{schema}.ev", "day_column": "at", "start_date": DAY, "format": "jsonl",
+             "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}}
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    env = _env(pg, s3, bucket, config)
+    archived = cli(env, "archive", "--day", DAY)
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    day_table = sql.Identifier(schema, "ev_20240310")
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(day_table))
+    deep = cli(env, "verify", "--deep", "--day", DAY, "--json")
+    [day] = json.loads(deep.stdout)["days"]
+    remedy = day["remedy"]
+    command = re.search(r"archive-pipeline restore [^)]*--into new --target '[^']*'", remedy)
+    assert command, remedy
+    args = shlex.split(command.group(0))
+    restored = cli(env, *args[args.index("restore"):])
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    insert = re.search(r"INSERT INTO .*? EXCEPT ALL SELECT \S+ FROM \S+", remedy)
+    assert insert, remedy
+    conn.execute(insert.group(0))  # now: psycopg.errors.UndefinedTable: relation "<schema>.ev" does not exist
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(day_table)).fetchone()[0] == 2
