@@ -42,3 +42,47 @@ def test_the_removal_assets_of_two_schemas_tables_of_one_name_are_told_apart_in_
         labels.setdefault((graph.get(key).group_name, key.path[-1]), []).append(key.to_user_string())
     clashing = {f"{group}/{label}": keys for (group, label), keys in labels.items() if len(keys) > 1}
     assert not clashing, f"nodes the asset graph labels alike in one group: {clashing}"
+
+
+def test_a_removed_day_in_a_backfill_range_still_shows_as_materialized_not_failed(conn, schema, archive_env):
+    """Scenario: ``events`` has retention (delete). 2024-03-10..11 are archived, then 2024-03-10 is removed from the
+    source by Remove_<schema>_events (proven first; its archive is the day's only copy and is kept). Later rows of
+    2024-03-12 arrive and the operator launches a backfill of 2024-03-10..12 of Archive_<schema>_events (one ranged
+    run; the README: "A day retention removed says there is nothing to do for it, and is left out of the redo
+    advice").
+
+    Now: the run counts the removed day as a failed day (its step failure even says "nothing to do for this day: it
+    is archived, and its archive is kept"), the step fails, and Dagster's partition status of the archive asset
+    (``get_status_by_partition``, the asset's partition bar) turns 2024-03-10 FAILED: red, beside the green days,
+    for a day that is archived, proven and properly let go. At a glance the operator reads "this day's archive
+    failed", which is the one thing that is not true of it.
+
+    Expected: 2024-03-10 keeps its MATERIALIZED status (the other days archived as usual). Fix idea: in a ranged
+    run, do not count a NOTHING_TO_DO day (removed, archive kept) among the failed days: log it (an observation or
+    an info line) and let the step succeed when nothing else failed."""
+    from dagster import AssetPartitionStatus
+
+    from archive_pipeline.defs.retention_assets import removal_job_name
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    create_sample_events(conn, days[:2], rows_per_day=4, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(job_name(spec))
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[1].isoformat()}).success
+        assert defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=days[0].isoformat()).success
+        create_sample_events(conn, days[2:], rows_per_day=4, schema=schema)  # the new day
+        job.execute_in_process(instance=instance, raise_on_error=False, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[2].isoformat()})
+        status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
+            asset_key(spec), [d.isoformat() for d in days], daily_partitions(spec)).items()}
+    assert status == {d.isoformat(): AssetPartitionStatus.MATERIALIZED.value for d in days}, status
