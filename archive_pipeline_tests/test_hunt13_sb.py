@@ -86,3 +86,44 @@ def test_a_removed_day_in_a_backfill_range_still_shows_as_materialized_not_faile
         status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
             asset_key(spec), [d.isoformat() for d in days], daily_partitions(spec)).items()}
     assert status == {d.isoformat(): AssetPartitionStatus.MATERIALIZED.value for d in days}, status
+
+
+def test_a_naming_pattern_the_catalog_spells_only_in_another_case_is_named_not_a_quiet_no_new_days(
+        conn, schema, archive_env):
+    """Scenario: a legacy one-table-per-day table in naming mode, configured as ``name: <schema>.Events``,
+    ``pattern: Events_%Y%m%d``; the day tables were created unquoted, so the catalog spells them ``events_20240310``,
+    ``events_20240311`` (each with rows). The README: a table "that does not exist [is] refused the same way (one
+    the catalog spells otherwise only in case ... is named)".
+
+    Now: the load checks only that the schema exists, and passes. The sensor's tick is a green skip, "no new days to
+    archive; inspected <schema>.Events (naming: read the days from the catalog ...; 1001 day(s), 1001 without an
+    archive, 0 of them with data)", on every tick, forever: the operator reads "nothing to archive" while two days
+    of rows wait under the lower-case names (a run launched by hand fails "table 'Events_20240310' does not
+    exist" with no word of ``events_20240310``).
+
+    Expected: the load (like a table spelled otherwise in case) or at least the sensor's tick names the catalog's
+    spelling ``events_20240310`` of the pattern's tables, so the pattern can be fixed. Fix idea: at load (and in
+    the tick's account of a naming table with no day table found), look for relnames matching the pattern
+    case-insensitively (lower(relname) LIKE lower(prefix) || '%') and name them as the table checks do."""
+    from archive_pipeline.core.config import ConfigError
+    from archive_pipeline.defs.sensors import SENSOR_NAME
+
+    for day in (DAY, DAY + dt.timedelta(days=1)):
+        conn.execute(f'CREATE TABLE "{schema}".events_{day:%Y%m%d} (id int, created_at timestamptz)')
+        conn.execute(f'INSERT INTO "{schema}".events_{day:%Y%m%d} VALUES (1, %s)', (day,))
+    config = parse_config({"tables": [{"name": f"{schema}.Events", "start_date": DAY.isoformat(),
+                                       "partitioning": {"mode": "naming", "pattern": "Events_%Y%m%d"}}]})
+    try:
+        defs = build_definitions(config)
+    except ConfigError as refused:  # refused at load: it must name the catalog's spelling
+        assert f"events_{DAY:%Y%m%d}" in str(refused), str(refused)
+        return
+    with instance_for_test() as instance:
+        try:
+            tick = defs.resolve_sensor_def(SENSOR_NAME).evaluate_tick(build_sensor_context(
+                instance=instance, resources={"postgres": defs.resources["postgres"]},
+                repository_def=defs.get_repository_def()))
+            said = tick.skip_message or f"requested {[r.partition_key for r in tick.run_requests]}"
+        except Exception as exc:  # noqa: BLE001 - a failed tick is visible (red): what it says is what counts
+            said = str(exc)
+    assert f"events_{DAY:%Y%m%d}" in said, f"the tick does not name the day tables the pattern misses: {said}"
