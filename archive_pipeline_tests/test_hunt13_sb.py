@@ -127,3 +127,44 @@ def test_a_naming_pattern_the_catalog_spells_only_in_another_case_is_named_not_a
         except Exception as exc:  # noqa: BLE001 - a failed tick is visible (red): what it says is what counts
             said = str(exc)
     assert f"events_{DAY:%Y%m%d}" in said, f"the tick does not name the day tables the pattern misses: {said}"
+
+
+def test_a_naming_day_without_its_table_in_a_backfill_is_no_data_not_a_wrong_table_name_to_fix(
+        conn, schema, archive_env):
+    """Scenario: a naming-mode table (``pattern: events_%Y%m%d``) whose day tables exist for 2024-03-10 and
+    2024-03-12; 2024-03-11 never had one (a gap: no data that day). The operator launches a backfill of
+    2024-03-10..12 of Archive_<schema>_events (one ranged run). The command line's ``archive --from 2024-03-10 --to
+    2024-03-12`` over the same tables says 2024-03-11 is ``no-data: no data for this day in PostgreSQL`` and exits 0.
+
+    Now: the Dagster run fails 2024-03-11 (the partition turns FAILED) with "to fix: check the table's name in the
+    YAML configuration (schema.table ...)", "What to do: Check table '<schema>.events' in <config>: its name,
+    day_column (None) and partitioning mode (naming) must match the database", then "Then: re-execute this run ...
+    or launch a backfill of the failed days": the table's name is right (its other days were just archived from
+    it), and re-executing fails the same way forever. The operator is sent to fix a configuration that is not wrong.
+
+    Expected: as the command line says it, the day has no data in PostgreSQL: no failure that sends the operator to
+    the table's name or to re-executing (recorded as nothing to archive, or at most a failure saying the day's
+    table does not exist, nothing to redo). Fix idea: in archive_one_day, treat SourceError(cause=NO_PERIOD_TABLE)
+    of a naming table whose other days exist like the planner's no-data day (skip it, log it), or give it the
+    NOTHING_TO_DO flag and a remedy naming the missing day table."""
+    from dagster import DagsterEventType
+
+    for day in (DAY, DAY + dt.timedelta(days=2)):
+        conn.execute(f'CREATE TABLE "{schema}".events_{day:%Y%m%d} (id int, created_at timestamptz)')
+        conn.execute(f'INSERT INTO "{schema}".events_{day:%Y%m%d} VALUES (1, %s)', (day,))
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10}, "tables": [{
+        "name": f"{schema}.events", "start_date": DAY.isoformat(),
+        "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(job_name(spec)).execute_in_process(instance=instance, raise_on_error=False, tags={
+            "dagster/asset_partition_range_start": DAY.isoformat(),
+            "dagster/asset_partition_range_end": (DAY + dt.timedelta(days=2)).isoformat()})
+        archived = sorted(r.event_log_entry.dagster_event.partition for r in instance.get_records_for_run(
+            result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records)
+    assert archived[0] == DAY.isoformat() and archived[-1] == (DAY + dt.timedelta(days=2)).isoformat(), archived
+    said = "\n".join(e.step_failure_data.user_failure_data.description for e in result.all_events
+                     if e.is_step_failure and e.step_failure_data.user_failure_data)
+    assert "its name, day_column" not in said and "Re-execute" not in said, (
+        f"a day without its table is reported as a table name to fix and a run to redo:\n{said}")
