@@ -168,3 +168,52 @@ def test_a_naming_day_without_its_table_in_a_backfill_is_no_data_not_a_wrong_tab
                      if e.is_step_failure and e.step_failure_data.user_failure_data)
     assert "its name, day_column" not in said and "Re-execute" not in said, (
         f"a day without its table is reported as a table name to fix and a run to redo:\n{said}")
+
+
+def test_source_unchanged_on_a_naming_day_table_dropped_by_hand_gives_a_remedy_that_works(conn, schema, archive_env):
+    """Scenario: a naming-mode table (``events_%Y%m%d``); 2024-03-10..12 are archived by a backfill run. Later a DBA
+    drops ``events_20240310`` by hand (no retention configured: the archive is now the day's only copy). The
+    operator runs verify_archives.
+
+    Now: source_unchanged fails "1 of 3 archived days changed in PostgreSQL after archiving: 2024-03-10: the day's
+    table is gone from the source; the archive holds 1 rows. What to do: archive those days again with run config
+    ops: archive__<schema>__events: config: overwrite: true". Following that advice (partition 2024-03-10 of
+    Archive_<schema>_events with overwrite) fails at once: "no table for 2024-03-10 ... to fix: check the table's
+    name in the YAML configuration": the check stays red with a remedy that cannot be carried out, and the next
+    failure sends the operator to a configuration that is right.
+
+    Expected: either the remedy for a day whose table is gone is not "archive again with overwrite" (e.g. "the
+    archive is the day's only copy: restore the day with `archive-pipeline restore` if it was dropped by mistake,
+    else nothing to archive"), or following it succeeds. Fix idea: in source_unchanged, put a day whose table is
+    gone (verify.source_changed's 'table is gone' case) in its own list with that remedy, not in changed_days
+    under the overwrite run config."""
+    from dagster import DagsterEventType
+
+    from archive_pipeline.defs.assets import op_name
+
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    for day in days:
+        conn.execute(f'CREATE TABLE "{schema}".events_{day:%Y%m%d} (id int, created_at timestamptz)')
+        conn.execute(f'INSERT INTO "{schema}".events_{day:%Y%m%d} VALUES (1, %s)', (day,))
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10}, "tables": [{
+        "name": f"{schema}.events", "start_date": DAY.isoformat(),
+        "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(job_name(spec))
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat()}).success
+        conn.execute(f'DROP TABLE "{schema}".events_{DAY:%Y%m%d}')
+        verified = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [said] = [e.event_specific_data.description for e in verified.all_events
+                  if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and e.event_specific_data.check_name == "source_unchanged"]
+        if "overwrite: true" not in said:
+            return  # another remedy for the dropped day: what is asked for
+        followed = job.execute_in_process(instance=instance, partition_key=DAY.isoformat(), raise_on_error=False,
+                                          run_config={"ops": {op_name(spec): {"config": {"overwrite": True}}}})
+        failed = "\n".join(e.step_failure_data.user_failure_data.description for e in followed.all_events
+                           if e.is_step_failure and e.step_failure_data.user_failure_data)
+    assert followed.success, f"source_unchanged said:\n{said}\n\nand following it failed:\n{failed}"
