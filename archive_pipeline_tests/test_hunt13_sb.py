@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
-from dagster import AssetCheckKey, DagsterInstance, build_sensor_context, build_schedule_context, instance_for_test
+from dagster import build_sensor_context, instance_for_test
 
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
