@@ -54,3 +54,35 @@ def test_a_day_partly_present_is_not_called_other_rows_to_be_inserted_back(conn,
     said = f"{caught.value} {caught.value.remedy or ''}"
     assert "other row" not in said, said  # they are the archive's own rows
     assert "insert them back" not in said, said  # which would leave them twice
+
+
+def test_skip_into_a_partitioned_table_keyed_per_partition_is_not_refused_as_keyless(conn, schema, store, temp_dir):
+    """A table partitioned by day whose primary key is declared on each partition (its key, id, lacks the
+    partition key, so PostgreSQL refuses it on the parent: "unique constraint on partitioned table must
+    include all partitioning columns"; pg_partman's template table sets up exactly this). The day lost
+    three of its five rows; the user restores it into the original table with on_conflict='skip'.
+
+    Now: refused up front, "needs a primary key or unique constraint on <table> ... and it has none:
+    every row would be inserted again", remedy "add a primary key to the target", which PostgreSQL
+    refuses for such a key. Yet INSERT ... ON CONFLICT DO NOTHING through the parent does use the
+    partition's unique indexes as arbiters (the row routed to a partition conflicts with its key).
+
+    Should: count the unique indexes of the partitions (pg_partition_tree) as keys, so the skip restore
+    adds the three missing rows and proves the day (5 rows, the manifest's fingerprint). Fix idea:
+    _require_key looks at indrelid IN pg_partition_tree(target) (and the deferrable check likewise)."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int NOT NULL, at timestamptz NOT NULL, v text) "
+                         "PARTITION BY RANGE (at)").format(s))
+    for name, lo, hi in (("ev_0310", "2024-03-10", "2024-03-11"), ("ev_0311", "2024-03-11", "2024-03-12")):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(name), s, sql.Literal(f"{lo} 00:00+00"), sql.Literal(f"{hi} 00:00+00")))
+        conn.execute(sql.SQL("ALTER TABLE {}.{} ADD PRIMARY KEY (id)").format(s, sql.Identifier(name)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00'::timestamptz + g * interval '1 second', "
+                         "'v' || g FROM generate_series(1, 5) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {}.ev WHERE id > 2").format(s))
+    result = restore_day(conn, store, spec, DAY, into="original", on_conflict="skip", temp_dir=temp_dir)
+    assert (result.rows, result.inserted, result.fingerprint_checked) == (5, 3, True)
+    assert _count(conn, schema, "ev") == 5
