@@ -121,3 +121,45 @@ def test_a_range_of_day_tables_each_keyed_from_1_restores_into_one_new_table(con
     assert [(r.day, r.rows, r.fingerprint_checked) for r in restored.results] == [
         ("2024-03-10", 5, True), ("2024-03-11", 5, True)]
     assert _count(conn, schema, "back") == 10
+
+
+def test_a_target_the_role_may_insert_into_but_not_read_fails_as_a_restore_of_the_archived_table(
+        conn, schema, store, temp_dir):
+    """The target belongs to another role, which granted the restoring role INSERT only (no SELECT), and
+    the user restores a day of <schema>.events into it (into='existing').
+
+    Now: the rows are loaded, then the check's column lookup raises the *source* reader's SourceError
+    "<schema>.tgt 2024-03-10: role 'r_...' may not SELECT from '<schema>.tgt'; GRANT SELECT ...", whose
+    table is the target, not the archived table: the restore's error is not a RestoreError (an
+    `except RestoreError` misses it), the archived table <schema>.events is named nowhere, and the CLI
+    and Dagster attribute the failure to a table that is not configured. (With SELECT granted on some
+    columns only it says "... and every column is archived", the archiving side's words.)
+
+    Should: a RestoreError of <schema>.events for 2024-03-10 naming the target and the grant (INSERT and
+    SELECT on the target), target left as it was. Fix idea: restore_archive wraps a SourceError raised
+    for the target (from _columns_of) as it does a psycopg InsufficientPrivilege (_restore_grant)."""
+    t = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:00+00'::timestamptz + g * interval '1 second', "
+                         "'v' || g FROM generate_series(1, 5) g").format(t))
+    spec = TableSpec(name=f"{schema}.events", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    role = f"r_{schema}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(sql.Identifier(schema, "tgt")))
+        conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(sql.Identifier(schema, "tgt"), sql.Identifier(role)))
+        with psycopg.connect(conn.info.dsn, user=role, password="pw", autocommit=True) as restoring:
+            with pytest.raises(Exception) as caught:
+                restore_day(restoring, store, spec, DAY, into="existing", target=f"{schema}.tgt", temp_dir=temp_dir)
+        assert _count(conn, schema, "tgt") == 0
+        error = caught.value
+        assert isinstance(error, RestoreError), f"{type(error).__name__}: {error}"
+        assert (error.table, error.day) == (f"{schema}.events", "2024-03-10"), (error.table, error.day)
+        assert f"{schema}.events" in str(error) and f"{schema}.tgt" in str(error), str(error)
+    finally:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, "tgt")))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
