@@ -10,7 +10,7 @@ from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.restore import FingerprintMismatchError, RestoreError, restore_day
+from archive_pipeline.core.restore import RestoreError, restore_day
 
 DAY = dt.date(2024, 3, 10)
 
@@ -196,3 +196,35 @@ def test_archived_rows_colliding_among_themselves_are_not_called_already_there_i
     said = f"{caught.value} {caught.value.remedy or ''}"
     assert "already exist" not in said and "on_conflict='skip'" not in said, said
     assert "among themselves" in said, said
+
+
+def test_a_range_restored_into_new_follows_a_column_widened_between_its_days(conn, schema, store, temp_dir):
+    """The source's id was int on 2024-03-10 and widened to bigint before 2024-03-11 (the usual migration
+    when ids near 2^31), whose row has id 3,000,000,000. The user restores both days as a range into one
+    new table (restore --from/--to --into new).
+
+    Now: the first day creates <schema>.back with id integer, and the second day is refused: "the
+    archived rows do not load into <schema>.back (NumericValueOutOfRange ...) ... id: integer here,
+    bigint when archived", remedy "restore into a new table (into='new'), created with the archived
+    types" -- which is what the user did; the same command fails the same way for ever. _widen_own
+    already adapts a table the range's restore created to later days (columns added, dropped, renamed:
+    the README's "takes the columns later days have"), but not to a column widened between them, which
+    the original-table path accepts ("one widened ... since is no obstacle").
+
+    Should: widen the restore's own table's column to the later day's archived type where every value
+    of the old type reads back the same in it (int -> bigint), so both days are restored and proven."""
+    from archive_pipeline.core.restore import restore_days
+
+    t = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, v text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00', 'a')").format(t))
+    spec = TableSpec(name=f"{schema}.events", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3000000000, '2024-03-11 01:00+00', 'b')").format(t))
+    archive_partition(conn, spec, DAY + dt.timedelta(days=1), store, temp_dir=temp_dir)
+    restored = restore_days(conn, store, spec, DAY, DAY + dt.timedelta(days=1), into="new",
+                            target=f"{schema}.back", temp_dir=temp_dir)
+    assert [(r.day, r.fingerprint_checked) for r in restored.results] == [("2024-03-10", True), ("2024-03-11", True)]
+    assert _count(conn, schema, "back") == 2
