@@ -1,0 +1,27 @@
+"""Hunt 13 (se): the command line used as a new user would, from a shell, as real ``archive-pipeline``
+subprocesses against real PostgreSQL and S3 over HTTP (environment, signals, exit codes, flags combined)."""
+
+from __future__ import annotations
+
+import json
+
+from archive_pipeline_tests.test_cli import cli, cli_json, days, setup  # noqa: F401 - fixtures
+
+
+def test_an_endpoint_url_holding_the_bucket_as_its_path_is_not_called_a_missing_bucket(setup, bucket, s3, days):
+    """ARCHIVE_S3_ENDPOINT_URL pasted as the store's console shows it, with the bucket as its path
+    (Cloudflare R2's dashboard shows "S3 API: https://<account>.r2.cloudflarestorage.com/<bucket>"; MinIO's
+    browser URL likewise), ARCHIVE_S3_BUCKET set right. botocore puts the bucket after the endpoint's path,
+    so every request goes to /<bucket>/<bucket>. Now: exit 2 and `bucket '<bucket>' does not exist at
+    http://host:port/<bucket>: check $ARCHIVE_S3_BUCKET (or create the bucket)` — the bucket exists, the
+    variable to fix is the endpoint's, and "create the bucket" would create a second, wrong one.
+    Should: a configuration error naming $ARCHIVE_S3_ENDPOINT_URL and its path (the bucket goes in
+    $ARCHIVE_S3_BUCKET, the endpoint is scheme, host and port), as a query or credentials in it already are.
+    (Fix idea: check_endpoint_url refuses a path equal to / ending in the bucket's name, or store_from_env's
+    404 remedy names the endpoint's path when it has one.)"""
+    env, _spec = setup
+    env = {**env, "ARCHIVE_S3_ENDPOINT_URL": f"{s3.endpoint_url}/{bucket}"}
+    done = cli(env, "list", "--day", days[0].isoformat())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "ARCHIVE_S3_ENDPOINT_URL" in done.stderr, done.stderr
+    assert "create the bucket" not in done.stderr, done.stderr
