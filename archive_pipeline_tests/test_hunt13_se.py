@@ -25,3 +25,23 @@ def test_an_endpoint_url_holding_the_bucket_as_its_path_is_not_called_a_missing_
     assert done.returncode == 2, done.stdout + done.stderr
     assert "ARCHIVE_S3_ENDPOINT_URL" in done.stderr, done.stderr
     assert "create the bucket" not in done.stderr, done.stderr
+
+
+def test_a_dsn_whose_target_session_attrs_the_server_does_not_meet_is_not_called_unreachable(setup, pg, days):
+    """ARCHIVE_PG_DSN with `target_session_attrs=standby` (a user making sure the CLI reads the hot standby,
+    as the README's standby section suggests) while that server is a primary (never a standby here, or
+    promoted by a failover). libpq connects, asks, and refuses: "server is not in hot standby mode". Now: exit 3
+    and `the database server could not be reached (refused, unreachable or timed out) ...; to fix: run the command
+    again ...; if it persists, check that PostgreSQL runs and listens on the host and port in ARCHIVE_PG_DSN
+    (listen_addresses, firewall)` — the server was reached and answered; the remedy sends the user to the
+    firewall. Should: name the cause (the server is not the kind target_session_attrs asks for: a primary, not a
+    standby) and the setting to check (target_session_attrs in ARCHIVE_PG_DSN, or which server the host names).
+    (Fix idea: classify libpq's "is not in hot standby mode" / "is in hot standby mode" / "session is read-only"
+    connection failures apart from the unreachable ones.)"""
+    env, _spec = setup
+    sep = "&" if "?" in pg.dsn else "?"
+    env = {**env, "ARCHIVE_PG_DSN": f"{pg.dsn}{sep}target_session_attrs=standby"}
+    done = cli(env, "list", "--day", days[0].isoformat())
+    assert done.returncode in (2, 3), done.stdout + done.stderr
+    assert "could not be reached" not in done.stderr and "listen_addresses" not in done.stderr, done.stderr
+    assert "target_session_attrs" in done.stderr, done.stderr
