@@ -45,3 +45,19 @@ def test_a_dsn_whose_target_session_attrs_the_server_does_not_meet_is_not_called
     assert done.returncode in (2, 3), done.stdout + done.stderr
     assert "could not be reached" not in done.stderr and "listen_addresses" not in done.stderr, done.stderr
     assert "target_session_attrs" in done.stderr, done.stderr
+
+
+def test_an_empty_config_option_is_refused_not_replaced_by_the_environments_table_list(setup, days, s3_client,
+                                                                                       bucket):
+    """`archive-pipeline archive --config "$TABLES" --day D` in a script or cron line where $TABLES is unset or
+    misspelt: the shell passes `--config ""`. Now: the empty path is taken as "not given" (load_config's
+    `Path(path) if path else config_path()`), so the command silently reads $ARCHIVE_PIPELINE_CONFIG (or
+    ./archive_tables.yaml) — another table list than the one the script meant — and archives its tables,
+    exit 0. Should: a usage error (exit 2) naming --config, which was given but names no file; nothing
+    archived. (Fix idea: in the command wrapper, `config_path is not None and not config_path.strip()` ->
+    click.UsageError("--config is empty ..."), or click.Path(..., allow_dash=False) plus a check for "".)"""
+    env, _spec = setup
+    done = cli(env, "archive", "--config", "", "--day", days[0].isoformat())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--config" in done.stderr, done.stderr
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
