@@ -3,7 +3,11 @@ subprocesses against real PostgreSQL and S3 over HTTP (environment, signals, exi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from pathlib import Path
+
+import yaml
 
 from archive_pipeline_tests.test_cli import cli, cli_json, days, setup  # noqa: F401 - fixtures
 
@@ -61,3 +65,25 @@ def test_an_empty_config_option_is_refused_not_replaced_by_the_environments_tabl
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--config" in done.stderr, done.stderr
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_compare_of_a_day_without_rows_after_start_date_does_not_blame_start_date(setup, days, tmp_path):
+    """A table with a day that has no rows (a holiday, a quiet weekend) well after its start_date: `archive`
+    reports it `no-data` and archives nothing, as the README says. The user then runs
+    `archive-pipeline compare --day <that day>` to check. Now: exit 1 and `nothing was compared: no day of the
+    selection is a day of the tables (before start_date?)` — the day IS a day of the table (after start_date),
+    the hint sends the user to a setting that is right, and the day is named nowhere. Should: say what is true of
+    that day (no rows in PostgreSQL and no archive: nothing to compare, or equal as empty), naming the day, and
+    not blame start_date. (Fix idea: compare's `nothing` case tells "before start_date" apart from "days in the
+    selection without rows or archive", naming those days, as archive's `no-data` does.)"""
+    env, spec = setup
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    raw = yaml.safe_load(config.read_text())
+    quiet = days[0] - dt.timedelta(days=1)  # no rows on this day; start_date a week before it
+    raw["tables"][0]["start_date"] = (quiet - dt.timedelta(days=7)).isoformat()
+    config.write_text(yaml.safe_dump(raw))
+    done = cli(env, "archive", "--day", quiet.isoformat(), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["days"][0]["status"] == "no-data", done.stdout  # premise
+    done = cli(env, "compare", "--day", quiet.isoformat())
+    assert "start_date" not in done.stderr + done.stdout, done.stderr + done.stdout
+    assert quiet.isoformat() in done.stderr + done.stdout, done.stderr + done.stdout
