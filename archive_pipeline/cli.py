@@ -810,9 +810,15 @@ def _listed(run: Run, spec: TableSpec, check_source: bool, failed_tables: dict[s
         return plan.day_statuses(run.conn, spec, run.store, days, check_source=check_source)
     except ArchiveError as exc:
         unread = _unreadable_table(run, spec, days, exc, failed_tables)
-    return [plan.DayStatus(spec.name, day, "unreadable", lookup.archived.object_key or lookup.key, None,
-                           lookup.archived.rows, lookup.archived.bytes, lookup.archived.archived_at, None, why)
+    return [plan.DayStatus(spec.name, day, "unreadable", _archived_key(lookup), None,
+                           *((lookup.archived.rows, lookup.archived.bytes, lookup.archived.archived_at)
+                             if lookup.archived else (None, None, None)), None, why)
             for day, (lookup, why) in unread.items()]
+
+
+def _archived_key(lookup: plan.ManifestLookup) -> str:
+    """The key of a looked-up day's object (its manifest's where it could not be read)."""
+    return (lookup.archived.object_key if lookup.archived else None) or lookup.key
 
 
 # ----------------------------------------------------------------------------------------------
@@ -910,10 +916,11 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                         if changed else ""))
 
 
-def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tuple[str, ...] = (),
+def _verify_remedy(run: Run, spec: TableSpec, day: Period, problem: str = "", how: tuple[str, ...] = (),
                    problems: list[str] | None = None) -> str:
     """What to do about a day whose archive failed verify (one whose manifest could not even be read: again);
     ``how``: the options it was verified with (--deep, --download), which verifying it again needs."""
+    table = spec.name
     if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
         return NewerManifestError.remedy
     if "does not replace another table-day's archive" in problem:  # another table-day's, intact (its own remedy)
@@ -931,37 +938,35 @@ def _verify_remedy(run: Run, table: str, day: Period, problem: str = "", how: tu
         return (f"the archive checks out (its rows are the ones recorded): the source differs. If the source's rows "
                 f"are the right ones (late rows, edits), archive the day again: "
                 f"{run.suggest('archive', table, day, '--overwrite')}; if rows were lost from the source, the archive "
-                f"is their only copy: {_put_back(run, table, day, problems or [])}")
+                f"is their only copy: {_put_back(run, spec, day, problems or [])}")
     return (f"if the source still holds the day as it should be ({run.suggest('compare', table, day)}), archive "
             f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
             "backup of the bucket (its versions, a replica) before anything else")
 
 
-def _put_back(run: Run, table: str, day: Period, problems: list[str]) -> str:
+def _put_back(run: Run, spec: TableSpec, day: Period, problems: list[str]) -> str:
     """How to put back the rows a source lost of an archived day: restore into the table where it holds none of
     the day (restore refuses a day whose table holds some of it: it could not tell them apart); else restore into
-    a new table and insert the rows the table lacks (EXCEPT ALL: a multiset difference, so rows that are there
-    are not doubled; a row of another day never equals one of this day)."""
+    a new table and insert the rows the table lacks (see lifecycle.put_back_statement; a row of another day never
+    equals one of this day)."""
+    table = spec.name
     counted = re.search(r"not the archive's: ([\d,]+) rows against", problems[0] if problems else "")
     if counted and counted.group(1).replace(",", "") == "0":
         return f"restore them into the table ({run.suggest('restore', table, day, '--into', 'original')})"
     from psycopg import sql
 
-    from archive_pipeline.core.restore import parse_relation
+    from archive_pipeline.core.lifecycle import put_back_statement
 
-    relation = parse_relation(table)
-    schema, name = (relation.schema, relation.name) if relation else table.split(".", 1)
+    holder = spec.child_table(day) if spec.partitioning.mode == "naming" else spec.table_name
     suffix = "_restored_" + re.sub(r"\W", "", day.isoformat())  # (a repeated hour's two periods told apart)
     budget = 63 - len(suffix.encode())  # PostgreSQL keeps 63 bytes of a name, in the database's encoding
     encoding = run.conn.info.encoding or "utf-8"
-    head = name.encode(encoding, "replace")[:max(budget, 1)].decode(encoding, "ignore")
-    aside = head + suffix
-    target = sql.Identifier(schema, aside).as_string(run.conn)
-    quoted = sql.Identifier(schema, name).as_string(run.conn)
+    head = holder.encode(encoding, "replace")[:max(budget, 1)].decode(encoding, "ignore")
+    target = sql.Identifier(spec.schema_name, head + suffix).as_string(run.conn)
     return (f"put back the rows the table lacks (it holds some of the day): restore the day into a new table "
             f"({run.suggest('restore', table, day, '--into', 'new', '--target', target)}), then run "
-            f"INSERT INTO {quoted} SELECT * FROM {target} EXCEPT ALL SELECT * FROM {quoted}; "
+            f"{put_back_statement(run.conn, spec, day, target)}; "
             "(columns of a type without equality, json or xml, compare by their text)")
 
 
@@ -1127,7 +1132,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
                                 "problems": [found.problem],
-                                "remedy": _verify_remedy(run, spec.name, day, found.problem, how)})
+                                "remedy": _verify_remedy(run, spec, day, found.problem, how)})
                 continue
             archived = found.archived
             if archived is None:
@@ -1156,7 +1161,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(run, spec.name, day, "; ".join(problems), how, problems)}
+                            **({"remedy": _verify_remedy(run, spec, day, "; ".join(problems), how, problems)}
                                if problems else {})})
     bad = [r for r in results if not r["ok"]]
     # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
@@ -1175,7 +1180,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
 
     unverified = ("nothing was verified: no day in the selection is archived "
-                  f"(see `{shlex.join(run.command('list'))}`)")
+                  f"(see `{_shell_join(run.command('list'))}`)")
     # (a script reads why in the answer itself, as for any failed command)
     run.emit({"ok": not bad and not nothing, "days": results,
               **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
@@ -1263,8 +1268,9 @@ def _unreadable_table(run: Run, spec: TableSpec, days: list[Period], exc: Archiv
     if _configuration(exc) or getattr(exc.__cause__, "cause", None) in CONFIGURATION_CAUSES:
         # the others are still reported; the command then exits 2, naming the table
         run.stopped = run.stopped or (why if spec.name in why else f"{spec.name}: {why}")
-    found = {day: (lookup, why) for day, lookup in plan.lookup_manifests(run.store, spec, days).items()
-             if lookup.archived is not None}
+    found = {day: (lookup, why if lookup.problem is None else f"{lookup.problem}; and {why}")
+             for day, lookup in plan.lookup_manifests(run.store, spec, days).items()
+             if lookup.archived is not None or lookup.problem is not None}  # (a damaged manifest: listed too)
     if not found:
         failed_tables[spec.name] = why
     return found
@@ -1278,8 +1284,9 @@ def _compared(run: Run, spec: TableSpec, failed_tables: dict[str, str]) -> list[
         return plan.compare_days(run.conn, spec, run.store, days)
     except ArchiveError as exc:
         unread = _unreadable_table(run, spec, days, exc, failed_tables)
-    return [plan.Comparison(spec.name, day, "unreadable", None, lookup.archived.rows, None,
-                            lookup.archived.fingerprint, lookup.archived.object_key or lookup.key, why)
+    return [plan.Comparison(spec.name, day, "unreadable", None, lookup.archived.rows if lookup.archived else None,
+                            None, lookup.archived.fingerprint if lookup.archived else None, _archived_key(lookup),
+                            why)
             for day, (lookup, why) in unread.items()]
 
 
@@ -1373,9 +1380,9 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
             created = next((r.target for r in results if r.table == failed_table), None)
             of_target = isinstance(failure, TargetError)
             if results or not of_target:  # (nothing restored yet and the target's fault: the same command again)
-                message += "; then: " + _the_rest(run, chosen, failed_table, failed_day, into, target or created,
-                                                   on_conflict, skipped="" if of_target else failed_day,
-                                                   created=created is not None, inclusive=of_target)
+                message += "; then: " + _for_the_cli(_the_rest(
+                    run, chosen, failed_table, failed_day, into, target or created, on_conflict,
+                    skipped="" if of_target else failed_day, created=created is not None, inclusive=of_target))
         configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES  # a target that is not there
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
@@ -1385,7 +1392,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         click.echo(f"error: {_printable(payload['error'])}{kept}", err=True)
         sys.exit(payload["exit_code"])
     if missing:
-        raise Failed(f"some requested days have no archive (see `{shlex.join(run.command('list'))}`)")
+        raise Failed(f"some requested days have no archive (see `{_shell_join(run.command('list'))}`)")
 
 
 def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target: str | None, on_conflict: str,
@@ -1406,7 +1413,7 @@ def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target:
     if on_conflict != "fail":
         again += ["--on-conflict", on_conflict]
     others = names[names.index(table) + 1:] if table in names else []
-    left = (f"run {shlex.join(again)} to restore the rest of {table} ({', '.join(d.isoformat() for d in rest[:5])}"
+    left = (f"run {_shell_join(again)} to restore the rest of {table} ({', '.join(d.isoformat() for d in rest[:5])}"
             f"{', ...' if len(rest) > 5 else ''}{', without ' + skipped if skipped else ''})" if rest
             else f"{table} is done" + (f" but for {skipped}" if skipped else ""))
     return left + (f", then the other tables ({', '.join(others)})" if others else "")

@@ -218,7 +218,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             if source_side_only(problems) and int(manifest.get("rows") or 0) and not _has_rows(conn, spec, day):
                 raise rows_lost(spec, day, int(manifest["rows"]), 0, action)  # the source's loss, not the archive's
             if source_side_only(problems):  # the archive checks out: the source's rows are what changed
-                raise source_differs(spec, day, problems)
+                raise source_differs(spec, day, problems, conn)
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
                                      + "; ".join(problems), table=spec.name, day=day.isoformat())
@@ -547,17 +547,49 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
     return current, raw
 
 
-def source_differs(spec: TableSpec, day: Period, problems: list[str]) -> RemovalRefused:
+_WRITABLE_COLUMNS = """
+SELECT a.attname::text, a.attidentity = 'a' FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+ORDER BY a.attnum
+"""
+
+
+def put_back_statement(conn: psycopg.Connection | None, spec: TableSpec, day: Period, aside: str) -> str:
+    """The statement that inserts the rows of the day a restore put in ``aside`` (a qualified name, as SQL reads
+    it) which the day's table lacks (EXCEPT ALL: a multiset difference, so rows that are there are not doubled):
+    into the table that holds the day (naming mode: the day's own table), naming the columns that take a value
+    (a generated column takes none) and overriding an identity column that is GENERATED ALWAYS, so it runs as
+    pasted. Without ``conn`` (or where the table cannot be looked up), every column."""
+    holder = f"{spec.schema_name}.{spec.child_table(day)}" if spec.partitioning.mode == "naming" else spec.name
+    quoted = sql_name(holder)
+    columns: list[tuple[str, bool]] = []
+    if conn is not None:
+        try:
+            with conn.transaction():
+                columns = conn.execute(_WRITABLE_COLUMNS, (quoted,)).fetchall()
+        except psycopg.Error:
+            columns = []
+    if not columns:
+        return f"INSERT INTO {quoted} SELECT * FROM {aside} EXCEPT ALL SELECT * FROM {quoted}"
+    names = ", ".join(sql_name(name, qualified=False) for name, _ in columns)
+    overriding = " OVERRIDING SYSTEM VALUE" if any(always for _, always in columns) else ""
+    return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {names} FROM {aside} EXCEPT ALL "
+            f"SELECT {names} FROM {quoted}")
+
+
+def source_differs(spec: TableSpec, day: Period, problems: list[str],
+                   conn: psycopg.Connection | None = None) -> RemovalRefused:
     """The refusal of a day whose archive checks out and whose source's rows are not the archive's any more
-    (rows changed, arrived late, or were deleted while the day still holds others): what to do either way."""
+    (rows changed, arrived late, or were deleted while the day still holds others): what to do either way
+    (``conn``: to name the columns of the statement that puts lost rows back, see :func:`put_back_statement`)."""
     return RemovalRefused(
         f"{spec.name} {day} stays in the source, not proven: its rows are not the archive's any more (rows changed, "
         "arrived late or were deleted since it was archived; the archive checks out): " + "; ".join(problems),
         table=spec.name, day=day.isoformat(), needs_overwrite=True,
         remedy="if the source's rows are the right ones, archive the day again (overwrite), then remove it; if rows "
                "were lost from the source, put them back first: restore the day into a new table (into='new') and "
-               f"insert the rows the table lacks (INSERT INTO {spec.name} SELECT * FROM <that table> EXCEPT ALL "
-               f"SELECT * FROM {spec.name}), then remove it")
+               f"insert the rows the table lacks ({put_back_statement(conn, spec, day, '<that table>')}), then "
+               "remove it")
 
 
 def rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: str) -> RemovalRefused:

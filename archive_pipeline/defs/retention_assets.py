@@ -279,7 +279,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                                       + "; ".join(problems) + "; restore the object from a backup of the bucket "
                                       "(its versions, a replica)", spec, day, False)
         if problems and source_side_only(problems):  # the archive checks out; the source's rows differ
-            differs = source_differs(spec, day, problems)
+            differs = source_differs(spec, day, problems, primary)
             raise _failed(_naming(differs, spec, day) + " " + relaunch(spec, day, origin), spec, day, False, differs)
         if problems:
             raise _failed(f"{spec.name} {day} stays in the source: its archive is not proven: "
