@@ -120,7 +120,7 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
             # read in page ranges (each page once: time slices of rows stored out of time order read every page
             # once per stream)
             and (not readable or not _mostly_the_day(conn, oid, table, where, estimate))):
-        return _key_plan(table, day, requested)
+        return _sliced(conn, _largest_scanned(conn, table, where) or oid, table, day, requested)
     if not readable:
         # SELECT granted column by column: the system columns (ctid, tableoid) are not among them
         return replace(SINGLE, reason=f"the role may read {table.qualified}'s columns but not its ctid (column "
@@ -144,7 +144,7 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
     if indexed is None:
         return _ctid_plan(conn, paged, requested)
     if table.day_column.base_type in _TIMESTAMPS:  # a partition of many days, indexed: slices of the index
-        return _key_plan(table, day, requested)
+        return _sliced(conn, paged, table, day, requested)
     return replace(SINGLE, reason=indexed)
 
 
@@ -214,9 +214,23 @@ def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
         (oid, table.day_column.name)).fetchone()[0])
 
 
+def _pages(conn: psycopg.Connection, oid: int) -> int:
+    return conn.execute("SELECT pg_catalog.pg_relation_size(%s) / current_setting('block_size')::bigint",
+                        (oid,)).fetchone()[0]
+
+
+def _sliced(conn: psycopg.Connection, oid: int, table: SourceTable, day: Period | dt.date,
+            requested: int) -> StreamPlan:
+    """Time slices of the day, at most one per page of the largest relation the day's query reads: a table of a
+    page or two is read by one session, not N that each import the snapshot and take the day's locks."""
+    pages = _pages(conn, oid)
+    if min(requested, pages) <= 1:
+        return replace(SINGLE, reason=f"the relation has {pages} page(s): nothing to split")
+    return _key_plan(table, day, min(requested, pages))
+
+
 def _ctid_plan(conn: psycopg.Connection, oid: int, requested: int) -> StreamPlan:
-    pages = conn.execute("SELECT pg_catalog.pg_relation_size(%s) / current_setting('block_size')::bigint",
-                         (oid,)).fetchone()[0]
+    pages = _pages(conn, oid)
     streams = min(requested, pages)
     if streams <= 1:
         return replace(SINGLE, reason=f"the relation has {pages} page(s): nothing to split")
