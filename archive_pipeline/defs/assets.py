@@ -575,6 +575,9 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                 yield from verdicts_as_they_were(context, key, [day])
                 if len(days) == 1:
                     raise
+                if _removed(exc):  # archived, proven and let go: nothing to redo, and not a failed day in the UI
+                    context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
+                    continue
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:

@@ -128,7 +128,7 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         specs=[AssetSpec(
             key,
             deps=[asset_key(spec)],
-            group_name="retention",
+            group_name=f"retention_{spec.asset_path[0]}",  # told apart per schema, as the archive assets are
             kinds={"postgres"},
             tags={TABLE_TAG: asset_tag_value(spec.name)},  # an asset tag holds only [A-Za-z0-9_.-], 63 at most
             freshness_policy=removal_freshness_policy(schedule or ScheduleSettings(), spec.granularity),
