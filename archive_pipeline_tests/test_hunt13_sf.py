@@ -6,12 +6,9 @@ import datetime as dt
 
 from psycopg import sql
 
-from archive_pipeline.core import fingerprint
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.manifest import decode_manifest, encode_manifest
 from archive_pipeline.core.restore import restore_day
-from archive_pipeline.core.verify import source_fingerprint
 
 DAY = dt.date(2024, 3, 10)
 
@@ -22,13 +19,6 @@ def _table(conn, schema: str, name: str, columns: str, rows: list[str]) -> sql.I
     for row in rows:
         conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', " + row + ")").format(table))
     return table
-
-
-def _reseal(s3_client, bucket: str, manifest_key: str, fingerprint_text: str) -> None:
-    manifest = decode_manifest(s3_client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
-    manifest["fingerprint"] = fingerprint_text
-    manifest.pop("manifest_sha256")
-    s3_client.put_object(Bucket=bucket, Key=manifest_key, Body=encode_manifest(manifest))
 
 
 def test_a_v6_day_of_integers_restores_into_an_existing_numeric_or_text_column(conn, schema, store, temp_dir):
