@@ -351,15 +351,48 @@ def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
         "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f') AND pg_catalog.starts_with(c.relname::text, %s)",
         (schema, prefix))]
-    found = []
+    found = [period for name, period in _named_periods(spec, names)]
+    if not found:
+        _refuse_other_case(conn, spec, prefix)
+    return sorted(found)
+
+
+def _named_periods(spec: TableSpec, names: Iterable[str], fold: bool = False) -> Iterator[tuple[str, Period]]:
+    """The periods ``names`` name by the table's pattern (``fold``: whatever the case of their letters)."""
+    pattern = spec.partitioning.pattern
+    literal_lower = re.sub(r"%.|[^%]+", lambda part: part[0] if part[0].startswith("%") else part[0].lower(), pattern)
     for name in names:
         try:
-            period = spec.period(dt.datetime.strptime(name, spec.partitioning.pattern))
+            period = spec.period(dt.datetime.strptime(name.lower() if fold else name,
+                                                      literal_lower if fold else pattern))
         except (ValueError, OverflowError):  # not a day of the pattern, or one at the calendar's end (99991231)
             continue
-        if period.start.strftime(spec.partitioning.pattern) == name:  # reject near-misses such as unpadded days
-            found.append(period)
-    return sorted(found)
+        spelled = period.start.strftime(pattern)
+        if (spelled.lower() == name.lower()) if fold else (spelled == name):  # not near-misses (unpadded days)
+            yield name, period
+
+
+def _refuse_other_case(conn: psycopg.Connection, spec: TableSpec, prefix: str) -> None:
+    """Refuse a pattern that names no table of the schema while tables spelled as it does but for the case of
+    their letters are there (``Events_%Y%m%d`` against ``events_20240310``, created unquoted): every day would be
+    "no table" for ever, and the sensor would quietly find nothing to archive."""
+    names = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f') "
+        "AND pg_catalog.starts_with(pg_catalog.lower(c.relname::text), pg_catalog.lower(%s)) ORDER BY 1 LIMIT 1000",
+        (spec.schema_name, prefix))]
+    spelled = [name for name, _ in _named_periods(spec, names, fold=True)]
+    if not spelled:
+        return
+    suggested = spelled[0][:len(prefix)] + spec.partitioning.pattern[len(prefix):]
+    shown = ", ".join(spelled[:3]) + (", ..." if len(spelled) > 3 else "")
+    raise SourceError(
+        f"partitioning pattern {spec.partitioning.pattern!r} of {spec.name} names no table of schema "
+        f"{spec.schema_name!r}, whose day tables the catalog spells otherwise in case: {shown} (PostgreSQL folds "
+        "an unquoted name to lower case; a table's name is matched exactly)", table=spec.name, retryable=False,
+        cause=SETTING_MISFITS,
+        remedy=f"set the table's partitioning pattern in the YAML configuration to {suggested!r}, as the catalog "
+               "spells its tables")
 
 
 def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: list[Period],
@@ -623,7 +656,10 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
                 raise SourceError(f"the table of {day} of {spec.name}: {exc}", table=spec.name,
                                   retryable=exc.retryable, cause=exc.cause, remedy=exc.remedy) from None
             raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,
-                              cause=NO_PERIOD_TABLE) from None
+                              cause=NO_PERIOD_TABLE,
+                              remedy=f"nothing to archive: without its table ({child}) the {spec.granularity} period "
+                                     "has no rows in PostgreSQL (the command line lists it as no-data); if it should "
+                                     "have some, create or restore its table, then archive it") from None
     return describe_table(conn, spec.name, spec.day_column)
 
 

@@ -391,7 +391,7 @@ def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, mani
         if getattr(exc, "cause", None) != NO_PERIOD_TABLE:
             raise
         rows = int(manifest.get("rows") or 0)  # (a day archived without rows is still what the source has)
-        return f"the day's table is gone from the source; the archive holds {rows:,} rows" if rows else None
+        return f"{TABLE_GONE}; the archive holds {rows:,} rows" if rows else None
     if str(now) == recorded:
         return None
     then = fingerprint.Fingerprint.parse(recorded)
@@ -831,6 +831,9 @@ def _name_first_difference(conn, relation, rel_columns, where, scratch, temp, te
 
 
 TYPE_GONE = "a type the archive records is gone (renamed, moved or dropped since)"  # (no verdict on the archive)
+
+
+TABLE_GONE = "the day's table is gone from the source"  # (naming mode: dropped by hand, not by retention)
 
 
 def _type_missing(exc, scratch: bool) -> str:

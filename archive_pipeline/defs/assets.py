@@ -51,6 +51,7 @@ from pydantic import Field
 
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, log_guarded, object_link,
                                           on_demand_as_they_were, recorded_day_key, source_only, terminated,
                                           verdict_as_it_was, verify_result, written_verdict)
@@ -326,7 +327,8 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
         cause, advice = retries_off(cause, origin), retries_off(advice, origin)
     elif retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
-    nothing = type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
+    nothing = (type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
+               or getattr(exc, "cause", None) == NO_PERIOD_TABLE)  # (naming mode: a day without its table)
     # (a removed day whose rows are back: its own advice is overwrite too, as is a changed or unprovable day's)
     overwrite = not retryable and getattr(exc, "needs_overwrite", False)
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,

@@ -624,6 +624,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         store = archive_store.store_for(spec.name)
         changed: dict[str, str] = {}
         untrusted: dict[str, str] = {}
+        dropped: dict[str, str] = {}  # naming mode: days whose table was dropped by hand (restore, or nothing)
         checked, removed = [], {}
         for event in _latest(context.instance, key, spec, config.days):
             day = spec.period(event.partition)
@@ -702,22 +703,32 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
                 raise terminated(context, exc, spec, day, "checking", None) from None
             checked.append(event.partition)
-            if difference:
+            if difference and difference.startswith(verify.TABLE_GONE):  # not to be archived again: put back, or not
+                dropped[event.partition] = (
+                    f"{difference}: the archive is the day's only copy; if the table was dropped by mistake, restore "
+                    f"it (archive-pipeline restore --table {spec.name} --day {event.partition} --into original), "
+                    "else nothing is to be done (an archive run of the day has nothing to archive)")
+            elif difference:
                 changed[event.partition] = difference
         gone = "".join(f"; not compared, {d}: removed from the source by retention ({why})"
                        for d, why in sorted(removed.items()))
         gone += "".join(f"; not compared, {d}: {why}" for d, why in sorted(untrusted.items()))
+        gone += "".join(f"; {d}: {why}" for d, why in sorted(dropped.items()))
         if changed:
             description = (f"{spec.name}: {len(changed)} of {len(checked)} archived {UNIT[spec.granularity]}s changed "
                            "in PostgreSQL after "
                            f"archiving: " + "; ".join(f"{d}: {why}" for d, why in sorted(changed.items())) + gone
                            + f"\n\nWhat to do: archive those days again with run config\n{rerun_config}")
+        elif dropped:
+            description = (f"{spec.name}: {len(dropped)} of {len(checked)} archived {UNIT[spec.granularity]}s have no "
+                           "table in PostgreSQL any more, the others still match their manifests" + gone)
         else:
             description = (f"{spec.name}: the source of {len(checked)} archived {UNIT[spec.granularity]}s still "
                            "matches their manifests"
                            + gone)
-        return AssetCheckResult(passed=not changed and not untrusted, description=description,
+        return AssetCheckResult(passed=not changed and not untrusted and not dropped, description=description,
                                 metadata={"changed_days": MetadataValue.json(sorted(changed)),
+                                          "table_gone_days": MetadataValue.json(sorted(dropped)),
                                           "untrusted_days": MetadataValue.json(sorted(untrusted)),
                                           "checked_days": MetadataValue.json(sorted(checked))})
 
