@@ -3,13 +3,15 @@
 The fingerprint is the row count plus the sum, over rows, of a 64-bit hash of each row. A sum is
 order-independent (the archive's row order does not matter) and, unlike XOR, counts duplicate rows.
 
-``row-hash-sum-v6`` (new archives) is v5 except for integers (of every width alike), booleans and uuids (and
+``row-hash-sum-v6`` (new archives) is v5 except for integers (of every width alike) and uuids (and
 domains over them, not arrays of them): each is hashed from its value by PostgreSQL's own hash of it, seeded with
 the chain's link as every column is, instead of printing it and hashing the text. Their text forms are exact and
 canonical (equal values print alike, unequal ones differently), so v6 tells the same rows apart as v5; printing
 them was about a third of the cost of a table of such columns. ``hashint8extended`` folds the high half of an
 int8 into the low half before hashing, which alone would make pairs of integers collide by construction: the high
-half is also mixed into the seed (see :func:`_typed_link`). Other types keep their text: a float's, numeric's,
+half is also mixed into the seed (see :func:`_typed_link`). A column whose type is another than the archived
+one's (retyped since, a restore's target, a CSV archive's text field) is hashed as the archived type
+(:func:`as_archived`). Other types keep their text (a boolean's too: by value, true would hash as 1): a float's, numeric's,
 timestamp's or interval's own hash cannot tell values apart that print differently (see below), and jsonb's hashes
 its numbers without their sign.
 
@@ -58,7 +60,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
@@ -301,32 +303,88 @@ def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | 
 
 # v6: the built-in types whose value is its text form exactly (equal values print alike and unequal ones
 # differently; integers of every width alike), hashed from the value by PostgreSQL's own hash of it, which costs
-# a fraction of printing it (see the module's docstring).
-TYPED_HASHED = {"int2": "int8", "int4": "int8", "int8": "int8", "bool": "bool", "uuid": "uuid"}
+# a fraction of printing it (see the module's docstring). (Not boolean: hashed by value, true would be 1.)
+TYPED_HASHED = {"int2": "int8", "int4": "int8", "int8": "int8", "uuid": "uuid"}
+# A text that is the canonical text form of a value of the kind: what reads back as that value and prints as itself.
+_CANONICAL = {"int8": "^(0|-?[1-9][0-9]{0,18})$", "uuid": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+_ZERO = {"int8": "0::pg_catalog.int8", "uuid": "'00000000-0000-0000-0000-000000000000'::pg_catalog.uuid"}
+
+
+def own_kind(column: ColumnLike) -> str:
+    """How v6 hashes a column of this type: by value as an integer ("int8") or uuid ("uuid"), or its text."""
+    if column.is_array or getattr(column, "user_type", False):
+        return "text"
+    return TYPED_HASHED.get(column.base_type, "text")
 
 
 def _typed_link(column: ColumnLike, qualifier: str | None, link: sql.Composable) -> sql.Composable | None:
-    """v6: the chain's link for a column of a :data:`TYPED_HASHED` type (a domain over one, a ``parse_as`` one read as
-    its type), or None for any other column. NULL flips the seed's lowest bit, as in v3. hashint8extended folds
-    the high half of an int8 into the low one before hashing, so the high half (sign-extended) also goes into the
-    seed, shifted past that bit: two integers that fold alike differ in it."""
-    kind = TYPED_HASHED.get(column.base_type)
-    if kind is None or column.is_array or getattr(column, "user_type", False):
+    """v6: the chain's link for a column hashed by value (see :data:`TYPED_HASHED`), or None for one hashed by its
+    text. NULL flips the seed's lowest bit, as in v3. hashint8extended folds the high half of an int8 into the low
+    one before hashing, so the high half (sign-extended) also goes into the seed, shifted past that bit: two
+    integers that fold alike differ in it.
+
+    A column is hashed as its ``hash_as`` kind where it has one (the archived column's, where its type changed
+    since: an integer column that is numeric now), else as its own. A value of another type (or a ``parse_as``
+    text: a CSV archive's field) is hashed as that kind's value where its text is the kind's canonical text form
+    (numeric 5 as the integer 5), else with the seed's highest bit flipped, which no value of the kind sets: it
+    differs from every value of the kind (numeric 5.5, boolean true, a field '+5' or an upper-case uuid)."""
+    wanted = getattr(column, "hash_as", None) or own_kind(column)
+    if wanted == "text":
         return None
-    value: sql.Composable = _ident(column, qualifier)
     parse_as = getattr(column, "parse_as", None)
-    if parse_as is not None:
-        value = sql.SQL("({}::{})").format(value, parse_as)
-    seed = sql.SQL("{link} OPERATOR(pg_catalog.#) ({is_null})::pg_catalog.int4::pg_catalog.int8").format(
-        link=link, is_null=column_is_null(column, qualifier))
-    if kind == "int8":
+    if wanted == own_kind(column) and parse_as is None:
+        value: sql.Composable = _ident(column, qualifier)
+        seed = sql.SQL("{link} OPERATOR(pg_catalog.#) ({is_null})::pg_catalog.int4::pg_catalog.int8").format(
+            link=link, is_null=column_is_null(column, qualifier))
+    else:
+        text = _ident(column, qualifier) if parse_as is not None else column_text(column, qualifier)
+        seed = sql.SQL("{link} OPERATOR(pg_catalog.#) ({text} IS NULL)::pg_catalog.int4::pg_catalog.int8").format(
+            link=link, text=text)
+        read = sql.SQL("({}::{})").format(text, parse_as) if parse_as is not None else text
+        guard = sql.SQL("{} OPERATOR(pg_catalog.~) {}").format(text, sql.Literal(_CANONICAL[wanted]))
+        if wanted == "int8":  # (19 digits may be beyond int8: read as numeric first, which any such text is)
+            guard = sql.SQL("CASE WHEN {} THEN {}::pg_catalog.numeric BETWEEN -9223372036854775808 AND "
+                            "9223372036854775807 END").format(guard, text)
+        value = sql.SQL("CASE WHEN {} THEN {}::pg_catalog.{} END").format(guard, read, sql.SQL(wanted))
+        seed = sql.SQL("{} OPERATOR(pg_catalog.#) (({} IS NULL AND {} IS NOT NULL)::pg_catalog.int4::pg_catalog.int8 "
+                       "OPERATOR(pg_catalog.<<) 63)").format(seed, value, text)
+    if wanted == "int8":
         whole = sql.SQL("coalesce({}::pg_catalog.int8, 0::pg_catalog.int8)").format(value)
         return sql.SQL("pg_catalog.hashint8extended({v}, {seed} OPERATOR(pg_catalog.#) "
                        "(({v} OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.<<) 1))").format(v=whole, seed=seed)
-    if kind == "bool":
-        return sql.SQL("pg_catalog.hashint4extended(coalesce({}::pg_catalog.int4, 0), {})").format(value, seed)
-    return sql.SQL("pg_catalog.uuid_hash_extended(coalesce({}::pg_catalog.uuid, "
-                   "'00000000-0000-0000-0000-000000000000'::pg_catalog.uuid), {})").format(value, seed)
+    return sql.SQL("pg_catalog.uuid_hash_extended(coalesce({}::pg_catalog.uuid, {}), {})").format(
+        value, sql.SQL(_ZERO["uuid"]), seed)
+
+
+# Each recorded type's base type (through domains), resolved by name as a manifest records it (format_type)
+_RECORDED_BASES = """
+WITH RECURSIVE base(i, oid) AS (
+    SELECT u.i, pg_catalog.to_regtype(u.t)::pg_catalog.oid FROM pg_catalog.unnest(%s::text[]) WITH ORDINALITY AS u(t, i)
+    UNION ALL
+    SELECT base.i, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
+SELECT base.i::int, t.typname::text, t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace
+FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype <> 'd'
+"""
+
+
+def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict]) -> list:
+    """``columns`` (the source's or a restore target's now, in the archive's order), each to be hashed by v6 as the
+    column ``recorded`` (the manifest's columns) says it was archived: an integer column that is numeric or text now
+    hashes its values as integers where they are, so a type changed since with every value kept (integer to numeric,
+    as v5 saw it) compares equal, and a value that does not read back as archived differs. A recorded type this
+    database cannot resolve leaves the column as it is."""
+    names = [c.get("pg_type") or "" for c in recorded]
+    if len(names) != len(columns) or not names:
+        return list(columns)
+    try:
+        with conn.transaction():
+            found = {i: ("text" if not builtin else TYPED_HASHED.get(name, "text"))
+                     for i, name, builtin in conn.execute(_RECORDED_BASES, (names,)).fetchall()}
+    except psycopg.Error:
+        return list(columns)
+    kinds = [found.get(i + 1) for i in range(len(names))]
+    return [replace(c, hash_as=kind) if kind is not None and kind != own_kind(c) and hasattr(c, "hash_as") else c
+            for c, kind in zip(columns, kinds, strict=True)]
 
 
 def _utf8_bytes(text: sql.Composable, encoding: str) -> sql.Composable:

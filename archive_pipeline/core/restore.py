@@ -910,7 +910,7 @@ def _holds_archived_rows(conn: psycopg.Connection, relation: Relation, manifest:
     recorded = manifest.get("fingerprint")
     if fp.recorded_algorithm(recorded) is None:
         return count_will_do
-    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    columns = _hashed_columns(conn, relation, manifest)
     return str(fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))) == recorded
 
 
@@ -1480,6 +1480,14 @@ def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
     return found[0] if found else "its default partition"
 
 
+def _hashed_columns(conn: psycopg.Connection, relation: Relation, manifest: dict) -> list[Column]:
+    """The target's columns of the archive's names, in its order, each hashed as archived where its type is another
+    (see fingerprint.as_archived: an integer restored into numeric is the archived integer when it reads back so)."""
+    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    return fp.as_archived(conn, columns, manifest["columns"]) if fp.algorithm_for(
+        manifest.get("fingerprint")) == fp.ALGORITHM else columns
+
+
 def _columns_of(conn: psycopg.Connection, relation: Relation, names: list[str]) -> list[Column]:
     by_name = {c.name: c for c in describe_relation(conn, *relation, None).columns}
     missing = [n for n in names if n not in by_name]
@@ -1708,7 +1716,7 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     (its RETURNING): where no day column tells a day's rows apart in the target (a naming-mode table
     restored into a table holding other days), these are exactly the restored rows, hashed once."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
-    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    columns = _hashed_columns(conn, relation, manifest)
     total = fp.hash_sum(fp.row_hash(columns, "t", algorithm, fp.server_encoding(conn)))
     if _kind(conn, relation) not in ("r", "p"):  # (a foreign table's or a view's rows have no ctid to be read by)
         query = sql.SQL("WITH t AS ({insert} RETURNING {cols}) SELECT count(*), {total} FROM t").format(
@@ -1743,7 +1751,7 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     inserted = conn.execute(insert).rowcount
     conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred triggers rewrite rows now, before the proof
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
-    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    columns = _hashed_columns(conn, relation, manifest)
     encoding = fp.server_encoding(conn)
     hashed_stage, hashed_target = (fp.row_hash(columns, "s", algorithm, encoding),
                                    fp.row_hash(columns, "t", algorithm, encoding))
@@ -2067,7 +2075,7 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
     if added is not None or fp.recorded_algorithm(recorded) is None:
         return None
     where = _day_where(conn, relation, manifest, whole)
-    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    columns = _hashed_columns(conn, relation, manifest)
     now = fp.compute(conn, relation.identifier, columns, where, fp.algorithm_for(recorded))
     scope = relation if where is None else f"the rows of {manifest['day']} in {relation} and the tables under it"
     if str(now) != recorded:
@@ -2119,7 +2127,7 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
         why = "its manifest (version 1) records no fingerprint" if not recorded else \
             f"its fingerprint {recorded!r} is none of {', '.join(fp.ALGORITHMS)}"
         return False, None, f"row count only ({rows:,} rows as recorded): {why}"
-    columns = _columns_of(conn, relation, manifest_columns(manifest))
+    columns = _hashed_columns(conn, relation, manifest)
     where = _day_where(conn, relation, manifest, whole)
     if whole and manifest.get("day_column") and (outside := rows_outside_period(conn, relation.identifier, manifest)):
         # a table this restore made holds only the archive's rows: one of another period is not this day's archive

@@ -108,6 +108,8 @@ class Column:
     unreadable: tuple[InnerType, ...] = ()
     # of a column holding a composite anywhere: its type's shape (see :func:`composite_shapes`)
     shape: tuple[ShapeNode, ...] = ()
+    # how the fingerprint hashes it where not as its own type: as the archived column's (see fingerprint.as_archived)
+    hash_as: str | None = None
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""

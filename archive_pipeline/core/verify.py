@@ -293,6 +293,8 @@ def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, alg
         table = source_table(conn, spec, day)
         where = day_filter(table, day)
         columns = archived_order(spec, day, table, names)
+        if recorded and algorithm == fingerprint.ALGORITHM:  # hashed as archived where a type changed since
+            columns = fingerprint.as_archived(conn, columns, recorded)
         changes = shape_changes(recorded, {c.name: c.shape for c in table.columns})
         if changes:  # a composite's text is positional: its values would be read as other fields' (or not at all)
             raise ColumnsChangedError(
@@ -945,6 +947,7 @@ class _TextColumn:
     is_enum: bool = False
     user_type: bool = False  # parse_as is a type outside pg_catalog: hashed by its output function (fingerprint)
     user_text_cast: bool = False  # parse_as has a cast to text a user created: hashed by its output function too
+    hash_as: str | None = None  # (never set: a field is hashed as its parse_as type, see fingerprint._typed_link)
 
 
 # Every type whose text form (what the fingerprint hashes: ``value::text``) is its output function's, as
