@@ -1104,6 +1104,37 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
                         (oid, name)).fetchone()[0]:
             conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
                 relation.identifier, sql.Identifier(name)))
+    # a column widened in the source between the days (integer to bigint, as ids near 2^31): widened here too,
+    # every value the table holds reading back the same
+    now = {name: kind for name, kind, _, _ in conn.execute(_TARGET_TYPES, (relation.identifier.as_string(conn),))}
+    for column in table_definition(manifest)["columns"]:
+        if column["name"] in now and _widens(now[column["name"]], column["type"]):
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                relation.identifier, sql.Identifier(column["name"]),
+                checked_type_sql(conn, column["type"], f"column {column['name']!r}")))
+    if Relation.configured(manifest.get("source_relation") or manifest["table"]) != \
+            Relation.configured(manifest["table"]):
+        # naming mode: each day's rows come from a table of its own, whose keys are its own (ids from 1 each day):
+        # a key of the first day's table held across the days refused every later day's rows as already there
+        for (name,) in conn.execute("SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = %s "
+                                    "AND contype IN ('p', 'u')", (oid,)).fetchall():
+            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(relation.identifier,
+                                                                             sql.Identifier(name)))
+
+
+_INTEGER_WIDTHS = {"smallint": 1, "integer": 2, "bigint": 3}
+
+
+def _widens(here: str, archived: str) -> bool:
+    """Whether a column of type ``here`` (format_type) becomes ``archived`` by widening alone, every value the same:
+    a wider integer, a longer varchar, or varchar to text."""
+    if here in _INTEGER_WIDTHS and archived in _INTEGER_WIDTHS:
+        return _INTEGER_WIDTHS[archived] > _INTEGER_WIDTHS[here]
+    length = re.fullmatch(r"character varying\((\d+)\)", here)
+    if length and archived in ("text", "character varying"):
+        return True
+    longer = re.fullmatch(r"character varying\((\d+)\)", archived)
+    return bool(length and longer and int(longer.group(1)) > int(length.group(1)))
 
 
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
@@ -1472,6 +1503,22 @@ def _late_rows_aside(held_in: str, back_through: str) -> str:
             "(into='new')")
 
 
+def _held_before(extra: int) -> str:
+    """Why a restore that loaded every archived row counts ``extra`` rows more: the target held rows of the day,
+    which may be the archive's own (a day partly deleted, or partly restored) or rows it lacks (written later)."""
+    return (f"the target already held {extra:,} row(s) of the day before the restore: rows the archive holds too (the "
+            "day partly deleted since it was archived, or partly restored), or rows written after it was archived or "
+            "removed; the restore was rolled back")
+
+
+def _held_remedy(relation: Relation) -> str:
+    """What to do about rows of the day a target held before the restore, whichever they are (see _held_before)."""
+    return (f"if those rows are the archive's (the day partly there), delete the day's rows from {relation} and "
+            f"restore again, or restore into a new table (into='new') and add the rows {relation} lacks (INSERT ... "
+            f"SELECT ... EXCEPT ALL SELECT the day's rows of {relation}); if they are rows the archive lacks (written "
+            f"later), move them out of {relation} into a table of your own, restore again, then add them back")
+
+
 def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
     """The name of ``parent``'s DEFAULT partition (or "its default partition" where none is found)."""
     found = conn.execute("SELECT t.partdefid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_partitioned_table t "
@@ -1688,15 +1735,38 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
                 "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (sql.Identifier(*refusing).as_string(conn),)
             ).fetchone()[0] and conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
                 sql.Identifier(*refusing))).fetchone()[0]
+            if held:  # a table of other rows: whether it holds the refused key itself, or the archive's rows collide
+                held = _holds_key(conn, refusing, exc)
     except psycopg.Error:
         return exc
     if held:
         return exc
     return RestoreError(
-        f"restoring {table} for {day} into {relation}: {relation} held no rows, and the archived rows break its "
-        f"constraint {exc.constraint} among themselves ({exc.detail}), a constraint the archived table did not "
+        f"restoring {table} for {day} into {relation}: {relation} held no row of that key, and the archived rows "
+        f"break its "
+        f"constraint {exc.constraint} among themselves ({re.sub(r' already exists[.]$', '', exc.detail)} more than "
+        "once), a constraint the archived table did not "
         "have; nothing was restored", table=table, day=day,
         remedy="restore into a new table (into='new'), created with the archived definition, or drop the constraint")
+
+
+def _holds_key(conn: psycopg.Connection, refusing: tuple[str, str], exc: _UniqueViolation) -> bool:
+    """Whether ``refusing`` holds a row with the key the violation names ("Key (v)=(dup) already exists."), looked
+    up by the constraint's columns' text; True where that cannot be told (an expression index, values holding
+    ", " in a key of several columns, a detail withheld): the target's rows are then taken to hold it, as before."""
+    found = re.fullmatch(r"Key \((.*)\)=\((.*)\) already exists\.", exc.detail or "", re.DOTALL)
+    columns = [name for (name,) in conn.execute(
+        "SELECT a.attname::text FROM pg_catalog.pg_constraint c CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) "
+        "WITH ORDINALITY AS k(attnum, i) JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid "
+        "AND a.attnum = k.attnum WHERE c.conrelid = %s::pg_catalog.regclass AND c.conname = %s ORDER BY k.i",
+        (sql.Identifier(*refusing).as_string(conn), exc.constraint or "")).fetchall()]
+    values = found.group(2).split(", ") if found else []
+    if not columns or len(values) != len(columns) or (len(columns) > 1 and found.group(2).count(", ") != len(columns) - 1):
+        return True
+    where = sql.SQL(" AND ").join(sql.SQL("{}::pg_catalog.text = {}").format(sql.Identifier(c), sql.Literal(v))
+                                  for c, v in zip(columns, values, strict=True))
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+        sql.Identifier(*refusing), where)).fetchone()[0]
 
 
 # The target and every table below it (partitions, inheritance children), from pg_inherits: no lock taken.
@@ -1780,13 +1850,16 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -
     be loaded again (and the check roll it back), and one with a deferrable such constraint makes
     PostgreSQL refuse the insert. Both are refused up front, saying so."""
     regclass = relation.identifier.as_string(conn)  # quoted: to_regclass('s.Events') would look up s.events
+    # the target and, of a partitioned one, its partitions: a key declared on each partition (one without the
+    # partition key, which the parent cannot have) is an arbiter of ON CONFLICT for the rows routed to it
+    tree = ("(SELECT to_regclass(%s) UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass(%s)))")
     has_key = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = to_regclass(%s) AND indisunique) "
-        "OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'x')",
-        (regclass, regclass)).fetchone()[0]
+        f"SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid IN {tree} AND indisunique) "
+        f"OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid IN {tree} AND contype = 'x')",
+        (regclass,) * 4).fetchone()[0]
     deferred = [name for (name,) in conn.execute(
-        "SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype IN ('u', 'p', 'x') "
-        "AND condeferrable ORDER BY conname", (regclass,)).fetchall()]
+        f"SELECT DISTINCT conname FROM pg_catalog.pg_constraint WHERE conrelid IN {tree} "
+        "AND contype IN ('u', 'p', 'x') AND condeferrable ORDER BY conname", (regclass,) * 2).fetchall()]
     if deferred:  # every unique index is an arbiter of ON CONFLICT DO NOTHING, and a deferrable one cannot be
         raise RestoreError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' into "
@@ -2083,9 +2156,8 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
             # already (a table this restore made, or the day's own, held none: there the object holds more rows)
             raise FingerprintMismatchError(
                 f"restoring {manifest['table']} for {manifest['day']}: {scope} are {now.rows:,} rows with the "
-                f"restored ones, {manifest['rows']:,} archived: the target already held other rows of the day (late "
-                "rows written after it was removed?); the restore was rolled back", table=manifest["table"],
-                day=manifest["day"], retryable=False, remedy=_late_rows_aside(str(relation), str(relation)))
+                f"restored ones, {manifest['rows']:,} archived: {_held_before(now.rows - int(manifest['rows']))}",
+                table=manifest["table"], day=manifest["day"], retryable=False, remedy=_held_remedy(relation))
         return None
     return (f"fingerprint {recorded} of {scope} equals the manifest's (a trigger of {relation} put the rows there: "
             "COPY counted fewer)")
@@ -2171,9 +2243,8 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
             # day, written after its removal): those are the difference, not the archive
             raise FingerprintMismatchError(
                 f"restoring {table} for {day}: {scope} are {actual.rows:,} rows with the restored ones, "
-                f"{manifest['rows']:,} archived: the target already held {actual.rows - int(manifest['rows']):,} other "
-                "row(s) of the day (rows written after it was removed?); the restore was rolled back", table=table,
-                day=day, retryable=False, remedy=_late_rows_aside(str(relation), str(relation)))
+                f"{manifest['rows']:,} archived: {_held_before(actual.rows - int(manifest['rows']))}", table=table,
+                day=day, retryable=False, remedy=_held_remedy(relation))
         padded = _byte_padded(conn, manifest, relation, columns, where) or \
             _byte_limited(conn, manifest, relation, columns, where)
         if padded:  # the likely cause, found in the rows: not an altered archive
@@ -2420,6 +2491,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     except ArchiveError as exc:
         if isinstance(exc, _UniqueViolation):  # the day's transaction is rolled back: now it can be told
             exc = _unique_violation(conn, exc, manifest, to_create)
+        elif isinstance(exc, SourceError) and table and exc.table not in (None, table):
+            # the target read as a source is (its columns, by the check): the restore's refusal, of the archived table
+            exc = RestoreError(f"restoring {table} for {day} into {relation}: {exc.message}", table=table, day=day,
+                               retryable=exc.retryable, cause=exc.cause, remedy=exc.remedy)
         if table and day:  # every refusal names the table and the day (a column's type, a target's name...)
             named(exc, table, day)
         exc.table, exc.day = exc.table or table, exc.day or day
