@@ -550,6 +550,9 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
         problem = _not_over(last or first, dt.datetime.now(dt.UTC)) if (last or first) else None
         if problem:
             raise click.UsageError(problem)
+        if config_path is not None and not config_path.strip():  # `--config "$TABLES"` with $TABLES unset or empty
+            raise click.UsageError("--config was given an empty path: name the YAML file of the tables (or leave "
+                                   "--config out to read $ARCHIVE_PIPELINE_CONFIG, default ./archive_tables.yaml)")
         run = None
         try:
             config = load_config(config_path, given_by="--config" if config_path else None)
@@ -1059,8 +1062,19 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
 
 def _archive_plan(run: Run, overwrite: bool) -> None:
     planned = []
+    failed_tables: dict[str, str] = {}
     for spec, days in run.chosen_days("archive"):
-        found = plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite)
+        try:
+            found = plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite)
+        except ArchiveError as exc:  # one table that cannot be planned (missing, unreadable): the others still are,
+            # as the real run still archives them
+            if run.conn.closed or run.lost or len(run.tables) == 1:
+                raise
+            why = _told(exc)
+            failed_tables[spec.name] = why
+            if _configuration(exc) or getattr(exc.__cause__, "cause", None) in CONFIGURATION_CAUSES:
+                run.stopped = run.stopped or (why if spec.name in why else f"{spec.name}: {why}")
+            continue
         # a day without data whose removal left its mark pending: the run settles it (see archive)
         pending, _ = _pending_removals(run.store, spec, [p.day for p in found if p.action == "no-data"][-_RECENT_ABSENT:])
         planned += [dataclasses.replace(p, action="settle", reason="no data in PostgreSQL: a removal of the day left "
@@ -1085,11 +1099,20 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
                 run.out.print(_said(_verbatim(p.table), f" {p.day} would be refused: {p.reason}"), soft_wrap=True)
         run.out.print(f"dry run, nothing written: {totals['archive'] + totals['overwrite']} day(s) to archive "
                       f"(~{est_rows:,} rows, ~{_size(est_bytes)} in PostgreSQL), {totals['skip']} identical, "
-                      f"{totals['refuse']} refused (why: see above), {totals['no-data']} without data"
+                      f"{totals['refuse']} refused{' (why: see above)' if totals['refuse'] else ''}, "
+                      f"{totals['no-data']} without data"
                       + (f", {totals['not-checked']} not checked (see their reason)" if totals["not-checked"] else ""))
+        for name, why in failed_tables.items():
+            run.out.print(_said(_verbatim(name), f": not planned: {why}"), soft_wrap=True)
 
-    run.emit({"ok": True, "dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
-              "estimated_rows": est_rows, "estimated_bytes": est_bytes}, render)
+    run.emit({"ok": not failed_tables, "dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
+              "estimated_rows": est_rows, "estimated_bytes": est_bytes,
+              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                 if failed_tables else {}), **_stopped_by(run.stopped)}, render)
+    if run.stopped:
+        raise Failed(code=EXIT_USAGE)
+    if failed_tables:
+        raise Failed()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1244,6 +1267,11 @@ def compare(run: Run, show_rows: bool) -> None:
     # guarding a DROP with compare read it as equal), as verify says nothing was verified
     nothing = not results and not failed_tables and bool(run.first or run.last)
     uncompared = "nothing was compared: no day of the selection is a day of the tables (before start_date?)"
+    if nothing and (quiet := sorted({d.isoformat() for spec in run.tables for d in run.days(spec)})):
+        # days of the tables, without rows in PostgreSQL and without an archive (as archive says: no-data)
+        shown = ", ".join(quiet[:5]) + (f" and {len(quiet) - 5} more" if len(quiet) > 5 else "")
+        uncompared = (f"nothing was compared: {shown} {'has' if len(quiet) == 1 else 'have'} no rows in PostgreSQL "
+                      "and no archive (no data: nothing to compare)")
     run.emit({"ok": not differing and not unchecked and not nothing and not failed_tables, "days": payload,
               **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
                  if failed_tables else {}), **_stopped_by(run.stopped),

@@ -76,7 +76,7 @@ def require_environment(origin: str | None = None) -> None:
     for variable in ("ARCHIVE_PG_DSN", "ARCHIVE_PG_PRIMARY_DSN"):
         if os.environ.get(variable, "").strip():
             check_dsn(os.environ[variable].strip(), variable)
-    check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"))
+    check_endpoint_url(os.environ.get("ARCHIVE_S3_ENDPOINT_URL"), os.environ["ARCHIVE_S3_BUCKET"])
     check_bucket_name(os.environ["ARCHIVE_S3_BUCKET"].strip())
     check_key_pair(os.environ)
     check_s3_settings(os.environ)

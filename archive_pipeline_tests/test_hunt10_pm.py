@@ -100,8 +100,8 @@ def test_verify_does_not_advise_an_overwrite_that_the_archive_refuses_for_anothe
 def test_a_newer_versions_fingerprint_is_not_called_an_older_versions_by_verify_deep(conn, schema, store,
                                                                                       s3_client, bucket):
     """A day archived by a newer archive_pipeline whose fingerprint algorithm this version does not know
-    (``row-hash-sum-v6:...`` in a manifest_version 2 manifest). ``compare`` and ``list --check-source`` say "its
-    fingerprint (row-hash-sum-v6) is of an algorithm this version cannot compute (written by a newer
+    (``row-hash-sum-v99:...`` in a manifest_version 2 manifest). ``compare`` and ``list --check-source`` say "its
+    fingerprint (row-hash-sum-v99) is of an algorithm this version cannot compute (written by a newer
     archive_pipeline) ... upgrade to compare the content". ``verify --deep`` (and ``prune``, the removal's proof)
     say of the same day "the manifest has no fingerprint this version can compute (written by an older
     archive_pipeline): archive the day again (overwrite)": the opposite cause, and so the opposite advice
@@ -111,7 +111,7 @@ def test_a_newer_versions_fingerprint_is_not_called_an_older_versions_by_verify_
     does."""
     spec = TableSpec(**_table(conn, schema))
     archive_partition(conn, spec, DAY, store)
-    _rewrite(s3_client, bucket, fingerprint="row-hash-sum-v6:5:123456789")
+    _rewrite(s3_client, bucket, fingerprint="row-hash-sum-v99:5:123456789")
     [compared] = compare_days(conn, spec, store, [DAY])
     assert "newer archive_pipeline" in compared.note  # (the premise: compare says whose it is)
     problems = deep_verify(conn, store, spec, DAY)
@@ -120,7 +120,7 @@ def test_a_newer_versions_fingerprint_is_not_called_an_older_versions_by_verify_
 
 def test_the_dry_run_does_not_call_a_newer_versions_fingerprint_a_version_1_manifest(conn, schema, store,
                                                                                       s3_client, bucket):
-    """The same day (a manifest_version 2 manifest whose fingerprint is ``row-hash-sum-v6``, a newer version's
+    """The same day (a manifest_version 2 manifest whose fingerprint is ``row-hash-sum-v99``, a newer version's
     algorithm). ``archive --dry-run`` plans it as "overwrite" with the reason "manifest version 1 cannot prove
     its content: archived again as a new generation": the manifest is version 2, with a fingerprint; compare and
     list say a newer version's algorithm. A user looking for a version-1 manifest finds none. Cause:
@@ -129,7 +129,7 @@ def test_the_dry_run_does_not_call_a_newer_versions_fingerprint_a_version_1_mani
     fingerprint of an algorithm this version cannot compute, written by a newer archive_pipeline)."""
     spec = TableSpec(**_table(conn, schema))
     archive_partition(conn, spec, DAY, store)
-    _rewrite(s3_client, bucket, fingerprint="row-hash-sum-v6:5:123456789")
+    _rewrite(s3_client, bucket, fingerprint="row-hash-sum-v99:5:123456789")
     [planned] = plan_archive(conn, spec, store, [DAY], overwrite=False)
     assert "version 1" not in planned.reason, planned
 

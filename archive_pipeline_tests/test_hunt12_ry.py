@@ -56,6 +56,16 @@ def test_a_uri_password_with_a_double_quote_is_not_half_shown_by_the_parse_error
         assert SECRET not in text and "ss " + SECRET[:6] not in text, text
 
 
+@pytest.fixture(autouse=True)
+def _own_default_boto3_session(monkeypatch):
+    """boto3's default session keeps the first credentials it reads from the environment for the life of the
+    process: one made under this module's token (with its newline) would sign every later test's requests in
+    this worker. Each test here gets its own, dropped afterwards."""
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+
+
 def test_a_session_token_ending_in_a_newline_is_not_quoted_by_the_store_error(cli_env, monkeypatch):
     """AWS_SESSION_TOKEN read from a mounted secret ends in a newline (the ARCHIVE_S3_* variables are stripped
     for exactly this, the boto3 chain's AWS_* are not): http.client refuses the X-Amz-Security-Token header

@@ -83,7 +83,7 @@ def test_a_fingerprint_of_an_algorithm_this_version_cannot_compute_is_not_called
         command, conn, schema, store, s3_client, bucket, temp_dir):
     """The fingerprint algorithm changes without a new manifest_version (v3, v4 and v5 are all manifest
     version 2), so a deployment whose code location is upgraded writes manifests with a fingerprint the command
-    line of the previous release cannot compute (here ``row-hash-sum-v6:2:…``, of the same 2 rows). The user runs
+    line of the previous release cannot compute (here ``row-hash-sum-v99:2:…``, of the same 2 rows). The user runs
     ``compare`` (``list --check-source``): the day is "differs" ("changed") with the note "same row count,
     different content (fingerprint)": the manifest's string was compared with a v5 fingerprint of the source
     (``plan.matches_source``), so nothing was compared at all, and the verdict says the source's rows changed.
@@ -97,7 +97,7 @@ def test_a_fingerprint_of_an_algorithm_this_version_cannot_compute_is_not_called
     conn.execute(f"INSERT INTO {s}.ev VALUES (1, '{DAY}', 'a'), (2, '{DAY}', 'b')")
     spec = TableSpec(name=f"{s}.ev", day_column="at", start_date=DAY)
     result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
-    _reseal(s3_client, bucket, result.manifest_key, fingerprint="row-hash-sum-v6:2:1234567890123456789")
+    _reseal(s3_client, bucket, result.manifest_key, fingerprint="row-hash-sum-v99:2:1234567890123456789")
     if command == "compare":
         [day] = compare_days(conn, spec, store, [DAY])
         verdict, note = day.result, day.note

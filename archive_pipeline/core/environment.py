@@ -147,11 +147,13 @@ def endpoint_has_credentials(url: str) -> bool:
         return "@" in url
 
 
-def check_endpoint_url(url: str | None) -> None:
+def check_endpoint_url(url: str | None, bucket: str | None = None) -> None:
     """An endpoint botocore can use, or a :class:`ConfigError` naming the variable: without its scheme
     (``minio:9000``) every run failed with a bare "ValueError: Invalid endpoint", retried with backoff,
     and the command line printed botocore's traceback. Credentials in the URL (``http://key:secret@minio``)
-    are refused: botocore never uses them, and its errors quote the URL whole."""
+    are refused: botocore never uses them, and its errors quote the URL whole. So is a path ending in the
+    ``bucket``'s name (a console's "S3 API" URL pasted whole): botocore puts the bucket after the endpoint's
+    path, and every request went to /<bucket>/<bucket>, "bucket does not exist"."""
     if not url:
         return
     shown = "(not shown: it holds credentials)" if "@" in url else repr(url)
@@ -170,6 +172,10 @@ def check_endpoint_url(url: str | None) -> None:
         raise ConfigError(f"{ENDPOINT_VAR} {shown} has a query or fragment ('?...' or '#...'), which an endpoint "
                           "cannot have: write the scheme, host and port alone, e.g. http://minio:9000 (the region "
                           f"goes in ${REGION_VAR})")
+    if bucket and parts.path.rstrip("/").rsplit("/", 1)[-1] == bucket.strip():
+        raise ConfigError(f"{ENDPOINT_VAR} {shown} ends in the bucket's name, which botocore adds after the "
+                          f"endpoint itself: write the scheme, host and port alone (e.g. "
+                          f"{parts.scheme}://{parts.netloc}); the bucket goes in ${BUCKET_VAR} alone")
     if endpoint_has_credentials(url):  # boto3 signs with the keys, never these: they only reached its messages and logs
         raise ConfigError(f"{ENDPOINT_VAR} {shown}: boto3 ignores a user or secret in the URL (it signs with "
                           f"${KEY_ID_VAR} and ${SECRET_VAR}, or its usual chain) and would show them in its error "
@@ -341,12 +347,10 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     if s3_setting(env, KEY_ID_VAR):
         options["aws_access_key_id"] = s3_setting(env, KEY_ID_VAR)
         options["aws_secret_access_key"] = s3_setting(env, SECRET_VAR)
-    check_endpoint_url(env.get(ENDPOINT_VAR))
+    check_endpoint_url(env.get(ENDPOINT_VAR), bucket)
     try:
-        # a session of its own, not boto3's default one, which keeps the first credentials it read from the
-        # environment for the life of the process (a token rotated since, or another command's in one process)
-        client = boto3.session.Session().client("s3", config=Config(
-            connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}), **options)
+        client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
+                                                  retries={"max_attempts": 3, "mode": "standard"}), **options)
     except (ProfileNotFound, InvalidChecksumConfigError) as exc:  # a setting of botocore's own chain: name it
         raise ConfigError(_botocore_setting(exc)) from None
     except InvalidRegionError:

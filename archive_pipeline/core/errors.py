@@ -225,6 +225,11 @@ _BAD_SERVICE = _src(False, "the connection service the connection string names i
                     "or malformed)", f"check the service name in {_DSN} (service=...) or $PGSERVICE against the "
                     "service file: $PGSERVICEFILE, ~/.pg_service.conf or pg_service.conf in $PGSYSCONFDIR")
 _BAD_HOST = _src(False, "the database host name does not resolve", f"check the host in {_DSN} (and DNS)")
+# libpq reached the server and asked; the server is not what the DSN's target_session_attrs asks for
+_SESSION_ATTRS = _src(False, "the server reached is not the kind the connection string's target_session_attrs asks "
+                      "for (a primary where it asks for a standby, or a read-only session where it asks for read-write)",
+                      f"check target_session_attrs in {_DSN} (any, read-write, read-only, primary, standby, "
+                      "prefer-standby) and which server(s) its host names (a failover may have promoted a standby)")
 _DNS_TEMPORARY = _src(True, "temporary DNS failure resolving the database host",
                       f"{_RETRIED}; if it persists, check the resolver")
 _TLS = _src(False, "TLS negotiation with the server failed",
@@ -536,6 +541,7 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
          r"end of string reached when looking for matching|unexpected character .* in uri|"
          r"invalid port number|servname not supported|invalid .* value: \"|unexpected spaces found|"
          r"use percent-encoded", _BAD_DSN),
+        (r"server is (not )?in hot standby mode|session is (not )?read-only", _SESSION_ATTRS),
         (r"connection refused|timeout expired|timed out|network is unreachable|no route to host|"
          r"could not connect to server|connection to server at .* failed", _CONNECT_FAILED),
         (r"server closed the connection unexpectedly|terminating connection|could not receive data from server|"
