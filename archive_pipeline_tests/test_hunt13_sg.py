@@ -1,0 +1,45 @@
+"""Hunt 13 (sg): a review of this session's product commits (fingerprint v6's as_archived, put_back_statement,
+discovery's other-case refusal, ranged runs' removed and table-less days)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.lifecycle import remove_day
+
+DAY = dt.date(2024, 3, 10)
+
+
+def test_a_day_proven_equal_after_int_to_numeric_is_removed_not_refused_as_rows_changed(conn, schema, store,
+                                                                                          temp_dir):
+    """v6 (48f8117, fingerprint.as_archived): a column retyped since the day was archived is hashed as the archived
+    kind, so an int column retyped numeric with every value kept "compares equal ... as with v5". The removal's
+    proof (deep_verify, through verify._fingerprint_now) applies as_archived and passes, and ``remove_day(...,
+    dry_run=True)`` says the day would be removed.
+
+    Now: the real removal refuses "its rows changed since they were archived and proven (3 rows now, 3 archived)":
+    its in-transaction re-check under the lock (lifecycle._remove, fingerprint.compute of the table's columns as
+    they are) hashes the numeric column by its text against the manifest's by-value integer hash. The dry run and
+    the proof say one thing, the removal another, and the message is false (no row changed). The same day under
+    v5 was removed.
+
+    Should: removed, as the dry run planned (or, if a type change is to block removal, refused by the dry run and
+    the proof alike, naming the type change, not "rows changed").
+    Fix idea: in lifecycle._remove, hash the columns ``fingerprint.as_archived(conn, columns, manifest['columns'])``
+    where the manifest's algorithm is v6, as verify and restore do."""
+    table = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date NOT NULL, n int4, note text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', 5, 'a'), ('2024-03-10', NULL, 'b'), "
+                         "('2024-03-10', -9, 'c')").format(table))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, retention={"keep_days": 30,
+                                                                                       "action": "delete"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN n TYPE numeric").format(table))
+    planned = remove_day(conn, spec, DAY, store, dry_run=True, temp_dir=temp_dir)
+    assert planned.dry_run and planned.rows == 3
+    done = remove_day(conn, spec, DAY, store, temp_dir=temp_dir, removed_by="test")
+    assert done.rows == 3 and not done.dry_run
