@@ -43,3 +43,34 @@ def test_a_day_proven_equal_after_int_to_numeric_is_removed_not_refused_as_rows_
     assert planned.dry_run and planned.rows == 3
     done = remove_day(conn, spec, DAY, store, temp_dir=temp_dir, removed_by="test")
     assert done.rows == 3 and not done.dry_run
+
+
+def test_the_other_case_refusal_suggests_a_pattern_that_names_the_tables_when_text_follows_the_date(conn, schema):
+    """Naming mode (7478082, discovery._refuse_other_case): a pattern that names no table while the catalog spells
+    the day tables otherwise in case is refused, remedy "set the table's partitioning pattern ... to '<suggested>',
+    as the catalog spells its tables". Here the pattern has literal text after the date codes,
+    ``Events_%Y%m%d_Raw``, and the tables were created unquoted: ``events_20240310_raw``, ``events_20240311_raw``.
+
+    Now: the suggested pattern is the catalog's prefix plus the configured rest, ``events_%Y%m%d_Raw``: the
+    ``_Raw`` after the date keeps its wrong case, so the advised setting again names no table (and is refused the
+    same way, suggesting itself).
+
+    Should: the suggestion names the tables: ``events_%Y%m%d_raw``.
+    Fix idea: rebuild the suggestion from the matched name's own spelling of every literal part of the pattern
+    (or lower-case the literal parts when all the catalog's names are lower case), not only the prefix. (A pattern
+    with a %a/%b name code, which strftime capitalises, can name no unquoted table at all: the refusal should say
+    so rather than suggest the configured pattern back.)"""
+    from archive_pipeline.core.discovery import naming_days
+    from archive_pipeline.core.errors import ArchiveError
+
+    for day in (DAY, DAY + dt.timedelta(days=1)):
+        conn.execute(f'CREATE TABLE "{schema}".events_{day:%Y%m%d}_raw (id int)')
+    spec = TableSpec(name=f"{schema}.Events", start_date=DAY,
+                     partitioning={"mode": "naming", "pattern": "Events_%Y%m%d_Raw"})
+    try:
+        naming_days(conn, spec)
+    except ArchiveError as exc:
+        said = f"{exc} {getattr(exc, 'remedy', '')}"
+    else:
+        raise AssertionError("a pattern naming no table was not refused")
+    assert "'events_%Y%m%d_raw'" in said, said
