@@ -74,3 +74,55 @@ def test_the_other_case_refusal_suggests_a_pattern_that_names_the_tables_when_te
     else:
         raise AssertionError("a pattern naming no table was not refused")
     assert "'events_%Y%m%d_raw'" in said, said
+
+
+def test_a_removed_day_stays_materialized_when_another_day_of_the_ranged_run_fails(conn, schema, archive_env):
+    """89d3ef7: "a removed day in a ranged run is logged as nothing to do, not failed (its partition stayed red)".
+    ``events`` has retention (delete); 2024-03-10..11 are archived, 2024-03-10 is then removed (proven; its archive
+    is the day's only copy). Later a late row of 2024-03-11 arrives (a changed day: the run fails it, overwrite
+    needed) and rows of 2024-03-12. The operator backfills 2024-03-10..12 in one ranged run.
+
+    Now: the removed day is skipped with an info line, but the step still fails for 2024-03-11, and Dagster marks
+    every partition of the failed run that got no materialization FAILED: 2024-03-10, archived, proven and let go,
+    turns red in the partition bar again, beside the one day that really needs an overwrite. The fix only holds when
+    nothing else in the range fails (and the naming mode's table-less days, now handled the same way, turn red the
+    same way).
+
+    Should: 2024-03-10 keeps MATERIALIZED, 2024-03-11 FAILED, 2024-03-12 MATERIALIZED.
+    Fix idea: record the removed (nothing-to-do) day in the run (an AssetMaterialization of the partition saying
+    "removed, archive kept", as a skipped identical day is recorded), so a failing neighbour cannot mark it failed."""
+    from dagster import AssetPartitionStatus, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.assets import asset_key, daily_partitions, job_name
+    from archive_pipeline.defs.retention_assets import removal_job_name
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    create_sample_events(conn, days[:2], rows_per_day=4, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(job_name(spec))
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[1].isoformat()}).success
+        assert defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=days[0].isoformat()).success
+        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE created_at >= %s AND created_at < %s LIMIT 1")
+                     .format(sql.Identifier(schema, "events"), sql.Identifier(schema, "events")),
+                     (days[1], days[2]))  # a late row of the 11th: the day changed since it was archived
+        create_sample_events(conn, days[2:], rows_per_day=4, schema=schema)
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[2].isoformat()})
+        assert not result.success  # (the changed day fails, as it should)
+        status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
+            asset_key(spec), [d.isoformat() for d in days], daily_partitions(spec)).items()}
+    assert status == {days[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
+                      days[1].isoformat(): AssetPartitionStatus.FAILED.value,
+                      days[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status
