@@ -126,3 +126,33 @@ def test_a_removed_day_stays_materialized_when_another_day_of_the_ranged_run_fai
     assert status == {days[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
                       days[1].isoformat(): AssetPartitionStatus.FAILED.value,
                       days[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status
+
+
+def test_deep_verify_after_int_to_numeric_names_the_changed_row_as_first_difference(conn, schema, store, temp_dir):
+    """v6's as_archived (48f8117) is applied to the source's fingerprint in verify._fingerprint_now, but not to the
+    row hashes that name "first difference" (verify._compare builds ``in_order`` with columns_as_archived, without
+    hash_as). A day of 6 rows (id int, n int, note text) is archived; then ``n`` is retyped numeric (values kept)
+    and ONE row's note is edited by hand (id 3: 'c' -> 'edited').
+
+    Now: deep verification rightly says the source's rows are not the archive's (the same 6 rows, other content),
+    but its "first difference" names a row that did not change: every source row hashes its numeric ``n`` by text
+    while the archive's hash it as an integer, so all 12 row hashes differ and the smallest one is named. The
+    operator is pointed at an untouched row (and, from there, to a wrong conclusion about what changed).
+
+    Should: the named row is the edited one (id 3: the source's 'edited' or the archive's 'c').
+    Fix idea: hash the source's side of _name_first_difference with the same as_archived columns as the
+    fingerprint (``fingerprint.as_archived(conn, in_order, manifest['columns'])`` for v6)."""
+    from archive_pipeline.core.verify import deep_verify
+
+    table = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date NOT NULL, id int, n int, note text)").format(table))
+    for i, note in enumerate("abcdef", start=1):
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', %s, %s, %s)").format(table), (i, i * 10, note))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN n TYPE numeric").format(table))
+    conn.execute(sql.SQL("UPDATE {} SET note = 'edited' WHERE id = 3").format(table))
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=temp_dir)
+    named = [p for p in problems if p.startswith("first difference")]
+    assert named, problems
+    assert "edited" in named[0] or ",3,30,c)" in named[0], problems
