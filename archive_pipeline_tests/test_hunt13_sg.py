@@ -156,3 +156,49 @@ def test_deep_verify_after_int_to_numeric_names_the_changed_row_as_first_differe
     named = [p for p in problems if p.startswith("first difference")]
     assert named, problems
     assert "edited" in named[0] or ",3,30,c)" in named[0], problems
+
+
+def test_source_unchanged_restore_command_for_a_dropped_day_table_reads_back_as_the_table(conn, schema, archive_env):
+    """7478082 (checks.build_source_unchanged_check): a naming day whose table was dropped by hand is listed apart
+    with the remedy "restore it (archive-pipeline restore --table <name> --day <day> --into original)". The table
+    here is ``<schema>.Click Log`` (pattern ``Click Log %Y%m%d``: a legacy name with a space, which the
+    configuration accepts and archives).
+
+    Now: the command is built with an f-string, not quoted for the shell as the sensor's and the CLI's suggested
+    commands are (shlex.join / run.suggest): pasted, ``--table <schema>.Click Log`` is two words, and the CLI
+    fails "unrecognized arguments: Log ..." (a ``$`` or ``'`` in a name would even expand or break the line).
+
+    Should: the suggested command, read back as a shell reads it, names the table ``<schema>.Click Log``.
+    Fix idea: build it with shlex.join(["archive-pipeline", "restore", "--table", spec.name, "--day", day,
+    "--into", "original"]) as sensors._command does."""
+    import re
+    import shlex
+
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.assets import job_name
+
+    days = [DAY + dt.timedelta(days=i) for i in range(2)]
+    for day in days:
+        conn.execute(f'CREATE TABLE "{schema}"."Click Log {day:%Y%m%d}" (id int, created_at timestamptz)')
+        conn.execute(f'INSERT INTO "{schema}"."Click Log {day:%Y%m%d}" VALUES (1, %s)', (day,))
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10}, "tables": [{
+        "name": f"{schema}.Click Log", "start_date": DAY.isoformat(),
+        "partitioning": {"mode": "naming", "pattern": "Click Log %Y%m%d"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(spec)).execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat()}).success
+        conn.execute(f'DROP TABLE "{schema}"."Click Log {DAY:%Y%m%d}"')
+        verified = defs.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [said] = [e.event_specific_data.description for e in verified.all_events
+                  if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and e.event_specific_data.check_name == "source_unchanged"]
+    found = re.search(r"\((archive-pipeline restore .*?--into original)\)", said)
+    assert found, said
+    words = shlex.split(found.group(1))
+    assert words[words.index("--table") + 1] == spec.name, (found.group(1), words)
