@@ -242,3 +242,48 @@ def test_the_removal_refusals_put_back_statement_runs_as_pasted_on_a_table_with_
     restore_day(conn, store, spec, DAY, into="new", target=aside, temp_dir=temp_dir)
     conn.execute(statement.replace("<that table>", sql.Identifier(schema, "aside").as_string(conn)))
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0] == 3, said
+
+
+def test_a_v5_csv_archive_whose_uuid_field_was_respelled_fails_its_v5_proof(conn, schema, store, temp_dir,
+                                                                               s3_client, bucket):
+    """1ffb2ba: deep verification's CSV text copy now parses every integer and uuid column (``parsed |= typed``, for
+    every algorithm), where before it hashed the field's bytes as they are. v6 then guards the field's text (an
+    upper-case uuid or ``05`` is not canonical: it differs), but a v5 archive's field is hashed as
+    ``field::uuid::text``. README: "archives that record v5 are still proven by v5", and "Hashing the archived text
+    is stricter, never looser: a field whose bytes differ from what the archiver wrote ... fails the proof".
+
+    Scenario: a CSV day (int4, uuid) recorded with row-hash-sum-v5 (as the previous version wrote it), proven and
+    removed from the source by retention (the archive is now the day's only copy, proven by itself); its object is
+    then altered, the uuid field upper-cased (same length), its digests resealed with it (a consistent forgery).
+    Now: deep verification proves it ([]): the parsed field prints in lower case again (an int field ``+5`` or
+    ``05`` likewise, where the sizes match). Before 1ffb2ba the same v5 archive failed the proof.
+    Should: the proof fails, as it does for the same field of a v6 archive.
+    Fix idea: parse the by-value columns only for v6 (where _typed_link guards the field's text), or keep a v5/v4/v3
+    archive's integer/uuid fields as text, as before 1ffb2ba."""
+    import zstandard
+
+    from archive_pipeline.core import fingerprint
+    from archive_pipeline.core.manifest import decode_manifest, encode_manifest
+    from archive_pipeline.core.verify import deep_verify, source_fingerprint
+    from archive_pipeline_tests.helpers import decompress, download, forge_object
+
+    lower = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    table = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date NOT NULL, n int4, u uuid)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', 5, %s), ('2024-03-10', 6, NULL)").format(table),
+                 (lower,))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     retention={"keep_days": 30, "action": "delete"})
+    result = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    manifest = decode_manifest(download(s3_client, bucket, result.manifest_key))  # as the previous version wrote it
+    manifest["fingerprint"] = str(source_fingerprint(conn, spec, DAY, fingerprint.V5))
+    manifest.pop("manifest_sha256")
+    s3_client.put_object(Bucket=bucket, Key=result.manifest_key, Body=encode_manifest(manifest))
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []  # the v5 archive as written: proven
+    assert remove_day(conn, spec, DAY, store, temp_dir=temp_dir).rows == 2  # let go: the archive is the only copy
+    body = decompress(download(s3_client, bucket, result.key), "zstd").decode()
+    forged = body.replace(lower, lower.upper())  # (same length: the manifest's sizes hold)
+    assert forged != body, body
+    forge_object(s3_client, bucket, result.key, result.manifest_key,
+                 zstandard.ZstdCompressor().compress(forged.encode()))
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) != []
