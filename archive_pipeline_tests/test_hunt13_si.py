@@ -36,3 +36,76 @@ def test_a_day_held_by_an_earlier_version_names_the_holding_backend(pg, conn, ev
     text = str(caught.value)
     assert caught.value.retryable and "another run" in text
     assert str(pid) in text and "archiver-v2026-11" in text, text
+
+
+def test_a_run_that_lost_its_lock_does_not_delete_the_marker_of_the_run_that_took_the_day_over(
+        pg, conn, events, store, s3_client, bucket, monkeypatch):
+    """Run A (an overwrite of 2024-03-10, two parts) has part 1 uploaded and its upload marker written when its
+    session is killed (pg_terminate_backend: the table-day lock goes with it). Run B (another process's
+    overwrite of the day) takes the lock, tidies A's upload (aborts it, deletes the marker), and starts its own
+    multipart upload of the same key (the same next generation), announced by the same marker key. A, resumed,
+    finds its lock lost and cleans up: its cleanup deletes the upload marker at the key, which is now B's. B is
+    then killed in the middle of its upload (the process dies: no cleanup of its own). The next run of the day
+    (C, a plain archive: the day is unchanged, so it skips) lists no marker, so it never lists the multipart
+    uploads, and B's upload stays open for ever: parts billed, "no open multipart upload left" broken.
+    Should: a run that no longer holds the day's lock leaves the marker alone (it is not known to be its own:
+    another run may have taken the day), or markers name their upload id; then C sees B's marker and aborts
+    B's upload. Fix idea: S3Upload.abort/_unmark skip the marker delete when the owner lost the lock, or a
+    marker per upload id (key + '.' + upload_id + '.uploading')."""
+    import threading
+
+    from archive_pipeline.core import archive as archive_mod
+    from archive_pipeline.core.keys import UPLOAD_MARKER_SUFFIX
+    from archive_pipeline_tests.test_race_hunt import in_thread, wait_until
+
+    table = sql.Identifier(events, "events")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN pad text").format(table))
+    conn.execute(sql.SQL("UPDATE {} SET pad = repeat(md5(id::text), 800)").format(table))  # ~7.7 MB: 2 parts
+    spec = spec_for(events, compression="none")
+    archive_partition(conn, spec, DAY, store)
+    seams = [(threading.Event(), threading.Event()), (threading.Event(), threading.Event())]
+    calls: list[int] = []
+    real = archive_mod.same_printed_names
+
+    def held(*args, **kwargs):  # after the day's rows are read, parts uploading: before the lock is checked
+        n = len(calls)
+        calls.append(n)
+        if n < 2:
+            seams[n][0].set()
+            seams[n][1].wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(archive_mod, "same_printed_names", held)
+
+    def open_uploads() -> list[str]:
+        return [u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+    def marker_keys() -> list[str]:
+        return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+                if o["Key"].endswith(UPLOAD_MARKER_SUFFIX)]
+
+    with pg.connect() as a_conn, pg.connect() as b_conn:
+        a, a_out = in_thread(lambda: archive_partition(a_conn, spec, DAY, store, overwrite=True))
+        try:
+            assert seams[0][0].wait(60), a_out
+            conn.execute("SELECT pg_terminate_backend(%s)", (a_conn.info.backend_pid,))  # A's session killed
+            b, b_out = in_thread(lambda: archive_partition(b_conn, spec, DAY, store, overwrite=True))
+            assert seams[1][0].wait(60), b_out
+            # B's upload is created and announced (its marker) before A goes on
+            assert wait_until(lambda: len(open_uploads()) == 1 and marker_keys()), (open_uploads(), marker_keys())
+            seams[0][1].set()
+            a.join(60)
+            assert "lock" in str(a_out.get("error")), a_out
+            b_uploads = open_uploads()
+            assert len(b_uploads) == 1, b_uploads  # B's, in flight
+            conn.execute("SELECT pg_terminate_backend(%s)", (b_conn.info.backend_pid,))  # B "killed": held for ever
+            with pg.connect() as c_conn:
+                c = archive_partition(c_conn, spec, DAY, store)  # the next run of the day
+            assert c.skipped
+            markers = marker_keys()
+            left = [u for u in open_uploads() if u in b_uploads]
+            # Now: B's upload is still open and no marker announces it (A's cleanup deleted B's marker)
+            assert not left, (left, markers)
+        finally:
+            seams[0][1].set()
+            seams[1][1].set()
