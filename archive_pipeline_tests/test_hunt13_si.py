@@ -109,3 +109,63 @@ def test_a_run_that_lost_its_lock_does_not_delete_the_marker_of_the_run_that_too
         finally:
             seams[0][1].set()
             seams[1][1].set()
+
+
+def test_a_removal_settling_a_killed_removals_mark_that_its_owner_took_back_meanwhile_goes_on(
+        pg, conn, events, store, monkeypatch):
+    """Removal A (prune, drop) of 2024-03-10 has written its pending mark and is about to lock and drop the
+    partition when its session is killed (the table-day lock goes with it). Removal B (the Dagster
+    source_removed run) takes the lock, finds A's pending mark, learns A's transaction did not commit and is
+    about to take the mark back (If-Match A's pending manifest). Meanwhile A's process notices its lost session
+    and takes its own mark back first (the proven manifest, plus one byte of white space). B's write is then
+    refused (412) and B fails with an archive's KeyTakenError: "...manifest.json was written by another run
+    meanwhile ...; nothing of this run was published; to fix: ... archive each table from one database, and
+    one server, only" - an archive's words and a wrong remedy (everything ran on one server), for a removal
+    that found exactly what it meant to write: the day's proven manifest without a mark. Should: B sees the
+    manifest now in the store is the proven one unmarked (what its take-back would have written), counts
+    the mark as taken back and goes on: proves and removes the day. Fix idea: in _settle, on KeyTakenError
+    re-read; a manifest equal to ``unmarked`` (same sha, no 'removed') is settled 'taken back'."""
+    import threading
+
+    from archive_pipeline.core import keys, lifecycle
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline_tests.test_race_hunt import day_rows, in_thread
+
+    def seam(name: str) -> tuple[threading.Event, threading.Event]:
+        reached, go = threading.Event(), threading.Event()
+        real, calls = getattr(lifecycle, name), []
+
+        def held(*args, **kwargs):
+            if not calls:
+                calls.append(1)
+                reached.set()
+                go.wait(60)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(lifecycle, name, held)
+        return reached, go
+
+    spec = spec_for(events, "drop")
+    archive_partition(conn, spec, DAY, store)
+    a_seam = seam("_recheck_and_remove")  # A: pending mark written, before LOCK/DROP
+    b_seam = seam("_write_manifest")  # B: settling A's mark, before its take-back's write
+    with pg.connect() as a_conn, pg.connect() as b_conn:
+        a, a_out = in_thread(lambda: remove_day(a_conn, spec, DAY, store, removed_by="prune"))
+        try:
+            assert a_seam[0].wait(60), a_out
+            conn.execute("SELECT pg_terminate_backend(%s)", (a_conn.info.backend_pid,))
+            b, b_out = in_thread(lambda: remove_day(b_conn, spec, DAY, store, removed_by="dagster"))
+            assert b_seam[0].wait(60), b_out
+            a_seam[1].set()
+            a.join(60)
+            assert "error" in a_out  # A: its session was terminated; it took its mark back
+            b_seam[1].set()
+            b.join(60)
+        finally:
+            a_seam[1].set()
+            b_seam[1].set()
+    manifest = load_manifest(store, keys.table_day_key(spec, spec.period(DAY), store.prefix))
+    # Now: B failed with KeyTakenError (an archive's words, "archive each table from one server"); the day stays.
+    assert "result" in b_out and b_out["result"].rows == 300, repr(b_out.get("error"))
+    assert day_rows(conn, events) == 0 and (manifest.get("removed") or {}).get("state") == "done"
