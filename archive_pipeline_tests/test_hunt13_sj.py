@@ -1,0 +1,56 @@
+"""Hunt 13 (sj): scale and resource limits: many tables, long ranges (years of days), temp space and memory
+at their edges, where correctness or the promise of flat memory / bounded time breaks."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+from dagster import build_sensor_context, instance_for_test
+from psycopg import sql
+
+from archive_pipeline.core.config import parse_config
+from archive_pipeline.definitions import build_definitions
+from archive_pipeline.defs.resources import PostgresResource
+
+
+def test_a_locked_table_fails_the_sensor_tick_naming_its_days_briefly_not_each_of_a_years_backlog(
+        pg, conn, schema, archive_env):
+    """A declarative table with a year of history not yet archived (one child for 2023, the sensor reads its
+    days from the catalog: 365 candidates) is held ACCESS EXCLUSIVE by a migration while the sensor ticks
+    (``source: {lock_timeout_ms: 200}``). The tick finds the parent locked after one probe and fails the rest
+    unprobed (good: one lock_timeout, not 365). But its message, logged as a warning and raised as the tick's
+    error, lists every one of the 365 days: "365 day(s) not inspected (2023-01-01, 2023-01-02, ... 2023-12-31):
+    looking for days to archive failed: ..." (~4,500 characters on one line, and 3 years of backlog make it
+    13,000), where the cause and remedy drown at the end of the wall of dates. Every other message of the
+    sensor bounds such lists (``_listed``: the first 5 and "and N more", or a range ``first..last``).
+    Expected: the days are named briefly (a range, or the first few and a count), the whole tick error stays
+    short (< 1,000 characters) and still names the table, the count and the cause.
+    Fix idea: in sensors.py use ``_listed([d.isoformat() for d in unprobed])`` (or ``_span``) instead of joining
+    every day."""
+    parent = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz) PARTITION BY RANGE (at)").format(parent))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2023-01-01 00:00+00') "
+                         "TO ('2024-01-01 00:00+00')").format(sql.Identifier(schema, "ev_2023"), parent))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2023-01-01 12:00+00'::timestamptz + g * interval '1 day' "
+                         "FROM generate_series(0, 364) g").format(parent))
+    config = parse_config({"source": {"lock_timeout_ms": 200},
+                           "tables": [{"name": f"{schema}.ev", "day_column": "at", "start_date": "2023-01-01",
+                                       "partitioning": {"mode": "declarative"}}]})
+    repo = build_definitions(config).get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    with psycopg.connect(pg.dsn, autocommit=True) as migration, instance_for_test() as instance:
+        migration.execute("BEGIN")
+        migration.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(parent))
+        try:
+            sensor.evaluate_tick(build_sensor_context(
+                instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn, lock_timeout_ms=200)},
+                repository_def=repo))
+            raise AssertionError("the tick inspected a locked table")
+        except Exception as exc:  # noqa: BLE001 - the tick's error, as the daemon shows it
+            told = str(exc)
+        finally:
+            migration.execute("ROLLBACK")
+    assert f"{schema}.ev" in told and "365 day(s) not inspected" in told, told[:2000]
+    assert "2023-07-01" not in told, f"every day of the backlog is named ({len(told):,} characters): {told[:600]}"
+    assert len(told) < 1000, f"{len(told):,} characters: {told[:600]} ..."
