@@ -54,3 +54,58 @@ def test_a_locked_table_fails_the_sensor_tick_naming_its_days_briefly_not_each_o
     assert f"{schema}.ev" in told and "365 day(s) not inspected" in told, told[:2000]
     assert "2023-07-01" not in told, f"every day of the backlog is named ({len(told):,} characters): {told[:600]}"
     assert len(told) < 1000, f"{len(told):,} characters: {told[:600]} ..."
+
+
+def _cli_env(pg, s3, bucket, config, endpoint: str | None = None) -> dict[str, str]:
+    return {"ARCHIVE_PIPELINE_CONFIG": str(config), "ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": bucket,
+            "ARCHIVE_S3_ENDPOINT_URL": endpoint or s3.endpoint_url, "ARCHIVE_S3_PREFIX": "archive",
+            "COLUMNS": "250"}
+
+
+def _daily_rows(conn, schema: str, first: dt.date, days: int) -> dict:
+    """ev(id, at date): one row on each of ``days`` days from ``first``; its configuration entry."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::date + g FROM generate_series(0, %s) g").format(table),
+                 (first, days - 1))
+    return {"name": f"{schema}.ev", "day_column": "at", "start_date": first.isoformat()}
+
+
+def test_archive_of_a_range_whose_days_all_changed_suggests_one_command_not_one_per_day(
+        pg, s3, bucket, conn, schema, store, temp_dir, tmp_path):
+    """A table's 60 archived days (two months) all change in the source at once (a column added by a migration,
+    or a backfilled correction): ``archive --from 2024-01-01 --to 2024-02-29`` fails each day as "changed since
+    archived" (right: not without overwrite). The command's closing message then spells one complete command
+    per day, ``archive-pipeline archive --table s.ev --day 2024-01-01 --overwrite; archive-pipeline archive
+    --table s.ev --day 2024-01-02 --overwrite; ...``: 60 commands, ~4,700 characters on one line (a year: 365,
+    ~29,000), for what one ``archive --table s.ev --from 2024-01-01 --to 2024-02-29 --overwrite`` does (the
+    range the user just gave). Expected: the remedy stays readable at any range: a range command (the
+    user's --from/--to with --overwrite, or the first..last changed day), or the first few days and a count,
+    under ~1,000 characters. Fix idea: in cli.archive, when more than a few days need overwrite, suggest
+    ``run.command('archive') + --table/--from/--to/--overwrite`` per table instead of one command per day
+    (the same for the ``--overwrite`` run's own failures)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+    from archive_pipeline.core.archive import archive_partition
+
+    first, days = dt.date(2024, 1, 1), 60
+    entry = _daily_rows(conn, schema, first, days)
+    spec = parse_config({"tables": [entry]}).tables[0]
+    for i in range(days):
+        archive_partition(conn, spec, first + dt.timedelta(days=i), store, temp_dir=str(temp_dir))
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note text DEFAULT 'migrated'").format(
+        sql.Identifier(schema, "ev")))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [entry]}))
+    last = first + dt.timedelta(days=days - 1)
+    done = CliRunner(env=_cli_env(pg, s3, bucket, config)).invoke(
+        main, ["archive", "--from", first.isoformat(), "--to", last.isoformat()])
+    assert done.exit_code == 1, done.output[-3000:]
+    closing = [line for line in done.output.splitlines() if "day(s) failed" in line]
+    assert closing, done.output[-3000:]
+    told = closing[-1]
+    assert "--overwrite" in told, told[:1000]
+    assert told.count("--overwrite") <= 3 and len(told) < 1000, \
+        f"{told.count('--overwrite')} commands, {len(told):,} characters: {told[:700]} ..."
