@@ -156,3 +156,46 @@ def test_a_sensor_tick_over_declarative_tables_with_a_backlog_probes_what_it_req
     probes = [s for s in statements if s.lstrip().startswith("SELECT EXISTS")]
     assert len(statements) < 1000, (f"{len(statements):,} statements ({len(probes):,} EXISTS probes, one per day of "
                                     f"each table's backlog) for a tick that requests 50 runs")
+
+
+def _archived_days(conn, schema, store, temp_dir, tmp_path, first: dt.date, days: int, every: int = 1):
+    """ev with a row on each of ``days`` days, every ``every``-th of them archived; the config file."""
+    import yaml
+
+    from archive_pipeline.core.archive import archive_partition
+
+    entry = _daily_rows(conn, schema, first, days)
+    spec = parse_config({"tables": [entry]}).tables[0]
+    for i in range(0, days, every):
+        archive_partition(conn, spec, first + dt.timedelta(days=i), store, temp_dir=str(temp_dir))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [entry]}))
+    return config
+
+
+def test_verify_of_a_range_reads_each_days_manifest_once(pg, s3, bucket, conn, schema, store, temp_dir, tmp_path):
+    """``verify --from --to`` over 40 archived days, through a proxy that logs the store's requests. The command
+    lists the days' prefix once (good: no GET for a day without an archive), then reads each day's manifest
+    (plan.lookup_manifests), and then verify_archive reads the same manifest again (_manifest_or_problem) and
+    compares the second copy with the first one's fields: 80 manifest GETs for 40 days (a year: 730, each a
+    round trip to the store, and on S3 a billed request), where the listing-first design promises one GET
+    per archived day (as prune's "one listing and a GET per archived day"). Expected: each day's manifest is
+    read once (the object HEAD aside): at most 40 manifest GETs here.
+    Fix idea: hand the manifest lookup_manifests read (``found.archived.manifest``) to verify_archive instead of
+    reading it again; re-read only when the object's check finds a problem (as the CLI already does to see a
+    new generation)."""
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+    from archive_pipeline_tests.fault_proxy import FaultProxy
+
+    first, days = dt.date(2024, 1, 1), 40
+    config = _archived_days(conn, schema, store, temp_dir, tmp_path, first, days)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        done = CliRunner(env=_cli_env(pg, s3, bucket, config, proxy.url)).invoke(
+            main, ["verify", "--from", first.isoformat(), "--to", (first + dt.timedelta(days=days - 1)).isoformat(),
+                   "--json"])
+        assert done.exit_code == 0, done.output[-3000:]
+        gets = [r.path for r in proxy.requests(method="GET", path=r"\.manifest\.json$")]
+    assert '"ok": true' in done.output
+    assert len(gets) <= days, f"{len(gets)} manifest GETs for {days} archived days ({len(set(gets))} manifests)"
