@@ -199,3 +199,33 @@ def test_verify_of_a_range_reads_each_days_manifest_once(pg, s3, bucket, conn, s
         gets = [r.path for r in proxy.requests(method="GET", path=r"\.manifest\.json$")]
     assert '"ok": true' in done.output
     assert len(gets) <= days, f"{len(gets)} manifest GETs for {days} archived days ({len(set(gets))} manifests)"
+
+
+def test_archive_dry_run_of_a_range_lists_the_bucket_once_not_once_per_day(pg, s3, bucket, conn, schema, store,
+                                                                            temp_dir, tmp_path):
+    """``archive --dry-run --from --to`` over 40 days with rows, every other one archived already (a backfill
+    planned before it is launched: the README's way to see "which days would be skipped or refused").
+    Now: the plan asks the store about each day on its own (plan_day -> read_existing -> a LIST of the day's
+    prefix), so 40 days cost 40 listings plus a GET per archived day (3 years of history: 1,095 listings, one
+    round trip each, ~0.1 s apiece on S3, before the first line is printed), where ``list``, ``compare``,
+    ``verify`` and restore's ranges ask one listing of the days' common prefix (plan.lookup_manifests /
+    listing.listed_absent: "one LIST of the days' common prefix instead of a GET, a HEAD and a LIST per day").
+    Expected: the plan's store reads are one listing for the range (a day the listing shows nothing of needs
+    no request of its own), plus a manifest GET per archived day: at most a few LISTs here.
+    Fix idea: in plan.plan_archive, list the range once (listing.existing_keys over the days' keys) and hand
+    each day its part of that listing (read_existing accepts the listing it would make)."""
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+    from archive_pipeline_tests.fault_proxy import FaultProxy
+
+    first, days = dt.date(2024, 1, 1), 40
+    config = _archived_days(conn, schema, store, temp_dir, tmp_path, first, days, every=2)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        done = CliRunner(env=_cli_env(pg, s3, bucket, config, proxy.url)).invoke(
+            main, ["archive", "--dry-run", "--from", first.isoformat(),
+                   "--to", (first + dt.timedelta(days=days - 1)).isoformat(), "--json"])
+        assert done.exit_code == 0, done.output[-3000:]
+        lists = [r for r in proxy.records if "list-type" in r.query]
+    assert '"archive": 20' in done.output and '"skip": 20' in done.output, done.output[-1500:]
+    assert len(lists) <= 3, f"{len(lists)} bucket listings for a dry run of {days} days"
