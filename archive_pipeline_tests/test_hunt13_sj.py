@@ -229,3 +229,59 @@ def test_archive_dry_run_of_a_range_lists_the_bucket_once_not_once_per_day(pg, s
         lists = [r for r in proxy.records if "list-type" in r.query]
     assert '"archive": 20' in done.output and '"skip": 20' in done.output, done.output[-1500:]
     assert len(lists) <= 3, f"{len(lists)} bucket listings for a dry run of {days} days"
+
+
+def test_verify_download_counts_a_forged_parquet_objects_rows_within_bounded_memory(
+        pg, s3, bucket, conn, schema, store, s3_client, temp_dir, tmp_path):
+    """Someone who may write to the bucket replaces a one-row Parquet day's object by a 640-byte Parquet file of
+    the same columns whose first column (``id``, the one ``verify --download`` decodes to count rows) is
+    dictionary-encoded: one 64 KiB value over 4,000 rows in one row group, and reseals the manifest's digests
+    (forge_object). The archiver never writes such a row group (its row groups gather at most ~32 MiB of Arrow
+    data). ``verify --download`` counts rows with ``ParquetFile.read_row_group(g, columns=[first])``
+    (verify.count_rows), which decodes the dictionary into 4,000 dense copies of the value before it finds
+    "rows: recorded 1, object holds 4,000": measured +533 MB peak RSS for a 640-byte object (a few KB decode
+    to gigabytes as easily), where CSV and JSONL objects are counted no further than their manifest's
+    ``uncompressed_bytes``, and the README promises that whoever may write to the bucket cannot make a reader
+    "take its memory". (restore's own Parquet bomb is a known, marked case in test_hunt11_qs; this is the
+    verify / download-check path, which only counts.) Expected: the same verdict within bounded memory (well
+    under 100 MB above imports here): compare the footer's row counts (``metadata.row_group(g).num_rows``)
+    with the manifest's rows before decoding anything, and count by reading the column as a dictionary
+    (``read_dictionary``) or in small batches. Measured in a subprocess by its peak RSS (VmHWM) above imports."""
+    import json
+    import os
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from archive_pipeline.core import keys
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline_tests.helpers import forge_object
+    from archive_pipeline_tests.test_hunt11_qs import _cli_peak
+
+    day = dt.date(2024, 3, 10)
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id text, at date, note text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('1', %s, 'one')").format(table), (day,))
+    entry = {"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-03-01", "format": "parquet",
+             "compression": "zstd"}
+    spec = parse_config({"tables": [entry]}).tables[0]
+    result = archive_partition(conn, spec, day, store, temp_dir=str(temp_dir))
+    key = keys.table_day_key(spec, spec.period(day), store.prefix)
+    rows = 4000
+    first = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * (64 << 10)]))
+    bomb = pa.table({"id": first, "at": pa.array([day] * rows, pa.date32()), "note": pa.array(["one"] * rows)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(bomb, sink, compression="zstd", store_schema=False, dictionary_pagesize_limit=1 << 30,
+                   row_group_size=rows)
+    body = sink.getvalue().to_pybytes()
+    assert len(body) < 10_000
+    forge_object(s3_client, bucket, key, result.manifest_key, body)
+    config = tmp_path / "tables.yaml"
+    config.write_text(json.dumps({"tables": [entry]}))  # (JSON is YAML)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
+    env.update(_cli_env(pg, s3, bucket, config), PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", TMPDIR=str(temp_dir))
+    out, peak_mb = _cli_peak(env, "verify", "--download", "--day", day.isoformat(), "--json")
+    assert out["days"], json.dumps(out)[:1500]
+    assert peak_mb < 100, f"verify --download of a {len(body):,}-byte object peaked at +{peak_mb:.0f} MB: {out}"
