@@ -21,7 +21,7 @@ def test_a_locked_table_fails_the_sensor_tick_naming_its_days_briefly_not_each_o
     (``source: {lock_timeout_ms: 200}``). The tick finds the parent locked after one probe and fails the rest
     unprobed (good: one lock_timeout, not 365). But its message, logged as a warning and raised as the tick's
     error, lists every one of the 365 days: "365 day(s) not inspected (2023-01-01, 2023-01-02, ... 2023-12-31):
-    looking for days to archive failed: ..." (~4,500 characters on one line, and 3 years of backlog make it
+    looking for days to archive failed: ..." (~5,100 characters on one line, and 3 years of backlog make it
     13,000), where the cause and remedy drown at the end of the wall of dates. Every other message of the
     sensor bounds such lists (``_listed``: the first 5 and "and N more", or a range ``first..last``).
     Expected: the days are named briefly (a range, or the first few and a count), the whole tick error stays
@@ -77,7 +77,7 @@ def test_archive_of_a_range_whose_days_all_changed_suggests_one_command_not_one_
     or a backfilled correction): ``archive --from 2024-01-01 --to 2024-02-29`` fails each day as "changed since
     archived" (right: not without overwrite). The command's closing message then spells one complete command
     per day, ``archive-pipeline archive --table s.ev --day 2024-01-01 --overwrite; archive-pipeline archive
-    --table s.ev --day 2024-01-02 --overwrite; ...``: 60 commands, ~4,700 characters on one line (a year: 365,
+    --table s.ev --day 2024-01-02 --overwrite; ...``: 60 commands, ~4,600 characters on one line (a year: 365,
     ~29,000), for what one ``archive --table s.ev --from 2024-01-01 --to 2024-02-29 --overwrite`` does (the
     range the user just gave). Expected: the remedy stays readable at any range: a range command (the
     user's --from/--to with --overwrite, or the first..last changed day), or the first few days and a count,
