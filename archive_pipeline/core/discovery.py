@@ -372,6 +372,16 @@ def _named_periods(spec: TableSpec, names: Iterable[str], fold: bool = False) ->
             yield name, period
 
 
+def _respelled(pattern: str, name: str, period: Period) -> str:
+    """``pattern`` with each literal part spelled as ``name`` (a table the pattern names but for case) spells it."""
+    parts, at = [], 0
+    for token in re.findall(r"%.|[^%]+", pattern):
+        width = len(period.start.strftime(token))
+        parts.append(token if token.startswith("%") else name[at:at + width])
+        at += width
+    return "".join(parts)
+
+
 def _refuse_other_case(conn: psycopg.Connection, spec: TableSpec, prefix: str) -> None:
     """Refuse a pattern that names no table of the schema while tables spelled as it does but for the case of
     their letters are there (``Events_%Y%m%d`` against ``events_20240310``, created unquoted): every day would be
@@ -381,10 +391,11 @@ def _refuse_other_case(conn: psycopg.Connection, spec: TableSpec, prefix: str) -
         "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f') "
         "AND pg_catalog.starts_with(pg_catalog.lower(c.relname::text), pg_catalog.lower(%s)) ORDER BY 1 LIMIT 1000",
         (spec.schema_name, prefix))]
-    spelled = [name for name, _ in _named_periods(spec, names, fold=True)]
+    matched = list(_named_periods(spec, names, fold=True))
+    spelled = [name for name, _ in matched]
     if not spelled:
         return
-    suggested = spelled[0][:len(prefix)] + spec.partitioning.pattern[len(prefix):]
+    suggested = _respelled(spec.partitioning.pattern, *matched[0])
     shown = ", ".join(spelled[:3]) + (", ..." if len(spelled) > 3 else "")
     raise SourceError(
         f"partitioning pattern {spec.partitioning.pattern!r} of {spec.name} names no table of schema "

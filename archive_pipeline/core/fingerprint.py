@@ -200,7 +200,7 @@ def column_text(column: ColumnLike, qualifier: str | None = None, algorithm: str
     cannot convert). A column with a ``parse_as`` type is a text column holding that type's input
     (deep verification's text copy of a CSV archive): its value is read as that type first."""
     ident = _ident(column, qualifier)
-    parse_as = getattr(column, "parse_as", None)
+    parse_as = _parse_as(column, algorithm)
     if parse_as is not None:
         if column.base_type == "bpchar" and not column.is_array:  # a domain over char(n): blanks and all, below
             return sql.SQL("pg_catalog.concat({}::{})").format(ident, parse_as)
@@ -239,11 +239,19 @@ def _rewritten_xml_mark(column: ColumnLike, ident: sql.Composable) -> sql.Compos
     return sql.SQL(", CASE WHEN {} THEN ' (an xml field whose output rewrites its text)' END").format(rewritten)
 
 
-def column_is_null(column: ColumnLike, qualifier: str | None = None) -> sql.Composable:
+def _parse_as(column: ColumnLike, algorithm: str) -> sql.Composable | None:
+    """The type a text column is read as before it is hashed (deep verification's text copy of a CSV archive), by
+    ``algorithm``: an integer or uuid field only by v6, which hashes it by value (older ones hash it as it is)."""
+    if getattr(column, "parsed_by_v6_only", False) and algorithm != ALGORITHM:
+        return None
+    return getattr(column, "parse_as", None)
+
+
+def column_is_null(column: ColumnLike, qualifier: str | None = None, algorithm: str = ALGORITHM) -> sql.Composable:
     """The column's NULL test as v3 applies it: ``IS NULL`` of the value, which for a composite is also
     true when every field is NULL (a ``parse_as`` column is tested as its type)."""
     ident = _ident(column, qualifier)
-    parse_as = getattr(column, "parse_as", None)
+    parse_as = _parse_as(column, algorithm)
     if parse_as is not None:
         return sql.SQL("({}::{}) IS NULL").format(ident, parse_as)
     return sql.SQL("{} IS NULL").format(ident)
@@ -297,7 +305,7 @@ def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | 
             text = _utf8_bytes(text, convert)
         link = sql.SQL('pg_catalog.hashtextextended(coalesce({text}, \'\') COLLATE "C", '
                        '{link} OPERATOR(pg_catalog.#) ({is_null})::pg_catalog.int4::pg_catalog.int8)'
-                       ).format(text=text, link=link, is_null=column_is_null(column, qualifier))
+                       ).format(text=text, link=link, is_null=column_is_null(column, qualifier, algorithm))
     return link
 
 

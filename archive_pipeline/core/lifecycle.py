@@ -548,7 +548,8 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
 
 
 _WRITABLE_COLUMNS = """
-SELECT a.attname::text, a.attidentity = 'a' FROM pg_catalog.pg_attribute a
+SELECT a.attname::text, a.attidentity = 'a', pg_catalog.format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 ORDER BY a.attnum
 """
@@ -571,10 +572,36 @@ def put_back_statement(conn: psycopg.Connection | None, spec: TableSpec, day: Pe
             columns = []
     if not columns:
         return f"INSERT INTO {quoted} SELECT * FROM {aside} EXCEPT ALL SELECT * FROM {quoted}"
-    names = ", ".join(sql_name(name, qualified=False) for name, _ in columns)
-    overriding = " OVERRIDING SYSTEM VALUE" if any(always for _, always in columns) else ""
-    return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {names} FROM {aside} EXCEPT ALL "
-            f"SELECT {names} FROM {quoted}")
+    names = ", ".join(sql_name(name, qualified=False) for name, _, _ in columns)
+    overriding = " OVERRIDING SYSTEM VALUE" if any(always for _, always, _ in columns) else ""
+    by_text = _without_equality(conn, quoted, [name for name, _, _ in columns])
+    if not by_text:
+        return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {names} FROM {aside} EXCEPT ALL "
+                f"SELECT {names} FROM {quoted}")
+    # json, xml, point...: no equality to compare by, so compared by their text and read back as their type
+    compared = ", ".join(f"{sql_name(n, qualified=False)}::text" if n in by_text else sql_name(n, qualified=False)
+                         for n, _, _ in columns)
+    back = ", ".join(f"{sql_name(n, qualified=False)}::{kind}" if n in by_text else sql_name(n, qualified=False)
+                     for n, _, kind in columns)
+    return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {back} FROM (SELECT {compared} FROM {aside} EXCEPT "
+            f"ALL SELECT {compared} FROM {quoted}) AS lacking ({names})")
+
+
+def _without_equality(conn: psycopg.Connection, quoted: str, names: list[str]) -> set[str]:
+    """The columns of ``quoted`` whose type has no equality EXCEPT ALL could compare by (json, xml, point ...),
+    as PostgreSQL's planner finds them."""
+    def plans(chosen: list[str]) -> bool:
+        listed = ", ".join(sql_name(n, qualified=False) for n in chosen)
+        try:
+            with conn.transaction():
+                conn.execute(f"EXPLAIN (COSTS OFF) SELECT {listed} FROM {quoted} EXCEPT ALL SELECT {listed} FROM {quoted}")
+        except psycopg.Error:
+            return False
+        return True
+
+    if plans(names):
+        return set()
+    return {name for name in names if not plans([name])}
 
 
 def source_differs(spec: TableSpec, day: Period, problems: list[str],
@@ -938,8 +965,10 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     except ColumnsChangedError as exc:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: {exc.message}", table=spec.name,
                              day=day.isoformat()) from None
-    now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day),
-                              fingerprint.algorithm_for(manifest["fingerprint"]))
+    algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
+    if algorithm == fingerprint.ALGORITHM:  # each column hashed as archived, as the proof hashed it
+        columns = fingerprint.as_archived(conn, columns, manifest["columns"])
+    now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day), algorithm)
     archived_rows = fingerprint.Fingerprint.parse(manifest["fingerprint"]).rows
     # (the types named as the archive's snapshot named them: PostgreSQL's first on the path, whatever the session's)
     with pinned_settings(conn, search_path=SNAPSHOT_SETTINGS["search_path"]):

@@ -792,6 +792,8 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
     if now != loaded_now:
         problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded_now)}")
         in_order = columns_as_archived(table.columns, [c.name for c in columns]) or table.columns
+        if now.algorithm == fingerprint.ALGORITHM and len(in_order) == len(manifest["columns"]):
+            in_order = fingerprint.as_archived(conn, in_order, manifest["columns"])  # (as the fingerprint was)
         try:
             with conn.transaction():  # both row streams in one transaction where conn is the scratch session too
                 problems.append(_name_first_difference(conn, table.identifier, in_order, where, scratch, temp,
@@ -948,6 +950,7 @@ class _TextColumn:
     user_type: bool = False  # parse_as is a type outside pg_catalog: hashed by its output function (fingerprint)
     user_text_cast: bool = False  # parse_as has a cast to text a user created: hashed by its output function too
     hash_as: str | None = None  # (never set: a field is hashed as its parse_as type, see fingerprint._typed_link)
+    parsed_by_v6_only: bool = False  # an integer or uuid field: parsed for v6 (by value), hashed as it is by older ones
 
 
 # Every type whose text form (what the fingerprint hashes: ``value::text``) is its output function's, as
@@ -1027,11 +1030,13 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # the columns v6 hashes by their value (integers, booleans, uuids: see fingerprint._typed_link), read as their
     # type; their text form is the field's, so the older algorithms' hash of them is the same
     typed = dict(conn.execute(_TYPED_HASH_COLUMNS, (names, list(oids), sorted(fingerprint.TYPED_HASHED))).fetchall())
+    text_before_v6 = set(typed) - parsed  # v5 and older hash these fields as they are: as strictly as ever
     parsed |= set(typed)
     users = {name for (name,) in conn.execute(_USER_BASE_COLUMNS, (names, list(oids))).fetchall()}
     cast = {name for (name,) in conn.execute(_USER_TEXT_CAST_COLUMNS, (names, list(oids))).fetchall()}
     return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else typed.get(name, "text"),
-                              user_type=name in users, user_text_cast=name in cast) if name in parsed
+                              user_type=name in users, user_text_cast=name in cast,
+                              parsed_by_v6_only=name in text_before_v6) if name in parsed
                   else _TextColumn(name) for name in names]
 
 

@@ -13,6 +13,7 @@
 
 import contextlib
 import datetime as dt
+import shlex
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -704,10 +705,11 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                 raise terminated(context, exc, spec, day, "checking", None) from None
             checked.append(event.partition)
             if difference and difference.startswith(verify.TABLE_GONE):  # not to be archived again: put back, or not
+                command = shlex.join(["archive-pipeline", "restore", "--table", spec.name, "--day", event.partition,
+                                      "--into", "original"])
                 dropped[event.partition] = (
                     f"{difference}: the archive is the day's only copy; if the table was dropped by mistake, restore "
-                    f"it (archive-pipeline restore --table {spec.name} --day {event.partition} --into original), "
-                    "else nothing is to be done (an archive run of the day has nothing to archive)")
+                    f"it ({command}), else nothing is to be done (an archive run of the day has nothing to archive)")
             elif difference:
                 changed[event.partition] = difference
         gone = "".join(f"; not compared, {d}: removed from the source by retention ({why})"
