@@ -905,11 +905,11 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                      "days above): fix what they say and run the same command again", code=EXIT_USAGE)
     if failed:
         if overwrite:  # the same command would archive every day again, as new generations
-            again = "; ".join(run.suggest("archive", r["table"], r["day"], "--overwrite") for r in failed)
+            again = _archive_again(run, failed)
             raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and archive those days again: "
                          f"{again}")
         changed = [r for r in failed if r.get("needs_overwrite")]
-        again = "; ".join(run.suggest("archive", r["table"], r["day"], "--overwrite") for r in changed)
+        again = _archive_again(run, changed)
         rest = len(failed) - len(changed)
         raise Failed(f"{len(failed)} day(s) failed; "
                      + (f"fix what the messages say and run the same command again (archived days are skipped)"
@@ -917,6 +917,24 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                      + ("; " if rest and changed else "")
                      + (f"the day(s) changed since they were archived are archived again only with overwrite: {again}"
                         if changed else ""))
+
+
+def _archive_again(run: Run, days: list[dict[str, Any]], most: int = 3) -> str:
+    """The commands that archive ``days`` (a command's failed days) again with --overwrite: one per day for a few
+    of a table, else one for the range from its first to its last (every day of it archived again: said so)."""
+    by_table: dict[str, list[str]] = {}
+    for r in days:
+        by_table.setdefault(r["table"], []).append(r["day"])
+    commands = []
+    for table, named in by_table.items():
+        named = sorted(named)
+        if len(named) <= most:
+            commands += [run.suggest("archive", table, day, "--overwrite") for day in named]
+        else:
+            commands.append(_shell_join([*run.command("archive"), "--table", table, "--from", named[0], "--to",
+                                         named[-1], "--overwrite"])
+                            + f" ({len(named)} days; every day from {named[0]} to {named[-1]} is archived again)")
+    return "; ".join(commands)
 
 
 def _verify_remedy(run: Run, spec: TableSpec, day: Period, problem: str = "", how: tuple[str, ...] = (),
@@ -1166,7 +1184,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                     # removed day's proof is by its archive alone, so its period is checked here)
                     return verify_archive(run.store, found.key, archived.expected, deep=download,
                                           owner=(spec.name, day.isoformat()),
-                                          period=None if deep and not archived.removed else day)
+                                          period=None if deep and not archived.removed else day,
+                                          manifest=archived.manifest)  # (read once, by the range's lookup)
 
                 problems = stored(archived)
                 if problems:  # the day archived again meanwhile (a new generation)? then that one is checked

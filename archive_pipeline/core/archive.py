@@ -140,14 +140,16 @@ class Existing:
         return int(self.manifest.get("generation", 1)) if self.manifest else 0
 
 
-def read_existing(store: S3Store, key: str) -> Existing:
+def read_existing(store: S3Store, key: str, listing: dict[str, dict] | None = None) -> Existing:
     """The manifest at ``key`` and whether its object is still the one it describes.
 
     One LIST of the keys beside ``key`` (its generations and its manifest) comes first: it says
     whether there is a manifest to read at all, gives the stored object's size and ETag without a
     HEAD, and the generations already stored, so a new day costs one request instead of a GET that
-    finds nothing plus a LIST, and a kept day no HEAD (S3, MinIO and R2 list consistently)."""
-    listing = day_listing(store, key)
+    finds nothing plus a LIST, and a kept day no HEAD (S3, MinIO and R2 list consistently). ``listing``: that
+    listing, made already (one listing of a range's days: see listing.day_listings)."""
+    if listing is None:
+        listing = day_listing(store, key)
     listed = listing is not None and keys.manifest_key(key) in listing
     if listing == {}:  # nothing of this day is stored
         return Existing(None, None, None, listing)

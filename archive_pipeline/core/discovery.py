@@ -435,21 +435,40 @@ def _probed(conn: psycopg.Connection, probes: list[tuple[Period, sql.Composable]
     sensor tick over a thousand days would wait a thousand lock_timeouts), so once the table itself is
     found locked, the remaining periods fail with that error unprobed."""
     found = []
-    for index, (period, query) in enumerate(probes):
-        try:
-            with conn.transaction() if failed is not None else contextlib.nullcontext():
-                held = conn.execute(query).fetchone()[0]
-        except psycopg.Error as exc:
-            if failed is None or conn.closed or conn.broken:
-                raise
-            failed[period] = exc
-            if isinstance(exc, psycopg.errors.LockNotAvailable) and table is not None and _table_locked(conn, table):
-                failed.update((later, exc) for later, _ in probes[index + 1:])
-                break
-            continue
-        if held:
-            found.append(period)
+    for start in range(0, len(probes), _PROBES_AT_ONCE):
+        batch = probes[start:start + _PROBES_AT_ONCE]
+        if len(batch) > 1:  # one round trip for the batch (a sensor tick over years of backlog: not one per day)
+            try:
+                with conn.transaction() if failed is not None else contextlib.nullcontext():
+                    held = conn.execute(sql.SQL("SELECT ARRAY[{}]").format(
+                        sql.SQL(", ").join(sql.SQL("({})").format(query) for _, query in batch))).fetchone()[0]
+            except psycopg.Error:
+                if failed is None or conn.closed or conn.broken:
+                    raise
+            else:
+                found += [period for (period, _), has in zip(batch, held, strict=True) if has]
+                continue
+        for index, (period, query) in enumerate(batch):  # one by one: which of them failed, the others go on
+            try:
+                with conn.transaction() if failed is not None else contextlib.nullcontext():
+                    has = conn.execute(query).fetchone()[0]
+            except psycopg.Error as exc:
+                if failed is None or conn.closed or conn.broken:
+                    raise
+                failed[period] = exc
+                if isinstance(exc, psycopg.errors.LockNotAvailable) and table is not None and \
+                        _table_locked(conn, table):
+                    failed.update((later, exc) for later, _ in probes[start + index + 1:])
+                    return found
+                continue
+            if has:
+                found.append(period)
     return found
+
+
+# How many periods one probing statement asks about: a round trip each, not one per period; few enough that the
+# partitions one statement locks stay well inside max_locks_per_transaction.
+_PROBES_AT_ONCE = 50
 
 
 def _table_locked(conn: psycopg.Connection, table: sql.Identifier) -> bool:

@@ -12,12 +12,18 @@ import urllib.parse
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.keys import day_prefix, manifest_key, other_extension_keys, table_day_key
+from archive_pipeline.core.keys import day_listing_prefixes, day_prefix, manifest_key, other_extension_keys, table_day_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import S3Store
 
 
 def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
+    """The keys of :func:`listed_items` (see there), or None."""
+    items = listed_items(store, keys)
+    return None if items is None else set(items)
+
+
+def listed_items(store: S3Store, keys: list[str]) -> dict[str, dict] | None:
     """Every key in the bucket under the common prefix of ``keys`` (a listing); None
     when that would list much more than the keys themselves (a key template that puts the date
     before the table, or no common directory), where one GET per key costs less, or when the store
@@ -27,7 +33,7 @@ def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
     if "/" not in common:
         return None
     prefix = common[: common.rindex("/") + 1]
-    found: set[str] = set()
+    found: dict[str, dict] = {}
     asked = set(keys)
     for item in store.list_keys(prefix):
         if not item["Key"].startswith(prefix):  # keys not as asked (a store URL-encoding them unannounced): the
@@ -35,7 +41,7 @@ def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
         if "%" in item["Key"] and item["Key"] not in asked and \
                 asked.intersection((urllib.parse.unquote(item["Key"]), urllib.parse.unquote_plus(item["Key"]))):
             return None  # the same, where the prefix has nothing to encode: a key asked for, listed encoded
-        found.add(item["Key"])
+        found[item["Key"]] = item
         if len(found) > 4 * len(keys) + 1000:  # objects, manifests, generations: about 2-3 per day
             return None
     return found
@@ -66,6 +72,26 @@ def listed_absent(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[
               if manifest_key(key) not in present and day_prefix(key) not in listed_days
               and not any(day_prefix(other) in listed_days for other in others[day])}
     return absent, sorted(present)
+
+
+def day_listings(store: S3Store, keys: list[str]) -> dict[str, dict[str, dict]]:
+    """For each day's data key, what :func:`leftovers.day_listing` would list of it (size and ETag of every key
+    starting as its generations do), from one listing of the days' common prefix; a key left out where that
+    listing cannot serve (a flat layout, no common directory, a listing that failed): read on its own then."""
+    if len(keys) <= 3 or any(day_listing_prefixes(key) != [day_prefix(key)] for key in keys):
+        return {}
+    try:
+        items = listed_items(store, [*keys, *(manifest_key(k) for k in keys)])
+    except ArchiveError:
+        return {}
+    if items is None:
+        return {}
+    by_day: dict[str, dict[str, dict]] = {day_prefix(key): {} for key in keys}
+    for name, item in items.items():
+        held = by_day.get(day_prefix(name))
+        if held is not None:
+            held[name] = {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
+    return {key: by_day[day_prefix(key)] for key in keys}
 
 
 def unarchived_days(store: S3Store, spec: TableSpec, days: list) -> set[Period]:

@@ -23,7 +23,7 @@ from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalo
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
-from archive_pipeline.core.listing import listed_absent
+from archive_pipeline.core.listing import day_listings, listed_absent
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, layout_change, manifest_key, owned,
                                              removal_state, under_another_format)
 from archive_pipeline.core.periods import Period
@@ -517,14 +517,22 @@ class PlannedDay:
 
 
 def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Period, *, overwrite: bool,
-             in_source: bool, children: list[ChildRange] | None = None) -> PlannedDay:
+             in_source: bool, children: list[ChildRange] | None = None, unarchived: bool = False,
+             listing: dict[str, dict] | None = None) -> PlannedDay:
     """What :func:`archive_pipeline.core.archive.archive_partition` would do with ``day``, decided by the
     archiver's own rule (``read_existing`` and the same keep-or-refuse decision on the content
     fingerprint) but only reading: no lock, no upload, no manifest. A decision against the archive (refuse,
     overwrite) is made once more where its manifest changed meanwhile: a removal that committed between the
-    manifest's read and the source's emptied the source of a day whose mark came later."""
+    manifest's read and the source's emptied the source of a day whose mark came later. ``unarchived``: a listing
+    of the range showed nothing of the day stored, under any format (see listing.listed_absent); ``listing``: what
+    is stored of the day, from that listing (see listing.day_listings)."""
+    if unarchived and in_source:
+        day = spec.period(day)
+        return PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "archive", "not archived yet",
+                          estimate_day(conn, spec, day, children))
     read: dict[str, bytes | None] = {}
-    planned = _plan_day(conn, spec, store, day, overwrite=overwrite, in_source=in_source, children=children, read=read)
+    planned = _plan_day(conn, spec, store, day, overwrite=overwrite, in_source=in_source, children=children, read=read,
+                        listing=listing)
     if planned.action in ("refuse", "overwrite") and read.get("raw") is not None:
         try:
             moved = read_existing(store, render_key(spec, spec.period(day), store.prefix)).raw != read["raw"]
@@ -537,7 +545,7 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
 
 def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Period, *, overwrite: bool,
               in_source: bool, children: list[ChildRange] | None = None,
-              read: dict[str, bytes | None] | None = None) -> PlannedDay:
+              read: dict[str, bytes | None] | None = None, listing: dict[str, dict] | None = None) -> PlannedDay:
     """:func:`plan_day` once; ``read`` is given the manifest's bytes it decided on."""
     day = spec.period(day)
     key = render_key(spec, day, store.prefix)
@@ -545,7 +553,7 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
         return PlannedDay(spec.name, day, key, "no-data", "no data for this day in PostgreSQL", None)
     estimate = estimate_day(conn, spec, day, children)
     try:
-        existing = read_existing(store, key)
+        existing = read_existing(store, key, listing)
     except ArchiveError as exc:  # a manifest of a newer version, a store answering inconsistently
         if exc.retryable:
             raise
@@ -625,6 +633,11 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
         describe_table(conn, spec.name, spec.day_column)
     children = child_ranges(conn, spec) if spec.partitioning.mode == "declarative" and in_source else None
     planned = []
+    # one listing of the range for the days nothing of is stored (a range of years mostly never archived is not
+    # a LIST per day); the others are read one by one, as the run reads them
+    unarchived = listed_absent(store, spec, [d for d in days if d in in_source])[0]
+    stored = day_listings(store, [render_key(spec, d, store.prefix) for d in days if d in in_source and
+                                  d not in unarchived])
     for day in days:
         if day in unreadable:
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix),
@@ -632,7 +645,8 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
             continue
         try:
             planned.append(plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source,
-                                    children=children))
+                                    children=children, unarchived=day in unarchived,
+                                    listing=stored.get(render_key(spec, day, store.prefix))))
         except psycopg.Error as exc:  # a lock_timeout on the day's partition, a statement_timeout: this day only
             why = unread(conn, spec, day, exc)
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), _unplanned_action(why),

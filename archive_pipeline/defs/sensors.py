@@ -361,8 +361,8 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                         continue
                 if unprobed:  # those days only (a locked partition): the table's other new days go on
                     first = next(iter(unprobed.values()))
-                    message = (f"{len(unprobed)} day(s) not inspected ({', '.join(d.isoformat() for d in unprobed)}): "
-                               + probe_failure(first, spec, postgres))
+                    named = _listed([d.isoformat() for d in sorted(unprobed)])
+                    message = f"{len(unprobed)} day(s) not inspected ({named}): " + probe_failure(first, spec, postgres)
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
                 busy = days_in_flight(running, target)
