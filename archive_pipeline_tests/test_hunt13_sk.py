@@ -1,0 +1,53 @@
+"""Hunt 13 (SK): review of the newest product commits (restore's key look-up, widening, on_conflict='skip'
+on partition trees, CLI endpoint/session/dry-run changes, put-back statement)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import RestoreError, restore_day
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _count(conn, schema: str, name: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()[0]
+
+
+def test_a_char_n_key_the_target_still_holds_is_not_called_archived_rows_colliding_among_themselves(
+        conn, schema, store, temp_dir):
+    """The source table's primary key is a character(8) code ('ab', 'cd', 'ef': shorter than 8, so stored
+    blank-padded). After 2024-03-10 was archived, two of its three rows were deleted by mistake; the user
+    restores the day into the original table, where row 'ab' is still there.
+
+    Now: the load hits the primary key on 'ab'; _unique_violation asks _holds_key whether the target holds
+    that key, which compares ``code::text = 'ab      '`` (the detail's value is bpchar's blank-padded output,
+    while char(n)::text strips the blanks): no match, so the error says "<table> held no row of that key,
+    and the archived rows break its constraint events_pkey among themselves ..., a constraint the archived
+    table did not have" with the remedy to drop the constraint. All false: the table holds that very row,
+    and the archived table had that key.
+
+    Should: say rows of the archive already exist in the table (the key is there), as before the look-up
+    was added. Fix idea: look the key up by the column's own equality (``col = 'value'::coltype``, IS NULL
+    for a NULLS NOT DISTINCT null), not by text; the same text comparison misses numeric 1.0 vs 1.00,
+    float -0 vs 0 and a NULLS NOT DISTINCT key's "null"."""
+    t = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (code character(8) PRIMARY KEY, at timestamptz NOT NULL, v text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('ab', '2024-03-10 01:00+00', 'x'), ('cd', '2024-03-10 02:00+00', 'y'), "
+                         "('ef', '2024-03-10 03:00+00', 'z'), ('gh', '2024-03-11 01:00+00', 'next')").format(t))
+    spec = TableSpec(name=f"{schema}.events", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE code IN ('cd', 'ef')").format(t))
+    with pytest.raises(RestoreError) as caught:
+        restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+    assert _count(conn, schema, "events") == 2  # as it was
+    said = f"{caught.value} {caught.value.remedy or ''}"
+    assert "among themselves" not in said and "held no row" not in said, said
+    assert "already exist" in said, said
