@@ -51,3 +51,33 @@ def test_a_char_n_key_the_target_still_holds_is_not_called_archived_rows_collidi
     said = f"{caught.value} {caught.value.remedy or ''}"
     assert "among themselves" not in said and "held no row" not in said, said
     assert "already exist" in said, said
+
+
+def test_a_second_store_in_one_process_signs_with_the_credentials_of_the_environment_now(monkeypatch):
+    """No ARCHIVE_S3_ACCESS_KEY_ID: the keys come from boto3's chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+    AWS_SESSION_TOKEN, rotated by a sidecar, or a test runner's commands in one process). 48f8117 gave the S3
+    client a boto3 session of its own for exactly this; 23d96f7 went back to ``boto3.client(...)`` (boto3's
+    process-wide DEFAULT_SESSION) and made test_hunt12_ry reset that session instead.
+
+    Now: the first store_from_env creates the default session, which resolves the chain's credentials once and
+    keeps them: a second store built after the keys were rotated still signs with the first (expired) keys,
+    every request refused until the process restarts.
+
+    Should: each store built from the environment signs with the credentials the environment holds when it is
+    built. Fix idea: ``boto3.session.Session().client(...)`` again (as 48f8117 had it)."""
+    import boto3
+
+    from archive_pipeline.core.environment import store_from_env
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "ARCHIVE_S3_ACCESS_KEY_ID", "ARCHIVE_S3_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"ARCHIVE_S3_BUCKET": "sk-bucket", "ARCHIVE_S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFIRSTKEY0000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    first = store_from_env(env, check=False)
+    assert first.client._request_signer._credentials.access_key == "AKIAFIRSTKEY0000000"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASECONDKEY000000")  # rotated
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "second-secret")
+    second = store_from_env(env, check=False)
+    assert second.client._request_signer._credentials.access_key == "AKIASECONDKEY000000"
