@@ -81,3 +81,35 @@ def test_a_second_store_in_one_process_signs_with_the_credentials_of_the_environ
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "second-secret")
     second = store_from_env(env, check=False)
     assert second.client._request_signer._credentials.access_key == "AKIASECONDKEY000000"
+
+
+def test_a_failover_with_one_host_read_only_and_the_other_down_is_not_called_a_target_session_attrs_mistake(pg):
+    """An HA connection string as libpq documents it: ``host=a,b target_session_attrs=read-write``. During a
+    failover the old primary is read-only (demoted, or default_transaction_read_only while it is fenced) and
+    the new one does not accept connections yet: libpq answers 'connection to server at a failed: session is
+    read-only' + 'connection to server at b failed: Connection refused'.
+
+    Now: the new _SESSION_ATTRS pattern is matched before _CONNECT_FAILED, so the whole error is classified as
+    "the server reached is not the kind the connection string's target_session_attrs asks for", not retryable,
+    with the remedy to check target_session_attrs: the run fails at once instead of being retried, and the
+    remedy sends the user to a setting that is right (before 23d96f7: connect failed, retryable).
+
+    Should: a host that did not answer at all is the cause to report (retryable, as a refused connection is);
+    the target_session_attrs cause only when every host answered and none was the kind asked for.
+    Fix idea: match _SESSION_ATTRS only when no per-host line of libpq's message is a connect failure."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from archive_pipeline.core import errors
+
+    params = conninfo_to_dict(pg.dsn)
+    host = params.get("host") or "127.0.0.1"
+    dsn = make_conninfo(**{**params, "host": f"{host},127.0.0.1", "port": f"{params.get('port', 5432)},9",
+                           "target_session_attrs": "read-write", "connect_timeout": "5",
+                           "options": "-c default_transaction_read_only=on"})
+    with pytest.raises(psycopg.OperationalError) as caught:
+        psycopg.connect(dsn).close()
+    text = str(caught.value)
+    assert "read-only" in text and "refused" in text.lower(), text  # (the premise: both hosts' failures)
+    found = errors.classify(caught.value)
+    assert found.retryable, (found.cause, found.remedy)
+    assert "target_session_attrs" not in found.cause, found.cause
