@@ -12,6 +12,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.restore import RestoreError, restore_day
+from archive_pipeline_tests.test_cli import cli, days, setup  # noqa: F401 - fixtures
 
 DAY = dt.date(2024, 3, 10)
 
@@ -113,3 +114,41 @@ def test_a_failover_with_one_host_read_only_and_the_other_down_is_not_called_a_t
     found = errors.classify(caught.value)
     assert found.retryable, (found.cause, found.remedy)
     assert "target_session_attrs" not in found.cause, found.cause
+
+
+def test_archive_dry_run_does_not_plan_days_the_real_run_stops_before(setup, days, schema, s3_client, bucket):
+    """Two configured tables, the FIRST missing from the database (dropped, or a typo), the second fine.
+    23d96f7 made `archive --dry-run` plan the other tables "as the real run archives them".
+
+    Now: the dry run plans the second table's day as `archive` ("1 day(s) to archive", its key and estimate),
+    beside the first table's "not planned" error. The real `archive` with the same arguments raises the first
+    table's error before anything was done (``if not results: raise``) and never reaches the second table:
+    nothing archived, exit 2. The preview promises a write the command does not make (the README: `--dry-run`
+    "decides with the archiver's own rule").
+
+    Should: the dry run's plan and the real run agree: either the real run goes on to the other tables when
+    the first cannot be read (as the dry run now assumes, and as it does when the failing table comes second),
+    or the dry run says those tables would not be reached. Fix idea: archive's loop records the table's error
+    (_table_failed) whatever its position, stopping with exit 2 at the end."""
+    import json
+
+    from pathlib import Path
+
+    import yaml
+
+    env, spec = setup
+    config = Path(env["ARCHIVE_PIPELINE_CONFIG"])
+    raw = yaml.safe_load(config.read_text())
+    raw["tables"].insert(0, {**raw["tables"][0], "name": f"{schema}.gone", "partitioning": {"mode": "column"}})
+    config.write_text(yaml.safe_dump(raw))
+    day = days[0].isoformat()
+    dry = cli(env, "archive", "--dry-run", "--day", day, "--json")
+    planned = sorted((d["table"], d["day"]) for d in json.loads(dry.stdout).get("days", [])
+                     if d.get("action") in ("archive", "overwrite"))
+    real = cli(env, "archive", "--day", day, "--json")
+    try:
+        answer = json.loads(real.stdout)
+    except ValueError:
+        answer = {}
+    archived = sorted((d["table"], d["day"]) for d in answer.get("days", []) if d.get("status") == "archived")
+    assert planned == archived, (planned, archived, dry.stdout, real.stdout, real.stderr)
