@@ -152,3 +152,41 @@ def test_archive_dry_run_does_not_plan_days_the_real_run_stops_before(setup, day
         answer = {}
     archived = sorted((d["table"], d["day"]) for d in answer.get("days", []) if d.get("status") == "archived")
     assert planned == archived, (planned, archived, dry.stdout, real.stdout, real.stderr)
+
+
+def test_skip_into_a_partitioned_table_whose_days_partition_has_no_key_is_refused_as_keyless(conn, schema, store,
+                                                                                              temp_dir):
+    """A table partitioned by day with keys declared per partition (9d0cbe4 counts those for on_conflict='skip'),
+    but only on SOME partitions: the newer ones got PRIMARY KEY (id) when the application started declaring it,
+    the day's older partition ev_0310 never did. The day lost three of its five rows; the user restores it into
+    the original table with on_conflict='skip'.
+
+    Now: _require_key finds a unique index anywhere in pg_partition_tree (ev_0311's) and lets the restore go on;
+    the rows routed to ev_0310 have no arbiter, so all five are inserted again, the check counts 7 and rolls
+    back with "the target already held 2 row(s) of the day ... delete the day's rows ... and restore again":
+    skip's promise (add only the missing rows) silently does not apply, and the user is told to delete rows
+    instead of being told the day's partition has no key (the refusal before 9d0cbe4).
+
+    Should: refused up front as before, naming the partition the day goes to as having no primary key or unique
+    constraint (remedy: add one to that partition, or restore into a new table). Fix idea: in _require_key,
+    require a unique index (or exclusion constraint) on every leaf partition the day's rows can route to
+    (at least the one holding the day), not on any relation of the tree."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int NOT NULL, at timestamptz NOT NULL, v text) "
+                         "PARTITION BY RANGE (at)").format(s))
+    for name, lo, hi in (("ev_0310", "2024-03-10", "2024-03-11"), ("ev_0311", "2024-03-11", "2024-03-12")):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(name), s, sql.Literal(f"{lo} 00:00+00"), sql.Literal(f"{hi} 00:00+00")))
+    conn.execute(sql.SQL("ALTER TABLE {}.ev_0311 ADD PRIMARY KEY (id)").format(s))  # the newer partition only
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 01:00+00'::timestamptz + g * interval '1 second', "
+                         "'v' || g FROM generate_series(1, 5) g").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {}.ev WHERE id > 2").format(s))
+    with pytest.raises(RestoreError) as caught:
+        restore_day(conn, store, spec, DAY, into="original", on_conflict="skip", temp_dir=temp_dir)
+    assert _count(conn, schema, "ev") == 2  # as it was
+    said = f"{caught.value} {caught.value.remedy or ''}"
+    assert "already held" not in said, said
+    assert "primary key or unique" in said and "ev_0310" in said, said
