@@ -190,3 +190,34 @@ def test_skip_into_a_partitioned_table_whose_days_partition_has_no_key_is_refuse
     said = f"{caught.value} {caught.value.remedy or ''}"
     assert "already held" not in said, said
     assert "primary key or unique" in said and "ev_0310" in said, said
+
+
+def test_a_range_restore_follows_a_numeric_column_widened_between_the_days(conn, schema, store, temp_dir):
+    """9d0cbe4: a restore's own table for a range follows a column widened in the source between the days
+    (_widens: integer widths, a longer varchar, varchar to text). The source's amount numeric(8,2) was widened to
+    numeric(12,2) after 2024-03-10 (ALTER COLUMN ... TYPE numeric(12,2): amounts reached a million), and
+    2024-03-11 holds 1234567890.12. The user restores the two days as a range into a new table.
+
+    Now: the table is created from the first day's definition (numeric(8,2)); _widens does not count a numeric
+    of larger precision as a widening, so day 2 fails "the archived rows do not load into <schema>.back
+    (NumericValueOutOfRange ...: numeric field overflow)" — the same migration as varchar(10) -> varchar(40),
+    which is followed. (integer -> numeric, the retype 48f8117 calls equal, is not followed either.)
+
+    Should: both days restored into the one table (3 rows), the column widened to numeric(12,2) as varchar's
+    length is. Fix idea: _widens also accepts numeric(p,s) -> numeric(p',s') with p'-s' >= p-s and s' >= s,
+    numeric(p,s) -> unconstrained numeric, and an integer type -> numeric."""
+    from archive_pipeline.core.restore import restore_days
+
+    t = sql.Identifier(schema, "pay")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, amount numeric(8,2))").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00', 12.50), (2, '2024-03-10 02:00+00', 99.99)"
+                         ).format(t))
+    spec = TableSpec(name=f"{schema}.pay", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN amount TYPE numeric(12,2)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3, '2024-03-11 01:00+00', 1234567890.12)").format(t))
+    archive_partition(conn, spec, DAY + dt.timedelta(days=1), store, temp_dir=temp_dir)
+    restore_days(conn, store, spec, DAY, DAY + dt.timedelta(days=1), into="new", target=f"{schema}.back",
+                 temp_dir=temp_dir)
+    assert _count(conn, schema, "back") == 3
