@@ -221,3 +221,41 @@ def test_a_range_restore_follows_a_numeric_column_widened_between_the_days(conn,
     restore_days(conn, store, spec, DAY, DAY + dt.timedelta(days=1), into="new", target=f"{schema}.back",
                  temp_dir=temp_dir)
     assert _count(conn, schema, "back") == 3
+
+
+def test_a_restore_into_the_original_table_the_role_may_insert_into_but_not_read_is_a_restore_error(
+        conn, schema, store, temp_dir):
+    """9d0cbe4: "a target the role may insert into but not read is a RestoreError of the archived table": the
+    SourceError the target's description raises is wrapped only when it names another table than the archived
+    one (``exc.table not in (None, table)``). Restoring into the ORIGINAL table (into='original', the README's
+    way to put a removed day back) with a role that has INSERT but not SELECT on it (a loader role).
+
+    Now: the error escapes as a SourceError (as if the archive run's source were unreadable), not the
+    RestoreError every other refusal of the restore is; callers catching RestoreError (the restore job, a
+    script) miss it.
+
+    Should: a RestoreError naming the table and the day, saying the target cannot be read (the grant to ask
+    for). Fix idea: wrap every SourceError raised while describing the target, whichever table it names."""
+    t = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:00+00'::timestamptz + g * interval '1 second', "
+                         "'v' || g FROM generate_series(1, 5) g").format(t))
+    spec = TableSpec(name=f"{schema}.events", day_column="at", start_date=DAY, format="csv", compression="zstd",
+                     partitioning={"mode": "column"})
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {}").format(t))
+    role = f"r_{schema}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(t, sql.Identifier(role)))
+        with psycopg.connect(conn.info.dsn, user=role, password="pw", autocommit=True) as restoring:
+            with pytest.raises(Exception) as caught:
+                restore_day(restoring, store, spec, DAY, into="original", temp_dir=temp_dir)
+        assert _count(conn, schema, "events") == 0
+        error = caught.value
+        assert isinstance(error, RestoreError), f"{type(error).__name__}: {error}"
+        assert (error.table, error.day) == (f"{schema}.events", "2024-03-10"), (error.table, error.day)
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
