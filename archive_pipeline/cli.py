@@ -848,7 +848,8 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
     """Archive one day (--day) or a range (--from/--to) of the chosen tables.
 
     Days without data in PostgreSQL are reported and left alone. Exits 1 when a day fails (the
-    others still run) or, with --dry-run, never."""
+    others still run) or, with --dry-run, when a table cannot be planned (the others still are); 2
+    where a table's configuration or grants stop it."""
     if dry_run:
         _archive_plan(run, overwrite)
         return
@@ -861,8 +862,8 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
             try:
                 present, unknown = plan.present_days(run.conn, spec, days)
             except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
-                if not results:
-                    raise  # nothing done yet: the command's own error (exit 2 for configuration)
+                if len(run.tables) == 1 or run.conn.closed or run.lost:
+                    raise  # the command's only table: its own error (exit 2 for configuration)
                 results += _table_failed(spec, days, exc)  # what was archived before is still reported
                 if _configuration(exc) and not stopped:
                     stopped = results[-1]["message"]

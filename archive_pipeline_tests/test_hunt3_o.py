@@ -108,11 +108,11 @@ def _main_killing() -> None:
     import boto3
 
     event, operation, nth, pattern = json.loads(os.environ.pop("HUNT3_O_KILL"))
-    real = boto3.client
+    real = boto3.session.Session.client  # (every client: the default session's and a session of its own)
     seen = {"n": 0, "key": ""}
 
-    def client(*a, **k):
-        made = real(*a, **k)
+    def client(self, *a, **k):
+        made = real(self, *a, **k)
 
         def remember(params, **_):
             seen["key"] = params.get("Key", "")
@@ -127,7 +127,7 @@ def _main_killing() -> None:
         made.meta.events.register(f"{event}.s3.{operation}", kill)
         return made
 
-    boto3.client = client
+    boto3.session.Session.client = client
     from archive_pipeline.cli import main
 
     sys.argv = ["archive-pipeline", *sys.argv[1:]]

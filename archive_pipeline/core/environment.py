@@ -349,8 +349,10 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
         options["aws_secret_access_key"] = s3_setting(env, SECRET_VAR)
     check_endpoint_url(env.get(ENDPOINT_VAR), bucket)
     try:
-        client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
-                                                  retries={"max_attempts": 3, "mode": "standard"}), **options)
+        # a session of its own, not boto3's default one, which keeps the first credentials it read from the
+        # environment's chain for the life of the process (a token rotated since, a second store in one process)
+        client = boto3.session.Session().client("s3", config=Config(
+            connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}), **options)
     except (ProfileNotFound, InvalidChecksumConfigError) as exc:  # a setting of botocore's own chain: name it
         raise ConfigError(_botocore_setting(exc)) from None
     except InvalidRegionError:

@@ -541,7 +541,9 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
          r"end of string reached when looking for matching|unexpected character .* in uri|"
          r"invalid port number|servname not supported|invalid .* value: \"|unexpected spaces found|"
          r"use percent-encoded", _BAD_DSN),
-        (r"server is (not )?in hot standby mode|session is (not )?read-only", _SESSION_ATTRS),
+        # (not where another host of the string could not be reached: a failover under way, retried)
+        (r"(?s)^(?!.*(connection refused|timeout expired|timed out|network is unreachable|no route to host)).*"
+         r"(server is (not )?in hot standby mode|session is (not )?read-only)", _SESSION_ATTRS),
         (r"connection refused|timeout expired|timed out|network is unreachable|no route to host|"
          r"could not connect to server|connection to server at .* failed", _CONNECT_FAILED),
         (r"server closed the connection unexpectedly|terminating connection|could not receive data from server|"

@@ -1125,11 +1125,24 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
 _INTEGER_WIDTHS = {"smallint": 1, "integer": 2, "bigint": 3}
 
 
+_INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
+
+
 def _widens(here: str, archived: str) -> bool:
     """Whether a column of type ``here`` (format_type) becomes ``archived`` by widening alone, every value the same:
-    a wider integer, a longer varchar, or varchar to text."""
+    a wider integer, an integer into a numeric with room for its digits, a numeric with as many digits before and
+    after the point or more (or unconstrained), a longer varchar, or varchar to text."""
     if here in _INTEGER_WIDTHS and archived in _INTEGER_WIDTHS:
         return _INTEGER_WIDTHS[archived] > _INTEGER_WIDTHS[here]
+    wide = re.fullmatch(r"numeric(?:\((\d+),(\d+)\))?", archived)
+    if wide and here in _INTEGER_DIGITS:
+        return wide.group(1) is None or int(wide.group(1)) - int(wide.group(2)) >= _INTEGER_DIGITS[here]
+    narrow = re.fullmatch(r"numeric\((\d+),(\d+)\)", here)
+    if wide and narrow and here != archived:
+        if wide.group(1) is None:
+            return True
+        (p, s), (p2, s2) = map(int, narrow.groups()), map(int, wide.groups())
+        return s2 >= s and p2 - s2 >= p - s
     length = re.fullmatch(r"character varying\((\d+)\)", here)
     if length and archived in ("text", "character varying"):
         return True
@@ -1744,29 +1757,52 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
     return RestoreError(
         f"restoring {table} for {day} into {relation}: {relation} held no row of that key, and the archived rows "
         f"break its "
-        f"constraint {exc.constraint} among themselves ({re.sub(r' already exists[.]$', '', exc.detail)} more than "
-        "once), a constraint the archived table did not "
+        f"constraint {exc.constraint} among themselves ({_conflict(exc.detail)}), a constraint the archived table "
+        "did not "
         "have; nothing was restored", table=table, day=day,
         remedy="restore into a new table (into='new'), created with the archived definition, or drop the constraint")
 
 
+def _conflict(detail: str) -> str:
+    """A violation's detail as archived rows conflicting among themselves: no "already exists" (no row was there)."""
+    if detail.endswith(" already exists."):
+        return detail.removesuffix(" already exists.") + " more than once"
+    return detail.rstrip(".").replace("conflicts with existing key", "conflicts with the archived key")
+
+
 def _holds_key(conn: psycopg.Connection, refusing: tuple[str, str], exc: _UniqueViolation) -> bool:
     """Whether ``refusing`` holds a row with the key the violation names ("Key (v)=(dup) already exists."), looked
-    up by the constraint's columns' text; True where that cannot be told (an expression index, values holding
-    ", " in a key of several columns, a detail withheld): the target's rows are then taken to hold it, as before."""
-    found = re.fullmatch(r"Key \((.*)\)=\((.*)\) already exists\.", exc.detail or "", re.DOTALL)
-    columns = [name for (name,) in conn.execute(
-        "SELECT a.attname::text FROM pg_catalog.pg_constraint c CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) "
+    up by the constraint's columns with their own equality (a char(n) key as printed, blanks and all; numeric
+    1.0 as 1.00, as the index compares them); True where that cannot be told (an expression index, values holding
+    ", " in a key of several columns, an exclusion constraint, a detail withheld): the target's rows are then
+    taken to hold it, as before."""
+    columns = conn.execute(
+        "SELECT a.attname::text, pg_catalog.quote_ident(a.attname), pg_catalog.format_type(a.atttypid, a.atttypmod) "
+        "FROM pg_catalog.pg_constraint c CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) "
         "WITH ORDINALITY AS k(attnum, i) JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid "
-        "AND a.attnum = k.attnum WHERE c.conrelid = %s::pg_catalog.regclass AND c.conname = %s ORDER BY k.i",
-        (sql.Identifier(*refusing).as_string(conn), exc.constraint or "")).fetchall()]
-    values = found.group(2).split(", ") if found else []
-    if not columns or len(values) != len(columns) or (len(columns) > 1 and found.group(2).count(", ") != len(columns) - 1):
+        "AND a.attnum = k.attnum WHERE c.conrelid = %s::pg_catalog.regclass AND c.conname = %s AND c.contype IN "
+        "('u', 'p', 'x') ORDER BY k.i", (sql.Identifier(*refusing).as_string(conn), exc.constraint or "")).fetchall()
+    listed = ", ".join(quoted for _, quoted, _ in columns)
+    head, tail = f"Key ({listed})=(", ") already exists."
+    detail = exc.detail or ""
+    existing = f") conflicts with existing key ({listed})=("  # an exclusion constraint's: the row it found
+    if columns and existing in detail and detail.endswith(")."):
+        head, tail = detail[:detail.index(existing) + len(existing)], ")."
+    if not columns or not detail.startswith(head) or not detail.endswith(tail):
         return True
-    where = sql.SQL(" AND ").join(sql.SQL("{}::pg_catalog.text = {}").format(sql.Identifier(c), sql.Literal(v))
-                                  for c, v in zip(columns, values, strict=True))
-    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
-        sql.Identifier(*refusing), where)).fetchone()[0]
+    printed = detail[len(head):len(detail) - len(tail)]
+    values = [printed] if len(columns) == 1 else printed.split(", ")
+    if len(values) != len(columns):
+        return True
+    where = sql.SQL(" AND ").join(  # (an exclusion constraint's key: the found row's values, by its type's equality)
+        sql.SQL("{} = {}::{}").format(sql.Identifier(name), sql.Literal(value), sql.SQL(kind))
+        for (name, _, kind), value in zip(columns, values, strict=True))
+    try:
+        with conn.transaction():
+            return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+                sql.Identifier(*refusing), where)).fetchone()[0]
+    except psycopg.Error:  # a printed value its type does not read back (a NULLS NOT DISTINCT null): held
+        return True
 
 
 # The target and every table below it (partitions, inheritance children), from pg_inherits: no lock taken.
@@ -1853,10 +1889,25 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -
     # the target and, of a partitioned one, its partitions: a key declared on each partition (one without the
     # partition key, which the parent cannot have) is an arbiter of ON CONFLICT for the rows routed to it
     tree = ("(SELECT to_regclass(%s) UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass(%s)))")
-    has_key = conn.execute(
-        f"SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid IN {tree} AND indisunique) "
-        f"OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid IN {tree} AND contype = 'x')",
-        (regclass,) * 4).fetchone()[0]
+    keyed = ("(EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = {r} AND indisunique) OR "
+             "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = {r} AND contype = 'x'))")
+    # keyed itself, or (partitioned without a key of its own) every leaf partition keyed: a day routed to a
+    # keyless one would have every row inserted again
+    has_key, keyless = conn.execute(
+        f"SELECT {keyed.format(r='to_regclass(%s)')}, ARRAY(SELECT t.relid::pg_catalog.regclass::text "
+        f"FROM pg_catalog.pg_partition_tree(to_regclass(%s)) t WHERE t.isleaf AND t.level > 0 "
+        f"AND NOT {keyed.format(r='t.relid')} ORDER BY 1)", (regclass,) * 3).fetchone()
+    leaves = conn.execute("SELECT count(*) FROM pg_catalog.pg_partition_tree(to_regclass(%s)) t "
+                          "WHERE t.isleaf AND t.level > 0", (regclass,)).fetchone()[0]
+    if not has_key and leaves and keyless:
+        raise RestoreError(
+            f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' needs a primary key or "
+            f"unique constraint to tell existing rows by, and {relation} has none, nor do its partition(s) "
+            f"{', '.join(keyless[:5])}{' ...' if len(keyless) > 5 else ''}: their rows would be inserted again; "
+            "nothing was restored", table=manifest["table"], day=manifest["day"], retryable=False,
+            remedy="add a primary key or unique constraint to those partitions, or restore into a new table "
+                   "(into='new'), or with on_conflict='fail' into a table that lacks the day's rows")
+    has_key = has_key or bool(leaves)
     deferred = [name for (name,) in conn.execute(
         f"SELECT DISTINCT conname FROM pg_catalog.pg_constraint WHERE conrelid IN {tree} "
         "AND contype IN ('u', 'p', 'x') AND condeferrable ORDER BY conname", (regclass,) * 2).fetchall()]
@@ -2491,10 +2542,12 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     except ArchiveError as exc:
         if isinstance(exc, _UniqueViolation):  # the day's transaction is rolled back: now it can be told
             exc = _unique_violation(conn, exc, manifest, to_create)
-        elif isinstance(exc, SourceError) and table and exc.table not in (None, table):
+        elif isinstance(exc, SourceError) and table:
             # the target read as a source is (its columns, by the check): the restore's refusal, of the archived table
-            exc = RestoreError(f"restoring {table} for {day} into {relation}: {exc.message}", table=table, day=day,
-                               retryable=exc.retryable, cause=exc.cause, remedy=exc.remedy)
+            said = exc.message if exc.message.startswith(f"restoring {table}") else \
+                f"restoring {table} for {day} into {relation}: {exc.message}"
+            exc = RestoreError(said, table=table, day=day, retryable=exc.retryable, cause=exc.cause,
+                               remedy=exc.remedy)
         if table and day:  # every refusal names the table and the day (a column's type, a target's name...)
             named(exc, table, day)
         exc.table, exc.day = exc.table or table, exc.day or day
