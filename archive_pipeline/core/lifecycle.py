@@ -916,7 +916,17 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     marked = store.get_verified_bytes(mkey)  # put back if what replaces it comes back damaged
     if not committed:
         unmarked = {k: v for k, v in manifest.items() if k not in ("removed", "manifest_sha256")}
-        _write_manifest(store, mkey, unmarked, previous=marked)
+        try:
+            _write_manifest(store, mkey, unmarked, previous=marked)
+        except Exception as exc:
+            # refused: written meanwhile; by the removal that wrote the mark, taking it back itself (its session
+            # ended, its process went on)? Then the manifest is as this would have put it: taken back all the same
+            now = _unmarked_now(store, mkey, unmarked) if S3Store.refused(exc) else None
+            if now is None:
+                raise
+            log.warning("%s %s: the pending removal mark of %s was taken back meanwhile by the run that wrote it "
+                        "(%s)", spec.name, day, store.uri(mkey), why)
+            return Settlement("taken back", now, why)
         log.warning("%s %s: took back the pending removal mark of %s (%s): the day was not removed",
                     spec.name, day, store.uri(mkey), why)
         return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
@@ -1509,6 +1519,18 @@ def _encoded(manifest: dict) -> bytes:
     data = encode_manifest(manifest)
     decode_manifest(data)  # never write a manifest we could not read back
     return data
+
+
+def _unmarked_now(store: S3Store, mkey: str, unmarked: dict) -> dict | None:
+    """The manifest at ``mkey`` if it is ``unmarked`` (the proven manifest without its pending mark), or None."""
+    try:
+        raw = store.get_verified_bytes(mkey)
+        current = decode_manifest(raw) if raw is not None else None
+    except Exception:  # noqa: BLE001 - not known to be it
+        return None
+    if current is None or {k: v for k, v in current.items() if k != "manifest_sha256"} != unmarked:
+        return None
+    return current
 
 
 def _write_manifest(store: S3Store, mkey: str, manifest: dict, *, previous: bytes | None = None) -> None:

@@ -63,8 +63,10 @@ def table_day_lock(conn: psycopg.Connection, table: str, day: dt.date) -> Iterat
         took_legacy = conn.execute("SELECT pg_catalog.pg_try_advisory_lock_shared(pg_catalog.hashtext(%s), %s)",
                                    legacy).fetchone()[0]
         if not took_legacy:
+            holder = _holder(conn, legacy=legacy)
             raise _held(table, day, " (a run of an earlier archive_pipeline version, or of another table whose name "
-                                    "that version's lock hashed alike)")
+                                    "that version's lock hashed alike" + (f"; {holder.strip(' ()')})" if holder
+                                                                           else ")"))
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
@@ -94,17 +96,24 @@ def end_interrupted_query(conn: psycopg.Connection, exc: BaseException | None) -
     conn.close()
 
 
-def _holder(conn: psycopg.Connection, key: tuple[int]) -> str:
-    """Who holds the lock, as far as this role may see (pg_stat_activity hides other roles' queries)."""
+def _holder(conn: psycopg.Connection, key: tuple[int] | None = None, legacy: tuple[str, int] | None = None) -> str:
+    """Who holds the lock ``key`` (or the ``legacy`` one, of two 32-bit keys: objsubid 2), as far as this role may
+    see (pg_stat_activity hides other roles' queries)."""
+    if legacy is not None:  # (hashtext's int4 as pg_locks shows it: an unsigned oid)
+        row = "((pg_catalog.hashtext(%s)::pg_catalog.int8 + 4294967296) %% 4294967296)::pg_catalog.oid", "%s", 2
+        args: tuple = legacy
+    else:
+        row, args = ("%s::pg_catalog.oid", "%s", 1), _lock_row(key)
     try:
         found = conn.execute(
             # backend_start as text: psycopg parses a timestamptz only in DateStyle ISO (a role's German fails)
             "SELECT l.pid, a.application_name, "
             "pg_catalog.to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM pg_catalog.pg_locks l "
             "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.classid = %s::pg_catalog.oid AND l.objid = %s::pg_catalog.oid AND l.objsubid = 1 AND l.database = "
+            f"AND l.classid = {row[0]} AND l.objid = {row[1]}::pg_catalog.oid AND l.objsubid = {row[2]} "
+            "AND l.mode = 'ExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid() AND l.database = "
             "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) LIMIT 1",
-            _lock_row(key)).fetchone()
+            args).fetchone()
     except psycopg.Error:
         return ""
     if found is None:

@@ -1206,6 +1206,8 @@ class S3Upload:
         self.fresh = fresh  # the key must hold nothing: published with If-None-Match (see S3Store.conditions)
         self.stale_uploads = stale_uploads  # look for a killed process's uploads of the key after a single PUT
         self._marked = False  # the upload marker may be in the store (written, or its write attempted)
+        # left in the store by abort(): set by an owner that lost its table-day lock (another run may use the key now)
+        self.keep_marker = False
         self._leftover = False  # an upload created after abort() could not be aborted
         self._creating = False  # CreateMultipartUpload is under way
         self._settled = True  # no upload of the key but ours can be left (else the marker stays for the next run)
@@ -1308,6 +1310,8 @@ class S3Upload:
             gone = self._abort_quietly(upload_id, original) and gone
             with self._cond:
                 self._aborted_id = upload_id  # a part still in flight that lands later aborts it again
+        elif unknown and self.keep_marker:  # (the key's uploads may be another run's now: the next run looks)
+            gone = False
         elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
             try:
                 gone = self.store.settle_stale_uploads(self.key)[1] and gone
@@ -1317,7 +1321,7 @@ class S3Upload:
                         f"created ({_said(exc)}); the next archive of this key removes it")
                 log.warning(text)
                 _note(original, text)
-        if gone:
+        if gone and not self.keep_marker:
             self._unmark(original)
         self._close_fd()
 
