@@ -1,0 +1,42 @@
+"""Hunt 13 (sn): hostile values through the whole round trip under fingerprint v6 (integers and uuids hashed by
+value, a column of another type than the archived one through a canonical-text guard)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.restore import restore_day
+
+DAY = dt.date(2024, 3, 10)
+
+
+def test_a_v6_day_restores_into_existing_text_columns_of_a_case_insensitive_collation(conn, schema, store, temp_dir):
+    """A day of ``(at date, id uuid, n bigint)`` archived (v6) and restored ``into="existing"`` into a table whose
+    ``id`` and ``n`` are ``text COLLATE ci``, ``ci`` a nondeterministic ICU collation (``und-u-ks-level2``, the
+    usual case-insensitive ids). The README: a target column of another type is loaded if every value reads back as
+    archived (the fingerprint decides); a uuid or integer read back as text is its canonical text, so it does.
+
+    Now: the restore fails, "the server rejected the archiver's SQL (FeatureNotSupported: nondeterministic
+    collations are not supported for regular expressions) ... report it": v6's canonical-text guard
+    (fingerprint._typed_link, ``text ~ '^...$'``) runs the regular expression under the column's own collation. The
+    same guard breaks ``compare``/``list --check-source`` ("unreadable") and ``verify --deep`` once a source's uuid
+    column is retyped ``text COLLATE ci``. (v5 hashed every text under ``COLLATE "C"`` and restored it.)
+
+    Should: the rows restored and the fingerprint checked, as into a ``text`` column of the default collation.
+    Fix idea: in _typed_link, test the guard (and read the value) on ``{text} COLLATE "C"``."""
+    s = sql.Identifier(schema).as_string(conn)
+    conn.execute(f"CREATE COLLATION {s}.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+    conn.execute(f"CREATE TABLE {s}.t (at date, id uuid, n bigint)")
+    conn.execute(f"INSERT INTO {s}.t VALUES ('2024-03-10', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', "
+                 "-9223372036854775808), ('2024-03-10', NULL, NULL)")
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY, format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(f"CREATE TABLE {s}.back (at date, id text COLLATE {s}.ci, n text COLLATE {s}.ci)")
+    restored = restore_day(conn, store, spec, DAY, into="existing", target=f"{schema}.back", temp_dir=temp_dir)
+    assert restored.rows == 2 and restored.fingerprint_checked
+    assert conn.execute(f"SELECT count(*) FROM {s}.back WHERE id = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'"
+                        ).fetchone() == (1,)
