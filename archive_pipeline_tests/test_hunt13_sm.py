@@ -1,0 +1,87 @@
+"""Hunt 13 (sm): a review of the newest product commits (batched discovery probes, the dry run's one listing,
+verify's manifest read once, footer row counts, the CLI's archive-again commands and per-table failures,
+restore's key lookups, keep_marker, the legacy lock's holder)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline_tests.test_lifecycle import events, spec_for  # noqa: F401 - fixtures
+
+DAY = dt.date(2024, 3, 10)
+
+
+def test_a_run_whose_dead_session_it_has_not_noticed_yet_leaves_the_marker_of_the_run_that_took_the_day_over(
+        pg, conn, events, store, s3_client, bucket, monkeypatch):
+    """Run A (an overwrite of 2024-03-10, two parts) has passed its last checks of the session
+    (require_lock_held, same_read_relations) and is about to complete its upload when its session is killed
+    (pg_terminate_backend: the table-day lock goes with it). Run B (another overwrite of the day) takes the
+    lock, tidies A's upload (aborts it, deletes A's marker) and starts its own upload of the same key, announced
+    by the same marker key. A goes on: completing its (aborted) upload fails (UploadPart on an aborted upload: a store
+    error), and S3Upload.finish aborts at once, by itself, with keep_marker still False (the run's except, which
+    would set it from conn.broken, comes later, and psycopg has not touched the dead session yet anyway): A's
+    cleanup deletes the marker at the key, which is B's. B is then killed mid-upload; the next run of
+    the day (C, which skips) lists no marker, never lists the uploads, and B's upload stays open for ever.
+    a862d9b's keep_marker only covers a failure raised by the session, noticed by psycopg, outside finish(). Should: a run leaves the marker
+    alone unless it still holds the day's lock (or the marker is provably its own). Fix idea: before _unmark,
+    ask the session (lock_held / SELECT 1) instead of reading conn.broken; or one marker per upload id."""
+    import threading
+
+    from archive_pipeline.core import archive as archive_mod
+    from archive_pipeline.core.keys import UPLOAD_MARKER_SUFFIX
+    from archive_pipeline_tests.test_race_hunt import in_thread, wait_until
+
+    table = sql.Identifier(events, "events")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN pad text").format(table))
+    conn.execute(sql.SQL("UPDATE {} SET pad = repeat(md5(id::text), 800)").format(table))  # ~7.7 MB: 2 parts
+    spec = spec_for(events, compression="none")
+    archive_partition(conn, spec, DAY, store)
+    seams = [(threading.Event(), threading.Event()), (threading.Event(), threading.Event())]
+    calls: list[int] = []
+    real = archive_mod.same_read_relations
+
+    def held(*args, **kwargs):  # the run's last query of its session passed: just before upload.finish
+        result = real(*args, **kwargs)
+        n = len(calls)
+        calls.append(n)
+        if n < 2:
+            seams[n][0].set()
+            seams[n][1].wait(60)
+        return result
+
+    monkeypatch.setattr(archive_mod, "same_read_relations", held)
+
+    def open_uploads() -> list[str]:
+        return [u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+    def marker_keys() -> list[str]:
+        return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+                if o["Key"].endswith(UPLOAD_MARKER_SUFFIX)]
+
+    with pg.connect() as a_conn, pg.connect() as b_conn:
+        a, a_out = in_thread(lambda: archive_partition(a_conn, spec, DAY, store, overwrite=True))
+        try:
+            assert seams[0][0].wait(60), a_out
+            conn.execute("SELECT pg_terminate_backend(%s)", (a_conn.info.backend_pid,))  # A's session killed
+            b, b_out = in_thread(lambda: archive_partition(b_conn, spec, DAY, store, overwrite=True))
+            assert seams[1][0].wait(60), b_out
+            assert wait_until(lambda: len(open_uploads()) == 1 and marker_keys()), (open_uploads(), marker_keys())
+            b_uploads = open_uploads()
+            seams[0][1].set()
+            a.join(60)
+            assert "error" in a_out, a_out  # A's completion of its aborted upload failed
+            conn.execute("SELECT pg_terminate_backend(%s)", (b_conn.info.backend_pid,))  # B "killed": held for ever
+            markers_after_a = marker_keys()
+            with pg.connect() as c_conn:
+                c = archive_partition(c_conn, spec, DAY, store)  # the next run of the day
+            assert c.skipped
+            left = [u for u in open_uploads() if u in b_uploads]
+            # Now: A's cleanup deleted B's marker, so C never looked for uploads: B's upload is still open
+            assert not left, (left, markers_after_a, repr(a_out.get("error"))[:400])
+        finally:
+            seams[0][1].set()
+            seams[1][1].set()
