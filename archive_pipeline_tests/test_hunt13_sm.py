@@ -66,7 +66,8 @@ def test_a_run_whose_dead_session_it_has_not_noticed_yet_leaves_the_marker_of_th
         a, a_out = in_thread(lambda: archive_partition(a_conn, spec, DAY, store, overwrite=True))
         try:
             assert seams[0][0].wait(60), a_out
-            conn.execute("SELECT pg_terminate_backend(%s)", (a_conn.info.backend_pid,))  # A's session killed
+            # A's session killed (waited for: its lock is gone when B asks for it)
+            assert conn.execute("SELECT pg_terminate_backend(%s, 10000)", (a_conn.info.backend_pid,)).fetchone()[0]
             b, b_out = in_thread(lambda: archive_partition(b_conn, spec, DAY, store, overwrite=True))
             assert seams[1][0].wait(60), b_out
             assert wait_until(lambda: len(open_uploads()) == 1 and marker_keys()), (open_uploads(), marker_keys())
