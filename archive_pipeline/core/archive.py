@@ -449,9 +449,6 @@ class _Archiving:
             if getattr(self, "_committed", False):  # its manifest is written: cancelled while tidying after it
                 note_cancelled(exc, self.spec.name, self.day.isoformat(), "tidying")
             if upload is not None:
-                # a session gone (terminated, the server restarted) took the table-day lock with it: another run may
-                # have taken the day since, and the upload marker at the key be its own, which is left alone
-                upload.keep_marker = self.conn.closed or self.conn.broken
                 upload.abort()
             if published is not None:  # complete, but never named by a manifest of ours: withdraw it
                 self._withdraw_unnamed(published, exc)

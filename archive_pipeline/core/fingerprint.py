@@ -346,16 +346,20 @@ def _typed_link(column: ColumnLike, qualifier: str | None, link: sql.Composable)
             link=link, is_null=column_is_null(column, qualifier))
     else:
         text = _ident(column, qualifier) if parse_as is not None else column_text(column, qualifier)
-        seed = sql.SQL("{link} OPERATOR(pg_catalog.#) ({text} IS NULL)::pg_catalog.int4::pg_catalog.int8").format(
-            link=link, text=text)
+        # NULL as the column says (concat() prints a char(n) NULL as ''), a CSV field's as its text does (no cast of
+        # a field that may not read as the type)
+        is_null = sql.SQL("{} IS NULL").format(text) if parse_as is not None else column_is_null(column, qualifier)
+        seed = sql.SQL("{link} OPERATOR(pg_catalog.#) ({is_null})::pg_catalog.int4::pg_catalog.int8").format(
+            link=link, is_null=is_null)
         read = sql.SQL("({}::{})").format(text, parse_as) if parse_as is not None else text
-        guard = sql.SQL("{} OPERATOR(pg_catalog.~) {}").format(text, sql.Literal(_CANONICAL[wanted]))
+        # under "C": a column of a nondeterministic collation allows no regular expression
+        guard = sql.SQL('(({}) COLLATE "C") OPERATOR(pg_catalog.~) {}').format(text, sql.Literal(_CANONICAL[wanted]))
         if wanted == "int8":  # (19 digits may be beyond int8: read as numeric first, which any such text is)
             guard = sql.SQL("CASE WHEN {} THEN {}::pg_catalog.numeric BETWEEN -9223372036854775808 AND "
                             "9223372036854775807 END").format(guard, text)
         value = sql.SQL("CASE WHEN {} THEN {}::pg_catalog.{} END").format(guard, read, sql.SQL(wanted))
-        seed = sql.SQL("{} OPERATOR(pg_catalog.#) (({} IS NULL AND {} IS NOT NULL)::pg_catalog.int4::pg_catalog.int8 "
-                       "OPERATOR(pg_catalog.<<) 63)").format(seed, value, text)
+        seed = sql.SQL("{} OPERATOR(pg_catalog.#) (({} IS NULL AND NOT ({}))::pg_catalog.int4::pg_catalog.int8 "
+                       "OPERATOR(pg_catalog.<<) 63)").format(seed, value, is_null)
     if wanted == "int8":
         whole = sql.SQL("coalesce({}::pg_catalog.int8, 0::pg_catalog.int8)").format(value)
         return sql.SQL("pg_catalog.hashint8extended({v}, {seed} OPERATOR(pg_catalog.#) "

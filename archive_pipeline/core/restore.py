@@ -1794,8 +1794,14 @@ def _holds_key(conn: psycopg.Connection, refusing: tuple[str, str], exc: _Unique
     values = [printed] if len(columns) == 1 else printed.split(", ")
     if len(values) != len(columns):
         return True
-    where = sql.SQL(" AND ").join(  # (an exclusion constraint's key: the found row's values, by its type's equality)
-        sql.SQL("{} = {}::{}").format(sql.Identifier(name), sql.Literal(value), sql.SQL(kind))
+    if any(kind in ("real", "double precision") for _, _, kind in columns):
+        return True  # printed under the session's extra_float_digits, perhaps rounded: not to be looked up by
+    # (an exclusion constraint's key: the found row's values, by its type's equality; a printed "null" may be a
+    # NULL, under NULLS NOT DISTINCT)
+    where = sql.SQL(" AND ").join(
+        sql.SQL("({} = {}::{}{})").format(sql.Identifier(name), sql.Literal(value), sql.SQL(kind),
+                                          sql.SQL(" OR {} IS NULL").format(sql.Identifier(name)) if value == "null"
+                                          else sql.SQL(""))
         for (name, _, kind), value in zip(columns, values, strict=True))
     try:
         with conn.transaction():

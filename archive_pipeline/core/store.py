@@ -36,6 +36,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -1206,8 +1207,9 @@ class S3Upload:
         self.fresh = fresh  # the key must hold nothing: published with If-None-Match (see S3Store.conditions)
         self.stale_uploads = stale_uploads  # look for a killed process's uploads of the key after a single PUT
         self._marked = False  # the upload marker may be in the store (written, or its write attempted)
-        # left in the store by abort(): set by an owner that lost its table-day lock (another run may use the key now)
-        self.keep_marker = False
+        # this upload's own marker: its text names the upload's owner, so a run that lost the day (its session ended
+        # and another run took the key) never deletes the marker of the run that took it over (see _unmark_own)
+        self._marker_body = _MARKER + f"owner: {os.getpid()}.{uuid.uuid4().hex}\n".encode()
         self._leftover = False  # an upload created after abort() could not be aborted
         self._creating = False  # CreateMultipartUpload is under way
         self._settled = True  # no upload of the key but ours can be left (else the marker stays for the next run)
@@ -1310,8 +1312,6 @@ class S3Upload:
             gone = self._abort_quietly(upload_id, original) and gone
             with self._cond:
                 self._aborted_id = upload_id  # a part still in flight that lands later aborts it again
-        elif unknown and self.keep_marker:  # (the key's uploads may be another run's now: the next run looks)
-            gone = False
         elif unknown:  # CreateMultipartUpload failed ambiguously (e.g. reset after the store acted)
             try:
                 gone = self.store.settle_stale_uploads(self.key)[1] and gone
@@ -1321,7 +1321,7 @@ class S3Upload:
                         f"created ({_said(exc)}); the next archive of this key removes it")
                 log.warning(text)
                 _note(original, text)
-        if gone and not self.keep_marker:
+        if gone:
             self._unmark(original)
         self._close_fd()
 
@@ -1513,7 +1513,7 @@ class S3Upload:
                 return
         try:
             self._marked = True  # from the first attempt on: it may land even if it fails
-            store.put_bytes(upload_marker_key(self.key), _MARKER, "text/plain")
+            store.put_bytes(upload_marker_key(self.key), self._marker_body, "text/plain")
         except BaseException as exc:
             said = _wrap(exc, "writing it")
             self._fail(self._named(UploadError(
@@ -1527,7 +1527,7 @@ class S3Upload:
             # acted on, and the upload it made is known to no one (see _unmark)
             self._settled = aborted
         if aborted:  # abort() may have deleted the marker before this write landed: delete it again
-            self._marked = not self.store.delete_quietly(upload_marker_key(self.key))
+            self._marked = not self._unmark_own(None)
             return
         try:
             response = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key, **self.headers)
@@ -1691,7 +1691,22 @@ class S3Upload:
                 _note(original, f"cleanup: could not list the uploads of {self.store.uri(self.key)} ({_said(exc)}); "
                                 "the next archive of this key aborts any left")
         if self._settled and not self._late_create:  # (a create that may still land: the marker stays)
-            self._marked = not self.store.delete_quietly(upload_marker_key(self.key), original)
+            self._marked = not self._unmark_own(original)
+
+    def _unmark_own(self, original: BaseException | None) -> bool:
+        """Delete the key's upload marker if it is still this upload's (read first: another run that took the key
+        over since, its session's lock gone with ours, may have written its own there); whether none of ours is
+        left."""
+        marker = upload_marker_key(self.key)
+        try:
+            there = self.store.get_bytes_or_none(marker)
+        except Exception as exc:  # noqa: BLE001 - not known to be ours: it stays, and the next run looks
+            _note(original, f"cleanup: could not read the upload marker {self.store.uri(marker)} ({_said(exc)}); "
+                            "the next archive of this key looks at the key's uploads and removes it")
+            return False
+        if there is None or there != self._marker_body:  # gone, or another run's now
+            return True
+        return self.store.delete_quietly(marker, original)
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None

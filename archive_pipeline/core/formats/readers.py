@@ -17,7 +17,7 @@ functions read, in bounded batches, without a Python object per row or value.
   in Arrow's ISO form for years 1..9999 and as Julian day numbers outside them
   (``J1705428 12:30:00.000001``: ``J`` input covers 4714 BC to 294276 AD), the ±infinity sentinels
   as ``infinity``, intervals as ISO 8601 with PostgreSQL's three fields kept apart, binary as
-  ``\\x`` hex, uuid as hex, lists as array literals with every element quoted but numbers and
+  ``\\x`` hex, uuid as its 8-4-4-4-12 text, lists as array literals with every element quoted but numbers and
   booleans (bare).
 """
 
@@ -236,6 +236,16 @@ def _hex_text(array: pa.Array, prefix: str) -> pa.Array:
     return pc.if_else(array.is_valid(), text, pa.scalar(None, pa.large_string()))
 
 
+def _uuid_text(array: pa.Array) -> pa.Array:
+    """Each uuid as PostgreSQL prints it (8-4-4-4-12 lower-case hex): 32 bare digits read back as the same uuid
+    into a uuid column, but as themselves into a text one (a restore into an existing table whose column is
+    text took them as they were, and the check rolled it back where a CSV or JSONL archive restored)."""
+    hexed = _hex_text(array, "")
+    parts = [pc.utf8_slice_codeunits(hexed, start, stop) for start, stop in ((0, 8), (8, 12), (12, 16), (16, 20),
+                                                                             (20, 32))]
+    return _join(parts[0], "-", parts[1], "-", parts[2], "-", parts[3], "-", parts[4])
+
+
 def _list_pool(values: pa.Array) -> pa.MemoryPool:
     """Where a list column's text is built: the system allocator for a big one. Its intermediates
     grow a buffer at a time and are freed in turn; glibc (tuned by memory.py) grows a big buffer in
@@ -297,7 +307,7 @@ def pg_text(array: pa.Array) -> pa.Array:
     kind = array.type
     if isinstance(kind, pa.BaseExtensionType):
         if kind.extension_name == "arrow.uuid":
-            return _hex_text(array.storage, "")
+            return _uuid_text(array.storage)
         return pg_text(array.storage)  # arrow.json, arrow.opaque: the type's own text
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return array
