@@ -85,3 +85,36 @@ def test_a_marker_read_back_damaged_on_the_way_is_not_taken_for_another_runs_and
         assert result.parts > 1
         assert proxy.requests(method="GET", path=r"\.uploading$")  # the marker was read back
     assert _object_keys(s3_client, bucket) == sorted([result.key, result.manifest_key])
+
+
+def test_a_completed_upload_whose_marker_could_not_be_read_back_says_so(conn, schema, s3, s3_client, bucket,
+                                                                        caplog):
+    """A two-part day is archived; the upload completes, and 8bed08b's _unmark_own reads the upload marker back
+    before deleting it. That one GET fails (a 500 InternalError, or a reset: the store's or a proxy's hiccup).
+
+    Now: the marker stays (fair: it is not known to be this run's) but nothing says so: the text "could not read
+    the upload marker ... the next archive of this key ... removes it" is only added as a note to the original
+    error, and a completed upload has none (_unmark(None)), so the run is green, logs no warning, and
+    ``<key>.uploading`` stays in the bucket until some later run of that day (an archived day is seldom run
+    again). Before 8bed08b a failed cleanup of the marker logged a warning (store.delete_quietly).
+
+    Should: the marker deleted (read again, as a failed read of a manifest is), or at least a warning logged that
+    names the marker. Fix idea: log.warning the text in _unmark_own as delete_quietly does, besides the note."""
+    import logging
+
+    from archive_pipeline.core.keys import upload_marker_key
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+
+    spec = _marker_table(conn, schema)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        pstore = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        proxy.add(Fault(method="GET", path=r"\.uploading$", action="error", status=500, times=1))
+        with caplog.at_level(logging.INFO):
+            result = archive_partition(conn, spec, DAY, pstore)
+        assert result.parts > 1
+        assert [r.status for r in proxy.requests(method="GET", path=r"\.uploading$")] == [500]
+    marker = upload_marker_key(result.key)
+    left = marker in _object_keys(s3_client, bucket)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and marker in r.getMessage()]
+    assert not left or warned, (left, [r.getMessage() for r in caplog.records])
