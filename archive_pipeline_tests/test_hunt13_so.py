@@ -4,12 +4,14 @@ other-type NULL test and "C" guard, Parquet uuids as 8-4-4-4-12, restore's 'null
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
+from archive_pipeline_tests.test_lifecycle import events  # noqa: F401 - the fixture
 
 DAY = dt.date(2024, 3, 10)
 
@@ -118,3 +120,82 @@ def test_a_completed_upload_whose_marker_could_not_be_read_back_says_so(conn, sc
     left = marker in _object_keys(s3_client, bucket)
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and marker in r.getMessage()]
     assert not left or warned, (left, [r.getMessage() for r in caplog.records])
+
+
+def test_a_run_that_lost_the_day_between_reading_its_marker_and_deleting_it_leaves_the_takers_marker(
+        pg, conn, events, s3, s3_client, bucket, monkeypatch):
+    """Run A archives 2024-03-10 (two parts); it has passed its last check of the session when its session dies
+    (pg_terminate_backend: the table-day lock goes with it), and its CompleteMultipartUpload then fails (a 500).
+    finish() aborts A's upload and 8bed08b's _unmark_own reads the marker (A's own still: GET) and deletes it
+    (DELETE); that DELETE is slow to reach the store (held by the proxy). Meanwhile run B takes the free lock,
+    tidies the day (deletes A's marker) and starts its own upload of the same key, announced by its own marker at
+    the same marker key. Then A's DELETE arrives.
+
+    Now: A's DELETE removes B's marker while B's upload is open: the read-then-delete is no atomic "delete if still
+    mine", and the window is the whole DELETE's round trip (a retry by botocore widens it). Killed after that, B
+    leaves an open multipart upload that no marker announces: the next run of the day never lists the uploads and
+    it stays for ever (the README: "a day whose listing shows a marker has its open uploads aborted").
+
+    Should: while B's upload is open, B's marker stays. Fix idea: delete the marker conditionally (DeleteObject
+    with If-Match on the ETag the marker's own PUT answered, where the store takes conditions); or a marker key per
+    upload (``<key>.<token>.uploading``), so no run ever deletes another's; or ask the session (lock held) right
+    before the DELETE and keep the marker otherwise."""
+    from archive_pipeline.core import archive as archive_mod
+    from archive_pipeline.core.keys import UPLOAD_MARKER_SUFFIX
+    from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
+    from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+    from archive_pipeline_tests.test_lifecycle import spec_for
+    from archive_pipeline_tests.test_race_hunt import in_thread, wait_until
+
+    table = sql.Identifier(events, "events")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN pad text").format(table))
+    conn.execute(sql.SQL("UPDATE {} SET pad = repeat(md5(id::text), 800)").format(table))  # ~7.7 MB: 2 parts
+    spec = spec_for(events, compression="none")
+    seams = [(threading.Event(), threading.Event()), (threading.Event(), threading.Event())]
+    calls: list[int] = []
+    real = archive_mod.same_read_relations
+
+    def checked(*args, **kwargs):  # the run's last query of its session passed: just before upload.finish
+        result = real(*args, **kwargs)
+        n = len(calls)
+        calls.append(n)
+        if n < 2:
+            seams[n][0].set()
+            seams[n][1].wait(60)
+        return result
+
+    monkeypatch.setattr(archive_mod, "same_read_relations", checked)
+
+    def open_uploads() -> list[str]:
+        return [u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+    def marker_keys() -> list[str]:
+        return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+                if o["Key"].endswith(UPLOAD_MARKER_SUFFIX)]
+
+    with FaultProxy(s3.endpoint_url) as proxy, pg.connect() as a_conn, pg.connect() as b_conn:
+        pstore = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        proxy.add(Fault(method="POST", query="uploadId=", action="error", status=500, times=1))  # A's Complete
+        slow = proxy.add(Fault(method="DELETE", path=r"\.uploading$", action="hold", times=1, hold_timeout=60))
+        a, a_out = in_thread(lambda: archive_partition(a_conn, spec, DAY, pstore))
+        try:
+            assert seams[0][0].wait(60), a_out
+            assert conn.execute("SELECT pg_terminate_backend(%s, 10000)", (a_conn.info.backend_pid,)).fetchone()[0]
+            seams[0][1].set()
+            assert proxy.wait_held(1), a_out  # A read its marker back and its DELETE is on the way
+            assert [r.status for r in proxy.requests(method="GET", path=r"\.uploading$")] == [200]
+            b, b_out = in_thread(lambda: archive_partition(b_conn, spec, DAY, pstore))
+            assert seams[1][0].wait(60), b_out
+            assert wait_until(lambda: len(open_uploads()) == 1 and marker_keys()), (open_uploads(), marker_keys())
+            slow.gate.set()  # A's DELETE reaches the store
+            a.join(60)
+            assert "error" in a_out, a_out
+            during_b = marker_keys()
+            assert open_uploads(), "B's upload is open"
+            # Now: [] (A's DELETE removed B's marker)
+            assert during_b, (during_b, repr(a_out.get("error"))[:300])
+        finally:
+            slow.gate.set()
+            seams[0][1].set()
+            seams[1][1].set()
+        b.join(60)
