@@ -413,6 +413,7 @@ class _Archiving:
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
                                       "format": self.spec.format, "compression": self.spec.compression},
                             stale_uploads=existing.listing is None, fresh=True)
+                        upload.still_owned = self._holds_day  # (its upload marker: see S3Upload._unmark_own)
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
                         stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds,
                                                            estimate)
@@ -502,6 +503,17 @@ class _Archiving:
         another key written by an older version): a fingerprint compares only with one of its algorithm."""
         algorithm = self._algorithm(other, True)
         return fp if algorithm == fp.algorithm else self._timed_fingerprint(self.conn, table, where, algorithm)[0]
+
+    def _holds_day(self) -> bool:
+        """Whether this run's session still holds the table-day lock (a session that ended took it along)."""
+        if self.conn.closed or self.conn.broken or \
+                self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return False
+        try:
+            require_lock_held(self.conn, self.spec.name, self.day)
+        except Exception:  # noqa: BLE001 - not known to hold it
+            return False
+        return True
 
     def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable, where,
                            algorithm: str = fingerprint.ALGORITHM) -> tuple[fingerprint.Fingerprint, float]:

@@ -1794,15 +1794,26 @@ def _holds_key(conn: psycopg.Connection, refusing: tuple[str, str], exc: _Unique
     values = [printed] if len(columns) == 1 else printed.split(", ")
     if len(values) != len(columns):
         return True
-    if any(kind in ("real", "double precision") for _, _, kind in columns):
-        return True  # printed under the session's extra_float_digits, perhaps rounded: not to be looked up by
-    # (an exclusion constraint's key: the found row's values, by its type's equality; a printed "null" may be a
-    # NULL, under NULLS NOT DISTINCT)
-    where = sql.SQL(" AND ").join(
-        sql.SQL("({} = {}::{}{})").format(sql.Identifier(name), sql.Literal(value), sql.SQL(kind),
-                                          sql.SQL(" OR {} IS NULL").format(sql.Identifier(name)) if value == "null"
-                                          else sql.SQL(""))
-        for (name, _, kind), value in zip(columns, values, strict=True))
+    # a printed "null" may be a NULL where the key's index has NULLS NOT DISTINCT (PostgreSQL 15; read as JSON, so
+    # an older server's pg_index without the column answers false)
+    nulls_equal = conn.execute(
+        "SELECT coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) FROM pg_catalog.pg_index i "
+        "JOIN pg_catalog.pg_constraint c ON c.conindid = i.indexrelid WHERE c.conrelid = %s::pg_catalog.regclass "
+        "AND c.conname = %s", (sql.Identifier(*refusing).as_string(conn), exc.constraint or "")).fetchone()
+    nulls_equal = bool(nulls_equal and nulls_equal[0])
+
+    def matches(name: str, kind: str, value: str) -> sql.Composable:
+        column = sql.Identifier(name)
+        if kind in ("real", "double precision"):  # printed under this session's extra_float_digits: as printed
+            same = sql.SQL("pg_catalog.concat({}) = {}").format(column, sql.Literal(value))
+        else:  # (an exclusion constraint's key: the found row's values) by the type's own equality
+            same = sql.SQL("{} = {}::{}").format(column, sql.Literal(value), sql.SQL(kind))
+        if nulls_equal and value == "null":
+            same = sql.SQL("({} OR {} IS NULL)").format(same, column)
+        return same
+
+    where = sql.SQL(" AND ").join(matches(name, kind, value)
+                                  for (name, _, kind), value in zip(columns, values, strict=True))
     try:
         with conn.transaction():
             return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(

@@ -1210,6 +1210,9 @@ class S3Upload:
         # this upload's own marker: its text names the upload's owner, so a run that lost the day (its session ended
         # and another run took the key) never deletes the marker of the run that took it over (see _unmark_own)
         self._marker_body = _MARKER + f"owner: {os.getpid()}.{uuid.uuid4().hex}\n".encode()
+        # the owner's word that the key is still its own (its table-day lock held): then the marker is deleted as it
+        # is; else (the lock gone with its session, or no owner said) only if it reads back as this upload's
+        self.still_owned: Callable[[], bool] | None = None
         self._leftover = False  # an upload created after abort() could not be aborted
         self._creating = False  # CreateMultipartUpload is under way
         self._settled = True  # no upload of the key but ours can be left (else the marker stays for the next run)
@@ -1691,22 +1694,32 @@ class S3Upload:
                 _note(original, f"cleanup: could not list the uploads of {self.store.uri(self.key)} ({_said(exc)}); "
                                 "the next archive of this key aborts any left")
         if self._settled and not self._late_create:  # (a create that may still land: the marker stays)
-            self._marked = not self._unmark_own(original)
+            self._marked = not self._unmark_own(original, owner_asked=True)
 
-    def _unmark_own(self, original: BaseException | None) -> bool:
-        """Delete the key's upload marker if it is still this upload's (read first: another run that took the key
-        over since, its session's lock gone with ours, may have written its own there); whether none of ours is
-        left."""
+    def _unmark_own(self, original: BaseException | None, owner_asked: bool = False) -> bool:
+        """Delete the key's upload marker if it is still this upload's: at once where the owner says the key is
+        still its own (``owner_asked``, :attr:`still_owned`), else read first: another run that took the key over
+        since, our session's lock gone, may have written its own there. Whether none of ours is left."""
         marker = upload_marker_key(self.key)
+        if owner_asked and self.still_owned is not None and self._owned():
+            return self.store.delete_quietly(marker, original)
         try:
             there = self.store.get_bytes_or_none(marker)
         except Exception as exc:  # noqa: BLE001 - not known to be ours: it stays, and the next run looks
-            _note(original, f"cleanup: could not read the upload marker {self.store.uri(marker)} ({_said(exc)}); "
-                            "the next archive of this key looks at the key's uploads and removes it")
+            text = (f"cleanup: could not read the upload marker {self.store.uri(marker)} ({_said(exc)}); it stays, "
+                    "and the next archive of this key looks at the key's uploads and removes it")
+            log.warning(text)
+            _note(original, text)
             return False
         if there is None or there != self._marker_body:  # gone, or another run's now
             return True
         return self.store.delete_quietly(marker, original)
+
+    def _owned(self) -> bool:
+        try:
+            return bool(self.still_owned())
+        except Exception:  # noqa: BLE001 - not known: read the marker first
+            return False
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None

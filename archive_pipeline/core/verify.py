@@ -16,6 +16,7 @@ import hashlib
 import io
 import itertools
 import logging
+import re
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
@@ -748,6 +749,10 @@ def _drop_quietly(conn: psycopg.Connection, temp: sql.Composable) -> None:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(temp))
 
 
+# PostgreSQL's refusal of a field as an integer or a uuid (the types v6 reads a CSV archive's fields as)
+_BUILT_IN_FIELD = re.compile(r"(invalid input syntax for type|is out of range for type) (smallint|integer|bigint|uuid)")
+
+
 def _loaded_fingerprint(scratch: psycopg.Connection, manifest: dict, temp: sql.Composable,
                         columns: Sequence[Column], algorithm: str | None = None) -> fingerprint.Fingerprint:
     """The fingerprint of the archive's rows as loaded into ``temp``, by the manifest's algorithm (or
@@ -756,6 +761,12 @@ def _loaded_fingerprint(scratch: psycopg.Connection, manifest: dict, temp: sql.C
     try:  # a CSV field read as its column's type now (see _text_table) may no longer be one
         return fingerprint.compute(scratch, temp, columns, algorithm=algorithm or recorded.algorithm)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        said = (exc.diag.message_primary or "") if isinstance(exc, psycopg.Error) else ""
+        if any(getattr(c, "parsed_by_v6_only", False) for c in columns) and _BUILT_IN_FIELD.search(said):
+            # an integer or uuid field that is none: no type of the user's changed, the archive holds it (altered)
+            raise ArchiveError(f"the archive {manifest['object']['uri']} holds a field that is no value of its "
+                               f"built-in type: {said}", table=manifest.get("table"), day=manifest.get("day"),
+                               retryable=False) from readers.ArchiveDecodeError(said)
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not read back as its columns' types now: "
                            f"{type(exc).__name__}: {str(exc).strip()}", table=manifest.get("table"),
                            day=manifest.get("day"), retryable=False,
