@@ -87,3 +87,40 @@ def test_an_overwrite_of_a_removed_v5_day_with_late_rows_records_v6(pg, s3, conn
     assert manifest["rows"] == 1 and manifest.get("kept"), manifest
     assert result.fingerprint.startswith("row-hash-sum-v6:1:"), result.fingerprint
     assert manifest["fingerprint"].startswith("row-hash-sum-v6:1:"), manifest["fingerprint"]
+
+
+def test_the_put_back_statement_runs_after_a_uuid_column_was_retyped_text(pg, s3, conn, schema, bucket, store,
+                                                                         temp_dir):
+    """A day archived by yesterday's release (uuid column ``u``). Since then the source's ``u`` became ``text``
+    (every value kept: v6 hashes it as the archived uuid, so the day still proves), and one row of the day was
+    deleted by mistake. The removal refuses (rows not the archive's) and its remedy says: restore the day into a new
+    table (into='new') and run ``INSERT INTO t (...) SELECT ... FROM <that table> EXCEPT ALL SELECT ... FROM t``.
+
+    Now: restored into a new table the day has the archived types (u uuid), and the pasted statement fails with
+    ``EXCEPT types uuid and text cannot be matched`` (likewise integer or boolean retyped text): the remedy cannot be
+    followed as given, and the lost row stays lost.
+
+    Should: the statement runs as pasted (put_back_statement's promise) and puts the row back, after which the day
+    is proven and removed.
+    Fix idea: in lifecycle.put_back_statement, cast each column of the restored table to the holder's column type
+    where the two differ (``u::text``), on both sides of EXCEPT ALL, or compare such columns by their text."""
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+    from archive_pipeline.core.restore import restore_day
+
+    args = _table(conn, schema, retention={"keep_days": 30, "action": "delete"})
+    archive_with_v5(pg, s3, bucket, [(args, DAY)], temp_dir)
+    spec = TableSpec(**args)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN u TYPE text").format(sql.Identifier(schema, "t")))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE i = 1").format(sql.Identifier(schema, "t")))
+    try:
+        remove_day(conn, spec, DAY, store, temp_dir=temp_dir, removed_by="test")
+    except RemovalRefused as exc:
+        remedy = exc.remedy or ""
+    else:
+        raise AssertionError("a day missing a row was removed")
+    statement = re.search(r"\((INSERT INTO .*?)\), then", remedy).group(1)
+    restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    conn.execute(statement.replace("<that table>", sql.Identifier(schema, "back").as_string(conn)))
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "t"))).fetchone()[0] == 4
+    assert remove_day(conn, spec, DAY, store, temp_dir=temp_dir, removed_by="test").rows == 4
