@@ -124,3 +124,44 @@ def test_the_put_back_statement_runs_after_a_uuid_column_was_retyped_text(pg, s3
     conn.execute(statement.replace("<that table>", sql.Identifier(schema, "back").as_string(conn)))
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "t"))).fetchone()[0] == 4
     assert remove_day(conn, spec, DAY, store, temp_dir=temp_dir, removed_by="test").rows == 4
+
+
+def test_a_range_restore_into_its_own_table_follows_a_uuid_column_retyped_text(pg, s3, conn, schema, bucket, store,
+                                                                               temp_dir):
+    """Day 1 was archived by yesterday's release with ``u uuid``. Since then the source's ``u`` became ``text`` (it
+    now takes ids of other systems too: 'A0EEBC99-...' in upper case, 'ext-42'), and day 2 was archived by today's
+    code (recording ``u text``). The user restores both days into a new table (``restore --from d1 --to d2 --into
+    new``).
+
+    Now: the table is made from day 1's definition (u uuid); day 2 loads its text into that uuid column (upper case
+    folded to lower, 'ext-42' refused) and is rolled back with FingerprintMismatchError "... its column types are not
+    the archived ones (u: uuid here, text when archived) ... to fix: restore into a new table (into='new')": which is
+    what the user did: the remedy sends them round in a circle. The range restore widens its own table for a numeric
+    or varchar widened between the days (restore._widen_own, _widens), not for a type whose every value prints the
+    same as text (uuid, integer, boolean to text).
+
+    Should: the range's own table follows the source (u becomes text: every uuid already restored reads back as its
+    canonical text, which v5 hashed and v6 hashes as the archived uuid), and both days are restored and proven; or,
+    failing that, the refusal says the range's own table cannot take both types and names what to do instead.
+    Fix idea: in restore._widens, let a column of a type whose text form is canonical (uuid, integer, boolean...)
+    become text/varchar when a later day archived it as such."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import restore_days
+
+    table = sql.Identifier(schema, "t")
+    day2 = DAY + dt.timedelta(days=1)
+    conn.execute(sql.SQL("CREATE TABLE {} (at date NOT NULL, id int PRIMARY KEY, u uuid)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, 1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')").format(table), (DAY,))
+    args = {"name": f"{schema}.t", "day_column": "at", "start_date": DAY.isoformat(), "format": "csv"}
+    archive_with_v5(pg, s3, bucket, [(args, DAY)], temp_dir)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN u TYPE text").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, 2, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'), (%s, 3, 'ext-42')"
+                         ).format(table), (day2, day2))
+    spec = TableSpec(**args)
+    archive_partition(conn, spec, day2, store, temp_dir=temp_dir)
+    done = restore_days(conn, store, spec, DAY, day2, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert [r.rows for r in done.results] == [1, 2]
+    assert conn.execute(sql.SQL("SELECT array_agg(u::text ORDER BY id) FROM {}").format(
+        sql.Identifier(schema, "back"))).fetchone()[0] == [
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "ext-42"]
