@@ -165,3 +165,42 @@ def test_a_range_restore_into_its_own_table_follows_a_uuid_column_retyped_text(p
     assert conn.execute(sql.SQL("SELECT array_agg(u::text ORDER BY id) FROM {}").format(
         sql.Identifier(schema, "back"))).fetchone()[0] == [
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "ext-42"]
+
+
+def test_the_previous_release_does_not_archive_a_changed_day_again_over_a_v6_archive(pg, s3, conn, schema, bucket,
+                                                                                     store, temp_dir):
+    """A rolling upgrade (README: "a run of the previous version still going during an upgrade" is expected): today's
+    code archives 2024-03-10 (row-hash-sum-v6). Then a row of the day is edited in the source by mistake, and a run
+    of yesterday's release (a schedule or retry still on the old image) runs the same day, without overwrite.
+
+    Now: yesterday's release cannot compute v6, and it treats a manifest whose fingerprint it cannot compute as
+    "an older manifest: archive again, as a new generation" (cdb8637 archive._keep: recorded_algorithm is None ->
+    False). So it silently archives the CHANGED rows as generation 2, recorded in v5, and retires today's object:
+    the changed day is never refused (README: "If they differ ... the run fails at once ... it is never silently
+    ignored"), the archive of the rows as they were is gone, and today's next run skips onto the v5 manifest.
+
+    Should: the older release leaves today's archive alone. It already does for a manifest of a newer
+    ``manifest_version`` (NewerManifestError: "archiving leaves it as it is (it is neither skipped onto nor replaced
+    by the older version)"), so today's manifests that record an algorithm the previous release cannot compute
+    should say so in the way it honours.
+    Fix idea: write ``manifest_version`` 3 with row-hash-sum-v6 (reading 2 and 3 alike), so the previous release
+    refuses the day naming the newer version; or keep a v5 fingerprint beside the v6 one."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+
+    args = _table(conn, schema)
+    spec = TableSpec(**args)
+    today = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert today.fingerprint.startswith("row-hash-sum-v6:")
+    before = json.loads(store.get_verified_bytes(today.manifest_key))
+    conn.execute(sql.SQL("UPDATE {} SET s = 'edited by mistake' WHERE i = 1").format(sql.Identifier(schema, "t")))
+    env = {**os.environ, "PYTHONPATH": previous_version_code(V5_RELEASE)}
+    old = subprocess.run([sys.executable, "-c", _OLD, json.dumps({
+        "dsn": pg.dsn, "endpoint": s3.endpoint_url, "bucket": bucket, "prefix": "archive", "tmp": str(temp_dir),
+        "days": [(args, DAY.isoformat())]})], env=env, capture_output=True, text=True, timeout=120, cwd="/tmp")
+    after = json.loads(store.get_verified_bytes(today.manifest_key))
+    keys = sorted(o["Key"] for o in store.list_keys(""))
+    assert (after["fingerprint"], after["object"]["key"]) == (before["fingerprint"], before["object"]["key"]), (
+        f"the previous release (exit {old.returncode}) replaced today's archive: now {after['fingerprint']} at "
+        f"{after['object']['key']}; objects {keys}")
+    assert today.key in keys
