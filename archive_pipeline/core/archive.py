@@ -390,6 +390,10 @@ class _Archiving:
                                 # the day's archive under its former format or key holds these rows: archived
                                 return self._skipped(before[1].manifest, table, snapshot, fp_seconds,
                                                      keys.manifest_key(before[0]))
+                        if fp.algorithm != fingerprint.ALGORITHM:  # decided by an older archive's algorithm: the
+                            # new generation records the current one (in the same snapshot)
+                            fp, again = self._timed_fingerprint(self.conn, table, where)
+                            fp_seconds += again
                     definition = table_definition(table.columns, primary_key(self.conn, table),
                                                   partition_of_day(self.spec, children),
                                                   day_table_parents(self.conn, self.spec, table))
@@ -851,7 +855,9 @@ class _Archiving:
             what = f"its columns changed from {names_brief(then)} to {names_brief(now)}" + (
                 f" (types: {', '.join(retyped[:12])}{' ...' if len(retyped) > 12 else ''})" if retyped else "")
         elif retyped:
-            what = f"column types changed: {', '.join(retyped)}"
+            what = f"column types changed: {', '.join(retyped)}" + (
+                f"; and it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were "
+                "deleted late)" if archived.rows != fp.rows else "")
         elif shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
             what = f"a type inside its columns changed (not its rows): {'; '.join(shapes)}"
         elif archived.rows != fp.rows:

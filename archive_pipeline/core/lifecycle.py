@@ -575,16 +575,15 @@ def put_back_statement(conn: psycopg.Connection | None, spec: TableSpec, day: Pe
     names = ", ".join(sql_name(name, qualified=False) for name, _, _ in columns)
     overriding = " OVERRIDING SYSTEM VALUE" if any(always for _, always, _ in columns) else ""
     by_text = _without_equality(conn, quoted, [name for name, _, _ in columns])
-    if not by_text:
-        return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {names} FROM {aside} EXCEPT ALL "
-                f"SELECT {names} FROM {quoted}")
-    # json, xml, point...: no equality to compare by, so compared by their text and read back as their type
-    compared = ", ".join(f"{sql_name(n, qualified=False)}::text" if n in by_text else sql_name(n, qualified=False)
-                         for n, _, _ in columns)
+    # the restored rows have the archived types, the table its own now (a uuid column retyped text since): each
+    # read as the table's; json, xml, point...: no equality to compare by, so compared by their text
+    restored = ", ".join(f"{sql_name(n, qualified=False)}::{'text' if n in by_text else kind}" for n, _, kind in columns)
+    held = ", ".join(f"{sql_name(n, qualified=False)}::text" if n in by_text else sql_name(n, qualified=False)
+                     for n, _, _ in columns)
     back = ", ".join(f"{sql_name(n, qualified=False)}::{kind}" if n in by_text else sql_name(n, qualified=False)
                      for n, _, kind in columns)
-    return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {back} FROM (SELECT {compared} FROM {aside} EXCEPT "
-            f"ALL SELECT {compared} FROM {quoted}) AS lacking ({names})")
+    return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {back} FROM (SELECT {restored} FROM {aside} EXCEPT "
+            f"ALL SELECT {held} FROM {quoted}) AS lacking ({names})")
 
 
 def _without_equality(conn: psycopg.Connection, quoted: str, names: list[str]) -> set[str]:

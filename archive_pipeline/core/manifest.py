@@ -26,7 +26,11 @@ from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.source import Column, server_identity
 from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, etag_text
 
-MANIFEST_VERSION = 2
+# 3: since row-hash-sum-v6 (2026-12-06), which a release before it cannot compute: such a release, still running
+# during an upgrade, reads a version 3 manifest as a newer version's and leaves the day alone, where it took a
+# fingerprint it could not compute for "archive again" and re-archived a changed day over it. Versions 2 and 3
+# are read alike.
+MANIFEST_VERSION = 3
 _CHECKSUM_FIELD = "manifest_sha256"
 
 
@@ -221,7 +225,7 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         raise NewerManifestError(f"it was written by a newer archive_pipeline ({writer.get('version', '?')}, "
                                  f"manifest_version {version}); this one reads manifest versions 1 to "
                                  f"{MANIFEST_VERSION}")
-    if version != MANIFEST_VERSION:
+    if version not in (2, MANIFEST_VERSION):
         raise ManifestError(f"unknown manifest_version {version!r}")
     recorded = manifest.get(_CHECKSUM_FIELD)
     if recorded != hashlib.sha256(_canonical(manifest)).hexdigest():

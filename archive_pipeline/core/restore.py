@@ -1131,9 +1131,12 @@ _INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
 def _widens(here: str, archived: str) -> bool:
     """Whether a column of type ``here`` (format_type) becomes ``archived`` by widening alone, every value the same:
     a wider integer, an integer into a numeric with room for its digits, a numeric with as many digits before and
-    after the point or more (or unconstrained), a longer varchar, or varchar to text."""
+    after the point or more (or unconstrained), a longer varchar, varchar to text, or an integer, boolean or uuid
+    to text (its values as their text)."""
     if here in _INTEGER_WIDTHS and archived in _INTEGER_WIDTHS:
         return _INTEGER_WIDTHS[archived] > _INTEGER_WIDTHS[here]
+    if archived in ("text", "character varying") and here in ("uuid", "boolean", *_INTEGER_WIDTHS):
+        return True  # (a column retyped text between the days: the earlier days' values as their text)
     wide = re.fullmatch(r"numeric(?:\((\d+),(\d+)\))?", archived)
     if wide and here in _INTEGER_DIGITS:
         return wide.group(1) is None or int(wide.group(1)) - int(wide.group(2)) >= _INTEGER_DIGITS[here]
