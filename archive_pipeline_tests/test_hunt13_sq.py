@@ -60,3 +60,39 @@ def test_the_put_back_statement_truncates_a_value_longer_than_a_column_narrowed_
         pass  # refused, naming the value: acceptable
     rows = conn.execute(sql.SQL("SELECT id, s FROM {} ORDER BY id").format(t)).fetchall()
     assert (2, "abc") not in rows, f"the put-back altered the archived value: {rows}; statement {statement}"
+
+
+def test_a_refused_rerun_blames_a_widening_for_a_day_whose_rows_were_edited(conn, schema, store, temp_dir):
+    """Edge of 2a8a6cb (archive._change_message names late rows beside retyped columns, not edited ones).
+
+    Scenario: ``t (at date, id int, s text)`` day 2024-03-10 archived (2 rows, row-hash-sum-v6). Since then ``id``
+    was widened to bigint (which alone is skipped: v6 hashes it as archived, every value the same) and row 2's ``s``
+    was updated by mistake (same row count). The next run without overwrite refuses the day.
+
+    Now: the refusal says only "changed since it was archived ...: column types changed: id integer → bigint; set
+    overwrite to archive the day again": it blames the widening (which the README says alone changes nothing) and
+    hides that a row's content changed, so the user overwrites the archive of the rows as they were without looking.
+
+    Should: the message says the content changed with the same 2 rows (rows updated), beside or instead of the
+    widening, as 2a8a6cb now does for a changed row count.
+    Fix idea: in _change_message's ``retyped`` branch, where the retyping is a widening the fingerprint sees through
+    (or always), add "its content changed with the same N rows (rows updated ...)" when the counts are equal."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (at date NOT NULL, id int, s text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2024-03-10', 1, 'a'), ('2024-03-10', 2, 'b')").format(t))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format="csv")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(t))
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).skipped  # a widening alone: skipped
+    conn.execute(sql.SQL("UPDATE {} SET s = 'edited by mistake' WHERE id = 2").format(t))
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    except ArchiveError as exc:
+        said = str(exc)
+    else:
+        raise AssertionError("a day whose row was edited was skipped")
+    assert re.search(r"content changed|rows? (were )?updated|edited", said), said
