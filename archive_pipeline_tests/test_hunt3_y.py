@@ -161,9 +161,10 @@ def test_verify_does_not_call_a_day_damaged_that_was_re_archived_while_it_ran(pg
     config = write_config(tmp_path, [table])
     with FaultProxy(s3.endpoint_url) as proxy:
         env = make_env(pg, proxy.url, bucket, config)
-        # the second read of the day's manifest (the first is the lookup): the overwrite happens before it
-        held = proxy.add(Fault(method="GET", path=re.escape(manifest_key(render_key(spec, DAYS[0], "archive"))) + "$",
-                               skip=1, action="hold", times=1, hold_timeout=60))
+        # the check of the day's object after the lookup read its manifest (read once since hunt13 sj): the
+        # overwrite happens before it
+        held = proxy.add(Fault(method="HEAD", path=re.escape(render_key(spec, DAYS[0], "archive")) + "$",
+                               action="hold", times=1, hold_timeout=60))
         child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "verify", "--day",
                                   DAYS[0].isoformat(), "--json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)

@@ -857,7 +857,9 @@ class _Archiving:
         elif retyped:
             what = f"column types changed: {', '.join(retyped)}" + (
                 f"; and it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were "
-                "deleted late)" if archived.rows != fp.rows else "")
+                "deleted late)" if archived.rows != fp.rows else
+                f"; and its content differs with the same {fp.rows:,} rows (rows edited since, or values the new "
+                "types print otherwise: compare --rows names the first row that differs)")
         elif shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
             what = f"a type inside its columns changed (not its rows): {'; '.join(shapes)}"
         elif archived.rows != fp.rows:

@@ -548,7 +548,8 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
 
 
 _WRITABLE_COLUMNS = """
-SELECT a.attname::text, a.attidentity = 'a', pg_catalog.format_type(a.atttypid, a.atttypmod)
+SELECT a.attname::text, a.attidentity = 'a', pg_catalog.format_type(a.atttypid, a.atttypmod),
+       pg_catalog.format_type(a.atttypid, NULL)
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 ORDER BY a.attnum
@@ -572,16 +573,18 @@ def put_back_statement(conn: psycopg.Connection | None, spec: TableSpec, day: Pe
             columns = []
     if not columns:
         return f"INSERT INTO {quoted} SELECT * FROM {aside} EXCEPT ALL SELECT * FROM {quoted}"
-    names = ", ".join(sql_name(name, qualified=False) for name, _, _ in columns)
-    overriding = " OVERRIDING SYSTEM VALUE" if any(always for _, always, _ in columns) else ""
-    by_text = _without_equality(conn, quoted, [name for name, _, _ in columns])
+    names = ", ".join(sql_name(name, qualified=False) for name, _, _, _ in columns)
+    overriding = " OVERRIDING SYSTEM VALUE" if any(always for _, always, _, _ in columns) else ""
+    by_text = _without_equality(conn, quoted, [name for name, _, _, _ in columns])
     # the restored rows have the archived types, the table its own now (a uuid column retyped text since): each
-    # read as the table's; json, xml, point...: no equality to compare by, so compared by their text
-    restored = ", ".join(f"{sql_name(n, qualified=False)}::{'text' if n in by_text else kind}" for n, _, kind in columns)
+    # read as the table's type without its length (an explicit cast to varchar(3) would cut a value the INSERT
+    # then refuses); json, xml, point...: no equality to compare by, so compared by their text
+    restored = ", ".join(f"{sql_name(n, qualified=False)}::{'text' if n in by_text else bare}"
+                         for n, _, _, bare in columns)
     held = ", ".join(f"{sql_name(n, qualified=False)}::text" if n in by_text else sql_name(n, qualified=False)
-                     for n, _, _ in columns)
+                     for n, _, _, _ in columns)
     back = ", ".join(f"{sql_name(n, qualified=False)}::{kind}" if n in by_text else sql_name(n, qualified=False)
-                     for n, _, kind in columns)
+                     for n, _, kind, _ in columns)
     return (f"INSERT INTO {quoted} ({names}){overriding} SELECT {back} FROM (SELECT {restored} FROM {aside} EXCEPT "
             f"ALL SELECT {held} FROM {quoted}) AS lacking ({names})")
 

@@ -108,7 +108,7 @@ def _bound(spec: TableSpec, value: dt.date | str, end: int) -> dt.datetime:
 
 @dataclass(frozen=True)
 class Archived:
-    """What a manifest says about one archived day (manifest versions 1 and 2)."""
+    """What a manifest says about one archived day (manifest versions 1 to 3)."""
 
     key: str  # the rendered key; the manifest is beside it
     manifest: dict
