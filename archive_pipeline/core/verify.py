@@ -703,6 +703,12 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
     except ArchiveCorruptError as exc:
         if getattr(exc.__cause__, "not_json", False):  # its lines are no JSON objects: altered, a verdict (see _prove)
             raise
+        said = getattr(getattr(exc.__cause__, "diag", None), "message_primary", None) or ""
+        if isinstance(exc.__cause__, psycopg.DataError) and _BUILT_IN_FIELD.search(said):
+            # an integer or uuid field that is none: no type of the user's refuses it, the archive holds it (altered)
+            raise ArchiveError(f"the archive {manifest['object']['uri']} holds a field that is no value of its "
+                               f"built-in type: {said}", table=manifest.get("table"), day=manifest.get("day"),
+                               retryable=False) from readers.ArchiveDecodeError(said)
         if isinstance(exc.__cause__, (psycopg.DataError, psycopg.IntegrityError)) and \
                 not isinstance(exc.__cause__, psycopg.errors.UntranslatableCharacter):
             # the object matched its manifest's MD5 on the way down: a value this database's types refuse (an enum
@@ -1044,7 +1050,14 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
     domains = _DOMAIN_COLUMNS.format(parts=type_parts(conn))
     parsed |= {name for (name,) in conn.execute(domains, (names, list(oids))).fetchall()}
-    temp, _ = _create_temp(conn, {name: sql.SQL("text") for name in names})
+    # the columns v6 hashes by their value (integers, uuids: see fingerprint._typed_link). Of an archive recording
+    # v6, the plain ones are loaded as their type (COPY reads them once, and they hash by value as the source's do:
+    # a field of another spelling of the same value, '+5' or an upper-case uuid, restores as that value and proves
+    # so); of an older one, loaded as text and hashed as they are by its own algorithm, read as their type for v6
+    typed = dict(conn.execute(_TYPED_HASH_COLUMNS, (names, list(oids), sorted(fingerprint.TYPED_HASHED))).fetchall())
+    by_value = set(typed) - parsed if fingerprint.algorithm_for(manifest.get("fingerprint")) == fingerprint.ALGORITHM \
+        else set()
+    temp, _ = _create_temp(conn, {name: types[name] if name in by_value else sql.SQL("text") for name in names})
     # a type of the user's is named with its schema, so it is found whatever the path of this session
     # (a manifest names it as the archiving session's path showed it)
     own = conn.execute(_QUALIFIED_TYPES, (list(oids),)).fetchall()
@@ -1053,16 +1066,14 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     # a parsed domain over char(n) is hashed as bpchar is, by its output with the trailing blanks (``::text``
     # strips them; the source's side keeps them)
     bpchar = {name for (name,) in conn.execute(_BPCHAR_DOMAIN_COLUMNS, (names, list(oids))).fetchall()}
-    # the columns v6 hashes by their value (integers, booleans, uuids: see fingerprint._typed_link), read as their
-    # type; their text form is the field's, so the older algorithms' hash of them is the same
-    typed = dict(conn.execute(_TYPED_HASH_COLUMNS, (names, list(oids), sorted(fingerprint.TYPED_HASHED))).fetchall())
-    text_before_v6 = set(typed) - parsed  # v5 and older hash these fields as they are: as strictly as ever
-    parsed |= set(typed)
+    text_before_v6 = set(typed) - parsed - by_value  # v5 and older hash these fields as they are: as strictly as ever
+    parsed |= set(typed) - by_value
     users = {name for (name,) in conn.execute(_USER_BASE_COLUMNS, (names, list(oids))).fetchall()}
     cast = {name for (name,) in conn.execute(_USER_TEXT_CAST_COLUMNS, (names, list(oids))).fetchall()}
     return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else typed.get(name, "text"),
                               user_type=name in users, user_text_cast=name in cast,
                               parsed_by_v6_only=name in text_before_v6) if name in parsed
+                  else _TextColumn(name, base_type=typed[name]) if name in by_value
                   else _TextColumn(name) for name in names]
 
 
