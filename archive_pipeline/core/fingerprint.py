@@ -6,8 +6,8 @@ order-independent (the archive's row order does not matter) and, unlike XOR, cou
 ``row-hash-sum-v6`` (new archives) is v5 except for integers (of every width alike) and uuids (and
 domains over them, not arrays of them): each is hashed from its value by PostgreSQL's own hash of it, seeded with
 the chain's link as every column is, instead of printing it and hashing the text. Their text forms are exact and
-canonical (equal values print alike, unequal ones differently), so v6 tells the same rows apart as v5; printing
-them was about a third of the cost of a table of such columns. ``hashint8extended`` folds the high half of an
+canonical (equal values print alike, unequal ones differently), so v6 tells the same rows apart as v5, at a
+fraction of the cost of printing them (the benchmark day's fingerprint: 7-13% less, bench/RESULTS.md). ``hashint8extended`` folds the high half of an
 int8 into the low half before hashing, which alone would make pairs of integers collide by construction: the high
 half is also mixed into the seed (see :func:`_typed_link`). A column whose type is another than the archived
 one's (retyped since, a restore's target, a CSV archive's text field) is hashed as the archived type
