@@ -247,7 +247,7 @@ def test_a_column_retyped_since_it_was_archived_hashes_as_archived_where_values_
     is hashed as the archived integer where its text is an integer's canonical text, else as no integer at all."""
     a, cols = make(conn, schema, "was", "int8", archived)
     b, now_cols = make(conn, schema, "now", typ, now)
-    hashed = fingerprint.as_archived(conn, now_cols, [{"name": "v", "pg_type": "bigint"}])
+    hashed = fingerprint.as_archived(conn, now_cols, [{"name": "v", "pg_type": "bigint"}], fingerprint.ALGORITHM)
     assert hashed[0].hash_as == "int8"
     v6 = fingerprint.ALGORITHM  # (as_archived is v6's: v5 and older hash every column by its text)
     assert (fingerprint.compute(conn, a, cols, algorithm=v6) == fingerprint.compute(conn, b, hashed, algorithm=v6)) \

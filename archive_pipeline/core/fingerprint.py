@@ -388,14 +388,15 @@ FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype <> 'd'
 """
 
 
-def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict]) -> list:
+def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict], algorithm: str) -> list:
     """``columns`` (the source's or a restore target's now, in the archive's order), each to be hashed by v6 as the
     column ``recorded`` (the manifest's columns) says it was archived: an integer column that is numeric or text now
     hashes its values as integers where they are, so a type changed since with every value kept (integer to numeric,
     as v5 saw it) compares equal, and a value that does not read back as archived differs. A recorded type this
-    database cannot resolve leaves the column as it is."""
+    database cannot resolve leaves the column as it is, as does any ``algorithm`` but v6 (older ones hash every
+    column by its text)."""
     names = [c.get("pg_type") or "" for c in recorded]
-    if len(names) != len(columns) or not names:
+    if algorithm != ALGORITHM or len(names) != len(columns) or not names:
         return list(columns)
     try:
         with conn.transaction():

@@ -978,8 +978,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         raise RemovalRefused(f"{spec.name} {day} stays in the source: {exc.message}", table=spec.name,
                              day=day.isoformat()) from None
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
-    if algorithm == fingerprint.ALGORITHM:  # each column hashed as archived, as the proof hashed it
-        columns = fingerprint.as_archived(conn, columns, manifest["columns"])
+    columns = fingerprint.as_archived(conn, columns, manifest["columns"], algorithm)  # (as the proof hashed them)
     now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day), algorithm)
     archived_rows = fingerprint.Fingerprint.parse(manifest["fingerprint"]).rows
     # (the types named as the archive's snapshot named them: PostgreSQL's first on the path, whatever the session's)

@@ -1122,10 +1122,7 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
                                                                              sql.Identifier(name)))
 
 
-_INTEGER_WIDTHS = {"smallint": 1, "integer": 2, "bigint": 3}
-
-
-_INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
+_INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}  # (the widest value of each, in decimal digits)
 
 
 def _widens(here: str, archived: str) -> bool:
@@ -1133,9 +1130,9 @@ def _widens(here: str, archived: str) -> bool:
     a wider integer, an integer into a numeric with room for its digits, a numeric with as many digits before and
     after the point or more (or unconstrained), a longer varchar, varchar to text, or an integer, boolean or uuid
     to text (its values as their text)."""
-    if here in _INTEGER_WIDTHS and archived in _INTEGER_WIDTHS:
-        return _INTEGER_WIDTHS[archived] > _INTEGER_WIDTHS[here]
-    if archived in ("text", "character varying") and here in ("uuid", "boolean", *_INTEGER_WIDTHS):
+    if here in _INTEGER_DIGITS and archived in _INTEGER_DIGITS:
+        return _INTEGER_DIGITS[archived] > _INTEGER_DIGITS[here]
+    if archived in ("text", "character varying") and here in ("uuid", "boolean", *_INTEGER_DIGITS):
         return True  # (a column retyped text between the days: the earlier days' values as their text)
     wide = re.fullmatch(r"numeric(?:\((\d+),(\d+)\))?", archived)
     if wide and here in _INTEGER_DIGITS:
@@ -1546,9 +1543,8 @@ def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
 def _hashed_columns(conn: psycopg.Connection, relation: Relation, manifest: dict) -> list[Column]:
     """The target's columns of the archive's names, in its order, each hashed as archived where its type is another
     (see fingerprint.as_archived: an integer restored into numeric is the archived integer when it reads back so)."""
-    columns = _columns_of(conn, relation, manifest_columns(manifest))
-    return fp.as_archived(conn, columns, manifest["columns"]) if fp.algorithm_for(
-        manifest.get("fingerprint")) == fp.ALGORITHM else columns
+    return fp.as_archived(conn, _columns_of(conn, relation, manifest_columns(manifest)), manifest["columns"],
+                          fp.algorithm_for(manifest.get("fingerprint")))
 
 
 def _columns_of(conn: psycopg.Connection, relation: Relation, names: list[str]) -> list[Column]:

@@ -309,8 +309,7 @@ def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, alg
         table = source_table(conn, spec, day)
         where = day_filter(table, day)
         columns = archived_order(spec, day, table, names)
-        if recorded and algorithm == fingerprint.ALGORITHM:  # hashed as archived where a type changed since
-            columns = fingerprint.as_archived(conn, columns, recorded)
+        columns = fingerprint.as_archived(conn, columns, recorded, algorithm)  # (where a type changed since)
         changes = shape_changes(recorded, {c.name: c.shape for c in table.columns})
         if changes:  # a composite's text is positional: its values would be read as other fields' (or not at all)
             raise ColumnsChangedError(
@@ -824,8 +823,7 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
     if now != loaded_now:
         problems.append(f"the source's rows for {day} are not the archive's: {_fp_difference(now, loaded_now)}")
         in_order = columns_as_archived(table.columns, [c.name for c in columns]) or table.columns
-        if now.algorithm == fingerprint.ALGORITHM and len(in_order) == len(manifest["columns"]):
-            in_order = fingerprint.as_archived(conn, in_order, manifest["columns"])  # (as the fingerprint was)
+        in_order = fingerprint.as_archived(conn, in_order, manifest["columns"], now.algorithm)  # (as hashed above)
         try:
             with conn.transaction():  # both row streams in one transaction where conn is the scratch session too
                 problems.append(_name_first_difference(conn, table.identifier, in_order, where, scratch, temp,
