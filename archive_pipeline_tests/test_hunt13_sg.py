@@ -77,9 +77,6 @@ def test_the_other_case_refusal_suggests_a_pattern_that_names_the_tables_when_te
     assert "'events_%Y%m%d_raw'" in said, said
 
 
-@pytest.mark.xfail(strict=True, reason="known, documented (README, Re-runs: a removed day in a ranged run): Dagster "
-                   "marks every partition of a failed run it did not materialize as failed; recording a removed day "
-                   "as a materialization of its own is not done yet")
 def test_a_removed_day_stays_materialized_when_another_day_of_the_ranged_run_fails(conn, schema, archive_env):
     """89d3ef7: "a removed day in a ranged run is logged as nothing to do, not failed (its partition stayed red)".
     ``events`` has retention (delete); 2024-03-10..11 are archived, 2024-03-10 is then removed (proven; its archive
@@ -95,7 +92,9 @@ def test_a_removed_day_stays_materialized_when_another_day_of_the_ranged_run_fai
     Should: 2024-03-10 keeps MATERIALIZED, 2024-03-11 FAILED, 2024-03-12 MATERIALIZED.
     Fix idea: record the removed (nothing-to-do) day in the run (an AssetMaterialization of the partition saying
     "removed, archive kept", as a skipped identical day is recorded), so a failing neighbour cannot mark it failed."""
+    import dagster as dg
     from dagster import AssetPartitionStatus, instance_for_test
+    from dagster._core.event_api import PartitionKeyFilter
 
     from archive_pipeline.core.config import parse_config
     from archive_pipeline.definitions import build_definitions
@@ -127,6 +126,16 @@ def test_a_removed_day_stays_materialized_when_another_day_of_the_ranged_run_fai
         assert not result.success  # (the changed day fails, as it should)
         status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
             asset_key(spec), [d.isoformat() for d in days], daily_partitions(spec)).items()}
+        latest = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=asset_key(spec), asset_partitions=[days[0].isoformat()]), limit=1).records[0]
+        said = latest.asset_materialization.metadata
+        assert said["state"].value == "removed" and said["dagster/row_count"].value == 4, said
+        assert "removed from the source" in said["removed"].value, said
+        intact = dg.AssetCheckKey(asset_key(spec), "archive_intact")
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [intact], partition_filter=PartitionKeyFilter(key=days[0].isoformat()))[intact]
+        assert check.evaluation.passed, check.evaluation  # the proof it had, about the removed day's own record
+        assert check.evaluation.target_materialization_data.storage_id == latest.storage_id, check.evaluation
     assert status == {days[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
                       days[1].isoformat(): AssetPartitionStatus.FAILED.value,
                       days[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status

@@ -54,7 +54,7 @@ from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, log_guarded, object_link,
                                           on_demand_as_they_were, recorded_day_key, source_only, terminated,
-                                          verdict_as_it_was, verify_result, written_verdict)
+                                          verdict_as_it_was, verdict_carried, verify_result, written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
@@ -65,7 +65,7 @@ from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import TYPE_GONE
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
-STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped
+STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped | removed
 
 State = Literal["archived", "empty", "skipped"]
 # What a run yields for each day: the day's materialization (the step's output when it is the run's
@@ -574,12 +574,13 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                 yield from archive_one_day(context, spec, key, day, config, source, archive_store, store,
                                            alone=len(days) == 1, origin=origin)
             except Failure as exc:
+                if len(days) > 1 and _removed(exc):  # archived, proven and let go: nothing to redo, not failed
+                    context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
+                    record_removed(context, key, day, exc)
+                    continue
                 yield from verdicts_as_they_were(context, key, [day])
                 if len(days) == 1:
                     raise
-                if _removed(exc):  # archived, proven and let go: nothing to redo, and not a failed day in the UI
-                    context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
-                    continue
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
@@ -595,6 +596,28 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
         raise batch_failure(spec, days, failed, skipped_keys(context, spec))
     if phantoms := skipped_keys(context, spec):
         raise batch_failure(spec, days, {}, phantoms)
+
+
+def record_removed(context: AssetExecutionContext, key: AssetKey, day: Period, exc: Failure) -> None:
+    """Record a removed day of a ranged run as materialized again: its archive (proven before the day was let go)
+    is the day's only copy and still there. Dagster marks every partition a failed run planned and did not
+    materialize as failed, so without a record a failing neighbour turned the removed day red, beside the one day
+    that needs doing. The record repeats the day's last materialization (what the archive holds) with state
+    ``removed``, and its last ``archive_intact`` verdict about it. A day removed by naming mode's table drop (no
+    :class:`DayRemovedError`: no archive this run saw) is not recorded."""
+    error = exc.metadata.get("error")
+    if getattr(error, "value", error) != "DayRemovedError":
+        return
+    partition = day.isoformat()
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+    before = records[0].asset_materialization if records else None
+    said = (exc.description or "").split("\n\nWhat to do:")[0]
+    metadata = {**(before.metadata if before else {}), "state": "removed", "removed": said,
+                "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
+    _log_day(context, AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
+                                           tags={**(before.tags if before else {}), STATE_TAG: "removed"}),
+             functools.partial(verdict_carried, context, key, partition))
 
 
 def skipped_keys(context: AssetExecutionContext, spec: TableSpec) -> list[str]:
@@ -807,20 +830,20 @@ def output_read_downstream(context: AssetExecutionContext) -> bool:
     """Whether another step of the run reads the asset's output (``materialize`` with the asset's checks, a job
     of the user's with assets downstream): only a yielded result is that output."""
     try:
-        readers = context.job_def.dependency_structure.output_to_downstream_inputs_for_node(context.op.name)
+        readers = context.job_def.dependency_structure.output_to_downstream_inputs_for_node(context.op_execution_context.op.name)
     except Exception:  # noqa: BLE001 - a Dagster without this structure: yield, as Dagster expects
         return True
     return any(readers.values())
 
 
 def _log_day(context: AssetExecutionContext, materialization: AssetMaterialization,
-             evaluation: Callable[[], AssetCheckEvaluation] | None) -> None:
+             evaluation: Callable[[], AssetCheckEvaluation | None] | None) -> None:
     """Record a day from the asset's own code (see :func:`log_guarded`). Terminated while the day is recorded, it is
     published (and, its event stored, shown materialized): its check is recorded too, so it is not left half
     recorded, and the run ends saying so."""
     log_guarded(context, materialization, "recording", evaluation)
-    if evaluation is not None:
-        log_guarded(context, evaluation(), "recording")
+    if evaluation is not None and (checked := evaluation()) is not None:
+        log_guarded(context, checked, "recording")
 
 
 def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | None) -> Failure:

@@ -247,6 +247,21 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
     )
 
 
+def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str) -> AssetCheckEvaluation | None:
+    """The day's last ``archive_intact`` verdict again, about the day's newest materialization: a record that
+    repeats what the archive was (a removed day's, see ``record_removed``) keeps its proof in the UI rather than
+    showing the check as never run. None when no run has checked the day."""
+    _, last = _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK), PartitionKeyFilter(key=day))
+    if last is None:
+        return None
+    was = last.evaluation
+    return AssetCheckEvaluation(
+        asset_key=key, check_name=INTACT_CHECK, passed=was.passed, severity=was.severity, partition=day,
+        description=f"{day}: as checked by run {last.run_id}: {was.description}",
+        metadata={**was.metadata, "checked_in_run": last.run_id}, blocking=False,
+        target_materialization_data=latest_materialization(context.instance, key, day))
+
+
 def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, key: AssetKey
                            ) -> Iterator[AssetCheckEvaluation]:
     """The on-demand checks' last verdicts again, for a run that planned them and fails before they ran.
