@@ -98,9 +98,6 @@ def test_a_removed_day_shows_its_archive_proven_check_succeeded_in_the_partition
         assert status[AssetCheckExecutionResolvedStatus.SUCCEEDED.value] == [DAY.isoformat()], status
 
 
-@pytest.mark.xfail(strict=True, reason="known, documented (README, Using it from another Dagster project): a ranged "
-                   "run records each day as its own materialization and has no output to hand on; an output would "
-                   "add a materialization of every day of the range without its metadata, over the day's own")
 def test_a_users_asset_downstream_of_the_archive_runs_in_a_ranged_run_of_its_job(conn, schema, archive_env):
     """Scenario (README "Using it from another Dagster project"): the user merges build_definitions into their
     project and adds ``daily_report``, partitioned like the table, ``deps=[<the archive asset>]`` (it reads the
@@ -118,6 +115,7 @@ def test_a_users_asset_downstream_of_the_archive_runs_in_a_ranged_run_of_its_job
     once the range is done when every day was recorded (a MaterializeResult with no metadata is one more
     materialization per range; an Output without materializing, or yield the last day's result)."""
     import dagster as dg
+    from dagster._core.event_api import PartitionKeyFilter
 
     create_sample_events(conn, DAYS, rows_per_day=3, schema=schema)
     config = parse_config({"tables": [{"name": f"{schema}.events", "day_column": "created_at",
@@ -138,6 +136,68 @@ def test_a_users_asset_downstream_of_the_archive_runs_in_a_ranged_run_of_its_job
         assert result.success
         assert sorted(instance.get_materialized_partitions(archive)) == [d.isoformat() for d in DAYS]
         assert sorted(instance.get_materialized_partitions(daily_report.key)) == [d.isoformat() for d in DAYS]
+        # each day recorded once, with its own metadata (handed to the step's output), and checked about that record
+        from archive_pipeline_tests.helpers import run_materializations
+
+        days = [m for m in run_materializations(instance, result.run_id) if m.asset_key == archive]
+        assert sorted(m.partition for m in days) == [d.isoformat() for d in DAYS], days
+        assert all(m.metadata["state"].value == "archived" and m.metadata["dagster/row_count"].value == 3
+                   for m in days), days
+        assert len({m.metadata["object_key"].value for m in days}) == 3, days
+        intact = dg.AssetCheckKey(archive, "archive_intact")
+        for day in DAYS:
+            latest = instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=archive, asset_partitions=[day.isoformat()]), limit=1).records[0]
+            check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [intact], partition_filter=PartitionKeyFilter(key=day.isoformat()))[intact]
+            assert check.evaluation.passed and (check.evaluation.target_materialization_data.storage_id
+                                                == latest.storage_id), (day, check.evaluation)
+
+
+def test_a_ranged_run_with_a_downstream_asset_records_each_archived_day_when_another_day_fails(conn, schema,
+                                                                                                archive_env, pg):
+    """The same job as above (the archive and the user's ``daily_report`` downstream of it), 2024-03-10..12 in one
+    ranged run, retries off; another session holds 2024-03-11's table-day lock. Where another step reads the
+    archive's output, a range's days are handed to that output; the run fails instead, so no output is yielded:
+    the two archived days must still be recorded (each with its own metadata and check), 2024-03-11 failed, and
+    the report not run (its upstream range was not archived whole)."""
+    import dagster as dg
+    from dagster import AssetPartitionStatus
+
+    from archive_pipeline.core.locks import lock_key
+
+    create_sample_events(conn, DAYS, rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat()}]})
+    spec = config.tables[0]
+    archive = asset_key(spec)
+
+    @dg.asset(partitions_def=daily_partitions(spec), deps=[archive])
+    def daily_report(context) -> None:
+        context.log.info(f"report of {context.partition_keys}")
+
+    mine = dg.define_asset_job("archive_and_report", selection=dg.AssetSelection.assets(archive, daily_report.key))
+    defs = dg.Definitions.merge(build_definitions(config), dg.Definitions(assets=[daily_report], jobs=[mine]))
+    with pg.connect() as other, instance_for_test() as instance:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, DAYS[1])).fetchone()[0]
+        result = defs.resolve_job_def("archive_and_report").execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": DAYS[0].isoformat(),
+            "dagster/asset_partition_range_end": DAYS[-1].isoformat()}, raise_on_error=False)
+        assert not result.success
+        status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
+            archive, [d.isoformat() for d in DAYS], daily_partitions(spec)).items()}
+        assert status == {DAYS[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
+                          DAYS[1].isoformat(): AssetPartitionStatus.FAILED.value,
+                          DAYS[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status
+        from archive_pipeline_tests.helpers import run_check_evaluations, run_materializations
+
+        days = [m for m in run_materializations(instance, result.run_id) if m.asset_key == archive]
+        assert sorted(m.partition for m in days) == [DAYS[0].isoformat(), DAYS[2].isoformat()], days
+        assert all(m.metadata["state"].value == "archived" and m.metadata["dagster/row_count"].value == 3
+                   for m in days), days
+        checked = [e for e in run_check_evaluations(instance, result.run_id) if e.asset_key == archive]
+        assert sorted(e.partition for e in checked if e.passed) == [DAYS[0].isoformat(), DAYS[2].isoformat()]
+        assert not instance.get_materialized_partitions(daily_report.key)
 
 
 def test_a_skipped_days_column_schema_is_the_archives_not_the_tables_now(conn, schema, archive_env, s3_client):

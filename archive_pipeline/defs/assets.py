@@ -568,15 +568,16 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
     source = _Source(postgres, primary)
     failed = _failed_for_good(context, spec) if context.retry_number > 0 else {}
     todo = [d for d in todo if d not in failed]
+    records = DayRecords(context, deferred=len(days) > 1 and output_read_downstream(context))
     try:
         for day in todo:
             try:
                 yield from archive_one_day(context, spec, key, day, config, source, archive_store, store,
-                                           alone=len(days) == 1, origin=origin)
+                                           alone=len(days) == 1, origin=origin, records=records)
             except Failure as exc:
                 if len(days) > 1 and _removed(exc):  # archived, proven and let go: nothing to redo, not failed
                     context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
-                    record_removed(context, key, day, exc)
+                    record_removed(context, key, day, exc, records)
                     continue
                 yield from verdicts_as_they_were(context, key, [day])
                 if len(days) == 1:
@@ -586,8 +587,13 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
                 raise cancelled_batch(terminated(context, exc, spec, day, "archiving", job_name(spec)), spec,
                                       todo[todo.index(day) + 1:], failed) from None
+    except BaseException:
+        records.flush()
+        raise
     finally:
         source.close()
+    if failed or skipped_keys(context, spec):
+        records.flush()
     if failed:
         for day in todo:  # what a retry of this step reads back (a retried step records no STEP_FAILURE)
             if day in failed and not failed[day].allow_retries:
@@ -596,9 +602,57 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
         raise batch_failure(spec, days, failed, skipped_keys(context, spec))
     if phantoms := skipped_keys(context, spec):
         raise batch_failure(spec, days, {}, phantoms)
+    yield from records.output(key, sorted(done))
 
 
-def record_removed(context: AssetExecutionContext, key: AssetKey, day: Period, exc: Failure) -> None:
+class DayRecords:
+    """How a run records its days. Each as soon as it is done (an AssetMaterialization logged from the asset's code),
+    so a day archived before a later one fails, or before the run is terminated, shows materialized and a retry does
+    not redo it. A ranged run whose output another step reads (a user's asset downstream of the archive, in one of
+    their jobs) is ``deferred``: Dagster runs that step only once the asset yields its output, and that output
+    materializes every day of the range. There each day's metadata is handed to the output (partition-scoped
+    metadata, Dagster's way of giving a range's days their own), its check recorded after it; the days are logged
+    one by one as usual if the run fails instead."""
+
+    def __init__(self, context: AssetExecutionContext, *, deferred: bool) -> None:
+        self.context, self.deferred = context, deferred
+        self._pending: list[tuple[AssetMaterialization, Callable[[], AssetCheckEvaluation | None] | None]] = []
+
+    def record(self, materialization: AssetMaterialization,
+               evaluation: Callable[[], AssetCheckEvaluation | None] | None) -> None:
+        if not self.deferred:
+            _log_day(self.context, materialization, evaluation)
+            return
+        self.context.add_asset_metadata(dict(materialization.metadata), partition_key=materialization.partition)
+        self._pending.append((materialization, evaluation))
+
+    def flush(self) -> None:
+        """Log the days kept for the output one by one: the run fails, and yields no output."""
+        pending, self._pending = self._pending, []
+        for materialization, evaluation in pending:
+            _log_day(self.context, materialization, evaluation)
+
+    def output(self, key: AssetKey, earlier: list[str]) -> Iterator[DayEvent]:
+        """The step's output for a deferred range, then each day's check about its materialization. Days an earlier
+        attempt of the step recorded get their record again (an output without it would be a bare one over it)."""
+        if not self.deferred:
+            return
+        for partition in earlier:
+            records = self.context.instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+            if records:
+                self.context.add_asset_metadata(dict(records[0].asset_materialization.metadata),
+                                                partition_key=partition)
+        states = {m.tags.get(STATE_TAG) for m, _ in self._pending}
+        yield MaterializeResult(tags={STATE_TAG: states.pop()} if len(states) == 1 and not earlier else None)
+        for _, evaluation in self._pending:
+            if evaluation is not None and (checked := evaluation()) is not None:
+                yield checked
+        self._pending = []
+
+
+def record_removed(context: AssetExecutionContext, key: AssetKey, day: Period, exc: Failure,
+                   records: DayRecords) -> None:
     """Record a removed day of a ranged run as materialized again: its archive (proven before the day was let go)
     is the day's only copy and still there. Dagster marks every partition a failed run planned and did not
     materialize as failed, so without a record a failing neighbour turned the removed day red, beside the one day
@@ -615,9 +669,9 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, day: Period, e
     said = (exc.description or "").split("\n\nWhat to do:")[0]
     metadata = {**(before.metadata if before else {}), "state": "removed", "removed": said,
                 "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
-    _log_day(context, AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
-                                           tags={**(before.tags if before else {}), STATE_TAG: "removed"}),
-             functools.partial(verdict_carried, context, key, partition))
+    records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
+                                        tags={**(before.tags if before else {}), STATE_TAG: "removed"}),
+                   functools.partial(verdict_carried, context, key, partition))
 
 
 def skipped_keys(context: AssetExecutionContext, spec: TableSpec) -> list[str]:
@@ -763,7 +817,8 @@ def former_day_keys(context: AssetExecutionContext, key: AssetKey, spec: TableSp
 
 def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, day: Period,
                     config: ArchiveRunConfig, source: _Source, archive_store: ArchiveStoreResource,
-                    store: S3Store, *, alone: bool, origin: str | None = None) -> Iterator[DayEvent]:
+                    store: S3Store, *, alone: bool, origin: str | None = None, records: DayRecords
+                    ) -> Iterator[DayEvent]:
     """Archive one day and record it: its materialization (own metadata), then its ``archive_intact``
     result; ``alone``: the run's only day, its summary logged too (and recorded as the step's output where another
     step of the run reads it). Raises the :class:`Failure`
@@ -817,9 +872,9 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
             raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
         yield evaluation()
     else:
-        _log_day(context, AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata,
-                                               description=summary(result, state), tags={STATE_TAG: state}),
-                 evaluation)
+        records.record(AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata,
+                                            description=summary(result, state), tags={STATE_TAG: state}),
+                       evaluation)
         if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
             raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     if spec.deep_check and not verdict.passed:
