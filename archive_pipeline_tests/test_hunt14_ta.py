@@ -59,3 +59,42 @@ def test_the_put_back_statement_cuts_a_char_or_bit_column_to_one_character(conn,
     rows = conn.execute(sql.SQL("SELECT id, c::text FROM {} ORDER BY id, c").format(t)).fetchall()
     assert rows == [(1, values[0]), (2, values[1])], f"the put-back did not put back the lost row as archived: " \
                                                      f"{rows}; statement {statement}"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_range_restore_into_its_own_table_follows_a_char_column_retyped_text(conn, schema, store, temp_dir, fmt):
+    """Scenario: ``t (id int PRIMARY KEY, at date, c char(3))``; day 2024-03-10 archived with (1, 'ab'). Then the
+    source follows the usual advice against char(n): ``ALTER TABLE t ALTER c TYPE text``, and day 2024-03-11 is
+    archived with (2, 'abcd'). The user restores both days into a new table (``restore --from 2024-03-10 --to
+    2024-03-11 --into new --target s.back``).
+
+    Now: the table is made from day 1's definition (c char(3)) and day 2 is refused: "value too long for type
+    character(3) ... its column types are not the archived ones (c: character(3) here, text when archived) ... to
+    fix: restore into a new table (into='new'), created with the archived types" — which is what the user did: the
+    remedy sends them round in a circle (into varchar(10) instead: 'xy' is padded 'xy ' and the day is rolled back
+    with the same advice). restore._widen_own widens its own table for integers, numerics, varchar and (since
+    hunt 13) uuid/boolean/integer to text, not for char(n) to text or a longer varchar.
+
+    Should: the range's own table follows the source as it does for varchar(3) → text (c becomes text: day 1's
+    'ab ' reads back as 'ab', exactly what the source's own ALTER made of it, and v6 hashes it as the archived
+    char(3)), and both days are restored and proven.
+    Fix idea: in restore._widens, let ``character(n)`` become text, ``character varying`` or ``character
+    varying(m)`` with m >= n."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import restore_days
+
+    t = sql.Identifier(schema, "t")
+    day2 = DAY + dt.timedelta(days=1)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date NOT NULL, c char(3))").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'ab')").format(t), (DAY,))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN c TYPE text").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, %s, 'abcd')").format(t), (day2,))
+    archive_partition(conn, spec, day2, store, temp_dir=temp_dir)
+    done = restore_days(conn, store, spec, DAY, day2, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert [r.rows for r in done.results] == [1, 1]
+    rows = conn.execute(sql.SQL("SELECT id, rtrim(c::text) FROM {} ORDER BY id").format(
+        sql.Identifier(schema, "back"))).fetchall()
+    assert rows == [(1, "ab"), (2, "abcd")], rows
