@@ -98,3 +98,41 @@ def test_a_range_restore_into_its_own_table_follows_a_char_column_retyped_text(c
     rows = conn.execute(sql.SQL("SELECT id, rtrim(c::text) FROM {} ORDER BY id").format(
         sql.Identifier(schema, "back"))).fetchall()
     assert rows == [(1, "ab"), (2, "abcd")], rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("old, new, first, second", [("int[]", "bigint[]", "{1,2}", "{9000000000}"),
+                                                     ("varchar(3)[]", "text[]", "{ab}", "{abcd}")])
+def test_a_range_restore_into_its_own_table_follows_an_array_column_widened_between_the_days(
+        conn, schema, store, temp_dir, fmt, old, new, first, second):
+    """Scenario: ``t (id int PRIMARY KEY, at date, c int[])``; day 2024-03-10 archived with (1, '{1,2}'). The ids in
+    the array near 2^31, so the source widens ``c`` to ``bigint[]`` (as README's own example widens an integer to
+    bigint), and day 2024-03-11 is archived with (2, '{9000000000}'). The user restores both days into a new table
+    (``restore --from 2024-03-10 --to 2024-03-11 --into new --target s.back``). Likewise varchar(3)[] → text[].
+
+    Now: restore._widen_own widens its own table's ``integer`` column to ``bigint`` (and varchar(3) to text), but
+    not the same change one array level down: day 2 is refused ("value "9000000000" is out of range for type
+    integer ... its column types are not the archived ones (c: integer[] here, bigint[] when archived) ... to fix:
+    restore into a new table (into='new')"), which is what the user did: a remedy in a circle.
+
+    Should: the range's own table is widened as for the scalar column (c becomes bigint[] / text[], every value
+    already restored reading back the same), and both days are restored and proven.
+    Fix idea: in restore._widens, strip matching trailing ``[]`` from both types and decide on the element types."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import restore_days
+
+    t = sql.Identifier(schema, "t")
+    day2 = DAY + dt.timedelta(days=1)
+    conn.execute(sql.SQL(f"CREATE TABLE {{}} (id int PRIMARY KEY, at date NOT NULL, c {old})").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, %s)").format(t), (DAY, first))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL(f"ALTER TABLE {{}} ALTER COLUMN c TYPE {new}").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, %s, %s)").format(t), (day2, second))
+    archive_partition(conn, spec, day2, store, temp_dir=temp_dir)
+    done = restore_days(conn, store, spec, DAY, day2, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert [r.rows for r in done.results] == [1, 1]
+    rows = conn.execute(sql.SQL("SELECT id, c::text FROM {} ORDER BY id").format(
+        sql.Identifier(schema, "back"))).fetchall()
+    assert rows == [(1, first), (2, second)], rows
