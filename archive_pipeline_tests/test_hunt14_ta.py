@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -136,3 +135,47 @@ def test_a_range_restore_into_its_own_table_follows_an_array_column_widened_betw
     rows = conn.execute(sql.SQL("SELECT id, c::text FROM {} ORDER BY id").format(
         sql.Identifier(schema, "back"))).fetchall()
     assert rows == [(1, first), (2, second)], rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_restore_cancelled_by_statement_timeout_is_not_blamed_on_reading_the_day(pg, conn, schema, store, temp_dir,
+                                                                                   fmt):
+    """Scenario: a day of ``t`` is archived and its rows deleted by mistake; the user restores it into the original
+    table (``restore --into original``) while another session holds a lock on ``t`` (a migration's ALTER TABLE, a
+    VACUUM FULL: here ``LOCK TABLE t``), and the session has a statement_timeout (1 s here; source.statement_timeout_ms
+    or the role's setting).
+
+    Now: the restore waits for the lock until statement_timeout cancels it and fails with "restoring t for
+    2024-03-10 failed: statement_timeout: reading the day took longer than allowed ... a day that always takes longer
+    will time out on every retry": a restore reads nothing of the day from the source, and nothing of its size took
+    long: it waited behind another session's lock, which the message never mentions (a lock_timeout says "another
+    session holds a conflicting lock on the table"), so the user raises the timeout for nothing.
+
+    Should: the cause says what was cut short: restoring (loading or checking) the day, or waiting for a lock on the
+    target that another session holds (statement_timeout counts the wait too), not "reading the day".
+    Fix idea: in restore_archive's generic branch, word a 57014 statement_timeout for the restore (and mention
+    that the time includes waiting for locks on the target: look at pg_locks / pg_stat_activity)."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.restore import restore_day
+
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date NOT NULL)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s), (2, %s)").format(t), (DAY, DAY))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL("DELETE FROM {}").format(t))
+    with pg.connect() as other:
+        other.autocommit = False
+        other.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t))
+        conn.execute("SET statement_timeout = '1s'")
+        try:
+            with pytest.raises(ArchiveError) as caught:
+                restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+        finally:
+            other.rollback()
+            conn.execute("RESET statement_timeout")
+    said = str(caught.value)
+    assert caught.value.retryable and caught.value.table == spec.name and caught.value.day == DAY.isoformat(), said
+    assert "reading the day" not in said and re.search(r"lock", caught.value.cause or ""), said
