@@ -60,3 +60,28 @@ def test_an_empty_day_archived_again_with_its_late_rows_from_the_cli_checks_inta
         checked = _execute_check(defs, instance, key, "archive_intact", DAY.isoformat())
         [evaluation] = [e for e in run_check_evaluations(instance, checked.run_id)]
         assert evaluation.passed, evaluation.description
+
+
+@pytest.mark.parametrize("granularity, periods_in_two_days", [("hourly", 48), ("monthly", 1)])
+def test_max_days_per_run_counts_days_for_hourly_and_monthly_tables(granularity, periods_in_two_days):
+    """Scenario: ``backfill: {max_days_per_run: 2}`` (README: "A backfill archives up to
+    backfill.max_days_per_run days of a table per run"; the setting's own description: "days of one table archived
+    by one backfill run") for an hourly table and a monthly one. The README's list of settings that are "not yet per
+    granularity" says lookback_days and keep_days stay in days; it says nothing of max_days_per_run being anything
+    but days.
+
+    Now: the backfill policy is BackfillPolicy.multi_run(max_partitions_per_run=2), i.e. two PARTITIONS per run: an
+    hourly table's year backfill is 4,380 runs of 2 hours each (each a ~2 s process start, the very cost the setting
+    exists to spread), and a monthly table's default of 50 puts 50 months (four years of rows) in one run.
+
+    Expected: a ranged run holds about max_days_per_run days of the table's periods: 48 hours, and (two days being
+    less than a month) one month. Fix idea: backfill_policy(settings, granularity): hours * 24, months
+    max(1, days // 28) (or name the setting in periods and say so in the README)."""
+    config = parse_config({"backfill": {"max_days_per_run": 2}, "tables": [{
+        "name": "public.events", "day_column": "created_at", "start_date": "2024-01-01",
+        "granularity": granularity}]})
+    spec = config.tables[0]
+    defs = build_definitions(config, resources={"postgres": object(), "archive_store": object()}, check_source=False)
+    policy = defs.resolve_assets_def(asset_key(spec)).backfill_policy
+    per_run = policy.max_partitions_per_run if policy is not None else 1  # (no policy: one run per period)
+    assert per_run == periods_in_two_days, policy
