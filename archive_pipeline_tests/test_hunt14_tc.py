@@ -85,3 +85,54 @@ def test_max_days_per_run_counts_days_for_hourly_and_monthly_tables(granularity,
     policy = defs.resolve_assets_def(asset_key(spec)).backfill_policy
     per_run = policy.max_partitions_per_run if policy is not None else 1  # (no policy: one run per period)
     assert per_run == periods_in_two_days, policy
+
+
+def test_the_sensor_requests_again_a_day_whose_materialization_was_wiped_after_its_sensor_run_succeeded(
+        pg, conn, schema, archive_env):
+    """Scenario: the archive_new_days sensor requests yesterday of a column-mode table; the run (launched with the
+    request's run key, as the daemon does) archives it and succeeds. An operator then wipes the asset's
+    materializations (Assets -> the table -> Wipe materializations; per partition only on Dagster+), e.g. after a
+    bucket was emptied or replaced, to have automation archive the days again. The day has rows and no materialization: exactly what the README
+    says the sensor requests ("days that have data but no materialization").
+
+    Now: the next tick requests nothing: untried() finds a run under the day's run key from this sensor and drops
+    the day for good, and the tick says "1 day(s) already have a run (failed, queued or running) under their run
+    key and are not requested again" - but that run SUCCEEDED; nothing failed, queued or runs. The day stays
+    missing forever, with a false account of why.
+
+    Expected: a day whose sensor run succeeded but that has no materialization now is requested again (under a
+    new run key, e.g. suffixed with the count of earlier successful runs), or at least the tick does not call a
+    successful run failed/queued/running. Fix idea: in untried(), count as "used" only run keys whose runs are
+    unfinished or failed; for a key whose run succeeded, request the day with a run key naming the attempt."""
+    from dagster import build_sensor_context
+
+    from archive_pipeline.defs.resources import PostgresResource
+
+    today = dt.datetime.now(dt.UTC).date()
+    yesterday = today - dt.timedelta(days=1)
+    conn.execute(f"CREATE TABLE {schema}.ev (id int, at timestamptz)")
+    conn.execute(f"INSERT INTO {schema}.ev VALUES (1, %s), (2, %s)",
+                 (dt.datetime.combine(yesterday, dt.time(1), dt.UTC), dt.datetime.combine(yesterday, dt.time(2), dt.UTC)))
+    config = parse_config({"retry": {"max_retries": 0}, "sensor": {"lookback_days": 2}, "tables": [{
+        "name": f"{schema}.ev", "day_column": "at", "start_date": (today - dt.timedelta(days=3)).isoformat()}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    with instance_for_test() as instance:
+        def tick():
+            return sensor.evaluate_tick(build_sensor_context(
+                instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+
+        [request] = tick().run_requests
+        assert request.partition_key == yesterday.isoformat()
+        result = defs.resolve_job_def(job_name(spec)).execute_in_process(
+            instance=instance, partition_key=request.partition_key,
+            tags={**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": "archive_new_days"})
+        assert result.success
+        assert yesterday.isoformat() in instance.get_materialized_partitions(asset_key(spec))
+        instance.wipe_assets([asset_key(spec)])  # the UI's Wipe materializations (per partition: Dagster+ only)
+        assert yesterday.isoformat() not in instance.get_materialized_partitions(asset_key(spec))
+        again = tick()
+        said = again.skip_message or ""
+        assert [r.partition_key for r in again.run_requests or []] == [yesterday.isoformat()], said
