@@ -547,10 +547,15 @@ def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> 
     return current, raw
 
 
+# (the bare type: format_type(..., NULL) prints bpchar and bit as "character" and "bit", which SQL reads as char(1)
+# and bit(1), so a cast to them would cut a char(3) value to one character: those are named by their own names)
 _WRITABLE_COLUMNS = """
 SELECT a.attname::text, a.attidentity = 'a', pg_catalog.format_type(a.atttypid, a.atttypmod),
-       pg_catalog.format_type(a.atttypid, NULL)
-FROM pg_catalog.pg_attribute a
+       CASE WHEN t.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace THEN pg_catalog.format_type(a.atttypid, NULL)
+            WHEN t.typname = 'bpchar' THEN 'pg_catalog.bpchar' WHEN t.typname = '_bpchar' THEN 'pg_catalog.bpchar[]'
+            WHEN t.typname = 'bit' THEN 'pg_catalog."bit"' WHEN t.typname = '_bit' THEN 'pg_catalog."bit"[]'
+            ELSE pg_catalog.format_type(a.atttypid, NULL) END
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 ORDER BY a.attnum
 """

@@ -1128,8 +1128,11 @@ _INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}  # (the widest va
 def _widens(here: str, archived: str) -> bool:
     """Whether a column of type ``here`` (format_type) becomes ``archived`` by widening alone, every value the same:
     a wider integer, an integer into a numeric with room for its digits, a numeric with as many digits before and
-    after the point or more (or unconstrained), a longer varchar, varchar to text, or an integer, boolean or uuid
-    to text (its values as their text)."""
+    after the point or more (or unconstrained), a longer varchar, varchar or char(n) to text (char(n)'s values
+    without their padding, as the source's own ALTER made them), or an integer, boolean or uuid to text (its
+    values as their text); an array of one into an array of the other alike."""
+    if here.endswith("[]") and archived.endswith("[]"):
+        return _widens(here[:-2], archived[:-2])
     if here in _INTEGER_DIGITS and archived in _INTEGER_DIGITS:
         return _INTEGER_DIGITS[archived] > _INTEGER_DIGITS[here]
     if archived in ("text", "character varying") and here in ("uuid", "boolean", *_INTEGER_DIGITS):
@@ -1143,11 +1146,11 @@ def _widens(here: str, archived: str) -> bool:
             return True
         (p, s), (p2, s2) = map(int, narrow.groups()), map(int, wide.groups())
         return s2 >= s and p2 - s2 >= p - s
-    length = re.fullmatch(r"character varying\((\d+)\)", here)
+    length = re.fullmatch(r"character(?: varying)?\((\d+)\)", here)
     if length and archived in ("text", "character varying"):
         return True
     longer = re.fullmatch(r"character varying\((\d+)\)", archived)
-    return bool(length and longer and int(longer.group(1)) > int(length.group(1)))
+    return bool(length and longer and int(longer.group(1)) >= int(length.group(1)) and here != archived)
 
 
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
@@ -2570,6 +2573,13 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         raise exc from exc.__cause__
     except Exception as exc:
         found = classify(exc)
+        if found.cause.startswith("statement_timeout"):  # (the source's words say "reading the day": none is read)
+            found = replace(found, cause="statement_timeout: restoring the day took longer than allowed (loading or "
+                            "checking it, or waiting for a lock on the target that another session holds: the wait "
+                            "counts too)",
+                            remedy="retry; if another session holds a lock on the target (pg_blocking_pids(), "
+                                   "pg_locks), wait until it ends; if the day itself takes longer, raise the session's "
+                                   "statement_timeout (ALTER ROLE <role> SET statement_timeout = ...)")
         if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "must be owner" in str(exc):
             found = replace(found, remedy="re-creating and attaching the day's partition (or table) takes ownership "
                             "of the table: restore as its owner (or GRANT the owner's role TO the restoring role), or "
