@@ -400,14 +400,20 @@ def _cron_freshness(deadline_cron: str, lower_bound_delta: dt.timedelta) -> Fres
     return FreshnessPolicy.cron(deadline_cron=deadline_cron, lower_bound_delta=lower_bound_delta, timezone="UTC")
 
 
-def backfill_policy(settings: BackfillSettings) -> BackfillPolicy | None:
+def backfill_policy(settings: BackfillSettings, granularity: str = "daily") -> BackfillPolicy | None:
     """Backfills of many days run ``max_days_per_run`` days of a table per run, each day still its own
-    materialization, check result and lock; 1 keeps one run per day (no policy), as before."""
+    materialization, check result and lock; 1 keeps one run per period (no policy), as before. Above 1 the
+    setting counts days whatever the table's periods: an hourly table's run holds 24 hours a day, a monthly
+    table's as many whole months as fit in that many days (a month being up to 31), one at least."""
     if settings.max_days_per_run <= 1:
+        return None
+    periods = {"hourly": settings.max_days_per_run * 24,
+               "monthly": settings.max_days_per_run // 31}.get(granularity, settings.max_days_per_run)
+    if periods <= 1:
         return None
     with warnings.catch_warnings():  # backfill policies are "beta" in 1.13; this is the behaviour we want
         warnings.simplefilter("ignore", BetaWarning)
-        return BackfillPolicy.multi_run(max_partitions_per_run=settings.max_days_per_run)
+        return BackfillPolicy.multi_run(max_partitions_per_run=periods)
 
 
 def _asset_description(spec: TableSpec, example_key: str) -> str:
@@ -459,7 +465,7 @@ def build_archive_asset(spec: TableSpec, retry: RetrySettings, schedule: Schedul
                 primary_postgres: PostgresResource, archive_store: ArchiveStoreResource) -> Iterator[DayEvent]:
         yield from archive_days(context, spec, key, config, postgres, archive_store, origin, primary=primary_postgres)
 
-    policy = backfill_policy(backfill or BackfillSettings())
+    policy = backfill_policy(backfill or BackfillSettings(), spec.granularity)
     return archive.with_attributes(backfill_policy=policy) if policy else archive
 
 

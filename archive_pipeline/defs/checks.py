@@ -114,17 +114,18 @@ def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") ->
 
 
 def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, str]) -> str | None:
-    """Which later archive of the day replaced the one ``expected`` records (its object key), or None: the
-    day's manifest still names the recorded object, or cannot be read."""
-    recorded = expected.get("object_key")
-    if not recorded:
+    """Which later archive of the day replaced the one ``expected`` records (its object key; a day recorded empty:
+    its manifest alone), or None: the day's manifest still names the recorded object (is still empty), or cannot
+    be read."""
+    recorded, empty = expected.get("object_key"), bool(expected.get("empty"))
+    if not recorded and not empty:
         return None
     try:
         current = verify.load_manifest(store, key, owner)
     except (ValueError, ArchiveError):
         return None
     now = (current or {}).get("object") or {}
-    if current is None or now.get("key") == recorded:
+    if current is None or (not now.get("key") if empty else now.get("key") == recorded):
         return None
     then = expected.get("generation")
     if isinstance(then, int) and not isinstance(then, bool) and int(current.get("generation", 1) or 1) <= then:

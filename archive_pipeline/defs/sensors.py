@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import datetime as dt
+import dataclasses
 import itertools
 import shlex
 from collections.abc import Iterable, Iterator
@@ -290,18 +291,51 @@ def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, loca
         batch = list(itertools.islice(pending, size))
         if not batch:
             break
-        runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: [r.run_key for r in batch]}))
-        # what the daemon drops: a key this sensor already ran (its own runs, as the daemon matches
-        # them); and a day already queued or running from anywhere. A day whose *scheduled* run failed
-        # is still requested, once, as before.
-        used = {run.tags.get(RUN_KEY_TAG) for run in runs if _same_repository(run, location, repository)
-                and (run.tags.get(SENSOR_NAME_TAG) == SENSOR_NAME or run.status in UNFINISHED)}
+        keys, used = _current_keys(instance, [r.run_key for r in batch], location, repository)
         for request in batch:
             if request.run_key in used:
                 tried.append(request)
             elif len(chosen) < cap:
-                chosen.append(request)
+                key = keys[request.run_key]
+                chosen.append(request if key == request.run_key else _rekeyed(request, key))
     return chosen, tried
+
+
+def _current_keys(instance: DagsterInstance, keys: list[str], location: str | None, repository: str | None
+                  ) -> tuple[dict[str, str], set[str]]:
+    """Each day's run key to request it under now, and the days the daemon would drop. Dropped: a key this sensor
+    already ran and that did not succeed (its own runs, as the daemon matches them), and a day already queued or
+    running from anywhere (a day whose *scheduled* run failed is still requested, once, as before). A day whose
+    sensor run succeeded and that has no materialization now (wiped since, to archive it again: the sensor only
+    asks for such days) is requested again under a key naming that run (``<key>@<run id>``), as the daemon never
+    launches a key twice; the next such key is looked up in turn."""
+    current = {key: key for key in keys}
+    used: set[str] = set()
+    looking = list(keys)
+    while looking:
+        runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: [current[k] for k in looking]}))
+        by_key: dict[str, list] = {}
+        for run in runs:
+            if _same_repository(run, location, repository):
+                by_key.setdefault(run.tags.get(RUN_KEY_TAG), []).append(run)
+        again = []
+        for key in looking:
+            mine = by_key.get(current[key], [])
+            ours = [run for run in mine if run.tags.get(SENSOR_NAME_TAG) == SENSOR_NAME]
+            if any(run.status in UNFINISHED for run in mine) or any(
+                    run.status != DagsterRunStatus.SUCCESS for run in ours):
+                used.add(key)
+            elif ours:
+                current[key] = f"{key}@{ours[0].run_id}"
+                again.append(key)
+        looking = again
+    return current, used
+
+
+def _rekeyed(request: Keyed, key: str) -> Keyed:
+    if isinstance(request, WantedRun):
+        return dataclasses.replace(request, run_key=key)
+    return request.with_replaced_attrs(run_key=key)
 
 
 def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
