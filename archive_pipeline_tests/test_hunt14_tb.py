@@ -1,0 +1,85 @@
+"""Hunt 14 (tb): faults and concurrent change during deep verification, compare and removal ("let go"), and the
+removal's re-check: the source changing between the proof and the removal's lock, sessions that cannot write,
+the store failing, the process stopped between two steps."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from archive_pipeline.core import lifecycle
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+from archive_pipeline_tests.test_cli import cli, days, setup  # noqa: F401 - fixtures
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _partitioned(conn, schema: str, action: str, rows: int = 50) -> TableSpec:
+    """ev(id, at timestamptz, v) partitioned by range of at: ev_20240310 holds ``rows`` rows of 2024-03-10,
+    ev_20240311 one row of the next day."""
+    parent = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, v text) PARTITION BY RANGE (at)")
+                 .format(parent))
+    for d in (DAY, DAY + dt.timedelta(days=1)):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(schema, f"ev_{d:%Y%m%d}"), parent, sql.Literal(f"{d}+00"),
+            sql.Literal(f"{d + dt.timedelta(days=1)}+00")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 minute', md5(g::text) "
+                         "FROM generate_series(1, %s) g").format(parent), (f"{DAY}T00:00+00", rows))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (999, %s, 'next')").format(parent), (f"{DAY}T23:59:59+00",))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1000, %s, 'next day')").format(parent),
+                 (f"{DAY + dt.timedelta(days=1)}T01:00+00",))
+    return TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="csv", compression="none",
+                     partitioning={"mode": "declarative"}, retention={"keep_days": 1, "action": action})
+
+
+def _manifest(s3_client, bucket: str, key: str) -> dict:
+    return json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_a_partition_detached_between_the_proof_and_the_delete_is_not_called_rows_deleted_by_someone(
+        pg, conn, schema, store, s3_client, bucket, temp_dir, monkeypatch):
+    """retention action ``delete`` on a declaratively partitioned table. The removal proves 2024-03-10 (51 rows,
+    all in partition ev_20240310); before its transaction locks the table, a DBA's job (pg_partman's retention,
+    a migration) runs ``ALTER TABLE ev DETACH PARTITION ev_20240310`` and commits. The re-check under the lock
+    finds none of the day's rows in ev.
+
+    Now: RemovalRefused "the source holds 0 of the day's 51 archived rows now (deleted or truncated by someone
+    else since the day was archived) ...", remedy "if the rows were not meant to go, restore them from the archive
+    into the table (restore --into original) ...". Nothing was deleted or truncated: all 51 rows are intact in
+    the detached table ev_20240310, and the advice, given for lost rows, to restore the archive into the table
+    would put a second copy of them there (re-attaching the detached table then fails on the overlap). The
+    same removal with action detach/drop says what happened ("no partition of ev holds the day now (its
+    partition was detached or dropped since the day was archived, by someone else ...)").
+
+    Should: name the cause as it is, as detach/drop do: the day's partition ev_20240310 is no longer part of ev
+    (detached, or dropped), so the user knows the rows may be in a table of their own now. Fix idea: before
+    ``rows_lost`` (in the re-check and in the proof's path), for a declarative table whose day has no partition
+    now, raise the detach/drop message of ``_target`` (naming the partition the removal saw before its lock)."""
+    spec = _partitioned(conn, schema, "delete")
+    archived = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    seam = lifecycle._require_proven_object  # runs after the proof, before the removal's LOCK
+
+    def detached_meanwhile(*args, **kwargs):
+        with psycopg.connect(pg.dsn, autocommit=True) as dba:
+            dba.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                sql.Identifier(schema, "ev"), sql.Identifier(schema, "ev_20240310")))
+        return seam(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "_require_proven_object", detached_meanwhile)
+    with pytest.raises(RemovalRefused) as refused:
+        remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
+    # (the premise: nothing removed, the rows intact in the detached table, the manifest as it was)
+    held = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "ev_20240310"))).fetchone()[0]
+    assert held == 51
+    assert "removed" not in _manifest(s3_client, bucket, archived.manifest_key)
+    said = f"{refused.value} {refused.value.remedy or ''}"
+    assert "deleted or truncated" not in said, said
+    assert "detached" in said, said  # (as action detach/drop word it: "its partition was detached or dropped")
