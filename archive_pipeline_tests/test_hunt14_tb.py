@@ -83,3 +83,30 @@ def test_a_partition_detached_between_the_proof_and_the_delete_is_not_called_row
     said = f"{refused.value} {refused.value.remedy or ''}"
     assert "deleted or truncated" not in said, said
     assert "detached" in said, said  # (as action detach/drop word it: "its partition was detached or dropped")
+
+
+def test_verify_deep_loads_the_archive_on_the_configured_primary_when_the_source_session_is_read_only(
+        setup, pg, days):
+    """ARCHIVE_PG_DSN points at a read-only server that is not a hot standby: a logical replica, or a
+    pooler's read-only pool, with ``default_transaction_read_only = on`` (the README's error table lists it beside
+    a standby); ARCHIVE_PG_PRIMARY_DSN points at the writable primary, as the README asks for deep verification
+    ("the removal's proof loads the archive there"). The day is archived and unchanged.
+
+    Now: ``verify --deep`` decides where to load the archive by ``pg_is_in_recovery()`` alone (Run.scratch; the
+    source_removed asset's proof does the same), which is false here, so it loads into the read-only source and
+    fails: "the database session is read-only ... cannot execute CREATE TABLE in a read-only transaction", exit 1,
+    with the remedy "run ... deep verification against the primary (ARCHIVE_PG_PRIMARY_DSN ...)": already set.
+    ``compare --rows`` of the same day works.
+
+    Should: load the archive on the configured primary whenever the source session cannot write (a hot standby,
+    or a read-only transaction), and prove the day (exit 0). Fix idea: ask ``current_setting('transaction_read_only')``
+    (true on a standby too) instead of ``pg_is_in_recovery()`` in Run.scratch and in the removal asset."""
+    env, spec = setup
+    done = cli(env, "archive")
+    assert done.returncode == 0, done.stderr
+    params = conninfo_to_dict(pg.dsn)
+    read_only = make_conninfo(**{**params, "options": "-c default_transaction_read_only=on"})
+    env = {**env, "ARCHIVE_PG_DSN": read_only, "ARCHIVE_PG_PRIMARY_DSN": pg.dsn}
+    assert cli(env, "compare", "--rows", "--day", days[0].isoformat()).returncode == 0  # (reading works)
+    done = cli(env, "verify", "--deep", "--day", days[0].isoformat())
+    assert done.returncode == 0, done.stdout + done.stderr
