@@ -110,3 +110,70 @@ def test_verify_deep_loads_the_archive_on_the_configured_primary_when_the_source
     assert cli(env, "compare", "--rows", "--day", days[0].isoformat()).returncode == 0  # (reading works)
     done = cli(env, "verify", "--deep", "--day", days[0].isoformat())
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _removal_run(config, spec, day):
+    """Run the day's removal job (Dagster) in a fresh instance; its success, archive_proven verdicts and failure."""
+    from dagster import DagsterEventType, instance_for_test
+
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.retention_assets import PROVEN_CHECK, removal_job_name
+
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        result = defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+        events = [ev.dagster_event for ev in instance.all_logs(result.run_id) if ev.dagster_event is not None]
+        proofs = [e.event_specific_data for e in events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and e.event_specific_data.check_name == PROVEN_CHECK]
+        failures = [e.event_specific_data.error.message for e in events
+                    if e.event_type == DagsterEventType.STEP_FAILURE]
+    return result.success, proofs, "\n".join(failures)
+
+
+def test_the_removal_asset_settling_a_committed_removal_whose_only_copy_is_damaged_records_the_failed_proof(
+        conn, schema, archive_env, store, s3_client, bucket, monkeypatch):
+    """retention action ``delete``. A removal of 2024-03-10 (30 rows) commits its DELETE, then is stopped before
+    its "done" mark (the store failed the PUT: RemovalNotRecorded, the manifest stays 'pending'). Before the retry,
+    the day's data object is damaged in the bucket (bit rot, a bad bucket restore: other bytes of the same size).
+    The retry, a run of Remove_<table> for the day, settles the mark first (settle_pending_removal): the DELETE
+    committed, and the archive, now the day's only copy, fails its deep check.
+
+    Now: the run fails with RemovalNotRecorded ("its archive no longer checks out ...; stays marked 'pending'"),
+    and records no archive_proven verdict at all: the day's check keeps whatever it said before (passed, from the
+    proof before the DELETE), green in the UI while the only copy of the removed rows is damaged. The same damage
+    found on a day marked 'done' records archive_proven FAILED ("its archive, the only copy, is NOT intact").
+
+    Should: a settling that deep-checked the archive and found it damaged is a failed proof of the day: record
+    archive_proven failed (with what the check found), as for a day marked done. Fix idea: in
+    retention_assets._removing, on RemovalNotRecorded from settle_pending_removal whose archive checks failed
+    (not a store fault), record _proof(context, spec, day, problems, ...) before raising the failure."""
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.lifecycle import RemovalNotRecorded
+
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL, note text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 00:00+00'::timestamptz + g * interval '30 minutes', "
+                         "md5(g::text) FROM generate_series(1, 30) g").format(t))
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.t", "day_column": "at", "start_date": "2024-03-01",
+        "retention": {"keep_days": 1, "action": "delete"}}]})
+    spec = config.tables[0]
+    archived = archive_partition(conn, spec, DAY, store)
+
+    def store_failed(*args, **kwargs):
+        raise RuntimeError("the store refused the PUT")
+
+    with monkeypatch.context() as patched:  # the "done" mark cannot be written
+        patched.setattr(lifecycle, "_marked_by_us", store_failed)
+        with pytest.raises(RemovalNotRecorded):
+            remove_day(conn, spec, DAY, store)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0] == 0  # (committed)
+    assert _manifest(s3_client, bucket, archived.manifest_key)["removed"]["state"] == "pending"
+    size = s3_client.head_object(Bucket=bucket, Key=archived.key)["ContentLength"]
+    s3_client.put_object(Bucket=bucket, Key=archived.key, Body=b"\0" * size)  # damaged in the bucket
+
+    success, proofs, failure = _removal_run(config, spec, DAY)
+    assert not success
+    assert "no longer checks out" in failure or "NOT intact" in failure, failure  # (the premise)
+    assert [p.passed for p in proofs] == [False], (proofs, failure)
