@@ -57,7 +57,7 @@ from archive_pipeline.core.periods import Period, PeriodError, parse_period, zon
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import deep_verify, source_side_only, verify_archive
+from archive_pipeline.core.verify import deep_verify, read_only, source_side_only, verify_archive
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -218,7 +218,7 @@ class Run:
         if not os.environ.get(PRIMARY_DSN_VAR, "").strip():
             return None
         if self._standby is None:
-            self._standby = self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            self._standby = read_only(self.conn)
         return self.primary if self._standby else None
 
     def between_days(self) -> None:

@@ -62,7 +62,10 @@ class RemovalRefused(ArchiveError):
 
 class RemovalNotRecorded(ArchiveError):
     """The day's removal is committed in the source, but its manifest still says "pending" (writing the
-    "done" mark failed, or the archive no longer checks out); a re-run of the removal completes it."""
+    "done" mark failed, or the archive no longer checks out: ``problems``, what its check found); a re-run of the
+    removal completes it."""
+
+    problems: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             problems = deep_verify(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn,
                                    temp_dir=temp_dir)
             if source_side_only(problems) and int(manifest.get("rows") or 0) and not _has_rows(conn, spec, day):
-                raise rows_lost(spec, day, int(manifest["rows"]), 0, action)  # the source's loss, not the archive's
+                raise emptied(conn, spec, day, int(manifest["rows"]), 0, action)  # the source's, not the archive's
             if source_side_only(problems):  # the archive checks out: the source's rows are what changed
                 raise source_differs(spec, day, problems, conn)
             if problems:
@@ -340,13 +343,7 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
         children = day_children(conn, spec, day)
         whole = [c for c in children if c.is_period(day)]
         if not children and not _has_rows(conn, spec, day):
-            raise RemovalRefused(
-                f"{spec.name} {day} stays as it is: no partition of {table.qualified} holds the day now (its partition "
-                "was detached or dropped since the day was archived, by someone else: pg_partman's retention, a "
-                "DBA); this run removed nothing", table=spec.name, day=day.isoformat(),
-                remedy="if the partition went on purpose, the day is out of the table already (a detached partition "
-                       "is a table of its own now); if not, restore the day from its archive into the table "
-                       f"(restore --into original: it creates the day's partition again)")
+            raise _partition_gone(spec, day, table.qualified)
         if len(children) != 1 or not whole:
             raise RemovalRefused(f"{spec.name} {day} is not one partition of its own: {_not_own(spec, day, children)}; "
                                  f"{action} removes whole partitions: use retention action 'delete'",
@@ -624,6 +621,27 @@ def source_differs(spec: TableSpec, day: Period, problems: list[str],
                "were lost from the source, put them back first: restore the day into a new table (into='new') and "
                f"insert the rows the table lacks ({put_back_statement(conn, spec, day, '<that table>')}), then "
                "remove it")
+
+
+def _partition_gone(spec: TableSpec, day: Period, qualified: str) -> RemovalRefused:
+    """No partition holds the day now: it was detached or dropped by someone else (its rows may all be in a detached
+    table: not lost, and not to be restored a second time)."""
+    return RemovalRefused(
+        f"{spec.name} {day} stays as it is: no partition of {qualified} holds the day now (its partition "
+        "was detached or dropped since the day was archived, by someone else: pg_partman's retention, a "
+        "DBA); this run removed nothing", table=spec.name, day=day.isoformat(),
+        remedy="if the partition went on purpose, the day is out of the table already (a detached partition "
+               "is a table of its own now); if not, restore the day from its archive into the table "
+               "(restore --into original: it creates the day's partition again)")
+
+
+def emptied(conn: psycopg.Connection, spec: TableSpec, day: Period, archived: int, now: int,
+            action: str) -> RemovalRefused:
+    """The refusal of a day whose source holds fewer (no) rows than archived: its partition gone (declarative
+    tables: detached or dropped, the rows perhaps all in a table of their own), or its rows lost."""
+    if spec.partitioning.mode == "declarative" and not now and not day_children(conn, spec, spec.period(day)):
+        return _partition_gone(spec, day, spec.name)
+    return rows_lost(spec, day, archived, now, action)
 
 
 def rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: str) -> RemovalRefused:
@@ -939,11 +957,13 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
         return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
     problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()), temp_dir=temp_dir)
     if problems:
-        raise RemovalNotRecorded(
+        refused = RemovalNotRecorded(
             f"{spec.name} {day} was removed from the source ({mark.get('action')} at {mark.get('at')}; {why}), but "
             f"its archive no longer checks out: {'; '.join(problems)}; {store.uri(mkey)} stays marked 'pending'",
             table=spec.name, day=day.isoformat(), retryable=False,
             remedy="restore the archive's object from a replica or backup of the bucket, then run the removal again")
+        refused.problems = problems
+        raise refused
     done = {**{k: v for k, v in manifest.items() if k != "manifest_sha256"},
             "removed": {**mark, "state": "done", "relation": mark.get("relation") or "", "rows": manifest["rows"],
                         "settled_at": dt.datetime.now(dt.UTC).isoformat(), "settled_because": why}}
@@ -998,7 +1018,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
             + ("" if str(now) == manifest["fingerprint"] else ", and the fingerprint differs") + "); archive the day "
             "again (overwrite), then remove it", table=spec.name, day=day.isoformat())
     if str(now) != manifest["fingerprint"] and now.rows == 0 and archived_rows:
-        raise rows_lost(spec, day, archived_rows, now.rows, action)
+        raise emptied(conn, spec, day, archived_rows, now.rows, action)
     if str(now) != manifest["fingerprint"]:
         raise RemovalRefused(
             f"{spec.name} {day} stays in the source: its rows changed since they were archived and proven "

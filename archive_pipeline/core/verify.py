@@ -372,6 +372,14 @@ def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
                    doing="comparing") from None
 
 
+def read_only(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` can create no table, not even a temporary one: a hot standby, or a session whose transactions
+    are read-only (``default_transaction_read_only``: a logical replica's role, a read-only pooler); deep
+    verification then loads the archive elsewhere (the primary)."""
+    return conn.execute("SELECT pg_catalog.pg_is_in_recovery() OR "
+                        "pg_catalog.current_setting('transaction_read_only')::boolean").fetchone()[0]
+
+
 def rows_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> int:
     """How many rows the source holds now for a day retention removed: rows that arrived later (into a
     DEFAULT partition, a re-created child or the table itself) are in no archive. 0 when the day's table
@@ -500,9 +508,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         changed = _source_changed(conn, spec, day, manifest)
         return [changed] if changed else []
     if scratch_conn is None:
-        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        if read_only(conn):
             raise ArchiveError(f"deep verification of {spec.name} {day} reads the archive back into PostgreSQL, "
-                               "and a hot standby allows no temporary tables: give it a writable database with the "
+                               "and a hot standby (or a read-only session) allows no temporary tables: give it a writable database with the "
                                "same column types to load them into (scratch_conn; the command line and the code "
                                "location use the primary, ARCHIVE_PG_PRIMARY_DSN, when it is set)", table=spec.name,
                                day=day.isoformat(),

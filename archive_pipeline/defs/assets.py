@@ -62,7 +62,7 @@ from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResour
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import TYPE_GONE
+from archive_pipeline.core.verify import TYPE_GONE, read_only
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped | removed
@@ -519,7 +519,7 @@ class _Source:
         primary is configured (the same connection as ``conn`` otherwise: None)."""
         if self.primary is None or self.primary.dsn == self.postgres.dsn:
             return None
-        if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        if not read_only(conn):
             return None
         if self.scratch_conn is None or self.scratch_conn.closed or self.scratch_conn.broken:
             self.scratch_conn = self.stack.enter_context(self.primary.connect())

@@ -57,14 +57,15 @@ from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError,
 from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
                                               due_days, pending_removal_committed, refuse_layout_change, remove_day,
-                                              rows_lost, settle_pending_removal, source_differs, still_detached)
+                                              emptied, settle_pending_removal, source_differs, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
-from archive_pipeline.core.verify import TYPE_GONE, deep_verify, load_manifest, rows_after_removal, source_side_only
+from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, load_manifest, read_only, rows_after_removal,
+                                          source_side_only)
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -184,13 +185,13 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         primary = _connect(stack, primary_postgres, spec, day)
         source = primary if primary_postgres.dsn == postgres.dsn else _connect(stack, postgres, spec, day)
         try:
-            standby = source.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            standby = read_only(source)  # (a hot standby, or a session whose transactions are read-only)
         except psycopg.Error as exc:  # a session lost right after it opened: classified like any other
             error = wrap(exc, spec.name, day.isoformat(), postgres.password, doing="proving")
             raise _failed(_naming(error, spec, day), spec, day, error.retryable, error) from None
         if standby and primary is source:  # before any proof: it loads the archive where the removal runs
             raise _failed(f"{spec.name} {day} stays in the source: the database the code location "
-                                      "reads (ARCHIVE_PG_DSN) is a hot standby, and a removal runs on the primary "
+                                      "reads (ARCHIVE_PG_DSN) is a hot standby (or read-only), and a removal runs on the primary "
                                       "(the proof loads the archive there too). Set ARCHIVE_PG_PRIMARY_DSN to the "
                                       "primary", spec, day, False)
         proven_sha: str | bool = False
@@ -204,7 +205,13 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             if pending and not dry_run:
                 # An earlier removal left its mark (its "done" mark failed, or a refused one could not
                 # take it back): settled on the primary first, so the proof below is of the day as it is.
-                settled = settle_pending_removal(primary, spec, day, store, temp_dir=archive_store.temp_dir, key=key)
+                try:
+                    settled = settle_pending_removal(primary, spec, day, store, temp_dir=archive_store.temp_dir,
+                                                     key=key)
+                except RemovalNotRecorded as exc:
+                    if exc.problems:  # the archive, now the day's only copy, failed its check: a failed proof
+                        yield from _recorded(context, _proof(context, spec, day, exc.problems, str(exc)), "proving")
+                    raise
                 manifest = settled.manifest
             elif pending and not pending_removal_committed(primary, spec, day, manifest):
                 # a dry run leaves the mark, but a removal that never committed removed nothing: the day is
@@ -265,7 +272,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 removed = {"state": f"recorded by Dagster: {record}", "at": "see there"}
         if not removed and source_side_only(problems) and int((manifest or {}).get("rows") or 0) and \
                 rows_after_removal(source, spec, day) == 0:  # the source lost the rows, not the archive: no verdict
-            lost = rows_lost(spec, day, int(manifest["rows"]), 0, spec.retention.action)
+            lost = emptied(source, spec, day, int(manifest["rows"]), 0, spec.retention.action)
             raise _failed(_naming(lost, spec, day), spec, day, False, lost)
         proof = _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
         # A passed proof followed by a removal is recorded after the removal's materialization, targeting it:
