@@ -1,0 +1,58 @@
+"""Hunt 14 (te): the command line and its configuration at their edges, as scripts and cron use them: exit codes,
+--json, date arguments, table names, ARCHIVE_* variables, signals, two commands (or a Dagster run) on one day."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from psycopg import sql
+
+from archive_pipeline_tests.test_cli import cli
+from archive_pipeline_tests.test_hunt10_px import _env
+
+DAY = "2024-03-10"
+
+
+def _two_tables(pg, s3, bucket, conn, schema, tmp_path, first: dict, second: dict, *, archive: bool = True):
+    """``<schema>.t`` with a row on DAY and the next day (column mode, retention delete after 1 day), in a config
+    of the two tables ``first`` and ``second`` (``t`` among them, as {}); its days archived."""
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-11 12:00+00')").format(t))
+    base = dict(name=f"{schema}.t", day_column="at", start_date=DAY, format="jsonl", partitioning={"mode": "column"},
+                retention={"keep_days": 1, "action": "delete"})
+    tables = [{**base, **first}, {**base, **second}]
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}, allow_unicode=True), encoding="utf-8")
+    env = _env(pg, s3, bucket, config)
+    if archive:
+        done = cli(env, "archive", "--table", f"{schema}.t", "--from", DAY, "--to", "2024-03-11")
+        assert done.returncode == 0, done.stdout + done.stderr
+    return t, env
+
+
+def test_prune_stops_every_table_when_the_first_configured_one_cannot_be_read(pg, s3, bucket, conn, schema,
+                                                                               tmp_path):
+    """Scenario: two tables with retention, the first configured one (`<schema>.gone`) missing from the database
+    (dropped, or not created yet on this server), the second (`<schema>.t`) with two archived days past its
+    window. `archive-pipeline prune --json` (a nightly cron line).
+
+    Now: prune raises the first table's error as the whole command's ("nothing done yet": `if not results:
+    raise` in cli.prune), exit 2, and `<schema>.t` is never pruned: its due days stay in PostgreSQL night after
+    night, for a table that has nothing to do with the missing one. Listed second, the same missing table is
+    reported beside `<schema>.t`'s removed days, as the README promises ("One table that cannot be read at all (a
+    grant, a missing table) among several configured does not stop the others: their days are ... removed, and the
+    table's error is reported with them").
+
+    Should: whatever the order, `<schema>.t`'s due days are removed and listed, the missing table's error is reported
+    with them (exit 2: a setting fixes it). Fix idea: decide by `len(run.tables) == 1` (as archive does), not by
+    whether an earlier table already produced results."""
+    t, env = _two_tables(pg, s3, bucket, conn, schema, tmp_path, {"name": f"{schema}.gone"}, {})
+    done = cli(env, "prune", "--json")
+    answer = json.loads(done.stdout)
+    assert done.returncode == 2, done.stdout + done.stderr
+    removed = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "removed"}
+    assert removed == {(f"{schema}.t", DAY), (f"{schema}.t", "2024-03-11")}, answer
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0] == 0
+    assert f"{schema}.gone" in json.dumps(answer)
