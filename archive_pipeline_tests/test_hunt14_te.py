@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import yaml
 from psycopg import sql
 
-from archive_pipeline_tests.test_cli import cli
+from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.test_cli import ROOT, cli
 from archive_pipeline_tests.test_hunt10_px import _env
 
 DAY = "2024-03-10"
@@ -56,3 +59,48 @@ def test_prune_stops_every_table_when_the_first_configured_one_cannot_be_read(pg
     assert removed == {(f"{schema}.t", DAY), (f"{schema}.t", "2024-03-11")}, answer
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()[0] == 0
     assert f"{schema}.gone" in json.dumps(answer)
+
+
+def test_archive_json_drops_the_days_already_archived_when_the_database_is_lost_mid_range(pg, s3, bucket, conn,
+                                                                                         schema, tmp_path):
+    """Scenario: `archive-pipeline archive --from 2024-03-10 --to 2024-03-12 --json` in a script; the first day is
+    archived (object and manifest published); while the second day uploads, the server ends the command's session
+    (a failover, a restart, pg_terminate_backend by an operator).
+
+    Now: the command exits 3 (right) but its JSON answer is only `{"ok": false, "exit_code": 3, "error": "lost the
+    source database while archiving ... 2024-03-11 ...", "retryable": true}`: the day it did archive and publish
+    (2024-03-10, its key, rows, md5) is not in it, so a script that records what was archived from the answer (or
+    feeds the keys to a catalog) never learns of it. prune, whose database is lost the same way, answers with the
+    days it removed beside the error, and restore lists the days committed before its failure; the README's
+    `--json` is "one object: ok, days (one entry per table-day ...)".
+
+    Should: the answer still lists every day done before the loss (2024-03-10 archived, with its key) and the day it
+    was on as failed, with `exit_code` 3 and the error, as prune's does. Fix idea: catch the loss in cli.archive
+    around the loop (as prune's _DatabaseLost) and emit the results with `exit_code`/`error`/`retryable`."""
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-11 12:00+00'), "
+                         "(3, '2024-03-12 12:00+00')").format(t))
+    table = dict(name=f"{schema}.t", day_column="at", start_date=DAY, format="jsonl", partitioning={"mode": "column"})
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = dict(_env(pg, s3, bucket, config), ARCHIVE_S3_ENDPOINT_URL=proxy.url)
+        held = proxy.add(Fault(method="PUT", path=r"2024-03-11\.jsonl\.zst$", action="hold", times=1, hold_timeout=60))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "archive", "--from", DAY, "--to",
+                                  "2024-03-12", "--json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.wait_held(1, timeout=30), child.poll()
+            ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = 'archive_pipeline_cli'").fetchone()[0]
+            assert ended >= 1
+        finally:
+            held.gate.set()
+        out, err = child.communicate(timeout=60)
+    answer = json.loads(out)
+    assert child.returncode == 3, out + err
+    days = {d["day"]: d for d in answer.get("days", [])}
+    assert days.get(DAY, {}).get("status") == "archived", answer
+    assert days[DAY]["key"].endswith("2024-03-10.jsonl.zst")
+    assert days.get("2024-03-11", {}).get("status") == "failed", answer
