@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -104,3 +105,58 @@ def test_archive_json_drops_the_days_already_archived_when_the_database_is_lost_
     assert days.get(DAY, {}).get("status") == "archived", answer
     assert days[DAY]["key"].endswith("2024-03-10.jsonl.zst")
     assert days.get("2024-03-11", {}).get("status") == "failed", answer
+
+
+def test_prune_does_not_replace_a_session_the_server_ended_between_two_tables(pg, s3, bucket, conn, schema,
+                                                                             tmp_path):
+    """Scenario: a nightly `archive-pipeline prune --from <5 days ago> --to <yesterday> --json` over two tables `a` and
+    `b` (retention delete, keep_days 2), each with an archived day past the window. After `a`'s day is removed, while
+    prune reads `b`'s manifests (the days named that are not due yet), the server ends the command's idle session
+    (a restart, a failover, an idle_session_timeout reaper).
+
+    Now: `b`'s days are looked for over the dead session (plan.present_days(run.conn, ...) runs before any
+    run.between_days()), and its psycopg error ends the whole command: exit 3, "the source database failed (<schema>.b):
+    the session's backend was terminated ...", `b`'s due day stays in PostgreSQL although the server is back and a
+    new session would work; and the --json answer is the error alone, without `a`'s day that prune did remove (its
+    own lost-database path, _DatabaseLost, lists the removed days).
+
+    Should: as the README says ("A command working through several days checks its idle database sessions before
+    each day (one round trip) and replaces one the server ended meanwhile (a restart, an idle-session reaper)"), the
+    ended idle session is replaced before `b` is read: both tables' due days removed, exit 0. Fix idea: call
+    run.between_days() before plan.present_days in _prune_table (and in archive's per-table loop)."""
+    from archive_pipeline_tests.conftest import utc_today
+
+    today = utc_today()
+    old, recent = today - dt.timedelta(days=5), today - dt.timedelta(days=1)
+    tables = []
+    for name in ("a", "b"):
+        t = sql.Identifier(schema, name)
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(t))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s), (2, %s)").format(t),
+                     (f"{old} 12:00+00", f"{recent} 12:00+00"))
+        tables.append(dict(name=f"{schema}.{name}", day_column="at", start_date=old.isoformat(), format="jsonl",
+                           partitioning={"mode": "column"}, retention={"keep_days": 2, "action": "delete"}))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": tables}))
+    with FaultProxy(s3.endpoint_url) as proxy:
+        env = dict(_env(pg, s3, bucket, config), ARCHIVE_S3_ENDPOINT_URL=proxy.url)
+        done = cli(env, "archive", "--day", old.isoformat())
+        assert done.returncode == 0, done.stdout + done.stderr
+        # the first request of b's: prune's look at b's days within the window (after a's removal is done)
+        held = proxy.add(Fault(method="GET", path=rf"/{schema}\.b/.*\.manifest\.json$", action="hold", times=1,
+                               hold_timeout=60))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "prune", "--from", old.isoformat(),
+                                  "--to", recent.isoformat(), "--json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.wait_held(1, timeout=30), child.poll()
+            ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = 'archive_pipeline_cli' AND state = 'idle'").fetchone()[0]
+            assert ended == 1
+        finally:
+            held.gate.set()
+        out, err = child.communicate(timeout=60)
+    answer = json.loads(out)
+    removed = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "removed"}
+    assert removed == {(f"{schema}.a", old.isoformat()), (f"{schema}.b", old.isoformat())}, answer
+    assert child.returncode == 0, out + err
