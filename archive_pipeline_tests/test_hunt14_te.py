@@ -160,3 +160,58 @@ def test_prune_does_not_replace_a_session_the_server_ended_between_two_tables(pg
     removed = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "removed"}
     assert removed == {(f"{schema}.a", old.isoformat()), (f"{schema}.b", old.isoformat())}, answer
     assert child.returncode == 0, out + err
+
+
+def test_restore_into_new_target_created_meanwhile_by_another_process_is_blamed_on_a_constraint(pg, s3, bucket, conn,
+                                                                                                schema, tmp_path):
+    """Scenario: two `archive-pipeline restore --into new --target <schema>.x` at once into the same new table, for
+    different days (a range split over two terminals, or two cron lines): the restore lock is per target and day,
+    so both go ahead, both see no table `x` and both CREATE it. Here the other process is stood in by a session that
+    has created `<schema>.x` in its open transaction; the command's CREATE TABLE waits for it (checked in
+    pg_stat_activity), then that transaction commits.
+
+    Now: PostgreSQL answers the command's CREATE with UniqueViolation on pg_type_typname_nsp_index, and the command
+    says "a value breaks a constraint (a CHECK, NOT NULL, unique key or domain constraint, perhaps added since the
+    day was archived) ...; to fix: load into a table without that constraint (a new table, ...) or relax the
+    constraint", not retryable: the wrong cause (no value of the day broke anything) and a remedy that sends the user
+    to look for a constraint that does not exist (and "a new table" is what was asked).
+
+    Should: say what happened: `<schema>.x` was created by another session while this restore was creating it (it
+    exists now), and what to do: restore into it with --into existing (or choose another name), as the same
+    command run a moment later says ("... already exists; restore into it with --into existing, or choose a new
+    name"). Fix idea: treat a UniqueViolation / DuplicateTable of the target's own CREATE (pg_type_typname_nsp_index,
+    pg_class_relname_nsp_index) as the target existing."""
+    import time
+
+    import psycopg
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.t (id int PRIMARY KEY, at timestamptz NOT NULL)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.t VALUES (1, '2024-03-10 12:00+00'), (2, '2024-03-11 12:00+00')").format(s))
+    table = dict(name=f"{schema}.t", day_column="at", start_date=DAY, format="jsonl", partitioning={"mode": "column"})
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"tables": [table]}))
+    env = _env(pg, s3, bucket, config)
+    done = cli(env, "archive", "--from", DAY, "--to", "2024-03-11")
+    assert done.returncode == 0, done.stdout + done.stderr
+    with psycopg.connect(pg.dsn) as other:  # (a transaction: the other restore's day, creating the table)
+        other.execute(sql.SQL("CREATE TABLE {}.x (id int NOT NULL, at timestamptz NOT NULL)").format(s))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "restore", "--day", "2024-03-11",
+                                  "--into", "new", "--target", f"{schema}.x", "--json"], env=env, cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        waiting = []
+        while not waiting and child.poll() is None and time.monotonic() < deadline:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            waiting = conn.execute("SELECT query FROM pg_stat_activity WHERE application_name = "
+                                   "'archive_pipeline_cli' AND wait_event_type = 'Lock' AND query ~* 'CREATE TABLE'"
+                                   ).fetchall()
+            time.sleep(0.05)
+        assert waiting, child.poll()
+        other.commit()
+    out, err = child.communicate(timeout=60)
+    answer = json.loads(out)
+    assert child.returncode != 0, out + err
+    error = answer["error"]
+    assert "breaks a constraint" not in error and "pg_type_typname_nsp_index" not in error, error
+    assert "already exists" in error and "--into existing" in error, error
