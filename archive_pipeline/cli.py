@@ -857,35 +857,16 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
     stopped = ""  # why a table's configuration failed it after other days were done (exit 2, as alone)
     settings = session_settings(run.config.source)
     chosen = run.chosen_days("archive")
+    lost = ""
     with _progress(run) as progress:
-        for spec, days in chosen:
-            try:
-                present, unknown = plan.present_days(run.conn, spec, days)
-            except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
-                if len(run.tables) == 1 or run.conn.closed or run.lost:
-                    raise  # the command's only table: its own error (exit 2 for configuration)
-                results += _table_failed(spec, days, exc)  # what was archived before is still reported
-                if _configuration(exc) and not stopped:
-                    stopped = results[-1]["message"]
-                continue
-            # a day gone from the source whose manifest holds a pending removal mark (a prune killed after its
-            # COMMIT) is archived, which settles the mark, not passed over as "no data" (the recent ones: each
-            # costs a GET, and a table's years of removed days were settled long ago)
-            pending, _ = _pending_removals(run.store, spec, [d for d in days if d not in present
-                                                            and d not in unknown][-_RECENT_ABSENT:])
-            for day in days:
-                if day in unknown:
-                    results.append(_unprobed(spec, day, unknown[day]))
-                    continue
-                if day in pending:
-                    results.append(_settle_day(run, spec, day, pending[day]))
-                    continue
-                if day not in present:
-                    results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
-                                    "message": "no data for this day in PostgreSQL"})
-                    continue
-                results.append(_archive_day(run, spec, day, settings, overwrite, progress))
+        try:
+            _archive_tables(run, chosen, settings, overwrite, progress, results)
+        except _DatabaseLost as exc:
+            lost = str(exc)
+    stopped = next((r["message"] for r in results if r.get("stopped")), "")
     failed = [r for r in results if r["status"] == "failed"]
+    for r in results:
+        r.pop("stopped", None)
 
     def render() -> None:
         table = _table("table", "day", "status", "rows", "bytes", "seconds", "key / message")
@@ -900,6 +881,12 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
         for r in failed:
             run.out.print(_said(_verbatim(r["table"]), f" {r['day']} failed: {r['message']}"), soft_wrap=True)
 
+    if lost:  # the days done before are still reported, with the command's error (exit 3, as before)
+        ended = {"exit_code": EXIT_UNREACHABLE, "error": f"{lost}; the days after it were not tried: run the same "
+                 "command again (archived days are skipped)", "retryable": True}
+        run.emit({"ok": False, "days": results, **ended}, render)
+        click.echo(f"error: {_printable(ended['error'])}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
     run.emit({"ok": not failed, "days": results, **_stopped_by(stopped)}, render)
     if stopped:
         raise Failed(f"{len(failed)} day(s) failed; a table's configuration or privileges stopped it (see its "
@@ -918,6 +905,43 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                      + ("; " if rest and changed else "")
                      + (f"the day(s) changed since they were archived are archived again only with overwrite: {again}"
                         if changed else ""))
+
+
+def _archive_tables(run: Run, chosen: list[tuple[TableSpec, list[Period]]], settings: dict[str, str],
+                    overwrite: bool, progress: Progress | None, results: list[dict[str, Any]]) -> None:
+    """archive's days, table by table, each day's outcome appended to ``results`` as it is known (a table whose
+    configuration or grants stop it: its days failed, the first marked ``stopped``). Raises :class:`_DatabaseLost`
+    when the database is lost: the days after it would fail the same way, and not for their own reasons."""
+    for spec, days in chosen:
+        run.between_days()  # (a session the server ended while the last table's days were archived: replaced)
+        try:
+            present, unknown = plan.present_days(run.conn, spec, days)
+        except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
+            if len(run.tables) == 1 or run.conn.closed or run.lost:
+                raise  # the command's only table: its own error (exit 2 for configuration)
+            results += _table_failed(spec, days, exc)  # what was archived before is still reported
+            if _configuration(exc) and not any(r.get("stopped") for r in results):
+                results[-1]["stopped"] = True
+            continue
+        # a day gone from the source whose manifest holds a pending removal mark (a prune killed after its
+        # COMMIT) is archived, which settles the mark, not passed over as "no data" (the recent ones: each
+        # costs a GET, and a table's years of removed days were settled long ago)
+        pending, _ = _pending_removals(run.store, spec, [d for d in days if d not in present
+                                                        and d not in unknown][-_RECENT_ABSENT:])
+        for day in days:
+            if day in unknown:
+                results.append(_unprobed(spec, day, unknown[day]))
+                continue
+            if day in pending:
+                results.append(_settle_day(run, spec, day, pending[day]))
+                continue
+            if day not in present:
+                results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
+                                "message": "no data for this day in PostgreSQL"})
+                continue
+            results.append(_archive_day(run, spec, day, settings, overwrite, progress))
+            if run.lost:  # (its message says the database was lost)
+                raise _DatabaseLost(results[-1]["message"])
 
 
 def _archive_again(run: Run, days: list[dict[str, Any]], most: int = 3) -> str:
@@ -1062,8 +1086,10 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
         result = archive_partition(run.conn, spec, day, run.store, progress=report, progress_every=0.5,
                                    session_settings=settings, overwrite=overwrite or None)
     except ArchiveError as exc:
-        if run.conn.closed:  # the connection itself went: the next day would fail the same way
-            raise UnreachableError(f"lost the source database while archiving {spec.name} {day}: {exc}") from None
+        if run.conn.closed:  # the connection itself went: the next day would fail the same way (see _archive_tables)
+            return {"table": spec.name, "day": day.isoformat(), "status": "failed", "retryable": True,
+                    "message": _for_the_cli(redact(f"lost the source database while archiving {spec.name} {day}: "
+                                                   f"{exc}", *_passwords()))}
         # (a day changed since archived, a removed day whose rows are back, an archive of another format, codec or
         # database: what only --overwrite archives again, as the day's own message says)
         changed = not exc.retryable and exc.needs_overwrite
@@ -1564,6 +1590,7 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
     """prune of one table's ``due`` days, each day's outcome appended to ``results`` as it is known."""
     from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
 
+    run.between_days()  # (a session the server ended while the last table's days were pruned: replaced)
     present, unknown = plan.present_days(run.conn, spec, due, catalog=True)
     # A day no longer in the source whose manifest is still "pending" (a prune killed between the removing
     # COMMIT and its "done" mark) is settled too: nothing else would ever complete its mark.
@@ -1663,8 +1690,8 @@ def prune(run: Run, dry_run: bool) -> None:
                 try:
                     _prune_table(run, spec, due, dry_run, results)
                 except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
-                    if not results:
-                        raise  # nothing done yet: the command's own error
+                    if len(selected) == 1 or run.lost:
+                        raise  # the command's only table: its own error (exit 2 for configuration)
                     results += _table_failed(spec, due, exc)  # the days removed before are still reported
                     if _configuration(exc) and not stopped and results:
                         stopped = results[-1]["message"]

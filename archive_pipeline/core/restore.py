@@ -1168,7 +1168,17 @@ def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
     parents = sql.SQL(" INHERITS ({})").format(sql.SQL(", ").join(p.identifier for p in inherits)) if inherits \
         else sql.SQL("")
-    conn.execute(sql.SQL("CREATE TABLE {} ({}){}").format(target.identifier, sql.SQL(", ").join(items), parents))
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {} ({}){}").format(target.identifier, sql.SQL(", ").join(items), parents))
+    except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation) as exc:
+        # another session created the name since this restore looked (a concurrent restore of another day into
+        # the same new table): the catalog's own unique index says so, not a value of the archive
+        if isinstance(exc, psycopg.errors.UniqueViolation) and not (exc.diag.table_name or "").startswith("pg_"):
+            raise
+        raise TargetError(f"{target} already exists: another session created it while this restore ran (a "
+                          "restore of another day into the same new table?); nothing was restored",
+                          remedy="restore into it with into='existing' (the command line: --into existing), or "
+                                 "choose a new name") from None
 
 
 _RANGE_BOUND = re.compile(r"FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)", re.S)
