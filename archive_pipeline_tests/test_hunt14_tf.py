@@ -70,3 +70,47 @@ def test_a_restore_cut_short_by_the_configured_statement_timeout_says_to_raise_i
     answer = json.loads(done.stdout)
     assert done.returncode != 0 and "statement_timeout" in answer["error"], answer
     assert "source.statement_timeout_ms" in answer["error"], answer["error"]
+
+
+
+def _range_restore_after_retype(conn, schema, store, temp_dir, fmt, old, new, first, second):
+    """Day 1 archived with column c of type ``old``, c retyped ``new`` in the source, day 2 archived; both days
+    restored into a new table by one range restore: the rows it holds then, and the source's."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.restore import restore_days
+
+    t = sql.Identifier(schema, "t")
+    day2 = DAY + dt.timedelta(days=1)
+    conn.execute(sql.SQL(f"CREATE TABLE {{}} (id int PRIMARY KEY, at date NOT NULL, c {old})").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, %s)").format(t), (DAY, first))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format=fmt)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    conn.execute(sql.SQL(f"ALTER TABLE {{}} ALTER COLUMN c TYPE {new}").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, %s, %s)").format(t), (day2, second))
+    archive_partition(conn, spec, day2, store, temp_dir=temp_dir)
+    done = restore_days(conn, store, spec, DAY, day2, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+    assert [r.rows for r in done.results] == [1, 1]
+    rows = conn.execute(sql.SQL("SELECT id, c::text FROM {} ORDER BY id").format(
+        sql.Identifier(schema, "back"))).fetchall()
+    return rows, conn.execute(sql.SQL("SELECT id, c::text FROM {} ORDER BY id").format(t)).fetchall()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_range_restore_into_its_own_table_follows_a_char_column_lengthened(conn, schema, store, temp_dir, fmt):
+    """Scenario: ``t (id int PRIMARY KEY, at date, c char(3))``; day 2024-03-10 archived with (1, 'ab'); codes grow,
+    the source runs ``ALTER TABLE t ALTER c TYPE char(5)`` and day 2024-03-11 is archived with (2, 'abcd'). The user
+    restores both days into a new table (``restore --from 2024-03-10 --to 2024-03-11 --into new``).
+
+    Now: "Fix hunt14 ta" (888366c) taught restore._widens that char(n) widens to text, varchar and varchar(m >= n),
+    but not to char(m > n): the table made from day 1 keeps char(3) and day 2 is refused "value too long for type
+    character(3) ... its column types are not the archived ones (c: character(3) here, character(5) when archived)
+    ... to fix: restore into a new table (into='new'), created with the archived types" -- which is what the user
+    did: the same circular remedy the fix removed for char(n) -> text.
+
+    Should: the range's own table follows the source as for varchar(3) -> varchar(5) (c becomes char(5); char(n)
+    compares without its padding, so day 1's row reads back as the source's own ALTER made it), both days restored.
+    Fix idea: in restore._widens, ``character(m)`` with m > n is a widening of ``character(n)``."""
+    rows, source = _range_restore_after_retype(conn, schema, store, temp_dir, fmt, "char(3)", "char(5)", "ab", "abcd")
+    assert rows == source, rows
+
