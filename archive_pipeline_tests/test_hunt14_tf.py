@@ -114,3 +114,25 @@ def test_a_range_restore_into_its_own_table_follows_a_char_column_lengthened(con
     rows, source = _range_restore_after_retype(conn, schema, store, temp_dir, fmt, "char(3)", "char(5)", "ab", "abcd")
     assert rows == source, rows
 
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("old, new, first, second", [("bit(3)", "varbit", "101", "10110"),
+                                                     ("varbit(3)", "varbit(8)", "101", "10110"),
+                                                     ("bit(3)[]", "varbit[]", "{101}", "{10110}")])
+def test_a_range_restore_into_its_own_table_follows_a_bit_column_widened(conn, schema, store, temp_dir, fmt,
+                                                                          old, new, first, second):
+    """Scenario: ``t (id int PRIMARY KEY, at date, c bit(3))`` (flags); day 2024-03-10 archived with (1, B'101'); more
+    flags are needed, the source runs ``ALTER TABLE t ALTER c TYPE varbit`` (or varbit(3) -> varbit(8), or the same
+    on an array) and day 2024-03-11 is archived with (2, B'10110'). The user restores both days into a new table.
+
+    Now: restore._widens knows varchar(n) -> varchar(m)/text and (since 888366c) char(n) -> text, but not the bit
+    strings that mirror them: day 2 is refused "bit string length 5 does not match type bit(3)" (or "bit string too
+    long for type bit varying(3)") with the remedy "restore into a new table (into='new'), created with the archived
+    types", which is what the user did: a remedy in a circle (the fix's own put-back half treats bit beside char).
+
+    Should: the range's own table follows the source (c becomes varbit / varbit(8); every value already restored
+    reads back the same: bit(3)'s values are exactly 3 bits), both days restored and proven.
+    Fix idea: in restore._widens, ``bit(n)`` / ``bit varying(n)`` widen to ``bit varying`` and ``bit varying(m)``
+    with m >= n, as character varying does."""
+    rows, source = _range_restore_after_retype(conn, schema, store, temp_dir, fmt, old, new, first, second)
+    assert rows == source, rows
