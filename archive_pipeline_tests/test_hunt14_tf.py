@@ -136,3 +136,57 @@ def test_a_range_restore_into_its_own_table_follows_a_bit_column_widened(conn, s
     with m >= n, as character varying does."""
     rows, source = _range_restore_after_retype(conn, schema, store, temp_dir, fmt, old, new, first, second)
     assert rows == source, rows
+
+
+
+
+def test_a_ranged_run_meeting_a_removed_day_succeeds_and_records_it_removed(conn, schema, archive_env):
+    """Scenario: ``events`` has retention (delete); 2024-03-10 is archived by a run of Archive_<schema>_events and then
+    removed by Remove_<schema>_events (proven; its archive is the day's only copy). Rows of 2024-03-11 arrive and the
+    operator backfills 2024-03-10..11 in one ranged run (nothing else wrong).
+
+    Now: 9f8aa3e (DayRecords) gave ``record_removed`` a parameter ``records`` (the run's DayRecords) and kept its
+    local ``records = context.instance.fetch_materializations(...).records`` (the day's last materialization), which
+    rebinds the name: ``records.record(...)`` is then called on a list and raises "AttributeError: 'list' object has
+    no attribute 'record'". The untyped error escapes the day loop: the whole step fails (retried max_retries times,
+    a traceback instead of a message), 2024-03-11 is not archived at all and every day of the range is marked
+    failed, the removed one red again. Any ranged run (schedule catch-up, backfill) that reaches a removed day
+    fails so: exactly the case 7d5a10e set out to make green. (test_hunt13_sg's removed-day test fails the same.)
+
+    Should: the run succeeds; 2024-03-10 recorded materialized with state ``removed`` (its archive's metadata
+    repeated), 2024-03-11 archived.
+    Fix idea: rename the local list in record_removed (e.g. ``last = ...records``)."""
+    import dagster as dg
+    from dagster import AssetPartitionStatus, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.assets import asset_key, daily_partitions, job_name
+    from archive_pipeline.defs.retention_assets import removal_job_name
+    from archive_pipeline.local.local_stack import create_sample_events
+
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    create_sample_events(conn, days[:1], rows_per_day=4, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(job_name(spec))
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=DAY.isoformat()).success
+        assert defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=DAY.isoformat()).success
+        create_sample_events(conn, days[1:], rows_per_day=4, schema=schema)
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[1].isoformat()})
+        failures = [[line for line in e.event_specific_data.error.to_string().splitlines() if "Error" in line]
+                    for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert result.success, failures
+        status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
+            asset_key(spec), [d.isoformat() for d in days], daily_partitions(spec)).items()}
+        assert status == {d.isoformat(): AssetPartitionStatus.MATERIALIZED.value for d in days}, status
+        latest = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=asset_key(spec), asset_partitions=[DAY.isoformat()]), limit=1).records[0]
+        assert latest.asset_materialization.metadata["state"].value == "removed"
