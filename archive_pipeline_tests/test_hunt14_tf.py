@@ -245,3 +245,59 @@ def test_a_removed_day_archived_outside_dagster_is_not_recorded_as_an_archive_wi
         [verdict] = [e for e in run_check_evaluations(instance, checked.run_id) if e.check_name == "archive_intact"]
     assert verdict.passed or (verdict.severity == dg.AssetCheckSeverity.WARN and "NOT intact" not in
                               (verdict.description or "")), verdict.description
+
+
+def test_a_naming_day_retention_dropped_stays_materialized_when_another_day_of_the_ranged_run_fails(
+        conn, schema, archive_env):
+    """Scenario: a legacy one-table-per-day table in naming mode (``ev_%Y%m%d``) with retention ``{keep_days: 30,
+    action: drop}``. 2024-03-10..11 are archived by one ranged run; Remove_<schema>_ev lets 2024-03-10 go (proven,
+    then its table dropped: the archive is the day's only copy). A late row lands in ev_20240311 (a changed day:
+    the next run fails it, overwrite needed) and ev_20240312 appears. The operator backfills 2024-03-10..12.
+
+    Now: README (ranged runs): "A day retention removed is logged as nothing to do ..., neither failed nor redone,
+    and recorded again as materialized with state `removed` ..., so its partition stays materialized even when
+    another day of the run fails". 7d5a10e's record_removed records only a DayRemovedError: a naming day whose
+    table retention dropped ends as NO_PERIOD_TABLE, is logged "no table for 2024-03-10 ... check the table's name
+    in the YAML configuration ... whether the table was renamed or dropped" and not recorded, so Dagster marks it
+    FAILED beside the one day that needs an overwrite: the partition bar shows a proven, archived day red, as the
+    fix set out to end (hunt13_sg's test named this case too).
+
+    Should: 2024-03-10 MATERIALIZED (recorded with state removed, its archive's metadata repeated), 2024-03-11
+    FAILED, 2024-03-12 MATERIALIZED.
+    Fix idea: in record_removed, also record a NO_PERIOD_TABLE day whose removal is on record (its source_removed
+    materialization / the manifest's removal mark), as for DayRemovedError; a day never archived stays unrecorded."""
+    from dagster import AssetPartitionStatus, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.assets import asset_key, daily_partitions, job_name
+    from archive_pipeline.defs.retention_assets import removal_job_name
+
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    for d in days[:2]:
+        conn.execute(f'CREATE TABLE "{schema}".ev_{d:%Y%m%d} (id int, v text)')
+        conn.execute(f'INSERT INTO "{schema}".ev_{d:%Y%m%d} VALUES (1, \'a\'), (2, \'b\')')
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10}, "tables": [{
+        "name": f"{schema}.ev", "start_date": DAY.isoformat(), "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"},
+        "retention": {"keep_days": 30, "action": "drop"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(job_name(spec))
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[1].isoformat()}).success
+        assert defs.resolve_job_def(removal_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=days[0].isoformat()).success
+        conn.execute(f'INSERT INTO "{schema}".ev_{days[1]:%Y%m%d} VALUES (3, \'late\')')
+        conn.execute(f'CREATE TABLE "{schema}".ev_{days[2]:%Y%m%d} (id int, v text)')
+        conn.execute(f'INSERT INTO "{schema}".ev_{days[2]:%Y%m%d} VALUES (1, \'a\')')
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[2].isoformat()})
+        assert not result.success  # (the changed day fails, as it should)
+        status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
+            asset_key(spec), [d.isoformat() for d in days], daily_partitions(spec)).items()}
+    assert status == {days[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
+                      days[1].isoformat(): AssetPartitionStatus.FAILED.value,
+                      days[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status
