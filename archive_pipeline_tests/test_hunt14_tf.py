@@ -301,3 +301,64 @@ def test_a_naming_day_retention_dropped_stays_materialized_when_another_day_of_t
     assert status == {days[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
                       days[1].isoformat(): AssetPartitionStatus.FAILED.value,
                       days[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status
+
+
+
+def test_the_sensor_requests_again_a_wiped_day_whose_failed_sensor_run_was_retried_successfully(
+        pg, conn, schema, archive_env):
+    """Scenario: the archive_new_days sensor requests yesterday of a column-mode table; that run fails (here another
+    session holds the day's lock; in life a dropped connection with retries off, an S3 outage), and Dagster's run
+    retries (``run_retries`` in dagster.yaml) or the operator (Runs -> Re-execute) run it again: the new run copies
+    the parent's tags, ``dagster/run_key`` and ``dagster/sensor_name`` included, and SUCCEEDS; the day is
+    materialized. Later the operator wipes the asset's materializations to have automation archive the days again
+    (the case 2dbec78 fixed).
+
+    Now: sensors._current_keys drops a day for good when ANY run of this sensor under its key did not succeed, and
+    the failed first attempt is still there beside its successful retry: the tick requests nothing and says the
+    day already has "a run (failed, queued or running) under their run key", though the day's sensor run group
+    succeeded; the wiped day stays missing for ever (only days whose first attempt succeeded are re-requested).
+
+    Should: as for a sensor run that succeeded at once: the day is requested again (under a key naming the
+    successful run, ``<key>@<run id>``).
+    Fix idea: in _current_keys, judge a key by its newest run of this sensor (or by whether any of them
+    succeeded), not by any failed attempt among them."""
+    from dagster import build_sensor_context, instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.core.locks import lock_key
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.assets import asset_key, job_name
+    from archive_pipeline.defs.resources import PostgresResource
+
+    today = dt.datetime.now(dt.UTC).date()
+    yesterday = today - dt.timedelta(days=1)
+    conn.execute(f"CREATE TABLE {schema}.ev (id int, at timestamptz)")
+    conn.execute(f"INSERT INTO {schema}.ev VALUES (1, %s), (2, %s)",
+                 (dt.datetime.combine(yesterday, dt.time(1), dt.UTC), dt.datetime.combine(yesterday, dt.time(2), dt.UTC)))
+    config = parse_config({"retry": {"max_retries": 0}, "sensor": {"lookback_days": 2}, "tables": [{
+        "name": f"{schema}.ev", "day_column": "at", "start_date": (today - dt.timedelta(days=3)).isoformat()}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    sensor = repo.get_sensor_def("archive_new_days")
+    job = defs.resolve_job_def(job_name(spec))
+    with instance_for_test() as instance:
+        def tick():
+            return sensor.evaluate_tick(build_sensor_context(
+                instance=instance, resources={"postgres": PostgresResource(dsn=pg.dsn)}, repository_def=repo))
+
+        [request] = tick().run_requests
+        tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": "archive_new_days"}
+        with pg.connect() as other:
+            assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, yesterday)).fetchone()[0]
+            first = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=tags,
+                                           raise_on_error=False)
+        assert not first.success
+        retried = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags={
+            **tags, "dagster/parent_run_id": first.run_id, "dagster/root_run_id": first.run_id})
+        assert retried.success
+        assert yesterday.isoformat() in instance.get_materialized_partitions(asset_key(spec))
+        instance.wipe_assets([asset_key(spec)])  # the UI's Wipe materializations
+        again = tick()
+        said = again.skip_message or ""
+        assert [r.partition_key for r in again.run_requests or []] == [yesterday.isoformat()], said
