@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
 import yaml
 from psycopg import sql
