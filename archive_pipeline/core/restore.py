@@ -1128,9 +1128,10 @@ _INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}  # (the widest va
 def _widens(here: str, archived: str) -> bool:
     """Whether a column of type ``here`` (format_type) becomes ``archived`` by widening alone, every value the same:
     a wider integer, an integer into a numeric with room for its digits, a numeric with as many digits before and
-    after the point or more (or unconstrained), a longer varchar, varchar or char(n) to text (char(n)'s values
-    without their padding, as the source's own ALTER made them), or an integer, boolean or uuid to text (its
-    values as their text); an array of one into an array of the other alike."""
+    after the point or more (or unconstrained), a longer varchar or char, varchar or char(n) to text (char(n)'s
+    values without their padding, as the source's own ALTER made them), bit(n) or varbit(n) to a varbit as long or
+    unbounded, or an integer, boolean or uuid to text (its values as their text); an array of one into an array of
+    the other alike."""
     if here.endswith("[]") and archived.endswith("[]"):
         return _widens(here[:-2], archived[:-2])
     if here in _INTEGER_DIGITS and archived in _INTEGER_DIGITS:
@@ -1146,11 +1147,17 @@ def _widens(here: str, archived: str) -> bool:
             return True
         (p, s), (p2, s2) = map(int, narrow.groups()), map(int, wide.groups())
         return s2 >= s and p2 - s2 >= p - s
-    length = re.fullmatch(r"character(?: varying)?\((\d+)\)", here)
-    if length and archived in ("text", "character varying"):
+    chars = re.fullmatch(r"(character(?: varying)?)\((\d+)\)", here)
+    if chars and archived in ("text", "character varying"):
         return True
-    longer = re.fullmatch(r"character varying\((\d+)\)", archived)
-    return bool(length and longer and int(longer.group(1)) >= int(length.group(1)) and here != archived)
+    longer = re.fullmatch(r"(character(?: varying)?)\((\d+)\)", archived)
+    if chars and longer and (chars[1], longer[1]) != ("character varying", "character"):  # (not into padding)
+        return int(longer[2]) >= int(chars[2]) and here != archived
+    bits = re.fullmatch(r"bit(?: varying)?\((\d+)\)", here)
+    if bits and archived == "bit varying":
+        return True
+    more = re.fullmatch(r"bit varying\((\d+)\)", archived)
+    return bool(bits and more and int(more[1]) >= int(bits[1]) and here != archived)
 
 
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
@@ -2588,8 +2595,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             "checking it, or waiting for a lock on the target that another session holds: the wait "
                             "counts too)",
                             remedy="retry; if another session holds a lock on the target (pg_blocking_pids(), "
-                                   "pg_locks), wait until it ends; if the day itself takes longer, raise the session's "
-                                   "statement_timeout (ALTER ROLE <role> SET statement_timeout = ...)")
+                                   "pg_locks), wait until it ends; if the day itself takes longer, raise "
+                                   "source.statement_timeout_ms (0 = no limit) in the archive config, which the "
+                                   "command line's sessions take; elsewhere the role's (ALTER ROLE <role> SET "
+                                   "statement_timeout = ...)")
         if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "must be owner" in str(exc):
             found = replace(found, remedy="re-creating and attaching the day's partition (or table) takes ownership "
                             "of the table: restore as its owner (or GRANT the owner's role TO the restoring role), or "

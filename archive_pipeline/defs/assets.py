@@ -62,7 +62,8 @@ from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResour
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import TYPE_GONE, read_only
+from archive_pipeline.core import keys
+from archive_pipeline.core.verify import TYPE_GONE, load_manifest, read_only
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped | removed
@@ -583,7 +584,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
             except Failure as exc:
                 if len(days) > 1 and _removed(exc):  # archived, proven and let go: nothing to redo, not failed
                     context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
-                    record_removed(context, key, day, exc, records)
+                    record_removed(context, key, spec, day, exc, records, store)
                     continue
                 yield from verdicts_as_they_were(context, key, [day])
                 if len(days) == 1:
@@ -657,27 +658,49 @@ class DayRecords:
         self._pending = []
 
 
-def record_removed(context: AssetExecutionContext, key: AssetKey, day: Period, exc: Failure,
-                   records: DayRecords) -> None:
+def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpec, day: Period, exc: Failure,
+                   records: DayRecords, store: S3Store) -> None:
     """Record a removed day of a ranged run as materialized again: its archive (proven before the day was let go)
     is the day's only copy and still there. Dagster marks every partition a failed run planned and did not
     materialize as failed, so without a record a failing neighbour turned the removed day red, beside the one day
     that needs doing. The record repeats the day's last materialization (what the archive holds) with state
-    ``removed``, and its last ``archive_intact`` verdict about it. A day removed by naming mode's table drop (no
-    :class:`DayRemovedError`: no archive this run saw) is not recorded."""
-    error = exc.metadata.get("error")
-    if getattr(error, "value", error) != "DayRemovedError":
-        return
+    ``removed``, or, where this instance has none (archived and let go by the command line), what the day's
+    manifest records; and its last ``archive_intact`` verdict about it. A naming-mode day without its table is
+    recorded only where its manifest says it was removed (its table dropped by retention); a day nothing records,
+    not at all."""
     partition = day.isoformat()
-    records = context.instance.fetch_materializations(
+    error = exc.metadata.get("error")
+    found = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    before = records[0].asset_materialization if records else None
+    before = found[0].asset_materialization if found else None
+    manifest = None
+    if before is None or getattr(error, "value", error) != "DayRemovedError":
+        try:
+            day_key = recorded_day_key(spec, day, store)
+            manifest = load_manifest(store, day_key, (spec.name, partition))
+        except Exception:  # noqa: BLE001 - nothing to record it from: left as Dagster has it
+            return
+        if not manifest or not manifest.get("removed") or (before is None and not manifest.get("object")):
+            return
     said = (exc.description or "").split("\n\nWhat to do:")[0]
-    metadata = {**(before.metadata if before else {}), "state": "removed", "removed": said,
+    metadata = {**(before.metadata if before is not None else _manifest_metadata(manifest, store, day_key)),
+                "state": "removed", "removed": said,
                 "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
     records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
-                                        tags={**(before.tags if before else {}), STATE_TAG: "removed"}),
+                                        tags={**(before.tags if before is not None else {}), STATE_TAG: "removed"}),
                    functools.partial(verdict_carried, context, key, partition))
+
+
+def _manifest_metadata(manifest: dict, store: S3Store, day_key: str) -> dict[str, object]:
+    """A day's record built from its manifest (what ``archive_intact`` compares with the store), for a day this
+    instance never recorded."""
+    obj = manifest.get("object") or {}
+    return {"dagster/row_count": int(manifest.get("rows") or 0), "rows": f"{int(manifest.get('rows') or 0):,}",
+            "compressed_bytes": obj.get("bytes", 0), "md5": obj.get("md5", ""), "sha256": obj.get("sha256", ""),
+            "format": manifest.get("format", ""), "compression": manifest.get("compression", ""),
+            "object_key": obj.get("key", ""), "dagster/uri": MetadataValue.path(store.uri(obj.get("key", ""))),
+            "manifest_key": keys.manifest_key(day_key),
+            "fingerprint": manifest.get("fingerprint", ""), "generation": int(manifest.get("generation", 1))}
 
 
 def skipped_keys(context: AssetExecutionContext, spec: TableSpec) -> list[str]:

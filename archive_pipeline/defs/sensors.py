@@ -304,7 +304,7 @@ def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, loca
 def _current_keys(instance: DagsterInstance, keys: list[str], location: str | None, repository: str | None
                   ) -> tuple[dict[str, str], set[str]]:
     """Each day's run key to request it under now, and the days the daemon would drop. Dropped: a key this sensor
-    already ran and that did not succeed (its own runs, as the daemon matches them), and a day already queued or
+    already ran and whose runs all failed (its own runs, as the daemon matches them), and a day already queued or
     running from anywhere (a day whose *scheduled* run failed is still requested, once, as before). A day whose
     sensor run succeeded and that has no materialization now (wiped since, to archive it again: the sensor only
     asks for such days) is requested again under a key naming that run (``<key>@<run id>``), as the daemon never
@@ -322,11 +322,12 @@ def _current_keys(instance: DagsterInstance, keys: list[str], location: str | No
         for key in looking:
             mine = by_key.get(current[key], [])
             ours = [run for run in mine if run.tags.get(SENSOR_NAME_TAG) == SENSOR_NAME]
-            if any(run.status in UNFINISHED for run in mine) or any(
-                    run.status != DagsterRunStatus.SUCCESS for run in ours):
+            # (a retry or re-execution of a failed sensor run carries its run key: one that succeeded counts)
+            succeeded = [run for run in ours if run.status == DagsterRunStatus.SUCCESS]
+            if any(run.status in UNFINISHED for run in mine) or (ours and not succeeded):
                 used.add(key)
-            elif ours:
-                current[key] = f"{key}@{ours[0].run_id}"
+            elif succeeded:
+                current[key] = f"{key}@{succeeded[0].run_id}"  # (the newest: get_runs lists newest first)
                 again.append(key)
         looking = again
     return current, used
