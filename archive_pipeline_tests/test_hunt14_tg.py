@@ -50,3 +50,54 @@ def test_a_text_column_whose_name_holds_a_dot_restores_from_parquet(conn, schema
                                      "(TABLE {} EXCEPT ALL TABLE {})) d").format(
         table, sql.Identifier(schema, "back"), sql.Identifier(schema, "back"), table)).fetchone()[0]
     assert differing == 0
+
+
+def _forge_parquet(s3_client, bucket: str, spec: TableSpec, table: pa.Table, **write) -> int:
+    """Replace the day's archived object by ``table`` written as Parquet with ``write``'s options, the manifest's
+    digests updated to match (a consistent forgery); the forged object's size."""
+    from archive_pipeline_tests.helpers import forge_object
+
+    key = keys.table_day_key(spec, spec.period(DAY), "archive")
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **write)
+    body = sink.getvalue().to_pybytes()
+    forge_object(s3_client, bucket, key, keys.manifest_key(key), body)
+    return len(body)
+
+
+def test_a_parquet_object_of_plain_pages_that_decode_to_gigabytes_is_refused_within_bounded_memory(
+        pg, s3, conn, schema, bucket, store, s3_client, tmp_path):
+    """The hunt-11 bomb without its dictionary: someone who may write to the bucket replaces a Parquet day's
+    object by a 150 KB file of the same columns whose text column is PLAIN-encoded (use_dictionary=False):
+    8,000 rows of one 256 KiB value in one row group, ~1,000 data pages of ~1 MiB that zstd shrinks to almost
+    nothing, and updates the manifest's digests (a consistent forgery; uncompressed_bytes stays the real day's
+    few bytes). 1914059 measures only dictionary-encoded columns before decoding: a plain column is decoded
+    by iter_batches(batch_size=16384) a whole batch at once (2 GB), and only then measured against the
+    manifest. Measured: +500 MB of peak RSS for a 4,000-row file, and under a cap of 800 MB above imports
+    this one ends as the out-of-memory fault ("give the run more memory", a remedy that feeds the bomb) or
+    a refusal after gigabytes were decoded. The footer already says so before anything is decoded (the
+    column chunk's total_uncompressed_size is 2 GB against a manifest that records a few hundred bytes).
+    Expected: refused as damaged or altered (a typed ArchiveError naming table and day) within bounded
+    memory. Fix idea: before reading a row group, refuse it when its column chunks' total_uncompressed_size
+    (plus the bytes decoded so far) passes the manifest's uncompressed_bytes, and size batches (batch_size)
+    from a row group's uncompressed bytes per row so no batch decodes past ~32 MiB."""
+    from archive_pipeline_tests.test_hunt9_oi import _run
+
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, note text)").format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s, 'one')").format(sql.Identifier(schema, "ev")), (DAY,))
+    spec = _parquet_spec(schema, "ev")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(tmp_path)).rows == 1
+    rows = 8000
+    bomb = pa.table({"id": pa.array(range(rows), pa.int32()), "at": pa.array([DAY] * rows, pa.date32()),
+                     "note": pa.array(["x" * (256 << 10)] * rows)})
+    size = _forge_parquet(s3_client, bucket, spec, bomb, compression="zstd", use_dictionary=False,
+                          row_group_size=rows)
+    del bomb
+    assert size < 400_000
+    raw = dict(name=spec.name, day_column="at", start_date="2024-03-01", format="parquet", compression="zstd")
+    out = _run(tmp_path, pg, s3, bucket, "restore", raw, headroom_mb=800, target=f"{schema}.back")
+    assert not out["ok"], out
+    assert out["typed"] and "memory" not in out["message"], out  # not "give the run more memory"
+    assert "altered" in out["message"] or "damaged" in out["message"], out
+    assert out["peak_mb"] < 300, out
+
