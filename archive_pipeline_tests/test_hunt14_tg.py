@@ -101,3 +101,49 @@ def test_a_parquet_object_of_plain_pages_that_decode_to_gigabytes_is_refused_wit
     assert "altered" in out["message"] or "damaged" in out["message"], out
     assert out["peak_mb"] < 300, out
 
+
+
+def test_a_parquet_object_whose_dictionary_index_is_out_of_bounds_is_refused_as_altered(conn, schema, store,
+                                                                                         s3_client, bucket,
+                                                                                         temp_dir):
+    """A Parquet day's object is replaced by one whose text column's dictionary holds 3 values while a data
+    page's RLE run points at index 3 (one flipped byte: damage, or a forgery with the digests updated).
+    Before 1914059 Arrow decoded the column densely and said ArrowInvalid("Index not in dictionary bounds"),
+    which load_into turns into ArchiveCorruptError naming table and day. Now the column is read as a
+    dictionary and readers._decoded_lengths measures it with ``pc.take(lengths, array.indices)``, which
+    raises pyarrow.ArrowIndexError ("Index 3 out of bounds"): an IndexError, not ArrowInvalid, so it
+    escapes load_into's net: restore (verify --deep and the removal's proof alike) ends as "failed: an
+    unexpected error (ArrowIndexError: Index 3 out of bounds) ... to fix: read the message", not as the
+    damaged or altered archive it is (no MD5 check to suggest, no cause). Expected: a typed ArchiveError naming table and day that
+    says the object is damaged or was altered. Fix idea: validate the indices against the dictionary's
+    length (pc.max(indices) < len(dictionary)) before taking, or catch pa.ArrowException (ArrowIndexError)
+    where ArrowInvalid is caught."""
+    import pytest
+
+    from archive_pipeline.core.errors import ArchiveError
+
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, note text)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'c' FROM generate_series(1, 100) g").format(table), (DAY,))
+    spec = _parquet_spec(schema, "ev")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 100
+    rows = 100
+    forged = pa.table({"id": pa.array(range(rows), pa.int32()), "at": pa.array([DAY] * rows, pa.date32()),
+                       "note": pa.array(["a", "b"] + ["c"] * (rows - 2))},
+                      schema=pa.schema([pa.field("id", pa.int32(), False), pa.field("at", pa.date32(), False),
+                                        pa.field("note", pa.string(), False)]))
+    sink = pa.BufferOutputStream()
+    pq.write_table(forged, sink, compression="none", use_dictionary=["note"])
+    body = bytearray(sink.getvalue().to_pybytes())
+    chunk = pq.ParquetFile(pa.BufferReader(bytes(body))).metadata.row_group(0).column(2)
+    end = chunk.dictionary_page_offset + chunk.total_compressed_size
+    assert body[end - 1] == 2  # the last RLE run's value: index 2 ("c") of a 3-value dictionary
+    body[end - 1] = 3
+    from archive_pipeline_tests.helpers import forge_object
+
+    key = keys.table_day_key(spec, spec.period(DAY), "archive")
+    forge_object(s3_client, bucket, key, keys.manifest_key(key), bytes(body))
+    with pytest.raises(ArchiveError) as caught:
+        restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
+    said = str(caught.value)
+    assert str(DAY) in said and "ev" in said and ("altered" in said or "damaged" in said), said
