@@ -492,8 +492,8 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
                 return _copy(conn, statement, readers.decompressed_chunks(archive_path, compression, limit))
             if fmt == "parquet":
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
-                return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns, limit=limit),
-                             depth=1, max_bytes=READ_AHEAD_BYTES)
+                return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1,
+                             max_bytes=READ_AHEAD_BYTES)
             if fmt == "jsonl":
                 return _load_jsonl(conn, archive_path, compression, limit, target, columns)
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")

@@ -33,7 +33,6 @@ import pyarrow.parquet as pq
 
 READ_BYTES = 1 << 20  # decompressed bytes per read
 PARQUET_BATCH_ROWS = 16_384  # rows per Arrow batch read from a row group
-PARQUET_SLICE_BYTES = 32 << 20  # decoded string and binary bytes turned into text at once (the archiver's row group)
 BIG_LIST_BYTES = 16 << 20  # a list column's elements this big are turned into text with the system allocator
 BIG_ROW_BYTES = 1 << 20  # a row's text this long skips Arrow's CSV writer (two whole copies of it)
 
@@ -470,157 +469,20 @@ def _csv_pieces(columns: list[pa.Array], deferred: list[bool]) -> Iterator[pa.Bu
         yield _csv(columns, deferred, start, len(columns[0]))
 
 
-_DICTIONARY_ENCODINGS = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
-
-
-def _dictionary_leaves(metadata: pq.FileMetaData) -> list[str]:
-    """The string and binary leaves (column paths) some row group stores dictionary-encoded. They are read
-    as dictionaries, indices and one dictionary: decoded, a row group of one 256 KiB value repeated over
-    4,000 rows (15 KB of Parquet) is 1 GB, a batch at once, before any of it can be measured."""
-    candidates = [c for c in range(metadata.num_columns) if metadata.schema.column(c).physical_type == "BYTE_ARRAY"]
-    leaves = set()
-    for group in range(metadata.num_row_groups):
-        for column in candidates:
-            chunk = metadata.row_group(group).column(column)
-            if chunk.has_dictionary_page or _DICTIONARY_ENCODINGS & set(chunk.encodings):
-                leaves.add(chunk.path_in_schema)
-    return sorted(leaves)
-
-
-def _holds_dictionary(kind: pa.DataType) -> bool:
-    """Whether Arrow reads the column as a dictionary (or a list of one), as asked."""
-    if pa.types.is_dictionary(kind):
-        return True
-    return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and _holds_dictionary(kind.value_type)
-
-
-def _open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
-    """The file, its dictionary-encoded leaves read as dictionaries. Arrow ignores that for an extension
-    column (json, uuid), which the archiver never dictionary-encodes: one that is is refused, not decoded."""
-    metadata = pq.read_metadata(os.fspath(path))
-    leaves = _dictionary_leaves(metadata)
-    file = pq.ParquetFile(os.fspath(path), metadata=metadata, read_dictionary=leaves or None)
-    for name in {leaf.split(".")[0] for leaf in leaves}:
-        if not _holds_dictionary(file.schema_arrow.field(name).type):
-            raise ArchiveDecodeError(f"the Parquet file's column {name} is dictionary-encoded, which the archiver "
-                                     "never writes for its type: the object is damaged or was altered")
-    return file
-
-
-def _decoded_lengths(array: pa.Array) -> pa.Array | None:
-    """Each row's string and binary bytes once decoded, from a dictionary's lengths taken by its indices
-    (nothing is decoded to measure it); None for a column of fixed width (bounded by the batch's rows)."""
-    kind = array.type
-    if isinstance(kind, pa.BaseExtensionType):
-        return _decoded_lengths(array.storage)
-    if pa.types.is_dictionary(kind):
-        lengths = pc.cast(pc.binary_length(array.dictionary), pa.int64())
-        return pc.fill_null(pc.take(lengths, array.indices), 0)
-    if _binary(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return pc.fill_null(pc.cast(pc.binary_length(array), pa.int64()), 0)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        values, offsets = _own_values(array)
-        elements = _decoded_lengths(values)
-        if elements is None:
-            return None
-        sums = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(elements)])
-        bounds = pc.take(sums, offsets)
-        return pc.subtract(bounds.slice(1), bounds.slice(0, len(array)))
-    return None
-
-
-def _decoded_total(array: pa.Array) -> int:
-    """The column's string and binary bytes once decoded: a dictionary's lengths summed by its indices, a
-    decoded column's from its offsets (no pass over its rows); 0 for a column of fixed width."""
-    kind = array.type
-    if isinstance(kind, pa.BaseExtensionType):
-        return _decoded_total(array.storage)
-    if pa.types.is_dictionary(kind):
-        return pc.sum(_decoded_lengths(array)).as_py() or 0
-    if pa.types.is_string(kind) or pa.types.is_binary(kind):
-        return _offsets_span(array, pa.int32())
-    if pa.types.is_large_string(kind) or pa.types.is_large_binary(kind):
-        return _offsets_span(array, pa.int64())
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _decoded_total(_own_values(array)[0])
-    lengths = _decoded_lengths(array)  # (views and other variable-width types a forged schema may name)
-    return (pc.sum(lengths).as_py() or 0) if lengths is not None else 0
-
-
-def _offsets_span(array: pa.Array, offset_type: pa.DataType) -> int:
-    """The bytes between a string or binary array's first and last offsets (its values' bytes)."""
-    if not len(array):
-        return 0
-    offsets = pa.Array.from_buffers(offset_type, len(array) + 1, [None, array.buffers()[1]], offset=array.offset)
-    return offsets[len(array)].as_py() - offsets[0].as_py()
-
-
-def _byte_slices(arrays: list[pa.Array], budget: int) -> list[tuple[int, int, int]]:
-    """``(start, stop, bytes)``: a batch's rows cut into runs whose decoded string and binary bytes reach
-    ``budget`` at most by their last row, measured before they are decoded (one run for the archiver's own
-    batches: its row groups gather ~32 MiB). Memory then follows the budget and the largest row, never
-    rows times a value's size."""
-    count = len(arrays[0]) if arrays else 0
-    total = sum(map(_decoded_total, arrays))
-    if total <= budget:
-        return [(0, count, total)]
-    rows = None
-    for size in filter(lambda size: size is not None, map(_decoded_lengths, arrays)):
-        rows = size if rows is None else pc.add(rows, size)
-    ends = pc.cumulative_sum(rows)
-    run = pc.divide(pc.subtract(ends, rows), budget)  # the run a row starts in
-    cuts = pc.add(pc.indices_nonzero(pc.not_equal(run.slice(1), run.slice(0, count - 1))), 1).to_pylist()
-    bounds = [0, *cuts, count]
-    return [(start, stop, ends[stop - 1].as_py() - (ends[start - 1].as_py() if start else 0))
-            for start, stop in zip(bounds, bounds[1:])]
-
-
-def _dense(array: pa.Array) -> pa.Array:
-    """A column as the archiver wrote it: a dictionary (or a list of one) decoded, for a slice of rows."""
-    if pa.types.is_dictionary(array.type):
-        return array.dictionary_decode()
-    if (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)) and \
-            pa.types.is_dictionary(array.type.value_type):
-        values, offsets = _own_values(array)
-        return type(array).from_arrays(offsets, values.dictionary_decode(), mask=array.is_null())
-    return array
-
-
-def _decoded_past(limit: int | None, decoded: int) -> None:
-    """Refuse a file whose values decode past what its manifest records (see :func:`decompression_limit`)."""
-    if limit is not None and decoded > limit:
-        raise ArchiveDecodeError(f"the object decodes to more than the {limit:,} bytes its manifest records: it is "
-                                 "damaged or was altered")
-
-
-def parquet_csv_chunks(path: str | os.PathLike, columns: list[str], batch_rows: int = PARQUET_BATCH_ROWS,
-                       limit: int | None = None) -> Iterator[pa.Buffer | bytes | memoryview]:
+def parquet_csv_chunks(path: str | os.PathLike, columns: list[str],
+                       batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[pa.Buffer | bytes | memoryview]:
     """The Parquet file's rows as CSV (no header) for ``COPY ... FROM STDIN (FORMAT csv)``: NULL an
     unquoted empty field, every string quoted, so '' stays apart from NULL. A row's text may come in
-    several pieces (a big value is handed on by reference); COPY does not care where chunks break.
-
-    Nothing is decoded past ``limit`` string and binary bytes (the manifest's ``uncompressed_bytes``, the
-    Arrow bytes the archiver wrote: a file that decodes to more is not the archive), nor more than
-    :data:`PARQUET_SLICE_BYTES` and a row at once, whatever the file's encoding."""
-    file = _open_parquet(path)
+    several pieces (a big value is handed on by reference); COPY does not care where chunks break."""
+    file = pq.ParquetFile(os.fspath(path))
     names = file.schema_arrow.names
     if names != columns:
         raise ArchiveDecodeError(f"the Parquet file's columns {names} are not the manifest's {columns}")
     pool = pa.default_memory_pool()
-    decoded = 0
     for batch in _group_batches(file, batch_rows):
         pool.release_unused()  # mimalloc keeps freed batches otherwise (measured: 69 -> 49 MB over 1M rows)
-        arrays = batch.columns
-        del batch  # its values live on in ``arrays``, then in ``columns`` only where they are needed
-        slices = _byte_slices(arrays, PARQUET_SLICE_BYTES)
-        for start, stop, size in slices:
-            decoded += size
-            _decoded_past(limit, decoded)
-            dense = [_dense(array.slice(start, stop - start)) for array in arrays]
-            if len(slices) == 1:
-                arrays.clear()
-            deferred = [_deferred(array) for array in dense]
-            columns = [array if later else pg_text(array) for array, later in zip(dense, deferred)]
-            del dense
-            yield from _csv_pieces(columns, deferred)
-            del columns  # not held while the next slice is decoded
+        deferred = [_deferred(batch.column(i)) for i in range(batch.num_columns)]
+        columns = [batch.column(i) if later else pg_text(batch.column(i)) for i, later in enumerate(deferred)]
+        del batch  # its values live on in ``columns`` only where they are needed
+        yield from _csv_pieces(columns, deferred)
+        del columns  # not held while the next batch is read
