@@ -888,6 +888,8 @@ CANCELLED_LEAVES = {
     "tidying": "the day is archived (its new manifest is in the bucket); what the run was tidying after it (the "
                "generation it replaced) is left for the next run of the day",
     "restoring": "the day's restore was rolled back",
+    "waiting to retry": "it failed (its cause is above) and was waiting to be archived again: nothing of it was "
+                        "published, an earlier archive of it stays as it was",
     "finishing": "the day's restore had committed: the day is restored (the same command finds it restored)",
     "proving": "nothing was changed",
     "checking": "nothing was changed",

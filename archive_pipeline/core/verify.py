@@ -510,11 +510,11 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
     if scratch_conn is None:
         if read_only(conn):
             raise ArchiveError(f"deep verification of {spec.name} {day} reads the archive back into PostgreSQL, "
-                               "and a hot standby (or a read-only session) allows no temporary tables: give it a writable database with the "
-                               "same column types to load them into (scratch_conn; the command line and the code "
-                               "location use the primary, ARCHIVE_PG_PRIMARY_DSN, when it is set)", table=spec.name,
-                               day=day.isoformat(),
-                               retryable=False)
+                               "and a hot standby allows no temporary tables (nor does a read-only session)",
+                               table=spec.name, day=day.isoformat(), retryable=False,
+                               remedy="give it a writable database with the same column types to load them into "
+                                      "(scratch_conn; the command line and the code location use the primary, "
+                                      "ARCHIVE_PG_PRIMARY_DSN, when it is set)")
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
     # The archive against the manifest: by the manifest's algorithm. The archive against the source: by the

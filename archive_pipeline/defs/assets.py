@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import random
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -35,6 +36,7 @@ from dagster import (
     MonthlyPartitionsDefinition,
     TimeWindowPartitionsDefinition,
     Failure,
+    RetryRequested,
     FreshnessPolicy,
     Jitter,
     MaterializeResult,
@@ -606,7 +608,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
             if day in failed and not failed[day].allow_retries:
                 context.log_event(AssetObservation(asset_key=key, partition=day.isoformat(), metadata={
                     FAILED_FOR_GOOD: failed[day].description or "", **_flags(failed[day].metadata)}))
-        raise batch_failure(spec, days, failed, skipped_keys(context, spec))
+        raise after_retry_wait(context, spec, batch_failure(spec, days, failed, skipped_keys(context, spec)), failed)
     if phantoms := skipped_keys(context, spec):
         raise batch_failure(spec, days, {}, phantoms)
     yield from records.output(key, sorted(done))
@@ -942,6 +944,31 @@ def unproven(spec: TableSpec, day: Period, problems: list[str], origin: str | No
     # (either way only archiving the day again with overwrite ends it: re-executing the run proves it again)
     return Failure(description=text, allow_retries=False,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": False, NEEDS_OVERWRITE: True})
+
+
+def after_retry_wait(context: AssetExecutionContext, spec: TableSpec, failure: Failure,
+                     failed: dict[Period, Failure]) -> BaseException:
+    """What a ranged run's step raises for ``failure`` once it has waited out the retry's backoff itself: Dagster's
+    own wait between attempts is outside the asset's code, so a person who terminated the run then got, an attempt
+    later, a bare interrupt naming no table and no day. Waited here, a termination is the step's to word (the days
+    it leaves unarchived, and why); the retry then starts at once (``RetryRequested`` with no wait, the failure as
+    its cause, as Dagster's policy would raise it). The failure itself where no retry is left or none helps."""
+    policy = getattr(getattr(context, "op_def", None), "retry_policy", None)
+    attempt = context.retry_number + 1
+    if not failure.allow_retries or policy is None or attempt > policy.max_retries:
+        return failure
+    wait = policy.calculate_delay(attempt)
+    again = sorted(day for day, f in failed.items() if f.allow_retries)
+    context.log.info(f"{spec.name}: {', '.join(d.isoformat() for d in again)} to be tried again in {wait:.0f} s "
+                     f"(retry {attempt} of {policy.max_retries}; the days archived are not archived again)")
+    try:
+        time.sleep(wait)
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        return cancelled_batch(terminated(context, exc, spec, again[0], "waiting to retry", job_name(spec)), spec,
+                               [], {d: f for d, f in failed.items() if d != again[0]})
+    retry = RetryRequested(max_retries=policy.max_retries, seconds_to_wait=0)
+    retry.__cause__, retry.__suppress_context__ = failure, True
+    return retry
 
 
 def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Period],
