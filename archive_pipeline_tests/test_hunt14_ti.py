@@ -162,3 +162,31 @@ def test_archive_json_drops_the_first_tables_days_when_the_database_goes_down_be
     archived = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "archived"}
     assert archived == {(f"{schema}.a", "2024-03-10"), (f"{schema}.a", "2024-03-11")}, answer
 
+
+def test_prune_json_drops_the_days_it_removed_when_the_database_goes_down_between_two_tables(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Scenario: a nightly `archive-pipeline prune --json` over tables `a`, `b`, `c` (retention delete, keep_days 1),
+    each with two archived days past the window. prune removes `a`'s two days (committed: the rows are gone from
+    PostgreSQL); then, before `b`, the database goes down (a crash, a failover: the idle session cut, a new
+    connection refused).
+
+    Now: `_prune_table` calls `run.between_days()` (forgetting the dead session), then `run.conn` raises
+    `UnreachableError`, which is neither an `ArchiveError` nor `_DatabaseLost`: it escapes `prune()` and the answer is
+    the connect error alone (`{"ok": false, "exit_code": 3, "error": ...}`), without the two days prune DID remove
+    from `a`. A script (or a person reading the output) is told nothing was done while rows were deleted. prune's own
+    `_DatabaseLost` path (a loss during a day) lists the removed days beside the error; the README's --json is "one
+    object: ok, days (one entry per table-day ...)".
+
+    Should: exit 3 with the error and `days` listing a's two days as removed. Fix idea: treat a connect failure of
+    the reconnect after between_days as `_DatabaseLost` (the days after it not tried)."""
+    days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
+    config = _tables(conn, schema, tmp_path, ["a", "b", "c"], days, retention={"keep_days": 1, "action": "delete"})
+    env = _env(pg, s3, bucket, config)
+    done = cli(env, "archive", "--from", "2024-03-10", "--to", "2024-03-11")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = _drive(env, pg, tmp_path, f"_prune_table|{schema}.a|1", "prune", "--json")
+    answer = json.loads(done.stdout)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "a"))).fetchone()[0] == 0
+    assert done.returncode == 3, done.stdout + done.stderr
+    removed = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "removed"}
+    assert removed == {(f"{schema}.a", "2024-03-10"), (f"{schema}.a", "2024-03-11")}, answer
