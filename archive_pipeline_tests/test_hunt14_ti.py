@@ -190,3 +190,38 @@ def test_prune_json_drops_the_days_it_removed_when_the_database_goes_down_betwee
     assert done.returncode == 3, done.stdout + done.stderr
     removed = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "removed"}
     assert removed == {(f"{schema}.a", "2024-03-10"), (f"{schema}.a", "2024-03-11")}, answer
+
+
+# --- a ranged run's retry wait (4484caa) ------------------------------------------------------------------------
+
+
+def test_a_ranged_run_with_retries_disabled_still_waits_out_the_backoff_for_a_retry_that_never_comes(
+        conn, schema, archive_env, pg, monkeypatch):
+    """Scenario: a ranged run of 2024-03-10..14 launched with Dagster's own switch for step retries off (run config
+    ``execution: {config: {retries: {disabled: {}}}}``, the launchpad's way to fail fast); ``retry:`` in the YAML
+    is max_retries 3, delay_seconds 3600. 2024-03-13 fails retryably (another session holds its table-day lock).
+
+    Now: ``after_retry_wait`` only looks at the op's RetryPolicy and ``retry_number``, not at the step's retry mode:
+    it logs "2024-03-13 to be tried again in ~3600 s (retry 1 of 3 ...)" and sleeps the whole hour inside the step,
+    then raises RetryRequested, which Dagster (retries disabled) turns into "RetryRequested but retries are disabled":
+    the run hangs an hour for a retry that never comes, and its log promises a retry that does not happen. Before
+    4484caa the run failed at once (Dagster waits between attempts only when it does retry).
+
+    Should: no wait (and no "to be tried again" line) when the step will not be retried; the run fails at once with
+    the batch failure. Fix idea: in ``after_retry_wait`` return ``failure`` when
+    ``context.get_step_execution_context().retry_mode.disabled``."""
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    spec = _use(monkeypatch, _raw(schema, retry=3, delay=3600), schema)
+    slept: list[float] = []
+    monkeypatch.setattr(assets_module, "time", types.SimpleNamespace(sleep=slept.append))  # (the step's own wait)
+    with pg.connect() as other, instance_for_test() as instance:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, DAYS[3])).fetchone()[0]
+        with execute_job(reconstructable(_job_from_environment), instance=instance, tags=RANGE, raise_on_error=False,
+                         run_config={"execution": {"config": {"retries": {"disabled": {}}}}}) as result:
+            run_id = result.run_id
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+        promised = [e.user_message for e in instance.all_logs(run_id) if "to be tried again" in (e.user_message or "")]
+        retried = [e for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_RESTARTED)]
+    assert not retried  # (the premise: Dagster retries nothing)
+    assert not slept and not promised, (f"the step waited {sum(slept):.0f} s for a retry that retries: disabled "
+                                        f"never makes: {promised}")
