@@ -225,3 +225,57 @@ def test_a_ranged_run_with_retries_disabled_still_waits_out_the_backoff_for_a_re
     assert not retried  # (the premise: Dagster retries nothing)
     assert not slept and not promised, (f"the step waited {sum(slept):.0f} s for a retry that retries: disabled "
                                         f"never makes: {promised}")
+
+
+# --- removed days recorded by a ranged run (2d534bd, 7d5a10e) --------------------------------------------------
+
+
+def test_a_removed_day_archived_by_the_cli_under_the_former_format_turns_failed_when_a_neighbour_fails(
+        conn, schema, archive_env, store, temp_dir, pg):
+    """Scenario: ``events`` (retention delete) is archived and pruned by the command line as jsonl: 2024-03-10 is
+    removed from the source, its jsonl archive the day's only copy; Dagster's instance holds no record of it. The
+    table is then switched to ``format: parquet`` (README: an archive under the former format stays the day's
+    archive). A ranged run of 2024-03-10..12 meets 2024-03-10 (the core says, rightly, "removed ... after its archive
+    ...2024-03-10.jsonl.zst (jsonl/zstd, the table's format and compression then) was proven": nothing to do) while
+    2024-03-11 fails (another session holds its lock).
+
+    Now: ``record_removed`` has no earlier materialization, so it reads the manifest at ``recorded_day_key(spec,
+    day, store)``, the key the configuration renders NOW (``.parquet``), finds none and returns without recording:
+    Dagster marks 2024-03-10 FAILED beside the day that really failed, while the step failure says "1 of 3 days
+    failed (2024-03-11); the other 2 are archived and recorded as materialized". README (ranged runs): a removed
+    day is "recorded again as materialized with state `removed` ..., so its partition stays materialized even when
+    another day of the run fails".
+
+    Should: 2024-03-10 MATERIALIZED (recorded with state removed from its jsonl manifest), 2024-03-11 FAILED,
+    2024-03-12 MATERIALIZED. Fix idea: read the manifest the core found (the DayRemovedError could carry its key,
+    or look under the other format/codec keys and former_keys as the core's ``_removed_elsewhere`` does)."""
+    from dagster import AssetPartitionStatus, instance_for_test as fresh_instance
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.defs.assets import asset_key, daily_partitions, job_name
+
+    days = DAYS[:3]
+    create_sample_events(conn, days[:1], rows_per_day=3, schema=schema)
+    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat(),
+             "retention": {"keep_days": 30, "action": "delete"}, "format": "jsonl"}
+    spec = parse_config({"tables": [table]}).tables[0]
+    archive_partition(conn, spec, days[0], store, temp_dir=temp_dir)  # (the command line's archive and prune)
+    assert remove_day(conn, spec, days[0], store, temp_dir=temp_dir, removed_by="cli").rows == 3
+    create_sample_events(conn, days[1:], rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10},
+                           "tables": [{**table, "format": "parquet"}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    with pg.connect() as other, fresh_instance() as instance:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, days[1])).fetchone()[0]
+        result = defs.resolve_job_def(job_name(spec)).execute_in_process(instance=instance, raise_on_error=False,
+                                                                         tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[2].isoformat()})
+        assert not result.success  # (2024-03-11's lock: as it should)
+        status = {day: found.value if found else None for day, found in instance.get_status_by_partition(
+            asset_key(spec), [d.isoformat() for d in days], daily_partitions(spec)).items()}
+    assert status == {days[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
+                      days[1].isoformat(): AssetPartitionStatus.FAILED.value,
+                      days[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status
