@@ -279,3 +279,42 @@ def test_a_removed_day_archived_by_the_cli_under_the_former_format_turns_failed_
     assert status == {days[0].isoformat(): AssetPartitionStatus.MATERIALIZED.value,
                       days[1].isoformat(): AssetPartitionStatus.FAILED.value,
                       days[2].isoformat(): AssetPartitionStatus.MATERIALIZED.value}, status
+
+
+def test_a_ranged_run_terminated_while_it_waits_to_retry_says_why_the_day_it_leaves_failed(
+        conn, schema, archive_env, pg, monkeypatch):
+    """Scenario: a ranged run of 2024-03-10..14 (retry: max_retries 2); 2024-03-13 fails retryably (another session
+    holds its table-day lock), the other days are archived, and the step waits out the retry's backoff inside
+    itself (4484caa). The person clicks Terminate during that wait.
+
+    Now: ``after_retry_wait`` words the step failure "<table> 2024-03-13: cancelled while waiting to retry: the run
+    was terminated; it failed (its cause is above) and was waiting to be archived again ...", and passes
+    ``cancelled_batch`` the failed days *except* that one, so the failure (the message a run-failure alert or the
+    UI's failure panel shows) never says why 2024-03-13 failed: "above" is a log line elsewhere in the run, and no
+    cause of the day is in the failure itself. Other days that failed before a termination keep their cause
+    ("Failed earlier in this run (...)" with each cause). The promise: every failure names table, day and cause.
+
+    Should: the step failure carries 2024-03-13's own cause (its lock held by another run) beside the cancellation.
+    Fix idea: pass ``failed`` whole to ``cancelled_batch`` (or append the cut-off day's description) instead of
+    dropping ``again[0]``."""
+    create_sample_events(conn, DAYS, rows_per_day=5, schema=schema)
+    raw = _raw(schema, retry=2, delay=30)
+    spec = _use(monkeypatch, raw, schema)
+    defs = build_definitions(parse_config(raw))
+    with pg.connect() as other, instance_for_test() as instance:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, DAYS[3])).fetchone()[0]
+
+        def sleep(seconds: float) -> None:  # the UI's Terminate, arriving during the step's own retry wait
+            [run] = instance.get_runs()
+            instance.report_run_canceling(run)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(assets_module, "time", types.SimpleNamespace(sleep=sleep))
+        result = defs.resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+            instance=instance, tags=RANGE, raise_on_error=False)
+        assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.CANCELED
+        final = [e.dagster_event.step_failure_data for e in instance.all_logs(result.run_id)
+                 if e.dagster_event and e.dagster_event.is_step_failure][-1]
+        said = final.user_failure_data.description if final.user_failure_data else final.error.to_string()
+    assert "waiting to retry" in said and DAYS[3].isoformat() in said  # (the premise: the wait was cut off)
+    assert "another run right now" in said, f"the failure never says why {DAYS[3]} failed:\n{said}"
