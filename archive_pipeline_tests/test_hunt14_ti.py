@@ -318,3 +318,57 @@ def test_a_ranged_run_terminated_while_it_waits_to_retry_says_why_the_day_it_lea
         said = final.user_failure_data.description if final.user_failure_data else final.error.to_string()
     assert "waiting to retry" in said and DAYS[3].isoformat() in said  # (the premise: the wait was cut off)
     assert "another run right now" in said, f"the failure never says why {DAYS[3]} failed:\n{said}"
+
+
+def test_a_removed_days_record_names_the_archive_it_was_removed_with_not_an_older_generation(
+        conn, schema, archive_env, store, temp_dir):
+    """Scenario: ``events`` (retention delete). A Dagster run archives 2024-03-10 (generation 1, recorded with its
+    md5 and key). A row of the day is corrected and the command line archives the day again with ``--overwrite``
+    (generation 2, ``2024-03-10.g2.jsonl.zst``, other content), then ``prune`` proves generation 2 and removes the
+    day: generation 2 is now the day's only copy. Later a ranged run of 2024-03-10..11 meets the removed day.
+
+    Now: ``record_removed`` finds Dagster's earlier materialization (generation 1) and, the error being a
+    DayRemovedError, repeats its metadata as is: the new record (state ``removed``, "its archive is kept") names
+    generation 1's object key, md5 and ``dagster/uri``, and carries generation 1's ``archive_intact`` verdict ("object,
+    size and manifest match what was recorded") as the check of this record. The UI thus points at an archive that is
+    not the removed rows' copy (generation 2 holds the corrected rows that were removed); a person restoring from
+    the record's link gets the old content or nothing. README: the record repeats "the archive's metadata".
+
+    Should: the record describes the archive the day was removed with (its manifest: generation 2's key and md5).
+    Fix idea: in ``record_removed``, build from the manifest (not ``before``) when the manifest's generation or object
+    differs from the earlier materialization's, and carry no verdict about the older one."""
+    import dagster as dg
+
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.keys import table_day_key
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.defs.assets import asset_key, job_name
+
+    days = DAYS[:2]
+    create_sample_events(conn, days[:1], rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "backfill": {"max_days_per_run": 10}, "tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": FIRST.isoformat(),
+         "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(job_name(spec))
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=days[0].isoformat()).success
+        conn.execute(f'UPDATE "{schema}".events SET amount = amount + 1')  # (a correction of the day)
+        again = archive_partition(conn, spec, days[0], store, temp_dir=temp_dir, overwrite=True)  # (the CLI's)
+        assert again.stored_key.endswith(".g2.jsonl.zst")
+        assert remove_day(conn, spec, days[0], store, temp_dir=temp_dir, removed_by="cli").rows == 3
+        manifest = load_manifest(store, table_day_key(spec, days[0], store.prefix))
+        assert manifest["removed"] and manifest["object"]["key"] == again.stored_key
+        create_sample_events(conn, days[1:], rows_per_day=3, schema=schema)
+        assert job.execute_in_process(instance=instance, raise_on_error=False, tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[1].isoformat()}).success
+        latest = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=asset_key(spec), asset_partitions=[days[0].isoformat()]), limit=1).records[0]
+        meta = {k: v.value for k, v in latest.asset_materialization.metadata.items()}
+    assert meta["state"] == "removed"
+    assert (meta.get("object_key"), meta.get("md5")) == (again.stored_key, manifest["object"]["md5"]), (
+        f"the removed day's record names {meta.get('object_key')} (md5 {meta.get('md5')}, generation "
+        f"{meta.get('generation')}), not the archive it was removed with, {again.stored_key}")
