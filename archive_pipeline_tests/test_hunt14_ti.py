@@ -372,3 +372,47 @@ def test_a_removed_days_record_names_the_archive_it_was_removed_with_not_an_olde
     assert (meta.get("object_key"), meta.get("md5")) == (again.stored_key, manifest["object"]["md5"]), (
         f"the removed day's record names {meta.get('object_key')} (md5 {meta.get('md5')}, generation "
         f"{meta.get('generation')}), not the archive it was removed with, {again.stored_key}")
+
+
+def test_archive_json_drops_the_first_tables_days_when_the_session_is_ended_while_the_next_table_is_looked_at(
+        pg, s3, bucket, conn, schema, tmp_path):
+    """Scenario: `archive-pipeline archive --from 2024-03-10 --to 2024-03-11 --json` over tables `a` and `b`. `a`'s
+    two days are archived and published. While the command looks for `b`'s days (``plan.present_days``: here it
+    waits behind a migration's lock on `b`), the server ends its session (a failover, a restart, an operator's
+    pg_terminate_backend).
+
+    Now: ``plan.unread`` re-raises the psycopg OperationalError of a closed connection ("A lost connection is
+    raised"), ``_archive_tables`` only turns a day's loss into ``_DatabaseLost``, so the error escapes ``archive()``
+    and main answers `{"ok": false, "exit_code": 3, "error": "the source database failed (<schema>.b): ..."}` with no
+    `days`: a's two archived days (keys, rows, md5) are not reported, exactly what da64681 meant to end for a
+    database lost mid-range.
+
+    Should: exit 3 with the error, and `days` listing a's 2024-03-10 and 2024-03-11 as archived. Fix idea: in
+    `_archive_tables`, catch a psycopg.OperationalError / lost connection (``run.lost``) around present_days (and
+    the pending-removal look) and raise ``_DatabaseLost``."""
+    import time
+
+    days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
+    config = _tables(conn, schema, tmp_path, ["a", "b"], days)
+    env = _env(pg, s3, bucket, config)
+    with pg.connect() as migration:
+        migration.autocommit = False
+        migration.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "b")))
+        child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", "archive", "--from", "2024-03-10",
+                                  "--to", "2024-03-11", "--json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            deadline, ended = time.monotonic() + 30, 0
+            while not ended and time.monotonic() < deadline and child.poll() is None:
+                ended = conn.execute("SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
+                                     "WHERE a.application_name = 'archive_pipeline_cli' AND a.wait_event_type = "
+                                     "'Lock'").fetchone()[0]
+                time.sleep(0.05)
+            assert ended == 1, child.poll()
+        finally:
+            migration.rollback()
+        out, err = child.communicate(timeout=60)
+    answer = json.loads(out)
+    assert child.returncode == 3, out + err
+    archived = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "archived"}
+    assert archived == {(f"{schema}.a", "2024-03-10"), (f"{schema}.a", "2024-03-11")}, answer
