@@ -68,3 +68,31 @@ def test_a_view_of_transaction_time_is_fingerprinted_in_the_transaction_that_rea
     # (the source's own now() differs at verification time: that the source differs is fair; that the object is
     # not what its manifest recorded is not)
     assert not [p for p in problems if "not the ones recorded" in p], problems
+
+
+def test_a_parquet_view_of_transaction_time_is_fingerprinted_in_the_readers_transaction(conn, schema, store,
+                                                                                          temp_dir):
+    """Parquet reads a day in a session of its own (ADBC) that imports the archive's snapshot; the day's
+    fingerprint is taken in the archive's session (first, for a small day). A snapshot is not a
+    transaction: a view whose query calls now() prints each transaction's own start time, so the rows
+    the Parquet reader wrote carry another read_at than the rows the fingerprint hashed. What happens
+    now: a 100-row day of ``SELECT id, created_at, now() AS read_at FROM base`` is archived green, and
+    deep verification of the fresh archive says its rows are not the ones recorded (an intact object
+    reported as differing from its own manifest). Expected: the object and its manifest agree (the
+    README's one-snapshot promise, as for a foreign table, where the reader's own remote transaction is
+    why the fingerprint is taken in the reader's session: ``fingerprint_in_reader``). Fix idea: take the
+    fingerprint in the reader's transaction (fingerprint_in_reader) whenever the day's query is a view
+    or calls a function that is not immutable."""
+    from archive_pipeline.core.verify import deep_verify
+
+    base = sql.Identifier(schema, "base")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz)").format(base))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 second' "
+                         "FROM generate_series(1, 100) g").format(base, sql.Literal(f"{DAY} 00:00+00")))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT id, created_at, now() AS read_at FROM {}").format(
+        sql.Identifier(schema, "v"), base))
+    spec = _spec(f"{schema}.v", "parquet", 1)
+    result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    assert result.rows == 100
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+    assert not [p for p in problems if "not the ones recorded" in p], problems
