@@ -96,3 +96,61 @@ def test_a_parquet_view_of_transaction_time_is_fingerprinted_in_the_readers_tran
     assert result.rows == 100
     problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
     assert not [p for p in problems if "not the ones recorded" in p], problems
+
+
+def test_a_role_renamed_while_the_streams_read_aclitem_values_is_not_archived_green(pg, conn, schema, store,
+                                                                                     temp_dir, monkeypatch):
+    """An ``aclitem[]`` column (an audit table keeping ``pg_class.relacl`` as it was) prints role names
+    from the catalog as committed when the value is output, not as the snapshot sees it -- as reg* values
+    and enum labels do, which the archive re-checks (README: "the names a day's values print from the
+    catalog ... renamed during the read fail the day, retryable"). ``ALTER ROLE ... RENAME`` takes no lock
+    the day's read holds. Here the day (200 rows, 2 streams) is fingerprinted first, then the role is
+    renamed before the streams COPY. What happens now: the day is archived green with values printing
+    the new name under a fingerprint of the old one; its proof finds the object is not what its
+    manifest recorded (and a restore after the role is renamed back cannot even load it). Expected: the
+    day fails, retryable (a typed error naming the rename), with nothing published -- or its object and
+    manifest agree. Fix idea: add ``aclitem`` (its grantee and grantor roles, from pg_authid) to the
+    printed names re-checked after the read (_NAMED_BY_CATALOG / printed_names_changed)."""
+    from archive_pipeline.core import archive
+    from archive_pipeline.core.errors import ArchiveError
+    from archive_pipeline.core.verify import deep_verify
+    from archive_pipeline_tests.helpers import assert_nothing_left
+
+    role = f"{schema}_auditor"
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    table = sql.Identifier(schema, "acl_audit")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, acl aclitem[]) WITH (fillfactor = 10)")
+                 .format(table))
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(role)))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute', "
+                         "(SELECT relacl FROM pg_class WHERE oid = {}::regclass) FROM generate_series(1, 200) g")
+                 .format(table, sql.Literal(f"{DAY} 00:00+00"), sql.Literal(f"{schema}.acl_audit")))
+    renamed = f"{role}_renamed"
+    planned = archive.plan_streams
+    done = []
+
+    def rename_then_plan(*args, **kwargs):  # after the fingerprint (taken first: a small day), before the COPY
+        if not done:
+            with pg.connect() as other:
+                other.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(role),
+                                                                         sql.Identifier(renamed)))
+            done.append(True)
+        return planned(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "plan_streams", rename_then_plan)
+    spec = _spec(f"{schema}.acl_audit", "jsonl", 2)
+    try:
+        try:
+            result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+        except ArchiveError as exc:
+            assert exc.retryable, exc
+            assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+            return
+        assert done and result.rows == 200
+        monkeypatch.setattr(archive, "plan_streams", planned)
+        problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+        assert not [p for p in problems if "not the ones recorded" in p], problems
+    finally:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        for name in (role, renamed):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
