@@ -907,41 +907,62 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
                         if changed else ""))
 
 
+@contextlib.contextmanager
+def _losing_the_database(run: Run, results: list[dict[str, Any]], doing: str) -> Iterator[None]:
+    """A database lost between two tables (a session ended and not opened again: the server down, a failover), once
+    days were done: :class:`_DatabaseLost`, so the answer still lists them (exit 3) rather than the error alone."""
+    try:
+        yield
+    except (UnreachableError, psycopg.Error, ArchiveError) as exc:
+        if not results or not (isinstance(exc, UnreachableError) or run.lost
+                               or isinstance(exc, psycopg.OperationalError)):
+            raise
+        raise _DatabaseLost(f"lost the source database while {doing}: "
+                            f"{_for_the_cli(redact(str(exc), *_passwords()))}") from None
+
+
 def _archive_tables(run: Run, chosen: list[tuple[TableSpec, list[Period]]], settings: dict[str, str],
                     overwrite: bool, progress: Progress | None, results: list[dict[str, Any]]) -> None:
     """archive's days, table by table, each day's outcome appended to ``results`` as it is known (a table whose
     configuration or grants stop it: its days failed, the first marked ``stopped``). Raises :class:`_DatabaseLost`
     when the database is lost: the days after it would fail the same way, and not for their own reasons."""
     for spec, days in chosen:
-        run.between_days()  # (a session the server ended while the last table's days were archived: replaced)
-        try:
-            present, unknown = plan.present_days(run.conn, spec, days)
-        except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
-            if len(run.tables) == 1 or run.conn.closed or run.lost:
-                raise  # the command's only table: its own error (exit 2 for configuration)
-            results += _table_failed(spec, days, exc)  # what was archived before is still reported
-            if _configuration(exc) and not any(r.get("stopped") for r in results):
-                results[-1]["stopped"] = True
+        with _losing_the_database(run, results, f"looking for the days of {spec.name}"):
+            _archive_table(run, spec, days, settings, overwrite, progress, results)
+
+
+def _archive_table(run: Run, spec: TableSpec, days: list[Period], settings: dict[str, str], overwrite: bool,
+                   progress: Progress | None, results: list[dict[str, Any]]) -> None:
+    """archive's days of one table (see :func:`_archive_tables`)."""
+    run.between_days()  # (a session the server ended while the last table's days were archived: replaced)
+    try:
+        present, unknown = plan.present_days(run.conn, spec, days)
+    except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
+        if len(run.tables) == 1 or run.conn.closed or run.lost:
+            raise  # the command's only table: its own error (exit 2 for configuration)
+        results += _table_failed(spec, days, exc)  # what was archived before is still reported
+        if _configuration(exc) and not any(r.get("stopped") for r in results):
+            results[-1]["stopped"] = True
+        return
+    # a day gone from the source whose manifest holds a pending removal mark (a prune killed after its
+    # COMMIT) is archived, which settles the mark, not passed over as "no data" (the recent ones: each
+    # costs a GET, and a table's years of removed days were settled long ago)
+    pending, _ = _pending_removals(run.store, spec, [d for d in days if d not in present
+                                                    and d not in unknown][-_RECENT_ABSENT:])
+    for day in days:
+        if day in unknown:
+            results.append(_unprobed(spec, day, unknown[day]))
             continue
-        # a day gone from the source whose manifest holds a pending removal mark (a prune killed after its
-        # COMMIT) is archived, which settles the mark, not passed over as "no data" (the recent ones: each
-        # costs a GET, and a table's years of removed days were settled long ago)
-        pending, _ = _pending_removals(run.store, spec, [d for d in days if d not in present
-                                                        and d not in unknown][-_RECENT_ABSENT:])
-        for day in days:
-            if day in unknown:
-                results.append(_unprobed(spec, day, unknown[day]))
-                continue
-            if day in pending:
-                results.append(_settle_day(run, spec, day, pending[day]))
-                continue
-            if day not in present:
-                results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
-                                "message": "no data for this day in PostgreSQL"})
-                continue
-            results.append(_archive_day(run, spec, day, settings, overwrite, progress))
-            if run.lost:  # (its message says the database was lost)
-                raise _DatabaseLost(results[-1]["message"])
+        if day in pending:
+            results.append(_settle_day(run, spec, day, pending[day]))
+            continue
+        if day not in present:
+            results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
+                            "message": "no data for this day in PostgreSQL"})
+            continue
+        results.append(_archive_day(run, spec, day, settings, overwrite, progress))
+        if run.lost:  # (its message says the database was lost)
+            raise _DatabaseLost(results[-1]["message"])
 
 
 def _archive_again(run: Run, days: list[dict[str, Any]], most: int = 3) -> str:
@@ -1688,7 +1709,8 @@ def prune(run: Run, dry_run: bool) -> None:
                     results += _not_due(run, spec, [day for day in selected[spec.name] if day not in set(due)],
                                         dry_run)
                 try:
-                    _prune_table(run, spec, due, dry_run, results)
+                    with _losing_the_database(run, results, f"looking for the due days of {spec.name}"):
+                        _prune_table(run, spec, due, dry_run, results)
                 except ArchiveError as exc:  # the table cannot be read at all (a grant, a missing table)
                     if len(selected) == 1 or run.lost:
                         raise  # the command's only table: its own error (exit 2 for configuration)

@@ -112,9 +112,10 @@ class DayRemovedError(ArchiveError):
     REMEDY = ("nothing to do for this day: it is archived, and its archive is kept; leave it out of archive runs and "
               "backfills (running it again fails the same way). Restore it if you need the rows back")
 
-    def __init__(self, message: str, **kwargs) -> None:
+    def __init__(self, message: str, *, manifest_key: str | None = None, **kwargs) -> None:
         kwargs.setdefault("remedy", self.REMEDY)
         super().__init__(message, **kwargs)
+        self.manifest_key = manifest_key  # where the removed day's manifest is (its record is built from it)
 
 
 def object_extension(spec: TableSpec) -> str:
@@ -703,6 +704,7 @@ class _Archiving:
             loose = _loose_manifest(Existing(None, raw, None, None))
             if loose is not None and loose.get("removed") and not foreign_manifest(loose, self.spec.name,
                                                                                  self.day.isoformat()):
+                self._read_from[id(loose)] = (loose, keys.manifest_key(other))  # (where its record is read from)
                 return Existing(loose, raw, None, existing.listing)
         return None
 
@@ -764,6 +766,7 @@ class _Archiving:
             "was written: that archive is the day's only copy; restore it (with the table configured as "
             f"{then}) if you need the rows back" + (
                 "; to archive the rows there are now as well, set overwrite" if fp.rows else ""), retryable=False,
+            manifest_key=self._manifest_key_of(manifest),
             **({"remedy": _LATE_AFTER_REMOVAL, "needs_overwrite": True} if fp.rows else {}))
 
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
@@ -797,7 +800,7 @@ class _Archiving:
                     f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its "
                     f"archive {self._archive_uri(manifest)} was proven, and the source holds no row of it now: there "
                     "is nothing to archive, and the archive is the day's only copy (kept as it is). Restore it if you "
-                    "need the rows back", retryable=False)
+                    "need the rows back", retryable=False, manifest_key=self._manifest_key_of(manifest))
             raise DayRemovedError(
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
                 f"{self._archive_uri(manifest)} was proven, and the source now has other rows ({fp.rows:,}); "
@@ -871,14 +874,18 @@ class _Archiving:
                 f"(snapshot {manifest.get('source', {}).get('snapshot_at')}): {what}; set overwrite to archive "
                 "the day again (the previous archive stays until the new one is complete)")
 
+    def _manifest_key_of(self, manifest: dict) -> str:
+        """The key ``manifest`` was read from: this day's, or another format's or a former key's."""
+        read, key = self._read_from.get(id(manifest), (None, self.manifest_key))
+        return key if read is manifest else self.manifest_key
+
     def _archive_uri(self, manifest: dict) -> str:
         """Where ``manifest``'s archive is: its object, or (an empty day's) the manifest at the key it was read
         from (this key's, or another format's or a former key's: see ``_archived_elsewhere``)."""
         obj = manifest.get("object")
         if obj:
             return obj["uri"]
-        read, key = self._read_from.get(id(manifest), (None, self.manifest_key))
-        return self.store.uri(key if read is manifest else self.manifest_key)
+        return self.store.uri(self._manifest_key_of(manifest))
 
     # --- results and the commit -----------------------------------------------------------------
 

@@ -337,6 +337,7 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
                              "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {}),
+                             **({REMOVED_MANIFEST: exc.manifest_key} if getattr(exc, "manifest_key", None) else {}),
                              **({NEEDS_OVERWRITE: True} if overwrite else {})})
 
 
@@ -356,6 +357,7 @@ def step_retries(context: AssetExecutionContext) -> int | None:
 
 
 NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a removed day whose archive is kept
+REMOVED_MANIFEST = "removed_manifest_key"  # where a removed day's manifest is (its format's, or a former key's)
 NEEDS_OVERWRITE = "needs_overwrite"  # a day's failure that only archiving it again with overwrite ends
 
 
@@ -665,32 +667,35 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     """Record a removed day of a ranged run as materialized again: its archive (proven before the day was let go)
     is the day's only copy and still there. Dagster marks every partition a failed run planned and did not
     materialize as failed, so without a record a failing neighbour turned the removed day red, beside the one day
-    that needs doing. The record repeats the day's last materialization (what the archive holds) with state
-    ``removed``, or, where this instance has none (archived and let go by the command line), what the day's
-    manifest records; and its last ``archive_intact`` verdict about it. A naming-mode day without its table is
-    recorded only where its manifest says it was removed (its table dropped by retention); a day nothing records,
-    not at all."""
+    that needs doing. The record is built from the manifest the day was removed with (where the core found it:
+    under the table's former format or key too), with state ``removed``: the day's last materialization repeated
+    where it records that very archive, with its last ``archive_intact`` verdict; else (archived again, or archived
+    and let go by the command line) what the manifest records, with no verdict about another archive. A naming-mode
+    day without its table is recorded only where its manifest says it was removed (its table dropped by retention);
+    a day nothing records, not at all."""
     partition = day.isoformat()
-    error = exc.metadata.get("error")
+    where = exc.metadata.get(REMOVED_MANIFEST)
+    where = getattr(where, "value", where)
+    day_key = where.removesuffix(keys.MANIFEST_SUFFIX) if where else recorded_day_key(spec, day, store)
+    try:
+        manifest = load_manifest(store, day_key, (spec.name, partition))
+    except Exception:  # noqa: BLE001 - nothing to record it from: left as Dagster has it
+        return
+    if not manifest or not manifest.get("removed") or not manifest.get("object"):
+        return
     found = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
     before = found[0].asset_materialization if found else None
-    manifest = None
-    if before is None or getattr(error, "value", error) != "DayRemovedError":
-        try:
-            day_key = recorded_day_key(spec, day, store)
-            manifest = load_manifest(store, day_key, (spec.name, partition))
-        except Exception:  # noqa: BLE001 - nothing to record it from: left as Dagster has it
-            return
-        if not manifest or not manifest.get("removed") or (before is None and not manifest.get("object")):
-            return
+    recorded = {name: getattr(value, "value", value) for name, value in (before.metadata if before else {}).items()}
+    same = before is not None and recorded.get("object_key") == manifest["object"].get("key") and \
+        recorded.get("md5") == manifest["object"].get("md5")
     said = (exc.description or "").split("\n\nWhat to do:")[0]
-    metadata = {**(before.metadata if before is not None else _manifest_metadata(manifest, store, day_key)),
+    metadata = {**(before.metadata if same else _manifest_metadata(manifest, store, day_key)),
                 "state": "removed", "removed": said,
                 "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
     records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
-                                        tags={**(before.tags if before is not None else {}), STATE_TAG: "removed"}),
-                   functools.partial(verdict_carried, context, key, partition))
+                                        tags={**(before.tags if same else {}), STATE_TAG: "removed"}),
+                   functools.partial(verdict_carried, context, key, partition) if same else None)
 
 
 def _manifest_metadata(manifest: dict, store: S3Store, day_key: str) -> dict[str, object]:
@@ -955,7 +960,7 @@ def after_retry_wait(context: AssetExecutionContext, spec: TableSpec, failure: F
     its cause, as Dagster's policy would raise it). The failure itself where no retry is left or none helps."""
     policy = getattr(getattr(context, "op_def", None), "retry_policy", None)
     attempt = context.retry_number + 1
-    if not failure.allow_retries or policy is None or attempt > policy.max_retries:
+    if not failure.allow_retries or policy is None or attempt > policy.max_retries or _retries_off(context):
         return failure
     wait = policy.calculate_delay(attempt)
     again = sorted(day for day, f in failed.items() if f.allow_retries)
@@ -965,10 +970,18 @@ def after_retry_wait(context: AssetExecutionContext, spec: TableSpec, failure: F
         time.sleep(wait)
     except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
         return cancelled_batch(terminated(context, exc, spec, again[0], "waiting to retry", job_name(spec)), spec,
-                               [], {d: f for d, f in failed.items() if d != again[0]})
+                               [], failed)
     retry = RetryRequested(max_retries=policy.max_retries, seconds_to_wait=0)
     retry.__cause__, retry.__suppress_context__ = failure, True
     return retry
+
+
+def _retries_off(context: AssetExecutionContext) -> bool:
+    """Whether the run's retries are off (run config ``execution: config: retries: disabled``): Dagster then fails a
+    step that asks for a retry, so none is waited for. (Dagster keeps the mode on the step's own context.)"""
+    step = getattr(context.op_execution_context, "_step_execution_context", None)
+    mode = getattr(step, "retry_mode", None)
+    return bool(getattr(mode, "disabled", False))
 
 
 def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Period],
