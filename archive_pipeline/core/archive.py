@@ -256,6 +256,18 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         raise
 
 
+def _bound_to_its_transaction(conn: psycopg.Connection, table: SourceTable, where) -> str:
+    """Why the day's values are only what the transaction that reads them sees ('' if they are the snapshot's
+    alone): a foreign table's rows (a remote snapshot per local transaction), a view's values (its query may call
+    now(), txid_current(), pg_backend_pid(): stable in a transaction, another one's in a second session sharing
+    the snapshot). Such a day is fingerprinted in the transaction that reads it, never alongside."""
+    if reads_foreign_tables(conn, table, where):
+        return "the day reads a foreign table"
+    if table.relkind == "v":
+        return "the day is read through a view, whose values may be its transaction's (now(), txid_current())"
+    return ""
+
+
 def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, existing: Existing,
                    identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
     """The archiver's own rule for what is already stored, for callers that only plan (a dry run):
@@ -596,12 +608,12 @@ class _Archiving:
         def write() -> WriteStats:
             return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)
 
-        if fmt.reads_in_own_session and reads_foreign_tables(self.conn, table, where):
+        bound = _bound_to_its_transaction(self.conn, table, where)
+        if fmt.reads_in_own_session and bound:
             # the reader's session sees the foreign rows in a remote transaction of its own, later than this
-            # session's: the fingerprint that describes what it reads is taken there (one taken first decided
-            # only whether to read; the remote rows may have changed since)
-            log.info("%s %s: fingerprinting in the reader's session: the day reads a foreign table", self.spec.name,
-                     self.day)
+            # session's (a view's now() is its own transaction's): the fingerprint that describes what it reads is
+            # taken there (one taken first decided only whether to read; the remote rows may have changed since)
+            log.info("%s %s: fingerprinting in the reader's session: %s", self.spec.name, self.day, bound)
             extraction.fingerprint_in_reader = True
             stats = write()
             return stats, extraction.fingerprint, extraction.fingerprint_seconds
@@ -609,9 +621,10 @@ class _Archiving:
             log.info("%s %s: fingerprinting before the read: %d free session(s), %d reader(s)", self.spec.name,
                      self.day, free, readers)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
-        if fp is None and reads_foreign_tables(self.conn, table, where):
-            # a second session would see the foreign rows in a remote snapshot of its own: this one's, first
-            log.info("%s %s: fingerprinting before the read: the day reads a foreign table", self.spec.name, self.day)
+        if fp is None and bound:
+            # a second session would see the foreign rows in a remote snapshot of its own (a view's now() in a
+            # transaction of its own): this one's, first
+            log.info("%s %s: fingerprinting before the read: %s", self.spec.name, self.day, bound)
             fp, fp_seconds = self._timed_fingerprint(self.conn, table, where)
         if fp is not None:
             extraction.expected_rows = fp.rows  # the same snapshot: these are all the rows there are

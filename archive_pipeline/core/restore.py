@@ -497,11 +497,15 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
             if fmt == "jsonl":
                 return _load_jsonl(conn, archive_path, compression, limit, target, columns)
             raise readers.ArchiveDecodeError(f"unknown format {fmt!r}")
-    except (readers.ArchiveDecodeError, pa.ArrowInvalid, OSError, psycopg.DataError) as exc:
+    except (readers.ArchiveDecodeError, pa.ArrowException, OSError, psycopg.DataError) as exc:
         # DataError (SQLSTATE class 22) covers a bad CSV/header line, invalid JSON, a value its type rejects
+        if isinstance(exc, pa.ArrowMemoryError):
+            raise  # (out of memory: classified as such, not as a damaged object)
         said = str(exc) if len(str(exc)) <= 600 else f"{str(exc)[:600]} ... ({len(str(exc)):,} characters)"
         if getattr(exc, "not_json", False):
             said = f"its lines are not JSON ({said}): the object is damaged or was altered"
+        elif isinstance(exc, pa.ArrowException) and fmt == "parquet":  # (its bytes are the manifest's: both altered)
+            said = f"{said}: the Parquet object does not decode, so it is damaged or was altered"
         raise ArchiveCorruptError(
             f"the archive of {manifest.get('table')} for {manifest.get('day')} ({fmt}/{compression}, "
             f"{(manifest.get('object') or {}).get('key')}) does not load into {target.as_string(conn)}: "

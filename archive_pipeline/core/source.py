@@ -541,13 +541,20 @@ def printed_names(conn: psycopg.Connection, table: SourceTable, where: sql.Compo
         return ()
     query = _PRINTED_TYPES.format(roots=_ROOTS, parts=type_parts(conn))
     found = conn.execute(query, {"rel": table.identifier.as_string(conn), "also": [],
-                                 "named": list(_NAMED_BY_CATALOG)}).fetchall()
+                                 "named": [*_NAMED_BY_CATALOG, "aclitem"]}).fetchall()
     names: list[tuple[str, str, str]] = [row for row in found if row[0] == "enum"]
-    kinds = sorted({row[1] for row in found if row[0] == "named"})
+    kinds = sorted({row[1] for row in found if row[0] == "named" and row[1] in _NAMED_BY_CATALOG})
     named = _named_in_day(conn, table, where, kinds) if kinds else {}
     for type_name in kinds:
-        names += [(f"named:{type_name}", key, name)
+        # "named:": the objects the day's values name (one dropped meanwhile prints its number now: a change);
+        # "any:": every object of the kind (another session's temporary table dropped meanwhile is no change)
+        mode = "any" if named is None else "named"
+        names += [(f"{mode}:{type_name}", key, name)
                   for key, name in _catalog_names(conn, type_name, None if named is None else named[type_name])]
+    if any(row[0] == "named" and row[1] == "aclitem" for row in found):
+        # an aclitem prints its grantee's and grantor's role names as committed when it is printed (ALTER ROLE ...
+        # RENAME takes no lock the read holds): every role's name, as for a regrole of any role
+        names += [("any:regrole", key, name) for key, name in _catalog_names(conn, "regrole")]
     return tuple(names)
 
 
@@ -674,8 +681,10 @@ def relation_printed_names(conn: psycopg.Connection, relation: sql.Composable) -
 
 def printed_names_changed(conn: psycopg.Connection, names: PrintedNames) -> list[str]:
     """What of ``names`` (see :func:`printed_names`) was renamed since they were read: an enum label (ALTER TYPE
-    ... RENAME VALUE), or a name a reg* value prints; empty where nothing was. Objects created or dropped
-    meanwhile are no rename (a new table, another session's temporary one), nor is a label added."""
+    ... RENAME VALUE), or a name a reg* (or aclitem) value prints; empty where nothing was. Objects created
+    meanwhile are no rename, nor is a label added; an object dropped meanwhile is, where it is one the day's values
+    name (it prints as its number now), and is not where every object of the kind was read (another session's
+    temporary table)."""
     if not names:
         return []
     changed = []
@@ -686,14 +695,17 @@ def printed_names_changed(conn: psycopg.Connection, names: PrintedNames) -> list
             "SELECT enumtypid, oid, enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = ANY(%s)", (types,))}
         if not labels <= now:  # (a label added meanwhile prints no value the day held)
             changed.append("an enum label (ALTER TYPE ... RENAME VALUE)")
-    for type_name in sorted({kind.split(":", 1)[1] for kind, _, _ in names if kind.startswith("named:")}):
-        then = {key: name for kind, key, name in names if kind == f"named:{type_name}"}
+    for kind in sorted({kind for kind, _, _ in names if kind.startswith(("named:", "any:"))}):
+        type_name = kind.split(":", 1)[1]
+        then = {key: name for k, key, name in names if k == kind}
         with conn.transaction():  # printed as the snapshot printed them: its path and quoting, not the session's
             apply_settings(conn.execute, {name: SNAPSHOT_SETTINGS[name]
                                           for name in ("search_path", "quote_all_identifiers")})
             now = dict(_catalog_names(conn, type_name, [int(key) for key in then]))
-        if any(key in now and now[key] != name for key, name in then.items()):
-            changed.append(f"a name a {type_name} value prints (a relation, type, function or schema renamed)")
+        # (an object a day's value names, dropped meanwhile, prints as its number now: its name was hashed)
+        if any((key in now or kind.startswith("named:")) and now.get(key) != name for key, name in then.items()):
+            changed.append(f"a name a {type_name} value prints (a relation, type, function, role or schema renamed "
+                           "or dropped)")
     return changed
 
 
