@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-import psycopg
-import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
-from archive_pipeline_tests.helpers import assert_nothing_left
 
 DAY = dt.date(2024, 3, 10)
 
