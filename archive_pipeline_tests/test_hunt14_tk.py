@@ -1,0 +1,91 @@
+"""Hunt 14 (TK): regressions and holes in the latest fixes (views fingerprinted in their transaction, printed
+names' "named:"/"any:" modes and aclitem roles, the CLI's lost database, restore's undecodable Parquet)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition, render_key
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline_tests.helpers import assert_nothing_left
+
+DAY = dt.date(2024, 3, 10)
+
+
+def _spec(name: str, fmt: str = "jsonl", streams: int | str = 1, **kwargs) -> TableSpec:
+    return TableSpec(name=name, day_column=kwargs.pop("day_column", "created_at"), start_date="2024-03-01",
+                     format=fmt, compression=kwargs.pop("compression", "zstd"), chunk_size=100,
+                     parallel_streams=streams, **kwargs)
+
+
+def _after_the_fingerprint(monkeypatch, pg, statement: sql.Composable) -> list:
+    """Run ``statement`` in another session once the day's fingerprint is taken (first: a small day) and
+    before its rows are read (``plan_streams`` is called in between). Returns a list that is non-empty once
+    it ran."""
+    from archive_pipeline.core import archive
+
+    planned = archive.plan_streams
+    done: list = []
+
+    def change_then_plan(*args, **kwargs):
+        if not done:
+            with pg.connect() as other:
+                other.execute(statement)
+            done.append(True)
+        return planned(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "plan_streams", change_then_plan)
+    return done
+
+
+def _archived_green_or_refused(conn, store, spec, temp_dir, monkeypatch, done, rows):
+    """The day's archive run: a retryable refusal with nothing left (fine), or a green archive whose proof must
+    not find the object differing from its own manifest."""
+    from archive_pipeline.core.verify import deep_verify
+
+    try:
+        result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    except ArchiveError as exc:
+        assert exc.retryable, exc
+        assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+        return
+    assert done and result.rows == rows
+    monkeypatch.undo()
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+    assert not [p for p in problems if "not the ones recorded" in p], problems
+
+
+def test_a_role_an_aclitem_names_dropped_during_the_read_is_not_archived_green(pg, conn, schema, store, temp_dir,
+                                                                               monkeypatch):
+    """An ``aclitem[]`` column prints its grantee's role name from the catalog as committed when the value is
+    output, and the role's OID as a number once the role is gone. The last fix re-checks after the read every
+    role's name as "any:regrole" -- a mode in which an object dropped meanwhile is ignored (meant for another
+    session's temporary table). ``DROP ROLE`` of a role that only a stored aclitem value names (makeaclitem():
+    no dependency) takes no lock the day's read holds. Here a 200-row day is fingerprinted first, then the role
+    is dropped before the COPY. What happens now: the day is archived green, its rows printing ``<oid>=r/...``
+    where its fingerprint hashed ``<role>=r/...``; its proof finds the object is not what its manifest
+    recorded (and cannot even load it: aclitem's input refuses a number for a role). Expected: the day fails,
+    retryable, with nothing published (as for a regclass value's relation dropped, and a role renamed). Fix idea: record the roles the day's aclitem values name ("named:regrole",
+    from the snapshot's values: aclitem's grantee/grantor via aclexplode) or treat a role dropped as a change
+    in "any:" mode (roles are never temporary)."""
+    role = f"{schema}_gone_role"
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    table = sql.Identifier(schema, "acl_audit")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, acl aclitem[])").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute', "
+                         "ARRAY[pg_catalog.makeaclitem({}::regrole, 'pg_database_owner'::regrole, 'SELECT', false)] "
+                         "FROM generate_series(1, 200) g").format(table, sql.Literal(f"{DAY} 00:00+00"),
+                                                                  sql.Literal(role)))
+    done = _after_the_fingerprint(monkeypatch, pg, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    spec = _spec(f"{schema}.acl_audit")
+    try:
+        with pytest.raises(ArchiveError) as raised:
+            archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+        assert done and raised.value.retryable, raised.value
+        assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+    finally:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
