@@ -89,3 +89,28 @@ def test_a_role_an_aclitem_names_dropped_during_the_read_is_not_archived_green(p
         assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
     finally:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_a_relation_a_views_regclass_value_names_dropped_during_the_read_is_not_archived_green(
+        pg, conn, schema, store, temp_dir, monkeypatch):
+    """A day read through a view records its reg* names in "any:" mode (every object of the kind: the view's
+    query may print names it does not return), and "any:" ignores an object dropped meanwhile. A ``regclass``
+    value prints its relation's name as committed when output, and the OID as a number once the relation is
+    gone; ``DROP TABLE`` of the relation a value names takes no lock the day's read (of the view and its base
+    table) holds. Here a 200-row view day of ``(id, created_at, rel regclass)`` naming ``<schema>.gone`` is
+    fingerprinted first (a view: in its reading transaction), then ``gone`` is dropped before the COPY. What
+    happens now: the day is archived green, its rows printing the OID where its fingerprint hashed the name;
+    its proof says the object is not what its manifest recorded. Expected: the day fails, retryable, with
+    nothing published -- as the same day read from the table directly now does. Fix idea: in "any:" mode a
+    dropped object is a change unless it was a temporary relation (relpersistence 't') of another session."""
+    gone = sql.Identifier(schema, "gone")
+    conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(gone))
+    base = sql.Identifier(schema, "rels")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, rel regclass)").format(base))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute', {}::regclass "
+                         "FROM generate_series(1, 200) g").format(base, sql.Literal(f"{DAY} 00:00+00"),
+                                                                  sql.Literal(f"{schema}.gone")))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT id, created_at, rel FROM {}").format(
+        sql.Identifier(schema, "v"), base))
+    done = _after_the_fingerprint(monkeypatch, pg, sql.SQL("DROP TABLE {}").format(gone))
+    _archived_green_or_refused(conn, store, _spec(f"{schema}.v"), temp_dir, monkeypatch, done, 200)
