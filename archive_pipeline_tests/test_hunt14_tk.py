@@ -158,3 +158,38 @@ def test_a_relation_a_regclass_value_names_dropped_during_a_deep_proof_is_no_alt
         return
     assert done
     assert not [p for p in problems if "not the ones recorded" in p], problems
+
+
+def test_a_day_whose_aclitem_names_a_dropped_role_is_not_archived_green_and_unprovable(conn, schema, store,
+                                                                                      temp_dir):
+    """An ``aclitem`` naming a role that no longer exists (a ``makeaclitem()`` value, or ``relacl`` copied into
+    an audit table before the role was dropped: a stored value holds no dependency) prints the role's OID as
+    a number (``16385=r/postgres``), which aclitem's input refuses (``role "16385" does not exist``). The
+    README refuses up front the days no restore or proof could read back (a regproc naming an overloaded
+    function, an xml value xml's input refuses, a circle of negative radius: "archived, such a day would be
+    green, and no restore or proof of it could succeed"). What happens now: the day is archived green, and
+    its proof (deep verification, the blocking check) fails with an untyped "the server rejected the
+    archiver's SQL (UndefinedObject ...): report it" -- no verdict, no restore ever. Expected: the archive
+    refuses the day naming the column and the cause (a role an aclitem names is gone), as it does for the
+    other values whose input refuses their output; or, if archived, its proof succeeds. Fix idea: add
+    aclitem naming a missing role (aclexplode's grantee/grantor not in pg_authid, 0 = PUBLIC aside) to
+    refuse_unreadable's EXISTS check."""
+    from archive_pipeline.core.verify import deep_verify
+
+    role = f"{schema}_was_role"
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    table = sql.Identifier(schema, "acl_audit")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz, acl aclitem[])").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute', "
+                         "ARRAY[pg_catalog.makeaclitem({}::regrole, 'pg_database_owner'::regrole, 'SELECT', false)] "
+                         "FROM generate_series(1, 20) g").format(table, sql.Literal(f"{DAY} 00:00+00"),
+                                                                 sql.Literal(role)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    spec = _spec(f"{schema}.acl_audit")
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    except ArchiveError as exc:
+        assert "acl" in str(exc) and not exc.retryable, exc
+        assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+        return
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
