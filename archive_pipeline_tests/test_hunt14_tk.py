@@ -193,3 +193,37 @@ def test_a_day_whose_aclitem_names_a_dropped_role_is_not_archived_green_and_unpr
         assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
         return
     assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+
+
+def test_a_view_calling_a_volatile_function_is_not_archived_green_under_a_fingerprint_of_other_values(
+        conn, schema, store, temp_dir):
+    """The last fix fingerprints a view's day in the transaction that reads it, so a view of ``now()`` (stable
+    in a transaction) prints the same values in the fingerprint and in the COPY. A view whose query calls a
+    *volatile* function (``clock_timestamp()``, ``random()``, ``gen_random_uuid()``, ``nextval()``, a user's
+    VOLATILE function) prints other values on every evaluation, in one transaction too: the fingerprint
+    query and the COPY each evaluate it. What happens now: a 100-row day of ``SELECT id, created_at,
+    clock_timestamp() AS seen_at FROM base`` is archived green; its manifest's fingerprint is of other values
+    than the object holds, and its proof (deep verification, the blocking check) says the archive's rows
+    "are not the ones recorded" -- an intact object reported as altered, forever. Expected: the day is refused
+    up front (a typed, non-retryable error naming the view and the volatile function: its rows are not one
+    day's content that can be archived and proven), or archived so that the object and its manifest agree
+    (the fingerprint computed from the rows written). Fix idea: the view's functions are already listed
+    (_VIEW_FUNCTIONS, read_relations): refuse a view whose query calls a function with provolatile = 'v'
+    (pg_catalog's too), naming it; or fingerprint the rows as written rather than by a second query."""
+    from archive_pipeline.core.verify import deep_verify
+
+    base = sql.Identifier(schema, "base")
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, created_at timestamptz)").format(base))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, {}::timestamptz + g * interval '1 minute' "
+                         "FROM generate_series(1, 100) g").format(base, sql.Literal(f"{DAY} 00:00+00")))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT id, created_at, clock_timestamp() AS seen_at FROM {}").format(
+        sql.Identifier(schema, "v"), base))
+    spec = _spec(f"{schema}.v")
+    try:
+        archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    except ArchiveError as exc:
+        assert "clock_timestamp" in str(exc) and not exc.retryable, exc
+        assert_nothing_left(store, render_key(spec, DAY, store.prefix), temp_dir)
+        return
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+    assert not [p for p in problems if "not the ones recorded" in p], problems
