@@ -74,7 +74,7 @@ from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
     estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
     read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
-    shape_changes, snapshot_open
+    shape_changes, snapshot_open, view_calls
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
@@ -880,6 +880,11 @@ class _Archiving:
             what = f"a type inside its columns changed (not its rows): {'; '.join(shapes)}"
         elif archived.rows != fp.rows:
             what = f"it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were deleted late)"
+        elif stable := view_calls(self.conn, table).get("s"):
+            what = (f"its content differs with the same {fp.rows:,} rows, and the view calls "
+                    f"{', '.join(stable[:5])}, whose values are the reading transaction's (now() is each run's "
+                    "own): every run of the day reads other values, and an archive of it is one moment's; "
+                    "archive the table the view reads, or a view without them")
         else:
             what = (f"its content changed with the same {fp.rows:,} rows (rows updated, or inserted and deleted: "
                     f"fingerprint {fp} now, {archived} archived)")

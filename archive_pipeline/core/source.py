@@ -343,7 +343,7 @@ _MULTIRANGE_STEP = """UNION ALL
 NUMBER_TYPES = ("float4", "float8", "numeric")
 # Types whose functions can build values their input then refuses (see formats.common.UNREADABLE_VALUES):
 # looked for at any depth of a column's type, its own included.
-UNREADABLE_TYPES = ("xml", "circle")
+UNREADABLE_TYPES = ("xml", "circle", "aclitem")
 
 
 def nested_numbers(found: tuple[InnerType, ...]) -> tuple[InnerType, ...]:
@@ -588,8 +588,8 @@ def _catalog_names(conn: psycopg.Connection, type_name: str, oids: list[int] | N
     function's argument types, the schema a relation is qualified with where the path no longer finds it first)."""
     query = (f"SELECT x.oid::text, pg_catalog.concat(x.oid::pg_catalog.{type_name}) "
              f"FROM pg_catalog.{_NAMED_BY_CATALOG[type_name]} AS x")
-    if oids is None:
-        return conn.execute(query).fetchall()
+    if oids is None:  # (every object: but temporary relations, which other sessions drop as they please)
+        return conn.execute(query + (" WHERE x.relpersistence <> 't'" if type_name == "regclass" else "")).fetchall()
     return conn.execute(query + " WHERE x.oid = ANY(%s::pg_catalog.oid[])", (oids,)).fetchall()
 
 
@@ -682,9 +682,8 @@ def relation_printed_names(conn: psycopg.Connection, relation: sql.Composable) -
 def printed_names_changed(conn: psycopg.Connection, names: PrintedNames) -> list[str]:
     """What of ``names`` (see :func:`printed_names`) was renamed since they were read: an enum label (ALTER TYPE
     ... RENAME VALUE), or a name a reg* (or aclitem) value prints; empty where nothing was. Objects created
-    meanwhile are no rename, nor is a label added; an object dropped meanwhile is, where it is one the day's values
-    name (it prints as its number now), and is not where every object of the kind was read (another session's
-    temporary table)."""
+    meanwhile are no rename, nor is a label added; an object dropped meanwhile is (a value naming it prints its
+    number now). Where every object of a kind was read, other sessions' temporary relations were not."""
     if not names:
         return []
     changed = []
@@ -702,8 +701,8 @@ def printed_names_changed(conn: psycopg.Connection, names: PrintedNames) -> list
             apply_settings(conn.execute, {name: SNAPSHOT_SETTINGS[name]
                                           for name in ("search_path", "quote_all_identifiers")})
             now = dict(_catalog_names(conn, type_name, [int(key) for key in then]))
-        # (an object a day's value names, dropped meanwhile, prints as its number now: its name was hashed)
-        if any((key in now or kind.startswith("named:")) and now.get(key) != name for key, name in then.items()):
+        # (an object a value names, dropped meanwhile, prints as its number now: its name was hashed)
+        if any(now.get(key) != name for key, name in then.items()):
             changed.append(f"a name a {type_name} value prints (a relation, type, function, role or schema renamed "
                            "or dropped)")
     return changed
@@ -792,6 +791,32 @@ def same_read_relations(conn: psycopg.Connection, table: SourceTable, then: Read
                               cause="a function the view calls was replaced during the run",
                               remedy="retried automatically (the retry reads the function as it is then); replace "
                                      "the view's functions outside the table's archive runs")
+
+
+# The functions a view's query calls that are not immutable (read from its rules' node trees: a call of
+# pg_catalog's, now() or random(), is no dependency pg_depend records), through the views it reads.
+_VIEW_CALLS = """
+WITH RECURSIVE""" + "{roots}" + """
+SELECT DISTINCT p.provolatile::text, pg_catalog.concat(p.oid::pg_catalog.regprocedure)
+FROM roots JOIN pg_catalog.pg_rewrite r ON r.ev_class = roots.oid
+CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::pg_catalog.text,
+                                             ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') AS m(id)
+JOIN pg_catalog.pg_proc p ON p.oid = m.id[1]::pg_catalog.oid
+WHERE p.provolatile <> 'i'
+ORDER BY 1, 2
+"""
+
+
+def view_calls(conn: psycopg.Connection, table: SourceTable) -> dict[str, list[str]]:
+    """The functions a view's query calls (through views it reads) that are not immutable, by volatility ('v':
+    volatile, another value on every call; 's': stable, its transaction's, such as now()); empty for a table."""
+    if table.relkind != "v" or table.oid is None:
+        return {}
+    found: dict[str, list[str]] = {}
+    for volatility, name in conn.execute(_VIEW_CALLS.format(roots=_ROOTS),
+                                         {"rel": table.identifier.as_string(conn), "also": []}):
+        found.setdefault(volatility, []).append(name)
+    return found
 
 
 def unquoted_hint(schema: str, name: str) -> str:
