@@ -1,0 +1,44 @@
+"""Hunt 14 (tl): the whole round trip for periods that are not plain UTC days: hourly and monthly tables,
+zones with DST or skipped days, date / timestamp / timestamptz day columns, partitions in another zone."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline_tests.helpers import decompress, download, read_jsonl
+
+
+def _ids(s3_client, bucket, key: str) -> list[int]:
+    return sorted(r["id"] for r in read_jsonl(decompress(download(s3_client, bucket, key), "zstd")))
+
+
+def test_a_date_day_of_apia_holding_the_skipped_date_is_not_kept_as_a_utc_day(conn, schema, store, s3_client, bucket):
+    """Scenario: a daily table with a ``date`` day column in Pacific/Apia, which skipped 2011-12-30. Its day
+    2011-12-29 runs to the next real midnight (2011-12-31), so its archive holds the rows dated 2011-12-29 and
+    2011-12-30 (as the README's rule for skipped wall-clock times says: the period before). The table is then
+    configured in UTC (the README: "a date day column ... keeps its archives, proofs and removals through a
+    zone change", so manifest.another_period waives the zone for any date column).
+
+    Now: the archive of 2011-12-29 is taken as UTC's 2011-12-29, and the re-run fails with a LateRowsError "it has
+    1 rows now, the archive holds 2 (rows arrived or were deleted late)" (nobody deleted anything), while UTC's
+    2011-12-30 archives the 12-30 row a second time. Should: the date exception holds only where the two periods
+    are the same calendar dates; here the archive is another period's and is refused as such, naming the zone it
+    was archived in (as for any other zone change), not blamed on rows changed in PostgreSQL.
+    Fix idea: in another_period, waive the zone for a date column only when the recorded period's local dates
+    (start.date(), end.date()) equal the new period's."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, d date NOT NULL)").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2011-12-29'), (2, '2011-12-30'), (3, '2011-12-31')").format(s))
+    apia = TableSpec(name=f"{schema}.ev", day_column="d", start_date="2011-12-01", timezone="Pacific/Apia")
+    archived = archive_partition(conn, apia, "2011-12-29", store)
+    assert _ids(s3_client, bucket, archived.key) == [1, 2]  # the skipped date's row went to the day before
+    utc = apia.model_copy(update={"timezone": "UTC"})
+    with pytest.raises(ArchiveError) as caught:
+        archive_partition(conn, utc, "2011-12-29", store)
+    message = str(caught.value)
+    assert "Pacific/Apia" in message, message
+    assert "arrived or were deleted late" not in message, message
