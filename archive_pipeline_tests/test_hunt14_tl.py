@@ -9,6 +9,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
 from archive_pipeline_tests.helpers import decompress, download, read_jsonl
 
 
@@ -42,3 +43,38 @@ def test_a_date_day_of_apia_holding_the_skipped_date_is_not_kept_as_a_utc_day(co
     message = str(caught.value)
     assert "Pacific/Apia" in message, message
     assert "arrived or were deleted late" not in message, message
+
+
+def test_the_first_repeated_hour_of_a_wall_clock_keyed_timestamptz_table_is_told_which_partition_holds_it(
+        conn, schema, store):
+    """Scenario: an hourly America/New_York table whose day column is a ``timestamptz``, partitioned by its wall
+    clock there (``PARTITION BY RANGE ((at AT TIME ZONE 'America/New_York'))``, hourly children, as pg_partman lays
+    out local-time partitions): the child ``ev_01`` (FROM '2024-11-03 01:00' TO '02:00') holds the rows of both
+    occurrences of the repeated hour 01:00, real instants of both hourly partitions. Retention ``drop`` is due for
+    the first one, ``2024-11-03-01:00`` (archived, 1 row, which sits in ev_01).
+
+    Now: the removal (and its dry run) refuses with "is not one partition of its own: no range partition holds its
+    rows (a default partition may)": ChildRange.overlaps compares a wall-clock child with Period.wall_bounds, which
+    for a first repeated hour is the empty range meant for ``timestamp`` columns, so ev_01 is not seen at all and
+    the operator is sent looking for a default partition that does not exist. Should: refused naming ev_01 as the
+    partition holding the hour's rows together with another hour's (as the second occurrence's refusal names it).
+    Fix idea: use wall_bounds only for a ``timestamp``/``date`` day column; a timestamptz column keyed by its
+    table-zone wall clock is matched by instants (or by the labels of both occurrences)."""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz NOT NULL) "
+                         "PARTITION BY RANGE ((at AT TIME ZONE 'America/New_York'))").format(s))
+    for h in range(4):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ({}) TO ({})").format(
+            s, sql.Identifier(f"ev_{h:02d}"), s, sql.Literal(f"2024-11-03 {h:02d}:00"),
+            sql.Literal(f"2024-11-03 {h + 1:02d}:00")))
+    conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (1, '2024-11-03 01:30-04'), (2, '2024-11-03 01:30-05')").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-11-03", granularity="hourly",
+                     timezone="America/New_York", partitioning={"mode": "declarative"},
+                     retention={"keep_days": 1, "action": "drop"})
+    assert archive_partition(conn, spec, "2024-11-03-01:00", store).rows == 1
+    with pytest.raises(RemovalRefused) as caught:
+        remove_day(conn, spec, "2024-11-03-01:00", store, dry_run=True)
+    message = str(caught.value)
+    assert "no range partition holds its rows" not in message, message
+    assert f"{schema}.ev_01" in message, message
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0] == 2
