@@ -78,3 +78,39 @@ def test_the_first_repeated_hour_of_a_wall_clock_keyed_timestamptz_table_is_told
     assert "no range partition holds its rows" not in message, message
     assert f"{schema}.ev_01" in message, message
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone()[0] == 2
+
+
+def test_a_naming_table_laid_out_in_utc_days_loses_no_row_between_its_new_york_days(conn, schema, store, s3_client,
+                                                                                   bucket):
+    """Scenario: naming mode (``ev_%Y%m%d``) with a ``timestamptz`` day_column, the table configured in
+    America/New_York while its day tables were laid out by UTC day (partitions in another zone than the table's).
+    ``ev_20240310`` holds a row at 2024-03-10 02:00 UTC, which is 2024-03-09 21:00 in New York.
+
+    Now: 2024-03-09 reads only ``ev_20240309`` and 2024-03-10 only ``ev_20240310`` filtered by the New York day,
+    so that row is in neither archive; both days are archived green (compare says equal) and the row is in no
+    archive at all, without a word (retention's drop later refuses ev_20240310 for "rows outside", delete leaves
+    the row behind for ever). Should: a green archive holds all of its day's rows (README: "the day's table is
+    archived whole"; "a green archive holds exactly that day's rows"): either the row is archived with its New York
+    day, or the archive of 2024-03-10 fails naming the table, the day and the rows of its table outside the day
+    (the zone the tables were laid out in is not the table's).
+    Fix idea: in naming mode with a day_column, count the day table's rows outside the period's bounds and refuse
+    (or read the neighbouring tables the period's bounds reach)."""
+    s = sql.Identifier(schema)
+    for name in ("ev_20240309", "ev_20240310"):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(
+            s, sql.Identifier(name)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev_20240309 VALUES (1, '2024-03-09 12:00+00')").format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev_20240310 VALUES (2, '2024-03-10 02:00+00'), "
+                         "(3, '2024-03-10 12:00+00')").format(s))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", timezone="America/New_York",
+                     partitioning={"mode": "naming", "pattern": "ev_%Y%m%d"})
+    archived, failed = [], []
+    for day in ("2024-03-09", "2024-03-10"):
+        try:
+            archived += _ids(s3_client, bucket, archive_partition(conn, spec, day, store).key)
+        except ArchiveError as exc:
+            failed.append(str(exc))
+    if failed:
+        assert any("2024-03-10" in f and "ev_20240310" in f for f in failed), failed
+    else:
+        assert sorted(archived) == [1, 2, 3], f"row 2 is in no archive: archived {sorted(archived)}"
