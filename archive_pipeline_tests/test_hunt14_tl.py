@@ -114,3 +114,47 @@ def test_a_naming_table_laid_out_in_utc_days_loses_no_row_between_its_new_york_d
         assert any("2024-03-10" in f and "ev_20240310" in f for f in failed), failed
     else:
         assert sorted(archived) == [1, 2, 3], f"row 2 is in no archive: archived {sorted(archived)}"
+
+
+def test_a_restore_stopped_in_trolls_two_repeated_hours_names_every_hour_left(conn, schema, archive_env, tmp_path,
+                                                                             monkeypatch, s3_client):
+    """Scenario: an hourly table in Antarctica/Troll, whose clocks go back two hours (+02 to +00 at 03:00 on
+    2024-10-27), so 01:00 and 02:00 repeat: Dagster's keys in order are 01:00, 02:00, 01:00+0000, 02:00+0000,
+    03:00 (whole hours: the README allows it). Every hour is archived; the data object of 2024-10-27-02:00 is then
+    lost, and ``restore --from 2024-10-27-01:00 --to 2024-10-27-03:00`` stops there (exit 1) with the command
+    that restores the rest.
+
+    Now: cli._the_rest picks the rest by comparing partition keys as strings (``d.isoformat() > after``), and
+    "2024-10-27-01:00+0000" sorts before "2024-10-27-02:00": the advice is ``--from 2024-10-27-02:00+0000 --to
+    2024-10-27-03:00`` "to restore the rest (02:00+0000, 03:00, without 02:00)", so the archived hour
+    2024-10-27-01:00+0000 is restored by no command it gives. Should: the rest is every later period in time
+    (Period order), starting at 2024-10-27-01:00+0000.
+    Fix idea: compare the periods (their UTC start), not their keys' text."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from archive_pipeline.cli import main
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int PRIMARY KEY, at timestamptz NOT NULL)").format(s))
+    for i, at in enumerate(["2024-10-26 23:30+00", "2024-10-27 00:30+00", "2024-10-27 01:30+00",
+                            "2024-10-27 02:30+00", "2024-10-27 03:30+00"]):
+        conn.execute(sql.SQL("INSERT INTO {}.ev VALUES (%s, %s)").format(s), (i, at))
+    config = tmp_path / "tables.yaml"
+    config.write_text(yaml.safe_dump({"retry": {"max_retries": 0, "delay_seconds": 0}, "tables": [
+        {"name": f"{schema}.ev", "day_column": "at", "start_date": "2024-10-01", "granularity": "hourly",
+         "timezone": "Antarctica/Troll", "partitioning": {"mode": "column"}}]}))
+    monkeypatch.setenv("ARCHIVE_PIPELINE_CONFIG", str(config))
+    runner = CliRunner()
+    done = runner.invoke(main, ["archive", "--day", "2024-10-27", "--json"])
+    keys = {d["day"]: d.get("key") for d in json.loads(done.stdout)["days"]}
+    assert [k for k in keys if k.startswith("2024-10-27-0") and keys[k]] == [
+        "2024-10-27-01:00", "2024-10-27-02:00", "2024-10-27-01:00+0000", "2024-10-27-02:00+0000", "2024-10-27-03:00"]
+    s3_client.delete_object(Bucket=archive_env, Key=keys["2024-10-27-02:00"])
+    stopped = runner.invoke(main, ["restore", "--from", "2024-10-27-01:00", "--to", "2024-10-27-03:00",
+                                   "--into", "new", "--target", f"{schema}.back"])
+    assert stopped.exit_code == 1, stopped.output
+    advice = stopped.output[stopped.output.index("then: "):]
+    assert "--from 2024-10-27-01:00+0000" in advice, advice
