@@ -1497,8 +1497,14 @@ def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target:
     not new, which would refuse it), then the tables not reached. Running the same command again would load the
     committed days a second time, or stop at the same failed day."""
     names = [s.name for s, _ in chosen]
-    rest = [d for s, days in chosen if s.name == table for d in days
-            if d.isoformat() > after or (inclusive and d.isoformat() == after)]
+    days = [d for s, listed in chosen if s.name == table for d in listed]
+    # in time, not by key text: a fall-back night's second 01:00 ("...-01:00+0000", Antarctica/Troll's two repeated
+    # hours) sorts before the 02:00 that came first
+    then = next((getattr(d, "utc_start", None) for d in days if d.isoformat() == after), None)
+    rest = [d for d in days if (d.utc_start > then if then is not None and hasattr(d, "utc_start")
+                                else d.isoformat() > after) or (inclusive and d.isoformat() == after)]
+    if then is not None:
+        rest.sort(key=lambda d: d.utc_start)
     again = [*run.command("restore"), "--table", table]
     if rest:
         again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]

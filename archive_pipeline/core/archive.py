@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from archive_pipeline.core import fingerprint
@@ -415,6 +416,7 @@ class _Archiving:
                     encodings = fmt.encodings(table)
                     if self.spec.strict:
                         refuse_inexact(self.spec.format, table, encodings)
+                    self._warn_rows_outside(table, where)
                     if fp is None or fp.rows:
                         refuse_unrestorable(table)
                         refuse_unreadable(self.conn, table, where)
@@ -891,6 +893,21 @@ class _Archiving:
         return (f"{self.spec.name} {self.day} changed since it was archived to {self._archive_uri(manifest)} "
                 f"(snapshot {manifest.get('source', {}).get('snapshot_at')}): {what}; set overwrite to archive "
                 "the day again (the previous archive stays until the new one is complete)")
+
+    def _warn_rows_outside(self, table: SourceTable, where) -> None:
+        """Naming mode with a day column: say so where the day's own table holds rows outside the day (its tables
+        laid out in another zone than the table's, a row put in the wrong day's table, a NULL day). The day's read
+        filters them out and no other day reads this table: they are in no archive (a removal that would take
+        them along refuses)."""
+        if self.spec.partitioning.mode != "naming" or not self.spec.day_column:
+            return
+        outside = self.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(
+            table.identifier, where)).fetchone()[0]
+        if outside:
+            log.warning("%s %s: the day's table %s holds %d row(s) whose %s is outside the day in %s (or NULL): no "
+                        "day's archive holds them; if its day tables are laid out in another zone, set the table's "
+                        "timezone to it, or leave day_column out (the day's table is then archived whole)",
+                        self.spec.name, self.day, table.qualified, outside, self.spec.day_column, self.spec.timezone)
 
     def _manifest_key_of(self, manifest: dict) -> str:
         """The key ``manifest`` was read from: this day's, or another format's or a former key's."""

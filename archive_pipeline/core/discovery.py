@@ -89,6 +89,9 @@ class ChildRange:
     # The key is an expression of the day column (((at AT TIME ZONE 'UTC')::date)): its bounds are in a zone of
     # its own, which need not be the table's (see catalog_days).
     expression: bool = False
+    # The rows' values are instants (a timestamptz day column) labelled by the key's conversion to the table's wall
+    # clock: each instant has one label, so a fall-back night's first repeated hour has its own labels too.
+    labelled_instants: bool = False
 
     def relation(self, spec: TableSpec) -> tuple[str, str]:
         """(schema, name) of the child, kept apart: its schema's name may hold a dot."""
@@ -135,9 +138,10 @@ class ChildRange:
         and the day before's child seemed to reach into the day by labels."""
         by_instants = ((self.start is None or self.start < period.utc_end)
                        and (self.end is None or self.end > period.utc_start))
-        if by_instants and self.wall_clock and self.start is not None and self.end is not None:
+        if (by_instants or self.labelled_instants) and self.wall_clock and self.start is not None \
+                and self.end is not None:  # (labels read as instants: a fall-back night's are one of two)
             zone = period.start.tzinfo
-            first, last = period.wall_bounds
+            first, last = _label_span(period) if self.labelled_instants else period.wall_bounds
             return (self.start.astimezone(zone).replace(tzinfo=None) < last
                     and self.end.astimezone(zone).replace(tzinfo=None) > first)
         return by_instants
@@ -153,7 +157,7 @@ class ChildRange:
             return False
         zone = period.start.tzinfo
         labels = (self.start.astimezone(zone).replace(tzinfo=None), self.end.astimezone(zone).replace(tzinfo=None))
-        return labels == period.wall_bounds and labels[0] < labels[1]
+        return labels == (_label_span(period) if self.labelled_instants else period.wall_bounds) and labels[0] < labels[1]
 
 
 @contextlib.contextmanager
@@ -189,14 +193,22 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
         return _child_ranges(conn, spec)
 
 
+def _label_span(period: Period) -> tuple[dt.datetime, dt.datetime]:
+    """The wall-clock labels of the instants of ``period`` (its first and its last label, the end open): a fall-back
+    night's first 01:00 hour is labelled 01:00 to 02:00, as its second is."""
+    last = (period.end.astimezone(dt.UTC) - dt.timedelta(microseconds=1)).astimezone(period.start.tzinfo)
+    return period.start.replace(tzinfo=None, fold=0), last.replace(tzinfo=None, fold=0) + dt.timedelta(microseconds=1)
+
+
 def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     schema, _, name = spec.name.partition(".")
     key_type, expression = _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps
     # An expression key of a date or timestamp column giving a date or timestamp ((at::date), date_trunc('hour', at))
     # keeps the column's wall-clock labels; one of a timestamptz column is in the zone it converts by
     # (or in the table's own zone: (at AT TIME ZONE 'Europe/London') of a London table is its wall clock)
+    zoned = bool(expression) and _zoned_day_column(conn, spec)
     wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone" and (
-        not expression or not _zoned_day_column(conn, spec) or _converts_by_table_zone(conn, spec))
+        not zoned or _converts_by_table_zone(conn, spec))
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
     if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
                                  ).fetchone()[0]:
@@ -205,7 +217,8 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           cause=TABLE_MISSING,
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
-    return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock, expression)
+    return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock, expression,
+                       labelled_instants=wall_clock and zoned)
             for child, bound, child_schema, start, end, ranged in rows if ranged]  # DEFAULT, LIST, HASH: no range
 
 

@@ -403,9 +403,10 @@ def another_period(manifest: dict, period: Period) -> str | None:
     then = (manifest.get("granularity") or "daily", manifest.get("timezone") or "UTC")
     if then == (period.granularity, period.timezone):
         return None
-    if then[0] == period.granularity and manifest.get("day") == period.isoformat() and _dated_by_calendar(manifest):
-        return None  # a date day column: a period's rows are its calendar dates, in any zone (source._bound_values)
     bounds = manifest.get("period") or {}
+    if then[0] == period.granularity and manifest.get("day") == period.isoformat() and _dated_by_calendar(manifest) \
+            and _same_dates(bounds, period):
+        return None  # a date day column: a period's rows are its calendar dates, in any zone (source._bound_values)
     try:  # by instants: the bounds it records, or (written before they were) its day in its zone (Etc/UTC is UTC)
         held = (dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])) if bounds \
             else (manifest_period(manifest).start, manifest_period(manifest).end)
@@ -420,6 +421,16 @@ def another_period(manifest: dict, period: Period) -> str | None:
     return (f"its archive holds the {then[0]} period {manifest.get('day')} in {then[1]}, and the table is now "
             f"configured as {period.granularity} in {period.timezone}: another period with the same key, not this "
             "one's rows")
+
+
+def _same_dates(bounds: dict, period: Period) -> bool:
+    """Whether the recorded bounds (if any) span the same calendar dates as ``period``: a day whose zone skipped the
+    next date (Pacific/Apia's 2011-12-29 ran to 2011-12-31) held two dates' rows, another period than UTC's."""
+    try:
+        start, end = dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])
+    except (KeyError, TypeError, ValueError):
+        return True  # (written before bounds were recorded: a date day as it always was)
+    return (start.date(), end.date()) == (period.start.date(), period.end.date())
 
 
 def _dated_by_calendar(manifest: dict) -> bool:

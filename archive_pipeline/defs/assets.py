@@ -54,7 +54,7 @@ from pydantic import Field
 from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
-from archive_pipeline.defs.checks import (INTACT_CHECK, check_evaluation, log_guarded, object_link,
+from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, check_evaluation, log_guarded, object_link,
                                           on_demand_as_they_were, recorded_day_key, source_only, terminated,
                                           verdict_as_it_was, verdict_carried, verify_result, written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
@@ -579,7 +579,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
     source = _Source(postgres, primary)
     failed = _failed_for_good(context, spec) if context.retry_number > 0 else {}
     todo = [d for d in todo if d not in failed]
-    records = DayRecords(context, deferred=len(days) > 1 and output_read_downstream(context))
+    records = DayRecords(context, deferred=len(days) > 1 and output_read_downstream(context, checks=False))
     try:
         for day in todo:
             try:
@@ -917,14 +917,18 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         raise unproven(spec, day, verdict.problems, origin)
 
 
-def output_read_downstream(context: AssetExecutionContext) -> bool:
+def output_read_downstream(context: AssetExecutionContext, *, checks: bool = True) -> bool:
     """Whether another step of the run reads the asset's output (``materialize`` with the asset's checks, a job
-    of the user's with assets downstream): only a yielded result is that output."""
+    of the user's with assets downstream): only a yielded result is that output. ``checks=False``: another step
+    than the asset's own checks (a pure asset backfill plans every check, on-demand ones too: they are not to run
+    after every ranged run)."""
+    name = context.op_execution_context.op.name
     try:
-        readers = context.job_def.dependency_structure.output_to_downstream_inputs_for_node(context.op_execution_context.op.name)
+        readers = context.job_def.dependency_structure.output_to_downstream_inputs_for_node(name)
     except Exception:  # noqa: BLE001 - a Dagster without this structure: yield, as Dagster expects
         return True
-    return any(readers.values())
+    own = {f"{name}_{check}" for check in (INTACT_CHECK, *ON_DEMAND_CHECKS)}
+    return any(checks or node_input.node_name not in own for inputs in readers.values() for node_input in inputs)
 
 
 def _log_day(context: AssetExecutionContext, materialization: AssetMaterialization,

@@ -154,9 +154,9 @@ UNREADABLE_VALUES = {
             "which xmlelement(), xmlforest() and xmlcomment() let through)"),
     "circle": ("pg_catalog.radius({e}) < 0",
                "a circle of negative radius (circle(point, radius) checks nothing), which circle's input refuses"),
-    "aclitem": ("EXISTS (SELECT FROM pg_catalog.aclexplode(ARRAY[{e}]) AS x WHERE (x.grantee <> 0 AND NOT EXISTS "
-                "(SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid = x.grantee)) OR NOT EXISTS "
-                "(SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid = x.grantor))",
+    "aclitem": ("CASE WHEN {e} IS NULL THEN false ELSE EXISTS (SELECT FROM pg_catalog.aclexplode(ARRAY[{e}]) AS x "
+                "WHERE (x.grantee <> 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid = x.grantee)) "
+                "OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid = x.grantor)) END",
                 "an aclitem naming a role that no longer exists (it prints the role's number, which aclitem's "
                 "input refuses)"),
 }
