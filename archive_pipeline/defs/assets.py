@@ -649,11 +649,8 @@ class DayRecords:
         if not self.deferred:
             return
         for partition in earlier:
-            records = self.context.instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-            if records:
-                self.context.add_asset_metadata(dict(records[0].asset_materialization.metadata),
-                                                partition_key=partition)
+            if (before := _latest_record(self.context, key, partition)) is not None:
+                self.context.add_asset_metadata(dict(before.metadata), partition_key=partition)
         states = {m.tags.get(STATE_TAG) for m, _ in self._pending}
         yield MaterializeResult(tags={STATE_TAG: states.pop()} if len(states) == 1 and not earlier else None)
         for _, evaluation in self._pending:
@@ -683,9 +680,7 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
         return
     if not manifest or not manifest.get("removed") or not manifest.get("object"):
         return
-    found = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    before = found[0].asset_materialization if found else None
+    before = _latest_record(context, key, partition)
     recorded = {name: getattr(value, "value", value) for name, value in (before.metadata if before else {}).items()}
     same = before is not None and recorded.get("object_key") == manifest["object"].get("key") and \
         recorded.get("md5") == manifest["object"].get("md5")
@@ -696,6 +691,13 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
                                         tags={**(before.tags if same else {}), STATE_TAG: "removed"}),
                    functools.partial(verdict_carried, context, key, partition) if same else None)
+
+
+def _latest_record(context: AssetExecutionContext, key: AssetKey, partition: str) -> AssetMaterialization | None:
+    """The day's latest materialization in this instance, or None."""
+    found = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+    return found[0].asset_materialization if found else None
 
 
 def _manifest_metadata(manifest: dict, store: S3Store, day_key: str) -> dict[str, object]:
