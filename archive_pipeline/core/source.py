@@ -545,16 +545,13 @@ def printed_names(conn: psycopg.Connection, table: SourceTable, where: sql.Compo
     names: list[tuple[str, str, str]] = [row for row in found if row[0] == "enum"]
     kinds = sorted({row[1] for row in found if row[0] == "named" and row[1] in _NAMED_BY_CATALOG})
     named = _named_in_day(conn, table, where, kinds) if kinds else {}
-    for type_name in kinds:
-        # "named:": the objects the day's values name (one dropped meanwhile prints its number now: a change);
-        # "any:": every object of the kind (another session's temporary table dropped meanwhile is no change)
-        mode = "any" if named is None else "named"
-        names += [(f"{mode}:{type_name}", key, name)
+    for type_name in kinds:  # (the objects the day's values name, or, where they are not known, every one)
+        names += [(f"named:{type_name}", key, name)
                   for key, name in _catalog_names(conn, type_name, None if named is None else named[type_name])]
     if any(row[0] == "named" and row[1] == "aclitem" for row in found):
         # an aclitem prints its grantee's and grantor's role names as committed when it is printed (ALTER ROLE ...
         # RENAME takes no lock the read holds): every role's name, as for a regrole of any role
-        names += [("any:regrole", key, name) for key, name in _catalog_names(conn, "regrole")]
+        names += [("named:regrole", key, name) for key, name in _catalog_names(conn, "regrole")]
     return tuple(names)
 
 
@@ -694,9 +691,8 @@ def printed_names_changed(conn: psycopg.Connection, names: PrintedNames) -> list
             "SELECT enumtypid, oid, enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = ANY(%s)", (types,))}
         if not labels <= now:  # (a label added meanwhile prints no value the day held)
             changed.append("an enum label (ALTER TYPE ... RENAME VALUE)")
-    for kind in sorted({kind for kind, _, _ in names if kind.startswith(("named:", "any:"))}):
-        type_name = kind.split(":", 1)[1]
-        then = {key: name for k, key, name in names if k == kind}
+    for type_name in sorted({kind.split(":", 1)[1] for kind, _, _ in names if kind.startswith("named:")}):
+        then = {key: name for kind, key, name in names if kind == f"named:{type_name}"}
         with conn.transaction():  # printed as the snapshot printed them: its path and quoting, not the session's
             apply_settings(conn.execute, {name: SNAPSHOT_SETTINGS[name]
                                           for name in ("search_path", "quote_all_identifiers")})
