@@ -352,8 +352,11 @@ def retries_off(text: str, origin: str | None) -> str:
 
 def step_retries(context: AssetExecutionContext) -> int | None:
     """The step's max_retries (its op's retry policy), or None where the op has none."""
-    policy = getattr(getattr(context, "op_def", None), "retry_policy", None)
-    return getattr(policy, "max_retries", None)
+    return getattr(_retry_policy(context), "max_retries", None)
+
+
+def _retry_policy(context: AssetExecutionContext) -> RetryPolicy | None:
+    return getattr(getattr(context, "op_def", None), "retry_policy", None)
 
 
 NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a removed day whose archive is kept
@@ -964,7 +967,7 @@ def after_retry_wait(context: AssetExecutionContext, spec: TableSpec, failure: F
     later, a bare interrupt naming no table and no day. Waited here, a termination is the step's to word (the days
     it leaves unarchived, and why); the retry then starts at once (``RetryRequested`` with no wait, the failure as
     its cause, as Dagster's policy would raise it). The failure itself where no retry is left or none helps."""
-    policy = getattr(getattr(context, "op_def", None), "retry_policy", None)
+    policy = _retry_policy(context)
     attempt = context.retry_number + 1
     if not failure.allow_retries or policy is None or attempt > policy.max_retries or _retries_off(context):
         return failure

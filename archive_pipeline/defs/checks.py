@@ -238,14 +238,19 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
             description=f"{day}: not checked: this run failed before archiving and checking it, and no run has yet "
                         "checked an archive of the day (none is recorded)", metadata={"partition": day},
             blocking=False)
+    return _intact_again(key, day, last, f"{day}: not checked again: this run failed before checking it. The last "
+                         f"check (run {last.run_id}) found: {last.evaluation.description}",
+                         last.evaluation.target_materialization_data)
+
+
+def _intact_again(key: AssetKey, day: str, last, description: str, target) -> AssetCheckEvaluation:
+    """The day's last ``archive_intact`` verdict (``last``, its record) recorded again, non-blocking, about
+    ``target`` (a materialization)."""
     was = last.evaluation
     return AssetCheckEvaluation(
         asset_key=key, check_name=INTACT_CHECK, passed=was.passed, severity=was.severity, partition=day,
-        description=f"{day}: not checked again: this run failed before checking it. The last check (run "
-                    f"{last.run_id}) found: {was.description}",
-        metadata={**was.metadata, "checked_in_run": last.run_id}, blocking=False,
-        target_materialization_data=was.target_materialization_data,
-    )
+        description=description, metadata={**was.metadata, "checked_in_run": last.run_id}, blocking=False,
+        target_materialization_data=target)
 
 
 def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str) -> AssetCheckEvaluation | None:
@@ -255,12 +260,8 @@ def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str) -
     _, last = _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK), PartitionKeyFilter(key=day))
     if last is None:
         return None
-    was = last.evaluation
-    return AssetCheckEvaluation(
-        asset_key=key, check_name=INTACT_CHECK, passed=was.passed, severity=was.severity, partition=day,
-        description=f"{day}: as checked by run {last.run_id}: {was.description}",
-        metadata={**was.metadata, "checked_in_run": last.run_id}, blocking=False,
-        target_materialization_data=latest_materialization(context.instance, key, day))
+    return _intact_again(key, day, last, f"{day}: as checked by run {last.run_id}: {last.evaluation.description}",
+                         latest_materialization(context.instance, key, day))
 
 
 def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, key: AssetKey
