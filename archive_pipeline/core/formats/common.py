@@ -156,7 +156,13 @@ UNREADABLE_VALUES = {
                "a circle of negative radius (circle(point, radius) checks nothing), which circle's input refuses"),
     "aclitem": ("CASE WHEN {e} IS NULL THEN false ELSE EXISTS (SELECT FROM pg_catalog.aclexplode(ARRAY[{e}]) AS x "
                 "WHERE (x.grantee <> 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid = x.grantee)) "
-                "OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid = x.grantor)) END",
+                "OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid = x.grantor)) "
+                # an item without privileges gives aclexplode() no row: its text tells a dropped role by the number
+                # printed for it (a name of digits only that no role has: a role so named prints as it is)
+                "OR EXISTS (SELECT FROM pg_catalog.regexp_match({e}::pg_catalog.text, "
+                "'^(?:([0-9]+)|\"(?:[^\"]|\"\")*\"|[^=\"]*)=[^/]*/(?:([0-9]+)|.*)$') AS m "
+                "WHERE EXISTS (SELECT FROM pg_catalog.unnest(m) AS n WHERE n IS NOT NULL AND NOT EXISTS "
+                "(SELECT FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) n))) END",
                 "an aclitem naming a role that no longer exists (it prints the role's number, which aclitem's "
                 "input refuses)"),
 }
