@@ -303,6 +303,14 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
                                     f"{way_on} to fetch it by; the run will be retried", retryable=True,
                                     cause="the store's answer was not a listing",
                                     remedy="retried automatically; if it persists, check the network path to the store")
+            if way_on == "NextContinuationToken" and page.get(way_on) and not page.get("IsTruncated"):
+                # ListObjectsV2 gives a next page's token only while more follows: a last page holding one said
+                # "true" in words botocore did not read as such (damaged on the way), and the keys of the pages
+                # after it would look like nothing stored (archived days taken for missing ones)
+                raise DownloadError(f"{doing} failed: a page of the store's listing gives a {way_on} for a next page "
+                                    "yet says it is the last; the run will be retried", retryable=True,
+                                    cause="the store's answer was not a listing",
+                                    remedy="retried automatically; if it persists, check the network path to the store")
             yield page
     except PaginationError as exc:
         raise DownloadError(f"{doing} failed: the store's listing went round in a loop ({type(exc).__name__}: "
