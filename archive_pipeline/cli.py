@@ -1529,15 +1529,19 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     code = 143 if terminated else 130
     last = results[-1]
     on = getattr(exc, "cancelled_at", None)  # (doing, table, day) the core noted: the table it was on
-    if on is not None and on[1] != last.table:  # cancelled in a later table, before any day of it committed
-        table, left = on[1], _the_rest(run, chosen, on[1], "", into, target, on_conflict, created=False)
+    # "finishing": cancelled after that day's commit, before its result came back: it is restored, and the rest
+    # starts after it (from it, a target without a day column would get its rows twice)
+    finishing = on is not None and on[0] == "finishing"
+    if on is not None and on[1] != last.table:  # cancelled in a later table, before its first result came back
+        table, left = on[1], _the_rest(run, chosen, on[1], on[2] if finishing else "", into, target, on_conflict,
+                                       created=finishing)
     else:
-        table, left = last.table, _the_rest(run, chosen, last.table, last.day, into, target or last.target,
-                                            on_conflict)
+        table, left = last.table, _the_rest(run, chosen, last.table, on[2] if finishing else last.day, into,
+                                            target or last.target, on_conflict)
     how = "by SIGTERM" if terminated else "by Ctrl-C"
-    being = (CANCELLED_LEAVES["finishing"] if on is not None and on[0] == "finishing"
-             else "the day being restored was rolled back")
-    message = (f"restoring {table} was cancelled {how} after {len(results)} day(s) were committed (listed, they "
+    being = CANCELLED_LEAVES["finishing"] if finishing else "the day being restored was rolled back"
+    committed = len(results) + (1 if finishing else 0)
+    message = (f"restoring {table} was cancelled {how} after {committed} day(s) were committed (listed, they "
                f"stay restored); {being}; to fix: {left}")
     if run.as_json:
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,

@@ -978,11 +978,16 @@ class _Archiving:
         overwrite that archives fewer rows keeps the previous object (``kept``), so no run deletes
         rows that exist nowhere else.
         """
-        superseded, kept = self._retire(result, existing)
-        manifest = build_manifest(result, identity, definition)
-        manifest.update(superseded=superseded, kept=kept)
-        data = encode_manifest(manifest)
-        self._refuse_replaced(result, existing)
+        try:
+            superseded, kept = self._retire(result, existing)
+            manifest = build_manifest(result, identity, definition)
+            manifest.update(superseded=superseded, kept=kept)
+            data = encode_manifest(manifest)
+            self._refuse_replaced(result, existing)
+        except BaseException as exc:  # an interrupt too (Ctrl-C, a run's termination): no manifest names it yet
+            if result.key:
+                self._withdraw_unnamed(result.key, exc)
+            raise
         try:
             # a first manifest must find no other there (a run on another server or database, which the lock
             # does not exclude, may have committed the day meanwhile): If-None-Match, see S3Store.conditions

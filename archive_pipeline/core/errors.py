@@ -926,10 +926,12 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
         return None
     kind, name = found.groups()
     role = sql_name(user, qualified=False) if user else "<role>"
+    # the configured name splits at its first dot, as TableSpec splits it: "s.ev.v2" is the relation "ev.v2"
+    own_schema, _, own_name = table.partition(".") if "." in table else ("", "", table)
     if kind == "tablespace":  # where the role's new tables go (default_tablespace): a restore's table, a partition
         return (f"GRANT CREATE ON TABLESPACE {sql_name(name, qualified=False)} TO {role}, or give the role a "
                 f"tablespace it may use (ALTER ROLE {role} RESET default_tablespace)")
-    if kind == "schema" and name != table.rpartition(".")[0]:  # not the table's own schema
+    if kind == "schema" and name != own_schema:  # not the table's own schema
         return f"GRANT USAGE ON SCHEMA {sql_name(name, qualified=False)} TO {role}"  # (as printed: unquoted)
     if kind == "type":
         return f"GRANT USAGE ON TYPE {name} TO {role}"
@@ -937,7 +939,7 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
     if kind == "function":  # (a DBA's REVOKE EXECUTE ... FROM PUBLIC of a function we call: pg_export_snapshot, say)
         return (f"GRANT EXECUTE ON FUNCTION {sql_name(name, qualified=False)} TO {role} (as a superuser or the "
                 "function's owner)")
-    if kind in ("table", "view", "materialized view", "foreign table") and name != table.rpartition(".")[2]:
+    if kind in ("table", "view", "materialized view", "foreign table") and name != own_name:
         quoted = sql_name(name, qualified=False)
         return (f"the role may not read {kind} {quoted}, which {table} reads (a view's, or a rule's): GRANT SELECT "
                 f"ON {quoted} (in its schema) TO the owner of the view that reads it (a view reads with its owner's "

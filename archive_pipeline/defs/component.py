@@ -129,7 +129,21 @@ def _resolved_tables(context, tables: list[dict[str, Any]] | None) -> list[dict[
                 raise ValueError(f"tables: {text!r} holds the template {{{{ {name} }}}}, a name Dagster's templates "
                                  f"do not know ({', '.join(sorted(known))}), which would render as nothing; a "
                                  "key_template's own fields take single braces: {prefix}, {schema}, {table}, {date}")
-    return context.resolve_value(tables)
+    return _rendered(context, tables)
+
+
+def _rendered(context, value: Any) -> Any:
+    """``value`` with Dagster's templates rendered in the strings that hold one (``{{ ... }}``, ``{% ... %}``), and
+    every other string as written: rendered, a name of braces and a hash (``events{#eu#}``) lost its Jinja
+    "comment" and named another table, and a quoted ``"2024.10"`` became the number 2024.1 (the native template
+    reads its result as a Python literal), where the table file takes both as written."""
+    if isinstance(value, str):
+        return context.resolve_value(value) if ("{{" in value or "{%" in value) else value
+    if isinstance(value, dict):
+        return {key: _rendered(context, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rendered(context, item) for item in value]
+    return value
 
 
 @scaffold_with(ArchiveTablesScaffolder)
