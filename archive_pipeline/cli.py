@@ -1445,7 +1445,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
     except (ArchiveError, psycopg.Error) as exc:  # the days before it stay restored: say which
         failure = exc
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the days before it stay restored too
-        if not results:
+        on = getattr(exc, "cancelled_at", None)
+        if not results and not (on is not None and on[0] == "finishing"):
             raise
         _restore_cancelled(run, exc, results, missing, chosen, into, target, on_conflict)
 
@@ -1527,12 +1528,12 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     would refuse the target it created (``--into new``) or load the committed days a second time."""
     terminated = isinstance(exc, Terminated)
     code = 143 if terminated else 130
-    last = results[-1]
     on = getattr(exc, "cancelled_at", None)  # (doing, table, day) the core noted: the table it was on
     # "finishing": cancelled after that day's commit, before its result came back: it is restored, and the rest
     # starts after it (from it, a target without a day column would get its rows twice)
     finishing = on is not None and on[0] == "finishing"
-    if on is not None and on[1] != last.table:  # cancelled in a later table, before its first result came back
+    last = results[-1] if results else None  # (none: cancelled while finishing the range's first day)
+    if on is not None and (last is None or on[1] != last.table):  # in a later table, before its first result
         table, left = on[1], _the_rest(run, chosen, on[1], on[2] if finishing else "", into, target, on_conflict,
                                        created=finishing)
     else:
@@ -1544,14 +1545,21 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     message = (f"restoring {table} was cancelled {how} after {committed} day(s) were committed (listed, they "
                f"stay restored); {being}; to fix: {left}")
     if run.as_json:
+        committed_days = [dataclasses.asdict(r) for r in results]
+        if finishing:  # committed, its result never came back: listed all the same (a script resumes after it)
+            committed_days.append({"table": on[1], "day": on[2], "target": target,
+                                   "check": "committed; cancelled before its check was reported"})
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
-                   "days": [dataclasses.asdict(r) for r in results],
+                   "days": committed_days,
                    "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
         click.echo(_json_text(_worded(payload)))
     else:
         for r in results:
             run.out.print(_said(_verbatim(r.table), f" {r.day} -> ", _verbatim(r.target), f": {r.rows:,} rows, "
                                 f"{r.check}"), soft_wrap=True)
+        if finishing:
+            run.out.print(_said(_verbatim(on[1]), f" {on[2]}: committed; cancelled before its check was reported"),
+                          soft_wrap=True)
     click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(code)
 

@@ -985,7 +985,7 @@ class _Archiving:
             data = encode_manifest(manifest)
             self._refuse_replaced(result, existing)
         except BaseException as exc:  # an interrupt too (Ctrl-C, a run's termination): no manifest names it yet
-            if result.key:
+            if result.key and not getattr(exc, "withdrawn", False):  # (_refuse_replaced's refusals settled it)
                 self._withdraw_unnamed(result.key, exc)
             raise
         try:
@@ -1029,6 +1029,7 @@ class _Archiving:
                                  cause=getattr(exc, "cause", None), remedy=getattr(exc, "remedy", None))
             if result.key:  # ours alone: no manifest names the new generation yet
                 self.store.delete_quietly(result.key, error)
+            error.withdrawn = True
             raise error from exc
         if now == existing.raw:
             return
@@ -1038,12 +1039,14 @@ class _Archiving:
             named = None
         if result.key and named != result.key:
             self.store.delete_quietly(result.key)
-        raise ArchiveError(
+        changed = ArchiveError(
             f"{self.spec.name} {self.day}: {uri} changed while this run archived the day (a removal of the day on "
             "the primary, or a run on another server, wrote it); nothing was replaced", table=self.spec.name,
             day=self.day.isoformat(), retryable=True,
             remedy="retried automatically: the retry decides on the manifest as it is now (a removed day is not "
                    "archived again); archive each table from one server only")
+        changed.withdrawn = True  # (deleted above, or named by the manifest now there)
+        raise changed
 
     def _retire(self, result: ArchiveResult, existing: Existing) -> tuple[list[str], list[dict]]:
         """Which earlier objects of this day the new manifest retires (deleted after the commit, and

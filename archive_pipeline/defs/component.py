@@ -138,7 +138,13 @@ def _rendered(context, value: Any) -> Any:
     "comment" and named another table, and a quoted ``"2024.10"`` became the number 2024.1 (the native template
     reads its result as a Python literal), where the table file takes both as written."""
     if isinstance(value, str):
-        return context.resolve_value(value) if ("{{" in value or "{%" in value) else value
+        if "{{" not in value and "{%" not in value:
+            return value
+        if "{#" in value:  # a Jinja comment, rendered as nothing: another name, silently
+            raise ValueError(f"tables: {value!r} holds a Dagster template and '{{#', which its templates read as the "
+                             "start of a comment and drop (another table's name, silently); list this table in the "
+                             "table file (config_path), where names are taken as written")
+        return context.resolve_value(value)
     if isinstance(value, dict):
         return {key: _rendered(context, item) for key, item in value.items()}
     if isinstance(value, list):
