@@ -23,6 +23,16 @@ def _naming_days(conn, schema: str) -> dict:
     return {"name": f"{schema}.ev", "start_date": DAYS[0].isoformat(),
             "partitioning": {"mode": "naming", "pattern": "ev_%Y%m%d"}}
 
+def _restoring_into_back(pg, s3, bucket, conn, schema, s3_client, tmp_path):
+    """The naming-mode days archived, an empty table ``back`` of the user's (no day column) to restore them into,
+    and the command line's environment: (the table's settings, its spec, env)."""
+    table = _naming_days(conn, schema)
+    spec, _ = _archived(conn, [table], s3_client, bucket)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(sql.Identifier(schema, "back")))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    return table, spec, make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
+
 
 @pytest.mark.xfail(strict=True, reason="known, left open: a user's table without the day column cannot tell which days it "
                    "holds, and the restore mark a created table carries (its comment) is not written on a user's own "
@@ -42,12 +52,7 @@ def test_a_killed_range_restore_into_an_existing_table_without_day_column_loads_
     restored), or refuses D1 naming T and the day, and never exits 0 over a doubled day. Fix idea: write the
     restore mark (the comment a created table gets) on an existing target too, in each day's transaction, or
     refuse an existing target without a day column that already holds rows of the archived table's days."""
-    table = _naming_days(conn, schema)
-    spec, _ = _archived(conn, [table], s3_client, bucket)
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(sql.Identifier(schema, "back")))
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
+    table, spec, env = _restoring_into_back(pg, s3, bucket, conn, schema, s3_client, tmp_path)
     args = ["restore", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat(), "--into", "existing",
             "--target", f"{schema}.back"]
     killing_cli(env, ["after-call", "GetObject", 1, re.escape(render_key(spec, DAYS[1], "archive")) + "$"], *args)
@@ -180,14 +185,7 @@ def test_a_range_restore_cancelled_after_a_day_committed_prints_a_remedy_that_lo
     the cancellation "finishing" (exc.cancelled_at), count that day as restored (the rest starts after it)."""
     import shlex
 
-    from archive_pipeline_tests.test_hunt3_o import ROOT  # noqa: F401
-
-    table = _naming_days(conn, schema)
-    _archived(conn, [table], s3_client, bucket)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(sql.Identifier(schema, "back")))
+    table, _, env = _restoring_into_back(pg, s3, bucket, conn, schema, s3_client, tmp_path)
     args = ["restore", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat(), "--into", "existing",
             "--target", f"{schema}.back"]
     done = signalling_cli(env, ["archive_pipeline.core.restore", "RestoreResult", 2, "SIGINT"], *args)

@@ -9,8 +9,8 @@ import shlex
 
 from psycopg import sql
 
-from archive_pipeline_tests.test_hunt3_o import DAYS, _archived, cli, make_env, write_config
-from archive_pipeline_tests.test_hunt15_uc import _naming_days, signalling_cli
+from archive_pipeline_tests.test_hunt3_o import DAYS, cli
+from archive_pipeline_tests.test_hunt15_uc import _restoring_into_back, signalling_cli
 
 
 def test_a_range_restore_cancelled_while_finishing_its_first_day_tells_a_remedy_that_loads_that_day_again(
@@ -26,13 +26,8 @@ def test_a_range_restore_cancelled_while_finishing_its_first_day_tells_a_remedy_
     (or the same command run again leaves T with each archived row once).
     Fix idea: in restore(), call _restore_cancelled also when ``results`` is empty but exc.cancelled_at says
     "finishing" (the rest starts after that day)."""
-    table = _naming_days(conn, schema)
-    _archived(conn, [table], s3_client, bucket)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
+    table, _, env = _restoring_into_back(pg, s3, bucket, conn, schema, s3_client, tmp_path)
     back = sql.Identifier(schema, "back")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(back))
     args = ["restore", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat(), "--into", "existing",
             "--target", f"{schema}.back"]
     done = signalling_cli(env, ["archive_pipeline.core.restore", "RestoreResult", 1, "SIGINT"], *args)
@@ -111,12 +106,7 @@ def test_a_range_restore_cancelled_while_finishing_a_day_lists_that_day_among_th
     payload's days (or a "committed" list beside them)."""
     import json
 
-    table = _naming_days(conn, schema)
-    _archived(conn, [table], s3_client, bucket)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [table]), tmp)
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(sql.Identifier(schema, "back")))
+    table, _, env = _restoring_into_back(pg, s3, bucket, conn, schema, s3_client, tmp_path)
     args = ["restore", "--json", "--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat(), "--into", "existing",
             "--target", f"{schema}.back"]
     done = signalling_cli(env, ["archive_pipeline.core.restore", "RestoreResult", 2, "SIGINT"], *args)
