@@ -1498,7 +1498,7 @@ def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target:
     not new, which would refuse it), then the tables not reached. Running the same command again would load the
     committed days a second time, or stop at the same failed day."""
     names = [s.name for s, _ in chosen]
-    days = [d for s, listed in chosen if s.name == table for d in listed]
+    days = _days_of(chosen, table)
     # in time, not by key text: a fall-back night's second 01:00 ("...-01:00+0000", Antarctica/Troll's two repeated
     # hours) sorts before the 02:00 that came first
     then = next((getattr(d, "utc_start", None) for d in days if d.isoformat() == after), None)
@@ -1514,11 +1514,30 @@ def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target:
         again += ["--target", target]
     if on_conflict != "fail":
         again += ["--on-conflict", on_conflict]
-    others = names[names.index(table) + 1:] if table in names else []
+    others = [name for name in (names[names.index(table) + 1:] if table in names else []) if _days_of(chosen, name)]
     left = (f"run {_shell_join(again)} to restore the rest of {table} ({', '.join(d.isoformat() for d in rest[:5])}"
             f"{', ...' if len(rest) > 5 else ''}{', without ' + skipped if skipped else ''})" if rest
             else f"{table} is done" + (f" but for {skipped}" if skipped else ""))
-    return left + (f", then the other tables ({', '.join(others)})" if others else "")
+    if not others:
+        return left
+    # the tables not reached, each its own command (``--table`` takes one table, and a range): nothing of them was
+    # restored, so into the targets as the run was asked (``new`` creates them)
+    commands = []
+    for name in others:
+        listed = _days_of(chosen, name)
+        command = [*run.command("restore"), "--table", name, "--from", listed[0].isoformat(), "--to",
+                   listed[-1].isoformat(), "--into", into]
+        if on_conflict != "fail":
+            command += ["--on-conflict", on_conflict]
+        commands.append(_shell_join(command))
+    return left + f", then the other tables ({', '.join(others)}): run {'; '.join(commands)}"
+
+
+def _days_of(chosen: list, table: str) -> list:
+    """The periods of ``table`` a range command chose, in time (a fall-back night's repeated hours by their UTC
+    start, not by their keys' text)."""
+    days = [d for s, listed in chosen if s.name == table for d in listed]
+    return sorted(days, key=lambda d: d.utc_start) if all(hasattr(d, "utc_start") for d in days) else days
 
 
 def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing: list, chosen: list, into: str,

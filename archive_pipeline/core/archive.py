@@ -13,6 +13,7 @@ so at every point either the previous object+manifest or the new pair is whole.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import functools
 import datetime as dt
 import json
@@ -1027,9 +1028,12 @@ class _Archiving:
                                  f"({getattr(exc, 'message', exc)}); nothing was replaced", table=self.spec.name,
                                  day=self.day.isoformat(), retryable=is_retryable(exc),
                                  cause=getattr(exc, "cause", None), remedy=getattr(exc, "remedy", None))
-            if result.key:  # ours alone: no manifest names the new generation yet
-                self.store.delete_quietly(result.key, error)
-            error.withdrawn = True
+            if result.key and self._manifest_unchanged(existing):
+                # the manifest this run decided on is still there (its HEAD): none names the new generation yet
+                self.store.delete_quietly(result.key, error)  # (a failure to delete is noted on the error)
+                error.withdrawn = True
+            # else another run may have committed the very same generation: left to _commit's withdrawal, which
+            # deletes it only where the manifest, read again, does not name it (or says it is left)
             raise error from exc
         if now == existing.raw:
             return
@@ -1037,16 +1041,27 @@ class _Archiving:
             named = _manifest_object_key(decode_manifest(now)) if now else None
         except ManifestError:
             named = None
-        if result.key and named != result.key:
-            self.store.delete_quietly(result.key)
         changed = ArchiveError(
             f"{self.spec.name} {self.day}: {uri} changed while this run archived the day (a removal of the day on "
             "the primary, or a run on another server, wrote it); nothing was replaced", table=self.spec.name,
             day=self.day.isoformat(), retryable=True,
             remedy="retried automatically: the retry decides on the manifest as it is now (a removed day is not "
                    "archived again); archive each table from one server only")
-        changed.withdrawn = True  # (deleted above, or named by the manifest now there)
+        if result.key and named != result.key:
+            self.store.delete_quietly(result.key, changed)  # (a failure to delete is noted on the error)
+        changed.withdrawn = True  # (deleted or noted left above, or named by the manifest now there)
         raise changed
+
+    def _manifest_unchanged(self, existing: Existing) -> bool:
+        """Whether the day's manifest is, by its HEAD, still the one this run decided on (its MD5 as ETag); False
+        where the store cannot say (the HEAD failing, ETags that are not MD5s)."""
+        if existing.raw is None or not self.store.verify_etags:
+            return False
+        try:
+            head = self.store.head(self.manifest_key)
+        except Exception:  # noqa: BLE001 - no answer: not known to be unchanged
+            return False
+        return head is not None and etag_text(head.get("ETag")) == hashlib.md5(existing.raw).hexdigest()
 
     def _retire(self, result: ArchiveResult, existing: Existing) -> tuple[list[str], list[dict]]:
         """Which earlier objects of this day the new manifest retires (deleted after the commit, and

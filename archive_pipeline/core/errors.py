@@ -890,7 +890,8 @@ CANCELLED_LEAVES = {
     "restoring": "the day's restore was rolled back",
     "waiting to retry": "it failed (its cause is above) and was waiting to be archived again: nothing of it was "
                         "published, an earlier archive of it stays as it was",
-    "finishing": "the day's restore had committed: the day is restored (the same command finds it restored)",
+    "finishing": "the day's restore had committed: the day is restored; do not restore it again (a target without "
+                 "the day column cannot tell it holds it)",
     "proving": "nothing was changed",
     "checking": "nothing was changed",
 }

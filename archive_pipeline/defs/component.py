@@ -141,7 +141,7 @@ def _rendered(context, value: Any) -> Any:
         if "{{" not in value and "{%" not in value:
             return value
         if "{#" in value:  # a Jinja comment, rendered as nothing: another name, silently
-            raise ValueError(f"tables: {value!r} holds a Dagster template and '{{#', which its templates read as the "
+            raise ValueError(f"{value!r} holds a Dagster template and '{{#', which its templates read as the "
                              "start of a comment and drop (another table's name, silently); list this table in the "
                              "table file (config_path), where names are taken as written")
         return context.resolve_value(value)
@@ -150,6 +150,15 @@ def _rendered(context, value: Any) -> Any:
     if isinstance(value, list):
         return [_rendered(context, item) for item in value]
     return value
+
+
+_PREFIX = str | bool | int | float | list[str | bool | int | float]
+
+
+def _as_written(model_field_type: Any) -> Resolver:
+    """A Resolver that renders only the strings holding a template (see :func:`_rendered`)."""
+    return Resolver(lambda context, value: _rendered(context, value), model_field_type=model_field_type,
+                    inject_before_resolve=False)
 
 
 @scaffold_with(ArchiveTablesScaffolder)
@@ -169,14 +178,20 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
                  description="inline table list, each entry as in archive_tables.yaml's tables"),
         Field(description="inline table list, each entry as in archive_tables.yaml's tables"),
     ] = None
-    source: dict[str, Any] | None = Field(default=None, description="inline: session timeouts (source:)")
-    retry: dict[str, Any] | None = Field(default=None, description="inline: retry policy (retry:)")
-    schedule: dict[str, Any] | None = Field(default=None, description="inline: daily schedule (schedule:)")
-    sensor: dict[str, Any] | None = Field(default=None, description="inline: new-days sensor (sensor:)")
-    backfill: dict[str, Any] | None = Field(default=None, description="inline: days per backfill run (backfill:)")
+    # (every other inline setting is rendered as the tables are: only its strings that hold a template)
+    source: Annotated[dict[str, Any] | None, _as_written(dict[str, Any] | None)] = Field(
+        default=None, description="inline: session timeouts (source:)")
+    retry: Annotated[dict[str, Any] | None, _as_written(dict[str, Any] | None)] = Field(
+        default=None, description="inline: retry policy (retry:)")
+    schedule: Annotated[dict[str, Any] | None, _as_written(dict[str, Any] | None)] = Field(
+        default=None, description="inline: daily schedule (schedule:)")
+    sensor: Annotated[dict[str, Any] | None, _as_written(dict[str, Any] | None)] = Field(
+        default=None, description="inline: new-days sensor (sensor:)")
+    backfill: Annotated[dict[str, Any] | None, _as_written(dict[str, Any] | None)] = Field(
+        default=None, description="inline: days per backfill run (backfill:)")
     # (items YAML reads as booleans or numbers, `[eu, no]`, pass here to be named as written, with the fix, by
     # refuse_repeated_inline_settings: pydantic's own error showed `input_value=False`)
-    asset_key_prefix: str | bool | int | float | list[str | bool | int | float] | None = Field(
+    asset_key_prefix: Annotated[_PREFIX | None, _as_written(_PREFIX | None)] = Field(
         default=None, description="inline: put before every asset key (asset_key_prefix:)")
     check_source: bool = Field(default=True, description="check at load that the tables exist "
                                "(only when ARCHIVE_PG_DSN is set and the database answers)")
