@@ -583,6 +583,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
     failed = _failed_for_good(context, spec) if context.retry_number > 0 else {}
     todo = [d for d in todo if d not in failed]
     records = DayRecords(context, deferred=len(days) > 1 and output_read_downstream(context, checks=False))
+    unrecorded = []  # days gone from the source that nothing records: no output may materialize them
     try:
         for day in todo:
             try:
@@ -591,7 +592,8 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
             except Failure as exc:
                 if len(days) > 1 and _removed(exc):  # archived, proven and let go: nothing to redo, not failed
                     context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
-                    record_removed(context, key, spec, day, exc, records, store)
+                    if not record_removed(context, key, spec, day, exc, records, store):
+                        unrecorded.append(day)
                     continue
                 yield from verdicts_as_they_were(context, key, [day])
                 if len(days) == 1:
@@ -616,6 +618,14 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
         raise after_retry_wait(context, spec, batch_failure(spec, days, failed, skipped_keys(context, spec)), failed)
     if phantoms := skipped_keys(context, spec):
         raise batch_failure(spec, days, {}, phantoms)
+    if unrecorded and records.deferred:
+        # the range's output would materialize every day of it, these too (nothing archived, no record of a
+        # removal): the days are logged one by one instead, and the steps downstream do not run for the range
+        records.flush()
+        context.log.warning(f"{spec.name}: {', '.join(d.isoformat() for d in unrecorded)}: gone from the source with "
+                            "no archive recorded; the range's output is not yielded, so the assets downstream do not "
+                            "run for it (launch them for the archived days)")
+        return
     yield from records.output(key, sorted(done))
 
 
@@ -651,19 +661,24 @@ class DayRecords:
         attempt of the step recorded get their record again (an output without it would be a bare one over it)."""
         if not self.deferred:
             return
-        for partition in earlier:
-            if (before := _latest_record(self.context, key, partition)) is not None:
-                self.context.add_asset_metadata(dict(before.metadata), partition_key=partition)
         states = {m.tags.get(STATE_TAG) for m, _ in self._pending}
-        yield MaterializeResult(tags={STATE_TAG: states.pop()} if len(states) == 1 and not earlier else None)
+        for partition in earlier:
+            before = _latest_record(self.context, key, partition)
+            states.add(before.tags.get(STATE_TAG) if before is not None else None)
+            if before is not None:
+                self.context.add_asset_metadata(dict(before.metadata), partition_key=partition)
+        yield MaterializeResult(tags={STATE_TAG: states.pop()} if len(states) == 1 and None not in states else None)
         for _, evaluation in self._pending:
             if evaluation is not None and (checked := evaluation()) is not None:
                 yield checked
+        for partition in earlier:  # recorded again by the output: its verdict too, about this record
+            if (carried := verdict_carried(self.context, key, partition, this_run=True)) is not None:
+                yield carried
         self._pending = []
 
 
 def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpec, day: Period, exc: Failure,
-                   records: DayRecords, store: S3Store) -> None:
+                   records: DayRecords, store: S3Store) -> bool:
     """Record a removed day of a ranged run as materialized again: its archive (proven before the day was let go)
     is the day's only copy and still there. Dagster marks every partition a failed run planned and did not
     materialize as failed, so without a record a failing neighbour turned the removed day red, beside the one day
@@ -672,7 +687,7 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     where it records that very archive, with its last ``archive_intact`` verdict; else (archived again, or archived
     and let go by the command line) what the manifest records, with no verdict about another archive. A naming-mode
     day without its table is recorded only where its manifest says it was removed (its table dropped by retention);
-    a day nothing records, not at all."""
+    a day nothing records, not at all (False: nothing recorded)."""
     partition = day.isoformat()
     where = exc.metadata.get(REMOVED_MANIFEST)
     where = getattr(where, "value", where)
@@ -680,20 +695,26 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     try:
         manifest = load_manifest(store, day_key, (spec.name, partition))
     except Exception:  # noqa: BLE001 - nothing to record it from: left as Dagster has it
-        return
+        return False
     if not manifest or not manifest.get("removed") or not manifest.get("object"):
-        return
+        return False
     before = _latest_record(context, key, partition)
     recorded = {name: getattr(value, "value", value) for name, value in (before.metadata if before else {}).items()}
     same = before is not None and recorded.get("object_key") == manifest["object"].get("key") and \
         recorded.get("md5") == manifest["object"].get("md5")
     said = (exc.description or "").split("\n\nWhat to do:")[0]
-    metadata = {**(before.metadata if same else _manifest_metadata(manifest, store, day_key)),
+    mark = manifest["removed"] if isinstance(manifest["removed"], dict) else {}
+    # a removal proves the archive before it marks the manifest (lifecycle.remove_day): the record says so, as
+    # archive_intact's deep_check wants a proof recorded (it is not "archived before deep_check was set")
+    proven = {"verified": f"content proven before the day was removed from the source ({mark.get('action', 'removed')}"
+                          f" at {mark.get('at', 'a time not recorded')}): its archive is the day's only copy"}
+    metadata = {**(before.metadata if same else {**_manifest_metadata(manifest, store, day_key), **proven}),
                 "state": "removed", "removed": said,
                 "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
     records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
                                         tags={**(before.tags if same else {}), STATE_TAG: "removed"}),
                    functools.partial(verdict_carried, context, key, partition) if same else None)
+    return True
 
 
 def _latest_record(context: AssetExecutionContext, key: AssetKey, partition: str) -> AssetMaterialization | None:

@@ -253,14 +253,22 @@ def _intact_again(key: AssetKey, day: str, last, description: str, target) -> As
         target_materialization_data=target)
 
 
-def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str) -> AssetCheckEvaluation | None:
+def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str, *,
+                    this_run: bool = False) -> AssetCheckEvaluation | None:
     """The day's last ``archive_intact`` verdict again, about the day's newest materialization: a record that
-    repeats what the archive was (a removed day's, see ``record_removed``) keeps its proof in the UI rather than
-    showing the check as never run. None when no run has checked the day."""
-    _, last = _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK), PartitionKeyFilter(key=day))
+    repeats what the archive was (a removed day's, see ``record_removed``; with ``this_run``, a day an earlier
+    attempt of this run's step recorded, recorded again by a ranged output) keeps its proof in the UI rather than
+    showing the check as never run. None when no run has checked the day (``this_run``: this one included)."""
+    check = AssetCheckKey(key, INTACT_CHECK)
+    if this_run:
+        last = next((r for r in _history(context.instance, check, partition_filter=PartitionKeyFilter(key=day))
+                     if r.status != AssetCheckExecutionRecordStatus.PLANNED and r.evaluation is not None), None)
+    else:
+        _, last = _planned_and_last(context, check, PartitionKeyFilter(key=day))
     if last is None:
         return None
-    return _intact_again(key, day, last, f"{day}: as checked by run {last.run_id}: {last.evaluation.description}",
+    by = "earlier in this run" if last.run_id == context.run.run_id else f"by run {last.run_id}"
+    return _intact_again(key, day, last, f"{day}: as checked {by}: {last.evaluation.description}",
                          latest_materialization(context.instance, key, day))
 
 
