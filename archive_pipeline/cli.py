@@ -1601,8 +1601,10 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period]
             found = plan.lookup_manifests(store, spec, chunk)
         except ArchiveError as exc:  # the listing failed: each of those days unread, the days in the source still run
             why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"
-            unread.update({day: why for day in chunk})
-            continue
+            # and the months after it too, unlisted: a store that throttled or refused one listing after its retries
+            # would be asked again for every month of years of removed days (a minute of backoff, for nothing)
+            unread.update({day: why for day in days[start:]})
+            break
         pending |= {day: lookup.archived.key for day, lookup in found.items()
                     if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
         unread.update({day: lookup.problem for day, lookup in found.items() if lookup.problem})

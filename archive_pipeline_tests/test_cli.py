@@ -47,9 +47,9 @@ def setup(pg, conn, schema, s3, bucket, tmp_path, days):
     return env, spec
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def cli_json(env: dict[str, str], *args: str, code: int = 0) -> dict:

@@ -205,7 +205,8 @@ def test_cli_prune_whose_listing_of_removed_days_fails_still_removes_the_due_day
     with FaultProxy(s3.endpoint_url) as proxy:
         fault = proxy.add(Fault(method="GET", path=r"^/[^/]+/?$", query="list-type", action="error", status=503,
                                 code="SlowDown", times=None))
-        done = cli({**env, "ARCHIVE_S3_ENDPOINT_URL": proxy.url}, "prune", "--json")
+        # (every listing of the command is throttled and retried with backoff: about a minute in all)
+        done = cli({**env, "ARCHIVE_S3_ENDPOINT_URL": proxy.url}, "prune", "--json", timeout=240)
         assert fault.hits >= 1
     left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE created_at >= %s AND created_at < %s").format(
         sql.Identifier(spec.schema_name, spec.table_name)), (days[0], days[1])).fetchone()[0]

@@ -592,9 +592,12 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
             except Failure as exc:
                 if len(days) > 1 and _removed(exc):  # archived, proven and let go: nothing to redo, not failed
                     context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
-                    if not record_removed(context, key, spec, day, exc, records, store):
-                        unrecorded.append(day)
-                    continue
+                    try:
+                        if not record_removed(context, key, spec, day, exc, records, store):
+                            unrecorded.append(day)
+                        continue
+                    except Failure as unread:  # its manifest, the archive's only record, unread: the day fails
+                        exc = unread
                 yield from verdicts_as_they_were(context, key, [day])
                 if len(days) == 1:
                     raise
@@ -694,9 +697,9 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     day_key = where.removesuffix(keys.MANIFEST_SUFFIX) if where else recorded_day_key(spec, day, store)
     try:
         manifest = load_manifest(store, day_key, (spec.name, partition))
-    except Exception:  # noqa: BLE001 - nothing to record it from: left as Dagster has it
-        return False
-    if not manifest or not manifest.get("removed") or not manifest.get("object"):
+    except Exception as exc:  # noqa: BLE001 - the day's only record unread: the day fails, not "nothing to do"
+        raise _manifest_unread(spec, partition, store.uri(keys.manifest_key(day_key)), exc) from None
+    if not manifest or not manifest.get("removed") or not (manifest.get("object") or manifest.get("empty")):
         return False
     before = _latest_record(context, key, partition)
     recorded = {name: getattr(value, "value", value) for name, value in (before.metadata if before else {}).items()}
@@ -715,6 +718,22 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
                                         tags={**(before.tags if same else {}), STATE_TAG: "removed"}),
                    functools.partial(verdict_carried, context, key, partition) if same else None)
     return True
+
+
+def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseException) -> Failure:
+    """A removed day whose manifest (its archive's only record: the source rows are gone) cannot be read: damaged
+    or altered (not retried: restore the manifest from a backup of the bucket), or the store not answering
+    (retried)."""
+    damaged = isinstance(exc, ValueError)  # ManifestError: not a manifest, altered, another table-day's
+    said = getattr(exc, "message", None) or str(exc)
+    remedy = ("restore the manifest from a backup or an earlier version of the bucket (the day is gone from the "
+              "source: the archive is its only copy), then run the day again" if damaged else
+              "retried automatically; if it persists, check the store and the network path to it")
+    return Failure(description=f"{spec.name} {partition}: the day is gone from the source, and its manifest {uri} "
+                               f"{'is damaged or was altered' if damaged else 'could not be read'} ({said}); nothing "
+                               f"was recorded.\n\nWhat to do: {remedy}.",
+                   allow_retries=not damaged and is_retryable(exc),
+                   metadata={"table": spec.name, "day": partition, "retryable": not damaged and is_retryable(exc)})
 
 
 def _latest_record(context: AssetExecutionContext, key: AssetKey, partition: str) -> AssetMaterialization | None:

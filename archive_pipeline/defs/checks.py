@@ -249,7 +249,9 @@ def _intact_again(key: AssetKey, day: str, last, description: str, target) -> As
     was = last.evaluation
     return AssetCheckEvaluation(
         asset_key=key, check_name=INTACT_CHECK, passed=was.passed, severity=was.severity, partition=day,
-        description=description, metadata={**was.metadata, "checked_in_run": last.run_id}, blocking=False,
+        description=description, metadata={**was.metadata, "checked_in_run": was.metadata.get("checked_in_run",
+                                                                                           last.run_id)},
+        blocking=False,
         target_materialization_data=target)
 
 
@@ -260,16 +262,22 @@ def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str, *
     attempt of this run's step recorded, recorded again by a ranged output) keeps its proof in the UI rather than
     showing the check as never run. None when no run has checked the day (``this_run``: this one included)."""
     check = AssetCheckKey(key, INTACT_CHECK)
-    if this_run:
+    if this_run:  # only a verdict about the record an earlier attempt of this run logged: the same archive
         last = next((r for r in _history(context.instance, check, partition_filter=PartitionKeyFilter(key=day))
                      if r.status != AssetCheckExecutionRecordStatus.PLANNED and r.evaluation is not None), None)
+        target = last.evaluation.target_materialization_data if last is not None else None
+        if target is None or target.run_id != context.run.run_id:
+            return None
     else:
         _, last = _planned_and_last(context, check, PartitionKeyFilter(key=day))
     if last is None:
         return None
-    by = "earlier in this run" if last.run_id == context.run.run_id else f"by run {last.run_id}"
-    return _intact_again(key, day, last, f"{day}: as checked {by}: {last.evaluation.description}",
-                         latest_materialization(context.instance, key, day))
+    if "checked_in_run" in last.evaluation.metadata:  # carried already: said as it was, naming the run that checked
+        description = last.evaluation.description
+    else:
+        by = "earlier in this run" if last.run_id == context.run.run_id else f"by run {last.run_id}"
+        description = f"{day}: as checked {by}: {last.evaluation.description}"
+    return _intact_again(key, day, last, description, latest_materialization(context.instance, key, day))
 
 
 def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, key: AssetKey

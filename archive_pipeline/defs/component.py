@@ -132,7 +132,7 @@ def _resolved_tables(context, tables: list[dict[str, Any]] | None) -> list[dict[
     return _rendered(context, tables)
 
 
-def _rendered(context, value: Any) -> Any:
+def _rendered(context, value: Any, *, text: bool = False) -> Any:
     """``value`` with Dagster's templates rendered in the strings that hold one (``{{ ... }}``, ``{% ... %}``), and
     every other string as written: rendered, a name of braces and a hash (``events{#eu#}``) lost its Jinja
     "comment" and named another table, and a quoted ``"2024.10"`` became the number 2024.1 (the native template
@@ -142,22 +142,25 @@ def _rendered(context, value: Any) -> Any:
             return value
         if "{#" in value:  # a Jinja comment, rendered as nothing: another name, silently
             raise ValueError(f"{value!r} holds a Dagster template and '{{#', which its templates read as the "
-                             "start of a comment and drop (another table's name, silently); list this table in the "
-                             "table file (config_path), where names are taken as written")
-        return context.resolve_value(value)
+                             "start of a comment and drop (another value, silently); write it in the table file "
+                             "(config_path), where values are taken as written")
+        rendered = context.resolve_value(value)
+        # ``text``: a setting of names (asset_key_prefix), whose template's digits ("{{ env.TEAM_ID }}": 42) the
+        # native template reads as a number
+        return str(rendered) if text and isinstance(rendered, (int, float, bool)) else rendered
     if isinstance(value, dict):
-        return {key: _rendered(context, item) for key, item in value.items()}
+        return {key: _rendered(context, item, text=text) for key, item in value.items()}
     if isinstance(value, list):
-        return [_rendered(context, item) for item in value]
+        return [_rendered(context, item, text=text) for item in value]
     return value
 
 
 _PREFIX = str | bool | int | float | list[str | bool | int | float]
 
 
-def _as_written(model_field_type: Any) -> Resolver:
-    """A Resolver that renders only the strings holding a template (see :func:`_rendered`)."""
-    return Resolver(lambda context, value: _rendered(context, value), model_field_type=model_field_type,
+def _as_written(model_field_type: Any, *, text: bool = False) -> Resolver:
+    """A Resolver that renders only the strings holding a template (see :func:`_rendered`); ``text``: each as text."""
+    return Resolver(lambda context, value: _rendered(context, value, text=text), model_field_type=model_field_type,
                     inject_before_resolve=False)
 
 
@@ -191,7 +194,7 @@ class ArchiveTablesComponent(Component, Resolvable, Model):
         default=None, description="inline: days per backfill run (backfill:)")
     # (items YAML reads as booleans or numbers, `[eu, no]`, pass here to be named as written, with the fix, by
     # refuse_repeated_inline_settings: pydantic's own error showed `input_value=False`)
-    asset_key_prefix: Annotated[_PREFIX | None, _as_written(_PREFIX | None)] = Field(
+    asset_key_prefix: Annotated[_PREFIX | None, _as_written(_PREFIX | None, text=True)] = Field(
         default=None, description="inline: put before every asset key (asset_key_prefix:)")
     check_source: bool = Field(default=True, description="check at load that the tables exist "
                                "(only when ARCHIVE_PG_DSN is set and the database answers)")
