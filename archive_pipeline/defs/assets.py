@@ -709,8 +709,8 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     mark = manifest["removed"] if isinstance(manifest["removed"], dict) else {}
     # a removal proves the archive before it marks the manifest (lifecycle.remove_day): the record says so, as
     # archive_intact's deep_check wants a proof recorded (it is not "archived before deep_check was set")
-    proven = {"verified": f"content proven before the day was removed from the source ({mark.get('action', 'removed')}"
-                          f" at {mark.get('at', 'a time not recorded')}): its archive is the day's only copy"}
+    proven = {"verified": f"content proven: the day's removal from the source ({mark.get('action', 'removed')} at "
+                          f"{mark.get('at', 'a time not recorded')}) proved its archive first"}
     metadata = {**(before.metadata if same else {**_manifest_metadata(manifest, store, day_key), **proven}),
                 "state": "removed", "removed": said,
                 "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
@@ -727,7 +727,7 @@ def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseExcepti
     damaged = isinstance(exc, ValueError)  # ManifestError: not a manifest, altered, another table-day's
     said = getattr(exc, "message", None) or str(exc)
     remedy = ("restore the manifest from a backup or an earlier version of the bucket (the day is gone from the "
-              "source: the archive is its only copy), then run the day again" if damaged else
+              "source: the archive may be its only copy), then run the day again" if damaged else
               "retried automatically; if it persists, check the store and the network path to it")
     return Failure(description=f"{spec.name} {partition}: the day is gone from the source, and its manifest {uri} "
                                f"{'is damaged or was altered' if damaged else 'could not be read'} ({said}); nothing "
