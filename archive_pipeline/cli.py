@@ -1001,6 +1001,9 @@ def _verify_remedy(run: Run, spec: TableSpec, day: Period, problem: str = "", ho
             return f"{own}; then verify the day again (it was not checked)"
         return (f"verify the day again ({run.suggest('verify', table, day, *how)}) once the database and store "
                 "answer: it was not checked")
+    if "not archived exactly in" in problem:  # a value its format's encoding changed: archived again, alike
+        return ("archive the table in another format (see the problem), then this day again: "
+                f"{run.suggest('archive', table, day, '--overwrite')}; archived again as it is, it fails alike")
     if source_side_only(problems or []):  # the archive held exactly the rows recorded: the source is what differs
         return (f"the archive checks out (its rows are the ones recorded): the source differs. If the source's rows "
                 f"are the right ones (late rows, edits), archive the day again: "

@@ -819,7 +819,12 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
                                day=manifest.get("day"), retryable=False,
                                remedy="prove it with a scratch database of the archived encoding (scratch_conn; "
                                       "ARCHIVE_PG_PRIMARY_DSN for the command line)")
-        problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}")
+        from archive_pipeline.core.restore import _inexact_explained  # (the restore's words for the same case)
+
+        lossy, lossy_remedy = _inexact_explained(manifest)
+        problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}"
+                        + (f".{lossy} To fix: {lossy_remedy} (archived again as it is, it would fail alike)"
+                           if lossy else ""))
     try:
         table, where, now = source.result()
     except ColumnsChangedError as exc:
