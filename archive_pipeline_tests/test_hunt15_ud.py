@@ -4,6 +4,8 @@ restore cancelled while finishing a day)."""
 
 from __future__ import annotations
 
+import pytest
+
 import re
 import shlex
 
@@ -80,12 +82,9 @@ def test_an_overwrite_whose_manifest_cannot_be_read_again_before_its_commit_does
         return real(*args, **kwargs)
 
     monkeypatch.setattr(archive_module, "_get_manifest_bytes", failing)
-    try:
+    with pytest.raises(ArchiveError) as raised:
         archive_partition(conn, spec, DAYS[0], store, overwrite=True)
-    except ArchiveError as exc:
-        error = exc
-    else:
-        raise AssertionError("the failing read was not reached")
+    error = raised.value
     assert "nothing was replaced" in str(error), error  # (the premise)
     assert stored_keys(s3_client, bucket) == before  # the new generation is gone: nothing is left
     notes = getattr(error, "__notes__", [])

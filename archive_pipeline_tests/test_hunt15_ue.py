@@ -4,6 +4,8 @@ its first day, '{#' in a templated inline string, a removal's HEAD with the prov
 
 from __future__ import annotations
 
+import pytest
+
 import sys
 
 from psycopg import sql
@@ -69,12 +71,9 @@ def test_an_overwrite_refused_as_changed_whose_withdrawal_delete_fails_leaves_it
 
     monkeypatch.setattr(archive_module._Archiving, "_refuse_replaced", removal_marks_it)
     monkeypatch.setattr(store, "delete", delete)
-    try:
+    with pytest.raises(ArchiveError) as raised:
         archive_partition(conn, spec, DAYS[0], store, overwrite=True)
-    except ArchiveError as exc:
-        error = exc
-    else:
-        raise AssertionError("the changed manifest was not reached")
+    error = raised.value
     assert "changed while this run archived" in str(error) and failed, error  # (the premise)
     left = [k for k in stored_keys(s3_client, bucket) if k not in before]
     notes = " ".join(getattr(error, "__notes__", []))
@@ -125,12 +124,9 @@ def test_an_overwrite_whose_manifest_read_fails_before_its_commit_deletes_the_ob
 
     monkeypatch.setattr(archive_module._Archiving, "_commit", other_run_commits_first)
     monkeypatch.setattr(archive_module, "_get_manifest_bytes", failing)
-    try:
+    with pytest.raises(ArchiveError) as raised:
         archive_partition(conn, spec, DAYS[0], store, overwrite=True)
-    except ArchiveError as exc:
-        error = exc
-    else:
-        raise AssertionError("the failing read was not reached")
+    error = raised.value
     assert "nothing was replaced" in str(error) and committed, error  # (the premise)
     names = store.get_bytes_or_none(manifest_key)
     assert committed["key"].encode() in names  # (the store's manifest names g2)

@@ -7,33 +7,29 @@ from __future__ import annotations
 import datetime as dt
 import types
 
-import dagster as dg
 from dagster import AssetCheckKey, AssetRecordsFilter, instance_for_test
 from dagster._core.event_api import PartitionKeyFilter
 
 from archive_pipeline.core.config import parse_config
-from archive_pipeline.definitions import build_definitions
-from archive_pipeline.defs.assets import asset_key, daily_partitions
+from archive_pipeline.defs.assets import asset_key
+from archive_pipeline_tests.test_hunt15_ug import _with_report
 
 DAY = dt.date(2024, 3, 10)
 DAYS = [DAY + dt.timedelta(days=i) for i in range(3)]
 RANGE = {"dagster/asset_partition_range_start": DAYS[0].isoformat(),
          "dagster/asset_partition_range_end": DAYS[-1].isoformat()}
 
+def _deleting_days_with_report(conn, schema: str):
+    """Three days of sample events in a table whose retention deletes its days, with the user's ``daily_report``
+    downstream (see :func:`_with_report`): (spec, the archive's asset key, definitions, the report's key)."""
+    from archive_pipeline.local.local_stack import create_sample_events
 
-def _with_report(config, spec, **build):
-    """The README's "Using it from another Dagster project": the user's ``daily_report`` reads the archive (deps),
-    in their job ``archive_and_report`` (no checks): the archive's ranged run hands its output to that step."""
-    archive = asset_key(spec)
-
-    @dg.asset(partitions_def=daily_partitions(spec), deps=[archive])
-    def daily_report(context) -> None:
-        context.log.info(f"report of {context.partition_keys}")
-
-    mine = dg.define_asset_job("archive_and_report",
-                               selection=dg.AssetSelection.assets(archive, daily_report.key).without_checks())
-    return dg.Definitions.merge(build_definitions(config, **build),
-                                dg.Definitions(assets=[daily_report], jobs=[mine])), daily_report.key
+    create_sample_events(conn, DAYS, rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 1}, "tables": [{
+        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
+        "retention": {"keep_days": 30, "action": "delete"}}]})
+    spec = config.tables[0]
+    return (spec, asset_key(spec), *_with_report(config, spec))
 
 
 def test_a_deferred_range_holding_an_empty_day_dropped_by_retention_never_runs_the_assets_downstream(
@@ -106,15 +102,8 @@ def test_a_deferred_ranges_retry_carries_onto_a_removed_days_record_the_verdict_
     from archive_pipeline.core.locks import lock_key
     from archive_pipeline.defs import assets as assets_module
     from archive_pipeline.defs.assets import job_name
-    from archive_pipeline.local.local_stack import create_sample_events
 
-    create_sample_events(conn, DAYS, rows_per_day=3, schema=schema)
-    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 1}, "tables": [{
-        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
-        "retention": {"keep_days": 30, "action": "delete"}}]})
-    spec = config.tables[0]
-    archive = asset_key(spec)
-    defs, report = _with_report(config, spec)
+    spec, archive, defs, report = _deleting_days_with_report(conn, schema)
     day = DAYS[0].isoformat()
     with instance_for_test() as instance:
         first = defs.resolve_job_def(job_name(spec)).execute_in_process(instance=instance, partition_key=day)
@@ -263,15 +252,8 @@ def test_a_deferred_ranges_retry_says_a_removed_days_verdict_was_checked_earlier
     from archive_pipeline.core.locks import lock_key
     from archive_pipeline.defs import assets as assets_module
     from archive_pipeline.defs.assets import job_name
-    from archive_pipeline.local.local_stack import create_sample_events
 
-    create_sample_events(conn, DAYS, rows_per_day=3, schema=schema)
-    config = parse_config({"retry": {"max_retries": 1, "delay_seconds": 1}, "tables": [{
-        "name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat(),
-        "retention": {"keep_days": 30, "action": "delete"}}]})
-    spec = config.tables[0]
-    archive = asset_key(spec)
-    defs, report = _with_report(config, spec)
+    spec, archive, defs, report = _deleting_days_with_report(conn, schema)
     day = DAYS[0].isoformat()
     with instance_for_test() as instance:
         first = defs.resolve_job_def(job_name(spec)).execute_in_process(instance=instance, partition_key=day)

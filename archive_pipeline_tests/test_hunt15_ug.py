@@ -33,6 +33,21 @@ def _latest_and_check(instance, key, day):
     return latest, check
 
 
+def _with_report(config, spec, **build):
+    """The README's "Using it from another Dagster project": the user's ``daily_report`` reads the archive (deps),
+    in their job ``archive_and_report`` (no checks): the archive's ranged run hands its output to that step."""
+    archive = asset_key(spec)
+
+    @dg.asset(partitions_def=daily_partitions(spec), deps=[archive])
+    def daily_report(context) -> None:
+        context.log.info(f"report of {context.partition_keys}")
+
+    mine = dg.define_asset_job("archive_and_report",
+                               selection=dg.AssetSelection.assets(archive, daily_report.key).without_checks())
+    return dg.Definitions.merge(build_definitions(config, **build),
+                                dg.Definitions(assets=[daily_report], jobs=[mine])), daily_report.key
+
+
 def test_a_deferred_range_retried_after_a_failed_day_leaves_each_days_latest_record_checked(
         pg, conn, schema, archive_env, monkeypatch):
     """Scenario (README "Using it from another Dagster project"): the user's job ``archive_and_report`` selects the
@@ -55,14 +70,7 @@ def test_a_deferred_range_retried_after_a_failed_day_leaves_each_days_latest_rec
         {"name": f"{schema}.events", "day_column": "created_at", "start_date": DAY.isoformat()}]})
     spec = config.tables[0]
     archive = asset_key(spec)
-
-    @dg.asset(partitions_def=daily_partitions(spec), deps=[archive])
-    def daily_report(context) -> None:
-        context.log.info(f"report of {context.partition_keys}")
-
-    mine = dg.define_asset_job("archive_and_report",
-                               selection=dg.AssetSelection.assets(archive, daily_report.key).without_checks())
-    defs = dg.Definitions.merge(build_definitions(config), dg.Definitions(assets=[daily_report], jobs=[mine]))
+    defs, report = _with_report(config, spec)
     other = pg.connect()
     assert other.execute("SELECT pg_try_advisory_lock(%s)", lock_key(spec.name, DAYS[1])).fetchone()[0]
     # the retry's backoff, waited inside the step (after_retry_wait): the other session lets the day go meanwhile
@@ -72,7 +80,7 @@ def test_a_deferred_range_retried_after_a_failed_day_leaves_each_days_latest_rec
             instance=instance, tags=RANGE, raise_on_error=False)
         assert result.success
         assert other.closed  # the retry happened
-        assert sorted(instance.get_materialized_partitions(daily_report.key)) == [d.isoformat() for d in DAYS]
+        assert sorted(instance.get_materialized_partitions(report)) == [d.isoformat() for d in DAYS]
         unchecked, untagged = [], []
         for day in DAYS:
             latest, check = _latest_and_check(instance, archive, day.isoformat())
@@ -166,15 +174,7 @@ def test_a_deferred_range_does_not_materialize_a_naming_mode_day_whose_table_is_
         "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"}}]})
     spec = config.tables[0]
     archive = asset_key(spec)
-
-    @dg.asset(partitions_def=daily_partitions(spec), deps=[archive])
-    def daily_report(context) -> None:
-        context.log.info(f"report of {context.partition_keys}")
-
-    mine = dg.define_asset_job("archive_and_report",
-                               selection=dg.AssetSelection.assets(archive, daily_report.key).without_checks())
-    defs = dg.Definitions.merge(build_definitions(config, check_source=False),
-                                dg.Definitions(assets=[daily_report], jobs=[mine]))
+    defs, _ = _with_report(config, spec, check_source=False)
     gone = DAYS[1].isoformat()
     with instance_for_test() as instance:
         result = defs.resolve_job_def("archive_and_report").execute_in_process(
