@@ -1507,8 +1507,6 @@ def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target:
     then = next((getattr(d, "utc_start", None) for d in days if d.isoformat() == after), None)
     rest = [d for d in days if (d.utc_start > then if then is not None and hasattr(d, "utc_start")
                                 else d.isoformat() > after) or (inclusive and d.isoformat() == after)]
-    if then is not None:
-        rest.sort(key=lambda d: d.utc_start)
     again = [*run.command("restore"), "--table", table]
     if rest:
         again += ["--from", rest[0].isoformat(), "--to", rest[-1].isoformat()]
@@ -1517,7 +1515,8 @@ def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target:
         again += ["--target", target]
     if on_conflict != "fail":
         again += ["--on-conflict", on_conflict]
-    others = [name for name in (names[names.index(table) + 1:] if table in names else []) if _days_of(chosen, name)]
+    later = {name: _days_of(chosen, name) for name in (names[names.index(table) + 1:] if table in names else [])}
+    others = [name for name, listed in later.items() if listed]
     left = (f"run {_shell_join(again)} to restore the rest of {table} ({', '.join(d.isoformat() for d in rest[:5])}"
             f"{', ...' if len(rest) > 5 else ''}{', without ' + skipped if skipped else ''})" if rest
             else f"{table} is done" + (f" but for {skipped}" if skipped else ""))
@@ -1527,7 +1526,7 @@ def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target:
     # restored, so into the targets as the run was asked (``new`` creates them)
     commands = []
     for name in others:
-        listed = _days_of(chosen, name)
+        listed = later[name]
         command = [*run.command("restore"), "--table", name, "--from", listed[0].isoformat(), "--to",
                    listed[-1].isoformat(), "--into", into]
         if on_conflict != "fail":

@@ -60,6 +60,7 @@ from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, check_
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
+from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
@@ -722,18 +723,22 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
 
 def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseException) -> Failure:
     """A removed day whose manifest (its archive's only record: the source rows are gone) cannot be read: damaged
-    or altered (not retried: restore the manifest from a backup of the bucket), or the store not answering
-    (retried)."""
-    damaged = isinstance(exc, ValueError)  # ManifestError: not a manifest, altered, another table-day's
+    or altered (not retried: restore the manifest from a backup of the bucket), written by a newer version (not
+    retried: upgrade), or the store not answering (retried)."""
     said = getattr(exc, "message", None) or str(exc)
-    remedy = ("restore the manifest from a backup or an earlier version of the bucket (the day is gone from the "
-              "source: the archive may be its only copy), then run the day again" if damaged else
-              "retried automatically; if it persists, check the store and the network path to it")
+    retryable = False
+    if isinstance(exc, NewerManifestError):
+        what, remedy = "could not be read", NewerManifestError.remedy
+    elif isinstance(exc, ValueError):  # ManifestError: not a manifest, altered, another table-day's
+        what, remedy = "is damaged or was altered", ("restore the manifest from a backup or an earlier version of the "
+                                                     "bucket (the day is gone from the source: the archive may be its "
+                                                     "only copy), then run the day again")
+    else:
+        what, remedy = "could not be read", "retried automatically; if it persists, check the store and the path to it"
+        retryable = is_retryable(exc)
     return Failure(description=f"{spec.name} {partition}: the day is gone from the source, and its manifest {uri} "
-                               f"{'is damaged or was altered' if damaged else 'could not be read'} ({said}); nothing "
-                               f"was recorded.\n\nWhat to do: {remedy}.",
-                   allow_retries=not damaged and is_retryable(exc),
-                   metadata={"table": spec.name, "day": partition, "retryable": not damaged and is_retryable(exc)})
+                               f"{what} ({said}); nothing was recorded.\n\nWhat to do: {remedy}.",
+                   allow_retries=retryable, metadata={"table": spec.name, "day": partition, "retryable": retryable})
 
 
 def _latest_record(context: AssetExecutionContext, key: AssetKey, partition: str) -> AssetMaterialization | None:
