@@ -31,6 +31,25 @@ def _deleting_days_with_report(conn, schema: str):
     spec = config.tables[0]
     return (spec, asset_key(spec), *_with_report(config, spec))
 
+def _archived_naming_days(conn, schema: str, store, empty: dt.date | None = None):
+    """A naming-mode table (``events_%Y%m%d``) whose retention drops its day tables, each of ``DAYS`` holding two
+    rows (``empty``: none), every day archived: (its configuration, its spec)."""
+    from archive_pipeline.core.archive import archive_partition
+
+    for day in DAYS:
+        conn.execute(f"CREATE TABLE {schema}.events_{day:%Y%m%d} (id int, created_at timestamptz)")
+        if day != empty:
+            conn.execute(f"INSERT INTO {schema}.events_{day:%Y%m%d} VALUES (1, %s), (2, %s)",
+                         (dt.datetime.combine(day, dt.time(1), dt.UTC), dt.datetime.combine(day, dt.time(2), dt.UTC)))
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
+        "name": f"{schema}.events", "start_date": DAY.isoformat(),
+        "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"},
+        "retention": {"keep_days": 30, "action": "drop"}}]})
+    spec = config.tables[0]
+    for day in DAYS:
+        archive_partition(conn, spec, spec.period(day), store)
+    return config, spec
+
 
 def test_a_deferred_range_holding_an_empty_day_dropped_by_retention_never_runs_the_assets_downstream(
         conn, schema, archive_env, store):
@@ -48,22 +67,9 @@ def test_a_deferred_range_holding_an_empty_day_dropped_by_retention_never_runs_t
     Expected: a removed empty day is recorded from its manifest (state removed, 0 rows) like any removed day, the
     range's output is yielded and daily_report runs for the three days. Fix idea: in record_removed, accept a
     manifest that is ``empty`` (no object) with a removal mark; only a day with no manifest at all is unrecorded."""
-    from archive_pipeline.core.archive import archive_partition
     from archive_pipeline.core.lifecycle import remove_day
 
-    for i, day in enumerate(DAYS):
-        conn.execute(f"CREATE TABLE {schema}.events_{day:%Y%m%d} (id int, created_at timestamptz)")
-        if i != 1:
-            conn.execute(f"INSERT INTO {schema}.events_{day:%Y%m%d} VALUES (1, %s), (2, %s)",
-                         (dt.datetime.combine(day, dt.time(1), dt.UTC),
-                          dt.datetime.combine(day, dt.time(2), dt.UTC)))
-    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
-        "name": f"{schema}.events", "start_date": DAY.isoformat(),
-        "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"},
-        "retention": {"keep_days": 30, "action": "drop"}}]})
-    spec = config.tables[0]
-    for day in DAYS:
-        archive_partition(conn, spec, spec.period(day), store)
+    config, spec = _archived_naming_days(conn, schema, store, empty=DAYS[1])
     removal = remove_day(conn, spec, spec.period(DAYS[1]), store)
     assert not conn.execute("SELECT to_regclass(%s)", (f"{schema}.events_{DAYS[1]:%Y%m%d}",)).fetchone()[0], removal
     defs, report = _with_report(config, spec, check_source=False)
@@ -200,21 +206,10 @@ def test_a_ranged_run_over_a_naming_mode_day_let_go_whose_manifest_is_damaged_en
     backup of the bucket), the run ends failed. Fix idea: in record_removed, a manifest that cannot be loaded for a
     reason other than its absence is the day's failure (ManifestError: the damaged-archive remedy), not "nothing
     recorded"."""
-    from archive_pipeline.core.archive import archive_partition
     from archive_pipeline.core.keys import manifest_key, table_day_key
     from archive_pipeline.core.lifecycle import remove_day
 
-    for day in DAYS:
-        conn.execute(f"CREATE TABLE {schema}.events_{day:%Y%m%d} (id int, created_at timestamptz)")
-        conn.execute(f"INSERT INTO {schema}.events_{day:%Y%m%d} VALUES (1, %s), (2, %s)",
-                     (dt.datetime.combine(day, dt.time(1), dt.UTC), dt.datetime.combine(day, dt.time(2), dt.UTC)))
-    config = parse_config({"retry": {"max_retries": 0}, "tables": [{
-        "name": f"{schema}.events", "start_date": DAY.isoformat(),
-        "partitioning": {"mode": "naming", "pattern": "events_%Y%m%d"},
-        "retention": {"keep_days": 30, "action": "drop"}}]})
-    spec = config.tables[0]
-    for day in DAYS:
-        archive_partition(conn, spec, spec.period(day), store)
+    config, spec = _archived_naming_days(conn, schema, store)
     assert remove_day(conn, spec, spec.period(DAYS[1]), store).rows == 2
     key = manifest_key(table_day_key(spec, spec.period(DAYS[1]), "archive"))
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
