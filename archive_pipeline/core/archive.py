@@ -35,7 +35,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
-                                          note_cancelled, wrap)
+                                          note_cancelled, renote_cancelled, wrap)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -160,6 +160,8 @@ def read_existing(store: S3Store, key: str, listing: dict[str, dict] | None = No
     # a listing has no checksum, and one damaged key name must not pass for "no manifest" (a new
     # generation would then replace the manifest unchecked).
     raw = _get_manifest_bytes(store, keys.manifest_key(key))
+    if raw is not None and listed:
+        raw, listing = _as_listed(store, key, raw, listing)
     if raw is None and listed:
         raise DownloadError(f"{store.uri(keys.manifest_key(key))} is listed but reading it found nothing: the "
                             "store answered inconsistently (or another run replaced it meanwhile); the run will "
@@ -199,6 +201,31 @@ def _as_archived(columns: tuple, recorded: list[dict]) -> tuple:
     return tuple(replace(c, type_name=by_name[c.name].get("pg_type") or c.type_name,
                              not_null=not by_name[c.name].get("nullable", not c.not_null))
                  if c.name in by_name else c for c in columns)
+
+
+def _as_listed(store: S3Store, key: str, raw: bytes, listing: dict[str, dict]) -> tuple[bytes, dict[str, dict]]:
+    """The manifest's bytes and the day's listing, once the bytes are known to be the stored manifest's: a GET
+    answered under another ETag than the listing shows (a cache, a replica behind) may be the manifest as it was
+    before an overwrite, and the run's tidying would delete the current generation on its word. A listing made
+    again breaks the tie (the first may be older than another run's commit, or damaged on the way); a GET that is
+    still not the version listed after a second read fails the run, retried, before anything is changed."""
+    mkey = keys.manifest_key(key)
+    answered = store.etag_of(raw)
+    if answered is None or etag_text(answered) == etag_text(listing[mkey].get("ETag")):
+        return raw, listing
+    fresh = day_listing(store, key)
+    shown = etag_text(((fresh or {}).get(mkey) or {}).get("ETag")) or None
+    if shown is None or etag_text(answered) == shown:
+        return raw, fresh if fresh is not None else listing
+    again = _get_manifest_bytes(store, mkey)
+    if again is not None and etag_text(store.etag_of(again)) == shown:
+        return again, fresh
+    raise DownloadError(f"{store.uri(mkey)}: the GET answered another version of the manifest (ETag "
+                        f"{etag_text(answered)}) than the store lists ({shown}), twice: a cache or a replica behind "
+                        "answered; nothing was changed, and the run will be retried", retryable=True,
+                        cause="the store answered a GET with another version than it lists",
+                        remedy="retried automatically; if it persists, check the caching gateways or replication "
+                               "between the archiver and the store")
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
@@ -994,15 +1021,30 @@ class _Archiving:
             # does not exclude, may have committed the day meanwhile): If-None-Match, see S3Store.conditions
             self._put_manifest(data, fresh=existing.raw is None, replacing=existing.raw)
         except BaseException as exc:
-            if self._stored_manifest() == data:
-                log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key,
-                            exc)
-            else:
-                self._undo_commit(exc, result, existing)
+            try:
+                landed = self._stored_manifest() == data
+                if not landed:
+                    self._undo_commit(exc, result, existing)
+            except BaseException as inner:  # cancelled while the outcome was being learned: it may have landed
+                note_cancelled(inner, self.spec.name, self.day.isoformat(), "committing")
+                raise
+            if not landed:
+                raise
+            log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key, exc)
+            if is_cancellation(exc):  # committed: the day is archived, and the cancellation still ends the run
+                renote_cancelled(exc, self.spec.name, self.day.isoformat(), "tidying")
+                self._committed = True
+                raise
+        confirmed = True
+        if existing.raw is not None and result.key:
+            try:
+                confirmed = self._refuse_lost_object(result, existing, data)
+            except BaseException as exc:  # cancelled while the new object's presence was checked: not known yet
+                note_cancelled(exc, self.spec.name, self.day.isoformat(), "committing")
                 raise
         self._committed = True  # a cancellation from here on leaves the day archived (see the run's handler)
-        if existing.raw is not None and result.key:
-            self._refuse_lost_object(result, existing, data)
+        if not confirmed:  # the new object's HEAD could not be had: its predecessor is left to the next run's tidy
+            return
         pattern = keys.generation_pattern(self.key)
         for key in superseded:  # (only the day's own keys, whatever a manifest listed)
             if pattern.fullmatch(key) and key != result.key:
@@ -1108,20 +1150,27 @@ class _Archiving:
         except Exception:  # noqa: BLE001 - unreadable: not ours
             return None
 
-    def _refuse_lost_object(self, result: ArchiveResult, existing: Existing, data: bytes) -> None:
+    def _refuse_lost_object(self, result: ArchiveResult, existing: Existing, data: bytes) -> bool:
         """An overwrite's new object must still be stored once the manifest naming it replaced the previous one
         (which still names its own object: nothing is retired yet). A run of the day on another server (a hot
         standby and its primary: the table-day lock is each server's own) tidies every generation no manifest
         names yet, this one's among them, and the day's manifest then named no object. Asked twice, a moment
         apart (a HEAD lagging a completed upload is no loss); a lost object puts the previous manifest back
-        (If-Match ours) and fails the run, retryable."""
+        (If-Match ours) and fails the run, retryable. True once the object is seen (or a later run superseded
+        it); False where its HEAD could not be had (the store failing for a moment): the commit stands (an object
+        not seen is not known lost), and the generation it replaced is left for the next run's tidying."""
         for attempt in range(2):
-            if self.store.head(result.key) is not None:
-                return
+            try:
+                if self.store.head(result.key) is not None:
+                    return True
+            except Exception as exc:  # noqa: BLE001 - no answer is no loss: the next run of the day checks again
+                log.warning("%s %s: committed, but the new object's HEAD failed (%s); the generation it replaced is "
+                            "left for the next run of the day", self.spec.name, self.day, getattr(exc, "message", exc))
+                return False
             if attempt == 0:
                 time.sleep(1.0)
         if self._superseded_since(result.key, data):
-            return
+            return True
         gone = (f"{self.spec.name} {self.day}: the new object {self.store.uri(result.key)} was gone once its manifest "
                 "was written (a run of the day on another server removed it as a leftover)")
         remedy = "retried automatically; archive each table from one server only"

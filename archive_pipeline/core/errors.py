@@ -394,6 +394,12 @@ _S3_REGION = _store(False, "the bucket is in another region (or behind another e
                     "to (a 301 PermanentRedirect, or a request signed for the wrong region)",
                     "set ARCHIVE_S3_REGION to the bucket's region (the store's answer names it: x-amz-bucket-region "
                     "or the message), or ARCHIVE_S3_ENDPOINT_URL to its endpoint")
+# A 304 (or another redirect than the region's 301) to a request the archiver sent without a condition: no answer
+# the store itself gives such a request, so something between them (a caching gateway, a proxy) answered instead
+_S3_NOT_THE_OBJECT = _store(True, "the store's answer was not the object's: a 3xx (such as 304 Not Modified) to a "
+                            "request sent without a condition, as a caching gateway or proxy answers",
+                            f"{_RETRIED}; if it persists, check the caching proxies or gateways between the archiver "
+                            "and the store (they must pass S3 requests through uncached)")
 _S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads whose parts (but the last) are all "
                            "the same size (Cloudflare R2's rule), and this day's object grew past the parts of its "
                            "first size", "set ARCHIVE_S3_EQUAL_PARTS=true (ArchiveStoreResource.equal_parts: true; "
@@ -706,6 +712,8 @@ def _s3_code(code: str, status: int) -> Classification:
         return _S3_UNSUPPORTED
     if code == "PermanentRedirect" or status == 301:
         return _S3_REGION
+    if 300 <= status < 400:  # (the store's conditional answers, 304 to an If-None-Match, are handled where sent)
+        return _S3_NOT_THE_OBJECT
     if code in _S3_RETRY_CODES or status >= 500 or status == 429:
         return _S3_THROTTLED
     if code in _S3_GONE_CODES:
@@ -906,6 +914,17 @@ def note_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None
             exc.cancelled_at = (doing, table, day)  # type: ignore[attr-defined]  # (the same, its parts)
         except (AttributeError, TypeError):  # an exception type without a __dict__
             pass
+
+
+def renote_cancelled(exc: BaseException, table: str, day: str, doing: str) -> None:
+    """Record what a cancellation interrupted where an inner step's note is no longer true: the step it named
+    turned out to have completed (a manifest PUT whose answer was lost, found landed)."""
+    if is_cancellation(exc):
+        try:
+            exc.interrupted = None  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            return
+        note_cancelled(exc, table, day, doing)
 
 
 _REFUSED = re.compile(r"permission denied for (schema|type|table|view|materialized view|sequence|foreign table|"

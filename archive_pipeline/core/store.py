@@ -338,8 +338,12 @@ _HEX_ETAG = re.compile(r"[0-9A-Fa-f]{32}(-[0-9]+)?")
 
 def etag_text(etag: object) -> str:
     """An ETag without its quotes, an MD5's hex digits (a multipart's ``md5-N`` too) in lower case: some stores
-    answer them in upper case, and a digest's case means nothing."""
-    text = str(etag or "").strip('"')
+    answer them in upper case, and a digest's case means nothing. A weak ETag (``W/"..."``, as a gateway that may
+    re-encode answers marks it) compares by its opaque value, as RFC 9110's weak comparison does."""
+    text = str(etag or "").strip()
+    if text[:2] in ("W/", "w/"):
+        text = text[2:]
+    text = text.strip('"')
     return text.lower() if _HEX_ETAG.fullmatch(text) else text
 
 
@@ -953,17 +957,7 @@ class S3Store:
             length = response.get("ContentLength")
             if expected_size is not None and length is not None and length != expected_size:
                 response["Body"].close()
-                stored = self._stored_size(key)
-                if stored in (expected_size, None):  # the answer, not the object (an error page, a cut body), or
-                    # nothing confirms the object's size: only the store's own HEAD may call it damaged
-                    held = "stored" if stored is not None else "recorded (the object's HEAD could not be had)"
-                    raise DownloadError(f"{uri}: the GET answered {length:,} bytes where {expected_size:,} are {held} "
-                                        "(an error page, or an answer cut short or altered on the way); the download "
-                                        "will be retried", retryable=True, damaged=False,
-                                        cause=_NOT_THE_OBJECT, remedy=_RETRIED)
-                raise DownloadError(f"{uri} is damaged: the store holds {stored:,} bytes, expected {expected_size:,}; "
-                                    "restore it from a replica or backup, or archive the day again",
-                                    retryable=False, damaged=True)
+                raise self._unexpected_size(key, f"the GET answered {length:,} bytes", expected_size)
             body = response["Body"]
             while chunk := body.read(chunk_size):
                 md5.update(chunk)
@@ -987,6 +981,9 @@ class S3Store:
         if length is not None and length != size:
             raise DownloadError(f"{uri}: got {size:,} bytes of {length:,}; the download will be retried",
                                 retryable=True)
+        if expected_size is not None and size != expected_size:  # an answer without Content-Length, cut or padded
+            raise self._unexpected_size(key, f"the GET's answer (without Content-Length) held {size:,} bytes",
+                                        expected_size)
         vouched = self.verify_etags and bool(_PLAIN_MD5.match(etag))
         if vouched and digest != etag:
             raise DownloadError(f"{uri} came back corrupted (MD5 {digest}, the store's ETag {etag}); "
@@ -1007,6 +1004,20 @@ class S3Store:
         if expected_md5 is not None:  # its bytes are the expected ones, stored under this ETag (see proven_etag)
             self._proven_etags[key] = etag
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
+
+    def _unexpected_size(self, key: str, answered: str, expected_size: int) -> DownloadError:
+        """The error for a GET whose answer is not ``expected_size`` bytes: the answer's fault (an error page, a body
+        cut short or altered on the way: retryable) unless the object's own HEAD confirms another size (damaged)."""
+        uri, stored = self.uri(key), self._stored_size(key)
+        if stored in (expected_size, None):  # the answer, not the object, or nothing confirms the object's size: only
+            # the store's own HEAD may call it damaged
+            held = "stored" if stored is not None else "recorded (the object's HEAD could not be had)"
+            return DownloadError(f"{uri}: {answered} where {expected_size:,} are {held} (an error page, or an answer "
+                                 "cut short or altered on the way); the download will be retried", retryable=True,
+                                 damaged=False, cause=_NOT_THE_OBJECT, remedy=_RETRIED)
+        return DownloadError(f"{uri} is damaged: the store holds {stored:,} bytes, expected {expected_size:,}; "
+                             "restore it from a replica or backup, or archive the day again",
+                             retryable=False, damaged=True)
 
     def proven_etag(self, key: str) -> str | None:
         """The ETag under which a download of ``key`` got exactly the expected bytes (this store object's last):
@@ -1444,6 +1455,9 @@ class S3Upload:
             error = self._named(_wrap(exc, f"checking {store.uri(self.key)} (HeadObject)"))
             store.delete_quietly(self.key, error)
             raise error from exc
+        except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): the object is whole and
+            store.delete_quietly(self.key, exc)  # ours, but no manifest will name it: withdrawn as on a failure
+            raise
         stored = head.get("ContentLength") if head is not None else None  # absent in a gateway's error page
         if stored != size:
             error = self._error_here(f"stored object has {stored} bytes (HeadObject), expected {size}; "

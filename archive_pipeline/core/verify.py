@@ -160,6 +160,7 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
         # multipart threshold), the same bytes; another size may be a gateway's wrong Content-Length on HEAD.
         downloaded = _download_problems(store, manifest, expected, temp_dir)
         if not downloaded:
+            _same_version_or_raise(store, manifest)
             log.warning("%s: the store's HEAD said %s, and the download holds the archived bytes exactly (size, MD5 "
                         "and SHA-256 as recorded): its HEAD answers are not to be trusted",
                         store.uri(obj.get("key", key)), "; ".join(stored))
@@ -169,6 +170,26 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
     if deep and not problems:
         problems += _download_problems(store, manifest, expected, temp_dir)
     return problems
+
+
+def _same_version_or_raise(store: S3Store, manifest: dict) -> None:
+    """Before a download is believed over the object's HEAD: both must be answers about one version (the same
+    ETag), as for an object copied onto itself or a HEAD's wrong Content-Length. A GET answered under another ETag
+    than the HEAD's (a cache, a replica behind) proves a version the store may no longer hold: no verdict, retried."""
+    key = manifest["object"]["key"]
+    got = store.proven_etag(key)
+    head = store.head(key)
+    now = store.etag_in(head) if head is not None else None
+    if got is not None and now == got:
+        return
+    raise DownloadError(f"{manifest.get('table')} {manifest.get('day')}: the archive {store.uri(key)} was downloaded "
+                        f"as recorded (ETag {got}), but its HEAD names another version ("
+                        f"{'missing' if head is None else f'ETag {now}'}): the store answered a HEAD and a GET of "
+                        "two different versions (a cache or a replica behind), so nothing was proven either way; "
+                        "retried", table=manifest.get("table"), day=manifest.get("day"), retryable=True,
+                        damaged=False, cause="the store answered a HEAD and a GET of two different versions",
+                        remedy="retried automatically; if it persists, check the caching gateways or replication "
+                               "between the archiver and the store")
 
 
 def stored_problems(store: S3Store, manifest: dict) -> list[str]:
