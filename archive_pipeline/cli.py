@@ -365,6 +365,13 @@ def _kept_names(tables: Iterable[TableSpec]) -> tuple[str, ...]:
     return tuple(sorted(kept, key=len, reverse=True))  # the longest first: a table's name holds its schema's
 
 
+def _keep_also(*names: str) -> None:
+    """Keep as they are, in what this command prints, names it was given besides the configured ones (a --target
+    "imports (overwrite)" is a table's name, not the core's wording to reword)."""
+    more = [name for name in names if name and (_reworded(name) != name or _ANY_CONTROL.search(name))]
+    _KEPT.set(tuple(sorted({*_KEPT.get(), *more}, key=len, reverse=True)))
+
+
 def _reworded(text: str) -> str:
     for said, meant in _CLI_WORDING:
         text = said.sub(meant, text)
@@ -1042,7 +1049,7 @@ def _put_back(run: Run, spec: TableSpec, day: Period, problems: list[str]) -> st
 
 def _stopped_by(message: str) -> dict[str, Any]:
     """The answer's fields for a command a table's configuration stopped (as the command's own error has them)."""
-    return {"exit_code": EXIT_USAGE, "error": message} if message else {}
+    return {"exit_code": EXIT_USAGE, "error": message, "retryable": False} if message else {}
 
 
 def _configuration(exc: ArchiveError) -> bool:
@@ -1433,6 +1440,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                                '("old.data".t)')
     if target and len(run.tables) > 1:
         raise click.UsageError("--target takes one table: pick it with --table")
+    if target:
+        _keep_also(target, parse_relation(target).schema or "", parse_relation(target).name)
     if target and encoding_problem(run.primary, parse_relation(target)):  # in the database's encoding
         raise click.UsageError(f"--target: {encoding_problem(run.primary, parse_relation(target))}")
     results, missing, failure = [], [], None
@@ -1568,7 +1577,9 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     if run.as_json:
         committed_days = [dataclasses.asdict(r) for r in results]
         if finishing:  # committed, its result never came back: listed all the same (a script resumes after it)
-            committed_days.append({"table": on[1], "day": on[2], "target": target,
+            went = target or next((r.target for r in reversed(results) if r.table == on[1]), None) or (
+                on[1] if into == "original" else None)  # --into original takes no --target: the table itself
+            committed_days.append({"table": on[1], "day": on[2], "target": went,
                                    "check": "committed; cancelled before its check was reported"})
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
                    "days": committed_days,

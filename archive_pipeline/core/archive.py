@@ -278,11 +278,26 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         raise
     except Exception as exc:
         raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else temp_dir_named()
-                   ) from None
+                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else temp_dir_named(),
+                   own_readable=_may_read_after(conn, spec, exc)) from None
     except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): cleaned up on the way out
         note_cancelled(exc, spec.name, day.isoformat(), "archiving")
         raise
+
+
+def _may_read_after(conn: psycopg.Connection, spec: TableSpec, exc: BaseException) -> bool:
+    """After a refused privilege: whether the role may read the configured relation itself (so the relation refused
+    is another one it reads, of the same name maybe); False where that cannot be asked."""
+    if not isinstance(exc, psycopg.errors.InsufficientPrivilege) or conn.closed:
+        return False
+    try:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            return False
+        found = conn.execute("SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass(%s), 'SELECT')",
+                             (sql.Identifier(spec.schema_name, spec.table_name).as_string(conn),)).fetchone()
+        return bool(found and found[0])
+    except Exception:  # noqa: BLE001 - not known: the remedy stays the configured table's
+        return False
 
 
 def _bound_to_its_transaction(conn: psycopg.Connection, table: SourceTable, where) -> str:

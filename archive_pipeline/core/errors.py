@@ -937,10 +937,12 @@ def refused_kind(exc: BaseException) -> str | None:
     return found.group(1) if found else None
 
 
-def refused_grant(exc: BaseException, table: str, user: str | None) -> str | None:
+def refused_grant(exc: BaseException, table: str, user: str | None, own_readable: bool = False) -> str | None:
     """The grant that PostgreSQL's "permission denied for <kind> <name>" asks for, where it is not the
     configured table's SELECT (which the remedies by what failed give): USAGE on a column type's schema or
-    on the type, SELECT on a table a view reads (its owner's privilege, not the archiving role's)."""
+    on the type, SELECT on a table a view reads (its owner's privilege, not the archiving role's).
+    ``own_readable``: the role may read the configured relation (asked after the refusal), so a refused relation
+    of the same name is another one it reads (a reporting view ``s.ev`` over ``raw.ev``)."""
     found = _REFUSED.fullmatch(getattr(getattr(exc, "diag", None), "message_primary", None) or "")
     if found is None:
         return None
@@ -959,7 +961,7 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
     if kind == "function":  # (a DBA's REVOKE EXECUTE ... FROM PUBLIC of a function we call: pg_export_snapshot, say)
         return (f"GRANT EXECUTE ON FUNCTION {sql_name(name, qualified=False)} TO {role} (as a superuser or the "
                 "function's owner)")
-    if kind in ("table", "view", "materialized view", "foreign table") and name != own_name:
+    if kind in ("table", "view", "materialized view", "foreign table") and (name != own_name or own_readable):
         quoted = sql_name(name, qualified=False)
         return (f"the role may not read {kind} {quoted}, which {table} reads (a view's, or a rule's): GRANT SELECT "
                 f"ON {quoted} (in its schema) TO the owner of the view that reads it (a view reads with its owner's "
@@ -969,13 +971,14 @@ def refused_grant(exc: BaseException, table: str, user: str | None) -> str | Non
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
          user: str | None = None, database: str | None = None, standby: bool = False,
-         doing: str = "archiving", temp_dir: str | None = None) -> ArchiveError:
+         doing: str = "archiving", temp_dir: str | None = None, own_readable: bool = False) -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
     ``doing``: what failed, as the message begins ("archiving", "removing", "proving"). ``user`` and
     ``database`` fill in the remedy's statements (``GRANT ... TO <role>``, ``ON DATABASE <database>``).
     ``temp_dir``: the directory of the operation's temp file, named where that file failed (full, too large).
+    ``own_readable``: the role may read the configured relation (see :func:`refused_grant`).
 
     An :class:`ArchiveError` is returned itself, with table and day filled in. Raise the result
     ``from None``: a chained driver exception may hold the DSN.
@@ -989,7 +992,7 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
         found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table))
                         .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
-    if found.cause == _PERMISSION.cause and (refused := refused_grant(exc, table, user)):
+    if found.cause == _PERMISSION.cause and (refused := refused_grant(exc, table, user, own_readable)):
         found = replace(found, remedy=refused)
     if found.cause == _IDLE_TIMEOUT.cause and doing == "removing":  # no snapshot sessions: it waited on the store
         found = replace(found, cause="idle_in_transaction_session_timeout ended the removal's transaction while it "

@@ -144,10 +144,14 @@ def _rendered(context, value: Any, *, text: bool = False) -> Any:
             raise ValueError(f"{value!r} holds a Dagster template and '{{#', which its templates read as the "
                              "start of a comment and drop (another value, silently); write it in the table file "
                              "(config_path), where values are taken as written")
-        rendered = context.resolve_value(value)
-        # ``text``: a setting of names (asset_key_prefix), whose template's digits ("{{ env.TEAM_ID }}": 42) the
-        # native template reads as a number
-        return str(rendered) if text and isinstance(rendered, (int, float, bool)) else rendered
+        rendered = context.resolve_value(value)  # (its errors: a name the scope lacks, a template that raises)
+        if text and not isinstance(rendered, str):
+            # a setting of names (asset_key_prefix): the native template reads its text as a Python literal
+            # ("{{ env.A }}_{{ env.B }}" rendering 1_2 becomes the number 12); the text as rendered instead
+            from jinja2 import Template
+
+            return Template(value).render(**context.scope)
+        return rendered
     if isinstance(value, dict):
         return {key: _rendered(context, item, text=text) for key, item in value.items()}
     if isinstance(value, list):
