@@ -1577,9 +1577,7 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     if run.as_json:
         committed_days = [dataclasses.asdict(r) for r in results]
         if finishing:  # committed, its result never came back: listed all the same (a script resumes after it)
-            went = target or next((r.target for r in reversed(results) if r.table == on[1]), None) or (
-                on[1] if into == "original" else None)  # --into original takes no --target: the table itself
-            committed_days.append({"table": on[1], "day": on[2], "target": went,
+            committed_days.append({"table": on[1], "day": on[2], "target": getattr(exc, "restored_into", target),
                                    "check": "committed; cancelled before its check was reported"})
         payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
                    "days": committed_days,

@@ -35,7 +35,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
-                                          note_cancelled, renote_cancelled, wrap)
+                                          note_cancelled, renote_cancelled)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -76,7 +76,7 @@ from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
     estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
     read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
-    shape_changes, snapshot_open, view_calls
+    shape_changes, snapshot_open, view_calls, wrapped
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
@@ -210,7 +210,7 @@ def _as_listed(store: S3Store, key: str, raw: bytes, listing: dict[str, dict]) -
     again breaks the tie (the first may be older than another run's commit, or damaged on the way); a GET that is
     still not the version listed after a second read fails the run, retried, before anything is changed."""
     mkey = keys.manifest_key(key)
-    answered = store.etag_of(raw)
+    answered = _answered(store, raw)  # (the GET's own: a multipart copy's "<md5>-1" is no MD5 of the bytes)
     if answered is None or etag_text(answered) == etag_text(listing[mkey].get("ETag")):
         return raw, listing
     fresh = day_listing(store, key)
@@ -218,7 +218,7 @@ def _as_listed(store: S3Store, key: str, raw: bytes, listing: dict[str, dict]) -
     if shown is None or etag_text(answered) == shown:
         return raw, fresh if fresh is not None else listing
     again = _get_manifest_bytes(store, mkey)
-    if again is not None and etag_text(store.etag_of(again)) == shown:
+    if again is not None and etag_text(_answered(store, again)) == shown:
         return again, fresh
     raise DownloadError(f"{store.uri(mkey)}: the GET answered another version of the manifest (ETag "
                         f"{etag_text(answered)}) than the store lists ({shown}), twice: a cache or a replica behind "
@@ -226,6 +226,12 @@ def _as_listed(store: S3Store, key: str, raw: bytes, listing: dict[str, dict]) -
                         cause="the store answered a GET with another version than it lists",
                         remedy="retried automatically; if it persists, check the caching gateways or replication "
                                "between the archiver and the store")
+
+
+def _answered(store: S3Store, raw: bytes) -> str | None:
+    """The ETag the store answered with ``raw`` (None from a store object that does not keep it)."""
+    answered = getattr(store, "answered_etag", None)
+    return answered(raw) if answered is not None else None
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
@@ -277,27 +283,11 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         named(exc, spec.name, day.isoformat(), conn.info.password)
         raise
     except Exception as exc:
-        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                   standby=standby, temp_dir=os.fspath(temp_dir) if temp_dir is not None else temp_dir_named(),
-                   own_readable=_may_read_after(conn, spec, exc)) from None
+        raise wrapped(exc, conn, spec, day.isoformat(), standby=standby,
+                      temp_dir=os.fspath(temp_dir) if temp_dir is not None else temp_dir_named()) from None
     except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): cleaned up on the way out
         note_cancelled(exc, spec.name, day.isoformat(), "archiving")
         raise
-
-
-def _may_read_after(conn: psycopg.Connection, spec: TableSpec, exc: BaseException) -> bool:
-    """After a refused privilege: whether the role may read the configured relation itself (so the relation refused
-    is another one it reads, of the same name maybe); False where that cannot be asked."""
-    if not isinstance(exc, psycopg.errors.InsufficientPrivilege) or conn.closed:
-        return False
-    try:
-        if conn.info.transaction_status != TransactionStatus.IDLE:
-            return False
-        found = conn.execute("SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass(%s), 'SELECT')",
-                             (sql.Identifier(spec.schema_name, spec.table_name).as_string(conn),)).fetchone()
-        return bool(found and found[0])
-    except Exception:  # noqa: BLE001 - not known: the remedy stays the configured table's
-        return False
 
 
 def _bound_to_its_transaction(conn: psycopg.Connection, table: SourceTable, where) -> str:
@@ -1046,8 +1036,11 @@ class _Archiving:
             if not landed:
                 raise
             log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key, exc)
-            if is_cancellation(exc):  # committed: the day is archived, and the cancellation still ends the run
-                renote_cancelled(exc, self.spec.name, self.day.isoformat(), "tidying")
+            if is_cancellation(exc):  # committed, and the cancellation still ends the run: the day is archived, if
+                # its new object is still there (an overwrite's is checked by _refuse_lost_object, not reached: the
+                # note stays "committing", and the next run of the day finds which)
+                if existing.raw is None or not result.key:
+                    renote_cancelled(exc, self.spec.name, self.day.isoformat(), "tidying")
                 self._committed = True
                 raise
         confirmed = True

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus, unquote
 
@@ -400,6 +401,12 @@ _S3_NOT_THE_OBJECT = _store(True, "the store's answer was not the object's: a 3x
                             "request sent without a condition, as a caching gateway or proxy answers",
                             f"{_RETRIED}; if it persists, check the caching proxies or gateways between the archiver "
                             "and the store (they must pass S3 requests through uncached)")
+# S3's own 307: a bucket created moments ago (its name not yet known to every endpoint), or requests sent to another
+# region's endpoint than the bucket's
+_S3_REDIRECTED = _store(True, "the store redirected the request to another endpoint (307 TemporaryRedirect: a bucket "
+                        "created moments ago, or the requests are sent to another region's endpoint than the bucket's)",
+                        f"{_RETRIED}; if it persists, set ARCHIVE_S3_REGION to the bucket's region (the answer's "
+                        "x-amz-bucket-region names it), or ARCHIVE_S3_ENDPOINT_URL to its endpoint")
 _S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads whose parts (but the last) are all "
                            "the same size (Cloudflare R2's rule), and this day's object grew past the parts of its "
                            "first size", "set ARCHIVE_S3_EQUAL_PARTS=true (ArchiveStoreResource.equal_parts: true; "
@@ -712,6 +719,8 @@ def _s3_code(code: str, status: int) -> Classification:
         return _S3_UNSUPPORTED
     if code == "PermanentRedirect" or status == 301:
         return _S3_REGION
+    if code == "TemporaryRedirect" or status == 307:
+        return _S3_REDIRECTED
     if 300 <= status < 400:  # (the store's conditional answers, 304 to an If-None-Match, are handled where sent)
         return _S3_NOT_THE_OBJECT
     if code in _S3_RETRY_CODES or status >= 500 or status == 429:
@@ -937,12 +946,14 @@ def refused_kind(exc: BaseException) -> str | None:
     return found.group(1) if found else None
 
 
-def refused_grant(exc: BaseException, table: str, user: str | None, own_readable: bool = False) -> str | None:
+def refused_grant(exc: BaseException, table: str, user: str | None,
+                  own_readable: bool | Callable[[], bool] = False) -> str | None:
     """The grant that PostgreSQL's "permission denied for <kind> <name>" asks for, where it is not the
     configured table's SELECT (which the remedies by what failed give): USAGE on a column type's schema or
     on the type, SELECT on a table a view reads (its owner's privilege, not the archiving role's).
     ``own_readable``: the role may read the configured relation (asked after the refusal), so a refused relation
-    of the same name is another one it reads (a reporting view ``s.ev`` over ``raw.ev``)."""
+    of the same name is another one it reads (a reporting view ``s.ev`` over ``raw.ev``); a callable is asked only
+    where a refused relation has the configured one's name."""
     found = _REFUSED.fullmatch(getattr(getattr(exc, "diag", None), "message_primary", None) or "")
     if found is None:
         return None
@@ -961,7 +972,8 @@ def refused_grant(exc: BaseException, table: str, user: str | None, own_readable
     if kind == "function":  # (a DBA's REVOKE EXECUTE ... FROM PUBLIC of a function we call: pg_export_snapshot, say)
         return (f"GRANT EXECUTE ON FUNCTION {sql_name(name, qualified=False)} TO {role} (as a superuser or the "
                 "function's owner)")
-    if kind in ("table", "view", "materialized view", "foreign table") and (name != own_name or own_readable):
+    if kind in ("table", "view", "materialized view", "foreign table") and (
+            name != own_name or (own_readable() if callable(own_readable) else own_readable)):
         quoted = sql_name(name, qualified=False)
         return (f"the role may not read {kind} {quoted}, which {table} reads (a view's, or a rule's): GRANT SELECT "
                 f"ON {quoted} (in its schema) TO the owner of the view that reads it (a view reads with its owner's "
@@ -971,7 +983,8 @@ def refused_grant(exc: BaseException, table: str, user: str | None, own_readable
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
          user: str | None = None, database: str | None = None, standby: bool = False,
-         doing: str = "archiving", temp_dir: str | None = None, own_readable: bool = False) -> ArchiveError:
+         doing: str = "archiving", temp_dir: str | None = None,
+         own_readable: bool | Callable[[], bool] = False) -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.

@@ -39,7 +39,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, partition_of_day, pinned_settings, source_table
-from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, redact, sql_name, wrap
+from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, redact, sql_name
 from archive_pipeline.core.leftovers import day_listing, tidy_day
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, decoded_manifest, \
@@ -47,7 +47,7 @@ from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
                                           explain, pending_detach_error, relation_name, relation_shapes,
-                                          scanned_relations, server_identity, shape_changes)
+                                          scanned_relations, server_identity, shape_changes, wrapped)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     source_fingerprint, source_side_only, verify_archive
@@ -126,8 +126,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
                            removed_by=removed_by, temp_dir=temp_dir, former_keys=former_keys)
     except psycopg.Error as exc:
-        error = wrap(exc, spec.name, spec.period(day).isoformat(), conn.info.password, user=conn.info.user,
-                     database=conn.info.dbname, doing="proving" if dry_run else "removing")  # a dry run removes nothing
+        error = wrapped(exc, conn, spec, spec.period(day).isoformat(), doing="proving" if dry_run else "removing")  # a dry run removes nothing
         for note in getattr(exc, "__notes__", []):
             error.add_note(note)
         raise error from None
@@ -269,8 +268,7 @@ def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.
     try:
         return _removable(conn, spec, day, spec.retention.action).qualified
     except psycopg.Error as exc:
-        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                    database=conn.info.dbname, doing="removing") from None
+        raise wrapped(exc, conn, spec, day.isoformat(), doing="removing") from None
 
 
 def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str) -> SourceTable:
@@ -720,8 +718,7 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
             committed, why = _committed(conn, spec, day, manifest)
             return _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
     except psycopg.Error as exc:  # the mark stays as it was: a terminated session, a timeout, a privilege
-        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                    database=conn.info.dbname, doing="removing") from None
+        raise wrapped(exc, conn, spec, day.isoformat(), doing="removing") from None
     except ArchiveError as exc:  # the store's (a manifest read that failed) or a refusal: it names the day
         named(exc, spec.name, day.isoformat())
         raise
@@ -791,8 +788,7 @@ def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Pe
     try:
         return _committed(conn, spec, spec.period(day), manifest)[0]
     except psycopg.Error as exc:
-        raise wrap(exc, spec.name, spec.period(day).isoformat(), conn.info.password, user=conn.info.user,
-                   database=conn.info.dbname, doing="proving") from None
+        raise wrapped(exc, conn, spec, spec.period(day).isoformat(), doing="proving") from None
 
 
 def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:

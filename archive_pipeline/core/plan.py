@@ -21,13 +21,13 @@ from archive_pipeline.core.archive import (archived_elsewhere, compared_algorith
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
                                              days_read_with_rows, existing_days, source_table)
-from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError, wrap
+from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
 from archive_pipeline.core.listing import day_listings, listed_absent
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, layout_change, manifest_key, owned,
                                              removal_state, under_another_format)
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity
+from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity, wrapped
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import (ColumnsChangedError, load_manifest, object_problems, rows_after_removal,
                                           source_fingerprint)
@@ -254,8 +254,7 @@ def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.
     still are. A lost connection is raised: every other day would fail the same way."""
     if conn.closed:
         raise exc
-    error = wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user, database=conn.info.dbname,
-                 doing="reading")
+    error = wrapped(exc, conn, spec, day.isoformat(), doing="reading")
     return f"not checked ({'retryable' if error.retryable else 'not retryable'}): {error}"
 
 

@@ -2506,6 +2506,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     table, day = manifest.get("table"), manifest.get("day")
     to_create: list[Relation] = []
     finished: list[bool] = []  # the day's transaction committed: a cancellation after it leaves the day restored
+    relation: Relation | None = None
     try:
         relation = None if target is None else _target(conn, target)
         _require_column_names(conn, manifest)
@@ -2687,6 +2688,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     except BaseException as exc:  # cancelled: after the commit (releasing the day's lock), the day is restored
         if finished and table and day:
             note_cancelled(exc, table, day, "finishing")
+            if relation is not None and getattr(exc, "restored_into", None) is None:
+                with contextlib.suppress(AttributeError, TypeError):  # where the day went, as a result names it
+                    exc.restored_into = str(relation)  # type: ignore[attr-defined]
         raise
 
 

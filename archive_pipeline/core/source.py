@@ -16,7 +16,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES
-from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError, sql_name
+from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, sql_name, wrap
 from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
@@ -1761,3 +1761,28 @@ def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str, str
     if allowed:
         system = str(conn.execute("SELECT system_identifier FROM pg_catalog.pg_control_system()").fetchone()[0])
     return database, system, version, encoding
+
+
+def wrapped(exc: BaseException, conn: psycopg.Connection, spec: Any, day: str, **kwargs: Any) -> ArchiveError:
+    """:func:`errors.wrap` of a failure of an operation on ``spec``'s table through ``conn``: with the connection's
+    password (redacted), role and database (the remedy's GRANT ... TO and ON DATABASE), and, where PostgreSQL refused
+    a relation of the configured table's name, whether the role may read the configured one itself (asked then: a
+    reporting view ``s.ev`` over ``raw.ev`` refuses the other ``ev``)."""
+    return wrap(exc, spec.name, day, conn.info.password, user=conn.info.user, database=conn.info.dbname,
+                own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
+
+
+def may_read(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    """Whether the role may read the relation ``schema.name`` (SELECT on it); False where that cannot be asked (the
+    connection lost, or in a failed transaction)."""
+    if conn.closed or conn.info.transaction_status not in (psycopg.pq.TransactionStatus.IDLE,
+                                                             psycopg.pq.TransactionStatus.INTRANS):
+        return False
+    try:
+        with conn.transaction() if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS \
+                else contextlib.nullcontext():
+            found = conn.execute("SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass(%s), 'SELECT')",
+                                 (sql.Identifier(schema, name).as_string(conn),)).fetchone()
+        return bool(found and found[0])
+    except Exception:  # noqa: BLE001 - not known: the remedy stays the configured table's
+        return False

@@ -748,6 +748,13 @@ class S3Store:
             while len(answered) > 256:
                 answered.pop(next(iter(answered)))
 
+    def answered_etag(self, data: bytes | None) -> str | None:
+        """The ETag the store last answered for ``data`` (a manifest read or written by this store object), as it
+        answered it, or None where none was seen: what a GET's bytes are compared with a listing by."""
+        if data is not None and data.startswith(OVERSIZED):
+            return data[len(OVERSIZED):].decode().split(":", 1)[1] or None
+        return self._answered_etags.get(hashlib.md5(data).hexdigest()) if data is not None else None
+
     def etag_of(self, data: bytes | None) -> str | None:
         """The ETag ``data`` has as a small object written in one PUT, where ETags are MD5s (else None), in the
         store's case: the condition that replaces exactly those bytes (If-Match) with no further request."""

@@ -44,7 +44,7 @@ from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, columns_as_archived, day_filter,
                                           describe_table, names_brief, printed_names_changed, relation_printed_names,
-                                          relation_shapes, shape_changes, type_parts)
+                                          relation_shapes, shape_changes, type_parts, wrapped)
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,10 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
             problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")
     if manifest.get("empty"):
         return problems
-    stored = object_problems(store, manifest)
+    try:
+        stored = object_problems(store, manifest)
+    except ArchiveError as exc:  # no answer about the object: no verdict, named as every failed check of the day is
+        raise _named_for(exc, manifest)
     if deep and not problems and stored:
         # A HEAD's word (no checksum to it) is not believed where the download is made anyway: its digests tell.
         # Another ETag for the recorded size is an object copied onto itself in other parts (aws s3 cp above its
@@ -172,13 +175,23 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
     return problems
 
 
+def _named_for(exc: ArchiveError, manifest: dict) -> ArchiveError:
+    """``exc`` naming the manifest's table and day (where it records them)."""
+    if manifest.get("table") and manifest.get("day"):
+        named(exc, manifest["table"], manifest["day"])
+    return exc
+
+
 def _same_version_or_raise(store: S3Store, manifest: dict) -> None:
     """Before a download is believed over the object's HEAD: both must be answers about one version (the same
     ETag), as for an object copied onto itself or a HEAD's wrong Content-Length. A GET answered under another ETag
     than the HEAD's (a cache, a replica behind) proves a version the store may no longer hold: no verdict, retried."""
     key = manifest["object"]["key"]
     got = store.proven_etag(key)
-    head = store.head(key)
+    try:
+        head = store.head(key)
+    except ArchiveError as exc:  # no answer: nothing proven either way
+        raise _named_for(exc, manifest)
     now = store.etag_in(head) if head is not None else None
     if got is not None and now == got:
         return
@@ -395,8 +408,7 @@ def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
         named(exc, spec.name, day.isoformat(), conn.info.password)
         raise
     except psycopg.Error as exc:
-        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                   doing="comparing") from None
+        raise wrapped(exc, conn, spec, day.isoformat(), doing="comparing") from None
 
 
 def read_only(conn: psycopg.Connection) -> bool:
@@ -422,8 +434,7 @@ def rows_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | 
         named(exc, spec.name, day.isoformat(), conn.info.password)
         raise
     except psycopg.Error as exc:
-        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                   doing="comparing") from None
+        raise wrapped(exc, conn, spec, day.isoformat(), doing="comparing") from None
 
 
 def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> str | None:
@@ -494,8 +505,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                         return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
         return problems
     except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
-        raise wrap(exc, spec.name, day.isoformat(), conn.info.password, user=conn.info.user,
-                    database=conn.info.dbname, doing="proving") from None
+        raise wrapped(exc, conn, spec, day.isoformat(), doing="proving") from None
     except ArchiveError as exc:  # the store's (a download that failed): no verdict either, and it names the day
         named(exc, spec.name, day.isoformat())
         raise
