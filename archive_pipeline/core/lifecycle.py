@@ -977,18 +977,13 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
 def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
                         target: SourceTable, manifest: dict, action: str) -> int:
     """Lock out writers, prove the source still equals the archive, then remove: one transaction."""
-    if action == "delete":  # readers go on, no writer may change the day meanwhile; SHARE ROW EXCLUSIVE, not SHARE:
-        # it conflicts with itself, so a removal of another day waits here, where two SHARE locks each
-        # waited for the other's to take their DELETE's ROW EXCLUSIVE (a deadlock, one removal aborted)
-        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(target.identifier))
-    else:  # parent first, as inserting sessions take them, so the two cannot deadlock
-        if spec.partitioning.mode == "declarative":
-            conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
-        elif spec.partitioning.mode == "naming":  # a day table that is a partition: its parent is locked by the DDL
-            for parent, partition in _parent_rows(conn, target):
-                if partition:
-                    conn.execute(sql.SQL("LOCK TABLE ONLY ") + sql.SQL(parent) + sql.SQL(" IN ACCESS EXCLUSIVE MODE"))
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target.identifier))
+    try:
+        _lock_day(conn, spec, table, target, action)
+    except psycopg.errors.UndefinedTable:  # described before the pending mark's PUT: renamed or dropped since
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: its relation changed while it was being removed "
+                             f"({target.qualified} is not found by that name any more: renamed or dropped meanwhile)",
+                             table=spec.name, day=day.isoformat(), retryable=True,
+                             remedy="run the removal again: it proves the day as it is now") from None
     table, target = _described_again(conn, spec, day, target, action)
     where = day_filter(table, day)
     # Hash by the archived column names, in the archive's order, so a partition whose columns are in
@@ -998,7 +993,8 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         columns = archived_order(spec, day, table, [c["name"] for c in manifest["columns"]])
     except ColumnsChangedError as exc:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: {exc.message}", table=spec.name,
-                             day=day.isoformat()) from None
+                             day=day.isoformat(), remedy=f"{exc.remedy}, then remove it" if exc.remedy else
+                             "archive the day again (overwrite) if the new columns are right, then remove it") from None
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
     columns = fingerprint.as_archived(conn, columns, manifest["columns"], algorithm)  # (as the proof hashed them)
     now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day), algorithm)
@@ -1024,20 +1020,13 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     _refuse_unremovable(conn, spec, day, table, target, action)
     if action != "delete":
         if spec.partitioning.mode == "declarative":
-            try:
-                conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
-            except psycopg.errors.ForeignKeyViolation as exc:  # a foreign key to the table references a row of the day
-                detail = " ".join(filter(None, (exc.diag.message_primary, exc.diag.message_detail)))
-                raise RemovalRefused(
-                    f"{spec.name} {day} stays in the source: other tables' rows reference rows of the day through a "
-                    f"foreign key to {table.qualified} ({detail}); a {action} would leave them dangling. Delete or "
-                    "re-point the referencing rows (or the foreign key), then remove the day again",
-                    table=spec.name, day=day.isoformat()) from None
+            _detach(conn, spec, day, action, table.qualified,
+                    sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(table.identifier, target.identifier))
         elif action == "detach":
             for parent, partition in _parents(conn, spec, target):
                 if partition:  # a day table that is a declarative partition: NO INHERIT is refused for those
-                    conn.execute(sql.SQL("ALTER TABLE ") + sql.SQL(parent) +
-                                 sql.SQL(" DETACH PARTITION {}").format(target.identifier))
+                    _detach(conn, spec, day, action, parent, sql.SQL("ALTER TABLE ") + sql.SQL(parent) +
+                            sql.SQL(" DETACH PARTITION {}").format(target.identifier))
                 else:
                     conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
         if action == "drop":
@@ -1129,6 +1118,23 @@ def _unquoted(remote_sql: str) -> str:
     return re.sub(r"'(?:[^']|'')*'", "''", re.sub(r'"(?:[^"]|"")*"', '""', remote_sql))
 
 
+def _lock_day(conn: psycopg.Connection, spec: TableSpec, table: SourceTable, target: SourceTable, action: str) -> None:
+    """The removal's locks, by the names described before the pending mark (see :func:`_described_again`)."""
+    if action == "delete":  # readers go on, no writer may change the day meanwhile; SHARE ROW EXCLUSIVE, not SHARE:
+        # it conflicts with itself, so a removal of another day waits here, where two SHARE locks each
+        # waited for the other's to take their DELETE's ROW EXCLUSIVE (a deadlock, one removal aborted)
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(target.identifier))
+        return
+    # parent first, as inserting sessions take them, so the two cannot deadlock
+    if spec.partitioning.mode == "declarative":
+        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.identifier))
+    elif spec.partitioning.mode == "naming":  # a day table that is a partition: its parent is locked by the DDL
+        for parent, partition in _parent_rows(conn, target):
+            if partition:
+                conn.execute(sql.SQL("LOCK TABLE ONLY ") + sql.SQL(parent) + sql.SQL(" IN ACCESS EXCLUSIVE MODE"))
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target.identifier))
+
+
 def _described_again(conn: psycopg.Connection, spec: TableSpec, day: Period, locked: SourceTable,
                      action: str) -> tuple[SourceTable, SourceTable]:
     """The table and the removal's target described again once the locks are held, which is what the
@@ -1149,14 +1155,33 @@ def _described_again(conn: psycopg.Connection, spec: TableSpec, day: Period, loc
 # Foreign keys referencing the table or any table below it (its partitions, at any depth, or tables inheriting
 # from it): DELETE FROM the table deletes their rows too. A partition's clones of a key that references its
 # parent (conparentid <> 0) are the parent's key again.
+# (a key to a partitioned table covers its partitions' rows: one to a partitioned parent of the table counts too,
+# the table a naming-mode day table that is a partition; its per-partition copies, conparentid <> 0, are its own)
 _REFERENCING = """
 WITH RECURSIVE tree(oid) AS (
     SELECT %(t)s::regclass::oid
     UNION
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
-SELECT c.conname::text FROM pg_catalog.pg_constraint c JOIN tree ON c.confrelid = tree.oid
-WHERE c.contype = 'f' AND c.conparentid = 0 ORDER BY 1
+SELECT c.conname::text FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'f' AND c.conparentid = 0
+  AND (c.confrelid IN (SELECT oid FROM tree)
+       OR c.confrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(%(t)s::regclass)))
+ORDER BY 1
 """
+
+
+def _detach(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str, parent: str,
+            statement: sql.Composable) -> None:
+    """A DETACH PARTITION of the day from ``parent`` (as printed), refused as a removal is where a foreign key to the
+    parent references rows of the day (PostgreSQL checks them): they would be left dangling."""
+    try:
+        conn.execute(statement)
+    except psycopg.errors.ForeignKeyViolation as exc:
+        detail = " ".join(filter(None, (exc.diag.message_primary, exc.diag.message_detail)))
+        raise RemovalRefused(
+            f"{spec.name} {day} stays in the source: other tables' rows reference rows of the day through a foreign "
+            f"key to {parent} ({detail}); a {action} would leave them dangling. Delete or re-point the referencing "
+            "rows (or the foreign key), then remove the day again", table=spec.name, day=day.isoformat()) from None
 
 
 def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
@@ -1433,7 +1458,8 @@ WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catal
   AND d.refobjid = %(t)s::regclass AND r.ev_class <> %(t)s::regclass
 UNION
 SELECT format('foreign key %%I of %%s', c.conname, c.conrelid::regclass) FROM pg_catalog.pg_constraint c
-WHERE c.contype = 'f' AND c.confrelid = %(t)s::regclass AND c.conparentid = 0 AND c.conrelid <> %(t)s::regclass
+WHERE c.contype = 'f' AND c.conparentid = 0 AND c.conrelid <> %(t)s::regclass
+  AND c.confrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(%(t)s::regclass))
 UNION
 SELECT format('table %%s inheriting from it', i.inhrelid::regclass) FROM pg_catalog.pg_inherits i
 JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %(t)s::regclass AND NOT c.relispartition

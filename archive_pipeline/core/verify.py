@@ -31,7 +31,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
-from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, wrap
+from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, another_period, archived_encoding,
                                             decoded_manifest, foreign_objects, layout_change, owned, removal_state,
@@ -419,6 +419,25 @@ def read_only(conn: psycopg.Connection) -> bool:
                         "pg_catalog.current_setting('transaction_read_only')::boolean").fetchone()[0]
 
 
+def _nowhere_to_load(conn: psycopg.Connection, spec: TableSpec, day: Period) -> ArchiveError:
+    """The refusal of a deep verification whose one connection creates no temporary table: a hot standby (a writable
+    database is needed), or a primary's read-only session (default_transaction_read_only, which can be turned off)."""
+    said = f"deep verification of {spec.name} {day} reads the archive back into PostgreSQL, and "
+    if conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]:
+        return ArchiveError(said + "a hot standby allows no temporary tables", table=spec.name, day=day.isoformat(),
+                            retryable=False, remedy="give it a writable database with the same column types to load "
+                            "them into (scratch_conn; the command line and the code location use the primary, "
+                            "ARCHIVE_PG_PRIMARY_DSN, when it is set)")
+    role = sql_name(conn.info.user, qualified=False)
+    return ArchiveError(said + "the session is read-only (default_transaction_read_only is on for the role, the "
+                        "database or the connection), which allows no temporary tables", table=spec.name,
+                        day=day.isoformat(), retryable=False,
+                        remedy=f"turn default_transaction_read_only off for the role and database (ALTER ROLE {role} "
+                               "RESET default_transaction_read_only; ALTER DATABASE ... RESET "
+                               "default_transaction_read_only) or in the connection's options, or give it a writable "
+                               "database to load the archive into (scratch_conn)")
+
+
 def rows_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> int:
     """How many rows the source holds now for a day retention removed: rows that arrived later (into a
     DEFAULT partition, a re-created child or the table itself) are in no archive. 0 when the day's table
@@ -546,12 +565,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         return [changed] if changed else []
     if scratch_conn is None:
         if read_only(conn):
-            raise ArchiveError(f"deep verification of {spec.name} {day} reads the archive back into PostgreSQL, "
-                               "and a hot standby allows no temporary tables (nor does a read-only session)",
-                               table=spec.name, day=day.isoformat(), retryable=False,
-                               remedy="give it a writable database with the same column types to load them into "
-                                      "(scratch_conn; the command line and the code location use the primary, "
-                                      "ARCHIVE_PG_PRIMARY_DSN, when it is set)")
+            raise _nowhere_to_load(conn, spec, day)
         scratch_conn = conn
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
     # The archive against the manifest: by the manifest's algorithm. The archive against the source: by the
