@@ -695,10 +695,10 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     :func:`_removed_manifest`), with state ``removed``: the day's last materialization repeated where it records that
     very archive, with the ``archive_intact`` verdict about that record; else (archived again, or archived and let
     go by the command line) what the manifest records, with no verdict about another archive. Either way it says the
-    removal proved the archive (it did, before it let the day go). A naming-mode day without its table is recorded
-    only where its manifest says it was removed (its table dropped by retention), and only while its object is as
-    recorded (the core, which fails a damaged removed day where it reads the source, never reads a day without its
-    table); a day nothing records, not at all (False: nothing recorded)."""
+    removal proved the archive (it did, before it let the day go), and only while its object is as recorded (one
+    HEAD: the core does not look at it for a naming-mode day without its table, nor under a former format). A
+    naming-mode day without its table is recorded only where its manifest says it was removed (its table dropped by
+    retention); a day nothing records, not at all (False: nothing recorded)."""
     partition = day.isoformat()
     before = _latest_record(context, key, partition)
     day_key, manifest = _removed_manifest(spec, day, exc, store, before)
