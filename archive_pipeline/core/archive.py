@@ -114,10 +114,14 @@ class DayRemovedError(ArchiveError):
     REMEDY = ("nothing to do for this day: it is archived, and its archive is kept; leave it out of archive runs and "
               "backfills (running it again fails the same way). Restore it if you need the rows back")
 
-    def __init__(self, message: str, *, manifest_key: str | None = None, **kwargs) -> None:
-        kwargs.setdefault("remedy", self.REMEDY)
+    DAMAGED_REMEDY = ("restore the archive's object or manifest from a backup of the bucket (its versions, a "
+                      "replica); the day's rows are in no other place")
+
+    def __init__(self, message: str, *, manifest_key: str | None = None, damaged: bool = False, **kwargs) -> None:
+        kwargs.setdefault("remedy", self.DAMAGED_REMEDY if damaged else self.REMEDY)
         super().__init__(message, **kwargs)
         self.manifest_key = manifest_key  # where the removed day's manifest is (its record is built from it)
+        self.damaged = damaged  # its archive, the day's only copy, found damaged: what a check of it would say too
 
 
 def object_extension(spec: TableSpec) -> str:
@@ -827,8 +831,7 @@ class _Archiving:
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')}, and its archive "
                 f"is damaged ({existing.problem}); archiving the now different source would replace the only "
                 "copy. Nothing was written: restore the archive or its manifest from a backup", retryable=False,
-                remedy="restore the archive's object or manifest from a backup of the bucket (its versions, a "
-                       "replica); the day's rows are in no other place")
+                damaged=True)
 
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
               overwrite: bool) -> bool:

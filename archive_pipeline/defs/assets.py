@@ -51,7 +51,7 @@ from psycopg.pq import TransactionStatus
 from dagster._core.instance.config import PoolGranularity
 from pydantic import Field
 
-from archive_pipeline.core.archive import ArchiveResult, archive_partition, render_key
+from archive_pipeline.core.archive import ArchiveResult, DayRemovedError, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, check_evaluation, log_guarded, object_link,
@@ -60,13 +60,13 @@ from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, check_
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
-from archive_pipeline.core.manifest import NewerManifestError
+from archive_pipeline.core.manifest import NewerManifestError, under_another_format
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core import keys
-from archive_pipeline.core.verify import TYPE_GONE, load_manifest, read_only
+from archive_pipeline.core.verify import TYPE_GONE, load_manifest, object_problems, read_only
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped | removed
@@ -335,11 +335,12 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                or getattr(exc, "cause", None) == NO_PERIOD_TABLE)  # (naming mode: a day without its table)
     # (a removed day whose rows are back: its own advice is overwrite too, as is a changed or unprovable day's)
     overwrite = not retryable and getattr(exc, "needs_overwrite", False)
+    damaged = isinstance(exc, DayRemovedError) and exc.damaged
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
                              "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {}),
                              **({REMOVED_MANIFEST: exc.manifest_key} if getattr(exc, "manifest_key", None) else {}),
-                             **({NEEDS_OVERWRITE: True} if overwrite else {})})
+                             **({NEEDS_OVERWRITE: True} if overwrite else {}), **({DAMAGED: True} if damaged else {})})
 
 
 def retries_off(text: str, origin: str | None) -> str:
@@ -363,6 +364,7 @@ def _retry_policy(context: AssetExecutionContext) -> RetryPolicy | None:
 NOTHING_TO_DO = "nothing_to_do"  # a day's failure with nothing to redo: a removed day whose archive is kept
 REMOVED_MANIFEST = "removed_manifest_key"  # where a removed day's manifest is (its format's, or a former key's)
 NEEDS_OVERWRITE = "needs_overwrite"  # a day's failure that only archiving it again with overwrite ends
+DAMAGED = "archive_damaged"  # a day's failure that is its archive found damaged: the day's check verdict too
 
 
 def _flag(metadata: dict, key: str) -> bool:
@@ -599,7 +601,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                         continue
                     except Failure as unread:  # its manifest, the archive's only record, unread: the day fails
                         exc = unread
-                yield from verdicts_as_they_were(context, key, [day])
+                yield from verdicts_as_they_were(context, key, [day], exc)
                 if len(days) == 1:
                     raise
                 failed[day] = exc
@@ -666,17 +668,20 @@ class DayRecords:
         if not self.deferred:
             return
         states = {m.tags.get(STATE_TAG) for m, _ in self._pending}
+        repeated = {}
         for partition in earlier:
             before = _latest_record(self.context, key, partition)
-            states.add(before.tags.get(STATE_TAG) if before is not None else None)
+            states.add(before.asset_materialization.tags.get(STATE_TAG) if before is not None else None)
             if before is not None:
-                self.context.add_asset_metadata(dict(before.metadata), partition_key=partition)
+                repeated[partition] = before.storage_id
+                self.context.add_asset_metadata(dict(before.asset_materialization.metadata), partition_key=partition)
         yield MaterializeResult(tags={STATE_TAG: states.pop()} if len(states) == 1 and None not in states else None)
         for _, evaluation in self._pending:
             if evaluation is not None and (checked := evaluation()) is not None:
                 yield checked
-        for partition in earlier:  # recorded again by the output: its verdict too, about this record
-            if (carried := verdict_carried(self.context, key, partition, this_run=True)) is not None:
+        for partition, storage_id in repeated.items():  # recorded again by the output: the verdict about the record
+            # repeated too (an earlier attempt's, or a run's this one re-executes from failure)
+            if (carried := verdict_carried(self.context, key, partition, storage_id)) is not None:
                 yield carried
         self._pending = []
 
@@ -686,39 +691,86 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpe
     """Record a removed day of a ranged run as materialized again: its archive (proven before the day was let go)
     is the day's only copy and still there. Dagster marks every partition a failed run planned and did not
     materialize as failed, so without a record a failing neighbour turned the removed day red, beside the one day
-    that needs doing. The record is built from the manifest the day was removed with (where the core found it:
-    under the table's former format or key too), with state ``removed``: the day's last materialization repeated
-    where it records that very archive, with its last ``archive_intact`` verdict; else (archived again, or archived
-    and let go by the command line) what the manifest records, with no verdict about another archive. A naming-mode
-    day without its table is recorded only where its manifest says it was removed (its table dropped by retention);
-    a day nothing records, not at all (False: nothing recorded)."""
+    that needs doing. The record is built from the manifest the day was removed with (see
+    :func:`_removed_manifest`), with state ``removed``: the day's last materialization repeated where it records that
+    very archive, with the ``archive_intact`` verdict about that record; else (archived again, or archived and let
+    go by the command line) what the manifest records, with no verdict about another archive. Either way it says the
+    removal proved the archive (it did, before it let the day go), and only while its object is as recorded (one
+    HEAD: the core does not look at it for a naming-mode day without its table, nor under a former format). A
+    naming-mode day without its table is recorded only where its manifest says it was removed (its table dropped by
+    retention); a day nothing records, not at all (False: nothing recorded)."""
+    partition = day.isoformat()
+    before = _latest_record(context, key, partition)
+    day_key, manifest = _removed_manifest(spec, day, exc, store, before)
+    if not manifest or not manifest.get("removed") or not (manifest.get("object") or manifest.get("empty")):
+        return False
+    mark = manifest["removed"] if isinstance(manifest["removed"], dict) else {}
+    _refuse_damaged(spec, day, manifest, mark, store)
+    recorded = {name: getattr(value, "value", value)
+                for name, value in (before.asset_materialization.metadata if before else {}).items()}
+    same = before is not None and _records_archive(recorded, manifest, day_key)
+    said = (exc.description or "").split("\n\nWhat to do:")[0]
+    # a removal proves the archive before it marks the manifest (lifecycle.remove_day): the record says so, as
+    # archive_intact's deep_check wants a proof recorded (it is not "archived before deep_check was set", nor
+    # "not verified" where the proof of its own run could not run)
+    proven = {"verified": f"content proven: the day's removal from the source ({mark.get('action', 'removed')} at "
+                          f"{mark.get('at', 'a time not recorded')}) proved its archive first"}
+    if same and str(recorded.get("verified", "")).startswith("content proven"):
+        proven = {}
+    metadata = {**(before.asset_materialization.metadata if same else _manifest_metadata(manifest, store, day_key)),
+                **proven, "state": "removed", "removed": said,
+                "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
+    records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
+                                        tags={**(before.asset_materialization.tags if same else {}),
+                                              STATE_TAG: "removed"}),
+                   functools.partial(verdict_carried, context, key, partition, before.storage_id) if same else None)
+    return True
+
+
+def _records_archive(recorded: dict, manifest: dict, day_key: str) -> bool:
+    """Whether a day's record (its metadata's values) is of the archive ``manifest`` describes: its object (key and
+    MD5), or, for an empty day (no object: its archive is its manifest), that manifest."""
+    obj = manifest.get("object")
+    if obj is None:
+        return not recorded.get("md5") and recorded.get("manifest_key") == keys.manifest_key(day_key)
+    return recorded.get("object_key") == obj.get("key") and recorded.get("md5") == obj.get("md5")
+
+
+def _removed_manifest(spec: TableSpec, day: Period, exc: Failure, store: S3Store, before) -> tuple[str, dict | None]:
+    """(the day's key, its manifest or None) of a removed day: where the core found it (under the table's former
+    format or key too); else (a naming-mode day without its table, which the core reads no further) at the key the
+    day's last materialization recorded, whatever the table's format, key_template or prefix became since, and
+    where no materialization names one, under the table's other formats' keys (as an archive run looks there)."""
     partition = day.isoformat()
     where = exc.metadata.get(REMOVED_MANIFEST)
     where = getattr(where, "value", where)
-    day_key = where.removesuffix(keys.MANIFEST_SUFFIX) if where else recorded_day_key(spec, day, store)
+    named = before.asset_materialization.metadata.get("manifest_key") if before is not None else None
+    day_key = where.removesuffix(keys.MANIFEST_SUFFIX) if where else \
+        recorded_day_key(spec, day, store, getattr(named, "value", named))
     try:
         manifest = load_manifest(store, day_key, (spec.name, partition))
-    except Exception as exc:  # noqa: BLE001 - the day's only record unread: the day fails, not "nothing to do"
-        raise _manifest_unread(spec, partition, store.uri(keys.manifest_key(day_key)), exc) from None
-    if not manifest or not manifest.get("removed") or not (manifest.get("object") or manifest.get("empty")):
-        return False
-    before = _latest_record(context, key, partition)
-    recorded = {name: getattr(value, "value", value) for name, value in (before.metadata if before else {}).items()}
-    same = before is not None and recorded.get("object_key") == manifest["object"].get("key") and \
-        recorded.get("md5") == manifest["object"].get("md5")
-    said = (exc.description or "").split("\n\nWhat to do:")[0]
-    mark = manifest["removed"] if isinstance(manifest["removed"], dict) else {}
-    # a removal proves the archive before it marks the manifest (lifecycle.remove_day): the record says so, as
-    # archive_intact's deep_check wants a proof recorded (it is not "archived before deep_check was set")
-    proven = {"verified": f"content proven: the day's removal from the source ({mark.get('action', 'removed')} at "
-                          f"{mark.get('at', 'a time not recorded')}) proved its archive first"}
-    metadata = {**(before.metadata if same else {**_manifest_metadata(manifest, store, day_key), **proven}),
-                "state": "removed", "removed": said,
-                "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
-    records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
-                                        tags={**(before.tags if same else {}), STATE_TAG: "removed"}),
-                   functools.partial(verdict_carried, context, key, partition) if same else None)
-    return True
+        if manifest is None and not where and named is None and (other := under_another_format(store, spec, day)):
+            day_key = other[0]
+            manifest = load_manifest(store, day_key, (spec.name, partition))
+    except Exception as unread:  # noqa: BLE001 - the day's only record unread: the day fails, not "nothing to do"
+        raise _manifest_unread(spec, partition, store.uri(keys.manifest_key(day_key)), unread) from None
+    return day_key, manifest
+
+
+def _refuse_damaged(spec: TableSpec, day: Period, manifest: dict, mark: dict, store: S3Store) -> None:
+    """Fail a removed day whose object is not as its manifest records (missing, replaced: one HEAD), as the core
+    fails a column-mode one: the archive is the day's only copy, and a record saying it is kept would hide that."""
+    if not manifest.get("object"):
+        return  # an empty day: its manifest is its archive
+    try:
+        problems = object_problems(store, manifest)
+    except Exception as unasked:  # noqa: BLE001 - the store did not answer: the day fails, retried where that helps
+        raise failure(unasked, spec, day, None) from None
+    if problems:
+        raise failure(DayRemovedError(
+            f"{spec.name} {day} was removed from the source at {mark.get('at')}, and its archive is damaged "
+            f"({'; '.join(problems)}); nothing was recorded", table=spec.name, day=day.isoformat(), damaged=True),
+            spec, day, None)
 
 
 def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseException) -> Failure:
@@ -726,26 +778,29 @@ def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseExcepti
     or altered (not retried: restore the manifest from a backup of the bucket), written by a newer version (not
     retried: upgrade), or the store not answering (retried)."""
     said = getattr(exc, "message", None) or str(exc)
-    retryable = False
+    retryable = damaged = False
     if isinstance(exc, NewerManifestError):
         what, remedy = "could not be read", NewerManifestError.remedy
     elif isinstance(exc, ValueError):  # ManifestError: not a manifest, altered, another table-day's
         what, remedy = "is damaged or was altered", ("restore the manifest from a backup or an earlier version of the "
                                                      "bucket (the day is gone from the source: the archive may be its "
                                                      "only copy), then run the day again")
+        damaged = True
     else:
         what, remedy = "could not be read", "retried automatically; if it persists, check the store and the path to it"
         retryable = is_retryable(exc)
     return Failure(description=f"{spec.name} {partition}: the day is gone from the source, and its manifest {uri} "
                                f"{what} ({said}); nothing was recorded.\n\nWhat to do: {remedy}.",
-                   allow_retries=retryable, metadata={"table": spec.name, "day": partition, "retryable": retryable})
+                   allow_retries=retryable, metadata={"table": spec.name, "day": partition, "retryable": retryable,
+                                                      **({DAMAGED: True} if damaged else {})})
 
 
-def _latest_record(context: AssetExecutionContext, key: AssetKey, partition: str) -> AssetMaterialization | None:
-    """The day's latest materialization in this instance, or None."""
+def _latest_record(context: AssetExecutionContext, key: AssetKey, partition: str):
+    """The day's latest materialization in this instance (its event log record: the verdicts about it name its
+    storage id), or None."""
     found = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    return found[0].asset_materialization if found else None
+    return found[0] if found else None
 
 
 def _manifest_metadata(manifest: dict, store: S3Store, day_key: str) -> dict[str, object]:
@@ -755,7 +810,8 @@ def _manifest_metadata(manifest: dict, store: S3Store, day_key: str) -> dict[str
     return {"dagster/row_count": int(manifest.get("rows") or 0), "rows": f"{int(manifest.get('rows') or 0):,}",
             "compressed_bytes": obj.get("bytes", 0), "md5": obj.get("md5", ""), "sha256": obj.get("sha256", ""),
             "format": manifest.get("format", ""), "compression": manifest.get("compression", ""),
-            "object_key": obj.get("key", ""), "dagster/uri": MetadataValue.path(store.uri(obj.get("key", ""))),
+            "object_key": obj.get("key", ""),  # an empty day's uri: its manifest, as its archive run records it
+            "dagster/uri": MetadataValue.path(store.uri(obj.get("key") or keys.manifest_key(day_key))),
             "manifest_key": keys.manifest_key(day_key),
             "fingerprint": manifest.get("fingerprint", ""), "generation": int(manifest.get("generation", 1))}
 
@@ -803,12 +859,15 @@ def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]
     return days
 
 
-def verdicts_as_they_were(context: AssetExecutionContext, key: AssetKey, days: list[Period]) -> Iterator[DayEvent]:
+def verdicts_as_they_were(context: AssetExecutionContext, key: AssetKey, days: list[Period],
+                          failed: Failure | None = None) -> Iterator[DayEvent]:
     """For failed days whose ``archive_intact`` this run planned (a pure asset backfill), their last verdict
     again, so the failure does not show as "Execution failed" on an archive checked intact (see
-    :func:`~archive_pipeline.defs.checks.verdict_as_it_was`)."""
+    :func:`~archive_pipeline.defs.checks.verdict_as_it_was`); a failure (``failed``) that found the archive damaged
+    is the verdict instead: the last one, passed, is no longer true."""
+    damaged = failed.description if failed is not None and _flag(failed.metadata, DAMAGED) else None
     for day in days:
-        evaluation = verdict_as_it_was(context, key, day.isoformat())
+        evaluation = verdict_as_it_was(context, key, day.isoformat(), damaged)
         if evaluation is not None:
             yield evaluation
 

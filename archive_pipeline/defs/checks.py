@@ -216,7 +216,8 @@ def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContex
     )
 
 
-def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str) -> AssetCheckEvaluation | None:
+def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str, damaged: str | None = None
+                      ) -> AssetCheckEvaluation | None:
     """The day's last ``archive_intact`` verdict, recorded again by this run, which planned the check for
     that day and failed before checking it (a warning, not a failure, for a day no run has checked); None when
     the run did not plan it.
@@ -227,11 +228,18 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str)
     failed" for the day: red, like a damaged archive, on a day whose archive was checked intact. So the
     day keeps its verdict, as after a failed archive job run, saying that this run did not check again.
     The verdict keeps the materialization it was about: if this run archived the day anew and could not
-    check it, the UI shows that day's check as not evaluated, not as the old archive's verdict.
+    check it, the UI shows that day's check as not evaluated, not as the old archive's verdict. ``damaged``: the
+    day failed because this run found its archive damaged (a removed day's object missing, its manifest altered):
+    it did check, and that is the day's verdict, failed, not the last one repeated green.
     """
     planned, last = _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK), PartitionKeyFilter(key=day))
     if not planned:
         return None
+    if damaged is not None:
+        return AssetCheckEvaluation(
+            asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.ERROR, partition=day,
+            description=damaged, metadata={"partition": day}, blocking=False,
+            target_materialization_data=latest_materialization(context.instance, key, day))
     if last is None:  # never checked (never archived): said as a warning, as the on-demand checks say it, not red
         return AssetCheckEvaluation(
             asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.WARN, partition=day,
@@ -255,21 +263,18 @@ def _intact_again(key: AssetKey, day: str, last, description: str, target) -> As
         target_materialization_data=target)
 
 
-def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str, *,
-                    this_run: bool = False) -> AssetCheckEvaluation | None:
-    """The day's last ``archive_intact`` verdict again, about the day's newest materialization: a record that
-    repeats what the archive was (a removed day's, see ``record_removed``; with ``this_run``, a day an earlier
-    attempt of this run's step recorded, recorded again by a ranged output) keeps its proof in the UI rather than
-    showing the check as never run. None when no run has checked the day (``this_run``: this one included)."""
-    check = AssetCheckKey(key, INTACT_CHECK)
-    if this_run:  # only a verdict about the record an earlier attempt of this run logged: the same archive
-        last = next((r for r in _history(context.instance, check, partition_filter=PartitionKeyFilter(key=day))
-                     if r.status != AssetCheckExecutionRecordStatus.PLANNED and r.evaluation is not None), None)
-        target = last.evaluation.target_materialization_data if last is not None else None
-        if target is None or target.run_id != context.run.run_id:
-            return None
-    else:
-        _, last = _planned_and_last(context, check, PartitionKeyFilter(key=day))
+def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str, repeated: int
+                    ) -> AssetCheckEvaluation | None:
+    """The ``archive_intact`` verdict about the day's record ``repeated`` (its storage id) again, about the day's
+    newest materialization: a record that repeats what the archive was (a removed day's, see ``record_removed``; a
+    day an earlier attempt of this run's step, or an earlier run of its re-execution, recorded, recorded again by a
+    ranged output) keeps its proof in the UI rather than showing the check as never run. Only a verdict whose target
+    is the record repeated, from whichever run: a newer verdict about another record (the generation it replaced)
+    is not about this archive. None when no run has checked that record."""
+    last = next((r for r in _history(context.instance, AssetCheckKey(key, INTACT_CHECK),
+                                     partition_filter=PartitionKeyFilter(key=day))
+                 if r.status != AssetCheckExecutionRecordStatus.PLANNED and r.evaluation is not None
+                 and getattr(r.evaluation.target_materialization_data, "storage_id", None) == repeated), None)
     if last is None:
         return None
     if "checked_in_run" in last.evaluation.metadata:  # carried already: said as it was, naming the run that checked
