@@ -1184,6 +1184,38 @@ def _detach(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str,
             "rows (or the foreign key), then remove the day again", table=spec.name, day=day.isoformat()) from None
 
 
+# Foreign keys to a partitioned ancestor of the day's partition (not the partition itself: a key to it stays with it),
+# each with the referencing table and the two column lists in key order: a DETACH PARTITION fails on any row they
+# make reference a row of the partition (rows inside it too), which PostgreSQL checks only at the DETACH itself.
+_KEYS_TO_ANCESTORS = """
+SELECT c.conname::text, c.conrelid::regclass::text,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'f' AND c.conparentid = 0 AND c.confrelid <> %(t)s::regclass
+  AND c.confrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(%(t)s::regclass))
+ORDER BY 1
+"""
+
+
+def _refuse_referenced_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable) -> None:
+    """A detach refused before the proof where the DETACH PARTITION would be: rows that a foreign key to a parent of
+    the day's partition makes reference rows of it (another table's, or the table's own across days)."""
+    for name, referencing, columns, referenced in conn.execute(_KEYS_TO_ANCESTORS,
+                                                               {"t": target.identifier.as_string(conn)}).fetchall():
+        match = sql.SQL(" AND ").join(sql.SQL("r.{} = d.{}").format(sql.Identifier(a), sql.Identifier(b))
+                                      for a, b in zip(columns, referenced, strict=True))
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} r JOIN {} d ON {})").format(
+                sql.SQL(referencing), target.identifier, match)).fetchone()[0]:
+            raise RemovalRefused(
+                f"{spec.name} {day} stays in the source: rows of {referencing} reference rows of the day through the "
+                f"foreign key {name} to a parent of {target.qualified}; a detach would leave them dangling",
+                table=spec.name, day=day.isoformat(),
+                remedy="delete or re-point the referencing rows (or the foreign key), then remove the day again")
+
+
 def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """Deleting rows that other tables' foreign keys reference would cascade into (or fail on) rows
     that were never archived: refuse, naming the constraints. A key referencing one partition (or a table
@@ -1325,8 +1357,18 @@ def _refuse_unpublishable(conn: psycopg.Connection, spec: TableSpec, day: Period
     try:
         with conn.transaction():
             conn.execute(sql.SQL("EXPLAIN DELETE FROM {} WHERE {}").format(table.identifier, day_filter(table, day)))
-    except (psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.InvalidColumnReference) as exc:
+    except (psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.InvalidColumnReference,
+            psycopg.errors.WrongObjectType) as exc:
         detail = " ".join(filter(None, (exc.diag.message_primary, exc.diag.message_detail)))
+        if "foreign table" in (exc.diag.message_primary or ""):  # (postgres_fdw's updatable 'false', file_fdw's none)
+            raise RemovalRefused(f"{spec.name} {day} stays in the source: a foreign table the DELETE reaches does not "
+                                 f"allow deletes ({detail})", table=spec.name, day=day.isoformat(),
+                                 cause="a foreign table refuses deletes",
+                                 remedy="remove the day's rows on the foreign table's own server by hand, or make the "
+                                        "foreign table writable (postgres_fdw: ALTER FOREIGN TABLE ... OPTIONS (SET "
+                                        "updatable 'true'))") from None
+        if isinstance(exc, psycopg.errors.WrongObjectType):
+            raise
         raise RemovalRefused(f"{spec.name} {day} stays in the source: PostgreSQL refuses to delete its rows ({detail})",
                              table=spec.name, day=day.isoformat(), cause="publication",
                              remedy="make the table's replica identity (ALTER TABLE ... REPLICA IDENTITY) cover the "
@@ -1351,6 +1393,8 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     if action == "drop":
         _refuse_extension_members(conn, spec, day, target)
         _refuse_dependents(conn, spec, day, target)
+    else:
+        _refuse_referenced_rows(conn, spec, day, target)
     outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
     if outside:
@@ -1425,22 +1469,26 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
                                  remedy=f"GRANT {', '.join(missing)} ON {sql_name(table.qualified)} "
                                         f"TO {sql_name(role, qualified=False)}")
         return
-    needed = [table, target] if spec.partitioning.mode == "declarative" else [target]
-    for relation in needed:
+    # (as SQL names and as printed) the partition's parent too: the removal locks it, as DETACH PARTITION does
+    needed = [(r.identifier.as_string(conn), r.qualified) for r in
+              ([table, target] if spec.partitioning.mode == "declarative" else [target])]
+    if spec.partitioning.mode == "naming":
+        needed += [(parent, parent) for parent, partition in _parent_rows(conn, target) if partition]
+    for relation, printed in needed:
         role, owner, member, noinherit = conn.execute(
             "SELECT current_user::text, pg_catalog.pg_get_userbyid(relowner)::text, "
             "pg_catalog.pg_has_role(relowner, 'USAGE'), pg_catalog.pg_has_role(relowner, 'MEMBER') "
-            "FROM pg_catalog.pg_class WHERE oid = %s::regclass", (relation.identifier.as_string(conn),)).fetchone()
+            "FROM pg_catalog.pg_class WHERE oid = %s::regclass", (relation,)).fetchone()
         if not member and noinherit:  # a member that does not inherit the owner's privileges (NOINHERIT)
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
-                                 f"{relation.qualified} ({owner}) may {action} it, and the role {role} is a member of "
+                                 f"{printed} ({owner}) may {action} it, and the role {role} is a member of "
                                  f"{owner} that does not inherit its privileges (NOINHERIT)", table=spec.name,
                                  day=day.isoformat(), cause="permission denied",
                                  remedy=f"remove the day as {owner}, or as a role that inherits its privileges "
                                         f"(ALTER ROLE {sql_name(role, qualified=False)} INHERIT)")
         if not member:
             raise RemovalRefused(f"{spec.name} {day} stays in the source: permission denied: only the owner of "
-                                 f"{relation.qualified} ({owner}) may {action} it, and the role {role} is not a member "
+                                 f"{printed} ({owner}) may {action} it, and the role {role} is not a member "
                                  f"of {owner}", table=spec.name, day=day.isoformat(), cause="permission denied",
                                  remedy=f"remove the day as its owner, {owner}, or GRANT "
                                         f"{sql_name(owner, qualified=False)} TO {sql_name(role, qualified=False)}")
@@ -1476,6 +1524,13 @@ WHERE s.classid = 'pg_catalog.pg_class'::regclass AND s.refclassid = 'pg_catalog
   AND s.refobjid = %(t)s::regclass AND s.deptype IN ('a', 'i')
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef a WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass
                   AND a.oid = d.objid AND a.adrelid = %(t)s::regclass)
+UNION
+-- a function whose SQL-standard body (BEGIN ATOMIC) reads it, another table's row-security policy reading it
+SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_catalog.pg_depend d
+WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = %(t)s::regclass AND d.deptype = 'n'
+  AND (d.classid = 'pg_catalog.pg_proc'::regclass
+       OR (d.classid = 'pg_catalog.pg_policy'::regclass
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid = %(t)s::regclass)))
 ORDER BY 1
 """
 
