@@ -4,6 +4,8 @@ each test gets its own schema and bucket so tests never see each other's data.""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import tempfile
 import time
 import itertools
 import os
@@ -17,6 +19,34 @@ from archive_pipeline.local.local_stack import LocalPostgres, LocalS3, start_pos
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 
 _counter = itertools.count()
+_SHM = "/dev/shm"
+_SHM_NEEDED = 4 << 30
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temp files on a large tmpfs where the machine has one and TMPDIR is not set: Dagster's SQLite instances
+    (each event a run writes is a synced SQLite transaction: on a disk, half of a small run's time), pytest's tmp_path,
+    the throwaway cluster and every subprocess's temp files (they inherit TMPDIR). The test processes of one run
+    share the directory; the controlling process removes it at the end."""
+    if os.environ.get("TMPDIR") or hasattr(config, "workerinput") or not os.path.isdir(_SHM):
+        return
+    usage = shutil.disk_usage(_SHM)
+    if usage.free < _SHM_NEEDED or not os.access(_SHM, os.W_OK | os.X_OK):
+        return
+    chosen = tempfile.mkdtemp(prefix="archive-pipeline-tests-", dir=_SHM)
+    os.chmod(chosen, 0o1777)  # (the cluster's directories are made in it for the postgres user)
+    os.environ["TMPDIR"] = chosen
+    tempfile.tempdir = chosen
+    config.stash[_TMPFS_KEY] = chosen
+
+
+_TMPFS_KEY = pytest.StashKey[str]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    chosen = config.stash.get(_TMPFS_KEY, None)
+    if chosen is not None:
+        shutil.rmtree(chosen, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg.conninfo
 
+from archive_pipeline.core.boto import new_session
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
 from archive_pipeline.core.errors import (classify, describe_connect_error, password_of, permission_remedy, redact,
                                          scrub_parse_error)
@@ -331,7 +332,6 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     ``check`` asks the store for the bucket once (HEAD), so an unreachable endpoint, a missing bucket
     or refused credentials fail here with :class:`UnreachableError` instead of in the middle of a run.
     """
-    import boto3
     from botocore.config import Config
     from botocore.exceptions import (BotoCoreError, ClientError, CredentialRetrievalError,
                                      InvalidChecksumConfigError, InvalidRegionError, NoCredentialsError,
@@ -351,7 +351,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     try:
         # a session of its own, not boto3's default one, which keeps the first credentials it read from the
         # environment's chain for the life of the process (a token rotated since, a second store in one process)
-        client = boto3.session.Session().client("s3", config=Config(
+        client = new_session().client("s3", config=Config(
             connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}), **options)
     except (ProfileNotFound, InvalidChecksumConfigError) as exc:  # a setting of botocore's own chain: name it
         raise ConfigError(_botocore_setting(exc)) from None

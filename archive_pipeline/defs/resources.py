@@ -8,13 +8,13 @@ import contextlib
 from typing import Any
 from collections.abc import Iterator
 
-import boto3
 import psycopg
 import psycopg.conninfo
 from dagster import ConfigurableResource, Failure, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, field_validator
 
+from archive_pipeline.core.boto import new_session
 from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.environment import endpoint_has_credentials
 from archive_pipeline.core.errors import (ArchiveError, SourceError, classify, connection_target, describe_connect_error, redact,
@@ -122,7 +122,7 @@ class ArchiveS3Resource(S3Resource):
         from botocore.config import Config
         from dagster_aws.s3.utils import construct_boto_client_retry_config, disable_signing
 
-        session = boto3.session.Session(profile_name=self.profile_name)
+        session = new_session(profile_name=self.profile_name)
         client = session.client(
             "s3", region_name=self.region_name, use_ssl=self.use_ssl, verify=self.verify,
             endpoint_url=self.endpoint_url, aws_access_key_id=self.aws_access_key_id,
