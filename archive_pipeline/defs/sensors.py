@@ -247,10 +247,11 @@ def unfinished_runs(instance: DagsterInstance, location: str | None, repository:
         cursor = page[-1].run_id
 
 
-def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
+def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | None = None) -> set[str]:
     """The partition keys of ``target``'s table that a queued or running run archives, from anywhere: a
     backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``).
-    Requested again, each would wait for the same table-day lock and archive the day twice."""
+    Requested again, each would wait for the same table-day lock and archive the day twice. A run whose range
+    names no periods of the table archives none of them: it is left out, and said in ``ignored``."""
     spec, busy = target.spec, set()
     for run in runs:
         selection = run.asset_selection or ()
@@ -263,13 +264,23 @@ def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
             busy.add(run.tags["dagster/partition"])
         elif all(run.tags.get(tag) for tag in RANGE_TAGS):
             try:
-                day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)
-            except (ValueError, ArchiveError):
-                continue
-            while day <= last:
-                busy.add(day.isoformat())
-                day = day.next()
+                busy |= _range_keys(spec, run)
+            # (OverflowError: a range hand-tagged to 9999-12-31, past the calendar's last day, failed every tick)
+            except (ValueError, ArchiveError, OverflowError) as exc:
+                if ignored is not None:
+                    ignored.append(f"run {run.run_id} (range {run.tags[RANGE_TAGS[0]]}..{run.tags[RANGE_TAGS[1]]}: "
+                                   f"{type(exc).__name__}: {exc})")
     return busy
+
+
+def _range_keys(spec: TableSpec, run: DagsterRun) -> set[str]:
+    """The partition keys of a ranged run's range, read as the table's periods."""
+    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)
+    keys = set()
+    while day <= last:
+        keys.add(day.isoformat())
+        day = day.next()
+    return keys
 
 
 def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, location: str | None = None,
@@ -400,8 +411,13 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                     message = f"{len(unprobed)} day(s) not inspected ({named}): " + probe_failure(first, spec, postgres)
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
-                busy = days_in_flight(running, target)
+                ignored: list[str] = []
+                busy = days_in_flight(running, target, ignored)
                 report.append(inspected(spec, days, len(missing), len(found)))
+                if ignored:  # (a warning: the tick may request days and show no message)
+                    report[-1] += (f", ignored {len(ignored)} queued or running run(s) whose range names no "
+                                   f"period of the table (they archive none): {'; '.join(ignored)}")
+                    context.log.warning(f"{spec.name}: {report[-1]}")
                 found_days.append((target, [d for d in found if spec.period(d).isoformat() not in busy]))
                 archiving = [spec.period(d).isoformat() for d in found if spec.period(d).isoformat() in busy]
                 if archiving:
