@@ -48,9 +48,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import (STATE_TAG, TABLE_TAG, asset_key, asset_tag_value, config_path, daily_partitions,
-                                          former_day_keys, freshness_policy, job_name, relaunch, retries_off,
-                                          retry_policy, step_retries)
+from archive_pipeline.defs.assets import (STATE_TAG, TABLE_TAG, asset_key, asset_tag_value, config_path,
+                                          daily_partitions, former_day_keys, freshness_policy, job_name, relaunch,
+                                          retries_off, retry_policy, step_retries)
 from archive_pipeline.defs.checks import latest_materialization, log_guarded, terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
