@@ -74,7 +74,9 @@ def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: li
     it on the table-day lock and, once its retries are spent, stays red for a day archived fine. A schedule's
     context does not say its code location, so a run of another location's table of the same name counts too
     (its day is then left to the sensor, which tells them apart)."""
-    busy = days_in_flight(unfinished_runs(context.instance, None, None), target)
+    # (a context without an instance, built to evaluate the schedule alone, has no runs to look at)
+    runs = unfinished_runs(context.instance, None, None) if context.instance_ref is not None else []
+    busy = days_in_flight(runs, target)
     todo = [key for key in keys if key not in busy]
     said = (f"{', '.join(key for key in keys if key in busy)} of {target.spec.name} already being archived by a "
             "queued or running run: not requested again")
