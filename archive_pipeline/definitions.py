@@ -11,7 +11,6 @@ Environment variables (read by Dagster at run time through ``EnvVar``, never sto
   ARCHIVE_PIPELINE_CONFIG   path of the table list (default ./archive_tables.yaml)
 """
 
-import dataclasses
 import functools
 import logging
 import os
@@ -211,6 +210,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         check_tables_exist(config, dsn.strip(), children)
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     owners: dict[str, str] = {}  # op name -> the table whose asset or check it runs
+    sharing = shared_job_names(config)  # (the sensor and schedules count a queued run of a shared job as the table's)
     for spec in config.tables:
         archive_asset = build_archive_asset(spec, config.retry, config.schedule, config.backfill, config.origin)
         key = asset_key(spec)
@@ -227,8 +227,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         checks += [intact, latest, unchanged]
         on_demand += [latest, unchanged]
         jobs.append(job)
-        schedules.append(build_daily_schedule(spec, job, config.schedule))
-        targets.append(SensorTarget(spec=spec, asset_key=key, job=job))
+        targets.append(SensorTarget(spec=spec, asset_key=key, job=job, shared_job=sharing.get(spec.name)))
+        schedules.append(build_daily_schedule(targets[-1], config.schedule))
         table_nodes = [archive_asset, intact, latest, unchanged]
         if spec.retention is not None:
             assets.append(build_removal_asset(spec, config.schedule, config.retry, config.origin))
@@ -236,8 +236,6 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
             table_nodes.append(assets[-1])
         _claim_op_names(owners, spec, table_nodes, config.origin)
     jobs += shared_jobs(config)
-    sharing = shared_job_names(config)  # (the sensor counts a queued run of a table's shared job as its own)
-    targets = [dataclasses.replace(t, shared_job=sharing.get(t.spec.name)) for t in targets]
     verify = define_asset_job(name="verify_archives", selection=AssetSelection.checks(*on_demand),
                               executor_def=in_process_executor,
                               description="On demand: re-check every table's latest archive against what was "

@@ -48,9 +48,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from archive_pipeline.defs.assets import (TABLE_TAG, asset_key, asset_tag_value, config_path, daily_partitions,
-                                          former_day_keys, freshness_policy, job_name, relaunch, retries_off,
-                                          retry_policy, step_retries)
+from archive_pipeline.defs.assets import (STATE_TAG, TABLE_TAG, asset_key, asset_tag_value, config_path,
+                                          daily_partitions, former_day_keys, freshness_policy, job_name, relaunch,
+                                          retries_off, retry_policy, step_retries)
 from archive_pipeline.defs.checks import latest_materialization, log_guarded, terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
@@ -424,7 +424,8 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
         removed = latest(removal_asset_key(spec), DagsterEventType.ASSET_MATERIALIZATION)
         due = [d.isoformat() for d in due_days(spec, now)]
         running = removals_in_flight(context.instance, spec)  # launched from the UI too (no run key)
-        todo = [d for d in due if d in archived and archived[d] > removed.get(d, -1) and d not in running]
+        todo = [d for d in due if d in archived and d not in running
+                and _archived_since_removal(context.instance, spec, d, archived[d], removed.get(d))]
         if not todo:
             return SkipReason(f"no archived day of {spec.name} older than {spec.retention.keep_days} days is left "
                               "in the source")
@@ -434,6 +435,25 @@ def build_retention_schedule(spec: TableSpec, hour: int, max_runs: int = 50) -> 
         return [RunRequest(run_key=key, partition_key=d) for key, d in chosen]
 
     return _daily
+
+
+def _archived_since_removal(instance: DagsterInstance, spec: TableSpec, day: str, archived: int,
+                            removed: int | None) -> bool:
+    """Whether the day's latest archive record (storage id ``archived``) is an archive newer than its last removal
+    (``removed``, None: never removed). A ranged run that meets a removed day records it again, state ``removed``
+    (the archive it was removed with, repeated): that puts no row back in the source, and taken for a new archive
+    it had the day requested again, downloaded and proven for nothing, after every backfill over removed history.
+    Only the few days with a removal and a newer record are read (one record each)."""
+    if removed is None or archived < removed:
+        return removed is None
+    found = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset_key(spec), asset_partitions=[day]),
+                                            limit=1).records
+    event = found[0].event_log_entry.asset_materialization if found else None
+    if event is None:
+        return True
+    # (the metadata first: a range's output handed downstream carries the tag only where all its days share a state)
+    state = getattr(event.metadata.get("state"), "value", None) or event.tags.get(STATE_TAG)
+    return state != "removed"
 
 
 def removals_in_flight(instance: DagsterInstance, spec: TableSpec) -> set[str]:

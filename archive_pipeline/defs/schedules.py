@@ -1,7 +1,6 @@
 """The daily schedule: shortly after midnight UTC, archive the day that just ended."""
 
 import datetime as dt
-from typing import TYPE_CHECKING
 
 from dagster import (
     DefaultScheduleStatus,
@@ -12,13 +11,11 @@ from dagster import (
     schedule,
 )
 
-if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
-    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-
 from archive_pipeline.defs.assets import TABLE_TAG, schedule_name
 from archive_pipeline.core.config import ScheduleSettings, TableSpec
 from archive_pipeline.core.periods import UNIT
 from archive_pipeline.core.plan import select_days
+from archive_pipeline.defs.sensors import SensorTarget, days_in_flight, unfinished_runs
 
 
 def previous_utc_day(moment: dt.datetime) -> dt.date:
@@ -35,8 +32,9 @@ def _description(spec: TableSpec, settings: ScheduleSettings) -> str:
             + (" (on most days, none)." if spec.granularity == "monthly" else "."))
 
 
-def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
-                         settings: ScheduleSettings) -> ScheduleDefinition:
+def build_daily_schedule(target: SensorTarget, settings: ScheduleSettings) -> ScheduleDefinition:
+    spec, job = target.spec, target.job
+
     @schedule(
         name=schedule_name(spec),
         cron_schedule=f"{settings.minute} {settings.hour} * * *",
@@ -45,22 +43,46 @@ def build_daily_schedule(spec: TableSpec, job: "UnresolvedAssetJobDefinition",
         default_status=DefaultScheduleStatus.RUNNING if settings.running else DefaultScheduleStatus.STOPPED,
         description=_description(spec, settings),
     )
-    def _daily(context: ScheduleEvaluationContext) -> RunRequest | list[RunRequest] | SkipReason:
+    def _daily(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         day = previous_utc_day(context.scheduled_execution_time)
         # Periods, not dates: start_date is a day in the table's zone, ``day`` a UTC day. East of UTC the
         # first local hours (or the first local day) end during the UTC day before start_date.
         if spec.first_period.utc_end > dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC):
             return SkipReason(f"{day} (UTC) ended before {spec.name}'s first period {spec.first_period.key} "
                               f"(start_date {spec.start_date}, {spec.timezone}) did: nothing to archive yet")
-        if spec.granularity == "daily" and spec.timezone == "UTC":
-            return RunRequest(run_key=f"{job.name}:{day.isoformat()}", partition_key=day.isoformat(),
-                              tags={TABLE_TAG: spec.name})
-        # Hours, zoned days, months: every period of the table that ended during that UTC day.
-        ended = [p for p in select_days(spec, day - dt.timedelta(days=1), None, today=day + dt.timedelta(days=1))
-                 if p.utc_end > dt.datetime.combine(day, dt.time(), dt.UTC)]
+        ended = _ended(spec, day)
         if not ended:
             return SkipReason(f"no {spec.granularity} period of {spec.name} ended on {day} (UTC)")
-        return [RunRequest(run_key=f"{job.name}:{p.key}", partition_key=p.key, tags={TABLE_TAG: spec.name})
-                for p in ended]
+        return _requests(context, target, ended)
 
     return _daily
+
+
+def _ended(spec: TableSpec, day: dt.date) -> list[str]:
+    """The partition keys of the table's periods that ended during the UTC ``day``: the day itself for a daily
+    UTC table; hours, zoned days or months otherwise."""
+    if spec.granularity == "daily" and spec.timezone == "UTC":
+        return [day.isoformat()]
+    return [p.key for p in select_days(spec, day - dt.timedelta(days=1), None, today=day + dt.timedelta(days=1))
+            if p.utc_end > dt.datetime.combine(day, dt.time(), dt.UTC)]
+
+
+def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: list[str]
+              ) -> list[RunRequest] | SkipReason:
+    """A run of each of ``keys`` but those a queued or running run of the table already archives (the sensor's run
+    of a big day still going at the schedule's hour, a backfill): a second run of the day waits for nothing, fails
+    it on the table-day lock and, once its retries are spent, stays red for a day archived fine. A schedule's
+    context does not say its code location, so a run of another location's table of the same name counts too
+    (its day is then left to the sensor, which tells them apart)."""
+    # (a context without an instance, built to evaluate the schedule alone, has no runs to look at)
+    runs = unfinished_runs(context.instance, None, None) if context.instance_ref is not None else []
+    busy = days_in_flight(runs, target)
+    todo = [key for key in keys if key not in busy]
+    said = (f"{', '.join(key for key in keys if key in busy)} of {target.spec.name} already being archived by a "
+            "queued or running run: not requested again")
+    if not todo:
+        return SkipReason(said)
+    if len(todo) < len(keys):
+        context.log.info(said)
+    return [RunRequest(run_key=f"{target.job.name}:{key}", partition_key=key, tags={TABLE_TAG: target.spec.name})
+            for key in todo]

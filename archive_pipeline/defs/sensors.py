@@ -22,6 +22,7 @@ import psycopg
 import psycopg.conninfo
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     DefaultSensorStatus,
     DagsterInstance,
     DagsterRun,
@@ -46,6 +47,7 @@ from archive_pipeline.core.errors import ArchiveError, redact
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.plan import select_days
 from archive_pipeline.core.session_settings import apply_settings
+from archive_pipeline.defs.outside import archived_outside, store_of
 from archive_pipeline.defs.resources import PostgresResource
 
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
@@ -247,10 +249,11 @@ def unfinished_runs(instance: DagsterInstance, location: str | None, repository:
         cursor = page[-1].run_id
 
 
-def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
+def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | None = None) -> set[str]:
     """The partition keys of ``target``'s table that a queued or running run archives, from anywhere: a
     backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``).
-    Requested again, each would wait for the same table-day lock and archive the day twice."""
+    Requested again, each would wait for the same table-day lock and archive the day twice. A run whose range
+    names no periods of the table archives none of them: it is left out, and said in ``ignored``."""
     spec, busy = target.spec, set()
     for run in runs:
         selection = run.asset_selection or ()
@@ -263,13 +266,23 @@ def days_in_flight(runs: Iterable, target: SensorTarget) -> set[str]:
             busy.add(run.tags["dagster/partition"])
         elif all(run.tags.get(tag) for tag in RANGE_TAGS):
             try:
-                day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)
-            except (ValueError, ArchiveError):
-                continue
-            while day <= last:
-                busy.add(day.isoformat())
-                day = day.next()
+                busy |= _range_keys(spec, run)
+            # (OverflowError: a range hand-tagged to 9999-12-31, past the calendar's last day, failed every tick)
+            except (ValueError, ArchiveError, OverflowError) as exc:
+                if ignored is not None:
+                    ignored.append(f"run {run.run_id} (range {run.tags[RANGE_TAGS[0]]}..{run.tags[RANGE_TAGS[1]]}: "
+                                   f"{type(exc).__name__}: {exc})")
     return busy
+
+
+def _range_keys(spec: TableSpec, run: DagsterRun) -> set[str]:
+    """The partition keys of a ranged run's range, read as the table's periods."""
+    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)
+    keys = set()
+    while day <= last:
+        keys.add(day.isoformat())
+        day = day.next()
+    return keys
 
 
 def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, location: str | None = None,
@@ -331,6 +344,28 @@ def _current_keys(instance: DagsterInstance, keys: list[str], location: str | No
                 again.append(key)
         looking = again
     return current, used
+
+
+def _recorded_outside(context: SensorEvaluationContext, conn: psycopg.Connection, targets: list[SensorTarget],
+                      tried: list[WantedRun]) -> tuple[list[AssetMaterialization], list[WantedRun]]:
+    """The ``tried`` days archived outside Dagster since their run failed (the tick's own remedy, the command
+    line), recorded from their manifests (see :mod:`archive_pipeline.defs.outside`), and the tried days left. A
+    store that cannot be asked leaves them all listed, with a warning: never a failed tick."""
+    if not tried:
+        return [], tried
+    try:
+        store = store_of(context)
+        if store is None:
+            return [], tried
+        recorded, left = archived_outside(store, conn, {t.spec.name: t for t in targets}, tried)
+    except Exception as exc:  # noqa: BLE001 - a hint only: the days stay listed with their remedy
+        context.log.warning(f"archive_new_days could not look in the store for days archived outside Dagster since "
+                            f"their run failed ({type(exc).__name__}: {redact(str(exc))}); they stay listed")
+        return [], tried
+    if recorded:
+        context.log.info(f"recorded {len(recorded)} day(s) archived outside Dagster since their run failed, from "
+                         f"their manifests ({_tried([w for w in tried if w not in left])})")
+    return recorded, left
 
 
 def _rekeyed(request: Keyed, key: str) -> Keyed:
@@ -400,22 +435,28 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                     message = f"{len(unprobed)} day(s) not inspected ({named}): " + probe_failure(first, spec, postgres)
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
-                busy = days_in_flight(running, target)
+                ignored: list[str] = []
+                busy = days_in_flight(running, target, ignored)
                 report.append(inspected(spec, days, len(missing), len(found)))
+                if ignored:  # (a warning: the tick may request days and show no message)
+                    report[-1] += (f", ignored {len(ignored)} queued or running run(s) whose range names no "
+                                   f"period of the table (they archive none): {'; '.join(ignored)}")
+                    context.log.warning(f"{spec.name}: {report[-1]}")
                 found_days.append((target, [d for d in found if spec.period(d).isoformat() not in busy]))
                 archiving = [spec.period(d).isoformat() for d in found if spec.period(d).isoformat() in busy]
                 if archiving:
                     report[-1] += f", {_listed(archiving)} being archived by a queued or running run"
-        cap = settings.max_runs_per_tick
-        origin = context.code_location_origin
-        # the turn goes on from tick to tick: the table after the one served first last tick starts this one, so a
-        # table with a backlog does not take every slot of every tick (its days are archived between ticks)
-        names = [target.spec.name for target, _ in found_days]
-        if context.cursor in names:
-            turn = names.index(context.cursor) + 1
-            found_days = found_days[turn:] + found_days[:turn]
-        chosen, tried = untried(context.instance, wanted_runs(found_days), cap,
-                                origin.location_name if origin else None, context.repository_name)
+            cap = settings.max_runs_per_tick
+            origin = context.code_location_origin
+            # the turn goes on from tick to tick: the table after the one served first last tick starts this one, so a
+            # table with a backlog does not take every slot of every tick (its days are archived between ticks)
+            names = [target.spec.name for target, _ in found_days]
+            if context.cursor in names:
+                turn = names.index(context.cursor) + 1
+                found_days = found_days[turn:] + found_days[:turn]
+            chosen, tried = untried(context.instance, wanted_runs(found_days), cap,
+                                    origin.location_name if origin else None, context.repository_name)
+            recorded, tried = _recorded_outside(context, conn, targets, tried)
         wanted = sum(len(days) for _, days in found_days)
         already = (f"{len(tried)} day(s) already have a run (failed, queued or running) under their run key and are "
                    f"not requested again ({_tried(tried)}): re-run a failed day from the asset's partitions in the UI "
@@ -429,10 +470,14 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
             if problems:  # a failed tick, not a skipped one: a table dropped or refused stays visible (red)
                 raise RuntimeError(f"archive_new_days could not inspect {'; '.join(problems)}; requested nothing "
                                    f"this tick ({text})")
+            if recorded:  # a tick that records is not skipped: what it looked at goes to its log
+                context.log.info(text)
+                return SensorResult(asset_events=recorded)
             return SkipReason(text)
-        if wanted - len(tried) > cap:
-            context.log.info(f"up to {wanted - len(tried)} days to archive; requesting {cap} this tick "
+        if wanted - len(tried) - len(recorded) > cap:
+            context.log.info(f"up to {wanted - len(tried) - len(recorded)} days to archive; requesting {cap} this tick "
                              "(sensor.max_runs_per_tick), the rest on the next ticks")
-        return SensorResult(run_requests=[wanted.request() for wanted in chosen], cursor=chosen[0].table)
+        return SensorResult(run_requests=[wanted.request() for wanted in chosen], asset_events=recorded,
+                            cursor=chosen[0].table)
 
     return archive_new_days
