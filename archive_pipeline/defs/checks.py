@@ -285,6 +285,23 @@ def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str, r
     return _intact_again(key, day, last, description, latest_materialization(context.instance, key, day))
 
 
+def removed_verdict(context: "AssetExecutionContext", key: AssetKey, day: str, repeated: int | None, found: Verdict
+                    ) -> AssetCheckEvaluation | None:
+    """The ``archive_intact`` verdict of a removed day's record (see ``record_removed``): the verdict about the record
+    it repeats (``repeated``, its storage id; None: a record built from the manifest) carried where it passed; else
+    ``found``, what this run has just found (the object as its manifest records it, the removal's proof), as a fresh
+    verdict: a carried failure (a damaged object, restored since) is no longer true, and a run that planned the check
+    and recorded no verdict showed "Execution failed" beside a record saying the archive is kept. None where the run
+    did not plan the check and has no verdict to carry (the record says what was found)."""
+    carried = verdict_carried(context, key, day, repeated) if repeated is not None else None
+    if carried is not None and carried.passed:
+        return carried
+    if carried is None and not _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK),
+                                                 PartitionKeyFilter(key=day))[0]:
+        return None
+    return check_evaluation(context, key, INTACT_CHECK, found, blocking=False)
+
+
 def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, key: AssetKey
                            ) -> Iterator[AssetCheckEvaluation]:
     """The on-demand checks' last verdicts again, for a run that planned them and fails before they ran.
