@@ -596,6 +596,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                 yield from archive_one_day(context, spec, key, day, config, source, archive_store, store,
                                            alone=len(days) == 1, origin=origin, records=records)
             except Failure as exc:
+                removed = None
                 if _removed(exc):  # archived, proven and let go: nothing to redo, unless its archive is damaged
                     try:  # (a run of the day alone looks too: its failure must not say "nothing to do" then)
                         removed = removed_archive(context, key, spec, day, exc, store, archive_store, origin)
@@ -608,7 +609,7 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                             continue
                     except Failure as damaged:  # its object or manifest, the day's only copy, damaged or unread
                         exc = damaged
-                yield from verdicts_as_they_were(context, key, [day], exc)
+                yield from verdicts_as_they_were(context, key, [day], exc, removed)
                 if len(days) == 1:
                     raise exc  # (the day's damaged archive, where it was found so, not the core's "nothing to do")
                 failed[day] = exc
@@ -703,6 +704,19 @@ class RemovedArchive:
     manifest: dict
     found: Verdict
 
+    @property
+    def repeated(self) -> bool:
+        """Whether the day's latest record is of this very archive (its object's key and MD5; an empty day's: its
+        manifest): the record a removed day's repeats, and the one its verdicts are about."""
+        if self.before is None:
+            return False
+        recorded = {name: getattr(value, "value", value)
+                    for name, value in self.before.asset_materialization.metadata.items()}
+        obj = self.manifest.get("object")
+        if obj is None:
+            return not recorded.get("md5") and recorded.get("manifest_key") == keys.manifest_key(self.day_key)
+        return recorded.get("object_key") == obj.get("key") and recorded.get("md5") == obj.get("md5")
+
 
 def removed_archive(context: AssetExecutionContext, key: AssetKey, spec: TableSpec, day: Period, exc: Failure,
                     store: S3Store, archive_store: ArchiveStoreResource, origin: str | None) -> RemovedArchive | None:
@@ -731,16 +745,14 @@ def record_removed(context: AssetExecutionContext, key: AssetKey, day: Period, e
     (archived again, or archived and let go by the command line) what the manifest records, with the link and sizes
     of any archived day's record. Either way it says the removal proved the archive (it did, before it let the day
     go). Its ``archive_intact`` verdict: see :func:`~archive_pipeline.defs.checks.removed_verdict`."""
-    partition, before, manifest = day.isoformat(), removed.before, removed.manifest
-    recorded = {name: getattr(value, "value", value)
-                for name, value in (before.asset_materialization.metadata if before else {}).items()}
-    same = before is not None and _records_archive(recorded, manifest, removed.day_key)
+    partition, before, manifest, same = day.isoformat(), removed.before, removed.manifest, removed.repeated
     said = (exc.description or "").split("\n\nWhat to do:")[0]
     # a removal proves the archive before it marks the manifest (lifecycle.remove_day): the record says so, as
     # archive_intact's deep_check wants a proof recorded (it is not "archived before deep_check was set", nor
     # "not verified" where the proof of its own run could not run)
     proven = {"verified": f"content proven: {_removal_proof(manifest)}"}
-    if same and str(recorded.get("verified", "")).startswith("content proven"):
+    if same and str(getattr(before.asset_materialization.metadata.get("verified"), "value", "")).startswith(
+            "content proven"):
         proven = {}
     metadata = {**(before.asset_materialization.metadata if same else
                    _manifest_metadata(manifest, store, removed.day_key, archive_store)),
@@ -758,15 +770,6 @@ def _removal_proof(manifest: dict) -> str:
     mark = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
     return (f"the day's removal from the source ({mark.get('action', 'removed')} at "
             f"{mark.get('at', 'a time not recorded')}) proved its archive first")
-
-
-def _records_archive(recorded: dict, manifest: dict, day_key: str) -> bool:
-    """Whether a day's record (its metadata's values) is of the archive ``manifest`` describes: its object (key and
-    MD5), or, for an empty day (no object: its archive is its manifest), that manifest."""
-    obj = manifest.get("object")
-    if obj is None:
-        return not recorded.get("md5") and recorded.get("manifest_key") == keys.manifest_key(day_key)
-    return recorded.get("object_key") == obj.get("key") and recorded.get("md5") == obj.get("md5")
 
 
 def _removed_manifest(spec: TableSpec, day: Period, exc: Failure, store: S3Store, before, origin: str | None,
@@ -940,14 +943,16 @@ def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]
 
 
 def verdicts_as_they_were(context: AssetExecutionContext, key: AssetKey, days: list[Period],
-                          failed: Failure | None = None) -> Iterator[DayEvent]:
+                          failed: Failure | None = None, removed: RemovedArchive | None = None) -> Iterator[DayEvent]:
     """For failed days whose ``archive_intact`` this run planned (a pure asset backfill), their last verdict
     again, so the failure does not show as "Execution failed" on an archive checked intact (see
     :func:`~archive_pipeline.defs.checks.verdict_as_it_was`); a failure (``failed``) that found the archive damaged
-    is the verdict instead: the last one, passed, is no longer true."""
+    is the verdict instead: the last one, passed, is no longer true; so is what the run found of a removed day's
+    archive (``removed``) where the day's latest record is of that archive."""
     damaged = failed.description if failed is not None and _flag(failed.metadata, DAMAGED) else None
+    found = removed.found if removed is not None and removed.repeated else None
     for day in days:
-        evaluation = verdict_as_it_was(context, key, day.isoformat(), damaged)
+        evaluation = verdict_as_it_was(context, key, day.isoformat(), damaged, found)
         if evaluation is not None:
             yield evaluation
 
