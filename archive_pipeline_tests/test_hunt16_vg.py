@@ -341,3 +341,35 @@ def test_a_deferred_range_records_a_naming_mode_day_let_go_under_its_current_key
         warnings = [e.message for e in instance.all_logs(result.run_id) if "gone from the source" in (e.message or "")]
     assert reported == [d.isoformat() for d in DAYS], (
         f"daily_report ran for {reported} (run success {result.success}); recorded {recorded}; warnings {warnings}")
+
+
+def test_a_run_of_a_removed_day_alone_with_its_check_after_its_object_was_restored_records_it_found_intact(
+        conn, schema, archive_env, store, s3_client, bucket):
+    """Scenario: as the restored-from-a-backup test above, but both later runs are of the day alone WITH its
+    archive_intact check (the asset's *Materialize* with checks): the first fails the day as damaged (its verdict
+    failed), the object is restored, the second fails as nothing to do (the day is removed).
+
+    Expected: the second run's verdict is what it found (passed: the object as recorded), not the damaged one
+    repeated ("not checked again ... The last check found: ... damaged"), red for good."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline_tests.test_hunt16_vd import _deleting_events, _latest_check
+
+    config, spec = _deleting_events(conn, schema)
+    defs = build_definitions(config)
+    key = asset_key(spec)
+    gone = DAYS[1].isoformat()
+    intact = AssetCheckKey(key, "archive_intact")
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def(job_name(spec)).execute_in_process(instance=instance, partition_key=gone).success
+        assert remove_day(conn, spec, spec.period(DAYS[1]), store).rows == 3
+        obj = _latest(instance, key, gone).asset_materialization.metadata["object_key"].value
+        backup = s3_client.get_object(Bucket=bucket, Key=obj)["Body"].read()
+        s3_client.delete_object(Bucket=bucket, Key=obj)
+        with_checks = defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection={key}, asset_check_selection={intact})
+        damaged = with_checks.execute_in_process(instance=instance, partition_key=gone, raise_on_error=False)
+        assert not damaged.success and not _latest_check(instance, key, gone).evaluation.passed  # (the premise)
+        s3_client.put_object(Bucket=bucket, Key=obj, Body=backup)
+        again = with_checks.execute_in_process(instance=instance, partition_key=gone, raise_on_error=False)
+        verdicts = [(e.passed, e.description) for e in run_check_evaluations(instance, again.run_id)]
+    assert not again.success and verdicts and all(passed for passed, _ in verdicts), verdicts

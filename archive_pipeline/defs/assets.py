@@ -14,6 +14,8 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Literal
 
 import psycopg
@@ -54,9 +56,10 @@ from pydantic import Field
 from archive_pipeline.core.archive import ArchiveResult, DayRemovedError, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
-from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, check_evaluation, log_guarded, object_link,
-                                          on_demand_as_they_were, recorded_day_key, source_only, terminated,
-                                          verdict_as_it_was, verdict_carried, verify_result, written_verdict)
+from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, Verdict, check_evaluation, log_guarded,
+                                          object_link, on_demand_as_they_were, recorded_day_key, removed_verdict,
+                                          source_only, terminated, verdict_as_it_was, verdict_carried, verify_result,
+                                          written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
@@ -66,7 +69,7 @@ from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core import keys
-from archive_pipeline.core.verify import TYPE_GONE, load_manifest, object_problems, read_only
+from archive_pipeline.core.verify import TYPE_GONE, load_manifest, object_problems, read_only, verify_archive
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped | removed
@@ -593,17 +596,22 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                 yield from archive_one_day(context, spec, key, day, config, source, archive_store, store,
                                            alone=len(days) == 1, origin=origin, records=records)
             except Failure as exc:
-                if len(days) > 1 and _removed(exc):  # archived, proven and let go: nothing to redo, not failed
-                    context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
-                    try:
-                        if not record_removed(context, key, spec, day, exc, records, store):
-                            unrecorded.append(day)
-                        continue
-                    except Failure as unread:  # its manifest, the archive's only record, unread: the day fails
-                        exc = unread
-                yield from verdicts_as_they_were(context, key, [day], exc)
+                removed = None
+                if _removed(exc):  # archived, proven and let go: nothing to redo, unless its archive is damaged
+                    try:  # (a run of the day alone looks too: its failure must not say "nothing to do" then)
+                        removed = removed_archive(context, key, spec, day, exc, store, archive_store, origin)
+                        if len(days) > 1:  # not failed: recorded as removed where its manifest says it was
+                            context.log.info(exc.description or f"{spec.name} {day}: removed; its archive is kept")
+                            if removed is None:
+                                unrecorded.append(day)
+                            else:
+                                record_removed(context, key, day, exc, records, removed, store, archive_store)
+                            continue
+                    except Failure as damaged:  # its object or manifest, the day's only copy, damaged or unread
+                        exc = damaged
+                yield from verdicts_as_they_were(context, key, [day], exc, removed)
                 if len(days) == 1:
-                    raise
+                    raise exc  # (the day's damaged archive, where it was found so, not the core's "nothing to do")
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
@@ -686,97 +694,163 @@ class DayRecords:
         self._pending = []
 
 
-def record_removed(context: AssetExecutionContext, key: AssetKey, spec: TableSpec, day: Period, exc: Failure,
-                   records: DayRecords, store: S3Store) -> bool:
+@dataclass(frozen=True)
+class RemovedArchive:
+    """A removed day's archive as a run found it: the day's latest record (None: none), the key and manifest it was
+    removed with (marked removed), and what the run found of it (a passed verdict: a damaged one fails the day)."""
+
+    before: object
+    day_key: str
+    manifest: dict
+    found: Verdict
+
+    @property
+    def repeated(self) -> bool:
+        """Whether the day's latest record is of this very archive (its object's key and MD5; an empty day's: its
+        manifest): the record a removed day's repeats, and the one its verdicts are about."""
+        if self.before is None:
+            return False
+        recorded = {name: getattr(value, "value", value)
+                    for name, value in self.before.asset_materialization.metadata.items()}
+        obj = self.manifest.get("object")
+        if obj is None:
+            return not recorded.get("md5") and recorded.get("manifest_key") == keys.manifest_key(self.day_key)
+        return recorded.get("object_key") == obj.get("key") and recorded.get("md5") == obj.get("md5")
+
+
+def removed_archive(context: AssetExecutionContext, key: AssetKey, spec: TableSpec, day: Period, exc: Failure,
+                    store: S3Store, archive_store: ArchiveStoreResource, origin: str | None) -> RemovedArchive | None:
+    """The archive of a day the core found removed (``exc``: nothing to do), looked at before the day is said to have
+    nothing to do, in a run of the day alone too: the archive is the day's only copy. None where no manifest of the
+    day says it was removed (a naming-mode day whose table is merely gone). Raises the day's :class:`Failure` where
+    its manifest cannot be read or its object is not as recorded (see :func:`_refuse_damaged`), worded as the step's
+    retry policy (``origin``: where the configuration came from) makes it true."""
+    retries = step_retries(context)
+    before = _latest_record(context, key, day.isoformat())
+    found = _removed_manifest(spec, day, exc, store, before, origin, retries)
+    if found is None:
+        return None
+    day_key, manifest = found
+    verdict = _refuse_damaged(spec, day, day_key, manifest, store, archive_store.temp_dir, origin, retries)
+    return RemovedArchive(before, day_key, manifest, verdict)
+
+
+def record_removed(context: AssetExecutionContext, key: AssetKey, day: Period, exc: Failure, records: DayRecords,
+                   removed: RemovedArchive, store: S3Store, archive_store: ArchiveStoreResource) -> None:
     """Record a removed day of a ranged run as materialized again: its archive (proven before the day was let go)
-    is the day's only copy and still there. Dagster marks every partition a failed run planned and did not
-    materialize as failed, so without a record a failing neighbour turned the removed day red, beside the one day
-    that needs doing. The record is built from the manifest the day was removed with (see
-    :func:`_removed_manifest`), with state ``removed``: the day's last materialization repeated where it records that
-    very archive, with the ``archive_intact`` verdict about that record; else (archived again, or archived and let
-    go by the command line) what the manifest records, with no verdict about another archive. Either way it says the
-    removal proved the archive (it did, before it let the day go), and only while its object is as recorded (one
-    HEAD: the core does not look at it for a naming-mode day without its table, nor under a former format). A
-    naming-mode day without its table is recorded only where its manifest says it was removed (its table dropped by
-    retention); a day nothing records, not at all (False: nothing recorded)."""
-    partition = day.isoformat()
-    before = _latest_record(context, key, partition)
-    day_key, manifest = _removed_manifest(spec, day, exc, store, before)
-    if not manifest or not manifest.get("removed") or not (manifest.get("object") or manifest.get("empty")):
-        return False
-    mark = manifest["removed"] if isinstance(manifest["removed"], dict) else {}
-    _refuse_damaged(spec, day, manifest, mark, store)
-    recorded = {name: getattr(value, "value", value)
-                for name, value in (before.asset_materialization.metadata if before else {}).items()}
-    same = before is not None and _records_archive(recorded, manifest, day_key)
+    is the day's only copy and still there (``removed``: see :func:`removed_archive`). Dagster marks every partition
+    a failed run planned and did not materialize as failed, so without a record a failing neighbour turned the
+    removed day red, beside the one day that needs doing. The record is built from the manifest the day was removed
+    with, with state ``removed``: the day's last materialization repeated where it records that very archive; else
+    (archived again, or archived and let go by the command line) what the manifest records, with the link and sizes
+    of any archived day's record. Either way it says the removal proved the archive (it did, before it let the day
+    go). Its ``archive_intact`` verdict: see :func:`~archive_pipeline.defs.checks.removed_verdict`."""
+    partition, before, manifest, same = day.isoformat(), removed.before, removed.manifest, removed.repeated
     said = (exc.description or "").split("\n\nWhat to do:")[0]
     # a removal proves the archive before it marks the manifest (lifecycle.remove_day): the record says so, as
     # archive_intact's deep_check wants a proof recorded (it is not "archived before deep_check was set", nor
     # "not verified" where the proof of its own run could not run)
-    proven = {"verified": f"content proven: the day's removal from the source ({mark.get('action', 'removed')} at "
-                          f"{mark.get('at', 'a time not recorded')}) proved its archive first"}
-    if same and str(recorded.get("verified", "")).startswith("content proven"):
+    proven = {"verified": f"content proven: {_removal_proof(manifest)}"}
+    if same and str(getattr(before.asset_materialization.metadata.get("verified"), "value", "")).startswith(
+            "content proven"):
         proven = {}
-    metadata = {**(before.asset_materialization.metadata if same else _manifest_metadata(manifest, store, day_key)),
+    metadata = {**(before.asset_materialization.metadata if same else
+                   _manifest_metadata(manifest, store, removed.day_key, archive_store)),
                 **proven, "state": "removed", "removed": said,
                 "summary": f"{partition}: removed from the source; its archive is kept (nothing to do)"}
     records.record(AssetMaterialization(asset_key=key, partition=partition, metadata=metadata, description=said,
                                         tags={**(before.asset_materialization.tags if same else {}),
                                               STATE_TAG: "removed"}),
-                   functools.partial(verdict_carried, context, key, partition, before.storage_id) if same else None)
-    return True
+                   functools.partial(removed_verdict, context, key, partition, before.storage_id if same else None,
+                                     removed.found))
 
 
-def _records_archive(recorded: dict, manifest: dict, day_key: str) -> bool:
-    """Whether a day's record (its metadata's values) is of the archive ``manifest`` describes: its object (key and
-    MD5), or, for an empty day (no object: its archive is its manifest), that manifest."""
-    obj = manifest.get("object")
-    if obj is None:
-        return not recorded.get("md5") and recorded.get("manifest_key") == keys.manifest_key(day_key)
-    return recorded.get("object_key") == obj.get("key") and recorded.get("md5") == obj.get("md5")
+def _removal_proof(manifest: dict) -> str:
+    """That the day's removal (its manifest's mark) proved the archive before it let the day go."""
+    mark = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
+    return (f"the day's removal from the source ({mark.get('action', 'removed')} at "
+            f"{mark.get('at', 'a time not recorded')}) proved its archive first")
 
 
-def _removed_manifest(spec: TableSpec, day: Period, exc: Failure, store: S3Store, before) -> tuple[str, dict | None]:
-    """(the day's key, its manifest or None) of a removed day: where the core found it (under the table's former
-    format or key too); else (a naming-mode day without its table, which the core reads no further) at the key the
-    day's last materialization recorded, whatever the table's format, key_template or prefix became since, and
-    where no materialization names one, under the table's other formats' keys (as an archive run looks there)."""
-    partition = day.isoformat()
+def _removed_manifest(spec: TableSpec, day: Period, exc: Failure, store: S3Store, before, origin: str | None,
+                      retries: int | None) -> tuple[str, dict] | None:
+    """(the day's key, its manifest) of a removed day: the first manifest of :func:`_removed_keys` marked removed
+    (with an object, or empty); None where none is. The day's only record unread fails the day (see
+    :func:`_manifest_unread`)."""
+    partition, day_key = day.isoformat(), None
+    try:
+        for day_key in _removed_keys(spec, day, exc, store, before):
+            manifest = load_manifest(store, day_key, (spec.name, partition))
+            if manifest and manifest.get("removed") and (manifest.get("object") or manifest.get("empty")):
+                return day_key, manifest
+    except Exception as unread:  # noqa: BLE001 - the day's only record unread: the day fails, not "nothing to do"
+        where = day_key or table_day_key(spec, day, store.prefix)
+        raise _manifest_unread(spec, partition, store.uri(keys.manifest_key(where)), unread, origin,
+                               retries) from None
+    return None
+
+
+def _removed_keys(spec: TableSpec, day: Period, exc: Failure, store: S3Store, before) -> Iterator[str]:
+    """Where a removed day's manifest may be, each once: where the core found it (under the table's former format
+    or key too); else (a naming-mode day without its table, which the core reads no further) the key the day's last
+    materialization recorded (whatever the table's format, key_template or prefix became since), then where a
+    removal looks, in lifecycle.archive_key's order: the key the configuration renders, the table's other formats'
+    keys. A day archived again (overwrite, another format) and let go there is marked at its new key, not at the one
+    its record names: looked at only there, it counted as gone with no archive recorded."""
     where = exc.metadata.get(REMOVED_MANIFEST)
     where = getattr(where, "value", where)
+    if where:
+        yield where.removesuffix(keys.MANIFEST_SUFFIX)
+        return
     named = before.asset_materialization.metadata.get("manifest_key") if before is not None else None
-    day_key = where.removesuffix(keys.MANIFEST_SUFFIX) if where else \
-        recorded_day_key(spec, day, store, getattr(named, "value", named))
-    try:
-        manifest = load_manifest(store, day_key, (spec.name, partition))
-        if manifest is None and not where and named is None and (other := under_another_format(store, spec, day)):
-            day_key = other[0]
-            manifest = load_manifest(store, day_key, (spec.name, partition))
-    except Exception as unread:  # noqa: BLE001 - the day's only record unread: the day fails, not "nothing to do"
-        raise _manifest_unread(spec, partition, store.uri(keys.manifest_key(day_key)), unread) from None
-    return day_key, manifest
+    recorded = recorded_day_key(spec, day, store, getattr(named, "value", named))  # (else the rendered key)
+    yield recorded
+    rendered = table_day_key(spec, day, store.prefix)
+    if rendered != recorded:
+        yield rendered
+    other = under_another_format(store, spec, day)
+    if other is not None and other[0] not in (recorded, rendered):
+        yield other[0]
 
 
-def _refuse_damaged(spec: TableSpec, day: Period, manifest: dict, mark: dict, store: S3Store) -> None:
-    """Fail a removed day whose object is not as its manifest records (missing, replaced: one HEAD), as the core
-    fails a column-mode one: the archive is the day's only copy, and a record saying it is kept would hide that."""
-    if not manifest.get("object"):
-        return  # an empty day: its manifest is its archive
+def _refuse_damaged(spec: TableSpec, day: Period, day_key: str, manifest: dict, store: S3Store,
+                    temp_dir: str | None, origin: str | None, retries: int | None) -> Verdict:
+    """What a run finds of a removed day's archive, as a (passed) verdict; the day fails where its object is not as
+    its manifest records (missing, replaced: one HEAD), as the core fails a column-mode one: the archive is the day's
+    only copy, and a record saying it is kept would hide that. The recorded size under another ETag alone proves no
+    damage: an object copied onto itself in parts (``aws s3 cp`` above its multipart threshold, a storage class
+    changed) holds the same bytes under an ETag ``<...>-1``, so its download's digests decide, as a deep check's do
+    (verify.verify_archive). A store that does not answer fails the day as transient (``retries``: the step's
+    max_retries, ``origin``: see :func:`failure`)."""
+    obj = manifest.get("object")
+    if not obj:  # an empty day: its manifest is its archive
+        return Verdict(day, [], f"no rows that day; its manifest records it as empty, and {_removal_proof(manifest)}",
+                       {"archive": store.uri(keys.manifest_key(day_key)), "deep": False, "problems": 0})
+    how, deep = "object found with the size and ETag its manifest records", False
     try:
         problems = object_problems(store, manifest)
+        if problems and all(problem.startswith("ETag:") for problem in problems):
+            problems = verify_archive(store, day_key, {}, deep=True, manifest=manifest, temp_dir=temp_dir)
+            how, deep = ("object, under another ETag than recorded (copied onto itself), downloaded: its size, MD5, "
+                         "SHA-256 and rows are as its manifest records"), True
     except Exception as unasked:  # noqa: BLE001 - the store did not answer: the day fails, retried where that helps
-        raise failure(unasked, spec, day, None) from None
+        raise failure(unasked, spec, day, None, origin, retries) from None
     if problems:
+        mark = manifest["removed"] if isinstance(manifest["removed"], dict) else {}
         raise failure(DayRemovedError(
             f"{spec.name} {day} was removed from the source at {mark.get('at')}, and its archive is damaged "
             f"({'; '.join(problems)}); nothing was recorded", table=spec.name, day=day.isoformat(), damaged=True),
-            spec, day, None)
+            spec, day, None, origin, retries) from None
+    return Verdict(day, [], f"{how} (checked by this run), and {_removal_proof(manifest)}",
+                   {"archive": store.uri(obj["key"]), "deep": deep, "problems": 0})
 
 
-def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseException) -> Failure:
+def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseException, origin: str | None = None,
+                     retries: int | None = None) -> Failure:
     """A removed day whose manifest (its archive's only record: the source rows are gone) cannot be read: damaged
     or altered (not retried: restore the manifest from a backup of the bucket), written by a newer version (not
-    retried: upgrade), or the store not answering (retried)."""
+    retried: upgrade), or the store not answering (retried, unless the step's ``retries`` are 0: see
+    :func:`retries_off`)."""
     said = getattr(exc, "message", None) or str(exc)
     retryable = damaged = False
     if isinstance(exc, NewerManifestError):
@@ -789,8 +863,9 @@ def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseExcepti
     else:
         what, remedy = "could not be read", "retried automatically; if it persists, check the store and the path to it"
         retryable = is_retryable(exc)
-    return Failure(description=f"{spec.name} {partition}: the day is gone from the source, and its manifest {uri} "
-                               f"{what} ({said}); nothing was recorded.\n\nWhat to do: {remedy}.",
+    text = (f"{spec.name} {partition}: the day is gone from the source, and its manifest {uri} {what} ({said}); "
+            f"nothing was recorded.\n\nWhat to do: {remedy}.")
+    return Failure(description=retries_off(text, origin) if retryable and retries == 0 else text,
                    allow_retries=retryable, metadata={"table": spec.name, "day": partition, "retryable": retryable,
                                                       **({DAMAGED: True} if damaged else {})})
 
@@ -803,12 +878,20 @@ def _latest_record(context: AssetExecutionContext, key: AssetKey, partition: str
     return found[0] if found else None
 
 
-def _manifest_metadata(manifest: dict, store: S3Store, day_key: str) -> dict[str, object]:
+def _manifest_metadata(manifest: dict, store: S3Store, day_key: str,
+                       archive_store: ArchiveStoreResource) -> dict[str, object]:
     """A day's record built from its manifest (what ``archive_intact`` compares with the store), for a day this
-    instance never recorded."""
+    instance never recorded: with the link to its object and the sizes as a person reads them, as every archived
+    day's record has them (the day whose archive is its only copy is the one a person most needs to find)."""
     obj = manifest.get("object") or {}
+    size, unpacked = obj.get("bytes", 0), manifest.get("uncompressed_bytes")
+    link = object_link(archive_store, SimpleNamespace(key=obj.get("key"), manifest_key=keys.manifest_key(day_key)))
     return {"dagster/row_count": int(manifest.get("rows") or 0), "rows": f"{int(manifest.get('rows') or 0):,}",
-            "compressed_bytes": obj.get("bytes", 0), "md5": obj.get("md5", ""), "sha256": obj.get("sha256", ""),
+            "object": MetadataValue.url(link),
+            "compressed_bytes": size, "compressed_size": human_size(size),
+            **({"uncompressed_bytes": unpacked, "uncompressed_size": human_size(unpacked)}
+               if isinstance(unpacked, int) and not isinstance(unpacked, bool) else {}),
+            "md5": obj.get("md5", ""), "sha256": obj.get("sha256", ""),
             "format": manifest.get("format", ""), "compression": manifest.get("compression", ""),
             "object_key": obj.get("key", ""),  # an empty day's uri: its manifest, as its archive run records it
             "dagster/uri": MetadataValue.path(store.uri(obj.get("key") or keys.manifest_key(day_key))),
@@ -860,14 +943,16 @@ def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]
 
 
 def verdicts_as_they_were(context: AssetExecutionContext, key: AssetKey, days: list[Period],
-                          failed: Failure | None = None) -> Iterator[DayEvent]:
+                          failed: Failure | None = None, removed: RemovedArchive | None = None) -> Iterator[DayEvent]:
     """For failed days whose ``archive_intact`` this run planned (a pure asset backfill), their last verdict
     again, so the failure does not show as "Execution failed" on an archive checked intact (see
     :func:`~archive_pipeline.defs.checks.verdict_as_it_was`); a failure (``failed``) that found the archive damaged
-    is the verdict instead: the last one, passed, is no longer true."""
+    is the verdict instead: the last one, passed, is no longer true; so is what the run found of a removed day's
+    archive (``removed``) where the day's latest record is of that archive."""
     damaged = failed.description if failed is not None and _flag(failed.metadata, DAMAGED) else None
+    found = removed.found if removed is not None and removed.repeated else None
     for day in days:
-        evaluation = verdict_as_it_was(context, key, day.isoformat(), damaged)
+        evaluation = verdict_as_it_was(context, key, day.isoformat(), damaged, found)
         if evaluation is not None:
             yield evaluation
 

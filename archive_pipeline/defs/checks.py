@@ -216,8 +216,8 @@ def check_evaluation(context: "AssetExecutionContext | AssetCheckExecutionContex
     )
 
 
-def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str, damaged: str | None = None
-                      ) -> AssetCheckEvaluation | None:
+def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str, damaged: str | None = None,
+                      found: Verdict | None = None) -> AssetCheckEvaluation | None:
     """The day's last ``archive_intact`` verdict, recorded again by this run, which planned the check for
     that day and failed before checking it (a warning, not a failure, for a day no run has checked); None when
     the run did not plan it.
@@ -230,11 +230,15 @@ def verdict_as_it_was(context: "AssetExecutionContext", key: AssetKey, day: str,
     The verdict keeps the materialization it was about: if this run archived the day anew and could not
     check it, the UI shows that day's check as not evaluated, not as the old archive's verdict. ``damaged``: the
     day failed because this run found its archive damaged (a removed day's object missing, its manifest altered):
-    it did check, and that is the day's verdict, failed, not the last one repeated green.
+    it did check, and that is the day's verdict, failed, not the last one repeated green. ``found``: the day failed
+    with nothing to do (a removed day, run alone) and this run found the archive its latest record records intact:
+    that is the day's verdict, not the last one repeated (a damaged object's, restored since, red for good).
     """
     planned, last = _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK), PartitionKeyFilter(key=day))
     if not planned:
         return None
+    if found is not None:
+        return check_evaluation(context, key, INTACT_CHECK, found, blocking=False)
     if damaged is not None:
         return AssetCheckEvaluation(
             asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.ERROR, partition=day,
@@ -283,6 +287,23 @@ def verdict_carried(context: "AssetExecutionContext", key: AssetKey, day: str, r
         by = "earlier in this run" if last.run_id == context.run.run_id else f"by run {last.run_id}"
         description = f"{day}: as checked {by}: {last.evaluation.description}"
     return _intact_again(key, day, last, description, latest_materialization(context.instance, key, day))
+
+
+def removed_verdict(context: "AssetExecutionContext", key: AssetKey, day: str, repeated: int | None, found: Verdict
+                    ) -> AssetCheckEvaluation | None:
+    """The ``archive_intact`` verdict of a removed day's record (see ``record_removed``): the verdict about the record
+    it repeats (``repeated``, its storage id; None: a record built from the manifest) carried where it passed; else
+    ``found``, what this run has just found (the object as its manifest records it, the removal's proof), as a fresh
+    verdict: a carried failure (a damaged object, restored since) is no longer true, and a run that planned the check
+    and recorded no verdict showed "Execution failed" beside a record saying the archive is kept. None where the run
+    did not plan the check and has no verdict to carry (the record says what was found)."""
+    carried = verdict_carried(context, key, day, repeated) if repeated is not None else None
+    if carried is not None and carried.passed:
+        return carried
+    if carried is None and not _planned_and_last(context, AssetCheckKey(key, INTACT_CHECK),
+                                                 PartitionKeyFilter(key=day))[0]:
+        return None
+    return check_evaluation(context, key, INTACT_CHECK, found, blocking=False)
 
 
 def on_demand_as_they_were(context: "AssetExecutionContext", spec: TableSpec, key: AssetKey
