@@ -57,7 +57,7 @@ from archive_pipeline.core.periods import Period, PeriodError, parse_period, zon
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import deep_verify, read_only, source_side_only, verify_archive
+from archive_pipeline.core.verify import deep_verify, deep_verify_of, read_only, source_side_only, verify_archive
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -1236,7 +1236,9 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             archived = found.archived
             if archived is None:
                 continue
-            def check(spec=spec, day=day, archived=archived, found=found) -> list[str]:
+            checked = [archived.object_key]  # the object the verdict is about (a new generation's, checked instead)
+
+            def check(spec=spec, day=day, archived=archived, found=found, checked=checked) -> list[str]:
                 def stored(archived) -> list[str]:
                     # (with --deep, another period's archive is the proof's to refuse: no verdict, as it says; a
                     # removed day's proof is by its archive alone, so its period is checked here)
@@ -1251,14 +1253,18 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                     if now is not None and now.manifest.get("manifest_sha256") != \
                             archived.manifest.get("manifest_sha256"):
                         archived = now
+                        checked[0] = archived.object_key
                         problems = stored(archived)
                 if deep and not problems:
-                    problems += deep_verify(run.conn, run.store, spec, day, manifest=archived.manifest,
-                                            scratch_conn=run.scratch)
+                    proven, proved = deep_verify_of(run.conn, run.store, spec, day, manifest=archived.manifest,
+                                                    scratch_conn=run.scratch)
+                    problems += proven
+                    if proved is not None and proved is not archived.manifest:
+                        checked[0] = (proved.get("object") or {}).get("key") or checked[0]
                 return problems
 
             problems = _day_checked(run, spec.name, day, check)
-            results.append({"table": spec.name, "day": day.isoformat(), "key": archived.object_key or found.key,
+            results.append({"table": spec.name, "day": day.isoformat(), "key": checked[0] or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
                             **({"remedy": _verify_remedy(run, spec, day, "; ".join(problems), how, problems)}

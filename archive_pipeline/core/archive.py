@@ -1020,6 +1020,9 @@ class _Archiving:
             manifest.update(superseded=superseded, kept=kept)
             data = encode_manifest(manifest)
             self._refuse_replaced(result, existing)
+            # last, right before the commit: a lock lost during the reads above (its session ended) lets another run
+            # take the day, whose tidying deletes this generation as a leftover
+            require_lock_held(self.conn, self.spec.name, self.day)
         except BaseException as exc:  # an interrupt too (Ctrl-C, a run's termination): no manifest names it yet
             if result.key and not getattr(exc, "withdrawn", False):  # (_refuse_replaced's refusals settled it)
                 self._withdraw_unnamed(result.key, exc)

@@ -660,13 +660,21 @@ def rows_lost(spec: TableSpec, day: Period, archived: int, now: int, action: str
 def _completed_for_us(store: S3Store, mkey: str, mark: dict) -> bool:
     """Whether the manifest is marked done for this very removal (its transaction: ``xid`` and ``system``), by
     another run that found our pending mark and our transaction committed."""
+    return _done_for(store, mkey, mark) is not None
+
+
+def _done_for(store: S3Store, mkey: str, mark: dict) -> dict | None:
+    """The manifest at ``mkey`` if it is marked done for the removal ``mark`` records (its transaction), else None."""
     try:
         raw = store.get_verified_bytes(mkey)
-        removed = decode_manifest(raw).get("removed") if raw is not None else None
+        manifest = decode_manifest(raw) if raw is not None else None
     except Exception:  # noqa: BLE001 - not known to be ours
-        return False
-    return (isinstance(removed, dict) and removed.get("state") == "done" and removed.get("xid") == mark["xid"]
-            and removed.get("system") == mark.get("system"))
+        return None
+    removed = (manifest or {}).get("removed")
+    if (isinstance(removed, dict) and removed.get("state") == "done" and removed.get("xid") == mark["xid"]
+            and removed.get("system") == mark.get("system")):
+        return manifest
+    return None
 
 
 def _not_recorded(spec: TableSpec, day: Period, store: S3Store, mkey: str, action: str, relation: str, rows: int,
@@ -968,6 +976,10 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
     try:
         _write_manifest(store, mkey, done, previous=marked)
     except Exception as exc:  # noqa: BLE001 - re-raised with what happened and how to settle it
+        if (already := _done_for(store, mkey, mark)) is not None:  # the removal's own run completed its mark meanwhile
+            log.info("%s %s: the pending removal mark of %s was completed meanwhile (by the run that removed the day)",
+                     spec.name, day, store.uri(mkey))
+            return Settlement("completed", already, why)
         raise _not_recorded(spec, day, store, mkey, mark.get("action", ""), mark.get("relation") or "?",
                             manifest["rows"], exc) from exc
     log.info("%s %s: completed the pending removal mark of %s (%s)", spec.name, day, store.uri(mkey), why)

@@ -155,8 +155,14 @@ def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> Non
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ArchiveError(f"{table} {day}: the connection holding the table-day lock was lost before the "
                            f"archive was committed ({type(exc).__name__}: {first}); nothing was published",
-                           table=table, day=day.isoformat(), retryable=True) from None
+                           table=table, day=day.isoformat(), retryable=True, cause="the database connection was lost",
+                           remedy="retried automatically (a Dagster run with retries left, or run the command again); "
+                                  "if it recurs, check what ends the archiving sessions (idle timeouts, a pooler, "
+                                  "pg_terminate_backend)") from None
     if not held:  # e.g. a pooler (transaction mode) handed the session lock to another client
         raise ArchiveError(f"{table} {day}: this session no longer holds the table-day lock (a connection pooler "
                            "in transaction mode between us and PostgreSQL?); nothing was published. Connect "
-                           "directly or in session mode", table=table, day=day.isoformat(), retryable=True)
+                           "directly or in session mode", table=table, day=day.isoformat(), retryable=True,
+                           cause="the session lost its table-day lock",
+                           remedy="connect to PostgreSQL directly, or through a pooler in session mode (a pooler in "
+                                  "transaction mode hands session locks to other clients)")

@@ -151,7 +151,7 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
         columns.append({"name": c.name, "pg_type": c.type_name, "output_type": result.output_types.get(c.name, "text"),
                         "nullable": not c.not_null, "encoding": encoding.get("encoding", result.output_types.get(
                             c.name, "text")), "exact": bool(encoding.get("exact", True)),
-                        **({"note": encoding["note"]} if encoding.get("note") else {}),
+                        "note": encoding.get("note") or "",  # (always there: a script reads c["note"], as README lists)
                         # the day column's type through its domains: what picks a day's rows (see _dated_by_calendar)
                         **({"base_type": c.base_type} if c.name == result.day_column else {}),
                         **({"numbers": [{"steps": list(n.steps), "type": n.type} for n in c.numbers]}

@@ -2727,7 +2727,8 @@ def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     manifest = find_manifest(store, spec, day)
     if manifest is None:
         raise RestoreError(f"{spec.name} has no archive for {day} in {store.uri(store.prefix)}", table=spec.name,
-                           day=day.isoformat())
+                           day=day.isoformat(), remedy="check the day and the bucket and prefix (archive-pipeline list "
+                                                       "shows the archived days); archive the day first")
     return _restore_current(conn, store, spec, day, manifest, **options)
 
 

@@ -486,7 +486,16 @@ def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, mani
 def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date, *,
                 manifest: dict | None = None, scratch_conn: psycopg.Connection | None = None,
                 temp_dir: str | None = None) -> list[str]:
-    """Prove the archive of ``day`` holds exactly the source's rows; an empty list means proven.
+    """Prove the archive of ``day`` holds exactly the source's rows; an empty list means proven (see
+    :func:`deep_verify_of`, which also says which archive was proven)."""
+    return deep_verify_of(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn, temp_dir=temp_dir)[0]
+
+
+def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date, *,
+                   manifest: dict | None = None, scratch_conn: psycopg.Connection | None = None,
+                   temp_dir: str | None = None) -> tuple[list[str], dict | None]:
+    """Prove the archive of ``day`` holds exactly the source's rows: (the problems, empty when proven; the manifest
+    of the archive the verdict is about: another than ``manifest`` where an overwrite replaced it meanwhile).
 
     Checks, in order: the manifest (present, untampered, with a fingerprint), the object (size,
     MD5, SHA-256 of the downloaded bytes), the archived rows (loaded back, their fingerprint equal
@@ -507,7 +516,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
             manifest, problems = _manifest_or_problem(store, key, f"{spec.name} {day} has no archive at "
                                                       f"{store.uri(key)}", owner)
             if manifest is None:
-                return problems
+                return problems, None
         _refuse_layout_change(spec, day, manifest)
         with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):  # the manifest's type names as written
             problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
@@ -521,8 +530,8 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
                     log.info("%s %s: its archive was replaced while it was being proven; proving the new one",
                              spec.name, day)
                     with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):
-                        return _prove(conn, store, spec, day, current, scratch_conn, temp_dir)
-        return problems
+                        return _prove(conn, store, spec, day, current, scratch_conn, temp_dir), current
+        return problems, manifest
     except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
         raise wrapped(exc, conn, spec, day.isoformat(), doing="proving") from None
     except ArchiveError as exc:  # the store's (a download that failed): no verdict either, and it names the day

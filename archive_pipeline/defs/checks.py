@@ -153,26 +153,38 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         verified = "no rows that day; its manifest records it as empty"
     else:
         verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
+    checked = expected.get("object_key")  # the object the verdict is about (the manifest's own, for an empty day)
     replaced = _archived_again(store, key, expected, owner) if problems else None
     if replaced is not None:
         # archived again since (an overwrite from the command line or another run): the recorded object was
         # retired by that commit, which is no fault of the archive; the day's archive now is the one checked
         problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
         verified = f"archived again since this was recorded ({replaced}); that archive checked as its manifest says"
+        checked = _object_key(verify.load_manifest(store, key, owner))
     if conn is not None and not problems:
         # the manifest at the day's recorded key (its archive under a former format or key_template is there)
         recorded = verify.load_manifest(store, key, owner)
-        problems = verify.deep_verify(conn, store, spec, day, manifest=recorded, scratch_conn=scratch_conn,
-                                      temp_dir=temp_dir)
-        verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint"
+        problems, proved = verify.deep_verify_of(conn, store, spec, day, manifest=recorded, scratch_conn=scratch_conn,
+                                                 temp_dir=temp_dir)
+        if proved is not None and proved is not recorded:  # an overwrite committed meanwhile: its archive was proven
+            replaced = replaced or "while it was being proven"
+        if proved is not None:  # (the day's manifest now: an overwrite of the same rows names another generation)
+            checked = _object_key(proved)
+        verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint" + (
+            f" (archived again since this was recorded ({replaced}))" if replaced is not None else "")
     if problems:  # what was checked, not what it would have meant had it passed
         verified = (f"object, size{', MD5 and row count' if deep else ''} and manifest checked"
                     + (" and the content compared with the source" if conn is not None else "") + ": NOT as recorded")
     # the object the manifest names (a re-archived day's is a later generation), not the day's first key
     # (an empty day has no object: its manifest)
-    return Verdict(day, problems, verified, {"archive": store.uri(expected.get("object_key") or keys.manifest_key(key)),
+    return Verdict(day, problems, verified, {"archive": store.uri(checked or keys.manifest_key(key)),
                                              "deep": deep or conn is not None,
                                              "problems": len(problems)})
+
+
+def _object_key(manifest: dict | None) -> str | None:
+    """The object a manifest names (None for an empty day's, or no manifest)."""
+    return ((manifest or {}).get("object") or {}).get("key")
 
 
 def written_verdict(result: "ArchiveResult", uri: str) -> Verdict:

@@ -75,6 +75,20 @@ class RemovalRunConfig(Config):
     dry_run: bool = Field(default=False, description="prove the archive and say what would be removed; remove nothing")
 
 
+def _removable_or_removed(conn, store, spec: TableSpec, day: Period, key: str, manifest: dict) -> dict:
+    """``manifest`` once the day is found removable (lifecycle.check_removable, before the proof's work); where it is
+    refused because another removal (the command line's prune, another run) removed the day meanwhile, the manifest
+    as that removal marked it: the archive is then proven on its own, and the removal finds the day removed."""
+    try:
+        check_removable(conn, spec, day)
+    except RemovalRefused:
+        again = load_manifest(store, key, (spec.name, day.isoformat()))
+        if again is None or not again.get("removed") or rows_after_removal(conn, spec, day) != 0:
+            raise
+        return again
+    return manifest
+
+
 def removal_asset_key(spec: TableSpec) -> AssetKey:
     return AssetKey([*spec.key_prefix, "source_removed", *spec.asset_path])
 
@@ -243,7 +257,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 if not dry_run and int(manifest.get("rows") or 0) > 0:
                     # what the removal would refuse whatever the archive: before the proof's work (a dry run, the
                     # check alone, proves, then says it; an empty day's removal may find nothing to remove)
-                    check_removable(primary, spec, day)
+                    manifest = _removable_or_removed(primary, store, spec, day, key, manifest)
+                    removed = manifest.get("removed") or removed
                 problems = deep_verify(source, store, spec, day, manifest=manifest,
                                        scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
                 again = load_manifest(store, key, (spec.name, day.isoformat())) if problems else None
