@@ -671,8 +671,9 @@ def _done_for(store: S3Store, mkey: str, mark: dict) -> dict | None:
     except Exception:  # noqa: BLE001 - not known to be ours
         return None
     removed = (manifest or {}).get("removed")
-    if (isinstance(removed, dict) and removed.get("state") == "done" and removed.get("xid") == mark["xid"]
-            and removed.get("system") == mark.get("system")):
+    # (a mark an older release wrote has no xid: only a mark of the same transaction is ours, so none matches it)
+    if (isinstance(removed, dict) and removed.get("state") == "done" and mark.get("xid") is not None
+            and removed.get("xid") == mark.get("xid") and removed.get("system") == mark.get("system")):
         return manifest
     return None
 

@@ -352,6 +352,7 @@ def retries_off(text: str, origin: str | None) -> str:
     off = f"retries are off (retry: max_retries: 0 in {origin or config_path()})"
     text = text.replace("transient, retried", f"transient, but not retried: {off}")
     text = text.replace("This looked transient and was retried", f"This looked transient, but {off}")
+    text = re.sub(r"; (?:the run|the download|the day) will be retried", "; retryable", text)  # (the store's words)
     return re.sub(r"\bretried automatically\b", f"not retried: {off}; launch it again", text)
 
 
@@ -829,10 +830,12 @@ def _refuse_damaged(spec: TableSpec, day: Period, day_key: str, manifest: dict, 
     how, deep = "object found with the size and ETag its manifest records", False
     try:
         problems = object_problems(store, manifest)
-        if problems and all(problem.startswith("ETag:") for problem in problems):
+        if problems and not any(problem.endswith(" is missing") for problem in problems):
+            # a HEAD's word (another ETag, another size: a gateway's wrong Content-Length) is not believed where the
+            # bytes can be had: the download's digests decide, as a deep check's do
             problems = verify_archive(store, day_key, {}, deep=True, manifest=manifest, temp_dir=temp_dir)
-            how, deep = ("object, under another ETag than recorded (copied onto itself), downloaded: its size, MD5, "
-                         "SHA-256 and rows are as its manifest records"), True
+            how, deep = ("object, whose HEAD answered otherwise than recorded (a copy onto itself, a gateway's), "
+                         "downloaded: its size, MD5, SHA-256 and rows are as its manifest records"), True
     except Exception as unasked:  # noqa: BLE001 - the store did not answer: the day fails, retried where that helps
         raise failure(unasked, spec, day, None, origin, retries) from None
     if problems:

@@ -64,8 +64,8 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError
-from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, load_manifest, read_only, rows_after_removal,
-                                          source_side_only)
+from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_manifest, read_only,
+                                          rows_after_removal, source_side_only)
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -259,8 +259,12 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                     # check alone, proves, then says it; an empty day's removal may find nothing to remove)
                     manifest = _removable_or_removed(primary, store, spec, day, key, manifest)
                     removed = manifest.get("removed") or removed
-                problems = deep_verify(source, store, spec, day, manifest=manifest,
-                                       scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
+                problems, proved = deep_verify_of(source, store, spec, day, manifest=manifest,
+                                                  scratch_conn=primary if standby else None,
+                                                  temp_dir=archive_store.temp_dir)
+                if proved is not None and proved is not manifest:  # another run's commit meanwhile: that one proved
+                    manifest = proved
+                    removed = proved.get("removed") or removed
                 again = load_manifest(store, key, (spec.name, day.isoformat())) if problems else None
                 if again is not None and again.get("removed") and rows_after_removal(source, spec, day) == 0:
                     # removed by another run while this one proved it (at the key it proved: a former format's
@@ -330,11 +334,13 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
     if settled is not None and settled.outcome != "none":
         context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
     # a day found removed already says when and by whom it was (its mark), not this run, which removed nothing
-    by = (removal.removed_by or "") if removal.already_removed else f"dagster run {context.run.run_id}"
+    # (a removal another run committed, whose mark this one completed, is that run's: not removed by this one)
+    earlier = removal.already_removed or removal.completed
+    by = (removal.removed_by or "") if earlier else f"dagster run {context.run.run_id}"
     metadata = {
         "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
         "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
-        "already_removed": removal.already_removed, "archive": removal.archive,
+        "already_removed": earlier, "archive": removal.archive,
         **({"run_id": by.removeprefix("dagster run ")} if by.startswith("dagster run ") else
            {"removed_by": by or "unknown"}),
         **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
