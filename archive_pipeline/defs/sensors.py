@@ -236,13 +236,15 @@ def wanted_runs(found: list[tuple[SensorTarget, list[Period]]]) -> Iterator[Want
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
-def unfinished_runs(instance: DagsterInstance, location: str | None, repository: str | None) -> list:
+def unfinished_runs(instance: DagsterInstance, location: str | None, repository: str | None,
+                    filters: RunsFilter | None = None) -> list:
     """Every queued or running run of this code location (page by page: a year's backfill of a few tables
     queues over a thousand), for :func:`days_in_flight`. Another location's runs (the same table names from
-    another database, README) are not this location's days."""
+    another database, README) are not this location's days. ``filters``: other runs instead (the schedule's
+    look-back asks for the failed ones)."""
     runs, cursor = [], None
     while True:
-        page = instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED)), cursor=cursor, limit=1000)
+        page = instance.get_runs(filters=filters or RunsFilter(statuses=list(UNFINISHED)), cursor=cursor, limit=1000)
         runs += [run for run in page if _same_repository(run, location, repository)]
         if len(page) < 1000:
             return runs
