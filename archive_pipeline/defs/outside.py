@@ -9,7 +9,8 @@ this database, whole in the store, not removed and written after the day's last 
 the one that run refused: changed since, an overwrite needed), records it as materialized from that manifest, as
 Dagster's runs record an archive: the partition shows it, the retention schedule sees it. A day whose archive it
 rejected is not read again while the bucket listing shows that archive unchanged (the sensor keeps what it saw
-between ticks, while the code server keeps the definitions loaded), and at most LOOKUPS_PER_TICK manifests are read a tick: failed days do not grow the cost of every tick.
+between ticks, while the code server keeps the definitions loaded), and at most LOOKUPS_PER_TICK manifests are
+read a tick: failed days do not grow the cost of every tick.
 """
 
 from __future__ import annotations
