@@ -47,9 +47,11 @@ def listed_items(store: S3Store, keys: list[str]) -> dict[str, dict] | None:
     return found
 
 
-def listed_absent(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[set[Period], list[str] | None]:
+def listed_absent(store: S3Store, spec: TableSpec, days: list[Period], etags: dict[str, str] | None = None
+                  ) -> tuple[set[Period], list[str] | None]:
     """The days a bucket listing shows to have no archive (none when it could not be listed), and the listed
-    keys in order (None then) for the former formats' lookups."""
+    keys in order (None then) for the former formats' lookups. ``etags``, if given, gets each listed key's ETag
+    (the sensor tells by them a day's archive unchanged since it looked at it)."""
     keys = {day: table_day_key(spec, day, store.prefix) for day in days}
     # the days' keys under the table's other formats too, where the template puts a day archived before a change
     # of format under another day prefix ({format} or {ext} in a folder, or before the file name's first dot): the
@@ -59,12 +61,14 @@ def listed_absent(store: S3Store, spec: TableSpec, days: list[Period]) -> tuple[
                                    for other in other_extension_keys(spec, days[0], store.prefix))
     others = {day: other_extension_keys(spec, day, store.prefix) if elsewhere else [] for day in days}
     try:
-        present = existing_keys(store, [manifest_key(k) for k in [*keys.values(), *itertools.chain(*others.values())]]
-                                ) if len(days) > 3 else None
+        present = listed_items(store, [manifest_key(k) for k in [*keys.values(), *itertools.chain(*others.values())]]
+                               ) if len(days) > 3 else None
     except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
         present = None
     if present is None:
         return set(), None
+    if etags is not None:
+        etags.update((key, item.get("ETag", "")) for key, item in present.items())
     listed_days = {day_prefix(k) for k in present}
     # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
     # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
@@ -94,8 +98,8 @@ def day_listings(store: S3Store, keys: list[str]) -> dict[str, dict[str, dict]]:
     return {key: by_day[day_prefix(key)] for key in keys}
 
 
-def unarchived_days(store: S3Store, spec: TableSpec, days: list) -> set[Period]:
+def unarchived_days(store: S3Store, spec: TableSpec, days: list, etags: dict[str, str] | None = None) -> set[Period]:
     """The days of ``days`` a bucket listing shows to have no archive at all (one listing, no GET): a range
     of years mostly never archived is told in a few requests, not three per day. Empty where the bucket
-    could not be listed that way (each day is then read on its own)."""
-    return listed_absent(store, spec, [spec.period(d) for d in days])[0]
+    could not be listed that way (each day is then read on its own). ``etags``: see :func:`listed_absent`."""
+    return listed_absent(store, spec, [spec.period(d) for d in days], etags)[0]

@@ -3,30 +3,56 @@
 The daemon never launches a run key twice, so a day whose sensor run failed is not requested again; the tick names
 it with a remedy, `archive-pipeline archive --table <t> --day <d>`. The command line archives the day but writes no
 Dagster record (it does not import Dagster), so every later tick listed the day as failed again, with the command
-already followed, and the UI kept the partition missing for good. The tick now reads such a day's manifest and, where
-it is this table-day's archive from this database, whole in the store and not removed, records it as materialized
-from that manifest, as Dagster's runs record an archive: the partition shows it, the retention schedule sees it.
+already followed, and the UI kept the partition missing for good. The tick now reads such a day's manifest (where
+runs find it: under the table's former format too) and, where it is this table-day's archive of this period from
+this database, whole in the store, not removed and written after the day's last run started (an older archive is
+the one that run refused: changed since, an overwrite needed), records it as materialized from that manifest, as
+Dagster's runs record an archive: the partition shows it, the retention schedule sees it. A day whose archive it
+rejected is not read again while the bucket listing shows that archive unchanged (the sensor keeps what it saw
+between ticks, while the code server keeps the definitions loaded), and at most LOOKUPS_PER_TICK manifests are
+read a tick: failed days do not grow the cost of every tick.
 """
 
 from __future__ import annotations
 
-import psycopg
-from dagster import AssetMaterialization, SensorEvaluationContext, build_resources
+import datetime as dt
+import hashlib
+from collections.abc import Collection
+from dataclasses import dataclass
 
+import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
+from dagster import AssetMaterialization, DagsterInstance, RunsFilter, SensorEvaluationContext, build_resources
+
+from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.keys import table_day_key
+from archive_pipeline.core.keys import day_prefix, table_day_key
 from archive_pipeline.core.leftovers import same_source
+from archive_pipeline.core.lifecycle import archive_key
 from archive_pipeline.core.listing import unarchived_days
-from archive_pipeline.core.manifest import SourceIdentity
+from archive_pipeline.core.manifest import SourceIdentity, layout_change
 from archive_pipeline.core.source import server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import load_manifest, object_problems
-from archive_pipeline.defs.assets import STATE_TAG, _manifest_metadata
+from archive_pipeline.defs.assets import STATE_TAG, TABLE_TAG, _manifest_metadata
+from archive_pipeline.defs.resources import ArchiveStoreResource
 
 STORE_RESOURCE = "archive_store"
+# a store that does not answer, or cannot be built from its settings: the days stay listed, with a warning (a bug
+# of ours, any other exception, fails the tick instead of passing for the store)
+STORE_ERRORS = (ArchiveError, BotoCoreError, ClientError, ConfigError)
+LOOKUPS_PER_TICK = 100  # manifests read a tick at most (a GET and a HEAD or two each); the others on the next ticks
 
 
-def store_of(context: SensorEvaluationContext) -> S3Store | None:
+@dataclass(frozen=True)
+class Store:
+    """The code location's archive store, and its resource (the records link their object as runs link it)."""
+
+    store: S3Store
+    resource: ArchiveStoreResource
+
+
+def store_of(context: SensorEvaluationContext) -> Store | None:
     """The code location's archive store, where the tick's context names its repository (the daemon's does). The
     sensor does not require the resource: a tick evaluated with the database alone still runs, without this."""
     repository = context.repository_def
@@ -34,42 +60,101 @@ def store_of(context: SensorEvaluationContext) -> S3Store | None:
     if resource is None:
         return None
     with build_resources({STORE_RESOURCE: resource}) as built:
-        return getattr(built, STORE_RESOURCE).store()
+        archive_store = getattr(built, STORE_RESOURCE)
+        return Store(archive_store.store(), archive_store)
 
 
-def archived_outside(store: S3Store, conn: psycopg.Connection, targets: dict, tried: list
-                     ) -> tuple[list[AssetMaterialization], list]:
+def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterInstance, targets: dict, tried: list,
+                     seen: Collection[str] = ()) -> tuple[list[AssetMaterialization], list, set[str]]:
     """The records of the ``tried`` days (the sensor's WantedRuns whose run key is used) now archived in the store,
-    and the tried days left. ``targets``: each table's SensorTarget by name. One listing per table tells most days
-    without an archive apart (no GET for them); each of the others costs a manifest GET and a HEAD."""
+    the tried days left, and the marks (:func:`_marks`) of the days whose archive was rejected, now or (``seen``:
+    the last tick's) before and listed unchanged since: those are not read again. ``targets``: each table's
+    SensorTarget by name. One listing per table tells most days without an archive apart (no GET for them)."""
     identity = SourceIdentity(*server_identity(conn)) if tried else None
-    events, left = [], []
+    events, left, rejected, budget = [], [], set(), LOOKUPS_PER_TICK
     for table in dict.fromkeys(wanted.table for wanted in tried):
         target, mine = targets[table], [wanted for wanted in tried if wanted.table == table]
-        absent = {day.isoformat() for day in unarchived_days(store, target.spec, [w.partition_key for w in mine])}
+        etags: dict[str, str] = {}
+        absent = {day.isoformat() for day in unarchived_days(where.store, target.spec, [w.partition_key for w in mine],
+                                                             etags)}
+        marks = _marks(where.store, target.spec, identity, [w.partition_key for w in mine], etags)
+        rejected |= {mark for mark in marks.values() if mark in seen}
+        read = [w.partition_key for w in mine if w.partition_key not in absent and marks.get(w.partition_key)
+                not in seen][:budget]
+        budget -= len(read)
+        started = _started(instance, table, read)
         for wanted in mine:
-            event = None if wanted.partition_key in absent else _record(store, identity, target, wanted.partition_key)
+            day = wanted.partition_key
+            event = _record(where, identity, target, day, started.get(day)) if day in read else None
             (events if event is not None else left).append(event or wanted)
-    return events, left
+            if event is None and day in read and marks.get(day):
+                rejected.add(marks[day])
+    return events, left, rejected
 
 
-def _record(store: S3Store, identity: SourceIdentity, target, partition: str) -> AssetMaterialization | None:
-    """The day's record from its manifest, or None where it is not to be taken for this day's archive: none, another
-    table-day's or database's, damaged, removed (a removed day with rows again is not archived), its object not as
-    recorded, or the store not answering (the day stays listed as failed, and is looked at again next tick)."""
-    spec = target.spec
-    day_key = table_day_key(spec, spec.period(partition), store.prefix)
+def _marks(store: S3Store, spec, identity: SourceIdentity, days: list[str], etags: dict[str, str]) -> dict[str, str]:
+    """Each listed day's mark: a digest of what the listing shows under its prefix (every key, with its ETag: its
+    manifests, objects and generations) and of what its archive is judged against (the table's period, day column
+    and database). Same mark, same verdict: a day's archive rejected once is rejected again. None for a day where
+    there was no listing (a few days, a flat layout): read every tick (within LOOKUPS_PER_TICK)."""
+    if not etags:
+        return {}
+    by_prefix: dict[str, list] = {}
+    for key, etag in etags.items():
+        by_prefix.setdefault(day_prefix(key), []).append((key, etag))
+    marks = {}
+    for day in days:
+        held = sorted(by_prefix.get(day_prefix(table_day_key(spec, spec.period(day), store.prefix)), []))
+        judged = (spec.name, day, spec.granularity, spec.timezone, spec.day_column, repr(identity), held)
+        marks[day] = hashlib.sha256(repr(judged).encode()).hexdigest()[:16]
+    return marks
+
+
+def _started(instance: DagsterInstance, table: str, days: list[str]) -> dict[str, float]:
+    """When the latest run of each of the table's ``days`` that started did (runs tagged with the day: the sensor's
+    failed one, a re-run from the UI), as a POSIX time; a day whose runs never started is left out. An archive
+    written before is the one that run looked at (and refused, the day being missing: stale, changed since)."""
+    if not days:
+        return {}
+    started: dict[str, float] = {}
+    for record in instance.get_run_records(RunsFilter(tags={TABLE_TAG: table, "dagster/partition": days})):
+        day = record.dagster_run.tags.get("dagster/partition")
+        if record.start_time is not None and record.start_time > started.get(day, float("-inf")):
+            started[day] = record.start_time
+    return started
+
+
+def _record(where: Store, identity: SourceIdentity, target, partition: str, started: float | None
+            ) -> AssetMaterialization | None:
+    """The day's record from its manifest, or None where it is not to be taken for this day's archive: none, damaged,
+    another table-day's, period's (the zone, granularity or day column changed since) or database's, removed (a
+    removed day with rows again is not archived), its object not as recorded, or written before the day's last run
+    started (``started``). A store that does not answer raises (STORE_ERRORS): no verdict, looked at again next tick."""
+    spec, store = target.spec, where.store
+    period = spec.period(partition)
     try:
+        day_key = archive_key(store, spec, period)  # where runs find it: its key, else under a former format's
         manifest = load_manifest(store, day_key, (spec.name, partition))
-        if (not manifest or manifest.get("removed") or not same_source(manifest, identity)
-                or (manifest.get("object") and object_problems(store, manifest))):
-            return None
-    except (ArchiveError, ValueError):  # (ManifestError is a ValueError)
+    except ValueError:  # (ManifestError: damaged or another table-day's)
+        return None
+    if (not manifest or manifest.get("removed") or not same_source(manifest, identity)
+            or layout_change(manifest, period, spec.day_column) or not _written_after(manifest, started)
+            or (manifest.get("object") and object_problems(store, manifest))):
         return None
     state = "empty" if manifest.get("empty") else "archived"
     said = (f"{partition}: archived outside Dagster (the command line), recorded from its manifest by the sensor "
             "archive_new_days; this record checked the object's size and ETag, not the rows (Execute archive_intact "
             "for the day to check it)")
     return AssetMaterialization(asset_key=target.asset_key, partition=partition, description=said,
-                                metadata={**_manifest_metadata(manifest, store, day_key), "state": state,
-                                          "summary": said}, tags={STATE_TAG: state})
+                                metadata={**_manifest_metadata(manifest, store, day_key, where.resource),
+                                          "state": state, "summary": said}, tags={STATE_TAG: state})
+
+
+def _written_after(manifest: dict, started: float | None) -> bool:
+    """Whether the archive was written after ``started`` (none: no run of the day started, nothing refused it)."""
+    if started is None:
+        return True
+    try:
+        return dt.datetime.fromisoformat(manifest.get("archived_at") or "").timestamp() > started
+    except (TypeError, ValueError):  # a manifest that does not say when: not known to be the remedy's
+        return False

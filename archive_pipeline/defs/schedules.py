@@ -3,8 +3,10 @@
 import datetime as dt
 
 from dagster import (
+    DagsterRunStatus,
     DefaultScheduleStatus,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
@@ -16,6 +18,9 @@ from archive_pipeline.core.config import ScheduleSettings, TableSpec
 from archive_pipeline.core.periods import UNIT
 from archive_pipeline.core.plan import select_days
 from archive_pipeline.defs.sensors import SensorTarget, days_in_flight, unfinished_runs
+
+LOOK_BACK_DAYS = 7  # the UTC days before yesterday whose periods a tick requests again if left to a run that failed
+SCHEDULE_NAME_TAG = "dagster/schedule_name"  # the tag Dagster gives a run a schedule launched
 
 
 def previous_utc_day(moment: dt.datetime) -> dt.date:
@@ -50,10 +55,13 @@ def build_daily_schedule(target: SensorTarget, settings: ScheduleSettings) -> Sc
         if spec.first_period.utc_end > dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC):
             return SkipReason(f"{day} (UTC) ended before {spec.name}'s first period {spec.first_period.key} "
                               f"(start_date {spec.start_date}, {spec.timezone}) did: nothing to archive yet")
-        ended = _ended(spec, day)
-        if not ended:
+        ended, missed = _ended(spec, day), _left_to_failed_runs(context, target, day)
+        if missed:
+            context.log.info(f"{', '.join(missed)} of {spec.name}: left by an earlier tick to a run already archiving "
+                             "it, which failed; still not archived: requested again")
+        if not missed + ended:
             return SkipReason(f"no {spec.granularity} period of {spec.name} ended on {day} (UTC)")
-        return _requests(context, target, ended)
+        return _requests(context, target, missed + ended)
 
     return _daily
 
@@ -65,6 +73,28 @@ def _ended(spec: TableSpec, day: dt.date) -> list[str]:
         return [day.isoformat()]
     return [p.key for p in select_days(spec, day - dt.timedelta(days=1), None, today=day + dt.timedelta(days=1))
             if p.utc_end > dt.datetime.combine(day, dt.time(), dt.UTC)]
+
+
+def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarget, day: dt.date) -> list[str]:
+    """The periods that ended in the LOOK_BACK_DAYS UTC days before ``day`` which a run of the table that then failed
+    (or was canceled) archived, not materialized, and of which this schedule launched no run: the days an earlier
+    tick left to a run in flight (:func:`_requests`). Where only the schedule runs, nothing else requests them
+    again (the sensor, stopped, does not): they would stay missing for good."""
+    if context.instance_ref is None:  # (a context built to evaluate the schedule alone has no runs to look at)
+        return []
+    spec, instance = target.spec, context.instance
+    since = dt.datetime.combine(day - dt.timedelta(days=LOOK_BACK_DAYS), dt.time(), dt.UTC)
+    keys = [key for back in range(LOOK_BACK_DAYS, 0, -1) for key in _ended(spec, day - dt.timedelta(days=back))
+            if spec.period(key).utc_end >= spec.first_period.utc_end]
+    failed = unfinished_runs(instance, None, None, RunsFilter(
+        statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED], updated_after=since))
+    covered, done = days_in_flight(failed, target), instance.get_materialized_partitions(target.asset_key)
+    missed = [key for key in keys if key in covered and key not in done]
+    if not missed:
+        return []
+    ours = instance.get_runs(RunsFilter(tags={SCHEDULE_NAME_TAG: schedule_name(spec), "dagster/partition": missed}))
+    launched = {run.tags.get("dagster/partition") for run in ours}
+    return [key for key in missed if key not in launched]
 
 
 def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: list[str]

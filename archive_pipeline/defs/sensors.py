@@ -47,7 +47,7 @@ from archive_pipeline.core.errors import ArchiveError, redact
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.plan import select_days
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.defs.outside import archived_outside, store_of
+from archive_pipeline.defs.outside import STORE_ERRORS, archived_outside, store_of
 from archive_pipeline.defs.resources import PostgresResource
 
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
@@ -236,13 +236,15 @@ def wanted_runs(found: list[tuple[SensorTarget, list[Period]]]) -> Iterator[Want
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
-def unfinished_runs(instance: DagsterInstance, location: str | None, repository: str | None) -> list:
+def unfinished_runs(instance: DagsterInstance, location: str | None, repository: str | None,
+                    filters: RunsFilter | None = None) -> list:
     """Every queued or running run of this code location (page by page: a year's backfill of a few tables
     queues over a thousand), for :func:`days_in_flight`. Another location's runs (the same table names from
-    another database, README) are not this location's days."""
+    another database, README) are not this location's days. ``filters``: other runs instead (the schedule's
+    look-back asks for the failed ones)."""
     runs, cursor = [], None
     while True:
-        page = instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED)), cursor=cursor, limit=1000)
+        page = instance.get_runs(filters=filters or RunsFilter(statuses=list(UNFINISHED)), cursor=cursor, limit=1000)
         runs += [run for run in page if _same_repository(run, location, repository)]
         if len(page) < 1000:
             return runs
@@ -347,18 +349,24 @@ def _current_keys(instance: DagsterInstance, keys: list[str], location: str | No
 
 
 def _recorded_outside(context: SensorEvaluationContext, conn: psycopg.Connection, targets: list[SensorTarget],
-                      tried: list[WantedRun]) -> tuple[list[AssetMaterialization], list[WantedRun]]:
+                      tried: list[WantedRun], rejected: set[str]) -> tuple[list[AssetMaterialization], list[WantedRun]]:
     """The ``tried`` days archived outside Dagster since their run failed (the tick's own remedy, the command
-    line), recorded from their manifests (see :mod:`archive_pipeline.defs.outside`), and the tried days left. A
-    store that cannot be asked leaves them all listed, with a warning: never a failed tick."""
+    line), recorded from their manifests (see :mod:`archive_pipeline.defs.outside`), and the tried days left;
+    ``rejected`` (kept between ticks) becomes the marks of the days whose archive was rejected. A store that does
+    not answer leaves them all listed, with a warning: never a failed tick (a bug of ours fails it, not worded as
+    the store's)."""
     if not tried:
+        rejected.clear()
         return [], tried
     try:
-        store = store_of(context)
-        if store is None:
+        where = store_of(context)
+        if where is None:
             return [], tried
-        recorded, left = archived_outside(store, conn, {t.spec.name: t for t in targets}, tried)
-    except Exception as exc:  # noqa: BLE001 - a hint only: the days stay listed with their remedy
+        recorded, left, now = archived_outside(where, conn, context.instance, {t.spec.name: t for t in targets},
+                                               tried, rejected)
+        rejected.clear()
+        rejected.update(now)
+    except STORE_ERRORS as exc:  # a hint only: the days stay listed with their remedy
         context.log.warning(f"archive_new_days could not look in the store for days archived outside Dagster since "
                             f"their run failed ({type(exc).__name__}: {redact(str(exc))}); they stay listed")
         return [], tried
@@ -379,8 +387,10 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
     """The sensor; ``children``: declarative tables' children already read (by the load's checks)."""
     # Kept between ticks while the code server keeps the definitions loaded: the candidate days of
     # each (granularity, zone, start) until the day changes, and the declarative tables' children
-    # until the catalog says they changed (every tick still reads which days are archived).
+    # until the catalog says they changed (every tick still reads which days are archived), and the marks of the
+    # failed days whose archive the tick rejected (not read again while the listing shows it unchanged).
     candidates: dict[tuple, list[Period]] = {}
+    rejected: set[str] = set()
     children = ChildrenMemo() if children is None else children
 
     @sensor(
@@ -456,7 +466,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                 found_days = found_days[turn:] + found_days[:turn]
             chosen, tried = untried(context.instance, wanted_runs(found_days), cap,
                                     origin.location_name if origin else None, context.repository_name)
-            recorded, tried = _recorded_outside(context, conn, targets, tried)
+            recorded, tried = _recorded_outside(context, conn, targets, tried, rejected)
         wanted = sum(len(days) for _, days in found_days)
         already = (f"{len(tried)} day(s) already have a run (failed, queued or running) under their run key and are "
                    f"not requested again ({_tried(tried)}): re-run a failed day from the asset's partitions in the UI "
@@ -468,6 +478,8 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
             if already:
                 text += "; " + already
             if problems:  # a failed tick, not a skipped one: a table dropped or refused stays visible (red)
+                for event in recorded:  # (a failed tick's events are dropped: one table's problem hides no record)
+                    context.instance.report_runless_asset_event(event)
                 raise RuntimeError(f"archive_new_days could not inspect {'; '.join(problems)}; requested nothing "
                                    f"this tick ({text})")
             if recorded:  # a tick that records is not skipped: what it looked at goes to its log
