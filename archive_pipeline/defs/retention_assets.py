@@ -257,14 +257,15 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 if not dry_run and int(manifest.get("rows") or 0) > 0:
                     # what the removal would refuse whatever the archive: before the proof's work (a dry run, the
                     # check alone, proves, then says it; an empty day's removal may find nothing to remove)
-                    manifest = _removable_or_removed(primary, store, spec, day, key, manifest)
-                    removed = manifest.get("removed") or removed
+                    if (again := _removable_or_removed(primary, store, spec, day, key, manifest)) is not manifest:
+                        manifest, removed = again, again["removed"]  # removed by another run meanwhile
                 problems, proved = deep_verify_of(source, store, spec, day, manifest=manifest,
                                                   scratch_conn=primary if standby else None,
                                                   temp_dir=archive_store.temp_dir)
                 if proved is not None and proved is not manifest:  # another run's commit meanwhile: that one proved
                     manifest = proved
-                    removed = proved.get("removed") or removed
+                    if proved.get("removed") and rows_after_removal(source, spec, day) == 0:
+                        removed = proved["removed"]
                 again = load_manifest(store, key, (spec.name, day.isoformat())) if problems else None
                 if again is not None and again.get("removed") and rows_after_removal(source, spec, day) == 0:
                     # removed by another run while this one proved it (at the key it proved: a former format's
