@@ -52,7 +52,7 @@ from archive_pipeline.core.environment import (
 )
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
-from archive_pipeline.core.manifest import ForeignManifestError, NewerManifestError
+from archive_pipeline.core.manifest import ForeignManifestError, NewerManifestError, object_key
 from archive_pipeline.core.periods import Period, PeriodError, parse_period, zone
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
@@ -1260,7 +1260,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                                                     scratch_conn=run.scratch)
                     problems += proven
                     if proved is not None and proved is not archived.manifest:
-                        checked[0] = (proved.get("object") or {}).get("key") or checked[0]
+                        checked[0] = object_key(proved) or checked[0]
                 return problems
 
             problems = _day_checked(run, spec.name, day, check)

@@ -59,6 +59,7 @@ from archive_pipeline.core.manifest import (
     another_period,
     build_manifest,
     decode_manifest,
+    object_key,
     encode_manifest,
     foreign_manifest,
     foreign_objects,
@@ -1094,7 +1095,7 @@ class _Archiving:
         if now == existing.raw:
             return
         try:
-            named = _manifest_object_key(decode_manifest(now)) if now else None
+            named = object_key(decode_manifest(now)) if now else None
         except ManifestError:
             named = None
         changed = ArchiveError(
@@ -1223,7 +1224,7 @@ class _Archiving:
             return
         current = self._stored_manifest()
         try:
-            named = _manifest_object_key(decode_manifest(current)) if current else None
+            named = object_key(decode_manifest(current)) if current else None
         except ManifestError:
             named = None
             if existing.raw is None and self._manifest_settled:  # our own damaged copy: no manifest was there
@@ -1339,11 +1340,6 @@ def _streams_note(configured: int | str, streams: int, reason: str) -> str:
     if configured == 1:
         return ""
     return f"{streams} stream(s), parallel_streams is {configured}: {reason.removeprefix('auto: ')}"
-
-
-def _manifest_object_key(manifest: dict | None) -> str | None:
-    obj = manifest.get("object") if manifest else None
-    return obj.get("key") if obj else None
 
 
 def _quietly(original: BaseException, what: str, action: Callable[[], object]) -> None:

@@ -484,6 +484,12 @@ def stored_object_problems(head: dict, manifest: dict) -> list[str]:
     return problems
 
 
+def object_key(manifest: dict | None) -> str | None:
+    """The key of the object ``manifest`` names (None for an empty day's, or no manifest)."""
+    obj = manifest.get("object") if manifest else None
+    return obj.get("key") if obj else None
+
+
 def removal_state(manifest: dict | None) -> str | None:
     """The manifest's removal mark: "pending", "done", or None (never removed)."""
     return ((manifest or {}).get("removed") or {}).get("state")

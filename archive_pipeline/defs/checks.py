@@ -51,7 +51,7 @@ from archive_pipeline.core import verify
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.lifecycle import still_detached
-from archive_pipeline.core.manifest import layout_change
+from archive_pipeline.core.manifest import layout_change, object_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
@@ -160,7 +160,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         # retired by that commit, which is no fault of the archive; the day's archive now is the one checked
         problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
         verified = f"archived again since this was recorded ({replaced}); that archive checked as its manifest says"
-        checked = _object_key(verify.load_manifest(store, key, owner))
+        checked = object_key(verify.load_manifest(store, key, owner))
     if conn is not None and not problems:
         # the manifest at the day's recorded key (its archive under a former format or key_template is there)
         recorded = verify.load_manifest(store, key, owner)
@@ -169,7 +169,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         if proved is not None and proved is not recorded:  # an overwrite committed meanwhile: its archive was proven
             replaced = replaced or "while it was being proven"
         if proved is not None:  # (the day's manifest now: an overwrite of the same rows names another generation)
-            checked = _object_key(proved)
+            checked = object_key(proved)
         verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint" + (
             f" (archived again since this was recorded ({replaced}))" if replaced is not None else "")
     if problems:  # what was checked, not what it would have meant had it passed
@@ -180,11 +180,6 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     return Verdict(day, problems, verified, {"archive": store.uri(checked or keys.manifest_key(key)),
                                              "deep": deep or conn is not None,
                                              "problems": len(problems)})
-
-
-def _object_key(manifest: dict | None) -> str | None:
-    """The object a manifest names (None for an empty day's, or no manifest)."""
-    return ((manifest or {}).get("object") or {}).get("key")
 
 
 def written_verdict(result: "ArchiveResult", uri: str) -> Verdict:
