@@ -49,7 +49,7 @@ from archive_pipeline.core.formats.common import (
 )
 from archive_pipeline.core.leftovers import day_listing, same_source, stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
-from archive_pipeline.core.locks import require_lock_held, table_day_lock
+from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
     ForeignManifestError,
@@ -273,6 +273,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
     Dagster layer's: the key its last materialization of the day recorded, before a change of key_template or
     prefix); a removal marked there is honoured as one at the day's own key is (see ``_removed_elsewhere``).
     """
+    require_autocommit(conn, "archiving a day")  # (its snapshot's transaction is its own, begun and ended here)
     overwrite = spec.overwrite if overwrite is None else overwrite
     day = resolve_period(spec, day)  # a partition key, date or period: resolved once, handed down
     standby = conn.info.parameter_status("in_hot_standby") == "on"  # reported by the server (14+), no query

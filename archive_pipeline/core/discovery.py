@@ -579,11 +579,13 @@ def partition_may_hold(conn: psycopg.Connection, spec: TableSpec, day: Period, r
     than the table's). Where its own bound cannot be read (a HASH or LIST sub-partition, a parent in a schema whose
     name holds a dot), its parent's is asked, and so on up: a month's range rules out every partition under it."""
     while True:
+        # (by name in the catalog as the caller's snapshot sees it, not ::regclass, which reads the current one: a
+        # partition dropped since the snapshot has no regclass, and its bound is what tells whether it mattered)
         found = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c "
             "ON c.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE i.inhrelid = %s::pg_catalog.regclass",
-            (sql.Identifier(*relation).as_string(conn),)).fetchone()
+            "WHERE i.inhrelid = (SELECT r.oid FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn "
+            "ON rn.oid = r.relnamespace WHERE rn.nspname = %s AND r.relname = %s)", relation).fetchone()
         if found is None:
             return True
         parent = tuple(found)

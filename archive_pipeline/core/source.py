@@ -1443,17 +1443,19 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
     renamed or added, or the table renamed or replaced (a new table renamed into its place, whose rows
     the snapshot cannot see) in between would read other columns than those described, or none.
 
-    ``may_hold_day`` (declarative mode: whether a partition, by its bound, may hold rows of the day): a
-    partition pending detach refuses the day only where it may; another day's, left pending by an interrupted
-    ``DETACH ... CONCURRENTLY``, holds none of this day's rows (every day failed, retried for ever). None: any
-    partition pending detach refuses the day."""
+    ``may_hold_day`` (declarative mode: whether a partition, by its bound as the snapshot sees it, may hold rows
+    of the day): a partition dropped, detached or pending detach since the snapshot refuses the day only where it
+    may. Another day's (the retention of 03-10 committing while the archive of 03-11 waits for its locks; a
+    ``DETACH ... CONCURRENTLY`` left pending) holds none of this day's rows, and the day's read never scanned it.
+    None: any such partition refuses the day."""
     _same_relation(conn, table, where)  # its first query takes the day's locks
     also = view_reads(conn, table, where)
     found = conn.execute(_CHANGED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn), "also": also}).fetchall()
     read = _relations_read(conn, table, where) if found else set()
     changed = [relation_name(schema, name) for schema, name, gone in found
-               if gone or ((schema, name) in read and not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})")
-                                                                    .format(sql.Identifier(schema, name))).fetchone()[0])]
+               if (gone and (may_hold_day is None or may_hold_day((schema, name))))
+               or ((schema, name) in read and not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})")
+                                                              .format(sql.Identifier(schema, name))).fetchone()[0])]
     if changed:
         raise SourceError(
             f"{', '.join(changed)} changed (TRUNCATE, a rewriting ALTER TABLE or VACUUM FULL, or a partition "
@@ -1462,11 +1464,10 @@ def hold_day(conn: psycopg.Connection, table: SourceTable, where: sql.Composable
             remedy="retried automatically; if it recurs, run the table's DDL outside its archive runs")
     detached = conn.execute(_DETACHED_SINCE_SNAPSHOT, {"rel": table.identifier.as_string(conn), "also": also}
                             ).fetchall()
+    if may_hold_day is not None:  # (before detaching(): a partition dropped since has no regclass)
+        detached = [tuple(d) for d in detached if may_hold_day(tuple(d))]
     pending = [(relation, parent) for relation, parent in
                (((s, n), detaching(conn, sql.Identifier(s, n))) for s, n in detached) if parent]
-    if may_hold_day is not None:
-        detached = [d for d in detached if d not in {relation for relation, _ in pending}]  # told apart here
-        pending = [(relation, parent) for relation, parent in pending if may_hold_day(relation)]
     if pending:
         raise pending_detach_error(table.qualified, *pending[0])
     if detached:
