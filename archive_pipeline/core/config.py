@@ -717,12 +717,73 @@ def _not_text(node: yaml.Node) -> str | None:
     ``off`` or ``on`` as a boolean and ``2024.10`` as the number 2024.1, so the error named another value."""
     if isinstance(node, yaml.SequenceNode):
         return next((why for why in map(_not_text, node.value) if why), None)
+    if isinstance(node, yaml.MappingNode) and node.flow_style:  # key_template: {period} is the mapping {period: null}
+        text = _written(node)
+        return f"{text} reads as a YAML mapping (a plain value cannot start with '{{'), not as text: quote it ({_quoted(text)})"
     if not isinstance(node, yaml.ScalarNode) or node.style is not None or node.tag not in (
             "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
         return None
     value = yaml.load(node.value, Loader=yaml.SafeLoader)  # noqa: S506 - the plain SafeLoader
     kind = "the boolean" if isinstance(value, bool) else "the number"
     return f"{node.value} reads as {kind} {value!r} in YAML 1.1, not as text: quote it ('{node.value}')"
+
+
+def _written(node: yaml.Node) -> str:
+    """``node`` as the file spells it (where the reader kept the file's text), for a message that quotes it."""
+    buffer = getattr(node.start_mark, "buffer", None)
+    if not buffer:
+        return "{...}"
+    return buffer[node.start_mark.pointer:node.end_mark.pointer]
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a single-quoted YAML scalar (a quote inside doubled), which reads back as ``text`` exactly."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+# A text setting whose plain value starts with '{' (a key template written without the README's quotes): YAML reads
+# a flow mapping there, which fails the parse or reads as a mapping.
+_BRACED_LINE = re.compile(r"^(?P<lead>[ \t]*(?:-[ \t]+)?(?P<key>[A-Za-z_]+):[ \t]+)(?P<value>\{.*?)[ \t]*$")
+
+
+def _braced_text_settings(data: bytes) -> list[str]:
+    """Why a file that is no valid YAML fails, where the cause is a text setting written unquoted with a '{' first
+    (PyYAML's own message names neither the table nor the setting): each such setting of each table, found by
+    quoting those values and reading the file again. [] where that does not explain the failure."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return []
+    settings = {name.rpartition(".")[2] for name in _TEXT_SETTINGS}
+    braced: dict[int, tuple[str, str]] = {}
+    for number, line in enumerate(lines):
+        match = _BRACED_LINE.match(line.rstrip("\r"))
+        if match and match["key"] in settings:
+            braced[number] = (match["key"], match["value"])
+            lines[number] = match["lead"] + _quoted(match["value"])
+    if not braced:
+        return []
+    try:
+        repaired = yaml.compose("\n".join(lines), Loader=_PlainSafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, ValueError, RecursionError):
+        return []
+    owners = _tables_by_line(repaired)
+    return [f"{'table ' + repr(owners[n]) + ', ' if n in owners else ''}setting {key!r} (line {n + 1}): {value} reads "
+            f"as the start of a YAML mapping (a plain value cannot start with '{{'), not as text: quote it "
+            f"({_quoted(value)})" for n, (key, value) in braced.items()]
+
+
+def _tables_by_line(node: yaml.Node | None) -> dict[int, str]:
+    """The name of the table each line of a table's entry belongs to (0-based lines), in a configuration's node."""
+    owners: dict[int, str] = {}
+    tables = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "tables"), None) \
+        if isinstance(node, yaml.MappingNode) else None
+    for entry in tables.value if isinstance(tables, yaml.SequenceNode) else []:
+        if isinstance(entry, yaml.MappingNode):
+            name = next((v.value for k, v in entry.value if isinstance(k, yaml.ScalarNode) and k.value == "name"
+                         and isinstance(v, yaml.ScalarNode)), "(unnamed)")
+            owners.update(dict.fromkeys(range(entry.start_mark.line, entry.end_mark.line + 1), name))
+    return owners
 
 
 def _misleading_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str | None = None,
@@ -819,6 +880,9 @@ def load_config(path: str | os.PathLike | None = None, given_by: str | None = No
         raise ConfigError(f"{file} is not a configuration to read: a value in it is nested too deeply (hundreds "
                           "of levels of lists or mappings: a generated file gone wrong?)") from None
     except (yaml.YAMLError, ValueError) as exc:
+        if braced := _braced_text_settings(data):
+            raise ConfigError(f"invalid archive configuration in {file}:\n" + "\n".join(f"  {b}" for b in braced)
+                              ) from None
         for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
             if mark is not None:  # line and column only: PyYAML quotes the line, which may hold a DSN pasted there
                 mark.buffer = None
