@@ -978,6 +978,8 @@ class _Archiving:
             snapshot_at=dt.datetime.fromisoformat(manifest["source"]["snapshot_at"]),
             # the archive's server (the skip read nothing but the fingerprint: no extraction to time)
             server_version=(manifest.get("source") or {}).get("server_version") or snapshot.server_version,
+            # (the release that wrote the archive, which the operator looks for; not this one, which wrote nothing)
+            archiver_version=(manifest.get("archiver") or {}).get("version") or "unknown",
             extract_seconds=0.0, duration_seconds=elapsed,
             upload_wait_seconds=0.0, complete_seconds=0.0, fingerprint=manifest["fingerprint"],
             fingerprint_seconds=fp_seconds, empty=bool(manifest.get("empty")),

@@ -693,7 +693,11 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         untrusted: dict[str, str] = {}
         dropped: dict[str, str] = {}  # naming mode: days whose table was dropped by hand (restore, or nothing)
         checked, removed = [], {}
-        for event in _latest(context.instance, key, spec, config.days):
+        latest = _latest(context.instance, key, spec, config.days)
+        if not latest:  # (not "the source of 0 archived days still matches": a warning, as latest_archive_intact's)
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+                                    description=f"{spec.name}: nothing archived yet; nothing to compare")
+        for event in latest:
             day = spec.period(event.partition)
             try:
                 recorded = event.metadata.get("manifest_key")
