@@ -507,7 +507,7 @@ class _CliTable(Table):
 
 
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
-    message = _for_the_cli(message)
+    message = _for_the_cli(redact(message, *_passwords()))  # (every path: a configuration error quotes a path too)
     if as_json:
         click.echo(json.dumps({"ok": False, "exit_code": code, "error": message, "retryable": retryable}, indent=2))
     click.echo(f"error: {_printable(message)}", err=True)
@@ -568,8 +568,8 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
                 hints = "".join(lookalike_hint(n, sorted(by_name), "table", "the configuration") for n in unknown)
-                raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
-                                       f"{sorted(by_name)}{hints}")
+                raise click.UsageError(redact(f"table(s) {unknown} are not in the configuration; configured: "
+                                              f"{sorted(by_name)}{hints}", *_passwords()))  # (a DSN pasted there)
             tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
             run = Run(config, tables, first, last, as_json, config_path=config_path)
             fn(run, **kwargs)

@@ -20,6 +20,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
+from archive_pipeline.core.errors import redact
 from archive_pipeline.core.keys import key_collisions
 from archive_pipeline.core.periods import (Period, PeriodError, as_period, has_dst, offset_changes, period_starting_on,
                                            zone)
@@ -870,12 +871,13 @@ def load_config(path: str | os.PathLike | None = None, given_by: str | None = No
         else:
             hint = f"set ${CONFIG_ENV_VAR} to the YAML file of the tables, or run where {DEFAULT_CONFIG_PATH} is"
         shown = file if file.is_absolute() else f"{file} ({file.absolute()}: relative to the working directory)"
-        raise ConfigError(f"archive configuration {shown} not found ({hint})") from None
+        # (redacted: a DSN set as the path by mistake, swapped variables, would be quoted with its password)
+        raise ConfigError(redact(f"archive configuration {shown} not found ({hint})")) from None
     except OSError as exc:  # a directory, no permission: the path is there but is not a readable file
         named = (f"point {given_by} at" if path and given_by else "give the path of" if path
                  else f"set ${CONFIG_ENV_VAR} to")  # ($ARCHIVE_PIPELINE_CONFIG is not read where a path is given)
-        raise ConfigError(f"archive configuration {file} cannot be read ({exc.strerror}); {named} the YAML "
-                          "file of the tables, readable by the user the code location runs as") from None
+        raise ConfigError(redact(f"archive configuration {file} cannot be read ({exc.strerror}); {named} the YAML "
+                                 "file of the tables, readable by the user the code location runs as")) from None
     except RecursionError:  # PyYAML composes one level a call: a value nested hundreds deep
         raise ConfigError(f"{file} is not a configuration to read: a value in it is nested too deeply (hundreds "
                           "of levels of lists or mappings: a generated file gone wrong?)") from None

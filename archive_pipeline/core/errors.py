@@ -27,7 +27,8 @@ from urllib.parse import quote, quote_plus, unquote
 
 
 # scheme://user:password@ and scheme://:password@ (user optional), whatever the password holds
-_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/?#]*@")  # to the last @
+# to the last @; also after one slash: a DSN taken for a path (a config file's) is printed with its // folded
+_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2}[^:/@\s]*:)[^\s/?#]*@")
 # password=... as a URI query parameter (ends at & or #)
 _QUERY_PASSWORD = re.compile(r"([?&](?:(?:ssl)?password|oauth_client_secret)=)[^&#\s'\"]*", re.IGNORECASE)
 # password=value / password = 'quoted \' value' in libpq key=value form (also PGPASSWORD=, sslpassword=)
