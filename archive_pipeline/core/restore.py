@@ -874,6 +874,27 @@ def _owns(conn: psycopg.Connection, relation: Relation) -> bool:
     return bool(found and found[0])
 
 
+def _refuse_unmarkable(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """A marked table the restoring role does not own: the mark (a comment, the owner's to write) cannot list the
+    day, so a run of the same command again (a range resumed after a kill) finds it unlisted. Where the day's rows
+    are told by a day column and the archive's fingerprint, that run finds them there (already restored); else it
+    would load the day twice, so the day is refused before anything is loaded."""
+    if manifest.get("day_column") and fp.recorded_algorithm(manifest.get("fingerprint")) is not None:
+        return
+    owner, role = (sql_name(name, qualified=False) for name in conn.execute(  # (the role SET ROLE made current)
+        "SELECT pg_catalog.pg_get_userbyid(c.relowner), CURRENT_USER FROM pg_catalog.pg_class c WHERE c.oid = "
+        "%s::pg_catalog.regclass", (relation.identifier.as_string(conn),)).fetchone())
+    lacks = "no day column to tell its rows by" if not manifest.get("day_column") else "no fingerprint in its manifest"
+    raise TargetError(
+        f"{relation} carries the restore mark of {manifest['table']} (the days restored into it), which only its owner, "
+        f"{owner}, may write, not {role}: the day would be loaded without being listed, and, "
+        f"having {lacks}, a run of the same command again could not tell it was restored and would load it twice; "
+        "nothing was restored", table=manifest["table"], day=manifest["day"], retryable=False,
+        cause="the restoring role may not write the target's restore mark",
+        remedy=f"restore as {owner} (or a member of it: GRANT {owner} TO {role}), or into a new table of your own "
+               "(into='new')")
+
+
 def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str) -> set[str] | None:
     """The days the restore mark of ``relation`` lists for ``table`` as it reads now, without a lock."""
     if relation is None:
@@ -2609,6 +2630,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 relation, to_create = _resolve_target(conn, manifest, into, relation)
                 if marked is not None and not to_create and _owns(conn, relation):
                     _widen_own(conn, manifest, relation)
+                elif marked is not None and not to_create:
+                    _refuse_unmarkable(conn, manifest, relation)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
                 # the day is the whole target: a new table, or the day's own table (naming mode)
                 whole = into == "new" or (into == "original" and not manifest.get("day_column"))
@@ -2620,8 +2643,12 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
                 names = relation_printed_names(conn, relation.identifier)  # (see _renamed_meanwhile)
                 before = _held_if_hooked(conn, manifest, relation, whole)
-                rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
-                                              fingerprint_added=by_added)
+                try:
+                    rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
+                                                  fingerprint_added=by_added)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    exc.while_loading = True  # (see _policy_refused_row)
+                    raise
                 _fire_deferred(conn, manifest, relation)
                 # Again, now that the load's lock keeps the target's types as they are: a column retyped while
                 # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
@@ -2677,6 +2704,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy=_restore_grant(conn, exc, relation))
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and _policy_refused_row(exc):
+            found = replace(found, cause=_insert_policies_refused(conn, relation),
+                            remedy="restore as the table's owner (without FORCE ROW LEVEL SECURITY), a role with "
+                                   "BYPASSRLS or a superuser, or let the policy's WITH CHECK pass the archived rows; "
+                                   "or restore into a new table (into='new') and copy the rows on from there")
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege):  # row security (the archive's words otherwise)
             found = replace(found, cause=f"{relation} has row-level security whose policies apply to this role, so "
                             "the restored rows cannot all be seen to be proven (row_security is off in the check)",
@@ -2752,6 +2784,40 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 with contextlib.suppress(AttributeError, TypeError):  # where the day went, as a result names it
                     exc.restored_into = str(relation)  # type: ignore[attr-defined]
         raise
+
+
+def _policy_refused_row(exc: psycopg.Error) -> bool:
+    """Whether a row-level security refusal is a policy's WITH CHECK refusing an archived row as the load inserted
+    it ("new row violates row-level security policy"), not the check's refusal to read rows a policy would hide
+    ("query would be affected by row-level security policy": row_security is off there): told by where it was
+    raised, the message's words being the server's lc_messages."""
+    return bool(getattr(exc, "while_loading", False)) and "query would be affected" not in str(exc)
+
+
+# The target's row-level security policies for INSERT (or ALL) that apply to the restoring role (PUBLIC's, 0, or a
+# role it is a member of): those whose WITH CHECK an inserted row must pass
+_INSERT_POLICIES = """
+SELECT pg_catalog.quote_ident(p.polname) || CASE WHEN p.polpermissive THEN '' ELSE ' (restrictive)' END
+FROM pg_catalog.pg_policy p
+WHERE p.polrelid = pg_catalog.to_regclass(%s) AND p.polcmd IN ('a', '*')
+  AND EXISTS (SELECT FROM unnest(p.polroles) AS r(oid)
+              WHERE CASE WHEN r.oid = 0 THEN true ELSE pg_catalog.pg_has_role(r.oid, 'MEMBER') END)
+ORDER BY 1
+"""
+
+
+def _insert_policies_refused(conn: psycopg.Connection, relation: Relation | None) -> str:
+    """The cause of an archived row refused by the target's row-level security as it was inserted, naming the
+    policies for INSERT that apply to the role (where the catalog can be read)."""
+    found: list[str] = []
+    if relation is not None:
+        with contextlib.suppress(psycopg.Error):
+            found = [name for (name,) in conn.execute(_INSERT_POLICIES, (relation.identifier.as_string(conn),))]
+    one = len(found) == 1
+    which = (f"of its polic{'y' if one else 'ies'} for INSERT {', '.join(found)}, which appl{'ies' if one else 'y'} "
+             "to this role," if found else "of its policies for INSERT (or ALL) that apply to this role")
+    return (f"{relation}'s row-level security refused an archived row as it was inserted: the WITH CHECK {which} "
+            "does not pass every archived row")
 
 
 # A partition's parent and bound, by the schema and name an error's fields give
