@@ -886,8 +886,8 @@ def _refuse_unmarkable(conn: psycopg.Connection, manifest: dict, relation: Relat
         "%s::pg_catalog.regclass", (relation.identifier.as_string(conn),)).fetchone())
     lacks = "no day column to tell its rows by" if not manifest.get("day_column") else "no fingerprint in its manifest"
     raise TargetError(
-        f"{relation} carries the restore mark of {manifest['table']} (the days restored into it), which only its owner, "
-        f"{owner}, may write, not {role}: the day would be loaded without being listed, and, "
+        f"{relation} carries the restore mark of {manifest['table']} (the days restored into it), which only its "
+        f"owner, {owner}, may write, not {role}: the day would be loaded without being listed, and, "
         f"having {lacks}, a run of the same command again could not tell it was restored and would load it twice; "
         "nothing was restored", table=manifest["table"], day=manifest["day"], retryable=False,
         cause="the restoring role may not write the target's restore mark",
@@ -1292,7 +1292,8 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
         if kind == "v" and not conn.execute(_VIEW_TAKES_INSERT, {"v": target.identifier.as_string(conn),
                                                                  "c": manifest_columns(manifest)}).fetchone()[0]:
             raise TargetError(f"the target is not a table: {target} is a view that takes no INSERT (not automatically "
-                               "updatable, and no INSTEAD OF INSERT trigger or unconditional DO INSTEAD rule on INSERT)",
+                               "updatable, and no INSTEAD OF INSERT trigger or unconditional DO INSTEAD rule on "
+                               "INSERT)",
                                remedy="restore into the view's base table, or into a new table (into='new')")
         if target == Relation.configured(manifest.get("source_relation") or manifest["table"]):
             _refuse_detached_partition(conn, manifest)  # the archived table itself: as into="original" is
