@@ -874,6 +874,27 @@ def _owns(conn: psycopg.Connection, relation: Relation) -> bool:
     return bool(found and found[0])
 
 
+def _refuse_unmarkable(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
+    """A marked table the restoring role does not own: the mark (a comment, the owner's to write) cannot list the
+    day, so a run of the same command again (a range resumed after a kill) finds it unlisted. Where the day's rows
+    are told by a day column and the archive's fingerprint, that run finds them there (already restored); else it
+    would load the day twice, so the day is refused before anything is loaded."""
+    if manifest.get("day_column") and fp.recorded_algorithm(manifest.get("fingerprint")) is not None:
+        return
+    owner, role = (sql_name(name, qualified=False) for name in conn.execute(  # (the role SET ROLE made current)
+        "SELECT pg_catalog.pg_get_userbyid(c.relowner), CURRENT_USER FROM pg_catalog.pg_class c WHERE c.oid = "
+        "%s::pg_catalog.regclass", (relation.identifier.as_string(conn),)).fetchone())
+    lacks = "no day column to tell its rows by" if not manifest.get("day_column") else "no fingerprint in its manifest"
+    raise TargetError(
+        f"{relation} carries the restore mark of {manifest['table']} (the days restored into it), which only its "
+        f"owner, {owner}, may write, not {role}: the day would be loaded without being listed, and, "
+        f"having {lacks}, a run of the same command again could not tell it was restored and would load it twice; "
+        "nothing was restored", table=manifest["table"], day=manifest["day"], retryable=False,
+        cause="the restoring role may not write the target's restore mark",
+        remedy=f"restore as {owner} (or a member of it: GRANT {owner} TO {role}), or into a new table of your own "
+               "(into='new')")
+
+
 def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str) -> set[str] | None:
     """The days the restore mark of ``relation`` lists for ``table`` as it reads now, without a lock."""
     if relation is None:
@@ -1228,6 +1249,23 @@ def partition_bound(bound: str) -> sql.Composable:
                        "re-create the partition by hand and restore into the original table again")
 
 
+# Whether a view takes a restore's INSERT (and COPY) of the archived columns: through an enabled INSTEAD OF INSERT
+# trigger (tgtype: 64 INSTEAD | 4 INSERT) or an unconditional DO INSTEAD rule on INSERT, which take whole rows
+# whatever the view's query (SELECT DISTINCT, a join); else as an automatically updatable view whose archived columns
+# are all updatable. (pg_relation_is_updatable and pg_column_is_updatable with include_triggers=false leave the
+# triggers out, and pg_column_is_updatable asks for UPDATE too, which an INSERT-only trigger or rule does not give.)
+_VIEW_TAKES_INSERT = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %(v)s::pg_catalog.regclass
+               AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgtype::int & 68 = 68)
+    OR EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %(v)s::pg_catalog.regclass
+               AND r.ev_type = '3' AND r.is_instead AND r.ev_enabled <> 'D' AND r.ev_qual::text = '<>')
+    OR (pg_catalog.pg_relation_is_updatable(%(v)s::pg_catalog.regclass, false) & 8 = 8  -- (1 << CMD_INSERT)
+        AND coalesce((SELECT bool_and(pg_catalog.pg_column_is_updatable(%(v)s::pg_catalog.regclass, a.attnum, false))
+                      FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(v)s::pg_catalog.regclass
+                      AND a.attname::text = ANY(%(c)s)), true))
+"""
+
+
 def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
                     target: Relation | None) -> tuple[Relation, list[Relation]]:
     """(the relation rows go into, the relations to create first, in order) — creation is done by the caller."""
@@ -1251,14 +1289,11 @@ def _resolve_target(conn: psycopg.Connection, manifest: dict, into: Into,
         if kind not in _TABLE_KINDS and kind != "v":  # (an updatable view takes a JSONL restore's INSERT)
             raise TargetError(f"the target is not a table: {target} is {_KIND_WORDS[kind]}",
                                remedy="restore into a table, or into a new one (into='new')")
-        if kind == "v" and not conn.execute(  # 8: INSERT's bit (1 << CMD_INSERT) in pg_relation_is_updatable
-                "SELECT pg_catalog.pg_relation_is_updatable(%(v)s::pg_catalog.regclass, false) & 8 = 8 AND coalesce(("
-                "SELECT bool_and(pg_catalog.pg_column_is_updatable(%(v)s::pg_catalog.regclass, a.attnum, false)) "
-                "FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(v)s::pg_catalog.regclass "
-                "AND a.attname::text = ANY(%(c)s)), true)",
-                {"v": target.identifier.as_string(conn), "c": manifest_columns(manifest)}).fetchone()[0]:
+        if kind == "v" and not conn.execute(_VIEW_TAKES_INSERT, {"v": target.identifier.as_string(conn),
+                                                                 "c": manifest_columns(manifest)}).fetchone()[0]:
             raise TargetError(f"the target is not a table: {target} is a view that takes no INSERT (not automatically "
-                               "updatable, and no INSTEAD trigger or rule)",
+                               "updatable, and no INSTEAD OF INSERT trigger or unconditional DO INSTEAD rule on "
+                               "INSERT)",
                                remedy="restore into the view's base table, or into a new table (into='new')")
         if target == Relation.configured(manifest.get("source_relation") or manifest["table"]):
             _refuse_detached_partition(conn, manifest)  # the archived table itself: as into="original" is
@@ -1546,6 +1581,52 @@ def _held_before(extra: int) -> str:
     return (f"the target already held {extra:,} row(s) of the day before the restore: rows the archive holds too (the "
             "day partly deleted since it was archived, or partly restored), or rows written after it was archived or "
             "removed; the restore was rolled back")
+
+
+class _HeldBefore(NamedTuple):
+    """The rows of the day a target with INSERT triggers or rules held before the load, and those hooks: with them,
+    rows of the day beyond the archive's after the load may be the hooks' own (a history trigger inserting into the
+    table itself), not rows that were there before."""
+
+    rows: int
+    hooks: list[str]
+
+
+def _held_if_hooked(conn: psycopg.Connection, manifest: dict, relation: Relation,
+                    whole: bool) -> _HeldBefore | None:
+    """A :class:`_HeldBefore` where the day's rows are told by a day column and the target has INSERT triggers or
+    rules; None elsewhere (no hook to add rows: rows beyond the archive's were there before; counted only then, as
+    it reads the day's rows once more)."""
+    if whole or not manifest.get("day_column"):
+        return None
+    hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})]
+    if not hooks:
+        return None
+    try:
+        with conn.transaction():  # (a savepoint: a target without the day column, or of another type, is the load's
+            where = _day_where(conn, relation, manifest, whole)  # and the check's to tell, as without hooks)
+            held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(relation.identifier,
+                                                                                  where)).fetchone()
+    except (ArchiveError, psycopg.DataError, psycopg.errors.UndefinedColumn, psycopg.errors.DatatypeMismatch):
+        return None
+    return _HeldBefore(int(held[0]), hooks)
+
+
+def _extra_rows(extra: int, relation: Relation, before: _HeldBefore | None) -> tuple[str, str]:
+    """(why a restore that loaded every archived row counts ``extra`` rows of the day more, the remedy): rows held
+    before the restore, or, beyond those, rows the target's INSERT triggers or rules added as the archived ones went
+    in (an empty target's, say: nothing there to delete)."""
+    if before is None or before.rows >= extra:
+        return _held_before(extra), _held_remedy(relation)
+    hooks = ", ".join(before.hooks)
+    held = f"held {before.rows:,} row(s) of the day before the restore" if before.rows else \
+        "held no row of the day before the restore"
+    said = (f"{relation} {held}, so {extra - before.rows:,} row(s) of the day were added as the archived rows went in: "
+            f"by its {hooks} on INSERT, the likely cause (a history or audit trigger inserting into the table itself, "
+            "a rule's DO ALSO INSERT); the restore was rolled back")
+    remedy = (f"disable {'it' if len(before.hooks) == 1 else 'them'} for the restore (ALTER TABLE ... DISABLE "
+              "TRIGGER / DISABLE RULE) and restore again, or restore into a new table (into='new')")
+    return said, remedy + (f"; and, for the rows held before: {_held_remedy(relation)}" if before.rows else "")
 
 
 def _held_remedy(relation: Relation) -> str:
@@ -2230,7 +2311,7 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Re
 
 
 def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool,
-                       added: fp.Fingerprint | None) -> str | None:
+                       added: fp.Fingerprint | None, before: _HeldBefore | None = None) -> str | None:
     """Where COPY counted other than the archive's rows: whether the day's rows in the target (its children
     included) still carry the archive's fingerprint, which a BEFORE INSERT trigger routing each row into a
     child table of the day (inheritance partitioning) gives while COPY counts none of them. The check's words
@@ -2245,10 +2326,11 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
     if str(now) != recorded:
         if now.rows > int(manifest["rows"]) and not whole:  # the trigger put every row in, beside rows the day had
             # already (a table this restore made, or the day's own, held none: there the object holds more rows)
+            said, remedy = _extra_rows(now.rows - int(manifest["rows"]), relation, before)
             raise FingerprintMismatchError(
                 f"restoring {manifest['table']} for {manifest['day']}: {scope} are {now.rows:,} rows with the "
-                f"restored ones, {manifest['rows']:,} archived: {_held_before(now.rows - int(manifest['rows']))}",
-                table=manifest["table"], day=manifest["day"], retryable=False, remedy=_held_remedy(relation))
+                f"restored ones, {manifest['rows']:,} archived: {said}",
+                table=manifest["table"], day=manifest["day"], retryable=False, remedy=remedy)
         return None
     return (f"fingerprint {recorded} of {scope} equals the manifest's (a trigger of {relation} put the rows there: "
             "COPY counted fewer)")
@@ -2270,9 +2352,11 @@ def _renamed_meanwhile(conn: psycopg.Connection, manifest: dict, relation: Relat
 
 
 def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, rows: int,
-           added: fp.Fingerprint | None = None, skipped: int = 0) -> tuple[bool, str | None, str]:
+           added: fp.Fingerprint | None = None, skipped: int = 0,
+           before: _HeldBefore | None = None) -> tuple[bool, str | None, str]:
     """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
-    the fingerprint of the rows the load inserted, when those are what is compared."""
+    the fingerprint of the rows the load inserted, when those are what is compared; ``before``: the day's rows a
+    target with INSERT hooks held before the load (see :func:`_extra_rows`)."""
     table, day = manifest["table"], manifest["day"]
     recorded = manifest.get("fingerprint")
     if rows != manifest["rows"]:
@@ -2331,11 +2415,11 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                        "fix or remove them, and restore again")
         if added is None and where is not None and not skipped and actual.rows > int(manifest["rows"]):
             # every archived row went in, beside rows of the day the target held already (late rows of a removed
-            # day, written after its removal): those are the difference, not the archive
+            # day, written after its removal), or rows the target's INSERT hooks added: not the archive
+            said, remedy = _extra_rows(actual.rows - int(manifest["rows"]), relation, before)
             raise FingerprintMismatchError(
                 f"restoring {table} for {day}: {scope} are {actual.rows:,} rows with the restored ones, "
-                f"{manifest['rows']:,} archived: {_held_before(actual.rows - int(manifest['rows']))}", table=table,
-                day=day, retryable=False, remedy=_held_remedy(relation))
+                f"{manifest['rows']:,} archived: {said}", table=table, day=day, retryable=False, remedy=remedy)
         padded = _byte_padded(conn, manifest, relation, columns, where) or \
             _byte_limited(conn, manifest, relation, columns, where)
         if padded:  # the likely cause, found in the rows: not an altered archive
@@ -2547,6 +2631,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 relation, to_create = _resolve_target(conn, manifest, into, relation)
                 if marked is not None and not to_create and _owns(conn, relation):
                     _widen_own(conn, manifest, relation)
+                elif marked is not None and not to_create:
+                    _refuse_unmarkable(conn, manifest, relation)
                 to_create = [name for name in to_create if _create(conn, manifest, name)]
                 # the day is the whole target: a new table, or the day's own table (naming mode)
                 whole = into == "new" or (into == "original" and not manifest.get("day_column"))
@@ -2557,13 +2643,18 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     _require_key(conn, manifest, relation)
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
                 names = relation_printed_names(conn, relation.identifier)  # (see _renamed_meanwhile)
-                rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
-                                              fingerprint_added=by_added)
+                before = _held_if_hooked(conn, manifest, relation, whole)
+                try:
+                    rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
+                                                  fingerprint_added=by_added)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    exc.while_loading = True  # (see _policy_refused_row)
+                    raise
                 _fire_deferred(conn, manifest, relation)
                 # Again, now that the load's lock keeps the target's types as they are: a column retyped while
                 # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
                 _refuse_approximation(conn, manifest, relation)
-                routed = _routed_by_trigger(conn, manifest, relation, whole, added) if \
+                routed = _routed_by_trigger(conn, manifest, relation, whole, added, before) if \
                     rows != manifest["rows"] and on_conflict == "fail" else None
                 if routed:  # every archived row went in, through a trigger COPY does not count
                     rows = inserted = int(manifest["rows"])
@@ -2571,7 +2662,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 else:
                     try:
                         checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
-                                                        skipped=rows - inserted if on_conflict == "skip" else 0)
+                                                        skipped=rows - inserted if on_conflict == "skip" else 0,
+                                                        before=before)
                     except FingerprintMismatchError:
                         _renamed_meanwhile(conn, manifest, relation, names)
                         raise
@@ -2613,6 +2705,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy=_restore_grant(conn, exc, relation))
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and _policy_refused_row(exc):
+            found = replace(found, cause=_insert_policies_refused(conn, relation),
+                            remedy="restore as the table's owner (without FORCE ROW LEVEL SECURITY), a role with "
+                                   "BYPASSRLS or a superuser, or let the policy's WITH CHECK pass the archived rows; "
+                                   "or restore into a new table (into='new') and copy the rows on from there")
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege):  # row security (the archive's words otherwise)
             found = replace(found, cause=f"{relation} has row-level security whose policies apply to this role, so "
                             "the restored rows cannot all be seen to be proven (row_security is off in the check)",
@@ -2639,11 +2736,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and (
                 exc.diag.message_primary.startswith("no partition of relation")
                 or (exc.diag.constraint_name is None and exc.diag.table_name is not None)):  # (any lc_messages)
-            found = replace(found, cause=f"the target has no partition for the rows of {day} "
-                                         f"({exc.diag.message_primary})",
-                            remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR "
-                                   "VALUES FROM ... TO ...) or a DEFAULT partition, or restore into a new table "
-                                   "(into='new')")
+            found = _outside_partitions(conn, exc, found, day)
         archived_in = (manifest.get("source") or {}).get("encoding")
         here = conn.info.parameter_status("server_encoding")
         columns_: list[str] = []
@@ -2692,6 +2785,71 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 with contextlib.suppress(AttributeError, TypeError):  # where the day went, as a result names it
                     exc.restored_into = str(relation)  # type: ignore[attr-defined]
         raise
+
+
+def _policy_refused_row(exc: psycopg.Error) -> bool:
+    """Whether a row-level security refusal is a policy's WITH CHECK refusing an archived row as the load inserted
+    it ("new row violates row-level security policy"), not the check's refusal to read rows a policy would hide
+    ("query would be affected by row-level security policy": row_security is off there): told by where it was
+    raised, the message's words being the server's lc_messages."""
+    return bool(getattr(exc, "while_loading", False)) and "query would be affected" not in str(exc)
+
+
+# The target's row-level security policies for INSERT (or ALL) that apply to the restoring role (PUBLIC's, 0, or a
+# role it is a member of): those whose WITH CHECK an inserted row must pass
+_INSERT_POLICIES = """
+SELECT pg_catalog.quote_ident(p.polname) || CASE WHEN p.polpermissive THEN '' ELSE ' (restrictive)' END
+FROM pg_catalog.pg_policy p
+WHERE p.polrelid = pg_catalog.to_regclass(%s) AND p.polcmd IN ('a', '*')
+  AND EXISTS (SELECT FROM unnest(p.polroles) AS r(oid)
+              WHERE CASE WHEN r.oid = 0 THEN true ELSE pg_catalog.pg_has_role(r.oid, 'MEMBER') END)
+ORDER BY 1
+"""
+
+
+def _insert_policies_refused(conn: psycopg.Connection, relation: Relation | None) -> str:
+    """The cause of an archived row refused by the target's row-level security as it was inserted, naming the
+    policies for INSERT that apply to the role (where the catalog can be read)."""
+    found: list[str] = []
+    if relation is not None:
+        with contextlib.suppress(psycopg.Error):
+            found = [name for (name,) in conn.execute(_INSERT_POLICIES, (relation.identifier.as_string(conn),))]
+    one = len(found) == 1
+    which = (f"of its polic{'y' if one else 'ies'} for INSERT {', '.join(found)}, which appl{'ies' if one else 'y'} "
+             "to this role," if found else "of its policies for INSERT (or ALL) that apply to this role")
+    return (f"{relation}'s row-level security refused an archived row as it was inserted: the WITH CHECK {which} "
+            "does not pass every archived row")
+
+
+# A partition's parent and bound, by the schema and name an error's fields give
+_PARTITION_OF = """
+SELECT i.inhparent::pg_catalog.regclass::text, pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid
+WHERE n.nspname = %s AND c.relname = %s AND c.relispartition
+"""
+
+
+def _outside_partitions(conn: psycopg.Connection, exc: psycopg.errors.CheckViolation, found, day: str | None):
+    """``found`` (a classified error) saying where a row of the day has no place: a partition the load wrote into
+    directly (the target named as a partition, its bound another month's) violates its own partition constraint,
+    and can take no partition of its own, so the remedy names its parent; else the target (a partitioned table)
+    has no partition for the day, and the remedy is to create one."""
+    partition = None
+    if exc.diag.constraint_name is None and exc.diag.schema_name and exc.diag.table_name:
+        with contextlib.suppress(psycopg.Error):
+            partition = conn.execute(_PARTITION_OF, (exc.diag.schema_name, exc.diag.table_name)).fetchone()
+    if partition is None:
+        return replace(found, cause=f"the target has no partition for the rows of {day} ({exc.diag.message_primary})",
+                       remedy="create the target's partition for the day (CREATE TABLE ... PARTITION OF ... FOR VALUES "
+                              "FROM ... TO ...) or a DEFAULT partition, or restore into a new table (into='new')")
+    name = Relation(exc.diag.schema_name, exc.diag.table_name)
+    parent, bound = partition
+    return replace(found, cause=f"{name} is a partition of {parent} whose bound ({bound}) does not include the rows "
+                                f"of {day} ({exc.diag.message_primary})", retryable=False,
+                   remedy=f"restore into {parent} (each row goes into its partition; create the day's partition of it "
+                          f"first if it has none), or into the partition of {parent} whose bound holds {day}, or "
+                          "into a new table (into='new')")
 
 
 @contextlib.contextmanager
