@@ -699,8 +699,11 @@ def _absent(spec: TableSpec, day: Period, archived: Archived, key: str) -> Compa
         return Comparison(spec.name, day, "equal", 0, 0, archived.fingerprint, archived.fingerprint,
                           archived.object_key or key,
                           other + _LAYOUT_EQUAL if other else "archived as empty; the source still has no rows")
-    said = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
-        "archived; the source no longer has this day"  # (a zone, granularity or day column changed: not rows gone)
+    # (a zone, granularity or day column changed: not rows gone). A day gone with no removal recorded (a partition
+    # dropped by hand after archiving, as many do) is no difference of content either; said so, with what it means.
+    said = archived.removed or layout_change(archived.manifest, day, spec.day_column) or (
+        "archived; the source no longer has this day, and no removal of it was recorded (dropped or deleted by hand?): "
+        "its archive is its only copy; restore --into original puts it back")
     return Comparison(spec.name, day, "not-in-source", None, archived.rows, None, archived.fingerprint,
                       archived.object_key or key, said)
 

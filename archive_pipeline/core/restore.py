@@ -733,11 +733,26 @@ def name_problem(qualified: str) -> str | None:
     if re.fullmatch(r"pg_(toast_)?temp(_\d+)?", relation.schema):
         return (f"{qualified!r} is a temporary table, which PostgreSQL drops when the restoring session ends: restore "
                 "into a table of a permanent schema")
+    blank = next((part for part in _unquoted_parts(qualified) if part != part.strip()), None)
+    if blank is not None:  # (a target pasted with a blank: a table named "events_back " looks like events_back)
+        return (f"{qualified!r} has white space around {blank.strip()!r}, which would be part of the table's name: "
+                f"write the name without it, or in SQL's double quotes if the blank is meant ({_quoted_sql(blank)})")
     for part in relation:
         if len(part) > MAX_NAME_BYTES:  # at least a byte a character, whatever the encoding
             return (f"{part!r} is {len(part)} characters long and PostgreSQL keeps {MAX_NAME_BYTES} bytes of a name "
                     f"(it would be {part[:MAX_NAME_BYTES]!r} or shorter): choose a shorter name")
     return None
+
+
+def _unquoted_parts(qualified: str) -> list[str]:
+    """The parts of ``qualified`` written without SQL's double quotes, as written (see :func:`parse_relation`)."""
+    quoted = re.fullmatch(_QUOTED + r"\.(.*)", qualified, re.S)
+    schema, rest = (None, quoted[2]) if quoted else qualified.partition(".")[::2]
+    return [part for part in (schema, rest) if part is not None and not part.startswith('"')]
+
+
+def _quoted_sql(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _target(conn: psycopg.Connection, qualified: str) -> Relation:
