@@ -126,7 +126,7 @@ def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, 
         current = verify.load_manifest(store, key, owner)
     except verify.NewerManifestError:  # not damaged: no verdict either way (upgrade, its remedy says)
         raise
-    except verify.ManifestError:
+    except ValueError:  # a ManifestError: not a manifest to go by
         return None
     except ArchiveError as exc:
         raise named(exc, *owner)
