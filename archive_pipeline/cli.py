@@ -1249,7 +1249,12 @@ def verify(run: Run, download: bool, deep: bool) -> None:
 
                 problems = stored(archived)
                 if problems:  # the day archived again meanwhile (a new generation)? then that one is checked
-                    now = plan.lookup_manifests(run.store, spec, [day])[day].archived
+                    again = plan.lookup_manifests(run.store, spec, [day])[day]
+                    if again.problem:
+                        # a failed re-read tells not whether it was replaced: the day is not checked (retryable where
+                        # reading again may help), never "missing" by the manifest an overwrite retired
+                        return [again.problem]
+                    now = again.archived
                     if now is not None and now.manifest.get("manifest_sha256") != \
                             archived.manifest.get("manifest_sha256"):
                         archived = now

@@ -535,8 +535,10 @@ def plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Per
     if planned.action in ("refuse", "overwrite") and read.get("raw") is not None:
         try:
             moved = read_existing(store, render_key(spec, spec.period(day), store.prefix)).raw != read["raw"]
-        except ArchiveError:
-            moved = False
+        except ArchiveError as exc:
+            # a failed read tells not whether the manifest changed: after a passing fault the day is decided afresh
+            # (a read failing again makes it "not checked (retryable)", see plan_archive), not refused on a stale read
+            moved = exc.retryable
         if moved:
             return _plan_day(conn, spec, store, day, overwrite=overwrite, in_source=in_source, children=children)
     return planned

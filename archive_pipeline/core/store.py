@@ -56,7 +56,7 @@ MAX_OBJECT_SIZE = 5 * TiB
 GROWTH_DIVISOR = 1_000  # growing parts: a part is at least 1/1000 of the bytes before it
 EQUAL_PARTS_SAFETY = 4  # equal parts: sized so that 4x the estimate still fits in 10,000 parts
 CANCEL_WAIT = 1.0  # seconds a cancelled upload waits for parts in flight before it is aborted
-_MISSING_AGAIN_SECONDS = 0.1  # between the two HEADs that confirm a GET's 404 (see S3Store._confirm_missing)
+_MISSING_AGAIN_SECONDS = 0.1  # between the two HEADs that confirm a GET's 404 or another size (see S3Store)
 _READ_CHUNK = 1 * MiB
 _CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -1015,10 +1015,10 @@ class S3Store:
     def _unexpected_size(self, key: str, answered: str, expected_size: int) -> DownloadError:
         """The error for a GET whose answer is not ``expected_size`` bytes: the answer's fault (an error page, a body
         cut short or altered on the way: retryable) unless the object's own HEAD confirms another size (damaged)."""
-        uri, stored = self.uri(key), self._stored_size(key)
+        uri, stored = self.uri(key), self._stored_size(key, expected_size)
         if stored in (expected_size, None):  # the answer, not the object, or nothing confirms the object's size: only
-            # the store's own HEAD may call it damaged
-            held = "stored" if stored is not None else "recorded (the object's HEAD could not be had)"
+            # the store's own HEAD, asked twice alike, may call it damaged
+            held = "stored" if stored is not None else "recorded (the object's HEAD did not confirm another size)"
             return DownloadError(f"{uri}: {answered} where {expected_size:,} are {held} (an error page, or an answer "
                                  "cut short or altered on the way); the download will be retried", retryable=True,
                                  damaged=False, cause=_NOT_THE_OBJECT, remedy=_RETRIED)
@@ -1057,9 +1057,19 @@ class S3Store:
                             "reported missing)", remedy="retried automatically; if it persists, check the store's "
                             "consistency settings (replication, a caching gateway) and the network path to it")
 
-    def _stored_size(self, key: str) -> int | None:
-        """The object's size by its own HEAD (None if that cannot be had): what a GET's answer is
-        checked against before an object is called damaged by its size."""
+    def _stored_size(self, key: str, expected_size: int) -> int | None:
+        """The object's size by its own HEAD (None if that cannot be had): what a GET's answer is checked against
+        before an object is called damaged by its size. A HEAD answer has no checksum (a gateway's own
+        Content-Length, a passing fault), so another size than ``expected_size`` is believed only when a second
+        HEAD, a moment later, gives it again (as ``verify.object_problems`` asks): one wrong answer after a GET's
+        error page must not become the permanent verdict "damaged"."""
+        first = self._head_size(key)
+        if first is None or first == expected_size:
+            return first
+        time.sleep(_MISSING_AGAIN_SECONDS)
+        return first if self._head_size(key) == first else None
+
+    def _head_size(self, key: str) -> int | None:
         try:
             head = self.head(key)
         except Exception:  # noqa: BLE001 - no confirmation either way

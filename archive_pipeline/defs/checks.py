@@ -54,7 +54,7 @@ from archive_pipeline.core.lifecycle import still_detached
 from archive_pipeline.core.manifest import layout_change, object_key
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
-from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, redact
+from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, named, redact
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.store import S3Store
@@ -115,15 +115,21 @@ def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") ->
 
 def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, str]) -> str | None:
     """Which later archive of the day replaced the one ``expected`` records (its object key; a day recorded empty:
-    its manifest alone), or None: the day's manifest still names the recorded object (is still empty), or cannot
-    be read."""
+    its manifest alone), or None: the day's manifest still names the recorded object (is still empty), or is not
+    a manifest to go by (a ManifestError: the problems found stand). A read that failed (a 503, a dropped
+    connection, access denied) tells neither: it is raised, naming table and day, so that a passing fault fails the
+    check as retryable instead of making an archive replaced since "NOT as recorded"."""
     recorded, empty = expected.get("object_key"), bool(expected.get("empty"))
     if not recorded and not empty:
         return None
     try:
         current = verify.load_manifest(store, key, owner)
-    except (ValueError, ArchiveError):
+    except verify.NewerManifestError:  # not damaged: no verdict either way (upgrade, its remedy says)
+        raise
+    except ValueError:  # a ManifestError: not a manifest to go by
         return None
+    except ArchiveError as exc:
+        raise named(exc, *owner)
     now = (current or {}).get("object") or {}
     if current is None or (not now.get("key") if empty else now.get("key") == recorded):
         return None
