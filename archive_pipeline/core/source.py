@@ -261,7 +261,15 @@ SELECT a.attnum, a.attname,
        CASE WHEN base.typnamespace = 'pg_catalog'::regnamespace THEN base.typname::text
             ELSE base.typnamespace::regnamespace::text || '.' || base.typname END,
        b.is_array,
-       a.attnotnull,
+       -- (NOT NULL of every row the read returns: an inheritance parent's, set ONLY on it, keeps no child's NULL
+       -- out; a partitioned table's holds for its partitions, which PostgreSQL keeps NOT NULL with it)
+       a.attnotnull AND ((SELECT r.relkind FROM pg_catalog.pg_class r WHERE r.oid = a.attrelid) = 'p' OR NOT EXISTS (
+           WITH RECURSIVE below(oid) AS (
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = a.attrelid
+               UNION
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below ON i.inhparent = below.oid)
+           SELECT FROM below JOIN pg_catalog.pg_attribute d ON d.attrelid = below.oid AND d.attname = a.attname
+           WHERE NOT d.attnotnull)),
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN ((b.typmod - 4) >> 16) & 65535 END,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN (((b.typmod - 4) & 2047) # 1024) - 1024 END,
        base.typtype = 'e',
@@ -1819,11 +1827,15 @@ def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
 
 
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
-    """The table's primary key columns in key order (a restore re-creates it), or None."""
+    """The table's primary key columns in key order (a restore re-creates it), or None; None too for a table
+    with inheritance children, whose rows the read returns with its own: its key is its own rows' alone (a
+    child's rows may repeat it), where a partitioned table's holds across its partitions."""
     rows = conn.execute(
         "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
         "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n",
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits h "
+        "JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid WHERE h.inhparent = i.indrelid AND NOT c.relispartition) "
+        "ORDER BY k.n",
         (table.identifier.as_string(conn),)).fetchall()
     return [r[0] for r in rows] or None
 
