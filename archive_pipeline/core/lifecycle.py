@@ -1306,18 +1306,18 @@ def _refuse_inheriting_rows(conn: psycopg.Connection, spec: TableSpec, day: Peri
     may refuse them, and a child's columns of its own (``CREATE TABLE special (extra text) INHERITS (events)``)
     are in no archive at all. Refuse, naming them, where such a table holds rows of the day: the day could not be
     put back as it was."""
-    found = []
+    found, wider = [], False
     for schema, name, columns in conn.execute(_INHERITING, {"t": table.identifier.as_string(conn)}).fetchall():
         if _holds_day(conn, sql.Identifier(schema, name), table, day):
-            found.append(relation_name(schema, name) + (f" (columns of its own: {', '.join(columns)})" if columns else ""))
+            found.append(relation_name(schema, name) + (f" (columns {', '.join(columns)})" if columns else ""))
+            wider = wider or bool(columns)
     if found:
-        wider = any("columns of its own" in f for f in found)
         raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
                              f"{table.qualified}: {'; '.join(found)}; the archive holds them as rows of "
                              f"{table.qualified} (not which table each lay in), so a restore would put them back "
                              f"there, not in the tables they lay in (and its own primary key or constraints may "
                              "refuse them there)"
-                             + (", and it lacks their columns of their own, whose values deleting them would lose"
+                             + (", and it lacks the columns of their own named, whose values deleting them would lose"
                                 if wider else ""),
                              table=spec.name, day=day.isoformat(),
                              remedy="archive those tables themselves (each configured, or naming mode), or move to "
