@@ -1299,29 +1299,50 @@ def _holds_day(conn: psycopg.Connection, relation: sql.Identifier, table: Source
         relation, day_filter(table, day))).fetchone()[0]
 
 
+# An enabled BEFORE INSERT row trigger on the table (tgtype: ROW 1 | BEFORE 2 | INSERT 4): classic partitioning's
+# router, which a restore's load fires too, putting each row into its child again.
+_ROUTED = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %(t)s::regclass AND NOT t.tgisinternal
+               AND t.tgenabled IN ('O', 'A') AND (t.tgtype::int & 7) = 7)
+"""
+
+
 def _refuse_inheriting_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """DELETE FROM the table also deletes the rows of tables that inherit from it; the archive holds them as rows
     of the table (what SELECT * FROM it returns), not which table each lay in, so a restore puts them back into
     the table itself, where its own primary key (a child's rows may repeat it: a key is per table) and constraints
-    may refuse them, and a child's columns of its own (``CREATE TABLE special (extra text) INHERITS (events)``)
-    are in no archive at all. Refuse, naming them, where such a table holds rows of the day: the day could not be
-    put back as it was."""
-    found, wider = [], False
-    for schema, name, columns in conn.execute(_INHERITING, {"t": table.identifier.as_string(conn)}).fetchall():
+    may refuse them, unless a BEFORE INSERT trigger on it routes them into their child (classic partitioning,
+    which the restore's load fires); and a child's columns of its own (``CREATE TABLE special (extra text)
+    INHERITS (events)``) are in no archive at all. Refuse, naming them, where such a table holds rows of the day:
+    the day could not be put back as it was."""
+    relation = table.identifier.as_string(conn)
+    routed = None  # (asked only where a child without columns of its own holds rows of the day)
+    found, wider, plain = [], False, False
+    for schema, name, columns in conn.execute(_INHERITING, {"t": relation}).fetchall():
+        if not columns:
+            routed = conn.execute(_ROUTED, {"t": relation}).fetchone()[0] if routed is None else routed
+            if routed:
+                continue
         if _holds_day(conn, sql.Identifier(schema, name), table, day):
             found.append(relation_name(schema, name) + (f" (columns {', '.join(columns)})" if columns else ""))
-            wider = wider or bool(columns)
-    if found:
-        raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
-                             f"{table.qualified}: {'; '.join(found)}; the archive holds them as rows of "
-                             f"{table.qualified} (not which table each lay in), so a restore would put them back "
-                             f"there, not in the tables they lay in (and its own primary key or constraints may "
-                             "refuse them there)"
-                             + (", and it lacks the columns of their own named, whose values deleting them would lose"
-                                if wider else ""),
-                             table=spec.name, day=day.isoformat(),
-                             remedy="archive those tables themselves (each configured, or naming mode), or move to "
-                                    "declarative partitions, then remove the day by hand")
+            wider, plain = wider or bool(columns), plain or not columns
+    if not found:
+        return
+    why = []
+    if plain:
+        why.append(f"a restore would put them back into {table.qualified} itself, not into the tables they lay in (no "
+                   "BEFORE INSERT trigger on it routes rows to them), where its own primary key or constraints may "
+                   "refuse them")
+    if wider:
+        why.append("deleting them would lose the values of their columns of their own, which no archive holds")
+    raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
+                         f"{table.qualified}: {'; '.join(found)}; the archive holds them as rows of {table.qualified} "
+                         f"(its columns, not which table each lay in), so {', and '.join(why)}",
+                         table=spec.name, day=day.isoformat(),
+                         remedy="archive those tables themselves (each configured, or naming mode), or move to "
+                                "declarative partitions, then remove the day by hand"
+                                + ("; or route inserts into the table to its children with a BEFORE INSERT trigger "
+                                   "(classic partitioning), which a restore fires" if plain else ""))
 
 
 # The relations DELETE FROM the table deletes from (the roots: those its plan scans, see _reached; and the tables
