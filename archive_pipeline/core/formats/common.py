@@ -256,7 +256,8 @@ def _refuse_broken_domain(conn: psycopg.Connection, table: SourceTable, where: s
         "column's type, which checks them)", table=table.qualified, retryable=False,
         cause="a value its domain refuses",
         remedy="fix the value in the source (UPDATE the rows to values the domain takes"
-               + (f", then {'; '.join(not_valid)}" if not_valid else "") + f"), or archive a view of the table with {view}")
+               + (f", then {'; '.join(not_valid)}" if not_valid else "")
+               + f"), or archive a view of the table with {view}")
 
 
 # ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
