@@ -43,6 +43,7 @@ from archive_pipeline.core.formats.common import (
     explain_value_failure,
     failing_columns,
     is_value_failure,
+    refuse_broken_domains,
     refuse_inexact,
     refuse_unreadable,
     refuse_unrestorable,
@@ -459,6 +460,7 @@ class _Archiving:
                     if fp is None or fp.rows:
                         refuse_unrestorable(table)
                         refuse_unreadable(self.conn, table, where)
+                        refuse_broken_domains(self.conn, table, where)
                     no_rows = WriteStats(output_types={c.name: "text" for c in table.columns}, encodings=encodings)
                     if fp is not None and fp.rows == 0:
                         stats = no_rows

@@ -1273,42 +1273,76 @@ def _refuse_delete_side_effects(conn: psycopg.Connection, spec: TableSpec, day: 
                       if spec.partitioning.mode != "column" else ""))
 
 
-# Tables inheriting (at any depth) from the given one that have columns it lacks; partitions never do.
-_WIDER_DESCENDANTS = """
+# Tables inheriting (at any depth) from the given one, partitions left out, each with the columns it has that the
+# given one lacks (none: it inherits the given one's columns only).
+_INHERITING = """
 WITH RECURSIVE below(oid) AS (
     SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = %(t)s::regclass
     UNION
     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below ON i.inhparent = below.oid)
-SELECT n.nspname::text, c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+SELECT n.nspname::text, c.relname::text,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = below.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute p WHERE p.attrelid = %(t)s::regclass
+                               AND p.attname = a.attname AND NOT p.attisdropped)
+             ORDER BY a.attnum)
 FROM below JOIN pg_catalog.pg_class c ON c.oid = below.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_attribute a ON a.attrelid = below.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute p WHERE p.attrelid = %(t)s::regclass
-                  AND p.attname = a.attname AND NOT p.attisdropped)
-GROUP BY n.nspname, c.relname ORDER BY 1, 2
+WHERE NOT c.relispartition
+ORDER BY 1, 2
 """
 
 
 def _holds_day(conn: psycopg.Connection, relation: sql.Identifier, table: SourceTable, day: Period) -> bool:
-    """Whether a table below ``table`` holds rows of the day (its inherited day column has the table's name
-    and type: the table's filter selects the day there too)."""
-    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+    """Whether a table below ``table`` holds rows of the day itself (ONLY: not through the tables below it; its
+    inherited day column has the table's name and type: the table's filter selects the day there too)."""
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {} WHERE {})").format(
         relation, day_filter(table, day))).fetchone()[0]
 
 
-def _refuse_wider_descendants(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
-    """DELETE FROM the table also deletes the rows of tables that inherit from it (``CREATE TABLE special
-    (extra text) INHERITS (events)``), their own columns with them; the archive holds those rows with the
-    table's columns only (what SELECT * FROM the table returns). Refuse, naming them, where such a table
-    holds rows of the day: deleting them would lose what no archive has."""
-    found = []
-    for schema, name, columns in conn.execute(_WIDER_DESCENDANTS, {"t": table.identifier.as_string(conn)}).fetchall():
+# An enabled BEFORE INSERT row trigger on the table (tgtype: ROW 1 | BEFORE 2 | INSERT 4): classic partitioning's
+# router, which a restore's load fires too, putting each row into its child again.
+_ROUTED = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %(t)s::regclass AND NOT t.tgisinternal
+               AND t.tgenabled IN ('O', 'A') AND (t.tgtype::int & 7) = 7)
+"""
+
+
+def _refuse_inheriting_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
+    """DELETE FROM the table also deletes the rows of tables that inherit from it; the archive holds them as rows
+    of the table (what SELECT * FROM it returns), not which table each lay in, so a restore puts them back into
+    the table itself, where its own primary key (a child's rows may repeat it: a key is per table) and constraints
+    may refuse them, unless a BEFORE INSERT trigger on it routes them into their child (classic partitioning,
+    which the restore's load fires); and a child's columns of its own (``CREATE TABLE special (extra text)
+    INHERITS (events)``) are in no archive at all. Refuse, naming them, where such a table holds rows of the day:
+    the day could not be put back as it was."""
+    relation = table.identifier.as_string(conn)
+    routed = None  # (asked only where a child without columns of its own holds rows of the day)
+    found, wider, plain = [], False, False
+    for schema, name, columns in conn.execute(_INHERITING, {"t": relation}).fetchall():
+        if not columns:
+            routed = conn.execute(_ROUTED, {"t": relation}).fetchone()[0] if routed is None else routed
+            if routed:
+                continue
         if _holds_day(conn, sql.Identifier(schema, name), table, day):
-            found.append(f"{schema}.{name} (columns {', '.join(columns)})")
-    if found:
-        raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
-                             f"{table.qualified} with columns of their own that the archive lacks: {'; '.join(found)}; "
-                             "deleting them would lose those columns' values. Archive those tables themselves, "
-                             "then remove the day by hand", table=spec.name, day=day.isoformat())
+            found.append(relation_name(schema, name) + (f" (columns {', '.join(columns)})" if columns else ""))
+            wider, plain = wider or bool(columns), plain or not columns
+    if not found:
+        return
+    why = []
+    if plain:
+        why.append(f"a restore would put them back into {table.qualified} itself, not into the tables they lay in (no "
+                   "BEFORE INSERT trigger on it routes rows to them), where its own primary key or constraints may "
+                   "refuse them")
+    if wider:
+        why.append("deleting them would lose the values of their columns of their own, which no archive holds")
+    raise RemovalRefused(f"{spec.name} {day} stays in the source: rows of the day are in tables inheriting from "
+                         f"{table.qualified}: {'; '.join(found)}; the archive holds them as rows of {table.qualified} "
+                         f"(its columns, not which table each lay in), so {', and '.join(why)}",
+                         table=spec.name, day=day.isoformat(),
+                         remedy="archive those tables themselves (each configured, or naming mode), or move to "
+                                "declarative partitions, then remove the day by hand"
+                                + ("; or route inserts into the table to its children with a BEFORE INSERT trigger "
+                                   "(classic partitioning), which a restore fires" if plain else ""))
 
 
 # The relations DELETE FROM the table deletes from (the roots: those its plan scans, see _reached; and the tables
@@ -1399,7 +1433,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
         _refuse_delete_side_effects(conn, spec, day, table)
-        _refuse_wider_descendants(conn, spec, day, table)
+        _refuse_inheriting_rows(conn, spec, day, table)
         _refuse_unidentified(conn, spec, day, table)
         _refuse_unpublishable(conn, spec, day, table)
         return

@@ -133,27 +133,42 @@ _STEP_SOURCES = {"[]": "(SELECT pg_catalog.unnest({v}))", "multirange": "(SELECT
                  "range": "(VALUES (pg_catalog.lower({v})), (pg_catalog.upper({v})))"}
 
 
-def found_inside(column: sql.Composable, inner: InnerType, test: Callable[[sql.Composable], sql.Composable]
-                 ) -> sql.Composed:
+# As _STEP_SOURCES, but only the values a restore's input is given: an infinite or empty range's bound is none
+# (its input reads no bound there; lower() and upper() return NULL for it).
+_READ_STEP_SOURCES = {
+    **_STEP_SOURCES,
+    "range": "(SELECT pg_catalog.lower({v}) WHERE NOT pg_catalog.isempty({v}) AND NOT pg_catalog.lower_inf({v}) "
+             "UNION ALL SELECT pg_catalog.upper({v}) WHERE NOT pg_catalog.isempty({v}) "
+             "AND NOT pg_catalog.upper_inf({v}))"}
+
+
+def found_inside(column: sql.Composable, inner: InnerType, test: Callable[[sql.Composable], sql.Composable],
+                 *, as_read: bool = False) -> sql.Composed:
     """Whether ``test`` (of one value) is true of any value at the end of ``inner``'s way through the value of
     ``column`` (an expression: the column's name, qualified or not): each step a LATERAL join (an array's
-    elements, a field, a range's bounds)."""
-    sources, value = walk_inside(inner)
+    elements, a field, a range's bounds). ``as_read``: only the values a restore's input reads (see
+    :func:`walk_inside`), where a NULL matters as such."""
+    sources, value = walk_inside(inner, as_read=as_read)
     return sql.SQL("EXISTS (SELECT FROM (SELECT {c}) AS s0(v) {sources} WHERE {t})").format(
         c=column, sources=sources, t=test(value))
 
 
-def walk_inside(inner: InnerType) -> tuple[sql.Composed, sql.Composable]:
+def walk_inside(inner: InnerType, *, as_read: bool = False) -> tuple[sql.Composed, sql.Composable]:
     """(LATERAL joins, value) that reach every value at the end of ``inner``'s way from ``s0.v`` (a column's
-    value): an array's elements, a composite's field, a range's bounds, a multirange's ranges."""
+    value): an array's elements, a composite's field, a range's bounds, a multirange's ranges. ``as_read``: only
+    those a restore's input reads, where a NULL is one (a NULL composite's fields and an infinite or empty range's
+    bounds are not: their NULLs are no values a domain's NOT NULL refuses)."""
     sources, value = [], sql.SQL("s0.v")
     for depth, step in enumerate(inner.steps, start=1):
         if step == "domain":
             continue
         if step.startswith("."):
-            source = sql.SQL("(SELECT ({v}).{f})").format(v=value, f=sql.Identifier(step[1:]))
+            source = sql.SQL("(SELECT ({v}).{f}{only})").format(
+                v=value, f=sql.Identifier(step[1:]),
+                # (num_nulls: whether the composite is NULL, not whether all its fields are, as IS NULL says)
+                only=sql.SQL(" WHERE pg_catalog.num_nulls({}) = 0").format(value) if as_read else sql.SQL(""))
         else:
-            source = sql.SQL(_STEP_SOURCES[step]).format(v=value)
+            source = sql.SQL((_READ_STEP_SOURCES if as_read else _STEP_SOURCES)[step]).format(v=value)
         sources.append(sql.SQL("CROSS JOIN LATERAL {} AS {}(v)").format(source, sql.Identifier(f"s{depth}")))
         value = sql.SQL("{}.v").format(sql.Identifier(f"s{depth}"))
     return sql.SQL(" ").join(sources), value
@@ -246,7 +261,15 @@ SELECT a.attnum, a.attname,
        CASE WHEN base.typnamespace = 'pg_catalog'::regnamespace THEN base.typname::text
             ELSE base.typnamespace::regnamespace::text || '.' || base.typname END,
        b.is_array,
-       a.attnotnull,
+       -- (NOT NULL of every row the read returns: an inheritance parent's, set ONLY on it, keeps no child's NULL
+       -- out; a partitioned table's holds for its partitions, which PostgreSQL keeps NOT NULL with it)
+       a.attnotnull AND ((SELECT r.relkind FROM pg_catalog.pg_class r WHERE r.oid = a.attrelid) = 'p' OR NOT EXISTS (
+           WITH RECURSIVE below(oid) AS (
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = a.attrelid
+               UNION
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below ON i.inhparent = below.oid)
+           SELECT FROM below JOIN pg_catalog.pg_attribute d ON d.attrelid = below.oid AND d.attname = a.attname
+           WHERE NOT d.attnotnull)),
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN ((b.typmod - 4) >> 16) & 65535 END,
        CASE WHEN base.typname = 'numeric' AND b.typmod > 0 THEN (((b.typmod - 4) & 2047) # 1024) - 1024 END,
        base.typtype = 'e',
@@ -473,6 +496,68 @@ def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INN
     for attnum, name, steps, route in conn.execute(query, {"oid": oid, "types": list(types)}):
         found.setdefault(attnum, []).append(InnerType(name, tuple(steps), " → ".join(route)))
     return {attnum: tuple(types) for attnum, types in found.items()}
+
+
+# The domains anywhere in every column's type that constrain their values (NOT NULL, or a CHECK): each with its
+# name and base type as this session reads them (to cast a value through), and its CHECKs added NOT VALID (which
+# PostgreSQL never checked on the values already there).
+_DOMAIN_QUERY = _TYPE_WALK + """
+SELECT w.attnum, w.steps, w.route, pg_catalog.format_type(t.oid, NULL),
+       pg_catalog.format_type(t.typbasetype, t.typtypmod), t.typnotnull,
+       ARRAY(SELECT c.conname::text FROM pg_catalog.pg_constraint c
+             WHERE c.contypid = t.oid AND NOT c.convalidated ORDER BY c.conname)
+FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+WHERE t.typtype = 'd' AND (t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.contypid = t.oid))
+ORDER BY w.attnum, w.depth, w.route
+"""
+
+
+@dataclass(frozen=True)
+class DomainAt:
+    """A constrained domain inside a column's type, and what of its values may break it."""
+
+    at: InnerType  # the way to its values (``type``: the domain's name)
+    base: str  # its base type, as SQL writes it in this session
+    not_valid: tuple[str, ...]  # its CHECKs added NOT VALID: any value may break them
+    refuses_null: bool  # NOT NULL, or a CHECK false for NULL: a NULL let in past it breaks it
+
+
+def breakable_domains(conn: psycopg.Connection, oid: int) -> dict[int, tuple[DomainAt, ...]]:
+    """Per column number, the domains inside its type (at any depth, its own type too) a stored value may break,
+    though PostgreSQL checks a domain's constraints on every value converted to it: a CHECK added NOT VALID (the
+    values already there were never checked) or a domain refusing NULL (a NULL of the domain's type, from a scalar
+    subquery of no row or an outer join, is stored unchecked: CREATE DOMAIN's documented hole). A domain refusing
+    NULL through a CHECK alone is told by converting a NULL to it, once per domain. Catalog reads only."""
+    query = _DOMAIN_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
+    found: dict[int, list[DomainAt]] = {}
+    nulls: dict[str, bool] = {}
+    for attnum, steps, route, name, base, not_null, not_valid in conn.execute(query, {"oid": oid}).fetchall():
+        if name not in nulls:
+            nulls[name] = not_null or _refuses_null(conn, name, base)
+        if not_valid or nulls[name]:
+            found.setdefault(attnum, []).append(DomainAt(InnerType(name, tuple(steps), " → ".join(route)), base,
+                                                         tuple(not_valid), nulls[name]))
+    return {attnum: tuple(domains) for attnum, domains in found.items()}
+
+
+def domain_value(value: sql.Composable, domain: DomainAt) -> sql.Composed:
+    """``value`` converted to ``domain`` again (through its base type: a value already of the domain's type is
+    not checked), which raises where the value breaks one of its constraints."""
+    return sql.SQL("CAST(CAST({v} AS {base}) AS {domain})").format(v=value, base=sql.SQL(domain.base),
+                                                                  domain=sql.SQL(domain.at.type))
+
+
+def _refuses_null(conn: psycopg.Connection, name: str, base: str) -> bool:
+    """Whether the domain's CHECKs refuse a NULL (``CHECK (VALUE IS NOT NULL)``): a NULL converted to it fails."""
+    try:
+        with conn.transaction():  # (a savepoint: its failure must not abort the caller's snapshot)
+            conn.execute(sql.SQL("SELECT {}").format(domain_value(sql.SQL("NULL"), DomainAt(
+                InnerType(name, (), ""), base, (), False))))
+    except psycopg.errors.OperationalError:
+        raise
+    except psycopg.Error:
+        return True
+    return False
 
 
 # Types whose values print names read from the catalog as committed when the statement runs (not as the snapshot
@@ -1742,11 +1827,15 @@ def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
 
 
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
-    """The table's primary key columns in key order (a restore re-creates it), or None."""
+    """The table's primary key columns in key order (a restore re-creates it), or None; None too for a table
+    with inheritance children, whose rows the read returns with its own: its key is its own rows' alone (a
+    child's rows may repeat it), where a partitioned table's holds across its partitions."""
     rows = conn.execute(
         "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
         "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n",
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits h "
+        "JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid WHERE h.inhparent = i.indrelid AND NOT c.relispartition) "
+        "ORDER BY k.n",
         (table.identifier.as_string(conn),)).fetchall()
     return [r[0] for r in rows] or None
 

@@ -38,7 +38,10 @@ from archive_pipeline.core.source import (
     InnerType,
     Snapshot,
     SourceTable,
+    DomainAt,
+    breakable_domains,
     copy_chunks,
+    domain_value,
     found_inside,
     prefetch,
     rewritten_xml_inside,
@@ -189,6 +192,72 @@ def refuse_unreadable(conn: psycopg.Connection, table: SourceTable, where: sql.C
                 f"{table.qualified} holds {what}: no format can archive the day so that it reads back; fix the "
                 f"value in the source (or archive a view of the table with the column as text, {col.name}::text)",
                 table=table.qualified, retryable=False)
+
+
+def refuse_broken_domains(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> None:
+    """Refuse, before anything is read or uploaded, a day holding a value its own domain refuses (anywhere in the
+    column's value): one under a CHECK added NOT VALID, or a NULL under a domain refusing NULL, which PostgreSQL
+    lets in through a scalar subquery of no row (see :func:`~archive_pipeline.core.source.breakable_domains`).
+    Archived, the day would be green, and no restore or proof of it could succeed: each loads the values back
+    into the column's type, which checks them. A query per column holding such a domain, none for other tables;
+    a NOT VALID CHECK is evaluated on every value there, a domain refusing NULL only looks for NULLs."""
+    if table.oid is None:
+        return
+    domains = breakable_domains(conn, table.oid)
+    if not domains:
+        return
+    by_number = dict(conn.execute("SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
+                                  "AND attnum > 0 AND NOT attisdropped", (table.oid,)).fetchall())
+    for attnum, found in domains.items():
+        name = by_number.get(attnum)
+        column = next((c for c in table.columns if c.name == name), None)
+        if column is not None:
+            _refuse_broken_domain(conn, table, where, column, found)
+
+
+def _breaks(domain: DomainAt) -> Callable[[sql.Composable], sql.Composable]:
+    """The test of one value of ``domain``: converted to it again where a NOT VALID CHECK may refuse any value
+    (raising there), else whether it is NULL (num_nulls: a composite of NULL fields is no NULL)."""
+    if domain.not_valid:
+        return lambda v: sql.SQL("pg_catalog.num_nulls({}) < 0").format(domain_value(v, domain))
+    return lambda v: sql.SQL("pg_catalog.num_nulls({}) = 1").format(v)
+
+
+def _refuse_broken_domain(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, column: Column,
+                          found: Sequence[DomainAt]) -> None:
+    """:func:`refuse_broken_domains` for one column (inside a savepoint: a value that breaks a NOT VALID CHECK
+    raises, which must not abort the day's snapshot)."""
+    holds = sql.SQL(" OR ").join(found_inside(sql.Identifier(column.name), d.at, _breaks(d), as_read=True)
+                                 for d in found)
+    query = sql.SQL("SELECT EXISTS (SELECT FROM {table} WHERE ({where}) AND ({holds}))").format(
+        table=table.identifier, where=where, holds=holds)
+    try:
+        with conn.transaction():
+            broken = conn.execute(query).fetchone()[0]
+        detail = ("a NULL its domain ({domains}) refuses (NOT NULL, or a CHECK false for NULL), which PostgreSQL "
+                  "stored unchecked (as it does a NULL from a scalar subquery of no row, or of an outer join)")
+    except psycopg.errors.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        broken = True
+        detail = (f"a value its domain ({{domains}}) refuses ({first_line(exc)}), which PostgreSQL kept (a CHECK "
+                  "added NOT VALID checks only values written after it)")
+    if not broken:
+        return
+    domains = ", ".join(dict.fromkeys(d.at.type for d in found))
+    nested = "; ".join(d.at.route for d in found if d.at.steps and set(d.at.steps) != {"domain"})
+    not_valid = [f"ALTER DOMAIN {d.at.type} VALIDATE CONSTRAINT {c}" for d in found for c in d.not_valid]
+    own = next((d for d in found if set(d.at.steps) <= {"domain"}), None)  # (the column's own type's)
+    view = f"the column as its domain's base type ({column.name}::{own.base})" if own else "the column as text"
+    raise UnsupportedTypeError(
+        f"column {column.name!r} ({column.type_name}{', at ' + nested if nested else ''}) of {table.qualified} holds "
+        f"{detail.format(domains=domains)}: archived, the day "
+        "would be green, and no restore or proof of it could succeed (each loads the values back into the "
+        "column's type, which checks them)", table=table.qualified, retryable=False,
+        cause="a value its domain refuses",
+        remedy="fix the value in the source (UPDATE the rows to values the domain takes"
+               + (f", then {'; '.join(not_valid)}" if not_valid else "")
+               + f"), or archive a view of the table with {view}")
 
 
 # ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
