@@ -1612,8 +1612,8 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done:
                       ) -> tuple[dict[Period, str], dict[Period, str]]:
     """Which of ``days`` have a manifest whose removal mark is still pending, with the key it was found at (under a
     former format's key too; one listing, then a GET per archived day), and the days whose manifest could not be
-    read, with why: each may hold such a mark. ``done`` (given): filled with the manifests of the days whose removal
-    is done, for a prune that names them."""
+    read, with why: each may hold such a mark. ``done`` (given): filled with what prune says of the days whose
+    removal is done (:func:`_removal_said`), for a prune that names them."""
     from archive_pipeline.core.manifest import removal_state
 
     pending: dict[Period, str] = {}
@@ -1630,8 +1630,8 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done:
             break
         pending |= {day: lookup.archived.key for day, lookup in found.items()
                     if lookup.archived is not None and removal_state(lookup.archived.manifest) == "pending"}
-        if done is not None:
-            done |= {day: lookup.archived.manifest for day, lookup in found.items()
+        if done is not None:  # (what prune lists of each, not the manifests: years of removed days are many)
+            done |= {day: _removal_said(lookup.archived.manifest) for day, lookup in found.items()
                      if lookup.archived is not None and removal_state(lookup.archived.manifest) == "done"}
         unread.update({day: lookup.problem for day, lookup in found.items() if lookup.problem})
     return pending, unread
@@ -1680,9 +1680,9 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
     present, unknown = plan.present_days(run.conn, spec, due, catalog=True)
     # A day no longer in the source whose manifest is still "pending" (a prune killed between the removing
     # COMMIT and its "done" mark) is settled too: nothing else would ever complete its mark.
-    done: dict[Period, dict] = {}
+    done: dict[Period, dict] = {}  # (asked for only where the run names its days: a whole history is not listed)
     pending, unread = _pending_removals(run.store, spec, [d for d in due if d not in present and d not in unknown],
-                                        done=done)
+                                        done=done if run.first or run.last else None)
     for day in due:
         if day in unknown:
             results.append(_unprobed(spec, day, unknown[day]))
@@ -1700,8 +1700,8 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
                             "retryable": retryable})
             continue
         if day not in present and day not in pending:
-            if (run.first or run.last) and day in done:  # named (a retry, a second look): said, not passed over
-                results.append(_removed_before(spec, day, done[day]))
+            if day in done:  # named (a retry, a second look): said, not passed over
+                results.append({"table": spec.name, "day": day.isoformat(), "status": "already removed", **done[day]})
             continue
         run.between_days()
         try:
@@ -1723,12 +1723,11 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
                         "archive": removal.archive})
 
 
-def _removed_before(spec: TableSpec, day: Period, manifest: dict) -> dict[str, Any]:
-    """A due day asked for by name whose removal is done already: listed as prune listed it then, from its mark."""
+def _removal_said(manifest: dict) -> dict[str, Any]:
+    """What prune lists of a day removed before, from its manifest's mark, as it listed the day then."""
     mark = manifest["removed"]
-    return {"table": spec.name, "day": day.isoformat(), "status": "already removed", "action": mark.get("action"),
-            "relation": mark.get("relation") or "", "rows": mark.get("rows", manifest.get("rows")),
-            "archive": (manifest.get("object") or {}).get("uri", ""),
+    return {"action": mark.get("action"), "relation": mark.get("relation") or "",
+            "rows": mark.get("rows", manifest.get("rows")), "archive": (manifest.get("object") or {}).get("uri", ""),
             "message": f"removed from the source before ({mark.get('action')} at {mark.get('at') or '?'})"}
 
 

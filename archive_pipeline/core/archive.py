@@ -367,6 +367,14 @@ def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) 
     return manifest.get("fingerprint") == str(fp) and (names == [c.name for c in table.columns] or fp.rows == 0)
 
 
+def _writer_version(manifest: dict) -> str:
+    """The release that wrote an archive, as its manifest says (a field nothing validates: a resealed manifest may
+    name its writer as one string), or "unknown"."""
+    archiver = manifest.get("archiver")
+    version = archiver.get("version") if isinstance(archiver, dict) else None
+    return version if isinstance(version, str) and version else "unknown"
+
+
 class _Archiving:
     """One archive attempt of one table-day; ``run`` is the sequence of steps in order."""
 
@@ -981,7 +989,7 @@ class _Archiving:
             # the archive's server (the skip read nothing but the fingerprint: no extraction to time)
             server_version=(manifest.get("source") or {}).get("server_version") or snapshot.server_version,
             # (the release that wrote the archive, which the operator looks for; not this one, which wrote nothing)
-            archiver_version=(manifest.get("archiver") or {}).get("version") or "unknown",
+            archiver_version=_writer_version(manifest),
             extract_seconds=0.0, duration_seconds=elapsed,
             upload_wait_seconds=0.0, complete_seconds=0.0, fingerprint=manifest["fingerprint"],
             fingerprint_seconds=fp_seconds, empty=bool(manifest.get("empty")),

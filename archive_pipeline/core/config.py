@@ -744,7 +744,8 @@ def _quoted(text: str) -> str:
 
 # A text setting whose plain value starts with '{' (a key template written without the README's quotes): YAML reads
 # a flow mapping there, which fails the parse or reads as a mapping.
-_BRACED_LINE = re.compile(r"^(?P<lead>[ \t]*(?:-[ \t]+)?(?P<key>[A-Za-z_]+):[ \t]+)(?P<value>\{.*?)[ \t]*$")
+_BRACED_LINE = re.compile(r"^(?P<lead>[ \t]*(?:-[ \t]+)?(?P<key>[A-Za-z_]+):[ \t]+)(?P<value>\{.*?)"
+                          r"(?P<comment>[ \t]+#.*)?[ \t]*$")  # (a '#' after a blank starts a comment: not the value)
 
 
 def _braced_text_settings(data: bytes) -> list[str]:
@@ -761,7 +762,7 @@ def _braced_text_settings(data: bytes) -> list[str]:
         match = _BRACED_LINE.match(line.rstrip("\r"))
         if match and match["key"] in settings:
             braced[number] = (match["key"], match["value"])
-            lines[number] = match["lead"] + _quoted(match["value"])
+            lines[number] = match["lead"] + _quoted(match["value"]) + (match["comment"] or "")
     if not braced:
         return []
     try:

@@ -131,6 +131,10 @@ def require_autocommit(conn: psycopg.Connection, what: str) -> None:
     if not conn.autocommit:
         raise ValueError(f"{what} needs a connection in autocommit mode (psycopg.connect(..., autocommit=True)): "
                          "it commits its own transaction, and only then records it")
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:  # inside the caller's conn.transaction()
+        raise ValueError(f"{what} must be called outside a transaction block (its connection idle, in autocommit "
+                         "mode): it begins and commits its own transactions, which inside the caller's would be "
+                         "savepoints its COMMIT does not end; nothing was done")
 
 
 def require_lock_held(conn: psycopg.Connection, table: str, day: dt.date) -> None:

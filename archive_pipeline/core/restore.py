@@ -896,18 +896,23 @@ def _refuse_unmarkable(conn: psycopg.Connection, manifest: dict, relation: Relat
     would load the day twice, so the day is refused before anything is loaded."""
     if manifest.get("day_column") and fp.recorded_algorithm(manifest.get("fingerprint")) is not None:
         return
-    owner, role = (sql_name(name, qualified=False) for name in conn.execute(  # (the role SET ROLE made current)
-        "SELECT pg_catalog.pg_get_userbyid(c.relowner), CURRENT_USER FROM pg_catalog.pg_class c WHERE c.oid = "
-        "%s::pg_catalog.regclass", (relation.identifier.as_string(conn),)).fetchone())
-    lacks = "no day column to tell its rows by" if not manifest.get("day_column") else "no fingerprint in its manifest"
+    owner, role, superuser = conn.execute(  # (the role SET ROLE made current)
+        "SELECT pg_catalog.pg_get_userbyid(c.relowner), CURRENT_USER, coalesce((SELECT r.rolsuper FROM "
+        "pg_catalog.pg_roles r WHERE r.oid = c.relowner), false) FROM pg_catalog.pg_class c WHERE c.oid = "
+        "%s::pg_catalog.regclass", (relation.identifier.as_string(conn),)).fetchone()
+    owner, role = sql_name(owner, qualified=False), sql_name(role, qualified=False)
+    uncomputable = fp.why_uncomputable(manifest.get("fingerprint"))
+    lacks = ("the archive has no day column to tell its rows by" if not manifest.get("day_column") else
+             uncomputable[0] if uncomputable else "the manifest has no fingerprint this version computes")
+    # (never advise granting a superuser's role: restoring as it is the owner's own choice to make)
+    member = "" if superuser else f" (or a member of it: GRANT {owner} TO {role})"
     raise TargetError(
         f"{relation} carries the restore mark of {manifest['table']} (the days restored into it), which only its "
         f"owner, {owner}, may write, not {role}: the day would be loaded without being listed, and, "
-        f"having {lacks}, a run of the same command again could not tell it was restored and would load it twice; "
+        f"as {lacks}, a run of the same command again could not tell it was restored and would load it twice; "
         "nothing was restored", table=manifest["table"], day=manifest["day"], retryable=False,
         cause="the restoring role may not write the target's restore mark",
-        remedy=f"restore as {owner} (or a member of it: GRANT {owner} TO {role}), or into a new table of your own "
-               "(into='new')")
+        remedy=f"restore as {owner}{member}, or into a new table of your own (into='new')")
 
 
 def _listed_days(conn: psycopg.Connection, relation: Relation | None, table: str) -> set[str] | None:
@@ -2841,8 +2846,8 @@ _PARTITION_OF = """
 SELECT i.inhparent::pg_catalog.regclass::text, pg_catalog.pg_get_expr(c.relpartbound, c.oid)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid
-WHERE n.nspname = %s AND c.relname = %s AND c.relispartition
-"""
+WHERE n.nspname = %s AND c.relname = %s AND c.relispartition AND c.relkind <> 'p'
+"""  # (a partitioned partition: "no partition of relation ...", it lacks one of its own; no bound excluded the day)
 
 
 def _outside_partitions(conn: psycopg.Connection, exc: psycopg.errors.CheckViolation, found, day: str | None):
