@@ -75,8 +75,8 @@ from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snap
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import SNAPSHOT_SETTINGS, SourceTable, composite_signature, day_filter, \
-    estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
+from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, SourceTable, composite_signature, \
+    day_filter, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
     read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
     shape_changes, snapshot_open, view_calls, wrapped
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
@@ -628,9 +628,10 @@ class _Archiving:
         """The day's rows through the format into ``sink``, and the day's fingerprint: the one taken
         first, or one taken while the rows are read (by a second session in the snapshot; where
         none can be opened, e.g. at a connection limit, it is taken first after all)."""
+        # the readers' settings: the snapshot's, and rows in the relation's order (see source.READ_SETTINGS)
         extraction = Extraction(conn=self.conn, table=table, where=where, snapshot=snapshot,
-                                chunk_rows=self.spec.chunk_size, settings=self.settings, progress=self.progress,
-                                progress_every=self.progress_every, strict=self.spec.strict)
+                                chunk_rows=self.spec.chunk_size, settings={**self.settings, **READ_SETTINGS},
+                                progress=self.progress, progress_every=self.progress_every, strict=self.spec.strict)
         plan = plan_streams(self.conn, table, where, self.day, self.spec.parallel_streams, estimate)
         reason = plan.reason
         # the sessions the connection limits leave: asked only when more than this one is wanted (a round trip)
@@ -648,16 +649,22 @@ class _Archiving:
             self.streams = _streams_note(self.spec.parallel_streams, plan.streams, reason)
             if self.streams:
                 log.info("%s %s: %s", self.spec.name, self.day, self.streams)
-            return self._read_planned(fmt, codec, table, where, extraction, plan, free, sink, fp, fp_seconds)
+            return self._read_planned(fmt, codec, table, where, extraction, plan, free, sink, fp, fp_seconds,
+                                      slots.close)
 
     def _read_planned(self, fmt, codec, table: SourceTable, where, extraction: Extraction, plan, free: int, sink,
-                      fp: fingerprint.Fingerprint | None, fp_seconds: float
+                      fp: fingerprint.Fingerprint | None, fp_seconds: float, release_slots: Callable[[], None]
                       ) -> tuple[WriteStats, fingerprint.Fingerprint, float]:
         """``_read`` once the streams are settled: the rows, and the fingerprint beside them if there is room."""
         readers = _readers(fmt, plan)
 
         def write() -> WriteStats:
-            return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)
+            try:
+                return write_day(fmt, codec, self.spec.compression_level, extraction, plan, sink, self.temp_dir)
+            finally:
+                # the streams' sessions are closed: their slots of the pool go back now (README), not when the
+                # fingerprint alongside ends (often later), while the pool would count sessions that are gone
+                release_slots()
 
         bound = _bound_to_its_transaction(self.conn, table, where)
         if fmt.reads_in_own_session and bound:

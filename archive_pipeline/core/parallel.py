@@ -48,8 +48,8 @@ from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import (CONNECT_PARAMETERS, apply_settings, pinned_options,
                                                     unpinned_defaults, watch_client)
-from archive_pipeline.core.source import SourceTable, estimated_rows, lock_day, reads_foreign_tables, same_members, \
-    scanned_relations
+from archive_pipeline.core.source import READ_SETTINGS, SourceTable, estimated_rows, lock_day, reads_foreign_tables, \
+    same_members, scanned_relations
 
 # Inside a stream's transaction: make the TID range scan the plan (an open-ended last range would
 # otherwise be read through an index on the day column, i.e. the whole day for a part of it).
@@ -114,13 +114,16 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
                                       "each stream would read them in a snapshot of its own")
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (table.identifier.as_string(conn),)).fetchone()[0]
     readable = conn.execute("SELECT pg_catalog.has_table_privilege(%s, 'SELECT')", (oid,)).fetchone()[0]
+    # what the day's query reads (partitions left after pruning, a parent and its children not excluded by their
+    # CHECK constraints): the relations whose indexes, rows and pages decide the plan, not the whole tree's
+    scanned = scanned_relations(conn, table, where) or ([] if table.relkind == "p" else [oid])
     if (table.relkind != "p" and table.day_column is not None and table.day_column.base_type in _TIMESTAMPS
-            and _day_index(conn, oid, table)
+            and _day_index(conn, scanned, table)
             # slices of the index where the table holds much more than the day; a table mostly of the day is
             # read in page ranges (each page once: time slices of rows stored out of time order read every page
             # once per stream)
-            and (not readable or not _mostly_the_day(conn, oid, table, where, estimate))):
-        return _sliced(conn, _largest_scanned(conn, table, where) or oid, table, day, requested)
+            and (not readable or not _mostly_the_day(conn, scanned, table, where, estimate))):
+        return _sliced(conn, _largest(conn, scanned), table, day, requested)
     if not readable:
         # SELECT granted column by column: the system columns (ctid, tableoid) are not among them
         return replace(SINGLE, reason=f"the role may read {table.qualified}'s columns but not its ctid (column "
@@ -131,16 +134,12 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
         found = row.fetchone()
         if found is None:
             return replace(SINGLE, reason="the day has no rows")
-        # the largest partition the day's query reads (the ranges apply to each): the first one found may be a
-        # night's few pages, which cut the day's big ones into one range of nearly all their rows
-        oid = _largest_scanned(conn, table, where) or found[0]
-    paged = oid
-    if table.relkind == "r":
-        # an inheritance parent's rows are mostly (often all) its children's: the ranges apply to every relation
-        # the query reads, so they are cut by the largest of them, as for a partitioned table (the parent's own
-        # size is often 0 pages). A table without children: itself.
-        paged = _largest_scanned(conn, table, where) or oid
-    indexed = _index_reads_less(conn, oid, table, where, estimate)
+        scanned = scanned or [found[0]]
+    # the ranges apply to every relation the query reads, so they are cut by the largest of them: for a partitioned
+    # table, the first partition found may be a night's few pages, which would cut the day's big ones into one range
+    # of nearly all their rows; an inheritance parent's own size is often 0 pages. A table without children: itself.
+    paged = _largest(conn, scanned)
+    indexed = _index_reads_less(conn, scanned, table, where, estimate)
     if indexed is None:
         return _ctid_plan(conn, paged, requested)
     if table.day_column.base_type in _TIMESTAMPS:  # a partition of many days, indexed: slices of the index
@@ -148,70 +147,66 @@ def plan_streams(conn: psycopg.Connection, table: SourceTable, where: sql.Compos
     return replace(SINGLE, reason=indexed)
 
 
-def _largest_scanned(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int | None:
-    """The OID of the largest relation the day's query scans (the partitions left after pruning), or None."""
-    oids = scanned_relations(conn, table, where)
-    if not oids:
-        return None
+def _largest(conn: psycopg.Connection, oids: Sequence[int]) -> int:
+    """The OID of the largest of ``oids`` (the relations the day's query scans)."""
     return conn.execute("SELECT u.oid FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS u(oid) "
-                        "ORDER BY pg_catalog.pg_relation_size(u.oid) DESC LIMIT 1", (oids,)).fetchone()[0]
+                        "ORDER BY pg_catalog.pg_relation_size(u.oid) DESC LIMIT 1", (list(oids),)).fetchone()[0]
 
 
-def _mostly_the_day(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
+def _mostly_the_day(conn: psycopg.Connection, scanned: Sequence[int], table: SourceTable, where: sql.Composable,
                     estimate: int | None) -> bool:
-    """Whether the planner's statistics say at least half of the rows the query reads (the relation's and its
-    inheritance children's: the estimate is of the day over all of them) are the day's. Not known (one of them
-    never analyzed): no."""
-    tuples = _tree_tuples(conn, oid)
+    """Whether the planner's statistics say at least half of the rows the day's query reads (those of the relations
+    it scans: the estimate is of the day over them) are the day's. Not known (one never analyzed): no."""
+    tuples = _scanned_tuples(conn, scanned)
     if tuples <= 0:
         return False
     rows = estimated_rows(conn, table, where) if estimate is None else estimate
     return rows * 2 >= tuples
 
 
-def _index_reads_less(conn: psycopg.Connection, oid: int, table: SourceTable, where: sql.Composable,
+def _index_reads_less(conn: psycopg.Connection, scanned: Sequence[int], table: SourceTable, where: sql.Composable,
                       estimate: int | None) -> str | None:
-    """Why ctid ranges would read far more than the day: the relation holds more than twice the
-    day's rows (the planner's estimates) and an index on the day column reads the day alone.
-    Ranges of pages cover the whole relation, its history included, with index scans off. The relation's rows
-    are its own and its inheritance children's (the query reads them all, and the estimate is of all of them)."""
-    if table.day_column is None or not _day_index(conn, oid, table):
+    """Why ctid ranges would read far more than the day: the relations the day's query scans hold more than twice
+    the day's rows (the planner's estimates) and an index on the day column reads the day alone. Ranges of pages
+    cover each of them whole, its history included, with index scans off; an inheritance child the query never
+    reads (excluded by its CHECK constraint) is no part of that."""
+    if table.day_column is None or not _day_index(conn, scanned, table):
         return None
-    name = conn.execute("SELECT %s::pg_catalog.regclass::text", (oid,)).fetchone()[0]
-    tuples = _tree_tuples(conn, oid)
+    tuples = _scanned_tuples(conn, scanned)
     rows = estimated_rows(conn, table, where) if estimate is None else estimate
     if tuples <= 0 or rows * 2 >= tuples:  # never analyzed (-1), or mostly the day
         return None
+    name = conn.execute("SELECT %s::pg_catalog.regclass::text", (scanned[0],)).fetchone()[0] if len(scanned) == 1 \
+        else f"the {len(scanned)} relations of {table.qualified} the day's query reads"
     return (f"ctid ranges would read all of {name} (~{tuples:,.0f} rows) for the day's ~{rows:,}, which the index "
             f"on {table.day_column.name} reads alone (a {table.day_column.base_type} day cannot be cut in time slices)")
 
 
-def _tree_tuples(conn: psycopg.Connection, oid: int) -> float:
-    """The planner's count of rows (reltuples) of the relation and its inheritance children, all levels: what a
-    query of it reads, as the day's estimate counts it (a parent's own reltuples leaves out its children's rows,
-    and is 0 for the usual parent holding none). -1 (not known) if one of them was never analyzed."""
+def _scanned_tuples(conn: psycopg.Connection, scanned: Sequence[int]) -> int:
+    """The planner's count of rows (reltuples) of the relations the day's query scans, as the day's estimate
+    counts them; -1 (not known) if one holding pages was never analyzed. A relation of 0 pages holds 0 rows
+    whatever its reltuples says: an empty inheritance parent is never analyzed (autovacuum analyzes a relation
+    whose own rows change), and its -1 made every day of its children "not known", read in page ranges."""
     return conn.execute(
-        "WITH RECURSIVE tree(oid) AS (SELECT %s::pg_catalog.oid UNION ALL SELECT h.inhrelid FROM "
-        "pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid) "
-        "SELECT CASE WHEN pg_catalog.bool_or(c.reltuples < 0) THEN -1 "
-        "ELSE pg_catalog.sum(c.reltuples::pg_catalog.int8)::pg_catalog.int8 END "  # whole: a role's extra_float_digits
-        # (-15) prints a float with one digit
-        "FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid", (oid,)).fetchone()[0]
+        "SELECT CASE WHEN pg_catalog.bool_or(c.reltuples < 0 AND s.size > 0) THEN -1 "
+        "ELSE pg_catalog.sum(CASE WHEN s.size = 0 THEN 0 ELSE c.reltuples::pg_catalog.int8 END)::pg_catalog.int8 END "
+        # whole numbers: a role's extra_float_digits (-15) prints a float with one digit
+        "FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS u(oid) JOIN pg_catalog.pg_class c ON c.oid = u.oid "
+        "CROSS JOIN LATERAL (SELECT pg_catalog.pg_relation_size(c.oid) AS size) s", (list(scanned),)).fetchone()[0] or 0
 
 
-def _day_index(conn: psycopg.Connection, oid: int, table: SourceTable) -> bool:
-    """Whether a valid btree index leads with the day column (so a time slice is an index range) in
-    the table and in every inheritance child the day's query reads too. Not a partial one: the
-    day's query does not imply its predicate. Without such an index, every stream would scan the
-    whole relation (ctid ranges read it once between them)."""
+def _day_index(conn: psycopg.Connection, scanned: Sequence[int], table: SourceTable) -> bool:
+    """Whether a valid btree index leads with the day column (so a time slice is an index range) in every relation
+    the day's query scans (an inheritance parent and its children alike). Not a partial one: the day's query does
+    not imply its predicate. Without such an index, every stream would scan the whole relation (ctid ranges read
+    it once between them)."""
     return bool(conn.execute(
-        "WITH RECURSIVE tree(oid) AS (SELECT %s::pg_catalog.oid UNION ALL SELECT h.inhrelid FROM "
-        "pg_catalog.pg_inherits h JOIN tree ON h.inhparent = tree.oid) "
         "SELECT pg_catalog.bool_and(EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c "
         "ON c.oid = i.indexrelid JOIN pg_catalog.pg_am am ON am.oid = c.relam JOIN pg_catalog.pg_attribute a "
-        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = tree.oid AND i.indisvalid "
-        "AND i.indpred IS NULL AND am.amname = 'btree' AND a.attname = %s)) FROM tree",
-        (oid, table.day_column.name)).fetchone()[0])
+        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = u.oid AND i.indisvalid "
+        "AND i.indpred IS NULL AND am.amname = 'btree' AND a.attname = %s)) "
+        "FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS u(oid)",
+        (table.day_column.name, list(scanned))).fetchone()[0])
 
 
 def _pages(conn: psycopg.Connection, oid: int) -> int:
@@ -297,8 +292,14 @@ def stream_extractions(extraction: Extraction, plan: StreamPlan,
 
     return [replace(extraction, conn=conn, where=sql.SQL("({}) AND ({})").format(extraction.where, cond),
                     snapshot=replace(extraction.snapshot, release=lambda: None), header=(i == 0),
-                    progress=progress_of(i), settings={**extraction.settings, **plan.settings})
+                    progress=progress_of(i), settings=_stream_settings(extraction, plan))
             for i, (conn, cond) in enumerate(zip(conns, plan.conditions, strict=True))]
+
+
+def _stream_settings(extraction: Extraction, plan: StreamPlan) -> dict[str, str]:
+    """A stream's settings: the read's, rows in the relation's order whoever built the extraction (see
+    source.READ_SETTINGS), and its plan's (a ctid range's index scans off)."""
+    return {**extraction.settings, **READ_SETTINGS, **plan.settings}
 
 
 def dsn_of(conn: psycopg.Connection) -> str:
@@ -386,7 +387,7 @@ def write_text_streams(fmt, codec, level: int | None, extraction: Extraction, pl
     the others into spools appended in order. Concatenated zstd frames, gzip members and lz4 frames
     are each one valid stream of the codec (every reader here reads across them), and compressing
     per stream spreads the compressor's CPU over the streams."""
-    sessions = open_text_sessions(extraction, plan.streams, {**extraction.settings, **plan.settings})
+    sessions = open_text_sessions(extraction, plan.streams, _stream_settings(extraction, plan))
     try:
         # every stream holds the snapshot now: the coordinator is done (inside the try: where its COMMIT
         # fails, a terminated coordinator say, the streams must not be left idle in their transactions)
@@ -421,6 +422,10 @@ def write_day(fmt, codec, level: int | None, extraction: Extraction, plan: Strea
               temp_dir: str | os.PathLike | None = None) -> WriteStats:
     """The day's rows through ``fmt`` (and ``codec``) into ``sink``, by one stream or by ``plan``'s."""
     if plan.streams == 1:
+        if not fmt.reads_in_own_session:
+            # read in the coordinator's session, after any fingerprint it took first (which keeps its own settings):
+            # for this transaction's rest, rows in the relation's order (see source.READ_SETTINGS)
+            apply_settings(extraction.conn.execute, READ_SETTINGS)
         with codec.open(sink, level) as out:
             return fmt.write(extraction, out)
     if fmt.compresses_internally:

@@ -70,6 +70,18 @@ SNAPSHOT_SETTINGS = {
     "jit": "off",
 }
 
+# Settings of every session that reads the day's rows into the archive (the archive's own session where it reads
+# alone, each stream's, the Parquet reader's), for the README's "byte-identical from run to run": rows in the order
+# the relation holds them, as pg_dump reads them. Not the fingerprint's (a sum: any order proves the same rows).
+READ_SETTINGS = {
+    # on (the default), a sequential scan of a table over a quarter of shared_buffers starts where another
+    # client's last scan of it stopped (a report's LIMIT, the fingerprint's scan alongside) and wraps around
+    "synchronize_seqscans": "off",
+    # a Gather over a Parallel Seq Scan returns rows in whatever order the leader and its workers produce them;
+    # the archive's own streams are what split a day (one stream, one backend)
+    "max_parallel_workers_per_gather": "0",
+}
+
 
 # One node of a column's type, as a composite's values depend on it: (its way from the column: steps as in
 # InnerType joined by spaces, "" for the column's own type; the type: a built-in type's name, or the kind of a
