@@ -1307,6 +1307,28 @@ SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %(t)s::regc
 """
 
 
+def _routed_back(conn: psycopg.Connection, table: SourceTable, child: sql.Identifier, day: Period) -> bool:
+    """Whether the table's BEFORE INSERT trigger takes a row of ``child``'s day away from the table itself, as a
+    restore's load would insert it: one such row inserted into the table (in a savepoint, rolled back) lands
+    nowhere in it. A trigger that only tidies a row (``NEW.v := btrim(NEW.v); RETURN NEW``) lets it land in the
+    table, where a restore would put every row. A unique violation of another table's key is the row meeting itself
+    in the child it was routed into (it is still there); of the table's own, the row landed in it; any other error
+    proves nothing."""
+    columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+    probe = sql.SQL("WITH landed AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM ONLY {child} WHERE {day} "
+                    "LIMIT 1 RETURNING 1) SELECT count(*) FROM landed").format(
+        table=table.identifier, columns=columns, child=child, day=day_filter(table, day))
+    try:
+        with conn.transaction(force_rollback=True):
+            return conn.execute(probe).fetchone()[0] == 0
+    except psycopg.errors.UniqueViolation as exc:
+        return (exc.diag.schema_name, exc.diag.table_name) != (table.schema, table.name)
+    except psycopg.errors.OperationalError:
+        raise
+    except psycopg.Error:
+        return False
+
+
 def _refuse_inheriting_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
     """DELETE FROM the table also deletes the rows of tables that inherit from it; the archive holds them as rows
     of the table (what SELECT * FROM it returns), not which table each lay in, so a restore puts them back into
@@ -1316,16 +1338,18 @@ def _refuse_inheriting_rows(conn: psycopg.Connection, spec: TableSpec, day: Peri
     INHERITS (events)``) are in no archive at all. Refuse, naming them, where such a table holds rows of the day:
     the day could not be put back as it was."""
     relation = table.identifier.as_string(conn)
-    routed = None  # (asked only where a child without columns of its own holds rows of the day)
+    router = None  # (asked only where a child without columns of its own holds rows of the day)
     found, wider, plain = [], False, False
     for schema, name, columns in conn.execute(_INHERITING, {"t": relation}).fetchall():
+        child = sql.Identifier(schema, name)
+        if not _holds_day(conn, child, table, day):
+            continue
         if not columns:
-            routed = conn.execute(_ROUTED, {"t": relation}).fetchone()[0] if routed is None else routed
-            if routed:
+            router = conn.execute(_ROUTED, {"t": relation}).fetchone()[0] if router is None else router
+            if router and _routed_back(conn, table, child, day):
                 continue
-        if _holds_day(conn, sql.Identifier(schema, name), table, day):
-            found.append(relation_name(schema, name) + (f" (columns {', '.join(columns)})" if columns else ""))
-            wider, plain = wider or bool(columns), plain or not columns
+        found.append(relation_name(schema, name) + (f" (columns {', '.join(columns)})" if columns else ""))
+        wider, plain = wider or bool(columns), plain or not columns
     if not found:
         return
     why = []

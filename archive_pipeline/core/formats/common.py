@@ -246,9 +246,13 @@ def _refuse_broken_domain(conn: psycopg.Connection, table: SourceTable, where: s
         return
     domains = ", ".join(dict.fromkeys(d.at.type for d in found))
     nested = "; ".join(d.at.route for d in found if d.at.steps and set(d.at.steps) != {"domain"})
-    not_valid = [f"ALTER DOMAIN {d.at.type} VALIDATE CONSTRAINT {c}" for d in found for c in d.not_valid]
+    # (only a domain that is the column's type, or one it is a domain over: PostgreSQL cannot validate one used
+    # inside an array, composite or range, "cannot alter type ... because column ... uses it")
+    not_valid = [f"ALTER DOMAIN {d.at.type} VALIDATE CONSTRAINT {sql.Identifier(c).as_string(conn)}"
+                 for d in found if set(d.at.steps) <= {"domain"} for c in d.not_valid]
     own = next((d for d in found if set(d.at.steps) <= {"domain"}), None)  # (the column's own type's)
-    view = f"the column as its domain's base type ({column.name}::{own.base})" if own else "the column as text"
+    view = (f"the column as its domains' base type ({sql.Identifier(column.name).as_string(conn)}::"
+            f"{_ultimate_base(conn, own.at.type)})" if own else "the column as text")
     raise UnsupportedTypeError(
         f"column {column.name!r} ({column.type_name}{', at ' + nested if nested else ''}) of {table.qualified} holds "
         f"{detail.format(domains=domains)}: archived, the day "
@@ -258,6 +262,16 @@ def _refuse_broken_domain(conn: psycopg.Connection, table: SourceTable, where: s
         remedy="fix the value in the source (UPDATE the rows to values the domain takes"
                + (f", then {'; '.join(not_valid)}" if not_valid else "")
                + f"), or archive a view of the table with {view}")
+
+
+def _ultimate_base(conn: psycopg.Connection, domain: str) -> str:
+    """The type at the end of ``domain``'s chain of domains (a domain over a domain: casting to the one below would
+    check the same constraint again), as SQL writes it in this session."""
+    return conn.execute("WITH RECURSIVE chain(oid, typmod) AS (SELECT %s::pg_catalog.regtype::pg_catalog.oid, -1 "
+                        "UNION ALL SELECT t.typbasetype, t.typtypmod FROM chain JOIN pg_catalog.pg_type t ON t.oid = "
+                        "chain.oid WHERE t.typtype = 'd') SELECT pg_catalog.format_type(c.oid, NULLIF(c.typmod, -1)) "
+                        "FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype <> 'd'",
+                        (domain,)).fetchone()[0]
 
 
 # ---- refusals raised inside PostgreSQL and failures PostgreSQL raises on a value ----------------------
