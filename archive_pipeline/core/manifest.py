@@ -313,7 +313,7 @@ def foreign_objects(manifest: dict[str, Any], key: str) -> str | None:
 
 
 _FIELDS = {"table": str, "day": str, "rows": int, "format": str, "compression": str, "columns": list}
-_OBJECT_FIELDS = {"key": str, "bytes": int, "md5": str}
+_OBJECT_FIELDS = {"key": str, "bytes": int, "md5": str, "uri": str}  # (uri: every version wrote it; messages index it)
 _KINDS = {str: "a string", int: "an integer", list: "a list"}
 MAX_COLUMNS = 1600  # PostgreSQL's limit of columns in a table (MaxHeapAttributeNumber)
 _KIND_NAMES = {**_KINDS, dict: "an object"}
@@ -372,9 +372,6 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
         return f"its field object.content_encoding is {encoding!r}, not an HTTP token (it is sent as a header)"
     if problem := _times_problem(manifest) or _source_problem(manifest) or _archiver_problem(manifest):
         return problem
-    uri = (manifest.get("object") or {}).get("uri")
-    if uri is not None and not isinstance(uri, str):
-        return f"its field object.uri is {uri!r}, not a string"
     mark = manifest.get("removed")
     if isinstance(mark, dict):  # (its type is _consistency_problem's)
         for name in ("state", "at", "action", "relation"):
@@ -394,7 +391,8 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
         return problem
     for column in manifest["columns"]:
         for name in ("output_type", "pg_type", "base_type"):  # (read by name where present: the run's metadata, the proof's types)
-            if (name in column or name == "pg_type") and not isinstance(column.get(name), str):  # (pg_type: always written)
+            # (pg_type is required: every version wrote it, and a proof or restore without a definition reads it)
+            if (name in column or name == "pg_type") and not isinstance(column.get(name), str):
                 return f"its field columns[{column['name']!r}].{name} is {column.get(name)!r}, not a string"
         numbers = column.get("numbers")
         if numbers is not None and not (isinstance(numbers, list) and all(
