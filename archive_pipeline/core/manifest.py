@@ -205,6 +205,8 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         size = int(raw[len(OVERSIZED):].split(b":", 1)[0])
         raise ManifestError(f"{size:,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} bytes at most): "
                             "not read")
+    if not raw:  # (a zero-byte object another tool left at the key: the store vouched for its emptiness)
+        raise ManifestError("it is empty (a zero-byte object, not a manifest)")
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -249,6 +251,11 @@ def _consistency_problem(manifest: dict[str, Any]) -> str | None:
         return f"its field empty is {empty!r}, not true or false"
     if empty and (rows or obj is not None):
         return f"it says the day is empty, yet records {rows:,} rows" + (" and an object" if obj is not None else "")
+    if isinstance(obj, dict) and obj["bytes"] < 0:
+        return f"its field object.bytes is {obj['bytes']}, a negative size"
+    if isinstance(obj, dict) and rows and not obj["bytes"]:
+        # (no format holds a row in no bytes: a zero-byte object left at the key, the manifest matched to it)
+        return f"its object holds 0 bytes, which cannot hold the {rows:,} rows it records"
     recorded = manifest.get("fingerprint")
     if recorded is not None:
         if not isinstance(recorded, str):
@@ -306,7 +313,7 @@ def foreign_objects(manifest: dict[str, Any], key: str) -> str | None:
 
 
 _FIELDS = {"table": str, "day": str, "rows": int, "format": str, "compression": str, "columns": list}
-_OBJECT_FIELDS = {"key": str, "bytes": int, "md5": str}
+_OBJECT_FIELDS = {"key": str, "bytes": int, "md5": str, "uri": str}  # (uri: every version wrote it; messages index it)
 _KINDS = {str: "a string", int: "an integer", list: "a list"}
 MAX_COLUMNS = 1600  # PostgreSQL's limit of columns in a table (MaxHeapAttributeNumber)
 _KIND_NAMES = {**_KINDS, dict: "an object"}
@@ -328,7 +335,24 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
     if len(manifest["columns"]) > MAX_COLUMNS:  # (every reader's DDL and messages would be built from them)
         return (f"it records {len(manifest['columns']):,} columns, more than a PostgreSQL table can have "
                 f"({MAX_COLUMNS:,})")
+    if problem := _columns_problem(manifest["columns"], "columns"):
+        return problem
+    if not manifest["columns"] and (manifest["rows"] or manifest["object"] is not None):
+        # (a table without columns is refused before it is archived: no format's restore writes its rows back)
+        return f"it records no column for its {manifest['rows']:,} rows"
     return _optional_shape_problem(manifest)
+
+
+def _columns_problem(columns: list[dict], where: str) -> str | None:
+    """A column named twice in ``columns`` (a manifest's columns[], or its table definition's), or None: no table
+    has two columns of one name, and every restore, proof and removal builds its SQL from these names (a
+    DuplicateColumn there read as "the server rejected the archiver's SQL ... report it")."""
+    seen: set[str] = set()
+    for column in columns:
+        if column["name"] in seen:
+            return f"its {where} name {column['name']!r} twice"
+        seen.add(column["name"])
+    return None
 
 
 def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
@@ -346,12 +370,8 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
     if encoding is not None and not (isinstance(encoding, str) and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+",
                                                                                encoding)):
         return f"its field object.content_encoding is {encoding!r}, not an HTTP token (it is sent as a header)"
-    snapshot = (manifest.get("source") or {}).get("snapshot_at")
-    if snapshot is not None and not isinstance(snapshot, str):
-        return f"its field source.snapshot_at is {snapshot!r}, not a string"
-    uri = (manifest.get("object") or {}).get("uri")
-    if uri is not None and not isinstance(uri, str):
-        return f"its field object.uri is {uri!r}, not a string"
+    if problem := _times_problem(manifest) or _source_problem(manifest) or _archiver_problem(manifest):
+        return problem
     mark = manifest.get("removed")
     if isinstance(mark, dict):  # (its type is _consistency_problem's)
         for name in ("state", "at", "action", "relation"):
@@ -367,10 +387,13 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
     columns = [*manifest["columns"], *(definition.get("columns") or [])]
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "\x00" not in c["name"] for c in columns):
         return "its columns (or its table definition's) are not each an object with a name (without NUL)"
+    if problem := _definition_problem(manifest):
+        return problem
     for column in manifest["columns"]:
         for name in ("output_type", "pg_type", "base_type"):  # (read by name where present: the run's metadata, the proof's types)
-            if name in column and not isinstance(column[name], str):
-                return f"its field columns[{column['name']!r}].{name} is {column[name]!r}, not a string"
+            # (pg_type is required: every version wrote it, and a proof or restore without a definition reads it)
+            if (name in column or name == "pg_type") and not isinstance(column.get(name), str):
+                return f"its field columns[{column['name']!r}].{name} is {column.get(name)!r}, not a string"
         numbers = column.get("numbers")
         if numbers is not None and not (isinstance(numbers, list) and all(
                 isinstance(n, dict) and isinstance(n.get("steps"), list) and isinstance(n.get("type"), str)
@@ -382,6 +405,84 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
         except (ValueError, KeyError, TypeError) as exc:  # (a PeriodError is a ValueError)
             return f"its period cannot be read ({exc})"
     return None
+
+
+def _times_problem(manifest: dict[str, Any]) -> str | None:
+    """archived_at and source.snapshot_at, where present, as ISO times: the skip, list and the runs' metadata
+    parse them, and a resealed "yesterday" failed a skip as "an unexpected error (ValueError)"."""
+    if not isinstance((manifest.get("source") or {}).get("snapshot_at"), str):  # (every version wrote it)
+        return f"its field source.snapshot_at is {(manifest.get('source') or {}).get('snapshot_at')!r}, not a time"
+    for where, value in (("archived_at", manifest.get("archived_at")),
+                         ("source.snapshot_at", (manifest.get("source") or {}).get("snapshot_at"))):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"its field {where} is {value!r}, not a string"
+        try:
+            dt.datetime.fromisoformat(value)
+        except ValueError:
+            return f"its field {where} is {value[:100]!r}, not a time (ISO 8601)"
+    return None
+
+
+def _source_problem(manifest: dict[str, Any]) -> str | None:
+    """The source's identity, where recorded, as text: compared with this database's, shown in messages and the
+    run's metadata (its server version), and its encoding decides how a restore reads the rows."""
+    source = manifest.get("source") or {}
+    for name in ("database", "system_identifier", "server_version", "encoding"):
+        if source.get(name) is not None and not isinstance(source[name], str):
+            return f"its field source.{name} is {source[name]!r}, not a string"
+    return None
+
+
+def _archiver_problem(manifest: dict[str, Any]) -> str | None:
+    """The writer, where recorded: an object whose name and version (where present) are strings. A writer named as
+    one string (``"archive_pipeline 0.9"``, resealed by a migration tool) is only shown, and is read as "unknown"
+    (see archive._writer_version): such a manifest stays readable, as it was before writers were checked."""
+    archiver = manifest.get("archiver")
+    if archiver is None or isinstance(archiver, str):
+        return None
+    if not isinstance(archiver, dict):
+        return f"its field archiver is {archiver!r}, not an object"
+    for name in ("name", "version"):
+        if archiver.get(name) is not None and not isinstance(archiver[name], str):
+            return f"its field archiver.{name} is {archiver[name]!r}, not a string"
+    return None
+
+
+def _definition_problem(manifest: dict[str, Any]) -> str | None:
+    """The table definition's columns, where it has any: the ones columns[] records (a restore into a new table
+    creates them, then inserts columns[]: a definition without them made the table the restore then failed to
+    fill, and the removal's proof, which reads columns[], let the day go), each once, of a type named by a string
+    (PostgreSQL's type-name parser is asked about it: a number failed as "the server rejected the archiver's
+    SQL") and NOT NULL or not."""
+    definition = manifest.get("table_definition") or {}
+    if not definition:  # (none recorded: restore derives it from columns[], as for a version 1 manifest)
+        return None
+    columns = definition.get("columns")
+    if not isinstance(columns, list):
+        return f"its field table_definition.columns is {columns!r}, not a list"
+    if problem := _columns_problem(columns, "table definition's columns"):
+        return problem
+    for column in columns:
+        if not isinstance(column.get("type"), str):
+            return (f"its field table_definition.columns[{column['name']!r}].type is {column.get('type')!r}, "
+                    "not a string")
+        if column.get("not_null") is not None and not isinstance(column["not_null"], bool):
+            return (f"its field table_definition.columns[{column['name']!r}].not_null is {column['not_null']!r}, "
+                    "not true or false")
+    defined, recorded = {c["name"] for c in columns}, {c["name"] for c in manifest["columns"]}
+    if defined != recorded:
+        missing, extra = sorted(recorded - defined), sorted(defined - recorded)
+        return ("its table definition does not define the columns it records: "
+                + "; ".join([*([f"it lacks {_names(missing)}"] if missing else []),
+                             *([f"it adds {_names(extra)}"] if extra else [])]))
+    return None
+
+
+def _names(names: list[str]) -> str:
+    """Column names for a message, the first ten of a wide table's."""
+    return ", ".join(map(repr, names[:10])) + (f" and {len(names) - 10:,} more" if len(names) > 10 else "")
 
 
 def foreign_manifest(manifest: dict, table: str, day: str) -> str | None:

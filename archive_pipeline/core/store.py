@@ -336,6 +336,18 @@ _READ_AFTER_WRITE_PAUSES = (0.2, 0.8, 2.0)
 _HEX_ETAG = re.compile(r"[0-9A-Fa-f]{32}(-[0-9]+)?")
 
 
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()  # d41d8cd98f00b204e9800998ecf8427e: the ETag of a zero-byte object
+
+
+def _stored_empty(response: dict, etag: str) -> bool:
+    """Whether an empty body is the object as stored, not a 200 that lost its body on the way: the answer says
+    Content-Length 0 and its (strong) ETag is the MD5 of nothing. Another tool's zero-byte object at a manifest
+    key (a sync tool's placeholder, a copy of an empty file) was read three times as a network fault, and every
+    command sent the operator to the network path for what no retry changes."""
+    return (response.get("ContentLength") == 0 and etag == EMPTY_MD5
+            and not str(response.get("ETag", "")).strip().startswith(("W/", "w/")))
+
+
 def etag_text(etag: object) -> str:
     """An ETag without its quotes, an MD5's hex digits (a multipart's ``md5-N`` too) in lower case: some stores
     answer them in upper case, and a digest's case means nothing. A weak ETag (``W/"..."``, as a gateway that may
@@ -919,6 +931,9 @@ class S3Store:
                 problem = f"the store answered {status} without an ETag (not the object: a gateway's own page?)"
                 log.warning("%s read failed: %s", self.uri(key), problem)
                 continue
+            if not data and _stored_empty(response, etag):  # a zero-byte object another tool left at the key:
+                self._note_answered(data, response)  # what is stored, for the caller to refuse as no manifest
+                return data
             if not data:  # what we read this way is never empty: a 200 without its body (a proxy's, a gateway's)
                 problem = "the store answered 200 with an empty body"
                 log.warning("%s read failed: %s", self.uri(key), problem)
