@@ -340,7 +340,8 @@ def _passwords() -> tuple[str | None, ...]:
 _CLI_WORDING = [  # what the core says of a Dagster run, and what it means for one try of a command
     (re.compile(r"; (?:the run|the download|the day) will be retried"), "; retryable"),
     (re.compile(r"transient, retried"), "transient"),
-    (re.compile(r"(; to fix: |^)retried automatically"), r"\1run the command again (it tries once)"),
+    # at a remedy's start, or a clause of it after "; " (the recovery conflict's remedy ends with it)
+    (re.compile(r"(; to fix: |^|; )retried automatically"), r"\1run the command again (it tries once)"),
     (re.compile(r"retrying later"), "try again later"),
     # remedies through settings the command line does not have: Dagster's pools, the resource's max_concurrency
     (re.compile(r"lower the pool limit or the store's max_concurrency"),

@@ -34,8 +34,8 @@ from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
-from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
-                                          note_cancelled, renote_cancelled)
+from archive_pipeline.core.errors import (ArchiveError, SourceError, UnsupportedTypeError, is_cancellation, is_retryable,
+                                          named, note_cancelled, renote_cancelled)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -75,10 +75,10 @@ from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snap
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, SourceTable, composite_signature, \
+from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
     day_filter, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
     read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
-    shape_changes, snapshot_open, view_calls, wrapped
+    shape_changes, snapshot_open, standby_replay, view_calls, wrapped
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
@@ -367,6 +367,15 @@ def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) 
     return manifest.get("fingerprint") == str(fp) and (names == [c.name for c in table.columns] or fp.rows == 0)
 
 
+def _snapshot_time(manifest: dict) -> dt.datetime | None:
+    """When ``manifest``'s archive read its source (None where it does not say, or not as a time with its zone)."""
+    try:
+        taken = dt.datetime.fromisoformat(str((manifest.get("source") or {}).get("snapshot_at")))
+    except ValueError:
+        return None
+    return taken if taken.tzinfo is not None else None
+
+
 def _writer_version(manifest: dict) -> str:
     """The release that wrote an archive, as its manifest says (a field nothing validates: a resealed manifest may
     name its writer as one string), or "unknown"."""
@@ -394,6 +403,7 @@ class _Archiving:
         self._tidied: set[str] = set()  # the stray generations _tidy deleted (free to be written again)
         self.started = time.perf_counter()
         self.streams = ""  # how the day was split among parallel_streams (see _streams_note)
+        self._replay: Replay | None | bool = False  # a standby's replay, asked once the snapshot is taken (False: not yet)
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
@@ -413,6 +423,7 @@ class _Archiving:
         try:
             with temp_archive_file(self.temp_dir, suffix=f".{object_extension(self.spec)}") as sink:
                 with read_snapshot(self.conn, self.settings) as snapshot:
+                    self._refuse_stale_standby(None)  # (where the standby's replay stood as the snapshot was taken)
                     declarative = self.spec.partitioning.mode == "declarative"
                     children = day_children(self.conn, self.spec, self.day) if declarative else []
                     table = source_table(self.conn, self.spec, self.day)
@@ -856,6 +867,8 @@ class _Archiving:
               overwrite: bool) -> bool:
         """True to skip: the archive is this day's rows exactly. Raises if it must not be replaced."""
         same = _same_rows(manifest, table, fp)
+        if not same:  # a standby behind the archive reads the day as it was, not as it changed
+            self._refuse_stale_standby(manifest)
         removed = manifest.get("removed")
         if removed:
             if same:
@@ -895,6 +908,37 @@ class _Archiving:
             self._refuse_inexact_archive(manifest)
             return True
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
+
+    def _refuse_stale_standby(self, manifest: dict | None) -> None:
+        """On a hot standby whose replay is paused with WAL waiting, or behind ``manifest``'s archive (WAL received
+        and not replayed, nothing replayed since that archive's snapshot): refused, retryable. Its day is the
+        primary's of some time ago: called "changed since it was archived ... set overwrite", and overwritten as
+        advised, the archive lost rows the primary had committed before the run began."""
+        if self.conn.info.parameter_status("in_hot_standby") not in ("on", None):
+            return  # (a primary says so without a query, from PostgreSQL 14 on)
+        if self._replay is False:
+            self._replay = standby_replay(self.conn)
+        replay = self._replay
+        taken = _snapshot_time(manifest) if manifest is not None else None
+        if replay is None or not replay.stale(taken):
+            return
+        said = f"{self.spec.name} {self.day}: the source (ARCHIVE_PG_DSN) is a hot standby "
+        if replay.paused:
+            raise SourceError(said + f"whose WAL replay is paused (pg_is_wal_replay_paused(); {replay.behind_by()}): "
+                              "what the primary committed since is not there to read, so its day may be stale, not "
+                              "changed; nothing was written", table=self.spec.name, day=self.day.isoformat(),
+                              retryable=True, cause="the standby's WAL replay is paused",
+                              remedy="retried automatically; resume replay on the standby (SELECT "
+                                     "pg_wal_replay_resume(), as a superuser or a role granted it), or archive from "
+                                     "the primary")
+        raise SourceError(said + f"lagging behind the archive {self._archive_uri(manifest)} (snapshot "
+                          f"{manifest.get('source', {}).get('snapshot_at')}; {replay.behind_by()}): its day may lack "
+                          "rows the primary committed since, not have changed; nothing was written",
+                          table=self.spec.name, day=self.day.isoformat(), retryable=True,
+                          cause="the standby has not replayed the WAL it received",
+                          remedy="retried automatically, once the standby has replayed it; if it persists, look at "
+                                 "its replay lag (pg_stat_replication.replay_lag on the primary, the standby's "
+                                 "recovery conflicts and I/O)")
 
     def _refuse_inexact_archive(self, manifest: dict) -> None:
         """A ``strict`` table accepts no archive whose manifest records a column as not exact (one written
@@ -1036,6 +1080,8 @@ class _Archiving:
         rows that exist nowhere else.
         """
         try:
+            if existing.manifest is not None and existing.manifest.get("fingerprint") != result.fingerprint:
+                self._refuse_stale_standby(existing.manifest)  # (an overwrite from it would lose the rows it lacks)
             superseded, kept = self._retire(result, existing)
             manifest = build_manifest(result, identity, definition)
             manifest.update(superseded=superseded, kept=kept)

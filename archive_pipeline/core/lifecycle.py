@@ -203,6 +203,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             mark = manifest["removed"]  # (when and by whom: this run removed nothing)
             return Removal(spec.name, day, action, mark.get("relation", ""), manifest["rows"], archive,
                            _parse_time(mark.get("at")), dry_run, already_removed=True, removed_by=mark.get("by"))
+        refuse_other_cluster(conn, spec, day, manifest)  # (before the proof's work: the rows may well be the same)
         refuse_layout_change(spec, day, manifest)
         try:
             target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
@@ -279,6 +280,34 @@ def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: s
         target = _target(conn, spec, day, table, action)
         _refuse_unremovable(conn, spec, day, table, target, action)
     return target
+
+
+def refuse_other_cluster(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict | None, *,
+                         reads: psycopg.Connection | None = None) -> None:
+    """:class:`RemovalRefused` where ``conn``, the primary a removal runs on, is another cluster than the one the
+    day was archived from (``manifest``'s system identifier, where it records one) or than ``reads``, the server
+    the code location reads (ARCHIVE_PG_DSN: a standby shares its primary's). ARCHIVE_PG_PRIMARY_DSN naming a
+    staging copy loaded from a dump (the same rows) had that copy's day dropped and the manifest marked removed,
+    while the real source kept the day, never to be archived again. Where a role may not read the identifier
+    (pg_control_system()), nothing is refused on it."""
+    day = spec.period(day)
+    try:
+        here = server_identity(conn)[1]
+        there = server_identity(reads)[1] if reads is not None else None
+    except psycopg.Error as exc:
+        raise wrapped(exc, conn, spec, day.isoformat(), doing="removing") from None
+    archived = str(((manifest or {}).get("source") or {}).get("system_identifier") or "") or None
+    other, whose = (archived, "the day's archive was taken from") if here and archived and here != archived else         (there, "ARCHIVE_PG_DSN, the server the code location reads, is of") if here and there and here != there         else (None, "")
+    if other is None:
+        return
+    raise RemovalRefused(
+        f"{spec.name} {day} stays in the source: the database a removal runs on (ARCHIVE_PG_PRIMARY_DSN, else "
+        f"ARCHIVE_PG_DSN) is of cluster {here} (its system identifier), and {whose} cluster {other}: another "
+        "cluster's copy of the table is not the day's source; nothing was removed", table=spec.name,
+        day=day.isoformat(), retryable=False, cause="the removal's primary is another cluster",
+        remedy=f"set ARCHIVE_PG_PRIMARY_DSN to the primary of cluster {other} (SELECT system_identifier FROM "
+               "pg_control_system() there); if this cluster replaced that one, archive the day again from it with "
+               "overwrite, then remove it")
 
 
 def refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:

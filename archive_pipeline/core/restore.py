@@ -2587,6 +2587,23 @@ def _writable(conn: psycopg.Connection) -> Iterator[None]:
             conn.read_only = True
 
 
+def _refuse_standby(conn: psycopg.Connection, table: str | None, day: str | None) -> None:
+    """A restore writes: on a hot standby its first write failed with a guess between a standby and a read-only
+    role, and advice for the role (RESET default_transaction_read_only) that changes nothing on a standby. Asked
+    up front (as a removal asks), a standby is named as such: the DSNs swapped, or the primary's unset."""
+    try:
+        standby = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+    except psycopg.Error:
+        return  # (a lost session is told by the restore's first statement, as before)
+    if standby:
+        raise TargetError(f"restoring {table} for {day} must run on the primary, and this connection is a hot standby "
+                          "(pg_is_in_recovery()), which takes no writes; nothing was restored", table=table, day=day,
+                          retryable=False, cause="the restore's connection is a hot standby",
+                          remedy="ARCHIVE_PG_PRIMARY_DSN (or, unset, ARCHIVE_PG_DSN) names a hot standby: set "
+                                 "ARCHIVE_PG_PRIMARY_DSN to the primary (restores run there; ARCHIVE_PG_DSN may stay "
+                                 "the standby), or pass a connection to the primary")
+
+
 def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *, into: Into = "new",
                     target: str | None = None, on_conflict: OnConflict = "fail",
                     temp_dir: str | os.PathLike | None = None) -> RestoreResult:
@@ -2608,6 +2625,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     require_autocommit(conn, "restoring a day")
     started = time.perf_counter()
     table, day = manifest.get("table"), manifest.get("day")
+    _refuse_standby(conn, table, day)
     to_create: list[Relation] = []
     finished: list[bool] = []  # the day's transaction committed: a cancellation after it leaves the day restored
     relation: Relation | None = None

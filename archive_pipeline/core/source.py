@@ -1852,6 +1852,49 @@ def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | Non
     return [r[0] for r in rows] or None
 
 
+@dataclass(frozen=True)
+class Replay:
+    """Where a hot standby's WAL replay stands: what it reads is the primary's data as of ``replayed``.
+    ``received`` is None on a standby that reads WAL from an archive (restore_command), not a stream."""
+
+    paused: bool
+    received: str | None
+    replayed: str | None
+    unreplayed: bool  # WAL received and not replayed: the primary committed more than the standby shows
+    last_commit: dt.datetime | None  # the primary's time of the last transaction replayed
+
+    def behind_by(self) -> str:
+        """The replay's position in words, for a refusal."""
+        last = f"; its last replayed commit is of {self.last_commit.isoformat()}" if self.last_commit else ""
+        return f"WAL received up to {self.received or 'unknown (no WAL stream)'}, replayed up to {self.replayed}{last}"
+
+    def stale(self, taken_after: dt.datetime | None) -> bool:
+        """Whether the standby's rows may be older than what a read of the primary at ``taken_after`` saw (an
+        archive's snapshot): replay paused with WAL waiting; or paused, or with WAL waiting, and no commit replayed
+        since then. (A commit the primary has not sent yet, synchronous_commit off, shows only in the time: a
+        paused standby is taken at its word, a running one only with WAL waiting, else every day changed by
+        configuration, not by a commit, on an idle primary would be called stale.)"""
+        if self.paused and (self.unreplayed or self.received is None):
+            return True
+        behind = taken_after is not None and (self.last_commit is None or self.last_commit < taken_after)
+        return behind and (self.paused or self.unreplayed)
+
+
+def standby_replay(conn: psycopg.Connection) -> Replay | None:
+    """Where ``conn``'s WAL replay stands, if it is a hot standby (None on a primary, or where the server cannot
+    say). Asked in a savepoint: a refused function must not end the caller's snapshot."""
+    query = ("SELECT pg_catalog.pg_is_wal_replay_paused(), pg_catalog.pg_last_wal_receive_lsn()::text, "
+             "pg_catalog.pg_last_wal_replay_lsn()::text, COALESCE(pg_catalog.pg_last_wal_receive_lsn() > "
+             "pg_catalog.pg_last_wal_replay_lsn(), false), pg_catalog.pg_last_xact_replay_timestamp() "
+             "WHERE pg_catalog.pg_is_in_recovery()")
+    try:
+        with conn.transaction():
+            row = conn.execute(query).fetchone()
+    except psycopg.Error:
+        return None
+    return Replay(*row) if row else None
+
+
 def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str, str]:
     """(database, system identifier or None where the role may not read it, server version, the database's
     encoding: a fingerprint taken in a multibyte encoding other than UTF-8 proves only in that encoding)."""

@@ -58,8 +58,8 @@ from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, Verdict, check_evaluation, log_guarded,
                                           object_link, on_demand_as_they_were, recorded_day_key, removed_verdict,
-                                          source_only, terminated, verdict_as_it_was, verdict_carried, verify_result,
-                                          written_verdict)
+                                          retries_off, source_only, terminated, verdict_as_it_was, verdict_carried,
+                                          verify_result, written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
@@ -344,16 +344,6 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                              "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {}),
                              **({REMOVED_MANIFEST: exc.manifest_key} if getattr(exc, "manifest_key", None) else {}),
                              **({NEEDS_OVERWRITE: True} if overwrite else {}), **({DAMAGED: True} if damaged else {})})
-
-
-def retries_off(text: str, origin: str | None) -> str:
-    """``text`` saying what happens to a transient failure when the step's retry policy retries nothing
-    (``retry: max_retries: 0``): the core's words say "retried" for every transient cause."""
-    off = f"retries are off (retry: max_retries: 0 in {origin or config_path()})"
-    text = text.replace("transient, retried", f"transient, but not retried: {off}")
-    text = text.replace("This looked transient and was retried", f"This looked transient, but {off}")
-    text = re.sub(r"; (?:the run|the download|the day) will be retried", "; retryable", text)  # (the store's words)
-    return re.sub(r"\bretried automatically\b", f"not retried: {off}; launch it again", text)
 
 
 def step_retries(context: AssetExecutionContext) -> int | None:

@@ -13,6 +13,7 @@
 
 import contextlib
 import datetime as dt
+import re
 import shlex
 import warnings
 from collections.abc import Callable, Iterator
@@ -52,7 +53,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.lifecycle import still_detached
 from archive_pipeline.core.manifest import layout_change, object_key
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.config import TableSpec, config_path
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, named, redact
 from archive_pipeline.core.periods import UNIT, Period
@@ -383,10 +384,35 @@ def _history(instance, check: AssetCheckKey, *, partition_filter=None, status=No
 _CARRIED = {STORED_CHECK: "checked_in_run", CHANGED_CHECK: "compared_in_run"}
 
 
-def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None) -> Failure:
+def retries_off(text: str, origin: str | None) -> str:
+    """``text`` saying what happens to a transient failure when the step's retry policy retries nothing
+    (``retry: max_retries: 0``): the core's words say "retried" for every transient cause."""
+    off = f"retries are off (retry: max_retries: 0 in {origin or config_path()})"
+    text = text.replace("transient, retried", f"transient, but not retried: {off}")
+    text = text.replace("This looked transient and was retried", f"This looked transient, but {off}")
+    text = re.sub(r"; (?:the run|the download|the day) will be retried", "; retryable", text)  # (the store's words)
+    return re.sub(r"\bretried automatically\b", f"not retried: {off}; launch it again", text)
+
+
+@dataclass(frozen=True)
+class Retries:
+    """What a check's step does with a transient failure: ``max_retries`` of its retry policy (None: no policy
+    known) and ``origin``, where the configuration that set it is (for the words of :func:`retries_off`)."""
+
+    max_retries: int | None = None
+    origin: str | None = None
+
+    @classmethod
+    def of(cls, policy: RetryPolicy | None, origin: str | None) -> "Retries":
+        return cls(getattr(policy, "max_retries", None), origin)
+
+
+def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None,
+                 retries: Retries = Retries()) -> Failure:
     """The check's step failure when it could not check: no verdict either way. An :class:`ArchiveError`
     (the core's: a lost session, a timeout, a privilege refused) says its own cause and remedy and is
-    retried where that can help; anything else is a store or database that could not be reached."""
+    retried where that can help; anything else is a store or database that could not be reached. With
+    ``retries`` off (max_retries 0) a transient cause says it is not retried, as the archive step's does."""
     if isinstance(exc, ArchiveError):
         cause, remedy, retryable = redact(exc.message, password), exc.remedy, exc.retryable
     else:  # (a manifest of a newer version carries the remedy: upgrade)
@@ -395,6 +421,8 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
                         "database are reachable from this code location, then run the check again")
     named = any(f"{spec.name}{between}{day}" in cause for between in (" ", " for "))
     cause = f"could not check the archive: {cause}" if named else f"{spec.name} {day}: could not check the archive: {cause}"
+    if retryable and retries.max_retries == 0:
+        cause, remedy = retries_off(cause, retries.origin), retries_off(remedy, retries.origin)
     return Failure(description=f"{cause}\n\nWhat to do: {redact(remedy, password)}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": str(day), "retryable": retryable})
 
@@ -511,7 +539,7 @@ class StoredCheckConfig(Config):
 
 
 def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, deep: bool,
-             temp_dir: str | None = None) -> Verdict:
+             temp_dir: str | None = None, retries: Retries = Retries()) -> Verdict:
     meta = {k: v.value for k, v in event.metadata.items()}
     day = spec.period(event.partition)
     if "md5" not in meta:
@@ -536,13 +564,13 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
     try:
         return verify_result(store, spec, day, expected_from(meta), deep=deep, temp_dir=temp_dir)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such
-        raise _unreachable(spec, day, exc) from None
+        raise _unreachable(spec, day, exc, retries=retries) from None
     except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
         raise terminated(context, exc, spec, day, "checking", None) from None
 
 
 def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: AssetKey, day: str,
-                archive_store: ArchiveStoreResource, deep: bool) -> AssetCheckResult:
+                archive_store: ArchiveStoreResource, deep: bool, retries: Retries = Retries()) -> AssetCheckResult:
     """``archive_intact`` for ``day``: its latest archive re-checked, or a warning that it has none yet."""
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1).records
@@ -550,23 +578,24 @@ def _day_result(context: AssetCheckExecutionContext, spec: TableSpec, key: Asset
         return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=False, severity=AssetCheckSeverity.WARN,
                                 description=f"{day}: not archived yet; nothing to check")
     verdict = _recheck(context, spec, key, records[0].asset_materialization, archive_store.store_for(spec.name), deep,
-                       archive_store.temp_dir)
+                       archive_store.temp_dir, retries)
     return AssetCheckResult(asset_key=key, check_name=INTACT_CHECK, passed=verdict.passed,
                             description=verdict.description,
                             metadata={**verdict.metadata, "partition": verdict.day.isoformat()})
 
 
 def build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition",
-                       retry: RetryPolicy | None = None) -> AssetChecksDefinition:
+                       retry: RetryPolicy | None = None, origin: str | None = None) -> AssetChecksDefinition:
     """``archive_intact``, one result per day. Archive runs report it themselves; launched alone for a day,
-    it re-checks that day's latest archive (``retry``: see :func:`build_source_unchanged_check`)."""
+    it re-checks that day's latest archive (``retry``, ``origin``: see :func:`build_source_unchanged_check`)."""
     with warnings.catch_warnings():  # partitioned checks are "preview" in 1.13; this is the behaviour we want
         warnings.simplefilter("ignore", PreviewWarning)
-        return _build_intact_check(spec, key, partitions_def, retry)
+        return _build_intact_check(spec, key, partitions_def, retry, origin)
 
 
 def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPartitionsDefinition",
-                        retry: RetryPolicy | None) -> AssetChecksDefinition:
+                        retry: RetryPolicy | None, origin: str | None = None) -> AssetChecksDefinition:
+    retries = Retries.of(retry, origin)
     check = AssetCheckSpec(INTACT_CHECK, asset=key, partitions_def=partitions_def, blocking=spec.deep_check,
                            description="The day's object exists; its size, ETag, MD5 and row count and its manifest "
                                        "agree with what was recorded" + ("; its content equals the source's "
@@ -580,7 +609,7 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
     def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                 archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
         if context.has_partition_key:
-            yield _day_result(context, spec, key, context.partition_key, archive_store, config.deep)
+            yield _day_result(context, spec, key, context.partition_key, archive_store, config.deep, retries)
             return
         if not context.has_partition_key_range:  # a verdict must be recorded for the day it is about
             raise Failure(description=f"{spec.name}: archive_intact checks one day at a time and no day was "
@@ -593,7 +622,7 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
         unchecked: dict[str, Failure] = {}
         for day in context.partition_keys:
             try:
-                result = _day_result(context, spec, key, day, archive_store, config.deep)
+                result = _day_result(context, spec, key, day, archive_store, config.deep, retries)
             except Failure as exc:
                 unchecked[day] = exc
                 continue
@@ -612,10 +641,11 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
     return _intact
 
 
-def build_stored_archive_check(spec: TableSpec, key: AssetKey,
-                               retry: RetryPolicy | None = None) -> AssetChecksDefinition:
+def build_stored_archive_check(spec: TableSpec, key: AssetKey, retry: RetryPolicy | None = None,
+                               origin: str | None = None) -> AssetChecksDefinition:
     """``latest_archive_intact``: on demand; also records the verdict as that day's ``archive_intact``
-    (``retry``: see :func:`build_source_unchanged_check`)."""
+    (``retry``, ``origin``: see :func:`build_source_unchanged_check`)."""
+    retries = Retries.of(retry, origin)
 
     check = AssetCheckSpec(STORED_CHECK, asset=key, blocking=False,
                            description="On demand: re-checks the archive of the latest archived day against its "
@@ -635,7 +665,7 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey,
                                    description=f"{spec.name}: nothing archived yet; nothing to check")
             return
         verdict = _recheck(context, spec, key, latest[0], archive_store.store_for(spec.name), config.deep,
-                          archive_store.temp_dir)
+                          archive_store.temp_dir, retries)
         context.op_execution_context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=False))
         context.op_execution_context.log_event(AssetCheckEvaluation(
             asset_key=key, check_name=STORED_CHECK, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
@@ -680,11 +710,13 @@ class ChangedCheckConfig(Config):
 
 
 def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: str,
-                                 retry: RetryPolicy | None = None) -> AssetChecksDefinition:
+                                 retry: RetryPolicy | None = None, origin: str | None = None) -> AssetChecksDefinition:
     """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests;
     ``rerun_config`` is the launchpad run config that archives a changed day again. ``retry``: the tables'
     retry policy, so a check that a lock_timeout, a lost session or a store's 503 cut short is tried again,
-    as the core's error says it is (see :func:`_unreachable`)."""
+    as the core's error says it is (see :func:`_unreachable`); with max_retries 0 the error says it is not,
+    naming ``origin`` (the configuration)."""
+    retries = Retries.of(retry, origin)
 
     @asset_check(asset=key, name=CHANGED_CHECK, blocking=False, retry_policy=retry,
                  description="On demand: compares the source's current content fingerprint of the latest archived "
@@ -771,12 +803,12 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                             removed[event.partition] = f"{pending.get('state')}, {pending.get('at')}"
                             continue
             except verify.NewerManifestError as exc:  # not damaged, not a verdict: upgrade (its remedy says)
-                raise _unreachable(spec, day, exc, postgres.password) from None
+                raise _unreachable(spec, day, exc, postgres.password, retries) from None
             except verify.ManifestError as exc:  # damaged, or another table-day's: nothing to compare with
                 untrusted[event.partition] = f"its manifest cannot be trusted: {exc}"
                 continue
             except Exception as exc:  # noqa: BLE001 - unreachable database or store, or the comparison's error
-                raise _unreachable(spec, day, exc, postgres.password) from None
+                raise _unreachable(spec, day, exc, postgres.password, retries) from None
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
                 raise terminated(context, exc, spec, day, "checking", None) from None
             checked.append(event.partition)

@@ -56,8 +56,8 @@ from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableS
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
-                                              due_days, pending_removal_committed, refuse_layout_change, remove_day,
-                                              emptied, settle_pending_removal, source_differs, still_detached)
+                                              due_days, pending_removal_committed, refuse_layout_change,
+                                              refuse_other_cluster, remove_day, emptied, settle_pending_removal, source_differs, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
 from archive_pipeline.core import keys
@@ -208,6 +208,13 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                                       "reads (ARCHIVE_PG_DSN) is a hot standby (or read-only), and a removal runs on the primary "
                                       "(the proof loads the archive there too). Set ARCHIVE_PG_PRIMARY_DSN to the "
                                       "primary", spec, day, False)
+        if source is not primary:  # a primary of another cluster (a staging copy loaded from a dump) is no primary
+            try:
+                refuse_other_cluster(primary, spec, day, None, reads=source)
+            except ArchiveError as exc:
+                raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
+        # Everything below reads the primary, which the removal removes from: a standby's view lags (replay paused,
+        # or behind), and its proof called a day "proven equal to the source" whose primary held a row more.
         proven_sha: str | bool = False
         removed: dict | None = None  # the removal mark of a day the source no longer holds
         try:
@@ -215,6 +222,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             # last materialization recorded (the key_template or prefix changed since): not "no archive" for a green day
             key = archive_key(store, spec, day, former)
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
+            if manifest is not None:
+                refuse_other_cluster(primary, spec, day, manifest)  # (before a pending mark is settled there)
             pending = (manifest or {}).get("removed", {}).get("state") == "pending"
             if pending and not dry_run:
                 # An earlier removal left its mark (its "done" mark failed, or a refused one could not
@@ -232,18 +241,17 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # still the source's, proven against it (with the source's rows, not the archive's alone)
                 manifest = {k: v for k, v in manifest.items() if k != "removed"}
             back = manifest is not None and bool(manifest.get("removed")) and \
-                not still_detached(source, spec, day, manifest) and \
-                rows_after_removal(source, spec, day) > 0  # (restored into the original table, or late rows)
+                not still_detached(primary, spec, day, manifest) and \
+                rows_after_removal(primary, spec, day) > 0  # (restored into the original table, or late rows)
             if manifest is not None and manifest.get("removed") and not back:
                 # Removed (or pending and committed, in a dry run): the source no longer holds the day, so
                 # the archive itself is checked: manifest, object, digests and rows.
                 removed = manifest["removed"]
                 # loaded back, as verify --deep proves it: its rows must be the day's (an archive of another day
                 # put in its place, its manifest edited to match, has every digest right)
-                problems = deep_verify(source, store, spec, day, manifest=manifest,
-                                       scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
+                problems = deep_verify(primary, store, spec, day, manifest=manifest, temp_dir=archive_store.temp_dir)
             elif manifest is None:  # nothing to prove: a failed run, not a failed proof
-                if (record := _removed_before(context, spec, day, source)) is not None:
+                if (record := _removed_before(context, spec, day, primary)) is not None:
                     raise _failed(f"{spec.name} {day} was removed from the source ({record}), and its archive's "
                                   f"manifest {store.uri(keys.manifest_key(key))} is missing from the store: what is "
                                   "stored of the day is its only copy. Restore the manifest from a backup of the "
@@ -259,20 +267,18 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                     # check alone, proves, then says it; an empty day's removal may find nothing to remove)
                     if (again := _removable_or_removed(primary, store, spec, day, key, manifest)) is not manifest:
                         manifest, removed = again, again["removed"]  # removed by another run meanwhile
-                problems, proved = deep_verify_of(source, store, spec, day, manifest=manifest,
-                                                  scratch_conn=primary if standby else None,
+                problems, proved = deep_verify_of(primary, store, spec, day, manifest=manifest,
                                                   temp_dir=archive_store.temp_dir)
                 if proved is not None and proved is not manifest:  # another run's commit meanwhile: that one proved
                     manifest = proved
-                    if proved.get("removed") and rows_after_removal(source, spec, day) == 0:
+                    if proved.get("removed") and rows_after_removal(primary, spec, day) == 0:
                         removed = proved["removed"]
                 again = load_manifest(store, key, (spec.name, day.isoformat())) if problems else None
-                if again is not None and again.get("removed") and rows_after_removal(source, spec, day) == 0:
+                if again is not None and again.get("removed") and rows_after_removal(primary, spec, day) == 0:
                     # removed by another run while this one proved it (at the key it proved: a former format's
                     # too): the source's rows are gone for that reason, and the archive is proven on its own
                     manifest, removed = again, again["removed"]
-                    problems = deep_verify(source, store, spec, day, manifest=again,
-                                           scratch_conn=primary if standby else None, temp_dir=archive_store.temp_dir)
+                    problems = deep_verify(primary, store, spec, day, manifest=again, temp_dir=archive_store.temp_dir)
                 # proven names the manifest just proved: under the lock, a different one is proved again
                 proven_sha = (manifest or {}).get("manifest_sha256", False)
         except ArchiveError as exc:
@@ -288,11 +294,11 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             raise _failed(_naming(exc, spec, day), spec, day, False, exc) from None
         except ValueError as exc:  # ManifestError: the manifest itself is damaged, or another table-day's
             manifest, problems = None, [str(exc)]
-            if (record := _removed_before(context, spec, day, source)) is not None:  # the damaged one: the only copy
+            if (record := _removed_before(context, spec, day, primary)) is not None:  # the damaged one: the only copy
                 removed = {"state": f"recorded by Dagster: {record}", "at": "see there"}
         if not removed and source_side_only(problems) and int((manifest or {}).get("rows") or 0) and \
-                rows_after_removal(source, spec, day) == 0:  # the source lost the rows, not the archive: no verdict
-            lost = emptied(source, spec, day, int(manifest["rows"]), 0, spec.retention.action)
+                rows_after_removal(primary, spec, day) == 0:  # the source lost the rows, not the archive: no verdict
+            lost = emptied(primary, spec, day, int(manifest["rows"]), 0, spec.retention.action)
             raise _failed(_naming(lost, spec, day), spec, day, False, lost)
         proof = _proof(context, spec, day, problems, "; ".join(problems) or _proven_text(day, manifest))
         # A passed proof followed by a removal is recorded after the removal's materialization, targeting it:
