@@ -220,10 +220,10 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
                                tags={TABLE_TAG: spec.name}, executor_def=in_process_executor,
                                description=f"Archive days of {spec.name}")
         retry = retry_policy(config.retry)  # the checks' errors say "retried" where the core's do
-        latest = build_stored_archive_check(spec, key, retry)
-        unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec), retry)
+        latest = build_stored_archive_check(spec, key, retry, config.origin)
+        unchanged = build_source_unchanged_check(spec, key, overwrite_run_config(spec), retry, config.origin)
         assets.append(archive_asset)
-        intact = build_intact_check(spec, key, daily_partitions(spec), retry)
+        intact = build_intact_check(spec, key, daily_partitions(spec), retry, config.origin)
         checks += [intact, latest, unchanged]
         on_demand += [latest, unchanged]
         jobs.append(job)
