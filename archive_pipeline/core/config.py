@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -141,6 +142,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@functools.lru_cache(maxsize=1024)  # (a few ms: asked again by every sensor tick's discovery of the table)
 def longest_name(pattern: str, timezone: str) -> str:
     """The longest table name ``pattern`` gives on any day, in characters: on every day of a leap year, so every
     month's name meets every weekday's (%B %A: a Wednesday in September), in the table's zone (%z +0100, %Z CEST)."""
