@@ -390,7 +390,7 @@ def _refuse_unstorable(conn: psycopg.Connection, spec: TableSpec) -> None:
         raise SourceError(f"partitioning pattern {spec.partitioning.pattern!r} of {spec.name} names day tables this "
                           f"database cannot hold: {problem}", table=spec.name, retryable=False, cause=SETTING_MISFITS,
                           remedy="set the table's partitioning pattern in the YAML configuration to the names the "
-                                 "catalog has (shorter than 63 bytes in the database's encoding)")
+                                 "catalog has (at most 63 bytes each in the database's encoding)")
 
 
 def _fold(text: str) -> str:
