@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -141,16 +142,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def too_long(pattern: str, timezone: str) -> None:
-    """Refuse a naming pattern whose names pass PostgreSQL's 63 bytes on some day (PostgreSQL would cut them, and
-    days of one month or week would share a table name): on every day of a leap year, so every month's name meets
-    every weekday's (%B %A: a Wednesday in September), in the table's zone (%z +0100, %Z CEST)."""
+@functools.lru_cache(maxsize=1024)  # (a few ms: asked again by every sensor tick's discovery of the table)
+def longest_name(pattern: str, timezone: str) -> str:
+    """The longest table name ``pattern`` gives on any day, in characters: on every day of a leap year, so every
+    month's name meets every weekday's (%B %A: a Wednesday in September), in the table's zone (%z +0100, %Z CEST)."""
     here = zone(timezone)
     moments = [dt.datetime(2024, 1, 1, 23, tzinfo=here) + dt.timedelta(days=n) for n in range(366)]
-    longest = max((moment.strftime(pattern) for moment in moments), key=lambda name: len(name.encode()))
-    if len(longest.encode()) > MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"pattern {pattern!r} makes names longer than PostgreSQL's 63 bytes ({longest!r}): PostgreSQL "
-                         "would cut them, and periods of one month or week would share one table name")
+    return max((moment.strftime(pattern) for moment in moments), key=len)
+
+
+def too_long(pattern: str, timezone: str) -> None:
+    """Refuse a naming pattern whose names pass 63 characters on some day, too long for PostgreSQL in any encoding
+    (it would cut them, and days of one month or week would share a table name). Bytes depend on the database's
+    encoding ('é' is one in LATIN1, two in UTF-8), which only a connection knows: discovery checks them there, as
+    for configured names (see :func:`_identifier`)."""
+    longest = longest_name(pattern, timezone)
+    if len(longest) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"pattern {pattern!r} makes names of {len(longest)} characters ({longest!r}), longer than "
+                         "PostgreSQL's 63 bytes in any encoding: PostgreSQL would cut them, and periods of one month "
+                         "or week would share one table name")
 
 
 class Partitioning(_Strict):

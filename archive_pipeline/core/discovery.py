@@ -19,18 +19,20 @@ import bisect
 import contextlib
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.config import TableSpec, longest_name
 from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError
 from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
-                                          describe_table, relation_name, unquoted_hint)
+                                          describe_table, lookalike_hint, relation_name, stored_name_problem,
+                                          unquoted_hint)
 
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
 # the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery.
@@ -354,69 +356,131 @@ def declarative_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
     return sorted({period for child in children for period in child.periods(spec)})
 
 
+# The relations a day's table may be: those source_table archives (a table, partitioned or foreign, a view or a
+# materialized view), so a day archived by hand is a day discovery finds (removal refuses views, naming them).
+_DAY_RELKINDS = "('r', 'p', 'f', 'v', 'm')"
+
+
 def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
-    """The periods whose tables exist, read from their names (the local start of the period)."""
-    schema = spec.schema_name
+    """The periods whose tables exist, read from their names (the local start of the period). A pattern that
+    finds none while the catalog has its tables spelled otherwise, or in another schema, is refused, naming them:
+    the sensor would say "0 of them with data" for ever."""
+    _refuse_unstorable(conn, spec)
     # Only the names that start as the pattern's do (its text before the first code): a schema that also
     # holds a declarative table's children has a hundred thousand other names to try the pattern on.
     prefix = spec.partitioning.pattern.split("%", 1)[0]
     names = [r[0] for r in conn.execute(
         "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f') AND pg_catalog.starts_with(c.relname::text, %s)",
-        (schema, prefix))]
+        f"WHERE n.nspname = %s AND c.relkind IN {_DAY_RELKINDS} AND pg_catalog.starts_with(c.relname::text, %s)",
+        (spec.schema_name, prefix))]
     found = [period for name, period in _named_periods(spec, names)]
     if not found:
         _refuse_other_case(conn, spec, prefix)
+        _refuse_schema_in_pattern(conn, spec)
     return sorted(found)
 
 
+def _refuse_unstorable(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Refuse a pattern whose names this database cannot hold: longer than its 63 bytes in the database's encoding
+    (the load counts characters: 'é' is one byte in LATIN1, two in UTF-8), or with a character it lacks. Such a
+    table was cut when created, or never could be: every day would be "no table" for ever."""
+    longest = longest_name(spec.partitioning.pattern, spec.timezone)
+    problem = stored_name_problem(conn, longest)
+    if problem:
+        raise SourceError(f"partitioning pattern {spec.partitioning.pattern!r} of {spec.name} names day tables this "
+                          f"database cannot hold: {problem}", table=spec.name, retryable=False, cause=SETTING_MISFITS,
+                          remedy="set the table's partitioning pattern in the YAML configuration to the names the "
+                                 "catalog has (at most 63 bytes each in the database's encoding)")
+
+
+def _fold(text: str) -> str:
+    """``text`` as a reader sees it: whatever the case of its letters (any script) and their Unicode normal form."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold())
+
+
 def _named_periods(spec: TableSpec, names: Iterable[str], fold: bool = False) -> Iterator[tuple[str, Period]]:
-    """The periods ``names`` name by the table's pattern (``fold``: whatever the case of their letters)."""
+    """The periods ``names`` name by the table's pattern (``fold``: whatever the case or normal form of their
+    letters, :func:`_fold`)."""
     pattern = spec.partitioning.pattern
-    literal_lower = re.sub(r"%.|[^%]+", lambda part: part[0] if part[0].startswith("%") else part[0].lower(), pattern)
+    folded = re.sub(r"%.|[^%]+", lambda part: part[0] if part[0].startswith("%") else _fold(part[0]), pattern)
     for name in names:
         try:
-            period = spec.period(dt.datetime.strptime(name.lower() if fold else name,
-                                                      literal_lower if fold else pattern))
+            period = spec.period(dt.datetime.strptime(_fold(name) if fold else name, folded if fold else pattern))
         except (ValueError, OverflowError):  # not a day of the pattern, or one at the calendar's end (99991231)
             continue
         spelled = period.start.strftime(pattern)
-        if (spelled.lower() == name.lower()) if fold else (spelled == name):  # not near-misses (unpadded days)
+        if (_fold(spelled) == _fold(name)) if fold else (spelled == name):  # not near-misses (unpadded days)
             yield name, period
 
 
 def _respelled(pattern: str, name: str, period: Period) -> str:
-    """``pattern`` with each literal part spelled as ``name`` (a table the pattern names but for case) spells it."""
-    parts, at = [], 0
-    for token in re.findall(r"%.|[^%]+", pattern):
-        width = len(period.start.strftime(token))
-        parts.append(token if token.startswith("%") else name[at:at + width])
-        at += width
-    return "".join(parts)
+    """``pattern`` with each literal part spelled as ``name`` (a table the pattern names but for case or normal
+    form) spells it: the codes' text for ``period`` located in ``name``, what lies between them is the catalog's."""
+    tokens = re.findall(r"%.|[^%]+", pattern)
+    shape = "".join(re.escape(period.start.strftime(t)) if t.startswith("%") else "(.*?)" for t in tokens)
+    matched = re.fullmatch(shape, name, re.IGNORECASE)
+    if matched is None:
+        return pattern
+    literals = iter(matched.groups())
+    return "".join(t if t.startswith("%") else next(literals).replace("%", "%%") for t in tokens)
+
+
+def _folded_like(prefix: str) -> str:
+    """A LIKE pattern every name starting with ``prefix`` but for case or normal form matches, once lowered as
+    lower(... COLLATE "C") lowers (ASCII letters only): its other characters may be spelled any way, so any text."""
+    parts = [(("\\" + ch) if ch in "\\%_" else ch.lower()) if ch.isascii() else "%"
+             for ch in unicodedata.normalize("NFC", prefix)]
+    return re.sub("%+", "%", "".join(parts) + "%")
 
 
 def _refuse_other_case(conn: psycopg.Connection, spec: TableSpec, prefix: str) -> None:
     """Refuse a pattern that names no table of the schema while tables spelled as it does but for the case of
-    their letters are there (``Events_%Y%m%d`` against ``events_20240310``, created unquoted): every day would be
-    "no table" for ever, and the sensor would quietly find nothing to archive."""
+    their letters or their Unicode normal form are there (``Events_%Y%m%d`` against ``events_20240310``, created
+    unquoted; ``événements_%Y%m%d`` against ``Événements_20240310``, whose É an unquoted name keeps; an NFD pattern
+    against NFC names): every day would be "no table" for ever, and the sensor would quietly find nothing to
+    archive. The names are folded here, in Python: SQL's lower() of a name lowers ASCII letters only."""
     names = [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f') "
-        "AND pg_catalog.starts_with(pg_catalog.lower(c.relname::text), pg_catalog.lower(%s)) ORDER BY 1 LIMIT 1000",
-        (spec.schema_name, prefix))]
+        "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE n.nspname = %s AND c.relkind IN {_DAY_RELKINDS} "
+        "AND pg_catalog.lower(c.relname::text COLLATE \"C\") LIKE %s ORDER BY 1 LIMIT 1000",
+        (spec.schema_name, _folded_like(prefix)))]
     matched = list(_named_periods(spec, names, fold=True))
-    spelled = [name for name, _ in matched]
-    if not spelled:
+    if not matched:
         return
-    suggested = _respelled(spec.partitioning.pattern, *matched[0])
+    name, period = matched[0]
+    spelled = [found for found, _ in matched]
     shown = ", ".join(spelled[:3]) + (", ..." if len(spelled) > 3 else "")
+    how = lookalike_hint(spec.child_table(period), [name], "day table",
+                         advice="a table's name is matched exactly, byte for byte")
     raise SourceError(
         f"partitioning pattern {spec.partitioning.pattern!r} of {spec.name} names no table of schema "
-        f"{spec.schema_name!r}, whose day tables the catalog spells otherwise in case: {shown} (PostgreSQL folds "
-        "an unquoted name to lower case; a table's name is matched exactly)", table=spec.name, retryable=False,
-        cause=SETTING_MISFITS,
-        remedy=f"set the table's partitioning pattern in the YAML configuration to {suggested!r}, as the catalog "
-               "spells its tables")
+        f"{spec.schema_name!r}, whose day tables the catalog spells otherwise in case or Unicode normal form: {shown} "
+        f"(for {period} the pattern names {spec.child_table(period)!r}{how}; PostgreSQL folds only the ASCII letters "
+        "of an unquoted name to lower case)", table=spec.name, retryable=False, cause=SETTING_MISFITS,
+        remedy=f"set the table's partitioning pattern in the YAML configuration to "
+               f"{_respelled(spec.partitioning.pattern, name, period)!r}, as the catalog spells its tables")
+
+
+def _refuse_schema_in_pattern(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Refuse a pattern that names no table while its text before a dot is a schema's name (``days.events_%Y%m%d``):
+    a pattern is a table's name only, and day tables are looked for in the configured table's schema, so the day
+    tables of that schema were never found, and the sensor said "0 of them with data" for ever."""
+    other, dot, rest = spec.partitioning.pattern.partition(".")
+    if not dot or "%" in other or not conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %s)", (other,)).fetchone()[0]:
+        return
+    names = [r[0] for r in conn.execute(
+        "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE n.nspname = %s AND c.relkind IN {_DAY_RELKINDS} AND pg_catalog.starts_with(c.relname::text, %s) "
+        "ORDER BY 1 LIMIT 4", (other, rest.split("%", 1)[0]))]
+    held = f", which holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else ""
+    raise SourceError(
+        f"partitioning pattern {spec.partitioning.pattern!r} of {spec.name} names no table of schema "
+        f"{spec.schema_name!r}: a pattern is a day table's name only, and day tables are looked for in the configured "
+        f"table's own schema ({spec.schema_name!r}); its {other!r} before the dot is a schema of this "
+        f"database{held}", table=spec.name, retryable=False, cause=SETTING_MISFITS,
+        remedy=f"configure the table as {other}.{spec.table_name} with pattern {rest!r} in the YAML configuration "
+               f"(or move the day tables into schema {spec.schema_name!r})")
 
 
 def periods_with_rows(conn: psycopg.Connection, table: SourceTable, periods: list[Period],
@@ -502,21 +566,49 @@ def _day_tables_with_rows(conn: psycopg.Connection, spec: TableSpec, periods: li
     """Naming mode: which of ``periods`` have a table holding at least one row of the period (the table is the
     day; with a day_column, its rows of the day: a day table holding only another day's stray row is not the
     day's data, as the archive and the removal read it)."""
-    shape = _day_table_shape(conn, spec, periods)
+    shapes = _day_table_shapes(conn, spec, periods)
     return _probed(conn, [(period, sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
         sql.Identifier(spec.schema_name, spec.child_table(period)),
-        day_filter(shape, period) if shape is not None else sql.SQL("TRUE"))) for period in periods], failed)
+        day_filter(shapes[period], period) if shapes.get(period) is not None else sql.SQL("TRUE")))
+        for period in periods], failed)
 
 
-def _day_table_shape(conn: psycopg.Connection, spec: TableSpec, periods: list[Period]) -> SourceTable | None:
-    """The first period's day table, described with its day column (one catalog lookup for all of them: day
-    tables share their columns), or None without a day column, where the whole table is the day."""
+# Per day table, what its day filter depends on: its kind and its day column's type (NULL: no such column).
+_DAY_COLUMN_TYPES = f"""
+SELECT c.relname::text, c.relkind, a.atttypid
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN {_DAY_RELKINDS}
+"""
+
+
+def _day_table_shapes(conn: psycopg.Connection, spec: TableSpec, periods: list[Period]
+                      ) -> dict[Period, SourceTable | None]:
+    """Each period's day table described with its day column (None without a day column, where the whole table
+    is the day). Day tables need not share their columns (a script's older ones ``timestamp``, its newer ones
+    ``timestamptz``), and bounds of another type read another day: one catalog query tells their types, and one
+    table of each type (each partitioned one: its key) is described, so whether a day has data does not depend on
+    which days are asked about together."""
     if spec.day_column is None or not periods:
-        return None
+        return {}
+    names = {spec.child_table(period): period for period in periods}
+    kinds: dict[tuple, list[Period]] = {}
+    for name, relkind, type_oid in conn.execute(_DAY_COLUMN_TYPES, (spec.day_column, spec.schema_name, list(names))):
+        kinds.setdefault((relkind, type_oid, name if relkind == "p" else None), []).append(names[name])
+    shapes: dict[Period, SourceTable | None] = {}
+    for same in kinds.values():
+        shape = _described(conn, spec, same[0])
+        shapes.update((period, shape) for period in same)
+    return shapes
+
+
+def _described(conn: psycopg.Connection, spec: TableSpec, period: Period) -> SourceTable | None:
+    """The period's day table described with its day column, or None where that fails: no such column (or no
+    table), which the probe then says what it finds of."""
     try:
         with conn.transaction():  # (a savepoint inside the caller's transaction: a failure leaves it usable)
-            return describe_relation(conn, spec.schema_name, spec.child_table(periods[0]), spec.day_column)
-    except (SourceError, psycopg.Error):  # no such column there (or no table): the probe says what it finds
+            return describe_relation(conn, spec.schema_name, spec.child_table(period), spec.day_column)
+    except (SourceError, psycopg.Error):
         return None
 
 
@@ -700,12 +792,21 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
             if exc.cause != TABLE_MISSING:  # the day's table is there: what is wrong with it, and its remedy
                 raise SourceError(f"the table of {day} of {spec.name}: {exc}", table=spec.name,
                                   retryable=exc.retryable, cause=exc.cause, remedy=exc.remedy) from None
-            raise SourceError(f"no table for {day} of {spec.name}: {exc}", table=spec.name, retryable=False,
-                              cause=NO_PERIOD_TABLE,
+            raise SourceError(f"no table for {day} of {spec.name}: {exc}{_dotted_hint(spec)}", table=spec.name,
+                              retryable=False, cause=NO_PERIOD_TABLE,
                               remedy=f"nothing to archive: without its table ({child}) the {spec.granularity} period "
                                      "has no rows in PostgreSQL (the command line lists it as no-data); if it should "
                                      "have some, create or restore its table, then archive it") from None
     return describe_table(conn, spec.name, spec.day_column)
+
+
+def _dotted_hint(spec: TableSpec) -> str:
+    """For a pattern holding a dot (``days.events_%Y%m%d``, a schema written into it): what it is read as."""
+    other, dot, _ = spec.partitioning.pattern.partition(".")
+    if not dot or "%" in other:
+        return ""
+    return (f"; a pattern is a day table's name only, looked for in the configured table's schema "
+            f"({spec.schema_name!r}): its {other!r} before the dot is part of the name, not a schema")
 
 
 def day_children(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> list[ChildRange]:
