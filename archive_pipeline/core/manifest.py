@@ -18,8 +18,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+from psycopg._encodings import pg2pyenc  # (psycopg's own table of PostgreSQL encodings, as source reads names)
+
 from archive_pipeline import __version__
 from archive_pipeline.core import keys
+from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES
 from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period, manifest_period
@@ -218,9 +222,11 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "object" not in manifest or "table" not in manifest:
         raise ManifestError("not an archive_pipeline manifest (no 'table' and 'object')")
     version = manifest.get("manifest_version")
-    if version == 1:
+    if version == 1:  # (no checksum to check; its fields are read as a sealed one's, so checked alike)
         if not isinstance(manifest["object"], dict):
             raise ManifestError("version 1 manifest without an object")
+        if problem := _shape_problem(manifest) or _consistency_problem(manifest):
+            raise ManifestError(problem)
         return manifest
     if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION:
         writer = manifest.get("archiver") if isinstance(manifest.get("archiver"), dict) else {}
@@ -335,7 +341,7 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
     if len(manifest["columns"]) > MAX_COLUMNS:  # (every reader's DDL and messages would be built from them)
         return (f"it records {len(manifest['columns']):,} columns, more than a PostgreSQL table can have "
                 f"({MAX_COLUMNS:,})")
-    if problem := _columns_problem(manifest["columns"], "columns"):
+    if problem := _columns_problem(manifest["columns"], "columns", _source_encoding(manifest)):
         return problem
     if not manifest["columns"] and (manifest["rows"] or manifest["object"] is not None):
         # (a table without columns is refused before it is archived: no format's restore writes its rows back)
@@ -343,16 +349,50 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
     return _optional_shape_problem(manifest)
 
 
-def _columns_problem(columns: list[dict], where: str) -> str | None:
+def _columns_problem(columns: list[dict], where: str, encoding: str) -> str | None:
     """A column named twice in ``columns`` (a manifest's columns[], or its table definition's), or None: no table
     has two columns of one name, and every restore, proof and removal builds its SQL from these names (a
-    DuplicateColumn there read as "the server rejected the archiver's SQL ... report it")."""
-    seen: set[str] = set()
+    DuplicateColumn there read as "the server rejected the archiver's SQL ... report it"). Two names are one where
+    PostgreSQL keeps the same 63 bytes of them, in the source's ``encoding`` (a name is not refused for its length
+    alone: a LATIN1 source's 63-byte name is longer in UTF-8, and restore says so where it matters)."""
+    seen: dict[str, str] = {}
     for column in columns:
-        if column["name"] in seen:
-            return f"its {where} name {column['name']!r} twice"
-        seen.add(column["name"])
+        name = column["name"]
+        kept = _kept_name(name, encoding)
+        if kept in seen:
+            if seen[kept] == name:
+                return f"its {where} name {_shown(name)} twice"
+            return (f"its {where} name {_shown(seen[kept])} and {_shown(name)}, one name to PostgreSQL, which keeps "
+                    f"{MAX_IDENTIFIER_BYTES} bytes of a name ({_shown(kept)} in {encoding})")
+        seen[kept] = name
     return None
+
+
+def _source_encoding(manifest: dict[str, Any]) -> str:
+    """The source database's encoding as the manifest records it, UTF8 where it does not (older versions, and
+    the encoding of every database they could archive from without a note)."""
+    source = manifest.get("source")
+    encoding = source.get("encoding") if isinstance(source, dict) else None
+    return encoding if isinstance(encoding, str) and encoding else "UTF8"
+
+
+def _kept_name(name: str, encoding: str) -> str:
+    """What PostgreSQL keeps of ``name`` in a database of ``encoding``: its first 63 bytes, cut at a character's
+    end (in UTF-8 where Python has no codec for the encoding, or the name does not fit it)."""
+    try:
+        codec = pg2pyenc(encoding.encode())
+        encoded = name[:MAX_IDENTIFIER_BYTES + 1].encode(codec)
+    except (psycopg.NotSupportedError, UnicodeEncodeError):
+        codec, encoded = "utf-8", name[:MAX_IDENTIFIER_BYTES + 1].encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_IDENTIFIER_BYTES:  # (it holds all of a longer name's first 64 characters: 64 bytes or more)
+        return name
+    return encoded[:MAX_IDENTIFIER_BYTES].decode(codec, "ignore")
+
+
+def _shown(name: str) -> str:
+    """A column name for a message: as it is, or its first 80 characters of a longer one (a forged manifest's name
+    may be megabytes long)."""
+    return repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name):,} characters)"
 
 
 def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
@@ -372,11 +412,8 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
         return f"its field object.content_encoding is {encoding!r}, not an HTTP token (it is sent as a header)"
     if problem := _times_problem(manifest) or _source_problem(manifest) or _archiver_problem(manifest):
         return problem
-    mark = manifest.get("removed")
-    if isinstance(mark, dict):  # (its type is _consistency_problem's)
-        for name in ("state", "at", "action", "relation"):
-            if mark.get(name) is not None and not isinstance(mark[name], str):
-                return f"its removal mark's field {name} is {mark[name]!r}, not a string"
+    if problem := _mark_problem(manifest.get("removed")):
+        return problem
     definition = manifest.get("table_definition") or {}
     for name, kind in (("columns", list), ("partition", dict), ("parents", list)):
         if definition.get(name) is not None and not isinstance(definition[name], kind):
@@ -387,18 +424,20 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
     columns = [*manifest["columns"], *(definition.get("columns") or [])]
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "\x00" not in c["name"] for c in columns):
         return "its columns (or its table definition's) are not each an object with a name (without NUL)"
-    if problem := _definition_problem(manifest):
-        return problem
     for column in manifest["columns"]:
         for name in ("output_type", "pg_type", "base_type"):  # (read by name where present: the run's metadata, the proof's types)
             # (pg_type is required: every version wrote it, and a proof or restore without a definition reads it)
             if (name in column or name == "pg_type") and not isinstance(column.get(name), str):
                 return f"its field columns[{column['name']!r}].{name} is {column.get(name)!r}, not a string"
+        if "nullable" in column and not isinstance(column["nullable"], bool):  # (every version wrote it so)
+            return f"its field columns[{column['name']!r}].nullable is {column['nullable']!r}, not true or false"
         numbers = column.get("numbers")
         if numbers is not None and not (isinstance(numbers, list) and all(
                 isinstance(n, dict) and isinstance(n.get("steps"), list) and isinstance(n.get("type"), str)
                 for n in numbers)):
             return f"its field columns[{column['name']!r}].numbers is {numbers!r}, not a list of steps and types"
+    if problem := _definition_problem(manifest):
+        return problem
     if manifest.get("timezone") is not None or manifest.get("granularity") is not None:
         try:
             manifest_period(manifest)
@@ -408,21 +447,57 @@ def _optional_shape_problem(manifest: dict[str, Any]) -> str | None:
 
 
 def _times_problem(manifest: dict[str, Any]) -> str | None:
-    """archived_at and source.snapshot_at, where present, as ISO times: the skip, list and the runs' metadata
-    parse them, and a resealed "yesterday" failed a skip as "an unexpected error (ValueError)"."""
+    """archived_at, source.snapshot_at and the removal mark's at and settled_at, where present, as ISO times with
+    their offset: the skip, list, removal and the runs' metadata parse them, a resealed "yesterday" failed a skip
+    as "an unexpected error (ValueError)", and a time without its zone one of Dagster's (MetadataValue.timestamp
+    refuses a naive time: a CheckError naming nothing). Every archive_pipeline wrote them with their offset
+    (PostgreSQL's now(), datetime.now(UTC)), so a time without one is an edit, whose zone nobody knows."""
     if not isinstance((manifest.get("source") or {}).get("snapshot_at"), str):  # (every version wrote it)
         return f"its field source.snapshot_at is {(manifest.get('source') or {}).get('snapshot_at')!r}, not a time"
-    for where, value in (("archived_at", manifest.get("archived_at")),
-                         ("source.snapshot_at", (manifest.get("source") or {}).get("snapshot_at"))):
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            return f"its field {where} is {value!r}, not a string"
-        try:
-            dt.datetime.fromisoformat(value)
-        except ValueError:
-            return f"its field {where} is {value[:100]!r}, not a time (ISO 8601)"
+    mark = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
+    for where, value in (("its field archived_at", manifest.get("archived_at")),
+                         ("its field source.snapshot_at", (manifest.get("source") or {}).get("snapshot_at")),
+                         ("its removal mark's field at", mark.get("at")),
+                         ("its removal mark's field settled_at", mark.get("settled_at"))):
+        if value is not None and (problem := _time_problem(value)):
+            return f"{where} is {problem}"
     return None
+
+
+def _time_problem(value: object) -> str | None:
+    """What keeps ``value`` from being a recorded time (ISO 8601 with its offset), or None."""
+    if not isinstance(value, str):
+        return f"{value!r}, not a string"
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return f"{value[:100]!r}, not a time (ISO 8601)"
+    if parsed.utcoffset() is None:
+        return f"{value[:100]!r}, a time without its offset (from UTC), which archive_pipeline always writes"
+    return None
+
+
+def _mark_problem(mark: object) -> str | None:
+    """The removal mark's fields, where present, as its writer (lifecycle.remove_day) writes them: each removal,
+    settling and restore reads them as such. Its transaction id (``xid``, str(txid_current()), or a number) is
+    asked of PostgreSQL (txid_status): a list failed prune as "an unexpected error (TypeError)"; ``system`` is
+    compared with this server's identifier, and ``rows`` counted (its times: :func:`_times_problem`)."""
+    if not isinstance(mark, dict):  # (its type is _consistency_problem's)
+        return None
+    for name in ("state", "action", "relation", "by", "system", "settled_because"):
+        if mark.get(name) is not None and not isinstance(mark[name], str):
+            return f"its removal mark's field {name} is {mark[name]!r}, not a string"
+    xid = mark.get("xid")
+    if xid is not None and not (_count(xid) or isinstance(xid, str) and re.fullmatch(r"[0-9]{1,20}", xid)):
+        return f"its removal mark's field xid is {repr(xid)[:100]}, not a transaction id (a string of digits)"
+    if mark.get("rows") is not None and not _count(mark["rows"]):
+        return f"its removal mark's field rows is {repr(mark['rows'])[:100]}, not a count of rows"
+    return None
+
+
+def _count(value: object) -> bool:
+    """Whether ``value`` is a whole number from 0 (not a boolean, which JSON and Python read as one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _source_problem(manifest: dict[str, Any]) -> str | None:
@@ -462,7 +537,7 @@ def _definition_problem(manifest: dict[str, Any]) -> str | None:
     columns = definition.get("columns")
     if not isinstance(columns, list):
         return f"its field table_definition.columns is {columns!r}, not a list"
-    if problem := _columns_problem(columns, "table definition's columns"):
+    if problem := _columns_problem(columns, "table definition's columns", _source_encoding(manifest)):
         return problem
     for column in columns:
         if not isinstance(column.get("type"), str):
@@ -477,6 +552,25 @@ def _definition_problem(manifest: dict[str, Any]) -> str | None:
         return ("its table definition does not define the columns it records: "
                 + "; ".join([*([f"it lacks {_names(missing)}"] if missing else []),
                              *([f"it adds {_names(extra)}"] if extra else [])]))
+    return _retyped_problem(columns, manifest["columns"])
+
+
+def _retyped_problem(defined: list[dict], recorded: list[dict]) -> str | None:
+    """A column the table definition types (or makes NOT NULL) otherwise than columns[] records it, or None. Every
+    writer builds both from the same columns (format_type's text, spelled alike), and the proof and the removal
+    read columns[] while a restore into a new table creates the definition's: a resealed ``amount text`` for a
+    ``numeric(12,2)`` let the day go, proven, and restored green as text."""
+    by_name = {c["name"]: c for c in recorded}
+    for column in defined:
+        archived = by_name[column["name"]]
+        if column["type"] != archived["pg_type"]:
+            return (f"its table definition types {_shown(column['name'])} as {column['type'][:100]!r}, its columns[] "
+                    f"as {archived['pg_type'][:100]!r}")
+        nullable = archived.get("nullable")
+        if isinstance(column.get("not_null"), bool) and isinstance(nullable, bool) and column["not_null"] == nullable:
+            return (f"its table definition makes {_shown(column['name'])} "
+                    f"{'NOT NULL' if column['not_null'] else 'nullable'}, its columns[] "
+                    f"{'nullable' if nullable else 'NOT NULL'}")
     return None
 
 
