@@ -470,6 +470,14 @@ class TableSpec(_Strict):
 
     _key_prefix: tuple[str, ...] = PrivateAttr(default=())
 
+    @property
+    def sibling_patterns(self) -> tuple[str, ...]:
+        """The naming patterns of the configuration's other naming-mode tables of this schema (set by
+        :class:`ArchiveConfig`): their day tables are theirs, never a misspelling of this table's pattern."""
+        return self._sibling_patterns
+
+    _sibling_patterns: tuple[str, ...] = PrivateAttr(default=())
+
 
 class RetrySettings(_Strict):
     max_retries: Count = Field(default=3, ge=0, le=20)
@@ -566,6 +574,10 @@ class ArchiveConfig(_Strict):
     def _prefix_tables(self) -> ArchiveConfig:
         for spec in self.tables:
             spec._key_prefix = self.asset_key_prefix
+            spec._sibling_patterns = tuple(
+                other.partitioning.pattern for other in self.tables if other is not spec
+                and other.partitioning.mode == "naming" and other.schema_name == spec.schema_name
+                and other.partitioning.pattern)
         return self
 
     @property

@@ -375,9 +375,28 @@ def naming_days(conn: psycopg.Connection, spec: TableSpec) -> list[Period]:
         (spec.schema_name, prefix))]
     found = [period for name, period in _named_periods(spec, names)]
     if not found:
+        _refuse_other_schema(conn, spec)
         _refuse_other_case(conn, spec, prefix)
         _refuse_schema_in_pattern(conn, spec)
     return sorted(found)
+
+
+def _refuse_other_schema(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Refuse a table whose schema is not there while one spelled as it is but for case or Unicode normal form is
+    (``name: Sales.events`` against the schema sales, created unquoted): no day table would ever be found."""
+    if conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %s)",
+                    (spec.schema_name,)).fetchone()[0]:
+        return
+    wanted = _fold(spec.schema_name)
+    others = [name for (name,) in conn.execute("SELECT nspname::text FROM pg_catalog.pg_namespace ORDER BY 1")
+              if _fold(name) == wanted]
+    if others:
+        raise SourceError(
+            f"{spec.name}: schema {spec.schema_name!r} does not exist; the catalog spells it {others[0]!r}, otherwise "
+            "in case or Unicode normal form (PostgreSQL folds only the ASCII letters of an unquoted name)",
+            table=spec.name, retryable=False, cause=SETTING_MISFITS,
+            remedy=f"set the table's name in the YAML configuration to {others[0]}.{spec.table_name}, as the "
+                   "catalog spells its schema")
 
 
 def _refuse_unstorable(conn: psycopg.Connection, spec: TableSpec) -> None:
@@ -444,6 +463,8 @@ def _refuse_other_case(conn: psycopg.Connection, spec: TableSpec, prefix: str) -
         f"WHERE n.nspname = %s AND c.relkind IN {_DAY_RELKINDS} "
         "AND pg_catalog.lower(c.relname::text COLLATE \"C\") LIKE %s ORDER BY 1 LIMIT 1000",
         (spec.schema_name, _folded_like(prefix)))]
+    # (a name another configured table's pattern names exactly is that table's day table, not a misspelling)
+    names = [n for n in names if not any(_names_exactly(other, n) for other in spec.sibling_patterns)]
     matched = list(_named_periods(spec, names, fold=True))
     if not matched:
         return
@@ -457,8 +478,28 @@ def _refuse_other_case(conn: psycopg.Connection, spec: TableSpec, prefix: str) -
         f"{spec.schema_name!r}, whose day tables the catalog spells otherwise in case or Unicode normal form: {shown} "
         f"(for {period} the pattern names {spec.child_table(period)!r}{how}; PostgreSQL folds only the ASCII letters "
         "of an unquoted name to lower case)", table=spec.name, retryable=False, cause=SETTING_MISFITS,
-        remedy=f"set the table's partitioning pattern in the YAML configuration to "
-               f"{_respelled(spec.partitioning.pattern, name, period)!r}, as the catalog spells its tables")
+        remedy=_respell_remedy(spec.partitioning.pattern, name, period))
+
+
+def _names_exactly(pattern: str, name: str) -> bool:
+    """Whether ``pattern`` names the table ``name`` exactly (read back and spelled again, byte for byte)."""
+    try:
+        return dt.datetime.strptime(name, pattern).strftime(pattern) == name
+    except (ValueError, OverflowError):
+        return False
+
+
+def _respell_remedy(pattern: str, name: str, period: Period) -> str:
+    """What to set the pattern to, as the catalog spells ``name``; where the difference is in a code's own text
+    (``%a`` printing 'Sun', the table named '..._sun'), which no pattern spells otherwise, to rename the tables."""
+    respelled = _respelled(pattern, name, period)
+    if respelled != pattern:
+        return f"set the table's partitioning pattern in the YAML configuration to {respelled!r}, as the catalog " \
+               "spells its tables"
+    spelled = '"' + period.start.strftime(pattern).replace('"', '""') + '"'
+    return (f"rename the day tables as the pattern spells them (ALTER TABLE ... RENAME TO {spelled} for this one): "
+            "their names differ from it in the text of a code (a weekday's or month's name), which no pattern "
+            "spells otherwise")
 
 
 def _refuse_schema_in_pattern(conn: psycopg.Connection, spec: TableSpec) -> None:
@@ -598,7 +639,10 @@ def _day_table_shapes(conn: psycopg.Connection, spec: TableSpec, periods: list[P
     shapes: dict[Period, SourceTable | None] = {}
     for same in kinds.values():
         shape = _described(conn, spec, same[0])
-        shapes.update((period, shape) for period in same)
+        if shape is None:  # (that one could not be described, a table the role may not read: each on its own)
+            shapes.update((period, _described(conn, spec, period)) for period in same)
+        else:
+            shapes.update((period, shape) for period in same)
     return shapes
 
 
