@@ -640,6 +640,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             problems = _compare(conn, scratch_conn, day, manifest, temp, columns, source, loaded, loaded_now)
             if problems:
                 _renamed_meanwhile(scratch_conn, manifest, names)
+            if source_side_only(problems):  # the archive is intact: a standby behind it read the day as it was
+                refuse_stale_standby(conn, spec.name, day.isoformat(), manifest,
+                                     outcome="no verdict on the archive", instead="prove it on the primary")
             return problems
         finally:
             if temp is not None:
