@@ -1706,7 +1706,9 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
             continue
         run.between_days()
         try:
-            removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline")
+            # (reads: ARCHIVE_PG_DSN's cluster, which a primary of another one, a staging copy, is refused for)
+            removal = remove_day(run.primary, spec, day, run.store, dry_run=dry_run, removed_by="archive-pipeline",
+                                 reads=run.conn)
         except RemovalRefused as exc:
             results.append({"table": spec.name, "day": day.isoformat(), "status": "refused", "message": _told(exc)})
             continue

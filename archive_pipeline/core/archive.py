@@ -34,8 +34,8 @@ from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
-from archive_pipeline.core.errors import (ArchiveError, SourceError, UnsupportedTypeError, is_cancellation, is_retryable,
-                                          named, note_cancelled, renote_cancelled)
+from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
+                                          note_cancelled, renote_cancelled)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -78,7 +78,7 @@ from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
     day_filter, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
     read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
-    shape_changes, snapshot_open, standby_replay, view_calls, wrapped
+    shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
@@ -365,15 +365,6 @@ def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) 
     names = [c["name"] for c in manifest.get("columns", [])]
     # (a day of no rows has no values a column could differ in: an empty day stays empty after a migration)
     return manifest.get("fingerprint") == str(fp) and (names == [c.name for c in table.columns] or fp.rows == 0)
-
-
-def _snapshot_time(manifest: dict) -> dt.datetime | None:
-    """When ``manifest``'s archive read its source (None where it does not say, or not as a time with its zone)."""
-    try:
-        taken = dt.datetime.fromisoformat(str((manifest.get("source") or {}).get("snapshot_at")))
-    except ValueError:
-        return None
-    return taken if taken.tzinfo is not None else None
 
 
 def _writer_version(manifest: dict) -> str:
@@ -910,35 +901,22 @@ class _Archiving:
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
 
     def _refuse_stale_standby(self, manifest: dict | None) -> None:
-        """On a hot standby whose replay is paused with WAL waiting, or behind ``manifest``'s archive (WAL received
-        and not replayed, nothing replayed since that archive's snapshot): refused, retryable. Its day is the
-        primary's of some time ago: called "changed since it was archived ... set overwrite", and overwritten as
-        advised, the archive lost rows the primary had committed before the run began."""
+        """On a hot standby whose replay is paused with WAL waiting, or behind ``manifest``'s archive (no commit
+        replayed since that archive's snapshot, and WAL received and not replayed, or none received: its WAL
+        receiver cut off from the primary): refused, retryable (see Replay.stale). Its day is the primary's of some
+        time ago: called "changed since it was archived ... set overwrite", and overwritten as advised, the archive
+        lost rows the primary had committed before the run began."""
         if self.conn.info.parameter_status("in_hot_standby") not in ("on", None):
             return  # (a primary says so without a query, from PostgreSQL 14 on)
         if self._replay is False:
             self._replay = standby_replay(self.conn)
         replay = self._replay
-        taken = _snapshot_time(manifest) if manifest is not None else None
-        if replay is None or not replay.stale(taken):
+        if replay is None or not replay.stale(snapshot_time(manifest)):
             return
-        said = f"{self.spec.name} {self.day}: the source (ARCHIVE_PG_DSN) is a hot standby "
-        if replay.paused:
-            raise SourceError(said + f"whose WAL replay is paused (pg_is_wal_replay_paused(); {replay.behind_by()}): "
-                              "what the primary committed since is not there to read, so its day may be stale, not "
-                              "changed; nothing was written", table=self.spec.name, day=self.day.isoformat(),
-                              retryable=True, cause="the standby's WAL replay is paused",
-                              remedy="retried automatically; resume replay on the standby (SELECT "
-                                     "pg_wal_replay_resume(), as a superuser or a role granted it), or archive from "
-                                     "the primary")
-        raise SourceError(said + f"lagging behind the archive {self._archive_uri(manifest)} (snapshot "
-                          f"{manifest.get('source', {}).get('snapshot_at')}; {replay.behind_by()}): its day may lack "
-                          "rows the primary committed since, not have changed; nothing was written",
-                          table=self.spec.name, day=self.day.isoformat(), retryable=True,
-                          cause="the standby has not replayed the WAL it received",
-                          remedy="retried automatically, once the standby has replayed it; if it persists, look at "
-                                 "its replay lag (pg_stat_replication.replay_lag on the primary, the standby's "
-                                 "recovery conflicts and I/O)")
+        raise replay.refusal(self.spec.name, self.day.isoformat(),
+                             archive=self._archive_uri(manifest) if manifest is not None else "",
+                             snapshot=((manifest or {}).get("source") or {}).get("snapshot_at"),
+                             outcome="nothing was written", instead="archive from the primary")
 
     def _refuse_inexact_archive(self, manifest: dict) -> None:
         """A ``strict`` table accepts no archive whose manifest records a column as not exact (one written

@@ -116,15 +116,18 @@ def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
 @speaks_utf8("conn", "scratch_conn")
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
-               removed_by: str | None = None, temp_dir: str | None = None, former_keys: Sequence[str] = ()) -> Removal:
+               removed_by: str | None = None, temp_dir: str | None = None, former_keys: Sequence[str] = (),
+               reads: psycopg.Connection | None = None) -> Removal:
     """See :func:`_remove_day` (``temp_dir``: where the proof downloads the object; ``former_keys``: see
-    :func:`archive_key`); a database error (a lock_timeout, a lost session) comes out as an
+    :func:`archive_key`; ``reads``: the server the caller reads, ARCHIVE_PG_DSN, where ``conn`` is another
+    connection, ARCHIVE_PG_PRIMARY_DSN's: a primary of another cluster is refused, see
+    :func:`refuse_other_cluster`); a database error (a lock_timeout, a lost session) comes out as an
     :class:`ArchiveError` naming table, day, cause and remedy, with what was noted on it kept. ``conn``
     must be in autocommit mode (the removal commits its own transaction before it marks the manifest done)."""
     require_autocommit(conn, "removing a day")
     try:
         return _remove_day(conn, spec, day, store, dry_run=dry_run, proven=proven, scratch_conn=scratch_conn,
-                           removed_by=removed_by, temp_dir=temp_dir, former_keys=former_keys)
+                           removed_by=removed_by, temp_dir=temp_dir, former_keys=former_keys, reads=reads)
     except psycopg.Error as exc:
         error = wrapped(exc, conn, spec, spec.period(day).isoformat(), doing="proving" if dry_run else "removing")  # a dry run removes nothing
         for note in getattr(exc, "__notes__", []):
@@ -141,7 +144,7 @@ def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
 def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                 dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                 removed_by: str | None = None, temp_dir: str | None = None,
-                former_keys: Sequence[str] = ()) -> Removal:
+                former_keys: Sequence[str] = (), reads: psycopg.Connection | None = None) -> Removal:
     """Remove ``day`` of ``spec`` from the source (``conn`` must be the primary), if and only if proven.
 
     The deep verification runs here, under the table-day lock, so what is proven is what is removed.
@@ -155,6 +158,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                              table=spec.name, day=day.isoformat())
     action = spec.retention.action
     _require_primary(conn, spec, day, f"removing {spec.name} {day}")
+    if reads is not None and reads is not conn:  # (a staging copy's day was dropped, the real source's marked removed)
+        refuse_other_cluster(conn, spec, day, None, reads=reads)
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
@@ -167,6 +172,9 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                                  table=spec.name, day=day.isoformat())
         archive = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))
         if removal_state(manifest) == "pending":  # an earlier removal left its mark: settle it first
+            # ...on the day's own cluster: on a staging copy, its rows count as the removal not committed, and the
+            # mark was taken back while the real source had lost the day
+            refuse_other_cluster(conn, spec, day, manifest)
             committed, why = _committed(conn, spec, day, manifest)
             if dry_run and committed:
                 # what the real run's settling checks first: the archive, now the day's only copy
@@ -203,7 +211,9 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             mark = manifest["removed"]  # (when and by whom: this run removed nothing)
             return Removal(spec.name, day, action, mark.get("relation", ""), manifest["rows"], archive,
                            _parse_time(mark.get("at")), dry_run, already_removed=True, removed_by=mark.get("by"))
-        refuse_other_cluster(conn, spec, day, manifest)  # (before the proof's work: the rows may well be the same)
+        # (after a removed day found removed: a database moved to a new cluster since has it removed still; before
+        # the proof's work: another cluster's rows may well be the same)
+        refuse_other_cluster(conn, spec, day, manifest)
         refuse_layout_change(spec, day, manifest)
         try:
             target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked

@@ -27,7 +27,8 @@ from archive_pipeline.core.listing import day_listings, listed_absent
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, layout_change, manifest_key, owned,
                                              removal_state, under_another_format)
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, server_identity, wrapped
+from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
+    server_identity, wrapped
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import (ColumnsChangedError, load_manifest, object_problems, rows_after_removal,
                                           source_fingerprint)
@@ -756,6 +757,18 @@ def _again_where_replaced(out: list, used: dict, store: S3Store, spec: TableSpec
     return [redone.get(item.day, item) for item in out]
 
 
+def _stale_standby(conn: psycopg.Connection, spec: TableSpec, day: Period, archived: Archived) -> str | None:
+    """Why a day read as differing is not checked, where ``conn`` is a hot standby behind its archive (replay paused,
+    or lagging: source.Replay.stale): its day is the primary's of some time ago, not a change (called "differs",
+    it was archived again with overwrite from the standby, and lost rows); else None."""
+    try:
+        refuse_stale_standby(conn, spec.name, day.isoformat(), archived.manifest,
+                             outcome="nothing is known to differ", instead="compare on the primary")
+    except SourceError as exc:
+        return f"not checked (retryable): {exc}"
+    return None
+
+
 def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: Iterable[dt.date],
                   used: dict[Period, str | None]) -> list[Comparison]:
     out = []
@@ -785,6 +798,9 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             if archived.removed and rows_after_removal(conn, spec, day) == 0:  # a column added since: no rows to differ
                 out.append(_absent(spec, day, archived, found.key))
                 continue
+            if (behind := _stale_standby(conn, spec, day, archived)) is not None:
+                out.append(_unreadable(spec, day, found, behind))
+                continue
             out.append(Comparison(spec.name, day, "differs", None, archived.rows, None, archived.fingerprint,
                                   archived.object_key or found.key, exc.message))
             continue
@@ -810,6 +826,9 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             continue
         note = uncomputable(archived)
         result = "equal" if matches_source(archived, current) else "differs"
+        if result == "differs" and (behind := _stale_standby(conn, spec, day, archived)) is not None:
+            out.append(_unreadable(spec, day, found, behind))
+            continue
         if archived.fingerprint and fingerprint.recorded_algorithm(archived.fingerprint) is None:
             result = "differs"  # not proven equal: none of the content could be compared (the note says why)
             note = (f"not compared: source has {current.rows:,} rows, archive {archived.rows:,}; "

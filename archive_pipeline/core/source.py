@@ -1855,37 +1855,113 @@ def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | Non
 @dataclass(frozen=True)
 class Replay:
     """Where a hot standby's WAL replay stands: what it reads is the primary's data as of ``replayed``.
-    ``received`` is None on a standby that reads WAL from an archive (restore_command), not a stream."""
+    ``received`` is None on a standby that reads WAL from an archive (restore_command), not a stream.
+    ``streaming``: whether a WAL receiver streams from the primary now (False: none, cut off or log shipping;
+    None: the role may not see its status, pg_stat_wal_receiver shows it to pg_read_all_stats only);
+    ``last_message``: when the primary sent the last message the receiver got (the primary's clock, as the
+    archive's snapshot time is)."""
 
     paused: bool
     received: str | None
     replayed: str | None
     unreplayed: bool  # WAL received and not replayed: the primary committed more than the standby shows
     last_commit: dt.datetime | None  # the primary's time of the last transaction replayed
+    streaming: bool | None = None
+    last_message: dt.datetime | None = None
 
     def behind_by(self) -> str:
         """The replay's position in words, for a refusal."""
         last = f"; its last replayed commit is of {self.last_commit.isoformat()}" if self.last_commit else ""
-        return f"WAL received up to {self.received or 'unknown (no WAL stream)'}, replayed up to {self.replayed}{last}"
+        return (f"WAL received up to {self.received or 'unknown (no WAL stream)'}, replayed up to {self.replayed}"
+                f"{last}; {self._receiver()}")
+
+    def _receiver(self) -> str:
+        if self.streaming is None:
+            return "its WAL receiver's status is not visible to this role (pg_read_all_stats)"
+        if not self.streaming:
+            return "no WAL receiver streaming from the primary (pg_stat_wal_receiver)"
+        sent = self.last_message.isoformat() if self.last_message else "unknown"
+        return f"its WAL receiver streams, the primary's last message sent at {sent}"
 
     def stale(self, taken_after: dt.datetime | None) -> bool:
         """Whether the standby's rows may be older than what a read of the primary at ``taken_after`` saw (an
-        archive's snapshot): replay paused with WAL waiting; or paused, or with WAL waiting, and no commit replayed
-        since then. (A commit the primary has not sent yet, synchronous_commit off, shows only in the time: a
-        paused standby is taken at its word, a running one only with WAL waiting, else every day changed by
-        configuration, not by a commit, on an idle primary would be called stale.)"""
+        archive's snapshot): replay paused with WAL waiting; or no commit replayed since then, and replay paused,
+        or WAL waiting, or nothing heard from the primary since (see :meth:`cut_off`). (A commit the primary has
+        not sent yet, synchronous_commit off, shows only in the time: a running, streaming standby is taken at its
+        word, else every day changed by configuration, not by a commit, on an idle primary would be called stale.)
+        Asked only before a day is called changed or its archive replaced, where being wrong loses rows."""
         if self.paused and (self.unreplayed or self.received is None):
             return True
         behind = taken_after is not None and (self.last_commit is None or self.last_commit < taken_after)
-        return behind and (self.paused or self.unreplayed)
+        return behind and (self.paused or self.unreplayed or self.cut_off(taken_after))
+
+    def cut_off(self, taken_after: dt.datetime) -> bool:
+        """Whether the standby may have received nothing the primary committed since ``taken_after``: no WAL
+        receiver streaming (a network partition, primary_conninfo or the primary's pg_hba.conf wrong, a log-shipping
+        standby), or its last message sent before then. A status the role may not see counts as cut off: a cut-off
+        standby shows no WAL waiting, and its day called changed was overwritten with fewer rows."""
+        return self.streaming is not True or self.last_message is None or self.last_message < taken_after
+
+    def refusal(self, table: str, day: str, *, archive: str, snapshot: Any, outcome: str,
+                instead: str) -> SourceError:
+        """The retryable refusal of a standby :meth:`stale` says may be stale: its day read as it was, not as it
+        changed (``outcome``: what was not done; ``instead``: where else to do it)."""
+        said = f"{table} {day}: the source (ARCHIVE_PG_DSN) is a hot standby "
+        if self.paused:
+            return SourceError(said + f"whose WAL replay is paused (pg_is_wal_replay_paused(); {self.behind_by()}): "
+                               "what the primary committed since is not there to read, so its day may be stale, not "
+                               f"changed; {outcome}", table=table, day=day, retryable=True,
+                               cause="the standby's WAL replay is paused",
+                               remedy="retried automatically; resume replay on the standby (SELECT "
+                                      f"pg_wal_replay_resume(), as a superuser or a role granted it), or {instead}")
+        cause, remedy = self._lag()
+        return SourceError(said + f"lagging behind the archive {archive} (snapshot {snapshot}; {self.behind_by()}): "
+                           f"its day may lack rows the primary committed since, not have changed; {outcome}",
+                           table=table, day=day, retryable=True, cause=cause, remedy=f"{remedy}; or {instead}")
+
+    def _lag(self) -> tuple[str, str]:
+        """(cause, remedy) of a running standby's lag, by what shows it."""
+        if self.unreplayed:
+            return ("the standby has not replayed the WAL it received",
+                    "retried automatically, once the standby has replayed it; if it persists, look at its replay lag "
+                    "(pg_stat_replication.replay_lag on the primary, the standby's recovery conflicts and I/O)")
+        if self.streaming is None:
+            return ("this role cannot see whether the standby's WAL receiver streams from the primary "
+                    "(pg_stat_wal_receiver shows its status to pg_read_all_stats only), and no commit was replayed "
+                    "since the archive's snapshot",
+                    "retried automatically; GRANT pg_read_all_stats to the role so a current standby is told from a "
+                    "cut-off one")
+        if not self.streaming:
+            return ("the standby's WAL receiver is not streaming from the primary (cut off, or a log-shipping "
+                    "standby), and no commit was replayed since the archive's snapshot",
+                    "retried automatically, once the standby receives the primary's WAL again; if it persists, look "
+                    "at pg_stat_wal_receiver and the server log on the standby (primary_conninfo, the network, the "
+                    "primary's pg_hba.conf and max_wal_senders; a log-shipping standby's restore_command)")
+        return ("the standby has heard nothing from the primary since the archive's snapshot (its WAL receiver's "
+                "last message is older)",
+                "retried automatically; if it persists, the stream is stalled: look at pg_stat_wal_receiver on the "
+                "standby and pg_stat_replication on the primary (wal_receiver_timeout ends a dead connection)")
+
+
+def snapshot_time(manifest: dict | None) -> dt.datetime | None:
+    """When ``manifest``'s archive read its source (None where it does not say, or not as a time with its zone)."""
+    try:
+        taken = dt.datetime.fromisoformat(str(((manifest or {}).get("source") or {}).get("snapshot_at")))
+    except ValueError:
+        return None
+    return taken if taken.tzinfo is not None else None
 
 
 def standby_replay(conn: psycopg.Connection) -> Replay | None:
     """Where ``conn``'s WAL replay stands, if it is a hot standby (None on a primary, or where the server cannot
-    say). Asked in a savepoint: a refused function must not end the caller's snapshot."""
+    say). Asked in a savepoint: a refused function must not end the caller's snapshot. (pg_stat_wal_receiver has a
+    row while a receiver runs; its status is NULL to a role without pg_read_all_stats.)"""
     query = ("SELECT pg_catalog.pg_is_wal_replay_paused(), pg_catalog.pg_last_wal_receive_lsn()::text, "
              "pg_catalog.pg_last_wal_replay_lsn()::text, COALESCE(pg_catalog.pg_last_wal_receive_lsn() > "
-             "pg_catalog.pg_last_wal_replay_lsn(), false), pg_catalog.pg_last_xact_replay_timestamp() "
+             "pg_catalog.pg_last_wal_replay_lsn(), false), pg_catalog.pg_last_xact_replay_timestamp(), "
+             "(SELECT CASE WHEN count(*) = 0 THEN false WHEN bool_or(status IS NULL) THEN NULL "
+             "ELSE bool_or(status = 'streaming') END FROM pg_catalog.pg_stat_wal_receiver), "
+             "(SELECT max(last_msg_send_time) FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming') "
              "WHERE pg_catalog.pg_is_in_recovery()")
     try:
         with conn.transaction():
@@ -1893,6 +1969,20 @@ def standby_replay(conn: psycopg.Connection) -> Replay | None:
     except psycopg.Error:
         return None
     return Replay(*row) if row else None
+
+
+def refuse_stale_standby(conn: psycopg.Connection, table: str, day: str, manifest: dict, *, outcome: str,
+                         instead: str) -> None:
+    """Raise :meth:`Replay.refusal` where ``conn`` is a hot standby that may be behind ``manifest``'s archive (see
+    :meth:`Replay.stale`): a day it reads otherwise than the archive is not known to have changed. Asked only where a
+    day would be called changed (compare, verify, the source_unchanged check), as an archive run asks it."""
+    if conn.info.parameter_status("in_hot_standby") not in ("on", None):
+        return  # (a primary says so without a query, from PostgreSQL 14 on)
+    replay = standby_replay(conn)
+    if replay is not None and replay.stale(snapshot_time(manifest)):
+        raise replay.refusal(table, day, archive=(manifest.get("object") or {}).get("uri") or "of the day",
+                             snapshot=(manifest.get("source") or {}).get("snapshot_at"), outcome=outcome,
+                             instead=instead)
 
 
 def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str, str]:

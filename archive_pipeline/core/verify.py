@@ -43,8 +43,8 @@ from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED
     set_session, speaks_utf8, watch_client, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, columns_as_archived, day_filter,
-                                          describe_table, names_brief, printed_names_changed, relation_printed_names,
-                                          relation_shapes, shape_changes, type_parts, wrapped)
+                                          describe_table, names_brief, printed_names_changed, refuse_stale_standby,
+                                          relation_printed_names, relation_shapes, shape_changes, type_parts, wrapped)
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
@@ -457,10 +457,21 @@ def rows_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | 
 
 
 def _source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> str | None:
-    """:func:`source_changed`, letting a database error through (a proof wraps it as its own)."""
+    """:func:`source_changed`, letting a database error through (a proof wraps it as its own). A hot standby behind
+    the archive (its replay paused, or lagging: see source.Replay.stale) gives no difference: a retryable
+    :class:`SourceError`, as an archive run refuses it (its day read as it was, called changed, was overwritten)."""
     recorded = manifest.get("fingerprint")
     if (unknown := fingerprint.why_uncomputable(recorded)) is not None:
         return f"{unknown[0]}: {unknown[1]} to prove it"
+    difference = _difference(conn, spec, day, manifest, recorded)
+    if difference is not None:
+        refuse_stale_standby(conn, spec.name, day.isoformat(), manifest, outcome="nothing is known to have changed",
+                             instead="compare on the primary")
+    return difference
+
+
+def _difference(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict, recorded: str) -> str | None:
+    """How the source's day differs from the archive's ``recorded`` fingerprint now, or None."""
     # A day archived without rows has no values a column could differ in: while the source has none
     # either, its columns (one added by a migration since) are not a change (as compare and re-runs see it).
     names = None if manifest.get("rows") == 0 else [c["name"] for c in manifest["columns"]]
@@ -629,6 +640,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
             problems = _compare(conn, scratch_conn, day, manifest, temp, columns, source, loaded, loaded_now)
             if problems:
                 _renamed_meanwhile(scratch_conn, manifest, names)
+            if source_side_only(problems):  # the archive is intact: a standby behind it read the day as it was
+                refuse_stale_standby(conn, spec.name, day.isoformat(), manifest,
+                                     outcome="no verdict on the archive", instead="prove it on the primary")
             return problems
         finally:
             if temp is not None:

@@ -222,9 +222,9 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             # last materialization recorded (the key_template or prefix changed since): not "no archive" for a green day
             key = archive_key(store, spec, day, former)
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
-            if manifest is not None:
-                refuse_other_cluster(primary, spec, day, manifest)  # (before a pending mark is settled there)
             pending = (manifest or {}).get("removed", {}).get("state") == "pending"
+            if pending:  # before a pending mark is settled there (another cluster's rows take it back)
+                refuse_other_cluster(primary, spec, day, manifest)
             if pending and not dry_run:
                 # An earlier removal left its mark (its "done" mark failed, or a refused one could not
                 # take it back): settled on the primary first, so the proof below is of the day as it is.
@@ -243,6 +243,10 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             back = manifest is not None and bool(manifest.get("removed")) and \
                 not still_detached(primary, spec, day, manifest) and \
                 rows_after_removal(primary, spec, day) > 0  # (restored into the original table, or late rows)
+            if manifest is not None and (back or not manifest.get("removed")):
+                # where something would be removed: a day removed, and not back, stays removed on a cluster the
+                # database moved to since (pg_upgrade, a dump/restore), where "archive it again from it" has nothing
+                refuse_other_cluster(primary, spec, day, manifest)
             if manifest is not None and manifest.get("removed") and not back:
                 # Removed (or pending and committed, in a dry run): the source no longer holds the day, so
                 # the archive itself is checked: manifest, object, digests and rows.
