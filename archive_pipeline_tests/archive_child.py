@@ -43,7 +43,7 @@ def killing_client(args: dict):
 
 def main(args: dict) -> None:
     store = S3Store(killing_client(args), args["bucket"], prefix="archive", part_size=MIN_PART_SIZE, max_concurrency=2)
-    with psycopg.connect(args["dsn"], autocommit=True) as conn:
+    with psycopg.connect(args["dsn"], autocommit=True, application_name="archive_child") as conn:
         result = archive_partition(conn, TableSpec(**args["spec"]), dt.date.fromisoformat(args["day"]), store,
                                    temp_dir=args.get("temp_dir"), overwrite=args.get("overwrite", False))
     print(json.dumps({"key": result.key, "fingerprint": result.fingerprint, "generation": result.generation}))

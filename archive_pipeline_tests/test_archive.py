@@ -152,7 +152,7 @@ def test_backend_terminated_mid_stream_leaves_nothing(pg, conn, schema, store, s
         if size > 7 << 20 and not killed.is_set():
             killed.set()
             with pg.connect() as other:
-                other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                other.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
 
     with pytest.raises(ArchiveError) as failure:
         archive_partition(archiving, spec, dt.date(2024, 3, 10), store, temp_dir=temp_dir,

@@ -192,7 +192,7 @@ def test_a_session_lost_between_slices_is_retried_and_leaves_nothing(pg, conn, s
         calls.append(1)
         if len(calls) == 2:
             with pg.connect() as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (reader.info.backend_pid,))
+                admin.execute("SELECT pg_terminate_backend(%s, 30000)", (reader.info.backend_pid,))
         return write_value(reader, *args)
 
     monkeypatch.setattr(big_values, "_write_value", terminated_on_the_second)
@@ -444,7 +444,7 @@ def test_a_session_lost_while_a_text_is_sliced_is_retried_and_leaves_nothing(pg,
             write(piece)
             if len(calls) == 2:
                 with pg.connect() as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (reader.info.backend_pid,))
+                    admin.execute("SELECT pg_terminate_backend(%s, 30000)", (reader.info.backend_pid,))
         return write_text(reader, row, column, write_then_terminate)
 
     monkeypatch.setattr(big_values, "_write_text", terminated_on_the_second)

@@ -248,7 +248,7 @@ def test_dropped_connection_is_retried_and_succeeds(pg, conn, schema, archive_en
                 row = watcher.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'archive_pipeline' "
                                       "AND query LIKE 'COPY%%' AND state = 'active'").fetchone()
                 if row:
-                    watcher.execute("SELECT pg_terminate_backend(%s)", row)
+                    watcher.execute("SELECT pg_terminate_backend(%s, 30000)", row)
                     killed.append(row[0])
                 time.sleep(0.005)
 

@@ -47,7 +47,7 @@ def _sessions_left(conn, role: str) -> list[tuple[int, str]]:
                                 (role,)).fetchall()) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid, _ in left:
-        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        conn.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
     return left
 
 
@@ -66,7 +66,7 @@ def test_a_coordinator_terminated_around_the_streams_import_leaves_no_session_be
 
     def terminate(session: psycopg.Connection) -> None:
         with pg.connect() as other:
-            other.execute("SELECT pg_terminate_backend(%s)", (session.info.backend_pid,))
+            other.execute("SELECT pg_terminate_backend(%s, 30000)", (session.info.backend_pid,))
 
     def around_import(coordinator, *args, **kwargs):
         if moment == "before":

@@ -96,7 +96,7 @@ def test_psycopg_lock_timeout_is_retried(pg, sp, schema):
 
 def test_psycopg_terminated_backend_is_retried(pg, sp):
     with pg.connect() as victim:
-        sp.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+        sp.execute("SELECT pg_terminate_backend(%s, 30000)", (victim.info.backend_pid,))
         exc = raised(lambda: victim.execute("SELECT pg_sleep(0.01)"))
         assert is_retryable(exc)
         # the connection is unusable afterwards; that error is retried too
@@ -191,7 +191,7 @@ def test_adbc_stream_terminated_backend_is_retried(ap, sp):
     def read() -> None:
         for n, _ in enumerate(ap.fetch_record_batch()):
             if n == 1:
-                sp.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                sp.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
 
     exc = raised(read)
     # an OSError from adbc-driver-postgresql 1.9+, ArrowInvalid from 1.8 (pinned): classified alike

@@ -164,7 +164,7 @@ def test_terminated_backend_mid_copy_is_retried(pg, source, store, temp_dir, fmt
             else:
                 victims = [conn.info.backend_pid]
             for pid in victims:
-                assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+                assert admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,)).fetchone()[0]
 
         err = archive_fails(conn, spec, store, temp_dir, progress=once(terminate))
     assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
@@ -179,7 +179,7 @@ def test_parquet_snapshot_holder_terminated_is_retried(pg, source, store, temp_d
     schema, role, dsn = source
     spec = spec_for(schema, "parquet", "zstd")
     with psycopg.connect(dsn, autocommit=True) as conn, superuser(pg) as admin:
-        kill = once(lambda: admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,)))
+        kill = once(lambda: admin.execute("SELECT pg_terminate_backend(%s, 30000)", (conn.info.backend_pid,)))
         err = archive_fails(conn, spec, store, temp_dir, progress=kill)
     assert_failed_cleanly(err, retryable=True, spec=spec, store=store, temp_dir=temp_dir)
     assert "lock was lost" in str(err)

@@ -153,7 +153,7 @@ def test_a_failed_read_leaves_no_fingerprint_session(conn, table, role_dsn, sess
     spec = _spec(table)
     with psycopg.connect(dsn, autocommit=True) as archiving:
         def terminate_the_reader(rows: int, size: int) -> None:
-            conn.execute("SELECT pg_terminate_backend(%s)", (archiving.info.backend_pid,))
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (archiving.info.backend_pid,))
 
         with pytest.raises(ArchiveError) as caught:
             archive_partition(archiving, spec, DAY, store, temp_dir=str(temp_dir), progress=terminate_the_reader,

@@ -114,7 +114,7 @@ def test_a_run_that_lost_its_lock_never_deletes_the_object_the_next_run_committe
         thread, outcome = _in_thread("A", lambda: archive_partition(run_a, spec, DAY, store, overwrite=True))
         try:
             assert parked.wait(30), outcome
-            conn.execute("SELECT pg_terminate_backend(%s)", (run_a.info.backend_pid,))
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (run_a.info.backend_pid,))
             assert wait_until(lambda: conn.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
                                                    (run_a.info.backend_pid,)).fetchone()[0])
             committed = archive_partition(run_b, spec, DAY, store, overwrite=True)
@@ -154,7 +154,7 @@ def test_a_removal_whose_session_died_after_its_commit_is_not_told_its_archive_w
         thread, outcome = _in_thread("A", lambda: remove_day(run_a, spec, DAY, store, removed_by="A"))
         try:
             assert parked.wait(30), outcome
-            conn.execute("SELECT pg_terminate_backend(%s)", (run_a.info.backend_pid,))
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (run_a.info.backend_pid,))
             assert wait_until(lambda: conn.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
                                                    (run_a.info.backend_pid,)).fetchone()[0])
             settled = remove_day(run_b, spec, DAY, store, removed_by="B")
@@ -244,7 +244,7 @@ def test_an_overwrite_superseded_right_after_its_commit_is_not_told_its_object_w
         thread, outcome = _in_thread("A", lambda: archive_partition(run_a, spec, DAY, store, overwrite=True))
         try:
             assert parked.wait(30), outcome
-            conn.execute("SELECT pg_terminate_backend(%s)", (run_a.info.backend_pid,))
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (run_a.info.backend_pid,))
             assert wait_until(lambda: conn.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
                                                    (run_a.info.backend_pid,)).fetchone()[0])
             later = archive_partition(run_b, spec, DAY, store, overwrite=True)

@@ -87,7 +87,7 @@ def test_a_run_that_lost_its_lock_does_not_delete_the_marker_of_the_run_that_too
         a, a_out = in_thread(lambda: archive_partition(a_conn, spec, DAY, store, overwrite=True))
         try:
             assert seams[0][0].wait(60), a_out
-            conn.execute("SELECT pg_terminate_backend(%s)", (a_conn.info.backend_pid,))  # A's session killed
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (a_conn.info.backend_pid,))  # A's session killed
             b, b_out = in_thread(lambda: archive_partition(b_conn, spec, DAY, store, overwrite=True))
             assert seams[1][0].wait(60), b_out
             # B's upload is created and announced (its marker) before A goes on
@@ -97,7 +97,7 @@ def test_a_run_that_lost_its_lock_does_not_delete_the_marker_of_the_run_that_too
             assert "lock" in str(a_out.get("error")), a_out
             b_uploads = open_uploads()
             assert len(b_uploads) == 1, b_uploads  # B's, in flight
-            conn.execute("SELECT pg_terminate_backend(%s)", (b_conn.info.backend_pid,))  # B "killed": held for ever
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (b_conn.info.backend_pid,))  # B "killed": held for ever
             with pg.connect() as c_conn:
                 c = archive_partition(c_conn, spec, DAY, store)  # the next run of the day
             assert c.skipped
@@ -153,7 +153,7 @@ def test_a_removal_settling_a_killed_removals_mark_that_its_owner_took_back_mean
         a, a_out = in_thread(lambda: remove_day(a_conn, spec, DAY, store, removed_by="prune"))
         try:
             assert a_seam[0].wait(60), a_out
-            conn.execute("SELECT pg_terminate_backend(%s)", (a_conn.info.backend_pid,))
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (a_conn.info.backend_pid,))
             b, b_out = in_thread(lambda: remove_day(b_conn, spec, DAY, store, removed_by="dagster"))
             assert b_seam[0].wait(60), b_out
             a_seam[1].set()

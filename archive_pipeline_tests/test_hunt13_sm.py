@@ -75,7 +75,7 @@ def test_a_run_whose_dead_session_it_has_not_noticed_yet_leaves_the_marker_of_th
             seams[0][1].set()
             a.join(60)
             assert "error" in a_out, a_out  # A's completion of its aborted upload failed
-            conn.execute("SELECT pg_terminate_backend(%s)", (b_conn.info.backend_pid,))  # B "killed": held for ever
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (b_conn.info.backend_pid,))  # B "killed": held for ever
             markers_after_a = marker_keys()
             with pg.connect() as c_conn:
                 c = archive_partition(c_conn, spec, DAY, store)  # the next run of the day

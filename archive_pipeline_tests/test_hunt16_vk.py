@@ -99,7 +99,7 @@ def test_a_removal_settling_a_mark_that_its_own_run_completes_meanwhile_is_not_c
         thread, outcome = in_thread(lambda: remove_day(a_conn, spec, DAY, proxied(proxy, bucket), removed_by="A"))
         try:
             assert proxy.wait_held(1), outcome
-            conn.execute("SELECT pg_terminate_backend(%s)", (a_pid,))
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (a_pid,))
 
             def a_lands_meanwhile(*args, **kwargs):
                 held.gate.set()
@@ -219,7 +219,7 @@ def test_an_overwrite_whose_lock_session_dies_during_its_commit_says_so_and_does
 
     def session_dies_meanwhile(self, result, existing):
         if not raced:
-            conn.execute("SELECT pg_terminate_backend(%s)", (self.conn.info.backend_pid,))
+            conn.execute("SELECT pg_terminate_backend(%s, 30000)", (self.conn.info.backend_pid,))
             with pg.connect() as other:
                 raced.append(archive_partition(other, spec, DAY, store))  # B: the lock is free
             puts.clear()

@@ -102,7 +102,7 @@ def test_one_of_four_adbc_streams_terminated_mid_read_fails_the_day_retryable_an
                 time.sleep(0.01)
             seen.append(copies)
             assert middle, copies
-            assert admin.execute("SELECT pg_terminate_backend(%s)", (middle[0],)).fetchone()[0]
+            assert admin.execute("SELECT pg_terminate_backend(%s, 30000)", (middle[0],)).fetchone()[0]
 
     with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(ArchiveError) as caught:
         archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir), progress=progress, progress_every=0)

@@ -319,7 +319,7 @@ def test_a_lost_session_handed_to_the_api_fails_typed_not_from_the_decorators_sh
     victim = psycopg.connect(pg.dsn, autocommit=True)
     try:
         pid = victim.info.backend_pid
-        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        conn.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
         while conn.execute("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)", (pid,)).fetchone()[0]:
             pass
         try:

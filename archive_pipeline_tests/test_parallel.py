@@ -218,7 +218,7 @@ def test_one_terminated_stream_fails_the_day_and_leaves_nothing(pg, conn, schema
                                  (role,)).fetchall()
             for (pid,) in found:  # no wait: a dying backend may block sending its FATAL while this callback
                 # holds up the reader, so waiting for it here could time out (it did in CI)
-                assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+                assert conn.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,)).fetchone()[0]
                 killed.append(pid)
             time.sleep(0.01)
 

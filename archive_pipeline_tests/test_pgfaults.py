@@ -153,7 +153,7 @@ def test_discovery_whose_session_is_terminated_mid_probe_raises_the_termination(
                 watcher.execute("SELECT pg_stat_clear_snapshot()")
                 if watcher.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
                                    (pid,)).fetchone()[0]:
-                    watcher.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    watcher.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
                     return
 
     try:

@@ -227,7 +227,7 @@ def test_a_database_error_of_the_source_comparison_names_table_day_cause_and_rem
     with pg.connect(user=reader) as refused, pytest.raises(ArchiveError) as denied:
         source_changed(refused, spec, DAY, manifest)
     with pg.connect() as lost:
-        conn.execute("SELECT pg_terminate_backend(%s)", (lost.info.backend_pid,))
+        conn.execute("SELECT pg_terminate_backend(%s, 30000)", (lost.info.backend_pid,))
         with pytest.raises(ArchiveError) as terminated:
             source_changed(lost, spec, DAY, manifest)
     for error, cause, retryable, remedy in ((locked, "failed: lock_timeout", True, "pg_blocking_pids"),

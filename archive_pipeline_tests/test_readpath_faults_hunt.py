@@ -185,7 +185,7 @@ def _terminate_at_first_block(monkeypatch, pg, pid_of):
         for block in original(*args, **kwargs):
             if not done:
                 with pg.connect() as killer:
-                    killer.execute("SELECT pg_terminate_backend(%s)", (pid_of(),))
+                    killer.execute("SELECT pg_terminate_backend(%s, 30000)", (pid_of(),))
                 done.append(True)
             yield block
 

@@ -389,6 +389,10 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             if current is None or archived.removed and current.rows == 0:  # its removal (or a drop) committed since
                 present, source_rows = False, None  # it was asked again (as compare says)
                 note = archived.removed or other or "no longer in the source"
+            elif not matches_source(archived, current) and (behind := _stale_standby(conn, spec, day, archived)):
+                statuses.append(DayStatus(spec.name, day, "not-checked", archived.object_key or found.key, present,
+                                          archived.rows, archived.bytes, archived.archived_at, None, behind))
+                continue  # (a standby behind its archive: the primary's day of some time ago, as compare says)
             elif not matches_source(archived, current):
                 state = "changed"
                 note = (f"source has {current.rows:,} rows, archive {archived.rows:,}" if current.rows != archived.rows
