@@ -478,6 +478,14 @@ class TableSpec(_Strict):
 
     _sibling_patterns: tuple[str, ...] = PrivateAttr(default=())
 
+    @property
+    def sibling_tables(self) -> tuple[str, ...]:
+        """The configuration's other tables of this schema, as ``schema.table`` (set by :class:`ArchiveConfig`):
+        their partitions are theirs, never a misspelling of this table's naming pattern."""
+        return self._sibling_tables
+
+    _sibling_tables: tuple[str, ...] = PrivateAttr(default=())
+
 
 class RetrySettings(_Strict):
     max_retries: Count = Field(default=3, ge=0, le=20)
@@ -578,6 +586,8 @@ class ArchiveConfig(_Strict):
                 other.partitioning.pattern for other in self.tables if other is not spec
                 and other.partitioning.mode == "naming" and other.schema_name == spec.schema_name
                 and other.partitioning.pattern)
+            spec._sibling_tables = tuple(other.name for other in self.tables
+                                         if other is not spec and other.schema_name == spec.schema_name)
         return self
 
     @property

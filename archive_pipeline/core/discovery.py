@@ -388,8 +388,12 @@ def _refuse_other_schema(conn: psycopg.Connection, spec: TableSpec) -> None:
                     (spec.schema_name,)).fetchone()[0]:
         return
     wanted = _fold(spec.schema_name)
-    others = [name for (name,) in conn.execute("SELECT nspname::text FROM pg_catalog.pg_namespace ORDER BY 1")
-              if _fold(name) == wanted]
+    prefix = spec.partitioning.pattern.split("%", 1)[0]
+    # (the one holding tables the pattern starts as first: an empty lookalike is no remedy)
+    others = [name for name, _ in sorted(conn.execute(
+        "SELECT n.nspname::text, NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND "
+        "pg_catalog.starts_with(c.relname::text, %s)) FROM pg_catalog.pg_namespace n", (prefix,)).fetchall(),
+        key=lambda row: (row[1], row[0])) if _fold(name) == wanted]
     if others:
         raise SourceError(
             f"{spec.name}: schema {spec.schema_name!r} does not exist; the catalog spells it {others[0]!r}, otherwise "
@@ -458,13 +462,17 @@ def _refuse_other_case(conn: psycopg.Connection, spec: TableSpec, prefix: str) -
     unquoted; ``événements_%Y%m%d`` against ``Événements_20240310``, whose É an unquoted name keeps; an NFD pattern
     against NFC names): every day would be "no table" for ever, and the sensor would quietly find nothing to
     archive. The names are folded here, in Python: SQL's lower() of a name lowers ASCII letters only."""
-    names = [r[0] for r in conn.execute(
-        "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE n.nspname = %s AND c.relkind IN {_DAY_RELKINDS} "
+    rows = conn.execute(
+        "SELECT c.relname::text, (SELECT pn.nspname || '.' || p.relname FROM pg_catalog.pg_inherits i JOIN "
+        "pg_catalog.pg_class p ON p.oid = i.inhparent JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace "
+        "WHERE i.inhrelid = c.oid AND c.relispartition) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        f"ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN {_DAY_RELKINDS} "
         "AND pg_catalog.lower(c.relname::text COLLATE \"C\") LIKE %s ORDER BY 1 LIMIT 1000",
-        (spec.schema_name, _folded_like(prefix)))]
-    # (a name another configured table's pattern names exactly is that table's day table, not a misspelling)
-    names = [n for n in names if not any(_names_exactly(other, n) for other in spec.sibling_patterns)]
+        (spec.schema_name, _folded_like(prefix))).fetchall()
+    # (a name another configured table's pattern names exactly is that table's day table, and a partition of
+    # another configured table is that table's: neither is a misspelling of this table's pattern)
+    names = [n for n, parent in rows if parent not in spec.sibling_tables
+             and not any(_names_exactly(other, n) for other in spec.sibling_patterns)]
     matched = list(_named_periods(spec, names, fold=True))
     if not matched:
         return
@@ -493,7 +501,7 @@ def _respell_remedy(pattern: str, name: str, period: Period) -> str:
     """What to set the pattern to, as the catalog spells ``name``; where the difference is in a code's own text
     (``%a`` printing 'Sun', the table named '..._sun'), which no pattern spells otherwise, to rename the tables."""
     respelled = _respelled(pattern, name, period)
-    if respelled != pattern:
+    if respelled != pattern and _names_exactly(respelled, name):  # (one that would still miss is no remedy)
         return f"set the table's partitioning pattern in the YAML configuration to {respelled!r}, as the catalog " \
                "spells its tables"
     spelled = '"' + period.start.strftime(pattern).replace('"', '""') + '"'

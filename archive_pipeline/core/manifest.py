@@ -378,12 +378,18 @@ def _source_encoding(manifest: dict[str, Any]) -> str:
 
 def _kept_name(name: str, encoding: str) -> str:
     """What PostgreSQL keeps of ``name`` in a database of ``encoding``: its first 63 bytes, cut at a character's
-    end (in UTF-8 where Python has no codec for the encoding, or the name does not fit it)."""
-    try:
-        codec = pg2pyenc(encoding.encode())
-        encoded = name[:MAX_IDENTIFIER_BYTES + 1].encode(codec)
-    except (psycopg.NotSupportedError, UnicodeEncodeError):
-        codec, encoded = "utf-8", name[:MAX_IDENTIFIER_BYTES + 1].encode("utf-8", "surrogatepass")
+    end. SQL_ASCII keeps a name's UTF-8 bytes as sent. Where Python cannot count the bytes as the server does (no
+    codec: EUC_TW, MULE_INTERNAL; or one narrower than the server's: EUC_JP's circled digits), the name as written:
+    a cut counted in another encoding would call two names the server keeps whole one, and refuse its own archive."""
+    if encoding.upper().replace("-", "").replace("_", "") in ("SQLASCII", "UTF8", "UNICODE", ""):
+        codec = "utf-8"
+        encoded = name[:MAX_IDENTIFIER_BYTES + 1].encode("utf-8", "surrogatepass")
+    else:
+        try:
+            codec = pg2pyenc(encoding.encode())
+            encoded = name[:MAX_IDENTIFIER_BYTES + 1].encode(codec)
+        except (psycopg.NotSupportedError, UnicodeEncodeError, LookupError):
+            return name
     if len(encoded) <= MAX_IDENTIFIER_BYTES:  # (it holds all of a longer name's first 64 characters: 64 bytes or more)
         return name
     return encoded[:MAX_IDENTIFIER_BYTES].decode(codec, "ignore")

@@ -733,6 +733,9 @@ def name_problem(qualified: str) -> str | None:
     if re.fullmatch(r"pg_(toast_)?temp(_\d+)?", relation.schema):
         return (f"{qualified!r} is a temporary table, which PostgreSQL drops when the restoring session ends: restore "
                 "into a table of a permanent schema")
+    if (stray := _stray_quoted_part(qualified)) is not None:  # (a quoted name with more after its closing quote)
+        return (f"{qualified!r} has {stray!r} where a name in SQL's double quotes was to stand alone: write the name "
+                "in quotes with nothing before or after them (a blank inside the quotes is part of the name)")
     blank = next((part for part in _unquoted_parts(qualified) if part != part.strip()), None)
     if blank is not None:  # (a target pasted with a blank: a table named "events_back " looks like events_back)
         return (f"{qualified!r} has white space around {blank.strip()!r}, which would be part of the table's name: "
@@ -749,6 +752,14 @@ def _unquoted_parts(qualified: str) -> list[str]:
     quoted = re.fullmatch(_QUOTED + r"\.(.*)", qualified, re.S)
     schema, rest = (None, quoted[2]) if quoted else qualified.partition(".")[::2]
     return [part for part in (schema, rest) if part is not None and not part.startswith('"')]
+
+
+def _stray_quoted_part(qualified: str) -> str | None:
+    """The part of ``qualified`` that starts with a double quote but is not one quoted name alone (``"Events" ``: a
+    blank after the closing quote), which parse_relation would take as written, quotes and all; else None."""
+    quoted = re.fullmatch(_QUOTED + r"\.(.*)", qualified, re.S)
+    parts = [quoted[2]] if quoted else list(qualified.partition(".")[::2])
+    return next((part for part in parts if part.startswith('"') and not re.fullmatch(_QUOTED, part, re.S)), None)
 
 
 def _quoted_sql(name: str) -> str:
