@@ -20,31 +20,13 @@ from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.local.local_stack import create_sample_events, start_postgres, start_replica, wait_for_replay
+from archive_pipeline.local.local_stack import create_sample_events, start_postgres, wait_for_replay
 from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.test_hunt17_wl import replay_paused, standby  # noqa: F401 - the standby fixture
 
 DAY = utc_today() - dt.timedelta(days=5)
 
 
-@pytest.fixture(scope="module")
-def standby(pg):
-    server = start_replica(pg)
-    yield server
-    server.stop()
-
-
-@contextlib.contextmanager
-def replay_paused(pg, standby):
-    """WAL replay paused on the standby (pg_wal_replay_pause): what the primary commits meanwhile is not there."""
-    wait_for_replay(pg, standby)
-    with standby.connect() as c:
-        c.execute("SELECT pg_wal_replay_pause()")
-    try:
-        yield
-    finally:
-        with standby.connect() as c:
-            c.execute("SELECT pg_wal_replay_resume()")
-        wait_for_replay(pg, standby)
 
 
 @contextlib.contextmanager

@@ -5,47 +5,10 @@ regressions and holes."""
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import yaml
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import parse_config
-from archive_pipeline.local.local_stack import create_sample_events
-from archive_pipeline_tests.conftest import utc_today
-
-ROOT = Path(__file__).resolve().parents[1]
-PREFIX = "archive"  # the ``store`` fixture's prefix: the command line sees what the tests archive in-process
-
-
-def _env(pg, s3, bucket, tmp_path, tables: list[dict]) -> dict[str, str]:
-    config = tmp_path / "tables.yaml"
-    config.write_text(yaml.safe_dump({"tables": tables}, allow_unicode=True), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVE_", "AWS_"))}
-    env.update(PYTHONPATH=str(ROOT), ARCHIVE_PIPELINE_CONFIG=str(config), ARCHIVE_PG_DSN=pg.dsn,
-               ARCHIVE_S3_BUCKET=bucket, ARCHIVE_S3_PREFIX=PREFIX, ARCHIVE_S3_ENDPOINT_URL=s3.endpoint_url,
-               ARCHIVE_S3_ACCESS_KEY_ID="testing", ARCHIVE_S3_SECRET_ACCESS_KEY="testing", COLUMNS="250")
-    return env
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=90)
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def _events(conn, schema, n_days: int = 3, **extra) -> tuple[list[dt.date], dict]:
-    first = utc_today() - dt.timedelta(days=n_days)
-    days = [first + dt.timedelta(days=i) for i in range(n_days)]
-    create_sample_events(conn, days, 20, schema=schema)
-    table = {"name": f"{schema}.events", "day_column": "created_at", "start_date": first.isoformat(),
-             "partitioning": {"mode": "declarative"}, **extra}
-    return days, table
+from archive_pipeline_tests.test_hunt17_wf import _env, _events, cli
 
 
 # --------------------------------------------------------------------------------------------------
