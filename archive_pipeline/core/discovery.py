@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec, longest_name
-from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError
+from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError, sql_name
 from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
@@ -504,7 +504,7 @@ def _respell_remedy(pattern: str, name: str, period: Period) -> str:
     if respelled != pattern and _names_exactly(respelled, name):  # (one that would still miss is no remedy)
         return f"set the table's partitioning pattern in the YAML configuration to {respelled!r}, as the catalog " \
                "spells its tables"
-    spelled = '"' + period.start.strftime(pattern).replace('"', '""') + '"'
+    spelled = sql_name(period.start.strftime(pattern), qualified=False)
     return (f"rename the day tables as the pattern spells them (ALTER TABLE ... RENAME TO {spelled} for this one): "
             "their names differ from it in the text of a code (a weekday's or month's name), which no pattern "
             "spells otherwise")

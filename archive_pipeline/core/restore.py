@@ -739,7 +739,8 @@ def name_problem(qualified: str) -> str | None:
     blank = next((part for part in _unquoted_parts(qualified) if part != part.strip()), None)
     if blank is not None:  # (a target pasted with a blank: a table named "events_back " looks like events_back)
         return (f"{qualified!r} has white space around {blank.strip()!r}, which would be part of the table's name: "
-                f"write the name without it, or in SQL's double quotes if the blank is meant ({_quoted_sql(blank)})")
+                "write the name without it, or in SQL's double quotes if the blank is meant "
+                f"({sql_name(blank, qualified=False)})")
     for part in relation:
         if len(part) > MAX_NAME_BYTES:  # at least a byte a character, whatever the encoding
             return (f"{part!r} is {len(part)} characters long and PostgreSQL keeps {MAX_NAME_BYTES} bytes of a name "
@@ -760,10 +761,6 @@ def _stray_quoted_part(qualified: str) -> str | None:
     quoted = re.fullmatch(_QUOTED + r"\.(.*)", qualified, re.S)
     parts = [quoted[2]] if quoted else list(qualified.partition(".")[::2])
     return next((part for part in parts if part.startswith('"') and not re.fullmatch(_QUOTED, part, re.S)), None)
-
-
-def _quoted_sql(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _target(conn: psycopg.Connection, qualified: str) -> Relation:
