@@ -78,7 +78,7 @@ from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
     day_filter, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
     read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
-    shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped
+    shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped, columns_as_archived
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 
@@ -895,10 +895,19 @@ class _Archiving:
             return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         # a composite's field renamed prints the same text (the same fingerprint), but a restore of the archive
         # would be refused for it: the day is changed, as compare and list call it
-        if same and not shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):
+        if same and not shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}) \
+                and not self._float_retypes(manifest, table):
             self._refuse_inexact_archive(manifest)
             return True
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
+
+    def _float_retypes(self, manifest: dict, table: SourceTable) -> list[str]:
+        """The columns retyped to another binary float since ``manifest``'s archive (see fingerprint.float_retypes):
+        their values print as archived, and the archive no longer restores into them (the day is changed, as compare
+        and a removal call it)."""
+        recorded = manifest.get("columns", [])
+        columns = columns_as_archived(table.columns, [c.get("name") for c in recorded])
+        return fingerprint.float_retypes(self.conn, columns, recorded) if columns is not None else []
 
     def _refuse_stale_standby(self, manifest: dict | None) -> None:
         """On a hot standby whose replay is paused with WAL waiting, or behind ``manifest``'s archive (no commit
@@ -953,6 +962,8 @@ class _Archiving:
             what = f"column types changed: {', '.join(retyped)}" + (
                 f"; and it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were "
                 "deleted late)" if archived.rows != fp.rows else
+                f"; its {fp.rows:,} rows print as archived, but a number in another binary floating-point type is "
+                "another value, and the archive would not restore into the table" if str(fp) == str(archived) else
                 f"; and its content differs with the same {fp.rows:,} rows (rows edited since, or values the new "
                 "types print otherwise: compare --rows names the first row that differs)")
         elif shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):

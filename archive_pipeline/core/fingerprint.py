@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -388,6 +389,34 @@ FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype <> 'd'
 """
 
 
+def recorded_bases(conn: psycopg.Connection, recorded: Sequence[dict]) -> list[str | None]:
+    """The base type (through domains) of each of ``recorded`` (a manifest's columns) in this database: a built-in
+    type's name (``float8``, ``numeric``), "" for any other, None where the recorded type cannot be resolved here."""
+    names = [c.get("pg_type") or "" for c in recorded]
+    try:
+        with conn.transaction():
+            found = {i: (name if builtin else "") for i, name, builtin in conn.execute(_RECORDED_BASES, (names,))}
+    except psycopg.Error:
+        return [None] * len(names)
+    return [found.get(i + 1) for i in range(len(names))]
+
+
+_BINARY_FLOATS = ("float4", "float8")
+
+
+def float_retypes(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict]) -> list[str]:
+    """The columns (``columns``, in the archive's order) that are now another binary float than the number type
+    ``recorded`` (the manifest's columns) archived, as "name: type now, type when archived". Real's 0.1 prints as
+    double's 0.1 did and is another value: equal fingerprints (which hash text) prove nothing there, and a restore
+    refuses such a column (restore's ``_refuse_approximation``)."""
+    if len(recorded) != len(columns) or not recorded:
+        return []
+    elements = [{"pg_type": re.sub(r"(\[\])+$", "", entry.get("pg_type") or "")} for entry in recorded]
+    return [f"{c.name}: {c.type_name} now, {entry.get('pg_type')} when archived"
+            for c, entry, then in zip(columns, recorded, recorded_bases(conn, elements), strict=True)
+            if c.base_type in _BINARY_FLOATS and then in (*_BINARY_FLOATS, "numeric") and then != c.base_type]
+
+
 def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict], algorithm: str) -> list:
     """``columns`` (the source's or a restore target's now, in the archive's order), each to be hashed by v6 as the
     column ``recorded`` (the manifest's columns) says it was archived: an integer column that is numeric or text now
@@ -395,16 +424,10 @@ def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[
     as v5 saw it) compares equal, and a value that does not read back as archived differs. A recorded type this
     database cannot resolve leaves the column as it is, as does any ``algorithm`` but v6 (older ones hash every
     column by its text)."""
-    names = [c.get("pg_type") or "" for c in recorded]
-    if algorithm != ALGORITHM or len(names) != len(columns) or not names:
+    if algorithm != ALGORITHM or len(recorded) != len(columns) or not recorded:
         return list(columns)
-    try:
-        with conn.transaction():
-            found = {i: ("text" if not builtin else TYPED_HASHED.get(name, "text"))
-                     for i, name, builtin in conn.execute(_RECORDED_BASES, (names,)).fetchall()}
-    except psycopg.Error:
-        return list(columns)
-    kinds = [found.get(i + 1) for i in range(len(names))]
+    bases = recorded_bases(conn, recorded)
+    kinds = [None if base is None else TYPED_HASHED.get(base, "text") if base else "text" for base in bases]
     return [replace(c, hash_as=kind) if kind is not None and kind != own_kind(c) and hasattr(c, "hash_as") else c
             for c, kind in zip(columns, kinds, strict=True)]
 

@@ -50,7 +50,7 @@ from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_fi
                                           scanned_relations, server_identity, shape_changes, wrapped)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
-    source_fingerprint, source_side_only, verify_archive
+    refuse_float_retype, source_fingerprint, source_side_only, verify_archive
 
 
 log = logging.getLogger(__name__)
@@ -1043,6 +1043,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     # renamed since (two of one type swapping names) are a change, not the same rows.
     try:
         columns = archived_order(spec, day, table, [c["name"] for c in manifest["columns"]])
+        refuse_float_retype(conn, spec, day, columns, manifest["columns"])
     except ColumnsChangedError as exc:
         raise RemovalRefused(f"{spec.name} {day} stays in the source: {exc.message}", table=spec.name,
                              day=day.isoformat(), remedy=f"{exc.remedy}, then remove it" if exc.remedy else

@@ -350,6 +350,7 @@ def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, alg
         where = day_filter(table, day)
         columns = archived_order(spec, day, table, names)
         columns = fingerprint.as_archived(conn, columns, recorded, algorithm)  # (where a type changed since)
+        refuse_float_retype(conn, spec, day, columns, recorded)
         changes = shape_changes(recorded, {c.name: c.shape for c in table.columns})
         if changes:  # a composite's text is positional: its values would be read as other fields' (or not at all)
             raise ColumnsChangedError(
@@ -361,6 +362,20 @@ def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, alg
         now = fingerprint.compute(conn, table.identifier, columns, where, algorithm)
         _columns_unchanged(conn, spec, day, table)
         return table, where, now
+
+
+def refuse_float_retype(conn: psycopg.Connection, spec: TableSpec, day: Period, columns: Sequence[Column],
+                        recorded: Sequence[dict]) -> None:
+    """Raise :class:`ColumnsChangedError` where a column is now another binary float than archived (see
+    ``fingerprint.float_retypes``): the source may not be called equal to, or removed on, an archive that a restore
+    refuses to put back into it."""
+    if changed := fingerprint.float_retypes(conn, columns, recorded):
+        raise ColumnsChangedError(
+            f"{spec.name} {day}: a column now holds another binary floating-point type than the day was archived "
+            f"with ({'; '.join(changed)}): its values may print as archived and still be other numbers, so the "
+            "archive no longer proves them", table=spec.name, day=day.isoformat(), retryable=False,
+            remedy="archive the day again (overwrite) if the new type is right; the previous archive stays until "
+                   "the new one is complete")
 
 
 def _columns_unchanged(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable) -> None:
