@@ -208,10 +208,12 @@ def xml_rewritten(value: sql.Composable) -> sql.Composed:
 
 def relation_name(schema: str, name: str) -> str:
     """A relation as messages and results name it: ``schema.name``, the form configured names take (split at
-    the first dot), unless the schema holds a dot (a partition may live in any schema: ``"old.data".events``
-    is not ``old``.``data.events``); then both parts double-quoted as SQL writes them, which reads back as
-    this relation (``restore --target`` takes that form too)."""
-    if "." not in schema:
+    the first dot), unless that form would read back as another relation: the schema holds a dot (a partition may
+    live in any schema: ``"old.data".events`` is not ``old``.``data.events``), or a part starts with a double quote
+    (``S."x"`` reads as the table ``x``, not ``"x"``) or has white space around it (which ``restore --target``
+    refuses as a pasting slip); then both parts double-quoted as SQL writes them, which reads back as this
+    relation (``restore --target`` takes that form too)."""
+    if "." not in schema and not any(part.startswith('"') or part != part.strip() for part in (schema, name)):
         return f"{schema}.{name}"
     return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
 
