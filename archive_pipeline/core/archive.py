@@ -76,7 +76,7 @@ from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
-    day_filter, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
+    day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
     read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
     shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped, columns_as_archived
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
@@ -482,7 +482,8 @@ class _Archiving:
                             data_key, content_type=fmt.content_type, content_encoding=codec.content_encoding,
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
                                       "format": self.spec.format, "compression": self.spec.compression},
-                            stale_uploads=existing.listing is None, fresh=True)
+                            stale_uploads=existing.listing is None, fresh=True,
+                            expected_size=estimated_bytes(self.conn, table, where) if self.store.equal_parts else None)
                         upload.still_owned = self._holds_day  # (its upload marker: see S3Upload._unmark_own)
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
                         stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds,

@@ -1840,6 +1840,14 @@ def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
         table.identifier, where))["Plan Rows"])
 
 
+def estimated_bytes(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
+    """The planner's estimate of the day's size as rows x average row width (one EXPLAIN, as
+    :func:`estimated_rows`): the uncompressed text is of that order, which is what sizes an upload's parts up
+    front (a store of equal parts cannot grow them once the first is sent)."""
+    plan = explain(conn, sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {} WHERE {}").format(table.identifier, where))
+    return int(plan["Plan Rows"]) * int(plan["Plan Width"])
+
+
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:
     """The table's primary key columns in key order (a restore re-creates it), or None; None too for a table
     with inheritance children, whose rows the read returns with its own: its key is its own rows' alone (a
