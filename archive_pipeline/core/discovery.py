@@ -1,7 +1,8 @@
 """Which periods (hours, days, months) of a table exist in PostgreSQL, read from the catalog or probed.
 
 - declarative: the bounds of the parent's children (``pg_get_expr(relpartbound)``, interpreted by
-  the server in the table's time zone, never guessed from names): each child yields every period it
+  the server in the table's time zone, never guessed from names; a ``date`` or ``timestamp`` key's as the
+  wall-clock labels they are, which a zone's skipped times keep apart): each child yields every period it
   holds rows of, whether it covers whole periods, lies inside one (days of a monthly table) or straddles
   a boundary (noon to noon). The archive reads a period's rows from the parent by the day column, so a
   period split between children is still archived whole; only retention's ``drop`` and ``detach`` need
@@ -28,7 +29,7 @@ from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec, longest_name
 from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError, sql_name
-from archive_pipeline.core.periods import Period, period_containing, periods_overlapping
+from archive_pipeline.core.periods import Period, period_containing, period_of_wall_clock, periods_overlapping
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
                                           describe_table, lookalike_hint, relation_name, stored_name_problem,
@@ -48,9 +49,12 @@ _SIDE_VALUE = ("CASE WHEN {t} IN ('MINVALUE', 'MAXVALUE') THEN NULL "
                "WHEN pg_catalog.btrim({t}, '''') OPERATOR(pg_catalog.~) '^[0-9]{{5,}}' THEN NULL "
                "ELSE pg_catalog.btrim({t}, '''')::timestamptz END")
 _SIDE_KEPT = "CASE WHEN {v} >= '0001-01-03 00:00+00' AND {v} < '9999-12-30 00:00+00' THEN {v} END"
+# A kept side as the label it is (a wall-clock key's: the server reads a label its zone skipped as an instant after
+# the gap, so a partition of skipped labels is no instants at all; see ChildRange.labels)
+_SIDE_LABEL = "CASE WHEN ({kept}) IS NOT NULL THEN pg_catalog.btrim({t}, '''')::timestamp END"
 _CHILDREN_QUERY = """
-SELECT relname, bound, nspname, {lo}, {hi}, ranged
-FROM (SELECT relname, bound, nspname, ranged, {lo_value} AS lo, {hi_value} AS hi
+SELECT relname, bound, nspname, {lo}, {hi}, ranged, {lo_label}, {hi_label}
+FROM (SELECT relname, bound, nspname, ranged, lo_text, hi_text, {lo_value} AS lo, {hi_value} AS hi
       FROM (SELECT relname, bound, nspname, ranged,
                    CASE WHEN ranged THEN pg_catalog.substr(pg_catalog.split_part(bound, ') TO (', 1), 18) END
                        AS lo_text,
@@ -68,7 +72,9 @@ FROM (SELECT relname, bound, nspname, ranged, {lo_value} AS lo, {hi_value} AS hi
       OFFSET 0) AS bounds
 ORDER BY relname
 """.format(lo=_SIDE_KEPT.format(v="lo"), hi=_SIDE_KEPT.format(v="hi"),
-           lo_value=_SIDE_VALUE.format(t="lo_text"), hi_value=_SIDE_VALUE.format(t="hi_text"))
+           lo_value=_SIDE_VALUE.format(t="lo_text"), hi_value=_SIDE_VALUE.format(t="hi_text"),
+           lo_label=_SIDE_LABEL.format(kept=_SIDE_KEPT.format(v="lo"), t="lo_text"),
+           hi_label=_SIDE_LABEL.format(kept=_SIDE_KEPT.format(v="hi"), t="hi_text"))
 
 # PostgreSQL's own operators and functions (a user's >= on the path must not decide which days exist)
 SEARCH_PATH = SNAPSHOT_SETTINGS["search_path"]
@@ -94,6 +100,14 @@ class ChildRange:
     # The rows' values are instants (a timestamptz day column) labelled by the key's conversion to the table's wall
     # clock: each instant has one label, so a fall-back night's first repeated hour has its own labels too.
     labelled_instants: bool = False
+    # A wall-clock child's bounds as the labels the catalog prints (naive; None for other children, and for one
+    # unbounded on a side). Its rows are labels, so the periods it holds are the ones whose wall-clock bounds its
+    # labels overlap (Period.wall_bounds, what the archive reads), not the ones its instants overlap: the server
+    # reads a label the zone skipped as an instant after the gap, so a partition of Pacific/Apia's 2011-12-30 or of
+    # Berlin's 02:00-03:00 on 2024-03-31 was no instants at all (both ends one instant) and held no period, while
+    # its rows are the period before the gap's; one of Africa/Cairo's 2024-04-26, whose midnight the clocks skip,
+    # started at 01:00, and one of America/Havana's 2024-11-03 at the second of its two midnights.
+    labels: tuple[dt.datetime, dt.datetime] | None = None
 
     def relation(self, spec: TableSpec) -> tuple[str, str]:
         """(schema, name) of the child, kept apart: its schema's name may hold a dot."""
@@ -105,48 +119,61 @@ class ChildRange:
 
     def periods(self, spec: TableSpec) -> list[Period]:
         """The table's periods this child holds rows of: the ones it tiles, or the one it lies within."""
-        if self.start is None or self.end is None:
+        ends = self._ends(spec)
+        if ends is None:
             return []
-        return periods_overlapping(spec.granularity, spec.timezone, self.start, self.end)
+        return periods_overlapping(spec.granularity, spec.timezone, ends[0].utc_start, ends[1].utc_end)
 
-    def _ends(self, spec: TableSpec) -> tuple[Period, Period]:
+    def _ends(self, spec: TableSpec) -> tuple[Period, Period] | None:
         """The first and the last period the child holds rows of (it need not list those in between:
-        a child up to 2100 or 9999 holds a million days)."""
-        last = self.end - dt.timedelta(microseconds=1)
+        a child up to 2100 or 9999 holds a million days), or None where it holds none (a catch-all)."""
+        if self.labels is not None:
+            first, end = self.labels
+            return (period_of_wall_clock(spec.granularity, spec.timezone, first),
+                    period_of_wall_clock(spec.granularity, spec.timezone, end - _LAST))
+        if self.start is None or self.end is None or self.end <= self.start:
+            return None
         return (period_containing(spec.granularity, spec.timezone, self.start),
-                period_containing(spec.granularity, spec.timezone, last))
+                period_containing(spec.granularity, spec.timezone, self.end - _LAST))
+
+    def _compared(self) -> tuple[dt.datetime, dt.datetime] | None:
+        """What is compared with a period's bounds (:func:`_compared_bounds`): a wall-clock child's labels, another's
+        instants; None for a catch-all (unbounded on a side), which holds no period."""
+        if self.labels is not None:
+            return self.labels
+        return None if self.start is None or self.end is None else (self.start, self.end)
 
     def holds(self, period: Period) -> bool:
         """True when the child holds rows of ``period`` (an aligned child overlaps only periods it holds)."""
-        return self.start is not None and self.end is not None and self.start < period.utc_end \
-            and self.end > period.utc_start
+        ours = self._compared()
+        first, last = _compared_bounds(period, self.labels is not None)
+        return ours is not None and ours[0] < last and ours[1] > first
 
     def period_count(self, spec: TableSpec) -> int:
         """How many periods the child holds rows of, counted without listing them."""
-        if self.start is None or self.end is None:
+        ends = self._ends(spec)
+        if ends is None:
             return 0
-        first, last = self._ends(spec)
+        first, last = ends
         if spec.granularity == "hourly":  # hours are one hour of real time each
             return (last.utc_start - first.utc_start) // dt.timedelta(hours=1) + 1
         a, b = first.start.date(), last.start.date()
         return (b.year - a.year) * 12 + b.month - a.month + 1 if spec.granularity == "monthly" else (b - a).days + 1
 
     def overlaps(self, period: Period) -> bool:
-        """True when the child may hold rows of ``period``: its range overlaps the period's as instants and, for a
-        wall-clock child (a ``date`` or ``timestamp`` key, whose rows are labels), as labels too. Where a fall-back
-        night repeats midnight (America/Havana), the server reads the bound '2024-11-03 00:00' as its second
-        occurrence, an hour after the day's first instant, and the day before's child seemed to reach into the
-        day by instants; where a spring-forward night skips midnight (Africa/Cairo), the bound reads as 01:00,
-        and the day before's child seemed to reach into the day by labels."""
-        by_instants = ((self.start is None or self.start < period.utc_end)
-                       and (self.end is None or self.end > period.utc_start))
-        if (by_instants or self.labelled_instants) and self.wall_clock and self.start is not None \
-                and self.end is not None:  # (labels read as instants: a fall-back night's are one of two)
+        """True when the child may hold rows of ``period``: its range overlaps the period's as instants, or for a
+        wall-clock child (a ``date`` or ``timestamp`` key, whose rows are labels) as labels (see ``labels``). A key
+        converting instants to the table's wall clock (``labelled_instants``) is compared by the labels of the
+        period's instants (a fall-back night's are one of two)."""
+        if self.labels is not None:
+            return self.holds(period)
+        if self.labelled_instants and self.start is not None and self.end is not None:
             zone = period.start.tzinfo
-            first, last = _label_span(period) if self.labelled_instants else period.wall_bounds
+            first, last = _label_span(period)
             return (self.start.astimezone(zone).replace(tzinfo=None) < last
                     and self.end.astimezone(zone).replace(tzinfo=None) > first)
-        return by_instants
+        return ((self.start is None or self.start < period.utc_end)
+                and (self.end is None or self.end > period.utc_start))
 
     def is_period(self, period: Period) -> bool:
         """True when the child holds exactly ``period`` (it can be detached or dropped as the period). A
@@ -158,8 +185,18 @@ class ChildRange:
         if not self.wall_clock or self.start is None or self.end is None:
             return False
         zone = period.start.tzinfo
-        labels = (self.start.astimezone(zone).replace(tzinfo=None), self.end.astimezone(zone).replace(tzinfo=None))
+        labels = self.labels or (self.start.astimezone(zone).replace(tzinfo=None),
+                                 self.end.astimezone(zone).replace(tzinfo=None))
         return labels == (_label_span(period) if self.labelled_instants else period.wall_bounds) and labels[0] < labels[1]
+
+
+_LAST = dt.timedelta(microseconds=1)  # an end's last value before it: instants and labels are microseconds
+
+
+def _compared_bounds(period: Period, labels: bool) -> tuple[dt.datetime, dt.datetime]:
+    """``period``'s bounds as a child's are compared with them: its wall-clock bounds where the child's are labels
+    (:attr:`ChildRange.labels`), else its instants."""
+    return period.wall_bounds if labels else (period.utc_start, period.utc_end)
 
 
 @contextlib.contextmanager
@@ -220,8 +257,9 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                           remedy="check the table's name in the YAML configuration (schema.table, as the catalog "
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
     return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock, expression,
-                       labelled_instants=wall_clock and zoned)
-            for child, bound, child_schema, start, end, ranged in rows if ranged]  # DEFAULT, LIST, HASH: no range
+                       labelled_instants=wall_clock and zoned,
+                       labels=(lo, hi) if wall_clock and not zoned and lo is not None and hi is not None else None)
+            for child, bound, child_schema, start, end, ranged, lo, hi in rows if ranged]  # DEFAULT, LIST, HASH: none
 
 
 _EXPRESSION_SLACK = dt.timedelta(hours=26)  # more than any zone's offset from any other (UTC-12 .. UTC+14)
@@ -712,9 +750,15 @@ def candidate_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRan
     than the table's (((at AT TIME ZONE 'UTC')::date) for a New York table), so a local day whose rows sit at a
     child's edge is held by the child widened by a day each way (every zone's offset); such candidates are probed
     for rows before they count (existing_days). Retention and restore use the children as they are."""
-    return [replace(c, start=c.start - _EXPRESSION_SLACK if c.start else None,
-                    end=c.end + _EXPRESSION_SLACK if c.end else None) if c.expression else c
-            for c in child_ranges(conn, spec)]
+    return [_widened(c) if c.expression else c for c in child_ranges(conn, spec)]
+
+
+def _widened(child: ChildRange) -> ChildRange:
+    """``child`` widened by a day each way (:data:`_EXPRESSION_SLACK`): its instants, and its labels where it has
+    them (they are what decides which periods it holds)."""
+    labels = child.labels and (child.labels[0] - _EXPRESSION_SLACK, child.labels[1] + _EXPRESSION_SLACK)
+    return replace(child, start=child.start - _EXPRESSION_SLACK if child.start else None,
+                   end=child.end + _EXPRESSION_SLACK if child.end else None, labels=labels)
 
 
 def partition_may_hold(conn: psycopg.Connection, spec: TableSpec, day: Period, relation: tuple[str, str]) -> bool:
@@ -771,17 +815,22 @@ class HeldRanges:
 
     starts: list[dt.datetime]
     ends: list[dt.datetime]
+    # The ranges are wall-clock children's labels, compared with the periods' wall-clock bounds (a table's children
+    # share its key: all of them are labels, or none), not instants
+    labels: bool = False
 
     @classmethod
     def of(cls, children: list[ChildRange]) -> HeldRanges:
-        bounded = sorted((c.start, c.end) for c in children if c.start is not None and c.end is not None)
-        return cls([start for start, _ in bounded], [end for _, end in bounded])
+        labels = any(c.labels is not None for c in children)
+        bounded = sorted(r for c in children if (c.labels is not None) == labels and (r := c._compared()) is not None)
+        return cls([start for start, _ in bounded], [end for _, end in bounded], labels)
 
     def held(self, periods: Iterable[Period]) -> list[Period]:
         """The ``periods`` some child holds rows of (:meth:`ChildRange.holds`), in order."""
         held = []
-        # each period's instants worked out once (sorting periods by themselves converts them ~20 times each)
-        for start, end, period in sorted(((p.utc_start, p.utc_end, p) for p in periods), key=lambda t: t[:2]):
+        # each period's bounds worked out once (sorting periods by themselves converts them ~20 times each)
+        bounds = sorted(((*_compared_bounds(p, self.labels), p) for p in periods), key=lambda t: t[:2])
+        for start, end, period in bounds:
             i = bisect.bisect_left(self.starts, end) - 1  # the last child starting before the period ends
             if i >= 0 and self.ends[i] > start:
                 held.append(period)

@@ -246,6 +246,22 @@ def period_containing(granularity: str, timezone: str, moment: dt.datetime) -> P
     return Period(granularity, start, _instant(dt.datetime.combine(after, dt.time()), tz), _key(granularity, start))
 
 
+def period_of_wall_clock(granularity: str, timezone: str, value: dt.datetime) -> Period:
+    """The period whose wall-clock bounds (:attr:`Period.wall_bounds`) hold the wall-clock ``value`` (naive, a
+    ``timestamp`` or ``date`` key's label): the one it is a time of; a repeated time's second occurrence; for a
+    time the zone skipped, the period before the gap (Berlin's 02:30 on 2024-03-31 is the 01:00 hour's, Pacific/
+    Apia's 2011-12-30 is 2011-12-29's). Not the instant the server reads it as: that is after the gap, so a
+    partition of skipped labels is no instants at all, while its rows are the period before's."""
+    # fold=1 reads a skipped time by the offset after the gap (an instant before it) and a repeated time as its
+    # second occurrence (through UTC: a time that does not exist is no moment to find a period of); a gap longer
+    # than a period (an hour of Apia's skipped day) walks on to the last period before it
+    moment = value.replace(tzinfo=zone(timezone), fold=1).astimezone(dt.UTC)
+    period = period_containing(granularity, timezone, moment)
+    while period.wall_bounds[1] <= value:
+        period = period.next()
+    return period
+
+
 def period_starting_on(granularity: str, timezone: str, day: dt.date) -> Period:
     """The first period of ``granularity`` on local ``day``: its first real hour (where the clocks skip
     midnight, Africa/Cairo on 2024-04-26, that is 01:00), or the day or month starting on it."""
