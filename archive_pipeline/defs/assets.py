@@ -916,6 +916,11 @@ def run_periods(context: AssetExecutionContext, spec: TableSpec) -> list[Period]
     except Exception as exc:  # noqa: BLE001 - Dagster's CheckError, a key that does not parse (PeriodError)
         key = context.run.tags.get("dagster/partition") or "the run's partition range"
         raise refuse(key, str(exc).removeprefix("Invariant failed. Description: ")) from None
+    if not days:  # a range whose end comes before its start: Dagster gives no key, and the run crashed on none
+        tags = context.run.tags
+        start, end = (tags.get(f"dagster/asset_partition_range_{end}") for end in ("start", "end"))
+        raise refuse(f"{start}...{end}", "the range ends before it starts, so it holds no partition (swap its "
+                                         "start and end)")
     tag = context.run.tags.get("dagster/partition")
     if tag is not None and [d.key for d in days] != [tag]:  # Dagster reads a skipped hour as the next one
         raise refuse(tag, f"there is no such {UNIT[spec.granularity]} in {spec.timezone} (Dagster would read it as "
