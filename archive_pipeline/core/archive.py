@@ -483,7 +483,8 @@ class _Archiving:
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
                                       "format": self.spec.format, "compression": self.spec.compression},
                             stale_uploads=existing.listing is None, fresh=True,
-                            expected_size=estimated_bytes(self.conn, table, where) if self.store.equal_parts else None)
+                            expected_size=estimated_bytes(self.conn, table, where, fp.rows if fp is not None else 0)
+                            if self.store.equal_parts else None)
                         upload.still_owned = self._holds_day  # (its upload marker: see S3Upload._unmark_own)
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)
                         stats, fp, fp_seconds = self._read(fmt, codec, table, where, snapshot, sink, fp, fp_seconds,

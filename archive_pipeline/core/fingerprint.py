@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -378,24 +377,30 @@ def _typed_link(column: ColumnLike, qualifier: str | None, link: sql.Composable)
         value, sql.SQL(_ZERO["uuid"]), seed)
 
 
-# Each recorded type's base type (through domains), resolved by name as a manifest records it (format_type)
+# Each recorded type's base type (through domains; with elements true, through arrays to their element type as
+# well), resolved by name as a manifest records it (format_type)
 _RECORDED_BASES = """
-WITH RECURSIVE base(i, oid) AS (
-    SELECT u.i, pg_catalog.to_regtype(u.t)::pg_catalog.oid FROM pg_catalog.unnest(%s::text[]) WITH ORDINALITY AS u(t, i)
+WITH RECURSIVE base(i, oid, depth) AS (
+    SELECT u.i, pg_catalog.to_regtype(u.t)::pg_catalog.oid, 0
+    FROM pg_catalog.unnest(%(names)s::text[]) WITH ORDINALITY AS u(t, i)
     UNION ALL
-    SELECT base.i, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
-SELECT base.i::int, t.typname::text, t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace
-FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype <> 'd'
+    SELECT base.i, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, base.depth + 1
+    FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
+    WHERE (t.typtype = 'd' OR (%(elements)s AND t.typcategory = 'A' AND t.typelem <> 0)) AND base.depth < 32)
+SELECT DISTINCT ON (base.i) base.i::int, t.typname::text, t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace
+FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid ORDER BY base.i, base.depth DESC
 """
 
 
-def recorded_bases(conn: psycopg.Connection, recorded: Sequence[dict]) -> list[str | None]:
-    """The base type (through domains) of each of ``recorded`` (a manifest's columns) in this database: a built-in
-    type's name (``float8``, ``numeric``), "" for any other, None where the recorded type cannot be resolved here."""
+def recorded_bases(conn: psycopg.Connection, recorded: Sequence[dict], *, elements: bool = False) -> list[str | None]:
+    """The base type (through domains; ``elements``: through arrays too, to the element's) of each of ``recorded``
+    (a manifest's columns) in this database: a built-in type's name (``float8``, ``numeric``), "" for any other,
+    None where the recorded type cannot be resolved here."""
     names = [c.get("pg_type") or "" for c in recorded]
     try:
         with conn.transaction():
-            found = {i: (name if builtin else "") for i, name, builtin in conn.execute(_RECORDED_BASES, (names,))}
+            found = {i: (name if builtin else "") for i, name, builtin in
+                     conn.execute(_RECORDED_BASES, {"names": names, "elements": elements})}
     except psycopg.Error:
         return [None] * len(names)
     return [found.get(i + 1) for i in range(len(names))]
@@ -411,9 +416,8 @@ def float_retypes(conn: psycopg.Connection, columns: Sequence, recorded: Sequenc
     refuses such a column (restore's ``_refuse_approximation``)."""
     if len(recorded) != len(columns) or not recorded:
         return []
-    elements = [{"pg_type": re.sub(r"(\[\])+$", "", entry.get("pg_type") or "")} for entry in recorded]
     return [f"{c.name}: {c.type_name} now, {entry.get('pg_type')} when archived"
-            for c, entry, then in zip(columns, recorded, recorded_bases(conn, elements), strict=True)
+            for c, entry, then in zip(columns, recorded, recorded_bases(conn, recorded, elements=True), strict=True)
             if c.base_type in _BINARY_FLOATS and then in (*_BINARY_FLOATS, "numeric") and then != c.base_type]
 
 

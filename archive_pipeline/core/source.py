@@ -1840,12 +1840,20 @@ def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
         table.identifier, where))["Plan Rows"])
 
 
-def estimated_bytes(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
-    """The planner's estimate of the day's size as rows x average row width (one EXPLAIN, as
-    :func:`estimated_rows`): the uncompressed text is of that order, which is what sizes an upload's parts up
-    front (a store of equal parts cannot grow them once the first is sent)."""
+SIZE_SAMPLE_ROWS = 1000  # rows of the day whose text is measured to estimate its size
+
+
+def estimated_bytes(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, rows: int = 0) -> int:
+    """The day's size as its text: rows (the planner's estimate, at least ``rows``, the day's count where the run
+    has it) x the average width of a row's text (the planner's, at least that of the day's first
+    :data:`SIZE_SAMPLE_ROWS` rows). Statistics taken before the day's rows arrived say one row of a few bytes, so
+    both are checked against the day itself. What sizes an upload's parts up front (a store of equal parts cannot
+    grow them once the first is sent); as good as an estimate, never used for what was read."""
     plan = explain(conn, sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {} WHERE {}").format(table.identifier, where))
-    return int(plan["Plan Rows"]) * int(plan["Plan Width"])
+    sampled = conn.execute(sql.SQL("SELECT pg_catalog.avg(pg_catalog.octet_length(t::text)) FROM "
+                                   "(SELECT * FROM {} WHERE {} LIMIT {}) t").format(
+        table.identifier, where, sql.Literal(SIZE_SAMPLE_ROWS))).fetchone()[0]
+    return max(int(plan["Plan Rows"]), rows) * max(int(plan["Plan Width"]), int(sampled or 0))
 
 
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:

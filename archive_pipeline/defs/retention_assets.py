@@ -118,10 +118,15 @@ def _one_day(context: AssetExecutionContext, spec: TableSpec) -> Period:
     keys = context.partition_keys
     if len(keys) != 1:
         unit = UNIT[spec.granularity]
-        raise Failure(description=f"{spec.name}: a removal run removes one {unit}, and this run was given {len(keys)} "
-                                  f"({keys[0]} to {keys[-1]}); nothing was removed.\n\nWhat to do: launch one run "
-                                  f"per {unit} (a backfill of the range does so), without range tags",
-                      allow_retries=False, metadata={"table": spec.name, "day": f"{keys[0]}..{keys[-1]}",
+        # (none: range tags whose end comes before their start, named as given)
+        first, last = (keys[0], keys[-1]) if keys else (context.run.tags.get(f"dagster/asset_partition_range_{end}")
+                                                        for end in ("start", "end"))
+        given = f"{len(keys)} ({first} to {last})" if keys else f"none (a range from {first} to {last}, which ends " \
+                                                              "before it starts)"
+        raise Failure(description=f"{spec.name}: a removal run removes one {unit}, and this run was given {given}; "
+                                  f"nothing was removed.\n\nWhat to do: launch one run per {unit} (a backfill of the "
+                                  "range does so), without range tags",
+                      allow_retries=False, metadata={"table": spec.name, "day": f"{first}..{last}",
                                                      "retryable": False, "error": "RemovalRefused"})
     return spec.period(keys[0])
 
