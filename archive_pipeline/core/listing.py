@@ -7,14 +7,23 @@ prefix instead of a GET, a HEAD and a LIST per day.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import re
 import urllib.parse
+from collections.abc import Iterable
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.keys import day_listing_prefixes, day_prefix, manifest_key, other_extension_keys, table_day_key
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import S3Store
+
+log = logging.getLogger(__name__)
+# The repeated hour of a fall-back night carries its UTC offset in {hour} and {period} (``02+0100``): still a
+# period's key, of another length than the other hours'.
+_REPEATED_HOUR_OFFSET = re.compile(r"(?<=\d)[+-]\d{4}(?!\d)")
+_DIGIT = re.compile(r"\d")
 
 
 def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:
@@ -49,8 +58,9 @@ def listed_items(store: S3Store, keys: list[str]) -> dict[str, dict] | None:
 
 def listed_absent(store: S3Store, spec: TableSpec, days: list[Period], etags: dict[str, str] | None = None
                   ) -> tuple[set[Period], list[str] | None]:
-    """The days a bucket listing shows to have no archive (none when it could not be listed), and the listed
-    keys in order (None then) for the former formats' lookups. ``etags``, if given, gets each listed key's ETag
+    """The days a bucket listing shows to have no archive (none when it could not be listed, or shows a key that is
+    no day's of the table: see :func:`_unaccounted`), and the listed keys in order (None then) for the former
+    formats' lookups. ``etags``, if given, gets each listed key's ETag
     (the sensor tells by them a day's archive unchanged since it looked at it)."""
     keys = {day: table_day_key(spec, day, store.prefix) for day in days}
     # the days' keys under the table's other formats too, where the template puts a day archived before a change
@@ -65,7 +75,7 @@ def listed_absent(store: S3Store, spec: TableSpec, days: list[Period], etags: di
                                ) if len(days) > 3 else None
     except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
         present = None
-    if present is None:
+    if present is None or _unaccounted(spec.name, present, [*keys.values(), *itertools.chain(*others.values())]):
         return set(), None
     if etags is not None:
         etags.update((key, item.get("ETag", "")) for key, item in present.items())
@@ -81,14 +91,15 @@ def listed_absent(store: S3Store, spec: TableSpec, days: list[Period], etags: di
 def day_listings(store: S3Store, keys: list[str]) -> dict[str, dict[str, dict]]:
     """For each day's data key, what :func:`leftovers.day_listing` would list of it (size and ETag of every key
     starting as its generations do), from one listing of the days' common prefix; a key left out where that
-    listing cannot serve (a flat layout, no common directory, a listing that failed): read on its own then."""
+    listing cannot serve (a flat layout, no common directory, a listing that failed or that shows a key of no day:
+    see :func:`_unaccounted`): read on its own then."""
     if len(keys) <= 3 or any(day_listing_prefixes(key) != [day_prefix(key)] for key in keys):
         return {}
     try:
         items = listed_items(store, [*keys, *(manifest_key(k) for k in keys)])
     except ArchiveError:
         return {}
-    if items is None:
+    if items is None or _unaccounted(os.path.dirname(os.path.commonprefix(keys)), items, keys):
         return {}
     by_day: dict[str, dict[str, dict]] = {day_prefix(key): {} for key in keys}
     for name, item in items.items():
@@ -96,6 +107,29 @@ def day_listings(store: S3Store, keys: list[str]) -> dict[str, dict[str, dict]]:
         if held is not None:
             held[name] = {"ContentLength": item["Size"], "ETag": item.get("ETag", "")}
     return {key: by_day[day_prefix(key)] for key in keys}
+
+
+def _shape(key: str) -> str:
+    """The day prefix of ``key`` with every digit alike (and a repeated hour's offset left out): the same for every
+    period's key of a table, whatever its date."""
+    return _DIGIT.sub("0", _REPEATED_HOUR_OFFSET.sub("", day_prefix(key)))
+
+
+def _unaccounted(where: str, listed: Iterable[str], day_keys: list[str]) -> bool:
+    """Whether a listing shows a key that is no period's key of the table (``day_keys``: keys it renders), nor one
+    of its generations, manifests or upload markers. A listing has no checksum: one bit of a key flipped on the way
+    (``<date>.jsonl`` arriving as ``<date>/jsonl``) moves it out of its day, and a day archived empty, whose
+    manifest is its only key, would pass for one never archived. Such a listing is not used: each day is read on its
+    own. A key put there by something else costs the same, so it is named (``where``: the table or its folder) in a
+    warning."""
+    shapes = {_shape(key) for key in day_keys}
+    stray = [key for key in listed if _shape(key) not in shapes]
+    if stray:
+        log.warning("%s: the bucket listing shows %d key(s) that are no day's key of the table (%s%s): damaged on "
+                    "the way, or put there by something else; each day is read on its own instead. Move what is "
+                    "not the table's archives out of its folder", where, len(stray), ", ".join(stray[:3]),
+                    ", …" if len(stray) > 3 else "")
+    return bool(stray)
 
 
 def unarchived_days(store: S3Store, spec: TableSpec, days: list, etags: dict[str, str] | None = None) -> set[Period]:

@@ -411,6 +411,14 @@ class _FileRange:
         return True
 
 
+def _inconsistent(what: str) -> DownloadError:
+    """The retryable error of a store whose answers about one object contradict each other (``what``: which)."""
+    return DownloadError(f"{what}: the store answered inconsistently; the run will be retried", retryable=True,
+                         damaged=False, cause="the store answered inconsistently (an object it holds was reported "
+                         "missing)", remedy="retried automatically; if it persists, check the store's consistency "
+                         "settings (replication, a caching gateway) and the network path to it")
+
+
 def _status(exc: BaseException) -> int:
     response = getattr(exc, "response", None) or {}
     return response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -1061,16 +1069,29 @@ class S3Store:
         answers 404 for a moment) must not make an archive whose object is there pass for one whose
         object is lost: that verdict fails proofs and checks, and is never retried. The HEAD is asked
         twice (a moment apart), as the light check asks it: the GET's 404 and one HEAD's may be the
-        same moment of the store's."""
-        if self.head(key) is None:
-            time.sleep(_MISSING_AGAIN_SECONDS)
-            if self.head(key) is None:
-                return
-        raise DownloadError(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it: "
-                            "the store answered inconsistently; the run will be retried", retryable=True,
-                            damaged=False, cause="the store answered inconsistently (an object it holds was "
-                            "reported missing)", remedy="retried automatically; if it persists, check the store's "
-                            "consistency settings (replication, a caching gateway) and the network path to it")
+        same moment of the store's; then a listing must not show it either (:meth:`confirm_missing`)."""
+        if self.head(key) is None and self.head_again(key) is None:
+            self.confirm_missing(key, "the GET and two HEADs answered 404")
+            return
+        raise _inconsistent(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it")
+
+    def head_again(self, key: str) -> dict | None:
+        """The object's HEAD (see :meth:`head`) asked again a moment after an answer not to be believed alone
+        (a 404, another size): the first may be a store's moment of inconsistency (a lagging replica, a caching
+        gateway), and two answers back to back the same moment's."""
+        time.sleep(_MISSING_AGAIN_SECONDS)
+        return self.head(key)
+
+    def confirm_missing(self, key: str, said: str) -> None:
+        """After the store said (``said``: which answers) that ``key`` does not exist: raise a retryable
+        :class:`DownloadError` where a listing of the key shows the object all the same. Two HEADs answered by one
+        lagging replica or caching gateway agree with each other; a listing is another kind of answer, and a store
+        contradicting itself is no verdict ("missing" fails proofs, checks and removals for good, and names a remedy
+        that rewrites the archive). A listing that fails is no answer either: its error is raised."""
+        listed = next(self.list_keys(key), None)  # (the key itself sorts first under its own prefix)
+        if listed is not None and listed["Key"] == key:
+            raise _inconsistent(f"{self.uri(key)}: {said} (no such key), but the bucket listing shows the object "
+                                f"({listed.get('Size', '?')} bytes, ETag {listed.get('ETag', '?')})")
 
     def _stored_size(self, key: str, expected_size: int) -> int | None:
         """The object's size by its own HEAD (None if that cannot be had): what a GET's answer is checked against

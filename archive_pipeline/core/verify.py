@@ -205,17 +205,25 @@ def _same_version_or_raise(store: S3Store, manifest: dict) -> None:
                                "between the archiver and the store")
 
 
-def stored_problems(store: S3Store, manifest: dict) -> list[str]:
-    """How the stored object, by its HEAD, differs from the one ``manifest`` describes (missing included)."""
+def stored_problems(store: S3Store, manifest: dict, head: dict | None) -> list[str]:
+    """How the stored object, by its HEAD answer ``head`` (None: 404), differs from the one ``manifest`` describes
+    (missing included)."""
     key = manifest["object"]["key"]
-    head = store.head(key)
     return stored_object_problems(head, manifest) if head is not None else [f"object {store.uri(key)} is missing"]
 
 
 def object_problems(store: S3Store, manifest: dict) -> list[str]:
-    """The stored object's problems against its manifest (one HEAD), asked again before any is believed: a
-    HEAD answer has no checksum, and a 404 may be a store's moment of inconsistency."""
-    return stored_problems(store, manifest) and stored_problems(store, manifest)
+    """The stored object's problems against its manifest (one HEAD), asked again a moment later before any is
+    believed: a HEAD answer has no checksum, and a 404 may be a store's moment of inconsistency (a lagging replica,
+    a caching gateway). "Missing" is believed only where a listing of the object does not show it either
+    (``S3Store.confirm_missing``: a retryable DownloadError if it does, no verdict)."""
+    key = manifest["object"]["key"]
+    if not stored_problems(store, manifest, store.head(key)):
+        return []
+    head = store.head_again(key)
+    if head is None:
+        store.confirm_missing(key, "its HEAD answered 404 twice")
+    return stored_problems(store, manifest, head)
 
 
 @contextlib.contextmanager

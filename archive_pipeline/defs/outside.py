@@ -7,10 +7,11 @@ already followed, and the UI kept the partition missing for good. The tick now r
 runs find it: under the table's former format too) and, where it is this table-day's archive of this period from
 this database, whole in the store, not removed and written after the day's last run started (an older archive is
 the one that run refused: changed since, an overwrite needed), records it as materialized from that manifest, as
-Dagster's runs record an archive: the partition shows it, the retention schedule sees it. A day whose archive it
+Dagster's runs record an archive: the partition shows it, the retention schedule sees it. A day whose manifest it
 rejected is not read again while the bucket listing shows that archive unchanged (the sensor keeps what it saw
-between ticks, while the code server keeps the definitions loaded), and at most LOOKUPS_PER_TICK manifests are
-read a tick: failed days do not grow the cost of every tick.
+between ticks, while the code server keeps the definitions loaded); one rejected for its object's HEAD alone is
+(a HEAD answer has no checksum and may be passing: remembered, it would keep the day unrecorded for good), and at
+most LOOKUPS_PER_TICK manifests are read a tick: failed days do not grow the cost of every tick.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def store_of(context: SensorEvaluationContext) -> Store | None:
 def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterInstance, targets: dict, tried: list,
                      seen: Collection[str] = ()) -> tuple[list[AssetMaterialization], list, set[str]]:
     """The records of the ``tried`` days (the sensor's WantedRuns whose run key is used) now archived in the store,
-    the tried days left, and the marks (:func:`_marks`) of the days whose archive was rejected, now or (``seen``:
+    the tried days left, and the marks (:func:`_marks`) of the days whose manifest was rejected, now or (``seen``:
     the last tick's) before and listed unchanged since: those are not read again. ``targets``: each table's
     SensorTarget by name. One listing per table tells most days without an archive apart (no GET for them)."""
     identity = SourceIdentity(*server_identity(conn)) if tried else None
@@ -85,10 +86,11 @@ def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterIn
         started = _started(instance, table, read)
         for wanted in mine:
             day = wanted.partition_key
-            event = _record(where, identity, target, day, started.get(day)) if day in read else None
+            found = _taken(where, identity, target, day, started.get(day)) if day in read else None
+            event = _record(where, target, day, *found) if found is not None else None
             (events if event is not None else left).append(event or wanted)
-            if event is None and day in read and marks.get(day):
-                rejected.add(marks[day])
+            if found is None and day in read and marks.get(day):  # (rejected by its manifest: the same listing,
+                rejected.add(marks[day])                          # the same manifest, the same verdict)
     return events, left, rejected
 
 
@@ -124,12 +126,12 @@ def _started(instance: DagsterInstance, table: str, days: list[str]) -> dict[str
     return started
 
 
-def _record(where: Store, identity: SourceIdentity, target, partition: str, started: float | None
-            ) -> AssetMaterialization | None:
-    """The day's record from its manifest, or None where it is not to be taken for this day's archive: none, damaged,
-    another table-day's, period's (the zone, granularity or day column changed since) or database's, removed (a
-    removed day with rows again is not archived), its object not as recorded, or written before the day's last run
-    started (``started``). A store that does not answer raises (STORE_ERRORS): no verdict, looked at again next tick."""
+def _taken(where: Store, identity: SourceIdentity, target, partition: str, started: float | None
+           ) -> tuple[str, dict] | None:
+    """The day's key and manifest where the manifest is to be taken for this day's archive, else None: none,
+    damaged, another table-day's, period's (the zone, granularity or day column changed since) or database's,
+    removed (a removed day with rows again is not archived), or written before the day's last run started
+    (``started``). A store that does not answer raises (STORE_ERRORS): no verdict, looked at again next tick."""
     spec, store = target.spec, where.store
     period = spec.period(partition)
     try:
@@ -138,8 +140,17 @@ def _record(where: Store, identity: SourceIdentity, target, partition: str, star
     except ValueError:  # (ManifestError: damaged or another table-day's)
         return None
     if (not manifest or manifest.get("removed") or not same_source(manifest, identity)
-            or layout_change(manifest, period, spec.day_column) or not _written_after(manifest, started)
-            or (manifest.get("object") and object_problems(store, manifest))):
+            or layout_change(manifest, period, spec.day_column) or not _written_after(manifest, started)):
+        return None
+    return day_key, manifest
+
+
+def _record(where: Store, target, partition: str, day_key: str, manifest: dict) -> AssetMaterialization | None:
+    """The day's record from its manifest (taken: see :func:`_taken`), or None where its object is not as recorded
+    (by two HEADs; a listing showing an object they call missing raises, no verdict). Such a day is not remembered
+    as rejected: a HEAD's answer has no checksum and may be passing, so it is read again next tick."""
+    store = where.store
+    if manifest.get("object") and object_problems(store, manifest):
         return None
     state = "empty" if manifest.get("empty") else "archived"
     said = (f"{partition}: archived outside Dagster (the command line), recorded from its manifest by the sensor "
