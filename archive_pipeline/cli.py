@@ -1503,7 +1503,10 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                 message += "; then: " + _for_the_cli(_the_rest(
                     run, chosen, failed_table, failed_day, into, target or created, on_conflict,
                     skipped="" if of_target else failed_day, created=created is not None, inclusive=of_target))
-        configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES  # a target that is not there
+        # a target that refuses every day alike as the options named it (not there, already there for --into new,
+        # not a table), or a standby for the primary: a usage or configuration error (exit 2), not a day that failed
+        configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES or \
+            isinstance(failure, TargetError) and not failure.retryable
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
     run.emit(payload, render)

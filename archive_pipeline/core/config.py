@@ -918,12 +918,30 @@ def load_config(path: str | os.PathLike | None = None, given_by: str | None = No
         if braced := _braced_text_settings(data):
             raise ConfigError(f"invalid archive configuration in {file}:\n" + "\n".join(f"  {b}" for b in braced)
                               ) from None
-        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
-            if mark is not None:  # line and column only: PyYAML quotes the line, which may hold a DSN pasted there
-                mark.buffer = None
-        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_problem(exc, file)) from None
     refuse_repeated_settings(node, str(file))
     return parse_config(raw, str(file))
+
+
+def _yaml_problem(exc: Exception, file: Path) -> str:
+    """PyYAML's reason a file is not YAML, its marks naming the file (read as bytes, PyYAML names it "<byte
+    string>") by line and column only (PyYAML quotes the line, which may hold a DSN pasted there); for a tab,
+    which YAML refuses as indentation (an editor's habit), what to do: PyYAML only says it "cannot start any
+    token"."""
+    marks = [m for m in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)) if m is not None]
+    at = getattr(exc, "problem_mark", None)
+    tab = at if at is not None and at.buffer and at.buffer[at.pointer:at.pointer + 1] == "\t" else None
+    indented = [n + 1 for n, line in enumerate(tab.buffer.split("\n")) if re.match(r"[ \t]*\t", line)] if tab else []
+    for mark in marks:
+        mark.name, mark.buffer = str(file), None
+    said = f"{file} is not valid YAML: {exc}"
+    if tab is None:
+        return said
+    others = [n for n in indented if n != tab.line + 1]
+    also = f" (and those indenting line(s) {', '.join(map(str, others[:10]))}{' ...' if len(others) > 10 else ''})" \
+        if others else ""
+    return (f"{said}\nYAML does not allow tabs for indentation (nor after a key's colon): indent with spaces; replace "
+            f"the tab at line {tab.line + 1}, column {tab.column + 1} of {file} with spaces{also}")
 
 
 def refuse_repeated_settings(node: yaml.Node | None, source: str) -> None:

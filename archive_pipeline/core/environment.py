@@ -335,7 +335,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     from botocore.config import Config
     from botocore.exceptions import (BotoCoreError, ClientError, CredentialRetrievalError,
                                      InvalidChecksumConfigError, InvalidRegionError, NoCredentialsError,
-                                     ParamValidationError, PartialCredentialsError, ProfileNotFound)
+                                     ParamValidationError, PartialCredentialsError, ProfileNotFound, SSLError)
 
     env = os.environ if env is None else env
     bucket = _required(env, BUCKET_VAR, "the name of the archive bucket")
@@ -406,11 +406,24 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             raise ConfigError(f"no S3 credentials ({type(exc).__name__}: {redact(str(exc), env.get(SECRET_VAR))}): set "
                               f"${KEY_ID_VAR} and ${SECRET_VAR}, or give boto3 credentials its own way "
                               "(AWS_PROFILE, an instance or task role)") from None
+        except SSLError as exc:  # the same on every retry: the endpoint's scheme or the CA bundle must change
+            raise ConfigError(_tls_refused(exc, env)) from None
         except BotoCoreError as exc:
             raise UnreachableError(f"cannot reach the object store ({type(exc).__name__}: "
                                    f"{redact(str(exc), env.get(SECRET_VAR))}): check ${ENDPOINT_VAR} "
                                    "and the network") from None
     return store
+
+
+def _tls_refused(exc: Exception, env: Mapping[str, str]) -> str:
+    """The message of a HeadBucket whose TLS handshake failed: the core's cause and remedy for it (not "cannot
+    reach the object store", which a cron wrapper retried forever), with the scheme to check first, since an
+    https:// endpoint for a store that speaks plain HTTP fails so as well as a certificate no CA bundle trusts."""
+    found = classify(exc)
+    said = redact(str(exc), env.get(SECRET_VAR))
+    return (f"{found.cause} at {env.get(ENDPOINT_VAR) or 'AWS S3'} ({type(exc).__name__}: {said}): "
+            f"{found.remedy}; its scheme must be what the store speaks (http:// for a store without TLS, https:// "
+            "with a certificate this machine trusts: point $AWS_CA_BUNDLE at the CA of a self-signed one)")
 
 
 _SKEW_ALLOWED = dt.timedelta(minutes=15)  # S3 refuses a request signed further off its clock (RequestTimeTooSkewed)

@@ -2029,11 +2029,16 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     return inserted, fp.compute(conn, stage, columns, None, algorithm)
 
 
-def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
-    """``skip`` leaves a row alone when its key exists (``ON CONFLICT DO NOTHING``): a target with no
-    primary key, unique or exclusion constraint has nothing to tell existing rows by, so every row would
-    be loaded again (and the check roll it back), and one with a deferrable such constraint makes
-    PostgreSQL refuse the insert. Both are refused up front, saying so."""
+def _skip_mode(conn: psycopg.Connection, manifest: dict, relation: Relation, *, own: bool) -> OnConflict:
+    """How ``on_conflict="skip"`` loads into ``relation``: ``skip`` leaves a row alone when its key exists
+    (``ON CONFLICT DO NOTHING``): a target with no primary key, unique or exclusion constraint has nothing to
+    tell existing rows by, so every row would be loaded again (and the check roll it back), and one with a
+    deferrable such constraint makes PostgreSQL refuse the insert. Both are refused up front, saying so;
+    except into a keyless table of the restore's ``own`` (created by it, now or by an earlier day: its mark
+    lists the days restored), where skip has nothing to guard: a listed day is "already restored", a day not
+    listed has no rows there to skip (or the check refuses it), so the day loads as with ``fail`` (refusing it
+    told the user to restore into a new table, the very command run). A refusal is the target's, the same for
+    every day (:class:`TargetError`): the rest of a range is not offered with the day left out."""
     regclass = relation.identifier.as_string(conn)  # quoted: to_regclass('s.Events') would look up s.events
     # the target and, of a partitioned one, its partitions: a key declared on each partition (one without the
     # partition key, which the parent cannot have) is an arbiter of ON CONFLICT for the rows routed to it
@@ -2049,7 +2054,7 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -
     leaves = conn.execute("SELECT count(*) FROM pg_catalog.pg_partition_tree(to_regclass(%s)) t "
                           "WHERE t.isleaf AND t.level > 0", (regclass,)).fetchone()[0]
     if not has_key and leaves and keyless:
-        raise RestoreError(
+        raise TargetError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' needs a primary key or "
             f"unique constraint to tell existing rows by, and {relation} has none, nor do its partition(s) "
             f"{', '.join(keyless[:5])}{' ...' if len(keyless) > 5 else ''}: their rows would be inserted again; "
@@ -2061,7 +2066,7 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -
         f"SELECT DISTINCT conname FROM pg_catalog.pg_constraint WHERE conrelid IN {tree} "
         "AND contype IN ('u', 'p', 'x') AND condeferrable ORDER BY conname", (regclass,) * 2).fetchall()]
     if deferred:  # every unique index is an arbiter of ON CONFLICT DO NOTHING, and a deferrable one cannot be
-        raise RestoreError(
+        raise TargetError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' into "
             f"{relation}: its deferrable constraint(s) {', '.join(deferred)} cannot tell existing rows by "
             "(PostgreSQL's ON CONFLICT does not support deferrable unique or exclusion constraints); nothing was "
@@ -2069,19 +2074,22 @@ def _require_key(conn: psycopg.Connection, manifest: dict, relation: Relation) -
             remedy="restore into a new table (into='new'), or with on_conflict='fail' into a table that "
                    "lacks the day's rows, or make the constraint NOT DEFERRABLE (ALTER TABLE ... ALTER CONSTRAINT)")
     if not has_key and _kind(conn, relation) == "v":  # (no key of its own to skip taken rows by)
-        raise RestoreError(
+        raise TargetError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' needs the target's unique "
             f"keys to tell existing rows by, and {relation} is a view; nothing was restored", table=manifest["table"],
             day=manifest["day"], retryable=False,
             remedy="restore into the view's base table with on_conflict='skip', or with on_conflict='fail' into the "
                    "view")
+    if not has_key and own:
+        return "fail"
     if not has_key:
-        raise RestoreError(
+        raise TargetError(
             f"restoring {manifest['table']} for {manifest['day']} with on_conflict='skip' needs a "
             f"primary key or unique constraint on {relation} to tell existing rows by, and it has none: every row "
             "would be inserted again; nothing was restored", table=manifest["table"], day=manifest["day"],
             retryable=False, remedy="restore into a new table (into='new'), or with on_conflict='fail' "
                                     "into a table that lacks the day's rows, or add a primary key to the target")
+    return "skip"
 
 
 _TARGET_TYPES = sql.SQL("""
@@ -2685,8 +2693,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 if into != "new" and not to_create and _loaded_before(conn, relation, manifest, whole):
                     return _already_restored(relation, manifest, started, proven=True)
                 _refuse_approximation(conn, manifest, relation)
-                if on_conflict == "skip":
-                    _require_key(conn, manifest, relation)
+                if on_conflict == "skip":  # (into the restore's own table without a key: loaded as with fail)
+                    on_conflict = _skip_mode(conn, manifest, relation, own=into == "new" or marked is not None)
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
                 names = relation_printed_names(conn, relation.identifier)  # (see _renamed_meanwhile)
                 before = _held_if_hooked(conn, manifest, relation, whole)
