@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import functools
+import json
 import re
 from collections.abc import Iterable, Iterator
 
@@ -125,6 +126,30 @@ def upload_marker_key(key: str) -> str:
     the day, which every run does anyway, then shows whether a killed run may have left an upload, so
     only such a day pays for listing the store's multipart uploads."""
     return key + UPLOAD_MARKER_SUFFIX
+
+
+def upload_marker_naming(table: str | None, day: str | None) -> bytes:
+    """The lines of an upload marker that name the table-day whose run wrote it (none without both): a run that
+    finds a marker beside its day's own keys (at its key under another format, which another table's day may
+    render) aborts that upload only where the marker names its own table-day (see ``leftovers.owned_by``)."""
+    if not (table and day):
+        return b""
+    return f"table: {json.dumps(table)}\nday: {json.dumps(day)}\n".encode()  # (JSON: one line, whatever the name)
+
+
+def upload_marker_owner(body: bytes) -> tuple[str, str] | None:
+    """The (table, day) an upload marker's ``body`` names (see :func:`upload_marker_naming`); None where it names
+    none: written before markers named their table-day, or damaged."""
+    named: dict[str, object] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        field, sep, value = line.partition(": ")
+        if sep and field in ("table", "day"):
+            try:
+                named[field] = json.loads(value)
+            except ValueError:
+                return None
+    table, day = named.get("table"), named.get("day")
+    return (table, day) if isinstance(table, str) and isinstance(day, str) else None
 
 
 def upload_markers(key: str, listed: Iterable[str]) -> list[str]:
