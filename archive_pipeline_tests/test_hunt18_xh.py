@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.config import parse_config
+from archive_pipeline.core.config import ConfigError, parse_config
 from archive_pipeline.core.verify import load_manifest
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.test_race_hunt import in_thread, proxied, wait_until
@@ -17,26 +18,45 @@ from archive_pipeline_tests.test_race_hunt import in_thread, proxied, wait_until
 DAY = dt.date(2024, 3, 10)
 
 
+def _entries(schema: str) -> list[dict]:
+    """``<schema>.a`` (JSONL) and ``<schema>.b`` (CSV), both zstd, under ``{prefix}/{schema}/{date}.{ext}``: keys
+    that differ only by the extension."""
+    return [{"name": f"{schema}.{name}", "day_column": "at", "start_date": DAY.isoformat(), "format": fmt,
+             "compression": "zstd", "key_template": "{prefix}/{schema}/{date}.{ext}"}
+            for name, fmt in (("a", "jsonl"), ("b", "csv"))]
+
+
 def _two_tables(conn, schema: str) -> tuple:
-    """``<schema>.a`` (JSONL) and ``<schema>.b`` (CSV), both zstd, under ``{prefix}/{schema}/{date}.{ext}``: a
-    configuration the load accepts (their keys differ by the extension)."""
+    """The two tables of :func:`_entries`, each from its own configuration (two code locations archiving into one
+    bucket and prefix): one configuration holding both is refused at load (see the test below), two are not, and
+    there a run's tidying must tell the other table's keys from its own day's under another format."""
     for name in ("a", "b"):
         table = sql.Identifier(schema, name)
         conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz, v text)").format(table))
         conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:00+00'::timestamptz + g * interval '1 second', "
                              "'row ' || g FROM generate_series(1, 50) g").format(table))
-    config = parse_config({"tables": [
-        {"name": f"{schema}.{name}", "day_column": "at", "start_date": DAY.isoformat(), "format": fmt,
-         "compression": "zstd", "key_template": "{prefix}/{schema}/{date}.{ext}"}
-        for name, fmt in (("a", "jsonl"), ("b", "csv"))]})
-    return tuple(config.tables)
+    return tuple(parse_config({"tables": [entry]}).tables[0] for entry in _entries(schema))
+
+
+def test_one_configuration_whose_tables_keys_differ_only_by_the_extension_is_refused():
+    """The load refuses ``s.a`` (JSONL) and ``s.b`` (CSV) under ``{prefix}/{schema}/{date}.{ext}`` (so does a codec
+    that differs alone): a change of format of one lands on the other's key, and each one's runs take the other's
+    key for their own day's under a former format. The message names both tables and the remedy."""
+    with pytest.raises(ConfigError, match=r"tables 's\.a' .* and 's\.b' .* differ only by their format's or codec's "
+                                          r"extension.*put \{table\} or \{schema\}\.\{table\} in key_template"):
+        parse_config({"tables": _entries("s")})
+    codecs = [{**entry, "format": "jsonl", "compression": codec} for entry, codec in zip(_entries("s"), ("zstd", "none"))]
+    with pytest.raises(ConfigError, match="differ only by their format's or codec's extension"):
+        parse_config({"tables": codecs})
+    parse_config({"tables": [{**entry, "key_template": "{prefix}/{schema}.{table}/{date}.{ext}"}
+                             for entry in _entries("s")]})
 
 
 def test_a_sibling_tables_rerun_does_not_delete_the_generation_another_table_just_committed(
         conn, schema, store, s3, bucket):
-    """Scenario: one configuration archives ``s.a`` as JSONL and ``s.b`` as CSV under
-    ``{prefix}/{schema}/{date}.{ext}`` (accepted at load: the keys differ by their extension, so they share the
-    day's prefix ``archive/s/2024-03-10``). Both days are archived. A late row lands in ``s.b`` and an overwrite
+    """Scenario: ``s.a`` is archived as JSONL and ``s.b`` as CSV under ``{prefix}/{schema}/{date}.{ext}`` (the keys
+    differ by their extension, so they share the day's prefix ``archive/s/2024-03-10``; since the fix one
+    configuration holding both is refused at load, so here each comes from its own, sharing the bucket). Both days are archived. A late row lands in ``s.b`` and an overwrite
     run of ``s.b`` uploads generation 2; its manifest PUT is held by the proxy. Meanwhile the schedule re-runs
     ``s.a``'s day (a plain re-run that skips). ``s.a``'s run is held at the DELETE it sends; ``s.b``'s commit is
     let go and returns green; then ``s.a``'s DELETE is let go.
@@ -87,7 +107,7 @@ def test_a_sibling_tables_rerun_does_not_delete_the_generation_another_table_jus
 
 
 def test_a_sibling_tables_run_does_not_abort_another_tables_upload_in_flight(conn, schema, store, s3, bucket):
-    """Scenario: the same accepted configuration shape as above, with ``s.b`` as uncompressed CSV
+    """Scenario: the same two configurations as above, with ``s.b`` as uncompressed CSV
     (``archive/s/2024-03-10.csv``) and ``s.a`` as JSONL/zstd (``archive/s/2024-03-10.jsonl.zst``). ``s.b``'s
     first archive of the day is a multipart upload (more than one 5 MiB part); the proxy holds its first part.
     Meanwhile ``s.a``'s day is archived (its own table-day lock, which does not exclude ``s.b``'s run).
