@@ -114,10 +114,12 @@ def test_two_tables_rendering_one_key_are_refused(first, second, words):
 
 
 def test_distinct_formats_or_schemas_do_not_collide():
+    """Keys apart by the table's name or schema are accepted whatever the format (keys apart only by the format's
+    extension are not: a change of format of one lands on the other's key; see test_hunt18_xh)."""
     parse_config({"tables": [{**GOOD, "key_template": "{prefix}/{table}/{date}.{ext}"},
                              {**GOOD, "name": "public.events2", "key_template": "{prefix}/{table}/{date}.{ext}"},
                              {**GOOD, "name": "x.events", "format": "csv",
-                              "key_template": "{prefix}/{table}/{date}.{ext}"}]})
+                              "key_template": "{prefix}/{schema}.{table}/{date}.{ext}"}]})
 
 
 def test_key_ending_like_a_manifest_is_refused():

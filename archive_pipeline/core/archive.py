@@ -48,7 +48,7 @@ from archive_pipeline.core.formats.common import (
     refuse_unreadable,
     refuse_unrestorable,
 )
-from archive_pipeline.core.leftovers import day_listing, same_source, stored_generations, tidy_day
+from archive_pipeline.core.leftovers import day_listing, owned_by, same_source, stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
@@ -549,25 +549,35 @@ class _Archiving:
 
     def _tidy(self, existing: Existing) -> None:
         """Remove what earlier runs of this day left behind, before anything else (see
-        :func:`leftovers.tidy_day`): a manifest that fails its checks names nothing worth keeping."""
+        :func:`leftovers.tidy_day`): a manifest that fails its checks names nothing worth keeping. The day's keys
+        under other formats and codecs are :meth:`_tidy_former`'s (each only where it is this table-day's)."""
         manifest = existing.manifest if existing.problem is None else None
         self._tidied |= tidy_day(self.store, self.key, existing.listing, manifest, _identity(self.conn),
-                                 f"{self.spec.name} {self.day}",
-                                 others=keys.other_extension_keys(self.spec, self.day, self.store.prefix))
+                                 f"{self.spec.name} {self.day}", owner=self._owner)
 
     def _tidy_former(self, existing: Existing) -> None:
         """Tidy the day's keys under the table's former formats, codecs or key_template too (the listing shows them
         beside its key, or ``former_keys`` names them): a run killed there before the table changed left its
-        upload, marker or uncommitted generation, and no run of the day comes to that key again."""
+        upload, marker or uncommitted generation, and no run of the day comes to that key again. Only where what
+        is there is this table-day's (:func:`leftovers.owned_by`): such a key may be another table's (one whose
+        keys differ from this one's only by the extension, in another configuration), whose runs this run's lock
+        does not exclude."""
         former = [*keys.listed_under(self._other_extension_keys(), existing.listing or ()), *self.former_keys]
+        label = f"{self.spec.name} {self.day}"
         for other in dict.fromkeys(k for k in former if k != self.key):
             try:
                 there = read_existing(self.store, other)
             except Exception:  # noqa: BLE001 - leftovers cost storage, not correctness: the next run looks again
                 continue
-            manifest = there.manifest if there.problem is None else None
-            self._tidied |= tidy_day(self.store, other, there.listing, manifest, _identity(self.conn),
-                                     f"{self.spec.name} {self.day}")
+            if owned_by(self.store, other, there.listing, there.raw, self._owner, label):
+                manifest = there.manifest if there.problem is None else None
+                self._tidied |= tidy_day(self.store, other, there.listing, manifest, _identity(self.conn), label,
+                                         owner=self._owner)
+
+    @property
+    def _owner(self) -> tuple[str, str]:
+        """This run's table-day as manifests and upload markers name it (its lock's)."""
+        return self.spec.name, self.day.isoformat()
 
     def _in_algorithm_of(self, other: Existing, table: SourceTable, where, fp: fingerprint.Fingerprint
                          ) -> fingerprint.Fingerprint:

@@ -22,7 +22,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       field_validator, model_validator)
 
 from archive_pipeline.core.errors import redact
-from archive_pipeline.core.keys import key_collisions
+from archive_pipeline.core.keys import extension_twins, key_collisions
 from archive_pipeline.core.periods import (Period, PeriodError, as_period, has_dst, offset_changes, period_starting_on,
                                            zone)
 
@@ -626,8 +626,9 @@ class ArchiveConfig(_Strict):
                 raise ValueError(f"tables {ops[op]!r} and {spec.name!r} would share the op name 'archive__{op}'; "
                                  "rename one of them in the database or archive it from a second code location")
             ops[op] = spec.name
-        collisions = key_collisions([(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression,
-                                      s.granularity, s.timezone) for s in self.tables])
+        rows = [(s.name, s.key_template, s.schema_name, s.table_name, s.format, s.compression, s.granularity,
+                 s.timezone) for s in self.tables]
+        collisions = key_collisions(rows) or extension_twins(rows)
         if collisions:
             raise ValueError("; ".join(collisions))
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import functools
+import json
 import re
 from collections.abc import Iterable, Iterator
 
@@ -125,6 +126,30 @@ def upload_marker_key(key: str) -> str:
     the day, which every run does anyway, then shows whether a killed run may have left an upload, so
     only such a day pays for listing the store's multipart uploads."""
     return key + UPLOAD_MARKER_SUFFIX
+
+
+def upload_marker_naming(table: str | None, day: str | None) -> bytes:
+    """The lines of an upload marker that name the table-day whose run wrote it (none without both): a run that
+    finds a marker beside its day's own keys (at its key under another format, which another table's day may
+    render) aborts that upload only where the marker names its own table-day (see ``leftovers.owned_by``)."""
+    if not (table and day):
+        return b""
+    return f"table: {json.dumps(table)}\nday: {json.dumps(day)}\n".encode()  # (JSON: one line, whatever the name)
+
+
+def upload_marker_owner(body: bytes) -> tuple[str, str] | None:
+    """The (table, day) an upload marker's ``body`` names (see :func:`upload_marker_naming`); None where it names
+    none: written before markers named their table-day, or damaged."""
+    named: dict[str, object] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        field, sep, value = line.partition(": ")
+        if sep and field in ("table", "day"):
+            try:
+                named[field] = json.loads(value)
+            except ValueError:
+                return None
+    table, day = named.get("table"), named.get("day")
+    return (table, day) if isinstance(table, str) and isinstance(day, str) else None
 
 
 def upload_markers(key: str, listed: Iterable[str]) -> list[str]:
@@ -277,6 +302,43 @@ def _collisions(tables: list[tuple[str, str, str, str, str, str, str, str]], pre
                 for used, rest in _split_prefixes(key):
                     rests.setdefault(rest, (name, day, key, used))
     return problems
+
+
+# The format and codec every table's keys are rendered in to compare them without their extension.
+_ONE_EXTENSION = ("jsonl", "none")
+
+
+def extension_twins(tables: list[tuple[str, str, str, str, str, str, str, str]]) -> list[str]:
+    """Pairs of tables whose period keys differ only by their format's or codec's extension (``{ext}``,
+    ``{format}``), as messages naming both: a change of format or codec of one lands on the other's key, and each
+    one's runs take the other's key for their own day's under a former format (:func:`other_extension_keys`),
+    where they would skip onto, tidy or abort what the other table writes. ``tables`` as for
+    :func:`key_collisions`, whose check comes first (equal keys); rendered again only where the tables' extensions
+    differ, with all of them in one format and codec and under one prefix (an extension written literally in a
+    template, or a template without ``{prefix}`` under another's prefix, is not compared)."""
+    if len({(extension(fmt, codec), fmt) for _, _, _, _, fmt, codec, _, _ in tables}) < 2:
+        return []  # one extension for all: keys equal without it are equal with it (key_collisions saw them)
+    seen: dict[str, tuple[int, Period, dict[str, str]]] = {}
+    problems = []
+    for at, (name, template, schema, table, _, _, granularity, timezone) in enumerate(tables):
+        for day, fields in sample_periods(granularity, timezone):
+            neutral = _render(template, _ANY_PREFIX, schema, table, fields, *_ONE_EXTENSION)
+            other, then, then_fields = seen.setdefault(neutral, (at, day, fields))
+            if other != at:
+                problems.append(
+                    f"tables {tables[other][0]!r} ({then}: {_actual_key(tables[other], then_fields)!r}) and {name!r} "
+                    f"({day}: {_actual_key(tables[at], fields)!r}) render keys that differ only by their format's or "
+                    "codec's extension: a change of format or compression of one would land on the other's key, and "
+                    "each one's runs would take the other's archive and uploads for their own day's under a former "
+                    "format; put {table} or {schema}.{table} in key_template")
+                break
+    return problems
+
+
+def _actual_key(row: tuple[str, str, str, str, str, str, str, str], fields: dict[str, str]) -> str:
+    """A table's key (a row as :func:`key_collisions` takes them) for a period's fields, to show."""
+    _, template, schema, table, fmt, compression, _, _ = row
+    return _show(_render(template, _ANY_PREFIX, schema, table, fields, fmt, compression))
 
 
 def other_extension_keys(spec, day: Period | dt.date | str, prefix: str = "") -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from archive_pipeline.core import keys
 from archive_pipeline.core.errors import redact
-from archive_pipeline.core.manifest import SourceIdentity
+from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, foreign_manifest
 from archive_pipeline.core.store import S3Store
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def same_source(manifest: dict, identity: SourceIdentity) -> bool:
 
 
 def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest: dict | None,
-             identity: SourceIdentity, label: str, others: Sequence[str] = ()) -> set[str]:
+             identity: SourceIdentity, label: str, others: Sequence[str] = (),
+             owner: tuple[str, str] | None = None) -> set[str]:
     """Remove what earlier runs of the day at ``key`` left behind (the caller holds the day's lock): multipart
     uploads a killed run never finished, data objects of generations no manifest committed (a run killed
     between its upload and its manifest), and retired generations whose delete failed; the keys deleted.
@@ -54,13 +55,18 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
     every multipart upload announces itself with one first, and deletes it only once no upload of its key
     can be left, so a day without a marker has no upload left to find. They are never anyone's data: all
     of the day's are aborted. Objects are deleted only with a trustworthy ``manifest`` (None: none, or one
-    that fails its checks), which names every object of the day worth keeping (its object and ``kept``);
-    anything else of the day is garbage, since the manifest is the commit point. Without one, stored data
-    might be the only copy of something and stays. A failure here is logged, never fatal: leftovers cost
-    storage, not correctness. ``label``: the table-day, for the log. ``others``: the day's keys under the table's
-    other formats and codecs (:func:`keys.other_extension_keys`), whose uploads a run killed before the format
-    changed left: those beside ``key`` (the same listing shows them) are aborted too."""
-    beside = [key, *(k for k in dict.fromkeys(others) if k != key and keys.day_prefix(k) == keys.day_prefix(key))]
+    that fails its checks) of ``owner``'s table-day, which names every object of the day worth keeping (its
+    object and ``kept``); anything else of the day is garbage, since the manifest is the commit point. Without
+    one, stored data might be the only copy of something and stays. A failure here is logged, never fatal:
+    leftovers cost storage, not correctness. ``label``: the table-day, for the log. ``owner``: the table-day
+    (name, ISO day) whose lock the caller holds, by default the one ``manifest`` names (a removal's proven one).
+    ``others``: the day's keys under the table's other formats and codecs (:func:`keys.other_extension_keys`),
+    whose uploads a run killed before the format changed left: those beside ``key`` (the same listing shows
+    them) are aborted too where what is there is ``owner``'s (:func:`owned_by`); such a key may be another
+    table's, whose upload the caller's lock does not cover."""
+    owner = owner or _named(manifest)
+    beside = [key, *(k for k in dict.fromkeys(others) if k != key and keys.day_prefix(k) == keys.day_prefix(key)
+                     and keys.upload_markers(k, listing or {}) and _other_owned(store, k, listing, owner, label))]
     markers = [m for k in beside for m in keys.upload_markers(k, listing or {})]
     if markers:
         _abort_stale_uploads(store, beside, markers, label)
@@ -69,6 +75,10 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
     if not same_source(manifest, identity):
         # archived from another database, whose runs this day's lock does not exclude (an advisory lock is the
         # database's own): an object its manifest does not name yet may be its run's, about to commit
+        return set()
+    if owner is not None and (foreign := foreign_manifest(manifest, *owner)):
+        # another table's (or day's) archive, whose runs this day's lock does not exclude either
+        log.warning("%s: left %s as it is: %s", label, store.uri(key), foreign)
         return set()
     keep = {(manifest.get("object") or {}).get("key"), *(k.get("key") for k in manifest.get("kept", []))}
     stray = [keys.generation_key(key, g) for g in stored_generations(key, listing)]
@@ -79,6 +89,70 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
             tidied.add(name)
             log.info("%s: removed %s, a generation no manifest names", label, store.uri(name))
     return tidied
+
+
+def owned_by(store: S3Store, key: str, listing: dict[str, dict] | None, raw: bytes | None,
+             owner: tuple[str, str] | None, label: str) -> bool:
+    """Whether what earlier runs left at ``key``, a key of the day other than the caller's own (under another
+    format or codec, or a former key_template), is ``owner``'s table-day (name, ISO day), whose lock the caller
+    holds: the manifest there (``raw``, its bytes as read; None: none) names it, or there is none, and so does each
+    upload marker ``listing`` shows there (one that names no table-day, written before markers named theirs, only
+    beside such a manifest). A key of the day under another format may be another table's (their keys differ only
+    by the extension: refused at load within one configuration, not across two that share a bucket), whose live
+    upload or just committed generation the caller must neither abort nor delete: it is left alone, logged."""
+    why = _not_owned(store, key, listing, raw, owner)
+    if why is not None:
+        log.warning("%s: left %s as it is: %s", label, store.uri(key), why)
+    return why is None
+
+
+def _not_owned(store: S3Store, key: str, listing: dict[str, dict] | None, raw: bytes | None,
+               owner: tuple[str, str] | None) -> str | None:
+    """Why what is at ``key`` may not be ``owner``'s (see :func:`owned_by`), or None."""
+    if owner is None:
+        return "no manifest names the table-day whose lock this run holds"
+    named = None
+    if raw is not None:
+        try:
+            manifest = decode_manifest(raw)
+        except ManifestError as exc:
+            return f"its manifest cannot be read ({exc})"
+        if foreign := foreign_manifest(manifest, *owner):
+            return foreign
+        named = owner
+    for marker in keys.upload_markers(key, listing or {}):
+        try:
+            body = store.get_bytes_or_none(marker)
+        except Exception as exc:  # noqa: BLE001 - not known whose it is
+            return f"its upload marker {marker} could not be read ({redact(f'{type(exc).__name__}: {exc}')})"
+        if body is None:
+            continue  # gone since the listing: its upload completed or was aborted
+        marked = keys.upload_marker_owner(body) or named
+        if marked is None:
+            return (f"its upload marker {marker} names no table-day (written by an older version) and no manifest "
+                    f"there names {owner[0]!r} for {owner[1]}")
+        if marked != owner:
+            return (f"its upload marker {marker} is of table {marked[0]!r} for {marked[1]}, not of {owner[0]!r} for "
+                    f"{owner[1]}")
+    return None
+
+
+def _other_owned(store: S3Store, key: str, listing: dict[str, dict] | None, owner: tuple[str, str] | None,
+                 label: str) -> bool:
+    """:func:`owned_by` for another format's key of the day, its manifest read first (not read: not known)."""
+    try:
+        raw = store.get_bytes_or_none(keys.manifest_key(key))
+    except Exception as exc:  # noqa: BLE001 - see tidy_day's docstring
+        log.warning("%s: left %s as it is: its manifest could not be read (%s)", label, store.uri(key),
+                    redact(f"{type(exc).__name__}: {exc}"))
+        return False
+    return owned_by(store, key, listing, raw, owner, label)
+
+
+def _named(manifest: dict | None) -> tuple[str, str] | None:
+    """The table-day ``manifest`` names, None without one."""
+    table, day = (manifest or {}).get("table"), (manifest or {}).get("day")
+    return (table, day) if isinstance(table, str) and isinstance(day, str) else None
 
 
 def _abort_stale_uploads(store: S3Store, day_keys: list[str], markers: list[str], label: str) -> None:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, classify, for_operation, is_cancellation, redact
-from archive_pipeline.core.keys import upload_marker_key
+from archive_pipeline.core.keys import upload_marker_key, upload_marker_naming
 from archive_pipeline.core.sink import temp_dir_named
 
 KiB = 1 << 10
@@ -1280,8 +1280,10 @@ class S3Upload:
         self.stale_uploads = stale_uploads  # look for a killed process's uploads of the key after a single PUT
         self._marked = False  # the upload marker may be in the store (written, or its write attempted)
         # this upload's own marker: its text names the upload's owner, so a run that lost the day (its session ended
-        # and another run took the key) never deletes the marker of the run that took it over (see _unmark_own)
-        self._marker_body = _MARKER + f"owner: {os.getpid()}.{uuid.uuid4().hex}\n".encode()
+        # and another run took the key) never deletes the marker of the run that took it over (see _unmark_own),
+        # and its table-day, so a run of another table-day that finds it beside its own keys leaves it alone
+        self._marker_body = (_MARKER + upload_marker_naming(table, day)
+                             + f"owner: {os.getpid()}.{uuid.uuid4().hex}\n".encode())
         # the owner's word that the key is still its own (its table-day lock held): then the marker is deleted as it
         # is; else (the lock gone with its session, or no owner said) only if it reads back as this upload's
         self.still_owned: Callable[[], bool] | None = None
