@@ -81,9 +81,6 @@ def test_an_aclitem_without_privileges_naming_a_role_whose_name_is_digits_is_arc
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-@pytest.mark.xfail(strict=True, reason="known, left open (older than this session): a wall-clock child whose bounds lie in "
-                   "a skipped spring-forward gap is read back as the next real instant; comparing children by their "
-                   "printed labels is not done")
 def test_trolls_first_summer_hour_is_one_partition_of_its_own_despite_the_skipped_hours_children(conn, schema,
                                                                                                   store):
     """Scenario: an hourly Antarctica/Troll table (its clocks jump two hours, 01:00 +00 to 03:00 +02, on

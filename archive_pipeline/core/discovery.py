@@ -2,7 +2,8 @@
 
 - declarative: the bounds of the parent's children (``pg_get_expr(relpartbound)``, interpreted by
   the server in the table's time zone, never guessed from names; a ``date`` or ``timestamp`` key's as the
-  wall-clock labels they are, which a zone's skipped times keep apart): each child yields every period it
+  wall-clock labels they are, which a zone's skipped times keep apart, as is a key converting a ``timestamptz``
+  by the table's own zone, whose rows are the instants so labelled): each child yields every period it
   holds rows of, whether it covers whole periods, lies inside one (days of a monthly table) or straddles
   a boundary (noon to noon). The archive reads a period's rows from the parent by the day column, so a
   period split between children is still archived whole; only retention's ``drop`` and ``detach`` need
@@ -29,7 +30,8 @@ from psycopg import sql
 
 from archive_pipeline.core.config import TableSpec, longest_name
 from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceError, sql_name
-from archive_pipeline.core.periods import Period, period_containing, period_of_wall_clock, periods_overlapping
+from archive_pipeline.core.periods import (MICROSECOND, Period, period_containing, periods_of_labels,
+                                           periods_overlapping)
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
                                           describe_table, lookalike_hint, relation_name, stored_name_problem,
@@ -98,15 +100,19 @@ class ChildRange:
     # its own, which need not be the table's (see catalog_days).
     expression: bool = False
     # The rows' values are instants (a timestamptz day column) labelled by the key's conversion to the table's wall
-    # clock: each instant has one label, so a fall-back night's first repeated hour has its own labels too.
+    # clock: each instant has one label, so a fall-back night's first repeated hour has its own labels too, and no
+    # row has a label a spring-forward night skips.
     labelled_instants: bool = False
     # A wall-clock child's bounds as the labels the catalog prints (naive; None for other children, and for one
-    # unbounded on a side). Its rows are labels, so the periods it holds are the ones whose wall-clock bounds its
-    # labels overlap (Period.wall_bounds, what the archive reads), not the ones its instants overlap: the server
-    # reads a label the zone skipped as an instant after the gap, so a partition of Pacific/Apia's 2011-12-30 or of
-    # Berlin's 02:00-03:00 on 2024-03-31 was no instants at all (both ends one instant) and held no period, while
-    # its rows are the period before the gap's; one of Africa/Cairo's 2024-04-26, whose midnight the clocks skip,
-    # started at 01:00, and one of America/Havana's 2024-11-03 at the second of its two midnights.
+    # unbounded on a side). Its rows are labels (or instants labelled), so the periods it holds are the ones whose
+    # labels its labels overlap (Period.label_bounds: the wall-clock bounds the archive reads, or the labels of the
+    # period's instants), not the ones its instants overlap: the server reads a label the zone skipped as an instant
+    # after the gap, so a partition of Pacific/Apia's 2011-12-30 or of Berlin's 02:00-03:00 on 2024-03-31 was no
+    # instants at all (both ends one instant) and held no period, while its rows are the period before the gap's;
+    # one of Africa/Cairo's 2024-04-26, whose midnight the clocks skip, started at 01:00, and one of America/Havana's
+    # 2024-11-03 at the second of its two midnights. Keyed by instants labelled ((at AT TIME ZONE 'Antarctica/Troll')
+    # of a Troll table), a partition of labels the zone skipped (01:00-02:00 there on 2024-03-31) holds no period,
+    # where read as instants it was the 03:00 hour's.
     labels: tuple[dt.datetime, dt.datetime] | None = None
 
     def relation(self, spec: TableSpec) -> tuple[str, str]:
@@ -119,22 +125,21 @@ class ChildRange:
 
     def periods(self, spec: TableSpec) -> list[Period]:
         """The table's periods this child holds rows of: the ones it tiles, or the one it lies within."""
-        ends = self._ends(spec)
+        ends = self._ends(spec.granularity, spec.timezone)
         if ends is None:
             return []
         return periods_overlapping(spec.granularity, spec.timezone, ends[0].utc_start, ends[1].utc_end)
 
-    def _ends(self, spec: TableSpec) -> tuple[Period, Period] | None:
+    def _ends(self, granularity: str, timezone: str) -> tuple[Period, Period] | None:
         """The first and the last period the child holds rows of (it need not list those in between:
-        a child up to 2100 or 9999 holds a million days), or None where it holds none (a catch-all)."""
+        a child up to 2100 or 9999 holds a million days), or None where it holds none (a catch-all; keyed by instants
+        labelled, one of labels the zone skipped)."""
         if self.labels is not None:
-            first, end = self.labels
-            return (period_of_wall_clock(spec.granularity, spec.timezone, first),
-                    period_of_wall_clock(spec.granularity, spec.timezone, end - _LAST))
+            return periods_of_labels(granularity, timezone, *self.labels, self.labelled_instants)
         if self.start is None or self.end is None or self.end <= self.start:
             return None
-        return (period_containing(spec.granularity, spec.timezone, self.start),
-                period_containing(spec.granularity, spec.timezone, self.end - _LAST))
+        return (period_containing(granularity, timezone, self.start),
+                period_containing(granularity, timezone, self.end - MICROSECOND))
 
     def _compared(self) -> tuple[dt.datetime, dt.datetime] | None:
         """What is compared with a period's bounds (:func:`_compared_bounds`): a wall-clock child's labels, another's
@@ -146,12 +151,12 @@ class ChildRange:
     def holds(self, period: Period) -> bool:
         """True when the child holds rows of ``period`` (an aligned child overlaps only periods it holds)."""
         ours = self._compared()
-        first, last = _compared_bounds(period, self.labels is not None)
+        first, last = _compared_bounds(period, self.labels is not None, self.labelled_instants)
         return ours is not None and ours[0] < last and ours[1] > first
 
     def period_count(self, spec: TableSpec) -> int:
         """How many periods the child holds rows of, counted without listing them."""
-        ends = self._ends(spec)
+        ends = self._ends(spec.granularity, spec.timezone)
         if ends is None:
             return 0
         first, last = ends
@@ -167,36 +172,32 @@ class ChildRange:
         period's instants (a fall-back night's are one of two)."""
         if self.labels is not None:
             return self.holds(period)
-        if self.labelled_instants and self.start is not None and self.end is not None:
-            zone = period.start.tzinfo
-            first, last = _label_span(period)
-            return (self.start.astimezone(zone).replace(tzinfo=None) < last
-                    and self.end.astimezone(zone).replace(tzinfo=None) > first)
         return ((self.start is None or self.start < period.utc_end)
                 and (self.end is None or self.end > period.utc_start))
 
     def is_period(self, period: Period) -> bool:
         """True when the child holds exactly ``period`` (it can be detached or dropped as the period). A
-        wall-clock child is compared by its labels too: the hour before a fall-back night's repeated hour,
-        ``FROM ('01:00') TO ('02:00')``, ends at the second 02:00 as an instant, yet holds exactly the rows
-        the period reads (its wall-clock bounds; see ``Period.wall_bounds``)."""
-        if self.start == period.utc_start and self.end == period.utc_end:
-            return True
-        if not self.wall_clock or self.start is None or self.end is None:
-            return False
-        zone = period.start.tzinfo
-        labels = self.labels or (self.start.astimezone(zone).replace(tzinfo=None),
-                                 self.end.astimezone(zone).replace(tzinfo=None))
-        return labels == (_label_span(period) if self.labelled_instants else period.wall_bounds) and labels[0] < labels[1]
+        wall-clock child is compared by its labels (see ``labels``), not the instants the server reads them as:
+        the hour before a fall-back night's repeated hour, ``FROM ('01:00') TO ('02:00')``, ends at the second
+        02:00 as an instant, yet holds exactly the rows the period reads (its wall-clock bounds; see
+        ``Period.wall_bounds``), while Antarctica/Troll's ``FROM ('01:00') TO ('02:00')`` on 2024-03-31, read as the
+        instants of the 03:00 hour, holds none of its rows. Its labels cover the period's and reach no period of
+        other labels: of instants labelled, it may cover labels no instant has (Cairo's 2024-04-26 from its skipped
+        midnight); a fall-back night's two hours share their labels, and the removal's count of the partition's
+        rows outside the period refuses to take the other's."""
+        if self.labels is None:
+            return self.start is not None and self.start == period.utc_start and self.end == period.utc_end
+        bounds = period.label_bounds(self.labelled_instants)
+        ends = self._ends(period.granularity, period.timezone)
+        return self.labels[0] <= bounds[0] and self.labels[1] >= bounds[1] and ends is not None \
+            and all(end.label_bounds(self.labelled_instants) == bounds for end in ends)
 
 
-_LAST = dt.timedelta(microseconds=1)  # an end's last value before it: instants and labels are microseconds
-
-
-def _compared_bounds(period: Period, labels: bool) -> tuple[dt.datetime, dt.datetime]:
-    """``period``'s bounds as a child's are compared with them: its wall-clock bounds where the child's are labels
-    (:attr:`ChildRange.labels`), else its instants."""
-    return period.wall_bounds if labels else (period.utc_start, period.utc_end)
+def _compared_bounds(period: Period, labels: bool, instants: bool) -> tuple[dt.datetime, dt.datetime]:
+    """``period``'s bounds as a child's are compared with them: its labels where the child's are labels
+    (:attr:`ChildRange.labels`; the labels of its instants where the rows are instants labelled), else its
+    instants."""
+    return period.label_bounds(instants) if labels else (period.utc_start, period.utc_end)
 
 
 @contextlib.contextmanager
@@ -232,13 +233,6 @@ def child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
         return _child_ranges(conn, spec)
 
 
-def _label_span(period: Period) -> tuple[dt.datetime, dt.datetime]:
-    """The wall-clock labels of the instants of ``period`` (its first and its last label, the end open): a fall-back
-    night's first 01:00 hour is labelled 01:00 to 02:00, as its second is."""
-    last = (period.end.astimezone(dt.UTC) - dt.timedelta(microseconds=1)).astimezone(period.start.tzinfo)
-    return period.start.replace(tzinfo=None, fold=0), last.replace(tzinfo=None, fold=0) + dt.timedelta(microseconds=1)
-
-
 def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]:
     schema, _, name = spec.name.partition(".")
     key_type, expression = _require_day_range_key(conn, spec)  # first: another key's bounds are not timestamps
@@ -258,7 +252,7 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
     return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock, expression,
                        labelled_instants=wall_clock and zoned,
-                       labels=(lo, hi) if wall_clock and not zoned and lo is not None and hi is not None else None)
+                       labels=(lo, hi) if wall_clock and lo is not None and hi is not None else None)
             for child, bound, child_schema, start, end, ranged, lo, hi in rows if ranged]  # DEFAULT, LIST, HASH: none
 
 
@@ -815,21 +809,24 @@ class HeldRanges:
 
     starts: list[dt.datetime]
     ends: list[dt.datetime]
-    # The ranges are wall-clock children's labels, compared with the periods' wall-clock bounds (a table's children
-    # share its key: all of them are labels, or none), not instants
+    # The ranges are wall-clock children's labels, compared with the periods' labels (a table's children share its
+    # key: all of them are labels, or none), not instants; the labels of the periods' instants where the rows are
+    # instants labelled (ChildRange.labelled_instants)
     labels: bool = False
+    instants: bool = False
 
     @classmethod
     def of(cls, children: list[ChildRange]) -> HeldRanges:
         labels = any(c.labels is not None for c in children)
         bounded = sorted(r for c in children if (c.labels is not None) == labels and (r := c._compared()) is not None)
-        return cls([start for start, _ in bounded], [end for _, end in bounded], labels)
+        return cls([start for start, _ in bounded], [end for _, end in bounded], labels,
+                   any(c.labelled_instants for c in children))
 
     def held(self, periods: Iterable[Period]) -> list[Period]:
         """The ``periods`` some child holds rows of (:meth:`ChildRange.holds`), in order."""
         held = []
         # each period's bounds worked out once (sorting periods by themselves converts them ~20 times each)
-        bounds = sorted(((*_compared_bounds(p, self.labels), p) for p in periods), key=lambda t: t[:2])
+        bounds = sorted(((*_compared_bounds(p, self.labels, self.instants), p) for p in periods), key=lambda t: t[:2])
         for start, end, period in bounds:
             i = bisect.bisect_left(self.starts, end) - 1  # the last child starting before the period ends
             if i >= 0 and self.ends[i] > start:

@@ -46,6 +46,7 @@ class PeriodError(ValueError):
     """A partition key or time zone that names no period of the table; the message says which and why."""
 
 
+MICROSECOND = dt.timedelta(microseconds=1)  # instants' and labels' resolution: an end's last value is end - this
 UNIT = {"hourly": "hour", "daily": "day", "monthly": "month"}  # a period of each granularity, in words
 
 
@@ -156,6 +157,21 @@ class Period:
             return start, self.end.replace(tzinfo=None, fold=0)
         return dt.datetime.combine(self.start.date(), dt.time()), dt.datetime.combine(self.end.date(), dt.time())
 
+    @property
+    def label_span(self) -> tuple[dt.datetime, dt.datetime]:
+        """The wall-clock labels of the period's instants (its first and its last label, the end open), for a key
+        converting instants to the zone's wall clock: each instant has one label, so a fall-back night's first
+        01:00 hour is labelled 01:00 to 02:00 as its second is, and no period has the labels a spring-forward
+        night skips (no instant is labelled 02:30 in Berlin on 2024-03-31)."""
+        last = (self.utc_end - MICROSECOND).astimezone(self.start.tzinfo)
+        return self.start.replace(tzinfo=None, fold=0), last.replace(tzinfo=None, fold=0) + MICROSECOND
+
+    def label_bounds(self, instants: bool = False) -> tuple[dt.datetime, dt.datetime]:
+        """The labels a wall-clock partition key's bounds are compared with: the wall-clock bounds where the rows
+        are labels (:attr:`wall_bounds`), the labels of the period's instants where they are instants labelled
+        (:attr:`label_span`)."""
+        return self.label_span if instants else self.wall_bounds
+
     def isoformat(self) -> str:
         """The partition key: what the code always printed for a day (``2024-03-10``)."""
         return self.key
@@ -242,22 +258,43 @@ def period_containing(granularity: str, timezone: str, moment: dt.datetime) -> P
         raise PeriodError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
     start = _instant(dt.datetime.combine(first, dt.time()), tz)
     if start > moment:  # a midnight in a gap starts the day after it; moment lies in the previous day
-        return period_containing(granularity, timezone, start - dt.timedelta(microseconds=1))
+        return period_containing(granularity, timezone, start - MICROSECOND)
     return Period(granularity, start, _instant(dt.datetime.combine(after, dt.time()), tz), _key(granularity, start))
 
 
-def period_of_wall_clock(granularity: str, timezone: str, value: dt.datetime) -> Period:
-    """The period whose wall-clock bounds (:attr:`Period.wall_bounds`) hold the wall-clock ``value`` (naive, a
-    ``timestamp`` or ``date`` key's label): the one it is a time of; a repeated time's second occurrence; for a
-    time the zone skipped, the period before the gap (Berlin's 02:30 on 2024-03-31 is the 01:00 hour's, Pacific/
-    Apia's 2011-12-30 is 2011-12-29's). Not the instant the server reads it as: that is after the gap, so a
-    partition of skipped labels is no instants at all, while its rows are the period before's."""
+def periods_of_labels(granularity: str, timezone: str, first: dt.datetime, end: dt.datetime,
+                      instants: bool = False) -> tuple[Period, Period] | None:
+    """The first and the last period whose labels (:meth:`Period.label_bounds`) overlap the wall-clock labels
+    [first, end) (naive: a ``timestamp`` or ``date`` key's bounds as printed), or None where none does. Not the
+    periods of the instants the server reads the labels as: it reads a label the zone skipped as an instant after
+    the gap. Where the rows are labels, a skipped label is a time of the period before the gap (Berlin's 02:30 on
+    2024-03-31 is the 01:00 hour's, Pacific/Apia's 2011-12-30 is 2011-12-29's); where they are instants labelled
+    (``instants``), no row has it, so a range of skipped labels holds no period (Antarctica/Troll's 01:00-02:00 on
+    2024-03-31 is not the 03:00 hour the server reads it as)."""
+    last = end - MICROSECOND
+    # walked on from an instant of the label or before it (through UTC: a time that does not exist is no moment):
     # fold=1 reads a skipped time by the offset after the gap (an instant before it) and a repeated time as its
-    # second occurrence (through UTC: a time that does not exist is no moment to find a period of); a gap longer
-    # than a period (an hour of Apia's skipped day) walks on to the last period before it
-    moment = value.replace(tzinfo=zone(timezone), fold=1).astimezone(dt.UTC)
+    # second occurrence, which holds the label's rows (wall_bounds); of instants labelled, the first occurrence's
+    # rows come first
+    readings = [_reading(timezone, first, fold) for fold in (0, 1)]
+    low = _first_ending_after(granularity, timezone, first, instants, min(readings) if instants else readings[1])
+    high = _first_ending_after(granularity, timezone, last, instants, _reading(timezone, last, 1))
+    if high.label_bounds(instants)[0] > last:  # a label no period has (skipped, of instants): the one before the gap
+        high = period_containing(granularity, timezone, high.utc_start - MICROSECOND)
+    return (low, high) if low.label_bounds(instants)[0] < end else None
+
+
+def _reading(timezone: str, label: dt.datetime, fold: int) -> dt.datetime:
+    """The instant (in UTC) the wall-clock ``label`` reads as in ``timezone`` with ``fold``."""
+    return label.replace(tzinfo=zone(timezone), fold=fold).astimezone(dt.UTC)
+
+
+def _first_ending_after(granularity: str, timezone: str, label: dt.datetime, instants: bool,
+                        moment: dt.datetime) -> Period:
+    """The first period from the one holding ``moment`` (an instant whose label is ``label`` or before it) whose
+    labels end after ``label``: a gap longer than a period (an hour of Apia's skipped day) is walked across."""
     period = period_containing(granularity, timezone, moment)
-    while period.wall_bounds[1] <= value:
+    while period.label_bounds(instants)[1] <= label:
         period = period.next()
     return period
 
