@@ -1002,6 +1002,8 @@ class S3Store:
         except Exception as exc:
             if _is_not_found(exc) and size == 0:
                 self._confirm_missing(key)
+                # a data object's, not a manifest's (get_verified_bytes: every unarchived day's read would list)
+                self.confirm_missing(key, "its GET and two HEADs answered 404")
                 return None
             if _is_checksum_error(exc):
                 raise DownloadError(f"{uri} came back corrupted ({_said(exc)}); "
@@ -1069,9 +1071,8 @@ class S3Store:
         answers 404 for a moment) must not make an archive whose object is there pass for one whose
         object is lost: that verdict fails proofs and checks, and is never retried. The HEAD is asked
         twice (a moment apart), as the light check asks it: the GET's 404 and one HEAD's may be the
-        same moment of the store's; then a listing must not show it either (:meth:`confirm_missing`)."""
+        same moment of the store's."""
         if self.head(key) is None and self.head_again(key) is None:
-            self.confirm_missing(key, "the GET and two HEADs answered 404")
             return
         raise _inconsistent(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it")
 
