@@ -71,6 +71,9 @@ CHANGED_CHECK = "source_unchanged"  # on demand
 ON_DEMAND_CHECKS = (STORED_CHECK, CHANGED_CHECK)
 # the remedy of a deep_check day whose archive holds no proof: a Dagster run of the day proves what it archives
 PROVE_IT = "archive the day again (overwrite: true in the launchpad's run config), which proves it"
+# how a record says its content was never proven: its proof could not run, or the sensor recorded an archive made
+# outside Dagster (outside.OUTSIDE_PROOF)
+NEVER_PROVEN = ("not verified", "not proven")
 
 
 @dataclass(frozen=True)
@@ -558,9 +561,9 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
         # failed content proof green (the bucket holds rows that are not the source's).
         return Verdict(day, [f"its content failed the proof when it was archived ({proof}); a re-check of the "
                              f"object cannot prove it: {PROVE_IT}"], "")
-    if spec.deep_check and proof.startswith("not verified"):
+    if spec.deep_check and proof.startswith(NEVER_PROVEN):
         # deep_check promises the content equals the source's: an object check cannot stand for a proof that
-        # never ran (its download failed, say)
+        # never ran (its download failed, say; or the day was archived outside Dagster), as its record says
         return Verdict(day, [f"its content was never proven ({proof}); a re-check of the object cannot prove it: "
                              f"{PROVE_IT}"], "")
     if spec.deep_check and not proof.startswith("content proven") and meta.get("state") != "empty":
