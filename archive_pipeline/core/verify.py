@@ -122,7 +122,8 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
                    owner: tuple[str, str] | None = None, temp_dir: str | None = None,
                    period: Period | None = None, manifest: dict | None = None) -> list[str]:
     """What differs between the stored archive and ``expected`` (``bytes``, ``md5``, ``rows``,
-    ``format``, ``compression``, optionally ``fingerprint``); an empty list means it is intact.
+    ``format``, ``compression``, optionally ``fingerprint``, ``object_key`` and ``generation``: a record names the
+    object it is about); an empty list means it is intact.
 
     ``key`` is the rendered key of the day; the data object is the one the manifest names. ``owner``
     (table, period): a manifest of another table-day there is a problem, however intact its object.
@@ -148,6 +149,12 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
     recorded = {"md5": obj.get("md5", ""), "bytes": obj.get("bytes", 0), "rows": manifest.get("rows")}
     if "fingerprint" in expected:
         recorded["fingerprint"] = manifest.get("fingerprint")
+    # the object and generation recorded: an overwrite of the very same bytes names another object (the recorded one
+    # deleted by its commit), which the digests alone took for the recorded archive
+    if expected.get("object_key"):
+        recorded["object_key"] = obj.get("key")
+    if "generation" in expected:
+        recorded["generation"] = int(manifest.get("generation", 1) or 1)
     for field, value in recorded.items():
         if field in expected and value != expected[field]:
             problems.append(f"manifest {field}: {value!r}, recorded {expected[field]!r}")

@@ -13,7 +13,7 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Literal
@@ -193,10 +193,22 @@ def human_size(n: float) -> str:
 
 
 def column_schema(result: ArchiveResult) -> TableSchema:
-    return TableSchema(columns=[
-        TableColumn(c.name, type=c.type_name, constraints=TableColumnConstraints(nullable=not c.not_null))
-        for c in result.columns
-    ])
+    """The archived columns as the UI's Columns tab and column lineage read them."""
+    return _table_schema((c.name, c.type_name, not c.not_null) for c in result.columns)
+
+
+def manifest_column_schema(manifest: dict) -> TableSchema:
+    """:func:`column_schema` of an archive known by its manifest alone (recorded by the sensor, or a removed day's
+    record): its columns as archived (name, pg_type, nullable), as a skipped run's record describes them, so the
+    asset's schema does not vanish from the UI when such a record is the latest."""
+    return _table_schema((c["name"], c.get("pg_type") or "unknown", c.get("nullable", True))
+                         for c in manifest.get("columns") or [])
+
+
+def _table_schema(columns: Iterable[tuple[str, str, bool]]) -> TableSchema:
+    """A TableSchema of (name, type, nullable) columns."""
+    return TableSchema(columns=[TableColumn(name, type=kind, constraints=TableColumnConstraints(nullable=nullable))
+                                for name, kind, nullable in columns])
 
 
 def archive_state(result: ArchiveResult) -> State:
@@ -889,7 +901,8 @@ def _manifest_metadata(manifest: dict, store: S3Store, day_key: str,
             "object_key": obj.get("key", ""),  # an empty day's uri: its manifest, as its archive run records it
             "dagster/uri": MetadataValue.path(store.uri(obj.get("key") or keys.manifest_key(day_key))),
             "manifest_key": keys.manifest_key(day_key),
-            "fingerprint": manifest.get("fingerprint", ""), "generation": int(manifest.get("generation", 1))}
+            "fingerprint": manifest.get("fingerprint", ""), "generation": int(manifest.get("generation", 1)),
+            "dagster/column_schema": manifest_column_schema(manifest)}
 
 
 def skipped_keys(context: AssetExecutionContext, spec: TableSpec) -> list[str]:

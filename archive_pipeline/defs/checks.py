@@ -69,6 +69,11 @@ INTACT_CHECK = "archive_intact"  # per day; evaluated by every successful archiv
 STORED_CHECK = "latest_archive_intact"  # on demand
 CHANGED_CHECK = "source_unchanged"  # on demand
 ON_DEMAND_CHECKS = (STORED_CHECK, CHANGED_CHECK)
+# the remedy of a deep_check day whose archive holds no proof: a Dagster run of the day proves what it archives
+PROVE_IT = "archive the day again (overwrite: true in the launchpad's run config), which proves it"
+# how a record says its content was never proven: its proof could not run, or the sensor recorded an archive made
+# outside Dagster (outside.OUTSIDE_PROOF)
+NEVER_PROVEN = ("not verified", "not proven")
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,12 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
         verified = f"archived again since this was recorded ({replaced}); that archive checked as its manifest says"
         checked = object_key(verify.load_manifest(store, key, owner))
+        if spec.deep_check and conn is None:
+            # a re-check: the proof recorded is of the archive replaced, and this one (the command line's, or a run's
+            # that recorded nothing) was never proven; its object's check cannot stand for the proof deep_check wants
+            problems.append(f"archived again since this was recorded ({replaced}), outside Dagster, and that "
+                            f"archive's content was never proven against the source (deep_check); a re-check of the "
+                            f"object cannot prove it: {PROVE_IT}")
     if conn is not None and not problems:
         # the manifest at the day's recorded key (its archive under a former format or key_template is there)
         recorded = verify.load_manifest(store, key, owner)
@@ -549,18 +560,17 @@ def _recheck(context, spec: TableSpec, key: AssetKey, event, store: S3Store, dee
         # The object's size, MD5 and rows can still match what was recorded: that re-check cannot turn a
         # failed content proof green (the bucket holds rows that are not the source's).
         return Verdict(day, [f"its content failed the proof when it was archived ({proof}); a re-check of the "
-                             "object cannot prove it: archive the day again (overwrite: true in the launchpad's "
-                             "run config)"], "")
-    if spec.deep_check and proof.startswith("not verified"):
+                             f"object cannot prove it: {PROVE_IT}"], "")
+    if spec.deep_check and proof.startswith(NEVER_PROVEN):
         # deep_check promises the content equals the source's: an object check cannot stand for a proof that
-        # never ran (its download failed, say)
+        # never ran (its download failed, say; or the day was archived outside Dagster), as its record says
         return Verdict(day, [f"its content was never proven ({proof}); a re-check of the object cannot prove it: "
-                             "archive the day again (overwrite: true in the launchpad's run config)"], "")
+                             f"{PROVE_IT}"], "")
     if spec.deep_check and not proof.startswith("content proven") and meta.get("state") != "empty":
         # archived before deep_check was set (its record says what was checked then: the object alone)
         return Verdict(day, [f"its content was never proven against the source (archived before deep_check was set: "
-                             f"{proof or 'no proof recorded'}); a re-check of the object cannot prove it: archive "
-                             "it again (overwrite: true in the launchpad's run config), which proves it"], "")
+                             f"{proof or 'no proof recorded'}); a re-check of the object cannot prove it: {PROVE_IT}"],
+                       "")
     try:
         return verify_result(store, spec, day, expected_from(meta), deep=deep, temp_dir=temp_dir)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported as such

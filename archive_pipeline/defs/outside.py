@@ -43,6 +43,16 @@ STORE_RESOURCE = "archive_store"
 # of ours, any other exception, fails the tick instead of passing for the store)
 STORE_ERRORS = (ArchiveError, BotoCoreError, ClientError, ConfigError)
 LOOKUPS_PER_TICK = 100  # manifests read a tick at most (a GET and a HEAD or two each); the others on the next ticks
+# what a record of the sensor's says was checked (``verified``, as a run's record says it): the command line proves
+# nothing against the source, so a deep_check table's archive_intact fails such a day as never proven ("not proven",
+# checks.NEVER_PROVEN), naming this cause, where a record without it read "archived before deep_check was set"; an
+# empty day has no content to prove (its manifest alone, as archive_intact re-checks it)
+OUTSIDE_PROOF = {
+    "archived": "not proven: archived outside Dagster by the command line; the sensor's tick that recorded it checked "
+                "the object's size and ETag against its manifest, not its rows against the source",
+    "empty": "no rows that day; its manifest records it as empty (archived outside Dagster by the command line, "
+             "recorded by the sensor's tick)",
+}
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,8 @@ def _record(where: Store, target, partition: str, day_key: str, manifest: dict) 
             "for the day to check it)")
     return AssetMaterialization(asset_key=target.asset_key, partition=partition, description=said,
                                 metadata={**_manifest_metadata(manifest, store, day_key, where.resource),
-                                          "state": state, "summary": said}, tags={STATE_TAG: state})
+                                          "state": state, "summary": said, "verified": OUTSIDE_PROOF[state]},
+                                tags={STATE_TAG: state})
 
 
 def _written_after(manifest: dict, started: float | None) -> bool:
