@@ -14,8 +14,6 @@ from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.restore import restore_day
 
-pytestmark = pytest.mark.xfail(strict=True, reason="known, left open (found at the end of the thirty-third session, fix not landed): after a table's format is set back, readers take the manifest at the current format's key even where a former format's is newer; a day removed while daily is archived again empty once the table is hourly")
-
 DAY = dt.date(2024, 3, 10)
 
 
@@ -92,7 +90,8 @@ def test_list_and_compare_after_the_format_is_set_back_call_a_removed_day_archiv
     status = plan.day_statuses(conn, as_jsonl, store, [DAY])[0].as_dict()
     compared = plan.compare_days(conn, as_jsonl, store, [DAY])[0].as_dict()
     problems = []
-    if status["state"] != "removed" or status["rows"] != 8:
+    # (list has no state "removed": a removed day is listed "archived", its note saying the removal, as at its own key)
+    if "deleted from the source" not in status["note"] or status["rows"] != 8:
         problems.append(f"list: {status['state']}, {status['rows']} rows at {status['key']}")
     if "by hand" in compared["note"] or compared["archive_rows"] != 8:
         problems.append(f"compare: {compared['result']}, {compared['archive_rows']} archive rows: {compared['note']}")

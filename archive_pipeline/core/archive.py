@@ -31,7 +31,7 @@ from psycopg.pq import TransactionStatus
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
@@ -59,6 +59,7 @@ from archive_pipeline.core.manifest import (
     SourceIdentity,
     another_period,
     build_manifest,
+    current_archive,
     decode_manifest,
     object_key,
     encode_manifest,
@@ -328,11 +329,22 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
         return False
     elsewhere = archiving._removed_elsewhere(existing)
     if elsewhere is not None and not _same_rows(existing.manifest, table, fp):  # (as the run does: see run)
-        algorithm = archiving._algorithm(elsewhere, True)
-        there = fp if algorithm == fp.algorithm else fingerprint.compute(  # (an older version's archive: its own)
-            conn, table.identifier, table.columns, day_filter(table, day), algorithm)
-        archiving._refuse_removed_elsewhere(elsewhere, table, there, overwrite)
+        archiving._refuse_removed_elsewhere(elsewhere, table, _fingerprint_of(conn, table, day, fp, elsewhere),
+                                            overwrite)
+    before = None if elsewhere is not None or overwrite else archiving._archived_elsewhere(existing)
+    if before is not None:  # a later archive of the day under another format decides, as in the run
+        return archiving._keep(before[1].manifest, identity, table, _fingerprint_of(conn, table, day, fp, before[1]),
+                               overwrite)
     return archiving._keep(existing.manifest, identity, table, fp, overwrite)
+
+
+def _fingerprint_of(conn: psycopg.Connection, table: SourceTable, day: Period, fp: fingerprint.Fingerprint,
+                    other: Existing) -> fingerprint.Fingerprint:
+    """``fp``, or the day's fingerprint again in the algorithm ``other``'s manifest records (an older version's
+    archive under another key is compared in its own), for a plan (see ``_Archiving._in_algorithm_of``)."""
+    algorithm = _Archiving._algorithm(other, True)
+    return fp if algorithm == fp.algorithm else fingerprint.compute(
+        conn, table.identifier, table.columns, day_filter(table, day), algorithm)
 
 
 def archived_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
@@ -436,7 +448,9 @@ class _Archiving:
                         # first: it decides whether the day is read at all, or the day is too small to pay
                         # for a second session (otherwise ``_read`` takes it while the rows stream)
                         # (this key's archive decides first; the other's, below, in its own algorithm)
-                        here = existing if existing.manifest is not None and existing.problem is None else None
+                        # (superseded by a later archive under another format: that one decides, see before)
+                        here = existing if existing.manifest is not None and existing.problem is None and \
+                            before is None else None
                         fp, fp_seconds = self._timed_fingerprint(
                             self.conn, table, where,
                             self._algorithm(here or elsewhere or (before or (None, existing))[1], decides))
@@ -451,7 +465,7 @@ class _Archiving:
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
                             elif before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
-                                # the day's archive under its former format or key holds these rows: archived
+                                # the day's current archive, under another format or key, holds these rows: archived
                                 return self._skipped(before[1].manifest, table, snapshot, fp_seconds,
                                                      keys.manifest_key(before[0]))
                         if fp.algorithm != fingerprint.ALGORITHM:  # decided by an older archive's algorithm: the
@@ -785,22 +799,53 @@ class _Archiving:
             return None
         listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
-            raw = _get_manifest_bytes(self.store, keys.manifest_key(other))
-            loose = _loose_manifest(Existing(None, raw, None, None))
-            if loose is not None and loose.get("removed") and not foreign_manifest(loose, self.spec.name,
-                                                                                 self.day.isoformat()):
-                self._read_from[id(loose)] = (loose, keys.manifest_key(other))  # (where its record is read from)
-                return Existing(loose, raw, None, existing.listing)
+            if (found := self._removal_at(other, self.day, existing)) is not None:
+                return found
+        return self._removed_in_overlapping(existing)
+
+    def _removal_at(self, key: str, period: Period, existing: Existing) -> Existing | None:
+        """What is at ``key`` where its manifest (read loosely: a damaged one's mark still counts) marks ``period``
+        of this table removed from the source, else None."""
+        raw = _get_manifest_bytes(self.store, keys.manifest_key(key))
+        loose = _loose_manifest(Existing(None, raw, None, None))
+        if loose is None or not loose.get("removed") or foreign_manifest(loose, self.spec.name, period.isoformat()):
+            return None
+        self._read_from[id(loose)] = (loose, keys.manifest_key(key))  # (where its record is read from)
+        return Existing(loose, raw, None, existing.listing)
+
+    def _removed_in_overlapping(self, existing: Existing) -> Existing | None:
+        """A removal recorded for a period of the table's other granularities that overlaps this one (the day of
+        an hour, the month of a day, a day or hour of a month), under that granularity's default key template,
+        else None: the table's granularity changed since, and its rows left the source with that period's
+        archive, so an empty (or partly emptied) source here is no fresh period. One listing per granularity (of
+        what its keys of the overlapping periods share; the day's own listing where it covers them), then a GET
+        of each listed key's manifest."""
+        candidates = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix, DEFAULT_KEY_TEMPLATES)
+        own = keys.day_listing_prefixes(self.key) if existing.listing is not None else []
+        names: set[str] = set()
+        for granularity in dict.fromkeys(period.granularity for _, period in candidates):
+            prefix = os.path.commonprefix([key for key, period in candidates if period.granularity == granularity])
+            if any(prefix.startswith(mine) for mine in own):
+                names.update(existing.listing)
+            else:
+                names.update(item["Key"] for item in self.store.list_keys(prefix))
+        listed = set(keys.listed_under([key for key, _ in candidates], names))
+        for key, period in candidates:
+            if key in listed and (found := self._removal_at(key, period, existing)) is not None:
+                return found
         return None
 
     def _archived_elsewhere(self, existing: Existing) -> tuple[str, Existing] | None:
-        """(key, what is there) of the day's archive, not marked removed, under another format's or codec's key or
-        a key it was archived under before (``former_keys``), where this key holds nothing; the latest archived
-        where there are several. Such a day is archived (list, verify, compare and restore find it there): a run
-        skips it where it holds the day's rows, refuses it as changed where it does not, and archives it again
-        only with overwrite, not as a new day beside its archive."""
-        if existing.raw is not None or (existing.listing and self._stored_generations(existing.listing)):
-            return None
+        """(key, what is there) of the day's current archive, not marked removed, under another format's or codec's
+        key or a key it was archived under before (``former_keys``), where this key holds nothing or an older one
+        (the format changed, the day was archived again, and the format changed back): the one
+        manifest.current_archive picks, as restore, list and compare do; None where that is this key's. Such a
+        day is archived: a run skips it where it holds the day's rows, refuses it as changed where it does not,
+        and archives it again only with overwrite, not as a new day beside its archive."""
+        here = existing.manifest is not None and existing.problem is None
+        if existing.raw is not None and not here or \
+                existing.raw is None and existing.listing and self._stored_generations(existing.listing):
+            return None  # (a damaged archive here, or data without a manifest: this key's own rules decide)
         listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
         found = []
         for other in [*listed, *self.former_keys]:
@@ -809,14 +854,16 @@ class _Archiving:
                     or foreign_manifest(there.manifest, self.spec.name, self.day.isoformat()):
                 continue
             if (period := another_period(there.manifest, self.day)) is not None:
-                if other in self.former_keys:  # a key_template changed to keep the new periods apart, as advised:
-                    continue  # that archive is another period's, and this one is new here
+                if other in self.former_keys or here:  # a key_template changed to keep the new periods apart, as
+                    continue  # advised, or this key holds the day: that archive is another period's
                 raise ForeignArchiveError(  # the day's key under its former format holds another period
                     f"{self.store.uri(other)}: {period}; set overwrite to archive this period as the table is now "
                     "configured (that archive stays where it is)", retryable=False, needs_overwrite=True)
             found.append((other, there))
             self._read_from[id(there.manifest)] = (there.manifest, keys.manifest_key(other))
-        return max(found, key=lambda pair: str(pair[1].manifest.get("archived_at") or "")) if found else None
+        current = current_archive([*([(self.key, existing.manifest)] if here else []),
+                                   *((other, there.manifest) for other, there in found)])
+        return next((pair for pair in found if current is not None and pair[0] == current[0]), None)
 
     def _other_extension_keys(self) -> list[str]:
         """The day's key as every other format and codec would render it (the same key once: no ``{ext}``)."""
@@ -825,13 +872,16 @@ class _Archiving:
     def _refuse_removed_elsewhere(self, elsewhere: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
                                   overwrite: bool) -> None:
         """The rule of a removed day (see ``_keep``) for one archived under the table's former format or
-        codec: the source's rows are archived only with overwrite, or where they are the removed ones
-        exactly; the removed rows' archive stays where it is either way."""
+        codec, or removed with a period of another granularity that holds it or that it holds: the source's rows
+        are archived only with overwrite, or where they are the removed ones exactly; the removed rows' archive
+        stays where it is either way."""
         manifest = elsewhere.manifest
         removed = manifest["removed"]
         then = f"{manifest.get('format')}/{manifest.get('compression')}"
         if (manifest.get("format"), manifest.get("compression")) == (self.spec.format, self.spec.compression):
             then += " under the key_template and prefix it had then"  # (the key moved, not the format)
+        if (period := manifest.get("granularity") or "daily") != self.spec.granularity:
+            then = f"{period} in {manifest.get('timezone') or 'UTC'}"  # (see _removed_in_overlapping)
         where = self._archive_uri(manifest)
         if removal_state(manifest) == "pending":
             raise DayRemovedError(
@@ -845,6 +895,8 @@ class _Archiving:
         if overwrite and fp.rows:
             return
         now = "holds no row of it now" if not fp.rows else f"now has other rows ({fp.rows:,})"
+        if period != self.spec.granularity:
+            self._refuse_removed_with_period(manifest, then, where, now, fp)
         raise DayRemovedError(
             f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
             f"{where} ({then}, the table's format and compression then) was proven, and the source {now}. Nothing "
@@ -854,9 +906,29 @@ class _Archiving:
             manifest_key=self._manifest_key_of(manifest),
             **({"remedy": _LATE_AFTER_REMOVAL, "needs_overwrite": True} if fp.rows else {}))
 
+    def _refuse_removed_with_period(self, manifest: dict, then: str, where: str, now: str,
+                                    fp: fingerprint.Fingerprint) -> None:
+        """The refusal of a period whose rows left the source with an overlapping period of the table's former
+        granularity (see ``_removed_in_overlapping``). Not "nothing to do" with that manifest named, as a removed
+        day's own refusal is: the manifest is another period's, which this partition's record cannot repeat."""
+        granularity = manifest.get("granularity") or "daily"
+        raise DayRemovedError(
+            f"{self.spec.name} {self.day}: its rows were removed from the source at {manifest['removed'].get('at')} "
+            f"with the {granularity} period {manifest.get('day')} that overlaps it, after that period's archive "
+            f"{where} was proven (the table was {then} then; its granularity changed since), and the source {now}. "
+            "Nothing was written: that archive is the only copy of the removed rows, and this period is not archived "
+            "as if it were new", retryable=False, needs_overwrite=bool(fp.rows),
+            remedy=f"to restore the removed rows, configure the table as {then} again and restore "
+                   f"{manifest.get('day')}; " + (
+                       "to archive the rows there are now as well, set overwrite (that archive stays)" if fp.rows else
+                       "leave this period out of archive runs and backfills: it has no rows to archive, and running "
+                       "it again fails the same way"))
+
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
         """A removed day whose archive is damaged, or whose manifest cannot be read but says it was
         removed, is never archived again from the source unless the source holds exactly its rows."""
+        if existing.problem is None:  # (an intact archive here: its own rules decide, see _keep)
+            return
         manifest = existing.manifest or _loose_manifest(existing)
         removed = (manifest or {}).get("removed")
         if removed and manifest.get("fingerprint") != str(fp):

@@ -350,6 +350,24 @@ def other_extension_keys(spec, day: Period | dt.date | str, prefix: str = "") ->
     return sorted(rendered - {table_day_key(spec, period, prefix)})
 
 
+def overlapping_period_keys(spec, day: Period, prefix: str, templates: dict[str, str]) -> list[tuple[str, Period]]:
+    """(key, period) for every period of the table's other granularities that overlaps ``day``, in the table's zone,
+    as that granularity's default template (``templates``: config.DEFAULT_KEY_TEMPLATES, which this module cannot
+    import) renders it in every format and codec: where the period's rows were archived, and perhaps removed from
+    the source, before the table's granularity changed (the day of an hour, the month of a day, the days or hours of
+    a month). Deterministic, so they are found by listing, not guessed."""
+    found = []
+    for granularity, template in templates.items():
+        if granularity == spec.granularity:
+            continue
+        for period in periods_overlapping(granularity, spec.timezone, day.utc_start, day.utc_end):
+            fields = period.fields()
+            found += [(key, period) for key in sorted({
+                _render(template, prefix, spec.schema_name, spec.table_name, fields, fmt, codec)
+                for fmt in FORMAT_EXTENSIONS for codec in CODEC_EXTENSIONS})]
+    return found
+
+
 def listed_under(day_keys: list[str], listed) -> list[str]:
     """Of ``day_keys`` (a day's keys under other formats), those a listing shows anything of: the manifest, the
     data object or one of its generations. Any of them, not the manifest alone: a listing is an answer that may

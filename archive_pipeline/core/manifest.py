@@ -26,7 +26,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES
 from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
-from archive_pipeline.core.periods import Period, manifest_period
+from archive_pipeline.core.periods import Period, as_period, manifest_period
 from archive_pipeline.core.source import Column, server_identity
 from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, etag_text
 
@@ -737,13 +737,66 @@ def archived_encoding(conn, manifest: dict) -> str | None:
 def under_another_format(store, spec, day, listed: set[str] | None = None, *,
                          asked_one_by_one: bool = True) -> tuple[str, dict] | None:
     """(key, manifest) of ``spec``'s archive of ``day`` under another format's or codec's key (written before the
-    table's format or compression changed; with ``{ext}`` in the template that moves the day's key), the latest
-    archived where there are several; None if there is none. ``listed``: the keys a listing already found (one
-    LIST of the day's prefix otherwise; where that fails, each former key's manifest is asked for, unless
-    ``asked_one_by_one`` is off: the listing's error is raised)."""
+    table's format or compression changed; with ``{ext}`` in the template that moves the day's key), the day's
+    current one where there are several (see :func:`current_archive`); None if there is none. ``listed``: the keys
+    a listing already found (one LIST of the day's prefix otherwise; where that fails, each former key's manifest is
+    asked for, unless ``asked_one_by_one`` is off: the listing's error is raised)."""
+    return current_archive(_other_format_archives(store, spec, day, listed, asked_one_by_one))
+
+
+def day_archive(store, spec, day, key: str, manifest: dict | None, listed: set[str] | None = None, *,
+                asked_one_by_one: bool = True) -> tuple[str, dict | None]:
+    """(key, manifest) of the day's current archive: ``manifest`` (read at its rendered ``key``; None if there is
+    none) or one under another format's or codec's key, whichever :func:`current_archive` picks. Not the rendered
+    key's alone: a format changed and changed back leaves the day's newer archive (the one its removal was proven
+    against, say) under the other format, and the one at the rendered key is then a superseded one. restore,
+    list, compare and verify read the day through this; ``listed`` and ``asked_one_by_one``: see
+    :func:`under_another_format`."""
+    found = _other_format_archives(store, spec, day, listed, asked_one_by_one)
+    return current_archive([*([(key, manifest)] if manifest is not None else []), *found]) or (key, manifest)
+
+
+def current_archive(found: list[tuple[str, dict]]) -> tuple[str, dict] | None:
+    """Of a day's archives under its current and former format keys, (key, manifest), the one that is the day's
+    now, or None: the one whose record of the day was committed last (:func:`committed_at`), not whichever sits at
+    the key the table's settings render now. A removal recorded in any of them governs the day: its mark is the
+    last thing committed of it, unless rows of the day came back and were archived since (an archive of no rows
+    never outranks a removal: it is an emptied source's, the removed rows are in the marked one). The archive run
+    (archive._Archiving), restore, list and compare all choose by this."""
+    if any(manifest.get("removed") for _, manifest in found):
+        found = [(key, m) for key, m in found if m.get("removed") or not m.get("empty") and m.get("rows")]
+    return max(found, key=lambda pair: committed_at(pair[1]), default=None)
+
+
+def committed_at(manifest: dict) -> tuple[dt.datetime, int, int]:
+    """When ``manifest``'s record of its day was committed, to order one day's archives under several keys: its
+    removal mark's time where it has one, else when it was archived (``archived_at``, or its snapshot's time where
+    a version recorded none), as UTC instants (two offsets' texts do not sort as times); a removal, then the later
+    generation, wins a tie."""
+    mark = manifest.get("removed") if isinstance(manifest.get("removed"), dict) else {}
+    archived = manifest.get("archived_at") or (manifest.get("source") or {}).get("snapshot_at")
+    return _instant(mark.get("at") or archived), bool(mark), int(manifest.get("generation") or 1)
+
+
+def _instant(value: object) -> dt.datetime:
+    """A recorded time as a UTC instant; the earliest one for none or one that does not read as a time (an
+    unchecked manifest's: it never outranks one whose time is known)."""
+    try:
+        moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+
+
+def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool
+                           ) -> list[tuple[str, dict]]:
+    """(key, manifest) of every archive of ``spec``'s ``day`` under another format's or codec's key (another
+    table-day's manifest there is not the day's); see :func:`under_another_format` for ``listed``."""
     others = keys.other_extension_keys(spec, day, store.prefix)
     if not others:
-        return None
+        return []
     if listed is None:
         from archive_pipeline.core.errors import ArchiveError  # (the listing's failure, as the store raises it)
 
@@ -755,6 +808,7 @@ def under_another_format(store, spec, day, listed: set[str] | None = None, *,
                 raise
             listed = None
     candidates = keys.listed_under(others, listed) if listed is not None else others
+    iso = as_period(spec.granularity, spec.timezone, day).isoformat()
     found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in candidates]
-    found = [(other, manifest) for other, manifest in found if manifest is not None]
-    return max(found, key=lambda pair: str(pair[1].get("archived_at") or "")) if found else None
+    return [(other, manifest) for other, manifest in found
+            if manifest is not None and not foreign_manifest(manifest, spec.name, iso)]

@@ -24,8 +24,8 @@ from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalo
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
 from archive_pipeline.core.listing import day_listings, listed_absent
-from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, layout_change, manifest_key, owned,
-                                             removal_state, under_another_format)
+from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, day_archive, layout_change,
+                                             manifest_key, owned, removal_state)
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
@@ -185,13 +185,12 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             continue
         try:
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
-            if manifest is None:  # nothing at the key the configuration renders: written under a former format?
-                # (its listing failing is a day not checked, below: not a day missing, a day archived under its
-                # former format may be there)
-                former = under_another_format(store, spec, day, in_order, asked_one_by_one=len(days) <= 10)
-                if former is not None:
-                    key = former[0]
-                    manifest = load_manifest(store, key, (spec.name, day.isoformat()))
+            # the day's current archive: this key's, or one under another format (written before the format changed,
+            # or since, the format then changed back); its listing failing is a day not checked, below
+            current = day_archive(store, spec, day, key, manifest, in_order, asked_one_by_one=len(days) <= 10)[0]
+            if current != key:
+                key = current
+                manifest = load_manifest(store, key, (spec.name, day.isoformat()))
         except ValueError as exc:
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
             continue

@@ -38,7 +38,7 @@ from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, Archiv
 from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
-                                             owned, under_another_format)
+                                             day_archive, owned)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -645,16 +645,15 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
 
 
 def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) -> dict | None:
-    """The manifest of ``spec``'s archive of ``day`` (at its rendered key), or None if there is none. With
-    nothing there, the day's keys under the table's other formats and codecs are looked for (one listing): an
-    archive written before the table's format changed (a removed day's only copy, say) is still the day's, and
-    its manifest says how to read it."""
+    """The manifest of ``spec``'s current archive of ``day``, or None if there is none: the one at its rendered
+    key or one under the table's other formats and codecs (one listing), whichever is the day's now (see
+    manifest.day_archive): an archive written under another format (a removed day's only copy, say) is still the
+    day's, its manifest says how to read it, and one at the rendered key a format change back left behind is a
+    superseded one, without the rows archived since."""
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
     try:
-        manifest = decoded_manifest(store, keys.manifest_key(key))
-        if manifest is None:
-            key, manifest = under_another_format(store, spec, day) or (key, None)
+        key, manifest = day_archive(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)))
         if manifest is None:
             return None
         owned(manifest, spec.name, day.isoformat(), key=key)
