@@ -598,7 +598,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             _fail(as_json, EXIT_UNREACHABLE, f"lost the object store ({type(exc).__name__}): check "
                   "$ARCHIVE_S3_ENDPOINT_URL and the network", True)
         except ArchiveError as exc:
-            configuration = getattr(exc, "cause", None) in CONFIGURATION_CAUSES  # a missing table, a grant
+            configuration = _configuration(exc)  # a missing table, a grant
             transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
             code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
             text = str(exc)
@@ -1434,8 +1434,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import RestoreResult, TargetError, encoding_problem, iter_restore_days, \
-        name_problem, parse_relation
+    from archive_pipeline.core.restore import RestoreResult, encoding_problem, iter_restore_days, name_problem, \
+        parse_relation
 
     target = _utf8(target) if target else target
 
@@ -1491,22 +1491,14 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
     if failure is not None:
         lost = run.lost or isinstance(failure, psycopg.OperationalError)
+        # a cause that refuses every day alike (a setting, a grant, the target): a usage or configuration error
+        # (exit 2), and its day failed only for coming first, so no remedy leaves it out
+        configuration = _refuses_every_day(failure)
         message = _told(failure)
         failed_table, failed_day = getattr(failure, "table", None), getattr(failure, "day", None)
         if not lost and failed_table and failed_day and getattr(failure, "retryable", None) is False:
-            # a day that fails for good stops the range: the days after it (and the tables after) are named,
-            # with the command that restores them (the same command again would stop at the same day); a target
-            # refusing every day alike (missing, already there) stopped at the day, which is restored with them
-            created = next((r.target for r in results if r.table == failed_table), None)
-            of_target = isinstance(failure, TargetError)
-            if results or not of_target:  # (nothing restored yet and the target's fault: the same command again)
-                message += "; then: " + _for_the_cli(_the_rest(
-                    run, chosen, failed_table, failed_day, into, target or created, on_conflict,
-                    skipped="" if of_target else failed_day, created=created is not None, inclusive=of_target))
-        # a target that refuses every day alike as the options named it (not there, already there for --into new,
-        # not a table), or a standby for the primary: a usage or configuration error (exit 2), not a day that failed
-        configuration = getattr(failure, "cause", None) in CONFIGURATION_CAUSES or \
-            isinstance(failure, TargetError) and not failure.retryable
+            message += _restore_then(run, chosen, results, failed_table, failed_day, into, target, on_conflict,
+                                     alike=configuration)
         payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
     run.emit(payload, render)
@@ -1516,6 +1508,31 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         sys.exit(payload["exit_code"])
     if missing:
         raise Failed(f"some requested days have no archive (see `{_shell_join(run.command('list'))}`)")
+
+
+def _refuses_every_day(exc: BaseException) -> bool:
+    """Whether ``exc`` refuses every day of a range alike: a setting or a grant (:func:`_configuration`: a read-only
+    role, no CREATE on the schema, a missing table), or a restore's target as the options named it (not there,
+    already there for --into new, not a table). The command exits 2 for it, as for a bad setting, and the day it
+    names failed only because it came first: what runs once it is fixed must restore that day too."""
+    from archive_pipeline.core.restore import TargetError
+
+    return _configuration(exc) or isinstance(exc, TargetError) and not exc.retryable
+
+
+def _restore_then(run: Run, chosen: list, results: list, table: str, day: str, into: str, target: str | None,
+                  on_conflict: str, alike: bool) -> str:
+    """What follows a range restore's error for a day that failed for good: the command that restores the rest
+    (the same command again would load the committed days a second time, or stop at the same day). A day of its
+    own (damaged, its rows refused) is left out of it; a cause that refuses every day ``alike`` is fixed first,
+    and the rest then starts at that day, or, nothing restored, the same command restores the whole range."""
+    if alike and not results:
+        return (f"; then, once that is fixed, run the command again for the whole range (no day of it was restored; "
+                f"{day} failed only for coming first)")
+    created = next((r.target for r in results if r.table == table), None)
+    return "; then: " + _for_the_cli(_the_rest(run, chosen, table, day, into, target or created, on_conflict,
+                                               skipped="" if alike else day, created=created is not None,
+                                               inclusive=alike))
 
 
 def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target: str | None, on_conflict: str,
