@@ -157,6 +157,17 @@ class Run:
         """The command that does ``verb`` for one table's day, as a user pastes it (see :meth:`command`)."""
         return _shell_join([*self.command(verb), "--table", table, "--day", str(day), *options])
 
+    def again(self, verb: str, *options: str) -> str:
+        """The command this run is, ``verb`` with ``options`` (a --dry-run that must stay one), as a user pastes it
+        to run it again: its --table choice (where not every table was chosen) and its --day or --from/--to. A
+        remedy's "run it again" in words alone was read as the bare verb: every table, every day, no --dry-run."""
+        chosen = [spec.name for spec in self.tables]
+        tables = [] if chosen == [spec.name for spec in self.config.tables] else \
+            [arg for name in chosen for arg in ("--table", name)]
+        span = ["--day", self.first] if self.first is not None and self.first == self.last else \
+            [*(["--from", self.first] if self.first else []), *(["--to", self.last] if self.last else [])]
+        return _shell_join([*self.command(verb), *tables, *span, *options])
+
     def days(self, spec: TableSpec) -> list[Period]:
         """The table's periods in the selection (its hours, days or months that overlap it). Every
         command asks for them before it works on the table: an error that escapes names it."""
@@ -1736,7 +1747,8 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
             results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
                             "message": _told(exc), "retryable": exc.retryable})
             if run.lost:  # the next days would fail the same way, and not for their own reasons
-                raise _DatabaseLost(f"lost the database while removing {spec.name} {day}: "
+                doing = "checking" if dry_run else "removing"  # (a dry run removes nothing)
+                raise _DatabaseLost(f"lost the database while {doing} {spec.name} {day}: "
                                     f"{_for_the_cli(redact(str(exc), *_passwords()))}") from None
             continue
         status = ("no data" if removal.nothing else "removal completed" if removal.completed
@@ -1758,7 +1770,14 @@ class _DatabaseLost(Exception):
     """prune's database connection was lost: the days after the one it was on are not tried (exit 3)."""
 
 
-def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, Any]]) -> None:
+def _prune_again(run: Run, dry_run: bool) -> str:
+    """prune's remedy for a run that stopped (its database lost, cancelled): the command that was run, again, with
+    its tables and range, and --dry-run where it was one (the bare "prune" would remove every due day, a preview's
+    too). Days removed already are not removed twice: the run finds them gone from the source."""
+    return f"run {run.again('prune', *(['--dry-run'] if dry_run else []))} again"
+
+
+def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, Any]], dry_run: bool) -> None:
     """A prune stopped by Ctrl-C or SIGTERM after it removed days: those are listed (they are gone from the
     source, their archives proven), then the day it was on, left as it was."""
     code = 143 if isinstance(exc, Terminated) else 130
@@ -1770,7 +1789,7 @@ def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, A
     else:
         left = "the day it was on was left as it was"
     message = (f"pruning was cancelled {'by SIGTERM' if code == 143 else 'by Ctrl-C'} after {len(removed)} day(s) were "
-               f"removed from the source (listed); {left}; to fix: run prune again")
+               f"removed from the source (listed); {left}; to fix: {_prune_again(run, dry_run)}")
     if run.as_json:
         click.echo(_json_text(_worded({"ok": False, "exit_code": code, "error": message, "retryable": True,
                                             "days": results})))
@@ -1820,7 +1839,7 @@ def prune(run: Run, dry_run: bool) -> None:
     except KeyboardInterrupt as exc:
         if not any(r["status"] in REMOVED for r in results):
             raise
-        _prune_cancelled(run, exc, results)
+        _prune_cancelled(run, exc, results, dry_run)
     except _DatabaseLost as exc:
         lost = str(exc)
     else:
@@ -1842,8 +1861,8 @@ def prune(run: Run, dry_run: bool) -> None:
         if dry_run:
             run.out.print("dry run: nothing was removed")
 
-    ended = {"exit_code": EXIT_UNREACHABLE, "error": f"{lost}; the days after it were not tried: run prune again",
-             "retryable": True} if lost else _stopped_by(stopped)
+    ended = {"exit_code": EXIT_UNREACHABLE, "error": f"{lost}; the days after it were not tried: "
+             f"{_prune_again(run, dry_run)}", "retryable": True} if lost else _stopped_by(stopped)
     run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped, **ended}, render)
     if lost:
         click.echo(f"error: {_printable(ended['error'])}", err=True)
