@@ -192,6 +192,14 @@ _IDLE_TIMEOUT = _src(True, "idle_in_transaction_session_timeout ended the snapsh
                      "raise source.idle_in_transaction_timeout_ms (the snapshot-holding session waits in its "
                      "transaction while the day's other sessions, for the fingerprint, parallel streams or the "
                      "Parquet reader, connect and import its snapshot), or the role's/server's idle timeout")
+# 57P05 (PostgreSQL 14+): idle_session_timeout ends a session idle outside a transaction. Our own sessions turn it
+# off (session_settings.session_pinned); one set for the role or database still ends a session opened without
+# that (a pooler's, a reader's reconnect) or one idle before it was turned off: not the snapshot's timeout above.
+_IDLE_SESSION_TIMEOUT = _src(True, "idle_session_timeout ended the session while it was idle between statements "
+                             "(the role's, database's or server's setting that reaps idle connections)",
+                             f"{_RETRIED}; if it recurs, turn it off for the archiving role (ALTER ROLE <role> SET "
+                             "idle_session_timeout = 0: the role's setting wins over the database's and the server's), "
+                             "or look for a pooler that opens sessions without the archiver's settings")
 _RECOVERY_CONFLICT = _src(True, "hot-standby recovery conflict: the replica cancelled the read so WAL replay "
                           "could remove rows the snapshot still needed",
                           "set hot_standby_feedback = on on the replica, or raise max_standby_streaming_delay "
@@ -463,7 +471,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
     exact: dict[str, Classification] = {
         "57014": (_STATEMENT_TIMEOUT if "statement timeout" in lowered else _CANCELED if "canceling statement" in lowered
                   else _CANCELED_UNTOLD),
-        "55P03": _LOCK_TIMEOUT, "25P03": _IDLE_TIMEOUT, "57P05": _IDLE_TIMEOUT,
+        "55P03": _LOCK_TIMEOUT, "25P03": _IDLE_TIMEOUT, "57P05": _IDLE_SESSION_TIMEOUT,
         "57P01": _TERMINATED, "57P02": _TERMINATED, "57P03": _STARTING, "57P04": _DROPPED,
         "53300": (_ROLE_LIMIT if "for role" in lowered else _DB_LIMIT if "for database" in lowered
                   else _MAX_CONNECTIONS),
@@ -536,7 +544,8 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
         (r"canceling statement due to statement timeout", _STATEMENT_TIMEOUT),
         (r"canceling statement due to lock timeout", _LOCK_TIMEOUT),
         (r"canceling statement due to user request", _CANCELED),
-        (r"idle-in-transaction timeout|idle-session timeout", _IDLE_TIMEOUT),
+        (r"idle-in-transaction timeout", _IDLE_TIMEOUT),
+        (r"idle-session timeout", _IDLE_SESSION_TIMEOUT),
         (r"terminating connection due to (administrator command|immediate shutdown)|"
          r"unexpected postmaster exit", _TERMINATED),
         (r"invalid memory alloc request size|exceeds the maximum allowed|cannot enlarge string buffer|"
