@@ -62,7 +62,8 @@ from archive_pipeline.core.formats.common import (
     refused_column,
     xml_text,
 )
-from archive_pipeline.core.session_settings import apply_settings, pinned_options, unpinned_defaults
+from archive_pipeline.core.session_settings import apply_settings, pinned_options, unpinned_defaults, \
+    watch_client_through
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch, same_members
 
@@ -546,6 +547,8 @@ class Parquet:
             # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
             # in bench/) at the same speed; each batch becomes one row group.
             cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+            # killed mid-read, the server notices and ends the session, as it does a text stream's
+            watch_client_through(cur.execute, info.server_version)
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
             try:
