@@ -28,6 +28,7 @@ NULL so that ADBC cannot fail on it first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -532,7 +533,9 @@ class Parquet:
         self.level = level
 
     def _open_reader(self, extraction: Extraction):
-        """A second connection, in the archive transaction's snapshot, streaming Arrow batches."""
+        """A second connection, in the archive transaction's snapshot (imported, the day's locks taken, the read's
+        settings set), its query not started yet (see :meth:`_start_reader`): returns the connection and its
+        cursor."""
         import adbc_driver_postgresql.dbapi as adbc
 
         info = extraction.conn.info
@@ -540,7 +543,6 @@ class Parquet:
         # 'événements' as 'Ã©vÃ©nements', a table that does not exist
         secret = {"password": info.password} if info.password else {}
         dsn = make_conninfo(_for_adbc_libpq(info.dsn, extraction.table), client_encoding="UTF8", **secret)
-        query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
         conn = _adbc_connect(adbc, dsn, unpinned_defaults(extraction.conn))
         cur = conn.cursor()
         try:
@@ -560,15 +562,40 @@ class Parquet:
                 raise gone from None
             lock_day(cur.execute, extraction.table, extraction.where, extraction.conn)
             apply_settings(lambda statement: cur.execute(statement.as_string(extraction.conn)), extraction.settings)
-            if extraction.fingerprint_in_reader:
-                _fingerprint_here(cur, extraction)
-            cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
-            return conn, cur, cur.fetch_record_batch()
+            return conn, cur
         except BaseException:
             # close now: left to the garbage collector, a failed reader's connection outlives the run
             cur.close()
             conn.close()
             raise
+
+    @staticmethod
+    def _start_reader(cur, extraction: Extraction):
+        """The reader's query (after the day's fingerprint, where it is taken in the reader: see
+        ``Extraction.fingerprint_in_reader``), in the snapshot its session imported; its batch reader."""
+        if extraction.fingerprint_in_reader:
+            _fingerprint_here(cur, extraction)
+        cur.execute(arrow_query(extraction.table, extraction.where).as_string(extraction.conn))
+        return cur.fetch_record_batch()  # ADBC read the first rows in execute: a value failure can surface already
+
+    def _open_readers(self, extraction: Extraction, parts: list[Extraction], readers: _Readers) -> None:
+        """Every stream's reader, its query started. The coordinator lets its snapshot go as soon as every reader
+        has imported it and taken the day's locks, before any query is started: ADBC's execute returns once the
+        first rows have come, which a range whose first pages hold other days' rows makes a long wait, and the
+        coordinator sat idle in its transaction for the sum of those waits (idle_in_transaction_session_timeout
+        ended it, and the day failed at every attempt)."""
+        for i, part in enumerate(parts):  # a connect, an import, a lock wait of IMPORT_LOCK_WAIT_MS at most
+            readers.opened(i, *self._open_reader(part))
+        if extraction.expected_rows is not None or extraction.fingerprint_in_reader:
+            # The readers planned the day in sessions of their own, after the day's locks, and the first stops
+            # at the fingerprint's count (_until_expected): a partition attached meanwhile (ATTACH takes no lock
+            # they wait for) was read in place of the day's last rows, the count agreeing. Asked in the
+            # snapshot, before it is let go, so its own session does not sit idle in it for the whole read. (A
+            # fingerprint taken in the reader is taken after that: no session alongside asks it after the read.)
+            same_members(extraction.conn, extraction.table, extraction.where)
+        extraction.snapshot.release()
+        for i, part in enumerate(parts):
+            readers.started(i, self._start_reader(readers.cursors[i], part))
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
@@ -608,17 +635,9 @@ class Parquet:
                temp_dir: str | None) -> WriteStats:
         # in the coordinator's snapshot, which it lets go once every reader holds it and the day's locks
         uncompressed = {c.name for c in holding_big_values(extraction.conn, extraction.table, extraction.where)}
-        readers = _Readers()
+        readers = _Readers(len(parts))
         try:
-            for part in parts:  # every reader imports the snapshot before the coordinator lets it go
-                readers.add(*self._open_reader(part))
-            if extraction.expected_rows is not None:
-                # The readers planned the day in sessions of their own, after the day's locks, and the first stops
-                # at the fingerprint's count (_until_expected): a partition attached meanwhile (ATTACH takes no lock
-                # they wait for) was read in place of the day's last rows, the count agreeing. Asked in the
-                # snapshot, before it is let go, so its own session does not sit idle in it for the whole read.
-                same_members(extraction.conn, extraction.table, extraction.where)
-            extraction.snapshot.release()
+            self._open_readers(extraction, parts, readers)
             converter = _Converter(extraction.table, readers.streams[0].schema)
             stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema}, encodings=encodings)
             codec = "none" if self.compression == "none" else self.compression
@@ -710,20 +729,27 @@ class _RowGroups:
 class _Readers:
     """The ADBC connections, cursors and batch readers of the streams, each closed once."""
 
-    def __init__(self) -> None:
-        self.conns: list = []
-        self.cursors: list = []
-        self.streams: list = []
-        self._open: list[bool] = []
+    def __init__(self, count: int) -> None:
+        self.conns: list = [None] * count
+        self.cursors: list = [None] * count
+        self.streams: list = [None] * count
+        self._open = [False] * count
 
-    def add(self, conn, cur, reader) -> None:
-        self.conns.append(conn)
-        self.cursors.append(cur)
-        self.streams.append(reader)
-        self._open.append(True)
+    def opened(self, i: int, conn, cur) -> None:
+        """Stream ``i``'s session, in the snapshot."""
+        self.conns[i], self.cursors[i] = conn, cur
+        self._open[i] = True
 
-    def cancels(self) -> list:
-        return [cur.adbc_cancel for cur in self.cursors]
+    def started(self, i: int, reader) -> None:
+        """Stream ``i``'s batch reader, its query started."""
+        self.streams[i] = reader
+
+    def cancels(self) -> list[Callable[[], None]]:
+        return [functools.partial(self._cancel, i) for i in range(len(self._open))]
+
+    def _cancel(self, i: int) -> None:
+        if self._open[i]:
+            self.cursors[i].adbc_cancel()
 
     def is_open(self, i: int) -> bool:
         return self._open[i]
