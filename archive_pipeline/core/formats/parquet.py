@@ -31,6 +31,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -583,9 +584,18 @@ class Parquet:
         has imported it and taken the day's locks, before any query is started: ADBC's execute returns once the
         first rows have come, which a range whose first pages hold other days' rows makes a long wait, and the
         coordinator sat idle in its transaction for the sum of those waits (idle_in_transaction_session_timeout
-        ended it, and the day failed at every attempt)."""
-        for i, part in enumerate(parts):  # a connect, an import, a lock wait of IMPORT_LOCK_WAIT_MS at most
-            readers.opened(i, *self._open_reader(part))
+        ended it, and the day failed at every attempt). The queries start together, each in a thread of its own;
+        the readers are opened one after the other in one (each asks the coordinator's session for its settings,
+        which one thread at a time may use): see :func:`_off_the_main_thread`."""
+        stop = threading.Event()  # the wait interrupted: open no more readers
+
+        def import_all() -> None:
+            for i, part in enumerate(parts):  # a connect, an import, a lock wait of IMPORT_LOCK_WAIT_MS at most
+                if stop.is_set():
+                    return
+                readers.opened(i, *self._open_reader(part))
+
+        _off_the_main_thread([import_all], [stop.set])
         if extraction.expected_rows is not None or extraction.fingerprint_in_reader:
             # The readers planned the day in sessions of their own, after the day's locks, and the first stops
             # at the fingerprint's count (_until_expected): a partition attached meanwhile (ATTACH takes no lock
@@ -594,8 +604,11 @@ class Parquet:
             # fingerprint taken in the reader is taken after that: no session alongside asks it after the read.)
             same_members(extraction.conn, extraction.table, extraction.where)
         extraction.snapshot.release()
-        for i, part in enumerate(parts):
-            readers.started(i, self._start_reader(readers.cursors[i], part))
+
+        def started(i: int) -> Callable[[], None]:
+            return lambda: readers.started(i, self._start_reader(readers.cursors[i], parts[i]))
+
+        _off_the_main_thread([started(i) for i in range(len(parts))], readers.cancels())
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
@@ -766,6 +779,20 @@ class _Readers:
     def close_all(self) -> None:
         for i in range(len(self._open)):
             self.close(i)
+
+
+def _nothing() -> None:
+    """The task (and cancel) of the group's stream 0, which runs in the waiting thread (see StreamGroup.run)."""
+
+
+def _off_the_main_thread(tasks: Sequence[Callable[[], None]], cancels: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` (ADBC's blocking calls) each in a thread of its own while this thread waits,
+    as :class:`StreamGroup` runs streams: the first failure cancels the others (``cancels``) and is raised once
+    all have ended. In the main thread, adbc_driver_manager swaps in its own SIGINT handler for a blocking call,
+    and a run's termination (Dagster's SIGINT, the CLI's Ctrl-C) only cancelled the query: the interrupt was
+    gone, and the day failed as a retryable "query was cancelled" while the run went on. Here the interrupt
+    reaches this thread's wait, cancels the calls and, once they have ended, is raised."""
+    StreamGroup([_nothing, *cancels]).run([_nothing, *tasks])  # (the group's task 0 runs in the calling thread)
 
 
 @contextlib.contextmanager
