@@ -77,16 +77,27 @@ def session_pinned(conn: psycopg.Connection) -> dict[str, str]:
     return {**SESSION_PINNED, "jit": "off",  # (see source.SNAPSHOT_SETTINGS: catalog walks paid ~24 ms to compile)
             **({"idle_session_timeout": "0"} if conn.info.server_version >= 140000 else {})}
 
+
 def watch_client(conn: psycopg.Connection) -> None:
     """Have the server check every second, during a long statement, that this client is still there (PostgreSQL
     14 and later; elsewhere, or where the platform has no such check, nothing). A process killed in the middle of
     a statement that sends nothing back (a fingerprint, a restore's check, a removal's re-check) otherwise left
     its backend running to the statement's end, holding the table-day lock, and every run of the day was refused
     as "another run" meanwhile. Asked alone: a refusal must not undo the session's other settings."""
-    if conn.info.server_version < 140000 or not conn.autocommit:
+    if conn.autocommit:
+        watch_client_through(conn.execute, conn.info.server_version)
+
+
+def watch_client_through(execute: Callable[[str], object], server_version: int) -> None:
+    """:func:`watch_client` for a session reached through ``execute`` (one statement, outside any transaction: a
+    refusal must not abort one), on a server of ``server_version``: the Parquet readers' ADBC sessions too, whose
+    statements of the day (a stream's COPY waiting for its range's first row of the day) send nothing for as long
+    as the ones of psycopg's sessions; left unwatched, a killed archiver's stream held the snapshot and the day's
+    locks to its statement's end."""
+    if server_version < 140000:
         return
-    with contextlib.suppress(psycopg.Error):
-        conn.execute("SET client_connection_check_interval = 1000")
+    with contextlib.suppress(Exception):  # psycopg's error or ADBC's: this platform or server has no such check
+        execute("SET client_connection_check_interval = 1000")
 
 
 _CATALOG_FIRST_SQL = sql.SQL(

@@ -28,8 +28,10 @@ NULL so that ADBC cannot fail on it first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -62,7 +64,8 @@ from archive_pipeline.core.formats.common import (
     refused_column,
     xml_text,
 )
-from archive_pipeline.core.session_settings import apply_settings, pinned_options, unpinned_defaults
+from archive_pipeline.core.session_settings import apply_settings, pinned_options, unpinned_defaults, \
+    watch_client_through
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch, same_members
 
@@ -531,7 +534,9 @@ class Parquet:
         self.level = level
 
     def _open_reader(self, extraction: Extraction):
-        """A second connection, in the archive transaction's snapshot, streaming Arrow batches."""
+        """A second connection, in the archive transaction's snapshot (imported, the day's locks taken, the read's
+        settings set), its query not started yet (see :meth:`_start_reader`): returns the connection and its
+        cursor."""
         import adbc_driver_postgresql.dbapi as adbc
 
         info = extraction.conn.info
@@ -539,13 +544,14 @@ class Parquet:
         # 'événements' as 'Ã©vÃ©nements', a table that does not exist
         secret = {"password": info.password} if info.password else {}
         dsn = make_conninfo(_for_adbc_libpq(info.dsn, extraction.table), client_encoding="UTF8", **secret)
-        query = arrow_query(extraction.table, extraction.where).as_string(extraction.conn)
         conn = _adbc_connect(adbc, dsn, unpinned_defaults(extraction.conn))
         cur = conn.cursor()
         try:
             # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
             # in bench/) at the same speed; each batch becomes one row group.
             cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+            # killed mid-read, the server notices and ends the session, as it does a text stream's
+            watch_client_through(cur.execute, info.server_version)
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             literal = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(extraction.snapshot.snapshot_id))
             try:
@@ -557,15 +563,52 @@ class Parquet:
                 raise gone from None
             lock_day(cur.execute, extraction.table, extraction.where, extraction.conn)
             apply_settings(lambda statement: cur.execute(statement.as_string(extraction.conn)), extraction.settings)
-            if extraction.fingerprint_in_reader:
-                _fingerprint_here(cur, extraction)
-            cur.execute(query)  # ADBC may read the first rows here: a value failure can surface already
-            return conn, cur, cur.fetch_record_batch()
+            return conn, cur
         except BaseException:
             # close now: left to the garbage collector, a failed reader's connection outlives the run
             cur.close()
             conn.close()
             raise
+
+    @staticmethod
+    def _start_reader(cur, extraction: Extraction):
+        """The reader's query (after the day's fingerprint, where it is taken in the reader: see
+        ``Extraction.fingerprint_in_reader``), in the snapshot its session imported; its batch reader."""
+        if extraction.fingerprint_in_reader:
+            _fingerprint_here(cur, extraction)
+        cur.execute(arrow_query(extraction.table, extraction.where).as_string(extraction.conn))
+        return cur.fetch_record_batch()  # ADBC read the first rows in execute: a value failure can surface already
+
+    def _open_readers(self, extraction: Extraction, parts: list[Extraction], readers: _Readers) -> None:
+        """Every stream's reader, its query started. The coordinator lets its snapshot go as soon as every reader
+        has imported it and taken the day's locks, before any query is started: ADBC's execute returns once the
+        first rows have come, which a range whose first pages hold other days' rows makes a long wait, and the
+        coordinator sat idle in its transaction for the sum of those waits (idle_in_transaction_session_timeout
+        ended it, and the day failed at every attempt). The queries start together, each in a thread of its own;
+        the readers are opened one after the other in one (each asks the coordinator's session for its settings,
+        which one thread at a time may use): see :func:`_off_the_main_thread`."""
+        stop = threading.Event()  # the wait interrupted: open no more readers
+
+        def import_all() -> None:
+            for i, part in enumerate(parts):  # a connect, an import, a lock wait of IMPORT_LOCK_WAIT_MS at most
+                if stop.is_set():
+                    return
+                readers.opened(i, *self._open_reader(part))
+
+        _off_the_main_thread([import_all], [stop.set])
+        if extraction.expected_rows is not None or extraction.fingerprint_in_reader:
+            # The readers planned the day in sessions of their own, after the day's locks, and the first stops
+            # at the fingerprint's count (_until_expected): a partition attached meanwhile (ATTACH takes no lock
+            # they wait for) was read in place of the day's last rows, the count agreeing. Asked in the
+            # snapshot, before it is let go, so its own session does not sit idle in it for the whole read. (A
+            # fingerprint taken in the reader is taken after that: no session alongside asks it after the read.)
+            same_members(extraction.conn, extraction.table, extraction.where)
+        extraction.snapshot.release()
+
+        def started(i: int) -> Callable[[], None]:
+            return lambda: readers.started(i, self._start_reader(readers.cursors[i], parts[i]))
+
+        _off_the_main_thread([started(i) for i in range(len(parts))], readers.cancels())
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
@@ -605,17 +648,9 @@ class Parquet:
                temp_dir: str | None) -> WriteStats:
         # in the coordinator's snapshot, which it lets go once every reader holds it and the day's locks
         uncompressed = {c.name for c in holding_big_values(extraction.conn, extraction.table, extraction.where)}
-        readers = _Readers()
+        readers = _Readers(len(parts))
         try:
-            for part in parts:  # every reader imports the snapshot before the coordinator lets it go
-                readers.add(*self._open_reader(part))
-            if extraction.expected_rows is not None:
-                # The readers planned the day in sessions of their own, after the day's locks, and the first stops
-                # at the fingerprint's count (_until_expected): a partition attached meanwhile (ATTACH takes no lock
-                # they wait for) was read in place of the day's last rows, the count agreeing. Asked in the
-                # snapshot, before it is let go, so its own session does not sit idle in it for the whole read.
-                same_members(extraction.conn, extraction.table, extraction.where)
-            extraction.snapshot.release()
+            self._open_readers(extraction, parts, readers)
             converter = _Converter(extraction.table, readers.streams[0].schema)
             stats = WriteStats(output_types={f.name: str(f.type) for f in converter.schema}, encodings=encodings)
             codec = "none" if self.compression == "none" else self.compression
@@ -707,20 +742,27 @@ class _RowGroups:
 class _Readers:
     """The ADBC connections, cursors and batch readers of the streams, each closed once."""
 
-    def __init__(self) -> None:
-        self.conns: list = []
-        self.cursors: list = []
-        self.streams: list = []
-        self._open: list[bool] = []
+    def __init__(self, count: int) -> None:
+        self.conns: list = [None] * count
+        self.cursors: list = [None] * count
+        self.streams: list = [None] * count
+        self._open = [False] * count
 
-    def add(self, conn, cur, reader) -> None:
-        self.conns.append(conn)
-        self.cursors.append(cur)
-        self.streams.append(reader)
-        self._open.append(True)
+    def opened(self, i: int, conn, cur) -> None:
+        """Stream ``i``'s session, in the snapshot."""
+        self.conns[i], self.cursors[i] = conn, cur
+        self._open[i] = True
 
-    def cancels(self) -> list:
-        return [cur.adbc_cancel for cur in self.cursors]
+    def started(self, i: int, reader) -> None:
+        """Stream ``i``'s batch reader, its query started."""
+        self.streams[i] = reader
+
+    def cancels(self) -> list[Callable[[], None]]:
+        return [functools.partial(self._cancel, i) for i in range(len(self._open))]
+
+    def _cancel(self, i: int) -> None:
+        if self._open[i]:
+            self.cursors[i].adbc_cancel()
 
     def is_open(self, i: int) -> bool:
         return self._open[i]
@@ -737,6 +779,20 @@ class _Readers:
     def close_all(self) -> None:
         for i in range(len(self._open)):
             self.close(i)
+
+
+def _nothing() -> None:
+    """The task (and cancel) of the group's stream 0, which runs in the waiting thread (see StreamGroup.run)."""
+
+
+def _off_the_main_thread(tasks: Sequence[Callable[[], None]], cancels: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` (ADBC's blocking calls) each in a thread of its own while this thread waits,
+    as :class:`StreamGroup` runs streams: the first failure cancels the others (``cancels``) and is raised once
+    all have ended. In the main thread, adbc_driver_manager swaps in its own SIGINT handler for a blocking call,
+    and a run's termination (Dagster's SIGINT, the CLI's Ctrl-C) only cancelled the query: the interrupt was
+    gone, and the day failed as a retryable "query was cancelled" while the run went on. Here the interrupt
+    reaches this thread's wait, cancels the calls and, once they have ended, is raised."""
+    StreamGroup([_nothing, *cancels]).run([_nothing, *tasks])  # (the group's task 0 runs in the calling thread)
 
 
 @contextlib.contextmanager
