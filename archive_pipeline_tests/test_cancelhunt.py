@@ -82,13 +82,15 @@ def cancelled_when_held(proxy: FaultProxy, child: subprocess.Popen, conn, signal
                         ) -> tuple[int, str]:
     """Send ``signals`` to ``child`` once the proxy holds the first request that ``match``es (while the CLI's
     session is there to see), let the request go once the child has ended; its exit status and stderr."""
-    held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=60))
+    # (generous bounds: under a loaded machine the child's start and its clean-up take long; what matters is that it
+    # ends while the request is still held, not how fast)
+    held = proxy.add(Fault(**match, action="hold", times=1, hold_timeout=240))
     try:
-        assert proxy.wait_held(1, timeout=30), child.poll()
+        assert proxy.wait_held(1, timeout=90), child.poll()
         assert our_sessions(conn), "the check for sessions left behind would see ours"
         for signum in signals:
             child.send_signal(signum)
-        out, err = child.communicate(timeout=45)  # ends before the held request is let go (60 s): it does not wait for it
+        out, err = child.communicate(timeout=180)  # ends before the held request is let go (240 s): it does not wait for it
     finally:
         held.gate.set()
         child.kill()
