@@ -1298,11 +1298,14 @@ class _Archiving:
         return bool(result.etag) and listed.get("ContentLength") == result.bytes and \
             etag_text(listed.get("ETag")) == etag_text(result.etag)
 
-    def _stored_manifest(self) -> bytes | None:
+    def _stored_manifest(self, damaged: str | None = None) -> bytes | None:
+        """The day's manifest as stored, None where there is none or it cannot be read (not ours), unless its HEAD
+        names ``damaged``, the ETag of the copy this run's failed write left (``CorruptedWrite.etag``): that one is
+        ours though unreadable, and comes as the store's stand-in (see ``S3Store.own_damaged``)."""
         try:
             return _get_manifest_bytes(self.store, self.manifest_key)
-        except Exception:  # noqa: BLE001 - unreadable: not ours
-            return None
+        except Exception:  # noqa: BLE001 - unreadable: not ours, unless it is our own damaged copy
+            return self.store.own_damaged(self.manifest_key, damaged)
 
     def _refuse_lost_object(self, result: ArchiveResult, existing: Existing, data: bytes) -> bool:
         """An overwrite's new object must still be stored once the manifest naming it replaced the previous one
@@ -1357,11 +1360,13 @@ class _Archiving:
         return True
 
     def _undo_commit(self, exc: BaseException, result: ArchiveResult, existing: Existing) -> None:
+        damaged = getattr(exc, "etag", None)  # a CorruptedWrite's: the damaged copy of ours the store kept
         if existing.raw is not None:
-            _quietly(exc, f"put back the previous manifest {self.manifest_key}", lambda: self._put_back(existing.raw))
+            _quietly(exc, f"put back the previous manifest {self.manifest_key}",
+                     lambda: self._put_back(existing.raw, damaged))
         if not result.key:
             return
-        current = self._stored_manifest()
+        current = self._stored_manifest(damaged)
         try:
             named = object_key(decode_manifest(current)) if current else None
         except ManifestError:
@@ -1375,11 +1380,12 @@ class _Archiving:
         if named != result.key and self._manifest_settled:
             self.store.delete_quietly(result.key, exc)
 
-    def _put_back(self, previous: bytes) -> None:
-        """Restore the previous manifest where a failed write of ours left a damaged copy over it; leave it
-        alone if it is still there (rewriting identical bytes would only add a way to fail), and leave a
-        whole manifest another run committed meanwhile (a run on another server): it is not ours to undo."""
-        current = self._stored_manifest()
+    def _put_back(self, previous: bytes, damaged: str | None = None) -> None:
+        """Restore the previous manifest where a failed write of ours left a damaged copy over it (``damaged``: its
+        ETag, which tells it from another's where it cannot be read); leave it alone if it is still there (rewriting
+        identical bytes would only add a way to fail), and leave a whole manifest another run committed meanwhile
+        (a run on another server): it is not ours to undo."""
+        current = self._stored_manifest(damaged)
         if current == previous:
             return
         if current is not None:

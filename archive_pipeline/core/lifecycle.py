@@ -554,9 +554,14 @@ def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes
 
     Put back with one more byte of trailing white space (the same manifest, read and checksummed alike, with
     another ETag): a copy of the pending mark still on its way (an attempt whose answer timed out) is
-    conditioned on the proven manifest's ETag, and would land over the very same bytes put back."""
+    conditioned on the proven manifest's ETag, and would land over the very same bytes put back. A mark that
+    cannot be read is ours when its ETag is the damaged copy's ``exc`` names (see ``S3Store.own_damaged``)."""
     try:
-        current = store.get_verified_bytes(mkey)
+        try:
+            current = store.get_verified_bytes(mkey)
+        except Exception:  # noqa: BLE001 - unreadable: ours only if it is the damaged copy our write left
+            if (current := store.own_damaged(mkey, getattr(exc, "etag", None))) is None:
+                raise
         if original is not None and current != original and (current == pending or _sha(current) is None):
             store.put_bytes(mkey, original + b" ", "application/json", if_match=store.etag_of(current))
     except Exception as cleanup:  # noqa: BLE001 - the original failure is the one to raise

@@ -513,6 +513,18 @@ def _note(original: BaseException | None, text: str) -> None:
 # (by whoever may write to the bucket) cannot take the process's memory; decode_manifest refuses it as no manifest.
 MAX_SMALL_OBJECT_BYTES = 16 * MiB
 OVERSIZED = b"\x00archive_pipeline:oversized:"
+# What S3Store.own_damaged answers, with the copy's size and ETag, for a copy a failed write of ours left damaged at
+# a key that cannot be read: decode_manifest refuses it as no manifest, etag_of gives the ETag it is replaced by.
+OWN_DAMAGED = b"\x00archive_pipeline:own-damaged:"
+
+
+def _stand_in_etag(data: bytes) -> str | None | bool:
+    """The ETag a stand-in for bytes not read (:data:`OVERSIZED`, :data:`OWN_DAMAGED`) carries, as the store answered
+    it (None if it answered none); False for bytes that were read."""
+    for mark in (OVERSIZED, OWN_DAMAGED):
+        if data.startswith(mark):
+            return data[len(mark):].decode().split(":", 1)[1] or None
+    return False
 
 _ACCEPT_STORED: contextvars.ContextVar[str | None] = contextvars.ContextVar("archive_pipeline_accept", default=None)
 
@@ -771,22 +783,44 @@ class S3Store:
     def answered_etag(self, data: bytes | None) -> str | None:
         """The ETag the store last answered for ``data`` (a manifest read or written by this store object), as it
         answered it, or None where none was seen: what a GET's bytes are compared with a listing by."""
-        if data is not None and data.startswith(OVERSIZED):
-            return data[len(OVERSIZED):].decode().split(":", 1)[1] or None
-        return self._answered_etags.get(hashlib.md5(data).hexdigest()) if data is not None else None
+        if data is None:
+            return None
+        if (stand_in := _stand_in_etag(data)) is not False:  # not read: the ETag the store answered for it
+            return stand_in
+        return self._answered_etags.get(hashlib.md5(data).hexdigest())
 
     def etag_of(self, data: bytes | None) -> str | None:
         """The ETag ``data`` has as a small object written in one PUT, where ETags are MD5s (else None), in the
         store's case: the condition that replaces exactly those bytes (If-Match) with no further request."""
-        if data is not None and data.startswith(OVERSIZED):  # not read: the ETag the store answered for it
-            return data[len(OVERSIZED):].decode().split(":", 1)[1] or None
         if data is None:
             return None
+        if (stand_in := _stand_in_etag(data)) is not False:  # not read: the ETag the store answered for it
+            return stand_in
         if not self.verify_etags:  # the ETag the store answered for these bytes, if it was seen
             return self._answered_etags.get(hashlib.md5(data).hexdigest())
         digest = hashlib.md5(data).hexdigest()
         digest = digest.upper() if self.upper_etags else digest
         return digest if self.unquoted_etags else f'"{digest}"'
+
+    def own_damaged(self, key: str, etag: str | None) -> bytes | None:
+        """After a read of ``key`` failed: a stand-in (:data:`OWN_DAMAGED`, with the copy's size and ETag) when the
+        key's HEAD names the damaged copy a failed write of ours left there (``etag``: :attr:`CorruptedWrite.etag`),
+        else None. A store that keeps a body damaged on the way (checking neither Content-MD5 nor the CRC32
+        botocore sends beside it) keeps that CRC32 too, and every later GET of the copy fails botocore's check:
+        "cannot be read" is then no sign that another run wrote it, and a cleanup that left it in place blocked
+        the day for good. Its ETag proves whose it is: the cleanup deletes it (a first manifest's), or replaces it
+        only If-Match that ETag (see :meth:`etag_of`). None too where the HEAD fails (not known to be ours)."""
+        if not etag:
+            return None
+        try:
+            head = self.head(key)
+        except Exception:  # noqa: BLE001 - not known to be ours: left as it is
+            return None
+        if head is None or etag_text(head["ETag"]) != etag_text(etag):
+            return None
+        log.warning("%s cannot be read, and it is the copy a failed write of this run's left damaged (ETag %s)",
+                    self.uri(key), etag_text(head["ETag"]))
+        return OWN_DAMAGED + f"{head['ContentLength']}:{head['ETag']}".encode()
 
     def replacing(self, key: str, first: dict[str, str]) -> dict[str, str]:
         """The condition for writing ``key`` again after a copy of ours did not arrive whole: replace the copy
