@@ -2,7 +2,7 @@
 client_connection_check_interval, the snapshot let go once every reader imported it, ADBC's blocking calls off the
 main thread) and restore's / prune's remedies (fix-yb: causes that refuse every day alike, Run.again).
 
-What held up (probed, no test here): a reader failing in the open phase closes the readers already opened (the
+What held up (read in the code, not run as tests): a reader failing in the open phase closes the readers already opened (the
 _write finally); the start phase's first failure cancels the other readers' execute (adbc_cancel); an interrupt in the
 start phase is raised as KeyboardInterrupt (test_hunt19_yd's case); client_connection_check_interval's SET is one
 statement outside the transaction; Run.again quotes names with control characters ($'...') and spaces (shlex) and
