@@ -83,15 +83,22 @@ class ArchiveError(Exception):
     """
 
     OVERWRITES = False  # a class whose every error only archiving the day again with overwrite ends
+    EVERY_DAY: bool | None = None  # a class whose every error refuses every day alike (see every_day)
 
     def __init__(self, message: str, *, table: str | None = None, day: str | None = None,
                  retryable: bool = False, remedy: str | None = None, cause: str | None = None,
-                 needs_overwrite: bool = False) -> None:
+                 needs_overwrite: bool = False, every_day: bool | None = None) -> None:
         # needs_overwrite: only archiving the day again with overwrite ends it (a day changed since it was archived,
         # an archive of another format or database at its key): what the command line and Dagster advise, told by
         # the error itself rather than by its words (a strict table's refusal also says "with overwrite", and
         # overwrite alone does not end it)
         self.needs_overwrite = needs_overwrite or self.OVERWRITES
+        # every_day: whether the cause refuses every day of a range alike (the target's, the role's, the
+        # configuration's: True) or is the day's own (its archive's columns or bytes: False), told where it was
+        # raised, which knows what refused; None: not told, and the cause's classification decides
+        # (CONFIGURATION_CAUSES). The same SQLSTATE can be either: a target lacking a column every day has, or a
+        # column only one day's archive names.
+        self.every_day = self.EVERY_DAY if every_day is None else every_day
         self.message = message
         self.table = table
         self.day = day
@@ -303,8 +310,8 @@ _SOURCE_OTHER = _src(False, "the database reported an error", "read the message;
 TABLE_MISSING = "the configured table does not exist"  # the cause of a SourceError for a table not in the catalog
 # Causes that a setting or a grant fixes, not a retry (the CLI exits 2 for them, as for a bad setting).
 SETTING_MISFITS = "a setting does not fit the table"  # (hourly granularity over a date day_column, say)
-CONFIGURATION_CAUSES = frozenset({TABLE_MISSING, _UNDEFINED.cause, _PERMISSION.cause,
-                                  _ROW_SECURITY.cause, SETTING_MISFITS, _READ_ONLY.cause})
+CONFIGURATION_CAUSES = frozenset({TABLE_MISSING, _UNDEFINED.cause, _PERMISSION.cause, _ROW_SECURITY.cause,
+                                  _ROW_SECURITY_TARGET.cause, SETTING_MISFITS, _READ_ONLY.cause})
 _CONSTRAINT = _src(False, "a value breaks a constraint (a CHECK, NOT NULL, unique key or domain constraint, perhaps "
                    "added since the day was archived)", "load into a table without that constraint (a new table, or a "
                    "column of the domain's base type), or relax the constraint while the day is restored")

@@ -64,6 +64,8 @@ class TargetError(RestoreError):
     """The target refuses every day alike (missing, already there, not a table): nothing of the day's own, so
     what restores the rest of a range once it is mended starts at the day it stopped at, not after it."""
 
+    EVERY_DAY = True
+
 
 class TypeMissingError(RestoreError):
     """A column's recorded type does not exist in the database the rows are to be loaded into."""
@@ -2733,13 +2735,15 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             said = exc.message if exc.message.startswith(f"restoring {table}") else \
                 f"restoring {table} for {day} into {relation}: {exc.message}"
             exc = RestoreError(said, table=table, day=day, retryable=exc.retryable, cause=exc.cause,
-                               remedy=exc.remedy)
+                               remedy=exc.remedy, every_day=exc.every_day)
         if table and day:  # every refusal names the table and the day (a column's type, a target's name...)
             named(exc, table, day)
         exc.table, exc.day = exc.table or table, exc.day or day
         raise exc from exc.__cause__
     except Exception as exc:
         found = classify(exc)
+        # whose the cause is: the target's, the role's (every day alike), or the day's archive's; None: its class's
+        every_day: bool | None = None
         if found.cause.startswith("statement_timeout"):  # (the source's words say "reading the day": none is read)
             found = replace(found, cause="statement_timeout: restoring the day took longer than allowed (loading or "
                             "checking it, or waiting for a lock on the target that another session holds: the wait "
@@ -2764,6 +2768,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                                    "BYPASSRLS or a superuser, or let the policy's WITH CHECK pass the archived rows; "
                                    "or restore into a new table (into='new') and copy the rows on from there")
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege):  # row security (the archive's words otherwise)
+            every_day = True  # the target's policies for this role, whatever the day holds
             found = replace(found, cause=f"{relation} has row-level security whose policies apply to this role, so "
                             "the restored rows cannot all be seen to be proven (row_security is off in the check)",
                             remedy="restore as the table's owner (without FORCE ROW LEVEL SECURITY), a role with "
@@ -2776,6 +2781,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         gone = gone_by_name(exc, manifest, besides=tuple(filter(None, (*(relation or ()), *(
             Relation.configured(table) if table else ())))))
         if gone:  # a value's, not the target's nor the configuration's
+            every_day = False
             found = replace(found, cause=name_gone_cause(gone, exc), retryable=False,
                             remedy="create the object the value names again (as it was named), or restore into a "
                                    "table whose column is text (into='existing'), which takes the name as it was "
@@ -2812,6 +2818,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="restore the referenced rows first (the referenced table's days), or restore into a "
                                    "new table (into='new'), which has no foreign keys")
         if isinstance(exc, psycopg.errors.UndefinedColumn):  # the target lacks an archived column
+            every_day = False  # one the day's manifest names: a column dropped since is that day's alone
             above = _created_under(conn, manifest, to_create)
             where = f" to {above} (the day's partition, created under it, takes its columns)" if above else ""
             found = replace(found, cause=found.cause + _column_lookalike(conn, manifest, relation),
@@ -2830,7 +2837,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             else RestoreError
         raise kind(f"restoring {table} for {day} failed: {found.cause} ({type(exc).__name__}: {exc}); nothing "
                    "was restored", table=table, day=day, retryable=found.retryable,
-                   remedy=remedy, cause=found.cause) from exc
+                   remedy=remedy, cause=found.cause, every_day=every_day) from exc
     except BaseException as exc:  # cancelled: after the commit (releasing the day's lock), the day is restored
         if finished and table and day:
             note_cancelled(exc, table, day, "finishing")

@@ -28,6 +28,7 @@ NULL so that ADBC cannot fail on it first.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -544,7 +545,8 @@ class Parquet:
         # 'événements' as 'Ã©vÃ©nements', a table that does not exist
         secret = {"password": info.password} if info.password else {}
         dsn = make_conninfo(_for_adbc_libpq(info.dsn, extraction.table), client_encoding="UTF8", **secret)
-        conn = _adbc_connect(adbc, dsn, unpinned_defaults(extraction.conn))
+        pinned = unpinned_defaults(extraction.conn)
+        conn = _connect_unless_stopped(lambda: _adbc_connect(adbc, dsn, pinned))
         cur = conn.cursor()
         try:
             # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
@@ -590,6 +592,7 @@ class Parquet:
         stop = threading.Event()  # the wait interrupted: open no more readers
 
         def import_all() -> None:
+            _opening_stopped.set(stop)  # (this thread's context: a connect under way is abandoned on stop)
             for i, part in enumerate(parts):  # a connect, an import, a lock wait of IMPORT_LOCK_WAIT_MS at most
                 if stop.is_set():
                     return
@@ -779,6 +782,54 @@ class _Readers:
     def close_all(self) -> None:
         for i in range(len(self._open)):
             self.close(i)
+
+
+# The open phase's stop (see Parquet._open_readers), for the connect of the reader its thread is opening
+_opening_stopped: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("_opening_stopped",
+                                                                                         default=None)
+_CONNECT_POLL_SECONDS = 0.05
+
+
+class _ConnectAbandoned(Exception):
+    """A reader's connect given up on because the open phase was stopped (the group's failure, an interrupt, is
+    what is raised: see :class:`StreamGroup`)."""
+
+
+def _connect_unless_stopped(connect: Callable[[], object]):
+    """``connect()`` in a daemon thread of its own, waited for until it returns or the open phase is stopped. No
+    cancel reaches a connect under way (libpq waits for the server's answer, up to the DSN's connect_timeout, which
+    the reader's DSN takes from the archive's session, or for TCP to give up without one): stopped, the wait raises
+    :class:`_ConnectAbandoned` at once, and the thread closes the connection itself once the connect returns, so an
+    interrupt (a run's termination) is raised promptly and nothing is left open."""
+    stop = _opening_stopped.get()
+    if stop is None:
+        return connect()
+    lock, done, got = threading.Lock(), threading.Event(), {}
+
+    def attempt() -> None:
+        try:
+            conn = connect()
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread, unless abandoned
+            got["error"] = exc
+            conn = None
+        with lock:
+            if not got.get("abandoned"):
+                got["conn"] = conn
+                done.set()
+                return
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    threading.Thread(target=attempt, name="archive-reader-connect", daemon=True).start()
+    while not done.wait(_CONNECT_POLL_SECONDS):
+        with lock:
+            if stop.is_set() and not done.is_set():
+                got["abandoned"] = True
+                raise _ConnectAbandoned("the reader's connect was abandoned: the open phase was stopped")
+    if "error" in got:
+        raise got["error"]
+    return got["conn"]
 
 
 def _nothing() -> None:
