@@ -31,7 +31,7 @@ from psycopg.pq import TransactionStatus
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
-from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, TableSpec
+from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, UNIQUE_KEY_FIELDS, TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
@@ -50,6 +50,7 @@ from archive_pipeline.core.formats.common import (
 )
 from archive_pipeline.core.leftovers import day_listing, owned_by, same_source, stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
+from archive_pipeline.core.listing import listed_once, once_per_store
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -369,6 +370,17 @@ def compared_algorithm(existing: Existing) -> str:
 def _planning(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store) -> _Archiving:
     """An archive attempt that only decides (a plan's questions of what a run would do), never runs."""
     return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
+
+
+def _overlapping_templates(spec: TableSpec) -> dict[str, tuple[str, ...]]:
+    """Per granularity, the key templates its periods may have been archived under before the table's granularity
+    changed: its default, and the table's own where that holds what keeps that granularity's periods apart
+    (config.UNIQUE_KEY_FIELDS: ``{period}``, say, fits hours, days and months alike), as a template kept across the
+    change does. See ``_Archiving._removed_in_overlapping``."""
+    fields = keys.template_fields(spec.key_template)
+    return {granularity: tuple(dict.fromkeys([default, *([spec.key_template] if any(
+        needed <= fields for needed in UNIQUE_KEY_FIELDS[granularity]) else [])]))
+        for granularity, default in DEFAULT_KEY_TEMPLATES.items()}
 
 
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
@@ -803,10 +815,13 @@ class _Archiving:
                 return found
         return self._removed_in_overlapping(existing)
 
-    def _removal_at(self, key: str, period: Period, existing: Existing) -> Existing | None:
+    def _removal_at(self, key: str, period: Period, existing: Existing, shared: bool = False) -> Existing | None:
         """What is at ``key`` where its manifest (read loosely: a damaged one's mark still counts) marks ``period``
-        of this table removed from the source, else None."""
-        raw = _get_manifest_bytes(self.store, keys.manifest_key(key))
+        of this table removed from the source, else None. ``shared``: the manifest is read once per run (a key no
+        run of the table as now configured writes, see ``_removed_in_overlapping``)."""
+        mkey = keys.manifest_key(key)
+        raw = once_per_store(self.store, ("manifest", mkey), functools.partial(_get_manifest_bytes, self.store, mkey)) \
+            if shared else _get_manifest_bytes(self.store, mkey)
         loose = _loose_manifest(Existing(None, raw, None, None))
         if loose is None or not loose.get("removed") or foreign_manifest(loose, self.spec.name, period.isoformat()):
             return None
@@ -815,24 +830,24 @@ class _Archiving:
 
     def _removed_in_overlapping(self, existing: Existing) -> Existing | None:
         """A removal recorded for a period of the table's other granularities that overlaps this one (the day of
-        an hour, the month of a day, a day or hour of a month), under that granularity's default key template,
-        else None: the table's granularity changed since, and its rows left the source with that period's
-        archive, so an empty (or partly emptied) source here is no fresh period. One listing per granularity (of
-        what its keys of the overlapping periods share; the day's own listing where it covers them), then a GET
-        of each listed key's manifest."""
-        candidates = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix, DEFAULT_KEY_TEMPLATES)
+        an hour, the month of a day, a day or hour of a month), under that granularity's default key template or
+        the table's own where it fits that granularity (see ``_overlapping_templates``), else None: the table's
+        granularity changed since, and its rows left the source with that period's archive, so an empty (or partly
+        emptied) source here is no fresh period. One listing per granularity and template (of what its keys of the
+        overlapping periods share; the day's own listing where it covers them), then a GET of each listed key's
+        manifest. Neither is paid again by the run's later days that ask the same (a range's days of one month: see
+        listing.once_per_store): no run of the table as it is now configured writes those keys."""
+        groups = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix,
+                                              _overlapping_templates(self.spec))
         own = keys.day_listing_prefixes(self.key) if existing.listing is not None else []
-        names: set[str] = set()
-        for granularity in dict.fromkeys(period.granularity for _, period in candidates):
-            prefix = os.path.commonprefix([key for key, period in candidates if period.granularity == granularity])
-            if any(prefix.startswith(mine) for mine in own):
-                names.update(existing.listing)
-            else:
-                names.update(item["Key"] for item in self.store.list_keys(prefix))
-        listed = set(keys.listed_under([key for key, _ in candidates], names))
-        for key, period in candidates:
-            if key in listed and (found := self._removal_at(key, period, existing)) is not None:
-                return found
+        for group in groups:
+            prefix = os.path.commonprefix([key for key, _ in group])
+            covered = any(prefix.startswith(mine) for mine in own)
+            names = existing.listing if covered else listed_once(self.store, prefix)
+            listed = set(keys.listed_under([key for key, _ in group], names))
+            for key, period in group:
+                if key in listed and (found := self._removal_at(key, period, existing, not covered)) is not None:
+                    return found
         return None
 
     def _archived_elsewhere(self, existing: Existing) -> tuple[str, Existing] | None:
