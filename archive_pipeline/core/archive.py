@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import functools
 import datetime as dt
-import json
 import logging
 import os
 import time
@@ -66,6 +65,7 @@ from archive_pipeline.core.manifest import (
     encode_manifest,
     foreign_manifest,
     foreign_objects,
+    loose_manifest,
     owned,
     removal_state,
     stored_object_problems,
@@ -1469,16 +1469,7 @@ def _identity(conn: psycopg.Connection) -> SourceIdentity:
 
 def _loose_manifest(existing: Existing) -> dict | None:
     """The stored manifest's JSON even where it failed its checks (to honour a ``removed`` mark)."""
-    if existing.raw is None:
-        return None
-    with contextlib.suppress(ValueError, TypeError, RecursionError):
-        loose = json.loads(existing.raw)
-        if not isinstance(loose, dict):
-            return None
-        if loose.get("removed") and not isinstance(loose["removed"], dict):  # a mark itself damaged: still a mark
-            loose["removed"] = {"at": "an unknown time (its removal mark is damaged)", "state": "done"}
-        return loose
-    return None
+    return loose_manifest(existing.raw)
 
 
 def _readers(fmt, plan) -> int:
