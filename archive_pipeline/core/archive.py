@@ -329,10 +329,10 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
     if existing.manifest is None or existing.problem is not None:
         return False
     elsewhere = archiving._removed_elsewhere(existing)
-    if elsewhere is not None and not _same_rows(existing.manifest, table, fp):  # (as the run does: see run)
+    before = archiving._current_elsewhere(existing, elsewhere, overwrite)  # (as the run does: see run)
+    if elsewhere is not None and (before is not None or not _same_rows(existing.manifest, table, fp)):
         archiving._refuse_removed_elsewhere(elsewhere, table, _fingerprint_of(conn, table, day, fp, elsewhere),
                                             overwrite)
-    before = None if elsewhere is not None or overwrite else archiving._archived_elsewhere(existing)
     if before is not None:  # a later archive of the day under another format decides, as in the run
         return archiving._keep(before[1].manifest, identity, table, _fingerprint_of(conn, table, day, fp, before[1]),
                                overwrite)
@@ -452,7 +452,7 @@ class _Archiving:
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
                     elsewhere = self._removed_elsewhere(existing)
-                    before = None if elsewhere is not None or overwrite else self._archived_elsewhere(existing)
+                    before = self._current_elsewhere(existing, elsewhere, overwrite)
                     decides = elsewhere is not None or before is not None or \
                         self._decided_by_fingerprint(existing, overwrite)
                     estimate = None if decides else estimated_rows(self.conn, table, where)
@@ -476,8 +476,9 @@ class _Archiving:
                             self._refuse_removed(existing, fp)
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
-                            elif before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
-                                # the day's current archive, under another format or key, holds these rows: archived
+                            if before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
+                                # the day's current archive, under another format or key, holds these rows (a
+                                # removed one's rows back exactly): archived
                                 return self._skipped(before[1].manifest, table, snapshot, fp_seconds,
                                                      keys.manifest_key(before[0]))
                         if fp.algorithm != fingerprint.ALGORITHM:  # decided by an older archive's algorithm: the
@@ -849,6 +850,29 @@ class _Archiving:
                 if key in listed and (found := self._removal_at(key, period, existing, not covered)) is not None:
                     return found
         return None
+
+    def _current_elsewhere(self, existing: Existing, elsewhere: Existing | None, overwrite: bool
+                           ) -> tuple[str, Existing] | None:
+        """(key, what is there) of the day's current archive where another key holds it, else None: the run judges
+        the day by that archive (skips onto it where it holds the source's rows), not by an older one at this key.
+        Without a removal found elsewhere: ``_archived_elsewhere`` (None with overwrite). With one (``elsewhere``)
+        where this key holds an intact archive: the removed one where manifest.current_archive picks it over
+        this key's, as restore, list, compare and a removal do (the format changed, the day archived again and
+        removed, the format changed back), read whole (a damaged one is never skipped onto: this key's rules
+        decide then); None where nothing is here (that removal's own rule decides, see
+        ``_refuse_removed_elsewhere``)."""
+        if elsewhere is None:
+            return None if overwrite else self._archived_elsewhere(existing)
+        if existing.manifest is None or existing.problem is not None:
+            return None
+        key = self._manifest_key_of(elsewhere.manifest)[:-len(keys.MANIFEST_SUFFIX)]
+        if key == self.key or current_archive([(self.key, existing.manifest), (key, elsewhere.manifest)])[0] != key:
+            return None
+        there = read_existing(self.store, key)
+        if there.manifest is None or there.problem is not None:
+            return None
+        self._read_from[id(there.manifest)] = (there.manifest, keys.manifest_key(key))
+        return key, there
 
     def _archived_elsewhere(self, existing: Existing) -> tuple[str, Existing] | None:
         """(key, what is there) of the day's current archive, not marked removed, under another format's or codec's
