@@ -72,7 +72,7 @@ from archive_pipeline.core.manifest import (
     table_definition,
 )
 from archive_pipeline.core.memory import bound_allocator
-from archive_pipeline.core.periods import Period, PeriodError
+from archive_pipeline.core.periods import GRANULARITIES, Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
@@ -315,9 +315,19 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
                    identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
     """The archiver's own rule for what is already stored, for callers that only plan (a dry run):
     True = skip (identical), False = archive (again); raises what ``archive_partition`` would raise
-    (another table's or day's archive, changed content, a removed day)."""
+    (another table's or day's archive, changed content, a removed day, a removed period of the table's former
+    granularity that overlaps it)."""
     day = resolve_period(spec, day)
     archiving = _planning(conn, spec, day, store)
+    keep = _keeps(archiving, conn, day, existing, identity, table, fp, overwrite)
+    if not keep:  # (what the run refuses before anything of the period is published)
+        archiving._refuse_removed_in_overlapping(existing, table, fp, overwrite)
+    return keep
+
+
+def _keeps(archiving: _Archiving, conn: psycopg.Connection, day: Period, existing: Existing, identity: SourceIdentity,
+           table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
+    """:func:`keeps_existing`, but for a removal of an overlapping period of the table's former granularity."""
     archiving._refuse_foreign(existing, overwrite)
     if existing.manifest is None and existing.problem is None:
         elsewhere = archiving._removed_elsewhere(existing)
@@ -357,9 +367,12 @@ def archived_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | 
 
 def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
                       existing: Existing) -> Existing | None:
-    """What is under another format's or codec's key where a day with nothing at its key was removed there (a run
-    would then apply that removal's rule, see :func:`keeps_existing`), or None: for callers that only plan."""
-    return _planning(conn, spec, resolve_period(spec, day), store)._removed_elsewhere(existing)
+    """What is under another format's or codec's key where a day with nothing at its key was removed there, or
+    where a finer period of the table's former granularity that overlaps the day (with rows in the source) was
+    removed (a run would then apply that removal's rule, see :func:`keeps_existing`), or None: for callers that
+    only plan."""
+    archiving = _planning(conn, spec, resolve_period(spec, day), store)
+    return archiving._removed_elsewhere(existing) or archiving._removed_in_overlapping(existing, empty=False)
 
 
 def compared_algorithm(existing: Existing) -> str:
@@ -372,15 +385,20 @@ def _planning(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3S
     return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
 
 
-def _overlapping_templates(spec: TableSpec) -> dict[str, tuple[str, ...]]:
-    """Per granularity, the key templates its periods may have been archived under before the table's granularity
-    changed: its default, and the table's own where that holds what keeps that granularity's periods apart
-    (config.UNIQUE_KEY_FIELDS: ``{period}``, say, fits hours, days and months alike), as a template kept across the
-    change does. See ``_Archiving._removed_in_overlapping``."""
+def _overlapping_templates(spec: TableSpec, empty: bool) -> dict[str, tuple[str, ...]]:
+    """Per granularity whose removed periods may have taken rows of this table's periods with them (see
+    ``_Archiving._refuse_removed_in_overlapping``): the finer ones always (a month's days, a day's hours: each one
+    removed took a part of the period), the coarser ones where the source is ``empty`` (an hour's day, a day's
+    month: removed, it took every row of the period, so rows there now came after it); with the key templates its
+    periods may have been archived under before the table's granularity changed: its default, and the table's own
+    where that holds what keeps that granularity's periods apart (config.UNIQUE_KEY_FIELDS: ``{period}`` fits
+    hours, days and months alike), as a template kept across the change does."""
     fields = keys.template_fields(spec.key_template)
+    finer = GRANULARITIES[:GRANULARITIES.index(spec.granularity)]
     return {granularity: tuple(dict.fromkeys([default, *([spec.key_template] if any(
         needed <= fields for needed in UNIQUE_KEY_FIELDS[granularity]) else [])]))
-        for granularity, default in DEFAULT_KEY_TEMPLATES.items()}
+        for granularity, default in DEFAULT_KEY_TEMPLATES.items()
+        if granularity in finer or empty and granularity != spec.granularity}
 
 
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
@@ -532,6 +550,7 @@ class _Archiving:
                         if fp.rows == 0:  # fingerprinted alongside: an empty day after all, nothing to publish
                             upload.abort()
                             upload, stats = None, no_rows
+                    self._refuse_removed_in_overlapping(existing, table, fp, overwrite)  # (before it is published)
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
                 same_shapes(self.conn, table, composites, where)
@@ -814,7 +833,7 @@ class _Archiving:
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
             if (found := self._removal_at(other, self.day, existing)) is not None:
                 return found
-        return self._removed_in_overlapping(existing)
+        return None
 
     def _removal_at(self, key: str, period: Period, existing: Existing, shared: bool = False) -> Existing | None:
         """What is at ``key`` where its manifest (read loosely: a damaged one's mark still counts) marks ``period``
@@ -829,17 +848,31 @@ class _Archiving:
         self._read_from[id(loose)] = (loose, keys.manifest_key(key))  # (where its record is read from)
         return Existing(loose, raw, None, existing.listing)
 
-    def _removed_in_overlapping(self, existing: Existing) -> Existing | None:
-        """A removal recorded for a period of the table's other granularities that overlaps this one (the day of
-        an hour, the month of a day, a day or hour of a month), under that granularity's default key template or
-        the table's own where it fits that granularity (see ``_overlapping_templates``), else None: the table's
-        granularity changed since, and its rows left the source with that period's archive, so an empty (or partly
-        emptied) source here is no fresh period. One listing per granularity and template (of what its keys of the
-        overlapping periods share; the day's own listing where it covers them), then a GET of each listed key's
-        manifest. Neither is paid again by the run's later days that ask the same (a range's days of one month: see
-        listing.once_per_store): no run of the table as it is now configured writes those keys."""
+    def _refuse_removed_in_overlapping(self, existing: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
+                                       overwrite: bool) -> None:
+        """Refuse a period (before anything of it is published) whose rows left the source with a removed period of
+        the table's former granularity that overlaps it (``_refuse_removed_elsewhere``'s rule): the table's
+        granularity changed since, and an archive here would pass for the whole period, an empty one for a period
+        that never had rows, beside the removed rows' archive no run looks at again. A finer period (an hour of a
+        day, a day of a month) is looked for always: one removed took a part of this one, and the rest may still be
+        in the source. A coarser one (the day of an hour, the month of a day) only where the source holds no row
+        of this period: its removal took all of them, so rows there now came after it and are archived as this
+        period's (its archive stays where it is). A day of the default template, whose hours' keys are in its own
+        listing, pays no request for this unless it is empty (see ``_removed_in_overlapping``)."""
+        found = self._removed_in_overlapping(existing, empty=not fp.rows)
+        if found is not None:
+            self._refuse_removed_elsewhere(found, table, fp, overwrite)
+
+    def _removed_in_overlapping(self, existing: Existing, empty: bool) -> Existing | None:
+        """A removal of rows recorded for a period of the table's other granularities that overlaps this one, under
+        that granularity's default key template or the table's own where it fits that granularity (see
+        ``_overlapping_templates``: which granularities, ``empty`` or not), else None. One listing per granularity
+        and template (of what its keys of the overlapping periods share; the day's own listing where it covers
+        them), then a GET of each listed key's manifest; neither is paid again by the run's later periods that ask
+        the same (a range's days of one month: see listing.once_per_store): no run of the table as it is now
+        configured writes those keys."""
         groups = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix,
-                                              _overlapping_templates(self.spec))
+                                              _overlapping_templates(self.spec, empty))
         own = keys.day_listing_prefixes(self.key) if existing.listing is not None else []
         for group in groups:
             prefix = os.path.commonprefix([key for key, _ in group])
@@ -847,7 +880,8 @@ class _Archiving:
             names = existing.listing if covered else listed_once(self.store, prefix)
             listed = set(keys.listed_under([key for key, _ in group], names))
             for key, period in group:
-                if key in listed and (found := self._removal_at(key, period, existing, not covered)) is not None:
+                if key in listed and (found := self._removal_at(key, period, existing, not covered)) is not None \
+                        and found.manifest.get("rows") != 0:  # (a removal of no rows took none of this period's)
                     return found
         return None
 
