@@ -764,7 +764,8 @@ def day_archive(store, spec, day, key: str, manifest: dict | None, listed: set[s
     has it: left out, with a warning, so a damaged superseded manifest does not make an intact archive unreadable.
     Where it could be the current one (it says it is later, or a removal, or says nothing readable, or there is
     no other), its ManifestError is raised, naming its key (``key``): an older archive is not read in its place."""
-    found, damaged = _other_format_archives(store, spec, day, listed, asked_one_by_one)
+    found, damaged = _other_format_archives(store, spec, day, listed, asked_one_by_one,
+                                            key if manifest is not None else None)
     current = current_archive([*([(key, manifest)] if manifest is not None else []), *found])
     for other, loose, exc in damaged:
         if current is None or _could_be_later(loose, other, current):
@@ -824,11 +825,14 @@ def _instant(value: object) -> dt.datetime:
     return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
-def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool
+def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool, rendered: str | None
                            ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict | None, ManifestError]]]:
     """(key, manifest) of every archive of ``spec``'s ``day`` under another format's or codec's key (another
     table-day's manifest there is not the day's), and (key, its JSON read loosely or None, why) of every manifest
-    there that fails its checks (see :func:`day_archive`); see :func:`under_another_format` for ``listed``."""
+    there that fails its checks (see :func:`day_archive`); see :func:`under_another_format` for ``listed``.
+    ``rendered``: the rendered key, where it holds the day's archive: a listing refused then (a role without
+    s3:ListBucket, which S3 answers 403 for each missing key too) leaves the day to that archive, with a warning,
+    not to a GET of each other key that would fail it (such a role restored and listed such days before)."""
     others = keys.other_extension_keys(spec, day, store.prefix)
     if not others:
         return [], []
@@ -838,7 +842,13 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
         try:
             listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
                       for item in store.list_keys(prefix)}
-        except ArchiveError:  # the listing only saves requests: each former key's manifest is asked for instead
+        except ArchiveError as exc:  # the listing only saves requests: each former key's manifest is asked for instead
+            if rendered is not None:
+                log.warning("%s %s: the day's keys under the table's other formats could not be listed (%s); its "
+                            "archive at %s is taken as its current one (one written under another format since "
+                            "is not looked for)", spec.name, as_period(spec.granularity, spec.timezone, day),
+                            exc.message, store.uri(rendered))
+                return [], []
             if not asked_one_by_one:  # (a dozen GETs a day: for a few days, not a range of years)
                 raise
             listed = None
