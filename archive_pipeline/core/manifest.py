@@ -11,8 +11,8 @@ at rest is recognised as "no valid archive" rather than trusted.
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -700,6 +700,12 @@ def removal_state(manifest: dict | None) -> str | None:
     return ((manifest or {}).get("removed") or {}).get("state")
 
 
+def manifest_bytes(store, manifest_key: str) -> bytes | None:
+    """The stored bytes at ``manifest_key`` (None: none there), verified against the store's checksum where it
+    keeps one (``get_verified_bytes``; a test's or an older store object may only have ``get_bytes_or_none``)."""
+    return (getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none)(manifest_key)
+
+
 def decoded_manifest(store, manifest_key: str) -> dict | None:
     """The manifest at ``manifest_key`` decoded, or None if there is none. One that does not decode is read
     again before it is called damaged: without MD5 ETags (``verify_etags: false``, SSE-KMS) or a checksum the
@@ -708,14 +714,13 @@ def decoded_manifest(store, manifest_key: str) -> dict | None:
     a failed read (retryable); the same bytes twice are the store's."""
     from archive_pipeline.core.store import DownloadError  # (the store knows nothing of manifests)
 
-    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
-    raw = getter(manifest_key)
+    raw = manifest_bytes(store, manifest_key)
     if raw is None:
         return None
     try:
         manifest = decode_manifest(raw)
     except ManifestError:
-        again = getter(manifest_key)
+        again = manifest_bytes(store, manifest_key)
         if again is not None and again != raw:
             raise DownloadError(f"reading {store.uri(manifest_key)} gave two different answers (damaged on the way); "
                                 "the run will be retried", retryable=True,
@@ -842,7 +847,7 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
         try:
             listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
                       for item in store.list_keys(prefix)}
-        except ArchiveError as exc:  # the listing only saves requests: each former key's manifest is asked for instead
+        except ArchiveError as exc:  # the listing only saves requests: each other key's manifest is asked instead
             if rendered is not None:
                 log.warning("%s %s: the day's keys under the table's other formats could not be listed (%s); its "
                             "archive at %s is taken as its current one (one written under another format since "
@@ -861,8 +866,7 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
         except NewerManifestError:  # not damaged: what it records is unknown to this version
             raise
         except ManifestError as exc:
-            loose = loose_manifest((getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none)(
-                keys.manifest_key(other)))
+            loose = loose_manifest(manifest_bytes(store, keys.manifest_key(other)))
             if loose is None or not foreign_manifest(loose, spec.name, iso):
                 damaged.append((other, loose, exc))
             continue
